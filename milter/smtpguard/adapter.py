@@ -1,0 +1,220 @@
+"""The pymilter adapter: the only module that imports ``Milter``.
+
+It maps libmilter callbacks to pipeline stages, keeps one :class:`Connection` per SMTP
+session and one :class:`Transaction` per MAIL FROM, and turns decisions into
+``setreply`` plus the matching return value. Every callback runs inside
+:meth:`SmtpGuardMilter._guard`: whatever goes wrong becomes ``internal_error`` (a
+tempfail with the table's text), never pymilter's generic "untrapped exception" 451 and
+never an accept.
+
+Facts this relies on (see ``../shared/spec/mta-facts.md``): the custom reply is used only
+when the return value matches its class (5xx with REJECT, 4xx with TEMPFAIL); Postfix
+gives the client IP in ``hostaddr`` and its version in macro ``v`` ("Postfix 3.7.11");
+Sendmail's ``v`` is a bare version number.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import Milter
+
+from smtpguard.address import AddressError, esmtp_params, parse_path
+from smtpguard.app import Runtime
+from smtpguard.checks import Event, Stage
+from smtpguard.pipeline import CONTINUE, Action, Decision
+from smtpguard.session import MTA, Connection, IPAddress, Transaction, new_session_id
+from smtpguard.state import SessionGate
+
+log = logging.getLogger("smtpguard")
+
+
+class App:
+    """What every session shares: the current runtime and the session gate."""
+
+    def __init__(self, runtime: Runtime, gate: SessionGate) -> None:
+        self._runtime = runtime
+        self.gate = gate
+        self._lock = threading.Lock()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    def swap(self, runtime: Runtime) -> None:
+        with self._lock:
+            self._runtime = runtime
+            self.gate.limit = runtime.config.limits.max_sessions
+
+
+def detect_mta(version_macro: str | None, configured: str) -> MTA:
+    if configured == "postfix":
+        return MTA.POSTFIX
+    if configured == "sendmail":
+        return MTA.SENDMAIL
+    if not version_macro:
+        return MTA.UNKNOWN
+    if version_macro.lower().startswith("postfix"):
+        return MTA.POSTFIX
+    # Sendmail sets v to its bare version, e.g. "8.17.1.9".
+    return MTA.SENDMAIL if version_macro[:1].isdigit() else MTA.UNKNOWN
+
+
+def _client_ip(family: int, hostaddr: Any) -> IPAddress | None:
+    if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(hostaddr, tuple):
+        return None
+    try:
+        # Drop an IPv6 zone id ("fe80::1%eth0"): it is not part of the address.
+        return ipaddress.ip_address(str(hostaddr[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no types
+    def __init__(self, app: App) -> None:
+        self.app = app
+        # A session keeps the runtime it started with, even across a reload.
+        self.rt = app.runtime
+        self.conn = Connection(new_session_id(), None, None, "")
+        self.entered = False
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def _macro(self, name: str) -> str | None:
+        value: str | None = self.getsymval(name)
+        return value or None
+
+    def _guard(self, stage: Stage, step: Callable[[], Decision]) -> int:
+        try:
+            decision = step()
+        except Exception:
+            log.exception("sid=%s stage=%s unexpected error", self.conn.session_id, stage.value)
+            try:
+                decision = self.rt.pipeline.internal_error(self.conn, stage, "adapter")
+            except Exception:
+                log.exception("sid=%s cannot render internal_error", self.conn.session_id)
+                return int(Milter.TEMPFAIL)
+        return self._answer(decision)
+
+    def _answer(self, decision: Decision) -> int:
+        if decision.action is Action.CONTINUE or decision.reply is None:
+            return int(Milter.CONTINUE)
+        reply = decision.reply
+        result = Milter.TEMPFAIL if decision.action is Action.TEMPFAIL else Milter.REJECT
+        try:
+            self.setreply(reply.code, reply.xcode, *reply.lines)
+        except Exception:
+            # The table is validated at load, so this means a broken MTA connection;
+            # the generic reply of the same class is still the right outcome.
+            log.exception("sid=%s setreply failed for %s", self.conn.session_id, reply.reply_id)
+        return int(result)
+
+    # --- callbacks --------------------------------------------------------------
+
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        def step() -> Decision:
+            conn = self.conn
+            conn.client_ip = _client_ip(family, hostaddr)
+            if isinstance(hostaddr, tuple) and len(hostaddr) > 1:
+                conn.client_port = int(hostaddr[1])
+            conn.client_name = hostname or ""
+            conn.mta = detect_mta(self._macro("v"), self.rt.config.milter.mta)
+            conn.trusted_network = self.rt.config.site.is_trusted_ip(conn.client_ip)
+            self.entered = True
+            conn.admitted = self.app.gate.enter()
+            return self.rt.pipeline.run(Stage.CONNECT, conn)
+
+        return self._guard(Stage.CONNECT, step)
+
+    def hello(self, hostname: str) -> int:
+        def step() -> Decision:
+            self.conn.helo = hostname
+            self.conn.tls_version = self._macro("{tls_version}")
+            return self.rt.pipeline.run(Stage.HELO, self.conn)
+
+        return self._guard(Stage.HELO, step)
+
+    def envfrom(self, mailfrom: str, *args: str) -> int:
+        def step() -> Decision:
+            conn = self.conn
+            params = esmtp_params(args)
+            smtputf8 = "SMTPUTF8" in params
+            try:
+                sender, error = parse_path(mailfrom, smtputf8=smtputf8), ""
+            except AddressError as exc:
+                sender, error = None, exc.reason
+            size = params.get("SIZE")
+            txn = Transaction(
+                sender=sender,
+                sender_raw=mailfrom,
+                esmtp=params,
+                sender_error=error,
+                smtputf8=smtputf8,
+                declared_size=int(size) if size and size.isdigit() else None,
+                auth_type=self._macro("{auth_type}"),
+                auth_login=self._macro("{auth_authen}"),
+                queue_id=self._macro("i"),
+            )
+            conn.txn = txn
+            conn.transactions += 1
+            if conn.tls_version is None:
+                conn.tls_version = self._macro("{tls_version}")
+            return self.rt.pipeline.run(Stage.MAIL, conn)
+
+        return self._guard(Stage.MAIL, step)
+
+    def envrcpt(self, rcptto: str, *args: str) -> int:
+        def step() -> Decision:
+            conn = self.conn
+            smtputf8 = conn.txn.smtputf8 if conn.txn else False
+            try:
+                rcpt = parse_path(rcptto, smtputf8=smtputf8, allow_postmaster=True)
+            except AddressError:
+                rcpt = None
+            decision = self.rt.pipeline.run(
+                Stage.RCPT, conn, Event(rcpt=rcpt, rcpt_raw=rcptto)
+            )
+            if decision.action is Action.CONTINUE and rcpt is not None and conn.txn:
+                conn.txn.recipients.append(rcpt)
+            return decision
+
+        return self._guard(Stage.RCPT, step)
+
+    def data(self) -> int:
+        def step() -> Decision:
+            if self.conn.txn is not None:
+                self.conn.txn.queue_id = self._macro("i") or self.conn.txn.queue_id
+            return CONTINUE
+
+        return self._guard(Stage.EOH, step)
+
+    def eom(self) -> int:
+        def step() -> Decision:
+            if self.conn.txn is not None:
+                self.conn.txn.queue_id = self._macro("i") or self.conn.txn.queue_id
+            return self.rt.pipeline.run(Stage.EOM, self.conn)
+
+        return self._guard(Stage.EOM, step)
+
+    def abort(self) -> int:
+        self.conn.txn = None
+        return int(Milter.CONTINUE)
+
+    def close(self) -> int:
+        if self.entered:
+            self.entered = False
+            self.app.gate.leave()
+        return int(Milter.CONTINUE)
+
+
+def serve(app: App) -> None:
+    """Run libmilter's main loop until it is told to stop (SIGTERM/SIGINT)."""
+    config = app.runtime.config
+    Milter.factory = partial(SmtpGuardMilter, app)
+    Milter.runmilter(config.milter.name, config.milter.socket, config.milter.timeout)

@@ -1,0 +1,59 @@
+"""Checks: one module per family. A check reads the session and the services it was
+given, and returns a :class:`~smtpguard.verdict.Hit`, a
+:class:`~smtpguard.verdict.TempError` or ``None``. It never talks to the MTA and never
+builds reply text; the pipeline decides what a verdict does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from smtpguard.address import Address
+    from smtpguard.config import Config
+    from smtpguard.directory import Directory
+    from smtpguard.session import Connection
+    from smtpguard.state import Blacklist
+    from smtpguard.verdict import Verdict
+
+
+class Stage(Enum):
+    CONNECT = "connect"
+    HELO = "helo"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    HEADER = "header"
+    EOH = "eoh"
+    BODY = "body"
+    EOM = "eom"
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a check may use, passed in (never imported as a global)."""
+
+    config: Config
+    directory: Directory
+    blacklist: Blacklist
+
+
+@dataclass(slots=True)
+class Event:
+    """What the current callback carries beyond the session state."""
+
+    rcpt: Address | None = None
+    rcpt_raw: str = ""
+    header: tuple[str, str] | None = None
+    chunk: bytes | None = None
+
+
+class Check(Protocol):
+    #: Name used in ``[checks.NAME]``, logs and metrics.
+    name: ClassVar[str]
+    stage: ClassVar[Stage]
+    #: The reply ids this check can return (documentation, config checks, tests).
+    reply_ids: ClassVar[tuple[str, ...]]
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None: ...

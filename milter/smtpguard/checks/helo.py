@@ -1,0 +1,67 @@
+"""``helo_first`` and ``helo_error``: the HELO/EHLO greeting.
+
+Both are decided at MAIL FROM: Postfix answers EHLO itself and defers a milter's HELO
+reject to MAIL anyway, and at MAIL the authentication state is known, so an
+authenticated client that claims our name is not refused.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.address import is_fqdn, is_valid_domain, parse_address_literal
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+
+class HeloFirst:
+    name: ClassVar[str] = "helo_first"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("helo_first",)
+
+    def __init__(self, services: Services) -> None:
+        pass
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        if conn.helo is None:
+            return Hit("helo_first", "MAIL before HELO/EHLO")
+        return None
+
+
+class HeloName:
+    name: ClassVar[str] = "helo"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("helo_error",)
+
+    def __init__(self, services: Services) -> None:
+        site = services.config.site
+        self.our_names = site.our_hostnames | site.local_domains
+        self.our_ips = site.our_ips
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        helo = conn.helo
+        if helo is None:
+            return None
+        problem = self._problem(conn, helo.strip())
+        return Hit("helo_error", f"helo={helo!r}: {problem}") if problem else None
+
+    def _problem(self, conn: Connection, helo: str) -> str | None:
+        if not helo:
+            return "empty"
+        if helo.startswith("["):
+            ip = parse_address_literal(helo)
+            if ip is None:
+                return "invalid address literal"
+            if ip in self.our_ips and not conn.trusted:
+                return "claims one of our IPs"
+            if conn.client_ip is not None and ip != conn.client_ip:
+                return f"address literal is not the client IP {conn.client_ip}"
+            return None
+        if not is_valid_domain(helo, allow_utf8=False):
+            return "invalid host name syntax"
+        if not is_fqdn(helo):
+            return "not a fully qualified domain name"
+        if helo.rstrip(".").lower() in self.our_names and not conn.trusted:
+            return "claims one of our names"
+        return None

@@ -1,0 +1,55 @@
+"""Relay policy: who may use us to reach which domains."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+
+class RelayLocal:
+    """``relay_local_fail``: our own domain in MAIL FROM from an untrusted client."""
+
+    name: ClassVar[str] = "relay_local"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("relay_local_fail",)
+
+    def __init__(self, services: Services) -> None:
+        self.site = services.config.site
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if txn is None or txn.sender is None or txn.sender.is_null or conn.trusted:
+            return None
+        if self.site.is_local(txn.sender.domain_lc):
+            return Hit("relay_local_fail", f"local sender {txn.sender.text} not authenticated")
+        return None
+
+
+class Relay:
+    """``host_denies_relay`` and ``relay_domain_fail`` at RCPT."""
+
+    name: ClassVar[str] = "relay"
+    stage: ClassVar[Stage] = Stage.RCPT
+    reply_ids: ClassVar[tuple[str, ...]] = ("host_denies_relay", "relay_domain_fail")
+
+    def __init__(self, services: Services) -> None:
+        self.site = services.config.site
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        rcpt = event.rcpt
+        txn = conn.txn
+        if rcpt is None or txn is None:
+            return None
+        domain = rcpt.domain_lc
+        # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
+        if not domain or self.site.is_local(domain) or self.site.is_relay(domain):
+            return None
+        if not conn.trusted:
+            return Hit("host_denies_relay", f"relay to {domain} from untrusted client")
+        sender = txn.sender
+        if sender is not None and not sender.is_null and not self.site.is_local(sender.domain_lc):
+            return Hit("relay_domain_fail", f"relay to {domain} for foreign sender {sender.text}")
+        return None

@@ -1,0 +1,98 @@
+"""MAIL FROM checks that need no backend: syntax, declared size, static deny list."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.config import ConfigError
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+
+class SenderSyntax:
+    """``mail_from_invalid``: not an RFC 5321 / RFC 6531 path (``<>`` is valid)."""
+
+    name: ClassVar[str] = "sender_syntax"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("mail_from_invalid",)
+
+    def __init__(self, services: Services) -> None:
+        pass
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if txn is not None and txn.sender is None:
+            return Hit("mail_from_invalid", f"{txn.sender_raw!r}: {txn.sender_error}")
+        return None
+
+
+class DeclaredSize:
+    """``message_too_long`` from the ESMTP ``SIZE=`` parameter (RFC 1870)."""
+
+    name: ClassVar[str] = "message_size"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("message_too_long",)
+
+    def __init__(self, services: Services) -> None:
+        self.limit = services.config.limits.max_message_size
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if txn is not None and txn.declared_size is not None and txn.declared_size > self.limit:
+            return Hit("message_too_long", f"SIZE={txn.declared_size} > {self.limit}")
+        return None
+
+
+class SenderDeny:
+    """``host_denies_sender``: the site's static deny list.
+
+    Entries: ``user@example.com`` (exact, case-insensitive), ``example.com`` (the domain
+    and its subdomains), ``@example.com`` (the domain only), ``/regex/`` (searched in the
+    lower-cased address, compiled once at load).
+    """
+
+    name: ClassVar[str] = "sender_deny"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("host_denies_sender",)
+
+    def __init__(self, services: Services) -> None:
+        self.addresses: set[str] = set()
+        self.domains: set[str] = set()
+        self.exact_domains: set[str] = set()
+        patterns = []
+        for entry in services.config.policy.sender_deny:
+            if len(entry) > 2 and entry.startswith("/") and entry.endswith("/"):
+                try:
+                    patterns.append(re.compile(entry[1:-1]))
+                except re.error as exc:
+                    raise ConfigError(
+                        services.config.file, "policy.sender_deny", f"bad pattern {entry}: {exc}"
+                    ) from None
+            elif entry.startswith("@"):
+                self.exact_domains.add(entry[1:].lower())
+            elif "@" in entry:
+                self.addresses.add(entry.lower())
+            else:
+                self.domains.add(entry.lower().rstrip("."))
+        self.patterns = tuple(patterns)
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if txn is None or txn.sender is None or txn.sender.is_null:
+            return None
+        address = txn.sender.text.lower()
+        domain = txn.sender.domain_lc
+        if address in self.addresses:
+            return Hit("host_denies_sender", f"address {address} denied")
+        if domain in self.exact_domains:
+            return Hit("host_denies_sender", f"domain @{domain} denied")
+        labels = domain.split(".")
+        for i in range(len(labels)):
+            if ".".join(labels[i:]) in self.domains:
+                return Hit("host_denies_sender", f"domain {'.'.join(labels[i:])} denied")
+        for pattern in self.patterns:
+            if pattern.search(address):
+                return Hit("host_denies_sender", f"pattern /{pattern.pattern}/")
+        return None

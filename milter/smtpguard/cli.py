@@ -1,0 +1,150 @@
+"""The ``smtpguard`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from smtpguard import __version__
+from smtpguard.config import Config, ConfigError
+from smtpguard.directory import ImportError_, import_file
+from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
+from smtpguard.state import SqliteBlacklist, StateError
+
+DEFAULT_CONFIG = "/etc/smtpguard/smtpguard.toml"
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("SMTPGUARD_CONFIG") or DEFAULT_CONFIG
+
+
+def _load(arg: str | None) -> Config:
+    from smtpguard.app import load
+
+    return load(_config_path(arg))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from smtpguard.adapter import App, serve
+    from smtpguard.app import build_runtime, new_gate
+
+    config = _load(args.config)
+    logging.basicConfig(
+        level=config.milter.log_level,
+        format="%(asctime)s smtpguard[%(process)d]: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    runtime = build_runtime(config)
+    sock = config.milter.socket
+    if sock.startswith(("unix:", "local:")):
+        Path(sock.split(":", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("smtpguard").info(
+        "smtpguard %s starting on %s (config %s)", __version__, sock, config.file
+    )
+    serve(App(runtime, new_gate(config)))
+    logging.getLogger("smtpguard").info("smtpguard stopped")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from smtpguard.app import build_runtime
+
+    config = _load(args.config)
+    build_runtime(config)
+    print(f"{config.file}: OK")
+    return 0
+
+
+def cmd_replies(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    table = load_replies(config.replies, config.file)
+    for reply_id in MILTER_IDS:
+        for line in table.render(reply_id, utf8=not args.ascii).wire_lines():
+            print(f"{reply_id:26} {line}")
+    for reply_id in sorted(ALL_IDS - set(MILTER_IDS)):
+        row = table.rows[reply_id]
+        print(f"{reply_id:26} {row.code} {row.xcode} {row.text['en']}  [decided by the MTA]")
+    return 0
+
+
+def cmd_blacklist(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    store = SqliteBlacklist(config.state.path, config.state.timeout)
+    if args.action == "list":
+        for entry in store.entries():
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added_at))
+            print(f"{entry.address}\t{stamp}\t{entry.reason}")
+        return 0
+    if not args.address:
+        print(f"smtpguard blacklist {args.action}: an ADDRESS is required", file=sys.stderr)
+        return 2
+    for address in args.address:
+        if args.action == "add":
+            changed = store.add(address, args.reason)
+        else:
+            changed = store.remove(address)
+        print(f"{args.action} {address}: {'done' if changed else 'no change'}")
+    return 0
+
+
+def cmd_directory_import(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    counts = import_file(config.directory.path, Path(args.file), replace=args.replace)
+    print(
+        f"{config.directory.path}: {counts.users} users, {counts.aliases} aliases,"
+        f" {counts.send_as} send-as rights, {counts.lists} lists, {counts.members} members"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smtpguard", description=__doc__)
+    p.add_argument("--version", action="version", version=f"smtpguard {__version__}")
+    p.add_argument(
+        "-c",
+        "--config",
+        help=f"config file (default: $SMTPGUARD_CONFIG or {DEFAULT_CONFIG})",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="run the milter service").set_defaults(func=cmd_run)
+    cc = sub.add_parser("check-config", help="validate the config, reply table and backends")
+    cc.add_argument("file", nargs="?", help="config file to check")
+    cc.set_defaults(func=cmd_check_config)
+    rp = sub.add_parser("replies", help="print the reply table as clients would see it")
+    rp.add_argument("--ascii", action="store_true", help="as sent when UTF-8 is not allowed")
+    rp.set_defaults(func=cmd_replies)
+
+    bl = sub.add_parser("blacklist", help="manage the dynamic sender blacklist")
+    bl.add_argument("action", choices=("add", "remove", "list"))
+    bl.add_argument("address", nargs="*", help="address, or @domain for a whole domain")
+    bl.add_argument("--reason", default="", help="note stored with an added entry")
+    bl.set_defaults(func=cmd_blacklist)
+
+    d = sub.add_parser("directory", help="manage the embedded directory")
+    dsub = d.add_subparsers(dest="directory_command", required=True)
+    di = dsub.add_parser("import", help="load users, aliases and lists from CSV or TOML")
+    di.add_argument("file")
+    di.add_argument("--replace", action="store_true", help="drop existing entries first")
+    di.set_defaults(func=cmd_directory_import)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "file", None) and args.command == "check-config":
+        args.config = args.file
+    try:
+        rc: int = args.func(args)
+    except ConfigError as exc:
+        print(f"smtpguard: configuration error: {exc}", file=sys.stderr)
+        return 1
+    except (ImportError_, StateError) as exc:
+        print(f"smtpguard: {exc}", file=sys.stderr)
+        return 1
+    return rc

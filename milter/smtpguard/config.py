@@ -1,0 +1,434 @@
+"""Operator configuration: ``conf/smtpguard.toml`` loaded into frozen dataclasses.
+
+Every key is read explicitly through :class:`_Section`, which remembers what it read and
+refuses whatever is left over, so a typo stops start-up instead of silently meaning a
+default. Every error names the file and the dotted key. ``smtpguard check-config`` runs
+exactly this loader.
+
+Relative paths are resolved against the directory of the config file, so the sample
+config works from a source checkout and from ``/etc/smtpguard``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+Mode = Literal["enforce", "report", "off"]
+TempPolicy = Literal["tempfail", "pass"]
+UTF8Policy = Literal["always", "smtputf8", "never"]
+ReplyForm = Literal["one_line", "per_language"]
+MTAChoice = Literal["auto", "postfix", "sendmail"]
+
+_T = TypeVar("_T")
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file and dotted key it is about."""
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.message = message
+        where = f"{self.file}: {key}" if key else self.file
+        super().__init__(f"{where}: {message}")
+
+
+class _Section:
+    """Typed, strict access to one TOML table."""
+
+    def __init__(self, file: Path, prefix: str, data: Mapping[str, Any]) -> None:
+        self.file = file
+        self.prefix = prefix
+        self.data = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), message)
+
+    def _get(self, name: str, kind: type[_T] | tuple[type, ...], what: str, default: _T) -> _T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        # bool is an int subclass: "max_rcpt = true" must not pass as 1.
+        if isinstance(value, bool) and kind is not bool:
+            raise self.error(name, f"expected {what}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(name, f"expected {what}, got {type(value).__name__}")
+        return cast(_T, value)
+
+    def string(self, name: str, default: str) -> str:
+        return self._get(name, str, "a string", default)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return self._get(name, bool, "true or false", default)
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        value = self._get(name, int, "an integer", default)
+        if value < minimum:
+            raise self.error(name, f"must be at least {minimum}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self._get(name, (int, float), "a number", default)
+        if value < minimum:
+            raise self.error(name, f"must be at least {minimum}")
+        return float(value)
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self._get(name, list, "a list of strings", list(default))
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{name}[{index}]", "expected a string")
+        return tuple(value)
+
+    def domains(self, name: str) -> frozenset[str]:
+        out = set()
+        for item in self.strings(name):
+            domain = item.strip().rstrip(".").lower()
+            if not domain or " " in domain:
+                raise self.error(name, f"not a domain name: {item!r}")
+            out.add(domain)
+        return frozenset(out)
+
+    def path(self, name: str, default: str) -> Path:
+        raw = self.string(name, default)
+        if not raw:
+            raise self.error(name, "must not be empty")
+        p = Path(raw)
+        return p if p.is_absolute() else (self.file.parent / p).resolve()
+
+    def table(self, name: str) -> _Section:
+        value = self._get(name, dict, "a table", {})
+        return _Section(self.file, self.key(name), value)
+
+    def tables(self, name: str) -> dict[str, _Section]:
+        outer = self.table(name)
+        out: dict[str, _Section] = {}
+        for key in outer.data:
+            out[key] = outer.table(key)
+        return out
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+@dataclass(frozen=True, slots=True)
+class MilterConfig:
+    socket: str = "unix:/run/smtpguard/smtpguard.sock"
+    name: str = "smtpguard"
+    timeout: int = 600
+    mta: MTAChoice = "auto"
+    dry_run: bool = False
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    local_domains: frozenset[str] = frozenset()
+    relay_domains: frozenset[str] = frozenset()
+    trusted_networks: tuple[IPNetwork, ...] = ()
+    our_hostnames: frozenset[str] = frozenset()
+    our_ips: frozenset[IPAddress] = frozenset()
+
+    def is_local(self, domain: str) -> bool:
+        return _in_domains(domain, self.local_domains)
+
+    def is_relay(self, domain: str) -> bool:
+        return _in_domains(domain, self.relay_domains)
+
+    def is_trusted_ip(self, ip: IPAddress | None) -> bool:
+        return ip is not None and any(ip in net for net in self.trusted_networks)
+
+
+def _in_domains(domain: str, domains: frozenset[str]) -> bool:
+    """Exact match, or any parent listed as ``.example.com`` (Postfix style)."""
+    domain = domain.rstrip(".").lower()
+    if domain in domains:
+        return True
+    parts = domain.split(".")
+    return any("." + ".".join(parts[i:]) in domains for i in range(1, len(parts)))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_sessions: int = 1000
+    max_rcpt: int = 100
+    max_message_size: int = 50 * 1024 * 1024
+    max_attachment_size: int = 20 * 1024 * 1024
+    max_hops: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOverride:
+    code: str | None = None
+    xcode: str | None = None
+    text: Mapping[str, str] = field(default_factory=dict)
+    hint: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RepliesConfig:
+    table: Path
+    languages: tuple[str, ...] = ("en", "zh")
+    form: ReplyForm = "one_line"
+    utf8: UTF8Policy = "always"
+    hint: bool = False
+    help_url: str = ""
+    overrides: Mapping[str, ReplyOverride] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    sender_deny: tuple[str, ...] = ()
+    # Mechanisms that send the password in clear and therefore need TLS.
+    auth_tls_required: frozenset[str] = frozenset({"PLAIN", "LOGIN"})
+    # Empty means any mechanism the MTA offers.
+    auth_allowed: frozenset[str] = frozenset()
+    default_login_domain: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    backend: Literal["sqlite", "none"] = "sqlite"
+    path: Path = Path("/var/lib/smtpguard/directory.sqlite")
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: Literal["embedded"] = "embedded"
+    path: Path = Path("/var/lib/smtpguard/state.sqlite")
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSettings:
+    mode: Mode = "enforce"
+    on_temp_error: TempPolicy = "tempfail"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    file: Path
+    milter: MilterConfig
+    site: SiteConfig
+    limits: LimitsConfig
+    replies: RepliesConfig
+    policy: PolicyConfig
+    directory: DirectoryConfig
+    state: StateConfig
+    checks: Mapping[str, CheckSettings]
+
+    def check(self, name: str) -> CheckSettings:
+        return self.checks.get(name, _DEFAULT_CHECK)
+
+
+_DEFAULT_CHECK = CheckSettings()
+
+
+def default_rules_dir() -> Path:
+    """``rules/`` of the source tree this package was installed from."""
+    return Path(__file__).resolve().parents[2] / "rules"
+
+
+def load_config(path: Path | str, *, known_checks: frozenset[str] | None = None) -> Config:
+    """Read and validate the operator config; raise :class:`ConfigError`."""
+    file = Path(path)
+    try:
+        with file.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    return _build(_Section(file.resolve(), "", raw), known_checks)
+
+
+def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
+    milter = _milter(root.table("milter"))
+    site = _site(root.table("site"))
+    limits = _limits(root.table("limits"))
+    replies = _replies(root.table("replies"))
+    policy = _policy(root.table("policy"))
+    directory = _directory(root.table("directory"))
+    state = _state(root.table("state"))
+    checks = _checks(root, known_checks)
+    root.done()
+    return Config(
+        file=root.file,
+        milter=milter,
+        site=site,
+        limits=limits,
+        replies=replies,
+        policy=policy,
+        directory=directory,
+        state=state,
+        checks=checks,
+    )
+
+
+def _milter(s: _Section) -> MilterConfig:
+    d = MilterConfig()
+    socket = s.string("socket", d.socket)
+    if not socket.startswith(("unix:", "local:", "inet:", "inet6:")):
+        raise s.error("socket", "must start with unix:, inet: or inet6:")
+    out = MilterConfig(
+        socket=socket,
+        name=s.string("name", d.name),
+        timeout=s.integer("timeout", d.timeout, minimum=1),
+        mta=cast(MTAChoice, s.choice("mta", d.mta, ("auto", "postfix", "sendmail"))),
+        dry_run=s.boolean("dry_run", d.dry_run),
+        log_level=s.choice(
+            "log_level", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
+        ),
+    )
+    s.done()
+    return out
+
+
+def _site(s: _Section) -> SiteConfig:
+    networks: list[IPNetwork] = []
+    for item in s.strings("trusted_networks", ("127.0.0.0/8", "::1/128")):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise s.error("trusted_networks", f"not a network: {item!r}") from None
+    ips: set[IPAddress] = set()
+    for item in s.strings("our_ips"):
+        try:
+            ips.add(ipaddress.ip_address(item))
+        except ValueError:
+            raise s.error("our_ips", f"not an IP address: {item!r}") from None
+    out = SiteConfig(
+        local_domains=s.domains("local_domains"),
+        relay_domains=s.domains("relay_domains"),
+        trusted_networks=tuple(networks),
+        our_hostnames=s.domains("our_hostnames"),
+        our_ips=frozenset(ips),
+    )
+    s.done()
+    return out
+
+
+def _limits(s: _Section) -> LimitsConfig:
+    d = LimitsConfig()
+    out = LimitsConfig(
+        max_sessions=s.integer("max_sessions", d.max_sessions, minimum=1),
+        max_rcpt=s.integer("max_rcpt", d.max_rcpt, minimum=1),
+        max_message_size=s.integer("max_message_size", d.max_message_size, minimum=1),
+        max_attachment_size=s.integer("max_attachment_size", d.max_attachment_size, minimum=1),
+        max_hops=s.integer("max_hops", d.max_hops, minimum=1),
+    )
+    s.done()
+    return out
+
+
+def _replies(s: _Section) -> RepliesConfig:
+    d = RepliesConfig(table=Path())
+    languages = s.strings("languages", d.languages)
+    if not languages:
+        raise s.error("languages", "must name at least one language")
+    if len(set(languages)) != len(languages):
+        raise s.error("languages", "lists a language twice")
+    overrides: dict[str, ReplyOverride] = {}
+    for reply_id, o in s.tables("override").items():
+        code = o.string("code", "") or None
+        xcode = o.string("xcode", "") or None
+        text = _lang_map(o, "text")
+        hint = _lang_map(o, "hint")
+        o.done()
+        overrides[reply_id] = ReplyOverride(code=code, xcode=xcode, text=text, hint=hint)
+    help_url = s.string("help_url", d.help_url)
+    if help_url and "{id}" not in help_url:
+        raise s.error("help_url", "template must contain {id}")
+    out = RepliesConfig(
+        table=s.path("table", str(default_rules_dir() / "replies.toml")),
+        languages=languages,
+        form=cast(ReplyForm, s.choice("form", d.form, ("one_line", "per_language"))),
+        utf8=cast(UTF8Policy, s.choice("utf8", d.utf8, ("always", "smtputf8", "never"))),
+        hint=s.boolean("hint", d.hint),
+        help_url=help_url,
+        overrides=overrides,
+    )
+    s.done()
+    return out
+
+
+def _lang_map(s: _Section, name: str) -> dict[str, str]:
+    t = s.table(name)
+    out = {lang: t.string(lang, "") for lang in list(t.data)}
+    t.done()
+    return out
+
+
+def _policy(s: _Section) -> PolicyConfig:
+    d = PolicyConfig()
+    out = PolicyConfig(
+        sender_deny=s.strings("sender_deny"),
+        auth_tls_required=frozenset(
+            m.upper() for m in s.strings("auth_tls_required", tuple(sorted(d.auth_tls_required)))
+        ),
+        auth_allowed=frozenset(m.upper() for m in s.strings("auth_allowed")),
+        default_login_domain=s.string("default_login_domain", "").lower(),
+    )
+    s.done()
+    return out
+
+
+def _directory(s: _Section) -> DirectoryConfig:
+    d = DirectoryConfig()
+    out = DirectoryConfig(
+        backend=cast(Literal["sqlite", "none"], s.choice("backend", d.backend, ("sqlite", "none"))),
+        path=s.path("path", str(d.path)),
+        timeout=s.number("timeout", d.timeout, minimum=0.01),
+    )
+    s.done()
+    return out
+
+
+def _state(s: _Section) -> StateConfig:
+    d = StateConfig()
+    out = StateConfig(
+        backend=cast(Literal["embedded"], s.choice("backend", d.backend, ("embedded",))),
+        path=s.path("path", str(d.path)),
+        timeout=s.number("timeout", d.timeout, minimum=0.01),
+    )
+    s.done()
+    return out
+
+
+def _checks(root: _Section, known: frozenset[str] | None) -> dict[str, CheckSettings]:
+    out: dict[str, CheckSettings] = {}
+    for name, s in root.tables("checks").items():
+        if known is not None and name not in known:
+            raise ConfigError(root.file, f"checks.{name}", "unknown check")
+        out[name] = CheckSettings(
+            mode=cast(Mode, s.choice("mode", "enforce", ("enforce", "report", "off"))),
+            on_temp_error=cast(
+                TempPolicy, s.choice("on_temp_error", "tempfail", ("tempfail", "pass"))
+            ),
+        )
+        s.done()
+    return out

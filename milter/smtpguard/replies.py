@@ -1,0 +1,272 @@
+"""The reply table: ``rules/replies.toml`` plus operator overrides, validated at load.
+
+Validation exists because the MTAs do not forgive: Postfix treats a reply whose
+enhanced-code class differs from the code class as malformed and applies
+``milter_default_action`` (with ``accept`` the mail is silently accepted); libmilter
+drops a reply with a lone ``%``; CR/LF inside a line breaks ``setreply``; RFC 5321
+§4.5.3.1.5 limits a reply line to 512 octets. A bad table therefore stops start-up with
+an error naming the file, the id and the field.
+
+Rendering happens once at load for every id and both "may send UTF-8" answers, so the
+hot path is a dict lookup.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smtpguard.config import ConfigError, RepliesConfig
+
+#: Every reply id of the spec. Ids decided by the MTA are documented and explained but
+#: never sent by the milter.
+MILTER_IDS: tuple[str, ...] = (
+    "queue_unavailable",
+    "rbl_deny",
+    "openrelay_check",
+    "smtpport_check",
+    "helo_first",
+    "helo_error",
+    "mail_from_invalid",
+    "sender_unvalidated",
+    "host_denies_sender",
+    "black_mail_address",
+    "relay_local_fail",
+    "auth_mode_unsupported",
+    "domain_auth_error",
+    "auth_error_perm",
+    "auth_error_temp",
+    "sender_mismatch",
+    "remote_ip_mismatch",
+    "host_denies_relay",
+    "relay_domain_fail",
+    "rcpt_limit",
+    "mailbox_unavailable",
+    "mailbox_unavailable_temp",
+    "user_locked",
+    "private_list_denied",
+    "database_temp_error",
+    "message_too_long",
+    "line_parse_error",
+    "looping_message",
+    "fake_router",
+    "attachment_too_long",
+    "virus_found",
+    "antispam_reject",
+    "same_size_flood",
+    "internal_error",
+)
+MTA_IDS: tuple[str, ...] = (
+    "mail_first",
+    "rcpt_first",
+    "sequence_error",
+    "syntax_error",
+    "stray_newline",
+)
+ALL_IDS: frozenset[str] = frozenset(MILTER_IDS + MTA_IDS)
+#: Rows answered for temporary faults: a site override must not make them permanent,
+#: or a backend outage would bounce mail.
+TEMPORARY_IDS: frozenset[str] = frozenset({"database_temp_error", "auth_error_temp", "internal_error"})
+
+#: The language every row must have in plain ASCII: the fallback when UTF-8 may not be
+#: sent (Sendmail, ``utf8 = "never"``, ``"smtputf8"`` without SMTPUTF8).
+ASCII_LANGUAGE = "en"
+
+# RFC 5321 §4.5.3.1.5: 512 octets including the code and CRLF; leave room for an MTA
+# prefix such as Sendmail's "<address>... ".
+MAX_LINE_BYTES = 490
+
+_CODE = re.compile(r"[45][0-9][0-9]\Z")
+_XCODE = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}\Z")
+_LONE_PERCENT = re.compile(r"(?<!%)%(?:%%)*(?!%)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A rendered reply, ready for ``setreply(code, xcode, *lines)``."""
+
+    reply_id: str
+    code: str
+    xcode: str
+    lines: tuple[str, ...]
+
+    @property
+    def temporary(self) -> bool:
+        return self.code.startswith("4")
+
+    def wire_lines(self) -> list[str]:
+        """The reply as the client sees it (``%%`` undoubled), for logs and tests."""
+        out = []
+        last = len(self.lines) - 1
+        for i, line in enumerate(self.lines):
+            sep = " " if i == last else "-"
+            out.append(f"{self.code}{sep}{self.xcode} {line.replace('%%', '%')}")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    reply_id: str
+    code: str
+    xcode: str
+    stage: str
+    decided_by: str
+    text: Mapping[str, str]
+    hint: Mapping[str, str]
+
+
+class ReplyTable:
+    def __init__(self, rows: Mapping[str, Row], policy: RepliesConfig) -> None:
+        self.rows = rows
+        self.policy = policy
+        self._rendered: dict[tuple[str, bool], Reply] = {}
+        for reply_id in MILTER_IDS:
+            for utf8 in (True, False):
+                self._rendered[(reply_id, utf8)] = self._render(rows[reply_id], utf8=utf8)
+
+    def render(self, reply_id: str, *, utf8: bool) -> Reply:
+        """The reply for ``reply_id``; ``utf8`` says whether non-ASCII may be sent."""
+        return self._rendered[(reply_id, utf8)]
+
+    def _render(self, row: Row, *, utf8: bool) -> Reply:
+        langs = [
+            lang for lang in self.policy.languages if utf8 or row.text[lang].isascii()
+        ] or [ASCII_LANGUAGE]
+        lines = _join([row.text[lang] for lang in langs], self.policy.form)
+        if self.policy.hint:
+            hints = [row.hint[lang] for lang in langs if row.hint.get(lang)]
+            lines += _join(hints, self.policy.form)
+        if self.policy.help_url:
+            lines.append(self.policy.help_url.format(id=row.reply_id))
+        return Reply(row.reply_id, row.code, row.xcode, tuple(lines))
+
+
+def _join(texts: list[str], form: str) -> list[str]:
+    if not texts:
+        return []
+    if form == "per_language":
+        return list(texts)
+    # The seed's own form: "rbl deny. (拒绝 RBL 中的邮件服务器)".
+    return [texts[0] + "".join(f" ({t})" for t in texts[1:])]
+
+
+def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTable:
+    """Load, override and validate the table; raise :class:`ConfigError`."""
+    file = policy.table
+    try:
+        with file.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(file, "", "reply table not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read reply table: {exc}") from None
+
+    rows: dict[str, Row] = {}
+    for reply_id, data in raw.items():
+        if reply_id not in ALL_IDS:
+            raise ConfigError(file, reply_id, "unknown reply id")
+        if not isinstance(data, dict):
+            raise ConfigError(file, reply_id, "expected a table")
+        rows[reply_id] = _row(file, reply_id, data)
+    missing = sorted(ALL_IDS - rows.keys())
+    if missing:
+        raise ConfigError(file, missing[0], "reply id missing from the table")
+
+    for reply_id, override in policy.overrides.items():
+        where = config_file or "config"
+        if reply_id not in ALL_IDS:
+            raise ConfigError(where, f"replies.override.{reply_id}", "unknown reply id")
+        row = rows[reply_id]
+        rows[reply_id] = Row(
+            reply_id,
+            override.code or row.code,
+            override.xcode or row.xcode,
+            row.stage,
+            row.decided_by,
+            {**row.text, **override.text},
+            {**row.hint, **override.hint},
+        )
+        try:
+            _validate(rows[reply_id], policy.languages)
+        except _RowError as exc:
+            raise ConfigError(
+                where, f"replies.override.{reply_id}.{exc.field}", exc.message
+            ) from None
+
+    for row in rows.values():
+        try:
+            _validate(row, policy.languages)
+        except _RowError as exc:
+            raise ConfigError(file, f"{row.reply_id}.{exc.field}", exc.message) from None
+    table = ReplyTable(rows, policy)
+    for (reply_id, _utf8), reply in table._rendered.items():  # noqa: SLF001 - own class
+        for line in reply.wire_lines():
+            if len(line.encode()) > MAX_LINE_BYTES:
+                raise ConfigError(
+                    file, reply_id, f"rendered line is over {MAX_LINE_BYTES} bytes: {line[:60]!r}"
+                )
+    return table
+
+
+class _RowError(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _row(file: Path, reply_id: str, data: dict[str, Any]) -> Row:
+    allowed = {"code", "xcode", "stage", "decided_by", "text", "hint"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(file, f"{reply_id}.{unknown[0]}", "unknown field")
+    for name in ("text", "hint"):
+        value = data.get(name, {})
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(file, f"{reply_id}.{name}", "expected a table of strings")
+    for name in ("code", "xcode", "stage", "decided_by"):
+        if not isinstance(data.get(name, ""), str):
+            raise ConfigError(file, f"{reply_id}.{name}", "expected a string")
+    return Row(
+        reply_id,
+        data.get("code", ""),
+        data.get("xcode", ""),
+        data.get("stage", ""),
+        data.get("decided_by", "milter"),
+        data.get("text", {}),
+        data.get("hint", {}),
+    )
+
+
+def _validate(row: Row, languages: Iterable[str]) -> None:
+    if not _CODE.match(row.code):
+        raise _RowError("code", f"must be a 4xx or 5xx code, got {row.code!r}")
+    m = _XCODE.match(row.xcode)
+    if not m:
+        raise _RowError("xcode", f"must be an RFC 3463 code like 5.7.1, got {row.xcode!r}")
+    if row.reply_id in TEMPORARY_IDS and not row.code.startswith("4"):
+        raise _RowError("code", "answers temporary faults and must stay a 4xx code")
+    if m.group(1) != row.code[0]:
+        # Postfix calls this a malformed reply and applies milter_default_action.
+        raise _RowError("xcode", f"class {m.group(1)} differs from code {row.code}")
+    for name, texts in (("text", row.text), ("hint", row.hint)):
+        for lang in (ASCII_LANGUAGE, *languages):
+            if lang not in texts or not texts[lang].strip():
+                raise _RowError(f"{name}.{lang}", "missing")
+        for lang, text in texts.items():
+            if _CONTROL.search(text):
+                raise _RowError(f"{name}.{lang}", "contains CR, LF or another control character")
+            if _LONE_PERCENT.search(text):
+                raise _RowError(f"{name}.{lang}", "a '%' must be written '%%'")
+            if text[:1].isdigit():
+                # Postfix reads a leading digit as a malformed code.
+                raise _RowError(f"{name}.{lang}", "must not start with a digit")
+    if not row.text[ASCII_LANGUAGE].isascii() or not row.hint[ASCII_LANGUAGE].isascii():
+        raise _RowError(ASCII_LANGUAGE, "the fallback language must be plain ASCII")

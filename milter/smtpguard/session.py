@@ -1,0 +1,86 @@
+"""Per-session state: one :class:`Connection` per SMTP session, one
+:class:`Transaction` per MAIL FROM.
+
+These are plain data filled in by the adapter (or by ``simulate``) and read by the
+checks. Nothing here talks to the MTA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from smtpguard.address import Address
+from smtpguard.verdict import Hit, TempError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_counter = itertools.count(1)
+_prefix = f"{os.getpid():x}"
+
+
+def new_session_id() -> str:
+    """A short id unique within this process run, for log correlation."""
+    return f"{_prefix}.{next(_counter):x}"
+
+
+class MTA(Enum):
+    UNKNOWN = "unknown"
+    POSTFIX = "postfix"
+    SENDMAIL = "sendmail"
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One MAIL FROM ... (RCPT TO ...)* [DATA ...] exchange."""
+
+    sender: Address | None
+    sender_raw: str
+    esmtp: dict[str, str | None]
+    #: Why ``sender`` is None (syntax error), for the log.
+    sender_error: str = ""
+    smtputf8: bool = False
+    declared_size: int | None = None
+    auth_type: str | None = None
+    auth_login: str | None = None
+    recipients: list[Address] = field(default_factory=list)
+    queue_id: str | None = None
+    # Per-check scratch space for stateful content checks (MIME walker, counters).
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Connection:
+    """One SMTP session as the MTA describes it to the milter."""
+
+    session_id: str
+    client_ip: IPAddress | None
+    client_port: int | None
+    client_name: str
+    mta: MTA = MTA.UNKNOWN
+    helo: str | None = None
+    tls_version: str | None = None
+    trusted_network: bool = False
+    #: False when the session was over ``limits.max_sessions`` or we are draining.
+    admitted: bool = True
+    # Verdicts decided at connect/HELO wait here until MAIL FROM, where the MTA
+    # delivers their text (Postfix defers connect/HELO rejects to MAIL anyway).
+    pending: Hit | TempError | None = None
+    pending_check: str = ""
+    txn: Transaction | None = None
+    transactions: int = 0
+    # Connect-time lookups started early (DNS issue) keep their futures here.
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def authenticated(self) -> bool:
+        return self.txn is not None and bool(self.txn.auth_login)
+
+    @property
+    def trusted(self) -> bool:
+        """Client in ``trusted_networks`` or SASL-authenticated (spec: "trusted")."""
+        return self.trusted_network or self.authenticated

@@ -1,0 +1,118 @@
+"""Shared state: the dynamic sender blacklist (and, later, counters).
+
+The embedded backend keeps the blacklist in a SQLite file in WAL mode, so the CLI can
+add and remove entries while the milter reads them: the running milter sees a change
+at its next lookup, with no restart and no signal. Failures surface as
+:class:`StateError`; the check turns that into ``database_temp_error`` or a pass,
+as configured.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS blacklist (
+    address  TEXT PRIMARY KEY,   -- lower-cased address, or "@domain"
+    added_at REAL NOT NULL,
+    reason   TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+class StateError(Exception):
+    """The state store could not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlacklistEntry:
+    address: str
+    added_at: float
+    reason: str
+
+
+class Blacklist(Protocol):
+    def listed(self, address: str) -> str | None: ...
+
+
+class SqliteBlacklist:
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open {self.path}: {exc}") from None
+        return db
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._connect()
+            self._local.db = db
+        return db
+
+    def listed(self, address: str) -> str | None:
+        """The matching entry (address or ``@domain``), or None."""
+        address = address.lower()
+        domain = "@" + address.rpartition("@")[2]
+        try:
+            row = self._db().execute(
+                "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1", (address, domain)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._local.db = None
+            raise StateError(f"{self.path}: {exc}") from None
+        return str(row[0]) if row else None
+
+    def add(self, address: str, reason: str = "") -> bool:
+        with closing(self._connect()) as db, db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO blacklist VALUES (?, ?, ?)",
+                (address.lower(), time.time(), reason),
+            )
+            return cur.rowcount == 1
+
+    def remove(self, address: str) -> bool:
+        with closing(self._connect()) as db, db:
+            cur = db.execute("DELETE FROM blacklist WHERE address = ?", (address.lower(),))
+            return cur.rowcount == 1
+
+    def entries(self) -> list[BlacklistEntry]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT address, added_at, reason FROM blacklist ORDER BY address"
+            ).fetchall()
+        return [BlacklistEntry(a, t, r) for a, t, r in rows]
+
+
+class SessionGate:
+    """Counts concurrent SMTP sessions for load shedding (``queue_unavailable``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.draining = False
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        """Register a session; False when it is over the limit or we are draining."""
+        with self._lock:
+            self.active += 1
+            return not self.draining and self.active <= self.limit
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1

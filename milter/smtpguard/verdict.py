@@ -1,0 +1,38 @@
+"""What a check returns.
+
+A check only detects; it never talks to the MTA and never builds reply text. It returns
+``None`` (no objection), a :class:`Hit` (the policy says no, with the reply id of the
+table) or a :class:`TempError` (the check could not decide because something it relies
+on failed). The pipeline turns these into actions according to the check's mode and
+temp-error policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """The check found a policy violation answered with ``reply_id``.
+
+    ``detail`` goes to the log only, never into the SMTP reply.
+    """
+
+    reply_id: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TempError:
+    """The check could not decide (backend down, timeout, lock).
+
+    ``reply_id`` is the tempfail row to answer with when the check's policy is
+    fail-closed (for example ``database_temp_error`` or ``auth_error_temp``).
+    """
+
+    reply_id: str
+    detail: str = ""
+
+
+Verdict = Hit | TempError
