@@ -67,11 +67,14 @@ def detect_mta(version_macro: str | None, configured: str) -> MTA:
 
 
 def _client_ip(family: int, hostaddr: Any) -> IPAddress | None:
-    if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(hostaddr, tuple):
+    """The client IP from ``connect``'s hostaddr: a tuple from libmilter (IP first), a
+    bare string from ``Milter.testctx``; None for a unix socket or garbage."""
+    if family not in (socket.AF_INET, socket.AF_INET6):
         return None
+    raw = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
     try:
         # Drop an IPv6 zone id ("fe80::1%eth0"): it is not part of the address.
-        return ipaddress.ip_address(str(hostaddr[0]).split("%", 1)[0])
+        return ipaddress.ip_address(str(raw).split("%", 1)[0])
     except ValueError:
         return None
 

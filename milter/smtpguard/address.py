@@ -1,0 +1,388 @@
+"""Parsing of SMTP paths (``MAIL FROM`` / ``RCPT TO``) as a milter receives them.
+
+pymilter hands the path over as a ``str`` such as ``"<user@example.com>"`` or
+``"<>"``; some MTAs leave out the angle brackets, and bytes that are not valid
+UTF-8 arrive as surrogate escapes (``"\\udcff"``). The grammar is RFC 5321
+section 4.1.2, extended for internationalized mail by RFC 6531 section 3.3.
+
+Everything here is syntax only: whether a domain resolves, whether the null
+path is acceptable in the current command (it is not for ``RCPT TO``), or
+whether an address literal points somewhere sensible is for the checks to decide.
+
+Every input is length-checked before anything else is done with it, and no
+regex here can backtrack more than linearly, because this runs on every MAIL
+and RCPT command and the input comes straight from the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "Address",
+    "AddressError",
+    "esmtp_params",
+    "is_fqdn",
+    "is_valid_domain",
+    "parse_address_literal",
+    "parse_path",
+]
+
+# RFC 5321 4.5.3.1: limits in octets (of the UTF-8 form once RFC 6531 is in play).
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+MAX_LABEL = 63
+MAX_PATH = 256  # including the angle brackets and any source route
+
+# Anything longer than this cannot become a valid path even after trimming
+# whitespace; refusing it up front bounds the work done on hostile input.
+_MAX_RAW = 1024
+# "[IPv6:" + 45 characters of the longest IPv6 text form + "]".
+_MAX_LITERAL = 52
+
+# C0 and C1 controls, DEL, and lone surrogates (Python's surrogateescape
+# representation of bytes that were not valid UTF-8).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+_ATEXT = "A-Za-z0-9!#$%&'*+\\-/=?^_`{|}~"
+# Any character outside atext (and the dot separating atoms) in an unquoted
+# local part; the UTF-8 variant adds RFC 6531 UTF8-non-ascii. Controls and
+# surrogates have already been refused by the time these run.
+_BAD_DOT_ATOM = re.compile(f"[^{_ATEXT}.]")
+_BAD_DOT_ATOM_UTF8 = re.compile(f"[^{_ATEXT}.\u0080-\U0010ffff]")
+
+# RFC 5321 Quoted-string: qtextSMTP is %d32-33 / %d35-91 / %d93-126 and
+# quoted-pairSMTP is "\" %d32-126. The two alternatives cannot both match at
+# the same position (the first excludes the backslash), so matching is linear.
+_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
+# RFC 6531 3.3 adds UTF8-non-ascii to qtextSMTP (but not to quoted-pairSMTP).
+_QUOTED_UTF8 = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')
+
+_LDH = re.compile(r"[A-Za-z0-9-]+")
+_LDH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+_IPV4_CHARS = re.compile(r"[0-9.]+")
+# Restricting the characters keeps ipaddress from accepting an RFC 4007 zone
+# index ("fe80::1%eth0"), which has no place in an SMTP address literal.
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
+
+_WSP = " \t"
+
+
+class AddressError(ValueError):
+    """A path that does not parse.
+
+    ``reason`` is a short fixed English phrase meant for logs. It never quotes
+    the offending input, so it is safe to log without escaping.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A parsed mailbox, the null path, or the bare ``Postmaster`` recipient.
+
+    ``local`` is the local part exactly as given; a quoted local part keeps its
+    quotes and backslashes (``'"a b"'``) so that :attr:`text` reproduces it.
+    ``domain`` is the domain as given, including an address literal's brackets
+    and a trailing dot if there was one. Both are ``""`` for the null path; only
+    ``domain`` is ``""`` for ``<Postmaster>`` (RFC 5321 4.5.1).
+    """
+
+    local: str
+    domain: str
+
+    @property
+    def is_null(self) -> bool:
+        """True for the null reverse-path ``<>`` (RFC 5321 4.5.5)."""
+        return not self.local and not self.domain
+
+    @property
+    def text(self) -> str:
+        """``local@domain`` without angle brackets; ``""`` for the null path."""
+        if not self.domain:
+            return self.local
+        return f"{self.local}@{self.domain}"
+
+    @property
+    def domain_lc(self) -> str:
+        """The domain lower-cased and without a trailing dot, for comparisons.
+
+        U-labels stay U-labels; nothing is converted to the A-label form.
+        """
+        return self.domain.lower().removesuffix(".")
+
+    @property
+    def lc(self) -> str:
+        """:attr:`text` with only the domain lower-cased.
+
+        The local part keeps its case: RFC 5321 2.4 leaves its interpretation
+        to the receiving host, so ``User`` and ``user`` may be different
+        mailboxes.
+        """
+        if not self.domain:
+            return self.local
+        return f"{self.local}@{self.domain_lc}"
+
+    @classmethod
+    def null(cls) -> Address:
+        """The null path ``<>``."""
+        return cls("", "")
+
+
+def parse_path(raw: str, *, smtputf8: bool = False, allow_postmaster: bool = False) -> Address:
+    """Parse a reverse-path or forward-path as given to the milter.
+
+    Surrounding spaces and tabs are trimmed and the angle brackets may be
+    missing. ``<>`` gives :meth:`Address.null`; the caller must refuse it where
+    it is not allowed (``RCPT TO``). A source route (``<@a,@b:user@d>``) is
+    checked for syntax and dropped, as RFC 5321 4.1.2 and appendix C require.
+
+    With ``allow_postmaster`` the bare ``<Postmaster>`` (any case, no domain) is
+    accepted, as RFC 5321 4.5.1 requires for ``RCPT TO``.
+
+    With ``smtputf8`` (the client gave the SMTPUTF8 parameter, RFC 6531) UTF-8
+    is allowed in the local part and as U-labels in the domain; otherwise any
+    non-ASCII character is an error.
+
+    Deliberately stricter than the grammar: an empty quoted local part
+    (``""@example.com``) is refused since it names no usable mailbox, and an
+    IPv4 literal with leading zeros is refused since some software reads those
+    as octal. CR and LF are not trimmed but refused like other controls.
+
+    Raises :class:`AddressError`.
+    """
+    inner = _unwrap(raw, smtputf8)
+    if not inner:
+        return Address.null()
+    if allow_postmaster and inner.isascii() and inner.lower() == "postmaster":
+        return Address(inner, "")
+    if inner.startswith("@"):
+        inner = _strip_source_route(inner, smtputf8)
+
+    local, at, domain = inner.rpartition("@")
+    if not at or not domain:
+        raise AddressError("missing domain")
+    if not local:
+        raise AddressError("empty local part")
+    reason = _local_part_error(local, smtputf8)
+    if reason is None:
+        reason = _mailbox_domain_error(domain, smtputf8)
+    if reason is not None:
+        raise AddressError(reason)
+    return Address(local, domain)
+
+
+def _unwrap(raw: str, smtputf8: bool) -> str:
+    """Check the path as a whole and return what is inside the angle brackets."""
+    if len(raw) > _MAX_RAW:
+        raise AddressError("path too long")
+    path = raw.strip(_WSP)
+    if not path:
+        raise AddressError("empty path")
+    # Characters are never more than octets, so this needs no encoding yet.
+    if len(path) > MAX_PATH:
+        raise AddressError("path too long")
+    if _SURROGATE.search(path):
+        raise AddressError("undecodable bytes in path")
+    if _CONTROL.search(path):
+        raise AddressError("control character in path")
+    if path.isascii():
+        size = len(path)
+    elif smtputf8:
+        size = len(path.encode("utf-8"))
+    else:
+        raise AddressError("non-ASCII characters without SMTPUTF8")
+
+    bracketed = path.startswith("<")
+    if bracketed != path.endswith(">"):
+        raise AddressError("unbalanced angle brackets")
+    if bracketed:
+        inner = path[1:-1]
+    else:
+        # Count the brackets the MTA left out, so the limit means the same.
+        inner = path
+        size += 2
+    if size > MAX_PATH:
+        raise AddressError("path too long")
+    return inner
+
+
+def _strip_source_route(inner: str, smtputf8: bool) -> str:
+    """Check an RFC 5321 A-d-l (``@a,@b:``) and return what follows it.
+
+    At-domain allows no address literals, so the first colon ends the route.
+    """
+    route, colon, mailbox = inner.partition(":")
+    if not colon:
+        raise AddressError("malformed source route")
+    for hop in route.split(","):
+        if not hop.startswith("@") or not is_valid_domain(hop[1:], allow_utf8=smtputf8):
+            raise AddressError("malformed source route")
+    if not mailbox:
+        raise AddressError("source route without mailbox")
+    return mailbox
+
+
+def _local_part_error(local: str, smtputf8: bool) -> str | None:
+    octets = len(local.encode("utf-8")) if smtputf8 else len(local)
+    if octets > MAX_LOCAL_PART:
+        return "local part too long"
+    if local.startswith('"'):
+        pattern = _QUOTED_UTF8 if smtputf8 else _QUOTED
+        if not pattern.fullmatch(local):
+            return "invalid quoted local part"
+        if local == '""':
+            return "empty local part"
+        return None
+    bad = _BAD_DOT_ATOM_UTF8 if smtputf8 else _BAD_DOT_ATOM
+    if bad.search(local):
+        return "character not allowed in unquoted local part"
+    if local.startswith(".") or local.endswith("."):
+        return "local part starts or ends with a dot"
+    if ".." in local:
+        return "consecutive dots in local part"
+    return None
+
+
+def _mailbox_domain_error(domain: str, smtputf8: bool) -> str | None:
+    if domain.startswith("["):
+        if parse_address_literal(domain) is not None:
+            return None
+        # RFC 5321 4.1.3 General-address-literal: no tag has ever been
+        # registered, so no MTA can deliver to one; refuse rather than guess.
+        if domain.endswith("]") and ":" in domain and domain[1:6].lower() != "ipv6:":
+            return "general address literal not supported"
+        return "invalid address literal"
+    return _domain_error(domain, smtputf8)
+
+
+def _domain_error(name: str, allow_utf8: bool) -> str | None:
+    if len(name) > MAX_DOMAIN + 1:
+        return "domain too long"
+    name = name.removesuffix(".")
+    if not name:
+        return "empty domain"
+    if name.isascii():
+        if len(name) > MAX_DOMAIN:
+            return "domain too long"
+        for label in name.split("."):
+            reason = _ascii_label_error(label)
+            if reason is not None:
+                return reason
+        return None
+    if not allow_utf8:
+        return "non-ASCII domain"
+    if _SURROGATE.search(name) or _CONTROL.search(name):
+        return "control character in domain"
+    if len(name.encode("utf-8")) > MAX_DOMAIN:
+        return "domain too long"
+    for label in name.split("."):
+        reason = _ascii_label_error(label) if label.isascii() else _ulabel_error(label)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _ascii_label_error(label: str) -> str | None:
+    if not label:
+        return "empty domain label"
+    if len(label) > MAX_LABEL:
+        return "domain label too long"
+    if not _LDH.fullmatch(label):
+        return "domain label not letters, digits and hyphens"
+    if label.startswith("-") or label.endswith("-"):
+        return "domain label starts or ends with a hyphen"
+    return None
+
+
+def _ulabel_error(label: str) -> str | None:
+    """A deliberately simple U-label check (RFC 6531 allows U-labels, RFC 5890).
+
+    Letters, marks and digits of any script plus ASCII LDH; no spaces,
+    punctuation or symbols, which keeps look-alike separators such as U+3002
+    IDEOGRAPHIC FULL STOP out. Full IDNA2008 validation would need a new
+    dependency, and the MTA (or DNS) has the final word anyway.
+    """
+    if len(label.encode("utf-8")) > MAX_LABEL:
+        return "domain label too long"
+    if label.startswith("-") or label.endswith("-"):
+        return "domain label starts or ends with a hyphen"
+    for ch in label:
+        if ch in _LDH_CHARS:
+            continue
+        if ch.isascii() or unicodedata.category(ch)[0] not in "LMN":
+            return "character not allowed in domain label"
+    # RFC 5891 4.2.3.2: a label must not begin with a combining mark.
+    if unicodedata.category(label[0]).startswith("M"):
+        return "domain label starts with a combining mark"
+    return None
+
+
+def is_valid_domain(name: str, *, allow_utf8: bool = False) -> bool:
+    """Whether ``name`` is a syntactically valid host name.
+
+    LDH labels of 1 to 63 octets, at most 255 octets in all, one trailing dot
+    allowed. A single label is fine here; :func:`is_fqdn` asks for more. With
+    ``allow_utf8`` labels may be U-labels (see :func:`parse_path`). Address
+    literals are not host names and give False.
+    """
+    return _domain_error(name, allow_utf8) is None
+
+
+def is_fqdn(name: str, *, allow_utf8: bool = False) -> bool:
+    """Whether ``name`` is a valid domain of at least two labels whose last
+    label is not all digits (so a dotted IPv4 address is not an FQDN)."""
+    if not is_valid_domain(name, allow_utf8=allow_utf8):
+        return False
+    labels = name.removesuffix(".").split(".")
+    return len(labels) >= 2 and not labels[-1].isdigit()
+
+
+def parse_address_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in an RFC 5321 4.1.3 address literal, else None.
+
+    ``"[192.0.2.1]"`` gives an IPv4Address and ``"[IPv6:2001:db8::1]"`` (tag in
+    any case) an IPv6Address. General literals (``"[tag:...]"``), zone indexes
+    and IPv4 with leading zeros give None.
+    """
+    if len(text) > _MAX_LITERAL or not (text.startswith("[") and text.endswith("]")):
+        return None
+    body = text[1:-1]
+    try:
+        if body[:5].lower() == "ipv6:":
+            body = body[5:]
+            if not _IPV6_CHARS.fullmatch(body):
+                return None
+            return ipaddress.IPv6Address(body)
+        if not _IPV4_CHARS.fullmatch(body):
+            return None
+        return ipaddress.IPv4Address(body)
+    except ValueError:
+        return None
+
+
+def esmtp_params(args: Sequence[str]) -> dict[str, str | None]:
+    """Map ESMTP parameters (RFC 5321 4.1.2 Mail-parameters) to a dict.
+
+    ``["SIZE=100", "SMTPUTF8"]`` gives ``{"SIZE": "100", "SMTPUTF8": None}``.
+    Keywords are upper-cased (they are case-insensitive); values are kept as
+    given, still xtext-encoded where the extension says so (ENVID, ORCPT).
+    ``"KEY="`` gives ``""``, distinct from a keyword without a value. Empty
+    arguments are skipped and a repeated keyword keeps its last value, which is
+    the one an MTA processing parameters in order would act on.
+    """
+    params: dict[str, str | None] = {}
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not key:
+            continue
+        params[key.upper()] = value if eq else None
+    return params

@@ -1,0 +1,1 @@
+"""Test support: config writer, service runner, milter protocol client."""

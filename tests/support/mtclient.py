@@ -1,0 +1,164 @@
+"""The MTA side of the milter protocol, on top of the PyPI ``miltertest`` package.
+
+Unlike Debian's Lua harness it returns the code, enhanced code and full text of a
+reply at any stage. Every reply received is validated the way Postfix would judge it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import miltertest
+from miltertest import constants as C
+
+POLL_INTERVAL = 0.02
+DEFAULT_CONNECT_MACROS = {"j": "mx.example.com", "v": "Postfix 3.7.11", "{daemon_name}": "mx"}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One milter response: ``kind`` is continue / accept / reject / tempfail /
+    discard / reply; for ``reply`` the code, xcode and text lines."""
+
+    kind: str
+    code: str = ""
+    xcode: str = ""
+    lines: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.code} {self.xcode} {self.lines}"
+
+
+_KINDS = {
+    C.SMFIR_CONTINUE: "continue",
+    C.SMFIR_ACCEPT: "accept",
+    C.SMFIR_REJECT: "reject",
+    C.SMFIR_TEMPFAIL: "tempfail",
+    C.SMFIR_DISCARD: "discard",
+}
+_LINE = re.compile(r"([45][0-9][0-9])([ -])([245]\.[0-9]{1,3}\.[0-9]{1,3}) (.*)\Z", re.S)
+
+
+def parse_reply(raw: str) -> Answer:
+    """Parse and validate a SMFIR_REPLYCODE buffer ("554 5.7.1 text" or multi-line)."""
+    lines = raw.split("\r\n")
+    codes, xcodes, texts = set(), set(), []
+    for i, line in enumerate(lines):
+        m = _LINE.match(line)
+        assert m, f"malformed reply line {line!r}"
+        code, sep, xcode, text = m.groups()
+        assert sep == ("-" if i < len(lines) - 1 else " "), f"bad continuation in {raw!r}"
+        assert code[0] == xcode[0], f"class mismatch {code} {xcode}: Postfix calls it malformed"
+        assert "\r" not in text and "\n" not in text
+        assert len(line.encode()) + 2 <= 512, "RFC 5321 reply line limit"
+        codes.add(code)
+        xcodes.add(xcode)
+        texts.append(text)
+    assert len(codes) == 1 and len(xcodes) == 1, f"mixed codes in {raw!r}"
+    return Answer("reply", codes.pop(), xcodes.pop(), tuple(texts))
+
+
+@dataclass
+class MilterSession:
+    """One SMTP session as an MTA would present it to the milter."""
+
+    address: str | tuple[str, int]
+    timeout: float = 10.0
+    conn: miltertest.MilterConnection = field(init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.address, tuple):
+            sock = socket.create_connection(self.address, timeout=self.timeout)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(self.address)
+        self.conn = miltertest.MilterConnection(sock)
+        self.conn.optneg_mta()
+
+    def _answer(self, cmd: str, macros: dict[str, str] | None, **args: object) -> Answer:
+        if macros:
+            self.conn.send_macro(cmd, **macros)
+        rcmd, rdict = self.conn.send_get(cmd, **args)
+        if rcmd == C.SMFIR_REPLYCODE:
+            return parse_reply(rdict["smtpcode"] + rdict["space"] + rdict["text"])
+        assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
+        return Answer(_KINDS[rcmd])
+
+    def connect(
+        self,
+        ip: str = "198.51.100.7",
+        hostname: str | None = None,
+        macros: dict[str, str] | None = None,
+    ) -> Answer:
+        family = "6" if ":" in ip else "4"
+        return self._answer(
+            C.SMFIC_CONNECT,
+            {**DEFAULT_CONNECT_MACROS, **(macros or {})},
+            hostname=hostname or f"[{ip}]",
+            family=family,
+            port=40000,
+            address=ip,
+        )
+
+    def helo(self, name: str, macros: dict[str, str] | None = None) -> Answer:
+        return self._answer(C.SMFIC_HELO, macros, helo=name)
+
+    def mail(self, path: str, *esmtp: str, macros: dict[str, str] | None = None) -> Answer:
+        return self._answer(C.SMFIC_MAIL, macros, args=[path, *esmtp])
+
+    def rcpt(self, path: str, *esmtp: str, macros: dict[str, str] | None = None) -> Answer:
+        return self._answer(C.SMFIC_RCPT, macros, args=[path, *esmtp])
+
+    def data(self) -> Answer:
+        return self._answer(C.SMFIC_DATA, None)
+
+    def header(self, name: str, value: str) -> Answer:
+        return self._answer(C.SMFIC_HEADER, None, name=name, value=value)
+
+    def eoh(self) -> Answer:
+        return self._answer(C.SMFIC_EOH, None)
+
+    def body(self, chunk: str) -> Answer:
+        return self._answer(C.SMFIC_BODY, None, buf=chunk)
+
+    def eom(self) -> list[tuple[str, dict[str, object]]]:
+        return self.conn.send_eom()
+
+    def abort(self) -> None:
+        self.conn._send(C.SMFIC_ABORT)
+
+    def close(self) -> None:
+        try:
+            self.conn._send(C.SMFIC_QUIT)
+        except OSError:
+            pass
+        self.conn.sock.close()
+
+    def __enter__(self) -> MilterSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_for_socket(path: Path, deadline: float = 15.0) -> None:
+    """Poll until a unix socket accepts connections (never a fixed sleep)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(POLL_INTERVAL)

@@ -1,0 +1,188 @@
+"""Writing test configs and running the real ``smtpguard run`` service."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from support.mtclient import MilterSession, wait_for_socket
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "rules"
+
+#: Test networks (RFC 5737): the milter protocol carries these as data, no traffic.
+TRUSTED_IP = "192.0.2.10"
+UNTRUSTED_IP = "198.51.100.7"
+
+BASE_CONFIG: dict[str, Any] = {
+    "milter": {"name": "smtpguard-test", "log_level": "INFO"},
+    "site": {
+        "local_domains": ["example.com"],
+        "relay_domains": ["relay.example"],
+        "trusted_networks": ["192.0.2.0/24"],
+        "our_hostnames": ["mx.example.com"],
+        "our_ips": ["203.0.113.25"],
+    },
+    "limits": {"max_rcpt": 3, "max_message_size": 1_000_000},
+    "replies": {"table": str(RULES / "replies.toml")},
+    "policy": {"sender_deny": ["spammer@bad.example", "junk.example", "/^promo-[0-9]+@/"]},
+    "directory": {"backend": "sqlite", "timeout": 0.3},
+    "state": {"backend": "embedded", "timeout": 0.3},
+}
+
+DIRECTORY = """
+[[user]]
+address = "alice@example.com"
+send_as = ["sales@example.com"]
+
+[[user]]
+address = "bob@example.com"
+state = "locked"
+
+[[user]]
+address = "carol@example.com"
+state = "suspended"
+
+[[user]]
+address = "dave@example.com"
+login = "dave"
+
+[[alias]]
+address = "sales@example.com"
+target = "alice@example.com"
+
+[[list]]
+address = "staff@example.com"
+policy = "members"
+members = ["alice@example.com"]
+
+[[list]]
+address = "news@example.com"
+policy = "open"
+"""
+
+
+def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def dump_toml(data: Mapping[str, Any], prefix: str = "") -> str:
+    """A tiny TOML writer for test configs (tables, scalars, lists)."""
+    lines = []
+    tables = []
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in tables:
+        name = f"{prefix}.{key}" if prefix else key
+        out += f"\n[{name}]\n" + dump_toml(value, name)
+    return out
+
+
+@dataclass
+class Site:
+    """A test installation: config file, directory, state, socket, all under tmp."""
+
+    dir: Path
+    config: Path
+    socket: Path
+    directory: Path
+    state: Path
+
+
+def make_site(tmp: Path, extra: Mapping[str, Any] | None = None, *, directory: bool = True) -> Site:
+    tmp.mkdir(parents=True, exist_ok=True)
+    sock = tmp / "smtpguard.sock"
+    site = Site(tmp, tmp / "smtpguard.toml", sock, tmp / "directory.sqlite", tmp / "state.sqlite")
+    data = merge(
+        BASE_CONFIG,
+        {
+            "milter": {"socket": f"unix:{sock}"},
+            "directory": {"path": str(site.directory)},
+            "state": {"path": str(site.state)},
+        },
+    )
+    data = merge(data, extra or {})
+    site.config.write_text(dump_toml(data), encoding="utf-8")
+    if directory:
+        source = tmp / "directory.toml"
+        source.write_text(DIRECTORY, encoding="utf-8")
+        smtpguard(site, "directory", "import", str(source))
+    return site
+
+
+def smtpguard(site: Site, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smtpguard", "-c", str(site.config), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=60,
+    )
+
+
+@dataclass
+class Running:
+    site: Site
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def session(self) -> MilterSession:
+        return MilterSession(str(self.site.socket))
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@contextmanager
+def running(site: Site, command: list[str] | None = None) -> Iterator[Running]:
+    """Run the service (``smtpguard run`` by default) until the block ends."""
+    log_path = site.dir / "service.log"
+    argv = command or [sys.executable, "-m", "smtpguard", "-c", str(site.config), "run"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ}
+        )
+    try:
+        try:
+            wait_for_socket(site.socket)
+        except OSError:
+            proc.kill()
+            raise RuntimeError("service did not start:\n" + log_path.read_text()) from None
+        yield Running(site, proc, log_path)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

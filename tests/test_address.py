@@ -1,0 +1,793 @@
+"""Tests for smtpguard.address: SMTP path parsing (RFC 5321 4.1.2, RFC 6531 3.3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smtpguard.address import (
+    Address,
+    AddressError,
+    esmtp_params,
+    is_fqdn,
+    is_valid_domain,
+    parse_address_literal,
+    parse_path,
+)
+
+# No example database: it would leave a .hypothesis/ directory in the checkout.
+PROPERTY = settings(database=None, max_examples=300, deadline=None)
+
+ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
+
+
+def domain_of_length(n: int) -> str:
+    """A valid ASCII domain of exactly ``n`` octets (labels of at most 62)."""
+    labels = []
+    remaining = n
+    while remaining > 63:
+        labels.append("a" * 62)
+        remaining -= 63
+    labels.append("b" * remaining)
+    name = ".".join(labels)
+    assert len(name) == n
+    return name
+
+
+def reason_of(raw: str, **kwargs: bool) -> str:
+    with pytest.raises(AddressError) as info:
+        parse_path(raw, **kwargs)
+    return info.value.reason
+
+
+# --------------------------------------------------------------------------- valid
+
+
+@pytest.mark.parametrize(
+    ("raw", "local", "domain"),
+    [
+        ("<user@example.com>", "user", "example.com"),
+        ("user@example.com", "user", "example.com"),
+        ("  <user@example.com>\t", "user", "example.com"),
+        (" \t user@example.com  ", "user", "example.com"),
+        ("<User.Name+tag@Example.COM>", "User.Name+tag", "Example.COM"),
+        (f"<{ATEXT[62:]}@example.com>", ATEXT[62:], "example.com"),
+        ("<a.b.c.d@example.com>", "a.b.c.d", "example.com"),
+        ("<1@2.example>", "1", "2.example"),
+        ('<"a b"@example.com>', '"a b"', "example.com"),
+        ('<"a\\"b"@example.com>', '"a\\"b"', "example.com"),
+        ('<"a\\\\b"@example.com>', '"a\\\\b"', "example.com"),
+        ('<"a@b"@example.com>', '"a@b"', "example.com"),
+        ('<"john..doe"@example.com>', '"john..doe"', "example.com"),
+        ('<".leading"@example.com>', '".leading"', "example.com"),
+        ('<"(),:;<>[]"@example.com>', '"(),:;<>[]"', "example.com"),
+        ('<" "@example.com>', '" "', "example.com"),
+        ("<user@example.com.>", "user", "example.com."),
+        ("<user@localhost>", "user", "localhost"),
+        ("<user@sub-domain.ex-ample.com>", "user", "sub-domain.ex-ample.com"),
+        ("<user@xn--bcher-kva.example>", "user", "xn--bcher-kva.example"),
+        ("<user@123.example>", "user", "123.example"),
+        (f"<user@{'a' * 63}.com>", "user", f"{'a' * 63}.com"),
+        ("<user@[192.0.2.1]>", "user", "[192.0.2.1]"),
+        ("<user@[0.0.0.0]>", "user", "[0.0.0.0]"),
+        ("<user@[IPv6:2001:db8::1]>", "user", "[IPv6:2001:db8::1]"),
+        ("<user@[ipv6:::1]>", "user", "[ipv6:::1]"),
+        ("<user@[IPv6:::ffff:192.0.2.1]>", "user", "[IPv6:::ffff:192.0.2.1]"),
+        ("<user@[IPv6:2001:DB8:0:0:0:0:0:1]>", "user", "[IPv6:2001:DB8:0:0:0:0:0:1]"),
+        # RFC 5321 4.1.2 / appendix C: a source route is accepted and ignored.
+        ("<@relay.example:user@example.com>", "user", "example.com"),
+        ("<@a.example,@b.example:user@example.com>", "user", "example.com"),
+        ('<@a.example:"x:y"@example.com>', '"x:y"', "example.com"),
+        ("@relay.example:user@example.com", "user", "example.com"),
+        # A local part named postmaster with a domain is an ordinary mailbox.
+        ("<postmaster@example.com>", "postmaster", "example.com"),
+        # 64-octet local part is the limit, not over it.
+        (f"<{'l' * 64}@example.com>", "l" * 64, "example.com"),
+    ],
+)
+def test_valid_ascii(raw: str, local: str, domain: str) -> None:
+    expected = Address(local, domain)
+    assert parse_path(raw) == expected
+    # Anything valid without SMTPUTF8 stays valid with it.
+    assert parse_path(raw, smtputf8=True) == expected
+    assert parse_path(raw, allow_postmaster=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "local", "domain"),
+    [
+        ("<üser@example.com>", "üser", "example.com"),
+        ("<user@bücher.de>", "user", "bücher.de"),
+        ("<üser@bücher.de>", "üser", "bücher.de"),
+        ("<用户@例子.广告>", "用户", "例子.广告"),
+        ("<δοκιμή@παράδειγμα.δοκιμή>", "δοκιμή", "παράδειγμα.δοκιμή"),
+        ("<user@उदाहरण.परीक्षा>", "user", "उदाहरण.परीक्षा"),
+        ("<user@Bücher-Shop.DE.>", "user", "Bücher-Shop.DE."),
+        ("<user@١٢٣.example>", "user", "١٢٣.example"),
+        ('<"ü x"@example.com>', '"ü x"', "example.com"),
+        ("<@relä.example:ü@example.com>", "ü", "example.com"),
+        (f"<{'ü' * 32}@example.com>", "ü" * 32, "example.com"),
+        (f"<user@{'ü' * 31}a.de>", "user", f"{'ü' * 31}a.de"),
+    ],
+)
+def test_valid_smtputf8(raw: str, local: str, domain: str) -> None:
+    assert parse_path(raw, smtputf8=True) == Address(local, domain)
+    assert reason_of(raw) == "non-ASCII characters without SMTPUTF8"
+
+
+@pytest.mark.parametrize("raw", ["<>", "  <>  ", "\t<>"])
+def test_null_path(raw: str) -> None:
+    addr = parse_path(raw)
+    assert addr == Address.null()
+    assert addr.is_null
+    assert addr.text == ""
+    assert addr.lc == ""
+    assert addr.domain_lc == ""
+
+
+@pytest.mark.parametrize(
+    "raw", ["<Postmaster>", "<postmaster>", "<POSTMASTER>", "<PostMaster>", "postmaster"]
+)
+def test_postmaster(raw: str) -> None:
+    """RFC 5321 4.5.1: RCPT TO:<Postmaster> must be accepted without a domain."""
+    addr = parse_path(raw, allow_postmaster=True)
+    local = raw.strip("<>")
+    assert addr == Address(local, "")
+    assert not addr.is_null
+    assert addr.text == local
+    assert addr.lc == local
+    assert addr.domain_lc == ""
+    assert reason_of(raw) == "missing domain"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<@relay.example:Postmaster>",  # the <Postmaster> form takes no route
+        "<Postmaster >",
+        "<Postmaster@>",
+        "<postma\u017fter>",  # U+017F LATIN SMALL LETTER LONG S
+        '<"Postmaster">',
+    ],
+)
+def test_postmaster_only_exact(raw: str) -> None:
+    with pytest.raises(AddressError):
+        parse_path(raw, allow_postmaster=True, smtputf8=True)
+
+
+# ------------------------------------------------------------------------- invalid
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "empty path"),
+        ("   ", "empty path"),
+        (" \t ", "empty path"),
+        # brackets
+        ("<", "unbalanced angle brackets"),
+        (">", "unbalanced angle brackets"),
+        ("<user@example.com", "unbalanced angle brackets"),
+        ("user@example.com>", "unbalanced angle brackets"),
+        ("<<user@example.com>>", "character not allowed in unquoted local part"),
+        ("< user@example.com>", "character not allowed in unquoted local part"),
+        ("<user@example.com >", "domain label not letters, digits and hyphens"),
+        ("< >", "missing domain"),
+        # structure
+        ("<user>", "missing domain"),
+        ("user", "missing domain"),
+        ("<user@>", "missing domain"),
+        ("<@>", "malformed source route"),
+        ("<@example.com>", "malformed source route"),
+        ("<@example.com:>", "source route without mailbox"),
+        ("<@:user@example.com>", "malformed source route"),
+        ("<@a.example,b.example:user@example.com>", "malformed source route"),
+        ("<@a.example,:user@example.com>", "malformed source route"),
+        ("<@a_b.example:user@example.com>", "malformed source route"),
+        ("<@[192.0.2.1]:user@example.com>", "malformed source route"),
+        ("<@a.example:@example.com>", "empty local part"),
+        ("<@example.com:user>", "missing domain"),
+        # local part: empty, dot-atom
+        ("<@example.com", "unbalanced angle brackets"),
+        ("@example.com", "malformed source route"),
+        ('<""@example.com>', "empty local part"),
+        ("<.user@example.com>", "local part starts or ends with a dot"),
+        ("<user.@example.com>", "local part starts or ends with a dot"),
+        ("<.@example.com>", "local part starts or ends with a dot"),
+        ("<us..er@example.com>", "consecutive dots in local part"),
+        # local part: characters not allowed unless quoted
+        ("<us er@example.com>", "character not allowed in unquoted local part"),
+        ("<user(comment)@example.com>", "character not allowed in unquoted local part"),
+        ("<us,er@example.com>", "character not allowed in unquoted local part"),
+        ("<us:er@example.com>", "character not allowed in unquoted local part"),
+        ("<us;er@example.com>", "character not allowed in unquoted local part"),
+        ("<a@b@example.com>", "character not allowed in unquoted local part"),
+        ("<[user]@example.com>", "character not allowed in unquoted local part"),
+        ("<us\\er@example.com>", "character not allowed in unquoted local part"),
+        ('<us"er"@example.com>', "character not allowed in unquoted local part"),
+        ("<<user>@example.com>", "character not allowed in unquoted local part"),
+        # quoted-string
+        ('<"unterminated@example.com>', "invalid quoted local part"),
+        ('<"a"b@example.com>', "invalid quoted local part"),
+        ('<"a".b@example.com>', "invalid quoted local part"),
+        ('<"a"."b"@example.com>', "invalid quoted local part"),
+        ('<"a\\"@example.com>', "invalid quoted local part"),
+        ('<"a"b"@example.com>', "invalid quoted local part"),
+        ('<"@example.com>', "invalid quoted local part"),
+        # domain: LDH labels
+        ("<user@-example.com>", "domain label starts or ends with a hyphen"),
+        ("<user@example-.com>", "domain label starts or ends with a hyphen"),
+        ("<user@example.-com>", "domain label starts or ends with a hyphen"),
+        ("<user@exa_mple.com>", "domain label not letters, digits and hyphens"),
+        ("<user@exa mple.com>", "domain label not letters, digits and hyphens"),
+        ("<user@example.com!>", "domain label not letters, digits and hyphens"),
+        ("<user@example..com>", "empty domain label"),
+        ("<user@.example.com>", "empty domain label"),
+        ("<user@example.com..>", "empty domain label"),
+        ("<user@.>", "empty domain"),
+        (f"<user@{'a' * 64}.com>", "domain label too long"),
+        # domain: address literals
+        ("<user@[256.1.1.1]>", "invalid address literal"),
+        ("<user@[192.0.2]>", "invalid address literal"),
+        ("<user@[192.0.2.1.5]>", "invalid address literal"),
+        ("<user@[01.2.3.4]>", "invalid address literal"),
+        ("<user@[192.0.2.1>", "invalid address literal"),
+        ("<user@[192.0.2.1].>", "invalid address literal"),
+        ("<user@[]>", "invalid address literal"),
+        ("<user@[IPv6:]>", "invalid address literal"),
+        ("<user@[IPv6:2001:db8::g]>", "invalid address literal"),
+        ("<user@[IPv6:2001:db8:::1]>", "invalid address literal"),
+        ("<user@[IPv6:fe80::1%eth0]>", "invalid address literal"),
+        ("<user@[IPv6:192.0.2.1]>", "invalid address literal"),
+        ("<user@[ IPv6:::1]>", "general address literal not supported"),
+        ("<user@[x-tag:something]>", "general address literal not supported"),
+        ("<user@[IPv4:192.0.2.1]>", "general address literal not supported"),
+        ("<user@[2001:db8::1]>", "general address literal not supported"),
+        ("<user@example.com]>", "domain label not letters, digits and hyphens"),
+        # lengths: 64 octets local part, 256 octets path
+        (f"<{'l' * 65}@example.com>", "local part too long"),
+        (f'<"{"q" * 63}"@example.com>', "local part too long"),
+        # NUL, controls, line breaks, DEL anywhere
+        ("<us\x00er@example.com>", "control character in path"),
+        ("<user@example.com>\x00", "control character in path"),
+        ("<user@example.com>\r\n", "control character in path"),
+        ("<user@example.com\n>", "control character in path"),
+        ("<us\ter@example.com>", "control character in path"),
+        ('<"us\ter"@example.com>', "control character in path"),
+        ('<"us\x01er"@example.com>', "control character in path"),
+        ("<user@exam\x7fple.com>", "control character in path"),
+        ("\x0b<user@example.com>", "control character in path"),
+        # undecodable bytes delivered as surrogate escapes
+        ("<us\udcffer@example.com>", "undecodable bytes in path"),
+        ("<user@exa\udc80mple.com>", "undecodable bytes in path"),
+        ("<\ud800@example.com>", "undecodable bytes in path"),
+        # non-ASCII without SMTPUTF8
+        ("<üser@example.com>", "non-ASCII characters without SMTPUTF8"),
+        ("<user@bücher.de>", "non-ASCII characters without SMTPUTF8"),
+        ('<"ü"@example.com>', "non-ASCII characters without SMTPUTF8"),
+        ("<user@example.com>\u00a0", "non-ASCII characters without SMTPUTF8"),
+    ],
+)
+def test_invalid(raw: str, reason: str) -> None:
+    assert reason_of(raw) == reason
+    assert reason_of(raw, allow_postmaster=True) == reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("<us\x85er@example.com>", "control character in path"),  # C1 NEL
+        ("<user@exa\x9fmple.com>", "control character in path"),
+        ("<üs\udcffer@example.com>", "undecodable bytes in path"),
+        ("<us..ér@example.com>", "consecutive dots in local part"),
+        ("<.ü@example.com>", "local part starts or ends with a dot"),
+        ("<ü ser@example.com>", "character not allowed in unquoted local part"),
+        ('<"ü\\é"@example.com>', "invalid quoted local part"),  # quoted-pair stays ASCII
+        ("<user@bü cher.de>", "character not allowed in domain label"),
+        ("<user@bücher!.de>", "character not allowed in domain label"),
+        ("<user@bücher_.de>", "character not allowed in domain label"),
+        ("<user@x。com>", "character not allowed in domain label"),  # U+3002
+        ("<user@bü\u00a0cher.de>", "character not allowed in domain label"),
+        ("<user@bü\u200bcher.de>", "character not allowed in domain label"),
+        ("<user@bücher★.de>", "character not allowed in domain label"),
+        ("<user@-bücher.de>", "domain label starts or ends with a hyphen"),
+        ("<user@bücher-.de>", "domain label starts or ends with a hyphen"),
+        ("<user@\u0301bücher.de>", "domain label starts with a combining mark"),
+        ("<user@bücher..de>", "empty domain label"),
+        (f"<user@{'ü' * 32}.de>", "domain label too long"),  # 64 octets, 32 characters
+        (f"<{'ü' * 32}x@example.com>", "local part too long"),  # 65 octets
+        ("<@bü cher.example:user@example.com>", "malformed source route"),
+    ],
+)
+def test_invalid_smtputf8(raw: str, reason: str) -> None:
+    assert reason_of(raw, smtputf8=True) == reason
+
+
+# -------------------------------------------------------------------------- lengths
+
+
+def test_path_length_limit_counts_brackets() -> None:
+    """RFC 5321 4.5.3.1.3: 256 octets including the punctuation."""
+    domain = domain_of_length(256 - 2 - len("u@"))
+    at_limit = f"<u@{domain}>"
+    assert len(at_limit) == 256
+    assert parse_path(at_limit) == Address("u", domain)
+    # Without brackets the same mailbox is the same length as far as the limit goes.
+    assert parse_path(at_limit[1:-1]) == Address("u", domain)
+    assert parse_path(f"  {at_limit}  ") == Address("u", domain)
+
+    over = f"<uu@{domain}>"
+    assert len(over) == 257
+    assert reason_of(over) == "path too long"
+    assert reason_of(over[1:-1]) == "path too long"
+
+
+def test_path_length_limit_counts_utf8_octets() -> None:
+    domain = domain_of_length(256 - 2 - len("ü@".encode()))
+    # 255 characters but 256 octets: at the limit.
+    assert parse_path(f"<ü@{domain}>", smtputf8=True) == Address("ü", domain)
+    # 256 characters, 257 octets.
+    assert reason_of(f"<üu@{domain}>", smtputf8=True) == "path too long"
+
+
+def test_source_route_counts_towards_path_length() -> None:
+    route = "@" + domain_of_length(240) + ":"
+    assert reason_of(f"<{route}user@example.com>") == "path too long"
+    assert parse_path(f"<{route}u@ex.com>") == Address("u", "ex.com")
+
+
+def test_local_part_limit_counts_utf8_octets() -> None:
+    assert parse_path(f"<{'ü' * 32}@example.com>", smtputf8=True).local == "ü" * 32
+    assert reason_of(f"<{'ü' * 33}@example.com>", smtputf8=True) == "local part too long"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "a" * 100_000,
+        "<" + "a" * 100_000 + "@example.com>",
+        "<user@" + "a" * 100_000 + ">",
+        "<" + "a." * 50_000 + "@example.com>",
+        "<user@" + "a." * 50_000 + "com>",
+        '<"' + "\\" * 100_000 + '"@example.com>',
+        '<"' + "\\a" * 50_000 + "@example.com>",
+        "<" + "@a," * 33_333 + ":user@example.com>",
+        "<" * 100_000,
+        "<" * 50_000 + ">" * 50_000,
+        "\x00" * 100_000,
+        "\udcff" * 100_000,
+        " " * 100_000 + "<user@example.com>",
+        "<user@[" + "1." * 50_000 + "1]>",
+        "<user@[IPv6:" + "1:" * 50_000 + ":1]>",
+        "<" + "ü" * 100_000 + "@bücher.de>",
+    ],
+)
+def test_hostile_100k_rejected_quickly(hostile: str) -> None:
+    assert len(hostile) >= 100_000
+    started = time.perf_counter()
+    for smtputf8 in (False, True):
+        with pytest.raises(AddressError) as info:
+            parse_path(hostile, smtputf8=smtputf8, allow_postmaster=True)
+        # Length is checked before anything looks at the content.
+        assert info.value.reason == "path too long"
+    assert not is_valid_domain(hostile)
+    assert not is_valid_domain(hostile, allow_utf8=True)
+    assert not is_fqdn(hostile)
+    assert parse_address_literal(hostile) is None
+    # Generous bound: this takes microseconds; quadratic work would take seconds.
+    assert time.perf_counter() - started < 0.5
+
+
+# -------------------------------------------------------------------------- Address
+
+
+@pytest.mark.parametrize(
+    ("addr", "text", "lc", "domain_lc"),
+    [
+        (Address("User", "Example.COM"), "User@Example.COM", "User@example.com", "example.com"),
+        (Address("u", "Example.COM."), "u@Example.COM.", "u@example.com", "example.com"),
+        (Address('"A b"', "x.ORG"), '"A b"@x.ORG', '"A b"@x.org', "x.org"),
+        (Address("Ü", "BÜCHER.de"), "Ü@BÜCHER.de", "Ü@bücher.de", "bücher.de"),
+        (
+            Address("u", "[IPv6:2001:DB8::1]"),
+            "u@[IPv6:2001:DB8::1]",
+            "u@[ipv6:2001:db8::1]",
+            "[ipv6:2001:db8::1]",
+        ),
+        (Address("Postmaster", ""), "Postmaster", "Postmaster", ""),
+        (Address.null(), "", "", ""),
+    ],
+)
+def test_address_properties(addr: Address, text: str, lc: str, domain_lc: str) -> None:
+    assert addr.text == text
+    assert addr.lc == lc
+    assert addr.domain_lc == domain_lc
+    assert addr.is_null == (addr == Address.null())
+
+
+def test_address_is_frozen_and_slotted() -> None:
+    addr = Address("u", "example.com")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        addr.local = "v"  # type: ignore[misc]
+    assert not hasattr(addr, "__dict__")
+    assert {addr, Address("u", "example.com")} == {addr}
+
+
+def test_local_part_case_is_significant() -> None:
+    """RFC 5321 2.4: only the domain is case-insensitive."""
+    assert parse_path("<User@example.com>").lc != parse_path("<user@example.com>").lc
+    assert parse_path("<user@EXAMPLE.com>").lc == parse_path("<user@example.com>").lc
+
+
+def test_address_error() -> None:
+    with pytest.raises(AddressError) as info:
+        parse_path("<secret-token\x00@example.com>")
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert str(err) == err.reason == "control character in path"
+    # The reason is safe to log: it never quotes the input.
+    assert "secret" not in str(err)
+
+
+# -------------------------------------------------------------------- is_valid_domain
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "example.com",
+        "example.com.",
+        "EXAMPLE.COM",
+        "localhost",
+        "a",
+        "0",
+        "1.2.3.4",  # syntax only; whether it is a host name is is_fqdn's business
+        "xn--bcher-kva.example",
+        "a-b-c.d--e.f",
+        "a" * 63,
+        "a" * 63 + ".com",
+        domain_of_length(255),
+        domain_of_length(255) + ".",
+    ],
+)
+def test_valid_domain(name: str) -> None:
+    assert is_valid_domain(name)
+    assert is_valid_domain(name, allow_utf8=True)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "..",
+        ".example.com",
+        "example..com",
+        "example.com..",
+        "-example.com",
+        "example-.com",
+        "exa_mple.com",
+        "exa mple.com",
+        "example.com ",
+        "example.com\x00",
+        "exam\nple.com",
+        "[192.0.2.1]",
+        "user@example.com",
+        "a" * 64,
+        "a" * 64 + ".com",
+        domain_of_length(256),
+        domain_of_length(255) + "..",
+        "x。com",
+        "\u0301a.de",
+        "bü\udcffcher.de",
+        "bü\x85cher.de",
+        "bü cher.de",
+        "bücher-.de",
+        "ü" * 32 + ".de",
+    ],
+)
+def test_invalid_domain(name: str) -> None:
+    assert not is_valid_domain(name)
+    assert not is_valid_domain(name, allow_utf8=True)
+
+
+@pytest.mark.parametrize("name", ["bücher.de", "例子.广告", "उदाहरण.परीक्षा", "xn--p1ai.рф."])
+def test_utf8_domain_only_when_allowed(name: str) -> None:
+    assert not is_valid_domain(name)
+    assert is_valid_domain(name, allow_utf8=True)
+
+
+def test_domain_length_counts_utf8_octets() -> None:
+    name = "ü" * 31 + "." + domain_of_length(255 - 63)
+    assert len(name.encode()) == 255
+    assert is_valid_domain(name, allow_utf8=True)
+    over = "ü" * 31 + "." + domain_of_length(256 - 63)
+    assert len(over) < 255
+    assert not is_valid_domain(over, allow_utf8=True)
+
+
+# ----------------------------------------------------------------------------- is_fqdn
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("example.com", True),
+        ("mail.example.com", True),
+        ("mail.example.com.", True),
+        ("a.b", True),
+        ("123.example", True),
+        ("xn--p1ai.xn--p1ai", True),
+        ("host.tld1", True),
+        ("localhost", False),
+        ("localhost.", False),
+        ("1.2.3.4", False),
+        ("example.123", False),
+        ("", False),
+        (".", False),
+        ("example..com", False),
+        (".example.com", False),
+        ("-a.com", False),
+        ("[192.0.2.1]", False),
+        ("exa_mple.com", False),
+        ("bücher.de", False),
+    ],
+)
+def test_is_fqdn(name: str, expected: bool) -> None:
+    assert is_fqdn(name) is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("bücher.de", True), ("例子.广告", True), ("例子", False), ("例子.١٢٣", False)],
+)
+def test_is_fqdn_utf8(name: str, expected: bool) -> None:
+    assert is_fqdn(name, allow_utf8=True) is expected
+
+
+# --------------------------------------------------------------- parse_address_literal
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[192.0.2.1]", ipaddress.IPv4Address("192.0.2.1")),
+        ("[0.0.0.0]", ipaddress.IPv4Address("0.0.0.0")),
+        ("[255.255.255.255]", ipaddress.IPv4Address("255.255.255.255")),
+        ("[IPv6:2001:db8::1]", ipaddress.IPv6Address("2001:db8::1")),
+        ("[ipv6:::1]", ipaddress.IPv6Address("::1")),
+        ("[IPV6:::]", ipaddress.IPv6Address("::")),
+        ("[IPv6:::ffff:192.0.2.1]", ipaddress.IPv6Address("::ffff:192.0.2.1")),
+        (
+            "[IPv6:2001:0db8:0000:0000:0000:ff00:0042:8329]",
+            ipaddress.IPv6Address("2001:db8::ff00:42:8329"),
+        ),
+    ],
+)
+def test_parse_address_literal(
+    text: str, expected: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> None:
+    result = parse_address_literal(text)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[",
+        "[]",
+        "192.0.2.1",
+        "[192.0.2.1",
+        "192.0.2.1]",
+        "[192.0.2.1]x",
+        "[ 192.0.2.1]",
+        "[192.0.2.1 ]",
+        "[192.0.2]",
+        "[192.0.2.1.5]",
+        "[256.0.0.1]",
+        "[01.2.3.4]",
+        "[1.2.3.04]",
+        "[0x1.2.3.4]",
+        "[3221225985]",
+        "[\u0661\u0669\u0662.\u0660.\u0662.\u0661]",  # Arabic-Indic digits
+        "[IPv6:]",
+        "[IPv6:192.0.2.1]",
+        "[IPv6:fe80::1%eth0]",
+        "[IPv6:2001:db8::g]",
+        "[IPv6:1:2:3:4:5:6:7:8:9]",
+        "[IPv6::1]",
+        "[2001:db8::1]",
+        "[IPv4:192.0.2.1]",
+        "[x-tag:anything]",
+        "[example.com]",
+        "[" + "1" * 100 + "]",
+    ],
+)
+def test_parse_address_literal_rejects(text: str) -> None:
+    assert parse_address_literal(text) is None
+
+
+# ------------------------------------------------------------------------ esmtp_params
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], {}),
+        (
+            ["SIZE=100", "SMTPUTF8", "BODY=8BITMIME"],
+            {"SIZE": "100", "SMTPUTF8": None, "BODY": "8BITMIME"},
+        ),
+        (["size=100", "smtputf8"], {"SIZE": "100", "SMTPUTF8": None}),
+        (["ENVID=a+2Bb=c"], {"ENVID": "a+2Bb=c"}),  # split at the first "=" only
+        (["ORCPT=rfc822;User+40example.com"], {"ORCPT": "rfc822;User+40example.com"}),
+        (["AUTH=<>"], {"AUTH": "<>"}),
+        (["RET="], {"RET": ""}),
+        (["SIZE=1", "SIZE=2"], {"SIZE": "2"}),
+        (["", "=x", "SIZE=5"], {"SIZE": "5"}),
+        (["NOTIFY=SUCCESS,FAILURE"], {"NOTIFY": "SUCCESS,FAILURE"}),
+    ],
+)
+def test_esmtp_params(args: list[str], expected: dict[str, str | None]) -> None:
+    assert esmtp_params(args) == expected
+
+
+# -------------------------------------------------------------------------- properties
+
+# Text that is mostly made of the characters the grammar cares about, so random
+# examples reach deep into the parser rather than failing on the first check.
+GRAMMAR_CHARS = st.sampled_from(
+    [*'<>@.":,[]\\ \t-_aZz09!~+=üé例\u0301\u3002\x00\x7f\x85\udcff', "IPv6:", "::1", "1."]
+)
+GRAMMAR_TEXT = st.lists(GRAMMAR_CHARS, max_size=40).map("".join)
+MAILBOXISH = st.from_regex(
+    r"(@[a-zü0-9.-]{0,8}(,@[a-z0-9.-]{0,5})*:)?"
+    r'("[ a-z\\"@.]{0,6}"|[a-zA-Zü0-9.!#-]{0,10})'
+    r"(@(\[(IPv6:)?[0-9a-fA-F:.]{0,20}\]|[a-zA-Z0-9.ü_-]{0,20}))?",
+    fullmatch=True,
+)
+ADDRESSISH = st.builds(
+    lambda pad, mailbox, wrap: pad + wrap.replace("x", mailbox) + pad,
+    st.sampled_from(["", " ", "\t"]),
+    MAILBOXISH,
+    st.sampled_from(["<x>", "<x>", "x", "<x", "x>"]),
+)
+ANY_INPUT = st.one_of(st.text(max_size=300), GRAMMAR_TEXT, ADDRESSISH)
+
+
+def try_parse(raw: str, smtputf8: bool, allow_postmaster: bool = False) -> Address | AddressError:
+    try:
+        return parse_path(raw, smtputf8=smtputf8, allow_postmaster=allow_postmaster)
+    except AddressError as err:
+        return err
+
+
+def check_parsed(raw: str, smtputf8: bool, allow_postmaster: bool) -> None:
+    addr = try_parse(raw, smtputf8, allow_postmaster)
+    if isinstance(addr, AddressError):
+        assert addr.reason
+        assert str(addr) == addr.reason
+        return
+    # Round trip: the canonical text parses back to the same address.
+    again = parse_path(f"<{addr.text}>", smtputf8=smtputf8, allow_postmaster=allow_postmaster)
+    assert again == addr
+    if not addr.is_null:
+        bare = parse_path(addr.text, smtputf8=smtputf8, allow_postmaster=allow_postmaster)
+        assert bare == addr
+    assert addr.is_null == (addr.text == "")
+    assert addr.domain_lc == addr.domain_lc.lower()
+    assert not addr.domain_lc.endswith(".")
+    assert len(addr.local.encode()) <= 64
+    assert len(addr.text.encode()) <= 254
+    if not smtputf8:
+        assert addr.text.isascii()
+    if addr.domain.startswith("["):
+        assert parse_address_literal(addr.domain) is not None
+    elif addr.domain:
+        assert is_valid_domain(addr.domain, allow_utf8=smtputf8)
+    else:
+        assert addr.is_null or (allow_postmaster and addr.local.lower() == "postmaster")
+
+
+@PROPERTY
+@given(ANY_INPUT, st.booleans(), st.booleans())
+def test_random_text_only_raises_address_error(
+    raw: str, smtputf8: bool, allow_postmaster: bool
+) -> None:
+    check_parsed(raw, smtputf8, allow_postmaster)
+
+
+@PROPERTY
+@given(st.one_of(st.text(max_size=300), GRAMMAR_TEXT), st.booleans())
+def test_helpers_never_raise(text: str, allow_utf8: bool) -> None:
+    valid = is_valid_domain(text, allow_utf8=allow_utf8)
+    assert isinstance(valid, bool)
+    fqdn = is_fqdn(text, allow_utf8=allow_utf8)
+    assert not fqdn or valid
+    literal = parse_address_literal(text)
+    assert literal is None or isinstance(literal, ipaddress.IPv4Address | ipaddress.IPv6Address)
+    params = esmtp_params(text.split(" "))
+    assert all(key == key.upper() for key in params)
+
+
+ATOM = st.text(alphabet=ATEXT, min_size=1, max_size=8)
+DOT_ATOM = st.lists(ATOM, min_size=1, max_size=4).map(".".join)
+QUOTED = st.lists(
+    st.one_of(
+        st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'),
+        st.characters(min_codepoint=0x20, max_codepoint=0x7E).map(lambda c: "\\" + c),
+    ),
+    min_size=1,
+    max_size=20,
+).map(lambda parts: '"' + "".join(parts) + '"')
+LABEL = st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9-]{0,20}[A-Za-z0-9])?\Z")
+DOMAIN = st.builds(
+    lambda labels, dot: ".".join(labels) + dot,
+    st.lists(LABEL, min_size=1, max_size=5),
+    st.sampled_from(["", "."]),
+)
+IPV4_LITERAL = st.ip_addresses(v=4).map(lambda ip: f"[{ip}]")
+IPV6_LITERAL = st.ip_addresses(v=6).map(lambda ip: f"[IPv6:{ip}]")
+ROUTE = st.lists(DOMAIN, max_size=3).map(lambda hops: ",".join("@" + h for h in hops) + ":")
+
+
+@PROPERTY
+@given(
+    st.one_of(DOT_ATOM, QUOTED),
+    st.one_of(DOMAIN, IPV4_LITERAL, IPV6_LITERAL),
+    st.one_of(st.just(""), ROUTE.filter(lambda r: r != ":")),
+    st.booleans(),
+    st.booleans(),
+)
+def test_generated_valid_addresses_round_trip(
+    local: str, domain: str, route: str, bracketed: bool, smtputf8: bool
+) -> None:
+    mailbox = f"{route}{local}@{domain}"
+    raw = f"<{mailbox}>" if bracketed else mailbox
+    if len(f"<{mailbox}>") > 256 or len(local) > 64:
+        with pytest.raises(AddressError):
+            parse_path(raw, smtputf8=smtputf8)
+        return
+    addr = parse_path(raw, smtputf8=smtputf8)
+    assert addr == Address(local, domain)
+    assert parse_path(f"<{addr.text}>", smtputf8=smtputf8) == addr
+    check_parsed(raw, smtputf8, False)
+
+
+U_LABEL = st.text(
+    alphabet=st.characters(categories=["Ll", "Lu", "Lo", "Nd"], min_codepoint=0x80),
+    min_size=1,
+    max_size=10,
+)
+
+
+@PROPERTY
+@given(st.text(alphabet=st.characters(min_codepoint=0xA0), min_size=1, max_size=10), U_LABEL)
+def test_generated_utf8_addresses(local: str, label: str) -> None:
+    raw = f"<{local}@{label}.example>"
+    addr = try_parse(raw, smtputf8=True)
+    # Surrogates are not generated and no part can grow over its limit.
+    assert isinstance(addr, Address), addr
+    assert addr == Address(local, f"{label}.example")
+    assert parse_path(f"<{addr.text}>", smtputf8=True) == addr
+    with pytest.raises(AddressError):
+        parse_path(raw)
+
+
+@settings(
+    database=None, max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(st.text(min_size=1, max_size=10), st.sampled_from(["", "<", "<a@", '<"']))
+def test_repeated_hostile_input_rejected(unit: str, prefix: str) -> None:
+    hostile = prefix + unit * (100_000 // len(unit) + 1) + ">"
+    started = time.perf_counter()
+    with pytest.raises(AddressError):
+        parse_path(hostile, smtputf8=True, allow_postmaster=True)
+    assert time.perf_counter() - started < 0.5

@@ -1,0 +1,394 @@
+"""Every envelope-stage reply id through the real ``smtpguard run`` service.
+
+The MTA side is the PyPI ``miltertest`` client over the service's unix socket. Each id
+has one session that receives exactly its code, enhanced code and text (default
+language policy: the seed's one-line bilingual form) and one legitimate session that
+passes the same check.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.expected import SPEC, default_line
+from support.mtclient import Answer, MilterSession
+from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running, smtpguard
+
+pytestmark = pytest.mark.integration
+
+TLS = {"{tls_version}": "TLSv1.3"}
+
+
+def auth(login: str, mech: str = "PLAIN") -> dict[str, str]:
+    return {"{auth_authen}": login, "{auth_type}": mech}
+
+
+def assert_reply(answer: Answer, reply_id: str) -> None:
+    code, xcode, _en, _zh = SPEC[reply_id]
+    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
+        "reply",
+        code,
+        xcode,
+        (default_line(reply_id),),
+    ), f"{reply_id}: got {answer}"
+
+
+def assert_pass(answer: Answer) -> None:
+    assert answer.kind == "continue", f"expected continue, got {answer}"
+
+
+def open_session(
+    service: Running, ip: str = UNTRUSTED_IP, helo: str | None = "mail.sender.example"
+) -> MilterSession:
+    s = service.session()
+    assert_pass(s.connect(ip))
+    if helo is not None:
+        assert_pass(s.helo(helo, macros=TLS if ip == TRUSTED_IP else None))
+    return s
+
+
+# --- MAIL FROM --------------------------------------------------------------------
+
+
+def test_helo_first(service: Running) -> None:
+    with open_session(service, helo=None) as s:
+        assert_reply(s.mail("<a@sender.example>"), "helo_first")
+    with open_session(service) as s:
+        assert_pass(s.mail("<a@sender.example>"))
+
+
+@pytest.mark.parametrize(
+    "helo",
+    [
+        "localhost",  # not a FQDN
+        "bad_name.example",  # not LDH
+        "[198.51.100.99]",  # address literal that is not the client
+        "[not-an-ip]",
+        "mx.example.com",  # our own name from an untrusted client
+        "example.com",  # our own domain
+        "198.51.100.7",  # bare IP: not a FQDN, not a literal
+    ],
+)
+def test_helo_error(service: Running, helo: str) -> None:
+    with open_session(service, helo=helo) as s:
+        assert_reply(s.mail("<a@sender.example>"), "helo_error")
+
+
+@pytest.mark.parametrize("helo", ["mail.sender.example", "[198.51.100.7]", "MAIL.Sender.Example."])
+def test_helo_legitimate(service: Running, helo: str) -> None:
+    with open_session(service, helo=helo) as s:
+        assert_pass(s.mail("<a@sender.example>"))
+
+
+def test_helo_our_name_from_trusted_client_passes(service: Running) -> None:
+    with open_session(service, ip=TRUSTED_IP, helo="mx.example.com") as s:
+        assert_pass(s.mail("<alice@example.com>"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["<a..b@sender.example>", "<@sender.example>", "<user@>", "<us er@sender.example>",
+     "<user@-bad-.example>", "<" + "a" * 65 + "@sender.example>", "<user@sender.example"],
+)
+def test_mail_from_invalid(service: Running, path: str) -> None:
+    with open_session(service) as s:
+        assert_reply(s.mail(path), "mail_from_invalid")
+
+
+@pytest.mark.parametrize("path", ["<>", "<a@sender.example>", '<"a b"@sender.example>'])
+def test_mail_from_valid(service: Running, path: str) -> None:
+    with open_session(service) as s:
+        assert_pass(s.mail(path))
+
+
+def test_message_too_long_from_size(service: Running) -> None:
+    with open_session(service) as s:
+        assert_reply(s.mail("<a@sender.example>", "SIZE=1000001"), "message_too_long")
+    with open_session(service) as s:
+        assert_pass(s.mail("<a@sender.example>", "SIZE=1000000"))
+
+
+@pytest.mark.parametrize(
+    "path", ["<spammer@bad.example>", "<x@junk.example>", "<x@deep.sub.junk.example>",
+             "<promo-42@any.example>"]
+)
+def test_host_denies_sender(service: Running, path: str) -> None:
+    with open_session(service) as s:
+        assert_reply(s.mail(path), "host_denies_sender")
+
+
+def test_host_denies_sender_passes_others(service: Running) -> None:
+    with open_session(service) as s:
+        assert_pass(s.mail("<friend@bad.example>"))  # only the one address is denied
+
+
+def test_black_mail_address_added_and_removed_at_run_time(service: Running) -> None:
+    address = "pest@sender.example"
+    with open_session(service) as s:
+        assert_pass(s.mail(f"<{address}>"))
+    smtpguard(service.site, "blacklist", "add", address, "--reason", "test")
+    with open_session(service) as s:
+        assert_reply(s.mail("<Pest@Sender.Example>"), "black_mail_address")
+    smtpguard(service.site, "blacklist", "remove", address)
+    with open_session(service) as s:
+        assert_pass(s.mail(f"<{address}>"))
+    assert "reply=black_mail_address" in service.log()
+
+
+def test_relay_local_fail(service: Running) -> None:
+    with open_session(service) as s:
+        assert_reply(s.mail("<alice@example.com>"), "relay_local_fail")
+    with open_session(service, ip=TRUSTED_IP) as s:
+        assert_pass(s.mail("<alice@example.com>"))
+
+
+def test_auth_mode_unsupported(service: Running) -> None:
+    with open_session(service) as s:  # PLAIN without TLS
+        assert_reply(s.mail("<alice@example.com>", macros=auth("alice@example.com")),
+                     "auth_mode_unsupported")
+    with service.session() as s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("laptop.sender.example", macros=TLS)
+        assert_pass(s.mail("<alice@example.com>", macros=auth("alice@example.com")))
+
+
+def tls_session(service: Running) -> MilterSession:
+    s = service.session()
+    assert_pass(s.connect(UNTRUSTED_IP))
+    assert_pass(s.helo("laptop.sender.example", macros=TLS))
+    return s
+
+
+def test_domain_auth_error(service: Running) -> None:
+    with tls_session(service) as s:
+        assert_reply(s.mail("<eve@other.example>", macros=auth("eve@other.example")),
+                     "domain_auth_error")
+
+
+@pytest.mark.parametrize("login", ["bob@example.com", "zed@example.com"])
+def test_auth_error_perm(service: Running, login: str) -> None:
+    with tls_session(service) as s:
+        assert_reply(s.mail(f"<{login}>", macros=auth(login)), "auth_error_perm")
+
+
+def test_login_without_domain_resolves(service: Running) -> None:
+    with tls_session(service) as s:
+        assert_pass(s.mail("<dave@example.com>", macros=auth("dave")))
+
+
+def test_sender_mismatch(service: Running) -> None:
+    with tls_session(service) as s:
+        assert_reply(s.mail("<carol@example.com>", macros=auth("alice@example.com")),
+                     "sender_mismatch")
+    for allowed in ("<alice@example.com>", "<sales@example.com>", "<>"):
+        with tls_session(service) as s:
+            assert_pass(s.mail(allowed, macros=auth("alice@example.com")))
+
+
+# --- RCPT TO ----------------------------------------------------------------------
+
+
+def test_host_denies_relay(service: Running) -> None:
+    with open_session(service) as s:
+        assert_pass(s.mail("<a@sender.example>"))
+        assert_reply(s.rcpt("<x@foreign.example>"), "host_denies_relay")
+        assert_pass(s.rcpt("<alice@example.com>"))
+        assert_pass(s.rcpt("<x@relay.example>"))
+        assert_pass(s.rcpt("<postmaster>"))
+
+
+def test_relay_domain_fail(service: Running) -> None:
+    with open_session(service, ip=TRUSTED_IP) as s:
+        assert_pass(s.mail("<someone@foreign.example>"))
+        assert_reply(s.rcpt("<x@other.example>"), "relay_domain_fail")
+    with open_session(service, ip=TRUSTED_IP) as s:
+        assert_pass(s.mail("<alice@example.com>"))
+        assert_pass(s.rcpt("<x@other.example>"))
+
+
+def test_rcpt_limit(service: Running) -> None:
+    with open_session(service) as s:
+        assert_pass(s.mail("<a@sender.example>"))
+        for _ in range(3):
+            assert_pass(s.rcpt("<alice@example.com>"))
+        assert_reply(s.rcpt("<sales@example.com>"), "rcpt_limit")
+        # A new transaction starts counting again.
+        s.abort()
+        assert_pass(s.mail("<a@sender.example>"))
+        assert_pass(s.rcpt("<sales@example.com>"))
+
+
+def test_rejected_recipients_do_not_count_towards_the_limit(service: Running) -> None:
+    with open_session(service) as s:
+        assert_pass(s.mail("<a@sender.example>"))
+        for _ in range(5):
+            assert_reply(s.rcpt("<nobody@example.com>"), "mailbox_unavailable")
+        assert_pass(s.rcpt("<alice@example.com>"))
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "reply_id"),
+    [
+        ("<nobody@example.com>", "mailbox_unavailable"),
+        ("<not an address>", "mailbox_unavailable"),
+        ("<carol@example.com>", "mailbox_unavailable_temp"),
+        ("<bob@example.com>", "user_locked"),
+        ("<staff@example.com>", "private_list_denied"),
+    ],
+)
+def test_recipient_directory_replies(service: Running, rcpt: str, reply_id: str) -> None:
+    with open_session(service) as s:
+        assert_pass(s.mail("<outsider@sender.example>"))
+        assert_reply(s.rcpt(rcpt), reply_id)
+
+
+@pytest.mark.parametrize(
+    "rcpt", ["<alice@example.com>", "<ALICE@Example.COM>", "<sales@example.com>",
+             "<news@example.com>"]
+)
+def test_recipient_directory_passes(service: Running, rcpt: str) -> None:
+    with open_session(service) as s:
+        assert_pass(s.mail("<outsider@sender.example>"))
+        assert_pass(s.rcpt(rcpt))
+
+
+def test_private_list_member_may_post(service: Running) -> None:
+    with tls_session(service) as s:
+        assert_pass(s.mail("<alice@example.com>", macros=auth("alice@example.com")))
+        assert_pass(s.rcpt("<staff@example.com>"))
+
+
+# --- UTF-8 and the language policy ------------------------------------------------
+
+
+def test_sendmail_gets_ascii_only(service: Running) -> None:
+    with service.session() as s:
+        assert_pass(s.connect(UNTRUSTED_IP, macros={"v": "8.17.1.9", "j": "mx.example.com"}))
+        assert_pass(s.helo("mail.sender.example"))
+        answer = s.mail("<spammer@bad.example>")
+    assert (answer.code, answer.xcode, answer.lines) == ("553", "5.7.1",
+                                                         ("host denies the sender.",))
+
+
+# --- services with their own configuration ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    site = make_site(tmp_path_factory.mktemp("tiny"), {"limits": {"max_sessions": 1}})
+    with running(site) as svc:
+        yield svc
+
+
+def test_queue_unavailable(tiny_service: Running) -> None:
+    with open_session(tiny_service) as first:
+        with open_session(tiny_service) as second:
+            assert_reply(second.mail("<a@sender.example>"), "queue_unavailable")
+        assert_pass(first.mail("<a@sender.example>"))
+    # The slot is released when the over-limit session closes.
+    with open_session(tiny_service) as again:
+        assert_pass(again.mail("<a@sender.example>"))
+
+
+@pytest.fixture(scope="module")
+def locked_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, Path]]:
+    tmp = tmp_path_factory.mktemp("locked")
+    site = make_site(tmp)
+    with running(site) as svc:
+        yield svc, site.directory
+
+
+@pytest.fixture(scope="module")
+def broken_state_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("broken-state")
+    site = make_site(tmp, {"state": {"path": str(tmp)}})  # a directory: unusable store
+    with running(site) as svc:
+        yield svc
+
+
+@pytest.fixture
+def directory_lock(locked_service: tuple[Running, Path]) -> Iterator[Running]:
+    service, path = locked_service
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # readers now get "database is locked"
+    try:
+        yield service
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+
+
+def test_database_temp_error_when_directory_locked(directory_lock: Running) -> None:
+    with open_session(directory_lock) as s:
+        assert_pass(s.mail("<outsider@sender.example>", macros=None))
+        assert_reply(s.rcpt("<alice@example.com>"), "database_temp_error")
+        # Recipients that need no directory lookup still pass.
+        assert_pass(s.rcpt("<x@relay.example>"))
+
+
+def test_auth_error_temp_when_directory_locked(directory_lock: Running) -> None:
+    with tls_session(directory_lock) as s:
+        assert_reply(s.mail("<alice@example.com>", macros=auth("alice@example.com")),
+                     "auth_error_temp")
+
+
+def test_directory_recovers_after_lock(locked_service: tuple[Running, Path]) -> None:
+    service, _ = locked_service
+    with tls_session(service) as s:
+        assert_pass(s.mail("<alice@example.com>", macros=auth("alice@example.com")))
+        assert_pass(s.rcpt("<alice@example.com>"))
+
+
+def test_database_temp_error_when_state_store_unusable(broken_state_service: Running) -> None:
+    with open_session(broken_state_service) as s:
+        assert_reply(s.mail("<a@sender.example>"), "database_temp_error")
+        # The null sender needs no blacklist lookup.
+    with open_session(broken_state_service) as s:
+        assert_pass(s.mail("<>"))
+    assert "temp=True" in broken_state_service.log()
+
+
+@pytest.fixture(scope="module")
+def faulty_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    site = make_site(tmp_path_factory.mktemp("faulty"))
+    script = Path(__file__).parent / "support" / "faulty_service.py"
+    with running(site, [sys.executable, str(script), str(site.config)]) as svc:
+        yield svc
+
+
+def test_internal_error_on_unexpected_exception(faulty_service: Running) -> None:
+    with open_session(faulty_service) as s:
+        assert_pass(s.mail("<outsider@sender.example>"))
+        assert_reply(s.rcpt("<alice@example.com>"), "internal_error")
+        # The session survives: a recipient that needs no lookup still passes.
+        assert_pass(s.rcpt("<x@relay.example>"))
+    log = faulty_service.log()
+    assert "reply=internal_error" in log
+    assert "Traceback" in log
+
+
+def test_concurrent_sessions_are_independent(service: Running) -> None:
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            with open_session(service) as s:
+                assert_pass(s.mail(f"<user{i}@sender.example>"))
+                if i % 2:
+                    assert_reply(s.rcpt("<x@foreign.example>"), "host_denies_relay")
+                else:
+                    assert_pass(s.rcpt("<alice@example.com>"))
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors[0]
