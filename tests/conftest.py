@@ -9,7 +9,7 @@ import pytest
 # tests/ on sys.path so every test module can import the shared helpers in support/.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.service import Running, Site, make_site, running  # noqa: E402
+from support.service import Running, Site, make_site, running
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support.expected import SPEC, default_line
 from support.mtclient import Answer, MilterSession
 from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running, smtpguard
@@ -92,8 +93,15 @@ def test_helo_our_name_from_trusted_client_passes(service: Running) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["<a..b@sender.example>", "<@sender.example>", "<user@>", "<us er@sender.example>",
-     "<user@-bad-.example>", "<" + "a" * 65 + "@sender.example>", "<user@sender.example"],
+    [
+        "<a..b@sender.example>",
+        "<@sender.example>",
+        "<user@>",
+        "<us er@sender.example>",
+        "<user@-bad-.example>",
+        "<" + "a" * 65 + "@sender.example>",
+        "<user@sender.example",
+    ],
 )
 def test_mail_from_invalid(service: Running, path: str) -> None:
     with open_session(service) as s:
@@ -114,8 +122,13 @@ def test_message_too_long_from_size(service: Running) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["<spammer@bad.example>", "<x@junk.example>", "<x@deep.sub.junk.example>",
-             "<promo-42@any.example>"]
+    "path",
+    [
+        "<spammer@bad.example>",
+        "<x@junk.example>",
+        "<x@deep.sub.junk.example>",
+        "<promo-42@any.example>",
+    ],
 )
 def test_host_denies_sender(service: Running, path: str) -> None:
     with open_session(service) as s:
@@ -149,8 +162,9 @@ def test_relay_local_fail(service: Running) -> None:
 
 def test_auth_mode_unsupported(service: Running) -> None:
     with open_session(service) as s:  # PLAIN without TLS
-        assert_reply(s.mail("<alice@example.com>", macros=auth("alice@example.com")),
-                     "auth_mode_unsupported")
+        assert_reply(
+            s.mail("<alice@example.com>", macros=auth("alice@example.com")), "auth_mode_unsupported"
+        )
     with service.session() as s:
         s.connect(UNTRUSTED_IP)
         s.helo("laptop.sender.example", macros=TLS)
@@ -166,8 +180,9 @@ def tls_session(service: Running) -> MilterSession:
 
 def test_domain_auth_error(service: Running) -> None:
     with tls_session(service) as s:
-        assert_reply(s.mail("<eve@other.example>", macros=auth("eve@other.example")),
-                     "domain_auth_error")
+        assert_reply(
+            s.mail("<eve@other.example>", macros=auth("eve@other.example")), "domain_auth_error"
+        )
 
 
 @pytest.mark.parametrize("login", ["bob@example.com", "zed@example.com"])
@@ -183,8 +198,9 @@ def test_login_without_domain_resolves(service: Running) -> None:
 
 def test_sender_mismatch(service: Running) -> None:
     with tls_session(service) as s:
-        assert_reply(s.mail("<carol@example.com>", macros=auth("alice@example.com")),
-                     "sender_mismatch")
+        assert_reply(
+            s.mail("<carol@example.com>", macros=auth("alice@example.com")), "sender_mismatch"
+        )
     for allowed in ("<alice@example.com>", "<sales@example.com>", "<>"):
         with tls_session(service) as s:
             assert_pass(s.mail(allowed, macros=auth("alice@example.com")))
@@ -248,8 +264,8 @@ def test_recipient_directory_replies(service: Running, rcpt: str, reply_id: str)
 
 
 @pytest.mark.parametrize(
-    "rcpt", ["<alice@example.com>", "<ALICE@Example.COM>", "<sales@example.com>",
-             "<news@example.com>"]
+    "rcpt",
+    ["<alice@example.com>", "<ALICE@Example.COM>", "<sales@example.com>", "<news@example.com>"],
 )
 def test_recipient_directory_passes(service: Running, rcpt: str) -> None:
     with open_session(service) as s:
@@ -271,8 +287,11 @@ def test_sendmail_gets_ascii_only(service: Running) -> None:
         assert_pass(s.connect(UNTRUSTED_IP, macros={"v": "8.17.1.9", "j": "mx.example.com"}))
         assert_pass(s.helo("mail.sender.example"))
         answer = s.mail("<spammer@bad.example>")
-    assert (answer.code, answer.xcode, answer.lines) == ("553", "5.7.1",
-                                                         ("host denies the sender.",))
+    assert (answer.code, answer.xcode, answer.lines) == (
+        "553",
+        "5.7.1",
+        ("host denies the sender.",),
+    )
 
 
 # --- services with their own configuration ----------------------------------------
@@ -333,8 +352,9 @@ def test_database_temp_error_when_directory_locked(directory_lock: Running) -> N
 
 def test_auth_error_temp_when_directory_locked(directory_lock: Running) -> None:
     with tls_session(directory_lock) as s:
-        assert_reply(s.mail("<alice@example.com>", macros=auth("alice@example.com")),
-                     "auth_error_temp")
+        assert_reply(
+            s.mail("<alice@example.com>", macros=auth("alice@example.com")), "auth_error_temp"
+        )
 
 
 def test_directory_recovers_after_lock(locked_service: tuple[Running, Path]) -> None:

@@ -180,9 +180,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                 rcpt = parse_path(rcptto, smtputf8=smtputf8, allow_postmaster=True)
             except AddressError:
                 rcpt = None
-            decision = self.rt.pipeline.run(
-                Stage.RCPT, conn, Event(rcpt=rcpt, rcpt_raw=rcptto)
-            )
+            decision = self.rt.pipeline.run(Stage.RCPT, conn, Event(rcpt=rcpt, rcpt_raw=rcptto))
             if decision.action is Action.CONTINUE and rcpt is not None and conn.txn:
                 conn.txn.recipients.append(rcpt)
             return decision

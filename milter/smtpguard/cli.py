@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smtpguard import __version__
+from smtpguard.adapter import App, serve
+from smtpguard.app import build_runtime, load, new_gate
 from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
@@ -24,15 +26,10 @@ def _config_path(arg: str | None) -> str:
 
 
 def _load(arg: str | None) -> Config:
-    from smtpguard.app import load
-
     return load(_config_path(arg))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from smtpguard.adapter import App, serve
-    from smtpguard.app import build_runtime, new_gate
-
     config = _load(args.config)
     logging.basicConfig(
         level=config.milter.log_level,
@@ -52,8 +49,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from smtpguard.app import build_runtime
-
     config = _load(args.config)
     build_runtime(config)
     print(f"{config.file}: OK")
@@ -84,10 +79,7 @@ def cmd_blacklist(args: argparse.Namespace) -> int:
         print(f"smtpguard blacklist {args.action}: an ADDRESS is required", file=sys.stderr)
         return 2
     for address in args.address:
-        if args.action == "add":
-            changed = store.add(address, args.reason)
-        else:
-            changed = store.remove(address)
+        changed = store.add(address, args.reason) if args.action == "add" else store.remove(address)
         print(f"{args.action} {address}: {'done' if changed else 'no change'}")
     return 0
 

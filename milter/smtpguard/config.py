@@ -300,9 +300,7 @@ def _milter(s: _Section) -> MilterConfig:
         timeout=s.integer("timeout", d.timeout, minimum=1),
         mta=cast(MTAChoice, s.choice("mta", d.mta, ("auto", "postfix", "sendmail"))),
         dry_run=s.boolean("dry_run", d.dry_run),
-        log_level=s.choice(
-            "log_level", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")
-        ),
+        log_level=s.choice("log_level", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
     )
     s.done()
     return out

@@ -205,7 +205,7 @@ class SqliteDirectory:
 # --- import -------------------------------------------------------------------------
 
 
-class ImportError_(Exception):  # noqa: N801 - avoid shadowing the builtin ImportError
+class ImportError_(Exception):
     """A row of an import file is invalid; the message names file and row."""
 
 

@@ -108,15 +108,39 @@ class Pipeline:
                 continue
             mode = self._mode(settings)
             if mode == "report":
-                self._log(stage, conn, event, check.name, verdict, mode, "pass")
+                self._log(
+                    stage=stage,
+                    conn=conn,
+                    event=event,
+                    check=check.name,
+                    verdict=verdict,
+                    mode=mode,
+                    action="pass",
+                )
                 continue
             if isinstance(verdict, TempError) and settings.on_temp_error == "pass":
-                self._log(stage, conn, event, check.name, verdict, mode, "pass")
+                self._log(
+                    stage=stage,
+                    conn=conn,
+                    event=event,
+                    check=check.name,
+                    verdict=verdict,
+                    mode=mode,
+                    action="pass",
+                )
                 continue
             if stage in _DEFERRED_STAGES:
                 # Keep the first one; it is delivered at every MAIL FROM of the session.
                 conn.pending, conn.pending_check = verdict, check.name
-                self._log(stage, conn, event, check.name, verdict, mode, "deferred")
+                self._log(
+                    stage=stage,
+                    conn=conn,
+                    event=event,
+                    check=check.name,
+                    verdict=verdict,
+                    mode=mode,
+                    action="deferred",
+                )
                 return CONTINUE
             return self._decide(stage, conn, event, check.name, verdict)
         return CONTINUE
@@ -145,11 +169,20 @@ class Pipeline:
     ) -> Decision:
         reply = self.replies.render(verdict.reply_id, utf8=self.utf8_allowed(conn))
         action = Action.TEMPFAIL if reply.temporary else Action.REJECT
-        self._log(stage, conn, event, check, verdict, "enforce", action.value)
+        self._log(
+            stage=stage,
+            conn=conn,
+            event=event,
+            check=check,
+            verdict=verdict,
+            mode="enforce",
+            action=action.value,
+        )
         return Decision(action, reply, check)
 
     def _log(
         self,
+        *,
         stage: Stage,
         conn: Connection,
         event: Event,

@@ -70,7 +70,9 @@ MTA_IDS: tuple[str, ...] = (
 ALL_IDS: frozenset[str] = frozenset(MILTER_IDS + MTA_IDS)
 #: Rows answered for temporary faults: a site override must not make them permanent,
 #: or a backend outage would bounce mail.
-TEMPORARY_IDS: frozenset[str] = frozenset({"database_temp_error", "auth_error_temp", "internal_error"})
+TEMPORARY_IDS: frozenset[str] = frozenset(
+    {"database_temp_error", "auth_error_temp", "internal_error"}
+)
 
 #: The language every row must have in plain ASCII: the fallback when UTF-8 may not be
 #: sent (Sendmail, ``utf8 = "never"``, ``"smtputf8"`` without SMTPUTF8).
@@ -134,9 +136,9 @@ class ReplyTable:
         return self._rendered[(reply_id, utf8)]
 
     def _render(self, row: Row, *, utf8: bool) -> Reply:
-        langs = [
-            lang for lang in self.policy.languages if utf8 or row.text[lang].isascii()
-        ] or [ASCII_LANGUAGE]
+        langs = [lang for lang in self.policy.languages if utf8 or row.text[lang].isascii()] or [
+            ASCII_LANGUAGE
+        ]
         lines = _join([row.text[lang] for lang in langs], self.policy.form)
         if self.policy.hint:
             hints = [row.hint[lang] for lang in langs if row.hint.get(lang)]
@@ -177,8 +179,26 @@ def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTa
     if missing:
         raise ConfigError(file, missing[0], "reply id missing from the table")
 
+    _apply_overrides(rows, policy, config_file)
+
+    for row in rows.values():
+        try:
+            _validate(row, policy.languages)
+        except _RowError as exc:
+            raise ConfigError(file, f"{row.reply_id}.{exc.field}", exc.message) from None
+    table = ReplyTable(rows, policy)
+    for (reply_id, _utf8), reply in table._rendered.items():
+        for line in reply.wire_lines():
+            if len(line.encode()) > MAX_LINE_BYTES:
+                raise ConfigError(
+                    file, reply_id, f"rendered line is over {MAX_LINE_BYTES} bytes: {line[:60]!r}"
+                )
+    return table
+
+
+def _apply_overrides(rows: dict[str, Row], policy: RepliesConfig, config_file: Path | str) -> None:
+    where = config_file or "config"
     for reply_id, override in policy.overrides.items():
-        where = config_file or "config"
         if reply_id not in ALL_IDS:
             raise ConfigError(where, f"replies.override.{reply_id}", "unknown reply id")
         row = rows[reply_id]
@@ -197,20 +217,6 @@ def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTa
             raise ConfigError(
                 where, f"replies.override.{reply_id}.{exc.field}", exc.message
             ) from None
-
-    for row in rows.values():
-        try:
-            _validate(row, policy.languages)
-        except _RowError as exc:
-            raise ConfigError(file, f"{row.reply_id}.{exc.field}", exc.message) from None
-    table = ReplyTable(rows, policy)
-    for (reply_id, _utf8), reply in table._rendered.items():  # noqa: SLF001 - own class
-        for line in reply.wire_lines():
-            if len(line.encode()) > MAX_LINE_BYTES:
-                raise ConfigError(
-                    file, reply_id, f"rendered line is over {MAX_LINE_BYTES} bytes: {line[:60]!r}"
-                )
-    return table
 
 
 class _RowError(Exception):

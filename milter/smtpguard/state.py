@@ -69,9 +69,14 @@ class SqliteBlacklist:
         address = address.lower()
         domain = "@" + address.rpartition("@")[2]
         try:
-            row = self._db().execute(
-                "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1", (address, domain)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute(
+                    "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1",
+                    (address, domain),
+                )
+                .fetchone()
+            )
         except sqlite3.Error as exc:
             self._local.db = None
             raise StateError(f"{self.path}: {exc}") from None

@@ -24,7 +24,12 @@ SPEC: dict[str, tuple[str, str, str, str]] = {
     "auth_error_perm": ("551", "5.7.8", "auth error.", "认证永久失败"),
     "auth_error_temp": ("451", "4.7.0", "auth error.", "认证临时失败"),
     "sender_mismatch": ("554", "5.7.1", "mail address invalid.", "发件人地址不匹配"),
-    "remote_ip_mismatch": ("556", "5.7.23", "remote ip check error.", "发信ip与Mail From地址不一致"),
+    "remote_ip_mismatch": (
+        "556",
+        "5.7.23",
+        "remote ip check error.",
+        "发信ip与Mail From地址不一致",
+    ),
     "host_denies_relay": ("553", "5.7.1", "host denies relay.", "拒绝中继"),
     "relay_domain_fail": ("553", "5.7.1", "relay check domain fail", "中继域检查失败"),
     "rcpt_limit": ("451", "4.5.3", "out of allow RCPT numbers.", "超出 RCPT 允许上限"),

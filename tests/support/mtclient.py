@@ -6,6 +6,7 @@ reply at any stage. Every reply received is validated the way Postfix would judg
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -57,12 +58,14 @@ def parse_reply(raw: str) -> Answer:
         code, sep, xcode, text = m.groups()
         assert sep == ("-" if i < len(lines) - 1 else " "), f"bad continuation in {raw!r}"
         assert code[0] == xcode[0], f"class mismatch {code} {xcode}: Postfix calls it malformed"
-        assert "\r" not in text and "\n" not in text
+        assert "\r" not in text
+        assert "\n" not in text
         assert len(line.encode()) + 2 <= 512, "RFC 5321 reply line limit"
         codes.add(code)
         xcodes.add(xcode)
         texts.append(text)
-    assert len(codes) == 1 and len(xcodes) == 1, f"mixed codes in {raw!r}"
+    assert len(codes) == 1, f"mixed codes in {raw!r}"
+    assert len(xcodes) == 1, f"mixed enhanced codes in {raw!r}"
     return Answer("reply", codes.pop(), xcodes.pop(), tuple(texts))
 
 
@@ -137,10 +140,8 @@ class MilterSession:
         self.conn._send(C.SMFIC_ABORT)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.conn._send(C.SMFIC_QUIT)
-        except OSError:
-            pass
         self.conn.sock.close()
 
     def __enter__(self) -> MilterSession:
