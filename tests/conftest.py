@@ -9,7 +9,7 @@ import pytest
 # tests/ on sys.path so every test module can import the shared helpers in support/.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.service import Running, Site, make_site, running
+from support.service import Running, Site, make_site, reap_stopping, running
 
 
 @pytest.fixture(scope="module")
@@ -23,3 +23,9 @@ def service(site: Site) -> Iterator[Running]:
     """``smtpguard run`` on the standard site, shared by a test module."""
     with running(site) as svc:
         yield svc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reap_services() -> Iterator[None]:
+    yield
+    reap_stopping()

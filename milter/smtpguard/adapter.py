@@ -180,6 +180,8 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                 rcpt = parse_path(rcptto, smtputf8=smtputf8, allow_postmaster=True)
             except AddressError:
                 rcpt = None
+            if rcpt is not None and rcpt.is_null:
+                rcpt = None  # RCPT TO:<> is not a mailbox (RFC 5321 §4.1.1.3)
             decision = self.rt.pipeline.run(Stage.RCPT, conn, Event(rcpt=rcpt, rcpt_raw=rcptto))
             if decision.action is Action.CONTINUE and rcpt is not None and conn.txn:
                 conn.txn.recipients.append(rcpt)
@@ -194,6 +196,22 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             return CONTINUE
 
         return self._guard(Stage.EOH, step)
+
+    def header(self, name: str, value: str) -> int:
+        def step() -> Decision:
+            event = Event(header=(name, value))
+            return self.rt.pipeline.run(Stage.HEADER, self.conn, event)
+
+        return self._guard(Stage.HEADER, step)
+
+    def eoh(self) -> int:
+        return self._guard(Stage.EOH, lambda: self.rt.pipeline.run(Stage.EOH, self.conn))
+
+    def body(self, chunk: bytes) -> int:
+        def step() -> Decision:
+            return self.rt.pipeline.run(Stage.BODY, self.conn, Event(chunk=chunk))
+
+        return self._guard(Stage.BODY, step)
 
     def eom(self) -> int:
         def step() -> Decision:

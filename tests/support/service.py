@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -86,7 +87,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        # JSON string escapes are valid TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(value)
@@ -180,9 +182,21 @@ def running(site: Site, command: list[str] | None = None) -> Iterator[Running]:
             raise RuntimeError("service did not start:\n" + log_path.read_text()) from None
         yield Running(site, proc, log_path)
     finally:
+        # libmilter notices SIGTERM only at its next listener poll (~5 s): collect the
+        # exit at the end of the test session instead of waiting here each time.
         proc.send_signal(signal.SIGTERM)
+        STOPPING.append(proc)
+
+
+#: Services told to stop; conftest reaps them once, at the end of the session.
+STOPPING: list[subprocess.Popen[str]] = []
+
+
+def reap_stopping(timeout: float = 20.0) -> None:
+    for proc in STOPPING:
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    STOPPING.clear()

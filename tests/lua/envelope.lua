@@ -1,0 +1,64 @@
+-- Envelope-stage replies through Debian's miltertest (Lua harness).
+-- Run as: miltertest -D socket=unix:/path -s envelope.lua
+-- mt.getreply only returns the reply type, so this script checks the type; the exact
+-- code and text are asserted at end of message with mt.eom_check (content checks) and
+-- at every stage by the PyPI client tests.
+
+local function check(cond, msg)
+    if not cond then
+        error(msg)
+    end
+end
+
+local function main()
+local function session(ip)
+    local conn = mt.connect(socket, 40, 0.05)
+    check(conn ~= nil, "cannot connect to " .. socket)
+    check(mt.macro(conn, SMFIC_CONNECT, "v", "Postfix 3.7.11", "j", "mx.example.com") == nil,
+          "macro failed")
+    check(mt.conninfo(conn, "[" .. ip .. "]", ip) == nil, "conninfo failed")
+    check(mt.getreply(conn) == SMFIR_CONTINUE, "connect not continued")
+    check(mt.helo(conn, "mail.sender.example") == nil, "helo failed")
+    check(mt.getreply(conn) == SMFIR_CONTINUE, "helo not continued")
+    return conn
+end
+
+-- An untrusted client relaying to a foreign domain: a custom reply (SMFIR_REPLYCODE).
+local conn = session("198.51.100.7")
+check(mt.mailfrom(conn, "<a@sender.example>") == nil, "mailfrom failed")
+check(mt.getreply(conn) == SMFIR_CONTINUE, "mail not continued")
+check(mt.rcptto(conn, "<x@foreign.example>") == nil, "rcptto failed")
+check(mt.getreply(conn) == SMFIR_REPLYCODE, "relay attempt not refused with a reply code")
+mt.disconnect(conn)
+
+-- Denied sender at MAIL FROM.
+conn = session("198.51.100.7")
+check(mt.mailfrom(conn, "<spammer@bad.example>") == nil, "mailfrom failed")
+check(mt.getreply(conn) == SMFIR_REPLYCODE, "denied sender not refused")
+mt.disconnect(conn)
+
+-- A legitimate message goes through to end of message and is not refused.
+conn = session("198.51.100.7")
+check(mt.mailfrom(conn, "<friend@sender.example>") == nil, "mailfrom failed")
+check(mt.getreply(conn) == SMFIR_CONTINUE, "legitimate sender refused")
+check(mt.rcptto(conn, "<alice@example.com>") == nil, "rcptto failed")
+check(mt.getreply(conn) == SMFIR_CONTINUE, "local recipient refused")
+check(mt.header(conn, "From", "friend@sender.example") == nil, "header failed")
+check(mt.header(conn, "Subject", "hello") == nil, "header failed")
+check(mt.eoh(conn) == nil, "eoh failed")
+check(mt.bodystring(conn, "Hello Alice.\r\n") == nil, "body failed")
+check(mt.eom(conn) == nil, "eom failed")
+check(mt.getreply(conn) == SMFIR_CONTINUE or mt.getreply(conn) == SMFIR_ACCEPT,
+      "legitimate message refused at end of message")
+check(not mt.eom_check(conn, MT_SMTPREPLY, "554", "5.7.1", "rbl deny. (拒绝 RBL 中的邮件服务器)"),
+      "unexpected reply at end of message")
+mt.disconnect(conn)
+mt.echo("envelope.lua: all checks passed")
+end
+
+-- miltertest exits 1 without a word on a Lua error: print it.
+local ok, err = pcall(main)
+if not ok then
+    mt.echo("envelope.lua: FAILED: " .. tostring(err))
+    os.exit(1)
+end

@@ -1,0 +1,206 @@
+"""The pymilter adapter driven in-process by ``Milter.testctx.TestCtx``.
+
+TestCtx does not validate replies the way Postfix does, so every captured reply goes
+through :func:`validated` (class match, CR/LF, lengths, return value class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import Milter
+import pytest
+from Milter.testctx import TestCtx as MilterCtx
+from support.expected import SPEC, default_line
+from support.service import Site, make_site
+
+from smtpguard.adapter import App, SmtpGuardMilter, detect_mta
+from smtpguard.app import build_runtime, load, new_gate
+from smtpguard.directory import Login, Recipient
+from smtpguard.session import MTA
+
+
+@pytest.fixture(scope="module")
+def adapter_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    return make_site(tmp_path_factory.mktemp("adapter"))
+
+
+@pytest.fixture
+def app(adapter_site: Site) -> Iterator[App]:
+    config = load(adapter_site.config)
+    application = App(build_runtime(config), new_gate(config))
+    saved = Milter.factory
+    Milter.factory = partial(SmtpGuardMilter, application)
+    yield application
+    Milter.factory = saved
+
+
+def validated(ctx: MilterCtx, rc: int) -> tuple[str, str, tuple[str, ...]]:
+    assert ctx._reply is not None, "a refusal must carry the table's reply"
+    code, xcode, *lines = ctx._reply
+    assert code[0] == xcode[0]
+    assert rc == (Milter.TEMPFAIL if code[0] == "4" else Milter.REJECT)
+    for line in lines:
+        assert "\r" not in line
+        assert "\n" not in line
+        assert len(f"{code} {xcode} {line}".encode()) <= 510
+    return code, xcode, tuple(lines)
+
+
+def expect(reply_id: str) -> tuple[str, str, tuple[str, ...]]:
+    code, xcode, _en, _zh = SPEC[reply_id]
+    return code, xcode, (default_line(reply_id),)
+
+
+def session(ip: str = "198.51.100.7", helo: str = "mail.sender.example") -> MilterCtx:
+    ctx = MilterCtx()
+    ctx._setsymval("v", "Postfix 3.7.11")
+    assert ctx._connect(host=f"[{ip}]", helo=helo, ip=ip) == Milter.CONTINUE
+    return ctx
+
+
+def test_relay_refusal_has_table_reply(app: App) -> None:
+    ctx = session()
+    assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
+    rc = ctx._envrcpt("<x@foreign.example>")
+    assert validated(ctx, rc) == expect("host_denies_relay")
+
+
+def test_legitimate_session_reaches_eom(app: App) -> None:
+    ctx = session()
+    assert ctx._envfrom("<a@sender.example>", "SIZE=100", "BODY=8BITMIME") == Milter.CONTINUE
+    assert ctx._envrcpt("<alice@example.com>") == Milter.CONTINUE
+    assert ctx._data() == Milter.CONTINUE
+    assert ctx._eom() == Milter.CONTINUE
+    assert ctx._reply is None
+    ctx._close()
+    assert app.gate.active == 0
+
+
+def test_ipv6_client(app: App) -> None:
+    ctx = session(ip="2001:db8::7", helo="[IPv6:2001:db8::7]")
+    assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
+    ctx = session(ip="2001:db8::7", helo="[IPv6:2001:db8::8]")
+    rc = ctx._envfrom("<a@sender.example>")
+    assert validated(ctx, rc) == expect("helo_error")
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "<a\x00b@sender.example>",  # NUL
+        "<caf\udce9@sender.example>",  # 8-bit junk as pymilter's surrogate escape
+        "<café@sender.example>",  # UTF-8 without SMTPUTF8
+        "<" + "a" * 5000 + "@sender.example>",
+        "<a@" + "b" * 70 + ".example>",
+        "",
+        "<",
+        "\udcff\udcfe",
+    ],
+)
+def test_bad_sender_input_gets_mail_from_invalid(app: App, sender: str) -> None:
+    ctx = session()
+    rc = ctx._envfrom(sender)
+    assert validated(ctx, rc) == expect("mail_from_invalid")
+
+
+def test_utf8_sender_with_smtputf8_is_valid(app: App) -> None:
+    ctx = session()
+    assert ctx._envfrom("<josé@sender.example>", "SMTPUTF8") == Milter.CONTINUE
+
+
+@pytest.mark.parametrize("rcpt", ["<\x00@example.com>", "<\udcff@example.com>", "<>", "junk"])
+def test_bad_recipient_input(app: App, rcpt: str) -> None:
+    ctx = session()
+    assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
+    rc = ctx._envrcpt(rcpt)
+    assert validated(ctx, rc) == expect("mailbox_unavailable")
+
+
+def test_helo_with_control_bytes(app: App) -> None:
+    ctx = session(helo="evil\x00.example")
+    rc = ctx._envfrom("<a@sender.example>")
+    assert validated(ctx, rc) == expect("helo_error")
+
+
+def test_missing_macros_are_tolerated(app: App) -> None:
+    ctx = MilterCtx()  # no v, no j, no auth macros at all
+    assert ctx._connect(host="unknown", helo="mail.sender.example", ip="198.51.100.7") == 0
+    assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
+    assert ctx._envrcpt("<alice@example.com>") == Milter.CONTINUE
+
+
+def test_sendmail_detected_from_v_gets_ascii(app: App) -> None:
+    ctx = MilterCtx()
+    ctx._setsymval("v", "8.17.1.9")
+    ctx._connect(host="[198.51.100.7]", helo="mail.sender.example", ip="198.51.100.7")
+    ctx._envfrom("<a@sender.example>")
+    rc = ctx._envrcpt("<x@foreign.example>")
+    assert validated(ctx, rc) == ("553", "5.7.1", ("host denies relay.",))
+
+
+@pytest.mark.parametrize(
+    ("macro", "configured", "expected"),
+    [
+        ("Postfix 3.7.11", "auto", MTA.POSTFIX),
+        ("8.17.1.9", "auto", MTA.SENDMAIL),
+        (None, "auto", MTA.UNKNOWN),
+        ("something", "auto", MTA.UNKNOWN),
+        (None, "sendmail", MTA.SENDMAIL),
+        ("8.17.1.9", "postfix", MTA.POSTFIX),
+    ],
+)
+def test_detect_mta(macro: str | None, configured: str, expected: MTA) -> None:
+    assert detect_mta(macro, configured) is expected
+
+
+class BrokenDirectory:
+    def recipient(self, address: str) -> Recipient:
+        raise ZeroDivisionError("bug")
+
+    def login(self, login: str) -> Login | None:
+        raise ZeroDivisionError("bug")
+
+    def may_send_as(self, login: Login, address: str) -> bool:
+        raise ZeroDivisionError("bug")
+
+    def may_post(self, list_address: str, sender: str) -> bool:
+        raise ZeroDivisionError("bug")
+
+
+def test_exception_becomes_internal_error_never_accept(
+    adapter_site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load(adapter_site.config)
+    application = App(build_runtime(config, directory=BrokenDirectory()), new_gate(config))
+    saved = Milter.factory
+    Milter.factory = partial(SmtpGuardMilter, application)
+    try:
+        ctx = session()
+        assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
+        rc = ctx._envrcpt("<alice@example.com>")
+        assert validated(ctx, rc) == expect("internal_error")
+    finally:
+        Milter.factory = saved
+    assert "ZeroDivisionError" in caplog.text
+
+
+def test_adapter_fault_outside_checks_is_internal_error(app: App) -> None:
+    ctx = session()
+    milter = ctx.getpriv()
+    milter.conn.txn = None  # a state the adapter never expects at RCPT
+    milter.rt = None  # and a runtime that is gone: even rendering fails
+    rc = ctx._envrcpt("<alice@example.com>")
+    assert rc == Milter.TEMPFAIL
+
+
+def test_session_gate_released_on_close(app: App) -> None:
+    contexts = [session() for _ in range(3)]
+    assert app.gate.active == 3
+    for ctx in contexts:
+        ctx._close()
+    assert app.gate.active == 0
+
+

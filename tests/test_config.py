@@ -1,0 +1,142 @@
+"""Config loading: the sample file, strictness, and errors that name file and key."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.service import ROOT
+
+from smtpguard.app import load
+from smtpguard.config import ConfigError, load_config
+
+SAMPLE = ROOT / "conf" / "smtpguard.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "smtpguard.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_sample_config_loads_with_documented_defaults() -> None:
+    config = load(SAMPLE)
+    assert config.milter.socket == "unix:/run/smtpguard/smtpguard.sock"
+    assert config.site.local_domains == frozenset({"example.com"})
+    assert ipaddress.ip_address("127.0.0.1") in config.site.trusted_networks[0]
+    assert config.limits.max_hops == 30
+    assert config.replies.table == (ROOT / "rules" / "replies.toml").resolve()
+    assert config.replies.form == "one_line"
+    assert config.replies.utf8 == "always"
+    assert config.check("helo").mode == "enforce"
+    assert config.check("relay").on_temp_error == "tempfail"
+
+
+def test_every_sample_option_is_documented() -> None:
+    """Each key set in the sample has a comment line above it (the docs of the option)."""
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#") and not line.startswith("["):
+            above = lines[i - 1]
+            assert above.startswith(("#", "[")) or "=" in above, f"undocumented: {line}"
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert config.limits.max_rcpt == 100
+    assert config.site.trusted_networks == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("[milter]\nsockte = 'unix:/x'\n", "milter.sockte", "unknown key"),
+        ("[limits]\nmax_rcpt = '10'\n", "limits.max_rcpt", "expected an integer, got str"),
+        ("[limits]\nmax_rcpt = true\n", "limits.max_rcpt", "got a boolean"),
+        ("[limits]\nmax_rcpt = 0\n", "limits.max_rcpt", "at least 1"),
+        ("[milter]\nsocket = '/tmp/x'\n", "milter.socket", "must start with"),
+        ("[milter]\nmta = 'exim'\n", "milter.mta", "must be one of"),
+        ("[site]\ntrusted_networks = ['10.0.0.0/33']\n", "site.trusted_networks", "not a network"),
+        ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),
+        ("[site]\nlocal_domains = [1]\n", "site.local_domains[0]", "expected a string"),
+        ("[replies]\nform = 'two_lines'\n", "replies.form", "must be one of"),
+        ("[replies]\nhelp_url = 'https://x'\n", "replies.help_url", "{id}"),
+        ("[replies]\nlanguages = []\n", "replies.languages", "at least one"),
+        ("[replies.override.rbl_deny]\ncolour = 'x'\n", "replies.override.rbl_deny.colour",
+         "unknown key"),
+        ("[checks.helo]\nmode = 'on'\n", "checks.helo.mode", "must be one of"),
+        ("[checks.nosuch]\nmode = 'off'\n", "checks.nosuch", "unknown check"),
+        ("unknown_section = 1\n", "unknown_section", "unknown key"),
+        ("milter = 1\n", "milter", "expected a table"),
+    ],
+)
+def test_errors_name_file_and_dotted_key(
+    tmp_path: Path, text: str, key: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert err.value.file == str(path.resolve())
+    assert err.value.key == key
+    assert message in err.value.message
+    assert str(path.resolve()) in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load(tmp_path / "nope.toml")
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(write(tmp_path, "[milter\n"))
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "[directory]\npath = 'db/dir.sqlite'\n"))
+    assert config.directory.path == (tmp_path / "db" / "dir.sqlite").resolve()
+
+
+def test_subdomain_entries(tmp_path: Path) -> None:
+    config = load(write(tmp_path, "[site]\nlocal_domains = ['Example.COM.', '.corp.example']\n"))
+    assert config.site.is_local("example.com")
+    assert not config.site.is_local("sub.example.com")
+    assert config.site.is_local("a.b.corp.example")
+    assert not config.site.is_local("corp.example")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smtpguard", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    directory = tmp_path / "dir.sqlite"
+    good = write(
+        tmp_path,
+        f"[directory]\npath = '{directory}'\n[state]\npath = '{tmp_path / 'state.sqlite'}'\n",
+    )
+    result = run_cli("check-config", str(good))
+    assert result.returncode == 1
+    assert "directory.path" in result.stderr
+    assert "smtpguard directory import" in result.stderr
+    source = tmp_path / "users.csv"
+    source.write_text("type,address\nuser,alice@example.com\n", encoding="utf-8")
+    assert run_cli("-c", str(good), "directory", "import", str(source)).returncode == 0
+    result = run_cli("check-config", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nmax_rcpt = -1\n", encoding="utf-8")
+    result = run_cli("check-config", str(bad))
+    assert result.returncode == 1
+    assert f"{bad.resolve()}: limits.max_rcpt: must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr

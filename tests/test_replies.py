@@ -1,0 +1,181 @@
+"""The reply table itself: the shipped file, rendering, and load-time validation."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.expected import SPEC
+from support.service import RULES, dump_toml
+
+from smtpguard.config import ConfigError, ReplyOverride, RepliesConfig
+from smtpguard.replies import ALL_IDS, MILTER_IDS, MTA_IDS, load_replies
+
+TABLE = RULES / "replies.toml"
+
+
+def policy(**kw: Any) -> RepliesConfig:
+    return RepliesConfig(table=kw.pop("table", TABLE), **kw)
+
+
+def test_shipped_table_matches_the_spec() -> None:
+    table = load_replies(policy())
+    assert set(MILTER_IDS) == set(SPEC)
+    for reply_id, (code, xcode, en, zh) in SPEC.items():
+        row = table.rows[reply_id]
+        assert (row.code, row.xcode, row.text["en"], row.text["zh"]) == (code, xcode, en, zh)
+        assert row.decided_by == "milter"
+        assert row.hint["en"].isascii()
+        assert row.hint["zh"]
+    for reply_id in MTA_IDS:
+        assert table.rows[reply_id].decided_by == "mta"
+
+
+def test_mta_rows_keep_the_seed_codes() -> None:
+    rows = load_replies(policy()).rows
+    assert [(rows[i].code, rows[i].text["en"]) for i in MTA_IDS] == [
+        ("502", "please say MAIL first"),
+        ("503", "please say RCPT first"),
+        ("500", "sequence error"),
+        ("500", "syntax error"),
+        ("451", "stray newline"),
+    ]
+
+
+def test_default_render_is_the_seed_one_line_form() -> None:
+    reply = load_replies(policy()).render("rbl_deny", utf8=True)
+    assert (reply.code, reply.xcode, reply.lines) == ("554", "5.7.1", ("rbl deny. (拒绝 RBL 中的邮件服务器)",))
+    assert reply.wire_lines() == ["554 5.7.1 rbl deny. (拒绝 RBL 中的邮件服务器)"]
+
+
+def test_ascii_render_drops_non_ascii_languages() -> None:
+    reply = load_replies(policy()).render("rbl_deny", utf8=False)
+    assert reply.lines == ("rbl deny.",)
+
+
+def test_per_language_form_with_hint_and_url() -> None:
+    table = load_replies(
+        policy(form="per_language", hint=True, help_url="https://help.example/smtp/{id}")
+    )
+    reply = table.render("sender_mismatch", utf8=True)
+    row = table.rows["sender_mismatch"]
+    assert reply.lines == (
+        "mail address invalid.",
+        "发件人地址不匹配",
+        row.hint["en"],
+        row.hint["zh"],
+        "https://help.example/smtp/sender_mismatch",
+    )
+    wire = reply.wire_lines()
+    assert wire[0] == "554-5.7.1 mail address invalid."
+    assert wire[-1] == "554 5.7.1 https://help.example/smtp/sender_mismatch"
+
+
+def test_language_order_is_configurable() -> None:
+    reply = load_replies(policy(languages=("zh", "en"))).render("rbl_deny", utf8=True)
+    assert reply.lines == ("拒绝 RBL 中的邮件服务器 (rbl deny.)",)
+
+
+@pytest.mark.parametrize("reply_id", sorted(ALL_IDS))
+def test_every_rendered_line_fits_rfc5321(reply_id: str) -> None:
+    table = load_replies(policy(form="per_language", hint=True, help_url="https://h.example/{id}"))
+    if reply_id in MTA_IDS:
+        return
+    for utf8 in (True, False):
+        for line in table.render(reply_id, utf8=utf8).wire_lines():
+            assert len(line.encode()) + 2 <= 512
+            assert "\r" not in line
+            assert "\n" not in line
+
+
+def test_override_changes_code_and_text() -> None:
+    table = load_replies(
+        policy(overrides={"rbl_deny": ReplyOverride(code="550", text={"en": "listed, sorry."})})
+    )
+    reply = table.render("rbl_deny", utf8=False)
+    assert (reply.code, reply.xcode, reply.lines) == ("550", "5.7.1", ("listed, sorry.",))
+
+
+def _broken_table(tmp_path: Path, reply_id: str, **changes: Any) -> Path:
+    data = tomllib.loads(TABLE.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            data[reply_id].pop(key, None)
+        elif isinstance(value, dict):
+            data[reply_id][key] = {**data[reply_id][key], **value}
+        else:
+            data[reply_id][key] = value
+    path = tmp_path / "replies.toml"
+    path.write_text(dump_toml(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("reply_id", "changes", "key", "message"),
+    [
+        ("rbl_deny", {"xcode": "4.7.1"}, "rbl_deny.xcode", "class 4 differs"),
+        ("rbl_deny", {"code": "254"}, "rbl_deny.code", "4xx or 5xx"),
+        ("rbl_deny", {"xcode": "5.7"}, "rbl_deny.xcode", "RFC 3463"),
+        ("rbl_deny", {"text": {"en": "100% spam"}}, "rbl_deny.text.en", "'%%'"),
+        ("rbl_deny", {"text": {"zh": "a\r\nb"}}, "rbl_deny.text.zh", "CR, LF"),
+        ("rbl_deny", {"text": {"en": "5 listings"}}, "rbl_deny.text.en", "digit"),
+        ("rbl_deny", {"hint": {"en": ""}}, "rbl_deny.hint.en", "missing"),
+        ("rbl_deny", {"text": {"en": "拒绝"}}, "rbl_deny.en", "plain ASCII"),
+        ("internal_error", {"code": "550", "xcode": "5.3.0"}, "internal_error.code", "4xx"),
+        ("rbl_deny", {"colour": "red"}, "rbl_deny.colour", "unknown field"),
+        ("rbl_deny", {"text": {"en": "x" * 500}}, "rbl_deny", "over 490 bytes"),
+    ],
+)
+def test_bad_table_is_refused_naming_file_id_and_field(
+    tmp_path: Path, reply_id: str, changes: dict[str, Any], key: str, message: str
+) -> None:
+    path = _broken_table(tmp_path, reply_id, **changes)
+    with pytest.raises(ConfigError) as err:
+        load_replies(policy(table=path))
+    assert err.value.file == str(path)
+    assert err.value.key == key
+    assert message in err.value.message
+
+
+def test_doubled_percent_is_accepted_and_sent_once(tmp_path: Path) -> None:
+    path = _broken_table(tmp_path, "rbl_deny", text={"en": "listed at 100%% certainty."})
+    reply = load_replies(policy(table=path)).render("rbl_deny", utf8=False)
+    assert reply.lines == ("listed at 100%% certainty.",)  # what setreply needs
+    assert reply.wire_lines() == ["554 5.7.1 listed at 100% certainty."]
+
+
+def test_missing_and_unknown_ids(tmp_path: Path) -> None:
+    data = tomllib.loads(TABLE.read_text(encoding="utf-8"))
+    del data["user_locked"]
+    path = tmp_path / "missing.toml"
+    path.write_text(dump_toml(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match="user_locked: reply id missing"):
+        load_replies(policy(table=path))
+    data["user_locked"] = data["rbl_deny"]
+    data["no_such_id"] = data["rbl_deny"]
+    path.write_text(dump_toml(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match="no_such_id: unknown reply id"):
+        load_replies(policy(table=path))
+
+
+def test_every_configured_language_must_exist() -> None:
+    with pytest.raises(ConfigError, match=r"queue_unavailable\.text\.fr: missing"):
+        load_replies(policy(languages=("en", "fr")))
+
+
+def test_bad_override_names_the_config_key() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_replies(
+            policy(overrides={"rbl_deny": ReplyOverride(xcode="4.7.1")}), "/etc/sg.toml"
+        )
+    assert err.value.file == "/etc/sg.toml"
+    assert err.value.key == "replies.override.rbl_deny.xcode"
+    with pytest.raises(ConfigError, match="replies.override.nope: unknown reply id"):
+        load_replies(policy(overrides={"nope": ReplyOverride(code="550")}), "/etc/sg.toml")
+
+
+def test_table_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="reply table not found"):
+        load_replies(policy(table=tmp_path / "none.toml"))
