@@ -107,6 +107,12 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
     def _answer(self, decision: Decision) -> int:
         if decision.action is Action.CONTINUE or decision.reply is None:
+            try:
+                for name, value in decision.headers:
+                    self.addheader(name, value)
+            except Exception:
+                # The marker is an aid against loops, not a verdict: log and deliver.
+                log.exception("sid=%s adding headers failed", self.conn.session_id)
             return int(Milter.CONTINUE)
         reply = decision.reply
         result = Milter.TEMPFAIL if decision.action is Action.TEMPFAIL else Milter.REJECT

@@ -12,6 +12,7 @@ config works from a source checkout and from ``/etc/smtpguard``.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -179,6 +180,19 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ContentConfig:
+    #: Trace header smtpguard recognises (and, if enabled, adds) as its loop marker.
+    loop_marker: str = "X-Smtpguard-Loop"
+    #: Add the marker to accepted mail. Costs one extra packet at end of message, which
+    #: over an inet: socket waits ~40 ms for Nagle + delayed ACK; use a unix socket.
+    add_loop_marker: bool = False
+    #: Marker value; empty means the first of site.our_hostnames, else milter.name.
+    loop_marker_value: str = ""
+    #: MIME nesting deeper than this is treated as one opaque part.
+    max_mime_depth: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyOverride:
     code: str | None = None
     xcode: str | None = None
@@ -233,6 +247,7 @@ class Config:
     milter: MilterConfig
     site: SiteConfig
     limits: LimitsConfig
+    content: ContentConfig
     replies: RepliesConfig
     policy: PolicyConfig
     directory: DirectoryConfig
@@ -241,6 +256,13 @@ class Config:
 
     def check(self, name: str) -> CheckSettings:
         return self.checks.get(name, _DEFAULT_CHECK)
+
+    @property
+    def loop_marker_value(self) -> str:
+        if self.content.loop_marker_value:
+            return self.content.loop_marker_value
+        names = sorted(self.site.our_hostnames)
+        return names[0] if names else self.milter.name
 
 
 _DEFAULT_CHECK = CheckSettings()
@@ -270,6 +292,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     milter = _milter(root.table("milter"))
     site = _site(root.table("site"))
     limits = _limits(root.table("limits"))
+    content = _content(root.table("content"))
     replies = _replies(root.table("replies"))
     policy = _policy(root.table("policy"))
     directory = _directory(root.table("directory"))
@@ -281,6 +304,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
         milter=milter,
         site=site,
         limits=limits,
+        content=content,
         replies=replies,
         policy=policy,
         directory=directory,
@@ -338,6 +362,27 @@ def _limits(s: _Section) -> LimitsConfig:
         max_message_size=s.integer("max_message_size", d.max_message_size, minimum=1),
         max_attachment_size=s.integer("max_attachment_size", d.max_attachment_size, minimum=1),
         max_hops=s.integer("max_hops", d.max_hops, minimum=1),
+    )
+    s.done()
+    return out
+
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 §3.6.8 ftext
+
+
+def _content(s: _Section) -> ContentConfig:
+    d = ContentConfig()
+    marker = s.string("loop_marker", d.loop_marker)
+    if not _HEADER_NAME.match(marker):
+        raise s.error("loop_marker", f"not a header field name: {marker!r}")
+    value = s.string("loop_marker_value", d.loop_marker_value)
+    if not value.isascii() or not value.isprintable():
+        raise s.error("loop_marker_value", "must be printable ASCII")
+    out = ContentConfig(
+        loop_marker=marker,
+        add_loop_marker=s.boolean("add_loop_marker", d.add_loop_marker),
+        loop_marker_value=value,
+        max_mime_depth=s.integer("max_mime_depth", d.max_mime_depth, minimum=1),
     )
     s.done()
     return out

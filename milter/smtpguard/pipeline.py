@@ -22,16 +22,22 @@ from dataclasses import dataclass
 from enum import Enum
 
 from smtpguard.checks import Check, Event, Services, Stage
+from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
 from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.checks.helo import HeloFirst, HeloName
+from smtpguard.checks.lines import BodyLines, HeaderLines
+from smtpguard.checks.loop import Loop
+from smtpguard.checks.received import ForgedReceived
 from smtpguard.checks.recipients import Mailbox, RcptLimit
 from smtpguard.checks.relay import Relay, RelayLocal
-from smtpguard.checks.sender import DeclaredSize, SenderDeny, SenderSyntax
+from smtpguard.checks.sender import SenderDeny, SenderSyntax
 from smtpguard.checks.session_limit import SessionLimit
+from smtpguard.checks.size import ActualSize, DeclaredSize
 from smtpguard.config import CheckSettings, Config
+from smtpguard.message import MessageState
 from smtpguard.replies import Reply, ReplyTable
-from smtpguard.session import MTA, Connection
+from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
 log = logging.getLogger("smtpguard")
@@ -52,10 +58,18 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     Relay,
     RcptLimit,
     Mailbox,
+    HeaderLines,
+    Loop,
+    ForgedReceived,
+    ActualSize,
+    BodyLines,
+    AttachmentSizeBody,
+    AttachmentSizeEom,
 )
 CHECK_NAMES: frozenset[str] = frozenset(c.name for c in CHECK_CLASSES)
 
 _DEFERRED_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
+_CONTENT_STAGES = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 
 
 class Action(Enum):
@@ -69,6 +83,8 @@ class Decision:
     action: Action
     reply: Reply | None = None
     check: str = ""
+    #: Headers to add when the message is accepted (end of message only).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 CONTINUE = Decision(Action.CONTINUE)
@@ -86,6 +102,13 @@ class Pipeline:
                 continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__
             self.stages[cls.stage].append((check, settings))
+        self.track_mime = self.config.check(AttachmentSizeBody.name).mode != "off"
+        content = self.config.content
+        self.eom_headers: tuple[tuple[str, str], ...] = (
+            ((content.loop_marker, self.config.loop_marker_value),)
+            if content.add_loop_marker
+            else ()
+        )
 
     def wants(self, stage: Stage) -> bool:
         return bool(self.stages[stage])
@@ -94,6 +117,33 @@ class Pipeline:
         event = event or Event()
         if stage is Stage.MAIL and conn.pending is not None:
             return self._decide(stage, conn, event, conn.pending_check, conn.pending)
+        if conn.txn is not None and stage in _CONTENT_STAGES:
+            self._observe(stage, conn.txn, event)
+        decision = self._run_checks(stage, conn, event)
+        if stage is Stage.EOM and decision.action is Action.CONTINUE and self.eom_headers:
+            return Decision(Action.CONTINUE, headers=self.eom_headers)
+        return decision
+
+    def _observe(self, stage: Stage, txn: Transaction, event: Event) -> None:
+        """Feed the message model that content checks read."""
+        if txn.message is None:
+            txn.message = MessageState(
+                track_mime=self.track_mime, max_mime_depth=self.config.content.max_mime_depth
+            )
+        message = txn.message
+        if stage is Stage.HEADER and event.header is not None:
+            message.add_header(*event.header)
+        elif stage is Stage.EOH:
+            message.end_of_headers()
+        elif stage is Stage.BODY and event.chunk is not None:
+            if message.mime is None and self.track_mime:
+                # No EOH seen (MTA negotiated it away): headers are complete by now.
+                message.end_of_headers()
+            message.feed_body(event.chunk)
+        elif stage is Stage.EOM:
+            message.close()
+
+    def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         for check, settings in self.stages[stage]:
             try:
                 verdict = check(conn, event)
@@ -108,6 +158,8 @@ class Pipeline:
                 continue
             mode = self._mode(settings)
             if mode == "report":
+                if stage in _CONTENT_STAGES and not _first_report(conn, check.name, stage):
+                    continue
                 self._log(
                     stage=stage,
                     conn=conn,
@@ -209,6 +261,18 @@ class Pipeline:
         )
         level = logging.WARNING if verdict.reply_id == "internal_error" else logging.INFO
         log.log(level, "decision %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
+
+
+def _first_report(conn: Connection, check: str, stage: Stage) -> bool:
+    """Report-only verdicts of content checks would repeat for every header or chunk
+    once true; log them once per transaction."""
+    scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
+    reported: set[str] = scratch.setdefault("pipeline.reported", set())
+    key = f"{check}/{stage.value}"
+    if key in reported:
+        return False
+    reported.add(key)
+    return True
 
 
 def _kv(key: str, value: object) -> str:

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from smtpguard.address import Address
+from smtpguard.message import MessageState
 from smtpguard.verdict import Hit, TempError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -49,6 +50,8 @@ class Transaction:
     auth_login: str | None = None
     recipients: list[Address] = field(default_factory=list)
     queue_id: str | None = None
+    #: Created when the message content starts (first header, DATA end of headers).
+    message: MessageState | None = None
     # Per-check scratch space for stateful content checks (MIME walker, counters).
     scratch: dict[str, Any] = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""MAIL FROM checks that need no backend: syntax, declared size, static deny list."""
+"""MAIL FROM checks that need no backend: syntax and the static deny list."""
 
 from __future__ import annotations
 
@@ -25,23 +25,6 @@ class SenderSyntax:
         txn = conn.txn
         if txn is not None and txn.sender is None:
             return Hit("mail_from_invalid", f"{txn.sender_raw!r}: {txn.sender_error}")
-        return None
-
-
-class DeclaredSize:
-    """``message_too_long`` from the ESMTP ``SIZE=`` parameter (RFC 1870)."""
-
-    name: ClassVar[str] = "message_size"
-    stage: ClassVar[Stage] = Stage.MAIL
-    reply_ids: ClassVar[tuple[str, ...]] = ("message_too_long",)
-
-    def __init__(self, services: Services) -> None:
-        self.limit = services.config.limits.max_message_size
-
-    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
-        txn = conn.txn
-        if txn is not None and txn.declared_size is not None and txn.declared_size > self.limit:
-            return Hit("message_too_long", f"SIZE={txn.declared_size} > {self.limit}")
         return None
 
 

@@ -1,0 +1,43 @@
+"""``attachment_too_long``: one attachment decodes to more than the limit.
+
+The MIME structure is followed as body chunks arrive
+(:class:`~smtpguard.content.mime.MimeWalker`), attachments at any depth, inside
+attached messages too. The body half refuses as soon as a running size passes the
+limit; the end-of-message half sees the last part once the walker is closed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+
+class _AttachmentSize:
+    name: ClassVar[str] = "attachment_size"
+    reply_ids: ClassVar[tuple[str, ...]] = ("attachment_too_long",)
+
+    def __init__(self, services: Services) -> None:
+        self.limit = services.config.limits.max_attachment_size
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        message = conn.txn.message if conn.txn else None
+        if message is None or message.mime is None:
+            return None
+        if message.mime.largest_attachment > self.limit:
+            return Hit(
+                "attachment_too_long",
+                f"attachment {message.mime.largest_attachment_name!r} decodes to"
+                f" {message.mime.largest_attachment} > {self.limit} octets",
+            )
+        return None
+
+
+class AttachmentSizeBody(_AttachmentSize):
+    stage: ClassVar[Stage] = Stage.BODY
+
+
+class AttachmentSizeEom(_AttachmentSize):
+    stage: ClassVar[Stage] = Stage.EOM

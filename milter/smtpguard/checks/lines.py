@@ -1,0 +1,55 @@
+"""``line_parse_error``: lines over 998 octets (RFC 5322 §2.1.1) or NUL bytes.
+
+The header half decides per header field (its longest physical line, folding
+included); the body half decides as soon as a chunk shows a long line or a NUL.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.message import MAX_LINE
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+
+class HeaderLines:
+    name: ClassVar[str] = "line_syntax"
+    stage: ClassVar[Stage] = Stage.HEADER
+    reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
+
+    def __init__(self, services: Services) -> None:
+        pass
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        message = conn.txn.message if conn.txn else None
+        if message is None or event.header is None:
+            return None
+        if message.nul:
+            return Hit("line_parse_error", f"NUL byte in header {event.header[0]!r}")
+        if message.longest_header_line > MAX_LINE:
+            return Hit(
+                "line_parse_error",
+                f"header {event.header[0]!r} line of {message.longest_header_line} octets",
+            )
+        return None
+
+
+class BodyLines:
+    name: ClassVar[str] = "line_syntax"
+    stage: ClassVar[Stage] = Stage.BODY
+    reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
+
+    def __init__(self, services: Services) -> None:
+        pass
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        message = conn.txn.message if conn.txn else None
+        if message is None:
+            return None
+        if message.nul:
+            return Hit("line_parse_error", "NUL byte in body")
+        if message.long_line:
+            return Hit("line_parse_error", f"body line over {MAX_LINE} octets")
+        return None

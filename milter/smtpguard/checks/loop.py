@@ -1,0 +1,47 @@
+"""``looping_message``: too many hops, or our own loop marker already present.
+
+Decided per header: more ``Received:`` fields than ``limits.max_hops``; a
+``Delivered-To:`` equal to one of this transaction's recipients (the message has been
+delivered to that mailbox before and came back); or our loop-marker header with our
+value (we accepted this message before).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.address import AddressError, parse_path
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+
+class Loop:
+    name: ClassVar[str] = "loop"
+    stage: ClassVar[Stage] = Stage.HEADER
+    reply_ids: ClassVar[tuple[str, ...]] = ("looping_message",)
+
+    def __init__(self, services: Services) -> None:
+        config = services.config
+        self.max_hops = config.limits.max_hops
+        self.marker = config.content.loop_marker.lower()
+        self.marker_value = config.loop_marker_value.lower()
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if txn is None or txn.message is None or event.header is None:
+            return None
+        name, value = event.header
+        lowered = name.lower()
+        if lowered == "received" and txn.message.received > self.max_hops:
+            return Hit("looping_message", f"{txn.message.received} Received headers")
+        if lowered == self.marker and value.strip().lower() == self.marker_value:
+            return Hit("looping_message", f"our {name} marker is present")
+        if lowered == "delivered-to":
+            try:
+                seen = parse_path(value.strip(), smtputf8=True).lc.lower()
+            except AddressError:
+                return None
+            if any(r.lc.lower() == seen for r in txn.recipients):
+                return Hit("looping_message", f"Delivered-To {seen} is a recipient")
+        return None

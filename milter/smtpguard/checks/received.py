@@ -1,0 +1,40 @@
+"""``fake_router``: forged or malformed ``Received:`` trace fields.
+
+A field is refused when it does not parse as a trace field (see
+:mod:`smtpguard.content.received` for exactly what is parsed), or when its ``from``
+clause claims one of our host names or IPs (``site.our_hostnames``,
+``site.our_ips``) while the connecting client is not one of our hosts (an IP in
+``site.our_ips`` or ``site.trusted_networks``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.content.received import ReceivedParseError, is_our_claim, parse_received
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+
+class ForgedReceived:
+    name: ClassVar[str] = "received"
+    stage: ClassVar[Stage] = Stage.HEADER
+    reply_ids: ClassVar[tuple[str, ...]] = ("fake_router",)
+
+    def __init__(self, services: Services) -> None:
+        site = services.config.site
+        self.names = site.our_hostnames
+        self.ips = site.our_ips
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        if event.header is None or event.header[0].lower() != "received":
+            return None
+        try:
+            info = parse_received(event.header[1])
+        except ReceivedParseError as exc:
+            return Hit("fake_router", f"unparsable Received: {exc}")
+        ours = conn.trusted_network or (conn.client_ip is not None and conn.client_ip in self.ips)
+        if not ours and is_our_claim(info, self.names, self.ips):
+            return Hit("fake_router", f"Received claims our host: from {info.from_name}")
+        return None

@@ -1,0 +1,105 @@
+"""What the content checks know about the message while it streams in.
+
+The pipeline feeds every header and body chunk into one :class:`MessageState` per
+transaction; content checks only read it. Nothing here keeps the body: sizes and line
+lengths are counted, the MIME structure is followed by
+:class:`~smtpguard.content.mime.MimeWalker` with bounded memory, and only the headers
+the walker needs (``Content-*``) are kept, up to a cap.
+"""
+
+from __future__ import annotations
+
+import re
+
+from smtpguard.content.mime import MimeWalker
+
+# RFC 5322 §2.1.1: a line is at most 998 octets, excluding the CRLF.
+MAX_LINE = 998
+# Any run of more than MAX_LINE octets that contains no line break.
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
+# Headers kept for the MIME walker (only the top-level Content-* fields matter).
+_MAX_KEPT_HEADER_BYTES = 64 * 1024
+
+
+class MessageState:
+    def __init__(self, *, track_mime: bool, max_mime_depth: int) -> None:
+        self.size = 0
+        self.headers = 0
+        self.received = 0
+        self.nul = False
+        self.long_line = False
+        self.longest_header_line = 0
+        self._track_mime = track_mime
+        self._max_mime_depth = max_mime_depth
+        self._content_headers: list[tuple[str, str]] = []
+        self._kept = 0
+        self._carry = 0  # length of the body line that is still open
+        self.mime: MimeWalker | None = None
+
+    def add_header(self, name: str, value: str) -> None:
+        """Count a header as it will be written: ``Name: value`` CRLF, folded lines CRLF."""
+        lines = value.replace("\r\n", "\n").split("\n")
+        self.size += len(name) + 2 + sum(len(_octets(line)) + 2 for line in lines)
+        self.headers += 1
+        first = len(name) + 2 + len(_octets(lines[0]))
+        self.longest_header_line = max(
+            self.longest_header_line, first, *(len(_octets(line)) for line in lines[1:])
+        )
+        if "\x00" in value or "\x00" in name:
+            self.nul = True
+        lowered = name.lower()
+        if lowered == "received":
+            self.received += 1
+        elif self._track_mime and lowered.startswith("content-"):
+            if self._kept + len(value) <= _MAX_KEPT_HEADER_BYTES:
+                self._content_headers.append((name, value))
+                self._kept += len(value)
+
+    def end_of_headers(self) -> None:
+        self.size += 2  # the empty line between header and body
+        if self._track_mime:
+            self.mime = MimeWalker(self._content_headers, max_depth=self._max_mime_depth)
+            self._content_headers = []
+
+    def feed_body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if not self.nul and b"\x00" in chunk:
+            self.nul = True
+        if not self.long_line:
+            self._scan_lines(chunk)
+        if self.mime is not None:
+            self.mime.feed(chunk)
+
+    def _scan_lines(self, chunk: bytes) -> None:
+        first_break = _first_break(chunk)
+        if first_break < 0:
+            self._carry += len(chunk)
+            self.long_line = self._carry > MAX_LINE
+            return
+        if self._carry + first_break > MAX_LINE or _LONG_LINE.search(chunk):
+            self.long_line = True
+            return
+        last_break = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+        self._carry = len(chunk) - last_break - 1
+
+    def close(self) -> None:
+        if self.mime is not None:
+            self.mime.close()
+
+    @property
+    def largest_attachment(self) -> int:
+        return self.mime.largest_attachment if self.mime is not None else 0
+
+
+def _octets(text: str) -> bytes:
+    # pymilter hands undecodable header bytes over as surrogate escapes.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _first_break(chunk: bytes) -> int:
+    lf, cr = chunk.find(b"\n"), chunk.find(b"\r")
+    if lf < 0:
+        return cr
+    if cr < 0:
+        return lf
+    return min(lf, cr)
