@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.service import Running
+from support.service import Running, make_site, running
 
 pytestmark = pytest.mark.integration
 
@@ -33,3 +34,27 @@ def test_envelope_script(service: Running) -> None:
     log = service.log()
     assert "reply=host_denies_relay" in log
     assert "reply=host_denies_sender" in log
+
+
+@pytest.fixture(scope="module")
+def content_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    extra = {
+        "limits": {"max_message_size": 1_000_000, "max_attachment_size": 50_000},
+        "content": {"add_loop_marker": True},
+    }
+    with running(make_site(tmp_path_factory.mktemp("lua-content"), extra)) as svc:
+        yield svc
+
+
+def test_content_script(content_service: Running) -> None:
+    result = run_script(content_service, "content.lua")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for reply_id in (
+        "looping_message",
+        "fake_router",
+        "line_parse_error",
+        "message_too_long",
+        "attachment_too_long",
+    ):
+        assert f"ok {reply_id}" in result.stdout
+    assert "content.lua: all checks passed" in result.stdout

@@ -106,6 +106,9 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return self._answer(decision)
 
     def _answer(self, decision: Decision) -> int:
+        if decision.action is Action.SKIP:
+            # SKIP is only legal when the MTA offered it (protocol v6, SMFIP_SKIP).
+            return int(Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE)
         if decision.action is Action.CONTINUE or decision.reply is None:
             try:
                 for name, value in decision.headers:

@@ -10,6 +10,10 @@ Rules, in the order they apply:
   and never a permanent reject;
 * verdicts found at connect or HELO wait on the connection and are delivered at MAIL
   FROM, where Postfix shows their text (it defers such rejects to MAIL anyway);
+* verdicts found in the headers or the body wait on the transaction and are delivered
+  at end of message, which is when the client hears any DATA-phase reply anyway; once
+  one waits, later headers are not examined and the body is skipped (SMFIS_SKIP), so
+  nothing more is parsed or counted;
 * the reply is rendered at delivery time, when it is known whether the client
   negotiated SMTPUTF8 and which MTA we talk to.
 """
@@ -70,12 +74,15 @@ CHECK_NAMES: frozenset[str] = frozenset(c.name for c in CHECK_CLASSES)
 
 _DEFERRED_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
 _CONTENT_STAGES = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
+_DEFERRED_TO_EOM = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY})
 
 
 class Action(Enum):
     CONTINUE = "continue"
     REJECT = "reject"
     TEMPFAIL = "tempfail"
+    #: Send no more body chunks (a verdict already waits for end of message).
+    SKIP = "skip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,7 @@ class Decision:
 
 
 CONTINUE = Decision(Action.CONTINUE)
+SKIP = Decision(Action.SKIP)
 
 
 class Pipeline:
@@ -117,8 +125,13 @@ class Pipeline:
         event = event or Event()
         if stage is Stage.MAIL and conn.pending is not None:
             return self._decide(stage, conn, event, conn.pending_check, conn.pending)
-        if conn.txn is not None and stage in _CONTENT_STAGES:
-            self._observe(stage, conn.txn, event)
+        txn = conn.txn
+        if txn is not None and stage in _CONTENT_STAGES:
+            if txn.pending is not None:
+                if stage is Stage.EOM:
+                    return self._decide(stage, conn, event, txn.pending_check, txn.pending)
+                return SKIP if stage is Stage.BODY else CONTINUE
+            self._observe(stage, txn, event)
         decision = self._run_checks(stage, conn, event)
         if stage is Stage.EOM and decision.action is Action.CONTINUE and self.eom_headers:
             return Decision(Action.CONTINUE, headers=self.eom_headers)
@@ -181,6 +194,18 @@ class Pipeline:
                     action="pass",
                 )
                 continue
+            if stage in _DEFERRED_TO_EOM and conn.txn is not None:
+                conn.txn.pending, conn.txn.pending_check = verdict, check.name
+                self._log(
+                    stage=stage,
+                    conn=conn,
+                    event=event,
+                    check=check.name,
+                    verdict=verdict,
+                    mode=mode,
+                    action="deferred",
+                )
+                return SKIP if stage is Stage.BODY else CONTINUE
             if stage in _DEFERRED_STAGES:
                 # Keep the first one; it is delivered at every MAIL FROM of the session.
                 conn.pending, conn.pending_check = verdict, check.name

@@ -52,6 +52,9 @@ class Transaction:
     queue_id: str | None = None
     #: Created when the message content starts (first header, DATA end of headers).
     message: MessageState | None = None
+    #: A header/body verdict waiting for end of message.
+    pending: Hit | TempError | None = None
+    pending_check: str = ""
     # Per-check scratch space for stateful content checks (MIME walker, counters).
     scratch: dict[str, Any] = field(default_factory=dict)
 

@@ -133,8 +133,45 @@ class MilterSession:
     def body(self, chunk: str) -> Answer:
         return self._answer(C.SMFIC_BODY, None, buf=chunk)
 
-    def eom(self) -> list[tuple[str, dict[str, object]]]:
-        return self.conn.send_eom()
+    def eom(self) -> tuple[Answer, list[tuple[str, dict[str, str]]]]:
+        """End of message: the final answer, and the modifications sent before it."""
+        messages = self.conn.send_eom()
+        rcmd, rdict = messages[-1]
+        if rcmd == C.SMFIR_REPLYCODE:
+            answer = parse_reply(rdict["smtpcode"] + rdict["space"] + rdict["text"])
+        else:
+            assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
+            answer = Answer(_KINDS[rcmd])
+        return answer, messages[:-1]
+
+    def message(
+        self, headers: list[tuple[str, str]], body: str | bytes, chunk: int = 65535
+    ) -> tuple[Answer, list[tuple[str, dict[str, str]]], list[Answer]]:
+        """DATA, headers, EOH, body (in chunks), EOM; returns the EOM answer, the EOM
+        modifications and every earlier non-continue answer."""
+        early = []
+        for answer in (self.data(), *(self.header(n, v) for n, v in headers), self.eoh()):
+            if answer.kind != "continue":
+                early.append(answer)
+        raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
+        for start in range(0, len(raw), chunk):
+            answer = self.body_bytes(raw[start : start + chunk])
+            if answer.kind != "continue":
+                early.append(answer)
+                if answer.kind == "skip":
+                    break
+        final, mods = self.eom()
+        return final, mods, early
+
+    def body_bytes(self, chunk: bytes) -> Answer:
+        # miltertest's codec encodes str only; send raw octets (NUL, 8-bit) ourselves.
+        packet = C.SMFIC_BODY.encode() + chunk
+        self.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
+        rcmd, _ = self.conn.recv()
+        if rcmd == C.SMFIR_SKIP:
+            return Answer("skip")
+        assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
+        return Answer(_KINDS[rcmd])
 
     def abort(self) -> None:
         self.conn._send(C.SMFIC_ABORT)

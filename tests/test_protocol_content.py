@@ -1,0 +1,224 @@
+"""Header, body and end-of-message replies through the real service (PyPI client).
+
+Content verdicts are delivered at end of message (when an SMTP client hears any
+DATA-phase reply); once one is known the body is skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+from support.expected import SPEC, default_line
+from support.mtclient import Answer, MilterSession
+from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running
+
+pytestmark = pytest.mark.integration
+
+CONTENT = {
+    "limits": {"max_message_size": 1_000_000, "max_attachment_size": 50_000, "max_hops": 30},
+    "content": {"add_loop_marker": True},
+}
+POSTFIX_RECEIVED = (
+    "from mail.sender.example (mail.sender.example [198.51.100.7])\n"
+    "\tby mx.example.com (Postfix) with ESMTP id 4F1A2B3C\n"
+    "\tfor <alice@example.com>; Sat, 28 Nov 2026 17:00:00 +0000 (UTC)"
+)
+BASE_HEADERS = [
+    ("Received", POSTFIX_RECEIVED),
+    ("From", "Friend <friend@sender.example>"),
+    ("To", "alice@example.com"),
+    ("Subject", "hello"),
+    ("Message-ID", "<1@sender.example>"),
+]
+
+
+@pytest.fixture(scope="module")
+def content_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running(make_site(tmp_path_factory.mktemp("content"), CONTENT)) as svc:
+        yield svc
+
+
+def envelope(service: Running, ip: str = UNTRUSTED_IP) -> MilterSession:
+    s = service.session()
+    s.connect(ip)
+    s.helo("mail.sender.example")
+    assert s.mail("<friend@sender.example>").kind == "continue"
+    assert s.rcpt("<alice@example.com>").kind == "continue"
+    return s
+
+
+def assert_reply(answer: Answer, reply_id: str) -> None:
+    code, xcode, _en, _zh = SPEC[reply_id]
+    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
+        "reply",
+        code,
+        xcode,
+        (default_line(reply_id),),
+    ), f"{reply_id}: got {answer}"
+
+
+def deliver(
+    service: Running, headers: list[tuple[str, str]], body: str | bytes, ip: str = UNTRUSTED_IP
+) -> tuple[Answer, list[tuple[str, dict[str, str]]], list[Answer]]:
+    with envelope(service, ip) as s:
+        return s.message(headers, body)
+
+
+def test_clean_message_is_accepted_with_loop_marker(content_service: Running) -> None:
+    final, mods, early = deliver(content_service, BASE_HEADERS, "Hello Alice.\r\n" * 50)
+    assert final.kind in ("continue", "accept")
+    assert early == []
+    assert ("h", {"name": "X-Smtpguard-Loop", "value": "mx.example.com"}) in mods
+
+
+def test_looping_message_by_hop_count(content_service: Running) -> None:
+    hops = [("Received", POSTFIX_RECEIVED)] * 31
+    final, _mods, _early = deliver(content_service, hops + BASE_HEADERS[1:], "hi\r\n")
+    assert_reply(final, "looping_message")
+    final, _mods, _early = deliver(content_service, hops[:30] + BASE_HEADERS[1:], "hi\r\n")
+    assert final.kind in ("continue", "accept")
+
+
+def test_looping_message_by_our_marker(content_service: Running) -> None:
+    headers = [*BASE_HEADERS, ("X-Smtpguard-Loop", "mx.example.com")]
+    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
+    assert_reply(final, "looping_message")
+    # Somebody else's marker value is not ours.
+    headers = [*BASE_HEADERS, ("X-Smtpguard-Loop", "mx.other.example")]
+    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
+    assert final.kind in ("continue", "accept")
+
+
+def test_looping_message_by_delivered_to(content_service: Running) -> None:
+    headers = [*BASE_HEADERS, ("Delivered-To", "alice@example.com")]
+    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
+    assert_reply(final, "looping_message")
+    headers = [*BASE_HEADERS, ("Delivered-To", "someone@elsewhere.example")]
+    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
+    assert final.kind in ("continue", "accept")
+
+
+FORGED = (
+    "from mx.example.com (mx.example.com [203.0.113.25])\n"
+    "\tby relay.sender.example with ESMTP id 1; Sat, 28 Nov 2026 16:00:00 +0000"
+)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        FORGED,
+        "from [203.0.113.25] by relay.sender.example; Sat, 28 Nov 2026 16:00:00 +0000",
+        "this is not a trace field",
+        "from a.example by b.example",  # no date
+    ],
+)
+def test_fake_router(content_service: Running, value: str) -> None:
+    final, _mods, _early = deliver(content_service, [*BASE_HEADERS, ("Received", value)], "x\r\n")
+    assert_reply(final, "fake_router")
+
+
+def test_our_received_from_our_own_hosts_is_fine(content_service: Running) -> None:
+    headers = [*BASE_HEADERS, ("Received", FORGED)]
+    final, _mods, _early = deliver(content_service, headers, "x\r\n", ip=TRUSTED_IP)
+    assert final.kind in ("continue", "accept")
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ([*BASE_HEADERS, ("X-Long", "a" * 991)], "x\r\n"),  # "X-Long: " + 991 = 999
+        ([*BASE_HEADERS, ("X-Folded", "a\n\t" + "b" * 998)], "x\r\n"),
+        (BASE_HEADERS, "short\r\n" + "b" * 999 + "\r\n"),
+        (BASE_HEADERS, b"nul \x00 byte\r\n"),
+    ],
+)
+def test_line_parse_error(
+    content_service: Running, headers: list[tuple[str, str]], body: str | bytes
+) -> None:
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert_reply(final, "line_parse_error")
+
+
+def test_long_line_split_across_chunks(content_service: Running) -> None:
+    with envelope(content_service) as s:
+        final, _mods, early = s.message(BASE_HEADERS, "a" * 600 + "b" * 600 + "\r\n", chunk=600)
+    assert_reply(final, "line_parse_error")
+    assert early == [Answer("skip")]
+
+
+def test_lines_of_exactly_998_octets_pass(content_service: Running) -> None:
+    headers = [*BASE_HEADERS, ("X-Long", "a" * 990)]  # 8 + 990 = 998
+    final, _mods, _early = deliver(content_service, headers, "b" * 998 + "\r\n")
+    assert final.kind in ("continue", "accept")
+
+
+def test_message_too_long_while_streaming(content_service: Running) -> None:
+    body = ("x" * 78 + "\r\n") * 13_000  # ~1.04 MB > 1,000,000
+    with envelope(content_service) as s:
+        final, _mods, early = s.message(BASE_HEADERS, body)
+    assert_reply(final, "message_too_long")
+    # The body was skipped after the chunk that passed the limit.
+    assert early == [Answer("skip")]
+    assert "check=message_size reply=message_too_long" in content_service.log()
+
+
+def test_message_just_under_the_limit_passes(content_service: Running) -> None:
+    body = ("x" * 78 + "\r\n") * 12_000  # 960,000
+    final, _mods, _early = deliver(content_service, BASE_HEADERS, body)
+    assert final.kind in ("continue", "accept")
+
+
+def mime(parts: list[str], boundary: str = "b1") -> tuple[list[tuple[str, str]], str]:
+    headers = [
+        *BASE_HEADERS,
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
+    ]
+    body = "".join(f"--{boundary}\r\n{p}\r\n" for p in parts) + f"--{boundary}--\r\n"
+    return headers, body
+
+
+def attachment(size: int, name: str = "big.bin") -> str:
+    data = base64.encodebytes(b"\xa5" * size).decode().replace("\n", "\r\n")
+    return (
+        f'Content-Type: application/octet-stream; name="{name}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="{name}"\r\n\r\n{data}'
+    )
+
+
+def test_attachment_too_long(content_service: Running) -> None:
+    headers, body = mime(["Content-Type: text/plain\r\n\r\nsee attached", attachment(50_001)])
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert_reply(final, "attachment_too_long")
+
+
+def test_attachment_at_the_limit_passes(content_service: Running) -> None:
+    headers, body = mime(["Content-Type: text/plain\r\n\r\nsee attached", attachment(50_000)])
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert final.kind in ("continue", "accept")
+
+
+def test_attachment_inside_attached_message(content_service: Running) -> None:
+    _inner_headers, inner_body = mime([attachment(60_000, "nested.zip")], boundary="inner")
+    inner = (
+        "Content-Type: message/rfc822\r\n\r\n"
+        "From: a@b.example\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="inner"\r\n\r\n' + inner_body
+    )
+    headers, body = mime(["Content-Type: text/plain\r\n\r\nforwarded", inner])
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert_reply(final, "attachment_too_long")
+    assert "nested.zip" in content_service.log()
+
+
+def test_broken_mime_does_not_crash(content_service: Running) -> None:
+    headers = [*BASE_HEADERS, ("Content-Type", "multipart/mixed; boundary=")]
+    final, _mods, _early = deliver(content_service, headers, "--\r\n" * 100 + "=?!\r\n")
+    assert final.kind in ("continue", "accept")
+    headers, body = mime(["Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n" * 500])
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert final.kind in ("continue", "accept")
