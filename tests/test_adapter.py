@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterCtx
-from support.expected import SPEC, default_line
-from support.service import Site, make_site
 
 from smtpguard.adapter import App, SmtpGuardMilter, detect_mta
 from smtpguard.app import build_runtime, load, new_gate
 from smtpguard.directory import Login, Recipient
 from smtpguard.session import MTA
+from support.expected import SPEC, default_line
+from support.service import Site, make_site
 
 
 @pytest.fixture(scope="module")
@@ -202,5 +201,3 @@ def test_session_gate_released_on_close(app: App) -> None:
     for ctx in contexts:
         ctx._close()
     assert app.gate.active == 0
-
-

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.service import ROOT
 
 from smtpguard.app import load
 from smtpguard.config import ConfigError, load_config
+from support.service import ROOT
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
 
@@ -68,17 +68,18 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
         ("[replies]\nform = 'two_lines'\n", "replies.form", "must be one of"),
         ("[replies]\nhelp_url = 'https://x'\n", "replies.help_url", "{id}"),
         ("[replies]\nlanguages = []\n", "replies.languages", "at least one"),
-        ("[replies.override.rbl_deny]\ncolour = 'x'\n", "replies.override.rbl_deny.colour",
-         "unknown key"),
+        (
+            "[replies.override.rbl_deny]\ncolour = 'x'\n",
+            "replies.override.rbl_deny.colour",
+            "unknown key",
+        ),
         ("[checks.helo]\nmode = 'on'\n", "checks.helo.mode", "must be one of"),
         ("[checks.nosuch]\nmode = 'off'\n", "checks.nosuch", "unknown check"),
         ("unknown_section = 1\n", "unknown_section", "unknown key"),
         ("milter = 1\n", "milter", "expected a table"),
     ],
 )
-def test_errors_name_file_and_dotted_key(
-    tmp_path: Path, text: str, key: str, message: str
-) -> None:
+def test_errors_name_file_and_dotted_key(tmp_path: Path, text: str, key: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load(path)
@@ -113,7 +114,11 @@ def test_subdomain_entries(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "smtpguard", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "smtpguard", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support.service import Running, make_site, running
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,7 @@ def run_script(service: Running, name: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 

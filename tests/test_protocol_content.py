@@ -10,6 +10,7 @@ import base64
 from collections.abc import Iterator
 
 import pytest
+
 from support.expected import SPEC, default_line
 from support.mtclient import Answer, MilterSession
 from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running

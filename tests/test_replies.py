@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from smtpguard.config import ConfigError, RepliesConfig, ReplyOverride
+from smtpguard.replies import ALL_IDS, MILTER_IDS, MTA_IDS, load_replies
 from support.expected import SPEC
 from support.service import RULES, dump_toml
-
-from smtpguard.config import ConfigError, ReplyOverride, RepliesConfig
-from smtpguard.replies import ALL_IDS, MILTER_IDS, MTA_IDS, load_replies
 
 TABLE = RULES / "replies.toml"
 
@@ -46,7 +46,11 @@ def test_mta_rows_keep_the_seed_codes() -> None:
 
 def test_default_render_is_the_seed_one_line_form() -> None:
     reply = load_replies(policy()).render("rbl_deny", utf8=True)
-    assert (reply.code, reply.xcode, reply.lines) == ("554", "5.7.1", ("rbl deny. (拒绝 RBL 中的邮件服务器)",))
+    assert (reply.code, reply.xcode, reply.lines) == (
+        "554",
+        "5.7.1",
+        ("rbl deny. (拒绝 RBL 中的邮件服务器)",),
+    )
     assert reply.wire_lines() == ["554 5.7.1 rbl deny. (拒绝 RBL 中的邮件服务器)"]
 
 
@@ -167,12 +171,10 @@ def test_every_configured_language_must_exist() -> None:
 
 def test_bad_override_names_the_config_key() -> None:
     with pytest.raises(ConfigError) as err:
-        load_replies(
-            policy(overrides={"rbl_deny": ReplyOverride(xcode="4.7.1")}), "/etc/sg.toml"
-        )
+        load_replies(policy(overrides={"rbl_deny": ReplyOverride(xcode="4.7.1")}), "/etc/sg.toml")
     assert err.value.file == "/etc/sg.toml"
     assert err.value.key == "replies.override.rbl_deny.xcode"
-    with pytest.raises(ConfigError, match="replies.override.nope: unknown reply id"):
+    with pytest.raises(ConfigError, match=r"replies\.override\.nope: unknown reply id"):
         load_replies(policy(overrides={"nope": ReplyOverride(code="550")}), "/etc/sg.toml")
 
 

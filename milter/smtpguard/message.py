@@ -50,10 +50,13 @@ class MessageState:
         lowered = name.lower()
         if lowered == "received":
             self.received += 1
-        elif self._track_mime and lowered.startswith("content-"):
-            if self._kept + len(value) <= _MAX_KEPT_HEADER_BYTES:
-                self._content_headers.append((name, value))
-                self._kept += len(value)
+        elif (
+            self._track_mime
+            and lowered.startswith("content-")
+            and self._kept + len(value) <= _MAX_KEPT_HEADER_BYTES
+        ):
+            self._content_headers.append((name, value))
+            self._kept += len(value)
 
     def end_of_headers(self) -> None:
         self.size += 2  # the empty line between header and body
