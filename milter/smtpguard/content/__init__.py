@@ -1,0 +1,1 @@
+"""Pure, I/O-free parsers for message content: trace fields and MIME structure."""

@@ -1,0 +1,759 @@
+"""Incremental MIME walker that measures attachments while the body streams in.
+
+The milter sees the body in chunks (``xxfi_body``); :class:`MimeWalker` follows the MIME
+structure across those chunks without ever holding a part's body, and keeps the size of
+the largest attachment up to date so that a caller can stop early.
+
+Standards followed:
+
+* RFC 2045 §5 (Content-Type, default ``text/plain`` when absent or invalid, §5.2), §6
+  (Content-Transfer-Encoding), §6.7 (quoted-printable), §6.8 (base64).
+* RFC 2046 §5.1.1: a delimiter is ``"--" boundary`` at the start of a line, optionally
+  followed by space or tab; ``"--" boundary "--"`` closes the multipart. The line break
+  before a delimiter belongs to the delimiter, not to the part. §5.1.5: parts of
+  ``multipart/digest`` default to ``message/rfc822``. §5.2.1: ``message/rfc822`` may only
+  use 7bit, 8bit or binary, so its content is parsed as a message (header, blank line,
+  body). RFC 6532 §3.7 ``message/global`` is handled the same way.
+* RFC 2183 (Content-Disposition), RFC 2231 §3-4 (``filename*``, ``filename*0*``
+  continuations and charsets), RFC 5322 §2.2 (header fields, §2.2.3 folding).
+
+An *attachment* is a leaf part whose Content-Disposition type is ``attachment`` or that has
+a ``filename`` parameter (Content-Disposition) or a ``name`` parameter (Content-Type), in
+plain or RFC 2231 form. Multipart and embedded-message containers are walked into, never
+counted themselves, even with a file name (a forwarded ``.eml`` counts through its leaves).
+Its *decoded size* is counted without decoding:
+
+* base64: 3 bytes per 4 alphabet characters minus padding, white space ignored; other
+  characters are skipped and noted as ``bad base64``, as is a dangling single character.
+* quoted-printable: ``=XX`` is one byte, a soft line break (``=`` + optional space/tab +
+  line break) is none, everything else as given, line breaks as given (CRLF 2, LF 1);
+  a stray ``=`` counts as one byte and is noted as ``bad quoted-printable``.
+* anything else (7bit, 8bit, binary, unknown): bytes as given.
+
+Bounded memory and linear time: the walker keeps one partial line (lines longer than
+64 KiB are processed in pieces; a line longer than 1 KiB is never a delimiter), header
+values of the header block being read (at most ``max_header_bytes``), and a stack of at
+most ``max_depth`` boundaries. A multipart or embedded message at nesting depth
+``max_depth`` or more (the top level is depth 0) is read as an opaque leaf, noted as
+``depth limit``; so is a base64 or quoted-printable ``message/rfc822`` (``encoded
+message/rfc822``) and a multipart without a usable boundary. Body data is scanned with
+``bytes.find``/``translate``/``re`` over whole runs of lines; Python-level work happens
+only per header line and per line that starts with ``--``.
+
+Deviations, chosen for robustness: only LF ends a line (CRLF and bare LF both work; a bare
+CR does not); an embedded message's leading mbox ``From`` line is skipped; a header block
+interrupted by a line that is not a header field starts the body at that line (noted as
+``missing header/body separator``); a delimiter of an outer multipart closes all inner
+ones (noted as ``missing closing boundary``). Nothing here raises on any input.
+
+Notes in :attr:`MimeWalker.malformed` are distinct short strings: ``depth limit``,
+``missing closing boundary``, ``missing start boundary``, ``missing boundary parameter``,
+``boundary too long``, ``bad base64``, ``bad quoted-printable``, ``header block too
+large``, ``missing header/body separator``, ``encoded message/rfc822``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["MimeWalker"]
+
+# A line this long is handed on in pieces so that a newline-free body cannot grow the buffer.
+_LINE_MAX: Final = 64 * 1024
+# RFC 2046 limits boundaries to 70 characters; a longer line is never a delimiter, which
+# also bounds how long an unterminated "--" line is held back.
+_DELIM_LINE_MAX: Final = 1024
+_BOUNDARY_MAX: Final = _DELIM_LINE_MAX - 16
+# Reported names end up in logs.
+_NAME_MAX: Final = 255
+# RFC 2231 continuations beyond this are ignored.
+_SECTIONS_MAX: Final = 64
+
+_HEADERS: Final = 0
+_LEAF: Final = 1
+_SKIP: Final = 2
+
+_IDENTITY_ENCODINGS: Final = frozenset({"", "7bit", "8bit", "binary"})
+_WANTED_HEADERS: Final = frozenset(
+    {b"content-type", b"content-disposition", b"content-transfer-encoding"}
+)
+
+_HEADER_FIELD: Final = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_CRLF: Final = b"\r\n"
+
+_WHITESPACE: Final = b" \t\r\n\x0b\x0c"
+_B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_QP_ESCAPE: Final = re.compile(rb"=[0-9A-Fa-f]{2}")
+_QP_SOFT_BREAK: Final = re.compile(rb"=[ \t]*\r?\n")
+_QP_SOFT_BREAK_AT_END: Final = re.compile(rb"=[ \t]*\r?\n\Z")
+# Window in which a trailing soft break is looked for; QP lines are at most 76 characters.
+_QP_TAIL: Final = 1024
+
+_PARAM_OUTSIDE: Final = re.compile(r'[;"]')
+_PARAM_INSIDE: Final = re.compile(r'["\\]')
+_QUOTED_PAIR: Final = re.compile(r"\\(.)", re.DOTALL)
+_SIMPLE_COMMENT: Final = re.compile(r"\([^()]*\)")
+_UNFOLD: Final = re.compile(r"\r?\n")
+
+# RFC 2231 charsets decoded as such; anything else falls back to UTF-8. A whitelist keeps
+# hostile names away from codecs that are not text encodings or reject "replace".
+_CHARSETS: Final = frozenset(
+    {"utf-8", "utf8", "us-ascii", "ascii", "latin1", "cp1252", "koi8-r", "koi8-u"}
+    | {f"iso-8859-{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)}
+    | {f"windows-{n}" for n in range(1250, 1259)}
+    | {"gbk", "gb2312", "gb18030", "big5", "shift_jis", "euc-jp", "iso-2022-jp", "euc-kr"}
+)
+
+
+class _Counter(Protocol):
+    size: int
+
+    def add(self, data: bytes | bytearray) -> None: ...
+
+    def finish(self, at_eof: bool) -> str | None: ...
+
+
+class _RawCounter:
+    """Identity encodings: bytes as given."""
+
+    __slots__ = ("pending", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        # The last line break seen; it belongs to the next delimiter unless more data follows.
+        self.pending = 0
+
+    def add(self, data: bytes | bytearray) -> None:
+        size = self.size + self.pending + len(data)
+        self.pending = _eol_length(data)
+        self.size = size - self.pending
+
+    def finish(self, at_eof: bool) -> str | None:
+        if at_eof:
+            self.size += self.pending
+        self.pending = 0
+        return None
+
+
+class _Base64Counter:
+    """Count decoded bytes of base64 text without decoding it."""
+
+    __slots__ = ("bad", "chars", "pads", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.chars = 0
+        self.pads = 0
+        self.bad = False
+
+    def add(self, data: bytes | bytearray) -> None:
+        data = data.translate(None, _WHITESPACE)
+        if not data:
+            return
+        invalid = len(data.translate(None, _B64_ALPHABET))
+        if invalid:
+            self.bad = True
+        pads = data.count(b"=")
+        self.chars += len(data) - invalid - pads
+        self.pads += pads
+        total = self.chars + self.pads
+        # Each complete quantum yields 3 bytes less one per pad; a 2 or 3 character tail
+        # yields 1 or 2 bytes. Exact for valid input, also for concatenated padded runs.
+        self.size = max(0, 3 * (total // 4) - self.pads + (total % 4) * 3 // 4)
+
+    def finish(self, at_eof: bool) -> str | None:
+        if (self.chars + self.pads) % 4 == 1:
+            self.bad = True
+        return "bad base64" if self.bad else None
+
+
+class _QuotedPrintableCounter:
+    """Count decoded bytes of quoted-printable text without decoding it."""
+
+    __slots__ = ("bad", "pending", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.pending = 0
+        self.bad = False
+
+    def add(self, data: bytes | bytearray) -> None:
+        escapes = len(_QP_ESCAPE.findall(data))
+        soft = _QP_SOFT_BREAK.findall(data)
+        if data.count(b"=") != escapes + len(soft):
+            self.bad = True
+        size = self.size + self.pending + len(data) - 2 * escapes - sum(map(len, soft))
+        # A final soft break is already discounted; only a hard one may belong to a delimiter.
+        soft_at_end = bool(soft) and (
+            _QP_SOFT_BREAK_AT_END.search(data, max(0, len(data) - _QP_TAIL)) is not None
+        )
+        self.pending = 0 if soft_at_end else _eol_length(data)
+        self.size = size - self.pending
+
+    def finish(self, at_eof: bool) -> str | None:
+        if at_eof:
+            self.size += self.pending
+        self.pending = 0
+        return "bad quoted-printable" if self.bad else None
+
+
+def _eol_length(data: bytes | bytearray) -> int:
+    if data.endswith(_CRLF):
+        return 2
+    return 1 if data.endswith(b"\n") else 0
+
+
+def _make_counter(encoding: str) -> _Counter:
+    if encoding == "base64":
+        return _Base64Counter()
+    if encoding == "quoted-printable":
+        return _QuotedPrintableCounter()
+    return _RawCounter()
+
+
+@dataclass(slots=True)
+class _Frame:
+    """An open multipart: its boundary and where it sits."""
+
+    boundary: bytes
+    depth: int
+    digest: bool
+    saw_part: bool = False
+
+
+class MimeWalker:
+    """Walk a message body chunk by chunk and measure its attachments.
+
+    ``top_headers`` are the message's header fields as ``(name, value)`` pairs in the order
+    received; values may be folded. Feed the body with :meth:`feed` and call :meth:`close`
+    at its end. The public attributes are valid at any time and final after ``close``:
+
+    * ``largest_attachment``: decoded size of the largest attachment seen so far; it grows
+      while an attachment streams in, so a size limit can act before the body ends.
+    * ``largest_attachment_name``: its file name (RFC 2231 decoded, undecodable bytes
+      replaced, at most 255 characters), or ``None`` if it has none.
+    * ``attachments``: how many attachments have started.
+    * ``malformed``: distinct notes about structural problems, in order of discovery.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_closed",
+        "_counter",
+        "_cur_header",
+        "_depth",
+        "_digest_parent",
+        "_embedded",
+        "_first_header_line",
+        "_header_bytes",
+        "_headers",
+        "_hint",
+        "_line_start",
+        "_max_depth",
+        "_max_header_bytes",
+        "_mode",
+        "_name",
+        "_stack",
+        "attachments",
+        "largest_attachment",
+        "largest_attachment_name",
+        "malformed",
+    )
+
+    def __init__(
+        self,
+        top_headers: Sequence[tuple[str, str]],
+        *,
+        max_depth: int = 20,
+        max_header_bytes: int = 65536,
+    ) -> None:
+        self.largest_attachment = 0
+        self.largest_attachment_name: str | None = None
+        self.attachments = 0
+        self.malformed: list[str] = []
+        self._max_depth = max(0, max_depth)
+        self._max_header_bytes = max(0, max_header_bytes)
+        self._buf = bytearray()
+        # Length of the buffer prefix known to hold no b"\n": a paused scan resumes there,
+        # so feeding tiny chunks onto a long partial line stays linear.
+        self._hint = 0
+        self._line_start = True
+        self._stack: list[_Frame] = []
+        self._mode = _SKIP
+        self._counter: _Counter | None = None
+        self._name: str | None = None
+        self._closed = False
+        self._depth = 0
+        self._digest_parent = False
+        self._embedded = False
+        self._headers: dict[bytes, bytearray] = {}
+        self._cur_header: bytes | None = None
+        self._header_bytes = 0
+        self._first_header_line = True
+
+        found: dict[str, str] = {}
+        for name, value in top_headers:
+            key = name.strip().lower()
+            if key in ("content-type", "content-disposition", "content-transfer-encoding"):
+                found.setdefault(key, _UNFOLD.sub("", value))
+        self._start_entity(
+            found.get("content-type"),
+            found.get("content-disposition"),
+            found.get("content-transfer-encoding"),
+            depth=0,
+            digest_parent=False,
+        )
+
+    # -- public API --------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> None:
+        """Process the next piece of the body; chunk borders may fall anywhere."""
+        if self._closed or not chunk:
+            return
+        self._buf += chunk
+        self._process(final=False)
+
+    def close(self) -> None:
+        """Mark the end of the body and settle the last part; later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._process(final=True)
+        if self._mode == _HEADERS:
+            self._end_headers()
+        self._end_leaf(at_eof=True)
+        if self._stack:
+            self._note("missing closing boundary")
+            if not all(frame.saw_part for frame in self._stack):
+                self._note("missing start boundary")
+            self._stack.clear()
+        self._buf = bytearray()
+        self._headers = {}
+
+    # -- scanning ----------------------------------------------------------------------
+
+    def _process(self, *, final: bool) -> None:
+        buf = self._buf
+        pos = 0
+        while True:
+            if self._mode == _HEADERS:
+                nxt = self._header_step(pos, final=final)
+            else:
+                nxt = self._body_step(pos, final=final)
+            if nxt is None:
+                break
+            pos = nxt
+        del buf[:pos]
+        # Every step that pauses leaves only a newline-free remainder behind.
+        self._hint = len(buf)
+
+    def _header_step(self, pos: int, *, final: bool) -> int | None:
+        buf = self._buf
+        n = len(buf)
+        if pos >= n:
+            return None
+        nl = buf.find(b"\n", max(pos, self._hint))
+        if nl < 0:
+            if not final:
+                if n - pos <= _LINE_MAX:
+                    return None
+                # An over-long header line is counted and dropped, never stored.
+                self._count_header(n - pos)
+                self._cur_header = None
+                self._line_start = False
+                return n
+            end = n
+        else:
+            end = nl + 1
+        if not self._line_start:
+            self._count_header(end - pos)
+            self._line_start = True
+            return end
+
+        return self._header_line(bytes(buf[pos:end]), pos, end)
+
+    def _header_line(self, line: bytes, pos: int, end: int) -> int:
+        """Handle one complete header-block line; return where scanning continues."""
+        first_line = self._first_header_line
+        self._first_header_line = False
+        if self._stack and line.startswith(b"--") and len(line) <= _DELIM_LINE_MAX:
+            hit = self._match_delimiter(line)
+            if hit is not None:
+                self._delimiter(*hit)
+                return end
+        if line in (b"\r\n", b"\n"):
+            self._end_headers()
+            return end
+        if line[0] in b" \t":
+            cur = self._cur_header
+            if cur is not None and self._count_header(len(line)):
+                self._headers[cur] += line.rstrip(b"\r\n")
+            return end
+        m = _HEADER_FIELD.match(line)
+        if m is None:
+            if first_line and self._embedded and line.startswith(b"From "):
+                return end
+            self._note("missing header/body separator")
+            self._end_headers()
+            # The same line is read again as the first body line.
+            return pos
+        self._cur_header = None
+        if self._count_header(len(line)):
+            key = m.group(1).lower()
+            if key in _WANTED_HEADERS and key not in self._headers:
+                self._headers[key] = bytearray(line[m.end() :].rstrip(b"\r\n"))
+                self._cur_header = key
+        return end
+
+    def _count_header(self, size: int) -> bool:
+        """Account header bytes; False once the header block is over budget."""
+        self._header_bytes += size
+        if self._header_bytes > self._max_header_bytes:
+            self._note("header block too large")
+            self._cur_header = None
+            return False
+        return True
+
+    def _body_step(self, pos: int, *, final: bool) -> int | None:
+        buf = self._buf
+        n = len(buf)
+        if pos >= n:
+            return None
+        start = max(pos, self._hint)
+        if self._stack:
+            if self._line_start and buf[pos] == 0x2D:  # "-"
+                if n - pos < 2 and not final:
+                    return None
+                if n - pos >= 2 and buf[pos + 1] == 0x2D:
+                    return self._candidate_line(pos, final=final)
+            idx = buf.find(b"\n--", start)
+            if idx >= 0:
+                self._data(pos, idx + 1)
+                self._line_start = True
+                return idx + 1
+        if final:
+            self._data(pos, n)
+            return n
+        last = buf.rfind(b"\n", start)
+        if last >= 0:
+            # Hold back the partial last line: it may be the start of a delimiter, and
+            # line-aligned data keeps quoted-printable escapes whole.
+            self._data(pos, last + 1)
+            self._line_start = True
+            return last + 1
+        if n - pos > _LINE_MAX:
+            end = _safe_cut(buf, pos, n)
+            self._data(pos, end)
+            self._line_start = False
+            return end
+        return None
+
+    def _candidate_line(self, pos: int, *, final: bool) -> int | None:
+        """Handle a line at ``pos`` that starts with ``--``."""
+        buf = self._buf
+        n = len(buf)
+        nl = buf.find(b"\n", max(pos, self._hint))
+        if nl >= 0:
+            end = nl + 1
+        elif final:
+            end = n
+        elif n - pos <= _DELIM_LINE_MAX:
+            return None
+        else:
+            end = _safe_cut(buf, pos, n)
+            self._data(pos, end)
+            self._line_start = False
+            return end
+        if end - pos <= _DELIM_LINE_MAX:
+            hit = self._match_delimiter(bytes(buf[pos:end]))
+            if hit is not None:
+                self._delimiter(*hit)
+                self._line_start = True
+                return end
+        self._data(pos, end)
+        self._line_start = True
+        return end
+
+    def _match_delimiter(self, line: bytes) -> tuple[int, bool] | None:
+        """Find the innermost open multipart whose delimiter ``line`` is."""
+        rest = line[2:].rstrip(b" \t\r\n")
+        stack = self._stack
+        for i in range(len(stack) - 1, -1, -1):
+            boundary = stack[i].boundary
+            if rest == boundary:
+                return i, False
+            if (
+                len(rest) == len(boundary) + 2
+                and rest.endswith(b"--")
+                and rest.startswith(boundary)
+            ):
+                return i, True
+        return None
+
+    def _data(self, pos: int, end: int) -> None:
+        counter = self._counter
+        if counter is None or self._mode != _LEAF or end <= pos:
+            return
+        counter.add(self._buf[pos:end])
+        if counter.size > self.largest_attachment:
+            self.largest_attachment = counter.size
+            self.largest_attachment_name = self._name
+
+    # -- structure ---------------------------------------------------------------------
+
+    def _delimiter(self, index: int, closing: bool) -> None:
+        if self._mode == _HEADERS:
+            self._end_headers()
+        self._end_leaf(at_eof=False)
+        stack = self._stack
+        if len(stack) > index + 1:
+            self._note("missing closing boundary")
+            del stack[index + 1 :]
+        frame = stack[index]
+        if closing:
+            if not frame.saw_part:
+                self._note("missing start boundary")
+            stack.pop()
+            self._mode = _SKIP
+            return
+        frame.saw_part = True
+        self._begin_headers(frame.depth + 1, digest_parent=frame.digest, embedded=False)
+
+    def _begin_headers(self, depth: int, *, digest_parent: bool, embedded: bool) -> None:
+        self._mode = _HEADERS
+        self._depth = depth
+        self._digest_parent = digest_parent
+        self._embedded = embedded
+        self._headers = {}
+        self._cur_header = None
+        self._header_bytes = 0
+        self._first_header_line = True
+
+    def _end_headers(self) -> None:
+        headers = self._headers
+        self._headers = {}
+        self._cur_header = None
+        self._start_entity(
+            _header_text(headers.get(b"content-type")),
+            _header_text(headers.get(b"content-disposition")),
+            _header_text(headers.get(b"content-transfer-encoding")),
+            depth=self._depth,
+            digest_parent=self._digest_parent,
+        )
+
+    def _start_entity(
+        self,
+        content_type: str | None,
+        disposition: str | None,
+        encoding_value: str | None,
+        *,
+        depth: int,
+        digest_parent: bool,
+    ) -> None:
+        maintype, subtype, ct_params = _parse_content_type(content_type, digest_parent)
+        encoding = _parse_encoding(encoding_value)
+        self._counter = None
+        self._name = None
+        if maintype == "multipart":
+            boundary = _to_bytes(_param(ct_params, "boundary") or "").rstrip(b" \t")
+            if not boundary:
+                self._note("missing boundary parameter")
+            elif len(boundary) > _BOUNDARY_MAX:
+                self._note("boundary too long")
+            elif depth >= self._max_depth:
+                self._note("depth limit")
+            else:
+                self._stack.append(_Frame(boundary, depth, subtype == "digest"))
+                self._mode = _SKIP
+                return
+        elif maintype == "message" and subtype in ("rfc822", "global"):
+            if encoding not in _IDENTITY_ENCODINGS:
+                self._note("encoded message/rfc822")
+            elif depth >= self._max_depth:
+                self._note("depth limit")
+            else:
+                self._begin_headers(depth + 1, digest_parent=False, embedded=True)
+                return
+
+        self._mode = _LEAF
+        disp_type, disp_params = _parse_params(disposition) if disposition else ("", {})
+        if not (
+            disp_type.lower() == "attachment"
+            or _has_param(disp_params, "filename")
+            or _has_param(ct_params, "name")
+        ):
+            return
+        name = _param(disp_params, "filename")
+        if name is None:
+            name = _param(ct_params, "name")
+        self._name = _loggable(name) if name is not None else None
+        self._counter = _make_counter(encoding)
+        self.attachments += 1
+        if self.attachments == 1:
+            self.largest_attachment_name = self._name
+
+    def _end_leaf(self, *, at_eof: bool) -> None:
+        counter = self._counter
+        self._counter = None
+        if counter is None or self._mode != _LEAF:
+            return
+        note = counter.finish(at_eof)
+        if note is not None:
+            self._note(note)
+        if counter.size > self.largest_attachment:
+            self.largest_attachment = counter.size
+            self.largest_attachment_name = self._name
+
+    def _note(self, note: str) -> None:
+        if note not in self.malformed:
+            self.malformed.append(note)
+
+
+def _safe_cut(buf: bytearray, pos: int, end: int) -> int:
+    """Where to split an over-long line so a quoted-printable ``=XX`` or ``=CR`` stays whole."""
+    if end - 1 > pos and buf[end - 1] == 0x3D:  # "="
+        return end - 1
+    if end - 2 > pos and buf[end - 2] == 0x3D:
+        return end - 2
+    return end
+
+
+def _header_text(raw: bytearray | None) -> str | None:
+    # surrogateescape keeps every byte, so a boundary re-encodes to exactly what is on the wire.
+    return None if raw is None else raw.decode("utf-8", "surrogateescape")
+
+
+def _to_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # Lone surrogates that are not escaped bytes can only come from top_headers.
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _loggable(name: str) -> str:
+    return _to_bytes(name).decode("utf-8", "replace")[:_NAME_MAX]
+
+
+def _parse_content_type(value: str | None, digest_parent: bool) -> tuple[str, str, dict[str, str]]:
+    params: dict[str, str] = {}
+    if value:
+        type_text, params = _parse_params(value)
+        type_text = "".join(_SIMPLE_COMMENT.sub("", type_text).split()).lower()
+        maintype, sep, subtype = type_text.partition("/")
+        if sep and maintype and subtype:
+            return maintype, subtype, params
+    # RFC 2045 §5.2 and RFC 2046 §5.1.5 defaults; parameters are kept so that a name= on a
+    # broken type still marks an attachment.
+    if digest_parent:
+        return "message", "rfc822", params
+    return "text", "plain", params
+
+
+def _parse_encoding(value: str | None) -> str:
+    if not value:
+        return ""
+    words = _SIMPLE_COMMENT.sub("", value).split()
+    return words[0].lower() if words else ""
+
+
+def _parse_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split ``type; a=b; c="d;e"`` into the leading value and lower-cased parameters.
+
+    The first occurrence of a parameter wins. One pass over the text; quoted strings may
+    contain ``;`` and backslash escapes.
+    """
+    segments: list[str] = []
+    start = 0
+    i = 0
+    n = len(value)
+    quoted = False
+    while i < n:
+        if quoted:
+            m = _PARAM_INSIDE.search(value, i)
+            if m is None:
+                break
+            if m.group() == "\\":
+                i = m.end() + 1
+                continue
+            quoted = False
+            i = m.end()
+        else:
+            m = _PARAM_OUTSIDE.search(value, i)
+            if m is None:
+                break
+            i = m.end()
+            if m.group() == '"':
+                quoted = True
+            else:
+                segments.append(value[start : m.start()])
+                start = i
+    segments.append(value[start:])
+
+    params: dict[str, str] = {}
+    for segment in segments[1:]:
+        key, sep, raw = segment.partition("=")
+        key = key.strip().lower()
+        if sep and key and key not in params:
+            params[key] = _unquote(raw)
+    return segments[0].strip(), params
+
+
+def _unquote(raw: str) -> str:
+    raw = raw.strip()
+    if not raw.startswith('"'):
+        return raw
+    end = raw.rfind('"')
+    inner = raw[1:end] if end > 0 else raw[1:]
+    return _QUOTED_PAIR.sub(r"\1", inner)
+
+
+def _has_param(params: dict[str, str], base: str) -> bool:
+    if base in params:
+        return True
+    prefix = base + "*"
+    return any(key.startswith(prefix) for key in params)
+
+
+def _param(params: dict[str, str], base: str) -> str | None:
+    """Value of ``base``, preferring the RFC 2231 forms ``base*`` and ``base*0*``..."""
+    extended = params.get(base + "*")
+    if extended is not None:
+        return _decode_2231([(extended, True)])
+    sections: list[tuple[str, bool]] = []
+    for number in range(_SECTIONS_MAX):
+        encoded = params.get(f"{base}*{number}*")
+        if encoded is not None:
+            sections.append((encoded, True))
+            continue
+        plain = params.get(f"{base}*{number}")
+        if plain is None:
+            break
+        sections.append((plain, False))
+    if sections:
+        return _decode_2231(sections)
+    return params.get(base)
+
+
+def _decode_2231(sections: list[tuple[str, bool]]) -> str:
+    charset = "utf-8"
+    out = bytearray()
+    for index, (text, encoded) in enumerate(sections):
+        if not encoded:
+            out += _to_bytes(text)
+            continue
+        payload = text
+        if index == 0:
+            cs, quote1, rest = text.partition("'")
+            _language, quote2, rest = rest.partition("'")
+            if quote1 and quote2:
+                charset = cs.strip().lower() or charset
+                payload = rest
+        out += unquote_to_bytes(_to_bytes(payload))
+    if charset not in _CHARSETS:
+        charset = "utf-8"
+    return out.decode(charset, "replace")

@@ -1,0 +1,346 @@
+"""Parse the value of a ``Received:`` trace header field.
+
+Grammar background: RFC 5321 §4.4 (``Stamp``: ``From-domain By-domain Opt-info [CFWS] ";"
+FWS date-time``, with ``TCP-info`` in the from-clause comment, ``Via``/``With``/``ID``/``For``
+clauses) and RFC 5322 §3.6.7 (``received = "Received:" *received-token ";" date-time``),
+comments and quoted-pairs per RFC 5322 §3.2.2, folding per RFC 5322 §2.2.3, address
+literals per RFC 5321 §4.1.3.
+
+Real MTAs do not follow the grammar to the letter, so this is a pragmatic parser. The input
+is the field *value* as a milter receives it.
+
+What is accepted (a *valid trace field*):
+
+* At most :data:`MAX_LENGTH` characters and no NUL character.
+* Folding (CRLF or bare LF followed by space or tab) is removed; any other CR or LF counts
+  as a space.
+* The value is split into words, comments and ``;``. A comment is a balanced, possibly
+  nested ``(...)`` in which a backslash escapes the next character. A quoted string
+  ``"..."`` (backslash escapes) is part of the word around it. Brackets are ordinary word
+  characters, so ``[192.0.2.1]`` and ``<a@example.org>`` are single words.
+* Exactly one ``;`` outside comments and quoted strings. After it there must be at least one
+  word (the date-time; it is not validated further). ``date`` is the unfolded text after the
+  ``;`` with surrounding white space stripped, comments such as ``(UTC)`` included.
+* Before the ``;``, once comments are removed, only clauses: a keyword ``from``, ``by``,
+  ``via``, ``with``, ``id`` or ``for`` (any case, each at most once, any order) followed by
+  one or more words that are not keywords (``with Microsoft SMTP Server`` is one clause).
+* Or, before the ``;``, nothing but one or more comments, as in qmail's
+  ``(qmail 1234 invoked by uid 89); 1 Jan 2024 10:00:00 -0000``.
+
+Everything else raises :class:`ReceivedParseError`: no ``;`` or more than one, an empty
+date, a leading word that is not a keyword, a repeated keyword, a keyword without a value,
+an unbalanced ``(`` or ``)``, an unterminated quoted string or a trailing backslash in a
+comment, a NUL, an over-long value.
+
+What is extracted:
+
+* ``from_name``: the first word after ``from`` as written (a HELO name, or for Exim the
+  verified host name, or an address literal such as ``[192.0.2.1]``).
+* ``from_ips``: addresses in the from clause, de-duplicated in order of appearance. Each
+  word of the clause and each white-space separated token of each from-clause comment
+  (outside nested comments) is tried as ``[a.b.c.d]``, ``[IPv6:...]``, a bare address
+  (Exchange and qmail write ``(192.0.2.1)``), each optionally with a ``user@`` prefix
+  (ident, qmail) and a ``:port`` suffix. ``helo=[...]`` tokens are not TCP information
+  and are skipped.
+* ``from_rdns``: in the first from-clause comment that has a bracketed address, the token
+  right before it (``user@`` removed) unless it contains ``=``: Postfix and Sendmail write
+  ``(host.example.com [192.0.2.1])``; Postfix writes ``unknown`` when there is no name and
+  that text is returned unchanged, as is a trailing dot.
+* ``by_name``: the first word after ``by``.
+
+Only ``str.find``-like scanning and regular expressions made of single character classes
+are used, so parsing is linear in the input length.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final
+
+__all__ = [
+    "MAX_LENGTH",
+    "IPAddress",
+    "ReceivedInfo",
+    "ReceivedParseError",
+    "is_our_claim",
+    "parse_received",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MAX_LENGTH: Final = 8192
+
+_KEYWORDS: Final = frozenset({"from", "by", "via", "with", "id", "for"})
+
+_FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
+_WORD_RUN: Final = re.compile(r'[^ \t()";]+')
+_COMMENT_SPECIAL: Final = re.compile(r"[()\\]")
+_QUOTED_SPECIAL: Final = re.compile(r'["\\]')
+
+# Longest text that can still be an address literal ("IPv6:" + 45 + zone id); anything
+# longer is rejected before ipaddress sees it.
+_IP_TEXT_MAX: Final = 80
+
+_WORD: Final = 0
+_COMMENT: Final = 1
+_SEMI: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedInfo:
+    """What :func:`parse_received` extracted; absent parts are ``None`` or empty."""
+
+    from_name: str | None
+    from_ips: tuple[IPAddress, ...]
+    from_rdns: str | None
+    by_name: str | None
+    date: str | None
+
+
+class ReceivedParseError(ValueError):
+    """The value is not a valid trace field in the sense of the module docstring."""
+
+
+@dataclass(slots=True)
+class _Token:
+    kind: int
+    # Word text, or the comment's depth-1 text (nested comments replaced by a space).
+    text: str
+    end: int
+
+
+@dataclass(slots=True)
+class _Clause:
+    words: list[str]
+    comments: list[str]
+
+
+def parse_received(value: str) -> ReceivedInfo:
+    """Parse a ``Received:`` field value; raise :class:`ReceivedParseError` if invalid."""
+    if len(value) > MAX_LENGTH:
+        raise ReceivedParseError(f"longer than {MAX_LENGTH} characters")
+    if "\x00" in value:
+        raise ReceivedParseError("contains NUL")
+    text = _FOLD.sub("", value).replace("\r", " ").replace("\n", " ")
+    tokens = _tokenize(text)
+
+    semis = [i for i, tok in enumerate(tokens) if tok.kind == _SEMI]
+    if not semis:
+        raise ReceivedParseError("no ';' before the date")
+    if len(semis) > 1:
+        raise ReceivedParseError("more than one ';'")
+    semi = semis[0]
+    if not any(tok.kind == _WORD for tok in tokens[semi + 1 :]):
+        raise ReceivedParseError("empty date")
+    date = text[tokens[semi].end :].strip()
+
+    clauses = _clauses(tokens[:semi])
+    from_clause = clauses.get("from")
+    by_clause = clauses.get("by")
+    from_ips: tuple[IPAddress, ...] = ()
+    from_rdns = None
+    if from_clause is not None:
+        from_ips, from_rdns = _tcp_info(from_clause)
+    return ReceivedInfo(
+        from_name=from_clause.words[0] if from_clause else None,
+        from_ips=from_ips,
+        from_rdns=from_rdns,
+        by_name=by_clause.words[0] if by_clause else None,
+        date=date,
+    )
+
+
+def is_our_claim(
+    info: ReceivedInfo,
+    names: frozenset[str],
+    ips: frozenset[IPAddress],
+) -> bool:
+    """Whether the from clause names one of our hosts or addresses.
+
+    A header that claims to come from us but arrives from outside is forged. Names compare
+    case-insensitively and ignore a trailing dot; an IPv4-mapped IPv6 address also matches
+    its IPv4 form, since dual-stack MTAs record either.
+    """
+    ours = _normalized(names)
+    for name in (info.from_name, info.from_rdns):
+        if name is not None and _normalize(name) in ours:
+            return True
+    for ip in info.from_ips:
+        if ip in ips:
+            return True
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped in ips:
+            return True
+    return False
+
+
+def _normalize(name: str) -> str:
+    return name.lower().rstrip(".")
+
+
+@lru_cache(maxsize=16)
+def _normalized(names: frozenset[str]) -> frozenset[str]:
+    # The caller passes the same configured set for every message; caching keeps the
+    # per-header cost at one hash lookup per name.
+    return frozenset(_normalize(n) for n in names)
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t":
+            i += 1
+        elif c == ";":
+            i += 1
+            tokens.append(_Token(_SEMI, ";", i))
+        elif c == "(":
+            i, inner = _scan_comment(text, i)
+            tokens.append(_Token(_COMMENT, inner, i))
+        elif c == ")":
+            raise ReceivedParseError("unbalanced ')'")
+        else:
+            start = i
+            while True:
+                m = _WORD_RUN.match(text, i)
+                if m is not None:
+                    i = m.end()
+                if i < n and text[i] == '"':
+                    i = _scan_quoted(text, i)
+                    continue
+                break
+            tokens.append(_Token(_WORD, text[start:i], i))
+    return tokens
+
+
+def _scan_comment(text: str, i: int) -> tuple[int, str]:
+    """Return the index after the comment opening at ``i`` and its depth-1 text."""
+    depth = 0
+    pieces: list[str] = []
+    pos = i
+    n = len(text)
+    while True:
+        m = _COMMENT_SPECIAL.search(text, pos)
+        if m is None:
+            raise ReceivedParseError("unbalanced '('")
+        c = m.group()
+        if depth == 1:
+            pieces.append(text[pos : m.start()])
+        if c == "\\":
+            if m.end() >= n:
+                raise ReceivedParseError("backslash at end of comment")
+            if depth == 1:
+                pieces.append(text[m.end()])
+            pos = m.end() + 1
+        elif c == "(":
+            depth += 1
+            if depth == 2:
+                pieces.append(" ")
+            pos = m.end()
+        else:
+            depth -= 1
+            pos = m.end()
+            if depth == 0:
+                return pos, "".join(pieces)
+
+
+def _scan_quoted(text: str, i: int) -> int:
+    """Return the index after the quoted string opening at ``i``."""
+    pos = i + 1
+    n = len(text)
+    while True:
+        m = _QUOTED_SPECIAL.search(text, pos)
+        if m is None:
+            raise ReceivedParseError("unterminated quoted string")
+        if m.group() == '"':
+            return m.end()
+        if m.end() >= n:
+            raise ReceivedParseError("unterminated quoted string")
+        pos = m.end() + 1
+
+
+def _clauses(tokens: list[_Token]) -> dict[str, _Clause]:
+    clauses: dict[str, _Clause] = {}
+    current: _Clause | None = None
+    leading_comments = 0
+    for tok in tokens:
+        if tok.kind == _COMMENT:
+            if current is None:
+                leading_comments += 1
+            else:
+                current.comments.append(tok.text)
+            continue
+        keyword = tok.text.lower()
+        if keyword in _KEYWORDS:
+            if current is not None and not current.words:
+                raise ReceivedParseError("clause without a value")
+            if keyword in clauses:
+                raise ReceivedParseError(f"repeated '{keyword}' clause")
+            current = _Clause([], [])
+            clauses[keyword] = current
+        elif current is None:
+            raise ReceivedParseError("does not start with a trace clause")
+        else:
+            current.words.append(tok.text)
+    if current is not None and not current.words:
+        raise ReceivedParseError("clause without a value")
+    if not clauses and not leading_comments:
+        raise ReceivedParseError("nothing before ';'")
+    return clauses
+
+
+def _tcp_info(clause: _Clause) -> tuple[tuple[IPAddress, ...], str | None]:
+    found: dict[IPAddress, None] = {}
+    for word in clause.words:
+        ip, _ = _parse_ip(word)
+        if ip is not None:
+            found[ip] = None
+    rdns: str | None = None
+    for comment in clause.comments:
+        parts = comment.split()
+        for k, part in enumerate(parts):
+            ip, bracketed = _parse_ip(part)
+            if ip is None:
+                continue
+            found[ip] = None
+            if rdns is None and bracketed and k > 0:
+                before = parts[k - 1]
+                if "=" not in before:
+                    rdns = before.rpartition("@")[2] or None
+    return tuple(found), rdns
+
+
+def _parse_ip(token: str) -> tuple[IPAddress | None, bool]:
+    """Parse an address token; the flag tells whether it was an ``[...]`` literal."""
+    token = token.rpartition("@")[2]
+    if token.startswith("["):
+        close = token.find("]")
+        if close < 0:
+            return None, False
+        rest = token[close + 1 :]
+        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+            return None, False
+        inner = token[1:close]
+        if inner[:5].lower() == "ipv6:":
+            inner = inner[5:]
+        return _ip(inner), True
+    ip = _ip(token)
+    if ip is None:
+        # "192.0.2.1:25"; a bare IPv6 address cannot carry a port without brackets.
+        host, sep, port = token.rpartition(":")
+        if sep and port.isdigit() and "." in host and ":" not in host:
+            ip = _ip(host)
+    return ip, False
+
+
+def _ip(text: str) -> IPAddress | None:
+    if not text or len(text) > _IP_TEXT_MAX:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None

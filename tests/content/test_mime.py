@@ -1,0 +1,830 @@
+"""Tests for smtpguard.content.mime: attachment sizes, structure, chunking, limits, fuzzing."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.message
+import email.policy
+import time
+import tracemalloc
+from collections.abc import Iterable, Iterator, Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smtpguard.content.mime import MimeWalker
+
+Headers = Sequence[tuple[str, str]]
+Result = tuple[int, str | None, int, list[str]]
+
+MIXED = [("Content-Type", 'multipart/mixed; boundary="XX"')]
+
+
+def result(walker: MimeWalker) -> Result:
+    return (
+        walker.largest_attachment,
+        walker.largest_attachment_name,
+        walker.attachments,
+        walker.malformed,
+    )
+
+
+def walk(headers: Headers, chunks: Iterable[bytes], **kwargs: int) -> MimeWalker:
+    walker = MimeWalker(headers, **kwargs)
+    for chunk in chunks:
+        walker.feed(chunk)
+    walker.close()
+    return walker
+
+
+def walk_bytes(headers: Headers, body: bytes, **kwargs: int) -> Result:
+    return result(walk(headers, [body], **kwargs))
+
+
+def b64(data: bytes, eol: bytes = b"\r\n") -> bytes:
+    return base64.encodebytes(data).replace(b"\n", eol)
+
+
+def attachment(
+    name: str,
+    data: bytes,
+    ctype: str = "application/octet-stream",
+    eol: bytes = b"\r\n",
+) -> bytes:
+    head = (
+        f'Content-Type: {ctype}; name="{name}"\r\n'
+        "Content-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'
+    )
+    return head.encode().replace(b"\r\n", eol) + b64(data, eol)
+
+
+def text_part(text: bytes = b"Hello,\r\n\r\nsee attached.\r\n") -> bytes:
+    return b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + text
+
+
+def multipart(boundary: bytes, parts: Sequence[bytes], *, close: bool = True) -> bytes:
+    out = b"This is a multi-part message in MIME format.\r\n"
+    for part in parts:
+        out += b"--" + boundary + b"\r\n" + part
+        if not part.endswith(b"\n"):
+            out += b"\r\n"
+    if close:
+        out += b"--" + boundary + b"--\r\n"
+    return out
+
+
+PAYLOAD = bytes(range(256)) * 39 + b"tail"
+
+
+# -- sizes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 56, 57, 58, 1000, 4096, 57 * 100])
+def test_base64_attachment_exact_size(size: int) -> None:
+    data = (PAYLOAD * 3)[:size]
+    body = multipart(b"XX", [text_part(), attachment("a.bin", data)])
+    assert walk_bytes(MIXED, body) == (size, "a.bin", 1, [])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1000])
+def test_base64_unpadded_and_unwrapped(size: int) -> None:
+    encoded = base64.b64encode(PAYLOAD[:size]).rstrip(b"=")
+    part = (
+        b"Content-Type: application/pdf; name=x.pdf\r\n"
+        b"Content-Transfer-Encoding: BASE64\r\n\r\n" + encoded + b"\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (size, "x.pdf", 1, [])
+
+
+def test_base64_with_lf_line_endings() -> None:
+    body = multipart(b"XX", [attachment("lf.bin", PAYLOAD, eol=b"\n")]).replace(b"\r\n", b"\n")
+    assert walk_bytes(MIXED, body) == (len(PAYLOAD), "lf.bin", 1, [])
+
+
+def test_bad_base64_counts_what_it_can() -> None:
+    part = (
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename=bad.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        b"QUJD!!!!\r\nREVG\r\n*\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (6, "bad.bin", 1, ["bad base64"])
+
+
+def test_base64_dangling_character_is_noted() -> None:
+    part = (
+        b"Content-Disposition: attachment; filename=d.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nQUJDR\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (3, "d.bin", 1, ["bad base64"])
+
+
+def test_quoted_printable_size_matches_decoder() -> None:
+    original = (b"caf\xc3\xa9 = cr\xc3\xa8me br\xc3\xbbl\xc3\xa9e\r\n" * 40) + b"x" * 500
+    encoded = binascii.b2a_qp(original)
+    assert b"=\r\n" in encoded
+    assert len(binascii.a2b_qp(encoded)) == len(original)
+    part = (
+        b"Content-Type: text/plain; charset=utf-8; name=notes.txt\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + encoded + b"\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (len(original), "notes.txt", 1, [])
+
+
+def test_quoted_printable_hand_counted() -> None:
+    # "Caf\xc3\xa9 = 1" (9) + CRLF (2) + "soft" + "break" (9); the CRLF before the
+    # delimiter is not content.
+    part = (
+        b"Content-Disposition: attachment; filename=q.txt\r\n"
+        b"Content-Transfer-Encoding: Quoted-Printable\r\n\r\n"
+        b"Caf=C3=A9 =3D 1\r\nsoft=\r\nbreak\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (20, "q.txt", 1, [])
+
+
+def test_quoted_printable_soft_break_with_padding_and_lf() -> None:
+    part = (
+        b"Content-Disposition: attachment; filename=q.txt\n"
+        b"Content-Transfer-Encoding: quoted-printable\n\n"
+        b"ab= \t\ncd=0A\nef=\n"
+    )
+    body = multipart(b"XX", [part]).replace(b"\r\n", b"\n")
+    # "abcd" + 0x0A + LF + "ef"
+    assert walk_bytes(MIXED, body) == (8, "q.txt", 1, [])
+
+
+def test_stray_equals_in_quoted_printable_is_noted() -> None:
+    part = (
+        b"Content-Disposition: attachment; filename=q.txt\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\na=b==x\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (
+        6,
+        "q.txt",
+        1,
+        ["bad quoted-printable"],
+    )
+
+
+@pytest.mark.parametrize("encoding", ["7bit", "8bit", "binary", "x-uuencode", None])
+def test_identity_encodings_count_raw_bytes(encoding: str | None) -> None:
+    cte = f"Content-Transfer-Encoding: {encoding}\r\n" if encoding else ""
+    part = (
+        f"Content-Type: text/csv; name=data.csv\r\n{cte}\r\n".encode() + b"a,b\r\n1,2\n3,\xff\r\n"
+    )
+    # "a,b" CRLF "1,2" LF "3,\xff"; the last CRLF belongs to the delimiter.
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (12, "data.csv", 1, [])
+
+
+def test_top_level_single_part_attachment() -> None:
+    headers = [
+        ("Content-Type", 'application/zip;\r\n\tname="top.zip"'),
+        ("Content-Disposition", "attachment"),
+        ("Content-Transfer-Encoding", "base64"),
+    ]
+    assert walk_bytes(headers, b64(PAYLOAD)) == (len(PAYLOAD), "top.zip", 1, [])
+
+
+def test_top_level_raw_attachment_keeps_final_line_break() -> None:
+    headers = [("content-disposition", "attachment; filename=raw.txt")]
+    assert walk_bytes(headers, b"abc\r\ndef\r\n") == (10, "raw.txt", 1, [])
+
+
+# -- which parts are attachments ----------------------------------------------------------
+
+
+def test_plain_message_has_no_attachments() -> None:
+    headers = [("Subject", "hi"), ("Content-Type", "text/plain")]
+    assert walk_bytes(headers, b"Hello\r\n" * 1000) == (0, None, 0, [])
+
+
+def test_no_headers_at_all() -> None:
+    assert walk_bytes([], b"Hello\r\n--XX\r\n") == (0, None, 0, [])
+
+
+def test_inline_parts_are_not_attachments() -> None:
+    html = b"Content-Type: text/html\r\nContent-Disposition: inline\r\n\r\n<p>x</p>\r\n"
+    assert walk_bytes(MIXED, multipart(b"XX", [text_part(), html])) == (0, None, 0, [])
+
+
+def test_filename_only_in_content_type_name() -> None:
+    part = (
+        b'Content-Type: application/pdf; name="report.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(PAYLOAD)
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [text_part(), part])) == (
+        len(PAYLOAD),
+        "report.pdf",
+        1,
+        [],
+    )
+
+
+def test_inline_disposition_with_filename_is_an_attachment() -> None:
+    part = (
+        b"Content-Type: image/png\r\nContent-Disposition: inline; filename=logo.png\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(b"\x89PNG" * 10)
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (40, "logo.png", 1, [])
+
+
+def test_attachment_disposition_without_name() -> None:
+    part = (
+        b"Content-Type: application/octet-stream\r\nContent-Disposition: ATTACHMENT\r\n\r\nab\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (2, None, 1, [])
+
+
+def test_mixed_case_names_and_folding() -> None:
+    headers = [("content-TYPE", 'Multipart/Mixed;\r\n BOUNDARY="Folded=_b"')]
+    part = (
+        b"CONTENT-type: application/octet-stream\r\n"
+        b"content-disposition: Attachment;\r\n"
+        b'\tFileName="Mixed Case.PDF"\r\n'
+        b"Content-Transfer-ENCODING:   Base64  \r\n\r\n" + b64(PAYLOAD)
+    )
+    body = multipart(b"Folded=_b", [part])
+    assert walk_bytes(headers, body) == (len(PAYLOAD), "Mixed Case.PDF", 1, [])
+
+
+def test_rfc2231_filename() -> None:
+    part = (
+        b"Content-Type: application/pdf\r\n"
+        b"Content-Disposition: attachment;\r\n filename*=UTF-8''%E2%82%AC%20rates.pdf\r\n\r\n"
+        b"x\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (1, "\u20ac rates.pdf", 1, [])
+
+
+def test_rfc2231_continuations_and_charset() -> None:
+    part = (
+        b"Content-Type: application/octet-stream;\r\n"
+        b" name*0*=iso-8859-1'fr'na%EFve;\r\n"
+        b' name*1=" file.txt"\r\n\r\nabc\r\n'
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (3, "na\u00efve file.txt", 1, [])
+
+
+def test_rfc2231_unknown_charset_falls_back_to_utf8() -> None:
+    part = b"Content-Disposition: attachment; filename*=x-unknown''%C3%A9.txt\r\n\r\nab\r\n"
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (2, "\u00e9.txt", 1, [])
+
+
+def test_undecodable_filename_is_replaced_and_truncated() -> None:
+    part = b'Content-Disposition: attachment; filename="\xff' + b"n" * 400 + b'"\r\n\r\nab\r\n'
+    walker = walk(MIXED, [multipart(b"XX", [part])])
+    assert walker.largest_attachment_name == "\ufffd" + "n" * 254
+
+
+def test_largest_of_several_attachments() -> None:
+    parts = [
+        attachment("small.bin", PAYLOAD[:10]),
+        attachment("big.bin", PAYLOAD),
+        attachment("mid.bin", PAYLOAD[:5000]),
+    ]
+    assert walk_bytes(MIXED, multipart(b"XX", parts)) == (len(PAYLOAD), "big.bin", 3, [])
+
+
+# -- structure ------------------------------------------------------------------------------
+
+
+def test_nested_mixed_inside_alternative() -> None:
+    inner = multipart(b"inner", [text_part(b"<p>hi</p>\r\n"), attachment("n.pdf", PAYLOAD)])
+    alternative = multipart(
+        b"alt",
+        [text_part(), b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n" + inner],
+    )
+    headers = [("Content-Type", "multipart/alternative; boundary=alt")]
+    assert walk_bytes(headers, alternative) == (len(PAYLOAD), "n.pdf", 1, [])
+
+
+def test_alternative_inside_mixed() -> None:
+    alternative = multipart(b"alt", [text_part(), text_part(b"<p>x</p>")])
+    body = multipart(
+        b"XX",
+        [
+            b"Content-Type: multipart/alternative; boundary=alt\r\n\r\n" + alternative,
+            attachment("a.pdf", PAYLOAD[:777]),
+        ],
+    )
+    assert walk_bytes(MIXED, body) == (777, "a.pdf", 1, [])
+
+
+def forwarded_message() -> bytes:
+    inner_body = multipart(
+        b"inner=_1",
+        [text_part(b"original text\r\n"), attachment("deep.bin", PAYLOAD)],
+    )
+    inner = (
+        b"From: a@example.com\r\nTo: b@example.org\r\nSubject: original\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="inner=_1"\r\n\r\n' + inner_body
+    )
+    return (
+        b"Content-Type: message/rfc822\r\n"
+        b'Content-Disposition: attachment; filename="fwd.eml"\r\n\r\n' + inner
+    )
+
+
+def test_attachment_inside_attached_multipart_message() -> None:
+    body = multipart(
+        b"XX", [text_part(), forwarded_message(), attachment("outer.txt", PAYLOAD[:100])]
+    )
+    assert walk_bytes(MIXED, body) == (len(PAYLOAD), "deep.bin", 2, [])
+
+
+def test_message_rfc822_with_mbox_from_line() -> None:
+    inner = (
+        b"From sender@example.com Mon Jan  1 10:00:00 2024\r\n"
+        b"Subject: x\r\nContent-Type: application/zip; name=z.zip\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(PAYLOAD[:300])
+    )
+    body = multipart(b"XX", [b"Content-Type: message/rfc822\r\n\r\n" + inner])
+    assert walk_bytes(MIXED, body) == (300, "z.zip", 1, [])
+
+
+def test_top_level_message_rfc822() -> None:
+    inner = (
+        b"Subject: wrapped\r\nContent-Disposition: attachment; filename=w.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(PAYLOAD[:99])
+    )
+    assert walk_bytes([("Content-Type", "message/rfc822")], inner) == (99, "w.bin", 1, [])
+
+
+def test_encoded_message_rfc822_is_opaque() -> None:
+    part = (
+        b"Content-Type: message/rfc822; name=m.eml\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + b64(b"Subject: x\r\n\r\nbody\r\n")
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (
+        20,
+        "m.eml",
+        1,
+        ["encoded message/rfc822"],
+    )
+
+
+def test_digest_parts_default_to_message_rfc822() -> None:
+    inner = (
+        b"Subject: one\r\nContent-Disposition: attachment; filename=d1.bin\r\n\r\n0123456789\r\n"
+    )
+    plain = b"Content-Type: text/plain\r\n\r\nnot a message\r\n"
+    digest = multipart(b"dg", [b"\r\n" + inner, plain])
+    headers = [("Content-Type", "multipart/digest; boundary=dg")]
+    assert walk_bytes(headers, digest) == (10, "d1.bin", 1, [])
+
+
+def test_part_without_headers() -> None:
+    body = b"--XX\r\n\r\nno headers here\r\n--XX\r\n" + attachment("x.bin", b"abc") + b"--XX--\r\n"
+    assert walk_bytes(MIXED, body) == (3, "x.bin", 1, [])
+
+
+def test_part_with_headers_and_no_body() -> None:
+    body = b"--XX\r\nContent-Disposition: attachment; filename=empty.txt\r\n--XX--\r\n"
+    assert walk_bytes(MIXED, body) == (0, "empty.txt", 1, [])
+
+
+def test_missing_header_body_separator() -> None:
+    body = (
+        b"--XX\r\nContent-Disposition: attachment; filename=s.txt\r\n"
+        b"this line is body text\r\n--XX--\r\n"
+    )
+    assert walk_bytes(MIXED, body) == (22, "s.txt", 1, ["missing header/body separator"])
+
+
+def test_delimiter_with_trailing_whitespace_and_lookalikes() -> None:
+    body = (
+        b"--XX \t\r\n"
+        b"Content-Disposition: attachment; filename=w.txt\r\n\r\n"
+        b"--XXY\r\n--XX-\r\n-- XX\r\n--xx\r\n"
+        b"--XX--  \r\n"
+    )
+    # Four look-alike lines are content: 5+2 + 5+2 + 5+2 + 4 = 25.
+    assert walk_bytes(MIXED, body) == (25, "w.txt", 1, [])
+
+
+def test_boundary_containing_dashes_and_specials() -> None:
+    boundary = "----=_Part_123_4567.1704103200000"
+    headers = [("Content-Type", f'multipart/mixed;\r\n\tboundary="{boundary}"')]
+    body = multipart(boundary.encode(), [text_part(), attachment("p.bin", PAYLOAD[:1234])])
+    assert walk_bytes(headers, body) == (1234, "p.bin", 1, [])
+
+
+def test_preamble_and_epilogue_are_ignored() -> None:
+    body = (
+        b"--YY\r\nContent-Disposition: attachment; filename=fake\r\n\r\nxxxxxxxx\r\n"
+        + multipart(b"XX", [attachment("real.bin", b"12345")])
+        + b"--YY\r\nContent-Disposition: attachment; filename=fake2\r\n\r\n"
+        + b"y" * 5000
+    )
+    assert walk_bytes(MIXED, body) == (5, "real.bin", 1, [])
+
+
+def test_missing_closing_boundary() -> None:
+    body = multipart(b"XX", [text_part(), attachment("open.bin", PAYLOAD)], close=False)
+    assert walk_bytes(MIXED, body) == (len(PAYLOAD), "open.bin", 1, ["missing closing boundary"])
+
+
+def test_outer_delimiter_closes_inner_multipart() -> None:
+    inner = multipart(b"in", [attachment("i1.bin", PAYLOAD[:10])], close=False)
+    body = multipart(
+        b"XX",
+        [
+            b"Content-Type: multipart/mixed; boundary=in\r\n\r\n" + inner,
+            attachment("after.bin", PAYLOAD[:20]),
+        ],
+    )
+    assert walk_bytes(MIXED, body) == (20, "after.bin", 2, ["missing closing boundary"])
+
+
+def test_missing_start_boundary() -> None:
+    body = b"no delimiter at all\r\n" + b64(PAYLOAD)
+    assert walk_bytes(MIXED, body) == (
+        0,
+        None,
+        0,
+        ["missing closing boundary", "missing start boundary"],
+    )
+
+
+@pytest.mark.parametrize(
+    "ctype", ["multipart/mixed", 'multipart/mixed; boundary=""', "multipart/mixed; boundary= "]
+)
+def test_missing_or_empty_boundary_is_opaque(ctype: str) -> None:
+    headers = [("Content-Type", ctype), ("Content-Disposition", "attachment; filename=m")]
+    body = b"--\r\nContent-Disposition: attachment; filename=inner\r\n\r\nabc\r\n"
+    assert walk_bytes(headers, body) == (len(body), "m", 1, ["missing boundary parameter"])
+
+
+def test_boundary_too_long_is_opaque() -> None:
+    headers = [("Content-Type", "multipart/mixed; boundary=" + "b" * 2000)]
+    assert walk_bytes(headers, b"--" + b"b" * 2000 + b"\r\n") == (
+        0,
+        None,
+        0,
+        ["boundary too long"],
+    )
+
+
+def test_invalid_content_type_defaults_to_text_plain() -> None:
+    headers = [("Content-Type", "multipart; boundary=XX")]
+    assert walk_bytes(headers, multipart(b"XX", [attachment("a", b"abc")])) == (0, None, 0, [])
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+def nested_bomb(levels: int, leaf: bytes = b"") -> bytes:
+    opening = b"".join(
+        b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+        for i in range(levels)
+    )
+    closing = b"".join(b"--b%d--\r\n" % i for i in range(levels, -1, -1))
+    return opening + leaf + closing
+
+
+def test_depth_bomb_is_fast_and_noted() -> None:
+    body = nested_bomb(1000, b"--b1000\r\n" + attachment("deep.bin", PAYLOAD))
+    started = time.perf_counter()
+    walker = walk([("Content-Type", "multipart/mixed; boundary=b0")], [body])
+    assert time.perf_counter() - started < 1.0
+    assert walker.malformed == ["depth limit"]
+    assert walker.attachments == 0
+
+
+def test_depth_limit_keeps_shallow_attachments() -> None:
+    body = nested_bomb(3, b"--b3\r\n" + attachment("ok.bin", PAYLOAD[:50]))
+    headers = [("Content-Type", "multipart/mixed; boundary=b0")]
+    assert walk_bytes(headers, body, max_depth=4) == (50, "ok.bin", 1, [])
+    assert walk_bytes(headers, body, max_depth=3) == (0, None, 0, ["depth limit"])
+
+
+def test_deep_message_rfc822_nesting_hits_depth_limit() -> None:
+    leaf = b"Content-Disposition: attachment; filename=x\r\n\r\nabc\r\n"
+    body = b"Content-Type: message/rfc822\r\n\r\n" * 100 + leaf
+    headers = [("Content-Type", "message/rfc822")]
+    assert walk_bytes(headers, body) == (0, None, 0, ["depth limit"])
+    assert walk_bytes(headers, body, max_depth=200) == (5, "x", 1, [])
+
+
+def test_header_block_too_large() -> None:
+    filler = b"X-Filler: " + b"f" * 70 + b"\r\n"
+    part = (
+        b"Content-Disposition: attachment; filename=h.bin\r\n"
+        + filler * 2000
+        + b"Content-Type: text/plain; name=ignored.txt\r\n\r\nabc\r\n"
+    )
+    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (
+        3,
+        "h.bin",
+        1,
+        ["header block too large"],
+    )
+
+
+def test_huge_header_line_is_bounded() -> None:
+    part = b"X-Long: " + b"a" * 300_000 + b"\r\nContent-Disposition: attachment\r\n\r\nabc\r\n"
+    chunks = chunked(multipart(b"XX", [part]), 65536)
+    assert result(walk(MIXED, chunks)) == (0, None, 0, ["header block too large"])
+
+
+def test_largest_attachment_updates_while_streaming() -> None:
+    head = multipart(b"XX", [attachment("s.bin", PAYLOAD * 10)], close=False)
+    walker = MimeWalker(MIXED)
+    walker.feed(head[: len(head) // 2])
+    assert walker.largest_attachment > len(PAYLOAD) * 4
+    assert walker.largest_attachment_name == "s.bin"
+    assert walker.attachments == 1
+
+
+def test_feed_after_close_and_double_close_are_ignored() -> None:
+    walker = walk(MIXED, [multipart(b"XX", [attachment("a", b"abc")])])
+    before = result(walker)
+    walker.feed(b"--XX\r\n" + attachment("b", PAYLOAD))
+    walker.close()
+    assert result(walker) == before
+
+
+# -- chunking -------------------------------------------------------------------------------
+
+
+def chunked(data: bytes, size: int) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+SMALL_MESSAGE = multipart(
+    b"XX",
+    [
+        text_part(b"hi -- there\r\n--not a boundary\r\n"),
+        b'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
+        + multipart(b"alt", [text_part(b"a\r\n"), attachment("in.bin", PAYLOAD[:40])]),
+        b"Content-Type: text/plain; name=q.txt\r\nContent-Transfer-Encoding: quoted-printable"
+        b"\r\n\r\nx=3Dy=\r\nz=C3=A9\r\n",
+        b"Content-Type: message/rfc822\r\n\r\nSubject: s\r\nContent-Type: text/plain;\r\n"
+        b" name=r.txt\r\n\r\n1234567\r\n",
+        attachment("last.bin", PAYLOAD[:61]),
+    ],
+)
+
+
+def test_small_message_reference_result() -> None:
+    # in.bin, q.txt, r.txt inside the embedded message, last.bin
+    assert walk_bytes(MIXED, SMALL_MESSAGE) == (61, "last.bin", 4, [])
+
+
+def test_every_two_way_split_gives_the_same_result() -> None:
+    expected = walk_bytes(MIXED, SMALL_MESSAGE)
+    for i in range(len(SMALL_MESSAGE) + 1):
+        got = result(walk(MIXED, [SMALL_MESSAGE[:i], SMALL_MESSAGE[i:]]))
+        assert got == expected, i
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_small_chunks_give_the_same_result(size: int) -> None:
+    expected = walk_bytes(MIXED, SMALL_MESSAGE)
+    assert result(walk(MIXED, chunked(SMALL_MESSAGE, size))) == expected
+
+
+def test_lf_only_message_in_single_bytes() -> None:
+    lf = SMALL_MESSAGE.replace(b"\r\n", b"\n")
+    expected = walk_bytes(MIXED, lf)
+    assert expected[2] == 4
+    assert result(walk(MIXED, chunked(lf, 1))) == expected
+
+
+def test_one_byte_feeding_of_a_long_line_is_linear() -> None:
+    body = multipart(b"XX", [b"Content-Disposition: attachment\r\n\r\n" + b"z" * 300_000])
+    started = time.perf_counter()
+    walker = walk(MIXED, chunked(body, 1))
+    assert time.perf_counter() - started < 5.0
+    assert result(walker) == (300_000, None, 1, [])
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+_B64_LINE = base64.b64encode(bytes(range(57)) * 1) + b"\r\n"  # 76 + 2 bytes, 57 decoded
+
+
+def big_message_chunks(total: int, chunk: int = 65536) -> Iterator[bytes]:
+    """Yield a multipart message with one base64 attachment of ~``total`` bytes, lazily."""
+    head = multipart(b"XX", [text_part()], close=False) + (
+        b"--XX\r\nContent-Type: application/octet-stream; name=big.iso\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+    )
+    lines = total // len(_B64_LINE)
+    block = _B64_LINE * (chunk // len(_B64_LINE) + 2)
+    yield head
+    remaining = lines * len(_B64_LINE)
+    offset = 0
+    while remaining:
+        n = min(chunk, remaining)
+        # The block is periodic, so any window of it continues the line stream.
+        yield block[offset : offset + n]
+        offset = (offset + n) % len(_B64_LINE)
+        remaining -= n
+    yield b"--XX--\r\n"
+
+
+def test_50_mb_message_in_64k_chunks_keeps_memory_bounded() -> None:
+    total = 50 * 1024 * 1024
+    expected = total // len(_B64_LINE) * 57
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        walker = walk(MIXED, big_message_chunks(total))
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"50 MB walk: {elapsed:.2f} s, tracemalloc peak {peak / 1024:.0f} KiB")
+    assert result(walker) == (expected, "big.iso", 1, [])
+    assert peak < 2 * 1024 * 1024
+
+
+def test_newline_free_body_keeps_memory_bounded() -> None:
+    headers = [("Content-Type", "application/octet-stream"), ("Content-Disposition", "attachment")]
+    chunk = b"A" * 65536
+    tracemalloc.start()
+    try:
+        walker = MimeWalker(headers)
+        for _ in range(128):
+            walker.feed(chunk)
+        walker.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert walker.largest_attachment == 128 * 65536
+    assert peak < 2 * 1024 * 1024
+
+
+def test_many_dash_lines_are_linear() -> None:
+    boundaries = [f"b{i}" for i in range(20)]
+    body = b"".join(
+        b"--%s\r\nContent-Type: multipart/mixed; boundary=%s\r\n\r\n" % (a.encode(), b.encode())
+        for a, b in zip(["b-1", *boundaries[:-1]], boundaries, strict=True)
+    )
+    body += b"--nope\r\n-\r\n--b3x\r\n" * 100_000
+    headers = [("Content-Type", "multipart/mixed; boundary=b-1")]
+    started = time.perf_counter()
+    walk(headers, chunked(body, 65536))
+    assert time.perf_counter() - started < 5.0
+
+
+# -- property-based -------------------------------------------------------------------------
+
+_LINES = st.sampled_from(
+    [
+        b"--XX",
+        b"--XX--",
+        b"--in",
+        b"--in--",
+        b"--XX  ",
+        b"",
+        b" folded",
+        b"Content-Type: multipart/mixed; boundary=in",
+        b"Content-Type: multipart/digest; boundary=XX",
+        b"Content-Type: message/rfc822",
+        b"Content-Type: application/pdf; name=a.pdf",
+        b"Content-Type: text/plain; name*0*=utf-8''%E2; name*1=x",
+        b"Content-Disposition: attachment; filename*=bad'",
+        b'Content-Disposition: attachment; filename="q\\"',
+        b"Content-Transfer-Encoding: base64",
+        b"Content-Transfer-Encoding: quoted-printable",
+        b"From x",
+        b"QUJDREVG",
+        b"QQ==",
+        b"=",
+        b"=3D=",
+        b"==",
+        b"-",
+        b"\xff\xfe\x00",
+    ]
+)
+_STRUCTURED = st.lists(
+    st.tuples(_LINES, st.sampled_from([b"\r\n", b"\n", b"\r", b""])), max_size=60
+).map(lambda items: b"".join(line + eol for line, eol in items))
+_TOP = st.lists(
+    st.tuples(
+        st.sampled_from(["Content-Type", "content-disposition", "Content-Transfer-Encoding"]),
+        st.one_of(
+            st.sampled_from(
+                [
+                    "multipart/mixed; boundary=XX",
+                    "multipart/mixed; boundary=\"XX\"; name*=''",
+                    "message/rfc822",
+                    "attachment",
+                    "base64",
+                    "quoted-printable",
+                ]
+            ),
+            st.text(max_size=40),
+        ),
+    ),
+    max_size=4,
+)
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    out, last = [], 0
+    for p in points:
+        out.append(data[last:p])
+        last = p
+    out.append(data[last:])
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(top=_TOP, body=_STRUCTURED, cuts=st.lists(st.integers(0, 3000), max_size=8))
+def test_fuzz_structured_chunking_is_invisible(
+    top: list[tuple[str, str]], body: bytes, cuts: list[int]
+) -> None:
+    whole = walk(top, [body])
+    pieces = walk(top, _split(body, cuts))
+    assert result(pieces) == result(whole)
+    assert whole.largest_attachment >= 0
+    assert len(whole.malformed) == len(set(whole.malformed))
+
+
+@settings(max_examples=300, deadline=None)
+@given(top=_TOP, body=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 2000), max_size=5))
+def test_fuzz_random_bytes_never_raise(
+    top: list[tuple[str, str]], body: bytes, cuts: list[int]
+) -> None:
+    walk(top, _split(body, cuts))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    top=st.lists(st.tuples(st.text(max_size=30), st.text(max_size=200)), max_size=5),
+    body=st.binary(max_size=500),
+    max_depth=st.integers(-2, 5),
+    max_header_bytes=st.integers(-2, 200),
+)
+def test_fuzz_arbitrary_headers_and_limits(
+    top: list[tuple[str, str]], body: bytes, max_depth: int, max_header_bytes: int
+) -> None:
+    walk(top, [body], max_depth=max_depth, max_header_bytes=max_header_bytes)
+
+
+# -- agreement with the standard library ------------------------------------------------------
+
+_FILENAMES = st.sampled_from(
+    ["a.pdf", "Rechnung März.pdf", "€ rates.xlsx", "very long name " * 6 + ".zip", "x"]
+)
+
+
+@st.composite
+def _stdlib_messages(draw: st.DrawFn, depth: int = 0) -> email.message.EmailMessage:
+    msg = email.message.EmailMessage()
+    msg["Subject"] = "test"
+    msg.set_content(draw(st.sampled_from(["hello\n", "-- \nsig\n", "--not\n"])))
+    if draw(st.booleans()):
+        msg.add_alternative("<p>hi</p>", subtype="html")
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["bytes", "bytes", "message"] if depth < 2 else ["bytes"]))
+        if kind == "message":
+            msg.add_attachment(draw(_stdlib_messages(depth + 1)))
+        else:
+            data = draw(st.binary(max_size=3000))
+            msg.add_attachment(
+                data, maintype="application", subtype="octet-stream", filename=draw(_FILENAMES)
+            )
+    return msg
+
+
+def _stdlib_attachments(msg: email.message.Message) -> list[tuple[int, str | None]]:
+    found = []
+    for part in msg.walk():
+        if part.is_multipart() or part.get_content_type() == "message/rfc822":
+            continue
+        if (
+            part.get_content_disposition() == "attachment"
+            or part.get_filename() is not None
+            or part.get_param("name") is not None
+        ):
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            found.append((len(payload), part.get_filename()))
+    return found
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msg=_stdlib_messages(), eol=st.sampled_from([b"\r\n", b"\n"]), chunk=st.integers(1, 700))
+def test_agrees_with_stdlib_email(msg: email.message.EmailMessage, eol: bytes, chunk: int) -> None:
+    raw = msg.as_bytes(policy=email.policy.SMTP)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    parsed = email.message_from_bytes(head, policy=email.policy.compat32)
+    top = [(name, str(value)) for name, value in parsed.items()]
+    walker = walk(top, chunked(body.replace(b"\r\n", eol), chunk))
+    expected = _stdlib_attachments(msg)
+    assert walker.attachments == len(expected)
+    assert walker.malformed == []
+    largest = max((size for size, _ in expected), default=0)
+    assert walker.largest_attachment == largest
+    if largest:
+        assert walker.largest_attachment_name in {n for s, n in expected if s == largest}
