@@ -129,6 +129,7 @@ class SqliteDirectory:
             return self._db().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             # Drop the connection: a file replaced under us must be reopened.
+            self._local.db.close()
             self._local.db = None
             raise DirectoryError(f"{self.path}: {exc}") from None
 
@@ -147,14 +148,14 @@ class SqliteDirectory:
             if not targets:
                 # At depth > 0 this is an alias pointing outside the directory.
                 return Recipient(Kind.NONE if depth == 0 else Kind.ALIAS)
+            if len(targets) > 1:
+                # A fan-out alias delivers to whichever targets exist: the alias itself
+                # is a valid recipient whatever the state of one member.
+                return Recipient(Kind.ALIAS)
             seen.add(current)
-            # An alias that fans out to several targets delivers to whichever exist;
-            # it is unavailable only when the first local target is.
             current = targets[0][0].lower()
             if current in seen:
                 break
-            if depth == 0 and len(targets) > 1:
-                return Recipient(Kind.ALIAS)
         return Recipient(Kind.ALIAS)
 
     def login(self, login: str) -> Login | None:

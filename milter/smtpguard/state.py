@@ -78,6 +78,7 @@ class SqliteBlacklist:
                 .fetchone()
             )
         except sqlite3.Error as exc:
+            self._local.db.close()
             self._local.db = None
             raise StateError(f"{self.path}: {exc}") from None
         return str(row[0]) if row else None

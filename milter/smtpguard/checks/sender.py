@@ -54,7 +54,7 @@ class SenderDeny:
                         services.config.file, "policy.sender_deny", f"bad pattern {entry}: {exc}"
                     ) from None
             elif entry.startswith("@"):
-                self.exact_domains.add(entry[1:].lower())
+                self.exact_domains.add(entry[1:].lower().rstrip("."))
             elif "@" in entry:
                 self.addresses.add(entry.lower())
             else:

@@ -1,0 +1,208 @@
+"""Fakes and builders for the unit tests of smtpguard.checks.
+
+Everything a check needs is passed in: a :class:`FakeDirectory` and a
+:class:`FakeBlacklist` stand in for the backends (they record their calls and raise
+the backend's own error on demand), and :func:`make_conn` builds the session state the
+adapter would fill in. ``tests/checks/conftest.py`` puts this directory on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from smtpguard.address import Address, AddressError, parse_path
+from smtpguard.checks import Event, Services
+from smtpguard.config import Config, load_config
+from smtpguard.directory import DirectoryError, Kind, Login, Recipient
+from smtpguard.session import MTA, Connection, Transaction
+from smtpguard.state import StateError
+
+#: The site every check test starts from; ``make_config(site={...})`` merges into it.
+BASE_SECTIONS: dict[str, dict[str, Any]] = {
+    "site": {
+        "local_domains": ["example.com"],
+        "our_hostnames": ["mx.example.com"],
+        "our_ips": ["192.0.2.25"],
+    },
+}
+
+
+class ConfigFactory(Protocol):
+    def __call__(self, **sections: Mapping[str, Any]) -> Config: ...
+
+
+class ServicesFactory(Protocol):
+    def __call__(self, **sections: Mapping[str, Any]) -> Services: ...
+
+
+# --- config -----------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # A JSON string is a valid TOML basic string (same escapes).
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _toml_table(prefix: str, data: Mapping[str, Any], out: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
+    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
+    if prefix and (scalars or not tables):
+        out.append(f"[{prefix}]")
+    out.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
+    for key, value in tables.items():
+        _toml_table(f"{prefix}.{key}" if prefix else key, value, out)
+
+
+def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    out: list[str] = []
+    _toml_table("", sections, out)
+    return "\n".join(out) + "\n"
+
+
+def write_config(where: Path, /, **sections: Mapping[str, Any]) -> Config:
+    """Load a config from TOML written to ``directory``; sections merge into the base."""
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in BASE_SECTIONS.items()}
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    path = where / "smtpguard.toml"
+    path.write_text(render_toml(merged), encoding="utf-8")
+    return load_config(path)
+
+
+# --- fakes ------------------------------------------------------------------------
+
+
+@dataclass
+class FakeDirectory:
+    """A directory answering from dicts; methods named in ``failing`` raise."""
+
+    recipients: dict[str, Recipient] = field(default_factory=dict)
+    logins: dict[str, Login] = field(default_factory=dict)
+    #: (login, address) pairs a login may send as (beyond nothing: no implicit rights).
+    send_as: set[tuple[str, str]] = field(default_factory=set)
+    #: (list address, sender) pairs allowed to post.
+    posters: set[tuple[str, str]] = field(default_factory=set)
+    failing: set[str] = field(default_factory=set)
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    def _enter(self, method: str, *args: str) -> None:
+        self.calls.append((method, *args))
+        if method in self.failing:
+            raise DirectoryError(f"{method}: database is locked")
+
+    def recipient(self, address: str) -> Recipient:
+        self._enter("recipient", address)
+        return self.recipients.get(address, Recipient(Kind.NONE))
+
+    def login(self, login: str) -> Login | None:
+        self._enter("login", login)
+        return self.logins.get(login)
+
+    def may_send_as(self, login: Login, address: str) -> bool:
+        self._enter("may_send_as", login.login, address)
+        return (login.login, address) in self.send_as
+
+    def may_post(self, list_address: str, sender: str) -> bool:
+        self._enter("may_post", list_address, sender)
+        return (list_address, sender) in self.posters
+
+
+@dataclass
+class FakeBlacklist:
+    """Address and ``@domain`` entries (lower-case), like the SQLite blacklist."""
+
+    entries: set[str] = field(default_factory=set)
+    failing: bool = False
+    calls: list[str] = field(default_factory=list)
+
+    def listed(self, address: str) -> str | None:
+        self.calls.append(address)
+        if self.failing:
+            raise StateError("state.sqlite: disk I/O error")
+        address = address.lower()
+        for candidate in (address, "@" + address.rpartition("@")[2]):
+            if candidate in self.entries:
+                return candidate
+        return None
+
+
+# --- session builders ---------------------------------------------------------------
+
+
+def _path(raw: str) -> str:
+    return raw if raw.startswith("<") else f"<{raw}>"
+
+
+def make_conn(
+    *,
+    sender: str | None = None,
+    helo: str | None = "mail.example.org",
+    ip: str | None = "198.51.100.7",
+    trusted_network: bool = False,
+    admitted: bool = True,
+    tls_version: str | None = None,
+    mta: MTA = MTA.POSTFIX,
+    smtputf8: bool = False,
+    declared_size: int | None = None,
+    auth_type: str | None = None,
+    auth_login: str | None = None,
+    recipients: Iterable[str] = (),
+) -> Connection:
+    """A session as the adapter leaves it; with ``sender`` it is inside a transaction.
+
+    ``sender`` is the MAIL FROM path as the client sent it (brackets optional, ``"<>"``
+    for the null sender); an unparsable one leaves ``txn.sender`` None like the adapter.
+    """
+    conn = Connection(
+        session_id="test.1",
+        client_ip=ipaddress.ip_address(ip) if ip is not None else None,
+        client_port=40000 if ip is not None else None,
+        client_name="client.example.org",
+        mta=mta,
+        helo=helo,
+        tls_version=tls_version,
+        trusted_network=trusted_network,
+        admitted=admitted,
+    )
+    if sender is not None:
+        parsed: Address | None
+        try:
+            parsed, error = parse_path(_path(sender), smtputf8=smtputf8), ""
+        except AddressError as exc:
+            parsed, error = None, exc.reason
+        conn.txn = Transaction(
+            sender=parsed,
+            sender_raw=_path(sender),
+            esmtp={"SMTPUTF8": None} if smtputf8 else {},
+            sender_error=error,
+            smtputf8=smtputf8,
+            declared_size=declared_size,
+            auth_type=auth_type,
+            auth_login=auth_login,
+            recipients=[parse_path(_path(r)) for r in recipients],
+        )
+        conn.transactions = 1
+    return conn
+
+
+def rcpt(raw: str, *, smtputf8: bool = False) -> Event:
+    """The RCPT event the adapter builds: ``rcpt`` None when the path does not parse."""
+    path = _path(raw)
+    try:
+        address: Address | None = parse_path(path, smtputf8=smtputf8, allow_postmaster=True)
+    except AddressError:
+        address = None
+    return Event(rcpt=address, rcpt_raw=path)

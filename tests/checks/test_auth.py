@@ -1,0 +1,258 @@
+"""SASL checks: AuthMechanism, AuthLogin, SenderLogin (and the shared login lookup)."""
+
+from __future__ import annotations
+
+import pytest
+from check_support import FakeDirectory, ServicesFactory, make_conn
+
+from smtpguard.checks import Event, Stage
+from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin, resolve_login
+from smtpguard.directory import DirectoryError, Login
+from smtpguard.verdict import Hit, TempError
+
+ALICE = Login("alice", "alice@example.com", "active")
+
+
+def test_stages_and_replies() -> None:
+    assert {c.stage for c in (AuthMechanism, AuthLogin, SenderLogin)} == {Stage.MAIL}
+    assert AuthMechanism.reply_ids == ("auth_mode_unsupported",)
+    assert set(AuthLogin.reply_ids) == {"domain_auth_error", "auth_error_perm", "auth_error_temp"}
+    assert set(SenderLogin.reply_ids) == {"sender_mismatch", "auth_error_temp"}
+
+
+# --- auth_mechanism -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("check_cls", [AuthMechanism, AuthLogin, SenderLogin])
+def test_unauthenticated_sessions_are_not_checked(
+    make_services: ServicesFactory,
+    directory: FakeDirectory,
+    check_cls: type[AuthMechanism | AuthLogin | SenderLogin],
+) -> None:
+    directory.failing = {"login", "may_send_as"}
+    check = check_cls(make_services(policy={"auth_allowed": ["CRAM-MD5"]}))
+    assert check(make_conn(sender="alice@example.com"), Event()) is None
+    assert check(make_conn(sender="alice@example.com", auth_login=""), Event()) is None
+    assert check(make_conn(), Event()) is None
+    assert directory.calls == []
+
+
+@pytest.mark.parametrize(
+    ("auth_type", "tls"),
+    [
+        ("PLAIN", "TLSv1.3"),
+        ("LOGIN", "TLSv1.2"),
+        ("plain", "TLSv1.3"),
+        ("CRAM-MD5", None),  # not a clear-text mechanism
+        ("SCRAM-SHA-256", None),
+        (None, None),  # no mechanism macro: nothing to hold against it
+    ],
+)
+def test_mechanism_accepted(
+    make_services: ServicesFactory, auth_type: str | None, tls: str | None
+) -> None:
+    conn = make_conn(sender="a@example.com", auth_login="a", auth_type=auth_type, tls_version=tls)
+    assert AuthMechanism(make_services())(conn, Event()) is None
+
+
+@pytest.mark.parametrize("auth_type", ["PLAIN", "LOGIN", "login"])
+def test_clear_text_mechanism_without_tls(make_services: ServicesFactory, auth_type: str) -> None:
+    conn = make_conn(sender="a@example.com", auth_login="a", auth_type=auth_type)
+    verdict = AuthMechanism(make_services())(conn, Event())
+    assert verdict == Hit("auth_mode_unsupported", f"mechanism {auth_type.upper()} without TLS")
+
+
+def test_tls_required_list_is_configurable(make_services: ServicesFactory) -> None:
+    check = AuthMechanism(make_services(policy={"auth_tls_required": ["cram-md5"]}))
+    plain = make_conn(sender="a@example.com", auth_login="a", auth_type="PLAIN")
+    cram = make_conn(sender="a@example.com", auth_login="a", auth_type="CRAM-MD5")
+    assert check(plain, Event()) is None
+    assert check(cram, Event()) == Hit("auth_mode_unsupported", "mechanism CRAM-MD5 without TLS")
+
+
+def test_mechanism_not_allowed(make_services: ServicesFactory) -> None:
+    check = AuthMechanism(make_services(policy={"auth_allowed": ["cram-md5", "PLAIN"]}))
+    conn = make_conn(sender="a@example.com", auth_login="a", auth_type="LOGIN", tls_version="1.3")
+    assert check(conn, Event()) == Hit("auth_mode_unsupported", "mechanism LOGIN not allowed")
+
+
+def test_missing_mechanism_not_allowed_when_list_given(make_services: ServicesFactory) -> None:
+    check = AuthMechanism(make_services(policy={"auth_allowed": ["CRAM-MD5"]}))
+    conn = make_conn(sender="a@example.com", auth_login="a", auth_type=None)
+    assert check(conn, Event()) == Hit("auth_mode_unsupported", "mechanism ? not allowed")
+
+
+def test_allowed_mechanism_still_needs_tls(make_services: ServicesFactory) -> None:
+    check = AuthMechanism(make_services(policy={"auth_allowed": ["PLAIN"]}))
+    without = make_conn(sender="a@example.com", auth_login="a", auth_type="plain")
+    with_tls = make_conn(sender="a@example.com", auth_login="a", auth_type="plain", tls_version="x")
+    assert check(without, Event()) == Hit("auth_mode_unsupported", "mechanism PLAIN without TLS")
+    assert check(with_tls, Event()) is None
+
+
+# --- auth_login -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def auth_directory(directory: FakeDirectory) -> FakeDirectory:
+    directory.logins.update(
+        {
+            "alice": ALICE,
+            "alice@example.com": ALICE,
+            "bob@mail.example.net": Login("bob@mail.example.net", "bob@mail.example.net", "active"),
+            "carol@example.com": Login("carol@example.com", "carol@example.com", "locked"),
+            "dave@example.com": Login("dave@example.com", "dave@example.com", "suspended"),
+        }
+    )
+    return directory
+
+
+SITE = {"local_domains": ["example.com", ".example.net"]}
+
+
+@pytest.mark.parametrize("login", ["alice@example.com", "alice", "bob@mail.example.net"])
+def test_active_login(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, login: str
+) -> None:
+    check = AuthLogin(make_services(site=SITE))
+    assert check(make_conn(sender="a@example.org", auth_login=login), Event()) is None
+    assert auth_directory.calls == [("login", login)]
+
+
+@pytest.mark.parametrize(
+    ("login", "domain"),
+    [("eve@example.org", "example.org"), ("eve@example.net", "example.net")],
+)
+def test_login_in_foreign_domain(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, login: str, domain: str
+) -> None:
+    # ".example.net" covers subdomains only, not example.net itself.
+    check = AuthLogin(make_services(site=SITE))
+    verdict = check(make_conn(sender="a@example.org", auth_login=login), Event())
+    assert verdict == Hit("domain_auth_error", f"login {login!r}: domain {domain} not hosted")
+    assert auth_directory.calls == []  # decided before any lookup
+
+
+def test_login_domain_is_case_insensitive(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
+) -> None:
+    auth_directory.logins["alice@EXAMPLE.COM"] = ALICE
+    check = AuthLogin(make_services(site=SITE))
+    assert check(make_conn(sender="a@example.org", auth_login="alice@EXAMPLE.COM"), Event()) is None
+
+
+def test_bare_login_uses_default_domain(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
+) -> None:
+    foreign = AuthLogin(make_services(site=SITE, policy={"default_login_domain": "Example.ORG"}))
+    verdict = foreign(make_conn(sender="a@example.org", auth_login="alice"), Event())
+    assert verdict == Hit("domain_auth_error", "login 'alice': domain example.org not hosted")
+
+    local = AuthLogin(make_services(site=SITE, policy={"default_login_domain": "example.com"}))
+    assert local(make_conn(sender="a@example.org", auth_login="alice"), Event()) is None
+
+
+def test_unknown_login(make_services: ServicesFactory, auth_directory: FakeDirectory) -> None:
+    check = AuthLogin(make_services(site=SITE))
+    verdict = check(make_conn(sender="a@example.org", auth_login="mallory@example.com"), Event())
+    assert verdict == Hit("auth_error_perm", "login 'mallory@example.com' unknown")
+
+
+@pytest.mark.parametrize(
+    ("login", "state"), [("carol@example.com", "locked"), ("dave@example.com", "suspended")]
+)
+def test_inactive_login(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, login: str, state: str
+) -> None:
+    check = AuthLogin(make_services(site=SITE))
+    verdict = check(make_conn(sender="a@example.org", auth_login=login), Event())
+    assert verdict == Hit("auth_error_perm", f"login {login!r} is {state}")
+
+
+def test_login_lookup_failure_is_temporary(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
+) -> None:
+    auth_directory.failing.add("login")
+    check = AuthLogin(make_services(site=SITE))
+    verdict = check(make_conn(sender="a@example.org", auth_login="alice"), Event())
+    assert verdict == TempError("auth_error_temp", "login: database is locked")
+
+
+# --- the shared lookup ------------------------------------------------------------------
+
+
+def test_login_is_looked_up_once_per_transaction(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
+) -> None:
+    auth_directory.send_as.add(("alice", "alice@example.com"))
+    services = make_services(site=SITE)
+    conn = make_conn(sender="alice@example.com", auth_login="alice")
+    assert AuthLogin(services)(conn, Event()) is None
+    assert SenderLogin(services)(conn, Event()) is None
+    assert [c[0] for c in auth_directory.calls] == ["login", "may_send_as"]
+    assert conn.txn is not None
+    assert resolve_login(auth_directory, conn.txn) == ALICE
+
+
+def test_unknown_login_is_cached_too(auth_directory: FakeDirectory) -> None:
+    conn = make_conn(sender="a@example.org", auth_login="nobody")
+    assert conn.txn is not None
+    assert resolve_login(auth_directory, conn.txn) is None
+    assert resolve_login(auth_directory, conn.txn) is None
+    assert auth_directory.calls == [("login", "nobody")]
+
+
+def test_failed_lookup_is_not_cached(auth_directory: FakeDirectory) -> None:
+    auth_directory.failing.add("login")
+    conn = make_conn(sender="a@example.org", auth_login="alice")
+    assert conn.txn is not None
+    with pytest.raises(DirectoryError, match="database is locked"):
+        resolve_login(auth_directory, conn.txn)
+    auth_directory.failing.clear()
+    assert resolve_login(auth_directory, conn.txn) == ALICE
+
+
+# --- sender_login ---------------------------------------------------------------------
+
+
+def test_sender_owned(make_services: ServicesFactory, auth_directory: FakeDirectory) -> None:
+    auth_directory.send_as.add(("alice", "Sales@example.com"))
+    conn = make_conn(sender="Sales@Example.COM", auth_login="alice")
+    assert SenderLogin(make_services())(conn, Event()) is None
+    # The local part keeps its case, the domain is lower-cased (Address.lc).
+    assert auth_directory.calls[-1] == ("may_send_as", "alice", "Sales@example.com")
+
+
+def test_sender_not_owned(make_services: ServicesFactory, auth_directory: FakeDirectory) -> None:
+    conn = make_conn(sender="ceo@example.com", auth_login="alice")
+    verdict = SenderLogin(make_services())(conn, Event())
+    assert verdict == Hit("sender_mismatch", "login 'alice' may not send as ceo@example.com")
+
+
+def test_sender_login_unknown(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
+) -> None:
+    conn = make_conn(sender="ghost@example.com", auth_login="ghost")
+    verdict = SenderLogin(make_services())(conn, Event())
+    assert verdict == Hit("sender_mismatch", "login 'ghost' unknown")
+    assert [c[0] for c in auth_directory.calls] == ["login"]
+
+
+@pytest.mark.parametrize("sender", ["<>", "<broken@>"])
+def test_sender_login_skips_null_and_invalid_sender(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, sender: str
+) -> None:
+    auth_directory.failing = {"login", "may_send_as"}
+    conn = make_conn(sender=sender, auth_login="alice")
+    assert SenderLogin(make_services())(conn, Event()) is None
+    assert auth_directory.calls == []
+
+
+@pytest.mark.parametrize("method", ["login", "may_send_as"])
+def test_sender_login_backend_failure(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, method: str
+) -> None:
+    auth_directory.failing.add(method)
+    conn = make_conn(sender="alice@example.com", auth_login="alice")
+    verdict = SenderLogin(make_services())(conn, Event())
+    assert verdict == TempError("auth_error_temp", f"{method}: database is locked")

@@ -1,0 +1,155 @@
+"""HeloFirst (helo_first) and HeloName (helo_error), both decided at MAIL FROM."""
+
+from __future__ import annotations
+
+import pytest
+from check_support import ServicesFactory, make_conn
+
+from smtpguard.checks import Event, Stage
+from smtpguard.checks.helo import HeloFirst, HeloName
+from smtpguard.verdict import Hit
+
+SITE = {
+    "local_domains": ["example.com", ".example.net"],
+    "our_hostnames": ["mx.example.com"],
+    "our_ips": ["192.0.2.25", "2001:db8::25"],
+}
+
+
+@pytest.fixture
+def helo_check(make_services: ServicesFactory) -> HeloName:
+    return HeloName(make_services(site=SITE))
+
+
+def test_both_checks_run_at_mail() -> None:
+    assert HeloFirst.stage is Stage.MAIL
+    assert HeloName.stage is Stage.MAIL
+    assert HeloFirst.reply_ids == ("helo_first",)
+    assert HeloName.reply_ids == ("helo_error",)
+
+
+# --- helo_first ---------------------------------------------------------------------
+
+
+def test_mail_before_helo(make_services: ServicesFactory) -> None:
+    verdict = HeloFirst(make_services())(make_conn(helo=None, sender="a@example.org"), Event())
+    assert verdict == Hit("helo_first", "MAIL before HELO/EHLO")
+
+
+def test_mail_before_helo_even_when_trusted(make_services: ServicesFactory) -> None:
+    conn = make_conn(helo=None, sender="a@example.com", trusted_network=True, ip="127.0.0.1")
+    verdict = HeloFirst(make_services())(conn, Event())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "helo_first"
+
+
+@pytest.mark.parametrize("helo", ["mail.example.org", "", "garbage"])
+def test_any_greeting_satisfies_helo_first(make_services: ServicesFactory, helo: str) -> None:
+    # Whether the name is any good is HeloName's business.
+    assert HeloFirst(make_services())(make_conn(helo=helo, sender="a@example.org"), Event()) is None
+
+
+# --- helo_error: legitimate greetings -------------------------------------------------
+
+
+def test_no_helo_is_left_to_helo_first(helo_check: HeloName) -> None:
+    assert helo_check(make_conn(helo=None, sender="a@example.org"), Event()) is None
+
+
+@pytest.mark.parametrize(
+    ("helo", "ip"),
+    [
+        ("mail.example.org", "198.51.100.7"),
+        ("Mail.Example.ORG.", "198.51.100.7"),
+        ("  mail.example.org \t", "198.51.100.7"),
+        ("[198.51.100.7]", "198.51.100.7"),
+        ("[IPv6:2001:db8::7]", "2001:db8::7"),
+        ("[ipv6:2001:DB8::7]", "2001:db8::7"),
+        ("[198.51.100.99]", None),  # unix socket / unknown client: nothing to compare
+        ("host.sub.example.net", "198.51.100.7"),  # ".example.net" is not an exact name
+    ],
+)
+def test_good_greetings(helo_check: HeloName, helo: str, ip: str | None) -> None:
+    assert helo_check(make_conn(helo=helo, ip=ip, sender="a@example.org"), Event()) is None
+
+
+# --- helo_error: problems -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("helo", "problem"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("[300.1.2.3]", "invalid address literal"),
+        ("[198.051.100.7]", "invalid address literal"),  # leading zero: octal ambiguity
+        ("[tag:whatever]", "invalid address literal"),
+        ("[198.51.100.8]", "address literal is not the client IP 198.51.100.7"),
+        ("bad_name.example.org", "invalid host name syntax"),
+        ("-bad.example.org", "invalid host name syntax"),
+        ("mail..example.org", "invalid host name syntax"),
+        ("例子.中国", "invalid host name syntax"),
+        ("localhost", "not a fully qualified domain name"),
+        ("198.51.100.7", "not a fully qualified domain name"),
+        ("mx.example.com", "claims one of our names"),
+        ("MX.EXAMPLE.COM.", "claims one of our names"),
+        ("example.com", "claims one of our names"),
+        ("[192.0.2.25]", "claims one of our IPs"),
+        ("[IPv6:2001:db8::25]", "claims one of our IPs"),
+    ],
+)
+def test_bad_greetings(helo_check: HeloName, helo: str, problem: str) -> None:
+    verdict = helo_check(make_conn(helo=helo, sender="a@example.org"), Event())
+    # The detail quotes the greeting exactly as received (unstripped) for the log.
+    assert verdict == Hit("helo_error", f"helo={helo!r}: {problem}")
+
+
+def test_wrong_literal_family_is_a_mismatch(helo_check: HeloName) -> None:
+    conn = make_conn(helo="[IPv6:2001:db8::7]", ip="198.51.100.7", sender="a@example.org")
+    verdict = helo_check(conn, Event())
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.endswith("address literal is not the client IP 198.51.100.7")
+
+
+# --- trusted and authenticated clients --------------------------------------------------
+
+
+@pytest.mark.parametrize("helo", ["mx.example.com", "example.com"])
+def test_trusted_network_may_use_our_names(helo_check: HeloName, helo: str) -> None:
+    conn = make_conn(helo=helo, ip="127.0.0.1", trusted_network=True, sender="a@example.com")
+    assert helo_check(conn, Event()) is None
+
+
+def test_authenticated_client_may_use_our_names(helo_check: HeloName) -> None:
+    conn = make_conn(
+        helo="mx.example.com", sender="a@example.com", auth_type="PLAIN", auth_login="a"
+    )
+    assert conn.authenticated
+    assert helo_check(conn, Event()) is None
+
+
+def test_trusted_client_claiming_our_ip_from_that_ip(helo_check: HeloName) -> None:
+    conn = make_conn(helo="[192.0.2.25]", ip="192.0.2.25", trusted_network=True, sender="<>")
+    assert helo_check(conn, Event()) is None
+
+
+def test_trusted_client_literal_must_still_match_its_ip(helo_check: HeloName) -> None:
+    # Trust lifts only the "our IP" rule, not the literal-must-be-the-client rule.
+    conn = make_conn(helo="[192.0.2.25]", ip="127.0.0.1", trusted_network=True, sender="<>")
+    verdict = helo_check(conn, Event())
+    assert verdict == Hit(
+        "helo_error", "helo='[192.0.2.25]': address literal is not the client IP 127.0.0.1"
+    )
+
+
+def test_trust_does_not_excuse_syntax(helo_check: HeloName) -> None:
+    conn = make_conn(helo="localhost", ip="127.0.0.1", trusted_network=True, sender="<>")
+    verdict = helo_check(conn, Event())
+    assert verdict == Hit("helo_error", "helo='localhost': not a fully qualified domain name")
+
+
+def test_unauthenticated_transaction_is_not_trusted(helo_check: HeloName) -> None:
+    conn = make_conn(helo="mx.example.com", sender="a@example.org", auth_login=None)
+    verdict = helo_check(conn, Event())
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.endswith("claims one of our names")

@@ -1,0 +1,200 @@
+"""Recipient checks: RcptLimit and Mailbox (the directory's view of local mailboxes)."""
+
+from __future__ import annotations
+
+import pytest
+from check_support import FakeDirectory, ServicesFactory, make_conn, rcpt
+
+from smtpguard.checks import Stage
+from smtpguard.checks.recipients import Mailbox, RcptLimit
+from smtpguard.directory import Kind, Recipient
+from smtpguard.verdict import Hit, TempError
+
+SITE = {"local_domains": ["example.com", ".example.net"]}
+
+
+def test_stages_and_replies() -> None:
+    assert RcptLimit.stage is Stage.RCPT
+    assert Mailbox.stage is Stage.RCPT
+    assert RcptLimit.reply_ids == ("rcpt_limit",)
+    assert set(Mailbox.reply_ids) == {
+        "mailbox_unavailable",
+        "mailbox_unavailable_temp",
+        "user_locked",
+        "private_list_denied",
+        "database_temp_error",
+    }
+
+
+# --- rcpt_limit -----------------------------------------------------------------------
+
+
+def test_below_limit(make_services: ServicesFactory) -> None:
+    check = RcptLimit(make_services(limits={"max_rcpt": 3}))
+    for count in range(3):
+        recipients = [f"r{i}@example.org" for i in range(count)]
+        conn = make_conn(sender="a@example.org", recipients=recipients)
+        assert check(conn, rcpt("next@example.org")) is None
+
+
+def test_at_limit(make_services: ServicesFactory) -> None:
+    check = RcptLimit(make_services(limits={"max_rcpt": 3}))
+    conn = make_conn(sender="a@example.org", recipients=["a@x.example", "b@x.example", "c@x.ex"])
+    assert check(conn, rcpt("d@x.example")) == Hit("rcpt_limit", "already 3 recipients")
+
+
+def test_limit_of_one(make_services: ServicesFactory) -> None:
+    check = RcptLimit(make_services(limits={"max_rcpt": 1}))
+    assert check(make_conn(sender="<>"), rcpt("a@example.com")) is None
+    full = make_conn(sender="<>", recipients=["a@example.com"])
+    assert check(full, rcpt("b@example.com")) == Hit("rcpt_limit", "already 1 recipients")
+
+
+def test_limit_without_transaction(make_services: ServicesFactory) -> None:
+    check = RcptLimit(make_services(limits={"max_rcpt": 1}))
+    assert check(make_conn(), rcpt("a@example.com")) is None
+
+
+# --- mailbox --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mailbox(make_services: ServicesFactory, directory: FakeDirectory) -> Mailbox:
+    directory.recipients.update(
+        {
+            "alice@example.com": Recipient(Kind.USER),
+            "Bob@example.com": Recipient(Kind.USER),
+            "sales@example.com": Recipient(Kind.ALIAS),
+            "carol@example.com": Recipient(Kind.USER, state="locked"),
+            "dan@example.com": Recipient(Kind.USER, state="suspended"),
+            "erin@example.com": Recipient(Kind.USER, state="moving"),
+            "fred@example.com": Recipient(Kind.USER, state="overquota"),
+            "old@example.com": Recipient(Kind.ALIAS, state="locked"),
+            "staff@example.com": Recipient(Kind.LIST, list_policy="members"),
+            "Staff@example.com": Recipient(Kind.LIST, list_policy="members"),
+            "news@host.example.net": Recipient(Kind.LIST, list_policy="posters"),
+        }
+    )
+    directory.posters.update(
+        {("staff@example.com", "alice@example.com"), ("Staff@example.com", "alice@example.com")}
+    )
+    return Mailbox(make_services(site=SITE))
+
+
+@pytest.mark.parametrize(
+    "recipient", ["alice@example.com", "alice@EXAMPLE.COM", "sales@example.com", "Bob@example.com"]
+)
+def test_deliverable(mailbox: Mailbox, directory: FakeDirectory, recipient: str) -> None:
+    assert mailbox(make_conn(sender="x@example.org"), rcpt(recipient)) is None
+    # Looked up as Address.lc: domain lower-cased, local part as given.
+    local, _, domain = recipient.rpartition("@")
+    assert directory.calls == [("recipient", f"{local}@{domain.lower()}")]
+
+
+@pytest.mark.parametrize("recipient", ["nobody@example.com", "bob@example.com", "x@a.example.net"])
+def test_unknown_local_recipient(mailbox: Mailbox, recipient: str) -> None:
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt(recipient))
+    assert verdict == Hit("mailbox_unavailable", f"{recipient} unknown")
+
+
+def test_invalid_recipient(mailbox: Mailbox, directory: FakeDirectory) -> None:
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt("<alice@@example.com>"))
+    assert verdict == Hit("mailbox_unavailable", "invalid recipient '<alice@@example.com>'")
+    assert directory.calls == []
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "someone@example.org",
+        "someone@example.net",  # ".example.net" is subdomains only
+        "<Postmaster>",  # no domain: the MTA's own postmaster
+    ],
+)
+def test_not_our_business(mailbox: Mailbox, directory: FakeDirectory, recipient: str) -> None:
+    directory.failing.add("recipient")
+    assert mailbox(make_conn(sender="x@example.org"), rcpt(recipient)) is None
+    assert directory.calls == []
+
+
+def test_locked_user(mailbox: Mailbox) -> None:
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt("carol@example.com"))
+    assert verdict == Hit("user_locked", "carol@example.com is locked")
+
+
+def test_alias_to_locked_user(mailbox: Mailbox) -> None:
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt("old@example.com"))
+    assert verdict == Hit("user_locked", "old@example.com is locked")
+
+
+@pytest.mark.parametrize(
+    ("recipient", "state"),
+    [
+        ("dan@example.com", "suspended"),
+        ("erin@example.com", "moving"),
+        ("fred@example.com", "overquota"),
+    ],
+)
+def test_temporarily_unavailable(mailbox: Mailbox, recipient: str, state: str) -> None:
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt(recipient))
+    assert verdict == Hit("mailbox_unavailable_temp", f"{recipient} is {state}")
+
+
+def test_list_poster_allowed(mailbox: Mailbox, directory: FakeDirectory) -> None:
+    assert mailbox(make_conn(sender="alice@Example.COM"), rcpt("Staff@example.com")) is None
+    # Both addresses as Address.lc: local part as given, domain lower-cased.
+    assert directory.calls == [
+        ("recipient", "Staff@example.com"),
+        ("may_post", "Staff@example.com", "alice@example.com"),
+    ]
+
+
+def test_list_poster_denied(mailbox: Mailbox, directory: FakeDirectory) -> None:
+    verdict = mailbox(make_conn(sender="stranger@example.org"), rcpt("staff@example.com"))
+    assert verdict == Hit(
+        "private_list_denied", "stranger@example.org may not post to staff@example.com (members)"
+    )
+    assert directory.calls == [
+        ("recipient", "staff@example.com"),
+        ("may_post", "staff@example.com", "stranger@example.org"),
+    ]
+
+
+def test_list_null_sender(mailbox: Mailbox, directory: FakeDirectory) -> None:
+    verdict = mailbox(make_conn(sender="<>"), rcpt("news@host.example.net"))
+    assert verdict == Hit(
+        "private_list_denied", "<> may not post to news@host.example.net (posters)"
+    )
+    assert directory.calls[-1] == ("may_post", "news@host.example.net", "")
+
+
+def test_list_without_transaction(mailbox: Mailbox, directory: FakeDirectory) -> None:
+    verdict = mailbox(make_conn(), rcpt("staff@example.com"))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "private_list_denied"
+    assert directory.calls[-1] == ("may_post", "staff@example.com", "")
+
+
+@pytest.mark.parametrize(
+    ("method", "recipient"),
+    [("recipient", "alice@example.com"), ("may_post", "staff@example.com")],
+)
+def test_directory_failure_is_temporary(
+    mailbox: Mailbox, directory: FakeDirectory, method: str, recipient: str
+) -> None:
+    directory.failing.add(method)
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt(recipient))
+    assert verdict == TempError("database_temp_error", f"{method}: database is locked")
+
+
+def test_backend_none_checks_nobody(
+    make_services: ServicesFactory, directory: FakeDirectory
+) -> None:
+    directory.failing.add("recipient")
+    check = Mailbox(make_services(site=SITE, directory={"backend": "none"}))
+    assert check(make_conn(sender="x@example.org"), rcpt("nobody@example.com")) is None
+    assert directory.calls == []
+    # A syntactically invalid recipient is refused regardless of the backend.
+    verdict = check(make_conn(sender="x@example.org"), rcpt("<@>"))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "mailbox_unavailable"

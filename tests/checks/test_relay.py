@@ -1,0 +1,155 @@
+"""Relay policy: RelayLocal (relay_local_fail) at MAIL, Relay at RCPT."""
+
+from __future__ import annotations
+
+import pytest
+from check_support import ServicesFactory, make_conn, rcpt
+
+from smtpguard.checks import Event, Stage
+from smtpguard.checks.relay import Relay, RelayLocal
+from smtpguard.verdict import Hit
+
+SITE = {
+    "local_domains": ["example.com", ".example.net"],
+    "relay_domains": ["partner.example", ".relay.example"],
+}
+
+
+@pytest.fixture
+def relay_local(make_services: ServicesFactory) -> RelayLocal:
+    return RelayLocal(make_services(site=SITE))
+
+
+@pytest.fixture
+def relay(make_services: ServicesFactory) -> Relay:
+    return Relay(make_services(site=SITE))
+
+
+def test_stages_and_replies() -> None:
+    assert RelayLocal.stage is Stage.MAIL
+    assert Relay.stage is Stage.RCPT
+    assert RelayLocal.reply_ids == ("relay_local_fail",)
+    assert set(Relay.reply_ids) == {"host_denies_relay", "relay_domain_fail"}
+
+
+# --- relay_local ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["alice@example.com", "Alice@EXAMPLE.COM.", "x@mail.example.net", "x@a.b.example.net"],
+)
+def test_local_sender_from_untrusted_client(relay_local: RelayLocal, sender: str) -> None:
+    conn = make_conn(sender=sender)
+    assert conn.txn is not None
+    assert conn.txn.sender is not None
+    verdict = relay_local(conn, Event())
+    assert verdict == Hit(
+        "relay_local_fail", f"local sender {conn.txn.sender.text} not authenticated"
+    )
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "x@example.org",
+        "x@example.net",  # ".example.net" lists only its subdomains
+        "x@notexample.com",
+        "x@example.com.evil.example",
+        "x@partner.example",  # relay domains are not local
+    ],
+)
+def test_foreign_sender_from_untrusted_client(relay_local: RelayLocal, sender: str) -> None:
+    assert relay_local(make_conn(sender=sender), Event()) is None
+
+
+def test_local_sender_from_trusted_network(relay_local: RelayLocal) -> None:
+    conn = make_conn(sender="alice@example.com", ip="127.0.0.1", trusted_network=True)
+    assert relay_local(conn, Event()) is None
+
+
+def test_local_sender_authenticated(relay_local: RelayLocal) -> None:
+    conn = make_conn(sender="alice@example.com", auth_type="PLAIN", auth_login="alice")
+    assert relay_local(conn, Event()) is None
+
+
+@pytest.mark.parametrize("sender", ["<>", "<alice@example..com>", None])
+def test_relay_local_without_usable_sender(relay_local: RelayLocal, sender: str | None) -> None:
+    assert relay_local(make_conn(sender=sender), Event()) is None
+
+
+# --- relay ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "bob@example.com",
+        "bob@EXAMPLE.com.",
+        "bob@host.example.net",
+        "x@partner.example",
+        "x@mx.relay.example",
+        "<Postmaster>",  # RFC 5321 4.5.1: always ours
+        "<postmaster>",
+    ],
+)
+def test_our_recipients_from_untrusted_client(relay: Relay, recipient: str) -> None:
+    conn = make_conn(sender="stranger@example.org")
+    assert relay(conn, rcpt(recipient)) is None
+
+
+@pytest.mark.parametrize(
+    ("recipient", "domain"),
+    [
+        ("x@example.org", "example.org"),
+        ("x@example.net", "example.net"),
+        ("x@relay.example", "relay.example"),  # ".relay.example" covers subdomains only
+        ("x@Partner.Example.org", "partner.example.org"),
+    ],
+)
+def test_untrusted_relay_attempt(relay: Relay, recipient: str, domain: str) -> None:
+    verdict = relay(make_conn(sender="stranger@example.org"), rcpt(recipient))
+    assert verdict == Hit("host_denies_relay", f"relay to {domain} from untrusted client")
+
+
+def test_untrusted_relay_attempt_with_local_sender(relay: Relay) -> None:
+    # Claiming a local sender does not make the client trusted.
+    verdict = relay(make_conn(sender="alice@example.com"), rcpt("x@example.org"))
+    assert verdict == Hit("host_denies_relay", "relay to example.org from untrusted client")
+
+
+@pytest.mark.parametrize("sender", ["alice@example.com", "x@host.example.net", "<>"])
+def test_trusted_network_relays_for_local_and_null_senders(relay: Relay, sender: str) -> None:
+    conn = make_conn(sender=sender, ip="127.0.0.1", trusted_network=True)
+    assert relay(conn, rcpt("x@example.org")) is None
+
+
+def test_trusted_network_does_not_relay_for_foreign_sender(relay: Relay) -> None:
+    conn = make_conn(sender="someone@example.org", ip="127.0.0.1", trusted_network=True)
+    verdict = relay(conn, rcpt("x@elsewhere.example"))
+    assert verdict == Hit(
+        "relay_domain_fail", "relay to elsewhere.example for foreign sender someone@example.org"
+    )
+
+
+def test_authenticated_client_relays_for_local_sender(relay: Relay) -> None:
+    conn = make_conn(sender="alice@example.com", auth_type="PLAIN", auth_login="alice")
+    assert relay(conn, rcpt("x@example.org")) is None
+
+
+def test_authenticated_client_with_foreign_sender(relay: Relay) -> None:
+    conn = make_conn(sender="alice@example.org", auth_type="PLAIN", auth_login="alice")
+    verdict = relay(conn, rcpt("x@elsewhere.example"))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "relay_domain_fail"
+
+
+def test_trusted_network_with_unparsable_sender_relays(relay: Relay) -> None:
+    # sender_syntax refuses such a MAIL FROM; relay has no sender domain to judge.
+    conn = make_conn(sender="<bad sender>", ip="127.0.0.1", trusted_network=True)
+    assert relay(conn, rcpt("x@example.org")) is None
+
+
+def test_relay_without_recipient_or_transaction(relay: Relay) -> None:
+    assert relay(make_conn(sender="a@example.org"), rcpt("<not valid>")) is None
+    assert relay(make_conn(), rcpt("x@example.org")) is None

@@ -1,0 +1,155 @@
+"""MAIL FROM checks without a backend: SenderSyntax and SenderDeny."""
+
+from __future__ import annotations
+
+import pytest
+from check_support import ConfigFactory, FakeBlacklist, FakeDirectory, ServicesFactory, make_conn
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.checks.sender import SenderDeny, SenderSyntax
+from smtpguard.config import ConfigError
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit
+
+
+def test_stages_and_replies() -> None:
+    assert {c.stage for c in (SenderSyntax, SenderDeny)} == {Stage.MAIL}
+    assert SenderSyntax.reply_ids == ("mail_from_invalid",)
+    assert SenderDeny.reply_ids == ("host_denies_sender",)
+
+
+# --- sender_syntax --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("<no-domain>", "missing domain"),
+        ("<a..b@example.org>", "consecutive dots in local part"),
+        ("<user@example.org", "unbalanced angle brackets"),
+        ("<üser@example.org>", "non-ASCII characters without SMTPUTF8"),
+    ],
+)
+def test_invalid_sender(make_services: ServicesFactory, raw: str, reason: str) -> None:
+    conn = make_conn(sender=raw)
+    assert conn.txn is not None
+    assert conn.txn.sender is None
+    verdict = SenderSyntax(make_services())(conn, Event())
+    assert verdict == Hit("mail_from_invalid", f"{raw!r}: {reason}")
+
+
+@pytest.mark.parametrize(
+    ("raw", "smtputf8"),
+    [("<>", False), ("<user@example.org>", False), ("<üser@例子.中国>", True)],
+)
+def test_valid_sender(make_services: ServicesFactory, raw: str, smtputf8: bool) -> None:
+    verdict = SenderSyntax(make_services())(make_conn(sender=raw, smtputf8=smtputf8), Event())
+    assert verdict is None
+
+
+def test_syntax_without_transaction(make_services: ServicesFactory) -> None:
+    assert SenderSyntax(make_services())(make_conn(), Event()) is None
+
+
+# --- sender_deny ----------------------------------------------------------------------
+
+DENY = [
+    "Bad@Example.ORG",  # exact address
+    "spam.example.",  # domain and its subdomains (trailing dot ignored)
+    "@Exact.Example",  # the domain only
+    r"/^promo[0-9]+@/",  # pattern, searched in the lower-cased address
+    r"/\.invalid$/",
+]
+
+
+@pytest.fixture
+def deny(make_services: ServicesFactory) -> SenderDeny:
+    return SenderDeny(make_services(policy={"sender_deny": DENY}))
+
+
+def test_entries_are_sorted_by_kind(deny: SenderDeny) -> None:
+    assert deny.addresses == {"bad@example.org"}
+    assert deny.domains == {"spam.example"}
+    assert deny.exact_domains == {"exact.example"}
+    assert [p.pattern for p in deny.patterns] == ["^promo[0-9]+@", r"\.invalid$"]
+
+
+@pytest.mark.parametrize(
+    ("sender", "detail"),
+    [
+        ("bad@example.org", "address bad@example.org denied"),
+        ("BAD@EXAMPLE.org", "address bad@example.org denied"),
+        ("x@spam.example", "domain spam.example denied"),
+        ("x@SPAM.Example.", "domain spam.example denied"),
+        ("x@mail.spam.example", "domain spam.example denied"),
+        ("x@a.b.spam.example", "domain spam.example denied"),
+        ("x@exact.example", "domain @exact.example denied"),
+        ("x@EXACT.EXAMPLE", "domain @exact.example denied"),
+        ("promo42@shop.example", "pattern /^promo[0-9]+@/"),
+        ("PROMO7@shop.example", "pattern /^promo[0-9]+@/"),
+        ("x@host.invalid", r"pattern /\.invalid$/"),
+    ],
+)
+def test_denied(deny: SenderDeny, sender: str, detail: str) -> None:
+    assert deny(make_conn(sender=sender), Event()) == Hit("host_denies_sender", detail)
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "good@example.org",  # same domain as the denied address
+        "bad@example.org.uk",
+        "x@notspam.example",  # a label boundary, not a suffix
+        "x@spam.example.org",
+        "x@sub.exact.example",  # "@domain" does not cover subdomains
+        "promo@shop.example",
+        "mypromo1@shop.example",
+        "x@invalid.example",
+    ],
+)
+def test_not_denied(deny: SenderDeny, sender: str) -> None:
+    assert deny(make_conn(sender=sender), Event()) is None
+
+
+@pytest.mark.parametrize(
+    "conn",
+    [make_conn(sender="<>"), make_conn(sender="<bad@@example.org>"), make_conn()],
+    ids=["null-sender", "invalid-sender", "no-transaction"],
+)
+def test_deny_skips_sessions_without_a_sender(deny: SenderDeny, conn: Connection) -> None:
+    assert deny(conn, Event()) is None
+
+
+def test_address_entry_wins_over_pattern(make_services: ServicesFactory) -> None:
+    check = SenderDeny(make_services(policy={"sender_deny": ["/bad/", "bad@example.org"]}))
+    verdict = check(make_conn(sender="bad@example.org"), Event())
+    assert verdict == Hit("host_denies_sender", "address bad@example.org denied")
+
+
+def test_empty_deny_list_passes_everyone(make_services: ServicesFactory) -> None:
+    check = SenderDeny(make_services())
+    assert check(make_conn(sender="anyone@anywhere.example"), Event()) is None
+
+
+def test_bad_pattern_names_the_key(make_config: ConfigFactory) -> None:
+    config = make_config(policy={"sender_deny": ["ok.example", "/[unclosed/"]})
+    services = Services(config=config, directory=FakeDirectory(), blacklist=FakeBlacklist())
+    with pytest.raises(ConfigError) as info:
+        SenderDeny(services)
+    assert info.value.key == "policy.sender_deny"
+    assert info.value.file == str(config.file)
+    assert "bad pattern /[unclosed/" in info.value.message
+    assert str(info.value).startswith(f"{config.file}: policy.sender_deny: bad pattern")
+
+
+def test_slashes_without_body_are_not_a_pattern(make_services: ServicesFactory) -> None:
+    # "//" is too short to be a pattern; it must not compile to "match everything".
+    check = SenderDeny(make_services(policy={"sender_deny": ["//"]}))
+    assert check.patterns == ()
+    assert check(make_conn(sender="a@example.org"), Event()) is None
+
+
+def test_exact_domain_entry_with_trailing_dot(make_services: ServicesFactory) -> None:
+    check = SenderDeny(make_services(policy={"sender_deny": ["@exact.example."]}))
+    verdict = check(make_conn(sender="x@exact.example"), Event())
+    assert verdict == Hit("host_denies_sender", "domain @exact.example denied")

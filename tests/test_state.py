@@ -1,0 +1,243 @@
+"""SqliteBlacklist (the dynamic blacklist) and SessionGate (load shedding)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from smtpguard.state import BlacklistEntry, SessionGate, SqliteBlacklist, StateError
+
+
+@pytest.fixture
+def state_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "state.sqlite"
+
+
+@pytest.fixture
+def blacklist(state_path: Path) -> SqliteBlacklist:
+    return SqliteBlacklist(state_path, timeout=0.5)
+
+
+# --- blacklist ------------------------------------------------------------------------
+
+
+def test_empty_blacklist(blacklist: SqliteBlacklist, state_path: Path) -> None:
+    assert blacklist.listed("anyone@example.org") is None
+    assert blacklist.entries() == []
+    assert state_path.is_file()  # created (with its directory) on first use
+
+
+def test_add_and_list_address(blacklist: SqliteBlacklist) -> None:
+    before = time.time()
+    assert blacklist.add("Spammer@Example.ORG", reason="complaint #12") is True
+    [entry] = blacklist.entries()
+    assert entry.address == "spammer@example.org"
+    assert entry.reason == "complaint #12"
+    assert before <= entry.added_at <= time.time()
+
+
+def test_add_twice_keeps_the_first(blacklist: SqliteBlacklist) -> None:
+    assert blacklist.add("a@example.org", reason="first") is True
+    assert blacklist.add("A@EXAMPLE.ORG", reason="second") is False
+    assert [(e.address, e.reason) for e in blacklist.entries()] == [("a@example.org", "first")]
+
+
+@pytest.mark.parametrize(
+    "address", ["spammer@example.org", "SPAMMER@example.org", "Spammer@Example.Org"]
+)
+def test_listed_address_is_case_insensitive(blacklist: SqliteBlacklist, address: str) -> None:
+    blacklist.add("Spammer@example.ORG")
+    assert blacklist.listed(address) == "spammer@example.org"
+
+
+def test_address_entry_is_exact(blacklist: SqliteBlacklist) -> None:
+    blacklist.add("spammer@example.org")
+    assert blacklist.listed("friend@example.org") is None
+    assert blacklist.listed("spammer@example.org.uk") is None
+    assert blacklist.listed("spammer@sub.example.org") is None
+
+
+def test_domain_entry(blacklist: SqliteBlacklist) -> None:
+    blacklist.add("@Spam.Example")
+    assert blacklist.listed("anyone@spam.example") == "@spam.example"
+    assert blacklist.listed("ANYONE@SPAM.EXAMPLE") == "@spam.example"
+    assert blacklist.listed("anyone@sub.spam.example") is None  # the domain only
+    assert blacklist.listed("anyone@notspam.example") is None
+
+
+def test_address_and_domain_entries_together(blacklist: SqliteBlacklist) -> None:
+    blacklist.add("@spam.example")
+    blacklist.add("boss@spam.example")
+    assert blacklist.listed("boss@spam.example") in {"boss@spam.example", "@spam.example"}
+    assert blacklist.listed("other@spam.example") == "@spam.example"
+
+
+def test_remove(blacklist: SqliteBlacklist) -> None:
+    blacklist.add("a@example.org")
+    blacklist.add("@spam.example")
+    assert blacklist.remove("A@Example.org") is True
+    assert blacklist.remove("a@example.org") is False
+    assert blacklist.remove("never@example.org") is False
+    assert blacklist.listed("a@example.org") is None
+    assert [e.address for e in blacklist.entries()] == ["@spam.example"]
+
+
+def test_entries_are_sorted(blacklist: SqliteBlacklist) -> None:
+    for address in ("zed@example.org", "@spam.example", "amy@example.org"):
+        blacklist.add(address)
+    entries = blacklist.entries()
+    assert [e.address for e in entries] == ["@spam.example", "amy@example.org", "zed@example.org"]
+    assert all(isinstance(e, BlacklistEntry) for e in entries)
+
+
+def test_second_instance_sees_changes(state_path: Path) -> None:
+    """The CLI (one instance) edits while the milter (another) keeps its connection."""
+    milter = SqliteBlacklist(state_path, timeout=0.5)
+    cli = SqliteBlacklist(state_path, timeout=0.5)
+    assert milter.listed("spammer@example.org") is None  # opens its long-lived connection
+
+    assert cli.add("spammer@example.org", reason="cli")
+    assert milter.listed("spammer@example.org") == "spammer@example.org"
+
+    assert cli.add("@spam.example")
+    assert milter.listed("x@spam.example") == "@spam.example"
+
+    assert cli.remove("spammer@example.org")
+    assert milter.listed("spammer@example.org") is None
+    assert [e.address for e in milter.entries()] == ["@spam.example"]
+
+
+def test_lookups_from_several_threads(blacklist: SqliteBlacklist) -> None:
+    blacklist.add("@spam.example")
+    results: list[str | None] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(20):
+            found = blacklist.listed("x@spam.example")
+            with lock:
+                results.append(found)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["@spam.example"] * 80
+
+
+def test_unusable_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where a directory should be")
+    path = blocker / "state.sqlite"
+    broken = SqliteBlacklist(path, timeout=0.1)
+    with pytest.raises(StateError, match=f"cannot open {path}"):
+        broken.listed("a@example.org")
+    with pytest.raises(StateError):
+        broken.add("a@example.org")
+    with pytest.raises(StateError):
+        broken.remove("a@example.org")
+    with pytest.raises(StateError):
+        broken.entries()
+
+
+def test_path_is_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    path.mkdir()
+    with pytest.raises(StateError):
+        SqliteBlacklist(path, timeout=0.1).listed("a@example.org")
+
+
+def test_corrupt_state_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    path.write_bytes(b"\x00\xffnot a database" * 512)
+    with pytest.raises(StateError, match=str(path)):
+        SqliteBlacklist(path, timeout=0.1).listed("a@example.org")
+
+
+# --- session gate ---------------------------------------------------------------------
+
+
+def test_gate_admits_up_to_the_limit() -> None:
+    gate = SessionGate(2)
+    assert gate.enter() is True
+    assert gate.enter() is True
+    assert gate.enter() is False
+    assert gate.active == 3  # a refused session still counts until it leaves
+
+
+def test_gate_refused_sessions_leave_too() -> None:
+    gate = SessionGate(1)
+    assert gate.enter() is True
+    assert gate.enter() is False
+    gate.leave()  # the refused session closes
+    assert gate.active == 1
+    assert gate.enter() is False  # the admitted one is still there
+    gate.leave()
+    gate.leave()
+    assert gate.active == 0
+    assert gate.enter() is True
+
+
+def test_gate_frees_capacity_on_leave() -> None:
+    gate = SessionGate(2)
+    assert gate.enter()
+    assert gate.enter()
+    gate.leave()
+    assert gate.enter() is True
+    assert gate.active == 2
+
+
+def test_gate_draining_refuses_everyone() -> None:
+    gate = SessionGate(10)
+    assert gate.enter()
+    gate.draining = True
+    assert gate.enter() is False
+    assert gate.enter() is False
+    assert gate.active == 3
+    for _ in range(3):
+        gate.leave()
+    assert gate.active == 0
+    assert gate.enter() is False  # still draining with no session open
+    gate.draining = False
+    assert gate.enter() is True
+
+
+def test_gate_limit_can_change_at_reload() -> None:
+    gate = SessionGate(1)
+    assert gate.enter()
+    assert not gate.enter()
+    gate.leave()
+    gate.limit = 3
+    assert gate.enter() is True
+    assert gate.enter() is True
+    assert gate.active == 3
+    assert gate.enter() is False
+
+
+def test_gate_counts_concurrent_sessions() -> None:
+    gate = SessionGate(50)
+    admitted: list[bool] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def session_burst() -> None:
+        start.wait()
+        for _ in range(25):
+            ok = gate.enter()
+            with lock:
+                admitted.append(ok)
+
+    threads = [threading.Thread(target=session_burst) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert gate.active == 200
+    assert admitted.count(True) == 50
+    for _ in range(200):
+        gate.leave()
+    assert gate.active == 0
