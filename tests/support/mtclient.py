@@ -188,13 +188,16 @@ class MilterSession:
         self.close()
 
 
-def wait_for_socket(path: Path, deadline: float = 15.0) -> None:
-    """Poll until a unix socket accepts connections (never a fixed sleep)."""
+def wait_for_socket(address: Path | str | tuple[str, int], deadline: float = 15.0) -> None:
+    """Poll until a unix or TCP socket accepts connections (never a fixed sleep)."""
     end = time.monotonic() + deadline
     while True:
         try:
+            if isinstance(address, tuple):
+                socket.create_connection(address, timeout=1).close()
+                return
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(str(path))
+                s.connect(str(address))
                 return
         except OSError:
             if time.monotonic() > end:

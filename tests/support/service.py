@@ -166,8 +166,16 @@ class Running:
 
 
 @contextmanager
-def running(site: Site, command: list[str] | None = None) -> Iterator[Running]:
-    """Run the service (``smtpguard run`` by default) until the block ends."""
+def running(
+    site: Site,
+    command: list[str] | None = None,
+    *,
+    wait_for: str | tuple[str, int] | None = None,
+) -> Iterator[Running]:
+    """Run the service (``smtpguard run`` by default) until the block ends.
+
+    ``wait_for`` is the address to poll for readiness (default: the site's unix socket).
+    """
     log_path = site.dir / "service.log"
     argv = command or [sys.executable, "-m", "smtpguard", "-c", str(site.config), "run"]
     with log_path.open("w") as log:
@@ -176,7 +184,7 @@ def running(site: Site, command: list[str] | None = None) -> Iterator[Running]:
         )
     try:
         try:
-            wait_for_socket(site.socket)
+            wait_for_socket(wait_for or site.socket)
         except OSError:
             proc.kill()
             raise RuntimeError("service did not start:\n" + log_path.read_text()) from None
