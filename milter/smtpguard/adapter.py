@@ -15,8 +15,11 @@ Sendmail's ``v`` is a bare version number.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import logging
+import os
+import pwd
 import socket
 import threading
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from functools import partial
 from typing import Any
 
 import Milter
+import milter  # pymilter's C module: the libmilter calls runmilter makes
 
 from smtpguard.address import AddressError, esmtp_params, parse_path
 from smtpguard.app import Runtime
@@ -242,7 +246,60 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
 
 def serve(app: App) -> None:
-    """Run libmilter's main loop until it is told to stop (SIGTERM/SIGINT)."""
-    config = app.runtime.config
+    """Open the socket, fix its permissions, drop privileges, run libmilter's loop.
+
+    This is ``Milter.runmilter`` split open: libmilter creates a unix socket with the
+    process umask, so its mode, owner and group can only be set between
+    ``opensocket`` and ``main``; privileges are dropped there too, once the socket
+    (possibly in a root-owned directory) exists.
+    """
+    config = app.runtime.config.milter
     Milter.factory = partial(SmtpGuardMilter, app)
-    Milter.runmilter(config.milter.name, config.milter.socket, config.milter.timeout)
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.setconn(config.socket)
+    milter.settimeout(config.timeout)
+    milter.register(
+        config.name,
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+    milter.opensocket(True)
+    if config.socket.startswith(("unix:", "local:")):
+        secure_socket(
+            config.socket.split(":", 1)[1],
+            config.socket_mode,
+            config.socket_owner,
+            config.socket_group,
+        )
+    if config.user:
+        drop_privileges(config.user)
+    milter.main()
+
+
+def secure_socket(path: str, mode: int, owner: str, group: str) -> None:
+    uid = pwd.getpwnam(owner).pw_uid if owner else -1
+    gid = grp.getgrnam(group).gr_gid if group else -1
+    if uid != -1 or gid != -1:
+        os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` (its primary group, no supplementary groups) for good."""
+    entry = pwd.getpwnam(user)
+    if os.getuid() == entry.pw_uid:
+        return
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("dropped privileges to %s (uid %d)", user, entry.pw_uid)

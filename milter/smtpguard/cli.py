@@ -15,6 +15,7 @@ from smtpguard.adapter import App, serve
 from smtpguard.app import build_runtime, load, new_gate
 from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
+from smtpguard.mta import postfix_footer_regexp, postfix_main_cf, sendmail_mc
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.state import SqliteBlacklist, StateError
 
@@ -94,6 +95,29 @@ def cmd_directory_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_postfix_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    replies = load_replies(config.replies, config.file)
+    if args.footers:
+        print(postfix_footer_regexp(replies, config.replies.utf8 == "always"), end="")
+        return 0
+    print(
+        postfix_main_cf(
+            config,
+            replies,
+            queue_directory=args.queue_directory,
+            config_directory=args.config_directory,
+        ),
+        end="",
+    )
+    return 0
+
+
+def cmd_sendmail_config(args: argparse.Namespace) -> int:
+    print(sendmail_mc(_load(args.config)), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smtpguard", description=__doc__)
     p.add_argument("--version", action="version", version=f"smtpguard {__version__}")
@@ -117,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("address", nargs="*", help="address, or @domain for a whole domain")
     bl.add_argument("--reason", default="", help="note stored with an added entry")
     bl.set_defaults(func=cmd_blacklist)
+
+    pc = sub.add_parser("postfix-config", help="print the main.cf settings for this config")
+    pc.add_argument("--queue-directory", default="/var/spool/postfix")
+    pc.add_argument("--config-directory", default="/etc/postfix")
+    pc.add_argument(
+        "--footers", action="store_true", help="print the smtpd_reject_footer_maps table instead"
+    )
+    pc.set_defaults(func=cmd_postfix_config)
+    sub.add_parser(
+        "sendmail-config", help="print the sendmail.mc lines for this config"
+    ).set_defaults(func=cmd_sendmail_config)
 
     d = sub.add_parser("directory", help="manage the embedded directory")
     dsub = d.add_subparsers(dest="directory_command", required=True)

@@ -11,7 +11,9 @@ config works from a source checkout and from ``/etc/smtpguard``.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
@@ -141,6 +143,14 @@ class MilterConfig:
     mta: MTAChoice = "auto"
     dry_run: bool = False
     log_level: str = "INFO"
+    #: Unix socket permissions, applied right after libmilter creates the socket.
+    socket_mode: int = 0o660
+    socket_owner: str = ""
+    socket_group: str = ""
+    #: Drop root privileges to this user (and its group) after opening the socket.
+    user: str = ""
+    #: Allow an inet: socket on a non-loopback address (exposes the milter protocol).
+    allow_remote_socket: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,9 +335,54 @@ def _milter(s: _Section) -> MilterConfig:
         mta=cast(MTAChoice, s.choice("mta", d.mta, ("auto", "postfix", "sendmail"))),
         dry_run=s.boolean("dry_run", d.dry_run),
         log_level=s.choice("log_level", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        socket_mode=_mode(s, "socket_mode", d.socket_mode),
+        socket_owner=s.string("socket_owner", d.socket_owner),
+        socket_group=s.string("socket_group", d.socket_group),
+        user=s.string("user", d.user),
+        allow_remote_socket=s.boolean("allow_remote_socket", d.allow_remote_socket),
     )
     s.done()
+    for key, name, db in (
+        ("socket_owner", out.socket_owner, pwd.getpwnam),
+        ("user", out.user, pwd.getpwnam),
+        ("socket_group", out.socket_group, grp.getgrnam),
+    ):
+        if name:
+            try:
+                db(name)
+            except KeyError:
+                raise s.error(key, f"no such user or group on this system: {name!r}") from None
+    if not out.allow_remote_socket and not _loopback_socket(socket):
+        raise s.error(
+            "socket",
+            "inet socket on a non-loopback address; set allow_remote_socket = true"
+            " if the milter protocol must be reachable from other hosts",
+        )
     return out
+
+
+def _mode(s: _Section, name: str, default: int) -> int:
+    raw = s.string(name, f"{default:04o}")
+    try:
+        mode = int(raw, 8)
+    except ValueError:
+        raise s.error(name, f"expected an octal mode like \"0660\", got {raw!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise s.error(name, "must be between 0000 and 0777")
+    return mode
+
+
+def _loopback_socket(socket: str) -> bool:
+    kind, _, rest = socket.partition(":")
+    if kind in ("unix", "local"):
+        return True
+    host = rest.partition("@")[2].strip("[]") or "127.0.0.1"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _site(s: _Section) -> SiteConfig:
