@@ -6,6 +6,7 @@ smtplib hides multi-line structure and refuses some of what these tests must sen
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass
 
@@ -75,10 +76,8 @@ class SmtpClient:
         return self.read()
 
     def quit(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.cmd("QUIT")
-        except OSError:
-            pass
         self.sock.close()
 
     def __enter__(self) -> SmtpClient:
