@@ -107,6 +107,7 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
             replies,
             queue_directory=args.queue_directory,
             config_directory=args.config_directory,
+            relay_control=args.relay_control,
         ),
         end="",
     )
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("postfix-config", help="print the main.cf settings for this config")
     pc.add_argument("--queue-directory", default="/var/spool/postfix")
     pc.add_argument("--config-directory", default="/etc/postfix")
+    pc.add_argument(
+        "--relay-control",
+        choices=("milter", "postfix"),
+        default="milter",
+        help="who refuses unauthorized relaying (see contrib/postfix/README.md)",
+    )
     pc.add_argument(
         "--footers", action="store_true", help="print the smtpd_reject_footer_maps table instead"
     )

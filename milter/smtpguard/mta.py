@@ -7,16 +7,23 @@ the end-to-end tests configure their throwaway Postfix from the same function.
 Where Postfix decides before the milter is asked, the snippet makes the table's reply
 reach the client (see ``contrib/postfix/README.md`` for the security trade-offs):
 
-* relay (``host_denies_relay``): Postfix itself refuses unauthorized relaying, with
-  the table's code and text from a ``static:`` access map placed where Postfix's own
-  ``reject_unauth_destination`` would answer. Relay control therefore holds even when
-  the milter is down or misconfigured.
+* relay (``host_denies_relay``, ``relay_domain_fail``): by default
+  (``relay_control = "milter"``) Postfix passes every recipient to smtpguard, which
+  answers with the table's exact reply; ``milter_default_action = tempfail`` makes a
+  dead milter defer everything, so nothing is relayed. With ``"postfix"`` Postfix
+  refuses unauthorized relaying itself from a ``static:`` access map holding the
+  table's reply, which holds even without the milter, but Postfix then prefixes
+  ``<rcpt>: Recipient address rejected:`` to the text.
 * unknown recipients (``mailbox_unavailable``): ``smtpd_reject_unlisted_recipient = no``
   leaves the decision to smtpguard's directory; with the milter down,
   ``milter_default_action = tempfail`` defers the mail instead of accepting it.
 * size (``message_too_long``): Postfix's ``message_size_limit`` is set above smtpguard's
   ``limits.max_message_size`` so that smtpguard answers first with the table's text,
   while Postfix keeps a hard limit.
+* address syntax (``mail_from_invalid``): what Postfix can parse reaches smtpguard,
+  which answers with the table's reply; what it cannot parse (``<a b@x>``, ``<@>``,
+  ``<a@.example>``) Postfix refuses itself with ``501 5.1.7 Bad sender address
+  syntax``, and the footer map appends the table's Chinese text.
 * protocol rows (``mail_first``, ``rcpt_first``, ``sequence_error``, ``syntax_error``,
   ``stray_newline``): Postfix answers with its own code and text; a
   ``smtpd_reject_footer_maps`` table appends the table's Chinese text (``\\c`` keeps
@@ -40,8 +47,7 @@ POSTFIX_MACROS = {
     "milter_end_of_data_macros": "i",
 }
 SENDMAIL_MACROS = {
-    "confMILTER_MACROS_CONNECT": "j, _, v, {daemon_name}, {if_name}, {client_addr}, "
-    "{client_name}",
+    "confMILTER_MACROS_CONNECT": "j, _, v, {daemon_name}, {if_name}, {client_addr}, {client_name}",
     "confMILTER_MACROS_HELO": "{tls_version}, {cipher}, {cipher_bits}, {cert_subject}, "
     "{cert_issuer}",
     "confMILTER_MACROS_ENVFROM": "i, {auth_type}, {auth_authen}, {auth_ssf}, {auth_author}, "
@@ -55,10 +61,15 @@ SENDMAIL_MACROS = {
 POSTFIX_FOOTERS = (
     (r"^503 5\.5\.1 Error: need MAIL command", "mail_first"),
     (r"^503 5\.5\.1 Error: need RCPT command", "rcpt_first"),
+    # What Postfix says to DATA before RCPT when milters are configured.
+    (r"^554 5\.5\.1 Error: no valid recipients", "rcpt_first"),
     (r"^503 5\.5\.1 Error: nested MAIL command", "sequence_error"),
-    (r"^502 5\.5\.2 Error: command not recognized", "syntax_error"),
+    (r"^50[02] 5\.5\.2 Error: command not recognized", "syntax_error"),
     (r"^501 5\.5\.[24] Syntax", "syntax_error"),
-    (r"^5[0-9][0-9] 5\.5\.2 .*bare <LF> received", "stray_newline"),
+    (r"^[45][0-9][0-9] [45]\.5\.2 .*bare <LF> received", "stray_newline"),
+    # Addresses Postfix's own parser refuses never reach the milter.
+    (r"^501 5\.1\.7 Bad sender address syntax", "mail_from_invalid"),
+    (r"^501 5\.1\.3 Bad recipient address syntax", "mailbox_unavailable"),
 )
 
 
@@ -94,6 +105,7 @@ def postfix_main_cf(
     *,
     queue_directory: str = "/var/spool/postfix",
     config_directory: str = "/etc/postfix",
+    relay_control: str = "milter",
 ) -> str:
     site = config.site
     limits = config.limits
@@ -116,13 +128,10 @@ def postfix_main_cf(
         "",
         "# Clients smtpguard trusts (site.trusted_networks) may relay.",
         f"mynetworks = {networks}",
-        "# Relaying is refused by Postfix itself, with the table's reply, so relay control",
-        "# holds even when the milter is down. reject_unauth_destination at the end is",
-        "# never reached; Postfix requires it to be present.",
-        "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated,",
-        "    permit_auth_destination,",
-        f"    check_recipient_access static:{{{_relay_reply(replies, utf8)}}},",
-        "    reject_unauth_destination",
+        "# smtpguard's local and relay domains must be Postfix destinations too",
+        "# (mydestination, virtual_mailbox_domains or relay_domains):",
+        f"#   {domains or '(none configured)'}",
+        *_relay_lines(replies, utf8, relay_control),
         "# Unknown local recipients are answered by smtpguard's directory (mailbox_unavailable).",
         "smtpd_reject_unlisted_recipient = no",
         "# Postfix's hard size limit stays above limits.max_message_size, so smtpguard",
@@ -130,6 +139,9 @@ def postfix_main_cf(
         f"message_size_limit = {limits.max_message_size * 2}",
         "# smtpguard answers MAIL before HELO with helo_first; Postfix must let it through.",
         "smtpd_helo_required = no",
+        "# stray_newline: refuse bare LF in DATA (Postfix 3.7.10+). Postfix only takes",
+        "# a 5xx reject code here, so the table's 451 cannot be reproduced.",
+        "smtpd_forbid_bare_newline = yes",
         "# Replies may carry UTF-8 (the table's Chinese text) at end of message too.",
         "smtputf8_enable = yes",
         "# Postfix's own protocol replies get the table's Chinese text appended.",
@@ -139,6 +151,30 @@ def postfix_main_cf(
     ]
     lines += [f"#   {line}" for line in postfix_footer_regexp(replies, utf8).splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def _relay_lines(replies: ReplyTable, utf8: bool, relay_control: str) -> list[str]:
+    if relay_control == "postfix":
+        return [
+            "# relay_control = postfix: Postfix refuses unauthorized relaying itself, so",
+            "# relay control holds even if the milter is down or removed. Postfix puts",
+            "# '<rcpt>: Recipient address rejected: ' before the table's text.",
+            "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated,",
+            "    permit_auth_destination,",
+            f"    check_recipient_access static:{{{_relay_reply(replies, utf8)}}},",
+            "    reject_unauth_destination",
+        ]
+    return [
+        "# relay_control = milter: smtpguard decides relaying (host_denies_relay,",
+        "# relay_domain_fail) so the client gets the table's exact reply. Safe only with",
+        "# milter_default_action = tempfail: with the milter down every transaction is",
+        "# deferred, nothing is relayed. The static:{OK} entry passes every recipient on",
+        "# to the milter; reject_unauth_destination after it only satisfies Postfix's",
+        "# start-up check. Use `--relay-control postfix` for defense in depth.",
+        "smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated,",
+        "    permit_auth_destination, check_recipient_access static:{OK},",
+        "    reject_unauth_destination",
+    ]
 
 
 def postfix_footer_regexp(replies: ReplyTable, utf8: bool) -> str:

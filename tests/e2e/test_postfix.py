@@ -1,0 +1,396 @@
+"""End to end through a real Postfix: what an SMTP client sees for every reply id.
+
+Postfix is configured from ``smtpguard postfix-config`` (the snippet users copy) and
+XCLIENT plays the client's address, name, HELO and SASL login. Each test asserts the
+exact reply line(s) the client receives: code, enhanced code and the table's text in
+the default language policy (one line, English then Chinese in parentheses).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.dovecot import start_dovecot
+from support.expected import SPEC, default_line
+from support.postfix import Postfix, start_postfix
+from support.service import Running, Site, make_site, running, smtpguard
+from support.smtp import Reply, SmtpClient
+
+pytestmark = pytest.mark.integration
+
+UNTRUSTED = {"addr": "198.51.100.7", "name": "mail.sender.example", "helo": "mail.sender.example"}
+TRUSTED = {"addr": "192.0.2.10", "name": "relay.example.com", "helo": "relay.example.com"}
+
+
+def e2e_site(name: str, extra: dict[str, object] | None = None) -> Site:
+    # Postfix's smtpd (user postfix) must reach the socket: a world-traversable
+    # directory and a socket group-writable by postfix.
+    root = Path(tempfile.mkdtemp(prefix=f"smtpguard-{name}-"))
+    root.chmod(0o755)
+    base = {"milter": {"socket_group": "postfix", "socket_mode": "0660"}}
+    return make_site(root, {**base, **(extra or {})})
+
+
+SASL_USERS = {"alice@example.com": "alice-secret", "bob@example.com": "bob-secret"}
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[tuple[Running, Postfix]]:
+    site = e2e_site(
+        "postfix",
+        {
+            "limits": {"max_rcpt": 3, "max_message_size": 1_000_000, "max_attachment_size": 50_000},
+            "content": {"add_loop_marker": True},
+            # PLAIN needs TLS (there is none here); LOGIN is allowed for the SASL tests.
+            "policy": {"auth_tls_required": ["PLAIN"]},
+        },
+    )
+    dovecot = start_dovecot(SASL_USERS)
+    sasl = (
+        "smtpd_sasl_auth_enable = yes\n"
+        "smtpd_sasl_type = dovecot\n"
+        f"smtpd_sasl_path = {dovecot.socket}\n"
+        "smtpd_sasl_security_options = noanonymous\n"
+    )
+    try:
+        with running(site) as service:
+            postfix = start_postfix(site.config, sasl)
+            try:
+                yield service, postfix
+            finally:
+                postfix.stop()
+    finally:
+        dovecot.stop()
+
+
+@pytest.fixture
+def postfix(stack: tuple[Running, Postfix]) -> Postfix:
+    return stack[1]
+
+
+def client(postfix: Postfix, ident: dict[str, str] | None = None, **extra: str) -> SmtpClient:
+    c = SmtpClient("127.0.0.1", postfix.port)
+    assert c.ehlo("test.client").code == 250
+    if ident is not None:
+        reply = c.xclient(**ident, **extra)
+        assert reply.code == 220, reply
+        if "helo" in ident:
+            assert c.ehlo(ident["helo"]).code == 250
+    return c
+
+
+def expected_line(reply_id: str) -> str:
+    code, xcode, _en, _zh = SPEC[reply_id]
+    return f"{code} {xcode} {default_line(reply_id)}"
+
+
+def assert_table(reply: Reply, reply_id: str) -> None:
+    assert reply.lines == (expected_line(reply_id),), f"{reply_id}: {reply}"
+
+
+# --- MAIL FROM ----------------------------------------------------------------------
+
+
+def test_helo_first(postfix: Postfix) -> None:
+    with client(postfix, {"addr": "198.51.100.7", "name": "mail.sender.example"}) as c:
+        assert_table(c.cmd("MAIL FROM:<a@sender.example>"), "helo_first")
+
+
+def test_helo_error(postfix: Postfix) -> None:
+    with client(postfix, {**UNTRUSTED, "helo": "localhost"}) as c:
+        assert_table(c.cmd("MAIL FROM:<a@sender.example>"), "helo_error")
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+
+
+def test_mail_from_invalid(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert_table(c.cmd("MAIL FROM:<a..b@sender.example>"), "mail_from_invalid")
+        assert_table(c.cmd("MAIL FROM:<a@b@c>"), "mail_from_invalid")
+
+
+@pytest.mark.parametrize("path", ["<a b@sender.example>", "<@>", "<a@.example>", "<abc"])
+def test_mail_from_syntax_postfix_refuses_itself(postfix: Postfix, path: str) -> None:
+    """Addresses Postfix cannot parse never reach the milter: Postfix answers, and the
+    generated footer map appends the table's Chinese text."""
+    with client(postfix, UNTRUSTED) as c:
+        reply = c.cmd(f"MAIL FROM:{path}")
+    assert reply.lines == ("501 5.1.7 Bad sender address syntax (发件人地址不合法)",)
+
+
+def test_message_too_long_from_size(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert_table(c.cmd("MAIL FROM:<a@sender.example> SIZE=1000001"), "message_too_long")
+        assert c.cmd("MAIL FROM:<a@sender.example> SIZE=1000").code == 250
+
+
+def test_host_denies_sender(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert_table(c.cmd("MAIL FROM:<spammer@bad.example>"), "host_denies_sender")
+
+
+def test_black_mail_address(stack: tuple[Running, Postfix]) -> None:
+    service, postfix = stack
+    smtpguard(service.site, "blacklist", "add", "pest@sender.example")
+    try:
+        with client(postfix, UNTRUSTED) as c:
+            assert_table(c.cmd("MAIL FROM:<pest@sender.example>"), "black_mail_address")
+    finally:
+        smtpguard(service.site, "blacklist", "remove", "pest@sender.example")
+
+
+def test_relay_local_fail(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert_table(c.cmd("MAIL FROM:<alice@example.com>"), "relay_local_fail")
+    with client(postfix, TRUSTED) as c:
+        assert c.cmd("MAIL FROM:<alice@example.com>").code == 250
+
+
+@pytest.mark.parametrize(
+    ("login", "sender", "reply_id"),
+    [
+        ("eve@other.example", "eve@other.example", "domain_auth_error"),
+        ("bob@example.com", "bob@example.com", "auth_error_perm"),
+        ("alice@example.com", "carol@example.com", "sender_mismatch"),
+    ],
+)
+def test_authenticated_sender_checks(
+    postfix: Postfix, login: str, sender: str, reply_id: str
+) -> None:
+    with client(postfix, UNTRUSTED, login=login) as c:
+        assert_table(c.cmd(f"MAIL FROM:<{sender}>"), reply_id)
+
+
+def test_authenticated_sender_may_use_own_and_send_as(postfix: Postfix) -> None:
+    for sender in ("alice@example.com", "sales@example.com"):
+        with client(postfix, UNTRUSTED, login="alice@example.com") as c:
+            assert c.cmd(f"MAIL FROM:<{sender}>").code == 250
+            assert c.cmd("RCPT TO:<x@foreign.example>").code == 250
+
+
+def auth_login(c: SmtpClient, user: str, password: str) -> Reply:
+    assert c.cmd("AUTH LOGIN").code == 334
+    assert c.cmd(base64.b64encode(user.encode()).decode()).code == 334
+    return c.cmd(base64.b64encode(password.encode()).decode())
+
+
+def test_real_sasl_sender_mismatch(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert auth_login(c, "alice@example.com", "alice-secret").code == 235
+        assert_table(c.cmd("MAIL FROM:<carol@example.com>"), "sender_mismatch")
+        assert c.cmd("MAIL FROM:<sales@example.com>").code == 250
+        # Authenticated, so relaying is allowed.
+        assert c.cmd("RCPT TO:<x@foreign.example>").code == 250
+
+
+def test_real_sasl_locked_login(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert auth_login(c, "bob@example.com", "bob-secret").code == 235
+        assert_table(c.cmd("MAIL FROM:<bob@example.com>"), "auth_error_perm")
+
+
+def test_real_sasl_plain_without_tls(postfix: Postfix) -> None:
+    token = base64.b64encode(b"\0alice@example.com\0alice-secret").decode()
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd(f"AUTH PLAIN {token}").code == 235
+        assert_table(c.cmd("MAIL FROM:<alice@example.com>"), "auth_mode_unsupported")
+
+
+# --- RCPT TO ------------------------------------------------------------------------
+
+
+def test_host_denies_relay(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert_table(c.cmd("RCPT TO:<x@foreign.example>"), "host_denies_relay")
+        assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+    assert "milter-reject: RCPT" in postfix.maillog()
+
+
+def test_relay_domain_fail(postfix: Postfix) -> None:
+    with client(postfix, TRUSTED) as c:
+        assert c.cmd("MAIL FROM:<someone@foreign.example>").code == 250
+        assert_table(c.cmd("RCPT TO:<x@other.example>"), "relay_domain_fail")
+
+
+def test_rcpt_limit(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+        for _ in range(3):
+            assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+        assert_table(c.cmd("RCPT TO:<sales@example.com>"), "rcpt_limit")
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "reply_id"),
+    [
+        ("nobody@example.com", "mailbox_unavailable"),
+        ("carol@example.com", "mailbox_unavailable_temp"),
+        ("bob@example.com", "user_locked"),
+        ("staff@example.com", "private_list_denied"),
+    ],
+)
+def test_recipient_replies(postfix: Postfix, rcpt: str, reply_id: str) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("MAIL FROM:<outsider@sender.example>").code == 250
+        assert_table(c.cmd(f"RCPT TO:<{rcpt}>"), reply_id)
+
+
+def test_utf8_text_with_and_without_smtputf8(postfix: Postfix) -> None:
+    for params in ("", " SMTPUTF8"):
+        with client(postfix, UNTRUSTED) as c:
+            reply = c.cmd(f"MAIL FROM:<spammer@bad.example>{params}")
+        assert_table(reply, "host_denies_sender")
+        assert "拒绝发件人地址".encode() in reply.raw
+
+
+# --- DATA / end of message ----------------------------------------------------------
+
+HEADERS = (
+    "From: Friend <friend@sender.example>\r\n"
+    "To: alice@example.com\r\n"
+    "Subject: hello\r\n"
+    "Message-ID: <e2e-{n}@sender.example>\r\n"
+)
+
+
+def send(postfix: Postfix, message: str | bytes, sender: str = "friend@sender.example") -> Reply:
+    raw = message.encode() if isinstance(message, str) else message
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd(f"MAIL FROM:<{sender}>").code == 250
+        assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+        return c.data(raw)
+
+
+def test_accepted_mail_arrives_intact(postfix: Postfix) -> None:
+    body = "".join(f"line {i}: the quick brown fox\r\n" for i in range(200))
+    message = HEADERS.format(n=1) + "\r\n" + body
+    reply = send(postfix, message)
+    assert reply.code == 250, reply
+    queue_id = re.search(r"queued as (\w+)", reply.lines[-1])
+    assert queue_id
+    delivered = postfix.wait_delivered(queue_id.group(1))
+    head, _, delivered_body = delivered.partition(b"\n\n")
+    assert delivered_body.replace(b"\n", b"\r\n") == body.encode()
+    for line in HEADERS.format(n=1).encode().split(b"\r\n")[:-1]:
+        assert line in head.split(b"\n")
+    assert b"X-Smtpguard-Loop: mx.example.com" in head
+
+
+def test_looping_message(postfix: Postfix) -> None:
+    received = (
+        "Received: from a.example (a.example [198.51.100.1]) by b.example (Postfix)"
+        " with ESMTP id 1; Sat, 28 Nov 2026 17:00:00 +0000\r\n"
+    )
+    assert_table(
+        send(postfix, received * 31 + HEADERS.format(n=2) + "\r\nhi\r\n"), "looping_message"
+    )
+
+
+def test_fake_router(postfix: Postfix) -> None:
+    forged = (
+        "Received: from mx.example.com (mx.example.com [203.0.113.25]) by relay.sender.example"
+        " with ESMTP id 1; Sat, 28 Nov 2026 17:00:00 +0000\r\n"
+    )
+    assert_table(send(postfix, forged + HEADERS.format(n=3) + "\r\nhi\r\n"), "fake_router")
+
+
+def test_line_parse_error(postfix: Postfix) -> None:
+    message = HEADERS.format(n=4) + "\r\nshort\r\n" + "x" * 999 + "\r\n"
+    assert_table(send(postfix, message), "line_parse_error")
+
+
+def test_message_too_long_while_streaming(postfix: Postfix) -> None:
+    body = ("y" * 78 + "\r\n") * 13_000  # ~1.04 MB, no SIZE= declared
+    assert_table(send(postfix, HEADERS.format(n=5) + "\r\n" + body), "message_too_long")
+
+
+def test_attachment_too_long(postfix: Postfix) -> None:
+    data = base64.encodebytes(b"\x01" * 60_000).decode().replace("\n", "\r\n")
+    message = (
+        HEADERS.format(n=6)
+        + "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+        "--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        "--b1\r\nContent-Type: application/octet-stream\r\n"
+        "Content-Transfer-Encoding: base64\r\n"
+        'Content-Disposition: attachment; filename="big.bin"\r\n\r\n' + data + "--b1--\r\n"
+    )
+    reply = send(postfix, message)
+    assert_table(reply, "attachment_too_long")
+    assert "单个附件大小超出限制".encode() in reply.raw  # UTF-8 survives cleanup at EOM
+
+
+# --- rows decided by Postfix itself -------------------------------------------------
+
+
+def test_mta_level_rows_get_the_table_text_as_footer(postfix: Postfix) -> None:
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("RCPT TO:<alice@example.com>").lines == (
+            "503 5.5.1 Error: need MAIL command (请先发送 MAIL)",
+        )
+        assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert c.cmd("DATA").lines == ("554 5.5.1 Error: no valid recipients (请先发送 RCPT)",)
+        assert c.cmd("MAIL FROM:<b@sender.example>").lines == (
+            "503 5.5.1 Error: nested MAIL command (命令顺序错误)",
+        )
+        assert c.cmd("FROBNICATE").lines == ("500 5.5.2 Error: command not recognized (语法错误)",)
+
+
+# --- faults -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fault_stack() -> Iterator[tuple[Running, Postfix, Site]]:
+    site = e2e_site("faults", {"limits": {"max_sessions": 1}})
+    with running(site) as service:
+        postfix = start_postfix(site.config)
+        try:
+            yield service, postfix, site
+        finally:
+            postfix.stop()
+
+
+def test_queue_unavailable(fault_stack: tuple[Running, Postfix, Site]) -> None:
+    _service, postfix, _site = fault_stack
+    with client(postfix, UNTRUSTED) as first, client(postfix, UNTRUSTED) as second:
+        assert_table(second.cmd("MAIL FROM:<a@sender.example>"), "queue_unavailable")
+        assert first.cmd("MAIL FROM:<a@sender.example>").code == 250
+
+
+def test_database_temp_error_and_auth_error_temp(
+    fault_stack: tuple[Running, Postfix, Site],
+) -> None:
+    _service, postfix, site = fault_stack
+    db = sqlite3.connect(site.directory, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        with client(postfix, UNTRUSTED) as c:
+            assert c.cmd("MAIL FROM:<outsider@sender.example>").code == 250
+            assert_table(c.cmd("RCPT TO:<alice@example.com>"), "database_temp_error")
+        with client(postfix, UNTRUSTED, login="alice@example.com") as c:
+            assert_table(c.cmd("MAIL FROM:<alice@example.com>"), "auth_error_temp")
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+
+
+def test_dead_milter_defers_never_accepts() -> None:
+    site = e2e_site("dead")
+    postfix = start_postfix(site.config)  # nothing listens on the milter socket
+    try:
+        with client(postfix, UNTRUSTED) as c:
+            reply = c.cmd("MAIL FROM:<a@sender.example>")
+            assert reply.code == 451, reply
+            assert reply.lines[0].startswith("451 4.")
+        # Trusted clients are deferred too: nothing passes unchecked, nothing is relayed.
+        with client(postfix, TRUSTED) as c:
+            assert c.cmd("MAIL FROM:<alice@example.com>").code == 451
+    finally:
+        postfix.stop()

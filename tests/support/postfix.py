@@ -1,0 +1,206 @@
+"""A throwaway Postfix instance with smtpguard attached, for end-to-end tests.
+
+Its main.cf is the generated snippet users copy (``smtpguard postfix-config``) plus what
+a private instance on loopback needs: own config, queue and data directories, smtpd on
+a free loopback port, XCLIENT for loopback, and every transport pointing at a pipe that
+writes each delivered message to a file the tests read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtpguard.app import load
+from smtpguard.mta import postfix_footer_regexp, postfix_main_cf
+from smtpguard.replies import load_replies
+
+POLL_INTERVAL = 0.05
+
+MASTER_CF = """\
+{port}    inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+capture   unix  -       n       n       -       -       pipe
+  flags=R user=nobody argv={capture} ${{queue_id}}
+"""
+
+LOCAL_MAIN_CF = """\
+# --- private test instance ---
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+myhostname = mx.example.com
+mydomain = example.com
+myorigin = example.com
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+relay_domains = {domains}
+local_recipient_maps =
+relay_recipient_maps =
+alias_maps =
+alias_database =
+default_transport = capture
+relay_transport = capture
+local_transport = capture
+virtual_transport = capture
+smtpd_authorized_xclient_hosts = 127.0.0.0/8
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+smtpd_banner = $myhostname ESMTP
+biff = no
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Postfix:
+    root: Path
+    port: int
+    config_dir: Path
+    delivered: Path
+    main_cf: str
+
+    def maillog(self) -> str:
+        path = self.root / "maillog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def delivered_messages(self) -> dict[str, bytes]:
+        return {p.stem: p.read_bytes() for p in self.delivered.glob("*.eml")}
+
+    def wait_delivered(self, queue_id: str, deadline: float = 20.0) -> bytes:
+        path = self.delivered / f"{queue_id}.eml"
+        end = time.monotonic() + deadline
+        while not (path.exists() and path.with_suffix(".done").exists()):
+            if time.monotonic() > end:
+                raise AssertionError(f"{queue_id} not delivered; maillog:\n{self.maillog()}")
+            time.sleep(POLL_INTERVAL)
+        return path.read_bytes()
+
+    def stop(self) -> None:
+        postfix_cmd(self.config_dir, "stop", check=False)
+        end = time.monotonic() + 20
+        env = {**os.environ, "MAIL_CONFIG": str(self.config_dir)}
+        # master -t exits non-zero while the instance still holds its lock.
+        while (
+            subprocess.run(
+                ["/usr/lib/postfix/sbin/master", "-t"], env=env, capture_output=True, check=False
+            ).returncode
+            != 0
+        ):
+            if time.monotonic() > end:
+                break
+            time.sleep(POLL_INTERVAL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postfix_cmd(config_dir: Path, *args: str, check: bool = True) -> str:
+    # postfix prints its errors only to a terminal: run it under script(1) to see them.
+    command = " ".join(["postfix", "-c", str(config_dir), *args])
+    result = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def start_postfix(
+    smtpguard_config: Path, extra_main_cf: str = "", relay_control: str = "milter"
+) -> Postfix:
+    """Start an instance whose milter settings come from ``smtpguard postfix-config``."""
+    # Postfix's unprivileged processes (pipe runs as nobody) must traverse the root.
+    root = Path(tempfile.mkdtemp(prefix="smtpguard-postfix-"))
+    root.chmod(0o755)
+    config_dir, queue, data, delivered = (root / n for n in ("etc", "queue", "data", "out"))
+    for d in (config_dir, queue, data, delivered):
+        d.mkdir()
+    shutil.chown(data, "postfix", "postfix")
+    delivered.chmod(0o1777)
+    capture = root / "capture.sh"
+    capture.write_text(
+        "#!/bin/sh\n"
+        "# pipe(8) delivery: keep the message as the test will read it.\n"
+        f'cat > "{delivered}/$1.eml.tmp" && mv "{delivered}/$1.eml.tmp" "{delivered}/$1.eml"'
+        f' && touch "{delivered}/$1.done"\n'
+    )
+    capture.chmod(capture.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    config = load(smtpguard_config)
+    replies = load_replies(config.replies, config.file)
+    snippet = postfix_main_cf(
+        config,
+        replies,
+        queue_directory=str(queue),
+        config_directory=str(config_dir),
+        relay_control=relay_control,
+    )
+    (config_dir / "smtpguard_footers.regexp").write_text(
+        postfix_footer_regexp(replies, config.replies.utf8 == "always")
+    )
+    port = free_port()
+    domains = " ".join(sorted(config.site.local_domains | config.site.relay_domains))
+    main_cf = (
+        snippet
+        + LOCAL_MAIN_CF.format(queue=queue, data=data, domains=domains, root=root)
+        + extra_main_cf
+    )
+    (config_dir / "main.cf").write_text(main_cf)
+    (config_dir / "master.cf").write_text(MASTER_CF.format(port=port, capture=capture))
+    postfix_cmd(config_dir, "start")
+    instance = Postfix(root, port, config_dir, delivered, main_cf)
+    wait_for_greeting(port)
+    return instance
+
+
+def wait_for_greeting(port: int, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError(f"postfix on port {port} did not greet")
+        time.sleep(POLL_INTERVAL)
