@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import pwd
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -245,13 +246,21 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return int(Milter.CONTINUE)
 
 
-def serve(app: App) -> None:
+def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     """Open the socket, fix its permissions, drop privileges, run libmilter's loop.
 
     This is ``Milter.runmilter`` split open: libmilter creates a unix socket with the
     process umask, so its mode, owner and group can only be set between
     ``opensocket`` and ``main``; privileges are dropped there too, once the socket
     (possibly in a root-owned directory) exists.
+
+    Signals: libmilter's own signal thread treats SIGHUP like SIGTERM (stop). So the
+    libmilter loop runs in a second thread and the main thread waits for SIGHUP,
+    SIGTERM and SIGINT with ``sigwait``. Linux hands a process-directed signal to the
+    thread group leader first when it is waiting for it, so these signals reach us,
+    not libmilter: SIGHUP calls ``reload`` and swaps the runtime (sessions in flight
+    keep theirs; a failing reload is logged and the old runtime stays), SIGTERM and
+    SIGINT stop libmilter, which lets sessions in flight finish.
     """
     config = app.runtime.config.milter
     Milter.factory = partial(SmtpGuardMilter, app)
@@ -283,7 +292,47 @@ def serve(app: App) -> None:
         )
     if config.user:
         drop_privileges(config.user)
-    milter.main()
+
+    signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # inherited by libmilter's threads
+    failure: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            milter.main()
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+        finally:
+            # Wake the main thread's sigwait when libmilter ends on its own.
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+
+    worker = threading.Thread(target=loop, name="libmilter", daemon=True)
+    worker.start()
+    while True:
+        sig = signal.sigwait(signals)
+        if sig == signal.SIGHUP and reload is not None and worker.is_alive():
+            _reload(app, reload)
+            continue
+        if sig == signal.SIGHUP:
+            continue
+        if worker.is_alive():
+            log.info("signal %s: stopping; sessions in flight finish first", sig)
+            app.gate.draining = True
+            milter.stop()
+        worker.join()
+        break
+    if failure:
+        raise failure[0]
+
+
+def _reload(app: App, reload: Callable[[], Runtime]) -> None:
+    try:
+        runtime = reload()
+    except Exception as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        return
+    app.swap(runtime)
+    log.info("reloaded configuration from %s", runtime.config.file)
 
 
 def secure_socket(path: str, mode: int, owner: str, group: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from smtpguard import __version__
 from smtpguard.adapter import App, serve
-from smtpguard.app import build_runtime, load, new_gate
+from smtpguard.app import Runtime, build_runtime, load, new_gate
 from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf, sendmail_mc
@@ -44,7 +44,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("smtpguard").info(
         "smtpguard %s starting on %s (config %s)", __version__, sock, config.file
     )
-    serve(App(runtime, new_gate(config)))
+
+    def reload() -> Runtime:
+        new = load(config.file)
+        if new.milter.socket != config.milter.socket:
+            raise ConfigError(new.file, "milter.socket", "changing the socket needs a restart")
+        return build_runtime(new)
+
+    serve(App(runtime, new_gate(config)), reload)
     logging.getLogger("smtpguard").info("smtpguard stopped")
     return 0
 

@@ -1,0 +1,861 @@
+"""End to end through a live Sendmail 8.17 with smtpguard attached (issue 6, part 5).
+
+A raw SMTP client (``support/smtp.py``) talks to a throwaway Sendmail
+(``support/sendmail.py``) whose milter lines are the verbatim output of
+``smtpguard sendmail-config``; smtpguard runs as the real ``smtpguard run`` service.
+
+What is proven here:
+
+* every milter-decided reply id that a loopback client can trigger reaches it with its
+  code, enhanced code and English text, with the ``<address>... `` prefix Sendmail
+  adds to 450, 550 and 553 (:func:`through_sendmail`);
+* replies are plain printable ASCII although the site's language policy is the default
+  (English and Chinese, UTF-8 always): smtpguard recognised Sendmail by macro ``v``.
+  A Chinese reply is mangled by Sendmail (it clears the 8th bit: control bytes, a bare
+  CR, a NUL that cuts the text; :func:`test_utf8_towards_sendmail_is_mangled`) and
+  could end the reply line early, so after each refusal a follow-up command must get
+  its own reply (:func:`refused`);
+* accepted mail arrives intact; Sendmail's own replies for the MTA-level rows of the
+  table are pinned (``contrib/sendmail/README.md`` compares them with the table);
+* with the milter gone, ``F=T`` gives Sendmail's ``451 4.3.2`` at MAIL (and at RCPT when
+  it dies mid-session).
+
+Sendmail has no XCLIENT, so the milter sees the client's real address. Most tests
+connect from 127.0.0.1, which the test site does not trust (``BASE_CONFIG``'s
+``trusted_networks = ["192.0.2.0/24"]``); the client binds to other loopback addresses
+where it needs another identity: 127.0.0.3 is trusted (``relay_domain_fail``), and
+127.0.0.2 is an ordinary untrusted client that Sendmail's own relay rules apply to
+(Sendmail always lets 127.0.0.1 relay). Ids not exercised here, and why:
+
+* ``auth_mode_unsupported``, ``domain_auth_error``, ``auth_error_perm``,
+  ``auth_error_temp``, ``sender_mismatch``: need an SMTP AUTH session, i.e. a Cyrus
+  SASL set-up for Sendmail (and TLS for the mechanism rules); not a question of the
+  reply path, which is the same MAIL-stage path as ``relay_local_fail`` (553, prefixed)
+  and ``black_mail_address`` (554).
+* ``rbl_deny``, ``openrelay_check``, ``smtpport_check``, ``sender_unvalidated``,
+  ``remote_ip_mismatch``: need DNS test data (a test resolver listing 127.0.0.1 or the
+  sender domain); the test site configures no resolver, so these checks are inactive.
+  Connect-stage verdicts are delivered at MAIL, shown here by ``queue_unavailable``.
+* ``virus_found``, ``antispam_reject``, ``same_size_flood``: need a virus scanner, the
+  anti-spam engine or a message flood; their reply path is the end-of-message path of
+  ``looping_message`` and ``attachment_too_long`` (552/554, never prefixed).
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import sqlite3
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.expected import SPEC
+from support.sendmail import (
+    POLL_INTERVAL,
+    Sendmail,
+    SendmailInstall,
+    fetch_debs,
+    install,
+    milter_socket_dir,
+    sendmail,
+)
+from support.service import RULES, Running, Site, make_site, merge, running, smtpguard
+from support.smtp import Reply, SmtpClient
+
+pytestmark = pytest.mark.integration
+
+#: The site: limits small enough to reach, 127.0.0.1 untrusted (BASE_CONFIG).
+LIMITS = {
+    "max_rcpt": 3,
+    "max_message_size": 1_000_000,
+    "max_attachment_size": 50_000,
+    # Sendmail's own MaxHopCount is 25 (its Received header included) and it does not
+    # pass that header to the milter; keep smtpguard's limit below it.
+    "max_hops": 20,
+}
+#: A loopback client address the site trusts, and one that Sendmail does not treat as
+#: local (it lets 127.0.0.1 relay whatever its relay settings say).
+TRUSTED_CLIENT = "127.0.0.3"
+OTHER_CLIENT = "127.0.0.2"
+EXTRA = {
+    "site": {"trusted_networks": ["192.0.2.0/24", f"{TRUSTED_CLIENT}/32"]},
+    "limits": LIMITS,
+    "content": {"add_loop_marker": True},
+}
+#: Reply codes that Sendmail prefixes with "<address>... " (measured; see the README).
+PREFIXED = frozenset({"450", "550", "553"})
+OK = "250 2.0.0 OK"
+SENDER = "friend@sender.example"
+HEADERS = (
+    f"From: Friend <{SENDER}>\r\n"
+    "To: alice@example.com\r\n"
+    "Subject: hello\r\n"
+    "Date: Sat, 28 Nov 2026 17:00:00 +0000\r\n"
+    "Message-ID: <1@sender.example>\r\n"
+).encode()
+RECEIVED = (
+    b"Received: from mail.sender.example (mail.sender.example [198.51.100.7])\r\n"
+    b"\tby relay.sender.example with ESMTP id 4F1A2B3C; Sat, 28 Nov 2026 16:00:00 +0000\r\n"
+)
+
+
+MAIL = f"MAIL FROM:<{SENDER}>"
+MAIL_OK = f"250 2.1.0 <{SENDER}>... Sender ok"
+ALICE = "RCPT TO:<alice@example.com>"
+ALICE_OK = "250 2.1.5 <alice@example.com>... Recipient ok"
+
+
+def through_sendmail(reply_id: str, address: str | None = None) -> str:
+    """The line a client reads for ``reply_id`` when smtpguard answers Sendmail.
+
+    English only (ASCII), and for 450/550/553 Sendmail's ``<address>... `` in front.
+    """
+    code, xcode, en, _zh = SPEC[reply_id]
+    prefix = f"{address}... " if address is not None and code in PREFIXED else ""
+    return f"{code} {xcode} {prefix}{en}"
+
+
+def assert_ascii(reply: Reply) -> None:
+    for line in reply.raw.split(b"\r\n")[:-1]:
+        assert all(0x20 <= byte < 0x7F for byte in line), f"not printable ASCII: {reply.raw!r}"
+
+
+def expect(client: SmtpClient, command: str, *lines: str) -> Reply:
+    reply = client.cmd(command)
+    assert_ascii(reply)
+    assert reply.lines == lines, f"{command!r}: got {reply}"
+    return reply
+
+
+def refused(client: SmtpClient, command: str, *lines: str) -> None:
+    """``command`` gets exactly ``lines``; the next command then gets its own reply."""
+    expect(client, command, *lines)
+    assert client.buf == b"", f"bytes after the reply: {client.buf!r}"
+    expect(client, "NOOP", OK)
+    assert client.buf == b""
+
+
+def sender_ok(address: str) -> str:
+    return f"250 2.1.0 {address}... Sender ok"
+
+
+def recipient_ok(address: str) -> str:
+    return f"250 2.1.5 {address}... Recipient ok"
+
+
+def lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
+
+
+# --- fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sendmail_install(tmp_path_factory: pytest.TempPathFactory) -> SendmailInstall:
+    return install(fetch_debs(), tmp_path_factory.mktemp("sendmail-root"))
+
+
+def guard_site(tmp: Path, sock: Path, extra: dict[str, object] | None = None) -> Site:
+    return make_site(tmp, merge(merge(EXTRA, {"milter": {"socket": f"unix:{sock}"}}), extra or {}))
+
+
+def snippet(site: Site) -> str:
+    """What users copy into sendmail.mc."""
+    return smtpguard(site, "sendmail-config").stdout
+
+
+@pytest.fixture(scope="module")
+def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with milter_socket_dir() as sockets:
+        site = guard_site(tmp_path_factory.mktemp("guard"), sockets / "smtpguard.sock")
+        with running(site, wait_for=str(sockets / "smtpguard.sock")) as svc:
+            yield svc
+
+
+@pytest.fixture(scope="module")
+def mta(
+    sendmail_install: SendmailInstall, guard: Running, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    with sendmail(sendmail_install, tmp_path_factory.mktemp("mta"), snippet(guard.site)) as sm:
+        yield sm
+
+
+@pytest.fixture
+def client(mta: Sendmail) -> Iterator[SmtpClient]:
+    with mta.client() as c:
+        assert c.greeting.code == 220
+        yield c
+
+
+def greeted(client: SmtpClient, helo: str = "client.test") -> SmtpClient:
+    reply = client.ehlo(helo)
+    assert reply.code == 250, reply
+    return client
+
+
+def envelope(client: SmtpClient, rcpt: str = "alice@example.com") -> SmtpClient:
+    greeted(client)
+    expect(client, MAIL, MAIL_OK)
+    expect(client, f"RCPT TO:<{rcpt}>", recipient_ok(f"<{rcpt}>"))
+    return client
+
+
+# --- the instance itself ----------------------------------------------------------
+
+
+def test_the_same_site_answers_postfix_in_utf8(guard: Running) -> None:
+    """The ASCII replies in this module come from detecting Sendmail, not from the
+    site's language policy."""
+    listing = smtpguard(guard.site, "replies").stdout
+    assert "553 5.7.1 host denies the sender. (拒绝发件人地址)" in listing
+
+
+def test_snippet_is_in_the_running_config(mta: Sendmail, guard: Running) -> None:
+    mc = (mta.dir / "test.mc").read_text()
+    assert snippet(guard.site) in mc
+    cf = (mta.dir / "test.cf").read_text()
+    assert "Xsmtpguard-test, S=local:/run/smtpguard-tests/" in cf
+    assert "F=T, T=C:30s;S:10s;R:30s;E:5m" in cf
+
+
+def test_accepted_mail_arrives_intact(client: SmtpClient, mta: Sendmail) -> None:
+    body = (
+        "Hello Alice, token INTACT-1.\r\n"
+        ".a line that starts with a dot\r\n"
+        "\ttabbed line, trailing spaces   \r\n"
+        "8-bit text: caf\u00e9 \u4f60\u597d\r\n" + "x" * 998 + "\r\n"
+        "\r\n"
+        "last line\r\n"
+    ).encode()
+    envelope(client)
+    reply = client.data(HEADERS + b"\r\n" + body)
+    assert_ascii(reply)
+    assert reply.code == 250, reply
+    assert reply.text.endswith("Message accepted for delivery")
+    delivery = mta.wait_for_delivery(b"INTACT-1")
+    assert delivery.recipient == "alice@example.com"
+    head, sep, delivered_body = delivery.message.partition(b"\n\n")
+    assert sep
+    assert delivered_body == lf(body)
+    # Sendmail's Received header first, then the client's headers unchanged, then the
+    # loop marker smtpguard adds.
+    lines = head.split(b"\n")
+    assert lines[0] == b"Received: from client.test (localhost [127.0.0.1])"
+    assert lines[1].startswith(b"\tby mx.example.com (8.17")
+    assert lines[2].startswith(b"\tfor <alice@example.com>; ")
+    assert b"\n".join(lines[3:]) + b"\n" == lf(HEADERS) + b"X-Smtpguard-Loop: mx.example.com\n"
+
+
+def test_refused_recipient_does_not_disturb_the_transaction(
+    client: SmtpClient, mta: Sendmail
+) -> None:
+    greeted(client)
+    expect(client, MAIL, MAIL_OK)
+    refused(
+        client,
+        "RCPT TO:<nobody@example.com>",
+        through_sendmail("mailbox_unavailable", "<nobody@example.com>"),
+    )
+    expect(client, ALICE, ALICE_OK)
+    reply = client.data(HEADERS + b"\r\nINTACT-2\r\n")
+    assert reply.code == 250, reply
+    assert mta.wait_for_delivery(b"INTACT-2").recipient == "alice@example.com"
+    assert not [d for d in mta.deliveries() if d.recipient.startswith("nobody")]
+
+
+# --- MAIL FROM --------------------------------------------------------------------
+
+
+def test_helo_first(client: SmtpClient) -> None:
+    refused(client, MAIL, through_sendmail("helo_first"))
+    greeted(client)
+    expect(client, MAIL, MAIL_OK)
+
+
+@pytest.mark.parametrize(
+    "helo",
+    [
+        "localhost",  # not a FQDN
+        "bad_name.example",  # not LDH (Sendmail itself allows "_")
+        "[198.51.100.99]",  # address literal that is not the client
+        "[not-an-ip]",
+        "mx.example.com",  # our own name from an untrusted client
+        "example.com",  # our own domain
+        "198.51.100.7",  # bare IP: not a FQDN, not a literal
+    ],
+)
+def test_helo_error(client: SmtpClient, helo: str) -> None:
+    greeted(client, helo)
+    refused(client, MAIL, through_sendmail("helo_error"))
+    # A new EHLO with a proper name starts over, in step.
+    greeted(client)
+    expect(client, MAIL, MAIL_OK)
+
+
+def test_helo_with_the_client_literal_passes(client: SmtpClient) -> None:
+    greeted(client, "[127.0.0.1]")
+    expect(client, MAIL, MAIL_OK)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "<a..b@sender.example>",
+        "<us er@sender.example>",
+        "<user@-bad-.example>",
+        "<user@bad_dom.example>",
+        "<" + "a" * 65 + "@sender.example>",
+    ],
+)
+def test_mail_from_invalid(client: SmtpClient, path: str) -> None:
+    """The malformed paths Sendmail lets through to the milter (552: no prefix)."""
+    greeted(client)
+    refused(client, f"MAIL FROM:{path}", through_sendmail("mail_from_invalid"))
+    expect(client, MAIL, MAIL_OK)
+
+
+@pytest.mark.parametrize(
+    ("path", "line"),
+    [
+        ("<@sender.example>", "553 5.1.3 <@sender.example>... User address required"),
+        ("<user@>", "553 5.1.3 <user@>... Hostname required"),
+        ("<user@sender.example", "553 5.0.0 <user@sender.example... Unbalanced '<'"),
+    ],
+)
+def test_mail_from_refused_by_sendmail_itself(client: SmtpClient, path: str, line: str) -> None:
+    """Sendmail's parser answers these before the milter is asked (README)."""
+    greeted(client)
+    refused(client, f"MAIL FROM:{path}", line)
+
+
+def test_message_too_long_from_size(client: SmtpClient) -> None:
+    greeted(client)
+    refused(client, f"{MAIL} SIZE=1000001", through_sendmail("message_too_long"))
+    expect(client, f"{MAIL} SIZE=1000000", MAIL_OK)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "<spammer@bad.example>",
+        "<x@junk.example>",
+        "<x@deep.sub.junk.example>",
+        "<promo-42@any.example>",
+        "<SPAMMER@Bad.Example>",
+    ],
+)
+def test_host_denies_sender(client: SmtpClient, path: str) -> None:
+    greeted(client)
+    # 553: Sendmail puts the path, as the client wrote it, in front.
+    refused(client, f"MAIL FROM:{path}", through_sendmail("host_denies_sender", path))
+    expect(client, MAIL, MAIL_OK)
+
+
+def test_black_mail_address(guard: Running, mta: Sendmail) -> None:
+    address = "pest@sender.example"
+    smtpguard(guard.site, "blacklist", "add", address, "--reason", "sendmail e2e")
+    try:
+        with mta.client() as c:
+            greeted(c)
+            refused(c, "MAIL FROM:<Pest@Sender.Example>", through_sendmail("black_mail_address"))
+    finally:
+        smtpguard(guard.site, "blacklist", "remove", address)
+    with mta.client() as c:
+        greeted(c)
+        expect(c, f"MAIL FROM:<{address}>", sender_ok(f"<{address}>"))
+
+
+def test_relay_local_fail(client: SmtpClient) -> None:
+    greeted(client)
+    refused(
+        client,
+        "MAIL FROM:<alice@example.com>",
+        through_sendmail("relay_local_fail", "<alice@example.com>"),
+    )
+    expect(client, "MAIL FROM:<>", sender_ok("<>"))
+
+
+# --- RCPT TO ----------------------------------------------------------------------
+
+
+def test_host_denies_relay(client: SmtpClient) -> None:
+    greeted(client)
+    expect(client, MAIL, MAIL_OK)
+    refused(
+        client,
+        "RCPT TO:<x@foreign.example>",
+        through_sendmail("host_denies_relay", "<x@foreign.example>"),
+    )
+    expect(client, ALICE, ALICE_OK)
+    expect(client, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
+
+
+def test_relay_domain_fail(mta: Sendmail) -> None:
+    """A trusted client may relay only with a sender address of ours."""
+    with mta.client(source=TRUSTED_CLIENT) as c:
+        greeted(c, "mx.example.com")  # our own name is fine from a trusted host
+        expect(c, "MAIL FROM:<someone@foreign.example>", sender_ok("<someone@foreign.example>"))
+        refused(
+            c,
+            "RCPT TO:<x@other.example>",
+            through_sendmail("relay_domain_fail", "<x@other.example>"),
+        )
+        expect(c, "RSET", "250 2.0.0 Reset state")
+        expect(c, "MAIL FROM:<alice@example.com>", sender_ok("<alice@example.com>"))
+        expect(c, "RCPT TO:<x@other.example>", recipient_ok("<x@other.example>"))
+        reply = c.data(HEADERS + b"\r\nRELAYED-1\r\n")
+        assert reply.code == 250, reply
+    assert mta.wait_for_delivery(b"RELAYED-1").recipient == "x@other.example"
+
+
+def test_rcpt_limit(client: SmtpClient, mta: Sendmail) -> None:
+    greeted(client)
+    expect(client, MAIL, MAIL_OK)
+    accepted = ["alice@example.com", "sales@example.com", "news@example.com"]
+    for rcpt in accepted:
+        expect(client, f"RCPT TO:<{rcpt}>", recipient_ok(f"<{rcpt}>"))
+    # 451: no prefix.
+    refused(client, "RCPT TO:<x@relay.example>", through_sendmail("rcpt_limit"))
+    reply = client.data(HEADERS + b"\r\nLIMIT-1\r\n")
+    assert reply.code == 250, reply
+    got = sorted(d.recipient for d in mta.wait_for_deliveries(b"LIMIT-1", len(accepted)))
+    assert got == sorted(accepted)
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "reply_id"),
+    [
+        ("<nobody@example.com>", "mailbox_unavailable"),
+        ("<carol@example.com>", "mailbox_unavailable_temp"),
+        ("<bob@example.com>", "user_locked"),
+        ("<staff@example.com>", "private_list_denied"),
+    ],
+)
+def test_recipient_directory_replies(client: SmtpClient, rcpt: str, reply_id: str) -> None:
+    greeted(client)
+    expect(client, MAIL, MAIL_OK)
+    refused(client, f"RCPT TO:{rcpt}", through_sendmail(reply_id, rcpt))
+    expect(client, ALICE, ALICE_OK)
+
+
+def test_database_temp_error(client: SmtpClient, guard: Running) -> None:
+    db = sqlite3.connect(guard.site.directory, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # directory readers now get "database is locked"
+    try:
+        greeted(client)
+        expect(client, MAIL, MAIL_OK)
+        refused(
+            client,
+            "RCPT TO:<alice@example.com>",
+            through_sendmail("database_temp_error", "<alice@example.com>"),
+        )
+        # A recipient that needs no directory lookup still passes.
+        expect(client, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+
+
+# --- end of message ---------------------------------------------------------------
+
+
+def refused_message(client: SmtpClient, message: bytes, reply_id: str) -> None:
+    reply = client.data(message)
+    assert_ascii(reply)
+    assert reply.lines == (through_sendmail(reply_id),), f"{reply_id}: got {reply}"
+    expect(client, "NOOP", OK)
+    # The transaction is over; a new one starts in step.
+    expect(client, MAIL, MAIL_OK)
+
+
+def accepted_message(client: SmtpClient, mta: Sendmail, message: bytes, token: bytes) -> None:
+    reply = client.data(message)
+    assert reply.code == 250, reply
+    mta.wait_for_delivery(token)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"X-Smtpguard-Loop: mx.example.com\r\n",  # our own marker: we accepted it before
+        b"Delivered-To: alice@example.com\r\n",  # delivered to this recipient before
+        RECEIVED * 21,  # more hops than limits.max_hops
+    ],
+)
+def test_looping_message(client: SmtpClient, extra: bytes) -> None:
+    envelope(client)
+    refused_message(client, extra + HEADERS + b"\r\nhi\r\n", "looping_message")
+
+
+def test_hops_at_the_limit_pass(client: SmtpClient, mta: Sendmail) -> None:
+    """Sendmail does not show its own Received header to the milter: 20 is 20."""
+    envelope(client)
+    accepted_message(client, mta, RECEIVED * 20 + HEADERS + b"\r\nHOPS-20\r\n", b"HOPS-20")
+
+
+@pytest.mark.parametrize(
+    "received",
+    [
+        b"from mx.example.com (mx.example.com [203.0.113.25])\r\n"
+        b"\tby relay.sender.example with ESMTP id 1; Sat, 28 Nov 2026 16:00:00 +0000",
+        b"this is not a trace field",
+    ],
+)
+def test_fake_router(client: SmtpClient, received: bytes) -> None:
+    envelope(client)
+    refused_message(
+        client, b"Received: " + received + b"\r\n" + HEADERS + b"\r\nx\r\n", "fake_router"
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        (HEADERS + b"X-Long: " + b"a" * 991 + b"\r\n", b"x\r\n"),  # 999-octet header line
+        (HEADERS, b"short\r\n" + b"b" * 999 + b"\r\n"),  # 999-octet body line
+        (HEADERS, b"nul \x00 byte\r\n"),
+    ],
+)
+def test_line_parse_error(client: SmtpClient, headers: bytes, body: bytes) -> None:
+    envelope(client)
+    refused_message(client, headers + b"\r\n" + body, "line_parse_error")
+
+
+def test_message_too_long_while_streaming(client: SmtpClient) -> None:
+    envelope(client)
+    body = (b"x" * 78 + b"\r\n") * 13_000  # ~1.04 MB > limits.max_message_size
+    refused_message(client, HEADERS + b"\r\n" + body, "message_too_long")
+
+
+def mime_with_attachment(size: int, token: str) -> bytes:
+    data = base64.encodebytes(b"\xa5" * size).replace(b"\n", b"\r\n")
+    return (
+        HEADERS
+        + b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        + f"--b1\r\nContent-Type: text/plain\r\n\r\n{token}\r\n--b1\r\n".encode()
+        + b'Content-Type: application/octet-stream; name="big.bin"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="big.bin"\r\n\r\n' + data + b"\r\n--b1--\r\n"
+    )
+
+
+def test_attachment_too_long(client: SmtpClient, mta: Sendmail) -> None:
+    envelope(client)
+    refused_message(client, mime_with_attachment(50_001, "BIG"), "attachment_too_long")
+    expect(client, ALICE, ALICE_OK)
+    accepted_message(client, mta, mime_with_attachment(50_000, "ATTACH-OK"), b"ATTACH-OK")
+
+
+# --- Sendmail's own replies for the MTA-level rows --------------------------------
+
+
+def test_mta_level_rows_are_sendmails_own(client: SmtpClient, guard: Running) -> None:
+    """Pinned, so that contrib/sendmail/README.md stays true. smtpguard decides none."""
+    decisions = guard.log().count(" decision ")
+    greeted(client)
+    # mail_first (table: 502)
+    refused(client, "RCPT TO:<alice@example.com>", "503 5.0.0 Need MAIL before RCPT")
+    refused(client, "DATA", "503 5.0.0 Need MAIL command")
+    # syntax_error (table: 500)
+    refused(client, "FOO bar", '500 5.5.1 Command unrecognized: "FOO bar"')
+    refused(client, "MAIL FROM", '501 5.5.2 Syntax error in parameters scanning "FROM"')
+    expect(client, MAIL, MAIL_OK)
+    # rcpt_first (table: 503)
+    refused(client, "DATA", "503 5.0.0 Need RCPT (recipient)")
+    # sequence_error (table: 500)
+    refused(client, "MAIL FROM:<b@sender.example>", "503 5.5.0 Sender already specified")
+    # ESMTP parameters Sendmail does not know, SMTPUTF8 included (no RFC 6531 here).
+    expect(client, "RSET", "250 2.0.0 Reset state")
+    refused(client, f"{MAIL} SMTPUTF8", "555 5.5.4 SMTPUTF8 parameter unrecognized")
+    # A command line ended by a bare LF is accepted.
+    client.send_raw(b"NOOP\n")
+    assert client.read().lines == (OK,)
+    assert guard.log().count(" decision ") == decisions
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (
+            b"Subject: x\r\n\r\nline one\nline two\r\n.\r\n",
+            "421 4.5.0 Bare linefeed (LF) not allowed",
+        ),
+        (
+            b"Subject: x\r\n\r\nline one\rline two\r\n.\r\n",
+            "421 4.5.0 Bare carriage return (CR) not allowed",
+        ),
+    ],
+)
+def test_stray_newline_is_sendmails_own(client: SmtpClient, data: bytes, line: str) -> None:
+    """stray_newline (table: 451): Debian's fix for SMTP smuggling closes the session."""
+    envelope(client)
+    expect(client, "DATA", "354 End data with <CR><LF>.<CR><LF>")
+    client.send_raw(data)
+    reply = client.read()
+    assert reply.lines == (line,)
+    with pytest.raises(ConnectionError):  # Sendmail closed the session
+        client.cmd("NOOP")
+
+
+# --- a Sendmail that keeps relay control itself -----------------------------------
+
+#: Production-style relay lines: Sendmail refuses relaying itself, with the table's
+#: text, so relay control holds while the milter is down; as Debian's OSTYPE does,
+#: it also rejects NUL bytes itself.
+STRICT_RELAY = (
+    "RELAY_DOMAIN(`example.com relay.example')dnl\n"
+    "define(`confRELAY_MSG', `\"553 host denies relay.\"')dnl\n"
+    "define(`confREJECT_NUL', `true')dnl\n"
+)
+
+
+@pytest.fixture(scope="module")
+def strict_mta(
+    sendmail_install: SendmailInstall, guard: Running, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    directory = tmp_path_factory.mktemp("strict")
+    with sendmail(sendmail_install, directory, snippet(guard.site), relay=STRICT_RELAY) as sm:
+        yield sm
+
+
+def test_sendmail_relay_refusal_reads_like_the_table(strict_mta: Sendmail, guard: Running) -> None:
+    before = guard.log().count("reply=host_denies_relay")
+    with strict_mta.client(source=OTHER_CLIENT) as c:
+        greeted(c)
+        expect(c, MAIL, MAIL_OK)
+        refused(
+            c,
+            "RCPT TO:<x@foreign.example>",
+            through_sendmail("host_denies_relay", "<x@foreign.example>"),
+        )
+        expect(c, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
+        # The milter still answers for the directory.
+        refused(
+            c,
+            "RCPT TO:<bob@example.com>",
+            through_sendmail("user_locked", "<bob@example.com>"),
+        )
+    # Sendmail answered the relay attempt before asking the milter.
+    assert guard.log().count("reply=host_denies_relay") == before
+
+
+def test_sendmail_relay_refusal_without_client_name(strict_mta: Sendmail) -> None:
+    """confRELAY_MSG does not cover a client whose address has no name (README)."""
+    with strict_mta.client(source="127.0.0.4") as c:
+        greeted(c)
+        expect(c, MAIL, MAIL_OK)
+        refused(
+            c,
+            "RCPT TO:<x@foreign.example>",
+            "550 5.7.1 <x@foreign.example>... Relaying denied. IP name lookup failed [127.0.0.4]",
+        )
+
+
+def test_sendmail_reject_nul_answers_first(strict_mta: Sendmail) -> None:
+    with strict_mta.client() as c:
+        envelope(c)
+        reply = c.data(HEADERS + b"\r\nnul \x00 byte\r\n")
+        assert_ascii(reply)
+        assert reply.lines == ("554 5.6.1 NUL byte not allowed",)
+        expect(c, "NOOP", OK)
+
+
+# --- more sites: session limit with hints, internal errors, a dying milter --------
+
+
+@pytest.fixture(scope="module")
+def busy(
+    sendmail_install: SendmailInstall, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    """One session at a time; replies carry the table's hint as a second line."""
+    with milter_socket_dir() as sockets:
+        sock = sockets / "smtpguard.sock"
+        site = guard_site(
+            tmp_path_factory.mktemp("busy"),
+            sock,
+            {"limits": {"max_sessions": 1}, "replies": {"hint": True}},
+        )
+        with (
+            running(site, wait_for=str(sock)),
+            sendmail(sendmail_install, tmp_path_factory.mktemp("busy-mta"), snippet(site)) as sm,
+        ):
+            yield sm
+
+
+def hint(reply_id: str) -> str:
+    with (RULES / "replies.toml").open("rb") as fh:
+        text: str = tomllib.load(fh)[reply_id]["hint"]["en"]
+    return text
+
+
+def session_with_a_slot(mta: Sendmail, deadline: float = 10.0) -> SmtpClient:
+    """A session that got past MAIL on the one-session site.
+
+    Sendmail answers QUIT before it closes its milter connection, so the slot of the
+    previous session (the fixture's readiness probe) may still be taken for a moment.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        client = greeted(mta.client())
+        if client.cmd(MAIL).code == 250:
+            return client
+        client.quit()
+        assert time.monotonic() < end, "the session slot was never free"
+        time.sleep(POLL_INTERVAL)
+
+
+def test_queue_unavailable_multi_line(busy: Sendmail) -> None:
+    """A connect-stage verdict, delivered at MAIL; only the first line is prefixed."""
+    code, xcode, _en, _zh = SPEC["queue_unavailable"]
+    with session_with_a_slot(busy) as first, busy.client() as second:
+        greeted(second)
+        first_line = through_sendmail("queue_unavailable", f"<{SENDER}>")
+        refused(
+            second,
+            MAIL,
+            first_line.replace(" ", "-", 1),
+            f"{code} {xcode} {hint('queue_unavailable')}",
+        )
+        expect(first, ALICE, ALICE_OK)
+
+
+@pytest.fixture(scope="module")
+def faulty(
+    sendmail_install: SendmailInstall, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    """smtpguard with a directory that raises (tests/support/faulty_service.py)."""
+    script = Path(__file__).resolve().parents[1] / "support" / "faulty_service.py"
+    with milter_socket_dir() as sockets:
+        sock = sockets / "smtpguard.sock"
+        site = guard_site(tmp_path_factory.mktemp("faulty"), sock)
+        with (
+            running(site, [sys.executable, str(script), str(site.config)], wait_for=str(sock)),
+            sendmail(sendmail_install, tmp_path_factory.mktemp("faulty-mta"), snippet(site)) as sm,
+        ):
+            yield sm
+
+
+def test_internal_error(faulty: Sendmail) -> None:
+    with faulty.client() as c:
+        greeted(c)
+        expect(c, MAIL, MAIL_OK)
+        refused(
+            c,
+            "RCPT TO:<alice@example.com>",
+            through_sendmail("internal_error", "<alice@example.com>"),
+        )
+        expect(c, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
+
+
+TEMPFAIL = "451 4.3.2 Please try again later"
+
+
+def test_dead_milter_gives_sendmails_tempfail(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    with milter_socket_dir() as sockets:
+        sock = sockets / "smtpguard.sock"
+        site = guard_site(tmp_path / "site", sock)
+        with (
+            running(site, wait_for=str(sock)) as svc,
+            sendmail(sendmail_install, tmp_path / "mta", snippet(site)) as sm,
+            sm.client() as c,
+        ):
+            greeted(c)
+            expect(c, MAIL, MAIL_OK)
+            svc.process.kill()  # a crash: the socket is gone at once
+            svc.process.wait()
+            # Mid-session: the next milter command fails, F=T tempfails it.
+            refused(c, "RCPT TO:<alice@example.com>", TEMPFAIL)
+            # A new session: greeting and EHLO as usual, MAIL tempfails.
+            with sm.client() as later:
+                assert later.greeting.code == 220
+                greeted(later)
+                refused(later, MAIL, TEMPFAIL)
+                refused(later, MAIL, TEMPFAIL)
+
+
+@pytest.fixture(scope="module")
+def utf8_mta(
+    sendmail_install: SendmailInstall, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    """smtpguard told that its MTA is Postfix, so it sends the table's Chinese."""
+    with milter_socket_dir() as sockets:
+        sock = sockets / "smtpguard.sock"
+        site = guard_site(tmp_path_factory.mktemp("utf8"), sock, {"milter": {"mta": "postfix"}})
+        with (
+            running(site, wait_for=str(sock)),
+            sendmail(sendmail_install, tmp_path_factory.mktemp("utf8-mta"), snippet(site)) as sm,
+        ):
+            yield sm
+
+
+@pytest.mark.parametrize(
+    ("before", "command", "address", "reply_id"),
+    [
+        ((), "MAIL FROM:<spammer@bad.example>", "<spammer@bad.example>", "host_denies_sender"),
+        ((MAIL,), "RCPT TO:<nobody@example.com>", "<nobody@example.com>", "mailbox_unavailable"),
+        ((MAIL, ALICE, ALICE, ALICE), "RCPT TO:<x@relay.example>", None, "rcpt_limit"),
+    ],
+    ids=["host_denies_sender", "mailbox_unavailable", "rcpt_limit"],
+)
+def test_utf8_towards_sendmail_is_mangled(
+    utf8_mta: Sendmail,
+    before: tuple[str, ...],
+    command: str,
+    address: str | None,
+    reply_id: str,
+) -> None:
+    """Why smtpguard must detect Sendmail: Sendmail clears the 8th bit of every byte of
+    a milter's reply. 0x80 becomes a NUL that ends the text (址 = E5 9D 80), 0x8D a bare
+    CR (不 = E4 B8 8D), 0x8A a bare LF (上 = E4 B8 8A): a client that ends lines at LF
+    reads the rest of the line as one more reply. This client splits at CRLF only."""
+    code, xcode, en, zh = SPEC[reply_id]
+    with utf8_mta.client() as c:
+        greeted(c)
+        for line in before:
+            assert c.cmd(line).code == 250
+        reply = c.cmd(command)
+        expect(c, "NOOP", OK)
+    prefix = f"{address}... " if address else ""
+    sent = f"{code} {xcode} {prefix}{en} ({zh})".encode()
+    mangled = bytes(byte & 0x7F for byte in sent).split(b"\0")[0]
+    assert reply.raw == mangled + b"\r\n"
+    with pytest.raises(AssertionError, match="not printable ASCII"):
+        assert_ascii(reply)
+
+
+def rcpt_limit_with_smtplib(mta: Sendmail) -> list[tuple[int, bytes]]:
+    """Python's smtplib, which ends reply lines at LF: RCPT one too many, NOOP, RSET."""
+    client = smtplib.SMTP("127.0.0.1", mta.port, timeout=30)
+    try:
+        client.ehlo("client.test")
+        assert client.docmd(MAIL)[0] == 250
+        for _ in range(3):
+            assert client.docmd(ALICE)[0] == 250
+        return [client.docmd(cmd) for cmd in ("RCPT TO:<x@relay.example>", "NOOP", "RSET")]
+    finally:
+        client.close()
+
+
+def test_a_real_client_stays_in_step(mta: Sendmail) -> None:
+    assert rcpt_limit_with_smtplib(mta) == [
+        (451, b"4.5.3 out of allow RCPT numbers."),
+        (250, b"2.0.0 OK"),
+        (250, b"2.0.0 Reset state"),
+    ]
+
+
+def test_utf8_towards_sendmail_desynchronizes_a_real_client(utf8_mta: Sendmail) -> None:
+    """The bare LF from rcpt_limit's Chinese ends smtplib's reply early; the rest of
+    the line is read as the answer to NOOP, and NOOP's answer as the answer to RSET."""
+    assert rcpt_limit_with_smtplib(utf8_mta) == [
+        (451, b"4.5.3 out of allow RCPT numbers. (h6\x05e\x07: RCPT e\x05\x01h.8d8"),
+        (-1, b""),  # "i\x19\x10)": not a reply smtplib can parse
+        (250, b"2.0.0 OK"),  # NOOP's reply, one command late
+    ]

@@ -1,0 +1,396 @@
+"""A throwaway live Sendmail 8.17 (Debian's build) for end-to-end tests.
+
+Debian's ``sendmail-bin`` conflicts with ``postfix``, so nothing is installed: the
+packages are fetched with ``apt-get download`` (once; kept in :data:`CACHE_DIR`),
+unpacked with ``dpkg -x`` into a private root and run from there
+(``../shared/spec/harness-facts.md``, "A live Sendmail beside Postfix"). Traps handled
+here:
+
+* the binary is setgid ``mail``, and a setgid binary ignores
+  ``LD_LIBRARY_PATH``: the private copy gets ``chmod g-s``;
+* Sendmail looks up its own host name before it reads the config and sleeps 60 s when
+  the name has no dot: it runs under ``unshare --uts --mount`` with a dotted host name
+  and a private ``/etc/hosts`` bind-mounted over the real one;
+* the cf's default MSA daemon would listen on port 587 of every interface:
+  ``FEATURE(no_default_msa)``;
+* there is no syslog here: Sendmail's own log is lost, so ``-X`` records the SMTP
+  traffic (the ``traffic.log`` of an instance) for post-mortems;
+* every recipient goes to a ``deliver`` mailer, a shell script that appends the message
+  to one file, so nothing leaves the machine and tests can read what was delivered.
+
+The milter lines of the ``.mc`` are the verbatim output of ``smtpguard sendmail-config``,
+the snippet users copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.smtp import SmtpClient
+
+#: Where the downloaded .debs are kept between test runs.
+CACHE_DIR = Path("/var/cache/smtpguard-tests/debs")
+PACKAGES = ("sendmail-bin", "sendmail-base", "sendmail-cf", "m4", "liblockfile1", "libwrap0")
+#: Sendmail's $j and the host name it finds for itself (must contain a dot).
+HOSTNAME = "mx.example.com"
+POLL_INTERVAL = 0.02
+#: Loopback client addresses with a name in the instance's hosts file (forward and
+#: reverse agree); any other 127.x address has no name.
+CLIENT_NAMES = {"127.0.0.2": "other.client.test", "127.0.0.3": "trusted.client.test"}
+
+
+# --- packages ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialize test processes that share the cache (concurrent pytest runs)."""
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _cached(cache: Path, package: str) -> Path | None:
+    found = sorted(cache.glob(f"{package}_*.deb"))
+    return found[-1] if found else None
+
+
+def fetch_debs(cache: Path = CACHE_DIR) -> list[Path]:
+    """The .deb of every package in :data:`PACKAGES`, downloaded only when missing."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with _locked(cache / ".lock"):
+        missing = [p for p in PACKAGES if _cached(cache, p) is None]
+        if missing:
+            # Download next to the cache and move in only complete files, so an
+            # interrupted download never leaves a truncated .deb behind.
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                result = subprocess.run(
+                    # apt's _apt sandbox user cannot write into a root-only directory.
+                    ["apt-get", "download", "-o", "APT::Sandbox::User=root", *missing],
+                    cwd=tmp,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    check=False,
+                )
+                if result.returncode != 0:
+                    raise RuntimeError(f"apt-get download {missing} failed:\n{result.stderr}")
+                for deb in Path(tmp).glob("*.deb"):
+                    deb.rename(cache / deb.name)
+        debs = [_cached(cache, p) for p in PACKAGES]
+    return [deb for deb in debs if deb is not None]
+
+
+@dataclass(frozen=True)
+class SendmailInstall:
+    """The unpacked packages: binary, private libraries, m4 and the cf tree."""
+
+    root: Path
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "usr/libexec/sendmail/sendmail"
+
+    @property
+    def m4(self) -> Path:
+        return self.root / "usr/bin/m4"
+
+    @property
+    def cf_dir(self) -> Path:
+        return self.root / "usr/share/sendmail/cf"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.root / "usr/lib/x86_64-linux-gnu"
+
+    def build_cf(self, mc: Path, cf: Path) -> None:
+        with cf.open("w") as out:
+            subprocess.run(
+                [str(self.m4), f"-D_CF_DIR_={self.cf_dir}/", str(self.cf_dir / "m4/cf.m4"), mc],
+                stdout=out,
+                stderr=subprocess.PIPE,  # FEATURE(promiscuous_relay) warns here
+                check=True,
+                timeout=30,
+            )
+
+
+def install(debs: Sequence[Path], root: Path) -> SendmailInstall:
+    root.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, timeout=60)
+    inst = SendmailInstall(root)
+    mode = inst.binary.stat().st_mode
+    # A setgid binary ignores LD_LIBRARY_PATH (and would not find the private libwrap).
+    inst.binary.chmod(mode & ~(stat.S_ISGID | stat.S_ISUID))
+    return inst
+
+
+class LoopbackClient(SmtpClient):
+    """:class:`SmtpClient` from a chosen source address.
+
+    Sendmail has no XCLIENT, so the client address a milter sees is the real one; every
+    address of 127.0.0.0/8 is local, which gives tests more than one client identity.
+    """
+
+    def __init__(self, host: str, port: int, *, source: str, timeout: float = 30.0) -> None:
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0)
+        )
+        self.buf = b""
+        self.greeting = self.read()
+
+
+# --- one instance -----------------------------------------------------------------
+
+#: Parent of the milter sockets (root-owned, 0755, like /run/smtpguard in production).
+SOCKET_ROOT = Path("/run/smtpguard-tests")
+
+
+@contextlib.contextmanager
+def milter_socket_dir() -> Iterator[Path]:
+    """A private directory for smtpguard's unix socket, outside of /tmp.
+
+    Sendmail refuses a ``local:`` milter socket below a world-writable directory, sticky
+    or not ("local socket name ... unsafe: World writable directory"), and then
+    tempfails every session: pytest's tmp_path lives under /tmp.
+    """
+    SOCKET_ROOT.mkdir(mode=0o755, exist_ok=True)
+    SOCKET_ROOT.chmod(0o755)
+    path = Path(tempfile.mkdtemp(dir=SOCKET_ROOT))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+#: Frames one delivery in the delivery file: bytes that do not occur in test mail.
+DELIVERY_START = b"\x1e"
+DELIVERY_END = b"\x1f\n"
+
+DELIVER_SCRIPT = """\
+#!/bin/sh
+# The test instance's only mailer: append the message, framed, to one file, under an
+# exclusive flock (readers take a shared one). $1 is the recipient; Sendmail passes
+# no PATH.
+exec 9>>'{out}'
+/usr/bin/flock 9
+{{ printf '\\036%s\\n' "$1"; /bin/cat; printf '\\037\\n'; }} >&9
+"""
+
+
+def instance_mc(directory: Path, port: int, milter_snippet: str, *, relay: str = "") -> str:
+    """The test instance's ``.mc``.
+
+    ``relay`` replaces the default relay policy (every client may relay, so that
+    smtpguard decides ``host_denies_relay``) with the given lines.
+    """
+    d = directory
+    # Comments are dnl lines: m4 would expand macro names inside "#" comments.
+    relay_lines = relay or (
+        "dnl Relay is smtpguard's decision (host_denies_relay) in these tests:\n"
+        "dnl Sendmail lets every client relay.\n"
+        "FEATURE(`promiscuous_relay')dnl\n"
+    )
+    return (
+        "divert(-1)\n"
+        "dnl Throwaway Sendmail for smtpguard's end-to-end tests (tests/support/sendmail.py).\n"
+        "divert(0)dnl\n"
+        "OSTYPE(`bsd4.4')dnl\n"
+        f"define(`confDOMAIN_NAME', `{HOSTNAME}')dnl\n"
+        "define(`confDONT_PROBE_INTERFACES', `True')dnl\n"
+        f"define(`confSERVICE_SWITCH_FILE', `{d}/service.switch')dnl\n"
+        f"define(`confHOSTS_FILE', `{d}/hosts')dnl\n"
+        f"define(`ALIAS_FILE', `{d}/aliases')dnl\n"
+        f"define(`QUEUE_DIR', `{d}/queue')dnl\n"
+        f"define(`STATUS_FILE', `{d}/sendmail.st')dnl\n"
+        f"define(`confPID_FILE', `{d}/sendmail.pid')dnl\n"
+        "define(`confDELIVERY_MODE', `interactive')dnl\n"
+        "FEATURE(`nocanonify')dnl\n"
+        "FEATURE(`accept_unresolvable_domains')dnl\n"
+        "FEATURE(`no_default_msa')dnl\n"
+        f"{relay_lines}"
+        f"DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl\n"
+        "dnl The milter lines: verbatim output of smtpguard sendmail-config.\n"
+        f"{milter_snippet}"
+        "MAILER(`local')dnl\n"
+        "MAILER_DEFINITIONS\n"
+        f"Mdeliver, P={d}/deliver, F=lsSn8, T=DNS/RFC822/X-Unix, A=deliver $u\n"
+        "LOCAL_RULE_0\n"
+        "R$* < @ $* > $*\t$#deliver $@ localhost $: $1 < @ $2 > $3\n"
+        "R$+\t\t$#deliver $@ localhost $: $1\n"
+    )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    recipient: str
+    message: bytes  # as the mailer received it: LF line ends
+
+
+@dataclass
+class Sendmail:
+    install: SendmailInstall
+    dir: Path
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def traffic_log(self) -> Path:
+        return self.dir / "traffic.log"
+
+    @property
+    def delivered_file(self) -> Path:
+        return self.dir / "delivered"
+
+    def client(self, source: str = "127.0.0.1", timeout: float = 30.0) -> SmtpClient:
+        """A client connecting from ``source``, any address of 127.0.0.0/8."""
+        return LoopbackClient("127.0.0.1", self.port, source=source, timeout=timeout)
+
+    def log(self) -> str:
+        out = self.dir / "sendmail.out"
+        parts = [p.read_text(errors="replace") for p in (out, self.traffic_log) if p.exists()]
+        return "\n".join(parts)
+
+    def deliveries(self) -> list[Delivery]:
+        """Every message delivered so far, in order."""
+        if not self.delivered_file.exists():
+            return []
+        with self.delivered_file.open("rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)  # never read a delivery half-written
+            data = fh.read()
+        out = []
+        for chunk in data.split(DELIVERY_START)[1:]:
+            head, _, rest = chunk.partition(b"\n")
+            assert rest.endswith(DELIVERY_END), f"malformed delivery: {chunk[-80:]!r}"
+            out.append(Delivery(head.decode(), rest[: -len(DELIVERY_END)]))
+        return out
+
+    def wait_for_deliveries(
+        self, marker: bytes, count: int, deadline: float = 15.0
+    ) -> list[Delivery]:
+        """The ``count`` delivered messages that contain ``marker``; polls the file.
+
+        Sendmail runs the mailer once per recipient, one after the other."""
+        end = time.monotonic() + deadline
+        while True:
+            found = [d for d in self.deliveries() if marker in d.message]
+            if len(found) >= count:
+                assert len(found) == count, f"{len(found)} deliveries with {marker!r}"
+                return found
+            if time.monotonic() > end:
+                raise AssertionError(
+                    f"{len(found)} of {count} deliveries with {marker!r}\n{self.log()[-3000:]}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def wait_for_delivery(self, marker: bytes, deadline: float = 15.0) -> Delivery:
+        """The one delivered message that contains ``marker``."""
+        return self.wait_for_deliveries(marker, 1, deadline)[0]
+
+
+def wait_for_greeting(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
+    """Poll until the daemon answers a connection with its 220 greeting."""
+    end = time.monotonic() + deadline
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"sendmail exited with status {process.returncode}")
+        try:
+            with SmtpClient("127.0.0.1", port, timeout=5) as client:
+                # Not some other daemon that took the port first.
+                if client.greeting.code == 220 and "ESMTP Sendmail" in client.greeting.text:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise TimeoutError(f"sendmail gave no 220 greeting on port {port}")
+        time.sleep(POLL_INTERVAL)
+
+
+@contextlib.contextmanager
+def sendmail(
+    inst: SendmailInstall, directory: Path, milter_snippet: str, *, relay: str = ""
+) -> Iterator[Sendmail]:
+    """Run ``sendmail -bD`` with the given milter lines until the block ends."""
+    d = directory
+    (d / "queue").mkdir(parents=True, exist_ok=True)
+    (d / "queue").chmod(0o700)
+    hosts = f"127.0.0.1\tlocalhost\n127.0.0.1\t{HOSTNAME} mx\n" + "".join(
+        f"{ip}\t{name}\n" for ip, name in CLIENT_NAMES.items()
+    )
+    (d / "hosts").write_text(hosts)
+    (d / "service.switch").write_text("hosts files\naliases files\n")
+    (d / "aliases").write_text("")
+    deliver = d / "deliver"
+    deliver.write_text(DELIVER_SCRIPT.format(out=d / "delivered"))
+    deliver.chmod(0o755)
+    port = free_port()
+    (d / "test.mc").write_text(instance_mc(d, port, milter_snippet, relay=relay))
+    inst.build_cf(d / "test.mc", d / "test.cf")
+
+    # A dotted host name and a private /etc/hosts, in a UTS and mount namespace of its
+    # own; then exec, so the pid we hold is Sendmail's.
+    setup = 'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"'
+    argv = [
+        "unshare",
+        "--uts",
+        "--mount",
+        "sh",
+        "-c",
+        setup,
+        HOSTNAME,
+        str(d / "hosts"),
+        str(inst.binary),
+        "-C",
+        str(d / "test.cf"),
+        "-bD",
+        "-X",
+        str(d / "traffic.log"),
+    ]
+    env = {**os.environ, "LD_LIBRARY_PATH": str(inst.lib_dir)}
+    with (d / "sendmail.out").open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    instance = Sendmail(inst, d, port, proc)
+    try:
+        try:
+            wait_for_greeting(port, proc, deadline=20.0)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n{instance.log()[-3000:]}") from None
+        yield instance
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the daemon and the session children it forked (its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

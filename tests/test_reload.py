@@ -1,0 +1,68 @@
+"""SIGHUP reload and SIGTERM shutdown of the real service."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from support.mtclient import MilterSession
+from support.service import Running, make_site, running
+
+pytestmark = pytest.mark.integration
+
+POLL_INTERVAL = 0.02
+
+
+def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(POLL_INTERVAL)
+
+
+def mail(service: Running, sender: str) -> str:
+    with service.session() as s:
+        s.connect("198.51.100.7")
+        s.helo("mail.sender.example")
+        return s.mail(sender).kind
+
+
+def test_sighup_reloads_and_refuses_a_bad_config(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    original = site.config.read_text()
+    with running(site) as service:
+        assert mail(service, "<new@spam.example>") == "continue"
+        # A session in flight keeps the runtime it started with.
+        in_flight = MilterSession(str(site.socket))
+        in_flight.connect("198.51.100.7")
+        in_flight.helo("mail.sender.example")
+
+        site.config.write_text(original.replace('"junk.example"', '"junk.example", "spam.example"'))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: service.log().count("reloaded configuration") == 1)
+        assert mail(service, "<new@spam.example>") == "reply"
+        assert in_flight.mail("<new@spam.example>").kind == "continue"
+        in_flight.close()
+
+        site.config.write_text(original.replace("max_rcpt = 3", "max_rcpt = 'many'"))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in service.log())
+        assert "max_rcpt" in service.log()
+        assert mail(service, "<new@spam.example>") == "reply"  # the good config stays
+        assert service.process.poll() is None
+
+
+def test_sigterm_stops_promptly(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    with running(site) as service:
+        assert mail(service, "<a@sender.example>") == "continue"
+        start = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(timeout=15) == 0
+        elapsed = time.monotonic() - start
+    assert "stopping" in service.log()
+    assert elapsed < 10
