@@ -33,6 +33,7 @@ import milter  # pymilter's C module: the libmilter calls runmilter makes
 from smtpguard.address import AddressError, esmtp_params, parse_path
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
+from smtpguard.config import ConfigError
 from smtpguard.pipeline import CONTINUE, Action, Decision
 from smtpguard.session import MTA, Connection, IPAddress, Transaction, new_session_id
 from smtpguard.state import SessionGate
@@ -300,7 +301,7 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     def loop() -> None:
         try:
             milter.main()
-        except BaseException as exc:  # reported by the main thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread below
             failure.append(exc)
         finally:
             # Wake the main thread's sigwait when libmilter ends on its own.
@@ -328,8 +329,11 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
 def _reload(app: App, reload: Callable[[], Runtime]) -> None:
     try:
         runtime = reload()
-    except Exception as exc:
+    except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
+        return
+    except Exception:
+        log.exception("reload failed, keeping the running configuration")
         return
     app.swap(runtime)
     log.info("reloaded configuration from %s", runtime.config.file)
