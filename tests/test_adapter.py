@@ -13,9 +13,10 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterCtx
 
-from smtpguard.adapter import App, SmtpGuardMilter, detect_mta
+from smtpguard.adapter import App, SmtpGuardMilter
 from smtpguard.app import build_runtime, load, new_gate
 from smtpguard.directory import Login, Recipient
+from smtpguard.driver import detect_mta
 from smtpguard.session import MTA
 from support.expected import SPEC, default_line
 from support.service import Site, make_site
@@ -189,8 +190,8 @@ def test_exception_becomes_internal_error_never_accept(
 def test_adapter_fault_outside_checks_is_internal_error(app: App) -> None:
     ctx = session()
     milter = ctx.getpriv()
-    milter.conn.txn = None  # a state the adapter never expects at RCPT
-    milter.rt = None  # and a runtime that is gone: even rendering fails
+    milter.driver.conn.txn = None  # a state the adapter never expects at RCPT
+    milter.driver.rt = None  # and a runtime that is gone: even rendering fails
     rc = ctx._envrcpt("<alice@example.com>")
     assert rc == Milter.TEMPFAIL
 

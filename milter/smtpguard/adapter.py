@@ -16,12 +16,10 @@ Sendmail's ``v`` is a bare version number.
 from __future__ import annotations
 
 import grp
-import ipaddress
 import logging
 import os
 import pwd
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -30,12 +28,11 @@ from typing import Any
 import Milter
 import milter  # pymilter's C module: the libmilter calls runmilter makes
 
-from smtpguard.address import AddressError, esmtp_params, parse_path
 from smtpguard.app import Runtime
-from smtpguard.checks import Event, Stage
+from smtpguard.checks import Stage
 from smtpguard.config import ConfigError
-from smtpguard.pipeline import CONTINUE, Action, Decision
-from smtpguard.session import MTA, Connection, IPAddress, Transaction, new_session_id
+from smtpguard.driver import SessionDriver
+from smtpguard.pipeline import Action, Decision
 from smtpguard.state import SessionGate
 
 log = logging.getLogger("smtpguard")
@@ -59,55 +56,26 @@ class App:
             self.gate.limit = runtime.config.limits.max_sessions
 
 
-def detect_mta(version_macro: str | None, configured: str) -> MTA:
-    if configured == "postfix":
-        return MTA.POSTFIX
-    if configured == "sendmail":
-        return MTA.SENDMAIL
-    if not version_macro:
-        return MTA.UNKNOWN
-    if version_macro.lower().startswith("postfix"):
-        return MTA.POSTFIX
-    # Sendmail sets v to its bare version, e.g. "8.17.1.9".
-    return MTA.SENDMAIL if version_macro[:1].isdigit() else MTA.UNKNOWN
-
-
-def _client_ip(family: int, hostaddr: Any) -> IPAddress | None:
-    """The client IP from ``connect``'s hostaddr: a tuple from libmilter (IP first), a
-    bare string from ``Milter.testctx``; None for a unix socket or garbage."""
-    if family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    raw = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
-    try:
-        # Drop an IPv6 zone id ("fe80::1%eth0"): it is not part of the address.
-        return ipaddress.ip_address(str(raw).split("%", 1)[0])
-    except ValueError:
-        return None
-
-
 class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no types
-    def __init__(self, app: App) -> None:
-        self.app = app
-        # A session keeps the runtime it started with, even across a reload.
-        self.rt = app.runtime
-        self.conn = Connection(new_session_id(), None, None, "")
-        self.entered = False
+    """One libmilter connection: callbacks go to a :class:`SessionDriver`."""
 
-    # --- plumbing ---------------------------------------------------------------
+    def __init__(self, app: App) -> None:
+        self.driver = SessionDriver(app.runtime, app.gate, self._macro)
 
     def _macro(self, name: str) -> str | None:
         value: str | None = self.getsymval(name)
-        return value or None
+        return value
 
     def _guard(self, stage: Stage, step: Callable[[], Decision]) -> int:
         try:
             decision = step()
         except Exception:
-            log.exception("sid=%s stage=%s unexpected error", self.conn.session_id, stage.value)
+            sid = self.driver.conn.session_id
+            log.exception("sid=%s stage=%s unexpected error", sid, stage.value)
             try:
-                decision = self.rt.pipeline.internal_error(self.conn, stage, "adapter")
+                decision = self.driver.internal_error(stage)
             except Exception:
-                log.exception("sid=%s cannot render internal_error", self.conn.session_id)
+                log.exception("sid=%s cannot render internal_error", sid)
                 return int(Milter.TEMPFAIL)
         return self._answer(decision)
 
@@ -121,7 +89,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                     self.addheader(name, value)
             except Exception:
                 # The marker is an aid against loops, not a verdict: log and deliver.
-                log.exception("sid=%s adding headers failed", self.conn.session_id)
+                log.exception("sid=%s adding headers failed", self.driver.conn.session_id)
             return int(Milter.CONTINUE)
         reply = decision.reply
         result = Milter.TEMPFAIL if decision.action is Action.TEMPFAIL else Milter.REJECT
@@ -130,120 +98,45 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         except Exception:
             # The table is validated at load, so this means a broken MTA connection;
             # the generic reply of the same class is still the right outcome.
-            log.exception("sid=%s setreply failed for %s", self.conn.session_id, reply.reply_id)
+            sid = self.driver.conn.session_id
+            log.exception("sid=%s setreply failed for %s", sid, reply.reply_id)
         return int(result)
 
     # --- callbacks --------------------------------------------------------------
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        def step() -> Decision:
-            conn = self.conn
-            conn.client_ip = _client_ip(family, hostaddr)
-            if isinstance(hostaddr, tuple) and len(hostaddr) > 1:
-                conn.client_port = int(hostaddr[1])
-            conn.client_name = hostname or ""
-            conn.mta = detect_mta(self._macro("v"), self.rt.config.milter.mta)
-            conn.trusted_network = self.rt.config.site.is_trusted_ip(conn.client_ip)
-            self.entered = True
-            conn.admitted = self.app.gate.enter()
-            return self.rt.pipeline.run(Stage.CONNECT, conn)
-
-        return self._guard(Stage.CONNECT, step)
+        return self._guard(Stage.CONNECT, lambda: self.driver.connect(hostname, family, hostaddr))
 
     def hello(self, hostname: str) -> int:
-        def step() -> Decision:
-            self.conn.helo = hostname
-            self.conn.tls_version = self._macro("{tls_version}")
-            return self.rt.pipeline.run(Stage.HELO, self.conn)
-
-        return self._guard(Stage.HELO, step)
+        return self._guard(Stage.HELO, lambda: self.driver.helo(hostname))
 
     def envfrom(self, mailfrom: str, *args: str) -> int:
-        def step() -> Decision:
-            conn = self.conn
-            params = esmtp_params(args)
-            smtputf8 = "SMTPUTF8" in params
-            try:
-                sender, error = parse_path(mailfrom, smtputf8=smtputf8), ""
-            except AddressError as exc:
-                sender, error = None, exc.reason
-            size = params.get("SIZE")
-            txn = Transaction(
-                sender=sender,
-                sender_raw=mailfrom,
-                esmtp=params,
-                sender_error=error,
-                smtputf8=smtputf8,
-                declared_size=int(size) if size and size.isdigit() else None,
-                auth_type=self._macro("{auth_type}"),
-                auth_login=self._macro("{auth_authen}"),
-                queue_id=self._macro("i"),
-            )
-            conn.txn = txn
-            conn.transactions += 1
-            if conn.tls_version is None:
-                conn.tls_version = self._macro("{tls_version}")
-            return self.rt.pipeline.run(Stage.MAIL, conn)
-
-        return self._guard(Stage.MAIL, step)
+        return self._guard(Stage.MAIL, lambda: self.driver.mail(mailfrom, args))
 
     def envrcpt(self, rcptto: str, *args: str) -> int:
-        def step() -> Decision:
-            conn = self.conn
-            smtputf8 = conn.txn.smtputf8 if conn.txn else False
-            try:
-                rcpt = parse_path(rcptto, smtputf8=smtputf8, allow_postmaster=True)
-            except AddressError:
-                rcpt = None
-            if rcpt is not None and rcpt.is_null:
-                rcpt = None  # RCPT TO:<> is not a mailbox (RFC 5321 §4.1.1.3)
-            decision = self.rt.pipeline.run(Stage.RCPT, conn, Event(rcpt=rcpt, rcpt_raw=rcptto))
-            if decision.action is Action.CONTINUE and rcpt is not None and conn.txn:
-                conn.txn.recipients.append(rcpt)
-            return decision
-
-        return self._guard(Stage.RCPT, step)
+        return self._guard(Stage.RCPT, lambda: self.driver.rcpt(rcptto, args))
 
     def data(self) -> int:
-        def step() -> Decision:
-            if self.conn.txn is not None:
-                self.conn.txn.queue_id = self._macro("i") or self.conn.txn.queue_id
-            return CONTINUE
-
-        return self._guard(Stage.EOH, step)
+        return self._guard(Stage.EOH, self.driver.data)
 
     def header(self, name: str, value: str) -> int:
-        def step() -> Decision:
-            event = Event(header=(name, value))
-            return self.rt.pipeline.run(Stage.HEADER, self.conn, event)
-
-        return self._guard(Stage.HEADER, step)
+        return self._guard(Stage.HEADER, lambda: self.driver.header(name, value))
 
     def eoh(self) -> int:
-        return self._guard(Stage.EOH, lambda: self.rt.pipeline.run(Stage.EOH, self.conn))
+        return self._guard(Stage.EOH, self.driver.eoh)
 
     def body(self, chunk: bytes) -> int:
-        def step() -> Decision:
-            return self.rt.pipeline.run(Stage.BODY, self.conn, Event(chunk=chunk))
-
-        return self._guard(Stage.BODY, step)
+        return self._guard(Stage.BODY, lambda: self.driver.body(chunk))
 
     def eom(self) -> int:
-        def step() -> Decision:
-            if self.conn.txn is not None:
-                self.conn.txn.queue_id = self._macro("i") or self.conn.txn.queue_id
-            return self.rt.pipeline.run(Stage.EOM, self.conn)
-
-        return self._guard(Stage.EOM, step)
+        return self._guard(Stage.EOM, self.driver.eom)
 
     def abort(self) -> int:
-        self.conn.txn = None
+        self.driver.abort()
         return int(Milter.CONTINUE)
 
     def close(self) -> int:
-        if self.entered:
-            self.entered = False
-            self.app.gate.leave()
+        self.driver.close()
         return int(Milter.CONTINUE)
 
 

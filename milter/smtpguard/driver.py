@@ -1,0 +1,151 @@
+"""One SMTP session driven through the pipeline, independent of libmilter.
+
+The pymilter adapter and ``smtpguard simulate`` both drive sessions through this class,
+so a simulation runs exactly the code path of the milter: the same parsing of
+addresses and ESMTP parameters, the same macros, the same pipeline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from smtpguard.address import AddressError, esmtp_params, parse_path
+from smtpguard.app import Runtime
+from smtpguard.checks import Event, Stage
+from smtpguard.pipeline import CONTINUE, Action, Decision
+from smtpguard.session import MTA, Connection, IPAddress, Transaction, new_session_id
+from smtpguard.state import SessionGate
+
+#: Looks up an MTA macro ("v", "{auth_authen}", ...); None when the MTA did not send it.
+MacroLookup = Callable[[str], str | None]
+
+
+def detect_mta(version_macro: str | None, configured: str) -> MTA:
+    if configured == "postfix":
+        return MTA.POSTFIX
+    if configured == "sendmail":
+        return MTA.SENDMAIL
+    if not version_macro:
+        return MTA.UNKNOWN
+    if version_macro.lower().startswith("postfix"):
+        return MTA.POSTFIX
+    # Sendmail sets v to its bare version, e.g. "8.17.1.9".
+    return MTA.SENDMAIL if version_macro[:1].isdigit() else MTA.UNKNOWN
+
+
+def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
+    """The client IP from ``connect``'s hostaddr: a tuple from libmilter (IP first), a
+    bare string from ``Milter.testctx``; None for a unix socket or garbage."""
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    raw = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
+    try:
+        # Drop an IPv6 zone id ("fe80::1%eth0"): it is not part of the address.
+        return ipaddress.ip_address(str(raw).split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+class SessionDriver:
+    def __init__(self, runtime: Runtime, gate: SessionGate, macro: MacroLookup) -> None:
+        # A session keeps the runtime it started with, even across a reload.
+        self.rt = runtime
+        self.gate = gate
+        self.macro = macro
+        self.conn = Connection(new_session_id(), None, None, "")
+        self.entered = False
+
+    def _macro(self, name: str) -> str | None:
+        return self.macro(name) or None
+
+    def internal_error(self, stage: Stage) -> Decision:
+        return self.rt.pipeline.internal_error(self.conn, stage, "adapter")
+
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> Decision:
+        conn = self.conn
+        conn.client_ip = client_ip(family, hostaddr)
+        if isinstance(hostaddr, tuple) and len(hostaddr) > 1:
+            conn.client_port = int(hostaddr[1])
+        conn.client_name = hostname or ""
+        conn.mta = detect_mta(self._macro("v"), self.rt.config.milter.mta)
+        conn.trusted_network = self.rt.config.site.is_trusted_ip(conn.client_ip)
+        self.entered = True
+        conn.admitted = self.gate.enter()
+        return self.rt.pipeline.run(Stage.CONNECT, conn)
+
+    def helo(self, name: str) -> Decision:
+        self.conn.helo = name
+        self.conn.tls_version = self._macro("{tls_version}")
+        return self.rt.pipeline.run(Stage.HELO, self.conn)
+
+    def mail(self, mailfrom: str, args: tuple[str, ...] | list[str]) -> Decision:
+        conn = self.conn
+        params = esmtp_params(args)
+        smtputf8 = "SMTPUTF8" in params
+        try:
+            sender, error = parse_path(mailfrom, smtputf8=smtputf8), ""
+        except AddressError as exc:
+            sender, error = None, exc.reason
+        size = params.get("SIZE")
+        conn.txn = Transaction(
+            sender=sender,
+            sender_raw=mailfrom,
+            esmtp=params,
+            sender_error=error,
+            smtputf8=smtputf8,
+            declared_size=int(size) if size and size.isdigit() else None,
+            auth_type=self._macro("{auth_type}"),
+            auth_login=self._macro("{auth_authen}"),
+            queue_id=self._macro("i"),
+        )
+        conn.transactions += 1
+        if conn.tls_version is None:
+            conn.tls_version = self._macro("{tls_version}")
+        return self.rt.pipeline.run(Stage.MAIL, conn)
+
+    def rcpt(self, rcptto: str, args: tuple[str, ...] | list[str] = ()) -> Decision:
+        conn = self.conn
+        smtputf8 = conn.txn.smtputf8 if conn.txn else False
+        try:
+            rcpt = parse_path(rcptto, smtputf8=smtputf8, allow_postmaster=True)
+        except AddressError:
+            rcpt = None
+        if rcpt is not None and rcpt.is_null:
+            rcpt = None  # RCPT TO:<> is not a mailbox (RFC 5321 §4.1.1.3)
+        decision = self.rt.pipeline.run(Stage.RCPT, conn, Event(rcpt=rcpt, rcpt_raw=rcptto))
+        if decision.action is Action.CONTINUE and rcpt is not None and conn.txn:
+            conn.txn.recipients.append(rcpt)
+        return decision
+
+    def data(self) -> Decision:
+        self._queue_id()
+        return CONTINUE
+
+    def header(self, name: str, value: str) -> Decision:
+        return self.rt.pipeline.run(Stage.HEADER, self.conn, Event(header=(name, value)))
+
+    def eoh(self) -> Decision:
+        return self.rt.pipeline.run(Stage.EOH, self.conn)
+
+    def body(self, chunk: bytes) -> Decision:
+        return self.rt.pipeline.run(Stage.BODY, self.conn, Event(chunk=chunk))
+
+    def eom(self) -> Decision:
+        self._queue_id()
+        return self.rt.pipeline.run(Stage.EOM, self.conn)
+
+    def abort(self) -> None:
+        self.conn.txn = None
+
+    def close(self) -> None:
+        if self.entered:
+            self.entered = False
+            self.gate.leave()
+
+    def _queue_id(self) -> None:
+        # Postfix knows the queue id only from DATA on (Sendmail from MAIL).
+        if self.conn.txn is not None:
+            self.conn.txn.queue_id = self._macro("i") or self.conn.txn.queue_id
