@@ -1,0 +1,378 @@
+"""Same-size bulk counting (``same_size_flood``): hits per key per size bucket in a
+sliding window, in process or shared through Redis.
+
+The bucket rule (:class:`SizeBuckets`)
+--------------------------------------
+A size falls in bucket ``b``:
+
+* relative width ``w`` (e.g. 0.02): ``b = floor(ln(size) / ln(1 + w))`` (sizes below 1
+  count as 1), so each bucket spans a factor of ``1 + w``;
+* fixed width ``W`` octets: ``b = floor(size / W)``.
+
+A hit is recorded in its own bucket, and the count for a size is the number of hits in
+the window in its bucket *and both neighbours* (``b - 1``, ``b``, ``b + 1``). This
+removes the edge effect of plain buckets (10 000 and 10 001 octets may straddle a
+boundary) and gives a rule that can be stated exactly:
+
+* two sizes within ``w`` of each other (the larger at most ``1 + w`` times the smaller),
+  or within ``W`` octets, are **always** counted together;
+* two sizes more than ``(1 + w)**2`` apart, or ``2 W`` octets or more apart, are
+  **never** counted together;
+* in between, it depends on where the bucket boundaries fall.
+
+The caller compares the count with its threshold: :meth:`SizeBucketCounter.hit` returns
+the count *including* the hit just recorded (reject when it exceeds the limit), and
+:meth:`SizeBucketCounter.peek` the count without recording (for the early decision at
+MAIL FROM on the ESMTP ``SIZE=`` value: reject when ``peek(...) + 1`` exceeds the limit).
+Note that the MTA adds its own ``Received:`` header before the milter sees the message,
+so the octets counted at end of message are a little above the declared ``SIZE=``;
+the neighbour buckets absorb that for all but tiny widths.
+
+Backends
+--------
+:class:`InProcessCounter` keeps timestamps per (key, bucket) in a bounded
+:class:`cachetools.TTLCache`; :class:`RedisCounter` keeps one sorted set per
+(key, bucket) in Redis so that several MTA hosts share one view. :class:`ResilientCounter`
+wraps the Redis one with the configured outage behaviour. Backend failures surface as
+:class:`CounterError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol, cast
+
+import redis
+from cachetools import TTLCache
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+__all__ = [
+    "CounterError",
+    "InProcessCounter",
+    "RedisCounter",
+    "ResilientCounter",
+    "SizeBucketCounter",
+    "SizeBuckets",
+    "redis_client",
+]
+
+log = logging.getLogger("smtpguard.counters")
+
+
+class CounterError(Exception):
+    """The counter backend could not answer (the caller answers database_temp_error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SizeBuckets:
+    """Which sizes count as "the same size" (see the module documentation)."""
+
+    width: float
+    relative: bool = True
+
+    def __post_init__(self) -> None:
+        if self.relative and not 0 < self.width < 1:
+            raise ValueError("a relative bucket width must be between 0 and 1 (e.g. 0.02)")
+        if not self.relative and (self.width < 1 or self.width != int(self.width)):
+            raise ValueError("a fixed bucket width must be a whole number of octets >= 1")
+
+    def bucket(self, size: int) -> int:
+        if self.relative:
+            return math.floor(math.log(max(size, 1)) / math.log1p(self.width))
+        return max(size, 0) // int(self.width)
+
+    def neighbourhood(self, size: int) -> tuple[int, int, int]:
+        """(lower neighbour, own bucket, upper neighbour)."""
+        b = self.bucket(size)
+        return b - 1, b, b + 1
+
+
+class SizeBucketCounter(Protocol):
+    """Counts hits per key per size bucket in a sliding window.
+
+    ``key`` identifies the sender as configured (for example ``address|client-ip``).
+    Both methods may raise :class:`CounterError`.
+    """
+
+    def hit(self, key: str, size: int) -> int:
+        """Record a message of ``size`` octets; return the count including it."""
+        ...
+
+    def peek(self, key: str, size: int) -> int:
+        """The count a message of ``size`` octets would join, without recording it."""
+        ...
+
+
+class InProcessCounter:
+    """The embedded backend: this process only, bounded memory.
+
+    At most ``max_keys`` (key, bucket) entries are kept (least recently used go first,
+    and an entry expires ``window`` seconds after its last hit); each keeps at most
+    ``max_per_bucket`` timestamps, so counts saturate there: keep it above the
+    threshold. ``clock`` is injectable for tests (monotonic seconds).
+    """
+
+    def __init__(
+        self,
+        window: float,
+        buckets: SizeBuckets,
+        *,
+        max_keys: int = 100_000,
+        max_per_bucket: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.buckets = buckets
+        self.max_per_bucket = max_per_bucket
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._hits: TTLCache[tuple[str, int], deque[float]] = TTLCache(
+            maxsize=max_keys, ttl=window, timer=clock
+        )
+
+    def hit(self, key: str, size: int) -> int:
+        return self._count(key, size, add=True)
+
+    def peek(self, key: str, size: int) -> int:
+        return self._count(key, size, add=False)
+
+    def _count(self, key: str, size: int, *, add: bool) -> int:
+        lower, own, upper = self.buckets.neighbourhood(size)
+        with self._lock:
+            now = self._clock()
+            oldest = now - self.window
+            if add:
+                stamps = self._hits.get((key, own))
+                if stamps is None:
+                    stamps = deque(maxlen=self.max_per_bucket)
+                stamps.append(now)
+                # Assigning again restarts the entry's time to live.
+                self._hits[(key, own)] = stamps
+            total = 0
+            for bucket in (lower, own, upper):
+                stamps = self._hits.get((key, bucket))
+                if stamps is None:
+                    continue
+                while stamps and stamps[0] <= oldest:
+                    stamps.popleft()
+                total += len(stamps)
+            return total
+
+
+# Runs atomically in Redis. Redis's own clock (TIME) timestamps the hits, so hosts with
+# skewed clocks still share one window. Scores are microseconds (exact in a double
+# until the year 2255). Needs Redis >= 5 (effects replication of scripts that call TIME
+# before writing).
+#   KEYS: lower neighbour, own bucket, upper neighbour
+#   ARGV: window in microseconds, unique member, "1" to record a hit, per-bucket cap
+_LUA: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[2], now, ARGV[2])
+  local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+  if over > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+  end
+  redis.call('PEXPIRE', KEYS[2], math.ceil(window / 1000))
+end
+local total = 0
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  total = total + redis.call('ZCARD', KEYS[i])
+end
+return total
+"""
+
+
+def redis_client(url: str, *, timeout: float = 0.5) -> redis.Redis:
+    """A client for ``redis://HOST:PORT/DB``, ``rediss://...`` or ``unix:///path?db=N``.
+
+    ``timeout`` bounds connect and each command. redis-py retries ten times with
+    exponential backoff by default, which would hold every message for seconds while
+    Redis is down; here it retries once at once, enough for a pooled connection that a
+    restarted Redis closed.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+class RedisCounter:
+    """The shared backend: one sorted set per (key, bucket) in Redis.
+
+    Key names are ``PREFIX:{HASH}:BUCKET`` where HASH is a BLAKE2b digest of the counter
+    key (addresses stay out of Redis, and the braces put a key's buckets in one Redis
+    Cluster slot, as a script touching several keys requires). A bucket set expires
+    ``window`` after its last hit and holds at most ``max_per_bucket`` members, so
+    nothing grows without bound. Every Redis or socket failure raises
+    :class:`CounterError`.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        window: float,
+        buckets: SizeBuckets,
+        *,
+        prefix: str = "smtpguard:size",
+        max_per_bucket: int = 1000,
+    ) -> None:
+        self.client = client
+        self.window = window
+        self.buckets = buckets
+        self.prefix = prefix
+        self.max_per_bucket = max_per_bucket
+        self._script = client.register_script(_LUA)
+        # Members must be unique across hosts and calls; the score carries the time.
+        self._node = os.urandom(6).hex()
+        self._seq = itertools.count()
+
+    def hit(self, key: str, size: int) -> int:
+        return self._run(key, size, add=True)
+
+    def peek(self, key: str, size: int) -> int:
+        return self._run(key, size, add=False)
+
+    def keys_for(self, key: str, size: int) -> list[str]:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
+        base = f"{self.prefix}:{{{digest.hexdigest()}}}"
+        return [f"{base}:{bucket}" for bucket in self.buckets.neighbourhood(size)]
+
+    def _run(self, key: str, size: int, *, add: bool) -> int:
+        member = f"{self._node}:{next(self._seq)}"
+        args: list[str | int] = [
+            int(self.window * 1_000_000),
+            member,
+            "1" if add else "0",
+            self.max_per_bucket,
+        ]
+        try:
+            # Script uses EVALSHA and loads the script again after NOSCRIPT (a restarted
+            # or flushed Redis).
+            result = self._script(keys=self.keys_for(key, size), args=args)
+        except (redis.RedisError, OSError) as exc:
+            raise CounterError(f"redis: {exc}") from exc
+        return int(cast(int, result))
+
+
+OnError = Literal["error", "local"]
+
+
+class ResilientCounter:
+    """A shared counter with a defined behaviour while its backend is unreachable.
+
+    ``on_error = "error"``: raise :class:`CounterError` (the check answers
+    ``database_temp_error``, or passes if its ``on_temp_error`` says so).
+    ``on_error = "local"``: count in ``local`` (an :class:`InProcessCounter`) instead;
+    limits then hold per host until the backend is back. Every hit is also recorded
+    locally while the backend works, so at the start of an outage the local view
+    already holds this host's own recent messages instead of starting from zero.
+
+    The outage is logged once when it starts (WARNING) and once when it ends (INFO),
+    never per message. After a failure the backend is not asked again for
+    ``retry_interval`` seconds, so messages during an outage do not each wait for a
+    connect timeout.
+    """
+
+    def __init__(
+        self,
+        primary: SizeBucketCounter,
+        *,
+        on_error: OnError = "error",
+        local: SizeBucketCounter | None = None,
+        retry_interval: float = 5.0,
+        name: str = "redis",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if on_error == "local" and local is None:
+            raise ValueError('on_error = "local" needs a local counter')
+        self.primary = primary
+        self.on_error = on_error
+        self.local = local
+        self.retry_interval = retry_interval
+        self.name = name
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._last_error = ""
+        self._during_outage = 0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def hit(self, key: str, size: int) -> int:
+        return self._call("hit", key, size)
+
+    def peek(self, key: str, size: int) -> int:
+        return self._call("peek", key, size)
+
+    def _call(self, op: Literal["hit", "peek"], key: str, size: int) -> int:
+        now = self._clock()
+        with self._lock:
+            ask = self._down_since is None or now >= self._next_try
+        if ask:
+            try:
+                count = _method(self.primary, op)(key, size)
+            except CounterError as exc:
+                self._failed(exc, now)
+            else:
+                self._recovered(now)
+                if op == "hit" and self.on_error == "local" and self.local is not None:
+                    self.local.hit(key, size)
+                return count
+        with self._lock:
+            self._during_outage += 1
+            error = self._last_error
+        if self.on_error == "error" or self.local is None:
+            raise CounterError(f"{self.name} unreachable: {error}")
+        return _method(self.local, op)(key, size)
+
+    def _failed(self, exc: CounterError, now: float) -> None:
+        with self._lock:
+            self._next_try = now + self.retry_interval
+            self._last_error = str(exc)
+            if self._down_since is not None:
+                return
+            self._down_since = now
+            self._during_outage = 0
+        log.warning(
+            "counter backend %s unreachable (%s); %s until it answers again",
+            self.name,
+            exc,
+            "counting on this host only" if self.on_error == "local" else "answering errors",
+        )
+
+    def _recovered(self, now: float) -> None:
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted, messages = now - self._down_since, self._during_outage
+            self._down_since = None
+        log.info(
+            "counter backend %s reachable again after %.1f s; %d calls %s meanwhile",
+            self.name,
+            lasted,
+            messages,
+            "counted locally" if self.on_error == "local" else "failed",
+        )
+
+
+def _method(counter: SizeBucketCounter, op: Literal["hit", "peek"]) -> Callable[[str, int], int]:
+    return counter.hit if op == "hit" else counter.peek

@@ -1,0 +1,245 @@
+"""Content scanners: clamd, a command hook, rspamd, and the built-in content rules.
+
+Scanners detect and report; they never decide. Each returns a small frozen result
+(:class:`ScanResult` for virus scanners, :class:`SpamResult` for anti-spam engines) and
+turns every I/O failure into a result with an error status instead of raising, so a
+check can map "scanner down" to a tempfail or a pass as configured without catching
+exceptions. A virus name or a scanner's error text goes to the log only, never into an
+SMTP reply.
+
+Shared here:
+
+* :func:`parse_endpoint` / :func:`connect`: the ``unix:PATH`` / ``inet:HOST:PORT``
+  socket syntax used for clamd and rspamd (Postfix's spelling, not libmilter's
+  ``inet:PORT@HOST``);
+* :class:`MessageSpool`: the whole message (header block + body) for scanners that need
+  it at once (the command hook, rspamd), spooled in memory up to a cap and then to an
+  unlinked temporary file, so a large message never sits whole in memory.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import IO, Final
+
+__all__ = [
+    "Endpoint",
+    "MessageSpool",
+    "ScanResult",
+    "ScanStatus",
+    "SpamResult",
+    "SpamStatus",
+    "connect",
+    "header_bytes",
+    "parse_endpoint",
+]
+
+
+class ScanStatus(Enum):
+    CLEAN = "clean"
+    INFECTED = "infected"
+    #: The scanner could not give an answer (down, timeout, protocol error).
+    ERROR = "error"
+    #: The message was larger than the scan limit: only a prefix was scanned and it was
+    #: clean (an infected prefix is reported as INFECTED). The check maps this as
+    #: configured (pass, tempfail or reject).
+    SIZE_LIMIT = "size_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    status: ScanStatus
+    #: Name of what was found (log only, never sent to the client).
+    virus: str = ""
+    #: Why, for the log: the scanner's error, the timeout, the limit.
+    detail: str = ""
+    #: Octets handed to the scanner.
+    scanned: int = 0
+
+    @property
+    def infected(self) -> bool:
+        return self.status is ScanStatus.INFECTED
+
+
+class SpamStatus(Enum):
+    OK = "ok"
+    #: The engine could not give an answer (down, timeout, HTTP error, bad reply).
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class SpamResult:
+    status: SpamStatus
+    score: float = 0.0
+    #: The engine's own action (rspamd: ``no action``, ``greylist``, ``add header``,
+    #: ``rewrite subject``, ``soft reject``, ``reject``); empty on error.
+    action: str = ""
+    #: The engine's own reject threshold (rspamd ``required_score``), for the log.
+    required_score: float | None = None
+    #: Symbol name -> score contributed.
+    symbols: Mapping[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is SpamStatus.OK
+
+
+# --- sockets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A stream socket address: a unix path, or a TCP host and port."""
+
+    path: str | None = None
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"inet:{host}:{self.port}"
+
+
+def parse_endpoint(spec: str) -> Endpoint:
+    """Parse ``unix:/path``, ``inet:host:port`` or ``inet:[v6addr]:port``.
+
+    Raises :class:`ValueError` with a message fit for a config error.
+    """
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"expected unix:PATH or inet:HOST:PORT, got {spec!r}")
+    if kind == "unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"unix socket path must be absolute: {spec!r}")
+        return Endpoint(path=rest)
+    if kind != "inet":
+        raise ValueError(f"expected unix:PATH or inet:HOST:PORT, got {spec!r}")
+    if rest.startswith("["):
+        host, bracket, port_text = rest[1:].partition("]:")
+        if not bracket:
+            raise ValueError(f"expected inet:[ADDRESS]:PORT, got {spec!r}")
+    else:
+        host, _, port_text = rest.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"expected inet:HOST:PORT with a port 1-65535, got {spec!r}")
+    return Endpoint(host=host, port=int(port_text))
+
+
+def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
+    """Connect with ``timeout`` for the connect and every later send/recv (OSError)."""
+    if endpoint.path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(endpoint.path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+# --- the message as a whole ------------------------------------------------------------
+
+
+def header_bytes(name: str, value: str) -> bytes:
+    """One header field as it is written in the message: ``Name: value`` CRLF.
+
+    Folded values keep their folding, with every line break as CRLF. pymilter hands
+    undecodable header octets over as surrogate escapes; they go back out as the
+    original octets.
+    """
+    value = value.replace("\r\n", "\n").replace("\n", "\r\n")
+    return f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+
+
+#: In-memory part of a spool; beyond it the message goes to a temporary file.
+DEFAULT_MEMORY_CAP: Final = 1024 * 1024
+
+
+class MessageSpool:
+    """The message as the scanner sees it: header fields, empty line, body.
+
+    Built on :class:`tempfile.SpooledTemporaryFile`: data stays in memory until it
+    exceeds ``memory_cap`` octets, then moves to an unlinked file in ``tmpdir`` (the
+    system default when None). ``max_size`` (None = unlimited) stops storing beyond that
+    many octets and sets :attr:`truncated`, so a caller can skip or flag the scan
+    instead of spooling an arbitrarily large message.
+
+    Feed it exactly like :class:`~smtpguard.scanners.clamd.ClamdStream`:
+    :meth:`feed_header` per field, :meth:`end_of_headers`, :meth:`feed` per body chunk.
+    Then hand :meth:`reader` (or the spool itself) to a scanner, and :meth:`close` it at
+    the end of the transaction.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory_cap: int = DEFAULT_MEMORY_CAP,
+        max_size: int | None = None,
+        tmpdir: str | None = None,
+    ) -> None:
+        self.memory_cap = memory_cap
+        self.max_size = max_size
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed in close()
+            max_size=memory_cap, mode="w+b", dir=tmpdir
+        )
+        self.size = 0
+        self.truncated = False
+        self._eoh = False
+
+    def feed_header(self, name: str, value: str) -> None:
+        self._write(header_bytes(name, value))
+
+    def end_of_headers(self) -> None:
+        if not self._eoh:
+            self._eoh = True
+            self._write(b"\r\n")
+
+    def feed(self, chunk: bytes) -> None:
+        # The MTA may have negotiated end-of-headers away: the body still needs the
+        # separating empty line for the scanner to find the header block.
+        self.end_of_headers()
+        self._write(chunk)
+
+    def _write(self, data: bytes) -> None:
+        if self.truncated:
+            return
+        if self.max_size is not None and self.size + len(data) > self.max_size:
+            data = data[: self.max_size - self.size]
+            self.truncated = True
+        self._file.write(data)
+        self.size += len(data)
+
+    @property
+    def in_memory(self) -> bool:
+        """Still in memory (SpooledTemporaryFile rolls over once size > its max_size)."""
+        return self.size <= self.memory_cap
+
+    def reader(self) -> IO[bytes]:
+        """The spooled octets, positioned at the start (the same file object each call)."""
+        self._file.flush()
+        self._file.seek(0)
+        return self._file
+
+    def getvalue(self) -> bytes:
+        """Everything spooled, as bytes (for small messages and tests)."""
+        return self.reader().read()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MessageSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,305 @@
+"""clamd client: the message streamed to ``INSTREAM`` as it arrives.
+
+Protocol (clamd(8), "INSTREAM"): the client sends ``zINSTREAM\\0`` and then the data as
+chunks, each prefixed with its length as a 4-byte unsigned big-endian integer, ending
+with a zero-length chunk. clamd answers, NUL-terminated because of the ``z`` prefix,
+``stream: OK``, ``stream: <name> FOUND`` or ``<text> ERROR``. When the stream grows
+past clamd's ``StreamMaxLength`` it answers ``INSTREAM size limit exceeded. ERROR`` and
+closes the connection at once, without scanning.
+
+Why the header block is sent too: clamd decodes MIME (base64 attachments, nested
+multiparts) only when it recognises a whole RFC 5322 message (``ScanMail yes``, the
+default). Given the body alone, a base64-encoded attachment is scanned as base64 text
+and its content is *not* found. :class:`ClamdStream` therefore writes the header fields
+as ``Name: value`` CRLF and the empty line before the body chunks.
+
+How the stream is bounded:
+
+* ``max_bytes`` (set it at or below clamd's ``StreamMaxLength``): octets beyond it are
+  not sent; the prefix is still scanned, and a clean prefix is reported as
+  :attr:`~smtpguard.scanners.ScanStatus.SIZE_LIMIT`. If clamd's own limit is lower and
+  it refuses, that is SIZE_LIMIT too, with the reason in ``detail``.
+* every connect, send and receive has ``timeout``; the final verdict has
+  ``scan_timeout`` (clamd scans only after the last chunk).
+* clamd closes a stream that stays idle longer than its ``ReadTimeout`` (120 s by
+  default). A client that pauses that long between body chunks therefore gets
+  :attr:`~smtpguard.scanners.ScanStatus.ERROR`; keep ``ReadTimeout`` at or above the
+  MTA's own SMTP data timeout (Postfix ``smtpd_timeout``, 300 s).
+
+clamd receives open streams in its listener thread (into a temporary file) and uses a
+worker thread only for the final scan, so transactions streaming in parallel do not
+exhaust ``MaxThreads``; verified against clamd 1.4.
+
+Nothing here raises on I/O: every failure ends as a :class:`~smtpguard.scanners.ScanResult`
+with status ERROR, so the calling check can apply its "scanner down" policy.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import IO, Final
+
+from smtpguard.scanners import Endpoint, ScanResult, ScanStatus, connect, header_bytes
+
+__all__ = ["ClamdStream", "ping", "scan"]
+
+#: A chunk of this size or more is sent as it is; smaller header fields are collected
+#: up to it. The milter protocol delivers body chunks of at most 65535 octets.
+DEFAULT_CHUNK: Final = 64 * 1024
+#: clamd's default StreamMaxLength is 25 MB (clamd.conf(5)).
+DEFAULT_MAX_BYTES: Final = 25 * 1024 * 1024
+_REPLY_MAX: Final = 4096
+_SIZE_LIMIT_REPLY: Final = "INSTREAM size limit exceeded"
+
+
+class ClamdStream:
+    """One INSTREAM scan, opened per transaction.
+
+    Call :meth:`feed_header` for each header field, :meth:`end_of_headers`, then
+    :meth:`feed` for each body chunk, and :meth:`finish` at end of message; call
+    :meth:`close` when the transaction is aborted. The connection is opened lazily by the
+    first octets to send (or explicitly by :meth:`open`), so a transaction refused before
+    DATA never touches clamd. One instance is used by one transaction at a time.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float = 10.0,
+        scan_timeout: float = 60.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        chunk_size: int = DEFAULT_CHUNK,
+        whole_message: bool = False,
+    ) -> None:
+        """``whole_message=True``: :meth:`feed` gets the complete message, header block
+        and empty line included (no :meth:`feed_header` / :meth:`end_of_headers`)."""
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.scan_timeout = scan_timeout
+        self.max_bytes = max_bytes
+        self.chunk_size = chunk_size
+        #: Octets handed to clamd so far (header block included).
+        self.sent = 0
+        #: True once octets were dropped because of ``max_bytes``.
+        self.truncated = False
+        self._sock: socket.socket | None = None
+        self._pending = bytearray()
+        self._eoh = whole_message
+        self._error = ""
+        self._result: ScanResult | None = None
+
+    # -- feeding --------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and start INSTREAM (done implicitly by the first octets to send)."""
+        if self._sock is not None or self._error or self._result is not None:
+            return
+        try:
+            sock = connect(self.endpoint, self.timeout)
+        except OSError as exc:
+            self._error = f"cannot connect to clamd at {self.endpoint}: {_oserror(exc)}"
+            return
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Each chunk is one write, but the zero-length terminator is tiny: without
+            # this it could wait for the delayed ACK of the previous chunk (~40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._send(b"zINSTREAM\0")
+
+    def feed_header(self, name: str, value: str) -> None:
+        self._pending += header_bytes(name, value)
+        if len(self._pending) >= self.chunk_size:
+            self._flush()
+
+    def end_of_headers(self) -> None:
+        if not self._eoh:
+            self._eoh = True
+            self._pending += b"\r\n"
+
+    def feed(self, chunk: bytes) -> None:
+        """Send one body chunk (with any header fields still waiting) to clamd now."""
+        # The MTA may have negotiated end-of-headers away; clamd still needs the empty
+        # line to find the header block.
+        self.end_of_headers()
+        self._pending += chunk
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending or self._error or self._result is not None:
+            self._pending.clear()
+            return
+        data = bytes(self._pending)
+        self._pending.clear()
+        room = self.max_bytes - self.sent
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            self.truncated = True
+        if not data:
+            return
+        self.open()
+        for start in range(0, len(data), self.chunk_size):
+            piece = data[start : start + self.chunk_size]
+            if not self._send(struct.pack("!I", len(piece)) + piece):
+                return
+            self.sent += len(piece)
+
+    def _send(self, data: bytes) -> bool:
+        if self._error or self._sock is None:
+            return False
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            # clamd closes the stream early on its size limit or ReadTimeout; what it
+            # said before closing is the better explanation, when there is one.
+            reply = self._read_reply(min(self.timeout, 1.0))
+            if reply.startswith(_SIZE_LIMIT_REPLY):
+                self._result = _size_limit_refused(reply, self.sent)
+            else:
+                self._error = f"sending to clamd failed: {_oserror(exc)}" + (
+                    f" (clamd said: {reply})" if reply else ""
+                )
+            self._drop()
+            return False
+        return True
+
+    # -- the verdict ----------------------------------------------------------------
+
+    def finish(self) -> ScanResult:
+        """End the stream and return clamd's verdict (the same result on every call)."""
+        if self._result is None:
+            self._result = self._finish()
+            self._drop()
+        return self._result
+
+    def _finish(self) -> ScanResult:
+        self.end_of_headers()
+        self._flush()
+        if self._result is not None:
+            return self._result
+        if self._sock is None and not self._error:
+            # Nothing to send (an empty message): still ask, so "clean" is clamd's word.
+            self.open()
+        if self._error or self._sock is None:
+            return ScanResult(ScanStatus.ERROR, detail=self._error, scanned=self.sent)
+        if not self._send(struct.pack("!I", 0)):
+            if self._result is not None:
+                return self._result
+            return ScanResult(ScanStatus.ERROR, detail=self._error, scanned=self.sent)
+        reply = self._read_reply(self.scan_timeout)
+        return self._interpret(reply)
+
+    def _read_reply(self, timeout: float) -> str:
+        sock = self._sock
+        if sock is None:
+            return ""
+        data = bytearray()
+        try:
+            sock.settimeout(timeout)
+            while b"\0" not in data and len(data) < _REPLY_MAX:
+                got = sock.recv(_REPLY_MAX)
+                if not got:
+                    break
+                data += got
+        except OSError as exc:
+            if not data:
+                self._error = self._error or f"no reply from clamd: {_oserror(exc)}"
+        return data.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+
+    def _interpret(self, reply: str) -> ScanResult:
+        if not reply:
+            detail = self._error or "clamd closed the connection without a reply"
+            return ScanResult(ScanStatus.ERROR, detail=detail, scanned=self.sent)
+        if reply.startswith(_SIZE_LIMIT_REPLY):
+            return _size_limit_refused(reply, self.sent)
+        text = reply.removeprefix("stream:").strip()
+        if text == "OK":
+            if self.truncated:
+                return ScanResult(
+                    ScanStatus.SIZE_LIMIT,
+                    detail=f"message over max_bytes={self.max_bytes}; first {self.sent}"
+                    " octets scanned clean",
+                    scanned=self.sent,
+                )
+            return ScanResult(ScanStatus.CLEAN, scanned=self.sent)
+        if text.endswith(" FOUND"):
+            return ScanResult(
+                ScanStatus.INFECTED,
+                virus=text.removesuffix(" FOUND").strip(),
+                detail="truncated scan" if self.truncated else "",
+                scanned=self.sent,
+            )
+        return ScanResult(ScanStatus.ERROR, detail=f"clamd: {reply[:200]}", scanned=self.sent)
+
+    # -- cleanup --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Abandon the stream (transaction aborted); clamd discards what it received."""
+        self._pending.clear()
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> ClamdStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _size_limit_refused(reply: str, sent: int) -> ScanResult:
+    return ScanResult(
+        ScanStatus.SIZE_LIMIT,
+        detail=f"clamd refused the stream after {sent} octets ({reply}); its"
+        " StreamMaxLength is below max_bytes",
+        scanned=sent,
+    )
+
+
+def _oserror(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or exc.__class__.__name__
+
+
+def scan(
+    endpoint: Endpoint,
+    message: bytes | IO[bytes],
+    *,
+    timeout: float = 10.0,
+    scan_timeout: float = 60.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ScanResult:
+    """Scan a whole message (bytes or a binary file read from its current position).
+
+    For ``simulate`` and tests; the milter streams with :class:`ClamdStream` instead.
+    """
+    with ClamdStream(
+        endpoint,
+        timeout=timeout,
+        scan_timeout=scan_timeout,
+        max_bytes=max_bytes,
+        whole_message=True,
+    ) as stream:
+        if isinstance(message, bytes):
+            for start in range(0, len(message), DEFAULT_CHUNK):
+                stream.feed(message[start : start + DEFAULT_CHUNK])
+        else:
+            while block := message.read(DEFAULT_CHUNK):
+                stream.feed(block)
+        return stream.finish()
+
+
+def ping(endpoint: Endpoint, timeout: float = 2.0) -> bool:
+    """True when clamd answers ``PING`` with ``PONG`` (readiness and health checks)."""
+    try:
+        with connect(endpoint, timeout) as sock:
+            sock.sendall(b"zPING\0")
+            reply = sock.recv(64)
+    except OSError:
+        return False
+    return reply.rstrip(b"\0") == b"PONG"

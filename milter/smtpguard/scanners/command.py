@@ -1,0 +1,148 @@
+"""The virus-scanner command hook (``virus.backend = "command"``).
+
+A configured program gets the whole message (header block, empty line, body) on its
+standard input and answers with its exit status:
+
+======================  =====================================================
+exit status             result
+======================  =====================================================
+0                       CLEAN
+1                       INFECTED; the first non-empty line of standard output
+                        names what was found (``clamdscan``-style
+                        ``stream: NAME FOUND`` is reduced to ``NAME``)
+anything else           ERROR (``detail`` carries the status and the start of
+                        standard error)
+killed by a signal      ERROR
+not started             ERROR (program missing, not executable)
+timeout                 ERROR; the program and everything it started in its
+                        session are killed
+======================  =====================================================
+
+This is the convention of ``clamscan``/``clamdscan`` (0 clean, 1 virus, 2 error), so
+``["clamdscan", "--no-summary", "-"]`` works as a hook as it is.
+
+The program runs without a shell (``argv`` is passed as a list; nothing is expanded),
+in a new session so that a timeout kills its children too, with standard output and
+standard error going to temporary files read back at most 4 KiB each, so a chatty
+program cannot fill memory or block on a full pipe.
+
+The message comes from a :class:`~smtpguard.scanners.MessageSpool` (in memory up to its
+cap, then a temporary file, which is then handed over as the program's standard input
+directly), a binary file, or bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from typing import IO, Final
+
+from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
+
+__all__ = ["run_command"]
+
+_OUTPUT_MAX: Final = 4096
+_FOUND: Final = re.compile(r"^(?:\S*:\s+)?(?P<name>.+?)\s+FOUND$")
+
+
+def run_command(
+    argv: Sequence[str],
+    message: MessageSpool | IO[bytes] | bytes,
+    timeout: float,
+    *,
+    env: dict[str, str] | None = None,
+) -> ScanResult:
+    """Run ``argv`` with the message on standard input; map its exit status (above).
+
+    ``env`` replaces the environment when given (None: inherit smtpguard's).
+    """
+    if not argv:
+        return ScanResult(ScanStatus.ERROR, detail="empty command")
+    size, stdin, data = _stdin(message)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argv from the operator's config, no shell
+                list(argv),
+                stdin=stdin,
+                stdout=out,
+                stderr=err,
+                close_fds=True,
+                start_new_session=True,
+                env=env,
+            )
+        except OSError as exc:
+            return ScanResult(
+                ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}"
+            )
+        try:
+            # communicate() writes the input and waits within one deadline; a program
+            # that exits without reading everything is not an error (EPIPE is ignored).
+            proc.communicate(input=data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc)
+            return ScanResult(
+                ScanStatus.ERROR, detail=f"{argv[0]} timed out after {timeout:g} s", scanned=size
+            )
+        status = proc.returncode
+        if status == 0:
+            return ScanResult(ScanStatus.CLEAN, scanned=size)
+        if status == 1:
+            return ScanResult(ScanStatus.INFECTED, virus=_name(_head(out)), scanned=size)
+        what = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        stderr = _head(err).strip().replace("\n", " | ")[:300]
+        return ScanResult(
+            ScanStatus.ERROR,
+            detail=f"{argv[0]}: {what}" + (f": {stderr}" if stderr else ""),
+            scanned=size,
+        )
+
+
+def _stdin(message: MessageSpool | IO[bytes] | bytes) -> tuple[int, int | IO[bytes], bytes | None]:
+    """(size, what Popen gets as stdin, bytes communicate() writes or None)."""
+    if isinstance(message, bytes):
+        return len(message), subprocess.PIPE, message
+    if isinstance(message, MessageSpool):
+        if message.in_memory:
+            data = message.getvalue()
+            return len(data), subprocess.PIPE, data
+        # A file on disk: the program reads it directly, nothing is copied through us.
+        return message.size, message.reader(), None
+    try:
+        message.fileno()
+    except (OSError, ValueError):
+        data = message.read()
+        return len(data), subprocess.PIPE, data
+    start = message.tell()
+    size = message.seek(0, os.SEEK_END) - start
+    message.seek(start)
+    return size, message, None
+
+
+def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    # The program leads its own session (start_new_session): this reaches its
+    # children too, and nothing of smtpguard.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _head(file: IO[bytes]) -> str:
+    file.seek(0)
+    return file.read(_OUTPUT_MAX).decode("utf-8", "replace")
+
+
+def _name(stdout: str) -> str:
+    for raw in stdout.splitlines():
+        line = raw.strip()
+        if line:
+            found = _FOUND.match(line)
+            return (found.group("name") if found else line)[:200]
+    return "unknown"

@@ -1,0 +1,181 @@
+"""rspamd client: ``POST /checkv2`` of its HTTP protocol, to a normal worker.
+
+Protocol (rspamd documentation, "Rspamd protocol"): the message is the request body;
+the envelope goes in request headers (``IP``, ``Helo``, ``Hostname``, ``From``, one
+``Rcpt`` per recipient, ``Queue-Id``, ``User`` for the SASL login). The reply is JSON
+with ``score``, ``required_score``, ``action`` (``no action``, ``greylist``, ``add
+header``, ``rewrite subject``, ``soft reject``, ``reject``) and ``symbols`` (name ->
+``{"score": ...}``). Nothing else of the reply is relied on.
+
+rspamd needs the whole message, so it is sent at end of message from a
+:class:`~smtpguard.scanners.MessageSpool`: in memory up to the spool's cap, beyond it
+in an unlinked temporary file, streamed to the socket in 64 KiB blocks with an explicit
+``Content-Length`` (no chunked encoding). Give the spool a ``max_size`` at or below
+rspamd's own ``max_message`` (50 MiB by default) and skip the check for a truncated
+spool.
+
+Every failure (connection refused, timeout, HTTP status other than 200, a reply that is
+not the expected JSON or larger than ``max_reply``) is a :class:`SpamResult` with status
+ERROR and the reason in ``detail``; nothing raises. ``timeout`` bounds the connect and
+each send and receive; rspamd's own ``task_timeout`` (8 s by default) bounds the scan.
+
+What surprised in rspamd 3.4: the GTUBE test string short-cuts the scan
+(``"is_skipped": true``), forces action ``reject`` and sets ``score`` to the reject
+threshold (15 by default) while the ``GTUBE`` symbol itself scores 0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterable
+from typing import IO, Any, Final
+
+from smtpguard.scanners import Endpoint, MessageSpool, SpamResult, SpamStatus
+
+__all__ = ["RspamdClient"]
+
+_BLOCK: Final = 64 * 1024
+_CHECK_PATH: Final = "/checkv2"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (rspamd workers can bind ``/path mode=0660``)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout, blocksize=_BLOCK)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class RspamdClient:
+    """Asks one rspamd normal worker (``unix:PATH`` or ``inet:HOST:PORT``)."""
+
+    def __init__(
+        self, endpoint: Endpoint, *, timeout: float = 15.0, max_reply: int = 1024 * 1024
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_reply = max_reply
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.endpoint.path is not None:
+            return _UnixHTTPConnection(self.endpoint.path, self.timeout)
+        return http.client.HTTPConnection(
+            self.endpoint.host, self.endpoint.port, timeout=self.timeout, blocksize=_BLOCK
+        )
+
+    def check(
+        self,
+        message: MessageSpool | IO[bytes] | bytes,
+        *,
+        ip: str | None = None,
+        helo: str | None = None,
+        hostname: str | None = None,
+        sender: str | None = None,
+        rcpts: Iterable[str] = (),
+        queue_id: str | None = None,
+        user: str | None = None,
+    ) -> SpamResult:
+        """Score ``message`` (header block, empty line, body) with its envelope.
+
+        ``sender`` is the MAIL FROM address without angle brackets (empty for ``<>``);
+        ``hostname`` the client's verified host name, if any; ``user`` the SASL login.
+        """
+        body, length = _body(message)
+        headers: list[tuple[str, str]] = [("Content-Length", str(length))]
+        for name, value in (
+            ("IP", ip),
+            ("Helo", helo),
+            ("Hostname", hostname),
+            ("From", sender),
+            ("Queue-Id", queue_id),
+            ("User", user),
+        ):
+            if value is not None:
+                headers.append((name, value))
+        headers.extend(("Rcpt", rcpt) for rcpt in rcpts)
+        conn = self._connection()
+        try:
+            conn.putrequest("POST", _CHECK_PATH, skip_accept_encoding=True)
+            for name, value in headers:
+                # Envelope values may be UTF-8 (SMTPUTF8); http.client would insist on
+                # Latin-1 for str. CR, LF and NUL cannot come from an SMTP command, but
+                # are removed so that no value can ever split the request.
+                conn.putheader(name, _clean(value).encode("utf-8", "surrogateescape"))
+            conn.endheaders(body)
+            response = conn.getresponse()
+            raw = response.read(self.max_reply + 1)
+            status = response.status
+        except (OSError, http.client.HTTPException) as exc:
+            return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {_why(exc)}")
+        finally:
+            conn.close()
+        if len(raw) > self.max_reply:
+            return SpamResult(SpamStatus.ERROR, detail=f"reply over {self.max_reply} octets")
+        return _parse(status, raw)
+
+
+def _body(message: MessageSpool | IO[bytes] | bytes) -> tuple[bytes | IO[bytes], int]:
+    if isinstance(message, bytes):
+        return message, len(message)
+    if isinstance(message, MessageSpool):
+        return message.reader(), message.size
+    start = message.tell()
+    length = message.seek(0, 2) - start
+    message.seek(start)
+    return message, length
+
+
+def _clean(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ").replace("\0", " ")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _parse(status: int, raw: bytes) -> SpamResult:
+    try:
+        reply: Any = json.loads(raw)
+    except ValueError:
+        reply = None
+    if status != 200:
+        error = reply.get("error") if isinstance(reply, dict) else None
+        return SpamResult(
+            SpamStatus.ERROR,
+            detail=f"HTTP {status}" + (f": {str(error)[:200]}" if error else ""),
+        )
+    if not isinstance(reply, dict):
+        return SpamResult(SpamStatus.ERROR, detail="reply is not a JSON object")
+    score, action = reply.get("score"), reply.get("action")
+    if not isinstance(score, int | float) or isinstance(score, bool) or not isinstance(action, str):
+        return SpamResult(SpamStatus.ERROR, detail="reply lacks score or action")
+    required = reply.get("required_score")
+    symbols: dict[str, float] = {}
+    raw_symbols = reply.get("symbols")
+    if isinstance(raw_symbols, dict):
+        for name, symbol in raw_symbols.items():
+            value = symbol.get("score") if isinstance(symbol, dict) else None
+            symbols[str(name)] = float(value) if isinstance(value, int | float) else 0.0
+    return SpamResult(
+        SpamStatus.OK,
+        score=float(score),
+        action=action,
+        required_score=float(required) if isinstance(required, int | float) else None,
+        symbols=symbols,
+    )

@@ -1,0 +1,249 @@
+"""ClamdStream against a real clamd with a test-written signature database (EICAR)."""
+
+from __future__ import annotations
+
+import base64
+import select
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpguard.scanners import Endpoint, ScanStatus
+from smtpguard.scanners.clamd import ClamdStream, ping, scan
+from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, free_port, start_clamd
+
+pytestmark = pytest.mark.integration
+
+FOUND_NAME = f"{EICAR_SIGNATURE}.UNOFFICIAL"
+STREAM_MAX = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    daemon = start_clamd(tmp_path_factory.mktemp("clamd"), stream_max_length=STREAM_MAX)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def endpoint(request: pytest.FixtureRequest, clamd: Clamd) -> Endpoint:
+    return clamd.unix if request.param == "unix" else clamd.tcp
+
+
+HEADERS = [
+    ("Received", "from client.example.org (client.example.org [198.51.100.7])\n\tby mx"),
+    ("From", "Alice <alice@example.org>"),
+    ("To", "bob@example.com"),
+    ("Subject", "=?utf-8?b?5rWL6K+V?= test"),
+    ("Message-ID", "<1@example.org>"),
+]
+
+
+def multipart(attachment: bytes) -> tuple[list[tuple[str, str]], bytes]:
+    """A multipart/mixed message whose second part carries ``attachment`` in base64."""
+    headers = [
+        *HEADERS,
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'multipart/mixed; boundary="b1"'),
+    ]
+    encoded = base64.encodebytes(attachment).replace(b"\n", b"\r\n")
+    body = (
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n"
+        b"--b1\r\nContent-Type: application/octet-stream\r\n"
+        b'Content-Disposition: attachment; filename="tool.com"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--b1--\r\n"
+    )
+    return headers, body
+
+
+def stream_message(
+    stream: ClamdStream, headers: list[tuple[str, str]], body: bytes, chunk: int = 65535
+) -> None:
+    """Feed like the pipeline: header callbacks, end of headers, body chunks."""
+    for name, value in headers:
+        stream.feed_header(name, value)
+    stream.end_of_headers()
+    for start in range(0, len(body), chunk):
+        stream.feed(body[start : start + chunk])
+
+
+def test_clean_message(endpoint: Endpoint) -> None:
+    with ClamdStream(endpoint, timeout=5) as stream:
+        stream_message(stream, HEADERS, b"Hello Bob,\r\nlunch tomorrow?\r\n")
+        result = stream.finish()
+    assert result.status is ScanStatus.CLEAN
+    assert result.virus == ""
+    assert result.scanned > 100
+
+
+def test_eicar_in_the_body_is_found(endpoint: Endpoint) -> None:
+    with ClamdStream(endpoint, timeout=5) as stream:
+        stream_message(stream, HEADERS, b"Here it is:\r\n" + EICAR + b"\r\n")
+        result = stream.finish()
+    assert result.status is ScanStatus.INFECTED
+    assert result.infected
+    assert result.virus == FOUND_NAME
+
+
+def test_base64_attachment_in_a_multipart_is_found(endpoint: Endpoint) -> None:
+    headers, body = multipart(EICAR)
+    assert EICAR not in body  # only the decoded attachment contains it
+    with ClamdStream(endpoint, timeout=5) as stream:
+        stream_message(stream, headers, body)
+        result = stream.finish()
+    assert result.status is ScanStatus.INFECTED
+    assert result.virus == FOUND_NAME
+
+
+def test_without_the_header_block_clamd_does_not_decode_mime(clamd: Clamd) -> None:
+    """Why ClamdStream sends the headers: the body alone is not parsed as MIME."""
+    _, body = multipart(EICAR)
+    assert scan(clamd.unix, body).status is ScanStatus.CLEAN
+
+
+def test_message_larger_than_one_chunk(endpoint: Endpoint) -> None:
+    filler = b"".join(b"line %06d of a long and boring report\r\n" % i for i in range(12_000))
+    assert len(filler) > 5 * 65535
+    with ClamdStream(endpoint, timeout=5) as stream:
+        stream_message(stream, HEADERS, filler)
+        clean = stream.finish()
+    with ClamdStream(endpoint, timeout=5) as stream:
+        stream_message(stream, HEADERS, filler + EICAR + b"\r\n")
+        infected = stream.finish()
+    assert clean.status is ScanStatus.CLEAN
+    assert clean.scanned > len(filler)
+    assert infected.status is ScanStatus.INFECTED
+    assert infected.virus == FOUND_NAME
+
+
+def test_large_infected_attachment_in_small_chunks(clamd: Clamd) -> None:
+    headers, body = multipart(b"\0" * 300_000 + EICAR + b"\0" * 1000)
+    with ClamdStream(clamd.unix, timeout=5) as stream:
+        stream_message(stream, headers, body, chunk=1000)
+        result = stream.finish()
+    assert result.status is ScanStatus.INFECTED
+
+
+def test_over_max_bytes_scans_the_prefix(clamd: Clamd) -> None:
+    filler = b"x" * 200 + b"\r\n"
+    body = filler * 1000  # ~200 KB
+    with ClamdStream(clamd.unix, timeout=5, max_bytes=50_000) as stream:
+        stream_message(stream, HEADERS, body)
+        result = stream.finish()
+    assert result.status is ScanStatus.SIZE_LIMIT
+    assert result.scanned == 50_000
+    assert "max_bytes=50000" in result.detail
+    with ClamdStream(clamd.unix, timeout=5, max_bytes=50_000) as stream:
+        stream_message(stream, HEADERS, EICAR + b"\r\n" + body)
+        infected = stream.finish()
+    assert infected.status is ScanStatus.INFECTED  # found in the scanned prefix
+
+
+def test_clamd_refusing_over_its_stream_max_length(endpoint: Endpoint) -> None:
+    body = (b"y" * 998 + b"\r\n") * (STREAM_MAX // 1000 + 200)
+    with ClamdStream(endpoint, timeout=5, max_bytes=10 * STREAM_MAX) as stream:
+        stream_message(stream, HEADERS, body)
+        result = stream.finish()
+    assert result.status is ScanStatus.SIZE_LIMIT
+    assert "StreamMaxLength" in result.detail
+
+
+def test_empty_message_is_clean(clamd: Clamd) -> None:
+    with ClamdStream(clamd.unix, timeout=5) as stream:
+        assert stream.finish().status is ScanStatus.CLEAN
+
+
+def test_finish_is_idempotent_and_opening_is_lazy(clamd: Clamd) -> None:
+    stream = ClamdStream(clamd.unix, timeout=5)
+    stream.feed_header("Subject", "hi")
+    assert stream._sock is None  # header fields wait for the body (or finish)
+    stream.feed(b"body\r\n")
+    assert stream._sock is not None
+    first = stream.finish()
+    assert stream.finish() is first
+    assert stream._sock is None
+
+
+def test_aborted_stream_leaves_clamd_working(clamd: Clamd) -> None:
+    stream = ClamdStream(clamd.unix, timeout=5)
+    stream_message(stream, HEADERS, b"half a message\r\n")
+    stream.close()
+    stream.close()
+    assert ping(clamd.unix)
+
+
+def test_unix_socket_absent_is_an_error(tmp_path: Path) -> None:
+    stream = ClamdStream(Endpoint(path=str(tmp_path / "missing.sock")), timeout=1)
+    stream_message(stream, HEADERS, EICAR)
+    result = stream.finish()
+    assert result.status is ScanStatus.ERROR
+    assert "cannot connect" in result.detail
+    assert str(tmp_path / "missing.sock") in result.detail
+
+
+def test_tcp_port_closed_is_an_error() -> None:
+    stream = ClamdStream(Endpoint(host="127.0.0.1", port=free_port()), timeout=1)
+    stream_message(stream, HEADERS, b"hello\r\n")
+    assert stream.finish().status is ScanStatus.ERROR
+
+
+def test_scanner_that_never_answers_times_out() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()  # accepted by the kernel, never read: sends fill up, replies never come
+        endpoint = Endpoint(host="127.0.0.1", port=server.getsockname()[1])
+        with ClamdStream(endpoint, timeout=0.3, scan_timeout=0.3) as stream:
+            stream_message(stream, HEADERS, b"hello\r\n")
+            result = stream.finish()
+    assert result.status is ScanStatus.ERROR
+    assert "timed out" in result.detail
+
+
+def test_idle_stream_closed_by_read_timeout_is_an_error(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A client pausing longer than clamd's ReadTimeout between chunks: ERROR, no raise."""
+    daemon = start_clamd(tmp_path_factory.mktemp("clamd-rt"), read_timeout=1)
+    try:
+        stream = ClamdStream(daemon.unix, timeout=5)
+        stream_message(stream, HEADERS, b"first chunk\r\n")
+        assert stream._sock is not None
+        # clamd hangs up after ReadTimeout: the socket turns readable (EOF).
+        readable, _, _ = select.select([stream._sock], [], [], 10)
+        assert readable
+        stream.feed(b"second chunk, too late\r\n")
+        result = stream.finish()
+        assert result.status is ScanStatus.ERROR
+    finally:
+        daemon.stop()
+
+
+def test_parallel_streams_do_not_need_a_worker_thread_each(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    daemon = start_clamd(tmp_path_factory.mktemp("clamd-mt"), max_threads=2)
+    try:
+        streams = [ClamdStream(daemon.unix, timeout=5) for _ in range(8)]
+        for i, stream in enumerate(streams):
+            stream_message(stream, HEADERS, EICAR if i % 2 else b"clean\r\n")
+        results = [stream.finish() for stream in streams]
+    finally:
+        daemon.stop()
+    assert [r.status for r in results] == [ScanStatus.CLEAN, ScanStatus.INFECTED] * 4
+
+
+def test_scan_helper_reads_a_file(clamd: Clamd, tmp_path: Path) -> None:
+    headers, body = multipart(EICAR)
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"".join(f"{n}: {v}\r\n".encode() for n, v in headers) + b"\r\n" + body)
+    with message.open("rb") as fh:
+        assert scan(clamd.tcp, fh).virus == FOUND_NAME
+
+
+def test_ping(clamd: Clamd, tmp_path: Path) -> None:
+    assert ping(clamd.unix)
+    assert ping(clamd.tcp)
+    assert not ping(Endpoint(path=str(tmp_path / "none.sock")))
+    assert clamd.startup < 10

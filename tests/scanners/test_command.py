@@ -1,0 +1,206 @@
+"""The command hook: real programs, the documented exit-status mapping, no shell."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpguard.scanners import MessageSpool, ScanStatus
+from smtpguard.scanners.command import run_command
+from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
+
+MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def script(tmp_path: Path, body: str, name: str = "hook") -> list[str]:
+    """An executable Python program; argv as the operator would configure it."""
+    path = tmp_path / name
+    path.write_text(f"#!{sys.executable}\nimport sys, os, time, hashlib\n{body}\n")
+    path.chmod(0o755)
+    return [str(path)]
+
+
+def test_exit_0_is_clean_and_the_message_arrives_on_stdin(tmp_path: Path) -> None:
+    copy = tmp_path / "seen.eml"
+    argv = script(tmp_path, f"open({str(copy)!r}, 'wb').write(sys.stdin.buffer.read())")
+    result = run_command(argv, MESSAGE, timeout=10)
+    assert result.status is ScanStatus.CLEAN
+    assert result.scanned == len(MESSAGE)
+    assert copy.read_bytes() == MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("stdout", "name"),
+    [
+        ("Eicar-Test-Signature\n", "Eicar-Test-Signature"),
+        ("stream: Win.Test.EICAR_HDB-1 FOUND\n\nsummary\n", "Win.Test.EICAR_HDB-1"),
+        ("\n  \nTrojan.Generic  \n", "Trojan.Generic"),
+        ("", "unknown"),
+    ],
+)
+def test_exit_1_is_infected_with_the_first_stdout_line_as_name(
+    tmp_path: Path, stdout: str, name: str
+) -> None:
+    argv = script(tmp_path, f"sys.stdin.buffer.read(); print({stdout!r}, end=''); sys.exit(1)")
+    result = run_command(argv, MESSAGE, timeout=10)
+    assert result.status is ScanStatus.INFECTED
+    assert result.virus == name
+
+
+def test_other_exit_status_is_an_error_with_stderr_in_the_detail(tmp_path: Path) -> None:
+    argv = script(tmp_path, "sys.stderr.write('database missing\\n'); sys.exit(2)")
+    result = run_command(argv, MESSAGE, timeout=10)
+    assert result.status is ScanStatus.ERROR
+    assert "exit status 2" in result.detail
+    assert "database missing" in result.detail
+
+
+def test_killed_by_a_signal_is_an_error(tmp_path: Path) -> None:
+    argv = script(tmp_path, "import signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    result = run_command(argv, MESSAGE, timeout=10)
+    assert result.status is ScanStatus.ERROR
+    assert "killed by signal 11" in result.detail
+
+
+def test_missing_program_is_an_error(tmp_path: Path) -> None:
+    result = run_command([str(tmp_path / "no-such-scanner")], MESSAGE, timeout=10)
+    assert result.status is ScanStatus.ERROR
+    assert "cannot run" in result.detail
+    assert run_command([], MESSAGE, timeout=1).status is ScanStatus.ERROR
+
+
+def test_timeout_kills_the_program_and_its_children(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    argv = script(
+        tmp_path,
+        "import subprocess\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)",
+    )
+    start = time.monotonic()
+    result = run_command(argv, MESSAGE, timeout=1.0)
+    assert time.monotonic() - start < 5
+    assert result.status is ScanStatus.ERROR
+    assert "timed out after 1 s" in result.detail
+    child = int(pidfile.read_text())
+    # The grandchild was in the hook's session and got SIGKILL with it; once its
+    # parent is gone, init reaps it (or it lingers as a zombie, which is dead too).
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_no_shell_arguments_arrive_verbatim(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    out = tmp_path / "argv.txt"
+    argv = script(tmp_path, f"open({str(out)!r}, 'w').write(repr(sys.argv[1:]))")
+    tricky = [f"$(touch {marker})", "; rm -rf /", "*", "'quoted'"]
+    assert run_command([*argv, *tricky], MESSAGE, timeout=10).status is ScanStatus.CLEAN
+    assert not marker.exists()
+    assert out.read_text() == repr(tricky)
+
+
+def test_program_that_ignores_stdin_is_fine(tmp_path: Path) -> None:
+    argv = script(tmp_path, "sys.exit(0)")
+    big = b"x" * (4 * 1024 * 1024)  # more than a pipe holds: writing it gets EPIPE
+    assert run_command(argv, big, timeout=10).status is ScanStatus.CLEAN
+
+
+def test_chatty_program_output_is_capped(tmp_path: Path) -> None:
+    argv = script(tmp_path, "sys.stdout.write('Big.Name\\n' + 'x' * 10_000_000); sys.exit(1)")
+    result = run_command(argv, MESSAGE, timeout=20)
+    assert result.virus == "Big.Name"
+
+
+def spooled(memory_cap: int, size: int) -> MessageSpool:
+    spool = MessageSpool(memory_cap=memory_cap)
+    spool.feed_header("From", "a@example.org")
+    spool.feed_header("Subject", "big")
+    spool.end_of_headers()
+    line = b"0123456789" * 7 + b"\r\n"
+    for _ in range(size // len(line)):
+        spool.feed(line)
+    return spool
+
+
+@pytest.mark.parametrize("memory_cap", [64 * 1024, 16 * 1024 * 1024])
+def test_spooled_message_in_memory_or_on_disk(tmp_path: Path, memory_cap: int) -> None:
+    digest = tmp_path / "sha256"
+    argv = script(
+        tmp_path,
+        f"open({str(digest)!r}, 'w').write(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+    )
+    with spooled(memory_cap, 3 * 1024 * 1024) as spool:
+        assert spool.in_memory is (memory_cap > spool.size)
+        expected = hashlib.sha256(spool.getvalue()).hexdigest()
+        result = run_command(argv, spool, timeout=20)
+        assert result.status is ScanStatus.CLEAN
+        assert result.scanned == spool.size
+    assert digest.read_text() == expected
+
+
+def test_binary_file_without_fileno(tmp_path: Path) -> None:
+    copy = tmp_path / "seen.eml"
+    argv = script(tmp_path, f"open({str(copy)!r}, 'wb').write(sys.stdin.buffer.read())")
+    assert run_command(argv, io.BytesIO(MESSAGE), timeout=10).status is ScanStatus.CLEAN
+    assert copy.read_bytes() == MESSAGE
+
+
+def test_real_file_from_its_position(tmp_path: Path) -> None:
+    copy = tmp_path / "seen.eml"
+    source = tmp_path / "in.eml"
+    source.write_bytes(b"IGNORED" + MESSAGE)
+    argv = script(tmp_path, f"open({str(copy)!r}, 'wb').write(sys.stdin.buffer.read())")
+    with source.open("rb") as fh:
+        fh.seek(len(b"IGNORED"))
+        result = run_command(argv, fh, timeout=10)
+    assert result.scanned == len(MESSAGE)
+    assert copy.read_bytes() == MESSAGE
+
+
+def test_environment_can_be_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "env"
+    argv = script(tmp_path, f"open({str(out)!r}, 'w').write(os.environ.get('HOOK', '-'))")
+    run_command(argv, MESSAGE, timeout=10, env={"HOOK": "yes"})
+    assert out.read_text() == "yes"
+
+
+# --- clamdscan as the hook, against a real clamd ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    daemon = start_clamd(tmp_path_factory.mktemp("clamd-hook"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.mark.integration
+def test_clamdscan_works_as_a_hook(clamd: Clamd) -> None:
+    clamdscan = shutil.which("clamdscan")
+    assert clamdscan, "clamdscan ships with Debian's clamav-daemon / clamdscan packages"
+    argv = [clamdscan, "--config-file", str(clamd.dir / "clamd.conf"), "--no-summary", "-"]
+    infected = run_command(argv, MESSAGE + EICAR + b"\r\n", timeout=30)
+    assert infected.status is ScanStatus.INFECTED, infected
+    assert infected.virus == f"{EICAR_SIGNATURE}.UNOFFICIAL"
+    assert run_command(argv, MESSAGE, timeout=30).status is ScanStatus.CLEAN
+    missing = [clamdscan, "--config-file", os.devnull, "--no-summary", "-"]
+    assert run_command(missing, MESSAGE, timeout=30).status is ScanStatus.ERROR

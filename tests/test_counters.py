@@ -1,0 +1,350 @@
+"""Same-size bulk counters: the bucket rule, the in-process backend, Redis (real
+redis-server on loopback), and the outage behaviour."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import cast
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smtpguard.counters import (
+    CounterError,
+    InProcessCounter,
+    RedisCounter,
+    ResilientCounter,
+    SizeBuckets,
+    redis_client,
+)
+from support.daemons import RedisServer, free_port, start_redis
+
+TWO_PERCENT = SizeBuckets(0.02)
+KEY = "spammer@example.org|198.51.100.7"
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- the bucket rule -------------------------------------------------------------------
+
+
+@given(st.integers(1, 10**9), st.floats(0, 0.02))
+def test_relative_sizes_within_width_are_always_counted_together(size: int, rel: float) -> None:
+    other = math.floor(size * (1 + rel))
+    assert abs(TWO_PERCENT.bucket(size) - TWO_PERCENT.bucket(other)) <= 1
+
+
+@given(st.integers(1, 10**9), st.floats(0.0405, 10))
+def test_relative_sizes_far_apart_are_never_counted_together(size: int, rel: float) -> None:
+    other = math.ceil(size * (1 + rel))  # more than (1.02)**2 = 1.0404 times larger
+    assert abs(TWO_PERCENT.bucket(size) - TWO_PERCENT.bucket(other)) >= 2
+
+
+@given(st.integers(0, 10**9), st.integers(0, 500))
+def test_fixed_width_rule(size: int, delta: int) -> None:
+    fixed = SizeBuckets(500, relative=False)
+    assert abs(fixed.bucket(size) - fixed.bucket(size + delta)) <= 1
+    assert abs(fixed.bucket(size) - fixed.bucket(size + 1000 + delta)) >= 2
+
+
+def test_bucket_edges() -> None:
+    assert TWO_PERCENT.bucket(0) == TWO_PERCENT.bucket(1) == 0
+    assert TWO_PERCENT.neighbourhood(10_000) == (464, 465, 466)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        SizeBuckets(2.0)
+    with pytest.raises(ValueError, match="whole number"):
+        SizeBuckets(0.5, relative=False)
+
+
+# --- in process ------------------------------------------------------------------------
+
+
+def test_counts_same_size_per_key() -> None:
+    counter = InProcessCounter(60, TWO_PERCENT, clock=Clock())
+    assert [counter.hit(KEY, 10_000 + i) for i in range(5)] == [1, 2, 3, 4, 5]
+    assert counter.hit("other|192.0.2.1", 10_000) == 1
+    assert counter.hit(KEY, 50_000) == 1  # another size
+
+
+def test_peek_does_not_record() -> None:
+    counter = InProcessCounter(60, TWO_PERCENT, clock=Clock())
+    counter.hit(KEY, 10_000)
+    assert counter.peek(KEY, 10_100) == 1
+    assert counter.peek(KEY, 10_100) == 1
+    assert counter.hit(KEY, 10_100) == 2
+
+
+def test_neighbour_buckets_count_but_distant_ones_do_not() -> None:
+    counter = InProcessCounter(60, TWO_PERCENT, clock=Clock())
+    b = TWO_PERCENT.bucket(10_000)
+    top_of_bucket = max(s for s in range(10_000, 10_400) if TWO_PERCENT.bucket(s) == b)
+    counter.hit(KEY, top_of_bucket)
+    assert counter.peek(KEY, top_of_bucket + 1) == 1  # next bucket, still counted
+    assert counter.peek(KEY, int(top_of_bucket * 1.05)) == 0
+
+
+def test_sliding_window_with_injected_clock() -> None:
+    clock = Clock()
+    counter = InProcessCounter(60, TWO_PERCENT, clock=clock)
+    counter.hit(KEY, 10_000)
+    clock.now += 30
+    assert counter.hit(KEY, 10_000) == 2
+    clock.now += 30  # the first hit is exactly one window old: gone
+    assert counter.peek(KEY, 10_000) == 1
+    clock.now += 29.9
+    assert counter.peek(KEY, 10_000) == 1
+    clock.now += 0.2
+    assert counter.peek(KEY, 10_000) == 0
+    assert counter.hit(KEY, 10_000) == 1
+
+
+def test_memory_is_bounded() -> None:
+    clock = Clock()
+    counter = InProcessCounter(60, TWO_PERCENT, max_keys=10, max_per_bucket=3, clock=clock)
+    assert [counter.hit(KEY, 5000) for _ in range(5)] == [1, 2, 3, 3, 3]  # saturates
+    for i in range(100):
+        counter.hit(f"k{i}", 5000)
+    assert len(counter._hits) <= 10
+    clock.now += 61
+    counter.hit("fresh", 5000)
+    assert len(counter._hits) == 1  # expired entries are dropped
+
+
+def test_threads_lose_no_hits() -> None:
+    counter = InProcessCounter(60, TWO_PERCENT, max_per_bucket=10_000)
+
+    def work() -> None:
+        for _ in range(500):
+            counter.hit(KEY, 7000)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counter.peek(KEY, 7000) == 4000
+
+
+# --- Redis -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis(redis_server: RedisServer) -> RedisServer:
+    if redis_server.process.poll() is not None:  # a test killed it
+        redis_server.restart()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+def counter_on(server: RedisServer, window: float = 60, max_per_bucket: int = 1000) -> RedisCounter:
+    return RedisCounter(
+        redis_client(server.url), window, TWO_PERCENT, max_per_bucket=max_per_bucket
+    )
+
+
+@pytest.mark.integration
+def test_two_hosts_sharing_redis_trip_the_limit_together(fresh_redis: RedisServer) -> None:
+    limit = 5
+    host_a, host_b = counter_on(fresh_redis), counter_on(fresh_redis)
+    counts_a = [host_a.hit(KEY, 12_000 + i * 10) for i in range(3)]
+    counts_b = [host_b.hit(KEY, 12_050 + i * 10) for i in range(3)]
+    assert max(counts_a) <= limit  # neither alone would be over
+    assert counts_b == [4, 5, 6]
+    assert counts_b[-1] > limit  # together they are
+    assert host_a.peek(KEY, 12_000) == 6
+    # Alone, each host's own three would never have tripped it:
+    alone = InProcessCounter(60, TWO_PERCENT)
+    assert max(alone.hit(KEY, 12_000 + i * 10) for i in range(3)) <= limit
+
+
+@pytest.mark.integration
+def test_redis_keys_expire_and_nothing_grows(fresh_redis: RedisServer) -> None:
+    counter = counter_on(fresh_redis, window=0.3, max_per_bucket=4)
+    for _ in range(10):
+        counter.hit(KEY, 3000)
+    own = counter.keys_for(KEY, 3000)[1]
+    client = counter.client
+    assert client.zcard(own) == 4  # capped
+    assert 0 < client.pttl(own) <= 300
+    names = cast(list[bytes], client.keys("*"))
+    assert KEY.encode() not in b"".join(names)  # addresses stay out of Redis
+    deadline = time.monotonic() + 5
+    while client.exists(own) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not client.exists(own)
+    assert counter.hit(KEY, 3000) == 1
+
+
+@pytest.mark.integration
+def test_redis_window_slides(fresh_redis: RedisServer) -> None:
+    counter = counter_on(fresh_redis, window=0.5)
+    counter.hit(KEY, 3000)
+    client = counter.client
+    own = counter.keys_for(KEY, 3000)[1]
+    # Make the first hit older than the window by moving its score (Redis time, us).
+    seconds, micros = client.time()
+    old = (seconds - 10) * 1_000_000 + micros
+    members = cast(list[bytes], client.zrange(own, 0, -1))
+    client.zadd(own, dict.fromkeys(members, old))
+    assert counter.hit(KEY, 3000) == 1
+
+
+@pytest.mark.integration
+def test_redis_counter_uses_redis_time_not_the_host_clock(
+    fresh_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = counter_on(fresh_redis)
+    counter.hit(KEY, 3000)
+    # A host whose clock is a day ahead still sees the same window.
+    monkeypatch.setattr(time, "time", lambda: 1e10)
+    monkeypatch.setattr(time, "monotonic", lambda: 1e10)
+    assert counter.hit(KEY, 3000) == 2
+    monkeypatch.undo()
+    client = counter.client
+    seconds, micros = client.time()
+    now = seconds * 1_000_000 + micros
+    pairs = cast(
+        list[tuple[bytes, float]],
+        client.zrange(counter.keys_for(KEY, 3000)[1], 0, -1, withscores=True),
+    )
+    scores = [score for _, score in pairs]
+    assert all(now - 5_000_000 < s <= now for s in scores)
+
+
+@pytest.mark.integration
+def test_script_is_reloaded_after_script_flush(fresh_redis: RedisServer) -> None:
+    counter = counter_on(fresh_redis)
+    counter.hit(KEY, 3000)
+    counter.client.script_flush()
+    assert counter.hit(KEY, 3000) == 2
+
+
+@pytest.mark.integration
+def test_redis_down_raises_counter_error() -> None:
+    counter = RedisCounter(
+        redis_client(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5), 60, TWO_PERCENT
+    )
+    with pytest.raises(CounterError, match="redis"):
+        counter.hit(KEY, 3000)
+
+
+@pytest.mark.integration
+def test_redis_that_never_answers_times_out() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        url = f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+        counter = RedisCounter(redis_client(url, timeout=0.2), 60, TWO_PERCENT)
+        start = time.monotonic()
+        with pytest.raises(CounterError):
+            counter.hit(KEY, 3000)
+        assert time.monotonic() - start < 2
+
+
+# --- outage behaviour ------------------------------------------------------------------
+
+
+def outage_log(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "smtpguard.counters"]
+
+
+@pytest.mark.integration
+def test_redis_killed_mid_run_with_on_error_error(
+    fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtpguard.counters")
+    clock = Clock()
+    counter = ResilientCounter(
+        counter_on(fresh_redis), on_error="error", retry_interval=5, clock=clock
+    )
+    assert [counter.hit(KEY, 3000) for _ in range(3)] == [1, 2, 3]
+    fresh_redis.kill()
+    for _ in range(20):
+        with pytest.raises(CounterError, match="unreachable"):
+            counter.hit(KEY, 3000)
+        clock.now += 1  # retries every 5 s of (injected) time
+    assert counter.down
+    fresh_redis.restart()  # an empty Redis: no persistence in the test server
+    clock.now += 5
+    assert counter.hit(KEY, 3000) == 1
+    assert not counter.down
+    log = outage_log(caplog)
+    assert [level for level, _ in log] == [logging.WARNING, logging.INFO]  # once each
+    assert "unreachable" in log[0][1]
+    assert "answering errors" in log[0][1]
+    assert "reachable again" in log[1][1]
+
+
+@pytest.mark.integration
+def test_redis_killed_mid_run_with_local_fallback(
+    fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtpguard.counters")
+    clock = Clock()
+    local = InProcessCounter(60, TWO_PERCENT, clock=clock)
+    counter = ResilientCounter(
+        counter_on(fresh_redis), on_error="local", local=local, retry_interval=5, clock=clock
+    )
+    other_host = counter_on(fresh_redis)
+    assert [counter.hit(KEY, 3000) for _ in range(2)] == [1, 2]
+    assert other_host.hit(KEY, 3000) == 3
+    fresh_redis.kill()
+    # Counting goes on, on this host only: its own two hits are remembered locally,
+    # the other host's is not.
+    assert [counter.hit(KEY, 3000) for _ in range(4)] == [3, 4, 5, 6]
+    assert counter.peek(KEY, 3000) == 6
+    log = outage_log(caplog)
+    assert len(log) == 1
+    assert "counting on this host only" in log[0][1]
+    fresh_redis.restart()
+    clock.now += 6
+    assert counter.hit(KEY, 3000) == 1
+    assert len(outage_log(caplog)) == 2
+
+
+def test_outage_does_not_hammer_redis() -> None:
+    """While down, the backend is asked at most once per retry interval."""
+    calls = 0
+
+    class Down:
+        def hit(self, key: str, size: int) -> int:
+            nonlocal calls
+            calls += 1
+            raise CounterError("down")
+
+        peek = hit
+
+    clock = Clock()
+    counter = ResilientCounter(Down(), on_error="error", retry_interval=5, clock=clock)
+    for _ in range(100):
+        with pytest.raises(CounterError):
+            counter.hit(KEY, 1)
+        clock.now += 0.1
+    assert calls == 2  # at 0 s and at 5 s
+
+
+def test_local_fallback_needs_a_local_counter() -> None:
+    with pytest.raises(ValueError, match="local counter"):
+        ResilientCounter(InProcessCounter(60, TWO_PERCENT), on_error="local")
