@@ -187,7 +187,12 @@ def start_postfix(
     (config_dir / "master.cf").write_text(MASTER_CF.format(port=port, capture=capture))
     postfix_cmd(config_dir, "start")
     instance = Postfix(root, port, config_dir, delivered, main_cf)
-    wait_for_greeting(port)
+    try:
+        wait_for_greeting(port)
+    except RuntimeError:
+        log = instance.maillog()
+        instance.stop()
+        raise RuntimeError(f"postfix did not start; maillog:\n{log}") from None
     return instance
 
 
