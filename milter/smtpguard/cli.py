@@ -17,6 +17,7 @@ from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf, sendmail_mc
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
+from smtpguard.simulate import Envelope, simulate
 from smtpguard.state import SqliteBlacklist, StateError
 
 DEFAULT_CONFIG = "/etc/smtpguard/smtpguard.toml"
@@ -126,6 +127,34 @@ def cmd_sendmail_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="  log: %(message)s",
+        stream=sys.stdout,
+    )
+    result = simulate(
+        build_runtime(config),
+        Envelope(
+            client=args.client,
+            client_name=args.client_name,
+            helo=args.helo,
+            login=args.login,
+            auth_type=args.auth_type,
+            tls=args.tls,
+            mta=args.mta,
+            sender=args.sender,
+            sender_params=tuple(args.param),
+            recipients=tuple(args.to),
+        ),
+        Path(args.eml).read_bytes() if args.eml else None,
+    )
+    for line in result.lines:
+        print(line)
+    return 0 if result.accepted else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smtpguard", description=__doc__)
     p.add_argument("--version", action="version", version=f"smtpguard {__version__}")
@@ -149,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("address", nargs="*", help="address, or @domain for a whole domain")
     bl.add_argument("--reason", default="", help="note stored with an added entry")
     bl.set_defaults(func=cmd_blacklist)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run the configured pipeline on an envelope (and message) without an MTA",
+    )
+    sim.add_argument("--client", required=True, help="client IP address")
+    sim.add_argument("--client-name", default="", help="client host name (default: [IP])")
+    sim.add_argument("--helo", help="HELO/EHLO name (omit: no HELO)")
+    sim.add_argument("--login", help="SASL login of an authenticated session")
+    sim.add_argument("--auth-type", default="LOGIN", help="SASL mechanism (with --login)")
+    sim.add_argument("--tls", action="store_true", help="the session uses TLS")
+    sim.add_argument("--mta", choices=("postfix", "sendmail"), default="postfix")
+    sim.add_argument("--from", dest="sender", required=True, help="MAIL FROM address")
+    sim.add_argument("--param", action="append", default=[], help="ESMTP parameter of MAIL")
+    sim.add_argument("--to", action="append", required=True, help="RCPT TO (repeatable)")
+    sim.add_argument("--eml", help="RFC 5322 message file for the DATA phase")
+    sim.add_argument("-v", "--verbose", action="store_true", help="show the decision log")
+    sim.set_defaults(func=cmd_simulate)
 
     pc = sub.add_parser("postfix-config", help="print the main.cf settings for this config")
     pc.add_argument("--queue-directory", default="/var/spool/postfix")

@@ -1,0 +1,100 @@
+"""``smtpguard simulate``: the milter's code path without an MTA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.service import Site, smtpguard
+
+
+def test_refused_sender_shows_the_exact_reply(site: Site) -> None:
+    result = smtpguard(
+        site,
+        "simulate",
+        "--client",
+        "198.51.100.7",
+        "--helo",
+        "mail.sender.example",
+        "--from",
+        "spammer@bad.example",
+        "--to",
+        "alice@example.com",
+        check=False,
+    )
+    assert result.returncode == 1
+    assert (
+        "553 5.7.1 host denies the sender. (拒绝发件人地址)   [host_denies_sender]" in result.stdout
+    )
+    assert "result: refused at MAIL FROM" in result.stdout
+
+
+def test_message_through_every_stage(site: Site, tmp_path: Path) -> None:
+    eml = tmp_path / "m.eml"
+    eml.write_text("From: a@sender.example\nSubject: hi\n\nhello\n")
+    result = smtpguard(
+        site,
+        "simulate",
+        "--client",
+        "198.51.100.7",
+        "--helo",
+        "mail.sender.example",
+        "--from",
+        "friend@sender.example",
+        "--to",
+        "alice@example.com",
+        "--to",
+        "x@foreign.example",
+        "--eml",
+        str(eml),
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any("rcpt to:<x@foreign.example>" in x and "[host_denies_relay]" in x for x in lines)
+    assert any(x.startswith("header Subject") and x.endswith("continue") for x in lines)
+    assert lines[-1] == "result: accepted"
+
+
+def test_content_verdict_at_end_of_message(site: Site, tmp_path: Path) -> None:
+    eml = tmp_path / "loop.eml"
+    received = "Received: from a.example by b.example; Sat, 28 Nov 2026 17:00:00 +0000\n"
+    eml.write_text(received * 31 + "Subject: loop\n\nhi\n")
+    result = smtpguard(
+        site,
+        "simulate",
+        "--client",
+        "198.51.100.7",
+        "--helo",
+        "mail.sender.example",
+        "--from",
+        "friend@sender.example",
+        "--to",
+        "alice@example.com",
+        "--eml",
+        str(eml),
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "552 5.4.6 looping message. (环回信件)   [looping_message]" in result.stdout
+
+
+def test_authenticated_session_and_sendmail_ascii(site: Site) -> None:
+    result = smtpguard(
+        site,
+        "simulate",
+        "--client",
+        "198.51.100.7",
+        "--helo",
+        "laptop.sender.example",
+        "--login",
+        "alice@example.com",
+        "--tls",
+        "--mta",
+        "sendmail",
+        "--from",
+        "carol@example.com",
+        "--to",
+        "x@foreign.example",
+        check=False,
+    )
+    assert "554 5.7.1 mail address invalid.   [sender_mismatch]" in result.stdout
