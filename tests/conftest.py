@@ -29,3 +29,16 @@ def service(site: Site) -> Iterator[Running]:
 def _reap_services() -> Iterator[None]:
     yield
     reap_stopping()
+
+
+# --- DNS (issue 5): one unbound on loopback for the whole test session ---------------
+# (Imported here, not at the top: this section was appended to a shared file.)
+
+from support.unbound import DnsServer, unbound_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
+    """unbound serving the test zones of support/unbound.py; started on first use."""
+    with unbound_server(tmp_path_factory.mktemp("unbound")) as server:
+        yield server

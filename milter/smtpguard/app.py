@@ -13,6 +13,7 @@ from pathlib import Path
 from smtpguard.checks import Services
 from smtpguard.config import Config, ConfigError, load_config
 from smtpguard.directory import Directory, NoDirectory, SqliteDirectory
+from smtpguard.dns import Resolver, make_resolver
 from smtpguard.pipeline import CHECK_NAMES, Pipeline
 from smtpguard.replies import ReplyTable, load_replies
 from smtpguard.state import Blacklist, SessionGate, SqliteBlacklist
@@ -35,18 +36,32 @@ def build_runtime(
     *,
     directory: Directory | None = None,
     blacklist: Blacklist | None = None,
+    dns: Resolver | None = None,
+    previous: Runtime | None = None,
 ) -> Runtime:
     """Build every part; raise :class:`ConfigError` if any is unusable.
 
-    ``directory`` and ``blacklist`` replace the configured backends (tests pass fakes
-    here instead of patching anything).
+    ``directory``, ``blacklist`` and ``dns`` replace the configured backends (tests
+    pass fakes here instead of patching anything). The resolver's event loop thread
+    starts with the first lookup, so ``check-config`` starts none. On a reload, pass
+    the running runtime as ``previous``: when ``[dns]`` did not change its resolver
+    (event loop, sockets, cache) is kept instead of starting another one.
     """
+    if (
+        dns is None
+        and previous is not None
+        and previous.services.dns is not None
+        and previous.config.dns == config.dns
+    ):
+        dns = previous.services.dns
     replies = load_replies(config.replies, config.file)
     if directory is None:
         directory = _directory(config)
     if blacklist is None:
         blacklist = SqliteBlacklist(config.state.path, config.state.timeout)
-    services = Services(config=config, directory=directory, blacklist=blacklist)
+    if dns is None and config.dns.enabled:
+        dns = make_resolver(config.dns)
+    services = Services(config=config, directory=directory, blacklist=blacklist, dns=dns)
     return Runtime(config, replies, services, Pipeline(services, replies))
 
 

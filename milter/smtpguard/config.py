@@ -122,6 +122,16 @@ class _Section:
         value = self._get(name, dict, "a table", {})
         return _Section(self.file, self.key(name), value)
 
+    def table_list(self, name: str) -> list[_Section]:
+        """A TOML array of tables (``[[name]]``); each item keyed ``name[i]``."""
+        value = self._get(name, list, "an array of tables", [])
+        out = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.error(f"{name}[{index}]", "expected a table")
+            out.append(_Section(self.file, self.key(f"{name}[{index}]"), item))
+        return out
+
     def tables(self, name: str) -> dict[str, _Section]:
         outer = self.table(name)
         out: dict[str, _Section] = {}
@@ -246,6 +256,98 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The resolver shared by every DNS check (see :mod:`smtpguard.dns`).
+
+    No nameservers means no resolver: the DNS checks stay inactive, so a config that
+    says nothing about DNS never sends a query (and a site that sets checks for them
+    without a resolver is refused at load).
+    """
+
+    #: IP addresses, or the single word "system" for the nameservers of /etc/resolv.conf.
+    nameservers: tuple[str, ...] = ()
+    port: int = 53
+    #: Seconds for one lookup, retries included.
+    timeout: float = 2.0
+    #: Seconds one milter callback may wait for DNS in all (shared by a stage's checks).
+    stage_deadline: float = 3.0
+    cache_size: int = 10000
+    #: Caps on how long answers are cached: positive (record TTL) and negative
+    #: (RFC 2308 §5: SOA minimum), seconds.
+    max_ttl: int = 86400
+    negative_ttl: int = 3600
+    #: Seconds a SERVFAIL or timeout is remembered (RFC 9520 §3.2: at least 1 s,
+    #: at most 5 min), so a dead server is not asked again by every session.
+    failure_ttl: int = 5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nameservers)
+
+
+DnsblKind = Literal["rbl", "openrelay"]
+DnsblAction = Literal["reject", "score"]
+
+
+@dataclass(frozen=True, slots=True)
+class DnsblZone:
+    """One DNS blocklist zone (RFC 5782)."""
+
+    name: str
+    kind: DnsblKind = "rbl"
+    #: Accepted answers as inclusive ranges; empty: every answer in 127.0.0.0/8 except
+    #: the operators' error codes (see :mod:`smtpguard.checks.dnsbl`).
+    answers: tuple[tuple[ipaddress.IPv4Address, ipaddress.IPv4Address], ...] = ()
+    #: Instead of ``answers``: listed when answer & bitmask != 0 (low 24 bits).
+    bitmask: int | None = None
+    action: DnsblAction = "reject"
+    #: Added to the session's DNSBL score when ``action = "score"``.
+    score: float = 1.0
+    #: Also query IPv6 clients (nibble form, RFC 5782 §2.4); not every list has them.
+    ipv6: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DnsblConfig:
+    zones: tuple[DnsblZone, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenericPatterns:
+    """``rules/generic_ptr.toml``: reverse names of dynamic/residential hosts."""
+
+    file: Path
+    #: (name, compiled regex) searched in the lower-cased PTR name.
+    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    #: A name matching one of these is never generic.
+    allow: tuple[re.Pattern[str], ...] = ()
+    #: Also generic: a name carrying the client's own IPv4 address (198-51-100-7...).
+    embedded_ip: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpportConfig:
+    """The ``smtpport`` check (reply ``smtpport_check``)."""
+
+    #: The PTR name must resolve back to the client IP (FCrDNS).
+    fcrdns: bool = True
+    #: None: no pattern check (``generic_patterns = ""``).
+    generic: GenericPatterns | None = None
+    #: TCP connect-back to the client's SMTP port; off by default (outbound-only
+    #: relays of large providers legitimately refuse it).
+    connect_back: bool = False
+    connect_back_port: int = 25
+    connect_back_timeout: float = 3.0
+    connect_back_cache_ttl: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class SpfConfig:
+    #: Reject on softfail ("~all") too, not only on fail.
+    reject_softfail: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CheckSettings:
     mode: Mode = "enforce"
     on_temp_error: TempPolicy = "tempfail"
@@ -263,9 +365,13 @@ class Config:
     directory: DirectoryConfig
     state: StateConfig
     checks: Mapping[str, CheckSettings]
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    smtpport: SmtpportConfig = field(default_factory=SmtpportConfig)
+    spf: SpfConfig = field(default_factory=SpfConfig)
 
     def check(self, name: str) -> CheckSettings:
-        return self.checks.get(name, _DEFAULT_CHECK)
+        return self.checks.get(name) or CHECK_DEFAULTS.get(name, _DEFAULT_CHECK)
 
     @property
     def loop_marker_value(self) -> str:
@@ -276,6 +382,23 @@ class Config:
 
 
 _DEFAULT_CHECK = CheckSettings()
+
+#: Checks that need the resolver (``[dns] nameservers``).
+DNS_CHECKS = frozenset({"rbl", "openrelay", "smtpport", "helo_dns", "sender_domain", "spf"})
+
+#: Checks whose defaults differ from enforce/tempfail. A DNS failure is not the
+#: client's fault: the DNS checks pass on SERVFAIL/timeout unless configured otherwise
+#: (replies.md, sender_unvalidated: "tempfail only if configured, else passes"), so an
+#: unreachable resolver can never reject mail. helo_dns is optional (replies.md
+#: helo_error: "optionally (config) does not resolve").
+CHECK_DEFAULTS: Mapping[str, CheckSettings] = {
+    "rbl": CheckSettings("enforce", "pass"),
+    "openrelay": CheckSettings("enforce", "pass"),
+    "smtpport": CheckSettings("enforce", "pass"),
+    "helo_dns": CheckSettings("off", "pass"),
+    "sender_domain": CheckSettings("enforce", "pass"),
+    "spf": CheckSettings("enforce", "pass"),
+}
 
 
 def default_rules_dir() -> Path:
@@ -307,8 +430,13 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     policy = _policy(root.table("policy"))
     directory = _directory(root.table("directory"))
     state = _state(root.table("state"))
-    checks = _checks(root, known_checks)
+    checks, explicit = _checks(root, known_checks)
+    dns = _dns(root.table("dns"))
+    dnsbl = _dnsbl(root.table("dnsbl"))
+    smtpport = _smtpport(root.table("smtpport"))
+    spf = _spf(root.table("spf"))
     root.done()
+    _require_resolver(root, dns, dnsbl, explicit)
     return Config(
         file=root.file,
         milter=milter,
@@ -320,6 +448,10 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
         directory=directory,
         state=state,
         checks=checks,
+        dns=dns,
+        dnsbl=dnsbl,
+        smtpport=smtpport,
+        spf=spf,
     )
 
 
@@ -366,7 +498,7 @@ def _mode(s: _Section, name: str, default: int) -> int:
     try:
         mode = int(raw, 8)
     except ValueError:
-        raise s.error(name, f"expected an octal mode like \"0660\", got {raw!r}") from None
+        raise s.error(name, f'expected an octal mode like "0660", got {raw!r}') from None
     if not 0 <= mode <= 0o777:
         raise s.error(name, "must be between 0000 and 0777")
     return mode
@@ -517,16 +649,194 @@ def _state(s: _Section) -> StateConfig:
     return out
 
 
-def _checks(root: _Section, known: frozenset[str] | None) -> dict[str, CheckSettings]:
+def _checks(
+    root: _Section, known: frozenset[str] | None
+) -> tuple[dict[str, CheckSettings], dict[str, _Section]]:
+    """The ``[checks.NAME]`` tables, and the sections they came from (for errors)."""
     out: dict[str, CheckSettings] = {}
-    for name, s in root.tables("checks").items():
+    sections = root.tables("checks")
+    for name, s in sections.items():
         if known is not None and name not in known:
             raise ConfigError(root.file, f"checks.{name}", "unknown check")
+        d = CHECK_DEFAULTS.get(name, _DEFAULT_CHECK)
         out[name] = CheckSettings(
-            mode=cast(Mode, s.choice("mode", "enforce", ("enforce", "report", "off"))),
+            mode=cast(Mode, s.choice("mode", d.mode, ("enforce", "report", "off"))),
             on_temp_error=cast(
-                TempPolicy, s.choice("on_temp_error", "tempfail", ("tempfail", "pass"))
+                TempPolicy, s.choice("on_temp_error", d.on_temp_error, ("tempfail", "pass"))
             ),
         )
         s.done()
+    return out, sections
+
+
+def _dns(s: _Section) -> DnsConfig:
+    d = DnsConfig()
+    servers = s.strings("nameservers", d.nameservers)
+    for item in servers:
+        if item == "system" and len(servers) == 1:
+            continue
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise s.error(
+                "nameservers", f"not an IP address (or the single word 'system'): {item!r}"
+            ) from None
+    port = s.integer("port", d.port, minimum=1)
+    if port > 65535:
+        raise s.error("port", "must be at most 65535")
+    timeout = s.number("timeout", d.timeout, minimum=0.01)
+    deadline = s.number("stage_deadline", d.stage_deadline, minimum=0.01)
+    failure_ttl = s.integer("failure_ttl", d.failure_ttl, minimum=1)
+    if failure_ttl > 300:
+        raise s.error("failure_ttl", "must be at most 300 (RFC 9520 §3.2)")
+    out = DnsConfig(
+        nameservers=servers,
+        port=port,
+        timeout=timeout,
+        stage_deadline=deadline,
+        cache_size=s.integer("cache_size", d.cache_size, minimum=1),
+        max_ttl=s.integer("max_ttl", d.max_ttl),
+        negative_ttl=s.integer("negative_ttl", d.negative_ttl),
+        failure_ttl=failure_ttl,
+    )
+    s.done()
     return out
+
+
+_ANSWER_NET = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+def _dnsbl(s: _Section) -> DnsblConfig:
+    zones: list[DnsblZone] = []
+    seen: set[str] = set()
+    for z in s.table_list("zones"):
+        name = z.string("name", "").strip().rstrip(".").lower()
+        if not name or " " in name or ".." in name:
+            raise z.error("name", f"not a DNS zone name: {name!r}")
+        if name in seen:
+            raise z.error("name", f"zone {name} is listed twice")
+        seen.add(name)
+        answers = tuple(_answer_range(z, item) for item in z.strings("answers"))
+        bitmask: int | None = None
+        if "bitmask" in z.data:
+            bitmask = z.integer("bitmask", 0, minimum=1)
+            if bitmask > 0xFFFFFF:
+                raise z.error("bitmask", "must fit in the low 24 bits of the answer")
+            if answers:
+                raise z.error("bitmask", "give either answers or bitmask, not both")
+        zones.append(
+            DnsblZone(
+                name=name,
+                kind=cast(DnsblKind, z.choice("kind", "rbl", ("rbl", "openrelay"))),
+                answers=answers,
+                bitmask=bitmask,
+                action=cast(DnsblAction, z.choice("action", "reject", ("reject", "score"))),
+                score=z.number("score", 1.0, minimum=-1000.0),
+                ipv6=z.boolean("ipv6", True),
+            )
+        )
+        z.done()
+    s.done()
+    return DnsblConfig(zones=tuple(zones))
+
+
+def _answer_range(s: _Section, item: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """``"127.0.0.2"``, ``"127.0.0.2-127.0.0.11"`` or ``"127.0.0.0/24"``."""
+    try:
+        if "/" in item:
+            net = ipaddress.IPv4Network(item.strip(), strict=False)
+            low, high = net.network_address, net.broadcast_address
+        elif "-" in item:
+            first, _, last = item.partition("-")
+            low, high = ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())
+        else:
+            low = high = ipaddress.IPv4Address(item.strip())
+    except ValueError:
+        raise s.error("answers", f"not an IPv4 address, range or network: {item!r}") from None
+    if low > high:
+        raise s.error("answers", f"empty range: {item!r}")
+    if low not in _ANSWER_NET or high not in _ANSWER_NET:
+        raise s.error("answers", f"DNSBL answers lie in 127.0.0.0/8 (RFC 5782 §2.1): {item!r}")
+    return low, high
+
+
+def _smtpport(s: _Section) -> SmtpportConfig:
+    d = SmtpportConfig()
+    raw = s.string("generic_patterns", str(default_rules_dir() / "generic_ptr.toml"))
+    generic = _generic_patterns(s.path("generic_patterns", raw)) if raw else None
+    port = s.integer("connect_back_port", d.connect_back_port, minimum=1)
+    if port > 65535:
+        raise s.error("connect_back_port", "must be at most 65535")
+    out = SmtpportConfig(
+        fcrdns=s.boolean("fcrdns", d.fcrdns),
+        generic=generic,
+        connect_back=s.boolean("connect_back", d.connect_back),
+        connect_back_port=port,
+        connect_back_timeout=s.number("connect_back_timeout", d.connect_back_timeout, minimum=0.01),
+        connect_back_cache_ttl=s.integer("connect_back_cache_ttl", d.connect_back_cache_ttl),
+    )
+    s.done()
+    return out
+
+
+def _generic_patterns(path: Path) -> GenericPatterns:
+    """Load the generic-PTR pattern file; errors name that file and its key."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    root = _Section(path, "", raw)
+    patterns = []
+    for p in root.table_list("pattern"):
+        name = p.string("name", "")
+        if not name:
+            raise p.error("name", "must not be empty")
+        patterns.append((name, _regex(p, "regex", p.string("regex", ""))))
+        p.done()
+    allow = tuple(_regex(root, "allow", item) for item in root.strings("allow"))
+    out = GenericPatterns(
+        file=path,
+        patterns=tuple(patterns),
+        allow=allow,
+        embedded_ip=root.boolean("embedded_ip", True),
+    )
+    root.done()
+    return out
+
+
+def _regex(s: _Section, key: str, text: str) -> re.Pattern[str]:
+    if not text:
+        raise s.error(key, "must not be empty")
+    try:
+        return re.compile(text, re.IGNORECASE)
+    except re.error as exc:
+        raise s.error(key, f"bad regular expression {text!r}: {exc}") from None
+
+
+def _spf(s: _Section) -> SpfConfig:
+    out = SpfConfig(reject_softfail=s.boolean("reject_softfail", SpfConfig().reject_softfail))
+    s.done()
+    return out
+
+
+def _require_resolver(
+    root: _Section, dns: DnsConfig, dnsbl: DnsblConfig, explicit: Mapping[str, _Section]
+) -> None:
+    """A DNS check the operator asked for, with no resolver to run it, is an error
+    rather than a check that silently never runs."""
+    if dns.enabled:
+        return
+    if dnsbl.zones:
+        raise ConfigError(root.file, "dnsbl.zones", "DNSBL zones need [dns] nameservers")
+    for name, section in explicit.items():
+        settings = CHECK_DEFAULTS.get(name)
+        mode = section.data.get("mode", settings.mode if settings else "off")
+        if name in DNS_CHECKS and mode != "off":
+            raise ConfigError(
+                root.file, f"checks.{name}.mode", f"check {name} needs [dns] nameservers"
+            )

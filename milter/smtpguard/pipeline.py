@@ -15,13 +15,21 @@ Rules, in the order they apply:
   one waits, later headers are not examined and the body is skipped (SMFIS_SKIP), so
   nothing more is parsed or counted;
 * the reply is rendered at delivery time, when it is known whether the client
-  negotiated SMTPUTF8 and which MTA we talk to.
+  negotiated SMTPUTF8 and which MTA we talk to;
+* when the connection opens and after HELO, every enabled check with a ``prefetch``
+  hook gets to start its lookups (DNSBL zones, PTR and forward confirmation, the HELO
+  name) before that stage's checks run; a failing hook is logged and the check then
+  looks up when it decides;
+* every stage has a deadline (``dns.stage_deadline``) that the checks waiting on DNS
+  share, so one callback never waits longer than that in all;
+* checks that need DNS are not built when no ``[dns] nameservers`` are configured.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -29,6 +37,8 @@ from smtpguard.checks import Check, Event, Services, Stage
 from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
 from smtpguard.checks.blacklist import DynamicBlacklist
+from smtpguard.checks.client_host import HeloDns, SmtpPort
+from smtpguard.checks.dnsbl import OpenRelay, Rbl
 from smtpguard.checks.helo import HeloFirst, HeloName
 from smtpguard.checks.lines import BodyLines, HeaderLines
 from smtpguard.checks.loop import Loop
@@ -36,8 +46,10 @@ from smtpguard.checks.received import ForgedReceived
 from smtpguard.checks.recipients import Mailbox, RcptLimit
 from smtpguard.checks.relay import Relay, RelayLocal
 from smtpguard.checks.sender import SenderDeny, SenderSyntax
+from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.checks.session_limit import SessionLimit
 from smtpguard.checks.size import ActualSize, DeclaredSize
+from smtpguard.checks.spf import Spf
 from smtpguard.config import CheckSettings, Config
 from smtpguard.message import MessageState
 from smtpguard.replies import Reply, ReplyTable
@@ -49,8 +61,14 @@ log = logging.getLogger("smtpguard")
 #: Every check in the order it runs within its stage.
 CHECK_CLASSES: tuple[type[Check], ...] = (
     SessionLimit,
+    # Verdicts about the client itself come first at MAIL FROM, as the connect-time
+    # rejects they stand for would (their lookups start at connect, see prefetch).
+    Rbl,
+    OpenRelay,
+    SmtpPort,
     HeloFirst,
     HeloName,
+    HeloDns,
     SenderSyntax,
     DeclaredSize,
     SenderDeny,
@@ -59,6 +77,9 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     AuthLogin,
     SenderLogin,
     RelayLocal,
+    # After the local/relay checks: no lookups for mail they already refuse.
+    SenderDomain,
+    Spf,
     Relay,
     RcptLimit,
     Mailbox,
@@ -73,6 +94,7 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
 CHECK_NAMES: frozenset[str] = frozenset(c.name for c in CHECK_CLASSES)
 
 _DEFERRED_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
+_PREFETCH_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
 _CONTENT_STAGES = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 _DEFERRED_TO_EOM = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY})
 
@@ -104,12 +126,21 @@ class Pipeline:
         self.config: Config = services.config
         self.replies = replies
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
+        self.stage_deadline = self.config.dns.stage_deadline
+        without_dns = []
         for cls in CHECK_CLASSES:
             settings = self.config.check(cls.name)
             if settings.mode == "off":
                 continue
+            if getattr(cls, "needs_dns", False) and services.dns is None:
+                without_dns.append(cls.name)
+                continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__
             self.stages[cls.stage].append((check, settings))
+        if without_dns:
+            # The config loader refuses DNS checks that were asked for explicitly; these
+            # are the defaults, inactive until a resolver is configured.
+            log.info("no [dns] nameservers: DNS checks inactive: %s", ", ".join(without_dns))
         self.track_mime = self.config.check(AttachmentSizeBody.name).mode != "off"
         content = self.config.content
         self.eom_headers: tuple[tuple[str, str], ...] = (
@@ -123,6 +154,10 @@ class Pipeline:
 
     def run(self, stage: Stage, conn: Connection, event: Event | None = None) -> Decision:
         event = event or Event()
+        if event.deadline is None:
+            event.deadline = time.monotonic() + self.stage_deadline
+        if stage in _PREFETCH_STAGES and conn.admitted:
+            self._prefetch(conn)
         if stage is Stage.MAIL and conn.pending is not None:
             return self._decide(stage, conn, event, conn.pending_check, conn.pending)
         txn = conn.txn
@@ -136,6 +171,22 @@ class Pipeline:
         if stage is Stage.EOM and decision.action is Action.CONTINUE and self.eom_headers:
             return Decision(Action.CONTINUE, headers=self.eom_headers)
         return decision
+
+    def _prefetch(self, conn: Connection) -> None:
+        """Let every enabled check start its lookups; never blocks, never decides."""
+        for checks in self.stages.values():
+            for check, _settings in checks:
+                # getattr, not isinstance(check, Prefetching): a runtime Protocol check
+                # costs more than the lookups it starts, at every connect.
+                prefetch: Callable[[Connection], None] | None = getattr(check, "prefetch", None)
+                if prefetch is None:
+                    continue
+                try:
+                    prefetch(conn)
+                except Exception:
+                    # The check looks up for itself when it decides; an error then
+                    # becomes a verdict the normal way.
+                    log.exception("sid=%s check=%s prefetch failed", conn.session_id, check.name)
 
     def _observe(self, stage: Stage, txn: Transaction, event: Event) -> None:
         """Feed the message model that content checks read."""

@@ -2,6 +2,12 @@
 given, and returns a :class:`~smtpguard.verdict.Hit`, a
 :class:`~smtpguard.verdict.TempError` or ``None``. It never talks to the MTA and never
 builds reply text; the pipeline decides what a verdict does.
+
+A check may also have ``prefetch(conn)`` (:class:`Prefetching`): the pipeline calls it
+when the connection opens and again after HELO, before that stage's checks run, so a
+check that needs DNS starts its lookups early and decides later, at MAIL FROM, from
+answers that are usually in by then. ``prefetch`` must return at once and be
+idempotent (it runs more than once per session).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ if TYPE_CHECKING:
     from smtpguard.address import Address
     from smtpguard.config import Config
     from smtpguard.directory import Directory
+    from smtpguard.dns import Resolver
     from smtpguard.session import Connection
     from smtpguard.state import Blacklist
     from smtpguard.verdict import Verdict
@@ -37,6 +44,8 @@ class Services:
     config: Config
     directory: Directory
     blacklist: Blacklist
+    #: None when no ``[dns] nameservers`` are configured: the DNS checks are not built.
+    dns: Resolver | None = None
 
 
 @dataclass(slots=True)
@@ -47,6 +56,9 @@ class Event:
     rcpt_raw: str = ""
     header: tuple[str, str] | None = None
     chunk: bytes | None = None
+    #: ``time.monotonic()`` by which the stage should be decided: checks waiting on DNS
+    #: share it (``dns.stage_deadline``). Set by the pipeline; None waits one timeout.
+    deadline: float | None = None
 
 
 class Check(Protocol):
@@ -57,3 +69,9 @@ class Check(Protocol):
     reply_ids: ClassVar[tuple[str, ...]]
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None: ...
+
+
+class Prefetching(Protocol):
+    """A check that starts its lookups before it decides (see the module docstring)."""
+
+    def prefetch(self, conn: Connection) -> None: ...

@@ -1,0 +1,253 @@
+"""Is the client a mail server? ``smtpport_check`` from its reverse DNS (and,
+optionally, its SMTP port); ``helo_error`` when its HELO name does not resolve.
+
+``smtpport`` (started when the connection opens, decided at MAIL FROM):
+
+* no PTR record for the client IP (NXDOMAIN or no data) is a hit;
+* with ``fcrdns = true`` (default) some PTR name must resolve back to the client IP
+  (forward-confirmed reverse DNS: A for IPv4, AAAA for IPv6; at most 10 names are
+  followed, the limit RFC 7208 §4.6.4 sets for the same walk);
+* a name from ``rules/generic_ptr.toml`` that looks like a dial-up, DSL, cable or pool
+  address is a hit (all candidate names must be generic, so one good name is enough);
+* with ``connect_back = true`` the client's port 25 must accept a TCP connection
+  (nothing is sent; the result is cached per IP). Off by default: the outbound relays
+  of large providers accept no inbound connections.
+
+A PTR lookup that fails (SERVFAIL/timeout), or forward lookups that all fail, give a
+temporary error: the check's ``on_temp_error`` (default ``pass``) decides.
+
+``helo_dns`` (off by default, replies.md helo_error "optionally (config) does not
+resolve"): the HELO name has no A or AAAA record. Address literals and names that are
+not syntactically host names are left to the ``helo`` check. The lookups start as soon
+as the HELO arrives.
+
+Trusted clients (``trusted_networks``; at MAIL FROM also authenticated sessions) are
+not checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import ClassVar
+
+from cachetools import TTLCache
+
+from smtpguard.address import is_fqdn
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.config import GenericPatterns
+from smtpguard.dns import Answer, IPAddress, Resolver, Status, client_address, reverse_name
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, TempError, Verdict
+
+#: RFC 7208 §4.6.4: at most 10 PTR names are looked up; the same bound here.
+MAX_PTR_NAMES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseDns:
+    """The PTR lookup and the forward lookups of its names."""
+
+    ptr: Answer
+    names: tuple[str, ...] = ()
+    #: Names whose A/AAAA records include the client IP.
+    confirmed: tuple[str, ...] = ()
+    #: Names whose forward lookup failed temporarily.
+    unknown: tuple[str, ...] = ()
+
+
+async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
+    """PTR, then A/AAAA of every name at once (FCrDNS)."""
+    ptr = await resolver.query(reverse_name(ip), "PTR")
+    if not ptr.ok:
+        return ReverseDns(ptr)
+    names = ptr.names()[:MAX_PTR_NAMES]
+    rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
+    forward = await asyncio.gather(*(resolver.query(n, rdtype) for n in names))
+    confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
+    unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
+    return ReverseDns(ptr, names, confirmed, unknown)
+
+
+def generic_match(patterns: GenericPatterns, name: str, ip: IPAddress) -> str | None:
+    """Why ``name`` looks like a dynamic/residential host's name, or None."""
+    name = name.lower().rstrip(".")
+    if any(allow.search(name) for allow in patterns.allow):
+        return None
+    for label, regex in patterns.patterns:
+        if regex.search(name):
+            return label
+    if patterns.embedded_ip and isinstance(ip, ipaddress.IPv4Address) and embeds_ip(name, ip):
+        return "embedded_ip"
+    return None
+
+
+def embeds_ip(name: str, ip: ipaddress.IPv4Address) -> bool:
+    """Whether ``name`` carries the four octets of ``ip``: in either order, separated
+    by ``.``, ``-`` or ``_``, zero-padded to 12 digits, or as 8 hex digits."""
+    octets = str(ip).split(".")
+    forms = []
+    for order in (octets, octets[::-1]):
+        forms.append(r"[._-]".join(order))
+        forms.append("".join(f"{int(o):03d}" for o in order))
+    pattern = r"(?<![0-9])(?:" + "|".join(forms) + r")(?![0-9])"
+    if re.search(pattern, name):
+        return True
+    hex_form = f"{int(ip):08x}"
+    return re.search(rf"(?<![0-9a-f]){hex_form}(?![0-9a-f])", name) is not None
+
+
+class SmtpPort:
+    name: ClassVar[str] = "smtpport"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("smtpport_check", "database_temp_error")
+    needs_dns: ClassVar[bool] = True
+
+    _RDNS = "smtpport.rdns"
+    _PROBE = "smtpport.connect_back"
+
+    def __init__(self, services: Services) -> None:
+        self.config = services.config.smtpport
+        self.dns = services.dns
+        # (ip, port) -> reachable, shared by sessions; only touched on the loop thread.
+        self._probes: TTLCache[tuple[str, int], bool] = TTLCache(
+            maxsize=10000, ttl=max(self.config.connect_back_cache_ttl, 1)
+        )
+
+    def prefetch(self, conn: Connection) -> None:
+        if self.dns is None or conn.trusted_network or conn.client_ip is None:
+            return
+        ip = client_address(conn.client_ip)
+        if self._RDNS not in conn.scratch:
+            conn.scratch[self._RDNS] = self.dns.spawn(reverse_dns(self.dns, ip))
+        if self.config.connect_back and self._PROBE not in conn.scratch:
+            conn.scratch[self._PROBE] = self.dns.spawn(self._connect_back(ip))
+
+    async def _connect_back(self, ip: IPAddress) -> tuple[bool | None, str]:
+        """(True: port open; False: refused or silent; None: could not test, why)."""
+        port = self.config.connect_back_port
+        key = (str(ip), port)
+        if key in self._probes:
+            return self._probes[key], "cached"
+        try:
+            _reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(str(ip), port), self.config.connect_back_timeout
+            )
+        except ConnectionRefusedError:
+            result, why = False, "connection refused"
+        except TimeoutError:
+            result, why = False, f"no answer in {self.config.connect_back_timeout}s"
+        except OSError as exc:
+            # Unreachable from here (routing, our own firewall): not the client's fault.
+            return None, f"{type(exc).__name__}: {exc}"
+        else:
+            # Nothing is sent: the probe only learns whether something listens.
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            result, why = True, "open"
+        self._probes[key] = result
+        return result, why
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        if self.dns is None or conn.trusted or conn.client_ip is None:
+            return None
+        self.prefetch(conn)  # started at connect; here only if that did not happen
+        ip = client_address(conn.client_ip)
+        rdns_future: Future[ReverseDns] = conn.scratch[self._RDNS]
+        rdns = self.dns.wait(rdns_future, event.deadline)
+        if rdns is None:
+            return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
+        verdict = self._judge_rdns(ip, rdns)
+        if verdict is not None or not self.config.connect_back:
+            return verdict
+        probe_future: Future[tuple[bool | None, str]] = conn.scratch[self._PROBE]
+        probe = self.dns.wait(probe_future, event.deadline)
+        if probe is None:
+            return TempError("database_temp_error", f"connect-back {ip}: stage deadline reached")
+        reachable, why = probe
+        if reachable is None:
+            return TempError("database_temp_error", f"connect-back {ip}: {why}")
+        if not reachable:
+            port = self.config.connect_back_port
+            return Hit("smtpport_check", f"{ip} port {port} does not accept SMTP: {why}")
+        return None
+
+    def _judge_rdns(self, ip: IPAddress, rdns: ReverseDns) -> Verdict | None:
+        ptr = rdns.ptr
+        if ptr.status.temporary:
+            return TempError("database_temp_error", f"PTR {ip}: {ptr.describe()}")
+        if not ptr.ok or not rdns.names:
+            return Hit("smtpport_check", f"no PTR for {ip}: {ptr.describe()}")
+        candidates = rdns.names
+        if self.config.fcrdns:
+            if not rdns.confirmed:
+                if rdns.unknown:
+                    return TempError(
+                        "database_temp_error",
+                        f"PTR {', '.join(rdns.names)} of {ip}: forward lookup failed",
+                    )
+                return Hit(
+                    "smtpport_check",
+                    f"PTR {', '.join(rdns.names)} does not resolve back to {ip} (FCrDNS)",
+                )
+            candidates = rdns.confirmed
+        if self.config.generic is not None:
+            reasons = [generic_match(self.config.generic, n, ip) for n in candidates]
+            if all(reasons):
+                return Hit(
+                    "smtpport_check",
+                    f"PTR {candidates[0]} of {ip} looks generic (pattern {reasons[0]})",
+                )
+        return None
+
+
+class HeloDns:
+    name: ClassVar[str] = "helo_dns"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("helo_error", "database_temp_error")
+    needs_dns: ClassVar[bool] = True
+
+    def __init__(self, services: Services) -> None:
+        self.dns = services.dns
+
+    @staticmethod
+    def _name(conn: Connection) -> str | None:
+        helo = (conn.helo or "").strip()
+        # Literals and syntax errors are the helo check's business.
+        if not helo or helo.startswith("[") or not is_fqdn(helo):
+            return None
+        return helo.rstrip(".").lower()
+
+    def _key(self, name: str) -> str:
+        return f"helo_dns.{name}"
+
+    def prefetch(self, conn: Connection) -> None:
+        name = self._name(conn)
+        if self.dns is None or name is None or conn.trusted_network:
+            return
+        key = self._key(name)
+        if key not in conn.scratch:
+            conn.scratch[key] = (self.dns.submit(name, "A"), self.dns.submit(name, "AAAA"))
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        name = self._name(conn)
+        if self.dns is None or name is None or conn.trusted:
+            return None
+        self.prefetch(conn)
+        answers = []
+        for rdtype, future in zip(("A", "AAAA"), conn.scratch[self._key(name)], strict=True):
+            answer = self.dns.wait(future, event.deadline)
+            if answer is None:
+                answer = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+            if answer.ok:
+                return None
+            answers.append(answer)
+        text = ", ".join(f"{a.rdtype} {a.describe()}" for a in answers)
+        if any(a.status.temporary for a in answers):
+            return TempError("database_temp_error", f"helo {name}: {text}")
+        return Hit("helo_error", f"helo {name} does not resolve: {text}")

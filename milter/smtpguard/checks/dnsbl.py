@@ -1,0 +1,200 @@
+"""``rbl_deny`` and ``openrelay_check``: the client IP in a DNS blocklist (RFC 5782).
+
+Every configured zone of the check's kind is asked when the connection opens, all at
+once; the answers are collected at MAIL FROM (where the reply text reaches the client;
+Postfix defers connect-time rejects to MAIL anyway) and at MAIL FROM the session's
+authentication is known, so authenticated clients pass. Clients in
+``trusted_networks`` are never looked up.
+
+Which answers mean "listed" (RFC 5782 §2.3 leaves the codes to each list):
+
+* answers outside 127.0.0.0/8 are never listings: a wildcard or an NXDOMAIN-rewriting
+  resolver answered (RFC 5782 §2.1); they are ignored and logged;
+* 127.0.0.1 and 127.255.255.0/24 are the operators' error codes (Spamhaus answers
+  127.255.255.252 for a bad key, .254 for queries through public resolvers, .255 for
+  excessive queries): "query refused", not a listing; ignored and logged;
+* otherwise the zone's ``answers`` ranges decide, or its ``bitmask``, or (neither
+  given) any answer in 127.0.0.0/8.
+
+Active probing (connecting to the client to test for an open relay) is never done:
+``openrelay_check`` relies only on the published open-relay lists.
+
+A listing's TXT record (the list's reason and removal URL, RFC 5782 §2.1) is fetched
+once the A record shows a listing and goes to the log with the verdict; it is never
+sent to the client. A zone with ``action = "score"`` does not reject: its score is
+added to ``conn.scratch["dnsbl.scores"]`` (zone -> score) for content scoring, and
+logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.config import DnsblZone
+from smtpguard.dns import Answer, IPAddress, Resolver, client_address, dnsbl_name
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, TempError, Verdict
+
+log = logging.getLogger("smtpguard")
+
+_LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+#: Answers that mean "we refuse to answer you", never "listed" (module docstring).
+_ERROR_CODES = (ipaddress.IPv4Network("127.0.0.1/32"), ipaddress.IPv4Network("127.255.255.0/24"))
+#: Seconds between two log lines about the same ignored answer of the same zone.
+_IGNORED_LOG_INTERVAL = 300.0
+
+SCORES_KEY = "dnsbl.scores"
+
+
+def classify(zone: DnsblZone, answer: Answer) -> tuple[list[str], list[str]]:
+    """Split an A answer into (listing codes, ignored codes with the reason)."""
+    listed: list[str] = []
+    ignored: list[str] = []
+    for address in answer.addresses():
+        if not isinstance(address, ipaddress.IPv4Address) or address not in _LOOPBACK:
+            ignored.append(f"{address} (outside 127.0.0.0/8: wildcard or rewriting resolver)")
+        elif any(address in net for net in _ERROR_CODES):
+            ignored.append(f"{address} (list refused the query: blocked or open resolver)")
+        elif _accepted(zone, address):
+            listed.append(str(address))
+    return listed, ignored
+
+
+def _accepted(zone: DnsblZone, address: ipaddress.IPv4Address) -> bool:
+    if zone.bitmask is not None:
+        return bool(int(address) & 0xFFFFFF & zone.bitmask)
+    if zone.answers:
+        return any(low <= address <= high for low, high in zone.answers)
+    return True
+
+
+class _Dnsbl:
+    """Shared by the two kinds; ``kind`` picks the zones."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    reply_id: ClassVar[str]
+    stage: ClassVar[Stage] = Stage.MAIL
+    needs_dns: ClassVar[bool] = True
+
+    def __init__(self, services: Services) -> None:
+        self.zones = tuple(z for z in services.config.dnsbl.zones if z.kind == self.kind)
+        self.dns = services.dns
+        self.key = f"{self.name}.lookups"
+        self._last_ignored: dict[tuple[str, str], float] = {}
+
+    def prefetch(self, conn: Connection) -> None:
+        if conn.trusted_network or conn.client_ip is None or self.key in conn.scratch:
+            return
+        if self.dns is None or not self.zones:
+            return
+        conn.scratch[self.key] = self._start(self.dns, client_address(conn.client_ip))
+
+    def _start(
+        self, resolver: Resolver, ip: IPAddress
+    ) -> list[tuple[DnsblZone, str, Future[Answer]]]:
+        out = []
+        for zone in self.zones:
+            if isinstance(ip, ipaddress.IPv6Address) and not zone.ipv6:
+                continue
+            name = dnsbl_name(ip, zone.name)
+            out.append((zone, name, resolver.spawn(self._lookup(resolver, zone, name))))
+        return out
+
+    @staticmethod
+    async def _lookup(resolver: Resolver, zone: DnsblZone, name: str) -> Answer:
+        answer = await resolver.query(name, "A")
+        if classify(zone, answer)[0]:
+            # Listed: fetch the reason now, so it is (usually) cached when MAIL needs it.
+            resolver.warm(name, "TXT")
+        return answer
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        if self.dns is None or not self.zones or conn.trusted or conn.client_ip is None:
+            return None
+        lookups: Sequence[tuple[DnsblZone, str, Future[Answer]]] | None = conn.scratch.get(self.key)
+        if lookups is None:
+            lookups = conn.scratch[self.key] = self._start(self.dns, client_address(conn.client_ip))
+        hit: Hit | None = None
+        failures = []
+        for zone, name, future in lookups:
+            answer = self.dns.wait(future, event.deadline)
+            if answer is None:
+                failures.append(f"{zone.name}: TIMEOUT (stage deadline reached)")
+                continue
+            if answer.status.temporary:
+                failures.append(f"{zone.name}: {answer.describe()}")
+                continue
+            listed, ignored = classify(zone, answer)
+            for item in ignored:
+                self._log_ignored(conn, zone, item)
+            if not listed:
+                continue
+            if zone.action == "score":
+                self._score(conn, zone, listed)
+            elif hit is None:
+                hit = Hit(self.reply_id, self._detail(conn, zone, name, listed, event))
+        if hit is not None:
+            return hit
+        if failures:
+            return TempError("database_temp_error", f"{self.name}: " + "; ".join(failures))
+        return None
+
+    def _detail(
+        self, conn: Connection, zone: DnsblZone, name: str, listed: list[str], event: Event
+    ) -> str:
+        assert self.dns is not None
+        txt = self.dns.lookup(name, "TXT", event.deadline)
+        reason = " ".join(txt.texts()) if txt.ok else f"no TXT: {txt.describe()}"
+        return f"{conn.client_ip} listed in {zone.name} as {','.join(listed)}: {reason}"
+
+    def _score(self, conn: Connection, zone: DnsblZone, listed: list[str]) -> None:
+        scores: dict[str, float] = conn.scratch.setdefault(SCORES_KEY, {})
+        if zone.name in scores:
+            return  # counted once per session, whatever the number of transactions
+        scores[zone.name] = zone.score
+        log.info(
+            "dnsbl sid=%s check=%s zone=%s client=%s listed=%s action=score score=%s",
+            conn.session_id,
+            self.name,
+            zone.name,
+            conn.client_ip,
+            ",".join(listed),
+            zone.score,
+        )
+
+    def _log_ignored(self, conn: Connection, zone: DnsblZone, item: str) -> None:
+        # Such answers come back for every client until the operator fixes the
+        # resolver or the zone: say so every few minutes, not once per session.
+        now = time.monotonic()
+        key = (zone.name, item)
+        if now - self._last_ignored.get(key, -_IGNORED_LOG_INTERVAL) < _IGNORED_LOG_INTERVAL:
+            return
+        self._last_ignored[key] = now
+        log.warning(
+            "dnsbl sid=%s zone=%s client=%s answer ignored: %s",
+            conn.session_id,
+            zone.name,
+            conn.client_ip,
+            item,
+        )
+
+
+class Rbl(_Dnsbl):
+    name: ClassVar[str] = "rbl"
+    kind: ClassVar[str] = "rbl"
+    reply_id: ClassVar[str] = "rbl_deny"
+    reply_ids: ClassVar[tuple[str, ...]] = ("rbl_deny", "database_temp_error")
+
+
+class OpenRelay(_Dnsbl):
+    name: ClassVar[str] = "openrelay"
+    kind: ClassVar[str] = "openrelay"
+    reply_id: ClassVar[str] = "openrelay_check"
+    reply_ids: ClassVar[tuple[str, ...]] = ("openrelay_check", "database_temp_error")

@@ -1,0 +1,80 @@
+"""``sender_unvalidated``: the MAIL FROM domain cannot receive mail.
+
+A domain can receive mail when it has MX records (RFC 5321 §5.1), or, without MX, an
+address record that serves as the implicit MX (A or AAAA). It cannot when:
+
+* the name does not exist (NXDOMAIN): permanent, a hit;
+* it exists with no MX, A or AAAA record (all NODATA): a hit;
+* its only MX is the null MX ``0 .`` (RFC 7505 §3: "this domain accepts no mail"): a
+  hit, and RFC 7505 §4.2 says a sender domain with a null MX may be refused.
+
+SERVFAIL or timeout, where they leave the answer open, give a temporary error; the
+check's ``on_temp_error`` decides, and it is ``pass`` unless configured
+(replies.md: "tempfail only if configured, else passes").
+
+MX, A and AAAA are asked at once, so a slow server costs one round trip, not two. The
+null sender, address literals and our own local domains are not looked up.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.dns import Answer, Status
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, TempError, Verdict
+
+
+def _deadline_missed(name: str, rdtype: str) -> Answer:
+    return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+
+
+class SenderDomain:
+    name: ClassVar[str] = "sender_domain"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("sender_unvalidated", "database_temp_error")
+    needs_dns: ClassVar[bool] = True
+
+    def __init__(self, services: Services) -> None:
+        self.site = services.config.site
+        self.dns = services.dns
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if self.dns is None or txn is None or txn.sender is None or txn.sender.is_null:
+            return None
+        domain = txn.sender.domain_lc
+        if not domain or domain.startswith("[") or self.site.is_local(domain):
+            return None
+        futures = {t: self.dns.submit(domain, t) for t in ("MX", "A", "AAAA")}
+        answers = {
+            t: self.dns.wait(f, event.deadline) or _deadline_missed(domain, t)
+            for t, f in futures.items()
+        }
+        return judge(domain, answers["MX"], answers["A"], answers["AAAA"])
+
+
+def judge(domain: str, mx: Answer, a: Answer, aaaa: Answer) -> Verdict | None:
+    """The decision from the three answers (RFC 5321 §5.1, RFC 7505)."""
+    if mx.status is Status.NXDOMAIN:
+        return Hit("sender_unvalidated", f"{domain}: NXDOMAIN")
+    if mx.ok:
+        records = mx.mx()
+        if records and all(exchange == "" for _pref, exchange in records):
+            return Hit("sender_unvalidated", f"{domain}: null MX (RFC 7505)")
+        return None
+    if mx.status.temporary:
+        return TempError("database_temp_error", f"{domain} MX: {mx.describe()}")
+    # No MX: an address record is the implicit MX.
+    if a.ok or aaaa.ok:
+        return None
+    temporary = [x for x in (a, aaaa) if x.status.temporary]
+    if temporary:
+        text = ", ".join(f"{x.rdtype} {x.describe()}" for x in temporary)
+        return TempError("database_temp_error", f"{domain}: no MX, {text}")
+    return Hit(
+        "sender_unvalidated",
+        f"{domain}: no MX, A or AAAA (MX {mx.describe()}, A {a.describe()},"
+        f" AAAA {aaaa.describe()})",
+    )

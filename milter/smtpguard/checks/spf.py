@@ -1,0 +1,168 @@
+"""``remote_ip_mismatch``: SPF (RFC 7208) says the client may not send for the domain.
+
+The identity is the MAIL FROM domain, or for the null sender ``<>`` the HELO name
+(RFC 7208 §2.4: ``postmaster@<helo>``); a null sender with an address literal or no
+HELO has no identity to check (§2.3) and passes. Results:
+
+* ``fail``: a hit; ``softfail``: a hit only with ``[spf] reject_softfail = true``
+  (§8.5: softfail is "probably not authorized", a weaker statement);
+* ``temperror`` (a lookup failed, §8.6): a temporary error, which the check's
+  ``on_temp_error`` (default ``pass``) decides;
+* ``permerror`` (the domain's record is broken, §8.7), ``none``, ``neutral``, ``pass``:
+  no objection; a permerror is logged for the operator.
+
+Trusted clients (``trusted_networks`` or authenticated) are never checked: a submission
+server relays for its users whatever their domains publish.
+
+The evaluation is pyspf's, the Python reference implementation of RFC 7208 (it runs the
+RFC 7208 test suite; so do our tests, through the subclass below). Its DNS goes through
+the shared resolver and its cache: :class:`SpfQuery` overrides ``query.dns``, no library
+global is touched. Each lookup waits at most until the stage deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import reduce
+from typing import Any, ClassVar
+
+import spf  # type: ignore[import-untyped]  # pyspf ships no type information
+
+from smtpguard.address import is_fqdn
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.dns import Answer, Resolver, Status, client_address
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, TempError, Verdict
+
+log = logging.getLogger("smtpguard")
+
+#: Record types pyspf asks for and how its own dnspython driver shapes their values.
+_SHAPES = {"A", "AAAA", "MX", "PTR", "TXT", "SPF"}
+
+
+class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
+    """pyspf's evaluator, asking DNS through :class:`~smtpguard.dns.Resolver`."""
+
+    def __init__(
+        self, resolver: Resolver, deadline: float | None, *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.resolver = resolver
+        self.deadline = deadline
+
+    def validated_ptrs(self) -> list[str]:
+        """RFC 7208 §5.5 (the ``ptr`` mechanism, and the ``p`` macro of §7.3): a DNS
+        error on the PTR lookup means no match, and a DNS error on the A/AAAA lookup of
+        one name skips that name. pyspf's own driver never sees such errors (it turns
+        a CNAME loop into "no data"), but a real resolver answers SERVFAIL."""
+        if self.strict > 1:
+            # Harsh mode's extra warnings are pyspf's own business.
+            return list(super().validated_ptrs())
+        limit = spf.MAX_PTR if self.strict else spf.MAX_PTR * 4
+        try:
+            names = self.dns_ptr(self.i)[:limit]
+        except spf.TempError:
+            return []
+        out = []
+        for name in names:
+            try:
+                addresses = self.dns_a(name, self.A)
+            except spf.TempError:
+                continue
+            if self.cidrmatch(addresses, self.cidrmax):
+                out.append(name)
+        return out
+
+    def dns(
+        self,
+        name: str,
+        qtype: str,
+        cnames: dict[str, str] | None = None,
+        ignore_void: bool = False,
+    ) -> list[Any]:
+        """Same contract as ``spf.query.dns``: a list of values (addresses as text,
+        MX as (preference, exchange), PTR targets, TXT as tuples of bytes), ``[]`` for
+        no data; spf.TempError on SERVFAIL/timeout; the void-lookup limit of RFC 7208
+        §4.6.4 counted here as the library does. CNAMEs are followed by the resolver.
+        """
+        if not name:
+            raise spf.PermError("empty domain name in a DNS query")
+        name = str(name).removesuffix(".").lower()
+        # RFC 7208 §4.3: a malformed name gives no records (the library's own rule).
+        if not reduce(lambda ok, label: ok and 0 < len(label) < 64, name.split("."), True):
+            return []
+        if qtype not in _SHAPES:
+            raise spf.PermError(f"unsupported query type {qtype}")
+        cached: list[Any] | None = self.cache.get((name, qtype))
+        if cached:
+            return cached
+        answer = self.resolver.lookup(name, qtype, self.deadline)
+        if answer.status.temporary:
+            raise spf.TempError(f"DNS {answer.status.name} for {name}/{qtype}: {answer.detail}")
+        result = _values(answer, qtype)
+        if result:
+            self.cache[(name, qtype)] = result
+        elif not ignore_void:
+            # §4.6.4: more than two lookups with no answer (NXDOMAIN or no data).
+            self.void_lookups += 1
+            if self.void_lookups > spf.MAX_VOID_LOOKUPS:
+                raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
+        return result
+
+
+def _values(answer: Answer, qtype: str) -> list[Any]:
+    if answer.status is not Status.OK:
+        return []
+    if qtype in ("A", "AAAA"):
+        return [str(ip) for ip in answer.addresses()]
+    if qtype == "MX":
+        return list(answer.mx())
+    if qtype == "PTR":
+        return list(answer.names())
+    return list(answer.strings())
+
+
+class Spf:
+    name: ClassVar[str] = "spf"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("remote_ip_mismatch", "database_temp_error")
+    needs_dns: ClassVar[bool] = True
+
+    def __init__(self, services: Services) -> None:
+        self.dns = services.dns
+        self.reject_softfail = services.config.spf.reject_softfail
+        hostnames = sorted(services.config.site.our_hostnames)
+        # The receiver's name, used in explanations (%{r}, RFC 7208 §7.3).
+        self.receiver = hostnames[0] if hostnames else "unknown"
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if self.dns is None or txn is None or txn.sender is None or conn.client_ip is None:
+            return None
+        if conn.trusted:
+            return None
+        helo = (conn.helo or "").strip()
+        if txn.sender.is_null:
+            # §2.3: no HELO identity without a host name.
+            if not helo or helo.startswith("[") or not is_fqdn(helo):
+                return None
+            sender, identity = "", "helo"
+        else:
+            sender, identity = txn.sender.text, "mailfrom"
+        query = SpfQuery(
+            self.dns,
+            event.deadline,
+            i=str(client_address(conn.client_ip)),
+            s=sender,
+            h=helo or "unknown",
+            receiver=self.receiver,
+        )
+        result, _code, explanation = query.check()
+        detail = f"spf={result} {identity}={query.o} ip={conn.client_ip}: {explanation}"
+        if result == "fail" or (result == "softfail" and self.reject_softfail):
+            return Hit("remote_ip_mismatch", detail)
+        if result == "temperror":
+            return TempError("database_temp_error", detail)
+        if result == "permerror":
+            log.info("spf sid=%s %s", conn.session_id, detail)
+        return None

@@ -1,0 +1,324 @@
+"""smtpport (PTR, FCrDNS, generic names, connect-back) and helo_dns."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from check_support import make_conn
+
+from smtpguard.checks import Event
+from smtpguard.checks.client_host import HeloDns, SmtpPort, embeds_ip, generic_match
+from smtpguard.config import ConfigError, GenericPatterns, load_config
+from smtpguard.dns import Resolver, Status
+from smtpguard.verdict import Hit, TempError
+from support.fake_dns import FakeDns, dns_services, fake_resolver
+
+IP = "198.51.100.7"
+PTR = "7.100.51.198.in-addr.arpa"
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> GenericPatterns:
+    path = tmp_path_factory.mktemp("cfg") / "smtpguard.toml"
+    path.write_text("", encoding="utf-8")
+    patterns = load_config(path).smtpport.generic
+    assert patterns is not None
+    return patterns
+
+
+@pytest.fixture
+def fake() -> FakeDns:
+    return FakeDns()
+
+
+@pytest.fixture
+def resolver(fake: FakeDns) -> Iterator[Resolver]:
+    r = fake_resolver(fake)
+    yield r
+    r.close()
+
+
+def smtpport(tmp_path: Path, resolver: Resolver, toml: str = "") -> SmtpPort:
+    return SmtpPort(dns_services(tmp_path, toml, resolver))
+
+
+def soon() -> Event:
+    return Event(deadline=time.monotonic() + 2)
+
+
+def host(fake: FakeDns, ip: str, *names: str, forward: dict[str, str] | None = None) -> None:
+    """PTR ip -> names; each name's A is ``forward[name]`` (default: ip itself)."""
+    reverse = ipaddress.ip_address(ip).reverse_pointer
+    fake.add(reverse, "PTR", *(f"{n}." for n in names))
+    for n in names:
+        target = (forward or {}).get(n, ip)
+        if target:
+            fake.add(n, "A" if ":" not in ip else "AAAA", target)
+
+
+# --- the shipped generic patterns --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "198-51-100-7.dyn.isp.example",
+        "dyn-7.isp.example",
+        "dynamic-198-51.isp.example",
+        "dhcp-44-12.campus.example",
+        "ppp-12.isp.example",
+        "p5b0a1234.dip0.t-ipconnect.de",
+        "adsl-pool-23.isp.example",
+        "xdsl12.isp.example",
+        "c-98-207-14-3.hsd1.ca.comcast.net",
+        "cable-12.isp.example",
+        "ftth.isp.example",
+        "cpe-7-100.isp.example",
+        "customer123.isp.example",
+        "mobile-12.carrier.example",
+        "unassigned.isp.example",
+        "no-ptr.isp.example",
+        "ip-203-0-113-9.ec2.example",
+        "host.1.2.3.4.isp.example",
+    ],
+)
+def test_generic_names(shipped: GenericPatterns, name: str) -> None:
+    assert generic_match(shipped, name, ipaddress.IPv4Address("192.0.2.1")) is not None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mx.good.test",
+        "mail.example.com",
+        "mx1.example.com",
+        "mail-ot1-f54.google.com",
+        "a8-30.smtp-out.amazonses.com",
+        "o1.ptr1234.sendgrid.net",
+        "mail.dslreports.example",
+        "smtp.poolside.example",
+        "mx.home-office.example",
+        "outbound.customers-mail.example",
+        "relay2.mobileco.example",
+    ],
+)
+def test_mail_server_names_are_not_generic(shipped: GenericPatterns, name: str) -> None:
+    assert generic_match(shipped, name, ipaddress.IPv4Address("192.0.2.1")) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "198-51-100-7.example.net",
+        "7.100.51.198.example.net",
+        "s198_51_100_7.example.net",
+        "h198051100007.example.net",
+        "c6336407.example.net",
+        "mail-7-100-51-198.example.net",
+    ],
+)
+def test_embedded_ip_forms(name: str) -> None:
+    assert embeds_ip(name, ipaddress.IPv4Address(IP))
+
+
+@pytest.mark.parametrize(
+    "name", ["198-51-100-70.example.net", "1198-51-100-7.example.net", "mx.example.net"]
+)
+def test_other_digits_are_not_the_client_ip(name: str) -> None:
+    assert not embeds_ip(name, ipaddress.IPv4Address(IP))
+
+
+def test_allow_patterns_and_pattern_file_errors(tmp_path: Path) -> None:
+    rules = tmp_path / "generic.toml"
+    rules.write_text(
+        "embedded_ip = false\nallow = ['^mx\\.']\n"
+        "[[pattern]]\nname = 'dyn'\nregex = '(^|[.-])dyn([.-]|$)'\n",
+        encoding="utf-8",
+    )
+    config = tmp_path / "smtpguard.toml"
+    config.write_text(f"[smtpport]\ngeneric_patterns = '{rules}'\n", encoding="utf-8")
+    patterns = load_config(config).smtpport.generic
+    assert patterns is not None
+    ip = ipaddress.IPv4Address(IP)
+    assert generic_match(patterns, "a.dyn.isp.example", ip) == "dyn"
+    assert generic_match(patterns, "mx.dyn.isp.example", ip) is None
+    assert generic_match(patterns, "198-51-100-7.isp.example", ip) is None
+    rules.write_text("[[pattern]]\nname = 'bad'\nregex = '(unclosed'\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert err.value.file == str(rules)
+    assert err.value.key == "pattern[0].regex"
+
+
+# --- smtpport decisions --------------------------------------------------------------
+
+
+def decide(check: SmtpPort, ip: str = IP, **conn_args: object) -> object:
+    conn = make_conn(sender="a@sender.test", ip=ip, **conn_args)  # type: ignore[arg-type]
+    check.prefetch(conn)
+    return check(conn, soon())
+
+
+def test_confirmed_ptr_passes(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    host(fake, IP, "mx.sender.test")
+    assert decide(smtpport(tmp_path, resolver)) is None
+
+
+def test_confirmed_ipv6_ptr_passes(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    host(fake, "2001:db8::7", "mx6.sender.test")
+    assert decide(smtpport(tmp_path, resolver), ip="2001:db8::7") is None
+
+
+@pytest.mark.parametrize("status", [Status.NXDOMAIN, Status.NODATA])
+def test_no_ptr_is_a_hit(tmp_path: Path, resolver: Resolver, fake: FakeDns, status: Status) -> None:
+    if status is Status.NODATA:
+        fake.add(PTR, "TXT", '"no ptr here"')
+    verdict = decide(smtpport(tmp_path, resolver))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "smtpport_check"
+    assert f"no PTR for {IP}: {status.name}" in verdict.detail
+
+
+@pytest.mark.parametrize("status", [Status.SERVFAIL, Status.TIMEOUT])
+def test_ptr_failure_is_temporary(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, status: Status
+) -> None:
+    fake.fail(PTR, "PTR", status)
+    verdict = decide(smtpport(tmp_path, resolver))
+    assert isinstance(verdict, TempError)
+    assert status.name in verdict.detail
+
+
+def test_unconfirmed_ptr_is_a_hit(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    host(fake, IP, "mx.liar.test", forward={"mx.liar.test": "198.51.100.99"})
+    verdict = decide(smtpport(tmp_path, resolver))
+    assert isinstance(verdict, Hit)
+    assert "does not resolve back" in verdict.detail
+
+
+def test_unconfirmed_ptr_with_failed_forward_lookup_is_temporary(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    host(fake, IP, "mx.slow.test", forward={"mx.slow.test": ""})
+    fake.fail("mx.slow.test", "A", Status.TIMEOUT)
+    assert isinstance(decide(smtpport(tmp_path, resolver)), TempError)
+
+
+def test_fcrdns_can_be_turned_off(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    host(fake, IP, "mx.liar.test", forward={"mx.liar.test": "198.51.100.99"})
+    assert decide(smtpport(tmp_path, resolver, "[smtpport]\nfcrdns = false\n")) is None
+
+
+def test_generic_confirmed_name_is_a_hit(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    host(fake, IP, "198-51-100-7.dyn.isp.test")
+    verdict = decide(smtpport(tmp_path, resolver))
+    assert isinstance(verdict, Hit)
+    assert "looks generic (pattern dynamic)" in verdict.detail
+    assert decide(smtpport(tmp_path, resolver, "[smtpport]\ngeneric_patterns = ''\n")) is None
+
+
+def test_one_good_confirmed_name_is_enough(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    host(fake, IP, "198-51-100-7.dyn.isp.test", "mx.sender.test")
+    assert decide(smtpport(tmp_path, resolver)) is None
+
+
+def test_at_most_ten_ptr_names_are_followed(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    names = [f"n{i}.sender.test" for i in range(12)]
+    host(fake, IP, *names, forward=dict.fromkeys(names, "198.51.100.99"))
+    decide(smtpport(tmp_path, resolver))
+    assert sum(rdtype == "A" for _, rdtype in fake.calls) == 10
+
+
+def test_trusted_clients_are_not_looked_up(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    assert decide(smtpport(tmp_path, resolver), trusted_network=True) is None
+    assert decide(smtpport(tmp_path, resolver), auth_login="alice", auth_type="PLAIN") is None
+    # Authentication is known only at MAIL: the lookup may have started, no verdict.
+    assert all(name == PTR for name, _ in fake.calls)
+
+
+# --- connect-back ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.5", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+def test_connect_back(tmp_path: Path, resolver: Resolver, fake: FakeDns, listener: int) -> None:
+    toml = (
+        f"[smtpport]\nconnect_back = true\nconnect_back_port = {listener}\n"
+        "connect_back_timeout = 0.5\n"
+    )
+    check = smtpport(tmp_path, resolver, toml)
+    host(fake, "127.0.0.5", "mx5.sender.test")
+    host(fake, "127.0.0.6", "mx6.sender.test")
+    assert decide(check, ip="127.0.0.5") is None
+    verdict = decide(check, ip="127.0.0.6")  # nothing listens there
+    assert isinstance(verdict, Hit)
+    assert f"port {listener} does not accept SMTP: connection refused" in verdict.detail
+    # Cached per IP: the second session does not connect again.
+    conn = make_conn(sender="a@sender.test", ip="127.0.0.6")
+    check.prefetch(conn)
+    assert conn.scratch["smtpport.connect_back"].result(timeout=2) == (False, "cached")
+
+
+# --- helo_dns --------------------------------------------------------------------------
+
+
+def helo_check(tmp_path: Path, resolver: Resolver) -> HeloDns:
+    return HeloDns(dns_services(tmp_path, "", resolver))
+
+
+def helo_decide(check: HeloDns, helo: str, **conn_args: object) -> object:
+    conn = make_conn(sender="a@sender.test", helo=helo, **conn_args)  # type: ignore[arg-type]
+    check.prefetch(conn)
+    return check(conn, soon())
+
+
+def test_helo_that_resolves_passes(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    fake.add("mx.sender.test", "AAAA", "2001:db8::1")
+    assert helo_decide(helo_check(tmp_path, resolver), "MX.Sender.Test") is None
+
+
+def test_helo_that_does_not_resolve(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    verdict = helo_decide(helo_check(tmp_path, resolver), "nohost.sender.test")
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "helo_error"
+    assert "A NXDOMAIN, AAAA NXDOMAIN" in verdict.detail
+
+
+def test_helo_lookup_failure_is_temporary(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    fake.fail("mx.sender.test", "A", Status.SERVFAIL)
+    fake.add("mx.sender.test", "TXT", '"x"')
+    assert isinstance(helo_decide(helo_check(tmp_path, resolver), "mx.sender.test"), TempError)
+
+
+@pytest.mark.parametrize("helo", ["[198.51.100.7]", "localhost", "bad_name.test"])
+def test_helo_syntax_is_left_to_the_helo_check(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, helo: str
+) -> None:
+    assert helo_decide(helo_check(tmp_path, resolver), helo) is None
+    assert fake.calls == []
+
+
+def test_helo_of_trusted_client_is_not_looked_up(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    assert helo_decide(helo_check(tmp_path, resolver), "x.test", trusted_network=True) is None
+    assert fake.calls == []

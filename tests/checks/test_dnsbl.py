@@ -1,0 +1,238 @@
+"""rbl / openrelay: zones asked at connect, decided at MAIL FROM (RFC 5782)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from check_support import make_conn
+
+from smtpguard.checks import Event
+from smtpguard.checks.dnsbl import SCORES_KEY, OpenRelay, Rbl, classify
+from smtpguard.config import DnsblZone
+from smtpguard.dns import Answer, Resolver, Status
+from smtpguard.verdict import Hit, TempError
+from support.fake_dns import FakeDns, dns_services, fake_resolver
+
+ZONES = """
+[[dnsbl.zones]]
+name = "rbl.test"
+answers = ["127.0.0.2-127.0.0.11"]
+
+[[dnsbl.zones]]
+name = "second.test"
+kind = "rbl"
+
+[[dnsbl.zones]]
+name = "relays.test"
+kind = "openrelay"
+
+[[dnsbl.zones]]
+name = "score.test"
+action = "score"
+score = 2.5
+
+[[dnsbl.zones]]
+name = "v4only.test"
+ipv6 = false
+"""
+
+CLIENT = "198.51.100.66"
+NAME = "66.100.51.198"
+V6_NAME = ".".join(reversed("20010db8" + "0" * 20 + "0066"))
+
+
+@pytest.fixture
+def fake() -> FakeDns:
+    return FakeDns()
+
+
+@pytest.fixture
+def resolver(fake: FakeDns) -> Iterator[Resolver]:
+    r = fake_resolver(fake)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def rbl(tmp_path: Path, resolver: Resolver) -> Rbl:
+    return Rbl(dns_services(tmp_path, ZONES, resolver))
+
+
+def soon() -> Event:
+    return Event(deadline=time.monotonic() + 2)
+
+
+def zone(**kwargs: object) -> DnsblZone:
+    return DnsblZone(name="z.test", **kwargs)  # type: ignore[arg-type]
+
+
+def a(*values: str) -> Answer:
+    return Answer.of("x.z.test", "A", *values)
+
+
+# --- which answers are listings ---------------------------------------------------------
+
+
+def test_classify_ranges_bitmask_and_error_codes() -> None:
+    ranges = zone(
+        answers=((ipaddress.IPv4Address("127.0.0.2"), ipaddress.IPv4Address("127.0.0.11")),)
+    )
+    assert classify(ranges, a("127.0.0.2")) == (["127.0.0.2"], [])
+    assert classify(ranges, a("127.0.0.11")) == (["127.0.0.11"], [])
+    assert classify(ranges, a("127.0.0.12")) == ([], [])  # not accepted, not an error
+    bits = zone(bitmask=0b100)
+    assert classify(bits, a("127.0.0.4"))[0] == ["127.0.0.4"]
+    assert classify(bits, a("127.0.0.6"))[0] == ["127.0.0.6"]
+    assert classify(bits, a("127.0.0.3"))[0] == []
+    anything = zone()
+    assert classify(anything, a("127.0.1.9"))[0] == ["127.0.1.9"]
+    for code in ("127.255.255.252", "127.255.255.254", "127.255.255.255", "127.0.0.1"):
+        listed, ignored = classify(anything, a(code))
+        assert listed == []
+        assert "refused" in ignored[0]
+    listed, ignored = classify(anything, a("203.0.113.1"))
+    assert listed == []
+    assert "outside 127.0.0.0/8" in ignored[0]
+    assert classify(anything, Answer("x", "A", Status.NXDOMAIN)) == ([], [])
+
+
+# --- decisions --------------------------------------------------------------------------
+
+
+def test_listed_client_hit_carries_the_txt_reason(rbl: Rbl, fake: FakeDns) -> None:
+    fake.add(f"{NAME}.rbl.test", "A", "127.0.0.4")
+    fake.add(f"{NAME}.rbl.test", "TXT", '"spam source, see https://rbl.test/"')
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    rbl.prefetch(conn)
+    verdict = rbl(conn, soon())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "rbl_deny"
+    assert "rbl.test as 127.0.0.4" in verdict.detail
+    assert "spam source, see https://rbl.test/" in verdict.detail
+
+
+def test_not_listed_passes_and_asks_every_zone_of_its_kind_once(rbl: Rbl, fake: FakeDns) -> None:
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    rbl.prefetch(conn)
+    rbl.prefetch(conn)  # idempotent: HELO calls it again
+    assert rbl(conn, soon()) is None
+    assert rbl(conn, soon()) is None  # a second transaction reuses the answers
+    asked = sorted(name for name, _ in fake.calls)
+    assert asked == sorted(
+        f"{NAME}.{z}" for z in ("rbl.test", "second.test", "score.test", "v4only.test")
+    )
+
+
+def test_answer_outside_the_accepted_codes_passes(rbl: Rbl, fake: FakeDns) -> None:
+    fake.add(f"{NAME}.rbl.test", "A", "127.0.0.20")
+    assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None
+
+
+def test_error_codes_are_ignored_and_logged_once(
+    rbl: Rbl, fake: FakeDns, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="smtpguard")
+    fake.add(f"{NAME}.second.test", "A", "127.255.255.254")
+    for _ in range(3):
+        assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None
+    warnings = [r.getMessage() for r in caplog.records if "answer ignored" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "zone=second.test" in warnings[0]
+    assert "127.255.255.254" in warnings[0]
+
+
+def test_score_zone_does_not_reject_and_records_its_score(
+    rbl: Rbl, fake: FakeDns, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="smtpguard")
+    fake.add(f"{NAME}.score.test", "A", "127.0.0.3")
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    assert rbl(conn, soon()) is None
+    assert rbl(conn, soon()) is None
+    assert conn.scratch[SCORES_KEY] == {"score.test": 2.5}
+    assert sum("action=score" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_ipv6_nibble_form_and_ipv4_only_zones(rbl: Rbl, fake: FakeDns) -> None:
+    fake.add(f"{V6_NAME}.rbl.test", "A", "127.0.0.2")
+    verdict = rbl(make_conn(sender="a@sender.test", ip="2001:db8::66"), soon())
+    assert isinstance(verdict, Hit)
+    assert not any(name.endswith("v4only.test") for name, _ in fake.calls)
+
+
+def test_ipv4_mapped_client_is_looked_up_as_ipv4(rbl: Rbl, fake: FakeDns) -> None:
+    fake.add(f"{NAME}.rbl.test", "A", "127.0.0.2")
+    assert isinstance(rbl(make_conn(sender="a@sender.test", ip=f"::ffff:{CLIENT}"), soon()), Hit)
+
+
+def test_trusted_clients_are_never_looked_up(rbl: Rbl, fake: FakeDns) -> None:
+    conn = make_conn(sender="a@sender.test", ip=CLIENT, trusted_network=True)
+    rbl.prefetch(conn)
+    assert rbl(conn, soon()) is None
+    assert fake.calls == []
+
+
+def test_authenticated_session_passes_at_mail(rbl: Rbl, fake: FakeDns) -> None:
+    fake.add(f"{NAME}.rbl.test", "A", "127.0.0.2")
+    conn = make_conn(sender="a@sender.test", ip=CLIENT, auth_login="alice", auth_type="PLAIN")
+    assert rbl(conn, soon()) is None
+
+
+def test_temporary_failure_is_a_temp_error(rbl: Rbl, fake: FakeDns) -> None:
+    fake.fail(f"{NAME}.second.test", "A", Status.SERVFAIL)
+    verdict = rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon())
+    assert isinstance(verdict, TempError)
+    assert verdict.reply_id == "database_temp_error"
+    assert "second.test: SERVFAIL" in verdict.detail
+
+
+def test_a_listing_wins_over_another_zones_failure(rbl: Rbl, fake: FakeDns) -> None:
+    fake.fail(f"{NAME}.second.test", "A", Status.TIMEOUT)
+    fake.add(f"{NAME}.rbl.test", "A", "127.0.0.2")
+    assert isinstance(rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()), Hit)
+
+
+def test_stage_deadline_bounds_the_wait(tmp_path: Path) -> None:
+    slow = FakeDns(delay=1.0)
+    resolver = fake_resolver(slow)
+    try:
+        check = Rbl(dns_services(tmp_path, ZONES, resolver))
+        conn = make_conn(sender="a@sender.test", ip=CLIENT)
+        check.prefetch(conn)
+        start = time.monotonic()
+        verdict = check(conn, Event(deadline=time.monotonic() + 0.1))
+        assert time.monotonic() - start < 0.5
+        assert isinstance(verdict, TempError)
+        assert "stage deadline" in verdict.detail
+    finally:
+        resolver.close()
+
+
+def test_prefetch_starts_all_zones_at_once_and_returns_at_once(tmp_path: Path) -> None:
+    slow = FakeDns(delay=0.3)
+    resolver = fake_resolver(slow)
+    try:
+        check = Rbl(dns_services(tmp_path, ZONES, resolver))
+        conn = make_conn(sender="a@sender.test", ip=CLIENT)
+        start = time.monotonic()
+        check.prefetch(conn)
+        assert time.monotonic() - start < 0.1
+        assert check(conn, Event(deadline=time.monotonic() + 2)) is None
+        # Four zones of 0.3 s each, asked together.
+        assert time.monotonic() - start < 0.9
+    finally:
+        resolver.close()
+
+
+def test_openrelay_uses_only_its_zones(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    check = OpenRelay(dns_services(tmp_path, ZONES, resolver))
+    fake.add(f"{NAME}.relays.test", "A", "127.0.0.2")
+    verdict = check(make_conn(sender="a@sender.test", ip=CLIENT), soon())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "openrelay_check"
+    assert [name for name, _ in fake.calls if _ == "A"] == [f"{NAME}.relays.test"]

@@ -1,0 +1,110 @@
+"""sender_domain: MX / implicit MX / null MX (RFC 5321 §5.1, RFC 7505)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from check_support import make_conn
+
+from smtpguard.checks import Event
+from smtpguard.checks.sender_domain import SenderDomain
+from smtpguard.dns import Resolver, Status
+from smtpguard.verdict import Hit, TempError
+from support.fake_dns import FakeDns, dns_services, fake_resolver
+
+D = "sender.test"
+SITE = "[site]\nlocal_domains = ['example.com']\n"
+
+
+@pytest.fixture
+def fake() -> FakeDns:
+    return FakeDns()
+
+
+@pytest.fixture
+def check(tmp_path: Path, fake: FakeDns) -> Iterator[SenderDomain]:
+    resolver: Resolver = fake_resolver(fake)
+    yield SenderDomain(dns_services(tmp_path, SITE, resolver))
+    resolver.close()
+
+
+def decide(check: SenderDomain, sender: str = f"a@{D}") -> object:
+    return check(make_conn(sender=sender), Event(deadline=time.monotonic() + 2))
+
+
+def test_mx_passes(check: SenderDomain, fake: FakeDns) -> None:
+    fake.add(D, "MX", "10 mx.elsewhere.test.")
+    assert decide(check) is None
+
+
+@pytest.mark.parametrize("rdtype", ["A", "AAAA"])
+def test_address_record_is_the_implicit_mx(check: SenderDomain, fake: FakeDns, rdtype: str) -> None:
+    fake.add(D, rdtype, "192.0.2.1" if rdtype == "A" else "2001:db8::1")
+    assert decide(check) is None
+
+
+def test_nxdomain_is_a_hit(check: SenderDomain) -> None:
+    verdict = decide(check)
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "sender_unvalidated"
+    assert verdict.detail == f"{D}: NXDOMAIN"
+
+
+def test_no_mx_a_or_aaaa_is_a_hit(check: SenderDomain, fake: FakeDns) -> None:
+    fake.add(D, "TXT", '"v=spf1 -all"')
+    verdict = decide(check)
+    assert isinstance(verdict, Hit)
+    assert "no MX, A or AAAA" in verdict.detail
+
+
+def test_null_mx_is_a_hit(check: SenderDomain, fake: FakeDns) -> None:
+    fake.add(D, "MX", "0 .")
+    fake.add(D, "A", "192.0.2.1")  # an A record does not undo a null MX (RFC 7505 §3)
+    verdict = decide(check)
+    assert isinstance(verdict, Hit)
+    assert "null MX" in verdict.detail
+
+
+@pytest.mark.parametrize("status", [Status.SERVFAIL, Status.TIMEOUT])
+def test_mx_failure_is_temporary(check: SenderDomain, fake: FakeDns, status: Status) -> None:
+    fake.fail(D, "MX", status)
+    verdict = decide(check)
+    assert isinstance(verdict, TempError)
+    assert verdict.reply_id == "database_temp_error"
+    assert status.name in verdict.detail
+
+
+def test_address_failure_without_mx_is_temporary(check: SenderDomain, fake: FakeDns) -> None:
+    fake.add(D, "TXT", '"x"')
+    fake.fail(D, "AAAA", Status.TIMEOUT)
+    assert isinstance(decide(check), TempError)
+
+
+def test_one_address_record_is_enough_when_the_other_fails(
+    check: SenderDomain, fake: FakeDns
+) -> None:
+    fake.add(D, "A", "192.0.2.1")
+    fake.fail(D, "AAAA", Status.SERVFAIL)
+    assert decide(check) is None
+
+
+@pytest.mark.parametrize("sender", ["<>", "a@example.com", "a@[192.0.2.1]"])
+def test_not_looked_up(check: SenderDomain, fake: FakeDns, sender: str) -> None:
+    # The null sender, one of our local domains, an address literal.
+    assert decide(check, sender) is None
+    assert fake.calls == []
+
+
+def test_asks_mx_a_and_aaaa_at_once(tmp_path: Path) -> None:
+    slow = FakeDns(delay=0.3)
+    resolver = fake_resolver(slow)
+    try:
+        check = SenderDomain(dns_services(tmp_path, "", resolver))
+        start = time.monotonic()
+        assert isinstance(decide(check), Hit)
+        assert time.monotonic() - start < 0.6
+    finally:
+        resolver.close()

@@ -1,0 +1,133 @@
+"""spf: results to verdicts, identities, trusted clients, DNS through our resolver."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from check_support import make_conn
+
+from smtpguard.checks import Event
+from smtpguard.checks.spf import Spf
+from smtpguard.dns import Resolver, Status
+from smtpguard.verdict import Hit, TempError
+from support.fake_dns import FakeDns, dns_services, fake_resolver
+
+CLIENT = "198.51.100.7"
+
+
+@pytest.fixture
+def fake() -> FakeDns:
+    f = FakeDns()
+    f.add("pass.test", "TXT", '"v=spf1 ip4:198.51.100.0/24 -all"')
+    f.add("fail.test", "TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')
+    f.add("soft.test", "TXT", '"v=spf1 ~all"')
+    f.add("neutral.test", "TXT", '"v=spf1 ?all"')
+    f.add("broken.test", "TXT", '"v=spf1 frobnicate -all"')
+    f.add("inc.test", "TXT", '"v=spf1 include:down.test -all"')
+    f.fail("down.test", "TXT", Status.SERVFAIL)
+    f.add("void.test", "TXT", '"v=spf1 a:n1.test a:n2.test a:n3.test ~all"')
+    f.add("mx.helo.test", "TXT", '"v=spf1 -all"')
+    f.add("ok.helo.test", "TXT", '"v=spf1 ip4:198.51.100.7 -all"')
+    return f
+
+
+@pytest.fixture
+def resolver(fake: FakeDns) -> Iterator[Resolver]:
+    r = fake_resolver(fake)
+    yield r
+    r.close()
+
+
+def spf(tmp_path: Path, resolver: Resolver, toml: str = "") -> Spf:
+    return Spf(dns_services(tmp_path, toml, resolver))
+
+
+def decide(check: Spf, sender: str, ip: str = CLIENT, **conn_args: object) -> object:
+    conn = make_conn(sender=sender, ip=ip, **conn_args)  # type: ignore[arg-type]
+    return check(conn, Event(deadline=time.monotonic() + 2))
+
+
+@pytest.mark.parametrize(
+    "sender", ["a@pass.test", "a@neutral.test", "a@nospf.test", "a@broken.test", "a@soft.test"]
+)
+def test_no_objection(tmp_path: Path, resolver: Resolver, sender: str) -> None:
+    # pass, neutral, none, permerror (§8.7: the domain's problem), softfail by default.
+    assert decide(spf(tmp_path, resolver), sender) is None
+
+
+def test_fail_is_a_hit(tmp_path: Path, resolver: Resolver) -> None:
+    verdict = decide(spf(tmp_path, resolver), "a@fail.test")
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "remote_ip_mismatch"
+    assert verdict.detail.startswith(f"spf=fail mailfrom=fail.test ip={CLIENT}")
+
+
+def test_softfail_rejected_when_configured(tmp_path: Path, resolver: Resolver) -> None:
+    check = spf(tmp_path, resolver, "[spf]\nreject_softfail = true\n")
+    assert isinstance(decide(check, "a@soft.test"), Hit)
+
+
+def test_temperror_is_a_temp_error(tmp_path: Path, resolver: Resolver) -> None:
+    verdict = decide(spf(tmp_path, resolver), "a@inc.test")
+    assert isinstance(verdict, TempError)
+    assert verdict.reply_id == "database_temp_error"
+    assert "spf=temperror" in verdict.detail
+
+
+def test_void_lookup_limit(tmp_path: Path, resolver: Resolver) -> None:
+    # RFC 7208 §4.6.4: the third lookup without an answer is a permerror (no objection).
+    assert decide(spf(tmp_path, resolver), "a@void.test") is None
+
+
+def test_null_sender_checks_the_helo_identity(tmp_path: Path, resolver: Resolver) -> None:
+    check = spf(tmp_path, resolver)
+    verdict = decide(check, "<>", helo="mx.helo.test")
+    assert isinstance(verdict, Hit)
+    assert "helo=mx.helo.test" in verdict.detail
+    assert decide(check, "<>", helo="ok.helo.test") is None
+
+
+@pytest.mark.parametrize("helo", ["[198.51.100.7]", "localhost", None])
+def test_null_sender_without_a_helo_name_passes(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, helo: str | None
+) -> None:
+    assert decide(spf(tmp_path, resolver), "<>", helo=helo) is None
+    assert fake.calls == []
+
+
+def test_trusted_clients_are_not_checked(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    check = spf(tmp_path, resolver)
+    assert decide(check, "a@fail.test", trusted_network=True) is None
+    assert decide(check, "a@fail.test", auth_login="alice", auth_type="PLAIN") is None
+    assert fake.calls == []
+
+
+def test_ipv4_mapped_client(tmp_path: Path, resolver: Resolver) -> None:
+    assert decide(spf(tmp_path, resolver), "a@pass.test", ip=f"::ffff:{CLIENT}") is None
+
+
+def test_lookups_go_through_the_shared_cache(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    check = spf(tmp_path, resolver)
+    for _ in range(3):
+        assert isinstance(decide(check, "a@fail.test"), Hit)
+    assert fake.count("fail.test", "TXT") == 1
+
+
+def test_deadline_bounds_the_evaluation(tmp_path: Path) -> None:
+    slow = FakeDns(delay=1.0)
+    slow.add("fail.test", "TXT", '"v=spf1 -all"')
+    resolver = fake_resolver(slow)
+    try:
+        check = spf(tmp_path, resolver)
+        start = time.monotonic()
+        conn = make_conn(sender="a@fail.test", ip=CLIENT)
+        verdict = check(conn, Event(deadline=time.monotonic() + 0.1))
+        assert time.monotonic() - start < 0.5
+        assert isinstance(verdict, TempError)
+    finally:
+        resolver.close()

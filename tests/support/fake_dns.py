@@ -1,0 +1,96 @@
+"""Fakes for the DNS service: a transport answering from a table, and a clock.
+
+Passed into :class:`smtpguard.dns.Resolver` the way production passes the dnspython
+transport; nothing is patched. The table behaves like a small authoritative zone: a
+name with no record of the asked type but other records is NODATA, an unknown name is
+NXDOMAIN (both with the negative TTL an SOA would give), and single lookups can be
+forced to SERVFAIL or TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smtpguard.checks import Services
+from smtpguard.config import load_config
+from smtpguard.directory import NoDirectory
+from smtpguard.dns import Answer, Resolver, Status
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeDns:
+    """A :class:`~smtpguard.dns.Transport` answering from ``records``."""
+
+    records: dict[tuple[str, str], Answer] = field(default_factory=dict)
+    #: (name, type) -> status for failures (SERVFAIL, TIMEOUT) and forced negatives.
+    statuses: dict[tuple[str, str], Status] = field(default_factory=dict)
+    negative_ttl: float = 60.0
+    #: Seconds every answer takes (the fake sleeps on the resolver's event loop).
+    delay: float = 0.0
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, name: str, rdtype: str, *values: str, ttl: float = 300.0) -> FakeDns:
+        self.records[(name, rdtype)] = Answer.of(name, rdtype, *values, ttl=ttl)
+        return self
+
+    def fail(self, name: str, rdtype: str, status: Status) -> FakeDns:
+        self.statuses[(name, rdtype)] = status
+        return self
+
+    def count(self, name: str, rdtype: str) -> int:
+        return self.calls.count((name, rdtype))
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        self.calls.append((name, rdtype))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status = self.statuses.get((name, rdtype))
+        if status is not None:
+            ttl = self.negative_ttl if status.negative else 0.0
+            return Answer(name, rdtype, status, ttl=ttl, detail=f"fake {status.name}")
+        found = self.records.get((name, rdtype))
+        if found is not None:
+            return found
+        exists = any(owner == name for owner, _ in self.records)
+        status = Status.NODATA if exists else Status.NXDOMAIN
+        return Answer(name, rdtype, status, ttl=self.negative_ttl)
+
+
+def fake_resolver(fake: FakeDns, clock: FakeClock | None = None, **kwargs: Any) -> Resolver:
+    """A resolver over ``fake``; close it when done (it runs an event loop thread)."""
+    if clock is not None:
+        kwargs["clock"] = clock
+    return Resolver(fake, **kwargs)
+
+
+@dataclass
+class NoBlacklist:
+    def listed(self, address: str) -> str | None:
+        return None
+
+
+DNS_SECTION = "[dns]\nnameservers = ['127.0.0.1']\n"
+
+
+def dns_services(where: Path, toml: str, resolver: Resolver | None) -> Services:
+    """Services for DNS check tests: a config with a resolver section plus ``toml``
+    (written under ``where`` and loaded with the real loader) and the given resolver."""
+    path = where / "smtpguard.toml"
+    path.write_text(DNS_SECTION + toml, encoding="utf-8")
+    return Services(
+        config=load_config(path), directory=NoDirectory(), blacklist=NoBlacklist(), dns=resolver
+    )

@@ -1,0 +1,211 @@
+"""The DNS parts of the config: [dns], [[dnsbl.zones]], [smtpport], [spf], the DNS
+checks' defaults, and errors that name the file and the dotted key."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from smtpguard.app import load
+from smtpguard.config import CHECK_DEFAULTS, ConfigError, DnsConfig
+from support.service import ROOT
+
+SAMPLE = ROOT / "conf" / "smtpguard.toml"
+NS = "[dns]\nnameservers = ['127.0.0.1']\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "smtpguard.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_send_no_query(tmp_path: Path) -> None:
+    config = load(write(tmp_path, ""))
+    assert config.dns == DnsConfig()
+    assert not config.dns.enabled
+    assert config.dnsbl.zones == ()
+    assert config.smtpport.fcrdns
+    assert not config.smtpport.connect_back
+    assert config.smtpport.generic is not None
+    assert config.smtpport.generic.file == ROOT / "rules" / "generic_ptr.toml"
+    assert not config.spf.reject_softfail
+
+
+def test_dns_checks_pass_on_temporary_errors_by_default(tmp_path: Path) -> None:
+    config = load(write(tmp_path, NS))
+    for name in ("rbl", "openrelay", "smtpport", "sender_domain", "spf"):
+        assert config.check(name).mode == "enforce"
+        assert config.check(name).on_temp_error == "pass"
+    assert config.check("helo_dns").mode == "off"
+    # The other checks keep the general defaults.
+    assert config.check("blacklist").on_temp_error == "tempfail"
+    assert set(CHECK_DEFAULTS) <= {
+        "rbl",
+        "openrelay",
+        "smtpport",
+        "helo_dns",
+        "sender_domain",
+        "spf",
+    }
+
+
+def test_a_partial_check_section_keeps_the_check_defaults(tmp_path: Path) -> None:
+    config = load(write(tmp_path, NS + "[checks.spf]\nmode = 'report'\n[checks.helo_dns]\n"))
+    assert config.check("spf").mode == "report"
+    assert config.check("spf").on_temp_error == "pass"
+    assert config.check("helo_dns").mode == "off"
+
+
+def test_full_sections(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            """
+[dns]
+nameservers = ["127.0.0.1", "::1"]
+port = 5353
+timeout = 0.5
+stage_deadline = 1.5
+cache_size = 100
+max_ttl = 600
+negative_ttl = 60
+failure_ttl = 2
+
+[[dnsbl.zones]]
+name = "Zen.Example."
+answers = ["127.0.0.2-127.0.0.11", "127.0.1.0/24", "127.0.0.20"]
+
+[[dnsbl.zones]]
+name = "bits.example"
+kind = "openrelay"
+bitmask = 6
+action = "score"
+score = 3
+ipv6 = false
+
+[smtpport]
+fcrdns = false
+generic_patterns = ""
+connect_back = true
+connect_back_port = 2525
+connect_back_timeout = 1.5
+connect_back_cache_ttl = 60
+
+[spf]
+reject_softfail = true
+""",
+        )
+    )
+    assert config.dns == DnsConfig(("127.0.0.1", "::1"), 5353, 0.5, 1.5, 100, 600, 60, 2)
+    first, second = config.dnsbl.zones
+    v4 = ipaddress.IPv4Address
+    assert first.name == "zen.example"
+    assert first.answers == (
+        (v4("127.0.0.2"), v4("127.0.0.11")),
+        (v4("127.0.1.0"), v4("127.0.1.255")),
+        (v4("127.0.0.20"), v4("127.0.0.20")),
+    )
+    assert (first.kind, first.action, first.bitmask, first.ipv6) == ("rbl", "reject", None, True)
+    assert (second.kind, second.bitmask, second.action, second.score, second.ipv6) == (
+        "openrelay",
+        6,
+        "score",
+        3.0,
+        False,
+    )
+    assert config.smtpport.generic is None
+    assert not config.smtpport.fcrdns
+    assert config.smtpport.connect_back_port == 2525
+    assert config.spf.reject_softfail
+
+
+def zone(body: str) -> str:
+    return NS + "[[dnsbl.zones]]\n" + body
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("[dns]\nnameservers = ['ns1']\n", "dns.nameservers", "not an IP address"),
+        ("[dns]\nnameservers = ['system', '::1']\n", "dns.nameservers", "not an IP"),
+        ("[dns]\nport = 70000\n", "dns.port", "at most 65535"),
+        ("[dns]\ntimeout = 0\n", "dns.timeout", "at least"),
+        ("[dns]\nfailure_ttl = 600\n", "dns.failure_ttl", "RFC 9520"),
+        ("[dns]\nmax_ttl = '1h'\n", "dns.max_ttl", "expected an integer"),
+        ("[dns]\nnameserver = ['::1']\n", "dns.nameserver", "unknown key"),
+        (zone("kind = 'rbl'\n"), "dnsbl.zones[0].name", "not a DNS zone name"),
+        (zone("name = 'z.test'\nkind = 'dnswl'\n"), "dnsbl.zones[0].kind", "must be one of"),
+        (
+            zone("name = 'z.test'\nanswers = ['10.0.0.1']\n"),
+            "dnsbl.zones[0].answers",
+            "127.0.0.0/8",
+        ),
+        (zone("name = 'z.test'\nanswers = ['x']\n"), "dnsbl.zones[0].answers", "not an IPv4"),
+        (
+            zone("name = 'z.test'\nanswers = ['127.0.0.9-127.0.0.2']\n"),
+            "dnsbl.zones[0].answers",
+            "empty range",
+        ),
+        (
+            zone("name = 'z.test'\nanswers = ['127.0.0.2']\nbitmask = 2\n"),
+            "dnsbl.zones[0].bitmask",
+            "not both",
+        ),
+        (zone("name = 'z.test'\nbitmask = 0\n"), "dnsbl.zones[0].bitmask", "at least 1"),
+        (zone("name = 'z.test'\naction = 'drop'\n"), "dnsbl.zones[0].action", "must be one of"),
+        (zone("name = 'z.test'\ncolour = 1\n"), "dnsbl.zones[0].colour", "unknown key"),
+        (
+            zone("name = 'z.test'\n[[dnsbl.zones]]\nname = 'Z.test.'\n"),
+            "dnsbl.zones[1].name",
+            "listed twice",
+        ),
+        (NS + "[dnsbl]\nzones = 1\n", "dnsbl.zones", "an array of tables"),
+        ("[[dnsbl.zones]]\nname = 'z.test'\n", "dnsbl.zones", "need [dns] nameservers"),
+        ("[checks.spf]\nmode = 'enforce'\n", "checks.spf.mode", "needs [dns] nameservers"),
+        ("[checks.rbl]\non_temp_error = 'tempfail'\n", "checks.rbl.mode", "needs [dns]"),
+        ("[smtpport]\nconnect_back = 'yes'\n", "smtpport.connect_back", "true or false"),
+        ("[smtpport]\nconnect_back_port = 0\n", "smtpport.connect_back_port", "at least 1"),
+        ("[spf]\nreject_softfail = 1\n", "spf.reject_softfail", "true or false"),
+        ("[spf]\nreject_fail = true\n", "spf.reject_fail", "unknown key"),
+    ],
+)
+def test_errors_name_file_and_dotted_key(tmp_path: Path, text: str, key: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert err.value.file == str(path.resolve())
+    assert err.value.key == key
+    assert message in err.value.message
+
+
+def test_a_dns_check_turned_off_needs_no_resolver(tmp_path: Path) -> None:
+    assert (
+        load(write(tmp_path, "[checks.spf]\nmode = 'off'\n[checks.helo_dns]\n")).dns.nameservers
+        == ()
+    )
+
+
+def test_missing_pattern_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, "[smtpport]\ngeneric_patterns = 'nope.toml'\n"))
+    assert err.value.file == str(tmp_path.resolve() / "nope.toml")
+    assert "file not found" in err.value.message
+
+
+def test_sample_config_documents_the_dns_defaults() -> None:
+    config = load(SAMPLE)
+    assert config.dns == DnsConfig()
+    assert config.dnsbl.zones == ()
+    text = SAMPLE.read_text(encoding="utf-8")
+    for key in (
+        "[dns]",
+        "stage_deadline",
+        "[[dnsbl.zones]]",
+        "[smtpport]",
+        "connect_back",
+        "[spf]",
+    ):
+        assert key in text
