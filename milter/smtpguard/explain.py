@@ -1,0 +1,740 @@
+"""``smtpguard explain``: say what an SMTP reply line from any server means (issue 7).
+
+The knowledge is data, ``rules/explain.toml``; this module only parses, validates and
+looks up. A reply is explained by the first of:
+
+1. **Our own table** (``rules/replies.toml``): the first line's text is exactly one of
+   our texts (en, zh, or the seed's one-line form "en (zh)"), with our code when the
+   line has one. The action is that row's hint; ``reply_id`` names the row.
+2. **The rules** (``[[rule]]``), in file order, first match wins: ``text`` is searched
+   in the reply text; ``code`` must match the whole code when the line has one (a line
+   without a code is matched on its text alone); ``xcode``, when given, must match the
+   whole enhanced code, so such a rule never matches a line without one. Replies with
+   a 2xx/3xx code are successes and skip the rules.
+3. **The fallback** (rule id ``rfc3463-fallback``): the RFC 3463 meaning of the
+   enhanced code's subject and detail (class/subject/detail), else the RFC 5321/4954
+   meaning of the basic code, else its class (2/3/4/5), else "unknown".
+
+Parsing is lenient about what users paste: "550 5.7.1 text", "550-5.7.1 text",
+"550 text", "The server says: 550 ...", "host x said: 550 ...", ">>550 ...", literal
+``\\r\\n`` sequences, qmail's trailing "(#5.7.1)", multi-line replies (the code of the
+last reply line wins; the texts of its lines are joined), lines without a code,
+full-width CJK punctuation (NFKC). Lines are cut to :data:`MAX_LINE_CHARS` and the
+joined text to :data:`MAX_TEXT_CHARS` before any rule regex runs, and the loader refuses
+patterns with unbounded ``.*``/``.+`` or nested unbounded quantifiers, so a hostile
+input cannot make the lookup slow.
+
+JSON output (``--json``) is one object with the keys of :data:`JSON_KEYS`: ``reply``
+(the parsed reply as one display line), ``code``, ``xcode`` and ``reply_id`` (strings or
+null), ``text``, ``category`` (the id), ``title``, ``cause`` and ``action`` (in the
+requested language), ``rule`` (matched rule id, ``ours.<reply_id>`` or
+``rfc3463-fallback``), ``source`` (``postfix``, ``exchange``, ``qq``, ``smtpguard``,
+``rfc3463``...) and ``lang``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smtpguard.config import ConfigError, RepliesConfig, default_rules_dir
+from smtpguard.replies import ALL_IDS, load_replies
+
+LANGUAGES: tuple[str, ...] = ("en", "zh")
+FALLBACK_RULE = "rfc3463-fallback"
+JSON_KEYS: tuple[str, ...] = (
+    "reply",
+    "code",
+    "xcode",
+    "text",
+    "category",
+    "title",
+    "cause",
+    "action",
+    "rule",
+    "source",
+    "reply_id",
+    "lang",
+)
+
+#: RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; pasted bounces add a prefix.
+MAX_LINE_CHARS = 2048
+MAX_TEXT_CHARS = 4096
+MAX_LINES = 200
+_DISPLAY_CHARS = 200
+
+_ID = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
+_SOURCE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_CODE_KEY = re.compile(r"[2-5][0-9][0-9]\Z")
+_DETAIL_KEY = re.compile(r"[0-7]\.[0-9]{1,3}\Z")
+_ESCAPED_NEWLINE = re.compile(r"\\r\\n|\\n|\\r")
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_SPACE = re.compile(r"\s+")
+_LEAD = re.compile(r"[\s>'\"`#(\[*]*")
+_REPLY = re.compile(
+    r"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|\Z)[ \t]*"
+    r"(?:#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z))?"
+)
+#: A code after a marker: "says:550", "said: 550", "returned '550", "smtp; 550".
+_EMBEDDED_REPLY = re.compile(r"[:;'\"(\[#=]\s{0,3}(?=[2-5][0-9][0-9](?:[ \t-]|\Z))")
+_EMBED_WINDOW = 400
+_BARE_XCODE = re.compile(r"#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z)[ \t]*")
+_QMAIL_XCODE = re.compile(r"\(#(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})\b")
+_SENDMAIL_PREFIX = re.compile(r"<[^<>\s]{0,320}>(?:\.\.\.|:)?\s*")
+_WORD = re.compile(r"\w+")
+_QUANT = re.compile(r"[*+?]|\{([0-9]*)(,?)([0-9]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """One piece of advice in every language of :data:`LANGUAGES`."""
+
+    en: str
+    zh: str
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    id: str
+    title: Text
+    cause: Text
+    action: Text
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    category: str
+    code: re.Pattern[str] | None
+    xcode: re.Pattern[str] | None
+    text: re.Pattern[str]
+    cause: Text | None
+    action: Text | None
+    source: str
+
+    def matches(self, reply: ParsedReply) -> bool:
+        if self.code is not None and reply.code is not None and not self.code.fullmatch(reply.code):
+            return False
+        if self.xcode is not None and (
+            reply.xcode is None or not self.xcode.fullmatch(reply.xcode)
+        ):
+            return False
+        return self.text.search(reply.text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """The meaning of a code, enhanced-code detail or class, from the RFCs."""
+
+    key: str
+    category: str
+    #: Used instead of ``category`` when the reply is temporary (4xx).
+    temporary_category: str | None
+    cause: Text
+    action: Text | None
+    #: A basic code that says little (550, 554...): the enhanced code's subject wins.
+    weak: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ours:
+    """One row of our own reply table, as ``explain`` sees it."""
+
+    reply_id: str
+    code: str
+    category: str
+    cause: Text
+    hint: Text
+    #: The texts that identify the row: en, zh and the seed's one-line "en (zh)".
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReply:
+    code: str | None
+    xcode: str | None
+    #: All text of the reply (its lines joined), NFKC-normalized, whitespace collapsed.
+    text: str
+    #: Text of the first line only, without code and enhanced code.
+    first: str
+
+    def display(self) -> str:
+        parts = [p for p in (self.code, self.xcode, self.text) if p]
+        line = " ".join(parts)
+        if len(line) > _DISPLAY_CHARS:
+            line = line[: _DISPLAY_CHARS - 1] + "…"
+        return line
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    code: str | None
+    xcode: str | None
+    text: str
+    category: str
+    title_en: str
+    title_zh: str
+    cause_en: str
+    cause_zh: str
+    action_en: str
+    action_zh: str
+    #: The matched rule id, ``ours.<reply_id>`` or :data:`FALLBACK_RULE`.
+    rule: str
+    source: str
+    #: Our reply table's id when the reply is one of ours.
+    reply_id: str | None
+    reply: str
+
+    def title(self, lang: str) -> str:
+        return self.title_zh if lang == "zh" else self.title_en
+
+    def cause(self, lang: str) -> str:
+        return self.cause_zh if lang == "zh" else self.cause_en
+
+    def action(self, lang: str) -> str:
+        return self.action_zh if lang == "zh" else self.action_en
+
+    def to_dict(self, lang: str) -> dict[str, str | None]:
+        return {
+            "reply": self.reply,
+            "code": self.code,
+            "xcode": self.xcode,
+            "text": self.text,
+            "category": self.category,
+            "title": self.title(lang),
+            "cause": self.cause(lang),
+            "action": self.action(lang),
+            "rule": self.rule,
+            "source": self.source,
+            "reply_id": self.reply_id,
+            "lang": lang,
+        }
+
+
+class Knowledge:
+    """Validated ``explain`` knowledge; build it with :func:`load_knowledge`."""
+
+    def __init__(
+        self,
+        categories: Mapping[str, Category],
+        rules: tuple[Rule, ...],
+        ours: Mapping[str, Ours],
+        fallback: Mapping[str, Fallback],
+    ) -> None:
+        self.categories = categories
+        self.rules = rules
+        self.ours = ours
+        self.fallback = fallback
+        # Rows sharing a text ("auth error.", 451 and 551) are told apart by the code.
+        self._ours_by_key: dict[str, list[Ours]] = {}
+        for row in ours.values():
+            for text in row.texts:
+                rows = self._ours_by_key.setdefault(_words(text), [])
+                if row not in rows:
+                    rows.append(row)
+
+    def explain(self, line: str) -> Explanation:
+        reply = parse_reply(line)
+        ours = self._match_ours(reply)
+        if ours is not None:
+            cat = self.categories[ours.category]
+            return self._explanation(
+                reply,
+                cat,
+                cause=ours.cause,
+                action=ours.hint,
+                rule=f"ours.{ours.reply_id}",
+                source="smtpguard",
+                ours=ours,
+            )
+        if reply.code is None or reply.code[0] in "45":
+            for rule in self.rules:
+                if rule.matches(reply):
+                    cat = self.categories[rule.category]
+                    return self._explanation(
+                        reply,
+                        cat,
+                        cause=rule.cause or cat.cause,
+                        action=rule.action or cat.action,
+                        rule=rule.id,
+                        source=rule.source,
+                    )
+        return self._fallback(reply)
+
+    def _match_ours(self, reply: ParsedReply) -> Ours | None:
+        if reply.code is not None and reply.code[0] not in "45":
+            return None
+        first = (
+            _SENDMAIL_PREFIX.sub("", reply.first, count=1)
+            if reply.first[:1] == "<"
+            else reply.first
+        )
+        rows = self._ours_by_key.get(_words(first), [])
+        if reply.code is None:
+            return rows[0] if rows else None
+        return next((row for row in rows if row.code == reply.code), None)
+
+    def _fallback(self, reply: ParsedReply) -> Explanation:
+        """Most specific first: the RFC 3463 detail, the basic code, the RFC 3463 subject,
+        a weak basic code, the class. Success (2xx/3xx) is only ever its class."""
+        klass = (reply.code or reply.xcode or "")[:1]
+        class_entry = self.fallback.get(f"class.{klass}") or self.fallback["none"]
+        candidates: list[Fallback | None] = []
+        if klass in ("4", "5"):
+            code = self.fallback.get(f"code.{reply.code}")
+            subject: Fallback | None = None
+            if reply.xcode is not None:
+                _, subj, detail = (str(int(part)) for part in reply.xcode.split("."))
+                if detail != "0":
+                    candidates.append(self.fallback.get(f"detail.{subj}.{detail}"))
+                subject = self.fallback.get(f"subject.{subj}")
+            if code is not None and not code.weak:
+                candidates.append(code)
+            candidates += [subject, code]
+        best = next((c for c in candidates if c is not None), class_entry)
+        category = best.category
+        if klass == "4" and best.temporary_category:
+            category = best.temporary_category
+        cause = best.cause
+        action = best.action or class_entry.action
+        if best is not class_entry:
+            cause = Text(
+                f"{best.cause.en} {class_entry.cause.en}", f"{best.cause.zh}{class_entry.cause.zh}"
+            )
+        assert action is not None  # class entries are validated to carry an action
+        cat = self.categories[category]
+        return self._explanation(
+            reply, cat, cause=cause, action=action, rule=FALLBACK_RULE, source="rfc3463"
+        )
+
+    @staticmethod
+    def _explanation(
+        reply: ParsedReply,
+        cat: Category,
+        *,
+        cause: Text,
+        action: Text,
+        rule: str,
+        source: str,
+        ours: Ours | None = None,
+    ) -> Explanation:
+        return Explanation(
+            code=reply.code,
+            xcode=reply.xcode,
+            text=reply.text,
+            category=cat.id,
+            title_en=cat.title.en,
+            title_zh=cat.title.zh,
+            cause_en=cause.en,
+            cause_zh=cause.zh,
+            action_en=action.en,
+            action_zh=action.zh,
+            rule=rule,
+            source=source,
+            reply_id=ours.reply_id if ours else None,
+            reply=reply.display(),
+        )
+
+
+# --- parsing -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Line:
+    code: str | None
+    xcode: str | None
+    text: str
+
+
+def parse_reply(raw: str) -> ParsedReply:
+    """Split a pasted reply into code, enhanced code and text (see the module doc)."""
+    raw = _ESCAPED_NEWLINE.sub("\n", raw)
+    lines = [line for line in _NEWLINE.split(raw) if line.strip()][-MAX_LINES:]
+    parsed = [_parse_line(line[:MAX_LINE_CHARS]) for line in lines]
+
+    # Group: consecutive lines with the same code form one reply; lines without a code
+    # continue the reply before them. The last reply that has a code wins.
+    groups: list[list[_Line]] = []
+    for line in parsed:
+        if groups and (line.code is None or line.code == groups[-1][0].code):
+            groups[-1].append(line)
+        else:
+            groups.append([line])
+    coded = [g for g in groups if g[0].code is not None]
+    if coded:
+        group = coded[-1]
+        code = group[0].code
+        xcodes = [line.xcode for line in group if line.code is not None and line.xcode]
+        xcode = xcodes[-1] if xcodes else None
+    else:
+        group = [line for g in groups for line in g]
+        code = None
+        xcodes = [line.xcode for line in group if line.xcode]
+        xcode = xcodes[-1] if xcodes else None
+    text = " ".join(line.text for line in group if line.text)[:MAX_TEXT_CHARS]
+    if xcode is None and (m := _QMAIL_XCODE.search(text)):
+        xcode = m.group("xcode")
+    if xcode is not None and code is not None and xcode[0] != code[0]:
+        xcode = None  # "550 4.7.1" is malformed; trust the basic code
+    return ParsedReply(code, xcode, text, group[0].text if group else "")
+
+
+def _parse_line(line: str) -> _Line:
+    line = _SPACE.sub(" ", unicodedata.normalize("NFKC", line)).strip()
+    start = _LEAD.match(line)
+    pos = start.end() if start else 0
+    m = _REPLY.match(line, pos)
+    if m is None:
+        marker = _EMBEDDED_REPLY.search(line, 0, _EMBED_WINDOW)
+        if marker is not None:
+            m = _REPLY.match(line, marker.end())
+    if m is not None:
+        return _Line(m.group("code"), m.group("xcode"), line[m.end() :].strip())
+    bare = _BARE_XCODE.match(line, pos)
+    if bare is not None:
+        return _Line(None, bare.group("xcode"), line[bare.end() :].strip())
+    # A continuation such as "    (in reply to RCPT TO command)": keep its brackets.
+    return _Line(None, None, line.lstrip("> ").strip())
+
+
+def _words(text: str) -> str:
+    """Comparison key for our own texts: lower-case words, punctuation dropped."""
+    return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).lower()))
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def load_knowledge(path: Path | str, *, replies: Path | str | None = None) -> Knowledge:
+    """Load and validate ``rules/explain.toml`` and our reply table.
+
+    ``replies`` defaults to ``replies.toml`` next to ``path``. Every problem raises
+    :class:`ConfigError` naming the file and the rule, category or entry.
+    """
+    file = Path(path)
+    try:
+        with file.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+
+    unknown = sorted(set(raw) - {"category", "rule", "ours", "fallback"})
+    if unknown:
+        raise ConfigError(file, unknown[0], "unknown key")
+    categories = _categories(file, raw.get("category"))
+    rules = _rules(file, raw.get("rule"), categories)
+    fallback = _fallbacks(file, raw.get("fallback"), categories)
+    table_file = Path(replies) if replies is not None else file.parent / "replies.toml"
+    rows = load_replies(RepliesConfig(table=table_file)).rows
+    ours = _ours(file, raw.get("ours"), categories, rows)
+    return Knowledge(categories, rules, ours, fallback)
+
+
+def _table(file: Path, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(file, key, "expected a table")
+    return value
+
+
+def _check_keys(file: Path, key: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(file, f"{key}.{unknown[0]}", "unknown key")
+
+
+def _string(file: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(file, key, "expected a non-empty string")
+    return value
+
+
+def _optional_text(file: Path, key: str, value: Any) -> Text | None:
+    return None if value is None else _text(file, key, value)
+
+
+def _text(file: Path, key: str, value: Any) -> Text:
+    if value is None:
+        raise ConfigError(file, key, "missing (needs en and zh)")
+    data = _table(file, key, value)
+    _check_keys(file, key, data, set(LANGUAGES))
+    for lang in LANGUAGES:
+        if lang not in data:
+            raise ConfigError(file, f"{key}.{lang}", "missing")
+    en = _string(file, f"{key}.en", data["en"])
+    zh = _string(file, f"{key}.zh", data["zh"])
+    return Text(en, zh)
+
+
+def _category_ref(file: Path, key: str, value: Any, categories: Mapping[str, Category]) -> str:
+    name = _string(file, key, value)
+    if name not in categories:
+        raise ConfigError(file, key, f"unknown category {name!r}")
+    return name
+
+
+def _categories(file: Path, raw: Any) -> dict[str, Category]:
+    data = _table(file, "category", raw)
+    out: dict[str, Category] = {}
+    for cid, value in data.items():
+        key = f"category.{cid}"
+        if not _ID.match(cid):
+            raise ConfigError(file, key, "bad category id")
+        entry = _table(file, key, value)
+        _check_keys(file, key, entry, {"title", "cause", "action"})
+        out[cid] = Category(
+            cid,
+            title=_text(file, f"{key}.title", entry.get("title")),
+            cause=_text(file, f"{key}.cause", entry.get("cause")),
+            action=_text(file, f"{key}.action", entry.get("action")),
+        )
+    if "unknown" not in out:
+        raise ConfigError(file, "category.unknown", "missing (needed by the fallback)")
+    return out
+
+
+def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Rule, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(file, "rule", "expected an array of tables ([[rule]])")
+    seen: set[str] = set()
+    out: list[Rule] = []
+    allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source"}
+    for index, value in enumerate(raw):
+        entry = _table(file, f"rule[{index}]", value)
+        rid = entry.get("id")
+        if not isinstance(rid, str) or not _ID.match(rid):
+            raise ConfigError(file, f"rule[{index}].id", "missing or bad rule id")
+        key = f"rule.{rid}"
+        if rid in seen:
+            raise ConfigError(file, key, "duplicate rule id")
+        seen.add(rid)
+        _check_keys(file, key, entry, allowed)
+        source = _string(file, f"{key}.source", entry.get("source"))
+        if not _SOURCE.match(source):
+            raise ConfigError(file, f"{key}.source", f"bad source {source!r}")
+        out.append(
+            Rule(
+                id=rid,
+                category=_category_ref(file, f"{key}.category", entry.get("category"), categories),
+                code=_code_pattern(file, f"{key}.code", entry.get("code")),
+                xcode=_optional_regex(file, f"{key}.xcode", entry.get("xcode")),
+                text=_regex(file, f"{key}.text", entry.get("text")),
+                cause=_optional_text(file, f"{key}.cause", entry.get("cause")),
+                action=_optional_text(file, f"{key}.action", entry.get("action")),
+                source=source,
+            )
+        )
+    return tuple(out)
+
+
+def _code_pattern(file: Path, key: str, value: Any) -> re.Pattern[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(file, key, "expected a regex or a non-empty list of regexes")
+        return _regex(file, key, "|".join(f"(?:{v})" for v in value))
+    return _regex(file, key, value)
+
+
+def _optional_regex(file: Path, key: str, value: Any) -> re.Pattern[str] | None:
+    return None if value is None else _regex(file, key, value)
+
+
+def _regex(file: Path, key: str, value: Any) -> re.Pattern[str]:
+    pattern = _string(file, key, value)
+    problem = regex_problem(pattern)
+    if problem:
+        raise ConfigError(file, key, f"unsafe regular expression {pattern!r}: {problem}")
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(file, key, f"bad regular expression {pattern!r}: {exc}") from None
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` could backtrack badly, or None.
+
+    Refused: an unbounded ``.*``/``.+``/``.{n,}`` (quadratic in a search; write a bounded
+    gap such as ``.{0,80}``), and a repeated group that itself contains an unbounded
+    quantifier, such as ``(a+)+`` or ``(\\w+ )*`` (exponential).
+    """
+    stack = [False]  # per open group: does it contain an unbounded quantifier?
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "(":
+            stack.append(False)
+            i += 2 if pattern[i + 1 : i + 2] == "?" else 1  # (?:  (?P<n>  (?=  (?i)
+            continue
+        if c in "|^$":
+            i += 1
+            continue
+        kind, inner = "char", False
+        if c == ")":
+            kind, inner = "group", stack.pop() if len(stack) > 1 else False
+            i += 1
+        else:
+            kind = "dot" if c == "." else "char"
+            i = _atom_end(pattern, i)
+        m = _QUANT.match(pattern, i)
+        if m is None:
+            stack[-1] = stack[-1] or inner
+            continue
+        q = m.group(0)
+        unbounded = q in "*+" or (m.group(2) == "," and not m.group(3))
+        repeats = unbounded or (q[0] == "{" and int(m.group(3) or m.group(1) or "0") > 1)
+        if kind == "dot" and unbounded:
+            return "unbounded '.' repetition; use a bounded gap such as .{0,80}"
+        if kind == "group" and inner and repeats:
+            return "a repeated group contains an unbounded quantifier"
+        stack[-1] = stack[-1] or unbounded or inner
+        i = m.end()
+        if pattern[i : i + 1] in ("?", "+"):  # lazy or possessive
+            i += 1
+    return None
+
+
+def _atom_end(pattern: str, i: int) -> int:
+    """End of the single-character atom at ``i``: an escape, a class or a character."""
+    if pattern[i] == "\\":
+        return i + 2
+    if pattern[i] != "[":
+        return i + 1
+    j, n = i + 1, len(pattern)
+    if pattern[j : j + 1] == "^":
+        j += 1
+    if pattern[j : j + 1] == "]":
+        j += 1
+    while j < n and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def _fallbacks(file: Path, raw: Any, categories: Mapping[str, Category]) -> dict[str, Fallback]:
+    data = _table(file, "fallback", raw)
+    _check_keys(file, "fallback", data, {"none", "class", "code", "subject", "detail"})
+    out: dict[str, Fallback] = {}
+    checks = {
+        "class": re.compile(r"[2-5]\Z"),
+        "code": _CODE_KEY,
+        "subject": re.compile(r"[0-7]\Z"),
+        "detail": _DETAIL_KEY,
+    }
+    out["none"] = _fallback(file, "fallback.none", data.get("none"), categories, True)
+    for group, check in checks.items():
+        entries = _table(file, f"fallback.{group}", data.get(group, {}))
+        for name, value in entries.items():
+            key = f"fallback.{group}.{name}"
+            if not check.match(name):
+                raise ConfigError(file, key, f"bad {group} key {name!r}")
+            out[f"{group}.{name}"] = _fallback(file, key, value, categories, group == "class")
+    for klass in "2345":
+        if f"class.{klass}" not in out:
+            raise ConfigError(file, f"fallback.class.{klass}", "missing")
+    return out
+
+
+def _fallback(
+    file: Path, key: str, value: Any, categories: Mapping[str, Category], needs_action: bool
+) -> Fallback:
+    entry = _table(file, key, value)
+    _check_keys(file, key, entry, {"category", "temporary_category", "cause", "action", "weak"})
+    temporary = entry.get("temporary_category")
+    weak = entry.get("weak", False)
+    if not isinstance(weak, bool):
+        raise ConfigError(file, f"{key}.weak", "expected true or false")
+    action_key = f"{key}.action"
+    action = (
+        _text(file, action_key, entry.get("action"))
+        if needs_action
+        else _optional_text(file, action_key, entry.get("action"))
+    )
+    return Fallback(
+        key=key,
+        category=_category_ref(file, f"{key}.category", entry.get("category"), categories),
+        temporary_category=None
+        if temporary is None
+        else _category_ref(file, f"{key}.temporary_category", temporary, categories),
+        cause=_text(file, f"{key}.cause", entry.get("cause")),
+        action=action,
+        weak=weak,
+    )
+
+
+def _ours(
+    file: Path, raw: Any, categories: Mapping[str, Category], rows: Mapping[str, Any]
+) -> dict[str, Ours]:
+    data = _table(file, "ours", raw)
+    out: dict[str, Ours] = {}
+    for reply_id, value in data.items():
+        key = f"ours.{reply_id}"
+        if reply_id not in ALL_IDS:
+            raise ConfigError(file, key, "unknown reply id")
+        entry = _table(file, key, value)
+        _check_keys(file, key, entry, {"category", "cause"})
+        row = rows[reply_id]
+        out[reply_id] = Ours(
+            reply_id=reply_id,
+            code=row.code,
+            category=_category_ref(file, f"{key}.category", entry.get("category"), categories),
+            cause=_text(file, f"{key}.cause", entry.get("cause")),
+            hint=Text(row.hint["en"], row.hint["zh"]),
+            texts=(row.text["en"], row.text["zh"], f"{row.text['en']} ({row.text['zh']})"),
+        )
+    missing = sorted(ALL_IDS - out.keys())
+    if missing:
+        raise ConfigError(file, f"ours.{missing[0]}", "reply id missing")
+    return out
+
+
+# --- output --------------------------------------------------------------------------
+
+_LABELS: dict[str, tuple[str, str, str, str, str]] = {
+    "en": ("Reply:      ", "Category:   ", "Cause:      ", "What to do: ", "Matched:    "),
+    # Full-width colons: the Chinese labels use Chinese punctuation.
+    "zh": ("回复：      ", "类别：      ", "原因：      ", "处理建议：  ", "匹配：      "),  # noqa: RUF001
+}
+
+
+def render_text(exp: Explanation, lang: str) -> str:
+    reply, category, cause, action, matched = _LABELS[lang]
+    rule = f"{exp.rule} ({exp.source})"
+    if exp.reply_id:
+        rule += (
+            f", our reply table id {exp.reply_id}"
+            if lang == "en"
+            else f"，本系统回复表 id {exp.reply_id}"  # noqa: RUF001 - Chinese comma
+        )
+    return "\n".join(
+        [
+            f"{reply}{exp.reply or '-'}",
+            f"{category}{exp.title(lang)} [{exp.category}]",
+            f"{cause}{exp.cause(lang)}",
+            f"{action}{exp.action(lang)}",
+            f"{matched}{rule}",
+        ]
+    )
+
+
+def render_json(exp: Explanation, lang: str) -> str:
+    return json.dumps(exp.to_dict(lang), ensure_ascii=False, indent=2)
+
+
+def explain_main(argv_line: str, *, lang: str, as_json: bool, rules_dir: Path | None = None) -> str:
+    """The text ``smtpguard explain "REPLY LINE" [--lang en|zh] [--json]`` prints."""
+    if lang not in LANGUAGES:
+        raise ValueError(f"lang must be one of {', '.join(LANGUAGES)}; got {lang!r}")
+    rules = rules_dir if rules_dir is not None else default_rules_dir()
+    knowledge = load_knowledge(rules / "explain.toml", replies=rules / "replies.toml")
+    exp = knowledge.explain(argv_line)
+    return render_json(exp, lang) if as_json else render_text(exp, lang)

@@ -1,0 +1,1112 @@
+"""``smtpguard explain`` (issue 7): real reply lines of many servers, our own table, the
+RFC 3463 fallback, output formats, hostile input and load-time validation."""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from smtpguard.config import ConfigError
+from smtpguard.explain import (
+    FALLBACK_RULE,
+    JSON_KEYS,
+    Knowledge,
+    explain_main,
+    load_knowledge,
+    parse_reply,
+    regex_problem,
+)
+from support.service import RULES
+
+EXPLAIN = RULES / "explain.toml"
+REPLIES = RULES / "replies.toml"
+
+
+@pytest.fixture(scope="module")
+def knowledge() -> Knowledge:
+    return load_knowledge(EXPLAIN)
+
+
+# --- Real replies of other servers: (source, line, expected category) ---------------------
+
+REAL_REPLIES: list[tuple[str, str, str]] = [
+    # Postfix (smtpd, postscreen, policy servers and content filters behind it)
+    ("postfix", "554 5.7.1 <x@example.net>: Relay access denied", "relay_denied"),
+    (
+        "postfix",
+        "550 5.1.1 <x@example.com>: Recipient address rejected: "
+        "User unknown in virtual mailbox table",
+        "unknown_recipient",
+    ),
+    (
+        "postfix",
+        "550 5.1.1 <x@example.com>: Recipient address rejected: "
+        "User unknown in local recipient table",
+        "unknown_recipient",
+    ),
+    (
+        "postfix",
+        "450 4.7.1 Client host rejected: cannot find your hostname, [198.51.100.7]",
+        "reverse_dns",
+    ),
+    (
+        "postfix",
+        "550 5.7.25 Client host rejected: cannot find your reverse hostname, [198.51.100.7]",
+        "reverse_dns",
+    ),
+    (
+        "postfix",
+        "554 5.7.1 Service unavailable; Client host [198.51.100.7] blocked using "
+        "zen.spamhaus.org; https://www.spamhaus.org/query/ip/198.51.100.7",
+        "dnsbl",
+    ),
+    (
+        "postfix",
+        "450 4.2.0 <x@example.com>: Recipient address rejected: Greylisted, "
+        "see http://postgrey.schweikert.ch/help/example.com.html",
+        "greylisting",
+    ),
+    (
+        "postfix",
+        "504 5.5.2 <localhost>: Helo command rejected: need fully-qualified hostname",
+        "helo",
+    ),
+    ("postfix", "450 4.7.1 <mail.invalid>: Helo command rejected: Host not found", "helo"),
+    (
+        "postfix",
+        "553 5.7.1 <boss@example.com>: Sender address rejected: "
+        "not owned by user alice@example.com",
+        "sender_mismatch",
+    ),
+    (
+        "postfix",
+        "553 5.7.1 <alice@example.com>: Sender address rejected: not logged in",
+        "auth_required",
+    ),
+    (
+        "postfix",
+        "450 4.1.8 <x@nowhere.invalid>: Sender address rejected: Domain not found",
+        "sender_invalid",
+    ),
+    (
+        "postfix",
+        "550 5.1.7 <x@example.net>: Sender address rejected: undeliverable address: "
+        "host mx.example.net[203.0.113.5] said: 550 5.1.1 <x@example.net>: "
+        "Recipient address rejected: User unknown in local recipient table",
+        "sender_invalid",
+    ),
+    (
+        "postfix",
+        "554 5.7.1 <x@example.net>: Sender address rejected: Access denied",
+        "sender_rejected",
+    ),
+    (
+        "postfix",
+        "554 5.7.1 <unknown[198.51.100.7]>: Client host rejected: Access denied",
+        "dnsbl",
+    ),
+    ("postfix", "552 5.3.4 Message size exceeds fixed limit", "size"),
+    ("postfix", "452 4.5.3 Error: too many recipients", "too_many_recipients"),
+    (
+        "postfix",
+        "421 4.7.0 mx.example.com Error: too many connections from 198.51.100.7",
+        "rate_limit",
+    ),
+    ("postfix", "450 4.7.1 Error: too much mail from 198.51.100.7", "rate_limit"),
+    ("postfix", "503 5.5.1 Error: need MAIL command", "protocol_sequence"),
+    ("postfix", "503 5.5.1 Error: send HELO/EHLO first", "protocol_sequence"),
+    ("postfix", "502 5.5.2 Error: command not recognized", "syntax"),
+    ("postfix", "501 5.1.3 Bad recipient address syntax", "syntax"),
+    ("postfix", "530 5.7.0 Must issue a STARTTLS command first", "tls_required"),
+    ("postfix", "554 5.4.0 Error: too many hops", "loop"),
+    ("postfix", "452 4.3.1 Insufficient system storage", "temp_failure"),
+    (
+        "postfix",
+        "550 5.7.23 <x@example.com>: Recipient address rejected: Message rejected due to: "
+        "SPF fail - not authorized. Please see http://www.openspf.net/Why?s=mfrom;"
+        "id=a@example.net;ip=198.51.100.7;r=mx.example.com",
+        "spf",
+    ),
+    ("postfix", "554 5.7.1 Spam message rejected", "spam"),
+    ("postfix", "554 5.7.0 Reject, id=12345-01 - INFECTED: Eicar-Signature", "virus"),
+    # Sendmail
+    ("sendmail", "550 5.7.1 <x@example.net>... Relaying denied", "relay_denied"),
+    (
+        "sendmail",
+        "550 5.7.1 <x@example.net>... Relaying denied. IP name lookup failed [198.51.100.7]",
+        "relay_denied",
+    ),
+    (
+        "sendmail",
+        "553 5.1.8 <x@nowhere.invalid>... Domain of sender address x@nowhere.invalid "
+        "does not exist",
+        "sender_invalid",
+    ),
+    (
+        "sendmail",
+        "451 4.1.8 Domain of sender address x@example.net does not resolve",
+        "sender_invalid",
+    ),
+    (
+        "sendmail",
+        "553 5.5.4 <alice>... Domain name required for sender address alice",
+        "sender_invalid",
+    ),
+    ("sendmail", "550 5.1.1 <nobody@example.com>... User unknown", "unknown_recipient"),
+    ("sendmail", "503 5.0.0 Polite people say HELO first", "protocol_sequence"),
+    ("sendmail", "503 5.0.0 Need MAIL before RCPT", "protocol_sequence"),
+    ("sendmail", '500 5.5.1 Command unrecognized: "XYZZY"', "syntax"),
+    ("sendmail", "552 5.2.3 Message size exceeds maximum value", "size"),
+    (
+        "sendmail",
+        "554 5.4.6 Too many hops 26 (25 max): from <a@example.net> via localhost, "
+        "to <b@example.com>",
+        "loop",
+    ),
+    ("sendmail", "550 5.7.1 Rejected: 198.51.100.7 listed at zen.spamhaus.org", "dnsbl"),
+    ("sendmail", "452 4.4.5 Insufficient disk space; try again later", "temp_failure"),
+    ("sendmail", "421 4.3.2 Connection rate limit exceeded.", "rate_limit"),
+    ("sendmail", "421 4.3.2 Too many open connections.", "rate_limit"),
+    ("sendmail", "451 4.7.1 Greylisting in action, please come back later", "greylisting"),
+    ("sendmail", "550 5.7.1 Access denied", "policy"),
+    # Exim
+    ("exim", "550 relay not permitted", "relay_denied"),
+    ("exim", "550 Verification failed for <x@example.net>", "sender_invalid"),
+    (
+        "exim",
+        "550-Verification failed for <x@example.net>\n"
+        "550-Called:   203.0.113.5\n"
+        "550-Sent:     RCPT TO:<x@example.net>\n"
+        "550-Response: 550 5.1.1 <x@example.net>: Recipient address rejected: User unknown\n"
+        "550 Sender verify failed",
+        "sender_invalid",
+    ),
+    ("exim", "451 Could not complete sender verify", "sender_invalid"),
+    ("exim", "550 Unrouteable address", "unknown_recipient"),
+    ("exim", "550 Administrative prohibition", "policy"),
+    (
+        "exim",
+        "550 rejected because 198.51.100.7 is in a black list at zen.spamhaus.org",
+        "dnsbl",
+    ),
+    ("exim", "451 Temporary local problem - please try later", "temp_failure"),
+    ("exim", "552 Message size exceeds maximum permitted", "size"),
+    ("exim", "503 sender not yet given", "protocol_sequence"),
+    ("exim", "503 valid RCPT command must precede DATA", "protocol_sequence"),
+    ("exim", "501 Syntactically invalid HELO argument(s)", "helo"),
+    ("exim", "554 SMTP synchronization error", "protocol_sequence"),
+    ("exim", "535 Incorrect authentication data", "auth_failed"),
+    (
+        "exim",
+        "421 Too many concurrent SMTP connections; please try again later.",
+        "rate_limit",
+    ),
+    ("exim", '550 Too many "Received" headers - suspected mail loop', "loop"),
+    # qmail (and its common patches: chkuser, smtp-auth)
+    (
+        "qmail",
+        "553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
+        "relay_denied",
+    ),
+    (
+        "qmail",
+        "553 sorry, your envelope sender is in my badmailfrom list (#5.7.1)",
+        "sender_rejected",
+    ),
+    ("qmail", "552 sorry, that message size exceeds my databytes limit (#5.3.4)", "size"),
+    ("qmail", "503 MAIL first (#5.5.1)", "protocol_sequence"),
+    ("qmail", "503 RCPT first (#5.5.1)", "protocol_sequence"),
+    ("qmail", "502 unimplemented (#5.5.1)", "syntax"),
+    ("qmail", "451 qq temporary problem (#4.3.0)", "temp_failure"),
+    ("qmail", "554 too many hops, this message is looping (#5.4.6)", "loop"),
+    ("qmail", "451 See http://pobox.com/~djb/docs/smtplf.html.", "message_format"),
+    (
+        "qmail",
+        "511 sorry, no mailbox here by that name (#5.1.1 - chkuser)",
+        "unknown_recipient",
+    ),
+    ("qmail", "535 authorization failed (#5.7.0)", "auth_failed"),
+    # Microsoft Exchange / Microsoft 365
+    ("exchange", "550 5.7.1 Unable to relay", "relay_denied"),
+    ("exchange", "530 5.7.1 Client was not authenticated", "auth_required"),
+    (
+        "exchange",
+        "530 5.7.57 SMTP; Client was not authenticated to send anonymous mail during MAIL FROM",
+        "auth_required",
+    ),
+    (
+        "exchange",
+        "550 5.7.606 Access denied, banned sending IP [198.51.100.7]. To request removal "
+        "from this list please visit https://sender.office.com/ and follow the directions.",
+        "dnsbl",
+    ),
+    (
+        "exchange",
+        "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP.",
+        "dnsbl",
+    ),
+    (
+        "exchange",
+        "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+        "unknown_recipient",
+    ),
+    ("exchange", "550 5.1.1 RESOLVER.ADR.RecipNotFound; not found", "unknown_recipient"),
+    (
+        "exchange",
+        "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+        "unknown_recipient",
+    ),
+    (
+        "exchange",
+        "554 5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException."
+        "MapiExceptionShutoffQuotaExceeded; Failed to process message due to a permanent "
+        "exception",
+        "mailbox_full",
+    ),
+    (
+        "exchange",
+        "550 5.7.509 Access denied, sending domain example.net does not pass DMARC "
+        "verification and has a DMARC policy of reject.",
+        "dmarc",
+    ),
+    (
+        "exchange",
+        "550 5.7.23 The message was rejected because of Sender Policy Framework violation",
+        "spf",
+    ),
+    (
+        "exchange",
+        "550 5.7.60 SMTP; Client does not have permissions to send as this sender",
+        "sender_mismatch",
+    ),
+    (
+        "exchange",
+        "554 5.2.252 SendAsDenied; alice@example.com not allowed to send as boss@example.com; "
+        "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied",
+        "sender_mismatch",
+    ),
+    (
+        "exchange",
+        "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled "
+        "for the Tenant.",
+        "auth_failed",
+    ),
+    ("exchange", "535 5.7.3 Authentication unsuccessful", "auth_failed"),
+    ("exchange", "554 5.4.14 Hop count exceeded - possible mail loop ATTR34", "loop"),
+    ("exchange", "552 5.3.4 Message size exceeds fixed maximum message size", "size"),
+    (
+        "exchange",
+        "451 4.7.500 Server busy. Please try again later from [198.51.100.7]. (S77719)",
+        "rate_limit",
+    ),
+    ("exchange", "550 5.7.1 RESOLVER.RST.AuthRequired; authentication required", "policy"),
+    (
+        "exchange",
+        "550 5.7.520 Access denied, Your organization does not allow external forwarding.",
+        "policy",
+    ),
+    (
+        "exchange",
+        "550 5.6.11 SMTPSEND.BareLinefeedsAreIllegal; message contains bare linefeeds, which "
+        "cannot be sent via DATA and receiving system does not support BDAT",
+        "message_format",
+    ),
+    (
+        "exchange",
+        "554 5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain",
+        "unknown_recipient",
+    ),
+    ("exchange", "451 4.4.0 DNS query failed", "network"),
+    ("exchange", "550 5.7.1 Message rejected as spam by Content Filtering.", "spam"),
+    ("exchange", "550 5.1.8 Access denied, bad outbound sender AS(42004)", "sender_rejected"),
+    # Gmail / Google Workspace (multi-line replies as pasted from a bounce)
+    (
+        "gmail",
+        "550-5.7.26 This message does not have authentication information or fails to\n"
+        "550-5.7.26 pass authentication checks (SPF or DKIM). To best protect our users\n"
+        "550-5.7.26 from spam, the message has been blocked. Please visit\n"
+        "550-5.7.26  https://support.google.com/mail/answer/81126#authentication for more\n"
+        "550 5.7.26 information. d2e1a72fcca58-6f1 - gsmtp",
+        "unauthenticated",
+    ),
+    (
+        "gmail",
+        "550-5.7.26 Unauthenticated email from example.net is not accepted due to domain's "
+        "DMARC policy. Please contact the administrator of example.net domain if this was a "
+        "legitimate mail.",
+        "dmarc",
+    ),
+    (
+        "gmail",
+        "552-5.2.2 The email account that you tried to reach is over quota. Please direct "
+        "the recipient to https://support.google.com/mail/?p=OverQuotaPerm",
+        "mailbox_full",
+    ),
+    (
+        "gmail",
+        "452-4.2.2 The email account that you tried to reach is over quota.",
+        "mailbox_full",
+    ),
+    (
+        "gmail",
+        "421-4.7.0 [198.51.100.7 15] Our system has detected an unusual rate of\n"
+        "421-4.7.0 unsolicited mail originating from your IP address. To protect our\n"
+        "421-4.7.0 users from spam, mail sent from your IP address has been temporarily\n"
+        "421 4.7.0 rate limited.",
+        "rate_limit",
+    ),
+    (
+        "gmail",
+        "550-5.7.1 [198.51.100.7 12] Our system has detected that this message is\n"
+        "550-5.7.1 likely unsolicited mail. To reduce the amount of spam sent to Gmail,\n"
+        "550-5.7.1 this message has been blocked. Please visit\n"
+        "550 5.7.1 https://support.google.com/mail/?p=UnsolicitedMessage - gsmtp",
+        "spam",
+    ),
+    (
+        "gmail",
+        "550-5.1.1 The email account that you tried to reach does not exist. Please try "
+        "double-checking the recipient's email address for typos or unnecessary spaces.",
+        "unknown_recipient",
+    ),
+    (
+        "gmail",
+        "550-5.2.1 The email account that you tried to reach is disabled.",
+        "mailbox_disabled",
+    ),
+    (
+        "gmail",
+        "550-5.7.25 [198.51.100.7] The IP address sending this message does not have a PTR "
+        "record setup, or the corresponding forward DNS entry does not point to the sending IP.",
+        "reverse_dns",
+    ),
+    (
+        "gmail",
+        "550-5.7.1 [198.51.100.7] The IP you're using to send mail is not authorized to send "
+        "email directly to our servers. Please use the SMTP relay at your service provider "
+        "instead.",
+        "dnsbl",
+    ),
+    (
+        "gmail",
+        "552-5.7.0 This message was blocked because its content presents a potential "
+        "security issue.",
+        "content",
+    ),
+    ("gmail", "552-5.3.4 Your message exceeded Google's message size limits.", "size"),
+    ("gmail", "550 5.4.5 Daily user sending quota exceeded.", "rate_limit"),
+    (
+        "gmail",
+        "535-5.7.8 Username and Password not accepted. Learn more at "
+        "https://support.google.com/mail/?p=BadCredentials",
+        "auth_failed",
+    ),
+    ("gmail", "534-5.7.9 Application-specific password required.", "auth_failed"),
+    (
+        "gmail",
+        "530-5.7.0 Authentication Required. Learn more at "
+        "https://support.google.com/mail/?p=WantAuthError",
+        "auth_required",
+    ),
+    (
+        "gmail",
+        "450-4.2.1 The user you are trying to contact is receiving mail at a rate that "
+        "prevents additional messages from being delivered.",
+        "rate_limit",
+    ),
+    (
+        "gmail",
+        "550-5.7.1 [198.51.100.7] Messages missing a valid address in From: header, or "
+        "having no From: header, are not accepted.",
+        "message_format",
+    ),
+    ("gmail", "421-4.7.0 Try again later, closing connection. (EHLO)", "temp_failure"),
+    # Yahoo
+    (
+        "yahoo",
+        "421 4.7.0 [TSS04] Messages from 198.51.100.7 temporarily deferred due to unexpected "
+        "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+        "rate_limit",
+    ),
+    (
+        "yahoo",
+        "553 5.7.1 [BL21] Connections will not be accepted from 198.51.100.7, because the ip "
+        "is in Spamhaus's list; see https://postmaster.yahooinc.com/error-codes",
+        "dnsbl",
+    ),
+    (
+        "yahoo",
+        "554 delivery error: dd This user doesn't have a yahoo.com account "
+        "(nobody@yahoo.com) [0] - mta1234.mail.ne1.yahoo.com",
+        "unknown_recipient",
+    ),
+    (
+        "yahoo",
+        "554 5.7.9 Message not accepted for policy reasons. "
+        "See https://help.yahoo.com/kb/postmaster/SLN7253.html",
+        "spam",
+    ),
+    # NetEase (163.com / 126.com)
+    (
+        "netease",
+        "554 DT:SPM 163 smtp10,DsCowADHRRoJvd1YSWTeBA--.2519S2 1490927369,please see "
+        "http://mail.163.com/help/help_spam_16.htm?ip=198.51.100.7&hostid=smtp10&time=1490927369",
+        "spam",
+    ),
+    (
+        "netease",
+        "550 MI:IMF 163 mx14,QsCowEDJaz2Qvd1Y_2pYAQ--.2157S2 1490927570,please see "
+        "http://mail.163.com/help/help_spam_16.htm?ip=198.51.100.7&hostid=mx14&time=1490927570",
+        "sender_invalid",
+    ),
+    (
+        "netease",
+        "451 MI:SFQ 163 smtp10,DsCowAD3fIc8wN1YdoHQBA--.14574S2 1490927676,please see "
+        "http://mail.163.com/help/help_spam_16.htm?ip=198.51.100.7&hostid=smtp10&time=1490927676",
+        "rate_limit",
+    ),
+    ("netease", "553 Mail from must equal authorized user", "sender_mismatch"),
+    ("netease", "554 DT:SUM", "sender_mismatch"),
+    ("netease", "450 DT:RBL", "dnsbl"),
+    ("netease", "550 MI:SPF", "spf"),
+    ("netease", "550 MI:DMA", "dmarc"),
+    ("netease", "550 MI:NHD", "helo"),
+    ("netease", "550 RP:FRL", "relay_denied"),
+    ("netease", "421 HL:ICC", "rate_limit"),
+    ("netease", "421 HL:REP", "dnsbl"),
+    ("netease", "451 RP:QRC", "rate_limit"),
+    ("netease", "550 User suspended", "mailbox_disabled"),
+    ("netease", "550 User in blacklist", "sender_rejected"),
+    ("netease", "552 Illegal Attachment", "content"),
+    ("netease", "552 Requested mail action aborted: exceeded mailsize limit", "size"),
+    ("netease", "553 Requested action not taken: NULL sender is not allowed", "sender_invalid"),
+    ("netease", "553 Requested action not taken: Local user only", "sender_mismatch"),
+    ("netease", "554 IP is rejected, smtp auth error limit exceed", "auth_failed"),
+    ("netease", "535 Error: authentication failed", "auth_failed"),
+    # QQ / Tencent
+    (
+        "qq",
+        "550 Mail content denied. "
+        "http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000726",
+        "spam",
+    ),
+    (
+        "qq",
+        "550 Ip frequency limited. "
+        "http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000725",
+        "rate_limit",
+    ),
+    (
+        "qq",
+        "550 Connection frequency limited. "
+        "http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000722",
+        "rate_limit",
+    ),
+    (
+        "qq",
+        "550 Mailbox not found. "
+        "http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000728",
+        "unknown_recipient",
+    ),
+    ("qq", "501 mail from address must be same as authorization user", "sender_mismatch"),
+    (
+        "qq",
+        "535 Login Fail. Please enter your authorization code to login. More information in "
+        "http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=28&&no=1001256",
+        "auth_failed",
+    ),
+    ("qq", "503 Error: need EHLO and AUTH first !", "auth_required"),
+    ("qq", "550 Mail is rejected by recipients", "policy"),
+    # Aliyun (Alibaba Cloud mail)
+    ("aliyun", "526 Authentication failure[0]", "auth_failed"),
+    (
+        "aliyun",
+        "440 mail from account doesn't conform with authentication "
+        "(Auth Account:alice@example.com|Mail Account:boss@example.com)",
+        "sender_mismatch",
+    ),
+    (
+        "aliyun",
+        "554 Reject by behaviour spam at Rcpt State(Connection IP address:198.51.100.7)",
+        "spam",
+    ),
+]
+
+#: The seed's help-desk half: replies of other servers, verbatim (including "Q:").
+SEED_FAQ: list[tuple[str, str]] = [
+    ("Q:the server says:550 relaying mail to <> is not allowed", "relay_denied"),
+    ("Q:The server says:550 <>... relaying denied", "relay_denied"),
+    ("Q:the server says:550 5.7.1 relaying not permitted:", "relay_denied"),
+    ("Q:The server says:550 <>:local user only", "sender_mismatch"),
+    ("Q:The server says:550 <>:Invalid User", "unknown_recipient"),
+    ("Q:The server says:550 Invalid recipient", "unknown_recipient"),
+    ("Q:the server says:551 delivery not allowed to non-local recipient", "relay_denied"),
+    ("Q:The server says:553 Relay restriction.", "relay_denied"),
+    ("Q:The server says:553 From <>, message blocked.", "sender_mismatch"),
+    (
+        "Q:The server says:553 sorry,you are not allow to use this SMTP to relay your eami",
+        "relay_denied",
+    ),
+    (
+        "Q:The server says:553 sorry, that domain isn't in my list of allowed rcpthosts",
+        "relay_denied",
+    ),
+    ("Q:The server says:505 client was not authenticated", "auth_required"),
+    ("Q:The server says:553 authentication is required to send mail as <>", "auth_required"),
+    ("Q:The server says:535 Error:authenticatin failed", "auth_failed"),
+    ("Q:The server says:535 Authentication unsuccessful", "auth_failed"),
+    ("Q:The server says:452 Insufficient system storage", "temp_failure"),
+    ("Q:The server says:553 <>...domain name required", "sender_invalid"),
+    ("Q:The server says:550 Unable to relay for ...", "relay_denied"),
+    ("Q:The server says:553 mailbox name not allowed", "syntax"),
+    (
+        "Q:the server says:553 sorry, your envelop sender is in my badmailfrom list",
+        "sender_rejected",
+    ),
+    ("Q:the server says:554 Transaction failed", "rejected"),
+    ("Q:The server says:451 Requested action aborted,errno=28", "temp_failure"),
+    ("Q:the server says:503 error:needmail command", "protocol_sequence"),
+    ("Q:The server says:503 need mail before RCPT.", "protocol_sequence"),
+    ("Q:The server says:503 Bad sequence of commands", "protocol_sequence"),
+    ("Q:The Server says:501 syntax.helo hostname", "helo"),
+    ("Q:The server says:501 Invalid domain name", "helo"),
+    ("Q:The server says:502 unimplemented command", "syntax"),
+    ("Q:the server says:503 5.0.0 polite people say HELO first", "protocol_sequence"),
+    ("Q:The server says:533 relay restriction", "relay_denied"),
+    (
+        "Q:The server says:544 <>:Recipient address rejected: Relay access denied",
+        "relay_denied",
+    ),
+]
+
+#: The seed's published list, verbatim (">>", literal "\r\n", the seed's own typos).
+SEED_TABLE: list[tuple[str, str]] = [
+    (r">>553 host denies the sender. (拒绝发件人地址)\r\n", "host_denies_sender"),
+    (r">>553 private list access denied. (列表访问拒绝)\r\n", "private_list_denied"),
+    (r">>553 relay check domain fail\r\n", "relay_domain_fail"),
+    (r">>553 relay check local fail. (本域用户必须通过验证)\r\n", "relay_local_fail"),
+    (">>552 message rejected by anti-spam engine.", "antispam_reject"),
+    (">>553 fake router infomation.", "fake_router"),
+    (">>554 Black mail address.", "black_mail_address"),
+    (r">>552 too many same size mails. (发送过多长度类似信件)\r\n", "same_size_flood"),
+    (r">>451 out of allow RCPT numbers. (超出 RCPT 允许上限)\r\n", "rcpt_limit"),
+    (r">>450 out of memory. (内部错误)\r\n", "internal_error"),
+    (r">>551 auth error. (认证永久失败)\r\n", "auth_error_perm"),
+    (r">>451 auth error. (认证临时失败)\r\n", "auth_error_temp"),
+    (r">>451 domain auth support error\r\n", "domain_auth_error"),
+    (r">>451 auth mode unsupported. (不支持的认证模式))\r\n", "auth_mode_unsupported"),
+    (r">>501 please say HELO/EHLO first\r\n", "helo_first"),
+    (r">>502 please say MAIL first\r\n", "mail_first"),
+    (r">>503 please say RCPT first\r\n", "rcpt_first"),
+    (r">>500 sequence error\r\n", "sequence_error"),
+    (r">>500 syntax error\r\n", "syntax_error"),
+    (r">>450 queue unavailable. (队列忙)\r\n", "queue_unavailable"),
+    (r">>553 host denies relay. (拒绝中继)\r\n", "host_denies_relay"),
+    (r">>552 mail from invalid. (发件人地址不合法)\r\n", "mail_from_invalid"),
+    (r">>552 looping message. (环回信件)\r\n", "looping_message"),
+    (r">>552 message is too long. (邮件大小超过限制)\r\n", "message_too_long"),
+    (r">>554 attachment is too long. (单个附件大小超出限制)\r\n", "attachment_too_long"),
+    (r">>554 sender is unvalidated. (发信人地址不合法)\r\n", "sender_unvalidated"),
+    (r">>450 mailbox unavailable. (邮箱暂时不可用)\r\n", "mailbox_unavailable_temp"),
+    (r">>550 mailbox unavailable. (邮箱不存在)\r\n", "mailbox_unavailable"),
+    (r">>552 Virus found. (信件包含无法清除的病毒)\r\n", "virus_found"),
+    (r">>554 mail address invalid. (发件人地址不匹配)\r\n", "sender_mismatch"),
+    (r">>556 remote ip check error. (发信ip与Mail From地址不一致)\r\n", "remote_ip_mismatch"),
+    (r">>555 helohost error.(helo 主机信息检查失败)\r\n", "helo_error"),
+    (r">>451 stray newline\r\n", "stray_newline"),
+    (r">>551 line parse error(该行违背协议).\r\n", "line_parse_error"),
+    (r">>550 user is locked. (邮箱被锁)\r\n", "user_locked"),
+    (r">>450 database temporary error. (临时数据访问失败)\r\n", "database_temp_error"),
+    (r">>554 smtpport check error. (不是合法的邮件服务器)\r\n", "smtpport_check"),
+    (r">>554 rbl deny. (拒绝 RBL 中的邮件服务器)\r\n", "rbl_deny"),
+    (r">>554 openrelay check. (拒绝开放中继服务器)\r\n", "openrelay_check"),
+]
+
+_TABLE = tomllib.loads(REPLIES.read_text(encoding="utf-8"))
+_EXPLAIN = tomllib.loads(EXPLAIN.read_text(encoding="utf-8"))
+
+
+def _ids(table: list[tuple[str, str, str]]) -> list[str]:
+    return [f"{source}:{line[:50]}" for source, line, _ in table]
+
+
+def test_the_table_is_large_and_covers_every_server() -> None:
+    assert len(REAL_REPLIES) + len(SEED_FAQ) >= 60
+    sources = {source for source, _, _ in REAL_REPLIES}
+    assert sources >= {
+        "postfix",
+        "sendmail",
+        "exim",
+        "qmail",
+        "exchange",
+        "gmail",
+        "qq",
+        "netease",
+        "aliyun",
+    }
+    assert len({line for _, line, _ in REAL_REPLIES}) == len(REAL_REPLIES)
+
+
+@pytest.mark.parametrize(("source", "line", "category"), REAL_REPLIES, ids=_ids(REAL_REPLIES))
+def test_real_reply(knowledge: Knowledge, source: str, line: str, category: str) -> None:
+    exp = knowledge.explain(line)
+    assert exp.category == category, f"matched {exp.rule} ({exp.source})"
+    assert exp.reply_id is None
+    assert all((exp.cause_en, exp.cause_zh, exp.action_en, exp.action_zh))
+
+
+@pytest.mark.parametrize(("line", "category"), SEED_FAQ, ids=[line[:60] for line, _ in SEED_FAQ])
+def test_seed_help_desk_reply(knowledge: Knowledge, line: str, category: str) -> None:
+    exp = knowledge.explain(line)
+    assert exp.category == category, f"matched {exp.rule} ({exp.source})"
+    assert exp.code == line.split("says:")[1][:3]
+
+
+@pytest.mark.parametrize(("line", "reply_id"), SEED_TABLE, ids=[i for _, i in SEED_TABLE])
+def test_seed_published_line_is_one_of_ours(knowledge: Knowledge, line: str, reply_id: str) -> None:
+    exp = knowledge.explain(line)
+    assert exp.reply_id == reply_id
+    assert exp.rule == f"ours.{reply_id}"
+    assert exp.source == "smtpguard"
+    assert exp.category == _EXPLAIN["ours"][reply_id]["category"]
+    assert exp.action_en == _TABLE[reply_id]["hint"]["en"]
+    assert exp.action_zh == _TABLE[reply_id]["hint"]["zh"]
+
+
+def test_seed_table_lists_every_milter_reply() -> None:
+    mta_only = {i for i, row in _TABLE.items() if row["decided_by"] == "mta"}
+    assert {i for _, i in SEED_TABLE} == set(_TABLE) - mta_only | {
+        "mail_first",
+        "rcpt_first",
+        "sequence_error",
+        "syntax_error",
+        "stray_newline",
+    }
+
+
+@pytest.mark.parametrize("reply_id", sorted(_TABLE))
+def test_every_row_of_our_table_in_every_form(knowledge: Knowledge, reply_id: str) -> None:
+    row = _TABLE[reply_id]
+    code, xcode, en, zh = row["code"], row["xcode"], row["text"]["en"], row["text"]["zh"]
+    forms = [
+        f"{code} {xcode} {en}",
+        f"{code}-{xcode} {en}\n{code} {xcode} {row['hint']['en']}",  # hint as second line
+        f"{code} {xcode} {en} ({zh})",  # the seed's one-line form
+        f"{code} {xcode} {zh}",
+        f"{code} {en}",
+    ]
+    for form in forms:
+        exp = knowledge.explain(form)
+        assert exp.reply_id == reply_id, form
+        assert exp.category == _EXPLAIN["ours"][reply_id]["category"]
+        assert (exp.action_en, exp.action_zh) == (row["hint"]["en"], row["hint"]["zh"])
+        assert exp.cause_en == _EXPLAIN["ours"][reply_id]["cause"]["en"]
+
+
+def test_our_text_with_another_code_is_not_ours(knowledge: Knowledge) -> None:
+    exp = knowledge.explain("550 5.7.1 host denies relay.")
+    assert exp.reply_id is None
+    assert exp.category == "relay_denied"
+
+
+def test_shared_texts_are_told_apart_by_code(knowledge: Knowledge) -> None:
+    assert knowledge.explain("451 4.7.0 auth error.").reply_id == "auth_error_temp"
+    assert knowledge.explain("551 5.7.8 auth error.").reply_id == "auth_error_perm"
+    assert knowledge.explain("450 mailbox unavailable.").reply_id == "mailbox_unavailable_temp"
+    assert knowledge.explain("550 mailbox unavailable.").reply_id == "mailbox_unavailable"
+
+
+def test_every_reply_id_has_an_entry() -> None:
+    assert set(_EXPLAIN["ours"]) == set(_TABLE)
+
+
+# --- Chinese texts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "category"),
+    [
+        ("550 用户不存在", "unknown_recipient"),
+        ("552 收件人邮箱空间不足", "mailbox_full"),
+        ("554 邮件被识别为垃圾邮件", "spam"),
+        ("421 发送频率过快，请稍后再试", "rate_limit"),  # noqa: RUF001 - Chinese comma
+        ("554 拒绝 RBL 中的邮件服务器", "dnsbl"),  # ours, Chinese only
+        # Full-width digits and ideographic space, as a Chinese input method types them.
+        ("\uff15\uff15\uff10\u3000用户不存在", "unknown_recipient"),
+    ],
+)
+def test_chinese_text(knowledge: Knowledge, line: str, category: str) -> None:
+    assert knowledge.explain(line).category == category
+
+
+# --- Parsing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "xcode", "text"),
+    [
+        ("550 5.7.1 relaying denied", "550", "5.7.1", "relaying denied"),
+        ("550-5.7.1 relaying denied", "550", "5.7.1", "relaying denied"),
+        ("550 relaying denied", "550", None, "relaying denied"),
+        ("550", "550", None, ""),
+        ("The server says: 550 relaying denied", "550", None, "relaying denied"),
+        (
+            "Remote Server returned '550 5.7.1 Unable to relay'",
+            "550",
+            "5.7.1",
+            "Unable to relay'",
+        ),
+        (
+            "<x@example.net>: host mx.example.net[203.0.113.5] said: 550 5.1.1 <x@example.net>: "
+            "Recipient address rejected: User unknown\n    (in reply to RCPT TO command)",
+            "550",
+            "5.1.1",
+            "<x@example.net>: Recipient address rejected: User unknown "
+            "(in reply to RCPT TO command)",
+        ),
+        ("Diagnostic-Code: smtp; 554 5.7.1 rejected", "554", "5.7.1", "rejected"),
+        ("  >> 421 4.3.2 busy  ", "421", "4.3.2", "busy"),
+        ("553 sorry, no (#5.7.1)", "553", "5.7.1", "sorry, no (#5.7.1)"),
+        ("5.7.1 Relay access denied", None, "5.7.1", "Relay access denied"),
+        ("Relay access denied", None, None, "Relay access denied"),
+        ("550 4.7.1 mismatched classes", "550", None, "mismatched classes"),
+        (r"553 host denies relay.\r\n", "553", None, "host denies relay."),
+    ],
+)
+def test_parse(line: str, code: str | None, xcode: str | None, text: str) -> None:
+    reply = parse_reply(line)
+    assert (reply.code, reply.xcode, reply.text) == (code, xcode, text)
+
+
+def test_multi_line_reply_uses_the_last_reply_code() -> None:
+    pasted = (
+        "Delivery has failed to these recipients:\n"
+        "450 4.7.1 first attempt deferred\n"
+        "550-5.7.1 second\n"
+        "550 5.7.1 attempt failed\n"
+    )
+    reply = parse_reply(pasted)
+    assert (reply.code, reply.xcode, reply.text) == ("550", "5.7.1", "second attempt failed")
+    assert reply.first == "second"
+
+
+def test_case_does_not_matter(knowledge: Knowledge) -> None:
+    assert knowledge.explain("554 5.7.1 <X@Y>: RELAY ACCESS DENIED").category == "relay_denied"
+    assert knowledge.explain("554 5.7.1 RBL DENY.").reply_id == "rbl_deny"
+
+
+def test_line_without_a_code_is_explained_by_its_text(knowledge: Knowledge) -> None:
+    exp = knowledge.explain("Recipient address rejected: User unknown in local recipient table")
+    assert (exp.code, exp.xcode, exp.category) == (None, None, "unknown_recipient")
+    assert knowledge.explain("rbl deny.").reply_id == "rbl_deny"
+    # A rule restricted to an enhanced code never matches a line without one.
+    assert knowledge.explain("Server busy. Please try again later").category == "temp_failure"
+
+
+def test_rule_restricted_to_an_enhanced_code(knowledge: Knowledge) -> None:
+    exp = knowledge.explain("550 5.7.26 SPF and DKIM both failed")
+    assert (exp.category, exp.rule) == ("unauthenticated", "unauthenticated")
+    assert knowledge.explain("550 SPF and DKIM both failed").category == "spf"
+
+
+def test_success_replies_are_not_errors(knowledge: Knowledge) -> None:
+    for line in ("250 2.0.0 Ok: queued as 4F3A2", "235 2.7.0 Authentication successful"):
+        exp = knowledge.explain(line)
+        assert (exp.category, exp.rule) == ("accepted", FALLBACK_RULE)
+    assert knowledge.explain("354 End data with <CR><LF>.<CR><LF>").category == "accepted"
+
+
+# --- The RFC 3463 / RFC 5321 fallback -----------------------------------------------------------
+
+
+def test_fallback_detail_temporary(knowledge: Knowledge) -> None:
+    exp = knowledge.explain("452 4.3.1 whatever")
+    assert (exp.category, exp.rule, exp.source) == ("temp_failure", FALLBACK_RULE, "rfc3463")
+    assert "storage" in exp.cause_en
+    assert "temporary" in exp.cause_en
+    assert "存储" in exp.cause_zh
+
+
+def test_fallback_detail_permanent(knowledge: Knowledge) -> None:
+    exp = knowledge.explain("552 5.3.1 whatever")
+    assert exp.category == "rejected"
+    assert "permanent" in exp.cause_en
+
+
+@pytest.mark.parametrize(
+    ("line", "category"),
+    [
+        ("550 5.7.23 zzz", "spf"),
+        ("550 5.7.25 zzz", "reverse_dns"),
+        ("550 5.7.26 zzz", "unauthenticated"),
+        ("550 5.1.1 zzz", "unknown_recipient"),
+        ("450 4.1.1 zzz", "temp_failure"),
+        ("552 5.2.2 zzz", "mailbox_full"),
+        ("554 5.4.6 zzz", "loop"),
+        ("452 4.5.3 zzz", "too_many_recipients"),
+        ("530 5.7.0 zzz", "auth_required"),  # X.7.0 says little; the code 530 decides
+        ("535 zzz", "auth_failed"),
+        ("503 zzz", "protocol_sequence"),
+        ("550 5.6.99 zzz", "message_format"),  # unknown detail: the subject decides
+        ("599 zzz", "rejected"),  # unknown code: the class decides
+        ("421 zzz", "temp_failure"),
+        ("zzz", "unknown"),
+    ],
+)
+def test_fallback(knowledge: Knowledge, line: str, category: str) -> None:
+    exp = knowledge.explain(line)
+    assert exp.category == category
+    assert exp.rule == FALLBACK_RULE
+
+
+# --- Output -----------------------------------------------------------------------------------
+
+
+def test_text_output_in_english() -> None:
+    out = explain_main("550 5.7.1 relaying not permitted", lang="en", as_json=False)
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "Reply",
+        "Category",
+        "Cause",
+        "What to do",
+        "Matched",
+    ]
+    assert lines[0].endswith("550 5.7.1 relaying not permitted")
+    assert "Relay denied [relay_denied]" in lines[1]
+    assert "exim-relay-not-permitted (exim)" in lines[4]
+    assert not out.endswith("\n")
+
+
+def test_text_output_in_chinese() -> None:
+    out = explain_main("535 Authentication unsuccessful", lang="zh", as_json=False)
+    labels = [line.split("：")[0] for line in out.splitlines()]  # noqa: RUF001
+    assert labels == ["回复", "类别", "原因", "处理建议", "匹配"]
+    assert "身份验证失败 [auth_failed]" in out
+    assert "Category" not in out
+
+
+def test_text_output_names_our_reply_id() -> None:
+    out = explain_main("553 host denies relay. (拒绝中继)", lang="en", as_json=False)
+    assert "ours.host_denies_relay (smtpguard), our reply table id host_denies_relay" in out
+    assert _TABLE["host_denies_relay"]["hint"]["en"] in out
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_json_output(lang: str) -> None:
+    data = json.loads(explain_main("554 DT:SPM 163 smtp10", lang=lang, as_json=True))
+    assert tuple(data) == JSON_KEYS
+    assert data["category"] == "spam"
+    assert data["code"] == "554"
+    assert data["xcode"] is None
+    assert data["rule"] == "netease-dt-spm"
+    assert data["source"] == "netease"
+    assert data["reply_id"] is None
+    assert data["lang"] == lang
+    assert data["title"] == ("被判定为垃圾邮件" if lang == "zh" else "Classified as spam")
+
+
+def test_json_output_for_ours_and_fallback() -> None:
+    data = json.loads(explain_main("554 5.7.1 rbl deny.", lang="en", as_json=True))
+    assert (data["reply_id"], data["rule"], data["xcode"]) == ("rbl_deny", "ours.rbl_deny", "5.7.1")
+    data = json.loads(explain_main("452 4.3.1 whatever", lang="zh", as_json=True))
+    assert (data["rule"], data["category"]) == (FALLBACK_RULE, "temp_failure")
+
+
+def test_explain_main_takes_a_rules_dir(tmp_path: Path) -> None:
+    (tmp_path / "explain.toml").write_text(EXPLAIN.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "replies.toml").write_text(REPLIES.read_text(encoding="utf-8"), encoding="utf-8")
+    out = explain_main("550 relay not permitted", lang="en", as_json=False, rules_dir=tmp_path)
+    assert "relay_denied" in out
+    with pytest.raises(ConfigError) as err:
+        explain_main("550 x", lang="en", as_json=False, rules_dir=tmp_path / "missing")
+    assert "explain.toml" in str(err.value)
+
+
+def test_explain_main_refuses_other_languages() -> None:
+    with pytest.raises(ValueError, match="lang"):
+        explain_main("550 x", lang="fr", as_json=False)
+
+
+# --- Hostile input ------------------------------------------------------------------------------
+
+HOSTILE = [
+    "550 " + "a" * 100_000,
+    "550 5.7.1 " + "relay " * 17_000,
+    "550 " + "relaying mail to " * 6_000,
+    "(" * 100_000,
+    "5.5.5." * 17_000,
+    "550 " + "<" * 50_000 + ">" * 50_000,
+    "550-x\n" * 17_000,
+    "The server says:" * 6_250,
+    "550 " + "spam " * 20_000,
+    "550 " + "用户" * 50_000,
+    "550 " + " " * 100_000 + "x",
+    "\\r\\n" * 25_000,
+]
+
+
+@pytest.mark.parametrize("line", HOSTILE, ids=[f"hostile{i}" for i in range(len(HOSTILE))])
+def test_hostile_100k_line_is_fast(knowledge: Knowledge, line: str) -> None:
+    assert len(line) >= 100_000
+    start = time.perf_counter()
+    exp = knowledge.explain(line)
+    render = explain_main(line[:100_000], lang="zh", as_json=True)
+    assert time.perf_counter() - start < 1.0
+    assert exp.category
+    assert len(json.loads(render)["reply"]) <= 200
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(a+)+", r"(\w+ )*x", r".*relay", r"relay.+denied", r"(?:a|b+){2,9}", r"x.{3,}y"],
+)
+def test_unsafe_regexes_are_found(pattern: str) -> None:
+    assert regex_problem(pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"relay.{0,40}denied", r"[.*]+x", r"\.+", r"(a|b)*c", r"(?:ab){1,3}", r"\bspam\b"],
+)
+def test_safe_regexes_pass(pattern: str) -> None:
+    assert regex_problem(pattern) is None
+
+
+def test_shipped_rules_are_all_safe() -> None:
+    for rule in _EXPLAIN["rule"]:
+        for key in ("text", "xcode"):
+            if key in rule:
+                assert regex_problem(rule[key]) is None, rule["id"]
+
+
+# --- Load-time validation -------------------------------------------------------------------------
+
+SHIPPED = EXPLAIN.read_text(encoding="utf-8")
+RELAY_RULE = 'id = "exim-relay-not-permitted"\ncategory = "relay_denied"\n'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        (
+            RELAY_RULE,
+            'id = "exim-relay-not-permitted"\ncategory = "relay"\n',
+            "rule.exim-relay-not-permitted.category",
+            "unknown category",
+        ),
+        (
+            RELAY_RULE,
+            RELAY_RULE + "colour = 'red'\n",
+            "rule.exim-relay-not-permitted.colour",
+            "unknown key",
+        ),
+        (
+            RELAY_RULE,
+            RELAY_RULE + "cause.en = 'only English'\n",
+            "rule.exim-relay-not-permitted.cause.zh",
+            "missing",
+        ),
+        (
+            "text = 'relay(?:ing)? not permitted'",
+            "text = 'relay(?:ing not permitted'",
+            "rule.exim-relay-not-permitted.text",
+            "bad regular expression",
+        ),
+        (
+            "text = 'relay(?:ing)? not permitted'",
+            "text = '(relay\\s+)+not permitted'",
+            "rule.exim-relay-not-permitted.text",
+            "unsafe regular expression",
+        ),
+        (
+            "text = 'relay(?:ing)? not permitted'",
+            "text = ''",
+            "rule.exim-relay-not-permitted.text",
+            "non-empty",
+        ),
+        (
+            RELAY_RULE,
+            RELAY_RULE + "code = ['550', 7]\n",
+            "rule.exim-relay-not-permitted.code",
+            "list of regexes",
+        ),
+        (
+            'id = "qmail-rcpthosts"',
+            'id = "exim-relay-not-permitted"',
+            "rule.exim-relay-not-permitted",
+            "duplicate",
+        ),
+        (
+            RELAY_RULE,
+            'id = "Bad Id"\ncategory = "relay_denied"\n',
+            "rule[",
+            "bad rule id",
+        ),
+        (
+            'title.zh = "拒绝中继"\n',
+            "",
+            "category.relay_denied.title.zh",
+            "missing",
+        ),
+        (
+            '[ours.rbl_deny]\ncategory = "dnsbl"',
+            '[ours.rbl_denied]\ncategory = "dnsbl"',
+            "ours.rbl_denied",
+            "unknown reply id",
+        ),
+        (
+            '[fallback.detail."2.2"]\ncategory = "mailbox_full"',
+            '[fallback.detail."2.2"]\ncategory = "mailbox_overflow"',
+            "fallback.detail.2.2.category",
+            "unknown category",
+        ),
+        (
+            '[fallback.class.5]\ncategory = "rejected"',
+            '[fallback.class.9]\ncategory = "rejected"',
+            "fallback.class.9",
+            "bad class key",
+        ),
+    ],
+)
+def test_bad_knowledge_file(tmp_path: Path, old: str, new: str, key: str, message: str) -> None:
+    assert old in SHIPPED
+    bad = tmp_path / "explain.toml"
+    bad.write_text(SHIPPED.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_knowledge(bad, replies=REPLIES)
+    assert err.value.file == str(bad)
+    assert err.value.key.startswith(key), err.value.key
+    assert message in err.value.message
+    assert str(bad) in str(err.value)
+
+
+def test_missing_reply_id_is_an_error(tmp_path: Path) -> None:
+    start = SHIPPED.index("[ours.stray_newline]")
+    end = SHIPPED.index("\n\n", start)
+    bad = tmp_path / "explain.toml"
+    bad.write_text(SHIPPED[:start] + SHIPPED[end:], encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_knowledge(bad, replies=REPLIES)
+    assert err.value.key == "ours.stray_newline"
+
+
+def test_unreadable_knowledge_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_knowledge(tmp_path / "nope.toml", replies=REPLIES)
+    broken = tmp_path / "explain.toml"
+    broken.write_text("[category\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_knowledge(broken, replies=REPLIES)
+
+
+def test_shipped_knowledge_counts(knowledge: Knowledge) -> None:
+    assert len(knowledge.rules) >= 100
+    assert len(knowledge.categories) >= 30
+    assert set(knowledge.ours) == set(_TABLE)
+    used = {r.category for r in knowledge.rules} | {o.category for o in knowledge.ours.values()}
+    assert used <= set(knowledge.categories)
