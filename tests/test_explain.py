@@ -1110,3 +1110,29 @@ def test_shipped_knowledge_counts(knowledge: Knowledge) -> None:
     assert set(knowledge.ours) == set(_TABLE)
     used = {r.category for r in knowledge.rules} | {o.category for o in knowledge.ours.values()}
     assert used <= set(knowledge.categories)
+
+
+def test_explain_command_line() -> None:
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smtpguard",
+            "explain",
+            "--json",
+            "--lang",
+            "zh",
+            "503 5.0.0 polite people say HELO first",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    data = json.loads(result.stdout)
+    assert data["lang"] == "zh"
+    assert data["category"] == "protocol_sequence"

@@ -509,11 +509,6 @@ def test_helo_verdict_is_deferred(build: BuildHarness) -> None:
     assert_reject(decision, "helo_error", "helo_greylist")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline.py _run_checks: a HELO-stage verdict overwrites conn.pending set at "
-    "connect although the comment says 'Keep the first one'",
-)
 def test_first_deferred_verdict_is_kept_across_stages(build: BuildHarness) -> None:
     h = build()
     h.pipeline.stages[Stage.HELO].append((HeloGreylist(), CheckSettings()))

@@ -15,6 +15,7 @@ from smtpguard.adapter import App, serve
 from smtpguard.app import Runtime, build_runtime, load, new_gate
 from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
+from smtpguard.explain import explain_main
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf, sendmail_mc
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.simulate import Envelope, simulate
@@ -50,9 +51,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         new = load(config.file)
         if new.milter.socket != config.milter.socket:
             raise ConfigError(new.file, "milter.socket", "changing the socket needs a restart")
-        return build_runtime(new)
+        # previous= keeps the resolver (its thread, sockets and cache) when [dns] is unchanged.
+        return build_runtime(new, previous=app.runtime)
 
-    serve(App(runtime, new_gate(config)), reload)
+    app = App(runtime, new_gate(config))
+    serve(app, reload)
     logging.getLogger("smtpguard").info("smtpguard stopped")
     return 0
 
@@ -155,6 +158,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 1
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    rules_dir = None
+    if args.config or os.environ.get("SMTPGUARD_CONFIG"):
+        rules_dir = _load(args.config).replies.table.parent
+    print(
+        explain_main(" ".join(args.reply), lang=args.lang, as_json=args.json, rules_dir=rules_dir)
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smtpguard", description=__doc__)
     p.add_argument("--version", action="version", version=f"smtpguard {__version__}")
@@ -196,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--eml", help="RFC 5322 message file for the DATA phase")
     sim.add_argument("-v", "--verbose", action="store_true", help="show the decision log")
     sim.set_defaults(func=cmd_simulate)
+
+    ex = sub.add_parser(
+        "explain", help="say what any SMTP reply line means and what the sender should do"
+    )
+    ex.add_argument("reply", nargs="+", help='the reply line, e.g. "550 5.7.1 Relaying denied"')
+    ex.add_argument("--lang", choices=("en", "zh"), default="en")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+    ex.set_defaults(func=cmd_explain)
 
     pc = sub.add_parser("postfix-config", help="print the main.cf settings for this config")
     pc.add_argument("--queue-directory", default="/var/spool/postfix")

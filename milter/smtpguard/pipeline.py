@@ -259,7 +259,8 @@ class Pipeline:
                 return SKIP if stage is Stage.BODY else CONTINUE
             if stage in _DEFERRED_STAGES:
                 # Keep the first one; it is delivered at every MAIL FROM of the session.
-                conn.pending, conn.pending_check = verdict, check.name
+                if conn.pending is None:
+                    conn.pending, conn.pending_check = verdict, check.name
                 self._log(
                     stage=stage,
                     conn=conn,
