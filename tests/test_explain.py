@@ -4,6 +4,8 @@ RFC 3463 fallback, output formats, hostile input and load-time validation."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -1113,10 +1115,6 @@ def test_shipped_knowledge_counts(knowledge: Knowledge) -> None:
 
 
 def test_explain_command_line() -> None:
-    import json
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [
             sys.executable,
