@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import sqlite3
-import threading
 import tomllib
 from collections.abc import Iterable, Iterator
 from contextlib import closing
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
+
+from smtpguard.sqlitedb import SharedConnection
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
 LIST_POLICIES = ("open", "members", "posters", "domain")
@@ -107,30 +108,20 @@ class SqliteDirectory:
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
-        self._local = threading.local()
+        self._shared = SharedConnection(self._open)
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(
-                    f"{self.path.resolve().as_uri()}?mode=ro",
-                    uri=True,
-                    timeout=self.timeout,
-                    check_same_thread=False,
-                )
-            except sqlite3.Error as exc:
-                raise DirectoryError(f"cannot open {self.path}: {exc}") from None
-            self._local.db = db
-        return db
+    def _open(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=self.timeout,
+            check_same_thread=False,
+        )
 
     def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[str, ...]]:
         try:
-            return self._db().execute(sql, args).fetchall()
+            return self._shared.query(sql, args)
         except sqlite3.Error as exc:
-            # Drop the connection: a file replaced under us must be reopened.
-            self._local.db.close()
-            self._local.db = None
             raise DirectoryError(f"{self.path}: {exc}") from None
 
     def recipient(self, address: str) -> Recipient:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from smtpguard.sqlitedb import SharedConnection
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blacklist (
     address  TEXT PRIMARY KEY,   -- lower-cased address, or "@domain"
@@ -45,7 +47,13 @@ class SqliteBlacklist:
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
-        self._local = threading.local()
+        self._shared = SharedConnection(self._open)
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except StateError as exc:
+            raise sqlite3.OperationalError(str(exc)) from None
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -57,31 +65,17 @@ class SqliteBlacklist:
             raise StateError(f"cannot open {self.path}: {exc}") from None
         return db
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._connect()
-            self._local.db = db
-        return db
-
     def listed(self, address: str) -> str | None:
         """The matching entry (address or ``@domain``), or None."""
         address = address.lower()
         domain = "@" + address.rpartition("@")[2]
         try:
-            row = (
-                self._db()
-                .execute(
-                    "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1",
-                    (address, domain),
-                )
-                .fetchone()
+            rows = self._shared.query(
+                "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1", (address, domain)
             )
         except sqlite3.Error as exc:
-            self._local.db.close()
-            self._local.db = None
             raise StateError(f"{self.path}: {exc}") from None
-        return str(row[0]) if row else None
+        return str(rows[0][0]) if rows else None
 
     def add(self, address: str, reason: str = "") -> bool:
         with closing(self._connect()) as db, db:
