@@ -12,11 +12,19 @@ from pathlib import Path
 
 from smtpguard.checks import Services
 from smtpguard.config import Config, ConfigError, load_config
+from smtpguard.counters import (
+    InProcessCounter,
+    RedisCounter,
+    ResilientCounter,
+    SizeBucketCounter,
+    SizeBuckets,
+    redis_client,
+)
 from smtpguard.directory import Directory, NoDirectory, SqliteDirectory
 from smtpguard.dns import Resolver, make_resolver
 from smtpguard.pipeline import CHECK_NAMES, Pipeline
 from smtpguard.replies import ReplyTable, load_replies
-from smtpguard.state import Blacklist, SessionGate, SqliteBlacklist
+from smtpguard.state import Blacklist, RedisBlacklist, SessionGate, SqliteBlacklist
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +66,19 @@ def build_runtime(
     if directory is None:
         directory = _directory(config)
     if blacklist is None:
-        blacklist = SqliteBlacklist(config.state.path, config.state.timeout)
+        blacklist = make_blacklist(config)
     if dns is None and config.dns.enabled:
         dns = make_resolver(config.dns)
-    services = Services(config=config, directory=directory, blacklist=blacklist, dns=dns)
+    counter = (
+        previous.services.counter
+        if previous is not None
+        and previous.config.state == config.state
+        and previous.config.bulk == config.bulk
+        else None
+    ) or make_counter(config)
+    services = Services(
+        config=config, directory=directory, blacklist=blacklist, dns=dns, counter=counter
+    )
     return Runtime(config, replies, services, Pipeline(services, replies))
 
 
@@ -76,6 +93,40 @@ def _directory(config: Config) -> Directory:
             f"{d.path} does not exist; create it with 'smtpguard directory import FILE'",
         )
     return SqliteDirectory(d.path, d.timeout)
+
+
+def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
+    state = config.state
+    if state.backend == "redis":
+        return RedisBlacklist(
+            redis_client(state.redis_url, timeout=state.timeout), state.redis_prefix
+        )
+    return SqliteBlacklist(state.path, state.timeout)
+
+
+def make_counter(config: Config) -> SizeBucketCounter:
+    """Same-size counters: in process, or Redis with the configured outage behaviour.
+
+    Kept across reloads while ``[state]`` and ``[bulk]`` do not change, so a SIGHUP does
+    not reset the counts.
+    """
+    bulk, state = config.bulk, config.state
+    buckets = (
+        SizeBuckets(bulk.bucket_bytes, relative=False)
+        if bulk.bucket_bytes
+        else SizeBuckets(bulk.bucket_width, relative=True)
+    )
+    local = InProcessCounter(bulk.window, buckets, max_per_bucket=max(1000, bulk.threshold + 1))
+    if state.backend != "redis":
+        return local
+    shared = RedisCounter(
+        redis_client(state.redis_url, timeout=state.timeout),
+        bulk.window,
+        buckets,
+        prefix=f"{state.redis_prefix}:size",
+        max_per_bucket=max(1000, bulk.threshold + 1),
+    )
+    return ResilientCounter(shared, on_error=state.on_redis_error, local=local)
 
 
 def new_gate(config: Config) -> SessionGate:

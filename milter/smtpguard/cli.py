@@ -12,14 +12,14 @@ from pathlib import Path
 
 from smtpguard import __version__
 from smtpguard.adapter import App, serve
-from smtpguard.app import Runtime, build_runtime, load, new_gate
+from smtpguard.app import Runtime, build_runtime, load, make_blacklist, new_gate
 from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
 from smtpguard.explain import explain_main
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf, sendmail_mc
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.simulate import Envelope, simulate
-from smtpguard.state import SqliteBlacklist, StateError
+from smtpguard.state import StateError
 
 DEFAULT_CONFIG = "/etc/smtpguard/smtpguard.toml"
 
@@ -81,7 +81,7 @@ def cmd_replies(args: argparse.Namespace) -> int:
 
 def cmd_blacklist(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    store = SqliteBlacklist(config.state.path, config.state.timeout)
+    store = make_blacklist(config)
     if args.action == "list":
         for entry in store.entries():
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added_at))

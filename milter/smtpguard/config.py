@@ -250,9 +250,62 @@ class DirectoryConfig:
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    backend: Literal["embedded"] = "embedded"
+    #: "embedded": blacklist in a SQLite file, counters in process. "redis": both in
+    #: Redis, shared by every smtpguard host that uses the same server.
+    backend: Literal["embedded", "redis"] = "embedded"
     path: Path = Path("/var/lib/smtpguard/state.sqlite")
     timeout: float = 2.0
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "smtpguard"
+    #: Redis unreachable: "error" answers database_temp_error (per the check's
+    #: on_temp_error), "local" counts in process until Redis is back.
+    on_redis_error: Literal["error", "local"] = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class VirusConfig:
+    #: "none", "clamd" (INSTREAM over clamd_socket) or "command" (a program reading the
+    #: message on stdin: exit 0 clean, 1 infected with the name on stdout, else error).
+    backend: Literal["none", "clamd", "command"] = "none"
+    clamd_socket: str = "unix:/run/clamav/clamd.ctl"
+    command: tuple[str, ...] = ()
+    timeout: float = 30.0
+    #: Octets sent to the scanner at most; keep it at or below clamd's StreamMaxLength.
+    max_bytes: int = 25 * 1024 * 1024
+    #: A message too large to scan whole: "pass" (scan the first max_bytes, deliver if
+    #: that is clean) or "tempfail".
+    on_size_limit: Literal["pass", "tempfail"] = "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class AntispamConfig:
+    #: Built-in content rules (header and body regexes with scores).
+    rules: Path = Path()
+    add_header_score: float = 6.0
+    reject_score: float = 15.0
+    flag_header: str = "X-Spam-Flag"
+    score_header: str = "X-Spam-Score"
+    #: External engine: "none" or "rspamd" (HTTP /checkv2 at engine_socket).
+    engine: Literal["none", "rspamd"] = "none"
+    engine_socket: str = "inet:127.0.0.1:11333"
+    engine_timeout: float = 15.0
+    #: Also reject when the engine's own action is "reject", whatever the score.
+    engine_action: bool = True
+    #: Octets of a message kept in memory for the engine before spooling to disk.
+    spool_memory: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BulkConfig:
+    #: What identifies a sender: any of "sender", "sender_domain", "client_ip", "login".
+    key: tuple[str, ...] = ("sender", "client_ip")
+    window: int = 3600
+    #: More than this many messages of similar size in the window are refused.
+    threshold: int = 20
+    #: Relative bucket width (0.02: sizes within 2% count together); or a fixed width
+    #: in octets when bucket_bytes > 0.
+    bucket_width: float = 0.02
+    bucket_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +422,9 @@ class Config:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     smtpport: SmtpportConfig = field(default_factory=SmtpportConfig)
     spf: SpfConfig = field(default_factory=SpfConfig)
+    virus: VirusConfig = field(default_factory=VirusConfig)
+    antispam: AntispamConfig = field(default_factory=AntispamConfig)
+    bulk: BulkConfig = field(default_factory=BulkConfig)
 
     def check(self, name: str) -> CheckSettings:
         return self.checks.get(name) or CHECK_DEFAULTS.get(name, _DEFAULT_CHECK)
@@ -398,6 +454,8 @@ CHECK_DEFAULTS: Mapping[str, CheckSettings] = {
     "helo_dns": CheckSettings("off", "pass"),
     "sender_domain": CheckSettings("enforce", "pass"),
     "spf": CheckSettings("enforce", "pass"),
+    # A dead spam engine should not stop mail; a dead virus scanner should.
+    "antispam": CheckSettings("enforce", "pass"),
 }
 
 
@@ -435,6 +493,9 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     dnsbl = _dnsbl(root.table("dnsbl"))
     smtpport = _smtpport(root.table("smtpport"))
     spf = _spf(root.table("spf"))
+    virus = _virus(root.table("virus"))
+    antispam = _antispam(root.table("antispam"))
+    bulk = _bulk(root.table("bulk"))
     root.done()
     _require_resolver(root, dns, dnsbl, explicit)
     return Config(
@@ -452,7 +513,90 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
         dnsbl=dnsbl,
         smtpport=smtpport,
         spf=spf,
+        virus=virus,
+        antispam=antispam,
+        bulk=bulk,
     )
+
+
+def _endpoint(s: _Section, name: str, default: str) -> str:
+    value = s.string(name, default)
+    kind, _, rest = value.partition(":")
+    if kind == "unix" and rest.startswith("/"):
+        return value
+    host, _, port = rest.rpartition(":")
+    if kind == "inet" and host and port.isdigit():
+        return value
+    raise s.error(name, f'expected "unix:/path" or "inet:HOST:PORT", got {value!r}')
+
+
+def _virus(s: _Section) -> VirusConfig:
+    d = VirusConfig()
+    out = VirusConfig(
+        backend=cast(
+            Literal["none", "clamd", "command"],
+            s.choice("backend", d.backend, ("none", "clamd", "command")),
+        ),
+        clamd_socket=_endpoint(s, "clamd_socket", d.clamd_socket),
+        command=s.strings("command"),
+        timeout=s.number("timeout", d.timeout, minimum=0.1),
+        max_bytes=s.integer("max_bytes", d.max_bytes, minimum=1024),
+        on_size_limit=cast(
+            Literal["pass", "tempfail"],
+            s.choice("on_size_limit", d.on_size_limit, ("pass", "tempfail")),
+        ),
+    )
+    s.done()
+    if out.backend == "command" and not out.command:
+        raise s.error("command", 'backend = "command" needs the program and its arguments')
+    return out
+
+
+def _antispam(s: _Section) -> AntispamConfig:
+    d = AntispamConfig()
+    out = AntispamConfig(
+        rules=s.path("rules", str(default_rules_dir() / "antispam.toml")),
+        add_header_score=s.number("add_header_score", d.add_header_score, minimum=-1e9),
+        reject_score=s.number("reject_score", d.reject_score, minimum=-1e9),
+        flag_header=s.string("flag_header", d.flag_header),
+        score_header=s.string("score_header", d.score_header),
+        engine=cast(Literal["none", "rspamd"], s.choice("engine", d.engine, ("none", "rspamd"))),
+        engine_socket=_endpoint(s, "engine_socket", d.engine_socket),
+        engine_timeout=s.number("engine_timeout", d.engine_timeout, minimum=0.1),
+        engine_action=s.boolean("engine_action", d.engine_action),
+        spool_memory=s.integer("spool_memory", d.spool_memory, minimum=0),
+    )
+    s.done()
+    for key in ("flag_header", "score_header"):
+        if not _HEADER_NAME.match(getattr(out, key)):
+            raise s.error(key, "not a header field name")
+    if out.reject_score < out.add_header_score:
+        raise s.error("reject_score", "must not be below add_header_score")
+    return out
+
+
+_BULK_KEYS = ("sender", "sender_domain", "client_ip", "login")
+
+
+def _bulk(s: _Section) -> BulkConfig:
+    d = BulkConfig()
+    key = s.strings("key", d.key)
+    for part in key:
+        if part not in _BULK_KEYS:
+            raise s.error("key", f"unknown key part {part!r}; use {', '.join(_BULK_KEYS)}")
+    if not key:
+        raise s.error("key", "must name at least one part")
+    out = BulkConfig(
+        key=key,
+        window=s.integer("window", d.window, minimum=1),
+        threshold=s.integer("threshold", d.threshold, minimum=1),
+        bucket_width=s.number("bucket_width", d.bucket_width, minimum=0.0001),
+        bucket_bytes=s.integer("bucket_bytes", d.bucket_bytes, minimum=0),
+    )
+    s.done()
+    if not 0 < out.bucket_width < 1:
+        raise s.error("bucket_width", "a relative width must be between 0 and 1 (e.g. 0.02)")
+    return out
 
 
 def _milter(s: _Section) -> MilterConfig:
@@ -641,10 +785,20 @@ def _directory(s: _Section) -> DirectoryConfig:
 def _state(s: _Section) -> StateConfig:
     d = StateConfig()
     out = StateConfig(
-        backend=cast(Literal["embedded"], s.choice("backend", d.backend, ("embedded",))),
+        backend=cast(
+            Literal["embedded", "redis"], s.choice("backend", d.backend, ("embedded", "redis"))
+        ),
         path=s.path("path", str(d.path)),
         timeout=s.number("timeout", d.timeout, minimum=0.01),
+        redis_url=s.string("redis_url", d.redis_url),
+        redis_prefix=s.string("redis_prefix", d.redis_prefix),
+        on_redis_error=cast(
+            Literal["error", "local"],
+            s.choice("on_redis_error", d.on_redis_error, ("error", "local")),
+        ),
     )
+    if not out.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise s.error("redis_url", "expected redis://HOST:PORT/DB, rediss://... or unix://PATH")
     s.done()
     return out
 

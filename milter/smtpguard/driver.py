@@ -83,6 +83,7 @@ class SessionDriver:
 
     def mail(self, mailfrom: str, args: tuple[str, ...] | list[str]) -> Decision:
         conn = self.conn
+        self.rt.pipeline.end_transaction(conn.txn)
         params = esmtp_params(args)
         smtputf8 = "SMTPUTF8" in params
         try:
@@ -138,9 +139,12 @@ class SessionDriver:
         return self.rt.pipeline.run(Stage.EOM, self.conn)
 
     def abort(self) -> None:
+        self.rt.pipeline.end_transaction(self.conn.txn)
         self.conn.txn = None
 
     def close(self) -> None:
+        self.rt.pipeline.end_transaction(self.conn.txn)
+        self.conn.txn = None
         if self.entered:
             self.entered = False
             self.gate.leave()

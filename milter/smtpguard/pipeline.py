@@ -32,11 +32,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
-from smtpguard.checks import Check, Event, Services, Stage
+from smtpguard.checks import Check, Event, Observing, Services, Stage
+from smtpguard.checks.antispam import AntiSpam
 from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
 from smtpguard.checks.blacklist import DynamicBlacklist
+from smtpguard.checks.bulk import SameSize, SameSizeDeclared
 from smtpguard.checks.client_host import HeloDns, SmtpPort
 from smtpguard.checks.dnsbl import OpenRelay, Rbl
 from smtpguard.checks.helo import HeloFirst, HeloName
@@ -50,6 +53,7 @@ from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.checks.session_limit import SessionLimit
 from smtpguard.checks.size import ActualSize, DeclaredSize
 from smtpguard.checks.spf import Spf
+from smtpguard.checks.virus import VirusScan
 from smtpguard.config import CheckSettings, Config
 from smtpguard.message import MessageState
 from smtpguard.replies import Reply, ReplyTable
@@ -71,6 +75,7 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     HeloDns,
     SenderSyntax,
     DeclaredSize,
+    SameSizeDeclared,
     SenderDeny,
     DynamicBlacklist,
     AuthMechanism,
@@ -90,6 +95,9 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     BodyLines,
     AttachmentSizeBody,
     AttachmentSizeEom,
+    VirusScan,
+    AntiSpam,
+    SameSize,
 )
 CHECK_NAMES: frozenset[str] = frozenset(c.name for c in CHECK_CLASSES)
 
@@ -137,6 +145,13 @@ class Pipeline:
                 continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__
             self.stages[cls.stage].append((check, settings))
+        enabled = [check for checks in self.stages.values() for check, _ in checks]
+        self.prefetchers: list[Callable[[Connection], None]] = [
+            c.prefetch for c in enabled if hasattr(c, "prefetch")
+        ]
+        self.observers: list[Observing] = [
+            cast(Observing, c) for c in enabled if hasattr(c, "observe") and hasattr(c, "discard")
+        ]
         if without_dns:
             # The config loader refuses DNS checks that were asked for explicitly; these
             # are the defaults, inactive until a resolver is configured.
@@ -164,32 +179,40 @@ class Pipeline:
         if txn is not None and stage in _CONTENT_STAGES:
             if txn.pending is not None:
                 if stage is Stage.EOM:
+                    self.end_transaction(txn)
                     return self._decide(stage, conn, event, txn.pending_check, txn.pending)
                 return SKIP if stage is Stage.BODY else CONTINUE
-            self._observe(stage, txn, event)
+            self._observe(stage, conn, txn, event)
         decision = self._run_checks(stage, conn, event)
-        if stage is Stage.EOM and decision.action is Action.CONTINUE and self.eom_headers:
-            return Decision(Action.CONTINUE, headers=self.eom_headers)
+        if stage is Stage.EOM and txn is not None:
+            self.end_transaction(txn)
+            headers = (*txn.add_headers, *self.eom_headers)
+            if decision.action is Action.CONTINUE and headers:
+                return Decision(Action.CONTINUE, headers=headers)
         return decision
 
     def _prefetch(self, conn: Connection) -> None:
         """Let every enabled check start its lookups; never blocks, never decides."""
-        for checks in self.stages.values():
-            for check, _settings in checks:
-                # getattr, not isinstance(check, Prefetching): a runtime Protocol check
-                # costs more than the lookups it starts, at every connect.
-                prefetch: Callable[[Connection], None] | None = getattr(check, "prefetch", None)
-                if prefetch is None:
-                    continue
-                try:
-                    prefetch(conn)
-                except Exception:
-                    # The check looks up for itself when it decides; an error then
-                    # becomes a verdict the normal way.
-                    log.exception("sid=%s check=%s prefetch failed", conn.session_id, check.name)
+        for prefetch in self.prefetchers:
+            try:
+                prefetch(conn)
+            except Exception:
+                # The check looks up for itself when it decides; an error then
+                # becomes a verdict the normal way.
+                log.exception("sid=%s prefetch %s failed", conn.session_id, prefetch)
 
-    def _observe(self, stage: Stage, txn: Transaction, event: Event) -> None:
-        """Feed the message model that content checks read."""
+    def end_transaction(self, txn: Transaction | None) -> None:
+        """Release what checks hold for a transaction (scanner streams, spools)."""
+        if txn is None:
+            return
+        for observer in self.observers:
+            try:
+                observer.discard(txn)
+            except Exception:
+                log.exception("discarding transaction state failed")
+
+    def _observe(self, stage: Stage, conn: Connection, txn: Transaction, event: Event) -> None:
+        """Feed the message model that content checks read, and the observing checks."""
         if txn.message is None:
             txn.message = MessageState(
                 track_mime=self.track_mime, max_mime_depth=self.config.content.max_mime_depth
@@ -206,6 +229,13 @@ class Pipeline:
             message.feed_body(event.chunk)
         elif stage is Stage.EOM:
             message.close()
+        for observer in self.observers:
+            # A failing observer must not stop the others; its check decides at EOM
+            # from whatever it has (and answers a temporary error if that is nothing).
+            try:
+                observer.observe(stage, conn, event)
+            except Exception:
+                log.exception("sid=%s observer %r failed", conn.session_id, observer)
 
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         for check, settings in self.stages[stage]:

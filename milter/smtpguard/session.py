@@ -52,6 +52,8 @@ class Transaction:
     queue_id: str | None = None
     #: Created when the message content starts (first header, DATA end of headers).
     message: MessageState | None = None
+    #: Headers checks want added if the message is accepted (e.g. X-Spam-Flag).
+    add_headers: list[tuple[str, str]] = field(default_factory=list)
     #: A header/body verdict waiting for end of message.
     pending: Hit | TempError | None = None
     pending_check: str = ""

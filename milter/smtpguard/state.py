@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import redis
+
 from smtpguard.sqlitedb import SharedConnection
 
 SCHEMA = """
@@ -96,6 +98,54 @@ class SqliteBlacklist:
                 "SELECT address, added_at, reason FROM blacklist ORDER BY address"
             ).fetchall()
         return [BlacklistEntry(a, t, r) for a, t, r in rows]
+
+
+class RedisBlacklist:
+    """The blacklist in a Redis hash (address -> "added_at reason"), shared by every
+    smtpguard host using the same Redis. Errors surface as :class:`StateError`."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.key = f"{prefix}:blacklist"
+
+    def listed(self, address: str) -> str | None:
+        address = address.lower()
+        domain = "@" + address.rpartition("@")[2]
+        try:
+            found = self.client.hmget(self.key, [address, domain])
+        except redis.RedisError as exc:
+            raise StateError(f"redis: {exc}") from None
+        for entry, value in zip((address, domain), found, strict=True):
+            if value is not None:
+                return entry
+        return None
+
+    def add(self, address: str, reason: str = "") -> bool:
+        try:
+            return bool(self.client.hsetnx(self.key, address.lower(), f"{time.time()} {reason}"))
+        except redis.RedisError as exc:
+            raise StateError(f"redis: {exc}") from None
+
+    def remove(self, address: str) -> bool:
+        try:
+            return bool(self.client.hdel(self.key, address.lower()))
+        except redis.RedisError as exc:
+            raise StateError(f"redis: {exc}") from None
+
+    def entries(self) -> list[BlacklistEntry]:
+        try:
+            raw = self.client.hgetall(self.key)
+        except redis.RedisError as exc:
+            raise StateError(f"redis: {exc}") from None
+        out = []
+        for key, value in raw.items():
+            stamp, _, reason = _text(value).partition(" ")
+            out.append(BlacklistEntry(_text(key), float(stamp or 0), reason))
+        return sorted(out, key=lambda e: e.address)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class SessionGate:

@@ -8,6 +8,11 @@ when the connection opens and again after HELO, before that stage's checks run, 
 check that needs DNS starts its lookups early and decides later, at MAIL FROM, from
 answers that are usually in by then. ``prefetch`` must return at once and be
 idempotent (it runs more than once per session).
+
+A check that needs the message itself (a virus scanner, the spam rules) has
+``observe(stage, conn, event)`` (:class:`Observing`): the pipeline hands it every header,
+the end of headers and every body chunk as they arrive, and calls ``discard(txn)`` when
+the transaction ends, whatever way it ends, so streams and spools are closed.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 if TYPE_CHECKING:
     from smtpguard.address import Address
     from smtpguard.config import Config
+    from smtpguard.counters import SizeBucketCounter
     from smtpguard.directory import Directory
     from smtpguard.dns import Resolver
-    from smtpguard.session import Connection
+    from smtpguard.session import Connection, Transaction
     from smtpguard.state import Blacklist
     from smtpguard.verdict import Verdict
 
@@ -46,6 +52,8 @@ class Services:
     blacklist: Blacklist
     #: None when no ``[dns] nameservers`` are configured: the DNS checks are not built.
     dns: Resolver | None = None
+    #: Same-size bulk counters (in process, or Redis shared by several hosts).
+    counter: SizeBucketCounter | None = None
 
 
 @dataclass(slots=True)
@@ -69,6 +77,13 @@ class Check(Protocol):
     reply_ids: ClassVar[tuple[str, ...]]
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None: ...
+
+
+class Observing(Protocol):
+    """A check fed with the message content as it streams in."""
+
+    def observe(self, stage: Stage, conn: Connection, event: Event) -> None: ...
+    def discard(self, txn: Transaction) -> None: ...
 
 
 class Prefetching(Protocol):

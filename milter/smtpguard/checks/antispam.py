@@ -1,0 +1,105 @@
+"""``antispam_reject``: a spam score from the built-in rules and an optional engine.
+
+The built-in rules (``rules/antispam.toml``) are matched as the message streams in.
+With ``engine = "rspamd"`` the message is also spooled (memory, then an unlinked
+temporary file) and sent to rspamd's ``/checkv2`` at end of message. The two scores are
+added (the rules use rspamd's scale). At ``add_header_score`` the message is accepted
+with ``X-Spam-Flag: YES`` and ``X-Spam-Score``; at ``reject_score`` (or rspamd's own
+"reject" action, if ``engine_action``) it is refused. An engine that is down gives a
+temporary error, which passes by default (``on_temp_error = "pass"``): the built-in
+score still applies.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.scanners import MessageSpool, parse_endpoint
+from smtpguard.scanners.rspamd import RspamdClient
+from smtpguard.scanners.rules import RuleScan, RuleSet
+from smtpguard.session import Connection, Transaction
+from smtpguard.verdict import Hit, TempError, Verdict
+
+_RULES = "antispam.rules"
+_SPOOL = "antispam.spool"
+
+
+class AntiSpam:
+    name: ClassVar[str] = "antispam"
+    stage: ClassVar[Stage] = Stage.EOM
+    reply_ids: ClassVar[tuple[str, ...]] = ("antispam_reject",)
+
+    def __init__(self, services: Services) -> None:
+        self.config = services.config.antispam
+        self.rules = RuleSet.load(self.config.rules)
+        self.engine = (
+            RspamdClient(
+                parse_endpoint(self.config.engine_socket), timeout=self.config.engine_timeout
+            )
+            if self.config.engine == "rspamd"
+            else None
+        )
+
+    def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
+        txn = conn.txn
+        if txn is None:
+            return
+        scan: RuleScan | None = txn.scratch.get(_RULES)
+        if scan is None:
+            scan = txn.scratch[_RULES] = self.rules.scanner()
+        spool: MessageSpool | None = txn.scratch.get(_SPOOL)
+        if spool is None and self.engine is not None:
+            spool = txn.scratch[_SPOOL] = MessageSpool(memory_cap=self.config.spool_memory)
+        for sink in (scan, spool):
+            if sink is None:
+                continue
+            if stage is Stage.HEADER and event.header is not None:
+                sink.feed_header(*event.header)
+            elif stage is Stage.EOH:
+                sink.end_of_headers()
+            elif stage is Stage.BODY and event.chunk is not None:
+                sink.feed(event.chunk)
+
+    def discard(self, txn: Transaction) -> None:
+        txn.scratch.pop(_RULES, None)
+        spool: MessageSpool | None = txn.scratch.pop(_SPOOL, None)
+        if spool is not None:
+            spool.close()
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        scan: RuleScan | None = txn.scratch.get(_RULES) if txn is not None else None
+        if txn is None or scan is None:
+            return None
+        result = scan.finish()
+        score, why = result.score, list(result.matched)
+        engine_error = ""
+        spool: MessageSpool | None = txn.scratch.get(_SPOOL)
+        if self.engine is not None and spool is not None:
+            answer = self.engine.check(
+                spool,
+                ip=str(conn.client_ip) if conn.client_ip else None,
+                helo=conn.helo,
+                hostname=conn.client_name or None,
+                sender=txn.sender.text if txn.sender else "",
+                rcpts=[r.text for r in txn.recipients],
+                queue_id=txn.queue_id,
+                user=txn.auth_login,
+            )
+            if answer.ok:
+                score += answer.score
+                why.append(f"rspamd={answer.score:.1f}/{answer.action}")
+                if self.config.engine_action and answer.action == "reject":
+                    return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
+            else:
+                engine_error = answer.detail or "engine failed"
+        detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
+        if score >= self.config.reject_score:
+            return Hit("antispam_reject", detail)
+        if score >= self.config.add_header_score:
+            txn.add_headers.append((self.config.flag_header, "YES"))
+            txn.add_headers.append((self.config.score_header, f"{score:.1f}"))
+        if engine_error:
+            return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
+        return None

@@ -1,0 +1,90 @@
+"""``virus_found``: the virus scanner's verdict at end of message.
+
+The message is streamed to the scanner as it arrives (clamd's INSTREAM, one chunk per
+body chunk), so it is never held whole for scanning; the ``command`` backend spools it
+(memory first, then an unlinked temporary file) and runs the program on it at end of
+message. The virus name goes to the log only. A scanner that is down, times out or
+answers nonsense gives a temporary error (``internal_error``'s row), or a pass when
+the check's ``on_temp_error = "pass"``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from smtpguard.checks import Event, Services, Stage
+from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus, parse_endpoint
+from smtpguard.scanners.clamd import ClamdStream
+from smtpguard.scanners.command import run_command
+from smtpguard.session import Connection, Transaction
+from smtpguard.verdict import Hit, TempError, Verdict
+
+_KEY = "virus.stream"
+
+
+class VirusScan:
+    name: ClassVar[str] = "virus"
+    stage: ClassVar[Stage] = Stage.EOM
+    reply_ids: ClassVar[tuple[str, ...]] = ("virus_found", "internal_error")
+
+    def __init__(self, services: Services) -> None:
+        self.config = services.config.virus
+        self.endpoint = parse_endpoint(self.config.clamd_socket)
+
+    def _stream(self, txn: Transaction) -> ClamdStream | MessageSpool | None:
+        if self.config.backend == "none":
+            return None
+        stream: ClamdStream | MessageSpool | None = txn.scratch.get(_KEY)
+        if stream is None:
+            if self.config.backend == "clamd":
+                stream = ClamdStream(
+                    self.endpoint,
+                    timeout=self.config.timeout,
+                    scan_timeout=self.config.timeout,
+                    max_bytes=self.config.max_bytes,
+                )
+            else:
+                stream = MessageSpool(max_size=self.config.max_bytes)
+            txn.scratch[_KEY] = stream
+        return stream
+
+    def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
+        txn = conn.txn
+        stream = self._stream(txn) if txn is not None else None
+        if stream is None:
+            return
+        if stage is Stage.HEADER and event.header is not None:
+            stream.feed_header(*event.header)
+        elif stage is Stage.EOH:
+            stream.end_of_headers()
+        elif stage is Stage.BODY and event.chunk is not None:
+            stream.feed(event.chunk)
+
+    def discard(self, txn: Transaction) -> None:
+        stream = txn.scratch.pop(_KEY, None)
+        if stream is not None:
+            stream.close()
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        stream = txn.scratch.get(_KEY) if txn is not None else None
+        if stream is None:
+            return None
+        if isinstance(stream, ClamdStream):
+            result = stream.finish()
+        else:
+            result = run_command(list(self.config.command), stream, self.config.timeout)
+            if stream.truncated and result.status is ScanStatus.CLEAN:
+                result = ScanResult(ScanStatus.SIZE_LIMIT, detail="message over max_bytes")
+        return self._verdict(result)
+
+    def _verdict(self, result: ScanResult) -> Verdict | None:
+        if result.status is ScanStatus.INFECTED:
+            return Hit("virus_found", f"virus {result.virus or 'unnamed'} ({result.detail})")
+        if result.status is ScanStatus.SIZE_LIMIT:
+            if self.config.on_size_limit == "pass":
+                return None
+            return TempError("internal_error", f"too large to scan: {result.detail}")
+        if result.status is ScanStatus.ERROR:
+            return TempError("internal_error", f"scanner failed: {result.detail}")
+        return None

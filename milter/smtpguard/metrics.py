@@ -1,0 +1,84 @@
+"""Prometheus metrics (``[metrics] enabled = true``), served on loopback by default.
+
+Everything that records a metric takes a :class:`Metrics`; the default
+:class:`NullMetrics` does nothing, so code paths are the same with metrics off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics(Protocol):
+    def decision(self, reply_id: str, mode: str, action: str) -> None: ...
+    def stage_seconds(self, stage: str, seconds: float) -> None: ...
+    def dns_cache(self, hit: bool) -> None: ...
+    def backend_error(self, backend: str) -> None: ...
+
+
+class NullMetrics:
+    def decision(self, reply_id: str, mode: str, action: str) -> None:
+        pass
+
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        pass
+
+    def dns_cache(self, hit: bool) -> None:
+        pass
+
+    def backend_error(self, backend: str) -> None:
+        pass
+
+
+class PrometheusMetrics:
+    def __init__(self, sessions_in_flight: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        self._decisions = Counter(
+            "smtpguard_decisions",
+            "Verdicts acted upon, per reply id, mode and action",
+            ("reply_id", "mode", "action"),
+            registry=self.registry,
+        )
+        self._stage = Histogram(
+            "smtpguard_stage_seconds",
+            "Time spent in the pipeline per milter stage",
+            ("stage",),
+            buckets=_STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self._dns = Counter(
+            "smtpguard_dns_cache_lookups",
+            "DNS cache lookups by result",
+            ("result",),
+            registry=self.registry,
+        )
+        self._errors = Counter(
+            "smtpguard_backend_errors",
+            "Failures of a backend (directory, state, dns, clamd, rspamd, redis)",
+            ("backend",),
+            registry=self.registry,
+        )
+        sessions = Gauge(
+            "smtpguard_sessions_in_flight", "Open SMTP sessions", registry=self.registry
+        )
+        sessions.set_function(sessions_in_flight)
+
+    def decision(self, reply_id: str, mode: str, action: str) -> None:
+        self._decisions.labels(reply_id, mode, action).inc()
+
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        self._stage.labels(stage).observe(seconds)
+
+    def dns_cache(self, hit: bool) -> None:
+        self._dns.labels("hit" if hit else "miss").inc()
+
+    def backend_error(self, backend: str) -> None:
+        self._errors.labels(backend).inc()
+
+    def serve(self, address: str, port: int) -> None:
+        start_http_server(port, addr=address, registry=self.registry)
