@@ -5,14 +5,13 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from smtpguard.scanners import Endpoint, MessageSpool, SpamResult, SpamStatus
 from smtpguard.scanners.rspamd import RspamdClient
-from support.daemons import GTUBE, Rspamd, free_port, start_rspamd
+from support.daemons import GTUBE, Rspamd, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -41,19 +40,6 @@ def check(client: RspamdClient, message: bytes | MessageSpool, queue_id: str = "
         rcpts=ENVELOPE_RCPTS,
         queue_id=queue_id or None,
     )
-
-
-@pytest.fixture(scope="session")
-def rspamd(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Rspamd]:
-    # The compiled Hyperscan databases survive in pytest's cache directory: the next
-    # session starts rspamd in under a second instead of ~15 s.
-    cache = getattr(request.config, "cache", None)
-    hs_cache = cache.mkdir("rspamd-hyperscan") if cache is not None else None
-    daemon = start_rspamd(tmp_path_factory.mktemp("rspamd"), hs_cache=hs_cache)
-    yield daemon
-    daemon.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,312 @@
+"""virus_found, antispam_reject and same_size_flood through real milter sessions, with
+the real clamd, rspamd and Redis behind them, and their fault cases."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.daemons import EICAR, GTUBE, Clamd, RedisServer, Rspamd, start_clamd, start_redis
+from support.expected import SPEC, default_line
+from support.mtclient import Answer, MilterSession
+from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
+
+pytestmark = pytest.mark.integration
+
+HEADERS = [
+    ("From", "Friend <friend@sender.example>"),
+    ("To", "alice@example.com"),
+    ("Subject", "hello"),
+    ("Message-ID", "<s1@sender.example>"),
+]
+
+
+def assert_reply(answer: Answer, reply_id: str) -> None:
+    code, xcode, _en, _zh = SPEC[reply_id]
+    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
+        "reply",
+        code,
+        xcode,
+        (default_line(reply_id),),
+    ), f"{reply_id}: got {answer}"
+
+
+def accepted(answer: Answer) -> bool:
+    return answer.kind in ("continue", "accept")
+
+
+def deliver(
+    service: Running,
+    body: str | bytes,
+    headers: list[tuple[str, str]] = HEADERS,
+    sender: str = "friend@sender.example",
+    ip: str = UNTRUSTED_IP,
+    esmtp: tuple[str, ...] = (),
+) -> tuple[Answer, list[tuple[str, dict[str, str]]]]:
+    with service.session() as s:
+        s.connect(ip)
+        s.helo("mail.sender.example")
+        mail = s.mail(f"<{sender}>", *esmtp)
+        if mail.kind != "continue":
+            return mail, []
+        assert s.rcpt("<alice@example.com>").kind == "continue"
+        final, mods, _early = s.message(headers, body)
+        return final, mods
+
+
+# --- virus ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    daemon = start_clamd(tmp_path_factory.mktemp("clamd"), stream_max_length=4 * 1024 * 1024)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def virus_service(clamd: Clamd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    extra = {"virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"}}
+    with running(make_site(tmp_path_factory.mktemp("virus"), extra)) as svc:
+        yield svc
+
+
+def test_virus_found_in_body(virus_service: Running) -> None:
+    final, _ = deliver(virus_service, b"here it comes:\r\n" + EICAR + b"\r\n")
+    assert_reply(final, "virus_found")
+    log = virus_service.log()
+    assert "Smtpguard.Test.EICAR" in log  # the name is logged, never sent
+    assert "EICAR" not in final.text
+
+
+def test_virus_found_in_base64_attachment(virus_service: Running) -> None:
+    data = base64.encodebytes(EICAR).decode().replace("\n", "\r\n")
+    headers = [*HEADERS, ("MIME-Version", "1.0"), ("Content-Type", "multipart/mixed; boundary=b")]
+    body = (
+        "--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        "--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        f'Content-Disposition: attachment; filename="x.com"\r\n\r\n{data}--b--\r\n'
+    )
+    final, _ = deliver(virus_service, body, headers)
+    assert_reply(final, "virus_found")
+
+
+def test_virus_after_the_first_chunk(virus_service: Running) -> None:
+    body = b"".join(b"clean line %d\r\n" % i for i in range(20_000)) + EICAR + b"\r\n"
+    assert len(body) > 3 * 65535
+    final, _ = deliver(virus_service, body)
+    assert_reply(final, "virus_found")
+
+
+def test_clean_message_passes_the_scanner(virus_service: Running) -> None:
+    final, _ = deliver(virus_service, "Hello Alice.\r\n" * 100)
+    assert accepted(final)
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("tempfail", "internal_error"), ("pass", None)])
+def test_scanner_down(tmp_path: Path, policy: str, expected: str | None) -> None:
+    extra = {
+        "virus": {"backend": "clamd", "clamd_socket": f"unix:{tmp_path}/no-clamd.sock"},
+        "checks": {"virus": {"on_temp_error": policy}},
+    }
+    with running(make_site(tmp_path / "site", extra)) as service:
+        final, _ = deliver(service, "Hello\r\n")
+        log = service.log()
+    if expected is None:
+        assert accepted(final)
+    else:
+        assert_reply(final, expected)
+    assert "scanner failed" in log
+
+
+def test_command_hook(tmp_path: Path) -> None:
+    hook = tmp_path / "scan.sh"
+    hook.write_text(
+        "#!/bin/sh\n# exit 1 and the name on stdout when the marker is in the message\n"
+        'if grep -q BADSTUFF; then echo "Test.Marker"; exit 1; fi\nexit 0\n'
+    )
+    hook.chmod(0o755)
+    extra = {"virus": {"backend": "command", "command": [str(hook)], "timeout": 10}}
+    with running(make_site(tmp_path / "site", extra)) as service:
+        final, _ = deliver(service, "some BADSTUFF here\r\n")
+        assert_reply(final, "virus_found")
+        final, _ = deliver(service, "all fine\r\n")
+        assert accepted(final)
+        assert "Test.Marker" in service.log()
+
+
+# --- anti-spam ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rules_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running(make_site(tmp_path_factory.mktemp("rules"), {})) as svc:
+        yield svc
+
+
+def test_builtin_rules_reject_gtube(rules_service: Running) -> None:
+    final, _ = deliver(rules_service, b"test\r\n" + GTUBE + b"\r\n")
+    assert_reply(final, "antispam_reject")
+
+
+def test_builtin_rules_add_spam_headers_between_thresholds(rules_service: Running) -> None:
+    headers = [
+        ("From", "promo@sender.example"),
+        ("To", "alice@example.com"),
+        ("Subject", "Congratulations, you have won"),
+        ("X-Mailer", "Mass Mail Pro 3"),
+    ]
+    body = "You are the winner of our lottery! Claim ten million dollars today.\r\n"
+    final, mods = deliver(rules_service, body, headers)
+    assert accepted(final)
+    added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == "h"}
+    assert added["X-Spam-Flag"] == "YES"
+    assert 6.0 <= float(added["X-Spam-Score"]) < 15.0
+
+
+def test_clean_mail_gets_no_spam_header(rules_service: Running) -> None:
+    final, mods = deliver(rules_service, "Lunch tomorrow?\r\n")
+    assert accepted(final)
+    assert not [m for m in mods if m[0] == "h" and m[1]["name"].startswith("X-Spam")]
+
+
+@pytest.fixture(scope="module")
+def rspamd_service(rspamd: Rspamd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    extra = {
+        "antispam": {"engine": "rspamd", "engine_socket": f"inet:127.0.0.1:{rspamd.port}"},
+        # The built-in rules alone would already refuse GTUBE; raise their weight out
+        # of the way to prove rspamd's verdict is used.
+        "checks": {"antispam": {"on_temp_error": "pass"}},
+    }
+    with running(make_site(tmp_path_factory.mktemp("rspamd-svc"), extra)) as svc:
+        yield svc
+
+
+def test_rspamd_rejects_gtube(rspamd_service: Running) -> None:
+    final, _ = deliver(rspamd_service, b"Subject line\r\n" + GTUBE + b"\r\n")
+    assert_reply(final, "antispam_reject")
+    assert "rspamd" in rspamd_service.log()
+
+
+def test_rspamd_passes_clean_mail(rspamd_service: Running) -> None:
+    final, _ = deliver(rspamd_service, "Hi Alice, see you at lunch.\r\n" * 3)
+    assert accepted(final)
+
+
+def test_engine_down_passes_by_default(tmp_path: Path) -> None:
+    extra = {"antispam": {"engine": "rspamd", "engine_socket": "inet:127.0.0.1:9"}}
+    with running(make_site(tmp_path / "site", extra)) as service:
+        final, _ = deliver(service, "Hello\r\n")
+        assert accepted(final)
+        final, _ = deliver(service, b"x\r\n" + GTUBE + b"\r\n")  # built-in rules still work
+        assert_reply(final, "antispam_reject")
+        assert "spam engine" in service.log()
+
+
+# --- same-size bulk -------------------------------------------------------------------
+
+BULK = {"bulk": {"threshold": 3, "window": 600}}
+
+
+def test_same_size_flood_in_process(tmp_path: Path) -> None:
+    with running(make_site(tmp_path / "site", BULK)) as service:
+        for i in range(3):
+            final, _ = deliver(service, f"Offer number {i:04d}\r\n" * 40)
+            assert accepted(final), i
+        final, _ = deliver(service, "Offer number 9999\r\n" * 40)
+        assert_reply(final, "same_size_flood")
+        # A different sender, or a very different size, is not affected.
+        final, _ = deliver(service, "Offer number 9999\r\n" * 40, sender="other@sender.example")
+        assert accepted(final)
+        final, _ = deliver(service, "Offer number 9999\r\n" * 400)
+        assert accepted(final)
+        # Declared early: SIZE= near the flooded size is refused at MAIL FROM.
+        with service.session() as s:
+            s.connect(UNTRUSTED_IP)
+            s.helo("mail.sender.example")
+            size = sum(len(n) + len(v) + 4 for n, v in HEADERS) + 2 + 19 * 40
+            assert_reply(s.mail("<friend@sender.example>", f"SIZE={size}"), "same_size_flood")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def redis_site(tmp: Path, server: RedisServer, on_error: str = "error") -> dict[str, Any]:
+    return {
+        **BULK,
+        "state": {
+            "backend": "redis",
+            "redis_url": server.url,
+            "on_redis_error": on_error,
+            "timeout": 0.5,
+        },
+    }
+
+
+def test_two_instances_share_one_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    extra = redis_site(tmp_path, redis_server)
+    with (
+        running(make_site(tmp_path / "a", extra)) as a,
+        running(make_site(tmp_path / "b", extra)) as b,
+    ):
+        for service, count in ((a, 2), (b, 1)):
+            for i in range(count):
+                final, _ = deliver(service, f"Offer number {i:04d}\r\n" * 40)
+                assert accepted(final)
+        # B has seen 2 messages (below the threshold of 3), but together with A's 2
+        # the count is 4: the limit holds across hosts.
+        final, _ = deliver(b, "Offer number 7777\r\n" * 40)
+        assert_reply(final, "same_size_flood")
+
+
+def test_redis_blacklist_is_shared(tmp_path: Path, redis_server: RedisServer) -> None:
+    extra = redis_site(tmp_path, redis_server)
+    site_a, site_b = make_site(tmp_path / "a", extra), make_site(tmp_path / "b", extra)
+    smtpguard(site_a, "blacklist", "add", "pest@sender.example")
+    with running(site_b) as b, b.session() as s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert_reply(s.mail("<pest@sender.example>"), "black_mail_address")
+
+
+@pytest.mark.parametrize(("on_error", "reply"), [("error", "database_temp_error"), ("local", None)])
+def test_redis_killed_mid_run(
+    tmp_path: Path, redis_server: RedisServer, on_error: str, reply: str | None
+) -> None:
+    extra = redis_site(tmp_path, redis_server, on_error)
+    extra["checks"] = {"blacklist": {"on_temp_error": "pass"}}
+    with running(make_site(tmp_path / "site", extra)) as service:
+        final, _ = deliver(service, "before the outage\r\n" * 10)
+        assert accepted(final)
+        redis_server.kill()
+        for i in range(3):
+            final, _ = deliver(service, "during the outage\r\n" * 10)
+            if reply is not None:
+                assert_reply(final, reply)
+            elif i < 2:
+                assert accepted(final)
+            else:
+                # Counting went on locally, the hit before the outage included.
+                assert_reply(final, "same_size_flood")
+        assert service.process.poll() is None  # no crash
+        log = service.log()
+    # The outage is logged once, not per message.
+    assert log.count("counter backend redis unreachable") == 1, log
+
+
+def test_declared_size_uses_the_same_counter(tmp_path: Path) -> None:
+    with (
+        running(make_site(tmp_path / "site", BULK)) as service,
+        MilterSession(str(service.site.socket)) as s,
+    ):
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert s.mail("<friend@sender.example>", "SIZE=5000").kind == "continue"
