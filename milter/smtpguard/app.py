@@ -22,6 +22,7 @@ from smtpguard.counters import (
 )
 from smtpguard.directory import Directory, NoDirectory, SqliteDirectory
 from smtpguard.dns import Resolver, make_resolver
+from smtpguard.metrics import Metrics, NullMetrics
 from smtpguard.pipeline import CHECK_NAMES, Pipeline
 from smtpguard.replies import ReplyTable, load_replies
 from smtpguard.state import Blacklist, RedisBlacklist, SessionGate, SqliteBlacklist
@@ -46,6 +47,7 @@ def build_runtime(
     blacklist: Blacklist | None = None,
     dns: Resolver | None = None,
     previous: Runtime | None = None,
+    metrics: Metrics | None = None,
 ) -> Runtime:
     """Build every part; raise :class:`ConfigError` if any is unusable.
 
@@ -76,8 +78,15 @@ def build_runtime(
         and previous.config.bulk == config.bulk
         else None
     ) or make_counter(config)
+    if metrics is None:
+        metrics = previous.services.metrics if previous is not None else NullMetrics()
     services = Services(
-        config=config, directory=directory, blacklist=blacklist, dns=dns, counter=counter
+        config=config,
+        directory=directory,
+        blacklist=blacklist,
+        dns=dns,
+        counter=counter,
+        metrics=metrics,
     )
     return Runtime(config, replies, services, Pipeline(services, replies))
 

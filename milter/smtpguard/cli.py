@@ -16,6 +16,7 @@ from smtpguard.app import Runtime, build_runtime, load, make_blacklist, new_gate
 from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
 from smtpguard.explain import explain_main
+from smtpguard.metrics import PrometheusMetrics
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf, sendmail_mc
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.simulate import Envelope, simulate
@@ -39,7 +40,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s smtpguard[%(process)d]: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    runtime = build_runtime(config)
+    gate = new_gate(config)
+    prometheus = PrometheusMetrics(lambda: gate.active) if config.metrics.enabled else None
+    runtime = build_runtime(config, metrics=prometheus)
+    app = App(runtime, gate)
+    if prometheus is not None:
+        # Read at scrape time: a reload may bring another resolver.
+        prometheus.watch_dns(lambda: app.runtime.services.dns)
+        prometheus.serve(config.metrics.listen, config.metrics.port)
     sock = config.milter.socket
     if sock.startswith(("unix:", "local:")):
         Path(sock.split(":", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +62,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         # previous= keeps the resolver (its thread, sockets and cache) when [dns] is unchanged.
         return build_runtime(new, previous=app.runtime)
 
-    app = App(runtime, new_gate(config))
     serve(app, reload)
     logging.getLogger("smtpguard").info("smtpguard stopped")
     return 0

@@ -296,6 +296,14 @@ class AntispamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    #: Prometheus endpoint; off by default.
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    port: int = 9357
+
+
+@dataclass(frozen=True, slots=True)
 class BulkConfig:
     #: What identifies a sender: any of "sender", "sender_domain", "client_ip", "login".
     key: tuple[str, ...] = ("sender", "client_ip")
@@ -425,6 +433,7 @@ class Config:
     virus: VirusConfig = field(default_factory=VirusConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     bulk: BulkConfig = field(default_factory=BulkConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def check(self, name: str) -> CheckSettings:
         return self.checks.get(name) or CHECK_DEFAULTS.get(name, _DEFAULT_CHECK)
@@ -496,6 +505,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     virus = _virus(root.table("virus"))
     antispam = _antispam(root.table("antispam"))
     bulk = _bulk(root.table("bulk"))
+    metrics = _metrics(root.table("metrics"), milter.allow_remote_socket)
     root.done()
     _require_resolver(root, dns, dnsbl, explicit)
     return Config(
@@ -516,7 +526,29 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
         virus=virus,
         antispam=antispam,
         bulk=bulk,
+        metrics=metrics,
     )
+
+
+def _metrics(s: _Section, allow_remote: bool) -> MetricsConfig:
+    d = MetricsConfig()
+    out = MetricsConfig(
+        enabled=s.boolean("enabled", d.enabled),
+        listen=s.string("listen", d.listen),
+        port=s.integer("port", d.port, minimum=1),
+    )
+    s.done()
+    try:
+        loopback = ipaddress.ip_address(out.listen).is_loopback
+    except ValueError:
+        raise s.error("listen", f"not an IP address: {out.listen!r}") from None
+    if out.port > 65535:
+        raise s.error("port", "must be at most 65535")
+    if not loopback and not allow_remote:
+        raise s.error(
+            "listen", "not a loopback address; set milter.allow_remote_socket = true to expose it"
+        )
+    return out
 
 
 def _endpoint(s: _Section, name: str, default: str) -> str:

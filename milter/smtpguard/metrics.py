@@ -6,10 +6,15 @@ Everything that records a metric takes a :class:`Metrics`; the default
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from smtpguard.dns import Resolver
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -17,7 +22,6 @@ _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 class Metrics(Protocol):
     def decision(self, reply_id: str, mode: str, action: str) -> None: ...
     def stage_seconds(self, stage: str, seconds: float) -> None: ...
-    def dns_cache(self, hit: bool) -> None: ...
     def backend_error(self, backend: str) -> None: ...
 
 
@@ -28,11 +32,27 @@ class NullMetrics:
     def stage_seconds(self, stage: str, seconds: float) -> None:
         pass
 
-    def dns_cache(self, hit: bool) -> None:
-        pass
-
     def backend_error(self, backend: str) -> None:
         pass
+
+
+class _DnsCacheCollector(Collector):
+    """Reads the resolver's own hit/miss counters at scrape time (no per-lookup cost)."""
+
+    def __init__(self, resolver: Callable[[], Resolver | None]) -> None:
+        self.resolver = resolver
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        resolver = self.resolver()
+        if resolver is None:
+            return
+        hits, misses = resolver.stats.hits, resolver.stats.misses
+        family = CounterMetricFamily(
+            "smtpguard_dns_cache_lookups", "DNS cache lookups by result", labels=("result",)
+        )
+        family.add_metric(("hit",), hits)
+        family.add_metric(("miss",), misses)
+        yield family
 
 
 class PrometheusMetrics:
@@ -49,12 +69,6 @@ class PrometheusMetrics:
             "Time spent in the pipeline per milter stage",
             ("stage",),
             buckets=_STAGE_BUCKETS,
-            registry=self.registry,
-        )
-        self._dns = Counter(
-            "smtpguard_dns_cache_lookups",
-            "DNS cache lookups by result",
-            ("result",),
             registry=self.registry,
         )
         self._errors = Counter(
@@ -74,11 +88,11 @@ class PrometheusMetrics:
     def stage_seconds(self, stage: str, seconds: float) -> None:
         self._stage.labels(stage).observe(seconds)
 
-    def dns_cache(self, hit: bool) -> None:
-        self._dns.labels("hit" if hit else "miss").inc()
-
     def backend_error(self, backend: str) -> None:
         self._errors.labels(backend).inc()
+
+    def watch_dns(self, resolver: Callable[[], Resolver | None]) -> None:
+        self.registry.register(_DnsCacheCollector(resolver))
 
     def serve(self, address: str, port: int) -> None:
         start_http_server(port, addr=address, registry=self.registry)

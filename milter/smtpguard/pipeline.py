@@ -133,6 +133,7 @@ class Pipeline:
         self.services = services
         self.config: Config = services.config
         self.replies = replies
+        self.metrics = services.metrics
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
         without_dns = []
@@ -168,7 +169,13 @@ class Pipeline:
         return bool(self.stages[stage])
 
     def run(self, stage: Stage, conn: Connection, event: Event | None = None) -> Decision:
-        event = event or Event()
+        started = time.perf_counter()
+        try:
+            return self._run(stage, conn, event or Event())
+        finally:
+            self.metrics.stage_seconds(stage.value, time.perf_counter() - started)
+
+    def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         if event.deadline is None:
             event.deadline = time.monotonic() + self.stage_deadline
         if stage in _PREFETCH_STAGES and conn.admitted:
@@ -366,6 +373,10 @@ class Pipeline:
             ("rcpt", f"<{event.rcpt.text}>" if event.rcpt else event.rcpt_raw or None),
             ("detail", verdict.detail or None),
         )
+        if action != "deferred":
+            self.metrics.decision(verdict.reply_id, mode, action)
+        if isinstance(verdict, TempError):
+            self.metrics.backend_error(check)
         level = logging.WARNING if verdict.reply_id == "internal_error" else logging.INFO
         log.log(level, "decision %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 

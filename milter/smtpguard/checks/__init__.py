@@ -17,9 +17,11 @@ the transaction ends, whatever way it ends, so streams and spools are closed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from smtpguard.metrics import Metrics, NullMetrics
 
 if TYPE_CHECKING:
     from smtpguard.address import Address
@@ -54,6 +56,8 @@ class Services:
     dns: Resolver | None = None
     #: Same-size bulk counters (in process, or Redis shared by several hosts).
     counter: SizeBucketCounter | None = None
+    #: Where decisions, stage timings and backend errors are counted.
+    metrics: Metrics = field(default_factory=NullMetrics)
 
 
 @dataclass(slots=True)
