@@ -444,7 +444,7 @@ def test_may_post(
 
 def test_missing_file(tmp_path: Path) -> None:
     directory = SqliteDirectory(tmp_path / "absent.sqlite", timeout=0.1)
-    with pytest.raises(DirectoryError, match="absent.sqlite: unable to open"):
+    with pytest.raises(DirectoryError, match=r"absent\.sqlite: unable to open"):
         directory.recipient("a@example.com")
     with pytest.raises(DirectoryError):
         directory.login("a")
