@@ -141,7 +141,7 @@ def test_prefetch_runs_before_the_stage_checks_and_errors_are_contained(
 ) -> None:
     pipeline = build(tmp_path, resolver)
     recorder = Recorder(fail=True)
-    pipeline.stages[Stage.CONNECT].append((recorder, pipeline.config.check("recorder")))
+    pipeline.add_check(recorder, pipeline.config.check("recorder"))
     conn = connection()
     assert pipeline.run(Stage.CONNECT, conn).action is Action.CONTINUE
     assert recorder.events == ["prefetch", "check deadline=True"]

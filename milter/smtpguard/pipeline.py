@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import cast
 
-from smtpguard.checks import Check, Event, Observing, Services, Stage
+from smtpguard.checks import Check, Event, Observing, Prefetching, Services, Stage
 from smtpguard.checks.antispam import AntiSpam
 from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
@@ -146,13 +146,11 @@ class Pipeline:
                 continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__
             self.stages[cls.stage].append((check, settings))
-        enabled = [check for checks in self.stages.values() for check, _ in checks]
-        self.prefetchers: list[Callable[[Connection], None]] = [
-            c.prefetch for c in enabled if hasattr(c, "prefetch")
-        ]
-        self.observers: list[Observing] = [
-            cast(Observing, c) for c in enabled if hasattr(c, "observe") and hasattr(c, "discard")
-        ]
+        self.prefetchers: list[Check] = []
+        self.observers: list[Observing] = []
+        for checks in self.stages.values():
+            for check, _settings in checks:
+                self._register_hooks(check)
         if without_dns:
             # The config loader refuses DNS checks that were asked for explicitly; these
             # are the defaults, inactive until a resolver is configured.
@@ -164,6 +162,19 @@ class Pipeline:
             if content.add_loop_marker
             else ()
         )
+
+    def add_check(self, check: Check, settings: CheckSettings) -> None:
+        """Append a check to its stage (plugins, tests), with its hooks."""
+        self.stages[check.stage].append((check, settings))
+        self._register_hooks(check)
+
+    def _register_hooks(self, check: Check) -> None:
+        # Looked up once here, not per session: a runtime Protocol check at every
+        # connect would cost more than the lookups prefetch starts.
+        if hasattr(check, "prefetch"):
+            self.prefetchers.append(check)
+        if hasattr(check, "observe") and hasattr(check, "discard"):
+            self.observers.append(cast(Observing, check))
 
     def wants(self, stage: Stage) -> bool:
         return bool(self.stages[stage])
@@ -200,13 +211,13 @@ class Pipeline:
 
     def _prefetch(self, conn: Connection) -> None:
         """Let every enabled check start its lookups; never blocks, never decides."""
-        for prefetch in self.prefetchers:
+        for check in self.prefetchers:
             try:
-                prefetch(conn)
+                cast(Prefetching, check).prefetch(conn)
             except Exception:
                 # The check looks up for itself when it decides; an error then
                 # becomes a verdict the normal way.
-                log.exception("sid=%s prefetch %s failed", conn.session_id, prefetch)
+                log.exception("sid=%s check=%s prefetch failed", conn.session_id, check.name)
 
     def end_transaction(self, txn: Transaction | None) -> None:
         """Release what checks hold for a transaction (scanner streams, spools)."""

@@ -11,17 +11,20 @@ from __future__ import annotations
 import base64
 import re
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support.daemons import EICAR, GTUBE, start_clamd
 from support.dovecot import start_dovecot
 from support.expected import SPEC, default_line
 from support.postfix import Postfix, start_postfix
 from support.service import Running, Site, make_site, running, smtpguard
 from support.smtp import Reply, SmtpClient
+from support.unbound import GOOD_IP, NO_PTR_IP, RBL_IP, RELAY_IP, DnsServer
 
 pytestmark = pytest.mark.integration
 
@@ -394,3 +397,113 @@ def test_dead_milter_defers_never_accepts() -> None:
             assert c.cmd("MAIL FROM:<alice@example.com>").code == 451
     finally:
         postfix.stop()
+
+
+# --- DNS, scanners and bulk through Postfix -----------------------------------------
+
+DNS_ZONES = """
+[[dnsbl.zones]]
+name = "rbl.test"
+kind = "rbl"
+answers = ["127.0.0.2-127.0.0.11"]
+
+[[dnsbl.zones]]
+name = "relays.test"
+kind = "openrelay"
+"""
+GOOD = {"addr": GOOD_IP, "name": "mx.good.test", "helo": "mx.good.test"}
+
+
+@pytest.fixture(scope="module")
+def full_stack(unbound: DnsServer) -> Iterator[tuple[Running, Postfix]]:
+    clamd_dir = Path(tempfile.mkdtemp(prefix="smtpguard-clamd-"))
+    clamd = start_clamd(clamd_dir)
+    site = e2e_site(
+        "full",
+        {
+            "dns": {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0},
+            "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"},
+            "bulk": {"threshold": 2},
+        },
+    )
+    with site.config.open("a", encoding="utf-8") as fh:
+        fh.write(DNS_ZONES)
+    try:
+        with running(site) as service:
+            postfix = start_postfix(site.config)
+            try:
+                yield service, postfix
+            finally:
+                postfix.stop()
+    finally:
+        clamd.stop()
+
+
+@pytest.mark.parametrize(
+    ("ident", "sender", "reply_id"),
+    [
+        ({**GOOD, "addr": RBL_IP, "name": "[UNAVAILABLE]"}, "someone@good.test", "rbl_deny"),
+        (
+            {**GOOD, "addr": RELAY_IP, "name": "[UNAVAILABLE]"},
+            "someone@good.test",
+            "openrelay_check",
+        ),
+        (
+            {**GOOD, "addr": NO_PTR_IP, "name": "[UNAVAILABLE]"},
+            "someone@good.test",
+            "smtpport_check",
+        ),
+        (GOOD, "someone@nx.test", "sender_unvalidated"),
+        (GOOD, "someone@spf-fail.test", "remote_ip_mismatch"),
+    ],
+)
+def test_dns_replies_through_postfix(
+    full_stack: tuple[Running, Postfix], ident: dict[str, str], sender: str, reply_id: str
+) -> None:
+    _service, postfix = full_stack
+    with client(postfix, ident) as c:
+        assert_table(c.cmd(f"MAIL FROM:<{sender}>"), reply_id)
+    with client(postfix, GOOD) as c:
+        assert c.cmd("MAIL FROM:<someone@good.test>").code == 250
+
+
+def send_good(postfix: Postfix, message: bytes) -> Reply:
+    with client(postfix, GOOD) as c:
+        assert c.cmd("MAIL FROM:<someone@good.test>").code == 250
+        assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+        return c.data(message)
+
+
+def test_virus_found_through_postfix(full_stack: tuple[Running, Postfix]) -> None:
+    _service, postfix = full_stack
+    message = HEADERS.format(n=20).encode() + b"\r\nhere:\r\n" + EICAR + b"\r\n"
+    assert_table(send_good(postfix, message), "virus_found")
+
+
+def test_antispam_reject_through_postfix(full_stack: tuple[Running, Postfix]) -> None:
+    _service, postfix = full_stack
+    message = HEADERS.format(n=21).encode() + b"\r\nbuy now\r\n" + GTUBE + b"\r\n"
+    assert_table(send_good(postfix, message), "antispam_reject")
+
+
+def test_same_size_flood_through_postfix(full_stack: tuple[Running, Postfix]) -> None:
+    _service, postfix = full_stack
+    replies = [
+        send_good(postfix, (HEADERS.format(n=30 + i) + "\r\n" + "same offer\r\n" * 30).encode())
+        for i in range(3)
+    ]
+    assert [r.code for r in replies[:2]] == [250, 250]
+    assert_table(replies[2], "same_size_flood")
+
+
+def test_internal_error_through_postfix() -> None:
+    site = e2e_site("faulty")
+    script = Path(__file__).resolve().parents[1] / "support" / "faulty_service.py"
+    with running(site, [sys.executable, str(script), str(site.config)]):
+        postfix = start_postfix(site.config)
+        try:
+            with client(postfix, UNTRUSTED) as c:
+                assert c.cmd("MAIL FROM:<outsider@sender.example>").code == 250
+                assert_table(c.cmd("RCPT TO:<alice@example.com>"), "internal_error")
+        finally:
+            postfix.stop()
