@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import shlex
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -17,14 +18,17 @@ from typing import ClassVar, Protocol
 import pytest
 
 from smtpguard.address import AddressError, parse_path
+from smtpguard.app import build_runtime, load
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import CheckSettings, load_config
 from smtpguard.directory import Kind, Login, Recipient
+from smtpguard.driver import SessionDriver
 from smtpguard.pipeline import CHECK_NAMES, CONTINUE, Action, Decision, Pipeline
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
-from smtpguard.state import StateError
+from smtpguard.state import SessionGate, StateError
 from smtpguard.verdict import Hit, Verdict
+from support.service import make_site
 
 SITE_TOML = """\
 [site]
@@ -567,3 +571,25 @@ def test_per_language_form(build: BuildHarness) -> None:
         "553-5.7.1 host denies the sender.",
         "553 5.7.1 拒绝发件人地址",
     ]
+
+
+def test_report_mode_can_stamp_a_header(tmp_path: Path) -> None:
+
+    site = make_site(
+        tmp_path,
+        {
+            "milter": {"report_header": "X-Smtpguard-Report"},
+            "checks": {"sender_deny": {"mode": "report"}},
+        },
+    )
+    runtime = build_runtime(load(site.config))
+
+    driver = SessionDriver(runtime, SessionGate(10), {"v": "Postfix 3.7.11"}.get)
+    driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
+    driver.helo("mail.sender.example")
+    assert driver.mail("<spammer@bad.example>", ()).action is Action.CONTINUE
+    assert driver.rcpt("<alice@example.com>").action is Action.CONTINUE
+    driver.data()
+    driver.eoh()
+    decision = driver.eom()
+    assert ("X-Smtpguard-Report", "host_denies_sender") in decision.headers

@@ -98,3 +98,23 @@ def test_authenticated_session_and_sendmail_ascii(site: Site) -> None:
         check=False,
     )
     assert "554 5.7.1 mail address invalid.   [sender_mismatch]" in result.stdout
+
+
+def test_every_check_outcome_is_listed(site: Site) -> None:
+    result = smtpguard(
+        site,
+        "simulate",
+        "--client",
+        "198.51.100.7",
+        "--helo",
+        "mail.sender.example",
+        "--from",
+        "friend@sender.example",
+        "--to",
+        "nobody@example.com",
+        check=False,
+    )
+    lines = result.stdout.splitlines()
+    assert "    mail sender_deny: pass" in lines
+    assert "    rcpt relay: pass" in lines
+    assert any(x.startswith("    rcpt mailbox: hit mailbox_unavailable") for x in lines)

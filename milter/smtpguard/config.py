@@ -161,6 +161,9 @@ class MilterConfig:
     user: str = ""
     #: Allow an inet: socket on a non-loopback address (exposes the milter protocol).
     allow_remote_socket: bool = False
+    #: Header naming the reply ids that report-mode checks found, added to accepted
+    #: mail ("" = none), e.g. "X-Smtpguard-Report".
+    report_header: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,7 +651,10 @@ def _milter(s: _Section) -> MilterConfig:
         socket_group=s.string("socket_group", d.socket_group),
         user=s.string("user", d.user),
         allow_remote_socket=s.boolean("allow_remote_socket", d.allow_remote_socket),
+        report_header=s.string("report_header", d.report_header),
     )
+    if out.report_header and not _HEADER_NAME.match(out.report_header):
+        raise s.error("report_header", "not a header field name")
     s.done()
     for key, name, db in (
         ("socket_owner", out.socket_owner, pwd.getpwnam),

@@ -134,6 +134,7 @@ class Pipeline:
         self.config: Config = services.config
         self.replies = replies
         self.metrics = services.metrics
+        self.report_header = self.config.milter.report_header
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
         without_dns = []
@@ -205,6 +206,9 @@ class Pipeline:
         if stage is Stage.EOM and txn is not None:
             self.end_transaction(txn)
             headers = (*txn.add_headers, *self.eom_headers)
+            reported: list[str] | None = txn.scratch.get(_REPORTED)
+            if reported:
+                headers = (*headers, (self.report_header, ", ".join(dict.fromkeys(reported))))
             if decision.action is Action.CONTINUE and headers:
                 return Decision(Action.CONTINUE, headers=headers)
         return decision
@@ -256,71 +260,81 @@ class Pipeline:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
 
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
+        trace: list[str] | None = conn.scratch.get(TRACE)
         for check, settings in self.stages[stage]:
+            mode = self._mode(settings)
             try:
                 verdict = check(conn, event)
             except Exception:
                 log.exception(
                     "sid=%s check=%s raised; answering internal_error", conn.session_id, check.name
                 )
-                if self._mode(settings) == "report":
+                if trace is not None:
+                    trace.append(f"{stage.value} {check.name}: exception")
+                if mode == "report":
                     continue
                 return self.internal_error(conn, stage, check.name)
-            if verdict is None:
-                continue
-            mode = self._mode(settings)
-            if mode == "report":
-                if stage in _CONTENT_STAGES and not _first_report(conn, check.name, stage):
-                    continue
-                self._log(
-                    stage=stage,
-                    conn=conn,
-                    event=event,
+            if trace is not None:
+                trace.append(f"{stage.value} {check.name}: {_outcome(verdict)}")
+            if verdict is not None:
+                decision = self._act(
+                    stage,
+                    conn,
+                    event,
                     check=check.name,
-                    verdict=verdict,
+                    settings=settings,
                     mode=mode,
-                    action="pass",
-                )
-                continue
-            if isinstance(verdict, TempError) and settings.on_temp_error == "pass":
-                self._log(
-                    stage=stage,
-                    conn=conn,
-                    event=event,
-                    check=check.name,
                     verdict=verdict,
-                    mode=mode,
-                    action="pass",
                 )
-                continue
-            if stage in _DEFERRED_TO_EOM and conn.txn is not None:
-                conn.txn.pending, conn.txn.pending_check = verdict, check.name
-                self._log(
-                    stage=stage,
-                    conn=conn,
-                    event=event,
-                    check=check.name,
-                    verdict=verdict,
-                    mode=mode,
-                    action="deferred",
-                )
-                return SKIP if stage is Stage.BODY else CONTINUE
-            if stage in _DEFERRED_STAGES:
-                # Keep the first one; it is delivered at every MAIL FROM of the session.
-                if conn.pending is None:
-                    conn.pending, conn.pending_check = verdict, check.name
-                self._log(
-                    stage=stage,
-                    conn=conn,
-                    event=event,
-                    check=check.name,
-                    verdict=verdict,
-                    mode=mode,
-                    action="deferred",
-                )
-                return CONTINUE
-            return self._decide(stage, conn, event, check.name, verdict)
+                if decision is not None:
+                    return decision
         return CONTINUE
+
+    def _act(
+        self,
+        stage: Stage,
+        conn: Connection,
+        event: Event,
+        *,
+        check: str,
+        settings: CheckSettings,
+        mode: str,
+        verdict: Verdict,
+    ) -> Decision | None:
+        """What a verdict does; None lets the stage's next check run."""
+
+        def note(action: str) -> None:
+            self._log(
+                stage=stage,
+                conn=conn,
+                event=event,
+                check=check,
+                verdict=verdict,
+                mode=mode,
+                action=action,
+            )
+
+        if mode == "report":
+            if stage in _CONTENT_STAGES and not _first_report(conn, check, stage):
+                return None
+            if self.report_header and conn.txn is not None:
+                conn.txn.scratch.setdefault(_REPORTED, []).append(verdict.reply_id)
+            note("pass")
+            return None
+        if isinstance(verdict, TempError) and settings.on_temp_error == "pass":
+            note("pass")
+            return None
+        if stage in _DEFERRED_TO_EOM and conn.txn is not None:
+            conn.txn.pending, conn.txn.pending_check = verdict, check
+            note("deferred")
+            return SKIP if stage is Stage.BODY else CONTINUE
+        if stage in _DEFERRED_STAGES:
+            # Keep the first one; it is delivered at every MAIL FROM of the session.
+            if conn.pending is None:
+                conn.pending, conn.pending_check = verdict, check
+            note("deferred")
+            return CONTINUE
+        return self._decide(stage, conn, event, check, verdict)
 
     def internal_error(self, conn: Connection, stage: Stage, where: str) -> Decision:
         """The answer to an unexpected fault anywhere: ``internal_error``, a tempfail."""
@@ -390,6 +404,19 @@ class Pipeline:
             self.metrics.backend_error(check)
         level = logging.WARNING if verdict.reply_id == "internal_error" else logging.INFO
         log.log(level, "decision %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
+
+
+#: ``conn.scratch[TRACE] = []`` makes the pipeline record every check's outcome there
+#: (``smtpguard simulate`` shows them); absent, nothing is recorded.
+TRACE = "pipeline.trace"
+_REPORTED = "pipeline.report_ids"
+
+
+def _outcome(verdict: Verdict | None) -> str:
+    if verdict is None:
+        return "pass"
+    kind = "temporary error" if isinstance(verdict, TempError) else "hit"
+    return f"{kind} {verdict.reply_id} ({verdict.detail})" if verdict.detail else kind
 
 
 def _first_report(conn: Connection, check: str, stage: Stage) -> bool:

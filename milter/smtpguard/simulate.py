@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from smtpguard.app import Runtime
 from smtpguard.driver import SessionDriver
-from smtpguard.pipeline import Action, Decision
+from smtpguard.pipeline import TRACE, Action, Decision
 from smtpguard.state import SessionGate
 
 CHUNK = 65535  # what an MTA sends per body packet
@@ -80,10 +80,14 @@ def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
     if env.tls:
         macros["{tls_version}"] = "TLSv1.3"
     driver = SessionDriver(runtime, SessionGate(runtime.config.limits.max_sessions), macros.get)
+    trace: list[str] = []
+    driver.conn.scratch[TRACE] = trace
     family = socket.AF_INET6 if ":" in env.client else socket.AF_INET
 
     def step(label: str, decision: Decision) -> bool:
         out.append(f"{label:28} {_describe(decision)}")
+        out.extend(f"    {line}" for line in trace)
+        trace.clear()
         return decision.action in (Action.REJECT, Action.TEMPFAIL)
 
     try:
