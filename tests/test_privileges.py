@@ -1,0 +1,75 @@
+"""Socket ownership and mode, privilege drop, and exposure limits of the real service."""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from smtpguard.config import ConfigError, load_config
+from support.service import UNTRUSTED_IP, make_site, running
+
+pytestmark = pytest.mark.integration
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])  # real uid
+    raise AssertionError("no Uid line")
+
+
+def test_socket_permissions_and_privilege_drop() -> None:
+    # The unprivileged user must traverse the site directory after the drop.
+    root = Path(tempfile.mkdtemp(prefix="smtpguard-priv-"))
+    root.chmod(0o755)
+    site = make_site(
+        root,
+        {
+            "milter": {
+                "socket_owner": "nobody",
+                "socket_group": "nogroup",
+                "socket_mode": "0640",
+                "user": "nobody",
+            }
+        },
+    )
+    with running(site) as service:
+        info = site.socket.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o640
+        assert info.st_uid == pwd.getpwnam("nobody").pw_uid
+        assert info.st_gid == grp.getgrnam("nogroup").gr_gid
+        assert uid_of(service.process.pid) == pwd.getpwnam("nobody").pw_uid
+        with service.session() as s:
+            s.connect(UNTRUSTED_IP)
+            s.helo("mail.sender.example")
+            assert s.mail("<>").kind == "continue"
+            assert s.rcpt("<alice@example.com>").kind == "continue"
+        assert "dropped privileges to nobody" in service.log()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[milter]\nsocket = "inet:9999@0.0.0.0"\n', "non-loopback"),
+        ('[milter]\nsocket = "inet:9999@192.0.2.1"\n', "non-loopback"),
+        ('[milter]\nuser = "no-such-user-here"\n', "no such user"),
+        ('[milter]\nsocket_group = "no-such-group-here"\n', "no such user or group"),
+        ('[milter]\nsocket_mode = "rw-rw----"\n', "octal mode"),
+    ],
+)
+def test_exposure_and_identity_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_remote_socket_allowed_explicitly(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[milter]\nsocket = "inet:9999@192.0.2.1"\nallow_remote_socket = true\n')
+    assert load_config(path).milter.allow_remote_socket
