@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support.expected import SPEC, default_line
-from support.mtclient import Answer, MilterSession
+from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
@@ -27,20 +26,6 @@ TLS = {"{tls_version}": "TLSv1.3"}
 
 def auth(login: str, mech: str = "PLAIN") -> dict[str, str]:
     return {"{auth_authen}": login, "{auth_type}": mech}
-
-
-def assert_reply(answer: Answer, reply_id: str) -> None:
-    code, xcode, _en, _zh = SPEC[reply_id]
-    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
-        "reply",
-        code,
-        xcode,
-        (default_line(reply_id),),
-    ), f"{reply_id}: got {answer}"
-
-
-def assert_pass(answer: Answer) -> None:
-    assert answer.kind == "continue", f"expected continue, got {answer}"
 
 
 def open_session(

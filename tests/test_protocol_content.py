@@ -11,8 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.expected import SPEC, default_line
-from support.mtclient import Answer, MilterSession
+from support.mtclient import Answer, MilterSession, assert_reply
 from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running
 
 pytestmark = pytest.mark.integration
@@ -48,16 +47,6 @@ def envelope(service: Running, ip: str = UNTRUSTED_IP) -> MilterSession:
     assert s.mail("<friend@sender.example>").kind == "continue"
     assert s.rcpt("<alice@example.com>").kind == "continue"
     return s
-
-
-def assert_reply(answer: Answer, reply_id: str) -> None:
-    code, xcode, _en, _zh = SPEC[reply_id]
-    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
-        "reply",
-        code,
-        xcode,
-        (default_line(reply_id),),
-    ), f"{reply_id}: got {answer}"
 
 
 def deliver(

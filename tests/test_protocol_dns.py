@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from support.expected import SPEC, default_line
-from support.mtclient import Answer, MilterSession
+from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
 from support.service import TRUSTED_IP, Running, make_site, running
 from support.unbound import (
     A_ONLY_DOMAIN,
@@ -84,20 +83,6 @@ score = 2.5
 """
 
 ALL_DNS_CHECKS = ("rbl", "openrelay", "smtpport", "helo_dns", "sender_domain", "spf")
-
-
-def assert_reply(answer: Answer, reply_id: str) -> None:
-    code, xcode, _en, _zh = SPEC[reply_id]
-    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
-        "reply",
-        code,
-        xcode,
-        (default_line(reply_id),),
-    ), f"{reply_id}: got {answer}"
-
-
-def assert_pass(answer: Answer) -> None:
-    assert answer.kind == "continue", f"expected continue, got {answer}"
 
 
 def dns_service(

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from support.daemons import EICAR, GTUBE, Clamd, RedisServer, Rspamd, start_clamd, start_redis
-from support.expected import SPEC, default_line
-from support.mtclient import Answer, MilterSession
+from support.mtclient import Answer, MilterSession, assert_reply
 from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
@@ -23,16 +22,6 @@ HEADERS = [
     ("Subject", "hello"),
     ("Message-ID", "<s1@sender.example>"),
 ]
-
-
-def assert_reply(answer: Answer, reply_id: str) -> None:
-    code, xcode, _en, _zh = SPEC[reply_id]
-    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
-        "reply",
-        code,
-        xcode,
-        (default_line(reply_id),),
-    ), f"{reply_id}: got {answer}"
 
 
 def accepted(answer: Answer) -> bool:

@@ -2,51 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from support.service import Site, smtpguard
 
 
+def simulate(
+    site: Site, *args: str, sender: str = "friend@sender.example"
+) -> subprocess.CompletedProcess[str]:
+    """An untrusted client with a good HELO; ``args`` add to or override the envelope."""
+    base = ("--client", "198.51.100.7", "--helo", "mail.sender.example", "--from", sender)
+    return smtpguard(site, "simulate", *base, *args, check=False)
+
+
 def test_refused_sender_shows_the_exact_reply(site: Site) -> None:
-    result = smtpguard(
-        site,
-        "simulate",
-        "--client",
-        "198.51.100.7",
-        "--helo",
-        "mail.sender.example",
-        "--from",
-        "spammer@bad.example",
-        "--to",
-        "alice@example.com",
-        check=False,
-    )
+    result = simulate(site, "--to", "alice@example.com", sender="spammer@bad.example")
     assert result.returncode == 1
-    assert (
-        "553 5.7.1 host denies the sender. (拒绝发件人地址)   [host_denies_sender]" in result.stdout
-    )
+    expected = "553 5.7.1 host denies the sender. (拒绝发件人地址)   [host_denies_sender]"
+    assert expected in result.stdout
     assert "result: refused at MAIL FROM" in result.stdout
 
 
 def test_message_through_every_stage(site: Site, tmp_path: Path) -> None:
     eml = tmp_path / "m.eml"
     eml.write_text("From: a@sender.example\nSubject: hi\n\nhello\n")
-    result = smtpguard(
-        site,
-        "simulate",
-        "--client",
-        "198.51.100.7",
-        "--helo",
-        "mail.sender.example",
-        "--from",
-        "friend@sender.example",
-        "--to",
-        "alice@example.com",
-        "--to",
-        "x@foreign.example",
-        "--eml",
-        str(eml),
-        check=False,
+    result = simulate(
+        site, "--to", "alice@example.com", "--to", "x@foreign.example", "--eml", str(eml)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -59,61 +41,28 @@ def test_content_verdict_at_end_of_message(site: Site, tmp_path: Path) -> None:
     eml = tmp_path / "loop.eml"
     received = "Received: from a.example by b.example; Sat, 28 Nov 2026 17:00:00 +0000\n"
     eml.write_text(received * 31 + "Subject: loop\n\nhi\n")
-    result = smtpguard(
-        site,
-        "simulate",
-        "--client",
-        "198.51.100.7",
-        "--helo",
-        "mail.sender.example",
-        "--from",
-        "friend@sender.example",
-        "--to",
-        "alice@example.com",
-        "--eml",
-        str(eml),
-        check=False,
-    )
+    result = simulate(site, "--to", "alice@example.com", "--eml", str(eml))
     assert result.returncode == 1
     assert "552 5.4.6 looping message. (环回信件)   [looping_message]" in result.stdout
 
 
 def test_authenticated_session_and_sendmail_ascii(site: Site) -> None:
-    result = smtpguard(
+    result = simulate(
         site,
-        "simulate",
-        "--client",
-        "198.51.100.7",
-        "--helo",
-        "laptop.sender.example",
         "--login",
         "alice@example.com",
         "--tls",
         "--mta",
         "sendmail",
-        "--from",
-        "carol@example.com",
         "--to",
         "x@foreign.example",
-        check=False,
+        sender="carol@example.com",
     )
     assert "554 5.7.1 mail address invalid.   [sender_mismatch]" in result.stdout
 
 
 def test_every_check_outcome_is_listed(site: Site) -> None:
-    result = smtpguard(
-        site,
-        "simulate",
-        "--client",
-        "198.51.100.7",
-        "--helo",
-        "mail.sender.example",
-        "--from",
-        "friend@sender.example",
-        "--to",
-        "nobody@example.com",
-        check=False,
-    )
+    result = simulate(site, "--to", "nobody@example.com")
     lines = result.stdout.splitlines()
     assert "    mail sender_deny: pass" in lines
     assert "    rcpt relay: pass" in lines

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import pytest
 
+from support.daemons import EICAR, GTUBE, start_clamd
 from support.expected import SPEC
 from support.sendmail import (
     POLL_INTERVAL,
@@ -66,6 +67,16 @@ from support.sendmail import (
 )
 from support.service import RULES, Running, Site, make_site, merge, running, smtpguard
 from support.smtp import Reply, SmtpClient
+from support.unbound import (
+    LOOP_DOMAIN,
+    LOOP_GOOD_IP,
+    LOOP_NO_PTR_IP,
+    LOOP_RBL_IP,
+    LOOP_RELAY_IP,
+    NX_DOMAIN,
+    SPF_FAIL_DOMAIN,
+    DnsServer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -663,6 +674,148 @@ def test_sendmail_reject_nul_answers_first(strict_mta: Sendmail) -> None:
         assert_ascii(reply)
         assert reply.lines == ("554 5.6.1 NUL byte not allowed",)
         expect(c, "NOOP", OK)
+
+
+# --- DNS, scanners and bulk through Sendmail --------------------------------------
+
+#: The DNS lists of test_postfix.py's full_stack (data: support/unbound.py).
+DNS_ZONES = """
+[[dnsbl.zones]]
+name = "rbl.test"
+kind = "rbl"
+answers = ["127.0.0.2-127.0.0.11"]
+
+[[dnsbl.zones]]
+name = "relays.test"
+kind = "openrelay"
+"""
+#: The sender of the DNS site: its SPF record lets the loop.test clients send.
+LOOP_SENDER = f"someone@{LOOP_DOMAIN}"
+
+
+def helo_of(source: str) -> str:
+    """The HELO a loopback client of the DNS site uses: its PTR name (mx7.loop.test)."""
+    return f"mx{source.rsplit('.', 1)[1]}.{LOOP_DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def full_mta(
+    sendmail_install: SendmailInstall,
+    unbound: DnsServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Running, Sendmail]]:
+    """smtpguard with a resolver (the session's unbound), the DNS lists, clamd as its
+    virus scanner and a bulk threshold of 2, behind its own Sendmail."""
+    clamd = start_clamd(tmp_path_factory.mktemp("clamd"))
+    try:
+        with milter_socket_dir() as sockets:
+            sock = sockets / "smtpguard.sock"
+            site = guard_site(
+                tmp_path_factory.mktemp("full"),
+                sock,
+                {
+                    "dns": {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0},
+                    "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"},
+                    "bulk": {"threshold": 2},
+                },
+            )
+            with site.config.open("a", encoding="utf-8") as fh:
+                fh.write(DNS_ZONES)
+            mta_dir = tmp_path_factory.mktemp("full-mta")
+            with (
+                running(site, wait_for=str(sock)) as svc,
+                sendmail(sendmail_install, mta_dir, snippet(site)) as sm,
+            ):
+                yield svc, sm
+    finally:
+        clamd.stop()
+
+
+def loop_client(mta: Sendmail, source: str = LOOP_GOOD_IP) -> SmtpClient:
+    return greeted(mta.client(source=source), helo_of(source))
+
+
+def test_dns_site_accepts_a_good_client(full_mta: tuple[Running, Sendmail]) -> None:
+    """The control: forward-confirmed PTR, SPF pass, listed nowhere."""
+    _svc, mta = full_mta
+    with loop_client(mta) as c:
+        expect(c, f"MAIL FROM:<{LOOP_SENDER}>", sender_ok(f"<{LOOP_SENDER}>"))
+        expect(c, ALICE, ALICE_OK)
+        reply = c.data(HEADERS + b"\r\nDNS-GOOD-1\r\n")
+        assert reply.code == 250, reply
+    assert mta.wait_for_delivery(b"DNS-GOOD-1").recipient == "alice@example.com"
+
+
+@pytest.mark.parametrize(
+    ("source", "sender", "reply_id"),
+    [
+        (LOOP_RBL_IP, LOOP_SENDER, "rbl_deny"),
+        (LOOP_RELAY_IP, LOOP_SENDER, "openrelay_check"),
+        (LOOP_NO_PTR_IP, LOOP_SENDER, "smtpport_check"),
+        (LOOP_GOOD_IP, f"someone@{NX_DOMAIN}", "sender_unvalidated"),
+        (LOOP_GOOD_IP, f"someone@{SPF_FAIL_DOMAIN}", "remote_ip_mismatch"),
+    ],
+    ids=["rbl_deny", "openrelay_check", "smtpport_check", "sender_unvalidated", "spf_fail"],
+)
+def test_dns_replies(
+    full_mta: tuple[Running, Sendmail], source: str, sender: str, reply_id: str
+) -> None:
+    """Decided at MAIL from the milter's own lookups of the client's real address
+    (the DNSBL and PTR lookups start at connect). 554 and 556: never prefixed."""
+    svc, mta = full_mta
+    before = svc.log().count(f"reply={reply_id}")
+    with loop_client(mta, source) as c:
+        refused(c, f"MAIL FROM:<{sender}>", through_sendmail(reply_id, f"<{sender}>"))
+    assert svc.log().count(f"reply={reply_id}") == before + 1
+    if source != LOOP_GOOD_IP:
+        # The verdict is the client's: the same session refuses any sender.
+        with loop_client(mta, source) as c:
+            refused(c, "MAIL FROM:<>", through_sendmail(reply_id, "<>"))
+    with loop_client(mta) as c:
+        expect(c, f"MAIL FROM:<{LOOP_SENDER}>", sender_ok(f"<{LOOP_SENDER}>"))
+
+
+def loop_message(client: SmtpClient, message: bytes, sender: str = LOOP_SENDER) -> Reply:
+    """One transaction of a good client: MAIL, RCPT, DATA; the reply to the data."""
+    expect(client, f"MAIL FROM:<{sender}>", sender_ok(f"<{sender}>"))
+    expect(client, ALICE, ALICE_OK)
+    reply = client.data(message)
+    assert_ascii(reply)
+    expect(client, "NOOP", OK)
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("payload", "reply_id"),
+    [(EICAR, "virus_found"), (GTUBE, "antispam_reject")],
+    ids=["virus_found", "antispam_reject"],
+)
+def test_scanner_replies(full_mta: tuple[Running, Sendmail], payload: bytes, reply_id: str) -> None:
+    """End of message: clamd finds EICAR, the built-in rules GTUBE. Not prefixed."""
+    _svc, mta = full_mta
+    token = f"SCAN-{reply_id}".encode()
+    with loop_client(mta) as c:
+        reply = loop_message(c, HEADERS + b"\r\n" + token + b"\r\n" + payload + b"\r\n")
+        assert reply.lines == (through_sendmail(reply_id),), f"{reply_id}: got {reply}"
+        # The transaction is over; the next one starts in step.
+        expect(c, f"MAIL FROM:<{LOOP_SENDER}>", sender_ok(f"<{LOOP_SENDER}>"))
+    assert not [d for d in mta.deliveries() if token in d.message]
+
+
+def test_same_size_flood(full_mta: tuple[Running, Sendmail]) -> None:
+    """bulk.threshold = 2: the third message of the same size from the same sender and
+    client is refused; the first two are delivered."""
+    _svc, mta = full_mta
+    sender = f"flood@{LOOP_DOMAIN}"
+    replies = []
+    with loop_client(mta) as c:
+        for i in range(3):
+            body = f"FLOOD-{i}\r\n".encode() + b"same offer\r\n" * 30
+            replies.append(loop_message(c, HEADERS + b"\r\n" + body, sender))
+    assert [r.code for r in replies[:2]] == [250, 250], replies
+    assert replies[2].lines == (through_sendmail("same_size_flood"),), replies[2]
+    mta.wait_for_delivery(b"FLOOD-1")
+    assert not [d for d in mta.deliveries() if b"FLOOD-2" in d.message]
 
 
 # --- more sites: session limit with hints, internal errors, a dying milter --------

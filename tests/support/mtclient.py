@@ -16,6 +16,8 @@ from pathlib import Path
 import miltertest
 from miltertest import constants as C
 
+from support.expected import SPEC, default_line
+
 POLL_INTERVAL = 0.02
 DEFAULT_CONNECT_MACROS = {"j": "mx.example.com", "v": "Postfix 3.7.11", "{daemon_name}": "mx"}
 
@@ -203,3 +205,18 @@ def wait_for_socket(address: Path | str | tuple[str, int], deadline: float = 15.
             if time.monotonic() > end:
                 raise
             time.sleep(POLL_INTERVAL)
+
+
+def assert_reply(answer: Answer, reply_id: str) -> None:
+    """``answer`` is exactly the table's reply for ``reply_id`` in the default policy."""
+    code, xcode, _en, _zh = SPEC[reply_id]
+    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
+        "reply",
+        code,
+        xcode,
+        (default_line(reply_id),),
+    ), f"{reply_id}: got {answer}"
+
+
+def assert_pass(answer: Answer) -> None:
+    assert answer.kind == "continue", f"expected continue, got {answer}"

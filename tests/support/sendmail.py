@@ -200,7 +200,9 @@ exec 9>>'{out}'
 """
 
 
-def instance_mc(directory: Path, port: int, milter_snippet: str, *, relay: str = "") -> str:
+def instance_mc(
+    directory: Path, port: int, milter_snippet: str, *, relay: str = "", extra: str = ""
+) -> str:
     """The test instance's ``.mc``.
 
     ``relay`` replaces the default relay policy (every client may relay, so that
@@ -231,6 +233,7 @@ def instance_mc(directory: Path, port: int, milter_snippet: str, *, relay: str =
         "FEATURE(`accept_unresolvable_domains')dnl\n"
         "FEATURE(`no_default_msa')dnl\n"
         f"{relay_lines}"
+        f"{extra}"
         f"DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl\n"
         "dnl The milter lines: verbatim output of smtpguard sendmail-config.\n"
         f"{milter_snippet}"
@@ -330,7 +333,13 @@ def wait_for_greeting(port: int, process: subprocess.Popen[bytes], deadline: flo
 
 @contextlib.contextmanager
 def sendmail(
-    inst: SendmailInstall, directory: Path, milter_snippet: str, *, relay: str = ""
+    inst: SendmailInstall,
+    directory: Path,
+    milter_snippet: str,
+    *,
+    relay: str = "",
+    extra_mc: str = "",
+    env: dict[str, str] | None = None,
 ) -> Iterator[Sendmail]:
     """Run ``sendmail -bD`` with the given milter lines until the block ends."""
     d = directory
@@ -346,7 +355,7 @@ def sendmail(
     deliver.write_text(DELIVER_SCRIPT.format(out=d / "delivered"))
     deliver.chmod(0o755)
     port = free_port()
-    (d / "test.mc").write_text(instance_mc(d, port, milter_snippet, relay=relay))
+    (d / "test.mc").write_text(instance_mc(d, port, milter_snippet, relay=relay, extra=extra_mc))
     inst.build_cf(d / "test.mc", d / "test.cf")
 
     # A dotted host name and a private /etc/hosts, in a UTS and mount namespace of its
@@ -368,7 +377,7 @@ def sendmail(
         "-X",
         str(d / "traffic.log"),
     ]
-    env = {**os.environ, "LD_LIBRARY_PATH": str(inst.lib_dir)}
+    env = {**os.environ, **(env or {}), "LD_LIBRARY_PATH": str(inst.lib_dir)}
     with (d / "sendmail.out").open("wb") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -250,3 +250,26 @@ def silent_nameserver() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+# --- loopback clients for the Sendmail end-to-end tests -----------------------------
+# (Appended: tests/e2e/test_sendmail.py. Sendmail has no XCLIENT, so the milter sees
+# the client's real address; these 127.0.0.x addresses are its DNS identities. Added
+# to LOCAL_DATA here so that no record above changes.)
+
+LOOP_DOMAIN = "loop.test"  # MX mx10.loop.test; SPF pass for LOOP_GOOD_IP, .7 and .8
+LOOP_GOOD_IP = "127.0.0.10"  # PTR mx10.loop.test, confirmed; not listed anywhere
+LOOP_RBL_IP = "127.0.0.7"  # PTR mx7.loop.test (confirmed); rbl.test: 127.0.0.4
+LOOP_RELAY_IP = "127.0.0.8"  # PTR mx8.loop.test (confirmed); relays.test
+LOOP_NO_PTR_IP = "127.0.0.9"  # no PTR record (NXDOMAIN); SPF pass for loop.test
+
+LOCAL_DATA += [
+    *(f"{n}.0.0.127.in-addr.arpa. PTR mx{n}.loop.test." for n in (7, 8, 10)),
+    *(f"mx{n}.loop.test. A 127.0.0.{n}" for n in (7, 8, 10)),
+    "7.0.0.127.rbl.test. A 127.0.0.4",
+    f'7.0.0.127.rbl.test. TXT "{RBL_TXT}"',
+    "8.0.0.127.relays.test. A 127.0.0.2",
+    f'8.0.0.127.relays.test. TXT "{RELAY_TXT}"',
+    "loop.test. MX 10 mx10.loop.test.",
+    'loop.test. TXT "v=spf1 ip4:127.0.0.7 ip4:127.0.0.8 ip4:127.0.0.9 ip4:127.0.0.10 -all"',
+]
