@@ -24,7 +24,8 @@ from smtpguard.replies import load_replies
 
 POLL_INTERVAL = 0.05
 
-MASTER_CF = """\
+#: Every service a private instance runs, smtpd on ``{port}``.
+MASTER_CF_SERVICES = """\
 {port}    inet  n       -       n       -       -       smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
@@ -48,9 +49,14 @@ local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
-capture   unix  -       n       n       -       -       pipe
+"""
+#: Plus the pipe that writes each delivered message to a file the tests read.
+MASTER_CF = (
+    MASTER_CF_SERVICES
+    + """capture   unix  -       n       n       -       -       pipe
   flags=R user=nobody argv={capture} ${{queue_id}}
 """
+)
 
 LOCAL_MAIN_CF = """\
 # --- private test instance ---

@@ -1,0 +1,557 @@
+"""Pieces of bench/throughput.py: Postfix delivering to discard, smtp-source, the rspamd
+milter proxy, unbound with the benchmark's zone, and /proc readings.
+
+Everything here starts its own processes on loopback, in private directories, and stops
+exactly the processes it started. The Postfix instance is a small variant of
+``tests/support/postfix.py`` (whose transports pipe every message to a capture script):
+here every transport is ``discard``, and the milter line is chosen per configuration
+while the rest of ``main.cf`` is the same for all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.exception
+import dns.resolver
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _path in (ROOT / "tests", BENCH):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from milter_load import optneg_packet, read_packet  # noqa: E402
+
+from smtpguard.app import load  # noqa: E402
+from smtpguard.mta import postfix_footer_regexp, postfix_main_cf  # noqa: E402
+from smtpguard.replies import load_replies  # noqa: E402
+from support.postfix import (  # noqa: E402
+    MASTER_CF_SERVICES,
+    postfix_cmd,
+    wait_for_greeting,
+)
+from support.unbound import LOCAL_DATA, config_text  # noqa: E402
+from support.unbound import free_port as free_udp_tcp_port  # noqa: E402
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+UNBOUND = "/usr/sbin/unbound"
+POLL = 0.05
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- /proc readings --------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A ``kB`` line of /proc/PID/status (VmRSS, VmHWM), in KiB; 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def threads(pid: int) -> int:
+    return status_kib(pid, "Threads")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (all threads' children)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return float(sum(values) - idle), float(sum(values))
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# --- Postfix delivering to discard -----------------------------------------------------
+
+
+LOCAL_MAIN_CF = """\
+# --- private benchmark instance: everything is discarded ---
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+myhostname = mx.example.com
+mydomain = example.com
+myorigin = example.com
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+relay_domains = {domains}
+local_recipient_maps =
+relay_recipient_maps =
+alias_maps =
+alias_database =
+default_transport = discard
+relay_transport = discard
+local_transport = discard
+virtual_transport = discard
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+smtpd_banner = $myhostname ESMTP
+biff = no
+"""
+
+#: Queue directories that hold messages not yet delivered.
+QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+
+
+@dataclass
+class BenchPostfix:
+    name: str
+    root: Path
+    port: int
+    config_dir: Path
+    queue: Path
+
+    def maillog(self) -> str:
+        path = self.root / "maillog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def queued(self) -> int:
+        count = 0
+        for q in QUEUES:
+            with contextlib.suppress(OSError):
+                for _dirpath, _dirs, files in os.walk(self.queue / q):
+                    count += len(files)
+        return count
+
+    def wait_empty(self, deadline: float = 120.0) -> float:
+        """Wait until every accepted message has been delivered (discarded)."""
+        start = time.monotonic()
+        while self.queued():
+            if time.monotonic() - start > deadline:
+                raise RuntimeError(f"{self.name}: queue not empty after {deadline} s")
+            time.sleep(POLL)
+        return time.monotonic() - start
+
+    def stop(self) -> None:
+        postfix_cmd(self.config_dir, "stop", check=False)
+        env = {**os.environ, "MAIL_CONFIG": str(self.config_dir)}
+        end = time.monotonic() + 20
+        # master -t exits non-zero while the instance still holds its lock.
+        while (
+            subprocess.run(
+                ["/usr/lib/postfix/sbin/master", "-t"], env=env, capture_output=True, check=False
+            ).returncode
+            != 0
+            and time.monotonic() < end
+        ):
+            time.sleep(POLL)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postfix_snippet(smtpguard_config: Path, queue: Path, config_dir: Path) -> tuple[str, str, str]:
+    """``smtpguard postfix-config`` for this instance, its footer table and the
+    domains Postfix must accept."""
+    config = load(smtpguard_config)
+    replies = load_replies(config.replies, config.file)
+    snippet = postfix_main_cf(
+        config, replies, queue_directory=str(queue), config_directory=str(config_dir)
+    )
+    footers = postfix_footer_regexp(replies, config.replies.utf8 == "always")
+    domains = " ".join(sorted(config.site.local_domains | config.site.relay_domains))
+    return snippet, footers, domains
+
+
+def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> BenchPostfix:
+    """A Postfix instance with the main.cf smtpguard generates, every transport
+    ``discard`` and ``smtpd_milters`` set to ``milter`` (None: no milter at all).
+
+    Every configuration gets the same main.cf apart from that one line, so the
+    instances differ only in the milter they ask.
+    """
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"smtpguard-bench-{name}-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    root.chmod(0o755)
+    config_dir, queue, data = root / "etc", root / "queue", root / "data"
+    for d in (config_dir, queue, data):
+        d.mkdir()
+    shutil.chown(data, "postfix", "postfix")
+    snippet, footers, domains = postfix_snippet(smtpguard_config, queue, config_dir)
+    (config_dir / "smtpguard_footers.regexp").write_text(footers)
+    lines = snippet.splitlines()
+    milter_lines = [i for i, line in enumerate(lines) if line.startswith("smtpd_milters =")]
+    if len(milter_lines) != 1:
+        raise RuntimeError("smtpguard postfix-config has no single smtpd_milters line")
+    lines[milter_lines[0]] = f"smtpd_milters = {milter or ''}"
+    port = free_port()
+    main_cf = "\n".join(lines) + "\n"
+    main_cf += LOCAL_MAIN_CF.format(queue=queue, data=data, domains=domains, root=root)
+    (config_dir / "main.cf").write_text(main_cf)
+    (config_dir / "master.cf").write_text(MASTER_CF_SERVICES.format(port=port))
+    postfix_cmd(config_dir, "start")
+    instance = BenchPostfix(name, root, port, config_dir, queue)
+    try:
+        wait_for_greeting(port)
+    except RuntimeError:
+        log = instance.maillog()
+        instance.stop()
+        raise RuntimeError(f"postfix {name} did not start; maillog:\n{log}") from None
+    return instance
+
+
+# --- smtp-source -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    """One smtp-source run: ``sessions`` in parallel, ``messages`` in all, ``size``
+    bytes of payload; ``reuse``: all of a session's messages over one connection
+    (``-d``), else one message per connection."""
+
+    sessions: int
+    messages: int
+    size: int
+    reuse: bool
+    sender: str
+    recipient: str
+    helo: str
+
+    def argv(self, port: int, messages: int | None = None) -> list[str]:
+        argv = [
+            SMTP_SOURCE,
+            "-s",
+            str(self.sessions),
+            "-m",
+            str(messages or self.messages),
+            "-l",
+            str(self.size),
+            "-f",
+            self.sender,
+            "-t",
+            self.recipient,
+            "-M",
+            self.helo,
+        ]
+        if self.reuse:
+            argv.append("-d")
+        return [*argv, f"127.0.0.1:{port}"]
+
+
+def smtp_source(load_: Load, port: int, messages: int | None = None) -> float:
+    """Run smtp-source to the end; its wall time in seconds. Any reply it did not
+    expect (a milter's reject or tempfail) makes it stop with an error: raised."""
+    if not Path(SMTP_SOURCE).exists():
+        raise RuntimeError(f"{SMTP_SOURCE} not found: apt-get install postfix")
+    start = time.perf_counter()
+    result = subprocess.run(
+        load_.argv(port, messages), capture_output=True, text=True, timeout=900, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0 or result.stderr.strip():
+        raise RuntimeError(
+            f"smtp-source failed ({result.returncode}): {result.stderr.strip()[-2000:]}"
+        )
+    return elapsed
+
+
+# --- unbound with the benchmark's zone -------------------------------------------------
+
+#: Added to tests/support/unbound.py's data: a sender domain whose SPF record passes
+#: the loopback client Postfix reports (smtp-source cannot choose its address) and the
+#: 198.51.100.10 client (PTR mx.good.test, confirmed) of the direct protocol runs.
+#: 127.0.0.1 has PTR localhost. (tests' data) and unbound's built-in localhost. zone
+#: confirms it.
+BENCH_DATA = [
+    "sender.bench.test. MX 10 mx.good.test.",
+    'sender.bench.test. TXT "v=spf1 ip4:127.0.0.0/8 ip4:198.51.100.0/25 -all"',
+]
+
+
+@dataclass(frozen=True)
+class Unbound:
+    port: int
+    pid: int
+
+
+@contextlib.contextmanager
+def unbound(directory: Path) -> Iterator[Unbound]:
+    """unbound serving tests/support/unbound.py's zones plus :data:`BENCH_DATA`."""
+    if not Path(UNBOUND).exists():
+        raise RuntimeError(f"{UNBOUND} not found: apt-get install unbound")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_udp_tcp_port()
+    extra = "".join(
+        f"  local-data: '{owner} 300 IN {rest}'\n"
+        for owner, _, rest in (r.partition(" ") for r in BENCH_DATA)
+    )
+    text = config_text(directory, port)
+    if not text.startswith("server:\n") or not set(BENCH_DATA).isdisjoint(LOCAL_DATA):
+        raise RuntimeError("tests/support/unbound.py changed shape")
+    (directory / "unbound.conf").write_text(text.replace("server:\n", "server:\n" + extra, 1))
+    log = directory / "unbound.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [UNBOUND, "-d", "-c", str(directory / "unbound.conf")], stdout=out, stderr=out
+        )
+    try:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, 0.2
+        end = time.monotonic() + 15
+        while True:
+            try:
+                resolver.resolve("sender.bench.test", "MX")
+                break
+            except dns.exception.DNSException:
+                if proc.poll() is not None or time.monotonic() > end:
+                    raise RuntimeError("unbound did not start:\n" + log.read_text()) from None
+                time.sleep(POLL)
+        yield Unbound(port, proc.pid)
+    finally:
+        stop_process(proc)
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def wait_listening(
+    address: Path | tuple[str, int], proc: subprocess.Popen[bytes], log: Path, deadline: float
+) -> None:
+    """Poll until a unix socket or a loopback TCP port accepts connections; fail early
+    when ``proc`` exits."""
+    end = time.monotonic() + deadline
+    while True:
+        family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(address if isinstance(address, tuple) else str(address))
+                return
+            except OSError:
+                pass
+        if proc.poll() is not None or time.monotonic() > end:
+            raise RuntimeError(f"{address} not ready:\n{_tail(log)}")
+        time.sleep(POLL)
+
+
+def _tail(log: Path) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    except OSError:
+        return "(no log)"
+
+
+# --- rspamd in milter proxy mode, self-scan --------------------------------------------
+
+#: Modules that reach out (DNS lists, URL/map downloads, fuzzy storage) or need Redis:
+#: switched off, so a scan never waits on the network. What is left is rspamd's local
+#: analysis (regexp and Lua rules, MIME, headers, composites): the least rspamd does.
+RSPAMD_NETWORK_MODULES = (
+    "fuzzy_check",
+    "dkim_signing",
+    "arc",
+    "asn",
+    "bimi",
+    "dkim",
+    "dmarc",
+    "emails",
+    "greylist",
+    "hfilter",
+    "history_redis",
+    "multimap",
+    "mx_check",
+    "neural",
+    "phishing",
+    "ratelimit",
+    "rbl",
+    "replies",
+    "reputation",
+    "rspamd_update",
+    "spf",
+    "surbl",
+    "url_redirector",
+    "whitelist",
+)
+_HS_GLOBS = ("*.hs", "*.hs.unser", "*.hsmp")
+
+
+@dataclass
+class RspamdProxy:
+    dir: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    startup: float
+    hs_cache: Path | None
+    seeded: set[str] = field(default_factory=set)
+
+    @property
+    def pids(self) -> list[int]:
+        """The main process and its workers."""
+        return process_tree(self.process.pid)
+
+    def log(self) -> str:
+        return _tail(self.dir / "log" / "rspamd.log")
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        if self.hs_cache is None:
+            return
+        # Keep compiled Hyperscan databases for the next run (cold start ~12 s).
+        with contextlib.suppress(OSError):
+            for pattern in _HS_GLOBS:
+                for path in (self.dir / "db").glob(pattern):
+                    if path.name not in self.seeded:
+                        partial = self.hs_cache / f".{path.name}.{os.getpid()}"
+                        shutil.copy2(path, partial)
+                        partial.replace(self.hs_cache / path.name)
+
+
+def start_rspamd_proxy(
+    directory: Path,
+    *,
+    dns_port: int,
+    workers: int = 1,
+    hs_cache: Path | None = None,
+    deadline: float = 120.0,
+) -> RspamdProxy:
+    """rspamd (Debian package) with only its proxy worker, ``milter = yes`` and
+    ``self_scan = yes`` (it scans the mail itself, no normal worker), on a free
+    loopback port. Ready when it answers the milter option negotiation."""
+    rspamd = shutil.which("rspamd") or "/usr/bin/rspamd"
+    if not Path(rspamd).exists():
+        raise RuntimeError("rspamd not found: apt-get install rspamd")
+    local, db, run, logdir = (directory / n for n in ("local", "db", "run", "log"))
+    for d in (local / "local.d", local / "override.d", db, run, logdir):
+        d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    override = local / "override.d"
+    # The proxy as rspamd's quick-start guide sets it up for Postfix, on our port.
+    (override / "worker-proxy.inc").write_text(
+        f'bind_socket = "127.0.0.1:{port}";\n'
+        "milter = yes;\n"
+        "timeout = 120s;\n"
+        f"count = {workers};\n"
+        'upstream "local" {\n  default = yes;\n  self_scan = yes;\n}\n'
+        "max_retries = 5;\n"
+        "discard_on_reject = false;\n"
+        "quarantine_on_reject = false;\n"
+        'spam_header = "X-Spam";\n'
+        'reject_message = "Spam message rejected";\n'
+    )
+    # The normal worker and the controller would bind their fixed default ports.
+    for worker in ("normal", "controller"):
+        (override / f"worker-{worker}.inc").write_text("enabled = false;\n")
+    (local / "local.d" / "options.inc").write_text(
+        f'dns {{\n  nameserver = ["127.0.0.1:{dns_port}"];\n  timeout = 1s;\n'
+        "  retransmits = 1;\n}\n"
+    )
+    (local / "local.d" / "logging.inc").write_text(
+        f'type = "file";\nfilename = "{logdir}/rspamd.log";\nlevel = "notice";\n'
+    )
+    for module in RSPAMD_NETWORK_MODULES:
+        (local / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
+    seeded: set[str] = set()
+    if hs_cache is not None:
+        hs_cache.mkdir(parents=True, exist_ok=True)
+        for pattern in _HS_GLOBS:
+            for path in hs_cache.glob(pattern):
+                shutil.copy2(path, db / path.name)
+                seeded.add(path.name)
+    argv = [rspamd, "-f", "-c", "/etc/rspamd/rspamd.conf"]
+    if os.geteuid() == 0:
+        argv.append("-i")  # stay root: the private directories are root's
+    for name, path in (
+        ("LOCAL_CONFDIR", local),
+        ("DBDIR", db),
+        ("RUNDIR", run),
+        ("LOGDIR", logdir),
+    ):
+        argv += ["--var", f"{name}={path}"]
+    start = time.monotonic()
+    with (directory / "rspamd.out").open("wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    proxy = RspamdProxy(directory, port, process, 0.0, hs_cache, seeded)
+    _wait_milter_optneg(port, process, logdir / "rspamd.log", deadline)
+    proxy.startup = time.monotonic() - start
+    return proxy
+
+
+def _wait_milter_optneg(
+    port: int, process: subprocess.Popen[bytes], log: Path, deadline: float
+) -> None:
+    """Poll until a milter on ``port`` answers SMFIC_OPTNEG (its workers are up)."""
+    end = time.monotonic() + deadline
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"rspamd exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(optneg_packet())
+                cmd, _ = read_packet(s.makefile("rb"))
+                if cmd == b"O":
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            stop_process(process)
+            raise RuntimeError(f"rspamd proxy not ready after {deadline} s:\n{_tail(log)}")
+        time.sleep(0.2)
+
+
+def sum_cpu(pids: Sequence[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError):
+            total += cpu_seconds(pid)
+    return total
