@@ -140,6 +140,28 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return int(Milter.CONTINUE)
 
 
+class SmtpGuardMilterNoReply(SmtpGuardMilter):
+    """The same, negotiating no reply to DATA, each header and end of headers.
+
+    Their answer is always "continue": header verdicts and faults wait for end of
+    message (see the pipeline). Skipping the replies saves a round trip per header.
+    Used on unix sockets only: over TCP, back-to-back packets without replies wait
+    for Nagle and delayed ACK (~40 ms per message).
+    """
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def data(self) -> int:
+        return super().data()
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def header(self, name: str, value: str) -> int:
+        return super().header(name, value)
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def eoh(self) -> int:
+        return super().eoh()
+
+
 def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     """Open the socket, fix its permissions, drop privileges, run libmilter's loop.
 
@@ -157,7 +179,8 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     SIGINT stop libmilter, which lets sessions in flight finish.
     """
     config = app.runtime.config.milter
-    Milter.factory = partial(SmtpGuardMilter, app)
+    unix = config.socket.startswith(("unix:", "local:"))
+    Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
     milter.set_connect_callback(Milter.connect_callback)
     milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
     milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))

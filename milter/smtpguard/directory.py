@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from smtpguard.sqlitedb import SharedConnection
+from smtpguard.sqlitedb import ConnectionPool
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
 LIST_POLICIES = ("open", "members", "posters", "domain")
@@ -108,7 +108,7 @@ class SqliteDirectory:
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
-        self._shared = SharedConnection(self._open)
+        self._shared = ConnectionPool(self._open)
 
     def _open(self) -> sqlite3.Connection:
         return sqlite3.connect(

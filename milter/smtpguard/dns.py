@@ -854,6 +854,14 @@ def system_nameservers() -> list[str]:
     return [str(ns) for ns in dns.resolver.Resolver(configure=True).nameservers]
 
 
+def completed(value: _T) -> concurrent.futures.Future[_T]:
+    """A future that already holds ``value``: a lookup answered from the cache on the
+    calling thread, with no trip through the event loop thread."""
+    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+    future.set_result(value)
+    return future
+
+
 def make_resolver(config: DnsConfig) -> Resolver:
     servers = list(config.nameservers)
     if servers == ["system"]:

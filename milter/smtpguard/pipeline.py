@@ -337,8 +337,19 @@ class Pipeline:
         return self._decide(stage, conn, event, check, verdict)
 
     def internal_error(self, conn: Connection, stage: Stage, where: str) -> Decision:
-        """The answer to an unexpected fault anywhere: ``internal_error``, a tempfail."""
-        return self._decide(stage, conn, Event(), where, TempError("internal_error", "exception"))
+        """The answer to an unexpected fault anywhere: ``internal_error``, a tempfail.
+
+        In the headers or body it waits for end of message like any content verdict:
+        the MTA may not read replies to those steps (no-reply negotiated), and the
+        client hears a DATA-phase reply only at the end anyway.
+        """
+        verdict = TempError("internal_error", "exception")
+        txn = conn.txn
+        if stage in _DEFERRED_TO_EOM and txn is not None:
+            if txn.pending is None:
+                txn.pending, txn.pending_check = verdict, where
+            return SKIP if stage is Stage.BODY else CONTINUE
+        return self._decide(stage, conn, Event(), where, verdict)
 
     def utf8_allowed(self, conn: Connection) -> bool:
         # Sendmail clears the 8th bit of reply text, turning UTF-8 into control bytes

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import redis
 
-from smtpguard.sqlitedb import SharedConnection
+from smtpguard.sqlitedb import ConnectionPool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blacklist (
@@ -49,7 +49,7 @@ class SqliteBlacklist:
     def __init__(self, path: Path, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
-        self._shared = SharedConnection(self._open)
+        self._shared = ConnectionPool(self._open)
 
     def _open(self) -> sqlite3.Connection:
         try:

@@ -47,6 +47,17 @@ _KINDS = {
     C.SMFIR_TEMPFAIL: "tempfail",
     C.SMFIR_DISCARD: "discard",
 }
+#: The no-reply protocol bit a milter may negotiate for each command.
+_NO_REPLY = {
+    C.SMFIC_CONNECT: C.SMFIP_NR_CONN,
+    C.SMFIC_HELO: C.SMFIP_NR_HELO,
+    C.SMFIC_MAIL: C.SMFIP_NR_MAIL,
+    C.SMFIC_RCPT: C.SMFIP_NR_RCPT,
+    C.SMFIC_DATA: C.SMFIP_NR_DATA,
+    C.SMFIC_HEADER: C.SMFIP_NR_HDR,
+    C.SMFIC_EOH: C.SMFIP_NR_EOH,
+    C.SMFIC_BODY: C.SMFIP_NR_BODY,
+}
 _LINE = re.compile(r"([45][0-9][0-9])([ -])([245]\.[0-9]{1,3}\.[0-9]{1,3}) (.*)\Z", re.S)
 
 
@@ -92,6 +103,11 @@ class MilterSession:
     def _answer(self, cmd: str, macros: dict[str, str] | None, **args: object) -> Answer:
         if macros:
             self.conn.send_macro(cmd, **macros)
+        no_reply = _NO_REPLY.get(cmd, 0)
+        if no_reply and (self.conn.protocol_flags or 0) & no_reply:
+            # Negotiated away, as Postfix honours it: send and do not wait.
+            self.conn._send(cmd, **args)
+            return Answer("continue")
         rcmd, rdict = self.conn.send_get(cmd, **args)
         if rcmd == C.SMFIR_REPLYCODE:
             return parse_reply(rdict["smtpcode"] + rdict["space"] + rdict["text"])

@@ -40,7 +40,15 @@ from cachetools import TTLCache
 from smtpguard.address import is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import GenericPatterns
-from smtpguard.dns import Answer, IPAddress, Resolver, Status, client_address, reverse_name
+from smtpguard.dns import (
+    Answer,
+    IPAddress,
+    Resolver,
+    Status,
+    client_address,
+    completed,
+    reverse_name,
+)
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -68,6 +76,30 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
     names = ptr.names()[:MAX_PTR_NAMES]
     rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
     forward = await asyncio.gather(*(resolver.query(n, rdtype) for n in names))
+    confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
+    unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
+    return ReverseDns(ptr, names, confirmed, unknown)
+
+
+def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
+    """:func:`reverse_dns` from the cache alone, or None when any answer is missing.
+
+    Repeat clients are the common case: answering them on the calling thread spares
+    a round trip through the resolver's event loop thread (and the GIL hand-overs).
+    """
+    ptr = resolver.cached(reverse_name(ip), "PTR")
+    if ptr is None:
+        return None
+    if not ptr.ok:
+        return ReverseDns(ptr)
+    names = ptr.names()[:MAX_PTR_NAMES]
+    rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
+    forward = []
+    for name in names:
+        answer = resolver.cached(name, rdtype)
+        if answer is None:
+            return None
+        forward.append(answer)
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
     unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
     return ReverseDns(ptr, names, confirmed, unknown)
@@ -123,7 +155,10 @@ class SmtpPort:
             return
         ip = client_address(conn.client_ip)
         if self._RDNS not in conn.scratch:
-            conn.scratch[self._RDNS] = self.dns.spawn(reverse_dns(self.dns, ip))
+            known = cached_reverse_dns(self.dns, ip)
+            conn.scratch[self._RDNS] = (
+                completed(known) if known is not None else self.dns.spawn(reverse_dns(self.dns, ip))
+            )
         if self.config.connect_back and self._PROBE not in conn.scratch:
             conn.scratch[self._PROBE] = self.dns.spawn(self._connect_back(ip))
 

@@ -37,7 +37,7 @@ from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import DnsblZone
-from smtpguard.dns import Answer, IPAddress, Resolver, client_address, dnsbl_name
+from smtpguard.dns import Answer, IPAddress, Resolver, client_address, completed, dnsbl_name
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -104,7 +104,12 @@ class _Dnsbl:
             if isinstance(ip, ipaddress.IPv6Address) and not zone.ipv6:
                 continue
             name = dnsbl_name(ip, zone.name)
-            out.append((zone, name, resolver.spawn(self._lookup(resolver, zone, name))))
+            known = resolver.cached(name, "A")
+            if known is not None and not classify(zone, known)[0]:
+                # Cached and not listed (the common case): no trip through the loop.
+                out.append((zone, name, completed(known)))
+            else:
+                out.append((zone, name, resolver.spawn(self._lookup(resolver, zone, name))))
         return out
 
     @staticmethod
