@@ -7,23 +7,20 @@
 source "$(dirname "$0")/lib.sh"
 apt_install "${RUNTIME_APT[@]}" miltertest postfix dovecot-core unbound clamav-daemon \
     clamdscan redis-server rspamd util-linux m4
-# Sendmail's packages, fetched here so that every network access happens in this script.
-SENDMAIL_DEBS=/var/cache/smtpguard-tests/debs
-if ! ls "$SENDMAIL_DEBS"/sendmail-bin_*.deb >/dev/null 2>&1; then
-    mkdir -p "$SENDMAIL_DEBS"
-    (cd "$SENDMAIL_DEBS" && apt-get download -o APT::Sandbox::User=root \
-        sendmail-bin sendmail-base sendmail-cf m4 liblockfile1 libwrap0 >/dev/null) || {
-        apt-get update -qq
-        (cd "$SENDMAIL_DEBS" && apt-get download -o APT::Sandbox::User=root \
-            sendmail-bin sendmail-base sendmail-cf m4 liblockfile1 libwrap0 >/dev/null)
-    }
-fi
 # The packages' own services are not wanted: the tests start private instances.
 for svc in postfix dovecot unbound clamav-daemon clamav-freshclam redis-server rspamd; do
     if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
 done
 make_venv "[test]"
 cd "$ROOT"
+# Sendmail's packages (and Cyrus SASL's) are only downloaded, into a cache the tests
+# unpack privately; the list lives in tests/support/sendmail.py.
+fetch_sendmail() {
+    "$VENV/bin/python" -c 'import sys; sys.path.insert(0, "tests")
+from support.sendmail import fetch_debs
+fetch_debs()'
+}
+fetch_sendmail || { apt-get update -qq && fetch_sendmail; }
 "$VENV/bin/ruff" check milter tests bench
 "$VENV/bin/ruff" format --check milter tests bench
 "$VENV/bin/mypy"

@@ -6,8 +6,8 @@ A raw SMTP client (``support/smtp.py``) talks to a throwaway Sendmail
 
 What is proven here:
 
-* every milter-decided reply id that a loopback client can trigger reaches it with its
-  code, enhanced code and English text, with the ``<address>... `` prefix Sendmail
+* every milter-decided reply id reaches the client with its code, enhanced code and
+  English text, with the ``<address>... `` prefix Sendmail
   adds to 450, 550 and 553 (:func:`through_sendmail`);
 * replies are plain printable ASCII although the site's language policy is the default
   (English and Chinese, UTF-8 always): smtpguard recognised Sendmail by macro ``v``.
@@ -25,20 +25,34 @@ connect from 127.0.0.1, which the test site does not trust (``BASE_CONFIG``'s
 ``trusted_networks = ["192.0.2.0/24"]``); the client binds to other loopback addresses
 where it needs another identity: 127.0.0.3 is trusted (``relay_domain_fail``), and
 127.0.0.2 is an ordinary untrusted client that Sendmail's own relay rules apply to
-(Sendmail always lets 127.0.0.1 relay). Ids not exercised here, and why:
+(Sendmail always lets 127.0.0.1 relay).
 
-* ``auth_mode_unsupported``, ``domain_auth_error``, ``auth_error_perm``,
-  ``auth_error_temp``, ``sender_mismatch``: need an SMTP AUTH session, i.e. a Cyrus
-  SASL set-up for Sendmail (and TLS for the mechanism rules); not a question of the
-  reply path, which is the same MAIL-stage path as ``relay_local_fail`` (553, prefixed)
-  and ``black_mail_address`` (554).
+The ids that need real components are proven with them, as in test_postfix.py's
+"DNS, scanners and bulk through Postfix":
+
 * ``rbl_deny``, ``openrelay_check``, ``smtpport_check``, ``sender_unvalidated``,
-  ``remote_ip_mismatch``: need DNS test data (a test resolver listing 127.0.0.1 or the
-  sender domain); the test site configures no resolver, so these checks are inactive.
-  Connect-stage verdicts are delivered at MAIL, shown here by ``queue_unavailable``.
-* ``virus_found``, ``antispam_reject``, ``same_size_flood``: need a virus scanner, the
-  anti-spam engine or a message flood; their reply path is the end-of-message path of
-  ``looping_message`` and ``attachment_too_long`` (552/554, never prefixed).
+  ``remote_ip_mismatch`` (:func:`test_dns_replies`): a second site (``full_mta``)
+  whose ``[dns]`` points at the session's unbound (``conftest.py``) with the DNS lists
+  of test_postfix.py. The DNS identities are loopback addresses
+  (``support/unbound.py``, "loopback clients for the Sendmail end-to-end tests"):
+  127.0.0.7 is listed in rbl.test, 127.0.0.8 in relays.test, 127.0.0.9 has no PTR,
+  127.0.0.10 has a forward-confirmed PTR and SPF pass for loop.test. All are decided
+  at MAIL; 554 and 556 are not prefixed.
+* ``virus_found``, ``antispam_reject``, ``same_size_flood`` (:func:`test_scanner_replies`,
+  :func:`test_same_size_flood`): the same site with clamd (EICAR), the built-in
+  anti-spam rules (GTUBE) and ``bulk.threshold = 2``; end of message, 552, never
+  prefixed.
+* ``domain_auth_error``, ``auth_error_perm``, ``auth_error_temp``, ``sender_mismatch``,
+  ``auth_mode_unsupported`` (:func:`test_auth_replies`, :func:`test_auth_error_temp`):
+  a Sendmail with SMTP AUTH (Cyrus SASL, a private sasldb, PLAIN and LOGIN,
+  ``TRUST_AUTH_MECH``; ``support/sendmail.py``, :func:`~support.sendmail.sasl_dir`)
+  and Sendmail's own relay control, attached to the main site; a real AUTH LOGIN or
+  AUTH PLAIN, then MAIL. Sendmail passes ``{auth_type}`` and ``{auth_authen}``; 451,
+  551 and 554 are not prefixed. There is no TLS, so the site requires TLS for PLAIN
+  only (``EXTRA``), and PLAIN gives ``auth_mode_unsupported``.
+
+So every milter-decided id of ``support/expected.py`` is proven through Sendmail; the
+MTA-level rows are Sendmail's own (:func:`test_mta_level_rows_are_sendmails_own`).
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ from support.sendmail import (
     fetch_debs,
     install,
     milter_socket_dir,
+    sasl_dir,
     sendmail,
 )
 from support.service import RULES, Running, Site, make_site, merge, running, smtpguard
@@ -97,6 +112,9 @@ EXTRA = {
     "site": {"trusted_networks": ["192.0.2.0/24", f"{TRUSTED_CLIENT}/32"]},
     "limits": LIMITS,
     "content": {"add_loop_marker": True},
+    # The AUTH instance has no TLS: allow LOGIN without it, so that PLAIN alone gives
+    # auth_mode_unsupported (as in test_postfix.py).
+    "policy": {"auth_tls_required": ["PLAIN"]},
 }
 #: Reply codes that Sendmail prefixes with "<address>... " (measured; see the README).
 PREFIXED = frozenset({"450", "550", "553"})
@@ -674,6 +692,117 @@ def test_sendmail_reject_nul_answers_first(strict_mta: Sendmail) -> None:
         assert_ascii(reply)
         assert reply.lines == ("554 5.6.1 NUL byte not allowed",)
         expect(c, "NOOP", OK)
+
+
+# --- SMTP AUTH (Cyrus SASL in Sendmail) ---------------------------------------------
+
+#: sasldb users of the AUTH instance (user@realm: password). eve's domain is not ours;
+#: bob is locked in smtpguard's directory, not in the sasldb.
+SASL_USERS = {
+    "alice@example.com": "alice-secret",
+    "bob@example.com": "bob-secret",
+    "eve@other.example": "eve-secret",
+}
+
+
+@pytest.fixture(scope="module")
+def auth_mta(
+    sendmail_install: SendmailInstall, guard: Running, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    """Sendmail with AUTH PLAIN and LOGIN (sasldb) and its own relay control
+    (TRUST_AUTH_MECH: an authenticated client may relay), attached to the main site."""
+    sasl = sasl_dir(sendmail_install, tmp_path_factory.mktemp("sasl"), SASL_USERS)
+    directory = tmp_path_factory.mktemp("auth-mta")
+    with sendmail(
+        sendmail_install, directory, snippet(guard.site), relay=STRICT_RELAY, sasl=sasl
+    ) as sm:
+        yield sm
+
+
+def auth_login(client: SmtpClient, user: str) -> None:
+    password = SASL_USERS[user]
+    expect(client, "AUTH LOGIN", "334 VXNlcm5hbWU6")  # "Username:"
+    expect(client, base64.b64encode(user.encode()).decode(), "334 UGFzc3dvcmQ6")
+    expect(client, base64.b64encode(password.encode()).decode(), "235 2.0.0 OK Authenticated")
+
+
+def auth_plain(client: SmtpClient, user: str) -> None:
+    token = base64.b64encode(f"\0{user}\0{SASL_USERS[user]}".encode()).decode()
+    expect(client, f"AUTH PLAIN {token}", "235 2.0.0 OK Authenticated")
+
+
+def test_auth_is_offered(auth_mta: Sendmail) -> None:
+    with auth_mta.client(source=OTHER_CLIENT) as c:
+        reply = c.ehlo("client.test")
+        assert "250-AUTH PLAIN LOGIN" in reply.lines, reply
+        expect(c, "AUTH LOGIN", "334 VXNlcm5hbWU6")
+        expect(c, base64.b64encode(b"alice@example.com").decode(), "334 UGFzc3dvcmQ6")
+        expect(c, base64.b64encode(b"wrong").decode(), "535 5.7.0 authentication failed")
+
+
+def test_authenticated_sender_may_send_as_and_relay(auth_mta: Sendmail) -> None:
+    """alice may use sales@ (send_as); authenticated, she may relay (Sendmail's
+    TRUST_AUTH_MECH and smtpguard's relay check agree)."""
+    with auth_mta.client(source=OTHER_CLIENT) as c:
+        greeted(c)
+        # Unauthenticated, Sendmail refuses the relay itself (confRELAY_MSG).
+        expect(c, MAIL, MAIL_OK)
+        refused(
+            c,
+            "RCPT TO:<x@foreign.example>",
+            through_sendmail("host_denies_relay", "<x@foreign.example>"),
+        )
+        expect(c, "RSET", "250 2.0.0 Reset state")
+        auth_login(c, "alice@example.com")
+        expect(c, "MAIL FROM:<sales@example.com>", sender_ok("<sales@example.com>"))
+        expect(c, "RCPT TO:<x@foreign.example>", recipient_ok("<x@foreign.example>"))
+        reply = c.data(HEADERS + b"\r\nAUTH-RELAY-1\r\n")
+        assert reply.code == 250, reply
+    assert auth_mta.wait_for_delivery(b"AUTH-RELAY-1").recipient == "x@foreign.example"
+
+
+@pytest.mark.parametrize(
+    ("login", "mechanism", "sender", "reply_id"),
+    [
+        ("eve@other.example", "LOGIN", "eve@other.example", "domain_auth_error"),
+        ("bob@example.com", "LOGIN", "bob@example.com", "auth_error_perm"),
+        ("alice@example.com", "LOGIN", "carol@example.com", "sender_mismatch"),
+        # PLAIN needs TLS (EXTRA's auth_tls_required); this Sendmail has none.
+        ("alice@example.com", "PLAIN", "alice@example.com", "auth_mode_unsupported"),
+    ],
+    ids=["domain_auth_error", "auth_error_perm", "sender_mismatch", "auth_mode_unsupported"],
+)
+def test_auth_replies(
+    auth_mta: Sendmail, guard: Running, login: str, mechanism: str, sender: str, reply_id: str
+) -> None:
+    """Decided at MAIL from Sendmail's {auth_type} and {auth_authen}. 451, 551 and 554:
+    never prefixed."""
+    before = guard.log().count(f"reply={reply_id} ")
+    with auth_mta.client(source=OTHER_CLIENT) as c:
+        greeted(c)
+        (auth_login if mechanism == "LOGIN" else auth_plain)(c, login)
+        refused(c, f"MAIL FROM:<{sender}>", through_sendmail(reply_id, f"<{sender}>"))
+        if reply_id == "sender_mismatch":
+            expect(c, f"MAIL FROM:<{login}>", sender_ok(f"<{login}>"))
+    assert guard.log().count(f"reply={reply_id} ") == before + 1
+
+
+def test_auth_error_temp(auth_mta: Sendmail, guard: Running) -> None:
+    """The directory cannot answer for the login: a temporary error."""
+    db = sqlite3.connect(guard.site.directory, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        with auth_mta.client(source=OTHER_CLIENT) as c:
+            greeted(c)
+            auth_login(c, "alice@example.com")
+            refused(c, "MAIL FROM:<alice@example.com>", through_sendmail("auth_error_temp"))
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    with auth_mta.client(source=OTHER_CLIENT) as c:
+        greeted(c)
+        auth_login(c, "alice@example.com")
+        expect(c, "MAIL FROM:<alice@example.com>", sender_ok("<alice@example.com>"))
 
 
 # --- DNS, scanners and bulk through Sendmail --------------------------------------

@@ -16,7 +16,14 @@ here:
 * there is no syslog here: Sendmail's own log is lost, so ``-X`` records the SMTP
   traffic (the ``traffic.log`` of an instance) for post-mortems;
 * every recipient goes to a ``deliver`` mailer, a shell script that appends the message
-  to one file, so nothing leaves the machine and tests can read what was delivered.
+  to one file, so nothing leaves the machine and tests can read what was delivered;
+* SMTP AUTH (:func:`sasl_dir`, ``sendmail(..., sasl=...)``): Sendmail does not pass
+  its environment on, so ``SASL_CONF_PATH`` given to it has no effect (tried: libsasl2
+  then used its defaults, ``/etc/sasldb2``), and libsasl2's compiled-in search path
+  for ``Sendmail.conf`` starts with ``/etc/sasl2``, which need not exist (a mount needs
+  an existing target). The private ``Sendmail.conf``, sasldb and plugins are
+  bind-mounted over libsasl2's plugin directory instead, which is also on that search
+  path and always exists (``libsasl2-modules-db``, a dependency of ``libsasl2-2``).
 
 The milter lines of the ``.mc`` are the verbatim output of ``smtpguard sendmail-config``,
 the snippet users copy.
@@ -34,7 +41,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +49,18 @@ from support.smtp import SmtpClient
 
 #: Where the downloaded .debs are kept between test runs.
 CACHE_DIR = Path("/var/cache/smtpguard-tests/debs")
-PACKAGES = ("sendmail-bin", "sendmail-base", "sendmail-cf", "m4", "liblockfile1", "libwrap0")
+PACKAGES = (
+    "sendmail-bin",
+    "sendmail-base",
+    "sendmail-cf",
+    "m4",
+    "liblockfile1",
+    "libwrap0",
+    # SMTP AUTH: saslpasswd2 and the PLAIN, LOGIN and sasldb plugins.
+    "sasl2-bin",
+    "libsasl2-modules",
+    "libsasl2-modules-db",
+)
 #: Sendmail's $j and the host name it finds for itself (must contain a dot).
 HOSTNAME = "mx.example.com"
 POLL_INTERVAL = 0.02
@@ -118,6 +136,14 @@ class SendmailInstall:
     def lib_dir(self) -> Path:
         return self.root / "usr/lib/x86_64-linux-gnu"
 
+    @property
+    def saslpasswd2(self) -> Path:
+        return self.root / "usr/sbin/saslpasswd2"
+
+    @property
+    def sasl_plugin_dir(self) -> Path:
+        return self.root / SASL_DIR.relative_to("/")
+
     def build_cf(self, mc: Path, cf: Path) -> None:
         with cf.open("w") as out:
             subprocess.run(
@@ -153,6 +179,54 @@ class LoopbackClient(SmtpClient):
         )
         self.buf = b""
         self.greeting = self.read()
+
+
+# --- SMTP AUTH (Cyrus SASL) --------------------------------------------------------
+
+#: libsasl2's plugin directory, compiled in; also on its search path for an
+#: application's config file (/etc/sasl2:/etc/sasl:<this>:/usr/lib/sasl2).
+SASL_DIR = Path("/usr/lib/x86_64-linux-gnu/sasl2")
+SASL_PLUGINS = ("libplain.so", "liblogin.so", "libsasldb.so")
+#: Mechanisms offered, and trusted for relaying (TRUST_AUTH_MECH), as in production.
+SASL_MECHANISMS = "PLAIN LOGIN"
+#: Sendmail's application name is "Sendmail": libsasl2 reads Sendmail.conf.
+SASL_CONF = """\
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+sasldb_path: {db}
+mech_list: {mechanisms}
+"""
+SASL_MC = (
+    "dnl SMTP AUTH: Cyrus SASL, sasldb (tests/support/sendmail.py, sasl_dir).\n"
+    f"define(`confAUTH_MECHANISMS', `{SASL_MECHANISMS}')dnl\n"
+    f"TRUST_AUTH_MECH(`{SASL_MECHANISMS}')dnl\n"
+)
+
+
+def sasl_dir(inst: SendmailInstall, directory: Path, users: Mapping[str, str]) -> Path:
+    """Fill ``directory`` as Sendmail's private SASL directory: ``Sendmail.conf``, a
+    sasldb with ``users`` (``user@realm``: password) and copies of the plugins it needs.
+
+    :func:`sendmail` bind-mounts it over :data:`SASL_DIR` inside the instance's mount
+    namespace. Returns ``directory``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "sasldb2"
+    for address, password in users.items():
+        user, _, realm = address.rpartition("@")
+        subprocess.run(
+            [str(inst.saslpasswd2), "-p", "-c", "-f", str(db), "-u", realm, user],
+            input=password.encode(),
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    conf = SASL_CONF.format(db=db, mechanisms=SASL_MECHANISMS)
+    (directory / "Sendmail.conf").write_text(conf)
+    for plugin in SASL_PLUGINS:
+        for source in inst.sasl_plugin_dir.glob(f"{plugin}*"):
+            shutil.copy2(source, directory / source.name, follow_symlinks=False)
+    return directory
 
 
 # --- one instance -----------------------------------------------------------------
@@ -206,7 +280,8 @@ def instance_mc(
     """The test instance's ``.mc``.
 
     ``relay`` replaces the default relay policy (every client may relay, so that
-    smtpguard decides ``host_denies_relay``) with the given lines.
+    smtpguard decides ``host_denies_relay``) with the given lines; ``extra`` lines go
+    before ``DAEMON_OPTIONS`` (the SMTP AUTH settings).
     """
     d = directory
     # Comments are dnl lines: m4 would expand macro names inside "#" comments.
@@ -338,10 +413,12 @@ def sendmail(
     milter_snippet: str,
     *,
     relay: str = "",
-    extra_mc: str = "",
-    env: dict[str, str] | None = None,
+    sasl: Path | None = None,
 ) -> Iterator[Sendmail]:
-    """Run ``sendmail -bD`` with the given milter lines until the block ends."""
+    """Run ``sendmail -bD`` with the given milter lines until the block ends.
+
+    ``sasl``: a :func:`sasl_dir`; the instance then offers SMTP AUTH (PLAIN, LOGIN).
+    """
     d = directory
     (d / "queue").mkdir(parents=True, exist_ok=True)
     (d / "queue").chmod(0o700)
@@ -355,12 +432,20 @@ def sendmail(
     deliver.write_text(DELIVER_SCRIPT.format(out=d / "delivered"))
     deliver.chmod(0o755)
     port = free_port()
-    (d / "test.mc").write_text(instance_mc(d, port, milter_snippet, relay=relay, extra=extra_mc))
+    (d / "test.mc").write_text(
+        instance_mc(d, port, milter_snippet, relay=relay, extra=SASL_MC if sasl else "")
+    )
     inst.build_cf(d / "test.mc", d / "test.cf")
 
     # A dotted host name and a private /etc/hosts, in a UTS and mount namespace of its
     # own; then exec, so the pid we hold is Sendmail's.
-    setup = 'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"'
+    setup = (
+        'hostname "$0" && while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2;'
+        ' done && shift && exec "$@"'
+    )
+    mounts = [(d / "hosts", Path("/etc/hosts"))]
+    if sasl is not None:
+        mounts.append((sasl, SASL_DIR))
     argv = [
         "unshare",
         "--uts",
@@ -369,7 +454,8 @@ def sendmail(
         "-c",
         setup,
         HOSTNAME,
-        str(d / "hosts"),
+        *(str(p) for pair in mounts for p in pair),
+        "--",
         str(inst.binary),
         "-C",
         str(d / "test.cf"),
@@ -377,7 +463,7 @@ def sendmail(
         "-X",
         str(d / "traffic.log"),
     ]
-    env = {**os.environ, **(env or {}), "LD_LIBRARY_PATH": str(inst.lib_dir)}
+    env = {**os.environ, "LD_LIBRARY_PATH": str(inst.lib_dir)}
     with (d / "sendmail.out").open("wb") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
