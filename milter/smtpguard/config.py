@@ -343,6 +343,10 @@ class DnsConfig:
     #: Seconds a SERVFAIL or timeout is remembered (RFC 9520 §3.2: at least 1 s,
     #: at most 5 min), so a dead server is not asked again by every session.
     failure_ttl: int = 5
+    #: Seconds a verdict computed from DNS answers (SPF result, sender domain, reverse
+    #: DNS) is reused for the same inputs; 0 recomputes for every message. Keep it
+    #: below the TTLs of the records involved.
+    verdict_ttl: int = 30
 
     @property
     def enabled(self) -> bool:
@@ -890,6 +894,7 @@ def _dns(s: _Section) -> DnsConfig:
         max_ttl=s.integer("max_ttl", d.max_ttl),
         negative_ttl=s.integer("negative_ttl", d.negative_ttl),
         failure_ttl=failure_ttl,
+        verdict_ttl=s.integer("verdict_ttl", d.verdict_ttl, minimum=0),
     )
     s.done()
     return out

@@ -49,6 +49,7 @@ from smtpguard.dns import (
     completed,
     reverse_name,
 )
+from smtpguard.memo import Memo
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -66,6 +67,10 @@ class ReverseDns:
     confirmed: tuple[str, ...] = ()
     #: Names whose forward lookup failed temporarily.
     unknown: tuple[str, ...] = ()
+
+    @property
+    def temporary(self) -> bool:
+        return self.ptr.status.temporary or bool(self.unknown)
 
 
 async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
@@ -145,6 +150,8 @@ class SmtpPort:
     def __init__(self, services: Services) -> None:
         self.config = services.config.smtpport
         self.dns = services.dns
+        # Reverse DNS per client IP without a temporary failure in it.
+        self.memo: Memo[ReverseDns] = Memo(services.config.dns.verdict_ttl)
         # (ip, port) -> reachable, shared by sessions; only touched on the loop thread.
         self._probes: TTLCache[tuple[str, int], bool] = TTLCache(
             maxsize=10000, ttl=max(self.config.connect_back_cache_ttl, 1)
@@ -155,7 +162,11 @@ class SmtpPort:
             return
         ip = client_address(conn.client_ip)
         if self._RDNS not in conn.scratch:
-            known = cached_reverse_dns(self.dns, ip)
+            found, known = self.memo.get(ip)
+            if not found:
+                known = cached_reverse_dns(self.dns, ip)
+                if known is not None and not known.temporary:
+                    self.memo.put(ip, known)
             conn.scratch[self._RDNS] = (
                 completed(known) if known is not None else self.dns.spawn(reverse_dns(self.dns, ip))
             )

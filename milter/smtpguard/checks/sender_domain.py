@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Status
+from smtpguard.memo import Memo
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -39,6 +40,7 @@ class SenderDomain:
     def __init__(self, services: Services) -> None:
         self.site = services.config.site
         self.dns = services.dns
+        self.memo: Memo[Verdict | None] = Memo(services.config.dns.verdict_ttl)
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
@@ -47,12 +49,18 @@ class SenderDomain:
         domain = txn.sender.domain_lc
         if not domain or domain.startswith("[") or self.site.is_local(domain):
             return None
+        found, memoized = self.memo.get(domain)
+        if found:
+            return memoized
         futures = {t: self.dns.submit(domain, t) for t in ("MX", "A", "AAAA")}
         answers = {
             t: self.dns.wait(f, event.deadline) or _deadline_missed(domain, t)
             for t, f in futures.items()
         }
-        return judge(domain, answers["MX"], answers["A"], answers["AAAA"])
+        verdict = judge(domain, answers["MX"], answers["A"], answers["AAAA"])
+        if not isinstance(verdict, TempError):
+            self.memo.put(domain, verdict)
+        return verdict
 
 
 def judge(domain: str, mx: Answer, a: Answer, aaaa: Answer) -> Verdict | None:

@@ -31,6 +31,7 @@ import spf  # type: ignore[import-untyped]  # pyspf ships no type information
 from smtpguard.address import is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Resolver, Status, client_address
+from smtpguard.memo import Memo
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -130,6 +131,7 @@ class Spf:
 
     def __init__(self, services: Services) -> None:
         self.dns = services.dns
+        self.memo: Memo[Verdict | None] = Memo(services.config.dns.verdict_ttl)
         self.reject_softfail = services.config.spf.reject_softfail
         hostnames = sorted(services.config.site.our_hostnames)
         # The receiver's name, used in explanations (%{r}, RFC 7208 §7.3).
@@ -149,6 +151,10 @@ class Spf:
             sender, identity = "", "helo"
         else:
             sender, identity = txn.sender.text, "mailfrom"
+        key = (conn.client_ip, sender.lower(), helo.lower())
+        found, memoized = self.memo.get(key)
+        if found:
+            return memoized
         query = SpfQuery(
             self.dns,
             event.deadline,
@@ -159,10 +165,12 @@ class Spf:
         )
         result, _code, explanation = query.check()
         detail = f"spf={result} {identity}={query.o} ip={conn.client_ip}: {explanation}"
-        if result == "fail" or (result == "softfail" and self.reject_softfail):
-            return Hit("remote_ip_mismatch", detail)
         if result == "temperror":
             return TempError("database_temp_error", detail)
-        if result == "permerror":
+        verdict: Verdict | None = None
+        if result == "fail" or (result == "softfail" and self.reject_softfail):
+            verdict = Hit("remote_ip_mismatch", detail)
+        elif result == "permerror":
             log.info("spf sid=%s %s", conn.session_id, detail)
-        return None
+        self.memo.put(key, verdict)
+        return verdict
