@@ -299,20 +299,24 @@ class _Group:
         self.rules = tuple(rules)
         self.names = frozenset(rule.name for rule in rules)
         self.needles = tuple(required_literals(rule.pattern) for rule in self.rules)
+        # Plain bools: RegexFlag arithmetic per rule per block costs more than the
+        # literal search it guards.
+        self.ignorecase = tuple(bool(rule.pattern.flags & re.IGNORECASE) for rule in self.rules)
         self.folds = any(
-            needles is not None and bool(rule.pattern.flags & re.IGNORECASE)
-            for rule, needles in zip(self.rules, self.needles, strict=True)
+            needles is not None and fold
+            for needles, fold in zip(self.needles, self.ignorecase, strict=True)
         )
+        self._entries = tuple(zip(self.rules, self.needles, self.ignorecase, strict=True))
 
     def candidates(self, text: str, matched: set[str]) -> list[Rule]:
         """The rules not yet matched that can match somewhere in ``text``."""
         folded = _fold(text) if self.folds else text
         out = []
-        for rule, needles in zip(self.rules, self.needles, strict=True):
+        for rule, needles, fold in self._entries:
             if rule.name in matched:
                 continue
             if needles is not None:
-                hay = folded if rule.pattern.flags & re.IGNORECASE else text
+                hay = folded if fold else text
                 if not any(needle in hay for needle in needles):
                     continue
             out.append(rule)
