@@ -546,7 +546,7 @@ def _wait_milter_optneg(
         if time.monotonic() > end:
             stop_process(process)
             raise RuntimeError(f"rspamd proxy not ready after {deadline} s:\n{_tail(log)}")
-        time.sleep(0.2)
+        time.sleep(POLL)
 
 
 def sum_cpu(pids: Sequence[int]) -> float:

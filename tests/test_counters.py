@@ -29,6 +29,8 @@ from support.daemons import RedisServer, free_port, start_redis
 TWO_PERCENT = SizeBuckets(0.02)
 KEY = "spammer@example.org|198.51.100.7"
 
+POLL_INTERVAL = 0.02
+
 
 class Clock:
     def __init__(self, now: float = 1000.0) -> None:
@@ -192,7 +194,7 @@ def test_redis_keys_expire_and_nothing_grows(fresh_redis: RedisServer) -> None:
     assert KEY.encode() not in b"".join(names)  # addresses stay out of Redis
     deadline = time.monotonic() + 5
     while client.exists(own) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(POLL_INTERVAL)
     assert not client.exists(own)
     assert counter.hit(KEY, 3000) == 1
 

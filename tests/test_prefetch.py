@@ -41,6 +41,8 @@ mode = "enforce"
 )
 CLIENT = "198.51.100.66"
 
+POLL_INTERVAL = 0.02
+
 
 @pytest.fixture
 def fake() -> FakeDns:
@@ -86,7 +88,11 @@ def test_lookups_start_at_connect_and_the_verdict_comes_at_mail(
     conn.helo = "mx.sender.test"
     assert pipeline.run(Stage.HELO, conn).action is Action.CONTINUE
     assert "helo_dns.mx.sender.test" in conn.scratch
-    time.sleep(0.35)  # the client's EHLO round trips, as it were
+    # While the client's EHLO round trips go on, the lookups finish in the background.
+    lookups = [future for _zone, _name, future in conn.scratch["rbl.lookups"]]
+    end = time.monotonic() + 5
+    while not all(f.done() for f in lookups) and time.monotonic() < end:
+        time.sleep(POLL_INTERVAL)
     mail(conn)
     decided = time.monotonic()
     decision = pipeline.run(Stage.MAIL, conn)

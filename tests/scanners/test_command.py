@@ -19,6 +19,8 @@ from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 
+POLL_INTERVAL = 0.02
+
 
 def script(tmp_path: Path, body: str, name: str = "hook") -> list[str]:
     """An executable Python program; argv as the operator would configure it."""
@@ -96,7 +98,7 @@ def test_timeout_kills_the_program_and_its_children(tmp_path: Path) -> None:
     # parent is gone, init reaps it (or it lingers as a zombie, which is dead too).
     deadline = time.monotonic() + 5
     while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(POLL_INTERVAL)
     assert not _alive(child)
 
 
