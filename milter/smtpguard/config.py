@@ -480,18 +480,26 @@ def default_rules_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "rules"
 
 
+def read_toml(
+    path: Path, error: type[ConfigError] = ConfigError, what: str = "file"
+) -> dict[str, Any]:
+    """A TOML file's contents; a missing, unreadable or invalid file raises ``error``
+    naming the file (every data file smtpguard reads goes through here)."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise error(path, "", f"{what} not found") from None
+    except OSError as exc:
+        raise error(path, "", f"cannot read {what}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(path, "", f"not valid TOML: {exc}") from None
+
+
 def load_config(path: Path | str, *, known_checks: frozenset[str] | None = None) -> Config:
     """Read and validate the operator config; raise :class:`ConfigError`."""
     file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(file, "", "file not found") from None
-    except OSError as exc:
-        raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    raw = read_toml(file)
     return _build(_Section(file.resolve(), "", raw), known_checks)
 
 
@@ -978,16 +986,7 @@ def _smtpport(s: _Section) -> SmtpportConfig:
 
 def _generic_patterns(path: Path) -> GenericPatterns:
     """Load the generic-PTR pattern file; errors name that file and its key."""
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(path, "", "file not found") from None
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
-    root = _Section(path, "", raw)
+    root = _Section(path, "", read_toml(path))
     patterns = []
     for p in root.table_list("pattern"):
         name = p.string("name", "")

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtpguard.config import ConfigError, RepliesConfig, default_rules_dir
+from smtpguard.config import ConfigError, RepliesConfig, default_rules_dir, read_toml
 from smtpguard.replies import ALL_IDS, load_replies
 
 LANGUAGES: tuple[str, ...] = ("en", "zh")
@@ -418,15 +417,7 @@ def load_knowledge(path: Path | str, *, replies: Path | str | None = None) -> Kn
     :class:`ConfigError` naming the file and the rule, category or entry.
     """
     file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(file, "", "file not found") from None
-    except OSError as exc:
-        raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, "", f"not valid TOML: {exc}") from None
+    raw = read_toml(file)
 
     unknown = sorted(set(raw) - {"category", "rule", "ours", "fallback"})
     if unknown:

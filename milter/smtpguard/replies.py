@@ -14,13 +14,12 @@ hot path is a dict lookup.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtpguard.config import ConfigError, RepliesConfig
+from smtpguard.config import ConfigError, RepliesConfig, read_toml
 
 #: Every reply id of the spec. Ids decided by the MTA are documented and explained but
 #: never sent by the milter.
@@ -160,13 +159,7 @@ def _join(texts: list[str], form: str) -> list[str]:
 def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTable:
     """Load, override and validate the table; raise :class:`ConfigError`."""
     file = policy.table
-    try:
-        with file.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(file, "", "reply table not found") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(file, "", f"cannot read reply table: {exc}") from None
+    raw = read_toml(file, what="reply table")
 
     rows: dict[str, Row] = {}
     for reply_id, data in raw.items():

@@ -58,7 +58,6 @@ import importlib
 import math
 import re
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.errors import HeaderParseError
@@ -66,7 +65,7 @@ from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any, Final
 
-from smtpguard.config import ConfigError, default_rules_dir
+from smtpguard.config import ConfigError, default_rules_dir, read_toml
 
 __all__ = [
     "DEFAULT_RULES_FILE",
@@ -212,15 +211,7 @@ def _repeat_width(name: str, av: Any, cap: int, *, in_unbounded: bool, in_repeat
 
 
 def _load_rules(path: Path, line_cap: int) -> list[Rule]:
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise RuleError(path, "", "file not found") from None
-    except OSError as exc:
-        raise RuleError(path, "", f"cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RuleError(path, "", f"not valid TOML: {exc}") from None
+    raw = read_toml(path, RuleError)
     unknown = sorted(set(raw) - {"rule"})
     if unknown:
         raise RuleError(path, unknown[0], "unknown key (expected [[rule]] tables)")
