@@ -90,6 +90,24 @@ class Observing(Protocol):
     def discard(self, txn: Transaction) -> None: ...
 
 
+class MessageSink(Protocol):
+    """Anything fed the message as it streams in (scanner streams, spools, rules)."""
+
+    def feed_header(self, name: str, value: str) -> None: ...
+    def end_of_headers(self) -> None: ...
+    def feed(self, chunk: bytes) -> None: ...
+
+
+def feed_sink(sink: MessageSink, stage: Stage, event: Event) -> None:
+    """Hand ``sink`` what this content stage carries."""
+    if stage is Stage.HEADER and event.header is not None:
+        sink.feed_header(*event.header)
+    elif stage is Stage.EOH:
+        sink.end_of_headers()
+    elif stage is Stage.BODY and event.chunk is not None:
+        sink.feed(event.chunk)
+
+
 class Prefetching(Protocol):
     """A check that starts its lookups before it decides (see the module docstring)."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.checks import Event, Services, Stage
+from smtpguard.checks import Event, Services, Stage, feed_sink
 from smtpguard.scanners import MessageSpool, parse_endpoint
 from smtpguard.scanners.rspamd import RspamdClient
 from smtpguard.scanners.rules import RuleScan, RuleSet
@@ -51,15 +51,9 @@ class AntiSpam:
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if spool is None and self.engine is not None:
             spool = txn.scratch[_SPOOL] = MessageSpool(memory_cap=self.config.spool_memory)
-        for sink in (scan, spool):
-            if sink is None:
-                continue
-            if stage is Stage.HEADER and event.header is not None:
-                sink.feed_header(*event.header)
-            elif stage is Stage.EOH:
-                sink.end_of_headers()
-            elif stage is Stage.BODY and event.chunk is not None:
-                sink.feed(event.chunk)
+        feed_sink(scan, stage, event)
+        if spool is not None:
+            feed_sink(spool, stage, event)
 
     def discard(self, txn: Transaction) -> None:
         txn.scratch.pop(_RULES, None)

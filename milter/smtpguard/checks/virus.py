@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.checks import Event, Services, Stage
+from smtpguard.checks import Event, Services, Stage, feed_sink
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus, parse_endpoint
 from smtpguard.scanners.clamd import ClamdStream
 from smtpguard.scanners.command import run_command
@@ -51,14 +51,8 @@ class VirusScan:
     def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
         txn = conn.txn
         stream = self._stream(txn) if txn is not None else None
-        if stream is None:
-            return
-        if stage is Stage.HEADER and event.header is not None:
-            stream.feed_header(*event.header)
-        elif stage is Stage.EOH:
-            stream.end_of_headers()
-        elif stage is Stage.BODY and event.chunk is not None:
-            stream.feed(event.chunk)
+        if stream is not None:
+            feed_sink(stream, stage, event)
 
     def discard(self, txn: Transaction) -> None:
         stream = txn.scratch.pop(_KEY, None)
