@@ -37,6 +37,7 @@ from smtpguard.app import load  # noqa: E402
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf  # noqa: E402
 from smtpguard.replies import load_replies  # noqa: E402
 from support.postfix import (  # noqa: E402
+    LOCAL_MAIN_CF,
     MASTER_CF_SERVICES,
     postfix_cmd,
     wait_for_greeting,
@@ -114,33 +115,6 @@ def loadavg() -> float:
 
 # --- Postfix delivering to discard -----------------------------------------------------
 
-
-LOCAL_MAIN_CF = """\
-# --- private benchmark instance: everything is discarded ---
-compatibility_level = 3.6
-queue_directory = {queue}
-data_directory = {data}
-mail_owner = postfix
-myhostname = mx.example.com
-mydomain = example.com
-myorigin = example.com
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-relay_domains = {domains}
-local_recipient_maps =
-relay_recipient_maps =
-alias_maps =
-alias_database =
-default_transport = discard
-relay_transport = discard
-local_transport = discard
-virtual_transport = discard
-maillog_file = {root}/maillog
-maillog_file_prefixes = {root}
-smtpd_banner = $myhostname ESMTP
-biff = no
-"""
 
 #: Queue directories that hold messages not yet delivered.
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
@@ -228,7 +202,9 @@ def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> Benc
     lines[milter_lines[0]] = f"smtpd_milters = {milter or ''}"
     port = free_port()
     main_cf = "\n".join(lines) + "\n"
-    main_cf += LOCAL_MAIN_CF.format(queue=queue, data=data, domains=domains, root=root)
+    main_cf += LOCAL_MAIN_CF.format(
+        queue=queue, data=data, domains=domains, root=root, transport="discard"
+    )
     (config_dir / "main.cf").write_text(main_cf)
     (config_dir / "master.cf").write_text(MASTER_CF_SERVICES.format(port=port))
     postfix_cmd(config_dir, "start")
