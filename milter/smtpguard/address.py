@@ -16,6 +16,7 @@ and RCPT command and the input comes straight from the client.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -138,6 +139,28 @@ class Address:
 
 
 def parse_path(raw: str, *, smtputf8: bool = False, allow_postmaster: bool = False) -> Address:
+    """Parse a reverse-path or forward-path as given to the milter (memoized: the same
+    senders and recipients come back all day; see :func:`_parse_path`)."""
+    if len(raw) > _MAX_RAW:
+        # Refused before the memo, so hostile input cannot evict the useful entries.
+        raise AddressError("path too long")
+    outcome = _memo_parse(raw, smtputf8, allow_postmaster)
+    if isinstance(outcome, str):
+        raise AddressError(outcome)
+    return outcome
+
+
+@functools.lru_cache(maxsize=8192)
+def _memo_parse(raw: str, smtputf8: bool, allow_postmaster: bool) -> Address | str:
+    """The parsed address, or the reason it is invalid (errors are cached as text:
+    caching the exception object would keep its traceback alive)."""
+    try:
+        return _parse_path(raw, smtputf8=smtputf8, allow_postmaster=allow_postmaster)
+    except AddressError as exc:
+        return exc.reason
+
+
+def _parse_path(raw: str, *, smtputf8: bool = False, allow_postmaster: bool = False) -> Address:
     """Parse a reverse-path or forward-path as given to the milter.
 
     Surrounding spaces and tabs are trimmed and the angle brackets may be

@@ -44,6 +44,10 @@ class Stage(Enum):
     BODY = "body"
     EOM = "eom"
 
+    # Members are singletons compared by identity; Enum's own __hash__ (a Python-level
+    # hash of the name) showed up in profiles of the per-callback stage lookups.
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class Services:
