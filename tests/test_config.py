@@ -145,3 +145,15 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{bad.resolve()}: limits.max_rcpt: must be at least 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("https://h.example/{id}/{lang}", "only {id}"), ("https://h.example/{id}\t", "printable")],
+)
+def test_help_url_template_is_validated(tmp_path: Path, url: str, message: str) -> None:
+    path = write(tmp_path, f'[replies]\nhelp_url = "{url}"\n'.replace("\t", "\\t"))
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert err.value.key == "replies.help_url"
+    assert message in err.value.message

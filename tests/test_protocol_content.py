@@ -212,3 +212,18 @@ def test_broken_mime_does_not_crash(content_service: Running) -> None:
     headers, body = mime(["Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n" * 500])
     final, _mods, _early = deliver(content_service, headers, body)
     assert final.kind in ("continue", "accept")
+
+
+def test_message_of_headers_only_over_the_limit(content_service: Running) -> None:
+    headers = [*BASE_HEADERS, *((f"X-Filler-{i}", "f" * 900) for i in range(1200))]
+    with envelope(content_service) as s:
+        final, _mods, _early = s.message(headers, b"")
+    assert_reply(final, "message_too_long")
+
+
+def test_strange_size_parameter_is_ignored_not_an_error(content_service: Running) -> None:
+    with content_service.session() as s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert s.mail("<friend@sender.example>", "SIZE=\u00b2").kind == "continue"
+        assert s.mail("<friend@sender.example>", "SIZE=" + "9" * 5000).kind == "continue"

@@ -181,3 +181,28 @@ def test_bad_override_names_the_config_key() -> None:
 def test_table_file_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="reply table not found"):
         load_replies(policy(table=tmp_path / "none.toml"))
+
+
+def test_ascii_rendering_drops_non_ascii_hints() -> None:
+    table = load_replies(policy(form="per_language", hint=True))
+    for reply_id in MILTER_IDS:
+        assert all(line.isascii() for line in table.render(reply_id, utf8=False).lines)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://h.example/?id={id}&l=zh%2Dcn", "'%%'"),
+        ("https://帮助.example/{id}", "not ASCII"),
+    ],
+)
+def test_help_url_is_checked_like_the_table(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_replies(policy(help_url=url))
+
+
+def test_help_url_with_doubled_percent_is_sent_once() -> None:
+    table = load_replies(policy(help_url="https://h.example/?id={id}&l=zh%%2Dcn"))
+    assert table.render("rbl_deny", utf8=True).wire_lines()[-1] == (
+        "554 5.7.1 https://h.example/?id=rbl_deny&l=zh%2Dcn"
+    )

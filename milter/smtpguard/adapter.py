@@ -30,7 +30,7 @@ import milter  # pymilter's C module: the libmilter calls runmilter makes
 
 from smtpguard.app import Runtime
 from smtpguard.checks import Stage
-from smtpguard.config import ConfigError
+from smtpguard.config import ConfigError, MilterConfig
 from smtpguard.driver import SessionDriver
 from smtpguard.pipeline import Action, Decision
 from smtpguard.state import SessionGate
@@ -162,6 +162,28 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         return super().eoh()
 
 
+def _register(config: MilterConfig) -> None:
+    """What ``Milter.runmilter`` does before opening the socket."""
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    milter.setconn(config.socket)
+    milter.settimeout(config.timeout)
+    milter.register(
+        config.name,
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+
+
 def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     """Open the socket, fix its permissions, drop privileges, run libmilter's loop.
 
@@ -181,24 +203,7 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     config = app.runtime.config.milter
     unix = config.socket.startswith(("unix:", "local:"))
     Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
-    milter.set_connect_callback(Milter.connect_callback)
-    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    milter.set_close_callback(Milter.close_callback)
-    milter.setconn(config.socket)
-    milter.settimeout(config.timeout)
-    milter.register(
-        config.name,
-        data=lambda ctx: ctx.getpriv().data(),
-        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-        negotiate=Milter.negotiate_callback,
-    )
+    _register(config)
     milter.opensocket(True)
     if config.socket.startswith(("unix:", "local:")):
         secure_socket(
@@ -225,10 +230,18 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
 
     worker = threading.Thread(target=loop, name="libmilter", daemon=True)
     worker.start()
+    reloading = threading.Lock()
     while True:
         sig = signal.sigwait(signals)
         if sig == signal.SIGHUP and reload is not None and worker.is_alive():
-            _reload(app, reload)
+            # Reload on another thread: this one must stay in sigwait, or a signal
+            # arriving meanwhile would go to libmilter's thread, which stops on SIGHUP.
+            if reloading.acquire(blocking=False):
+                threading.Thread(
+                    target=_reload, args=(app, reload, reloading), name="reload", daemon=True
+                ).start()
+            else:
+                log.warning("SIGHUP during a reload: ignored, send it again afterwards")
             continue
         if sig == signal.SIGHUP:
             continue
@@ -242,7 +255,7 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
         raise failure[0]
 
 
-def _reload(app: App, reload: Callable[[], Runtime]) -> None:
+def _reload(app: App, reload: Callable[[], Runtime], done: threading.Lock) -> None:
     try:
         runtime = reload()
     except ConfigError as exc:
@@ -251,8 +264,18 @@ def _reload(app: App, reload: Callable[[], Runtime]) -> None:
     except Exception:
         log.exception("reload failed, keeping the running configuration")
         return
+    finally:
+        done.release()
+    old = app.runtime
     app.swap(runtime)
     log.info("reloaded configuration from %s", runtime.config.file)
+    retired = old.services.dns
+    if retired is not None and retired is not runtime.services.dns:
+        # Sessions that started on the old runtime may still wait on its resolver:
+        # close it once the longest such session must have ended.
+        timer = threading.Timer(old.config.milter.timeout + 30, retired.close)
+        timer.daemon = True
+        timer.start()
 
 
 def secure_socket(path: str, mode: int, owner: str, group: str) -> None:

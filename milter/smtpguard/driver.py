@@ -97,7 +97,10 @@ class SessionDriver:
             esmtp=params,
             sender_error=error,
             smtputf8=smtputf8,
-            declared_size=int(size) if size and size.isdigit() else None,
+            # RFC 1870: SIZE=1*20DIGIT; isdigit() alone also accepts "²" and the like.
+            declared_size=int(size)
+            if size and size.isascii() and size.isdigit() and len(size) <= 20
+            else None,
             auth_type=self._macro("{auth_type}"),
             auth_login=self._macro("{auth_authen}"),
             queue_id=self._macro("i"),

@@ -17,8 +17,11 @@ from smtpguard.content.mime import MimeWalker
 MAX_LINE = 998
 # Any run of more than MAX_LINE octets that contains no line break.
 _LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
-# Headers kept for the MIME walker (only the top-level Content-* fields matter).
+# Headers kept for the MIME walker: only these top-level fields matter, and at most
+# this many octets of them (name, value and a per-entry overhead).
+_MIME_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
 _MAX_KEPT_HEADER_BYTES = 64 * 1024
+_ENTRY_OVERHEAD = 64
 
 
 class MessageState:
@@ -50,13 +53,11 @@ class MessageState:
         lowered = name.lower()
         if lowered == "received":
             self.received += 1
-        elif (
-            self._track_mime
-            and lowered.startswith("content-")
-            and self._kept + len(value) <= _MAX_KEPT_HEADER_BYTES
-        ):
-            self._content_headers.append((name, value))
-            self._kept += len(value)
+        elif self._track_mime and lowered in _MIME_HEADERS:
+            cost = len(name) + len(value) + _ENTRY_OVERHEAD
+            if self._kept + cost <= _MAX_KEPT_HEADER_BYTES:
+                self._content_headers.append((name, value))
+                self._kept += cost
 
     def end_of_headers(self) -> None:
         self.size += 2  # the empty line between header and body

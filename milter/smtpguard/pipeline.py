@@ -51,7 +51,7 @@ from smtpguard.checks.relay import Relay, RelayLocal
 from smtpguard.checks.sender import SenderDeny, SenderSyntax
 from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.checks.session_limit import SessionLimit
-from smtpguard.checks.size import ActualSize, DeclaredSize
+from smtpguard.checks.size import ActualSize, ActualSizeEom, DeclaredSize
 from smtpguard.checks.spf import Spf
 from smtpguard.checks.virus import VirusScan
 from smtpguard.config import CheckSettings, Config
@@ -95,6 +95,7 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     BodyLines,
     AttachmentSizeBody,
     AttachmentSizeEom,
+    ActualSizeEom,
     VirusScan,
     AntiSpam,
     SameSize,

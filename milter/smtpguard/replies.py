@@ -140,7 +140,11 @@ class ReplyTable:
         ]
         lines = _join([row.text[lang] for lang in langs], self.policy.form)
         if self.policy.hint:
-            hints = [row.hint[lang] for lang in langs if row.hint.get(lang)]
+            hints = [
+                row.hint[lang]
+                for lang in langs
+                if row.hint.get(lang) and (utf8 or row.hint[lang].isascii())
+            ]
             lines += _join(hints, self.policy.form)
         if self.policy.help_url:
             lines.append(self.policy.help_url.format(id=row.reply_id))
@@ -180,13 +184,30 @@ def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTa
         except _RowError as exc:
             raise ConfigError(file, f"{row.reply_id}.{exc.field}", exc.message) from None
     table = ReplyTable(rows, policy)
-    for (reply_id, _utf8), reply in table._rendered.items():
+    # The rendered replies are what setreply gets: check them whole, hint and help
+    # URL lines included, in both renderings.
+    for (reply_id, utf8), reply in table._rendered.items():
+        for line in reply.lines:
+            problem = _line_problem(line, ascii_only=not utf8)
+            if problem:
+                raise ConfigError(file, reply_id, f"rendered line {line[:60]!r}: {problem}")
         for line in reply.wire_lines():
             if len(line.encode()) > MAX_LINE_BYTES:
                 raise ConfigError(
                     file, reply_id, f"rendered line is over {MAX_LINE_BYTES} bytes: {line[:60]!r}"
                 )
     return table
+
+
+def _line_problem(line: str, *, ascii_only: bool) -> str | None:
+    if _CONTROL.search(line):
+        return "contains CR, LF or another control character"
+    if _LONE_PERCENT.search(line):
+        return "a '%' must be written '%%' (help_url included)"
+    if ascii_only and not line.isascii():
+        # Sendmail clears the 8th bit: non-ASCII here would desynchronize the session.
+        return "not ASCII, but this rendering is sent where only ASCII may go"
+    return None
 
 
 def _apply_overrides(rows: dict[str, Row], policy: RepliesConfig, config_file: Path | str) -> None:

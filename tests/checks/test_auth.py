@@ -256,3 +256,20 @@ def test_sender_login_backend_failure(
     conn = make_conn(sender="alice@example.com", auth_login="alice")
     verdict = SenderLogin(make_services())(conn, Event())
     assert verdict == TempError("auth_error_temp", f"{method}: database is locked")
+
+
+@pytest.mark.parametrize(
+    ("state", "refused"),
+    [("locked", True), ("suspended", True), ("overquota", False), ("moving", False)],
+)
+def test_only_disabled_or_locked_logins_are_refused_permanently(
+    make_services: ServicesFactory, directory: FakeDirectory, state: str, refused: bool
+) -> None:
+    directory.logins["user@example.com"] = Login("user@example.com", "user@example.com", state)
+    check = AuthLogin(make_services(site={"local_domains": ["example.com"]}))
+    conn = make_conn(sender="user@example.com", auth_login="user@example.com", auth_type="LOGIN")
+    verdict = check(conn, Event())
+    if refused:
+        assert verdict == Hit("auth_error_perm", f"login 'user@example.com' is {state}")
+    else:
+        assert verdict is None

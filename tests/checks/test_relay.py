@@ -153,3 +153,18 @@ def test_trusted_network_with_unparsable_sender_relays(relay: Relay) -> None:
 def test_relay_without_recipient_or_transaction(relay: Relay) -> None:
     assert relay(make_conn(sender="a@example.org"), rcpt("<not valid>")) is None
     assert relay(make_conn(), rcpt("x@example.org")) is None
+
+
+@pytest.mark.parametrize("raw", ["<a@b@victim.example>", "<" + "a" * 65 + "@victim.example>"])
+def test_unparsable_foreign_recipient_is_still_relay_controlled(relay: Relay, raw: str) -> None:
+    """Relay control must not depend on the mailbox check refusing the address."""
+    event = rcpt(raw)
+    assert event.rcpt is None
+    verdict = relay(make_conn(sender="a@example.org"), event)
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "host_denies_relay"
+
+
+def test_unparsable_local_recipient_is_left_to_the_mailbox_check(relay: Relay) -> None:
+    event = rcpt("<a@b@example.com>")
+    assert relay(make_conn(sender="a@example.org"), event) is None

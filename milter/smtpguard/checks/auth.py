@@ -14,6 +14,9 @@ from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
 _LOGIN_KEY = "auth.login"
+#: Account states that may not send (the spec's "disabled or locked"). "moving" and
+#: "overquota" concern delivery to the mailbox, not sending from it.
+_LOGIN_REFUSED = frozenset({"locked", "suspended"})
 
 
 def resolve_login(directory: Directory, txn: Transaction) -> Login | None:
@@ -77,7 +80,7 @@ class AuthLogin:
             return TempError("auth_error_temp", str(exc))
         if login is None:
             return Hit("auth_error_perm", f"login {login_name!r} unknown")
-        if login.state != "active":
+        if login.state in _LOGIN_REFUSED:
             return Hit("auth_error_perm", f"login {login_name!r} is {login.state}")
         return None
 

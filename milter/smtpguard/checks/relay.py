@@ -28,6 +28,12 @@ class RelayLocal:
         return None
 
 
+def raw_domain(raw: str) -> str:
+    """The domain an unparsable path seems to name: after its last "@", lower-cased."""
+    path = raw.strip().strip("<>").strip()
+    return path.rpartition("@")[2].rstrip(".").lower() if "@" in path else ""
+
+
 class Relay:
     """``host_denies_relay`` and ``relay_domain_fail`` at RCPT."""
 
@@ -41,9 +47,12 @@ class Relay:
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         rcpt = event.rcpt
         txn = conn.txn
-        if rcpt is None or txn is None:
+        if txn is None:
             return None
-        domain = rcpt.domain_lc
+        # A recipient that does not parse is judged by the domain it names, so that
+        # relay control never depends on the mailbox check refusing it (that check
+        # may be in report mode or off).
+        domain = rcpt.domain_lc if rcpt is not None else raw_domain(event.rcpt_raw)
         # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
         if not domain or self.site.is_local(domain) or self.site.is_relay(domain):
             return None

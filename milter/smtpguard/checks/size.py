@@ -46,3 +46,9 @@ class ActualSize:
         if message is not None and message.size > self.limit:
             return Hit("message_too_long", f"{message.size} octets > {self.limit}")
         return None
+
+
+class ActualSizeEom(ActualSize):
+    """At end of message too: a message made of headers alone has no body chunk."""
+
+    stage: ClassVar[Stage] = Stage.EOM
