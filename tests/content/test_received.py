@@ -348,6 +348,7 @@ VALID: list[tuple[str, str, str | None, tuple[IPAddress, ...], str | None, str |
     ids=[case[0] for case in VALID],
 )
 def test_real_trace_fields_parse(
+    request: pytest.FixtureRequest,
     value: str,
     from_name: str | None,
     from_ips: tuple[IPAddress, ...],
@@ -361,7 +362,16 @@ def test_real_trace_fields_parse(
         from_rdns=from_rdns,
         by_name=by_name,
         date=date,
+        from_helo=EXIM_HELO.get(request.node.callspec.id),
     )
+
+
+#: The HELO Exim recorded in ``helo=`` for the examples above that have one.
+EXIM_HELO = {
+    "exim-helo-differs": "smtp.example.com",
+    "exim-literal-port-helo": "mail.example.com",
+    "exim-ip-port": "host.example.com",
+}
 
 
 INVALID = {
@@ -538,3 +548,14 @@ def test_generated_postfix_fields_round_trip(
     assert info == ReceivedInfo(helo, (ip,), rdns, by, "Mon,  1 Jan 2024 10:00:00 +0000 (UTC)")
     assert is_our_claim(info, frozenset({rdns.upper() + "."}), frozenset())
     assert is_our_claim(info, frozenset(), frozenset({ip_address(str(ip))}))
+
+
+def test_exim_helo_token_is_a_claim_too() -> None:
+    info = parse_received(
+        "from [198.51.100.7] (helo=mx.example.com) by relay.example with esmtp id 1;"
+        " Sat, 28 Nov 2026 17:00:00 +0000"
+    )
+    assert info.from_helo == "mx.example.com"
+    assert is_our_claim(info, frozenset({"mx.example.com"}), frozenset())
+    plain = parse_received("from a.example (a.example [192.0.2.1]) by b.example; Sat, 1 Jan 2026")
+    assert plain.from_helo is None

@@ -46,6 +46,9 @@ What is extracted:
   right before it (``user@`` removed) unless it contains ``=``: Postfix and Sendmail write
   ``(host.example.com [192.0.2.1])``; Postfix writes ``unknown`` when there is no name and
   that text is returned unchanged, as is a trailing dot.
+* ``from_helo``: the name in a from-clause comment's ``helo=NAME`` token, where Exim
+  records the client's HELO when it differs from the verified name
+  (``from [192.0.2.1] (helo=mx.example.com)``).
 * ``by_name``: the first word after ``by``.
 
 Only ``str.find``-like scanning and regular expressions made of single character classes
@@ -98,6 +101,7 @@ class ReceivedInfo:
     from_rdns: str | None
     by_name: str | None
     date: str | None
+    from_helo: str | None = None
 
 
 class ReceivedParseError(ValueError):
@@ -150,6 +154,7 @@ def parse_received(value: str) -> ReceivedInfo:
         from_rdns=from_rdns,
         by_name=by_clause.words[0] if by_clause else None,
         date=date,
+        from_helo=_helo(from_clause) if from_clause else None,
     )
 
 
@@ -165,7 +170,7 @@ def is_our_claim(
     its IPv4 form, since dual-stack MTAs record either.
     """
     ours = _normalized(names)
-    for name in (info.from_name, info.from_rdns):
+    for name in (info.from_name, info.from_rdns, info.from_helo):
         if name is not None and _normalize(name) in ours:
             return True
     for ip in info.from_ips:
@@ -312,6 +317,14 @@ def _tcp_info(clause: _Clause) -> tuple[tuple[IPAddress, ...], str | None]:
                 if "=" not in before:
                     rdns = before.rpartition("@")[2] or None
     return tuple(found), rdns
+
+
+def _helo(clause: _Clause) -> str | None:
+    for comment in clause.comments:
+        for part in comment.split():
+            if part[:5].lower() == "helo=" and len(part) > 5:
+                return part[5:]
+    return None
 
 
 def _parse_ip(token: str) -> tuple[IPAddress | None, bool]:
