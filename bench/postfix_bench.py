@@ -36,6 +36,7 @@ from milter_load import optneg_packet, read_packet  # noqa: E402
 from smtpguard.app import load  # noqa: E402
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf  # noqa: E402
 from smtpguard.replies import load_replies  # noqa: E402
+from support.daemons import RSPAMD_OFF, keep_hs_cache, prepare_rspamd  # noqa: E402
 from support.postfix import (  # noqa: E402
     LOCAL_MAIN_CF,
     MASTER_CF_SERVICES,
@@ -373,33 +374,10 @@ def _tail(log: Path) -> str:
 #: Modules that reach out (DNS lists, URL/map downloads, fuzzy storage) or need Redis:
 #: switched off, so a scan never waits on the network. What is left is rspamd's local
 #: analysis (regexp and Lua rules, MIME, headers, composites): the least rspamd does.
-RSPAMD_NETWORK_MODULES = (
-    "fuzzy_check",
-    "dkim_signing",
-    "arc",
-    "asn",
-    "bimi",
-    "dkim",
-    "dmarc",
-    "emails",
-    "greylist",
-    "hfilter",
-    "history_redis",
-    "multimap",
-    "mx_check",
-    "neural",
-    "phishing",
-    "ratelimit",
-    "rbl",
-    "replies",
-    "reputation",
-    "rspamd_update",
-    "spf",
-    "surbl",
-    "url_redirector",
-    "whitelist",
+#: The tests' list less the modules the proxy uses to act on mail it scanned itself.
+RSPAMD_NETWORK_MODULES = tuple(
+    m for m in RSPAMD_OFF if m not in ("milter_headers", "once_received")
 )
-_HS_GLOBS = ("*.hs", "*.hs.unser", "*.hsmp")
 
 
 @dataclass
@@ -421,16 +399,8 @@ class RspamdProxy:
 
     def stop(self) -> None:
         stop_process(self.process)
-        if self.hs_cache is None:
-            return
         # Keep compiled Hyperscan databases for the next run (cold start ~12 s).
-        with contextlib.suppress(OSError):
-            for pattern in _HS_GLOBS:
-                for path in (self.dir / "db").glob(pattern):
-                    if path.name not in self.seeded:
-                        partial = self.hs_cache / f".{path.name}.{os.getpid()}"
-                        shutil.copy2(path, partial)
-                        partial.replace(self.hs_cache / path.name)
+        keep_hs_cache(self.dir, self.hs_cache, self.seeded)
 
 
 def start_rspamd_proxy(
@@ -444,16 +414,9 @@ def start_rspamd_proxy(
     """rspamd (Debian package) with only its proxy worker, ``milter = yes`` and
     ``self_scan = yes`` (it scans the mail itself, no normal worker), on a free
     loopback port. Ready when it answers the milter option negotiation."""
-    rspamd = shutil.which("rspamd") or "/usr/bin/rspamd"
-    if not Path(rspamd).exists():
-        raise RuntimeError("rspamd not found: apt-get install rspamd")
-    local, db, run, logdir = (directory / n for n in ("local", "db", "run", "log"))
-    for d in (local / "local.d", local / "override.d", db, run, logdir):
-        d.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    override = local / "override.d"
     # The proxy as rspamd's quick-start guide sets it up for Postfix, on our port.
-    (override / "worker-proxy.inc").write_text(
+    proxy_inc = (
         f'bind_socket = "127.0.0.1:{port}";\n'
         "milter = yes;\n"
         "timeout = 120s;\n"
@@ -465,40 +428,19 @@ def start_rspamd_proxy(
         'spam_header = "X-Spam";\n'
         'reject_message = "Spam message rejected";\n'
     )
-    # The normal worker and the controller would bind their fixed default ports.
-    for worker in ("normal", "controller"):
-        (override / f"worker-{worker}.inc").write_text("enabled = false;\n")
-    (local / "local.d" / "options.inc").write_text(
-        f'dns {{\n  nameserver = ["127.0.0.1:{dns_port}"];\n  timeout = 1s;\n'
-        "  retransmits = 1;\n}\n"
+    argv, seeded = prepare_rspamd(
+        directory,
+        workers={"proxy": proxy_inc},
+        nameserver=f"127.0.0.1:{dns_port}",
+        dns_timeout="1s",
+        off=RSPAMD_NETWORK_MODULES,
+        hs_cache=hs_cache,
     )
-    (local / "local.d" / "logging.inc").write_text(
-        f'type = "file";\nfilename = "{logdir}/rspamd.log";\nlevel = "notice";\n'
-    )
-    for module in RSPAMD_NETWORK_MODULES:
-        (local / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
-    seeded: set[str] = set()
-    if hs_cache is not None:
-        hs_cache.mkdir(parents=True, exist_ok=True)
-        for pattern in _HS_GLOBS:
-            for path in hs_cache.glob(pattern):
-                shutil.copy2(path, db / path.name)
-                seeded.add(path.name)
-    argv = [rspamd, "-f", "-c", "/etc/rspamd/rspamd.conf"]
-    if os.geteuid() == 0:
-        argv.append("-i")  # stay root: the private directories are root's
-    for name, path in (
-        ("LOCAL_CONFDIR", local),
-        ("DBDIR", db),
-        ("RUNDIR", run),
-        ("LOGDIR", logdir),
-    ):
-        argv += ["--var", f"{name}={path}"]
     start = time.monotonic()
     with (directory / "rspamd.out").open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     proxy = RspamdProxy(directory, port, process, 0.0, hs_cache, seeded)
-    _wait_milter_optneg(port, process, logdir / "rspamd.log", deadline)
+    _wait_milter_optneg(port, process, directory / "log" / "rspamd.log", deadline)
     proxy.startup = time.monotonic() - start
     return proxy
 

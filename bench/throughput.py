@@ -591,13 +591,15 @@ def main() -> int:
                     None if args.no_direct else script,
                 )
 
-            log_text = (sg_dir / "service.log").read_text(errors="replace")
-            results["smtpguard_log"] = {
-                "lines": len(log_text.splitlines()),
-                "decisions": log_text.count("decision "),
-                "tracebacks": log_text.count("Traceback"),
-                "tail": log_text.splitlines()[-5:],
-            }
+            sg_log = sg_dir / "service.log"
+            if sg_log.exists():  # smtpguard ran (not with --configs without it)
+                log_text = sg_log.read_text(errors="replace")
+                results["smtpguard_log"] = {
+                    "lines": len(log_text.splitlines()),
+                    "decisions": log_text.count("decision "),
+                    "tracebacks": log_text.count("Traceback"),
+                    "tail": log_text.splitlines()[-5:],
+                }
             results["postfix_milter_rejects"] = {
                 c: inst.maillog().count("milter-reject") for c, inst in setup.postfix.items()
             }

@@ -11,6 +11,7 @@ under 1 s warm, which is why its Hyperscan cache can be kept between test sessio
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -18,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,7 +225,8 @@ def start_redis(dir: Path, *, port: int | None = None) -> RedisServer:
 
 # Everything that would reach out (DNS lists, URL blacklists, map downloads, fuzzy
 # storage) or needs Redis is switched off, so a scan never waits on the network.
-_RSPAMD_OFF = (
+#: Modules that need the network or Redis, off in every private rspamd.
+RSPAMD_OFF = (
     "fuzzy_check",
     "dkim_signing",
     "arc",
@@ -252,7 +254,7 @@ _RSPAMD_OFF = (
     "url_redirector",
     "whitelist",
 )
-_HS_CACHE_GLOBS = ("*.hs", "*.hs.unser", "*.hsmp")
+HS_CACHE_GLOBS = ("*.hs", "*.hs.unser", "*.hsmp")
 
 
 @dataclass
@@ -277,15 +279,7 @@ class Rspamd:
 
     def stop(self) -> None:
         _stop(self.process)
-        if self.hs_cache is not None:
-            # Keep what this run compiled for the next test session.
-            # Copy, then rename: a concurrent session never reads half a file.
-            for pattern in _HS_CACHE_GLOBS:
-                for path in (self.dir / "db").glob(pattern):
-                    if path.name not in self._seeded:
-                        partial = self.hs_cache / f".{path.name}.{os.getpid()}"
-                        shutil.copy2(path, partial)
-                        partial.replace(self.hs_cache / path.name)
+        keep_hs_cache(self.dir, self.hs_cache, self._seeded)
 
 
 def _rspamd_ready(port: int) -> bool:
@@ -299,43 +293,48 @@ def _rspamd_ready(port: int) -> bool:
         conn.close()
 
 
-def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 90.0) -> Rspamd:
-    """rspamd 3.x with only its normal worker, on a free loopback port.
+def prepare_rspamd(
+    dir: Path,
+    *,
+    workers: Mapping[str, str],
+    nameserver: str,
+    dns_timeout: str,
+    off: Sequence[str] = RSPAMD_OFF,
+    hs_cache: Path | None = None,
+) -> tuple[list[str], set[str]]:
+    """A private rspamd under ``dir``: the argv to start it and the cache files seeded.
 
-    ``hs_cache``: a directory kept between test sessions; its compiled Hyperscan
-    databases are copied in before start (rspamd checks they match its rules and
-    platform) and new ones copied back at :meth:`Rspamd.stop`.
+    ``workers`` maps a worker (normal, controller, proxy) to its override text; the
+    others are disabled, since they would bind their fixed default ports. ``hs_cache``:
+    a directory kept between runs; its compiled Hyperscan databases are copied in
+    before start (rspamd checks they match its rules and platform).
     """
     local, db, run, logdir = dir / "local", dir / "db", dir / "run", dir / "log"
     for d in (local / "local.d", local / "override.d", db, run, logdir):
         d.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    (local / "override.d" / "worker-normal.inc").write_text(
-        f'bind_socket = ["127.0.0.1:{port}", "{run}/normal.sock mode=0666"];\ncount = 1;\n'
-    )
-    # The controller and the proxy would bind their fixed default ports.
-    for worker in ("controller", "proxy"):
-        (local / "override.d" / f"worker-{worker}.inc").write_text("enabled = false;\n")
-    # Nothing listens on port 1: a stray lookup fails at once instead of timing out.
+    for worker in ("normal", "controller", "proxy"):
+        text = workers.get(worker, "enabled = false;\n")
+        (local / "override.d" / f"worker-{worker}.inc").write_text(text)
     (local / "local.d" / "options.inc").write_text(
-        'dns {\n  nameserver = ["127.0.0.1:1"];\n  timeout = 0.1s;\n  retransmits = 1;\n}\n'
+        f'dns {{\n  nameserver = ["{nameserver}"];\n  timeout = {dns_timeout};\n'
+        "  retransmits = 1;\n}\n"
     )
     (local / "local.d" / "logging.inc").write_text(
         f'type = "file";\nfilename = "{logdir}/rspamd.log";\nlevel = "notice";\n'
     )
-    for module in _RSPAMD_OFF:
+    for module in off:
         (local / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
     seeded: set[str] = set()
     if hs_cache is not None:
         hs_cache.mkdir(parents=True, exist_ok=True)
-        for pattern in _HS_CACHE_GLOBS:
+        for pattern in HS_CACHE_GLOBS:
             for path in hs_cache.glob(pattern):
                 shutil.copy2(path, db / path.name)
                 seeded.add(path.name)
     argv = [_program("rspamd", "rspamd"), "-f", "-c", "/etc/rspamd/rspamd.conf"]
     if os.geteuid() == 0:
-        # Run as root without switching user, so it can use the test's private
-        # directories (-u _rspamd could not enter pytest's 0700 temporary tree).
+        # Run as root without switching user, so it can use the private directories
+        # (-u _rspamd could not enter pytest's 0700 temporary tree).
         argv.append("-i")
     for name, path in (
         ("LOCAL_CONFDIR", local),
@@ -344,9 +343,46 @@ def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 9
         ("LOGDIR", logdir),
     ):
         argv += ["--var", f"{name}={path}"]
+    return argv, seeded
+
+
+def keep_hs_cache(dir: Path, hs_cache: Path | None, seeded: set[str]) -> None:
+    """Copy what this run compiled into ``hs_cache`` for the next run; copy, then
+    rename, so a concurrent run never reads half a file."""
+    if hs_cache is None:
+        return
+    with contextlib.suppress(OSError):
+        for pattern in HS_CACHE_GLOBS:
+            for path in (dir / "db").glob(pattern):
+                if path.name not in seeded:
+                    partial = hs_cache / f".{path.name}.{os.getpid()}"
+                    shutil.copy2(path, partial)
+                    partial.replace(hs_cache / path.name)
+
+
+def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 90.0) -> Rspamd:
+    """rspamd 3.x with only its normal worker, on a free loopback port.
+
+    ``hs_cache``: a directory kept between test sessions; its compiled Hyperscan
+    databases are copied in before start (rspamd checks they match its rules and
+    platform) and new ones copied back at :meth:`Rspamd.stop`.
+    """
+    port = free_port()
+    run = dir / "run"
+    # Nothing listens on port 1: a stray lookup fails at once instead of timing out.
+    argv, seeded = prepare_rspamd(
+        dir,
+        workers={
+            "normal": f'bind_socket = ["127.0.0.1:{port}", "{run}/normal.sock mode=0666"];\n'
+            "count = 1;\n"
+        },
+        nameserver="127.0.0.1:1",
+        dns_timeout="0.1s",
+        hs_cache=hs_cache,
+    )
     with (dir / "rspamd.out").open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     startup = wait_until(
-        lambda: _rspamd_ready(port), process, "rspamd", logdir / "rspamd.log", deadline
+        lambda: _rspamd_ready(port), process, "rspamd", dir / "log" / "rspamd.log", deadline
     )
     return Rspamd(dir, port, process, startup, hs_cache, seeded)
