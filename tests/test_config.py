@@ -11,15 +11,10 @@ import pytest
 
 from smtpguard.app import load
 from smtpguard.config import ConfigError, load_config
+from support.configs import assert_config_error, write_config
 from support.service import ROOT
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "smtpguard.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_sample_config_loads_with_documented_defaults() -> None:
@@ -45,7 +40,7 @@ def test_every_sample_option_is_documented() -> None:
 
 
 def test_empty_file_means_defaults(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, ""))
+    config = load_config(write_config(tmp_path, ""))
     assert config.limits.max_rcpt == 100
     assert config.site.trusted_networks == (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -80,13 +75,8 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     ],
 )
 def test_errors_name_file_and_dotted_key(tmp_path: Path, text: str, key: str, message: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        load(path)
-    assert err.value.file == str(path.resolve())
-    assert err.value.key == key
-    assert message in err.value.message
-    assert str(path.resolve()) in str(err.value)
+    error = assert_config_error(tmp_path, text, key, message)
+    assert error.file in str(error)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -96,16 +86,18 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_invalid_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
-        load(write(tmp_path, "[milter\n"))
+        load(write_config(tmp_path, "[milter\n"))
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
-    config = load(write(tmp_path, "[directory]\npath = 'db/dir.sqlite'\n"))
+    config = load(write_config(tmp_path, "[directory]\npath = 'db/dir.sqlite'\n"))
     assert config.directory.path == (tmp_path / "db" / "dir.sqlite").resolve()
 
 
 def test_subdomain_entries(tmp_path: Path) -> None:
-    config = load(write(tmp_path, "[site]\nlocal_domains = ['Example.COM.', '.corp.example']\n"))
+    config = load(
+        write_config(tmp_path, "[site]\nlocal_domains = ['Example.COM.', '.corp.example']\n")
+    )
     assert config.site.is_local("example.com")
     assert not config.site.is_local("sub.example.com")
     assert config.site.is_local("a.b.corp.example")
@@ -124,7 +116,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_check_config_command(tmp_path: Path) -> None:
     directory = tmp_path / "dir.sqlite"
-    good = write(
+    good = write_config(
         tmp_path,
         f"[directory]\npath = '{directory}'\n[state]\npath = '{tmp_path / 'state.sqlite'}'\n",
     )
@@ -152,7 +144,7 @@ def test_check_config_command(tmp_path: Path) -> None:
     [("https://h.example/{id}/{lang}", "only {id}"), ("https://h.example/{id}\t", "printable")],
 )
 def test_help_url_template_is_validated(tmp_path: Path, url: str, message: str) -> None:
-    path = write(tmp_path, f'[replies]\nhelp_url = "{url}"\n'.replace("\t", "\\t"))
+    path = write_config(tmp_path, f'[replies]\nhelp_url = "{url}"\n'.replace("\t", "\\t"))
     with pytest.raises(ConfigError) as err:
         load(path)
     assert err.value.key == "replies.help_url"

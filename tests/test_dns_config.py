@@ -10,20 +10,15 @@ import pytest
 
 from smtpguard.app import load
 from smtpguard.config import CHECK_DEFAULTS, ConfigError, DnsConfig
+from support.configs import assert_config_error, write_config
 from support.service import ROOT
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
 NS = "[dns]\nnameservers = ['127.0.0.1']\n"
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "smtpguard.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def test_defaults_send_no_query(tmp_path: Path) -> None:
-    config = load(write(tmp_path, ""))
+    config = load(write_config(tmp_path, ""))
     assert config.dns == DnsConfig()
     assert not config.dns.enabled
     assert config.dnsbl.zones == ()
@@ -35,7 +30,7 @@ def test_defaults_send_no_query(tmp_path: Path) -> None:
 
 
 def test_dns_checks_pass_on_temporary_errors_by_default(tmp_path: Path) -> None:
-    config = load(write(tmp_path, NS))
+    config = load(write_config(tmp_path, NS))
     for name in ("rbl", "openrelay", "smtpport", "sender_domain", "spf"):
         assert config.check(name).mode == "enforce"
         assert config.check(name).on_temp_error == "pass"
@@ -56,7 +51,7 @@ def test_dns_checks_pass_on_temporary_errors_by_default(tmp_path: Path) -> None:
 
 
 def test_a_partial_check_section_keeps_the_check_defaults(tmp_path: Path) -> None:
-    config = load(write(tmp_path, NS + "[checks.spf]\nmode = 'report'\n[checks.helo_dns]\n"))
+    config = load(write_config(tmp_path, NS + "[checks.spf]\nmode = 'report'\n[checks.helo_dns]\n"))
     assert config.check("spf").mode == "report"
     assert config.check("spf").on_temp_error == "pass"
     assert config.check("helo_dns").mode == "off"
@@ -64,7 +59,7 @@ def test_a_partial_check_section_keeps_the_check_defaults(tmp_path: Path) -> Non
 
 def test_full_sections(tmp_path: Path) -> None:
     config = load(
-        write(
+        write_config(
             tmp_path,
             """
 [dns]
@@ -176,24 +171,21 @@ def zone(body: str) -> str:
     ],
 )
 def test_errors_name_file_and_dotted_key(tmp_path: Path, text: str, key: str, message: str) -> None:
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        load(path)
-    assert err.value.file == str(path.resolve())
-    assert err.value.key == key
-    assert message in err.value.message
+    assert_config_error(tmp_path, text, key, message)
 
 
 def test_a_dns_check_turned_off_needs_no_resolver(tmp_path: Path) -> None:
     assert (
-        load(write(tmp_path, "[checks.spf]\nmode = 'off'\n[checks.helo_dns]\n")).dns.nameservers
+        load(
+            write_config(tmp_path, "[checks.spf]\nmode = 'off'\n[checks.helo_dns]\n")
+        ).dns.nameservers
         == ()
     )
 
 
 def test_missing_pattern_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        load(write(tmp_path, "[smtpport]\ngeneric_patterns = 'nope.toml'\n"))
+        load(write_config(tmp_path, "[smtpport]\ngeneric_patterns = 'nope.toml'\n"))
     assert err.value.file == str(tmp_path.resolve() / "nope.toml")
     assert "file not found" in err.value.message
 
