@@ -41,13 +41,11 @@ class MessageState:
 
     def add_header(self, name: str, value: str) -> None:
         """Count a header as it will be written: ``Name: value`` CRLF, folded lines CRLF."""
-        lines = value.replace("\r\n", "\n").split("\n")
-        self.size += len(name) + 2 + sum(len(_octets(line)) + 2 for line in lines)
+        lengths = [len(_octets(line)) for line in value.replace("\r\n", "\n").split("\n")]
+        lengths[0] += len(name) + 2  # "Name: " precedes the first line
+        self.size += sum(lengths) + 2 * len(lengths)
         self.headers += 1
-        first = len(name) + 2 + len(_octets(lines[0]))
-        self.longest_header_line = max(
-            self.longest_header_line, first, *(len(_octets(line)) for line in lines[1:])
-        )
+        self.longest_header_line = max(self.longest_header_line, *lengths)
         if "\x00" in value or "\x00" in name:
             self.nul = True
         lowered = name.lower()
