@@ -27,6 +27,8 @@ from smtpguard.scanners import Endpoint
 from smtpguard.scanners.clamd import ping
 
 POLL_INTERVAL = 0.02
+# Daemons are started in bytes mode, the smtpguard service in text mode.
+AnyPopen = subprocess.Popen[bytes] | subprocess.Popen[str]
 
 #: The EICAR anti-virus test file (68 octets); harmless, detected by design.
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -46,7 +48,7 @@ def free_port() -> int:
 
 def wait_until(
     ready: Callable[[], bool],
-    process: subprocess.Popen[bytes],
+    process: AnyPopen,
     what: str,
     log: Path,
     deadline: float = 30.0,
@@ -77,7 +79,7 @@ def _tail(log: Path) -> str:
         return "(no log)"
 
 
-def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+def _stop(process: AnyPopen, sig: int = signal.SIGTERM) -> None:
     if process.poll() is None:
         process.send_signal(sig)
     try:
