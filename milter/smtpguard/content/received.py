@@ -51,7 +51,7 @@ What is extracted:
   (``from [192.0.2.1] (helo=mx.example.com)``).
 * ``by_name``: the first word after ``by``.
 
-Only ``str.find``-like scanning and regular expressions made of single character classes
+Only ``str.find``-like scanning and regular expressions with possessive quantifiers
 are used, so parsing is linear in the input length.
 """
 
@@ -79,9 +79,14 @@ MAX_LENGTH: Final = 8192
 _KEYWORDS: Final = frozenset({"from", "by", "via", "with", "id", "for"})
 
 _FOLD: Final = re.compile(r"\r?\n(?=[ \t])")
-_WORD_RUN: Final = re.compile(r'[^ \t()";]+')
+# After optional blanks: a word (runs of word characters and quoted strings, a
+# backslash escaping the next character inside quotes), ";", "(", ")", or the end.
+# Possessive quantifiers keep matching linear whatever the input.
+_TOKEN: Final = re.compile(
+    r'[ \t]*+(?:((?:[^ \t()";]++|"(?:[^"\\]++|\\.)*+")++)|(;)|(\()|(\))|\Z)', re.DOTALL
+)
 _COMMENT_SPECIAL: Final = re.compile(r"[()\\]")
-_QUOTED_SPECIAL: Final = re.compile(r'["\\]')
+_DOTTED: Final = re.compile(r"[0-9.]+")
 
 # Longest text that can still be an address literal ("IPv6:" + 45 + zone id); anything
 # longer is rejected before ipaddress sees it.
@@ -196,30 +201,25 @@ def _tokenize(text: str) -> list[_Token]:
     tokens: list[_Token] = []
     i = 0
     n = len(text)
-    while i < n:
-        c = text[i]
-        if c in " \t":
-            i += 1
-        elif c == ";":
-            i += 1
+    match = _TOKEN.match
+    while True:
+        m = match(text, i)
+        if m is None:
+            # Only an opening quote whose string never ends is left unmatched.
+            raise ReceivedParseError("unterminated quoted string")
+        i = m.end()
+        word, semi, opening = m.group(1, 2, 3)
+        if word is not None:
+            tokens.append(_Token(_WORD, word, i))
+        elif semi is not None:
             tokens.append(_Token(_SEMI, ";", i))
-        elif c == "(":
-            i, inner = _scan_comment(text, i)
+        elif opening is not None:
+            i, inner = _scan_comment(text, i - 1)
             tokens.append(_Token(_COMMENT, inner, i))
-        elif c == ")":
+        elif m.group(4) is not None:
             raise ReceivedParseError("unbalanced ')'")
-        else:
-            start = i
-            while True:
-                m = _WORD_RUN.match(text, i)
-                if m is not None:
-                    i = m.end()
-                if i < n and text[i] == '"':
-                    i = _scan_quoted(text, i)
-                    continue
-                break
-            tokens.append(_Token(_WORD, text[start:i], i))
-    return tokens
+        elif i >= n:
+            return tokens
 
 
 def _scan_comment(text: str, i: int) -> tuple[int, str]:
@@ -251,21 +251,6 @@ def _scan_comment(text: str, i: int) -> tuple[int, str]:
             pos = m.end()
             if depth == 0:
                 return pos, "".join(pieces)
-
-
-def _scan_quoted(text: str, i: int) -> int:
-    """Return the index after the quoted string opening at ``i``."""
-    pos = i + 1
-    n = len(text)
-    while True:
-        m = _QUOTED_SPECIAL.search(text, pos)
-        if m is None:
-            raise ReceivedParseError("unterminated quoted string")
-        if m.group() == '"':
-            return m.end()
-        if m.end() >= n:
-            raise ReceivedParseError("unterminated quoted string")
-        pos = m.end() + 1
 
 
 def _clauses(tokens: list[_Token]) -> dict[str, _Clause]:
@@ -353,6 +338,16 @@ def _parse_ip(token: str) -> tuple[IPAddress | None, bool]:
 def _ip(text: str) -> IPAddress | None:
     if not text or len(text) > _IP_TEXT_MAX:
         return None
+    # Most tokens are host names: an IPv4 address is digits and dots, an IPv6 address
+    # has a colon; anything else is not worth an exception from ipaddress.
+    if ":" not in text and not _DOTTED.fullmatch(text):
+        return None
+    return _cached_ip(text)
+
+
+@lru_cache(maxsize=1024)
+def _cached_ip(text: str) -> IPAddress | None:
+    # The same relays and clients recur in trace fields from message to message.
     try:
         return ipaddress.ip_address(text)
     except ValueError:
