@@ -297,21 +297,27 @@ class _Group:
             needles is not None and fold
             for needles, fold in zip(self.needles, self.ignorecase, strict=True)
         )
-        self._entries = tuple(zip(self.rules, self.needles, self.ignorecase, strict=True))
+        # One flat list of (needle, case-folded?, rule index) and the rules without
+        # literals: a single loop over the needles finds the candidates, where a
+        # generator per rule cost more than the substring searches themselves.
+        self._needles = tuple(
+            (needle, fold, i)
+            for i, (needles, fold) in enumerate(zip(self.needles, self.ignorecase, strict=True))
+            if needles is not None
+            for needle in needles
+        )
+        self._always = frozenset(i for i, needles in enumerate(self.needles) if needles is None)
 
     def candidates(self, text: str, matched: set[str]) -> list[Rule]:
-        """The rules not yet matched that can match somewhere in ``text``."""
+        """The rules not yet matched that can match somewhere in ``text``, in order."""
         folded = _fold(text) if self.folds else text
-        out = []
-        for rule, needles, fold in self._entries:
-            if rule.name in matched:
-                continue
-            if needles is not None:
-                hay = folded if fold else text
-                if not any(needle in hay for needle in needles):
-                    continue
-            out.append(rule)
-        return out
+        hits = {i for needle, fold, i in self._needles if needle in (folded if fold else text)}
+        if self._always:
+            hits |= self._always
+        if not hits:
+            return []
+        rules = self.rules
+        return [rules[i] for i in sorted(hits) if rules[i].name not in matched]
 
 
 class RuleSet:
