@@ -13,7 +13,7 @@ import threading
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from cachetools import TTLCache
+from smtpguard.ttlcache import TtlCache
 
 _V = TypeVar("_V")
 _MISSING = object()
@@ -22,8 +22,8 @@ _MISSING = object()
 class Memo(Generic[_V]):
     def __init__(self, ttl: float, maxsize: int = 10000) -> None:
         self.enabled = ttl > 0
-        self._cache: TTLCache[Hashable, _V] = TTLCache(maxsize=maxsize, ttl=max(ttl, 1))
-        # cachetools is not thread-safe; libmilter calls in from many threads.
+        self._cache: TtlCache[Hashable, _V] = TtlCache(maxsize=maxsize, ttl=max(ttl, 1))
+        # libmilter calls in from many threads.
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> tuple[bool, _V | None]:

@@ -35,8 +35,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import ClassVar
 
-from cachetools import TTLCache
-
 from smtpguard.address import is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import GenericPatterns
@@ -51,6 +49,7 @@ from smtpguard.dns import (
 )
 from smtpguard.memo import Memo
 from smtpguard.session import Connection
+from smtpguard.ttlcache import TtlCache
 from smtpguard.verdict import Hit, TempError, Verdict
 
 #: RFC 7208 §4.6.4: at most 10 PTR names are looked up; the same bound here.
@@ -153,7 +152,7 @@ class SmtpPort:
         # Reverse DNS per client IP without a temporary failure in it.
         self.memo: Memo[ReverseDns] = Memo(services.config.dns.verdict_ttl)
         # (ip, port) -> reachable, shared by sessions; only touched on the loop thread.
-        self._probes: TTLCache[tuple[str, int], bool] = TTLCache(
+        self._probes: TtlCache[tuple[str, int], bool] = TtlCache(
             maxsize=10000, ttl=max(self.config.connect_back_cache_ttl, 1)
         )
 
@@ -177,8 +176,9 @@ class SmtpPort:
         """(True: port open; False: refused or silent; None: could not test, why)."""
         port = self.config.connect_back_port
         key = (str(ip), port)
-        if key in self._probes:
-            return self._probes[key], "cached"
+        known = self._probes.get(key)
+        if known is not None:
+            return known, "cached"
         try:
             _reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(str(ip), port), self.config.connect_back_timeout
