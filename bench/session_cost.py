@@ -89,6 +89,9 @@ def instrument(pipeline: Any) -> None:
         pipeline.stages[stage] = [
             (_Timed(check, f"{stage.value:7} {check.name}"), settings) for check, settings in checks
         ]
+    rebuild = getattr(pipeline, "rebuild_plan", None)
+    if rebuild is not None:
+        rebuild()
     for attr, kind in (("prefetchers", "prefetch"), ("observers", "observe")):
         hooks = getattr(pipeline, attr, None)
         if isinstance(hooks, list):
@@ -160,6 +163,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", "--sessions", type=int, default=2000)
     p.add_argument("--cprofile", type=int, default=0, metavar="N", help="top N functions")
+    p.add_argument("--dump", metavar="FILE", help="with --cprofile: write the pstats there")
     args = p.parse_args()
     identity = Identity()
     with (
@@ -208,6 +212,8 @@ def main() -> int:
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats("tottime").print_stats(args.cprofile)
         print("\n" + out.getvalue())
+        if args.dump:
+            stats.dump_stats(args.dump)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The pipeline is built from a real config file and the shipped reply table; the
 backends are small fakes passed in through Services. Checks that raise or answer on a
-chosen stage are appended to the public ``pipeline.stages`` lists.
+chosen stage are added with ``pipeline.add_check``.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def assert_reject(
 def test_clean_mail_continues(build: BuildHarness, caplog: pytest.LogCaptureFixture) -> None:
     h = build()
     recorder = Recorder()
-    h.pipeline.stages[Stage.MAIL].append((recorder, CheckSettings()))
+    h.pipeline.add_check(recorder, CheckSettings())
     decision = h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>"))
     assert decision == CONTINUE
     assert recorder.calls == 1
@@ -226,7 +226,7 @@ def test_clean_mail_continues(build: BuildHarness, caplog: pytest.LogCaptureFixt
 def test_first_decisive_verdict_wins(build: BuildHarness) -> None:
     h = build()
     recorder = Recorder()
-    h.pipeline.stages[Stage.MAIL].append((recorder, CheckSettings()))
+    h.pipeline.add_check(recorder, CheckSettings())
     # No HELO and a denied sender: helo_first runs first and decides.
     decision = h.pipeline.run(Stage.MAIL, mail(connect(helo=None), "<x@spam.example>"))
     assert decision.action is Action.REJECT
@@ -276,7 +276,7 @@ def test_report_mode_logs_and_continues(
 ) -> None:
     h = build('[checks.sender_deny]\nmode = "report"\n')
     recorder = Recorder()
-    h.pipeline.stages[Stage.MAIL].append((recorder, CheckSettings()))
+    h.pipeline.add_check(recorder, CheckSettings())
     decision = h.pipeline.run(Stage.MAIL, mail(connect(), "<x@spam.example>"))
     assert decision == CONTINUE
     # The checks after the reporting one still ran.
@@ -370,7 +370,7 @@ def test_temp_error_pass_continues(build: BuildHarness, caplog: pytest.LogCaptur
     h = build('[checks.blacklist]\non_temp_error = "pass"\n')
     h.blacklist.failing = True
     recorder = Recorder()
-    h.pipeline.stages[Stage.MAIL].append((recorder, CheckSettings()))
+    h.pipeline.add_check(recorder, CheckSettings())
     decision = h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>"))
     assert decision == CONTINUE
     assert recorder.calls == 1
@@ -395,7 +395,8 @@ def test_raising_check_answers_internal_error(
 ) -> None:
     h = build()
     recorder = Recorder()
-    h.pipeline.stages[Stage.MAIL][:0] = [(Boom(), CheckSettings()), (recorder, CheckSettings())]
+    h.pipeline.add_check(recorder, CheckSettings(), first=True)
+    h.pipeline.add_check(Boom(), CheckSettings(), first=True)
     decision = h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>"))
     assert decision.action is Action.TEMPFAIL
     assert_reject(decision, "internal_error", "boom", ("out of memory. (内部错误)",))
@@ -421,10 +422,8 @@ def test_raising_check_in_report_mode_continues(
 ) -> None:
     h = build()
     recorder = Recorder()
-    h.pipeline.stages[Stage.MAIL][:0] = [
-        (Boom(), CheckSettings(mode="report")),
-        (recorder, CheckSettings()),
-    ]
+    h.pipeline.add_check(recorder, CheckSettings(), first=True)
+    h.pipeline.add_check(Boom(), CheckSettings(mode="report"), first=True)
     decision = h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>"))
     assert decision == CONTINUE
     assert recorder.calls == 1
@@ -434,7 +433,7 @@ def test_raising_check_in_report_mode_continues(
 
 def test_raising_check_under_dry_run_continues(build: BuildHarness) -> None:
     h = build("[milter]\ndry_run = true\n")
-    h.pipeline.stages[Stage.MAIL].insert(0, (Boom(), CheckSettings()))
+    h.pipeline.add_check(Boom(), CheckSettings(), first=True)
     assert h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>")) == CONTINUE
 
 
@@ -452,7 +451,7 @@ def test_connect_verdict_is_deferred_to_every_mail(
 ) -> None:
     h = build()
     recorder = Recorder()
-    h.pipeline.stages[Stage.MAIL].append((recorder, CheckSettings()))
+    h.pipeline.add_check(recorder, CheckSettings())
     conn = connect(admitted=False)
     assert h.pipeline.run(Stage.CONNECT, conn) == CONTINUE
     assert conn.pending == Hit("queue_unavailable", "over max_sessions=1000 or draining")
@@ -505,7 +504,7 @@ def test_connect_report_mode_defers_nothing(
 
 def test_helo_verdict_is_deferred(build: BuildHarness) -> None:
     h = build()
-    h.pipeline.stages[Stage.HELO].append((HeloGreylist(), CheckSettings()))
+    h.pipeline.add_check(HeloGreylist(), CheckSettings())
     conn = connect()
     assert h.pipeline.run(Stage.HELO, conn) == CONTINUE
     assert conn.pending == Hit("helo_error", "greylisted greeting")
@@ -515,7 +514,7 @@ def test_helo_verdict_is_deferred(build: BuildHarness) -> None:
 
 def test_first_deferred_verdict_is_kept_across_stages(build: BuildHarness) -> None:
     h = build()
-    h.pipeline.stages[Stage.HELO].append((HeloGreylist(), CheckSettings()))
+    h.pipeline.add_check(HeloGreylist(), CheckSettings())
     conn = connect(admitted=False)
     h.pipeline.run(Stage.CONNECT, conn)
     h.pipeline.run(Stage.HELO, conn)

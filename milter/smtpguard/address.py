@@ -287,7 +287,10 @@ def _mailbox_domain_error(domain: str, smtputf8: bool) -> str | None:
     return _domain_error(domain, smtputf8)
 
 
+@functools.lru_cache(maxsize=4096)
 def _domain_error(name: str, allow_utf8: bool) -> str | None:
+    # Cached: the same HELO names and sender domains come back session after session,
+    # and several checks validate the same name.
     if len(name) > MAX_DOMAIN + 1:
         return "domain too long"
     name = name.removesuffix(".")

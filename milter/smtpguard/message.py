@@ -41,7 +41,13 @@ class MessageState:
 
     def add_header(self, name: str, value: str) -> None:
         """Count a header as it will be written: ``Name: value`` CRLF, folded lines CRLF."""
-        lengths = [len(_octets(line)) for line in value.replace("\r\n", "\n").split("\n")]
+        lines = value.replace("\r\n", "\n").split("\n") if "\n" in value else [value]
+        # Character counts are octet counts for ASCII, by far the common case.
+        lengths = (
+            [len(line) for line in lines]
+            if value.isascii()
+            else [len(_octets(line)) for line in lines]
+        )
         lengths[0] += len(name) + 2  # "Name: " precedes the first line
         self.size += sum(lengths) + 2 * len(lengths)
         self.headers += 1

@@ -56,6 +56,7 @@ from smtpguard.checks.spf import Spf
 from smtpguard.checks.virus import VirusScan
 from smtpguard.config import CheckSettings, Config
 from smtpguard.message import MessageState
+from smtpguard.metrics import NullMetrics
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -135,10 +136,12 @@ class Pipeline:
         self.config: Config = services.config
         self.replies = replies
         self.metrics = services.metrics
+        self.timed = not isinstance(services.metrics, NullMetrics)
         self.report_header = self.config.milter.report_header
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
-        without_dns = []
+        without_dns: list[str] = []
+        inert: list[str] = []
         for cls in CHECK_CLASSES:
             settings = self.config.check(cls.name)
             if settings.mode == "off":
@@ -147,6 +150,11 @@ class Pipeline:
                 without_dns.append(cls.name)
                 continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__
+            if getattr(check, "inert", False):
+                # Enabled but with nothing to do in this configuration (a virus scanner
+                # with backend "none"): calling it for every header would cost time.
+                inert.append(cls.name)
+                continue
             self.stages[cls.stage].append((check, settings))
         self.prefetchers: list[Check] = []
         self.observers: list[Observing] = []
@@ -157,6 +165,9 @@ class Pipeline:
             # The config loader refuses DNS checks that were asked for explicitly; these
             # are the defaults, inactive until a resolver is configured.
             log.info("no [dns] nameservers: DNS checks inactive: %s", ", ".join(without_dns))
+        if inert:
+            log.info("checks with nothing to do in this configuration: %s", ", ".join(inert))
+        self.rebuild_plan()
         self.track_mime = self.config.check(AttachmentSizeBody.name).mode != "off"
         content = self.config.content
         self.eom_headers: tuple[tuple[str, str], ...] = (
@@ -165,10 +176,21 @@ class Pipeline:
             else ()
         )
 
-    def add_check(self, check: Check, settings: CheckSettings) -> None:
-        """Append a check to its stage (plugins, tests), with its hooks."""
-        self.stages[check.stage].append((check, settings))
+    def add_check(self, check: Check, settings: CheckSettings, *, first: bool = False) -> None:
+        """Add a check to its stage (plugins, tests), last or ``first``, with its hooks."""
+        checks = self.stages[check.stage]
+        checks.insert(0 if first else len(checks), (check, settings))
         self._register_hooks(check)
+        self.rebuild_plan()
+
+    def rebuild_plan(self) -> None:
+        """Recompute what each stage runs; needed after changing :attr:`stages` directly
+        (:meth:`add_check` does it)."""
+        # The effective mode of each check is resolved here, once, not per call.
+        self.plan: dict[Stage, tuple[tuple[Check, CheckSettings, str], ...]] = {
+            stage: tuple((c, s, self._mode(s)) for c, s in checks)
+            for stage, checks in self.stages.items()
+        }
 
     def _register_hooks(self, check: Check) -> None:
         # Looked up once here, not per session: a runtime Protocol check at every
@@ -182,6 +204,8 @@ class Pipeline:
         return bool(self.stages[stage])
 
     def run(self, stage: Stage, conn: Connection, event: Event | None = None) -> Decision:
+        if not self.timed:
+            return self._run(stage, conn, event or Event())
         started = time.perf_counter()
         try:
             return self._run(stage, conn, event or Event())
@@ -262,8 +286,7 @@ class Pipeline:
 
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
-        for check, settings in self.stages[stage]:
-            mode = self._mode(settings)
+        for check, settings, mode in self.plan[stage]:
             try:
                 verdict = check(conn, event)
             except Exception:

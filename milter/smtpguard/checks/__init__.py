@@ -13,6 +13,10 @@ A check that needs the message itself (a virus scanner, the spam rules) has
 ``observe(stage, conn, event)`` (:class:`Observing`): the pipeline hands it every header,
 the end of headers and every body chunk as they arrive, and calls ``discard(txn)`` when
 the transaction ends, whatever way it ends, so streams and spools are closed.
+
+A check whose configuration leaves it nothing to do (a virus scanner with backend
+``none``) sets ``inert = True`` when built; the pipeline then leaves it out and logs so,
+rather than calling it for every header and chunk.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ class VirusScan:
     def __init__(self, services: Services) -> None:
         self.config = services.config.virus
         self.endpoint = parse_endpoint(self.config.clamd_socket)
+        #: With no scanner configured there is nothing to stream or ask: the pipeline
+        #: then leaves this check out instead of feeding it every header and chunk.
+        self.inert = self.config.backend == "none"
 
     def _stream(self, txn: Transaction) -> ClamdStream | MessageSpool | None:
         if self.config.backend == "none":
