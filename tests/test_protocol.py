@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpguard.config import StateConfig
 from support.daemons import wait_until
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running, smtpguard
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.integration
 
 TLS = {"{tls_version}": "TLSv1.3"}
 SLOT_RELEASE_DEADLINE = 5.0
+# Beyond cache_ttl: one session and the poll interval.
+CACHE_SLACK = 0.5
 
 
 def auth(login: str, mech: str = "PLAIN") -> dict[str, str]:
@@ -138,6 +141,39 @@ def test_black_mail_address_added_and_removed_at_run_time(service: Running) -> N
     with open_session(service) as s:
         assert_pass(s.mail(f"<{address}>"))
     assert "reply=black_mail_address" in service.log()
+
+
+@pytest.fixture(scope="module")
+def cached_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    # The shipped result cache; the other services here ask the files every time.
+    ttl = StateConfig().cache_ttl
+    extra = {"state": {"cache_ttl": ttl}, "directory": {"cache_ttl": ttl}}
+    with running(make_site(tmp_path_factory.mktemp("cached"), extra)) as svc:
+        yield svc
+
+
+def test_blacklist_change_takes_effect_within_cache_ttl(cached_service: Running) -> None:
+    address = "late@sender.example"
+    with open_session(cached_service) as s:
+        assert_pass(s.mail(f"<{address}>"))  # "not listed" is now cached
+    smtpguard(cached_service.site, "blacklist", "add", address)
+    waited = wait_until(
+        lambda: _refused_as_blacklisted(cached_service, address),
+        cached_service.process,
+        "the blacklist entry to take effect",
+        cached_service.log_path,
+        deadline=StateConfig().cache_ttl + SLOT_RELEASE_DEADLINE,
+    )
+    assert waited <= StateConfig().cache_ttl + CACHE_SLACK
+
+
+def _refused_as_blacklisted(service: Running, address: str) -> bool:
+    with open_session(service) as s:
+        answer = s.mail(f"<{address}>")
+    if answer.kind == "continue":
+        return False
+    assert_reply(answer, "black_mail_address")
+    return True
 
 
 def test_relay_local_fail(service: Running) -> None:

@@ -101,7 +101,7 @@ def _directory(config: Config) -> Directory:
             "directory.path",
             f"{d.path} does not exist; create it with 'smtpguard directory import FILE'",
         )
-    return SqliteDirectory(d.path, d.timeout)
+    return SqliteDirectory(d.path, d.timeout, cache_ttl=d.cache_ttl)
 
 
 def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
@@ -110,7 +110,7 @@ def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
         return RedisBlacklist(
             redis_client(state.redis_url, timeout=state.timeout), state.redis_prefix
         )
-    return SqliteBlacklist(state.path, state.timeout)
+    return SqliteBlacklist(state.path, state.timeout, cache_ttl=state.cache_ttl)
 
 
 def make_counter(config: Config) -> SizeBucketCounter:

@@ -249,6 +249,8 @@ class DirectoryConfig:
     backend: Literal["sqlite", "none"] = "sqlite"
     path: Path = Path("/var/lib/smtpguard/directory.sqlite")
     timeout: float = 2.0
+    #: Seconds a lookup result is reused (0: ask the file every time).
+    cache_ttl: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +260,8 @@ class StateConfig:
     backend: Literal["embedded", "redis"] = "embedded"
     path: Path = Path("/var/lib/smtpguard/state.sqlite")
     timeout: float = 2.0
+    #: Seconds an embedded blacklist lookup is reused (0: ask the file every time).
+    cache_ttl: float = 1.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "smtpguard"
     #: Redis unreachable: "error" answers database_temp_error (per the check's
@@ -834,6 +838,7 @@ def _directory(s: _Section) -> DirectoryConfig:
         backend=cast(Literal["sqlite", "none"], s.choice("backend", d.backend, ("sqlite", "none"))),
         path=s.path("path", str(d.path)),
         timeout=s.number("timeout", d.timeout, minimum=0.01),
+        cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0),
     )
     s.done()
     return out
@@ -847,6 +852,7 @@ def _state(s: _Section) -> StateConfig:
         ),
         path=s.path("path", str(d.path)),
         timeout=s.number("timeout", d.timeout, minimum=0.01),
+        cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0),
         redis_url=s.string("redis_url", d.redis_url),
         redis_prefix=s.string("redis_prefix", d.redis_prefix),
         on_redis_error=cast(

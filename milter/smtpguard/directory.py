@@ -105,10 +105,10 @@ class SqliteDirectory:
     # Alias chains longer than this are treated as loops.
     MAX_ALIAS_DEPTH = 8
 
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, *, cache_ttl: float = 0.0) -> None:
         self.path = path
         self.timeout = timeout
-        self._shared = ConnectionPool(self._open)
+        self._shared = ConnectionPool(self._open, cache_ttl=cache_ttl)
 
     def _open(self) -> sqlite3.Connection:
         return sqlite3.connect(

@@ -46,14 +46,27 @@ class Blacklist(Protocol):
 
 
 class SqliteBlacklist:
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, *, cache_ttl: float = 0.0) -> None:
         self.path = path
         self.timeout = timeout
-        self._shared = ConnectionPool(self._open)
+        self._shared = ConnectionPool(self._open, cache_ttl=cache_ttl)
+        # Creating the file, switching it to WAL and creating the table need the write
+        # lock, for which SQLite does not always wait (a fresh file's journal-mode
+        # switch answers "database is locked" at once): a burst of sessions right after
+        # the first start must not race for it, so one thread prepares the file and
+        # the pool's later connections only open it.
+        self._prepared = False
+        self._prepare_lock = threading.Lock()
 
     def _open(self) -> sqlite3.Connection:
         try:
-            return self._connect()
+            if not self._prepared:
+                with self._prepare_lock:
+                    if not self._prepared:
+                        db = self._connect()
+                        self._prepared = True
+                        return db
+            return sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
         except StateError as exc:
             raise sqlite3.OperationalError(str(exc)) from None
 
@@ -76,6 +89,8 @@ class SqliteBlacklist:
                 "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1", (address, domain)
             )
         except sqlite3.Error as exc:
+            # The file may have been removed or replaced: prepare it again next time.
+            self._prepared = False
             raise StateError(f"{self.path}: {exc}") from None
         return str(rows[0][0]) if rows else None
 

@@ -35,8 +35,10 @@ BASE_CONFIG: dict[str, Any] = {
     "limits": {"max_rcpt": 3, "max_message_size": 1_000_000},
     "replies": {"table": str(RULES / "replies.toml")},
     "policy": {"sender_deny": ["spammer@bad.example", "junk.example", "/^promo-[0-9]+@/"]},
-    "directory": {"backend": "sqlite", "timeout": 0.3},
-    "state": {"backend": "embedded", "timeout": 0.3},
+    # Tests change the directory and the blacklist while the service runs and expect
+    # the next session to see it; the result cache (default 1 s) has tests of its own.
+    "directory": {"backend": "sqlite", "timeout": 0.3, "cache_ttl": 0},
+    "state": {"backend": "embedded", "timeout": 0.3, "cache_ttl": 0},
 }
 
 DIRECTORY = """
