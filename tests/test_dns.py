@@ -19,8 +19,11 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import dns.rrset
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smtpguard.dns import (
     Answer,
@@ -298,6 +301,12 @@ def test_names() -> None:
     assert reverse_name(v6).endswith(".8.b.d.0.1.0.0.2.ip6.arpa")
     assert client_address(ipaddress.ip_address("::ffff:198.51.100.7")) == v4
     assert normalize("Bücher.Example.") == "xn--bcher-kva.example"
+
+
+@given(st.ip_addresses())
+def test_reverse_name_is_dnspythons(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    expected = dns.reversename.from_address(str(ip)).to_text(omit_final_dot=True)
+    assert reverse_name(ip) == expected
     with pytest.raises(ValueError, match="label"):
         normalize("a" * 64 + ".test")
 

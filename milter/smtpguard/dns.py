@@ -56,7 +56,6 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
-import dns.reversename
 
 from smtpguard.config import DnsConfig
 from smtpguard.ttlcache import TtlCache
@@ -833,8 +832,12 @@ def client_address(ip: IPAddress) -> IPAddress:
 
 
 def reverse_name(ip: IPAddress) -> str:
-    """The PTR owner name: ``d.c.b.a.in-addr.arpa`` / nibbles + ``ip6.arpa``."""
-    return dns.reversename.from_address(str(ip)).to_text(omit_final_dot=True)
+    """The PTR owner name: ``d.c.b.a.in-addr.arpa`` / nibbles + ``ip6.arpa``
+    (RFC 1035 §3.5, RFC 3596 §2.5); the same text as dnspython's reversename, built
+    directly: that one costs ~40 us per call and this runs for every session. Like
+    dnspython, an IPv4-mapped IPv6 address is looked up under in-addr.arpa."""
+    ip = client_address(ip)
+    return dnsbl_name(ip, "in-addr.arpa" if ip.version == 4 else "ip6.arpa")
 
 
 def dnsbl_name(ip: IPAddress, zone: str) -> str:
