@@ -2,9 +2,9 @@
 
 The embedded backend keeps the blacklist in a SQLite file in WAL mode, so the CLI can
 add and remove entries while the milter reads them: the running milter sees a change
-at its next lookup, with no restart and no signal. Failures surface as
-:class:`StateError`; the check turns that into ``database_temp_error`` or a pass,
-as configured.
+within ``state.cache_ttl`` seconds (1 s by default), with no restart and no signal.
+Failures surface as :class:`StateError`; the check turns that into
+``database_temp_error`` or a pass, as configured.
 """
 
 from __future__ import annotations
