@@ -761,6 +761,9 @@ def test_generated_valid_addresses_round_trip(
     check_parsed(raw, smtputf8, False)
 
 
+# Surrogates (Cs) are what pymilter's surrogateescape makes of undecodable bytes, a
+# different case with its own tests; hypothesis generates them unless told not to.
+NON_ASCII = st.characters(min_codepoint=0xA0, exclude_categories=["Cs"])
 U_LABEL = st.text(
     alphabet=st.characters(categories=["Ll", "Lu", "Lo", "Nd"], min_codepoint=0x80),
     min_size=1,
@@ -769,7 +772,7 @@ U_LABEL = st.text(
 
 
 @PROPERTY
-@given(st.text(alphabet=st.characters(min_codepoint=0xA0), min_size=1, max_size=10), U_LABEL)
+@given(st.text(alphabet=NON_ASCII, min_size=1, max_size=10), U_LABEL)
 def test_generated_utf8_addresses(local: str, label: str) -> None:
     raw = f"<{local}@{label}.example>"
     addr = try_parse(raw, smtputf8=True)
