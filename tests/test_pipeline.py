@@ -592,3 +592,59 @@ def test_report_mode_can_stamp_a_header(tmp_path: Path) -> None:
     driver.eoh()
     decision = driver.eom()
     assert ("X-Smtpguard-Report", "host_denies_sender") in decision.headers
+
+
+# --- end of headers stood in for --------------------------------------------------------
+
+
+class StageLog:
+    """An observing EOM check that records the content stages it is fed."""
+
+    name: ClassVar[str] = "stage_log"
+    stage: ClassVar[Stage] = Stage.EOM
+    reply_ids: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
+        self.seen.append(stage.value)
+
+    def discard(self, txn: Transaction) -> None:
+        pass
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("steps", "seen"),
+    [
+        # SMFIP_NOEOH: the first body chunk stands for the end of headers ...
+        (["header", "body", "body", "eom"], ["header", "eoh", "body", "body", "eom"]),
+        # ... or the end of a message without a body ...
+        (["header", "eom"], ["header", "eoh", "eom"]),
+        # ... and an MTA that sends it anyway gets it once.
+        (["header", "eoh", "body", "eom"], ["header", "eoh", "body", "eom"]),
+    ],
+)
+def test_end_of_headers_is_observed_once(
+    build: BuildHarness, steps: list[str], seen: list[str]
+) -> None:
+    h = build()
+    log = StageLog()
+    h.pipeline.add_check(log, CheckSettings())
+    conn = mail(connect(), "<friend@example.org>")
+    events = {
+        "header": Event(header=("Subject", "hi")),
+        "body": Event(chunk=b"line\r\n"),
+    }
+    for step in steps:
+        decision = h.pipeline.run(Stage(step), conn, events.get(step))
+        assert decision.action is Action.CONTINUE
+    assert log.seen == seen
+    # Header line, blank line, body: the blank line is counted once.
+    assert conn.txn is not None
+    assert conn.txn.message is not None
+    body = len(b"line\r\n") * steps.count("body")
+    assert conn.txn.message.size == len(b"Subject: hi\r\n") + 2 + body

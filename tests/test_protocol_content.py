@@ -10,6 +10,7 @@ import base64
 from collections.abc import Iterator
 
 import pytest
+from miltertest import constants as C
 
 from support.mtclient import Answer, MilterSession, assert_reply
 from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running
@@ -54,6 +55,17 @@ def deliver(
 ) -> tuple[Answer, list[tuple[str, dict[str, str]]], list[Answer]]:
     with envelope(service, ip) as s:
         return s.message(headers, body)
+
+
+def test_negotiates_away_data_eoh_and_header_replies(content_service: Running) -> None:
+    """What Postfix is asked: no DATA and no end-of-headers callback at all, no reply
+    to each header (unix socket); everything else is sent and answered."""
+    with content_service.session() as s:
+        flags = s.conn.protocol_flags or 0
+    asked = C.SMFIP_NODATA | C.SMFIP_NOEOH | C.SMFIP_NR_HDR
+    assert flags & asked == asked
+    for kept in (C.SMFIP_NOHDRS, C.SMFIP_NOBODY, C.SMFIP_NR_RCPT, C.SMFIP_NR_BODY):
+        assert not flags & kept
 
 
 def test_clean_message_is_accepted_with_loop_marker(content_service: Running) -> None:

@@ -107,6 +107,7 @@ _DEFERRED_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
 _PREFETCH_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
 _CONTENT_STAGES = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 _DEFERRED_TO_EOM = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY})
+_AFTER_HEADERS = frozenset({Stage.BODY, Stage.EOM})
 
 
 class Action(Enum):
@@ -221,6 +222,13 @@ class Pipeline:
             return self._decide(stage, conn, event, conn.pending_check, conn.pending)
         txn = conn.txn
         if txn is not None and stage in _CONTENT_STAGES:
+            if stage is Stage.EOH:
+                txn.headers_ended = True
+            elif stage in _AFTER_HEADERS and not txn.headers_ended:
+                # The milter asks the MTA not to send end-of-headers (SMFIP_NOEOH):
+                # the first body chunk, or the end of a message without a body, stands
+                # for it, so checks and observers see the same stages either way.
+                self._run(Stage.EOH, conn, Event(deadline=event.deadline))
             if txn.pending is not None:
                 if stage is Stage.EOM:
                     self.end_transaction(txn)
@@ -270,9 +278,6 @@ class Pipeline:
         elif stage is Stage.EOH:
             message.end_of_headers()
         elif stage is Stage.BODY and event.chunk is not None:
-            if message.mime is None and self.track_mime:
-                # No EOH seen (MTA negotiated it away): headers are complete by now.
-                message.end_of_headers()
             message.feed_body(event.chunk)
         elif stage is Stage.EOM:
             message.close()

@@ -57,6 +57,8 @@ class Transaction:
     #: A header/body verdict waiting for end of message.
     pending: Hit | TempError | None = None
     pending_check: str = ""
+    #: The end of the headers has been seen, or stood in for (see the pipeline).
+    headers_ended: bool = False
     # Per-check scratch space for stateful content checks (MIME walker, counters).
     scratch: dict[str, Any] = field(default_factory=dict)
 

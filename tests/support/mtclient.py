@@ -58,6 +58,17 @@ _NO_REPLY = {
     C.SMFIC_EOH: C.SMFIP_NR_EOH,
     C.SMFIC_BODY: C.SMFIP_NR_BODY,
 }
+#: The protocol bit with which a milter asks not to be sent a command at all.
+_NOT_SENT = {
+    C.SMFIC_CONNECT: C.SMFIP_NOCONNECT,
+    C.SMFIC_HELO: C.SMFIP_NOHELO,
+    C.SMFIC_MAIL: C.SMFIP_NOMAIL,
+    C.SMFIC_RCPT: C.SMFIP_NORCPT,
+    C.SMFIC_DATA: C.SMFIP_NODATA,
+    C.SMFIC_HEADER: C.SMFIP_NOHDRS,
+    C.SMFIC_EOH: C.SMFIP_NOEOH,
+    C.SMFIC_BODY: C.SMFIP_NOBODY,
+}
 _LINE = re.compile(r"([45][0-9][0-9])([ -])([245]\.[0-9]{1,3}\.[0-9]{1,3}) (.*)\Z", re.S)
 
 
@@ -101,6 +112,9 @@ class MilterSession:
         self.conn.optneg_mta()
 
     def _answer(self, cmd: str, macros: dict[str, str] | None, **args: object) -> Answer:
+        if (self.conn.protocol_flags or 0) & _NOT_SENT.get(cmd, 0):
+            # Negotiated away: Postfix sends neither the command nor its macros.
+            return Answer("continue")
         if macros:
             self.conn.send_macro(cmd, **macros)
         no_reply = _NO_REPLY.get(cmd, 0)
