@@ -4,7 +4,8 @@ One asyncio event loop runs in a daemon thread and sends every query
 (:class:`UdpTransport`, a stub resolver client on top of dnspython). A libmilter
 callback never waits for a query to be sent: it calls :meth:`Resolver.submit` (or
 :meth:`Resolver.spawn` for a chain of lookups) and gets a
-:class:`concurrent.futures.Future` back at once. Lookups that need only the
+:class:`concurrent.futures.Future` back at once, or a :class:`Completed` when the
+cache already had the answer. Lookups that need only the
 client IP are started when the connection opens (the checks' ``prefetch`` hook) and
 collected at MAIL FROM, where the caller waits at most until the stage deadline.
 Why it matters: Debian's libmilter queues sessions on a small worker pool, so one
@@ -43,7 +44,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
 
 import dns.asyncquery
 import dns.entropy
@@ -700,18 +701,16 @@ class Resolver:
                 self._thread, self._loop = thread, loop
             return self._loop
 
-    def submit(self, name: str, rdtype: str) -> concurrent.futures.Future[Answer]:
+    def submit(self, name: str, rdtype: str) -> Pending[Answer]:
         """Start a lookup; returns at once. A cached answer comes back done."""
-        future: concurrent.futures.Future[Answer] = concurrent.futures.Future()
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
-            future.set_result(_invalid(name, rdtype, exc))
-            return future
+            return Completed(_invalid(name, rdtype, exc))
         hit = self._cached(key)
         if hit is not None:
-            future.set_result(hit)
-            return future
+            return Completed(hit)
+        future: concurrent.futures.Future[Answer] = concurrent.futures.Future()
         self._hand_over(key, future)
         return future
 
@@ -745,7 +744,7 @@ class Resolver:
             task = self._lookup(work) if isinstance(work, tuple) else asyncio.ensure_future(work)
             task.add_done_callback(functools.partial(_settle, future))
 
-    def wait(self, future: concurrent.futures.Future[_T], deadline: float | None) -> _T | None:
+    def wait(self, future: Pending[_T], deadline: float | None) -> _T | None:
         """The future's result, or None when the deadline (monotonic) passes first."""
         remaining = self.remaining(deadline)
         try:
@@ -854,12 +853,31 @@ def system_nameservers() -> list[str]:
     return [str(ns) for ns in dns.resolver.Resolver(configure=True).nameservers]
 
 
-def completed(value: _T) -> concurrent.futures.Future[_T]:
-    """A future that already holds ``value``: a lookup answered from the cache on the
-    calling thread, with no trip through the event loop thread."""
-    future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-    future.set_result(value)
-    return future
+class Completed(Generic[_T]):
+    """A lookup answered on the calling thread (from the cache), with no trip through
+    the event loop thread: what the callers use of a future, without the condition
+    variable a :class:`concurrent.futures.Future` builds and notifies (~3.5 us each,
+    several per session)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: _T) -> None:
+        self._value = value
+
+    def result(self, timeout: float | None = None) -> _T:
+        return self._value
+
+    def done(self) -> bool:
+        return True
+
+
+#: A lookup's outcome: still running on the loop thread, or already known.
+Pending: TypeAlias = concurrent.futures.Future[_T] | Completed[_T]
+
+
+def completed(value: _T) -> Completed[_T]:
+    """A :class:`Completed` holding ``value``."""
+    return Completed(value)
 
 
 def make_resolver(config: DnsConfig) -> Resolver:

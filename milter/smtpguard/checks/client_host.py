@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import ipaddress
 import re
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -41,6 +40,7 @@ from smtpguard.config import GenericPatterns
 from smtpguard.dns import (
     Answer,
     IPAddress,
+    Pending,
     Resolver,
     Status,
     client_address,
@@ -204,14 +204,14 @@ class SmtpPort:
             return None
         self.prefetch(conn)  # started at connect; here only if that did not happen
         ip = client_address(conn.client_ip)
-        rdns_future: Future[ReverseDns] = conn.scratch[self._RDNS]
+        rdns_future: Pending[ReverseDns] = conn.scratch[self._RDNS]
         rdns = self.dns.wait(rdns_future, event.deadline)
         if rdns is None:
             return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
         verdict = self._judge_rdns(ip, rdns)
         if verdict is not None or not self.config.connect_back:
             return verdict
-        probe_future: Future[tuple[bool | None, str]] = conn.scratch[self._PROBE]
+        probe_future: Pending[tuple[bool | None, str]] = conn.scratch[self._PROBE]
         probe = self.dns.wait(probe_future, event.deadline)
         if probe is None:
             return TempError("database_temp_error", f"connect-back {ip}: stage deadline reached")

@@ -32,12 +32,19 @@ import ipaddress
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import DnsblZone
-from smtpguard.dns import Answer, IPAddress, Resolver, client_address, completed, dnsbl_name
+from smtpguard.dns import (
+    Answer,
+    IPAddress,
+    Pending,
+    Resolver,
+    client_address,
+    completed,
+    dnsbl_name,
+)
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -48,6 +55,9 @@ _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 _ERROR_CODES = (ipaddress.IPv4Network("127.0.0.1/32"), ipaddress.IPv4Network("127.255.255.0/24"))
 #: Seconds between two log lines about the same ignored answer of the same zone.
 _IGNORED_LOG_INTERVAL = 300.0
+
+#: One zone's lookup for the client: the zone, the name asked, the answer to come.
+_Lookup = tuple[DnsblZone, str, Pending[Answer]]
 
 SCORES_KEY = "dnsbl.scores"
 
@@ -96,10 +106,8 @@ class _Dnsbl:
             return
         conn.scratch[self.key] = self._start(self.dns, client_address(conn.client_ip))
 
-    def _start(
-        self, resolver: Resolver, ip: IPAddress
-    ) -> list[tuple[DnsblZone, str, Future[Answer]]]:
-        out = []
+    def _start(self, resolver: Resolver, ip: IPAddress) -> list[_Lookup]:
+        out: list[_Lookup] = []
         for zone in self.zones:
             if isinstance(ip, ipaddress.IPv6Address) and not zone.ipv6:
                 continue
@@ -123,7 +131,7 @@ class _Dnsbl:
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         if self.dns is None or not self.zones or conn.trusted or conn.client_ip is None:
             return None
-        lookups: Sequence[tuple[DnsblZone, str, Future[Answer]]] | None = conn.scratch.get(self.key)
+        lookups: Sequence[_Lookup] | None = conn.scratch.get(self.key)
         if lookups is None:
             lookups = conn.scratch[self.key] = self._start(self.dns, client_address(conn.client_ip))
         hit: Hit | None = None
