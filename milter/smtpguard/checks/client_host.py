@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -149,6 +151,14 @@ class SmtpPort:
     def __init__(self, services: Services) -> None:
         self.config = services.config.smtpport
         self.dns = services.dns
+        generic = self.config.generic
+        # The patterns are fixed for the runtime and the same relays come back: a
+        # judgement is worth keeping (it costs ~25 us of regex searches per session).
+        self._generic: Callable[[str, IPAddress], str | None] | None = (
+            functools.lru_cache(maxsize=4096)(functools.partial(generic_match, generic))
+            if generic is not None
+            else None
+        )
         # Reverse DNS per client IP without a temporary failure in it.
         self.memo: Memo[ReverseDns] = Memo(services.config.dns.verdict_ttl)
         # (ip, port) -> reachable, shared by sessions; only touched on the loop thread.
@@ -242,8 +252,8 @@ class SmtpPort:
                     f"PTR {', '.join(rdns.names)} does not resolve back to {ip} (FCrDNS)",
                 )
             candidates = rdns.confirmed
-        if self.config.generic is not None:
-            reasons = [generic_match(self.config.generic, n, ip) for n in candidates]
+        if self._generic is not None:
+            reasons = [self._generic(n, ip) for n in candidates]
             if all(reasons):
                 return Hit(
                     "smtpport_check",
