@@ -428,7 +428,7 @@ class RuleScan:
         group = self.rules.headers.get(name.lower())
         if group is None and self.rules.any_header is None:
             return
-        text = _decode_header(_UNFOLD.sub(" ", value))
+        text = _decode_header(_UNFOLD.sub(" ", value) if "\n" in value else value)
         if group is not None:
             self._match(group.candidates(text, self._matched), text)
         if self.rules.any_header is not None:
@@ -538,7 +538,8 @@ _FOLD_TABLE: Final = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s",
 
 
 def _fold(text: str) -> str:
-    return text.translate(_FOLD_TABLE).lower()
+    # The table only maps non-ASCII characters; translate() costs a dict lookup each.
+    return text.lower() if text.isascii() else text.translate(_FOLD_TABLE).lower()
 
 
 def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
