@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtpguard.content.received import (
+    _COMMON,  # the fast path's shape: the Postfix test checks it is taken
     MAX_LENGTH,
     IPAddress,
     ReceivedInfo,
@@ -559,3 +560,70 @@ def test_exim_helo_token_is_a_claim_too() -> None:
     assert is_our_claim(info, frozenset({"mx.example.com"}), frozenset())
     plain = parse_received("from a.example (a.example [192.0.2.1]) by b.example; Sat, 1 Jan 2026")
     assert plain.from_helo is None
+
+
+# -- the common-shape fast path agrees with the tokenizer ---------------------------------
+
+_BLANK = st.sampled_from(["", " ", "\t", "  ", "\r\n\t", "\n "])
+_KEYWORD = st.sampled_from(["from", "by", "with", "id", "for", "via", "FROM", "By", "x"])
+_VALUE = st.one_of(
+    _HOST,
+    st.sampled_from(
+        ["ESMTP", "ESMTPS", "4F1A2B3C", "<a@example.org>", "by", "with", "For", 'q"x', "a\\b"]
+    ),
+)
+_COMMENT = st.one_of(
+    st.builds(lambda h, ip: f"({h} {_literal(ip)})", _HOST, _IP),
+    st.sampled_from(
+        ["(Postfix)", "(unknown [192.0.2.1])", "(a (nested) b)", "(x; y)", "(", ")", '("q")']
+    ),
+    st.builds(lambda h: f"(helo={h})", _HOST),
+)
+_DATE = st.sampled_from(
+    [
+        "Sat, 28 Nov 2026 17:00:00 +0000 (UTC)",
+        "1 Jan 2024 10:00:00 -0000",
+        "(UTC)",
+        "",
+        "a; b",
+        "x (a (b))",
+        "\x0b",
+        "Mon, 1 Jan (c) 2024",
+    ]
+)
+
+
+@st.composite
+def _trace_like(draw: st.DrawFn) -> str:
+    """The common shape, each part sometimes left out, repeated or replaced."""
+    parts: list[str] = []
+    for _ in range(draw(st.integers(1, 6))):
+        parts.append(draw(_KEYWORD))
+        parts.extend(draw(st.lists(_VALUE, min_size=0, max_size=2)))
+        parts.extend(draw(st.lists(_COMMENT, max_size=1)))
+    text = "".join(p + draw(_BLANK) for p in parts)
+    return text + draw(st.sampled_from([";", ";;", ""])) + draw(_BLANK) + draw(_DATE)
+
+
+def _outcome(value: str, *, fast: bool) -> ReceivedInfo | str:
+    try:
+        return parse_received(value, fast=fast)
+    except ReceivedParseError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_trace_like(), _HOSTILE_TEXT))
+def test_fast_path_agrees_with_the_tokenizer(value: str) -> None:
+    assert _outcome(value, fast=True) == _outcome(value, fast=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(helo=_HOST, rdns=_HOST, by=_HOST, ip=_IP)
+def test_postfix_shape_takes_the_fast_path(helo: str, rdns: str, by: str, ip: IPAddress) -> None:
+    value = (
+        f"from {helo} ({rdns} {_literal(ip)})\r\n\tby {by} (Postfix) with ESMTP id 4F1A"
+        "; Sat, 28 Nov 2026 17:00:00 +0000 (UTC)"
+    )
+    assert _COMMON.fullmatch(value.replace("\r\n", "")) is not None
+    assert _outcome(value, fast=True) == _outcome(value, fast=False)
