@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from miltertest import constants as C
 
-from support.mtclient import Answer, MilterSession, assert_reply
+from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
 from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running
 
 pytestmark = pytest.mark.integration
@@ -57,14 +57,14 @@ def deliver(
         return s.message(headers, body)
 
 
-def test_negotiates_away_data_eoh_and_header_replies(content_service: Running) -> None:
-    """What Postfix is asked: no DATA and no end-of-headers callback at all, no reply
-    to each header (unix socket); everything else is sent and answered."""
+def test_negotiates_away_eoh_and_data_and_header_replies(content_service: Running) -> None:
+    """What Postfix is asked: no end-of-headers callback at all, no reply to DATA and
+    each header (unix socket); DATA itself is kept for its queue id macro."""
     with content_service.session() as s:
         flags = s.conn.protocol_flags or 0
-    asked = C.SMFIP_NODATA | C.SMFIP_NOEOH | C.SMFIP_NR_HDR
+    asked = C.SMFIP_NOEOH | C.SMFIP_NR_DATA | C.SMFIP_NR_HDR
     assert flags & asked == asked
-    for kept in (C.SMFIP_NOHDRS, C.SMFIP_NOBODY, C.SMFIP_NR_RCPT, C.SMFIP_NR_BODY):
+    for kept in (C.SMFIP_NODATA, C.SMFIP_NOHDRS, C.SMFIP_NOBODY, C.SMFIP_NR_BODY):
         assert not flags & kept
 
 
@@ -120,6 +120,25 @@ FORGED = (
 def test_fake_router(content_service: Running, value: str) -> None:
     final, _mods, _early = deliver(content_service, [*BASE_HEADERS, ("Received", value)], "x\r\n")
     assert_reply(final, "fake_router")
+
+
+def test_deferred_header_verdict_is_logged_with_the_queue_id(content_service: Running) -> None:
+    # Postfix gives the queue id with DATA's macros; the header verdict that waits for
+    # end of message is logged before then and must name it.
+    with envelope(content_service, UNTRUSTED_IP) as s:
+        assert_pass(s.data(macros={"i": "4QLOGTEST1"}))
+        for name, value in [*BASE_HEADERS, ("Received", FORGED)]:
+            s.header(name, value)
+        s.body_bytes(b"x\r\n")
+        final, _mods = s.eom()
+    assert_reply(final, "fake_router")
+    deferred = [
+        line
+        for line in content_service.log().splitlines()
+        if "action=deferred" in line and "qid=4QLOGTEST1" in line
+    ]
+    assert len(deferred) == 1, content_service.log()[-2000:]
+    assert "reply=fake_router" in deferred[0]
 
 
 def test_our_received_from_our_own_hosts_is_fine(content_service: Running) -> None:

@@ -273,3 +273,17 @@ def _burst_of_first_lookups(blacklist: SqliteBlacklist, threads: int = 10) -> li
     for t in workers:
         t.join()
     return errors
+
+
+def test_removed_file_is_prepared_again(state_path: Path) -> None:
+    """The pool opens a new connection later (all busy, or one dropped after an error):
+    a file removed meanwhile is created again with its table, not refused."""
+    blacklist = SqliteBlacklist(state_path, timeout=0.5)
+    assert blacklist.listed("a@example.org") is None
+    state_path.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{state_path}{suffix}").unlink(missing_ok=True)
+    fresh = SqliteBlacklist(state_path, timeout=0.5)
+    fresh._prepared = True  # as if another thread had prepared it before the removal
+    assert fresh.listed("a@example.org") is None
+    assert state_path.exists()

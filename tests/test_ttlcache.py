@@ -65,20 +65,34 @@ def test_full_cache_sheds_the_oldest_stored() -> None:
     assert [k for k in range(4) if k in cache] == [0, 2, 3]
 
 
-def test_full_cache_sheds_expired_entries_first() -> None:
-    clock = Clock()
-    cache: TtlCache[str, int] = TtlCache(3, timer=clock)
-    cache.set("a", 1, 1)
-    cache.set("b", 2, 100)
-    cache.set("c", 3, 1)
-    clock.now += 2
-    cache.set("d", 4, 100)
-    # "a" (expired, oldest) goes; "c" expired too but room was made already.
-    assert len(cache) == 3
-    assert cache.get("b") == 2
-    assert cache.get("d") == 4
-
-
 def test_maxsize_must_be_positive() -> None:
     with pytest.raises(ValueError, match="maxsize"):
         TtlCache(0)
+
+
+def test_expired_entries_behind_live_ones_go_first() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int] = TtlCache(3, timer=clock)
+    cache.set("long", 1, 3600)
+    cache.set("f1", 2, 5)
+    cache.set("f2", 3, 5)
+    clock.now += 10
+    cache.set("new", 4, 60)
+    assert cache.get("long") == 1
+    assert cache.get("new") == 4
+    assert len(cache) == 2
+
+
+def test_sweeps_for_expired_entries_at_most_once_a_second() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int] = TtlCache(2, timer=clock)
+    cache.set("a", 1, 60)
+    cache.set("b", 2, 60)
+    cache.set("c", 3, 0.5)  # full: sweeps (nothing expired), drops "a"
+    clock.now += 0.6  # "c" expires; the last sweep was 0.6 s ago
+    cache.set("d", 4, 60)  # no sweep yet: the oldest, "b", goes
+    assert [k for k in "abcd" if k in cache] == ["d"]  # reading "c" dropped it
+    cache.set("e", 5, 0.1)
+    clock.now += 1.0
+    cache.set("f", 6, 60)  # a sweep again: expired "e" goes, "d" stays
+    assert [k for k in "abcdef" if k in cache] == ["d", "f"]

@@ -116,18 +116,18 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
     def envrcpt(self, rcptto: str, *args: str) -> int:
         return self._guard(Stage.RCPT, lambda: self.driver.rcpt(rcptto, args))
 
-    # DATA and the end of headers are negotiated away (SMFIP_NODATA, SMFIP_NOEOH): the
-    # queue id is read again at end of message, and the pipeline lets the first body
-    # chunk (or the end of message) stand for the end of headers. Two callbacks and,
-    # on inet sockets, two round trips fewer per message. An MTA that sends them
-    # anyway still gets the right answer.
-    @Milter.nocallback  # type: ignore[untyped-decorator]
+    # DATA stays: its macros are where Postfix first gives the queue id ("i"), which
+    # every log line of the message's content checks carries.
     def data(self) -> int:
         return self._guard(Stage.EOH, self.driver.data)
 
     def header(self, name: str, value: str) -> int:
         return self._guard(Stage.HEADER, lambda: self.driver.header(name, value))
 
+    # The end of headers is negotiated away (SMFIP_NOEOH): the pipeline lets the first
+    # body chunk (or the end of a message without a body) stand for it. One callback
+    # and, on inet sockets, one round trip fewer per message; an MTA that sends it
+    # anyway still gets the right answer.
     @Milter.nocallback  # type: ignore[untyped-decorator]
     def eoh(self) -> int:
         return self._guard(Stage.EOH, self.driver.eoh)
@@ -148,13 +148,17 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
 
 class SmtpGuardMilterNoReply(SmtpGuardMilter):
-    """The same, negotiating no reply to each header.
+    """The same, negotiating no reply to DATA and to each header.
 
     The answer is always "continue": header verdicts and faults wait for end of
     message (see the pipeline). Skipping the replies saves a round trip per header.
     Used on unix sockets only: over TCP, back-to-back packets without replies wait
     for Nagle and delayed ACK (~40 ms per message).
     """
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def data(self) -> int:
+        return super().data()
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def header(self, name: str, value: str) -> int:

@@ -60,13 +60,21 @@ class SqliteBlacklist:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            if not self._prepared:
+            if not self._prepared or not self.path.exists():
+                # First use, or the file was removed since: prepare it (again).
                 with self._prepare_lock:
-                    if not self._prepared:
+                    if not self._prepared or not self.path.exists():
                         db = self._connect()
                         self._prepared = True
                         return db
-            return sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
+            # mode=rw: a file removed after the check above fails here, instead of
+            # coming back empty without its table.
+            return sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=rw",
+                uri=True,
+                timeout=self.timeout,
+                check_same_thread=False,
+            )
         except StateError as exc:
             raise sqlite3.OperationalError(str(exc)) from None
 

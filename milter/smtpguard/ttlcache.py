@@ -8,11 +8,11 @@ read, an expired entry is dropped when it is read, and the full cache sheds its 
 entries when a new one is stored.
 
 Every entry has its own time to live (the resolver's answers keep their DNS TTL); an
-entry whose time to live is not positive is not stored. Eviction order is the order in
-which entries were last *stored* (storing again moves an entry to the end), not read:
-with one TTL for all entries that is also expiry order, so the oldest entries shed
-first are the expired ones. The cache is not thread-safe: every user here shares it
-between threads under a lock of its own (or touches it from one thread only).
+entry whose time to live is not positive is not stored. A full cache first drops its
+expired entries (a sweep at most once a second), then the entries stored longest ago
+(storing again moves an entry to the end; reading does not). The cache is not
+thread-safe: every user here shares it between threads under a lock of its own (or
+touches it from one thread only).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class TtlCache(Generic[_K, _V]):
         self.ttl = ttl
         self.timer = timer
         self._data: dict[_K, tuple[_V, float]] = {}
+        self._swept = float("-inf")
 
     @overload
     def get(self, key: _K) -> _V | None: ...
@@ -78,15 +79,21 @@ class TtlCache(Generic[_K, _V]):
         self._data.clear()
 
     def _shed(self) -> None:
-        # Drop expired entries from the front, then the oldest until there is room.
-        # The dict keeps store order, so the front is the oldest entry.
+        # With entries of different lifetimes (DNS answers, remembered failures) expired
+        # ones may sit behind live ones: sweep them all out first, but at most once a
+        # SWEEP_INTERVAL, so a cache full of live entries does not pay O(n) per store.
+        # Then drop from the front (the dict keeps store order: the oldest) until there
+        # is room, expired front entries included.
         data = self._data
         now = self.timer()
-        while data:
-            key = next(iter(data))
-            if len(data) <= self.maxsize and data[key][1] > now:
-                return
-            del data[key]
+        if now - self._swept >= SWEEP_INTERVAL:
+            self._swept = now
+            for key in [k for k, (_v, expires) in data.items() if expires <= now]:
+                del data[key]
+        while len(data) > self.maxsize:
+            del data[next(iter(data))]
 
 
 _MISSING = object()
+#: Seconds between full sweeps for expired entries when the cache is full.
+SWEEP_INTERVAL = 1.0

@@ -18,8 +18,9 @@ local function message(headers)
     check(mt.getreply(conn) == SMFIR_CONTINUE, "mail refused")
     check(mt.rcptto(conn, "<alice@example.com>") == nil, "rcptto")
     check(mt.getreply(conn) == SMFIR_CONTINUE, "rcpt refused")
-    -- No mt.data or mt.eoh: smtpguard negotiates DATA and end-of-headers away
-    -- (SMFIP_NODATA, SMFIP_NOEOH) and miltertest, like Postfix, then refuses to send them.
+    check(mt.data(conn) == nil, "data")
+    -- No mt.eoh: smtpguard negotiates end-of-headers away (SMFIP_NOEOH) and
+    -- miltertest, like Postfix, then refuses to send it.
     for _, h in ipairs(headers) do
         check(mt.header(conn, h[1], h[2]) == nil, "header " .. h[1])
     end

@@ -153,8 +153,8 @@ class MilterSession:
     def rcpt(self, path: str, *esmtp: str, macros: dict[str, str] | None = None) -> Answer:
         return self._answer(C.SMFIC_RCPT, macros, args=[path, *esmtp])
 
-    def data(self) -> Answer:
-        return self._answer(C.SMFIC_DATA, None)
+    def data(self, macros: dict[str, str] | None = None) -> Answer:
+        return self._answer(C.SMFIC_DATA, macros)
 
     def header(self, name: str, value: str) -> Answer:
         return self._answer(C.SMFIC_HEADER, None, name=name, value=value)
