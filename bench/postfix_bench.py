@@ -41,7 +41,7 @@ from support.postfix import (  # noqa: E402
     LOCAL_MAIN_CF,
     MASTER_CF_SERVICES,
     postfix_cmd,
-    wait_for_greeting,
+    start_instance,
 )
 from support.unbound import LOCAL_DATA, config_text  # noqa: E402
 from support.unbound import free_port as free_udp_tcp_port  # noqa: E402
@@ -208,15 +208,7 @@ def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> Benc
     )
     (config_dir / "main.cf").write_text(main_cf)
     (config_dir / "master.cf").write_text(MASTER_CF_SERVICES.format(port=port))
-    postfix_cmd(config_dir, "start")
-    instance = BenchPostfix(name, root, port, config_dir, queue)
-    try:
-        wait_for_greeting(port)
-    except RuntimeError:
-        log = instance.maillog()
-        instance.stop()
-        raise RuntimeError(f"postfix {name} did not start; maillog:\n{log}") from None
-    return instance
+    return start_instance(BenchPostfix(name, root, port, config_dir, queue), f"postfix {name}")
 
 
 # --- smtp-source -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from smtpguard.app import load
 from smtpguard.mta import postfix_footer_regexp, postfix_main_cf
@@ -195,14 +196,30 @@ def start_postfix(
     )
     (config_dir / "main.cf").write_text(main_cf)
     (config_dir / "master.cf").write_text(MASTER_CF.format(port=port, capture=capture))
-    postfix_cmd(config_dir, "start")
-    instance = Postfix(root, port, config_dir, delivered, main_cf)
+    return start_instance(Postfix(root, port, config_dir, delivered, main_cf), "postfix")
+
+
+class Instance(Protocol):
+    config_dir: Path
+    port: int
+
+    def maillog(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+_I = TypeVar("_I", bound=Instance)
+
+
+def start_instance(instance: _I, what: str) -> _I:
+    """Start a configured private Postfix and wait for its greeting; stop it and raise
+    with its maillog if it does not come."""
+    postfix_cmd(instance.config_dir, "start")
     try:
-        wait_for_greeting(port)
+        wait_for_greeting(instance.port)
     except RuntimeError:
         log = instance.maillog()
         instance.stop()
-        raise RuntimeError(f"postfix did not start; maillog:\n{log}") from None
+        raise RuntimeError(f"{what} did not start; maillog:\n{log}") from None
     return instance
 
 
