@@ -9,7 +9,6 @@ adapter would fill in. ``tests/checks/conftest.py`` puts this directory on ``sys
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from smtpguard.config import Config, load_config
 from smtpguard.directory import DirectoryError, Kind, Login, Recipient
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.state import StateError
+from support.service import dump_toml
 
 #: The site every check test starts from; ``make_config(site={...})`` merges into it.
 BASE_SECTIONS: dict[str, dict[str, Any]] = {
@@ -43,42 +43,13 @@ class ServicesFactory(Protocol):
 # --- config -----------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string is a valid TOML basic string (same escapes).
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _toml_table(prefix: str, data: Mapping[str, Any], out: list[str]) -> None:
-    scalars = {k: v for k, v in data.items() if not isinstance(v, Mapping)}
-    tables = {k: v for k, v in data.items() if isinstance(v, Mapping)}
-    if prefix and (scalars or not tables):
-        out.append(f"[{prefix}]")
-    out.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
-    for key, value in tables.items():
-        _toml_table(f"{prefix}.{key}" if prefix else key, value, out)
-
-
-def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    out: list[str] = []
-    _toml_table("", sections, out)
-    return "\n".join(out) + "\n"
-
-
 def write_config(where: Path, /, **sections: Mapping[str, Any]) -> Config:
     """Load a config from TOML written to ``directory``; sections merge into the base."""
     merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in BASE_SECTIONS.items()}
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)
     path = where / "smtpguard.toml"
-    path.write_text(render_toml(merged), encoding="utf-8")
+    path.write_text(dump_toml(merged), encoding="utf-8")
     return load_config(path)
 
 
