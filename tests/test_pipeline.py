@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import shlex
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -21,13 +21,14 @@ from smtpguard.address import AddressError, parse_path
 from smtpguard.app import build_runtime, load
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import CheckSettings, load_config
-from smtpguard.directory import Kind, Login, Recipient
+from smtpguard.directory import Kind, Recipient
 from smtpguard.driver import SessionDriver
 from smtpguard.pipeline import CHECK_NAMES, CONTINUE, Action, Decision, Pipeline
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
-from smtpguard.state import SessionGate, StateError
+from smtpguard.state import SessionGate
 from smtpguard.verdict import Hit, Verdict
+from support.fakes import FakeBlacklist, FakeDirectory
 from support.service import make_site
 
 SITE_TOML = """\
@@ -46,36 +47,6 @@ QUEUE_BOTH = ("queue unavailable. (队列忙)",)
 
 
 # --- fakes ----------------------------------------------------------------------------
-
-
-@dataclass
-class FakeDirectory:
-    users: set[str] = field(default_factory=set)
-
-    def recipient(self, address: str) -> Recipient:
-        return Recipient(Kind.USER) if address in self.users else Recipient(Kind.NONE)
-
-    def login(self, login: str) -> Login | None:
-        return None
-
-    def may_send_as(self, login: Login, address: str) -> bool:
-        return False
-
-    def may_post(self, list_address: str, sender: str) -> bool:
-        return True
-
-
-@dataclass
-class FakeBlacklist:
-    entries: set[str] = field(default_factory=set)
-    failing: bool = False
-    calls: list[str] = field(default_factory=list)
-
-    def listed(self, address: str) -> str | None:
-        self.calls.append(address)
-        if self.failing:
-            raise StateError("state.sqlite: database is locked")
-        return address.lower() if address.lower() in self.entries else None
 
 
 class Recorder:
@@ -134,7 +105,7 @@ def build(tmp_path: Path) -> BuildHarness:
         path.write_text(SITE_TOML + extra_toml, encoding="utf-8")
         config = load_config(path, known_checks=CHECK_NAMES)
         replies = load_replies(config.replies, config.file)
-        directory = FakeDirectory({"alice@example.com"})
+        directory = FakeDirectory(recipients={"alice@example.com": Recipient(Kind.USER)})
         blacklist = FakeBlacklist()
         services = Services(config=config, directory=directory, blacklist=blacklist)
         return Harness(Pipeline(services, replies), blacklist, directory)

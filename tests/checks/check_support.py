@@ -1,25 +1,22 @@
 """Fakes and builders for the unit tests of smtpguard.checks.
 
 Everything a check needs is passed in: a :class:`FakeDirectory` and a
-:class:`FakeBlacklist` stand in for the backends (they record their calls and raise
-the backend's own error on demand), and :func:`make_conn` builds the session state the
-adapter would fill in. ``tests/checks/conftest.py`` puts this directory on ``sys.path``.
+:class:`FakeBlacklist` (``support.fakes``, shared with the pipeline tests) stand in for
+the backends, and :func:`make_conn` builds the session state the adapter would fill
+in. ``tests/checks/conftest.py`` puts this directory on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from smtpguard.address import Address, AddressError, parse_path
 from smtpguard.checks import Event, Services
 from smtpguard.config import Config, load_config
-from smtpguard.directory import DirectoryError, Kind, Login, Recipient
 from smtpguard.session import MTA, Connection, Transaction
-from smtpguard.state import StateError
 from support.service import dump_toml
 
 #: The site every check test starts from; ``make_config(site={...})`` merges into it.
@@ -54,60 +51,6 @@ def write_config(where: Path, /, **sections: Mapping[str, Any]) -> Config:
 
 
 # --- fakes ------------------------------------------------------------------------
-
-
-@dataclass
-class FakeDirectory:
-    """A directory answering from dicts; methods named in ``failing`` raise."""
-
-    recipients: dict[str, Recipient] = field(default_factory=dict)
-    logins: dict[str, Login] = field(default_factory=dict)
-    #: (login, address) pairs a login may send as (beyond nothing: no implicit rights).
-    send_as: set[tuple[str, str]] = field(default_factory=set)
-    #: (list address, sender) pairs allowed to post.
-    posters: set[tuple[str, str]] = field(default_factory=set)
-    failing: set[str] = field(default_factory=set)
-    calls: list[tuple[str, ...]] = field(default_factory=list)
-
-    def _enter(self, method: str, *args: str) -> None:
-        self.calls.append((method, *args))
-        if method in self.failing:
-            raise DirectoryError(f"{method}: database is locked")
-
-    def recipient(self, address: str) -> Recipient:
-        self._enter("recipient", address)
-        return self.recipients.get(address, Recipient(Kind.NONE))
-
-    def login(self, login: str) -> Login | None:
-        self._enter("login", login)
-        return self.logins.get(login)
-
-    def may_send_as(self, login: Login, address: str) -> bool:
-        self._enter("may_send_as", login.login, address)
-        return (login.login, address) in self.send_as
-
-    def may_post(self, list_address: str, sender: str) -> bool:
-        self._enter("may_post", list_address, sender)
-        return (list_address, sender) in self.posters
-
-
-@dataclass
-class FakeBlacklist:
-    """Address and ``@domain`` entries (lower-case), like the SQLite blacklist."""
-
-    entries: set[str] = field(default_factory=set)
-    failing: bool = False
-    calls: list[str] = field(default_factory=list)
-
-    def listed(self, address: str) -> str | None:
-        self.calls.append(address)
-        if self.failing:
-            raise StateError("state.sqlite: disk I/O error")
-        address = address.lower()
-        for candidate in (address, "@" + address.rpartition("@")[2]):
-            if candidate in self.entries:
-                return candidate
-        return None
 
 
 # --- session builders ---------------------------------------------------------------

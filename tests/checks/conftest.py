@@ -11,16 +11,11 @@ import pytest
 # tests/conftest.py does for tests/support).
 sys.path.insert(0, str(Path(__file__).parent))
 
-from check_support import (
-    ConfigFactory,
-    FakeBlacklist,
-    FakeDirectory,
-    ServicesFactory,
-    write_config,
-)
+from check_support import ConfigFactory, ServicesFactory, write_config
 
 from smtpguard.checks import Services
 from smtpguard.config import Config
+from support.fakes import FakeBlacklist, FakeDirectory
 
 
 @pytest.fixture

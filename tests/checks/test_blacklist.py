@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from check_support import FakeBlacklist, ServicesFactory, make_conn
+from check_support import ServicesFactory, make_conn
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError
+from support.fakes import FakeBlacklist
 
 
 def test_declares_mail_stage_and_replies() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ConfigFactory, FakeBlacklist, FakeDirectory, ServicesFactory, make_conn
+from check_support import ConfigFactory, ServicesFactory, make_conn
 
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.checks.sender import SenderDeny, SenderSyntax
 from smtpguard.config import ConfigError
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit
+from support.fakes import FakeBlacklist, FakeDirectory
 
 
 def test_stages_and_replies() -> None:
