@@ -89,9 +89,7 @@ def instrument(pipeline: Any) -> None:
         pipeline.stages[stage] = [
             (_Timed(check, f"{stage.value:7} {check.name}"), settings) for check, settings in checks
         ]
-    rebuild = getattr(pipeline, "rebuild_plan", None)
-    if rebuild is not None:
-        rebuild()
+    pipeline.rebuild_plan()
     for attr, kind in (("prefetchers", "prefetch"), ("observers", "observe")):
         hooks = getattr(pipeline, attr, None)
         if isinstance(hooks, list):

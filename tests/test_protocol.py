@@ -24,7 +24,8 @@ from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, runnin
 pytestmark = pytest.mark.integration
 
 TLS = {"{tls_version}": "TLSv1.3"}
-SLOT_RELEASE_DEADLINE = 5.0
+# How long a test waits for what the service does after the client has moved on.
+POLL_DEADLINE = 5.0
 # Beyond cache_ttl: one session and the poll interval.
 CACHE_SLACK = 0.5
 
@@ -162,7 +163,7 @@ def test_blacklist_change_takes_effect_within_cache_ttl(cached_service: Running)
         cached_service.process,
         "the blacklist entry to take effect",
         cached_service.log_path,
-        deadline=StateConfig().cache_ttl + SLOT_RELEASE_DEADLINE,
+        deadline=StateConfig().cache_ttl + POLL_DEADLINE,
     )
     assert waited <= StateConfig().cache_ttl + CACHE_SLACK
 
@@ -339,9 +340,9 @@ def test_queue_unavailable(tiny_service: Running) -> None:
         tiny_service.process,
         "slot release after the over-limit session closed",
         tiny_service.log_path,
-        deadline=SLOT_RELEASE_DEADLINE,
+        deadline=POLL_DEADLINE,
     )
-    assert waited < SLOT_RELEASE_DEADLINE
+    assert waited < POLL_DEADLINE
 
 
 def _admitted(service: Running) -> bool:

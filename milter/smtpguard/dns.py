@@ -875,11 +875,6 @@ class Completed(Generic[_T]):
 Pending: TypeAlias = concurrent.futures.Future[_T] | Completed[_T]
 
 
-def completed(value: _T) -> Completed[_T]:
-    """A :class:`Completed` holding ``value``."""
-    return Completed(value)
-
-
 def make_resolver(config: DnsConfig) -> Resolver:
     servers = list(config.nameservers)
     if servers == ["system"]:

@@ -41,12 +41,12 @@ from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import GenericPatterns
 from smtpguard.dns import (
     Answer,
+    Completed,
     IPAddress,
     Pending,
     Resolver,
     Status,
     client_address,
-    completed,
     reverse_name,
 )
 from smtpguard.memo import Memo
@@ -177,7 +177,7 @@ class SmtpPort:
                 if known is not None and not known.temporary:
                     self.memo.put(ip, known)
             conn.scratch[self._RDNS] = (
-                completed(known) if known is not None else self.dns.spawn(reverse_dns(self.dns, ip))
+                Completed(known) if known is not None else self.dns.spawn(reverse_dns(self.dns, ip))
             )
         if self.config.connect_back and self._PROBE not in conn.scratch:
             conn.scratch[self._PROBE] = self.dns.spawn(self._connect_back(ip))

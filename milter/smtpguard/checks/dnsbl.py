@@ -38,11 +38,11 @@ from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import DnsblZone
 from smtpguard.dns import (
     Answer,
+    Completed,
     IPAddress,
     Pending,
     Resolver,
     client_address,
-    completed,
     dnsbl_name,
 )
 from smtpguard.session import Connection
@@ -115,7 +115,7 @@ class _Dnsbl:
             known = resolver.cached(name, "A")
             if known is not None and not classify(zone, known)[0]:
                 # Cached and not listed (the common case): no trip through the loop.
-                out.append((zone, name, completed(known)))
+                out.append((zone, name, Completed(known)))
             else:
                 out.append((zone, name, resolver.spawn(self._lookup(resolver, zone, name))))
         return out
