@@ -29,6 +29,7 @@ TempPolicy = Literal["tempfail", "pass"]
 UTF8Policy = Literal["always", "smtputf8", "never"]
 ReplyForm = Literal["one_line", "per_language"]
 MTAChoice = Literal["auto", "postfix", "sendmail"]
+RelayControl = Literal["postfix", "milter"]
 
 _T = TypeVar("_T")
 
@@ -147,7 +148,9 @@ class _Section:
 
 @dataclass(frozen=True, slots=True)
 class MilterConfig:
-    socket: str = "unix:/run/smtpguard/smtpguard.sock"
+    #: Inside Postfix's queue directory, so a chrooted smtpd (Debian's default) and
+    #: an unchrooted one both reach it as ``unix:smtpguard/smtpguard.sock``.
+    socket: str = "unix:/var/spool/postfix/smtpguard/smtpguard.sock"
     name: str = "smtpguard"
     timeout: int = 600
     mta: MTAChoice = "auto"
@@ -156,7 +159,9 @@ class MilterConfig:
     #: Unix socket permissions, applied right after libmilter creates the socket.
     socket_mode: int = 0o660
     socket_owner: str = ""
-    socket_group: str = ""
+    #: "auto": the group ``postfix`` when it exists (smtpd runs as user postfix),
+    #: else the group the socket was created with; "" leaves it as created.
+    socket_group: str = "auto"
     #: Drop root privileges to this user (and its group) after opening the socket.
     user: str = ""
     #: Allow an inet: socket on a non-loopback address (exposes the milter protocol).
@@ -171,6 +176,11 @@ class SiteConfig:
     local_domains: frozenset[str] = frozenset()
     relay_domains: frozenset[str] = frozenset()
     trusted_networks: tuple[IPNetwork, ...] = ()
+    #: Who has the last word on unauthorized relaying. "postfix": Postfix's own
+    #: reject_unauth_destination (with the table's reply in an access map before it),
+    #: so relaying stays closed with the milter down, removed or in dry run.
+    #: "milter": smtpguard answers with the table's exact text; it then must enforce.
+    relay_control: RelayControl = "postfix"
     our_hostnames: frozenset[str] = frozenset()
     our_ips: frozenset[IPAddress] = frozenset()
 
@@ -527,6 +537,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     metrics = _metrics(root.table("metrics"), milter.allow_remote_socket)
     root.done()
     _require_resolver(root, dns, dnsbl, explicit)
+    _require_relay_enforced(root, milter, site, checks)
     return Config(
         file=root.file,
         milter=milter,
@@ -675,7 +686,7 @@ def _milter(s: _Section) -> MilterConfig:
     for key, name, db in (
         ("socket_owner", out.socket_owner, pwd.getpwnam),
         ("user", out.user, pwd.getpwnam),
-        ("socket_group", out.socket_group, grp.getgrnam),
+        ("socket_group", "" if out.socket_group == "auto" else out.socket_group, grp.getgrnam),
     ):
         if name:
             try:
@@ -702,6 +713,15 @@ def _mode(s: _Section, name: str, default: int) -> int:
     return mode
 
 
+def _unbracket(network: str) -> str:
+    """``[2001:db8::]/32`` (Postfix's mynetworks form) as ``2001:db8::/32``."""
+    if network.startswith("["):
+        addr, sep, rest = network[1:].partition("]")
+        if sep and (not rest or rest.startswith("/")):
+            return addr + rest
+    return network
+
+
 def _loopback_socket(socket: str) -> bool:
     kind, _, rest = socket.partition(":")
     if kind in ("unix", "local"):
@@ -716,10 +736,11 @@ def _loopback_socket(socket: str) -> bool:
 
 
 def _site(s: _Section) -> SiteConfig:
+    d = SiteConfig()
     networks: list[IPNetwork] = []
     for item in s.strings("trusted_networks", ("127.0.0.0/8", "::1/128")):
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            networks.append(ipaddress.ip_network(_unbracket(item), strict=False))
         except ValueError:
             raise s.error("trusted_networks", f"not a network: {item!r}") from None
     ips: set[IPAddress] = set()
@@ -732,6 +753,9 @@ def _site(s: _Section) -> SiteConfig:
         local_domains=s.domains("local_domains"),
         relay_domains=s.domains("relay_domains"),
         trusted_networks=tuple(networks),
+        relay_control=cast(
+            RelayControl, s.choice("relay_control", d.relay_control, ("postfix", "milter"))
+        ),
         our_hostnames=s.domains("our_hostnames"),
         our_ips=frozenset(ips),
     )
@@ -1031,6 +1055,26 @@ def _spf(s: _Section) -> SpfConfig:
     out = SpfConfig(reject_softfail=s.boolean("reject_softfail", SpfConfig().reject_softfail))
     s.done()
     return out
+
+
+def _require_relay_enforced(
+    root: _Section, milter: MilterConfig, site: SiteConfig, checks: Mapping[str, CheckSettings]
+) -> None:
+    """With ``relay_control = "milter"`` the MTA lets every recipient through to
+    smtpguard: a relay check that only reports would make an open relay."""
+    if site.relay_control != "milter":
+        return
+    why = (
+        'with site.relay_control = "milter" smtpguard alone refuses relaying, so it'
+        ' must enforce; use relay_control = "postfix" to'
+    )
+    if milter.dry_run:
+        raise ConfigError(root.file, "milter.dry_run", f"{why} roll out in dry run")
+    relay = checks.get("relay") or CHECK_DEFAULTS.get("relay", _DEFAULT_CHECK)
+    if relay.mode != "enforce":
+        raise ConfigError(
+            root.file, "checks.relay.mode", f"{why} set the relay check to {relay.mode!r}"
+        )
 
 
 def _require_resolver(
