@@ -9,7 +9,6 @@ from smtpguard.mta import (
     postfix_footer_regexp,
     postfix_main_cf,
     postfix_milter_address,
-    sendmail_mc,
 )
 from smtpguard.replies import load_replies
 from support.service import ROOT
@@ -32,25 +31,20 @@ def test_postfix_milter_address(socket: str, expected: str) -> None:
     assert postfix_milter_address(socket) == expected
 
 
-def sample() -> tuple[str, str, str]:
+def sample() -> tuple[str, str]:
     config = load(SAMPLE)
     replies = load_replies(config.replies, config.file)
-    return (
-        postfix_main_cf(config, replies),
-        postfix_footer_regexp(replies, utf8=True),
-        sendmail_mc(config),
-    )
+    return (postfix_main_cf(config, replies), postfix_footer_regexp(replies, utf8=True))
 
 
 def test_contrib_files_are_the_generator_output_for_the_sample_config() -> None:
-    main_cf, footers, mc = sample()
+    main_cf, footers = sample()
     assert (ROOT / "contrib/postfix/main.cf.snippet").read_text() == main_cf
     assert (ROOT / "contrib/postfix/smtpguard_footers.regexp").read_text() == footers
-    assert (ROOT / "contrib/sendmail/smtpguard.mc").read_text() == mc
 
 
 def test_postfix_snippet_is_fail_safe() -> None:
-    main_cf, _footers, _mc = sample()
+    main_cf, _footers = sample()
     lines = main_cf.splitlines()
     assert "milter_default_action = tempfail" in lines
     assert "milter_protocol = 6" in lines
@@ -73,10 +67,3 @@ def test_footers_only_ascii_when_utf8_is_not_always() -> None:
     replies = load_replies(config.replies, config.file)
     assert postfix_footer_regexp(replies, utf8=False) == ""
     assert "(请先发送 MAIL)" in postfix_footer_regexp(replies, utf8=True)
-
-
-def test_sendmail_snippet() -> None:
-    _main, _footers, mc = sample()
-    assert "F=T" in mc
-    assert "S=local:/run/smtpguard/smtpguard.sock" in mc
-    assert "confMILTER_MACROS_CONNECT', ``j, _, v," in mc

@@ -17,8 +17,9 @@ from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
 from smtpguard.explain import explain_main
 from smtpguard.metrics import PrometheusMetrics
-from smtpguard.mta import postfix_footer_regexp, postfix_main_cf, sendmail_mc
+from smtpguard.mta import postfix_footer_regexp, postfix_main_cf
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
+from smtpguard.sendmail import sendmail_mc
 from smtpguard.simulate import Envelope, simulate
 from smtpguard.state import StateError
 
