@@ -146,7 +146,7 @@ def test_sendmail_detected_from_v_gets_ascii(app: App) -> None:
     [
         ("Postfix 3.7.11", "auto", MTA.POSTFIX),
         ("8.17.1.9", "auto", MTA.SENDMAIL),
-        (None, "auto", MTA.UNKNOWN),
+        (None, "auto", MTA.UNANNOUNCED),
         ("something", "auto", MTA.UNKNOWN),
         (None, "sendmail", MTA.SENDMAIL),
         ("8.17.1.9", "postfix", MTA.POSTFIX),

@@ -8,7 +8,9 @@ addresses and ESMTP parameters, the same macros, the same pipeline.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,8 @@ from smtpguard.checks import Event, Stage
 from smtpguard.pipeline import CONTINUE, Action, Decision
 from smtpguard.session import MTA, Connection, IPAddress, Transaction, new_session_id
 from smtpguard.state import SessionGate
+
+log = logging.getLogger("smtpguard")
 
 #: Looks up an MTA macro ("v", "{auth_authen}", ...); None when the MTA did not send it.
 MacroLookup = Callable[[str], str | None]
@@ -29,11 +33,30 @@ def detect_mta(version_macro: str | None, configured: str) -> MTA:
     if configured == "sendmail":
         return MTA.SENDMAIL
     if not version_macro:
-        return MTA.UNKNOWN
+        # Postfix sends v by default; Sendmail only when the .mc asks for it.
+        return MTA.UNANNOUNCED
     if version_macro.lower().startswith("postfix"):
         return MTA.POSTFIX
     # Sendmail sets v to its bare version, e.g. "8.17.1.9".
     return MTA.SENDMAIL if version_macro[:1].isdigit() else MTA.UNKNOWN
+
+
+class Once:
+    """True the first time it is called, then False; safe across session threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> bool:
+        with self._lock:
+            first, self._done = not self._done, True
+            return first
+
+
+#: The missing-v warning concerns the MTA's configuration, not one session: every
+#: session of a misconfigured Sendmail would repeat it.
+UNANNOUNCED_NOTICE = Once()
 
 
 def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
@@ -50,11 +73,18 @@ def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
 
 
 class SessionDriver:
-    def __init__(self, runtime: Runtime, gate: SessionGate, macro: MacroLookup) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        gate: SessionGate,
+        macro: MacroLookup,
+        unannounced_notice: Once = UNANNOUNCED_NOTICE,
+    ) -> None:
         # A session keeps the runtime it started with, even across a reload.
         self.rt = runtime
         self.gate = gate
         self.macro = macro
+        self.unannounced_notice = unannounced_notice
         self.conn = Connection(new_session_id(), None, None, "")
         self.entered = False
 
@@ -71,6 +101,14 @@ class SessionDriver:
             conn.client_port = int(hostaddr[1])
         conn.client_name = hostname or ""
         conn.mta = detect_mta(self._macro("v"), self.rt.config.milter.mta)
+        if conn.mta is MTA.UNANNOUNCED and self.unannounced_notice():
+            log.warning(
+                "sid=%s the MTA sent no macro v (Postfix does by default, Sendmail only when "
+                "its .mc has the defines of smtpguard sendmail-config): replies are ASCII "
+                "only, as for Sendmail, which clears the 8th bit of reply text; logged once "
+                "per process. Use the whole sendmail-config output, or set milter.mta",
+                conn.session_id,
+            )
         conn.trusted_network = self.rt.config.site.is_trusted_ip(conn.client_ip)
         self.entered = True
         conn.admitted = self.gate.enter()

@@ -58,7 +58,7 @@ from smtpguard.config import CheckSettings, Config
 from smtpguard.message import MessageState
 from smtpguard.metrics import NullMetrics
 from smtpguard.replies import Reply, ReplyTable
-from smtpguard.session import MTA, Connection, Transaction
+from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
 log = logging.getLogger("smtpguard")
@@ -382,8 +382,9 @@ class Pipeline:
 
     def utf8_allowed(self, conn: Connection) -> bool:
         # Sendmail clears the 8th bit of reply text, turning UTF-8 into control bytes
-        # (0x8A/0x8D become LF/CR) that desynchronize the session: never send it there.
-        if conn.mta is MTA.SENDMAIL:
+        # (0x8A/0x8D become LF/CR) that desynchronize the session: never send it there,
+        # nor to an MTA that did not say which one it is (see MTA.carries_utf8).
+        if not conn.mta.carries_utf8:
             return False
         policy = self.config.replies.utf8
         if policy == "always":

@@ -30,9 +30,20 @@ def new_session_id() -> str:
 
 
 class MTA(Enum):
+    #: Sent macro ``v``, but neither Postfix's nor Sendmail's.
     UNKNOWN = "unknown"
     POSTFIX = "postfix"
     SENDMAIL = "sendmail"
+    #: Sent no macro ``v`` at all. Postfix sends it by default, so this is most likely a
+    #: Sendmail whose ``.mc`` has only the ``INPUT_MAIL_FILTER`` line.
+    UNANNOUNCED = "unannounced"
+
+    @property
+    def carries_utf8(self) -> bool:
+        """Whether UTF-8 reply text reaches the client intact. Sendmail clears the 8th
+        bit of a milter's reply text: UTF-8 becomes control bytes, and 0x8A/0x8D a bare
+        LF/CR that puts the client one reply behind for the rest of the session."""
+        return self not in (MTA.SENDMAIL, MTA.UNANNOUNCED)
 
 
 @dataclass(slots=True)

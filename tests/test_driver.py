@@ -1,0 +1,168 @@
+"""SessionDriver: which MTA a session talks to, and what that means for reply text.
+
+Sendmail clears the 8th bit of a milter's reply text, so UTF-8 must never reach it.
+A session without macro ``v`` is most likely a Sendmail whose ``.mc`` has only the
+``INPUT_MAIL_FILTER`` line (Postfix sends ``v`` by default): it gets ASCII only too.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from smtpguard.app import Runtime, build_runtime, load
+from smtpguard.driver import UNANNOUNCED_NOTICE, MacroLookup, Once, SessionDriver
+from smtpguard.pipeline import Action
+from smtpguard.session import MTA
+from smtpguard.state import SessionGate
+from support.service import make_site
+
+POSTFIX = {"v": "Postfix 3.7.11", "j": "mx.example.com"}
+SENDMAIL = {"v": "8.17.1.9", "j": "mx.example.com"}
+#: What Sendmail sends at connect without smtpguard's confMILTER_MACROS_CONNECT.
+SENDMAIL_DEFAULTS = {"j": "mx.example.com", "_": "localhost [127.0.0.1]", "{if_name}": "lo"}
+RECEIVED = ("Received", "from a.example (a.example [198.51.100.1]) by b.example; 1 Jan 2026")
+NO_V_WARNING = "the MTA sent no macro v"
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    site = make_site(tmp_path_factory.mktemp("driver"), {"limits": {"max_hops": 2}})
+    return build_runtime(load(site.config))
+
+
+def driver(runtime: Runtime, macros: dict[str, str], notice: Once | None = None) -> SessionDriver:
+    lookup: MacroLookup = macros.get
+    return SessionDriver(runtime, SessionGate(10), lookup, notice or Once())
+
+
+def refusals(d: SessionDriver) -> list[str]:
+    """One session refused at MAIL, at RCPT (directory, relay, limit) and at end of
+    message; every line a client would read."""
+    decisions = [
+        d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000)),
+        d.helo("mail.sender.example"),
+        d.mail("<spammer@bad.example>", ()),
+        d.mail("<friend@sender.example>", ()),
+        d.rcpt("<nobody@example.com>"),
+        d.rcpt("<x@foreign.example>"),
+        *(d.rcpt(rcpt) for rcpt in ("<alice@example.com>", "<sales@example.com>")),
+        d.rcpt("<news@example.com>"),
+        d.rcpt("<x@relay.example>"),
+        d.data(),
+        *(d.header(*RECEIVED) for _ in range(3)),
+        d.eoh(),
+        d.eom(),
+    ]
+    d.close()
+    refused = [x for x in decisions if x.action in (Action.REJECT, Action.TEMPFAIL)]
+    got = sorted(x.reply.reply_id for x in refused if x.reply is not None)
+    assert got == sorted(
+        [
+            "host_denies_sender",
+            "mailbox_unavailable",
+            "host_denies_relay",
+            "rcpt_limit",
+            "looping_message",
+        ]
+    )
+    return [line for x in refused if x.reply is not None for line in x.reply.wire_lines()]
+
+
+def non_ascii(lines: list[str]) -> list[str]:
+    return [line for line in lines if any(b >= 0x80 for b in line.encode())]
+
+
+@pytest.mark.parametrize(
+    ("macros", "expected"),
+    [
+        ({}, MTA.UNANNOUNCED),
+        ({"v": ""}, MTA.UNANNOUNCED),
+        (SENDMAIL_DEFAULTS, MTA.UNANNOUNCED),
+        (SENDMAIL, MTA.SENDMAIL),
+        (POSTFIX, MTA.POSTFIX),
+        ({"v": "Exotic MTA 1.0"}, MTA.UNKNOWN),
+    ],
+)
+def test_connect_detects_the_mta(runtime: Runtime, macros: dict[str, str], expected: MTA) -> None:
+    """``milter.mta = "auto"`` (the default)."""
+    d = driver(runtime, macros)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.close()
+    assert d.conn.mta is expected
+
+
+@pytest.mark.parametrize(
+    ("mta", "carries"),
+    [
+        (MTA.POSTFIX, True),
+        (MTA.UNKNOWN, True),
+        (MTA.SENDMAIL, False),
+        (MTA.UNANNOUNCED, False),
+    ],
+)
+def test_which_mtas_carry_utf8(mta: MTA, carries: bool) -> None:
+    assert mta.carries_utf8 is carries
+
+
+def test_without_v_every_reply_is_ascii(runtime: Runtime) -> None:
+    """The site's policy is the default (English and Chinese, UTF-8 always)."""
+    lines = refusals(driver(runtime, SENDMAIL_DEFAULTS))
+    assert lines
+    assert non_ascii(lines) == []
+    assert "553 5.7.1 host denies the sender." in lines
+
+
+def test_postfix_still_gets_utf8(runtime: Runtime) -> None:
+    lines = refusals(driver(runtime, POSTFIX))
+    assert len(non_ascii(lines)) == len(lines)
+    assert "553 5.7.1 host denies the sender. (拒绝发件人地址)" in lines
+
+
+def test_sendmail_with_v_gets_ascii(runtime: Runtime) -> None:
+    assert non_ascii(refusals(driver(runtime, SENDMAIL))) == []
+
+
+def test_missing_v_is_logged_once_per_process(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    notice = Once()  # what the process shares (UNANNOUNCED_NOTICE), fresh for this test
+    caplog.set_level(logging.WARNING, logger="smtpguard")
+    for macros in (POSTFIX, SENDMAIL_DEFAULTS, {}, SENDMAIL_DEFAULTS, SENDMAIL):
+        refusals(driver(runtime, macros, notice))
+    warnings = [r.getMessage() for r in caplog.records if NO_V_WARNING in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "sendmail-config" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("configured", "expected"), [("sendmail", MTA.SENDMAIL), ("postfix", MTA.POSTFIX)]
+)
+def test_a_configured_mta_needs_no_v(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, configured: str, expected: MTA
+) -> None:
+    site = make_site(
+        tmp_path, {"milter": {"mta": configured}, "directory": {"backend": "none"}}, directory=False
+    )
+    caplog.set_level(logging.WARNING, logger="smtpguard")
+    notice = Once()
+    d = driver(build_runtime(load(site.config)), SENDMAIL_DEFAULTS, notice)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.close()
+    assert d.conn.mta is expected
+    assert not [r for r in caplog.records if NO_V_WARNING in r.getMessage()]
+    assert notice() is True  # never used up
+
+
+def test_sessions_share_one_notice_by_default(runtime: Runtime) -> None:
+    macros: dict[str, str] = {}
+    d = SessionDriver(runtime, SessionGate(10), macros.get)
+    assert d.unannounced_notice is UNANNOUNCED_NOTICE
+
+
+def test_once() -> None:
+    once = Once()
+    assert [once() for _ in range(3)] == [True, False, False]
