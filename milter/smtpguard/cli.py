@@ -17,7 +17,15 @@ from smtpguard.config import Config, ConfigError
 from smtpguard.directory import ImportError_, import_file
 from smtpguard.explain import explain_main
 from smtpguard.metrics import PrometheusMetrics
-from smtpguard.mta import postfix_footer_regexp, postfix_main_cf
+from smtpguard.postfix import (
+    PostconfError,
+    check_report,
+    main_cf_fragment,
+    postfix_footer_regexp,
+    read_postconf,
+    shell_script,
+)
+from smtpguard.postfix import plan as postfix_plan
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.sendmail import sendmail_mc
 from smtpguard.simulate import Envelope, simulate
@@ -120,16 +128,16 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
     if args.footers:
         print(postfix_footer_regexp(replies, config.replies.utf8 == "always"), end="")
         return 0
-    print(
-        postfix_main_cf(
-            config,
-            replies,
-            queue_directory=args.queue_directory,
-            config_directory=args.config_directory,
-            relay_control=args.relay_control,
-        ),
-        end="",
-    )
+    try:
+        current = read_postconf(args.config_directory)
+    except PostconfError as exc:
+        print(f"smtpguard postfix-config: {exc}", file=sys.stderr)
+        return 2
+    result = postfix_plan(config, replies, current, non_smtpd_milters=args.non_smtpd_milters)
+    if args.check:
+        print(check_report(result), end="")
+        return 1 if result.problems else 0
+    print(main_cf_fragment(result) if args.main_cf else shell_script(result), end="")
     return 0
 
 
@@ -226,17 +234,32 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     ex.set_defaults(func=cmd_explain)
 
-    pc = sub.add_parser("postfix-config", help="print the main.cf settings for this config")
-    pc.add_argument("--queue-directory", default="/var/spool/postfix")
-    pc.add_argument("--config-directory", default="/etc/postfix")
-    pc.add_argument(
-        "--relay-control",
-        choices=("milter", "postfix"),
-        default="milter",
-        help="who refuses unauthorized relaying (see contrib/postfix/README.md)",
+    pc = sub.add_parser(
+        "postfix-config",
+        help="print the postconf commands that add smtpguard to a Postfix instance",
+        description="Reads the Postfix instance (postconf) and prints the smallest set of"
+        " changes that attach smtpguard, merged with what is already configured: a shell"
+        " script of postconf -e commands (default) or main.cf lines (--main-cf).",
     )
     pc.add_argument(
-        "--footers", action="store_true", help="print the smtpd_reject_footer_maps table instead"
+        "--config-directory",
+        help="the Postfix instance's config directory (default: the system instance)",
+    )
+    out = pc.add_mutually_exclusive_group()
+    out.add_argument("--main-cf", action="store_true", help="print main.cf lines instead")
+    out.add_argument(
+        "--footers", action="store_true", help="print the smtpd_reject_footer_maps table"
+    )
+    out.add_argument(
+        "--check",
+        action="store_true",
+        help="list settings of the instance that conflict with the smtpguard config;"
+        " exit 1 if there are any",
+    )
+    pc.add_argument(
+        "--non-smtpd-milters",
+        action="store_true",
+        help="attach smtpguard to non_smtpd_milters (local submission) too",
     )
     pc.set_defaults(func=cmd_postfix_config)
     sub.add_parser(

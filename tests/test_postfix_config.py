@@ -1,0 +1,272 @@
+"""postfix-config: merging with an admin's settings, relay safety, --check conflicts.
+
+The instance's values are given as :class:`Settings` (what ``postconf`` would print),
+so these tests need no Postfix; tests/e2e/test_postfix_deploy.py applies the output to
+real instances.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpguard.app import load
+from smtpguard.config import Config
+from smtpguard.postfix import (
+    MILTER_RELAY_PASS,
+    Plan,
+    Settings,
+    main_cf_fragment,
+    plan,
+    postfix_footer_regexp,
+    postfix_milter_address,
+    postfix_network,
+    shell_script,
+    split_list,
+)
+from smtpguard.replies import load_replies
+from support.service import make_site
+
+#: What ``postconf -x`` prints for a stock Debian 12 "Internet Site" instance.
+STOCK = {
+    "config_directory": "/etc/postfix",
+    "queue_directory": "/var/spool/postfix",
+    "smtpd_milters": "",
+    "non_smtpd_milters": "",
+    "milter_default_action": "tempfail",
+    "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
+    "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host}"
+    " {mail_mailer}",
+    "milter_rcpt_macros": "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
+    "milter_end_of_data_macros": "i",
+    "mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
+    "smtpd_relay_restrictions": "permit_mynetworks permit_sasl_authenticated"
+    " defer_unauth_destination",
+    "smtpd_recipient_restrictions": "",
+    "smtpd_reject_unlisted_recipient": "yes",
+    "message_size_limit": "10240000",
+    "mailbox_size_limit": "0",
+    "virtual_mailbox_limit": "51200000",
+    "smtputf8_enable": "yes",
+    "smtpd_reject_footer_maps": "",
+    "smtpd_forbid_bare_newline": "no",
+}
+
+
+def settings(**changed: str) -> Settings:
+    values = {**STOCK, **changed}
+    return Settings(raw=values, expanded=values)
+
+
+def config(tmp_path: Path, extra: dict[str, Any] | None = None) -> Config:
+    site = make_site(tmp_path, extra, directory=False)
+    return load(site.config)
+
+
+def make_plan(cfg: Config, **changed: str) -> Plan:
+    return plan(cfg, load_replies(cfg.replies, cfg.file), settings(**changed))
+
+
+def changes(result: Plan) -> dict[str, str]:
+    return {c.name: c.value for c in result.changes}
+
+
+@pytest.mark.parametrize(
+    ("socket", "expected"),
+    [
+        ("unix:/var/spool/postfix/smtpguard/s.sock", "unix:smtpguard/s.sock"),
+        ("unix:/run/smtpguard/s.sock", "unix:/run/smtpguard/s.sock"),
+        ("local:/run/s.sock", "unix:/run/s.sock"),
+        ("inet:8899@127.0.0.1", "inet:127.0.0.1:8899"),
+        ("inet:8899", "inet:127.0.0.1:8899"),
+        ("inet6:8899@::1", "inet:[::1]:8899"),
+    ],
+)
+def test_postfix_milter_address(socket: str, expected: str) -> None:
+    assert postfix_milter_address(socket) == expected
+
+
+def test_split_list_keeps_braced_groups() -> None:
+    value = "inet:a:1, { inet:b:2, default_action=accept },unix:c  check_x static:{OK}"
+    assert split_list(value) == [
+        "inet:a:1",
+        "{ inet:b:2, default_action=accept }",
+        "unix:c",
+        "check_x",
+        "static:{OK}",
+    ]
+
+
+def test_ipv6_networks_are_written_in_brackets(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"site": {"trusted_networks": ["::1/128", "[2001:db8::]/32"]}})
+    assert [postfix_network(n) for n in cfg.site.trusted_networks] == [
+        "[::1]/128",
+        "[2001:db8::]/32",
+    ]
+
+
+def test_other_milters_and_lists_are_kept(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    theirs = "inet:127.0.0.1:8891, { inet:127.0.0.1:8893, default_action=accept }"
+    result = make_plan(cfg, smtpd_milters=theirs, non_smtpd_milters="inet:127.0.0.1:8891")
+    new = changes(result)
+    assert new["smtpd_milters"].startswith(theirs + ", { unix:")
+    assert "default_action=tempfail" in new["smtpd_milters"]
+    assert "non_smtpd_milters" not in new
+    assert "mynetworks" not in new
+    assert "milter_default_action" not in new  # the other milters keep theirs
+    assert new["milter_connect_macros"] == (
+        "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}"
+    )
+
+
+def test_already_attached_changes_nothing_twice(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    first = make_plan(cfg)
+    again = make_plan(cfg, **changes(first))
+    assert again.changes == ()
+    assert again.problems == ()
+
+
+def test_mynetworks_differences_are_a_note_not_a_change(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"site": {"trusted_networks": ["192.0.2.0/24", "::1/128"]}})
+    result = make_plan(cfg)
+    assert "mynetworks" not in changes(result)
+    (note,) = [n for n in result.notes if n.startswith("mynetworks")]
+    assert "in site.trusted_networks only: 192.0.2.0/24;" in note
+    assert "in mynetworks only (Postfix lets them relay): 127.0.0.0/8 [::ffff:127.0.0.0]/104" in (
+        note
+    )
+    assert "to make them equal: mynetworks = 192.0.2.0/24 [::1]/128" in note
+
+
+def test_relay_control_postfix_keeps_postfix_guard_last(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    assert cfg.site.relay_control == "postfix"
+    value = changes(make_plan(cfg))["smtpd_relay_restrictions"]
+    assert value == (
+        "permit_mynetworks, permit_sasl_authenticated, permit_auth_destination,"
+        " check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)},"
+        " defer_unauth_destination"
+    )
+    assert "static:{OK}" not in value
+
+
+def test_relay_control_milter_passes_recipients_only_while_milters_are_set(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path, {"site": {"relay_control": "milter"}})
+    value = changes(make_plan(cfg))["smtpd_relay_restrictions"]
+    assert value == (
+        f"permit_mynetworks, permit_sasl_authenticated, {MILTER_RELAY_PASS},"
+        " defer_unauth_destination"
+    )
+
+
+def test_guard_followed_by_other_restrictions_is_left_alone(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    result = make_plan(
+        cfg,
+        smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination,"
+        " check_policy_service unix:private/policy",
+    )
+    assert "smtpd_relay_restrictions" not in changes(result)
+    assert any("entries follow reject_unauth_destination" in n for n in result.notes)
+
+
+def test_old_style_recipient_restrictions_get_the_reply(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    result = make_plan(
+        cfg,
+        smtpd_relay_restrictions="",
+        smtpd_recipient_restrictions="permit_mynetworks, reject_unauth_destination",
+    )
+    assert changes(result)["smtpd_recipient_restrictions"].endswith(
+        "static:{553 5.7.1 host denies relay. (拒绝中继)}, reject_unauth_destination"
+    )
+
+
+def test_check_finds_an_unconditional_ok_before_the_guard(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    result = make_plan(
+        cfg,
+        smtpd_relay_restrictions="permit_mynetworks, permit_auth_destination,"
+        " check_recipient_access static:{OK}, reject_unauth_destination",
+    )
+    assert any("open relay" in p for p in result.unresolved)
+
+
+def test_check_finds_no_relay_guard(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    result = make_plan(cfg, smtpd_relay_restrictions="permit_mynetworks, permit")
+    assert any("open relay possible" in p or "open relay" in p for p in result.problems)
+
+
+def test_check_finds_accepting_default_action(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    address = postfix_milter_address(cfg.milter.socket)
+    result = make_plan(cfg, smtpd_milters=f"{{ {address}, default_action=accept }}")
+    assert any("default_action" in p for p in result.unresolved)
+    result = make_plan(cfg, smtpd_milters=address, milter_default_action="accept")
+    assert any("default_action" in p for p in result.unresolved)
+
+
+def test_unlisted_recipients_stay_checked_without_a_directory(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"directory": {"backend": "none"}})
+    assert "smtpd_reject_unlisted_recipient" not in changes(make_plan(cfg))
+    result = make_plan(cfg, smtpd_reject_unlisted_recipient="no")
+    assert any("backscatter" in p for p in result.unresolved)
+
+
+def test_unlisted_recipients_go_to_the_directory_only_while_the_milter_is_set(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path)
+    value = changes(make_plan(cfg))["smtpd_reject_unlisted_recipient"]
+    assert value == "${smtpd_milters?{no}:{yes}}"
+    dry = config(tmp_path / "dry", {"milter": {"dry_run": True}})
+    assert "smtpd_reject_unlisted_recipient" not in changes(make_plan(dry))
+
+
+def test_size_limit_raised_only_when_below_ours(tmp_path: Path) -> None:
+    cfg = config(tmp_path)  # max_message_size 1_000_000
+    assert "message_size_limit" not in changes(make_plan(cfg))  # 10240000 > ours
+    new = changes(make_plan(cfg, message_size_limit="500000", mailbox_size_limit="900000"))
+    assert new["message_size_limit"] == "2000000"
+    assert new["mailbox_size_limit"] == "2000000"
+    assert "message_size_limit" not in changes(make_plan(cfg, message_size_limit="0"))
+
+
+def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    footers = postfix_footer_regexp(load_replies(cfg.replies, cfg.file), utf8=True)
+    assert (
+        "/^552 5\\.3\\.4 Message size exceeds fixed limit/"
+        " \\c (message is too long. 邮件大小超过限制)" in footers.splitlines()
+    )
+
+
+def test_footers_only_ascii_when_utf8_is_not_always(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    replies = load_replies(cfg.replies, cfg.file)
+    ascii_only = postfix_footer_regexp(replies, utf8=False)
+    assert ascii_only.isascii()
+    assert ascii_only.splitlines() == [
+        "/^552 5\\.3\\.4 Message size exceeds fixed limit/ \\c (message is too long.)"
+    ]
+    assert "(请先发送 MAIL)" in postfix_footer_regexp(replies, utf8=True)
+
+
+def test_script_and_fragment_carry_the_same_settings(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    result = make_plan(cfg)
+    script = shell_script(result)
+    fragment = main_cf_fragment(result)
+    for change in result.changes:
+        assert f"{change.name} = {change.value}" in fragment
+        assert f"# {change.reason}" in script
+    assert "postconf -e 'smtpd_milters = " in script  # the system instance: no -c
+    assert "cat > /etc/postfix/smtpguard_footers.regexp <<'SMTPGUARD_EOF'" in script
