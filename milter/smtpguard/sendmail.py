@@ -36,4 +36,22 @@ def sendmail_mc(config: Config) -> str:
         f"`S={address}, F=T, T=C:30s;S:10s;R:30s;E:5m')dnl",
     ]
     lines += [f"define(`{key}', ``{value}'')dnl" for key, value in SENDMAIL_MACROS.items()]
+    lines += [
+        "dnl Hops: Sendmail counts its own Received header, which smtpguard never sees,",
+        'dnl and refuses a message only after accepting it (250, then "Too many hops"): one',
+        "dnl above limits.max_hops leaves the refusal to smtpguard, during the SMTP session.",
+        f"define(`confMAX_HOP', `{sendmail_max_hop(config.limits.max_hops)}')dnl",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def sendmail_max_hop(max_hops: int) -> int:
+    """Sendmail's ``MaxHopCount`` that never fires before smtpguard's hop check.
+
+    Sendmail bounces a message whose trace fields outnumber ``MaxHopCount``, its own
+    ``Received:`` included, and it checks when delivering, after the client got
+    ``250``. smtpguard refuses more than ``max_hops`` ``Received:`` fields at end of
+    data (``looping_message``) and never sees Sendmail's own. With ``max_hops + 1``
+    both draw the line at the same message, and smtpguard answers it first.
+    """
+    return max_hops + 1

@@ -25,8 +25,9 @@ here:
   bind-mounted over libsasl2's plugin directory instead, which is also on that search
   path and always exists (``libsasl2-modules-db``, a dependency of ``libsasl2-2``).
 
-The milter lines of the ``.mc`` are the verbatim output of ``smtpguard sendmail-config``,
-the snippet users copy.
+The milter lines of the ``.mc`` are the Sendmail block of ``README.md`` (the output of
+``smtpguard sendmail-config`` for the sample config, :func:`readme_snippet`), the lines
+users copy, with the test's socket path put in (:func:`with_socket`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,8 +47,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.smtp import SmtpClient
+from support.smtp import Reply, SmtpClient
 
+#: The README whose Sendmail block the instances are built from.
+README = Path(__file__).resolve().parents[2] / "README.md"
+#: The milter socket of the sample config, as that block has it.
+README_SOCKET = "/run/smtpguard/smtpguard.sock"
 #: Where the downloaded .debs are kept between test runs.
 CACHE_DIR = Path("/var/cache/smtpguard-tests/debs")
 PACKAGES = (
@@ -167,10 +173,12 @@ def install(debs: Sequence[Path], root: Path) -> SendmailInstall:
 
 
 class LoopbackClient(SmtpClient):
-    """:class:`SmtpClient` from a chosen source address.
+    """:class:`SmtpClient` from a chosen source address, keeping every reply byte.
 
     Sendmail has no XCLIENT, so the client address a milter sees is the real one; every
     address of 127.0.0.0/8 is local, which gives tests more than one client identity.
+    ``received`` is every byte of every reply read (the greeting included), so that a
+    test can check all of what its session was sent (:meth:`assert_printable`).
     """
 
     def __init__(self, host: str, port: int, *, source: str, timeout: float = 30.0) -> None:
@@ -178,7 +186,51 @@ class LoopbackClient(SmtpClient):
             (host, port), timeout=timeout, source_address=(source, 0)
         )
         self.buf = b""
+        self.received = b""
         self.greeting = self.read()
+
+    def read(self) -> Reply:
+        reply = super().read()
+        self.received += reply.raw
+        return reply
+
+    def assert_printable(self) -> None:
+        """Every reply line so far was printable ASCII: no byte of 0x80 or more (UTF-8,
+        or what Sendmail makes of it by clearing the 8th bit: control bytes, a bare CR
+        or LF), and nothing left unread that would be the answer to a later command."""
+        sent = self.received + self.buf
+        bad = [line for line in sent.split(b"\r\n") if not _PRINTABLE.fullmatch(line)]
+        assert bad == [], f"reply lines that are not printable ASCII: {bad!r}"
+
+
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+
+
+# --- the README's lines -------------------------------------------------------------
+
+
+def readme_snippet(readme: Path = README) -> str:
+    """The Sendmail block of the README's "Attaching it to the MTA": the first fenced
+    block after the paragraph that starts with "Sendmail"."""
+    text = readme.read_text(encoding="utf-8")
+    section = text.split("\n## Attaching it to the MTA\n", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"^Sendmail\b.*?^```[a-z0-9]*\n(.*?)^```$", section, re.M | re.S)
+    assert found, f"no Sendmail block in {readme}"
+    return found.group(1)
+
+
+def with_socket(snippet: str, socket_path: Path) -> str:
+    """``snippet`` with the sample config's socket replaced by ``socket_path``."""
+    assert snippet.count(f"S=local:{README_SOCKET},") == 1, snippet
+    return snippet.replace(f"S=local:{README_SOCKET},", f"S=local:{socket_path},")
+
+
+def filter_line_only(snippet: str) -> str:
+    """Only the ``INPUT_MAIL_FILTER`` line of ``snippet``: no macro defines (so no
+    ``v``), no ``confMAX_HOP``; what the README showed before it had the whole output."""
+    lines = [line for line in snippet.splitlines(keepends=True) if "INPUT_MAIL_FILTER(" in line]
+    assert len(lines) == 1, snippet
+    return lines[0]
 
 
 # --- SMTP AUTH (Cyrus SASL) --------------------------------------------------------
@@ -342,7 +394,7 @@ class Sendmail:
     def delivered_file(self) -> Path:
         return self.dir / "delivered"
 
-    def client(self, source: str = "127.0.0.1", timeout: float = 30.0) -> SmtpClient:
+    def client(self, source: str = "127.0.0.1", timeout: float = 30.0) -> LoopbackClient:
         """A client connecting from ``source``, any address of 127.0.0.0/8."""
         return LoopbackClient("127.0.0.1", self.port, source=source, timeout=timeout)
 
