@@ -25,6 +25,7 @@ from smtpguard.counters import (
     redis_client,
 )
 from support.daemons import RedisServer, free_port, start_redis
+from support.threads import hammer
 
 TWO_PERCENT = SizeBuckets(0.02)
 KEY = "spammer@example.org|198.51.100.7"
@@ -138,6 +139,28 @@ def test_threads_lose_no_hits() -> None:
     for t in threads:
         t.join()
     assert counter.peek(KEY, 7000) == 4000
+
+
+def test_threads_share_a_full_table() -> None:
+    counter = InProcessCounter(60, TWO_PERCENT, max_keys=20)
+
+    def work(n: int) -> None:
+        for i in range(1000):
+            key = f"k{(n * 7 + i) % 100}"
+            assert counter.hit(key, 5000) >= 1
+            counter.peek(key, 5000)
+
+    assert hammer(work) == []
+    assert len(counter._hits) <= 20
+
+
+def test_a_key_in_use_outlives_idle_ones() -> None:
+    counter = InProcessCounter(60, TWO_PERCENT, max_keys=3, clock=Clock())
+    counter.hit(KEY, 5000)
+    for i in range(10):
+        counter.hit(f"idle{i}", 5000)
+        counter.peek(KEY, 5000)  # a read keeps it among the recently used
+    assert counter.peek(KEY, 5000) == 1
 
 
 # --- Redis -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +42,7 @@ from smtpguard.dns import (
     reverse_name,
 )
 from support.fake_dns import FakeClock, FakeDns, fake_resolver
+from support.threads import hammer
 from support.unbound import (
     BIG_TXT,
     BIG_TXT_NAME,
@@ -160,6 +162,71 @@ def test_negative_ttl_is_the_smaller_of_soa_ttl_and_minimum() -> None:
     assert negative_ttl(response(300, 60)) == 60
     assert negative_ttl(response(30, 600)) == 30
     assert negative_ttl(dns.message.from_text("id 1\nflags QR\n;QUESTION\nx.test. IN A\n")) == 0
+
+
+# --- a full cache -----------------------------------------------------------------------
+
+
+def test_full_cache_drops_expired_answers_before_live_ones(fake: FakeDns, clock: FakeClock) -> None:
+    fake.add("a.example.test", "A", "192.0.2.1", ttl=60)
+    fake.add("b.example.test", "A", "192.0.2.2", ttl=60)
+    fake.add("c.example.test", "A", "192.0.2.3", ttl=0.5)
+    fake.add("d.example.test", "A", "192.0.2.4", ttl=60)
+    resolver = fake_resolver(fake, clock, cache_size=2)
+    try:
+        for name in ("a", "b", "c"):  # c pushes a out
+            ask(resolver, f"{name}.example.test", "A")
+        clock.advance(0.6)  # c has expired, b has not
+        ask(resolver, "d.example.test", "A")
+        assert ask(resolver, "b.example.test", "A").ok
+        assert fake.count("b.example.test", "A") == 1
+    finally:
+        resolver.close()
+
+
+def test_full_cache_drops_the_least_recently_used(fake: FakeDns, clock: FakeClock) -> None:
+    for name in ("a", "b", "c"):
+        fake.add(f"{name}.example.test", "A", "192.0.2.1", ttl=60)
+    resolver = fake_resolver(fake, clock, cache_size=2)
+    try:
+        ask(resolver, "a.example.test", "A")
+        ask(resolver, "b.example.test", "A")
+        ask(resolver, "a.example.test", "A")  # from the cache: a is the most recently used
+        ask(resolver, "c.example.test", "A")  # no room: b goes
+        ask(resolver, "a.example.test", "A")
+        ask(resolver, "b.example.test", "A")
+        assert [fake.count(f"{n}.example.test", "A") for n in "abc"] == [1, 2, 1]
+    finally:
+        resolver.close()
+
+
+def test_callback_threads_read_the_cache_while_the_loop_writes_it(fake: FakeDns) -> None:
+    names = [f"h{i}.example.test" for i in range(4)]
+    for name in names:
+        fake.add(name, "A", "192.0.2.1")
+    # Two entries for four names: every lookup of thread 0 stores an answer (on the
+    # loop thread) and evicts one the other threads are reading.
+    resolver = fake_resolver(fake, cache_size=2)
+    done = threading.Event()
+
+    def work(n: int) -> None:
+        if n == 0:
+            try:
+                for i in range(200):
+                    assert resolver.submit(names[i % 4], "A").result(timeout=5).ok
+            finally:
+                done.set()
+            return
+        i = n
+        while not done.is_set():
+            answer = resolver.cached(names[i % 4], "A")
+            assert answer is None or answer.name == names[i % 4]
+            i += 1
+
+    try:
+        assert hammer(work) == []
+    finally:
+        resolver.close()
 
 
 # --- failures -------------------------------------------------------------------------

@@ -31,7 +31,7 @@ the neighbour buckets absorb that for all but tiny widths.
 Backends
 --------
 :class:`InProcessCounter` keeps timestamps per (key, bucket) in a bounded
-:class:`~smtpguard.ttlcache.TtlCache`; :class:`RedisCounter` keeps one sorted set per
+:class:`cachetools.TTLCache`; :class:`RedisCounter` keeps one sorted set per
 (key, bucket) in Redis so that several MTA hosts share one view. :class:`ResilientCounter`
 wraps the Redis one with the configured outage behaviour. Backend failures surface as
 :class:`CounterError`.
@@ -52,10 +52,9 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol, cast
 
 import redis
+from cachetools import TTLCache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from smtpguard.ttlcache import TtlCache
 
 __all__ = [
     "CounterError",
@@ -137,7 +136,7 @@ class InProcessCounter:
         self.max_per_bucket = max_per_bucket
         self._clock = clock
         self._lock = threading.Lock()
-        self._hits: TtlCache[tuple[str, int], deque[float]] = TtlCache(
+        self._hits: TTLCache[tuple[str, int], deque[float]] = TTLCache(
             maxsize=max_keys, ttl=window, timer=clock
         )
 

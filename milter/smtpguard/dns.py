@@ -19,13 +19,14 @@ Every answer keeps its status all the way to the verdict and the log:
 * ``SERVFAIL``: the server could not answer (SERVFAIL, REFUSED, malformed reply);
 * ``TIMEOUT``: no answer in time (the query's own timeout or the caller's deadline).
 
-The cache (:class:`~smtpguard.ttlcache.TtlCache`) keeps positive answers for their
-TTL, capped by ``max_ttl``; negative answers for the TTL RFC 2308 §5 gives them (the
-smaller of the SOA record's TTL and its MINIMUM field, from the authority section),
-capped by ``negative_ttl``, and not at all without an SOA; an NXDOMAIN stands for every
-type of its name (RFC 2308 §5). SERVFAIL and timeouts are remembered for
-``failure_ttl`` seconds (RFC 9520 §3.2) so a dead server is not asked again by every
-session.
+The cache (cachetools' :class:`~cachetools.TLRUCache`: every answer has its own time to
+live) keeps positive answers for their TTL, capped by ``max_ttl``; negative answers for
+the TTL RFC 2308 §5 gives them (the smaller of the SOA record's TTL and its MINIMUM
+field, from the authority section), capped by ``negative_ttl``, and not at all without
+an SOA; an NXDOMAIN stands for every type of its name (RFC 2308 §5). SERVFAIL and
+timeouts are remembered for ``failure_ttl`` seconds (RFC 9520 §3.2) so a dead server is
+not asked again by every session. A full cache drops expired answers first, then the
+least recently used.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
+from cachetools import TLRUCache
 
 from smtpguard.config import DnsConfig
-from smtpguard.ttlcache import TtlCache
 
 log = logging.getLogger("smtpguard")
 
@@ -580,9 +581,11 @@ class Resolver:
         self.timeout = timeout
         self.clock = clock
         self.stats = CacheStats()
-        self._cache: TtlCache[tuple[str, str], Answer] = TtlCache(maxsize=cache_size, timer=clock)
+        self._cache: TLRUCache[tuple[str, str], Answer] = TLRUCache(
+            maxsize=cache_size, ttu=self._expires, timer=clock
+        )
         # The cache is read by callback threads (the fast path of submit) and written
-        # by the loop thread.
+        # by the loop thread; cachetools is not thread-safe.
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self._background: set[asyncio.Task[Answer]] = set()
@@ -609,6 +612,9 @@ class Resolver:
             return min(answer.ttl, self.negative_ttl)
         return self.failure_ttl
 
+    def _expires(self, _key: tuple[str, str], answer: Answer, now: float) -> float:
+        return now + self.cache_ttl(answer)
+
     def cached(self, name: str, rdtype: str) -> Answer | None:
         """The cached answer, if any; ValueError if ``name`` cannot be a DNS name."""
         return self._cached(_key(name, rdtype))
@@ -630,11 +636,10 @@ class Resolver:
             self.stats.by_status[answer.status.value] = (
                 self.stats.by_status.get(answer.status.value, 0) + 1
             )
-            # An answer with TTL 0 is not stored.
-            ttl = self.cache_ttl(answer)
-            self._cache.set(key, answer, ttl)
+            # TLRUCache does not keep an entry whose expiry is not in the future (TTL 0).
+            self._cache[key] = answer
             if answer.status is Status.NXDOMAIN:
-                self._cache.set((key[0], _ANY), answer, ttl)
+                self._cache[(key[0], _ANY)] = answer
 
     # --- asynchronous side (runs on the loop thread) -----------------------------
 

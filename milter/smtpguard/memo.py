@@ -10,20 +10,25 @@ memoized, so a SERVFAIL is retried by the next message.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from smtpguard.ttlcache import TtlCache
+from cachetools import TTLCache
 
 _V = TypeVar("_V")
 _MISSING = object()
 
 
 class Memo(Generic[_V]):
-    def __init__(self, ttl: float, maxsize: int = 10000) -> None:
+    def __init__(
+        self, ttl: float, maxsize: int = 10000, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.enabled = ttl > 0
-        self._cache: TtlCache[Hashable, _V] = TtlCache(maxsize=maxsize, ttl=max(ttl, 1))
-        # libmilter calls in from many threads.
+        self._cache: TTLCache[Hashable, _V] = TTLCache(
+            maxsize=maxsize, ttl=max(ttl, 1), timer=clock
+        )
+        # cachetools is not thread-safe; libmilter calls in from many threads.
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> tuple[bool, _V | None]:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from smtpguard.ttlcache import TtlCache
+from cachetools import TTLCache
 
 #: Distinct (query, arguments) results kept at most.
 CACHE_ENTRIES = 20_000
@@ -38,14 +38,16 @@ class ConnectionPool:
         size: int = 8,
         *,
         cache_ttl: float = 0.0,
+        cache_size: int = CACHE_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._opener = opener
         self._size = size
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._cache: TtlCache[tuple[str, tuple[Any, ...]], tuple[Any, ...]] | None = (
-            TtlCache(CACHE_ENTRIES, ttl=cache_ttl, timer=clock) if cache_ttl > 0 else None
+        # cachetools is not thread-safe: the cache is used under self._lock.
+        self._cache: TTLCache[tuple[str, tuple[Any, ...]], tuple[Any, ...]] | None = (
+            TTLCache(cache_size, ttl=cache_ttl, timer=clock) if cache_ttl > 0 else None
         )
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:

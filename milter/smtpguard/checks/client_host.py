@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from cachetools import TTLCache
+
 from smtpguard.address import is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import GenericPatterns
@@ -51,7 +53,6 @@ from smtpguard.dns import (
 )
 from smtpguard.memo import Memo
 from smtpguard.session import Connection
-from smtpguard.ttlcache import TtlCache
 from smtpguard.verdict import Hit, TempError, Verdict
 
 #: RFC 7208 §4.6.4: at most 10 PTR names are looked up; the same bound here.
@@ -162,7 +163,7 @@ class SmtpPort:
         # Reverse DNS per client IP without a temporary failure in it.
         self.memo: Memo[ReverseDns] = Memo(services.config.dns.verdict_ttl)
         # (ip, port) -> reachable, shared by sessions; only touched on the loop thread.
-        self._probes: TtlCache[tuple[str, int], bool] = TtlCache(
+        self._probes: TTLCache[tuple[str, int], bool] = TTLCache(
             maxsize=10000, ttl=max(self.config.connect_back_cache_ttl, 1)
         )
 

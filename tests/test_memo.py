@@ -1,0 +1,53 @@
+"""Memo: verdicts kept for the configured time, bounded, shared between threads."""
+
+from __future__ import annotations
+
+from smtpguard.memo import Memo
+from support.fake_dns import FakeClock
+from support.threads import hammer
+
+
+def test_a_verdict_lives_for_the_ttl() -> None:
+    clock = FakeClock()
+    memo: Memo[str] = Memo(30, clock=clock)
+    memo.put("k", "v")
+    clock.advance(29.9)
+    assert memo.get("k") == (True, "v")
+    clock.advance(0.1)
+    assert memo.get("k") == (False, None)
+
+
+def test_none_is_a_verdict_not_a_miss() -> None:
+    memo: Memo[str | None] = Memo(30, clock=FakeClock())
+    memo.put("k", None)
+    assert memo.get("k") == (True, None)
+    assert memo.get("other") == (False, None)
+
+
+def test_zero_ttl_memoizes_nothing() -> None:
+    memo: Memo[str] = Memo(0, clock=FakeClock())
+    memo.put("k", "v")
+    assert memo.get("k") == (False, None)
+
+
+def test_size_is_bounded_and_the_least_recently_used_goes() -> None:
+    memo: Memo[int] = Memo(30, maxsize=3, clock=FakeClock())
+    for i in range(3):
+        memo.put(i, i)
+    assert memo.get(0) == (True, 0)  # read: now the most recently used
+    memo.put(3, 3)
+    assert [k for k in range(4) if memo.get(k)[0]] == [0, 2, 3]
+
+
+def test_threads_share_one_memo() -> None:
+    memo: Memo[int] = Memo(30, maxsize=50)
+
+    def work(n: int) -> None:
+        for i in range(3000):
+            key = (n * 7 + i) % 200
+            memo.put(key, key)
+            _found, value = memo.get(key)
+            assert value in (None, key)
+
+    assert hammer(work) == []
+    assert sum(memo.get(k)[0] for k in range(200)) <= 50
