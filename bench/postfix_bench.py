@@ -34,12 +34,12 @@ for _path in (ROOT / "tests", BENCH):
 from milter_load import optneg_packet, read_packet  # noqa: E402
 
 from smtpguard.app import load  # noqa: E402
-from smtpguard.mta import postfix_footer_regexp, postfix_main_cf  # noqa: E402
-from smtpguard.replies import load_replies  # noqa: E402
+from smtpguard.postfix import postfix_network  # noqa: E402
 from support.daemons import RSPAMD_OFF, keep_hs_cache, prepare_rspamd  # noqa: E402
 from support.postfix import (  # noqa: E402
     LOCAL_MAIN_CF,
     MASTER_CF_SERVICES,
+    attach_smtpguard,
     postfix_cmd,
     start_instance,
 )
@@ -166,19 +166,6 @@ class BenchPostfix:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def postfix_snippet(smtpguard_config: Path, queue: Path, config_dir: Path) -> tuple[str, str, str]:
-    """``smtpguard postfix-config`` for this instance, its footer table and the
-    domains Postfix must accept."""
-    config = load(smtpguard_config)
-    replies = load_replies(config.replies, config.file)
-    snippet = postfix_main_cf(
-        config, replies, queue_directory=str(queue), config_directory=str(config_dir)
-    )
-    footers = postfix_footer_regexp(replies, config.replies.utf8 == "always")
-    domains = " ".join(sorted(config.site.local_domains | config.site.relay_domains))
-    return snippet, footers, domains
-
-
 def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> BenchPostfix:
     """A Postfix instance with the main.cf smtpguard generates, every transport
     ``discard`` and ``smtpd_milters`` set to ``milter`` (None: no milter at all).
@@ -194,19 +181,28 @@ def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> Benc
     for d in (config_dir, queue, data):
         d.mkdir()
     shutil.chown(data, "postfix", "postfix")
-    snippet, footers, domains = postfix_snippet(smtpguard_config, queue, config_dir)
-    (config_dir / "smtpguard_footers.regexp").write_text(footers)
-    lines = snippet.splitlines()
-    milter_lines = [i for i, line in enumerate(lines) if line.startswith("smtpd_milters =")]
-    if len(milter_lines) != 1:
-        raise RuntimeError("smtpguard postfix-config has no single smtpd_milters line")
-    lines[milter_lines[0]] = f"smtpd_milters = {milter or ''}"
+    config = load(smtpguard_config)
+    domains = " ".join(sorted(config.site.local_domains | config.site.relay_domains))
+    networks = " ".join(postfix_network(n) for n in config.site.trusted_networks)
     port = free_port()
-    main_cf = "\n".join(lines) + "\n"
-    main_cf += LOCAL_MAIN_CF.format(
-        queue=queue, data=data, domains=domains, root=root, transport="discard"
+    (config_dir / "main.cf").write_text(
+        LOCAL_MAIN_CF.format(
+            queue=queue,
+            data=data,
+            domains=domains,
+            networks=networks,
+            root=root,
+            transport="discard",
+        )
     )
-    (config_dir / "main.cf").write_text(main_cf)
+    # The settings smtpguard generates, applied as users apply them; then the one
+    # line that differs between the configurations.
+    attach_smtpguard(config_dir, smtpguard_config)
+    subprocess.run(
+        ["postconf", "-c", str(config_dir), "-e", f"smtpd_milters = {milter or ''}"],
+        check=True,
+        timeout=60,
+    )
     (config_dir / "master.cf").write_text(MASTER_CF_SERVICES.format(port=port))
     return start_instance(BenchPostfix(name, root, port, config_dir, queue), f"postfix {name}")
 

@@ -1,9 +1,11 @@
 """A throwaway Postfix instance with smtpguard attached, for end-to-end tests.
 
-Its main.cf is the generated snippet users copy (``smtpguard postfix-config``) plus what
-a private instance on loopback needs: own config, queue and data directories, smtpd on
-a free loopback port, XCLIENT for loopback, and every transport pointing at a pipe that
-writes each delivered message to a file the tests read.
+Its main.cf starts as an admin's would: what a private instance on loopback needs (own
+config, queue and data directories, smtpd on a free loopback port, XCLIENT for
+loopback, every transport pointing at a pipe that writes each delivered message to a
+file the tests read) plus the test's own settings. smtpguard is then attached the way
+users do it: the script ``smtpguard postfix-config --config-directory DIR`` prints is
+run with ``sh``, so its real ``postconf -e`` commands merge into that main.cf.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,8 +23,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from smtpguard.app import load
-from smtpguard.mta import postfix_footer_regexp, postfix_main_cf
-from smtpguard.replies import load_replies
+from smtpguard.postfix import postfix_network
 
 POLL_INTERVAL = 0.05
 
@@ -73,6 +75,7 @@ myorigin = example.com
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mydestination =
+mynetworks = {networks}
 relay_domains = {domains}
 local_recipient_maps =
 relay_recipient_maps =
@@ -152,16 +155,56 @@ def postfix_cmd(config_dir: Path, *args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def start_postfix(
-    smtpguard_config: Path, extra_main_cf: str = "", relay_control: str = "milter"
-) -> Postfix:
-    """Start an instance whose milter settings come from ``smtpguard postfix-config``."""
+def smtpguard_command() -> str:
+    """The ``smtpguard`` console script of the Python running the tests."""
+    return str(Path(sys.executable).parent / "smtpguard")
+
+
+def attach_smtpguard(config_dir: Path, smtpguard_config: Path, *args: str) -> str:
+    """Run what ``smtpguard postfix-config`` prints for this instance; return it."""
+    script = subprocess.run(
+        [
+            smtpguard_command(),
+            "-c",
+            str(smtpguard_config),
+            "postfix-config",
+            "--config-directory",
+            str(config_dir),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    subprocess.run(["sh", "-e"], input=script, text=True, check=True, timeout=60)
+    return script
+
+
+def new_root() -> Path:
     # Postfix's unprivileged processes (pipe runs as nobody) must traverse the root.
     root = Path(tempfile.mkdtemp(prefix="smtpguard-postfix-"))
     root.chmod(0o755)
+    return root
+
+
+def start_postfix(
+    smtpguard_config: Path,
+    extra_main_cf: str = "",
+    *,
+    attach: bool = True,
+    master_cf: str = MASTER_CF,
+    networks: str | None = None,
+    root: Path | None = None,
+) -> Postfix:
+    """Start an instance: the admin's main.cf (``extra_main_cf`` last; ``mynetworks``
+    is ``networks``, by default smtpguard's trusted networks), then smtpguard attached
+    with ``smtpguard postfix-config`` unless ``attach`` is false. ``root`` (from
+    :func:`new_root`) lets a test put files in the queue directory first."""
+    root = root or new_root()
     config_dir, queue, data, delivered = (root / n for n in ("etc", "queue", "data", "out"))
     for d in (config_dir, queue, data, delivered):
-        d.mkdir()
+        d.mkdir(exist_ok=True)
     shutil.chown(data, "postfix", "postfix")
     delivered.chmod(0o1777)
     capture = root / "capture.sh"
@@ -174,29 +217,35 @@ def start_postfix(
     capture.chmod(capture.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
     config = load(smtpguard_config)
-    replies = load_replies(config.replies, config.file)
-    snippet = postfix_main_cf(
-        config,
-        replies,
-        queue_directory=str(queue),
-        config_directory=str(config_dir),
-        relay_control=relay_control,
-    )
-    (config_dir / "smtpguard_footers.regexp").write_text(
-        postfix_footer_regexp(replies, config.replies.utf8 == "always")
-    )
     port = free_port()
     domains = " ".join(sorted(config.site.local_domains | config.site.relay_domains))
+    if networks is None:
+        networks = " ".join(postfix_network(n) for n in config.site.trusted_networks)
     main_cf = (
-        snippet
-        + LOCAL_MAIN_CF.format(
-            queue=queue, data=data, domains=domains, root=root, transport="capture"
+        LOCAL_MAIN_CF.format(
+            queue=queue,
+            data=data,
+            domains=domains,
+            networks=networks,
+            root=root,
+            transport="capture",
         )
         + extra_main_cf
     )
     (config_dir / "main.cf").write_text(main_cf)
-    (config_dir / "master.cf").write_text(MASTER_CF.format(port=port, capture=capture))
+    (config_dir / "master.cf").write_text(master_cf.format(port=port, capture=capture))
+    if attach:
+        attach_smtpguard(config_dir, smtpguard_config)
+    main_cf = (config_dir / "main.cf").read_text()
     return start_instance(Postfix(root, port, config_dir, delivered, main_cf), "postfix")
+
+
+def postconf_edit(postfix: Postfix, *settings: str) -> None:
+    """``postconf -e`` on the instance, then ``postfix reload``."""
+    subprocess.run(
+        ["postconf", "-c", str(postfix.config_dir), "-e", *settings], check=True, timeout=60
+    )
+    postfix_cmd(postfix.config_dir, "reload")
 
 
 class Instance(Protocol):

@@ -1,0 +1,285 @@
+"""Deploying on a real Postfix: never an open relay, merging with an admin's main.cf,
+a socket a chrooted smtpd reaches.
+
+Every instance here starts from an admin's main.cf and gets smtpguard the way users
+add it: the script ``smtpguard postfix-config`` prints, run with ``sh``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.expected import SPEC, default_line
+from support.mtclient import wait_for_socket
+from support.postfix import (
+    MASTER_CF,
+    Postfix,
+    free_port,
+    new_root,
+    postfix_cmd,
+    start_postfix,
+)
+from support.service import Site, make_site, running, smtpguard
+from support.smtp import Reply, SmtpClient
+
+pytestmark = pytest.mark.integration
+
+FOREIGN = {"addr": "198.51.100.7", "name": "mail.sender.example", "helo": "mail.sender.example"}
+VICTIM = "victim@gmail.example"
+TAG_MILTER = Path(__file__).resolve().parents[1] / "support" / "tag_milter.py"
+HEADERS = (
+    "From: <a@sender.example>\r\nTo: <alice@example.com>\r\nSubject: deploy {n}\r\n"
+    "Message-ID: <deploy-{n}@sender.example>\r\nDate: Wed, 02 Dec 2026 12:00:00 +0000\r\n"
+)
+
+
+def site(name: str, extra: dict[str, Any] | None = None, sock: Path | None = None) -> Site:
+    root = Path(tempfile.mkdtemp(prefix=f"smtpguard-{name}-"))
+    root.chmod(0o755)
+    base: dict[str, Any] = {"milter": {"socket_group": "postfix", "socket_mode": "0660"}}
+    if sock is not None:
+        base["milter"]["socket"] = f"unix:{sock}"
+    for key, value in (extra or {}).items():
+        base[key] = {**base.get(key, {}), **value}
+    return make_site(root, base)
+
+
+def expected_line(reply_id: str) -> str:
+    code, xcode, _en, _zh = SPEC[reply_id]
+    return f"{code} {xcode} {default_line(reply_id)}"
+
+
+def client(postfix: Postfix, ident: dict[str, str]) -> SmtpClient:
+    c = SmtpClient("127.0.0.1", postfix.port)
+    assert c.ehlo("test.client").code == 250
+    assert c.xclient(**ident).code == 220
+    assert c.ehlo(ident["helo"]).code == 250
+    return c
+
+
+def queued_files(postfix: Postfix) -> list[Path]:
+    queue = postfix.root / "queue"
+    return [
+        p
+        for d in ("maildrop", "incoming", "active", "deferred", "hold")
+        for p in (queue / d).rglob("*")
+        if p.is_file()
+    ]
+
+
+def try_relay(postfix: Postfix) -> tuple[Reply, Reply]:
+    """A foreign client relays to a foreign domain; DATA goes out if RCPT is taken."""
+    with client(postfix, FOREIGN) as c:
+        mail = c.cmd("MAIL FROM:<a@sender.example>")
+        rcpt = c.cmd(f"RCPT TO:<{VICTIM}>")
+        if rcpt.code == 250:
+            c.data(HEADERS.format(n="relay").replace("alice@example.com", VICTIM) + "\r\nhi\r\n")
+    return mail, rcpt
+
+
+def assert_nothing_relayed(postfix: Postfix, rcpt: Reply) -> None:
+    assert rcpt.code != 250, rcpt
+    # Give a message that slipped through the time to reach the queue or the pipe.
+    time.sleep(0.5)
+    assert queued_files(postfix) == []
+    assert postfix.delivered_messages() == {}
+
+
+RELAY_CASES = {
+    "enforce": {},
+    "dry_run": {"milter": {"dry_run": True}},
+    "relay_report": {"checks": {"relay": {"mode": "report"}}},
+    "relay_off": {"checks": {"relay": {"mode": "off"}}},
+}
+
+
+@pytest.mark.parametrize("control", ["postfix", "milter"])
+@pytest.mark.parametrize("case", [*RELAY_CASES, "milter_stopped", "milters_removed"])
+def test_never_an_open_relay(control: str, case: str) -> None:
+    extra: dict[str, Any] = {"site": {"relay_control": control}, **RELAY_CASES.get(case, {})}
+    s = site(f"relay-{control}-{case}", extra)
+    check = smtpguard(s, "check-config", "--offline", check=False)
+    if control == "milter" and case in ("dry_run", "relay_report", "relay_off"):
+        # The loader refuses these: with relay_control = "milter" nothing else would
+        # refuse relaying. Nothing can be started with them.
+        assert check.returncode != 0
+        assert 'relay_control = "milter"' in check.stderr
+        return
+    assert check.returncode == 0, check.stderr
+    with ExitStack() as stack:
+        if case != "milter_stopped":
+            stack.enter_context(running(s))
+        postfix = start_postfix(s.config)
+        stack.callback(postfix.stop)
+        if case == "milters_removed":
+            # The admin comments smtpd_milters out while troubleshooting.
+            subprocess.run(
+                ["postconf", "-c", str(postfix.config_dir), "-#", "smtpd_milters"],
+                check=True,
+                timeout=30,
+            )
+            postfix_cmd(postfix.config_dir, "reload")
+            wait_for_reload(postfix)
+        mail, rcpt = try_relay(postfix)
+        assert_nothing_relayed(postfix, rcpt)
+        if case == "milter_stopped":
+            assert mail.code == 451, mail  # milter default_action=tempfail
+            return
+        assert mail.code == 250, mail
+        if control == "milter" and case == "milters_removed":
+            # The pass-through vanished with smtpd_milters: Postfix's own guard (its
+            # default defer_unauth_destination here) answers again.
+            assert rcpt.lines == (f"454 4.7.1 <{VICTIM}>: Relay access denied",)
+        elif control == "milter":
+            assert rcpt.lines == (expected_line("host_denies_relay"),)
+        else:
+            assert rcpt.lines == (
+                f"553 5.7.1 <{VICTIM}>: Recipient address rejected: "
+                + default_line("host_denies_relay"),
+            )
+        # Local mail still flows: the relay guard is not a blanket refusal.
+        with client(postfix, FOREIGN) as c:
+            assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+            assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+
+
+def wait_for_reload(postfix: Postfix) -> None:
+    """``postfix reload`` is asynchronous: wait until master logs it."""
+    end = time.monotonic() + 20
+    while "reload -- version" not in postfix.maillog():
+        if time.monotonic() > end:
+            raise AssertionError("postfix did not reload:\n" + postfix.maillog())
+        time.sleep(0.05)
+    # New smtpd processes start for the next connection; old ones finish theirs.
+    time.sleep(0.3)
+
+
+# --- merging with an admin's main.cf ------------------------------------------------
+
+
+@contextmanager
+def tag_milters(*names: str) -> Iterator[dict[str, int]]:
+    ports = {name: free_port() for name in names}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(TAG_MILTER), name, f"inet:{port}@127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, port in ports.items()
+    ]
+    try:
+        for port in ports.values():
+            wait_for_socket(("127.0.0.1", port))
+        yield ports
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+ADMIN_NETWORKS = "127.0.0.0/8 10.20.0.0/16 [2001:db8:1::]/48"
+
+
+def test_merge_keeps_the_admins_milters_and_networks() -> None:
+    s = site(
+        "merge",
+        {"site": {"trusted_networks": ["127.0.0.0/8", "10.20.0.0/16", "[2001:db8:1::]/48"]}},
+    )
+    with tag_milters("one", "two") as ports, running(s):
+        theirs = (
+            f"inet:127.0.0.1:{ports['one']}, {{ inet:127.0.0.1:{ports['two']},"
+            " default_action=accept }"
+        )
+        admin = (
+            f"smtpd_milters = {theirs}\n"
+            f"non_smtpd_milters = inet:127.0.0.1:{ports['one']}\n"
+            "inet_protocols = all\n"
+        )
+        postfix = start_postfix(s.config, admin, networks=ADMIN_NETWORKS)
+        try:
+            postconf = postconf_values(postfix, "smtpd_milters", "non_smtpd_milters", "mynetworks")
+            assert postconf["smtpd_milters"].startswith(theirs + ", { unix:")
+            assert postconf["non_smtpd_milters"] == f"inet:127.0.0.1:{ports['one']}"
+            assert postconf["mynetworks"] == ADMIN_NETWORKS
+            check = smtpguard(
+                s, "postfix-config", "--config-directory", str(postfix.config_dir), "--check"
+            )
+            assert "no conflicts" in check.stdout
+
+            # Both other milters still see every message, next to smtpguard.
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+                assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+                reply = c.data(HEADERS.format(n=1) + "\r\nhello\r\n")
+            assert reply.code == 250, reply
+            queue_id = reply.lines[0].rsplit(" ", 1)[-1]
+            delivered = postfix.wait_delivered(queue_id)
+            assert b"X-Tag-one: seen" in delivered
+            assert b"X-Tag-two: seen" in delivered
+
+            # The table's replies arrive, and the admin's IPv6 LAN still relays.
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<spammer@bad.example>").lines == (
+                    expected_line("host_denies_sender"),
+                )
+            lan6 = {"addr": "IPV6:2001:db8:1::5", "name": "pc.lan.example", "helo": "pc"}
+            with client(postfix, lan6) as c:
+                assert c.cmd("MAIL FROM:<alice@example.com>").code == 250
+                assert c.cmd("RCPT TO:<x@foreign.example>").code == 250
+        finally:
+            postfix.stop()
+
+
+def postconf_values(postfix: Postfix, *names: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["postconf", "-c", str(postfix.config_dir), *names],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return dict(
+        line.split(" = ", 1) if " = " in line else (line[:-2], "") for line in out.splitlines()
+    )
+
+
+# --- the socket a chrooted smtpd reaches ------------------------------------------------
+
+
+def test_chrooted_smtpd_reaches_the_socket_in_the_queue_directory() -> None:
+    """Debian's master.cf runs smtpd chrooted in the queue directory: the socket lives
+    there, group postfix, and smtpd_milters names it relative to the chroot."""
+    root = new_root()
+    sock_dir = root / "queue" / "smtpguard"
+    sock_dir.mkdir(parents=True)
+    s = site("chroot", sock=sock_dir / "smtpguard.sock")
+    chrooted = MASTER_CF.replace(
+        "{port}    inet  n       -       n       -       -       smtpd",
+        "{port}    inet  n       -       y       -       -       smtpd",
+    )
+    assert chrooted != MASTER_CF
+    with running(s):
+        st = os.stat(s.socket)
+        assert oct(st.st_mode & 0o777) == "0o660"
+        postfix = start_postfix(s.config, root=root, master_cf=chrooted)
+        try:
+            milters = postconf_values(postfix, "smtpd_milters")["smtpd_milters"]
+            assert milters.startswith("{ unix:smtpguard/smtpguard.sock,")
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<spammer@bad.example>").lines == (
+                    expected_line("host_denies_sender"),
+                )
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+        finally:
+            postfix.stop()
