@@ -11,6 +11,7 @@ import pytest
 
 from smtpguard.app import load
 from smtpguard.config import ConfigError, load_config
+from smtpguard.endpoint import Endpoint
 from support.configs import assert_config_error, write_config
 from support.service import ROOT
 
@@ -149,3 +150,63 @@ def test_help_url_template_is_validated(tmp_path: Path, url: str, message: str) 
         load(path)
     assert err.value.key == "replies.help_url"
     assert message in err.value.message
+
+
+# --- endpoints and URLs: refused at load, never a traceback later ----------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("[state]\nredis_url = 'redis://127.0.0.1:abc/0'\n", "state.redis_url", "port must be"),
+        ("[state]\nredis_url = 'redis://127.0.0.1:0/0'\n", "state.redis_url", "1 to 65535"),
+        ("[state]\nredis_url = 'redis://127.0.0.1:6379/x'\n", "state.redis_url", "database"),
+        ("[state]\nredis_url = 'http://127.0.0.1/'\n", "state.redis_url", "expected redis://"),
+        ("[state]\nredis_url = 'redis://h?timeout=1'\n", "state.redis_url", "only db=N"),
+        ("[virus]\nclamd_socket = 'inet:127.0.0.1:0'\n", "virus.clamd_socket", "1 to 65535"),
+        ("[virus]\nclamd_socket = 'inet:127.0.0.1:²'\n", "virus.clamd_socket", "1 to 65535"),
+        ("[virus]\nclamd_socket = 'unix:clamd.ctl'\n", "virus.clamd_socket", "absolute"),
+        ("[antispam]\nengine_socket = 'inet:[::1]:99999'\n", "antispam.engine_socket", "65535"),
+        ("[antispam]\nengine_socket = 'inet:::1:11333'\n", "antispam.engine_socket", "brackets"),
+    ],
+)
+def test_bad_endpoints_name_file_and_key(tmp_path: Path, text: str, key: str, message: str) -> None:
+    assert_config_error(tmp_path, text, key, message)
+
+
+def test_endpoints_are_typed_values(tmp_path: Path) -> None:
+    config = load(
+        write_config(
+            tmp_path,
+            "[virus]\nclamd_socket = 'inet:[::1]:3310'\n"
+            "[antispam]\nengine_socket = 'unix:/run/rspamd/normal.sock'\n"
+            "[state]\nredis_url = 'unix:///run/redis/redis.sock?db=3'\n",
+        )
+    )
+    assert config.virus.clamd_socket == Endpoint(host="::1", port=3310)
+    assert config.antispam.engine_socket == Endpoint(path="/run/rspamd/normal.sock")
+    assert config.state.redis_url == "unix:///run/redis/redis.sock?db=3"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("[state]\nbackend = 'redis'\nredis_url = 'redis://127.0.0.1:63x9/0'\n", "state.redis_url"),
+        ("[virus]\nbackend = 'clamd'\nclamd_socket = 'inet:127.0.0.1:0'\n", "virus.clamd_socket"),
+    ],
+)
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_cli_reports_bad_endpoints_as_config_errors(
+    tmp_path: Path, section: str, key: str, command: str
+) -> None:
+    path = write_config(
+        tmp_path,
+        f"[milter]\nsocket = 'unix:{tmp_path}/s.sock'\n[directory]\nbackend = 'none'\n"
+        f"[state]\npath = '{tmp_path}/state.sqlite'\n" + section.replace("[state]\n", ""),
+    )
+    args = ("check-config", str(path)) if command == "check-config" else ("-c", str(path), "run")
+    result = run_cli(*args)
+    # check-config reports a problem (1); run could not start (2).
+    assert result.returncode == (1 if command == "check-config" else 2)
+    assert "Traceback" not in result.stderr
+    assert f"configuration error: {path.resolve()}: {key}: " in result.stderr

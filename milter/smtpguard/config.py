@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_redis_url
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -284,7 +286,7 @@ class VirusConfig:
     #: "none", "clamd" (INSTREAM over clamd_socket) or "command" (a program reading the
     #: message on stdin: exit 0 clean, 1 infected with the name on stdout, else error).
     backend: Literal["none", "clamd", "command"] = "none"
-    clamd_socket: str = "unix:/run/clamav/clamd.ctl"
+    clamd_socket: Endpoint = Endpoint(path="/run/clamav/clamd.ctl")  # noqa: RUF009 - frozen
     command: tuple[str, ...] = ()
     timeout: float = 30.0
     #: Octets sent to the scanner at most; keep it at or below clamd's StreamMaxLength.
@@ -304,7 +306,7 @@ class AntispamConfig:
     score_header: str = "X-Spam-Score"
     #: External engine: "none" or "rspamd" (HTTP /checkv2 at engine_socket).
     engine: Literal["none", "rspamd"] = "none"
-    engine_socket: str = "inet:127.0.0.1:11333"
+    engine_socket: Endpoint = Endpoint(host="127.0.0.1", port=11333)  # noqa: RUF009 - frozen
     engine_timeout: float = 15.0
     #: Also reject when the engine's own action is "reject", whatever the score.
     engine_action: bool = True
@@ -581,15 +583,12 @@ def _metrics(s: _Section, allow_remote: bool) -> MetricsConfig:
     return out
 
 
-def _endpoint(s: _Section, name: str, default: str) -> str:
-    value = s.string(name, default)
-    kind, _, rest = value.partition(":")
-    if kind == "unix" and rest.startswith("/"):
-        return value
-    host, _, port = rest.rpartition(":")
-    if kind == "inet" and host and port.isdigit():
-        return value
-    raise s.error(name, f'expected "unix:/path" or "inet:HOST:PORT", got {value!r}')
+def _endpoint(s: _Section, name: str, default: Endpoint) -> Endpoint:
+    """A scanner socket, read by the parser the scanners use (:mod:`smtpguard.endpoint`)."""
+    try:
+        return parse_endpoint(s.string(name, str(default)))
+    except EndpointError as exc:
+        raise s.error(name, str(exc)) from None
 
 
 def _virus(s: _Section) -> VirusConfig:
@@ -877,17 +876,26 @@ def _state(s: _Section) -> StateConfig:
         path=s.path("path", str(d.path)),
         timeout=s.number("timeout", d.timeout, minimum=0.01),
         cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0),
-        redis_url=s.string("redis_url", d.redis_url),
+        redis_url=_redis_url(s, "redis_url", d.redis_url),
         redis_prefix=s.string("redis_prefix", d.redis_prefix),
         on_redis_error=cast(
             Literal["error", "local"],
             s.choice("on_redis_error", d.on_redis_error, ("error", "local")),
         ),
     )
-    if not out.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise s.error("redis_url", "expected redis://HOST:PORT/DB, rediss://... or unix://PATH")
     s.done()
     return out
+
+
+def _redis_url(s: _Section, name: str, default: str) -> str:
+    """Checked with redis-py's own URL parser and what it lets through (port 0, a
+    database that is not a number), so a bad URL stops start-up, not the first message."""
+    value = s.string(name, default)
+    try:
+        parse_redis_url(value)
+    except EndpointError as exc:
+        raise s.error(name, str(exc)) from None
+    return value
 
 
 def _checks(

@@ -1,44 +1,9 @@
-"""Shared scanner pieces: endpoint syntax, header serialisation, the message spool."""
+"""Shared scanner pieces: header serialisation, the message spool (endpoints:
+tests/test_endpoint.py)."""
 
 from __future__ import annotations
 
-import pytest
-
-from smtpguard.scanners import Endpoint, MessageSpool, header_bytes, parse_endpoint
-
-
-@pytest.mark.parametrize(
-    ("spec", "endpoint", "text"),
-    [
-        ("unix:/run/clamav/clamd.ctl", Endpoint(path="/run/clamav/clamd.ctl"), None),
-        ("inet:127.0.0.1:3310", Endpoint(host="127.0.0.1", port=3310), None),
-        ("inet:localhost:11333", Endpoint(host="localhost", port=11333), None),
-        ("inet:[::1]:3310", Endpoint(host="::1", port=3310), "inet:[::1]:3310"),
-    ],
-)
-def test_parse_endpoint(spec: str, endpoint: Endpoint, text: str | None) -> None:
-    assert parse_endpoint(spec) == endpoint
-    assert str(endpoint) == (text or spec)
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "",
-        "/run/clamd.sock",
-        "unix:relative.sock",
-        "inet:127.0.0.1",
-        "inet:127.0.0.1:0",
-        "inet:127.0.0.1:70000",
-        "inet::3310",
-        "inet:[::1]3310",
-        "tcp:127.0.0.1:3310",
-        "inet:host:port",
-    ],
-)
-def test_parse_endpoint_refuses(spec: str) -> None:
-    with pytest.raises(ValueError, match=r"expected|absolute"):
-        parse_endpoint(spec)
+from smtpguard.scanners import MessageSpool, header_bytes
 
 
 def test_header_bytes() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
-from smtpguard.scanners import MessageSpool, parse_endpoint
+from smtpguard.scanners import MessageSpool
 from smtpguard.scanners.rspamd import RspamdClient
 from smtpguard.scanners.rules import RuleScan, RuleSet
 from smtpguard.session import Connection, Transaction
@@ -34,9 +34,7 @@ class AntiSpam:
         self.config = services.config.antispam
         self.rules = RuleSet.load(self.config.rules)
         self.engine = (
-            RspamdClient(
-                parse_endpoint(self.config.engine_socket), timeout=self.config.engine_timeout
-            )
+            RspamdClient(self.config.engine_socket, timeout=self.config.engine_timeout)
             if self.config.engine == "rspamd"
             else None
         )

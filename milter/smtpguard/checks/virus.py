@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
-from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus, parse_endpoint
+from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
 from smtpguard.scanners.clamd import ClamdStream
 from smtpguard.scanners.command import run_command
 from smtpguard.session import Connection, Transaction
@@ -29,7 +29,7 @@ class VirusScan:
 
     def __init__(self, services: Services) -> None:
         self.config = services.config.virus
-        self.endpoint = parse_endpoint(self.config.clamd_socket)
+        self.endpoint = self.config.clamd_socket
         #: With no scanner configured there is nothing to stream or ask: the pipeline
         #: then leaves this check out instead of feeding it every header and chunk.
         self.inert = self.config.backend == "none"

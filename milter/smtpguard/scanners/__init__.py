@@ -9,9 +9,9 @@ SMTP reply.
 
 Shared here:
 
-* :func:`parse_endpoint` / :func:`connect`: the ``unix:PATH`` / ``inet:HOST:PORT``
-  socket syntax used for clamd and rspamd (Postfix's spelling, not libmilter's
-  ``inet:PORT@HOST``);
+* :func:`connect`: a stream socket to an :class:`~smtpguard.endpoint.Endpoint`
+  (``unix:PATH`` / ``inet:HOST:PORT``, parsed by :mod:`smtpguard.endpoint` for the
+  config loader and the scanners alike);
 * :class:`MessageSpool`: the whole message (header block + body) for scanners that need
   it at once (the command hook, rspamd), spooled in memory up to a cap and then to an
   unlinked temporary file, so a large message never sits whole in memory.
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import IO, Final
 
+from smtpguard.endpoint import Endpoint
+
 __all__ = [
     "Endpoint",
     "MessageSpool",
@@ -35,7 +37,6 @@ __all__ = [
     "SpamStatus",
     "connect",
     "header_bytes",
-    "parse_endpoint",
 ]
 
 
@@ -90,46 +91,6 @@ class SpamResult:
 
 
 # --- sockets ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A stream socket address: a unix path, or a TCP host and port."""
-
-    path: str | None = None
-    host: str = ""
-    port: int = 0
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-def parse_endpoint(spec: str) -> Endpoint:
-    """Parse ``unix:/path``, ``inet:host:port`` or ``inet:[v6addr]:port``.
-
-    Raises :class:`ValueError` with a message fit for a config error.
-    """
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ValueError(f"expected unix:PATH or inet:HOST:PORT, got {spec!r}")
-    if kind == "unix":
-        if not rest.startswith("/"):
-            raise ValueError(f"unix socket path must be absolute: {spec!r}")
-        return Endpoint(path=rest)
-    if kind != "inet":
-        raise ValueError(f"expected unix:PATH or inet:HOST:PORT, got {spec!r}")
-    if rest.startswith("["):
-        host, bracket, port_text = rest[1:].partition("]:")
-        if not bracket:
-            raise ValueError(f"expected inet:[ADDRESS]:PORT, got {spec!r}")
-    else:
-        host, _, port_text = rest.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"expected inet:HOST:PORT with a port 1-65535, got {spec!r}")
-    return Endpoint(host=host, port=int(port_text))
 
 
 def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
