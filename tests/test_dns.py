@@ -1,5 +1,6 @@
-"""The DNS service: cache (TTL, caps, RFC 2308 negative caching, failures), distinct
-statuses, in-flight sharing, deadlines; and the dnspython transport against unbound.
+"""The DNS service: cache (TTL, caps, RFC 2308 negative caching, failures, a full
+cache, threads), distinct statuses, in-flight sharing, deadlines, names. The wire
+client is tested in test_dnswire.py.
 
 The cache tests pass a fake transport and a fake clock into the resolver; nothing is
 patched.
@@ -7,13 +8,10 @@ patched.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import dns.flags
 import dns.message
@@ -30,29 +28,13 @@ from smtpguard.dns import (
     Answer,
     Resolver,
     Status,
-    UdpTransport,
-    _Question,
-    _read_negative,
-    _Socket,
     client_address,
     dnsbl_name,
-    negative_ttl,
     normalize,
-    read_reply,
     reverse_name,
 )
 from support.fake_dns import FakeClock, FakeDns, fake_resolver
 from support.threads import hammer
-from support.unbound import (
-    BIG_TXT,
-    BIG_TXT_NAME,
-    GOOD_DOMAIN,
-    NO_MAIL_DOMAIN,
-    NULL_MX_DOMAIN,
-    SERVFAIL_DOMAIN,
-    DnsServer,
-    silent_nameserver,
-)
 
 
 @pytest.fixture
@@ -150,18 +132,6 @@ def test_negative_answer_without_soa_is_not_cached(resolver: Resolver, fake: Fak
     ask(resolver, "nope.example.test", "A")
     ask(resolver, "nope.example.test", "A")
     assert fake.count("nope.example.test", "A") == 2
-
-
-def test_negative_ttl_is_the_smaller_of_soa_ttl_and_minimum() -> None:
-    def response(soa_ttl: int, minimum: int) -> dns.message.Message:
-        return dns.message.from_text(
-            "id 1\nopcode QUERY\nrcode NXDOMAIN\nflags QR AA\n;QUESTION\nx.test. IN A\n"
-            f";AUTHORITY\ntest. {soa_ttl} IN SOA ns.test. h.test. 1 3600 600 86400 {minimum}\n"
-        )
-
-    assert negative_ttl(response(300, 60)) == 60
-    assert negative_ttl(response(30, 600)) == 30
-    assert negative_ttl(dns.message.from_text("id 1\nflags QR\n;QUESTION\nx.test. IN A\n")) == 0
 
 
 # --- a full cache -----------------------------------------------------------------------
@@ -376,186 +346,3 @@ def test_reverse_name_is_dnspythons(ip: ipaddress.IPv4Address | ipaddress.IPv6Ad
     assert reverse_name(ip) == expected
     with pytest.raises(ValueError, match="label"):
         normalize("a" * 64 + ".test")
-
-
-# --- reading answers -----------------------------------------------------------------
-
-
-def question(name: str = "7.100.51.198.rbl.test", rdtype: str = "A") -> _Question:
-    return _Question.make(dns.name.from_text(name), dns.rdatatype.from_text(rdtype), True)
-
-
-def response(
-    q: _Question, rcode: int = dns.rcode.NXDOMAIN, soa: str | None = "rbl.test.", **kw: Any
-) -> dns.message.Message:
-    r = dns.message.make_response(dns.message.from_wire(q.to_wire()))
-    r.set_rcode(rcode)
-    if soa:
-        r.authority.append(
-            dns.rrset.from_text(
-                soa, 300, "IN", "SOA", "ns.rbl.test. h.rbl.test. 1 3600 600 86400 60"
-            )
-        )
-    for key, value in kw.items():
-        setattr(r, key, value)
-    return r
-
-
-def test_our_question_on_the_wire_is_a_plain_query() -> None:
-    q = question("Mx.Example.Test", "MX")
-    parsed = dns.message.from_wire(q.to_wire())
-    assert parsed.id == q.qid
-    assert parsed.flags == dns.flags.RD
-    assert parsed.question[0].name == dns.name.from_text("mx.example.test")
-    assert parsed.question[0].rdtype == dns.rdatatype.MX
-    assert parsed.edns == 0
-    assert parsed.payload == 1232
-
-
-@pytest.mark.parametrize(
-    ("rcode", "soa", "ttl"),
-    [
-        (dns.rcode.NXDOMAIN, "rbl.test.", 60),  # min(SOA TTL 300, MINIMUM 60)
-        (dns.rcode.NOERROR, "rbl.test.", 60),
-        (dns.rcode.NXDOMAIN, None, 0),  # no SOA: not cached (RFC 2308 §5)
-    ],
-)
-def test_negative_answers_are_read_from_the_wire(rcode: int, soa: str | None, ttl: int) -> None:
-    q = question()
-    for r in (response(q, rcode, soa), response(q, rcode, soa, use_edns=0)):
-        wire = r.to_wire()  # dnspython compresses the SOA's names against the question
-        fast = _read_negative(wire, q)
-        assert fast is not None
-        assert (fast.rcode, fast.negative_ttl, fast.message) == (rcode, ttl, None)
-        full = read_reply(wire, q)
-        assert full == fast
-
-
-def test_answers_with_records_are_parsed_in_full() -> None:
-    q = question()
-    r = response(q, dns.rcode.NOERROR, soa=None)
-    r.answer.append(dns.rrset.from_text(q.qname, 300, "IN", "A", "127.0.0.2"))
-    assert _read_negative(r.to_wire(), q) is None
-    reply = read_reply(r.to_wire(), q)
-    assert reply is not None
-    assert reply.message is not None
-    assert reply.message.answer[0][0].to_text() == "127.0.0.2"
-
-
-@pytest.mark.parametrize("rcode", [dns.rcode.SERVFAIL, dns.rcode.REFUSED])
-def test_failures_are_read(rcode: int) -> None:
-    q = question()
-    reply = read_reply(response(q, rcode, soa=None).to_wire(), q)
-    assert reply is not None
-    assert reply.rcode == rcode
-
-
-def test_answers_to_other_questions_are_not_taken() -> None:
-    q = question()
-    other_id = response(q)
-    other_id.id = (q.qid + 1) % 65536
-    other_name = response(question("8.100.51.198.rbl.test"))
-    other_name.id = q.qid
-    not_a_response = dns.message.from_wire(q.to_wire())
-    for message in (other_id, other_name, not_a_response):
-        assert read_reply(message.to_wire(), q) is None
-    assert read_reply(response(q).to_wire() + b"junk", q) is None
-    assert read_reply(b"\x00" * 11, q) is None
-
-
-def test_truncated_answer_asks_for_tcp() -> None:
-    q = question()
-    r = response(q, dns.rcode.NOERROR, soa=None)
-    r.flags |= dns.flags.TC
-    reply = read_reply(r.to_wire(), q)
-    assert reply is not None
-    assert reply.truncated
-
-
-# --- the UDP transport against a real server ----------------------------------------
-
-
-@pytest.fixture
-def real(unbound: DnsServer) -> Iterator[Resolver]:
-    r = Resolver(UdpTransport([unbound.host], unbound.port, 1.0))
-    yield r
-    r.close()
-
-
-@pytest.mark.integration
-def test_transport_statuses_from_unbound(real: Resolver) -> None:
-    deadline = time.monotonic() + 5
-    mx = real.lookup(GOOD_DOMAIN, "MX", deadline)
-    assert mx.status is Status.OK
-    assert mx.mx() == ((10, "mx.good.test"),)
-    assert mx.ttl == 300
-    assert real.lookup(NULL_MX_DOMAIN, "MX", deadline).mx() == ((0, ""),)
-    nodata = real.lookup(NO_MAIL_DOMAIN, "A", deadline)
-    assert nodata.status is Status.NODATA
-    nx = real.lookup("nothing-here.test", "A", deadline)
-    assert nx.status is Status.NXDOMAIN
-    # The SOA of the test zones has TTL 300 and MINIMUM 60 (RFC 2308 §5: the smaller).
-    assert nodata.ttl == nx.ttl == 60
-    servfail = real.lookup(SERVFAIL_DOMAIN, "MX", deadline)
-    assert servfail.status is Status.SERVFAIL
-    assert "answered SERVFAIL" in servfail.detail
-
-
-@pytest.mark.integration
-def test_truncated_answer_is_asked_again_over_tcp(real: Resolver) -> None:
-    answer = real.lookup(BIG_TXT_NAME, "TXT", time.monotonic() + 5)
-    assert answer.status is Status.OK
-    assert answer.strings() == (tuple(part.encode() for part in BIG_TXT),)
-
-
-def test_transport_timeout_when_nothing_answers() -> None:
-    with silent_nameserver() as port:
-        r = Resolver(UdpTransport(["127.0.0.1"], port, 0.3))
-        try:
-            start = time.monotonic()
-            answer = r.lookup(GOOD_DOMAIN, "MX", time.monotonic() + 5)
-            assert answer.status is Status.TIMEOUT
-            assert "no answer" in answer.detail
-            assert time.monotonic() - start < 0.6
-        finally:
-            r.close()
-
-
-@pytest.mark.integration
-def test_next_server_answers_when_the_first_is_silent(unbound: DnsServer) -> None:
-    # The port is shared by all servers: nothing listens on 127.0.0.2 at unbound's port.
-    r = Resolver(UdpTransport(["127.0.0.2", unbound.host], unbound.port, 1.0))
-    try:
-        start = time.monotonic()
-        answer = r.lookup(GOOD_DOMAIN, "MX", time.monotonic() + 5)
-        assert answer.status is Status.OK
-        # Two servers, two tries each within the second: the lost try took 0.25 s.
-        assert 0.2 < time.monotonic() - start < 0.6
-    finally:
-        r.close()
-
-
-@pytest.mark.integration
-def test_many_concurrent_lookups_share_few_sockets(real: Resolver, unbound: DnsServer) -> None:
-    futures = [real.submit(f"{i}.0.0.127.rbl.test", "A") for i in range(300)]
-    answers = [f.result(timeout=5) for f in futures]
-    assert {a.status for a in answers} == {Status.OK, Status.NXDOMAIN}
-    transport = real.transport
-    assert isinstance(transport, UdpTransport)
-    assert len(transport._pools[socket.AF_INET]) <= UdpTransport.SOCKETS
-
-
-def test_answers_count_only_from_the_server_asked() -> None:
-    async def scenario() -> tuple[bool, bool]:
-        sock = _Socket()
-        q = question()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        sock.pending[(q.qid, "127.0.0.1", 53)] = (q, future)
-        wire = response(q).to_wire()
-        sock.datagram_received(wire, ("127.0.0.9", 53))  # another host
-        sock.datagram_received(wire, ("127.0.0.1", 5353))  # another port
-        early = future.done()
-        sock.datagram_received(wire, ("127.0.0.1", 53))
-        return early, future.done()
-
-    assert asyncio.run(scenario()) == (False, True)

@@ -1,0 +1,406 @@
+"""The stub resolver client on the wire: questions put together by hand, answers read
+from UDP datagrams, and :class:`UdpTransport`, which sends them for
+:class:`~smtpguard.dns.Resolver`.
+
+Every datagram that arrives on a client socket is read here, and anyone who can guess a
+port and an id can send one, so the reader must not take anything for an answer that
+dnspython would refuse. Negative answers (most of a milter's: clients not listed in
+DNSBLs) are read straight from the wire (:func:`read_negative`); everything else goes
+through :func:`dns.message.from_wire`. tests/test_dnswire_fuzz.py holds the two readers
+to the same answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import dns.asyncquery
+import dns.entropy
+import dns.exception
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+
+from smtpguard.dns import Answer, Status
+
+
+@dataclass(slots=True)
+class Question:
+    """One question as sent, kept to recognise its answer (RFC 5452 §4.1)."""
+
+    qid: int
+    qname: dns.name.Name
+    qtype: dns.rdatatype.RdataType
+    #: The question section on the wire (RFC 1035 §4.1.2).
+    wire: bytes
+    edns: bool
+
+    @classmethod
+    def make(cls, qname: dns.name.Name, qtype: dns.rdatatype.RdataType, edns: bool) -> Question:
+        wire = b"".join(bytes((len(label),)) + label for label in qname.labels)
+        return cls(dns.entropy.random_16(), qname, qtype, wire + _QTAIL.pack(qtype, 1), edns)
+
+    def to_wire(self) -> bytes:
+        """Header with RD (RFC 1035 §4.1.1), the question, and with EDNS an OPT record
+        advertising our UDP payload size (RFC 6891 §6.1.2)."""
+        header = _HEADER.pack(self.qid, 0x0100, 1, 0, 0, 1 if self.edns else 0)
+        opt = b"\x00" + _RR.pack(dns.rdatatype.OPT, _EDNS_PAYLOAD, 0, 0) if self.edns else b""
+        return header + self.wire + opt
+
+    def message(self) -> dns.message.Message:
+        """The same question as a dnspython message (for the TCP fallback)."""
+        query = dns.message.make_query(
+            self.qname, self.qtype, use_edns=0 if self.edns else False, payload=_EDNS_PAYLOAD
+        )
+        query.id = self.qid
+        return query
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    rcode: int
+    truncated: bool = False
+    #: RFC 2308 negative TTL, for answers read by the fast path.
+    negative_ttl: float = 0.0
+    #: The parsed response; None for a negative answer read straight from the wire.
+    message: dns.message.QueryMessage | None = None
+
+
+_HEADER = struct.Struct("!6H")
+_QTAIL = struct.Struct("!HH")
+_RR = struct.Struct("!HHIH")
+_EDNS_PAYLOAD = 1232
+_QR, _OPCODE, _TC = 0x8000, 0x7800, 0x0200
+
+
+def read_reply(data: bytes, question: Question) -> Reply | None:
+    """The answer to ``question`` in ``data``, or None when it is not one (another
+    id or question, not a response, malformed): the caller keeps waiting."""
+    fast = read_negative(data, question)
+    if fast is not None:
+        return fast
+    try:
+        message = dns.message.from_wire(data)
+    except dns.exception.DNSException:
+        # A truncated answer may not parse; its header still says "ask over TCP".
+        if len(data) >= 12 and data[:2] == question.qid.to_bytes(2, "big"):
+            flags = int.from_bytes(data[2:4], "big")
+            if flags & _QR and flags & _TC:
+                return Reply(flags & 0xF, truncated=True)
+        return None
+    if not isinstance(message, dns.message.QueryMessage) or not message.flags & _QR:
+        return None
+    if message.id != question.qid or message.opcode() != dns.opcode.QUERY:
+        return None
+    if len(message.question) != 1:
+        return None
+    asked = message.question[0]
+    if (asked.name, asked.rdtype, asked.rdclass) != (
+        question.qname,
+        question.qtype,
+        dns.rdataclass.IN,
+    ):
+        return None
+    return Reply(message.rcode(), bool(message.flags & _TC), message=message)
+
+
+def read_negative(data: bytes, question: Question) -> Reply | None:
+    """NXDOMAIN or no data, read from the wire without building a message.
+
+    Most answers a milter gets are negative (clients not listed in DNSBLs), and
+    parsing them with dnspython costs more CPU than all the rest of a lookup. Only the
+    plainest form is read here: our id, QR set, opcode QUERY, not truncated, RCODE
+    NOERROR or NXDOMAIN, our question echoed byte for byte, no answer records, and
+    well-formed authority and additional sections (the SOA gives the RFC 2308 TTL;
+    an OPT record must carry no extended RCODE). Anything else: None, and
+    :func:`read_reply` parses the message in full.
+    """
+    size = len(question.wire)
+    if len(data) < 12 + size:
+        return None
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    if qid != question.qid or flags & (_QR | _OPCODE | _TC) != _QR:
+        return None
+    rcode = flags & 0xF
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or qdcount != 1 or ancount:
+        return None
+    if data[12 : 12 + size] != question.wire:
+        return None
+    offset, ttl = 12 + size, None
+    for index in range(nscount + arcount):
+        next_offset = _skip_name(data, offset)
+        if next_offset is None or next_offset + _RR.size > len(data):
+            return None
+        rtype, _rclass, rr_ttl, rdlength = _RR.unpack_from(data, next_offset)
+        rdata = next_offset + _RR.size
+        end = rdata + rdlength
+        if end > len(data):
+            return None
+        if index < nscount and rtype == dns.rdatatype.SOA and ttl is None:
+            names_end = _skip_name(data, rdata)
+            names_end = _skip_name(data, names_end) if names_end is not None else None
+            if names_end is None or names_end + 20 != end:
+                return None
+            (minimum,) = struct.unpack_from("!I", data, names_end + 16)
+            ttl = float(min(rr_ttl, minimum))
+        if rtype == dns.rdatatype.OPT and rr_ttl >> 24:
+            return None  # an extended RCODE (RFC 6891 §6.1.3): not NOERROR/NXDOMAIN
+        offset = end
+    if offset != len(data):
+        return None
+    return Reply(rcode, negative_ttl=ttl or 0.0)
+
+
+def _skip_name(data: bytes, offset: int) -> int | None:
+    """The offset after the (possibly compressed, RFC 1035 §4.1.4) name at
+    ``offset``; None if it runs past the data or uses a reserved label type."""
+    while offset < len(data):
+        length = data[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            return offset + 2 if offset + 2 <= len(data) else None
+        if length & 0xC0:
+            return None
+        offset += 1 + length
+    return None
+
+
+class _Socket(asyncio.DatagramProtocol):
+    """One UDP socket of the pool and the questions waiting for answers on it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        #: (query id, server address, port) -> (question, future of its reply)
+        self.pending: dict[tuple[int, str, int], tuple[Question, asyncio.Future[Reply]]] = {}
+        self.used = 0
+        self.retired = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The selector loop's UDP transport does not subclass DatagramTransport.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        if len(data) < 12:
+            return
+        key = (int.from_bytes(data[:2], "big"), str(addr[0]), int(addr[1]))
+        waiting = self.pending.get(key)
+        if waiting is None:
+            return  # late (after a retry), duplicated, or not for us
+        question, future = waiting
+        # The same id from the server asked, and our question (RFC 5452 §4.1).
+        reply = read_reply(data, question)
+        if reply is None:
+            return
+        del self.pending[key]
+        if not future.done():
+            future.set_result(reply)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error for one of several servers on an unconnected socket: the
+        # query concerned times out and the next server is tried.
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for _question, future in self.pending.values():
+            if not future.done():
+                future.set_exception(exc or ConnectionError("DNS socket closed"))
+        self.pending.clear()
+
+    def close_if_idle(self) -> None:
+        if self.retired and not self.pending and self.transport is not None:
+            self.transport.close()
+
+
+class UdpTransport:
+    """A stub resolver client (RFC 1035 §4.2.1) for the configured recursive servers.
+
+    Why not :mod:`dns.asyncresolver`: per lookup it opens a socket and builds a
+    resolution object, and dnspython builds and parses every message; that is about
+    three times the CPU of this client (see bench/README.md), and a burst of sessions
+    with several DNSBL zones is bound by that CPU, shared under one GIL with the milter
+    callbacks. Here a question is a few bytes put together by hand, a negative answer
+    is read straight from the wire (:func:`read_negative`), and dnspython parses only
+    answers that carry records, and handles the TCP fallback.
+
+    Questions go out over a small pool of UDP sockets, each on its own random port and
+    retired after ``QUERIES_PER_SOCKET`` questions, with random ids; an answer counts
+    only from the server asked, with the id and question of the query (RFC 5452 §4,
+    §9). EDNS0 with a 1232-byte payload keeps long TXT (SPF) records in UDP; a
+    truncated answer is asked again over TCP. Every server gets two tries within
+    ``timeout``; SERVFAIL or REFUSED from one server moves on to the next.
+    """
+
+    SOCKETS = 8
+    QUERIES_PER_SOCKET = 256
+
+    def __init__(self, nameservers: Sequence[str], port: int, timeout: float) -> None:
+        if not nameservers:
+            raise ValueError("no nameservers")
+        self.servers = [ipaddress.ip_address(ns).compressed for ns in nameservers]
+        self.port = port
+        self.timeout = timeout
+        self.tries = 2 * len(self.servers)
+        self._pools: dict[int, list[_Socket]] = {}
+        #: Every socket not yet closed, retired ones included (for close()).
+        self._open: set[_Socket] = set()
+        self._opening: asyncio.Lock | None = None
+
+    def close(self) -> None:
+        """Close every socket (loop thread; the resolver calls it when it stops)."""
+        for sock in self._open:
+            if sock.transport is not None:
+                sock.transport.close()
+        self._open.clear()
+        self._pools.clear()
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        try:
+            qname = dns.name.from_text(name)
+            qtype = dns.rdatatype.from_text(rdtype)
+        except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
+            return Answer(name, rdtype, Status.SERVFAIL, detail=f"cannot ask: {exc}")
+        errors: list[str] = []
+        failed: set[str] = set()
+        edns = True
+        for attempt in range(self.tries):
+            server = self.servers[attempt % len(self.servers)]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if server in failed:
+                continue
+            question = Question.make(qname, qtype, edns)
+            per_try = min(remaining, self.timeout / self.tries)
+            try:
+                reply = await self._exchange(question, server, per_try)
+                if reply.truncated:
+                    reply = await self._tcp(question, server, deadline - loop.time())
+            except TimeoutError:
+                errors.append(f"{server}: no answer in {per_try:.2g}s")
+                continue
+            except (OSError, dns.exception.DNSException) as exc:
+                errors.append(f"{server}: {type(exc).__name__}: {exc}")
+                failed.add(server)
+                continue
+            answer = to_answer(name, rdtype, reply)
+            if answer is not None:
+                return answer
+            if reply.rcode == dns.rcode.FORMERR and edns:
+                # An old server that does not speak EDNS0 (RFC 6891 §7): ask plainly.
+                edns = False
+                errors.append(f"{server} answered FORMERR to EDNS")
+                continue
+            errors.append(f"{server} answered {dns.rcode.to_text(dns.rcode.Rcode(reply.rcode))}")
+            failed.add(server)
+            if len(failed) == len(self.servers):
+                return Answer(name, rdtype, Status.SERVFAIL, detail="; ".join(errors))
+        if failed and len(failed) == len(self.servers):
+            return Answer(name, rdtype, Status.SERVFAIL, detail="; ".join(errors))
+        detail = "; ".join(errors) or f"no answer in {self.timeout}s"
+        return Answer(name, rdtype, Status.TIMEOUT, detail=detail)
+
+    async def _exchange(self, question: Question, server: str, timeout: float) -> Reply:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in server else socket.AF_INET
+        sock = await self._socket(family)
+        key = (question.qid, server, self.port)
+        while key in sock.pending:
+            question.qid = dns.entropy.random_16()
+            key = (question.qid, server, self.port)
+        future: asyncio.Future[Reply] = loop.create_future()
+        sock.pending[key] = (question, future)
+        sock.used += 1
+        if sock.used >= self.QUERIES_PER_SOCKET:
+            # Fresh source ports keep off-path answer guessing hard (RFC 5452 §9.2).
+            sock.retired = True
+        # call_later, not wait_for: no extra task per question on a busy loop.
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            assert sock.transport is not None
+            sock.transport.sendto(question.to_wire(), (server, self.port))
+            return await future
+        finally:
+            timer.cancel()
+            sock.pending.pop(key, None)
+            sock.close_if_idle()
+
+    async def _tcp(self, question: Question, server: str, timeout: float) -> Reply:
+        """RFC 7766 §5: a truncated UDP answer is asked again over TCP."""
+        if timeout <= 0:
+            raise TimeoutError
+        response = await asyncio.wait_for(
+            dns.asyncquery.tcp(question.message(), server, port=self.port), timeout
+        )
+        reply = read_reply(response.to_wire(), question)
+        if reply is None:
+            raise ConnectionError("TCP answer does not match the question")
+        return reply
+
+    async def _socket(self, family: int) -> _Socket:
+        pool = self._pools.setdefault(family, [])
+        if any(s.retired for s in pool):
+            pool[:] = [s for s in pool if not s.retired]
+            self._open = {s for s in self._open if s.transport and not s.transport.is_closing()}
+        if len(pool) >= self.SOCKETS:
+            return random.choice(pool)  # noqa: S311  # spreads load; ids and ports are the secret
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if len(pool) < self.SOCKETS:
+                # A client socket: any local address, a random port from the kernel.
+                local = "::" if family == socket.AF_INET6 else "0.0.0.0"  # noqa: S104
+                loop = asyncio.get_running_loop()
+                _transport, protocol = await loop.create_datagram_endpoint(
+                    _Socket, local_addr=(local, 0), family=family
+                )
+                pool.append(protocol)
+                self._open.add(protocol)
+                return protocol
+        return random.choice(pool)  # noqa: S311
+
+
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
+    """The answer in a NOERROR or NXDOMAIN reply; None for other RCODEs."""
+    response = reply.message
+    if reply.rcode == dns.rcode.NXDOMAIN:
+        ttl = reply.negative_ttl if response is None else negative_ttl(response)
+        return Answer(name, rdtype, Status.NXDOMAIN, ttl=ttl)
+    if reply.rcode != dns.rcode.NOERROR:
+        return None
+    if response is None:
+        return Answer(name, rdtype, Status.NODATA, ttl=reply.negative_ttl)
+    try:
+        chain = response.resolve_chaining()
+    except dns.exception.DNSException as exc:
+        return Answer(name, rdtype, Status.SERVFAIL, detail=f"bad answer: {exc}")
+    if chain.answer is None:
+        return Answer(name, rdtype, Status.NODATA, ttl=negative_ttl(response))
+    return Answer(name, rdtype, Status.OK, tuple(chain.answer), ttl=float(chain.minimum_ttl))
+
+
+def negative_ttl(response: dns.message.Message) -> float:
+    """RFC 2308 §5: the negative TTL is the smaller of the SOA record's own TTL and
+    its MINIMUM field; without an SOA in the authority section, do not cache (§5)."""
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            soa_minimum: int = next(iter(rrset)).minimum
+            return float(min(rrset.ttl, soa_minimum))
+    return 0.0
