@@ -209,4 +209,19 @@ def test_cli_reports_bad_endpoints_as_config_errors(
     # check-config reports a problem (1); run could not start (2).
     assert result.returncode == (1 if command == "check-config" else 2)
     assert "Traceback" not in result.stderr
-    assert f"configuration error: {path.resolve()}: {key}: " in result.stderr
+    assert f"{path.resolve()}: {key}: " in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("zone", "key"),
+    [
+        ("action = 'score'\nscore = 2.5\n", "dnsbl.zones[0].action"),
+        ("action = 'score'\n", "dnsbl.zones[0].action"),
+        ("score = 2.5\n", "dnsbl.zones[0].score"),
+    ],
+)
+def test_dnsbl_score_action_is_refused_until_implemented(
+    tmp_path: Path, zone: str, key: str
+) -> None:
+    text = "[dns]\nnameservers = ['127.0.0.1']\n[[dnsbl.zones]]\nname = 'list.example'\n"
+    assert_config_error(tmp_path, text + zone, key, "not implemented yet")

@@ -46,7 +46,6 @@ from support.unbound import (
     RBL_WILDCARD_IP,
     RELAY_IP,
     RELAY_TXT,
-    SCORE_IP,
     SERVFAIL_DOMAIN,
     SERVFAIL_HELO,
     SPF_FAIL_DOMAIN,
@@ -75,11 +74,6 @@ answers = ["127.0.0.2-127.0.0.11"]
 [[dnsbl.zones]]
 name = "relays.test"
 kind = "openrelay"
-
-[[dnsbl.zones]]
-name = "score.test"
-action = "score"
-score = 2.5
 """
 
 ALL_DNS_CHECKS = ("rbl", "openrelay", "smtpport", "helo_dns", "sender_domain", "spf")
@@ -198,13 +192,6 @@ def test_refused_and_foreign_answers_are_ignored_and_logged(
 ) -> None:
     assert_pass(mail(main, ip=ip))
     assert f"zone=rbl.test client={ip} answer ignored: {answer}" in main.log()
-
-
-def test_score_zone_only_scores(main: Running) -> None:
-    assert_pass(mail(main, ip=SCORE_IP))
-    assert f"zone=score.test client={SCORE_IP} listed=127.0.0.3 action=score score=2.5" in (
-        main.log()
-    )
 
 
 def test_authenticated_client_passes_the_dns_checks(main: Running) -> None:

@@ -370,7 +370,9 @@ class DnsConfig:
 
 
 DnsblKind = Literal["rbl", "openrelay"]
-DnsblAction = Literal["reject", "score"]
+#: Only "reject": scoring ("score", a weight added to a session score) is not
+#: implemented yet, and the loader says so rather than accept a zone that does nothing.
+DnsblAction = Literal["reject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,8 +387,6 @@ class DnsblZone:
     #: Instead of ``answers``: listed when answer & bitmask != 0 (low 24 bits).
     bitmask: int | None = None
     action: DnsblAction = "reject"
-    #: Added to the session's DNSBL score when ``action = "score"``.
-    score: float = 1.0
     #: Also query IPv6 clients (nibble form, RFC 5782 §2.4); not every list has them.
     ipv6: bool = True
 
@@ -974,14 +974,18 @@ def _dnsbl(s: _Section) -> DnsblConfig:
                 raise z.error("bitmask", "must fit in the low 24 bits of the answer")
             if answers:
                 raise z.error("bitmask", "give either answers or bitmask, not both")
+        if z.string("action", "reject") == "score" or "score" in z.data:
+            # Documented once, but nothing ever read the score: a zone meant to score
+            # would silently do nothing.
+            key = "action" if z.data.get("action") == "score" else "score"
+            raise z.error(key, 'action = "score" is not implemented yet; use "reject"')
         zones.append(
             DnsblZone(
                 name=name,
                 kind=cast(DnsblKind, z.choice("kind", "rbl", ("rbl", "openrelay"))),
                 answers=answers,
                 bitmask=bitmask,
-                action=cast(DnsblAction, z.choice("action", "reject", ("reject", "score"))),
-                score=z.number("score", 1.0, minimum=-1000.0),
+                action=cast(DnsblAction, z.choice("action", "reject", ("reject",))),
                 ipv6=z.boolean("ipv6", True),
             )
         )

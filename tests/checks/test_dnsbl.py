@@ -12,7 +12,7 @@ import pytest
 from check_support import make_conn
 
 from smtpguard.checks import Event
-from smtpguard.checks.dnsbl import SCORES_KEY, OpenRelay, Rbl, classify
+from smtpguard.checks.dnsbl import OpenRelay, Rbl, classify
 from smtpguard.config import DnsblZone
 from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
@@ -30,11 +30,6 @@ kind = "rbl"
 [[dnsbl.zones]]
 name = "relays.test"
 kind = "openrelay"
-
-[[dnsbl.zones]]
-name = "score.test"
-action = "score"
-score = 2.5
 
 [[dnsbl.zones]]
 name = "v4only.test"
@@ -123,9 +118,7 @@ def test_not_listed_passes_and_asks_every_zone_of_its_kind_once(rbl: Rbl, fake: 
     assert rbl(conn, soon()) is None
     assert rbl(conn, soon()) is None  # a second transaction reuses the answers
     asked = sorted(name for name, _ in fake.calls)
-    assert asked == sorted(
-        f"{NAME}.{z}" for z in ("rbl.test", "second.test", "score.test", "v4only.test")
-    )
+    assert asked == sorted(f"{NAME}.{z}" for z in ("rbl.test", "second.test", "v4only.test"))
 
 
 def test_answer_outside_the_accepted_codes_passes(rbl: Rbl, fake: FakeDns) -> None:
@@ -144,18 +137,6 @@ def test_error_codes_are_ignored_and_logged_once(
     assert len(warnings) == 1
     assert "zone=second.test" in warnings[0]
     assert "127.255.255.254" in warnings[0]
-
-
-def test_score_zone_does_not_reject_and_records_its_score(
-    rbl: Rbl, fake: FakeDns, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="smtpguard")
-    fake.add(f"{NAME}.score.test", "A", "127.0.0.3")
-    conn = make_conn(sender="a@sender.test", ip=CLIENT)
-    assert rbl(conn, soon()) is None
-    assert rbl(conn, soon()) is None
-    assert conn.scratch[SCORES_KEY] == {"score.test": 2.5}
-    assert sum("action=score" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_ipv6_nibble_form_and_ipv4_only_zones(rbl: Rbl, fake: FakeDns) -> None:

@@ -21,9 +21,8 @@ Active probing (connecting to the client to test for an open relay) is never don
 
 A listing's TXT record (the list's reason and removal URL, RFC 5782 §2.1) is fetched
 once the A record shows a listing and goes to the log with the verdict; it is never
-sent to the client. A zone with ``action = "score"`` does not reject: its score is
-added to ``conn.scratch["dnsbl.scores"]`` (zone -> score) for content scoring, and
-logged.
+sent to the client. Every zone rejects (``action = "reject"``); scoring zones are not
+implemented yet and the config loader refuses them.
 """
 
 from __future__ import annotations
@@ -58,8 +57,6 @@ _IGNORED_LOG_INTERVAL = 300.0
 
 #: One zone's lookup for the client: the zone, the name asked, the answer to come.
 _Lookup = tuple[DnsblZone, str, Pending[Answer]]
-
-SCORES_KEY = "dnsbl.scores"
 
 
 def classify(zone: DnsblZone, answer: Answer) -> tuple[list[str], list[str]]:
@@ -149,9 +146,7 @@ class _Dnsbl:
                 self._log_ignored(conn, zone, item)
             if not listed:
                 continue
-            if zone.action == "score":
-                self._score(conn, zone, listed)
-            elif hit is None:
+            if hit is None:
                 hit = Hit(self.reply_id, self._detail(conn, zone, name, listed, event))
         if hit is not None:
             return hit
@@ -166,21 +161,6 @@ class _Dnsbl:
         txt = self.dns.lookup(name, "TXT", event.deadline)
         reason = " ".join(txt.texts()) if txt.ok else f"no TXT: {txt.describe()}"
         return f"{conn.client_ip} listed in {zone.name} as {','.join(listed)}: {reason}"
-
-    def _score(self, conn: Connection, zone: DnsblZone, listed: list[str]) -> None:
-        scores: dict[str, float] = conn.scratch.setdefault(SCORES_KEY, {})
-        if zone.name in scores:
-            return  # counted once per session, whatever the number of transactions
-        scores[zone.name] = zone.score
-        log.info(
-            "dnsbl sid=%s check=%s zone=%s client=%s listed=%s action=score score=%s",
-            conn.session_id,
-            self.name,
-            zone.name,
-            conn.client_ip,
-            ",".join(listed),
-            zone.score,
-        )
 
     def _log_ignored(self, conn: Connection, zone: DnsblZone, item: str) -> None:
         # Such answers come back for every client until the operator fixes the
