@@ -1,16 +1,24 @@
 """End to end through a live Sendmail 8.17 with smtpguard attached (issue 6, part 5).
 
 A raw SMTP client (``support/smtp.py``) talks to a throwaway Sendmail
-(``support/sendmail.py``) whose milter lines are the verbatim output of
-``smtpguard sendmail-config``; smtpguard runs as the real ``smtpguard run`` service.
+(``support/sendmail.py``) whose milter lines are the Sendmail block of ``README.md``
+(the output of ``smtpguard sendmail-config`` for the sample config), with the test's
+socket path put in; smtpguard runs as the real ``smtpguard run`` service.
 
 What is proven here:
 
 * every milter-decided reply id reaches the client with its code, enhanced code and
   English text, with the ``<address>... `` prefix Sendmail
   adds to 450, 550 and 553 (:func:`through_sendmail`);
-* replies are plain printable ASCII although the site's language policy is the default
-  (English and Chinese, UTF-8 always): smtpguard recognised Sendmail by macro ``v``.
+* replies are plain printable ASCII, no byte of 0x80 or more, although the site's
+  language policy is the default (English and Chinese, UTF-8 always): smtpguard
+  recognised Sendmail by macro ``v``. Every client session checks every reply it read
+  (``LoopbackClient.assert_printable``);
+* with only the README's ``INPUT_MAIL_FILTER`` line (no macro defines, so no ``v``),
+  replies are still ASCII and the client stays in step (``bare_mta``);
+* the snippet's ``confMAX_HOP`` (``limits.max_hops`` + 1) lets smtpguard, not Sendmail,
+  decide hops: 30 hops are delivered, 31 get ``looping_message``; Sendmail's default
+  of 25 would accept 25 with a 250 and then hold them (``bare_mta`` again);
   A Chinese reply is mangled by Sendmail (it clears the 8th bit: control bytes, a bare
   CR, a NUL that cuts the text; :func:`test_utf8_towards_sendmail_is_mangled`) and
   could end the reply line early, so after each refusal a follow-up command must get
@@ -68,6 +76,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpguard.app import load
 from support.daemons import EICAR, GTUBE, start_clamd
 from support.expected import SPEC
 from support.sendmail import (
@@ -75,10 +84,13 @@ from support.sendmail import (
     Sendmail,
     SendmailInstall,
     fetch_debs,
+    filter_line_only,
     install,
     milter_socket_dir,
+    readme_snippet,
     sasl_dir,
     sendmail,
+    with_socket,
 )
 from support.service import RULES, Running, Site, make_site, merge, running, smtpguard
 from support.smtp import Reply, SmtpClient
@@ -100,9 +112,9 @@ LIMITS = {
     "max_rcpt": 3,
     "max_message_size": 1_000_000,
     "max_attachment_size": 50_000,
-    # Sendmail's own MaxHopCount is 25 (its Received header included) and it does not
-    # pass that header to the milter; keep smtpguard's limit below it.
-    "max_hops": 20,
+    # The sample config's value, which the README's snippet (confMAX_HOP 31) is for;
+    # above Sendmail's default of 25.
+    "max_hops": 30,
 }
 #: A loopback client address the site trusts, and one that Sendmail does not treat as
 #: local (it lets 127.0.0.1 relay whatever its relay settings say).
@@ -193,9 +205,14 @@ def guard_site(tmp: Path, sock: Path, extra: dict[str, object] | None = None) ->
     return make_site(tmp, merge(merge(EXTRA, {"milter": {"socket": f"unix:{sock}"}}), extra or {}))
 
 
+def site_socket(site: Site) -> Path:
+    return Path(load(site.config).milter.socket.removeprefix("unix:"))
+
+
 def snippet(site: Site) -> str:
-    """What users copy into sendmail.mc."""
-    return smtpguard(site, "sendmail-config").stdout
+    """What users copy into sendmail.mc: the README's Sendmail block, for this site's
+    socket."""
+    return with_socket(readme_snippet(), site_socket(site))
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +264,18 @@ def test_the_same_site_answers_postfix_in_utf8(guard: Running) -> None:
 def test_snippet_is_in_the_running_config(mta: Sendmail, guard: Running) -> None:
     mc = (mta.dir / "test.mc").read_text()
     assert snippet(guard.site) in mc
+    assert "confMILTER_MACROS_CONNECT', ``j, _, v," in mc
     cf = (mta.dir / "test.cf").read_text()
-    assert "Xsmtpguard-test, S=local:/run/smtpguard-tests/" in cf
+    assert "Xsmtpguard, S=local:/run/smtpguard-tests/" in cf
     assert "F=T, T=C:30s;S:10s;R:30s;E:5m" in cf
+    assert "\nO MaxHopCount=31\n" in cf
+
+
+def test_readme_snippet_is_the_sites_own_sendmail_config(guard: Running) -> None:
+    """The README's lines fit the test site: what sendmail-config prints for it, but
+    for the milter's name (only Sendmail's label for it)."""
+    generated = smtpguard(guard.site, "sendmail-config").stdout
+    assert generated.replace("`smtpguard-test'", "`smtpguard'") == snippet(guard.site)
 
 
 def test_accepted_mail_arrives_intact(client: SmtpClient, mta: Sendmail) -> None:
@@ -513,7 +539,7 @@ def accepted_message(client: SmtpClient, mta: Sendmail, message: bytes, token: b
     [
         b"X-Smtpguard-Loop: mx.example.com\r\n",  # our own marker: we accepted it before
         b"Delivered-To: alice@example.com\r\n",  # delivered to this recipient before
-        RECEIVED * 21,  # more hops than limits.max_hops
+        RECEIVED * 31,  # more hops than limits.max_hops (30)
     ],
 )
 def test_looping_message(client: SmtpClient, extra: bytes) -> None:
@@ -522,9 +548,11 @@ def test_looping_message(client: SmtpClient, extra: bytes) -> None:
 
 
 def test_hops_at_the_limit_pass(client: SmtpClient, mta: Sendmail) -> None:
-    """Sendmail does not show its own Received header to the milter: 20 is 20."""
+    """Sendmail does not show its own Received header to the milter: 30 is 30. Sendmail
+    counts 31 with its own, which the snippet's confMAX_HOP (31) allows; with Sendmail's
+    default of 25 this message would get 250 and then be held (test_bare_snippet_hops)."""
     envelope(client)
-    accepted_message(client, mta, RECEIVED * 20 + HEADERS + b"\r\nHOPS-20\r\n", b"HOPS-20")
+    accepted_message(client, mta, RECEIVED * 30 + HEADERS + b"\r\nHOPS-30\r\n", b"HOPS-30")
 
 
 @pytest.mark.parametrize(
@@ -1050,7 +1078,7 @@ def test_dead_milter_gives_sendmails_tempfail(
         ):
             greeted(c)
             expect(c, MAIL, MAIL_OK)
-            svc.process.kill()  # a crash: the socket is gone at once
+            svc.process.kill()  # a crash: nothing listens on the socket any more
             svc.process.wait()
             # Mid-session: the next milter command fails, F=T tempfails it.
             refused(c, "RCPT TO:<alice@example.com>", TEMPFAIL)
@@ -1060,6 +1088,50 @@ def test_dead_milter_gives_sendmails_tempfail(
                 greeted(later)
                 refused(later, MAIL, TEMPFAIL)
                 refused(later, MAIL, TEMPFAIL)
+
+
+def test_missing_socket_gives_sendmails_tempfail(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    """No socket file at all (smtpguard not started yet, or stopped cleanly, which
+    removes it): Sendmail starts, and F=T tempfails MAIL."""
+    with milter_socket_dir() as sockets:
+        lines = with_socket(readme_snippet(), sockets / "smtpguard.sock")
+        with sendmail(sendmail_install, tmp_path / "mta", lines) as sm, sm.client() as c:
+            greeted(c)
+            refused(c, MAIL, TEMPFAIL)
+
+
+def test_socket_below_tmp_stops_sendmail(sendmail_install: SendmailInstall, tmp_path: Path) -> None:
+    """Sendmail checks the whole path of a local: socket when it reads its cf, whether
+    or not the socket exists: below /tmp (world-writable, sticky) the daemon does not
+    start at all, exit status 71 (EX_OSERR), so nothing answers on port 25."""
+    sock = tmp_path / "smtpguard.sock"
+    lines = with_socket(readme_snippet(), sock)
+    with pytest.raises(RuntimeError) as failed, sendmail(sendmail_install, tmp_path / "mta", lines):
+        pass
+    message = str(failed.value)
+    assert "sendmail exited with status 71" in message
+    assert f"Xsmtpguard: local socket name {sock} unsafe: World writable directory" in message
+
+
+def test_socket_below_a_group_writable_directory_stops_sendmail(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    with milter_socket_dir() as sockets:
+        shared = sockets / "shared"
+        shared.mkdir()
+        shared.chmod(0o775)
+        sock = shared / "smtpguard.sock"
+        lines = with_socket(readme_snippet(), sock)
+        with (
+            pytest.raises(RuntimeError) as failed,
+            sendmail(sendmail_install, tmp_path / "mta", lines),
+        ):
+            pass
+    message = str(failed.value)
+    assert "sendmail exited with status 71" in message
+    assert f"local socket name {sock} unsafe: Group writable directory" in message
 
 
 @pytest.fixture(scope="module")
@@ -1098,7 +1170,7 @@ def test_utf8_towards_sendmail_is_mangled(
     CR (不 = E4 B8 8D), 0x8A a bare LF (上 = E4 B8 8A): a client that ends lines at LF
     reads the rest of the line as one more reply. This client splits at CRLF only."""
     code, xcode, en, zh = SPEC[reply_id]
-    with utf8_mta.client() as c:
+    with utf8_mta.client(printable=False) as c:
         greeted(c)
         for line in before:
             assert c.cmd(line).code == 250
@@ -1110,6 +1182,11 @@ def test_utf8_towards_sendmail_is_mangled(
     assert reply.raw == mangled + b"\r\n"
     with pytest.raises(AssertionError, match="not printable ASCII"):
         assert_ascii(reply)
+    with pytest.raises(AssertionError, match="not printable ASCII"):
+        c.assert_printable()
+    # The client never sees a byte of 0x80 or more from Sendmail, mangled or not: only
+    # printable ASCII shows that smtpguard sent no UTF-8.
+    assert max(c.received) < 0x80
 
 
 def rcpt_limit_with_smtplib(mta: Sendmail) -> list[tuple[int, bytes]]:
@@ -1141,3 +1218,91 @@ def test_utf8_towards_sendmail_desynchronizes_a_real_client(utf8_mta: Sendmail) 
         (-1, b""),  # "i\x19\x10)": not a reply smtplib can parse
         (250, b"2.0.0 OK"),  # NOOP's reply, one command late
     ]
+
+
+# --- the README's INPUT_MAIL_FILTER line alone (no macro defines) -------------------
+
+#: smtpguard's warning when a session comes without macro v (once per process).
+NO_V_WARNING = "the MTA sent no macro v"
+
+
+@pytest.fixture(scope="module")
+def bare_mta(
+    sendmail_install: SendmailInstall, guard: Running, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    """A Sendmail with only the README's INPUT_MAIL_FILTER line, as the README once
+    showed it: no confMILTER_MACROS_* (so no v), no confMAX_HOP. Attached to the main
+    site, whose milter.mta is "auto"."""
+    filter_line = filter_line_only(snippet(guard.site))
+    with sendmail(sendmail_install, tmp_path_factory.mktemp("bare-mta"), filter_line) as sm:
+        yield sm
+
+
+def test_bare_snippet_has_no_defines(bare_mta: Sendmail) -> None:
+    mc = (bare_mta.dir / "test.mc").read_text()
+    assert "INPUT_MAIL_FILTER(`smtpguard'" in mc
+    assert "confMILTER_MACROS" not in mc
+    assert "confMAX_HOP" not in mc
+    cf = (bare_mta.dir / "test.cf").read_text()
+    # Sendmail's defaults: no v at connect, at most 25 hops.
+    assert "\nO Milter.macros.connect=j, _, {daemon_name}, {if_name}, {if_addr}\n" in cf
+    assert "\n#O MaxHopCount=25\n" in cf
+
+
+def test_bare_snippet_replies_are_ascii(bare_mta: Sendmail, guard: Running) -> None:
+    """Without v, smtpguard cannot tell Sendmail from another MTA and answers in ASCII:
+    the table's English text at MAIL, RCPT and end of message, each reply in step."""
+    with bare_mta.client() as c:
+        greeted(c)
+        spammer = "<spammer@bad.example>"
+        refused(c, f"MAIL FROM:{spammer}", through_sendmail("host_denies_sender", spammer))
+        expect(c, MAIL, MAIL_OK)
+        nobody = "<nobody@example.com>"
+        refused(c, f"RCPT TO:{nobody}", through_sendmail("mailbox_unavailable", nobody))
+        for _ in range(3):
+            expect(c, ALICE, ALICE_OK)
+        refused(c, "RCPT TO:<x@relay.example>", through_sendmail("rcpt_limit"))
+        looped = b"Delivered-To: alice@example.com\r\n" + HEADERS + b"\r\nhi\r\n"
+        refused_message(c, looped, "looping_message")
+    # The with block checked every reply of the session: printable ASCII only.
+    assert c.received
+    assert max(c.received) < 0x80
+
+
+def test_bare_snippet_keeps_a_real_client_in_step(bare_mta: Sendmail) -> None:
+    """The session of the issue: smtplib after rcpt_limit (compare
+    test_utf8_towards_sendmail_desynchronizes_a_real_client)."""
+    assert rcpt_limit_with_smtplib(bare_mta) == [
+        (451, b"4.5.3 out of allow RCPT numbers."),
+        (250, b"2.0.0 OK"),
+        (250, b"2.0.0 Reset state"),
+    ]
+
+
+def test_bare_snippet_is_logged_once(bare_mta: Sendmail, guard: Running) -> None:
+    for _ in range(2):
+        with bare_mta.client() as c:
+            greeted(c)
+            refused(
+                c,
+                "MAIL FROM:<spammer@bad.example>",
+                through_sendmail("host_denies_sender", "<spammer@bad.example>"),
+            )
+    # The sessions of the main instance (with v) never add to it.
+    assert guard.log().count(NO_V_WARNING) == 1
+
+
+def test_bare_snippet_hops(bare_mta: Sendmail) -> None:
+    """Why the snippet defines confMAX_HOP: with Sendmail's default of 25, counting its
+    own Received header, 25 hops get a 250 (smtpguard allows 30) and are then held in
+    the queue ("Too many hops"), never delivered; 24 are delivered."""
+    for hops in (25, 24):
+        with bare_mta.client() as c:
+            envelope(c)
+            token = f"BARE-HOPS-{hops}".encode()
+            reply = c.data(RECEIVED * hops + HEADERS + b"\r\n" + token + b"\r\n")
+            assert reply.code == 250, reply
+    bare_mta.wait_for_delivery(b"BARE-HOPS-24")
+    assert not [d for d in bare_mta.deliveries() if b"BARE-HOPS-25" in d.message]
+    held = [f for f in (bare_mta.dir / "queue").glob("df*") if b"BARE-HOPS-25" in f.read_bytes()]
+    assert len(held) == 1, sorted(p.name for p in (bare_mta.dir / "queue").iterdir())

@@ -177,17 +177,29 @@ class LoopbackClient(SmtpClient):
 
     Sendmail has no XCLIENT, so the client address a milter sees is the real one; every
     address of 127.0.0.0/8 is local, which gives tests more than one client identity.
-    ``received`` is every byte of every reply read (the greeting included), so that a
-    test can check all of what its session was sent (:meth:`assert_printable`).
+    ``received`` is every byte of every reply read (the greeting included); a session
+    used as a context manager ends with :meth:`assert_printable` unless told not to.
     """
 
-    def __init__(self, host: str, port: int, *, source: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, host: str, port: int, *, source: str, timeout: float = 30.0, printable: bool = True
+    ) -> None:
         self.sock = socket.create_connection(
             (host, port), timeout=timeout, source_address=(source, 0)
         )
         self.buf = b""
         self.received = b""
+        #: Check every reply of the session when the ``with`` block ends without error.
+        self.printable = printable
         self.greeting = self.read()
+
+    def __enter__(self) -> LoopbackClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.quit()
+        if self.printable and exc[0] is None:
+            self.assert_printable()
 
     def read(self) -> Reply:
         reply = super().read()
@@ -394,9 +406,14 @@ class Sendmail:
     def delivered_file(self) -> Path:
         return self.dir / "delivered"
 
-    def client(self, source: str = "127.0.0.1", timeout: float = 30.0) -> LoopbackClient:
-        """A client connecting from ``source``, any address of 127.0.0.0/8."""
-        return LoopbackClient("127.0.0.1", self.port, source=source, timeout=timeout)
+    def client(
+        self, source: str = "127.0.0.1", timeout: float = 30.0, *, printable: bool = True
+    ) -> LoopbackClient:
+        """A client connecting from ``source``, any address of 127.0.0.0/8. With
+        ``printable``, its ``with`` block ends by checking every reply it read."""
+        return LoopbackClient(
+            "127.0.0.1", self.port, source=source, timeout=timeout, printable=printable
+        )
 
     def log(self) -> str:
         out = self.dir / "sendmail.out"
