@@ -13,6 +13,7 @@ import re
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -380,6 +381,15 @@ def test_queue_unavailable(fault_stack: tuple[Running, Postfix, Site]) -> None:
     with client(postfix, UNTRUSTED) as first, client(postfix, UNTRUSTED) as second:
         assert_table(second.cmd("MAIL FROM:<a@sender.example>"), "queue_unavailable")
         assert first.cmd("MAIL FROM:<a@sender.example>").code == 250
+    # libmilter frees a session's slot in its close callback, after smtpd hung up: the
+    # next test's session must not race it. Poll, with a deadline, for the slot.
+    end = time.monotonic() + 5
+    while True:
+        with client(postfix, UNTRUSTED) as c:
+            if c.cmd("MAIL FROM:<a@sender.example>").code == 250:
+                break
+        assert time.monotonic() < end, "the session slot was never released"
+        time.sleep(0.05)
 
 
 def test_database_temp_error_and_auth_error_temp(
