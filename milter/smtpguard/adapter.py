@@ -15,7 +15,6 @@ Sendmail's ``v`` is a bare version number.
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
 import pwd
@@ -33,6 +32,18 @@ from smtpguard.checks import Stage
 from smtpguard.config import ConfigError, MilterConfig
 from smtpguard.driver import SessionDriver
 from smtpguard.pipeline import Action, Decision
+from smtpguard.sockets import (
+    StartError,
+    bind_error,
+    bind_unix,
+    claim_unix,
+    libmilter_address,
+    prepare_directory,
+    remove_unix,
+    resolve,
+    secure_unix,
+    unix_path,
+)
 from smtpguard.state import SessionGate
 
 log = logging.getLogger("smtpguard")
@@ -177,7 +188,7 @@ def _register(config: MilterConfig) -> None:
     milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     milter.set_close_callback(Milter.close_callback)
-    milter.setconn(config.socket)
+    milter.setconn(libmilter_address(config.socket))
     milter.settimeout(config.timeout)
     milter.register(
         config.name,
@@ -187,13 +198,45 @@ def _register(config: MilterConfig) -> None:
     )
 
 
+def open_socket(config: MilterConfig) -> tuple[int, int] | None:
+    """Register the callbacks and bind the socket; for a unix socket, claim its path
+    first and set its owner, group and mode. Returns the unix socket's (device, inode),
+    to remove exactly that file at the end. Raises :class:`StartError`."""
+    _register(config)
+    address = libmilter_address(config.socket)
+    path = unix_path(address)
+    if path is None:
+        _opensocket(address)
+        return None
+    owners = resolve(config)
+    claim_unix(path)
+    owners = prepare_directory(path, owners)
+    # False: libmilter must not remove an existing file; claim_unix removed a stale
+    # one, and one that appeared since belongs to a milter that started meanwhile.
+    bind_unix(config.socket_mode, lambda: _opensocket(address))
+    info = path.lstat()
+    try:
+        secure_unix(path, config.socket_mode, owners)
+    except StartError:
+        remove_unix(path, (info.st_dev, info.st_ino))
+        raise
+    return (info.st_dev, info.st_ino)
+
+
+def _opensocket(address: str) -> None:
+    try:
+        milter.opensocket(False)
+    except milter.error:
+        raise StartError(f"cannot bind {address}: {bind_error(address)}") from None
+
+
 def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     """Open the socket, fix its permissions, drop privileges, run libmilter's loop.
 
-    This is ``Milter.runmilter`` split open: libmilter creates a unix socket with the
-    process umask, so its mode, owner and group can only be set between
-    ``opensocket`` and ``main``; privileges are dropped there too, once the socket
-    (possibly in a root-owned directory) exists.
+    This is ``Milter.runmilter`` split open: the socket is bound by
+    :func:`open_socket` (see :mod:`smtpguard.sockets` for what makes it safe), and
+    privileges are dropped once it exists (possibly in a root-owned directory). At the
+    end, however it comes, the unix socket file is removed.
 
     Signals: libmilter's own signal thread treats SIGHUP like SIGTERM (stop). So the
     libmilter loop runs in a second thread and the main thread waits for SIGHUP,
@@ -206,18 +249,18 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     config = app.runtime.config.milter
     unix = config.socket.startswith(("unix:", "local:"))
     Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
-    _register(config)
-    milter.opensocket(True)
-    if config.socket.startswith(("unix:", "local:")):
-        secure_socket(
-            config.socket.split(":", 1)[1],
-            config.socket_mode,
-            config.socket_owner,
-            config.socket_group,
-        )
-    if config.user:
-        drop_privileges(config.user)
+    inode = open_socket(config)
+    try:
+        if config.user:
+            drop_privileges(config.user)
+        _run(app, reload)
+    finally:
+        path = unix_path(config.socket)
+        if path is not None and inode is not None:
+            remove_unix(path, inode)
 
+
+def _run(app: App, reload: Callable[[], Runtime] | None) -> None:
     signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # inherited by libmilter's threads
     failure: list[BaseException] = []
@@ -281,20 +324,18 @@ def _reload(app: App, reload: Callable[[], Runtime], done: threading.Lock) -> No
         timer.start()
 
 
-def secure_socket(path: str, mode: int, owner: str, group: str) -> None:
-    uid = pwd.getpwnam(owner).pw_uid if owner else -1
-    gid = grp.getgrnam(group).gr_gid if group else -1
-    if uid != -1 or gid != -1:
-        os.chown(path, uid, gid)
-    os.chmod(path, mode)
-
-
 def drop_privileges(user: str) -> None:
     """Become ``user`` (its primary group, no supplementary groups) for good."""
-    entry = pwd.getpwnam(user)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise StartError(f"cannot drop privileges: no user {user!r} on this system") from None
     if os.getuid() == entry.pw_uid:
         return
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    try:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except OSError as exc:
+        raise StartError(f"cannot drop privileges to {user}: {exc.strerror}") from None
     log.info("dropped privileges to %s (uid %d)", user, entry.pw_uid)
