@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import pwd
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -27,6 +28,11 @@ def test_socket_permissions_and_privilege_drop() -> None:
     # The unprivileged user must traverse the site directory after the drop.
     root = Path(tempfile.mkdtemp(prefix="smtpguard-priv-"))
     root.chmod(0o755)
+    # The blacklist file is created at first use, after the drop: in a directory the
+    # user owns (start-up refuses a state.path the service user could not create).
+    state = root / "state"
+    state.mkdir()
+    shutil.chown(state, "nobody")
     site = make_site(
         root,
         {
@@ -35,7 +41,8 @@ def test_socket_permissions_and_privilege_drop() -> None:
                 "socket_group": "nogroup",
                 "socket_mode": "0640",
                 "user": "nobody",
-            }
+            },
+            "state": {"path": str(state / "state.sqlite")},
         },
     )
     with running(site) as service:

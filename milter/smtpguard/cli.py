@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from smtpguard import __version__
-from smtpguard.adapter import App, serve
+from smtpguard.adapter import App, drop_privileges, serve
 from smtpguard.app import Runtime, build_runtime, load, make_blacklist, new_gate
 from smtpguard.config import Config, ConfigError
-from smtpguard.directory import ImportError_, import_file
+from smtpguard.directory import ImportError_, NoDirectory, import_file
 from smtpguard.explain import explain_main
 from smtpguard.metrics import PrometheusMetrics
 from smtpguard.postfix import (
@@ -26,9 +26,11 @@ from smtpguard.postfix import (
     shell_script,
 )
 from smtpguard.postfix import plan as postfix_plan
+from smtpguard.probes import backend_problems, file_problems
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.sendmail import sendmail_mc
 from smtpguard.simulate import Envelope, simulate
+from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
 from smtpguard.state import StateError
 
 DEFAULT_CONFIG = "/etc/smtpguard/smtpguard.toml"
@@ -49,6 +51,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         format="%(asctime)s smtpguard[%(process)d]: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # Before anything is opened or written: a running milter is left alone.
+    path = unix_path(config.milter.socket)
+    if path is not None:
+        claim_unix(path, remove_stale=False)
+    problems = file_problems(config, become=drop_privileges)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 2
     gate = new_gate(config)
     prometheus = PrometheusMetrics(lambda: gate.active) if config.metrics.enabled else None
     runtime = build_runtime(config, metrics=prometheus)
@@ -56,12 +67,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if prometheus is not None:
         # Read at scrape time: a reload may bring another resolver.
         prometheus.watch_dns(lambda: app.runtime.services.dns)
-        prometheus.serve(config.metrics.listen, config.metrics.port)
-    sock = config.milter.socket
-    if sock.startswith(("unix:", "local:")):
-        Path(sock.split(":", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        listen = f"{config.metrics.listen}:{config.metrics.port}"
+        try:
+            prometheus.serve(config.metrics.listen, config.metrics.port)
+        except OSError as exc:
+            raise StartError(f"cannot bind {listen} (metrics): {exc.strerror}") from None
     logging.getLogger("smtpguard").info(
-        "smtpguard %s starting on %s (config %s)", __version__, sock, config.file
+        "smtpguard %s starting on %s (config %s)",
+        __version__,
+        libmilter_address(config.milter.socket),
+        config.file,
     )
 
     def reload() -> Runtime:
@@ -77,9 +92,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    build_runtime(config)
-    print(f"{config.file}: OK")
+    """Every problem found, one ``FILE: key: problem`` line each; exit 1 if any."""
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    problems = file_problems(config, become=drop_privileges)
+    # A directory file already reported is left out, so the rest still gets checked.
+    unreadable = any(p.key == "directory.path" for p in problems)
+    try:
+        build_runtime(config, directory=NoDirectory() if unreadable else None)
+    except ConfigError as exc:
+        problems.append(exc)
+    if not args.offline:
+        problems += backend_problems(config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    skipped = " (network backends not asked: --offline)" if args.offline else ""
+    print(f"{config.file}: OK{skipped}")
     return 0
 
 
@@ -184,6 +217,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cc = sub.add_parser("check-config", help="validate the config, reply table and backends")
+    cc.add_argument("file", nargs="?", help="config file to check")
+    cc.add_argument(
+        "--offline", action="store_true", help="do not ask clamd, rspamd, Redis or DNS servers"
+    )
+    cc.set_defaults(func=cmd_check_config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smtpguard", description=__doc__)
     p.add_argument("--version", action="version", version=f"smtpguard {__version__}")
@@ -195,9 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("run", help="run the milter service").set_defaults(func=cmd_run)
-    cc = sub.add_parser("check-config", help="validate the config, reply table and backends")
-    cc.add_argument("file", nargs="?", help="config file to check")
-    cc.set_defaults(func=cmd_check_config)
+    _check_config_parser(sub)
     rp = sub.add_parser("replies", help="print the reply table as clients would see it")
     rp.add_argument("--ascii", action="store_true", help="as sent when UTF-8 is not allowed")
     rp.set_defaults(func=cmd_replies)
@@ -283,7 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc: int = args.func(args)
     except ConfigError as exc:
         print(f"smtpguard: configuration error: {exc}", file=sys.stderr)
-        return 1
+        # check-config reports problems (1); anything else could not even start (2).
+        return 1 if args.command == "check-config" else 2
+    except StartError as exc:
+        print(f"smtpguard: {exc}", file=sys.stderr)
+        return 2
     except (ImportError_, StateError) as exc:
         print(f"smtpguard: {exc}", file=sys.stderr)
         return 1

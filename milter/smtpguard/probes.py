@@ -1,0 +1,252 @@
+"""What ``run`` and ``check-config`` find wrong beyond the config file itself.
+
+Every problem is a :class:`~smtpguard.config.ConfigError`, printed as
+``FILE: dotted.key: problem`` like a load error.
+
+* :func:`file_problems`: the SQLite files (``directory.path`` must be readable,
+  ``state.path`` readable and writable, or creatable) and the files a reload reads,
+  checked as the user the service runs as. When started as root with ``milter.user``
+  set, the checks run in a child process that has become that user: a check made as
+  root would pass for files the service cannot open, and SQLite would leave root-owned
+  ``-wal``/``-shm`` files behind that lock the service out.
+* :func:`backend_problems`: one harmless request to each configured network backend
+  (clamd ``PING``, rspamd ``GET /ping``, Redis ``PING``, one DNS query per nameserver),
+  with the configured timeouts, through the clients the checks use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import os
+import pwd
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import dns as dnspython
+import redis
+
+import smtpguard
+from smtpguard.config import Config, ConfigError
+from smtpguard.counters import redis_client
+from smtpguard.dns import Answer, Status, system_nameservers
+from smtpguard.dnswire import UdpTransport
+from smtpguard.endpoint import Endpoint
+from smtpguard.scanners import connect
+from smtpguard.scanners.clamd import ping
+from smtpguard.scanners.rspamd import RspamdClient
+
+#: Asked of each nameserver: every recursive resolver can answer it.
+DNS_PROBE = (".", "NS")
+
+Problem = tuple[str, str]
+
+
+def file_problems(config: Config, become: Callable[[str], None] | None = None) -> list[ConfigError]:
+    """Problems with the files the service opens, as the user it runs as.
+
+    ``become`` switches the child process to ``milter.user`` (the service's
+    ``drop_privileges``); without it, or when no switch is needed, the checks run here.
+    """
+    user = config.milter.user
+    if become is not None and user and os.geteuid() == 0 and pwd.getpwnam(user).pw_uid != 0:
+        found = _in_child(lambda: become(user), lambda: _files(config))
+    else:
+        found = _files(config)
+    return [ConfigError(config.file, key, message) for key, message in found]
+
+
+def _in_child(become: Callable[[], None], check: Callable[[], list[Problem]]) -> list[Problem]:
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(reader)
+            logging.disable()  # the service's own log is the parent's
+            try:
+                become()
+                found = check()
+            except BaseException as exc:  # noqa: BLE001 - reported by the parent
+                found = [("milter.user", f"cannot check as that user: {exc}")]
+            with os.fdopen(writer, "wb") as out:
+                out.write(json.dumps(found).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as source:
+        data = source.read()
+    os.waitpid(pid, 0)
+    try:
+        return [(str(key), str(message)) for key, message in json.loads(data)]
+    except (ValueError, TypeError):
+        return [("milter.user", "the check as that user ended without an answer")]
+
+
+def _files(config: Config) -> list[Problem]:
+    found: list[Problem] = []
+    if config.directory.backend == "sqlite":
+        found += _readable_db("directory.path", config.directory.path, "users")
+    if config.state.backend == "embedded":
+        found += _writable_db("state.path", config.state.path)
+    found += _reload_files(config)
+    return found
+
+
+def _readable_db(key: str, path: Path, table: str) -> list[Problem]:
+    # A missing directory file is build_runtime's error, with how to create it.
+    if not path.exists():
+        return []
+    try:
+        with path.open("rb"):
+            pass
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        ) as db:
+            db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()  # noqa: S608 - constant
+    except OSError as exc:
+        return [(key, f"cannot read {path}: {exc.strerror}")]
+    except sqlite3.Error as exc:
+        return [(key, f"cannot read {path}: {exc}")]
+    return []
+
+
+def _writable_db(key: str, path: Path) -> list[Problem]:
+    if not path.exists():
+        # The service creates it (and missing directories) at first use.
+        place = path.parent
+        while not place.exists():
+            place = place.parent
+        try:
+            with tempfile.TemporaryFile(dir=place):
+                pass
+        except OSError as exc:
+            return [(key, f"cannot create {path}: {place}: {exc.strerror}")]
+        return []
+    try:
+        with path.open("r+b"):
+            pass
+        with contextlib.closing(sqlite3.connect(path, timeout=2.0)) as db:
+            # The write lock: what adding to the blacklist and WAL mode need.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+    except OSError as exc:
+        return [(key, f"cannot write {path}: {exc.strerror}")]
+    except sqlite3.Error as exc:
+        return [(key, f"cannot write {path}: {exc}")]
+    return []
+
+
+def _reload_files(config: Config) -> list[Problem]:
+    """What the service reads after the privilege drop besides the databases: the config
+    and rule files on a reload (SIGHUP), and modules imported on first use (dnspython
+    imports a record type's module when it first parses one)."""
+    reload = "a reload (SIGHUP) would fail"
+    wanted: list[tuple[str, Path, str]] = [
+        ("milter.user", config.file, reload),
+        ("replies.table", config.replies.table, reload),
+        ("antispam.rules", config.antispam.rules, reload),
+        ("milter.user", Path(smtpguard.__file__).parent, "its modules cannot be imported"),
+        ("milter.user", Path(dnspython.__file__ or "").parent, "DNS answers would fail"),
+    ]
+    whom = config.milter.user or "the service"
+    found: list[Problem] = []
+    for key, path, consequence in wanted:
+        if not path.is_absolute():
+            continue
+        mode = os.R_OK | (os.X_OK if path.is_dir() else 0)
+        if not os.access(path, mode):
+            found.append((key, f"{whom} cannot read {path}: {consequence}"))
+    return found
+
+
+def backend_problems(config: Config) -> list[ConfigError]:
+    """Ask each configured network backend once; every failure is one problem."""
+    found: list[Problem] = []
+    if config.virus.backend == "clamd":
+        found += _clamd(config.virus.clamd_socket, config.virus.timeout)
+    if config.antispam.engine == "rspamd":
+        found += _rspamd(config.antispam.engine_socket, config.antispam.engine_timeout)
+    if config.state.backend == "redis":
+        found += _redis(config.state.redis_url, config.state.timeout)
+    if config.dns.enabled:
+        found += _nameservers(config)
+    return [ConfigError(config.file, key, message) for key, message in found]
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc)
+
+
+def _clamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
+    key = "virus.clamd_socket"
+    try:
+        connect(endpoint, timeout).close()
+    except OSError as exc:
+        return [(key, f"cannot connect to {endpoint}: {_why(exc)}")]
+    if not ping(endpoint, timeout):
+        return [(key, f"{endpoint} does not answer PING with PONG: not clamd, or overloaded")]
+    return []
+
+
+def _rspamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
+    key = "antispam.engine_socket"
+    # The scanner's own HTTP connection (TCP or unix socket), for rspamd's ping URL.
+    conn = RspamdClient(endpoint, timeout=timeout)._connection()
+    try:
+        conn.request("GET", "/ping")
+        response = conn.getresponse()
+        body = response.read(64)
+    except OSError as exc:
+        return [(key, f"cannot connect to {endpoint}: {_why(exc)}")]
+    except http.client.HTTPException as exc:
+        return [(key, f"{endpoint} does not speak HTTP: {exc.__class__.__name__}")]
+    finally:
+        conn.close()
+    if response.status != 200 or body.strip() != b"pong":
+        return [(key, f"{endpoint} answered GET /ping with HTTP {response.status}: not rspamd")]
+    return []
+
+
+def _redis(url: str, timeout: float) -> list[Problem]:
+    client = redis_client(url, timeout=timeout)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        # Not the URL: it may carry a password. redis-py's text names host and port.
+        return [("state.redis_url", f"Redis does not answer PING: {exc}")]
+    finally:
+        client.close()
+    return []
+
+
+def _nameservers(config: Config) -> list[Problem]:
+    servers = list(config.dns.nameservers)
+    if servers == ["system"]:
+        servers = system_nameservers()
+        if not servers:
+            return [("dns.nameservers", "no nameserver in /etc/resolv.conf")]
+    found: list[Problem] = []
+    name, rdtype = DNS_PROBE
+    for server in servers:
+        answer = asyncio.run(_ask(server, config.dns.port, config.dns.timeout, name, rdtype))
+        if answer.status.temporary:
+            what = "no answer" if answer.status is Status.TIMEOUT else "no usable answer"
+            found.append(
+                ("dns.nameservers", f"{server}: {what} to {name} {rdtype}: {answer.detail}")
+            )
+    return found
+
+
+async def _ask(server: str, port: int, timeout: float, name: str, rdtype: str) -> Answer:
+    transport = UdpTransport([server], port, timeout)
+    try:
+        return await transport.query(name, rdtype)
+    finally:
+        transport.close()

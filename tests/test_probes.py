@@ -1,0 +1,164 @@
+"""check-config (and run) name every problem as ``FILE: key: problem``: the SQLite files
+as the service user sees them, and each configured network backend, asked once."""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.daemons import Rspamd, free_port, start_clamd, start_redis
+from support.service import Site, make_site, merge, smtpguard
+from support.unbound import DnsServer, silent_nameserver
+
+pytestmark = pytest.mark.integration
+
+
+def problems(result: Any) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line]
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory user nobody may traverse (pytest's own tmp dirs are 0700), with a
+    ``state`` directory nobody owns, as the service user's state directory would be."""
+    root = Path(tempfile.mkdtemp(prefix="smtpguard-probe-"))
+    root.chmod(0o755)
+    (root / "state").mkdir()
+    shutil.chown(root / "state", "nobody", grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def nobody_site(root: Path, extra: dict[str, Any] | None = None) -> Site:
+    base = {
+        "milter": {"user": "nobody"},
+        "state": {"path": str(root / "state" / "state.sqlite")},
+    }
+    return make_site(root, merge(base, extra or {}))
+
+
+# --- backends -----------------------------------------------------------------------
+
+
+def test_unreachable_backends_are_all_listed(tmp_path: Path) -> None:
+    closed = free_port()  # nothing listens there
+    with silent_nameserver() as dns_port:
+        site = make_site(
+            tmp_path,
+            {
+                "virus": {"backend": "clamd", "clamd_socket": f"unix:{tmp_path}/clamd.ctl"},
+                "antispam": {"engine": "rspamd", "engine_socket": f"inet:127.0.0.1:{closed}"},
+                "state": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{closed}/0"},
+                "dns": {"nameservers": ["127.0.0.1"], "port": dns_port, "timeout": 0.4},
+            },
+        )
+        result = smtpguard(site, "check-config", check=False)
+    assert result.returncode == 1
+    file = site.config.resolve()
+    lines = problems(result)
+    assert lines[:2] == [
+        f"{file}: virus.clamd_socket: cannot connect to unix:{tmp_path}/clamd.ctl:"
+        " No such file or directory",
+        f"{file}: antispam.engine_socket: cannot connect to inet:127.0.0.1:{closed}:"
+        " Connection refused",
+    ]
+    assert lines[2].startswith(f"{file}: state.redis_url: Redis does not answer PING: ")
+    assert f"127.0.0.1:{closed}" in lines[2]
+    assert "Connection refused" in lines[2]
+    assert lines[3].startswith(f"{file}: dns.nameservers: 127.0.0.1: no answer to . NS: ")
+    assert len(lines) == 4
+    assert "Traceback" not in result.stderr
+
+    offline = smtpguard(site, "check-config", "--offline", check=False)
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout.strip() == f"{file}: OK (network backends not asked: --offline)"
+
+
+def test_something_else_on_the_backend_ports(tmp_path: Path) -> None:
+    """A port that accepts but is not the backend: named, not mistaken for it."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        virus = {"backend": "clamd", "clamd_socket": f"inet:127.0.0.1:{port}", "timeout": 1.0}
+        site = make_site(tmp_path, {"virus": virus})  # 1 s: nothing will answer PING
+        result = smtpguard(site, "check-config", check=False)
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{site.config.resolve()}: virus.clamd_socket: inet:127.0.0.1:{port} does not answer"
+        " PING with PONG: not clamd, or overloaded"
+    ]
+
+
+def test_reachable_backends_pass(tmp_path: Path, unbound: DnsServer, rspamd: Rspamd) -> None:
+    clamd = start_clamd(tmp_path / "clamd")
+    redis = start_redis(tmp_path / "redis")
+    try:
+        site = make_site(
+            tmp_path / "site",
+            {
+                "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"},
+                "antispam": {"engine": "rspamd", "engine_socket": str(rspamd.endpoint)},
+                "state": {"backend": "redis", "redis_url": redis.url},
+                "dns": {"nameservers": [unbound.host], "port": unbound.port},
+            },
+        )
+        result = smtpguard(site, "check-config", check=False)
+    finally:
+        clamd.stop()
+        redis.stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{site.config.resolve()}: OK"
+
+
+# --- files, as the service user -----------------------------------------------------
+
+
+def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
+    site = nobody_site(open_dir)
+    site.directory.chmod(0o600)  # root's: nobody cannot read it
+    state = open_dir / "state" / "state.sqlite"
+    smtpguard(site, "blacklist", "add", "x@example.net")  # creates it as root
+    state.chmod(0o644)
+    file = site.config.resolve()
+    expected = [
+        f"{file}: directory.path: cannot read {site.directory}: Permission denied",
+        f"{file}: state.path: cannot write {state}: Permission denied",
+    ]
+    result = smtpguard(site, "check-config", check=False)
+    assert result.returncode == 1
+    assert problems(result) == expected
+
+    run = smtpguard(site, "run", check=False)
+    assert run.returncode == 2
+    assert problems(run) == expected
+    assert not site.socket.exists()  # nothing opened
+
+
+def test_state_directory_the_service_user_cannot_write(open_dir: Path) -> None:
+    site = nobody_site(open_dir, {"state": {"path": str(open_dir / "state.sqlite")}})
+    result = smtpguard(site, "check-config", check=False)
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{site.config.resolve()}: state.path: cannot create {open_dir / 'state.sqlite'}:"
+        f" {open_dir}: Permission denied"
+    ]
+
+
+def test_config_unreadable_for_the_service_user(open_dir: Path) -> None:
+    site = nobody_site(open_dir)
+    site.config.chmod(0o600)
+    result = smtpguard(site, "check-config", check=False)
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{site.config.resolve()}: milter.user: nobody cannot read {site.config.resolve()}:"
+        " a reload (SIGHUP) would fail"
+    ]
