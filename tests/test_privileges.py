@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.config import ConfigError, load_config
-from support.service import UNTRUSTED_IP, make_site, running
+from support.service import UNTRUSTED_IP, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,6 @@ def test_socket_permissions_and_privilege_drop() -> None:
     [
         ('[milter]\nsocket = "inet:9999@0.0.0.0"\n', "non-loopback"),
         ('[milter]\nsocket = "inet:9999@192.0.2.1"\n', "non-loopback"),
-        ('[milter]\nuser = "no-such-user-here"\n', "no such user"),
         ('[milter]\nsocket_group = "no-such-group-here"\n', "no such user or group"),
         ('[milter]\nsocket_mode = "rw-rw----"\n', "octal mode"),
     ],
@@ -74,6 +73,19 @@ def test_exposure_and_identity_errors(tmp_path: Path, text: str, message: str) -
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_missing_service_user_is_named_at_start_not_at_load(tmp_path: Path) -> None:
+    """The sample config names a user only scripts/start.sh creates: it must load on
+    any host, while check-config and run name the missing user."""
+    site = make_site(tmp_path, {"milter": {"user": "no-such-user-here"}})
+    assert load_config(site.config).milter.user == "no-such-user-here"
+    line = f"{site.config.resolve()}: milter.user: no such user on this system: 'no-such-user-here'"
+    check = smtpguard(site, "check-config", "--offline", check=False)
+    assert (check.returncode, check.stderr.strip()) == (1, line)
+    run = smtpguard(site, "run", check=False)
+    assert (run.returncode, run.stderr.strip()) == (2, line)
+    assert not site.socket.exists()
 
 
 def test_remote_socket_allowed_explicitly(tmp_path: Path) -> None:

@@ -165,6 +165,8 @@ class MilterConfig:
     #: else the group the socket was created with; "" leaves it as created.
     socket_group: str = "auto"
     #: Drop root privileges to this user (and its group) after opening the socket.
+    #: Whether it exists is checked at start (run, check-config), not at load: the
+    #: sample names the user scripts/start.sh creates, and must load anywhere.
     user: str = ""
     #: Allow an inet: socket on a non-loopback address (exposes the milter protocol).
     allow_remote_socket: bool = False
@@ -684,7 +686,6 @@ def _milter(s: _Section) -> MilterConfig:
     s.done()
     for key, name, db in (
         ("socket_owner", out.socket_owner, pwd.getpwnam),
-        ("user", out.user, pwd.getpwnam),
         ("socket_group", "" if out.socket_group == "auto" else out.socket_group, grp.getgrnam),
     ):
         if name:
