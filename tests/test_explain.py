@@ -20,7 +20,6 @@ from smtpguard.explain import (
     explain_main,
     load_knowledge,
     parse_reply,
-    regex_problem,
 )
 from support.service import RULES
 
@@ -963,29 +962,6 @@ def test_hostile_100k_line_is_fast(knowledge: Knowledge, line: str) -> None:
     assert len(json.loads(render)["reply"]) <= 200
 
 
-@pytest.mark.parametrize(
-    "pattern",
-    [r"(a+)+", r"(\w+ )*x", r".*relay", r"relay.+denied", r"(?:a|b+){2,9}", r"x.{3,}y"],
-)
-def test_unsafe_regexes_are_found(pattern: str) -> None:
-    assert regex_problem(pattern)
-
-
-@pytest.mark.parametrize(
-    "pattern",
-    [r"relay.{0,40}denied", r"[.*]+x", r"\.+", r"(a|b)*c", r"(?:ab){1,3}", r"\bspam\b"],
-)
-def test_safe_regexes_pass(pattern: str) -> None:
-    assert regex_problem(pattern) is None
-
-
-def test_shipped_rules_are_all_safe() -> None:
-    for rule in _EXPLAIN["rule"]:
-        for key in ("text", "xcode"):
-            if key in rule:
-                assert regex_problem(rule[key]) is None, rule["id"]
-
-
 # --- Load-time validation -------------------------------------------------------------------------
 
 SHIPPED = EXPLAIN.read_text(encoding="utf-8")
@@ -1017,13 +993,13 @@ RELAY_RULE = 'id = "exim-relay-not-permitted"\ncategory = "relay_denied"\n'
             "text = 'relay(?:ing)? not permitted'",
             "text = 'relay(?:ing not permitted'",
             "rule.exim-relay-not-permitted.text",
-            "bad regular expression",
+            "not a valid RE2 pattern",
         ),
         (
             "text = 'relay(?:ing)? not permitted'",
-            "text = '(relay\\s+)+not permitted'",
+            "text = '(?<!not )relay(?:ing)? not permitted'",
             "rule.exim-relay-not-permitted.text",
-            "unsafe regular expression",
+            "lookbehind is not supported",
         ),
         (
             "text = 'relay(?:ing)? not permitted'",

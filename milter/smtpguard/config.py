@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_redis_url
+from smtpguard.patterns import Pattern, PatternError, compile_pattern
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -403,10 +404,10 @@ class GenericPatterns:
     """``rules/generic_ptr.toml``: reverse names of dynamic/residential hosts."""
 
     file: Path
-    #: (name, compiled regex) searched in the lower-cased PTR name.
-    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    #: (name, pattern) searched in the lower-cased PTR name.
+    patterns: tuple[tuple[str, Pattern], ...] = ()
     #: A name matching one of these is never generic.
-    allow: tuple[re.Pattern[str], ...] = ()
+    allow: tuple[Pattern, ...] = ()
     #: Also generic: a name carrying the client's own IPv4 address (198-51-100-7...).
     embedded_ip: bool = True
 
@@ -844,8 +845,12 @@ def _lang_map(s: _Section, name: str) -> dict[str, str]:
 
 def _policy(s: _Section) -> PolicyConfig:
     d = PolicyConfig()
+    sender_deny = s.strings("sender_deny")
+    for index, entry in enumerate(sender_deny):
+        if is_deny_pattern(entry):
+            _regex(s, f"sender_deny[{index}]", entry[1:-1], ignore_case=False)
     out = PolicyConfig(
-        sender_deny=s.strings("sender_deny"),
+        sender_deny=sender_deny,
         auth_tls_required=frozenset(
             m.upper() for m in s.strings("auth_tls_required", tuple(sorted(d.auth_tls_required)))
         ),
@@ -1044,7 +1049,7 @@ def _generic_patterns(path: Path) -> GenericPatterns:
             raise p.error("name", "must not be empty")
         patterns.append((name, _regex(p, "regex", p.string("regex", ""))))
         p.done()
-    allow = tuple(_regex(root, "allow", item) for item in root.strings("allow"))
+    allow = tuple(_regex(root, f"allow[{i}]", item) for i, item in enumerate(root.strings("allow")))
     out = GenericPatterns(
         file=path,
         patterns=tuple(patterns),
@@ -1055,13 +1060,19 @@ def _generic_patterns(path: Path) -> GenericPatterns:
     return out
 
 
-def _regex(s: _Section, key: str, text: str) -> re.Pattern[str]:
+def is_deny_pattern(entry: str) -> bool:
+    """A ``policy.sender_deny`` entry written ``/pattern/``."""
+    return len(entry) > 2 and entry.startswith("/") and entry.endswith("/")
+
+
+def _regex(s: _Section, key: str, text: str, *, ignore_case: bool = True) -> Pattern:
+    """An operator's pattern, compiled by the one matcher (RE2, :mod:`smtpguard.patterns`)."""
     if not text:
         raise s.error(key, "must not be empty")
     try:
-        return re.compile(text, re.IGNORECASE)
-    except re.error as exc:
-        raise s.error(key, f"bad regular expression {text!r}: {exc}") from None
+        return compile_pattern(text, ignore_case=ignore_case)
+    except PatternError as exc:
+        raise s.error(key, f"not a valid RE2 pattern {text!r}: {exc} (docs/patterns.md)") from None
 
 
 def _spf(s: _Section) -> SpfConfig:

@@ -20,8 +20,8 @@ Parsing is lenient about what users paste: "550 5.7.1 text", "550-5.7.1 text",
 ``\\r\\n`` sequences, qmail's trailing "(#5.7.1)", multi-line replies (the code of the
 last reply line wins; the texts of its lines are joined), lines without a code,
 full-width CJK punctuation (NFKC). Lines are cut to :data:`MAX_LINE_CHARS` and the
-joined text to :data:`MAX_TEXT_CHARS` before any rule regex runs, and the loader refuses
-patterns with unbounded ``.*``/``.+`` or nested unbounded quantifiers, so a hostile
+joined text to :data:`MAX_TEXT_CHARS` before any rule pattern runs, and the patterns are
+RE2 (:mod:`smtpguard.patterns`, linear in the text whatever they say), so a hostile
 input cannot make the lookup slow.
 
 JSON output (``--json``) is one object with the keys of :data:`JSON_KEYS`: ``reply``
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpguard.config import ConfigError, RepliesConfig, default_rules_dir, read_toml
+from smtpguard.patterns import Pattern, PatternError, compile_pattern
 from smtpguard.replies import ALL_IDS, load_replies
 
 LANGUAGES: tuple[str, ...] = ("en", "zh")
@@ -87,7 +88,6 @@ _BARE_XCODE = re.compile(r"#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]
 _QMAIL_XCODE = re.compile(r"\(#(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})\b")
 _SENDMAIL_PREFIX = re.compile(r"<[^<>\s]{0,320}>(?:\.\.\.|:)?\s*")
 _WORD = re.compile(r"\w+")
-_QUANT = re.compile(r"[*+?]|\{([0-9]*)(,?)([0-9]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,9 +110,9 @@ class Category:
 class Rule:
     id: str
     category: str
-    code: re.Pattern[str] | None
-    xcode: re.Pattern[str] | None
-    text: re.Pattern[str]
+    code: Pattern | None
+    xcode: Pattern | None
+    text: Pattern
     cause: Text | None
     action: Text | None
     source: str
@@ -124,7 +124,7 @@ class Rule:
             reply.xcode is None or not self.xcode.fullmatch(reply.xcode)
         ):
             return False
-        return self.text.search(reply.text) is not None
+        return self.text.search(reply.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -527,7 +527,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
     return tuple(out)
 
 
-def _code_pattern(file: Path, key: str, value: Any) -> re.Pattern[str] | None:
+def _code_pattern(file: Path, key: str, value: Any) -> Pattern | None:
     if value is None:
         return None
     if isinstance(value, list):
@@ -537,78 +537,18 @@ def _code_pattern(file: Path, key: str, value: Any) -> re.Pattern[str] | None:
     return _regex(file, key, value)
 
 
-def _optional_regex(file: Path, key: str, value: Any) -> re.Pattern[str] | None:
+def _optional_regex(file: Path, key: str, value: Any) -> Pattern | None:
     return None if value is None else _regex(file, key, value)
 
 
-def _regex(file: Path, key: str, value: Any) -> re.Pattern[str]:
+def _regex(file: Path, key: str, value: Any) -> Pattern:
     pattern = _string(file, key, value)
-    problem = regex_problem(pattern)
-    if problem:
-        raise ConfigError(file, key, f"unsafe regular expression {pattern!r}: {problem}")
     try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise ConfigError(file, key, f"bad regular expression {pattern!r}: {exc}") from None
-
-
-def regex_problem(pattern: str) -> str | None:
-    """Why ``pattern`` could backtrack badly, or None.
-
-    Refused: an unbounded ``.*``/``.+``/``.{n,}`` (quadratic in a search; write a bounded
-    gap such as ``.{0,80}``), and a repeated group that itself contains an unbounded
-    quantifier, such as ``(a+)+`` or ``(\\w+ )*`` (exponential).
-    """
-    stack = [False]  # per open group: does it contain an unbounded quantifier?
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "(":
-            stack.append(False)
-            i += 2 if pattern[i + 1 : i + 2] == "?" else 1  # (?:  (?P<n>  (?=  (?i)
-            continue
-        if c in "|^$":
-            i += 1
-            continue
-        kind, inner = "char", False
-        if c == ")":
-            kind, inner = "group", stack.pop() if len(stack) > 1 else False
-            i += 1
-        else:
-            kind = "dot" if c == "." else "char"
-            i = _atom_end(pattern, i)
-        m = _QUANT.match(pattern, i)
-        if m is None:
-            stack[-1] = stack[-1] or inner
-            continue
-        q = m.group(0)
-        unbounded = q in "*+" or (m.group(2) == "," and not m.group(3))
-        repeats = unbounded or (q[0] == "{" and int(m.group(3) or m.group(1) or "0") > 1)
-        if kind == "dot" and unbounded:
-            return "unbounded '.' repetition; use a bounded gap such as .{0,80}"
-        if kind == "group" and inner and repeats:
-            return "a repeated group contains an unbounded quantifier"
-        stack[-1] = stack[-1] or unbounded or inner
-        i = m.end()
-        if pattern[i : i + 1] in ("?", "+"):  # lazy or possessive
-            i += 1
-    return None
-
-
-def _atom_end(pattern: str, i: int) -> int:
-    """End of the single-character atom at ``i``: an escape, a class or a character."""
-    if pattern[i] == "\\":
-        return i + 2
-    if pattern[i] != "[":
-        return i + 1
-    j, n = i + 1, len(pattern)
-    if pattern[j : j + 1] == "^":
-        j += 1
-    if pattern[j : j + 1] == "]":
-        j += 1
-    while j < n and pattern[j] != "]":
-        j += 2 if pattern[j] == "\\" else 1
-    return j + 1
+        return compile_pattern(pattern, ignore_case=True)
+    except PatternError as exc:
+        raise ConfigError(
+            file, key, f"not a valid RE2 pattern {pattern!r}: {exc} (docs/patterns.md)"
+        ) from None
 
 
 def _fallbacks(file: Path, raw: Any, categories: Mapping[str, Category]) -> dict[str, Fallback]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from check_support import make_conn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpguard.checks import Event
 from smtpguard.checks.client_host import HeloDns, SmtpPort, embeds_ip, generic_match
@@ -153,6 +156,27 @@ def test_allow_patterns_and_pattern_file_errors(tmp_path: Path) -> None:
         load_config(config)
     assert err.value.file == str(rules)
     assert err.value.key == "pattern[0].regex"
+    rules.write_text("allow = ['^mx[.]', '(?<!no)mail']\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert err.value.key == "allow[1]"
+    assert "lookbehind is not supported" in err.value.message
+
+
+#: ip_digits as it was written for Python's re, with a backreference RE2 does not have.
+_IP_DIGITS_BACKREF = re.compile(
+    r"(^|[^0-9])[0-9]{1,3}([.\-_])[0-9]{1,3}\2[0-9]{1,3}\2[0-9]{1,3}([^0-9]|$)"
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789.-_ab", max_size=20))
+def test_ip_digits_without_backreference_matches_as_before(
+    shipped: GenericPatterns, name: str
+) -> None:
+    """Differential: the shipped RE2 form agrees with the former backreference form."""
+    ip_digits = dict(shipped.patterns)["ip_digits"]
+    assert ip_digits.search(name) == (_IP_DIGITS_BACKREF.search(name) is not None), name
 
 
 # --- smtpport decisions --------------------------------------------------------------

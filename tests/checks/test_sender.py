@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 from check_support import ConfigFactory, ServicesFactory, make_conn
 
-from smtpguard.checks import Event, Services, Stage
+from smtpguard.checks import Event, Stage
 from smtpguard.checks.sender import SenderDeny, SenderSyntax
 from smtpguard.config import ConfigError
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit
-from support.fakes import FakeBlacklist, FakeDirectory
 
 
 def test_stages_and_replies() -> None:
@@ -72,7 +71,7 @@ def test_entries_are_sorted_by_kind(deny: SenderDeny) -> None:
     assert deny.addresses == {"bad@example.org"}
     assert deny.domains == {"spam.example"}
     assert deny.exact_domains == {"exact.example"}
-    assert [p.pattern for p in deny.patterns] == ["^promo[0-9]+@", r"\.invalid$"]
+    assert [p.source for p in deny.patterns] == ["^promo[0-9]+@", r"\.invalid$"]
 
 
 @pytest.mark.parametrize(
@@ -132,15 +131,23 @@ def test_empty_deny_list_passes_everyone(make_services: ServicesFactory) -> None
     assert check(make_conn(sender="anyone@anywhere.example"), Event()) is None
 
 
-def test_bad_pattern_names_the_key(make_config: ConfigFactory) -> None:
-    config = make_config(policy={"sender_deny": ["ok.example", "/[unclosed/"]})
-    services = Services(config=config, directory=FakeDirectory(), blacklist=FakeBlacklist())
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("/[unclosed/", "missing ]"),
+        ("/(?<!no)reply@/", "lookbehind"),
+        ("/(a)\\1@/", "backreferences"),
+    ],
+)
+def test_bad_pattern_is_refused_at_load_naming_the_entry(
+    make_config: ConfigFactory, entry: str, why: str
+) -> None:
     with pytest.raises(ConfigError) as info:
-        SenderDeny(services)
-    assert info.value.key == "policy.sender_deny"
-    assert info.value.file == str(config.file)
-    assert "bad pattern /[unclosed/" in info.value.message
-    assert str(info.value).startswith(f"{config.file}: policy.sender_deny: bad pattern")
+        make_config(policy={"sender_deny": ["ok.example", entry]})
+    assert info.value.key == "policy.sender_deny[1]"
+    assert info.value.file.endswith("smtpguard.toml")
+    assert f"not a valid RE2 pattern {entry[1:-1]!r}" in info.value.message
+    assert why in info.value.message
 
 
 def test_slashes_without_body_are_not_a_pattern(make_services: ServicesFactory) -> None:

@@ -5,22 +5,16 @@ from __future__ import annotations
 import itertools
 import re
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtpguard.config import ConfigError
-from smtpguard.scanners.rules import (
-    Rule,
-    RuleError,
-    RuleSet,
-    RulesResult,
-    _fold,
-    check_pattern,
-    required_literals,
-)
+from smtpguard.config import ConfigError, default_rules_dir
+from smtpguard.patterns import Pattern
+from smtpguard.scanners.rules import Rule, RuleError, RuleSet, RulesResult
 from support.daemons import GTUBE
 
 HAM = (
@@ -53,7 +47,7 @@ def one_rule(pattern: str, part: str = "body", *, score: float = 1.0, extra: str
 def ruleset(**patterns: tuple[str, str, float]) -> RuleSet:
     """Rules from keyword arguments: NAME=(part, pattern, score)."""
     return RuleSet(
-        [Rule(name, part, re.compile(p), score) for name, (part, p, score) in patterns.items()]
+        [Rule(name, part, Pattern(p), score) for name, (part, p, score) in patterns.items()]
     )
 
 
@@ -178,54 +172,59 @@ def test_invalid_utf8_does_not_break_matching() -> None:
 @pytest.mark.parametrize(
     ("pattern", "reason"),
     [
-        (r"(a+)+$", "nested repetition"),
-        (r"(?:\w+\s)*end", "nested repetition"),
-        (r"(x+x+)+y", "nested repetition"),
-        (r"(?:a|ab)+c", "alternation under an unbounded repetition"),
         (r"(a)\1", "backreferences"),
         (r"(?P<w>a)(?P=w)", "backreferences"),
         (r"(a)?(?(1)b|c)", "conditional groups"),
-        (r".*a.*b", "backtracking width"),
-        (r"a.{0,100}b.{0,100}c", "backtracking width"),
-        (r"(a+){3}", "backtracking width"),
-        (r"(?i)viagra", "use ignore_case"),
+        (r"(?=.{0,20}x)y", "lookahead"),
+        (r"(?<!un)subscribe", "lookbehind"),
+        (r"a++b", "possessive"),
+        (r"the end\Z", "\\z"),
     ],
 )
-def test_pathological_patterns_are_refused(pattern: str, reason: str) -> None:
-    refused = check_pattern(pattern)
-    assert refused is not None
-    assert reason in refused
+def test_patterns_re2_cannot_compile_are_refused(tmp_path: Path, pattern: str, reason: str) -> None:
+    path = write_rules(tmp_path, one_rule(pattern))
+    with pytest.raises(RuleError) as caught:
+        RuleSet.load(path)
+    assert caught.value.key == "rule[0] (R).pattern"
+    assert "not a valid RE2 pattern" in caught.value.message
+    assert reason in caught.value.message
 
 
 @pytest.mark.parametrize(
     "pattern",
     [
+        r"(a+)+$",
+        r"(?:\w+\s)*end",
+        r"(?:a|ab)+c",
+        r".*a.*b",
+        r"(?i)viagra",
         r"free.*money",
-        r"\bviagra\b",
-        r"a.{0,60}b.{0,60}c",
-        r"(?:\d{3}-)+\d{4}",  # fixed-width body under +
-        r"(?:viagra|cialis) (?:online|cheap)",
         r"[$€]\d[\d,.]{0,12}",
-        r"a++b",
-        r"(?=.{0,20}x)y",
+        r"\p{Han}{2}",
     ],
 )
-def test_ordinary_patterns_are_accepted(pattern: str) -> None:
-    assert check_pattern(pattern) is None
+def test_patterns_once_refused_as_backtracking_load_and_run_fast(
+    tmp_path: Path, pattern: str
+) -> None:
+    rules = RuleSet.load(write_rules(tmp_path, one_rule(pattern)))
+    hostile = b"\r\n\r\n" + b"a" * 4000 + b"!" + b"\r\n" + (b"a " * 2000) + b"\r\n"
+    start = time.perf_counter()
+    rules.scan_message(hostile)
+    assert time.perf_counter() - start < 0.05
 
 
 def test_refused_pattern_names_file_and_rule(tmp_path: Path) -> None:
     path = write_rules(
         tmp_path,
         one_rule(r"fine").replace('name = "R"', 'name = "OK1"')
-        + '[[rule]]\nname = "EVIL"\npart = "body"\npattern = \'(a+)+b\'\nscore = 1\n',
+        + '[[rule]]\nname = "EVIL"\npart = "body"\npattern = \'(a+)\\1b\'\nscore = 1\n',
     )
     with pytest.raises(RuleError) as caught:
         RuleSet.load(path)
     assert isinstance(caught.value, ConfigError)
     assert caught.value.file == str(path)
     assert caught.value.key == "rule[1] (EVIL).pattern"
-    assert "nested repetition" in str(caught.value)
+    assert "backreferences are not supported" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -239,7 +238,7 @@ def test_refused_pattern_names_file_and_rule(tmp_path: Path) -> None:
         (one_rule("x").replace("score = 1.0", "score = nan"), "rule[0] (R).score", "finite"),
         (one_rule("x").replace("score = 1.0\n", ""), "rule[0] (R).score", "missing"),
         (one_rule("x", extra="ignore_case = 1"), "rule[0] (R).ignore_case", "true or false"),
-        (one_rule("(unclosed"), "rule[0] (R).pattern", "not a valid regex"),
+        (one_rule("(unclosed"), "rule[0] (R).pattern", "not a valid RE2 pattern"),
         (one_rule(""), "rule[0] (R).pattern", "must not be empty"),
         (one_rule("a*"), "rule[0] (R).pattern", "empty string"),
         (one_rule("x") + one_rule("y"), "rule[1] (R).name", "duplicate"),
@@ -275,9 +274,9 @@ def test_ignore_case_is_per_rule(tmp_path: Path) -> None:
 
 
 TEN_MB_RULES = [
-    Rule("GT", "body", re.compile(re.escape(GTUBE.decode())), 1000),
-    Rule("SLOW", "body", re.compile(r"free.*money"), 1),
-    Rule("WORD", "body", re.compile(r"\bviagra\b", re.IGNORECASE), 1),
+    Rule("GT", "body", Pattern(re.escape(GTUBE.decode())), 1000),
+    Rule("SLOW", "body", Pattern(r"free.*money"), 1),
+    Rule("WORD", "body", Pattern(r"\bviagra\b", ignore_case=True), 1),
 ]
 
 
@@ -303,19 +302,17 @@ def test_ten_megabyte_single_line_is_handled_quickly() -> None:
     assert time.monotonic() - start < 5
 
 
-def test_hostile_ten_megabyte_line_is_cut_short_by_the_time_budget() -> None:
-    """[a-z]+\\d has no literal to pre-filter on and is quadratic on a run of letters
-    (tens of ms per 4 KiB segment, minutes for the line): the per-message budget ends it."""
+def test_hostile_ten_megabyte_line_is_scanned_in_linear_time() -> None:
+    """[a-z]+\\d has no literal to pre-filter on; with Python's re it was quadratic on a
+    run of letters (tens of ms per 4 KiB segment, minutes for the line). RE2 scans it."""
     rules = RuleSet(
-        [*TEN_MB_RULES, Rule("QUADRATIC", "body", re.compile(r"[a-z]+\d"), 1)],
+        [*TEN_MB_RULES, Rule("LETTERS_DIGIT", "body", Pattern(r"[a-z]+\d"), 1)],
         max_body_bytes=None,
-        time_budget=0.5,
+        time_budget=60,
     )
     elapsed, result = feed_as_milter(rules, b"a" * (10 * 1024 * 1024) + GTUBE)
-    assert isinstance(result, RulesResult)
-    assert not result.complete
-    assert "time budget" in result.detail
-    assert elapsed < 2, elapsed
+    assert result == RulesResult(1000, ("GT",))  # GTUBE's letters are capitals
+    assert elapsed < 5, elapsed
 
 
 def test_literal_prefilter_skips_rules_that_cannot_match() -> None:
@@ -336,14 +333,14 @@ def test_default_body_limit_bounds_the_work() -> None:
 
 
 def test_match_across_a_segment_cut_within_the_overlap() -> None:
-    rules = RuleSet([Rule("N", "body", re.compile("needle"), 1)], line_cap=100, overlap=20)
+    rules = RuleSet([Rule("N", "body", Pattern("needle"), 1)], line_cap=100, overlap=20)
     for position in range(70, 110):
         line = b"x" * position + b"needle" + b"x" * 300
         assert rules.scan_message(b"\r\n\r\n" + line).matched == ("N",), position
 
 
 def test_body_scan_stops_at_max_body_bytes() -> None:
-    rules = RuleSet([Rule("N", "body", re.compile("needle"), 1)], max_body_bytes=1000)
+    rules = RuleSet([Rule("N", "body", Pattern("needle"), 1)], max_body_bytes=1000)
     assert rules.scan_message(b"\r\n\r\n" + b"a\r\n" * 300 + b"needle\r\n").matched == ("N",)
     assert rules.scan_message(b"\r\n\r\n" + b"a\r\n" * 400 + b"needle\r\n").matched == ()
 
@@ -351,7 +348,7 @@ def test_body_scan_stops_at_max_body_bytes() -> None:
 def test_time_budget_stops_the_scan() -> None:
     ticks = itertools.count()
     rules = RuleSet(
-        [Rule("LATE", "body", re.compile("late"), 1)],
+        [Rule("LATE", "body", Pattern("late"), 1)],
         time_budget=10,
         clock=lambda: float(next(ticks)),  # one "second" per line searched
     )
@@ -383,41 +380,27 @@ def test_overlap_must_be_below_line_cap() -> None:
         RuleSet([], line_cap=100, overlap=100)
 
 
-# --- the literal pre-filter never hides a match ----------------------------------------
+# --- the shipped rules mean under RE2 what they meant under Python's re --------------
 
-ATOMS = ["a", "b", "k", "s", "i", "ab", "Sk", "[ab]", ".", r"\s", r"\b", "$", "^"]
-
-
-@st.composite
-def patterns(draw: st.DrawFn, depth: int = 0) -> str:
-    parts = []
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["atom", "atom", "group", "alt"] if depth < 2 else ["atom"]))
-        if kind == "atom":
-            part = draw(st.sampled_from(ATOMS))
-        elif kind == "group":
-            part = f"(?:{draw(patterns(depth + 1))})"
-        else:
-            part = f"(?:{draw(patterns(depth + 1))}|{draw(patterns(depth + 1))})"
-        parts.append(part + draw(st.sampled_from(["", "", "?", "*", "+", "{2}", "{1,3}"])))
-    return "".join(parts)
+SHIPPED_RULES = tomllib.loads((default_rules_dir() / "antispam.toml").read_text("utf-8"))["rule"]
+WORDS = [
+    "free", "money", "gift", "access", "won", "winner", "lottery", "jackpot", "prize of",
+    "the", "a", "our", "million", "dollars", "usd", "us", "ten", "one", "next of kin",
+    "act now", "order now and", "viagra", "cialis", "bitcoin", "btc", "wallet", "send",
+    "pay", "verify your account", "update your password", "suspend", "closed", "reply",
+    "to be removed from this list", "bulk", "junk", "X-Mailer:", "mass mail", "you've won",
+    "congratulations", "100% free", "$", "€", "12,000", "!", "1.5", "-", "_", ".", ",",
+]  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    pattern=patterns(),
-    ignore_case=st.booleans(),
-    text=st.text(alphabet="abkisABKIS \u017f\u212a\u0130\u0131-", max_size=30),
-)
-def test_required_literals_never_exclude_a_match(
-    pattern: str, ignore_case: bool, text: str
-) -> None:
-    try:
-        compiled = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-    except re.error:
-        return
-    needles = required_literals(compiled)
-    if needles is None or compiled.search(text) is None:
-        return
-    hay = _fold(text) if ignore_case else text
-    assert any(needle in hay for needle in needles), (pattern, needles, text)
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), max_size=14).map(" ".join), st.booleans())
+def test_shipped_rules_agree_with_python_re_on_ascii_text(line: str, upper: bool) -> None:
+    """Differential: on ASCII text (where RE2's ASCII \\b, \\w and \\d are Python's
+    too) every shipped rule matches exactly when Python's re did."""
+    text = line.upper() if upper else line
+    for rule in SHIPPED_RULES:
+        ignore_case = rule.get("ignore_case", False)
+        python = re.search(rule["pattern"], text, re.IGNORECASE if ignore_case else 0)
+        ours = Pattern(rule["pattern"], ignore_case=ignore_case).search(text)
+        assert ours == (python is not None), (rule["name"], text)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.config import ConfigError
+from smtpguard.config import is_deny_pattern
+from smtpguard.patterns import compile_pattern
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
@@ -32,8 +32,9 @@ class SenderDeny:
     """``host_denies_sender``: the site's static deny list.
 
     Entries: ``user@example.com`` (exact, case-insensitive), ``example.com`` (the domain
-    and its subdomains), ``@example.com`` (the domain only), ``/regex/`` (searched in the
-    lower-cased address, compiled once at load).
+    and its subdomains), ``@example.com`` (the domain only), ``/pattern/`` (RE2,
+    searched in the lower-cased address; the config loader has refused any that does
+    not compile).
     """
 
     name: ClassVar[str] = "sender_deny"
@@ -46,13 +47,8 @@ class SenderDeny:
         self.exact_domains: set[str] = set()
         patterns = []
         for entry in services.config.policy.sender_deny:
-            if len(entry) > 2 and entry.startswith("/") and entry.endswith("/"):
-                try:
-                    patterns.append(re.compile(entry[1:-1]))
-                except re.error as exc:
-                    raise ConfigError(
-                        services.config.file, "policy.sender_deny", f"bad pattern {entry}: {exc}"
-                    ) from None
+            if is_deny_pattern(entry):
+                patterns.append(compile_pattern(entry[1:-1]))
             elif entry.startswith("@"):
                 self.exact_domains.add(entry[1:].lower().rstrip("."))
             elif "@" in entry:
@@ -77,5 +73,5 @@ class SenderDeny:
                 return Hit("host_denies_sender", f"domain {'.'.join(labels[i:])} denied")
         for pattern in self.patterns:
             if pattern.search(address):
-                return Hit("host_denies_sender", f"pattern /{pattern.pattern}/")
+                return Hit("host_denies_sender", f"pattern /{pattern.source}/")
         return None

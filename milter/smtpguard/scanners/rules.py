@@ -1,11 +1,11 @@
-"""Built-in content rules: header and body regexes with scores (``rules/antispam.toml``).
+"""Built-in content rules: header and body patterns with scores (``rules/antispam.toml``).
 
 File format (TOML, one table per rule; unknown keys are refused)::
 
     [[rule]]
     name = "SUBJ_FREE_MONEY"          # unique; [A-Za-z0-9_.-], used in logs
     part = "header:Subject"           # "body", "header:NAME" or "header:*"
-    pattern = '\\bfree money\\b'       # Python re syntax, searched (not anchored)
+    pattern = '\\bfree money\\b'       # RE2 syntax (docs/patterns.md), searched
     score = 2.5                       # negative scores are allowed
     ignore_case = true                # optional, default false
     description = "Subject offers free money"
@@ -23,42 +23,33 @@ What a rule sees:
 Each rule counts at most once per message; the result is the sum of the scores of the
 rules that matched.
 
-Guards, because the rules are regexes run against mail written by strangers:
+Guards, because the rules run against mail written by strangers:
 
-* At load, a pattern is refused (with a :class:`RuleError` naming the file and the rule)
-  if it uses a backreference or a conditional group, nests one repetition inside another
-  where either is unbounded (``(a+)+``, ``(?:\\w+\\s)*``: exponential backtracking), repeats
-  an alternation without bound (``(?:a|ab)+``), or has a *backtracking width* above the
-  line cap. The width is the product of the variable widths of all repetitions, counting
-  an unbounded one (``*``, ``+``, ``{n,}``) as the line cap: so one ``.*`` is allowed,
-  two are not (measured: ``.*a.*b`` takes 20 s on one 4096-octet line), and bounded ones
-  like ``.{0,60}x.{0,60}`` fit. Global inline flags (``(?i)``) are refused too; use
-  ``ignore_case``.
+* Patterns are compiled with RE2 (:mod:`smtpguard.patterns`): matching is linear in
+  the length of the line whatever the pattern, so there is no backtracking to guard
+  against. A pattern RE2 cannot compile (backreferences, lookaround) is refused at
+  load with a :class:`RuleError` naming the file and the rule, and so is one that
+  matches the empty string (it would match every line).
 * Lines are searched in segments of at most ``line_cap`` characters (default 4096); a
   longer line is cut into overlapping segments (``overlap`` characters, default 256), so
-  a match longer than the overlap that straddles a cut can be missed. A 10 MB line
-  without a break costs ~0.3 s with the shipped rules (when not cut short by
-  ``max_body_bytes``).
+  a match longer than the overlap that straddles a cut can be missed.
 * At most ``max_body_bytes`` of the body are scanned (default 512 KiB; None = all).
 * A time budget per message (``time_budget`` seconds, default 1.0) stops the scan
-  between two line segments; the result then says ``complete=False``. One segment can
-  still take a while with a hostile line (``[a-z]+\\d`` on 4096 letters: ~0.2 s).
+  between two line segments; the result then says ``complete=False``.
 
-Performance: from each pattern the literals that any match must contain are derived
-(:func:`required_literals`); a rule is run on the lines of a block (a body chunk's
-complete lines) only if one of its literals occurs in the block. Ordinary mail then
-costs a few substring tests per chunk instead of a regex search per rule and line
-(measured with the shipped rules: ~70 us for a short message, ~6 ms for 100 KB of
-text; without the pre-filter ~28 ms).
+Performance: the rules of one part are searched together (RE2's FilteredRE2, see
+:class:`~smtpguard.patterns.PatternSet`): the literals each pattern requires are looked
+for in one pass over a whole block of body lines (a body chunk's complete lines), and
+only the rules whose literals occur there are run on its lines. Ordinary mail then
+costs one pass per chunk instead of a search per rule and line.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
@@ -66,6 +57,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from smtpguard.config import ConfigError, default_rules_dir, read_toml
+from smtpguard.patterns import Pattern, PatternError, PatternSet
 
 __all__ = [
     "DEFAULT_RULES_FILE",
@@ -74,8 +66,6 @@ __all__ = [
     "RuleScan",
     "RuleSet",
     "RulesResult",
-    "check_pattern",
-    "required_literals",
 ]
 
 DEFAULT_RULES_FILE: Final = "antispam.toml"
@@ -88,12 +78,6 @@ _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 _HEADER_NAME: Final = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 §3.6.8 ftext
 _KEYS: Final = frozenset({"name", "part", "pattern", "score", "ignore_case", "description"})
 _UNFOLD: Final = re.compile(r"\r?\n[ \t]*")
-
-# The regex parser behind re.compile. It is private (no stubs), so it is reached by name
-# and its opcodes are compared by name; if it ever moves, this import fails loudly.
-_re_parser: Any = importlib.import_module("re._parser")
-_MAXREPEAT: Final[int] = _re_parser.MAXREPEAT
-_REPEATS: Final = frozenset({"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"})
 _MISSING: Final = object()
 
 
@@ -106,7 +90,7 @@ class Rule:
     name: str
     #: ``"body"``, ``"header:*"`` or ``"header:<lower-cased name>"``.
     part: str
-    pattern: re.Pattern[str]
+    pattern: Pattern
     score: float
     description: str = ""
 
@@ -121,96 +105,10 @@ class RulesResult:
     detail: str = ""
 
 
-# --- pattern guard ---------------------------------------------------------------------
-
-
-def check_pattern(pattern: str, line_cap: int = DEFAULT_LINE_CAP) -> str | None:
-    """Why ``pattern`` is refused, or None when it is acceptable (see module doc).
-
-    Assumes the pattern compiles.
-    """
-    if re.match(r"\(\?[aiLmsux]+\)", pattern):
-        return "global inline flags like (?i) are not allowed; use ignore_case = true"
-    try:
-        width = _width(_re_parser.parse(pattern), line_cap, in_unbounded=False, in_repeat=False)
-    except _Refused as refused:
-        return str(refused)
-    if width > line_cap:
-        return (
-            f"backtracking width {_show(width)} exceeds the line cap {line_cap}: at most one"
-            " unbounded repetition (*, +, {n,}), and bounded ones of small width"
-        )
-    return None
-
-
-class _Refused(Exception):
-    pass
-
-
-def _show(width: float) -> str:
-    return "unbounded^2 or more" if math.isinf(width) else f"{width:.0f}"
-
-
-def _width(items: Iterable[Any], cap: int, *, in_unbounded: bool, in_repeat: bool) -> float:
-    """How many ways the repetitions in ``items`` can divide a line between them."""
-    total = 1.0
-    for op, av in items:
-        name = str(op)
-        if name in ("GROUPREF", "GROUPREF_EXISTS", "GROUPREF_IGNORE", "GROUPREF_LOC_IGNORE"):
-            raise _Refused("backreferences and conditional groups are not allowed")
-        if name == "SUBPATTERN":
-            total *= _width(av[3], cap, in_unbounded=in_unbounded, in_repeat=in_repeat)
-        elif name == "ATOMIC_GROUP":
-            total *= _width(av, cap, in_unbounded=in_unbounded, in_repeat=in_repeat)
-        elif name in ("ASSERT", "ASSERT_NOT"):
-            total *= _width(av[1], cap, in_unbounded=in_unbounded, in_repeat=in_repeat)
-        elif name == "BRANCH":
-            if in_unbounded:
-                raise _Refused(
-                    "an alternation under an unbounded repetition ((?:a|ab)+) can backtrack"
-                    " exponentially; use a character class or drop the repetition"
-                )
-            # Alternatives are tried one after the other at the same place: the ways
-            # to divide the line are those of the widest alternative.
-            total *= max(
-                _width(branch, cap, in_unbounded=in_unbounded, in_repeat=in_repeat)
-                for branch in av[1]
-            )
-        elif name in _REPEATS:
-            total *= _repeat_width(name, av, cap, in_unbounded=in_unbounded, in_repeat=in_repeat)
-    return total
-
-
-def _repeat_width(name: str, av: Any, cap: int, *, in_unbounded: bool, in_repeat: bool) -> float:
-    low, high, body = av
-    unbounded = high == _MAXREPEAT
-    variable = high != low
-    if variable and in_repeat and (unbounded or in_unbounded):
-        raise _Refused(
-            "nested repetition with an unbounded quantifier ((a+)+, (?:\\w+\\s)*) can"
-            " backtrack exponentially"
-        )
-    inner = _width(
-        body,
-        cap,
-        in_unbounded=in_unbounded or unbounded,
-        in_repeat=in_repeat or variable,
-    )
-    if name == "POSSESSIVE_REPEAT":
-        return inner  # never gives back what it took
-    if unbounded:
-        return float(cap) * inner  # inner > 1 was refused above
-    # Each of the (up to) ``high`` copies of a variable body divides its share again.
-    try:
-        return float(high - low + 1) * float(inner**high)
-    except OverflowError:
-        return math.inf
-
-
 # --- loading ---------------------------------------------------------------------------
 
 
-def _load_rules(path: Path, line_cap: int) -> list[Rule]:
+def _load_rules(path: Path) -> list[Rule]:
     raw = read_toml(path, RuleError)
     unknown = sorted(set(raw) - {"rule"})
     if unknown:
@@ -221,7 +119,7 @@ def _load_rules(path: Path, line_cap: int) -> list[Rule]:
     rules: list[Rule] = []
     names: set[str] = set()
     for index, entry in enumerate(entries):
-        rule = _rule(path, index, entry, line_cap)
+        rule = _rule(path, index, entry)
         if rule.name in names:
             raise RuleError(path, f"rule[{index}] ({rule.name}).name", "duplicate rule name")
         names.add(rule.name)
@@ -229,7 +127,7 @@ def _load_rules(path: Path, line_cap: int) -> list[Rule]:
     return rules
 
 
-def _rule(path: Path, index: int, entry: Any, line_cap: int) -> Rule:
+def _rule(path: Path, index: int, entry: Any) -> Rule:
     where = f"rule[{index}]"
     if not isinstance(entry, dict):
         raise RuleError(path, where, "expected a table")
@@ -269,12 +167,11 @@ def _rule(path: Path, index: int, entry: Any, line_cap: int) -> Rule:
     if not source:
         raise RuleError(path, f"{where}.pattern", "must not be empty")
     try:
-        compiled = re.compile(source, re.IGNORECASE if ignore_case else 0)
-    except re.error as exc:
-        raise RuleError(path, f"{where}.pattern", f"not a valid regex: {exc}") from None
-    refused = check_pattern(source, line_cap)
-    if refused:
-        raise RuleError(path, f"{where}.pattern", refused)
+        compiled = Pattern(source, ignore_case=ignore_case)
+    except PatternError as exc:
+        raise RuleError(
+            path, f"{where}.pattern", f"not a valid RE2 pattern: {exc} (docs/patterns.md)"
+        ) from None
     if compiled.search(""):
         raise RuleError(path, f"{where}.pattern", "matches the empty string, so every line")
     return Rule(name, part, compiled, score, description)
@@ -284,40 +181,23 @@ def _rule(path: Path, index: int, entry: Any, line_cap: int) -> Rule:
 
 
 class _Group:
-    """The rules of one part, each with the literals one of which any match contains."""
+    """The rules of one part, searched together (one pass finds the candidates)."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(rules)
         self.names = frozenset(rule.name for rule in rules)
-        self.needles = tuple(required_literals(rule.pattern) for rule in self.rules)
-        # Plain bools: RegexFlag arithmetic per rule per block costs more than the
-        # literal search it guards.
-        self.ignorecase = tuple(bool(rule.pattern.flags & re.IGNORECASE) for rule in self.rules)
-        self.folds = any(
-            needles is not None and fold
-            for needles, fold in zip(self.needles, self.ignorecase, strict=True)
-        )
-        # One flat list of (needle, case-folded?, rule index) and the rules without
-        # literals: a single loop over the needles finds the candidates, where a
-        # generator per rule cost more than the substring searches themselves.
-        self._needles = tuple(
-            (needle, fold, i)
-            for i, (needles, fold) in enumerate(zip(self.needles, self.ignorecase, strict=True))
-            if needles is not None
-            for needle in needles
-        )
-        self._always = frozenset(i for i, needles in enumerate(self.needles) if needles is None)
+        self.patterns = PatternSet([rule.pattern for rule in self.rules])
+
+    def matching(self, text: str) -> list[Rule]:
+        """The rules that match ``text``."""
+        rules = self.rules
+        return [rules[i] for i in self.patterns.search(text)]
 
     def candidates(self, text: str, matched: set[str]) -> list[Rule]:
         """The rules not yet matched that can match somewhere in ``text``, in order."""
-        folded = _fold(text) if self.folds else text
-        hits = {i for needle, fold, i in self._needles if needle in (folded if fold else text)}
-        if self._always:
-            hits |= self._always
-        if not hits:
-            return []
         rules = self.rules
-        return [rules[i] for i in sorted(hits) if rules[i].name not in matched]
+        found = self.patterns.candidates(text)
+        return [rules[i] for i in found if rules[i].name not in matched]
 
 
 class RuleSet:
@@ -370,7 +250,7 @@ class RuleSet:
         """
         file = Path(path) if path is not None else default_rules_dir() / DEFAULT_RULES_FILE
         return cls(
-            _load_rules(file, line_cap),
+            _load_rules(file),
             source=file,
             line_cap=line_cap,
             overlap=overlap,
@@ -430,10 +310,10 @@ class RuleScan:
             return
         text = _decode_header(_UNFOLD.sub(" ", value) if "\n" in value else value)
         if group is not None:
-            self._match(group.candidates(text, self._matched), text)
+            self._matched.update(rule.name for rule in group.matching(text))
         if self.rules.any_header is not None:
             field = f"{name}: {text}"
-            self._match(self.rules.any_header.candidates(field, self._matched), field)
+            self._matched.update(rule.name for rule in self.rules.any_header.matching(field))
         self._check_time()
 
     def end_of_headers(self) -> None:
@@ -530,67 +410,3 @@ def _decode_header(value: str) -> str:
         return str(make_header(decode_header(value)))
     except (HeaderParseError, LookupError, UnicodeError, ValueError):
         return value
-
-
-# Under IGNORECASE, Python's re also matches these to ASCII letters (found by trying
-# every code point); str.lower() alone would not map them.
-_FOLD_TABLE: Final = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
-
-
-def _fold(text: str) -> str:
-    # The table only maps non-ASCII characters; translate() costs a dict lookup each.
-    return text.lower() if text.isascii() else text.translate(_FOLD_TABLE).lower()
-
-
-def required_literals(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
-    """Strings one of which every match of ``pattern`` contains, or None if unknown.
-
-    Used as a pre-filter: a block of text that contains none of them cannot match, so
-    the regex is not run on its lines (a substring test runs at C speed; the shipped
-    body rules otherwise cost ~20 us per line). Derived from the parse tree, erring
-    towards None: literal runs, alternations whose every branch has literals,
-    repetitions of at least one. Case-insensitive rules yield lower-cased ASCII literals
-    to be found in :func:`_fold`-ed text; non-ASCII ones give None.
-    """
-    ignore_case = bool(pattern.flags & re.IGNORECASE)
-    found = _required(_re_parser.parse(pattern.pattern, pattern.flags), ignore_case)
-    return tuple(sorted(found)) if found else None
-
-
-def _required(items: Iterable[Any], ignore_case: bool) -> frozenset[str] | None:
-    best: frozenset[str] | None = None
-
-    def consider(candidate: frozenset[str] | None) -> None:
-        nonlocal best
-        if not candidate or not all(candidate):
-            return
-        if best is None or min(map(len, candidate)) > min(map(len, best)):
-            best = candidate
-
-    run: list[str] = []
-    for op, av in items:
-        name = str(op)
-        if name == "LITERAL":
-            run.append(chr(av))
-            continue
-        consider(frozenset({"".join(run)}) if run else None)
-        run = []
-        if name == "SUBPATTERN":
-            _, add_flags, del_flags, sub = av
-            if not add_flags and not del_flags:  # a flag change: give up on it
-                consider(_required(sub, ignore_case))
-        elif name == "ATOMIC_GROUP":
-            consider(_required(av, ignore_case))
-        elif name == "BRANCH":
-            branches = [_required(branch, ignore_case) for branch in av[1]]
-            if all(branches):
-                consider(frozenset().union(*(b for b in branches if b)))
-        elif name in _REPEATS and av[0] >= 1:
-            consider(_required(av[2], ignore_case))
-        # Anything else (classes, anchors, lookarounds, ...) requires no known literal.
-    consider(frozenset({"".join(run)}) if run else None)
-    if best is not None and ignore_case:
-        if not all(s.isascii() for s in best):
-            return None
-        best = frozenset(s.lower() for s in best)
-    return best
