@@ -27,3 +27,21 @@ make_venv() {
 }
 
 RUNTIME_APT=(python3 python3-venv python3-dev gcc libmilter-dev)
+
+# The system user the service drops to after opening its socket (milter.user in
+# conf/smtpguard.toml) and its state directory (directory.path and state.path).
+SERVICE_USER=smtpguard
+STATE_DIR=/var/lib/smtpguard
+
+# service_user: create the user if missing; it owns STATE_DIR and what is in it.
+service_user() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    if ! getent passwd "$SERVICE_USER" >/dev/null; then
+        $sudo useradd --system --home-dir "$STATE_DIR" --shell /usr/sbin/nologin "$SERVICE_USER"
+    fi
+    $sudo install -d -m 0750 -o "$SERVICE_USER" -g "$(id -gn "$SERVICE_USER")" "$STATE_DIR"
+    # Files written there as root (directory import, blacklist add) must be its own:
+    # the service runs as this user and check-config refuses files it cannot use.
+    $sudo chown -R "$SERVICE_USER:$(id -gn "$SERVICE_USER")" "$STATE_DIR"
+}

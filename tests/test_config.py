@@ -20,7 +20,8 @@ SAMPLE = ROOT / "conf" / "smtpguard.toml"
 
 def test_sample_config_loads_with_documented_defaults() -> None:
     config = load(SAMPLE)
-    assert config.milter.socket == "unix:/run/smtpguard/smtpguard.sock"
+    assert config.milter.socket == "unix:/var/spool/postfix/smtpguard/smtpguard.sock"
+    assert (config.milter.socket_group, config.milter.user) == ("auto", "smtpguard")
     assert config.site.local_domains == frozenset({"example.com"})
     assert ipaddress.ip_address("127.0.0.1") in config.site.trusted_networks[0]
     assert config.limits.max_hops == 30

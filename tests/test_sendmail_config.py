@@ -24,7 +24,7 @@ def test_readme_block_is_the_generator_output_for_the_sample_config() -> None:
 def test_sendmail_snippet() -> None:
     mc = sendmail_mc(load(SAMPLE))
     assert "F=T" in mc
-    assert "S=local:/run/smtpguard/smtpguard.sock" in mc
+    assert "S=local:/var/spool/postfix/smtpguard/smtpguard.sock" in mc
     assert "confMILTER_MACROS_CONNECT', ``j, _, v," in mc
 
 
