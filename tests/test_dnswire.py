@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +21,7 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from smtpguard.dns import Resolver, Status
+from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.dnswire import (
     Question,
     UdpTransport,
@@ -28,6 +29,7 @@ from smtpguard.dnswire import (
     negative_ttl,
     read_negative,
     read_reply,
+    to_answer,
 )
 from support.unbound import (
     BIG_TXT,
@@ -145,6 +147,55 @@ def test_truncated_answer_asks_for_tcp() -> None:
     reply = read_reply(r.to_wire(), q)
     assert reply is not None
     assert reply.truncated
+
+
+def nxdomain_wire(q: Question, authority: list[bytes], additional: list[bytes]) -> bytes:
+    header = struct.pack("!6H", q.qid, 0x8183, 1, 0, len(authority), len(additional))
+    return header + q.wire + b"".join(authority) + b"".join(additional)
+
+
+def soa_record(ttl: int, minimum: int = 60) -> bytes:
+    # Owner and names compressed against the question (offset 12).
+    rdata = b"\x02ns\xc0\x0c\x01h\xc0\x0c" + struct.pack("!5I", 1, 3600, 600, 86400, minimum)
+    return b"\xc0\x0c" + struct.pack("!HHIH", dns.rdatatype.SOA, 1, ttl, len(rdata)) + rdata
+
+
+OPT_RECORD = b"\x00" + struct.pack("!HHIH", dns.rdatatype.OPT, 1232, 0, 0)
+#: Where the data of a first authority record with a compressed owner starts.
+NS_AT = 12 + len(question().wire) + 2 + 10
+
+
+@pytest.mark.parametrize(
+    ("authority", "additional"),
+    [
+        ([soa_record(300)], [OPT_RECORD, OPT_RECORD]),  # two OPT records (RFC 6891 §6.1.1)
+        ([b"\xc0\x0c" + struct.pack("!HHIHH", dns.rdatatype.NS, 1, 300, 2, 0xC000 | NS_AT)], []),
+        ([OPT_RECORD], []),  # OPT outside the additional section
+    ],
+    ids=["two OPT", "pointer to itself", "OPT in authority"],
+)
+def test_what_dnspython_refuses_is_not_an_answer(
+    authority: list[bytes], additional: list[bytes]
+) -> None:
+    q = question()
+    wire = nxdomain_wire(q, authority, additional)
+    assert read_negative(wire, q) is None
+    assert read_reply(wire, q) is None
+
+
+@pytest.mark.parametrize(
+    ("authority", "ttl"),
+    [
+        ([soa_record(300)], 60),
+        ([soa_record(300), soa_record(30)], 30),  # one RRset: the smaller TTL (RFC 2181 §5.2)
+        ([soa_record(0x80000000)], 0),  # the top bit set: 0 (RFC 2181 §8)
+    ],
+)
+def test_negative_ttl_is_dnspythons(authority: list[bytes], ttl: int) -> None:
+    q = question()
+    reply = read_reply(nxdomain_wire(q, authority, [OPT_RECORD]), q)
+    assert reply is not None
+    assert to_answer("x", "A", reply) == Answer("x", "A", Status.NXDOMAIN, ttl=ttl)
 
 
 # --- the UDP transport against a real server ----------------------------------------

@@ -119,14 +119,16 @@ def read_negative(data: bytes, question: Question) -> Reply | None:
 
     Most answers a milter gets are negative (clients not listed in DNSBLs), and
     parsing them with dnspython costs more CPU than all the rest of a lookup. Only the
-    plainest form is read here: our id, QR set, opcode QUERY, not truncated, RCODE
-    NOERROR or NXDOMAIN, our question echoed byte for byte, no answer records, and
-    well-formed authority and additional sections (the SOA gives the RFC 2308 TTL;
-    an OPT record must carry no extended RCODE). Anything else: None, and
+    plainest form is read here, and only when dnspython would read the same: our id,
+    QR set, opcode QUERY, not truncated, RCODE NOERROR or NXDOMAIN, our question
+    echoed byte for byte, no answer records, at most one authority record, an SOA of
+    class IN (it gives the RFC 2308 TTL), and at most one additional record, an OPT
+    with the root as owner, no options and no extended RCODE. Anything else: None, and
     :func:`read_reply` parses the message in full.
     """
     size = len(question.wire)
-    if len(data) < 12 + size:
+    end = len(data)
+    if end < 12 + size:
         return None
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qid != question.qid or flags & (_QR | _OPCODE | _TC) != _QR:
@@ -134,46 +136,90 @@ def read_negative(data: bytes, question: Question) -> Reply | None:
     rcode = flags & 0xF
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or qdcount != 1 or ancount:
         return None
-    if data[12 : 12 + size] != question.wire:
+    if nscount > 1 or arcount > 1 or data[12 : 12 + size] != question.wire:
         return None
-    offset, ttl = 12 + size, None
-    for index in range(nscount + arcount):
-        next_offset = _skip_name(data, offset)
-        if next_offset is None or next_offset + _RR.size > len(data):
+    offset, ttl = 12 + size, 0.0
+    if nscount:
+        soa = _read_soa(data, offset, end)
+        if soa is None:
             return None
-        rtype, _rclass, rr_ttl, rdlength = _RR.unpack_from(data, next_offset)
-        rdata = next_offset + _RR.size
-        end = rdata + rdlength
-        if end > len(data):
+        offset, ttl = soa
+    if arcount:
+        if data[offset : offset + 1] != b"\x00" or offset + 1 + _RR.size > end:
             return None
-        if index < nscount and rtype == dns.rdatatype.SOA and ttl is None:
-            names_end = _skip_name(data, rdata)
-            names_end = _skip_name(data, names_end) if names_end is not None else None
-            if names_end is None or names_end + 20 != end:
+        rtype, _payload, rr_ttl, rdlength = _RR.unpack_from(data, offset + 1)
+        # An extended RCODE (RFC 6891 §6.1.3) is not NOERROR or NXDOMAIN.
+        if rtype != dns.rdatatype.OPT or rr_ttl >> 24 or rdlength:
+            return None
+        offset += 1 + _RR.size
+    if offset != end:
+        return None
+    return Reply(rcode, negative_ttl=ttl)
+
+
+def _read_soa(data: bytes, offset: int, end: int) -> tuple[int, float] | None:
+    """(offset after it, RFC 2308 negative TTL) for the SOA record of class IN at
+    ``offset``; None for any other record or a malformed one. A TTL or SOA time with
+    the top bit set (RFC 2181 §8) is left to dnspython too: how it reads them has
+    changed between versions."""
+    owner_end = _name_end(data, offset, end)
+    if owner_end is None or owner_end + _RR.size > end:
+        return None
+    rtype, rclass, rr_ttl, rdlength = _RR.unpack_from(data, owner_end)
+    rdata = owner_end + _RR.size
+    rdata_end = rdata + rdlength
+    if rtype != dns.rdatatype.SOA or rclass != dns.rdataclass.IN or rdata_end > end:
+        return None
+    mname_end = _name_end(data, rdata, rdata_end)
+    rname_end = _name_end(data, mname_end, rdata_end) if mname_end is not None else None
+    if rname_end is None or rname_end + _SOA_NUMBERS.size != rdata_end:
+        return None
+    _serial, *times = _SOA_NUMBERS.unpack_from(data, rname_end)
+    if max(rr_ttl, *times) > _MAX_TTL:
+        return None
+    minimum = times[-1]
+    return rdata_end, float(min(rr_ttl, minimum))
+
+
+def _name_end(data: bytes, offset: int, limit: int) -> int | None:
+    """The offset after the (possibly compressed, RFC 1035 §4.1.4) name at ``offset``,
+    which must end before ``limit``; None where dnspython would refuse it: a reserved
+    label type, a pointer that does not point before the part of the name read so far,
+    more than 16 pointers, a name over 255 octets."""
+    after = None
+    segment = lowest = offset
+    length = hops = 0
+    while offset < limit:
+        count = data[offset]
+        if count == 0:
+            return (offset + 1 if after is None else after) if length < 255 else None
+        if count < 64:
+            offset += 1 + count
+            length += 1 + count
+            if offset > limit:
                 return None
-            (minimum,) = struct.unpack_from("!I", data, names_end + 16)
-            ttl = float(min(rr_ttl, minimum))
-        if rtype == dns.rdatatype.OPT and rr_ttl >> 24:
-            return None  # an extended RCODE (RFC 6891 §6.1.3): not NOERROR/NXDOMAIN
-        offset = end
-    if offset != len(data):
-        return None
-    return Reply(rcode, negative_ttl=ttl or 0.0)
-
-
-def _skip_name(data: bytes, offset: int) -> int | None:
-    """The offset after the (possibly compressed, RFC 1035 §4.1.4) name at
-    ``offset``; None if it runs past the data or uses a reserved label type."""
-    while offset < len(data):
-        length = data[offset]
-        if length == 0:
-            return offset + 1
-        if length & 0xC0 == 0xC0:
-            return offset + 2 if offset + 2 <= len(data) else None
-        if length & 0xC0:
+        elif count >= 0xC0:
+            if offset + 2 > limit:
+                return None
+            target = (count & 0x3F) << 8 | data[offset + 1]
+            if after is None:
+                after = offset + 2
+            hops += 1
+            if target >= lowest or hops > _MAX_POINTERS:
+                return None
+            # What a pointer leads to must end where the part already read begins.
+            limit, segment = segment, target
+            lowest = offset = target
+        else:
             return None
-        offset += 1 + length
     return None
+
+
+_SOA_NUMBERS = struct.Struct("!5I")
+#: The largest TTL (RFC 2181 §8).
+_MAX_TTL = 0x7FFFFFFF
+#: dnspython follows at most this many compression pointers in one name.
+_MAX_POINTERS = 16
 
 
 class _Socket(asyncio.DatagramProtocol):
