@@ -314,3 +314,43 @@ def test_auto_group_missing_leaves_the_group_and_says_so(
     assert caplog.messages == [
         f"no group no-such-group-here on this host: socket left with group {name}"
     ]
+
+
+@pytest.mark.skipif(POSTFIX_GID is None, reason="no group postfix on this host")
+def test_auto_group_we_may_not_give_is_left_when_not_root(open_dir: Path) -> None:
+    """Not root and not in group postfix (a service started as its own user): the socket
+    keeps the service's group, and the log says why, instead of failing to start."""
+    nobody = pwd.getpwnam("nobody")
+    shutil.chown(open_dir, "nobody")
+    path = open_dir / "s.sock"
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody; what it saw goes back through the pipe
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            records: list[str] = []
+            handler = logging.Handler()
+            handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+            logging.getLogger("smtpguard").addHandler(handler)
+            logging.getLogger("smtpguard").setLevel(logging.INFO)
+            stale_socket(path)
+            secure_unix(path, 0o660, resolve(MilterConfig(socket_group="auto")))
+            info = path.stat()
+            os.write(writer, f"{info.st_gid} {stat.S_IMODE(info.st_mode):o}\n".encode())
+            os.write(writer, "\n".join(records).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as source:
+        gid_mode, *messages = source.read().splitlines()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert gid_mode == f"{nobody.pw_gid} 660"
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    assert messages == [
+        f"cannot give {path} to group postfix (not root): socket left with group {group}"
+    ]
