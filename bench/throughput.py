@@ -88,7 +88,8 @@ LABELS = {
     "rspamd": "(d) rspamd proxy",
     "smtpguard_inet": "(c') smtpguard inet",
 }
-#: Targets from issue 8 (2-core machine).
+#: Targets for a 2-core machine (bench/README.md, "Targets, and why the missed ones are
+#: missed").
 TARGET_C_B = 0.90
 TARGET_C_D = 2.0
 TARGET_DIRECT_RATIO = 0.8

@@ -32,7 +32,7 @@ def _reap_services() -> Iterator[None]:
     reap_stopping()
 
 
-# --- DNS (issue 5): one unbound on loopback for the whole test session ---------------
+# --- DNS: one unbound on loopback for the whole test session (docs/testing.md) -----
 # (Imported here, not at the top: this section was appended to a shared file.)
 
 from support.unbound import DnsServer, unbound_server  # noqa: E402

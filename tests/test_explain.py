@@ -1,4 +1,4 @@
-"""``smtpguard explain`` (issue 7): real reply lines of many servers, our own table, the
+"""``smtpguard explain``: real reply lines of many servers, our own table, the
 RFC 3463 fallback, output formats, hostile input and load-time validation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""End to end through a live Sendmail 8.17 with smtpguard attached (issue 6, part 5).
+"""End to end through a live Sendmail 8.17 with smtpguard attached (Sendmail support).
 
 A raw SMTP client (``support/smtp.py``) talks to a throwaway Sendmail
 (``support/sendmail.py``) whose milter lines are the Sendmail block of ``README.md``
@@ -1270,8 +1270,8 @@ def test_bare_snippet_replies_are_ascii(bare_mta: Sendmail, guard: Running) -> N
 
 
 def test_bare_snippet_keeps_a_real_client_in_step(bare_mta: Sendmail) -> None:
-    """The session of the issue: smtplib after rcpt_limit (compare
-    test_utf8_towards_sendmail_desynchronizes_a_real_client)."""
+    """The session that fell out of step with UTF-8 replies: smtplib after rcpt_limit
+    (compare test_utf8_towards_sendmail_desynchronizes_a_real_client)."""
     assert rcpt_limit_with_smtplib(bare_mta) == [
         (451, b"4.5.3 out of allow RCPT numbers."),
         (250, b"2.0.0 OK"),

@@ -1,4 +1,4 @@
-"""The spec's reply table, written out independently of rules/replies.toml.
+"""The reply table of docs/replies.md, written out independently of rules/replies.toml.
 
 Tests compare what a client receives with these literals, so a wrong edit of the
 shipped table fails a test instead of redefining "correct".
@@ -6,7 +6,7 @@ shipped table fails a test instead of redefining "correct".
 
 from __future__ import annotations
 
-# id: (code, xcode, en, zh) from ../shared/spec/replies.md
+# id: (code, xcode, en, zh), as docs/replies.md documents them
 SPEC: dict[str, tuple[str, str, str, str]] = {
     "queue_unavailable": ("450", "4.3.2", "queue unavailable.", "队列忙"),
     "rbl_deny": ("554", "5.7.1", "rbl deny.", "拒绝 RBL 中的邮件服务器"),

@@ -3,8 +3,7 @@
 Debian's ``sendmail-bin`` conflicts with ``postfix``, so nothing is installed: the
 packages are fetched with ``apt-get download`` (once; kept in :data:`CACHE_DIR`),
 unpacked with ``dpkg -x`` into a private root and run from there
-(``../shared/spec/harness-facts.md``, "A live Sendmail beside Postfix"). Traps handled
-here:
+(``docs/testing.md``, "Sendmail, unpacked privately"). Traps handled here:
 
 * the binary is setgid ``mail``, and a setgid binary ignores
   ``LD_LIBRARY_PATH``: the private copy gets ``chmod g-s``;
