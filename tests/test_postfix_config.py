@@ -27,6 +27,7 @@ from smtpguard.postfix import (
     split_list,
 )
 from smtpguard.replies import load_replies
+from support.contrib import outputs
 from support.service import make_site
 
 #: What ``postconf -x`` prints for a stock Debian 12 "Internet Site" instance.
@@ -270,3 +271,11 @@ def test_script_and_fragment_carry_the_same_settings(tmp_path: Path) -> None:
         assert f"# {change.reason}" in script
     assert "postconf -e 'smtpd_milters = " in script  # the system instance: no -c
     assert "cat > /etc/postfix/smtpguard_footers.regexp <<'SMTPGUARD_EOF'" in script
+
+
+@pytest.mark.integration
+def test_contrib_and_readme_are_the_generator_output() -> None:
+    """contrib/postfix/ and the README's example show what postfix-config prints for
+    the sample config on a stock Debian 12 Postfix (read with the real postconf)."""
+    for path, text in outputs().items():
+        assert path.read_text() == text, f"{path} is stale: see tests/support/contrib.py"
