@@ -26,7 +26,7 @@ from smtpguard.postfix import (
     shell_script,
 )
 from smtpguard.postfix import plan as postfix_plan
-from smtpguard.probes import backend_problems, file_problems
+from smtpguard.probes import backend_problems, file_problems, user_problems
 from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.sendmail import sendmail_mc
 from smtpguard.simulate import Envelope, simulate
@@ -55,11 +55,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = unix_path(config.milter.socket)
     if path is not None:
         claim_unix(path, remove_stale=False)
-    problems = file_problems(config, become=drop_privileges)
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
+    missing = user_problems(config)
+    for problem in missing:
+        print(problem, file=sys.stderr)
+    if missing:
         return 2
+    # Named, not fatal: what mail sees when a store fails is each check's on_temp_error.
+    for problem in file_problems(config, become=drop_privileges):
+        logging.getLogger("smtpguard").error("%s", problem)
     gate = new_gate(config)
     prometheus = PrometheusMetrics(lambda: gate.active) if config.metrics.enabled else None
     runtime = build_runtime(config, metrics=prometheus)
@@ -98,7 +101,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    problems = file_problems(config, become=drop_privileges)
+    problems = user_problems(config) + file_problems(config, become=drop_privileges)
     # A directory file already reported is left out, so the rest still gets checked.
     unreadable = any(p.key == "directory.path" for p in problems)
     try:

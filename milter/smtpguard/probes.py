@@ -3,12 +3,13 @@
 Every problem is a :class:`~smtpguard.config.ConfigError`, printed as
 ``FILE: dotted.key: problem`` like a load error.
 
-* :func:`file_problems`: that ``milter.user`` exists, and the SQLite files
-  (``directory.path`` must be readable, ``state.path`` readable and writable, or
-  creatable) and the files a reload reads, checked as the user the service runs as.
-  When started as root with ``milter.user`` set, the checks run in a child process
-  that has become that user: a check made as root would pass for files the service
-  cannot open, and a file SQLite created for it would belong to root.
+* :func:`user_problems`: ``milter.user`` exists.
+* :func:`file_problems`: the SQLite files (``directory.path`` must be readable,
+  ``state.path`` readable and writable, or creatable) and the files a reload reads,
+  checked as the user the service runs as. When started as root with ``milter.user``
+  set, the checks run in a child process that has become that user: a check made as
+  root would pass for files the service cannot open, and a file SQLite created for it
+  would belong to root.
 * :func:`backend_problems`: one harmless request to each configured network backend
   (clamd ``PING``, rspamd ``GET /ping``, Redis ``PING``, one DNS query per nameserver),
   with the configured timeouts, through the clients the checks use.
@@ -47,24 +48,33 @@ DNS_PROBE = (".", "NS")
 Problem = tuple[str, str]
 
 
-def file_problems(config: Config, become: Callable[[str], None] | None = None) -> list[ConfigError]:
-    """Problems with ``milter.user`` and the files the service opens, as that user.
+def user_problems(config: Config) -> list[ConfigError]:
+    """``milter.user`` must exist. Checked here, not at load: the sample config names
+    the user scripts/start.sh creates, and must load on any host."""
+    user = config.milter.user
+    try:
+        if user:
+            pwd.getpwnam(user)
+    except KeyError:
+        return [ConfigError(config.file, "milter.user", f"no such user on this system: {user!r}")]
+    return []
 
-    ``become`` switches the child process to ``milter.user`` (the service's
+
+def file_problems(config: Config, become: Callable[[str], None] | None = None) -> list[ConfigError]:
+    """Problems with the files the service opens, as ``milter.user`` if it exists.
+
+    ``become`` switches the child process to that user (the service's
     ``drop_privileges``); without it, or when no switch is needed, the checks run here.
     """
     user = config.milter.user
-    found: list[Problem] = []
     try:
-        uid = pwd.getpwnam(user).pw_uid if user else None
+        uid = pwd.getpwnam(user).pw_uid if user else 0
     except KeyError:
-        # Checked here, not at load: the sample names a user only start.sh creates.
-        found.append(("milter.user", f"no such user on this system: {user!r}"))
-        uid = None
-    if become is not None and uid and os.geteuid() == 0:
-        found += _in_child(lambda: become(user), lambda: _files(config))
+        uid = 0  # user_problems names it
+    if become is not None and uid != 0 and os.geteuid() == 0:
+        found = _in_child(lambda: become(user), lambda: _files(config))
     else:
-        found += _files(config)
+        found = _files(config)
     return [ConfigError(config.file, key, message) for key, message in found]
 
 
