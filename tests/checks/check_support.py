@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from smtpguard.address import Address, AddressError, parse_path
-from smtpguard.checks import Event, Services
+from smtpguard.checks import Event, Observing, Services, Stage
 from smtpguard.config import Config, load_config
+from smtpguard.message import MessageState
 from smtpguard.session import MTA, Connection, Transaction
 from support.service import dump_toml
 
@@ -120,3 +121,56 @@ def rcpt(raw: str, *, smtputf8: bool = False) -> Event:
     except AddressError:
         address = None
     return Event(rcpt=address, rcpt_raw=path)
+
+
+# --- message content, as the pipeline hands it over ---------------------------------
+
+
+def with_message(conn: Connection, *, track_mime: bool = True) -> Connection:
+    """Give the transaction the message model the pipeline builds when content starts."""
+    assert conn.txn is not None
+    conn.txn.message = MessageState(track_mime=track_mime, max_mime_depth=20)
+    return conn
+
+
+def header(conn: Connection, name: str, value: str) -> Event:
+    """The HEADER event, with the header counted into the message model first (the
+    pipeline does that before the checks of the stage run)."""
+    message = _message(conn)
+    message.add_header(name, value)
+    return Event(header=(name, value))
+
+
+def end_of_headers(conn: Connection) -> Event:
+    _message(conn).end_of_headers()
+    return Event()
+
+
+def body(conn: Connection, chunk: bytes) -> Event:
+    _message(conn).feed_body(chunk)
+    return Event(chunk=chunk)
+
+
+def end_of_message(conn: Connection) -> Event:
+    _message(conn).close()
+    return Event()
+
+
+def _message(conn: Connection) -> MessageState:
+    assert conn.txn is not None
+    assert conn.txn.message is not None, "call with_message(conn) first"
+    return conn.txn.message
+
+
+def stream_message(
+    check: Observing, conn: Connection, headers: Iterable[tuple[str, str]], chunks: Iterable[bytes]
+) -> None:
+    """Feed an observing check a message the way the pipeline does: every header, the
+    end of the headers, every body chunk (and the message model alongside)."""
+    with_message(conn)
+    for name, value in headers:
+        check.observe(Stage.HEADER, conn, header(conn, name, value))
+    check.observe(Stage.EOH, conn, end_of_headers(conn))
+    for chunk in chunks:
+        check.observe(Stage.BODY, conn, body(conn, chunk))
+    check.observe(Stage.EOM, conn, end_of_message(conn))

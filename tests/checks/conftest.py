@@ -15,7 +15,15 @@ from check_support import ConfigFactory, ServicesFactory, write_config
 
 from smtpguard.checks import Services
 from smtpguard.config import Config
-from support.fakes import FakeBlacklist, FakeDirectory
+from support.fakes import (
+    FakeBlacklist,
+    FakeCounter,
+    FakeDirectory,
+    FakeRules,
+    FakeSpamEngine,
+    FakeVirusScanner,
+    fake_scanners,
+)
 
 
 @pytest.fixture
@@ -39,12 +47,45 @@ def blacklist() -> FakeBlacklist:
 
 
 @pytest.fixture
+def counter() -> FakeCounter:
+    return FakeCounter()
+
+
+@pytest.fixture
+def virus_scanner() -> FakeVirusScanner:
+    return FakeVirusScanner()
+
+
+@pytest.fixture
+def rules() -> FakeRules:
+    return FakeRules()
+
+
+@pytest.fixture
+def spam_engine() -> FakeSpamEngine:
+    return FakeSpamEngine()
+
+
+@pytest.fixture
 def make_services(
-    make_config: ConfigFactory, directory: FakeDirectory, blacklist: FakeBlacklist
+    make_config: ConfigFactory,
+    directory: FakeDirectory,
+    blacklist: FakeBlacklist,
+    counter: FakeCounter,
+    virus_scanner: FakeVirusScanner,
+    rules: FakeRules,
+    spam_engine: FakeSpamEngine,
 ) -> ServicesFactory:
-    """Services over the ``directory`` and ``blacklist`` fakes of the test."""
+    """Services over the fakes of the test: directory, blacklist, same-size counter and
+    every scanner (see support.fakes)."""
 
     def build(**sections: Mapping[str, Any]) -> Services:
-        return Services(config=make_config(**sections), directory=directory, blacklist=blacklist)
+        return Services(
+            config=make_config(**sections),
+            directory=directory,
+            blacklist=blacklist,
+            counter=counter,
+            scanners=fake_scanners(virus_scanner, rules, spam_engine),
+        )
 
     return build

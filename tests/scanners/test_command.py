@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.scanners import MessageSpool, ScanStatus
-from smtpguard.scanners.command import run_command
+from smtpguard.scanners.command import CommandScan, run_command
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -206,3 +206,48 @@ def test_clamdscan_works_as_a_hook(clamd: Clamd) -> None:
     assert run_command(argv, MESSAGE, timeout=30).status is ScanStatus.CLEAN
     missing = [clamdscan, "--config-file", os.devnull, "--no-summary", "-"]
     assert run_command(missing, MESSAGE, timeout=30).status is ScanStatus.ERROR
+
+
+# --- CommandScan: the hook as a stream ------------------------------------------------
+
+
+def feed(scan: CommandScan) -> None:
+    scan.feed_header("From", "a@example.org")
+    scan.feed_header("Subject", "hi")
+    scan.end_of_headers()
+    scan.feed(b"hello\r\n")
+
+
+def test_command_scan_spools_the_message_and_runs_once(tmp_path: Path) -> None:
+    copy = tmp_path / "seen.eml"
+    runs = tmp_path / "runs"
+    argv = script(
+        tmp_path,
+        f"open({str(runs)!r}, 'a').write('x')\n"
+        f"open({str(copy)!r}, 'wb').write(sys.stdin.buffer.read())",
+    )
+    scan = CommandScan(argv, timeout=10, max_bytes=1000)
+    feed(scan)
+    result = scan.finish()
+    assert result.status is ScanStatus.CLEAN
+    assert scan.finish() is result
+    assert copy.read_bytes() == MESSAGE
+    assert runs.read_text() == "x"
+    scan.close()
+
+
+def test_command_scan_infected(tmp_path: Path) -> None:
+    argv = script(tmp_path, "sys.stdin.buffer.read(); print('Eicar FOUND'); sys.exit(1)")
+    scan = CommandScan(argv, timeout=10, max_bytes=1000)
+    feed(scan)
+    assert scan.finish().virus == "Eicar"
+
+
+def test_command_scan_of_a_truncated_message_is_a_size_limit(tmp_path: Path) -> None:
+    argv = script(tmp_path, "sys.stdin.buffer.read()")
+    scan = CommandScan(argv, timeout=10, max_bytes=20)
+    feed(scan)
+    result = scan.finish()
+    assert result.status is ScanStatus.SIZE_LIMIT
+    assert result.scanned == 20
+    assert "max_bytes=20" in result.detail

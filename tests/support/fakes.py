@@ -1,14 +1,36 @@
 """Backends passed into checks and the pipeline in unit tests: they answer from sets
-and dicts, record their calls and raise the backend's own error on demand."""
+and dicts, record their calls and raise the backend's own error on demand.
+
+The scanner fakes (:class:`FakeVirusScanner`, :class:`FakeRules`,
+:class:`FakeSpamEngine`) go into ``Services.scanners`` through :func:`fake_scanners`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
+from smtpguard.config import AntispamConfig, VirusConfig
+from smtpguard.counters import CounterError
 from smtpguard.directory import DirectoryError, Kind, Login, Recipient
+from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus, SpamResult, SpamStatus
+from smtpguard.scanners.backends import ScannerFactory
+from smtpguard.scanners.rules import RulesResult
 from smtpguard.state import StateError
 
-__all__ = ["FakeBlacklist", "FakeDirectory"]
+__all__ = [
+    "FakeBlacklist",
+    "FakeCounter",
+    "FakeDirectory",
+    "FakeRuleScan",
+    "FakeRules",
+    "FakeSpamEngine",
+    "FakeVirusScanner",
+    "FakeVirusStream",
+    "fake_scanners",
+]
 
 
 @dataclass
@@ -63,3 +85,163 @@ class FakeBlacklist:
             if candidate in self.entries:
                 return candidate
         return None
+
+
+@dataclass
+class FakeCounter:
+    """Same-size counters that count per key (sizes ignored); ``failing`` raises."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    failing: bool = False
+    calls: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def _enter(self, method: str, key: str, size: int) -> None:
+        self.calls.append((method, key, size))
+        if self.failing:
+            raise CounterError("redis unreachable: connection refused")
+
+    def hit(self, key: str, size: int) -> int:
+        self._enter("hit", key, size)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return self.counts[key]
+
+    def peek(self, key: str, size: int) -> int:
+        self._enter("peek", key, size)
+        return self.counts.get(key, 0)
+
+
+# --- scanners -------------------------------------------------------------------------
+
+
+@dataclass
+class FakeVirusStream:
+    """One transaction's scan: records what it is fed, answers ``result``."""
+
+    result: ScanResult
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    ends_of_headers: int = 0
+    body: bytearray = field(default_factory=bytearray)
+    finished: int = 0
+    closed: bool = False
+
+    def feed_header(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+
+    def end_of_headers(self) -> None:
+        self.ends_of_headers += 1
+
+    def feed(self, chunk: bytes) -> None:
+        self.body += chunk
+
+    def finish(self) -> ScanResult:
+        self.finished += 1
+        return self.result
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeVirusScanner:
+    """The ``virus`` factory: a new :class:`FakeVirusStream` per transaction."""
+
+    result: ScanResult = field(default_factory=lambda: ScanResult(ScanStatus.CLEAN))
+    streams: list[FakeVirusStream] = field(default_factory=list)
+    configs: list[VirusConfig] = field(default_factory=list)
+
+    def __call__(self, config: VirusConfig) -> FakeVirusStream:
+        self.configs.append(config)
+        stream = FakeVirusStream(self.result)
+        self.streams.append(stream)
+        return stream
+
+
+@dataclass
+class FakeRuleScan:
+    """One message through :class:`FakeRules`: records it, answers the rules' result."""
+
+    result: RulesResult
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+
+    def feed_header(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+
+    def end_of_headers(self) -> None:
+        pass
+
+    def feed(self, chunk: bytes) -> None:
+        self.body += chunk
+
+    def finish(self) -> RulesResult:
+        return self.result
+
+
+@dataclass
+class FakeRules:
+    """The ``rules`` factory and the rule set it loads: every message gets ``result``."""
+
+    result: RulesResult = field(default_factory=lambda: RulesResult(0.0, ()))
+    paths: list[Path] = field(default_factory=list)
+    scans: list[FakeRuleScan] = field(default_factory=list)
+
+    def __call__(self, path: Path) -> FakeRules:
+        self.paths.append(path)
+        return self
+
+    def scanner(self) -> FakeRuleScan:
+        scan = FakeRuleScan(self.result)
+        self.scans.append(scan)
+        return scan
+
+
+@dataclass
+class FakeSpamEngine:
+    """The ``spam_engine`` factory and the engine: answers ``result``, records each
+    message (as the octets it would send) and its envelope."""
+
+    result: SpamResult = field(default_factory=lambda: SpamResult(SpamStatus.OK, 0.0, "no action"))
+    configs: list[AntispamConfig] = field(default_factory=list)
+    calls: list[tuple[bytes, dict[str, object]]] = field(default_factory=list)
+
+    def __call__(self, config: AntispamConfig) -> FakeSpamEngine:
+        self.configs.append(config)
+        return self
+
+    def check(
+        self,
+        message: MessageSpool | IO[bytes] | bytes,
+        *,
+        ip: str | None = None,
+        helo: str | None = None,
+        hostname: str | None = None,
+        sender: str | None = None,
+        rcpts: Iterable[str] = (),
+        queue_id: str | None = None,
+        user: str | None = None,
+    ) -> SpamResult:
+        data = message.getvalue() if isinstance(message, MessageSpool) else message
+        envelope: dict[str, object] = {
+            "ip": ip,
+            "helo": helo,
+            "hostname": hostname,
+            "sender": sender,
+            "rcpts": list(rcpts),
+            "queue_id": queue_id,
+            "user": user,
+        }
+        self.calls.append((data if isinstance(data, bytes) else data.read(), envelope))
+        return self.result
+
+
+def fake_scanners(
+    virus: FakeVirusScanner | None = None,
+    rules: FakeRules | None = None,
+    engine: FakeSpamEngine | None = None,
+) -> ScannerFactory:
+    """A :class:`ScannerFactory` whose every scanner is a fake."""
+    return ScannerFactory(
+        virus=virus or FakeVirusScanner(),
+        rules=rules or FakeRules(),
+        spam_engine=engine or FakeSpamEngine(),
+    )

@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
-from smtpguard.scanners import MessageSpool
-from smtpguard.scanners.rspamd import RspamdClient
-from smtpguard.scanners.rules import RuleScan, RuleSet
+from smtpguard.scanners import MessageSpool, RuleStream
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -32,18 +30,15 @@ class AntiSpam:
 
     def __init__(self, services: Services) -> None:
         self.config = services.config.antispam
-        self.rules = RuleSet.load(self.config.rules)
-        self.engine = (
-            RspamdClient(self.config.engine_socket, timeout=self.config.engine_timeout)
-            if self.config.engine == "rspamd"
-            else None
-        )
+        scanners = services.scanners
+        self.rules = scanners.rules(self.config.rules)
+        self.engine = scanners.spam_engine(self.config) if self.config.engine == "rspamd" else None
 
     def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
         txn = conn.txn
         if txn is None:
             return
-        scan: RuleScan | None = txn.scratch.get(_RULES)
+        scan: RuleStream | None = txn.scratch.get(_RULES)
         if scan is None:
             scan = txn.scratch[_RULES] = self.rules.scanner()
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
@@ -61,7 +56,7 @@ class AntiSpam:
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        scan: RuleScan | None = txn.scratch.get(_RULES) if txn is not None else None
+        scan: RuleStream | None = txn.scratch.get(_RULES) if txn is not None else None
         if txn is None or scan is None:
             return None
         result = scan.finish()

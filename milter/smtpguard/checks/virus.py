@@ -13,9 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
-from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
-from smtpguard.scanners.clamd import ClamdStream
-from smtpguard.scanners.command import run_command
+from smtpguard.scanners import ScanResult, ScanStatus, VirusStream
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -29,26 +27,17 @@ class VirusScan:
 
     def __init__(self, services: Services) -> None:
         self.config = services.config.virus
-        self.endpoint = self.config.clamd_socket
+        self.open_stream = services.scanners.virus
         #: With no scanner configured there is nothing to stream or ask: the pipeline
         #: then leaves this check out instead of feeding it every header and chunk.
         self.inert = self.config.backend == "none"
 
-    def _stream(self, txn: Transaction) -> ClamdStream | MessageSpool | None:
-        if self.config.backend == "none":
+    def _stream(self, txn: Transaction) -> VirusStream | None:
+        if self.inert:
             return None
-        stream: ClamdStream | MessageSpool | None = txn.scratch.get(_KEY)
+        stream: VirusStream | None = txn.scratch.get(_KEY)
         if stream is None:
-            if self.config.backend == "clamd":
-                stream = ClamdStream(
-                    self.endpoint,
-                    timeout=self.config.timeout,
-                    scan_timeout=self.config.timeout,
-                    max_bytes=self.config.max_bytes,
-                )
-            else:
-                stream = MessageSpool(max_size=self.config.max_bytes)
-            txn.scratch[_KEY] = stream
+            stream = txn.scratch[_KEY] = self.open_stream(self.config)
         return stream
 
     def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
@@ -58,22 +47,16 @@ class VirusScan:
             feed_sink(stream, stage, event)
 
     def discard(self, txn: Transaction) -> None:
-        stream = txn.scratch.pop(_KEY, None)
+        stream: VirusStream | None = txn.scratch.pop(_KEY, None)
         if stream is not None:
             stream.close()
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        stream = txn.scratch.get(_KEY) if txn is not None else None
+        stream: VirusStream | None = txn.scratch.get(_KEY) if txn is not None else None
         if stream is None:
             return None
-        if isinstance(stream, ClamdStream):
-            result = stream.finish()
-        else:
-            result = run_command(list(self.config.command), stream, self.config.timeout)
-            if stream.truncated and result.status is ScanStatus.CLEAN:
-                result = ScanResult(ScanStatus.SIZE_LIMIT, detail="message over max_bytes")
-        return self._verdict(result)
+        return self._verdict(stream.finish())
 
     def _verdict(self, result: ScanResult) -> Verdict | None:
         if result.status is ScanStatus.INFECTED:

@@ -14,27 +14,37 @@ Shared here:
   config loader and the scanners alike);
 * :class:`MessageSpool`: the whole message (header block + body) for scanners that need
   it at once (the command hook, rspamd), spooled in memory up to a cap and then to an
-  unlinked temporary file, so a large message never sits whole in memory.
+  unlinked temporary file, so a large message never sits whole in memory;
+* what the content checks expect of a scanner (:class:`VirusStream`,
+  :class:`SpamEngine`, :class:`RuleEngine`), so that tests can hand them fakes
+  (:class:`~smtpguard.scanners.backends.ScannerFactory` builds the real ones).
 """
 
 from __future__ import annotations
 
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final, Protocol
 
 from smtpguard.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from smtpguard.scanners.rules import RulesResult
 
 __all__ = [
     "Endpoint",
     "MessageSpool",
+    "RuleEngine",
+    "RuleStream",
     "ScanResult",
     "ScanStatus",
+    "SpamEngine",
     "SpamResult",
     "SpamStatus",
+    "VirusStream",
     "connect",
     "header_bytes",
 ]
@@ -88,6 +98,52 @@ class SpamResult:
     @property
     def ok(self) -> bool:
         return self.status is SpamStatus.OK
+
+
+# --- what the checks use ----------------------------------------------------------------
+
+
+class VirusStream(Protocol):
+    """One transaction's virus scan (clamd's INSTREAM, the command hook): fed the
+    message as it arrives, asked once at the end, closed whatever happened."""
+
+    def feed_header(self, name: str, value: str) -> None: ...
+    def end_of_headers(self) -> None: ...
+    def feed(self, chunk: bytes) -> None: ...
+    def finish(self) -> ScanResult: ...
+    def close(self) -> None: ...
+
+
+class SpamEngine(Protocol):
+    """An external spam scorer (rspamd) asked once per message, at its end."""
+
+    def check(
+        self,
+        message: MessageSpool | IO[bytes] | bytes,
+        *,
+        ip: str | None = None,
+        helo: str | None = None,
+        hostname: str | None = None,
+        sender: str | None = None,
+        rcpts: Iterable[str] = (),
+        queue_id: str | None = None,
+        user: str | None = None,
+    ) -> SpamResult: ...
+
+
+class RuleStream(Protocol):
+    """One message through the built-in rules (:class:`~smtpguard.scanners.rules.RuleScan`)."""
+
+    def feed_header(self, name: str, value: str) -> None: ...
+    def end_of_headers(self) -> None: ...
+    def feed(self, chunk: bytes) -> None: ...
+    def finish(self) -> RulesResult: ...
+
+
+class RuleEngine(Protocol):
+    """Compiled rules shared by all transactions (:class:`~smtpguard.scanners.rules.RuleSet`)."""
+
+    def scanner(self) -> RuleStream: ...
 
 
 # --- sockets ---------------------------------------------------------------------------

@@ -28,7 +28,9 @@ program cannot fill memory or block on a full pipe.
 
 The message comes from a :class:`~smtpguard.scanners.MessageSpool` (in memory up to its
 cap, then a temporary file, which is then handed over as the program's standard input
-directly), a binary file, or bytes.
+directly), a binary file, or bytes. :class:`CommandScan` is the hook as a
+:class:`~smtpguard.scanners.VirusStream`: it spools the message as it arrives and runs
+the program at :meth:`~CommandScan.finish`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import IO, Final
 
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
 
-__all__ = ["run_command"]
+__all__ = ["CommandScan", "run_command"]
 
 _OUTPUT_MAX: Final = 4096
 _FOUND: Final = re.compile(r"^(?:\S*:\s+)?(?P<name>.+?)\s+FOUND$")
@@ -100,6 +102,45 @@ def run_command(
             detail=f"{argv[0]}: {what}" + (f": {stderr}" if stderr else ""),
             scanned=size,
         )
+
+
+class CommandScan:
+    """One transaction's scan by the command hook: the message is spooled (memory
+    first, then an unlinked temporary file) as it arrives; :meth:`finish` runs the
+    program on it. At most ``max_bytes`` are spooled; a clean verdict on a truncated
+    message is :attr:`~smtpguard.scanners.ScanStatus.SIZE_LIMIT`, as with clamd."""
+
+    def __init__(self, argv: Sequence[str], *, timeout: float, max_bytes: int) -> None:
+        self.argv = tuple(argv)
+        self.timeout = timeout
+        self.spool = MessageSpool(max_size=max_bytes)
+        self._result: ScanResult | None = None
+
+    def feed_header(self, name: str, value: str) -> None:
+        self.spool.feed_header(name, value)
+
+    def end_of_headers(self) -> None:
+        self.spool.end_of_headers()
+
+    def feed(self, chunk: bytes) -> None:
+        self.spool.feed(chunk)
+
+    def finish(self) -> ScanResult:
+        """Run the program (once; the same result on every call)."""
+        if self._result is None:
+            result = run_command(self.argv, self.spool, self.timeout)
+            if self.spool.truncated and result.status is ScanStatus.CLEAN:
+                result = ScanResult(
+                    ScanStatus.SIZE_LIMIT,
+                    detail=f"message over max_bytes={self.spool.max_size}; the first"
+                    f" {self.spool.size} octets scanned clean",
+                    scanned=result.scanned,
+                )
+            self._result = result
+        return self._result
+
+    def close(self) -> None:
+        self.spool.close()
 
 
 def _stdin(message: MessageSpool | IO[bytes] | bytes) -> tuple[int, int | IO[bytes], bytes | None]:

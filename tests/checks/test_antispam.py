@@ -1,0 +1,170 @@
+"""AntiSpam: antispam_reject and the spam headers from the rules' and the engine's
+score; the rule set and the engine are fakes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from check_support import ServicesFactory, make_conn, stream_message
+
+from smtpguard.checks import Event, Stage
+from smtpguard.checks.antispam import AntiSpam
+from smtpguard.config import default_rules_dir
+from smtpguard.endpoint import Endpoint
+from smtpguard.scanners import SpamResult, SpamStatus
+from smtpguard.scanners.rules import RulesResult
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, TempError, Verdict
+from support.fakes import FakeRules, FakeSpamEngine
+
+HEADERS = [("From", "a@example.org"), ("Subject", "offer")]
+BODY = b"buy now\r\n"
+RSPAMD = {"engine": "rspamd", "engine_socket": "inet:127.0.0.1:11333"}
+
+
+def deliver(check: AntiSpam, **conn_args: Any) -> tuple[Verdict | None, Connection]:
+    conn = make_conn(sender="a@example.org", recipients=["b@example.com"], **conn_args)
+    stream_message(check, conn, HEADERS, [BODY])
+    return check(conn, Event()), conn
+
+
+def added(conn: Connection) -> list[tuple[str, str]]:
+    assert conn.txn is not None
+    return conn.txn.add_headers
+
+
+def test_declaration() -> None:
+    assert AntiSpam.name == "antispam"
+    assert AntiSpam.stage is Stage.EOM
+    assert AntiSpam.reply_ids == ("antispam_reject",)
+
+
+def test_rules_are_loaded_once_from_the_configured_file(
+    make_services: ServicesFactory, rules: FakeRules, spam_engine: FakeSpamEngine
+) -> None:
+    AntiSpam(make_services())
+    assert rules.paths == [default_rules_dir() / "antispam.toml"]
+    assert spam_engine.configs == []  # engine = "none": no client
+
+
+def test_the_message_streams_through_the_rules(
+    make_services: ServicesFactory, rules: FakeRules
+) -> None:
+    verdict, conn = deliver(AntiSpam(make_services()))
+    assert verdict is None
+    assert added(conn) == []
+    (scan,) = rules.scans
+    assert scan.headers == HEADERS
+    assert bytes(scan.body) == BODY
+
+
+@pytest.mark.parametrize(
+    ("score", "verdict", "headers"),
+    [
+        (5.9, None, []),
+        (6.0, None, [("X-Spam-Flag", "YES"), ("X-Spam-Score", "6.0")]),
+        (14.9, None, [("X-Spam-Flag", "YES"), ("X-Spam-Score", "14.9")]),
+        (15.0, Hit("antispam_reject", "score 15.0 (A, B)"), []),
+    ],
+)
+def test_thresholds(
+    make_services: ServicesFactory,
+    rules: FakeRules,
+    score: float,
+    verdict: Verdict | None,
+    headers: list[tuple[str, str]],
+) -> None:
+    rules.result = RulesResult(score, ("A", "B"))
+    got, conn = deliver(AntiSpam(make_services()))
+    assert got == verdict
+    assert added(conn) == headers
+
+
+def test_configured_thresholds_and_header_names(
+    make_services: ServicesFactory, rules: FakeRules
+) -> None:
+    rules.result = RulesResult(2.0, ("A",))
+    config = {"add_header_score": 1.0, "reject_score": 3.0, "flag_header": "X-Junk"}
+    verdict, conn = deliver(AntiSpam(make_services(antispam=config)))
+    assert verdict is None
+    assert added(conn) == [("X-Junk", "YES"), ("X-Spam-Score", "2.0")]
+
+
+def test_engine_gets_the_whole_message_and_the_envelope(
+    make_services: ServicesFactory, spam_engine: FakeSpamEngine
+) -> None:
+    check = AntiSpam(make_services(antispam=RSPAMD))
+    assert spam_engine.configs[0].engine_socket == Endpoint(host="127.0.0.1", port=11333)
+    verdict, _conn = deliver(check, auth_login="alice")
+    assert verdict is None
+    ((message, envelope),) = spam_engine.calls
+    assert message == b"From: a@example.org\r\nSubject: offer\r\n\r\nbuy now\r\n"
+    assert envelope == {
+        "ip": "198.51.100.7",
+        "helo": "mail.example.org",
+        "hostname": "client.example.org",
+        "sender": "a@example.org",
+        "rcpts": ["b@example.com"],
+        "queue_id": None,
+        "user": "alice",
+    }
+
+
+def test_engine_score_adds_to_the_rules(
+    make_services: ServicesFactory, rules: FakeRules, spam_engine: FakeSpamEngine
+) -> None:
+    rules.result = RulesResult(4.0, ("A",))
+    spam_engine.result = SpamResult(SpamStatus.OK, 11.5, "add header")
+    verdict, _ = deliver(AntiSpam(make_services(antispam=RSPAMD)))
+    assert verdict == Hit("antispam_reject", "score 15.5 (A, rspamd=11.5/add header)")
+
+
+@pytest.mark.parametrize(("engine_action", "rejected"), [(True, True), (False, False)])
+def test_engine_action_reject(
+    make_services: ServicesFactory,
+    spam_engine: FakeSpamEngine,
+    engine_action: bool,
+    rejected: bool,
+) -> None:
+    spam_engine.result = SpamResult(SpamStatus.OK, 2.0, "reject")
+    check = AntiSpam(make_services(antispam={**RSPAMD, "engine_action": engine_action}))
+    verdict, _ = deliver(check)
+    assert (verdict == Hit("antispam_reject", "rspamd action reject; score 2.0")) is rejected
+    assert rejected or verdict is None
+
+
+def test_engine_failure_is_a_temporary_error_after_the_headers(
+    make_services: ServicesFactory, rules: FakeRules, spam_engine: FakeSpamEngine
+) -> None:
+    rules.result = RulesResult(7.0, ("A",))
+    spam_engine.result = SpamResult(SpamStatus.ERROR, detail="connection refused")
+    verdict, conn = deliver(AntiSpam(make_services(antispam=RSPAMD)))
+    assert verdict == TempError("internal_error", "spam engine: connection refused; score 7.0 (A)")
+    # The built-in score still applies when on_temp_error = "pass" lets the mail in.
+    assert added(conn) == [("X-Spam-Flag", "YES"), ("X-Spam-Score", "7.0")]
+
+
+def test_discard_closes_the_spool(
+    make_services: ServicesFactory, spam_engine: FakeSpamEngine
+) -> None:
+    check = AntiSpam(make_services(antispam=RSPAMD))
+    conn = make_conn(sender="a@example.org")
+    stream_message(check, conn, HEADERS, [BODY])
+    assert conn.txn is not None
+    spool = conn.txn.scratch["antispam.spool"]
+    check.discard(conn.txn)
+    assert conn.txn.scratch == {}
+    with pytest.raises(ValueError, match="closed"):
+        spool.getvalue()
+    assert check(conn, Event()) is None
+    assert spam_engine.calls == []
+
+
+def test_without_content_nothing_is_scored(
+    make_services: ServicesFactory, spam_engine: FakeSpamEngine
+) -> None:
+    check = AntiSpam(make_services(antispam=RSPAMD))
+    assert check(make_conn(sender="a@example.org"), Event()) is None
+    assert check(make_conn(), Event()) is None
+    assert spam_engine.calls == []
