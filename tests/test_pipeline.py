@@ -19,11 +19,11 @@ import pytest
 
 from smtpguard.address import AddressError, parse_path
 from smtpguard.app import build_runtime, load
-from smtpguard.checks import Event, Services, Stage
+from smtpguard.checks import Event, Services, Stage, settings_name
 from smtpguard.config import CheckSettings, load_config
 from smtpguard.directory import Kind, Recipient
 from smtpguard.driver import SessionDriver
-from smtpguard.pipeline import CHECK_NAMES, CONTINUE, Action, Decision, Pipeline
+from smtpguard.pipeline import CHECK_CLASSES, CHECK_NAMES, CONTINUE, Action, Decision, Pipeline
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.state import SessionGate
@@ -619,3 +619,60 @@ def test_end_of_headers_is_observed_once(
     assert conn.txn.message is not None
     body = len(b"line\r\n") * steps.count("body")
     assert conn.txn.message.size == len(b"Subject: hi\r\n") + 2 + body
+
+
+# --- check names --------------------------------------------------------------------------
+
+
+def test_every_check_name_is_unique() -> None:
+    """Logs, metrics and traces name a check: two classes must never share a name."""
+    names = [cls.name for cls in CHECK_CLASSES]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_check_names_are_their_config_table_and_a_part() -> None:
+    for cls in CHECK_CLASSES:
+        family, dot, part = cls.name.partition(".")
+        assert settings_name(cls.name) == family in CHECK_NAMES
+        assert not dot or part == cls.stage.value, cls.name
+    # The [checks.NAME] tables the sample config documents are still the names.
+    for family in ("message_size", "line_syntax", "attachment_size", "bulk"):
+        assert family in CHECK_NAMES
+
+
+@pytest.mark.parametrize(
+    ("family", "parts"),
+    [
+        ("message_size", {"message_size.mail", "message_size.body", "message_size.eom"}),
+        ("line_syntax", {"line_syntax.header", "line_syntax.body"}),
+        ("attachment_size", {"attachment_size.body", "attachment_size.eom"}),
+        ("bulk", {"bulk.mail", "bulk.eom"}),
+    ],
+)
+def test_one_config_table_sets_every_part_of_a_family(
+    build: BuildHarness, family: str, parts: set[str]
+) -> None:
+    def running(h: Harness) -> set[str]:
+        return {check.name for checks in h.pipeline.stages.values() for check, _ in checks}
+
+    assert parts <= running(build())
+    h = build(f"[checks.{family}]\nmode = 'report'\non_temp_error = 'pass'\n")
+    modes = {
+        check.name: (mode, settings.on_temp_error)
+        for plan in h.pipeline.plan.values()
+        for check, settings, mode in plan
+    }
+    assert all(modes[part] == ("report", "pass") for part in parts)
+    assert not parts & running(build(f"[checks.{family}]\nmode = 'off'\n"))
+
+
+def test_the_log_names_the_part_that_decided(
+    build: BuildHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = build("[limits]\nmax_message_size = 100\n")
+    conn = mail(connect(), "<friend@example.org>")
+    assert conn.txn is not None
+    conn.txn.declared_size = 101
+    decision = h.pipeline.run(Stage.MAIL, conn)
+    assert_reject(decision, "message_too_long", "message_size.mail")
+    assert decisions(caplog)[-1]["check"] == "message_size.mail"

@@ -183,7 +183,7 @@ def test_message_too_long_while_streaming(content_service: Running) -> None:
     assert_reply(final, "message_too_long")
     # The body was skipped after the chunk that passed the limit.
     assert early == [Answer("skip")]
-    assert "check=message_size reply=message_too_long" in content_service.log()
+    assert "check=message_size.body reply=message_too_long" in content_service.log()
 
 
 def test_message_just_under_the_limit_passes(content_service: Running) -> None:

@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import cast
 
-from smtpguard.checks import Check, Event, Observing, Prefetching, Services, Stage
+from smtpguard.checks import (
+    Check,
+    Event,
+    Observing,
+    Prefetching,
+    Services,
+    Stage,
+    settings_name,
+)
 from smtpguard.checks.antispam import AntiSpam
 from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
@@ -101,7 +109,8 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     AntiSpam,
     SameSize,
 )
-CHECK_NAMES: frozenset[str] = frozenset(c.name for c in CHECK_CLASSES)
+#: The ``[checks.NAME]`` tables the config may have (one per family of checks).
+CHECK_NAMES: frozenset[str] = frozenset(settings_name(c.name) for c in CHECK_CLASSES)
 
 _DEFERRED_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
 _PREFETCH_STAGES = frozenset({Stage.CONNECT, Stage.HELO})
@@ -144,7 +153,7 @@ class Pipeline:
         without_dns: list[str] = []
         inert: list[str] = []
         for cls in CHECK_CLASSES:
-            settings = self.config.check(cls.name)
+            settings = self.config.check(settings_name(cls.name))
             if settings.mode == "off":
                 continue
             if getattr(cls, "needs_dns", False) and services.dns is None:
@@ -169,7 +178,7 @@ class Pipeline:
         if inert:
             log.info("checks with nothing to do in this configuration: %s", ", ".join(inert))
         self.rebuild_plan()
-        self.track_mime = self.config.check(AttachmentSizeBody.name).mode != "off"
+        self.track_mime = self.config.check(settings_name(AttachmentSizeBody.name)).mode != "off"
         content = self.config.content
         self.eom_headers: tuple[tuple[str, str], ...] = (
             ((content.loop_marker, self.config.loop_marker_value),)

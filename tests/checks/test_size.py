@@ -11,7 +11,7 @@ from smtpguard.verdict import Hit
 
 
 def test_declared_size_runs_at_mail() -> None:
-    assert DeclaredSize.name == "message_size"
+    assert DeclaredSize.name == "message_size.mail"
     assert DeclaredSize.stage is Stage.MAIL
     assert DeclaredSize.reply_ids == ("message_too_long",)
 

@@ -12,7 +12,15 @@ idempotent (it runs more than once per session).
 A check that needs the message itself (a virus scanner, the spam rules) has
 ``observe(stage, conn, event)`` (:class:`Observing`): the pipeline hands it every header,
 the end of headers and every body chunk as they arrive, and calls ``discard(txn)`` when
-the transaction ends, whatever way it ends, so streams and spools are closed.
+the transaction ends, whatever way it ends, so streams and spools are closed. Such a
+check gets its scanners from ``services.scanners``
+(:class:`~smtpguard.scanners.backends.ScannerFactory`), never builds them itself, so
+its tests can hand it fakes.
+
+A check's ``name`` is unique: it names the check in logs, metrics and traces. A
+family of checks that decide the same thing at several stages (``message_size.mail``,
+``message_size.body``, ``message_size.eom``) shares one ``[checks.NAME]`` table, named
+by the part before the dot (:func:`settings_name`).
 
 A check whose configuration leaves it nothing to do (a virus scanner with backend
 ``none``) sets ``inert = True`` when built; the pipeline then leaves it out and logs so,
@@ -26,6 +34,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from smtpguard.metrics import Metrics, NullMetrics
+from smtpguard.scanners.backends import ScannerFactory
 
 if TYPE_CHECKING:
     from smtpguard.address import Address
@@ -66,6 +75,8 @@ class Services:
     counter: SizeBucketCounter | None = None
     #: Where decisions, stage timings and backend errors are counted.
     metrics: Metrics = field(default_factory=NullMetrics)
+    #: Builds the virus scanner streams, the content rules and the spam engine client.
+    scanners: ScannerFactory = field(default_factory=ScannerFactory)
 
 
 @dataclass(slots=True)
@@ -81,8 +92,13 @@ class Event:
     deadline: float | None = None
 
 
+def settings_name(name: str) -> str:
+    """The ``[checks.NAME]`` table of the check called ``name`` (module docstring)."""
+    return name.partition(".")[0]
+
+
 class Check(Protocol):
-    #: Name used in ``[checks.NAME]``, logs and metrics.
+    #: Unique; used in logs and metrics. Up to its first dot, the ``[checks.NAME]`` table.
     name: ClassVar[str]
     stage: ClassVar[Stage]
     #: The reply ids this check can return (documentation, config checks, tests).

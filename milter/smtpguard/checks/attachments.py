@@ -16,7 +16,6 @@ from smtpguard.verdict import Hit, Verdict
 
 
 class _AttachmentSize:
-    name: ClassVar[str] = "attachment_size"
     reply_ids: ClassVar[tuple[str, ...]] = ("attachment_too_long",)
 
     def __init__(self, services: Services) -> None:
@@ -36,8 +35,10 @@ class _AttachmentSize:
 
 
 class AttachmentSizeBody(_AttachmentSize):
+    name: ClassVar[str] = "attachment_size.body"
     stage: ClassVar[Stage] = Stage.BODY
 
 
 class AttachmentSizeEom(_AttachmentSize):
+    name: ClassVar[str] = "attachment_size.eom"
     stage: ClassVar[Stage] = Stage.EOM

@@ -36,7 +36,6 @@ def bulk_key(parts: tuple[str, ...], conn: Connection) -> str:
 
 
 class _Bulk:
-    name: ClassVar[str] = "bulk"
     reply_ids: ClassVar[tuple[str, ...]] = ("same_size_flood", "database_temp_error")
 
     def __init__(self, services: Services) -> None:
@@ -45,6 +44,7 @@ class _Bulk:
 
 
 class SameSizeDeclared(_Bulk):
+    name: ClassVar[str] = "bulk.mail"
     stage: ClassVar[Stage] = Stage.MAIL
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
@@ -62,6 +62,7 @@ class SameSizeDeclared(_Bulk):
 
 
 class SameSize(_Bulk):
+    name: ClassVar[str] = "bulk.eom"
     stage: ClassVar[Stage] = Stage.EOM
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:

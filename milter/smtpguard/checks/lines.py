@@ -15,7 +15,7 @@ from smtpguard.verdict import Hit, Verdict
 
 
 class HeaderLines:
-    name: ClassVar[str] = "line_syntax"
+    name: ClassVar[str] = "line_syntax.header"
     stage: ClassVar[Stage] = Stage.HEADER
     reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
 
@@ -37,7 +37,7 @@ class HeaderLines:
 
 
 class BodyLines:
-    name: ClassVar[str] = "line_syntax"
+    name: ClassVar[str] = "line_syntax.body"
     stage: ClassVar[Stage] = Stage.BODY
     reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
 

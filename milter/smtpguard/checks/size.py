@@ -17,7 +17,7 @@ from smtpguard.verdict import Hit, Verdict
 class DeclaredSize:
     """From the ESMTP ``SIZE=`` parameter (RFC 1870)."""
 
-    name: ClassVar[str] = "message_size"
+    name: ClassVar[str] = "message_size.mail"
     stage: ClassVar[Stage] = Stage.MAIL
     reply_ids: ClassVar[tuple[str, ...]] = ("message_too_long",)
 
@@ -34,7 +34,7 @@ class DeclaredSize:
 class ActualSize:
     """From the octets received so far (headers, then each body chunk)."""
 
-    name: ClassVar[str] = "message_size"
+    name: ClassVar[str] = "message_size.body"
     stage: ClassVar[Stage] = Stage.BODY
     reply_ids: ClassVar[tuple[str, ...]] = ("message_too_long",)
 
@@ -51,4 +51,5 @@ class ActualSize:
 class ActualSizeEom(ActualSize):
     """At end of message too: a message made of headers alone has no body chunk."""
 
+    name: ClassVar[str] = "message_size.eom"
     stage: ClassVar[Stage] = Stage.EOM

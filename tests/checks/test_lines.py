@@ -1,0 +1,69 @@
+"""line_syntax: line_parse_error for lines over 998 octets (RFC 5322 §2.1.1) or NULs."""
+
+from __future__ import annotations
+
+from check_support import ServicesFactory, body, end_of_headers, header, make_conn, with_message
+
+from smtpguard.checks import Event, Stage
+from smtpguard.checks.lines import BodyLines, HeaderLines
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit
+
+
+def conn_with_message() -> Connection:
+    return with_message(make_conn(sender="a@example.org"))
+
+
+def test_declarations() -> None:
+    assert (HeaderLines.name, HeaderLines.stage) == ("line_syntax.header", Stage.HEADER)
+    assert (BodyLines.name, BodyLines.stage) == ("line_syntax.body", Stage.BODY)
+    assert HeaderLines.reply_ids == BodyLines.reply_ids == ("line_parse_error",)
+
+
+def test_header_line_of_998_octets_passes(make_services: ServicesFactory) -> None:
+    check, conn = HeaderLines(make_services()), conn_with_message()
+    assert check(conn, header(conn, "X-Long", "a" * 990)) is None  # "X-Long: " + 990
+
+
+def test_header_line_of_999_octets(make_services: ServicesFactory) -> None:
+    check, conn = HeaderLines(make_services()), conn_with_message()
+    verdict = check(conn, header(conn, "X-Long", "a" * 991))
+    assert verdict == Hit("line_parse_error", "header 'X-Long' line of 999 octets")
+
+
+def test_folded_header_counts_its_longest_physical_line(make_services: ServicesFactory) -> None:
+    check, conn = HeaderLines(make_services()), conn_with_message()
+    assert check(conn, header(conn, "X-Folded", "a" * 900 + "\r\n " + "b" * 997)) is None
+    verdict = check(conn, header(conn, "X-Folded", "a\r\n " + "b" * 998))
+    assert verdict == Hit("line_parse_error", "header 'X-Folded' line of 999 octets")
+
+
+def test_nul_in_a_header(make_services: ServicesFactory) -> None:
+    check, conn = HeaderLines(make_services()), conn_with_message()
+    verdict = check(conn, header(conn, "Subject", "a\x00b"))
+    assert verdict == Hit("line_parse_error", "NUL byte in header 'Subject'")
+
+
+def test_body_lines(make_services: ServicesFactory) -> None:
+    check, conn = BodyLines(make_services()), conn_with_message()
+    end_of_headers(conn)
+    assert check(conn, body(conn, b"x" * 998 + b"\r\n")) is None
+    # A line split across chunks still counts whole.
+    assert check(conn, body(conn, b"y" * 500)) is None
+    verdict = check(conn, body(conn, b"y" * 499 + b"\r\n"))
+    assert verdict == Hit("line_parse_error", "body line over 998 octets")
+
+
+def test_nul_in_the_body(make_services: ServicesFactory) -> None:
+    check, conn = BodyLines(make_services()), conn_with_message()
+    end_of_headers(conn)
+    assert check(conn, body(conn, b"ok\r\n")) is None
+    assert check(conn, body(conn, b"a\x00b\r\n")) == Hit("line_parse_error", "NUL byte in body")
+
+
+def test_without_message_nothing_is_decided(make_services: ServicesFactory) -> None:
+    services = make_services()
+    for conn in (make_conn(sender="a@example.org"), make_conn()):
+        assert HeaderLines(services)(conn, Event(header=("X", "y"))) is None
+        assert BodyLines(services)(conn, Event(chunk=b"\x00")) is None
+    assert HeaderLines(services)(conn_with_message(), Event()) is None

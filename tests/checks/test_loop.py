@@ -1,0 +1,81 @@
+"""Loop: looping_message from Received counts, Delivered-To and our loop marker."""
+
+from __future__ import annotations
+
+from check_support import ServicesFactory, header, make_conn, with_message
+
+from smtpguard.checks import Event, Stage
+from smtpguard.checks.loop import Loop
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit, Verdict
+
+RECEIVED = "from a.example (a.example [192.0.2.1]) by b.example; Tue, 1 Oct 2024 10:00:00 +0000"
+
+
+def headers(check: Loop, conn: Connection, *fields: tuple[str, str]) -> Verdict | None:
+    """Run the check on each header as the pipeline does; the first verdict."""
+    for name, value in fields:
+        verdict = check(conn, header(conn, name, value))
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def conn_with_message(**kwargs: object) -> Connection:
+    args: dict[str, object] = {"sender": "a@example.org", "recipients": ["bob@example.com"]}
+    args.update(kwargs)
+    return with_message(make_conn(**args))  # type: ignore[arg-type]
+
+
+def test_declaration() -> None:
+    assert Loop.name == "loop"
+    assert Loop.stage is Stage.HEADER
+    assert Loop.reply_ids == ("looping_message",)
+
+
+def test_received_up_to_max_hops_passes(make_services: ServicesFactory) -> None:
+    check = Loop(make_services(limits={"max_hops": 3}))
+    assert headers(check, conn_with_message(), *[("Received", RECEIVED)] * 3) is None
+
+
+def test_one_received_too_many(make_services: ServicesFactory) -> None:
+    check = Loop(make_services(limits={"max_hops": 3}))
+    verdict = headers(check, conn_with_message(), *[("Received", RECEIVED)] * 4)
+    assert verdict == Hit("looping_message", "4 Received headers")
+
+
+def test_our_marker_with_our_value(make_services: ServicesFactory) -> None:
+    # The marker's value defaults to the first of site.our_hostnames.
+    check = Loop(make_services())
+    marker = ("X-Smtpguard-Loop", " MX.Example.COM ")
+    verdict = headers(check, conn_with_message(), ("Subject", "hi"), marker)
+    assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker is present")
+
+
+def test_someone_elses_marker_value_passes(make_services: ServicesFactory) -> None:
+    check = Loop(make_services(content={"loop_marker": "X-Loop", "loop_marker_value": "us"}))
+    conn = conn_with_message()
+    assert headers(check, conn, ("X-Loop", "them"), ("X-Smtpguard-Loop", "us")) is None
+    assert headers(check, conn, ("x-loop", "US")) == Hit(
+        "looping_message", "our x-loop marker is present"
+    )
+
+
+def test_delivered_to_a_recipient_of_this_transaction(make_services: ServicesFactory) -> None:
+    check = Loop(make_services())
+    verdict = headers(check, conn_with_message(), ("Delivered-To", " <Bob@Example.com>"))
+    assert verdict == Hit("looping_message", "Delivered-To bob@example.com is a recipient")
+
+
+def test_delivered_to_someone_else_or_unparsable_passes(make_services: ServicesFactory) -> None:
+    check = Loop(make_services())
+    conn = conn_with_message()
+    assert headers(check, conn, ("Delivered-To", "carol@example.com")) is None
+    assert headers(check, conn, ("Delivered-To", "not an address")) is None
+
+
+def test_without_message_or_header_nothing_is_decided(make_services: ServicesFactory) -> None:
+    check = Loop(make_services(limits={"max_hops": 1}))
+    assert check(make_conn(sender="a@example.org"), Event(header=("Received", "x"))) is None
+    assert check(conn_with_message(), Event()) is None
+    assert check(make_conn(), Event()) is None
