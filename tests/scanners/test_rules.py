@@ -134,6 +134,22 @@ def test_any_header_sees_name_and_value() -> None:
     assert scan.finish().matched == ()
 
 
+def test_header_rules_match_each_field_on_its_own_when_headers_end() -> None:
+    rules = ruleset(
+        M=("header:*", r"^Received: from evil\b", 1.0),
+        S=("header:subject", r"^two$", 1.0),
+        E=("header:*", r"a\nX-B: b", 1.0),  # never across two fields
+    )
+    scan = rules.scanner()
+    for value in ("from good.example", "from evil.example", "a"):
+        scan.feed_header("Received", value)
+    scan.feed_header("X-B", "b")
+    scan.feed_header("Subject", "one")
+    scan.feed_header("Subject", "two")
+    scan.feed(b"body\r\n")  # the end of the headers is not always announced
+    assert scan.finish().matched == ("M", "S")
+
+
 def test_malformed_encoded_word_is_matched_raw() -> None:
     rules = ruleset(S=("header:subject", r"=\?bogus", 1.0))
     scan = rules.scanner()
