@@ -28,6 +28,13 @@ make_venv() {
 
 RUNTIME_APT=(python3 python3-venv python3-dev gcc libmilter-dev)
 
+# Where start.sh installs the service: a venv on Debian's own Python and copies of the
+# sample config and rules/ (the sample's relative paths stay valid). Everything the
+# service reads after dropping to SERVICE_USER must be readable by it, which a
+# checkout under /root, or a Python under /root, is not.
+PREFIX=/opt/smtpguard
+SYSTEM_PYTHON=/usr/bin/python3
+
 # The system user the service drops to after opening its socket (milter.user in
 # conf/smtpguard.toml) and its state directory (directory.path and state.path).
 SERVICE_USER=smtpguard

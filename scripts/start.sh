@@ -11,12 +11,23 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 apt_install "${RUNTIME_APT[@]}"
-make_venv ""
+# A real (not editable) install, so the service never reads the checkout.
+install -d -m 0755 "$PREFIX"
+[ -x "$PREFIX/venv/bin/python" ] || "$SYSTEM_PYTHON" -m venv "$PREFIX/venv"
+"$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$ROOT"
+for dir in conf rules; do
+    rm -rf "${PREFIX:?}/$dir.new"
+    cp -r "$ROOT/$dir" "$PREFIX/$dir.new"
+    chmod -R a+rX "$PREFIX/$dir.new"
+    rm -rf "${PREFIX:?}/$dir"
+    mv "$PREFIX/$dir.new" "$PREFIX/$dir"
+done
+SMTPGUARD="$PREFIX/venv/bin/smtpguard"
 service_user
-CONFIG=${SMTPGUARD_CONFIG:-$ROOT/conf/smtpguard.toml}
+CONFIG=${SMTPGUARD_CONFIG:-$PREFIX/conf/smtpguard.toml}
 if [ ! -f "$STATE_DIR/directory.sqlite" ]; then
-    "$VENV/bin/smtpguard" -c "$CONFIG" directory import "$ROOT/conf/directory.example.toml"
+    "$SMTPGUARD" -c "$CONFIG" directory import "$PREFIX/conf/directory.example.toml"
     service_user  # the imported file becomes the service user's
 fi
-"$VENV/bin/smtpguard" -c "$CONFIG" check-config
-exec "$VENV/bin/smtpguard" -c "$CONFIG" run
+"$SMTPGUARD" -c "$CONFIG" check-config
+exec "$SMTPGUARD" -c "$CONFIG" run

@@ -5,11 +5,22 @@
 # conflicts with Postfix, so its packages are only downloaded and unpacked privately by
 # the tests. Extra arguments go to pytest.
 source "$(dirname "$0")/lib.sh"
+# The tests start private instances of these on loopback and random ports. A service
+# that was already running (a mail host's own Postfix, say) keeps running; one that
+# only runs because the install below started it is stopped again.
+SERVICES=(postfix dovecot unbound clamav-daemon clamav-freshclam redis-server rspamd)
+service_running() {
+    [ -x "/etc/init.d/$1" ] && "/etc/init.d/$1" status >/dev/null 2>&1
+}
+was_running=()
+for svc in "${SERVICES[@]}"; do
+    if service_running "$svc"; then was_running+=("$svc"); fi
+done
 apt_install "${RUNTIME_APT[@]}" miltertest postfix dovecot-core unbound clamav-daemon \
     clamdscan redis-server rspamd util-linux m4
-# The packages' own services are not wanted: the tests start private instances.
-for svc in postfix dovecot unbound clamav-daemon clamav-freshclam redis-server rspamd; do
-    if [ -x "/etc/init.d/$svc" ]; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
+for svc in "${SERVICES[@]}"; do
+    if [[ " ${was_running[*]} " == *" $svc "* ]]; then continue; fi
+    if service_running "$svc"; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
 done
 make_venv "[test]"
 cd "$ROOT"

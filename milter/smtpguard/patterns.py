@@ -28,7 +28,7 @@ import re2
 __all__ = ["Pattern", "PatternError", "PatternSet", "compile_pattern"]
 
 #: RE2's own per-pattern memory budget (its default): a pattern whose automaton needs
-#: more, such as ``\\pL{1000}``, is refused at compile time.
+#: more, such as ``\pL{1000}``, is refused at compile time.
 MAX_MEM: Final = 8 << 20
 
 #: RE2's words for what it refuses (matched at the start of its message), and what to
