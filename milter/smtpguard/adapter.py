@@ -7,7 +7,7 @@ session and one :class:`Transaction` per MAIL FROM, and turns decisions into
 tempfail with the table's text), never pymilter's generic "untrapped exception" 451 and
 never an accept.
 
-Facts this relies on (see ``../shared/spec/mta-facts.md``): the custom reply is used only
+Facts this relies on (see ``docs/mta-facts.md``): the custom reply is used only
 when the return value matches its class (5xx with REJECT, 4xx with TEMPFAIL); Postfix
 gives the client IP in ``hostaddr`` and its version in macro ``v`` ("Postfix 3.7.11");
 Sendmail's ``v`` is a bare version number.

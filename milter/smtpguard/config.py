@@ -479,9 +479,9 @@ DNS_CHECKS = frozenset({"rbl", "openrelay", "smtpport", "helo_dns", "sender_doma
 
 #: Checks whose defaults differ from enforce/tempfail. A DNS failure is not the
 #: client's fault: the DNS checks pass on SERVFAIL/timeout unless configured otherwise
-#: (replies.md, sender_unvalidated: "tempfail only if configured, else passes"), so an
-#: unreachable resolver can never reject mail. helo_dns is optional (replies.md
-#: helo_error: "optionally (config) does not resolve").
+#: (docs/replies.md, sender_unvalidated: a SERVFAIL or timeout passes unless
+#: on_temp_error is "tempfail"), so an unreachable resolver can never reject mail.
+#: helo_dns is optional (docs/replies.md, helo_error).
 CHECK_DEFAULTS: Mapping[str, CheckSettings] = {
     "rbl": CheckSettings("enforce", "pass"),
     "openrelay": CheckSettings("enforce", "pass"),

@@ -1,4 +1,4 @@
-"""``smtpguard explain``: say what an SMTP reply line from any server means (issue 7).
+"""``smtpguard explain``: say what an SMTP reply line from any server means.
 
 The knowledge is data, ``rules/explain.toml``; this module only parses, validates and
 looks up. A reply is explained by the first of:

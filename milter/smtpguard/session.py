@@ -94,7 +94,7 @@ class Connection:
     pending_check: str = ""
     txn: Transaction | None = None
     transactions: int = 0
-    # Connect-time lookups started early (DNS issue) keep their futures here.
+    # Connect-time lookups started early (the checks' prefetch hook) keep their futures here.
     scratch: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -14,7 +14,7 @@ from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
 _LOGIN_KEY = "auth.login"
-#: Account states that may not send (the spec's "disabled or locked"). "moving" and
+#: Account states that may not send (docs/replies.md, auth_error_perm). "moving" and
 #: "overquota" concern delivery to the mailbox, not sending from it.
 _LOGIN_REFUSED = frozenset({"locked", "suspended"})
 

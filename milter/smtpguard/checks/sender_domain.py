@@ -10,7 +10,7 @@ address record that serves as the implicit MX (A or AAAA). It cannot when:
 
 SERVFAIL or timeout, where they leave the answer open, give a temporary error; the
 check's ``on_temp_error`` decides, and it is ``pass`` unless configured
-(replies.md: "tempfail only if configured, else passes").
+(docs/replies.md, sender_unvalidated).
 
 MX, A and AAAA are asked at once, so a slow server costs one round trip, not two. The
 null sender, address literals and our own local domains are not looked up.
