@@ -16,9 +16,9 @@ optionally, its SMTP port); ``helo_error`` when its HELO name does not resolve.
 A PTR lookup that fails (SERVFAIL/timeout), or forward lookups that all fail, give a
 temporary error: the check's ``on_temp_error`` (default ``pass``) decides.
 
-``helo_dns`` (off by default; docs/replies.md, helo_error): the HELO name has no A or AAAA record. Address literals and names that are
-not syntactically host names are left to the ``helo`` check. The lookups start as soon
-as the HELO arrives.
+``helo_dns`` (off by default; docs/replies.md, helo_error): the HELO name has no A or
+AAAA record. Address literals and names that are not syntactically host names are left
+to the ``helo`` check. The lookups start as soon as the HELO arrives.
 
 Trusted clients (``trusted_networks``; at MAIL FROM also authenticated sessions) are
 not checked.
