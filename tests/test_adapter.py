@@ -202,3 +202,29 @@ def test_session_gate_released_on_close(app: App) -> None:
     for ctx in contexts:
         ctx._close()
     assert app.gate.active == 0
+
+
+class _FailingDriver:
+    """A driver whose clean-up fails: a bug there must not escape to pymilter."""
+
+    class conn:  # stands in for the Connection attribute
+        session_id = "test.1"
+
+    def abort(self) -> None:
+        raise RuntimeError("abort broke")
+
+    def close(self) -> None:
+        raise RuntimeError("close broke")
+
+
+def test_abort_and_close_faults_are_logged_not_raised(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    milter_obj = SmtpGuardMilter(app)
+    milter_obj.driver = _FailingDriver()  # type: ignore[assignment]  # a fake on purpose
+    with caplog.at_level("ERROR", logger="smtpguard"):
+        assert milter_obj.abort() == Milter.CONTINUE
+        assert milter_obj.close() == Milter.CONTINUE
+    messages = [r.getMessage() for r in caplog.records]
+    assert "sid=test.1 abort: unexpected error" in messages
+    assert "sid=test.1 close: unexpected error" in messages

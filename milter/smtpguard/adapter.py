@@ -2,10 +2,11 @@
 
 It maps libmilter callbacks to pipeline stages, keeps one :class:`Connection` per SMTP
 session and one :class:`Transaction` per MAIL FROM, and turns decisions into
-``setreply`` plus the matching return value. Every callback runs inside
-:meth:`SmtpGuardMilter._guard`: whatever goes wrong becomes ``internal_error`` (a
+``setreply`` plus the matching return value. Every callback that answers the MTA runs
+inside :meth:`SmtpGuardMilter._guard`: whatever goes wrong becomes ``internal_error`` (a
 tempfail with the table's text), never pymilter's generic "untrapped exception" 451 and
-never an accept.
+never an accept. ``abort`` and ``close`` answer nothing the client sees; a fault there
+is logged and the session's clean-up goes on.
 
 Facts this relies on (see ``docs/mta-facts.md``): the custom reply is used only
 when the return value matches its class (5xx with REJECT, 4xx with TEMPFAIL); Postfix
@@ -150,12 +151,20 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return self._guard(Stage.EOM, self.driver.eom)
 
     def abort(self) -> int:
-        self.driver.abort()
+        self._quietly("abort", self.driver.abort)
         return int(Milter.CONTINUE)
 
     def close(self) -> int:
-        self.driver.close()
+        self._quietly("close", self.driver.close)
         return int(Milter.CONTINUE)
+
+    def _quietly(self, what: str, step: Callable[[], None]) -> None:
+        # No reply goes to the client here, but an exception would still reach
+        # pymilter, which logs a traceback and may leave the session half cleaned.
+        try:
+            step()
+        except Exception:
+            log.exception("sid=%s %s: unexpected error", self.driver.conn.session_id, what)
 
 
 class SmtpGuardMilterNoReply(SmtpGuardMilter):

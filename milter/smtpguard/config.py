@@ -51,11 +51,21 @@ class ConfigError(Exception):
 class _Section:
     """Typed, strict access to one TOML table."""
 
-    def __init__(self, file: Path, prefix: str, data: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        file: Path,
+        prefix: str,
+        data: Mapping[str, Any],
+        registry: list[_Section] | None = None,
+    ) -> None:
         self.file = file
         self.prefix = prefix
         self.data = data
         self.seen: set[str] = set()
+        #: Every section read, when the caller wants to know what the loader asks for.
+        self.registry = registry
+        if registry is not None:
+            registry.append(self)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -124,7 +134,7 @@ class _Section:
 
     def table(self, name: str) -> _Section:
         value = self._get(name, dict, "a table", {})
-        return _Section(self.file, self.key(name), value)
+        return _Section(self.file, self.key(name), value, self.registry)
 
     def table_list(self, name: str) -> list[_Section]:
         """A TOML array of tables (``[[name]]``); each item keyed ``name[i]``."""
@@ -133,7 +143,7 @@ class _Section:
         for index, item in enumerate(value):
             if not isinstance(item, dict):
                 raise self.error(f"{name}[{index}]", "expected a table")
-            out.append(_Section(self.file, self.key(f"{name}[{index}]"), item))
+            out.append(_Section(self.file, self.key(f"{name}[{index}]"), item, self.registry))
         return out
 
     def tables(self, name: str) -> dict[str, _Section]:
@@ -520,6 +530,14 @@ def load_config(path: Path | str, *, known_checks: frozenset[str] | None = None)
     file = Path(path)
     raw = read_toml(file)
     return _build(_Section(file.resolve(), "", raw), known_checks)
+
+
+def loader_keys() -> dict[str, frozenset[str]]:
+    """Every key the loader reads, by section (dotted name), for a config that sets
+    nothing: what the sample config must document (tests/test_sample_config.py)."""
+    registry: list[_Section] = []
+    _build(_Section(Path("/nonexistent/defaults.toml"), "", {}, registry), None)
+    return {section.prefix: frozenset(section.seen) for section in registry}
 
 
 def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:

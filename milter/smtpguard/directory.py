@@ -1,7 +1,8 @@
 """The directory: users and their states, aliases, send-as rights, lists.
 
-The embedded backend is a SQLite file that the milter opens read-only, one connection
-per libmilter worker thread. ``smtpguard directory import`` writes it. Every backend
+The embedded backend is a SQLite file that the milter opens read-only, through a small
+pool of connections (eight by default) that libmilter's threads share
+(:mod:`smtpguard.sqlitedb`). ``smtpguard directory import`` writes it. Every backend
 failure (missing file, lock held past the timeout, corrupt file) surfaces as
 :class:`DirectoryError`, which checks turn into a temporary error, never into "unknown
 user".

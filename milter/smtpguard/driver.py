@@ -184,11 +184,15 @@ class SessionDriver:
         self.conn.txn = None
 
     def close(self) -> None:
-        self.rt.pipeline.end_transaction(self.conn.txn)
-        self.conn.txn = None
-        if self.entered:
-            self.entered = False
-            self.gate.leave()
+        try:
+            self.rt.pipeline.end_transaction(self.conn.txn)
+        finally:
+            # A fault while ending the transaction must not keep the session's slot:
+            # max_sessions would shrink by one for good.
+            self.conn.txn = None
+            if self.entered:
+                self.entered = False
+                self.gate.leave()
 
     def _queue_id(self) -> None:
         # Postfix knows the queue id only from DATA on (Sendmail from MAIL).

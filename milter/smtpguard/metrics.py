@@ -73,7 +73,8 @@ class PrometheusMetrics:
         )
         self._errors = Counter(
             "smtpguard_backend_errors",
-            "Failures of a backend (directory, state, dns, clamd, rspamd, redis)",
+            "Temporary failures of a check's backend, by check name (mailbox, blacklist,"
+            " rbl, virus, ...)",
             ("backend",),
             registry=self.registry,
         )

@@ -1,4 +1,5 @@
-"""Shared state: the dynamic sender blacklist (and, later, counters).
+"""Shared state: the dynamic sender blacklist (the same-size counters live in
+:mod:`smtpguard.counters`).
 
 The embedded backend keeps the blacklist in a SQLite file in WAL mode, so the CLI can
 add and remove entries while the milter reads them: the running milter sees a change
