@@ -244,7 +244,11 @@ def test_merge_keeps_the_admins_milters_and_networks() -> None:
                 assert c.cmd("MAIL FROM:<spammer@bad.example>").lines == (
                     expected_line("host_denies_sender"),
                 )
-            lan6 = {"addr": "IPV6:2001:db8:1::5", "name": "pc.lan.example", "helo": "pc.lan.example"}
+            lan6 = {
+                "addr": "IPV6:2001:db8:1::5",
+                "name": "pc.lan.example",
+                "helo": "pc.lan.example",
+            }
             with client(postfix, lan6) as c:
                 assert c.cmd("MAIL FROM:<alice@example.com>").code == 250
                 assert c.cmd("RCPT TO:<x@foreign.example>").code == 250
