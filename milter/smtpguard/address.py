@@ -26,12 +26,16 @@ from dataclasses import dataclass
 __all__ = [
     "Address",
     "AddressError",
+    "IPAddress",
     "esmtp_params",
     "is_fqdn",
     "is_valid_domain",
     "parse_address_literal",
     "parse_path",
 ]
+
+#: An IP address as :func:`ipaddress.ip_address` returns it (the one alias for both).
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # RFC 5321 4.5.3.1: limits in octets (of the UTF-8 form once RFC 6531 is in play).
 MAX_LOCAL_PART = 64
@@ -372,7 +376,7 @@ def is_fqdn(name: str, *, allow_utf8: bool = False) -> bool:
     return len(labels) >= 2 and not labels[-1].isdigit()
 
 
-def parse_address_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_address_literal(text: str) -> IPAddress | None:
     """The address in an RFC 5321 4.1.3 address literal, else None.
 
     ``"[192.0.2.1]"`` gives an IPv4Address and ``"[IPv6:2001:db8::1]"`` (tag in

@@ -19,12 +19,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
+from smtpguard.address import IPAddress
 from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_redis_url
 from smtpguard.patterns import Pattern, PatternError, compile_pattern
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 Mode = Literal["enforce", "report", "off"]
@@ -484,7 +484,8 @@ class Config:
 
 _DEFAULT_CHECK = CheckSettings()
 
-#: Checks that need the resolver (``[dns] nameservers``).
+#: Checks that need the resolver (``[dns] nameservers``), by ``[checks.NAME]`` table: the
+#: loader refuses them when asked for without one, the pipeline does not build them.
 DNS_CHECKS = frozenset({"rbl", "openrelay", "smtpport", "helo_dns", "sender_domain", "spf"})
 
 #: Checks whose defaults differ from enforce/tempfail. A DNS failure is not the
@@ -650,7 +651,7 @@ def _antispam(s: _Section) -> AntispamConfig:
     )
     s.done()
     for key in ("flag_header", "score_header"):
-        if not _HEADER_NAME.match(getattr(out, key)):
+        if not HEADER_NAME.match(getattr(out, key)):
             raise s.error(key, "not a header field name")
     if out.reject_score < out.add_header_score:
         raise s.error("reject_score", "must not be below add_header_score")
@@ -700,7 +701,7 @@ def _milter(s: _Section) -> MilterConfig:
         allow_remote_socket=s.boolean("allow_remote_socket", d.allow_remote_socket),
         report_header=s.string("report_header", d.report_header),
     )
-    if out.report_header and not _HEADER_NAME.match(out.report_header):
+    if out.report_header and not HEADER_NAME.match(out.report_header):
         raise s.error("report_header", "not a header field name")
     s.done()
     for key, name, db in (
@@ -795,13 +796,14 @@ def _limits(s: _Section) -> LimitsConfig:
     return out
 
 
-_HEADER_NAME = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 §3.6.8 ftext
+#: A header field name (RFC 5322 §3.6.8 ftext): loop marker, report header, rule parts.
+HEADER_NAME: Final = re.compile(r"[!-9;-~]+\Z")
 
 
 def _content(s: _Section) -> ContentConfig:
     d = ContentConfig()
     marker = s.string("loop_marker", d.loop_marker)
-    if not _HEADER_NAME.match(marker):
+    if not HEADER_NAME.match(marker):
         raise s.error("loop_marker", f"not a header field name: {marker!r}")
     value = s.string("loop_marker_value", d.loop_marker_value)
     if not value.isascii() or not value.isprintable():

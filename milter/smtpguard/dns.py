@@ -57,12 +57,12 @@ import dns.rdatatype
 import dns.resolver
 from cachetools import TLRUCache
 
+from smtpguard.address import IPAddress
 from smtpguard.config import DnsConfig
 
 log = logging.getLogger("smtpguard")
 
 _T = TypeVar("_T")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Any cached NXDOMAIN answers every type of its name (RFC 2308 §5).
 _ANY = "*"

@@ -14,11 +14,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from smtpguard.address import AddressError, esmtp_params, parse_path
+from smtpguard.address import AddressError, IPAddress, esmtp_params, parse_path
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.pipeline import CONTINUE, Action, Decision
-from smtpguard.session import MTA, Connection, IPAddress, Transaction, new_session_id
+from smtpguard.session import MTA, Connection, Transaction, new_session_id
 from smtpguard.state import SessionGate
 
 log = logging.getLogger("smtpguard")

@@ -62,7 +62,7 @@ from smtpguard.checks.session_limit import SessionLimit
 from smtpguard.checks.size import ActualSize, ActualSizeEom, DeclaredSize
 from smtpguard.checks.spf import Spf
 from smtpguard.checks.virus import VirusScan
-from smtpguard.config import CheckSettings, Config
+from smtpguard.config import DNS_CHECKS, CheckSettings, Config
 from smtpguard.message import MessageState
 from smtpguard.metrics import NullMetrics
 from smtpguard.replies import Reply, ReplyTable
@@ -156,7 +156,7 @@ class Pipeline:
             settings = self.config.check(settings_name(cls.name))
             if settings.mode == "off":
                 continue
-            if getattr(cls, "needs_dns", False) and services.dns is None:
+            if settings_name(cls.name) in DNS_CHECKS and services.dns is None:
                 without_dns.append(cls.name)
                 continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__

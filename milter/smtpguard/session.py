@@ -7,18 +7,15 @@ checks. Nothing here talks to the MTA.
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from smtpguard.address import Address
+from smtpguard.address import Address, IPAddress
 from smtpguard.message import MessageState
 from smtpguard.verdict import Hit, TempError
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _counter = itertools.count(1)
 _prefix = f"{os.getpid():x}"

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smtpguard.address import IPAddress
 from smtpguard.content.received import (
     _COMMON,  # the fast path's shape: the Postfix test checks it is taken
     MAX_LENGTH,
-    IPAddress,
     ReceivedInfo,
     ReceivedParseError,
     is_our_claim,

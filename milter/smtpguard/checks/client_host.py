@@ -37,13 +37,12 @@ from typing import ClassVar
 
 from cachetools import TTLCache
 
-from smtpguard.address import is_fqdn
+from smtpguard.address import IPAddress, is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import GenericPatterns
 from smtpguard.dns import (
     Answer,
     Completed,
-    IPAddress,
     Pending,
     Resolver,
     Status,
@@ -143,7 +142,6 @@ class SmtpPort:
     name: ClassVar[str] = "smtpport"
     stage: ClassVar[Stage] = Stage.MAIL
     reply_ids: ClassVar[tuple[str, ...]] = ("smtpport_check", "database_temp_error")
-    needs_dns: ClassVar[bool] = True
 
     _RDNS = "smtpport.rdns"
     _PROBE = "smtpport.connect_back"
@@ -266,7 +264,6 @@ class HeloDns:
     name: ClassVar[str] = "helo_dns"
     stage: ClassVar[Stage] = Stage.MAIL
     reply_ids: ClassVar[tuple[str, ...]] = ("helo_error", "database_temp_error")
-    needs_dns: ClassVar[bool] = True
 
     def __init__(self, services: Services) -> None:
         self.dns = services.dns

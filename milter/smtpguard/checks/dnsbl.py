@@ -33,12 +33,12 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
+from smtpguard.address import IPAddress
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import DnsblZone
 from smtpguard.dns import (
     Answer,
     Completed,
-    IPAddress,
     Pending,
     Resolver,
     client_address,
@@ -88,7 +88,6 @@ class _Dnsbl:
     kind: ClassVar[str]
     reply_id: ClassVar[str]
     stage: ClassVar[Stage] = Stage.MAIL
-    needs_dns: ClassVar[bool] = True
 
     def __init__(self, services: Services) -> None:
         self.zones = tuple(z for z in services.config.dnsbl.zones if z.kind == self.kind)

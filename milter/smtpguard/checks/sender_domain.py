@@ -35,7 +35,6 @@ class SenderDomain:
     name: ClassVar[str] = "sender_domain"
     stage: ClassVar[Stage] = Stage.MAIL
     reply_ids: ClassVar[tuple[str, ...]] = ("sender_unvalidated", "database_temp_error")
-    needs_dns: ClassVar[bool] = True
 
     def __init__(self, services: Services) -> None:
         self.site = services.config.site

@@ -127,7 +127,6 @@ class Spf:
     name: ClassVar[str] = "spf"
     stage: ClassVar[Stage] = Stage.MAIL
     reply_ids: ClassVar[tuple[str, ...]] = ("remote_ip_mismatch", "database_temp_error")
-    needs_dns: ClassVar[bool] = True
 
     def __init__(self, services: Services) -> None:
         self.dns = services.dns

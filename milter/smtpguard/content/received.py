@@ -63,16 +63,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
+from smtpguard.address import IPAddress
+
 __all__ = [
     "MAX_LENGTH",
-    "IPAddress",
     "ReceivedInfo",
     "ReceivedParseError",
     "is_our_claim",
     "parse_received",
 ]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MAX_LENGTH: Final = 8192
 

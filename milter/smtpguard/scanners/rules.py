@@ -58,7 +58,7 @@ from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any, Final
 
-from smtpguard.config import ConfigError, default_rules_dir, read_toml
+from smtpguard.config import HEADER_NAME, ConfigError, default_rules_dir, read_toml
 from smtpguard.patterns import Pattern, PatternError, PatternSet
 
 __all__ = [
@@ -77,7 +77,6 @@ DEFAULT_MAX_BODY_BYTES: Final = 512 * 1024
 DEFAULT_TIME_BUDGET: Final = 1.0
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
-_HEADER_NAME: Final = re.compile(r"[!-9;-~]+\Z")  # RFC 5322 §3.6.8 ftext
 _KEYS: Final = frozenset({"name", "part", "pattern", "score", "ignore_case", "description"})
 _UNFOLD: Final = re.compile(r"\r?\n[ \t]*")
 _MISSING: Final = object()
@@ -156,7 +155,7 @@ def _rule(path: Path, index: int, entry: Any) -> Rule:
     part = get("part", str, "a string")
     if part in ("body", "header:*"):
         pass
-    elif part.startswith("header:") and _HEADER_NAME.match(part[7:]):
+    elif part.startswith("header:") and HEADER_NAME.match(part[7:]):
         part = "header:" + part[7:].lower()
     else:
         raise RuleError(path, f"{where}.part", 'expected "body", "header:NAME" or "header:*"')
