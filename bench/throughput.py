@@ -44,11 +44,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -75,7 +76,8 @@ from postfix_bench import (  # noqa: E402
     wait_listening,
 )
 
-from support.service import dump_toml  # noqa: E402
+from smtpguard.config import read_toml  # noqa: E402
+from support.unbound import DNSBL_ZONES  # noqa: E402
 
 CONFIGS = ("none", "null", "smtpguard", "rspamd")
 #: Not in the default run: smtpguard on an inet: socket (compare with --loop-marker).
@@ -135,8 +137,7 @@ def smtpguard_config(
     counter are on by default; the virus scanner and the rspamd engine need an outside
     service and stay at their default (off).
     """
-    with (ROOT / "conf" / "smtpguard.toml").open("rb") as fh:
-        data: dict[str, Any] = tomllib.load(fh)
+    data = read_toml(ROOT / "conf" / "smtpguard.toml")
     if inet_port is None:
         data["milter"].update(
             socket=f"unix:{directory / 'smtpguard.sock'}",
@@ -154,12 +155,9 @@ def smtpguard_config(
     data["dns"].update(nameservers=["127.0.0.1"], port=dns_port)
     data.setdefault("checks", {})["helo_dns"] = {"mode": "enforce"}
     data.setdefault("bulk", {})["threshold"] = 1_000_000
-    zones = (
-        '\n[[dnsbl.zones]]\nname = "rbl.test"\nkind = "rbl"\n'
-        '\n[[dnsbl.zones]]\nname = "relays.test"\nkind = "openrelay"\n'
-    )
+    data.setdefault("dnsbl", {})["zones"] = DNSBL_ZONES
     config = directory / "smtpguard.toml"
-    config.write_text(dump_toml(data) + zones, encoding="utf-8")
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
     subprocess.run(
         [
             *(sys.executable, "-m", "smtpguard", "-c", str(config)),

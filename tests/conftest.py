@@ -1,16 +1,17 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# tests/ on sys.path so every test module can import the shared helpers in support/.
-sys.path.insert(0, str(Path(__file__).parent))
-
+from smtpguard.dns import Resolver
 from support.daemons import Rspamd, start_rspamd
+from support.fake_dns import FakeDns, fake_resolver
 from support.service import Running, Site, make_site, reap_stopping, running
+from support.unbound import DnsServer, unbound_server
+
+# tests/ is on sys.path (pyproject.toml, [tool.pytest.ini_options] pythonpath), so every
+# test module imports the shared helpers as ``support``.
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +33,28 @@ def _reap_services() -> Iterator[None]:
     reap_stopping()
 
 
-# --- DNS: one unbound on loopback for the whole test session (docs/testing.md) -----
-# (Imported here, not at the top: this section was appended to a shared file.)
+# --- DNS ------------------------------------------------------------------------------
 
-from support.unbound import DnsServer, unbound_server  # noqa: E402
+
+@pytest.fixture
+def fake() -> FakeDns:
+    """The DNS data a test's resolver answers from; a module with records of its own
+    overrides this fixture."""
+    return FakeDns()
+
+
+@pytest.fixture
+def resolver(fake: FakeDns) -> Iterator[Resolver]:
+    """A resolver over :func:`fake` (no network), closed after the test."""
+    r = fake_resolver(fake)
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="session")
 def unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
-    """unbound serving the test zones of support/unbound.py; started on first use."""
+    """unbound serving the test zones of support/unbound.py (docs/testing.md); started
+    on first use, one for the whole test session."""
     with unbound_server(tmp_path_factory.mktemp("unbound")) as server:
         yield server
 

@@ -43,11 +43,6 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def fake() -> FakeDns:
-    return FakeDns()
-
-
-@pytest.fixture
 def resolver(fake: FakeDns, clock: FakeClock) -> Iterator[Resolver]:
     r = fake_resolver(fake, clock, max_ttl=3600, negative_ttl=600, failure_ttl=5)
     yield r

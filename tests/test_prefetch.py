@@ -6,12 +6,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
+import tomli_w
 
 from smtpguard.address import parse_path
 from smtpguard.app import build_runtime, load
@@ -24,21 +24,15 @@ from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Verdict
 from support.fake_dns import DNS_SECTION, FakeDns, NoBlacklist, fake_resolver
+from support.unbound import RBL_ZONE
 
-CONFIG = (
-    DNS_SECTION
-    + """stage_deadline = 1.0
-
-[site]
-local_domains = ["example.com"]
-
-[[dnsbl.zones]]
-name = "rbl.test"
-
-[checks.helo_dns]
-mode = "enforce"
-"""
-)
+SETTINGS: dict[str, Any] = {
+    "dns": {**DNS_SECTION, "stage_deadline": 1.0},
+    "site": {"local_domains": ["example.com"]},
+    "dnsbl": {"zones": [RBL_ZONE]},
+    "checks": {"helo_dns": {"mode": "enforce"}},
+}
+CONFIG = tomli_w.dumps(SETTINGS)
 CLIENT = "198.51.100.66"
 
 POLL_INTERVAL = 0.02
@@ -50,13 +44,6 @@ def fake() -> FakeDns:
     f.add("66.100.51.198.rbl.test", "A", "127.0.0.2")
     f.add("66.100.51.198.rbl.test", "TXT", '"listed"')
     return f
-
-
-@pytest.fixture
-def resolver(fake: FakeDns) -> Iterator[Resolver]:
-    r = fake_resolver(fake)
-    yield r
-    r.close()
 
 
 def build(tmp_path: Path, dns: Resolver | None, text: str = CONFIG) -> Pipeline:
@@ -198,7 +185,7 @@ def test_a_reload_keeps_the_resolver_while_dns_is_unchanged(tmp_path: Path) -> N
     directory, blacklist = NoDirectory(), NoBlacklist()
     first = build_runtime(load(path), directory=directory, blacklist=blacklist)
     same = build_runtime(load(path), directory=directory, blacklist=blacklist, previous=first)
-    path.write_text(CONFIG.replace("stage_deadline = 1.0", "stage_deadline = 1.5"))
+    path.write_text(tomli_w.dumps({**SETTINGS, "dns": {**DNS_SECTION, "stage_deadline": 1.5}}))
     changed = build_runtime(load(path), directory=directory, blacklist=blacklist, previous=first)
     assert first.services.dns is not None
     assert same.services.dns is first.services.dns

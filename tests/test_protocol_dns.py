@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smtpguard.config import DNS_CHECKS
 from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
 from support.service import TRUSTED_IP, Running, make_site, running
 from support.unbound import (
     A_ONLY_DOMAIN,
     AAAA_ONLY_DOMAIN,
+    DNSBL_ZONES,
     GENERIC_DSL_IP,
     GENERIC_IP,
     GOOD_DOMAIN,
@@ -65,28 +67,13 @@ GOOD_HELO = "mx.good.test"
 GOOD_SENDER = f"<someone@{GOOD_DOMAIN}>"
 TLS = {"{tls_version}": "TLSv1.3"}
 
-ZONES = """
-[[dnsbl.zones]]
-name = "rbl.test"
-kind = "rbl"
-answers = ["127.0.0.2-127.0.0.11"]
-
-[[dnsbl.zones]]
-name = "relays.test"
-kind = "openrelay"
-"""
-
-ALL_DNS_CHECKS = ("rbl", "openrelay", "smtpport", "helo_dns", "sender_domain", "spf")
-
 
 def dns_service(
-    tmp: Path, port: int, extra: dict[str, Any], zones: str = ZONES
+    tmp: Path, port: int, extra: dict[str, Any], zones: Sequence[Mapping[str, Any]] = DNSBL_ZONES
 ) -> Iterator[Running]:
     dns = {"nameservers": ["127.0.0.1"], "port": port, "timeout": 1.0, "stage_deadline": 2.0}
     dns.update(extra.pop("dns", {}))
-    site = make_site(tmp, {"dns": dns, **extra})
-    with site.config.open("a", encoding="utf-8") as fh:
-        fh.write(zones)
+    site = make_site(tmp, {"dns": dns, "dnsbl": {"zones": zones}, **extra})
     with running(site) as svc:
         yield svc
 
@@ -101,7 +88,7 @@ def main(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterat
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
     """Every DNS check tempfails on SERVFAIL/timeout; softfail is refused."""
-    checks = {name: {"on_temp_error": "tempfail"} for name in ALL_DNS_CHECKS}
+    checks = {name: {"on_temp_error": "tempfail"} for name in sorted(DNS_CHECKS)}
     checks["helo_dns"]["mode"] = "enforce"
     extra = {"checks": checks, "spf": {"reject_softfail": True}}
     yield from dns_service(tmp_path_factory.mktemp("dns-strict"), unbound.port, extra)
@@ -138,7 +125,7 @@ def probe(
             "connect_back_timeout": 0.5,
         }
     }
-    yield from dns_service(tmp_path_factory.mktemp("dns-probe"), unbound.port, extra, zones="")
+    yield from dns_service(tmp_path_factory.mktemp("dns-probe"), unbound.port, extra, zones=())
 
 
 def session(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
-from smtpguard.config import ConfigError, RepliesConfig, ReplyOverride
+from smtpguard.config import ConfigError, RepliesConfig, ReplyOverride, read_toml
 from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
 from support.expected import SPEC
-from support.service import RULES, dump_toml
+from support.service import RULES
 
 TABLE = RULES / "replies.toml"
 
@@ -108,7 +108,7 @@ def test_override_changes_code_and_text() -> None:
 
 
 def _broken_table(tmp_path: Path, reply_id: str, **changes: Any) -> Path:
-    data = tomllib.loads(TABLE.read_text(encoding="utf-8"))
+    data = read_toml(TABLE)
     for key, value in changes.items():
         if value is None:
             data[reply_id].pop(key, None)
@@ -117,7 +117,7 @@ def _broken_table(tmp_path: Path, reply_id: str, **changes: Any) -> Path:
         else:
             data[reply_id][key] = value
     path = tmp_path / "replies.toml"
-    path.write_text(dump_toml(data), encoding="utf-8")
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
     return path
 
 
@@ -156,15 +156,15 @@ def test_doubled_percent_is_accepted_and_sent_once(tmp_path: Path) -> None:
 
 
 def test_missing_and_unknown_ids(tmp_path: Path) -> None:
-    data = tomllib.loads(TABLE.read_text(encoding="utf-8"))
+    data = read_toml(TABLE)
     del data["user_locked"]
     path = tmp_path / "missing.toml"
-    path.write_text(dump_toml(data), encoding="utf-8")
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
     with pytest.raises(ConfigError, match="user_locked: reply id missing"):
         load_replies(policy(table=path))
     data["user_locked"] = data["rbl_deny"]
     data["no_such_id"] = data["rbl_deny"]
-    path.write_text(dump_toml(data), encoding="utf-8")
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
     with pytest.raises(ConfigError, match="no_such_id: unknown reply id"):
         load_replies(policy(table=path))
 

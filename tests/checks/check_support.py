@@ -3,7 +3,7 @@
 Everything a check needs is passed in: a :class:`FakeDirectory` and a
 :class:`FakeBlacklist` (``support.fakes``, shared with the pipeline tests) stand in for
 the backends, and :func:`make_conn` builds the session state the adapter would fill
-in. ``tests/checks/conftest.py`` puts this directory on ``sys.path``.
+in. pyproject.toml puts this directory on ``sys.path`` for pytest.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import tomli_w
+
 from smtpguard.address import Address, AddressError, parse_path
 from smtpguard.checks import Event, Observing, Services, Stage
 from smtpguard.config import Config, load_config
 from smtpguard.message import MessageState
 from smtpguard.session import MTA, Connection, Transaction
-from support.service import dump_toml
 
 #: The site every check test starts from; ``make_config(site={...})`` merges into it.
 BASE_SECTIONS: dict[str, dict[str, Any]] = {
@@ -47,7 +48,7 @@ def write_config(where: Path, /, **sections: Mapping[str, Any]) -> Config:
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)
     path = where / "smtpguard.toml"
-    path.write_text(dump_toml(merged), encoding="utf-8")
+    path.write_text(tomli_w.dumps(merged), encoding="utf-8")
     return load_config(path)
 
 

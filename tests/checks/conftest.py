@@ -1,16 +1,10 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-# tests/checks on sys.path so the test modules can import check_support (as
-# tests/conftest.py does for tests/support).
-sys.path.insert(0, str(Path(__file__).parent))
-
 from check_support import ConfigFactory, ServicesFactory, write_config
 
 from smtpguard.checks import Services

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from check_support import make_conn
@@ -19,7 +20,7 @@ from smtpguard.checks.client_host import HeloDns, SmtpPort, embeds_ip, generic_m
 from smtpguard.config import ConfigError, GenericPatterns, load_config
 from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
-from support.fake_dns import FakeDns, dns_services, fake_resolver
+from support.fake_dns import FakeDns, dns_services
 
 IP = "198.51.100.7"
 PTR = "7.100.51.198.in-addr.arpa"
@@ -34,20 +35,9 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> GenericPatterns:
     return patterns
 
 
-@pytest.fixture
-def fake() -> FakeDns:
-    return FakeDns()
-
-
-@pytest.fixture
-def resolver(fake: FakeDns) -> Iterator[Resolver]:
-    r = fake_resolver(fake)
-    yield r
-    r.close()
-
-
-def smtpport(tmp_path: Path, resolver: Resolver, toml: str = "") -> SmtpPort:
-    return SmtpPort(dns_services(tmp_path, toml, resolver))
+def smtpport(tmp_path: Path, resolver: Resolver, **options: Any) -> SmtpPort:
+    """The check with ``[smtpport]`` set to ``options``."""
+    return SmtpPort(dns_services(tmp_path, resolver, smtpport=options))
 
 
 def soon() -> Event:
@@ -235,7 +225,7 @@ def test_unconfirmed_ptr_with_failed_forward_lookup_is_temporary(
 
 def test_fcrdns_can_be_turned_off(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
     host(fake, IP, "mx.liar.test", forward={"mx.liar.test": "198.51.100.99"})
-    assert decide(smtpport(tmp_path, resolver, "[smtpport]\nfcrdns = false\n")) is None
+    assert decide(smtpport(tmp_path, resolver, fcrdns=False)) is None
 
 
 def test_generic_confirmed_name_is_a_hit(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
@@ -243,7 +233,7 @@ def test_generic_confirmed_name_is_a_hit(tmp_path: Path, resolver: Resolver, fak
     verdict = decide(smtpport(tmp_path, resolver))
     assert isinstance(verdict, Hit)
     assert "looks generic (pattern dynamic)" in verdict.detail
-    assert decide(smtpport(tmp_path, resolver, "[smtpport]\ngeneric_patterns = ''\n")) is None
+    assert decide(smtpport(tmp_path, resolver, generic_patterns="")) is None
 
 
 def test_one_good_confirmed_name_is_enough(
@@ -283,11 +273,9 @@ def listener() -> Iterator[int]:
 
 
 def test_connect_back(tmp_path: Path, resolver: Resolver, fake: FakeDns, listener: int) -> None:
-    toml = (
-        f"[smtpport]\nconnect_back = true\nconnect_back_port = {listener}\n"
-        "connect_back_timeout = 0.5\n"
+    check = smtpport(
+        tmp_path, resolver, connect_back=True, connect_back_port=listener, connect_back_timeout=0.5
     )
-    check = smtpport(tmp_path, resolver, toml)
     host(fake, "127.0.0.5", "mx5.sender.test")
     host(fake, "127.0.0.6", "mx6.sender.test")
     assert decide(check, ip="127.0.0.5") is None
@@ -304,7 +292,7 @@ def test_connect_back(tmp_path: Path, resolver: Resolver, fake: FakeDns, listene
 
 
 def helo_check(tmp_path: Path, resolver: Resolver) -> HeloDns:
-    return HeloDns(dns_services(tmp_path, "", resolver))
+    return HeloDns(dns_services(tmp_path, resolver))
 
 
 def helo_decide(check: HeloDns, helo: str, **conn_args: object) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,24 +16,16 @@ from smtpguard.config import DnsblZone
 from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.fake_dns import FakeDns, dns_services, fake_resolver
+from support.unbound import RBL_ZONE, RELAY_ZONE
 
-ZONES = """
-[[dnsbl.zones]]
-name = "rbl.test"
-answers = ["127.0.0.2-127.0.0.11"]
-
-[[dnsbl.zones]]
-name = "second.test"
-kind = "rbl"
-
-[[dnsbl.zones]]
-name = "relays.test"
-kind = "openrelay"
-
-[[dnsbl.zones]]
-name = "v4only.test"
-ipv6 = false
-"""
+DNSBL = {
+    "zones": [
+        RBL_ZONE,
+        {"name": "second.test", "kind": "rbl"},
+        RELAY_ZONE,
+        {"name": "v4only.test", "ipv6": False},
+    ]
+}
 
 CLIENT = "198.51.100.66"
 NAME = "66.100.51.198"
@@ -42,20 +33,8 @@ V6_NAME = ".".join(reversed("20010db8" + "0" * 20 + "0066"))
 
 
 @pytest.fixture
-def fake() -> FakeDns:
-    return FakeDns()
-
-
-@pytest.fixture
-def resolver(fake: FakeDns) -> Iterator[Resolver]:
-    r = fake_resolver(fake)
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def rbl(tmp_path: Path, resolver: Resolver) -> Rbl:
-    return Rbl(dns_services(tmp_path, ZONES, resolver))
+    return Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL))
 
 
 def soon() -> Event:
@@ -182,7 +161,7 @@ def test_stage_deadline_bounds_the_wait(tmp_path: Path) -> None:
     slow = FakeDns(delay=1.0)
     resolver = fake_resolver(slow)
     try:
-        check = Rbl(dns_services(tmp_path, ZONES, resolver))
+        check = Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL))
         conn = make_conn(sender="a@sender.test", ip=CLIENT)
         check.prefetch(conn)
         start = time.monotonic()
@@ -198,7 +177,7 @@ def test_prefetch_starts_all_zones_at_once_and_returns_at_once(tmp_path: Path) -
     slow = FakeDns(delay=0.3)
     resolver = fake_resolver(slow)
     try:
-        check = Rbl(dns_services(tmp_path, ZONES, resolver))
+        check = Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL))
         conn = make_conn(sender="a@sender.test", ip=CLIENT)
         start = time.monotonic()
         check.prefetch(conn)
@@ -211,7 +190,7 @@ def test_prefetch_starts_all_zones_at_once_and_returns_at_once(tmp_path: Path) -
 
 
 def test_openrelay_uses_only_its_zones(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
-    check = OpenRelay(dns_services(tmp_path, ZONES, resolver))
+    check = OpenRelay(dns_services(tmp_path, resolver, dnsbl=DNSBL))
     fake.add(f"{NAME}.relays.test", "A", "127.0.0.2")
     verdict = check(make_conn(sender="a@sender.test", ip=CLIENT), soon())
     assert isinstance(verdict, Hit)

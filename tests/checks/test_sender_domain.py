@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,12 @@ from smtpguard.verdict import Hit, TempError
 from support.fake_dns import FakeDns, dns_services, fake_resolver
 
 D = "sender.test"
-SITE = "[site]\nlocal_domains = ['example.com']\n"
+SITE = {"local_domains": ["example.com"]}
 
 
 @pytest.fixture
-def fake() -> FakeDns:
-    return FakeDns()
-
-
-@pytest.fixture
-def check(tmp_path: Path, fake: FakeDns) -> Iterator[SenderDomain]:
-    resolver: Resolver = fake_resolver(fake)
-    yield SenderDomain(dns_services(tmp_path, SITE, resolver))
-    resolver.close()
+def check(tmp_path: Path, resolver: Resolver) -> SenderDomain:
+    return SenderDomain(dns_services(tmp_path, resolver, site=SITE))
 
 
 def decide(check: SenderDomain, sender: str = f"a@{D}") -> object:
@@ -102,7 +94,7 @@ def test_asks_mx_a_and_aaaa_at_once(tmp_path: Path) -> None:
     slow = FakeDns(delay=0.3)
     resolver = fake_resolver(slow)
     try:
-        check = SenderDomain(dns_services(tmp_path, "", resolver))
+        check = SenderDomain(dns_services(tmp_path, resolver))
         start = time.monotonic()
         assert isinstance(decide(check), Hit)
         assert time.monotonic() - start < 0.6

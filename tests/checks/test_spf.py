@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from check_support import make_conn
@@ -34,15 +35,8 @@ def fake() -> FakeDns:
     return f
 
 
-@pytest.fixture
-def resolver(fake: FakeDns) -> Iterator[Resolver]:
-    r = fake_resolver(fake)
-    yield r
-    r.close()
-
-
-def spf(tmp_path: Path, resolver: Resolver, toml: str = "") -> Spf:
-    return Spf(dns_services(tmp_path, toml, resolver))
+def spf(tmp_path: Path, resolver: Resolver, **sections: Mapping[str, Any]) -> Spf:
+    return Spf(dns_services(tmp_path, resolver, **sections))
 
 
 def decide(check: Spf, sender: str, ip: str = CLIENT, **conn_args: object) -> object:
@@ -66,7 +60,7 @@ def test_fail_is_a_hit(tmp_path: Path, resolver: Resolver) -> None:
 
 
 def test_softfail_rejected_when_configured(tmp_path: Path, resolver: Resolver) -> None:
-    check = spf(tmp_path, resolver, "[spf]\nreject_softfail = true\n")
+    check = spf(tmp_path, resolver, spf={"reject_softfail": True})
     assert isinstance(decide(check, "a@soft.test"), Hit)
 
 

@@ -25,7 +25,7 @@ from support.expected import SPEC, default_line
 from support.postfix import Postfix, start_postfix
 from support.service import Running, Site, make_site, running, smtpguard
 from support.smtp import Reply, SmtpClient
-from support.unbound import GOOD_IP, NO_PTR_IP, RBL_IP, RELAY_IP, DnsServer
+from support.unbound import DNSBL_ZONES, GOOD_IP, NO_PTR_IP, RBL_IP, RELAY_IP, DnsServer
 
 pytestmark = pytest.mark.integration
 
@@ -426,16 +426,6 @@ def test_dead_milter_defers_never_accepts() -> None:
 
 # --- DNS, scanners and bulk through Postfix -----------------------------------------
 
-DNS_ZONES = """
-[[dnsbl.zones]]
-name = "rbl.test"
-kind = "rbl"
-answers = ["127.0.0.2-127.0.0.11"]
-
-[[dnsbl.zones]]
-name = "relays.test"
-kind = "openrelay"
-"""
 GOOD = {"addr": GOOD_IP, "name": "mx.good.test", "helo": "mx.good.test"}
 
 
@@ -449,10 +439,9 @@ def full_stack(unbound: DnsServer) -> Iterator[tuple[Running, Postfix]]:
             "dns": {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0},
             "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"},
             "bulk": {"threshold": 2},
+            "dnsbl": {"zones": DNSBL_ZONES},
         },
     )
-    with site.config.open("a", encoding="utf-8") as fh:
-        fh.write(DNS_ZONES)
     try:
         with running(site) as service:
             postfix = start_postfix(site.config)

@@ -95,6 +95,7 @@ from support.sendmail import (
 from support.service import RULES, Running, Site, make_site, merge, running, smtpguard
 from support.smtp import Reply, SmtpClient
 from support.unbound import (
+    DNSBL_ZONES,
     LOOP_DOMAIN,
     LOOP_GOOD_IP,
     LOOP_NO_PTR_IP,
@@ -835,17 +836,6 @@ def test_auth_error_temp(auth_mta: Sendmail, guard: Running) -> None:
 
 # --- DNS, scanners and bulk through Sendmail --------------------------------------
 
-#: The DNS lists of test_postfix.py's full_stack (data: support/unbound.py).
-DNS_ZONES = """
-[[dnsbl.zones]]
-name = "rbl.test"
-kind = "rbl"
-answers = ["127.0.0.2-127.0.0.11"]
-
-[[dnsbl.zones]]
-name = "relays.test"
-kind = "openrelay"
-"""
 #: The sender of the DNS site: its SPF record lets the loop.test clients send.
 LOOP_SENDER = f"someone@{LOOP_DOMAIN}"
 
@@ -874,10 +864,9 @@ def full_mta(
                     "dns": {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0},
                     "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"},
                     "bulk": {"threshold": 2},
+                    "dnsbl": {"zones": DNSBL_ZONES},
                 },
             )
-            with site.config.open("a", encoding="utf-8") as fh:
-                fh.write(DNS_ZONES)
             mta_dir = tmp_path_factory.mktemp("full-mta")
             with (
                 running(site, wait_for=str(sock)) as svc,

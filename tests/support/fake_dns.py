@@ -10,9 +10,12 @@ forced to SERVFAIL or TIMEOUT.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from smtpguard.checks import Services
 from smtpguard.config import load_config
@@ -83,14 +86,17 @@ class NoBlacklist:
         return None
 
 
-DNS_SECTION = "[dns]\nnameservers = ['127.0.0.1']\n"
+#: The ``[dns]`` table of a config whose checks get a fake resolver: the loader refuses
+#: DNS lists and DNS checks asked for without a nameserver; nothing is sent to this one.
+DNS_SECTION: dict[str, Any] = {"nameservers": ["127.0.0.1"]}
 
 
-def dns_services(where: Path, toml: str, resolver: Resolver | None) -> Services:
-    """Services for DNS check tests: a config with a resolver section plus ``toml``
+def dns_services(where: Path, resolver: Resolver | None, **sections: Mapping[str, Any]) -> Services:
+    """Services for DNS check tests: a config of ``sections`` with :data:`DNS_SECTION`
     (written under ``where`` and loaded with the real loader) and the given resolver."""
     path = where / "smtpguard.toml"
-    path.write_text(DNS_SECTION + toml, encoding="utf-8")
+    data = {**sections, "dns": {**DNS_SECTION, **sections.get("dns", {})}}
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
     return Services(
         config=load_config(path), directory=NoDirectory(), blacklist=NoBlacklist(), dns=resolver
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import miltertest
 from miltertest import constants as C
 
-from support.expected import SPEC, default_line
+from .expected import SPEC, default_line
 
 POLL_INTERVAL = 0.02
 DEFAULT_CONNECT_MACROS = {"j": "mx.example.com", "v": "Postfix 3.7.11", "{daemon_name}": "mx"}

@@ -46,7 +46,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.smtp import Reply, SmtpClient
+from .smtp import Reply, SmtpClient
 
 #: The README whose Sendmail block the instances are built from.
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support.mtclient import MilterSession, wait_for_socket
+import tomli_w
+
+from .mtclient import MilterSession, wait_for_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
@@ -83,35 +84,6 @@ def merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        # JSON string escapes are valid TOML basic-string escapes.
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def dump_toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """A tiny TOML writer for test configs (tables, scalars, lists)."""
-    lines = []
-    tables = []
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for key, value in tables:
-        name = f"{prefix}.{key}" if prefix else key
-        out += f"\n[{name}]\n" + dump_toml(value, name)
-    return out
-
-
 @dataclass
 class Site:
     """A test installation: config file, directory, state, socket, all under tmp."""
@@ -136,7 +108,7 @@ def make_site(tmp: Path, extra: Mapping[str, Any] | None = None, *, directory: b
         },
     )
     data = merge(data, extra or {})
-    site.config.write_text(dump_toml(data), encoding="utf-8")
+    site.config.write_text(tomli_w.dumps(data), encoding="utf-8")
     if directory:
         source = tmp / "directory.toml"
         source.write_text(DIRECTORY, encoding="utf-8")

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.resolver
@@ -54,6 +55,13 @@ PROBE_CLOSED_IP = "127.0.0.6"  # PTR mx6.probe.test; nothing listens
 
 RBL_TXT = "listed for testing, see https://rbl.test/lookup"
 RELAY_TXT = "open relay, see https://relays.test/"
+
+#: The two lists above as ``[[dnsbl.zones]]`` entries of a config: rbl.test accepts the
+#: codes its listings use (RBL_OUT_OF_RANGE_IP's answer is outside them).
+RBL_ZONE: dict[str, Any] = {"name": "rbl.test", "kind": "rbl", "answers": ["127.0.0.2-127.0.0.11"]}
+RELAY_ZONE: dict[str, Any] = {"name": "relays.test", "kind": "openrelay"}
+#: One list of each kind, for ``{"dnsbl": {"zones": DNSBL_ZONES}}``.
+DNSBL_ZONES = (RBL_ZONE, RELAY_ZONE)
 
 # --- domains (MX, SPF) --------------------------------------------------------------
 
