@@ -14,7 +14,7 @@ and prints both and their ratio. The target is a burst within 2x of a single ses
 ``--full`` also enables smtpport, sender_domain and spf (PTR, FCrDNS, MX/A/AAAA, SPF
 lookups, all through the slow server).
 
-    .venv/bin/python bench/dns_burst.py [--sessions 50] [--delay 0.2] [--full]
+    .venv/bin/python -m bench.dns_burst [--sessions 50] [--delay 0.2] [--full]
 
 This is a benchmark, not a test: nothing asserts on the timings; ``--check`` exits 1
 when the ratio misses the target.
@@ -39,12 +39,8 @@ from pathlib import Path
 import dns.exception
 import dns.resolver
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from support.mtclient import MilterSession, wait_for_socket  # noqa: E402
-from support.unbound import free_port  # noqa: E402
+from tests.support.mtclient import MilterSession, wait_for_socket
+from tests.support.unbound import free_port
 
 ZONES = ["bl1.bench.test", "bl2.bench.test", "bl3.bench.test"]
 TARGET = 2.0

@@ -6,7 +6,7 @@ protocol steps and waits for the same answers, and every one answers CONTINUE. W
 costs is libmilter (a thread per session, a packet round trip per step) plus pymilter
 (a Python call per step under the GIL): all that smtpguard cannot avoid.
 
-    .venv/bin/python bench/null_milter.py unix:/path/to/null.sock
+    .venv/bin/python -m bench.null_milter unix:/path/to/null.sock
 
 Stops on SIGTERM (libmilter's own signal handling). The unix socket is created
 world-writable so that Postfix's smtpd (user postfix) can connect.

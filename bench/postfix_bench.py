@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,26 +24,19 @@ from pathlib import Path
 import dns.exception
 import dns.resolver
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-for _path in (ROOT / "tests", BENCH):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from milter_load import optneg_packet, read_packet  # noqa: E402
-
-from smtpguard.app import load  # noqa: E402
-from smtpguard.postfix import postfix_network  # noqa: E402
-from support.daemons import RSPAMD_OFF, keep_hs_cache, prepare_rspamd  # noqa: E402
-from support.postfix import (  # noqa: E402
+from bench.milter_load import optneg_packet, read_packet
+from smtpguard.app import load
+from smtpguard.postfix import postfix_network
+from tests.support.daemons import RSPAMD_OFF, keep_hs_cache, prepare_rspamd
+from tests.support.postfix import (
     LOCAL_MAIN_CF,
     MASTER_CF_SERVICES,
     attach_smtpguard,
     postfix_cmd,
     start_instance,
 )
-from support.unbound import LOCAL_DATA, config_text  # noqa: E402
-from support.unbound import free_port as free_udp_tcp_port  # noqa: E402
+from tests.support.unbound import LOCAL_DATA, config_text
+from tests.support.unbound import free_port as free_udp_tcp_port
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 UNBOUND = "/usr/sbin/unbound"

@@ -7,7 +7,7 @@ event loop thread. So each callback and each Python thread gets a profiler of it
 (one per OS thread), and when the service stops, all of them are merged and written
 as a pstats file:
 
-    .venv/bin/python bench/profiled_smtpguard.py [--cpu|--wall] OUT.pstats -c CONFIG run
+    .venv/bin/python -m bench.profiled_smtpguard [--cpu|--wall] OUT.pstats -c CONFIG run
 
 The overhead of deterministic profiling is large (every Python call is counted), so
 the absolute times are inflated; the split between functions is what to read.

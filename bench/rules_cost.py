@@ -6,7 +6,7 @@ them as "observe antispam" and "eom antispam"). Each message is fed as the milte
 it (header by header, body chunks of at most 65535 octets) and the best of ``--rounds``
 rounds is reported, in microseconds of thread CPU per message.
 
-    .venv/bin/python bench/rules_cost.py [-n 2000] [--rounds 5]
+    .venv/bin/python -m bench.rules_cost [-n 2000] [--rounds 5]
 
 The script uses only ``RuleSet.load`` and ``RuleSet.scanner``, so the same file runs
 against an older checkout (``PYTHONPATH=OLD/milter``) for a before/after comparison.

@@ -9,7 +9,7 @@ observer (checks fed with the headers and body as they stream) and per prefetch 
 The resolver's event loop thread is counted separately (process CPU minus this
 thread's).
 
-    .venv/bin/python bench/session_cost.py [-n 2000] [--cprofile 25]
+    .venv/bin/python -m bench.session_cost [-n 2000] [--cprofile 25]
 
 ``--cprofile N`` prints the N functions with the most CPU time instead of the per-check
 table (cProfile on this thread, CPU clock; its overhead inflates the total, the split
@@ -34,18 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent / "tests"))
-sys.path.insert(0, str(BENCH))
-
-from milter_load import Identity  # noqa: E402
-from postfix_bench import unbound  # noqa: E402
-from throughput import smtpguard_config  # noqa: E402
-
-from smtpguard.app import build_runtime, load  # noqa: E402
-from smtpguard.driver import SessionDriver  # noqa: E402
-from smtpguard.pipeline import Action  # noqa: E402
-from smtpguard.state import SessionGate  # noqa: E402
+from bench.milter_load import Identity
+from bench.postfix_bench import unbound
+from bench.throughput import smtpguard_config
+from smtpguard.app import build_runtime, load
+from smtpguard.driver import SessionDriver
+from smtpguard.pipeline import Action
+from smtpguard.state import SessionGate
 
 Clock = Callable[[], float]
 COSTS: collections.defaultdict[str, float] = collections.defaultdict(float)

@@ -12,7 +12,7 @@ It answers from rules, not zone files, so any number of client IPs works:
 Every answer leaves ``--delay`` seconds after its query arrived, without holding up
 the others (``loop.call_later``), like a far-away server.
 
-Run alone: ``python bench/slow_dns.py --port 5399 --delay 0.2 --zone bl1.bench.test``.
+Run alone: ``python -m bench.slow_dns --port 5399 --delay 0.2 --zone bl1.bench.test``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Sends N messages one after another through `smtpguard run` (PyPI miltertest clie
 the MTA) in four configurations and prints the mean time per message and the ratio to
 the unix socket without header modification, all measured in the same run.
 
-    .venv/bin/python bench/socket_stall.py [-n 50]
+    .venv/bin/python -m bench.socket_stall [-n 50]
 
 Why: a milter that answers end of message with two packets (add header, then
 continue) over TCP waits for Nagle + delayed ACK (~40 ms); libmilter offers no
@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support.mtclient import MilterSession  # noqa: E402
-from support.service import make_site, running  # noqa: E402
+from tests.support.mtclient import MilterSession
+from tests.support.service import make_site, running
 
 
 def free_port() -> int:

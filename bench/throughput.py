@@ -2,8 +2,8 @@
 
 One command, one run, everything on loopback in private directories:
 
-    .venv/bin/python bench/throughput.py            # full run, ~6-10 min on 2 cores
-    .venv/bin/python bench/throughput.py --quick    # smoke run, ~1.5 min
+    .venv/bin/python -m bench.throughput            # full run, ~6-10 min on 2 cores
+    .venv/bin/python -m bench.throughput --quick    # smoke run, ~1.5 min
 
 It starts unbound (the test zones of tests/support/unbound.py plus a bench sender
 domain), the real ``smtpguard run`` on a unix socket with the shipped default policy
@@ -51,13 +51,8 @@ from typing import Any
 
 import tomli_w
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(BENCH))
-
-from milter_load import Identity, LoadResult, SessionScript, drive, hold_open, release  # noqa: E402
-from postfix_bench import (  # noqa: E402
+from bench.milter_load import Identity, LoadResult, SessionScript, drive, hold_open, release
+from bench.postfix_bench import (
     BenchPostfix,
     Load,
     RspamdProxy,
@@ -75,9 +70,11 @@ from postfix_bench import (  # noqa: E402
     unbound,
     wait_listening,
 )
+from smtpguard.config import read_toml
+from tests.support.unbound import DNSBL_ZONES
 
-from smtpguard.config import read_toml  # noqa: E402
-from support.unbound import DNSBL_ZONES  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 
 CONFIGS = ("none", "null", "smtpguard", "rspamd")
 #: Not in the default run: smtpguard on an inet: socket (compare with --loop-marker).
