@@ -23,7 +23,7 @@ from smtpguard.pipeline import CHECK_NAMES, Action, Pipeline
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Verdict
-from support.fake_dns import DNS_SECTION, FakeDns, NoBlacklist, fake_resolver
+from support.fake_dns import DNS_SECTION, FakeDns, NoBlacklist
 from support.unbound import RBL_ZONE
 
 SETTINGS: dict[str, Any] = {
@@ -159,24 +159,22 @@ def test_without_a_resolver_the_dns_checks_are_not_built(
     assert pipeline.run(Stage.MAIL, conn).action is Action.CONTINUE
 
 
-def test_the_stage_deadline_bounds_a_mail_callback(tmp_path: Path) -> None:
-    slow = FakeDns(delay=5.0)
-    resolver = fake_resolver(slow)
-    try:
-        pipeline = build(tmp_path, resolver)
-        conn = connection()
-        pipeline.run(Stage.CONNECT, conn)
-        conn.helo = "mx.sender.test"
-        pipeline.run(Stage.HELO, conn)
-        mail(conn)
-        start = time.monotonic()
-        decision = pipeline.run(Stage.MAIL, conn)
-        elapsed = time.monotonic() - start
-        # Every DNS check timed out on the shared 1 s deadline and passed (defaults).
-        assert decision.action is Action.CONTINUE
-        assert elapsed < 1.5
-    finally:
-        resolver.close()
+def test_the_stage_deadline_bounds_a_mail_callback(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    fake.delay = 5.0
+    pipeline = build(tmp_path, resolver)
+    conn = connection()
+    pipeline.run(Stage.CONNECT, conn)
+    conn.helo = "mx.sender.test"
+    pipeline.run(Stage.HELO, conn)
+    mail(conn)
+    start = time.monotonic()
+    decision = pipeline.run(Stage.MAIL, conn)
+    elapsed = time.monotonic() - start
+    # Every DNS check timed out on the shared 1 s deadline and passed (defaults).
+    assert decision.action is Action.CONTINUE
+    assert elapsed < 1.5
 
 
 def test_a_reload_keeps_the_resolver_while_dns_is_unchanged(tmp_path: Path) -> None:

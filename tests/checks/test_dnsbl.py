@@ -15,7 +15,7 @@ from smtpguard.checks.dnsbl import OpenRelay, Rbl, classify
 from smtpguard.config import DnsblZone
 from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
-from support.fake_dns import FakeDns, dns_services, fake_resolver
+from support.fake_dns import FakeDns, dns_services
 from support.unbound import RBL_ZONE, RELAY_ZONE
 
 DNSBL = {
@@ -157,36 +157,26 @@ def test_a_listing_wins_over_another_zones_failure(rbl: Rbl, fake: FakeDns) -> N
     assert isinstance(rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()), Hit)
 
 
-def test_stage_deadline_bounds_the_wait(tmp_path: Path) -> None:
-    slow = FakeDns(delay=1.0)
-    resolver = fake_resolver(slow)
-    try:
-        check = Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL))
-        conn = make_conn(sender="a@sender.test", ip=CLIENT)
-        check.prefetch(conn)
-        start = time.monotonic()
-        verdict = check(conn, Event(deadline=time.monotonic() + 0.1))
-        assert time.monotonic() - start < 0.5
-        assert isinstance(verdict, TempError)
-        assert "stage deadline" in verdict.detail
-    finally:
-        resolver.close()
+def test_stage_deadline_bounds_the_wait(rbl: Rbl, fake: FakeDns) -> None:
+    fake.delay = 1.0
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    rbl.prefetch(conn)
+    start = time.monotonic()
+    verdict = rbl(conn, Event(deadline=time.monotonic() + 0.1))
+    assert time.monotonic() - start < 0.5
+    assert isinstance(verdict, TempError)
+    assert "stage deadline" in verdict.detail
 
 
-def test_prefetch_starts_all_zones_at_once_and_returns_at_once(tmp_path: Path) -> None:
-    slow = FakeDns(delay=0.3)
-    resolver = fake_resolver(slow)
-    try:
-        check = Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL))
-        conn = make_conn(sender="a@sender.test", ip=CLIENT)
-        start = time.monotonic()
-        check.prefetch(conn)
-        assert time.monotonic() - start < 0.1
-        assert check(conn, Event(deadline=time.monotonic() + 2)) is None
-        # Four zones of 0.3 s each, asked together.
-        assert time.monotonic() - start < 0.9
-    finally:
-        resolver.close()
+def test_prefetch_starts_all_zones_at_once_and_returns_at_once(rbl: Rbl, fake: FakeDns) -> None:
+    fake.delay = 0.3
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    start = time.monotonic()
+    rbl.prefetch(conn)
+    assert time.monotonic() - start < 0.1
+    assert rbl(conn, Event(deadline=time.monotonic() + 2)) is None
+    # Four zones of 0.3 s each, asked together.
+    assert time.monotonic() - start < 0.9
 
 
 def test_openrelay_uses_only_its_zones(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
