@@ -80,8 +80,7 @@ answers = ["127.0.0.2-127.0.0.11", "127.0.1.0/24", "127.0.0.20"]
 name = "bits.example"
 kind = "openrelay"
 bitmask = 6
-action = "score"
-score = 3
+action = "reject"
 ipv6 = false
 
 [smtpport]
@@ -107,11 +106,10 @@ reject_softfail = true
         (v4("127.0.0.20"), v4("127.0.0.20")),
     )
     assert (first.kind, first.action, first.bitmask, first.ipv6) == ("rbl", "reject", None, True)
-    assert (second.kind, second.bitmask, second.action, second.score, second.ipv6) == (
+    assert (second.kind, second.bitmask, second.action, second.ipv6) == (
         "openrelay",
         6,
-        "score",
-        3.0,
+        "reject",
         False,
     )
     assert config.smtpport.generic is None

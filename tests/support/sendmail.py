@@ -46,12 +46,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from smtpguard.config import load_config
+
 from .smtp import Reply, SmtpClient
 
 #: The README whose Sendmail block the instances are built from.
 README = Path(__file__).resolve().parents[2] / "README.md"
 #: The milter socket of the sample config, as that block has it.
-README_SOCKET = "/run/smtpguard/smtpguard.sock"
+README_SOCKET = load_config(
+    Path(__file__).resolve().parents[2] / "conf" / "smtpguard.toml"
+).milter.socket.partition(":")[2]
 #: Where the downloaded .debs are kept between test runs.
 CACHE_DIR = Path("/var/cache/smtpguard-tests/debs")
 PACKAGES = (
