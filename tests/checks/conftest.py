@@ -5,10 +5,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from check_support import ConfigFactory, ServicesFactory, write_config
 
 from smtpguard.checks import Services
 from smtpguard.config import Config
+from support.checks import ConfigFactory, ServicesFactory, write_config
 from support.fakes import (
     FakeBlacklist,
     FakeCounter,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from check_support import ServicesFactory, make_conn, stream_message
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.antispam import AntiSpam
@@ -16,6 +15,7 @@ from smtpguard.scanners import SpamResult, SpamStatus
 from smtpguard.scanners.rules import RulesResult
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
+from support.checks import ServicesFactory, make_conn, stream_message
 from support.fakes import FakeRules, FakeSpamEngine
 
 HEADERS = [("From", "a@example.org"), ("Subject", "offer")]

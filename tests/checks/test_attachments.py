@@ -6,7 +6,12 @@ from __future__ import annotations
 import base64
 
 import pytest
-from check_support import (
+
+from smtpguard.checks import Event, Stage
+from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
+from smtpguard.session import Connection
+from smtpguard.verdict import Hit
+from support.checks import (
     ServicesFactory,
     body,
     end_of_headers,
@@ -15,11 +20,6 @@ from check_support import (
     make_conn,
     with_message,
 )
-
-from smtpguard.checks import Event, Stage
-from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
-from smtpguard.session import Connection
-from smtpguard.verdict import Hit
 
 LIMIT = {"max_attachment_size": 1000}
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, make_conn
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin, resolve_login
 from smtpguard.directory import DirectoryError, Login
 from smtpguard.verdict import Hit, TempError
+from support.checks import ServicesFactory, make_conn
 from support.fakes import FakeDirectory
 
 ALICE = Login("alice", "alice@example.com", "active")

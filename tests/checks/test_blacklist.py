@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, make_conn
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError
+from support.checks import ServicesFactory, make_conn
 from support.fakes import FakeBlacklist
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, body, make_conn, with_message
 
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.checks.bulk import SameSize, SameSizeDeclared, bulk_key
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError
+from support.checks import ServicesFactory, body, make_conn, with_message
 from support.fakes import FakeBlacklist, FakeCounter, FakeDirectory
 
 THRESHOLD = {"threshold": 2}

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from check_support import make_conn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from smtpguard.checks.client_host import HeloDns, SmtpPort, embeds_ip, generic_m
 from smtpguard.config import ConfigError, GenericPatterns, load_config
 from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
+from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services
 
 IP = "198.51.100.7"

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from check_support import make_conn
 
 from smtpguard.checks import Event
 from smtpguard.checks.dnsbl import OpenRelay, Rbl, classify
 from smtpguard.config import DnsblZone
 from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
+from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services
 from support.unbound import RBL_ZONE, RELAY_ZONE
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from check_support import ServicesFactory, body, end_of_headers, header, make_conn, with_message
-
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.lines import BodyLines, HeaderLines
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit
+from support.checks import ServicesFactory, body, end_of_headers, header, make_conn, with_message
 
 
 def conn_with_message() -> Connection:

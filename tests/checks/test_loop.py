@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from check_support import ServicesFactory, header, make_conn, with_message
-
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.loop import Loop
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
+from support.checks import ServicesFactory, header, make_conn, with_message
 
 RECEIVED = "from a.example (a.example [192.0.2.1]) by b.example; Tue, 1 Oct 2024 10:00:00 +0000"
 

@@ -4,11 +4,11 @@ hosts (site: our_hostnames mx.example.com, our_ips 192.0.2.25)."""
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, make_conn
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.received import ForgedReceived
 from smtpguard.verdict import Hit
+from support.checks import ServicesFactory, make_conn
 
 DATE = "Tue, 1 Oct 2024 10:00:00 +0000"
 FOREIGN = f"from a.example (a.example [198.51.100.9]) by b.example with ESMTP id X; {DATE}"

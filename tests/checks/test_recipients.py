@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, make_conn, rcpt
 
 from smtpguard.checks import Stage
 from smtpguard.checks.recipients import Mailbox, RcptLimit
 from smtpguard.directory import Kind, Recipient
 from smtpguard.verdict import Hit, TempError
+from support.checks import ServicesFactory, make_conn, rcpt
 from support.fakes import FakeDirectory
 
 SITE = {"local_domains": ["example.com", ".example.net"]}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, make_conn, rcpt
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.relay import Relay, RelayLocal
 from smtpguard.verdict import Hit
+from support.checks import ServicesFactory, make_conn, rcpt
 
 SITE = {
     "local_domains": ["example.com", ".example.net"],

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ConfigFactory, ServicesFactory, make_conn
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.sender import SenderDeny, SenderSyntax
 from smtpguard.config import ConfigError
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit
+from support.checks import ConfigFactory, ServicesFactory, make_conn
 
 
 def test_stages_and_replies() -> None:

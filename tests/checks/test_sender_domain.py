@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-from check_support import make_conn
 
 from smtpguard.checks import Event
 from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
+from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services
 
 D = "sender.test"

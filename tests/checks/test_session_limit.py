@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from check_support import ServicesFactory, make_conn
-
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.session_limit import SessionLimit
 from smtpguard.verdict import Hit
+from support.checks import ServicesFactory, make_conn
 
 
 def test_declares_connect_stage_and_reply() -> None:

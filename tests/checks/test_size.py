@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, make_conn
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.size import DeclaredSize
 from smtpguard.verdict import Hit
+from support.checks import ServicesFactory, make_conn
 
 
 def test_declared_size_runs_at_mail() -> None:

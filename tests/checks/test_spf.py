@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from check_support import make_conn
 
 from smtpguard.checks import Event
 from smtpguard.checks.spf import Spf
 from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
+from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services
 
 CLIENT = "198.51.100.7"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from check_support import ServicesFactory, make_conn, stream_message
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.virus import VirusScan
 from smtpguard.endpoint import Endpoint
 from smtpguard.scanners import ScanResult, ScanStatus
 from smtpguard.verdict import Hit, TempError, Verdict
+from support.checks import ServicesFactory, make_conn, stream_message
 from support.fakes import FakeVirusScanner
 
 HEADERS = [("From", "a@example.org"), ("Subject", "hi")]
