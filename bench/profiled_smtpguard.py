@@ -71,7 +71,7 @@ def main() -> int:
         setattr(cls, name, _profiled(getattr(cls, name)))
     # Python threads (the resolver's event loop): profile their whole run.
     original_run = threading.Thread.run
-    threading.Thread.run = _profiled(original_run)  # type: ignore[method-assign]
+    threading.Thread.run = _profiled(original_run)  # type: ignore[method-assign]  # profile every thread
     try:
         return cli.main(argv)
     finally:

@@ -413,7 +413,7 @@ def test_address_properties(addr: Address, text: str, lc: str, domain_lc: str) -
 def test_address_is_frozen_and_slotted() -> None:
     addr = Address("u", "example.com")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        addr.local = "v"  # type: ignore[misc]
+        addr.local = "v"  # type: ignore[misc]  # the test shows it is frozen
     assert not hasattr(addr, "__dict__")
     assert {addr, Address("u", "example.com")} == {addr}
 

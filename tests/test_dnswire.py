@@ -66,7 +66,7 @@ def response(
     q: Question, rcode: int = dns.rcode.NXDOMAIN, soa: str | None = "rbl.test.", **kw: Any
 ) -> dns.message.Message:
     r = dns.message.make_response(dns.message.from_wire(q.to_wire()))
-    r.set_rcode(rcode)
+    r.set_rcode(dns.rcode.Rcode(rcode))
     if soa:
         r.authority.append(
             dns.rrset.from_text(

@@ -188,7 +188,9 @@ def dnspython_responses(draw: st.DrawFn, q: Question) -> bytes:
         response.additional.append(dns.rrset.from_text(glue, 300, IN, A, "192.0.2.53"))
     wire = bytearray(response.to_wire(want_shuffle=False))  # no random in a strategy
     if draw(st.integers(0, 4)) == 0:  # the question echoed in another case (0x20)
-        end = QNAME_AT + len(q.qname.to_wire())
+        qname = q.qname.to_wire()
+        assert qname is not None  # to_wire without a file returns the bytes
+        end = QNAME_AT + len(qname)
         wire[QNAME_AT:end] = wire[QNAME_AT:end].upper()
     return bytes(wire)
 

@@ -179,7 +179,7 @@ def test_accepted_urls_mean_to_redis_py_what_they_mean_to_us(
     if db is not None:
         url += f"?db={db}" if as_query else f"/{db}"
     ours = parse_redis_url(url)
-    theirs = redis.connection.parse_url(url)
+    theirs = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # redis-py has no annotations there
     assert ours.host == theirs["host"]
     assert ours.port == theirs.get("port", 6379)
     assert ours.db == theirs.get("db", 0)

@@ -885,7 +885,7 @@ def test_text_output_in_english() -> None:
 
 def test_text_output_in_chinese() -> None:
     out = explain_main("535 Authentication unsuccessful", lang="zh", as_json=False)
-    labels = [line.split("：")[0] for line in out.splitlines()]  # noqa: RUF001
+    labels = [line.split("：")[0] for line in out.splitlines()]  # noqa: RUF001 - fullwidth colon of the Chinese labels
     assert labels == ["回复", "类别", "原因", "处理建议", "匹配"]
     assert "身份验证失败 [auth_failed]" in out
     assert "Category" not in out

@@ -333,7 +333,7 @@ def test_auto_group_we_may_not_give_is_left_when_not_root(open_dir: Path) -> Non
             os.setuid(nobody.pw_uid)
             records: list[str] = []
             handler = logging.Handler()
-            handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+            handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]  # capture what the handler emits
             logging.getLogger("smtpguard").addHandler(handler)
             logging.getLogger("smtpguard").setLevel(logging.INFO)
             stale_socket(path)

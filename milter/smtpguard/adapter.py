@@ -140,7 +140,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
     # body chunk (or the end of a message without a body) stand for it. One callback
     # and, on inet sockets, one round trip fewer per message; an MTA that sends it
     # anyway still gets the right answer.
-    @Milter.nocallback  # type: ignore[untyped-decorator]
+    @Milter.nocallback  # type: ignore[untyped-decorator]  # pymilter ships no types
     def eoh(self) -> int:
         return self._guard(Stage.EOH, self.driver.eoh)
 
@@ -176,11 +176,11 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
     for Nagle and delayed ACK (~40 ms per message).
     """
 
-    @Milter.noreply  # type: ignore[untyped-decorator]
+    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def data(self) -> int:
         return super().data()
 
-    @Milter.noreply  # type: ignore[untyped-decorator]
+    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def header(self, name: str, value: str) -> int:
         return super().header(name, value)
 

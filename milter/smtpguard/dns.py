@@ -119,7 +119,7 @@ class Answer:
         out: list[IPAddress] = []
         for rd in self.rdata:
             if rd.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                out.append(ipaddress.ip_address(rd.address))  # type: ignore[attr-defined]
+                out.append(ipaddress.ip_address(rd.address))  # type: ignore[attr-defined]  # dnspython types rdata generically
         return tuple(out)
 
     def names(self) -> tuple[str, ...]:
@@ -136,8 +136,8 @@ class Answer:
         out = []
         for rd in self.rdata:
             if rd.rdtype == dns.rdatatype.MX:
-                exchange: dns.name.Name = rd.exchange  # type: ignore[attr-defined]
-                preference: int = rd.preference  # type: ignore[attr-defined]
+                exchange: dns.name.Name = rd.exchange  # type: ignore[attr-defined]  # dnspython types rdata generically
+                preference: int = rd.preference  # type: ignore[attr-defined]  # dnspython types rdata generically
                 out.append((preference, _text(exchange)))
         return tuple(out)
 
@@ -146,7 +146,7 @@ class Answer:
         out = []
         for rd in self.rdata:
             if rd.rdtype in (dns.rdatatype.TXT, dns.rdatatype.SPF):
-                out.append(tuple(rd.strings))  # type: ignore[attr-defined]
+                out.append(tuple(rd.strings))  # type: ignore[attr-defined]  # dnspython types rdata generically
         return tuple(out)
 
     def texts(self) -> tuple[str, ...]:
@@ -507,7 +507,7 @@ Pending: TypeAlias = concurrent.futures.Future[_T] | Completed[_T]
 
 def make_resolver(config: DnsConfig) -> Resolver:
     # dnswire builds on this module's Answer: imported here, not at the top.
-    from smtpguard.dnswire import UdpTransport  # noqa: PLC0415
+    from smtpguard.dnswire import UdpTransport  # noqa: PLC0415 - imported late: dnswire imports this module
 
     servers = list(config.nameservers)
     if servers == ["system"]:

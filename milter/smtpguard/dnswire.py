@@ -407,7 +407,7 @@ class UdpTransport:
         async with self._opening:
             if len(pool) < self.SOCKETS:
                 # A client socket: any local address, a random port from the kernel.
-                local = "::" if family == socket.AF_INET6 else "0.0.0.0"  # noqa: S104
+                local = "::" if family == socket.AF_INET6 else "0.0.0.0"  # noqa: S104 - the wildcard of the family, to let the kernel pick
                 loop = asyncio.get_running_loop()
                 _transport, protocol = await loop.create_datagram_endpoint(
                     _Socket, local_addr=(local, 0), family=family
@@ -415,7 +415,7 @@ class UdpTransport:
                 pool.append(protocol)
                 self._open.add(protocol)
                 return protocol
-        return random.choice(pool)  # noqa: S311
+        return random.choice(pool)  # noqa: S311 - spreads load; ids and ports are the secret
 
 
 def _expire(future: asyncio.Future[Reply]) -> None:

@@ -633,7 +633,7 @@ def _ours(
 _LABELS: dict[str, tuple[str, str, str, str, str]] = {
     "en": ("Reply:      ", "Category:   ", "Cause:      ", "What to do: ", "Matched:    "),
     # Full-width colons: the Chinese labels use Chinese punctuation.
-    "zh": ("回复：      ", "类别：      ", "原因：      ", "处理建议：  ", "匹配：      "),  # noqa: RUF001
+    "zh": ("回复：      ", "类别：      ", "原因：      ", "处理建议：  ", "匹配：      "),  # noqa: RUF001 - fullwidth colons are the Chinese labels
 }
 
 

@@ -42,7 +42,7 @@ def test_bulk_key_of_the_null_sender_and_without_transaction() -> None:
 
 
 def message_of(size: int, **conn_args: object) -> Connection:
-    conn = with_message(make_conn(sender="a@example.org", **conn_args))  # type: ignore[arg-type]
+    conn = with_message(make_conn(sender="a@example.org", **conn_args))  # type: ignore[arg-type]  # hypothesis-drawn kwargs of mixed types
     body(conn, b"x" * size)
     return conn
 

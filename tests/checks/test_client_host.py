@@ -173,7 +173,7 @@ def test_ip_digits_without_backreference_matches_as_before(
 
 
 def decide(check: SmtpPort, ip: str = IP, **conn_args: object) -> object:
-    conn = make_conn(sender="a@sender.test", ip=ip, **conn_args)  # type: ignore[arg-type]
+    conn = make_conn(sender="a@sender.test", ip=ip, **conn_args)  # type: ignore[arg-type]  # kwargs of mixed types
     check.prefetch(conn)
     return check(conn, soon())
 
@@ -296,7 +296,7 @@ def helo_check(tmp_path: Path, resolver: Resolver) -> HeloDns:
 
 
 def helo_decide(check: HeloDns, helo: str, **conn_args: object) -> object:
-    conn = make_conn(sender="a@sender.test", helo=helo, **conn_args)  # type: ignore[arg-type]
+    conn = make_conn(sender="a@sender.test", helo=helo, **conn_args)  # type: ignore[arg-type]  # kwargs of mixed types
     check.prefetch(conn)
     return check(conn, soon())
 

@@ -23,7 +23,7 @@ def headers(check: Loop, conn: Connection, *fields: tuple[str, str]) -> Verdict 
 def conn_with_message(**kwargs: object) -> Connection:
     args: dict[str, object] = {"sender": "a@example.org", "recipients": ["bob@example.com"]}
     args.update(kwargs)
-    return with_message(make_conn(**args))  # type: ignore[arg-type]
+    return with_message(make_conn(**args))  # type: ignore[arg-type]  # kwargs of mixed types
 
 
 def test_declaration() -> None:

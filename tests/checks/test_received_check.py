@@ -52,7 +52,7 @@ def test_a_foreign_client_claiming_our_host(make_services: ServicesFactory, valu
 def test_our_own_hosts_may_claim_us(
     make_services: ServicesFactory, conn_args: dict[str, object]
 ) -> None:
-    conn = make_conn(sender="a@example.org", **conn_args)  # type: ignore[arg-type]
+    conn = make_conn(sender="a@example.org", **conn_args)  # type: ignore[arg-type]  # kwargs of mixed types
     assert ForgedReceived(make_services())(conn, received(CLAIMS_NAME)) is None
 
 

@@ -40,7 +40,7 @@ def spf(tmp_path: Path, resolver: Resolver, **sections: Mapping[str, Any]) -> Sp
 
 
 def decide(check: Spf, sender: str, ip: str = CLIENT, **conn_args: object) -> object:
-    conn = make_conn(sender=sender, ip=ip, **conn_args)  # type: ignore[arg-type]
+    conn = make_conn(sender=sender, ip=ip, **conn_args)  # type: ignore[arg-type]  # kwargs of mixed types
     return check(conn, Event(deadline=time.monotonic() + 2))
 
 

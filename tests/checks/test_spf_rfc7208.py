@@ -77,7 +77,10 @@ def _rdata(rdtype: str, value: Any) -> list[dns.rdata.Rdata]:
         return [dns.rdtypes.ANY.TXT.TXT(IN, kind, strings or [b""])]
     if rdtype == "MX":
         preference, exchange = value
-        return [dns.rdtypes.ANY.MX.MX(IN, kind, preference, dns.name.from_text(exchange))]
+        mx = dns.rdtypes.ANY.MX.MX(  # type: ignore[no-untyped-call]  # dnspython leaves it bare
+            IN, kind, preference, dns.name.from_text(exchange)
+        )
+        return [mx]
     try:
         return [dns.rdata.from_text(IN, kind, str(value))]
     except (dns.exception.DNSException, ValueError):

@@ -105,7 +105,7 @@ def assert_nothing_relayed(postfix: Postfix, rcpt: Reply) -> None:
     assert postfix.delivered_messages() == {}
 
 
-RELAY_CASES = {
+RELAY_CASES: dict[str, dict[str, Any]] = {
     "enforce": {},
     "dry_run": {"milter": {"dry_run": True}},
     "relay_report": {"checks": {"relay": {"mode": "report"}}},
@@ -116,7 +116,8 @@ RELAY_CASES = {
 @pytest.mark.parametrize("control", ["postfix", "milter"])
 @pytest.mark.parametrize("case", [*RELAY_CASES, "milter_stopped", "milters_removed"])
 def test_never_an_open_relay(control: str, case: str) -> None:
-    extra: dict[str, Any] = {"site": {"relay_control": control}, **RELAY_CASES.get(case, {})}
+    extra: dict[str, Any] = {"site": {"relay_control": control}}
+    extra.update(RELAY_CASES.get(case, {}))
     refused = control == "milter" and case in ("dry_run", "relay_report", "relay_off")
     s = site(f"relay-{control}-{case}", extra, directory=not refused)
     check = smtpguard(s, "check-config", check=False)
@@ -264,9 +265,11 @@ def postconf_values(postfix: Postfix, *names: str) -> dict[str, str]:
         check=True,
         timeout=30,
     ).stdout
-    return dict(
-        line.split(" = ", 1) if " = " in line else (line[:-2], "") for line in out.splitlines()
-    )
+    values = {}
+    for line in out.splitlines():
+        name, _, value = line.partition(" =")
+        values[name] = value.strip()
+    return values
 
 
 # --- the socket a chrooted smtpd reaches ------------------------------------------------
