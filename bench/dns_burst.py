@@ -36,9 +36,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import dns.exception
-import dns.resolver
-
+from bench.postfix_bench import wait_for_dns
 from tests.support.mtclient import MilterSession, wait_for_socket
 from tests.support.unbound import free_port
 
@@ -104,16 +102,8 @@ def slow_dns(delay: float) -> Iterator[tuple[int, list[str]]]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     output: list[str] = []
     try:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, delay + 1
-        end = time.monotonic() + 15
-        while True:
-            try:
-                resolver.resolve("sender.bench.test", "MX")
-                break
-            except dns.exception.DNSException:
-                if proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError("slow DNS server did not start") from None
+        if not wait_for_dns(port, proc, lifetime=delay + 1):
+            raise RuntimeError("slow DNS server did not start")
         yield port, output
     finally:
         proc.send_signal(signal.SIGTERM)

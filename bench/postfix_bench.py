@@ -20,19 +20,21 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.exception
 import dns.resolver
 
 from bench.milter_load import optneg_packet, read_packet
 from smtpguard.app import load
-from smtpguard.postfix import postfix_network
 from tests.support.daemons import RSPAMD_OFF, keep_hs_cache, prepare_rspamd
 from tests.support.postfix import (
-    LOCAL_MAIN_CF,
     MASTER_CF_SERVICES,
     attach_smtpguard,
+    free_port,
+    local_main_cf,
     postfix_cmd,
+    read_maillog,
     start_instance,
 )
 from tests.support.unbound import LOCAL_DATA, config_text
@@ -44,10 +46,22 @@ POLL = 0.05
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def wait_for_dns(
+    port: int, proc: subprocess.Popen[Any], lifetime: float, deadline: float = 15.0
+) -> bool:
+    """Poll the bench zone on 127.0.0.1:``port`` until it answers; False if ``proc``
+    exits or ``deadline`` passes first."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, lifetime
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            resolver.resolve("sender.bench.test", "MX")
+            return True
+        except dns.exception.DNSException:
+            if proc.poll() is not None or time.monotonic() > end:
+                return False
+            time.sleep(POLL)
 
 
 # --- /proc readings --------------------------------------------------------------------
@@ -122,8 +136,7 @@ class BenchPostfix:
     queue: Path
 
     def maillog(self) -> str:
-        path = self.root / "maillog"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_maillog(self.root)
 
     def queued(self) -> int:
         count = 0
@@ -173,20 +186,8 @@ def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> Benc
     for d in (config_dir, queue, data):
         d.mkdir()
     shutil.chown(data, "postfix", "postfix")
-    config = load(smtpguard_config)
-    domains = " ".join(sorted(config.site.local_domains | config.site.relay_domains))
-    networks = " ".join(postfix_network(n) for n in config.site.trusted_networks)
     port = free_port()
-    (config_dir / "main.cf").write_text(
-        LOCAL_MAIN_CF.format(
-            queue=queue,
-            data=data,
-            domains=domains,
-            networks=networks,
-            root=root,
-            transport="discard",
-        )
-    )
+    (config_dir / "main.cf").write_text(local_main_cf(load(smtpguard_config), root, "discard"))
     # The settings smtpguard generates, applied as users apply them; then the one
     # line that differs between the configurations.
     attach_smtpguard(config_dir, smtpguard_config)
@@ -294,17 +295,8 @@ def unbound(directory: Path) -> Iterator[Unbound]:
             [UNBOUND, "-d", "-c", str(directory / "unbound.conf")], stdout=out, stderr=out
         )
     try:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], port, 0.2
-        end = time.monotonic() + 15
-        while True:
-            try:
-                resolver.resolve("sender.bench.test", "MX")
-                break
-            except dns.exception.DNSException:
-                if proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError("unbound did not start:\n" + log.read_text()) from None
-                time.sleep(POLL)
+        if not wait_for_dns(port, proc, lifetime=0.2):
+            raise RuntimeError("unbound did not start:\n" + log.read_text())
         yield Unbound(port, proc.pid)
     finally:
         stop_process(proc)

@@ -57,7 +57,6 @@ from bench.postfix_bench import (
     Load,
     RspamdProxy,
     cpu_seconds,
-    free_port,
     loadavg,
     machine_busy,
     smtp_source,
@@ -71,6 +70,7 @@ from bench.postfix_bench import (
     wait_listening,
 )
 from smtpguard.config import read_toml
+from tests.support.postfix import free_port
 from tests.support.unbound import DNSBL_ZONES
 
 BENCH = Path(__file__).resolve().parent

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from smtpguard.app import load
+from smtpguard.config import Config
 from smtpguard.postfix import postfix_network
 
 POLL_INTERVAL = 0.05
@@ -99,6 +100,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def read_maillog(root: Path) -> str:
+    """The maillog of the instance under ``root`` (``maillog_file`` above)."""
+    path = root / "maillog"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def local_main_cf(
+    smtpguard_config: Config, root: Path, transport: str, networks: str | None = None
+) -> str:
+    """:data:`LOCAL_MAIN_CF` for the instance under ``root``: smtpguard's domains are
+    Postfix's relay domains, and ``mynetworks`` is ``networks`` (by default smtpguard's
+    trusted networks)."""
+    site = smtpguard_config.site
+    if networks is None:
+        networks = " ".join(postfix_network(n) for n in site.trusted_networks)
+    return LOCAL_MAIN_CF.format(
+        queue=root / "queue",
+        data=root / "data",
+        domains=" ".join(sorted(site.local_domains | site.relay_domains)),
+        networks=networks,
+        root=root,
+        transport=transport,
+    )
+
+
 @dataclass
 class Postfix:
     root: Path
@@ -108,8 +134,7 @@ class Postfix:
     main_cf: str
 
     def maillog(self) -> str:
-        path = self.root / "maillog"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_maillog(self.root)
 
     def delivered_messages(self) -> dict[str, bytes]:
         return {p.stem: p.read_bytes() for p in self.delivered.glob("*.eml")}
@@ -216,22 +241,8 @@ def start_postfix(
     )
     capture.chmod(capture.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
-    config = load(smtpguard_config)
     port = free_port()
-    domains = " ".join(sorted(config.site.local_domains | config.site.relay_domains))
-    if networks is None:
-        networks = " ".join(postfix_network(n) for n in config.site.trusted_networks)
-    main_cf = (
-        LOCAL_MAIN_CF.format(
-            queue=queue,
-            data=data,
-            domains=domains,
-            networks=networks,
-            root=root,
-            transport="capture",
-        )
-        + extra_main_cf
-    )
+    main_cf = local_main_cf(load(smtpguard_config), root, "capture", networks) + extra_main_cf
     (config_dir / "main.cf").write_text(main_cf)
     (config_dir / "master.cf").write_text(master_cf.format(port=port, capture=capture))
     if attach:
