@@ -11,7 +11,7 @@ from smtpguard.checks import Event, Stage
 from smtpguard.checks.antispam import AntiSpam
 from smtpguard.config import default_rules_dir
 from smtpguard.endpoint import Endpoint
-from smtpguard.scanners import SpamResult, SpamStatus
+from smtpguard.scanners import SpamEnvelope, SpamResult, SpamStatus
 from smtpguard.scanners.rules import RulesResult
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -100,15 +100,15 @@ def test_engine_gets_the_whole_message_and_the_envelope(
     assert verdict is None
     ((message, envelope),) = spam_engine.calls
     assert message == b"From: a@example.org\r\nSubject: offer\r\n\r\nbuy now\r\n"
-    assert envelope == {
-        "ip": "198.51.100.7",
-        "helo": "mail.example.org",
-        "hostname": "client.example.org",
-        "sender": "a@example.org",
-        "rcpts": ["b@example.com"],
-        "queue_id": None,
-        "user": "alice",
-    }
+    assert envelope == SpamEnvelope(
+        ip="198.51.100.7",
+        helo="mail.example.org",
+        hostname="client.example.org",
+        sender="a@example.org",
+        rcpts=("b@example.com",),
+        queue_id=None,
+        user="alice",
+    )
 
 
 def test_engine_score_adds_to_the_rules(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpguard.scanners import Endpoint, MessageSpool, SpamResult, SpamStatus
+from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult, SpamStatus
 from smtpguard.scanners.rspamd import RspamdClient
 from support.daemons import GTUBE, Rspamd, free_port
 
@@ -32,14 +32,14 @@ ENVELOPE_RCPTS = ("bob@example.com",)
 
 def check(client: RspamdClient, message: bytes | MessageSpool, queue_id: str = "") -> SpamResult:
     """Scan with the usual test envelope."""
-    return client.check(
-        message,
+    envelope = SpamEnvelope(
         ip="198.51.100.7",
         helo="client.example.org",
         sender="alice@example.org",
         rcpts=ENVELOPE_RCPTS,
         queue_id=queue_id or None,
     )
+    return client.check(message, envelope)
 
 
 @pytest.fixture
@@ -68,16 +68,16 @@ def test_gtube_gives_action_reject(client: RspamdClient) -> None:
 
 
 def test_envelope_reaches_rspamd(client: RspamdClient, rspamd: Rspamd) -> None:
-    result = client.check(
-        HAM,
+    envelope = SpamEnvelope(
         ip="203.0.113.99",
         helo="helo.example.net",
         hostname="client.example.net",
         sender="envelope-sender@example.net",
-        rcpts=["r1@example.com", "r2@example.com"],
+        rcpts=("r1@example.com", "r2@example.com"),
         queue_id="QIDENVELOPE",
         user="carol",
     )
+    result = client.check(HAM, envelope)
     assert result.ok, result.detail
     line = next(line for line in rspamd.log().splitlines() if "qid: <QIDENVELOPE>" in line)
     assert "ip: 203.0.113.99" in line
@@ -87,9 +87,10 @@ def test_envelope_reaches_rspamd(client: RspamdClient, rspamd: Rspamd) -> None:
 
 
 def test_utf8_envelope_and_null_sender(client: RspamdClient) -> None:
-    result = client.check(
-        HAM, ip="2001:db8::25", sender="", rcpts=["用户@例子.广告"], helo="[2001:db8::25]"
+    envelope = SpamEnvelope(
+        ip="2001:db8::25", sender="", rcpts=("用户@例子.广告",), helo="[2001:db8::25]"
     )
+    result = client.check(HAM, envelope)
     assert result.ok, result.detail
 
 
@@ -137,13 +138,15 @@ def test_gtube_is_ignored_in_a_large_text_part(client: RspamdClient) -> None:
 
 
 def test_engine_down_is_an_error() -> None:
-    result = RspamdClient(Endpoint(host="127.0.0.1", port=free_port()), timeout=2).check(HAM)
+    client = RspamdClient(Endpoint(host="127.0.0.1", port=free_port()), timeout=2)
+    result = client.check(HAM, SpamEnvelope())
     assert result.status is SpamStatus.ERROR
     assert "refused" in result.detail.lower()
 
 
 def test_missing_unix_socket_is_an_error(tmp_path: Path) -> None:
-    result = RspamdClient(Endpoint(path=str(tmp_path / "none.sock")), timeout=2).check(HAM)
+    client = RspamdClient(Endpoint(path=str(tmp_path / "none.sock")), timeout=2)
+    result = client.check(HAM, SpamEnvelope())
     assert result.status is SpamStatus.ERROR
 
 
@@ -152,7 +155,7 @@ def test_engine_that_never_answers_times_out() -> None:
         server.bind(("127.0.0.1", 0))
         server.listen()
         endpoint = Endpoint(host="127.0.0.1", port=server.getsockname()[1])
-        result = RspamdClient(endpoint, timeout=0.3).check(HAM)
+        result = RspamdClient(endpoint, timeout=0.3).check(HAM, SpamEnvelope())
     assert result.status is SpamStatus.ERROR
     assert "timed out" in result.detail
 
@@ -190,7 +193,7 @@ def test_unexpected_replies_are_errors(status: int, body: bytes, detail: str) ->
         thread.start()
         try:
             endpoint = Endpoint(host="127.0.0.1", port=server.server_address[1])
-            result = RspamdClient(endpoint, timeout=5, max_reply=1000).check(HAM)
+            result = RspamdClient(endpoint, timeout=5, max_reply=1000).check(HAM, SpamEnvelope())
         finally:
             server.shutdown()
     assert result.status is SpamStatus.ERROR

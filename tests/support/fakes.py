@@ -7,7 +7,6 @@ The scanner fakes (:class:`FakeVirusScanner`, :class:`FakeRules`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -15,7 +14,14 @@ from typing import IO
 from smtpguard.config import AntispamConfig, VirusConfig
 from smtpguard.counters import CounterError
 from smtpguard.directory import DirectoryError, Kind, Login, Recipient
-from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus, SpamResult, SpamStatus
+from smtpguard.scanners import (
+    MessageSpool,
+    ScanResult,
+    ScanStatus,
+    SpamEnvelope,
+    SpamResult,
+    SpamStatus,
+)
 from smtpguard.scanners.backends import ScannerFactory
 from smtpguard.scanners.rules import RulesResult
 from smtpguard.state import StateError
@@ -202,34 +208,16 @@ class FakeSpamEngine:
 
     result: SpamResult = field(default_factory=lambda: SpamResult(SpamStatus.OK, 0.0, "no action"))
     configs: list[AntispamConfig] = field(default_factory=list)
-    calls: list[tuple[bytes, dict[str, object]]] = field(default_factory=list)
+    calls: list[tuple[bytes, SpamEnvelope]] = field(default_factory=list)
 
     def __call__(self, config: AntispamConfig) -> FakeSpamEngine:
         self.configs.append(config)
         return self
 
     def check(
-        self,
-        message: MessageSpool | IO[bytes] | bytes,
-        *,
-        ip: str | None = None,
-        helo: str | None = None,
-        hostname: str | None = None,
-        sender: str | None = None,
-        rcpts: Iterable[str] = (),
-        queue_id: str | None = None,
-        user: str | None = None,
+        self, message: MessageSpool | IO[bytes] | bytes, envelope: SpamEnvelope
     ) -> SpamResult:
         data = message.getvalue() if isinstance(message, MessageSpool) else message
-        envelope: dict[str, object] = {
-            "ip": ip,
-            "helo": helo,
-            "hostname": hostname,
-            "sender": sender,
-            "rcpts": list(rcpts),
-            "queue_id": queue_id,
-            "user": user,
-        }
         self.calls.append((data if isinstance(data, bytes) else data.read(), envelope))
         return self.result
 

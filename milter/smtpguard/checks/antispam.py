@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
-from smtpguard.scanners import MessageSpool, RuleStream
+from smtpguard.scanners import MessageSpool, RuleStream, SpamEnvelope
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -64,16 +64,16 @@ class AntiSpam:
         engine_error = ""
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if self.engine is not None and spool is not None:
-            answer = self.engine.check(
-                spool,
+            envelope = SpamEnvelope(
                 ip=str(conn.client_ip) if conn.client_ip else None,
                 helo=conn.helo,
                 hostname=conn.client_name or None,
                 sender=txn.sender.text if txn.sender else "",
-                rcpts=[r.text for r in txn.recipients],
+                rcpts=tuple(r.text for r in txn.recipients),
                 queue_id=txn.queue_id,
                 user=txn.auth_login,
             )
+            answer = self.engine.check(spool, envelope)
             if answer.ok:
                 score += answer.score
                 why.append(f"rspamd={answer.score:.1f}/{answer.action}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import socket
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import IO, TYPE_CHECKING, Final, Protocol
@@ -42,6 +42,7 @@ __all__ = [
     "ScanResult",
     "ScanStatus",
     "SpamEngine",
+    "SpamEnvelope",
     "SpamResult",
     "SpamStatus",
     "VirusStream",
@@ -100,6 +101,22 @@ class SpamResult:
         return self.status is SpamStatus.OK
 
 
+@dataclass(frozen=True, slots=True)
+class SpamEnvelope:
+    """The SMTP envelope a spam engine scores the message with (None: not known)."""
+
+    ip: str | None = None
+    helo: str | None = None
+    #: The client's verified host name.
+    hostname: str | None = None
+    #: The MAIL FROM address without angle brackets (empty for ``<>``).
+    sender: str | None = None
+    rcpts: tuple[str, ...] = ()
+    queue_id: str | None = None
+    #: The SASL login.
+    user: str | None = None
+
+
 # --- what the checks use ----------------------------------------------------------------
 
 
@@ -118,16 +135,7 @@ class SpamEngine(Protocol):
     """An external spam scorer (rspamd) asked once per message, at its end."""
 
     def check(
-        self,
-        message: MessageSpool | IO[bytes] | bytes,
-        *,
-        ip: str | None = None,
-        helo: str | None = None,
-        hostname: str | None = None,
-        sender: str | None = None,
-        rcpts: Iterable[str] = (),
-        queue_id: str | None = None,
-        user: str | None = None,
+        self, message: MessageSpool | IO[bytes] | bytes, envelope: SpamEnvelope
     ) -> SpamResult: ...
 
 

@@ -29,10 +29,9 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from collections.abc import Iterable
 from typing import IO, Any, Final
 
-from smtpguard.scanners import Endpoint, MessageSpool, SpamResult, SpamStatus
+from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult, SpamStatus
 
 __all__ = ["RspamdClient"]
 
@@ -76,35 +75,22 @@ class RspamdClient:
         )
 
     def check(
-        self,
-        message: MessageSpool | IO[bytes] | bytes,
-        *,
-        ip: str | None = None,
-        helo: str | None = None,
-        hostname: str | None = None,
-        sender: str | None = None,
-        rcpts: Iterable[str] = (),
-        queue_id: str | None = None,
-        user: str | None = None,
+        self, message: MessageSpool | IO[bytes] | bytes, envelope: SpamEnvelope
     ) -> SpamResult:
-        """Score ``message`` (header block, empty line, body) with its envelope.
-
-        ``sender`` is the MAIL FROM address without angle brackets (empty for ``<>``);
-        ``hostname`` the client's verified host name, if any; ``user`` the SASL login.
-        """
+        """Score ``message`` (header block, empty line, body) with its envelope."""
         body, length = _body(message)
         headers: list[tuple[str, str]] = [("Content-Length", str(length))]
         for name, value in (
-            ("IP", ip),
-            ("Helo", helo),
-            ("Hostname", hostname),
-            ("From", sender),
-            ("Queue-Id", queue_id),
-            ("User", user),
+            ("IP", envelope.ip),
+            ("Helo", envelope.helo),
+            ("Hostname", envelope.hostname),
+            ("From", envelope.sender),
+            ("Queue-Id", envelope.queue_id),
+            ("User", envelope.user),
         ):
             if value is not None:
                 headers.append((name, value))
-        headers.extend(("Rcpt", rcpt) for rcpt in rcpts)
+        headers.extend(("Rcpt", rcpt) for rcpt in envelope.rcpts)
         conn = self._connection()
         try:
             conn.putrequest("POST", _CHECK_PATH, skip_accept_encoding=True)
