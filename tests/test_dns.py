@@ -53,6 +53,19 @@ def ask(resolver: Resolver, name: str, rdtype: str) -> Answer:
     return resolver.lookup(name, rdtype, time.monotonic() + 5)
 
 
+def assert_cached_for(
+    resolver: Resolver, fake: FakeDns, clock: FakeClock, name: str, seconds: int
+) -> None:
+    """The answer for ``name`` A is reused for ``seconds`` and asked for again after."""
+    ask(resolver, name, "A")
+    clock.advance(seconds - 1)
+    ask(resolver, name, "A")
+    assert fake.count(name, "A") == 1
+    clock.advance(2)
+    ask(resolver, name, "A")
+    assert fake.count(name, "A") == 2
+
+
 # --- positive answers -----------------------------------------------------------------
 
 
@@ -69,13 +82,7 @@ def test_answer_is_cached_for_its_ttl(resolver: Resolver, fake: FakeDns, clock: 
 
 def test_positive_ttl_is_capped(resolver: Resolver, fake: FakeDns, clock: FakeClock) -> None:
     fake.add("long.example.test", "A", "192.0.2.1", ttl=7 * 86400)
-    ask(resolver, "long.example.test", "A")
-    clock.advance(3599)
-    ask(resolver, "long.example.test", "A")
-    assert fake.count("long.example.test", "A") == 1
-    clock.advance(2)  # past max_ttl = 3600
-    ask(resolver, "long.example.test", "A")
-    assert fake.count("long.example.test", "A") == 2
+    assert_cached_for(resolver, fake, clock, "long.example.test", 3600)  # max_ttl
 
 
 def test_ttl_zero_is_not_cached(resolver: Resolver, fake: FakeDns) -> None:
@@ -113,13 +120,7 @@ def test_nodata_is_cached_per_type(resolver: Resolver, fake: FakeDns, clock: Fak
 
 def test_negative_ttl_is_capped(resolver: Resolver, fake: FakeDns, clock: FakeClock) -> None:
     fake.negative_ttl = 86400
-    ask(resolver, "nope.example.test", "A")
-    clock.advance(599)
-    ask(resolver, "nope.example.test", "A")
-    assert fake.count("nope.example.test", "A") == 1
-    clock.advance(2)  # past negative_ttl = 600
-    ask(resolver, "nope.example.test", "A")
-    assert fake.count("nope.example.test", "A") == 2
+    assert_cached_for(resolver, fake, clock, "nope.example.test", 600)  # negative_ttl
 
 
 def test_negative_answer_without_soa_is_not_cached(resolver: Resolver, fake: FakeDns) -> None:
