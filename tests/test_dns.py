@@ -49,6 +49,14 @@ def resolver(fake: FakeDns, clock: FakeClock) -> Iterator[Resolver]:
     r.close()
 
 
+@pytest.fixture
+def live_resolver(fake: FakeDns) -> Iterator[Resolver]:
+    """For the tests that time real delays of the fake (``fake.delay``)."""
+    r = fake_resolver(fake)
+    yield r
+    r.close()
+
+
 def ask(resolver: Resolver, name: str, rdtype: str) -> Answer:
     return resolver.lookup(name, rdtype, time.monotonic() + 5)
 
@@ -263,61 +271,47 @@ def test_invalid_name_is_nxdomain_without_a_query(resolver: Resolver, fake: Fake
 # --- concurrency and deadlines --------------------------------------------------------
 
 
-def test_concurrent_askers_share_one_query(fake: FakeDns) -> None:
+def test_concurrent_askers_share_one_query(fake: FakeDns, live_resolver: Resolver) -> None:
     fake.delay = 0.2
     fake.add("slow.example.test", "A", "192.0.2.1")
-    resolver = fake_resolver(fake)
-    try:
-        futures = [resolver.submit("slow.example.test", "A") for _ in range(20)]
-        assert all(f.result(timeout=5).ok for f in futures)
-        assert fake.count("slow.example.test", "A") == 1
-        # From the cache now: the future comes back already done.
-        assert resolver.submit("slow.example.test", "A").done()
-    finally:
-        resolver.close()
+    futures = [live_resolver.submit("slow.example.test", "A") for _ in range(20)]
+    assert all(f.result(timeout=5).ok for f in futures)
+    assert fake.count("slow.example.test", "A") == 1
+    # From the cache now: the future comes back already done.
+    assert live_resolver.submit("slow.example.test", "A").done()
 
 
-def test_lookups_run_concurrently(fake: FakeDns) -> None:
+def test_lookups_run_concurrently(fake: FakeDns, live_resolver: Resolver) -> None:
     fake.delay = 0.3
-    resolver = fake_resolver(fake)
-    try:
-        start = time.monotonic()
-        futures = [resolver.submit(f"h{i}.example.test", "A") for i in range(30)]
-        assert all(f.result(timeout=5).status is Status.NXDOMAIN for f in futures)
-        assert time.monotonic() - start < 1.5  # 30 x 0.3 s one after another would be 9 s
-    finally:
-        resolver.close()
+    start = time.monotonic()
+    futures = [live_resolver.submit(f"h{i}.example.test", "A") for i in range(30)]
+    assert all(f.result(timeout=5).status is Status.NXDOMAIN for f in futures)
+    assert time.monotonic() - start < 1.5  # 30 x 0.3 s one after another would be 9 s
 
 
-def test_deadline_gives_timeout_and_the_answer_is_kept(fake: FakeDns) -> None:
+def test_deadline_gives_timeout_and_the_answer_is_kept(
+    fake: FakeDns, live_resolver: Resolver
+) -> None:
     fake.delay = 0.3
     fake.add("late.example.test", "TXT", '"hello"')
-    resolver = fake_resolver(fake)
-    try:
-        start = time.monotonic()
-        answer = resolver.lookup("late.example.test", "TXT", time.monotonic() + 0.05)
-        assert answer.status is Status.TIMEOUT
-        assert answer.detail == "stage deadline reached"
-        assert time.monotonic() - start < 0.25
-        # The query went on and its answer is cached for the next asker.
-        later = resolver.lookup("late.example.test", "TXT", time.monotonic() + 2)
-        assert later.texts() == ("hello",)
-        assert fake.count("late.example.test", "TXT") == 1
-    finally:
-        resolver.close()
+    start = time.monotonic()
+    answer = live_resolver.lookup("late.example.test", "TXT", time.monotonic() + 0.05)
+    assert answer.status is Status.TIMEOUT
+    assert answer.detail == "stage deadline reached"
+    assert time.monotonic() - start < 0.25
+    # The query went on and its answer is cached for the next asker.
+    later = live_resolver.lookup("late.example.test", "TXT", time.monotonic() + 2)
+    assert later.texts() == ("hello",)
+    assert fake.count("late.example.test", "TXT") == 1
 
 
-def test_submit_never_blocks(fake: FakeDns) -> None:
+def test_submit_never_blocks(fake: FakeDns, live_resolver: Resolver) -> None:
     fake.delay = 0.5
-    resolver = fake_resolver(fake)
-    try:
-        start = time.monotonic()
-        future = resolver.submit("x.example.test", "A")
-        assert time.monotonic() - start < 0.1
-        assert not future.done()
-        assert resolver.wait(future, time.monotonic()) is None
-    finally:
-        resolver.close()
+    start = time.monotonic()
+    future = live_resolver.submit("x.example.test", "A")
+    assert time.monotonic() - start < 0.1
+    assert not future.done()
+    assert live_resolver.wait(future, time.monotonic()) is None
 
 
 # --- names ------------------------------------------------------------------------------
