@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -22,6 +25,8 @@ from smtpguard.directory import (
     create_database,
     import_file,
 )
+from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
+from support.fake_dns import FakeClock
 
 DIRECTORY_TOML = """\
 [[user]]
@@ -519,3 +524,88 @@ def test_no_directory() -> None:
     assert nobody.may_send_as(me, "me@example.com")
     assert not nobody.may_send_as(me, "you@example.com")
     assert nobody.may_post("l@example.com", "")
+
+
+# --- the file replaced by rename (rsync, config management), or removed ---------------
+
+
+def alice_file(tmp_path: Path, name: str, state: str) -> Path:
+    source = write(
+        tmp_path / f"{name}.toml",
+        f'[[user]]\naddress = "alice@example.com"\nlogin = "alice"\nstate = "{state}"\n',
+    )
+    path = tmp_path / "staging" / f"{name}.sqlite"
+    import_file(path, source)
+    return path
+
+
+def replace_by_rename(new: Path, path: Path) -> None:
+    """``cp new tmp; mv tmp directory.sqlite``"""
+    staged = path.with_name(path.name + ".tmp")
+    shutil.copyfile(new, staged)
+    os.replace(staged, path)
+
+
+def test_directory_replaced_by_rename_is_seen_after_cache_ttl(
+    tmp_path: Path, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    shutil.copyfile(alice_file(tmp_path, "active", "active"), db_path)
+    clock = FakeClock()
+    directory = SqliteDirectory(db_path, timeout=0.1, cache_ttl=1.0, clock=clock)
+    assert directory.recipient("alice@example.com") == Recipient(Kind.USER)
+    assert directory.login("alice") == Login("alice", "alice@example.com", "active")
+    before = db_path.stat().st_ino
+    replace_by_rename(alice_file(tmp_path, "locked", "locked"), db_path)
+    after = db_path.stat().st_ino
+    caplog.set_level(logging.INFO)
+    clock.advance(0.5)
+    assert directory.recipient("alice@example.com") == Recipient(Kind.USER)  # cached
+    clock.advance(0.5)
+    assert directory.recipient("alice@example.com") == Recipient(Kind.USER, state="locked")
+    assert directory.login("alice") == Login("alice", "alice@example.com", "locked")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"directory file {db_path} replaced (inode {before} -> {after}): reopened"
+    ]
+
+
+def test_directory_replaced_by_rename_without_cache(tmp_path: Path, db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    shutil.copyfile(alice_file(tmp_path, "active", "active"), db_path)
+    clock = FakeClock()
+    directory = SqliteDirectory(db_path, timeout=0.1, cache_ttl=0, clock=clock)
+    assert directory.recipient("alice@example.com") == Recipient(Kind.USER)
+    replace_by_rename(alice_file(tmp_path, "locked", "locked"), db_path)
+    clock.advance(MIN_CHECK_INTERVAL)
+    assert directory.recipient("alice@example.com") == Recipient(Kind.USER, state="locked")
+
+
+def test_removed_directory_is_an_error_with_a_log_line(
+    tmp_path: Path, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db_path.parent.mkdir(parents=True)
+    shutil.copyfile(alice_file(tmp_path, "active", "active"), db_path)
+    clock = FakeClock()
+    directory = SqliteDirectory(db_path, timeout=0.1, cache_ttl=1.0, clock=clock)
+    assert directory.recipient("alice@example.com") == Recipient(Kind.USER)
+    inode = db_path.stat().st_ino
+    db_path.unlink()
+    caplog.set_level(logging.INFO)
+    clock.advance(1.0)
+    # Neither the cached answer nor the old file's, whose connections are still open.
+    with pytest.raises(DirectoryError, match=f"{db_path}: No such file or directory"):
+        directory.recipient("alice@example.com")
+    with pytest.raises(DirectoryError):
+        directory.login("alice")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"directory file {db_path} missing (was inode {inode}): No such file or"
+            " directory; lookups fail until it is back",
+        )
+    ]
+    replace_by_rename(alice_file(tmp_path, "locked", "locked"), db_path)
+    assert directory.recipient("alice@example.com") == Recipient(Kind.USER, state="locked")
+    assert caplog.records[-1].getMessage() == (
+        f"directory file {db_path} back (inode {db_path.stat().st_ino}): reopened"
+    )

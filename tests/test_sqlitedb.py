@@ -1,13 +1,21 @@
-"""ConnectionPool: results reused for cache_ttl, errors never cached, no cache at 0."""
+"""ConnectionPool: results reused for cache_ttl, errors never cached, no cache at 0; a
+file replaced by rename or removed is noticed within cache_ttl."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import threading
+import time
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from smtpguard.sqlitedb import ConnectionPool
+from smtpguard.sqlitedb import MIN_CHECK_INTERVAL, ConnectionPool
+from support.threads import hammer
 
 SQL = "SELECT v FROM t WHERE k = ?"
 
@@ -98,3 +106,199 @@ def test_errors_are_not_cached(db_path: Path) -> None:
         lock.execute("ROLLBACK")
         lock.close()
     assert pool.query(SQL, ("a",)) == [("one",)]
+
+
+# --- a file replaced by rename, or removed --------------------------------------------
+
+
+def make_file(path: Path, value: str) -> Path:
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE t (k TEXT, v TEXT)")
+        db.execute("INSERT INTO t VALUES ('a', ?)", (value,))
+    return path
+
+
+def replace_by_rename(path: Path, value: str) -> None:
+    """What rsync and config management do: write a new file, rename it over the old."""
+    os.replace(make_file(path.with_name(path.name + ".tmp"), value), path)
+
+
+def watched(path: Path, clock: Clock, cache_ttl: float = 1.0) -> ConnectionPool:
+    return ConnectionPool(
+        lambda: sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+        ),
+        cache_ttl=cache_ttl,
+        clock=clock,
+        watch=path,
+        label="test file",
+    )
+
+
+def test_file_replaced_by_rename_is_reopened_after_the_ttl(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = make_file(tmp_path / "t.sqlite", "old")
+    clock = Clock()
+    pool = watched(path, clock)
+    assert pool.query(SQL, ("a",)) == [("old",)]
+    before = path.stat().st_ino
+    replace_by_rename(path, "new")
+    after = path.stat().st_ino
+    clock.now += 0.5
+    assert pool.query(SQL, ("a",)) == [("old",)]  # within the ttl: the cached result
+    assert pool.query(SQL, ("b",)) == []  # not cached: the pooled (old) connection
+    caplog.set_level(logging.INFO)
+    clock.now += 0.5
+    assert pool.query(SQL, ("a",)) == [("new",)]
+    assert pool.query(SQL, ("b",)) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"test file {path} replaced (inode {before} -> {after}): reopened"
+    ]
+
+
+def test_replaced_file_drops_results_cached_from_the_old_one(tmp_path: Path) -> None:
+    path = make_file(tmp_path / "t.sqlite", "old")
+    clock = Clock()
+    pool = watched(path, clock, cache_ttl=10)
+    assert pool.query(SQL, ("a",)) == [("old",)]
+    clock.now += 9.0
+    assert pool.query(SQL, ("a",)) == [("old",)]  # cached at 100.0, kept until 110.0
+    replace_by_rename(path, "new")
+    clock.now += 1.0  # the file check is due (every 10 s); the cached result is not
+    assert pool.query(SQL, ("a",)) == [("new",)]
+
+
+def test_without_ttl_the_file_is_checked_at_the_minimum_interval(tmp_path: Path) -> None:
+    path = make_file(tmp_path / "t.sqlite", "old")
+    clock = Clock()
+    pool = watched(path, clock, cache_ttl=0)
+    assert pool.query(SQL, ("a",)) == [("old",)]
+    replace_by_rename(path, "new")
+    clock.now += MIN_CHECK_INTERVAL / 2
+    assert pool.query(SQL, ("a",)) == [("old",)]  # no cache, but not checked yet
+    clock.now += MIN_CHECK_INTERVAL / 2
+    assert pool.query(SQL, ("a",)) == [("new",)]
+
+
+def test_the_file_is_checked_once_per_ttl(tmp_path: Path) -> None:
+    path = make_file(tmp_path / "t.sqlite", "old")
+    clock = Clock()
+    pool = watched(path, clock)
+    pool.query(SQL, ("a",))
+    replace_by_rename(path, "new")
+    for _ in range(7):
+        clock.now += 0.125
+        assert pool.query(SQL, ("b",)) == []  # no result cached; still the old file
+    clock.now += 0.125
+    assert pool.query(SQL, ("a",)) == [("new",)]
+
+
+def test_removed_file_is_an_error_with_a_log_line_until_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = make_file(tmp_path / "t.sqlite", "old")
+    clock = Clock()
+    pool = watched(path, clock)
+    assert pool.query(SQL, ("a",)) == [("old",)]
+    inode = path.stat().st_ino
+    path.unlink()
+    caplog.set_level(logging.INFO)
+    clock.now += 1.0
+    for _ in range(3):  # not the old data, not the cached result, and one log line
+        with pytest.raises(sqlite3.OperationalError, match="No such file or directory"):
+            pool.query(SQL, ("a",))
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"test file {path} missing (was inode {inode}): No such file or directory;"
+            " lookups fail until it is back",
+        )
+    ]
+    caplog.clear()
+    make_file(path, "back")
+    # A file that is missing is looked for at every query: back at once.
+    assert pool.query(SQL, ("a",)) == [("back",)]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"test file {path} back (inode {path.stat().st_ino}): reopened"
+    ]
+
+
+def test_a_file_never_seen_is_left_to_the_opener(tmp_path: Path) -> None:
+    """A file that did not exist yet is no "missing" state: the opener decides (the
+    blacklist creates its file on first use, the directory reports it)."""
+    path = tmp_path / "later.sqlite"
+    pool = ConnectionPool(
+        lambda: sqlite3.connect(make_file(path, "made") if not path.exists() else path),
+        cache_ttl=1.0,
+        clock=Clock(),
+        watch=path,
+    )
+    assert pool.query(SQL, ("a",)) == [("made",)]
+    assert pool.query(SQL, ("a",)) == [("made",)]
+
+
+def test_connections_in_use_at_the_reopen_are_closed_not_pooled(tmp_path: Path) -> None:
+    """A lookup that started on the old file finishes there, but its connection is not
+    given back to the pool, and its result is not cached for the new file."""
+    path = make_file(tmp_path / "t.sqlite", "old")
+    clock = Clock()
+    opened: list[sqlite3.Connection] = []
+    in_query = threading.Event()
+    go_on = threading.Event()
+
+    class Slow(sqlite3.Connection):
+        def execute(self, *args: Any, **kwargs: Any) -> sqlite3.Cursor:
+            if threading.current_thread().name == "slow":
+                in_query.set()
+                go_on.wait(5)
+            return super().execute(*args, **kwargs)
+
+    def opener() -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, factory=Slow)
+        opened.append(db)
+        return db
+
+    pool = ConnectionPool(opener, cache_ttl=1.0, clock=clock, watch=path)
+    assert pool.query(SQL, ("b",)) == []  # one connection, on the old file, now idle
+    result: list[Any] = []
+    slow = threading.Thread(target=lambda: result.extend(pool.query(SQL, ("a",))), name="slow")
+    slow.start()
+    assert in_query.wait(5)  # the slow lookup holds the old connection
+    replace_by_rename(path, "new")
+    clock.now += 1.0
+    assert pool.query(SQL, ("b",)) == []  # the check: reopened
+    go_on.set()
+    slow.join(5)
+    assert result == [("old",)]  # it had started on the old file
+    assert pool.query(SQL, ("a",)) == [("new",)]  # not the old result from the cache
+    assert len(opened) == 2  # the first was closed: one new connection serves all
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        opened[0].execute("SELECT 1")
+
+
+def test_reopen_while_threads_use_the_pool(tmp_path: Path) -> None:
+    path = make_file(tmp_path / "t.sqlite", "v0")
+    clock = Clock()
+    pool = watched(path, clock, cache_ttl=0)
+    stop = threading.Event()
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        while not stop.is_set():
+            [(value,)] = pool.query(SQL, ("a",))
+            with lock:
+                seen.append(value)
+
+    def replace(n: int) -> None:
+        for version in range(1, 21):
+            replace_by_rename(path, f"v{version}")
+            clock.now += MIN_CHECK_INTERVAL
+            time.sleep(0.002)
+        clock.now += MIN_CHECK_INTERVAL
+        stop.set()
+
+    errors = hammer(lambda n: replace(n) if n == 0 else work(n), threads=5)
+    assert errors == []
+    assert pool.query(SQL, ("a",)) == [("v20",)]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
 from smtpguard.state import BlacklistEntry, SessionGate, SqliteBlacklist, StateError
+from support.fake_dns import FakeClock
 
 
 @pytest.fixture
@@ -275,15 +280,90 @@ def _burst_of_first_lookups(blacklist: SqliteBlacklist, threads: int = 10) -> li
     return errors
 
 
-def test_removed_file_is_prepared_again(state_path: Path) -> None:
-    """The pool opens a new connection later (all busy, or one dropped after an error):
-    a file removed meanwhile is created again with its table, not refused."""
-    blacklist = SqliteBlacklist(state_path, timeout=0.5)
-    assert blacklist.listed("a@example.org") is None
-    state_path.unlink()
-    for suffix in ("-wal", "-shm"):
+def listing(tmp_path: Path, name: str, *addresses: str) -> Path:
+    """A blacklist file written elsewhere (by the CLI on another host, say)."""
+    path = tmp_path / "staging" / f"{name}.sqlite"
+    writer = SqliteBlacklist(path, timeout=0.5)
+    writer.entries()  # creates the file even with no address
+    for address in addresses:
+        writer.add(address)
+    return path
+
+
+def replace_by_rename(new: Path, path: Path) -> None:
+    """``cp new tmp; mv tmp state.sqlite``"""
+    staged = path.with_name(path.name + ".tmp")
+    shutil.copyfile(new, staged)
+    os.replace(staged, path)
+
+
+def test_state_file_replaced_by_rename_is_seen_after_cache_ttl(
+    tmp_path: Path, state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    blacklist = SqliteBlacklist(state_path, timeout=0.5, cache_ttl=1.0, clock=clock)
+    assert blacklist.listed("spammer@example.org") is None  # creates the file
+    assert blacklist.listed("other@example.org") is None  # and sees it
+    before = state_path.stat().st_ino
+    replace_by_rename(listing(tmp_path, "new", "spammer@example.org"), state_path)
+    after = state_path.stat().st_ino
+    caplog.set_level(logging.INFO)
+    clock.advance(0.5)
+    assert blacklist.listed("spammer@example.org") is None  # cached
+    clock.advance(0.5)
+    assert blacklist.listed("spammer@example.org") == "spammer@example.org"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"state file {state_path} replaced (inode {before} -> {after}): reopened"
+    ]
+
+
+def test_state_file_replaced_by_rename_without_cache(tmp_path: Path, state_path: Path) -> None:
+    clock = FakeClock()
+    blacklist = SqliteBlacklist(state_path, timeout=0.5, cache_ttl=0, clock=clock)
+    assert blacklist.listed("spammer@example.org") is None  # creates the file
+    assert blacklist.listed("other@example.org") is None  # and sees it
+    # Written by the CLI while the milter has the file open: the WAL outlives the
+    # write, and SQLite leaves it behind when the replaced file's connections close.
+    SqliteBlacklist(state_path, timeout=0.5).add("old@example.org")
+    assert blacklist.listed("old@example.org") == "old@example.org"
+    replace_by_rename(listing(tmp_path, "new", "spammer@example.org"), state_path)
+    clock.advance(MIN_CHECK_INTERVAL)
+    assert blacklist.listed("spammer@example.org") == "spammer@example.org"
+    assert blacklist.listed("old@example.org") is None  # no frame of the old file
+    # And the new file takes writes: nothing of the old WAL was checkpointed into it.
+    assert SqliteBlacklist(state_path, timeout=0.5).add("third@example.org")
+    assert [e.address for e in blacklist.entries()] == ["spammer@example.org", "third@example.org"]
+
+
+def test_removed_state_file_is_an_error_with_a_log_line(
+    state_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Created on first use, but not again while running: an empty blacklist in place
+    of a removed one would let every listed sender through without a word."""
+    clock = FakeClock()
+    blacklist = SqliteBlacklist(state_path, timeout=0.5, cache_ttl=1.0, clock=clock)
+    blacklist.add("spammer@example.org")
+    assert blacklist.listed("spammer@example.org") == "spammer@example.org"
+    inode = state_path.stat().st_ino
+    for suffix in ("", "-wal", "-shm"):
         Path(f"{state_path}{suffix}").unlink(missing_ok=True)
-    fresh = SqliteBlacklist(state_path, timeout=0.5)
-    fresh._prepared = True  # as if another thread had prepared it before the removal
-    assert fresh.listed("a@example.org") is None
-    assert state_path.exists()
+    caplog.set_level(logging.INFO)
+    clock.advance(1.0)
+    for _ in range(2):
+        with pytest.raises(StateError, match=f"{state_path}: No such file or directory"):
+            blacklist.listed("spammer@example.org")
+    assert not state_path.exists()
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"state file {state_path} missing (was inode {inode}): No such file or"
+            " directory; lookups fail until it is back",
+        )
+    ]
+    # The CLI (another process) creates it again.
+    SqliteBlacklist(state_path, timeout=0.5).add("other@example.org")
+    assert blacklist.listed("spammer@example.org") is None
+    assert blacklist.listed("other@example.org") == "other@example.org"
+    assert caplog.records[-1].getMessage() == (
+        f"state file {state_path} back (inode {state_path.stat().st_ino}): reopened"
+    )

@@ -2,18 +2,20 @@
 
 The embedded backend is a SQLite file that the milter opens read-only, through a small
 pool of connections (eight by default) that libmilter's threads share
-(:mod:`smtpguard.sqlitedb`). ``smtpguard directory import`` writes it. Every backend
-failure (missing file, lock held past the timeout, corrupt file) surfaces as
-:class:`DirectoryError`, which checks turn into a temporary error, never into "unknown
-user".
+(:mod:`smtpguard.sqlitedb`). ``smtpguard directory import`` writes it; a file replaced
+by rename (rsync, configuration management) is reopened within ``directory.cache_ttl``.
+Every backend failure (missing or removed file, lock held past the timeout, corrupt
+file) surfaces as :class:`DirectoryError`, which checks turn into a temporary error,
+never into "unknown user".
 """
 
 from __future__ import annotations
 
 import csv
 import sqlite3
+import time
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from enum import Enum
@@ -106,10 +108,21 @@ class SqliteDirectory:
     # Alias chains longer than this are treated as loops.
     MAX_ALIAS_DEPTH = 8
 
-    def __init__(self, path: Path, timeout: float, *, cache_ttl: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        timeout: float,
+        *,
+        cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self.timeout = timeout
-        self._shared = ConnectionPool(self._open, cache_ttl=cache_ttl)
+        # Watched: a file replaced by rename is reopened within cache_ttl, a removed
+        # one is an error (sqlitedb's docstring says why and how).
+        self._shared = ConnectionPool(
+            self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label="directory file"
+        )
 
     def _open(self) -> sqlite3.Connection:
         return sqlite3.connect(

@@ -4,8 +4,10 @@
 The embedded backend keeps the blacklist in a SQLite file in WAL mode, so the CLI can
 add and remove entries while the milter reads them: the running milter sees a change
 within ``state.cache_ttl`` seconds (1 s by default), with no restart and no signal.
-Failures surface as :class:`StateError`; the check turns that into
-``database_temp_error`` or a pass, as configured.
+The milter creates the file on first use; a file replaced by rename later is reopened
+within ``state.cache_ttl``, and a removed one is an error until it is back (the CLI
+creates it again), not a new empty blacklist. Failures surface as :class:`StateError`;
+the check turns that into ``database_temp_error`` or a pass, as configured.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from contextlib import closing
+from collections.abc import Callable
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -47,10 +50,19 @@ class Blacklist(Protocol):
 
 
 class SqliteBlacklist:
-    def __init__(self, path: Path, timeout: float, *, cache_ttl: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        timeout: float,
+        *,
+        cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self.timeout = timeout
-        self._shared = ConnectionPool(self._open, cache_ttl=cache_ttl)
+        self._shared = ConnectionPool(
+            self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label="state file"
+        )
         # Creating the file, switching it to WAL and creating the table need the write
         # lock, for which SQLite does not always wait (a fresh file's journal-mode
         # switch answers "database is locked" at once): a burst of sessions right after
@@ -61,15 +73,14 @@ class SqliteBlacklist:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            if not self._prepared or not self.path.exists():
-                # First use, or the file was removed since: prepare it (again).
+            if not self._prepared:
                 with self._prepare_lock:
-                    if not self._prepared or not self.path.exists():
+                    if not self._prepared:
                         db = self._connect()
                         self._prepared = True
                         return db
-            # mode=rw: a file removed after the check above fails here, instead of
-            # coming back empty without its table.
+            # mode=rw: a file removed since it was prepared fails here, instead of
+            # coming back empty (the pool reports it missing, see sqlitedb).
             return sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=rw",
                 uri=True,
@@ -87,6 +98,7 @@ class SqliteBlacklist:
             db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open {self.path}: {exc}") from None
+        _empty_wal(db)
         return db
 
     def listed(self, address: str) -> str | None:
@@ -98,23 +110,25 @@ class SqliteBlacklist:
                 "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1", (address, domain)
             )
         except sqlite3.Error as exc:
-            # The file may have been removed or replaced: prepare it again next time.
-            self._prepared = False
             raise StateError(f"{self.path}: {exc}") from None
         return str(rows[0][0]) if rows else None
 
     def add(self, address: str, reason: str = "") -> bool:
-        with closing(self._connect()) as db, db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO blacklist VALUES (?, ?, ?)",
-                (address.lower(), time.time(), reason),
-            )
-            return cur.rowcount == 1
+        return self._write(
+            "INSERT OR IGNORE INTO blacklist VALUES (?, ?, ?)",
+            (address.lower(), time.time(), reason),
+        )
 
     def remove(self, address: str) -> bool:
-        with closing(self._connect()) as db, db:
-            cur = db.execute("DELETE FROM blacklist WHERE address = ?", (address.lower(),))
-            return cur.rowcount == 1
+        return self._write("DELETE FROM blacklist WHERE address = ?", (address.lower(),))
+
+    def _write(self, sql: str, args: tuple[str | float, ...]) -> bool:
+        """Run one change in its own transaction; True if it changed a row."""
+        with closing(self._connect()) as db:
+            with db:
+                changed = db.execute(sql, args).rowcount == 1
+            _empty_wal(db)
+        return changed
 
     def entries(self) -> list[BlacklistEntry]:
         with closing(self._connect()) as db:
@@ -122,6 +136,21 @@ class SqliteBlacklist:
                 "SELECT address, added_at, reason FROM blacklist ORDER BY address"
             ).fetchall()
         return [BlacklistEntry(a, t, r) for a, t, r in rows]
+
+
+def _empty_wal(db: sqlite3.Connection) -> None:
+    """Copy the WAL into the file and truncate it, after every write.
+
+    The milter's connections keep the file open, so the WAL outlives each write. If
+    the file is then replaced by rename, SQLite leaves the old file's ``-wal`` and
+    ``-shm`` behind when those connections close (the file has moved), and whoever
+    opens the new file next reads the old file's frames as its own: the old blacklist,
+    and corruption at the next write. An empty WAL has no frames to mix in.
+    """
+    # A reader holding on past the timeout: the change is saved, the next write tries
+    # again.
+    with suppress(sqlite3.Error):
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 class RedisBlacklist:
