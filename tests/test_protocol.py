@@ -19,7 +19,15 @@ import pytest
 from smtpguard.config import StateConfig
 from support.daemons import wait_until
 from support.mtclient import MilterSession, assert_pass, assert_reply
-from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running, smtpguard
+from support.service import (
+    REFUSED_HELOS,
+    TRUSTED_IP,
+    UNTRUSTED_IP,
+    Running,
+    make_site,
+    running,
+    smtpguard,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,18 +62,7 @@ def test_helo_first(service: Running) -> None:
         assert_pass(s.mail("<a@sender.example>"))
 
 
-@pytest.mark.parametrize(
-    "helo",
-    [
-        "localhost",  # not a FQDN
-        "bad_name.example",  # not LDH
-        "[198.51.100.99]",  # address literal that is not the client
-        "[not-an-ip]",
-        "mx.example.com",  # our own name from an untrusted client
-        "example.com",  # our own domain
-        "198.51.100.7",  # bare IP: not a FQDN, not a literal
-    ],
-)
+@pytest.mark.parametrize("helo", REFUSED_HELOS)
 def test_helo_error(service: Running, helo: str) -> None:
     with open_session(service, helo=helo) as s:
         assert_reply(s.mail("<a@sender.example>"), "helo_error")

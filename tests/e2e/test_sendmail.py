@@ -92,7 +92,16 @@ from support.sendmail import (
     sendmail,
     with_socket,
 )
-from support.service import RULES, Running, Site, make_site, merge, running, smtpguard
+from support.service import (
+    REFUSED_HELOS,
+    RULES,
+    Running,
+    Site,
+    make_site,
+    merge,
+    running,
+    smtpguard,
+)
 from support.smtp import Reply, SmtpClient
 from support.unbound import (
     DNSBL_ZONES,
@@ -180,6 +189,16 @@ def refused(client: SmtpClient, command: str, *lines: str) -> None:
     assert client.buf == b"", f"bytes after the reply: {client.buf!r}"
     expect(client, "NOOP", OK)
     assert client.buf == b""
+
+
+def refused_sender(client: SmtpClient, path: str, reply_id: str) -> None:
+    """``MAIL FROM:path`` gets ``reply_id`` as Sendmail words it; then a NOOP works."""
+    refused(client, f"MAIL FROM:{path}", through_sendmail(reply_id, path))
+
+
+def refused_recipient(client: SmtpClient, path: str, reply_id: str) -> None:
+    """``RCPT TO:path`` gets ``reply_id`` as Sendmail words it; then a NOOP works."""
+    refused(client, f"RCPT TO:{path}", through_sendmail(reply_id, path))
 
 
 def sender_ok(address: str) -> str:
@@ -312,11 +331,7 @@ def test_refused_recipient_does_not_disturb_the_transaction(
 ) -> None:
     greeted(client)
     expect(client, MAIL, MAIL_OK)
-    refused(
-        client,
-        "RCPT TO:<nobody@example.com>",
-        through_sendmail("mailbox_unavailable", "<nobody@example.com>"),
-    )
+    refused_recipient(client, "<nobody@example.com>", "mailbox_unavailable")
     expect(client, ALICE, ALICE_OK)
     reply = client.data(HEADERS + b"\r\nINTACT-2\r\n")
     assert reply.code == 250, reply
@@ -333,18 +348,7 @@ def test_helo_first(client: SmtpClient) -> None:
     expect(client, MAIL, MAIL_OK)
 
 
-@pytest.mark.parametrize(
-    "helo",
-    [
-        "localhost",  # not a FQDN
-        "bad_name.example",  # not LDH (Sendmail itself allows "_")
-        "[198.51.100.99]",  # address literal that is not the client
-        "[not-an-ip]",
-        "mx.example.com",  # our own name from an untrusted client
-        "example.com",  # our own domain
-        "198.51.100.7",  # bare IP: not a FQDN, not a literal
-    ],
-)
+@pytest.mark.parametrize("helo", REFUSED_HELOS)
 def test_helo_error(client: SmtpClient, helo: str) -> None:
     greeted(client, helo)
     refused(client, MAIL, through_sendmail("helo_error"))
@@ -371,7 +375,7 @@ def test_helo_with_the_client_literal_passes(client: SmtpClient) -> None:
 def test_mail_from_invalid(client: SmtpClient, path: str) -> None:
     """The malformed paths Sendmail lets through to the milter (552: no prefix)."""
     greeted(client)
-    refused(client, f"MAIL FROM:{path}", through_sendmail("mail_from_invalid"))
+    refused_sender(client, path, "mail_from_invalid")
     expect(client, MAIL, MAIL_OK)
 
 
@@ -408,7 +412,7 @@ def test_message_too_long_from_size(client: SmtpClient) -> None:
 def test_host_denies_sender(client: SmtpClient, path: str) -> None:
     greeted(client)
     # 553: Sendmail puts the path, as the client wrote it, in front.
-    refused(client, f"MAIL FROM:{path}", through_sendmail("host_denies_sender", path))
+    refused_sender(client, path, "host_denies_sender")
     expect(client, MAIL, MAIL_OK)
 
 
@@ -418,7 +422,7 @@ def test_black_mail_address(guard: Running, mta: Sendmail) -> None:
     try:
         with mta.client() as c:
             greeted(c)
-            refused(c, "MAIL FROM:<Pest@Sender.Example>", through_sendmail("black_mail_address"))
+            refused_sender(c, "<Pest@Sender.Example>", "black_mail_address")
     finally:
         smtpguard(guard.site, "blacklist", "remove", address)
     with mta.client() as c:
@@ -428,11 +432,7 @@ def test_black_mail_address(guard: Running, mta: Sendmail) -> None:
 
 def test_relay_local_fail(client: SmtpClient) -> None:
     greeted(client)
-    refused(
-        client,
-        "MAIL FROM:<alice@example.com>",
-        through_sendmail("relay_local_fail", "<alice@example.com>"),
-    )
+    refused_sender(client, "<alice@example.com>", "relay_local_fail")
     expect(client, "MAIL FROM:<>", sender_ok("<>"))
 
 
@@ -442,11 +442,7 @@ def test_relay_local_fail(client: SmtpClient) -> None:
 def test_host_denies_relay(client: SmtpClient) -> None:
     greeted(client)
     expect(client, MAIL, MAIL_OK)
-    refused(
-        client,
-        "RCPT TO:<x@foreign.example>",
-        through_sendmail("host_denies_relay", "<x@foreign.example>"),
-    )
+    refused_recipient(client, "<x@foreign.example>", "host_denies_relay")
     expect(client, ALICE, ALICE_OK)
     expect(client, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
 
@@ -456,11 +452,7 @@ def test_relay_domain_fail(mta: Sendmail) -> None:
     with mta.client(source=TRUSTED_CLIENT) as c:
         greeted(c, "mx.example.com")  # our own name is fine from a trusted host
         expect(c, "MAIL FROM:<someone@foreign.example>", sender_ok("<someone@foreign.example>"))
-        refused(
-            c,
-            "RCPT TO:<x@other.example>",
-            through_sendmail("relay_domain_fail", "<x@other.example>"),
-        )
+        refused_recipient(c, "<x@other.example>", "relay_domain_fail")
         expect(c, "RSET", "250 2.0.0 Reset state")
         expect(c, "MAIL FROM:<alice@example.com>", sender_ok("<alice@example.com>"))
         expect(c, "RCPT TO:<x@other.example>", recipient_ok("<x@other.example>"))
@@ -476,7 +468,7 @@ def test_rcpt_limit(client: SmtpClient, mta: Sendmail) -> None:
     for rcpt in accepted:
         expect(client, f"RCPT TO:<{rcpt}>", recipient_ok(f"<{rcpt}>"))
     # 451: no prefix.
-    refused(client, "RCPT TO:<x@relay.example>", through_sendmail("rcpt_limit"))
+    refused_recipient(client, "<x@relay.example>", "rcpt_limit")
     reply = client.data(HEADERS + b"\r\nLIMIT-1\r\n")
     assert reply.code == 250, reply
     got = sorted(d.recipient for d in mta.wait_for_deliveries(b"LIMIT-1", len(accepted)))
@@ -495,7 +487,7 @@ def test_rcpt_limit(client: SmtpClient, mta: Sendmail) -> None:
 def test_recipient_directory_replies(client: SmtpClient, rcpt: str, reply_id: str) -> None:
     greeted(client)
     expect(client, MAIL, MAIL_OK)
-    refused(client, f"RCPT TO:{rcpt}", through_sendmail(reply_id, rcpt))
+    refused_recipient(client, rcpt, reply_id)
     expect(client, ALICE, ALICE_OK)
 
 
@@ -505,11 +497,7 @@ def test_database_temp_error(client: SmtpClient, guard: Running) -> None:
     try:
         greeted(client)
         expect(client, MAIL, MAIL_OK)
-        refused(
-            client,
-            "RCPT TO:<alice@example.com>",
-            through_sendmail("database_temp_error", "<alice@example.com>"),
-        )
+        refused_recipient(client, "<alice@example.com>", "database_temp_error")
         # A recipient that needs no directory lookup still passes.
         expect(client, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
     finally:
@@ -686,18 +674,10 @@ def test_sendmail_relay_refusal_reads_like_the_table(strict_mta: Sendmail, guard
     with strict_mta.client(source=OTHER_CLIENT) as c:
         greeted(c)
         expect(c, MAIL, MAIL_OK)
-        refused(
-            c,
-            "RCPT TO:<x@foreign.example>",
-            through_sendmail("host_denies_relay", "<x@foreign.example>"),
-        )
+        refused_recipient(c, "<x@foreign.example>", "host_denies_relay")
         expect(c, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
         # The milter still answers for the directory.
-        refused(
-            c,
-            "RCPT TO:<bob@example.com>",
-            through_sendmail("user_locked", "<bob@example.com>"),
-        )
+        refused_recipient(c, "<bob@example.com>", "user_locked")
     # Sendmail answered the relay attempt before asking the milter.
     assert guard.log().count("reply=host_denies_relay") == before
 
@@ -776,11 +756,7 @@ def test_authenticated_sender_may_send_as_and_relay(auth_mta: Sendmail) -> None:
         greeted(c)
         # Unauthenticated, Sendmail refuses the relay itself (confRELAY_MSG).
         expect(c, MAIL, MAIL_OK)
-        refused(
-            c,
-            "RCPT TO:<x@foreign.example>",
-            through_sendmail("host_denies_relay", "<x@foreign.example>"),
-        )
+        refused_recipient(c, "<x@foreign.example>", "host_denies_relay")
         expect(c, "RSET", "250 2.0.0 Reset state")
         auth_login(c, "alice@example.com")
         expect(c, "MAIL FROM:<sales@example.com>", sender_ok("<sales@example.com>"))
@@ -810,7 +786,7 @@ def test_auth_replies(
     with auth_mta.client(source=OTHER_CLIENT) as c:
         greeted(c)
         (auth_login if mechanism == "LOGIN" else auth_plain)(c, login)
-        refused(c, f"MAIL FROM:<{sender}>", through_sendmail(reply_id, f"<{sender}>"))
+        refused_sender(c, f"<{sender}>", reply_id)
         if reply_id == "sender_mismatch":
             expect(c, f"MAIL FROM:<{login}>", sender_ok(f"<{login}>"))
     assert guard.log().count(f"reply={reply_id} ") == before + 1
@@ -824,7 +800,7 @@ def test_auth_error_temp(auth_mta: Sendmail, guard: Running) -> None:
         with auth_mta.client(source=OTHER_CLIENT) as c:
             greeted(c)
             auth_login(c, "alice@example.com")
-            refused(c, "MAIL FROM:<alice@example.com>", through_sendmail("auth_error_temp"))
+            refused_sender(c, "<alice@example.com>", "auth_error_temp")
     finally:
         db.execute("ROLLBACK")
         db.close()
@@ -911,12 +887,12 @@ def test_dns_replies(
     svc, mta = full_mta
     before = svc.log().count(f"reply={reply_id}")
     with loop_client(mta, source) as c:
-        refused(c, f"MAIL FROM:<{sender}>", through_sendmail(reply_id, f"<{sender}>"))
+        refused_sender(c, f"<{sender}>", reply_id)
     assert svc.log().count(f"reply={reply_id}") == before + 1
     if source != LOOP_GOOD_IP:
         # The verdict is the client's: the same session refuses any sender.
         with loop_client(mta, source) as c:
-            refused(c, "MAIL FROM:<>", through_sendmail(reply_id, "<>"))
+            refused_sender(c, "<>", reply_id)
     with loop_client(mta) as c:
         expect(c, f"MAIL FROM:<{LOOP_SENDER}>", sender_ok(f"<{LOOP_SENDER}>"))
 
@@ -1043,11 +1019,7 @@ def test_internal_error(faulty: Sendmail) -> None:
     with faulty.client() as c:
         greeted(c)
         expect(c, MAIL, MAIL_OK)
-        refused(
-            c,
-            "RCPT TO:<alice@example.com>",
-            through_sendmail("internal_error", "<alice@example.com>"),
-        )
+        refused_recipient(c, "<alice@example.com>", "internal_error")
         expect(c, "RCPT TO:<x@relay.example>", recipient_ok("<x@relay.example>"))
 
 
@@ -1243,14 +1215,12 @@ def test_bare_snippet_replies_are_ascii(bare_mta: Sendmail, guard: Running) -> N
     the table's English text at MAIL, RCPT and end of message, each reply in step."""
     with bare_mta.client() as c:
         greeted(c)
-        spammer = "<spammer@bad.example>"
-        refused(c, f"MAIL FROM:{spammer}", through_sendmail("host_denies_sender", spammer))
+        refused_sender(c, "<spammer@bad.example>", "host_denies_sender")
         expect(c, MAIL, MAIL_OK)
-        nobody = "<nobody@example.com>"
-        refused(c, f"RCPT TO:{nobody}", through_sendmail("mailbox_unavailable", nobody))
+        refused_recipient(c, "<nobody@example.com>", "mailbox_unavailable")
         for _ in range(3):
             expect(c, ALICE, ALICE_OK)
-        refused(c, "RCPT TO:<x@relay.example>", through_sendmail("rcpt_limit"))
+        refused_recipient(c, "<x@relay.example>", "rcpt_limit")
         looped = b"Delivered-To: alice@example.com\r\n" + HEADERS + b"\r\nhi\r\n"
         refused_message(c, looped, "looping_message")
     # The with block checked every reply of the session: printable ASCII only.
@@ -1272,11 +1242,7 @@ def test_bare_snippet_is_logged_once(bare_mta: Sendmail, guard: Running) -> None
     for _ in range(2):
         with bare_mta.client() as c:
             greeted(c)
-            refused(
-                c,
-                "MAIL FROM:<spammer@bad.example>",
-                through_sendmail("host_denies_sender", "<spammer@bad.example>"),
-            )
+            refused_sender(c, "<spammer@bad.example>", "host_denies_sender")
     # The sessions of the main instance (with v) never add to it.
     assert guard.log().count(NO_V_WARNING) == 1
 

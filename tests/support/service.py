@@ -24,6 +24,18 @@ RULES = ROOT / "rules"
 TRUSTED_IP = "192.0.2.10"
 UNTRUSTED_IP = "198.51.100.7"
 
+#: HELO names the test site refuses (helo_error) from an untrusted client, whatever the
+#: MTA in front.
+REFUSED_HELOS = (
+    "localhost",  # not a FQDN
+    "bad_name.example",  # not LDH (Sendmail itself allows "_")
+    "[198.51.100.99]",  # address literal that is not the client
+    "[not-an-ip]",
+    "mx.example.com",  # our own name from an untrusted client
+    "example.com",  # our own domain
+    "198.51.100.7",  # bare IP: not a FQDN, not a literal
+)
+
 BASE_CONFIG: dict[str, Any] = {
     "milter": {"name": "smtpguard-test", "log_level": "INFO"},
     "site": {
