@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -27,7 +26,7 @@ import dns.resolver
 
 from bench.milter_load import optneg_packet, read_packet
 from smtpguard.app import load
-from tests.support.daemons import RSPAMD_OFF, keep_hs_cache, prepare_rspamd
+from tests.support.daemons import RSPAMD_OFF, keep_hs_cache, prepare_rspamd, stop_process
 from tests.support.postfix import (
     MASTER_CF_SERVICES,
     attach_smtpguard,
@@ -303,16 +302,6 @@ def unbound(directory: Path) -> Iterator[Unbound]:
 
 
 # --- processes -------------------------------------------------------------------------
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def wait_listening(

@@ -63,13 +63,13 @@ from bench.postfix_bench import (
     start_postfix,
     start_rspamd_proxy,
     status_kib,
-    stop_process,
     sum_cpu,
     threads,
     unbound,
     wait_listening,
 )
 from smtpguard.config import read_toml
+from tests.support.daemons import stop_process
 from tests.support.postfix import free_port
 from tests.support.unbound import DNSBL_ZONES
 

@@ -59,7 +59,7 @@ def wait_until(
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode}:\n{_tail(log)}")
         if time.monotonic() - start > deadline:
-            _stop(process)
+            stop_process(process)
             raise RuntimeError(f"{what} not ready after {deadline} s:\n{_tail(log)}")
         time.sleep(POLL_INTERVAL)
     return time.monotonic() - start
@@ -79,11 +79,12 @@ def _tail(log: Path) -> str:
         return "(no log)"
 
 
-def _stop(process: AnyPopen, sig: int = signal.SIGTERM) -> None:
+def stop_process(process: AnyPopen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Signal ``process`` (if it still runs) and reap it, killing it after ``timeout``."""
     if process.poll() is None:
         process.send_signal(sig)
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -112,7 +113,7 @@ class Clamd:
         return (self.dir / "clamd.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
 
 def start_clamd(
@@ -175,10 +176,10 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL: the abrupt outage (no shutdown, connections reset)."""
-        _stop(self.process, signal.SIGKILL)
+        stop_process(self.process, signal.SIGKILL)
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
     def restart(self) -> None:
         """Start again on the same port (after :meth:`kill` or :meth:`stop`)."""
@@ -280,7 +281,7 @@ class Rspamd:
         return (self.dir / "log" / "rspamd.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
         keep_hs_cache(self.dir, self.hs_cache, self._seeded)
 
 

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .daemons import stop_process
+
 POLL_INTERVAL = 0.05
 
 CONF = """\
@@ -53,12 +55,7 @@ class Dovecot:
         return self.root / "auth"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

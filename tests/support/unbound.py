@@ -28,6 +28,8 @@ from typing import Any
 import dns.exception
 import dns.resolver
 
+from .daemons import stop_process
+
 UNBOUND = "/usr/sbin/unbound"
 READY_TIMEOUT = 15.0
 POLL_INTERVAL = 0.02
@@ -244,12 +246,7 @@ def unbound_server(directory: Path) -> Iterator[DnsServer]:
             time.sleep(POLL_INTERVAL)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @contextmanager
