@@ -20,6 +20,7 @@ from smtpguard.config import StateConfig
 from support.daemons import wait_until
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.service import (
+    DENIED_SENDERS,
     REFUSED_HELOS,
     TRUSTED_IP,
     UNTRUSTED_IP,
@@ -109,15 +110,7 @@ def test_message_too_long_from_size(service: Running) -> None:
         assert_pass(s.mail("<a@sender.example>", "SIZE=1000000"))
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "<spammer@bad.example>",
-        "<x@junk.example>",
-        "<x@deep.sub.junk.example>",
-        "<promo-42@any.example>",
-    ],
-)
+@pytest.mark.parametrize("path", DENIED_SENDERS)
 def test_host_denies_sender(service: Running, path: str) -> None:
     with open_session(service) as s:
         assert_reply(s.mail(path), "host_denies_sender")

@@ -71,7 +71,8 @@ import sqlite3
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,7 @@ from support.sendmail import (
     with_socket,
 )
 from support.service import (
+    DENIED_SENDERS,
     REFUSED_HELOS,
     RULES,
     Running,
@@ -233,6 +235,27 @@ def snippet(site: Site) -> str:
     """What users copy into sendmail.mc: the README's Sendmail block, for this site's
     socket."""
     return with_socket(readme_snippet(), site_socket(site))
+
+
+@contextmanager
+def guarded_sendmail(
+    install: SendmailInstall,
+    tmp: Path,
+    extra: dict[str, object] | None = None,
+    command: Callable[[Path], list[str]] | None = None,
+) -> Iterator[tuple[Running, Sendmail]]:
+    """smtpguard on a site with ``extra``, behind its own Sendmail; their files go below
+    ``tmp``. ``command`` gives the service's argv for the config file (default:
+    ``smtpguard run``)."""
+    with milter_socket_dir() as sockets:
+        sock = sockets / "smtpguard.sock"
+        site = guard_site(tmp / "site", sock, extra)
+        argv = command(site.config) if command is not None else None
+        with (
+            running(site, argv, wait_for=str(sock)) as svc,
+            sendmail(install, tmp / "mta", snippet(site)) as sm,
+        ):
+            yield svc, sm
 
 
 @pytest.fixture(scope="module")
@@ -399,16 +422,7 @@ def test_message_too_long_from_size(client: SmtpClient) -> None:
     expect(client, f"{MAIL} SIZE=1000000", MAIL_OK)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "<spammer@bad.example>",
-        "<x@junk.example>",
-        "<x@deep.sub.junk.example>",
-        "<promo-42@any.example>",
-        "<SPAMMER@Bad.Example>",
-    ],
-)
+@pytest.mark.parametrize("path", DENIED_SENDERS)
 def test_host_denies_sender(client: SmtpClient, path: str) -> None:
     greeted(client)
     # 553: Sendmail puts the path, as the client wrote it, in front.
@@ -831,24 +845,14 @@ def full_mta(
     virus scanner and a bulk threshold of 2, behind its own Sendmail."""
     clamd = start_clamd(tmp_path_factory.mktemp("clamd"))
     try:
-        with milter_socket_dir() as sockets:
-            sock = sockets / "smtpguard.sock"
-            site = guard_site(
-                tmp_path_factory.mktemp("full"),
-                sock,
-                {
-                    "dns": {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0},
-                    "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"},
-                    "bulk": {"threshold": 2},
-                    "dnsbl": {"zones": DNSBL_ZONES},
-                },
-            )
-            mta_dir = tmp_path_factory.mktemp("full-mta")
-            with (
-                running(site, wait_for=str(sock)) as svc,
-                sendmail(sendmail_install, mta_dir, snippet(site)) as sm,
-            ):
-                yield svc, sm
+        extra: dict[str, object] = {
+            "dns": {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0},
+            "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"},
+            "bulk": {"threshold": 2},
+            "dnsbl": {"zones": DNSBL_ZONES},
+        }
+        with guarded_sendmail(sendmail_install, tmp_path_factory.mktemp("full"), extra) as both:
+            yield both
     finally:
         clamd.stop()
 
@@ -948,18 +952,9 @@ def busy(
     sendmail_install: SendmailInstall, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sendmail]:
     """One session at a time; replies carry the table's hint as a second line."""
-    with milter_socket_dir() as sockets:
-        sock = sockets / "smtpguard.sock"
-        site = guard_site(
-            tmp_path_factory.mktemp("busy"),
-            sock,
-            {"limits": {"max_sessions": 1}, "replies": {"hint": True}},
-        )
-        with (
-            running(site, wait_for=str(sock)),
-            sendmail(sendmail_install, tmp_path_factory.mktemp("busy-mta"), snippet(site)) as sm,
-        ):
-            yield sm
+    extra: dict[str, object] = {"limits": {"max_sessions": 1}, "replies": {"hint": True}}
+    with guarded_sendmail(sendmail_install, tmp_path_factory.mktemp("busy"), extra) as (_, sm):
+        yield sm
 
 
 def hint(reply_id: str) -> str:
@@ -1005,14 +1000,13 @@ def faulty(
 ) -> Iterator[Sendmail]:
     """smtpguard with a directory that raises (tests/support/faulty_service.py)."""
     script = Path(__file__).resolve().parents[1] / "support" / "faulty_service.py"
-    with milter_socket_dir() as sockets:
-        sock = sockets / "smtpguard.sock"
-        site = guard_site(tmp_path_factory.mktemp("faulty"), sock)
-        with (
-            running(site, [sys.executable, str(script), str(site.config)], wait_for=str(sock)),
-            sendmail(sendmail_install, tmp_path_factory.mktemp("faulty-mta"), snippet(site)) as sm,
-        ):
-            yield sm
+
+    def command(config: Path) -> list[str]:
+        return [sys.executable, str(script), str(config)]
+
+    tmp = tmp_path_factory.mktemp("faulty")
+    with guarded_sendmail(sendmail_install, tmp, command=command) as (_, sm):
+        yield sm
 
 
 def test_internal_error(faulty: Sendmail) -> None:
@@ -1029,26 +1023,19 @@ TEMPFAIL = "451 4.3.2 Please try again later"
 def test_dead_milter_gives_sendmails_tempfail(
     sendmail_install: SendmailInstall, tmp_path: Path
 ) -> None:
-    with milter_socket_dir() as sockets:
-        sock = sockets / "smtpguard.sock"
-        site = guard_site(tmp_path / "site", sock)
-        with (
-            running(site, wait_for=str(sock)) as svc,
-            sendmail(sendmail_install, tmp_path / "mta", snippet(site)) as sm,
-            sm.client() as c,
-        ):
-            greeted(c)
-            expect(c, MAIL, MAIL_OK)
-            svc.process.kill()  # a crash: nothing listens on the socket any more
-            svc.process.wait()
-            # Mid-session: the next milter command fails, F=T tempfails it.
-            refused(c, "RCPT TO:<alice@example.com>", TEMPFAIL)
-            # A new session: greeting and EHLO as usual, MAIL tempfails.
-            with sm.client() as later:
-                assert later.greeting.code == 220
-                greeted(later)
-                refused(later, MAIL, TEMPFAIL)
-                refused(later, MAIL, TEMPFAIL)
+    with guarded_sendmail(sendmail_install, tmp_path) as (svc, sm), sm.client() as c:
+        greeted(c)
+        expect(c, MAIL, MAIL_OK)
+        svc.process.kill()  # a crash: nothing listens on the socket any more
+        svc.process.wait()
+        # Mid-session: the next milter command fails, F=T tempfails it.
+        refused(c, "RCPT TO:<alice@example.com>", TEMPFAIL)
+        # A new session: greeting and EHLO as usual, MAIL tempfails.
+        with sm.client() as later:
+            assert later.greeting.code == 220
+            greeted(later)
+            refused(later, MAIL, TEMPFAIL)
+            refused(later, MAIL, TEMPFAIL)
 
 
 def test_missing_socket_gives_sendmails_tempfail(
@@ -1100,14 +1087,9 @@ def utf8_mta(
     sendmail_install: SendmailInstall, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sendmail]:
     """smtpguard told that its MTA is Postfix, so it sends the table's Chinese."""
-    with milter_socket_dir() as sockets:
-        sock = sockets / "smtpguard.sock"
-        site = guard_site(tmp_path_factory.mktemp("utf8"), sock, {"milter": {"mta": "postfix"}})
-        with (
-            running(site, wait_for=str(sock)),
-            sendmail(sendmail_install, tmp_path_factory.mktemp("utf8-mta"), snippet(site)) as sm,
-        ):
-            yield sm
+    extra: dict[str, object] = {"milter": {"mta": "postfix"}}
+    with guarded_sendmail(sendmail_install, tmp_path_factory.mktemp("utf8"), extra) as (_, sm):
+        yield sm
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,15 @@ REFUSED_HELOS = (
     "198.51.100.7",  # bare IP: not a FQDN, not a literal
 )
 
+#: MAIL FROM paths the test site's policy.sender_deny refuses (host_denies_sender).
+DENIED_SENDERS = (
+    "<spammer@bad.example>",
+    "<x@junk.example>",
+    "<x@deep.sub.junk.example>",
+    "<promo-42@any.example>",
+    "<SPAMMER@Bad.Example>",
+)
+
 BASE_CONFIG: dict[str, Any] = {
     "milter": {"name": "smtpguard-test", "log_level": "INFO"},
     "site": {
