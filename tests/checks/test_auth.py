@@ -7,7 +7,7 @@ import pytest
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin, resolve_login
 from smtpguard.directory import DirectoryError, Login
-from smtpguard.verdict import Hit, TempError
+from smtpguard.verdict import Hit, TempError, Verdict
 from support.checks import ServicesFactory, make_conn
 from support.fakes import FakeDirectory
 
@@ -111,12 +111,19 @@ def auth_directory(directory: FakeDirectory) -> FakeDirectory:
 SITE = {"local_domains": ["example.com", ".example.net"]}
 
 
+@pytest.fixture
+def login_check(make_services: ServicesFactory) -> AuthLogin:
+    return AuthLogin(make_services(site=SITE))
+
+
+def logged_in_as(check: AuthLogin, login: str) -> Verdict | None:
+    """The check's verdict at MAIL FROM in a session authenticated as ``login``."""
+    return check(make_conn(sender="a@example.org", auth_login=login), Event())
+
+
 @pytest.mark.parametrize("login", ["alice@example.com", "alice", "bob@mail.example.net"])
-def test_active_login(
-    make_services: ServicesFactory, auth_directory: FakeDirectory, login: str
-) -> None:
-    check = AuthLogin(make_services(site=SITE))
-    assert check(make_conn(sender="a@example.org", auth_login=login), Event()) is None
+def test_active_login(login_check: AuthLogin, auth_directory: FakeDirectory, login: str) -> None:
+    assert logged_in_as(login_check, login) is None
     assert auth_directory.calls == [("login", login)]
 
 
@@ -125,37 +132,34 @@ def test_active_login(
     [("eve@example.org", "example.org"), ("eve@example.net", "example.net")],
 )
 def test_login_in_foreign_domain(
-    make_services: ServicesFactory, auth_directory: FakeDirectory, login: str, domain: str
+    login_check: AuthLogin, auth_directory: FakeDirectory, login: str, domain: str
 ) -> None:
     # ".example.net" covers subdomains only, not example.net itself.
-    check = AuthLogin(make_services(site=SITE))
-    verdict = check(make_conn(sender="a@example.org", auth_login=login), Event())
+    verdict = logged_in_as(login_check, login)
     assert verdict == Hit("domain_auth_error", f"login {login!r}: domain {domain} not hosted")
     assert auth_directory.calls == []  # decided before any lookup
 
 
 def test_login_domain_is_case_insensitive(
-    make_services: ServicesFactory, auth_directory: FakeDirectory
+    login_check: AuthLogin, auth_directory: FakeDirectory
 ) -> None:
     auth_directory.logins["alice@EXAMPLE.COM"] = ALICE
-    check = AuthLogin(make_services(site=SITE))
-    assert check(make_conn(sender="a@example.org", auth_login="alice@EXAMPLE.COM"), Event()) is None
+    assert logged_in_as(login_check, "alice@EXAMPLE.COM") is None
 
 
 def test_bare_login_uses_default_domain(
     make_services: ServicesFactory, auth_directory: FakeDirectory
 ) -> None:
     foreign = AuthLogin(make_services(site=SITE, policy={"default_login_domain": "Example.ORG"}))
-    verdict = foreign(make_conn(sender="a@example.org", auth_login="alice"), Event())
+    verdict = logged_in_as(foreign, "alice")
     assert verdict == Hit("domain_auth_error", "login 'alice': domain example.org not hosted")
 
     local = AuthLogin(make_services(site=SITE, policy={"default_login_domain": "example.com"}))
-    assert local(make_conn(sender="a@example.org", auth_login="alice"), Event()) is None
+    assert logged_in_as(local, "alice") is None
 
 
-def test_unknown_login(make_services: ServicesFactory, auth_directory: FakeDirectory) -> None:
-    check = AuthLogin(make_services(site=SITE))
-    verdict = check(make_conn(sender="a@example.org", auth_login="mallory@example.com"), Event())
+def test_unknown_login(login_check: AuthLogin, auth_directory: FakeDirectory) -> None:
+    verdict = logged_in_as(login_check, "mallory@example.com")
     assert verdict == Hit("auth_error_perm", "login 'mallory@example.com' unknown")
 
 
@@ -163,19 +167,17 @@ def test_unknown_login(make_services: ServicesFactory, auth_directory: FakeDirec
     ("login", "state"), [("carol@example.com", "locked"), ("dave@example.com", "suspended")]
 )
 def test_inactive_login(
-    make_services: ServicesFactory, auth_directory: FakeDirectory, login: str, state: str
+    login_check: AuthLogin, auth_directory: FakeDirectory, login: str, state: str
 ) -> None:
-    check = AuthLogin(make_services(site=SITE))
-    verdict = check(make_conn(sender="a@example.org", auth_login=login), Event())
+    verdict = logged_in_as(login_check, login)
     assert verdict == Hit("auth_error_perm", f"login {login!r} is {state}")
 
 
 def test_login_lookup_failure_is_temporary(
-    make_services: ServicesFactory, auth_directory: FakeDirectory
+    login_check: AuthLogin, auth_directory: FakeDirectory
 ) -> None:
     auth_directory.failing.add("login")
-    check = AuthLogin(make_services(site=SITE))
-    verdict = check(make_conn(sender="a@example.org", auth_login="alice"), Event())
+    verdict = logged_in_as(login_check, "alice")
     assert verdict == TempError("auth_error_temp", "login: database is locked")
 
 
