@@ -39,7 +39,7 @@ class MessageState:
         self._carry = 0  # length of the body line that is still open
         self.mime: MimeWalker | None = None
 
-    def add_header(self, name: str, value: str) -> None:
+    def feed_header(self, name: str, value: str) -> None:
         """Count a header as it will be written: ``Name: value`` CRLF, folded lines CRLF."""
         lines = value.replace("\r\n", "\n").split("\n") if "\n" in value else [value]
         # Character counts are octet counts for ASCII, by far the common case.
@@ -69,7 +69,7 @@ class MessageState:
             self.mime = MimeWalker(self._content_headers, max_depth=self._max_mime_depth)
             self._content_headers = []
 
-    def feed_body(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if not self.nul and b"\x00" in chunk:
             self.nul = True

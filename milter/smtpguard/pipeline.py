@@ -41,6 +41,7 @@ from smtpguard.checks import (
     Prefetching,
     Services,
     Stage,
+    feed_sink,
     settings_name,
 )
 from smtpguard.checks.antispam import AntiSpam
@@ -281,15 +282,9 @@ class Pipeline:
             txn.message = MessageState(
                 track_mime=self.track_mime, max_mime_depth=self.config.content.max_mime_depth
             )
-        message = txn.message
-        if stage is Stage.HEADER and event.header is not None:
-            message.add_header(*event.header)
-        elif stage is Stage.EOH:
-            message.end_of_headers()
-        elif stage is Stage.BODY and event.chunk is not None:
-            message.feed_body(event.chunk)
-        elif stage is Stage.EOM:
-            message.close()
+        feed_sink(txn.message, stage, event)
+        if stage is Stage.EOM:
+            txn.message.close()
         for observer in self.observers:
             # A failing observer must not stop the others; its check decides at EOM
             # from whatever it has (and answers a temporary error if that is nothing).

@@ -138,7 +138,7 @@ def header(conn: Connection, name: str, value: str) -> Event:
     """The HEADER event, with the header counted into the message model first (the
     pipeline does that before the checks of the stage run)."""
     message = _message(conn)
-    message.add_header(name, value)
+    message.feed_header(name, value)
     return Event(header=(name, value))
 
 
@@ -148,7 +148,7 @@ def end_of_headers(conn: Connection) -> Event:
 
 
 def body(conn: Connection, chunk: bytes) -> Event:
-    _message(conn).feed_body(chunk)
+    _message(conn).feed(chunk)
     return Event(chunk=chunk)
 
 
