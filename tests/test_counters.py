@@ -8,7 +8,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import pytest
@@ -291,15 +291,25 @@ def test_redis_that_never_answers_times_out() -> None:
 # --- outage behaviour ------------------------------------------------------------------
 
 
-def outage_log(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
-    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "smtpguard.counters"]
+OutageLog = Callable[[], list[tuple[int, str]]]
+
+
+@pytest.fixture
+def outage_log(caplog: pytest.LogCaptureFixture) -> OutageLog:
+    """Reads the counters' log so far as (level, message), from INFO up."""
+    logger = "smtpguard.counters"
+    caplog.set_level(logging.INFO, logger=logger)
+
+    def read() -> list[tuple[int, str]]:
+        return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == logger]
+
+    return read
 
 
 @pytest.mark.integration
 def test_redis_killed_mid_run_with_on_error_error(
-    fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture
+    fresh_redis: RedisServer, outage_log: OutageLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="smtpguard.counters")
     clock = Clock()
     counter = ResilientCounter(
         counter_on(fresh_redis), on_error="error", retry_interval=5, clock=clock
@@ -315,7 +325,7 @@ def test_redis_killed_mid_run_with_on_error_error(
     clock.now += 5
     assert counter.hit(KEY, 3000) == 1
     assert not counter.down
-    log = outage_log(caplog)
+    log = outage_log()
     assert [level for level, _ in log] == [logging.WARNING, logging.INFO]  # once each
     assert "unreachable" in log[0][1]
     assert "answering errors" in log[0][1]
@@ -324,9 +334,8 @@ def test_redis_killed_mid_run_with_on_error_error(
 
 @pytest.mark.integration
 def test_redis_killed_mid_run_with_local_fallback(
-    fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture
+    fresh_redis: RedisServer, outage_log: OutageLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="smtpguard.counters")
     clock = Clock()
     local = InProcessCounter(60, TWO_PERCENT, clock=clock)
     counter = ResilientCounter(
@@ -340,13 +349,13 @@ def test_redis_killed_mid_run_with_local_fallback(
     # the other host's is not.
     assert [counter.hit(KEY, 3000) for _ in range(4)] == [3, 4, 5, 6]
     assert counter.peek(KEY, 3000) == 6
-    log = outage_log(caplog)
+    log = outage_log()
     assert len(log) == 1
     assert "counting on this host only" in log[0][1]
     fresh_redis.restart()
     clock.now += 6
     assert counter.hit(KEY, 3000) == 1
-    assert len(outage_log(caplog)) == 2
+    assert len(outage_log()) == 2
 
 
 def test_outage_does_not_hammer_redis() -> None:
