@@ -15,10 +15,10 @@ from Milter.testctx import TestCtx as MilterCtx
 
 from smtpguard.adapter import App, SmtpGuardMilter
 from smtpguard.app import build_runtime, load, new_gate
-from smtpguard.directory import Login, Recipient
 from smtpguard.driver import detect_mta
 from smtpguard.session import MTA
 from support.expected import SPEC, default_line
+from support.faulty_service import ExplodingDirectory
 from support.service import Site, make_site
 
 
@@ -156,25 +156,11 @@ def test_detect_mta(macro: str | None, configured: str, expected: MTA) -> None:
     assert detect_mta(macro, configured) is expected
 
 
-class BrokenDirectory:
-    def recipient(self, address: str) -> Recipient:
-        raise ZeroDivisionError("bug")
-
-    def login(self, login: str) -> Login | None:
-        raise ZeroDivisionError("bug")
-
-    def may_send_as(self, login: Login, address: str) -> bool:
-        raise ZeroDivisionError("bug")
-
-    def may_post(self, list_address: str, sender: str) -> bool:
-        raise ZeroDivisionError("bug")
-
-
 def test_exception_becomes_internal_error_never_accept(
     adapter_site: Site, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = load(adapter_site.config)
-    application = App(build_runtime(config, directory=BrokenDirectory()), new_gate(config))
+    application = App(build_runtime(config, directory=ExplodingDirectory()), new_gate(config))
     saved = Milter.factory
     Milter.factory = partial(SmtpGuardMilter, application)
     try:
@@ -184,7 +170,7 @@ def test_exception_becomes_internal_error_never_accept(
         assert validated(ctx, rc) == expect("internal_error")
     finally:
         Milter.factory = saved
-    assert "ZeroDivisionError" in caplog.text
+    assert "RuntimeError: simulated bug in a directory backend" in caplog.text
 
 
 def test_adapter_fault_outside_checks_is_internal_error(app: App) -> None:

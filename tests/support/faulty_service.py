@@ -1,7 +1,8 @@
 """Run the real service with a directory that raises an unexpected exception.
 
 Used to prove that any fault inside a check reaches the client as ``internal_error``.
-The fault is passed in through ``build_runtime``; nothing is patched.
+The fault is passed in through ``build_runtime``; nothing is patched. test_adapter.py
+passes the same :class:`ExplodingDirectory` to an in-process runtime.
 """
 
 from __future__ import annotations
