@@ -26,6 +26,8 @@ from smtpguard.app import load
 from smtpguard.config import Config
 from smtpguard.postfix import postfix_network
 
+from .smtp import wait_for_greeting
+
 POLL_INTERVAL = 0.05
 
 #: Every service a private instance runs, smtpd on ``{port}``.
@@ -275,24 +277,9 @@ def start_instance(instance: _I, what: str) -> _I:
     with its maillog if it does not come."""
     postfix_cmd(instance.config_dir, "start")
     try:
-        wait_for_greeting(instance.port)
-    except RuntimeError:
+        wait_for_greeting(instance.port, "postfix", 30.0)
+    except TimeoutError:
         log = instance.maillog()
         instance.stop()
         raise RuntimeError(f"{what} did not start; maillog:\n{log}") from None
     return instance
-
-
-def wait_for_greeting(port: int, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > end:
-            raise RuntimeError(f"postfix on port {port} did not greet")
-        time.sleep(POLL_INTERVAL)

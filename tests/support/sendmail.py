@@ -48,7 +48,7 @@ from pathlib import Path
 
 from smtpguard.config import load_config
 
-from .smtp import Reply, SmtpClient
+from .smtp import Reply, SmtpClient, wait_for_greeting
 
 #: The README whose Sendmail block the instances are built from.
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -460,24 +460,6 @@ class Sendmail:
         return self.wait_for_deliveries(marker, 1, deadline)[0]
 
 
-def wait_for_greeting(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
-    """Poll until the daemon answers a connection with its 220 greeting."""
-    end = time.monotonic() + deadline
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"sendmail exited with status {process.returncode}")
-        try:
-            with SmtpClient("127.0.0.1", port, timeout=5) as client:
-                # Not some other daemon that took the port first.
-                if client.greeting.code == 220 and "ESMTP Sendmail" in client.greeting.text:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > end:
-            raise TimeoutError(f"sendmail gave no 220 greeting on port {port}")
-        time.sleep(POLL_INTERVAL)
-
-
 @contextlib.contextmanager
 def sendmail(
     inst: SendmailInstall,
@@ -543,7 +525,7 @@ def sendmail(
     instance = Sendmail(inst, d, port, proc)
     try:
         try:
-            wait_for_greeting(port, proc, deadline=20.0)
+            wait_for_greeting(port, "sendmail", 20.0, banner="ESMTP Sendmail", process=proc)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}\n{instance.log()[-3000:]}") from None
         yield instance

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
+
+POLL_INTERVAL = 0.02
 
 
 @dataclass(frozen=True)
@@ -85,3 +89,31 @@ class SmtpClient:
 
     def __exit__(self, *exc: object) -> None:
         self.quit()
+
+
+def wait_for_greeting(
+    port: int,
+    what: str,
+    deadline: float,
+    *,
+    banner: str = "",
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll until ``what`` answers a connection to ``port`` with a 220 greeting that
+    contains ``banner`` (so not some other daemon that took the port first).
+
+    RuntimeError when ``process`` exits first, TimeoutError after ``deadline`` seconds.
+    """
+    end = time.monotonic() + deadline
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            with SmtpClient("127.0.0.1", port, timeout=5) as client:
+                if client.greeting.code == 220 and banner in client.greeting.text:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} gave no 220 greeting on port {port}")
+        time.sleep(POLL_INTERVAL)
