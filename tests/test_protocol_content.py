@@ -83,22 +83,21 @@ def test_looping_message_by_hop_count(content_service: Running) -> None:
     assert final.kind in ("continue", "accept")
 
 
-def test_looping_message_by_our_marker(content_service: Running) -> None:
-    headers = [*BASE_HEADERS, ("X-Smtpguard-Loop", "mx.example.com")]
-    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
+@pytest.mark.parametrize(
+    ("name", "ours", "theirs"),
+    [
+        # Somebody else's marker value is not ours.
+        ("X-Smtpguard-Loop", "mx.example.com", "mx.other.example"),
+        ("Delivered-To", "alice@example.com", "someone@elsewhere.example"),
+    ],
+    ids=["our_marker", "delivered_to"],
+)
+def test_looping_message_by_header(
+    content_service: Running, name: str, ours: str, theirs: str
+) -> None:
+    final, _mods, _early = deliver(content_service, [*BASE_HEADERS, (name, ours)], "hi\r\n")
     assert_reply(final, "looping_message")
-    # Somebody else's marker value is not ours.
-    headers = [*BASE_HEADERS, ("X-Smtpguard-Loop", "mx.other.example")]
-    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
-    assert final.kind in ("continue", "accept")
-
-
-def test_looping_message_by_delivered_to(content_service: Running) -> None:
-    headers = [*BASE_HEADERS, ("Delivered-To", "alice@example.com")]
-    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
-    assert_reply(final, "looping_message")
-    headers = [*BASE_HEADERS, ("Delivered-To", "someone@elsewhere.example")]
-    final, _mods, _early = deliver(content_service, headers, "hi\r\n")
+    final, _mods, _early = deliver(content_service, [*BASE_HEADERS, (name, theirs)], "hi\r\n")
     assert final.kind in ("continue", "accept")
 
 
