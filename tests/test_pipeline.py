@@ -361,14 +361,18 @@ def test_temp_error_pass_does_not_excuse_hits(build: BuildHarness) -> None:
 # --- faults -------------------------------------------------------------------------------
 
 
+def mail_through_boom(h: Harness, settings: CheckSettings) -> tuple[Decision, Recorder]:
+    """MAIL FROM through a raising check (with ``settings``) and then a recording one."""
+    recorder = Recorder()
+    h.pipeline.add_check(recorder, CheckSettings(), first=True)
+    h.pipeline.add_check(Boom(), settings, first=True)
+    return h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>")), recorder
+
+
 def test_raising_check_answers_internal_error(
     build: BuildHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    h = build()
-    recorder = Recorder()
-    h.pipeline.add_check(recorder, CheckSettings(), first=True)
-    h.pipeline.add_check(Boom(), CheckSettings(), first=True)
-    decision = h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>"))
+    decision, recorder = mail_through_boom(build(), CheckSettings())
     assert decision.action is Action.TEMPFAIL
     assert_reject(decision, "internal_error", "boom", ("out of memory. (内部错误)",))
     assert decision.reply is not None
@@ -391,11 +395,7 @@ def test_raising_check_answers_internal_error(
 def test_raising_check_in_report_mode_continues(
     build: BuildHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    h = build()
-    recorder = Recorder()
-    h.pipeline.add_check(recorder, CheckSettings(), first=True)
-    h.pipeline.add_check(Boom(), CheckSettings(mode="report"), first=True)
-    decision = h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>"))
+    decision, recorder = mail_through_boom(build(), CheckSettings(mode="report"))
     assert decision == CONTINUE
     assert recorder.calls == 1
     assert "RuntimeError: boom in check" in caplog.text  # still logged
