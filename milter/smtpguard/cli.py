@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -230,7 +232,12 @@ def _check_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smtpguard", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="smtpguard",
+        description=__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"smtpguard {__version__}")
     p.add_argument(
         "-c",
@@ -318,12 +325,80 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_CODES = """exit codes:
+  0  ok; for simulate: the mail would be accepted
+  1  simulate: the mail would be refused; check-config, postfix-config --check:
+     problems found
+  2  usage or configuration error, or cannot start (socket in use, cannot bind,
+     unreadable or unwritable file)"""
+
+
+def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``-c FILE`` after the subcommand too (``smtpguard replies -c FILE``).
+
+    SUPPRESS keeps a subcommand without ``-c`` from overwriting the value given before
+    it."""
+    for action in parser._actions:  # argparse exposes subparsers only this way
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("--config" in a.option_strings for a in sub._actions):
+                    sub.add_argument(
+                        "-c",
+                        "--config",
+                        default=argparse.SUPPRESS,
+                        help="config file (also accepted before the subcommand)",
+                    )
+                _accept_config_anywhere(sub)
+
+
+def _store_access(args: argparse.Namespace) -> tuple[Path, bool] | None:
+    """The SQLite file an admin command uses, and whether it writes to it."""
+    if args.command == "blacklist":
+        config = _load(args.config)
+        if config.state.backend != "embedded":
+            return None
+        return config.state.path, getattr(args, "action", "") in ("add", "remove")
+    if args.command == "directory":
+        writes = getattr(args, "directory_command", "") in ("import", "remove")
+        return _load(args.config).directory.path, writes
+    return None
+
+
+def _check_access(path: Path, write: bool) -> None:
+    """Raise the OSError (path, errno text) that opening ``path`` would meet, before
+    SQLite turns it into "unable to open database file"."""
+    mode = os.R_OK | (os.W_OK if write else 0)
+    if path.exists():
+        if not os.access(path, mode):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(parent))
+    if not write:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _accept_config_anywhere(parser)
+    args = parser.parse_args(argv)
     if getattr(args, "file", None) and args.command == "check-config":
         args.config = args.file
     try:
+        store = _store_access(args)
+        if store is not None:
+            _check_access(*store)
         rc: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`smtpguard replies | head`): end quietly. Python would
+        # otherwise report the pipe again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except ConfigError as exc:
         print(f"smtpguard: configuration error: {exc}", file=sys.stderr)
         # check-config reports problems (1); anything else could not even start (2).
@@ -333,5 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ImportError_, StateError) as exc:
         print(f"smtpguard: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    except sqlite3.Error as exc:
+        print(f"smtpguard: SQLite: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Permission and missing-file failures of any command: one line, no traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"smtpguard: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return rc

@@ -693,7 +693,7 @@ def _milter(s: _Section) -> MilterConfig:
         timeout=s.integer("timeout", d.timeout, minimum=1),
         mta=cast(MTAChoice, s.choice("mta", d.mta, ("auto", "postfix", "sendmail"))),
         dry_run=s.boolean("dry_run", d.dry_run),
-        log_level=s.choice("log_level", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        log_level=_log_level(s, d.log_level),
         socket_mode=_mode(s, "socket_mode", d.socket_mode),
         socket_owner=s.string("socket_owner", d.socket_owner),
         socket_group=s.string("socket_group", d.socket_group),
@@ -720,6 +720,14 @@ def _milter(s: _Section) -> MilterConfig:
             " if the milter protocol must be reachable from other hosts",
         )
     return out
+
+
+def _log_level(s: _Section, default: str) -> str:
+    """Python's level names, in any case ("info" as syslog and most daemons write it)."""
+    value = s.string("log_level", default).upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise s.error("log_level", f"must be one of DEBUG, INFO, WARNING, ERROR; got {value!r}")
+    return value
 
 
 def _mode(s: _Section, name: str, default: int) -> int:
