@@ -5,14 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from smtpguard.counters import redis_client
 from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
-from smtpguard.state import BlacklistEntry, SessionGate, SqliteBlacklist, StateError
+from smtpguard.state import (
+    BlacklistEntry,
+    EntryError,
+    RedisBlacklist,
+    SessionGate,
+    SqliteBlacklist,
+    StateError,
+    blacklist_entry,
+    matching_entries,
+)
+from support.daemons import RedisServer, start_redis
 from support.fake_dns import FakeClock
 
 
@@ -132,6 +146,125 @@ def test_lookups_from_several_threads(blacklist: SqliteBlacklist) -> None:
     for t in threads:
         t.join()
     assert results == ["@spam.example"] * 80
+
+
+# --- what an entry may be, and how it matches (both backends) --------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def any_blacklist(
+    request: pytest.FixtureRequest, state_path: Path
+) -> SqliteBlacklist | RedisBlacklist:
+    if request.param == "sqlite":
+        return SqliteBlacklist(state_path, timeout=0.5)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    client = redis_client(server.url)
+    client.flushall()
+    return RedisBlacklist(client, "smtpguard-test")
+
+
+def test_matching_entries_most_specific_first() -> None:
+    assert matching_entries("Boss@MX.Spam.Example.") == (
+        "boss@mx.spam.example",
+        "@mx.spam.example",
+        ".mx.spam.example",
+        ".spam.example",
+        ".example",
+    )
+    # An address literal has no parent domains.
+    assert matching_entries("a@[192.0.2.1]") == ("a@[192.0.2.1]", "@[192.0.2.1]")
+
+
+def test_subdomain_entry(any_blacklist: SqliteBlacklist | RedisBlacklist) -> None:
+    any_blacklist.add(".Spam.Example")
+    for sender in ("a@spam.example", "a@mx.spam.example", "A@X.Y.SPAM.EXAMPLE", "a@spam.example."):
+        assert any_blacklist.listed(sender) == ".spam.example", sender
+    for sender in ("a@notspam.example", "a@spam.example.org", "a@example", "spam.example@x.org"):
+        assert any_blacklist.listed(sender) is None, sender
+
+
+def test_domain_entry_is_that_domain_only(any_blacklist: SqliteBlacklist | RedisBlacklist) -> None:
+    any_blacklist.add("@spam.example")
+    assert any_blacklist.listed("a@spam.example.") == "@spam.example"
+    assert any_blacklist.listed("a@mx.spam.example") is None
+
+
+def test_most_specific_entry_is_named(any_blacklist: SqliteBlacklist | RedisBlacklist) -> None:
+    for entry in (".example", ".spam.example", "@spam.example", "boss@spam.example"):
+        any_blacklist.add(entry)
+    assert any_blacklist.listed("boss@spam.example") == "boss@spam.example"
+    assert any_blacklist.listed("other@spam.example") == "@spam.example"
+    assert any_blacklist.listed("boss@mx.spam.example") == ".spam.example"
+    assert any_blacklist.listed("anyone@else.example") == ".example"
+    assert any_blacklist.listed("anyone@example.org") is None
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("Spammer@Example.ORG", "spammer@example.org"),
+        ("<spammer@example.org>", "spammer@example.org"),
+        ("spammer@example.org.", "spammer@example.org"),
+        (" spammer@example.org ", "spammer@example.org"),
+        ('"a b"@example.org', '"a b"@example.org'),
+        ("@Evil.Example", "@evil.example"),
+        ("@evil.example.", "@evil.example"),
+        (".Evil.Example", ".evil.example"),
+        ("@[192.0.2.1]", "@[192.0.2.1]"),
+    ],
+)
+def test_entries_accepted(given: str, stored: str) -> None:
+    assert blacklist_entry(given) == stored
+
+
+@pytest.mark.parametrize(
+    ("given", "reason"),
+    [
+        ("evil.example", "use @evil.example (the domain) or .evil.example (it and its"),
+        ("203.0.113.5", "the blacklist holds senders, not client IPs"),
+        ("203.0.113.0/24", "the blacklist holds senders, not client IPs"),
+        ("2001:db8::1", "the blacklist holds senders, not client IPs"),
+        ("[192.0.2.1]", "the blacklist holds senders, not client IPs"),
+        ("/^promo-[0-9]+@/", "patterns go in [policy] sender_deny"),
+        ("*@evil.example", "use @evil.example for the domain"),
+        ("not an address", "not an address, @domain or .domain"),
+        ("a b@evil.example", "not an address (character not allowed"),
+        ("x@", "not an address (missing domain)"),
+        ("@", "'' is not a domain"),
+        (".", "'' is not a domain"),
+        ("@bad_name.example", "'bad_name.example' is not a domain"),
+        ("", "empty entry"),
+    ],
+)
+def test_entries_refused(given: str, reason: str) -> None:
+    with pytest.raises(EntryError) as info:
+        blacklist_entry(given)
+    assert reason in str(info.value)
+
+
+def test_add_refuses_what_cannot_match(any_blacklist: SqliteBlacklist | RedisBlacklist) -> None:
+    for entry in ("evil.example", "203.0.113.5", "/regex/"):
+        with pytest.raises(EntryError):
+            any_blacklist.add(entry)
+    assert any_blacklist.entries() == []
+
+
+def test_entry_stored_before_the_check_can_be_removed(
+    blacklist: SqliteBlacklist, state_path: Path
+) -> None:
+    blacklist.entries()  # creates the file
+    with closing(sqlite3.connect(state_path)) as db, db:
+        db.execute("INSERT INTO blacklist VALUES ('evil.example', 0, 'old')")
+    assert [e.address for e in blacklist.entries()] == ["evil.example"]
+    assert blacklist.remove("evil.example") is True
+    assert blacklist.entries() == []
 
 
 def test_unusable_path(tmp_path: Path) -> None:

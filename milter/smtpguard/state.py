@@ -12,6 +12,7 @@ the check turns that into ``database_temp_error`` or a pass, as configured.
 
 from __future__ import annotations
 
+import ipaddress
 import sqlite3
 import threading
 import time
@@ -23,11 +24,12 @@ from typing import Protocol
 
 import redis
 
+from smtpguard.address import AddressError, is_valid_domain, parse_address_literal, parse_path
 from smtpguard.sqlitedb import ConnectionPool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blacklist (
-    address  TEXT PRIMARY KEY,   -- lower-cased address, or "@domain"
+    address  TEXT PRIMARY KEY,   -- lower-cased address, "@domain" or ".domain"
     added_at REAL NOT NULL,
     reason   TEXT NOT NULL DEFAULT ''
 );
@@ -47,6 +49,77 @@ class BlacklistEntry:
 
 class Blacklist(Protocol):
     def listed(self, address: str) -> str | None: ...
+
+
+class EntryError(ValueError):
+    """An entry the blacklist could never match; the message says what to use instead."""
+
+
+def blacklist_entry(text: str) -> str:
+    """The stored form of a blacklist entry, or :class:`EntryError`.
+
+    Only what :func:`matching_entries` can produce is accepted: an exact address,
+    ``@domain`` (that domain) or ``.domain`` (it and its subdomains). A bare domain, an
+    IP address or a ``/regex/`` would be stored and never match anything.
+    """
+    entry = text.strip().lower()
+    if not entry:
+        raise EntryError("empty entry")
+    if entry.startswith("/"):
+        raise EntryError("patterns go in [policy] sender_deny, not in the blacklist")
+    if _is_ip(entry):
+        raise EntryError("the blacklist holds senders, not client IPs")
+    if entry[0] in "@.":
+        domain = entry[1:].removesuffix(".")
+        literal = entry[0] == "@" and parse_address_literal(domain) is not None
+        if not literal and not is_valid_domain(domain, allow_utf8=True):
+            raise EntryError(f"{domain!r} is not a domain")
+        return entry[0] + domain
+    if "@" not in entry:
+        if "." in entry.removesuffix(".") and is_valid_domain(entry, allow_utf8=True):
+            bare = entry.removesuffix(".")
+            raise EntryError(
+                f"a bare domain matches nothing: use @{bare} (the domain)"
+                f" or .{bare} (it and its subdomains)"
+            )
+        raise EntryError("not an address, @domain or .domain")
+    try:
+        address = parse_path(entry, smtputf8=True)
+    except AddressError as exc:
+        raise EntryError(f"not an address ({exc.reason})") from None
+    if address.local == "*":
+        raise EntryError(f"'*' is not a wildcard here: use @{address.domain_lc} for the domain")
+    return address.lc
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip("[]").removeprefix("ipv6:"), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def matching_entries(address: str) -> tuple[str, ...]:
+    """The entries that list a sender, most specific first.
+
+    ``a@mx.evil.example`` is listed by ``a@mx.evil.example``, ``@mx.evil.example``,
+    ``.mx.evil.example``, ``.evil.example`` and ``.example``.
+    """
+    address = address.lower()
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return (address,)
+    domain = domain.removesuffix(".")
+    keys = [f"{local}@{domain}", "@" + domain]
+    if not domain.startswith("["):
+        labels = domain.split(".")
+        keys += ["." + ".".join(labels[i:]) for i in range(len(labels))]
+    return tuple(keys)
+
+
+def _most_specific(keys: tuple[str, ...], found: set[str]) -> str | None:
+    return next((key for key in keys if key in found), None)
 
 
 class SqliteBlacklist:
@@ -102,21 +175,23 @@ class SqliteBlacklist:
         return db
 
     def listed(self, address: str) -> str | None:
-        """The matching entry (address or ``@domain``), or None."""
-        address = address.lower()
-        domain = "@" + address.rpartition("@")[2]
+        """The most specific matching entry (see :func:`matching_entries`), or None."""
+        keys = matching_entries(address)
+        marks = ", ".join("?" * len(keys))
         try:
             rows = self._shared.query(
-                "SELECT address FROM blacklist WHERE address IN (?, ?) LIMIT 1", (address, domain)
+                f"SELECT address FROM blacklist WHERE address IN ({marks})",  # noqa: S608 - only placeholders
+                keys,
             )
         except sqlite3.Error as exc:
             raise StateError(f"{self.path}: {exc}") from None
-        return str(rows[0][0]) if rows else None
+        return _most_specific(keys, {str(row[0]) for row in rows})
 
     def add(self, address: str, reason: str = "") -> bool:
+        """Add an entry (:func:`blacklist_entry` refuses what could never match)."""
         return self._write(
             "INSERT OR IGNORE INTO blacklist VALUES (?, ?, ?)",
-            (address.lower(), time.time(), reason),
+            (blacklist_entry(address), time.time(), reason),
         )
 
     def remove(self, address: str) -> bool:
@@ -162,20 +237,19 @@ class RedisBlacklist:
         self.key = f"{prefix}:blacklist"
 
     def listed(self, address: str) -> str | None:
-        address = address.lower()
-        domain = "@" + address.rpartition("@")[2]
+        keys = matching_entries(address)
         try:
-            found = self.client.hmget(self.key, [address, domain])
+            found = self.client.hmget(self.key, list(keys))
         except redis.RedisError as exc:
             raise StateError(f"redis: {exc}") from None
-        for entry, value in zip((address, domain), found, strict=True):
-            if value is not None:
-                return entry
-        return None
+        return _most_specific(
+            keys, {key for key, value in zip(keys, found, strict=True) if value is not None}
+        )
 
     def add(self, address: str, reason: str = "") -> bool:
+        entry = blacklist_entry(address)
         try:
-            return bool(self.client.hsetnx(self.key, address.lower(), f"{time.time()} {reason}"))
+            return bool(self.client.hsetnx(self.key, entry, f"{time.time()} {reason}"))
         except redis.RedisError as exc:
             raise StateError(f"redis: {exc}") from None
 
