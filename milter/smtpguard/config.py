@@ -5,8 +5,9 @@ refuses whatever is left over, so a typo stops start-up instead of silently mean
 default. Every error names the file and the dotted key. ``smtpguard check-config`` runs
 exactly this loader.
 
-Relative paths are resolved against the directory of the config file, so the sample
-config works from a source checkout and from ``/etc/smtpguard``.
+Relative paths are resolved against the directory of the config file, so the sample's
+``../rules/...`` work wherever it is shipped with ``rules/`` beside it: the checkout's
+``conf/``, the package's ``data/conf/`` and start.sh's ``/opt/smtpguard/conf/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
@@ -505,9 +507,33 @@ CHECK_DEFAULTS: Mapping[str, CheckSettings] = {
 }
 
 
+def shipped_dir(name: str) -> Path:
+    """The shipped data directory ``name`` ("rules" or "conf") as a real path.
+
+    A regular install has it inside the package, ``smtpguard/data/NAME`` (pyproject.toml
+    maps the repository's top-level directory there). pip unpacks what it installs, so
+    ``importlib.resources.files`` is a plain directory on disk; smtpguard imported from
+    a zip archive is not supported (its data could not be handed out as paths). An
+    editable install (``pip install -e .``) maps only the modules: its data is the
+    checkout's top-level directory, read in place, so edits there count at once.
+    """
+    packaged = Path(str(resources.files("smtpguard"))) / "data" / name
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / name
+    # Neither: name the packaged path, where a regular install must have it.
+    return checkout if checkout.is_dir() else packaged
+
+
 def default_rules_dir() -> Path:
-    """``rules/`` of the source tree this package was installed from."""
-    return Path(__file__).resolve().parents[2] / "rules"
+    """The shipped ``rules/`` (reply table, explanations, content rules, PTR patterns)."""
+    return shipped_dir("rules")
+
+
+def sample_config() -> Path:
+    """The shipped sample ``conf/smtpguard.toml``; its relative paths reach the shipped
+    rules in every kind of install."""
+    return shipped_dir("conf") / "smtpguard.toml"
 
 
 def read_toml(
