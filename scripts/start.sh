@@ -15,13 +15,17 @@ apt_install "${RUNTIME_APT[@]}"
 install -d -m 0755 "$PREFIX"
 [ -x "$PREFIX/venv/bin/python" ] || "$SYSTEM_PYTHON" -m venv "$PREFIX/venv"
 "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --upgrade "$ROOT"
-for dir in conf rules; do
+# Beside it, what an operator reads and copies from: the sample config and rules (the
+# sample's relative paths stay valid), the README and contrib/ (the systemd unit names
+# both in Documentation=).
+for dir in conf rules contrib; do
     rm -rf "${PREFIX:?}/$dir.new"
     cp -r "$ROOT/$dir" "$PREFIX/$dir.new"
     chmod -R a+rX "$PREFIX/$dir.new"
     rm -rf "${PREFIX:?}/$dir"
     mv "$PREFIX/$dir.new" "$PREFIX/$dir"
 done
+install -m 0644 "$ROOT/README.md" "$PREFIX/README.md"
 SMTPGUARD="$PREFIX/venv/bin/smtpguard"
 service_user
 CONFIG=${SMTPGUARD_CONFIG:-$PREFIX/conf/smtpguard.toml}

@@ -17,7 +17,7 @@ for svc in "${SERVICES[@]}"; do
     if service_running "$svc"; then was_running+=("$svc"); fi
 done
 apt_install "${RUNTIME_APT[@]}" miltertest postfix dovecot-core unbound clamav-daemon \
-    clamdscan redis-server rspamd util-linux m4
+    clamdscan redis-server rspamd util-linux m4 systemd
 for svc in "${SERVICES[@]}"; do
     if [[ " ${was_running[*]} " == *" $svc "* ]]; then continue; fi
     if service_running "$svc"; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
