@@ -12,16 +12,19 @@ never into "unknown user".
 from __future__ import annotations
 
 import csv
+import io
 import sqlite3
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from smtpguard.address import AddressError, is_valid_domain, parse_path
 from smtpguard.sqlitedb import ConnectionPool
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
@@ -208,11 +211,19 @@ class SqliteDirectory:
         return any(r[0] in roles for r in found)
 
 
-# --- import -------------------------------------------------------------------------
+# --- the file's contents: import, export, remove ------------------------------------------
 
 
 class ImportError_(Exception):
-    """A row of an import file is invalid; the message names file and row."""
+    """An import file is invalid: one problem a line, each naming file, row and field."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class ChangeRefused(Exception):
+    """A change that would leave the directory inconsistent (an alias pointing at nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +235,55 @@ class ImportCounts:
     members: int = 0
 
 
+class UserRow(NamedTuple):
+    address: str
+    login: str
+    state: str
+
+
+class AliasRow(NamedTuple):
+    address: str
+    target: str
+
+
+class SendAsRow(NamedTuple):
+    login: str
+    address: str  # exact address, or "@domain"
+
+
+class ListRow(NamedTuple):
+    address: str
+    policy: str
+
+
+class MemberRow(NamedTuple):
+    list_address: str
+    address: str
+    role: str  # member | poster
+
+
+Row = UserRow | AliasRow | SendAsRow | ListRow | MemberRow
+
+
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """Every row of a directory file, sorted: what ``export`` writes, ``show`` reads and
+    ``import`` checks new rows against."""
+
+    users: tuple[UserRow, ...] = ()
+    aliases: tuple[AliasRow, ...] = ()
+    send_as: tuple[SendAsRow, ...] = ()
+    lists: tuple[ListRow, ...] = ()
+    members: tuple[MemberRow, ...] = ()
+
+    def rows(self) -> Iterator[Row]:
+        yield from self.users
+        yield from self.aliases
+        yield from self.send_as
+        yield from self.lists
+        yield from self.members
+
+
 def create_database(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(path)) as db:
@@ -231,116 +291,756 @@ def create_database(path: Path) -> None:
         db.commit()
 
 
-def import_file(db_path: Path, source: Path, *, replace: bool = False) -> ImportCounts:
+def _read_contents(db: sqlite3.Connection) -> Contents:
+    def rows(sql: str) -> list[tuple[str, ...]]:
+        return sorted(db.execute(sql).fetchall())
+
+    return Contents(
+        users=tuple(UserRow(*r) for r in rows("SELECT address, login, state FROM users")),
+        aliases=tuple(AliasRow(*r) for r in rows("SELECT address, target FROM aliases")),
+        send_as=tuple(SendAsRow(*r) for r in rows("SELECT login, address FROM send_as")),
+        lists=tuple(ListRow(*r) for r in rows("SELECT address, policy FROM lists")),
+        members=tuple(MemberRow(*r) for r in rows("SELECT list, address, role FROM list_members")),
+    )
+
+
+def _open_existing(path: Path) -> sqlite3.Connection:
+    """The directory file for the CLI's reads and edits, never created here: a typo in
+    ``directory.path`` must not leave an empty directory behind."""
+    if not path.is_file():
+        raise DirectoryError(f"{path}: no such file (smtpguard directory import creates it)")
+    try:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise DirectoryError(f"{path}: {exc}") from None
+
+
+def read_contents(path: Path) -> Contents:
+    try:
+        with closing(_open_existing(path)) as db:
+            return _read_contents(db)
+    except sqlite3.Error as exc:
+        raise DirectoryError(f"{path}: {exc}") from None
+
+
+def import_file(
+    db_path: Path,
+    source: Path,
+    *,
+    replace: bool = False,
+    is_local: Callable[[str], bool] | None = None,
+) -> ImportCounts:
     """Load users, aliases, send-as rights and lists from TOML or CSV into the database.
 
-    TOML: ``[[user]] address login state send_as``, ``[[alias]] address target``,
-    ``[[list]] address policy members posters``. CSV: one row per record with a ``type``
-    column (``user``, ``alias``, ``send_as``, ``list``, ``member``, ``poster``) and the
-    columns ``address``, ``login``, ``state``, ``target``, ``policy``, ``list``.
-    The whole file goes in one transaction: a bad row changes nothing.
+    The format is in README.md ("Directory import format"). Everything is checked
+    before anything is written, and then written in one transaction: a file with any
+    problem changes nothing, and :class:`ImportError_` lists every problem found, each
+    naming the file, the row (``user[2]``, or the CSV line) and the field.
+
+    Beyond each value on its own: an address is one of user, alias and list; a login
+    belongs to one user; a send-as right names a user's login and a member a list; no
+    alias leads back to itself. An alias target in a local domain (``is_local``, the
+    config's ``site.local_domains``) must be a user, alias or list: mail to it would be
+    accepted and then bounce. Targets elsewhere are forwards. Without ``replace`` the
+    rows already in the file count too (a user given again replaces the stored one).
     """
-    records = list(_read_toml(source) if source.suffix == ".toml" else _read_csv(source))
+    staged = _read_toml(source) if source.suffix == ".toml" else _read_csv(source)
+    _raise_problems(staged.problems)
+    # Checked before the file is created, so a refused import creates no empty directory
+    # (every local recipient unknown); checked again under the write lock below.
+    existing = Contents()
+    if not replace and db_path.exists():
+        with suppress(DirectoryError):
+            existing = read_contents(db_path)
+    _raise_problems(_cross_problems(staged, existing, is_local))
     create_database(db_path)
-    counts = {"users": 0, "aliases": 0, "send_as": 0, "lists": 0, "members": 0}
     with closing(sqlite3.connect(db_path, timeout=10)) as db:
         try:
             db.execute("BEGIN IMMEDIATE")
             if replace:
                 for table in ("users", "aliases", "send_as", "lists", "list_members"):
                     db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-            for where, kind, rec in records:
-                _insert(db, where, kind, rec, counts)
+            else:
+                _raise_problems(_cross_problems(staged, _read_contents(db), is_local))
+            _write(db, staged.rows)
             db.commit()
         except BaseException:
             db.rollback()
             raise
-    return ImportCounts(**counts)
+    return ImportCounts(
+        users=sum(isinstance(r, UserRow) for r in staged.rows),
+        aliases=sum(isinstance(r, AliasRow) for r in staged.rows),
+        send_as=sum(isinstance(r, SendAsRow) for r in staged.rows),
+        lists=sum(isinstance(r, ListRow) for r in staged.rows),
+        members=sum(isinstance(r, MemberRow) for r in staged.rows),
+    )
 
 
-def _insert(
-    db: sqlite3.Connection, where: str, kind: str, rec: dict[str, str], counts: dict[str, int]
-) -> None:
-    def need(key: str) -> str:
-        value = rec.get(key, "").strip()
-        if not value:
-            raise ImportError_(f"{where}: missing {key}")
-        return value
-
-    if kind == "user":
-        address = need("address").lower()
-        state = rec.get("state", "").strip() or "active"
-        if state not in USER_STATES:
-            raise ImportError_(f"{where}: state must be one of {', '.join(USER_STATES)}")
-        login = rec.get("login", "").strip() or address
-        db.execute(
-            "INSERT OR REPLACE INTO users (address, login, state) VALUES (?, ?, ?)",
-            (address, login, state),
-        )
-        counts["users"] += 1
-        for other in filter(None, (s.strip() for s in rec.get("send_as", "").split(","))):
-            db.execute("INSERT OR IGNORE INTO send_as VALUES (?, ?)", (login, other.lower()))
-            counts["send_as"] += 1
-    elif kind == "alias":
-        db.execute(
-            "INSERT OR IGNORE INTO aliases VALUES (?, ?)",
-            (need("address").lower(), need("target").lower()),
-        )
-        counts["aliases"] += 1
-    elif kind == "send_as":
-        db.execute(
-            "INSERT OR IGNORE INTO send_as VALUES (?, ?)", (need("login"), need("address").lower())
-        )
-        counts["send_as"] += 1
-    elif kind == "list":
-        policy = rec.get("policy", "").strip() or "open"
-        if policy not in LIST_POLICIES:
-            raise ImportError_(f"{where}: policy must be one of {', '.join(LIST_POLICIES)}")
-        address = need("address").lower()
-        db.execute("INSERT OR REPLACE INTO lists VALUES (?, ?)", (address, policy))
-        counts["lists"] += 1
-        for role, key in (("member", "members"), ("poster", "posters")):
-            for member in filter(None, (m.strip() for m in rec.get(key, "").split(","))):
-                db.execute(
-                    "INSERT OR IGNORE INTO list_members VALUES (?, ?, ?)",
-                    (address, member.lower(), role),
-                )
-                counts["members"] += 1
-    elif kind in ("member", "poster"):
-        db.execute(
-            "INSERT OR IGNORE INTO list_members VALUES (?, ?, ?)",
-            (need("list").lower(), need("address").lower(), kind),
-        )
-        counts["members"] += 1
-    else:
-        raise ImportError_(f"{where}: unknown record type {kind!r}")
+def _raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ImportError_(*problems)
 
 
-def _read_csv(source: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
+def _write(db: sqlite3.Connection, rows: Iterable[Row]) -> None:
+    for row in rows:
+        if isinstance(row, UserRow):
+            db.execute("INSERT OR REPLACE INTO users (address, login, state) VALUES (?, ?, ?)", row)
+        elif isinstance(row, AliasRow):
+            db.execute("INSERT OR IGNORE INTO aliases VALUES (?, ?)", row)
+        elif isinstance(row, SendAsRow):
+            db.execute("INSERT OR IGNORE INTO send_as VALUES (?, ?)", row)
+        elif isinstance(row, ListRow):
+            db.execute("INSERT OR REPLACE INTO lists VALUES (?, ?)", row)
+        else:
+            db.execute("INSERT OR IGNORE INTO list_members VALUES (?, ?, ?)", row)
+
+
+# --- reading an import file ---------------------------------------------------------
+
+_TOML_KEYS = {
+    "user": ("address", "login", "state", "send_as"),
+    "alias": ("address", "target"),
+    "list": ("address", "policy", "members", "posters"),
+}
+#: TOML keys that take a string or an array of strings.
+_MULTI = frozenset({"send_as", "target", "members", "posters"})
+
+CSV_COLUMNS = ("type", "address", "login", "state", "target", "policy", "list")
+_CSV_FIELDS = {
+    "user": ("address", "login", "state"),
+    "alias": ("address", "target"),
+    "send_as": ("login", "address"),
+    "list": ("address", "policy"),
+    "member": ("list", "address"),
+    "poster": ("list", "address"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where a row came from: ``FILE: user[2]`` (TOML) or ``FILE:7`` (CSV line 7).
+
+    ``names`` maps a row's field to its name in the file where they differ: a send-as
+    right of ``user[2]`` is ``user[2].send_as[1]``, a member of ``list[0]`` names its
+    list in ``list[0].address``.
+    """
+
+    file: str
+    row: str
+    toml: bool
+    names: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.row}" if self.toml else f"{self.file}:{self.row}"
+
+    def at(self, field: str) -> str:
+        name = dict(self.names).get(field, field)
+        return f"{self}.{name}" if self.toml else f"{self}: {name}"
+
+    def ref(self) -> str:
+        """The row for a message about another row of the same file."""
+        return self.row if self.toml else f"line {self.row}"
+
+    def naming(self, **names: str) -> _Where:
+        return _Where(self.file, self.row, self.toml, tuple(names.items()))
+
+
+class _Staged:
+    """The rows read from a file, each with where it came from, and the problems."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Row, _Where] = {}
+        self.problems: list[str] = []
+        self._first: dict[object, _Where] = {}
+
+    def problem(self, where: str, text: str) -> None:
+        self.problems.append(f"{where}: {text}")
+
+    def add(self, row: Row, where: _Where, field: str) -> None:
+        # A user or list given twice would silently replace the first.
+        key: object = (type(row), row.address) if isinstance(row, UserRow | ListRow) else row
+        first = self._first.get(key)
+        if first is not None:
+            self.problem(where.at(field), f"given twice (also {first.ref()})")
+            return
+        self._first[key] = where
+        self.rows[row] = where
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _address(text: str) -> str:
+    """A mailbox as the directory stores it: ``local@domain``, lower-cased."""
     try:
-        with source.open(newline="", encoding="utf-8") as fh:
-            for n, row in enumerate(csv.DictReader(fh), start=2):
-                clean = {k.strip(): (v or "") for k, v in row.items() if k}
-                yield f"{source}:{n}", clean.get("type", "").strip(), clean
+        parsed = parse_path(text, smtputf8=True)
+    except AddressError as exc:
+        raise _Invalid(f"invalid address {text!r} ({exc.reason})") from None
+    if text.endswith("."):
+        raise _Invalid(f"invalid address {text!r} (the domain ends with a dot)")
+    if parsed.is_null or parsed.text != text:
+        raise _Invalid(f"invalid address {text!r} (write local@domain only)")
+    return text.lower()
+
+
+def _send_as(text: str) -> str:
+    if text.startswith("@"):
+        domain = text[1:]
+        if domain.endswith(".") or not is_valid_domain(domain, allow_utf8=True):
+            raise _Invalid(f"invalid domain {text!r} (@ and a domain name)")
+        return text.lower()
+    return _address(text)
+
+
+def _login(text: str) -> str:
+    if not text:
+        raise _Invalid("empty login (leave it out: the login is then the address)")
+    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in text):
+        raise _Invalid(f"invalid login {text!r} (control character)")
+    if text != text.strip():
+        raise _Invalid(f"invalid login {text!r} (leading or trailing space)")
+    return text
+
+
+def _one_of(text: str, allowed: tuple[str, ...], what: str) -> str:
+    if text not in allowed:
+        raise _Invalid(f"unknown {what} {text!r} ({', '.join(allowed)})")
+    return text
+
+
+#: One value of a field and the field's name in the file (``send_as[1]``).
+_Values = list[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class _Record:
+    """One record as read (a ``[[user]]`` table, a CSV row), its values checked one by one;
+    ``ok`` stays True while they all are."""
+
+    kind: str
+    scalars: dict[str, str]
+    multi: dict[str, _Values]
+    where: _Where
+    out: _Staged
+    ok: bool = True
+
+    def value(self, field: str, check: Callable[[str], str], default: str | None = None) -> str:
+        """A checked single value: ``default`` if not given, a problem if required."""
+        if field not in self.scalars or (self.scalars[field] == "" and default is None):
+            if default is None:
+                self.out.problem(str(self.where), f"missing {field}")
+                self.ok = False
+            return default or ""
+        try:
+            return check(self.scalars[field])
+        except _Invalid as exc:
+            self.out.problem(self.where.at(field), str(exc))
+            self.ok = False
+            return ""
+
+    def values(self, field: str, check: Callable[[str], str], *, required: bool = False) -> _Values:
+        """The checked values of a field that takes several, each with its name."""
+        if required and not self.multi.get(field):
+            self.out.problem(str(self.where), f"missing {field}")
+            self.ok = False
+        checked = []
+        for text, name in self.multi.get(field, []):
+            try:
+                checked.append((check(text), name))
+            except _Invalid as exc:
+                self.out.problem(self.where.naming(**{field: name}).at(field), str(exc))
+                self.ok = False
+        return checked
+
+
+def _stage_user(r: _Record) -> None:
+    address = r.value("address", _address)
+    login = r.value("login", _login, default="") or address
+    state = r.value("state", lambda t: _one_of(t, USER_STATES, "state"), default="active")
+    send_as = r.values("send_as", _send_as)
+    if r.ok:
+        r.out.add(UserRow(address, login, state), r.where, "address")
+        for other, name in send_as:
+            r.out.add(SendAsRow(login, other), r.where.naming(address=name), "address")
+
+
+def _stage_alias(r: _Record) -> None:
+    address = r.value("address", _address)
+    targets = r.values("target", _address, required=True)
+    if r.ok:
+        for target, name in targets:
+            r.out.add(AliasRow(address, target), r.where.naming(target=name), "target")
+
+
+def _stage_list(r: _Record) -> None:
+    address = r.value("address", _address)
+    policy = r.value("policy", lambda t: _one_of(t, LIST_POLICIES, "list policy"), "open")
+    people = {role: r.values(f"{role}s", _address) for role in ("member", "poster")}
+    if r.ok:
+        r.out.add(ListRow(address, policy), r.where, "address")
+        for role, checked in people.items():
+            for member, name in checked:
+                named = r.where.naming(list_address="address", address=name)
+                r.out.add(MemberRow(address, member, role), named, "address")
+
+
+def _stage_send_as(r: _Record) -> None:
+    login = r.value("login", _login)
+    other = r.value("address", _send_as)
+    if r.ok:
+        r.out.add(SendAsRow(login, other), r.where, "address")
+
+
+def _stage_member(r: _Record) -> None:
+    list_address = r.value("list", _address)
+    member = r.value("address", _address)
+    if r.ok:
+        row = MemberRow(list_address, member, r.kind)
+        r.out.add(row, r.where.naming(list_address="list"), "address")
+
+
+_STAGE: dict[str, Callable[[_Record], None]] = {
+    "user": _stage_user,
+    "alias": _stage_alias,
+    "list": _stage_list,
+    "send_as": _stage_send_as,
+    "member": _stage_member,
+    "poster": _stage_member,
+}
+
+
+def _stage(
+    kind: str, scalars: dict[str, str], multi: dict[str, _Values], where: _Where, out: _Staged
+) -> None:
+    """Check one record's values and add its rows to ``out``."""
+    _STAGE[kind](_Record(kind, scalars, multi, where, out))
+
+
+def _read_csv(source: Path) -> _Staged:
+    out = _Staged()
+    try:
+        # utf-8-sig: spreadsheets put a byte order mark before the first column name.
+        with source.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [name.strip() for name in next(reader, [])]
+            for n, name in enumerate(header):
+                if name not in CSV_COLUMNS:
+                    shown = repr(name) if name else f"column {n + 1} without a name"
+                    out.problem(f"{source}:1", f"unknown column {shown} ({', '.join(CSV_COLUMNS)})")
+                elif header.index(name) != n:
+                    out.problem(f"{source}:1", f"column {name!r} given twice")
+            if "type" not in header:
+                out.problem(f"{source}:1", "missing column 'type'")
+            if out.problems:
+                return out
+            for cells in reader:
+                if any(cell.strip() for cell in cells):
+                    _csv_row(source, reader.line_num, header, cells, out)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ImportError_(f"{source}: {exc}") from None
+    return out
 
 
-def _read_toml(source: Path) -> Iterable[tuple[str, str, dict[str, str]]]:
+def _csv_row(source: Path, line: int, header: list[str], cells: list[str], out: _Staged) -> None:
+    where = _Where(str(source), str(line), toml=False)
+    if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
+        out.problem(str(where), f"{len(cells)} fields, the header names {len(header)}")
+        return
+    given = {name: cell.strip() for name, cell in zip(header, cells, strict=False) if cell.strip()}
+    kind = given.pop("type", "")
+    if kind not in _CSV_FIELDS:
+        if kind:
+            out.problem(
+                where.at("type"), f"unknown record type {kind!r} ({', '.join(_CSV_FIELDS)})"
+            )
+        else:
+            out.problem(str(where), "missing type")
+        return
+    fields = _CSV_FIELDS[kind]
+    for name in given:
+        if name not in fields:
+            out.problem(where.at(name), f"not a field of {kind} rows ({', '.join(fields)})")
+    scalars = {k: v for k, v in given.items() if k in fields and k not in _MULTI}
+    multi = {k: [(v, k)] for k, v in given.items() if k in fields and k in _MULTI}
+    _stage(kind, scalars, multi, where, out)
+
+
+def _read_toml(source: Path) -> _Staged:
     try:
         data = tomllib.loads(source.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ImportError_(f"{source}: {exc}") from None
-    out = []
-    for kind, key in (("user", "user"), ("alias", "alias"), ("list", "list")):
-        entries = data.pop(key, [])
+    out = _Staged()
+    for key in data:
+        if key not in _TOML_KEYS:
+            out.problem(str(source), f"unknown key {key!r} ({', '.join(_TOML_KEYS)})")
+    for kind, keys in _TOML_KEYS.items():
+        entries = data.get(kind, [])
         if not isinstance(entries, list):
-            raise ImportError_(f"{source}: {key} must be an array of tables ([[{key}]])")
+            out.problem(str(source), f"{kind} must be an array of tables ([[{kind}]])")
+            continue
         for n, entry in enumerate(entries):
+            where = _Where(str(source), f"{kind}[{n}]", toml=True)
             if not isinstance(entry, dict):
-                raise ImportError_(f"{source}: {key}[{n}] must be a table")
-            rec = {k: ",".join(v) if isinstance(v, list) else str(v) for k, v in entry.items()}
-            out.append((f"{source}: {key}[{n}]", kind, rec))
-    if data:
-        raise ImportError_(f"{source}: unknown key {sorted(data)[0]!r}")
+                out.problem(str(where), "must be a table")
+                continue
+            _stage(kind, *_toml_fields(entry, keys, where, out), where, out)
     return out
+
+
+def _toml_fields(
+    entry: dict[str, object], keys: tuple[str, ...], where: _Where, out: _Staged
+) -> tuple[dict[str, str], dict[str, _Values]]:
+    scalars: dict[str, str] = {}
+    multi: dict[str, _Values] = {}
+    for name, value in entry.items():
+        if name not in keys:
+            out.problem(str(where), f"unknown key {name!r} ({', '.join(keys)})")
+        elif name in _MULTI and isinstance(value, list):
+            if all(isinstance(v, str) for v in value):
+                multi[name] = [(v, f"{name}[{i}]") for i, v in enumerate(value)]
+            else:
+                out.problem(where.at(name), "must be an array of strings")
+        elif isinstance(value, str):
+            if name in _MULTI:
+                multi[name] = [(value, name)]
+            else:
+                scalars[name] = value
+        else:
+            shape = "a string or an array of strings" if name in _MULTI else "a string"
+            out.problem(where.at(name), f"must be {shape}")
+    return scalars, multi
+
+
+def _cross_problems(
+    staged: _Staged, existing: Contents, is_local: Callable[[str], bool] | None
+) -> list[str]:
+    """What is wrong with the new rows in the directory they make with ``existing``
+    (whose rows are not blamed: they are None in the merged rows)."""
+    replaced = {(type(r), r.address) for r in staged.rows if isinstance(r, UserRow | ListRow)}
+    rows: dict[Row, _Where | None] = {
+        r: None
+        for r in existing.rows()
+        if not (isinstance(r, UserRow | ListRow) and (type(r), r.address) in replaced)
+    }
+    rows.update(staged.rows)
+    return _clash_problems(rows) + _reference_problems(staged.rows, rows, is_local)
+
+
+def _ref(where: _Where | None) -> str:
+    return "already in the directory" if where is None else where.ref()
+
+
+def _clash_problems(rows: dict[Row, _Where | None]) -> list[str]:
+    """Addresses of more than one kind, logins of more than one user."""
+    problems = []
+    kinds: dict[str, dict[str, _Where | None]] = {}
+    logins: dict[str, list[tuple[UserRow, _Where | None]]] = {}
+    for row, where in rows.items():
+        if isinstance(row, UserRow):
+            logins.setdefault(row.login, []).append((row, where))
+        if isinstance(row, UserRow | AliasRow | ListRow):
+            kind = {UserRow: "a user", AliasRow: "an alias", ListRow: "a list"}[type(row)]
+            kinds.setdefault(row.address, {}).setdefault(kind, where)
+    # The lookups try user, then list, then alias: the other kinds would never be seen.
+    for address, found in kinds.items():
+        blamed = next((w for w in found.values() if w is not None), None)
+        if len(found) > 1 and blamed is not None:
+            parts = " and ".join(f"{kind} ({_ref(w)})" for kind, w in found.items())
+            problems.append(f"{blamed.at('address')}: {address} is {parts}")
+    for login, holders in logins.items():
+        blamed = next((w for _, w in holders if w is not None), None)
+        if len(holders) > 1 and blamed is not None:
+            names = ", ".join(f"{r.address} ({_ref(w)})" for r, w in holders)
+            problems.append(f"{blamed.at('login')}: login {login!r} of several users: {names}")
+    return problems
+
+
+def _reference_problems(
+    new: dict[Row, _Where],
+    rows: dict[Row, _Where | None],
+    is_local: Callable[[str], bool] | None,
+) -> list[str]:
+    """Send-as rights of no user, members of no list, alias loops, local alias targets
+    that are nothing."""
+    logins = {r.login for r in rows if isinstance(r, UserRow)}
+    lists = {r.address for r in rows if isinstance(r, ListRow)}
+    known = {r.address for r in rows if isinstance(r, UserRow | AliasRow | ListRow)}
+    targets: dict[str, list[str]] = {}
+    for row in rows:
+        if isinstance(row, AliasRow):
+            targets.setdefault(row.address, []).append(row.target)
+    problems = []
+    looping: set[str] = set()
+    for row, where in new.items():
+        if isinstance(row, SendAsRow) and row.login not in logins:
+            problems.append(f"{where.at('login')}: no user has the login {row.login!r}")
+        elif isinstance(row, MemberRow) and row.list_address not in lists:
+            problems.append(f"{where.at('list_address')}: {row.list_address} is not a list")
+        elif isinstance(row, AliasRow):
+            loop = None if row.address in looping else _alias_path(targets, row.target, row.address)
+            if loop is not None:
+                looping.update(loop)
+                path = " -> ".join([row.address, *loop])
+                problems.append(f"{where.at('target')}: alias loop {path}")
+            domain = row.target.rpartition("@")[2]
+            if is_local is not None and row.target not in known and is_local(domain):
+                problems.append(
+                    f"{where.at('target')}: {row.target} is in a local domain but is no user,"
+                    " alias or list"
+                )
+    return problems
+
+
+def _alias_path(targets: dict[str, list[str]], start: str, goal: str) -> list[str] | None:
+    """The shortest alias path from ``start`` to ``goal`` (both included), or None."""
+    previous: dict[str, str | None] = {start: None}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        if node == goal:
+            path = []
+            step: str | None = node
+            while step is not None:
+                path.append(step)
+                step = previous[step]
+            return path[::-1]
+        for target in targets.get(node, ()):
+            if target not in previous:
+                previous[target] = node
+                queue.append(target)
+    return None
+
+
+# --- export ---------------------------------------------------------------------------
+
+
+def _exportable(contents: Contents) -> tuple[Contents, list[str]]:
+    """The rows an import would take back, and what is left out: rows stored before
+    import checked them, which no import file can express."""
+    logins = {u.login for u in contents.users}
+    lists = {r.address for r in contents.lists}
+    left_out = [
+        f"send-as right {r.address} of login {r.login!r}: no user has that login"
+        for r in contents.send_as
+        if r.login not in logins
+    ]
+    left_out += [
+        f"{r.role} {r.address} of {r.list_address}: not a list"
+        for r in contents.members
+        if r.list_address not in lists
+    ]
+    kept = Contents(
+        users=contents.users,
+        aliases=contents.aliases,
+        send_as=tuple(r for r in contents.send_as if r.login in logins),
+        lists=contents.lists,
+        members=tuple(r for r in contents.members if r.list_address in lists),
+    )
+    return kept, left_out
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string; controls (refused on import anyway) as ``\\uXXXX``."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(values: list[str]) -> str:
+    if len(values) == 1:
+        return _toml_string(values[0])
+    return "[" + ", ".join(_toml_string(v) for v in values) + "]"
+
+
+def export_toml(contents: Contents) -> tuple[str, list[str]]:
+    """The directory as an import file (TOML), and the rows it leaves out."""
+    contents, left_out = _exportable(contents)
+    send_as: dict[str, list[str]] = {}
+    for right in contents.send_as:
+        send_as.setdefault(right.login, []).append(right.address)
+    lines: list[str] = []
+    for user in contents.users:
+        lines += ["[[user]]", f"address = {_toml_string(user.address)}"]
+        if user.login != user.address:
+            lines.append(f"login = {_toml_string(user.login)}")
+        if user.state != "active":
+            lines.append(f"state = {_toml_string(user.state)}")
+        if user.login in send_as:
+            lines.append("send_as = [" + ", ".join(map(_toml_string, send_as[user.login])) + "]")
+        lines.append("")
+    targets: dict[str, list[str]] = {}
+    for alias in contents.aliases:
+        targets.setdefault(alias.address, []).append(alias.target)
+    for address, to in targets.items():
+        lines += ["[[alias]]", f"address = {_toml_string(address)}"]
+        lines += [f"target = {_toml_value(to)}", ""]
+    for mailing_list in contents.lists:
+        lines += ["[[list]]", f"address = {_toml_string(mailing_list.address)}"]
+        lines.append(f"policy = {_toml_string(mailing_list.policy)}")
+        for role, key in (("member", "members"), ("poster", "posters")):
+            people = [
+                m.address
+                for m in contents.members
+                if m.list_address == mailing_list.address and m.role == role
+            ]
+            if people:
+                lines.append(f"{key} = [" + ", ".join(map(_toml_string, people)) + "]")
+        lines.append("")
+    return "\n".join(lines), left_out
+
+
+def export_csv(contents: Contents) -> tuple[str, list[str]]:
+    """The directory as an import file (CSV), and the rows it leaves out."""
+    contents, left_out = _exportable(contents)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for user in contents.users:
+        login = "" if user.login == user.address else user.login
+        state = "" if user.state == "active" else user.state
+        writer.writerow(["user", user.address, login, state, "", "", ""])
+    for right in contents.send_as:
+        writer.writerow(["send_as", right.address, right.login, "", "", "", ""])
+    for alias in contents.aliases:
+        writer.writerow(["alias", alias.address, "", "", alias.target, "", ""])
+    for mailing_list in contents.lists:
+        writer.writerow(["list", mailing_list.address, "", "", "", mailing_list.policy, ""])
+    for member in contents.members:
+        writer.writerow([member.role, member.address, "", "", "", "", member.list_address])
+    return out.getvalue(), left_out
+
+
+# --- looking at one entry, and removing it ------------------------------------------
+
+
+def list_lines(contents: Contents) -> list[str]:
+    """One ``ADDRESS<TAB>KIND<TAB>DETAIL`` line per user, alias and list, by address."""
+    targets: dict[str, list[str]] = {}
+    for alias in contents.aliases:
+        targets.setdefault(alias.address, []).append(alias.target)
+    entries = [(u.address, "user", u.state) for u in contents.users]
+    entries += [(a, "alias", ", ".join(to)) for a, to in targets.items()]
+    entries += [(r.address, "list", r.policy) for r in contents.lists]
+    return ["\t".join(entry) for entry in sorted(entries)]
+
+
+def describe(contents: Contents, address: str) -> list[str] | None:
+    """What ``directory show`` prints about an address (or a user's login), or None."""
+    users = {u.address: u for u in contents.users}
+    lists = {r.address: r.policy for r in contents.lists}
+    targets: dict[str, list[str]] = {}
+    for alias in contents.aliases:
+        targets.setdefault(alias.address, []).append(alias.target)
+    key = address.strip().lower()
+    if key not in users and key not in lists and key not in targets:
+        by_login = [u.address for u in contents.users if u.login == address.strip()]
+        if not by_login:
+            return None
+        key = by_login[0]
+
+    def what(target: str) -> str:
+        if target in users:
+            return f"{target} (user, {users[target].state})"
+        if target in lists:
+            return f"{target} (list)"
+        return f"{target} (alias)" if target in targets else f"{target} (not in the directory)"
+
+    def line(label: str, values: Iterable[str]) -> str:
+        return f"  {label:<9} {', '.join(values) or '-'}"
+
+    lines = []
+    if key in users:
+        user = users[key]
+        rights = [r.address for r in contents.send_as if r.login == user.login]
+        lines += [f"{key}: user", line("state", [user.state]), line("login", [user.login])]
+        lines.append(line("send-as", rights))
+    if key in targets:
+        lines += [f"{key}: alias", line("targets", map(what, targets[key]))]
+    if key in lists:
+        lines += [f"{key}: list", line("policy", [lists[key]])]
+        for role, label in (("member", "members"), ("poster", "posters")):
+            people = [
+                m.address for m in contents.members if m.list_address == key and m.role == role
+            ]
+            lines.append(line(label, people))
+    pointing = [a.address for a in contents.aliases if a.target == key]
+    if pointing:
+        lines.append(line("aliases", pointing))
+    memberships = [f"{m.list_address} ({m.role})" for m in contents.members if m.address == key]
+    if memberships:
+        lines.append(line("lists", memberships))
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    kinds: tuple[str, ...]  # what the address was: user, alias, list
+    send_as: int  # send-as rights of the removed user's login
+    members: int  # members of the removed list
+    memberships: int  # the address's own list memberships
+
+
+def remove_address(db_path: Path, address: str) -> Removed | None:
+    """Remove a user (with its send-as rights), an alias or a list (with its members),
+    and the address's list memberships; None if the directory does not know it.
+
+    Refused (:class:`ChangeRefused`) while an alias points at the address: the alias
+    would point at nothing, which import does not allow either.
+    """
+    address = address.strip().lower()
+    try:
+        with closing(_open_existing(db_path)) as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                removed = _remove(db, address)
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+    except sqlite3.Error as exc:
+        raise DirectoryError(f"{db_path}: {exc}") from None
+    return removed
+
+
+def _remove(db: sqlite3.Connection, address: str) -> Removed | None:
+    def exists(sql: str) -> bool:
+        return db.execute(sql, (address,)).fetchone() is not None
+
+    kinds = tuple(
+        kind
+        for kind, table in (("user", "users"), ("alias", "aliases"), ("list", "lists"))
+        if exists(f"SELECT 1 FROM {table} WHERE address = ?")  # noqa: S608 - fixed names
+    )
+    if not kinds:
+        return None
+    pointing = [
+        row[0]
+        for row in db.execute(
+            "SELECT DISTINCT address FROM aliases WHERE target = ? AND address != ?"
+            " ORDER BY address",
+            (address, address),
+        )
+    ]
+    if pointing:
+        raise ChangeRefused(
+            f"{address}: the alias {', '.join(pointing)} points at it; remove it or change"
+            " its target first"
+        )
+    login = db.execute("SELECT login FROM users WHERE address = ?", (address,)).fetchone()
+    send_as = 0
+    if login is not None:
+        send_as = db.execute("DELETE FROM send_as WHERE login = ?", login).rowcount
+    db.execute("DELETE FROM users WHERE address = ?", (address,))
+    db.execute("DELETE FROM aliases WHERE address = ?", (address,))
+    db.execute("DELETE FROM lists WHERE address = ?", (address,))
+    members = db.execute("DELETE FROM list_members WHERE list = ?", (address,)).rowcount
+    memberships = db.execute("DELETE FROM list_members WHERE address = ?", (address,)).rowcount
+    return Removed(kinds, send_as, members, memberships)
