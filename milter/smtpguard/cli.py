@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
+import json
 import logging
 import os
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from smtpguard import __version__
 from smtpguard.adapter import App, drop_privileges, serve
 from smtpguard.app import Runtime, build_runtime, load, make_blacklist, new_gate
 from smtpguard.config import Config, ConfigError
-from smtpguard.directory import ImportError_, NoDirectory, import_file
+from smtpguard.directory import (
+    ChangeRefused,
+    DirectoryError,
+    ImportError_,
+    NoDirectory,
+    describe,
+    export_csv,
+    export_toml,
+    import_file,
+    list_lines,
+    read_contents,
+    remove_address,
+)
 from smtpguard.explain import explain_main
 from smtpguard.metrics import PrometheusMetrics
 from smtpguard.postfix import (
@@ -33,7 +47,7 @@ from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
 from smtpguard.sendmail import sendmail_mc
 from smtpguard.simulate import Envelope, simulate
 from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
-from smtpguard.state import StateError
+from smtpguard.state import EntryError, StateError, blacklist_entry, entry_scope
 
 DEFAULT_CONFIG = "/etc/smtpguard/smtpguard.toml"
 
@@ -133,30 +147,140 @@ def cmd_replies(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_blacklist(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    store = make_blacklist(config)
-    if args.action == "list":
-        for entry in store.entries():
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added_at))
-            print(f"{entry.address}\t{stamp}\t{entry.reason}")
-        return 0
-    if not args.address:
-        print(f"smtpguard blacklist {args.action}: an ADDRESS is required", file=sys.stderr)
+def cmd_blacklist_add(args: argparse.Namespace) -> int:
+    store = make_blacklist(_load(args.config))
+    entries, refused = [], []
+    for text in args.entry:
+        try:
+            entries.append(blacklist_entry(text))
+        except EntryError as exc:
+            refused.append(f"smtpguard: blacklist add: {text}: {exc}")
+    if refused:
+        print("\n".join(refused), file=sys.stderr)
+        print("smtpguard: blacklist add: nothing added", file=sys.stderr)
         return 2
-    for address in args.address:
-        changed = store.add(address, args.reason) if args.action == "add" else store.remove(address)
-        print(f"{args.action} {address}: {'done' if changed else 'no change'}")
+    for entry in entries:
+        print(f"add {entry}: {'done' if store.add(entry, args.reason) else 'already listed'}")
     return 0
 
 
-def cmd_directory_import(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    counts = import_file(config.directory.path, Path(args.file), replace=args.replace)
+def cmd_blacklist_remove(args: argparse.Namespace) -> int:
+    store = make_blacklist(_load(args.config))
+    # Taken as given, unchecked: entries stored before add checked them must go too.
+    for entry in args.entry:
+        print(f"remove {entry}: {'done' if store.remove(entry) else 'not listed'}")
+    return 0
+
+
+def cmd_blacklist_list(args: argparse.Namespace) -> int:
+    entries = make_blacklist(_load(args.config)).entries()
+    if args.json:
+        rows = [
+            {
+                "address": e.address,
+                "matches": entry_scope(e.address),
+                "added_at": e.added_at,
+                "reason": e.reason,
+            }
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for entry in entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added_at))
+        print(f"{entry.address}\t{stamp}\t{entry.reason}")
+        if entry_scope(entry.address) == "nothing":
+            print(f"smtpguard: {entry.address}: matches no sender; remove it", file=sys.stderr)
+    return 0
+
+
+def _directory_command(
+    func: Callable[[argparse.Namespace, Config], int],
+) -> Callable[[argparse.Namespace], int]:
+    """A ``directory`` subcommand: the config loaded; a missing or unreadable directory
+    file, or a refused change, is one line and exit 2."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        config = _load(args.config)
+        try:
+            return func(args, config)
+        except (DirectoryError, ChangeRefused) as exc:
+            print(f"smtpguard: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_directory_command
+def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
+    try:
+        counts = import_file(
+            config.directory.path,
+            Path(args.file),
+            replace=args.replace,
+            is_local=config.site.is_local,
+        )
+    except ImportError_ as exc:
+        for problem in exc.problems:
+            print(f"smtpguard: {problem}", file=sys.stderr)
+        print(f"smtpguard: {args.file}: nothing imported", file=sys.stderr)
+        return 2
     print(
         f"{config.directory.path}: {counts.users} users, {counts.aliases} aliases,"
         f" {counts.send_as} send-as rights, {counts.lists} lists, {counts.members} members"
     )
+    return 0
+
+
+@_directory_command
+def cmd_directory_list(args: argparse.Namespace, config: Config) -> int:
+    for line in list_lines(read_contents(config.directory.path)):
+        print(line)
+    return 0
+
+
+def _not_in_directory(address: str, config: Config) -> int:
+    print(f"smtpguard: {address}: not in the directory {config.directory.path}", file=sys.stderr)
+    return 1
+
+
+@_directory_command
+def cmd_directory_show(args: argparse.Namespace, config: Config) -> int:
+    lines = describe(read_contents(config.directory.path), args.address)
+    if lines is None:
+        return _not_in_directory(args.address, config)
+    print("\n".join(lines))
+    return 0
+
+
+@_directory_command
+def cmd_directory_export(args: argparse.Namespace, config: Config) -> int:
+    export = export_csv if args.format == "csv" else export_toml
+    text, left_out = export(read_contents(config.directory.path))
+    print(text, end="")
+    for row in left_out:
+        print(f"smtpguard: left out (no import would take it): {row}", file=sys.stderr)
+    return 1 if left_out else 0
+
+
+@_directory_command
+def cmd_directory_remove(args: argparse.Namespace, config: Config) -> int:
+    removed = remove_address(config.directory.path, args.address)
+    if removed is None:
+        return _not_in_directory(args.address, config)
+    also = [
+        f"{n} {what}{'' if n == 1 else 's'}"
+        for n, what in (
+            (removed.send_as, "send-as right"),
+            (removed.members, "list member"),
+            (removed.memberships, "list membership"),
+        )
+        if n
+    ]
+    details = f" with {', '.join(also)}" if also else ""
+    kinds = " and ".join(removed.kinds)
+    print(f"{config.directory.path}: removed {kinds} {args.address.lower()}{details}")
     return 0
 
 
@@ -231,6 +355,53 @@ def _check_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     cc.set_defaults(func=cmd_check_config)
 
 
+def _blacklist_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bl = sub.add_parser("blacklist", help="manage the dynamic sender blacklist")
+    # dest "action": main() tells the writing subcommands (add, remove) by it.
+    blsub = bl.add_subparsers(dest="action", required=True)
+    add = blsub.add_parser(
+        "add",
+        help="add senders; nothing is added if any entry is refused",
+        description="ENTRY is a sender address, @domain (that domain) or .domain (the"
+        " domain and its subdomains). A bare domain, an IP address or a /pattern/ is"
+        " refused, with what to use instead: it would never match.",
+    )
+    add.add_argument("entry", nargs="+", metavar="ENTRY")
+    add.add_argument("--reason", default="", help="note stored with the entries")
+    add.set_defaults(func=cmd_blacklist_add)
+    remove = blsub.add_parser("remove", help="remove entries, as listed")
+    remove.add_argument("entry", nargs="+", metavar="ENTRY")
+    remove.set_defaults(func=cmd_blacklist_remove)
+    show = blsub.add_parser("list", help="list the entries")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_blacklist_list)
+
+
+def _directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = sub.add_parser("directory", help="manage the embedded directory")
+    dsub = d.add_subparsers(dest="directory_command", required=True)
+    di = dsub.add_parser(
+        "import",
+        help="load users, aliases and lists from CSV or TOML (nothing if any row is invalid)",
+    )
+    di.add_argument("file")
+    di.add_argument("--replace", action="store_true", help="drop existing entries first")
+    di.set_defaults(func=cmd_directory_import)
+    dl = dsub.add_parser("list", help="one line per user, alias and list")
+    dl.set_defaults(func=cmd_directory_list)
+    ds = dsub.add_parser("show", help="a user, alias or list with all it has")
+    ds.add_argument("address", help="address (or a user's login)")
+    ds.set_defaults(func=cmd_directory_show)
+    de = dsub.add_parser("export", help="print the directory as an import file")
+    de.add_argument("--format", choices=("toml", "csv"), default="toml")
+    de.set_defaults(func=cmd_directory_export)
+    dr = dsub.add_parser(
+        "remove", help="remove a user, alias or list (refused while an alias points at it)"
+    )
+    dr.add_argument("address")
+    dr.set_defaults(func=cmd_directory_remove)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smtpguard",
@@ -252,11 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--ascii", action="store_true", help="as sent when UTF-8 is not allowed")
     rp.set_defaults(func=cmd_replies)
 
-    bl = sub.add_parser("blacklist", help="manage the dynamic sender blacklist")
-    bl.add_argument("action", choices=("add", "remove", "list"))
-    bl.add_argument("address", nargs="*", help="address, or @domain for a whole domain")
-    bl.add_argument("--reason", default="", help="note stored with an added entry")
-    bl.set_defaults(func=cmd_blacklist)
+    _blacklist_parser(sub)
 
     sim = sub.add_parser(
         "simulate",
@@ -316,12 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sendmail-config", help="print the sendmail.mc lines for this config"
     ).set_defaults(func=cmd_sendmail_config)
 
-    d = sub.add_parser("directory", help="manage the embedded directory")
-    dsub = d.add_subparsers(dest="directory_command", required=True)
-    di = dsub.add_parser("import", help="load users, aliases and lists from CSV or TOML")
-    di.add_argument("file")
-    di.add_argument("--replace", action="store_true", help="drop existing entries first")
-    di.set_defaults(func=cmd_directory_import)
+    _directory_parser(sub)
     return p
 
 

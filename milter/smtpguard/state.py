@@ -92,6 +92,18 @@ def blacklist_entry(text: str) -> str:
     return address.lc
 
 
+def entry_scope(entry: str) -> str:
+    """What a stored entry matches: ``address``, ``domain`` (``@domain``),
+    ``subdomains`` (``.domain``: the domain and its subdomains) or ``nothing`` (stored
+    before :func:`blacklist_entry` refused such entries)."""
+    try:
+        if blacklist_entry(entry) != entry:
+            return "nothing"
+    except EntryError:
+        return "nothing"
+    return {"@": "domain", ".": "subdomains"}.get(entry[0], "address")
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_network(text.strip("[]").removeprefix("ipv6:"), strict=False)

@@ -1,0 +1,304 @@
+"""The admin commands, ``blacklist`` and ``directory``, through ``python -m smtpguard``.
+
+They refuse what could never work (exit 2, nothing changed) and show what is stored
+without sqlite3.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from support.service import ROOT, Site, make_site, smtpguard
+
+SAMPLE_DIRECTORY = ROOT / "conf" / "directory.example.toml"
+TABLES = ("users", "aliases", "send_as", "lists", "list_members")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    """The test site: local domain example.com, its directory imported."""
+    return make_site(tmp_path / "site")
+
+
+@pytest.fixture(scope="module")
+def unchanged_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """The same, shared by the tests that only read it."""
+    return make_site(tmp_path_factory.mktemp("site"))
+
+
+def run(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
+    return smtpguard(site, *args, check=False)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def stored(path: Path) -> dict[str, list[tuple[str, ...]]]:
+    with closing(sqlite3.connect(path)) as db:
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in TABLES}
+
+
+# --- directory import -------------------------------------------------------------------
+
+
+def test_import_typo_exits_2_and_changes_nothing(site: Site, tmp_path: Path) -> None:
+    before = stored(site.directory)
+    source = write(
+        tmp_path / "new.toml",
+        '[[user]]\naddress = "new@example.com"\nstat = "locked"\n\n'
+        '[[user]]\naddress = "other@example.com"\nstate = "lockd"\n',
+    )
+    result = run(site, "directory", "import", str(source), "--replace")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"smtpguard: {source}: user[0]: unknown key 'stat' (address, login, state, send_as)",
+        f"smtpguard: {source}: user[1].state: unknown state 'lockd'"
+        " (active, locked, suspended, moving, overquota)",
+        f"smtpguard: {source}: nothing imported",
+    ]
+    assert result.stdout == ""
+    assert stored(site.directory) == before
+
+
+def test_import_unknown_csv_column(site: Site, tmp_path: Path) -> None:
+    source = write(tmp_path / "new.csv", "type,address,sate\nuser,new@example.com,locked\n")
+    result = run(site, "directory", "import", str(source))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        f"smtpguard: {source}:1: unknown column 'sate'"
+        " (type, address, login, state, target, policy, list)"
+    )
+    assert "new@example.com" not in run(site, "directory", "list").stdout
+
+
+def test_import_refuses_aliases_to_nothing_and_loops(site: Site, tmp_path: Path) -> None:
+    source = write(
+        tmp_path / "aliases.toml",
+        '[[alias]]\naddress = "me@example.com"\ntarget = "me@example.com"\n\n'
+        '[[alias]]\naddress = "typo@example.com"\ntarget = "alcie@example.com"\n\n'
+        '[[alias]]\naddress = "fwd@example.com"\ntarget = "someone@elsewhere.example"\n\n'
+        '[[alias]]\naddress = "bad@example.com"\ntarget = "not an address"\n',
+    )
+    result = run(site, "directory", "import", str(source))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"smtpguard: {source}: alias[3].target: invalid address 'not an address' (missing domain)",
+        f"smtpguard: {source}: nothing imported",
+    ]
+    fixed = write(tmp_path / "fixed.toml", source.read_text().rpartition("[[alias]]")[0])
+    result = run(site, "directory", "import", str(fixed))
+    assert result.returncode == 2
+    # example.com is the site's local domain: alcie@ is nothing; elsewhere is a forward.
+    assert result.stderr.splitlines() == [
+        f"smtpguard: {fixed}: alias[0].target: alias loop me@example.com -> me@example.com",
+        f"smtpguard: {fixed}: alias[1].target: alcie@example.com is in a local domain but is"
+        " no user, alias or list",
+        f"smtpguard: {fixed}: nothing imported",
+    ]
+
+
+def test_import_missing_file_exits_2(site: Site, tmp_path: Path) -> None:
+    result = run(site, "directory", "import", str(tmp_path / "absent.toml"))
+    assert result.returncode == 2
+    assert str(tmp_path / "absent.toml") in result.stderr
+
+
+# --- directory export, list, show, remove ----------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["toml", "csv"])
+def test_export_imports_back_to_the_same_directory(site: Site, tmp_path: Path, form: str) -> None:
+    assert run(site, "directory", "import", str(SAMPLE_DIRECTORY)).returncode == 0
+    exported = run(site, "directory", "export", "--format", form)
+    assert exported.returncode == 0, exported.stderr
+    copy = make_site(tmp_path / "copy", directory=False)
+    # Something there first, which --replace must drop.
+    assert run(copy, "directory", "import", str(SAMPLE_DIRECTORY)).returncode == 0
+    source = write(tmp_path / f"export.{form}", exported.stdout)
+    result = run(copy, "directory", "import", str(source), "--replace")
+    assert result.returncode == 0, result.stderr
+    assert stored(copy.directory) == stored(site.directory)
+    assert len(stored(site.directory)["users"]) == 5  # the site's four and postmaster
+
+
+def test_export_is_toml_by_default(unchanged_site: Site) -> None:
+    assert run(unchanged_site, "directory", "export").stdout.startswith(
+        '[[user]]\naddress = "alice@example.com"\nsend_as = ["sales@example.com"]\n'
+    )
+
+
+def test_directory_list(unchanged_site: Site) -> None:
+    result = run(unchanged_site, "directory", "list")
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "alice@example.com\tuser\tactive",
+        "bob@example.com\tuser\tlocked",
+        "carol@example.com\tuser\tsuspended",
+        "dave@example.com\tuser\tactive",
+        "news@example.com\tlist\topen",
+        "sales@example.com\talias\talice@example.com",
+        "staff@example.com\tlist\tmembers",
+    ]
+
+
+def test_directory_show(unchanged_site: Site) -> None:
+    user = run(unchanged_site, "directory", "show", "Alice@Example.com")
+    assert user.returncode == 0
+    assert user.stdout == (
+        "alice@example.com: user\n"
+        "  state     active\n"
+        "  login     alice@example.com\n"
+        "  send-as   sales@example.com\n"
+        "  aliases   sales@example.com\n"
+        "  lists     staff@example.com (member)\n"
+    )
+    assert run(unchanged_site, "directory", "show", "dave").stdout.startswith(
+        "dave@example.com: user\n"
+    )
+    assert run(unchanged_site, "directory", "show", "sales@example.com").stdout == (
+        "sales@example.com: alias\n  targets   alice@example.com (user, active)\n"
+    )
+    assert run(unchanged_site, "directory", "show", "staff@example.com").stdout == (
+        "staff@example.com: list\n"
+        "  policy    members\n"
+        "  members   alice@example.com\n"
+        "  posters   -\n"
+    )
+
+
+def test_directory_show_unknown_exits_1(unchanged_site: Site) -> None:
+    result = run(unchanged_site, "directory", "show", "nobody@example.com")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"smtpguard: nobody@example.com: not in the directory {unchanged_site.directory}\n"
+    )
+
+
+def test_directory_remove(site: Site) -> None:
+    refused = run(site, "directory", "remove", "alice@example.com")
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        "smtpguard: alice@example.com: the alias sales@example.com points at it;"
+        " remove it or change its target first\n"
+    )
+    removed = run(site, "directory", "remove", "sales@example.com")
+    assert removed.returncode == 0
+    assert removed.stdout == f"{site.directory}: removed alias sales@example.com\n"
+    removed = run(site, "directory", "remove", "alice@example.com")
+    assert removed.stdout == (
+        f"{site.directory}: removed user alice@example.com with 1 send-as right,"
+        " 1 list membership\n"
+    )
+    assert run(site, "directory", "show", "alice@example.com").returncode == 1
+    again = run(site, "directory", "remove", "alice@example.com")
+    assert again.returncode == 1
+    assert "not in the directory" in again.stderr
+
+
+def test_directory_read_without_a_file_exits_2(tmp_path: Path) -> None:
+    site = make_site(tmp_path, directory=False)
+    for command in (["list"], ["show", "a@example.com"], ["export"]):
+        result = run(site, "directory", *command)
+        assert result.returncode == 2, command
+        assert str(site.directory) in result.stderr
+    assert not site.directory.exists()
+
+
+# --- blacklist ------------------------------------------------------------------------
+
+
+def listed(site: Site) -> list[dict[str, object]]:
+    result = run(site, "blacklist", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    entries: list[dict[str, object]] = json.loads(result.stdout)
+    return entries
+
+
+def test_blacklist_add_refuses_what_cannot_match(site: Site) -> None:
+    assert run(site, "blacklist", "add", "ok@sender.example").returncode == 0
+    result = run(site, "blacklist", "add", "evil.example", "203.0.113.5", "/regex/", "a@b.example")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "smtpguard: blacklist add: evil.example: a bare domain matches nothing: use"
+        " @evil.example (the domain) or .evil.example (it and its subdomains)",
+        "smtpguard: blacklist add: 203.0.113.5: the blacklist holds senders, not client IPs",
+        "smtpguard: blacklist add: /regex/: patterns go in [policy] sender_deny, not in the"
+        " blacklist",
+        "smtpguard: blacklist add: nothing added",
+    ]
+    # Not even the valid a@b.example.
+    assert [e["address"] for e in listed(site)] == ["ok@sender.example"]
+
+
+def test_blacklist_add_and_list_json(site: Site) -> None:
+    result = run(
+        site, "blacklist", "add", "Pest@Sender.Example", "@spam.example", ".evil.example",
+        "--reason", "complaint",
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "add pest@sender.example: done",
+        "add @spam.example: done",
+        "add .evil.example: done",
+    ]
+    assert run(site, "blacklist", "add", "@spam.example").stdout == (
+        "add @spam.example: already listed\n"
+    )
+    entries = listed(site)
+    assert [(e["address"], e["matches"], e["reason"]) for e in entries] == [
+        (".evil.example", "subdomains", "complaint"),
+        ("@spam.example", "domain", "complaint"),
+        ("pest@sender.example", "address", "complaint"),
+    ]
+    assert all(isinstance(e["added_at"], float) for e in entries)
+
+
+def test_blacklist_list_json_empty(site: Site) -> None:
+    run(site, "blacklist", "add", "a@b.example")
+    run(site, "blacklist", "remove", "a@b.example")
+    assert run(site, "blacklist", "list", "--json").stdout == "[]\n"
+
+
+def test_subdomain_entry_refuses_mail_in_a_session(site: Site) -> None:
+    assert run(site, "blacklist", "add", ".evil.example").returncode == 0
+
+    def simulate(sender: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            site, "simulate", "--client", "198.51.100.7", "--helo", "mail.sender.example",
+            "--from", sender, "--to", "news@example.com",
+        )  # fmt: skip
+
+    refused = simulate("a@mx.evil.example")
+    assert refused.returncode == 1
+    assert "blacklist: hit black_mail_address (listed as .evil.example)" in refused.stdout
+    assert simulate("a@notevil.example").returncode == 0
+
+
+def test_blacklist_entry_stored_before_the_check(site: Site) -> None:
+    run(site, "blacklist", "add", "a@b.example")  # creates the state file
+    run(site, "blacklist", "remove", "a@b.example")
+    with closing(sqlite3.connect(site.state)) as db, db:
+        db.execute("INSERT INTO blacklist VALUES ('evil.example', 0, 'old')")
+    result = run(site, "blacklist", "list")
+    assert result.stdout.startswith("evil.example\t")
+    assert result.stderr == "smtpguard: evil.example: matches no sender; remove it\n"
+    assert listed(site)[0]["matches"] == "nothing"
+    removed = run(site, "blacklist", "remove", "evil.example", "never@example.org")
+    assert removed.stdout == "remove evil.example: done\nremove never@example.org: not listed\n"
+    assert listed(site) == []
+
+
+def test_blacklist_usage_errors_exit_2(site: Site) -> None:
+    assert run(site, "blacklist", "add").returncode == 2  # no entry
+    assert run(site, "blacklist", "list", "--reason", "x").returncode == 2
+    assert run(site, "blacklist").returncode == 2
