@@ -537,9 +537,9 @@ def _check_access(path: Path, write: bool) -> None:
     parent = path.parent
     if not parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(parent))
-    if not write:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
-    if not os.access(parent, os.W_OK | os.X_OK):
+    # A missing file is the command's to handle (the blacklist starts empty), as long
+    # as it could be made there.
+    if not os.access(parent, os.W_OK | os.X_OK if write else os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
 
 
