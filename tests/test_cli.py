@@ -6,32 +6,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.service import ROOT, make_site, smtpguard
+from support.service import ROOT, make_site, run_cli, smtpguard
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smtpguard", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_config_option_before_or_after_the_subcommand() -> None:
-    before = run("-c", str(SAMPLE), "replies")
-    after = run("replies", "-c", str(SAMPLE))
+    before = run_cli("-c", str(SAMPLE), "replies")
+    after = run_cli("replies", "-c", str(SAMPLE))
     assert before.returncode == after.returncode == 0, after.stderr
     assert before.stdout == after.stdout
     assert "host_denies_relay" in after.stdout
 
 
 def test_usage_error_and_help_name_the_exit_codes() -> None:
-    assert run("no-such-command").returncode == 2
-    help_text = run("--help").stdout
+    assert run_cli("no-such-command").returncode == 2
+    help_text = run_cli("--help").stdout
     assert "exit codes:" in help_text
     assert "2  usage or configuration error" in help_text
 
@@ -41,12 +31,12 @@ def test_configuration_error_is_exit_2_in_every_command_but_check_config(
 ) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[milter]\nno_such_key = 1\n")
-    replies = run("-c", str(bad), "replies")
+    replies = run_cli("-c", str(bad), "replies")
     assert replies.returncode == 2
     assert replies.stderr.strip() == (
         f"smtpguard: configuration error: {bad}: milter.no_such_key: unknown key"
     )
-    assert run("check-config", str(bad)).returncode == 1
+    assert run_cli("check-config", str(bad)).returncode == 1
 
 
 def test_a_closed_pipe_ends_quietly() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from smtpguard.app import load
 from smtpguard.config import ConfigError, load_config
 from smtpguard.endpoint import Endpoint
 from support.configs import assert_config_error, write_config
-from support.service import ROOT
+from support.service import ROOT, run_cli
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
 
@@ -104,16 +102,6 @@ def test_subdomain_entries(tmp_path: Path) -> None:
     assert not config.site.is_local("sub.example.com")
     assert config.site.is_local("a.b.corp.example")
     assert not config.site.is_local("corp.example")
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "smtpguard", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_check_config_command(tmp_path: Path) -> None:

@@ -137,14 +137,19 @@ def make_site(tmp: Path, extra: Mapping[str, Any] | None = None, *, directory: b
     return site
 
 
-def smtpguard(site: Site, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``smtpguard ARGS`` with this interpreter, its output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "smtpguard", "-c", str(site.config), *args],
+        [sys.executable, "-m", "smtpguard", *args],
         capture_output=True,
         text=True,
         check=check,
         timeout=60,
     )
+
+
+def smtpguard(site: Site, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run_cli("-c", str(site.config), *args, check=check)
 
 
 @dataclass
