@@ -348,43 +348,49 @@ def test_toml_values_refused(tmp_path: Path, db_path: Path, text: str, problem: 
     assert problem in found
 
 
-def test_csv_unknown_and_repeated_columns(tmp_path: Path, db_path: Path) -> None:
-    source = write(tmp_path / "bad.csv", "type,address,sate,address,\nuser,a@example.com,x,,\n")
-    columns = "(type, address, login, state, target, policy, list)"
-    assert problems_of(db_path, source) == (
-        f"{source}:1: unknown column 'sate' {columns}",
-        f"{source}:1: column 'address' given twice",
-        f"{source}:1: unknown column column 5 without a name {columns}",
-    )
+CSV_COLUMNS = "(type, address, login, state, target, policy, list)"
 
 
-def test_csv_rows_refused(tmp_path: Path, db_path: Path) -> None:
-    source = write(
-        tmp_path / "bad.csv",
-        "type,address,login,state,target,policy,list\n"
-        "alias,a@example.com,,active,b@example.org,,\n"
-        "\n"  # blank lines are skipped, and the line numbers stay right
-        "user,u@example.com,,,,,,extra\n"
-        ",x@example.com,,,,,\n",
-    )
-    assert problems_of(db_path, source) == (
-        f"{source}:2: state: not a field of alias rows (address, target)",
-        f"{source}:4: 8 fields, the header names 7",
-        f"{source}:5: missing type",
-    )
-
-
-def test_csv_references_refused(tmp_path: Path, db_path: Path) -> None:
-    source = write(
-        tmp_path / "bad.csv",
-        "type,address,login,list\n"
-        "send_as,sales@example.com,nobody,\n"
-        "member,m@example.com,,nolist@example.com\n",
-    )
-    assert problems_of(db_path, source) == (
-        f"{source}:2: login: no user has the login 'nobody'",
-        f"{source}:3: list: nolist@example.com is not a list",
-    )
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        pytest.param(
+            "type,address,sate,address,\nuser,a@example.com,x,,\n",
+            (
+                f"1: unknown column 'sate' {CSV_COLUMNS}",
+                "1: column 'address' given twice",
+                f"1: unknown column column 5 without a name {CSV_COLUMNS}",
+            ),
+            id="columns",
+        ),
+        pytest.param(
+            "type,address,login,state,target,policy,list\n"
+            "alias,a@example.com,,active,b@example.org,,\n"
+            "\n"  # blank lines are skipped, and the line numbers stay right
+            "user,u@example.com,,,,,,extra\n"
+            ",x@example.com,,,,,\n",
+            (
+                "2: state: not a field of alias rows (address, target)",
+                "4: 8 fields, the header names 7",
+                "5: missing type",
+            ),
+            id="rows",
+        ),
+        pytest.param(
+            "type,address,login,list\n"
+            "send_as,sales@example.com,nobody,\n"
+            "member,m@example.com,,nolist@example.com\n",
+            (
+                "2: login: no user has the login 'nobody'",
+                "3: list: nolist@example.com is not a list",
+            ),
+            id="references",
+        ),
+    ],
+)
+def test_csv_refused(tmp_path: Path, db_path: Path, text: str, problems: tuple[str, ...]) -> None:
+    source = write(tmp_path / "bad.csv", text)
+    assert problems_of(db_path, source) == tuple(f"{source}:{p}" for p in problems)
 
 
 def test_csv_byte_order_mark(tmp_path: Path, db_path: Path) -> None:
