@@ -467,43 +467,50 @@ def test_alias_to_stored_user_accepted(tmp_path: Path, db_path: Path) -> None:
     assert import_file(db_path, more, is_local=is_example_com).aliases == 1
 
 
-def test_address_of_two_kinds_refused(tmp_path: Path, db_path: Path) -> None:
-    source = write(
-        tmp_path / "d.toml",
-        '[[user]]\naddress = "a@example.com"\n\n'
-        '[[alias]]\naddress = "a@example.com"\ntarget = "b@example.org"\n',
-    )
-    assert problems_of(db_path, source) == (
-        f"{source}: user[0].address: a@example.com is a user (user[0]) and an alias (alias[0])",
-    )
+@pytest.mark.parametrize(
+    ("name", "text", "problems"),
+    [
+        pytest.param(
+            "d.toml",
+            '[[user]]\naddress = "a@example.com"\n\n'
+            '[[alias]]\naddress = "a@example.com"\ntarget = "b@example.org"\n',
+            (": user[0].address: a@example.com is a user (user[0]) and an alias (alias[0])",),
+            id="address-of-two-kinds",
+        ),
+        pytest.param(
+            "d.csv",
+            "type,address,login\nuser,a@example.com,same\nuser,b@example.com,same\n",
+            (
+                ":2: login: login 'same' of several users: a@example.com (line 2),"
+                " b@example.com (line 3)",
+            ),
+            id="login-of-two-users",
+        ),
+        pytest.param(
+            "d.toml",
+            '[[user]]\naddress = "a@example.com"\nsend_as = ["@x.example", "@X.example"]\n\n'
+            '[[user]]\naddress = "A@example.com"\nstate = "locked"\n',
+            (
+                ": user[0].send_as[1]: given twice (also user[0])",
+                ": user[1].address: given twice (also user[0])",
+            ),
+            id="given-twice",
+        ),
+    ],
+)
+def test_conflicting_rows_refused(
+    tmp_path: Path, db_path: Path, name: str, text: str, problems: tuple[str, ...]
+) -> None:
+    source = write(tmp_path / name, text)
+    assert problems_of(db_path, source) == tuple(f"{source}{p}" for p in problems)
+
+
+def test_stored_address_of_another_kind_refused(tmp_path: Path, db_path: Path) -> None:
     import_file(db_path, write(tmp_path / "base.toml", DIRECTORY_TOML))
     as_list = write(tmp_path / "l.toml", '[[list]]\naddress = "bob@example.com"\n')
     assert problems_of(db_path, as_list) == (
         f"{as_list}: list[0].address: bob@example.com is a user (already in the directory)"
         " and a list (list[0])",
-    )
-
-
-def test_login_of_two_users_refused(tmp_path: Path, db_path: Path) -> None:
-    source = write(
-        tmp_path / "d.csv",
-        "type,address,login\nuser,a@example.com,same\nuser,b@example.com,same\n",
-    )
-    assert problems_of(db_path, source) == (
-        f"{source}:2: login: login 'same' of several users: a@example.com (line 2),"
-        " b@example.com (line 3)",
-    )
-
-
-def test_given_twice_refused(tmp_path: Path, db_path: Path) -> None:
-    source = write(
-        tmp_path / "d.toml",
-        '[[user]]\naddress = "a@example.com"\nsend_as = ["@x.example", "@X.example"]\n\n'
-        '[[user]]\naddress = "A@example.com"\nstate = "locked"\n',
-    )
-    assert problems_of(db_path, source) == (
-        f"{source}: user[0].send_as[1]: given twice (also user[0])",
-        f"{source}: user[1].address: given twice (also user[0])",
     )
 
 
