@@ -135,12 +135,19 @@ def watched(path: Path, clock: Clock, cache_ttl: float = 1.0) -> ConnectionPool:
     )
 
 
+def watched_file(
+    tmp_path: Path, value: str = "old", cache_ttl: float = 1.0
+) -> tuple[Path, Clock, ConnectionPool]:
+    """A file holding a=value, a clock, and a pool on the file watched by that clock."""
+    path = make_file(tmp_path / "t.sqlite", value)
+    clock = Clock()
+    return path, clock, watched(path, clock, cache_ttl)
+
+
 def test_file_replaced_by_rename_is_reopened_after_the_ttl(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = make_file(tmp_path / "t.sqlite", "old")
-    clock = Clock()
-    pool = watched(path, clock)
+    path, clock, pool = watched_file(tmp_path)
     assert pool.query(SQL, ("a",)) == [("old",)]
     before = path.stat().st_ino
     replace_by_rename(path, "new")
@@ -158,9 +165,7 @@ def test_file_replaced_by_rename_is_reopened_after_the_ttl(
 
 
 def test_replaced_file_drops_results_cached_from_the_old_one(tmp_path: Path) -> None:
-    path = make_file(tmp_path / "t.sqlite", "old")
-    clock = Clock()
-    pool = watched(path, clock, cache_ttl=10)
+    path, clock, pool = watched_file(tmp_path, cache_ttl=10)
     assert pool.query(SQL, ("a",)) == [("old",)]
     clock.now += 9.0
     assert pool.query(SQL, ("a",)) == [("old",)]  # cached at 100.0, kept until 110.0
@@ -170,9 +175,7 @@ def test_replaced_file_drops_results_cached_from_the_old_one(tmp_path: Path) -> 
 
 
 def test_without_ttl_the_file_is_checked_at_the_minimum_interval(tmp_path: Path) -> None:
-    path = make_file(tmp_path / "t.sqlite", "old")
-    clock = Clock()
-    pool = watched(path, clock, cache_ttl=0)
+    path, clock, pool = watched_file(tmp_path, cache_ttl=0)
     assert pool.query(SQL, ("a",)) == [("old",)]
     replace_by_rename(path, "new")
     clock.now += MIN_CHECK_INTERVAL / 2
@@ -182,9 +185,7 @@ def test_without_ttl_the_file_is_checked_at_the_minimum_interval(tmp_path: Path)
 
 
 def test_the_file_is_checked_once_per_ttl(tmp_path: Path) -> None:
-    path = make_file(tmp_path / "t.sqlite", "old")
-    clock = Clock()
-    pool = watched(path, clock)
+    path, clock, pool = watched_file(tmp_path)
     pool.query(SQL, ("a",))
     replace_by_rename(path, "new")
     for _ in range(7):
@@ -197,9 +198,7 @@ def test_the_file_is_checked_once_per_ttl(tmp_path: Path) -> None:
 def test_removed_file_is_an_error_with_a_log_line_until_it_is_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = make_file(tmp_path / "t.sqlite", "old")
-    clock = Clock()
-    pool = watched(path, clock)
+    path, clock, pool = watched_file(tmp_path)
     assert pool.query(SQL, ("a",)) == [("old",)]
     inode = path.stat().st_ino
     path.unlink()
@@ -278,9 +277,7 @@ def test_connections_in_use_at_the_reopen_are_closed_not_pooled(tmp_path: Path) 
 
 
 def test_reopen_while_threads_use_the_pool(tmp_path: Path) -> None:
-    path = make_file(tmp_path / "t.sqlite", "v0")
-    clock = Clock()
-    pool = watched(path, clock, cache_ttl=0)
+    path, clock, pool = watched_file(tmp_path, "v0", cache_ttl=0)
     stop = threading.Event()
     seen: list[str] = []
     lock = threading.Lock()
