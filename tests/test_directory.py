@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
 import sqlite3
@@ -37,6 +36,7 @@ from smtpguard.directory import (
 )
 from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
 from support.fake_dns import FakeClock
+from support.files import replace_by_rename
 
 DIRECTORY_TOML = """\
 [[user]]
@@ -927,20 +927,20 @@ def alice_file(tmp_path: Path, name: str, state: str) -> Path:
     return path
 
 
-def replace_by_rename(new: Path, path: Path) -> None:
-    """``cp new tmp; mv tmp directory.sqlite``"""
-    staged = path.with_name(path.name + ".tmp")
-    shutil.copyfile(new, staged)
-    os.replace(staged, path)
+def alice_active(
+    tmp_path: Path, db_path: Path, cache_ttl: float
+) -> tuple[FakeClock, SqliteDirectory]:
+    """The directory file with alice active, read through a clock the test moves."""
+    db_path.parent.mkdir(parents=True)
+    shutil.copyfile(alice_file(tmp_path, "active", "active"), db_path)
+    clock = FakeClock()
+    return clock, SqliteDirectory(db_path, timeout=0.1, cache_ttl=cache_ttl, clock=clock)
 
 
 def test_directory_replaced_by_rename_is_seen_after_cache_ttl(
     tmp_path: Path, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db_path.parent.mkdir(parents=True)
-    shutil.copyfile(alice_file(tmp_path, "active", "active"), db_path)
-    clock = FakeClock()
-    directory = SqliteDirectory(db_path, timeout=0.1, cache_ttl=1.0, clock=clock)
+    clock, directory = alice_active(tmp_path, db_path, cache_ttl=1.0)
     assert directory.recipient("alice@example.com") == Recipient(Kind.USER)
     assert directory.login("alice") == Login("alice", "alice@example.com", "active")
     before = db_path.stat().st_ino
@@ -958,10 +958,7 @@ def test_directory_replaced_by_rename_is_seen_after_cache_ttl(
 
 
 def test_directory_replaced_by_rename_without_cache(tmp_path: Path, db_path: Path) -> None:
-    db_path.parent.mkdir(parents=True)
-    shutil.copyfile(alice_file(tmp_path, "active", "active"), db_path)
-    clock = FakeClock()
-    directory = SqliteDirectory(db_path, timeout=0.1, cache_ttl=0, clock=clock)
+    clock, directory = alice_active(tmp_path, db_path, cache_ttl=0)
     assert directory.recipient("alice@example.com") == Recipient(Kind.USER)
     replace_by_rename(alice_file(tmp_path, "locked", "locked"), db_path)
     clock.advance(MIN_CHECK_INTERVAL)
@@ -971,10 +968,7 @@ def test_directory_replaced_by_rename_without_cache(tmp_path: Path, db_path: Pat
 def test_removed_directory_is_an_error_with_a_log_line(
     tmp_path: Path, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db_path.parent.mkdir(parents=True)
-    shutil.copyfile(alice_file(tmp_path, "active", "active"), db_path)
-    clock = FakeClock()
-    directory = SqliteDirectory(db_path, timeout=0.1, cache_ttl=1.0, clock=clock)
+    clock, directory = alice_active(tmp_path, db_path, cache_ttl=1.0)
     assert directory.recipient("alice@example.com") == Recipient(Kind.USER)
     inode = db_path.stat().st_ino
     db_path.unlink()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -28,6 +26,8 @@ from smtpguard.state import (
 )
 from support.daemons import RedisServer, start_redis
 from support.fake_dns import FakeClock
+from support.files import replace_by_rename
+from support.threads import hammer
 
 
 @pytest.fixture
@@ -134,17 +134,13 @@ def test_lookups_from_several_threads(blacklist: SqliteBlacklist) -> None:
     results: list[str | None] = []
     lock = threading.Lock()
 
-    def worker() -> None:
+    def worker(n: int) -> None:
         for _ in range(20):
             found = blacklist.listed("x@spam.example")
             with lock:
                 results.append(found)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert hammer(worker, threads=4) == []
     assert results == ["@spam.example"] * 80
 
 
@@ -362,18 +358,14 @@ def test_gate_counts_concurrent_sessions() -> None:
     lock = threading.Lock()
     start = threading.Barrier(8)
 
-    def session_burst() -> None:
+    def session_burst(n: int) -> None:
         start.wait()
         for _ in range(25):
             ok = gate.enter()
             with lock:
                 admitted.append(ok)
 
-    threads = [threading.Thread(target=session_burst) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert hammer(session_burst, threads=8) == []
     assert gate.active == 200
     assert admitted.count(True) == 50
     for _ in range(200):
@@ -421,13 +413,6 @@ def listing(tmp_path: Path, name: str, *addresses: str) -> Path:
     for address in addresses:
         writer.add(address)
     return path
-
-
-def replace_by_rename(new: Path, path: Path) -> None:
-    """``cp new tmp; mv tmp state.sqlite``"""
-    staged = path.with_name(path.name + ".tmp")
-    shutil.copyfile(new, staged)
-    os.replace(staged, path)
 
 
 def test_state_file_replaced_by_rename_is_seen_after_cache_ttl(
