@@ -36,6 +36,14 @@ def run(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
     return smtpguard(site, *args, check=False)
 
 
+def refused(site: Site, *args: str) -> list[str]:
+    """The lines a command that must be refused writes: it exits 2 with no output."""
+    result = run(site, *args)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    return result.stderr.splitlines()
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -56,23 +64,18 @@ def test_import_typo_exits_2_and_changes_nothing(site: Site, tmp_path: Path) -> 
         '[[user]]\naddress = "new@example.com"\nstat = "locked"\n\n'
         '[[user]]\naddress = "other@example.com"\nstate = "lockd"\n',
     )
-    result = run(site, "directory", "import", str(source), "--replace")
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
+    assert refused(site, "directory", "import", str(source), "--replace") == [
         f"smtpguard: {source}: user[0]: unknown key 'stat' (address, login, state, send_as)",
         f"smtpguard: {source}: user[1].state: unknown state 'lockd'"
         " (active, locked, suspended, moving, overquota)",
         f"smtpguard: {source}: nothing imported",
     ]
-    assert result.stdout == ""
     assert stored(site.directory) == before
 
 
 def test_import_unknown_csv_column(site: Site, tmp_path: Path) -> None:
     source = write(tmp_path / "new.csv", "type,address,sate\nuser,new@example.com,locked\n")
-    result = run(site, "directory", "import", str(source))
-    assert result.returncode == 2
-    assert result.stderr.splitlines()[0] == (
+    assert refused(site, "directory", "import", str(source))[0] == (
         f"smtpguard: {source}:1: unknown column 'sate'"
         " (type, address, login, state, target, policy, list)"
     )
@@ -87,17 +90,13 @@ def test_import_refuses_aliases_to_nothing_and_loops(site: Site, tmp_path: Path)
         '[[alias]]\naddress = "fwd@example.com"\ntarget = "someone@elsewhere.example"\n\n'
         '[[alias]]\naddress = "bad@example.com"\ntarget = "not an address"\n',
     )
-    result = run(site, "directory", "import", str(source))
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
+    assert refused(site, "directory", "import", str(source)) == [
         f"smtpguard: {source}: alias[3].target: invalid address 'not an address' (missing domain)",
         f"smtpguard: {source}: nothing imported",
     ]
     fixed = write(tmp_path / "fixed.toml", source.read_text().rpartition("[[alias]]")[0])
-    result = run(site, "directory", "import", str(fixed))
-    assert result.returncode == 2
     # example.com is the site's local domain: alcie@ is nothing; elsewhere is a forward.
-    assert result.stderr.splitlines() == [
+    assert refused(site, "directory", "import", str(fixed)) == [
         f"smtpguard: {fixed}: alias[0].target: alias loop me@example.com -> me@example.com",
         f"smtpguard: {fixed}: alias[1].target: alcie@example.com is in a local domain but is"
         " no user, alias or list",
@@ -184,12 +183,10 @@ def test_directory_show_unknown_exits_1(unchanged_site: Site) -> None:
 
 
 def test_directory_remove(site: Site) -> None:
-    refused = run(site, "directory", "remove", "alice@example.com")
-    assert refused.returncode == 2
-    assert refused.stderr == (
+    assert refused(site, "directory", "remove", "alice@example.com") == [
         "smtpguard: alice@example.com: the alias sales@example.com points at it;"
-        " remove it or change its target first\n"
-    )
+        " remove it or change its target first"
+    ]
     removed = run(site, "directory", "remove", "sales@example.com")
     assert removed.returncode == 0
     assert removed.stdout == f"{site.directory}: removed alias sales@example.com\n"
@@ -225,10 +222,8 @@ def listed(site: Site) -> list[dict[str, object]]:
 
 def test_blacklist_add_refuses_what_cannot_match(site: Site) -> None:
     assert run(site, "blacklist", "add", "ok@sender.example").returncode == 0
-    result = run(site, "blacklist", "add", "evil.example", "203.0.113.5", "/regex/", "a@b.example")
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.splitlines() == [
+    added = ("evil.example", "203.0.113.5", "/regex/", "a@b.example")
+    assert refused(site, "blacklist", "add", *added) == [
         "smtpguard: blacklist add: evil.example: a bare domain matches nothing: use"
         " @evil.example (the domain) or .evil.example (it and its subdomains)",
         "smtpguard: blacklist add: 203.0.113.5: the blacklist holds senders, not client IPs",
