@@ -167,15 +167,33 @@ def test_relay_control_milter_passes_recipients_only_while_milters_are_set(
     )
 
 
-def test_guard_followed_by_other_restrictions_is_left_alone(tmp_path: Path) -> None:
-    cfg = config(tmp_path)
-    result = make_plan(
-        cfg,
-        smtpd_relay_restrictions="permit_mynetworks, reject_unauth_destination,"
-        " check_policy_service unix:private/policy",
-    )
-    assert "smtpd_relay_restrictions" not in changes(result)
-    assert any("entries follow reject_unauth_destination" in n for n in result.notes)
+@pytest.mark.parametrize(
+    ("restrictions", "rewritten", "said_in", "said"),
+    [
+        pytest.param(
+            "permit_mynetworks, reject_unauth_destination,"
+            " check_policy_service unix:private/policy",
+            False,
+            "notes",
+            "entries follow reject_unauth_destination",
+            id="guard-followed-by-other-restrictions",
+        ),
+        pytest.param(
+            "permit_mynetworks, permit_auth_destination,"
+            " check_recipient_access static:{OK}, reject_unauth_destination",
+            True,  # the reply goes before the guard; the OK is the admin's call
+            "unresolved",
+            "open relay",
+            id="unconditional-ok-before-the-guard",
+        ),
+    ],
+)
+def test_relay_restrictions_the_admin_is_told_about(
+    tmp_path: Path, restrictions: str, rewritten: bool, said_in: str, said: str
+) -> None:
+    result = make_plan(config(tmp_path), smtpd_relay_restrictions=restrictions)
+    assert ("smtpd_relay_restrictions" in changes(result)) is rewritten
+    assert any(said in line for line in getattr(result, said_in))
 
 
 def test_old_style_recipient_restrictions_get_the_reply(tmp_path: Path) -> None:
@@ -188,16 +206,6 @@ def test_old_style_recipient_restrictions_get_the_reply(tmp_path: Path) -> None:
     assert changes(result)["smtpd_recipient_restrictions"].endswith(
         "static:{553 5.7.1 host denies relay. (拒绝中继)}, reject_unauth_destination"
     )
-
-
-def test_check_finds_an_unconditional_ok_before_the_guard(tmp_path: Path) -> None:
-    cfg = config(tmp_path)
-    result = make_plan(
-        cfg,
-        smtpd_relay_restrictions="permit_mynetworks, permit_auth_destination,"
-        " check_recipient_access static:{OK}, reject_unauth_destination",
-    )
-    assert any("open relay" in p for p in result.unresolved)
 
 
 def test_check_finds_no_relay_guard(tmp_path: Path) -> None:
