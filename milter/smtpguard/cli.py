@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from smtpguard import __version__
 from smtpguard.adapter import App, drop_privileges, serve
@@ -346,21 +347,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """The subcommand ``name`` (``kwargs`` as for ``add_parser``), run by ``func``."""
+    parser = sub.add_parser(name, **kwargs)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def _check_config_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cc = sub.add_parser("check-config", help="validate the config, reply table and backends")
+    cc = _command(
+        sub, "check-config", cmd_check_config, help="validate the config, reply table and backends"
+    )
     cc.add_argument("file", nargs="?", help="config file to check")
     cc.add_argument(
         "--offline", action="store_true", help="do not ask clamd, rspamd, Redis or DNS servers"
     )
-    cc.set_defaults(func=cmd_check_config)
 
 
 def _blacklist_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bl = sub.add_parser("blacklist", help="manage the dynamic sender blacklist")
     # dest "action": main() tells the writing subcommands (add, remove) by it.
     blsub = bl.add_subparsers(dest="action", required=True)
-    add = blsub.add_parser(
+    add = _command(
+        blsub,
         "add",
+        cmd_blacklist_add,
         help="add senders; nothing is added if any entry is refused",
         description="ENTRY is a sender address, @domain (that domain) or .domain (the"
         " domain and its subdomains). A bare domain, an IP address or a /pattern/ is"
@@ -368,38 +384,37 @@ def _blacklist_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     add.add_argument("entry", nargs="+", metavar="ENTRY")
     add.add_argument("--reason", default="", help="note stored with the entries")
-    add.set_defaults(func=cmd_blacklist_add)
-    remove = blsub.add_parser("remove", help="remove entries, as listed")
+    remove = _command(blsub, "remove", cmd_blacklist_remove, help="remove entries, as listed")
     remove.add_argument("entry", nargs="+", metavar="ENTRY")
-    remove.set_defaults(func=cmd_blacklist_remove)
-    show = blsub.add_parser("list", help="list the entries")
+    show = _command(blsub, "list", cmd_blacklist_list, help="list the entries")
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.set_defaults(func=cmd_blacklist_list)
 
 
 def _directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d = sub.add_parser("directory", help="manage the embedded directory")
     dsub = d.add_subparsers(dest="directory_command", required=True)
-    di = dsub.add_parser(
+    di = _command(
+        dsub,
         "import",
+        cmd_directory_import,
         help="load users, aliases and lists from CSV or TOML (nothing if any row is invalid)",
     )
     di.add_argument("file")
     di.add_argument("--replace", action="store_true", help="drop existing entries first")
-    di.set_defaults(func=cmd_directory_import)
-    dl = dsub.add_parser("list", help="one line per user, alias and list")
-    dl.set_defaults(func=cmd_directory_list)
-    ds = dsub.add_parser("show", help="a user, alias or list with all it has")
+    _command(dsub, "list", cmd_directory_list, help="one line per user, alias and list")
+    ds = _command(dsub, "show", cmd_directory_show, help="a user, alias or list with all it has")
     ds.add_argument("address", help="address (or a user's login)")
-    ds.set_defaults(func=cmd_directory_show)
-    de = dsub.add_parser("export", help="print the directory as an import file")
+    de = _command(
+        dsub, "export", cmd_directory_export, help="print the directory as an import file"
+    )
     de.add_argument("--format", choices=("toml", "csv"), default="toml")
-    de.set_defaults(func=cmd_directory_export)
-    dr = dsub.add_parser(
-        "remove", help="remove a user, alias or list (refused while an alias points at it)"
+    dr = _command(
+        dsub,
+        "remove",
+        cmd_directory_remove,
+        help="remove a user, alias or list (refused while an alias points at it)",
     )
     dr.add_argument("address")
-    dr.set_defaults(func=cmd_directory_remove)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,16 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="run the milter service").set_defaults(func=cmd_run)
+    _command(sub, "run", cmd_run, help="run the milter service")
     _check_config_parser(sub)
-    rp = sub.add_parser("replies", help="print the reply table as clients would see it")
+    rp = _command(sub, "replies", cmd_replies, help="print the reply table as clients would see it")
     rp.add_argument("--ascii", action="store_true", help="as sent when UTF-8 is not allowed")
-    rp.set_defaults(func=cmd_replies)
 
     _blacklist_parser(sub)
 
-    sim = sub.add_parser(
+    sim = _command(
+        sub,
         "simulate",
+        cmd_simulate,
         help="run the configured pipeline on an envelope (and message) without an MTA",
     )
     sim.add_argument("--client", required=True, help="client IP address")
@@ -441,18 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--to", action="append", required=True, help="RCPT TO (repeatable)")
     sim.add_argument("--eml", help="RFC 5322 message file for the DATA phase")
     sim.add_argument("-v", "--verbose", action="store_true", help="show the decision log")
-    sim.set_defaults(func=cmd_simulate)
 
-    ex = sub.add_parser(
-        "explain", help="say what any SMTP reply line means and what the sender should do"
+    ex = _command(
+        sub,
+        "explain",
+        cmd_explain,
+        help="say what any SMTP reply line means and what the sender should do",
     )
     ex.add_argument("reply", nargs="+", help='the reply line, e.g. "550 5.7.1 Relaying denied"')
     ex.add_argument("--lang", choices=("en", "zh"), default="en")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
-    ex.set_defaults(func=cmd_explain)
 
-    pc = sub.add_parser(
+    pc = _command(
+        sub,
         "postfix-config",
+        cmd_postfix_config,
         help="print the postconf commands that add smtpguard to a Postfix instance",
         description="Reads the Postfix instance (postconf) and prints the smallest set of"
         " changes that attach smtpguard, merged with what is already configured: a shell"
@@ -478,10 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="attach smtpguard to non_smtpd_milters (local submission) too",
     )
-    pc.set_defaults(func=cmd_postfix_config)
-    sub.add_parser(
-        "sendmail-config", help="print the sendmail.mc lines for this config"
-    ).set_defaults(func=cmd_sendmail_config)
+    _command(
+        sub,
+        "sendmail-config",
+        cmd_sendmail_config,
+        help="print the sendmail.mc lines for this config",
+    )
 
     _directory_parser(sub)
     return p
