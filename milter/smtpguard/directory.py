@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
-import time
 import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from smtpguard.address import AddressError, is_valid_domain, parse_path
-from smtpguard.sqlitedb import ConnectionPool
+from smtpguard.sqlitedb import WatchedFile
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
 LIST_POLICIES = ("open", "members", "posters", "domain")
@@ -107,33 +106,13 @@ class NoDirectory:
         return True
 
 
-class SqliteDirectory:
+class SqliteDirectory(WatchedFile):
     # Alias chains longer than this are treated as loops.
     MAX_ALIAS_DEPTH = 8
-
-    def __init__(
-        self,
-        path: Path,
-        timeout: float,
-        *,
-        cache_ttl: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.path = path
-        self.timeout = timeout
-        # Watched: a file replaced by rename is reopened within cache_ttl, a removed
-        # one is an error (sqlitedb's docstring says why and how).
-        self._shared = ConnectionPool(
-            self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label="directory file"
-        )
+    label = "directory file"
 
     def _open(self) -> sqlite3.Connection:
-        return sqlite3.connect(
-            f"{self.path.resolve().as_uri()}?mode=ro",
-            uri=True,
-            timeout=self.timeout,
-            check_same_thread=False,
-        )
+        return self._connect_existing("ro")
 
     def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[str, ...]]:
         try:

@@ -35,6 +35,7 @@ import os
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,40 @@ class ConnectionPool:
         if self._cache is not None:
             self._cache.clear()
         return stale
+
+
+class WatchedFile(ABC):
+    """The SQLite file of a store (the directory, the blacklist), read through a pool
+    that watches it: a file replaced by rename is reopened within ``cache_ttl``, a
+    removed one is an error (the module docstring says why and how)."""
+
+    #: Names the file in the pool's log lines.
+    label = "database file"
+
+    def __init__(
+        self,
+        path: Path,
+        timeout: float,
+        *,
+        cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._shared = ConnectionPool(
+            self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label=self.label
+        )
+
+    @abstractmethod
+    def _open(self) -> sqlite3.Connection:
+        """A new connection for the pool."""
+
+    def _connect_existing(self, mode: str) -> sqlite3.Connection:
+        """A connection any thread may use, to the file only if it exists (``mode`` ro
+        or rw): a file removed meanwhile fails here instead of coming back empty."""
+        return sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode={mode}",
+            uri=True,
+            timeout=self.timeout,
+            check_same_thread=False,
+        )

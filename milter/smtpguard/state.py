@@ -16,16 +16,14 @@ import ipaddress
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from contextlib import closing, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import redis
 
 from smtpguard.address import AddressError, is_valid_domain, parse_address_literal, parse_path
-from smtpguard.sqlitedb import ConnectionPool
+from smtpguard.sqlitedb import WatchedFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blacklist (
@@ -134,27 +132,15 @@ def _most_specific(keys: tuple[str, ...], found: set[str]) -> str | None:
     return next((key for key in keys if key in found), None)
 
 
-class SqliteBlacklist:
-    def __init__(
-        self,
-        path: Path,
-        timeout: float,
-        *,
-        cache_ttl: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._shared = ConnectionPool(
-            self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label="state file"
-        )
-        # Creating the file, switching it to WAL and creating the table need the write
-        # lock, for which SQLite does not always wait (a fresh file's journal-mode
-        # switch answers "database is locked" at once): a burst of sessions right after
-        # the first start must not race for it, so one thread prepares the file and
-        # the pool's later connections only open it.
-        self._prepared = False
-        self._prepare_lock = threading.Lock()
+class SqliteBlacklist(WatchedFile):
+    label = "state file"
+    # Creating the file, switching it to WAL and creating the table need the write
+    # lock, for which SQLite does not always wait (a fresh file's journal-mode switch
+    # answers "database is locked" at once): a burst of sessions right after the first
+    # start must not race for it, so one thread prepares the file and the pool's later
+    # connections only open it. One lock for every instance: held once per file.
+    _prepared = False
+    _prepare_lock = threading.Lock()
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -164,14 +150,8 @@ class SqliteBlacklist:
                         db = self._connect()
                         self._prepared = True
                         return db
-            # mode=rw: a file removed since it was prepared fails here, instead of
-            # coming back empty (the pool reports it missing, see sqlitedb).
-            return sqlite3.connect(
-                f"{self.path.resolve().as_uri()}?mode=rw",
-                uri=True,
-                timeout=self.timeout,
-                check_same_thread=False,
-            )
+            # A file removed since it was prepared fails here (the pool reports it).
+            return self._connect_existing("rw")
         except StateError as exc:
             raise sqlite3.OperationalError(str(exc)) from None
 
