@@ -138,17 +138,19 @@ def watched(path: Path, clock: Clock, cache_ttl: float = 1.0) -> ConnectionPool:
 def watched_file(
     tmp_path: Path, value: str = "old", cache_ttl: float = 1.0
 ) -> tuple[Path, Clock, ConnectionPool]:
-    """A file holding a=value, a clock, and a pool on the file watched by that clock."""
+    """A file holding a=value, a clock, and a pool on the file watched by that clock
+    that has read the file once: it knows the file's inode (and caches a=value)."""
     path = make_file(tmp_path / "t.sqlite", value)
     clock = Clock()
-    return path, clock, watched(path, clock, cache_ttl)
+    pool = watched(path, clock, cache_ttl)
+    assert pool.query(SQL, ("a",)) == [(value,)]
+    return path, clock, pool
 
 
 def test_file_replaced_by_rename_is_reopened_after_the_ttl(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path, clock, pool = watched_file(tmp_path)
-    assert pool.query(SQL, ("a",)) == [("old",)]
     before = path.stat().st_ino
     replace_by_rename(path, "new")
     after = path.stat().st_ino
@@ -166,7 +168,6 @@ def test_file_replaced_by_rename_is_reopened_after_the_ttl(
 
 def test_replaced_file_drops_results_cached_from_the_old_one(tmp_path: Path) -> None:
     path, clock, pool = watched_file(tmp_path, cache_ttl=10)
-    assert pool.query(SQL, ("a",)) == [("old",)]
     clock.now += 9.0
     assert pool.query(SQL, ("a",)) == [("old",)]  # cached at 100.0, kept until 110.0
     replace_by_rename(path, "new")
@@ -176,7 +177,6 @@ def test_replaced_file_drops_results_cached_from_the_old_one(tmp_path: Path) -> 
 
 def test_without_ttl_the_file_is_checked_at_the_minimum_interval(tmp_path: Path) -> None:
     path, clock, pool = watched_file(tmp_path, cache_ttl=0)
-    assert pool.query(SQL, ("a",)) == [("old",)]
     replace_by_rename(path, "new")
     clock.now += MIN_CHECK_INTERVAL / 2
     assert pool.query(SQL, ("a",)) == [("old",)]  # no cache, but not checked yet
@@ -186,7 +186,6 @@ def test_without_ttl_the_file_is_checked_at_the_minimum_interval(tmp_path: Path)
 
 def test_the_file_is_checked_once_per_ttl(tmp_path: Path) -> None:
     path, clock, pool = watched_file(tmp_path)
-    pool.query(SQL, ("a",))
     replace_by_rename(path, "new")
     for _ in range(7):
         clock.now += 0.125
@@ -199,7 +198,6 @@ def test_removed_file_is_an_error_with_a_log_line_until_it_is_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path, clock, pool = watched_file(tmp_path)
-    assert pool.query(SQL, ("a",)) == [("old",)]
     inode = path.stat().st_ino
     path.unlink()
     caplog.set_level(logging.INFO)
