@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from smtpguard.config import DirectoryConfig
 from smtpguard.directory import import_file
 from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
 from support.daemons import wait_until
-from support.mtclient import MilterSession, assert_pass, assert_reply
+from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
 from support.service import DIRECTORY, UNTRUSTED_IP, Running, make_site, running
 
 pytestmark = pytest.mark.integration
@@ -61,7 +60,7 @@ def test_rename_replaced_directory_locks_the_next_session(service: Running) -> N
     with open_session(service) as s:
         assert_pass(s.rcpt("<alice@example.com>"))
     before, after = replace_with_alice_locked(service.site.dir, path)
-    time.sleep(MIN_CHECK_INTERVAL)
+    wait_for_answer_change(service, "the replaced directory to be reopened")
     with open_session(service) as s:
         answer = s.rcpt("<alice@example.com>")
     assert (answer.code, answer.xcode) == ("550", "5.2.1")
@@ -76,7 +75,7 @@ def test_removed_directory_is_a_temporary_error(service: Running) -> None:
     with open_session(service) as s:
         assert_pass(s.rcpt("<alice@example.com>"))
     path.unlink()
-    time.sleep(MIN_CHECK_INTERVAL)
+    wait_for_answer_change(service, "the removed directory to be noticed")
     with open_session(service) as s:
         assert_reply(s.rcpt("<alice@example.com>"), "database_temp_error")
         assert_pass(s.rcpt("<x@relay.example>"))  # no lookup needed
@@ -109,9 +108,26 @@ def test_rename_replaced_directory_is_seen_within_cache_ttl(cached_service: Runn
     assert waited <= ttl + CACHE_SLACK
 
 
-def _locked(service: Running) -> bool:
+def wait_for_answer_change(service: Running, what: str) -> None:
+    """Poll sessions until alice's RCPT is no longer accepted: the file is checked at
+    most every MIN_CHECK_INTERVAL, so it happens within that and one session."""
+    waited = wait_until(
+        lambda: _rcpt_alice(service).kind != "continue",
+        service.process,
+        what,
+        service.log_path,
+        deadline=MIN_CHECK_INTERVAL + 5.0,
+    )
+    assert waited <= MIN_CHECK_INTERVAL + CACHE_SLACK
+
+
+def _rcpt_alice(service: Running) -> Answer:
     with open_session(service) as s:
-        answer = s.rcpt("<alice@example.com>")
+        return s.rcpt("<alice@example.com>")
+
+
+def _locked(service: Running) -> bool:
+    answer = _rcpt_alice(service)
     if answer.kind == "continue":
         return False
     assert_reply(answer, "user_locked")

@@ -7,7 +7,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -280,17 +279,22 @@ def test_reopen_while_threads_use_the_pool(tmp_path: Path) -> None:
     seen: list[str] = []
     lock = threading.Lock()
 
+    queried = threading.Event()
+
     def work(n: int) -> None:
         while not stop.is_set():
             [(value,)] = pool.query(SQL, ("a",))
             with lock:
                 seen.append(value)
+            queried.set()
 
     def replace(n: int) -> None:
         for version in range(1, 21):
             replace_by_rename(path, f"v{version}")
             clock.now += MIN_CHECK_INTERVAL
-            time.sleep(0.002)
+            # Let the workers query each version before the next replacement.
+            queried.clear()
+            assert queried.wait(5), "no worker queried the pool"
         clock.now += MIN_CHECK_INTERVAL
         stop.set()
 

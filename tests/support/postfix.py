@@ -253,12 +253,32 @@ def start_postfix(
     return start_instance(Postfix(root, port, config_dir, delivered, main_cf), "postfix")
 
 
-def postconf_edit(postfix: Postfix, *settings: str) -> None:
-    """``postconf -e`` on the instance, then ``postfix reload``."""
-    subprocess.run(
-        ["postconf", "-c", str(postfix.config_dir), "-e", *settings], check=True, timeout=60
-    )
+def smtpd_pids(port: int) -> set[int]:
+    """The smtpd processes master runs for the service on ``port``."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        service = argv[argv.index(b"-n") + 1] if b"-n" in argv[:-1] else b""
+        if argv[0].endswith(b"smtpd") and service == str(port).encode():
+            pids.add(int(proc.name))
+    return pids
+
+
+def reload_postfix(postfix: Postfix, deadline: float = 20.0) -> None:
+    """``postfix reload``, then wait until every smtpd that read the old main.cf has
+    exited, so the next connection gets one with the new settings."""
+    old = smtpd_pids(postfix.port)
     postfix_cmd(postfix.config_dir, "reload")
+    end = time.monotonic() + deadline
+    while "reload -- version" not in postfix.maillog() or old & smtpd_pids(postfix.port):
+        if time.monotonic() > end:
+            raise AssertionError("postfix did not reload:\n" + postfix.maillog())
+        time.sleep(POLL_INTERVAL)
 
 
 class Instance(Protocol):
