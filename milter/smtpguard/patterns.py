@@ -72,6 +72,10 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+#: The encoding :meth:`Pattern.search_encoded` expects.
+encode = _utf8
+
+
 class Pattern:
     """One compiled pattern: :meth:`search` and :meth:`fullmatch` answer yes or no."""
 
@@ -90,6 +94,11 @@ class Pattern:
     def search(self, text: str) -> bool:
         """Whether the pattern matches anywhere in ``text``."""
         return self._regexp.search(_utf8(text)) is not None
+
+    def search_encoded(self, data: bytes) -> bool:
+        """:meth:`search` on text already given to :func:`encode`: one encoding for
+        many patterns searched in the same text."""
+        return self._regexp.search(data) is not None
 
     def fullmatch(self, text: str) -> bool:
         """Whether the pattern matches the whole of ``text``."""

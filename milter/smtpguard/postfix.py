@@ -34,6 +34,7 @@ from pathlib import PurePosixPath
 
 from smtpguard.config import Config, IPNetwork
 from smtpguard.replies import ReplyTable
+from smtpguard.sockets import libmilter_address
 
 #: Macros smtpguard reads, per stage (added to whatever the instance already sends).
 POSTFIX_MACROS = {
@@ -213,10 +214,11 @@ def postfix_milter_address(socket: str, queue_directory: str = "/var/spool/postf
         if path.is_relative_to(queue):
             return f"unix:{path.relative_to(queue)}"
         return f"unix:{path}"
+    # libmilter's family:PORT@HOST with the loopback host it binds written out.
+    kind, _, rest = libmilter_address(socket).partition(":")
     port, _, host = rest.partition("@")
-    if kind == "inet6":
-        return f"inet:[{host or '::1'}]:{port}"
-    return f"inet:{host or '127.0.0.1'}:{port}"
+    host = host.strip("[]")
+    return f"inet:[{host}]:{port}" if kind == "inet6" else f"inet:{host}:{port}"
 
 
 def postfix_network(net: IPNetwork) -> str:
@@ -294,7 +296,7 @@ def plan(
         changes=tuple(planner.changes),
         notes=tuple(planner.notes),
         problems=tuple(planner.problems),
-        unresolved=tuple(p for p in planner.problems if p not in planner.resolved),
+        unresolved=tuple(planner.unresolved),
         footer_path=planner.footer_path,
         footers=postfix_footer_regexp(replies, _uses_table_utf8(config)),
     )
@@ -309,7 +311,8 @@ class _Planner:
         self.changes: list[Change] = []
         self.notes: list[str] = []
         self.problems: list[str] = []
-        self.resolved: set[str] = set()
+        #: Problems no change of the plan resolves.
+        self.unresolved: list[str] = []
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
 
@@ -317,7 +320,11 @@ class _Planner:
         self.changes.append(Change(name, value, reason))
         if problem is not None:
             self.problems.append(f"{name}: {problem}")
-            self.resolved.add(f"{name}: {problem}")
+
+    def problem(self, text: str) -> None:
+        """A conflict the plan leaves to the admin."""
+        self.problems.append(text)
+        self.unresolved.append(text)
 
     # --- milters ------------------------------------------------------------------
 
@@ -339,7 +346,7 @@ class _Planner:
                 continue
             action = _milter_option(ours[0], "default_action") or self.now["milter_default_action"]
             if action != "tempfail":
-                self.problems.append(
+                self.problem(
                     f"{name}: default_action for {self.address} is {action!r}: with smtpguard"
                     " down mail would not be deferred (use default_action=tempfail)"
                 )
@@ -445,13 +452,13 @@ class _Planner:
             guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), None)
             for item in items[: len(items) if guard is None else guard]:
                 if item == "permit" or item.endswith("static:{OK}"):
-                    self.problems.append(
+                    self.problem(
                         f"{name}: {item!r} before the relay guard passes every recipient:"
                         " open relay as soon as smtpguard is removed, stopped or in dry run"
                     )
         has_guard = any(item in (*RELAY_GUARDS, "reject", "defer") for item in relay + rcpt)
         if not has_guard:
-            self.problems.append(
+            self.problem(
                 "smtpd_relay_restrictions: neither it nor smtpd_recipient_restrictions has"
                 " reject_unauth_destination: open relay possible"
             )
@@ -465,7 +472,7 @@ class _Planner:
         unlisted = self.now["smtpd_reject_unlisted_recipient"]
         if not directory or mailbox.mode != "enforce" or config.milter.dry_run:
             if unlisted == "no":
-                self.problems.append(
+                self.problem(
                     "smtpd_reject_unlisted_recipient: is 'no' but smtpguard's directory"
                     " does not refuse unknown recipients (backend none, dry run or mailbox"
                     " check not enforced): nothing checks recipients (backscatter)"

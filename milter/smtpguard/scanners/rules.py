@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from smtpguard.config import HEADER_NAME, ConfigError, default_rules_dir, read_toml
-from smtpguard.patterns import Pattern, PatternError, PatternSet
+from smtpguard.patterns import Pattern, PatternError, PatternSet, encode
 
 __all__ = [
     "DEFAULT_RULES_FILE",
@@ -200,10 +200,11 @@ class _Group:
             return self.matching(texts[0])
         # One pass over all of them finds the few rules worth running on each.
         joined = "\n".join(texts)
+        encoded = [encode(text) for text in texts]
         return [
             rule
             for rule in self.candidates(joined, set())
-            if any(rule.pattern.search(text) for text in texts)
+            if any(rule.pattern.search_encoded(data) for data in encoded)
         ]
 
     def candidates(self, text: str, matched: set[str]) -> list[Rule]:
@@ -410,8 +411,9 @@ class RuleScan:
     def _match(self, candidates: list[Rule], text: str) -> None:
         # Rule by rule rather than the group's set search per line: a rule that matched
         # is not run again, which is most of the work on a spam message.
+        data = encode(text)
         for rule in candidates:
-            if rule.name not in self._matched and rule.pattern.search(text):
+            if rule.name not in self._matched and rule.pattern.search_encoded(data):
                 self._matched.add(rule.name)
 
     def _check_time(self) -> None:
