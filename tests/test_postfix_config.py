@@ -84,6 +84,8 @@ def changes(result: Plan) -> dict[str, str]:
         ("inet:8899@127.0.0.1", "inet:127.0.0.1:8899"),
         ("inet:8899", "inet:127.0.0.1:8899"),
         ("inet6:8899@::1", "inet:[::1]:8899"),
+        ("inet6:8899@[::1]", "inet:[::1]:8899"),
+        ("inet6:8899", "inet:[::1]:8899"),
     ],
 )
 def test_postfix_milter_address(socket: str, expected: str) -> None:

@@ -34,3 +34,8 @@ def test_sendmail_hop_limit_is_one_above_max_hops(tmp_path: Path) -> None:
     assert "define(`confMAX_HOP', `31')dnl\n" in sendmail_mc(load(SAMPLE))  # max_hops = 30
     site = make_site(tmp_path, {"limits": {"max_hops": 20}}, directory=False)
     assert "define(`confMAX_HOP', `21')dnl\n" in sendmail_mc(load(site.config))
+
+
+def test_inet6_socket_keeps_an_ipv6_host(tmp_path: Path) -> None:
+    site = make_site(tmp_path, {"milter": {"socket": "inet6:8899"}}, directory=False)
+    assert "`S=inet6:8899@::1, F=T," in sendmail_mc(load(site.config))
