@@ -485,3 +485,10 @@ def test_removed_state_file_is_an_error_with_a_log_line(
     assert caplog.records[-1].getMessage() == (
         f"state file {state_path} back (inode {state_path.stat().st_ino}): reopened"
     )
+
+
+def test_remove_takes_an_entry_as_add_took_it(tmp_path: Path) -> None:
+    store = SqliteBlacklist(tmp_path / "state.sqlite", 1.0)
+    assert store.add("@Example.com.")
+    assert store.remove("@Example.com.")
+    assert store.entries() == []

@@ -53,6 +53,15 @@ class EntryError(ValueError):
     """An entry the blacklist could never match; the message says what to use instead."""
 
 
+def stored_form(text: str) -> str:
+    """How an entry given to ``remove`` is stored: as ``add`` would store it, or, for an
+    entry no add accepts today (stored by an older version), lower-cased as then."""
+    try:
+        return blacklist_entry(text)
+    except EntryError:
+        return text.lower()
+
+
 def blacklist_entry(text: str) -> str:
     """The stored form of a blacklist entry, or :class:`EntryError`.
 
@@ -187,7 +196,7 @@ class SqliteBlacklist(WatchedFile):
         )
 
     def remove(self, address: str) -> bool:
-        return self._write("DELETE FROM blacklist WHERE address = ?", (address.lower(),))
+        return self._write("DELETE FROM blacklist WHERE address = ?", (stored_form(address),))
 
     def _write(self, sql: str, args: tuple[str | float, ...]) -> bool:
         """Run one change in its own transaction; True if it changed a row."""
@@ -247,7 +256,7 @@ class RedisBlacklist:
 
     def remove(self, address: str) -> bool:
         try:
-            return bool(self.client.hdel(self.key, address.lower()))
+            return bool(self.client.hdel(self.key, stored_form(address)))
         except redis.RedisError as exc:
             raise StateError(f"redis: {exc}") from None
 
