@@ -3,7 +3,9 @@
 # The Debian packages are the real components the suite starts on loopback (Postfix,
 # Dovecot for SASL, unbound, clamd, Redis, rspamd, Debian's Lua miltertest); Sendmail
 # conflicts with Postfix, so its packages are only downloaded and unpacked privately by
-# the tests. Extra arguments go to pytest.
+# the tests. prometheus gives promtool (metrics and alert rules are checked with it),
+# chromium and fonts-noto-cjk render the help site headless, Chinese included. Extra
+# arguments go to pytest.
 source "$(dirname "$0")/lib.sh"
 # The tests start private instances of these on loopback and random ports. A service
 # that was already running (a mail host's own Postfix, say) keeps running; one that
@@ -17,7 +19,7 @@ for svc in "${SERVICES[@]}"; do
     if service_running "$svc"; then was_running+=("$svc"); fi
 done
 apt_install "${RUNTIME_APT[@]}" miltertest postfix dovecot-core unbound clamav-daemon \
-    clamdscan redis-server rspamd util-linux m4 systemd
+    clamdscan redis-server rspamd util-linux m4 systemd prometheus chromium fonts-noto-cjk
 for svc in "${SERVICES[@]}"; do
     if [[ " ${was_running[*]} " == *" $svc "* ]]; then continue; fi
     if service_running "$svc"; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
