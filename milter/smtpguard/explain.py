@@ -34,6 +34,7 @@ requested language), ``rule`` (matched rule id, ``ours.<reply_id>`` or
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -48,17 +49,43 @@ from smtpguard.replies import ALL_IDS, load_replies
 
 LANGUAGES: tuple[str, ...] = ("en", "zh")
 FALLBACK_RULE = "rfc3463-fallback"
+#: The closed set of machine-readable fixes (``fix`` in the JSON output); what each one
+#: asks the sender to do is in ``docs/explain.md``. Every category names one.
+FIXES: tuple[str, ...] = (
+    "none",
+    "retry_later",
+    "fix_recipient",
+    "contact_recipient",
+    "fix_sender",
+    "authenticate",
+    "fix_credentials",
+    "use_tls",
+    "delist_ip",
+    "fix_dns",
+    "fix_spf_dkim_dmarc",
+    "reduce_rate",
+    "shrink_message",
+    "clean_content",
+    "fix_client",
+    "contact_postmaster",
+)
+#: Rule sources that name no server family (``server_family`` is null for them).
+GENERIC_SOURCES: frozenset[str] = frozenset({"generic", "rfc3463", "rfc5321"})
 JSON_KEYS: tuple[str, ...] = (
     "reply",
     "code",
     "xcode",
+    "enhanced_code",
     "text",
     "category",
+    "fix",
+    "permanent",
     "title",
     "cause",
     "action",
     "rule",
     "source",
+    "server_family",
     "reply_id",
     "lang",
 )
@@ -88,6 +115,11 @@ _BARE_XCODE = re.compile(r"#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]
 _QMAIL_XCODE = re.compile(r"\(#(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})\b")
 _SENDMAIL_PREFIX = re.compile(r"<[^<>\s]{0,320}>(?:\.\.\.|:)?\s*")
 _WORD = re.compile(r"\w+")
+#: An enhanced code anywhere in the text ("status 5.7.26", "(5.2.2)", "[5.2.2]"), not a
+#: piece of an IP address or version number.
+_MID_XCODE = re.compile(r"(?<![\w.])[245]\.[0-9]{1,3}\.[0-9]{1,3}(?!\.?[0-9])")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +136,13 @@ class Category:
     title: Text
     cause: Text
     action: Text
+    #: One of :data:`FIXES`.
+    fix: str
+    #: Used instead of ``fix`` when the reply is temporary (4xx).
+    temporary_fix: str | None = None
+    #: Appended to the action only when the reply is temporary (4xx): a permanent 5xx
+    #: is never told that it will be retried.
+    temporary_note: Text | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +155,8 @@ class Rule:
     cause: Text | None
     action: Text | None
     source: str
+    #: One of :data:`FIXES`; default: the category's.
+    fix: str | None = None
 
     def matches(self, reply: ParsedReply) -> bool:
         if self.code is not None and reply.code is not None and not self.code.fullmatch(reply.code):
@@ -162,6 +203,13 @@ class ParsedReply:
     text: str
     #: Text of the first line only, without code and enhanced code.
     first: str
+    #: The text of every pasted line (cut), where server signatures are looked for.
+    raw: str = ""
+
+    @property
+    def klass(self) -> str:
+        """The reply class ("2" to "5") from the code, else the enhanced code, else ""."""
+        return (self.code or self.xcode or "")[:1]
 
     def display(self) -> str:
         parts = [p for p in (self.code, self.xcode, self.text) if p]
@@ -189,6 +237,18 @@ class Explanation:
     #: Our reply table's id when the reply is one of ours.
     reply_id: str | None
     reply: str
+    #: One of :data:`FIXES`: what the sender should do, for scripts.
+    fix: str = "none"
+    #: True for a permanent (5xx) reply: the mail will not be retried.
+    permanent: bool = False
+    #: The server family the reply comes from (``postfix``, ``gmail``, ``qq``...) when
+    #: the matched rule or the text says so; None when nothing identifies it.
+    server_family: str | None = None
+
+    @property
+    def enhanced_code(self) -> str | None:
+        """The RFC 3463 enhanced status code (alias of ``xcode``)."""
+        return self.xcode
 
     def title(self, lang: str) -> str:
         return self.title_zh if lang == "zh" else self.title_en
@@ -199,18 +259,23 @@ class Explanation:
     def action(self, lang: str) -> str:
         return self.action_zh if lang == "zh" else self.action_en
 
-    def to_dict(self, lang: str) -> dict[str, str | None]:
+    def to_dict(self, lang: str) -> dict[str, str | bool | None]:
+        """The JSON object; its keys, in order, are :data:`JSON_KEYS` (stable)."""
         return {
             "reply": self.reply,
             "code": self.code,
             "xcode": self.xcode,
+            "enhanced_code": self.xcode,
             "text": self.text,
             "category": self.category,
+            "fix": self.fix,
+            "permanent": self.permanent,
             "title": self.title(lang),
             "cause": self.cause(lang),
             "action": self.action(lang),
             "rule": self.rule,
             "source": self.source,
+            "server_family": self.server_family,
             "reply_id": self.reply_id,
             "lang": lang,
         }
@@ -225,11 +290,15 @@ class Knowledge:
         rules: tuple[Rule, ...],
         ours: Mapping[str, Ours],
         fallback: Mapping[str, Fallback],
+        families: tuple[tuple[str, Pattern], ...] = (),
     ) -> None:
         self.categories = categories
         self.rules = rules
         self.ours = ours
         self.fallback = fallback
+        #: (family, signature) in file order: names the server family of a reply that
+        #: a generic rule or the fallback explained ("gsmtp" is Gmail).
+        self.families = families
         # Rows sharing a text ("auth error.", 451 and 551) are told apart by the code.
         self._ours_by_key: dict[str, list[Ours]] = {}
         for row in ours.values():
@@ -238,8 +307,11 @@ class Knowledge:
                 if row not in rows:
                     rows.append(row)
 
-    def explain(self, line: str) -> Explanation:
-        reply = parse_reply(line)
+    def explain(self, line: str | bytes) -> Explanation:
+        """Explain one pasted reply. Any input is accepted: bytes that are not UTF-8,
+        lone surrogates (undecodable argv) and control characters become U+FFFD or
+        spaces, so the result always prints and serializes."""
+        reply = parse_reply(clean_input(line))
         ours = self._match_ours(reply)
         if ours is not None:
             cat = self.categories[ours.category]
@@ -263,8 +335,14 @@ class Knowledge:
                         action=rule.action or cat.action,
                         rule=rule.id,
                         source=rule.source,
+                        fix=rule.fix,
                     )
         return self._fallback(reply)
+
+    def family(self, reply: ParsedReply, source: str) -> str | None:
+        if source not in GENERIC_SOURCES:
+            return source
+        return next((name for name, sig in self.families if sig.search(reply.raw)), None)
 
     def _match_ours(self, reply: ParsedReply) -> Ours | None:
         if reply.code is not None and reply.code[0] not in "45":
@@ -312,8 +390,8 @@ class Knowledge:
             reply, cat, cause=cause, action=action, rule=FALLBACK_RULE, source="rfc3463"
         )
 
-    @staticmethod
     def _explanation(
+        self,
         reply: ParsedReply,
         cat: Category,
         *,
@@ -322,7 +400,15 @@ class Knowledge:
         rule: str,
         source: str,
         ours: Ours | None = None,
+        fix: str | None = None,
     ) -> Explanation:
+        temporary = reply.klass == "4"
+        if fix is None:
+            fix = cat.temporary_fix if temporary and cat.temporary_fix else cat.fix
+        if temporary and cat.temporary_note is not None and action is cat.action:
+            action = Text(
+                f"{action.en} {cat.temporary_note.en}", f"{action.zh}{cat.temporary_note.zh}"
+            )
         return Explanation(
             code=reply.code,
             xcode=reply.xcode,
@@ -338,6 +424,9 @@ class Knowledge:
             source=source,
             reply_id=ours.reply_id if ours else None,
             reply=reply.display(),
+            fix=fix,
+            permanent=reply.klass == "5",
+            server_family=self.family(reply, source),
         )
 
 
@@ -351,10 +440,25 @@ class _Line:
     text: str
 
 
+def clean_input(line: str | bytes) -> str:
+    """Any input as printable text: bytes and surrogate escapes (argv that was not
+    UTF-8) are decoded as UTF-8 with U+FFFD for what is not; other lone surrogates
+    become U+FFFD and control characters (but tab and line ends) a space."""
+    if isinstance(line, bytes):
+        text = line.decode("utf-8", "replace")
+    else:
+        try:
+            text = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            text = _SURROGATE.sub("\ufffd", line)
+    return _CONTROL.sub(" ", text)
+
+
 def parse_reply(raw: str) -> ParsedReply:
     """Split a pasted reply into code, enhanced code and text (see the module doc)."""
     raw = _ESCAPED_NEWLINE.sub("\n", raw)
     lines = [line for line in _NEWLINE.split(raw) if line.strip()][-MAX_LINES:]
+    whole = " ".join(line[:MAX_LINE_CHARS] for line in lines)[: 2 * MAX_TEXT_CHARS]
     parsed = [_parse_line(line[:MAX_LINE_CHARS]) for line in lines]
 
     # Group: consecutive lines with the same code form one reply; lines without a code
@@ -381,7 +485,10 @@ def parse_reply(raw: str) -> ParsedReply:
         xcode = m.group("xcode")
     if xcode is not None and code is not None and xcode[0] != code[0]:
         xcode = None  # "550 4.7.1" is malformed; trust the basic code
-    return ParsedReply(code, xcode, text, group[0].text if group else "")
+    if xcode is None and code is not None:
+        # The first one of the reply's class: "550 ... status 5.7.26", "(5.2.2)".
+        xcode = next((m for m in _MID_XCODE.findall(text) if m[0] == code[0]), None)
+    return ParsedReply(code, xcode, text, group[0].text if group else "", whole)
 
 
 def _parse_line(line: str) -> _Line:
@@ -419,16 +526,48 @@ def load_knowledge(path: Path | str, *, replies: Path | str | None = None) -> Kn
     file = Path(path)
     raw = read_toml(file)
 
-    unknown = sorted(set(raw) - {"category", "rule", "ours", "fallback"})
+    unknown = sorted(set(raw) - {"category", "rule", "ours", "fallback", "family"})
     if unknown:
         raise ConfigError(file, unknown[0], "unknown key")
     categories = _categories(file, raw.get("category"))
     rules = _rules(file, raw.get("rule"), categories)
     fallback = _fallbacks(file, raw.get("fallback"), categories)
+    families = _families(file, raw.get("family", {}))
     table_file = Path(replies) if replies is not None else file.parent / "replies.toml"
     rows = load_replies(RepliesConfig(table=table_file)).rows
     ours = _ours(file, raw.get("ours"), categories, rows)
-    return Knowledge(categories, rules, ours, fallback)
+    return Knowledge(categories, rules, ours, fallback, families)
+
+
+@functools.cache
+def _cached(rules_dir: Path) -> Knowledge:
+    return load_knowledge(rules_dir / "explain.toml", replies=rules_dir / "replies.toml")
+
+
+def knowledge(rules_dir: Path | None = None) -> Knowledge:
+    """The knowledge of ``rules_dir`` (default: the shipped rules), loaded once per
+    process and directory: a log of a million bounces compiles the rules once."""
+    return _cached(Path(rules_dir if rules_dir is not None else default_rules_dir()).resolve())
+
+
+def _fix(file: Path, key: str, value: Any) -> str:
+    name = _string(file, key, value)
+    if name not in FIXES:
+        raise ConfigError(file, key, f"unknown fix {name!r} (one of {', '.join(FIXES)})")
+    return name
+
+
+def _families(file: Path, raw: Any) -> tuple[tuple[str, Pattern], ...]:
+    data = _table(file, "family", raw)
+    out: list[tuple[str, Pattern]] = []
+    for name, value in data.items():
+        key = f"family.{name}"
+        if not _SOURCE.match(name) or name in GENERIC_SOURCES:
+            raise ConfigError(file, key, f"bad family name {name!r}")
+        entry = _table(file, key, value)
+        _check_keys(file, key, entry, {"text"})
+        out.append((name, _regex(file, f"{key}.text", entry.get("text"))))
+    return tuple(out)
 
 
 def _table(file: Path, key: str, value: Any) -> dict[str, Any]:
@@ -481,12 +620,25 @@ def _categories(file: Path, raw: Any) -> dict[str, Category]:
         if not _ID.match(cid):
             raise ConfigError(file, key, "bad category id")
         entry = _table(file, key, value)
-        _check_keys(file, key, entry, {"title", "cause", "action"})
+        _check_keys(
+            file,
+            key,
+            entry,
+            {"title", "cause", "action", "fix", "temporary_fix", "temporary_note"},
+        )
+        temporary_fix = entry.get("temporary_fix")
         out[cid] = Category(
             cid,
             title=_text(file, f"{key}.title", entry.get("title")),
             cause=_text(file, f"{key}.cause", entry.get("cause")),
             action=_text(file, f"{key}.action", entry.get("action")),
+            fix=_fix(file, f"{key}.fix", entry.get("fix")),
+            temporary_fix=None
+            if temporary_fix is None
+            else _fix(file, f"{key}.temporary_fix", temporary_fix),
+            temporary_note=_optional_text(
+                file, f"{key}.temporary_note", entry.get("temporary_note")
+            ),
         )
     if "unknown" not in out:
         raise ConfigError(file, "category.unknown", "missing (needed by the fallback)")
@@ -498,7 +650,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
         raise ConfigError(file, "rule", "expected an array of tables ([[rule]])")
     seen: set[str] = set()
     out: list[Rule] = []
-    allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source"}
+    allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix"}
     for index, value in enumerate(raw):
         entry = _table(file, f"rule[{index}]", value)
         rid = entry.get("id")
@@ -522,6 +674,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
                 cause=_optional_text(file, f"{key}.cause", entry.get("cause")),
                 action=_optional_text(file, f"{key}.action", entry.get("action")),
                 source=source,
+                fix=None if entry.get("fix") is None else _fix(file, f"{key}.fix", entry["fix"]),
             )
         )
     return tuple(out)
@@ -665,7 +818,5 @@ def explain_main(argv_line: str, *, lang: str, as_json: bool, rules_dir: Path | 
     """The text ``smtpguard explain "REPLY LINE" [--lang en|zh] [--json]`` prints."""
     if lang not in LANGUAGES:
         raise ValueError(f"lang must be one of {', '.join(LANGUAGES)}; got {lang!r}")
-    rules = rules_dir if rules_dir is not None else default_rules_dir()
-    knowledge = load_knowledge(rules / "explain.toml", replies=rules / "replies.toml")
-    exp = knowledge.explain(argv_line)
+    exp = knowledge(rules_dir).explain(argv_line)
     return render_json(exp, lang) if as_json else render_text(exp, lang)

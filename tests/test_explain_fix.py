@@ -1,0 +1,132 @@
+"""``smtpguard explain``: the machine-readable fix, the stable JSON keys, enhanced codes
+found mid-text, the once-per-process loader and input that is not clean text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smtpguard.config import ConfigError
+from smtpguard.explain import (
+    FIXES,
+    JSON_KEYS,
+    Knowledge,
+    explain_main,
+    knowledge,
+    load_knowledge,
+    parse_reply,
+)
+from support.service import RULES
+
+EXPLAIN = RULES / "explain.toml"
+SHIPPED = EXPLAIN.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Knowledge:
+    return knowledge()
+
+
+def test_every_category_names_a_fix(shipped: Knowledge) -> None:
+    assert {c.fix for c in shipped.categories.values()} <= set(FIXES)
+    assert {r.fix for r in shipped.rules if r.fix is not None} <= set(FIXES)
+    assert shipped.categories["unknown_recipient"].fix == "fix_recipient"
+    assert shipped.categories["dnsbl"].fix == "delist_ip"
+
+
+@pytest.mark.parametrize(
+    ("line", "fix", "permanent"),
+    [
+        (
+            "550 5.1.1 <x@example.com>: Recipient address rejected: User unknown",
+            "fix_recipient",
+            True,
+        ),
+        ("452 4.2.2 Mailbox full", "retry_later", False),
+        ("552 5.2.2 Mailbox full", "contact_recipient", True),
+        ("250 2.0.0 Ok: queued as 4F3A2", "none", False),
+        ("zzz", "none", False),
+    ],
+)
+def test_fix_and_permanent(shipped: Knowledge, line: str, fix: str, permanent: bool) -> None:
+    exp = shipped.explain(line)
+    assert (exp.fix, exp.permanent) == (fix, permanent)
+
+
+def test_a_permanent_reply_is_never_told_it_is_retried(shipped: Knowledge) -> None:
+    for category in shipped.categories.values():
+        assert "4xx" not in category.action.en, category.id
+    full5 = shipped.explain("552 5.2.2 Mailbox full")
+    full4 = shipped.explain("452 4.2.2 Mailbox full")
+    assert full5.category == full4.category == "mailbox_full"
+    assert "retr" not in full5.action_en
+    assert "retries" in full4.action_en
+    assert "重试" in full4.action_zh
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_json_keys_are_stable(lang: str) -> None:
+    data = json.loads(explain_main("550 5.7.26 Unauthenticated email", lang=lang, as_json=True))
+    assert tuple(data) == JSON_KEYS
+    for key in ("category", "fix", "permanent", "enhanced_code", "server_family"):
+        assert key in data
+    assert data["enhanced_code"] == data["xcode"] == "5.7.26"
+    assert data["permanent"] is True
+    assert data["fix"] in FIXES
+
+
+@pytest.mark.parametrize(
+    ("line", "xcode"),
+    [
+        ("550 Message rejected, status 5.7.26 unauthenticated", "5.7.26"),
+        ("552 Requested mail action aborted: exceeded storage allocation (5.2.2)", "5.2.2"),
+        ("552 quota exceeded [5.2.2]", "5.2.2"),
+        ("450 try later [4.7.1]", "4.7.1"),
+        ("550 from 5.2.2.1 rejected", None),  # an IP address, not a code
+        ("550 version 5.2.2.1 of the filter", None),
+        ("550 mismatched class (4.2.2)", None),
+    ],
+)
+def test_enhanced_code_anywhere(line: str, xcode: str | None) -> None:
+    assert parse_reply(line).xcode == xcode
+
+
+def test_knowledge_is_loaded_once_per_rules_dir(tmp_path: Path) -> None:
+    assert knowledge() is knowledge()
+    assert knowledge(RULES) is knowledge()
+    (tmp_path / "explain.toml").write_text(SHIPPED, encoding="utf-8")
+    (tmp_path / "replies.toml").write_text(
+        (RULES / "replies.toml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    other = knowledge(tmp_path)
+    assert other is knowledge(tmp_path)
+    assert other is not knowledge()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"550 5.1.1 \xff\xfe user unknown",
+        "550 5.1.1 \udcff\udcfe user unknown",  # argv bytes that were not UTF-8
+        "550 5.1.1 \ud800 user unknown",  # a lone surrogate from nowhere
+        "550 5.1.1 \x00\x1b[31m user unknown",
+        b"550 5.1.1 \xd3\xc3\xbb\xa7\xb2\xbb\xb4\xe6\xd4\xda user unknown",  # GBK
+    ],
+)
+def test_any_input_explains_and_encodes(shipped: Knowledge, line: str | bytes) -> None:
+    exp = shipped.explain(line)
+    assert exp.category == "unknown_recipient"
+    for lang in ("en", "zh"):
+        json.dumps(exp.to_dict(lang), ensure_ascii=False).encode("utf-8")
+    assert "\x1b" not in exp.text
+
+
+def test_unknown_fix_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "explain.toml"
+    bad.write_text(SHIPPED.replace('fix = "delist_ip"', 'fix = "pray"', 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_knowledge(bad, replies=RULES / "replies.toml")
+    assert err.value.key == "category.dnsbl.fix"
+    assert "unknown fix" in err.value.message
