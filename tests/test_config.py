@@ -202,15 +202,27 @@ def test_cli_reports_bad_endpoints_as_config_errors(
 
 
 @pytest.mark.parametrize(
-    ("zone", "key"),
+    ("zone", "key", "message"),
     [
-        ("action = 'score'\nscore = 2.5\n", "dnsbl.zones[0].action"),
-        ("action = 'score'\n", "dnsbl.zones[0].action"),
-        ("score = 2.5\n", "dnsbl.zones[0].score"),
+        ("action = 'score'\n", "dnsbl.zones[0].weight", "needs a non-zero weight"),
+        ("weight = 2.5\n", "dnsbl.zones[0].weight", 'only a zone with action = "score"'),
+        ("action = 'score'\nweight = 1\nscore = 2.5\n", "dnsbl.zones[0].score", "unknown key"),
+        (
+            "action = 'score'\nweight = 3\n[checks.antispam]\nmode = 'off'\n",
+            "dnsbl.zones[0].action",
+            'checks.antispam.mode is "off"',
+        ),
     ],
 )
-def test_dnsbl_score_action_is_refused_until_implemented(
-    tmp_path: Path, zone: str, key: str
-) -> None:
+def test_dnsbl_score_zones_are_checked(tmp_path: Path, zone: str, key: str, message: str) -> None:
     text = "[dns]\nnameservers = ['127.0.0.1']\n[[dnsbl.zones]]\nname = 'list.example'\n"
-    assert_config_error(tmp_path, text + zone, key, "not implemented yet")
+    assert_config_error(tmp_path, text + zone, key, message)
+
+
+def test_dnsbl_score_zone_loads(tmp_path: Path) -> None:
+    text = (
+        "[dns]\nnameservers = ['127.0.0.1']\n[[dnsbl.zones]]\nname = 'list.example'\n"
+        "action = 'score'\nweight = 2.5\n"
+    )
+    zone = load(write_config(tmp_path, text)).dnsbl.zones[0]
+    assert (zone.action, zone.weight) == ("score", 2.5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import os
 import pwd
 import re
 import tomllib
@@ -161,6 +162,18 @@ class _Section:
             raise self.error(unknown[0], "unknown key")
 
 
+#: More workers than this gain little: Postfix and the MTA's own processes want cores too.
+MAX_DEFAULT_WORKERS: Final = 8
+#: A hard ceiling: each worker is a full process with its own caches.
+MAX_WORKERS: Final = 64
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity, as a container or systemd's
+    CPUAffinity= sets it), at most :data:`MAX_DEFAULT_WORKERS`."""
+    return min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
+
+
 @dataclass(frozen=True, slots=True)
 class MilterConfig:
     #: Inside Postfix's queue directory, so a chrooted smtpd (Debian's default) and
@@ -186,6 +199,9 @@ class MilterConfig:
     #: Header naming the reply ids that report-mode checks found, added to accepted
     #: mail ("" = none), e.g. "X-Smtpguard-Report".
     report_header: str = ""
+    #: Worker processes serving the one socket (see smtpguard.supervisor); 1 runs
+    #: everything in one process, as before workers existed.
+    workers: int = field(default_factory=default_workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,9 +401,10 @@ class DnsConfig:
 
 
 DnsblKind = Literal["rbl", "openrelay"]
-#: Only "reject": scoring ("score", a weight added to a session score) is not
-#: implemented yet, and the loader says so rather than accept a zone that does nothing.
-DnsblAction = Literal["reject"]
+#: "reject": a listing refuses the client with the kind's reply. "score": a listing adds
+#: the zone's ``weight`` to the message's anti-spam score instead (postscreen's
+#: ``dnsbl_sites`` weights, rspamd's RBL symbols).
+DnsblAction = Literal["reject", "score"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +419,8 @@ class DnsblZone:
     #: Instead of ``answers``: listed when answer & bitmask != 0 (low 24 bits).
     bitmask: int | None = None
     action: DnsblAction = "reject"
+    #: Added to the anti-spam score when listed (``action = "score"`` only).
+    weight: float = 0.0
     #: Also query IPv6 clients (nibble form, RFC 5782 §2.4); not every list has them.
     ipv6: bool = True
 
@@ -587,6 +606,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     metrics = _metrics(root.table("metrics"), milter.allow_remote_socket)
     root.done()
     _require_resolver(root, dns, dnsbl, explicit)
+    _require_scoring(root, dnsbl, checks)
     _require_relay_enforced(root, milter, site, checks)
     return Config(
         file=root.file,
@@ -726,7 +746,10 @@ def _milter(s: _Section) -> MilterConfig:
         user=s.string("user", d.user),
         allow_remote_socket=s.boolean("allow_remote_socket", d.allow_remote_socket),
         report_header=s.string("report_header", d.report_header),
+        workers=s.integer("workers", d.workers, minimum=1),
     )
+    if out.workers > MAX_WORKERS:
+        raise s.error("workers", f"must be at most {MAX_WORKERS}")
     if out.report_header and not HEADER_NAME.match(out.report_header):
         raise s.error("report_header", "not a header field name")
     s.done()
@@ -1034,18 +1057,20 @@ def _dnsbl(s: _Section) -> DnsblConfig:
                 raise z.error("bitmask", "must fit in the low 24 bits of the answer")
             if answers:
                 raise z.error("bitmask", "give either answers or bitmask, not both")
-        if z.string("action", "reject") == "score" or "score" in z.data:
-            # Documented once, but nothing ever read the score: a zone meant to score
-            # would silently do nothing.
-            key = "action" if z.data.get("action") == "score" else "score"
-            raise z.error(key, 'action = "score" is not implemented yet; use "reject"')
+        action = cast(DnsblAction, z.choice("action", "reject", ("reject", "score")))
+        weight = z.number("weight", 0.0, minimum=-1e9)
+        if action == "score" and weight == 0:
+            raise z.error("weight", 'action = "score" needs a non-zero weight')
+        if action == "reject" and "weight" in z.data:
+            raise z.error("weight", 'only a zone with action = "score" has a weight')
         zones.append(
             DnsblZone(
                 name=name,
                 kind=cast(DnsblKind, z.choice("kind", "rbl", ("rbl", "openrelay"))),
                 answers=answers,
                 bitmask=bitmask,
-                action=cast(DnsblAction, z.choice("action", "reject", ("reject",))),
+                action=action,
+                weight=weight,
                 ipv6=z.boolean("ipv6", True),
             )
         )
@@ -1153,6 +1178,20 @@ def _require_relay_enforced(
         raise ConfigError(
             root.file, "checks.relay.mode", f"{why} set the relay check to {relay.mode!r}"
         )
+
+
+def _require_scoring(
+    root: _Section, dnsbl: DnsblConfig, checks: Mapping[str, CheckSettings]
+) -> None:
+    """A scoring zone adds to the anti-spam score: without that check it would do nothing."""
+    antispam = checks.get("antispam") or CHECK_DEFAULTS["antispam"]
+    for index, zone in enumerate(dnsbl.zones):
+        if zone.action == "score" and antispam.mode == "off":
+            raise ConfigError(
+                root.file,
+                f"dnsbl.zones[{index}].action",
+                'a "score" zone adds to the antispam score, but checks.antispam.mode is "off"',
+            )
 
 
 def _require_resolver(

@@ -51,7 +51,8 @@ RBL_OUT_OF_RANGE_IP = "198.51.100.67"  # rbl.test answers 127.0.0.20: not an acc
 RBL_BLOCKED_IP = "198.51.100.68"  # rbl.test answers 127.255.255.254 ("open resolver")
 RBL_WILDCARD_IP = "198.51.100.69"  # rbl.test answers 203.0.113.1 (outside 127/8)
 RELAY_IP = "198.51.100.77"  # relays.test (kind openrelay)
-SCORE_IP = "198.51.100.88"  # score.test only (action score)
+SCORE_IP = "198.51.100.88"  # score.test and score2.test (for action score)
+SCORE_ONE_IP = "198.51.100.89"  # score.test only
 PROBE_OPEN_IP = "127.0.0.5"  # PTR mx5.good.test; connect-back tests listen here
 PROBE_CLOSED_IP = "127.0.0.6"  # PTR mx6.probe.test; nothing listens
 
@@ -105,8 +106,11 @@ LOCAL_DATA = [
     "6.0.0.127.in-addr.arpa. PTR mx6.probe.test.",
     "mx6.probe.test. A 127.0.0.6",
     # listed or scored clients that otherwise look like mail servers
-    *(f"{n}.100.51.198.in-addr.arpa. PTR mx{n}.good.test." for n in (31, 66, 67, 68, 69, 77, 88)),
-    *(f"mx{n}.good.test. A 198.51.100.{n}" for n in (31, 66, 67, 68, 69, 77, 88)),
+    *(
+        f"{n}.100.51.198.in-addr.arpa. PTR mx{n}.good.test."
+        for n in (31, 66, 67, 68, 69, 77, 88, 89)
+    ),
+    *(f"mx{n}.good.test. A 198.51.100.{n}" for n in (31, 66, 67, 68, 69, 77, 88, 89)),
     # DNSBL zones
     "2.0.0.127.rbl.test. A 127.0.0.2",
     f'2.0.0.127.rbl.test. TXT "{RBL_TXT}"',
@@ -121,6 +125,8 @@ LOCAL_DATA = [
     "77.100.51.198.relays.test. A 127.0.0.2",
     f'77.100.51.198.relays.test. TXT "{RELAY_TXT}"',
     "88.100.51.198.score.test. A 127.0.0.3",
+    "88.100.51.198.score2.test. A 127.0.0.2",
+    "89.100.51.198.score.test. A 127.0.0.3",
     # sender domains
     "good.test. MX 10 mx.good.test.",
     'good.test. TXT "v=spf1 ip4:198.51.100.0/25 ip6:2001:db8::/64 -all"',

@@ -3,8 +3,10 @@
 The built-in rules (``rules/antispam.toml``) are matched as the message streams in.
 With ``engine = "rspamd"`` the message is also spooled (memory, then an unlinked
 temporary file) and sent to rspamd's ``/checkv2`` at end of message. The two scores are
-added (the rules use rspamd's scale). At ``add_header_score`` the message is accepted
-with ``X-Spam-Flag: YES`` and ``X-Spam-Score``; at ``reject_score`` (or rspamd's own
+added (the rules use rspamd's scale), and so are the weights of the DNSBL zones with
+``action = "score"`` that list the client (:mod:`smtpguard.checks.dnsbl`). At
+``add_header_score`` the message is accepted with ``X-Spam-Flag: YES`` and
+``X-Spam-Score``; at ``reject_score`` (or rspamd's own
 "reject" action, if ``engine_action``) it is refused. An engine that is down gives a
 temporary error, which passes by default (``on_temp_error = "pass"``): the built-in
 score still applies.
@@ -15,6 +17,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
+from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
 from smtpguard.scanners import MessageSpool, RuleStream, SpamEnvelope
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -61,6 +64,10 @@ class AntiSpam:
             return None
         result = scan.finish()
         score, why = result.score, list(result.matched)
+        listed: dict[str, float] = conn.scratch.get(DNSBL_SCORES, {})
+        for zone, weight in listed.items():
+            score += weight
+            why.append(f"dnsbl:{zone}={weight:.1f}")
         engine_error = ""
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if self.engine is not None and spool is not None:

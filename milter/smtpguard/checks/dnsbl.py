@@ -21,8 +21,14 @@ Active probing (connecting to the client to test for an open relay) is never don
 
 A listing's TXT record (the list's reason and removal URL, RFC 5782 §2.1) is fetched
 once the A record shows a listing and goes to the log with the verdict; it is never
-sent to the client. Every zone rejects (``action = "reject"``); scoring zones are not
-implemented yet and the config loader refuses them.
+sent to the client.
+
+A zone with ``action = "score"`` never refuses: a listing there puts the zone's
+``weight`` into :data:`SCORES` on the connection, and the ``antispam`` check adds the
+weights to the message's score at end of message (postscreen's ``dnsbl_sites``
+weights, rspamd's RBL symbols). So two weak lists together can refuse a message that
+one alone would only flag. A client exempted from this check (``[[policy.exempt]]``)
+is not looked up, so it gets no score either.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 _ERROR_CODES = (ipaddress.IPv4Network("127.0.0.1/32"), ipaddress.IPv4Network("127.255.255.0/24"))
 #: Seconds between two log lines about the same ignored answer of the same zone.
 _IGNORED_LOG_INTERVAL = 300.0
+
+#: ``conn.scratch`` key: {zone name: weight} of the ``action = "score"`` zones that list
+#: the client (read by the antispam check).
+SCORES = "dnsbl.scores"
 
 #: One zone's lookup for the client: the zone, the name asked, the answer to come.
 _Lookup = tuple[DnsblZone, str, Pending[Answer]]
@@ -144,6 +154,17 @@ class _Dnsbl:
             for item in ignored:
                 self._log_ignored(conn, zone, item)
             if not listed:
+                continue
+            if zone.action == "score":
+                conn.scratch.setdefault(SCORES, {})[zone.name] = zone.weight
+                log.info(
+                    "dnsbl sid=%s zone=%s client=%s listed as %s: score %+.1f",
+                    conn.session_id,
+                    zone.name,
+                    conn.client_ip,
+                    ",".join(listed),
+                    zone.weight,
+                )
                 continue
             if hit is None:
                 hit = Hit(self.reply_id, self._detail(conn, zone, name, listed, event))
