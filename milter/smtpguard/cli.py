@@ -5,50 +5,20 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
-import json
-import logging
 import os
-import sqlite3
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smtpguard import __version__
-from smtpguard.adapter import App, drop_privileges, serve
-from smtpguard.app import Runtime, build_runtime, load, make_blacklist, new_gate
-from smtpguard.config import Config, ConfigError
-from smtpguard.directory import (
-    ChangeRefused,
-    DirectoryError,
-    ImportError_,
-    NoDirectory,
-    describe,
-    export_csv,
-    export_toml,
-    import_file,
-    list_lines,
-    read_contents,
-    remove_address,
-)
-from smtpguard.explain import explain_main
-from smtpguard.metrics import PrometheusMetrics
-from smtpguard.postfix import (
-    PostconfError,
-    check_report,
-    main_cf_fragment,
-    postfix_footer_regexp,
-    read_postconf,
-    shell_script,
-)
-from smtpguard.postfix import plan as postfix_plan
-from smtpguard.probes import backend_problems, file_problems, user_problems
-from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
-from smtpguard.sendmail import sendmail_mc
-from smtpguard.simulate import Envelope, simulate
-from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
-from smtpguard.state import EntryError, StateError, blacklist_entry, entry_scope
+
+if TYPE_CHECKING:
+    from smtpguard.config import Config
+
+# Each command imports what it needs when it runs: ``explain`` and ``help-site`` start
+# without pymilter, prometheus_client, dnspython, redis or the checks
+# (tests/test_cli_fast.py), and every other command pays only for its own modules.
 
 DEFAULT_CONFIG = "/etc/smtpguard/smtpguard.toml"
 
@@ -58,10 +28,21 @@ def _config_path(arg: str | None) -> str:
 
 
 def _load(arg: str | None) -> Config:
+    from smtpguard.app import load
+
     return load(_config_path(arg))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from smtpguard.adapter import App, drop_privileges, serve
+    from smtpguard.app import Runtime, build_runtime, load, new_gate
+    from smtpguard.config import ConfigError
+    from smtpguard.metrics import PrometheusMetrics
+    from smtpguard.probes import file_problems, user_problems
+    from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
+
     config = _load(args.config)
     logging.basicConfig(
         level=config.milter.log_level,
@@ -113,6 +94,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Every problem found, one ``FILE: key: problem`` line each; exit 1 if any."""
+    from smtpguard.adapter import drop_privileges
+    from smtpguard.app import build_runtime
+    from smtpguard.config import ConfigError
+    from smtpguard.directory import NoDirectory
+    from smtpguard.probes import backend_problems, file_problems, user_problems
+
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -137,6 +124,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replies(args: argparse.Namespace) -> int:
+    from smtpguard.replies import ALL_IDS, MILTER_IDS, load_replies
+
     config = _load(args.config)
     table = load_replies(config.replies, config.file)
     for reply_id in MILTER_IDS:
@@ -149,6 +138,9 @@ def cmd_replies(args: argparse.Namespace) -> int:
 
 
 def cmd_blacklist_add(args: argparse.Namespace) -> int:
+    from smtpguard.app import make_blacklist
+    from smtpguard.state import EntryError, blacklist_entry
+
     store = make_blacklist(_load(args.config))
     entries, refused = [], []
     for text in args.entry:
@@ -166,6 +158,8 @@ def cmd_blacklist_add(args: argparse.Namespace) -> int:
 
 
 def cmd_blacklist_remove(args: argparse.Namespace) -> int:
+    from smtpguard.app import make_blacklist
+
     store = make_blacklist(_load(args.config))
     # Taken as given, unchecked: entries stored before add checked them must go too.
     for entry in args.entry:
@@ -174,6 +168,12 @@ def cmd_blacklist_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_blacklist_list(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from smtpguard.app import make_blacklist
+    from smtpguard.state import entry_scope
+
     entries = make_blacklist(_load(args.config)).entries()
     if args.json:
         rows = [
@@ -203,6 +203,8 @@ def _directory_command(
 
     @functools.wraps(func)
     def run(args: argparse.Namespace) -> int:
+        from smtpguard.directory import ChangeRefused, DirectoryError
+
         config = _load(args.config)
         try:
             return func(args, config)
@@ -215,6 +217,8 @@ def _directory_command(
 
 @_directory_command
 def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
+    from smtpguard.directory import ImportError_, import_file
+
     try:
         counts = import_file(
             config.directory.path,
@@ -236,6 +240,8 @@ def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
 
 @_directory_command
 def cmd_directory_list(args: argparse.Namespace, config: Config) -> int:
+    from smtpguard.directory import list_lines, read_contents
+
     for line in list_lines(read_contents(config.directory.path)):
         print(line)
     return 0
@@ -248,6 +254,8 @@ def _not_in_directory(address: str, config: Config) -> int:
 
 @_directory_command
 def cmd_directory_show(args: argparse.Namespace, config: Config) -> int:
+    from smtpguard.directory import describe, read_contents
+
     lines = describe(read_contents(config.directory.path), args.address)
     if lines is None:
         return _not_in_directory(args.address, config)
@@ -257,6 +265,8 @@ def cmd_directory_show(args: argparse.Namespace, config: Config) -> int:
 
 @_directory_command
 def cmd_directory_export(args: argparse.Namespace, config: Config) -> int:
+    from smtpguard.directory import export_csv, export_toml, read_contents
+
     export = export_csv if args.format == "csv" else export_toml
     text, left_out = export(read_contents(config.directory.path))
     print(text, end="")
@@ -267,6 +277,8 @@ def cmd_directory_export(args: argparse.Namespace, config: Config) -> int:
 
 @_directory_command
 def cmd_directory_remove(args: argparse.Namespace, config: Config) -> int:
+    from smtpguard.directory import remove_address
+
     removed = remove_address(config.directory.path, args.address)
     if removed is None:
         return _not_in_directory(args.address, config)
@@ -286,6 +298,17 @@ def cmd_directory_remove(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_postfix_config(args: argparse.Namespace) -> int:
+    from smtpguard.postfix import (
+        PostconfError,
+        check_report,
+        main_cf_fragment,
+        postfix_footer_regexp,
+        read_postconf,
+        shell_script,
+    )
+    from smtpguard.postfix import plan as postfix_plan
+    from smtpguard.replies import load_replies
+
     config = _load(args.config)
     replies = load_replies(config.replies, config.file)
     if args.footers:
@@ -305,11 +328,18 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sendmail_config(args: argparse.Namespace) -> int:
+    from smtpguard.sendmail import sendmail_mc
+
     print(sendmail_mc(_load(args.config)), end="")
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    import logging
+
+    from smtpguard.app import build_runtime
+    from smtpguard.simulate import Envelope, simulate
+
     config = _load(args.config)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -337,13 +367,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 1
 
 
+def _text_arg(text: str) -> str:
+    """``text`` from argv or a file as valid Unicode: bytes that are not UTF-8 (which
+    Python keeps as lone surrogates) become U+FFFD instead of a UnicodeEncodeError."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _forgiving_stdout() -> None:
+    """Whatever the locale, printing never raises: what the terminal cannot show is
+    written as a backslash escape."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    rules_dir = None
-    if args.config or os.environ.get("SMTPGUARD_CONFIG"):
-        rules_dir = _load(args.config).replies.table.parent
-    print(
-        explain_main(" ".join(args.reply), lang=args.lang, as_json=args.json, rules_dir=rules_dir)
-    )
+    # Reads no config file (-c is ignored): the knowledge is the shipped rules, or
+    # --rules-dir. Imported here so that explain starts without the milter's modules.
+    from smtpguard.explain import explain_main
+
+    _forgiving_stdout()
+    if not args.reply:
+        print("smtpguard explain: give a reply line", file=sys.stderr)
+        return 2
+    line = _text_arg(" ".join(args.reply))
+    print(explain_main(line, lang=args.lang, as_json=args.json, rules_dir=args.rules_dir))
     return 0
 
 
@@ -464,9 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_explain,
         help="say what any SMTP reply line means and what the sender should do",
     )
-    ex.add_argument("reply", nargs="+", help='the reply line, e.g. "550 5.7.1 Relaying denied"')
+    ex.add_argument("reply", nargs="*", help='the reply line, e.g. "550 5.7.1 Relaying denied"')
     ex.add_argument("--lang", choices=("en", "zh"), default="en")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
+    ex.add_argument(
+        "--rules-dir",
+        type=Path,
+        help="directory with explain.toml and replies.toml (default: the shipped rules/);"
+        " explain reads no config file",
+    )
 
     pc = _command(
         sub,
@@ -564,6 +618,30 @@ def _check_access(path: Path, write: bool) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(parent))
 
 
+def _failure(exc: Exception, command: str) -> tuple[str, int] | None:
+    """The line to print and the exit code for an expected failure; None for a bug."""
+    # Imported only now: a command that failed has loaded the module that raised.
+    import sqlite3
+
+    from smtpguard.config import ConfigError
+    from smtpguard.directory import ImportError_
+    from smtpguard.sockets import StartError
+    from smtpguard.state import StateError
+
+    if isinstance(exc, ConfigError):
+        # check-config reports problems (1); anything else could not even start (2).
+        return f"smtpguard: configuration error: {exc}", 1 if command == "check-config" else 2
+    if isinstance(exc, StartError | ImportError_ | StateError):
+        return f"smtpguard: {exc}", 2
+    if isinstance(exc, sqlite3.Error):
+        return f"smtpguard: SQLite: {exc}", 2
+    if isinstance(exc, OSError):
+        # Permission and missing-file failures of any command: one line, no traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"smtpguard: {where}{exc.strerror or exc}", 2
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     _accept_config_anywhere(parser)
@@ -582,22 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except ConfigError as exc:
-        print(f"smtpguard: configuration error: {exc}", file=sys.stderr)
-        # check-config reports problems (1); anything else could not even start (2).
-        return 1 if args.command == "check-config" else 2
-    except StartError as exc:
-        print(f"smtpguard: {exc}", file=sys.stderr)
-        return 2
-    except (ImportError_, StateError) as exc:
-        print(f"smtpguard: {exc}", file=sys.stderr)
-        return 2
-    except sqlite3.Error as exc:
-        print(f"smtpguard: SQLite: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        # Permission and missing-file failures of any command: one line, no traceback.
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"smtpguard: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        failure = _failure(exc, args.command)
+        if failure is None:
+            raise
+        message, code = failure
+        print(message, file=sys.stderr)
+        return code
     return rc

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import redis.connection
-
 __all__ = ["Endpoint", "EndpointError", "RedisUrl", "parse_endpoint", "parse_redis_url"]
 
 #: ``sun_path`` holds 108 octets on Linux, the terminating NUL included.
@@ -192,6 +190,10 @@ def parse_redis_url(url: str) -> RedisUrl:
             port=port or 6379,
             db=_db(path_db or query_db),
         )
+    # Imported here: redis-py costs ~60 ms to import, and commands that read the config
+    # without a Redis URL (``explain``, ``replies``) should not pay for it.
+    import redis.connection  # noqa: PLC0415
+
     try:
         # The parser redis.Redis.from_url runs: whatever it refuses fails here, not at
         # the first message.
