@@ -384,12 +384,22 @@ def _forgiving_stdout() -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     # Reads no config file (-c is ignored): the knowledge is the shipped rules, or
     # --rules-dir. Imported here so that explain starts without the milter's modules.
-    from smtpguard.explain import explain_main
+    from smtpguard.explain import explain_main, knowledge
 
     _forgiving_stdout()
-    if not args.reply:
-        print("smtpguard explain: give a reply line", file=sys.stderr)
+    if bool(args.reply) == (args.log is not None):
+        print("smtpguard explain: give a reply line or --log FILE, not both", file=sys.stderr)
         return 2
+    if args.log is not None:
+        from smtpguard.explain_log import log_main
+
+        rules = knowledge(args.rules_dir)
+        print(
+            log_main(
+                args.log, knowledge=rules, lang=args.lang, as_json=args.json, stdin=sys.stdin.buffer
+            )
+        )
+        return 0
     line = _text_arg(" ".join(args.reply))
     print(explain_main(line, lang=args.lang, as_json=args.json, rules_dir=args.rules_dir))
     return 0
@@ -515,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("reply", nargs="*", help='the reply line, e.g. "550 5.7.1 Relaying denied"')
     ex.add_argument("--lang", choices=("en", "zh"), default="en")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
+    ex.add_argument(
+        "--log",
+        metavar="FILE",
+        help="explain every bounce and deferral of a Postfix, Sendmail or Exim log (- for"
+        " stdin) or of a folder of DSN messages, and print a summary",
+    )
     ex.add_argument(
         "--rules-dir",
         type=Path,

@@ -1,0 +1,544 @@
+"""``smtpguard explain --log``: every bounce and deferral of a mail log, or of a folder of
+DSN messages, explained and summed up by category, fix and remote domain.
+
+What is read:
+
+* **Postfix** delivery lines (``smtp``, ``lmtp``, ``local``... agents):
+  ``to=<RCPT>, ... dsn=X.Y.Z, status=bounced|deferred (DETAIL)``. When DETAIL has the
+  remote server's reply (``host H[IP] said: 550 ... (in reply to RCPT TO command)``)
+  that reply is explained; otherwise DETAIL with the logged enhanced code in front
+  ("4.4.1 connect to ...: Connection timed out").
+* **Sendmail**: ``to=RCPT[,RCPT...], ... dsn=X.Y.Z, stat=TEXT`` with a 4.x.x or 5.x.x
+  code (``stat=Deferred: 451 4.7.1 ...`` loses its ``Deferred:``); one event per
+  recipient.
+* **Exim** main log: ``** RCPT ...`` (bounce) and ``== RCPT ...`` (deferral); the reply
+  after ``SMTP error from remote mail server after COMMAND:`` when there is one,
+  otherwise the text after the last ``: `` (``Unrouteable address``).
+* **A folder of DSN messages** (RFC 3464; one message per file, e.g. a Maildir's
+  ``new/`` and ``cur/``, read recursively): each per-recipient block of the
+  ``message/delivery-status`` part with ``Action: failed`` (bounce) or ``delayed``
+  (deferral), its ``Diagnostic-Code`` (``smtp; 550 ...``) or else its ``Status``.
+
+Every other line is counted and skipped. Deferrals are counted per attempt: a message
+retried five times is five deferral events.
+
+Memory stays bounded whatever the input's size: lines are read one at a time, cut at
+:data:`MAX_LINE_BYTES`; DSN files are read up to :data:`MAX_MESSAGE_BYTES` (the
+delivery-status part comes before the returned message); explanations are cached per
+distinct reply (an LRU of :data:`CACHE_SIZE`); at most :data:`MAX_DOMAINS` remote
+domains are counted one by one, later new ones as ``(other domains)``.
+
+The cache key is the reply with its volatile parts replaced (addresses, IPv4 addresses,
+long tokens with digits such as queue ids and Gmail's trailer), so that "550 5.1.1
+<alice@a.example>: User unknown" and the same reply for bob are explained once. The
+explainer ignores addresses when it matches keywords, so the replaced text is explained
+as the original would be (tests/test_explain_log.py checks that on the explain corpus).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from email.policy import compat32
+from pathlib import Path
+from typing import BinaryIO, Literal, TypeVar
+
+from cachetools import LRUCache
+
+from smtpguard.explain import Knowledge
+
+#: A longer line is cut there (and the rest of it skipped); no log line is that long.
+MAX_LINE_BYTES = 64 * 1024
+#: Bytes read of each DSN file: enough for the headers, the human part and the
+#: delivery-status part, which come before the returned message.
+MAX_MESSAGE_BYTES = 1024 * 1024
+CACHE_SIZE = 4096
+MAX_DOMAINS = 10_000
+OTHER_DOMAINS = "(other domains)"
+NO_DOMAIN = "(none)"
+#: Rows of the text summary's domain table (JSON has all counted domains).
+TOP_DOMAINS = 20
+
+Status = Literal["bounced", "deferred"]
+
+# A quick test on the raw bytes before any decoding: most lines of a mail log are
+# neither bounces nor deferrals.
+_CANDIDATE = re.compile(rb"status=(?:bounced|deferred) |dsn=[45]\.| (?:\*\*|==) ")
+_POSTFIX = re.compile(
+    r" to=<(?P<rcpt>[^>]*)>,.*? dsn=(?P<dsn>[45]\.\d{1,3}\.\d{1,3}),"
+    r" status=(?P<status>bounced|deferred) \((?P<detail>.*)\)\s*\Z"
+)
+_POSTFIX_SAID = re.compile(r" said: (?P<reply>.*?)(?: \(in reply to [^()]*\))?\Z")
+_SENDMAIL = re.compile(
+    r" to=(?P<rcpt>.*?), (?:.*? )?dsn=(?P<dsn>[45]\.\d{1,3}\.\d{1,3}), stat=(?P<stat>.*?)\s*\Z"
+)
+_SENDMAIL_DEFERRED = re.compile(r"Deferred: ?")
+_EXIM = re.compile(r" (?P<flag>\*\*|==) (?P<rcpt>[^\s:]+):? ?(?P<rest>.*?)\s*\Z")
+_EXIM_SMTP = re.compile(
+    r"SMTP error from remote mail server after [^:<]*(?::<[^>]*>)?: (?P<reply>.*)\Z"
+)
+_CODE_START = re.compile(r"[245]\d\d[ -]|[245]\.\d{1,3}\.\d{1,3} ")
+_VOLATILE = re.compile(
+    r"<[^<>\s]*@[^<>\s]*>"  # <address>
+    r"|[\w.+%=-]+@[\w-]+(?:\.[\w-]+)+"  # bare address
+    r"|(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"  # IPv4 address
+    r"|\b(?=[\w-]*\d)[\w-]{10,}\b"  # queue ids, trailers, time stamps
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One bounce or deferral of one recipient."""
+
+    mta: str
+    status: Status
+    recipient: str
+    #: The remote domain (the recipient's), lower case; "" when the log names none.
+    domain: str
+    #: What is explained: the remote server's reply, or the logged code and detail.
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The part of an explanation the summary counts."""
+
+    category: str
+    fix: str
+    permanent: bool
+    server_family: str | None
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def read_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``stream``, each cut at :data:`MAX_LINE_BYTES` (the rest skipped)."""
+    readline = stream.readline
+    while line := readline(MAX_LINE_BYTES):
+        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+        yield line
+
+
+def parse_log_line(raw: bytes) -> list[Event]:
+    """The events one log line records: none for most lines."""
+    if _CANDIDATE.search(raw) is None:
+        return []
+    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+    if (m := _POSTFIX.search(line)) is not None:
+        detail = m["detail"]
+        said = _POSTFIX_SAID.search(detail)
+        reply = said["reply"] if said is not None else f"{m['dsn']} {detail}"
+        status: Status = "bounced" if m["status"] == "bounced" else "deferred"
+        return [_event("postfix", status, m["rcpt"], reply)]
+    if (m := _SENDMAIL.search(line)) is not None:
+        stat = _SENDMAIL_DEFERRED.sub("", m["stat"], count=1)
+        reply = stat if _CODE_START.match(stat) else f"{m['dsn']} {stat}"
+        status = "bounced" if m["dsn"][0] == "5" else "deferred"
+        rcpts = [r.strip() for r in m["rcpt"].split(",") if r.strip()]
+        return [_event("sendmail", status, r.strip("<>"), reply) for r in rcpts]
+    if (m := _EXIM.search(line)) is not None:
+        status = "bounced" if m["flag"] == "**" else "deferred"
+        rest = m["rest"]
+        smtp = _EXIM_SMTP.search(rest)
+        if smtp is not None:
+            reply = smtp["reply"]
+        else:
+            text = rest.rsplit(": ", 1)[-1]
+            # No reply code: the class comes from the log's own verdict.
+            reply = f"{'5' if status == 'bounced' else '4'}.0.0 {text}"
+        return [_event("exim", status, m["rcpt"], reply)]
+    return []
+
+
+def _event(mta: str, status: Status, recipient: str, reply: str) -> Event:
+    domain = recipient.rpartition("@")[2].rstrip(".").lower() if "@" in recipient else ""
+    return Event(mta, status, recipient, domain, reply.strip())
+
+
+def dsn_events(message: Message) -> Iterator[Event]:
+    """The events of one DSN message: its per-recipient blocks that failed or were
+    delayed (RFC 3464 section 2.3)."""
+    for part in message.walk():
+        if part.get_content_type() != "message/delivery-status":
+            continue
+        blocks = part.get_payload()
+        if not isinstance(blocks, list):
+            continue
+        # The first block is about the message; the others are one recipient each.
+        for block in blocks[1:]:
+            if not isinstance(block, Message):
+                continue
+            action = _field(block, "Action").lower()
+            if action not in ("failed", "delayed"):
+                continue
+            status: Status = "bounced" if action == "failed" else "deferred"
+            recipient = _typed(
+                _field(block, "Final-Recipient") or _field(block, "Original-Recipient")
+            )
+            diagnostic = _typed(_field(block, "Diagnostic-Code"))
+            code = _field(block, "Status")
+            reply = diagnostic or code
+            if diagnostic and code and not _CODE_START.match(diagnostic):
+                reply = f"{code} {diagnostic}"
+            yield _event("dsn", status, recipient, reply)
+
+
+def _field(block: Message, name: str) -> str:
+    value = block.get(name)
+    if value is None:
+        return ""
+    # Folded fields come with their line breaks; a header object for odd bytes.
+    return " ".join(str(value).split())
+
+
+def _typed(value: str) -> str:
+    """``rfc822; bob@example.com`` -> ``bob@example.com``; ``smtp; 550 ...`` -> ``550 ...``."""
+    kind, sep, rest = value.partition(";")
+    return rest.strip() if sep and " " not in kind.strip() else value
+
+
+def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | None]]:
+    """Each file under ``folder`` (sorted, recursively) and its events; None for a file
+    that is not a DSN message (no delivery-status part)."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root, name)
+            with path.open("rb") as f:
+                data = f.read(MAX_MESSAGE_BYTES)
+            message = message_from_bytes(data, policy=compat32)
+            if not any(p.get_content_type() == "message/delivery-status" for p in message.walk()):
+                yield path, None
+                continue
+            yield path, list(dsn_events(message))
+
+
+# --- explaining and counting ---------------------------------------------------------
+
+
+def cache_key(reply: str) -> str:
+    """``reply`` with its volatile parts replaced (see the module doc)."""
+    return _VOLATILE.sub(_placeholder, reply)
+
+
+def _placeholder(m: re.Match[str]) -> str:
+    text = m.group()
+    if "@" in text:
+        return "<user@example.invalid>" if text.startswith("<") else "user@example.invalid"
+    if text[0].isdigit() and text.count(".") == 3:
+        return "192.0.2.1"
+    return "X0"
+
+
+class Explainer:
+    """Explanations of replies, cached per :func:`cache_key` in a bounded LRU."""
+
+    def __init__(self, knowledge: Knowledge, size: int = CACHE_SIZE) -> None:
+        self.knowledge = knowledge
+        self.cache: LRUCache[str, Verdict] = LRUCache(maxsize=size)
+        self.computed = 0
+
+    def verdict(self, reply: str) -> Verdict:
+        key = cache_key(reply)
+        found = self.cache.get(key)
+        if found is None:
+            exp = self.knowledge.explain(key)
+            found = Verdict(exp.category, exp.fix, exp.permanent, exp.server_family)
+            self.cache[key] = found
+            self.computed += 1
+        return found
+
+
+@dataclass
+class _Tally:
+    bounced: int = 0
+    deferred: int = 0
+
+    def add(self, status: Status) -> None:
+        if status == "bounced":
+            self.bounced += 1
+        else:
+            self.deferred += 1
+
+    @property
+    def total(self) -> int:
+        return self.bounced + self.deferred
+
+
+@dataclass
+class _DomainTally(_Tally):
+    categories: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Summary:
+    """Counts of a whole input, by (category, fix), by fix and by remote domain."""
+
+    source: str
+    lines: int = 0
+    messages: int = 0
+    #: DSN files without a delivery-status part.
+    not_dsn: int = 0
+    totals: _Tally = field(default_factory=_Tally)
+    by_category: dict[tuple[str, str], _Tally] = field(default_factory=dict)
+    by_fix: dict[str, _Tally] = field(default_factory=dict)
+    by_domain: dict[str, _DomainTally] = field(default_factory=dict)
+    by_family: Counter[str] = field(default_factory=Counter)
+    explained: int = 0
+
+    def add(self, event: Event, verdict: Verdict) -> None:
+        self.totals.add(event.status)
+        key = (verdict.category, verdict.fix)
+        tally = self.by_category.get(key)
+        if tally is None:
+            tally = self.by_category[key] = _Tally()
+        tally.add(event.status)
+        fix = self.by_fix.get(verdict.fix)
+        if fix is None:
+            fix = self.by_fix[verdict.fix] = _Tally()
+        fix.add(event.status)
+        domain = event.domain or NO_DOMAIN
+        dom = self.by_domain.get(domain)
+        if dom is None:
+            if len(self.by_domain) >= MAX_DOMAINS:
+                domain = OTHER_DOMAINS
+                dom = self.by_domain.get(domain)
+            if dom is None:
+                dom = self.by_domain[domain] = _DomainTally()
+        dom.add(event.status)
+        dom.categories[verdict.category] += 1
+        if verdict.server_family:
+            self.by_family[verdict.server_family] += 1
+
+    def to_dict(self, knowledge: Knowledge, lang: str) -> dict[str, object]:
+        """The ``--json`` document (keys documented in docs/explain.md)."""
+        return {
+            "source": self.source,
+            "lines": self.lines,
+            "messages": self.messages,
+            "not_dsn": self.not_dsn,
+            "events": self.totals.total,
+            "bounced": self.totals.bounced,
+            "deferred": self.totals.deferred,
+            "explained": self.explained,
+            "by_category": [
+                {
+                    "category": category,
+                    "title": _title(knowledge, category, lang),
+                    "fix": fix,
+                    **_counts(t),
+                }
+                for (category, fix), t in _ranked(self.by_category)
+            ],
+            "by_fix": [{"fix": fix, **_counts(t)} for fix, t in _ranked(self.by_fix)],
+            "by_domain": [
+                {
+                    "domain": domain,
+                    **_counts(t),
+                    "top_category": t.categories.most_common(1)[0][0],
+                }
+                for domain, t in _ranked(self.by_domain)
+            ],
+            "by_server_family": dict(self.by_family.most_common()),
+            "lang": lang,
+        }
+
+    def render_text(self, knowledge: Knowledge, lang: str) -> str:
+        words = _WORDS[lang]
+        what = words["messages"].format(self.messages) if self.messages else ""
+        if self.not_dsn:
+            what += words["not_dsn"].format(self.not_dsn)
+        if not self.messages:
+            what = words["lines"].format(self.lines)
+        out = [
+            f"{self.source}: {what}; {words['events'].format(self.totals.total)}"
+            f" ({words['bounced']} {self.totals.bounced}, {words['deferred']}"
+            f" {self.totals.deferred})"
+        ]
+        if not self.totals.total:
+            return out[0]
+        out += [
+            "",
+            *_table(
+                [
+                    words["category"],
+                    "",
+                    words["fix"],
+                    words["bounced"],
+                    words["deferred"],
+                    words["total"],
+                ],
+                [
+                    [
+                        category,
+                        _title(knowledge, category, lang),
+                        fix,
+                        t.bounced,
+                        t.deferred,
+                        t.total,
+                    ]
+                    for (category, fix), t in _ranked(self.by_category)
+                ],
+            ),
+        ]
+        out += [
+            "",
+            *_table(
+                [words["fix"], words["bounced"], words["deferred"], words["total"]],
+                [[fix, t.bounced, t.deferred, t.total] for fix, t in _ranked(self.by_fix)],
+            ),
+        ]
+        domains = _ranked(self.by_domain)
+        out += [
+            "",
+            *_table(
+                [
+                    words["domain"],
+                    words["bounced"],
+                    words["deferred"],
+                    words["total"],
+                    words["top_category"],
+                ],
+                [
+                    [d, t.bounced, t.deferred, t.total, t.categories.most_common(1)[0][0]]
+                    for d, t in domains[:TOP_DOMAINS]
+                ],
+            ),
+        ]
+        if len(domains) > TOP_DOMAINS:
+            out.append(words["more_domains"].format(len(domains) - TOP_DOMAINS))
+        return "\n".join(out)
+
+
+_K = TypeVar("_K")
+_T = TypeVar("_T", bound=_Tally)
+
+
+def _title(knowledge: Knowledge, category: str, lang: str) -> str:
+    cat = knowledge.categories.get(category)
+    if cat is None:
+        return category
+    return cat.title.zh if lang == "zh" else cat.title.en
+
+
+def _counts(t: _Tally) -> dict[str, int]:
+    return {"bounced": t.bounced, "deferred": t.deferred, "total": t.total}
+
+
+def _ranked(tallies: dict[_K, _T]) -> list[tuple[_K, _T]]:
+    """Largest total first; ties in key order, so the output is stable."""
+    return sorted(tallies.items(), key=lambda kv: (-kv[1].total, str(kv[0])))
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    """Columns padded to their widest cell (CJK characters count two); numbers right."""
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for row in cells:
+        parts = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - _width(cell))
+            parts.append(pad + cell if numeric[i] else cell + pad)
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def _width(text: str) -> int:
+    return sum(2 if "\u2e80" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" else 1 for ch in text)
+
+
+_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "lines": "{} lines",
+        "messages": "{} messages",
+        "not_dsn": " ({} not DSNs)",
+        "events": "{} bounces and deferrals",
+        "bounced": "bounced",
+        "deferred": "deferred",
+        "total": "total",
+        "category": "category",
+        "fix": "fix",
+        "domain": "remote domain",
+        "top_category": "top category",
+        "more_domains": "... and {} more domains (--json lists them all)",
+    },
+    "zh": {
+        "lines": "{} 行",
+        "messages": "{} 封邮件",
+        "not_dsn": "（{} 封不是 DSN）",  # noqa: RUF001 - Chinese brackets in Chinese text
+        "events": "{} 次退信和延迟",
+        "bounced": "退信",
+        "deferred": "延迟",
+        "total": "合计",
+        "category": "类别",
+        "fix": "处理",
+        "domain": "对方域名",
+        "top_category": "主要类别",
+        "more_domains": "……另有 {} 个域名（--json 列出全部）",  # noqa: RUF001 - Chinese brackets
+    },
+}
+
+
+# --- the command ---------------------------------------------------------------------
+
+
+def summarize_lines(lines: Iterable[bytes], explainer: Explainer, source: str) -> Summary:
+    summary = Summary(source)
+    count = 0
+    for raw in lines:
+        count += 1
+        for event in parse_log_line(raw):
+            summary.add(event, explainer.verdict(event.reply))
+    summary.lines = count
+    summary.explained = explainer.computed
+    return summary
+
+
+def summarize_folder(folder: Path, explainer: Explainer) -> Summary:
+    summary = Summary(os.fsdecode(folder))
+    for _path, events in read_dsn_folder(folder):
+        summary.messages += 1
+        if events is None:
+            summary.not_dsn += 1
+            continue
+        for event in events:
+            summary.add(event, explainer.verdict(event.reply))
+    summary.explained = explainer.computed
+    return summary
+
+
+def summarize(source: str, explainer: Explainer, stdin: BinaryIO) -> Summary:
+    """The summary of ``source``: a log file, ``-`` (``stdin``) or a DSN folder."""
+    if source == "-":
+        return summarize_lines(read_lines(stdin), explainer, "-")
+    path = Path(source)
+    if path.is_dir():
+        summary = summarize_folder(path, explainer)
+    else:
+        with path.open("rb") as f:
+            summary = summarize_lines(read_lines(f), explainer, source)
+    # A name with bytes that are not UTF-8 (kept by Python as surrogates) is shown, not
+    # a reason to fail.
+    summary.source = source.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return summary
+
+
+def log_main(
+    source: str, *, knowledge: Knowledge, lang: str, as_json: bool, stdin: BinaryIO
+) -> str:
+    """What ``smtpguard explain --log SOURCE [--lang] [--json]`` prints."""
+    summary = summarize(source, Explainer(knowledge), stdin)
+    if as_json:
+        return json.dumps(summary.to_dict(knowledge, lang), ensure_ascii=False, indent=2)
+    return summary.render_text(knowledge, lang)
