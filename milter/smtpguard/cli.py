@@ -36,6 +36,7 @@ def _load(arg: str | None) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
+    from smtpguard import logsetup
     from smtpguard.adapter import App, drop_privileges, serve
     from smtpguard.app import Runtime, build_runtime, load, new_gate
     from smtpguard.config import ConfigError
@@ -44,11 +45,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
 
     config = _load(args.config)
-    logging.basicConfig(
-        level=config.milter.log_level,
-        format="%(asctime)s smtpguard[%(process)d]: %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        logsetup.configure(config.milter)
+    except logsetup.LogSetupError as exc:
+        print(f"{config.file}: milter.log_socket: {exc}", file=sys.stderr)
+        return 1
     # Before anything is opened or written: a running milter is left alone.
     path = unix_path(config.milter.socket)
     if path is not None:
@@ -61,13 +62,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Named, not fatal: what mail sees when a store fails is each check's on_temp_error.
     for problem in file_problems(config, become=drop_privileges):
         logging.getLogger("smtpguard").error("%s", problem)
+    if config.milter.workers > 1:
+        from smtpguard.supervisor import prepare_metrics, supervise
+
+        prepare_metrics(config)
+        return supervise(config)
     gate = new_gate(config)
-    prometheus = PrometheusMetrics(lambda: gate.active) if config.metrics.enabled else None
+    prometheus = PrometheusMetrics() if config.metrics.enabled else None
     runtime = build_runtime(config, metrics=prometheus)
     app = App(runtime, gate)
     if prometheus is not None:
-        # Read at scrape time: a reload may bring another resolver.
-        prometheus.watch_dns(lambda: app.runtime.services.dns)
         listen = f"{config.metrics.listen}:{config.metrics.port}"
         try:
             prometheus.serve(config.metrics.listen, config.metrics.port)
@@ -405,6 +409,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_help_site(args: argparse.Namespace) -> int:
+    from smtpguard.explain import knowledge
+    from smtpguard.helpsite import SiteError, build_site, page_form, write_site
+    from smtpguard.replies import load_replies
+
+    config = _load(args.config)
+    table = load_replies(config.replies, config.file)
+    try:
+        pages = build_site(table, knowledge())
+    except SiteError as exc:
+        print(f"smtpguard help-site: {config.file}: {exc}", file=sys.stderr)
+        return 2
+    count = write_site(Path(args.out), pages)
+    form = page_form(config.replies.help_url)
+    print(f"{args.out}: {count} files; the page of reply ID is {form.replace('{id}', 'ID')}")
+    return 0
+
+
 def _command(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -537,6 +559,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory with explain.toml and replies.toml (default: the shipped rules/);"
         " explain reads no config file",
     )
+
+    hs = _command(
+        sub,
+        "help-site",
+        cmd_help_site,
+        help="write a static help site (en/zh): one page per reply id, at the paths"
+        " replies.help_url points to",
+    )
+    hs.add_argument("--out", required=True, metavar="DIR", help="directory to write")
 
     pc = _command(
         sub,

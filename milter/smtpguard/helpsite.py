@@ -1,0 +1,257 @@
+"""``smtpguard help-site --out DIR``: a static help page for every reply of the table.
+
+Every reply id gets one page, in English and Chinese on the same page (the reply line
+carries both languages, so its help URL leads to one page): what happened, why, what
+the sender should do and the exact reply line as this configuration sends it. An
+``index.html`` lists them all.
+
+Where the pages go follows ``replies.help_url``, so that the URL a bounce carries leads
+to its page when DIR is published as the directory that holds ``{id}``:
+
+=============================================  ==============================
+``help_url`` ends with                          page of reply ``ID``
+=============================================  ==============================
+``{id}`` or ``{id}/`` (or no ``help_url``)      ``DIR/ID/index.html``
+``{id}.html`` / ``{id}.htm``                    ``DIR/ID.html`` / ``DIR/ID.htm``
+``{id}/index.html``                             ``DIR/ID/index.html``
+=============================================  ==============================
+
+``https://help.example.com/smtp/{id}``: publish DIR as ``https://help.example.com/smtp/``;
+``https://help.example.com/smtp/rbl_deny`` is then ``DIR/rbl_deny/index.html``, which
+every static web server (nginx, Apache, ``python -m http.server``) answers at
+``/smtp/rbl_deny/`` and redirects ``/smtp/rbl_deny`` to. A template with ``{id}``
+anywhere else (a query string) cannot be a static file: :class:`SiteError`.
+
+All text is HTML-escaped; links are relative, so the site also reads from disk.
+"""
+
+# The Chinese labels are written with Chinese (full-width) punctuation:
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtpguard.explain import Knowledge
+from smtpguard.replies import MILTER_IDS, MTA_IDS, ReplyTable, Row
+
+#: Suffixes of ``help_url`` after ``{id}`` and the page file each one means.
+PAGE_FORMS: dict[str, str] = {
+    "": "{id}/index.html",
+    "/": "{id}/index.html",
+    "/index.html": "{id}/index.html",
+    ".html": "{id}.html",
+    ".htm": "{id}.htm",
+}
+
+
+class SiteError(Exception):
+    """A help_url that no static site can serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    reply_id: str
+    #: Relative to the site directory, with "/" separators.
+    path: str
+    content: str
+
+
+def page_form(help_url: str) -> str:
+    """The page path template (``{id}/index.html`` or ``{id}.html``...) for ``help_url``."""
+    if not help_url:
+        return PAGE_FORMS[""]
+    head, _, tail = help_url.rpartition("{id}")
+    if "{id}" in head or "?" in head or "#" in head or tail not in PAGE_FORMS:
+        raise SiteError(
+            f"replies.help_url {help_url!r}: a static site needs {{id}} as the last path"
+            " segment, optionally followed by /, .html or /index.html"
+        )
+    return PAGE_FORMS[tail]
+
+
+_CSS = """
+body { font-family: system-ui, "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC",
+  "PingFang SC", "Microsoft YaHei", sans-serif; max-width: 46em; margin: 2em auto;
+  padding: 0 1em; line-height: 1.5; color: #1a1a1a; background: #fff; }
+code, pre { font-family: ui-monospace, "Noto Sans Mono CJK SC", monospace; }
+pre { background: #f3f3f3; padding: .6em .8em; overflow-x: auto; white-space: pre-wrap; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; width: 100%; }
+td, th { border-bottom: 1px solid #ddd; padding: .3em .5em; text-align: left;
+  vertical-align: top; }
+.kind { color: #555; }
+"""
+
+_LABELS: dict[str, dict[str, str]] = {
+    "en": {
+        "lang_name": "English",
+        "happened": "What happened",
+        "why": "Why",
+        "todo": "What the sender should do",
+        "line": "The exact reply line",
+        "temporary": "This is a temporary refusal (4xx): your mail server keeps the"
+        " message and tries again by itself.",
+        "permanent": "This is a permanent refusal (5xx): the message was not delivered"
+        " and is not retried; change what the reply describes and send it again.",
+        "by_mta": "This reply is given by the receiving mail server (the MTA) itself,"
+        " before smtpguard is asked.",
+        "category": "Category: ",
+        "index": "All replies",
+        "title": "SMTP replies of this server",
+        "intro": "Every reply this mail server may give when it refuses a message,"
+        " with what it means and what to do.",
+        "id": "Reply id",
+        "code": "Code",
+        "text": "Text",
+    },
+    "zh": {
+        "lang_name": "中文",
+        "happened": "发生了什么",
+        "why": "原因",
+        "todo": "发件人应当怎么做",
+        "line": "完整的回复行",
+        "temporary": "这是临时拒绝（4xx）：您的邮件服务器会保留这封邮件并自动重发。",
+        "permanent": "这是永久拒绝（5xx）：邮件没有送达，也不会自动重发；"
+        "请按回复所说的问题修改后重新发送。",
+        "by_mta": "这条回复由接收方邮件服务器（MTA）自身给出，此时尚未询问 smtpguard。",
+        "category": "类别：",
+        "index": "全部回复",
+        "title": "本服务器的 SMTP 回复",
+        "intro": "本邮件服务器拒收邮件时可能给出的每一条回复，及其含义和处理办法。",
+        "id": "回复 id",
+        "code": "代码",
+        "text": "内容",
+    },
+}
+_HTML_LANG = {"en": "en", "zh": "zh-Hans"}
+LANGS: tuple[str, ...] = ("en", "zh")
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _document(title: str, body: Iterable[str], css_href: str) -> str:
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>",
+            f'<link rel="stylesheet" href="{_e(css_href)}">',
+            "</head>",
+            "<body>",
+            *body,
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def reply_lines(table: ReplyTable, row: Row) -> list[str]:
+    """The reply as the client sees it: rendered by this configuration for the milter's
+    replies; code, enhanced code and English text for the MTA's own."""
+    if row.reply_id in MILTER_IDS:
+        return table.render(row.reply_id, utf8=True).wire_lines()
+    return [f"{row.code} {row.xcode} {row.text['en']}"]
+
+
+def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str) -> Page:
+    up = "../" * path.count("/")
+    ours = knowledge.ours.get(row.reply_id)
+    category = knowledge.categories[ours.category] if ours is not None else None
+    lines = reply_lines(table, row)
+    body = [
+        "<nav>",
+        f'<a href="{up}index.html">{_e(_LABELS["en"]["index"])} / {_e(_LABELS["zh"]["index"])}</a>',
+        *(f'<a href="#{lang}">{_e(_LABELS[lang]["lang_name"])}</a>' for lang in LANGS),
+        "</nav>",
+        f"<h1><code>{_e(row.code)} {_e(row.xcode)}</code> {_e(row.reply_id)}</h1>",
+    ]
+    for lang in LANGS:
+        words = _LABELS[lang]
+        kind = words["temporary"] if row.code.startswith("4") else words["permanent"]
+        section = [
+            f'<section id="{lang}" lang="{_HTML_LANG[lang]}">',
+            f"<h2>{_e(row.text[lang])}</h2>",
+            f"<h3>{_e(words['happened'])}</h3>",
+        ]
+        happened = f"<p>{_e(kind)}"
+        if category is not None:
+            title = category.title.zh if lang == "zh" else category.title.en
+            happened += f' <span class="kind">{_e(words["category"])}{_e(title)}</span>'
+        section.append(happened + "</p>")
+        if row.reply_id in MTA_IDS:
+            section.append(f"<p>{_e(words['by_mta'])}</p>")
+        if ours is not None:
+            cause = ours.cause.zh if lang == "zh" else ours.cause.en
+            section += [f"<h3>{_e(words['why'])}</h3>", f"<p>{_e(cause)}</p>"]
+        section += [
+            f"<h3>{_e(words['todo'])}</h3>",
+            f"<p>{_e(row.hint[lang])}</p>",
+            f"<h3>{_e(words['line'])}</h3>",
+            f"<pre>{_e(chr(10).join(lines))}</pre>",
+            "</section>",
+        ]
+        body += section
+    title = f"{row.code} {row.xcode} {row.reply_id}: {row.text['en']}"
+    return Page(row.reply_id, path, _document(title, body, f"{up}style.css"))
+
+
+def _index(table: ReplyTable, pages: list[Page]) -> str:
+    en, zh = _LABELS["en"], _LABELS["zh"]
+    body = [
+        f'<h1>{_e(en["title"])} / <span lang="zh-Hans">{_e(zh["title"])}</span></h1>',
+        f"<p>{_e(en['intro'])}</p>",
+        f'<p lang="zh-Hans">{_e(zh["intro"])}</p>',
+        "<table>",
+        f"<tr><th>{_e(en['code'])}</th><th>{_e(en['id'])} / {_e(zh['id'])}</th>"
+        f"<th>{_e(en['text'])}</th><th>{_e(zh['text'])}</th></tr>",
+    ]
+    for page in pages:
+        row = table.rows[page.reply_id]
+        body.append(
+            f"<tr><td><code>{_e(row.code)} {_e(row.xcode)}</code></td>"
+            f'<td><a href="{_e(page.path)}">{_e(row.reply_id)}</a></td>'
+            f"<td>{_e(row.text['en'])}</td>"
+            f'<td lang="zh-Hans">{_e(row.text["zh"])}</td></tr>'
+        )
+    body.append("</table>")
+    return _document(f"{en['title']} / {zh['title']}", body, "style.css")
+
+
+def build_site(table: ReplyTable, knowledge: Knowledge) -> list[Page]:
+    """Every page of the site: one per reply id (the milter's, then the MTA's), the
+    index and the style sheet."""
+    form = page_form(table.policy.help_url)
+    pages = [
+        _page(table, knowledge, table.rows[reply_id], form.format(id=reply_id))
+        for reply_id in (*MILTER_IDS, *MTA_IDS)
+    ]
+    return [
+        *pages,
+        Page("", "index.html", _index(table, pages)),
+        Page("", "style.css", _CSS.lstrip()),
+    ]
+
+
+def write_site(out: Path, pages: Iterable[Page]) -> int:
+    """Write ``pages`` under ``out`` (created if missing); the number of files written."""
+    count = 0
+    for page in pages:
+        target = out.joinpath(*page.path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed: a web server never serves half a page.
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(page.content, encoding="utf-8")
+        os.replace(tmp, target)
+        count += 1
+    return count
