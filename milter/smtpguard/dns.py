@@ -59,6 +59,7 @@ from cachetools import TLRUCache
 
 from smtpguard.address import IPAddress
 from smtpguard.config import DnsConfig
+from smtpguard.metrics import Metrics, NullMetrics
 
 log = logging.getLogger("smtpguard")
 
@@ -198,8 +199,10 @@ class Resolver:
         timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         max_inflight: int = 512,
+        metrics: Metrics | None = None,
     ) -> None:
         self.transport = transport
+        self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
         self.failure_ttl = failure_ttl
@@ -253,7 +256,9 @@ class Resolver:
                     hit = Answer(key[0], key[1], Status.NXDOMAIN, ttl=nx.ttl, detail=nx.detail)
             if hit is not None:
                 self.stats.hits += 1
-            return hit
+        if hit is not None:
+            self.metrics.dns_cache(True)
+        return hit
 
     def _store(self, key: tuple[str, str], answer: Answer) -> None:
         with self._lock:
@@ -265,6 +270,8 @@ class Resolver:
             self._cache[key] = answer
             if answer.status is Status.NXDOMAIN:
                 self._cache[(key[0], _ANY)] = answer
+        self.metrics.dns_cache(False)
+        self.metrics.dns_lookup(answer.status.value)
 
     # --- asynchronous side (runs on the loop thread) -----------------------------
 
@@ -505,7 +512,7 @@ class Completed(Generic[_T]):
 Pending: TypeAlias = concurrent.futures.Future[_T] | Completed[_T]
 
 
-def make_resolver(config: DnsConfig) -> Resolver:
+def make_resolver(config: DnsConfig, metrics: Metrics | None = None) -> Resolver:
     # dnswire builds on this module's Answer: imported here, not at the top.
     from smtpguard.dnswire import UdpTransport  # noqa: PLC0415 - imported late: dnswire imports this module
 
@@ -520,4 +527,5 @@ def make_resolver(config: DnsConfig) -> Resolver:
         negative_ttl=config.negative_ttl,
         failure_ttl=config.failure_ttl,
         timeout=config.timeout,
+        metrics=metrics,
     )

@@ -2,27 +2,46 @@
 
 Everything that records a metric takes a :class:`Metrics`; the default
 :class:`NullMetrics` does nothing, so code paths are the same with metrics off.
+
+Every metric object is built in :meth:`PrometheusMetrics.__init__`, and only counters,
+histograms and gauges that are moved with ``inc``/``dec``/``set`` are used (no
+``set_function``, no collectors that read process state at scrape time). That is what
+prometheus-client's multiprocess mode can add up across worker processes: each gauge
+says how (``multiprocess_mode``). Label values come from closed sets only (reply ids,
+check names, stage names, outcome and status enums, backend names), never from
+addresses, IPs or other client-controlled text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import platform
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from smtpguard import __version__
 
 if TYPE_CHECKING:
-    from smtpguard.dns import Resolver
+    from prometheus_client import CollectorRegistry, Counter
 
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+_TRANSACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+#: How a transaction ended (the ``outcome`` of the summary line and of
+#: ``smtpguard_transactions_total``).
+OUTCOMES = ("accept", "tag", "reject", "tempfail", "discard", "abort")
+#: What one call of a check gave (``smtpguard_check_verdicts_total``).
+VERDICTS = ("pass", "hit", "temperror", "error")
 
 
 class Metrics(Protocol):
     def decision(self, reply_id: str, mode: str, action: str) -> None: ...
     def stage_seconds(self, stage: str, seconds: float) -> None: ...
     def backend_error(self, backend: str) -> None: ...
+    def check_verdict(self, check: str, verdict: str) -> None: ...
+    def transaction(self, outcome: str, reply_id: str, seconds: float) -> None: ...
+    def session_opened(self) -> None: ...
+    def session_closed(self) -> None: ...
+    def dns_lookup(self, status: str) -> None: ...
+    def dns_cache(self, hit: bool) -> None: ...
 
 
 class NullMetrics:
@@ -35,53 +54,123 @@ class NullMetrics:
     def backend_error(self, backend: str) -> None:
         pass
 
+    def check_verdict(self, check: str, verdict: str) -> None:
+        pass
 
-class _DnsCacheCollector(Collector):
-    """Reads the resolver's own hit/miss counters at scrape time (no per-lookup cost)."""
+    def transaction(self, outcome: str, reply_id: str, seconds: float) -> None:
+        pass
 
-    def __init__(self, resolver: Callable[[], Resolver | None]) -> None:
-        self.resolver = resolver
+    def session_opened(self) -> None:
+        pass
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        resolver = self.resolver()
-        if resolver is None:
-            return
-        hits, misses = resolver.stats.hits, resolver.stats.misses
-        family = CounterMetricFamily(
-            "smtpguard_dns_cache_lookups", "DNS cache lookups by result", labels=("result",)
-        )
-        family.add_metric(("hit",), hits)
-        family.add_metric(("miss",), misses)
-        yield family
+    def session_closed(self) -> None:
+        pass
+
+    def dns_lookup(self, status: str) -> None:
+        pass
+
+    def dns_cache(self, hit: bool) -> None:
+        pass
 
 
 class PrometheusMetrics:
-    def __init__(self, sessions_in_flight: Callable[[], float]) -> None:
-        self.registry = CollectorRegistry()
+    """All of smtpguard's series, on ``registry`` (a new one by default).
+
+    ``process_collector`` adds the standard ``process_*`` series of this process; a
+    supervisor in multiprocess mode reports its own process and leaves it off in the
+    workers.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, process_collector: bool = True
+    ) -> None:
+        # Imported here: every session module imports this one for NullMetrics, and
+        # commands without metrics (explain, check-config) need not load the client.
+        from prometheus_client import (  # noqa: PLC0415 - see above
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            ProcessCollector,
+        )
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        if process_collector:
+            ProcessCollector(registry=r)
+        build = Gauge(
+            "smtpguard_build_info",
+            "Always 1; the labels say which smtpguard and Python run",
+            ("version", "python"),
+            registry=r,
+            multiprocess_mode="max",
+        )
+        build.labels(__version__, platform.python_version()).set(1)
         self._decisions = Counter(
             "smtpguard_decisions",
             "Verdicts acted upon, per reply id, mode and action",
             ("reply_id", "mode", "action"),
-            registry=self.registry,
+            registry=r,
+        )
+        self._transactions = Counter(
+            "smtpguard_transactions",
+            "Transactions (MAIL FROM to end of message or abort) by outcome and reply id"
+            ' ("none" for accepted mail)',
+            ("outcome", "reply_id"),
+            registry=r,
+        )
+        self._transaction_seconds = Histogram(
+            "smtpguard_transaction_seconds",
+            "Time from MAIL FROM to the end of the transaction",
+            buckets=_TRANSACTION_BUCKETS,
+            registry=r,
+        )
+        self._verdicts = Counter(
+            "smtpguard_check_verdicts",
+            "Results of each check call: pass, hit, temperror, error (the check raised)",
+            ("check", "verdict"),
+            registry=r,
         )
         self._stage = Histogram(
             "smtpguard_stage_seconds",
             "Time spent in the pipeline per milter stage",
             ("stage",),
             buckets=_STAGE_BUCKETS,
-            registry=self.registry,
+            registry=r,
         )
         self._errors = Counter(
             "smtpguard_backend_errors",
             "Temporary failures of a check's backend, by check name (mailbox, blacklist,"
             " rbl, virus, ...)",
             ("backend",),
-            registry=self.registry,
+            registry=r,
         )
-        sessions = Gauge(
-            "smtpguard_sessions_in_flight", "Open SMTP sessions", registry=self.registry
+        self._sessions = Counter(
+            "smtpguard_sessions", "SMTP sessions (milter connections) opened", registry=r
         )
-        sessions.set_function(sessions_in_flight)
+        self._in_flight = Gauge(
+            "smtpguard_sessions_in_flight",
+            "Open SMTP sessions",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._dns = Counter(
+            "smtpguard_dns_lookups",
+            "DNS queries sent upstream (cache misses), by outcome",
+            ("status",),
+            registry=r,
+        )
+        self._dns_cache = Counter(
+            "smtpguard_dns_cache_lookups", "DNS cache lookups by result", ("result",), registry=r
+        )
+        self._dns_hit = self._dns_cache.labels("hit")
+        self._dns_miss = self._dns_cache.labels("miss")
+        # Present from the start at 0, so ratios over them exist before the first event.
+        for status in ("ok", "nxdomain", "nodata", "servfail", "timeout"):
+            self._dns.labels(status)
+        self._transactions.labels("accept", "none")
+        # Children looked up once: verdicts are counted for every check call.
+        self._verdict_children: dict[tuple[str, str], Counter] = {}
 
     def decision(self, reply_id: str, mode: str, action: str) -> None:
         self._decisions.labels(reply_id, mode, action).inc()
@@ -92,8 +181,30 @@ class PrometheusMetrics:
     def backend_error(self, backend: str) -> None:
         self._errors.labels(backend).inc()
 
-    def watch_dns(self, resolver: Callable[[], Resolver | None]) -> None:
-        self.registry.register(_DnsCacheCollector(resolver))
+    def check_verdict(self, check: str, verdict: str) -> None:
+        child = self._verdict_children.get((check, verdict))
+        if child is None:
+            child = self._verdict_children[(check, verdict)] = self._verdicts.labels(check, verdict)
+        child.inc()
+
+    def transaction(self, outcome: str, reply_id: str, seconds: float) -> None:
+        self._transactions.labels(outcome, reply_id or "none").inc()
+        self._transaction_seconds.observe(seconds)
+
+    def session_opened(self) -> None:
+        self._sessions.inc()
+        self._in_flight.inc()
+
+    def session_closed(self) -> None:
+        self._in_flight.dec()
+
+    def dns_lookup(self, status: str) -> None:
+        self._dns.labels(status).inc()
+
+    def dns_cache(self, hit: bool) -> None:
+        (self._dns_hit if hit else self._dns_miss).inc()
 
     def serve(self, address: str, port: int) -> None:
+        from prometheus_client import start_http_server  # noqa: PLC0415 - see __init__
+
         start_http_server(port, addr=address, registry=self.registry)

@@ -28,12 +28,14 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import cast
 
+from smtpguard.address import IPAddress
 from smtpguard.checks import (
     Check,
     Event,
@@ -44,13 +46,13 @@ from smtpguard.checks import (
     feed_sink,
     settings_name,
 )
-from smtpguard.checks.antispam import AntiSpam
+from smtpguard.checks.antispam import SPAM_REPORT, AntiSpam, SpamReport
 from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
 from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.checks.bulk import SameSize, SameSizeDeclared
 from smtpguard.checks.client_host import HeloDns, SmtpPort
-from smtpguard.checks.dnsbl import OpenRelay, Rbl
+from smtpguard.checks.dnsbl import LocalOpenRelay, LocalRbl, OpenRelay, Rbl
 from smtpguard.checks.helo import HeloFirst, HeloName
 from smtpguard.checks.lines import BodyLines, HeaderLines
 from smtpguard.checks.loop import Loop
@@ -66,7 +68,16 @@ from smtpguard.checks.virus import VirusScan
 from smtpguard.config import DNS_CHECKS, CheckSettings, Config
 from smtpguard.message import MessageState
 from smtpguard.metrics import NullMetrics
+from smtpguard.policy import Policy
 from smtpguard.replies import Reply, ReplyTable
+from smtpguard.resultheaders import (
+    AUTH_RESULTS,
+    authentication_results,
+    iprev_result,
+    names_us,
+    spam_headers,
+    spf_result,
+)
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -77,6 +88,8 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     SessionLimit,
     # Verdicts about the client itself come first at MAIL FROM, as the connect-time
     # rejects they stand for would (their lookups start at connect, see prefetch).
+    LocalRbl,
+    LocalOpenRelay,
     Rbl,
     OpenRelay,
     SmtpPort,
@@ -135,6 +148,10 @@ class Decision:
     check: str = ""
     #: Headers to add when the message is accepted (end of message only).
     headers: tuple[tuple[str, str], ...] = ()
+    #: Headers to insert at the top (index 0), and existing ones to remove as
+    #: (name, index among the fields of that name, from 1); end of message only.
+    insert_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[tuple[str, int], ...] = ()
 
 
 CONTINUE = Decision(Action.CONTINUE)
@@ -149,15 +166,22 @@ class Pipeline:
         self.metrics = services.metrics
         self.timed = not isinstance(services.metrics, NullMetrics)
         self.report_header = self.config.milter.report_header
+        self.summary_log = self.config.milter.summary_log
+        self.auth_results = self.config.milter.auth_results
+        # Forged fields with this id are removed even when we add none ourselves.
+        self.authserv_id = self.config.milter.authserv_id or socket.getfqdn()
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
+        # Exemptions and per-domain policy (smtpguard.policy).
+        self.policy = Policy(services)
         without_dns: list[str] = []
         inert: list[str] = []
         for cls in CHECK_CLASSES:
             settings = self.config.check(settings_name(cls.name))
             if settings.mode == "off":
                 continue
-            if settings_name(cls.name) in DNS_CHECKS and services.dns is None:
+            needs_dns = getattr(cls, "needs_dns", True)
+            if settings_name(cls.name) in DNS_CHECKS and services.dns is None and needs_dns:
                 without_dns.append(cls.name)
                 continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__
@@ -215,13 +239,27 @@ class Pipeline:
         return bool(self.stages[stage])
 
     def run(self, stage: Stage, conn: Connection, event: Event | None = None) -> Decision:
+        txn = conn.txn
+        if stage is Stage.MAIL and txn is not None:
+            txn.scratch[_ENDING] = _Ending(time.monotonic(), conn.session_id, conn.client_ip)
         if not self.timed:
-            return self._run(stage, conn, event or Event())
-        started = time.perf_counter()
-        try:
-            return self._run(stage, conn, event or Event())
-        finally:
-            self.metrics.stage_seconds(stage.value, time.perf_counter() - started)
+            decision = self._run(stage, conn, event or Event())
+        else:
+            started = time.perf_counter()
+            try:
+                decision = self._run(stage, conn, event or Event())
+            finally:
+                self.metrics.stage_seconds(stage.value, time.perf_counter() - started)
+        ending: _Ending | None = txn.scratch.get(_ENDING) if txn is not None else None
+        if ending is not None and stage is Stage.MAIL:
+            ending.iprev = iprev_result(conn)
+        if txn is not None and (
+            stage is Stage.EOM or (stage is Stage.MAIL and decision.reply is not None)
+        ):
+            # The transaction is over: the message was answered, or MAIL FROM refused.
+            reply_id = decision.reply.reply_id if decision.reply is not None else None
+            self._summarize(txn, _outcome_of(decision, txn), reply_id, decision.check)
+        return decision
 
     def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         if event.deadline is None:
@@ -231,6 +269,10 @@ class Pipeline:
         if stage is Stage.MAIL and conn.pending is not None:
             return self._decide(stage, conn, event, conn.pending_check, conn.pending)
         txn = conn.txn
+        if stage is Stage.RCPT and self.policy.active:
+            held = self.policy.held(conn, event)
+            if held is not None:
+                return self._decide(stage, conn, event, *held)
         if txn is not None and stage in _CONTENT_STAGES:
             if stage is Stage.EOH:
                 txn.headers_ended = True
@@ -241,24 +283,49 @@ class Pipeline:
                 self._run(Stage.EOH, conn, Event(deadline=event.deadline))
             if txn.pending is not None:
                 if stage is Stage.EOM:
-                    self.end_transaction(txn)
+                    self._release(txn)
                     return self._decide(stage, conn, event, txn.pending_check, txn.pending)
                 return SKIP if stage is Stage.BODY else CONTINUE
             self._observe(stage, conn, txn, event)
         decision = self._run_checks(stage, conn, event)
         if stage is Stage.EOM and txn is not None:
-            self.end_transaction(txn)
-            headers = (*txn.add_headers, *self.eom_headers)
-            reported: list[str] | None = txn.scratch.get(_REPORTED)
-            if reported:
-                headers = (*headers, (self.report_header, ", ".join(dict.fromkeys(reported))))
-            if decision.action is Action.CONTINUE and headers:
-                return Decision(Action.CONTINUE, headers=headers)
+            self._release(txn)
+            if decision.action is Action.CONTINUE:
+                return self._accept(conn, txn)
         return decision
+
+    def _accept(self, conn: Connection, txn: Transaction) -> Decision:
+        """End of message, accepted: the headers to add, insert and remove."""
+        headers = (*txn.add_headers, *self.eom_headers)
+        reported: list[str] | None = txn.scratch.get(_REPORTED)
+        if reported:
+            headers = (*headers, (self.report_header, ", ".join(dict.fromkeys(reported))))
+        spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
+        if spam is not None and self.config.antispam.status_headers:
+            headers = (
+                *headers,
+                *spam_headers(
+                    spam=spam.spam, score=spam.score, required=spam.required, rules=spam.rules
+                ),
+            )
+        ours = authentication_results(self.authserv_id, conn, txn) if self.auth_results else None
+        forged: list[int] = txn.scratch.get(_FORGED_AR, [])
+        if not (headers or ours or forged):
+            return CONTINUE
+        return Decision(
+            Action.CONTINUE,
+            headers=headers,
+            insert_headers=(ours,) if ours else (),
+            # Last first: whether or not the MTA renumbers after a removal, the
+            # indexes still to remove stay right.
+            remove_headers=tuple((AUTH_RESULTS, index) for index in reversed(forged)),
+        )
 
     def _prefetch(self, conn: Connection) -> None:
         """Let every enabled check start its lookups; never blocks, never decides."""
         for check in self.prefetchers:
+            if self.policy.active and self.policy.skips_client(conn, check.name):
+                continue
             try:
                 cast(Prefetching, check).prefetch(conn)
             except Exception:
@@ -267,9 +334,23 @@ class Pipeline:
                 log.exception("sid=%s check=%s prefetch failed", conn.session_id, check.name)
 
     def end_transaction(self, txn: Transaction | None) -> None:
-        """Release what checks hold for a transaction (scanner streams, spools)."""
+        """The transaction ended without an answer to its message (RSET, a new MAIL
+        FROM, QUIT, a lost connection): release what checks hold and log its summary."""
         if txn is None:
             return
+        self._release(txn)
+        ending: _Ending | None = txn.scratch.get(_ENDING)
+        if ending is None or ending.done:
+            return
+        refusal = ending.refusal
+        if refusal is not None and (refusal[3] is not Stage.RCPT or not txn.recipients):
+            # Refused at MAIL FROM or end of message, or every recipient refused.
+            self._summarize(txn, refusal[0], refusal[1], refusal[2])
+        else:
+            self._summarize(txn, "abort", None, "")
+
+    def _release(self, txn: Transaction) -> None:
+        """Release what checks hold for a transaction (scanner streams, spools)."""
         for observer in self.observers:
             try:
                 observer.discard(txn)
@@ -283,6 +364,8 @@ class Pipeline:
                 track_mime=self.track_mime, max_mime_depth=self.config.content.max_mime_depth
             )
         feed_sink(txn.message, stage, event)
+        if stage is Stage.HEADER and event.header is not None:
+            self._note_auth_results(txn, *event.header)
         if stage is Stage.EOM:
             txn.message.close()
         for observer in self.observers:
@@ -293,15 +376,31 @@ class Pipeline:
             except Exception:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
 
+    def _note_auth_results(self, txn: Transaction, name: str, value: str) -> None:
+        """RFC 8601 §5: remember the incoming Authentication-Results fields that carry
+        our authserv-id, by their index among the fields of that name."""
+        if name.lower() != "authentication-results":
+            return
+        seen = txn.scratch[_SEEN_AR] = txn.scratch.get(_SEEN_AR, 0) + 1
+        if names_us(value, self.authserv_id):
+            txn.scratch.setdefault(_FORGED_AR, []).append(seen)
+
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
+        policy = self.policy if self.policy.active else None
         for check, settings, mode in self.plan[stage]:
+            if policy is not None and (exempt := policy.exempt(conn, check.name, stage, event)):
+                if trace is not None:
+                    trace.append(f"{stage.value} {check.name}: skipped (exempt: {exempt})")
+                continue
             try:
                 verdict = check(conn, event)
             except Exception:
                 log.exception(
                     "sid=%s check=%s raised; answering internal_error", conn.session_id, check.name
                 )
+                if self.timed:
+                    self.metrics.check_verdict(check.name, "error")
                 if trace is not None:
                     trace.append(f"{stage.value} {check.name}: exception")
                 if mode == "report":
@@ -309,6 +408,8 @@ class Pipeline:
                 return self.internal_error(conn, stage, check.name)
             if trace is not None:
                 trace.append(f"{stage.value} {check.name}: {_outcome(verdict)}")
+            if self.timed:
+                self.metrics.check_verdict(check.name, _VERDICT_KIND.get(type(verdict), "hit"))
             if verdict is not None:
                 decision = self._act(
                     stage,
@@ -367,6 +468,14 @@ class Pipeline:
                 conn.pending, conn.pending_check = verdict, check
             note("deferred")
             return CONTINUE
+        if (
+            stage is Stage.MAIL
+            and self.policy.active
+            and self.policy.hold(conn, check, verdict, event)
+        ):
+            # A recipient may be exempt from this check: each RCPT gets the answer.
+            note("held")
+            return None
         return self._decide(stage, conn, event, check, verdict)
 
     def internal_error(self, conn: Connection, stage: Stage, where: str) -> Decision:
@@ -405,6 +514,9 @@ class Pipeline:
     ) -> Decision:
         reply = self.replies.render(verdict.reply_id, utf8=self.utf8_allowed(conn))
         action = Action.TEMPFAIL if reply.temporary else Action.REJECT
+        ending: _Ending | None = conn.txn.scratch.get(_ENDING) if conn.txn else None
+        if ending is not None:
+            ending.refusal = (action.value, verdict.reply_id, check, stage)
         self._log(
             stage=stage,
             conn=conn,
@@ -450,6 +562,65 @@ class Pipeline:
         level = logging.WARNING if verdict.reply_id == "internal_error" else logging.INFO
         log.log(level, "decision %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 
+    def _summarize(self, txn: Transaction, outcome: str, reply_id: str | None, check: str) -> None:
+        """The one line (and the metrics) of a transaction that ended, once."""
+        ending: _Ending | None = txn.scratch.get(_ENDING)
+        if ending is None or ending.done:
+            return
+        ending.done = True
+        if reply_id is None and ending.refusal is not None and outcome == ending.refusal[0]:
+            reply_id = ending.refusal[1]
+        elapsed = time.monotonic() - ending.started
+        self.metrics.transaction(outcome, reply_id or "", elapsed)
+        if not self.summary_log:
+            return
+        spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
+        spf = spf_result(txn)
+        size = txn.message.size if txn.message is not None else txn.declared_size
+        fields: Sequence[tuple[str, object]] = (
+            ("sid", ending.session_id),
+            ("qid", txn.queue_id),
+            ("outcome", outcome),
+            ("reply", reply_id),
+            ("check", check or None),
+            ("score", f"{spam.score:.1f}" if spam else None),
+            ("rules", ",".join(spam.rules) if spam and spam.rules else None),
+            ("spf", spf.result if spf else None),
+            ("iprev", ending.iprev),
+            ("size", size),
+            ("nrcpt", len(txn.recipients)),
+            ("client", ending.client_ip),
+            ("ms", round(elapsed * 1000)),
+        )
+        log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
+
+
+@dataclass(slots=True)
+class _Ending:
+    """How a transaction is going to be summed up (``txn.scratch[_ENDING]``)."""
+
+    started: float
+    session_id: str
+    client_ip: IPAddress | None
+    #: The last refusal answered: (outcome, reply id, check, stage).
+    refusal: tuple[str, str, str, Stage] | None = None
+    iprev: str | None = None
+    done: bool = False
+
+
+def _outcome_of(decision: Decision, txn: Transaction) -> str:
+    if decision.action is Action.REJECT:
+        return "reject"
+    if decision.action is Action.TEMPFAIL:
+        return "tempfail"
+    spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
+    return "tag" if spam is not None and spam.spam else "accept"
+
+
+_VERDICT_KIND: dict[type, str] = {type(None): "pass", Hit: "hit", TempError: "temperror"}
+_ENDING = "pipeline.ending"
+_SEEN_AR = "pipeline.auth_results_seen"
+_FORGED_AR = "pipeline.auth_results_forged"
 
 #: ``conn.scratch[TRACE] = []`` makes the pipeline record every check's outcome there
 #: (``smtpguard simulate`` shows them); absent, nothing is recorded.

@@ -14,6 +14,7 @@ score still applies.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
@@ -24,6 +25,20 @@ from smtpguard.verdict import Hit, TempError, Verdict
 
 _RULES = "antispam.rules"
 _SPOOL = "antispam.spool"
+#: ``txn.scratch`` key of the :class:`SpamReport` (summary line, result headers).
+SPAM_REPORT = "antispam.report"
+
+
+@dataclass(frozen=True, slots=True)
+class SpamReport:
+    score: float
+    #: ``add_header_score``: at or above it the message is tagged as spam.
+    required: float
+    rules: tuple[str, ...]
+
+    @property
+    def spam(self) -> bool:
+        return self.score >= self.required
 
 
 class AntiSpam:
@@ -85,10 +100,12 @@ class AntiSpam:
                 score += answer.score
                 why.append(f"rspamd={answer.score:.1f}/{answer.action}")
                 if self.config.engine_action and answer.action == "reject":
+                    self._report(txn, score, why)
                     return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
             else:
                 engine_error = answer.detail or "engine failed"
         detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
+        self._report(txn, score, why)
         if score >= self.config.reject_score:
             return Hit("antispam_reject", detail)
         if score >= self.config.add_header_score:
@@ -97,3 +114,7 @@ class AntiSpam:
         if engine_error:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
         return None
+
+    def _report(self, txn: Transaction, score: float, why: list[str]) -> None:
+        # For the summary line and, on accepted mail, X-Spam-Status/X-Spam-Report.
+        txn.scratch[SPAM_REPORT] = SpamReport(score, self.config.add_header_score, tuple(why))

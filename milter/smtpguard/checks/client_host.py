@@ -50,11 +50,15 @@ from smtpguard.dns import (
     reverse_name,
 )
 from smtpguard.memo import Memo
+from smtpguard.resultheaders import record_iprev
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
 #: RFC 7208 §4.6.4: at most 10 PTR names are looked up; the same bound here.
 MAX_PTR_NAMES = 10
+#: ``conn.scratch`` key of the client's reverse DNS (a Pending[ReverseDns]), shared with
+#: the exemptions that match forward-confirmed host names (smtpguard.policy).
+RDNS_KEY = "smtpport.rdns"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +147,7 @@ class SmtpPort:
     stage: ClassVar[Stage] = Stage.MAIL
     reply_ids: ClassVar[tuple[str, ...]] = ("smtpport_check", "database_temp_error")
 
-    _RDNS = "smtpport.rdns"
+    _RDNS = RDNS_KEY
     _PROBE = "smtpport.connect_back"
 
     def __init__(self, services: Services) -> None:
@@ -216,6 +220,7 @@ class SmtpPort:
         rdns = self.dns.wait(rdns_future, event.deadline)
         if rdns is None:
             return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
+        record_iprev(conn, rdns)
         verdict = self._judge_rdns(ip, rdns)
         if verdict is not None or not self.config.connect_back:
             return verdict

@@ -32,6 +32,7 @@ from smtpguard.address import is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Resolver, Status, client_address
 from smtpguard.memo import Memo
+from smtpguard.resultheaders import record_spf
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -130,7 +131,8 @@ class Spf:
 
     def __init__(self, services: Services) -> None:
         self.dns = services.dns
-        self.memo: Memo[Verdict | None] = Memo(services.config.dns.verdict_ttl)
+        # (verdict, SPF result): the result also goes into Authentication-Results.
+        self.memo: Memo[tuple[Verdict | None, str]] = Memo(services.config.dns.verdict_ttl)
         self.reject_softfail = services.config.spf.reject_softfail
         hostnames = sorted(services.config.site.our_hostnames)
         # The receiver's name, used in explanations (%{r}, RFC 7208 §7.3).
@@ -152,8 +154,9 @@ class Spf:
             sender, identity = txn.sender.text, "mailfrom"
         key = (conn.client_ip, sender.lower(), helo.lower())
         found, memoized = self.memo.get(key)
-        if found:
-            return memoized
+        if found and memoized is not None:
+            record_spf(txn, memoized[1], helo=not sender, value=txn.sender.domain or helo)
+            return memoized[0]
         query = SpfQuery(
             self.dns,
             event.deadline,
@@ -163,6 +166,7 @@ class Spf:
             receiver=self.receiver,
         )
         result, _code, explanation = query.check()
+        record_spf(txn, result, helo=not sender, value=txn.sender.domain or helo)
         detail = f"spf={result} {identity}={query.o} ip={conn.client_ip}: {explanation}"
         if result == "temperror":
             return TempError("database_temp_error", detail)
@@ -171,5 +175,5 @@ class Spf:
             verdict = Hit("remote_ip_mismatch", detail)
         elif result == "permerror":
             log.info("spf sid=%s %s", conn.session_id, detail)
-        self.memo.put(key, verdict)
+        self.memo.put(key, (verdict, result))
         return verdict

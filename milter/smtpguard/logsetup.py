@@ -1,0 +1,97 @@
+"""Where the service's log lines go: stderr (journald under systemd) or syslog.
+
+``[milter] log = "syslog"`` sends every line to the local syslog socket
+(``log_socket``, ``/dev/log`` by default) with ``log_facility`` (``mail`` by default),
+so smtpguard's lines land in ``/var/log/mail.log`` beside Postfix's, tagged the way
+other milters tag theirs: ``smtpguard[PID]: message``. The severity follows the
+level (INFO is ``info``, WARNING ``warning``, ERROR ``err``).
+
+The tag is written by the formatter rather than as the handler's fixed ``ident``: the
+process id is then the one of the process that logs, also in worker processes forked
+after the handler was made. :func:`set_worker` puts ``worker=N`` at the start of
+every later line of the calling process.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import socket
+import sys
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from smtpguard.config import MilterConfig
+
+#: ``log_facility`` values: syslog's names as Python's SysLogHandler knows them.
+FACILITIES: frozenset[str] = frozenset(logging.handlers.SysLogHandler.facility_names)
+PROGRAM = "smtpguard"
+
+_worker = ""
+
+
+def set_worker(number: int | None) -> None:
+    """Mark every later line of this process with ``worker=NUMBER`` (None: no mark)."""
+    global _worker  # noqa: PLW0603 - one process-wide mark, set once per worker
+    _worker = "" if number is None else f"worker={number} "
+
+
+class _WorkerMark(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = _worker
+        return True
+
+
+STDERR_FORMAT = "%(asctime)s " + PROGRAM + "[%(process)d]: %(levelname)s %(worker)s%(message)s"
+#: RFC 3164 TAG and CONTENT; syslog adds the time stamp and host name.
+SYSLOG_FORMAT = PROGRAM + "[%(process)d]: %(worker)s%(message)s"
+
+
+class LogSetupError(Exception):
+    """The log destination cannot be opened (the message names it)."""
+
+
+def syslog_handler(facility: str, address: str = "/dev/log") -> logging.Handler:
+    """A handler writing to the syslog datagram socket at ``address``."""
+    try:
+        handler = logging.handlers.SysLogHandler(
+            address=address,
+            facility=logging.handlers.SysLogHandler.facility_names[facility],
+            socktype=socket.SOCK_DGRAM,
+        )
+    except OSError as exc:
+        raise LogSetupError(f"cannot open the syslog socket {address}: {exc.strerror}") from None
+    # syslog(3) sends no NUL terminator; some collectors keep it as part of the text.
+    handler.append_nul = False
+    handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+    return handler
+
+
+def stream_handler(stream: TextIO) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(STDERR_FORMAT))
+    return handler
+
+
+_installed: list[logging.Handler] = []
+
+
+def configure(config: MilterConfig, stream: TextIO | None = None) -> logging.Handler:
+    """Send the root logger's lines where ``config`` says, at its ``log_level``.
+
+    Calling it again replaces the handler it installed before. Raises
+    :class:`LogSetupError` when the syslog socket cannot be opened.
+    """
+    if config.log == "syslog":
+        handler = syslog_handler(config.log_facility, config.log_socket)
+    else:
+        handler = stream_handler(stream or sys.stderr)
+    handler.addFilter(_WorkerMark())
+    root = logging.getLogger()
+    for old in _installed:
+        root.removeHandler(old)
+        old.close()
+    _installed[:] = [handler]
+    root.addHandler(handler)
+    root.setLevel(config.log_level)
+    return handler

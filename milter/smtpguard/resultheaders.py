@@ -1,0 +1,176 @@
+"""Result header fields added at end of message: ``Authentication-Results`` (RFC 8601)
+and the anti-spam report (``X-Spam-Status``, ``X-Spam-Report``).
+
+The checks that compute a result record it on the session (:func:`record_spf` at MAIL
+FROM, :func:`record_iprev` when the reverse DNS is judged); the pipeline reads the
+records at end of message. A method that did not run (check off, trusted client) is
+left out of the field, which RFC 8601 §2.2 allows.
+
+RFC 8601 §5: an ``Authentication-Results`` field that arrives with our own
+authserv-id was not written by us (we have not seen the message before) and must be
+removed before delivery; :func:`names_us` tells such a field apart.
+
+Values are folded (``\\n\\t``, which libmilter and Postfix write as CRLF TAB) so that no
+line exceeds the 78 characters RFC 5322 §2.1.1 recommends, where there is whitespace
+to fold at; an unbreakable word stays whole (the 998-octet limit is far above any value
+built here).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smtpguard.checks.client_host import ReverseDns
+    from smtpguard.session import Connection, Transaction
+
+AUTH_RESULTS = "Authentication-Results"
+#: RFC 5322 §2.1.1: lines SHOULD be at most 78 characters, excluding the CRLF.
+LINE = 78
+_SPF = "resultheaders.spf"
+_IPREV = "resultheaders.iprev"
+#: RFC 8601 §2.2: authserv-id = value (RFC 2045 token or quoted-string); a host name
+#: is the usual choice. Leading CFWS (comments) may precede it.
+_COMMENT = re.compile(r"\s*\((?:[^()\\]|\\.)*\)")
+_TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^\s;()"]+)')
+
+
+@dataclass(frozen=True, slots=True)
+class SpfResult:
+    #: RFC 7208 §2.6 result: pass, fail, softfail, neutral, none, temperror, permerror.
+    result: str
+    #: ``smtp.mailfrom`` or, for the null sender, ``smtp.helo`` (RFC 8601 §2.7.2).
+    ptype: str
+    value: str
+
+
+def record_spf(txn: Transaction, result: str, *, helo: bool, value: str) -> None:
+    txn.scratch[_SPF] = SpfResult(result, "smtp.helo" if helo else "smtp.mailfrom", value)
+
+
+def spf_result(txn: Transaction) -> SpfResult | None:
+    found: SpfResult | None = txn.scratch.get(_SPF)
+    return found
+
+
+def record_iprev(conn: Connection, rdns: ReverseDns) -> None:
+    """RFC 8601 §2.7.3 (RFC 8601 §3 of RFC 5451's iprev): pass when a PTR name
+    resolves back to the client IP, temperror when a lookup failed temporarily and
+    nothing confirmed, fail otherwise (no PTR, or no name confirmed)."""
+    if rdns.confirmed:
+        result = "pass"
+    elif rdns.temporary:
+        result = "temperror"
+    else:
+        result = "fail"
+    conn.scratch[_IPREV] = result
+
+
+def iprev_result(conn: Connection) -> str | None:
+    found: str | None = conn.scratch.get(_IPREV)
+    return found
+
+
+def authserv_id_of(value: str) -> str | None:
+    """The authserv-id an ``Authentication-Results`` value starts with, unquoted;
+    None when the value has none."""
+    rest = value
+    while True:
+        comment = _COMMENT.match(rest)
+        if comment is None:
+            break
+        rest = rest[comment.end() :]
+    token = _TOKEN.match(rest)
+    if token is None:
+        return None
+    found = token.group(1)
+    if found.startswith('"'):
+        found = re.sub(r"\\(.)", r"\1", found[1:-1])
+    return found
+
+
+def names_us(value: str, authserv_id: str) -> bool:
+    """Whether an incoming ``Authentication-Results`` value carries our authserv-id
+    (compared case-insensitively, as host names are)."""
+    found = authserv_id_of(value)
+    return found is not None and found.lower() == authserv_id.lower()
+
+
+def fold(name: str, words: Iterable[str]) -> str:
+    """``words`` joined by spaces, folded before a word where the line would pass
+    :data:`LINE` characters; ``name`` is counted on the first line (``Name: ``)."""
+    return "\n\t".join(_lines(words, len(name) + 1))
+
+
+def _lines(words: Iterable[str], width: int) -> list[str]:
+    """Words filled into lines; ``width`` is what precedes the first word, less the
+    space before it. Continuation lines start with a TAB (counted as 1)."""
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        if current and width + 1 + len(word) > LINE:
+            lines.append(current)
+            current, width = word, 1 + len(word)
+        else:
+            current = f"{current} {word}" if current else word
+            width += 1 + len(word)
+    lines.append(current)
+    return lines
+
+
+def authentication_results(
+    authserv_id: str, conn: Connection, txn: Transaction
+) -> tuple[str, str] | None:
+    """Our ``Authentication-Results`` field, or None when no method ran. Each
+    resinfo starts a line of its own (RFC 8601 §2.2 allows CFWS there)."""
+    resinfos: list[str] = []
+    spf = spf_result(txn)
+    if spf is not None:
+        resinfos.append(f"spf={spf.result} {spf.ptype}={_pvalue(spf.value)}")
+    iprev = iprev_result(conn)
+    if iprev is not None and conn.client_ip is not None:
+        resinfos.append(f"iprev={iprev} policy.iprev={conn.client_ip}")
+    if not resinfos:
+        return None
+    lines = _lines([f"{authserv_id};"], len(AUTH_RESULTS) + 1)
+    for index, resinfo in enumerate(resinfos):
+        end = ";" if index < len(resinfos) - 1 else ""
+        lines += _lines(f"{resinfo}{end}".split(" "), 0)
+    return AUTH_RESULTS, "\n\t".join(lines)
+
+
+def _pvalue(value: str) -> str:
+    """RFC 8601 §2.2 pvalue: a domain or local-part@domain as is, else quoted."""
+    if value and re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.@-]+", value):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def spam_headers(
+    *,
+    spam: bool,
+    score: float,
+    required: float,
+    rules: Sequence[str],
+    status_header: str = "X-Spam-Status",
+    report_header: str = "X-Spam-Report",
+) -> tuple[tuple[str, str], ...]:
+    """``X-Spam-Status: Yes, score=7.5 required=6.0 tests=A,B`` (SpamAssassin's
+    layout, which filters and mail clients already parse) and, when a rule matched,
+    ``X-Spam-Report`` with one matched rule per line."""
+    tests = ",".join(rules) or "none"
+    words = [f"{'Yes' if spam else 'No'},", f"score={score:.1f}", f"required={required:.1f}"]
+    status = fold(status_header, [*words, *_split_tests(f"tests={tests}")])
+    if not rules:
+        return ((status_header, status),)
+    report_lines = [f"score={score:.1f} required={required:.1f}"] + [f"* {r}" for r in rules]
+    return (status_header, status), (report_header, "\n\t".join(report_lines))
+
+
+def _split_tests(text: str) -> list[str]:
+    """A comma-separated list is one word; give it fold points after its commas."""
+    return text.replace(",", ", ").split(" ") if len(text) > LINE - 10 else [text]
