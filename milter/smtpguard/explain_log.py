@@ -85,11 +85,21 @@ _EXIM_SMTP = re.compile(
 )
 _CODE_START = re.compile(r"[245]\d\d[ -]|[245]\.\d{1,3}\.\d{1,3} ")
 _VOLATILE = re.compile(
-    r"<[^<>\s]*@[^<>\s]*>"  # <address>
-    r"|[\w.+%=-]+@[\w-]+(?:\.[\w-]+)+"  # bare address
-    r"|(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"  # IPv4 address
-    r"|\b(?=[\w-]*\d)[\w-]{10,}\b"  # queue ids, trailers, time stamps
+    # Postfix's own words for a server it could not reach: the host is the recipient's.
+    r"(?P<host>(?<=connect to )[\w.-]+(?=\[)|(?<=ame service error for name=)[\w.-]+(?= type=))"
+    r"|(?P<angle><[^<>\s]*@[^<>\s]*>)"
+    r"|(?P<address>[\w.+%=-]+@[\w-]+(?:\.[\w-]+)+)"
+    r"|(?P<ip>(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
+    # Queue ids, Gmail's and Microsoft's trailers, time stamps.
+    r"|(?P<token>\b(?=[\w-]*\d)[\w-]{10,}\b)"
 )
+_PLACEHOLDERS = {
+    "host": "mx.example.invalid",
+    "angle": "<user@example.invalid>",
+    "address": "user@example.invalid",
+    "ip": "192.0.2.1",
+    "token": "X0",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +241,7 @@ def cache_key(reply: str) -> str:
 
 
 def _placeholder(m: re.Match[str]) -> str:
-    text = m.group()
-    if "@" in text:
-        return "<user@example.invalid>" if text.startswith("<") else "user@example.invalid"
-    if text[0].isdigit() and text.count(".") == 3:
-        return "192.0.2.1"
-    return "X0"
+    return _PLACEHOLDERS[m.lastgroup or "token"]
 
 
 class Explainer:

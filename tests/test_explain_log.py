@@ -1,0 +1,382 @@
+"""``smtpguard explain --log``: Postfix, Sendmail and Exim lines and DSN messages read
+into events, the reply cache that must not change an explanation, the summary and its
+JSON, bounded memory on a large generated log, and hostile bytes."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import random
+import re
+import subprocess
+import sys
+import tracemalloc
+from email import message_from_bytes
+from email.policy import compat32
+from pathlib import Path
+
+import pytest
+
+from smtpguard.explain import Knowledge, knowledge
+from smtpguard.explain_log import (
+    CACHE_SIZE,
+    MAX_DOMAINS,
+    MAX_LINE_BYTES,
+    OTHER_DOMAINS,
+    Event,
+    Explainer,
+    cache_key,
+    dsn_events,
+    parse_log_line,
+    read_lines,
+    summarize_folder,
+    summarize_lines,
+)
+from support import maillog
+from support.service import run_cli
+
+POSTFIX_BOUNCE = (
+    "Dec  2 18:00:01 mx postfix/smtp[1234]: 4ABC123: to=<Bob@Example.COM>,"
+    " relay=mx.example.com[93.184.216.34]:25, delay=1.2, delays=0.1/0/0.5/0.6, dsn=5.1.1,"
+    " status=bounced (host mx.example.com[93.184.216.34] said: 550 5.1.1 <bob@example.com>:"
+    " Recipient address rejected: User unknown in virtual mailbox table (in reply to RCPT TO"
+    " command))"
+)
+POSTFIX_CONNECT = (
+    "Dec  2 18:00:03 mx postfix/smtp[1234]: 4ABC125: to=<x@nowhere.example>, relay=none,"
+    " delay=30, delays=0/0/30/0, dsn=4.4.1, status=deferred (connect to"
+    " mx.nowhere.example[192.0.2.7]:25: Connection timed out)"
+)
+POSTFIX_SENT = (
+    "Dec  2 18:00:04 mx postfix/smtp[1234]: 4ABC126: to=<ok@example.com>,"
+    " relay=mx.example.com[93.184.216.34]:25, delay=1, delays=0/0/0/1, dsn=2.0.0,"
+    " status=sent (250 2.0.0 Ok: queued as 123)"
+)
+SENDMAIL_BOUNCE = (
+    "Dec  2 18:00:05 mx sm-mta[999]: 0B2I01x1234: to=<carol@example.org>, delay=00:00:01,"
+    " xdelay=00:00:01, mailer=esmtp, pri=120000, relay=mx.example.org. [1.2.3.4], dsn=5.1.1,"
+    " stat=User unknown"
+)
+SENDMAIL_DEFERRED = (
+    "Dec  2 18:00:06 mx sm-mta[999]: 0B2I01x1235: to=<dave@qq.com>,<erin@qq.com>,"
+    " delay=00:00:01, xdelay=00:00:01, mailer=esmtp, pri=120000, relay=mx.qq.com. [1.2.3.5],"
+    " dsn=4.0.0, stat=Deferred: 451 4.7.1 Greylisted, please try again later"
+)
+EXIM_BOUNCE = (
+    "2026-12-02 18:00:07 1tI9Xz-000ABC-12 ** frank@example.net R=dnslookup T=remote_smtp"
+    " H=mx.example.net [1.2.3.4] X=TLS1.3:TLS_AES_256_GCM_SHA384:256 CV=yes: SMTP error from"
+    " remote mail server after RCPT TO:<frank@example.net>: 550 5.7.1 Relaying denied"
+)
+EXIM_DEFER = (
+    "2026-12-02 18:00:08 1tI9Xz-000ABC-13 == gina@example.net R=dnslookup T=remote_smtp"
+    " defer (-44) H=mx.example.net [1.2.3.4]: SMTP error from remote mail server after"
+    " RCPT TO:<gina@example.net>: 452 4.2.2 Mailbox full"
+)
+EXIM_UNROUTEABLE = (
+    "2026-12-02 18:00:09 1tI9Xz-000ABC-14 ** hank@nonexistent.invalid: Unrouteable address"
+)
+
+DSN = b"""\
+From: MAILER-DAEMON@mx.example.org (Mail Delivery System)
+To: sender@example.com
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B0UND"
+
+--B0UND
+Content-Type: text/plain; charset=us-ascii
+
+This is the mail system at host mx.example.org. I'm sorry to have to inform you
+that your message could not be delivered to one or more recipients.
+
+--B0UND
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+X-Postfix-Queue-ID: 4ABC123
+Arrival-Date: Wed,  2 Dec 2026 18:00:00 +0000 (UTC)
+
+Final-Recipient: rfc822; bob@example.net
+Original-Recipient: rfc822;bob@example.net
+Action: failed
+Status: 5.1.1
+Remote-MTA: dns; mx.example.net
+Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: Recipient address rejected:
+    User unknown in virtual mailbox table
+
+Final-Recipient: rfc822; carol@Example.ORG
+Action: delayed
+Status: 4.7.1
+Diagnostic-Code: smtp; 451 4.7.1 Greylisted, please try again
+
+Final-Recipient: rfc822; dave@example.com
+Action: delivered
+Status: 2.0.0
+
+Final-Recipient: rfc822; erin@example.com
+Action: failed
+Status: 5.2.2
+
+--B0UND
+Content-Type: message/rfc822
+
+From: sender@example.com
+To: bob@example.net
+Subject: hello
+
+hello
+--B0UND--
+"""
+
+
+@pytest.fixture(scope="module")
+def rules() -> Knowledge:
+    return knowledge()
+
+
+def test_postfix_lines() -> None:
+    assert parse_log_line(POSTFIX_BOUNCE.encode()) == [
+        Event(
+            "postfix",
+            "bounced",
+            "Bob@Example.COM",
+            "example.com",
+            "550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown in virtual"
+            " mailbox table",
+        )
+    ]
+    # No reply from a server: the logged enhanced code and Postfix's own words.
+    assert parse_log_line(POSTFIX_CONNECT.encode()) == [
+        Event(
+            "postfix",
+            "deferred",
+            "x@nowhere.example",
+            "nowhere.example",
+            "4.4.1 connect to mx.nowhere.example[192.0.2.7]:25: Connection timed out",
+        )
+    ]
+    assert parse_log_line(POSTFIX_SENT.encode()) == []
+
+
+def test_sendmail_lines_one_event_per_recipient() -> None:
+    assert parse_log_line(SENDMAIL_BOUNCE.encode()) == [
+        Event("sendmail", "bounced", "carol@example.org", "example.org", "5.1.1 User unknown")
+    ]
+    reply = "451 4.7.1 Greylisted, please try again later"
+    assert parse_log_line(SENDMAIL_DEFERRED.encode()) == [
+        Event("sendmail", "deferred", "dave@qq.com", "qq.com", reply),
+        Event("sendmail", "deferred", "erin@qq.com", "qq.com", reply),
+    ]
+
+
+def test_exim_lines() -> None:
+    assert parse_log_line(EXIM_BOUNCE.encode()) == [
+        Event("exim", "bounced", "frank@example.net", "example.net", "550 5.7.1 Relaying denied")
+    ]
+    assert parse_log_line(EXIM_DEFER.encode()) == [
+        Event("exim", "deferred", "gina@example.net", "example.net", "452 4.2.2 Mailbox full")
+    ]
+    # No SMTP reply: the class comes from the log's ** (bounce).
+    assert parse_log_line(EXIM_UNROUTEABLE.encode()) == [
+        Event(
+            "exim",
+            "bounced",
+            "hank@nonexistent.invalid",
+            "nonexistent.invalid",
+            "5.0.0 Unrouteable address",
+        )
+    ]
+
+
+def test_dsn_blocks_that_failed_or_were_delayed() -> None:
+    events = list(dsn_events(message_from_bytes(DSN, policy=compat32)))
+    assert events == [
+        Event(
+            "dsn",
+            "bounced",
+            "bob@example.net",
+            "example.net",
+            "550 5.1.1 <bob@example.net>: Recipient address rejected: User unknown in virtual"
+            " mailbox table",
+        ),
+        Event(
+            "dsn",
+            "deferred",
+            "carol@Example.ORG",
+            "example.org",
+            "451 4.7.1 Greylisted, please try again",
+        ),
+        Event("dsn", "bounced", "erin@example.com", "example.com", "5.2.2"),
+    ]
+
+
+def test_dsn_folder_summary(tmp_path: Path, rules: Knowledge) -> None:
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "cur" / "1.eml").write_bytes(DSN)
+    (tmp_path / "new.eml").write_bytes(DSN)
+    (tmp_path / "plain.eml").write_bytes(b"From: a@b\nSubject: not a bounce\n\nhello\n")
+    summary = summarize_folder(tmp_path, Explainer(rules))
+    assert (summary.messages, summary.not_dsn) == (3, 1)
+    assert (summary.totals.bounced, summary.totals.deferred) == (4, 2)
+    assert summary.by_category[("unknown_recipient", "fix_recipient")].bounced == 2
+    assert summary.by_category[("greylisting", "retry_later")].deferred == 2
+    assert summary.by_category[("mailbox_full", "contact_recipient")].bounced == 2
+
+
+def test_cli_text_and_json_summary(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text(
+        "\n".join(
+            [
+                POSTFIX_BOUNCE,
+                POSTFIX_CONNECT,
+                POSTFIX_SENT,
+                SENDMAIL_BOUNCE,
+                SENDMAIL_DEFERRED,
+                EXIM_BOUNCE,
+                EXIM_DEFER,
+                EXIM_UNROUTEABLE,
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    data = json.loads(run_cli("explain", "--log", str(log), "--json", check=True).stdout)
+    assert {k: data[k] for k in ("lines", "events", "bounced", "deferred")} == {
+        "lines": 8,
+        "events": 8,
+        "bounced": 4,
+        "deferred": 4,
+    }
+    rows = {(r["category"], r["fix"]): (r["bounced"], r["deferred"]) for r in data["by_category"]}
+    assert rows[("unknown_recipient", "fix_recipient")] == (3, 0)
+    assert rows[("greylisting", "retry_later")] == (0, 2)
+    assert rows[("relay_denied", "authenticate")] == (1, 0)
+    assert sum(r["total"] for r in data["by_fix"]) == 8
+    domains = {r["domain"]: r for r in data["by_domain"]}
+    assert domains["qq.com"] == {
+        "domain": "qq.com",
+        "bounced": 0,
+        "deferred": 2,
+        "total": 2,
+        "top_category": "greylisting",
+    }
+    assert domains["example.net"]["total"] == 2
+    text = run_cli("explain", "--log", str(log), check=True).stdout
+    assert (
+        text.splitlines()[0] == f"{log}: 8 lines; 8 bounces and deferrals (bounced 4, deferred 4)"
+    )
+    assert re.search(r"^greylisting +Greylisted +retry_later +0 +2 +2$", text, re.MULTILINE)
+    zh = run_cli("explain", "--log", str(log), "--lang", "zh", check=True).stdout
+    assert "8 次退信和延迟" in zh
+
+
+def test_stdin_and_hostile_bytes_end_without_a_traceback() -> None:
+    rng = random.Random(15)
+    noise = b"".join(rng.randbytes(rng.randrange(1, 300)) + b"\n" for _ in range(2000))
+    weird = POSTFIX_BOUNCE.replace("User unknown", "User \xff\xfe unknown").encode("latin-1")
+    data = noise + weird + b"\n" + b"status=bounced dsn=5. ** == \x00\n" + b"x" * 200_000
+    result = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "explain", "--log", "-", "--json"],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    summary = json.loads(result.stdout)
+    assert summary["events"] >= 1
+    assert summary["lines"] == data.count(b"\n") + 1
+
+
+def test_missing_file_and_both_forms_are_one_line_errors(tmp_path: Path) -> None:
+    missing = run_cli("explain", "--log", str(tmp_path / "none.log"))
+    assert missing.returncode == 2
+    assert missing.stderr == f"smtpguard: {tmp_path / 'none.log'}: No such file or directory\n"
+    both = run_cli("explain", "--log", "-", "550 x")
+    assert both.returncode == 2
+    assert "not both" in both.stderr
+
+
+def test_long_lines_are_cut_not_read_whole() -> None:
+    data = b"a" * (3 * MAX_LINE_BYTES + 5) + b"\nshort\n" + b"b" * 10
+    assert [len(line) for line in read_lines(io.BytesIO(data))] == [MAX_LINE_BYTES, 6, 10]
+
+
+REPLY_SAMPLES = [
+    "550 5.1.1 <bob.smith+x@mail.example.co.uk>: Recipient address rejected: User unknown",
+    "550 5.1.1 <spam-trap@antispam.example>: User unknown",
+    "550 5.7.1 sender spammer@spam.example rejected: sender domain blacklisted",
+    "554 5.7.1 Service unavailable; Client host [203.0.113.9] blocked using zen.spamhaus.org",
+    "421 4.7.0 [TSS04] Messages from 203.0.113.9 temporarily deferred due to user complaints",
+    "451 4.3.0 Temporary server error ATTR5 [BN8NAM11FT066.eop-nam11.prod.protection.outlook.com]",
+    "550 5.7.26 Unauthenticated email from example.com is not accepted due to domain's DMARC"
+    " policy. d9443c01a7336-21f0a8b2b1esi12345 - gsmtp",
+    "554 DT:SPM 163 smtp10,DsCowADnJ0Jm3xlnzR8A--.1234S2 1700000000 http://mail.163.com/help",
+    "550 Mail content denied. http://service.exmail.qq.com/cgi-bin/help?subtype=1&&id=20022",
+    "550 5.7.1 Message rejected: content contains a link to a blocked domain spam.example",
+    *(template for _, _, template in maillog.REPLIES),
+]
+
+
+def test_cache_key_drops_words_inside_addresses(rules: Knowledge) -> None:
+    """Explained as its key, a reply is not judged by the words of an address in it."""
+    assert rules.explain(
+        cache_key("552 5.2.2 <virus-alert@example.com>: Mailbox full")
+    ).category == ("mailbox_full")
+
+
+@pytest.mark.parametrize("reply", REPLY_SAMPLES)
+def test_cache_key_keeps_the_explanation(reply: str, rules: Knowledge) -> None:
+    filled = reply.format(
+        rcpt="someone@spam.example", id="a1b2c3d4e5f6a7b8", ip="192.0.2.77", domain="mail.example.net"
+    )
+    for text in (reply, filled):
+        exp, cached = rules.explain(text), rules.explain(cache_key(text))
+        assert (cached.category, cached.fix, cached.permanent, cached.server_family) == (
+            exp.category,
+            exp.fix,
+            exp.permanent,
+            exp.server_family,
+        ), cache_key(text)
+
+
+def test_one_explanation_per_distinct_reply(rules: Knowledge) -> None:
+    lines = list(maillog.lines(5000, domains=50))
+    explainer = Explainer(rules)
+    summary = summarize_lines((line.encode() for line in lines), explainer, "gen")
+    assert summary.totals.total > 400
+    # Addresses, IPs and ids vary per line; the templates do not.
+    assert explainer.computed <= 2 * len(maillog.REPLIES)
+
+
+def test_memory_is_bounded_on_a_large_log(tmp_path: Path, rules: Knowledge) -> None:
+    """200k lines (~30 MB), more distinct domains than are counted one by one and more
+    distinct replies than the cache holds: traced memory stays far below the input."""
+    log = maillog.write(tmp_path / "big.log", 200_000, domains=3 * MAX_DOMAINS)
+    extra = tmp_path / "distinct.log"
+    with extra.open("w", encoding="utf-8") as f:
+        for n in range(2 * CACHE_SIZE):
+            f.write(
+                f"Dec  2 18:00:01 mx postfix/smtp[1]: Q{n}: to=<u@x{n}.example>, relay=none,"
+                f" dsn=5.0.0, status=bounced (host h said: 550 reason number {n} (in reply"
+                f" to RCPT TO command))\n"
+            )
+    explainer = Explainer(rules)
+    tracemalloc.start()
+    try:
+        with log.open("rb") as f, extra.open("rb") as g:
+            both = itertools.chain(read_lines(f), read_lines(g))
+            summary = summarize_lines(both, explainer, str(log))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert summary.lines == 200_000 + 2 * CACHE_SIZE
+    assert len(summary.by_domain) == MAX_DOMAINS + 1
+    assert summary.by_domain[OTHER_DOMAINS].total > 0
+    assert explainer.computed > CACHE_SIZE
+    assert len(explainer.cache) == CACHE_SIZE
+    assert peak < 24 * 1024 * 1024, peak
+    assert peak < log.stat().st_size / 2
