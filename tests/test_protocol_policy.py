@@ -12,9 +12,23 @@ from typing import Any
 
 import pytest
 
+from support.daemons import GTUBE as GTUBE_BYTES
 from support.mtclient import Answer, assert_pass, assert_reply
-from support.service import Running, make_site, running
-from support.unbound import GOOD_DOMAIN, SCORE_IP, SCORE_ONE_IP, DnsServer
+from support.service import Running, make_site, merge, running
+from support.unbound import (
+    A_ONLY_DOMAIN,
+    GOOD_DOMAIN,
+    GOOD_IP,
+    RBL_IP,
+    RBL_TEST_IP,
+    RBL_ZONE,
+    RELAY_IP,
+    RELAY_ZONE,
+    SCORE_IP,
+    SCORE_ONE_IP,
+    UNCONFIRMED_IP,
+    DnsServer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +44,8 @@ def dns_site(
     tmp: Path, port: int, extra: Mapping[str, Any], zones: Sequence[Mapping[str, Any]] = ()
 ) -> Iterator[Running]:
     dns = {"nameservers": ["127.0.0.1"], "port": port, "timeout": 1.0, "stage_deadline": 2.0}
-    with running(make_site(tmp, {"dns": dns, "dnsbl": {"zones": list(zones)}, **extra})) as svc:
+    site = make_site(tmp, merge({"dns": dns, "dnsbl": {"zones": list(zones)}}, extra))
+    with running(site) as svc:
         yield svc
 
 
@@ -72,3 +87,137 @@ def test_two_score_zones_together_reach_the_reject_threshold(scoring: Running) -
     final, _mods = deliver(scoring, SCORE_IP)
     assert_reply(final, "antispam_reject")
     assert "dnsbl:score.test=8.0, dnsbl:score2.test=8.0" in scoring.log()
+
+
+# --- exemptions -----------------------------------------------------------------------
+
+GTUBE = GTUBE_BYTES.decode() + "\r\n"
+
+EXEMPTIONS = [
+    # A partner by IP: listed (and without PTR), exempt from the DNSBL and PTR checks.
+    {"name": "partner-ip", "ips": [RBL_TEST_IP], "skip": ["rbl", "openrelay", "smtpport"]},
+    # By forward-confirmed host name (RELAY_IP is mx77.good.test, confirmed).
+    {"name": "partner-host", "host_suffixes": ["good.test"], "skip": ["openrelay"]},
+    # mx.liar.test does not resolve back to UNCONFIRMED_IP: this never matches.
+    {"name": "liar", "host_suffixes": ["liar.test"], "skip": ["smtpport"]},
+    # A sender, only with SPF pass (good.test passes for RBL_IP).
+    {"name": "partner-spf", "senders": [GOOD_DOMAIN], "spf_pass": True, "skip": ["rbl"]},
+]
+
+
+@pytest.fixture(scope="module")
+def exempting(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("exempt")
+    (tmp / "blocked.txt").write_text("# local block lists\n203.0.113.0/24\n2001:db8:bad::/48\n")
+    (tmp / "relays.txt").write_text("192.0.2.128/25 # not trusted: only .0/25 is\n")
+    extra = {
+        "site": {"trusted_networks": ["192.0.2.0/25"]},
+        "policy": {
+            "exempt": EXEMPTIONS,
+            # The test directory has no postmaster@example.com mailbox.
+            "postmaster_skip": ["all-content", "all-dns", "mailbox"],
+        },
+        "dnsbl": {
+            "local": [
+                {"file": str(tmp / "blocked.txt"), "kind": "rbl"},
+                {"file": str(tmp / "relays.txt"), "kind": "openrelay"},
+            ]
+        },
+    }
+    yield from dns_site(tmp, unbound.port, extra, (RBL_ZONE, RELAY_ZONE))
+
+
+def test_exempted_partner_listed_in_the_dnsbl_is_accepted_and_cannot_relay(
+    exempting: Running,
+) -> None:
+    with exempting.session() as s:
+        assert_pass(s.connect(RBL_TEST_IP))
+        assert_pass(s.helo("mx.partner.test"))
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<someone@elsewhere.example>"), "host_denies_relay")
+        assert_pass(s.rcpt("<alice@example.com>"))
+    log = exempting.log()
+    assert "reply=rbl_deny" not in log.split("mx.partner.test")[-1]
+
+
+def test_host_name_exemption_needs_forward_confirmation(exempting: Running) -> None:
+    with exempting.session() as s:
+        assert_pass(s.connect(RELAY_IP))
+        assert_pass(s.helo("mx77.good.test"))
+        assert_pass(s.mail("<someone@aonly.test>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+    with exempting.session() as s:
+        assert_pass(s.connect(UNCONFIRMED_IP))
+        assert_pass(s.helo("mx.liar.test"))
+        assert_pass(s.mail("<someone@aonly.test>"))
+        assert_reply(s.rcpt("<alice@example.com>"), "smtpport_check")
+
+
+def test_sender_exemption_counts_only_with_spf_pass(exempting: Running) -> None:
+    with exempting.session() as s:
+        assert_pass(s.connect(RBL_IP))
+        assert_pass(s.helo("mx66.good.test"))
+        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+    with exempting.session() as s:
+        assert_pass(s.connect(RBL_IP))
+        assert_pass(s.helo("mx66.good.test"))
+        # Same client, a sender the exemption does not name: the listing counts (at
+        # RCPT: this site exempts postmaster@ from the DNS checks, which holds them).
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
+
+
+def test_postmaster_gets_mail_from_a_listed_client_others_do_not(exempting: Running) -> None:
+    with exempting.session() as s:
+        assert_pass(s.connect(RBL_IP))
+        assert_pass(s.helo("mx66.good.test"))
+        # The rbl verdict is held at MAIL FROM and answered per recipient.
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
+        assert_pass(s.rcpt("<postmaster@example.com>"))
+        assert_reply(s.rcpt("<someone@elsewhere.example>"), "rbl_deny")
+        final, _mods, _early = s.message(HEADERS, "buy now\r\n" + GTUBE)
+        # Postmaster is exempt from the content checks too.
+        assert_pass(final)
+
+
+def test_spam_to_other_recipients_is_still_refused(exempting: Running) -> None:
+    with exempting.session() as s:
+        assert_pass(s.connect(GOOD_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<postmaster@example.com>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        final, _mods, _early = s.message(HEADERS, "buy now\r\n" + GTUBE)
+        assert_reply(final, "antispam_reject")
+
+
+# --- local IP lists -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "reply_id"),
+    [
+        ("203.0.113.9", "rbl_deny"),
+        ("2001:db8:bad::25", "rbl_deny"),
+        ("192.0.2.200", "openrelay_check"),
+    ],
+)
+def test_cidr_listed_client_gets_the_zone_reply(exempting: Running, ip: str, reply_id: str) -> None:
+    with exempting.session() as s:
+        assert_pass(s.connect(ip))
+        assert_pass(s.helo("mx.somewhere.test"))
+        # Held for the recipients here: this site exempts postmaster@ from DNSBLs.
+        assert_pass(s.mail("<someone@somewhere.test>"))
+        assert_reply(s.rcpt("<alice@example.com>"), reply_id)
+    assert f"{ip} listed in" in exempting.log()
+
+
+def test_local_block_list_works_without_dns(tmp_path: Path) -> None:
+    (tmp_path / "blocked.txt").write_text("203.0.113.0/24\n")
+    extra = {"dnsbl": {"local": [{"file": str(tmp_path / "blocked.txt"), "kind": "rbl"}]}}
+    with running(make_site(tmp_path, extra)) as svc, svc.session() as s:
+        assert_pass(s.connect("203.0.113.9"))
+        assert_pass(s.helo("mx.somewhere.test"))
+        assert_reply(s.mail("<someone@somewhere.test>"), "rbl_deny")

@@ -24,6 +24,9 @@ COMMENTED = {
     "dnsbl": "# [[dnsbl.zones]]",
     "replies.override": "# [replies.override.",
     "checks": "[checks.",
+    # Its default is the host's CPU count: a value in the sample would pin one host's.
+    "milter.workers": "# workers = ",
+    "policy.exempt": "# [[policy.exempt]]",
 }
 
 #: Where the sample deliberately shows a site's value rather than the default.

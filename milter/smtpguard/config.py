@@ -26,6 +26,8 @@ from typing import Any, Final, Literal, TypeVar, cast
 
 from smtpguard.address import IPAddress
 from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_redis_url
+from smtpguard.iplist import IpListError, IpSet
+from smtpguard.iplist import load as load_ip_lists
 from smtpguard.patterns import Pattern, PatternError, compile_pattern
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -199,6 +201,16 @@ class MilterConfig:
     #: Header naming the reply ids that report-mode checks found, added to accepted
     #: mail ("" = none), e.g. "X-Smtpguard-Report".
     report_header: str = ""
+    #: One ``summary`` line per transaction at its end (outcome, reply id, score, ...).
+    summary_log: bool = True
+    #: "stderr" (journald under systemd) or "syslog" (``log_socket``, ``log_facility``).
+    log: Literal["stderr", "syslog"] = "stderr"
+    log_facility: str = "mail"
+    log_socket: str = "/dev/log"
+    #: RFC 8601 authserv-id of our Authentication-Results field; "" = this host's name.
+    authserv_id: str = ""
+    #: Add Authentication-Results (SPF, iprev) to accepted mail.
+    auth_results: bool = True
     #: Worker processes serving the one socket (see smtpguard.supervisor); 1 runs
     #: everything in one process, as before workers existed.
     workers: int = field(default_factory=default_workers)
@@ -277,6 +289,42 @@ class RepliesConfig:
     overrides: Mapping[str, ReplyOverride] = field(default_factory=dict)
 
 
+# --- exemptions and local IP lists (issue 14) ----------------------------------------
+
+#: Checks no exemption may skip: they decide who may relay and who a sender is. An
+#: exemption is never a way to relay (that is ``site.trusted_networks``).
+NEVER_EXEMPT: Final = frozenset(
+    {"relay", "relay_local", "auth_mechanism", "auth_login", "sender_login"}
+)
+#: ``skip = ["all-content"]``: the checks that judge the message itself. Size, line
+#: syntax and loop checks are not in it: they protect the MTA and the mailboxes.
+CONTENT_GROUP: Final = frozenset({"antispam", "virus", "attachment_size", "received", "bulk"})
+
+
+@dataclass(frozen=True, slots=True)
+class Exemption:
+    """One ``[[policy.exempt]]`` entry: who it matches and which checks it skips.
+
+    Every kind of criterion given must match: the client (an IP list entry or a
+    forward-confirmed host name under one of ``host_suffixes``; either is enough), the
+    sender, the recipient. A sender alone is forgeable, so it only counts together with
+    a client match or an SPF ``pass`` (``spf_pass = true``).
+    """
+
+    name: str
+    skip: frozenset[str]
+    networks: IpSet = field(default_factory=IpSet)
+    host_suffixes: tuple[str, ...] = ()
+    #: "user@example.net" (exact), "example.net" (and subdomains), "@example.net".
+    senders: tuple[str, ...] = ()
+    spf_pass: bool = False
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def matches_client(self) -> bool:
+        return bool(self.networks) or bool(self.host_suffixes)
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     sender_deny: tuple[str, ...] = ()
@@ -285,6 +333,9 @@ class PolicyConfig:
     # Empty means any mechanism the MTA offers.
     auth_allowed: frozenset[str] = frozenset()
     default_login_domain: str = ""
+    exempt: tuple[Exemption, ...] = ()
+    #: Checks skipped for mail to postmaster@ of a local domain (RFC 5321 §4.5.1).
+    postmaster_skip: frozenset[str] = CONTENT_GROUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,8 +349,9 @@ class DirectoryConfig:
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
-    #: "embedded": blacklist in a SQLite file, counters in process. "redis": both in
-    #: Redis, shared by every smtpguard host that uses the same server.
+    #: "embedded": blacklist in a SQLite file, counters in process (or, with several
+    #: workers, in a SQLite file beside it). "redis": both in Redis, shared by every
+    #: smtpguard host that uses the same server.
     backend: Literal["embedded", "redis"] = "embedded"
     path: Path = Path("/var/lib/smtpguard/state.sqlite")
     timeout: float = 2.0
@@ -335,6 +387,9 @@ class AntispamConfig:
     reject_score: float = 15.0
     flag_header: str = "X-Spam-Flag"
     score_header: str = "X-Spam-Score"
+    #: Add X-Spam-Status and X-Spam-Report (score, threshold, matched rules) to
+    #: every accepted message the anti-spam check scored.
+    status_headers: bool = True
     #: External engine: "none" or "rspamd" (HTTP /checkv2 at engine_socket).
     engine: Literal["none", "rspamd"] = "none"
     engine_socket: Endpoint = Endpoint(host="127.0.0.1", port=11333)  # noqa: RUF009 - frozen
@@ -426,8 +481,19 @@ class DnsblZone:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalList:
+    """A ``[[dnsbl.local]]`` block list: a listing there is answered like one in a DNS
+    zone of the same kind (``rbl_deny`` or ``openrelay_check``), without DNS."""
+
+    file: Path
+    kind: DnsblKind
+    entries: IpSet
+
+
+@dataclass(frozen=True, slots=True)
 class DnsblConfig:
     zones: tuple[DnsblZone, ...] = ()
+    local: tuple[LocalList, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,7 +658,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     limits = _limits(root.table("limits"))
     content = _content(root.table("content"))
     replies = _replies(root.table("replies"))
-    policy = _policy(root.table("policy"))
+    policy = _policy(root.table("policy"), known_checks)
     directory = _directory(root.table("directory"))
     state = _state(root.table("state"))
     checks, explicit = _checks(root, known_checks)
@@ -689,6 +755,7 @@ def _antispam(s: _Section) -> AntispamConfig:
         reject_score=s.number("reject_score", d.reject_score, minimum=-1e9),
         flag_header=s.string("flag_header", d.flag_header),
         score_header=s.string("score_header", d.score_header),
+        status_headers=s.boolean("status_headers", d.status_headers),
         engine=cast(Literal["none", "rspamd"], s.choice("engine", d.engine, ("none", "rspamd"))),
         engine_socket=_endpoint(s, "engine_socket", d.engine_socket),
         engine_timeout=s.number("engine_timeout", d.engine_timeout, minimum=0.1),
@@ -746,12 +813,25 @@ def _milter(s: _Section) -> MilterConfig:
         user=s.string("user", d.user),
         allow_remote_socket=s.boolean("allow_remote_socket", d.allow_remote_socket),
         report_header=s.string("report_header", d.report_header),
+        summary_log=s.boolean("summary_log", d.summary_log),
+        log=cast(Literal["stderr", "syslog"], s.choice("log", d.log, ("stderr", "syslog"))),
+        log_facility=s.choice("log_facility", d.log_facility, _FACILITIES),
+        log_socket=s.string("log_socket", d.log_socket),
+        authserv_id=s.string("authserv_id", d.authserv_id),
+        auth_results=s.boolean("auth_results", d.auth_results),
         workers=s.integer("workers", d.workers, minimum=1),
     )
     if out.workers > MAX_WORKERS:
         raise s.error("workers", f"must be at most {MAX_WORKERS}")
     if out.report_header and not HEADER_NAME.match(out.report_header):
         raise s.error("report_header", "not a header field name")
+    if not out.log_socket.startswith("/"):
+        raise s.error("log_socket", f"must be an absolute path; got {out.log_socket!r}")
+    if out.authserv_id and not AUTHSERV_ID.fullmatch(out.authserv_id):
+        raise s.error(
+            "authserv_id",
+            f"must be a host name (letters, digits, '.', '-'); got {out.authserv_id!r}",
+        )
     s.done()
     for key, name, db in (
         ("socket_owner", out.socket_owner, pwd.getpwnam),
@@ -769,6 +849,16 @@ def _milter(s: _Section) -> MilterConfig:
             " if the milter protocol must be reachable from other hosts",
         )
     return out
+
+
+#: syslog facilities by name (Python's SysLogHandler.facility_names, in order).
+_FACILITIES = (
+    "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news", "security",
+    "syslog", "user", "uucp", "local0", "local1", "local2", "local3", "local4", "local5",
+    "local6", "local7",
+)  # fmt: skip
+#: RFC 8601 §2.2 allows any token; a host name is what receivers compare against.
+AUTHSERV_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 def _log_level(s: _Section, default: str) -> str:
@@ -920,7 +1010,7 @@ def _lang_map(s: _Section, name: str) -> dict[str, str]:
     return out
 
 
-def _policy(s: _Section) -> PolicyConfig:
+def _policy(s: _Section, known: frozenset[str] | None = None) -> PolicyConfig:
     d = PolicyConfig()
     sender_deny = s.strings("sender_deny")
     for index, entry in enumerate(sender_deny):
@@ -933,8 +1023,75 @@ def _policy(s: _Section) -> PolicyConfig:
         ),
         auth_allowed=frozenset(m.upper() for m in s.strings("auth_allowed")),
         default_login_domain=s.string("default_login_domain", "").lower(),
+        exempt=tuple(_exemption(e, i, known) for i, e in enumerate(s.table_list("exempt"))),
+        postmaster_skip=_skip_list(s, "postmaster_skip", known, ("all-content",)),
     )
     s.done()
+    return out
+
+
+def _skip_list(
+    s: _Section, name: str, known: frozenset[str] | None, default: tuple[str, ...] = ()
+) -> frozenset[str]:
+    """Check names and groups ("all-content", "all-dns") expanded to check names."""
+    out: set[str] = set()
+    for item in s.strings(name, default):
+        if item == "all-content":
+            out |= CONTENT_GROUP
+        elif item == "all-dns":
+            out |= DNS_CHECKS
+        elif item in NEVER_EXEMPT:
+            raise s.error(
+                name,
+                f"{item!r} can never be skipped: exemptions never grant relay nor vouch for"
+                " a sender's login (trusted_networks does that)",
+            )
+        elif known is not None and item not in known:
+            raise s.error(name, f"unknown check {item!r} (or group all-content, all-dns)")
+        else:
+            out.add(item)
+    return frozenset(out)
+
+
+def _ip_list(s: _Section, ips: str, files: str) -> IpSet:
+    """Networks written in the config (``ips``) and in list files (``files``)."""
+    written = [(item, f"{s.key(ips)}:0") for item in s.strings(ips)]
+    paths = [s.path(f"{files}[{i}]", p) for i, p in enumerate(s.strings(files))]
+    try:
+        return load_ip_lists(paths, written)
+    except IpListError as exc:
+        key = ips if exc.source == s.key(ips) else files
+        where = "" if exc.source == s.key(ips) else f"{exc.source}:{exc.line}: "
+        raise s.error(key, f"{where}{exc.problem}") from None
+
+
+def _exemption(s: _Section, index: int, known: frozenset[str] | None) -> Exemption:
+    out = Exemption(
+        name=s.string("name", "") or f"policy.exempt[{index}]",
+        skip=_skip_list(s, "skip", known),
+        networks=_ip_list(s, "ips", "ip_files"),
+        host_suffixes=tuple(sorted(s.domains("host_suffixes"))),
+        senders=tuple(a.strip().lower() for a in s.strings("senders")),
+        spf_pass=s.boolean("spf_pass", False),
+        recipients=tuple(a.strip().lower() for a in s.strings("recipients")),
+    )
+    s.done()
+    if not out.skip:
+        raise s.error("skip", "names no check: an exemption must skip something")
+    if out.spf_pass and not out.senders:
+        raise s.error("spf_pass", "only means something together with senders")
+    if out.senders and not out.matches_client and not out.spf_pass:
+        raise s.error(
+            "senders",
+            "a sender alone is forgeable (anyone can write any MAIL FROM): add ips,"
+            " ip_files or host_suffixes, or spf_pass = true",
+        )
+    if not (out.matches_client or out.senders or out.recipients):
+        raise s.error(
+            "skip",
+            "the exemption matches nothing: give ips, ip_files,"
+            " host_suffixes, senders or recipients",
+        )
     return out
 
 
@@ -1075,8 +1232,18 @@ def _dnsbl(s: _Section) -> DnsblConfig:
             )
         )
         z.done()
+    local = []
+    for item in s.table_list("local"):
+        path = item.path("file", "")
+        try:
+            entries = load_ip_lists([path])
+        except IpListError as exc:
+            raise item.error("file", f"{exc.source}:{exc.line}: {exc.problem}") from None
+        kind = cast(DnsblKind, item.choice("kind", "rbl", ("rbl", "openrelay")))
+        local.append(LocalList(file=path, kind=kind, entries=entries))
+        item.done()
     s.done()
-    return DnsblConfig(zones=tuple(zones))
+    return DnsblConfig(zones=tuple(zones), local=tuple(local))
 
 
 def _answer_range(s: _Section, item: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
@@ -1206,6 +1373,8 @@ def _require_resolver(
     for name, section in explicit.items():
         settings = CHECK_DEFAULTS.get(name)
         mode = section.data.get("mode", settings.mode if settings else "off")
+        if any(lst.kind == name for lst in dnsbl.local):
+            continue
         if name in DNS_CHECKS and mode != "off":
             raise ConfigError(
                 root.file, f"checks.{name}.mode", f"check {name} needs [dns] nameservers"

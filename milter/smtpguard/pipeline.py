@@ -52,7 +52,7 @@ from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
 from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.checks.bulk import SameSize, SameSizeDeclared
 from smtpguard.checks.client_host import HeloDns, SmtpPort
-from smtpguard.checks.dnsbl import LocalOpenRelay, LocalRbl, OpenRelay, Rbl
+from smtpguard.checks.dnsbl import OpenRelay, Rbl
 from smtpguard.checks.helo import HeloFirst, HeloName
 from smtpguard.checks.lines import BodyLines, HeaderLines
 from smtpguard.checks.loop import Loop
@@ -88,8 +88,6 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     SessionLimit,
     # Verdicts about the client itself come first at MAIL FROM, as the connect-time
     # rejects they stand for would (their lookups start at connect, see prefetch).
-    LocalRbl,
-    LocalOpenRelay,
     Rbl,
     OpenRelay,
     SmtpPort,
@@ -180,8 +178,12 @@ class Pipeline:
             settings = self.config.check(settings_name(cls.name))
             if settings.mode == "off":
                 continue
-            needs_dns = getattr(cls, "needs_dns", True)
-            if settings_name(cls.name) in DNS_CHECKS and services.dns is None and needs_dns:
+            without_resolver = getattr(cls, "works_without_dns", None)
+            if (
+                settings_name(cls.name) in DNS_CHECKS
+                and services.dns is None
+                and not (without_resolver and without_resolver(self.config))
+            ):
                 without_dns.append(cls.name)
                 continue
             check = cls(services)  # type: ignore[call-arg]  # Protocol has no __init__

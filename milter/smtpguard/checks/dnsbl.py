@@ -23,6 +23,10 @@ A listing's TXT record (the list's reason and removal URL, RFC 5782 §2.1) is fe
 once the A record shows a listing and goes to the log with the verdict; it is never
 sent to the client.
 
+``[[dnsbl.local]]`` block lists (files of addresses and networks,
+:mod:`smtpguard.iplist`) are asked first, by prefix lookup and without DNS; a client
+listed there gets the same reply as a listing in a zone of that kind.
+
 A zone with ``action = "score"`` never refuses: a listing there puts the zone's
 ``weight`` into :data:`SCORES` on the connection, and the ``antispam`` check adds the
 weights to the message's score at end of message (postscreen's ``dnsbl_sites``
@@ -41,7 +45,7 @@ from typing import ClassVar
 
 from smtpguard.address import IPAddress
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.config import DnsblZone
+from smtpguard.config import Config, DnsblZone
 from smtpguard.dns import (
     Answer,
     Completed,
@@ -101,6 +105,7 @@ class _Dnsbl:
 
     def __init__(self, services: Services) -> None:
         self.zones = tuple(z for z in services.config.dnsbl.zones if z.kind == self.kind)
+        self.local = tuple(x for x in services.config.dnsbl.local if x.kind == self.kind)
         self.dns = services.dns
         self.key = f"{self.name}.lookups"
         self._last_ignored: dict[tuple[str, str], float] = {}
@@ -134,16 +139,31 @@ class _Dnsbl:
             resolver.warm(name, "TXT")
         return answer
 
+    @classmethod
+    def works_without_dns(cls, config: Config) -> bool:
+        """Local block lists need no resolver (the pipeline asks before leaving a DNS
+        check out)."""
+        return any(x.kind == cls.kind for x in config.dnsbl.local)
+
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
-        if self.dns is None or not self.zones or conn.trusted or conn.client_ip is None:
+        if conn.trusted or conn.client_ip is None:
             return None
+        if self.local and (listed := self._local(client_address(conn.client_ip))):
+            return listed
+        if self.dns is None or not self.zones:
+            return None
+        return self._zones(conn, event, self.dns, client_address(conn.client_ip))
+
+    def _zones(
+        self, conn: Connection, event: Event, dns: Resolver, ip: IPAddress
+    ) -> Verdict | None:
         lookups: Sequence[_Lookup] | None = conn.scratch.get(self.key)
         if lookups is None:
-            lookups = conn.scratch[self.key] = self._start(self.dns, client_address(conn.client_ip))
+            lookups = conn.scratch[self.key] = self._start(dns, ip)
         hit: Hit | None = None
         failures = []
         for zone, name, future in lookups:
-            answer = self.dns.wait(future, event.deadline)
+            answer = dns.wait(future, event.deadline)
             if answer is None:
                 failures.append(f"{zone.name}: TIMEOUT (stage deadline reached)")
                 continue
@@ -172,6 +192,13 @@ class _Dnsbl:
             return hit
         if failures:
             return TempError("database_temp_error", f"{self.name}: " + "; ".join(failures))
+        return None
+
+    def _local(self, ip: IPAddress) -> Hit | None:
+        for item in self.local:
+            entry = item.entries.find(ip)
+            if entry is not None:
+                return Hit(self.reply_id, f"{ip} listed in {item.file} as {entry}")
         return None
 
     def _detail(

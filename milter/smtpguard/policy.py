@@ -1,0 +1,251 @@
+"""Operator policy around the checks: exemptions (``[[policy.exempt]]``, the postmaster
+exemption, allow lists) decide which checks do not run for a session, a sender or a
+recipient.
+
+What an exemption can never do (the loader refuses it): skip ``relay``,
+``relay_local``, ``auth_*`` or ``sender_login``. An exemption is not trust: an exempted
+client still cannot relay, and is still not authenticated.
+
+When an exemption applies:
+
+* client criteria (``ips``, ``ip_files``, ``host_suffixes``) from the connection on;
+  a host name counts only forward-confirmed (FCrDNS by our own resolver, or Postfix's
+  ``{client_name}``, which Postfix sets only when the name resolves back);
+* sender criteria from MAIL FROM on; a sender alone never counts (anyone can write any
+  MAIL FROM): it needs a client match or an SPF ``pass`` for that sender;
+* recipient criteria at RCPT for that recipient, and for the message (header, body,
+  end of message) only when every accepted recipient matches.
+
+A check that decides at MAIL FROM (DNSBL, PTR, SPF, ...) can only be skipped for a
+recipient that is not known yet. When some exemption with recipient criteria would
+skip such a check, its verdict is *held*: the MAIL FROM is accepted, and each RCPT
+gets that verdict's reply unless the recipient is exempt from the check, as Postfix's
+``smtpd_delay_reject`` does with its own restrictions.
+
+Every skip is recorded, for the message's log line, in ``txn.scratch[SKIPPED]`` (or
+``conn.scratch[SKIPPED]`` before MAIL FROM) as ``{"check": "exemption name"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from smtpguard.address import Address
+from smtpguard.checks import Event, Services, Stage, settings_name
+from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
+from smtpguard.checks.spf import SpfQuery
+from smtpguard.config import Config, Exemption
+from smtpguard.dns import Pending, client_address
+from smtpguard.memo import Memo
+from smtpguard.session import MTA, Connection
+from smtpguard.verdict import Verdict
+
+log = logging.getLogger("smtpguard")
+
+#: ``txn.scratch`` (or ``conn.scratch``) key: {check: exemption name} of skipped checks.
+SKIPPED = "policy.skipped"
+#: ``txn.scratch`` key: [(check, verdict)] held at MAIL FROM until the recipients.
+HELD = "policy.held"
+_NAMES = "policy.confirmed_names"
+_CONTENT = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
+POSTMASTER = "postmaster"
+
+
+def address_matches(address: Address, patterns: Sequence[str]) -> bool:
+    """``user@example.net`` (exact), ``@example.net`` (that domain only),
+    ``example.net`` (the domain and its subdomains)."""
+    if address.is_null:
+        return False
+    text = address.text.lower()
+    domain = (address.domain or "").rstrip(".").lower()
+    for pattern in patterns:
+        if "@" in pattern and not pattern.startswith("@"):
+            if text == pattern:
+                return True
+        elif pattern.startswith("@"):
+            if domain == pattern[1:]:
+                return True
+        elif domain == pattern or domain.endswith("." + pattern):
+            return True
+    return False
+
+
+class Policy:
+    def __init__(self, services: Services) -> None:
+        config: Config = services.config
+        self.site = config.site
+        self.dns = services.dns
+        exemptions = list(config.policy.exempt)
+        if config.policy.postmaster_skip and config.site.local_domains:
+            # RFC 5321 §4.5.1: mail to postmaster must get through.
+            exemptions.append(
+                Exemption(
+                    name=POSTMASTER,
+                    skip=config.policy.postmaster_skip,
+                    recipients=(POSTMASTER,),
+                )
+            )
+        self.exemptions = tuple(exemptions)
+        self.active = bool(self.exemptions)
+        #: Checks that some exemption with recipient criteria may skip (their MAIL FROM
+        #: verdicts are held, see the module docstring).
+        self.holdable = frozenset(
+            name for ex in self.exemptions if ex.recipients for name in ex.skip
+        )
+        self.spf_memo: Memo[str] = Memo(config.dns.verdict_ttl)
+        hostnames = sorted(config.site.our_hostnames)
+        self.receiver = hostnames[0] if hostnames else "unknown"
+
+    # --- matching ---------------------------------------------------------------
+
+    def _client(self, ex: Exemption, conn: Connection, event: Event) -> bool:
+        if not ex.matches_client:
+            return True
+        if (
+            ex.networks
+            and conn.client_ip is not None
+            and client_address(conn.client_ip) in ex.networks
+        ):
+            return True
+        if ex.host_suffixes:
+            for name in self._confirmed_names(conn, event):
+                if any(name == s or name.endswith("." + s) for s in ex.host_suffixes):
+                    return True
+        return False
+
+    def _confirmed_names(self, conn: Connection, event: Event) -> tuple[str, ...]:
+        known: tuple[str, ...] | None = conn.scratch.get(_NAMES)
+        if known is not None:
+            return known
+        names: tuple[str, ...] = ()
+        if self.dns is not None and conn.client_ip is not None:
+            future: Pending[ReverseDns] | None = conn.scratch.get(RDNS_KEY)
+            if future is None:
+                ip = client_address(conn.client_ip)
+                future = conn.scratch[RDNS_KEY] = self.dns.spawn(reverse_dns(self.dns, ip))
+            rdns = self.dns.wait(future, event.deadline)
+            names = rdns.confirmed if rdns is not None else ()
+        elif conn.mta is MTA.POSTFIX and conn.client_name not in ("", "unknown"):
+            # Postfix's {client_name} is "unknown" unless the name resolves back.
+            names = (conn.client_name,)
+        names = tuple(n.rstrip(".").lower() for n in names)
+        conn.scratch[_NAMES] = names
+        return names
+
+    def _sender(self, ex: Exemption, conn: Connection, event: Event) -> bool:
+        if not ex.senders:
+            return True
+        txn = conn.txn
+        if txn is None or txn.sender is None or not address_matches(txn.sender, ex.senders):
+            return False
+        return not ex.spf_pass or self._spf(conn, event) == "pass"
+
+    def _spf(self, conn: Connection, event: Event) -> str:
+        txn = conn.txn
+        if self.dns is None or txn is None or txn.sender is None or conn.client_ip is None:
+            return "none"
+        key = (conn.client_ip, txn.sender.text.lower(), (conn.helo or "").lower())
+        found, known = self.spf_memo.get(key)
+        if found and known is not None:
+            return known
+        query = SpfQuery(
+            self.dns,
+            event.deadline,
+            i=str(client_address(conn.client_ip)),
+            s=txn.sender.text,
+            h=conn.helo or "unknown",
+            receiver=self.receiver,
+        )
+        result = str(query.check()[0])
+        if result != "temperror":
+            self.spf_memo.put(key, result)
+        return result
+
+    def _recipient(self, ex: Exemption, rcpt: Address) -> bool:
+        if rcpt.is_null:
+            return False
+        if ex.name == POSTMASTER and ex.recipients == (POSTMASTER,):
+            return (rcpt.local or "").lower() == POSTMASTER and self.site.is_local(
+                rcpt.domain or ""
+            )
+        return address_matches(rcpt, ex.recipients)
+
+    def _applies(self, ex: Exemption, conn: Connection, stage: Stage, event: Event) -> bool:
+        if ex.senders and stage in (Stage.CONNECT, Stage.HELO):
+            return False
+        if ex.recipients:
+            if stage is Stage.RCPT:
+                if event.rcpt is None or not self._recipient(ex, event.rcpt):
+                    return False
+            elif stage in _CONTENT:
+                txn = conn.txn
+                if txn is None or not txn.recipients:
+                    return False
+                if not all(self._recipient(ex, r) for r in txn.recipients):
+                    return False
+            else:
+                return False
+        return self._client(ex, conn, event) and self._sender(ex, conn, event)
+
+    # --- what the pipeline asks -------------------------------------------------
+
+    def exempt(self, conn: Connection, check: str, stage: Stage, event: Event) -> str | None:
+        """The name of the exemption that skips ``check`` here, recorded; or None."""
+        name = settings_name(check)
+        for ex in self.exemptions:
+            if name in ex.skip and self._applies(ex, conn, stage, event):
+                self._record(conn, check, ex.name)
+                return ex.name
+        return None
+
+    def hold(self, conn: Connection, check: str, verdict: Verdict, event: Event) -> bool:
+        """Keep a MAIL FROM verdict for the recipients, when one of them could be
+        exempt from it; True when held."""
+        txn = conn.txn
+        if txn is None or settings_name(check) not in self.holdable:
+            return False
+        name = settings_name(check)
+        if not any(
+            ex.recipients
+            and name in ex.skip
+            and self._client(ex, conn, event)
+            and self._sender(ex, conn, event)
+            for ex in self.exemptions
+        ):
+            return False
+        txn.scratch.setdefault(HELD, []).append((check, verdict))
+        return True
+
+    def held(self, conn: Connection, event: Event) -> tuple[str, Verdict] | None:
+        """At RCPT: the first held verdict this recipient is not exempt from."""
+        txn = conn.txn
+        held: list[tuple[str, Verdict]] | None = txn.scratch.get(HELD) if txn else None
+        if not held:
+            return None
+        for check, verdict in held:
+            if self.exempt(conn, check, Stage.RCPT, event) is None:
+                return check, verdict
+        return None
+
+    def skips_client(self, conn: Connection, check: str) -> bool:
+        """Whether an exemption by client IP alone skips ``check`` for the whole
+        session (so its connect-time lookups need not start)."""
+        name = settings_name(check)
+        ip = conn.client_ip
+        return ip is not None and any(
+            name in ex.skip
+            and not ex.senders
+            and not ex.recipients
+            and not ex.host_suffixes
+            and client_address(ip) in ex.networks
+            for ex in self.exemptions
+        )
+
+    @staticmethod
+    def _record(conn: Connection, check: str, exemption: str) -> None:
+        scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
+        skipped: dict[str, str] = scratch.setdefault(SKIPPED, {})
+        if check not in skipped:
+            skipped[check] = exemption
+            log.debug("policy sid=%s check=%s skipped by %s", conn.session_id, check, exemption)

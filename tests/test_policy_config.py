@@ -1,0 +1,145 @@
+"""``[[policy.exempt]]``, ``policy.postmaster_skip`` and ``[[dnsbl.local]]`` at load:
+what is accepted, and every unsafe combination refused with ``file: key: problem``."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from smtpguard.app import load
+from smtpguard.config import CONTENT_GROUP, DNS_CHECKS
+from support.configs import assert_config_error, write_config
+from support.service import run_cli
+
+EXEMPT = "[[policy.exempt]]\n"
+
+
+def test_exemption_loads_with_groups_and_files(tmp_path: Path) -> None:
+    partners = tmp_path / "partners.txt"
+    partners.write_text("# partners\n203.0.113.0/24\n")
+    config = load(
+        write_config(
+            tmp_path,
+            f"{EXEMPT}name = 'p'\nips = ['198.51.100.7']\nip_files = ['{partners}']\n"
+            "skip = ['rbl', 'all-content']\n",
+        )
+    )
+    (ex,) = config.policy.exempt
+    assert ex.name == "p"
+    assert ex.skip == CONTENT_GROUP | {"rbl"}
+    assert ipaddress.ip_address("203.0.113.9") in ex.networks
+    assert ipaddress.ip_address("198.51.100.7") in ex.networks
+    assert config.policy.postmaster_skip == CONTENT_GROUP
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (
+            f"{EXEMPT}ips = ['198.51.100.7']\nskip = ['relay']\n",
+            "policy.exempt[0].skip",
+            "'relay' can never be skipped",
+        ),
+        (
+            f"{EXEMPT}ips = ['198.51.100.7']\nskip = ['relay_local']\n",
+            "policy.exempt[0].skip",
+            "never grant relay",
+        ),
+        (
+            f"{EXEMPT}ips = ['198.51.100.7']\nskip = ['auth_login']\n",
+            "policy.exempt[0].skip",
+            "can never be skipped",
+        ),
+        (
+            f"{EXEMPT}ips = ['198.51.100.7']\nskip = ['sender_login']\n",
+            "policy.exempt[0].skip",
+            "can never be skipped",
+        ),
+        (
+            f"{EXEMPT}senders = ['partner.example']\nskip = ['spf']\n",
+            "policy.exempt[0].senders",
+            "a sender alone is forgeable",
+        ),
+        (
+            f"{EXEMPT}ips = ['198.51.100.7']\nskip = []\n",
+            "policy.exempt[0].skip",
+            "must skip something",
+        ),
+        (f"{EXEMPT}skip = ['rbl']\n", "policy.exempt[0].skip", "matches nothing"),
+        (
+            f"{EXEMPT}ips = ['198.51.100.7']\nskip = ['rbll']\n",
+            "policy.exempt[0].skip",
+            "unknown check 'rbll'",
+        ),
+        (
+            f"{EXEMPT}ips = ['198.51.100.7/24']\nskip = ['rbl']\n",
+            "policy.exempt[0].ips",
+            "host bits set",
+        ),
+        (
+            f"{EXEMPT}ips = ['198.51.100.7']\nspf_pass = true\nskip = ['rbl']\n",
+            "policy.exempt[0].spf_pass",
+            "together with senders",
+        ),
+        (
+            "[policy]\npostmaster_skip = ['relay']\n",
+            "policy.postmaster_skip",
+            "can never be skipped",
+        ),
+        ("[[dnsbl.local]]\nfile = 'absent.txt'\n", "dnsbl.local[0].file", "cannot read"),
+        (
+            "[[dnsbl.local]]\nfile = 'list.txt'\nkind = 'spam'\n",
+            "dnsbl.local[0].kind",
+            "must be one of rbl, openrelay",
+        ),
+    ],
+)
+def test_unsafe_or_meaningless_exemptions_are_refused(
+    tmp_path: Path, text: str, key: str, message: str
+) -> None:
+    (tmp_path / "list.txt").write_text("10.0.0.0/8\n")
+    assert_config_error(tmp_path, text, key, message)
+
+
+def test_sender_exemption_with_spf_pass_or_client_loads(tmp_path: Path) -> None:
+    text = (
+        f"{EXEMPT}senders = ['partner.example']\nspf_pass = true\nskip = ['rbl']\n"
+        f"{EXEMPT}senders = ['@partner.example']\nhost_suffixes = ['mx.partner.example']\n"
+        "skip = ['spf']\n"
+    )
+    first, second = load(write_config(tmp_path, text)).policy.exempt
+    assert first.spf_pass
+    assert first.senders == ("partner.example",)
+    assert second.host_suffixes == ("mx.partner.example",)
+
+
+def test_bad_list_line_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("10.0.0.0/8\n# x\n10.0.0.1/8\n")
+    assert_config_error(
+        tmp_path,
+        "[[dnsbl.local]]\nfile = 'list.txt'\n",
+        "dnsbl.local[0].file",
+        f"{tmp_path / 'list.txt'}:3: host bits set",
+    )
+
+
+def test_local_list_needs_no_resolver(tmp_path: Path) -> None:
+    (tmp_path / "list.txt").write_text("10.0.0.0/8\n")
+    config = load(
+        write_config(
+            tmp_path, "[[dnsbl.local]]\nfile = 'list.txt'\n[checks.rbl]\nmode = 'enforce'\n"
+        )
+    )
+    assert config.dnsbl.local[0].kind == "rbl"
+    assert "rbl" in DNS_CHECKS
+
+
+def test_check_config_prints_file_key_problem(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f"{EXEMPT}ips = ['198.51.100.7']\nskip = ['relay']\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert f"{path.resolve()}: policy.exempt[0].skip: 'relay' can never be skipped" in (
+        result.stderr
+    )
