@@ -112,6 +112,7 @@ class SessionDriver:
         conn.trusted_network = self.rt.config.site.is_trusted_ip(conn.client_ip)
         self.entered = True
         conn.admitted = self.gate.enter()
+        self.rt.services.metrics.session_opened()
         return self.rt.pipeline.run(Stage.CONNECT, conn)
 
     def helo(self, name: str) -> Decision:
@@ -193,6 +194,7 @@ class SessionDriver:
             if self.entered:
                 self.entered = False
                 self.gate.leave()
+                self.rt.services.metrics.session_closed()
 
     def _queue_id(self) -> None:
         # Postfix knows the queue id only from DATA on (Sendmail from MAIL).

@@ -1,0 +1,208 @@
+"""What the running service says about each message, through real milter sessions
+(PyPI miltertest): the summary line for every outcome, the Authentication-Results field
+(RFC 8601) with the SPF and iprev results from the test DNS server, forged fields with
+our authserv-id removed, and the X-Spam-Status/X-Spam-Report fields."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterator
+
+import pytest
+from miltertest import constants as C
+
+from support.mtclient import MilterSession, assert_reply
+from support.service import UNTRUSTED_IP, Running, make_site, running
+from support.unbound import GOOD_IP, NO_PTR_IP, DnsServer
+
+pytestmark = pytest.mark.integration
+
+AUTHSERV_ID = "mx.example.com"
+HEADERS = [
+    ("From", "Friend <someone@good.test>"),
+    ("To", "alice@example.com"),
+    ("Subject", "hello"),
+    ("Message-ID", "<obs1@good.test>"),
+]
+SPAMMY = [
+    ("From", "promo@good.test"),
+    ("To", "alice@example.com"),
+    ("Subject", "Congratulations, you have won"),
+    ("X-Mailer", "Mass Mail Pro 3"),
+]
+SPAMMY_BODY = "You are the winner of our lottery! Claim ten million dollars today.\r\n"
+Mods = list[tuple[str, dict[str, str]]]
+
+
+@pytest.fixture(scope="module")
+def service(unbound: DnsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    extra = {
+        "milter": {"authserv_id": AUTHSERV_ID},
+        "dns": {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0},
+    }
+    with running(make_site(tmp_path_factory.mktemp("observability"), extra)) as svc:
+        yield svc
+
+
+def summaries(service: Running) -> list[dict[str, str]]:
+    out = []
+    for line in service.log().splitlines():
+        _, found, rest = line.partition(" summary ")
+        if found:
+            out.append(dict(item.split("=", 1) for item in shlex.split(rest)))
+    return out
+
+
+def summary_of(service: Running, qid: str) -> dict[str, str]:
+    """The summary line of the transaction with queue id ``qid``, once it is written."""
+    end = time.monotonic() + 10
+    while True:
+        found = [s for s in summaries(service) if s.get("qid") == qid]
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        assert time.monotonic() < end, f"no summary for {qid}:\n{service.log()}"
+        time.sleep(0.05)
+
+
+def message(
+    service: Running,
+    qid: str,
+    headers: list[tuple[str, str]] = HEADERS,
+    body: str = "Lunch tomorrow?\r\n",
+    ip: str = GOOD_IP,
+) -> tuple[str, Mods, MilterSession]:
+    s = service.session()
+    s.connect(ip, "mx.good.test")
+    s.helo("mx.good.test")
+    assert s.mail("<someone@good.test>", macros={"i": qid}).kind == "continue"
+    assert s.rcpt("<alice@example.com>").kind == "continue"
+    # Postfix gives the queue id from DATA on: the macro packet precedes the command.
+    s.conn.send_macro(C.SMFIC_DATA, i=qid)
+    final, mods, _early = s.message(headers, body)
+    return final.kind, mods, s
+
+
+def test_accepted_mail_gets_authentication_results_and_a_summary(service: Running) -> None:
+    kind, mods, s = message(service, "OBS1")
+    s.close()
+    assert kind == "continue"
+    # CHGHDRS is negotiated (libmilter keeps every action the MTA offers).
+    assert s.conn.action_flags & C.SMFIF_CHGHDRS
+    inserted = [m[1] for m in mods if m[0] == C.SMFIR_INSHEADER]
+    assert inserted == [
+        {
+            "index": 0,
+            "name": "Authentication-Results",
+            "value": f"{AUTHSERV_ID};\n\tspf=pass smtp.mailfrom=good.test;\n"
+            f"\tiprev=pass policy.iprev={GOOD_IP}",
+        }
+    ]
+    added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == C.SMFIR_ADDHEADER}
+    assert added["X-Spam-Status"] == "No, score=0.0 required=6.0 tests=none"
+    line = summary_of(service, "OBS1")
+    assert line["outcome"] == "accept"
+    assert (line["spf"], line["iprev"], line["nrcpt"], line["score"]) == (
+        "pass",
+        "pass",
+        "1",
+        "0.0",
+    )
+    assert int(line["size"]) > 0
+    assert int(line["ms"]) >= 0
+    assert "reply" not in line
+
+
+def test_forged_authentication_results_with_our_id_are_removed(service: Running) -> None:
+    headers = [
+        ("Authentication-Results", "other.example; spf=pass smtp.mailfrom=good.test"),
+        ("Authentication-Results", f"{AUTHSERV_ID}; spf=pass smtp.mailfrom=forged.example"),
+        *HEADERS,
+        ("Authentication-Results", f" (forged) {AUTHSERV_ID.upper()} 1; iprev=pass"),
+    ]
+    kind, mods, s = message(service, "OBS2", headers)
+    s.close()
+    assert kind == "continue"
+    changed = [m[1] for m in mods if m[0] == C.SMFIR_CHGHEADER]
+    # The second and third of the three, last first; other.example's stays.
+    assert changed == [
+        {"index": 3, "name": "Authentication-Results", "value": ""},
+        {"index": 2, "name": "Authentication-Results", "value": ""},
+    ]
+    assert [m[0] for m in mods].index(C.SMFIR_CHGHEADER) < [m[0] for m in mods].index(
+        C.SMFIR_INSHEADER
+    )
+
+
+def test_tagged_mail_reports_its_rules(service: Running) -> None:
+    kind, mods, s = message(service, "OBS3", SPAMMY, SPAMMY_BODY)
+    s.close()
+    assert kind == "continue"
+    added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == C.SMFIR_ADDHEADER}
+    status = added["X-Spam-Status"]
+    assert status.startswith("Yes, score=")
+    assert "required=6.0 tests=" in status
+    assert "SUBJ_YOU_WON" in status
+    report = added["X-Spam-Report"].split("\n\t")
+    assert report[0].startswith("score=")
+    assert "* SUBJ_YOU_WON" in report
+    line = summary_of(service, "OBS3")
+    assert line["outcome"] == "tag"
+    assert "SUBJ_YOU_WON" in line["rules"].split(",")
+    assert float(line["score"]) >= 6.0
+
+
+def test_refused_at_mail_from_has_its_summary(service: Running) -> None:
+    with service.session() as s:
+        s.connect(NO_PTR_IP)
+        s.helo("mx.good.test")
+        answer = s.mail("<someone@good.test>", macros={"i": "OBS4"})
+    assert_reply(answer, "smtpport_check")
+    line = summary_of(service, "OBS4")
+    assert (line["outcome"], line["reply"], line["check"]) == (
+        "reject",
+        "smtpport_check",
+        "smtpport",
+    )
+    assert line["iprev"] == "fail"
+    assert line["nrcpt"] == "0"
+
+
+def test_every_recipient_refused_then_quit(service: Running) -> None:
+    with service.session() as s:
+        s.connect(GOOD_IP, "mx.good.test")
+        s.helo("mx.good.test")
+        assert s.mail("<someone@good.test>", macros={"i": "OBS5"}).kind == "continue"
+        assert_reply(s.rcpt("<nobody@example.com>"), "mailbox_unavailable")
+    line = summary_of(service, "OBS5")
+    assert (line["outcome"], line["reply"]) == ("reject", "mailbox_unavailable")
+
+
+def test_aborted_transaction(service: Running) -> None:
+    with service.session() as s:
+        s.connect(GOOD_IP, "mx.good.test")
+        s.helo("mx.good.test")
+        assert s.mail("<someone@good.test>", macros={"i": "OBS6"}).kind == "continue"
+        assert s.rcpt("<alice@example.com>").kind == "continue"
+        assert_reply(s.rcpt("<nobody@example.com>"), "mailbox_unavailable")
+        s.abort()
+    line = summary_of(service, "OBS6")
+    assert line["outcome"] == "abort"
+    assert line["nrcpt"] == "1"
+
+
+def test_summary_line_can_be_turned_off(
+    unbound: DnsServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    extra = {"milter": {"summary_log": False, "auth_results": False}}
+    with running(make_site(tmp_path_factory.mktemp("quiet"), extra)) as svc:
+        with svc.session() as s:
+            s.connect(UNTRUSTED_IP)
+            s.helo("mail.sender.example")
+            assert_reply(s.mail("<spammer@bad.example>"), "host_denies_sender")
+        end = time.monotonic() + 10
+        while "decision " not in svc.log():
+            assert time.monotonic() < end, svc.log()
+            time.sleep(0.05)
+        assert " summary " not in svc.log()
