@@ -25,6 +25,7 @@ from support.service import (
     TRUSTED_IP,
     UNTRUSTED_IP,
     Running,
+    Site,
     make_site,
     running,
     smtpguard,
@@ -37,6 +38,14 @@ TLS = {"{tls_version}": "TLSv1.3"}
 POLL_DEADLINE = 5.0
 # Beyond cache_ttl: one session and the poll interval.
 CACHE_SLACK = 0.5
+#: Every reply here must come out the same whichever worker process a session lands on.
+WORKERS = {"milter": {"workers": 2}}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """The standard installation, served by two worker processes."""
+    return make_site(tmp_path_factory.mktemp("site"), WORKERS)
 
 
 def auth(login: str, mech: str = "PLAIN") -> dict[str, str]:
@@ -308,7 +317,8 @@ def test_sendmail_gets_ascii_only(service: Running) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    site = make_site(tmp_path_factory.mktemp("tiny"), {"limits": {"max_sessions": 1}})
+    # Two workers: the limit is the whole service's, wherever the sessions land.
+    site = make_site(tmp_path_factory.mktemp("tiny"), {**WORKERS, "limits": {"max_sessions": 1}})
     with running(site) as svc:
         yield svc
 

@@ -21,6 +21,7 @@ import os
 import pwd
 import signal
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -97,11 +98,17 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             return int(Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE)
         if decision.action is Action.CONTINUE or decision.reply is None:
             try:
+                # Removals first: they name fields by their place among the received
+                # ones, which an insertion of the same name would shift.
+                for name, index in decision.remove_headers:
+                    self.chgheader(name, index, "")
+                for name, value in decision.insert_headers:
+                    self.addheader(name, value, 0)
                 for name, value in decision.headers:
                     self.addheader(name, value)
             except Exception:
-                # The marker is an aid against loops, not a verdict: log and deliver.
-                log.exception("sid=%s adding headers failed", self.driver.conn.session_id)
+                # Result and marker headers inform, they are no verdict: log and deliver.
+                log.exception("sid=%s changing headers failed", self.driver.conn.session_id)
             return int(Milter.CONTINUE)
         reply = decision.reply
         result = Milter.TEMPFAIL if decision.action is Action.TEMPFAIL else Milter.REJECT
@@ -256,20 +263,27 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     SIGINT stop libmilter, which lets sessions in flight finish.
     """
     config = app.runtime.config.milter
-    unix = config.socket.startswith(("unix:", "local:"))
-    Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
+    install(app)
     inode = open_socket(config)
     try:
         if config.user:
             drop_privileges(config.user)
-        _run(app, reload)
+        run(app, reload)
     finally:
         path = unix_path(config.socket)
         if path is not None and inode is not None:
             remove_unix(path, inode)
 
 
-def _run(app: App, reload: Callable[[], Runtime] | None) -> None:
+def install(app: App) -> None:
+    """Make libmilter create one milter object per connection, all sharing ``app``."""
+    unix = app.runtime.config.milter.socket.startswith(("unix:", "local:"))
+    Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
+
+
+def run(app: App, reload: Callable[[], Runtime] | None) -> None:
+    """libmilter's loop on the opened socket until SIGTERM or SIGINT (see :func:`serve`);
+    a worker process of :mod:`smtpguard.supervisor` runs exactly this."""
     signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # inherited by libmilter's threads
     failure: list[BaseException] = []
@@ -303,11 +317,31 @@ def _run(app: App, reload: Callable[[], Runtime] | None) -> None:
         if worker.is_alive():
             log.info("signal %s: stopping; sessions in flight finish first", sig)
             app.gate.draining = True
+            _drain(app.gate, DRAIN_SECONDS)
             milter.stop()
         worker.join()
         break
     if failure:
         raise failure[0]
+
+
+#: How long a stop waits for sessions in flight before libmilter is told to stop.
+DRAIN_SECONDS = 30.0
+_DRAIN_POLL = 0.05
+
+
+def _drain(gate: SessionGate, deadline: float) -> None:
+    """Wait until this process's sessions have ended (new ones are refused meanwhile).
+
+    ``smfi_stop`` does not wait for them: Debian's libmilter (worker pool) drops every
+    open connection as soon as it is called, which the MTA sees as a milter failure in
+    the middle of a message. The deadline bounds a stop behind idle sessions.
+    """
+    end = time.monotonic() + deadline
+    while gate.active > 0 and time.monotonic() < end:
+        time.sleep(_DRAIN_POLL)
+    if gate.active > 0:
+        log.warning("stopping with %d sessions still open after %.0f s", gate.active, deadline)
 
 
 def _reload(app: App, reload: Callable[[], Runtime], done: threading.Lock) -> None:

@@ -18,6 +18,7 @@ from smtpguard.counters import (
     ResilientCounter,
     SizeBucketCounter,
     SizeBuckets,
+    SqliteCounter,
     redis_client,
 )
 from smtpguard.directory import Directory, NoDirectory, SqliteDirectory
@@ -69,17 +70,18 @@ def build_runtime(
         directory = _directory(config)
     if blacklist is None:
         blacklist = make_blacklist(config)
+    if metrics is None:
+        metrics = previous.services.metrics if previous is not None else NullMetrics()
     if dns is None and config.dns.enabled:
-        dns = make_resolver(config.dns)
+        dns = make_resolver(config.dns, metrics)
     counter = (
         previous.services.counter
         if previous is not None
         and previous.config.state == config.state
         and previous.config.bulk == config.bulk
+        and previous.config.milter.workers == config.milter.workers
         else None
     ) or make_counter(config)
-    if metrics is None:
-        metrics = previous.services.metrics if previous is not None else NullMetrics()
     services = Services(
         config=config,
         directory=directory,
@@ -113,8 +115,16 @@ def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
     return SqliteBlacklist(state.path, state.timeout, cache_ttl=state.cache_ttl)
 
 
+def counter_path(config: Config) -> Path:
+    """The embedded same-size counters of several workers: beside the state file."""
+    path = config.state.path
+    return path.with_name(f"{path.stem}-counters{path.suffix or '.sqlite'}")
+
+
 def make_counter(config: Config) -> SizeBucketCounter:
-    """Same-size counters: in process, or Redis with the configured outage behaviour.
+    """Same-size counters: in process (one worker), in a SQLite file beside the state
+    file (several workers: every worker sees every message), or Redis with the
+    configured outage behaviour (during an outage, ``local`` counts per worker).
 
     Kept across reloads while ``[state]`` and ``[bulk]`` do not change, so a SIGHUP does
     not reset the counts.
@@ -125,7 +135,12 @@ def make_counter(config: Config) -> SizeBucketCounter:
         if bulk.bucket_bytes
         else SizeBuckets(bulk.bucket_width, relative=True)
     )
-    local = InProcessCounter(bulk.window, buckets, max_per_bucket=max(1000, bulk.threshold + 1))
+    cap = max(1000, bulk.threshold + 1)
+    if state.backend != "redis" and config.milter.workers > 1:
+        return SqliteCounter(
+            counter_path(config), bulk.window, buckets, timeout=state.timeout, max_per_bucket=cap
+        )
+    local = InProcessCounter(bulk.window, buckets, max_per_bucket=cap)
     if state.backend != "redis":
         return local
     shared = RedisCounter(
@@ -133,7 +148,7 @@ def make_counter(config: Config) -> SizeBucketCounter:
         bulk.window,
         buckets,
         prefix=f"{state.redis_prefix}:size",
-        max_per_bucket=max(1000, bulk.threshold + 1),
+        max_per_bucket=cap,
     )
     return ResilientCounter(shared, on_error=state.on_redis_error, local=local)
 

@@ -31,8 +31,10 @@ the neighbour buckets absorb that for all but tiny widths.
 Backends
 --------
 :class:`InProcessCounter` keeps timestamps per (key, bucket) in a bounded
-:class:`cachetools.TTLCache`; :class:`RedisCounter` keeps one sorted set per
-(key, bucket) in Redis so that several MTA hosts share one view. :class:`ResilientCounter`
+:class:`cachetools.TTLCache`; :class:`SqliteCounter` keeps one row per hit in a SQLite
+file, so that the worker processes of one host share one view (``[milter] workers``
+> 1); :class:`RedisCounter` keeps one sorted set per (key, bucket) in Redis so that
+several MTA hosts share one view. :class:`ResilientCounter`
 wraps the Redis one with the configured outage behaviour. Backend failures surface as
 :class:`CounterError`.
 """
@@ -44,6 +46,7 @@ import itertools
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -63,6 +66,7 @@ __all__ = [
     "ResilientCounter",
     "SizeBucketCounter",
     "SizeBuckets",
+    "SqliteCounter",
     "redis_client",
 ]
 
@@ -167,6 +171,138 @@ class InProcessCounter:
                     stamps.popleft()
                 total += len(stamps)
             return total
+
+
+_SQLITE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS size_hits (
+    key    TEXT NOT NULL,     -- BLAKE2b of the counter key (no addresses in the file)
+    bucket INTEGER NOT NULL,
+    at     REAL NOT NULL      -- wall-clock seconds: shared by every process and restart
+);
+CREATE INDEX IF NOT EXISTS size_hits_key ON size_hits (key, bucket, at);
+CREATE INDEX IF NOT EXISTS size_hits_at ON size_hits (at);
+"""
+
+
+class SqliteCounter:
+    """The embedded backend shared by worker processes: one row per hit in a SQLite file.
+
+    Each hit is one write transaction (``BEGIN IMMEDIATE``: insert, count the three
+    buckets of the window, trim the own bucket to ``max_per_bucket``), so hits from
+    several processes are counted exactly, in the order SQLite's write lock gives them.
+    Rows older than the window are deleted for the key on each hit and for every key
+    at most once per ``window / 10`` seconds, so the file stays bounded by the traffic
+    of one window. A connection opened before a fork is never used in the child: each
+    process opens its own. Every SQLite error raises :class:`CounterError`.
+
+    The file is not the blacklist's (``state.path``): the blacklist keeps its WAL empty
+    so that the file can be replaced by rename, which a file written on every message
+    could not promise.
+    """
+
+    def __init__(
+        self,
+        path: os.PathLike[str] | str,
+        window: float,
+        buckets: SizeBuckets,
+        *,
+        timeout: float = 2.0,
+        max_per_bucket: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.window = window
+        self.buckets = buckets
+        self.timeout = timeout
+        self.max_per_bucket = max_per_bucket
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._pid = 0
+        self._next_sweep = 0.0
+
+    def hit(self, key: str, size: int) -> int:
+        return self._run(key, size, add=True)
+
+    def peek(self, key: str, size: int) -> int:
+        return self._run(key, size, add=False)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None or self._pid != os.getpid():
+            # After a fork the parent's connection (if any) is left alone, not closed:
+            # closing it here would touch the parent's locks.
+            db = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            # Counts are worth nothing after a power loss; a sync per message is.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SQLITE_SCHEMA)
+            self._db, self._pid = db, os.getpid()
+        return self._db
+
+    def _run(self, key: str, size: int, *, add: bool) -> int:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
+        hashed = digest.hexdigest()
+        lower, own, upper = self.buckets.neighbourhood(size)
+        try:
+            with self._lock:
+                db = self._connection()
+                now = self._clock()
+                oldest = now - self.window
+                if not add:
+                    row = db.execute(
+                        "SELECT count(*) FROM size_hits"
+                        " WHERE key = ? AND bucket BETWEEN ? AND ? AND at > ?",
+                        (hashed, lower, upper, oldest),
+                    ).fetchone()
+                    return int(row[0])
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    count = self._record(db, hashed, (lower, own, upper), now, oldest)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                return count
+        except sqlite3.Error as exc:
+            raise CounterError(f"{self.path}: {exc}") from exc
+
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        hashed: str,
+        buckets: tuple[int, int, int],
+        now: float,
+        oldest: float,
+    ) -> int:
+        lower, own, upper = buckets
+        if now >= self._next_sweep:
+            db.execute("DELETE FROM size_hits WHERE at <= ?", (oldest,))
+            self._next_sweep = now + self.window / 10
+        else:
+            db.execute(
+                "DELETE FROM size_hits WHERE key = ? AND bucket BETWEEN ? AND ? AND at <= ?",
+                (hashed, lower, upper, oldest),
+            )
+        db.execute("INSERT INTO size_hits VALUES (?, ?, ?)", (hashed, own, now))
+        over = (
+            db.execute(
+                "SELECT count(*) FROM size_hits WHERE key = ? AND bucket = ?", (hashed, own)
+            ).fetchone()[0]
+            - self.max_per_bucket
+        )
+        if over > 0:
+            db.execute(
+                "DELETE FROM size_hits WHERE rowid IN (SELECT rowid FROM size_hits"
+                " WHERE key = ? AND bucket = ? ORDER BY at LIMIT ?)",
+                (hashed, own, over),
+            )
+        row = db.execute(
+            "SELECT count(*) FROM size_hits WHERE key = ? AND bucket BETWEEN ? AND ?",
+            (hashed, lower, upper),
+        ).fetchone()
+        return int(row[0])
 
 
 # Runs atomically in Redis. Redis's own clock (TIME) timestamps the hits, so hosts with

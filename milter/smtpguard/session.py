@@ -26,6 +26,16 @@ def new_session_id() -> str:
     return f"{_prefix}.{next(_counter):x}"
 
 
+def _renumber() -> None:
+    """A forked worker numbers its sessions under its own pid, not its parent's."""
+    global _counter, _prefix  # noqa: PLW0603 - the process-wide sequence, reset once per fork
+    _counter = itertools.count(1)
+    _prefix = f"{os.getpid():x}"
+
+
+os.register_at_fork(after_in_child=_renumber)
+
+
 class MTA(Enum):
     #: Sent macro ``v``, but neither Postfix's nor Sendmail's.
     UNKNOWN = "unknown"

@@ -232,6 +232,31 @@ def bind_error(address: str) -> str:
     return "libmilter could not open it (see its syslog message)"
 
 
+def listening_sockets() -> set[int]:
+    """This process's listening sockets, as file descriptor numbers.
+
+    libmilter keeps the socket it opens to itself; compared before and after the bind,
+    this finds it (see :mod:`smtpguard.supervisor` for why it must be found).
+    """
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            probe = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            if probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                found.add(fd)
+        except OSError:
+            pass
+        finally:
+            probe.detach()
+    return found
+
+
 def remove_unix(path: Path, inode: tuple[int, int]) -> None:
     """Remove our socket at a clean stop, unless the path now holds another file."""
     try:

@@ -13,6 +13,7 @@ the check turns that into ``database_temp_error`` or a pass, as configured.
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import sqlite3
 import threading
 import time
@@ -277,7 +278,10 @@ def _text(value: bytes | str) -> str:
 
 
 class SessionGate:
-    """Counts concurrent SMTP sessions for load shedding (``queue_unavailable``)."""
+    """Counts concurrent SMTP sessions for load shedding (``queue_unavailable``).
+
+    ``active`` is this process's sessions; :meth:`total` the whole service's.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -289,8 +293,55 @@ class SessionGate:
         """Register a session; False when it is over the limit or we are draining."""
         with self._lock:
             self.active += 1
-            return not self.draining and self.active <= self.limit
+            self._publish()
+            return not self.draining and self.total() <= self.limit
 
     def leave(self) -> None:
         with self._lock:
             self.active -= 1
+            self._publish()
+
+    def total(self) -> int:
+        return self.active
+
+    def _publish(self) -> None:
+        """Make ``active`` visible to the other processes (none here)."""
+
+
+class SharedSessionGate(SessionGate):
+    """``max_sessions`` for a service of several worker processes.
+
+    One 8-byte slot per worker in anonymous shared memory, created before the workers
+    are forked. A worker writes only its own slot (an aligned 8-byte store, which no
+    reader sees half done) and adds up all slots on entry, so there is no lock between
+    processes that a killed worker could leave held. The price: two workers admitting
+    a session at the same instant may both see the other's count as it was, so the
+    service can go over the limit by at most ``workers - 1`` sessions, for an instant.
+    The supervisor clears the slot of a worker that died (:meth:`release`).
+    """
+
+    def __init__(self, limit: int, workers: int) -> None:
+        super().__init__(limit)
+        self._memory = mmap.mmap(-1, 8 * workers)
+        self._slots = memoryview(self._memory).cast("q")
+        self.slot = 0
+
+    def bind(self, slot: int) -> None:
+        """Called in a new worker: count this process's sessions in ``slot``."""
+        with self._lock:
+            self.slot = slot
+            self.active = 0
+            self._slots[slot] = 0
+
+    def release(self, slot: int) -> None:
+        """Called by the supervisor for a worker that is gone."""
+        self._slots[slot] = 0
+
+    def total(self) -> int:
+        return sum(self._slots)
+
+    def per_worker(self) -> list[int]:
+        return list(self._slots)
+
+    def _publish(self) -> None:
+        self._slots[self.slot] = self.active

@@ -46,7 +46,10 @@ DENIED_SENDERS = (
 )
 
 BASE_CONFIG: dict[str, Any] = {
-    "milter": {"name": "smtpguard-test", "log_level": "INFO"},
+    # One process, whatever the host's CPU count: a test that counts log lines or
+    # follows one session's state across reloads needs it. Tests of several workers
+    # (test_workers.py, test_protocol.py) ask for them.
+    "milter": {"name": "smtpguard-test", "log_level": "INFO", "workers": 1},
     "site": {
         "local_domains": ["example.com"],
         "relay_domains": ["relay.example"],

@@ -1,0 +1,489 @@
+"""Worker processes behind one milter socket (``[milter] workers`` > 1).
+
+One Python process runs one callback at a time, so one smtpguard process uses one
+core however many sessions libmilter's threads carry. rspamd and milter-manager
+answer this with worker processes, and libmilter allows it: ``smfi_opensocket`` opens
+the listening socket once and keeps it in a global, and ``smfi_main`` (``mi_listener``)
+accepts on that global, calling ``mi_opensocket`` again only to find it already open.
+So the supervisor (this module, the process systemd started):
+
+1. builds and validates the runtime (a broken config stops the start, exit 2);
+2. registers the callbacks and opens the socket (:func:`smtpguard.adapter.open_socket`:
+   owner, group and mode as for one process), makes the listening socket non-blocking
+   and drops privileges;
+3. forks the workers. Nothing here has started a thread yet (the resolver's loop
+   starts at the first lookup, the metrics endpoint is served from this process's
+   own loop), so each worker is a clean copy: the runtime, the registered callbacks
+   and the socket, with no lock held by a thread that is not there. Each worker runs
+   :func:`smtpguard.adapter.run`, the single-process loop;
+4. waits: SIGCHLD restarts a dead worker (at once the first time, then with a
+   doubling delay up to :data:`MAX_BACKOFF` while workers keep dying within
+   :data:`STABLE_AFTER` seconds of their start), SIGHUP validates the config once here
+   and only then tells every worker to reload (a broken config changes nothing
+   anywhere), SIGTERM and SIGINT tell every worker to drain and wait for them.
+
+Why non-blocking: every worker's listener waits in ``select`` on the same socket, all
+wake for one connection, one ``accept`` wins; with a blocking socket the others would
+sit in ``accept`` until the next connection and not see a stop request (libmilter
+checks it between polls). libmilter treats ``EAGAIN`` from ``accept`` as "try again",
+and on Linux an accepted socket does not inherit ``O_NONBLOCK``.
+
+Shared state: the session limit is a :class:`~smtpguard.state.SharedSessionGate` in
+memory shared by every worker; the embedded same-size counters are a SQLite file
+(:func:`smtpguard.app.counter_path`); the blacklist and the directory were files (or
+Redis) already. Metrics use prometheus-client's multiprocess mode: every worker writes
+its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the supervisor serves their sum
+(the files of a dead worker's live gauges are removed).
+
+A worker whose libmilter loop ends on its own closes the listening socket and, not
+running as root, removes the unix socket's path (libmilter's ``mi_closener``) that the
+other workers still listen behind. The supervisor notices the path is gone and stops
+the whole service with exit status 1, so that the service manager starts it afresh
+instead of leaving a milter nobody can reach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import HTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from smtpguard import __version__
+from smtpguard.adapter import App, drop_privileges, install, open_socket, run
+from smtpguard.app import Runtime, build_runtime, load
+from smtpguard.config import Config, ConfigError
+from smtpguard.sockets import (
+    StartError,
+    libmilter_address,
+    listening_sockets,
+    remove_unix,
+    unix_path,
+)
+from smtpguard.state import SharedSessionGate
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from smtpguard.metrics import PrometheusMetrics
+
+log = logging.getLogger("smtpguard")
+
+#: A worker that ran this long before dying is restarted at once.
+STABLE_AFTER: Final = 10.0
+#: The longest wait before restarting a worker that keeps dying at start.
+MAX_BACKOFF: Final = 30.0
+#: Marks a metrics directory this service created (and removes at the end).
+_OWN_METRICS_DIR: Final = "SMTPGUARD_OWN_METRICS_DIR"
+_SIGNALS: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_PR_SET_PDEATHSIG: Final = 1
+
+
+@dataclass
+class Worker:
+    number: int
+    pid: int = 0
+    started: float = 0.0
+    #: Deaths in a row, each within STABLE_AFTER of its start.
+    quick_deaths: int = 0
+    #: When to start it again (monotonic), while it is down.
+    due: float | None = 0.0
+
+
+def reloader(app: App) -> Callable[[], Runtime]:
+    """The reload of a running service: the file again, checked as at start, on top of
+    the running runtime (whose resolver and counters are kept when unchanged)."""
+
+    def reload() -> Runtime:
+        running = app.runtime.config
+        new = load(running.file)
+        for key in ("socket", "workers"):
+            if getattr(new.milter, key) != getattr(running.milter, key):
+                raise ConfigError(new.file, f"milter.{key}", f"changing {key} needs a restart")
+        return build_runtime(new, previous=app.runtime)
+
+    return reload
+
+
+def prepare_metrics(config: Config) -> None:
+    """Put prometheus-client in multiprocess mode before any metric exists.
+
+    The client chooses the mode once, when it is imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``. A directory given that way (systemd:
+    ``Environment=PROMETHEUS_MULTIPROC_DIR=/run/smtpguard/metrics``) is emptied of an
+    earlier run's files; otherwise one is created under ``$RUNTIME_DIRECTORY`` or the
+    temporary directory and removed at the end. If the client was imported before
+    (by a module that needs it at import time), this process runs itself again with
+    the variable set, keeping its pid.
+    """
+    if not config.metrics.enabled:
+        return
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not given:
+        parent = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+        given = tempfile.mkdtemp(prefix="smtpguard-metrics-", dir=parent)
+        os.environ[_OWN_METRICS_DIR] = given
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = given
+    elif os.environ.get(_OWN_METRICS_DIR) != given:
+        # The operator's directory: an earlier run's files would be added in.
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+    module = sys.modules.get("prometheus_client.values")
+    if module is not None and module.ValueClass is module.MutexValue:
+        log.debug("prometheus-client was imported before multiprocess mode: starting again")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - ourselves
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.gate = SharedSessionGate(config.limits.max_sessions, config.milter.workers)
+        self.metrics: PrometheusMetrics | None = None
+        self.registry: CollectorRegistry | None = None
+        if config.metrics.enabled:
+            self.metrics, self.registry = _multiprocess_metrics()
+        # Built here, validated before anything is opened, and inherited by every worker.
+        self.app = App(build_runtime(config, metrics=self.metrics), self.gate)
+        self.reload = reloader(self.app)
+        self.workers = [Worker(n) for n in range(1, config.milter.workers + 1)]
+        self.stopping = False
+        self.failed = False
+        self.inode: tuple[int, int] | None = None
+        self.listener = -1
+        self.http: HTTPServer | None = None
+        self._wake_r, self._wake_w = -1, -1
+
+    # --- start and stop ----------------------------------------------------------
+
+    def serve(self) -> int:
+        config = self.config.milter
+        install(self.app)
+        before = listening_sockets()
+        self.inode = open_socket(config)
+        opened = listening_sockets() - before
+        if len(opened) == 1:
+            self.listener = opened.pop()
+            os.set_blocking(self.listener, False)
+        else:
+            log.warning("cannot tell libmilter's socket among %s: left blocking", sorted(opened))
+        try:
+            self._serve_metrics()
+            if config.user:
+                _give_metrics_dir(config.user)
+                drop_privileges(config.user)
+            log.info(
+                "smtpguard %s starting %d workers on %s (config %s)",
+                __version__,
+                config.workers,
+                libmilter_address(config.socket),
+                self.config.file,
+            )
+            self._loop()
+        finally:
+            path = unix_path(config.socket)
+            if path is not None and self.inode is not None:
+                remove_unix(path, self.inode)
+            _remove_metrics_dir()
+        log.info("smtpguard stopped")
+        return 1 if self.failed else 0
+
+    def _serve_metrics(self) -> None:
+        if self.registry is None:
+            return
+        from prometheus_client.exposition import MetricsHandler  # noqa: PLC0415 - optional
+
+        m = self.config.metrics
+        server_class = _HTTPServer6 if ":" in m.listen else HTTPServer
+        try:
+            self.http = server_class((m.listen, m.port), MetricsHandler.factory(self.registry))
+        except OSError as exc:
+            raise StartError(f"cannot bind {m.listen}:{m.port} (metrics): {exc.strerror}") from None
+
+    def _loop(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in _SIGNALS:
+            signal.signal(sig, _note)
+        signal.set_wakeup_fd(self._wake_w)
+        try:
+            while True:
+                self._start_due()
+                if self.stopping and not any(w.pid for w in self.workers):
+                    return
+                readable = self._wait()
+                if self._wake_r in readable:
+                    for number in _drain(self._wake_r):
+                        self._signal(number)
+                self._reap()
+                if self.http is not None and self.http.fileno() in readable:
+                    self.http.handle_request()
+        finally:
+            signal.set_wakeup_fd(-1)
+            for sig in _SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            if self.http is not None:
+                self.http.server_close()
+
+    def _wait(self) -> list[int]:
+        fds = [self._wake_r] + ([self.http.fileno()] if self.http is not None else [])
+        dues = [w.due for w in self.workers if w.due is not None and not self.stopping]
+        timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return []
+        return readable
+
+    def _signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP and not self.stopping:
+            self._reload()
+        elif sig in (signal.SIGTERM, signal.SIGINT):
+            self.stop(f"signal {sig}")
+
+    def stop(self, why: str) -> None:
+        if not self.stopping:
+            log.info("%s: stopping %d workers; sessions in flight finish first", why, self._up())
+            self.stopping = True
+            # Nothing is forked any more: the workers hold the socket until they drain.
+            if self.listener >= 0:
+                os.close(self.listener)
+                self.listener = -1
+            # The MTA stops connecting (and tempfails at once, per its default action)
+            # instead of reaching workers that only refuse new sessions while draining.
+            path = unix_path(self.config.milter.socket)
+            if path is not None and self.inode is not None:
+                remove_unix(path, self.inode)
+        for worker in self.workers:
+            worker.due = None
+            if worker.pid:
+                _kill(worker.pid, signal.SIGTERM)
+
+    def _up(self) -> int:
+        return sum(1 for w in self.workers if w.pid)
+
+    # --- reload ------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        try:
+            runtime = self.reload()
+        except ConfigError as exc:
+            log.error("reload refused, no worker changes its configuration: %s", exc)
+            return
+        except Exception:
+            log.exception("reload failed, no worker changes its configuration")
+            return
+        # Workers started from now on inherit the new runtime; running ones build their
+        # own from the same file (now known to be good).
+        self.app.swap(runtime)
+        for worker in self.workers:
+            if worker.pid:
+                _kill(worker.pid, signal.SIGHUP)
+        log.info(
+            "reload: configuration %s valid, sent to %d workers", runtime.config.file, self._up()
+        )
+
+    # --- workers -----------------------------------------------------------------
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers:
+            if self.stopping or worker.pid or worker.due is None or worker.due > now:
+                continue
+            self._fork(worker)
+
+    def _fork(self, worker: Worker) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = self._worker(worker.number)
+            finally:
+                os._exit(code)
+        worker.pid, worker.started, worker.due = pid, time.monotonic(), None
+        log.info("worker %d started (pid %d)", worker.number, pid)
+
+    def _worker(self, number: int) -> int:
+        """The child: undo the supervisor's signal set-up, then libmilter's loop."""
+        signal.set_wakeup_fd(-1)
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self.http is not None:
+            self.http.socket.close()
+        _die_with_parent()
+        _mark_worker(number)
+        self.gate.bind(number - 1)
+        try:
+            run(self.app, self.reload)
+        except Exception:
+            log.exception("worker %d failed", number)
+            return 1
+        finally:
+            logging.shutdown()
+        return 0
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = next((w for w in self.workers if w.pid == pid), None)
+            if worker is None:
+                continue
+            self._gone(worker, status)
+
+    def _gone(self, worker: Worker, status: int) -> None:
+        pid, worker.pid = worker.pid, 0
+        self.gate.release(worker.number - 1)
+        if self.registry is not None:
+            from prometheus_client import multiprocess  # noqa: PLC0415 - optional
+
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # untyped
+        how = _describe(status)
+        if self.stopping:
+            log.info("worker %d (pid %d) %s", worker.number, pid, how)
+            return
+        if not self._socket_intact():
+            log.error(
+                "worker %d (pid %d) %s and the socket %s is gone; stopping so that the"
+                " service manager starts smtpguard afresh",
+                worker.number,
+                pid,
+                how,
+                self.config.milter.socket,
+            )
+            self.failed = True
+            self.stop("socket lost")
+            return
+        lived = time.monotonic() - worker.started
+        worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 0
+        delay = (
+            0.0 if worker.quick_deaths <= 1 else min(2.0 ** (worker.quick_deaths - 2), MAX_BACKOFF)
+        )
+        worker.due = time.monotonic() + delay
+        log.warning(
+            "worker %d (pid %d) %s after %.1f s; restarting it %s",
+            worker.number,
+            pid,
+            how,
+            lived,
+            "now" if delay == 0 else f"in {delay:.0f} s",
+        )
+
+    def _socket_intact(self) -> bool:
+        path = unix_path(self.config.milter.socket)
+        if path is None or self.inode is None:
+            return True
+        try:
+            info = path.lstat()
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self.inode
+
+
+def supervise(config: Config) -> int:
+    """``smtpguard run`` with ``workers`` > 1; the exit status (0, or 1 when the
+    service had to stop because its socket was lost)."""
+    return Supervisor(config).serve()
+
+
+def _multiprocess_metrics() -> tuple[PrometheusMetrics, CollectorRegistry]:
+    from prometheus_client import CollectorRegistry, ProcessCollector  # noqa: PLC0415
+    from prometheus_client.multiprocess import MultiProcessCollector  # noqa: PLC0415
+
+    from smtpguard.metrics import PrometheusMetrics  # noqa: PLC0415 - after prepare_metrics
+
+    # The workers' series: values go to files, whatever registry holds the objects.
+    metrics = PrometheusMetrics(process_collector=False)
+    served = CollectorRegistry()
+    MultiProcessCollector(served)  # type: ignore[no-untyped-call]  # untyped
+    ProcessCollector(registry=served)
+    return metrics, served
+
+
+class _HTTPServer6(HTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _note(signum: int, frame: object) -> None:
+    """The handler itself does nothing: the wakeup fd carries the signal to the loop."""
+
+
+def _drain(fd: int) -> list[int]:
+    out: list[int] = []
+    while True:
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            return out
+        if not data:
+            return out
+        out += list(data)
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _die_with_parent() -> None:
+    """A worker whose supervisor is killed outright drains and ends (SIGTERM)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError) as exc:
+        log.debug("no parent-death signal: %s", exc)
+    if os.getppid() == 1:
+        # The supervisor died between fork and prctl.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _mark_worker(number: int) -> None:
+    from smtpguard.logsetup import set_worker  # noqa: PLC0415 - workers only
+
+    set_worker(number)
+
+
+def _give_metrics_dir(user: str) -> None:
+    """The workers run as ``user`` and write their metrics files there."""
+    directory = os.environ.get(_OWN_METRICS_DIR)
+    if not directory or os.geteuid() != 0:
+        return
+    import pwd  # noqa: PLC0415
+
+    entry = pwd.getpwnam(user)
+    os.chown(directory, entry.pw_uid, entry.pw_gid)
+
+
+def _remove_metrics_dir() -> None:
+    directory = os.environ.get(_OWN_METRICS_DIR)
+    if directory and os.environ.get("PROMETHEUS_MULTIPROC_DIR") == directory:
+        shutil.rmtree(directory, ignore_errors=True)

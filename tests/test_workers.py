@@ -1,0 +1,343 @@
+"""Worker processes behind one socket (``[milter] workers``, smtpguard.supervisor).
+
+The service tests run the real ``smtpguard run`` with two workers and drive it with the
+milter protocol; which worker serves a session is the kernel's choice, read back from
+the ``worker=N`` mark of the session's summary line.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpguard.config import MAX_WORKERS, ConfigError, default_workers, load_config
+from smtpguard.counters import SizeBuckets, SqliteCounter
+from smtpguard.state import SharedSessionGate
+from support.mtclient import MilterSession, assert_pass, assert_reply
+from support.service import UNTRUSTED_IP, Running, make_site, running
+
+POLL = 0.02
+#: The issue's promise for a killed worker.
+RESTART_DEADLINE = 2.0
+WORKERS = {"milter": {"workers": 2}}
+THRESHOLD = 20
+BULK = {**WORKERS, "bulk": {"threshold": THRESHOLD, "window": 600}}
+HEADERS = [("From", "friend@sender.example"), ("To", "alice@example.com"), ("Subject", "x")]
+BODY = "Offer number 0000\r\n" * 40
+
+
+def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> float:
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < deadline, "condition not reached"
+        time.sleep(POLL)
+    return time.monotonic() - start
+
+
+def children(pid: int) -> set[int]:
+    """The live (not zombie) child processes of ``pid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def both_started(service: Running) -> None:
+    """The socket answers once the supervisor has opened it, before the forks."""
+    wait_until(lambda: len(children(service.process.pid)) == 2)
+
+
+def served_by(service: Running) -> set[str]:
+    return set(re.findall(r"worker=(\d+) summary", service.log()))
+
+
+def mail(service: Running, sender: str) -> str:
+    with service.session() as s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        return s.mail(sender).kind
+
+
+def deliver(service: Running, body: str = BODY) -> str:
+    with service.session() as s:
+        assert_pass(s.connect(UNTRUSTED_IP))
+        assert_pass(s.helo("mail.sender.example"))
+        assert_pass(s.mail("<friend@sender.example>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        final, _mods, _early = s.message(HEADERS, body)
+        if final.kind in ("continue", "accept"):
+            return "accepted"
+        assert_reply(final, "same_size_flood")
+        return "flood"
+
+
+def concurrently(count: int, threads: int, job: Callable[[], str]) -> list[str]:
+    results: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            try:
+                result = job()
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            with lock:
+                results.append(result)
+
+    pool = [threading.Thread(target=run, args=(count // threads,)) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+# --- configuration ------------------------------------------------------------------
+
+
+def config_with(tmp_path: Path, text: str) -> Any:
+    path = tmp_path / "smtpguard.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_default_workers_follow_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    expected = min(len(os.sched_getaffinity(0)), 8)
+    assert default_workers() == expected
+    assert config_with(tmp_path, "").milter.workers == expected
+
+
+@pytest.mark.parametrize("value", [0, MAX_WORKERS + 1, "'2'"])
+def test_workers_out_of_range_are_refused(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match=r"milter\.workers"):
+        config_with(tmp_path, f"[milter]\nworkers = {value}\n")
+
+
+# --- shared state, without the service ------------------------------------------------
+
+_fork = multiprocessing.get_context("fork")
+
+
+def _hold_two(gate: SharedSessionGate, entered: Any, release: Any) -> None:
+    gate.bind(1)
+    assert gate.enter()
+    assert gate.enter()
+    entered.set()
+    release.wait(10)
+
+
+def test_shared_gate_limits_the_sessions_of_every_process() -> None:
+    gate = SharedSessionGate(limit=3, workers=2)
+    gate.bind(0)
+    entered, release = _fork.Event(), _fork.Event()
+    other = _fork.Process(target=_hold_two, args=(gate, entered, release))
+    other.start()
+    try:
+        assert entered.wait(10)
+        assert gate.per_worker() == [0, 2]
+        assert gate.enter() is True  # 3 of 3
+        assert gate.enter() is False  # 4 of 3, though this process holds only 2
+        assert gate.total() == 4
+    finally:
+        release.set()
+        other.join(10)
+    # The supervisor frees a dead worker's slot.
+    gate.release(1)
+    assert gate.total() == gate.active == 2
+    gate.leave()
+    assert gate.enter() is True
+
+
+def _hammer(path: str, hits: int, counts: Any) -> None:
+    counter = SqliteCounter(path, 600, SizeBuckets(0.02), timeout=10)
+    for _ in range(hits):
+        counts.put(counter.hit("friend@sender.example|198.51.100.7", 1000))
+
+
+def test_sqlite_counter_is_exact_across_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "counters.sqlite")
+    counts: Any = _fork.Queue()
+    procs = [_fork.Process(target=_hammer, args=(path, 25, counts)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    seen = sorted(counts.get(timeout=30) for _ in range(100))
+    for p in procs:
+        p.join(10)
+    # Every hit saw every earlier one, whichever process made it: 1, 2, ..., 100.
+    assert seen == list(range(1, 101))
+    assert (
+        SqliteCounter(path, 600, SizeBuckets(0.02)).peek("friend@sender.example|198.51.100.7", 1010)
+        == 100
+    )
+
+
+def test_sqlite_counter_forgets_hits_older_than_the_window(tmp_path: Path) -> None:
+    now = [1000.0]
+    counter = SqliteCounter(
+        tmp_path / "c.sqlite", 60, SizeBuckets(100, relative=False), clock=lambda: now[0]
+    )
+    assert counter.hit("k", 1000) == 1
+    now[0] += 30
+    assert counter.hit("k", 1050) == 2  # the neighbour bucket counts
+    now[0] += 31
+    assert counter.hit("k", 1000) == 2  # the first hit is 61 s old
+    assert counter.peek("k", 5000) == 0
+    assert counter.peek("other", 1000) == 0
+    rows = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT count(*) FROM size_hits")
+    assert rows.fetchone()[0] <= 3
+
+
+# --- the service ----------------------------------------------------------------------
+
+
+def test_flood_count_is_exact_across_workers(tmp_path: Path) -> None:
+    site = make_site(tmp_path, BULK)
+    with running(site) as service:
+        both_started(service)
+        results = concurrently(THRESHOLD, threads=4, job=lambda: deliver(service))
+        assert results == ["accepted"] * THRESHOLD
+        # Both workers counted into one view: the next message is one too many.
+        assert deliver(service) == "flood"
+        assert served_by(service) == {"1", "2"}
+    counters = sqlite3.connect(tmp_path / "state-counters.sqlite")
+    assert counters.execute("SELECT count(*) FROM size_hits").fetchone()[0] == THRESHOLD + 1
+
+
+def test_session_limit_is_for_the_whole_service(tmp_path: Path) -> None:
+    site = make_site(tmp_path, {**WORKERS, "limits": {"max_sessions": 2}})
+    with running(site) as service:
+        sessions = [service.session() for _ in range(4)]
+        try:
+            kinds = []
+            for s in sessions:
+                assert_pass(s.connect(UNTRUSTED_IP))
+                assert_pass(s.helo("mail.sender.example"))
+                kinds.append(s.mail("<a@sender.example>").kind)
+        finally:
+            for s in sessions:
+                s.close()
+        assert kinds == ["continue", "continue", "reply", "reply"]
+
+
+def test_sighup_reloads_every_worker_and_a_broken_config_changes_none(tmp_path: Path) -> None:
+    site = make_site(tmp_path, WORKERS)
+    original = site.config.read_text()
+    with running(site) as service:
+        both_started(service)
+        assert mail(service, "<new@spam.example>") == "continue"
+
+        site.config.write_text(original.replace('"junk.example"', '"junk.example", "spam.example"'))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: service.log().count("reloaded configuration") == 2)
+        assert re.search(r"worker=1 reloaded configuration", service.log())
+        assert re.search(r"worker=2 reloaded configuration", service.log())
+        assert (
+            concurrently(10, threads=2, job=lambda: mail(service, "<new@spam.example>"))
+            == ["reply"] * 10
+        )
+
+        site.config.write_text(original.replace("max_rcpt = 3", "max_rcpt = 'many'"))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in service.log())
+        log = service.log()
+        # Refused once, by the supervisor; no worker was asked.
+        assert log.count("reload refused") == 1
+        assert "max_rcpt" in log
+        assert log.count("reloaded configuration") == 2
+        assert (
+            concurrently(10, threads=2, job=lambda: mail(service, "<new@spam.example>"))
+            == ["reply"] * 10
+        )
+        assert service.process.poll() is None
+
+
+def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
+    site = make_site(tmp_path, WORKERS)
+    with running(site) as service:
+        both_started(service)
+        workers = children(service.process.pid)
+        in_flight = MilterSession(str(site.socket))
+        assert_pass(in_flight.connect(UNTRUSTED_IP))
+        assert_pass(in_flight.helo("mail.sender.example"))
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: service.log().count("stopping; sessions in flight finish") == 2)
+        # The session that started before the stop is served to its end.
+        assert_pass(in_flight.mail("<a@sender.example>"))
+        assert_pass(in_flight.rcpt("<alice@example.com>"))
+        in_flight.close()
+        assert service.process.wait(timeout=20) == 0
+    log = service.log()
+    assert log.count("exited with status 0") == 2
+    assert "restarting" not in log
+    assert not site.socket.exists()
+    assert all(not Path(f"/proc/{pid}").exists() or children(pid) == set() for pid in workers)
+
+
+def test_killed_worker_is_back_within_two_seconds(tmp_path: Path) -> None:
+    site = make_site(tmp_path, WORKERS)
+    with running(site) as service:
+        supervisor = service.process.pid
+        wait_until(lambda: len(children(supervisor)) == 2)
+        before = children(supervisor)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        waited = wait_until(
+            lambda: len(children(supervisor) - before) == 1 and len(children(supervisor)) == 2,
+            deadline=10,
+        )
+        assert waited < RESTART_DEADLINE
+        assert "was killed by signal 9" in service.log()
+        assert (
+            concurrently(10, threads=2, job=lambda: mail(service, "<a@sender.example>"))
+            == ["continue"] * 10
+        )
+        assert victim not in children(supervisor)
+
+
+def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    with running(site) as service:
+        both_started(service)
+        concurrently(10, threads=2, job=lambda: mail(service, "<spammer@bad.example>"))
+        assert served_by(service) == {"1", "2"}
+        import urllib.request  # noqa: PLC0415
+
+        def scraped() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+
+        text = scraped()
+        found = re.search(
+            r'^smtpguard_decisions_total\{action="reject",mode="enforce",'
+            r'reply_id="host_denies_sender"\} (\S+)$',
+            text,
+            re.MULTILINE,
+        )
+        assert found is not None, text
+        assert float(found.group(1)) == 10
