@@ -323,15 +323,17 @@ REPLY_SAMPLES = [
 
 def test_cache_key_drops_words_inside_addresses(rules: Knowledge) -> None:
     """Explained as its key, a reply is not judged by the words of an address in it."""
-    assert rules.explain(
-        cache_key("552 5.2.2 <virus-alert@example.com>: Mailbox full")
-    ).category == ("mailbox_full")
+    key = cache_key("552 5.2.2 <virus-alert@example.com>: Mailbox full")
+    assert rules.explain(key).category == "mailbox_full"
 
 
 @pytest.mark.parametrize("reply", REPLY_SAMPLES)
 def test_cache_key_keeps_the_explanation(reply: str, rules: Knowledge) -> None:
     filled = reply.format(
-        rcpt="someone@spam.example", id="a1b2c3d4e5f6a7b8", ip="192.0.2.77", domain="mail.example.net"
+        rcpt="someone@spam.example",
+        id="a1b2c3d4e5f6a7b8",
+        ip="192.0.2.77",
+        domain="mail.example.net",
     )
     for text in (reply, filled):
         exp, cached = rules.explain(text), rules.explain(cache_key(text))

@@ -17,14 +17,19 @@ import ipaddress
 import os
 import pwd
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
 from smtpguard.address import IPAddress
+
+# Re-exported (the "as" form), so that callers keep importing them from here.
+from smtpguard.datafiles import ConfigError as ConfigError  # noqa: PLC0414
+from smtpguard.datafiles import default_rules_dir as default_rules_dir  # noqa: PLC0414
+from smtpguard.datafiles import read_toml as read_toml  # noqa: PLC0414
+from smtpguard.datafiles import sample_config as sample_config  # noqa: PLC0414
+from smtpguard.datafiles import shipped_dir as shipped_dir  # noqa: PLC0414
 from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_redis_url
 from smtpguard.iplist import IpListError, IpSet
 from smtpguard.iplist import load as load_ip_lists
@@ -40,17 +45,6 @@ MTAChoice = Literal["auto", "postfix", "sendmail"]
 RelayControl = Literal["postfix", "milter"]
 
 _T = TypeVar("_T")
-
-
-class ConfigError(Exception):
-    """A configuration problem, with the file and dotted key it is about."""
-
-    def __init__(self, file: Path | str, key: str, message: str) -> None:
-        self.file = str(file)
-        self.key = key
-        self.message = message
-        where = f"{self.file}: {key}" if key else self.file
-        super().__init__(f"{where}: {message}")
 
 
 class _Section:
@@ -590,51 +584,6 @@ CHECK_DEFAULTS: Mapping[str, CheckSettings] = {
     # A dead spam engine should not stop mail; a dead virus scanner should.
     "antispam": CheckSettings("enforce", "pass"),
 }
-
-
-def shipped_dir(name: str) -> Path:
-    """The shipped data directory ``name`` ("rules" or "conf") as a real path.
-
-    A regular install has it inside the package, ``smtpguard/data/NAME`` (pyproject.toml
-    maps the repository's top-level directory there). pip unpacks what it installs, so
-    ``importlib.resources.files`` is a plain directory on disk; smtpguard imported from
-    a zip archive is not supported (its data could not be handed out as paths). An
-    editable install (``pip install -e .``) maps only the modules: its data is the
-    checkout's top-level directory, read in place, so edits there count at once.
-    """
-    packaged = Path(str(resources.files("smtpguard"))) / "data" / name
-    if packaged.is_dir():
-        return packaged
-    checkout = Path(__file__).resolve().parents[2] / name
-    # Neither: name the packaged path, where a regular install must have it.
-    return checkout if checkout.is_dir() else packaged
-
-
-def default_rules_dir() -> Path:
-    """The shipped ``rules/`` (reply table, explanations, content rules, PTR patterns)."""
-    return shipped_dir("rules")
-
-
-def sample_config() -> Path:
-    """The shipped sample ``conf/smtpguard.toml``; its relative paths reach the shipped
-    rules in every kind of install."""
-    return shipped_dir("conf") / "smtpguard.toml"
-
-
-def read_toml(
-    path: Path, error: type[ConfigError] = ConfigError, what: str = "file"
-) -> dict[str, Any]:
-    """A TOML file's contents; a missing, unreadable or invalid file raises ``error``
-    naming the file (every data file smtpguard reads goes through here)."""
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise error(path, "", f"{what} not found") from None
-    except OSError as exc:
-        raise error(path, "", f"cannot read {what}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise error(path, "", f"not valid TOML: {exc}") from None
 
 
 def load_config(path: Path | str, *, known_checks: frozenset[str] | None = None) -> Config:

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smtpguard.config import ConfigError, RepliesConfig, default_rules_dir, read_toml
+from smtpguard.datafiles import ConfigError, default_rules_dir, read_toml
 from smtpguard.patterns import Pattern, PatternError, compile_pattern
-from smtpguard.replies import ALL_IDS, load_replies
+from smtpguard.replies import ALL_IDS, read_rows
 
 LANGUAGES: tuple[str, ...] = ("en", "zh")
 FALLBACK_RULE = "rfc3463-fallback"
@@ -534,7 +534,7 @@ def load_knowledge(path: Path | str, *, replies: Path | str | None = None) -> Kn
     fallback = _fallbacks(file, raw.get("fallback"), categories)
     families = _families(file, raw.get("family", {}))
     table_file = Path(replies) if replies is not None else file.parent / "replies.toml"
-    rows = load_replies(RepliesConfig(table=table_file)).rows
+    rows = read_rows(table_file)
     ours = _ours(file, raw.get("ours"), categories, rows)
     return Knowledge(categories, rules, ours, fallback, families)
 

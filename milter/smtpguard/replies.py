@@ -17,9 +17,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from smtpguard.config import ConfigError, RepliesConfig, read_toml
+from smtpguard.datafiles import ConfigError, read_toml
+
+if TYPE_CHECKING:
+    from smtpguard.config import RepliesConfig
 
 #: Every reply id of the spec. Ids decided by the MTA are documented and explained but
 #: never sent by the milter.
@@ -163,19 +166,7 @@ def _join(texts: list[str], form: str) -> list[str]:
 def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTable:
     """Load, override and validate the table; raise :class:`ConfigError`."""
     file = policy.table
-    raw = read_toml(file, what="reply table")
-
-    rows: dict[str, Row] = {}
-    for reply_id, data in raw.items():
-        if reply_id not in ALL_IDS:
-            raise ConfigError(file, reply_id, "unknown reply id")
-        if not isinstance(data, dict):
-            raise ConfigError(file, reply_id, "expected a table")
-        rows[reply_id] = _row(file, reply_id, data)
-    missing = sorted(ALL_IDS - rows.keys())
-    if missing:
-        raise ConfigError(file, missing[0], "reply id missing from the table")
-
+    rows = _read(file)
     _apply_overrides(rows, policy, config_file)
 
     for row in rows.values():
@@ -197,6 +188,33 @@ def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTa
                     file, reply_id, f"rendered line is over {MAX_LINE_BYTES} bytes: {line[:60]!r}"
                 )
     return table
+
+
+def read_rows(file: Path, languages: Iterable[str] = ("en", "zh")) -> dict[str, Row]:
+    """The rows of the table ``file`` as written (no site overrides), validated for
+    ``languages``: what ``explain`` and the help site need, without a config."""
+    rows = _read(file)
+    for row in rows.values():
+        try:
+            _validate(row, languages)
+        except _RowError as exc:
+            raise ConfigError(file, f"{row.reply_id}.{exc.field}", exc.message) from None
+    return rows
+
+
+def _read(file: Path) -> dict[str, Row]:
+    raw = read_toml(file, what="reply table")
+    rows: dict[str, Row] = {}
+    for reply_id, data in raw.items():
+        if reply_id not in ALL_IDS:
+            raise ConfigError(file, reply_id, "unknown reply id")
+        if not isinstance(data, dict):
+            raise ConfigError(file, reply_id, "expected a table")
+        rows[reply_id] = _row(file, reply_id, data)
+    missing = sorted(ALL_IDS - rows.keys())
+    if missing:
+        raise ConfigError(file, missing[0], "reply id missing from the table")
+    return rows
 
 
 def _line_problem(line: str, *, ascii_only: bool) -> str | None:
