@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from smtpguard.config import ConfigError, load_config
-from support.service import UNTRUSTED_IP, make_site, running
+from smtpguard.metrics import PrometheusMetrics
+from support.mtclient import assert_reply
+from support.service import ROOT, UNTRUSTED_IP, Running, make_site, running
+from support.unbound import GOOD_IP, PTR_SERVFAIL_IP, DnsServer
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +65,104 @@ def test_metrics_endpoint_is_loopback_only_by_default(tmp_path: Path) -> None:
     path.write_text('[metrics]\nenabled = true\nlisten = "0.0.0.0"\n')
     with pytest.raises(ConfigError, match=r"metrics\.listen: not a loopback address"):
         load_config(path)
+
+
+PROMTOOL = "/usr/bin/promtool"
+DOCS = ROOT / "docs"
+HEADERS = [("From", "friend@sender.example"), ("To", "alice@example.com"), ("Subject", "hi")]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition text by (name, sorted labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def accept_one(service: Running) -> None:
+    with service.session() as s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert s.mail("<friend@sender.example>").kind == "continue"
+        assert s.rcpt("<alice@example.com>").kind == "continue"
+        final, _mods, _early = s.message(HEADERS, "hello\r\n")
+        assert final.kind in ("continue", "accept")
+
+
+def refuse_one(service: Running) -> None:
+    with service.session() as s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert_reply(s.mail("<spammer@bad.example>"), "host_denies_sender")
+
+
+def test_every_outcome_is_counted_and_promtool_accepts_the_text(tmp_path: Path) -> None:
+    port = free_port()
+    site = make_site(tmp_path, {"metrics": {"enabled": True, "port": port}})
+    with running(site) as service:
+        for _ in range(2):
+            accept_one(service)
+        refuse_one(service)
+        end = time.monotonic() + 10
+        while True:
+            text = scrape(port)
+            found = samples(text)
+            accepted = found.get(
+                ("smtpguard_transactions_total", (("outcome", "accept"), ("reply_id", "none")))
+            )
+            if accepted == 2.0 and found.get(("smtpguard_sessions_in_flight", ())) == 0.0:
+                break
+            assert time.monotonic() < end, text
+            time.sleep(POLL_INTERVAL)
+    reject = (("outcome", "reject"), ("reply_id", "host_denies_sender"))
+    assert found[("smtpguard_transactions_total", reject)] == 1.0
+    assert found[("smtpguard_sessions_total", ())] == 3.0
+    assert found[("smtpguard_transaction_seconds_count", ())] == 3.0
+    assert found[("smtpguard_check_verdicts_total", (("check", "sender_deny"), ("verdict", "hit")))]
+    assert found[("smtpguard_check_verdicts_total", (("check", "relay"), ("verdict", "pass")))]
+    assert found[("smtpguard_stage_seconds_count", (("stage", "eom"),))] == 2.0
+    # Present from the start, so that ratios over them exist before the first failure.
+    assert found[("smtpguard_dns_lookups_total", (("status", "servfail"),))] == 0.0
+    build = [k for k in found if k[0] == "smtpguard_build_info"]
+    assert len(build) == 1
+    assert found[build[0]] == 1.0
+    assert dict(build[0][1])["version"]
+    assert found[("process_resident_memory_bytes", ())] > 0
+    # No label value is an address or an IP: the label sets are closed.
+    assert UNTRUSTED_IP not in text
+    assert "bad.example" not in text
+    check = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
+
+
+def test_dns_lookups_are_counted_by_status(tmp_path: Path, unbound: DnsServer) -> None:
+    port = free_port()
+    dns = {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0}
+    site = make_site(tmp_path, {"metrics": {"enabled": True, "port": port}, "dns": dns})
+    with running(site) as service:
+        with service.session() as s:
+            s.connect(GOOD_IP, "mx.good.test")
+            s.helo("mx.good.test")
+            assert s.mail("<someone@good.test>").kind == "continue"
+        with service.session() as s:
+            s.connect(PTR_SERVFAIL_IP)
+            s.helo("mx.good.test")
+            s.mail("<someone@good.test>")
+        found = samples(scrape(port))
+    assert found[("smtpguard_dns_lookups_total", (("status", "ok"),))] >= 3
+    assert found[("smtpguard_dns_lookups_total", (("status", "servfail"),))] >= 1
+    assert found[("smtpguard_dns_cache_lookups_total", (("result", "miss"),))] >= 4
+
+
+def test_metric_names_are_the_documented_ones() -> None:
+    """Every metric is built in PrometheusMetrics.__init__ (a worker supervisor in
+    multiprocess mode needs them all in one place); docs/observability.md lists them all."""
+    registry = CollectorRegistry()
+    PrometheusMetrics(registry, process_collector=False)
+    names = {f.name for f in registry.collect()}
+    documented = set(re.findall(r"`(smtpguard_[a-z_]+)`", (DOCS / "observability.md").read_text()))
+    assert names == {n.removesuffix("_total") for n in documented}
