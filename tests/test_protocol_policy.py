@@ -6,7 +6,9 @@ per-domain policy (issue 14). DNS answers come from the real unbound server
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,35 @@ def test_local_block_list_works_without_dns(tmp_path: Path) -> None:
         assert_pass(s.connect("203.0.113.9"))
         assert_pass(s.helo("mx.somewhere.test"))
         assert_reply(s.mail("<someone@somewhere.test>"), "rbl_deny")
+
+
+def test_local_lists_are_read_again_on_sighup(tmp_path: Path) -> None:
+    listed = tmp_path / "blocked.txt"
+    listed.write_text("203.0.113.0/24\n")
+    extra = {"dnsbl": {"local": [{"file": str(listed), "kind": "rbl"}]}}
+
+    def mail(svc: Running, ip: str) -> Answer:
+        with svc.session() as s:
+            assert_pass(s.connect(ip))
+            assert_pass(s.helo("mx.somewhere.test"))
+            return s.mail("<someone@somewhere.test>")
+
+    with running(make_site(tmp_path, extra)) as svc:
+        assert_pass(mail(svc, "2001:db8:bad::1"))
+        listed.write_text("203.0.113.0/24\n2001:db8:bad::/48  # added\n")
+        svc.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: svc.log().count("reloaded configuration") == 1)
+        assert_reply(mail(svc, "2001:db8:bad::1"), "rbl_deny")
+        # A broken list is refused at reload; the lists already loaded stay.
+        listed.write_text("2001:db8:bad::1/48\n")
+        svc.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in svc.log())
+        assert f"{listed}:1: host bits set" in svc.log()
+        assert_reply(mail(svc, "2001:db8:bad::1"), "rbl_deny")
+
+
+def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.02)

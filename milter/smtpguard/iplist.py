@@ -5,11 +5,13 @@ A file holds one IPv4 or IPv6 address or network (``198.51.100.0/24``,
 with host bits set (``198.51.100.7/24``) is refused rather than silently widened: it is
 usually a typo for an address or for a different network.
 
-Matching does not scan the entries. Each network is stored as its prefix (the address
-shifted right by the host bits) in a dict per prefix length, so a lookup asks at most
-one dict per prefix length that occurs in the file (33 for IPv4, 129 for IPv6, in
-practice a handful): 100,000 entries cost the same per lookup as 10
-(``bench/iplist.py`` measures it).
+Matching does not scan the entries. Each network is a key in a dict per prefix length
+(the address shifted right by its host bits). Asking every prefix length would cost
+up to 33 (IPv4) or 129 (IPv6) dict lookups, more the more varied the list; so the
+lengths are also indexed by the address's top bits (/16 for IPv4, /32 for IPv6): a
+lookup asks that index once, then only the lengths that occur under that /16 or /32
+(usually one or two), longest first. Networks shorter than the index width are few
+and asked by length. 100,000 entries cost about what 10 do (``bench/iplist.py``).
 
 The files are read when the configuration is loaded: at start and on every SIGHUP.
 """
@@ -22,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpguard.address import IPAddress
-
-_BITS = {4: 32, 6: 128}
 
 
 class IpListError(Exception):
@@ -39,15 +39,45 @@ class IpListError(Exception):
 @dataclass(frozen=True, slots=True)
 class _Family:
     bits: int
-    #: prefix length -> {prefix: entry as written}; longest prefix lengths first.
-    tables: tuple[tuple[int, dict[int, str]], ...] = ()
+    #: Width of the index of prefix lengths (see the module docstring).
+    stride: int
+    #: prefix length -> {prefix: entry as written}
+    tables: dict[int, dict[int, str]] = field(default_factory=dict)
+    #: top ``stride`` bits -> the prefix lengths (>= stride) under them, longest first
+    index: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    #: prefix lengths below ``stride``, longest first
+    short: tuple[int, ...] = ()
 
     def find(self, value: int) -> str | None:
-        for length, table in self.tables:
-            entry = table.get(value >> (self.bits - length))
+        bits = self.bits
+        for length in self.index.get(value >> (bits - self.stride), ()):
+            entry = self.tables[length].get(value >> (bits - length))
+            if entry is not None:
+                return entry
+        for length in self.short:
+            entry = self.tables[length].get(value >> (bits - length))
             if entry is not None:
                 return entry
         return None
+
+
+def _family(bits: int, stride: int, networks: list[tuple[int, int, str]]) -> _Family:
+    """From (address, prefix length, entry) triples; a repeated network keeps its
+    first entry."""
+    tables: dict[int, dict[int, str]] = {}
+    index: dict[int, set[int]] = {}
+    for address, length, label in networks:
+        tables.setdefault(length, {}).setdefault(address >> (bits - length), label)
+        if length >= stride:
+            index.setdefault(address >> (bits - stride), set()).add(length)
+    # Most index slots hold the same few length sets: share one tuple per set.
+    shared: dict[frozenset[int], tuple[int, ...]] = {}
+    lengths = {
+        top: shared.setdefault(frozenset(found), tuple(sorted(found, reverse=True)))
+        for top, found in index.items()
+    }
+    short = tuple(sorted((n for n in tables if n < stride), reverse=True))
+    return _Family(bits, stride, tables, lengths, short)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +87,8 @@ class IpSet:
     #: Where the entries came from (file names), for logs.
     sources: tuple[str, ...] = ()
     size: int = 0
-    v4: _Family = field(default_factory=lambda: _Family(32))
-    v6: _Family = field(default_factory=lambda: _Family(128))
+    v4: _Family = field(default_factory=lambda: _Family(32, 16))
+    v6: _Family = field(default_factory=lambda: _Family(128, 32))
 
     def find(self, ip: IPAddress) -> str | None:
         """The entry (as written) whose network contains ``ip``, longest prefix first."""
@@ -89,7 +119,7 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> IpSet:
     """An :class:`IpSet` from ``(entry, label)`` pairs, ``label`` naming where the
     entry was written (``file:line``) for error messages."""
-    tables: dict[int, dict[int, dict[int, str]]] = {4: {}, 6: {}}
+    families: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
     size = 0
     for text, label in entries:
         try:
@@ -97,15 +127,13 @@ def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> 
         except ValueError as exc:
             source, _, line = label.rpartition(":")
             raise IpListError(source, int(line or 0), str(exc)) from None
-        bits = _BITS[net.version]
-        prefix = int(net.network_address) >> (bits - net.prefixlen)
-        tables[net.version].setdefault(net.prefixlen, {}).setdefault(prefix, text)
+        families[net.version].append((int(net.network_address), net.prefixlen, text))
         size += 1
     return IpSet(
         sources=sources,
         size=size,
-        v4=_Family(32, tuple(sorted(tables[4].items(), reverse=True))),
-        v6=_Family(128, tuple(sorted(tables[6].items(), reverse=True))),
+        v4=_family(32, 16, families[4]),
+        v6=_family(128, 32, families[6]),
     )
 
 
