@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import socket
+import stat
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -52,8 +54,14 @@ class LogSetupError(Exception):
 
 
 def syslog_handler(facility: str, address: str = "/dev/log") -> logging.Handler:
-    """A handler writing to the syslog datagram socket at ``address``."""
+    """A handler writing to the syslog datagram socket at ``address``.
+
+    The socket must exist at start: Python's handler (like openlog(3)) would accept a
+    missing one and lose every line, printing a traceback for each to stderr. Once
+    running, a syslog daemon that restarts is reconnected to at the next line."""
     try:
+        if not stat.S_ISSOCK(os.stat(address).st_mode):
+            raise LogSetupError(f"{address} is not a socket")
         handler = logging.handlers.SysLogHandler(
             address=address,
             facility=logging.handlers.SysLogHandler.facility_names[facility],

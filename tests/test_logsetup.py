@@ -1,0 +1,154 @@
+"""Where log lines go: stderr, or syslog read back from a unix datagram socket the test
+owns (PRI = facility * 8 + severity, the smtpguard[PID] tag, the message)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from smtpguard import logsetup
+from smtpguard.config import ConfigError, MilterConfig, load_config
+from support.mtclient import assert_reply
+from support.service import UNTRUSTED_IP, make_site, running
+
+#: RFC 3164 / RFC 5424 facility codes and severities.
+MAIL, LOCAL3 = 2, 19
+ERR, WARNING, INFO = 3, 4, 6
+SYSLOG_LINE = re.compile(r"<(\d+)>smtpguard\[(\d+)\]: (.*)", re.DOTALL)
+
+
+@pytest.fixture
+def syslog_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    path = tmp_path / "log.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(10)
+    try:
+        yield sock, path
+    finally:
+        sock.close()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    logsetup.set_worker(None)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+def receive(sock: socket.socket) -> tuple[int, int, int, str]:
+    """(facility, severity, pid, message) of the next datagram."""
+    data = sock.recv(65536).decode()
+    match = SYSLOG_LINE.fullmatch(data)
+    assert match, data
+    pri = int(match.group(1))
+    return pri // 8, pri % 8, int(match.group(2)), match.group(3)
+
+
+def test_syslog_lines_carry_facility_severity_and_tag(
+    syslog_socket: tuple[socket.socket, Path],
+) -> None:
+    sock, path = syslog_socket
+    config = replace(MilterConfig(), log="syslog", log_socket=str(path), log_level="INFO")
+    logsetup.configure(config)
+    log = logging.getLogger("smtpguard")
+    log.debug("not at INFO")
+    log.info("summary sid=1.1 outcome=accept")
+    log.warning("careful")
+    log.error("broken")
+    pid = os.getpid()
+    assert receive(sock) == (MAIL, INFO, pid, "summary sid=1.1 outcome=accept")
+    assert receive(sock) == (MAIL, WARNING, pid, "careful")
+    assert receive(sock) == (MAIL, ERR, pid, "broken")
+
+
+def test_another_facility_and_the_worker_mark(syslog_socket: tuple[socket.socket, Path]) -> None:
+    sock, path = syslog_socket
+    config = replace(MilterConfig(), log="syslog", log_socket=str(path), log_facility="local3")
+    logsetup.configure(config)
+    logsetup.set_worker(2)
+    logging.getLogger("smtpguard").info("hello")
+    assert receive(sock) == (LOCAL3, INFO, os.getpid(), "worker=2 hello")
+
+
+def test_stderr_format_and_reconfiguring_replaces_the_handler() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    logsetup.configure(MilterConfig(), first)
+    logsetup.configure(replace(MilterConfig(), log_level="WARNING"), second)
+    logsetup.set_worker(1)
+    log = logging.getLogger("smtpguard")
+    log.info("dropped")
+    log.warning("kept")
+    assert first.getvalue() == ""
+    assert re.fullmatch(
+        rf"\S+ \S+ smtpguard\[{os.getpid()}\]: WARNING worker=1 kept\n", second.getvalue()
+    )
+
+
+def test_a_missing_syslog_socket_is_named(tmp_path: Path) -> None:
+    config = replace(MilterConfig(), log="syslog", log_socket=str(tmp_path / "nothing"))
+    with pytest.raises(
+        logsetup.LogSetupError, match=r"cannot open the syslog socket .*nothing: No such file"
+    ):
+        logsetup.configure(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('log = "journal"', r"milter\.log: must be one of stderr, syslog"),
+        ('log_facility = "mailx"', r"milter\.log_facility: must be one of .*mail"),
+        ('log_socket = "dev/log"', r"milter\.log_socket: must be an absolute path"),
+        ("summary_log = 1", r"milter\.summary_log: expected true or false"),
+        ('authserv_id = "mx example"', r"milter\.authserv_id: must be a host name"),
+    ],
+)
+def test_log_options_are_validated(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[milter]\n{text}\n")
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert caught.value.file == str(path)
+
+
+@pytest.mark.integration
+def test_the_service_logs_to_syslog(
+    tmp_path: Path, syslog_socket: tuple[socket.socket, Path]
+) -> None:
+    sock, path = syslog_socket
+    site = make_site(tmp_path / "site", {"milter": {"log": "syslog", "log_socket": str(path)}})
+    with running(site) as service:
+        with service.session() as s:
+            s.connect(UNTRUSTED_IP)
+            s.helo("mail.sender.example")
+            assert_reply(s.mail("<spammer@bad.example>"), "host_denies_sender")
+        lines: list[tuple[int, int, int, str]] = []
+        end = time.monotonic() + 10
+        while not any(is_summary(m) for *_, m in lines):
+            assert time.monotonic() < end, lines
+            lines.append(receive(sock))
+    # Nothing of it goes to stderr once the log goes to syslog.
+    assert "summary" not in service.log()
+    summary = next(m for *_, m in lines if is_summary(m))
+    assert re.search(r"summary sid=\S+ outcome=reject reply=host_denies_sender ", summary)
+    assert all(f == MAIL for f, *_ in lines)
+    assert any(s == INFO and "starting on" in m for _f, s, _p, m in lines)
+
+
+def is_summary(message: str) -> bool:
+    return re.match(r"(worker=\d+ )?summary ", message) is not None
