@@ -119,6 +119,15 @@ _WORD = re.compile(r"\w+")
 #: piece of an IP address or version number.
 _MID_XCODE = re.compile(r"(?<![\w.])[245]\.[0-9]{1,3}\.[0-9]{1,3}(?!\.?[0-9])")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ADDRESS = re.compile(r"<?[^\s<>@\"'(),;:\[\]]{1,64}@[a-z0-9.-]{1,255}>?|<>", re.IGNORECASE)
+_URL_HOST = re.compile(r"(https?://)[^/\s\]>)'\"]+", re.IGNORECASE)
+_HOST = re.compile(
+    r"(?<![\w.@-])(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}(?![\w-])", re.IGNORECASE
+)
+#: Last labels that make a dotted word a host name (any two letters are a country).
+_TLDS = frozenset(
+    ["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "name", "pro", "io", "co", "me", "tv", "cc", "eu", "asia", "xyz", "top", "site", "online", "club", "shop", "app", "dev", "cloud", "email", "mail", "link", "live", "icu", "vip", "work", "ltd", "group", "arpa", "example", "invalid", "test", "localhost", "local", "lan", "internal"]
+)
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
@@ -157,6 +166,9 @@ class Rule:
     source: str
     #: One of :data:`FIXES`; default: the category's.
     fix: str | None = None
+    #: Search the text as pasted instead of :attr:`ParsedReply.plain`: for evidence that
+    #: lives in a host name (``zen.spamhaus.org``, ``listed at dnsbl.example``).
+    raw: bool = False
 
     def matches(self, reply: ParsedReply) -> bool:
         if self.code is not None and reply.code is not None and not self.code.fullmatch(reply.code):
@@ -165,7 +177,7 @@ class Rule:
             reply.xcode is None or not self.xcode.fullmatch(reply.xcode)
         ):
             return False
-        return self.text.search(reply.text)
+        return self.text.search(reply.text if self.raw else reply.plain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +217,10 @@ class ParsedReply:
     first: str
     #: The text of every pasted line (cut), where server signatures are looked for.
     raw: str = ""
+    #: :attr:`text` with e-mail addresses and host names replaced by ``<address>`` and
+    #: ``<host>``: what rules search, so that a domain containing "spam" or "relay"
+    #: is no evidence of anything.
+    plain: str = ""
 
     @property
     def klass(self) -> str:
@@ -488,7 +504,20 @@ def parse_reply(raw: str) -> ParsedReply:
     if xcode is None and code is not None:
         # The first one of the reply's class: "550 ... status 5.7.26", "(5.2.2)".
         xcode = next((m for m in _MID_XCODE.findall(text) if m[0] == code[0]), None)
-    return ParsedReply(code, xcode, text, group[0].text if group else "", whole)
+    return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain_text(text))
+
+
+def plain_text(text: str) -> str:
+    """``text`` without what names a mailbox or a host (see :attr:`ParsedReply.plain`)."""
+    text = _ADDRESS.sub("<address>", text)
+    text = _URL_HOST.sub(r"\1<host>", text)
+    return _HOST.sub(_host, text)
+
+
+def _host(m: re.Match[str]) -> str:
+    name = m.group(0)
+    tld = name.rsplit(".", 1)[-1].lower()
+    return "<host>" if len(tld) == 2 or tld in _TLDS else name
 
 
 def _parse_line(line: str) -> _Line:
@@ -548,6 +577,12 @@ def knowledge(rules_dir: Path | None = None) -> Knowledge:
     """The knowledge of ``rules_dir`` (default: the shipped rules), loaded once per
     process and directory: a log of a million bounces compiles the rules once."""
     return _cached(Path(rules_dir if rules_dir is not None else default_rules_dir()).resolve())
+
+
+def _bool(file: Path, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(file, key, "expected true or false")
+    return value
 
 
 def _fix(file: Path, key: str, value: Any) -> str:
@@ -650,7 +685,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
         raise ConfigError(file, "rule", "expected an array of tables ([[rule]])")
     seen: set[str] = set()
     out: list[Rule] = []
-    allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix"}
+    allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix", "raw"}
     for index, value in enumerate(raw):
         entry = _table(file, f"rule[{index}]", value)
         rid = entry.get("id")
@@ -675,6 +710,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
                 action=_optional_text(file, f"{key}.action", entry.get("action")),
                 source=source,
                 fix=None if entry.get("fix") is None else _fix(file, f"{key}.fix", entry["fix"]),
+                raw=_bool(file, f"{key}.raw", entry.get("raw", False)),
             )
         )
     return tuple(out)
