@@ -125,9 +125,12 @@ _HOST = re.compile(
     r"(?<![\w.@-])(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}(?![\w-])", re.IGNORECASE
 )
 #: Last labels that make a dotted word a host name (any two letters are a country).
-_TLDS = frozenset(
-    ["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "name", "pro", "io", "co", "me", "tv", "cc", "eu", "asia", "xyz", "top", "site", "online", "club", "shop", "app", "dev", "cloud", "email", "mail", "link", "live", "icu", "vip", "work", "ltd", "group", "arpa", "example", "invalid", "test", "localhost", "local", "lan", "internal"]
+_TLD_WORDS = (
+    "com net org edu gov mil int info biz name pro io co me tv cc "
+    "eu asia xyz top site online club shop app dev cloud email mail link live icu "
+    "vip work ltd group arpa example invalid test localhost local lan internal"
 )
+_TLDS = frozenset(_TLD_WORDS.split())
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
