@@ -85,6 +85,7 @@ table { border-collapse: collapse; width: 100%; }
 td, th { border-bottom: 1px solid #ddd; padding: .3em .5em; text-align: left;
   vertical-align: top; }
 .kind { color: #555; }
+td code { white-space: nowrap; }
 """
 
 _LABELS: dict[str, dict[str, str]] = {

@@ -1,0 +1,244 @@
+"""``smtpguard help-site``: every reply's help URL leads to its page on a real web
+server, every link of the site resolves, text is escaped, and the Chinese text is really
+drawn by a browser (headless Chromium, Debian's package, with the CJK font the test
+command installs)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+
+from smtpguard.config import load_config
+from smtpguard.helpsite import SiteError, page_form
+from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
+from support.png import read_png
+from support.service import make_site, run_cli
+
+HELP_URL = "https://help.example.com/smtp/{id}"
+CHROMIUM = "/usr/bin/chromium"
+CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site of a config with a help URL, hints and an override with HTML in it,
+    written where the URL's directory is served from (``www/smtp``)."""
+    tmp = tmp_path_factory.mktemp("helpsite")
+    config = make_site(
+        tmp,
+        {
+            "replies": {
+                "help_url": HELP_URL,
+                "hint": True,
+                "form": "per_language",
+                "override": {"rbl_deny": {"text": {"en": 'rbl <deny> & "more"'}}},
+            }
+        },
+        directory=False,
+    ).config
+    out = tmp / "www" / "smtp"
+    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    files = len(MILTER_IDS) + len(MTA_IDS) + 2
+    assert result.stdout == f"{out}: {files} files; the page of reply ID is ID/index.html\n"
+    (tmp / "config").symlink_to(config)
+    return out
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(site: Path) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` serving the site's parent, on loopback."""
+    handler = functools.partial(_Quiet, directory=str(site.parent))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def fetch(url: str) -> tuple[str, str]:
+    """The final URL (after redirects) and the body of a 200 answer."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return response.geturl(), response.read().decode("utf-8")
+
+
+def test_every_help_url_leads_to_its_page(site: Path, server: str) -> None:
+    config = load_config(site.parent.parent / "config")
+    table = load_replies(config.replies, config.file)
+    for reply_id in MILTER_IDS:
+        lines = table.render(reply_id, utf8=True).wire_lines()
+        url = lines[-1].split(" ", 2)[2]
+        assert url == HELP_URL.format(id=reply_id)
+        # The published site: https://help.example.com/smtp/ is served from www/smtp.
+        final, page = fetch(server + urlsplit(url).path)
+        assert final.endswith(f"/smtp/{reply_id}/")
+        row = table.rows[reply_id]
+        assert f"<code>{row.code} {row.xcode}</code> {reply_id}</h1>" in page
+        # The exact reply line, every line of it, and the sender's advice in both languages.
+        assert f"<pre>{_escape_all(chr(10).join(lines))}</pre>" in page
+        for lang in ("en", "zh"):
+            assert _escape_all(row.hint[lang]) in page
+            assert _escape_all(row.text[lang]) in page
+    for reply_id in MTA_IDS:
+        assert (site / reply_id / "index.html").is_file()
+
+
+def _escape_all(text: str) -> str:
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("'", "&#x27;")
+    )
+
+
+def test_text_is_escaped(site: Path) -> None:
+    page = (site / "rbl_deny" / "index.html").read_text(encoding="utf-8")
+    assert "rbl &lt;deny&gt; &amp; &quot;more&quot;" in page
+    assert "<deny>" not in page
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "<td>rbl &lt;deny&gt; &amp; &quot;more&quot;</td>" in index
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("href", "src") and value is not None:
+                self.links.append(value)
+            if name == "id" and value is not None:
+                self.ids.add(value)
+
+
+def _parse(text: str) -> _Links:
+    parser = _Links()
+    parser.feed(text)
+    return parser
+
+
+def test_every_link_resolves(site: Path, server: str) -> None:
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) == len(MILTER_IDS) + len(MTA_IDS) + 1
+    checked = 0
+    for page in pages:
+        base = f"{server}/smtp/{page.relative_to(site).as_posix()}"
+        links = _parse(page.read_text(encoding="utf-8")).links
+        assert links, page
+        for link in links:
+            assert not urlsplit(link).scheme, f"{page}: external link {link}"
+            target = urljoin(base, link)
+            path, _, fragment = target.partition("#")
+            _, body = fetch(path)
+            if fragment:
+                assert fragment in _parse(body).ids, f"{page}: {link}"
+            checked += 1
+    # The index links every page; every page links the index, the style sheet and
+    # its two language sections.
+    assert checked == len(pages) - 1 + 4 * (len(pages) - 1) + 1
+
+
+def test_page_forms() -> None:
+    assert page_form("") == "{id}/index.html"
+    assert page_form("https://help.example.com/smtp/{id}") == "{id}/index.html"
+    assert page_form("https://help.example.com/smtp/{id}/") == "{id}/index.html"
+    assert page_form("https://help.example.com/{id}.html") == "{id}.html"
+    for template in ("https://help.example.com/?id={id}", "https://h.example/{id}/x"):
+        with pytest.raises(SiteError, match="last path segment"):
+            page_form(template)
+
+
+def test_html_pages_for_an_html_template(tmp_path: Path) -> None:
+    config = make_site(
+        tmp_path, {"replies": {"help_url": "https://h.example/r/{id}.html"}}, directory=False
+    ).config
+    out = tmp_path / "out"
+    assert run_cli("-c", str(config), "help-site", "--out", str(out)).returncode == 0
+    assert (out / "rbl_deny.html").is_file()
+    assert 'href="rbl_deny.html"' in (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="index.html"' in (out / "rbl_deny.html").read_text(encoding="utf-8")
+
+
+def test_a_query_template_is_refused(tmp_path: Path) -> None:
+    config = make_site(
+        tmp_path, {"replies": {"help_url": "https://h.example/help?id={id}"}}, directory=False
+    ).config
+    result = run_cli("-c", str(config), "help-site", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "last path segment" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def screenshot(url: str, out: Path, profile: Path) -> int:
+    """Dark pixels of ``url`` rendered by headless Chromium at 800x1400."""
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            f"--user-data-dir={profile}",
+            f"--screenshot={out}",
+            "--window-size=800,1400",
+            url,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    return read_png(out.read_bytes()).dark_pixels()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs Debian's chromium package")
+def test_chromium_draws_the_chinese_text(site: Path, server: str, tmp_path: Path) -> None:
+    """The page as written against the same page with every CJK character replaced by
+    the one-stroke 一. CJK glyphs are all one width, so the layout is the same and the
+    difference in ink is the strokes of the real characters. A missing font draws every
+    character as the same box: the two would be alike."""
+    page = (site / "rbl_deny" / "index.html").read_text(encoding="utf-8")
+    chars = len(CJK.findall(page))
+    assert chars > 60
+    (site / "rbl_deny" / "one_stroke.html").write_text(CJK.sub("一", page), encoding="utf-8")
+    try:
+        real, one = (
+            screenshot(f"{server}/smtp/rbl_deny/{file}", tmp_path / f"{n}.png", tmp_path / "p")
+            for n, file in enumerate(("index.html", "one_stroke.html"))
+        )
+    finally:
+        (site / "rbl_deny" / "one_stroke.html").unlink()
+    # About 60 more dark pixels per character at 16 px with Noto Sans CJK.
+    assert real - one > 20 * chars, (real, one, chars)
