@@ -22,8 +22,8 @@ def test_defaults_send_no_query(tmp_path: Path) -> None:
     assert config.dns == DnsConfig()
     assert not config.dns.enabled
     assert config.dnsbl.zones == ()
-    assert config.smtpport.fcrdns
-    assert not config.smtpport.connect_back
+    assert (config.smtpport.no_ptr, config.smtpport.fcrdns) == ("enforce", "enforce")
+    assert (config.smtpport.generic_mode, config.smtpport.connect_back) == ("enforce", "off")
     assert config.smtpport.generic is not None
     assert config.smtpport.generic.file == ROOT / "rules" / "generic_ptr.toml"
     assert not config.spf.reject_softfail
@@ -113,7 +113,7 @@ reject_softfail = true
         False,
     )
     assert config.smtpport.generic is None
-    assert not config.smtpport.fcrdns
+    assert config.smtpport.fcrdns == "off"
     assert config.smtpport.connect_back_port == 2525
     assert config.spf.reject_softfail
 
@@ -162,7 +162,8 @@ def zone(body: str) -> str:
         ("[[dnsbl.zones]]\nname = 'z.test'\n", "dnsbl.zones", "need [dns] nameservers"),
         ("[checks.spf]\nmode = 'enforce'\n", "checks.spf.mode", "needs [dns] nameservers"),
         ("[checks.rbl]\non_temp_error = 'tempfail'\n", "checks.rbl.mode", "needs [dns]"),
-        ("[smtpport]\nconnect_back = 'yes'\n", "smtpport.connect_back", "true or false"),
+        ("[smtpport]\nconnect_back = 'yes'\n", "smtpport.connect_back", "enforce, report, off"),
+        ("[smtpport]\nno_ptr = 1\n", "smtpport.no_ptr", "must be one of enforce, report, off"),
         ("[smtpport]\nconnect_back_port = 0\n", "smtpport.connect_back_port", "at least 1"),
         ("[spf]\nreject_softfail = 1\n", "spf.reject_softfail", "true or false"),
         ("[spf]\nreject_fail = true\n", "spf.reject_fail", "unknown key"),

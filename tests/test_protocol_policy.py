@@ -19,8 +19,11 @@ from support.mtclient import Answer, assert_pass, assert_reply
 from support.service import Running, make_site, merge, running
 from support.unbound import (
     A_ONLY_DOMAIN,
+    GENERIC_DSL_IP,
+    GENERIC_IP,
     GOOD_DOMAIN,
     GOOD_IP,
+    NO_PTR_IP,
     RBL_IP,
     RBL_TEST_IP,
     RBL_ZONE,
@@ -255,3 +258,38 @@ def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < end, "condition not reached"
         time.sleep(0.02)
+
+
+# --- smtpport: one mode per reason --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ptr_rollout(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+    """A site rolling the PTR checks out: no PTR only reported, generic names off,
+    FCrDNS enforced."""
+    extra = {"smtpport": {"no_ptr": "report", "generic": "off", "fcrdns": "enforce"}}
+    yield from dns_site(tmp_path_factory.mktemp("ptr"), unbound.port, extra)
+
+
+@pytest.mark.parametrize(
+    ("ip", "reply_id"),
+    [
+        (NO_PTR_IP, None),
+        (GENERIC_IP, None),
+        (GENERIC_DSL_IP, None),
+        (UNCONFIRMED_IP, "smtpport_check"),
+    ],
+)
+def test_smtpport_reasons_roll_out_one_at_a_time(
+    ptr_rollout: Running, ip: str, reply_id: str | None
+) -> None:
+    with ptr_rollout.session() as s:
+        assert_pass(s.connect(ip))
+        assert_pass(s.helo("mx.somewhere.test"))
+        answer = s.mail(f"<someone@{GOOD_DOMAIN}>")
+    if reply_id is None:
+        assert_pass(answer)
+    else:
+        assert_reply(answer, reply_id)
+    if ip == NO_PTR_IP:
+        assert f"reason=no_ptr mode=report: no PTR for {ip}" in ptr_rollout.log()

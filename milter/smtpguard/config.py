@@ -505,15 +505,21 @@ class GenericPatterns:
 
 @dataclass(frozen=True, slots=True)
 class SmtpportConfig:
-    """The ``smtpport`` check (reply ``smtpport_check``)."""
+    """The ``smtpport`` check (reply ``smtpport_check``). Each reason has its own mode
+    ("enforce", "report": log only, "off"), so a site can roll them out one at a time;
+    the check's own ``[checks.smtpport] mode`` still applies on top."""
 
+    #: No PTR record for the client IP.
+    no_ptr: Mode = "enforce"
     #: The PTR name must resolve back to the client IP (FCrDNS).
-    fcrdns: bool = True
+    fcrdns: Mode = "enforce"
+    #: The (confirmed) PTR name looks like a dynamic/residential host's.
+    generic_mode: Mode = "enforce"
     #: None: no pattern check (``generic_patterns = ""``).
     generic: GenericPatterns | None = None
     #: TCP connect-back to the client's SMTP port; off by default (outbound-only
     #: relays of large providers legitimately refuse it).
-    connect_back: bool = False
+    connect_back: Mode = "off"
     connect_back_port: int = 25
     connect_back_timeout: float = 3.0
     connect_back_cache_ttl: int = 3600
@@ -1223,15 +1229,28 @@ def _smtpport(s: _Section) -> SmtpportConfig:
     if port > 65535:
         raise s.error("connect_back_port", "must be at most 65535")
     out = SmtpportConfig(
-        fcrdns=s.boolean("fcrdns", d.fcrdns),
+        no_ptr=_reason_mode(s, "no_ptr", d.no_ptr),
+        fcrdns=_reason_mode(s, "fcrdns", d.fcrdns),
+        generic_mode=_reason_mode(s, "generic", d.generic_mode),
         generic=generic,
-        connect_back=s.boolean("connect_back", d.connect_back),
+        connect_back=_reason_mode(s, "connect_back", d.connect_back),
         connect_back_port=port,
         connect_back_timeout=s.number("connect_back_timeout", d.connect_back_timeout, minimum=0.01),
         connect_back_cache_ttl=s.integer("connect_back_cache_ttl", d.connect_back_cache_ttl),
     )
     s.done()
     return out
+
+
+def _reason_mode(s: _Section, name: str, default: Mode) -> Mode:
+    """A mode; ``true``/``false`` still mean "enforce"/"off" (the keys were switches)."""
+    s.seen.add(name)
+    value = s.data.get(name, default)
+    if isinstance(value, bool):
+        return "enforce" if value else "off"
+    if value not in ("enforce", "report", "off"):
+        raise s.error(name, f"must be one of enforce, report, off (or true, false); got {value!r}")
+    return cast(Mode, value)
 
 
 def _generic_patterns(path: Path) -> GenericPatterns:

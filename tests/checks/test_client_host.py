@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services
+from support.service import ROOT
 
 IP = "198.51.100.7"
 PTR = "7.100.51.198.in-addr.arpa"
@@ -153,6 +156,36 @@ def test_allow_patterns_and_pattern_file_errors(tmp_path: Path) -> None:
     assert "lookbehind is not supported" in err.value.message
 
 
+#: Real-world naming schemes with their sources (see the file's header).
+PTR_NAMES = tomllib.loads((ROOT / "tests" / "data" / "ptr-names.toml").read_text())["name"]
+
+
+@pytest.mark.parametrize("entry", PTR_NAMES, ids=[e["ptr"] for e in PTR_NAMES])
+def test_real_world_names(shipped: GenericPatterns, entry: dict[str, str]) -> None:
+    """Dynamic schemes are generic; names with a static marker and mail servers' own
+    names are not, even when they carry the address."""
+    reason = generic_match(shipped, entry["ptr"], ipaddress.IPv4Address(entry["ip"]))
+    assert (reason is not None) == (entry["kind"] == "dynamic"), (entry["source"], reason)
+
+
+def test_the_data_has_every_kind_with_a_source() -> None:
+    assert {e["kind"] for e in PTR_NAMES} == {"dynamic", "static", "server"}
+    assert all(e["source"] for e in PTR_NAMES)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "static.88-198-24-108.clients.your-server.de",
+        "198-51-100-7.static.isp.example",
+        "dsl-static-12.isp.example",
+        "fixed-ip-7.pool.isp.example",
+    ],
+)
+def test_a_static_marker_is_never_generic(shipped: GenericPatterns, name: str) -> None:
+    assert generic_match(shipped, name, ipaddress.IPv4Address(IP)) is None
+
+
 #: ip_digits as it was written for Python's re, with a backreference RE2 does not have.
 _IP_DIGITS_BACKREF = re.compile(
     r"(^|[^0-9])[0-9]{1,3}([.\-_])[0-9]{1,3}\2[0-9]{1,3}\2[0-9]{1,3}([^0-9]|$)"
@@ -206,6 +239,34 @@ def test_ptr_failure_is_temporary(
     verdict = decide(smtpport(tmp_path, resolver))
     assert isinstance(verdict, TempError)
     assert status.name in verdict.detail
+
+
+@pytest.mark.parametrize("mode", ["report", "off"])
+def test_each_reason_has_its_own_mode(
+    tmp_path: Path,
+    resolver: Resolver,
+    fake: FakeDns,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One reason relaxed leaves the others enforced; "report" logs what it saw."""
+    caplog.set_level(logging.INFO, "smtpguard")
+    relaxed = smtpport(tmp_path, resolver, no_ptr=mode)
+    assert decide(relaxed) is None  # IP has no PTR
+    assert ("reason=no_ptr mode=report" in caplog.text) == (mode == "report")
+    host(fake, "198.51.100.8", "mx.liar.test", forward={"mx.liar.test": "198.51.100.99"})
+    verdict = decide(relaxed, ip="198.51.100.8")
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.startswith("fcrdns: ")
+
+    host(fake, "198.51.100.9", "198-51-100-9.dyn.isp.test")
+    generic_relaxed = smtpport(tmp_path, resolver, generic=mode)
+    assert decide(generic_relaxed, ip="198.51.100.9") is None
+    verdict = decide(smtpport(tmp_path, resolver, fcrdns=mode, generic=mode), ip="198.51.100.8")
+    assert verdict is None
+    verdict = decide(generic_relaxed)
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.startswith("no_ptr: ")
 
 
 def test_unconfirmed_ptr_is_a_hit(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:

@@ -3,13 +3,18 @@ optionally, its SMTP port); ``helo_error`` when its HELO name does not resolve.
 
 ``smtpport`` (started when the connection opens, decided at MAIL FROM):
 
+Each reason has its own mode in ``[smtpport]`` (``no_ptr``, ``fcrdns``, ``generic``,
+``connect_back``: "enforce", "report" to only log it, or "off"), so a site can roll
+them out one at a time; the hit's detail starts with the reason.
+
 * no PTR record for the client IP (NXDOMAIN or no data) is a hit;
-* with ``fcrdns = true`` (default) some PTR name must resolve back to the client IP
+* with ``fcrdns`` on (default) some PTR name must resolve back to the client IP
   (forward-confirmed reverse DNS: A for IPv4, AAAA for IPv6; at most 10 names are
   followed, the limit RFC 7208 §4.6.4 sets for the same walk);
 * a name from ``rules/generic_ptr.toml`` that looks like a dial-up, DSL, cable or pool
   address is a hit (all candidate names must be generic, so one good name is enough);
-* with ``connect_back = true`` the client's port 25 must accept a TCP connection
+  a name with an explicit static marker (``static``, ``fixed``) never is;
+* with ``connect_back`` on the client's port 25 must accept a TCP connection
   (nothing is sent; the result is cached per IP). Off by default: the outbound relays
   of large providers accept no inbound connections.
 
@@ -30,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +59,8 @@ from smtpguard.memo import Memo
 from smtpguard.resultheaders import record_iprev
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
+
+log = logging.getLogger("smtpguard")
 
 #: RFC 7208 §4.6.4: at most 10 PTR names are looked up; the same bound here.
 MAX_PTR_NAMES = 10
@@ -181,7 +189,7 @@ class SmtpPort:
             conn.scratch[self._RDNS] = (
                 Completed(known) if known is not None else self.dns.spawn(reverse_dns(self.dns, ip))
             )
-        if self.config.connect_back and self._PROBE not in conn.scratch:
+        if self.config.connect_back != "off" and self._PROBE not in conn.scratch:
             conn.scratch[self._PROBE] = self.dns.spawn(self._connect_back(ip))
 
     async def _connect_back(self, ip: IPAddress) -> tuple[bool | None, str]:
@@ -221,8 +229,8 @@ class SmtpPort:
         if rdns is None:
             return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
         record_iprev(conn, rdns)
-        verdict = self._judge_rdns(ip, rdns)
-        if verdict is not None or not self.config.connect_back:
+        verdict = self._judge_rdns(conn, ip, rdns)
+        if verdict is not None or self.config.connect_back == "off":
             return verdict
         probe_future: Pending[tuple[bool | None, str]] = conn.scratch[self._PROBE]
         probe = self.dns.wait(probe_future, event.deadline)
@@ -233,35 +241,45 @@ class SmtpPort:
             return TempError("database_temp_error", f"connect-back {ip}: {why}")
         if not reachable:
             port = self.config.connect_back_port
-            return Hit("smtpport_check", f"{ip} port {port} does not accept SMTP: {why}")
+            detail = f"{ip} port {port} does not accept SMTP: {why}"
+            return self._reason(conn, "connect_back", self.config.connect_back, detail)
         return None
 
-    def _judge_rdns(self, ip: IPAddress, rdns: ReverseDns) -> Verdict | None:
+    def _reason(self, conn: Connection, reason: str, mode: str, detail: str) -> Hit | None:
+        """A hit for ``reason`` in its own mode: "report" only logs it."""
+        if mode == "enforce":
+            return Hit("smtpport_check", f"{reason}: {detail}")
+        log.info("smtpport sid=%s reason=%s mode=report: %s", conn.session_id, reason, detail)
+        return None
+
+    def _judge_rdns(self, conn: Connection, ip: IPAddress, rdns: ReverseDns) -> Verdict | None:
+        config = self.config
         ptr = rdns.ptr
         if ptr.status.temporary:
             return TempError("database_temp_error", f"PTR {ip}: {ptr.describe()}")
         if not ptr.ok or not rdns.names:
-            return Hit("smtpport_check", f"no PTR for {ip}: {ptr.describe()}")
+            if config.no_ptr == "off":
+                return None
+            return self._reason(conn, "no_ptr", config.no_ptr, f"no PTR for {ip}: {ptr.describe()}")
         candidates = rdns.names
-        if self.config.fcrdns:
+        if config.fcrdns != "off":
             if not rdns.confirmed:
                 if rdns.unknown:
                     return TempError(
                         "database_temp_error",
                         f"PTR {', '.join(rdns.names)} of {ip}: forward lookup failed",
                     )
-                return Hit(
-                    "smtpport_check",
-                    f"PTR {', '.join(rdns.names)} does not resolve back to {ip} (FCrDNS)",
-                )
-            candidates = rdns.confirmed
-        if self._generic is not None:
+                detail = f"PTR {', '.join(rdns.names)} does not resolve back to {ip} (FCrDNS)"
+                hit = self._reason(conn, "fcrdns", config.fcrdns, detail)
+                if hit is not None:
+                    return hit
+            else:
+                candidates = rdns.confirmed
+        if self._generic is not None and config.generic_mode != "off":
             reasons = [self._generic(n, ip) for n in candidates]
             if all(reasons):
-                return Hit(
-                    "smtpport_check",
-                    f"PTR {candidates[0]} of {ip} looks generic (pattern {reasons[0]})",
-                )
+                detail = f"PTR {candidates[0]} of {ip} looks generic (pattern {reasons[0]})"
+                return self._reason(conn, "generic", config.generic_mode, detail)
         return None
 
 
