@@ -325,7 +325,7 @@ class Summary:
             self.by_family[verdict.server_family] += 1
 
     def to_dict(self, knowledge: Knowledge, lang: str) -> dict[str, object]:
-        """The ``--json`` document (keys documented in docs/explain.md)."""
+        """The ``--json`` document (its keys are documented in README.md)."""
         return {
             "source": self.source,
             "lines": self.lines,
