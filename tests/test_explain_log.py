@@ -211,6 +211,15 @@ def test_dsn_blocks_that_failed_or_were_delayed() -> None:
     ]
 
 
+def test_dsn_with_raw_utf8_and_odd_bytes() -> None:
+    dsn = DSN.replace(
+        b"Diagnostic-Code: smtp; 451 4.7.1 Greylisted, please try again",
+        "Diagnostic-Code: smtp; 550 5.1.1 收件人不存在".encode() + b" \xff",
+    )
+    events = list(dsn_events(message_from_bytes(dsn, policy=compat32)))
+    assert events[1].reply == "550 5.1.1 收件人不存在 \ufffd"
+
+
 def test_dsn_folder_summary(tmp_path: Path, rules: Knowledge) -> None:
     (tmp_path / "cur").mkdir()
     (tmp_path / "cur" / "1.eml").write_bytes(DSN)
@@ -270,6 +279,38 @@ def test_cli_text_and_json_summary(tmp_path: Path) -> None:
     assert re.search(r"^greylisting +Greylisted +retry_later +0 +2 +2$", text, re.MULTILINE)
     zh = run_cli("explain", "--log", str(log), "--lang", "zh", check=True).stdout
     assert "8 次退信和延迟" in zh
+
+
+def test_events_one_line_each_then_the_summary(tmp_path: Path) -> None:
+    log = tmp_path / "mail.log"
+    log.write_text(f"{POSTFIX_SENT}\n{SENDMAIL_DEFERRED}\n{EXIM_BOUNCE}\n", encoding="utf-8")
+    lines = run_cli("explain", "--log", str(log), "--json", "--events", check=True).stdout
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert [r["type"] for r in records] == ["event", "event", "event", "summary"]
+    assert records[0] == {
+        "type": "event",
+        "mta": "sendmail",
+        "status": "deferred",
+        "recipient": "dave@qq.com",
+        "domain": "qq.com",
+        "reply": "451 4.7.1 Greylisted, please try again later",
+        "category": "greylisting",
+        "fix": "retry_later",
+        "permanent": False,
+        "enhanced_code": "4.7.1",
+        "server_family": None,
+    }
+    assert records[2]["enhanced_code"] == "5.7.1"
+    assert records[2]["permanent"] is True
+    assert records[3]["events"] == 3
+    text = run_cli("explain", "--log", str(log), "--events", check=True).stdout.splitlines()
+    assert text[2] == (
+        "bounced\texample.net\trelay_denied\tauthenticate\tfrank@example.net\t"
+        "550 5.7.1 Relaying denied"
+    )
+    assert text[3] == ""
+    assert text[4].startswith(f"{log}: 3 lines; 3 bounces and deferrals")
+    assert run_cli("explain", "--events", "550 x").returncode == 2
 
 
 def test_stdin_and_hostile_bytes_end_without_a_traceback() -> None:

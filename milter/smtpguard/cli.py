@@ -394,14 +394,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if bool(args.reply) == (args.log is not None):
         print("smtpguard explain: give a reply line or --log FILE, not both", file=sys.stderr)
         return 2
+    if args.events and args.log is None:
+        print("smtpguard explain: --events goes with --log", file=sys.stderr)
+        return 2
     if args.log is not None:
         from smtpguard.explain_log import log_main
 
-        rules = knowledge(args.rules_dir)
-        print(
-            log_main(
-                args.log, knowledge=rules, lang=args.lang, as_json=args.json, stdin=sys.stdin.buffer
-            )
+        log_main(
+            args.log,
+            knowledge=knowledge(args.rules_dir),
+            lang=args.lang,
+            as_json=args.json,
+            stdin=sys.stdin.buffer,
+            out=sys.stdout,
+            events=args.events,
         )
         return 0
     line = _text_arg(" ".join(args.reply))
@@ -552,6 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="explain every bounce and deferral of a Postfix, Sendmail or Exim log (- for"
         " stdin) or of a folder of DSN messages, and print a summary",
+    )
+    ex.add_argument(
+        "--events",
+        action="store_true",
+        help="with --log: also one line per bounce or deferral, as read (JSON Lines with --json)",
     )
     ex.add_argument(
         "--rules-dir",

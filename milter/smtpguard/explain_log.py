@@ -41,13 +41,13 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
 from pathlib import Path
-from typing import BinaryIO, Literal, TypeVar
+from typing import BinaryIO, Literal, TextIO, TypeVar
 
 from cachetools import LRUCache
 
@@ -123,7 +123,11 @@ class Verdict:
     fix: str
     permanent: bool
     server_family: str | None
+    enhanced_code: str | None
 
+
+#: Called with every event and its verdict as it is read (``--events``).
+EventSink = Callable[[Event, Verdict], None]
 
 # --- reading -------------------------------------------------------------------------
 
@@ -203,11 +207,14 @@ def dsn_events(message: Message) -> Iterator[Event]:
 
 
 def _field(block: Message, name: str) -> str:
-    value = block.get(name)
-    if value is None:
-        return ""
-    # Folded fields come with their line breaks; a header object for odd bytes.
-    return " ".join(str(value).split())
+    # The raw value: folded fields come with their line breaks, raw 8-bit bytes (UTF-8
+    # from a Chinese server, say) as surrogates, which _shown turns back into text.
+    # (``get`` would hand a Header object that prints those bytes as U+FFFD.)
+    wanted = name.lower()
+    for key, value in block.raw_items():
+        if key.lower() == wanted:
+            return _shown(" ".join(str(value).split()))
+    return ""
 
 
 def _typed(value: str) -> str:
@@ -257,7 +264,9 @@ class Explainer:
         found = self.cache.get(key)
         if found is None:
             exp = self.knowledge.explain(key)
-            found = Verdict(exp.category, exp.fix, exp.permanent, exp.server_family)
+            found = Verdict(
+                exp.category, exp.fix, exp.permanent, exp.server_family, exp.enhanced_code
+            )
             self.cache[key] = found
             self.computed += 1
         return found
@@ -498,19 +507,28 @@ _WORDS: dict[str, dict[str, str]] = {
 # --- the command ---------------------------------------------------------------------
 
 
-def summarize_lines(lines: Iterable[bytes], explainer: Explainer, source: str) -> Summary:
+def summarize_lines(
+    lines: Iterable[bytes], explainer: Explainer, source: str, each: EventSink | None = None
+) -> Summary:
     summary = Summary(source)
     count = 0
     for raw in lines:
         count += 1
         for event in parse_log_line(raw):
-            summary.add(event, explainer.verdict(event.reply))
+            _count(summary, event, explainer, each)
     summary.lines = count
     summary.explained = explainer.computed
     return summary
 
 
-def summarize_folder(folder: Path, explainer: Explainer) -> Summary:
+def _count(summary: Summary, event: Event, explainer: Explainer, each: EventSink | None) -> None:
+    verdict = explainer.verdict(event.reply)
+    summary.add(event, verdict)
+    if each is not None:
+        each(event, verdict)
+
+
+def summarize_folder(folder: Path, explainer: Explainer, each: EventSink | None = None) -> Summary:
     summary = Summary(os.fsdecode(folder))
     for _path, events in read_dsn_folder(folder):
         summary.messages += 1
@@ -518,32 +536,82 @@ def summarize_folder(folder: Path, explainer: Explainer) -> Summary:
             summary.not_dsn += 1
             continue
         for event in events:
-            summary.add(event, explainer.verdict(event.reply))
+            _count(summary, event, explainer, each)
     summary.explained = explainer.computed
     return summary
 
 
-def summarize(source: str, explainer: Explainer, stdin: BinaryIO) -> Summary:
+def summarize(
+    source: str, explainer: Explainer, stdin: BinaryIO, each: EventSink | None = None
+) -> Summary:
     """The summary of ``source``: a log file, ``-`` (``stdin``) or a DSN folder."""
     if source == "-":
-        return summarize_lines(read_lines(stdin), explainer, "-")
+        return summarize_lines(read_lines(stdin), explainer, "-", each)
     path = Path(source)
     if path.is_dir():
-        summary = summarize_folder(path, explainer)
+        summary = summarize_folder(path, explainer, each)
     else:
         with path.open("rb") as f:
-            summary = summarize_lines(read_lines(f), explainer, source)
+            summary = summarize_lines(read_lines(f), explainer, source, each)
     # A name with bytes that are not UTF-8 (kept by Python as surrogates) is shown, not
     # a reason to fail.
-    summary.source = source.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    summary.source = _shown(source)
     return summary
 
 
+def _shown(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def event_dict(event: Event, verdict: Verdict) -> dict[str, object]:
+    """One ``--events --json`` line (keys documented in README.md)."""
+    return {
+        "type": "event",
+        "mta": event.mta,
+        "status": event.status,
+        "recipient": _shown(event.recipient),
+        "domain": event.domain,
+        "reply": event.reply,
+        "category": verdict.category,
+        "fix": verdict.fix,
+        "permanent": verdict.permanent,
+        "enhanced_code": verdict.enhanced_code,
+        "server_family": verdict.server_family,
+    }
+
+
 def log_main(
-    source: str, *, knowledge: Knowledge, lang: str, as_json: bool, stdin: BinaryIO
-) -> str:
-    """What ``smtpguard explain --log SOURCE [--lang] [--json]`` prints."""
-    summary = summarize(source, Explainer(knowledge), stdin)
-    if as_json:
-        return json.dumps(summary.to_dict(knowledge, lang), ensure_ascii=False, indent=2)
-    return summary.render_text(knowledge, lang)
+    source: str,
+    *,
+    knowledge: Knowledge,
+    lang: str,
+    as_json: bool,
+    stdin: BinaryIO,
+    out: TextIO,
+    events: bool = False,
+) -> None:
+    """Write what ``smtpguard explain --log SOURCE [--lang] [--json] [--events]`` prints
+    to ``out``: the summary; with ``events``, first one line per event as it is read
+    (JSON Lines with ``as_json``, the summary then being the last line)."""
+    each: EventSink | None = None
+    if events and as_json:
+
+        def each(event: Event, verdict: Verdict) -> None:
+            out.write(json.dumps(event_dict(event, verdict), ensure_ascii=False) + "\n")
+
+    elif events:
+
+        def each(event: Event, verdict: Verdict) -> None:
+            fields = (event.status, event.domain or "-", verdict.category, verdict.fix)
+            out.write("\t".join([*fields, _shown(event.recipient), event.reply]) + "\n")
+
+    summary = summarize(source, Explainer(knowledge), stdin, each)
+    if as_json and events:
+        out.write(
+            json.dumps({"type": "summary", **summary.to_dict(knowledge, lang)}, ensure_ascii=False)
+            + "\n"
+        )
+    elif as_json:
+        out.write(json.dumps(summary.to_dict(knowledge, lang), ensure_ascii=False, indent=2) + "\n")
+    else:
+        out.write(("\n" if events else "") + summary.render_text(knowledge, lang) + "\n")
