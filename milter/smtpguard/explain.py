@@ -507,7 +507,17 @@ def parse_reply(raw: str) -> ParsedReply:
     if xcode is None and code is not None:
         # The first one of the reply's class: "550 ... status 5.7.26", "(5.2.2)".
         xcode = next((m for m in _MID_XCODE.findall(text) if m[0] == code[0]), None)
+    if code is not None:
+        # A multi-line reply unfolded into one line (a bounce's Diagnostic-Code) repeats
+        # "550-5.7.1" inside the text; those are line prefixes, not words.
+        text = _space_out(
+            re.sub(rf"(?<!\S){code}[ -](?:[245]\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?!\S))?", " ", text)
+        )
     return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain_text(text))
+
+
+def _space_out(text: str) -> str:
+    return _SPACE.sub(" ", text).strip()
 
 
 def plain_text(text: str) -> str:
