@@ -172,6 +172,14 @@ class Rule:
     #: Search the text as pasted instead of :attr:`ParsedReply.plain`: for evidence that
     #: lives in a host name (``zen.spamhaus.org``, ``listed at dnsbl.example``).
     raw: bool = False
+    #: A rule for a group of provider codes (NetEase's MI:SFQ, RP:QRC...): the meaning
+    #: of the first code found in the reply is its cause, so a reply is told what its
+    #: own code means and not the whole group's.
+    meanings: tuple[tuple[Pattern, Text], ...] = ()
+
+    def cause_for(self, reply: ParsedReply) -> Text | None:
+        text = reply.text if self.raw else reply.plain
+        return next((m for pattern, m in self.meanings if pattern.search(text)), self.cause)
 
     def matches(self, reply: ParsedReply) -> bool:
         if self.code is not None and reply.code is not None and not self.code.fullmatch(reply.code):
@@ -350,7 +358,7 @@ class Knowledge:
                     return self._explanation(
                         reply,
                         cat,
-                        cause=rule.cause or cat.cause,
+                        cause=rule.cause_for(reply) or cat.cause,
                         action=rule.action or cat.action,
                         rule=rule.id,
                         source=rule.source,
@@ -592,6 +600,15 @@ def knowledge(rules_dir: Path | None = None) -> Knowledge:
     return _cached(Path(rules_dir if rules_dir is not None else default_rules_dir()).resolve())
 
 
+def _meanings(file: Path, key: str, value: Any) -> tuple[tuple[Pattern, Text], ...]:
+    """``[rule.meaning."MI:SFQ"]`` tables: a code (matched as a whole word) and its text."""
+    out = []
+    for token, text in _table(file, key, value).items():
+        pattern = _regex(file, f"{key}.{token}", rf"(?:^|\W){re.escape(token)}(?:\W|$)")
+        out.append((pattern, _text(file, f"{key}.{token}", text)))
+    return tuple(out)
+
+
 def _bool(file: Path, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(file, key, "expected true or false")
@@ -699,6 +716,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
     seen: set[str] = set()
     out: list[Rule] = []
     allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix", "raw"}
+    allowed.add("meaning")
     for index, value in enumerate(raw):
         entry = _table(file, f"rule[{index}]", value)
         rid = entry.get("id")
@@ -724,6 +742,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
                 source=source,
                 fix=None if entry.get("fix") is None else _fix(file, f"{key}.fix", entry["fix"]),
                 raw=_bool(file, f"{key}.raw", entry.get("raw", False)),
+                meanings=_meanings(file, f"{key}.meaning", entry.get("meaning", {})),
             )
         )
     return tuple(out)
