@@ -4,6 +4,7 @@ JSON, bounded memory on a large generated log, and hostile bytes."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import itertools
 import json
@@ -279,6 +280,19 @@ def test_cli_text_and_json_summary(tmp_path: Path) -> None:
     assert re.search(r"^greylisting +Greylisted +retry_later +0 +2 +2$", text, re.MULTILINE)
     zh = run_cli("explain", "--log", str(log), "--lang", "zh", check=True).stdout
     assert "8 次退信和延迟" in zh
+
+
+def test_a_rotated_gzip_log_is_read_too(tmp_path: Path) -> None:
+    plain = tmp_path / "mail.log.1"
+    plain.write_text(f"{POSTFIX_BOUNCE}\n{EXIM_DEFER}\n{POSTFIX_SENT}\n", encoding="utf-8")
+    packed = tmp_path / "mail.log.2.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    outputs = [
+        json.loads(run_cli("explain", "--log", str(log), "--json", check=True).stdout)
+        for log in (plain, packed)
+    ]
+    assert outputs[0]["events"] == 2
+    assert {**outputs[0], "source": ""} == {**outputs[1], "source": ""}
 
 
 def test_events_one_line_each_then_the_summary(tmp_path: Path) -> None:

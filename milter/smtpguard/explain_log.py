@@ -19,7 +19,8 @@ What is read:
   ``message/delivery-status`` part with ``Action: failed`` (bounce) or ``delayed``
   (deferral), its ``Diagnostic-Code`` (``smtp; 550 ...``) or else its ``Status``.
 
-Every other line is counted and skipped. Deferrals are counted per attempt: a message
+A log compressed with gzip (a rotated ``mail.log.2.gz``) is read through gzip. Every
+other line is counted and skipped. Deferrals are counted per attempt: a message
 retried five times is five deferral events.
 
 Memory stays bounded whatever the input's size: lines are read one at a time, cut at
@@ -37,6 +38,9 @@ as the original would be (tests/test_explain_log.py checks that on the explain c
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
 import os
 import re
@@ -47,7 +51,7 @@ from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
 from pathlib import Path
-from typing import BinaryIO, Literal, TextIO, TypeVar
+from typing import BinaryIO, Literal, Protocol, TextIO, TypeVar
 
 from cachetools import LRUCache
 
@@ -132,7 +136,11 @@ EventSink = Callable[[Event, Verdict], None]
 # --- reading -------------------------------------------------------------------------
 
 
-def read_lines(stream: BinaryIO) -> Iterator[bytes]:
+class LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def read_lines(stream: LineReader) -> Iterator[bytes]:
     """The lines of ``stream``, each cut at :data:`MAX_LINE_BYTES` (the rest skipped)."""
     readline = stream.readline
     while line := readline(MAX_LINE_BYTES):
@@ -551,12 +559,20 @@ def summarize(
     if path.is_dir():
         summary = summarize_folder(path, explainer, each)
     else:
-        with path.open("rb") as f:
+        with path.open("rb") as raw, _gunzipped(raw) as f:
             summary = summarize_lines(read_lines(f), explainer, source, each)
     # A name with bytes that are not UTF-8 (kept by Python as surrogates) is shown, not
     # a reason to fail.
     summary.source = _shown(source)
     return summary
+
+
+def _gunzipped(raw: io.BufferedReader) -> contextlib.AbstractContextManager[LineReader]:
+    """``raw``, read through gzip when it is a rotated log compressed with it
+    (``mail.log.2.gz``): still a line at a time. Leaving it leaves ``raw`` open."""
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    return contextlib.nullcontext(raw)
 
 
 def _shown(text: str) -> str:
