@@ -158,6 +158,15 @@ def test_postfix_lines() -> None:
         )
     ]
     assert parse_log_line(POSTFIX_SENT.encode()) == []
+    greeting = (
+        "Dec  2 18:00:05 mx postfix/smtp[1234]: 4ABC127: to=<c@example.org>,"
+        " relay=mx.example.org[192.0.2.9]:25, delay=1, delays=0/0/1/0, dsn=5.7.1,"
+        " status=bounced (host mx.example.org[192.0.2.9] refused to talk to me: 554 5.7.1"
+        " Client host blocked (see https://rbl.example/lookup) )"
+    )
+    assert parse_log_line(greeting.encode())[0].reply == (
+        "554 5.7.1 Client host blocked (see https://rbl.example/lookup)"
+    )
 
 
 def test_sendmail_lines_one_event_per_recipient() -> None:

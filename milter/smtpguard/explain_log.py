@@ -6,7 +6,8 @@ What is read:
 * **Postfix** delivery lines (``smtp``, ``lmtp``, ``local``... agents):
   ``to=<RCPT>, ... dsn=X.Y.Z, status=bounced|deferred (DETAIL)``. When DETAIL has the
   remote server's reply (``host H[IP] said: 550 ... (in reply to RCPT TO command)``)
-  that reply is explained; otherwise DETAIL with the logged enhanced code in front
+  (or ``refused to talk to me: 554 ...`` for a greeting) that reply is explained;
+  otherwise DETAIL with the logged enhanced code in front
   ("4.4.1 connect to ...: Connection timed out").
 * **Sendmail**: ``to=RCPT[,RCPT...], ... dsn=X.Y.Z, stat=TEXT`` with a 4.x.x or 5.x.x
   code (``stat=Deferred: 451 4.7.1 ...`` loses its ``Deferred:``); one event per
@@ -78,7 +79,9 @@ _POSTFIX = re.compile(
     r" to=<(?P<rcpt>[^>]*)>,.*? dsn=(?P<dsn>[45]\.\d{1,3}\.\d{1,3}),"
     r" status=(?P<status>bounced|deferred) \((?P<detail>.*)\)\s*\Z"
 )
-_POSTFIX_SAID = re.compile(r" said: (?P<reply>.*?)(?: \(in reply to [^()]*\))?\Z")
+_POSTFIX_SAID = re.compile(
+    r" (?:said|refused to talk to me): (?P<reply>.*?)(?: \(in reply to [^()]*\))?\Z"
+)
 _SENDMAIL = re.compile(
     r" to=(?P<rcpt>.*?), (?:.*? )?dsn=(?P<dsn>[45]\.\d{1,3}\.\d{1,3}), stat=(?P<stat>.*?)\s*\Z"
 )
