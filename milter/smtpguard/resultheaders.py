@@ -34,8 +34,7 @@ _SPF = "resultheaders.spf"
 _IPREV = "resultheaders.iprev"
 #: RFC 8601 §2.2: authserv-id = value (RFC 2045 token or quoted-string); a host name
 #: is the usual choice. Leading CFWS (comments) may precede it.
-_COMMENT = re.compile(r"\s*\((?:[^()\\]|\\.)*\)")
-_TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|[^\s;()"]+)')
+_TOKEN = re.compile(r'("(?:[^"\\]|\\.)*"|[^\s;()"]+)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +76,32 @@ def iprev_result(conn: Connection) -> str | None:
 def authserv_id_of(value: str) -> str | None:
     """The authserv-id an ``Authentication-Results`` value starts with, unquoted;
     None when the value has none."""
-    rest = value
-    while True:
-        comment = _COMMENT.match(rest)
-        if comment is None:
-            break
-        rest = rest[comment.end() :]
-    token = _TOKEN.match(rest)
+    token = _TOKEN.match(value, _skip_cfws(value))
     if token is None:
         return None
     found = token.group(1)
     if found.startswith('"'):
         found = re.sub(r"\\(.)", r"\1", found[1:-1])
     return found
+
+
+def _skip_cfws(text: str) -> int:
+    """Where the text starts after white space and comments, which nest and may
+    hold quoted pairs (RFC 5322 §3.2.2)."""
+    index, depth = 0, 0
+    while index < len(text):
+        char = text[index]
+        if depth and char == "\\":
+            index += 2
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif not depth and not char.isspace():
+            break
+        index += 1
+    return index
 
 
 def names_us(value: str, authserv_id: str) -> bool:
