@@ -206,7 +206,7 @@ def test_sqlite_counter_forgets_hits_older_than_the_window(tmp_path: Path) -> No
     assert counter.hit("k", 1000) == 2  # the first hit is 61 s old
     assert counter.peek("k", 5000) == 0
     assert counter.peek("other", 1000) == 0
-    rows = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT count(*) FROM size_hits")
+    rows = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT sum(hits) FROM size_slots")
     assert rows.fetchone()[0] <= 3
 
 
@@ -223,7 +223,7 @@ def test_flood_count_is_exact_across_workers(tmp_path: Path) -> None:
         assert deliver(service) == "flood"
         assert served_by(service) == {"1", "2"}
     counters = sqlite3.connect(tmp_path / "state-counters.sqlite")
-    assert counters.execute("SELECT count(*) FROM size_hits").fetchone()[0] == THRESHOLD + 1
+    assert counters.execute("SELECT sum(hits) FROM size_slots").fetchone()[0] == THRESHOLD + 1
 
 
 def test_session_limit_is_for_the_whole_service(tmp_path: Path) -> None:

@@ -174,25 +174,31 @@ class InProcessCounter:
 
 
 _SQLITE_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS size_hits (
+CREATE TABLE IF NOT EXISTS size_slots (
     key    TEXT NOT NULL,     -- BLAKE2b of the counter key (no addresses in the file)
     bucket INTEGER NOT NULL,
-    at     REAL NOT NULL      -- wall-clock seconds: shared by every process and restart
-);
-CREATE INDEX IF NOT EXISTS size_hits_key ON size_hits (key, bucket, at);
-CREATE INDEX IF NOT EXISTS size_hits_at ON size_hits (at);
+    slot   INTEGER NOT NULL,  -- floor(wall-clock seconds / slot length)
+    hits   INTEGER NOT NULL,
+    PRIMARY KEY (key, bucket, slot)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS size_slots_slot ON size_slots (slot);
 """
+#: The window is kept in this many time slots per (key, bucket).
+SLOTS_PER_WINDOW: Final = 64
 
 
 class SqliteCounter:
-    """The embedded backend shared by worker processes: one row per hit in a SQLite file.
+    """The embedded backend shared by worker processes: hit counts in a SQLite file.
 
-    Each hit is one write transaction (``BEGIN IMMEDIATE``: insert, count the three
-    buckets of the window, trim the own bucket to ``max_per_bucket``), so hits from
-    several processes are counted exactly, in the order SQLite's write lock gives them.
-    Rows older than the window are deleted for the key on each hit and for every key
-    at most once per ``window / 10`` seconds, so the file stays bounded by the traffic
-    of one window. A connection opened before a fork is never used in the child: each
+    Hits are counted per (key, bucket) in time slots of ``window / 64``; a hit counts
+    as long as its slot overlaps the window, so for at least ``window`` and at most
+    ``window * (1 + 1/64)`` seconds after it was made (never less than the in-process
+    counter, which keeps every time stamp). Each hit is one write transaction (``BEGIN
+    IMMEDIATE``: add to the slot, drop the key's expired slots, sum the three buckets),
+    so hits from several processes are counted exactly, in the order SQLite's write
+    lock gives them, and a hit costs the same however many came before it (at most 65
+    rows per bucket). Expired slots of every key go at most once per ``window / 10``
+    seconds. A connection opened before a fork is never used in the child: each
     process opens its own. Every SQLite error raises :class:`CounterError`.
 
     The file is not the blacklist's (``state.path``): the blacklist keeps its WAL empty
@@ -207,14 +213,13 @@ class SqliteCounter:
         buckets: SizeBuckets,
         *,
         timeout: float = 2.0,
-        max_per_bucket: int = 1000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = os.fspath(path)
         self.window = window
         self.buckets = buckets
         self.timeout = timeout
-        self.max_per_bucket = max_per_bucket
+        self.slot_seconds = window / SLOTS_PER_WINDOW
         self._clock = clock
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
@@ -249,17 +254,28 @@ class SqliteCounter:
             with self._lock:
                 db = self._connection()
                 now = self._clock()
-                oldest = now - self.window
+                slot = math.floor(now / self.slot_seconds)
+                # The oldest slot that still overlaps the window [now - window, now].
+                first = math.floor((now - self.window) / self.slot_seconds)
                 if not add:
-                    row = db.execute(
-                        "SELECT count(*) FROM size_hits"
-                        " WHERE key = ? AND bucket BETWEEN ? AND ? AND at > ?",
-                        (hashed, lower, upper, oldest),
-                    ).fetchone()
-                    return int(row[0])
+                    return self._sum(db, hashed, lower, upper, first)
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    count = self._record(db, hashed, (lower, own, upper), now, oldest)
+                    if now >= self._next_sweep:
+                        db.execute("DELETE FROM size_slots WHERE slot < ?", (first,))
+                        self._next_sweep = now + self.window / 10
+                    else:
+                        db.execute(
+                            "DELETE FROM size_slots"
+                            " WHERE key = ? AND bucket BETWEEN ? AND ? AND slot < ?",
+                            (hashed, lower, upper, first),
+                        )
+                    db.execute(
+                        "INSERT INTO size_slots VALUES (?, ?, ?, 1)"
+                        " ON CONFLICT (key, bucket, slot) DO UPDATE SET hits = hits + 1",
+                        (hashed, own, slot),
+                    )
+                    count = self._sum(db, hashed, lower, upper, first)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -268,39 +284,12 @@ class SqliteCounter:
         except sqlite3.Error as exc:
             raise CounterError(f"{self.path}: {exc}") from exc
 
-    def _record(
-        self,
-        db: sqlite3.Connection,
-        hashed: str,
-        buckets: tuple[int, int, int],
-        now: float,
-        oldest: float,
-    ) -> int:
-        lower, own, upper = buckets
-        if now >= self._next_sweep:
-            db.execute("DELETE FROM size_hits WHERE at <= ?", (oldest,))
-            self._next_sweep = now + self.window / 10
-        else:
-            db.execute(
-                "DELETE FROM size_hits WHERE key = ? AND bucket BETWEEN ? AND ? AND at <= ?",
-                (hashed, lower, upper, oldest),
-            )
-        db.execute("INSERT INTO size_hits VALUES (?, ?, ?)", (hashed, own, now))
-        over = (
-            db.execute(
-                "SELECT count(*) FROM size_hits WHERE key = ? AND bucket = ?", (hashed, own)
-            ).fetchone()[0]
-            - self.max_per_bucket
-        )
-        if over > 0:
-            db.execute(
-                "DELETE FROM size_hits WHERE rowid IN (SELECT rowid FROM size_hits"
-                " WHERE key = ? AND bucket = ? ORDER BY at LIMIT ?)",
-                (hashed, own, over),
-            )
+    @staticmethod
+    def _sum(db: sqlite3.Connection, hashed: str, lower: int, upper: int, first: int) -> int:
         row = db.execute(
-            "SELECT count(*) FROM size_hits WHERE key = ? AND bucket BETWEEN ? AND ?",
-            (hashed, lower, upper),
+            "SELECT coalesce(sum(hits), 0) FROM size_slots"
+            " WHERE key = ? AND bucket BETWEEN ? AND ? AND slot >= ?",
+            (hashed, lower, upper, first),
         ).fetchone()
         return int(row[0])
 
