@@ -24,7 +24,7 @@ from smtpguard.config import load_config
 from smtpguard.helpsite import SiteError, page_form
 from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
 from support.png import read_png
-from support.service import make_site, run_cli
+from support.service import RULES, make_site, run_cli
 
 HELP_URL = "https://help.example.com/smtp/{id}"
 CHROMIUM = "/usr/bin/chromium"
@@ -183,6 +183,25 @@ def test_html_pages_for_an_html_template(tmp_path: Path) -> None:
     assert (out / "rbl_deny.html").is_file()
     assert 'href="rbl_deny.html"' in (out / "index.html").read_text(encoding="utf-8")
     assert 'href="index.html"' in (out / "rbl_deny.html").read_text(encoding="utf-8")
+
+
+def test_a_table_in_english_only(tmp_path: Path) -> None:
+    table = tmp_path / "replies.toml"
+    shipped = (RULES / "replies.toml").read_text(encoding="utf-8").splitlines()
+    table.write_text(
+        "\n".join(line for line in shipped if not line.startswith(("text.zh", "hint.zh"))),
+        encoding="utf-8",
+    )
+    config = make_site(
+        tmp_path, {"replies": {"table": str(table), "languages": ["en"]}}, directory=False
+    ).config
+    out = tmp_path / "out"
+    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = (out / "rbl_deny" / "index.html").read_text(encoding="utf-8")
+    assert '<section id="en" lang="en">' in page
+    assert 'id="zh"' not in page
+    assert 'href="#zh"' not in page
 
 
 def test_a_query_template_is_refused(tmp_path: Path) -> None:

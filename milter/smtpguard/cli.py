@@ -567,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--rules-dir",
         type=Path,
+        metavar="DIR",
         help="directory with explain.toml and replies.toml (default: the shipped rules/);"
         " explain reads no config file",
     )

@@ -170,14 +170,16 @@ def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str) -> Page:
     ours = knowledge.ours.get(row.reply_id)
     category = knowledge.categories[ours.category] if ours is not None else None
     lines = reply_lines(table, row)
+    # A site's own table needs only the languages it sends (always en).
+    langs = [lang for lang in LANGS if row.text.get(lang) and row.hint.get(lang)]
     body = [
         "<nav>",
         f'<a href="{up}index.html">{_e(_LABELS["en"]["index"])} / {_e(_LABELS["zh"]["index"])}</a>',
-        *(f'<a href="#{lang}">{_e(_LABELS[lang]["lang_name"])}</a>' for lang in LANGS),
+        *(f'<a href="#{lang}">{_e(_LABELS[lang]["lang_name"])}</a>' for lang in langs),
         "</nav>",
         f"<h1><code>{_e(row.code)} {_e(row.xcode)}</code> {_e(row.reply_id)}</h1>",
     ]
-    for lang in LANGS:
+    for lang in langs:
         words = _LABELS[lang]
         kind = words["temporary"] if row.code.startswith("4") else words["permanent"]
         section = [
@@ -223,7 +225,7 @@ def _index(table: ReplyTable, pages: list[Page]) -> str:
             f"<tr><td><code>{_e(row.code)} {_e(row.xcode)}</code></td>"
             f'<td><a href="{_e(page.path)}">{_e(row.reply_id)}</a></td>'
             f"<td>{_e(row.text['en'])}</td>"
-            f'<td lang="zh-Hans">{_e(row.text["zh"])}</td></tr>'
+            f'<td lang="zh-Hans">{_e(row.text.get("zh", ""))}</td></tr>'
         )
     body.append("</table>")
     return _document(f"{en['title']} / {zh['title']}", body, "style.css")
