@@ -23,6 +23,7 @@ from smtpguard.checks import Event, Services, Stage, settings_name
 from smtpguard.config import CheckSettings, load_config
 from smtpguard.directory import Kind, Recipient
 from smtpguard.driver import SessionDriver
+from smtpguard.metrics import OUTCOMES
 from smtpguard.pipeline import CHECK_CLASSES, CHECK_NAMES, CONTINUE, Action, Decision, Pipeline
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
@@ -676,3 +677,130 @@ def test_the_log_names_the_part_that_decided(
     decision = h.pipeline.run(Stage.MAIL, conn)
     assert_reject(decision, "message_too_long", "message_size.mail")
     assert decisions(caplog)[-1]["check"] == "message_size.mail"
+
+
+# --- summary line and metrics (issue 13) -------------------------------------------------
+
+
+class RecordingMetrics:
+    """Keeps every metrics call, as (method, args)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def _keep(self, name: str, *args: object) -> None:
+        self.calls.append((name, args))
+
+    def decision(self, reply_id: str, mode: str, action: str) -> None:
+        self._keep("decision", reply_id, mode, action)
+
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        self._keep("stage_seconds", stage)
+
+    def backend_error(self, backend: str) -> None:
+        self._keep("backend_error", backend)
+
+    def check_verdict(self, check: str, verdict: str) -> None:
+        self._keep("check_verdict", check, verdict)
+
+    def transaction(self, outcome: str, reply_id: str, seconds: float) -> None:
+        assert seconds >= 0
+        self._keep("transaction", outcome, reply_id)
+
+    def session_opened(self) -> None:
+        self._keep("session_opened")
+
+    def session_closed(self) -> None:
+        self._keep("session_closed")
+
+    def dns_lookup(self, status: str) -> None:
+        self._keep("dns_lookup", status)
+
+    def dns_cache(self, hit: bool) -> None:
+        self._keep("dns_cache", hit)
+
+    def named(self, name: str) -> list[tuple[object, ...]]:
+        return [args for method, args in self.calls if method == name]
+
+
+def summaries(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+    out = []
+    for record in caplog.records:
+        message = record.getMessage()
+        if record.name == "smtpguard" and message.startswith("summary "):
+            out.append(dict(p.split("=", 1) for p in shlex.split(message[len("summary ") :])))
+    return out
+
+
+def metered_driver(
+    tmp_path: Path, extra: dict[str, object] | None = None
+) -> tuple[SessionDriver, RecordingMetrics]:
+    metrics = RecordingMetrics()
+    runtime = build_runtime(load(make_site(tmp_path, extra).config), metrics=metrics)
+    driver = SessionDriver(runtime, SessionGate(10), {"v": "Postfix 3.7.11", "i": "QID1"}.get)
+    driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
+    driver.helo("mail.sender.example")
+    return driver, metrics
+
+
+def test_every_transaction_outcome_is_counted_and_summed_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver, metrics = metered_driver(tmp_path)
+    assert driver.mail("<friend@sender.example>", ()).action is Action.CONTINUE
+    assert driver.rcpt("<alice@example.com>").action is Action.CONTINUE
+    driver.data()
+    driver.header("Subject", "hi")
+    assert driver.eom().action is Action.CONTINUE
+    assert driver.mail("<spammer@bad.example>", ()).action is Action.REJECT
+    driver.close()
+    assert metrics.named("transaction") == [("accept", ""), ("reject", "host_denies_sender")]
+    assert metrics.named("session_opened") == [()]
+    assert metrics.named("session_closed") == [()]
+    assert ("sender_deny", "hit") in metrics.named("check_verdict")
+    assert ("relay", "pass") in metrics.named("check_verdict")
+    accepted, refused = summaries(caplog)
+    assert accepted["outcome"] == "accept"
+    assert (accepted["qid"], accepted["nrcpt"], accepted["sid"]) == ("QID1", "1", refused["sid"])
+    assert (refused["outcome"], refused["reply"], refused["check"]) == (
+        "reject",
+        "host_denies_sender",
+        "sender_deny",
+    )
+
+
+def test_a_fault_at_end_of_message_is_summed_up_as_tempfail(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver, metrics = metered_driver(tmp_path)
+    driver.mail("<friend@sender.example>", ())
+    driver.rcpt("<alice@example.com>")
+    driver.data()
+    # What the adapter answers when a callback raises.
+    assert driver.internal_error(Stage.EOM).action is Action.TEMPFAIL
+    driver.close()
+    assert metrics.named("transaction") == [("tempfail", "internal_error")]
+    (line,) = summaries(caplog)
+    assert (line["outcome"], line["reply"]) == ("tempfail", "internal_error")
+
+
+def test_a_raising_check_is_counted_as_error(build: BuildHarness) -> None:
+    h = build()
+    metrics = RecordingMetrics()
+    h.pipeline.metrics, h.pipeline.timed = metrics, True
+    h.pipeline.add_check(Boom(), CheckSettings(), first=True)
+    h.pipeline.run(Stage.MAIL, mail(connect(), "<a@example.org>"))
+    assert metrics.named("check_verdict") == [("boom", "error")]
+    assert metrics.named("transaction") == [("tempfail", "internal_error")]
+
+
+def test_summary_outcomes_are_the_documented_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver, _metrics = metered_driver(tmp_path)
+    driver.mail("<friend@sender.example>", ())
+    driver.rcpt("<alice@example.com>")
+    driver.abort()
+    driver.close()
+    assert [s["outcome"] for s in summaries(caplog)] == ["abort"]
+    assert {s["outcome"] for s in summaries(caplog)} <= set(OUTCOMES)

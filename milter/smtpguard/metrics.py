@@ -29,7 +29,7 @@ _TRANSACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 
 #: How a transaction ended (the ``outcome`` of the summary line and of
 #: ``smtpguard_transactions_total``).
-OUTCOMES = ("accept", "tag", "reject", "tempfail", "discard", "abort")
+OUTCOMES = ("accept", "tag", "reject", "tempfail", "abort")
 #: What one call of a check gave (``smtpguard_check_verdicts_total``).
 VERDICTS = ("pass", "hit", "temperror", "error")
 
