@@ -143,3 +143,108 @@ def test_check_config_prints_file_key_problem(tmp_path: Path) -> None:
     assert f"{path.resolve()}: policy.exempt[0].skip: 'relay' can never be skipped" in (
         result.stderr
     )
+
+
+# --- [domain."X"] -------------------------------------------------------------------------
+
+SITE = "[site]\nlocal_domains = ['example.com', 'big.example']\nrelay_domains = ['relay.example']\n"
+
+
+def test_domain_tables_fill_in_the_global_values(tmp_path: Path) -> None:
+    config = load(
+        write_config(
+            tmp_path,
+            SITE + "[limits]\nmax_message_size = 1000\nmax_rcpt = 5\n"
+            "[domain.'Big.Example']\nmax_message_size = 5000\nlanguages = ['zh', 'en']\n"
+            "checks.antispam.mode = 'report'\nchecks.virus.mode = 'enforce'\n"
+            "[domain.'relay.example']\nreject_score = 30\n",
+        )
+    )
+    big = config.domain_policy("big.example.")
+    assert big is not None
+    assert (big.max_message_size, big.max_rcpt, big.languages) == (5000, 5, ("zh", "en"))
+    # Only what differs from the global mode is kept.
+    assert big.checks == (("antispam", "report"),)
+    relay = config.domain_policy("RELAY.example")
+    assert relay is not None
+    assert (relay.reject_score, relay.add_header_score) == (30.0, 6.0)
+    assert config.domain_policy("example.com") is None
+    assert relay.content != config.global_policy().content
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message"),
+    [
+        (
+            "[domain.'other.example']\nmax_rcpt = 3\n",
+            'domain."other.example"',
+            "not one of site.local_domains or site.relay_domains",
+        ),
+        (
+            "[domain.'big.example']\nchecks.relay.mode = 'report'\n",
+            'domain."big.example".checks.relay.mode',
+            "the same for every domain",
+        ),
+        (
+            "[domain.'big.example']\nchecks.sender_login.mode = 'off'\n",
+            'domain."big.example".checks.sender_login.mode',
+            "the same for every domain",
+        ),
+        (
+            "[domain.'big.example']\nchecks.rcpt_limit.mode = 'off'\n",
+            'domain."big.example".checks.rcpt_limit.mode',
+            "one domain policy",
+        ),
+        (
+            "[domain.'big.example']\nchecks.helo_dns.mode = 'enforce'\n",
+            'domain."big.example".checks.helo_dns.mode',
+            "off globally",
+        ),
+        (
+            "[domain.'big.example']\nchecks.antispan.mode = 'off'\n",
+            'domain."big.example".checks.antispan.mode',
+            "unknown check",
+        ),
+        (
+            "[domain.'big.example']\nreject_score = 1\n",
+            'domain."big.example".reject_score',
+            "must not be below add_header_score",
+        ),
+        (
+            "[domain.'big.example']\nlanguages = []\n",
+            'domain."big.example".languages',
+            "at least one",
+        ),
+        ("[domain.'big.example']\nmax_size = 1\n", 'domain."big.example".max_size', "unknown key"),
+    ],
+)
+def test_unsafe_domain_tables_are_refused(
+    tmp_path: Path, table: str, key: str, message: str
+) -> None:
+    assert_config_error(tmp_path, SITE + table, key, message)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message"),
+    [
+        # Decided at MAIL FROM: no recipient is known yet.
+        (
+            "[domain.'big.example']\nchecks.blacklist.mode = 'off'\n",
+            'domain."big.example".checks.blacklist.mode',
+            "decided at MAIL FROM or before",
+        ),
+        ("[domain.'big.example']\nlanguages = ['fr']\n", 'domain."big.example".languages', "fr"),
+    ],
+)
+def test_check_config_refuses_what_the_pipeline_cannot_do(
+    tmp_path: Path, table: str, key: str, message: str
+) -> None:
+    path = write_config(
+        tmp_path,
+        SITE + f"[milter]\nsocket = 'unix:{tmp_path}/s.sock'\n[directory]\nbackend = 'none'\n"
+        f"[state]\npath = '{tmp_path}/state.sqlite'\n" + table,
+    )
+    result = run_cli("check-config", "--offline", str(path))
+    assert result.returncode == 1, result.stderr
+    assert f"{path.resolve()}: {key}: " in result.stderr
+    assert message in result.stderr

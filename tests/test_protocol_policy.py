@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from support.daemons import GTUBE as GTUBE_BYTES
+from support.expected import SPEC
 from support.mtclient import Answer, assert_pass, assert_reply
-from support.service import Running, make_site, merge, running
+from support.service import Running, make_site, merge, running, smtpguard
 from support.unbound import (
     A_ONLY_DOMAIN,
     GENERIC_DSL_IP,
@@ -293,3 +294,122 @@ def test_smtpport_reasons_roll_out_one_at_a_time(
         assert_reply(answer, reply_id)
     if ip == NO_PTR_IP:
         assert f"reason=no_ptr mode=report: no PTR for {ip}" in ptr_rollout.log()
+
+
+# --- per-domain policy ----------------------------------------------------------------------
+
+DOMAINS = {
+    "domain": {
+        # Small mailboxes, spam checks only reported.
+        "example.com": {"max_message_size": 3000, "checks": {"antispam": {"mode": "report"}}},
+        # A customer domain with larger mail and Chinese first.
+        "relay.example": {"max_message_size": 50_000, "languages": ["zh", "en"]},
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def per_domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running(make_site(tmp_path_factory.mktemp("domains"), DOMAINS)) as svc:
+        yield svc
+
+
+def zh_first(answer: Answer, reply_id: str) -> None:
+    code, xcode, en, zh = SPEC[reply_id]
+    assert (answer.kind, answer.code, answer.xcode, answer.lines) == (
+        "reply",
+        code,
+        xcode,
+        (f"{zh} ({en})",),
+    ), f"{reply_id}: got {answer}"
+
+
+def send(
+    service: Running, rcpts: Sequence[str], body: str, *esmtp: str
+) -> tuple[Answer, list[Answer]]:
+    """MAIL, the RCPTs (each must pass), the message: the final answer."""
+    with service.session() as s:
+        assert_pass(s.connect("198.51.100.7"))
+        assert_pass(s.helo("mail.sender.example"))
+        assert_pass(s.mail("<friend@sender.example>", *esmtp))
+        for rcpt in rcpts:
+            assert_pass(s.rcpt(f"<{rcpt}>"))
+        final, _mods, early = s.message(HEADERS, body)
+        return final, early
+
+
+def test_two_domains_with_different_size_limits_each_get_their_own(per_domain: Running) -> None:
+    ten_kb = "x" * 78 + "\r\n"
+    assert_reply(send(per_domain, ["alice@example.com"], ten_kb * 128)[0], "message_too_long")
+    assert_pass(send(per_domain, ["someone@relay.example"], ten_kb * 128)[0])
+    # Over relay.example's own limit: refused, in its language order.
+    zh_first(send(per_domain, ["someone@relay.example"], ten_kb * 700)[0], "message_too_long")
+
+
+def test_declared_size_is_held_against_each_recipients_domain(per_domain: Running) -> None:
+    with per_domain.session() as s:
+        assert_pass(s.connect("198.51.100.7"))
+        assert_pass(s.helo("mail.sender.example"))
+        # Under the largest limit: MAIL FROM cannot know the recipients yet.
+        assert_pass(s.mail("<friend@sender.example>", "SIZE=10000"))
+        assert_reply(s.rcpt("<alice@example.com>"), "message_too_long")
+        assert_pass(s.rcpt("<someone@relay.example>"))
+
+
+@pytest.mark.parametrize(
+    "rcpts",
+    [
+        ("alice@example.com", "someone@relay.example"),
+        ("someone@relay.example", "alice@example.com"),
+    ],
+)
+def test_a_recipient_under_another_policy_waits_for_its_own_transaction(
+    per_domain: Running, rcpts: tuple[str, str]
+) -> None:
+    first, second = rcpts
+    with per_domain.session() as s:
+        assert_pass(s.connect("198.51.100.7"))
+        assert_pass(s.helo("mail.sender.example"))
+        assert_pass(s.mail("<friend@sender.example>"))
+        assert_pass(s.rcpt(f"<{first}>"))
+        answer = s.rcpt(f"<{second}>")
+        # A reply at RCPT is in the language order of that recipient's domain.
+        if second.endswith("relay.example"):
+            zh_first(answer, "rcpt_limit")
+        else:
+            assert_reply(answer, "rcpt_limit")
+        assert "send it in another transaction" in per_domain.log()
+        # The next transaction takes it.
+        final, _mods, _early = s.message(HEADERS, "hello\r\n")
+        assert_pass(final)
+        assert_pass(s.mail("<friend@sender.example>"))
+        assert_pass(s.rcpt(f"<{second}>"))
+
+
+def test_per_domain_check_mode(per_domain: Running) -> None:
+    spam = "buy now\r\n" + GTUBE
+    # example.com only reports spam; relay.example refuses it.
+    assert_pass(send(per_domain, ["alice@example.com"], spam)[0])
+    zh_first(send(per_domain, ["someone@relay.example"], spam)[0], "antispam_reject")
+    assert "check=antispam reply=antispam_reject mode=report" in per_domain.log()
+
+
+def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
+    result = smtpguard(
+        per_domain.site,
+        "simulate",
+        "--client",
+        "198.51.100.7",
+        "--helo",
+        "mail.sender.example",
+        "--from",
+        "friend@sender.example",
+        "--to",
+        "someone@relay.example",
+        "--to",
+        "alice@example.com",
+    )
+    out = result.stdout
+    assert '[domain."relay.example"]: max_message_size=50000' in out
+    assert "languages=zh,en" in out
+    assert "rcpt_limit" in out

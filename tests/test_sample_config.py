@@ -27,6 +27,7 @@ COMMENTED = {
     # Its default is the host's CPU count: a value in the sample would pin one host's.
     "milter.workers": "# workers = ",
     "policy.exempt": "# [[policy.exempt]]",
+    "domain": '# [domain."',
 }
 
 #: Where the sample deliberately shows a site's value rather than the default.

@@ -538,6 +538,39 @@ class CheckSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainPolicy:
+    """A ``[domain."example.com"]`` table: what applies to mail for that domain, every
+    value filled in (the global one where the table says nothing). Decided at RCPT
+    from the recipient's domain; one transaction never mixes two content policies
+    (everything here but ``max_rcpt``): see :mod:`smtpguard.policy`."""
+
+    domain: str
+    languages: tuple[str, ...]
+    form: ReplyForm
+    max_message_size: int
+    max_attachment_size: int
+    max_rcpt: int
+    #: (check, mode) where the domain's mode differs from the global one, sorted.
+    checks: tuple[tuple[str, Mode], ...] = ()
+    add_header_score: float = 6.0
+    reject_score: float = 15.0
+
+    @property
+    def content(self) -> tuple[object, ...]:
+        """What decides how a message is handled: equal for every recipient of one
+        transaction."""
+        return (
+            self.languages,
+            self.form,
+            self.max_message_size,
+            self.max_attachment_size,
+            self.checks,
+            self.add_header_score,
+            self.reject_score,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     file: Path
     milter: MilterConfig
@@ -557,9 +590,30 @@ class Config:
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     bulk: BulkConfig = field(default_factory=BulkConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    #: ``[domain."NAME"]`` tables by lower-case domain name.
+    domains: Mapping[str, DomainPolicy] = field(default_factory=dict)
 
     def check(self, name: str) -> CheckSettings:
         return self.checks.get(name) or CHECK_DEFAULTS.get(name, _DEFAULT_CHECK)
+
+    def domain_policy(self, domain: str) -> DomainPolicy | None:
+        """The table for mail to ``domain``, or None: the global settings apply."""
+        if not self.domains:
+            return None
+        return self.domains.get(domain.rstrip(".").lower())
+
+    def global_policy(self) -> DomainPolicy:
+        """The global settings as a :class:`DomainPolicy` (for domains without a table)."""
+        return DomainPolicy(
+            domain="",
+            languages=self.replies.languages,
+            form=self.replies.form,
+            max_message_size=self.limits.max_message_size,
+            max_attachment_size=self.limits.max_attachment_size,
+            max_rcpt=self.limits.max_rcpt,
+            add_header_score=self.antispam.add_header_score,
+            reject_score=self.antispam.reject_score,
+        )
 
     @property
     def loop_marker_value(self) -> str:
@@ -625,6 +679,15 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     antispam = _antispam(root.table("antispam"))
     bulk = _bulk(root.table("bulk"))
     metrics = _metrics(root.table("metrics"), milter.allow_remote_socket)
+    domains = _domains(
+        root,
+        site=site,
+        limits=limits,
+        replies=replies,
+        antispam=antispam,
+        checks=checks,
+        known=known_checks,
+    )
     root.done()
     _require_resolver(root, dns, dnsbl, explicit)
     _require_scoring(root, dnsbl, checks)
@@ -648,7 +711,82 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
         antispam=antispam,
         bulk=bulk,
         metrics=metrics,
+        domains=domains,
     )
+
+
+def _domains(
+    root: _Section,
+    *,
+    site: SiteConfig,
+    limits: LimitsConfig,
+    replies: RepliesConfig,
+    antispam: AntispamConfig,
+    checks: Mapping[str, CheckSettings],
+    known: frozenset[str] | None,
+) -> dict[str, DomainPolicy]:
+    out: dict[str, DomainPolicy] = {}
+    outer = root.table("domain")
+    for name in list(outer.data):
+        # Keyed as written, quoted: a domain's dots are not table levels.
+        outer.seen.add(name)
+        if not isinstance(outer.data[name], dict):
+            raise ConfigError(root.file, f'domain."{name}"', "expected a table")
+        s = _Section(root.file, f'domain."{name}"', outer.data[name], root.registry)
+        domain = name.strip().rstrip(".").lower()
+        if not site.is_local(domain) and not site.is_relay(domain):
+            raise ConfigError(
+                root.file,
+                s.prefix,
+                "not one of site.local_domains or site.relay_domains: per-domain policy"
+                " is for mail we receive for our own domains",
+            )
+        if domain in out:
+            raise ConfigError(root.file, s.prefix, f"domain {domain} has two tables")
+        languages = s.strings("languages", replies.languages)
+        if not languages or len(set(languages)) != len(languages):
+            raise s.error("languages", "must name each language once, at least one")
+        overrides: dict[str, Mode] = {}
+        modes = s.table("checks")
+        for check in list(modes.data):
+            t = modes.table(check)
+            if known is not None and check not in known:
+                raise t.error("mode", f"unknown check {check!r}")
+            if check in NEVER_EXEMPT:
+                raise t.error("mode", f"{check!r} is the same for every domain")
+            mode = cast(Mode, t.choice("mode", "enforce", ("enforce", "report", "off")))
+            t.done()
+            default = checks.get(check) or CHECK_DEFAULTS.get(check, _DEFAULT_CHECK)
+            if default.mode == "off" and mode != "off":
+                raise t.error(
+                    "mode",
+                    f"check {check!r} is off globally, so it does not run at all: turn it on"
+                    " in [checks] and off in the tables of the domains that should not have it",
+                )
+            if check == "rcpt_limit":
+                raise t.error("mode", "rcpt_limit keeps each transaction to one domain policy")
+            if mode != default.mode:
+                overrides[check] = mode
+        modes.done()
+        add_header = s.number("add_header_score", antispam.add_header_score, minimum=-1e9)
+        reject = s.number("reject_score", antispam.reject_score, minimum=-1e9)
+        if reject < add_header:
+            raise s.error("reject_score", "must not be below add_header_score")
+        out[domain] = DomainPolicy(
+            domain=domain,
+            languages=languages,
+            form=cast(ReplyForm, s.choice("form", replies.form, ("one_line", "per_language"))),
+            max_message_size=s.integer("max_message_size", limits.max_message_size, minimum=1),
+            max_attachment_size=s.integer(
+                "max_attachment_size", limits.max_attachment_size, minimum=1
+            ),
+            max_rcpt=s.integer("max_rcpt", limits.max_rcpt, minimum=1),
+            checks=tuple(sorted(overrides.items())),
+            add_header_score=add_header,
+            reject_score=reject,
+        )
+        s.done()
+    return out
 
 
 def _metrics(s: _Section, allow_remote: bool) -> MetricsConfig:

@@ -62,7 +62,7 @@ from smtpguard.checks.relay import Relay, RelayLocal
 from smtpguard.checks.sender import SenderDeny, SenderSyntax
 from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.checks.session_limit import SessionLimit
-from smtpguard.checks.size import ActualSize, ActualSizeEom, DeclaredSize
+from smtpguard.checks.size import ActualSize, ActualSizeEom, DeclaredSize, DeclaredSizeRcpt
 from smtpguard.checks.spf import Spf
 from smtpguard.checks.virus import VirusScan
 from smtpguard.config import DNS_CHECKS, CheckSettings, Config
@@ -108,6 +108,7 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     Spf,
     Relay,
     RcptLimit,
+    DeclaredSizeRcpt,
     Mailbox,
     HeaderLines,
     Loop,
@@ -171,7 +172,12 @@ class Pipeline:
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
         # Exemptions and per-domain policy (smtpguard.policy).
-        self.policy = Policy(services)
+        stages: dict[str, set[Stage]] = {}
+        for cls in CHECK_CLASSES:
+            stages.setdefault(settings_name(cls.name), set()).add(cls.stage)
+        self.policy = Policy(services, {k: frozenset(v) for k, v in stages.items()})
+        #: [domain."X"] tables with their own languages or form: their reply tables.
+        self.domain_replies = self.policy.reply_tables(replies)
         without_dns: list[str] = []
         inert: list[str] = []
         for cls in CHECK_CLASSES:
@@ -390,10 +396,14 @@ class Pipeline:
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
         policy = self.policy if self.policy.active else None
-        for check, settings, mode in self.plan[stage]:
-            if policy is not None and (exempt := policy.exempt(conn, check.name, stage, event)):
-                if trace is not None:
-                    trace.append(f"{stage.value} {check.name}: skipped (exempt: {exempt})")
+        for check, settings, planned in self.plan[stage]:
+            # Exemptions skip a check; [domain."X"] tables may change its mode.
+            mode = policy.effective(conn, check.name, stage, event, planned) if policy else planned
+            if mode == "off":
+                if trace is not None and policy is not None:
+                    trace.append(
+                        f"{stage.value} {check.name}: skipped ({policy.why(conn, check.name)})"
+                    )
                 continue
             try:
                 verdict = check(conn, event)
@@ -514,7 +524,11 @@ class Pipeline:
     def _decide(
         self, stage: Stage, conn: Connection, event: Event, check: str, verdict: Verdict
     ) -> Decision:
-        reply = self.replies.render(verdict.reply_id, utf8=self.utf8_allowed(conn))
+        replies = self.replies
+        if self.domain_replies:
+            domain = self.policy.domain(conn, stage, event)
+            replies = self.domain_replies.get(domain.domain, replies) if domain else replies
+        reply = replies.render(verdict.reply_id, utf8=self.utf8_allowed(conn))
         action = Action.TEMPFAIL if reply.temporary else Action.REJECT
         ending: _Ending | None = conn.txn.scratch.get(_ENDING) if conn.txn else None
         if ending is not None:

@@ -1,6 +1,16 @@
 """Operator policy around the checks: exemptions (``[[policy.exempt]]``, the postmaster
 exemption, allow lists) decide which checks do not run for a session, a sender or a
-recipient.
+recipient; per-domain policy (``[domain."X"]``) changes, for mail to a domain, the
+modes of the checks that decide from RCPT on and the language of the replies (its
+size limits, recipient limit and spam thresholds are read by those checks,
+:func:`smtpguard.checks.domain_of`).
+
+Per-domain policy is decided at RCPT from the recipient's domain. A transaction keeps
+the policy of its first accepted recipient: a recipient whose domain would be handled
+differently gets ``rcpt_limit`` (451 4.5.3, "send the rest in another transaction"),
+see :class:`smtpguard.checks.recipients.RcptLimit`. Checks deciding at MAIL FROM or
+before cannot have per-domain modes (no recipient is known yet): the loader refuses
+them.
 
 What an exemption can never do (the loader refuses it): skip ``relay``,
 ``relay_local``, ``auth_*`` or ``sender_login``. An exemption is not trust: an exempted
@@ -28,16 +38,18 @@ Every skip is recorded, for the message's log line, in ``txn.scratch[SKIPPED]`` 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from smtpguard.address import Address
 from smtpguard.checks import Event, Services, Stage, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
 from smtpguard.checks.spf import SpfQuery
-from smtpguard.config import Config, Exemption
+from smtpguard.config import Config, ConfigError, DomainPolicy, Exemption
 from smtpguard.dns import Pending, client_address
 from smtpguard.memo import Memo
+from smtpguard.replies import ReplyTable, load_replies
 from smtpguard.session import MTA, Connection
 from smtpguard.verdict import Verdict
 
@@ -71,9 +83,29 @@ def address_matches(address: Address, patterns: Sequence[str]) -> bool:
     return False
 
 
+#: Stages from which the recipient's domain is known.
+DOMAIN_STAGES = frozenset({Stage.RCPT, *_CONTENT})
+
+
 class Policy:
-    def __init__(self, services: Services) -> None:
+    def __init__(
+        self, services: Services, check_stages: Mapping[str, frozenset[Stage]] | None = None
+    ) -> None:
         config: Config = services.config
+        self.config = config
+        self.global_policy = config.global_policy()
+        self.domain_modes: dict[str, dict[str, str]] = {}
+        for name, domain in config.domains.items():
+            self.domain_modes[name] = dict(domain.checks)
+            for check, _mode in domain.checks:
+                stages = (check_stages or {}).get(check, frozenset())
+                if stages and not stages <= DOMAIN_STAGES:
+                    raise ConfigError(
+                        config.file,
+                        f'domain."{name}".checks.{check}.mode',
+                        "decided at MAIL FROM or before, when no recipient is known:"
+                        " per-domain modes apply to checks deciding from RCPT on",
+                    )
         self.site = config.site
         self.dns = services.dns
         exemptions = list(config.policy.exempt)
@@ -87,7 +119,7 @@ class Policy:
                 )
             )
         self.exemptions = tuple(exemptions)
-        self.active = bool(self.exemptions)
+        self.active = bool(self.exemptions) or bool(config.domains)
         #: Checks that some exemption with recipient criteria may skip (their MAIL FROM
         #: verdicts are held, see the module docstring).
         self.holdable = frozenset(
@@ -241,6 +273,69 @@ class Policy:
             and client_address(ip) in ex.networks
             for ex in self.exemptions
         )
+
+    def effective(self, conn: Connection, check: str, stage: Stage, event: Event, mode: str) -> str:
+        """``check``'s mode here: "off" when an exemption skips it, else the domain's
+        mode for it, else ``mode`` (the global one)."""
+        if self.exempt(conn, check, stage, event):
+            return "off"
+        return self.mode(conn, check, stage, event, mode)
+
+    @staticmethod
+    def why(conn: Connection, check: str) -> str:
+        """Why ``check`` did not run (for ``simulate``'s trace)."""
+        scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
+        exemption = scratch.get(SKIPPED, {}).get(check)
+        return f"exempt: {exemption}" if exemption else "off for this domain"
+
+    # --- per-domain policy -------------------------------------------------------
+
+    def domain(self, conn: Connection, stage: Stage, event: Event) -> DomainPolicy | None:
+        """The domain table that applies here: at RCPT the recipient's, later the
+        transaction's (its first recipient's); None before RCPT or without a table."""
+        if not self.config.domains or stage not in DOMAIN_STAGES:
+            return None
+        if stage is Stage.RCPT:
+            return self.config.domain_policy(event.rcpt.domain_lc) if event.rcpt else None
+        txn = conn.txn
+        if txn is None or not txn.recipients:
+            return None
+        return self.config.domain_policy(txn.recipients[0].domain_lc)
+
+    def mode(self, conn: Connection, check: str, stage: Stage, event: Event, mode: str) -> str:
+        """``check``'s mode for this recipient or message (``mode``: the global one)."""
+        domain = self.domain(conn, stage, event)
+        if domain is None:
+            return mode
+        override = self.domain_modes[domain.domain].get(settings_name(check))
+        if override is None:
+            return mode
+        if self.config.milter.dry_run and override != "off":
+            return "report"
+        return override
+
+    def reply_tables(self, table: ReplyTable) -> dict[str, ReplyTable]:
+        """The reply table of each domain whose languages or form differ from the
+        global ones, validated like the global one (every language in every row)."""
+        out: dict[str, ReplyTable] = {}
+        shared: dict[tuple[tuple[str, ...], str], ReplyTable] = {}
+        replies = self.config.replies
+        for name, domain in self.config.domains.items():
+            key = (domain.languages, domain.form)
+            if key == (replies.languages, replies.form):
+                continue
+            if key not in shared:
+                policy = dataclasses.replace(replies, languages=domain.languages, form=domain.form)
+                try:
+                    shared[key] = load_replies(policy, self.config.file)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        self.config.file,
+                        f'domain."{name}".languages',
+                        f"{exc.file}: {exc.key}: {exc.message}",
+                    ) from None
+            out[name] = shared[key]
+        return out
 
     @staticmethod
     def _record(conn: Connection, check: str, exemption: str) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from smtpguard.app import Runtime
+from smtpguard.checks import domain_of
+from smtpguard.config import DomainPolicy
 from smtpguard.driver import SessionDriver
 from smtpguard.pipeline import TRACE, Action, Decision
 from smtpguard.state import SessionGate
@@ -44,6 +46,27 @@ def _describe(decision: Decision) -> str:
     if decision.reply is None:
         return decision.action.value
     return " | ".join(decision.reply.wire_lines()) + f"   [{decision.reply.reply_id}]"
+
+
+def describe_domain(policy: DomainPolicy | None) -> str:
+    """The ``[domain."X"]`` table a transaction got, with what it sets."""
+    if policy is None:
+        return "global settings (no [domain] table for the recipients' domain)"
+    modes = ", ".join(f"{name}={mode}" for name, mode in policy.checks)
+    return (
+        f'[domain."{policy.domain}"]: max_message_size={policy.max_message_size}'
+        f" max_attachment_size={policy.max_attachment_size} max_rcpt={policy.max_rcpt}"
+        f" languages={','.join(policy.languages)} form={policy.form}"
+        f" antispam={policy.add_header_score:g}/{policy.reject_score:g}"
+        + (f" checks: {modes}" if modes else "")
+    )
+
+
+def _domain_lines(runtime: Runtime, driver: SessionDriver) -> list[str]:
+    if not runtime.config.domains:
+        return []
+    policy = domain_of(runtime.config, driver.conn.txn)
+    return [f"{'domain policy':28} {describe_domain(policy)}"]
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, str]], bytes]:
@@ -104,6 +127,7 @@ def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
         if not accepted:
             out.append("result: every recipient refused")
             return result
+        out.extend(_domain_lines(runtime, driver))
         if message is None:
             out.append(f"result: envelope accepted for {len(accepted)} recipient(s)")
             result.accepted = True

@@ -38,7 +38,7 @@ from smtpguard.scanners.backends import ScannerFactory
 
 if TYPE_CHECKING:
     from smtpguard.address import Address
-    from smtpguard.config import Config
+    from smtpguard.config import Config, DomainPolicy
     from smtpguard.counters import SizeBucketCounter
     from smtpguard.directory import Directory
     from smtpguard.dns import Resolver
@@ -90,6 +90,15 @@ class Event:
     #: ``time.monotonic()`` by which the stage should be decided: checks waiting on DNS
     #: share it (``dns.stage_deadline``). Set by the pipeline; None waits one timeout.
     deadline: float | None = None
+
+
+def domain_of(config: Config, txn: Transaction | None) -> DomainPolicy | None:
+    """The ``[domain."X"]`` table the transaction's mail falls under (its first
+    accepted recipient's domain; the pipeline keeps one transaction to one policy), or
+    None: the global settings apply."""
+    if txn is None or not txn.recipients or not config.domains:
+        return None
+    return config.domain_policy(txn.recipients[0].domain_lc)
 
 
 def settings_name(name: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from smtpguard.checks import Event, Services, Stage, feed_sink
+from smtpguard.checks import Event, Services, Stage, domain_of, feed_sink
 from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
 from smtpguard.scanners import MessageSpool, RuleStream, SpamEnvelope
 from smtpguard.session import Connection, Transaction
@@ -48,6 +48,7 @@ class AntiSpam:
 
     def __init__(self, services: Services) -> None:
         self.config = services.config.antispam
+        self.services_config = services.config
         scanners = services.scanners
         self.rules = scanners.rules(self.config.rules)
         self.engine = scanners.spam_engine(self.config) if self.config.engine == "rspamd" else None
@@ -106,9 +107,13 @@ class AntiSpam:
                 engine_error = answer.detail or "engine failed"
         detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
         self._report(txn, score, why)
-        if score >= self.config.reject_score:
+        # The transaction's [domain."X"] thresholds, when it has them.
+        domain = domain_of(self.services_config, txn)
+        reject_score = domain.reject_score if domain else self.config.reject_score
+        add_header_score = domain.add_header_score if domain else self.config.add_header_score
+        if score >= reject_score:
             return Hit("antispam_reject", detail)
-        if score >= self.config.add_header_score:
+        if score >= add_header_score:
             txn.add_headers.append((self.config.flag_header, "YES"))
             txn.add_headers.append((self.config.score_header, f"{score:.1f}"))
         if engine_error:

@@ -3,14 +3,15 @@
 The MIME structure is followed as body chunks arrive
 (:class:`~smtpguard.content.mime.MimeWalker`), attachments at any depth, inside
 attached messages too. The body half refuses as soon as a running size passes the
-limit; the end-of-message half sees the last part once the walker is closed.
+limit; the end-of-message half sees the last part once the walker is closed. The
+limit is the transaction's ``[domain."X"] max_attachment_size`` when it has one.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.checks import Event, Services, Stage
+from smtpguard.checks import Event, Services, Stage, domain_of
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
@@ -19,17 +20,20 @@ class _AttachmentSize:
     reply_ids: ClassVar[tuple[str, ...]] = ("attachment_too_long",)
 
     def __init__(self, services: Services) -> None:
+        self.config = services.config
         self.limit = services.config.limits.max_attachment_size
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         message = conn.txn.message if conn.txn else None
         if message is None or message.mime is None:
             return None
-        if message.mime.largest_attachment > self.limit:
+        domain = domain_of(self.config, conn.txn)
+        limit = domain.max_attachment_size if domain is not None else self.limit
+        if message.mime.largest_attachment > limit:
             return Hit(
                 "attachment_too_long",
                 f"attachment {message.mime.largest_attachment_name!r} decodes to"
-                f" {message.mime.largest_attachment} > {self.limit} octets",
+                f" {message.mime.largest_attachment} > {limit} octets",
             )
         return None
 

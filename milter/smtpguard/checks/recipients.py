@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
+from smtpguard.config import DomainPolicy
 from smtpguard.directory import DirectoryError, Kind
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -14,20 +15,49 @@ _TEMPORARY_STATES = frozenset({"suspended", "moving", "overquota"})
 
 
 class RcptLimit:
-    """``rcpt_limit``: the transaction already has ``limits.max_rcpt`` recipients."""
+    """``rcpt_limit``: the transaction already has ``limits.max_rcpt`` recipients, or
+    this recipient's domain falls under a different content policy
+    (``[domain."X"]``: languages, size limits, check modes, spam thresholds) than the
+    recipients already accepted. One message is handled one way, so the client sends
+    the rest in another transaction, which is what 451 4.5.3 asks of it (RFC 5321
+    §4.5.3.1.10 for the count; the same answer serves the policy split). The count
+    limit is the transaction's domain's ``max_rcpt``."""
 
     name: ClassVar[str] = "rcpt_limit"
     stage: ClassVar[Stage] = Stage.RCPT
     reply_ids: ClassVar[tuple[str, ...]] = ("rcpt_limit",)
 
     def __init__(self, services: Services) -> None:
+        self.config = services.config
         self.limit = services.config.limits.max_rcpt
+        self.global_policy = services.config.global_policy()
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        if txn is not None and len(txn.recipients) >= self.limit:
+        if txn is None:
+            return None
+        limit = self.limit
+        if self.config.domains:
+            new = self._policy(event.rcpt.domain_lc if event.rcpt is not None else "")
+            current = self._policy(txn.recipients[0].domain_lc) if txn.recipients else new
+            if new.content != current.content:
+                return Hit(
+                    "rcpt_limit",
+                    f"{event.rcpt.domain_lc if event.rcpt else event.rcpt_raw} falls under"
+                    f" {_named(new)}, this transaction under {_named(current)}:"
+                    " send it in another transaction",
+                )
+            limit = current.max_rcpt
+        if len(txn.recipients) >= limit:
             return Hit("rcpt_limit", f"already {len(txn.recipients)} recipients")
         return None
+
+    def _policy(self, domain: str) -> DomainPolicy:
+        return self.config.domain_policy(domain) or self.global_policy
+
+
+def _named(policy: DomainPolicy) -> str:
+    return f'[domain."{policy.domain}"]' if policy.domain else "the global policy"
 
 
 class Mailbox:
