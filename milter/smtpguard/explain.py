@@ -49,6 +49,8 @@ from smtpguard.replies import ALL_IDS, read_rows
 
 LANGUAGES: tuple[str, ...] = ("en", "zh")
 FALLBACK_RULE = "rfc3463-fallback"
+#: The rule id of an explanation from weak words (``[keywords]``), see Knowledge.explain.
+KEYWORDS_RULE = "keywords"
 #: The closed set of machine-readable fixes (``fix`` in the JSON output); what each one
 #: asks the sender to do is in ``docs/explain.md``. Every category names one.
 FIXES: tuple[str, ...] = (
@@ -317,7 +319,9 @@ class Knowledge:
         rules: tuple[Rule, ...],
         ours: Mapping[str, Ours],
         fallback: Mapping[str, Fallback],
+        *,
         families: tuple[tuple[str, Pattern], ...] = (),
+        keywords: tuple[tuple[str, Pattern], ...] = (),
     ) -> None:
         self.categories = categories
         self.rules = rules
@@ -326,6 +330,8 @@ class Knowledge:
         #: (family, signature) in file order: names the server family of a reply that
         #: a generic rule or the fallback explained ("gsmtp" is Gmail).
         self.families = families
+        #: (category, weak words) in file order: used only when no rule matched.
+        self.keywords = keywords
         # Rows sharing a text ("auth error.", 451 and 551) are told apart by the code.
         self._ours_by_key: dict[str, list[Ours]] = {}
         for row in ours.values():
@@ -364,7 +370,27 @@ class Knowledge:
                         source=rule.source,
                         fix=rule.fix,
                     )
+            guess = self._keywords(reply)
+            if guess is not None:
+                cat = self.categories[guess]
+                return self._explanation(
+                    reply,
+                    cat,
+                    cause=cat.cause,
+                    action=cat.action,
+                    rule=KEYWORDS_RULE,
+                    source="generic",
+                )
         return self._fallback(reply)
+
+    def _keywords(self, reply: ParsedReply) -> str | None:
+        """Weak evidence, when no rule found strong evidence: the one category whose
+        words the reply contains. Two or more categories' words (or none) say nothing,
+        and the codes decide (the fallback)."""
+        hits = {category for category, words in self.keywords if words.search(reply.plain)}
+        if reply.klass != "4":
+            hits.discard("temp_failure")
+        return hits.pop() if len(hits) == 1 else None
 
     def family(self, reply: ParsedReply, source: str) -> str | None:
         if source not in GENERIC_SOURCES:
@@ -576,17 +602,24 @@ def load_knowledge(path: Path | str, *, replies: Path | str | None = None) -> Kn
     file = Path(path)
     raw = read_toml(file)
 
-    unknown = sorted(set(raw) - {"category", "rule", "ours", "fallback", "family"})
+    unknown = sorted(set(raw) - {"category", "rule", "ours", "fallback", "family", "keywords"})
     if unknown:
         raise ConfigError(file, unknown[0], "unknown key")
     categories = _categories(file, raw.get("category"))
     rules = _rules(file, raw.get("rule"), categories)
     fallback = _fallbacks(file, raw.get("fallback"), categories)
     families = _families(file, raw.get("family", {}))
+    keywords = tuple(
+        (
+            _category_ref(file, f"keywords.{name}", name, categories),
+            _regex(file, f"keywords.{name}", words),
+        )
+        for name, words in _table(file, "keywords", raw.get("keywords", {})).items()
+    )
     table_file = Path(replies) if replies is not None else file.parent / "replies.toml"
     rows = read_rows(table_file)
     ours = _ours(file, raw.get("ours"), categories, rows)
-    return Knowledge(categories, rules, ours, fallback, families)
+    return Knowledge(categories, rules, ours, fallback, families=families, keywords=keywords)
 
 
 @functools.cache

@@ -1,0 +1,128 @@
+"""``smtpguard explain``: the misclassification classes of issue 15, one test each, and
+the matcher's own rules (addresses and host names are no evidence, weak words only
+when no rule matched, grouped provider codes explained one by one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smtpguard.config import ConfigError
+from smtpguard.explain import KEYWORDS_RULE, Knowledge, knowledge, load_knowledge, plain_text
+from support.service import RULES
+
+SHIPPED = (RULES / "explain.toml").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def know() -> Knowledge:
+    return knowledge()
+
+
+@pytest.mark.parametrize(
+    ("line", "category"),
+    [
+        # No rule fired before, although the text says what happened.
+        ("550 5.7.1 Bogus HELO name: localhost", "helo"),
+        ("450 4.7.1 HELO mail.example.invalid cannot be resolved", "helo"),
+        ("530 5.7.0 Authorization required", "auth_required"),
+        ("550 Relaying not allowed for unauthenticated connection", "auth_required"),
+        ("553 From and auth not the same", "sender_mismatch"),
+        ("421 4.7.0 IP not in whitelist for RCPT domain, closing connection.", "policy"),
+        (
+            "450 4.2.1 The user you are trying to contact is receiving mail too quickly.",
+            "rate_limit",
+        ),
+        ("450 4.2.1 Peak SMTP relay limit exceeded for customer.", "rate_limit"),
+        ("550 Restricted characters in address", "syntax"),
+        ("550 maximum allowed line length is 998 octets, got 2000", "message_format"),
+        # A rule fired on the wrong word.
+        ("530 5.5.1 Invalid command: Must issue an AUTH command first", "auth_required"),
+        ("503 5.5.1 Invalid command: Command not allowed at this point.", "protocol_sequence"),
+        ("451 4.7.1 Temporary failure: rate limit exceeded, slow down", "rate_limit"),
+        ("554 5.7.1 Rejected: bit.example is listed in multi.uribl.com", "spam"),
+        (
+            "553 5.7.1 <news@spam-domain.example>: Sender address rejected: Access denied",
+            "sender_rejected",
+        ),
+        # Server knowledge.
+        ("550 I cannot deliver mail for <bob@example.org>", "relay_denied"),
+        (
+            "550 Envelope domain 'example.com' doesn't match AUTH domain 'example.net'",
+            "sender_mismatch",
+        ),
+        ("503 5.7.1 Incorrect Authentication for Specified Email Address", "sender_mismatch"),
+        ("550 Ip frequency limited [Blocked IP 192.0.2.22]", "rate_limit"),
+        ("550 Connection denied", "dnsbl"),
+        ("Requested action not taken: no smtp MX only", "auth_required"),
+        # Enhanced codes mid-text decide the fallback.
+        ("550 Message rejected, status 5.7.26 zzz", "unauthenticated"),
+        ("552 Requested mail action aborted (5.2.2)", "mailbox_full"),
+    ],
+)
+def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
+    exp = know.explain(line)
+    assert exp.category == category, f"matched {exp.rule}"
+
+
+def test_addresses_and_host_names_are_no_evidence(know: Knowledge) -> None:
+    plain = plain_text("<x@spamhost.example>: sender rejected by relay.spam.example.com")
+    assert plain == "<address>: sender rejected by <host>"
+    # Dotted words that are not host names stay.
+    assert (
+        plain_text("RESOLVER.ADR.RecipNotFound; not found")
+        == "RESOLVER.ADR.RecipNotFound; not found"
+    )
+    assert plain_text("see https://spam.example/help?spam=1") == "see https://<host>/help?spam=1"
+    exp = know.explain("550 5.7.1 <promo@antispam.example>... Relaying denied")
+    assert exp.category == "relay_denied"
+
+
+def test_grouped_provider_rule_explains_only_the_code_in_the_line(know: Knowledge) -> None:
+    sfq = know.explain("451 MI:SFQ http://mail.163.com/help/help_spam_16.htm?ip=192.0.2.1")
+    icc = know.explain("421 HL:ICC http://mail.163.com/help/help_spam_16.htm?ip=192.0.2.1")
+    assert sfq.rule == icc.rule == "netease-rate"
+    assert "MI:SFQ" in sfq.cause_en
+    assert "HL:ICC" not in sfq.cause_en
+    assert "HL:ICC" in icc.cause_zh
+    assert "MI:SFQ" not in icc.cause_zh
+
+
+def test_weak_words_only_when_one_category_is_named(know: Knowledge) -> None:
+    exp = know.explain("550 check your login zzz")
+    assert (exp.rule, exp.category) == (KEYWORDS_RULE, "auth_failed")
+    # Words of two categories say nothing: the codes decide.
+    assert know.explain("554 5.2.2 zzz login and attachment zzz").rule == "rfc3463-fallback"
+    # "temporary" is weak evidence only for a temporary reply.
+    assert know.explain("550 zzz temporarily zzz").category == "rejected"
+
+
+def test_server_family(know: Knowledge) -> None:
+    assert know.explain("554 DT:SPM 163 smtp10").server_family == "netease"
+    gmail = know.explain(
+        "550-5.1.1 The email account that you tried to reach does not exist. gsmtp"
+    )
+    assert gmail.server_family == "gmail"
+    assert know.explain("550 5.1.1 zzz").server_family is None
+
+
+def test_bad_meaning_table(tmp_path: Path) -> None:
+    bad = tmp_path / "explain.toml"
+    old = 'meaning."MI:SFQ" = { en = '
+    assert old in SHIPPED
+    bad.write_text(
+        SHIPPED.replace(old, 'meaning."MI:SFQ" = { fr = "x", en = ', 1), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_knowledge(bad, replies=RULES / "replies.toml")
+    assert err.value.key == "rule.netease-rate.meaning.MI:SFQ.fr"
+
+
+def test_bad_keywords(tmp_path: Path) -> None:
+    bad = tmp_path / "explain.toml"
+    bad.write_text(SHIPPED.replace("\nvirus = '", "\nvirii = '", 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_knowledge(bad, replies=RULES / "replies.toml")
+    assert err.value.key == "keywords.virii"
+    assert "unknown category" in err.value.message
