@@ -23,6 +23,11 @@ It also drives the null milter and smtpguard directly over the milter protocol (
 Postfix; bench/milter_load.py) at 1, 10 and 50 concurrent sessions: sessions/s and
 p50/p99 latency, and the RSS of each with 200 sessions held open.
 
+``--workers 1,2`` (the default) runs one smtpguard per worker count (``[milter]
+workers``), each with its own Postfix instance, in the same interleaved rotation:
+``(c)`` is one process, ``(c2)`` two workers behind one socket. CPU and RSS of a
+multi-worker smtpguard are those of the supervisor and all its workers together.
+
 Results are printed and written as JSON (``--json``, default
 /tmp/smtpguard-bench/throughput.json). A benchmark, not a test: it never fails because
 the machine is slow; targets are printed as met/missed (``--check`` makes a miss exit 1).
@@ -56,7 +61,6 @@ from bench.postfix_bench import (
     BenchPostfix,
     Load,
     RspamdProxy,
-    cpu_seconds,
     loadavg,
     machine_busy,
     smtp_source,
@@ -94,6 +98,12 @@ TARGET_C_D = 2.0
 TARGET_DIRECT_RATIO = 0.8
 TARGET_DIRECT_P99_MS = 20.0
 TARGET_RSS_MB = 80.0
+#: Issue 17: with two workers, direct protocol at 10 sessions >= 0.7x the null milter;
+#: the whole service (supervisor and workers) with 200 sessions open <= 120 MB; CPU per
+#: session at 10 concurrent sessions <= 1.1x the CPU per session at one session.
+TARGET_WORKERS_DIRECT_RATIO = 0.7
+TARGET_WORKERS_RSS_MB = 120.0
+TARGET_CPU_CONTENTION = 1.1
 HOLD_SESSIONS = 200
 DEFAULT_JSON = Path("/tmp/smtpguard-bench/throughput.json")
 HS_CACHE = Path("/tmp/smtpguard-bench/rspamd-hs-cache")
@@ -109,8 +119,59 @@ HELO = "mx.good.test"
 # --- the milters ---------------------------------------------------------------------
 
 
+def smtpguard_name(workers: int) -> str:
+    """The configuration name of smtpguard with ``workers`` worker processes."""
+    return "smtpguard" if workers == 1 else f"smtpguard_w{workers}"
+
+
+def is_smtpguard(config: str) -> bool:
+    return config.startswith("smtpguard")
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor and its workers), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def family_kib(pid: int, key: str) -> int:
+    return sum(status_kib(p, key) for p in family(pid))
+
+
+def family_pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` and its workers: pages shared by N of them count
+    1/N in each, so the sum is the memory the service really holds (RSS counts the
+    pages a worker inherited from the supervisor once per process)."""
+    total = 0
+    for p in family(pid):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def smtpguard_config(
-    directory: Path, dns_port: int, *, inet_port: int | None = None, loop_marker: bool = False
+    directory: Path,
+    dns_port: int,
+    *,
+    inet_port: int | None = None,
+    loop_marker: bool = False,
+    workers: int = 1,
 ) -> Path:
     """conf/smtpguard.toml as shipped, with what a private instance needs and every
     check that needs no outside service switched on:
@@ -128,7 +189,8 @@ def smtpguard_config(
     * ``[bulk] threshold`` raised to 1 000 000: smtp-source sends thousands of
       identical messages from one client and sender, which is exactly what the
       same-size check refuses after 20; the check still counts every message;
-    * the directory imported from conf/directory.example.toml (alice@example.com).
+    * the directory imported from conf/directory.example.toml (alice@example.com);
+    * ``[milter] workers`` as given (the shipped default follows the CPU count).
 
     The content checks, the built-in anti-spam rules and the in-process same-size
     counter are on by default; the virus scanner and the rspamd engine need an outside
@@ -145,6 +207,10 @@ def smtpguard_config(
         data["milter"]["socket"] = f"inet:{inet_port}@127.0.0.1"
     if loop_marker:
         data.setdefault("content", {})["add_loop_marker"] = True
+    data["milter"]["workers"] = workers
+    # The sample drops privileges to the user scripts/start.sh creates; the bench runs
+    # the service as whoever runs the bench.
+    data["milter"]["user"] = ""
     data = _absolute_paths(data, ROOT / "conf")
     data["site"]["trusted_networks"] = ["192.0.2.0/24"]
     data["directory"]["path"] = str(directory / "directory.sqlite")
@@ -223,6 +289,9 @@ class Setup:
     def milter_pids(self, config: str) -> list[int]:
         if config == "rspamd" and self.rspamd is not None:
             return self.rspamd.pids
+        if is_smtpguard(config) and config in self.pids:
+            # Read at each measurement: a worker may have been replaced meanwhile.
+            return family(self.pids[config][0])
         return self.pids.get(config, [])
 
 
@@ -259,21 +328,30 @@ class DirectPoint:
 def measure_direct(
     pid: int, address: str, script: SessionScript, concurrency: int, seconds: float
 ) -> tuple[LoadResult, float]:
-    cpu0 = cpu_seconds(pid)
+    pids = family(pid)
+    cpu0 = sum_cpu(pids)
     result = drive(script, address, concurrency, seconds)
-    return result, cpu_seconds(pid) - cpu0
+    return result, sum_cpu(pids) - cpu0
 
 
 def held_rss(pid: int, address: str, script: SessionScript, count: int) -> dict[str, float]:
-    before = status_kib(pid, "VmRSS") / 1024
+    """RSS of the process and its workers, summed (shared pages count in each)."""
+    before = family_kib(pid, "VmRSS") / 1024
     held = hold_open(script, address, count)
     try:
         time.sleep(0.5)  # let the last callbacks return
-        during = status_kib(pid, "VmRSS") / 1024
-        nthreads = threads(pid)
+        during = family_kib(pid, "VmRSS") / 1024
+        pss = family_pss_kib(pid) / 1024
+        nthreads = sum(threads(p) for p in family(pid))
     finally:
         release(script, held)
-    return {"rss_before_mb": before, "rss_mb": during, "threads": nthreads, "sessions": count}
+    return {
+        "rss_before_mb": before,
+        "rss_mb": during,
+        "pss_mb": pss,
+        "threads": nthreads,
+        "sessions": count,
+    }
 
 
 # --- profiling -----------------------------------------------------------------------
@@ -382,6 +460,11 @@ def main() -> int:
         help="smtpguard adds its loop-marker header to every message (default: off)",
     )
     p.add_argument("--rspamd-workers", type=int, default=1, help="proxy worker count")
+    p.add_argument(
+        "--workers",
+        default="1,2",
+        help="smtpguard worker counts to compare ([milter] workers), e.g. 1,2,4",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     p.add_argument("--profile", action="store_true", help="cProfile smtpguard (extra runs)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -397,6 +480,16 @@ def main() -> int:
     unknown = set(configs) - {*CONFIGS, *EXTRA_CONFIGS} | set(modes) - {"single", "multi"}
     if unknown:
         p.error(f"unknown configuration or mode: {', '.join(sorted(unknown))}")
+    worker_counts = sorted({int(w) for w in args.workers.split(",") if w})
+    if not worker_counts or worker_counts[0] < 1:
+        p.error("--workers: worker counts of 1 or more")
+    guards = [smtpguard_name(n) for n in worker_counts]
+    for n in worker_counts:
+        LABELS.setdefault(smtpguard_name(n), f"(c{n}) smtpguard x{n}")
+    if "smtpguard" in configs:
+        at = configs.index("smtpguard")
+        configs[at : at + 1] = guards
+    direct_milters = ["null", *guards]
 
     load_before = loadavg()
     if load_before > 0.5:
@@ -433,6 +526,8 @@ def main() -> int:
             "direct_seconds": direct_seconds,
             "concurrency": concurrencies,
             "rspamd_workers": args.rspamd_workers,
+            "smtpguard_workers": worker_counts,
+            "direct_milters": direct_milters,
         },
     }
     work = Path(tempfile.mkdtemp(prefix="smtpguard-throughput-"))
@@ -449,24 +544,33 @@ def main() -> int:
             dns = stack.enter_context(unbound(work / "unbound"))
             setup = Setup(postfix={})
             sockets: dict[str, Path] = {}
-            sg_dir = work / "smtpguard"
-            sg_dir.mkdir()
-            sg_dir.chmod(0o755)
-            sg_config = smtpguard_config(sg_dir, dns.port, loop_marker=args.loop_marker)
+            sg_dirs: dict[str, Path] = {}
+            sg_configs: dict[str, Path] = {}
+            for n in worker_counts:
+                name = smtpguard_name(n)
+                sg_dirs[name] = work / name
+                sg_dirs[name].mkdir()
+                sg_dirs[name].chmod(0o755)
+                sg_configs[name] = smtpguard_config(
+                    sg_dirs[name], dns.port, loop_marker=args.loop_marker, workers=n
+                )
+            sg_dir, sg_config = sg_dirs[guards[0]], sg_configs[guards[0]]
             results["smtpguard_config"] = sg_config.read_text()
             results["smtp_source"] = {
                 mode: " ".join(load.argv(0)[:-1]) for mode, load in loads.items()
             }
-            if "smtpguard" in configs or not args.no_direct:
-                sockets["smtpguard"] = sg_dir / "smtpguard.sock"
+            for name in guards:
+                if name not in configs and args.no_direct:
+                    continue
+                sockets[name] = sg_dirs[name] / "smtpguard.sock"
                 proc = stack.enter_context(
                     milter_process(
-                        [sys.executable, "-m", "smtpguard", "-c", str(sg_config), "run"],
-                        sockets["smtpguard"],
-                        sg_dir / "service.log",
+                        [sys.executable, "-m", "smtpguard", "-c", str(sg_configs[name]), "run"],
+                        sockets[name],
+                        sg_dirs[name] / "service.log",
                     )
                 )
-                setup.pids["smtpguard"] = [proc.pid]
+                setup.pids[name] = [proc.pid]
             inet_port: int | None = None
             if "smtpguard_inet" in configs:
                 inet_dir = work / "smtpguard-inet"
@@ -506,7 +610,7 @@ def main() -> int:
             milter_line = {
                 "none": None,
                 "null": f"unix:{sockets.get('null')}",
-                "smtpguard": f"unix:{sockets.get('smtpguard')}",
+                **{name: f"unix:{sockets.get(name)}" for name in guards},
                 "rspamd": f"inet:127.0.0.1:{setup.rspamd.port}" if setup.rspamd else None,
                 "smtpguard_inet": f"inet:127.0.0.1:{inet_port}",
             }
@@ -548,25 +652,25 @@ def main() -> int:
             script = SessionScript(Identity(body_size=args.size))
             if not args.no_direct:
                 # Warm-up (threads, imports, DNS cache for this client identity).
-                for milter in ("null", "smtpguard"):
+                for milter in direct_milters:
                     drive(script, str(sockets[milter]), 10, min(direct_seconds, 1.0))
                 for rep in range(repeat):
                     for conc in concurrencies:
-                        for milter in rotate(("null", "smtpguard"), rep + conc):
+                        for milter in rotate(direct_milters, rep + conc):
                             pid = setup.pids[milter][0]
                             result, cpu = measure_direct(
                                 pid, str(sockets[milter]), script, conc, direct_seconds
                             )
                             direct.append(DirectPoint(milter, conc, rep, result, cpu))
                             print(
-                                f"  rep {rep + 1} direct c={conc:<3d} {milter:10}"
+                                f"  rep {rep + 1} direct c={conc:<3d} {milter:12}"
                                 f" {result.rate:7.1f} sessions/s"
                                 f"  p50 {1000 * result.percentile(50):6.2f} ms"
                                 f"  p99 {1000 * result.percentile(99):6.2f} ms"
                                 + (f"  errors {result.errors}" if result.errors else ""),
                                 flush=True,
                             )
-                for milter in ("null", "smtpguard"):
+                for milter in direct_milters:
                     held[milter] = held_rss(
                         setup.pids[milter][0], str(sockets[milter]), script, HOLD_SESSIONS
                     )
@@ -696,6 +800,12 @@ def report(
         inet = by_config.get("smtpguard_inet", {}).get("msg_per_s_median")
         if inet and c:
             ratios[INET_RATIO] = round(inet / c, 3)
+        b = by_config.get("null", {}).get("msg_per_s_median")
+        for n in params.get("smtpguard_workers", []):
+            cn = by_config.get(f"smtpguard_w{n}", {}).get("msg_per_s_median")
+            if n > 1 and cn:
+                ratios[f"c{n}/b"] = round(cn / b, 3) if b else None
+                ratios[f"c{n}/c"] = round(cn / c, 3) if c else None
         ok_cb = None if ratios["c/b"] is None else ratios["c/b"] >= TARGET_C_B
         ok_cd = None if ratios["c/d"] is None else ratios["c/d"] >= TARGET_C_D
         missed += [f"{mode} c/b"] if ok_cb is False else []
@@ -706,6 +816,13 @@ def report(
             f" (target >= {TARGET_C_D}: {_verdict(ok_cd)})"
             + (f"   inet/unix {_fmt_ratio(ratios.get(INET_RATIO))}" if INET_RATIO in ratios else "")
         )
+        extra = [
+            f"{k} {_fmt_ratio(v)}"
+            for k, v in ratios.items()
+            if k.startswith("c") and k[1:2].isdigit()
+        ]
+        if extra:
+            print("  workers: " + "   ".join(extra) + f" (c{{n}}/b target >= {TARGET_C_B})")
         out_postfix[mode] = {"configs": by_config, "ratios": ratios}
     results["postfix"] = out_postfix
     results["postfix_runs"] = [
@@ -724,14 +841,15 @@ def report(
 
     out_direct: dict[str, Any] = {}
     if direct:
+        milters = params.get("direct_milters", ["null", "smtpguard"])
         print("\n== Direct milter protocol (no Postfix), unix socket ==")
         print(
-            f"  {'sessions':>8} {'milter':10} {'sessions/s median':>17} {'min-max':>15}"
+            f"  {'sessions':>8} {'milter':12} {'sessions/s median':>17} {'min-max':>15}"
             f" {'p50 ms':>7} {'p99 ms':>7} {'CPU/session':>12} {'vs null':>8}"
         )
         for conc in concurrencies:
             row: dict[str, Any] = {}
-            for milter in ("null", "smtpguard"):
+            for milter in milters:
                 points = [d for d in direct if d.milter == milter and d.concurrency == conc]
                 if not points:
                     continue
@@ -752,19 +870,21 @@ def report(
                         (d.result.first_error for d in points if d.result.errors), ""
                     ),
                 }
-            if "null" in row and "smtpguard" in row:
-                row["ratio"] = round(
-                    row["smtpguard"]["sessions_per_s_median"]
-                    / row["null"]["sessions_per_s_median"],
-                    3,
-                )
-            for milter in ("null", "smtpguard"):
+            for milter in milters:
+                if milter != "null" and "null" in row and milter in row:
+                    row[milter]["vs_null"] = round(
+                        row[milter]["sessions_per_s_median"] / row["null"]["sessions_per_s_median"],
+                        3,
+                    )
+            if "smtpguard" in row and "vs_null" in row["smtpguard"]:
+                row["ratio"] = row["smtpguard"]["vs_null"]
+            for milter in milters:
                 if milter not in row:
                     continue
                 r = row[milter]
-                vs = f"{row['ratio']:.2f}" if milter == "smtpguard" and "ratio" in row else ""
+                vs = f"{r['vs_null']:.2f}" if "vs_null" in r else ""
                 print(
-                    f"  {conc:8d} {milter:10} {r['sessions_per_s_median']:17.1f}"
+                    f"  {conc:8d} {milter:12} {r['sessions_per_s_median']:17.1f}"
                     f" {r['sessions_per_s_min']:7.1f}-{r['sessions_per_s_max']:<7.1f}"
                     f" {r['p50_ms']:7.2f} {r['p99_ms']:7.2f}"
                     f" {1000 * r['cpu_seconds_per_session']:9.3f} ms {vs:>8}"
@@ -782,12 +902,38 @@ def report(
             f" smtpguard p99 {ten.get('smtpguard', {}).get('p99_ms', '-')} ms"
             f" (target <= {TARGET_DIRECT_P99_MS:.0f} ms: {_verdict(ok_p99)})"
         )
+        one = out_direct.get("1", {})
+        for milter in milters:
+            if milter == "null":
+                continue
+            if milter.startswith("smtpguard_w") and milter in ten:
+                w = ten[milter]
+                ok_w = w.get("vs_null", 0) >= TARGET_WORKERS_DIRECT_RATIO
+                ok_wp = w["p99_ms"] <= 15.0
+                missed += [f"direct {milter} ratio"] if not ok_w else []
+                missed += [f"direct {milter} p99"] if not ok_wp else []
+                print(
+                    f"  {milter} at 10 sessions: vs null {_fmt_ratio(w.get('vs_null'))}"
+                    f" (target >= {TARGET_WORKERS_DIRECT_RATIO}: {_verdict(ok_w)}),"
+                    f" p99 {w['p99_ms']} ms (target <= 15 ms: {_verdict(ok_wp)})"
+                )
+            if milter in ten and milter in one:
+                contention = (
+                    ten[milter]["cpu_seconds_per_session"] / one[milter]["cpu_seconds_per_session"]
+                )
+                ten[milter]["cpu_contention"] = round(contention, 3)
+                ok_c = contention <= TARGET_CPU_CONTENTION
+                missed += [f"{milter} cpu contention"] if not ok_c else []
+                print(
+                    f"  {milter}: CPU/session at 10 sessions / at 1: {contention:.2f}x"
+                    f" (target <= {TARGET_CPU_CONTENTION}: {_verdict(ok_c)})"
+                )
     results["direct"] = out_direct
 
     if held:
         parts = [
-            f"{m} {h['rss_mb']:.1f} MB (idle {h['rss_before_mb']:.1f} MB, {h['threads']:.0f}"
-            " threads)"
+            f"{m} {h['rss_mb']:.1f} MB (PSS {h['pss_mb']:.1f} MB; idle {h['rss_before_mb']:.1f}"
+            f" MB, {h['threads']:.0f} threads)"
             for m, h in held.items()
         ]
         print(f"\nRSS with {HOLD_SESSIONS} sessions open (to MAIL FROM): " + "; ".join(parts))
@@ -795,6 +941,17 @@ def report(
         ok_rss = sg["rss_mb"] <= TARGET_RSS_MB if sg else None
         missed += ["rss"] if ok_rss is False else []
         print(f"  smtpguard target <= {TARGET_RSS_MB:.0f} MB: {_verdict(ok_rss)}")
+        sg2 = held.get("smtpguard_w2")
+        if sg2:
+            # Summed RSS counts the pages the workers share with the supervisor three
+            # times; PSS counts them once.
+            ok_rss2 = sg2["pss_mb"] <= TARGET_WORKERS_RSS_MB
+            missed += ["memory smtpguard_w2"] if not ok_rss2 else []
+            print(
+                f"  smtpguard_w2 (supervisor + 2 workers): PSS {sg2['pss_mb']:.1f} MB,"
+                f" RSS summed {sg2['rss_mb']:.1f} MB; target <= {TARGET_WORKERS_RSS_MB:.0f} MB"
+                f" (PSS): {_verdict(ok_rss2)}"
+            )
     results["held_sessions"] = held
 
     for name, prof in profiles.items():
@@ -815,6 +972,9 @@ def report(
         "direct_10_ratio": TARGET_DIRECT_RATIO,
         "direct_10_p99_ms": TARGET_DIRECT_P99_MS,
         "rss_200_sessions_mb": TARGET_RSS_MB,
+        "workers_direct_10_ratio": TARGET_WORKERS_DIRECT_RATIO,
+        "workers_rss_200_sessions_mb": TARGET_WORKERS_RSS_MB,
+        "cpu_contention": TARGET_CPU_CONTENTION,
         "missed": missed,
     }
     print(

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import select
@@ -309,6 +310,10 @@ class Supervisor:
     def _fork(self, worker: Worker) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # Everything built so far moves to the permanent generation: the workers' cycle
+        # collections then never write to these objects, so their pages stay shared
+        # with the supervisor instead of being copied into every worker.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             code = 1
