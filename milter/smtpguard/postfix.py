@@ -487,7 +487,11 @@ class _Planner:
             )
 
     def sizes(self) -> None:
-        ours = self.config.limits.max_message_size
+        # The largest limit smtpguard applies: a [domain."X"] table may raise it.
+        ours = max(
+            [self.config.limits.max_message_size]
+            + [d.max_message_size for d in self.config.domains.values()]
+        )
         limit = _int(self.now["message_size_limit"])
         if limit == 0 or limit > ours:
             return
