@@ -7,29 +7,32 @@ looks up. A reply is explained by the first of:
    our texts (en, zh, or the seed's one-line form "en (zh)"), with our code when the
    line has one. The action is that row's hint; ``reply_id`` names the row.
 2. **The rules** (``[[rule]]``), in file order, first match wins: ``text`` is searched
-   in the reply text; ``code`` must match the whole code when the line has one (a line
-   without a code is matched on its text alone); ``xcode``, when given, must match the
-   whole enhanced code, so such a rule never matches a line without one. Replies with
-   a 2xx/3xx code are successes and skip the rules.
-3. **The fallback** (rule id ``rfc3463-fallback``): the RFC 3463 meaning of the
+   in the reply text with e-mail addresses and host names replaced (``raw = true``:
+   in the pasted text); ``code`` must match the whole code when the line has one (a
+   line without a code is matched on its text alone); ``xcode``, when given, must
+   match the whole enhanced code, so such a rule never matches a line without one.
+   A rule's ``meaning`` table explains a group of provider codes one by one. Replies
+   with a 2xx/3xx code are successes and skip the rules.
+3. **Weak words** (``[keywords]``, rule id ``keywords``): the one category whose words
+   the reply contains, when no rule matched.
+4. **The fallback** (rule id ``rfc3463-fallback``): the RFC 3463 meaning of the
    enhanced code's subject and detail (class/subject/detail), else the RFC 5321/4954
    meaning of the basic code, else its class (2/3/4/5), else "unknown".
 
 Parsing is lenient about what users paste: "550 5.7.1 text", "550-5.7.1 text",
 "550 text", "The server says: 550 ...", "host x said: 550 ...", ">>550 ...", literal
-``\\r\\n`` sequences, qmail's trailing "(#5.7.1)", multi-line replies (the code of the
-last reply line wins; the texts of its lines are joined), lines without a code,
-full-width CJK punctuation (NFKC). Lines are cut to :data:`MAX_LINE_CHARS` and the
-joined text to :data:`MAX_TEXT_CHARS` before any rule pattern runs, and the patterns are
+``\\r\\n`` sequences, qmail's trailing "(#5.7.1)", an enhanced code anywhere in the text
+("status 5.7.26", "(5.2.2)"), multi-line replies (the code of the last reply line
+wins; the texts of its lines are joined; "550-5.7.1" prefixes inside an unfolded
+line are dropped), lines without a code, full-width CJK punctuation (NFKC), and any
+bytes (:func:`clean_input`). Lines are cut to :data:`MAX_LINE_CHARS` and the joined
+text to :data:`MAX_TEXT_CHARS` before any rule pattern runs, and the patterns are
 RE2 (:mod:`smtpguard.patterns`, linear in the text whatever they say), so a hostile
 input cannot make the lookup slow.
 
-JSON output (``--json``) is one object with the keys of :data:`JSON_KEYS`: ``reply``
-(the parsed reply as one display line), ``code``, ``xcode`` and ``reply_id`` (strings or
-null), ``text``, ``category`` (the id), ``title``, ``cause`` and ``action`` (in the
-requested language), ``rule`` (matched rule id, ``ours.<reply_id>`` or
-``rfc3463-fallback``), ``source`` (``postfix``, ``exchange``, ``qq``, ``smtpguard``,
-``rfc3463``...) and ``lang``.
+JSON output (``--json``) is one object with the keys of :data:`JSON_KEYS`, documented
+with the closed :data:`FIXES` set in ``docs/explain.md``. :func:`knowledge` loads the
+rules once per process and rules directory.
 """
 
 from __future__ import annotations
