@@ -8,6 +8,7 @@ import gzip
 import io
 import itertools
 import json
+import os
 import random
 import re
 import subprocess
@@ -235,6 +236,9 @@ def test_dsn_folder_summary(tmp_path: Path, rules: Knowledge) -> None:
     (tmp_path / "cur" / "1.eml").write_bytes(DSN)
     (tmp_path / "new.eml").write_bytes(DSN)
     (tmp_path / "plain.eml").write_bytes(b"From: a@b\nSubject: not a bounce\n\nhello\n")
+    # Not regular files: skipped (opening the FIFO would wait for a writer).
+    os.mkfifo(tmp_path / "queue.fifo")
+    (tmp_path / "gone.eml").symlink_to(tmp_path / "nothing")
     summary = summarize_folder(tmp_path, Explainer(rules))
     assert (summary.messages, summary.not_dsn) == (3, 1)
     assert (summary.totals.bounced, summary.totals.deferred) == (4, 2)

@@ -236,13 +236,21 @@ def _typed(value: str) -> str:
 
 def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | None]]:
     """Each file under ``folder`` (sorted, recursively) and its events; None for a file
-    that is not a DSN message (no delivery-status part)."""
+    that is not a DSN message (no delivery-status part) or cannot be read."""
     for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
             path = Path(root, name)
-            with path.open("rb") as f:
-                data = f.read(MAX_MESSAGE_BYTES)
+            if not path.is_file():
+                continue  # a FIFO or socket would block or fail; a dangling link
+            try:
+                with path.open("rb") as f:
+                    data = f.read(MAX_MESSAGE_BYTES)
+            except OSError:
+                # One unreadable file (a message being delivered, a socket) does not
+                # end the summary of the others.
+                yield path, None
+                continue
             message = message_from_bytes(data, policy=compat32)
             if not any(p.get_content_type() == "message/delivery-status" for p in message.walk()):
                 yield path, None
