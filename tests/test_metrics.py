@@ -98,9 +98,14 @@ def refuse_one(service: Running) -> None:
         assert_reply(s.mail("<spammer@bad.example>"), "host_denies_sender")
 
 
-def test_every_outcome_is_counted_and_promtool_accepts_the_text(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_outcome_is_counted_and_promtool_accepts_the_text(
+    tmp_path: Path, workers: int
+) -> None:
+    """With 2 workers the supervisor serves the sum over the workers (multiprocess mode)."""
     port = free_port()
-    site = make_site(tmp_path, {"metrics": {"enabled": True, "port": port}})
+    extra = {"metrics": {"enabled": True, "port": port}, "milter": {"workers": workers}}
+    site = make_site(tmp_path, extra)
     with running(site) as service:
         for _ in range(2):
             accept_one(service)
