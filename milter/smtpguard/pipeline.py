@@ -28,7 +28,6 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from smtpguard.replies import Reply, ReplyTable
 from smtpguard.resultheaders import (
     AUTH_RESULTS,
     authentication_results,
+    default_authserv_id,
     iprev_result,
     names_us,
     spam_headers,
@@ -168,7 +168,7 @@ class Pipeline:
         self.summary_log = self.config.milter.summary_log
         self.auth_results = self.config.milter.auth_results
         # Forged fields with this id are removed even when we add none ourselves.
-        self.authserv_id = self.config.milter.authserv_id or socket.getfqdn()
+        self.authserv_id = self.config.milter.authserv_id or default_authserv_id()
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
         # Exemptions and per-domain policy (smtpguard.policy).

@@ -18,7 +18,9 @@ built here).
 
 from __future__ import annotations
 
+import functools
 import re
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -44,6 +46,12 @@ class SpfResult:
     #: ``smtp.mailfrom`` or, for the null sender, ``smtp.helo`` (RFC 8601 §2.7.2).
     ptype: str
     value: str
+
+
+@functools.cache
+def default_authserv_id() -> str:
+    """This host's FQDN, looked up once per process (it may ask DNS)."""
+    return socket.getfqdn()
 
 
 def record_spf(txn: Transaction, result: str, *, helo: bool, value: str) -> None:
