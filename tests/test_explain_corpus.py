@@ -105,7 +105,7 @@ def report(know: Knowledge, cases: list[Case]) -> str:
         for split in SPLITS:
             s = scores.get((family, split), Score(0, 0, 0))
             if s.total:
-                cells += [str(s.total), f"{s.category / s.total:.0%}", f"{s.fix / s.total:.0%}"]
+                cells += [str(s.total), f"{s.category / s.total:.1%}", f"{s.fix / s.total:.1%}"]
             else:
                 cells += ["0", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
