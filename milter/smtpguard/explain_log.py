@@ -30,11 +30,12 @@ delivery-status part comes before the returned message); explanations are cached
 distinct reply (an LRU of :data:`CACHE_SIZE`); at most :data:`MAX_DOMAINS` remote
 domains are counted one by one, later new ones as ``(other domains)``.
 
-The cache key is the reply with its volatile parts replaced (addresses, IPv4 addresses,
-long tokens with digits such as queue ids and Gmail's trailer), so that "550 5.1.1
-<alice@a.example>: User unknown" and the same reply for bob are explained once. The
-explainer ignores addresses when it matches keywords, so the replaced text is explained
-as the original would be (tests/test_explain_log.py checks that on the explain corpus).
+The cache key is the reply with its volatile parts replaced (the local part of
+addresses, IPv4 addresses, long tokens with digits such as queue ids and Gmail's
+trailer), so that "550 5.1.1 <alice@a.example>: User unknown" and the same reply for bob
+are explained once. The explainer ignores addresses when it matches keywords, so the
+replaced text is explained as the original would be (tests/test_explain_log.py checks
+that on the explain corpus, tests/data/explain/corpus.tsv).
 """
 
 from __future__ import annotations
@@ -94,16 +95,15 @@ _CODE_START = re.compile(r"[245]\d\d[ -]|[245]\.\d{1,3}\.\d{1,3} ")
 _VOLATILE = re.compile(
     # Postfix's own words for a server it could not reach: the host is the recipient's.
     r"(?P<host>(?<=connect to )[\w.-]+(?=\[)|(?<=ame service error for name=)[\w.-]+(?= type=))"
-    r"|(?P<angle><[^<>\s]*@[^<>\s]*>)"
-    r"|(?P<address>[\w.+%=-]+@[\w-]+(?:\.[\w-]+)+)"
+    # The local part of an address; its domain may name the provider (qq.com, 163.com).
+    r"|(?P<local>(?<=<)[^<>\s@]*(?=@[^<>\s]*>)|[\w.+%=-]+(?=@[\w-]+(?:\.[\w-]+)+))"
     r"|(?P<ip>(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
     # Queue ids, Gmail's and Microsoft's trailers, time stamps.
     r"|(?P<token>\b(?=[\w-]*\d)[\w-]{10,}\b)"
 )
 _PLACEHOLDERS = {
     "host": "mx.example.invalid",
-    "angle": "<user@example.invalid>",
-    "address": "user@example.invalid",
+    "local": "user",
     "ip": "192.0.2.1",
     "token": "X0",
 }
