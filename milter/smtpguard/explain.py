@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpguard.datafiles import ConfigError, default_rules_dir, read_toml
-from smtpguard.patterns import Pattern, PatternError, compile_pattern
+from smtpguard.patterns import Pattern, PatternError, PatternSet, compile_pattern
 from smtpguard.replies import ALL_IDS, read_rows
 
 LANGUAGES: tuple[str, ...] = ("en", "zh")
@@ -335,6 +335,13 @@ class Knowledge:
         self.families = families
         #: (category, weak words) in file order: used only when no rule matched.
         self.keywords = keywords
+        # One pass over the text finds the rules that may match (RE2's literal atoms);
+        # only those are tried, in file order: a log of a million bounces is not
+        # searched 200 times per line.
+        self._plain_index = [i for i, rule in enumerate(rules) if not rule.raw]
+        self._raw_index = [i for i, rule in enumerate(rules) if rule.raw]
+        self._plain_set = PatternSet([rules[i].text for i in self._plain_index])
+        self._raw_set = PatternSet([rules[i].text for i in self._raw_index])
         # Rows sharing a text ("auth error.", 451 and 551) are told apart by the code.
         self._ours_by_key: dict[str, list[Ours]] = {}
         for row in ours.values():
@@ -361,7 +368,7 @@ class Knowledge:
                 ours=ours,
             )
         if reply.code is None or reply.code[0] in "45":
-            for rule in self.rules:
+            for rule in self._candidates(reply):
                 if rule.matches(reply):
                     cat = self.categories[rule.category]
                     return self._explanation(
@@ -394,6 +401,11 @@ class Knowledge:
         if reply.klass != "4":
             hits.discard("temp_failure")
         return hits.pop() if len(hits) == 1 else None
+
+    def _candidates(self, reply: ParsedReply) -> list[Rule]:
+        found = {self._plain_index[i] for i in self._plain_set.candidates(reply.plain)}
+        found.update(self._raw_index[i] for i in self._raw_set.candidates(reply.text))
+        return [self.rules[i] for i in sorted(found)]
 
     def family(self, reply: ParsedReply, source: str) -> str | None:
         if source not in GENERIC_SOURCES:
