@@ -153,3 +153,14 @@ def test_prefiltered_rules_find_the_same_first_match(know: Knowledge) -> None:
             assert exp.rule == first, line
             checked += 1
     assert checked > 400
+
+
+def test_no_permanent_reply_is_told_it_will_be_retried(know: Knowledge) -> None:
+    permanent = 0
+    for case in load_corpus():
+        exp = know.explain(case.reply)
+        if exp.permanent:
+            permanent += 1
+            assert "retr" not in exp.action_en.lower(), (case.reply, exp.rule)
+            assert "自动重试" not in exp.action_zh, (case.reply, exp.rule)
+    assert permanent > 300
