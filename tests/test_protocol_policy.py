@@ -87,6 +87,8 @@ def test_one_score_zone_flags_the_message(scoring: Running) -> None:
     assert_pass(final)
     assert ("h", {"name": "X-Spam-Flag", "value": "YES"}) in mods
     assert ("h", {"name": "X-Spam-Score", "value": "8.0"}) in mods
+    reports = [m[1]["value"] for m in mods if m[1].get("name") == "X-Spam-Report"]
+    assert any("dnsbl:score.test=8.0" in r for r in reports), mods
 
 
 def test_two_score_zones_together_reach_the_reject_threshold(scoring: Running) -> None:

@@ -172,10 +172,7 @@ class Pipeline:
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
         # Exemptions and per-domain policy (smtpguard.policy).
-        stages: dict[str, set[Stage]] = {}
-        for cls in CHECK_CLASSES:
-            stages.setdefault(settings_name(cls.name), set()).add(cls.stage)
-        self.policy = Policy(services, {k: frozenset(v) for k, v in stages.items()})
+        self.policy = Policy(services, [(cls.name, cls.stage) for cls in CHECK_CLASSES])
         #: [domain."X"] tables with their own languages or form: their reply tables.
         self.domain_replies = self.policy.reply_tables(replies)
         without_dns: list[str] = []
@@ -398,7 +395,9 @@ class Pipeline:
         policy = self.policy if self.policy.active else None
         for check, settings, planned in self.plan[stage]:
             # Exemptions skip a check; [domain."X"] tables may change its mode.
-            mode = policy.effective(conn, check.name, stage, event, planned) if policy else planned
+            mode = planned
+            if policy is not None and check.name in policy.relevant:
+                mode = policy.effective(conn, check.name, stage, event, planned)
             if mode == "off":
                 if trace is not None and policy is not None:
                     trace.append(

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from smtpguard.address import Address
 from smtpguard.checks import Event, Services, Stage, settings_name
@@ -60,6 +60,7 @@ SKIPPED = "policy.skipped"
 #: ``txn.scratch`` key: [(check, verdict)] held at MAIL FROM until the recipients.
 HELD = "policy.held"
 _NAMES = "policy.confirmed_names"
+_CONTENT_MODES = "policy.content_modes"
 _CONTENT = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 POSTMASTER = "postmaster"
 
@@ -88,17 +89,19 @@ DOMAIN_STAGES = frozenset({Stage.RCPT, *_CONTENT})
 
 
 class Policy:
-    def __init__(
-        self, services: Services, check_stages: Mapping[str, frozenset[Stage]] | None = None
-    ) -> None:
+    def __init__(self, services: Services, checks: Sequence[tuple[str, Stage]] = ()) -> None:
+        """``checks``: every check's name and stage (the pipeline's list)."""
         config: Config = services.config
+        check_stages: dict[str, set[Stage]] = {}
+        for check_name, check_stage in checks:
+            check_stages.setdefault(settings_name(check_name), set()).add(check_stage)
         self.config = config
         self.global_policy = config.global_policy()
         self.domain_modes: dict[str, dict[str, str]] = {}
         for name, domain in config.domains.items():
             self.domain_modes[name] = dict(domain.checks)
             for check, _mode in domain.checks:
-                stages = (check_stages or {}).get(check, frozenset())
+                stages = check_stages.get(check, set())
                 if stages and not stages <= DOMAIN_STAGES:
                     raise ConfigError(
                         config.file,
@@ -124,6 +127,20 @@ class Policy:
         #: verdicts are held, see the module docstring).
         self.holdable = frozenset(
             name for ex in self.exemptions if ex.recipients for name in ex.skip
+        )
+        #: Checks any exemption may skip: the others never need the matching at all.
+        self.skippable = frozenset(name for ex in self.exemptions for name in ex.skip)
+        overridden = {name for modes in self.domain_modes.values() for name in modes}
+        #: Full check names whose mode this policy may change (the pipeline asks
+        #: :meth:`effective` for these only).
+        self.relevant = frozenset(
+            name for name, _stage in checks if settings_name(name) in self.skippable | overridden
+        )
+        #: Exemptions by client address alone (they also spare the connect-time lookups).
+        self.client_only = tuple(
+            ex
+            for ex in self.exemptions
+            if ex.networks and not (ex.senders or ex.recipients or ex.host_suffixes)
         )
         self.spf_memo: Memo[str] = Memo(config.dns.verdict_ttl)
         hostnames = sorted(config.site.our_hostnames)
@@ -225,9 +242,16 @@ class Policy:
     def exempt(self, conn: Connection, check: str, stage: Stage, event: Event) -> str | None:
         """The name of the exemption that skips ``check`` here, recorded; or None."""
         name = settings_name(check)
+        if name not in self.skippable:
+            return None
+        found = self._first(conn, name, stage, event)
+        if found is not None:
+            self._record(conn, check, found)
+        return found
+
+    def _first(self, conn: Connection, name: str, stage: Stage, event: Event) -> str | None:
         for ex in self.exemptions:
             if name in ex.skip and self._applies(ex, conn, stage, event):
-                self._record(conn, check, ex.name)
                 return ex.name
         return None
 
@@ -263,20 +287,31 @@ class Policy:
     def skips_client(self, conn: Connection, check: str) -> bool:
         """Whether an exemption by client IP alone skips ``check`` for the whole
         session (so its connect-time lookups need not start)."""
-        name = settings_name(check)
         ip = conn.client_ip
-        return ip is not None and any(
-            name in ex.skip
-            and not ex.senders
-            and not ex.recipients
-            and not ex.host_suffixes
-            and client_address(ip) in ex.networks
-            for ex in self.exemptions
-        )
+        if not self.client_only or ip is None:
+            return False
+        name = settings_name(check)
+        return any(name in ex.skip and client_address(ip) in ex.networks for ex in self.client_only)
 
     def effective(self, conn: Connection, check: str, stage: Stage, event: Event, mode: str) -> str:
         """``check``'s mode here: "off" when an exemption skips it, else the domain's
         mode for it, else ``mode`` (the global one)."""
+        txn = conn.txn
+        if stage in _CONTENT and txn is not None:
+            # The recipients no longer change: judge once per transaction, not for
+            # every header and body chunk.
+            known: dict[str, str] | None = txn.scratch.get(_CONTENT_MODES)
+            if known is None:
+                known = txn.scratch[_CONTENT_MODES] = {}
+            found = known.get(check)
+            if found is None:
+                found = known[check] = self._effective(conn, check, stage, event, mode)
+            return found
+        return self._effective(conn, check, stage, event, mode)
+
+    def _effective(
+        self, conn: Connection, check: str, stage: Stage, event: Event, mode: str
+    ) -> str:
         if self.exempt(conn, check, stage, event):
             return "off"
         return self.mode(conn, check, stage, event, mode)
