@@ -215,9 +215,9 @@ class Policy:
         if rcpt.is_null:
             return False
         if ex.name == POSTMASTER and ex.recipients == (POSTMASTER,):
-            return (rcpt.local or "").lower() == POSTMASTER and self.site.is_local(
-                rcpt.domain or ""
-            )
+            # RCPT TO:<postmaster> without a domain is ours too (RFC 5321 §4.5.1).
+            domain = rcpt.domain or ""
+            return rcpt.local.lower() == POSTMASTER and (not domain or self.site.is_local(domain))
         return address_matches(rcpt, ex.recipients)
 
     def _applies(self, ex: Exemption, conn: Connection, stage: Stage, event: Event) -> bool:

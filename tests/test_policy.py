@@ -1,0 +1,118 @@
+"""smtpguard.policy on its own: which exemption matches what, with fakes (fake DNS for
+forward confirmation and SPF, sessions built by support.checks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smtpguard.address import parse_path
+from smtpguard.checks import Event, Stage
+from smtpguard.dns import Resolver
+from smtpguard.policy import SKIPPED, Policy, address_matches
+from smtpguard.session import MTA
+from smtpguard.verdict import Hit
+from support.checks import make_conn, rcpt
+from support.fake_dns import FakeDns, dns_services
+
+SITE = {"local_domains": ["example.com"], "relay_domains": ["relay.example"]}
+
+
+def policy(tmp_path: Path, resolver: Resolver | None, **policy_section: object) -> Policy:
+    services = dns_services(tmp_path, resolver, site=SITE, policy=policy_section)
+    return Policy(services, [("rbl", Stage.MAIL), ("antispam", Stage.EOM), ("mailbox", Stage.RCPT)])
+
+
+@pytest.mark.parametrize(
+    ("address", "pattern", "matches"),
+    [
+        ("a@partner.example", "a@partner.example", True),
+        ("b@partner.example", "a@partner.example", False),
+        ("a@Partner.Example", "partner.example", True),
+        ("a@mx.partner.example", "partner.example", True),
+        ("a@mx.partner.example", "@partner.example", False),
+        ("a@partner.example", "@partner.example", True),
+        ("a@notpartner.example", "partner.example", False),
+    ],
+)
+def test_address_forms(address: str, pattern: str, matches: bool) -> None:
+    assert address_matches(parse_path(f"<{address}>"), (pattern,)) is matches
+
+
+def test_ip_exemption_skips_only_what_it_names(tmp_path: Path) -> None:
+    p = policy(tmp_path, None, exempt=[{"name": "p", "ips": ["198.51.100.0/24"], "skip": ["rbl"]}])
+    conn = make_conn(sender="x@partner.example", ip="198.51.100.9")
+    assert p.exempt(conn, "rbl", Stage.MAIL, Event()) == "p"
+    assert conn.txn is not None
+    assert conn.txn.scratch[SKIPPED] == {"rbl": "p"}
+    assert p.exempt(conn, "spf", Stage.MAIL, Event()) is None
+    other = make_conn(sender="x@partner.example", ip="198.51.101.9")
+    assert p.exempt(other, "rbl", Stage.MAIL, Event()) is None
+    assert p.skips_client(conn, "rbl")
+    assert not p.skips_client(other, "rbl")
+
+
+def test_host_suffix_needs_forward_confirmation(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    fake.add("9.100.51.198.in-addr.arpa", "PTR", "mx.partner.example.")
+    fake.add("mx.partner.example", "A", "198.51.100.9")
+    fake.add("10.100.51.198.in-addr.arpa", "PTR", "mx.partner.example.")
+    p = policy(
+        tmp_path,
+        resolver,
+        exempt=[{"name": "p", "host_suffixes": ["partner.example"], "skip": ["rbl"]}],
+    )
+    event = Event(deadline=None)
+    assert p.exempt(make_conn(sender="x@y.example", ip="198.51.100.9"), "rbl", Stage.MAIL, event)
+    # Same PTR name, but it resolves to .9, not .10: not confirmed.
+    assert not p.exempt(
+        make_conn(sender="x@y.example", ip="198.51.100.10"), "rbl", Stage.MAIL, event
+    )
+
+
+def test_without_a_resolver_postfix_client_name_counts(tmp_path: Path) -> None:
+    p = policy(tmp_path, None, exempt=[{"host_suffixes": ["example.org"], "skip": ["rbl"]}])
+    # make_conn's client_name is "client.example.org"; Postfix confirmed it.
+    assert p.exempt(make_conn(sender="x@y.example"), "rbl", Stage.MAIL, Event())
+    assert not p.exempt(
+        make_conn(sender="x@y.example", mta=MTA.SENDMAIL), "rbl", Stage.MAIL, Event()
+    )
+
+
+def test_sender_exemption_with_spf_pass(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    fake.add("partner.example", "TXT", '"v=spf1 ip4:198.51.100.0/24 -all"')
+    p = policy(
+        tmp_path,
+        resolver,
+        exempt=[{"senders": ["partner.example"], "spf_pass": True, "skip": ["rbl"]}],
+    )
+    event = Event(deadline=None)
+    passing = make_conn(sender="a@partner.example", ip="198.51.100.9")
+    assert p.exempt(passing, "rbl", Stage.MAIL, event)
+    failing = make_conn(sender="a@partner.example", ip="203.0.113.9")
+    assert not p.exempt(failing, "rbl", Stage.MAIL, event)
+    assert not p.exempt(make_conn(sender="a@other.example"), "rbl", Stage.MAIL, event)
+
+
+def test_postmaster_and_held_verdicts(tmp_path: Path) -> None:
+    p = policy(tmp_path, None, postmaster_skip=["all-content", "rbl"])
+    conn = make_conn(sender="x@y.example")
+    verdict = Hit("rbl_deny", "listed")
+    assert p.hold(conn, "rbl", verdict, Event())
+    assert p.held(conn, rcpt("postmaster@example.com")) is None
+    assert p.held(conn, rcpt("postmaster")) is None
+    assert p.held(conn, rcpt("alice@example.com")) == ("rbl", verdict)
+    # postmaster of a domain that is not ours is nobody special.
+    assert p.held(conn, rcpt("postmaster@relay.example")) == ("rbl", verdict)
+
+
+def test_content_exemption_needs_every_recipient(tmp_path: Path) -> None:
+    p = policy(tmp_path, None)
+    only = make_conn(sender="x@y.example", recipients=["postmaster@example.com"])
+    assert p.effective(only, "antispam", Stage.EOM, Event(), "enforce") == "off"
+    mixed = make_conn(
+        sender="x@y.example", recipients=["postmaster@example.com", "alice@example.com"]
+    )
+    assert p.effective(mixed, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
