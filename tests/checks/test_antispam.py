@@ -9,6 +9,7 @@ import pytest
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.antispam import AntiSpam
+from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
 from smtpguard.config import default_rules_dir
 from smtpguard.endpoint import Endpoint
 from smtpguard.scanners import SpamEnvelope, SpamResult, SpamStatus
@@ -168,3 +169,42 @@ def test_without_content_nothing_is_scored(
     assert check(make_conn(sender="a@example.org"), Event()) is None
     assert check(make_conn(), Event()) is None
     assert spam_engine.calls == []
+
+
+# --- DNSBL weights and per-domain thresholds ---------------------------------------------------
+
+
+def test_dnsbl_score_zone_weights_add_to_the_score(
+    make_services: ServicesFactory, rules: FakeRules
+) -> None:
+    rules.result = RulesResult(4.0, ("A",))
+    check = AntiSpam(make_services())
+    conn = make_conn(sender="a@example.org", recipients=["b@example.com"])
+    conn.scratch[DNSBL_SCORES] = {"one.test": 6.0}
+    stream_message(check, conn, HEADERS, [BODY])
+    assert check(conn, Event()) is None  # 10 >= 6: flagged only
+    assert ("X-Spam-Score", "10.0") in added(conn)
+    conn = make_conn(sender="a@example.org", recipients=["b@example.com"])
+    conn.scratch[DNSBL_SCORES] = {"one.test": 6.0, "two.test": 6.0}
+    stream_message(check, conn, HEADERS, [BODY])
+    verdict = check(conn, Event())
+    assert isinstance(verdict, Hit)
+    assert "dnsbl:one.test=6.0, dnsbl:two.test=6.0" in verdict.detail
+
+
+def test_the_recipient_domain_thresholds_apply(
+    make_services: ServicesFactory, rules: FakeRules
+) -> None:
+    rules.result = RulesResult(20.0, ("A",))
+    check = AntiSpam(
+        make_services(
+            site={"local_domains": ["example.com", "lenient.example"]},
+            domain={"lenient.example": {"add_header_score": 10.0, "reject_score": 30.0}},
+        )
+    )
+    verdict, _conn = deliver(check)
+    assert isinstance(verdict, Hit)  # example.com: the global 15
+    conn = make_conn(sender="a@example.org", recipients=["b@lenient.example"])
+    stream_message(check, conn, HEADERS, [BODY])
+    assert check(conn, Event()) is None
+    assert ("X-Spam-Flag", "YES") in added(conn)

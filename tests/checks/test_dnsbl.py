@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.checks import Event
-from smtpguard.checks.dnsbl import OpenRelay, Rbl, classify
+from smtpguard.checks.dnsbl import SCORES, OpenRelay, Rbl, classify
 from smtpguard.config import DnsblZone
 from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
@@ -186,3 +186,37 @@ def test_openrelay_uses_only_its_zones(tmp_path: Path, resolver: Resolver, fake:
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "openrelay_check"
     assert [name for name, _ in fake.calls if _ == "A"] == [f"{NAME}.relays.test"]
+
+
+# --- score zones and local lists -------------------------------------------------------------
+
+
+def test_score_zones_record_weights_instead_of_refusing(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    zones = [
+        {"name": "s1.test", "action": "score", "weight": 3.5},
+        {"name": "s2.test", "action": "score", "weight": -1.0},
+        {"name": "s3.test", "action": "score", "weight": 9.0},
+    ]
+    check = Rbl(dns_services(tmp_path, resolver, dnsbl={"zones": zones}))
+    fake.add(f"{NAME}.s1.test", "A", "127.0.0.2")
+    fake.add(f"{NAME}.s2.test", "A", "127.0.0.2")
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    assert check(conn, soon()) is None
+    assert conn.scratch[SCORES] == {"s1.test": 3.5, "s2.test": -1.0}
+
+
+def test_local_block_list_answers_like_a_zone_without_dns(tmp_path: Path) -> None:
+    listed = tmp_path / "relays.txt"
+    listed.write_text("198.51.100.0/24\n")
+    services = dns_services(
+        tmp_path, None, dnsbl={"local": [{"file": str(listed), "kind": "openrelay"}]}
+    )
+    assert OpenRelay.works_without_dns(services.config)
+    assert not Rbl.works_without_dns(services.config)
+    verdict = OpenRelay(services)(make_conn(sender="a@sender.test", ip=CLIENT), soon())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "openrelay_check"
+    assert f"listed in {listed} as 198.51.100.0/24" in verdict.detail
+    assert Rbl(services)(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None

@@ -199,3 +199,38 @@ def test_backend_none_checks_nobody(
     verdict = check(make_conn(sender="x@example.org"), rcpt("<@>"))
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "mailbox_unavailable"
+
+
+# --- rcpt_limit with [domain."X"] tables ------------------------------------------------------
+
+DOMAINS = {
+    "site": {"local_domains": ["example.com", "big.example", "twin.example", "plain.example"]},
+    "limits": {"max_rcpt": 5},
+    "domain": {
+        "big.example": {"max_message_size": 9_000_000, "max_rcpt": 2},
+        # Says the same as big.example: the two may share a transaction.
+        "twin.example": {"max_message_size": 9_000_000},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("accepted", "next_rcpt", "refused"),
+    [
+        ([], "a@big.example", False),
+        (["a@big.example"], "b@twin.example", False),
+        (["a@big.example"], "b@plain.example", True),
+        (["a@plain.example"], "b@big.example", True),
+        (["a@plain.example"], "b@example.com", False),  # both under the global policy
+        (["a@big.example", "b@twin.example"], "c@big.example", True),  # big.example's max_rcpt
+        (["a@twin.example", "b@big.example"], "c@big.example", False),  # twin's max_rcpt is 5
+    ],
+)
+def test_one_domain_policy_per_transaction(
+    make_services: ServicesFactory, accepted: list[str], next_rcpt: str, refused: bool
+) -> None:
+    check = RcptLimit(make_services(**DOMAINS))
+    verdict = check(make_conn(sender="x@sender.example", recipients=accepted), rcpt(next_rcpt))
+    assert isinstance(verdict, Hit) is refused
+    if isinstance(verdict, Hit):
+        assert verdict.reply_id == "rcpt_limit"
