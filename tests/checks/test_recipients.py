@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from smtpguard.checks import Stage
@@ -203,7 +205,7 @@ def test_backend_none_checks_nobody(
 
 # --- rcpt_limit with [domain."X"] tables ------------------------------------------------------
 
-DOMAINS = {
+DOMAINS: dict[str, dict[str, Any]] = {
     "site": {"local_domains": ["example.com", "big.example", "twin.example", "plain.example"]},
     "limits": {"max_rcpt": 5},
     "domain": {
