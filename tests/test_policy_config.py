@@ -4,6 +4,8 @@ what is accepted, and every unsafe combination refused with ``file: key: problem
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from smtpguard.app import load
 from smtpguard.config import CONTENT_GROUP, DNS_CHECKS
 from support.configs import assert_config_error, write_config
-from support.service import run_cli
+from support.service import make_site, run_cli, smtpguard
 
 EXEMPT = "[[policy.exempt]]\n"
 
@@ -248,3 +250,38 @@ def test_check_config_refuses_what_the_pipeline_cannot_do(
     assert result.returncode == 1, result.stderr
     assert f"{path.resolve()}: {key}: " in result.stderr
     assert message in result.stderr
+
+
+# --- list files the service user must read on SIGHUP -----------------------------------------
+
+
+def test_check_config_names_list_files_the_service_user_cannot_read() -> None:
+    root = Path(tempfile.mkdtemp(prefix="smtpguard-lists-"))
+    try:
+        root.chmod(0o755)
+        (root / "state").mkdir()
+        shutil.chown(root / "state", "nobody")
+        blocked, partners = root / "blocked.txt", root / "partners.txt"
+        for path in (blocked, partners):
+            path.write_text("203.0.113.0/24\n")
+            path.chmod(0o600)  # root's: nobody cannot read it after the drop
+        site = make_site(
+            root,
+            {
+                "milter": {"user": "nobody"},
+                "state": {"path": str(root / "state" / "state.sqlite")},
+                "dnsbl": {"local": [{"file": str(blocked)}]},
+                "policy": {"exempt": [{"ip_files": [str(partners)], "skip": ["rbl"]}]},
+            },
+        )
+        result = smtpguard(site, "check-config", "--offline", check=False)
+        assert result.returncode == 1
+        file = site.config.resolve()
+        assert result.stderr.splitlines() == [
+            f"{file}: dnsbl.local[0].file: nobody cannot read {blocked}:"
+            " a reload (SIGHUP) would fail",
+            f"{file}: policy.exempt[0].ip_files: nobody cannot read {partners}:"
+            " a reload (SIGHUP) would fail",
+        ]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

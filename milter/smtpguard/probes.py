@@ -170,6 +170,13 @@ def _reload_files(config: Config) -> list[Problem]:
         ("milter.user", Path(smtpguard.__file__).parent, "its modules cannot be imported"),
         ("milter.user", Path(dnspython.__file__ or "").parent, "DNS answers would fail"),
     ]
+    # Local IP lists are read again on every reload too.
+    wanted += [(f"dnsbl.local[{i}].file", x.file, reload) for i, x in enumerate(config.dnsbl.local)]
+    wanted += [
+        (f"policy.exempt[{i}].ip_files", Path(source), reload)
+        for i, exemption in enumerate(config.policy.exempt)
+        for source in exemption.networks.sources
+    ]
     whom = config.milter.user or "the service"
     found: list[Problem] = []
     for key, path, consequence in wanted:
