@@ -96,7 +96,6 @@ class Policy:
         for check_name, check_stage in checks:
             check_stages.setdefault(settings_name(check_name), set()).add(check_stage)
         self.config = config
-        self.global_policy = config.global_policy()
         self.domain_modes: dict[str, dict[str, str]] = {}
         for name, domain in config.domains.items():
             self.domain_modes[name] = dict(domain.checks)
