@@ -24,7 +24,9 @@ from smtpguard.explain import Knowledge, knowledge
 from smtpguard.explain_log import (
     CACHE_SIZE,
     MAX_DOMAINS,
+    MAX_FIELD_CHARS,
     MAX_LINE_BYTES,
+    MAX_REPLY_CHARS,
     OTHER_DOMAINS,
     Event,
     Explainer,
@@ -372,6 +374,16 @@ def test_missing_file_and_both_forms_are_one_line_errors(tmp_path: Path) -> None
 def test_long_lines_are_cut_not_read_whole() -> None:
     data = b"a" * (3 * MAX_LINE_BYTES + 5) + b"\nshort\n" + b"b" * 10
     assert [len(line) for line in read_lines(io.BytesIO(data))] == [MAX_LINE_BYTES, 6, 10]
+
+
+def test_long_replies_and_addresses_are_cut() -> None:
+    """What the cache keeps stays small: explain reads no more of a reply anyway."""
+    rcpt = "a" * 5000 + "@example.com"
+    line = POSTFIX_BOUNCE.replace("Bob@Example.COM", rcpt).replace("in virtual", "x" * 9000)
+    (event,) = parse_log_line(line.encode())
+    assert len(event.reply) == MAX_REPLY_CHARS
+    assert len(event.recipient) == MAX_FIELD_CHARS
+    assert event.domain == "example.com"
 
 
 REPLY_SAMPLES = [

@@ -27,7 +27,8 @@ retried five times is five deferral events.
 Memory stays bounded whatever the input's size: lines are read one at a time, cut at
 :data:`MAX_LINE_BYTES`; DSN files are read up to :data:`MAX_MESSAGE_BYTES` (the
 delivery-status part comes before the returned message); explanations are cached per
-distinct reply (an LRU of :data:`CACHE_SIZE`); at most :data:`MAX_DOMAINS` remote
+distinct reply (an LRU of :data:`CACHE_SIZE` replies of at most :data:`MAX_REPLY_CHARS`
+characters); at most :data:`MAX_DOMAINS` remote
 domains are counted one by one, later new ones as ``(other domains)``.
 
 The cache key is the reply with its volatile parts replaced (the local part of
@@ -57,13 +58,18 @@ from typing import BinaryIO, Literal, Protocol, TextIO, TypeVar
 
 from cachetools import LRUCache
 
-from smtpguard.explain import Knowledge
+from smtpguard.explain import MAX_LINE_CHARS, Knowledge
 
 #: A longer line is cut there (and the rest of it skipped); no log line is that long.
 MAX_LINE_BYTES = 64 * 1024
 #: Bytes read of each DSN file: enough for the headers, the human part and the
 #: delivery-status part, which come before the returned message.
 MAX_MESSAGE_BYTES = 1024 * 1024
+#: explain reads at most this much of a reply line (explain.MAX_LINE_CHARS); longer
+#: replies are cut here, which bounds the cache's keys too.
+MAX_REPLY_CHARS = MAX_LINE_CHARS
+#: An address (RFC 5321 allows 256 octets in a path); longer is cut.
+MAX_FIELD_CHARS = 512
 CACHE_SIZE = 4096
 MAX_DOMAINS = 10_000
 OTHER_DOMAINS = "(other domains)"
@@ -76,30 +82,26 @@ Status = Literal["bounced", "deferred"]
 # A quick test on the raw bytes before any decoding: most lines of a mail log are
 # neither bounces nor deferrals.
 _CANDIDATE = re.compile(rb"status=(?:bounced|deferred) |dsn=[45]\.| (?:\*\*|==) ")
-_POSTFIX = re.compile(
-    r" to=<(?P<rcpt>[^>]*)>,.*? dsn=(?P<dsn>[45]\.\d{1,3}\.\d{1,3}),"
-    r" status=(?P<status>bounced|deferred) \((?P<detail>.*)\)\s*\Z"
-)
-_POSTFIX_SAID = re.compile(
-    r" (?:said|refused to talk to me): (?P<reply>.*?)(?: \(in reply to [^()]*\))?\Z"
-)
-_SENDMAIL = re.compile(
-    r" to=(?P<rcpt>.*?), (?:.*? )?dsn=(?P<dsn>[45]\.\d{1,3}\.\d{1,3}), stat=(?P<stat>.*?)\s*\Z"
-)
-_SENDMAIL_DEFERRED = re.compile(r"Deferred: ?")
-_EXIM = re.compile(r" (?P<flag>\*\*|==) (?P<rcpt>[^\s:]+):? ?(?P<rest>.*?)\s*\Z")
-_EXIM_SMTP = re.compile(
-    r"SMTP error from remote mail server after [^:<]*(?::<[^>]*>)?: (?P<reply>.*)\Z"
-)
+# Parsing is str.find and anchored matches only: linear in the line whatever it holds
+# (an unanchored ".*?" between two markers is quadratic on a line that repeats the first).
+_DSN = re.compile(r"[45]\.\d{1,3}\.\d{1,3}(?=,)")
+_POSTFIX_STATUS = (" status=bounced (", " status=deferred (")
+_POSTFIX_SAID = (" said: ", " refused to talk to me: ")
+_IN_REPLY_TO = " (in reply to "
+_EXIM_FLAGS = (" ** ", " == ")
+_EXIM_SMTP = "SMTP error from remote mail server after "
 _CODE_START = re.compile(r"[245]\d\d[ -]|[245]\.\d{1,3}\.\d{1,3} ")
 _VOLATILE = re.compile(
     # Postfix's own words for a server it could not reach: the host is the recipient's.
     r"(?P<host>(?<=connect to )[\w.-]+(?=\[)|(?<=ame service error for name=)[\w.-]+(?= type=))"
     # The local part of an address; its domain may name the provider (qq.com, 163.com).
-    r"|(?P<local>(?<=<)[^<>\s@]*(?=@[^<>\s]*>)|[\w.+%=-]+(?=@[\w-]+(?:\.[\w-]+)+))"
+    # Every run starts at its left boundary: started inside a word, the scan to the
+    # word's end would repeat at each position (quadratic on a long word).
+    r"|(?P<local>(?<=<)[^<>\s@]*(?=@[^<>\s]*>)"
+    r"|(?<![\w.+%=-])[\w.+%=-]+(?=@[\w-]+(?:\.[\w-]+)+))"
     r"|(?P<ip>(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
     # Queue ids, Gmail's and Microsoft's trailers, time stamps.
-    r"|(?P<token>\b(?=[\w-]*\d)[\w-]{10,}\b)"
+    r"|(?P<token>(?<![\w-])(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
 )
 _PLACEHOLDERS = {
     "host": "mx.example.invalid",
@@ -158,35 +160,95 @@ def parse_log_line(raw: bytes) -> list[Event]:
     if _CANDIDATE.search(raw) is None:
         return []
     line = raw.decode("utf-8", "replace").rstrip("\r\n")
-    if (m := _POSTFIX.search(line)) is not None:
-        detail = m["detail"]
-        said = _POSTFIX_SAID.search(detail)
-        reply = said["reply"] if said is not None else f"{m['dsn']} {detail}"
-        status: Status = "bounced" if m["status"] == "bounced" else "deferred"
-        return [_event("postfix", status, m["rcpt"], reply)]
-    if (m := _SENDMAIL.search(line)) is not None:
-        stat = _SENDMAIL_DEFERRED.sub("", m["stat"], count=1)
-        reply = stat if _CODE_START.match(stat) else f"{m['dsn']} {stat}"
-        status = "bounced" if m["dsn"][0] == "5" else "deferred"
-        rcpts = [r.strip() for r in m["rcpt"].split(",") if r.strip()]
-        return [_event("sendmail", status, r.strip("<>"), reply) for r in rcpts]
-    if (m := _EXIM.search(line)) is not None:
-        status = "bounced" if m["flag"] == "**" else "deferred"
-        rest = m["rest"]
-        smtp = _EXIM_SMTP.search(rest)
-        if smtp is not None:
-            reply = smtp["reply"]
-        else:
-            text = rest.rsplit(": ", 1)[-1]
-            # No reply code: the class comes from the log's own verdict.
-            reply = f"{'5' if status == 'bounced' else '4'}.0.0 {text}"
-        return [_event("exim", status, m["rcpt"], reply)]
-    return []
+    return _postfix(line) or _sendmail(line) or _exim(line)
+
+
+def _postfix(line: str) -> list[Event]:
+    for marker in _POSTFIX_STATUS:
+        end = line.find(marker)
+        if end >= 0:
+            break
+    else:
+        return []
+    start = line.find(" to=<")
+    close = line.find(">,", start)
+    dsn_at = line.find(" dsn=", close, end)
+    dsn = _DSN.match(line, dsn_at + 5) if start >= 0 and close >= 0 and dsn_at >= 0 else None
+    detail = line[end + len(marker) :].rstrip()
+    if dsn is None or not detail.endswith(")"):
+        return []
+    detail = detail[:-1]
+    for said in _POSTFIX_SAID:
+        at = detail.find(said)
+        if at >= 0:
+            reply = detail[at + len(said) :]
+            cut = reply.rfind(_IN_REPLY_TO)
+            if cut >= 0 and reply.endswith(")"):
+                reply = reply[:cut]
+            break
+    else:
+        reply = f"{dsn.group()} {detail}"
+    status: Status = "bounced" if marker == _POSTFIX_STATUS[0] else "deferred"
+    return [_event("postfix", status, line[start + 5 : close], reply)]
+
+
+def _sendmail(line: str) -> list[Event]:
+    start = line.find(" to=")
+    fields_end = line.find(", ", start)
+    dsn_at = line.find(" dsn=", fields_end)
+    stat_at = line.find(", stat=", dsn_at)
+    if min(start, fields_end, dsn_at, stat_at) < 0:
+        return []
+    dsn = _DSN.match(line, dsn_at + 5)
+    if dsn is None or dsn.end() != stat_at:
+        return []
+    stat = line[stat_at + 7 :].strip()
+    stat = stat.removeprefix("Deferred:").strip()
+    code = dsn.group()
+    reply = stat if _CODE_START.match(stat) else f"{code} {stat}"
+    status: Status = "bounced" if code[0] == "5" else "deferred"
+    # Several recipients of one delivery: "to=<a@x>,<b@y>, delay=...".
+    rcpts = [r.strip().strip("<>") for r in line[start + 4 : fields_end].split(",")]
+    return [_event("sendmail", status, r, reply) for r in rcpts if r]
+
+
+def _exim(line: str) -> list[Event]:
+    for flag in _EXIM_FLAGS:
+        at = line.find(flag)
+        if at >= 0:
+            break
+    else:
+        return []
+    rest = line[at + len(flag) :].strip()
+    rcpt, _, rest = rest.partition(" ")
+    if rcpt.endswith(":"):
+        rcpt, rest = rcpt[:-1], f": {rest}"
+    status: Status = "bounced" if flag == _EXIM_FLAGS[0] else "deferred"
+    smtp = rest.find(_EXIM_SMTP)
+    if smtp >= 0:
+        # "after RCPT TO:<bob@example.net>: 550 ..." or "after end of data: 550 ...".
+        after = rest[smtp + len(_EXIM_SMTP) :]
+        angle = after.find(":<")
+        colon = after.find(": ")
+        if 0 <= angle < colon:
+            colon = after.find(">: ", angle) + 1
+        reply = after[colon + 2 :] if colon > 0 else after
+    else:
+        text = rest.rsplit(": ", 1)[-1] if ": " in rest else rest
+        # No reply code: the class comes from the log's own verdict.
+        reply = f"{'5' if status == 'bounced' else '4'}.0.0 {text}"
+    return [_event("exim", status, rcpt, reply)]
 
 
 def _event(mta: str, status: Status, recipient: str, reply: str) -> Event:
     domain = recipient.rpartition("@")[2].rstrip(".").lower() if "@" in recipient else ""
-    return Event(mta, status, recipient, domain, reply.strip())
+    return Event(
+        mta,
+        status,
+        recipient[:MAX_FIELD_CHARS],
+        domain[:MAX_FIELD_CHARS],
+        reply.strip()[:MAX_REPLY_CHARS],
+    )
 
 
 def dsn_events(message: Message) -> Iterator[Event]:
