@@ -398,6 +398,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("smtpguard explain: --events goes with --log", file=sys.stderr)
         return 2
     if args.log is not None:
+        import io
+
         from smtpguard.explain_log import log_main
 
         log_main(
@@ -405,7 +407,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             knowledge=knowledge(args.rules_dir),
             lang=args.lang,
             as_json=args.json,
-            stdin=sys.stdin.buffer,
+            # Python sets sys.stdin to None when the descriptor is closed (<&-).
+            stdin=sys.stdin.buffer if sys.stdin is not None else io.BytesIO(),
             out=sys.stdout,
             events=args.events,
         )
