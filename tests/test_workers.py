@@ -179,6 +179,9 @@ def _hammer(path: str, hits: int, counts: Any) -> None:
 
 def test_sqlite_counter_is_exact_across_processes(tmp_path: Path) -> None:
     path = str(tmp_path / "counters.sqlite")
+    # As the supervisor does before it forks: processes creating a fresh file at once
+    # would fail to switch it to WAL.
+    SqliteCounter(path, 600, SizeBuckets(0.02)).prepare()
     counts: Any = _fork.Queue()
     procs = [_fork.Process(target=_hammer, args=(path, 25, counts)) for _ in range(4)]
     for p in procs:

@@ -41,6 +41,7 @@ wraps the Redis one with the configured outage behaviour. Backend failures surfa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -232,18 +233,31 @@ class SqliteCounter:
     def peek(self, key: str, size: int) -> int:
         return self._run(key, size, add=False)
 
+    def prepare(self) -> None:
+        """Create the file and its table now, and close it again: a supervisor does this
+        before it forks its workers, so that they do not all create it at once (the
+        switch of a fresh file to WAL does not wait for a lock, it fails)."""
+        try:
+            with contextlib.closing(self._open()):
+                pass
+        except sqlite3.Error as exc:
+            raise CounterError(f"{self.path}: {exc}") from exc
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        # Counts are worth nothing after a power loss; a sync per message is.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SQLITE_SCHEMA)
+        return db
+
     def _connection(self) -> sqlite3.Connection:
         if self._db is None or self._pid != os.getpid():
             # After a fork the parent's connection (if any) is left alone, not closed:
             # closing it here would touch the parent's locks.
-            db = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            # Counts are worth nothing after a power loss; a sync per message is.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SQLITE_SCHEMA)
-            self._db, self._pid = db, os.getpid()
+            self._db, self._pid = self._open(), os.getpid()
         return self._db
 
     def _run(self, key: str, size: int, *, add: bool) -> int:

@@ -165,6 +165,18 @@ class SqliteBlacklist(WatchedFile):
         except StateError as exc:
             raise sqlite3.OperationalError(str(exc)) from None
 
+    def prepare(self) -> None:
+        """Create the file (WAL mode, table) now, and close it again.
+
+        A supervisor does this once before it forks its workers: they then only open
+        the file. The lock above is per process, and several processes preparing a
+        fresh file at once get "database is locked".
+        """
+        with self._prepare_lock:
+            with closing(self._connect()):
+                pass
+            self._prepared = True
+
     def _connect(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,7 @@ from smtpguard import __version__
 from smtpguard.adapter import App, drop_privileges, install, open_socket, run
 from smtpguard.app import Runtime, build_runtime, load
 from smtpguard.config import Config, ConfigError
+from smtpguard.counters import CounterError, SqliteCounter
 from smtpguard.sockets import (
     StartError,
     libmilter_address,
@@ -73,7 +74,7 @@ from smtpguard.sockets import (
     remove_unix,
     unix_path,
 )
-from smtpguard.state import SharedSessionGate
+from smtpguard.state import SharedSessionGate, SqliteBlacklist, StateError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -186,6 +187,7 @@ class Supervisor:
             if config.user:
                 _give_metrics_dir(config.user)
                 drop_privileges(config.user)
+            self._prepare_files()
             log.info(
                 "smtpguard %s starting %d workers on %s (config %s)",
                 __version__,
@@ -201,6 +203,19 @@ class Supervisor:
             _remove_metrics_dir()
         log.info("smtpguard stopped")
         return 1 if self.failed else 0
+
+    def _prepare_files(self) -> None:
+        """Create the state and counter files once, as the service user, before the
+        workers would race to create them (the first sessions of two workers at once
+        got "database is locked"). A file that cannot be made is left to the checks'
+        own temporary-error handling, as with one process."""
+        services = self.app.runtime.services
+        for store in (services.blacklist, services.counter):
+            if isinstance(store, SqliteBlacklist | SqliteCounter):
+                try:
+                    store.prepare()
+                except (StateError, CounterError) as exc:
+                    log.error("cannot prepare %s: %s", store.path, exc)
 
     def _serve_metrics(self) -> None:
         if self.registry is None:
@@ -291,6 +306,7 @@ class Supervisor:
         # Workers started from now on inherit the new runtime; running ones build their
         # own from the same file (now known to be good).
         self.app.swap(runtime)
+        self._prepare_files()
         for worker in self.workers:
             if worker.pid:
                 _kill(worker.pid, signal.SIGHUP)
