@@ -344,3 +344,16 @@ def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
         )
         assert found is not None, text
         assert float(found.group(1)) == 10
+
+
+def test_changing_the_worker_count_needs_a_restart(tmp_path: Path) -> None:
+    site = make_site(tmp_path, WORKERS)
+    original = site.config.read_text()
+    with running(site) as service:
+        both_started(service)
+        site.config.write_text(original.replace("workers = 2", "workers = 3"))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in service.log())
+        assert "milter.workers: changing workers needs a restart" in service.log()
+        assert "reloaded configuration" not in service.log()
+        assert len(children(service.process.pid)) == 2

@@ -38,11 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from smtpguard import logsetup
     from smtpguard.adapter import App, drop_privileges, serve
-    from smtpguard.app import Runtime, build_runtime, load, new_gate
-    from smtpguard.config import ConfigError
+    from smtpguard.app import build_runtime, new_gate
     from smtpguard.metrics import PrometheusMetrics
     from smtpguard.probes import file_problems, user_problems
     from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
+    from smtpguard.supervisor import reloader
 
     config = _load(args.config)
     try:
@@ -84,14 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.file,
     )
 
-    def reload() -> Runtime:
-        new = load(config.file)
-        if new.milter.socket != config.milter.socket:
-            raise ConfigError(new.file, "milter.socket", "changing the socket needs a restart")
-        # previous= keeps the resolver (its thread, sockets and cache) when [dns] is unchanged.
-        return build_runtime(new, previous=app.runtime)
-
-    serve(app, reload)
+    # The same reload as every worker's: socket and workers need a restart; previous=
+    # keeps the resolver (its thread, sockets and cache) when [dns] is unchanged.
+    serve(app, reloader(app))
     logging.getLogger("smtpguard").info("smtpguard stopped")
     return 0
 
