@@ -200,7 +200,6 @@ class Supervisor:
             path = unix_path(config.socket)
             if path is not None and self.inode is not None:
                 remove_unix(path, self.inode)
-            _remove_metrics_dir()
         log.info("smtpguard stopped")
         return 1 if self.failed else 0
 
@@ -426,7 +425,11 @@ class Supervisor:
 def supervise(config: Config) -> int:
     """``smtpguard run`` with ``workers`` > 1; the exit status (0, or 1 when the
     service had to stop because its socket was lost)."""
-    return Supervisor(config).serve()
+    try:
+        return Supervisor(config).serve()
+    finally:
+        # Only the supervisor gets here: a worker ends with os._exit.
+        _remove_metrics_dir()
 
 
 def _multiprocess_metrics() -> tuple[PrometheusMetrics, CollectorRegistry]:
