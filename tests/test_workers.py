@@ -23,6 +23,7 @@ import pytest
 from smtpguard.config import MAX_WORKERS, ConfigError, default_workers, load_config
 from smtpguard.counters import SizeBuckets, SqliteCounter
 from smtpguard.state import SharedSessionGate
+from smtpguard.supervisor import MAX_BACKOFF, restart_delay
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.service import UNTRUSTED_IP, Running, make_site, running
 
@@ -134,6 +135,12 @@ def test_default_workers_follow_the_cpus_this_process_may_use(tmp_path: Path) ->
 def test_workers_out_of_range_are_refused(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"milter\.workers"):
         config_with(tmp_path, f"[milter]\nworkers = {value}\n")
+
+
+def test_restart_backoff() -> None:
+    """At once after a death (a killed worker), then doubling while it keeps dying."""
+    assert [restart_delay(n) for n in range(8)] == [0, 0, 1, 2, 4, 8, 16, 30]
+    assert restart_delay(100) == MAX_BACKOFF
 
 
 # --- shared state, without the service ------------------------------------------------

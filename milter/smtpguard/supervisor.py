@@ -55,6 +55,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -329,6 +330,10 @@ class Supervisor:
         # collections then never write to these objects, so their pages stay shared
         # with the supervisor instead of being copied into every worker.
         gc.freeze()
+        if threading.active_count() > 1:
+            # Nothing here should start one (see the module documentation): a lock held
+            # by a thread that the child does not have would never be released there.
+            log.warning("forking with %d threads running", threading.active_count())
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -398,9 +403,7 @@ class Supervisor:
             return
         lived = time.monotonic() - worker.started
         worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 0
-        delay = (
-            0.0 if worker.quick_deaths <= 1 else min(2.0 ** (worker.quick_deaths - 2), MAX_BACKOFF)
-        )
+        delay = restart_delay(worker.quick_deaths)
         worker.due = time.monotonic() + delay
         log.warning(
             "worker %d (pid %d) %s after %.1f s; restarting it %s",
@@ -420,6 +423,15 @@ class Supervisor:
         except OSError:
             return False
         return (info.st_dev, info.st_ino) == self.inode
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds before a dead worker starts again, after ``quick_deaths`` deaths in a row
+    that each came within :data:`STABLE_AFTER` of the start: the first at once (a
+    killed worker is back in milliseconds), then 1, 2, 4 ... :data:`MAX_BACKOFF`."""
+    if quick_deaths <= 1:
+        return 0.0
+    return float(min(2.0 ** (quick_deaths - 2), MAX_BACKOFF))
 
 
 def supervise(config: Config) -> int:
