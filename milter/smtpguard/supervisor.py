@@ -174,6 +174,9 @@ class Supervisor:
 
     def serve(self) -> int:
         config = self.config.milter
+        # Held until the loop handles them: a SIGTERM during the start must stop the
+        # service cleanly (socket removed), not kill it with the socket left behind.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         install(self.app)
         before = listening_sockets()
         self.inode = open_socket(config)
@@ -190,10 +193,10 @@ class Supervisor:
                 drop_privileges(config.user)
             self._prepare_files()
             log.info(
-                "smtpguard %s starting %d workers on %s (config %s)",
+                "smtpguard %s starting on %s with %d workers (config %s)",
                 __version__,
-                config.workers,
                 libmilter_address(config.socket),
+                config.workers,
                 self.config.file,
             )
             self._loop()
@@ -234,11 +237,10 @@ class Supervisor:
         for sig in _SIGNALS:
             signal.signal(sig, _note)
         signal.set_wakeup_fd(self._wake_w)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         try:
             while True:
-                self._start_due()
-                if self.stopping and not any(w.pid for w in self.workers):
-                    return
+                # Signals first: one that came during the start stops it before a fork.
                 readable = self._wait()
                 if self._wake_r in readable:
                     for number in _drain(self._wake_r):
@@ -246,6 +248,9 @@ class Supervisor:
                 self._reap()
                 if self.http is not None and self.http.fileno() in readable:
                     self.http.handle_request()
+                self._start_due()
+                if self.stopping and not any(w.pid for w in self.workers):
+                    return
         finally:
             signal.set_wakeup_fd(-1)
             for sig in _SIGNALS:
