@@ -351,6 +351,8 @@ class Supervisor:
 
     def _worker(self, number: int) -> int:
         """The child: undo the supervisor's signal set-up, then libmilter's loop."""
+        # Held for adapter.run's sigwait: a SIGHUP before it would end the worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
         signal.set_wakeup_fd(-1)
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
