@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -342,7 +343,10 @@ def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 return str(r.read().decode())
 
-        text = scraped()
+        # A client that connects and says nothing holds the supervisor's loop (which
+        # also restarts workers) for 2 s at most.
+        with socket.create_connection(("127.0.0.1", port)):
+            text = scraped()
         found = re.search(
             r'^smtpguard_decisions_total\{action="reject",mode="enforce",'
             r'reply_id="host_denies_sender"\} (\S+)$',

@@ -227,8 +227,11 @@ class Supervisor:
 
         m = self.config.metrics
         server_class = _HTTPServer6 if ":" in m.listen else HTTPServer
+        # The loop that serves a scrape also restarts workers: a client that connects
+        # and sends nothing must not hold it for longer than this.
+        handler = type("Handler", (MetricsHandler.factory(self.registry),), {"timeout": 2.0})
         try:
-            self.http = server_class((m.listen, m.port), MetricsHandler.factory(self.registry))
+            self.http = server_class((m.listen, m.port), handler)
         except OSError as exc:
             raise StartError(f"cannot bind {m.listen}:{m.port} (metrics): {exc.strerror}") from None
 
