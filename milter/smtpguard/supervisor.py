@@ -342,7 +342,13 @@ class Supervisor:
             # Nothing here should start one (see the module documentation): a lock held
             # by a thread that the child does not have would never be released there.
             log.warning("forking with %d threads running", threading.active_count())
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            # Out of processes or memory for now: the others serve on; try again.
+            worker.due = time.monotonic() + 1.0
+            log.error("cannot start worker %d: %s; trying again in 1 s", worker.number, exc)
+            return
         if pid == 0:
             code = 1
             try:
