@@ -260,7 +260,8 @@ def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
     thread group leader first when it is waiting for it, so these signals reach us,
     not libmilter: SIGHUP calls ``reload`` and swaps the runtime (sessions in flight
     keep theirs; a failing reload is logged and the old runtime stays), SIGTERM and
-    SIGINT stop libmilter, which lets sessions in flight finish.
+    SIGINT refuse new sessions, wait for those in flight (at most
+    :data:`DRAIN_SECONDS`) and then stop libmilter.
     """
     config = app.runtime.config.milter
     install(app)
