@@ -167,6 +167,7 @@ class Supervisor:
         self.failed = False
         self.inode: tuple[int, int] | None = None
         self.listener = -1
+        self.pid = os.getpid()
         self.http: HTTPServer | None = None
         self._wake_r, self._wake_w = -1, -1
 
@@ -369,7 +370,7 @@ class Supervisor:
         os.close(self._wake_w)
         if self.http is not None:
             self.http.socket.close()
-        _die_with_parent()
+        _die_with_parent(self.pid)
         _mark_worker(number)
         self.gate.bind(number - 1)
         try:
@@ -505,7 +506,7 @@ def _describe(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     """A worker whose supervisor is killed outright drains and ends (SIGTERM)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -513,8 +514,9 @@ def _die_with_parent() -> None:
             raise OSError(ctypes.get_errno(), "prctl")
     except (OSError, AttributeError) as exc:
         log.debug("no parent-death signal: %s", exc)
-    if os.getppid() == 1:
-        # The supervisor died between fork and prctl.
+    if os.getppid() != supervisor:
+        # The supervisor died between fork and prctl (compared by pid: in a container
+        # the supervisor may itself be pid 1).
         os.kill(os.getpid(), signal.SIGTERM)
 
 
