@@ -147,6 +147,19 @@ def test_exempted_partner_listed_in_the_dnsbl_is_accepted_and_cannot_relay(
     log = exempting.log()
     assert "reply=rbl_deny" not in log.split("mx.partner.test")[-1]
 
+    # The transaction's summary line (written when the session closes) names what the
+    # exemption skipped.
+    def summary() -> str | None:
+        lines = [
+            line
+            for line in exempting.log().splitlines()
+            if " summary " in line and f"client={RBL_TEST_IP}" in line
+        ]
+        return lines[-1] if lines else None
+
+    wait_until(lambda: summary() is not None)
+    assert "skipped=rbl:partner-ip" in (summary() or ""), summary()
+
 
 def test_host_name_exemption_needs_forward_confirmation(exempting: Running) -> None:
     with exempting.session() as s:
@@ -344,6 +357,9 @@ def test_two_domains_with_different_size_limits_each_get_their_own(per_domain: R
     ten_kb = "x" * 78 + "\r\n"
     assert_reply(send(per_domain, ["alice@example.com"], ten_kb * 128)[0], "message_too_long")
     assert_pass(send(per_domain, ["someone@relay.example"], ten_kb * 128)[0])
+    summaries = [line for line in per_domain.log().splitlines() if " summary " in line]
+    assert "outcome=accept" in summaries[-1]
+    assert "policy=relay.example" in summaries[-1]
     # Over relay.example's own limit: refused, in its language order.
     zh_first(send(per_domain, ["someone@relay.example"], ten_kb * 700)[0], "message_too_long")
 

@@ -67,7 +67,7 @@ from smtpguard.checks.virus import VirusScan
 from smtpguard.config import DNS_CHECKS, CheckSettings, Config
 from smtpguard.message import MessageState
 from smtpguard.metrics import NullMetrics
-from smtpguard.policy import Policy
+from smtpguard.policy import SKIPPED, Policy
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.resultheaders import (
     AUTH_RESULTS,
@@ -246,7 +246,9 @@ class Pipeline:
     def run(self, stage: Stage, conn: Connection, event: Event | None = None) -> Decision:
         txn = conn.txn
         if stage is Stage.MAIL and txn is not None:
-            txn.scratch[_ENDING] = _Ending(time.monotonic(), conn.session_id, conn.client_ip)
+            txn.scratch[_ENDING] = _Ending(
+                time.monotonic(), conn.session_id, conn.client_ip, conn.scratch.get(SKIPPED)
+            )
         if not self.timed:
             decision = self._run(stage, conn, event or Event())
         else:
@@ -604,10 +606,28 @@ class Pipeline:
             ("iprev", ending.iprev),
             ("size", size),
             ("nrcpt", len(txn.recipients)),
+            ("policy", self._domain_table(txn)),
+            ("skipped", _skips(ending.session_skips, txn.scratch.get(SKIPPED))),
             ("client", ending.client_ip),
             ("ms", round(elapsed * 1000)),
         )
         log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
+
+    def _domain_table(self, txn: Transaction) -> str | None:
+        # One transaction never mixes domain policies (rcpt_limit), so the first
+        # recipient's table is the message's.
+        if not txn.recipients:
+            return None
+        table = self.config.domain_policy(txn.recipients[0].domain_lc)
+        return table.domain if table is not None else None
+
+
+def _skips(*recorded: dict[str, str] | None) -> str | None:
+    """``check:exemption`` for every check an exemption skipped, or None."""
+    merged: dict[str, str] = {}
+    for skips in recorded:
+        merged.update(skips or {})
+    return ",".join(f"{check}:{name}" for check, name in merged.items()) or None
 
 
 @dataclass(slots=True)
@@ -617,6 +637,8 @@ class _Ending:
     started: float
     session_id: str
     client_ip: IPAddress | None
+    #: Checks an exemption skipped for the whole session (decided before MAIL FROM).
+    session_skips: dict[str, str] | None = None
     #: The last refusal answered: (outcome, reply id, check, stage).
     refusal: tuple[str, str, str, Stage] | None = None
     iprev: str | None = None
