@@ -7,8 +7,7 @@ per-domain policy (issue 14). DNS answers come from the real unbound server
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from support.daemons import GTUBE as GTUBE_BYTES
 from support.expected import SPEC
 from support.mtclient import Answer, assert_pass, assert_reply
+from support.polling import wait_until
 from support.service import Running, make_site, merge, running, smtpguard
 from support.unbound import (
     A_ONLY_DOMAIN,
@@ -267,13 +267,6 @@ def test_local_lists_are_read_again_on_sighup(tmp_path: Path) -> None:
         wait_until(lambda: "reload refused" in svc.log())
         assert f"{listed}:1: host bits set" in svc.log()
         assert_reply(mail(svc, "2001:db8:bad::1"), "rbl_deny")
-
-
-def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.02)
 
 
 # --- smtpport: one mode per reason --------------------------------------------------------

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from support.mtclient import MilterSession
+from support.polling import wait_until
 from support.service import Running, make_site, running
 
 pytestmark = pytest.mark.integration
-
-POLL_INTERVAL = 0.02
-
-
-def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(POLL_INTERVAL)
 
 
 def mail(service: Running, sender: str) -> str:

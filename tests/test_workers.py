@@ -14,7 +14,6 @@ import signal
 import socket
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from smtpguard.counters import SizeBuckets, SqliteCounter
 from smtpguard.state import SharedSessionGate
 from smtpguard.supervisor import MAX_BACKOFF, restart_delay
 from support.mtclient import MilterSession, assert_pass, assert_reply
+from support.polling import children, wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running
 
-POLL = 0.02
 #: The issue's promise for a killed worker.
 RESTART_DEADLINE = 2.0
 WORKERS = {"milter": {"workers": 2}}
@@ -36,31 +35,6 @@ THRESHOLD = 20
 BULK = {**WORKERS, "bulk": {"threshold": THRESHOLD, "window": 600}}
 HEADERS = [("From", "friend@sender.example"), ("To", "alice@example.com"), ("Subject", "x")]
 BODY = "Offer number 0000\r\n" * 40
-
-
-def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> float:
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < deadline, "condition not reached"
-        time.sleep(POLL)
-    return time.monotonic() - start
-
-
-def children(pid: int) -> set[int]:
-    """The live (not zombie) child processes of ``pid``."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
-        state, ppid = stat.rpartition(")")[2].split()[:2]
-        if int(ppid) == pid and state != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 def both_started(service: Running) -> None:

@@ -22,7 +22,7 @@ import pytest
 from support.daemons import EICAR, GTUBE, start_clamd
 from support.dovecot import start_dovecot
 from support.expected import SPEC, default_line
-from support.postfix import Postfix, start_postfix
+from support.postfix import Postfix, client, start_postfix
 from support.service import Running, Site, make_site, running, smtpguard
 from support.smtp import Reply, SmtpClient
 from support.unbound import DNSBL_ZONES, GOOD_IP, NO_PTR_IP, RBL_IP, RELAY_IP, DnsServer
@@ -77,17 +77,6 @@ def stack() -> Iterator[tuple[Running, Postfix]]:
 @pytest.fixture
 def postfix(stack: tuple[Running, Postfix]) -> Postfix:
     return stack[1]
-
-
-def client(postfix: Postfix, ident: dict[str, str] | None = None, **extra: str) -> SmtpClient:
-    c = SmtpClient("127.0.0.1", postfix.port)
-    assert c.ehlo("test.client").code == 250
-    if ident is not None:
-        reply = c.xclient(**ident, **extra)
-        assert reply.code == 220, reply
-        if "helo" in ident:
-            assert c.ehlo(ident["helo"]).code == 250
-    return c
 
 
 def expected_line(reply_id: str) -> str:

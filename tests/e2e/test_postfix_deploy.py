@@ -25,13 +25,14 @@ from support.postfix import (
     MASTER_CF,
     POLL_INTERVAL,
     Postfix,
+    client,
     free_port,
     new_root,
     reload_postfix,
     start_postfix,
 )
 from support.service import Site, make_site, running, smtpguard
-from support.smtp import Reply, SmtpClient
+from support.smtp import Reply
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +68,6 @@ def site(
 def expected_line(reply_id: str) -> str:
     code, xcode, _en, _zh = SPEC[reply_id]
     return f"{code} {xcode} {default_line(reply_id)}"
-
-
-def client(postfix: Postfix, ident: dict[str, str]) -> SmtpClient:
-    c = SmtpClient("127.0.0.1", postfix.port)
-    assert c.ehlo("test.client").code == 250
-    assert c.xclient(**ident).code == 220
-    assert c.ehlo(ident["helo"]).code == 250
-    return c
 
 
 def queued_files(postfix: Postfix) -> list[Path]:

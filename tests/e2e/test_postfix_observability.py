@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from support.postfix import Postfix, free_port, start_postfix
+from support.postfix import Postfix, client, free_port, start_postfix
 from support.service import Running, make_site, running
-from support.smtp import SmtpClient
 from support.unbound import GOOD_IP, NO_PTR_IP, DnsServer
 
 pytestmark = pytest.mark.integration
@@ -111,14 +110,6 @@ def stack(unbound: DnsServer) -> Iterator[tuple[Running, Postfix, SyslogSink, in
                 postfix.stop()
     finally:
         sock.close()
-
-
-def client(postfix: Postfix, ident: dict[str, str]) -> SmtpClient:
-    c = SmtpClient("127.0.0.1", postfix.port)
-    assert c.ehlo("test.client").code == 250
-    assert c.xclient(**ident).code == 220
-    assert c.ehlo(ident["helo"]).code == 250
-    return c
 
 
 def postfix_lines(postfix: Postfix) -> list[tuple[int, str]]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from support.expected import SPEC, default_line
-from support.postfix import Postfix, start_postfix
+from support.postfix import Postfix, client, start_postfix
 from support.service import Running, Site, make_site, running
-from support.smtp import Reply, SmtpClient
+from support.smtp import Reply
 from support.unbound import GOOD_IP, RBL_IP, RBL_ZONE, RELAY_ZONE, DnsServer
 
 pytestmark = pytest.mark.integration
@@ -68,14 +68,6 @@ def stack(unbound: DnsServer) -> Iterator[tuple[Running, Postfix]]:
             yield service, postfix
         finally:
             postfix.stop()
-
-
-def client(postfix: Postfix, ident: dict[str, str]) -> SmtpClient:
-    c = SmtpClient("127.0.0.1", postfix.port)
-    assert c.ehlo("test.client").code == 250
-    assert c.xclient(**ident).code == 220
-    assert c.ehlo(ident["helo"]).code == 250
-    return c
 
 
 def assert_table(reply: Reply, reply_id: str) -> None:

@@ -12,12 +12,11 @@ import re
 import signal
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from support.polling import children, wait_until
 from support.postfix import start_postfix
 from support.service import make_site, running
 from support.smtp import SmtpClient
@@ -30,29 +29,6 @@ THREADS = 4
 BEFORE_KILL = 20
 AFTER_KILL = 40
 RESTART_DEADLINE = 2.0
-POLL = 0.02
-
-
-def wait_until(condition: Callable[[], bool], deadline: float) -> float:
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < deadline, "condition not reached"
-        time.sleep(POLL)
-    return time.monotonic() - start
-
-
-def children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, ppid = (entry / "stat").read_text().rpartition(")")[2].split()[:2]
-        except OSError:
-            continue
-        if int(ppid) == pid and state != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 def send_one(port: int, n: int) -> tuple[int, str]:

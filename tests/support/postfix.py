@@ -26,7 +26,7 @@ from smtpguard.app import load
 from smtpguard.config import Config
 from smtpguard.postfix import postfix_network
 
-from .smtp import wait_for_greeting
+from .smtp import SmtpClient, wait_for_greeting
 
 POLL_INTERVAL = 0.05
 
@@ -165,6 +165,20 @@ class Postfix:
                 break
             time.sleep(POLL_INTERVAL)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def client(postfix: Postfix, ident: dict[str, str] | None = None, **extra: str) -> SmtpClient:
+    """An SMTP client of ``postfix`` that says who it is with XCLIENT (``ident``: addr,
+    name, helo, ...; the test client is in ``smtpd_authorized_xclient_hosts``) and says
+    EHLO again with ``ident["helo"]`` when given."""
+    c = SmtpClient("127.0.0.1", postfix.port)
+    assert c.ehlo("test.client").code == 250
+    if ident is not None:
+        reply = c.xclient(**ident, **extra)
+        assert reply.code == 220, reply
+        if "helo" in ident:
+            assert c.ehlo(ident["helo"]).code == 250
+    return c
 
 
 def postfix_cmd(config_dir: Path, *args: str, check: bool = True) -> str:
