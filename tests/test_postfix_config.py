@@ -7,6 +7,8 @@ real instances.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from smtpguard.app import load
 from smtpguard.config import Config
 from smtpguard.postfix import (
     MILTER_RELAY_PASS,
+    POSTFIX_FOOTERS,
     Plan,
     Settings,
     main_cf_fragment,
@@ -269,6 +272,48 @@ def test_footers_only_ascii_when_utf8_is_not_always(tmp_path: Path) -> None:
         "/^552 5\\.3\\.4 Message size exceeds fixed limit/ \\c (message is too long.)"
     ]
     assert "(请先发送 MAIL)" in postfix_footer_regexp(replies, utf8=True)
+
+
+#: A reply Postfix gives for each footer pattern, in POSTFIX_FOOTERS order.
+POSTFIX_REPLIES = (
+    "503 5.5.1 Error: need MAIL command",
+    "503 5.5.1 Error: need RCPT command",
+    "554 5.5.1 Error: no valid recipients",
+    "503 5.5.1 Error: nested MAIL command",
+    "503 5.5.1 Error: send HELO/EHLO first",
+    "502 5.5.2 Error: command not recognized",
+    "501 5.5.4 Syntax: MAIL FROM:<address>",
+    "550 5.5.2 Error: bare <LF> received",
+    "501 5.1.7 Bad sender address syntax",
+    "501 5.1.3 Bad recipient address syntax",
+    "552 5.3.4 Message size exceeds fixed limit",
+)
+
+
+def test_every_footer_rule_is_one_postfix_reads(tmp_path: Path) -> None:
+    """Real postmap over the generated table: no rule skipped with a warning, and each
+    of Postfix's replies finds its own footer."""
+    postmap = shutil.which("postmap") or "/usr/sbin/postmap"
+    if not Path(postmap).exists():
+        pytest.skip("postmap not installed (Debian package postfix)")
+    cfg = config(tmp_path)
+    table = tmp_path / "footers.regexp"
+    table.write_text(postfix_footer_regexp(load_replies(cfg.replies, cfg.file), utf8=True))
+    conf = tmp_path / "postfix"
+    conf.mkdir()
+    (conf / "main.cf").write_text("")
+    assert len(POSTFIX_REPLIES) == len(POSTFIX_FOOTERS)
+    for line, (_pattern, reply_id, _english) in zip(POSTFIX_REPLIES, POSTFIX_FOOTERS, strict=True):
+        found = subprocess.run(
+            [postmap, "-c", str(conf), "-q", line, f"regexp:{table}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert found.stderr == "", found.stderr
+        assert found.returncode == 0, line
+        zh = load_replies(cfg.replies, cfg.file).rows[reply_id].text["zh"]
+        assert zh in found.stdout, (line, found.stdout)
 
 
 def test_script_and_fragment_carry_the_same_settings(tmp_path: Path) -> None:

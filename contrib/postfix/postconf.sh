@@ -8,7 +8,7 @@ cat > /etc/postfix/smtpguard_footers.regexp <<'SMTPGUARD_EOF'
 /^503 5\.5\.1 Error: need RCPT command/ \c (请先发送 RCPT)
 /^554 5\.5\.1 Error: no valid recipients/ \c (请先发送 RCPT)
 /^503 5\.5\.1 Error: nested MAIL command/ \c (命令顺序错误)
-/^503 5\.5\.1 Error: send HELO/EHLO first/ \c (请先发送 HELO/EHLO)
+/^503 5\.5\.1 Error: send HELO\/EHLO first/ \c (请先发送 HELO/EHLO)
 /^50[02] 5\.5\.2 Error: command not recognized/ \c (语法错误)
 /^501 5\.5\.[24] Syntax/ \c (语法错误)
 /^[45][0-9][0-9] [45]\.5\.2 .*bare <LF> received/ \c (非法换行符)

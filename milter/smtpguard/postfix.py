@@ -265,7 +265,10 @@ def postfix_footer_regexp(replies: ReplyTable, utf8: bool) -> str:
         if with_english:
             text = f"{row.text['en']} {text}".strip()
         if text:
-            out.append(f"/{pattern}/ \\c ({text})")
+            # The pattern is delimited by "/": one inside it (HELO/EHLO) would end it
+            # early and Postfix would skip the rule ("unknown regexp option").
+            escaped = pattern.replace("/", "\\/")
+            out.append(f"/{escaped}/ \\c ({text})")
     return "\n".join(out) + ("\n" if out else "")
 
 
