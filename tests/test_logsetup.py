@@ -18,7 +18,7 @@ import pytest
 from smtpguard import logsetup
 from smtpguard.config import ConfigError, MilterConfig, load_config
 from support.mtclient import assert_reply
-from support.service import UNTRUSTED_IP, make_site, running
+from support.service import UNTRUSTED_IP, make_site, running, smtpguard
 
 #: RFC 3164 / RFC 5424 facility codes and severities.
 MAIL, LOCAL3 = 2, 19
@@ -152,3 +152,17 @@ def test_the_service_logs_to_syslog(
 
 def is_summary(message: str) -> bool:
     return re.match(r"(worker=\d+ )?summary ", message) is not None
+
+
+def test_check_config_names_a_missing_syslog_socket(
+    tmp_path: Path, syslog_socket: tuple[socket.socket, Path]
+) -> None:
+    _sock, path = syslog_socket
+    good = make_site(tmp_path / "good", {"milter": {"log": "syslog", "log_socket": str(path)}})
+    assert smtpguard(good, "check-config", "--offline", check=False).returncode == 0
+    missing = tmp_path / "no-such-socket"
+    site = make_site(tmp_path / "bad", {"milter": {"log": "syslog", "log_socket": str(missing)}})
+    done = smtpguard(site, "check-config", "--offline", check=False)
+    assert done.returncode == 1
+    expected = f"{site.config}: milter.log_socket: cannot open the syslog socket {missing}"
+    assert expected in done.stderr

@@ -38,6 +38,7 @@ from smtpguard.counters import redis_client
 from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
+from smtpguard.logsetup import LogSetupError, syslog_handler
 from smtpguard.scanners import connect
 from smtpguard.scanners.clamd import ping
 from smtpguard.scanners.rspamd import RspamdClient
@@ -186,6 +187,19 @@ def _reload_files(config: Config) -> list[Problem]:
         if not os.access(path, mode):
             found.append((key, f"{whom} cannot read {path}: {consequence}"))
     return found
+
+
+def log_problems(config: Config) -> list[ConfigError]:
+    """With ``milter.log = "syslog"``, the socket must take our lines (``run`` stops
+    on it too, but only when the service starts)."""
+    milter = config.milter
+    if milter.log != "syslog":
+        return []
+    try:
+        syslog_handler(milter.log_facility, milter.log_socket).close()
+    except LogSetupError as exc:
+        return [ConfigError(config.file, "milter.log_socket", str(exc))]
+    return []
 
 
 def backend_problems(config: Config) -> list[ConfigError]:
