@@ -9,7 +9,7 @@ import pytest
 
 from smtpguard.address import parse_path
 from smtpguard.checks import Event, Stage
-from smtpguard.dns import Resolver
+from smtpguard.dns import Resolver, Status
 from smtpguard.policy import SKIPPED, Policy, address_matches
 from smtpguard.session import MTA
 from smtpguard.verdict import Hit
@@ -70,6 +70,29 @@ def test_host_suffix_needs_forward_confirmation(
     assert not p.exempt(
         make_conn(sender="x@y.example", ip="198.51.100.10"), "rbl", Stage.MAIL, event
     )
+
+
+def test_a_failed_confirmation_leaves_the_exemption_undecided(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """A PTR lookup that fails temporarily neither grants the exemption nor lets the
+    check's refusal be permanent: the verdict becomes a temporary failure."""
+    fake.fail("9.100.51.198.in-addr.arpa", "PTR", Status.SERVFAIL)
+    p = policy(
+        tmp_path,
+        resolver,
+        exempt=[{"name": "p", "host_suffixes": ["partner.example"], "skip": ["rbl"]}],
+    )
+    conn = make_conn(sender="x@y.example", ip="198.51.100.9")
+    assert p.exempt(conn, "rbl", Stage.MAIL, Event(deadline=None)) is None
+    assert p.unsure(conn, "rbl")
+    assert not p.unsure(conn, "antispam")  # no exemption that needs the lookup skips it
+    # A client whose PTR answers is decided either way.
+    fake.add("11.100.51.198.in-addr.arpa", "PTR", "mx2.partner.example.")
+    fake.add("mx2.partner.example", "A", "198.51.100.11")
+    sure = make_conn(sender="x@y.example", ip="198.51.100.11")
+    assert p.exempt(sure, "rbl", Stage.MAIL, Event(deadline=None)) == "p"
+    assert not p.unsure(sure, "rbl")
 
 
 def test_without_a_resolver_postfix_client_name_counts(tmp_path: Path) -> None:

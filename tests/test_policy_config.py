@@ -218,6 +218,18 @@ def test_domain_tables_fill_in_the_global_values(tmp_path: Path) -> None:
             "at least one",
         ),
         ("[domain.'big.example']\nmax_size = 1\n", 'domain."big.example".max_size', "unknown key"),
+        # rcpt_limit keeps one transaction to one domain policy: it must enforce.
+        (
+            "[checks.rcpt_limit]\nmode = 'report'\n[domain.'big.example']\nmax_rcpt = 3\n",
+            "checks.rcpt_limit.mode",
+            "one domain policy",
+        ),
+        (
+            "[[policy.exempt]]\nips = ['192.0.2.1']\nskip = ['rcpt_limit']\n"
+            "[domain.'big.example']\nmax_rcpt = 3\n",
+            "policy.exempt[0].skip",
+            "must not skip rcpt_limit",
+        ),
     ],
 )
 def test_unsafe_domain_tables_are_refused(

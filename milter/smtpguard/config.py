@@ -692,6 +692,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     _require_resolver(root, dns, dnsbl, explicit)
     _require_scoring(root, dnsbl, checks)
     _require_relay_enforced(root, milter, site, checks)
+    _require_one_policy_per_transaction(root, domains, checks, policy)
     return Config(
         file=root.file,
         milter=milter,
@@ -1465,6 +1466,31 @@ def _require_scoring(
                 f"dnsbl.zones[{index}].action",
                 'a "score" zone adds to the antispam score, but checks.antispam.mode is "off"',
             )
+
+
+def _require_one_policy_per_transaction(
+    root: _Section,
+    domains: Mapping[str, DomainPolicy],
+    checks: Mapping[str, CheckSettings],
+    policy: PolicyConfig,
+) -> None:
+    """With ``[domain."X"]`` tables, ``rcpt_limit`` is what keeps one transaction to
+    one domain's content policy; off, report-only or exempted, a sender would choose
+    the policy of the whole message by naming a lax domain's recipient first."""
+    if not domains:
+        return
+    why = "it keeps each transaction to one domain policy while [domain] tables exist"
+    if (checks.get("rcpt_limit") or CHECK_DEFAULTS.get("rcpt_limit", _DEFAULT_CHECK)).mode != (
+        "enforce"
+    ):
+        raise ConfigError(root.file, "checks.rcpt_limit.mode", f'must be "enforce": {why}')
+    for index, ex in enumerate(policy.exempt):
+        if "rcpt_limit" in ex.skip:
+            raise ConfigError(
+                root.file, f"policy.exempt[{index}].skip", f"must not skip rcpt_limit: {why}"
+            )
+    if "rcpt_limit" in policy.postmaster_skip:
+        raise ConfigError(root.file, "policy.postmaster_skip", f"must not skip rcpt_limit: {why}")
 
 
 def _require_resolver(

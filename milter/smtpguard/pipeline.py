@@ -423,6 +423,7 @@ class Pipeline:
                 trace.append(f"{stage.value} {check.name}: {_outcome(verdict)}")
             if self.timed:
                 self.metrics.check_verdict(check.name, _VERDICT_KIND.get(type(verdict), "hit"))
+            verdict = _unless_unsure(policy, conn, check.name, verdict)
             if verdict is not None:
                 decision = self._act(
                     stage,
@@ -620,6 +621,25 @@ class Pipeline:
             return None
         table = self.config.domain_policy(txn.recipients[0].domain_lc)
         return table.domain if table is not None else None
+
+
+def _unless_unsure(
+    policy: Policy | None, conn: Connection, check: str, verdict: Verdict | None
+) -> Verdict | None:
+    """A permanent verdict an exemption might have spared, had its lookup not failed
+    temporarily, becomes a temporary failure (the client retries; the lookup may work
+    then)."""
+    if (
+        isinstance(verdict, Hit)
+        and policy is not None
+        and check in policy.relevant
+        and policy.unsure(conn, check)
+    ):
+        return TempError(
+            "database_temp_error",
+            f"{verdict.reply_id} not answered: an exemption's lookup failed temporarily",
+        )
+    return verdict
 
 
 def _skips(*recorded: dict[str, str] | None) -> str | None:

@@ -61,6 +61,9 @@ SKIPPED = "policy.skipped"
 HELD = "policy.held"
 _NAMES = "policy.confirmed_names"
 _CONTENT_MODES = "policy.content_modes"
+#: Set when a lookup an exemption depends on failed temporarily (reverse DNS in
+#: ``conn.scratch``, SPF in ``txn.scratch``): whether it applies is not known.
+_UNSURE = "policy.unsure"
 _CONTENT = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 POSTMASTER = "postmaster"
 
@@ -174,6 +177,11 @@ class Policy:
                 future = conn.scratch[RDNS_KEY] = self.dns.spawn(reverse_dns(self.dns, ip))
             rdns = self.dns.wait(future, event.deadline)
             names = rdns.confirmed if rdns is not None else ()
+            if not names and (rdns is None or rdns.temporary):
+                # Undecided, not "no": a verdict this exemption could skip must not
+                # be a permanent one (the pipeline makes it a temporary failure).
+                conn.scratch[_UNSURE] = True
+                return ()
         elif conn.mta is MTA.POSTFIX and conn.client_name not in ("", "unknown"):
             # Postfix's {client_name} is "unknown" unless the name resolves back.
             names = (conn.client_name,)
@@ -208,6 +216,8 @@ class Policy:
         result = str(query.check()[0])
         if result != "temperror":
             self.spf_memo.put(key, result)
+        else:
+            txn.scratch[_UNSURE] = True
         return result
 
     def _recipient(self, ex: Exemption, rcpt: Address) -> bool:
@@ -282,6 +292,16 @@ class Policy:
             if self.exempt(conn, check, Stage.RCPT, event) is None:
                 return check, verdict
         return None
+
+    def unsure(self, conn: Connection, check: str) -> bool:
+        """Whether an exemption that skips ``check`` could not be decided because a
+        lookup it needs (forward-confirmed reverse DNS, SPF) failed temporarily: a
+        verdict of ``check`` is then answered as a temporary failure, never a
+        permanent refusal the exemption might have spared."""
+        if not (conn.scratch.get(_UNSURE) or (conn.txn and conn.txn.scratch.get(_UNSURE))):
+            return False
+        name = settings_name(check)
+        return any(name in ex.skip and (ex.host_suffixes or ex.spf_pass) for ex in self.exemptions)
 
     def skips_client(self, conn: Connection, check: str) -> bool:
         """Whether an exemption by client IP alone skips ``check`` for the whole
