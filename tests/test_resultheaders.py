@@ -122,6 +122,16 @@ def test_domains_that_are_no_token_are_quoted() -> None:
     assert 'smtp.helo="odd name;x"' in value
 
 
+def test_an_ipv6_client_is_quoted_and_parses_back() -> None:
+    conn, txn = session()
+    conn.client_ip = ipaddress.ip_address("2001:db8::25")
+    record_iprev(conn, RDNS["pass"])
+    name, value = authentication_results("mx.example.com", conn, txn) or ("", "")
+    assert 'iprev=pass policy.iprev="2001:db8::25"' in value
+    parsed = authres.AuthenticationResultsHeader.parse(f"{name}: {value.replace(chr(10), ' ')}")
+    assert [(p.name, p.value) for p in parsed.results[0].properties] == [("iprev", "2001:db8::25")]
+
+
 def test_spam_headers() -> None:
     (status_name, status), (report_name, report) = spam_headers(
         spam=True, score=7.5, required=6.0, rules=["SUBJ_YOU_WON", "dnsbl:zen.test=2.0"]

@@ -152,7 +152,8 @@ def authentication_results(
         resinfos.append(f"spf={spf.result} {spf.ptype}={_pvalue(spf.value)}")
     iprev = iprev_result(conn)
     if iprev is not None and conn.client_ip is not None:
-        resinfos.append(f"iprev={iprev} policy.iprev={conn.client_ip}")
+        # An IPv6 address is no RFC 2045 token (":"): quoted, like any such pvalue.
+        resinfos.append(f"iprev={iprev} policy.iprev={_pvalue(str(conn.client_ip))}")
     if not resinfos:
         return None
     lines = _lines([f"{authserv_id};"], len(AUTH_RESULTS) + 1)

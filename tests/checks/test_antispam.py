@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from smtpguard.checks import Event, Stage
-from smtpguard.checks.antispam import AntiSpam
+from smtpguard.checks.antispam import SPAM_REPORT, AntiSpam, SpamReport
 from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
 from smtpguard.config import default_rules_dir
 from smtpguard.endpoint import Endpoint
@@ -208,3 +208,8 @@ def test_the_recipient_domain_thresholds_apply(
     stream_message(check, conn, HEADERS, [BODY])
     assert check(conn, Event()) is None
     assert ("X-Spam-Flag", "YES") in added(conn)
+    # X-Spam-Status and the summary line give the threshold that tagged it.
+    assert conn.txn is not None
+    report: SpamReport = conn.txn.scratch[SPAM_REPORT]
+    assert report.required == 10.0
+    assert report.spam

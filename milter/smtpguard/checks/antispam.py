@@ -84,6 +84,10 @@ class AntiSpam:
         for zone, weight in listed.items():
             score += weight
             why.append(f"dnsbl:{zone}={weight:.1f}")
+        # The transaction's [domain."X"] thresholds, when it has them.
+        domain = domain_of(self.services_config, txn)
+        reject_score = domain.reject_score if domain else self.config.reject_score
+        add_header_score = domain.add_header_score if domain else self.config.add_header_score
         engine_error = ""
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if self.engine is not None and spool is not None:
@@ -101,16 +105,12 @@ class AntiSpam:
                 score += answer.score
                 why.append(f"rspamd={answer.score:.1f}/{answer.action}")
                 if self.config.engine_action and answer.action == "reject":
-                    self._report(txn, score, why)
+                    self._report(txn, score, add_header_score, why)
                     return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
             else:
                 engine_error = answer.detail or "engine failed"
         detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
-        self._report(txn, score, why)
-        # The transaction's [domain."X"] thresholds, when it has them.
-        domain = domain_of(self.services_config, txn)
-        reject_score = domain.reject_score if domain else self.config.reject_score
-        add_header_score = domain.add_header_score if domain else self.config.add_header_score
+        self._report(txn, score, add_header_score, why)
         if score >= reject_score:
             return Hit("antispam_reject", detail)
         if score >= add_header_score:
@@ -120,6 +120,8 @@ class AntiSpam:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
         return None
 
-    def _report(self, txn: Transaction, score: float, why: list[str]) -> None:
-        # For the summary line and, on accepted mail, X-Spam-Status/X-Spam-Report.
-        txn.scratch[SPAM_REPORT] = SpamReport(score, self.config.add_header_score, tuple(why))
+    @staticmethod
+    def _report(txn: Transaction, score: float, threshold: float, why: list[str]) -> None:
+        # For the summary line and, on accepted mail, X-Spam-Status/X-Spam-Report: with
+        # the threshold that tagged the message (the domain's, when it has one).
+        txn.scratch[SPAM_REPORT] = SpamReport(score, threshold, tuple(why))
