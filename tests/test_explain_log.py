@@ -311,6 +311,17 @@ def test_a_rotated_gzip_log_is_read_too(tmp_path: Path) -> None:
     assert {**outputs[0], "source": ""} == {**outputs[1], "source": ""}
 
 
+def test_a_truncated_gzip_log_is_named_without_a_traceback(tmp_path: Path) -> None:
+    packed = tmp_path / "mail.log.3.gz"
+    whole = gzip.compress(f"{POSTFIX_BOUNCE}\n".encode() * 200)
+    packed.write_bytes(whole[: len(whole) // 2])
+    done = run_cli("explain", "--log", str(packed))
+    assert done.returncode == 2
+    assert done.stderr == f"smtpguard: {packed}: compressed log ends early " + (
+        "(Compressed file ended before the end-of-stream marker was reached)\n"
+    )
+
+
 def test_events_one_line_each_then_the_summary(tmp_path: Path) -> None:
     log = tmp_path / "mail.log"
     log.write_text(f"{POSTFIX_SENT}\n{SENDMAIL_DEFERRED}\n{EXIM_BOUNCE}\n", encoding="utf-8")

@@ -41,6 +41,15 @@ def test_longest_prefix_wins() -> None:
     assert found.find(ipaddress.ip_address("10.2.2.3")) == "10.0.0.0/8"
 
 
+def test_ipv4_mapped_entries_match_the_ipv4_client() -> None:
+    """Lookups read ::ffff:a.b.c.d as a.b.c.d, so entries written that way are stored
+    as IPv4 (an IPv6 table entry would never match)."""
+    found = build([("::ffff:192.0.2.1", "x:1"), ("::ffff:198.51.100.0/120", "x:2")])
+    assert found.find(ipaddress.ip_address("192.0.2.1")) == "::ffff:192.0.2.1"
+    assert found.find(ipaddress.ip_address("::ffff:198.51.100.77")) == "::ffff:198.51.100.0/120"
+    assert found.find(ipaddress.ip_address("198.51.101.1")) is None
+
+
 @pytest.mark.parametrize(
     ("line", "problem"),
     [

@@ -42,6 +42,7 @@ that on the explain corpus, tests/data/explain/corpus.tsv).
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import json
@@ -633,7 +634,11 @@ def summarize(
         summary = summarize_folder(path, explainer, each)
     else:
         with path.open("rb") as raw, _gunzipped(raw) as f:
-            summary = summarize_lines(read_lines(f), explainer, source, each)
+            try:
+                summary = summarize_lines(read_lines(f), explainer, source, each)
+            except EOFError as exc:
+                # A rotated log still being compressed, or cut short: name it.
+                raise OSError(errno.EIO, f"compressed log ends early ({exc})", source) from None
     # A name with bytes that are not UTF-8 (kept by Python as surrogates) is shown, not
     # a reason to fail.
     summary.source = _shown(source)

@@ -107,13 +107,27 @@ class IpSet:
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """One entry; ValueError says what is wrong with it."""
     try:
-        return ipaddress.ip_network(text, strict=True)
+        net = ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
         try:
             loose = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ValueError(f"not an IP address or network: {text!r}") from exc
         raise ValueError(f"host bits set in {text!r}: did you mean {loose}?") from exc
+    if (
+        isinstance(net, ipaddress.IPv6Network)
+        and net.prefixlen >= _MAPPED_PREFIX
+        and net.network_address.ipv4_mapped is not None
+    ):
+        # Lookups read an IPv4-mapped client (::ffff:192.0.2.1) as the IPv4 address
+        # it is, so such an entry is stored as IPv4 too, or it would never match.
+        return ipaddress.IPv4Network(
+            (net.network_address.ipv4_mapped, net.prefixlen - _MAPPED_PREFIX)
+        )
+    return net
+
+
+_MAPPED_PREFIX = 96
 
 
 def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> IpSet:
