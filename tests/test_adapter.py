@@ -6,6 +6,7 @@ through :func:`validated` (class match, CR/LF, lengths, return value class).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from functools import partial
 
@@ -13,8 +14,8 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterCtx
 
-from smtpguard.adapter import App, SmtpGuardMilter
-from smtpguard.app import build_runtime, load, new_gate
+from smtpguard.adapter import App, SmtpGuardMilter, _reload
+from smtpguard.app import Runtime, build_runtime, load, new_gate
 from smtpguard.driver import detect_mta
 from smtpguard.session import MTA
 from support.expected import SPEC, default_line
@@ -214,3 +215,24 @@ def test_abort_and_close_faults_are_logged_not_raised(
     messages = [r.getMessage() for r in caplog.records]
     assert "sid=test.1 abort: unexpected error" in messages
     assert "sid=test.1 close: unexpected error" in messages
+
+
+def test_a_sighup_during_a_reload_reloads_again(app: App) -> None:
+    """The supervisor sends each validated change once: a SIGHUP that arrives while a
+    worker is still reloading must not be dropped, or that worker stays on the older
+    file."""
+    lock, pending = threading.Lock(), threading.Event()
+    calls: list[int] = []
+
+    def reload() -> Runtime:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            pending.set()  # the signal handler's part, while this reload runs
+        return app.runtime
+
+    assert lock.acquire(blocking=False)
+    pending.set()
+    _reload(app, reload, lock, pending)
+    assert calls == [0, 1]
+    assert not pending.is_set()
+    assert lock.acquire(blocking=False)  # released at the end

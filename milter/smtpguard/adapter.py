@@ -301,17 +301,24 @@ def run(app: App, reload: Callable[[], Runtime] | None) -> None:
     worker = threading.Thread(target=loop, name="libmilter", daemon=True)
     worker.start()
     reloading = threading.Lock()
+    pending = threading.Event()
     while True:
         sig = signal.sigwait(signals)
         if sig == signal.SIGHUP and reload is not None and worker.is_alive():
             # Reload on another thread: this one must stay in sigwait, or a signal
             # arriving meanwhile would go to libmilter's thread, which stops on SIGHUP.
+            pending.set()
             if reloading.acquire(blocking=False):
                 threading.Thread(
-                    target=_reload, args=(app, reload, reloading), name="reload", daemon=True
+                    target=_reload,
+                    args=(app, reload, reloading, pending),
+                    name="reload",
+                    daemon=True,
                 ).start()
             else:
-                log.warning("SIGHUP during a reload: ignored, send it again afterwards")
+                # The file may have changed again since the running reload read it
+                # (the supervisor sends each validated change once): read it again.
+                log.info("SIGHUP during a reload: reloading again after it")
             continue
         if sig == signal.SIGHUP:
             continue
@@ -345,7 +352,23 @@ def _drain(gate: SessionGate, deadline: float) -> None:
         log.warning("stopping with %d sessions still open after %.0f s", gate.active, deadline)
 
 
-def _reload(app: App, reload: Callable[[], Runtime], done: threading.Lock) -> None:
+def _reload(
+    app: App, reload: Callable[[], Runtime], done: threading.Lock, pending: threading.Event
+) -> None:
+    """Reload while SIGHUPs are pending; ``done`` is held meanwhile."""
+    while True:
+        try:
+            while pending.is_set():
+                pending.clear()
+                _reload_once(app, reload)
+        finally:
+            done.release()
+        # A SIGHUP that came after the last check found the lock still held.
+        if not pending.is_set() or not done.acquire(blocking=False):
+            return
+
+
+def _reload_once(app: App, reload: Callable[[], Runtime]) -> None:
     try:
         runtime = reload()
     except ConfigError as exc:
@@ -354,8 +377,6 @@ def _reload(app: App, reload: Callable[[], Runtime], done: threading.Lock) -> No
     except Exception:
         log.exception("reload failed, keeping the running configuration")
         return
-    finally:
-        done.release()
     old = app.runtime
     app.swap(runtime)
     log.info("reloaded configuration from %s", runtime.config.file)
