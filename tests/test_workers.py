@@ -317,10 +317,29 @@ def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 return str(r.read().decode())
 
-        # A client that connects and says nothing holds the supervisor's loop (which
+        # A client that connects and says nothing, or sends its request a byte at a
+        # time for longer than the scrape waits, holds the supervisor's loop (which
         # also restarts workers) for 2 s at most.
-        with socket.create_connection(("127.0.0.1", port)):
-            text = scraped()
+        stop = threading.Event()
+
+        def trickle() -> None:
+            with socket.create_connection(("127.0.0.1", port)) as slow:
+                for byte in b"GET /metrics HTTP/1.0\r\n" * 4:
+                    if stop.wait(0.25):
+                        return
+                    try:
+                        slow.sendall(bytes([byte]))
+                    except OSError:
+                        return  # cut off at its deadline
+
+        slowloris = threading.Thread(target=trickle)
+        slowloris.start()
+        try:
+            with socket.create_connection(("127.0.0.1", port)):
+                text = scraped()
+        finally:
+            stop.set()
+            slowloris.join()
         found = re.search(
             r'^smtpguard_decisions_total\{action="reject",mode="enforce",'
             r'reply_id="host_denies_sender"\} (\S+)$',

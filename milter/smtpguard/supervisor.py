@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import io
 import logging
 import os
 import select
@@ -59,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -228,9 +229,7 @@ class Supervisor:
 
         m = self.config.metrics
         server_class = _HTTPServer6 if ":" in m.listen else HTTPServer
-        # The loop that serves a scrape also restarts workers: a client that connects
-        # and sends nothing must not hold it for longer than this.
-        handler = type("Handler", (MetricsHandler.factory(self.registry),), {"timeout": 2.0})
+        handler = _deadline_handler(MetricsHandler.factory(self.registry))
         try:
             self.http = server_class((m.listen, m.port), handler)
         except OSError as exc:
@@ -473,6 +472,44 @@ def _multiprocess_metrics() -> tuple[PrometheusMetrics, CollectorRegistry]:
     MultiProcessCollector(served)  # type: ignore[no-untyped-call]  # untyped
     ProcessCollector(registry=served)
     return metrics, served
+
+
+#: Seconds a metrics client has to send its whole request.
+METRICS_REQUEST_SECONDS = 2.0
+_MAX_REQUEST = 16384
+
+
+def _deadline_handler(base: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:
+    """``base`` reading the request within :data:`METRICS_REQUEST_SECONDS` in all.
+
+    The loop that serves a scrape also restarts workers. A socket timeout bounds each
+    read, not the request: a client sending a byte a second would hold the loop for as
+    long as it likes. So the request head is read here, against one deadline, and the
+    handler parses it from memory."""
+
+    class Handler(base):  # type: ignore[valid-type,misc]  # base is a runtime class
+        timeout = METRICS_REQUEST_SECONDS
+
+        def setup(self) -> None:
+            super().setup()
+            deadline = time.monotonic() + METRICS_REQUEST_SECONDS
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < _MAX_REQUEST:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.connection.settimeout(remaining)
+                try:
+                    chunk = self.connection.recv(4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                head += chunk
+            self.connection.settimeout(METRICS_REQUEST_SECONDS)
+            self.rfile = io.BytesIO(head)
+
+    return Handler
 
 
 class _HTTPServer6(HTTPServer):
