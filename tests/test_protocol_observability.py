@@ -135,6 +135,30 @@ def test_forged_authentication_results_with_our_id_are_removed(service: Running)
     )
 
 
+def test_incoming_anti_spam_fields_are_removed(service: Running) -> None:
+    """A sender's "X-Spam-Status: No" (or flag) above ours would be what a filter reads
+    first: mail the anti-spam check judged keeps only our fields."""
+    headers = [
+        ("X-Spam-Status", "No, score=-100 required=6.0 tests=forged"),
+        ("X-Spam-Flag", "NO"),
+        *HEADERS,
+        ("x-spam-status", "No"),
+        ("X-Spam-Report", "* nothing to see"),
+    ]
+    kind, mods, s = message(service, "OBS-SPAM", headers)
+    s.close()
+    assert kind == "continue"
+    changed = [m[1] for m in mods if m[0] == C.SMFIR_CHGHEADER]
+    assert changed == [
+        {"index": 1, "name": "X-Spam-Report", "value": ""},
+        {"index": 2, "name": "X-Spam-Status", "value": ""},
+        {"index": 1, "name": "X-Spam-Flag", "value": ""},
+        {"index": 1, "name": "X-Spam-Status", "value": ""},
+    ]
+    added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == C.SMFIR_ADDHEADER}
+    assert added["X-Spam-Status"] == "No, score=0.0 required=6.0 tests=none"
+
+
 def test_tagged_mail_reports_its_rules(service: Running) -> None:
     kind, mods, s = message(service, "OBS3", SPAMMY, SPAMMY_BODY)
     s.close()

@@ -71,6 +71,8 @@ from smtpguard.policy import SKIPPED, Policy
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.resultheaders import (
     AUTH_RESULTS,
+    REPORT_FIELD,
+    STATUS_FIELD,
     authentication_results,
     default_authserv_id,
     iprev_result,
@@ -166,6 +168,17 @@ class Pipeline:
         self.timed = not isinstance(services.metrics, NullMetrics)
         self.report_header = self.config.milter.report_header
         self.summary_log = self.config.milter.summary_log
+        antispam = self.config.antispam
+        #: The anti-spam fields we write, by lower-case name: incoming ones are removed
+        #: from mail the check judged.
+        self.spam_fields: dict[str, str] = {
+            name.lower(): name
+            for name in (
+                antispam.flag_header,
+                antispam.score_header,
+                *((STATUS_FIELD, REPORT_FIELD) if antispam.status_headers else ()),
+            )
+        }
         self.auth_results = self.config.milter.auth_results
         # Forged fields with this id are removed even when we add none ourselves.
         self.authserv_id = self.config.milter.authserv_id or default_authserv_id()
@@ -316,7 +329,10 @@ class Pipeline:
                 ),
             )
         ours = authentication_results(self.authserv_id, conn, txn) if self.auth_results else None
-        forged: list[int] = txn.scratch.get(_FORGED_AR, [])
+        forged: list[tuple[str, int]] = [(AUTH_RESULTS, i) for i in txn.scratch.get(_FORGED_AR, [])]
+        if spam is not None:
+            # The anti-spam check judged this message: only our fields say so.
+            forged += txn.scratch.get(_FORGED_SPAM, [])
         if not (headers or ours or forged):
             return CONTINUE
         return Decision(
@@ -325,7 +341,7 @@ class Pipeline:
             insert_headers=(ours,) if ours else (),
             # Last first: whether or not the MTA renumbers after a removal, the
             # indexes still to remove stay right.
-            remove_headers=tuple((AUTH_RESULTS, index) for index in reversed(forged)),
+            remove_headers=tuple(reversed(forged)),
         )
 
     def _prefetch(self, conn: Connection) -> None:
@@ -372,7 +388,7 @@ class Pipeline:
             )
         feed_sink(txn.message, stage, event)
         if stage is Stage.HEADER and event.header is not None:
-            self._note_auth_results(txn, *event.header)
+            self._note_result_field(txn, *event.header)
         if stage is Stage.EOM:
             txn.message.close()
         for observer in self.observers:
@@ -383,14 +399,22 @@ class Pipeline:
             except Exception:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
 
-    def _note_auth_results(self, txn: Transaction, name: str, value: str) -> None:
-        """RFC 8601 §5: remember the incoming Authentication-Results fields that carry
-        our authserv-id, by their index among the fields of that name."""
-        if name.lower() != "authentication-results":
+    def _note_result_field(self, txn: Transaction, name: str, value: str) -> None:
+        """Remember, by their index among the fields of their name, the incoming fields
+        that would pass for ours: Authentication-Results carrying our authserv-id (RFC
+        8601 §5), and the anti-spam fields we write (a sender's "X-Spam-Status: No"
+        above ours would be the one a filter reads first)."""
+        key = name.lower()
+        if key == "authentication-results":
+            seen = txn.scratch[_SEEN_AR] = txn.scratch.get(_SEEN_AR, 0) + 1
+            if names_us(value, self.authserv_id):
+                txn.scratch.setdefault(_FORGED_AR, []).append(seen)
             return
-        seen = txn.scratch[_SEEN_AR] = txn.scratch.get(_SEEN_AR, 0) + 1
-        if names_us(value, self.authserv_id):
-            txn.scratch.setdefault(_FORGED_AR, []).append(seen)
+        written = self.spam_fields.get(key)
+        if written is not None:
+            counts: dict[str, int] = txn.scratch.setdefault(_SEEN_SPAM, {})
+            counts[written] = counts.get(written, 0) + 1
+            txn.scratch.setdefault(_FORGED_SPAM, []).append((written, counts[written]))
 
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
@@ -678,6 +702,8 @@ _VERDICT_KIND: dict[type, str] = {type(None): "pass", Hit: "hit", TempError: "te
 _ENDING = "pipeline.ending"
 _SEEN_AR = "pipeline.auth_results_seen"
 _FORGED_AR = "pipeline.auth_results_forged"
+_SEEN_SPAM = "pipeline.spam_fields_seen"
+_FORGED_SPAM = "pipeline.spam_fields_forged"
 
 #: ``conn.scratch[TRACE] = []`` makes the pipeline record every check's outcome there
 #: (``smtpguard simulate`` shows them); absent, nothing is recorded.

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from smtpguard.session import Connection, Transaction
 
 AUTH_RESULTS = "Authentication-Results"
+STATUS_FIELD = "X-Spam-Status"
+REPORT_FIELD = "X-Spam-Report"
 #: RFC 5322 §2.1.1: lines SHOULD be at most 78 characters, excluding the CRLF.
 LINE = 78
 _SPF = "resultheaders.spf"
@@ -177,8 +179,8 @@ def spam_headers(
     score: float,
     required: float,
     rules: Sequence[str],
-    status_header: str = "X-Spam-Status",
-    report_header: str = "X-Spam-Report",
+    status_header: str = STATUS_FIELD,
+    report_header: str = REPORT_FIELD,
 ) -> tuple[tuple[str, str], ...]:
     """``X-Spam-Status: Yes, score=7.5 required=6.0 tests=A,B`` (SpamAssassin's
     layout, which filters and mail clients already parse) and, when a rule matched,
