@@ -370,13 +370,20 @@ def test_queue_unavailable(fault_stack: tuple[Running, Postfix, Site]) -> None:
     with client(postfix, UNTRUSTED) as first, client(postfix, UNTRUSTED) as second:
         assert_table(second.cmd("MAIL FROM:<a@sender.example>"), "queue_unavailable")
         assert first.cmd("MAIL FROM:<a@sender.example>").code == 250
-    # libmilter frees a session's slot in its close callback, after smtpd hung up: the
-    # next test's session must not race it. Poll, with a deadline, for the slot.
+
+
+def first_mail(postfix: Postfix, sender: str, **extra: str) -> tuple[SmtpClient, Reply]:
+    """A client and the first reply to its MAIL FROM that is not ``queue_unavailable``
+    (``max_sessions = 1``): libmilter frees a session's slot in its close callback,
+    after smtpd hung up, so the previous session's slot may still be taken for a
+    moment. Polls, with a deadline."""
     end = time.monotonic() + 5
     while True:
-        with client(postfix, UNTRUSTED) as c:
-            if c.cmd("MAIL FROM:<a@sender.example>").code == 250:
-                break
+        c = client(postfix, UNTRUSTED, **extra)
+        reply = c.cmd(f"MAIL FROM:<{sender}>")
+        if reply.lines != (expected_line("queue_unavailable"),):
+            return c, reply
+        c.quit()
         assert time.monotonic() < end, "the session slot was never released"
         time.sleep(0.05)
 
@@ -388,11 +395,13 @@ def test_database_temp_error_and_auth_error_temp(
     db = sqlite3.connect(site.directory, isolation_level=None)
     db.execute("BEGIN EXCLUSIVE")
     try:
-        with client(postfix, UNTRUSTED) as c:
-            assert c.cmd("MAIL FROM:<outsider@sender.example>").code == 250
+        c, reply = first_mail(postfix, "outsider@sender.example")
+        with c:
+            assert reply.code == 250, reply
             assert_table(c.cmd("RCPT TO:<alice@example.com>"), "database_temp_error")
-        with client(postfix, UNTRUSTED, login="alice@example.com") as c:
-            assert_table(c.cmd("MAIL FROM:<alice@example.com>"), "auth_error_temp")
+        c, reply = first_mail(postfix, "alice@example.com", login="alice@example.com")
+        with c:
+            assert_table(reply, "auth_error_temp")
     finally:
         db.execute("ROLLBACK")
         db.close()
