@@ -74,6 +74,7 @@ from bench.postfix_bench import (
 )
 from smtpguard.config import read_toml
 from tests.support.daemons import stop_process
+from tests.support.polling import children
 from tests.support.postfix import free_port
 from tests.support.unbound import DNSBL_ZONES
 
@@ -129,22 +130,12 @@ def is_smtpguard(config: str) -> bool:
 
 
 def family(pid: int) -> list[int]:
-    """``pid`` and its descendants (a supervisor and its workers), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
+    """``pid`` and its live descendants (a supervisor and its workers), from /proc."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        todo += parents.get(p, [])
+        todo += children(p)
     return out
 
 
