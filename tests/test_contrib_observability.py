@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.mtclient import assert_reply
+from support.polling import scrape
 from support.postfix import free_port
 from support.service import ROOT, UNTRUSTED_IP, make_site, running
 
@@ -49,17 +48,6 @@ def metric_names(expr: str) -> set[str]:
         for name in _NAME.findall(re.sub(r'"[^"]*"', '""', expr))
         if name.startswith(("smtpguard_", "process_")) or name in PROMETHEUS_SERIES
     }
-
-
-def scrape(port: int) -> str:
-    end = time.monotonic() + 10
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                return str(r.read().decode())
-        except OSError:
-            assert time.monotonic() < end, "metrics endpoint not up"
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,29 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from smtpguard.config import ConfigError, load_config
 from smtpguard.metrics import PrometheusMetrics
 from support.mtclient import assert_reply
+from support.polling import poll_for, scrape
 from support.service import ROOT, UNTRUSTED_IP, Running, make_site, running
 from support.unbound import GOOD_IP, PTR_SERVFAIL_IP, DnsServer
 
 pytestmark = pytest.mark.integration
-
-POLL_INTERVAL = 0.05
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> str:
-    end = time.monotonic() + 10
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                return str(r.read().decode())
-        except OSError:
-            assert time.monotonic() < end, "metrics endpoint not up"
-            time.sleep(POLL_INTERVAL)
 
 
 def test_decisions_stages_and_sessions_are_exported(tmp_path: Path) -> None:
@@ -110,17 +96,15 @@ def test_every_outcome_is_counted_and_promtool_accepts_the_text(
         for _ in range(2):
             accept_one(service)
         refuse_one(service)
-        end = time.monotonic() + 10
-        while True:
+        accepts = ("smtpguard_transactions_total", (("outcome", "accept"), ("reply_id", "none")))
+
+        def settled() -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] | None:
             text = scrape(port)
-            found = samples(text)
-            accepted = found.get(
-                ("smtpguard_transactions_total", (("outcome", "accept"), ("reply_id", "none")))
-            )
-            if accepted == 2.0 and found.get(("smtpguard_sessions_in_flight", ())) == 0.0:
-                break
-            assert time.monotonic() < end, text
-            time.sleep(POLL_INTERVAL)
+            now = samples(text)
+            idle = now.get(("smtpguard_sessions_in_flight", ())) == 0.0
+            return (text, now) if now.get(accepts) == 2.0 and idle else None
+
+        text, found = poll_for(settled, what=lambda: scrape(port))
     reject = (("outcome", "reject"), ("reply_id", "host_denies_sender"))
     assert found[("smtpguard_transactions_total", reject)] == 1.0
     assert found[("smtpguard_sessions_total", ())] == 3.0

@@ -6,13 +6,13 @@ our authserv-id removed, and the X-Spam-Status/X-Spam-Report fields."""
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Iterator
 
 import pytest
 from miltertest import constants as C
 
 from support.mtclient import MilterSession, assert_reply
+from support.polling import poll_for, wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running
 from support.unbound import GOOD_IP, NO_PTR_IP, DnsServer
 
@@ -56,14 +56,12 @@ def summaries(service: Running) -> list[dict[str, str]]:
 
 def summary_of(service: Running, qid: str) -> dict[str, str]:
     """The summary line of the transaction with queue id ``qid``, once it is written."""
-    end = time.monotonic() + 10
-    while True:
-        found = [s for s in summaries(service) if s.get("qid") == qid]
-        if found:
-            assert len(found) == 1, found
-            return found[0]
-        assert time.monotonic() < end, f"no summary for {qid}:\n{service.log()}"
-        time.sleep(0.05)
+    found = poll_for(
+        lambda: [s for s in summaries(service) if s.get("qid") == qid] or None,
+        what=lambda: f"no summary for {qid}:\n{service.log()}",
+    )
+    assert len(found) == 1, found
+    return found[0]
 
 
 def message(
@@ -225,8 +223,5 @@ def test_summary_line_can_be_turned_off(
             s.connect(UNTRUSTED_IP)
             s.helo("mail.sender.example")
             assert_reply(s.mail("<spammer@bad.example>"), "host_denies_sender")
-        end = time.monotonic() + 10
-        while "decision " not in svc.log():
-            assert time.monotonic() < end, svc.log()
-            time.sleep(0.05)
+        wait_until(lambda: "decision " in svc.log())
         assert " summary " not in svc.log()

@@ -13,7 +13,6 @@ import re
 import sqlite3
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from support.daemons import EICAR, GTUBE, start_clamd
 from support.dovecot import start_dovecot
 from support.expected import SPEC, default_line
+from support.polling import poll_for
 from support.postfix import Postfix, client, start_postfix
 from support.service import Running, Site, make_site, running, smtpguard
 from support.smtp import Reply, SmtpClient
@@ -377,15 +377,16 @@ def first_mail(postfix: Postfix, sender: str, **extra: str) -> tuple[SmtpClient,
     (``max_sessions = 1``): libmilter frees a session's slot in its close callback,
     after smtpd hung up, so the previous session's slot may still be taken for a
     moment. Polls, with a deadline."""
-    end = time.monotonic() + 5
-    while True:
+
+    def attempt() -> tuple[SmtpClient, Reply] | None:
         c = client(postfix, UNTRUSTED, **extra)
         reply = c.cmd(f"MAIL FROM:<{sender}>")
         if reply.lines != (expected_line("queue_unavailable"),):
             return c, reply
         c.quit()
-        assert time.monotonic() < end, "the session slot was never released"
-        time.sleep(0.05)
+        return None
+
+    return poll_for(attempt, 5, "the session slot was never released")
 
 
 def test_database_temp_error_and_auth_error_temp(

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,9 +20,9 @@ import pytest
 
 from support.expected import SPEC, default_line
 from support.mtclient import wait_for_socket
+from support.polling import wait_until
 from support.postfix import (
     MASTER_CF,
-    POLL_INTERVAL,
     Postfix,
     client,
     free_port,
@@ -95,10 +94,7 @@ def assert_nothing_relayed(postfix: Postfix, rcpt: Reply) -> None:
     assert rcpt.code != 250, rcpt
     # try_relay sent no DATA without a 250: the queue settles empty (cleanup removes
     # the file of an aborted transaction) and nothing reaches the capture pipe.
-    end = time.monotonic() + 5
-    while queued_files(postfix):
-        assert time.monotonic() < end, f"left in the queue: {queued_files(postfix)}"
-        time.sleep(POLL_INTERVAL)
+    wait_until(lambda: not queued_files(postfix), 5)
     assert postfix.delivered_messages() == {}
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from support.polling import poll_for, wait_until
 from support.postfix import Postfix, client, free_port, start_postfix
 from support.service import Running, make_site, running
 from support.unbound import GOOD_IP, NO_PTR_IP, DnsServer
@@ -60,13 +61,11 @@ class SyslogSink:
             self.lines.append((time.time(), data.decode(errors="replace")))
 
     def wait_for(self, pattern: str, deadline: float = 15.0) -> str:
-        end = time.monotonic() + deadline
-        while True:
-            for _t, line in list(self.lines):
-                if re.search(pattern, line):
-                    return line
-            assert time.monotonic() < end, f"no {pattern!r} in {self.lines}"
-            time.sleep(0.05)
+        return poll_for(
+            lambda: next((line for _t, line in list(self.lines) if re.search(pattern, line)), None),
+            deadline,
+            lambda: f"no {pattern!r} in {self.lines}",
+        )
 
     def as_maillog(self, host: str = "mx") -> list[tuple[int, str]]:
         """The lines as syslogd writes them to mail.log (PRI dropped), by second."""
@@ -160,10 +159,7 @@ def test_mail_log_headers_and_metrics(
     rejected = sink.wait_for(r"summary sid=\S+ outcome=reject reply=smtpport_check ")
     assert re.match(r"<22>smtpguard\[\d+\]: ", accepted)  # mail.info
     assert re.match(r"<22>smtpguard\[\d+\]: ", rejected)
-    end = time.monotonic() + 15
-    while f"{qid}: removed" not in postfix.maillog():
-        assert time.monotonic() < end, postfix.maillog()
-        time.sleep(0.05)
+    wait_until(lambda: f"{qid}: removed" in postfix.maillog(), 15)
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()

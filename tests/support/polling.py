@@ -4,10 +4,14 @@ to synchronise: they poll for what they wait for)."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 POLL = 0.02
+
+_T = TypeVar("_T")
 
 
 def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> float:
@@ -17,6 +21,33 @@ def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> float:
         assert time.monotonic() - start < deadline, "condition not reached"
         time.sleep(POLL)
     return time.monotonic() - start
+
+
+def poll_for(get: Callable[[], _T | None], deadline: float = 10.0, what: object = "") -> _T:
+    """Poll ``get`` until it returns something other than None, and return that; fail
+    after ``deadline`` s, with ``what`` (called if callable) in the message."""
+    start = time.monotonic()
+    while True:
+        found = get()
+        if found is not None:
+            return found
+        if time.monotonic() - start >= deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(f"not reached in {deadline} s: {detail}")
+        time.sleep(POLL)
+
+
+def scrape(port: int, deadline: float = 10.0) -> str:
+    """The text of ``/metrics`` on ``port``, once the endpoint answers."""
+
+    def get() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return None
+
+    return poll_for(get, deadline, "metrics endpoint not up")
 
 
 def children(pid: int) -> set[int]:
