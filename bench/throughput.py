@@ -63,6 +63,7 @@ from bench.postfix_bench import (
     RspamdProxy,
     loadavg,
     machine_busy,
+    process_tree,
     smtp_source,
     start_postfix,
     start_rspamd_proxy,
@@ -74,7 +75,6 @@ from bench.postfix_bench import (
 )
 from smtpguard.config import read_toml
 from tests.support.daemons import stop_process
-from tests.support.polling import children
 from tests.support.postfix import free_port
 from tests.support.unbound import DNSBL_ZONES
 
@@ -129,18 +129,8 @@ def is_smtpguard(config: str) -> bool:
     return config.startswith("smtpguard")
 
 
-def family(pid: int) -> list[int]:
-    """``pid`` and its live descendants (a supervisor and its workers), from /proc."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children(p)
-    return out
-
-
 def family_kib(pid: int, key: str) -> int:
-    return sum(status_kib(p, key) for p in family(pid))
+    return sum(status_kib(p, key) for p in process_tree(pid))
 
 
 def family_pss_kib(pid: int) -> int:
@@ -148,7 +138,7 @@ def family_pss_kib(pid: int) -> int:
     1/N in each, so the sum is the memory the service really holds (RSS counts the
     pages a worker inherited from the supervisor once per process)."""
     total = 0
-    for p in family(pid):
+    for p in process_tree(pid):
         with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -282,7 +272,7 @@ class Setup:
             return self.rspamd.pids
         if is_smtpguard(config) and config in self.pids:
             # Read at each measurement: a worker may have been replaced meanwhile.
-            return family(self.pids[config][0])
+            return process_tree(self.pids[config][0])
         return self.pids.get(config, [])
 
 
@@ -319,7 +309,7 @@ class DirectPoint:
 def measure_direct(
     pid: int, address: str, script: SessionScript, concurrency: int, seconds: float
 ) -> tuple[LoadResult, float]:
-    pids = family(pid)
+    pids = process_tree(pid)
     cpu0 = sum_cpu(pids)
     result = drive(script, address, concurrency, seconds)
     return result, sum_cpu(pids) - cpu0
@@ -333,7 +323,7 @@ def held_rss(pid: int, address: str, script: SessionScript, count: int) -> dict[
         time.sleep(0.5)  # let the last callbacks return
         during = family_kib(pid, "VmRSS") / 1024
         pss = family_pss_kib(pid) / 1024
-        nthreads = sum(threads(p) for p in family(pid))
+        nthreads = sum(threads(p) for p in process_tree(pid))
     finally:
         release(script, held)
     return {
