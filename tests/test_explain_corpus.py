@@ -2,13 +2,17 @@
 
 ``tests/data/explain/corpus.tsv`` holds real replies of 17 server families, each with
 its provenance, the expected category and the expected fix, split once by a hash of
-the line into a part the rules were tuned on and a held-out part (README.md there).
-``heldout2.tsv`` is a second held-out sample, collected and labelled after the rules
-were frozen and committed before it was first measured; all its lines are held out.
-The test asserts category accuracy on the tuned part and on both held-out samples
-together; run this file to print the table::
+the line into a part the rules were tuned on (``tune``) and a held-out part
+(``heldout``; README.md there). ``heldout2.tsv`` was a second held-out sample; its
+misses were read to improve the rules, so it is tuning data now (:data:`TUNING_SPLITS`)
+and counts in the tuning figure, never in the held-out one. The held-out figure, on
+which the issue's 90 % target is judged, is the ``heldout`` split alone, whose misses
+were never read; a later blind sample joins it by adding its file to :data:`FILES`
+and its split to :data:`HELDOUT_SPLITS`. Run this file to print the table::
 
-    .venv/bin/python tests/test_explain_corpus.py [--misses tune]
+    .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|tuning]
+
+``--misses`` lists the misses of tuning data only: a held-out split refuses.
 """
 
 from __future__ import annotations
@@ -22,12 +26,22 @@ import pytest
 
 from smtpguard.explain import FIXES, Knowledge, knowledge
 
-CORPUS = Path(__file__).parent / "data" / "explain" / "corpus.tsv"
-HELDOUT2 = CORPUS.with_name("heldout2.tsv")
-SPLITS = ("tune", "heldout", "heldout2")
-#: Both held-out samples together: the figure the issue's target is judged on.
+DATA = Path(__file__).parent / "data" / "explain"
+CORPUS = DATA / "corpus.tsv"
+#: Every labelled file with the splits its lines may name, in report order.
+FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
+    (CORPUS, ("tune", "heldout")),
+    (DATA / "heldout2.tsv", ("heldout2",)),
+)
+#: Splits whose misses were read while changing the rules.
+TUNING_SPLITS = ("tune", "heldout2")
+#: Splits measured as totals only: their misses are never printed (see main).
+HELDOUT_SPLITS = ("heldout",)
+SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
+#: The two figures: all tuning data, and all held-out data (the issue's target).
+TUNING = "tuning"
 HELDOUT_ALL = "heldout_all"
-PARTS = (*SPLITS, HELDOUT_ALL)
+PARTS = (*SPLITS, TUNING, HELDOUT_ALL)
 FAMILIES = (
     "postfix",
     "sendmail",
@@ -49,14 +63,13 @@ FAMILIES = (
 )
 #: Accuracy floors: what was measured, rounded down, to catch regressions. The
 #: issue's target is 0.90 category accuracy on held-out data. When the rules were
-#: frozen the hash-split held-out part measured 132/147 = 0.898; the second sample,
-#: measured once after its labels were committed, 82/110 = 0.745; both together
-#: 214/257 = 0.833. The gap to 0.90 is an open item (docs/explain.md, "Accuracy").
-MIN_CATEGORY = {"tune": 0.90, "heldout": 0.89, HELDOUT_ALL: 0.83}
-#: The fix follows from the category (several categories share one), so it is at
-#: least as accurate: 134/147 = 0.912 on the first held-out part, 91/110 = 0.827 on
-#: the second, 225/257 = 0.875 in all.
-MIN_FIX = {"tune": 0.90, "heldout": 0.90, HELDOUT_ALL: 0.87}
+#: frozen before heldout2.tsv was read, the ``heldout`` split measured 132/147 = 0.898
+#: and heldout2 (then held out, now tuning data) 82/110 = 0.745; all tuning data
+#: together 461/491 = 0.939.
+MIN_CATEGORY = {TUNING: 0.93, HELDOUT_ALL: 0.89}
+#: The fix follows from the category (several categories share one), so it is about
+#: as accurate: tuning 470/491 = 0.957, held out 134/147 = 0.912.
+MIN_FIX = {TUNING: 0.95, HELDOUT_ALL: 0.91}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +97,8 @@ def load_file(path: Path, splits: tuple[str, ...]) -> list[Case]:
 
 
 def load_corpus() -> list[Case]:
-    """The hash-split corpus and the second held-out sample, which is held out whole."""
-    return load_file(CORPUS, ("tune", "heldout")) + load_file(HELDOUT2, ("heldout2",))
+    """Every line of :data:`FILES`, tuning and held-out alike."""
+    return [case for path, splits in FILES for case in load_file(path, splits)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +115,7 @@ def score(know: Knowledge, cases: list[Case]) -> dict[tuple[str, str], Score]:
     fixed: Counter[tuple[str, str]] = Counter()
     for case in cases:
         exp = know.explain(case.reply)
-        parts = (case.split, HELDOUT_ALL) if case.split != "tune" else (case.split,)
+        parts = (case.split, TUNING if case.split in TUNING_SPLITS else HELDOUT_ALL)
         for key in ((family, part) for family in (case.family, "all") for part in parts):
             total[key] += 1
             right[key] += exp.category == case.category
@@ -113,7 +126,9 @@ def score(know: Knowledge, cases: list[Case]) -> dict[tuple[str, str], Score]:
 def report(know: Knowledge, cases: list[Case]) -> str:
     """The per-family accuracy table (category, and fix) of every part, as Markdown."""
     scores = score(know, cases)
-    names = ("tune", "held-out", "held-out 2", "held-out all")
+    names = [f"{split} (tuning)" for split in TUNING_SPLITS]
+    names += [f"{split} (held out)" for split in HELDOUT_SPLITS]
+    names += ["tuning all", "held-out all"]
     lines = [
         "| family | " + " | ".join(f"{n} n | {n} category | {n} fix" for n in names) + " |",
         "|---|" + "---:|" * 3 * len(names),
@@ -164,9 +179,14 @@ def main(argv: list[str]) -> int:
     know = knowledge()
     print(report(know, cases))
     if len(argv) == 2 and argv[0] == "--misses":
+        wanted = TUNING_SPLITS if argv[1] == TUNING else (argv[1],)
+        if not set(wanted) <= set(TUNING_SPLITS):
+            # Reading a held-out line's miss would make it tuning data.
+            print(f"--misses takes {', '.join((*TUNING_SPLITS, TUNING))}", file=sys.stderr)
+            return 2
         for case in cases:
             exp = know.explain(case.reply)
-            if case.split == argv[1] and exp.category != case.category:
+            if case.split in wanted and exp.category != case.category:
                 print(f"{case.family}\t{case.category}\t{exp.category}\t{exp.rule}\t{case.reply}")
     return 0
 
