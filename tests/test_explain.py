@@ -851,7 +851,9 @@ def test_fallback_detail_permanent(knowledge: Knowledge) -> None:
         ("452 4.5.3 zzz", "too_many_recipients"),
         ("530 5.7.0 zzz", "auth_required"),  # X.7.0 says little; the code 530 decides
         ("535 zzz", "auth_failed"),
-        ("503 zzz", "protocol_sequence"),
+        ("503 5.5.1", "protocol_sequence"),  # a sequence code before an X.5.x detail
+        ("501 5.5.1", "syntax"),
+        ("454 4.3.3 zzz", "temp_failure"),  # a 4xx is never "rejected"
         ("550 5.6.99 zzz", "message_format"),  # unknown detail: the subject decides
         ("599 zzz", "rejected"),  # unknown code: the class decides
         ("421 zzz", "temp_failure"),
@@ -862,6 +864,60 @@ def test_fallback(knowledge: Knowledge, line: str, category: str) -> None:
     exp = knowledge.explain(line)
     assert exp.category == category
     assert exp.rule == FALLBACK_RULE
+
+
+@pytest.mark.parametrize(
+    ("line", "category"),
+    [
+        # Sendmail's parseaddr.c and srvrsmtp.c: address and parameter syntax, not
+        # "size" or "rate" because of "too long" / "too many" / "SIZE".
+        ("553 5.1.0 prescan: token too long", "syntax"),
+        ("553 5.1.0 remotename: too many tokens", "syntax"),
+        ("553 5.1.0 Address <x@example.com> too long (256 bytes max)", "syntax"),
+        ("553 Unbalanced '('", "syntax"),
+        ("553 Illegal character 0x1f", "syntax"),
+        ("501 5.5.2 NOTIFY requires a value", "syntax"),
+        ("501 5.5.2 SIZE requires a value", "syntax"),
+        ("501 5.5.0 Duplicate RET parameter", "syntax"),
+        ("555 5.5.4 FOO parameter unrecognized", "syntax"),
+        ("421 4.7.0 mx.example.com Command too long, possible attack", "syntax"),
+        ("503 mx.example.com Duplicate HELO/EHLO", "protocol_sequence"),
+        ("503 5.5.0 TLS not permitted during a mail transaction", "protocol_sequence"),
+        ("554 5.5.0 SMTP protocol error", "protocol_sequence"),
+        ("503 5.5.1 Invalid command: Command not supported", "protocol_sequence"),
+        ("500 5.5.1 TLS already active", "protocol_sequence"),
+        ("501 5.5.4 Syntax error (no parameters allowed) with STARTTLS command", "syntax"),
+        ("554 Eight bit data not allowed", "message_format"),
+        ("554 NUL byte not allowed", "message_format"),
+        # Exchange Online's NDR list (learn.microsoft.com).
+        ("5.7.133 sender not authenticated for group", "policy"),
+        ("5.7.124 sender not in allowed-senders list", "policy"),
+        ("5.2.122 recipient's per hour message receive limit exceeded", "rate_limit"),
+        ("5.4.14 routing loop detected", "loop"),
+        ("5.4.11 agent generated message depth exceeded", "loop"),
+        ("4.4.7 message delayed", "temp_failure"),
+        ("5.2.1 content filter agent quarantined this message", "spam"),
+        # Coremail's help center.
+        ("User hangup", "mailbox_disabled"),
+        ("rcpt is rejected", "policy"),
+        ("550 user not known", "unknown_recipient"),
+    ],
+)
+def test_server_source_texts(knowledge: Knowledge, line: str, category: str) -> None:
+    assert knowledge.explain(line).category == category, knowledge.explain(line).rule
+
+
+def test_a_code_rule_needs_a_code(knowledge: Knowledge) -> None:
+    """code-503-sequence is about the code 503: a line without a code is not one."""
+    assert knowledge.explain("503 zzz rejected").rule == "code-503-sequence"
+    assert knowledge.explain("zzz rejected").rule != "code-503-sequence"
+
+
+def test_weak_words_do_not_override_a_protocol_code(knowledge: Knowledge) -> None:
+    """The weak word "size" says nothing against 501: the parameter's syntax is wrong."""
+    assert knowledge.explain("452 4.3.1 size zzz").rule == "keywords"
+    exp = knowledge.explain("501 5.5.2 SIZE zzz")
+    assert (exp.category, exp.rule) == ("syntax", FALLBACK_RULE)
 
 
 # --- Output -----------------------------------------------------------------------------------
@@ -976,6 +1032,12 @@ RELAY_RULE = 'id = "exim-relay-not-permitted"\ncategory = "relay_denied"\n'
             'id = "exim-relay-not-permitted"\ncategory = "relay"\n',
             "rule.exim-relay-not-permitted.category",
             "unknown category",
+        ),
+        (
+            RELAY_RULE,
+            RELAY_RULE + "code_required = 'yes'\n",
+            "rule.exim-relay-not-permitted.code_required",
+            "expected true or false",
         ),
         (
             RELAY_RULE,

@@ -9,12 +9,14 @@ looks up. A reply is explained by the first of:
 2. **The rules** (``[[rule]]``), in file order, first match wins: ``text`` is searched
    in the reply text with e-mail addresses and host names replaced (``raw = true``:
    in the pasted text); ``code`` must match the whole code when the line has one (a
-   line without a code is matched on its text alone); ``xcode``, when given, must
-   match the whole enhanced code, so such a rule never matches a line without one.
+   line without a code is matched on its text alone, unless ``code_required``);
+   ``xcode``, when given, must match the whole enhanced code, so such a rule never
+   matches a line without one.
    A rule's ``meaning`` table explains a group of provider codes one by one. Replies
    with a 2xx/3xx code are successes and skip the rules.
 3. **Weak words** (``[keywords]``, rule id ``keywords``): the one category whose words
-   the reply contains, when no rule matched.
+   the reply contains, when no rule matched and the code is not a syntax or sequence
+   code (:data:`PROTOCOL_CODES`).
 4. **The fallback** (rule id ``rfc3463-fallback``): the RFC 3463 meaning of the
    enhanced code's subject and detail (class/subject/detail), else the RFC 5321/4954
    meaning of the basic code, else its class (2/3/4/5), else "unknown".
@@ -100,6 +102,10 @@ MAX_LINE_CHARS = 2048
 MAX_TEXT_CHARS = 4096
 MAX_LINES = 200
 _DISPLAY_CHARS = 200
+#: RFC 5321's syntax and sequence codes (4.2.2): they say what kind of error it is more
+#: precisely than weak words ("SIZE requires a value" is no size problem) or an X.5.x
+#: enhanced code (OpenSMTPD answers "503 5.5.1" to a command in the wrong state).
+PROTOCOL_CODES: frozenset[str] = frozenset({"500", "501", "502", "503", "504"})
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 _SOURCE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
@@ -181,12 +187,17 @@ class Rule:
     #: of the first code found in the reply is its cause, so a reply is told what its
     #: own code means and not the whole group's.
     meanings: tuple[tuple[Pattern, Text], ...] = ()
+    #: ``code`` must be there: a rule about what a basic code itself means (503 is a
+    #: sequence error whatever its words) says nothing about a line without one.
+    code_required: bool = False
 
     def cause_for(self, reply: ParsedReply) -> Text | None:
         text = reply.text if self.raw else reply.plain
         return next((m for pattern, m in self.meanings if pattern.search(text)), self.cause)
 
     def matches(self, reply: ParsedReply) -> bool:
+        if self.code_required and reply.code is None:
+            return False
         if self.code is not None and reply.code is not None and not self.code.fullmatch(reply.code):
             return False
         if self.xcode is not None and (
@@ -396,7 +407,10 @@ class Knowledge:
     def _keywords(self, reply: ParsedReply) -> str | None:
         """Weak evidence, when no rule found strong evidence: the one category whose
         words the reply contains. Two or more categories' words (or none) say nothing,
-        and the codes decide (the fallback)."""
+        and the codes decide (the fallback), as they do for a syntax or sequence code
+        (:data:`PROTOCOL_CODES`)."""
+        if reply.code in PROTOCOL_CODES:
+            return None
         hits = {category for category, words in self.keywords if words.search(reply.plain)}
         if reply.klass != "4":
             hits.discard("temp_failure")
@@ -427,7 +441,8 @@ class Knowledge:
 
     def _fallback(self, reply: ParsedReply) -> Explanation:
         """Most specific first: the RFC 3463 detail, the basic code, the RFC 3463 subject,
-        a weak basic code, the class. Success (2xx/3xx) is only ever its class."""
+        a weak basic code, the class; a syntax or sequence code (:data:`PROTOCOL_CODES`)
+        before an X.5.x (protocol) detail. Success (2xx/3xx) is only ever its class."""
         klass = (reply.code or reply.xcode or "")[:1]
         class_entry = self.fallback.get(f"class.{klass}") or self.fallback["none"]
         candidates: list[Fallback | None] = []
@@ -436,6 +451,8 @@ class Knowledge:
             subject: Fallback | None = None
             if reply.xcode is not None:
                 _, subj, detail = (str(int(part)) for part in reply.xcode.split("."))
+                if subj == "5" and reply.code in PROTOCOL_CODES and code is not None:
+                    candidates.append(code)
                 if detail != "0":
                     candidates.append(self.fallback.get(f"detail.{subj}.{detail}"))
                 subject = self.fallback.get(f"subject.{subj}")
@@ -764,7 +781,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
     seen: set[str] = set()
     out: list[Rule] = []
     allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix", "raw"}
-    allowed.add("meaning")
+    allowed |= {"meaning", "code_required"}
     for index, value in enumerate(raw):
         entry = _table(file, f"rule[{index}]", value)
         rid = entry.get("id")
@@ -791,6 +808,9 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
                 fix=None if entry.get("fix") is None else _fix(file, f"{key}.fix", entry["fix"]),
                 raw=_bool(file, f"{key}.raw", entry.get("raw", False)),
                 meanings=_meanings(file, f"{key}.meaning", entry.get("meaning", {})),
+                code_required=_bool(
+                    file, f"{key}.code_required", entry.get("code_required", False)
+                ),
             )
         )
     return tuple(out)
