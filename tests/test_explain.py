@@ -897,6 +897,22 @@ def test_fallback(knowledge: Knowledge, line: str, category: str) -> None:
         ("5.4.11 agent generated message depth exceeded", "loop"),
         ("4.4.7 message delayed", "temp_failure"),
         ("5.2.1 content filter agent quarantined this message", "spam"),
+        # Exim's smtp_in.c and verify.c, Postfix's smtpd_check.c.
+        ("501 <>: missing or malformed local part", "syntax"),
+        ("533 no support for internationalised mailbox name", "syntax"),
+        ("550 all relevant MX records point to non-existent hosts", "unknown_recipient"),
+        ("450 4.1.8 <a@example.org>: Sender address rejected: Host not found", "sender_invalid"),
+        (
+            "556 5.1.10 <b@example.net>: Recipient address rejected: Domain example.net "
+            "does not accept mail (nullMX)",
+            "unknown_recipient",
+        ),
+        # Phrases of many providers (sisimai's Reason lists).
+        ("550 no mailbox by that name is currently available", "unknown_recipient"),
+        ("550 this address no longer accepts mail", "mailbox_disabled"),
+        ("554 we do not accept mail from dynamic ips", "dnsbl"),
+        ("550 message rejected due to user rules", "policy"),
+        ("550 mailbox size limit exceeded", "mailbox_full"),
         # Coremail's help center.
         ("User hangup", "mailbox_disabled"),
         ("rcpt is rejected", "policy"),
