@@ -850,7 +850,7 @@ def test_fallback_detail_permanent(knowledge: Knowledge) -> None:
         ("554 5.4.6 zzz", "loop"),
         ("452 4.5.3 zzz", "too_many_recipients"),
         ("530 5.7.0 zzz", "auth_required"),  # X.7.0 says little; the code 530 decides
-        ("535 zzz", "auth_failed"),
+        ("535 5.7.0", "auth_failed"),
         ("503 5.5.1", "protocol_sequence"),  # a sequence code before an X.5.x detail
         ("501 5.5.1", "syntax"),
         ("454 4.3.3 zzz", "temp_failure"),  # a 4xx is never "rejected"
@@ -927,6 +927,15 @@ def test_a_code_rule_needs_a_code(knowledge: Knowledge) -> None:
     """code-503-sequence is about the code 503: a line without a code is not one."""
     assert knowledge.explain("503 zzz rejected").rule == "code-503-sequence"
     assert knowledge.explain("zzz rejected").rule != "code-503-sequence"
+
+
+def test_535_is_a_failed_login_whatever_its_words(knowledge: Knowledge) -> None:
+    """QQ's 535 lists "login frequency limited" among the reasons of a failed login."""
+    exp = knowledge.explain(
+        "535 Login fail. Account is abnormal, service is not open, password is "
+        "incorrect, login frequency limited, or system is busy."
+    )
+    assert (exp.category, exp.rule, exp.server_family) == ("auth_failed", "code-535-auth", None)
 
 
 def test_weak_words_do_not_override_a_protocol_code(knowledge: Knowledge) -> None:

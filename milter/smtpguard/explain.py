@@ -77,7 +77,7 @@ FIXES: tuple[str, ...] = (
     "contact_postmaster",
 )
 #: Rule sources that name no server family (``server_family`` is null for them).
-GENERIC_SOURCES: frozenset[str] = frozenset({"generic", "rfc3463", "rfc5321"})
+GENERIC_SOURCES: frozenset[str] = frozenset({"generic", "rfc3463", "rfc5321", "rfc4954"})
 JSON_KEYS: tuple[str, ...] = (
     "reply",
     "code",
