@@ -854,6 +854,8 @@ def test_fallback_detail_permanent(knowledge: Knowledge) -> None:
         ("503 5.5.1", "protocol_sequence"),  # a sequence code before an X.5.x detail
         ("501 5.5.1", "syntax"),
         ("454 4.3.3 zzz", "temp_failure"),  # a 4xx is never "rejected"
+        ("421 4.7.28 zzz", "rate_limit"),  # mail flood: slow down (4xx), spam (5xx)
+        ("550 5.7.28 zzz", "spam"),
         ("550 5.6.99 zzz", "message_format"),  # unknown detail: the subject decides
         ("599 zzz", "rejected"),  # unknown code: the class decides
         ("421 zzz", "temp_failure"),
@@ -913,6 +915,10 @@ def test_fallback(knowledge: Knowledge, line: str, category: str) -> None:
         ("554 we do not accept mail from dynamic ips", "dnsbl"),
         ("550 message rejected due to user rules", "policy"),
         ("550 mailbox size limit exceeded", "mailbox_full"),
+        # Sendmail's cf/m4 (proto.m4, badmx, require_rdns).
+        ("451 4.1.8 Client IP address 192.0.2.1 does not resolve", "reverse_dns"),
+        ("550 5.1.8 Illegal MX record for host example.org", "sender_invalid"),
+        ("553 5.0.0 Recipient address required", "syntax"),
         # Coremail's help center.
         ("User hangup", "mailbox_disabled"),
         ("rcpt is rejected", "policy"),
