@@ -919,6 +919,16 @@ def test_fallback(knowledge: Knowledge, line: str, category: str) -> None:
         ("451 4.1.8 Client IP address 192.0.2.1 does not resolve", "reverse_dns"),
         ("550 5.1.8 Illegal MX record for host example.org", "sender_invalid"),
         ("553 5.0.0 Recipient address required", "syntax"),
+        # Zoho's and ZeptoMail's error pages.
+        ("541 5.4.1 Mail rejected by destination domain", "policy"),
+        ("5.2.1 Subject is Mandatory.", "message_format"),
+        ("5.2.0 Email size exceeded the policy.", "size"),
+        # Postfix: a sender domain with a null MX is the sender's problem.
+        (
+            "556 5.7.27 <a@example.org>: Sender address rejected: Domain example.org "
+            "does not accept mail (nullMX)",
+            "sender_invalid",
+        ),
         # Coremail's help center.
         ("User hangup", "mailbox_disabled"),
         ("rcpt is rejected", "policy"),
