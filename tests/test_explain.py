@@ -929,6 +929,10 @@ def test_fallback(knowledge: Knowledge, line: str, category: str) -> None:
             "does not accept mail (nullMX)",
             "sender_invalid",
         ),
+        # Chinese providers' own wordings.
+        ("550 收件人设置了拒收规则", "policy"),
+        ("550 邮件正文含有敏感词", "content"),
+        ("550 用户已注销", "unknown_recipient"),
         # Coremail's help center.
         ("User hangup", "mailbox_disabled"),
         ("rcpt is rejected", "policy"),
