@@ -20,10 +20,16 @@ from typing import Any
 
 import pytest
 
-from smtpguard.config import MAX_WORKERS, ConfigError, default_workers, load_config
+from smtpguard.config import (
+    MAX_WORKERS,
+    ConfigError,
+    MilterConfig,
+    default_workers,
+    load_config,
+)
 from smtpguard.counters import SizeBuckets, SqliteCounter
 from smtpguard.state import SharedSessionGate
-from smtpguard.supervisor import MAX_BACKOFF, restart_delay
+from smtpguard.supervisor import MAX_BACKOFF, restart_delay, worker_cpu
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.polling import children, wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running
@@ -110,6 +116,51 @@ def test_default_workers_follow_the_cpus_this_process_may_use(tmp_path: Path) ->
 def test_workers_out_of_range_are_refused(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"milter\.workers"):
         config_with(tmp_path, f"[milter]\nworkers = {value}\n")
+
+
+def test_each_worker_gets_one_cpu_of_the_set_in_turn() -> None:
+    auto = MilterConfig(workers=3)
+    assert [worker_cpu(n, [2, 5], auto) for n in (1, 2, 3)] == [2, 5, 2]
+    # Off, one worker, or one CPU: the kernel places the processes.
+    assert worker_cpu(1, [2, 5], MilterConfig(workers=3, cpu_affinity="off")) is None
+    assert worker_cpu(1, [2, 5], MilterConfig(workers=1)) is None
+    assert worker_cpu(1, [2], auto) is None
+
+
+def test_cpu_affinity_is_auto_or_off(tmp_path: Path) -> None:
+    assert config_with(tmp_path, "").milter.cpu_affinity == "auto"
+    assert config_with(tmp_path, "[milter]\ncpu_affinity = 'off'\n").milter.cpu_affinity == "off"
+    with pytest.raises(ConfigError, match=r"milter\.cpu_affinity"):
+        config_with(tmp_path, "[milter]\ncpu_affinity = 'all'\n")
+
+
+def allowed_cpus(pid: int) -> set[int]:
+    return os.sched_getaffinity(pid)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("affinity", ["auto", "off"])
+def test_workers_are_bound_to_distinct_cpus_unless_off(tmp_path: Path, affinity: str) -> None:
+    site = make_site(tmp_path, {"milter": {"workers": 2, "cpu_affinity": affinity}})
+    cpus = os.sched_getaffinity(0)
+    with running(site) as service:
+        both_started(service)
+        supervisor = service.process.pid
+        workers = children(supervisor)
+        # Bound right after the fork, before the worker serves: poll for it.
+        if affinity == "auto":
+            wait_until(lambda: all(len(allowed_cpus(pid)) == 1 for pid in workers))
+            assert set().union(*(allowed_cpus(pid) for pid in workers)) == set(sorted(cpus)[:2])
+            wait_until(lambda: service.log().count(" bound to CPU ") == 2)
+        else:
+            assert all(allowed_cpus(pid) == cpus for pid in workers)
+            assert " bound to CPU " not in service.log()
+        # The supervisor keeps the whole set, and the sessions are served either way.
+        assert allowed_cpus(supervisor) == cpus
+        assert (
+            concurrently(6, threads=3, job=lambda: mail(service, "<a@sender.example>"))
+            == ["continue"] * 6
+        )
 
 
 def test_restart_backoff() -> None:
@@ -350,14 +401,18 @@ def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
         assert float(found.group(1)) == 10
 
 
-def test_changing_the_worker_count_needs_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("key", "change"),
+    [("workers", "workers = 3"), ("cpu_affinity", 'workers = 2\ncpu_affinity = "off"')],
+)
+def test_changing_the_worker_count_needs_a_restart(tmp_path: Path, key: str, change: str) -> None:
     site = make_site(tmp_path, WORKERS)
     original = site.config.read_text()
     with running(site) as service:
         both_started(service)
-        site.config.write_text(original.replace("workers = 2", "workers = 3"))
+        site.config.write_text(original.replace("workers = 2", change))
         service.process.send_signal(signal.SIGHUP)
         wait_until(lambda: "reload refused" in service.log())
-        assert "milter.workers: changing workers needs a restart" in service.log()
+        assert f"milter.{key}: changing {key} needs a restart" in service.log()
         assert "reloaded configuration" not in service.log()
         assert len(children(service.process.pid)) == 2

@@ -208,6 +208,10 @@ class MilterConfig:
     #: Worker processes serving the one socket (see smtpguard.supervisor); 1 runs
     #: everything in one process, as before workers existed.
     workers: int = field(default_factory=default_workers)
+    #: "auto": with several workers, each runs on one CPU of the service's set (worker
+    #: N on its Nth CPU, round robin); "off": the kernel places them. See
+    #: smtpguard.supervisor.worker_cpu.
+    cpu_affinity: Literal["auto", "off"] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -914,6 +918,9 @@ def _milter(s: _Section) -> MilterConfig:
         authserv_id=s.string("authserv_id", d.authserv_id),
         auth_results=s.boolean("auth_results", d.auth_results),
         workers=s.integer("workers", d.workers, minimum=1),
+        cpu_affinity=cast(
+            Literal["auto", "off"], s.choice("cpu_affinity", d.cpu_affinity, ("auto", "off"))
+        ),
     )
     if out.workers > MAX_WORKERS:
         raise s.error("workers", f"must be at most {MAX_WORKERS}")
