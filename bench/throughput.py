@@ -153,6 +153,7 @@ def smtpguard_config(
     inet_port: int | None = None,
     loop_marker: bool = False,
     workers: int = 1,
+    cpu_affinity: str = "auto",
 ) -> Path:
     """conf/smtpguard.toml as shipped, with what a private instance needs and every
     check that needs no outside service switched on:
@@ -171,7 +172,8 @@ def smtpguard_config(
       identical messages from one client and sender, which is exactly what the
       same-size check refuses after 20; the check still counts every message;
     * the directory imported from conf/directory.example.toml (alice@example.com);
-    * ``[milter] workers`` as given (the shipped default follows the CPU count).
+    * ``[milter] workers`` and ``cpu_affinity`` as given (the shipped defaults: the CPU
+      count, and "auto": each of several workers bound to one CPU).
 
     The content checks, the built-in anti-spam rules and the in-process same-size
     counter are on by default; the virus scanner and the rspamd engine need an outside
@@ -189,6 +191,7 @@ def smtpguard_config(
     if loop_marker:
         data.setdefault("content", {})["add_loop_marker"] = True
     data["milter"]["workers"] = workers
+    data["milter"]["cpu_affinity"] = cpu_affinity
     # The sample drops privileges to the user scripts/start.sh creates; the bench runs
     # the service as whoever runs the bench.
     data["milter"]["user"] = ""
@@ -446,6 +449,12 @@ def main() -> int:
         default="1,2",
         help="smtpguard worker counts to compare ([milter] workers), e.g. 1,2,4",
     )
+    p.add_argument(
+        "--cpu-affinity",
+        choices=("auto", "off"),
+        default="auto",
+        help="[milter] cpu_affinity of the smtpguard instances (default: auto, as shipped)",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     p.add_argument("--profile", action="store_true", help="cProfile smtpguard (extra runs)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -508,6 +517,7 @@ def main() -> int:
             "concurrency": concurrencies,
             "rspamd_workers": args.rspamd_workers,
             "smtpguard_workers": worker_counts,
+            "cpu_affinity": args.cpu_affinity,
             "direct_milters": direct_milters,
         },
     }
@@ -533,7 +543,11 @@ def main() -> int:
                 sg_dirs[name].mkdir()
                 sg_dirs[name].chmod(0o755)
                 sg_configs[name] = smtpguard_config(
-                    sg_dirs[name], dns.port, loop_marker=args.loop_marker, workers=n
+                    sg_dirs[name],
+                    dns.port,
+                    loop_marker=args.loop_marker,
+                    workers=n,
+                    cpu_affinity=args.cpu_affinity,
                 )
             sg_dir, sg_config = sg_dirs[guards[0]], sg_configs[guards[0]]
             results["smtpguard_config"] = sg_config.read_text()

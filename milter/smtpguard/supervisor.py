@@ -470,7 +470,7 @@ def _bind(number: int, cpu: int) -> None:
         # A cpuset changed under us: serving unbound is better than not serving.
         log.warning("worker %d: cannot bind to CPU %d: %s; left unbound", number, cpu, exc)
         return
-    log.info("worker %d bound to CPU %d", number, cpu)
+    log.info("bound to CPU %d", cpu)  # the line carries worker=N
 
 
 def restart_delay(quick_deaths: int) -> float:
