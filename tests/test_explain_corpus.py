@@ -5,12 +5,14 @@ its provenance, the expected category and the expected fix, split once by a hash
 the line into a part the rules were tuned on (``tune``) and a held-out part
 (``heldout``; README.md there). ``heldout2.tsv`` was a second held-out sample; its
 misses were read to improve the rules, so it is tuning data now (:data:`TUNING_SPLITS`)
-and counts in the tuning figure, never in the held-out one. The held-out figure, on
+and counts in the tuning figure, never in the held-out one. ``heldout3.tsv`` was a
+third, blind sample: measured once at 113/161 = 70.2 % category, then its misses were
+read, so it is tuning data now too. The held-out figure, on
 which the issue's 90 % target is judged, is the ``heldout`` split alone, whose misses
 were never read; a later blind sample joins it by adding its file to :data:`FILES`
 and its split to :data:`HELDOUT_SPLITS`. Run this file to print the table::
 
-    .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|tuning]
+    .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|heldout3|tuning]
 
 ``--misses`` lists the misses of tuning data only: a held-out split refuses.
 """
@@ -35,9 +37,9 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout3.tsv", ("heldout3",)),
 )
 #: Splits whose misses were read while changing the rules.
-TUNING_SPLITS = ("tune", "heldout2")
+TUNING_SPLITS = ("tune", "heldout2", "heldout3")
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout3")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -67,11 +69,12 @@ FAMILIES = (
 #: frozen before heldout2.tsv was read, the ``heldout`` split measured 132/147 = 0.898
 #: and heldout2 (then held out) 82/110 = 0.745. After the rules were generalized from
 #: the servers' sources and vendor lists (heldout2 now tuning data): tuning 490/491 =
-#: 0.998, ``heldout`` 135/147 = 0.918 (measured as totals only).
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.91}
+#: 0.998, ``heldout`` 135/147 = 0.918 (measured as totals only). heldout3.tsv, blind,
+#: measured 113/161 = 0.702 once; as tuning data it brings tuning to 603/652 = 0.925.
+MIN_CATEGORY = {TUNING: 0.92, HELDOUT_ALL: 0.91}
 #: The fix follows from the category (several categories share one), so it is at
-#: least as accurate: tuning 490/491 = 0.998, held out 139/147 = 0.946.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: least as accurate: tuning 611/652 = 0.937, held out 139/147 = 0.946.
+MIN_FIX = {TUNING: 0.93, HELDOUT_ALL: 0.94}
 
 
 @dataclass(frozen=True, slots=True)
