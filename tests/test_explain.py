@@ -960,9 +960,42 @@ def test_535_is_a_failed_login_whatever_its_words(knowledge: Knowledge) -> None:
 
 def test_weak_words_do_not_override_a_protocol_code(knowledge: Knowledge) -> None:
     """The weak word "size" says nothing against 501: the parameter's syntax is wrong."""
-    assert knowledge.explain("452 4.3.1 size zzz").rule == "keywords"
+    assert knowledge.explain("452 4.0.0 size zzz").rule == "keywords"
     exp = knowledge.explain("501 5.5.2 SIZE zzz")
     assert (exp.category, exp.rule) == ("syntax", FALLBACK_RULE)
+
+
+def test_a_specific_detail_beats_weak_words(knowledge: Knowledge) -> None:
+    """X.2.2 names the problem (mailbox full); "File too large" in its text is a weak
+    word of size. A detail used for every refusal (X.7.1) does not beat weak words."""
+    exp = knowledge.explain("552 5.2.2 error writing message: File too large")
+    assert (exp.category, exp.rule) == ("mailbox_full", FALLBACK_RULE)
+    assert knowledge.explain("550 5.7.1 message size zzz").rule == "keywords"
+
+
+def test_a_delivery_reports_own_lines_are_searched_after_the_reply(
+    knowledge: Knowledge,
+) -> None:
+    """qmail names the failed stage on the line before "Remote host said:"; the reply
+    stays what is displayed, and the wrapper about the queue is no reason."""
+    exp = knowledge.explain(
+        "Connected to 192.0.2.1 but my name was rejected.\n"
+        "Remote host said: 501 5.0.0 Invalid domain name\n"
+        "I'm not going to try again; this message has been in the queue too long."
+    )
+    assert (exp.code, exp.category) == ("501", "helo")
+    assert "Connected to" not in exp.text
+
+
+def test_a_code_followed_by_a_comma_is_a_reply(knowledge: Knowledge) -> None:
+    """Zoho's reports: "Invalid Address, ERROR_CODE :550, ERROR_CODE :5.2.2 ...": the
+    words before the code are the report's wrapper, the enhanced code is the reply's."""
+    exp = knowledge.explain(
+        "bob@example.com Invalid Address, ERROR_CODE :550, ERROR_CODE :5.2.2 "
+        "<bob@example.com>... Mailbox Full"
+    )
+    assert (exp.code, exp.xcode, exp.category) == ("550", "5.2.2", "mailbox_full")
+    assert knowledge.explain("Size: 250,000 bytes max").code is None
 
 
 # --- Output -----------------------------------------------------------------------------------

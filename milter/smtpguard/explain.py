@@ -116,11 +116,11 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SPACE = re.compile(r"\s+")
 _LEAD = re.compile(r"[\s>'\"`#(\[*]*")
 _REPLY = re.compile(
-    r"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|\Z)[ \t]*"
+    r"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|,(?=[ \t])|\Z)[ \t]*"
     r"(?:#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z))?"
 )
 #: A code after a marker: "says:550", "said: 550", "returned '550", "smtp; 550".
-_EMBEDDED_REPLY = re.compile(r"[:;'\"(\[#=]\s{0,3}(?=[2-5][0-9][0-9](?:[ \t-]|\Z))")
+_EMBEDDED_REPLY = re.compile(r"[:;'\"(\[#=]\s{0,3}(?=[2-5][0-9][0-9](?:[ \t-]|, |\Z))")
 _EMBED_WINDOW = 400
 _BARE_XCODE = re.compile(r"#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z)[ \t]*")
 _QMAIL_XCODE = re.compile(r"\(#(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})\b")
@@ -246,7 +246,9 @@ class ParsedReply:
     raw: str = ""
     #: :attr:`text` with e-mail addresses and host names replaced by ``<address>`` and
     #: ``<host>``: what rules search, so that a domain containing "spam" or "relay"
-    #: is no evidence of anything.
+    #: is no evidence of anything. A delivery report's own lines before the reply
+    #: ("Connected to 192.0.2.1 but my name was rejected.") follow the reply's text:
+    #: they name the SMTP stage that failed.
     plain: str = ""
 
     @property
@@ -391,7 +393,7 @@ class Knowledge:
                         source=rule.source,
                         fix=rule.fix,
                     )
-            guess = self._keywords(reply)
+            guess = None if self._specific_detail(reply) else self._keywords(reply)
             if guess is not None:
                 cat = self.categories[guess]
                 return self._explanation(
@@ -415,6 +417,16 @@ class Knowledge:
         if reply.klass != "4":
             hits.discard("temp_failure")
         return hits.pop() if len(hits) == 1 else None
+
+    def _specific_detail(self, reply: ParsedReply) -> bool:
+        """Whether the enhanced code's RFC 3463 detail names the problem (X.2.2: the
+        mailbox is full) and so says more than weak words ("File too large" in the
+        text of a 5.2.2). Details used for every refusal (X.7.1) are ``weak``."""
+        if reply.xcode is None:
+            return False
+        _, subject, detail = (str(int(part)) for part in reply.xcode.split("."))
+        entry = self.fallback.get(f"detail.{subject}.{detail}")
+        return entry is not None and not entry.weak
 
     def _candidates(self, reply: ParsedReply) -> list[Rule]:
         found = {self._plain_index[i] for i in self._plain_set.candidates(reply.plain)}
@@ -555,8 +567,11 @@ def parse_reply(raw: str) -> ParsedReply:
         else:
             groups.append([line])
     coded = [g for g in groups if g[0].code is not None]
+    report = ""
     if coded:
         group = coded[-1]
+        before = groups[: groups.index(group)]
+        report = " ".join(line.text for g in before if g[0].code is None for line in g)
         code = group[0].code
         xcodes = [line.xcode for line in group if line.code is not None and line.xcode]
         xcode = xcodes[-1] if xcodes else None
@@ -579,7 +594,8 @@ def parse_reply(raw: str) -> ParsedReply:
         text = _space_out(
             re.sub(rf"(?<!\S){code}[ -](?:[245]\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?!\S))?", " ", text)
         )
-    return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain_text(text))
+    plain = plain_text(f"{text} {report[:MAX_TEXT_CHARS]}" if report else text)
+    return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain)
 
 
 def _space_out(text: str) -> str:
