@@ -973,6 +973,15 @@ def test_a_specific_detail_beats_weak_words(knowledge: Knowledge) -> None:
     assert knowledge.explain("550 5.7.1 message size zzz").rule == "keywords"
 
 
+def test_a_specific_detail_beats_a_weak_rule(knowledge: Knowledge) -> None:
+    """The rule "access denied" is weak (policy): a 5.1.1 in the same reply says the
+    recipient does not exist; with a detail of the same category the rule stays."""
+    exp = knowledge.explain("550 5.1.1 Access denied")
+    assert (exp.category, exp.rule) == ("unknown_recipient", FALLBACK_RULE)
+    assert knowledge.explain("550 Access denied").rule == "access-denied"
+    assert knowledge.explain("550 5.7.1 Access denied").rule == "access-denied"
+
+
 def test_a_delivery_reports_own_lines_are_searched_after_the_reply(
     knowledge: Knowledge,
 ) -> None:
@@ -1152,6 +1161,12 @@ RELAY_RULE = 'id = "exim-relay-not-permitted"\ncategory = "relay_denied"\n'
             RELAY_RULE + "code = ['550', 7]\n",
             "rule.exim-relay-not-permitted.code",
             "list of regexes",
+        ),
+        (
+            RELAY_RULE,
+            RELAY_RULE + "weak = 'yes'\n",
+            "rule.exim-relay-not-permitted.weak",
+            "true or false",
         ),
         (
             'id = "qmail-rcpthosts"',

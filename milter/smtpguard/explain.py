@@ -190,6 +190,9 @@ class Rule:
     #: ``code`` must be there: a rule about what a basic code itself means (503 is a
     #: sequence error whatever its words) says nothing about a line without one.
     code_required: bool = False
+    #: Generic words ("access denied", "try again later"): a specific RFC 3463 detail
+    #: of another category in the same reply says more (Knowledge._specific_detail).
+    weak: bool = False
 
     def cause_for(self, reply: ParsedReply) -> Text | None:
         text = reply.text if self.raw else reply.plain
@@ -381,8 +384,11 @@ class Knowledge:
                 ours=ours,
             )
         if reply.code is None or reply.code[0] in "45":
+            detail = self._specific_detail(reply)
             for rule in self._candidates(reply):
                 if rule.matches(reply):
+                    if rule.weak and detail is not None and detail != rule.category:
+                        return self._fallback(reply)
                     cat = self.categories[rule.category]
                     return self._explanation(
                         reply,
@@ -393,7 +399,7 @@ class Knowledge:
                         source=rule.source,
                         fix=rule.fix,
                     )
-            guess = None if self._specific_detail(reply) else self._keywords(reply)
+            guess = None if detail is not None else self._keywords(reply)
             if guess is not None:
                 cat = self.categories[guess]
                 return self._explanation(
@@ -418,15 +424,20 @@ class Knowledge:
             hits.discard("temp_failure")
         return hits.pop() if len(hits) == 1 else None
 
-    def _specific_detail(self, reply: ParsedReply) -> bool:
-        """Whether the enhanced code's RFC 3463 detail names the problem (X.2.2: the
-        mailbox is full) and so says more than weak words ("File too large" in the
-        text of a 5.2.2). Details used for every refusal (X.7.1) are ``weak``."""
+    def _specific_detail(self, reply: ParsedReply) -> str | None:
+        """The category of the enhanced code's RFC 3463 detail when it names the problem
+        (X.2.2: the mailbox is full) and so says more than weak words ("File too large"
+        in the text of a 5.2.2) or a ``weak`` rule. Details used for every refusal
+        (X.7.1) are ``weak`` themselves: None."""
         if reply.xcode is None:
-            return False
+            return None
         _, subject, detail = (str(int(part)) for part in reply.xcode.split("."))
         entry = self.fallback.get(f"detail.{subject}.{detail}")
-        return entry is not None and not entry.weak
+        if entry is None or entry.weak:
+            return None
+        if reply.klass == "4" and entry.temporary_category:
+            return entry.temporary_category
+        return entry.category
 
     def _candidates(self, reply: ParsedReply) -> list[Rule]:
         found = {self._plain_index[i] for i in self._plain_set.candidates(reply.plain)}
@@ -797,7 +808,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
     seen: set[str] = set()
     out: list[Rule] = []
     allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix", "raw"}
-    allowed |= {"meaning", "code_required"}
+    allowed |= {"meaning", "code_required", "weak"}
     for index, value in enumerate(raw):
         entry = _table(file, f"rule[{index}]", value)
         rid = entry.get("id")
@@ -827,6 +838,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
                 code_required=_bool(
                     file, f"{key}.code_required", entry.get("code_required", False)
                 ),
+                weak=_bool(file, f"{key}.weak", entry.get("weak", False)),
             )
         )
     return tuple(out)
