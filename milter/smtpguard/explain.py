@@ -12,11 +12,13 @@ looks up. A reply is explained by the first of:
    line without a code is matched on its text alone, unless ``code_required``);
    ``xcode``, when given, must match the whole enhanced code, so such a rule never
    matches a line without one.
-   A rule's ``meaning`` table explains a group of provider codes one by one. Replies
-   with a 2xx/3xx code are successes and skip the rules.
+   A rule's ``meaning`` table explains a group of provider codes one by one. A
+   ``weak`` rule (generic words) gives way to a specific RFC 3463 detail of another
+   category (:meth:`Knowledge._specific_detail`). Replies with a 2xx/3xx code are
+   successes and skip the rules.
 3. **Weak words** (``[keywords]``, rule id ``keywords``): the one category whose words
-   the reply contains, when no rule matched and the code is not a syntax or sequence
-   code (:data:`PROTOCOL_CODES`).
+   the reply contains, when no rule matched, the code is not a syntax or sequence
+   code (:data:`PROTOCOL_CODES`) and the enhanced code has no specific detail.
 4. **The fallback** (rule id ``rfc3463-fallback``): the RFC 3463 meaning of the
    enhanced code's subject and detail (class/subject/detail), else the RFC 5321/4954
    meaning of the basic code, else its class (2/3/4/5), else "unknown".
@@ -24,13 +26,14 @@ looks up. A reply is explained by the first of:
 Parsing is lenient about what users paste: "550 5.7.1 text", "550-5.7.1 text",
 "550 text", "The server says: 550 ...", "host x said: 550 ...", ">>550 ...", literal
 ``\\r\\n`` sequences, qmail's trailing "(#5.7.1)", an enhanced code anywhere in the text
-("status 5.7.26", "(5.2.2)"), multi-line replies (the code of the last reply line
-wins; the texts of its lines are joined; "550-5.7.1" prefixes inside an unfolded
-line are dropped), lines without a code, full-width CJK punctuation (NFKC), and any
-bytes (:func:`clean_input`). Lines are cut to :data:`MAX_LINE_CHARS` and the joined
-text to :data:`MAX_TEXT_CHARS` before any rule pattern runs, and the patterns are
-RE2 (:mod:`smtpguard.patterns`, linear in the text whatever they say), so a hostile
-input cannot make the lookup slow.
+("status 5.7.26", "(5.2.2)"), a code followed by a comma (Zoho's "ERROR_CODE :550,"),
+multi-line replies (the code of the last reply line wins; the texts of its lines are
+joined; "550-5.7.1" prefixes inside an unfolded line are dropped; a delivery report's
+own lines before the reply are searched after its text), lines without a code,
+full-width CJK punctuation (NFKC), and any bytes (:func:`clean_input`). Lines are cut
+to :data:`MAX_LINE_CHARS` and the joined text to :data:`MAX_TEXT_CHARS` before any
+rule pattern runs, and the patterns are RE2 (:mod:`smtpguard.patterns`, linear in the
+text whatever they say), so a hostile input cannot make the lookup slow.
 
 JSON output (``--json``) is one object with the keys of :data:`JSON_KEYS`, documented
 with the closed :data:`FIXES` set in ``docs/explain.md``. :func:`knowledge` loads the
