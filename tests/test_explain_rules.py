@@ -12,6 +12,7 @@ from smtpguard.config import ConfigError
 from smtpguard.explain import (
     FALLBACK_RULE,
     KEYWORDS_RULE,
+    UNFILTERED_REPLIES,
     Knowledge,
     clean_input,
     knowledge,
@@ -155,6 +156,17 @@ def test_prefiltered_rules_find_the_same_first_match(know: Knowledge) -> None:
             assert exp.rule == first.id or (first.weak and exp.rule == FALLBACK_RULE), line
             checked += 1
     assert checked > 400
+
+
+def test_the_first_replies_are_searched_without_the_atom_filter() -> None:
+    """A fresh knowledge tries every rule on its first replies (no filter to build for
+    one `explain "LINE"`), then builds the filter; both give the same answers."""
+    fresh = load_knowledge(RULES / "explain.toml", replies=RULES / "replies.toml")
+    lines = [case.reply for case in load_corpus()][: 2 * UNFILTERED_REPLIES]
+    before = [fresh.explain(line).rule for line in lines]
+    after = [fresh.explain(line).rule for line in lines]
+    assert before == after
+    assert before == [knowledge().explain(line).rule for line in lines]
 
 
 def test_no_permanent_reply_is_told_it_will_be_retried(know: Knowledge) -> None:

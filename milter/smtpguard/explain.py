@@ -109,6 +109,9 @@ _DISPLAY_CHARS = 200
 #: precisely than weak words ("SIZE requires a value" is no size problem) or an X.5.x
 #: enhanced code (OpenSMTPD answers "503 5.5.1" to a command in the wrong state).
 PROTOCOL_CODES: frozenset[str] = frozenset({"500", "501", "502", "503", "504"})
+#: Replies a :class:`Knowledge` searches rule by rule before it builds its atom filter
+#: (tens of milliseconds: more than trying every rule on a few replies).
+UNFILTERED_REPLIES = 16
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 _SOURCE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
@@ -356,11 +359,13 @@ class Knowledge:
         self.keywords = keywords
         # One pass over the text finds the rules that may match (RE2's literal atoms);
         # only those are tried, in file order: a log of a million bounces is not
-        # searched 200 times per line.
+        # searched 200 times per line. Building the atom filter costs more than trying
+        # every rule on a few lines, so the first replies (`explain "LINE"`) are searched
+        # rule by rule and the filter is built once a log makes it pay.
         self._plain_index = [i for i, rule in enumerate(rules) if not rule.raw]
         self._raw_index = [i for i, rule in enumerate(rules) if rule.raw]
-        self._plain_set = PatternSet([rules[i].text for i in self._plain_index])
-        self._raw_set = PatternSet([rules[i].text for i in self._raw_index])
+        self._sets: tuple[PatternSet, PatternSet] | None = None
+        self._unfiltered = UNFILTERED_REPLIES
         # Rows sharing a text ("auth error.", 451 and 551) are told apart by the code.
         self._ours_by_key: dict[str, list[Ours]] = {}
         for row in ours.values():
@@ -442,9 +447,19 @@ class Knowledge:
             return entry.temporary_category
         return entry.category
 
-    def _candidates(self, reply: ParsedReply) -> list[Rule]:
-        found = {self._plain_index[i] for i in self._plain_set.candidates(reply.plain)}
-        found.update(self._raw_index[i] for i in self._raw_set.candidates(reply.text))
+    def _candidates(self, reply: ParsedReply) -> tuple[Rule, ...] | list[Rule]:
+        """The rules that may match, in file order (all of them for the first replies)."""
+        if self._sets is None:
+            if self._unfiltered > 0:
+                self._unfiltered -= 1
+                return self.rules
+            self._sets = (
+                PatternSet([self.rules[i].text for i in self._plain_index]),
+                PatternSet([self.rules[i].text for i in self._raw_index]),
+            )
+        plain_set, raw_set = self._sets
+        found = {self._plain_index[i] for i in plain_set.candidates(reply.plain)}
+        found.update(self._raw_index[i] for i in raw_set.candidates(reply.text))
         return [self.rules[i] for i in sorted(found)]
 
     def family(self, reply: ParsedReply, source: str) -> str | None:
