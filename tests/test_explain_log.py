@@ -437,6 +437,16 @@ def test_cache_key_keeps_the_explanation(reply: str, rules: Knowledge) -> None:
         ), cache_key(text)
 
 
+def test_cache_key_keeps_the_codes_of_a_multi_line_reply() -> None:
+    """A reply code that opens a continuation line looks like a token with a digit; it
+    must stay, or the key would lose the reply's code."""
+    assert cache_key("550-Mailbox unavailable for x 550 5.1.1 gone") == (
+        "550-Mailbox unavailable for x 550 5.1.1 gone"
+    )
+    assert cache_key("554-relay42.example.net says no") == "554-relay42.example.net says no"
+    assert cache_key("queued as 4QBENCH0001") == "queued as X0"
+
+
 def test_cache_key_keeps_every_explanation_of_the_corpus(rules: Knowledge) -> None:
     """Differential: the 528 real replies of tests/data/explain/corpus.tsv, explained as
     written and as their cache key."""

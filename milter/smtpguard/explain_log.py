@@ -101,8 +101,9 @@ _VOLATILE = re.compile(
     r"|(?P<local>(?<=<)[^<>\s@]*(?=@[^<>\s]*>)"
     r"|(?<![\w.+%=-])[\w.+%=-]+(?=@[\w-]+(?:\.[\w-]+)+))"
     r"|(?P<ip>(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
-    # Queue ids, Gmail's and Microsoft's trailers, time stamps.
-    r"|(?P<token>(?<![\w-])(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
+    # Queue ids, Gmail's and Microsoft's trailers, time stamps; never a reply code that
+    # opens a line of a multi-line reply ("554-ironport4...", "550-Verification").
+    r"|(?P<token>(?<![\w-])(?!\d{3}-)(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
 )
 _PLACEHOLDERS = {
     "host": "mx.example.invalid",
