@@ -577,6 +577,11 @@ REAL_REPLIES: list[tuple[str, str, str]] = [
         "network",
     ),
     ("generic", "550 5.7.1 Message blocked: URL in message is blacklisted", "spam"),
+    ("generic", "550 Email address not valid", "unknown_recipient"),
+    ("mailgun", "Not delivering to previously bounced address", "unknown_recipient"),
+    ("mailgun", "No MX for example.invalid", "unknown_recipient"),
+    ("generic", "552 mailbox quota usage exceeded", "mailbox_full"),
+    ("generic", "550 recipient rejected: temporarily inactive", "mailbox_disabled"),
 ]
 
 #: The seed's help-desk half: replies of other servers, verbatim (including "Q:").
