@@ -7,10 +7,10 @@ the line into a part the rules were tuned on (``tune``) and a held-out part
 misses were read to improve the rules, so it is tuning data now (:data:`TUNING_SPLITS`)
 and counts in the tuning figure, never in the held-out one. ``heldout3.tsv`` was a
 third, blind sample: measured once at 113/161 = 70.2 % category, then its misses were
-read, so it is tuning data now too. ``heldout4.tsv`` is a fourth, blind sample,
-committed before it was first measured and held out whole. The held-out figure, on
-which the issue's 90 % target is judged, is the ``heldout`` split and heldout4
-together, whose misses were never read; a later blind sample joins it by adding its
+read, so it is tuning data now too. ``heldout4.tsv`` and ``heldout5.tsv`` are a fourth
+and a fifth blind sample, each committed before it was first measured and held out
+whole. The held-out figure, on which the issue's 90 % target is judged, is the
+``heldout`` split, heldout4 and heldout5 together, whose misses were never read; a later blind sample joins it by adding its
 file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to print the table::
 
     .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|heldout3|tuning]
@@ -76,13 +76,16 @@ FAMILIES = (
 #: measured 113/161 = 0.702 once (tuning then 603/652 = 0.925 with it). After the rules
 #: were generalized by class from sources (sisimai's Reason/Rhost/Lhost lists, the
 #: servers' delivery texts, vendor pages): tuning 651/652 = 0.998, ``heldout``
-#: 136/147 = 0.925. Then heldout4.tsv, blind, measured once: 132/164 = 0.805; held
-#: out in all (``heldout`` and heldout4) 268/311 = 0.862, below the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.86}
+#: 136/147 = 0.925. Then heldout4.tsv, blind, measured once: 132/164 = 0.805. A
+#: third round of rules, written from a development set of the rules' author's own
+#: (no held-out line read), then heldout5.tsv, blind, measured once: 94/120 = 0.783;
+#: with those rules ``heldout`` 138/147 = 0.939 and heldout4 136/164 = 0.829; held out
+#: in all 368/431 = 0.854, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.85}
 #: The fix follows from the category (several categories share one), so it is at
-#: least as accurate: tuning 651/652 = 0.998; held out 140/147 = 0.952 and heldout4
-#: 138/164 = 0.841, in all 278/311 = 0.894.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.89}
+#: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
+#: 141/147, heldout4 142/164, heldout5 98/120).
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.88}
 
 
 @dataclass(frozen=True, slots=True)
