@@ -10,8 +10,9 @@ third, blind sample: measured once at 113/161 = 70.2 % category, then its misses
 read, so it is tuning data now too. ``heldout4.tsv`` and ``heldout5.tsv`` are a fourth
 and a fifth blind sample, each committed before it was first measured and held out
 whole. The held-out figure, on which the issue's 90 % target is judged, is the
-``heldout`` split, heldout4 and heldout5 together, whose misses were never read; a later blind sample joins it by adding its
-file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to print the table::
+``heldout`` split, heldout4 and heldout5 together, whose misses were never read; a
+later blind sample joins it by adding its file to :data:`FILES` and its split to
+:data:`HELDOUT_SPLITS`. Run this file to print the table::
 
     .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|heldout3|tuning]
 
