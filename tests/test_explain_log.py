@@ -445,6 +445,13 @@ def test_cache_key_keeps_the_codes_of_a_multi_line_reply() -> None:
     )
     assert cache_key("554-relay42.example.net says no") == "554-relay42.example.net says no"
     assert cache_key("queued as 4QBENCH0001") == "queued as X0"
+    # A joined multi-line reply marks its lines with a literal backslash-n.
+    assert cache_key("554-a\\n554-Relay12 says\\n554 no") == "554-a\\n554-Relay12 says\\n554 no"
+
+
+def test_cache_key_keeps_the_provider_of_an_unreachable_host() -> None:
+    key = cache_key("connect to alt4.aspmx.l.google.com[192.0.2.8]:25: Connection timed out")
+    assert key == "connect to mx.google.com[192.0.2.1]:25: Connection timed out"
 
 
 def test_cache_key_keeps_every_explanation_of_the_corpus(rules: Knowledge) -> None:

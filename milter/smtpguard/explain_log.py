@@ -33,10 +33,13 @@ domains are counted one by one, later new ones as ``(other domains)``.
 
 The cache key is the reply with its volatile parts replaced (the local part of
 addresses, IPv4 addresses, long tokens with digits such as queue ids and Gmail's
-trailer), so that "550 5.1.1 <alice@a.example>: User unknown" and the same reply for bob
-are explained once. The explainer ignores addresses when it matches keywords, so the
-replaced text is explained as the original would be (tests/test_explain_log.py checks
-that on the explain corpus, tests/data/explain/corpus.tsv).
+trailer, and an unreachable host's name down to its provider's domain: ``connect to
+alt1.aspmx.l.google.com[...]`` becomes ``connect to mx.google.com[...]``), so that "550
+5.1.1 <alice@a.example>: User unknown" and the same reply for bob are explained once.
+Reply codes that open the lines of a multi-line reply are kept. The explainer ignores
+addresses when it matches keywords, so the replaced text is explained as the original
+would be (tests/test_explain_log.py checks that on every file of the explain corpus,
+tests/data/explain/).
 """
 
 from __future__ import annotations
@@ -103,10 +106,10 @@ _VOLATILE = re.compile(
     r"|(?P<ip>(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
     # Queue ids, Gmail's and Microsoft's trailers, time stamps; never a reply code that
     # opens a line of a multi-line reply ("554-ironport4...", "550-Verification").
-    r"|(?P<token>(?<![\w-])(?!\d{3}-)(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
+    # A literal "\n" (how a joined multi-line reply marks its lines) is no part of one.
+    r"|(?P<token>(?<![\w\\-])(?!\d{3}-)(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
 )
 _PLACEHOLDERS = {
-    "host": "mx.example.invalid",
     "local": "user",
     "ip": "192.0.2.1",
     "token": "X0",
@@ -331,7 +334,11 @@ def cache_key(reply: str) -> str:
 
 
 def _placeholder(m: re.Match[str]) -> str:
-    return _PLACEHOLDERS[m.lastgroup or "token"]
+    kind = m.lastgroup or "token"
+    if kind == "host":
+        # The provider's domain stays: it names the server family (google.com, qq.com).
+        return "mx." + ".".join(m.group().split(".")[-2:])
+    return _PLACEHOLDERS[kind]
 
 
 class Explainer:
