@@ -39,7 +39,7 @@ from smtpguard.explain_log import (
 )
 from support import maillog
 from support.service import run_cli
-from test_explain_corpus import load_corpus
+from test_explain_corpus import HELDOUT_SPLITS, load_corpus
 
 POSTFIX_BOUNCE = (
     "Dec  2 18:00:01 mx postfix/smtp[1234]: 4ABC123: to=<Bob@Example.COM>,"
@@ -455,8 +455,8 @@ def test_cache_key_keeps_the_provider_of_an_unreachable_host() -> None:
 
 
 def test_cache_key_keeps_every_explanation_of_the_corpus(rules: Knowledge) -> None:
-    """Differential: the 528 real replies of tests/data/explain/corpus.tsv, explained as
-    written and as their cache key."""
+    """Differential: every real reply of tests/data/explain/, explained as written and as
+    its cache key."""
     cases = load_corpus()
     assert len(cases) > 400
     differ = []
@@ -464,7 +464,9 @@ def test_cache_key_keeps_every_explanation_of_the_corpus(rules: Knowledge) -> No
         exp, cached = rules.explain(case.reply), rules.explain(cache_key(case.reply))
         got = (cached.category, cached.fix, cached.permanent, cached.server_family)
         if got != (exp.category, exp.fix, exp.permanent, exp.server_family):
-            differ.append(case.reply)
+            # Held-out texts stay unread by whoever tunes the rules: only counted.
+            held_out = case.split in HELDOUT_SPLITS
+            differ.append(f"a {case.split} line" if held_out else case.reply)
     assert differ == []
 
 
