@@ -21,7 +21,7 @@ from smtpguard.explain import (
     plain_text,
 )
 from support.service import RULES
-from test_explain_corpus import load_corpus
+from test_explain_corpus import HELDOUT_SPLITS, Case, load_corpus
 
 SHIPPED = (RULES / "explain.toml").read_text(encoding="utf-8")
 
@@ -139,13 +139,22 @@ def test_bad_keywords(tmp_path: Path) -> None:
     assert "unknown category" in err.value.message
 
 
+def _shown(case: Case) -> str:
+    """What a failure may print of a corpus line: held-out texts stay unread by whoever
+    tunes the rules."""
+    return f"a {case.split} line" if case.split in HELDOUT_SPLITS else case.reply
+
+
 def test_prefiltered_rules_find_the_same_first_match(know: Knowledge) -> None:
     """Differential: the rule RE2's atom filter picks equals the first rule in file order
     that matches, on every corpus line and our own rules' edge cases."""
-    lines = [case.reply for case in load_corpus()]
-    lines += ["550 " + "relay " * 500, "zzz", "", "550 5.7.1 <a@b.example>... spam spam"]
+    lines = [(case.reply, _shown(case)) for case in load_corpus()]
+    lines += [
+        (line, line)
+        for line in ("550 " + "relay " * 500, "zzz", "", "550 5.7.1 <a@b.example>... spam spam")
+    ]
     checked = 0
-    for line in lines:
+    for line, shown in lines:
         reply = parse_reply(clean_input(line))
         if reply.code is not None and reply.code[0] not in "45":
             continue
@@ -153,7 +162,7 @@ def test_prefiltered_rules_find_the_same_first_match(know: Knowledge) -> None:
         exp = know.explain(line)
         if exp.reply_id is None and first is not None:
             # A weak rule gives way to a specific RFC 3463 detail (the fallback).
-            assert exp.rule == first.id or (first.weak and exp.rule == FALLBACK_RULE), line
+            assert exp.rule == first.id or (first.weak and exp.rule == FALLBACK_RULE), shown
             checked += 1
     assert checked > 400
 
@@ -175,6 +184,6 @@ def test_no_permanent_reply_is_told_it_will_be_retried(know: Knowledge) -> None:
         exp = know.explain(case.reply)
         if exp.permanent:
             permanent += 1
-            assert "retr" not in exp.action_en.lower(), (case.reply, exp.rule)
-            assert "自动重试" not in exp.action_zh, (case.reply, exp.rule)
+            assert "retr" not in exp.action_en.lower(), (_shown(case), exp.rule)
+            assert "自动重试" not in exp.action_zh, (_shown(case), exp.rule)
     assert permanent > 300
