@@ -168,13 +168,20 @@ def parse_log_line(raw: bytes) -> list[Event]:
     return _postfix(line) or _sendmail(line) or _exim(line)
 
 
+def _first_of(line: str, needles: tuple[str, ...]) -> tuple[str, int] | None:
+    """The first of ``needles`` (in their order) that ``line`` holds, and where."""
+    for needle in needles:
+        at = line.find(needle)
+        if at >= 0:
+            return needle, at
+    return None
+
+
 def _postfix(line: str) -> list[Event]:
-    for marker in _POSTFIX_STATUS:
-        end = line.find(marker)
-        if end >= 0:
-            break
-    else:
+    found = _first_of(line, _POSTFIX_STATUS)
+    if found is None:
         return []
+    marker, end = found
     start = line.find(" to=<")
     close = line.find(">,", start)
     dsn_at = line.find(" dsn=", close, end)
@@ -218,12 +225,10 @@ def _sendmail(line: str) -> list[Event]:
 
 
 def _exim(line: str) -> list[Event]:
-    for flag in _EXIM_FLAGS:
-        at = line.find(flag)
-        if at >= 0:
-            break
-    else:
+    found = _first_of(line, _EXIM_FLAGS)
+    if found is None:
         return []
+    flag, at = found
     rest = line[at + len(flag) :].strip()
     rcpt, _, rest = rest.partition(" ")
     if rcpt.endswith(":"):

@@ -376,7 +376,7 @@ class Supervisor:
         self.gate.bind(number - 1)
         cpu = worker_cpu(number, self.cpus, self.config.milter)
         if cpu is not None:
-            _bind(number, cpu)
+            _bind(cpu)
         try:
             run(self.app, self.reload)
         except Exception:
@@ -461,16 +461,16 @@ def worker_cpu(number: int, cpus: Sequence[int], config: MilterConfig) -> int | 
     return cpus[(number - 1) % len(cpus)]
 
 
-def _bind(number: int, cpu: int) -> None:
+def _bind(cpu: int) -> None:
     # The worker has one thread here; libmilter's and the resolver's threads, started
-    # later, inherit the mask.
+    # later, inherit the mask. Its log lines carry worker=N already.
     try:
         os.sched_setaffinity(0, {cpu})
     except OSError as exc:
         # A cpuset changed under us: serving unbound is better than not serving.
-        log.warning("worker %d: cannot bind to CPU %d: %s; left unbound", number, cpu, exc)
+        log.warning("cannot bind to CPU %d: %s; left unbound", cpu, exc)
         return
-    log.info("bound to CPU %d", cpu)  # the line carries worker=N
+    log.info("bound to CPU %d", cpu)
 
 
 def restart_delay(quick_deaths: int) -> float:
