@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from smtpguard.memo import Memo
+import pytest
+from cachetools import TLRUCache, TTLCache
+
+from smtpguard.memo import Memo, peek
 from support.fake_dns import FakeClock
 from support.threads import hammer
 
@@ -51,3 +54,18 @@ def test_threads_share_one_memo() -> None:
 
     assert hammer(work) == []
     assert sum(memo.get(k)[0] for k in range(200)) <= 50
+
+
+@pytest.mark.parametrize("kind", ["ttl", "tlru"])
+def test_peek_answers_as_get_does_for_fresh_missing_and_expired_keys(kind: str) -> None:
+    clock = FakeClock()
+    cache: TTLCache[str, int] | TLRUCache[str, int] = (
+        TTLCache(10, ttl=30, timer=clock)
+        if kind == "ttl"
+        else TLRUCache(10, lambda _k, _v, now: now + 30, timer=clock)
+    )
+    cache["k"] = 1
+    assert peek(cache, "k", None) == cache.get("k") == 1
+    assert peek(cache, "other", "default") == cache.get("other", "default") == "default"
+    clock.advance(30)
+    assert peek(cache, "k", None) is cache.get("k") is None

@@ -60,6 +60,8 @@ from cachetools import TTLCache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from smtpguard.memo import peek
+
 __all__ = [
     "CounterError",
     "InProcessCounter",
@@ -157,7 +159,7 @@ class InProcessCounter:
             now = self._clock()
             oldest = now - self.window
             if add:
-                stamps = self._hits.get((key, own))
+                stamps = peek(self._hits, (key, own), None)
                 if stamps is None:
                     stamps = deque(maxlen=self.max_per_bucket)
                 stamps.append(now)
@@ -165,7 +167,7 @@ class InProcessCounter:
                 self._hits[(key, own)] = stamps
             total = 0
             for bucket in (lower, own, upper):
-                stamps = self._hits.get((key, bucket))
+                stamps = peek(self._hits, (key, bucket), None)
                 if stamps is None:
                     continue
                 while stamps and stamps[0] <= oldest:

@@ -59,6 +59,7 @@ from cachetools import TLRUCache
 
 from smtpguard.address import IPAddress
 from smtpguard.config import DnsConfig
+from smtpguard.memo import peek
 from smtpguard.metrics import Metrics, NullMetrics
 
 log = logging.getLogger("smtpguard")
@@ -249,9 +250,9 @@ class Resolver:
 
     def _cached(self, key: tuple[str, str]) -> Answer | None:
         with self._lock:
-            hit = self._cache.get(key)
+            hit = peek(self._cache, key, None)
             if hit is None:
-                nx = self._cache.get((key[0], _ANY))
+                nx = peek(self._cache, (key[0], _ANY), None)
                 if nx is not None:
                     hit = Answer(key[0], key[1], Status.NXDOMAIN, ttl=nx.ttl, detail=nx.detail)
             if hit is not None:

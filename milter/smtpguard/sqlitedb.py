@@ -42,6 +42,8 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from smtpguard.memo import peek
+
 #: Distinct (query, arguments) results kept at most.
 CACHE_ENTRIES = 20_000
 
@@ -107,7 +109,7 @@ class ConnectionPool:
                 raise sqlite3.OperationalError(self._gone)
         if cache is not None:
             with self._lock:
-                hit = cache.get((sql, args))
+                hit = peek(cache, (sql, args), None)
             if hit is not None:
                 return list(hit)
         rows, generation = self._execute(sql, args)
