@@ -166,3 +166,60 @@ def test_sessions_share_one_notice_by_default(runtime: Runtime) -> None:
 def test_once() -> None:
     once = Once()
     assert [once() for _ in range(3)] == [True, False, False]
+
+
+def _looping_message(d: SessionDriver, *, with_body: bool) -> tuple[Action, Action, str, int]:
+    """A message whose third Received field passes max_hops (2): the header verdict
+    waits for end of message. Returns the body chunk's action, the end of message's,
+    its reply id and the header count the message model saw."""
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    d.data()
+    for field in (("Subject", "hi"), RECEIVED, RECEIVED, RECEIVED, ("X-After", "x")):
+        assert d.header(*field).action is Action.CONTINUE
+    body = d.body(b"text\r\n").action if with_body else Action.CONTINUE
+    final = d.eom()
+    txn = d.conn.txn
+    assert txn is not None
+    assert txn.message is not None
+    headers = txn.message.headers
+    d.close()
+    assert final.reply is not None
+    return body, final.action, final.reply.reply_id, headers
+
+
+@pytest.mark.parametrize("with_body", [True, False])
+def test_batched_header_fields_are_judged_as_fields_judged_on_arrival(
+    runtime: Runtime, with_body: bool
+) -> None:
+    # The unix-socket adapter batches the fields (no reply per header is awaited);
+    # the first body chunk, or the end of a message without one, judges them.
+    batched = SessionDriver(runtime, SessionGate(10), POSTFIX.get, Once(), batch_headers=True)
+    one_by_one = SessionDriver(runtime, SessionGate(10), POSTFIX.get, Once())
+    expected = (
+        Action.SKIP if with_body else Action.CONTINUE,
+        Action.REJECT,
+        "looping_message",
+        4,  # the field after the verdict is not fed to the message model
+    )
+    assert _looping_message(one_by_one, with_body=with_body) == expected
+    assert _looping_message(batched, with_body=with_body) == expected
+
+
+def test_an_aborted_transaction_drops_its_collected_fields(runtime: Runtime) -> None:
+    d = SessionDriver(runtime, SessionGate(10), POSTFIX.get, Once(), batch_headers=True)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    for _ in range(3):
+        d.header(*RECEIVED)
+    d.abort()
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    d.header("Subject", "second")
+    d.body(b"text\r\n")
+    assert d.eom().action is Action.CONTINUE
+    d.close()

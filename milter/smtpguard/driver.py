@@ -79,6 +79,8 @@ class SessionDriver:
         gate: SessionGate,
         macro: MacroLookup,
         unannounced_notice: Once = UNANNOUNCED_NOTICE,
+        *,
+        batch_headers: bool = False,
     ) -> None:
         # A session keeps the runtime it started with, even across a reload.
         self.rt = runtime
@@ -87,6 +89,11 @@ class SessionDriver:
         self.unannounced_notice = unannounced_notice
         self.conn = Connection(new_session_id(), None, None, "")
         self.entered = False
+        #: Header fields are collected and judged together at the next step (the first
+        #: body chunk or the end of the message): for an MTA that waits for no reply
+        #: per field, where a field's verdict waits for end of message anyway.
+        self.batch_headers = batch_headers
+        self._fields: list[tuple[str, str]] = []
 
     def _macro(self, name: str) -> str | None:
         return self.macro(name) or None
@@ -122,6 +129,7 @@ class SessionDriver:
 
     def mail(self, mailfrom: str, args: tuple[str, ...] | list[str]) -> Decision:
         conn = self.conn
+        self._fields = []
         self.rt.pipeline.end_transaction(conn.txn)
         params = esmtp_params(args)
         smtputf8 = "SMTPUTF8" in params
@@ -168,23 +176,38 @@ class SessionDriver:
         return CONTINUE
 
     def header(self, name: str, value: str) -> Decision:
+        if self.batch_headers:
+            self._fields.append((name, value))
+            return CONTINUE
         return self.rt.pipeline.run(Stage.HEADER, self.conn, Event(header=(name, value)))
 
+    def _flush_headers(self) -> None:
+        if self._fields:
+            fields, self._fields = self._fields, []
+            # A verdict on a field is kept in the transaction (pending) and answered at
+            # end of message, as it would be had each field been judged on arrival.
+            self.rt.pipeline.run_headers(self.conn, fields)
+
     def eoh(self) -> Decision:
+        self._flush_headers()
         return self.rt.pipeline.run(Stage.EOH, self.conn)
 
     def body(self, chunk: bytes) -> Decision:
+        self._flush_headers()
         return self.rt.pipeline.run(Stage.BODY, self.conn, Event(chunk=chunk))
 
     def eom(self) -> Decision:
         self._queue_id()
+        self._flush_headers()
         return self.rt.pipeline.run(Stage.EOM, self.conn)
 
     def abort(self) -> None:
+        self._fields = []
         self.rt.pipeline.end_transaction(self.conn.txn)
         self.conn.txn = None
 
     def close(self) -> None:
+        self._fields = []
         try:
             self.rt.pipeline.end_transaction(self.conn.txn)
         finally:

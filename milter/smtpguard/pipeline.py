@@ -281,6 +281,20 @@ class Pipeline:
             self._summarize(txn, _outcome_of(decision, txn), reply_id, decision.check)
         return decision
 
+    def run_headers(self, conn: Connection, fields: Sequence[tuple[str, str]]) -> Decision:
+        """The header stage for several fields in a row, as :meth:`run` for each would
+        judge them, with the per-call set-up done once (one deadline, one timing)."""
+        deadline = time.monotonic() + self.stage_deadline
+        started = time.perf_counter() if self.timed else 0.0
+        decision = CONTINUE
+        try:
+            for field in fields:
+                decision = self._run(Stage.HEADER, conn, Event(header=field, deadline=deadline))
+        finally:
+            if self.timed:
+                self.metrics.stage_seconds(Stage.HEADER.value, time.perf_counter() - started)
+        return decision
+
     def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         if event.deadline is None:
             event.deadline = time.monotonic() + self.stage_deadline
