@@ -661,7 +661,7 @@ def test_one_config_table_sets_every_part_of_a_family(
     modes = {
         check.name: (mode, settings.on_temp_error)
         for plan in h.pipeline.plan.values()
-        for check, settings, mode in plan
+        for check, settings, mode, _relevant in plan
     }
     assert all(modes[part] == ("report", "pass") for part in parts)
     assert not parts & running(build(f"[checks.{family}]\nmode = 'off'\n"))

@@ -239,9 +239,11 @@ class Pipeline:
     def rebuild_plan(self) -> None:
         """Recompute what each stage runs; needed after changing :attr:`stages` directly
         (:meth:`add_check` does it)."""
-        # The effective mode of each check is resolved here, once, not per call.
-        self.plan: dict[Stage, tuple[tuple[Check, CheckSettings, str], ...]] = {
-            stage: tuple((c, s, self._mode(s)) for c, s in checks)
+        # The global mode of each check is resolved here, once, not per call, and so
+        # is whether the policy may change it (exemptions, [domain."X"] tables).
+        relevant = self.policy.relevant if self.policy.active else frozenset()
+        self.plan: dict[Stage, tuple[tuple[Check, CheckSettings, str, bool], ...]] = {
+            stage: tuple((c, s, self._mode(s), c.name in relevant) for c, s in checks)
             for stage, checks in self.stages.items()
         }
 
@@ -433,10 +435,10 @@ class Pipeline:
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
         policy = self.policy if self.policy.active else None
-        for check, settings, planned in self.plan[stage]:
+        for check, settings, planned, relevant in self.plan[stage]:
             # Exemptions skip a check; [domain."X"] tables may change its mode.
             mode = planned
-            if policy is not None and check.name in policy.relevant:
+            if relevant and policy is not None:
                 mode = policy.effective(conn, check.name, stage, event, planned)
             if mode == "off":
                 if trace is not None and policy is not None:
@@ -461,19 +463,19 @@ class Pipeline:
                 trace.append(f"{stage.value} {check.name}: {_outcome(verdict)}")
             if self.timed:
                 self.metrics.check_verdict(check.name, _VERDICT_KIND.get(type(verdict), "hit"))
-            verdict = _unless_unsure(policy, conn, check.name, verdict)
-            if verdict is not None:
-                decision = self._act(
-                    stage,
-                    conn,
-                    event,
-                    check=check.name,
-                    settings=settings,
-                    mode=mode,
-                    verdict=verdict,
-                )
-                if decision is not None:
-                    return decision
+            if verdict is None:
+                continue
+            decision = self._act(
+                stage,
+                conn,
+                event,
+                check=check.name,
+                settings=settings,
+                mode=mode,
+                verdict=_unless_unsure(policy, conn, check.name, verdict),
+            )
+            if decision is not None:
+                return decision
         return CONTINUE
 
     def _act(
@@ -662,8 +664,8 @@ class Pipeline:
 
 
 def _unless_unsure(
-    policy: Policy | None, conn: Connection, check: str, verdict: Verdict | None
-) -> Verdict | None:
+    policy: Policy | None, conn: Connection, check: str, verdict: Verdict
+) -> Verdict:
     """A permanent verdict an exemption might have spared, had its lookup not failed
     temporarily, becomes a temporary failure (the client retries; the lookup may work
     then)."""
