@@ -149,6 +149,17 @@ def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
         # The client's rDNS lookup failing is about its reverse DNS, not our network.
         ("450 client [192.0.2.1] rDNS lookup timeout", "reverse_dns"),
         ("451 4.7.1 PTR lookup failed for 192.0.2.1", "reverse_dns"),
+        # Delivery texts of Postfix (dns_lookup.c, smtp_addr.c) and Exim (deliver.c,
+        # transports/smtp.c): a relay host not found without a code, TLSA/DANE lookups
+        # and retry times are the network; a client's rDNS error stays reverse_dns
+        # whatever the DNS status.
+        ("relay.example.com: host not found", "network"),
+        ("TLSA lookup error for mx.example.com:25", "network"),
+        ("Retry time not yet reached", "network"),
+        ("missing MX, or all MXs point to missing A records", "unknown_recipient"),
+        ("recipient nesting limit exceeded", "loop"),
+        ("450 client [192.0.2.1] rDNS lookup error (NXDOMAIN)", "reverse_dns"),
+        ("authentication required but authentication attempt(s) failed", "auth_failed"),
         # Vendor wordings of known classes.
         ("delivery to file forbidden", "policy"),
         ("530 5.7.0 Not authenticated", "auth_required"),
