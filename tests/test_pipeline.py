@@ -24,7 +24,7 @@ from smtpguard.config import CheckSettings, load_config
 from smtpguard.directory import Kind, Recipient
 from smtpguard.driver import SessionDriver
 from smtpguard.metrics import OUTCOMES
-from smtpguard.pipeline import CHECK_CLASSES, CHECK_NAMES, CONTINUE, Action, Decision, Pipeline
+from smtpguard.pipeline import CHECK_CLASSES, CHECK_NAMES, CONTINUE, Action, Decision, Pipeline, _kv
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.state import SessionGate
@@ -804,3 +804,22 @@ def test_summary_outcomes_are_the_documented_ones(
     driver.close()
     assert [s["outcome"] for s in summaries(caplog)] == ["abort"]
     assert {s["outcome"] for s in summaries(caplog)} <= set(OUTCOMES)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("accept", "k=accept"),
+        (1178, "k=1178"),
+        ("", "k=''"),
+        ("a b", "k='a b'"),
+        ('say "hi"', "k='say \"hi\"'"),
+        ("x=y", "k='x=y'"),
+        ("back\\slash", "k='back\\\\slash'"),
+        ("bell\x07", "k='bell\\x07'"),
+    ],
+)
+def test_log_values_that_would_break_key_value_parsing_are_quoted(
+    value: object, shown: str
+) -> None:
+    assert _kv("k", value) == shown

@@ -28,6 +28,7 @@ Rules, in the order they apply:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -746,11 +747,15 @@ def _first_report(conn: Connection, check: str, stage: Stage) -> bool:
     return True
 
 
+#: What a value may not contain unquoted (``key=value`` pairs separated by spaces).
+_NEEDS_QUOTES = re.compile(r'[ "=\\]')
+
+
 def _kv(key: str, value: object) -> str:
-    text = str(value)
+    text = value if type(value) is str else str(value)
     # Quote values with spaces or quotes so the line stays machine-parsable; repr also
     # neutralizes control characters a client may have sent.
-    if not text or any(c in text for c in ' "=\\') or not text.isprintable():
+    if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
         text = repr(text)
     return f"{key}={text}"
 
