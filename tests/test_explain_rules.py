@@ -160,6 +160,8 @@ def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
         ("recipient nesting limit exceeded", "loop"),
         ("450 client [192.0.2.1] rDNS lookup error (NXDOMAIN)", "reverse_dns"),
         ("authentication required but authentication attempt(s) failed", "auth_failed"),
+        ("550 This mailbox has been blocked due to inactivity", "mailbox_disabled"),
+        ("550 Invalid domain", "unknown_recipient"),
         # Vendor wordings of known classes.
         ("delivery to file forbidden", "policy"),
         ("530 5.7.0 Not authenticated", "auth_required"),
