@@ -162,6 +162,17 @@ def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
         ("authentication required but authentication attempt(s) failed", "auth_failed"),
         ("550 This mailbox has been blocked due to inactivity", "mailbox_disabled"),
         ("550 Invalid domain", "unknown_recipient"),
+        # A specific reason after RFC 5321's generic words wins (Mail.ru, GMX, Web.de).
+        (
+            "550 Message was not accepted -- invalid mailbox. Local mailbox bob@example.com "
+            "is unavailable: account is disabled",
+            "mailbox_disabled",
+        ),
+        (
+            "550 Requested action not taken: mailbox unavailable. Rejected due to policy reasons",
+            "policy",
+        ),
+        ("550 <bob@example.com>: Invalid DNS MX or A resource record", "sender_invalid"),
         # Vendor wordings of known classes.
         ("delivery to file forbidden", "policy"),
         ("530 5.7.0 Not authenticated", "auth_required"),
