@@ -191,6 +191,9 @@ def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
             "sender_rejected",
         ),
         ("550 Message refused", "rejected"),
+        # ... but a bare refusal is weak: a specific enhanced code says more.
+        ("550 5.7.23 Message rejected", "spf"),
+        ("552 5.3.4 Message rejected", "size"),
     ],
 )
 def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
