@@ -154,6 +154,8 @@ def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
         # and retry times are the network; a client's rDNS error stays reverse_dns
         # whatever the DNS status.
         ("relay.example.com: host not found", "network"),
+        ("Unable to run qmail-local.", "temp_failure"),
+        ("Failure to reach any MX", "network"),
         ("TLSA lookup error for mx.example.com:25", "network"),
         ("Retry time not yet reached", "network"),
         ("missing MX, or all MXs point to missing A records", "unknown_recipient"),
