@@ -108,6 +108,7 @@ def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
         # Malformed commands and addresses are syntax, not a malformed message or an
         # unknown recipient.
         ("501 5.5.2 Cannot decode response", "syntax"),
+        ("501 NUL characters are not allowed in SMTP commands", "syntax"),
         ("501 5.5.2 Invalid base64 data in continued response", "syntax"),
         ("553 5.1.3 <.bob@example.com>... Local part must not start with a dot", "syntax"),
         ("550 5.1.3 Address must specify a domain", "syntax"),
