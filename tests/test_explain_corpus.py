@@ -84,12 +84,14 @@ FAMILIES = (
 #: with those rules ``heldout`` 138/147 = 0.939 and heldout4 136/164 = 0.829; held out
 #: in all 368/431 = 0.854, below the target. heldout4 and heldout5 then became tuning
 #: data (their misses read): tuning 881/936 = 0.941 before any rule changed.
-MIN_CATEGORY = {TUNING: 0.94, HELDOUT_ALL: 0.85}
+#: After their miss classes were generalized: tuning 933/936 = 0.997, held out 139/147 = 0.946.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
 #: data, before any rule changed: tuning 891/936 = 0.952, held out 141/147 = 0.959.
-MIN_FIX = {TUNING: 0.95, HELDOUT_ALL: 0.88}
+#: After their miss classes were generalized: tuning 934/936 = 0.998, held out 141/147 = 0.959.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
