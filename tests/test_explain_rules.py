@@ -157,6 +157,7 @@ def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
         ("relay.example.com: host not found", "network"),
         ("Unable to run qmail-local.", "temp_failure"),
         ("Failure to reach any MX", "network"),
+        ("TLS required but not supported by remote host", "network"),
         ("TLSA lookup error for mx.example.com:25", "network"),
         ("Retry time not yet reached", "network"),
         ("missing MX, or all MXs point to missing A records", "unknown_recipient"),
