@@ -10,11 +10,12 @@ third, blind sample: measured once at 113/161 = 70.2 % category, then its misses
 read, so it is tuning data now too. ``heldout4.tsv`` and ``heldout5.tsv`` were a fourth
 and a fifth blind sample (80.5 % and 78.3 % at their single blind measurement); their
 misses were read in the session after, so they are tuning data as well.
-``heldout6.tsv`` is a sixth blind sample, committed before it was first measured
-(81.5 %). The held-out figure, on which the issue's 90 % target is judged, is the
-``heldout`` split together with every blind sample whose misses were never read; a
-blind sample joins it by adding its file to :data:`FILES` and its split to
-:data:`HELDOUT_SPLITS`. Run this file to print the table::
+``heldout6.tsv`` was a sixth blind sample, committed before it was first measured
+(81.5 %); its misses were read next, so it is tuning data too. The held-out figure,
+on which the issue's 90 % target is judged, is the ``heldout`` split together with
+every blind sample whose misses were never read; a blind sample joins it by adding
+its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
+print the table::
 
     .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|...|tuning]
 
@@ -44,9 +45,9 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout6.tsv", ("heldout6",)),
 )
 #: Splits whose misses were read while changing the rules.
-TUNING_SPLITS = ("tune", "heldout2", "heldout3", "heldout4", "heldout5")
+TUNING_SPLITS = ("tune", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6")
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout6")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -88,15 +89,17 @@ FAMILIES = (
 #: data (their misses read): tuning 881/936 = 0.941 before any rule changed.
 #: After their miss classes were generalized: tuning 933/936 = 0.997, held out 139/147 = 0.946.
 #: Then heldout6.tsv, blind, measured once with those rules: 137/168 = 0.815; held out
-#: in all (``heldout`` and heldout6) 276/315 = 0.876, below the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.87}
+#: in all (``heldout`` and heldout6) 276/315 = 0.876, below the target. heldout6 then
+#: became tuning data (its misses read): tuning 1070/1104 = 0.969 before any rule changed.
+MIN_CATEGORY = {TUNING: 0.96, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
 #: data, before any rule changed: tuning 891/936 = 0.952, held out 141/147 = 0.959.
 #: After their miss classes were generalized: tuning 934/936 = 0.998, held out 141/147 = 0.959.
-#: heldout6, blind, once: 147/168 = 0.875; held out in all 288/315 = 0.914.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.91}
+#: heldout6, blind, once: 147/168 = 0.875; held out in all 288/315 = 0.914. With
+#: heldout6 as tuning data, before any rule changed: tuning 1081/1104 = 0.979.
+MIN_FIX = {TUNING: 0.97, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
