@@ -650,7 +650,14 @@ def _parse_line(line: str) -> _Line:
     pos = start.end() if start else 0
     m = _REPLY.match(line, pos)
     if m is None:
-        marker = _EMBEDDED_REPLY.search(line, 0, _EMBED_WINDOW)
+        marker = next(
+            (
+                found
+                for found in _EMBEDDED_REPLY.finditer(line, 0, _EMBED_WINDOW)
+                if not _in_url(line, found.start())
+            ),
+            None,
+        )
         if marker is not None:
             m = _REPLY.match(line, marker.end())
     if m is not None:
@@ -660,6 +667,12 @@ def _parse_line(line: str) -> _Line:
         return _Line(None, bare.group("xcode"), line[bare.end() :].strip())
     # A continuation such as "    (in reply to RCPT TO command)": keep its brackets.
     return _Line(None, None, line.lstrip("> ").strip())
+
+
+def _in_url(line: str, pos: int) -> bool:
+    """Whether ``pos`` is inside a URL: Mimecast's links end in "DOC-1369#550", a
+    query in "?code=550"; that number is an anchor, not the reply's code."""
+    return "://" in line[line.rfind(" ", 0, pos) + 1 : pos]
 
 
 def _words(text: str) -> str:
