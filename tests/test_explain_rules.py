@@ -257,6 +257,13 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         # A null MX ("MX 0 .") after a colon, and an address that is no longer valid.
         ("556 5.1.10 Domain does not accept mail: MX 0 .", "unknown_recipient"),
         ("550 5.1.1 Recipient address no longer valid", "unknown_recipient"),
+        # "Invalid address" is weak: a specific detail says which way it is invalid.
+        ("553 5.1.3 Invalid address", "syntax"),
+        ("501 5.1.7 Invalid address", "sender_invalid"),
+        ("550 Invalid address", "unknown_recipient"),
+        # qmail's "(#4.4.2)" is weak beside words of another category.
+        ("451 queue is busy, try again later (#4.4.2)", "temp_failure"),
+        ("451 timeout (#4.4.2)", "network"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
