@@ -264,6 +264,21 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         # qmail's "(#4.4.2)" is weak beside words of another category.
         ("451 queue is busy, try again later (#4.4.2)", "temp_failure"),
         ("451 timeout (#4.4.2)", "network"),
+        # spamdyke's and qmail-smtpd's sibling wordings.
+        ("550 Refused. Your recipient address has been blacklisted.", "policy"),
+        ("421 Refused. The sender's domain has no mail exchanger.", "sender_invalid"),
+        ("421 Refused. You sent SMTP commands before the greeting.", "protocol_sequence"),
+        ("550 Refused. Sending to remote addresses (relaying) is not allowed.", "relay_denied"),
+        ("451 qq write error (#4.3.0)", "temp_failure"),
+        ("552 This message contains an attachment that is not allowed (#5.3.4)", "content"),
+        # A refusal by reputation or a listed client is the IP, also after "refused".
+        ("550 5.7.1 Connection refused - poor reputation", "dnsbl"),
+        ("554 5.7.1 <mx.example.com[192.0.2.1]>: Client host rejected: Blacklisted", "dnsbl"),
+        # "(SPF/DKIM)" without saying which failed.
+        ("550 5.7.1 Message rejected: sender failed authentication (SPF/DKIM)", "unauthenticated"),
+        # Rates and sending quotas per period.
+        ("451 4.3.2 Max message rate reached for this sender", "rate_limit"),
+        ("421 4.7.0 You have exceeded your message quota for this hour", "rate_limit"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
