@@ -279,6 +279,14 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         # Rates and sending quotas per period.
         ("451 4.3.2 Max message rate reached for this sender", "rate_limit"),
         ("421 4.7.0 You have exceeded your message quota for this hour", "rate_limit"),
+        ("550 5.2.122 RESOLVER.RST.RecipientRateLimitExceeded; rate exceeded", "rate_limit"),
+        ("550 5.2.3 RESOLVER.RST.SendSizeLimit.Sender; too large for this sender", "size"),
+        # Exim's appendfile file-count quota is a full mailbox.
+        ("T=local_delivery: mailbox /var/mail/bob has too many messages", "mailbox_full"),
+        # Postfix's local and pipe agents failing on the receiving host itself.
+        ('Command died with status 75: "/usr/lib/dovecot/deliver"', "temp_failure"),
+        ("cannot append message to file /var/mail/bob: Permission denied", "temp_failure"),
+        ("cannot append message to file /var/mail/bob: Disk quota exceeded", "mailbox_full"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
