@@ -287,6 +287,11 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ('Command died with status 75: "/usr/lib/dovecot/deliver"', "temp_failure"),
         ("cannot append message to file /var/mail/bob: Permission denied", "temp_failure"),
         ("cannot append message to file /var/mail/bob: Disk quota exceeded", "mailbox_full"),
+        ("Unable to open /home/vpopmail/d/bob/Maildir: Permission denied (#4.3.0)", "temp_failure"),
+        ("Could not open message fd", "temp_failure"),
+        ("No auth table for relaying", "temp_failure"),
+        ("553 sorry, this recipient is not allowed to receive mail from you (#5.7.1)", "policy"),
+        ("421 Too many consecutive errors, closing connection", "syntax"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
