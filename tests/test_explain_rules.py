@@ -292,6 +292,9 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("No auth table for relaying", "temp_failure"),
         ("553 sorry, this recipient is not allowed to receive mail from you (#5.7.1)", "policy"),
         ("421 Too many consecutive errors, closing connection", "syntax"),
+        # "too long" is a size only for a message; an input or line is a command.
+        ("Input too long", "syntax"),
+        ("554 Mail too long", "size"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
