@@ -310,6 +310,14 @@ def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
     assert exp.category == category, f"matched {exp.rule}"
 
 
+def test_a_rule_code_checks_the_class_of_an_enhanced_code_alone(know: Knowledge) -> None:
+    """A line with only an enhanced code ("5.3.0 ...", qmail's "(#4.3.0)") is matched
+    by its class against a rule's code; a line with no code at all by its text."""
+    assert know.explain("5.3.0 service unavailable").category == "rejected"
+    assert know.explain("4.3.0 service unavailable").category == "temp_failure"
+    assert know.explain("service unavailable, try again later").rule == "temporary"
+
+
 def test_a_code_in_a_url_is_no_reply_code(know: Knowledge) -> None:
     """Mimecast's help links end in "#550": an anchor, not the reply's code, so the
     block list named before it is still read."""

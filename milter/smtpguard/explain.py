@@ -9,7 +9,8 @@ looks up. A reply is explained by the first of:
 2. **The rules** (``[[rule]]``), in file order, first match wins: ``text`` is searched
    in the reply text with e-mail addresses and host names replaced (``raw = true``:
    in the pasted text); ``code`` must match the whole code when the line has one (a
-   line without a code is matched on its text alone, unless ``code_required``);
+   line with only an enhanced code is matched by its class, as "500" for "5.3.0"; a
+   line without any code on its text alone, unless ``code_required``);
    ``xcode``, when given, must match the whole enhanced code, so such a rule never
    matches a line without one.
    A rule's ``meaning`` table explains a group of provider codes one by one. A
@@ -207,13 +208,23 @@ class Rule:
     def matches(self, reply: ParsedReply) -> bool:
         if self.code_required and reply.code is None:
             return False
-        if self.code is not None and reply.code is not None and not self.code.fullmatch(reply.code):
-            return False
+        if self.code is not None:
+            code = reply.code or _class_code(reply)
+            if code is not None and not self.code.fullmatch(code):
+                return False
         if self.xcode is not None and (
             reply.xcode is None or not self.xcode.fullmatch(reply.xcode)
         ):
             return False
         return self.text.search(reply.text if self.raw else reply.plain)
+
+
+def _class_code(reply: ParsedReply) -> str | None:
+    """What a rule's ``code`` is matched against when the line has no basic code: the
+    class of its enhanced code as "X00" (Postfix's "5.3.0 service unavailable" is no
+    temporary failure, qmail's "(#4.3.0)" may be one); None, when there is no code at
+    all: such a line is matched on its text alone."""
+    return f"{reply.xcode[0]}00" if reply.xcode is not None else None
 
 
 @dataclass(frozen=True, slots=True)
