@@ -301,6 +301,9 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("No TLS achieved while /var/qmail/control/tlshosts/mx.pem exists", "network"),
         ("TLS error initializing ctx: no shared cipher", "temp_failure"),
         ("Connected to 192.0.2.1 but password expired.", "auth_failed"),
+        # Haraka's headers plugin and milters failing on the receiving side.
+        ("550 Date header is too far in the future", "message_format"),
+        ("451 4.3.0 Milter (opendkim): timeout before data read", "temp_failure"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
