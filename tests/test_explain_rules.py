@@ -321,6 +321,12 @@ def test_a_rule_code_checks_the_class_of_an_enhanced_code_alone(know: Knowledge)
     assert know.explain("service unavailable, try again later").rule == "temporary"
 
 
+def test_a_sendmail_transcript_line_is_a_reply() -> None:
+    """sendmail's session transcript marks the server's replies with "<<< "."""
+    reply = parse_reply("<<< 552 5.2.2 <bob@example.org>... Mailbox full")
+    assert (reply.code, reply.xcode) == ("552", "5.2.2")
+
+
 def test_a_code_in_a_url_is_no_reply_code(know: Knowledge) -> None:
     """Mimecast's help links end in "#550": an anchor, not the reply's code, so the
     block list named before it is still read."""
