@@ -304,6 +304,12 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         # Haraka's headers plugin and milters failing on the receiving side.
         ("550 Date header is too far in the future", "message_format"),
         ("451 4.3.0 Milter (opendkim): timeout before data read", "temp_failure"),
+        # Unknown users and blocked IPs in the languages of European providers.
+        ("550 5.1.1 Destinatario sconosciuto", "unknown_recipient"),
+        ("550 El usuario no existe", "unknown_recipient"),
+        ("550 Unbekannter Empfänger", "unknown_recipient"),
+        ("550 Почтовый ящик не существует", "unknown_recipient"),
+        ("554 Ihre IP-Adresse 192.0.2.1 wurde gesperrt", "dnsbl"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
