@@ -310,6 +310,12 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("550 Unbekannter Empfänger", "unknown_recipient"),
         ("550 Почтовый ящик не существует", "unknown_recipient"),
         ("554 Ihre IP-Adresse 192.0.2.1 wurde gesperrt", "dnsbl"),
+        # Postfix pipe's time limit and maildrop's quota wording.
+        ('Command time limit exceeded: "/usr/bin/procmail"', "temp_failure"),
+        (
+            "maildir delivery failed: the user's maildir has overdrawn his diskspace quota",
+            "mailbox_full",
+        ),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
