@@ -316,6 +316,8 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
             "maildir delivery failed: the user's maildir has overdrawn his diskspace quota",
             "mailbox_full",
         ),
+        # A sender that requires TLS and cannot get it on the way: the network.
+        ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
 )
 def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
