@@ -316,6 +316,12 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
             "maildir delivery failed: the user's maildir has overdrawn his diskspace quota",
             "mailbox_full",
         ),
+        # Reverse DNS in other words: an IP without a (matching) host name.
+        ("421 4.7.0 Your IP address does not resolve to a hostname", "reverse_dns"),
+        ("554 5.7.1 Your hostname does not match your IP address", "reverse_dns"),
+        ("554 Connection refused: generic hostname (dynamic IP)", "reverse_dns"),
+        # ... but a HELO name that does not match is the HELO.
+        ("550 5.7.1 HELO hostname does not match the reverse DNS of your IP", "helo"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
