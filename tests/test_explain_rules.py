@@ -322,6 +322,12 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("554 Connection refused: generic hostname (dynamic IP)", "reverse_dns"),
         # ... but a HELO name that does not match is the HELO.
         ("550 5.7.1 HELO hostname does not match the reverse DNS of your IP", "helo"),
+        # Postfix's "Sender address rejected: <reason>" and loops in other words.
+        (
+            "554 5.7.1 <a@example.org>: Sender address rejected: Banned by local policy",
+            "sender_rejected",
+        ),
+        ("554 5.4.6 Message looped back to this server", "loop"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
