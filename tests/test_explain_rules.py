@@ -328,6 +328,11 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
             "sender_rejected",
         ),
         ("554 5.4.6 Message looped back to this server", "loop"),
+        # QQ-style wordings: a sender address that does not exist, unsafe links, a
+        # sender on the recipient's own block list.
+        ("550 Mail from address not exist", "sender_invalid"),
+        ("550 Message contains unsafe links", "spam"),
+        ("550 Sender address is in the recipient's blacklist", "sender_rejected"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
