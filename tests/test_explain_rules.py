@@ -333,6 +333,8 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("550 Mail from address not exist", "sender_invalid"),
         ("550 Message contains unsafe links", "spam"),
         ("550 Sender address is in the recipient's blacklist", "sender_rejected"),
+        # Postfix's bare "Protocol error", as its "SMTP protocol error".
+        ("521 5.5.1 Protocol error", "protocol_sequence"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
