@@ -358,6 +358,9 @@ def test_a_sendmail_transcript_line_is_a_reply() -> None:
     """sendmail's session transcript marks the server's replies with "<<< "."""
     reply = parse_reply("<<< 552 5.2.2 <bob@example.org>... Mailbox full")
     assert (reply.code, reply.xcode) == ("552", "5.2.2")
+    reply = parse_reply("<-- 451 Internal resource is temporarily unavailable")
+    assert reply.code == "451"
+    assert parse_reply("<bob@example.org>... User unknown").code is None
 
 
 def test_a_code_in_a_url_is_no_reply_code(know: Knowledge) -> None:

@@ -122,8 +122,9 @@ _ESCAPED_NEWLINE = re.compile(r"\\r\\n|\\n|\\r")
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _SPACE = re.compile(r"\s+")
 #: What users paste before a reply line: quote marks, list bullets, ">" of a quoted
-#: mail and sendmail's transcript marker "<<< " for the server's side.
-_LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:<<<\s*)?")
+#: mail and a session transcript's marker for the server's side (sendmail's "<<< ",
+#: "<-- " of mailing-list and test tools).
+_LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:(?:<<<|<--?)\s*)?")
 _REPLY = re.compile(
     r"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|,(?=[ \t])|\Z)[ \t]*"
     r"(?:#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z))?"
