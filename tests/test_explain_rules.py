@@ -335,6 +335,11 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("550 Sender address is in the recipient's blacklist", "sender_rejected"),
         # Postfix's bare "Protocol error", as its "SMTP protocol error".
         ("521 5.5.1 Protocol error", "protocol_sequence"),
+        # A recipient domain without mail hosts is an unknown recipient; the sender's a
+        # sender that cannot be answered.
+        ("554 5.4.4 Domain example.invalid has no MX or A record", "unknown_recipient"),
+        ("550 5.4.4 Unable to route: no mail hosts for domain", "unknown_recipient"),
+        ("550 5.1.8 Sender domain example.invalid has no MX record", "sender_invalid"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
