@@ -340,6 +340,10 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("554 5.4.4 Domain example.invalid has no MX or A record", "unknown_recipient"),
         ("550 5.4.4 Unable to route: no mail hosts for domain", "unknown_recipient"),
         ("550 5.1.8 Sender domain example.invalid has no MX record", "sender_invalid"),
+        # A domain named between the subject and the verb.
+        ("550 5.7.1 Your domain example.org is on our block list", "sender_rejected"),
+        ("550 5.7.1 Domain example.org is not local", "relay_denied"),
+        ("550 Recipient domain example.invalid is not reachable", "unknown_recipient"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
