@@ -363,6 +363,20 @@ def test_a_rule_code_checks_the_class_of_an_enhanced_code_alone(know: Knowledge)
     assert know.explain("service unavailable, try again later").rule == "temporary"
 
 
+def test_a_name_between_a_rules_words_does_not_hide_them(know: Knowledge) -> None:
+    """Once no rule matched, the text without its <address> and <host> words is tried:
+    "Mailbox bob@example.org is full" is "Mailbox is full"."""
+    exp = know.explain("552 Mailbox bob@example.org is full")
+    assert (exp.category, exp.rule) == ("mailbox_full", "mailbox-full")
+    exp = know.explain("550 Recipient <bob@example.org> is disabled")
+    assert exp.category == "mailbox_disabled"
+    # A rule about the name itself still sees it first.
+    assert know.explain("550 <bob@example.org>... Access denied").category == "sender_rejected"
+    assert know.explain("553 Sender address a@nowhere.example is invalid").category == (
+        "sender_invalid"
+    )
+
+
 def test_a_sendmail_transcript_line_is_a_reply() -> None:
     """sendmail's session transcript marks the server's replies with "<<< "."""
     reply = parse_reply("<<< 552 5.2.2 <bob@example.org>... Mailbox full")

@@ -12,7 +12,8 @@ looks up. A reply is explained by the first of:
    line with only an enhanced code is matched by its class, as "500" for "5.3.0"; a
    line without any code on its text alone, unless ``code_required``);
    ``xcode``, when given, must match the whole enhanced code, so such a rule never
-   matches a line without one.
+   matches a line without one. When no rule matched, the text without its
+   ``<address>`` and ``<host>`` words is tried once more.
    A rule's ``meaning`` table explains a group of provider codes one by one. A
    ``weak`` rule (generic words) gives way to a specific RFC 3463 detail of another
    category (:meth:`Knowledge._specific_detail`). Replies with a 2xx/3xx code are
@@ -48,7 +49,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -407,20 +408,24 @@ class Knowledge:
             )
         if reply.code is None or reply.code[0] in "45":
             detail = self._specific_detail(reply)
-            for rule in self._candidates(reply):
-                if rule.matches(reply):
-                    if rule.weak and detail is not None and detail != rule.category:
-                        return self._fallback(reply)
-                    cat = self.categories[rule.category]
-                    return self._explanation(
-                        reply,
-                        cat,
-                        cause=rule.cause_for(reply) or cat.cause,
-                        action=rule.action or cat.action,
-                        rule=rule.id,
-                        source=rule.source,
-                        fix=rule.fix,
-                    )
+            rule = self._first_rule(reply)
+            if rule is None and _NAMED.search(reply.plain):
+                # "Mailbox <address> is full": the name between a rule's words hides
+                # them; the text without names is tried once no rule matched.
+                rule = self._first_rule(replace(reply, plain=_unnamed(reply.plain)))
+            if rule is not None:
+                if rule.weak and detail is not None and detail != rule.category:
+                    return self._fallback(reply)
+                cat = self.categories[rule.category]
+                return self._explanation(
+                    reply,
+                    cat,
+                    cause=rule.cause_for(reply) or cat.cause,
+                    action=rule.action or cat.action,
+                    rule=rule.id,
+                    source=rule.source,
+                    fix=rule.fix,
+                )
             guess = None if detail is not None else self._keywords(reply)
             if guess is not None:
                 cat = self.categories[guess]
@@ -433,6 +438,9 @@ class Knowledge:
                     source="generic",
                 )
         return self._fallback(reply)
+
+    def _first_rule(self, reply: ParsedReply) -> Rule | None:
+        return next((rule for rule in self._candidates(reply) if rule.matches(reply)), None)
 
     def _keywords(self, reply: ParsedReply) -> str | None:
         """Weak evidence, when no rule found strong evidence: the one category whose
@@ -639,6 +647,15 @@ def parse_reply(raw: str) -> ParsedReply:
         )
     plain = plain_text(f"{text} {report[:MAX_TEXT_CHARS]}" if report else text)
     return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain)
+
+
+#: The placeholders of :func:`plain_text`, as a word between others.
+_NAMED = re.compile(r" ?<(?:address|host)>")
+
+
+def _unnamed(plain: str) -> str:
+    """``plain`` without its ``<address>`` and ``<host>`` words."""
+    return _space_out(_NAMED.sub("", plain))
 
 
 def _space_out(text: str) -> str:
