@@ -344,6 +344,9 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("550 5.7.1 Your domain example.org is on our block list", "sender_rejected"),
         ("550 5.7.1 Domain example.org is not local", "relay_denied"),
         ("550 Recipient domain example.invalid is not reachable", "unknown_recipient"),
+        # Reputation: a Sender Score is the IP's, a domain's reputation the message's.
+        ("550 5.7.1 Rejected due to low sender score", "dnsbl"),
+        ("550 5.7.1 Message rejected: domain reputation is too low", "spam"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
