@@ -380,6 +380,18 @@ def test_a_name_between_a_rules_words_does_not_hide_them(know: Knowledge) -> Non
     )
 
 
+def test_a_delay_warning_gives_way_to_the_quoted_reason(know: Knowledge) -> None:
+    """A report's delay warning alone is a temporary failure; with a quoted reply, the
+    reply's reason (a full mailbox, greylisting) says more."""
+    assert know.explain("Warning: could not send message for past 4 hours").category == (
+        "temp_failure"
+    )
+    report = "Warning: could not send message for past 4 hours\n<<< 452 4.2.2 Mailbox full"
+    assert know.explain(report).category == "mailbox_full"
+    report = "It will be retried.\nRemote host said: 451 4.7.1 Greylisted, try again later"
+    assert know.explain(report).category == "greylisting"
+
+
 def test_a_sendmail_transcript_line_is_a_reply() -> None:
     """sendmail's session transcript marks the server's replies with "<<< "."""
     reply = parse_reply("<<< 552 5.2.2 <bob@example.org>... Mailbox full")
