@@ -4,6 +4,7 @@ when no rule matched, grouped provider codes explained one by one)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -390,6 +391,12 @@ def test_a_delay_warning_gives_way_to_the_quoted_reason(know: Knowledge) -> None
     assert know.explain(report).category == "mailbox_full"
     report = "It will be retried.\nRemote host said: 451 4.7.1 Greylisted, try again later"
     assert know.explain(report).category == "greylisting"
+    # The reply's own specific words come first, also before an early report rule...
+    report = "This message has been delayed\nRemote host said: 452 4.2.2 Mailbox full"
+    assert know.explain(report).category == "mailbox_full"
+    # ... but the report's stage beats the reply's generic words.
+    report = "Connected to 192.0.2.1 but my name was rejected.\nRemote host said: 550 Denied"
+    assert know.explain(report).category == "helo"
 
 
 def test_a_sendmail_transcript_line_is_a_reply() -> None:
@@ -496,6 +503,12 @@ def test_prefiltered_rules_find_the_same_first_match(know: Knowledge) -> None:
         if reply.code is not None and reply.code[0] not in "45":
             continue
         first = next((rule for rule in know.rules if rule.matches(reply)), None)
+        if reply.own != reply.plain:
+            # A quoted reply's own specific (not weak) words come before its report's.
+            own = replace(reply, plain=reply.own)
+            first = next(
+                (rule for rule in know.rules if not rule.weak and rule.matches(own)), first
+            )
         exp = know.explain(line)
         if exp.reply_id is None and first is not None:
             # A weak rule gives way to a specific RFC 3463 detail (the fallback).

@@ -274,6 +274,8 @@ class ParsedReply:
     #: ("Connected to 192.0.2.1 but my name was rejected.") follow the reply's text:
     #: they name the SMTP stage that failed.
     plain: str = ""
+    #: :attr:`plain` of the reply's own text, without a delivery report's lines.
+    own: str = ""
 
     @property
     def klass(self) -> str:
@@ -408,7 +410,14 @@ class Knowledge:
             )
         if reply.code is None or reply.code[0] in "45":
             detail = self._specific_detail(reply)
-            rule = self._first_rule(reply)
+            rule = None
+            if reply.own != reply.plain:
+                # The quoted reply's own specific words first: a report's wrapper
+                # ("delivery has been delayed") says less than the reply's reason; but
+                # the report's stage ("my name was rejected") more than generic words.
+                rule = self._first_rule(replace(reply, plain=reply.own), specific=True)
+            if rule is None:
+                rule = self._first_rule(reply)
             if rule is None and _NAMED.search(reply.plain):
                 # "Mailbox <address> is full": the name between a rule's words hides
                 # them; the text without names is tried once no rule matched.
@@ -439,8 +448,16 @@ class Knowledge:
                 )
         return self._fallback(reply)
 
-    def _first_rule(self, reply: ParsedReply) -> Rule | None:
-        return next((rule for rule in self._candidates(reply) if rule.matches(reply)), None)
+    def _first_rule(self, reply: ParsedReply, *, specific: bool = False) -> Rule | None:
+        """The first rule in file order that matches; ``specific``: no weak rule."""
+        return next(
+            (
+                rule
+                for rule in self._candidates(reply)
+                if not (specific and rule.weak) and rule.matches(reply)
+            ),
+            None,
+        )
 
     def _keywords(self, reply: ParsedReply) -> str | None:
         """Weak evidence, when no rule found strong evidence: the one category whose
@@ -646,7 +663,8 @@ def parse_reply(raw: str) -> ParsedReply:
             re.sub(rf"(?<!\S){code}[ -](?:[245]\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?!\S))?", " ", text)
         )
     plain = plain_text(f"{text} {report[:MAX_TEXT_CHARS]}" if report else text)
-    return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain)
+    own = plain_text(text) if report else plain
+    return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain, own)
 
 
 #: The placeholders of :func:`plain_text`, as a word between others.
