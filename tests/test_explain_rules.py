@@ -348,6 +348,8 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         # Reputation: a Sender Score is the IP's, a domain's reputation the message's.
         ("550 5.7.1 Rejected due to low sender score", "dnsbl"),
         ("550 5.7.1 Message rejected: domain reputation is too low", "spam"),
+        # An explicit request to authenticate beats the vendor code it follows.
+        ("553 Local user only, please use authenticated SMTP", "auth_required"),
         # A sender that requires TLS and cannot get it on the way: the network.
         ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
     ],
