@@ -11,7 +11,8 @@ read, so it is tuning data now too. ``heldout4.tsv`` and ``heldout5.tsv`` were a
 and a fifth blind sample (80.5 % and 78.3 % at their single blind measurement); their
 misses were read in the session after, so they are tuning data as well.
 ``heldout6.tsv`` was a sixth blind sample, committed before it was first measured
-(81.5 %); its misses were read next, so it is tuning data too. The held-out figure,
+(81.5 %); its misses were read next, so it is tuning data too. ``heldout7.tsv`` is a
+seventh blind sample (72.6 % at its single measurement), held out. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -43,11 +44,12 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout4.tsv", ("heldout4",)),
     (DATA / "heldout5.tsv", ("heldout5",)),
     (DATA / "heldout6.tsv", ("heldout6",)),
+    (DATA / "heldout7.tsv", ("heldout7",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = ("tune", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6")
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout7")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -92,7 +94,9 @@ FAMILIES = (
 #: in all (``heldout`` and heldout6) 276/315 = 0.876, below the target. heldout6 then
 #: became tuning data (its misses read): tuning 1070/1104 = 0.969 before any rule changed.
 #: After its miss classes were generalized: tuning 1100/1104 = 0.996, held out 139/147 = 0.946.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: heldout7.tsv, blind, measured once with those rules: 106/146 = 0.726; held out in
+#: all (``heldout`` and heldout7) 245/293 = 0.836, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.83}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -101,7 +105,8 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: heldout6, blind, once: 147/168 = 0.875; held out in all 288/315 = 0.914. With
 #: heldout6 as tuning data, before any rule changed: tuning 1081/1104 = 0.979.
 #: After its miss classes were generalized: tuning 1101/1104 = 0.997, held out 141/147 = 0.959.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: heldout7, blind, once: 112/146 = 0.767; held out in all 253/293 = 0.863.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.86}
 
 
 @dataclass(frozen=True, slots=True)
