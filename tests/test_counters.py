@@ -1,5 +1,5 @@
-"""Same-size bulk counters: the bucket rule, the in-process backend, Redis (real
-redis-server on loopback), and the outage behaviour."""
+"""Same-size bulk counters: the bucket rule, the in-process backend, the shared
+memory-mapped one, Redis (real redis-server on loopback), and the outage behaviour."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import redis
@@ -21,6 +22,7 @@ from smtpguard.counters import (
     InProcessCounter,
     RedisCounter,
     ResilientCounter,
+    SharedCounter,
     SizeBuckets,
     redis_client,
 )
@@ -382,3 +384,139 @@ def test_outage_does_not_hammer_redis() -> None:
 def test_local_fallback_needs_a_local_counter() -> None:
     with pytest.raises(ValueError, match="local counter"):
         ResilientCounter(InProcessCounter(60, TWO_PERCENT), on_error="local")
+
+
+# --- the shared (memory-mapped) backend -------------------------------------------------
+
+
+def shared(path: Path, window: float = 60, **kw: Any) -> SharedCounter:
+    return SharedCounter(path / "counters.map", window, kw.pop("buckets", TWO_PERCENT), **kw)
+
+
+def test_shared_counts_same_size_per_key_with_neighbours(tmp_path: Path) -> None:
+    counter = shared(tmp_path, buckets=SizeBuckets(100, relative=False))
+    assert [counter.hit(KEY, 1000) for _ in range(3)] == [1, 2, 3]
+    assert counter.hit(KEY, 1150) == 4  # the neighbour bucket counts both ways
+    assert counter.peek(KEY, 1000) == 4
+    assert counter.peek(KEY, 1250) == 1  # two buckets up: only the 1150 one
+    assert counter.peek(KEY, 5000) == 0
+    assert counter.peek("other|192.0.2.1", 1000) == 0
+    assert counter.peek(KEY, 1000) == 4  # peek records nothing
+
+
+def test_shared_window_slides_with_slot_precision(tmp_path: Path) -> None:
+    clock = Clock()
+    counter = shared(tmp_path, window=300, clock=clock)
+    assert counter.hit(KEY, 7000) == 1
+    clock.now += 200
+    assert counter.hit(KEY, 7000) == 2
+    # A hit counts for at least the window, and at most one slot (window / 30) more.
+    clock.now += 100
+    assert counter.peek(KEY, 7000) == 2
+    clock.now += 300 / 30 + 0.001
+    assert counter.peek(KEY, 7000) == 1
+    clock.now += 200
+    assert counter.peek(KEY, 7000) == 0
+    assert counter.hit(KEY, 7000) == 1
+
+
+def test_shared_counter_is_one_view_for_every_object_on_the_file(tmp_path: Path) -> None:
+    # What two worker processes see (the processes themselves: tests/test_workers.py).
+    one, two = shared(tmp_path), shared(tmp_path)
+    assert one.hit(KEY, 7000) == 1
+    assert two.hit(KEY, 7000) == 2
+    assert one.peek(KEY, 7000) == 2
+
+
+def test_shared_threads_lose_no_hits(tmp_path: Path) -> None:
+    counter = shared(tmp_path)
+
+    def work(_n: int) -> None:
+        for _ in range(300):
+            counter.hit(KEY, 7000)
+
+    assert hammer(work) == []
+    assert counter.peek(KEY, 7000) == 2400
+
+
+def test_shared_table_is_bounded_and_forgets_the_stalest_first(tmp_path: Path) -> None:
+    clock = Clock()
+    counter = shared(tmp_path, capacity=32, clock=clock)
+    counter.prepare()
+    size = (tmp_path / "counters.map").stat().st_size
+    for _ in range(5):
+        counter.hit(KEY, 7000)
+    for i in range(200):
+        # Every hit within the window; KEY is hit every round, so it is never the
+        # stalest entry when a new key needs one.
+        clock.now += 0.2
+        counter.hit(KEY, 7000)
+        counter.hit(f"k{i}", 7000)
+    # 200 keys through 32 entries: the file never grew, and the key in use kept its count.
+    assert (tmp_path / "counters.map").stat().st_size == size
+    assert counter.peek(KEY, 7000) == 205
+    assert counter.peek("k199", 7000) == 1
+
+
+def test_shared_entries_out_of_the_window_are_reused(tmp_path: Path) -> None:
+    clock = Clock()
+    counter = shared(tmp_path, capacity=32, clock=clock)
+    for i in range(32):
+        counter.hit(f"old{i}", 7000)
+    clock.now += 70
+    for i in range(32):
+        assert counter.hit(f"new{i}", 7000) == 1
+    assert [counter.peek(f"new{i}", 7000) for i in range(32)] == [1] * 32
+    assert counter.peek("old0", 7000) == 0
+
+
+def test_shared_counts_a_hit_when_the_clock_goes_back(tmp_path: Path) -> None:
+    clock = Clock(5000)
+    counter = shared(tmp_path, clock=clock)
+    counter.hit(KEY, 7000)
+    clock.now -= 30
+    assert counter.hit(KEY, 7000) == 2
+
+
+def test_shared_file_of_another_geometry_is_made_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = shared(tmp_path, window=60)
+    old.hit(KEY, 7000)
+    new = shared(tmp_path, window=600)
+    with caplog.at_level(logging.WARNING, "smtpguard.counters"):
+        assert new.hit(KEY, 7000) == 1
+    assert "new geometry, same-size counts start at zero" in caplog.text
+    # A worker still on the old configuration (mid-reload) makes it again for itself
+    # rather than read the table with the wrong layout.
+    assert old.hit(KEY, 7000) == 1
+    assert new.peek(KEY, 7000) == 0
+
+
+def test_shared_file_that_is_not_a_table_is_made_again(tmp_path: Path) -> None:
+    (tmp_path / "counters.map").write_bytes(b"not a counter table\n" * 100)
+    counter = shared(tmp_path)
+    assert counter.hit(KEY, 7000) == 1
+    assert (tmp_path / "counters.map").stat().st_size == counter.size
+
+
+def test_shared_file_holds_no_addresses(tmp_path: Path) -> None:
+    counter = shared(tmp_path)
+    counter.hit(KEY, 7000)
+    data = (tmp_path / "counters.map").read_bytes()
+    assert b"spammer" not in data
+    assert b"198.51.100.7" not in data
+    assert data.count(b"\0") < len(data)  # something was written
+
+
+def test_shared_file_that_cannot_be_made_is_a_counter_error(tmp_path: Path) -> None:
+    counter = SharedCounter(tmp_path / "missing" / "counters.map", 60, TWO_PERCENT)
+    with pytest.raises(CounterError, match=r"missing/counters\.map"):
+        counter.hit(KEY, 7000)
+    with pytest.raises(CounterError):
+        counter.prepare()
+
+
+def test_shared_capacity_must_be_a_power_of_two(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        shared(tmp_path, capacity=1000)

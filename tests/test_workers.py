@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from smtpguard.config import (
     default_workers,
     load_config,
 )
-from smtpguard.counters import SizeBuckets, SqliteCounter
+from smtpguard.counters import SharedCounter, SizeBuckets
 from smtpguard.state import SharedSessionGate
 from smtpguard.supervisor import MAX_BACKOFF, restart_delay, worker_cpu
 from support.mtclient import MilterSession, assert_pass, assert_reply
@@ -204,19 +203,18 @@ def test_shared_gate_limits_the_sessions_of_every_process() -> None:
     assert gate.enter() is True
 
 
-def _hammer(path: str, hits: int, counts: Any) -> None:
-    counter = SqliteCounter(path, 600, SizeBuckets(0.02), timeout=10)
+def _hammer(counter: SharedCounter, hits: int, counts: Any) -> None:
     for _ in range(hits):
         counts.put(counter.hit("friend@sender.example|198.51.100.7", 1000))
 
 
-def test_sqlite_counter_is_exact_across_processes(tmp_path: Path) -> None:
-    path = str(tmp_path / "counters.sqlite")
-    # As the supervisor does before it forks: processes creating a fresh file at once
-    # would fail to switch it to WAL.
-    SqliteCounter(path, 600, SizeBuckets(0.02)).prepare()
+def test_shared_counter_is_exact_across_processes(tmp_path: Path) -> None:
+    counter = SharedCounter(tmp_path / "counters.map", 600, SizeBuckets(0.02))
+    # As the supervisor does before it forks; the children get this very object, with
+    # the parent's map, and must open their own (a lock is per process).
+    counter.prepare()
     counts: Any = _fork.Queue()
-    procs = [_fork.Process(target=_hammer, args=(path, 25, counts)) for _ in range(4)]
+    procs = [_fork.Process(target=_hammer, args=(counter, 25, counts)) for _ in range(4)]
     for p in procs:
         p.start()
     seen = sorted(counts.get(timeout=30) for _ in range(100))
@@ -224,26 +222,7 @@ def test_sqlite_counter_is_exact_across_processes(tmp_path: Path) -> None:
         p.join(10)
     # Every hit saw every earlier one, whichever process made it: 1, 2, ..., 100.
     assert seen == list(range(1, 101))
-    assert (
-        SqliteCounter(path, 600, SizeBuckets(0.02)).peek("friend@sender.example|198.51.100.7", 1010)
-        == 100
-    )
-
-
-def test_sqlite_counter_forgets_hits_older_than_the_window(tmp_path: Path) -> None:
-    now = [1000.0]
-    counter = SqliteCounter(
-        tmp_path / "c.sqlite", 60, SizeBuckets(100, relative=False), clock=lambda: now[0]
-    )
-    assert counter.hit("k", 1000) == 1
-    now[0] += 30
-    assert counter.hit("k", 1050) == 2  # the neighbour bucket counts
-    now[0] += 31
-    assert counter.hit("k", 1000) == 2  # the first hit is 61 s old
-    assert counter.peek("k", 5000) == 0
-    assert counter.peek("other", 1000) == 0
-    rows = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT sum(hits) FROM size_slots")
-    assert rows.fetchone()[0] <= 3
+    assert counter.peek("friend@sender.example|198.51.100.7", 1010) == 100
 
 
 # --- the service ----------------------------------------------------------------------
@@ -258,8 +237,9 @@ def test_flood_count_is_exact_across_workers(tmp_path: Path) -> None:
         # Both workers counted into one view: the next message is one too many.
         assert deliver(service) == "flood"
         assert served_by(service) == {"1", "2"}
-    counters = sqlite3.connect(tmp_path / "state-counters.sqlite")
-    assert counters.execute("SELECT sum(hits) FROM size_slots").fetchone()[0] == THRESHOLD + 1
+    # The file the workers shared (its geometry is the service's: window 600 s).
+    counters = SharedCounter(tmp_path / "state-counters.map", 600, SizeBuckets(0.02))
+    assert counters.total() == THRESHOLD + 1
 
 
 def test_session_limit_is_for_the_whole_service(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ from smtpguard.counters import (
     InProcessCounter,
     RedisCounter,
     ResilientCounter,
+    SharedCounter,
     SizeBucketCounter,
     SizeBuckets,
-    SqliteCounter,
     redis_client,
 )
 from smtpguard.directory import Directory, NoDirectory, SqliteDirectory
@@ -116,14 +116,15 @@ def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
 
 
 def counter_path(config: Config) -> Path:
-    """The embedded same-size counters of several workers: beside the state file."""
+    """The embedded same-size counters of several workers: a file beside the state
+    file (``state-counters.map`` for ``state.sqlite``)."""
     path = config.state.path
-    return path.with_name(f"{path.stem}-counters{path.suffix or '.sqlite'}")
+    return path.with_name(f"{path.stem}-counters.map")
 
 
 def make_counter(config: Config) -> SizeBucketCounter:
-    """Same-size counters: in process (one worker), in a SQLite file beside the state
-    file (several workers: every worker sees every message), or Redis with the
+    """Same-size counters: in process (one worker), in a memory-mapped file beside the
+    state file (several workers: every worker sees every message), or Redis with the
     configured outage behaviour (during an outage, ``local`` counts per worker).
 
     Kept across reloads while ``[state]`` and ``[bulk]`` do not change, so a SIGHUP does
@@ -137,7 +138,7 @@ def make_counter(config: Config) -> SizeBucketCounter:
     )
     cap = max(1000, bulk.threshold + 1)
     if state.backend != "redis" and config.milter.workers > 1:
-        return SqliteCounter(counter_path(config), bulk.window, buckets, timeout=state.timeout)
+        return SharedCounter(counter_path(config), bulk.window, buckets)
     local = InProcessCounter(bulk.window, buckets, max_per_bucket=cap)
     if state.backend != "redis":
         return local

@@ -29,7 +29,7 @@ checks it between polls). libmilter treats ``EAGAIN`` from ``accept`` as "try ag
 and on Linux an accepted socket does not inherit ``O_NONBLOCK``.
 
 Shared state: the session limit is a :class:`~smtpguard.state.SharedSessionGate` in
-memory shared by every worker; the embedded same-size counters are a SQLite file
+memory shared by every worker; the embedded same-size counters are a memory-mapped file
 (:func:`smtpguard.app.counter_path`); the blacklist and the directory were files (or
 Redis) already. Metrics use prometheus-client's multiprocess mode: every worker writes
 its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the supervisor serves their sum
@@ -68,7 +68,7 @@ from smtpguard import __version__
 from smtpguard.adapter import App, drop_privileges, install, open_socket, run
 from smtpguard.app import Runtime, build_runtime, load
 from smtpguard.config import Config, ConfigError, MilterConfig
-from smtpguard.counters import CounterError, SqliteCounter
+from smtpguard.counters import CounterError, SharedCounter
 from smtpguard.sockets import (
     StartError,
     libmilter_address,
@@ -218,7 +218,7 @@ class Supervisor:
         own temporary-error handling, as with one process."""
         services = self.app.runtime.services
         for store in (services.blacklist, services.counter):
-            if isinstance(store, SqliteBlacklist | SqliteCounter):
+            if isinstance(store, SqliteBlacklist | SharedCounter):
                 try:
                     store.prepare()
                 except (StateError, CounterError) as exc:
