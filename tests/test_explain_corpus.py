@@ -11,8 +11,9 @@ read, so it is tuning data now too. ``heldout4.tsv`` and ``heldout5.tsv`` were a
 and a fifth blind sample (80.5 % and 78.3 % at their single blind measurement); their
 misses were read in the session after, so they are tuning data as well.
 ``heldout6.tsv`` was a sixth blind sample, committed before it was first measured
-(81.5 %); its misses were read next, so it is tuning data too. ``heldout7.tsv`` is a
-seventh blind sample (72.6 % at its single measurement), held out. The held-out figure,
+(81.5 %); its misses were read next, so it is tuning data too. ``heldout7.tsv`` was a
+seventh blind sample, measured once at 72.6 %; its misses were read in round 6, so it
+is tuning data now. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -47,9 +48,17 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout7.tsv", ("heldout7",)),
 )
 #: Splits whose misses were read while changing the rules.
-TUNING_SPLITS = ("tune", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6")
+TUNING_SPLITS = (
+    "tune",
+    "heldout2",
+    "heldout3",
+    "heldout4",
+    "heldout5",
+    "heldout6",
+    "heldout7",
+)
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout7")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -95,8 +104,13 @@ FAMILIES = (
 #: became tuning data (its misses read): tuning 1070/1104 = 0.969 before any rule changed.
 #: After its miss classes were generalized: tuning 1100/1104 = 0.996, held out 139/147 = 0.946.
 #: heldout7.tsv, blind, measured once with those rules: 106/146 = 0.726; held out in
-#: all (``heldout`` and heldout7) 245/293 = 0.836, below the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.83}
+#: all (``heldout`` and heldout7) 245/293 = 0.836, below the target. heldout7 then
+#: became tuning data (its misses read in round 6); held out is the ``heldout`` split
+#: alone again (139/147 = 0.946) until a new blind sample joins it. Tuning with
+#: heldout7, before any rule changed: 1206/1250 = 0.965. After its miss classes were
+#: generalized from the add-ons' sources (round 6): tuning 1242/1250 = 0.994 (heldout7
+#: 142/146), held out 139/147 = 0.946.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -105,8 +119,10 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.83}
 #: heldout6, blind, once: 147/168 = 0.875; held out in all 288/315 = 0.914. With
 #: heldout6 as tuning data, before any rule changed: tuning 1081/1104 = 0.979.
 #: After its miss classes were generalized: tuning 1101/1104 = 0.997, held out 141/147 = 0.959.
-#: heldout7, blind, once: 112/146 = 0.767; held out in all 253/293 = 0.863.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.86}
+#: heldout7, blind, once: 112/146 = 0.767; held out in all 253/293 = 0.863. With
+#: heldout7 as tuning data, held out is the ``heldout`` split alone: 141/147 = 0.959.
+#: Round 6: tuning 1213/1250 = 0.970 before, 1245/1250 = 0.996 after; held out 141/147.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
