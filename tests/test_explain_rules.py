@@ -460,6 +460,11 @@ def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
         ("550 HELO error: Polite folks say HELO first!", "protocol_sequence"),
         ("550 This message contains a MIME error (broken boundary)", "message_format"),
         ("550 This message contains malware (Eicar-Test-Signature)", "virus"),
+        # HestiaCP's Exim template: hestiacp/hestiacp@0c1b86f:install/deb/exim/exim4.conf.template.
+        ("554 Your host in blacklist on this server.", "dnsbl"),
+        ("550 Blacklisted file extension detected", "content"),
+        ("550 Access denied - Invalid HELO name (See RFC2821 4.1.3)", "helo"),
+        ("550 Email account alice@example.org is sending too many emails", "rate_limit"),
         # ... the SPF check's DNS error is the network; a DMARC or SPF verdict stays theirs.
         ("451 Temporary DNS error while checking SPF record.  Try again later.", "network"),
         ("450 sender <alice@example.com> SPF Temporary Error", "spf"),
