@@ -430,6 +430,16 @@ def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
         ("554 Your email is considered spam (9.50 spam-hits)", "spam"),
         ("554 Your email was rejected because it contains a bad attachment: a.exe", "content"),
         ("554 Your email was rejected because it contains the Eicar-Test-Signature virus", "virus"),
+        # chkuser 2.0 (chkuser_settings.h, CHKUSER_*_STRING, as quoted in public copies).
+        ("511 sorry, recipient address has invalid format (#5.1.1 - chkuser)", "syntax"),
+        ("571 sorry, sender address has invalid format (#5.7.1 - chkuser)", "syntax"),
+        ("511 sorry, can't find a valid MX for sender domain (#5.1.1 - chkuser)", "sender_invalid"),
+        (
+            "511 sorry, can't find a valid MX for rcpt domain (#5.1.1 - chkuser)",
+            "unknown_recipient",
+        ),
+        ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "policy"),
+        ("511 sorry, no mailbox here by that name (#5.1.1 - chkuser)", "unknown_recipient"),
         # rblsmtpd: gurubert/ucspi-tcp@2d884a9:net/ucspi-tcp6-0.99a/src/rblsmtpd.c.
         ("451 temporary RBL lookup error", "network"),
         # OpenSMTPD filters: catap/opensmtpd-filter-dnsbl@96a4eae:main.c,
