@@ -440,6 +440,14 @@ def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
         ),
         ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "policy"),
         ("511 sorry, no mailbox here by that name (#5.1.1 - chkuser)", "unknown_recipient"),
+        # vpopmail's delivery agent: DerDakon/vpopmail@b0aaeda:vdelivermail.c (vexiterr).
+        ("vdelivermail: deferred, database down", "temp_failure"),
+        ("vdelivermail: invalid syntax in .qmail-default file", "temp_failure"),
+        ("Unable to launch qmail-inject.", "temp_failure"),
+        ("user is over quota", "mailbox_full"),
+        ("vdelivermail: account is locked email bounced alice@example.org", "mailbox_disabled"),
+        ("Sorry, no mailbox here by that name. (#5.1.1)", "unknown_recipient"),
+        ("mail is looping", "loop"),
         # rblsmtpd: gurubert/ucspi-tcp@2d884a9:net/ucspi-tcp6-0.99a/src/rblsmtpd.c.
         ("451 temporary RBL lookup error", "network"),
         # OpenSMTPD filters: catap/opensmtpd-filter-dnsbl@96a4eae:main.c,
