@@ -483,6 +483,22 @@ def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
         ("550 Blacklisted file extension detected", "content"),
         ("550 Access denied - Invalid HELO name (See RFC2821 4.1.3)", "helo"),
         ("550 Email account alice@example.org is sending too many emails", "rate_limit"),
+        # Debian's exim4 ACLs: deb-store/exim4@d74e980:exim4_4.95-100.debian.tar.xz
+        # (debian/debconf/conf.d/acl/30_exim4-config_check_rcpt and _check_data).
+        (
+            "550 sender envelope address alice@example.org is locally blacklisted here."
+            " If you think this is wrong, get in touch with postmaster",
+            "sender_rejected",
+        ),
+        (
+            "550 sender IP address 192.0.2.1 is locally blacklisted here."
+            " If you think this is wrong, get in touch with postmaster",
+            "dnsbl",
+        ),
+        ("550 No verifiable sender address in message headers", "sender_invalid"),
+        ("550 Rejected for too many bad recipients", "rate_limit"),
+        ("550 header syntax", "message_format"),
+        ("550 restricted characters in address", "syntax"),
         # ... the SPF check's DNS error is the network; a DMARC or SPF verdict stays theirs.
         ("451 Temporary DNS error while checking SPF record.  Try again later.", "network"),
         ("450 sender <alice@example.com> SPF Temporary Error", "spf"),
