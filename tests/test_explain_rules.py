@@ -260,7 +260,9 @@ def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
         ("550 5.1.1 Recipient address no longer valid", "unknown_recipient"),
         # "Invalid address" is weak: a specific detail says which way it is invalid.
         ("553 5.1.3 Invalid address", "syntax"),
-        ("501 5.1.7 Invalid address", "sender_invalid"),
+        # X.1.7 is the sender's address syntax (RFC 3463); Exchange's bare "5.1.7 Invalid
+        # address" is documented as a syntax error in the sender's address (round 7).
+        ("501 5.1.7 Invalid address", "syntax"),
         ("550 Invalid address", "unknown_recipient"),
         # qmail's "(#4.4.2)" is weak beside words of another category.
         ("451 queue is busy, try again later (#4.4.2)", "temp_failure"),
@@ -719,6 +721,21 @@ def test_heldout7_addon_classes(know: Knowledge, line: str, category: str) -> No
             "message_format",
         ),
         ("450 4.4.318 Connection was closed abruptly (SuspiciousRemoteServerError)", "network"),
+        # learn.microsoft.com "Use Telnet to test SMTP communication" (x13-me/OfficeDocs-
+        # Exchange@316f63a: test-smtp-with-telnet.md); MicrosoftDocs/SupportArticles-docs
+        # @051c368: mapiexceptionnotfound-ndr.md.
+        ("550 5.1.7 Invalid address", "syntax"),
+        (
+            "554 5.2.0 STOREDRV.Deliver.Exception:ObjectNotFoundException.MapiExceptionNotFound;"
+            " Failed to process message due to a permanent exception with message Cannot get"
+            " ID from name",
+            "rejected",
+        ),
+        (
+            "554 5.2.0 STOREDRV.Deliver.Exception:StoragePermanentException."
+            "MapiExceptionCorruptData; Failed to process message due to a permanent exception",
+            "rejected",
+        ),
         ("450 4.4.316 Connection refused [Message=Socket error code 10061]", "network"),
         ("554 Unable to initialize security subsystem", "network"),
         # ... and the neighbours those words must not take.
