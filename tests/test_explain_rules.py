@@ -725,6 +725,10 @@ def test_heldout7_addon_classes(know: Knowledge, line: str, category: str) -> No
         # Exchange@316f63a: test-smtp-with-telnet.md); MicrosoftDocs/SupportArticles-docs
         # @051c368: mapiexceptionnotfound-ndr.md.
         ("550 5.1.7 Invalid address", "syntax"),
+        # Exchange 5.x IMS refusing connections by IP (KB Q173279, jeffpar/kbarchive
+        # @2dc5fc5:kb/173/Q173279/README.md); a 5xx "Access denied" stays weak.
+        ("521 access denied", "dnsbl"),
+        ("554 Access denied", "policy"),
         (
             "554 5.2.0 STOREDRV.Deliver.Exception:ObjectNotFoundException.MapiExceptionNotFound;"
             " Failed to process message due to a permanent exception with message Cannot get"
