@@ -728,6 +728,11 @@ def test_heldout7_addon_classes(know: Knowledge, line: str, category: str) -> No
         # Exchange 5.x IMS refusing connections by IP (KB Q173279, jeffpar/kbarchive
         # @2dc5fc5:kb/173/Q173279/README.md); a 5xx "Access denied" stays weak.
         ("521 access denied", "dnsbl"),
+        # The NDR list's 5.7.504, worded as Directory-Based Edge Blocking's 5.4.1.
+        (
+            "550 5.7.504 <carol@example.com>: Recipient address rejected: Access denied",
+            "unknown_recipient",
+        ),
         ("554 Access denied", "policy"),
         (
             "554 5.2.0 STOREDRV.Deliver.Exception:ObjectNotFoundException.MapiExceptionNotFound;"
