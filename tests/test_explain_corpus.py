@@ -14,7 +14,8 @@ misses were read in the session after, so they are tuning data as well.
 (81.5 %); its misses were read next, so it is tuning data too. ``heldout7.tsv`` was a
 seventh blind sample, measured once at 72.6 %; its misses were read in round 6, so it
 is tuning data now. ``heldout8.tsv`` was an eighth blind sample, measured once at
-83.4 %; its misses were read in round 7, so it is tuning data now. The held-out figure,
+83.4 %; its misses were read in round 7, so it is tuning data now. ``heldout9.tsv`` is a
+ninth blind sample (83.9 % at its single measurement), held out. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -48,6 +49,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout6.tsv", ("heldout6",)),
     (DATA / "heldout7.tsv", ("heldout7",)),
     (DATA / "heldout8.tsv", ("heldout8",)),
+    (DATA / "heldout9.tsv", ("heldout9",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -61,7 +63,7 @@ TUNING_SPLITS = (
     "heldout8",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout9")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -118,8 +120,11 @@ FAMILIES = (
 #: tuning data (its misses read in round 7); held out is the ``heldout`` split alone
 #: again: 139/147 = 0.946 before round 7. Tuning with heldout8, before any rule
 #: changed: 1368/1401 = 0.976; after its miss classes were generalized from the
-#: components' sources (round 7): 1391/1401 = 0.993 (heldout8 149/151).
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: components' sources (round 7): 1391/1401 = 0.993 (heldout8 149/151), ``heldout``
+#: 139/147. heldout9.tsv, blind (committed in 682bfb5 before any measurement), measured
+#: once with those rules: 99/118 = 0.839; held out in all (``heldout`` and heldout9)
+#: 238/265 = 0.898, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.89}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -134,7 +139,8 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: heldout8, blind, once: 131/151 = 0.868; held out in all 272/298 = 0.913. With
 #: heldout8 as tuning data (round 7), held out is the ``heldout`` split alone: 141/147
 #: before round 7. Round 7: tuning 1376/1401 = 0.982 before, 1394/1401 = 0.995 after.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: heldout9, blind, once: 101/118 = 0.856; held out in all 242/265 = 0.913.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.91}
 
 
 @dataclass(frozen=True, slots=True)
