@@ -24,17 +24,11 @@ import argparse
 import collections
 import functools
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from bench.milter_load import Identity
-from bench.postfix_bench import unbound
-from bench.session_cost import one_session
-from bench.throughput import smtpguard_config
-from smtpguard.app import build_runtime, load
-from smtpguard.state import SessionGate
+from bench.session_cost import bench_runtime, one_session
 
 Stages = collections.defaultdict[str, float]
 MODES = ("same", "fresh", "cold")
@@ -56,13 +50,7 @@ def main() -> int:
     # Every 64th byte: one write per cache line is enough to claim the line.
     evict = bytearray(args.evict << 20)
     zeros = bytes(len(evict[::64]))
-    with (
-        tempfile.TemporaryDirectory(prefix="smtpguard-cold-") as tmp,
-        unbound(Path(tmp) / "unbound") as dns,
-    ):
-        config = load(smtpguard_config(Path(tmp), dns.port))
-        runtime = build_runtime(config)
-        gate = SessionGate(config.limits.max_sessions)
+    with bench_runtime("smtpguard-cold-") as (runtime, gate):
 
         def session(stages: Stages) -> None:
             one_session(runtime, gate, identity, stages)

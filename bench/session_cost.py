@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
 import io
 import pstats
@@ -36,14 +37,14 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.milter_load import Identity
 from bench.postfix_bench import unbound
 from bench.throughput import smtpguard_config
-from smtpguard.app import build_runtime, load
+from smtpguard.app import Runtime, build_runtime, load
 from smtpguard.driver import SessionDriver
 from smtpguard.pipeline import Action
 from smtpguard.state import SessionGate
@@ -163,6 +164,18 @@ def one_session(
     lap("close")
 
 
+@contextlib.contextmanager
+def bench_runtime(prefix: str) -> Iterator[tuple[Runtime, SessionGate]]:
+    """The benchmark's runtime (bench/throughput.py's configuration, DNS on a private
+    unbound) and a session gate, for sessions driven without libmilter."""
+    with (
+        tempfile.TemporaryDirectory(prefix=prefix) as tmp,
+        unbound(Path(tmp) / "unbound") as dns,
+    ):
+        config = load(smtpguard_config(Path(tmp), dns.port))
+        yield build_runtime(config), SessionGate(config.limits.max_sessions)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", "--sessions", type=int, default=2000)
@@ -171,13 +184,7 @@ def main() -> int:
     p.add_argument("--dump", metavar="FILE", help="with --cprofile: write the pstats there")
     args = p.parse_args()
     identity = Identity()
-    with (
-        tempfile.TemporaryDirectory(prefix="smtpguard-cost-") as tmp,
-        unbound(Path(tmp) / "unbound") as dns,
-    ):
-        config = load(smtpguard_config(Path(tmp), dns.port))
-        runtime = build_runtime(config)
-        gate = SessionGate(config.limits.max_sessions)
+    with bench_runtime("smtpguard-cost-") as (runtime, gate):
         warm: collections.defaultdict[str, float] = collections.defaultdict(float)
         for _ in range(50):  # DNS cache, imports, first-use caches
             one_session(runtime, gate, identity, warm, batch_headers=not args.per_field)
