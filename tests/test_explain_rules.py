@@ -832,6 +832,21 @@ def test_heldout8_addon_classes(know: Knowledge, line: str, category: str) -> No
         ),
         ("550 Local user only or Authentication mechanism", "auth_required"),
         ("553 Local user only", "sender_mismatch"),
+        # The other sample bounces of voku/PHPMailer-BMH@679dbf7 phpmailer-bmh_rules.php
+        # in the same rule classes (inactive, full, command_reject, antispam).
+        ("550 <user@example.com>... User account not activated", "mailbox_disabled"),
+        ("550 <user@example.com>: User status is locked.", "mailbox_disabled"),
+        ("422 User has exhausted allowed storage space", "mailbox_full"),
+        ("422 Benutzer hat zuviele Mails auf dem Server", "mailbox_full"),
+        ("500 Unauthorized relay msg rejected", "relay_denied"),
+        ("550 Verify mailfrom failed,blocked", "sender_invalid"),
+        # hrs-allbsd/sendmail@2cccd1c sendmail/srvrsmtp.c (8.12): a mechanism not offered.
+        ("504 5.3.3 AUTH mechanism DIGEST-MD5 not available", "syntax"),
+        ("504 5.5.4 Encryption required for requested authentication mechanism", "tls_required"),
+        # haraka/Haraka@a274753 and @2eae407 plugins/lookup_rdns.strict.js: the client's
+        # PTR name, not a recipient domain.
+        ("550 Sorry we could not find address for mail.example.com. NXDOMAIN", "reverse_dns"),
+        ("450 Sorry we encountered an error when looking up mail.example.com.", "reverse_dns"),
     ],
 )
 def test_heldout9_component_classes(know: Knowledge, line: str, category: str) -> None:
