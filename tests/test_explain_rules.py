@@ -797,9 +797,10 @@ def test_heldout8_addon_classes(know: Knowledge, line: str, category: str) -> No
             " address space (127.0.0.0/8)",
             "sender_invalid",
         ),
-        # Apache James 2.x: imyousuf/james@09b866e AuthCmdHandler.java.
-        ("504 Unrecognized Authentication Type", "syntax"),
-        ("504 5.5.4 Unsupported authentication mechanism", "syntax"),
+        # Apache James 2.x: imyousuf/james@09b866e AuthCmdHandler.java; a mechanism not offered
+        # is "a login method that is not allowed" (auth_failed's cause).
+        ("504 Unrecognized Authentication Type", "auth_failed"),
+        ("504 5.5.4 Unsupported authentication mechanism", "auth_failed"),
         # OpenSMTPD 2009: OpenSMTPD/OpenSMTPD@6516263:smtp_session.c.
         ("503 Invalid BODY", "syntax"),
         ("503 Need MAIL before RCPT", "protocol_sequence"),
@@ -840,8 +841,8 @@ def test_heldout8_addon_classes(know: Knowledge, line: str, category: str) -> No
         ("422 Benutzer hat zuviele Mails auf dem Server", "mailbox_full"),
         ("500 Unauthorized relay msg rejected", "relay_denied"),
         ("550 Verify mailfrom failed,blocked", "sender_invalid"),
-        # hrs-allbsd/sendmail@2cccd1c sendmail/srvrsmtp.c (8.12): a mechanism not offered.
-        ("504 5.3.3 AUTH mechanism DIGEST-MD5 not available", "syntax"),
+        # hrs-allbsd/sendmail@2cccd1c sendmail/srvrsmtp.c (8.12): a mechanism not offered too.
+        ("504 5.3.3 AUTH mechanism DIGEST-MD5 not available", "auth_failed"),
         ("504 5.5.4 Encryption required for requested authentication mechanism", "tls_required"),
         # haraka/Haraka@a274753 and @2eae407 plugins/lookup_rdns.strict.js: the client's
         # PTR name, not a recipient domain.
