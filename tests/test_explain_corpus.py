@@ -16,7 +16,8 @@ seventh blind sample, measured once at 72.6 %; its misses were read in round 6, 
 is tuning data now. ``heldout8.tsv`` was an eighth blind sample, measured once at
 83.4 %; its misses were read in round 7, so it is tuning data now. ``heldout9.tsv`` was
 a ninth blind sample, measured once at 83.9 %; its misses were read in round 8, so it
-is tuning data now. The held-out figure,
+is tuning data now. ``heldout10.tsv`` is a tenth blind sample (75.6 % at its single
+measurement), held out. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -51,6 +52,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout7.tsv", ("heldout7",)),
     (DATA / "heldout8.tsv", ("heldout8",)),
     (DATA / "heldout9.tsv", ("heldout9",)),
+    (DATA / "heldout10.tsv", ("heldout10",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -65,7 +67,7 @@ TUNING_SPLITS = (
     "heldout9",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout10")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -128,7 +130,10 @@ FAMILIES = (
 #: 238/265 = 0.898, below the target. heldout9 then became tuning data (its misses
 #: read in round 8); held out is the ``heldout`` split alone again, whose last measured
 #: figure (139/147 = 0.946, before round 8) the floor keeps.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: heldout10.tsv, blind (committed in 74f6dea before any measurement), measured once
+#: after round 8: 65/86 = 0.756; held out in all (``heldout`` and heldout10) 204/233 =
+#: 0.876, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.87}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -145,7 +150,8 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: before round 7. Round 7: tuning 1376/1401 = 0.982 before, 1394/1401 = 0.995 after.
 #: heldout9, blind, once: 101/118 = 0.856; held out in all 242/265 = 0.913. With
 #: heldout9 as tuning data (round 8), held out is the ``heldout`` split alone: 141/147.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: heldout10, blind, once: 71/86 = 0.826; held out in all 212/233 = 0.910.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.90}
 
 
 @dataclass(frozen=True, slots=True)
