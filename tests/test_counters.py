@@ -3,8 +3,10 @@ memory-mapped one, Redis (real redis-server on loopback), and the outage behavio
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import multiprocessing
 import socket
 import threading
 import time
@@ -520,3 +522,33 @@ def test_shared_file_that_cannot_be_made_is_a_counter_error(tmp_path: Path) -> N
 def test_shared_capacity_must_be_a_power_of_two(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="power of two"):
         shared(tmp_path, capacity=1000)
+
+
+def _hold_lock(path: str, held: Any, release: Any) -> None:
+    # A worker stopped while it holds the counter's lock, as SIGSTOP would leave it.
+    with open(path, "r+b") as file:
+        fcntl.lockf(file.fileno(), fcntl.LOCK_EX)
+        held.set()
+        release.wait(30)
+
+
+def test_shared_lock_held_elsewhere_is_a_counter_error_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    counter = shared(tmp_path, timeout=0.3)
+    counter.prepare()
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    holder = fork.Process(target=_hold_lock, args=(counter.path, held, release))
+    holder.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        with pytest.raises(CounterError, match=r"locked by another process for 0\.3 s"):
+            counter.hit(KEY, 7000)
+        assert 0.3 <= time.monotonic() - started < 3
+    finally:
+        release.set()
+        holder.join(10)
+    # Released: the next call counts as usual.
+    assert counter.hit(KEY, 7000) == 1

@@ -138,7 +138,7 @@ def make_counter(config: Config) -> SizeBucketCounter:
     )
     cap = max(1000, bulk.threshold + 1)
     if state.backend != "redis" and config.milter.workers > 1:
-        return SharedCounter(counter_path(config), bulk.window, buckets)
+        return SharedCounter(counter_path(config), bulk.window, buckets, timeout=state.timeout)
     local = InProcessCounter(bulk.window, buckets, max_per_bucket=cap)
     if state.backend != "redis":
         return local

@@ -204,7 +204,9 @@ class SharedCounter:
     1/30)`` seconds after it was made. Every call holds an exclusive ``fcntl`` lock on
     the file, so hits from several processes are counted exactly; the kernel drops the
     lock of a process that dies, so a worker killed with SIGKILL cannot block the
-    others. The key is stored as a BLAKE2b digest (no addresses in the file).
+    others, and a call waits for the lock at most ``timeout`` seconds (a worker stopped
+    while holding it) before it fails as a :class:`CounterError`. The key is stored as
+    a BLAKE2b digest (no addresses in the file).
 
     The table has ``capacity`` entries (a power of two) and is found by open addressing
     over at most :data:`PROBES` entries; an entry whose hits have all left the window is
@@ -229,6 +231,7 @@ class SharedCounter:
         buckets: SizeBuckets,
         *,
         capacity: int = 65536,
+        timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if capacity < PROBES or capacity & (capacity - 1):
@@ -237,6 +240,7 @@ class SharedCounter:
         self.window = window
         self.buckets = buckets
         self.capacity = capacity
+        self.timeout = timeout
         self.slot_seconds = window / (RING_SLOTS - 2)
         self.size = _HEADER_SIZE + capacity * _ENTRY.size
         self._header = _HEADER.pack(_MAGIC, capacity, RING_SLOTS, self.slot_seconds)
@@ -344,10 +348,22 @@ class SharedCounter:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     def _lock_file(self) -> None:
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            raise CounterError(f"{self.path}: {exc.strerror}") from exc
+        """Take the file lock, waiting at most ``timeout`` seconds: a process stopped
+        while it holds the lock (SIGSTOP, a debugger) must not hold every session."""
+        give_up = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except (BlockingIOError, PermissionError):
+                # Held by another process for a moment (a few microseconds per hit).
+                if time.monotonic() >= give_up:
+                    raise CounterError(
+                        f"{self.path}: locked by another process for {self.timeout:g} s"
+                    ) from None
+                time.sleep(0.0005)
+            except OSError as exc:
+                raise CounterError(f"{self.path}: {exc.strerror}") from exc
 
     def _entry(
         self, table: mmap.mmap, digest: bytes, home: int, bucket: int, first: int, *, claim: bool
