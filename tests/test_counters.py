@@ -29,12 +29,11 @@ from smtpguard.counters import (
     redis_client,
 )
 from support.daemons import RedisServer, free_port, start_redis
+from support.polling import wait_until
 from support.threads import hammer
 
 TWO_PERCENT = SizeBuckets(0.02)
 KEY = "spammer@example.org|198.51.100.7"
-
-POLL_INTERVAL = 0.02
 
 
 class Clock:
@@ -219,9 +218,7 @@ def test_redis_keys_expire_and_nothing_grows(fresh_redis: RedisServer) -> None:
     assert 0 < client.pttl(own) <= 300
     names = cast(list[bytes], client.keys("*"))
     assert KEY.encode() not in b"".join(names)  # addresses stay out of Redis
-    deadline = time.monotonic() + 5
-    while client.exists(own) and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL)
+    wait_until(lambda: not client.exists(own), deadline=5)
     assert not client.exists(own)
     assert counter.hit(KEY, 3000) == 1
 
