@@ -32,829 +32,817 @@ def know() -> Knowledge:
     return knowledge()
 
 
-@pytest.mark.parametrize(
-    ("line", "category"),
-    [
-        # No rule fired before, although the text says what happened.
-        ("550 5.7.1 Bogus HELO name: localhost", "helo"),
-        ("450 4.7.1 HELO mail.example.invalid cannot be resolved", "helo"),
-        ("530 5.7.0 Authorization required", "auth_required"),
-        ("550 Relaying not allowed for unauthenticated connection", "auth_required"),
-        ("553 From and auth not the same", "sender_mismatch"),
-        ("421 4.7.0 IP not in whitelist for RCPT domain, closing connection.", "policy"),
-        (
-            "450 4.2.1 The user you are trying to contact is receiving mail too quickly.",
-            "rate_limit",
-        ),
-        ("450 4.2.1 Peak SMTP relay limit exceeded for customer.", "rate_limit"),
-        ("550 Restricted characters in address", "syntax"),
-        ("550 maximum allowed line length is 998 octets, got 2000", "message_format"),
-        # A rule fired on the wrong word.
-        ("530 5.5.1 Invalid command: Must issue an AUTH command first", "auth_required"),
-        ("503 5.5.1 Invalid command: Command not allowed at this point.", "protocol_sequence"),
-        ("451 4.7.1 Temporary failure: rate limit exceeded, slow down", "rate_limit"),
-        ("554 5.7.1 Rejected: bit.example is listed in multi.uribl.com", "spam"),
-        (
-            "553 5.7.1 <news@spam-domain.example>: Sender address rejected: Access denied",
-            "sender_rejected",
-        ),
-        # Server knowledge.
-        ("550 I cannot deliver mail for <bob@example.org>", "relay_denied"),
-        (
-            "550 Envelope domain 'example.com' doesn't match AUTH domain 'example.net'",
-            "sender_mismatch",
-        ),
-        ("503 5.7.1 Incorrect Authentication for Specified Email Address", "sender_mismatch"),
-        ("550 Ip frequency limited [Blocked IP 192.0.2.22]", "rate_limit"),
-        ("550 Connection denied", "dnsbl"),
-        ("Requested action not taken: no smtp MX only", "auth_required"),
-        # Enhanced codes mid-text decide the fallback.
-        ("550 Message rejected, status 5.7.26 zzz", "unauthenticated"),
-        ("552 Requested mail action aborted (5.2.2)", "mailbox_full"),
-    ],
-)
-def test_issue_classes(know: Knowledge, line: str, category: str) -> None:
-    exp = know.explain(line)
-    assert exp.category == category, f"matched {exp.rule}"
+#: The classes of the issue's misses.
+ISSUE_CASES: list[tuple[str, str]] = [
+    # No rule fired before, although the text says what happened.
+    ("550 5.7.1 Bogus HELO name: localhost", "helo"),
+    ("450 4.7.1 HELO mail.example.invalid cannot be resolved", "helo"),
+    ("530 5.7.0 Authorization required", "auth_required"),
+    ("550 Relaying not allowed for unauthenticated connection", "auth_required"),
+    ("553 From and auth not the same", "sender_mismatch"),
+    ("421 4.7.0 IP not in whitelist for RCPT domain, closing connection.", "policy"),
+    (
+        "450 4.2.1 The user you are trying to contact is receiving mail too quickly.",
+        "rate_limit",
+    ),
+    ("450 4.2.1 Peak SMTP relay limit exceeded for customer.", "rate_limit"),
+    ("550 Restricted characters in address", "syntax"),
+    ("550 maximum allowed line length is 998 octets, got 2000", "message_format"),
+    # A rule fired on the wrong word.
+    ("530 5.5.1 Invalid command: Must issue an AUTH command first", "auth_required"),
+    ("503 5.5.1 Invalid command: Command not allowed at this point.", "protocol_sequence"),
+    ("451 4.7.1 Temporary failure: rate limit exceeded, slow down", "rate_limit"),
+    ("554 5.7.1 Rejected: bit.example is listed in multi.uribl.com", "spam"),
+    (
+        "553 5.7.1 <news@spam-domain.example>: Sender address rejected: Access denied",
+        "sender_rejected",
+    ),
+    # Server knowledge.
+    ("550 I cannot deliver mail for <bob@example.org>", "relay_denied"),
+    (
+        "550 Envelope domain 'example.com' doesn't match AUTH domain 'example.net'",
+        "sender_mismatch",
+    ),
+    ("503 5.7.1 Incorrect Authentication for Specified Email Address", "sender_mismatch"),
+    ("550 Ip frequency limited [Blocked IP 192.0.2.22]", "rate_limit"),
+    ("550 Connection denied", "dnsbl"),
+    ("Requested action not taken: no smtp MX only", "auth_required"),
+    # Enhanced codes mid-text decide the fallback.
+    ("550 Message rejected, status 5.7.26 zzz", "unauthenticated"),
+    ("552 Requested mail action aborted (5.2.2)", "mailbox_full"),
+]
+
+
+#: Sibling wordings, from the servers' sources and vendor pages, of the classes the misses
+#: of heldout4 and heldout5 fell into (none of them is a corpus line).
+HELDOUT45_CASES: list[tuple[str, str]] = [
+    # The answering server's own back end failed (Postfix's delivery agents and
+    # smtpd, qmail-smtpd's recipient checks, qmail-ldap): temp_failure, also when
+    # the words are "timeout" or "lookup".
+    ("unknown mail transport error", "temp_failure"),
+    ("451 4.3.5 Server configuration problem", "temp_failure"),
+    ("451 4.3.0 Error: queue file write error", "temp_failure"),
+    ("421 unable to execute recipient check (#4.3.0)", "temp_failure"),
+    ("451 4.3.0 Temporary failure: LDAP server unavailable", "temp_failure"),
+    ("LDAP server timed out (#4.4.3)", "temp_failure"),
+    ("451 4.3.0 Virtual user lookup failed", "temp_failure"),
+    ("550 5.1.1 Recipient lookup failed: user unknown", "unknown_recipient"),
+    # Postfix's dns_lookup.c: NXDOMAIN and NODATA are a domain that cannot receive,
+    # TRY_AGAIN, NO_RECOVERY, CNAME loops and resolver start-up are the network.
+    ("Name service error for example..com: invalid host or domain name", "unknown_recipient"),
+    (
+        "Host or domain name not found. Name service error for name=example.com "
+        "type=MX: Non-recoverable error",
+        "network",
+    ),
+    ("Name server loop for mx.example.com", "network"),
+    (
+        "connect to mx.example.com[2001:db8::25]:25: Address family not supported by protocol",
+        "network",
+    ),
+    ("421 Lost input connection", "network"),
+    # Malformed commands and addresses are syntax, not a malformed message or an
+    # unknown recipient.
+    ("501 5.5.2 Cannot decode response", "syntax"),
+    ("501 NUL characters are not allowed in SMTP commands", "syntax"),
+    ("501 5.5.2 Invalid base64 data in continued response", "syntax"),
+    ("553 5.1.3 <.bob@example.com>... Local part must not start with a dot", "syntax"),
+    ("550 5.1.3 Address must specify a domain", "syntax"),
+    ("501 5.5.4 Syntax error: more than one BODY parameter", "syntax"),
+    (
+        "553 5.1.2 The recipient address <bob@example> is not a valid RFC 5321 address. "
+        "Learn more at https://support.google.com/mail/answer/6596 - gsmtp",
+        "syntax",
+    ),
+    (
+        "553 5.1.7 The sender address <bob@example> is not a valid RFC 5321 address.",
+        "sender_invalid",
+    ),
+    # Limits on bad recipients, sending quotas and rates are rate limits; counted
+    # recipients per message are too_many_recipients.
+    ("452 4.5.3 Too many invalid recipients", "rate_limit"),
+    ("550 5.7.1 Too many unknown recipients, closing connection", "rate_limit"),
+    ("421 4.7.0 You have exceeded the limit of 100 messages per hour", "rate_limit"),
+    (
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; "
+        "Failed to process message due to a permanent exception",
+        "rate_limit",
+    ),
+    (
+        "Domain example.com has exceeded the max emails per hour (100/100 (100%)) allowed.",
+        "rate_limit",
+    ),
+    ("550 5.4.6 Organization queue quota exceeded", "rate_limit"),
+    ("550 5.5.3 Number of recipients exceeds the limit", "too_many_recipients"),
+    ("452 4.5.3 RCPT limit exceeded", "too_many_recipients"),
+    # TLS: required before AUTH; a second STARTTLS or AUTH is a sequence error.
+    (
+        "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+        "tls_required",
+    ),
+    ("530 5.7.0 Authentication not available without TLS", "tls_required"),
+    ("503 5.5.1 Error: already authenticated", "protocol_sequence"),
+    ("550 5.5.0 Protocol violation: early talker", "protocol_sequence"),
+    # The client's rDNS lookup failing is about its reverse DNS, not our network.
+    ("450 client [192.0.2.1] rDNS lookup timeout", "reverse_dns"),
+    ("451 4.7.1 PTR lookup failed for 192.0.2.1", "reverse_dns"),
+    # Delivery texts of Postfix (dns_lookup.c, smtp_addr.c) and Exim (deliver.c,
+    # transports/smtp.c): a relay host not found without a code, TLSA/DANE lookups
+    # and retry times are the network; a client's rDNS error stays reverse_dns
+    # whatever the DNS status.
+    ("relay.example.com: host not found", "network"),
+    ("Unable to run qmail-local.", "temp_failure"),
+    ("Failure to reach any MX", "network"),
+    ("TLS required but not supported by remote host", "network"),
+    ("TLSA lookup error for mx.example.com:25", "network"),
+    ("Retry time not yet reached", "network"),
+    ("missing MX, or all MXs point to missing A records", "unknown_recipient"),
+    ("recipient nesting limit exceeded", "loop"),
+    ("450 client [192.0.2.1] rDNS lookup error (NXDOMAIN)", "reverse_dns"),
+    ("authentication required but authentication attempt(s) failed", "auth_failed"),
+    ("550 This mailbox has been blocked due to inactivity", "mailbox_disabled"),
+    ("550 Invalid domain", "unknown_recipient"),
+    # A specific reason after RFC 5321's generic words wins (Mail.ru, GMX, Web.de).
+    (
+        "550 Message was not accepted -- invalid mailbox. Local mailbox bob@example.com "
+        "is unavailable: account is disabled",
+        "mailbox_disabled",
+    ),
+    (
+        "550 Requested action not taken: mailbox unavailable. Rejected due to policy reasons",
+        "policy",
+    ),
+    ("550 <bob@example.com>: Invalid DNS MX or A resource record", "sender_invalid"),
+    # Vendor wordings of known classes.
+    ("delivery to file forbidden", "policy"),
+    ("530 5.7.0 Not authenticated", "auth_required"),
+    (
+        "554 IP=192.0.2.1 - None/bad reputation. Ask your postmaster for help or to "
+        "contact postmaster@rx.t-online.de for reset. (NOWL)",
+        "dnsbl",
+    ),
+    (
+        "550 5.7.1 Unfortunately, messages from [192.0.2.1] on behalf of (example.com) "
+        "could not be delivered due to domain owner policy restrictions.",
+        "dmarc",
+    ),
+    (
+        "554 5.7.1 <bob@example.com>: Sender address rejected: Blacklisted sender",
+        "sender_rejected",
+    ),
+    ("550 Message refused", "rejected"),
+    # ... but a bare refusal is weak: a specific enhanced code says more.
+    ("550 5.7.23 Message rejected", "spf"),
+    ("552 5.3.4 Message rejected", "size"),
+]
+
+
+#: Sibling wordings, from the servers' sources and vendor pages, of the classes the misses
+#: of heldout6 fell into (none of them is a corpus line).
+HELDOUT6_CASES: list[tuple[str, str]] = [
+    # The receiving or relaying MTA's own delivery machinery failed for now:
+    # qmail-local and qmail-rspawn, sendmail's .forward and :include: reads,
+    # OpenSMTPD's mda/mta internals, Postfix's TLS set-up (temp_failure, not the
+    # mailbox's subject X.2.1 nor a network "timeout").
+    ("Unable to switch to /home/alice: file does not exist. (#4.3.0)", "temp_failure"),
+    ("Uh-oh: home directory is writable. (#4.7.0)", "temp_failure"),
+    ("Timeout on maildir delivery. (#4.3.0)", "temp_failure"),
+    ("qmail-local crashed.", "temp_failure"),
+    ("451 4.4.1 read timeout on /home/alice/.forward", "temp_failure"),
+    ("Could not stat message fd", "temp_failure"),
+    ("Cannot retrieve smarthost", "temp_failure"),
+    ("4.7.5 server TLS configuration problem", "temp_failure"),
+    # ... but a full disk behind the same words is still the mailbox.
+    ("Unable to write /var/spool/mail/alice: Disk quota exceeded. (#4.3.0)", "mailbox_full"),
+    # sendmail's restricted mailers: a local policy, not an unknown user.
+    ("550 5.7.1 Cannot mail directly to programs", "policy"),
+    ("550 UID 1001 is an unknown user: cannot mail to programs", "policy"),
+    (
+        "550 User alice@mx.example.org doesn't have a valid shell for mailing to programs",
+        "policy",
+    ),
+    # TLS demanded of the client: a client certificate, AUTH over a plain channel.
+    ("421 4.7.1 mx.example.org Error: Client certificate not trusted", "tls_required"),
+    ("538 5.7.11 AUTH PLAIN not permitted over an unencrypted connection", "tls_required"),
+    ("530 Error: A secure connection is required (SSL/TLS)", "tls_required"),
+    # ... a failed TLS set-up or MTA-STS lookup on the way is the network.
+    ("454 4.7.0 TLS connection setup failed", "network"),
+    ("450 4.7.0 MTA-STS policy lookup temp fail for example.org", "network"),
+    ("451 4.4.3 DNS query temporary failure", "network"),
+    # Zoho's policy errors say more than their enhanced codes (5.1.1, 5.2.3).
+    ("452 4.2.1 <bob@example.com> Mailbox delivery restricted by policy error", "policy"),
+    ("550 5.1.1 <bob@example.com> delivery policy violation", "policy"),
+    # Neither SPF nor DKIM passed, in Gmail's words, before the SPF detail.
+    (
+        "421 4.7.0 This message does not pass authentication checks (SPF and DKIM "
+        "both do not pass). SPF check for [example.org] does not pass with ip",
+        "unauthenticated",
+    ),
+    # Command parameters and BDAT chunks: syntax, also behind a 503 or a 551.
+    ("503 5.5.4 Error: multiple RET= options", "syntax"),
+    ("551 5.7.1 Invalid BDAT request", "syntax"),
+    ("553 5.1.2 <carol@example..org>... Invalid host name", "syntax"),
+    # MIME nesting is the message's format, not its content.
+    ("554 5.6.0 Message rejected: MIME nesting level exceeded", "message_format"),
+    # A null MX ("MX 0 .") after a colon, and an address that is no longer valid.
+    ("556 5.1.10 Domain does not accept mail: MX 0 .", "unknown_recipient"),
+    ("550 5.1.1 Recipient address no longer valid", "unknown_recipient"),
+    # "Invalid address" is weak: a specific detail says which way it is invalid.
+    ("553 5.1.3 Invalid address", "syntax"),
+    # X.1.7 is the sender's address syntax (RFC 3463); Exchange's bare "5.1.7 Invalid
+    # address" is documented as a syntax error in the sender's address (round 7).
+    ("501 5.1.7 Invalid address", "syntax"),
+    ("550 Invalid address", "unknown_recipient"),
+    # qmail's "(#4.4.2)" is weak beside words of another category.
+    ("451 queue is busy, try again later (#4.4.2)", "temp_failure"),
+    ("451 timeout (#4.4.2)", "network"),
+    # spamdyke's and qmail-smtpd's sibling wordings.
+    ("550 Refused. Your recipient address has been blacklisted.", "policy"),
+    ("421 Refused. The sender's domain has no mail exchanger.", "sender_invalid"),
+    ("421 Refused. You sent SMTP commands before the greeting.", "protocol_sequence"),
+    ("550 Refused. Sending to remote addresses (relaying) is not allowed.", "relay_denied"),
+    ("451 qq write error (#4.3.0)", "temp_failure"),
+    ("552 This message contains an attachment that is not allowed (#5.3.4)", "content"),
+    # A refusal by reputation or a listed client is the IP, also after "refused".
+    ("550 5.7.1 Connection refused - poor reputation", "dnsbl"),
+    ("554 5.7.1 <mx.example.com[192.0.2.1]>: Client host rejected: Blacklisted", "dnsbl"),
+    # "(SPF/DKIM)" without saying which failed.
+    ("550 5.7.1 Message rejected: sender failed authentication (SPF/DKIM)", "unauthenticated"),
+    # Rates and sending quotas per period.
+    ("451 4.3.2 Max message rate reached for this sender", "rate_limit"),
+    ("421 4.7.0 You have exceeded your message quota for this hour", "rate_limit"),
+    ("550 5.2.122 RESOLVER.RST.RecipientRateLimitExceeded; rate exceeded", "rate_limit"),
+    ("550 5.2.3 RESOLVER.RST.SendSizeLimit.Sender; too large for this sender", "size"),
+    # Exim's appendfile file-count quota is a full mailbox.
+    ("T=local_delivery: mailbox /var/mail/bob has too many messages", "mailbox_full"),
+    # Postfix's local and pipe agents failing on the receiving host itself.
+    ('Command died with status 75: "/usr/lib/dovecot/deliver"', "temp_failure"),
+    ("cannot append message to file /var/mail/bob: Permission denied", "temp_failure"),
+    ("cannot append message to file /var/mail/bob: Disk quota exceeded", "mailbox_full"),
+    ("Unable to open /home/vpopmail/d/bob/Maildir: Permission denied (#4.3.0)", "temp_failure"),
+    ("Could not open message fd", "temp_failure"),
+    ("No auth table for relaying", "temp_failure"),
+    ("553 sorry, this recipient is not allowed to receive mail from you (#5.7.1)", "policy"),
+    ("421 Too many consecutive errors, closing connection", "syntax"),
+    # "too long" is a size only for a message; an input or line is a command.
+    ("Input too long", "syntax"),
+    ("554 Mail too long", "size"),
+    # qmail-remote's TLS patch: the server's certificate on the way is the
+    # network, the sender's own TLS set-up a temporary failure.
+    ("TLS unable to verify server mx.example.org: no certificate provided", "network"),
+    ("No TLS achieved while /var/qmail/control/tlshosts/mx.pem exists", "network"),
+    ("TLS error initializing ctx: no shared cipher", "temp_failure"),
+    ("Connected to 192.0.2.1 but password expired.", "auth_failed"),
+    # Haraka's headers plugin and milters failing on the receiving side.
+    ("550 Date header is too far in the future", "message_format"),
+    ("451 4.3.0 Milter (opendkim): timeout before data read", "temp_failure"),
+    # Unknown users and blocked IPs in the languages of European providers.
+    ("550 5.1.1 Destinatario sconosciuto", "unknown_recipient"),
+    ("550 El usuario no existe", "unknown_recipient"),
+    ("550 Unbekannter Empfänger", "unknown_recipient"),
+    ("550 Почтовый ящик не существует", "unknown_recipient"),
+    ("554 Ihre IP-Adresse 192.0.2.1 wurde gesperrt", "dnsbl"),
+    # Postfix pipe's time limit and maildrop's quota wording.
+    ('Command time limit exceeded: "/usr/bin/procmail"', "temp_failure"),
+    (
+        "maildir delivery failed: the user's maildir has overdrawn his diskspace quota",
+        "mailbox_full",
+    ),
+    # Reverse DNS in other words: an IP without a (matching) host name.
+    ("421 4.7.0 Your IP address does not resolve to a hostname", "reverse_dns"),
+    ("554 5.7.1 Your hostname does not match your IP address", "reverse_dns"),
+    ("554 Connection refused: generic hostname (dynamic IP)", "reverse_dns"),
+    # ... but a HELO name that does not match is the HELO.
+    ("550 5.7.1 HELO hostname does not match the reverse DNS of your IP", "helo"),
+    # Postfix's "Sender address rejected: <reason>" and loops in other words.
+    (
+        "554 5.7.1 <a@example.org>: Sender address rejected: Banned by local policy",
+        "sender_rejected",
+    ),
+    ("554 5.4.6 Message looped back to this server", "loop"),
+    # QQ-style wordings: a sender address that does not exist, unsafe links, a
+    # sender on the recipient's own block list.
+    ("550 Mail from address not exist", "sender_invalid"),
+    ("550 Message contains unsafe links", "spam"),
+    ("550 Sender address is in the recipient's blacklist", "sender_rejected"),
+    # Postfix's bare "Protocol error", as its "SMTP protocol error".
+    ("521 5.5.1 Protocol error", "protocol_sequence"),
+    # A recipient domain without mail hosts is an unknown recipient; the sender's a
+    # sender that cannot be answered.
+    ("554 5.4.4 Domain example.invalid has no MX or A record", "unknown_recipient"),
+    ("550 5.4.4 Unable to route: no mail hosts for domain", "unknown_recipient"),
+    ("550 5.1.8 Sender domain example.invalid has no MX record", "sender_invalid"),
+    # A domain named between the subject and the verb.
+    ("550 5.7.1 Your domain example.org is on our block list", "sender_rejected"),
+    ("550 5.7.1 Domain example.org is not local", "relay_denied"),
+    ("550 Recipient domain example.invalid is not reachable", "unknown_recipient"),
+    # Reputation: a Sender Score is the IP's, a domain's reputation the message's.
+    ("550 5.7.1 Rejected due to low sender score", "dnsbl"),
+    ("550 5.7.1 Message rejected: domain reputation is too low", "spam"),
+    # An explicit request to authenticate beats the vendor code it follows.
+    ("553 Local user only, please use authenticated SMTP", "auth_required"),
+    # A sender that requires TLS and cannot get it on the way: the network.
+    ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
+]
+
+
+#: The replies of the add-ons heldout7's misses came from, written from the add-ons' sources
+#: (spamdyke, qmail-ldap, qmail-spp plugins, simscan, rblsmtpd, OpenSMTPD filters, Exim
+#: ACLs): the whole family of texts, not only the missed line.
+HELDOUT7_CASES: list[tuple[str, str]] = [
+    # spamdyke: chrisboulton/spamdyke@5785cb3:spamdyke/spamdyke.h (ERROR_*, with
+    # REJECT_SEVERITY_PERMANENT 554 / TEMPORARY 421 / TLS_FAILURE 454).
+    ("554 Improper recipient address. Try supplying a domain name.", "syntax"),
+    ("421 Your address has been graylisted. Try again later.", "greylisting"),
+    ("554 Refused. You have no reverse DNS entry.", "reverse_dns"),
+    (
+        "554 Refused. Your reverse DNS entry contains your IP address and a banned keyword.",
+        "reverse_dns",
+    ),
+    ("554 Refused. You are not following the SMTP protocol.", "protocol_sequence"),
+    ("554 Refused. Your domain name is blacklisted.", "dnsbl"),
+    ("554 Refused. Your IP address is blacklisted.", "dnsbl"),
+    ("554 Refused. Your domain name is listed in the RHSBL at dbl.example", "dnsbl"),
+    ("554 Refused. Your sender address has been blacklisted.", "sender_rejected"),
+    ("554 Refused. Mail is not being accepted at this address.", "rejected"),
+    ("554 Refused. Mail is not being accepted.", "rejected"),
+    ("554 Refused. Access is denied.", "rejected"),
+    (
+        "421 Refused. The domain of your sender address has no mail exchanger (MX).",
+        "sender_invalid",
+    ),
+    ("554 Refused. Sending to remote addresses (relaying) is not allowed.", "relay_denied"),
+    ("554 Refused. You must specify at least one valid recipient.", "protocol_sequence"),
+    ("554 Refused. Authentication is required to send mail.", "auth_required"),
+    ("554 Refused. Identical sender and recipient addresses are not allowed.", "policy"),
+    ("454 Failed to negotiate TLS connection.", "network"),
+    # qmail-ldap: qmail-ldap/qmail-ldap@33d8d0d:qmail-smtpd.c (err_* and err_554msg).
+    ("553 sorry, your mail was administratively denied. (#5.7.1)", "rejected"),
+    ("553 sorry, mail to that recipient is not accepted (#5.7.1)", "rejected"),
+    (
+        "553 sorry, mail from your location [192.0.2.1] is administratively denied (#5.7.1)",
+        "dnsbl",
+    ),
+    ("553 sorry, your mailserver [192.0.2.1] is rejected by zen.spamhaus.org", "dnsbl"),
+    (
+        "553 sorry, your mail from a host [192.0.2.1] without valid reverse DNS was"
+        " administratively denied (#5.7.1)",
+        "reverse_dns",
+    ),
+    ("553 sorry, relaying denied from your location [192.0.2.1] (#5.7.1)", "relay_denied"),
+    ("554 mailfrom without @ is administratively denied", "sender_invalid"),
+    ("554 RFC2821 bounces are administratively denied", "sender_rejected"),
+    (
+        "550 sorry, I don't accept bounce messages with more than one recipient."
+        " Go read RFC2821. (#5.7.1)",
+        "policy",
+    ),
+    ("552 we don't accept email with this MIME content (#5.3.4)", "content"),
+    ("421 DNS temporary failure at return MX check, try again later (#4.3.0)", "network"),
+    # qmail-spp plugins: sagredo-dev/qmail-stuff@6b6ae82:patches/qmail-spp/plugins/
+    # (checkmx2.c, checkparanoid.c, mailfromhosts.c, maxbouncercpts.c,
+    # smtp_ratelimit-0.2/smtp_ratelimit.c, authrequired.c).
+    ("550 No SPF/MX record for sender's domain!", "sender_invalid"),
+    ("550 Reverse DNS validation for mail.example.com failed (#5.7.25)", "reverse_dns"),
+    ("553 5.1.7 Sender domain not allowed", "sender_rejected"),
+    ("550 sorry, too many bounce recipients (#5.7.1)", "policy"),
+    (
+        "553 sorry, you've exceeded the number of recipients per period (#5.7.1)",
+        "rate_limit",
+    ),
+    ("550 SMTP AUTH required", "auth_required"),
+    # simscan: qmail/simscan@131f575:simscan.c (RejectMsg, shown by qmail-smtpd as 554).
+    ("554 Your email was rejected because it matches a filter (X-Spam-Flag: YES)", "content"),
+    ("554 Your email is considered spam (9.50 spam-hits)", "spam"),
+    ("554 Your email was rejected because it contains a bad attachment: a.exe", "content"),
+    ("554 Your email was rejected because it contains the Eicar-Test-Signature virus", "virus"),
+    # chkuser 2.0 (chkuser_settings.h, CHKUSER_*_STRING, as quoted in public copies).
+    ("511 sorry, recipient address has invalid format (#5.1.1 - chkuser)", "syntax"),
+    ("571 sorry, sender address has invalid format (#5.7.1 - chkuser)", "syntax"),
+    ("511 sorry, can't find a valid MX for sender domain (#5.1.1 - chkuser)", "sender_invalid"),
+    (
+        "511 sorry, can't find a valid MX for rcpt domain (#5.1.1 - chkuser)",
+        "unknown_recipient",
+    ),
+    ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "policy"),
+    ("511 sorry, no mailbox here by that name (#5.1.1 - chkuser)", "unknown_recipient"),
+    # vpopmail's delivery agent: DerDakon/vpopmail@b0aaeda:vdelivermail.c (vexiterr).
+    ("vdelivermail: deferred, database down", "temp_failure"),
+    ("vdelivermail: invalid syntax in .qmail-default file", "temp_failure"),
+    ("Unable to launch qmail-inject.", "temp_failure"),
+    ("user is over quota", "mailbox_full"),
+    ("vdelivermail: account is locked email bounced alice@example.org", "mailbox_disabled"),
+    ("Sorry, no mailbox here by that name. (#5.1.1)", "unknown_recipient"),
+    ("mail is looping", "loop"),
+    # rblsmtpd: gurubert/ucspi-tcp@2d884a9:net/ucspi-tcp6-0.99a/src/rblsmtpd.c.
+    ("451 temporary RBL lookup error", "network"),
+    # OpenSMTPD filters: catap/opensmtpd-filter-dnsbl@96a4eae:main.c,
+    # jdelic/opensmtpd-filter-dnsbl@85e0e76:main.go, Netsyms/opensmtpd-filters@0b69461:
+    # src/opensmtpd_filters/spamhaus.py, poolpOrg/filter-checksenderdomain@8a766ff,
+    # Al2Klimov/opensmtpd-filter-subjectstrings@8525ff9:src/main.rs,
+    # marco-schm/opensmtpd-filter-mimetype@dc7df8a:internal/mail/checker.go.
+    ("421 192.0.2.7 listed at zen.spamhaus.org", "dnsbl"),
+    ("421 DNS error on zen.spamhaus.org", "network"),
+    ("550 Your host is listed on blacklist zen.spamhaus.org", "dnsbl"),
+    (
+        "550 5.7.1 Blocked: listed: Your hostname is on a blocklist. Visit"
+        " https://check.spamhaus.org/",
+        "dnsbl",
+    ),
+    ("550 unknown sender domain", "sender_invalid"),
+    ("550 Blacklisted keyphrase found", "content"),
+    ("550 Policy violation: Forbidden MIME type: application/x-msdownload", "content"),
+    ("550 Policy violation: Malformed mail headers", "message_format"),
+    ("550 Policy violation: Empty mail", "message_format"),
+    ("550 Policy violation: No valid headers", "message_format"),
+    # Exim ACLs: Exim4U/src@2b95bca:etc/exim/ (exim.conf ACLs, exim-greylist.conf.inc).
+    ("450 Number of sent emails has exceeded our IP limit. Come back later.", "rate_limit"),
+    ("550 Number of failed recipients exceeded.  Come back in a few hours.", "rate_limit"),
+    ("450 Host has been ratelimited.  You may try again at a later time.", "rate_limit"),
+    ("451 Mail is suspicious. Please retry later.", "greylisting"),
+    ("550 HELO error: Dropped spammer pretending to be us", "helo"),
+    ("550 HELO error: Dropped IP-only or IP-starting helo", "helo"),
+    ("550 HELO error: Polite folks say HELO first!", "protocol_sequence"),
+    ("550 This message contains a MIME error (broken boundary)", "message_format"),
+    ("550 This message contains malware (Eicar-Test-Signature)", "virus"),
+    # HestiaCP's Exim template: hestiacp/hestiacp@0c1b86f:install/deb/exim/exim4.conf.template.
+    ("554 Your host in blacklist on this server.", "dnsbl"),
+    ("550 Blacklisted file extension detected", "content"),
+    ("550 Access denied - Invalid HELO name (See RFC2821 4.1.3)", "helo"),
+    ("550 Email account alice@example.org is sending too many emails", "rate_limit"),
+    # Debian's exim4 ACLs: deb-store/exim4@d74e980:exim4_4.95-100.debian.tar.xz
+    # (debian/debconf/conf.d/acl/30_exim4-config_check_rcpt and _check_data).
+    (
+        "550 sender envelope address alice@example.org is locally blacklisted here."
+        " If you think this is wrong, get in touch with postmaster",
+        "sender_rejected",
+    ),
+    (
+        "550 sender IP address 192.0.2.1 is locally blacklisted here."
+        " If you think this is wrong, get in touch with postmaster",
+        "dnsbl",
+    ),
+    ("550 No verifiable sender address in message headers", "sender_invalid"),
+    ("550 Rejected for too many bad recipients", "rate_limit"),
+    ("550 header syntax", "message_format"),
+    ("550 restricted characters in address", "syntax"),
+    # ... the SPF check's DNS error is the network; a DMARC or SPF verdict stays theirs.
+    ("451 Temporary DNS error while checking SPF record.  Try again later.", "network"),
+    ("450 sender <alice@example.com> SPF Temporary Error", "spf"),
+    # A scanner or signer of the receiver failing: sendmail milters, Apache James
+    # (DKIMHook), Haraka's mongodb plugin (Helpmonks/haraka-plugin-mongodb@3d88329).
+    ("451 4.3.0 Problem running virus-scanner", "temp_failure"),
+    ("451 Failure computing DKIM signature.", "temp_failure"),
+    ("451 storage error", "temp_failure"),
+    # Haraka's domain-limit plugin: PartyPancakess/haraka-plugin-domain-limit@f5e98f0
+    # (DENYSOFT for a recipient of a second domain in the transaction).
+    (
+        "450 Mail for this domain cannot be accepted right now; please retry.",
+        "too_many_recipients",
+    ),
+    # Siblings of the other classes (wordings of the same refusals).
+    (
+        "550 5.7.703 Your message can't be delivered because messages to carol@example.net"
+        " are blocked by the organization using the Tenant Allow/Block List.",
+        "policy",
+    ),
+    ("553 Envelope sender mismatch with header From", "sender_mismatch"),
+    ("553 Mail from 203.0.113.9 not allowed", "dnsbl"),
+    (
+        "450 4.7.1 <carol@example.net>: Recipient address rejected: you exceeded your daily limit",
+        "rate_limit",
+    ),
+    ("550 sender address carol@example.net is locally blacklisted", "sender_rejected"),
+    ("550 5.7.1 Sender or domain is blacklisted", "sender_rejected"),
+    ("554 Your IP in blacklist on this server", "dnsbl"),
+    ("550 198.51.100.4 is blacklisted", "dnsbl"),
+    ("550 There is no valid sender in any header line", "sender_invalid"),
+    ("550 203.0.113.5 is _my_ address", "helo"),
+    ("554 5.6.0 MIME type message/partial not accepted here", "content"),
+    # ... and the neighbours those words must not take.
+    ("554 5.7.1 Rejected: bit.example is listed in multi.uribl.com", "spam"),
+    ("550 5.7.1 Message contains a virus", "virus"),
+]
+
+
+#: The replies of the components heldout8's misses came from (indimail, iRedAPD,
+#: policyd-weight, PolicyD v2, Haraka plugins, old OpenSMTPD, Exchange's codes), written
+#: from their sources: the whole family of texts, not only the missed line.
+HELDOUT8_CASES: list[tuple[str, str]] = [
+    # indimail: indimail/indimail-mta@e95fb6c:indimail-mta-x/smtpd.c (smtp_relayreject,
+    # err_badhelo, smtp_paranoid, smtp_ptr, err_mailbox, the BATV and CUGMAIL checks,
+    # the masquerade check, err_nogateway's siblings).
+    (
+        "553 No mail accepted from an open relay (192.0.2.1); check your server configs (#5.7.1)",
+        "dnsbl",
+    ),
+    ("553 sorry, helo domain must exist (#5.1.8)", "helo"),
+    ("553 Bad sender's system address (#5.1.8)", "sender_invalid"),
+    ("553 sorry, your HELO/EHLO greeting is in my badhelo list (#5.7.1)", "helo"),
+    ("451 unable to accept non-FQDN HELO (#4.3.0)", "helo"),
+    ("451 invalid HELO greeting for local (#4.3.0)", "helo"),
+    (
+        "553 sorry, this MTA does not accept masquerading/forging, auth <carol@example.net> #5.7.1",
+        "sender_mismatch",
+    ),
+    ("553 sorry, this MTA is a closed user group system (#5.7.1)", "policy"),
+    ("553 message format wrong (#5.7.1)", "message_format"),
+    (
+        "553 sorry, your IP address (192.0.2.1) PTR (reverse DNS) record points to wrong"
+        " hostname (#5.7.1)",
+        "reverse_dns",
+    ),
+    ("553 Sorry, no PTR (reverse DNS) record for (192.0.2.1) (#5.7.1)", "reverse_dns"),
+    ("421 sorry, your IP (192.0.2.1) is temporarily denied (#4.7.1)", "dnsbl"),
+    ("553 sorry, your envelope sender has been denied (#5.7.1)", "sender_rejected"),
+    ("553 sorry, your envelope recipient has been denied (#5.7.1)", "policy"),
+    ("553 sorry, badrcptto(no such user) (#5.7.1)", "unknown_recipient"),
+    (
+        "550 sorry, carol@example.net mailbox <dave@example.com> is absent on this domain (#5.1.1)",
+        "unknown_recipient",
+    ),
+    (
+        "550 sorry, carol@example.net mailbox <dave@example.com> is inactive on this domain"
+        " (#5.2.1)",
+        "mailbox_disabled",
+    ),
+    (
+        "550 sorry, carol@example.net mailbox <dave@example.com> is overquota on this domain"
+        " (#5.2.2)",
+        "mailbox_full",
+    ),
+    ("557 sorry, too many recipients (#5.7.1)", "too_many_recipients"),
+    ("451 greylist temporary failure - Timeout (#4.3.0)", "greylisting"),
+    ("451 Sorry, there is a DNS temporary failure (#4.4.3)", "network"),
+    ("553 sorry, bounce messages should have a single envelope recipient (#5.7.1)", "policy"),
+    ("554 too many hops, this message is looping (#5.4.6)", "loop"),
+    ("552 sorry, that message size exceeds my databytes limit (#5.3.4)", "size"),
+    ("530 must issue STARTTLS first (#5.7.0)", "tls_required"),
+    # iRedAPD: iredmail/iRedAPD@60b2eed:libs/__init__.py (SMTP_ACTIONS) and
+    # libs/default_settings.py (GREYLISTING_MESSAGE, CHANGE_PASSWORD_MESSAGE), as Postfix
+    # words a policy service's REJECT text.
+    (
+        "554 5.7.1 <dave@example.com>: Sender address rejected: Sender is not same as SMTP"
+        " authenticate username",
+        "sender_mismatch",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Sender address rejected: SMTP AUTH is required for"
+        " users under this sender domain",
+        "auth_required",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Message size exceed"
+        " (maybe caused by big attachment file)",
+        "size",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Message size is too large",
+        "size",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Too many recipients in"
+        " single message",
+        "too_many_recipients",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Throttling quota exceeded",
+        "rate_limit",
+    ),
+    (
+        "451 4.7.1 <dave@example.com>: Recipient address rejected: Intentional policy"
+        " rejection, please try again later",
+        "greylisting",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Client host rejected: Blacklisted reverse DNS name of"
+        " server IP address",
+        "reverse_dns",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Sender address rejected: Password expired or never"
+        " changed, please change your password in webmail before sending email",
+        "auth_failed",
+    ),
+    # policyd-weight: policyd-weight/policyd-weight@18d2e97:policyd-weight ($DNSERRMSG,
+    # $MAXDNSBLMSG).
+    (
+        "450 4.7.1 <dave@example.com>: Recipient address rejected: No DNS entries for your"
+        " MTA, HELO and Domain. Contact YOUR administrator Your HELO: mail.example.com,"
+        " IP: 192.0.2.1",
+        "reverse_dns",
+    ),
+    (
+        "550 5.7.1 <dave@example.com>: Recipient address rejected: Your MTA is listed in too"
+        " many DNSBLs",
+        "dnsbl",
+    ),
+    # PolicyD v2 (cluebringer): hummermania/policyd@820ca46:cbp/modules/Greylisting.pm,
+    # CheckHelo.pm, CheckSPF.pm.
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Greylisting in effect,"
+        " sending server blacklisted",
+        "dnsbl",
+    ),
+    (
+        "451 4.7.1 <dave@example.com>: Recipient address rejected: Greylisting in effect,"
+        " please come back later",
+        "greylisting",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; No A"
+        " or MX records found for 'mail.example.com'",
+        "helo",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; Must"
+        " be a FQDN or an address literal, not 'localhost'",
+        "helo",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; Cannot"
+        " resolve 'mail.example.com', no such domain",
+        "helo",
+    ),
+    (
+        "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; HRP"
+        " limit exceeded",
+        "helo",
+    ),
+    # Haraka: haraka/Haraka@f47ba71:plugins/mail_from.blocklist.js;
+    # haraka/haraka-plugin-limit@ef8189e:index.js (concurrency). "Connection concurrency
+    # limit exceeded" is also Postfix anvil's word for the same limit.
+    ("550 Mail from you is not allowed here", "sender_rejected"),
+    ("421 Too many concurrent connections", "rate_limit"),
+    ("421 connection concurrency limit exceeded", "rate_limit"),
+    # sendmail's cf/README access map example (hrs-allbsd/sendmail@19036c0:cf/README).
+    ("550 We don't accept mail from spammers", "sender_rejected"),
+    # OpenSMTPD/OpenSMTPD smtpd/smtp_session.c of 2013 (the MFA era).
+    ("553 No option supported on RCPT TO", "syntax"),
+    ("530 Hello rejected", "helo"),
+    # Exchange: Microsoft's NDR list and ASxxx page
+    # (x13-me/OfficeDocs-Exchange@7d3f4a3, @e3a95b4: 4.7.500-699 and 4.7.850-899 are IP
+    # throttling), on-premises transport texts (5.1.7, 5.1.20, 4.4.316-318, SChannel).
+    ("451 4.7.500 Access denied, please try again later", "rate_limit"),
+    ("451 4.7.850 Access denied, please try again later", "rate_limit"),
+    (
+        "451 4.7.651 The mail server [192.0.2.1] has been temporarily rate limited due to IP"
+        " reputation.",
+        "rate_limit",
+    ),
+    (
+        "550 5.1.20 Multiple From addresses are not allowed without Sender address",
+        "message_format",
+    ),
+    ("450 4.4.318 Connection was closed abruptly (SuspiciousRemoteServerError)", "network"),
+    # learn.microsoft.com "Use Telnet to test SMTP communication" (x13-me/OfficeDocs-
+    # Exchange@316f63a: test-smtp-with-telnet.md); MicrosoftDocs/SupportArticles-docs
+    # @051c368: mapiexceptionnotfound-ndr.md.
+    ("550 5.1.7 Invalid address", "syntax"),
+    # Exchange 5.x IMS refusing connections by IP (KB Q173279, jeffpar/kbarchive
+    # @2dc5fc5:kb/173/Q173279/README.md); a 5xx "Access denied" stays weak.
+    ("521 access denied", "dnsbl"),
+    # The NDR list's 5.7.504, worded as Directory-Based Edge Blocking's 5.4.1.
+    (
+        "550 5.7.504 <carol@example.com>: Recipient address rejected: Access denied",
+        "unknown_recipient",
+    ),
+    ("554 Access denied", "policy"),
+    (
+        "554 5.2.0 STOREDRV.Deliver.Exception:ObjectNotFoundException.MapiExceptionNotFound;"
+        " Failed to process message due to a permanent exception with message Cannot get"
+        " ID from name",
+        "rejected",
+    ),
+    (
+        "554 5.2.0 STOREDRV.Deliver.Exception:StoragePermanentException."
+        "MapiExceptionCorruptData; Failed to process message due to a permanent exception",
+        "rejected",
+    ),
+    ("450 4.4.316 Connection refused [Message=Socket error code 10061]", "network"),
+    ("554 Unable to initialize security subsystem", "network"),
+    # ... and the neighbours those words must not take.
+    ("451 4.4.317 STARTTLS is required to send mail", "tls_required"),
+    ("550 5.7.1 Policy rejection", "policy"),
+    ("451 SPF lookup failure (#4.3.0)", "spf"),
+    ("553 5.1.0 Sender address syntax error", "sender_invalid"),
+]
+
+
+#: The replies of the components heldout9's misses came from (Haraka's bounce, attachment
+#: and helo.checks plugins, old Postfix, James 2.x and OpenSMTPD, OpenDKIM, sendmail, Exim
+#: 3, Yahoo, Coremail), written from their sources: the whole family of texts, not only the
+#: missed line.
+HELDOUT9_CASES: list[tuple[str, str]] = [
+    # Haraka: haraka/Haraka@2eae407:plugins/bounce.js (2016), every refusal of a bounce.
+    ("550 No bounces accepted here", "policy"),
+    ("550 this bounce message does not have 1 recipient", "policy"),
+    ("550 bounce with non-empty Return-Path (RFC 3834)", "policy"),
+    ("550 bounce without Message-ID in headers, unable to  verify that I sent it", "policy"),
+    ("550 bounce with invalid Message-ID, I didn't send it.", "policy"),
+    ("550 bounce Message-ID without valid domain, I didn't send it.", "policy"),
+    ("550 bounce with non-local Message-ID (RFC 3834)", "policy"),
+    ("550 Invalid bounce (spoofed sender)", "policy"),
+    # haraka/Haraka@a274753:plugins/attachment.js and @2eae407 (content types, files).
+    ("552 Message rejected: contains application/x-msdownload message part", "content"),
+    ("550 Message rejected: contains unacceptable attachment (setup.exe)", "content"),
+    ("550 Message contains unacceptable content type (application/x-msdownload)", "content"),
+    ("550 Message contains encrypted archive", "content"),
+    # haraka/Haraka@a274753 and @2eae407:plugins/helo.checks.js.
+    ("550 RAW IP HELOs must be correctly formatted", "helo"),
+    ("550 Host names have more than one DNS label", "helo"),
+    ("550 HELO must have a dot", "helo"),
+    ("550 That HELO not allowed here", "helo"),
+    # Postfix: vdukhovni/postfix@17830e5 smtpd.c and postscreen/postscreen_smtpd.c (501
+    # address syntax), @14ffa91 (snapshot-20001027) smtpd/smtpd_sasl_glue.c.
+    ("501 5.1.7 Bad sender address syntax", "syntax"),
+    ("501 5.1.3 Bad recipient address syntax", "syntax"),
+    ("553 5.1.7 address incomplete", "syntax"),
+    ("501 Authentication failed: malformed initial response", "syntax"),
+    ("501 Error: malformed authentication response", "syntax"),
+    ("535 Error: authentication failed", "auth_failed"),
+    (
+        "550 <a@example.net>: Sender address rejected: Address uses MX in loopback"
+        " address space (127.0.0.0/8)",
+        "sender_invalid",
+    ),
+    # Apache James 2.x: imyousuf/james@09b866e AuthCmdHandler.java; a mechanism not offered
+    # is "a login method that is not allowed" (auth_failed's cause).
+    ("504 Unrecognized Authentication Type", "auth_failed"),
+    ("504 5.5.4 Unsupported authentication mechanism", "auth_failed"),
+    # OpenSMTPD 2009: OpenSMTPD/OpenSMTPD@6516263:smtp_session.c.
+    ("503 Invalid BODY", "syntax"),
+    ("503 Need MAIL before RCPT", "protocol_sequence"),
+    ("553 Sender address syntax error", "sender_invalid"),
+    # OpenDKIM: trusteddomainproject/OpenDKIM@5c53958:opendkim/opendkim.c, its own
+    # faults against the sender's signature.
+    ("451 4.7.0 DKIM signing error", "temp_failure"),
+    ("451 4.7.0 internal DKIM error", "temp_failure"),
+    ("550 5.7.0 bad DKIM signature data", "dkim"),
+    ("451 4.7.5 DKIM key retrieval failed", "dkim"),
+    ("550 5.7.0 DKIM signature syntax error", "dkim"),
+    # Sendmail's MX loop (sendmail 8.12 domain.c "MX list for %s points back to %s"),
+    # Exim 3's relay refusal, recipients the server no longer has or cannot verify, an
+    # old Yahoo forgery/abuse refusal, Yahoo's TS03 (help SLN3436), Coremail's "Local
+    # user only or Authentication mechanism" (voku/PHPMailer-BMH@679dbf7
+    # phpmailer-bmh_rules.php sample bounces).
+    ("554 5.0.0 MX list for example.net. points back to mail01.example.com", "loop"),
+    ("550 relaying to <user@example.com> prohibited by administrator", "relay_denied"),
+    ("553 5.3.0 <user@example.com>... Recipient address no longer exists", "unknown_recipient"),
+    ("550 User account no longer exists", "unknown_recipient"),
+    (
+        '550 "The recipient cannot be verified. Please check all recipients"',
+        "unknown_recipient",
+    ),
+    ("553 VS10-RT Possible forgery or deactivated due to abuse (#5.1.1)", "sender_rejected"),
+    ("421 4.7.1 [TS03] All messages from 192.0.2.1 permanently deferred", "dnsbl"),
+    (
+        "421 4.7.0 [TS02] Messages from 192.0.2.1 temporarily deferred due to volume",
+        "rate_limit",
+    ),
+    ("550 Local user only or Authentication mechanism", "auth_required"),
+    ("553 Local user only", "sender_mismatch"),
+    # The other sample bounces of voku/PHPMailer-BMH@679dbf7 phpmailer-bmh_rules.php
+    # in the same rule classes (inactive, full, command_reject, antispam).
+    ("550 <user@example.com>... User account not activated", "mailbox_disabled"),
+    ("550 <user@example.com>: User status is locked.", "mailbox_disabled"),
+    ("422 User has exhausted allowed storage space", "mailbox_full"),
+    ("422 Benutzer hat zuviele Mails auf dem Server", "mailbox_full"),
+    ("500 Unauthorized relay msg rejected", "relay_denied"),
+    ("550 Verify mailfrom failed,blocked", "sender_invalid"),
+    # hrs-allbsd/sendmail@2cccd1c sendmail/srvrsmtp.c (8.12): a mechanism not offered too.
+    ("504 5.3.3 AUTH mechanism DIGEST-MD5 not available", "auth_failed"),
+    ("504 5.5.4 Encryption required for requested authentication mechanism", "tls_required"),
+    # haraka/Haraka@a274753 and @2eae407 plugins/lookup_rdns.strict.js: the client's
+    # PTR name, not a recipient domain.
+    ("550 Sorry we could not find address for mail.example.com. NXDOMAIN", "reverse_dns"),
+    ("450 Sorry we encountered an error when looking up mail.example.com.", "reverse_dns"),
+]
+
+
+#: Every table of source-written cases above, by the round that wrote it.
+SOURCE_WRITTEN: dict[str, list[tuple[str, str]]] = {
+    "issue": ISSUE_CASES,
+    "heldout45": HELDOUT45_CASES,
+    "heldout6": HELDOUT6_CASES,
+    "heldout7": HELDOUT7_CASES,
+    "heldout8": HELDOUT8_CASES,
+    "heldout9": HELDOUT9_CASES,
+}
 
 
 @pytest.mark.parametrize(
     ("line", "category"),
     [
-        # The answering server's own back end failed (Postfix's delivery agents and
-        # smtpd, qmail-smtpd's recipient checks, qmail-ldap): temp_failure, also when
-        # the words are "timeout" or "lookup".
-        ("unknown mail transport error", "temp_failure"),
-        ("451 4.3.5 Server configuration problem", "temp_failure"),
-        ("451 4.3.0 Error: queue file write error", "temp_failure"),
-        ("421 unable to execute recipient check (#4.3.0)", "temp_failure"),
-        ("451 4.3.0 Temporary failure: LDAP server unavailable", "temp_failure"),
-        ("LDAP server timed out (#4.4.3)", "temp_failure"),
-        ("451 4.3.0 Virtual user lookup failed", "temp_failure"),
-        ("550 5.1.1 Recipient lookup failed: user unknown", "unknown_recipient"),
-        # Postfix's dns_lookup.c: NXDOMAIN and NODATA are a domain that cannot receive,
-        # TRY_AGAIN, NO_RECOVERY, CNAME loops and resolver start-up are the network.
-        ("Name service error for example..com: invalid host or domain name", "unknown_recipient"),
-        (
-            "Host or domain name not found. Name service error for name=example.com "
-            "type=MX: Non-recoverable error",
-            "network",
-        ),
-        ("Name server loop for mx.example.com", "network"),
-        (
-            "connect to mx.example.com[2001:db8::25]:25: Address family not supported by protocol",
-            "network",
-        ),
-        ("421 Lost input connection", "network"),
-        # Malformed commands and addresses are syntax, not a malformed message or an
-        # unknown recipient.
-        ("501 5.5.2 Cannot decode response", "syntax"),
-        ("501 NUL characters are not allowed in SMTP commands", "syntax"),
-        ("501 5.5.2 Invalid base64 data in continued response", "syntax"),
-        ("553 5.1.3 <.bob@example.com>... Local part must not start with a dot", "syntax"),
-        ("550 5.1.3 Address must specify a domain", "syntax"),
-        ("501 5.5.4 Syntax error: more than one BODY parameter", "syntax"),
-        (
-            "553 5.1.2 The recipient address <bob@example> is not a valid RFC 5321 address. "
-            "Learn more at https://support.google.com/mail/answer/6596 - gsmtp",
-            "syntax",
-        ),
-        (
-            "553 5.1.7 The sender address <bob@example> is not a valid RFC 5321 address.",
-            "sender_invalid",
-        ),
-        # Limits on bad recipients, sending quotas and rates are rate limits; counted
-        # recipients per message are too_many_recipients.
-        ("452 4.5.3 Too many invalid recipients", "rate_limit"),
-        ("550 5.7.1 Too many unknown recipients, closing connection", "rate_limit"),
-        ("421 4.7.0 You have exceeded the limit of 100 messages per hour", "rate_limit"),
-        (
-            "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; "
-            "Failed to process message due to a permanent exception",
-            "rate_limit",
-        ),
-        (
-            "Domain example.com has exceeded the max emails per hour (100/100 (100%)) allowed.",
-            "rate_limit",
-        ),
-        ("550 5.4.6 Organization queue quota exceeded", "rate_limit"),
-        ("550 5.5.3 Number of recipients exceeds the limit", "too_many_recipients"),
-        ("452 4.5.3 RCPT limit exceeded", "too_many_recipients"),
-        # TLS: required before AUTH; a second STARTTLS or AUTH is a sequence error.
-        (
-            "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
-            "tls_required",
-        ),
-        ("530 5.7.0 Authentication not available without TLS", "tls_required"),
-        ("503 5.5.1 Error: already authenticated", "protocol_sequence"),
-        ("550 5.5.0 Protocol violation: early talker", "protocol_sequence"),
-        # The client's rDNS lookup failing is about its reverse DNS, not our network.
-        ("450 client [192.0.2.1] rDNS lookup timeout", "reverse_dns"),
-        ("451 4.7.1 PTR lookup failed for 192.0.2.1", "reverse_dns"),
-        # Delivery texts of Postfix (dns_lookup.c, smtp_addr.c) and Exim (deliver.c,
-        # transports/smtp.c): a relay host not found without a code, TLSA/DANE lookups
-        # and retry times are the network; a client's rDNS error stays reverse_dns
-        # whatever the DNS status.
-        ("relay.example.com: host not found", "network"),
-        ("Unable to run qmail-local.", "temp_failure"),
-        ("Failure to reach any MX", "network"),
-        ("TLS required but not supported by remote host", "network"),
-        ("TLSA lookup error for mx.example.com:25", "network"),
-        ("Retry time not yet reached", "network"),
-        ("missing MX, or all MXs point to missing A records", "unknown_recipient"),
-        ("recipient nesting limit exceeded", "loop"),
-        ("450 client [192.0.2.1] rDNS lookup error (NXDOMAIN)", "reverse_dns"),
-        ("authentication required but authentication attempt(s) failed", "auth_failed"),
-        ("550 This mailbox has been blocked due to inactivity", "mailbox_disabled"),
-        ("550 Invalid domain", "unknown_recipient"),
-        # A specific reason after RFC 5321's generic words wins (Mail.ru, GMX, Web.de).
-        (
-            "550 Message was not accepted -- invalid mailbox. Local mailbox bob@example.com "
-            "is unavailable: account is disabled",
-            "mailbox_disabled",
-        ),
-        (
-            "550 Requested action not taken: mailbox unavailable. Rejected due to policy reasons",
-            "policy",
-        ),
-        ("550 <bob@example.com>: Invalid DNS MX or A resource record", "sender_invalid"),
-        # Vendor wordings of known classes.
-        ("delivery to file forbidden", "policy"),
-        ("530 5.7.0 Not authenticated", "auth_required"),
-        (
-            "554 IP=192.0.2.1 - None/bad reputation. Ask your postmaster for help or to "
-            "contact postmaster@rx.t-online.de for reset. (NOWL)",
-            "dnsbl",
-        ),
-        (
-            "550 5.7.1 Unfortunately, messages from [192.0.2.1] on behalf of (example.com) "
-            "could not be delivered due to domain owner policy restrictions.",
-            "dmarc",
-        ),
-        (
-            "554 5.7.1 <bob@example.com>: Sender address rejected: Blacklisted sender",
-            "sender_rejected",
-        ),
-        ("550 Message refused", "rejected"),
-        # ... but a bare refusal is weak: a specific enhanced code says more.
-        ("550 5.7.23 Message rejected", "spf"),
-        ("552 5.3.4 Message rejected", "size"),
+        pytest.param(line, category, id=f"{table}-{n}")
+        for table, cases in SOURCE_WRITTEN.items()
+        for n, (line, category) in enumerate(cases)
     ],
 )
-def test_heldout45_classes(know: Knowledge, line: str, category: str) -> None:
-    """Sibling wordings, from the servers' sources and vendor pages, of the classes the
-    misses of heldout4 and heldout5 fell into (none of them is a corpus line)."""
-    exp = know.explain(line)
-    assert exp.category == category, f"matched {exp.rule}"
-
-
-@pytest.mark.parametrize(
-    ("line", "category"),
-    [
-        # The receiving or relaying MTA's own delivery machinery failed for now:
-        # qmail-local and qmail-rspawn, sendmail's .forward and :include: reads,
-        # OpenSMTPD's mda/mta internals, Postfix's TLS set-up (temp_failure, not the
-        # mailbox's subject X.2.1 nor a network "timeout").
-        ("Unable to switch to /home/alice: file does not exist. (#4.3.0)", "temp_failure"),
-        ("Uh-oh: home directory is writable. (#4.7.0)", "temp_failure"),
-        ("Timeout on maildir delivery. (#4.3.0)", "temp_failure"),
-        ("qmail-local crashed.", "temp_failure"),
-        ("451 4.4.1 read timeout on /home/alice/.forward", "temp_failure"),
-        ("Could not stat message fd", "temp_failure"),
-        ("Cannot retrieve smarthost", "temp_failure"),
-        ("4.7.5 server TLS configuration problem", "temp_failure"),
-        # ... but a full disk behind the same words is still the mailbox.
-        ("Unable to write /var/spool/mail/alice: Disk quota exceeded. (#4.3.0)", "mailbox_full"),
-        # sendmail's restricted mailers: a local policy, not an unknown user.
-        ("550 5.7.1 Cannot mail directly to programs", "policy"),
-        ("550 UID 1001 is an unknown user: cannot mail to programs", "policy"),
-        (
-            "550 User alice@mx.example.org doesn't have a valid shell for mailing to programs",
-            "policy",
-        ),
-        # TLS demanded of the client: a client certificate, AUTH over a plain channel.
-        ("421 4.7.1 mx.example.org Error: Client certificate not trusted", "tls_required"),
-        ("538 5.7.11 AUTH PLAIN not permitted over an unencrypted connection", "tls_required"),
-        ("530 Error: A secure connection is required (SSL/TLS)", "tls_required"),
-        # ... a failed TLS set-up or MTA-STS lookup on the way is the network.
-        ("454 4.7.0 TLS connection setup failed", "network"),
-        ("450 4.7.0 MTA-STS policy lookup temp fail for example.org", "network"),
-        ("451 4.4.3 DNS query temporary failure", "network"),
-        # Zoho's policy errors say more than their enhanced codes (5.1.1, 5.2.3).
-        ("452 4.2.1 <bob@example.com> Mailbox delivery restricted by policy error", "policy"),
-        ("550 5.1.1 <bob@example.com> delivery policy violation", "policy"),
-        # Neither SPF nor DKIM passed, in Gmail's words, before the SPF detail.
-        (
-            "421 4.7.0 This message does not pass authentication checks (SPF and DKIM "
-            "both do not pass). SPF check for [example.org] does not pass with ip",
-            "unauthenticated",
-        ),
-        # Command parameters and BDAT chunks: syntax, also behind a 503 or a 551.
-        ("503 5.5.4 Error: multiple RET= options", "syntax"),
-        ("551 5.7.1 Invalid BDAT request", "syntax"),
-        ("553 5.1.2 <carol@example..org>... Invalid host name", "syntax"),
-        # MIME nesting is the message's format, not its content.
-        ("554 5.6.0 Message rejected: MIME nesting level exceeded", "message_format"),
-        # A null MX ("MX 0 .") after a colon, and an address that is no longer valid.
-        ("556 5.1.10 Domain does not accept mail: MX 0 .", "unknown_recipient"),
-        ("550 5.1.1 Recipient address no longer valid", "unknown_recipient"),
-        # "Invalid address" is weak: a specific detail says which way it is invalid.
-        ("553 5.1.3 Invalid address", "syntax"),
-        # X.1.7 is the sender's address syntax (RFC 3463); Exchange's bare "5.1.7 Invalid
-        # address" is documented as a syntax error in the sender's address (round 7).
-        ("501 5.1.7 Invalid address", "syntax"),
-        ("550 Invalid address", "unknown_recipient"),
-        # qmail's "(#4.4.2)" is weak beside words of another category.
-        ("451 queue is busy, try again later (#4.4.2)", "temp_failure"),
-        ("451 timeout (#4.4.2)", "network"),
-        # spamdyke's and qmail-smtpd's sibling wordings.
-        ("550 Refused. Your recipient address has been blacklisted.", "policy"),
-        ("421 Refused. The sender's domain has no mail exchanger.", "sender_invalid"),
-        ("421 Refused. You sent SMTP commands before the greeting.", "protocol_sequence"),
-        ("550 Refused. Sending to remote addresses (relaying) is not allowed.", "relay_denied"),
-        ("451 qq write error (#4.3.0)", "temp_failure"),
-        ("552 This message contains an attachment that is not allowed (#5.3.4)", "content"),
-        # A refusal by reputation or a listed client is the IP, also after "refused".
-        ("550 5.7.1 Connection refused - poor reputation", "dnsbl"),
-        ("554 5.7.1 <mx.example.com[192.0.2.1]>: Client host rejected: Blacklisted", "dnsbl"),
-        # "(SPF/DKIM)" without saying which failed.
-        ("550 5.7.1 Message rejected: sender failed authentication (SPF/DKIM)", "unauthenticated"),
-        # Rates and sending quotas per period.
-        ("451 4.3.2 Max message rate reached for this sender", "rate_limit"),
-        ("421 4.7.0 You have exceeded your message quota for this hour", "rate_limit"),
-        ("550 5.2.122 RESOLVER.RST.RecipientRateLimitExceeded; rate exceeded", "rate_limit"),
-        ("550 5.2.3 RESOLVER.RST.SendSizeLimit.Sender; too large for this sender", "size"),
-        # Exim's appendfile file-count quota is a full mailbox.
-        ("T=local_delivery: mailbox /var/mail/bob has too many messages", "mailbox_full"),
-        # Postfix's local and pipe agents failing on the receiving host itself.
-        ('Command died with status 75: "/usr/lib/dovecot/deliver"', "temp_failure"),
-        ("cannot append message to file /var/mail/bob: Permission denied", "temp_failure"),
-        ("cannot append message to file /var/mail/bob: Disk quota exceeded", "mailbox_full"),
-        ("Unable to open /home/vpopmail/d/bob/Maildir: Permission denied (#4.3.0)", "temp_failure"),
-        ("Could not open message fd", "temp_failure"),
-        ("No auth table for relaying", "temp_failure"),
-        ("553 sorry, this recipient is not allowed to receive mail from you (#5.7.1)", "policy"),
-        ("421 Too many consecutive errors, closing connection", "syntax"),
-        # "too long" is a size only for a message; an input or line is a command.
-        ("Input too long", "syntax"),
-        ("554 Mail too long", "size"),
-        # qmail-remote's TLS patch: the server's certificate on the way is the
-        # network, the sender's own TLS set-up a temporary failure.
-        ("TLS unable to verify server mx.example.org: no certificate provided", "network"),
-        ("No TLS achieved while /var/qmail/control/tlshosts/mx.pem exists", "network"),
-        ("TLS error initializing ctx: no shared cipher", "temp_failure"),
-        ("Connected to 192.0.2.1 but password expired.", "auth_failed"),
-        # Haraka's headers plugin and milters failing on the receiving side.
-        ("550 Date header is too far in the future", "message_format"),
-        ("451 4.3.0 Milter (opendkim): timeout before data read", "temp_failure"),
-        # Unknown users and blocked IPs in the languages of European providers.
-        ("550 5.1.1 Destinatario sconosciuto", "unknown_recipient"),
-        ("550 El usuario no existe", "unknown_recipient"),
-        ("550 Unbekannter Empfänger", "unknown_recipient"),
-        ("550 Почтовый ящик не существует", "unknown_recipient"),
-        ("554 Ihre IP-Adresse 192.0.2.1 wurde gesperrt", "dnsbl"),
-        # Postfix pipe's time limit and maildrop's quota wording.
-        ('Command time limit exceeded: "/usr/bin/procmail"', "temp_failure"),
-        (
-            "maildir delivery failed: the user's maildir has overdrawn his diskspace quota",
-            "mailbox_full",
-        ),
-        # Reverse DNS in other words: an IP without a (matching) host name.
-        ("421 4.7.0 Your IP address does not resolve to a hostname", "reverse_dns"),
-        ("554 5.7.1 Your hostname does not match your IP address", "reverse_dns"),
-        ("554 Connection refused: generic hostname (dynamic IP)", "reverse_dns"),
-        # ... but a HELO name that does not match is the HELO.
-        ("550 5.7.1 HELO hostname does not match the reverse DNS of your IP", "helo"),
-        # Postfix's "Sender address rejected: <reason>" and loops in other words.
-        (
-            "554 5.7.1 <a@example.org>: Sender address rejected: Banned by local policy",
-            "sender_rejected",
-        ),
-        ("554 5.4.6 Message looped back to this server", "loop"),
-        # QQ-style wordings: a sender address that does not exist, unsafe links, a
-        # sender on the recipient's own block list.
-        ("550 Mail from address not exist", "sender_invalid"),
-        ("550 Message contains unsafe links", "spam"),
-        ("550 Sender address is in the recipient's blacklist", "sender_rejected"),
-        # Postfix's bare "Protocol error", as its "SMTP protocol error".
-        ("521 5.5.1 Protocol error", "protocol_sequence"),
-        # A recipient domain without mail hosts is an unknown recipient; the sender's a
-        # sender that cannot be answered.
-        ("554 5.4.4 Domain example.invalid has no MX or A record", "unknown_recipient"),
-        ("550 5.4.4 Unable to route: no mail hosts for domain", "unknown_recipient"),
-        ("550 5.1.8 Sender domain example.invalid has no MX record", "sender_invalid"),
-        # A domain named between the subject and the verb.
-        ("550 5.7.1 Your domain example.org is on our block list", "sender_rejected"),
-        ("550 5.7.1 Domain example.org is not local", "relay_denied"),
-        ("550 Recipient domain example.invalid is not reachable", "unknown_recipient"),
-        # Reputation: a Sender Score is the IP's, a domain's reputation the message's.
-        ("550 5.7.1 Rejected due to low sender score", "dnsbl"),
-        ("550 5.7.1 Message rejected: domain reputation is too low", "spam"),
-        # An explicit request to authenticate beats the vendor code it follows.
-        ("553 Local user only, please use authenticated SMTP", "auth_required"),
-        # A sender that requires TLS and cannot get it on the way: the network.
-        ("451 4.4.0 Failed to establish a secure connection with the remote server", "network"),
-    ],
-)
-def test_heldout6_classes(know: Knowledge, line: str, category: str) -> None:
-    """Sibling wordings, from the servers' sources and vendor pages, of the classes the
-    misses of heldout6 fell into (none of them is a corpus line)."""
-    exp = know.explain(line)
-    assert exp.category == category, f"matched {exp.rule}"
-
-
-@pytest.mark.parametrize(
-    ("line", "category"),
-    [
-        # spamdyke: chrisboulton/spamdyke@5785cb3:spamdyke/spamdyke.h (ERROR_*, with
-        # REJECT_SEVERITY_PERMANENT 554 / TEMPORARY 421 / TLS_FAILURE 454).
-        ("554 Improper recipient address. Try supplying a domain name.", "syntax"),
-        ("421 Your address has been graylisted. Try again later.", "greylisting"),
-        ("554 Refused. You have no reverse DNS entry.", "reverse_dns"),
-        (
-            "554 Refused. Your reverse DNS entry contains your IP address and a banned keyword.",
-            "reverse_dns",
-        ),
-        ("554 Refused. You are not following the SMTP protocol.", "protocol_sequence"),
-        ("554 Refused. Your domain name is blacklisted.", "dnsbl"),
-        ("554 Refused. Your IP address is blacklisted.", "dnsbl"),
-        ("554 Refused. Your domain name is listed in the RHSBL at dbl.example", "dnsbl"),
-        ("554 Refused. Your sender address has been blacklisted.", "sender_rejected"),
-        ("554 Refused. Mail is not being accepted at this address.", "rejected"),
-        ("554 Refused. Mail is not being accepted.", "rejected"),
-        ("554 Refused. Access is denied.", "rejected"),
-        (
-            "421 Refused. The domain of your sender address has no mail exchanger (MX).",
-            "sender_invalid",
-        ),
-        ("554 Refused. Sending to remote addresses (relaying) is not allowed.", "relay_denied"),
-        ("554 Refused. You must specify at least one valid recipient.", "protocol_sequence"),
-        ("554 Refused. Authentication is required to send mail.", "auth_required"),
-        ("554 Refused. Identical sender and recipient addresses are not allowed.", "policy"),
-        ("454 Failed to negotiate TLS connection.", "network"),
-        # qmail-ldap: qmail-ldap/qmail-ldap@33d8d0d:qmail-smtpd.c (err_* and err_554msg).
-        ("553 sorry, your mail was administratively denied. (#5.7.1)", "rejected"),
-        ("553 sorry, mail to that recipient is not accepted (#5.7.1)", "rejected"),
-        (
-            "553 sorry, mail from your location [192.0.2.1] is administratively denied (#5.7.1)",
-            "dnsbl",
-        ),
-        ("553 sorry, your mailserver [192.0.2.1] is rejected by zen.spamhaus.org", "dnsbl"),
-        (
-            "553 sorry, your mail from a host [192.0.2.1] without valid reverse DNS was"
-            " administratively denied (#5.7.1)",
-            "reverse_dns",
-        ),
-        ("553 sorry, relaying denied from your location [192.0.2.1] (#5.7.1)", "relay_denied"),
-        ("554 mailfrom without @ is administratively denied", "sender_invalid"),
-        ("554 RFC2821 bounces are administratively denied", "sender_rejected"),
-        (
-            "550 sorry, I don't accept bounce messages with more than one recipient."
-            " Go read RFC2821. (#5.7.1)",
-            "policy",
-        ),
-        ("552 we don't accept email with this MIME content (#5.3.4)", "content"),
-        ("421 DNS temporary failure at return MX check, try again later (#4.3.0)", "network"),
-        # qmail-spp plugins: sagredo-dev/qmail-stuff@6b6ae82:patches/qmail-spp/plugins/
-        # (checkmx2.c, checkparanoid.c, mailfromhosts.c, maxbouncercpts.c,
-        # smtp_ratelimit-0.2/smtp_ratelimit.c, authrequired.c).
-        ("550 No SPF/MX record for sender's domain!", "sender_invalid"),
-        ("550 Reverse DNS validation for mail.example.com failed (#5.7.25)", "reverse_dns"),
-        ("553 5.1.7 Sender domain not allowed", "sender_rejected"),
-        ("550 sorry, too many bounce recipients (#5.7.1)", "policy"),
-        (
-            "553 sorry, you've exceeded the number of recipients per period (#5.7.1)",
-            "rate_limit",
-        ),
-        ("550 SMTP AUTH required", "auth_required"),
-        # simscan: qmail/simscan@131f575:simscan.c (RejectMsg, shown by qmail-smtpd as 554).
-        ("554 Your email was rejected because it matches a filter (X-Spam-Flag: YES)", "content"),
-        ("554 Your email is considered spam (9.50 spam-hits)", "spam"),
-        ("554 Your email was rejected because it contains a bad attachment: a.exe", "content"),
-        ("554 Your email was rejected because it contains the Eicar-Test-Signature virus", "virus"),
-        # chkuser 2.0 (chkuser_settings.h, CHKUSER_*_STRING, as quoted in public copies).
-        ("511 sorry, recipient address has invalid format (#5.1.1 - chkuser)", "syntax"),
-        ("571 sorry, sender address has invalid format (#5.7.1 - chkuser)", "syntax"),
-        ("511 sorry, can't find a valid MX for sender domain (#5.1.1 - chkuser)", "sender_invalid"),
-        (
-            "511 sorry, can't find a valid MX for rcpt domain (#5.1.1 - chkuser)",
-            "unknown_recipient",
-        ),
-        ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "policy"),
-        ("511 sorry, no mailbox here by that name (#5.1.1 - chkuser)", "unknown_recipient"),
-        # vpopmail's delivery agent: DerDakon/vpopmail@b0aaeda:vdelivermail.c (vexiterr).
-        ("vdelivermail: deferred, database down", "temp_failure"),
-        ("vdelivermail: invalid syntax in .qmail-default file", "temp_failure"),
-        ("Unable to launch qmail-inject.", "temp_failure"),
-        ("user is over quota", "mailbox_full"),
-        ("vdelivermail: account is locked email bounced alice@example.org", "mailbox_disabled"),
-        ("Sorry, no mailbox here by that name. (#5.1.1)", "unknown_recipient"),
-        ("mail is looping", "loop"),
-        # rblsmtpd: gurubert/ucspi-tcp@2d884a9:net/ucspi-tcp6-0.99a/src/rblsmtpd.c.
-        ("451 temporary RBL lookup error", "network"),
-        # OpenSMTPD filters: catap/opensmtpd-filter-dnsbl@96a4eae:main.c,
-        # jdelic/opensmtpd-filter-dnsbl@85e0e76:main.go, Netsyms/opensmtpd-filters@0b69461:
-        # src/opensmtpd_filters/spamhaus.py, poolpOrg/filter-checksenderdomain@8a766ff,
-        # Al2Klimov/opensmtpd-filter-subjectstrings@8525ff9:src/main.rs,
-        # marco-schm/opensmtpd-filter-mimetype@dc7df8a:internal/mail/checker.go.
-        ("421 192.0.2.7 listed at zen.spamhaus.org", "dnsbl"),
-        ("421 DNS error on zen.spamhaus.org", "network"),
-        ("550 Your host is listed on blacklist zen.spamhaus.org", "dnsbl"),
-        (
-            "550 5.7.1 Blocked: listed: Your hostname is on a blocklist. Visit"
-            " https://check.spamhaus.org/",
-            "dnsbl",
-        ),
-        ("550 unknown sender domain", "sender_invalid"),
-        ("550 Blacklisted keyphrase found", "content"),
-        ("550 Policy violation: Forbidden MIME type: application/x-msdownload", "content"),
-        ("550 Policy violation: Malformed mail headers", "message_format"),
-        ("550 Policy violation: Empty mail", "message_format"),
-        ("550 Policy violation: No valid headers", "message_format"),
-        # Exim ACLs: Exim4U/src@2b95bca:etc/exim/ (exim.conf ACLs, exim-greylist.conf.inc).
-        ("450 Number of sent emails has exceeded our IP limit. Come back later.", "rate_limit"),
-        ("550 Number of failed recipients exceeded.  Come back in a few hours.", "rate_limit"),
-        ("450 Host has been ratelimited.  You may try again at a later time.", "rate_limit"),
-        ("451 Mail is suspicious. Please retry later.", "greylisting"),
-        ("550 HELO error: Dropped spammer pretending to be us", "helo"),
-        ("550 HELO error: Dropped IP-only or IP-starting helo", "helo"),
-        ("550 HELO error: Polite folks say HELO first!", "protocol_sequence"),
-        ("550 This message contains a MIME error (broken boundary)", "message_format"),
-        ("550 This message contains malware (Eicar-Test-Signature)", "virus"),
-        # HestiaCP's Exim template: hestiacp/hestiacp@0c1b86f:install/deb/exim/exim4.conf.template.
-        ("554 Your host in blacklist on this server.", "dnsbl"),
-        ("550 Blacklisted file extension detected", "content"),
-        ("550 Access denied - Invalid HELO name (See RFC2821 4.1.3)", "helo"),
-        ("550 Email account alice@example.org is sending too many emails", "rate_limit"),
-        # Debian's exim4 ACLs: deb-store/exim4@d74e980:exim4_4.95-100.debian.tar.xz
-        # (debian/debconf/conf.d/acl/30_exim4-config_check_rcpt and _check_data).
-        (
-            "550 sender envelope address alice@example.org is locally blacklisted here."
-            " If you think this is wrong, get in touch with postmaster",
-            "sender_rejected",
-        ),
-        (
-            "550 sender IP address 192.0.2.1 is locally blacklisted here."
-            " If you think this is wrong, get in touch with postmaster",
-            "dnsbl",
-        ),
-        ("550 No verifiable sender address in message headers", "sender_invalid"),
-        ("550 Rejected for too many bad recipients", "rate_limit"),
-        ("550 header syntax", "message_format"),
-        ("550 restricted characters in address", "syntax"),
-        # ... the SPF check's DNS error is the network; a DMARC or SPF verdict stays theirs.
-        ("451 Temporary DNS error while checking SPF record.  Try again later.", "network"),
-        ("450 sender <alice@example.com> SPF Temporary Error", "spf"),
-        # A scanner or signer of the receiver failing: sendmail milters, Apache James
-        # (DKIMHook), Haraka's mongodb plugin (Helpmonks/haraka-plugin-mongodb@3d88329).
-        ("451 4.3.0 Problem running virus-scanner", "temp_failure"),
-        ("451 Failure computing DKIM signature.", "temp_failure"),
-        ("451 storage error", "temp_failure"),
-        # Haraka's domain-limit plugin: PartyPancakess/haraka-plugin-domain-limit@f5e98f0
-        # (DENYSOFT for a recipient of a second domain in the transaction).
-        (
-            "450 Mail for this domain cannot be accepted right now; please retry.",
-            "too_many_recipients",
-        ),
-        # Siblings of the other classes (wordings of the same refusals).
-        (
-            "550 5.7.703 Your message can't be delivered because messages to carol@example.net"
-            " are blocked by the organization using the Tenant Allow/Block List.",
-            "policy",
-        ),
-        ("553 Envelope sender mismatch with header From", "sender_mismatch"),
-        ("553 Mail from 203.0.113.9 not allowed", "dnsbl"),
-        (
-            "450 4.7.1 <carol@example.net>: Recipient address rejected: you exceeded your daily"
-            " limit",
-            "rate_limit",
-        ),
-        ("550 sender address carol@example.net is locally blacklisted", "sender_rejected"),
-        ("550 5.7.1 Sender or domain is blacklisted", "sender_rejected"),
-        ("554 Your IP in blacklist on this server", "dnsbl"),
-        ("550 198.51.100.4 is blacklisted", "dnsbl"),
-        ("550 There is no valid sender in any header line", "sender_invalid"),
-        ("550 203.0.113.5 is _my_ address", "helo"),
-        ("554 5.6.0 MIME type message/partial not accepted here", "content"),
-        # ... and the neighbours those words must not take.
-        ("554 5.7.1 Rejected: bit.example is listed in multi.uribl.com", "spam"),
-        ("550 5.7.1 Message contains a virus", "virus"),
-    ],
-)
-def test_heldout7_addon_classes(know: Knowledge, line: str, category: str) -> None:
-    """The replies of the add-ons heldout7's misses came from, written from the
-    add-ons' sources (spamdyke, qmail-ldap, qmail-spp plugins, simscan, rblsmtpd,
-    OpenSMTPD filters, Exim ACLs): the whole family of texts, not only the missed line."""
-    exp = know.explain(line)
-    assert exp.category == category, f"matched {exp.rule}"
-
-
-@pytest.mark.parametrize(
-    ("line", "category"),
-    [
-        # indimail: indimail/indimail-mta@e95fb6c:indimail-mta-x/smtpd.c (smtp_relayreject,
-        # err_badhelo, smtp_paranoid, smtp_ptr, err_mailbox, the BATV and CUGMAIL checks,
-        # the masquerade check, err_nogateway's siblings).
-        (
-            "553 No mail accepted from an open relay (192.0.2.1); check your server configs"
-            " (#5.7.1)",
-            "dnsbl",
-        ),
-        ("553 sorry, helo domain must exist (#5.1.8)", "helo"),
-        ("553 Bad sender's system address (#5.1.8)", "sender_invalid"),
-        ("553 sorry, your HELO/EHLO greeting is in my badhelo list (#5.7.1)", "helo"),
-        ("451 unable to accept non-FQDN HELO (#4.3.0)", "helo"),
-        ("451 invalid HELO greeting for local (#4.3.0)", "helo"),
-        (
-            "553 sorry, this MTA does not accept masquerading/forging, auth <carol@example.net>"
-            " #5.7.1",
-            "sender_mismatch",
-        ),
-        ("553 sorry, this MTA is a closed user group system (#5.7.1)", "policy"),
-        ("553 message format wrong (#5.7.1)", "message_format"),
-        (
-            "553 sorry, your IP address (192.0.2.1) PTR (reverse DNS) record points to wrong"
-            " hostname (#5.7.1)",
-            "reverse_dns",
-        ),
-        ("553 Sorry, no PTR (reverse DNS) record for (192.0.2.1) (#5.7.1)", "reverse_dns"),
-        ("421 sorry, your IP (192.0.2.1) is temporarily denied (#4.7.1)", "dnsbl"),
-        ("553 sorry, your envelope sender has been denied (#5.7.1)", "sender_rejected"),
-        ("553 sorry, your envelope recipient has been denied (#5.7.1)", "policy"),
-        ("553 sorry, badrcptto(no such user) (#5.7.1)", "unknown_recipient"),
-        (
-            "550 sorry, carol@example.net mailbox <dave@example.com> is absent on this domain"
-            " (#5.1.1)",
-            "unknown_recipient",
-        ),
-        (
-            "550 sorry, carol@example.net mailbox <dave@example.com> is inactive on this domain"
-            " (#5.2.1)",
-            "mailbox_disabled",
-        ),
-        (
-            "550 sorry, carol@example.net mailbox <dave@example.com> is overquota on this domain"
-            " (#5.2.2)",
-            "mailbox_full",
-        ),
-        ("557 sorry, too many recipients (#5.7.1)", "too_many_recipients"),
-        ("451 greylist temporary failure - Timeout (#4.3.0)", "greylisting"),
-        ("451 Sorry, there is a DNS temporary failure (#4.4.3)", "network"),
-        ("553 sorry, bounce messages should have a single envelope recipient (#5.7.1)", "policy"),
-        ("554 too many hops, this message is looping (#5.4.6)", "loop"),
-        ("552 sorry, that message size exceeds my databytes limit (#5.3.4)", "size"),
-        ("530 must issue STARTTLS first (#5.7.0)", "tls_required"),
-        # iRedAPD: iredmail/iRedAPD@60b2eed:libs/__init__.py (SMTP_ACTIONS) and
-        # libs/default_settings.py (GREYLISTING_MESSAGE, CHANGE_PASSWORD_MESSAGE), as Postfix
-        # words a policy service's REJECT text.
-        (
-            "554 5.7.1 <dave@example.com>: Sender address rejected: Sender is not same as SMTP"
-            " authenticate username",
-            "sender_mismatch",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Sender address rejected: SMTP AUTH is required for"
-            " users under this sender domain",
-            "auth_required",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Message size exceed"
-            " (maybe caused by big attachment file)",
-            "size",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Message size is too large",
-            "size",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Too many recipients in"
-            " single message",
-            "too_many_recipients",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Throttling quota exceeded",
-            "rate_limit",
-        ),
-        (
-            "451 4.7.1 <dave@example.com>: Recipient address rejected: Intentional policy"
-            " rejection, please try again later",
-            "greylisting",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Client host rejected: Blacklisted reverse DNS name of"
-            " server IP address",
-            "reverse_dns",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Sender address rejected: Password expired or never"
-            " changed, please change your password in webmail before sending email",
-            "auth_failed",
-        ),
-        # policyd-weight: policyd-weight/policyd-weight@18d2e97:policyd-weight ($DNSERRMSG,
-        # $MAXDNSBLMSG).
-        (
-            "450 4.7.1 <dave@example.com>: Recipient address rejected: No DNS entries for your"
-            " MTA, HELO and Domain. Contact YOUR administrator Your HELO: mail.example.com,"
-            " IP: 192.0.2.1",
-            "reverse_dns",
-        ),
-        (
-            "550 5.7.1 <dave@example.com>: Recipient address rejected: Your MTA is listed in too"
-            " many DNSBLs",
-            "dnsbl",
-        ),
-        # PolicyD v2 (cluebringer): hummermania/policyd@820ca46:cbp/modules/Greylisting.pm,
-        # CheckHelo.pm, CheckSPF.pm.
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Greylisting in effect,"
-            " sending server blacklisted",
-            "dnsbl",
-        ),
-        (
-            "451 4.7.1 <dave@example.com>: Recipient address rejected: Greylisting in effect,"
-            " please come back later",
-            "greylisting",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; No A"
-            " or MX records found for 'mail.example.com'",
-            "helo",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; Must"
-            " be a FQDN or an address literal, not 'localhost'",
-            "helo",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; Cannot"
-            " resolve 'mail.example.com', no such domain",
-            "helo",
-        ),
-        (
-            "554 5.7.1 <dave@example.com>: Recipient address rejected: Invalid HELO/EHLO; HRP"
-            " limit exceeded",
-            "helo",
-        ),
-        # Haraka: haraka/Haraka@f47ba71:plugins/mail_from.blocklist.js;
-        # haraka/haraka-plugin-limit@ef8189e:index.js (concurrency). "Connection concurrency
-        # limit exceeded" is also Postfix anvil's word for the same limit.
-        ("550 Mail from you is not allowed here", "sender_rejected"),
-        ("421 Too many concurrent connections", "rate_limit"),
-        ("421 connection concurrency limit exceeded", "rate_limit"),
-        # sendmail's cf/README access map example (hrs-allbsd/sendmail@19036c0:cf/README).
-        ("550 We don't accept mail from spammers", "sender_rejected"),
-        # OpenSMTPD/OpenSMTPD smtpd/smtp_session.c of 2013 (the MFA era).
-        ("553 No option supported on RCPT TO", "syntax"),
-        ("530 Hello rejected", "helo"),
-        # Exchange: Microsoft's NDR list and ASxxx page
-        # (x13-me/OfficeDocs-Exchange@7d3f4a3, @e3a95b4: 4.7.500-699 and 4.7.850-899 are IP
-        # throttling), on-premises transport texts (5.1.7, 5.1.20, 4.4.316-318, SChannel).
-        ("451 4.7.500 Access denied, please try again later", "rate_limit"),
-        ("451 4.7.850 Access denied, please try again later", "rate_limit"),
-        (
-            "451 4.7.651 The mail server [192.0.2.1] has been temporarily rate limited due to IP"
-            " reputation.",
-            "rate_limit",
-        ),
-        (
-            "550 5.1.20 Multiple From addresses are not allowed without Sender address",
-            "message_format",
-        ),
-        ("450 4.4.318 Connection was closed abruptly (SuspiciousRemoteServerError)", "network"),
-        # learn.microsoft.com "Use Telnet to test SMTP communication" (x13-me/OfficeDocs-
-        # Exchange@316f63a: test-smtp-with-telnet.md); MicrosoftDocs/SupportArticles-docs
-        # @051c368: mapiexceptionnotfound-ndr.md.
-        ("550 5.1.7 Invalid address", "syntax"),
-        # Exchange 5.x IMS refusing connections by IP (KB Q173279, jeffpar/kbarchive
-        # @2dc5fc5:kb/173/Q173279/README.md); a 5xx "Access denied" stays weak.
-        ("521 access denied", "dnsbl"),
-        # The NDR list's 5.7.504, worded as Directory-Based Edge Blocking's 5.4.1.
-        (
-            "550 5.7.504 <carol@example.com>: Recipient address rejected: Access denied",
-            "unknown_recipient",
-        ),
-        ("554 Access denied", "policy"),
-        (
-            "554 5.2.0 STOREDRV.Deliver.Exception:ObjectNotFoundException.MapiExceptionNotFound;"
-            " Failed to process message due to a permanent exception with message Cannot get"
-            " ID from name",
-            "rejected",
-        ),
-        (
-            "554 5.2.0 STOREDRV.Deliver.Exception:StoragePermanentException."
-            "MapiExceptionCorruptData; Failed to process message due to a permanent exception",
-            "rejected",
-        ),
-        ("450 4.4.316 Connection refused [Message=Socket error code 10061]", "network"),
-        ("554 Unable to initialize security subsystem", "network"),
-        # ... and the neighbours those words must not take.
-        ("451 4.4.317 STARTTLS is required to send mail", "tls_required"),
-        ("550 5.7.1 Policy rejection", "policy"),
-        ("451 SPF lookup failure (#4.3.0)", "spf"),
-        ("553 5.1.0 Sender address syntax error", "sender_invalid"),
-    ],
-)
-def test_heldout8_addon_classes(know: Knowledge, line: str, category: str) -> None:
-    """The replies of the components heldout8's misses came from (indimail, iRedAPD,
-    policyd-weight, PolicyD v2, Haraka plugins, old OpenSMTPD, Exchange's codes), written
-    from their sources: the whole family of texts, not only the missed line."""
-    exp = know.explain(line)
-    assert exp.category == category, f"matched {exp.rule}"
-
-
-@pytest.mark.parametrize(
-    ("line", "category"),
-    [
-        # Haraka: haraka/Haraka@2eae407:plugins/bounce.js (2016), every refusal of a bounce.
-        ("550 No bounces accepted here", "policy"),
-        ("550 this bounce message does not have 1 recipient", "policy"),
-        ("550 bounce with non-empty Return-Path (RFC 3834)", "policy"),
-        ("550 bounce without Message-ID in headers, unable to  verify that I sent it", "policy"),
-        ("550 bounce with invalid Message-ID, I didn't send it.", "policy"),
-        ("550 bounce Message-ID without valid domain, I didn't send it.", "policy"),
-        ("550 bounce with non-local Message-ID (RFC 3834)", "policy"),
-        ("550 Invalid bounce (spoofed sender)", "policy"),
-        # haraka/Haraka@a274753:plugins/attachment.js and @2eae407 (content types, files).
-        ("552 Message rejected: contains application/x-msdownload message part", "content"),
-        ("550 Message rejected: contains unacceptable attachment (setup.exe)", "content"),
-        ("550 Message contains unacceptable content type (application/x-msdownload)", "content"),
-        ("550 Message contains encrypted archive", "content"),
-        # haraka/Haraka@a274753 and @2eae407:plugins/helo.checks.js.
-        ("550 RAW IP HELOs must be correctly formatted", "helo"),
-        ("550 Host names have more than one DNS label", "helo"),
-        ("550 HELO must have a dot", "helo"),
-        ("550 That HELO not allowed here", "helo"),
-        # Postfix: vdukhovni/postfix@17830e5 smtpd.c and postscreen/postscreen_smtpd.c (501
-        # address syntax), @14ffa91 (snapshot-20001027) smtpd/smtpd_sasl_glue.c.
-        ("501 5.1.7 Bad sender address syntax", "syntax"),
-        ("501 5.1.3 Bad recipient address syntax", "syntax"),
-        ("553 5.1.7 address incomplete", "syntax"),
-        ("501 Authentication failed: malformed initial response", "syntax"),
-        ("501 Error: malformed authentication response", "syntax"),
-        ("535 Error: authentication failed", "auth_failed"),
-        (
-            "550 <a@example.net>: Sender address rejected: Address uses MX in loopback"
-            " address space (127.0.0.0/8)",
-            "sender_invalid",
-        ),
-        # Apache James 2.x: imyousuf/james@09b866e AuthCmdHandler.java; a mechanism not offered
-        # is "a login method that is not allowed" (auth_failed's cause).
-        ("504 Unrecognized Authentication Type", "auth_failed"),
-        ("504 5.5.4 Unsupported authentication mechanism", "auth_failed"),
-        # OpenSMTPD 2009: OpenSMTPD/OpenSMTPD@6516263:smtp_session.c.
-        ("503 Invalid BODY", "syntax"),
-        ("503 Need MAIL before RCPT", "protocol_sequence"),
-        ("553 Sender address syntax error", "sender_invalid"),
-        # OpenDKIM: trusteddomainproject/OpenDKIM@5c53958:opendkim/opendkim.c, its own
-        # faults against the sender's signature.
-        ("451 4.7.0 DKIM signing error", "temp_failure"),
-        ("451 4.7.0 internal DKIM error", "temp_failure"),
-        ("550 5.7.0 bad DKIM signature data", "dkim"),
-        ("451 4.7.5 DKIM key retrieval failed", "dkim"),
-        ("550 5.7.0 DKIM signature syntax error", "dkim"),
-        # Sendmail's MX loop (sendmail 8.12 domain.c "MX list for %s points back to %s"),
-        # Exim 3's relay refusal, recipients the server no longer has or cannot verify, an
-        # old Yahoo forgery/abuse refusal, Yahoo's TS03 (help SLN3436), Coremail's "Local
-        # user only or Authentication mechanism" (voku/PHPMailer-BMH@679dbf7
-        # phpmailer-bmh_rules.php sample bounces).
-        ("554 5.0.0 MX list for example.net. points back to mail01.example.com", "loop"),
-        ("550 relaying to <user@example.com> prohibited by administrator", "relay_denied"),
-        ("553 5.3.0 <user@example.com>... Recipient address no longer exists", "unknown_recipient"),
-        ("550 User account no longer exists", "unknown_recipient"),
-        (
-            '550 "The recipient cannot be verified. Please check all recipients"',
-            "unknown_recipient",
-        ),
-        ("553 VS10-RT Possible forgery or deactivated due to abuse (#5.1.1)", "sender_rejected"),
-        ("421 4.7.1 [TS03] All messages from 192.0.2.1 permanently deferred", "dnsbl"),
-        (
-            "421 4.7.0 [TS02] Messages from 192.0.2.1 temporarily deferred due to volume",
-            "rate_limit",
-        ),
-        ("550 Local user only or Authentication mechanism", "auth_required"),
-        ("553 Local user only", "sender_mismatch"),
-        # The other sample bounces of voku/PHPMailer-BMH@679dbf7 phpmailer-bmh_rules.php
-        # in the same rule classes (inactive, full, command_reject, antispam).
-        ("550 <user@example.com>... User account not activated", "mailbox_disabled"),
-        ("550 <user@example.com>: User status is locked.", "mailbox_disabled"),
-        ("422 User has exhausted allowed storage space", "mailbox_full"),
-        ("422 Benutzer hat zuviele Mails auf dem Server", "mailbox_full"),
-        ("500 Unauthorized relay msg rejected", "relay_denied"),
-        ("550 Verify mailfrom failed,blocked", "sender_invalid"),
-        # hrs-allbsd/sendmail@2cccd1c sendmail/srvrsmtp.c (8.12): a mechanism not offered too.
-        ("504 5.3.3 AUTH mechanism DIGEST-MD5 not available", "auth_failed"),
-        ("504 5.5.4 Encryption required for requested authentication mechanism", "tls_required"),
-        # haraka/Haraka@a274753 and @2eae407 plugins/lookup_rdns.strict.js: the client's
-        # PTR name, not a recipient domain.
-        ("550 Sorry we could not find address for mail.example.com. NXDOMAIN", "reverse_dns"),
-        ("450 Sorry we encountered an error when looking up mail.example.com.", "reverse_dns"),
-    ],
-)
-def test_heldout9_component_classes(know: Knowledge, line: str, category: str) -> None:
-    """The replies of the components heldout9's misses came from (Haraka's bounce,
-    attachment and helo.checks plugins, old Postfix, James 2.x and OpenSMTPD, OpenDKIM,
-    sendmail, Exim 3, Yahoo, Coremail), written from their sources: the whole family of
-    texts, not only the missed line."""
+def test_source_written_classes(know: Knowledge, line: str, category: str) -> None:
+    """Wordings from the servers' sources and vendor pages of the classes each round's
+    misses fell into (none of them is a corpus line): the whole family of texts, not
+    only the missed line."""
     exp = know.explain(line)
     assert exp.category == category, f"matched {exp.rule}"
 
