@@ -21,6 +21,7 @@ from smtpguard.explain import (
     load_knowledge,
     parse_reply,
 )
+from smtpguard.explain_words import WORDS_RULE
 from support.service import RULES
 
 EXPLAIN = RULES / "explain.toml"
@@ -1105,7 +1106,9 @@ def test_json_output_for_ours_and_fallback() -> None:
     data = json.loads(explain_main("554 5.7.1 rbl deny.", lang="en", as_json=True))
     assert (data["reply_id"], data["rule"], data["xcode"]) == ("rbl_deny", "ours.rbl_deny", "5.7.1")
     data = json.loads(explain_main("452 4.3.1 whatever", lang="zh", as_json=True))
-    assert (data["rule"], data["category"]) == (FALLBACK_RULE, "temp_failure")
+    # No rule matches: the word model's guess or the codes' meaning.
+    assert data["rule"] in (WORDS_RULE, FALLBACK_RULE)
+    assert data["category"] == "temp_failure"
 
 
 def test_explain_main_takes_a_rules_dir(tmp_path: Path) -> None:

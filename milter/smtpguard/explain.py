@@ -21,7 +21,11 @@ looks up. A reply is explained by the first of:
 3. **Weak words** (``[keywords]``, rule id ``keywords``): the one category whose words
    the reply contains, when no rule matched, the code is not a syntax or sequence
    code (:data:`PROTOCOL_CODES`) and the enhanced code has no specific detail.
-4. **The fallback** (rule id ``rfc3463-fallback``): the RFC 3463 meaning of the
+4. **The word model** (rule id ``words-model``, :mod:`smtpguard.explain_words`), where
+   the fallback would answer a 4xx, 5xx or code-less reply: the category its words and
+   codes make likely, when the model is at least ``threshold`` sure. Its file
+   (``rules/explain-words.toml``) is read the first time it is needed.
+5. **The fallback** (rule id ``rfc3463-fallback``): the RFC 3463 meaning of the
    enhanced code's subject and detail (class/subject/detail), else the RFC 5321/4954
    meaning of the basic code, else its class (2/3/4/5), else "unknown".
 
@@ -48,12 +52,14 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from smtpguard import explain_words
 from smtpguard.datafiles import ConfigError, default_rules_dir, read_toml
+from smtpguard.explain_words import WORDS_RULE, WordModel
 from smtpguard.patterns import Pattern, PatternError, PatternSet, compile_pattern
 from smtpguard.replies import ALL_IDS, read_rows
 
@@ -302,7 +308,8 @@ class Explanation:
     cause_zh: str
     action_en: str
     action_zh: str
-    #: The matched rule id, ``ours.<reply_id>`` or :data:`FALLBACK_RULE`.
+    #: The matched rule id, ``ours.<reply_id>``, :data:`KEYWORDS_RULE`,
+    #: :data:`~smtpguard.explain_words.WORDS_RULE` or :data:`FALLBACK_RULE`.
     rule: str
     source: str
     #: Our reply table's id when the reply is one of ours.
@@ -364,6 +371,7 @@ class Knowledge:
         *,
         families: tuple[tuple[str, Pattern], ...] = (),
         keywords: tuple[tuple[str, Pattern], ...] = (),
+        words: WordModel | Path | None = None,
     ) -> None:
         self.categories = categories
         self.rules = rules
@@ -374,6 +382,9 @@ class Knowledge:
         self.families = families
         #: (category, weak words) in file order: used only when no rule matched.
         self.keywords = keywords
+        #: The word model, or its file until the fallback first needs it (most lines
+        #: never do, and ``explain "LINE"`` must start fast); None: no model.
+        self._words = words
         # One pass over the text finds the rules that may match (RE2's literal atoms);
         # only those are tried, in file order: a log of a million bounces is not
         # searched 200 times per line. Building the atom filter costs more than trying
@@ -519,10 +530,39 @@ class Knowledge:
             return rows[0] if rows else None
         return next((row for row in rows if row.code == reply.code), None)
 
+    def words_model(self) -> WordModel | None:
+        """The word model, read from its file the first time (a malformed file raises
+        :class:`ConfigError` then, naming the file and key)."""
+        if isinstance(self._words, Path):
+            self._words = explain_words.load_words(self._words, self.categories)
+        return self._words
+
+    def _guess(self, reply: ParsedReply) -> Explanation | None:
+        """The word model's category where the codes alone would answer (see
+        :mod:`smtpguard.explain_words`); None below its threshold or without a model."""
+        if reply.klass not in ("4", "5", ""):
+            return None
+        model = self.words_model()
+        if model is None:
+            return None
+        feats = explain_words.features(reply.code, reply.xcode, reply.plain)
+        guess = model.guess(feats, reply.klass)
+        if guess is None:
+            return None
+        cat = self.categories[guess[0]]
+        cause = Text(f"{cat.cause.en} {_GUESSED.en}", f"{cat.cause.zh}{_GUESSED.zh}")
+        return self._explanation(
+            reply, cat, cause=cause, action=cat.action, rule=WORDS_RULE, source="generic"
+        )
+
     def _fallback(self, reply: ParsedReply) -> Explanation:
         """Most specific first: the RFC 3463 detail, the basic code, the RFC 3463 subject,
         a weak basic code, the class; a syntax or sequence code (:data:`PROTOCOL_CODES`)
-        before an X.5.x (protocol) detail. Success (2xx/3xx) is only ever its class."""
+        before an X.5.x (protocol) detail. Success (2xx/3xx) is only ever its class.
+        The word model's sure guess comes first (:meth:`_guess`)."""
+        guessed = self._guess(reply)
+        if guessed is not None:
+            return guessed
         klass = (reply.code or reply.xcode or "")[:1]
         class_entry = self.fallback.get(f"class.{klass}") or self.fallback["none"]
         candidates: list[Fallback | None] = []
@@ -667,6 +707,12 @@ def parse_reply(raw: str) -> ParsedReply:
     return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain, own)
 
 
+#: Appended to a category's cause when the word model chose the category.
+_GUESSED = Text(
+    "(Guessed from the reply's words: no rule matched it.)",
+    "（根据回复的用词推测：没有规则与之匹配。）",  # noqa: RUF001 - fullwidth brackets are Chinese punctuation
+)
+
 #: The placeholders of :func:`plain_text`, as a word between others.
 _NAMED = re.compile(r" ?<(?:address|host)>")
 
@@ -732,10 +778,17 @@ def _words(text: str) -> str:
 # --- loading -------------------------------------------------------------------------
 
 
-def load_knowledge(path: Path | str, *, replies: Path | str | None = None) -> Knowledge:
+def load_knowledge(
+    path: Path | str,
+    *,
+    replies: Path | str | None = None,
+    words: WordModel | Path | str | None = None,
+) -> Knowledge:
     """Load and validate ``rules/explain.toml`` and our reply table.
 
-    ``replies`` defaults to ``replies.toml`` next to ``path``. Every problem raises
+    ``replies`` defaults to ``replies.toml`` next to ``path``. ``words`` is the word
+    model or its file (read when first needed, :meth:`Knowledge.words_model`); None:
+    the codes alone answer where no rule matched. Every problem raises
     :class:`ConfigError` naming the file and the rule, category or entry.
     """
     file = Path(path)
@@ -758,12 +811,47 @@ def load_knowledge(path: Path | str, *, replies: Path | str | None = None) -> Kn
     table_file = Path(replies) if replies is not None else file.parent / "replies.toml"
     rows = read_rows(table_file)
     ours = _ours(file, raw.get("ours"), categories, rows)
-    return Knowledge(categories, rules, ours, fallback, families=families, keywords=keywords)
+    return Knowledge(
+        categories,
+        rules,
+        ours,
+        fallback,
+        families=families,
+        keywords=keywords,
+        words=Path(words) if isinstance(words, str) else words,
+    )
+
+
+def train_words(
+    cases: Iterable[tuple[str, str]],
+    *,
+    alpha: float = explain_words.ALPHA,
+    threshold: float = explain_words.THRESHOLD,
+) -> WordModel:
+    """The word model of labelled (reply line, category) pairs, parsed as
+    :meth:`Knowledge.explain` parses them; only the replies it may be asked about (4xx,
+    5xx, no code) count."""
+    examples = []
+    for line, category in cases:
+        reply = parse_reply(clean_input(line))
+        if reply.klass in ("4", "5", ""):
+            examples.append(
+                (explain_words.features(reply.code, reply.xcode, reply.plain), category)
+            )
+    return explain_words.train(examples, alpha=alpha, threshold=threshold)
 
 
 @functools.cache
 def _cached(rules_dir: Path) -> Knowledge:
-    return load_knowledge(rules_dir / "explain.toml", replies=rules_dir / "replies.toml")
+    # The word model is optional in a rules directory of the user's (``explain
+    # --rules-dir`` written before it existed); the shipped one has it
+    # (tests/test_explain_words.py).
+    words = rules_dir / explain_words.FILE_NAME
+    return load_knowledge(
+        rules_dir / "explain.toml",
+        replies=rules_dir / "replies.toml",
+        words=words if words.exists() else None,
+    )
 
 
 def knowledge(rules_dir: Path | None = None) -> Knowledge:
