@@ -14,7 +14,7 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterCtx
 
-from smtpguard.adapter import App, SmtpGuardMilter, _reload
+from smtpguard.adapter import App, SmtpGuardMilter, SmtpGuardMilterNoReply, _reload
 from smtpguard.app import Runtime, build_runtime, load, new_gate
 from smtpguard.driver import detect_mta
 from smtpguard.session import MTA
@@ -181,6 +181,33 @@ def test_adapter_fault_outside_checks_is_internal_error(app: App) -> None:
     milter.driver.rt = None  # and a runtime that is gone: even rendering fails
     rc = ctx._envrcpt("<alice@example.com>")
     assert rc == Milter.TEMPFAIL
+
+
+def test_no_reply_session_answers_a_connect_fault_at_mail(app: App) -> None:
+    """On a unix socket connect and HELO are negotiated without replies (Postfix reads
+    none): a fault there, even one that breaks rendering the reply, must not become
+    an answer nobody reads, but the tempfail of the MAIL FROM that follows."""
+    saved = Milter.factory
+    Milter.factory = partial(SmtpGuardMilterNoReply, app)
+    try:
+        ctx = MilterCtx()
+        ctx._setsymval("v", "Postfix 3.7.11")
+        # Negotiated by hand: TestCtx keeps what an earlier negotiation left in its
+        # class-wide offer. Postfix offers every protocol bit; these are asked for.
+        opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
+        assert Milter.negotiate_callback(ctx, opts) == Milter.CONTINUE
+        ctx._protocol = opts[1]
+        assert ctx._protocol & Milter.P_NR_CONN
+        assert ctx._protocol & Milter.P_NR_HELO
+        milter_obj = ctx.getpriv()
+        runtime, milter_obj.driver.rt = milter_obj.driver.rt, None  # connect cannot run
+        assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.NOREPLY
+        milter_obj.driver.rt = runtime
+        assert milter_obj.hello("mail.sender.example") == Milter.NOREPLY
+        rc = ctx._envfrom("<a@sender.example>")
+        assert validated(ctx, rc) == expect("internal_error")
+    finally:
+        Milter.factory = saved
 
 
 def test_session_gate_released_on_close(app: App) -> None:

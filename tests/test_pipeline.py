@@ -28,7 +28,7 @@ from smtpguard.pipeline import CHECK_CLASSES, CHECK_NAMES, CONTINUE, Action, Dec
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.state import SessionGate
-from smtpguard.verdict import Hit, Verdict
+from smtpguard.verdict import Hit, TempError, Verdict
 from support.fakes import FakeBlacklist, FakeDirectory
 from support.service import make_site
 
@@ -411,8 +411,22 @@ def test_raising_check_under_dry_run_continues(build: BuildHarness) -> None:
 
 def test_internal_error_respects_utf8_policy(build: BuildHarness) -> None:
     h = build('[replies]\nutf8 = "never"\n')
-    decision = h.pipeline.internal_error(connect(), Stage.CONNECT, "adapter")
+    decision = h.pipeline.internal_error(connect(), Stage.MAIL, "adapter")
     assert_reject(decision, "internal_error", "adapter", ("out of memory.",))
+
+
+@pytest.mark.parametrize("stage", [Stage.CONNECT, Stage.HELO])
+def test_internal_error_at_connect_or_helo_waits_for_mail(
+    build: BuildHarness, stage: Stage
+) -> None:
+    """The MTA reads no reply to connect and HELO (no-reply negotiated): a fault there
+    tempfails the MAIL FROM that follows, as the stages' verdicts do."""
+    h = build()
+    conn = connect()
+    assert h.pipeline.internal_error(conn, stage, "adapter") == CONTINUE
+    assert conn.pending == TempError("internal_error", "exception")
+    decision = h.pipeline.run(Stage.MAIL, mail(conn, "<friend@example.org>"))
+    assert_reject(decision, "internal_error", "adapter")
 
 
 # --- connect and HELO verdicts are deferred to MAIL -----------------------------------------

@@ -57,12 +57,15 @@ def deliver(
         return s.message(headers, body)
 
 
-def test_negotiates_away_eoh_and_data_and_header_replies(content_service: Running) -> None:
-    """What Postfix is asked: no end-of-headers callback at all, no reply to DATA and
-    each header (unix socket); DATA itself is kept for its queue id macro."""
+def test_negotiates_away_eoh_and_replies_that_carry_no_verdict(
+    content_service: Running,
+) -> None:
+    """What Postfix is asked: no end-of-headers callback at all, no reply to connect,
+    HELO, DATA and each header (unix socket): their verdicts wait for MAIL FROM or end
+    of message; DATA itself is kept for its queue id macro."""
     with content_service.session() as s:
         flags = s.conn.protocol_flags or 0
-    asked = C.SMFIP_NOEOH | C.SMFIP_NR_DATA | C.SMFIP_NR_HDR
+    asked = C.SMFIP_NOEOH | C.SMFIP_NR_CONN | C.SMFIP_NR_HELO | C.SMFIP_NR_DATA | C.SMFIP_NR_HDR
     assert flags & asked == asked
     for kept in (C.SMFIP_NODATA, C.SMFIP_NOHDRS, C.SMFIP_NOBODY, C.SMFIP_NR_BODY):
         assert not flags & kept

@@ -47,6 +47,7 @@ from smtpguard.sockets import (
     unix_path,
 )
 from smtpguard.state import SessionGate
+from smtpguard.verdict import TempError
 
 log = logging.getLogger("smtpguard")
 
@@ -175,10 +176,12 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
 
 class SmtpGuardMilterNoReply(SmtpGuardMilter):
-    """The same, negotiating no reply to DATA and to each header.
+    """The same, negotiating no reply to connect, HELO, DATA and each header.
 
-    The answer is always "continue": header verdicts and faults wait for end of
-    message (see the pipeline). Skipping the replies saves a round trip per header.
+    The answer to those is always "continue": connect and HELO verdicts and faults
+    wait for MAIL FROM, header verdicts and faults for end of message (see the
+    pipeline). Skipping the replies saves a round trip per step (through Postfix,
+    connect and HELO without replies measured 0.05 ms less milter CPU per message).
     Used on unix sockets only: over TCP, back-to-back packets without replies wait
     for Nagle and delayed ACK (~40 ms per message).
 
@@ -192,6 +195,27 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         self.driver.batch_headers = True
 
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        return self._unanswered(super().connect(hostname, family, hostaddr))
+
+    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
+    def hello(self, hostname: str) -> int:
+        return self._unanswered(super().hello(hostname))
+
+    def _unanswered(self, rc: int) -> int:
+        if rc != Milter.CONTINUE:
+            # Only a fault while rendering internal_error itself gets here (the
+            # pipeline defers every verdict of these stages). Nothing may be answered
+            # now: MAIL FROM tempfails instead.
+            conn = self.driver.conn
+            if conn.pending is None:
+                conn.pending, conn.pending_check = (
+                    TempError("internal_error", "exception"),
+                    "adapter",
+                )
+        return int(Milter.CONTINUE)
+
+    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def data(self) -> int:
         return super().data()
 
@@ -201,6 +225,13 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         # with the body chunk or end of message that follows.
         self.driver.header(name, value)
         return int(Milter.CONTINUE)
+
+
+# pymilter caches what a class negotiates in a class attribute (``_protocol_mask``),
+# which a subclass inherits: whichever class negotiated first would decide for both.
+# Computed here, the subclass first, each class has its own.
+SmtpGuardMilterNoReply.protocol_mask()
+SmtpGuardMilter.protocol_mask()
 
 
 def _register(config: MilterConfig) -> None:

@@ -536,9 +536,10 @@ class Pipeline:
     def internal_error(self, conn: Connection, stage: Stage, where: str) -> Decision:
         """The answer to an unexpected fault anywhere: ``internal_error``, a tempfail.
 
-        In the headers or body it waits for end of message like any content verdict:
-        the MTA may not read replies to those steps (no-reply negotiated), and the
-        client hears a DATA-phase reply only at the end anyway.
+        In the headers or body it waits for end of message like any content verdict,
+        and at connect or HELO for MAIL FROM like any verdict of those stages: the MTA
+        may not read replies to those steps (no-reply negotiated), and the client hears
+        a DATA-phase reply only at the end anyway.
         """
         verdict = TempError("internal_error", "exception")
         txn = conn.txn
@@ -546,6 +547,10 @@ class Pipeline:
             if txn.pending is None:
                 txn.pending, txn.pending_check = verdict, where
             return SKIP if stage is Stage.BODY else CONTINUE
+        if stage in _DEFERRED_STAGES:
+            if conn.pending is None:
+                conn.pending, conn.pending_check = verdict, where
+            return CONTINUE
         return self._decide(stage, conn, Event(), where, verdict)
 
     def utf8_allowed(self, conn: Connection) -> bool:
