@@ -16,8 +16,10 @@ seventh blind sample, measured once at 72.6 %; its misses were read in round 6, 
 is tuning data now. ``heldout8.tsv`` was an eighth blind sample, measured once at
 83.4 %; its misses were read in round 7, so it is tuning data now. ``heldout9.tsv`` was
 a ninth blind sample, measured once at 83.9 %; its misses were read in round 8, so it
-is tuning data now. ``heldout10.tsv`` is a tenth blind sample (75.6 % at its single
-measurement), held out. The held-out figure,
+is tuning data now. ``heldout10.tsv`` is a tenth blind sample, held out: 75.6 % at its
+first measurement (after round 8), 79.1 % at its second (with the word model, a method
+change chosen by a backtest on the past blind samples without looking at it; no rule or
+label changed). The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -132,8 +134,13 @@ FAMILIES = (
 #: figure (139/147 = 0.946, before round 8) the floor keeps.
 #: heldout10.tsv, blind (committed in 74f6dea before any measurement), measured once
 #: after round 8: 65/86 = 0.756; held out in all (``heldout`` and heldout10) 204/233 =
-#: 0.876, below the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.87}
+#: 0.876, below the target. Then the word model (f2b2ddc: naive Bayes before the RFC 3463
+#: fallback, chosen by a backtest on heldout2..9 with the rules of their blind
+#: measurements, bench/explain_backtest.py, without looking at heldout10; no rule or label
+#: changed), measured once: heldout10 68/86 = 0.791 (its second measurement), ``heldout``
+#: 139/147; held out in all 207/233 = 0.888, still below the target; tuning 1506/1519 =
+#: 0.991 (one heldout4 line the fallback had right, the model gets wrong).
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.88}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -150,7 +157,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.87}
 #: before round 7. Round 7: tuning 1376/1401 = 0.982 before, 1394/1401 = 0.995 after.
 #: heldout9, blind, once: 101/118 = 0.856; held out in all 242/265 = 0.913. With
 #: heldout9 as tuning data (round 8), held out is the ``heldout`` split alone: 141/147.
-#: heldout10, blind, once: 71/86 = 0.826; held out in all 212/233 = 0.910.
+#: heldout10, blind, once: 71/86 = 0.826; held out in all 212/233 = 0.910. With the word
+#: model (f2b2ddc), once: heldout10 74/86 = 0.860, ``heldout`` 141/147; held out in all
+#: 215/233 = 0.923; tuning 1509/1519 = 0.993.
 MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.90}
 
 
