@@ -28,6 +28,12 @@ workers``), each with its own Postfix instance, in the same interleaved rotation
 ``(c)`` is one process, ``(c2)`` two workers behind one socket. CPU and RSS of a
 multi-worker smtpguard are those of the supervisor and all its workers together.
 
+``--python PATH`` runs the milters (the null milter and every smtpguard) under another
+interpreter, e.g. the venv scripts/start.sh makes on Debian's /usr/bin/python3 (built
+with profile-guided optimization, unlike a plain source build): the figures of the
+interpreter smtpguard is deployed on. It must import ``Milter`` and ``smtpguard``; the
+run prints which smtpguard it found.
+
 Results are printed and written as JSON (``--json``, default
 /tmp/smtpguard-bench/throughput.json). A benchmark, not a test: it never fails because
 the machine is slow; targets are printed as met/missed (``--check`` makes a miss exit 1).
@@ -421,6 +427,33 @@ def profile_smtpguard(
     return {"postfix_and_direct": summarize_pstats(out)} if out.exists() else {}
 
 
+def milter_interpreter(parser: argparse.ArgumentParser, python: str) -> str:
+    """``python``'s version and the smtpguard it imports, printed; a parser error when
+    it cannot run the milters."""
+    try:
+        probe = subprocess.run(
+            [
+                python,
+                "-c",
+                "import platform, Milter, smtpguard; "
+                "print(platform.python_version(), smtpguard.__file__)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError as exc:
+        parser.error(f"--python {python}: {exc.strerror}")
+    if probe.returncode != 0:
+        parser.error(
+            f"--python {python}: cannot import Milter and smtpguard: {probe.stderr.strip()[-300:]}"
+        )
+    found = probe.stdout.strip()
+    print(f"milters run on {python}: Python {found}", flush=True)
+    return f"{python}: {found}"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: -m 300, 1 repetition")
@@ -455,6 +488,12 @@ def main() -> int:
         default="auto",
         help="[milter] cpu_affinity of the smtpguard instances (default: auto, as shipped)",
     )
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter that runs the milters (default: this one); it must import"
+        " Milter and smtpguard",
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     p.add_argument("--profile", action="store_true", help="cProfile smtpguard (extra runs)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -481,6 +520,7 @@ def main() -> int:
         configs[at : at + 1] = guards
     direct_milters = ["null", *guards]
 
+    milter_python = milter_interpreter(p, args.python)
     load_before = loadavg()
     if load_before > 0.5:
         print(f"note: load average {load_before:.2f}: the machine is not idle", flush=True)
@@ -503,6 +543,7 @@ def main() -> int:
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "milter_python": milter_python,
             "kernel": platform.release(),
             "loadavg_before": load_before,
         },
@@ -560,7 +601,7 @@ def main() -> int:
                 sockets[name] = sg_dirs[name] / "smtpguard.sock"
                 proc = stack.enter_context(
                     milter_process(
-                        [sys.executable, "-m", "smtpguard", "-c", str(sg_configs[name]), "run"],
+                        [args.python, "-m", "smtpguard", "-c", str(sg_configs[name]), "run"],
                         sockets[name],
                         sg_dirs[name] / "service.log",
                     )
@@ -576,7 +617,7 @@ def main() -> int:
                 )
                 proc = stack.enter_context(
                     milter_process(
-                        [sys.executable, "-m", "smtpguard", "-c", str(inet_config), "run"],
+                        [args.python, "-m", "smtpguard", "-c", str(inet_config), "run"],
                         ("127.0.0.1", inet_port),
                         inet_dir / "service.log",
                     )
@@ -586,7 +627,7 @@ def main() -> int:
                 sockets["null"] = work / "null.sock"
                 proc = stack.enter_context(
                     milter_process(
-                        [sys.executable, str(BENCH / "null_milter.py"), f"unix:{sockets['null']}"],
+                        [args.python, str(BENCH / "null_milter.py"), f"unix:{sockets['null']}"],
                         sockets["null"],
                         work / "null.log",
                     )
