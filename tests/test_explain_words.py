@@ -1,6 +1,6 @@
 """explain's word model (smtpguard/explain_words.py): its features, its place after the
-rules and before the RFC 3463 fallback, its file's validation, and the shipped file
-being exactly what the tuning data generate."""
+rules and before the RFC 3463 fallback, its second opinion on weak words, its file's
+validation, and the shipped file being exactly what the tuning data generate."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from smtpguard.explain_words import (
     ALPHA,
     FILE_NAME,
     HEADER,
+    KEYWORDS_THRESHOLD,
     THRESHOLD,
     WORDS_RULE,
     WordModel,
@@ -31,7 +32,7 @@ SPAMMY = "550 5.9.9 zzz frobnicated qux"
 FULL = "452 4.9.9 zzz brimming qux"
 
 
-def tiny(threshold: float = 0.6) -> WordModel:
+def tiny(threshold: float = 0.6, keywords_threshold: float = 0.95) -> WordModel:
     """Two categories: "frobnicated" only ever in 5xx spam, "brimming" in 4xx
     full mailboxes; "qux" in both."""
     return train(
@@ -43,6 +44,7 @@ def tiny(threshold: float = 0.6) -> WordModel:
         ],
         alpha=0.5,
         threshold=threshold,
+        keywords_threshold=keywords_threshold,
     )
 
 
@@ -108,6 +110,31 @@ def test_below_the_threshold_the_codes_answer() -> None:
     assert know.explain("zzz frobnicated").rule == WORDS_RULE
 
 
+def test_a_sure_model_overrules_weak_words(plain: Knowledge) -> None:
+    # "quota" is a weak word of mailbox_full; a 5xx can only be spam to the tiny model.
+    line = "550 5.9.9 zzz quota frobnicated"
+    assert (plain.explain(line).rule, plain.explain(line).category) == (
+        "keywords",
+        "mailbox_full",
+    )
+    exp = load_knowledge(EXPLAIN, words=tiny()).explain(line)
+    assert (exp.rule, exp.category, exp.fix) == (WORDS_RULE, "spam", "clean_content")
+    assert "Guessed from the reply's words" in exp.cause_en
+
+
+def test_weak_words_stay_when_the_model_agrees_or_is_not_sure_enough() -> None:
+    know = load_knowledge(EXPLAIN, words=tiny())
+    agreed = know.explain("452 4.9.9 zzz quota brimming")
+    assert (agreed.rule, agreed.category) == ("keywords", "mailbox_full")
+    # Without a code both categories may answer: spam at 0.83, above the fallback's
+    # threshold (0.6) but below the one for overruling weak words.
+    unsure = "zzz quota frobnicated"
+    assert tiny().posterior(("frobnicated",), "")[0][1] == pytest.approx(0.833, abs=0.001)
+    assert know.explain(unsure).rule == "keywords"
+    bolder = load_knowledge(EXPLAIN, words=tiny(keywords_threshold=0.8))
+    assert (bolder.explain(unsure).rule, bolder.explain(unsure).category) == (WORDS_RULE, "spam")
+
+
 def test_a_category_is_only_given_to_the_classes_it_was_seen_with() -> None:
     model = tiny()
     assert model.allowed("4") == ["mailbox_full"]
@@ -136,9 +163,9 @@ def test_the_file_round_trips(tmp_path: Path) -> None:
     assert load_words(path, ["spam", "mailbox_full"]) == model
 
 
-def test_the_model_file_is_read_only_when_the_fallback_is_reached(tmp_path: Path) -> None:
+def test_the_model_file_is_read_only_when_no_rule_answers(tmp_path: Path) -> None:
     path = tmp_path / FILE_NAME
-    path.write_text("[model]\nversion = 1\n", encoding="utf-8")
+    path.write_text("[model]\nversion = 2\n", encoding="utf-8")
     know = load_knowledge(EXPLAIN, words=path)
     assert know.explain("550 5.7.1 Relay access denied").category == "relay_denied"
     with pytest.raises(ConfigError) as caught:
@@ -149,9 +176,10 @@ def test_the_model_file_is_read_only_when_the_fallback_is_reached(tmp_path: Path
 
 GOOD = """\
 [model]
-version = 1
+version = 2
 alpha = 0.5
 threshold = 0.6
+keywords_threshold = 0.95
 
 [category.spam]
 lines = 2
@@ -164,11 +192,13 @@ lines = 2
 @pytest.mark.parametrize(
     ("old", "new", "key"),
     [
-        ("version = 1", "version = 2", "model.version"),
+        ("version = 2", "version = 1", "model.version"),
         ("alpha = 0.5", "alpha = 0", "model.alpha"),
         ("alpha = 0.5", 'alpha = "x"', "model.alpha"),
         ("threshold = 0.6", "threshold = 1.5", "model.threshold"),
         ("threshold = 0.6", "threshold = 0.6\nbeta = 1", "model.beta"),
+        ("keywords_threshold = 0.95", "keywords_threshold = -0.1", "model.keywords_threshold"),
+        ("keywords_threshold = 0.95\n", "", "model.keywords_threshold"),
         ("[category.spam]", "[category.spammy]", "category.spammy"),
         ("[category.spam.features]", "[category.spammy.features]", "category.spam.features"),
         ("lines = 2", "lines = 0", "category.spam.lines"),
@@ -191,7 +221,10 @@ def test_a_malformed_file_names_file_and_key(tmp_path: Path, old: str, new: str,
 
 def test_a_file_without_categories_is_refused(tmp_path: Path) -> None:
     path = tmp_path / FILE_NAME
-    path.write_text("[model]\nversion = 1\nalpha = 1\nthreshold = 0.5\n", encoding="utf-8")
+    path.write_text(
+        "[model]\nversion = 2\nalpha = 1\nthreshold = 0.5\nkeywords_threshold = 0.9\n",
+        encoding="utf-8",
+    )
     with pytest.raises(ConfigError, match="category"):
         load_words(path, ["spam"])
 
@@ -219,7 +252,11 @@ def test_the_shipped_model_is_the_tuning_data_s_byte_for_byte() -> None:
     assert dumps(train_words(tuning_pairs()), HEADER) == shipped
     model = knowledge().words_model()
     assert model is not None
-    assert (model.alpha, model.threshold) == (ALPHA, THRESHOLD)
+    assert (model.alpha, model.threshold, model.keywords_threshold) == (
+        ALPHA,
+        THRESHOLD,
+        KEYWORDS_THRESHOLD,
+    )
 
 
 def test_a_rules_dir_without_the_file_has_no_model(tmp_path: Path) -> None:

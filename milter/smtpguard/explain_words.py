@@ -6,10 +6,12 @@ Chinese and Japanese text as character pairs, and its codes (basic code, class, 
 code, RFC 3463 subject and detail). The counts are ``rules/explain-words.toml``,
 generated from the labelled tuning data by ``bench/explain_words_model.py`` (never by
 hand: ``tests/test_explain_words.py`` regenerates it and compares byte for byte).
-:class:`smtpguard.explain.Knowledge` asks it only where the RFC 3463 fallback would
+:class:`smtpguard.explain.Knowledge` asks it where the RFC 3463 fallback would
 answer, and takes its category only at a posterior of at least ``threshold``, among the
 categories the tuning data ever gave to a reply of the same class (a 4xx is never told
-a category only 5xx replies had).
+a category only 5xx replies had). It is also a second opinion on weak words (the
+``keywords`` answer): a category other than theirs, at a posterior of at least
+``keywords_threshold``, replaces theirs.
 
 No imports beyond the standard library and :mod:`smtpguard.datafiles`: the file is
 read the first time the fallback is reached, so ``explain`` still starts fast.
@@ -31,11 +33,14 @@ from smtpguard.datafiles import ConfigError, read_toml
 #: The rule id of an explanation from the word model.
 WORDS_RULE = "words-model"
 FILE_NAME = "explain-words.toml"
-FORMAT_VERSION = 1
-#: Smoothing and threshold of the shipped model, chosen by the pooled backtest on the
-#: past blind samples (``bench/explain_backtest.py``; docs/explain.md).
+#: 2: ``keywords_threshold`` (a version 1 file predates the second opinion).
+FORMAT_VERSION = 2
+#: Smoothing and thresholds of the shipped model, chosen by the pooled backtest on the
+#: past blind samples (``bench/explain_backtest.py``; docs/explain.md). Weak words are
+#: right more often than the codes, so overruling them takes a surer model.
 ALPHA = 0.1
 THRESHOLD = 0.6
+KEYWORDS_THRESHOLD = 0.95
 #: The shipped file's leading comment.
 HEADER = (
     "explain's word model (smtpguard/explain_words.py). Generated, do not edit:\n"
@@ -86,6 +91,8 @@ class WordModel:
     alpha: float
     #: The least posterior at which the model's category is taken.
     threshold: float
+    #: The least posterior at which the model's category replaces weak words' one.
+    keywords_threshold: float
     lines: Mapping[str, int]
     counts: Mapping[str, Mapping[str, int]]
     # Per category: its log prior, the log likelihood of each feature it has, and of a
@@ -147,7 +154,11 @@ class WordModel:
 
 
 def train(
-    examples: Iterable[tuple[Sequence[str], str]], *, alpha: float, threshold: float
+    examples: Iterable[tuple[Sequence[str], str]],
+    *,
+    alpha: float,
+    threshold: float,
+    keywords_threshold: float = KEYWORDS_THRESHOLD,
 ) -> WordModel:
     """A model from (features, category) pairs."""
     lines: Counter[str] = Counter()
@@ -158,6 +169,7 @@ def train(
     return WordModel(
         alpha,
         threshold,
+        keywords_threshold,
         dict(sorted(lines.items())),
         {c: dict(sorted(counts[c].items())) for c in sorted(counts)},
     )
@@ -169,6 +181,7 @@ def dumps(model: WordModel, header: str) -> str:
     out = [f"# {line}".rstrip() for line in header.splitlines()]
     out += ["", "[model]", f"version = {FORMAT_VERSION}"]
     out += [f"alpha = {model.alpha!r}", f"threshold = {model.threshold!r}"]
+    out.append(f"keywords_threshold = {model.keywords_threshold!r}")
     for category in sorted(model.lines):
         name = json.dumps(category)
         out += ["", f"[category.{name}]", f"lines = {model.lines[category]}", ""]
@@ -185,15 +198,17 @@ def load_words(path: Path, categories: Iterable[str]) -> WordModel:
     raw = read_toml(path)
     _keys(path, "", raw, {"model", "category"})
     meta = _table(path, "model", raw.get("model"))
-    _keys(path, "model", meta, {"version", "alpha", "threshold"})
+    _keys(path, "model", meta, {"version", "alpha", "threshold", "keywords_threshold"})
     if meta.get("version") != FORMAT_VERSION:
         raise ConfigError(path, "model.version", f"expected {FORMAT_VERSION}")
     alpha = _number(path, "model.alpha", meta.get("alpha"))
     threshold = _number(path, "model.threshold", meta.get("threshold"))
+    keywords_threshold = _number(path, "model.keywords_threshold", meta.get("keywords_threshold"))
     if alpha <= 0:
         raise ConfigError(path, "model.alpha", "must be above 0")
-    if not 0 <= threshold <= 1:
-        raise ConfigError(path, "model.threshold", "must be between 0 and 1")
+    for key, value in (("threshold", threshold), ("keywords_threshold", keywords_threshold)):
+        if not 0 <= value <= 1:
+            raise ConfigError(path, f"model.{key}", "must be between 0 and 1")
     known = set(categories)
     lines: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -216,7 +231,7 @@ def load_words(path: Path, categories: Iterable[str]) -> WordModel:
         counts[category] = feats
     if not lines:
         raise ConfigError(path, "category", "no category")
-    return WordModel(alpha, threshold, lines, counts)
+    return WordModel(alpha, threshold, keywords_threshold, lines, counts)
 
 
 def _count(value: Any) -> bool:
