@@ -19,7 +19,8 @@ a ninth blind sample, measured once at 83.9 %; its misses were read in round 8, 
 is tuning data now. ``heldout10.tsv`` is a tenth blind sample, held out: 75.6 % at its
 first measurement (after round 8), 79.1 % at its second (with the word model, a method
 change chosen by a backtest on the past blind samples without looking at it; no rule or
-label changed). The held-out figure,
+label changed) and 79.1 % again at its third (with the model's second opinion on weak
+words, chosen the same way). The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -139,7 +140,12 @@ FAMILIES = (
 #: measurements, bench/explain_backtest.py, without looking at heldout10; no rule or label
 #: changed), measured once: heldout10 68/86 = 0.791 (its second measurement), ``heldout``
 #: 139/147; held out in all 207/233 = 0.888, still below the target; tuning 1506/1519 =
-#: 0.991 (one heldout4 line the fallback had right, the model gets wrong).
+#: 0.991 (one heldout4 line the fallback had right, the model gets wrong). Then the
+#: model's second opinion on weak words (c7f689a: a ``keywords`` answer gives way to the
+#: model's other category at a posterior >= 0.95; chosen by the same backtest, without
+#: looking at any held-out line), measured once: unchanged, heldout10 68/86 = 0.791 (its
+#: third measurement), ``heldout`` 139/147; held out in all 207/233 = 0.888; tuning
+#: 1507/1519 = 0.992 (a heldout5 QQ line right now).
 MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.88}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
@@ -159,7 +165,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.88}
 #: heldout9 as tuning data (round 8), held out is the ``heldout`` split alone: 141/147.
 #: heldout10, blind, once: 71/86 = 0.826; held out in all 212/233 = 0.910. With the word
 #: model (f2b2ddc), once: heldout10 74/86 = 0.860, ``heldout`` 141/147; held out in all
-#: 215/233 = 0.923; tuning 1509/1519 = 0.993.
+#: 215/233 = 0.923; tuning 1509/1519 = 0.993. With its second opinion on weak words
+#: (c7f689a), once: unchanged, heldout10 74/86, ``heldout`` 141/147, held out in all
+#: 215/233 = 0.923; tuning 1509/1519. The floor stays at 0.90, the issue's target.
 MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.90}
 
 
