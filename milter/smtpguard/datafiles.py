@@ -9,6 +9,7 @@ the reply table without the config's dataclasses and validators (tests/test_cli_
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,18 @@ def read_toml(
         raise error(path, "", f"cannot read {what}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(path, "", f"not valid TOML: {exc}") from None
+
+
+def toml_table(file: Path, key: str, value: Any) -> dict[str, Any]:
+    """``value`` when it is a TOML table, else a ConfigError naming ``key``."""
+    if not isinstance(value, dict):
+        raise ConfigError(file, key, "expected a table")
+    return value
+
+
+def check_keys(file: Path, key: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    """A ConfigError naming the first key of ``data`` (a table at ``key``, "" for the
+    top level) that is not ``allowed``."""
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(file, f"{key}.{unknown[0]}" if key else unknown[0], "unknown key")

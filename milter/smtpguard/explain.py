@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from smtpguard import explain_words
-from smtpguard.datafiles import ConfigError, default_rules_dir, read_toml
+from smtpguard.datafiles import ConfigError, check_keys, default_rules_dir, read_toml, toml_table
 from smtpguard.explain_words import WORDS_RULE, WordModel
 from smtpguard.patterns import Pattern, PatternError, PatternSet, compile_pattern
 from smtpguard.replies import ALL_IDS, read_rows
@@ -814,7 +814,7 @@ def load_knowledge(
             _category_ref(file, f"keywords.{name}", name, categories),
             _regex(file, f"keywords.{name}", words),
         )
-        for name, words in _table(file, "keywords", raw.get("keywords", {})).items()
+        for name, words in toml_table(file, "keywords", raw.get("keywords", {})).items()
     )
     table_file = Path(replies) if replies is not None else file.parent / "replies.toml"
     rows = read_rows(table_file)
@@ -874,7 +874,7 @@ def knowledge(rules_dir: Path | None = None) -> Knowledge:
 def _meanings(file: Path, key: str, value: Any) -> tuple[tuple[Pattern, Text], ...]:
     """``[rule.meaning."MI:SFQ"]`` tables: a code (matched as a whole word) and its text."""
     out = []
-    for token, text in _table(file, key, value).items():
+    for token, text in toml_table(file, key, value).items():
         pattern = _regex(file, f"{key}.{token}", rf"(?:^|\W){re.escape(token)}(?:\W|$)")
         out.append((pattern, _text(file, f"{key}.{token}", text)))
     return tuple(out)
@@ -894,28 +894,16 @@ def _fix(file: Path, key: str, value: Any) -> str:
 
 
 def _families(file: Path, raw: Any) -> tuple[tuple[str, Pattern], ...]:
-    data = _table(file, "family", raw)
+    data = toml_table(file, "family", raw)
     out: list[tuple[str, Pattern]] = []
     for name, value in data.items():
         key = f"family.{name}"
         if not _SOURCE.match(name) or name in GENERIC_SOURCES:
             raise ConfigError(file, key, f"bad family name {name!r}")
-        entry = _table(file, key, value)
-        _check_keys(file, key, entry, {"text"})
+        entry = toml_table(file, key, value)
+        check_keys(file, key, entry, {"text"})
         out.append((name, _regex(file, f"{key}.text", entry.get("text"))))
     return tuple(out)
-
-
-def _table(file: Path, key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(file, key, "expected a table")
-    return value
-
-
-def _check_keys(file: Path, key: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(file, f"{key}.{unknown[0]}", "unknown key")
 
 
 def _string(file: Path, key: str, value: Any) -> str:
@@ -931,8 +919,8 @@ def _optional_text(file: Path, key: str, value: Any) -> Text | None:
 def _text(file: Path, key: str, value: Any) -> Text:
     if value is None:
         raise ConfigError(file, key, "missing (needs en and zh)")
-    data = _table(file, key, value)
-    _check_keys(file, key, data, set(LANGUAGES))
+    data = toml_table(file, key, value)
+    check_keys(file, key, data, set(LANGUAGES))
     for lang in LANGUAGES:
         if lang not in data:
             raise ConfigError(file, f"{key}.{lang}", "missing")
@@ -949,14 +937,14 @@ def _category_ref(file: Path, key: str, value: Any, categories: Mapping[str, Cat
 
 
 def _categories(file: Path, raw: Any) -> dict[str, Category]:
-    data = _table(file, "category", raw)
+    data = toml_table(file, "category", raw)
     out: dict[str, Category] = {}
     for cid, value in data.items():
         key = f"category.{cid}"
         if not _ID.match(cid):
             raise ConfigError(file, key, "bad category id")
-        entry = _table(file, key, value)
-        _check_keys(
+        entry = toml_table(file, key, value)
+        check_keys(
             file,
             key,
             entry,
@@ -989,7 +977,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
     allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix", "raw"}
     allowed |= {"meaning", "code_required", "weak"}
     for index, value in enumerate(raw):
-        entry = _table(file, f"rule[{index}]", value)
+        entry = toml_table(file, f"rule[{index}]", value)
         rid = entry.get("id")
         if not isinstance(rid, str) or not _ID.match(rid):
             raise ConfigError(file, f"rule[{index}].id", "missing or bad rule id")
@@ -997,7 +985,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
         if rid in seen:
             raise ConfigError(file, key, "duplicate rule id")
         seen.add(rid)
-        _check_keys(file, key, entry, allowed)
+        check_keys(file, key, entry, allowed)
         source = _string(file, f"{key}.source", entry.get("source"))
         if not _SOURCE.match(source):
             raise ConfigError(file, f"{key}.source", f"bad source {source!r}")
@@ -1048,8 +1036,8 @@ def _regex(file: Path, key: str, value: Any) -> Pattern:
 
 
 def _fallbacks(file: Path, raw: Any, categories: Mapping[str, Category]) -> dict[str, Fallback]:
-    data = _table(file, "fallback", raw)
-    _check_keys(file, "fallback", data, {"none", "class", "code", "subject", "detail"})
+    data = toml_table(file, "fallback", raw)
+    check_keys(file, "fallback", data, {"none", "class", "code", "subject", "detail"})
     out: dict[str, Fallback] = {}
     checks = {
         "class": re.compile(r"[2-5]\Z"),
@@ -1059,7 +1047,7 @@ def _fallbacks(file: Path, raw: Any, categories: Mapping[str, Category]) -> dict
     }
     out["none"] = _fallback(file, "fallback.none", data.get("none"), categories, True)
     for group, check in checks.items():
-        entries = _table(file, f"fallback.{group}", data.get(group, {}))
+        entries = toml_table(file, f"fallback.{group}", data.get(group, {}))
         for name, value in entries.items():
             key = f"fallback.{group}.{name}"
             if not check.match(name):
@@ -1074,8 +1062,8 @@ def _fallbacks(file: Path, raw: Any, categories: Mapping[str, Category]) -> dict
 def _fallback(
     file: Path, key: str, value: Any, categories: Mapping[str, Category], needs_action: bool
 ) -> Fallback:
-    entry = _table(file, key, value)
-    _check_keys(file, key, entry, {"category", "temporary_category", "cause", "action", "weak"})
+    entry = toml_table(file, key, value)
+    check_keys(file, key, entry, {"category", "temporary_category", "cause", "action", "weak"})
     temporary = entry.get("temporary_category")
     weak = entry.get("weak", False)
     if not isinstance(weak, bool):
@@ -1101,14 +1089,14 @@ def _fallback(
 def _ours(
     file: Path, raw: Any, categories: Mapping[str, Category], rows: Mapping[str, Any]
 ) -> dict[str, Ours]:
-    data = _table(file, "ours", raw)
+    data = toml_table(file, "ours", raw)
     out: dict[str, Ours] = {}
     for reply_id, value in data.items():
         key = f"ours.{reply_id}"
         if reply_id not in ALL_IDS:
             raise ConfigError(file, key, "unknown reply id")
-        entry = _table(file, key, value)
-        _check_keys(file, key, entry, {"category", "cause"})
+        entry = toml_table(file, key, value)
+        check_keys(file, key, entry, {"category", "cause"})
         row = rows[reply_id]
         out[reply_id] = Ours(
             reply_id=reply_id,

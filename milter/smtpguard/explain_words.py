@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smtpguard.datafiles import ConfigError, read_toml
+from smtpguard.datafiles import ConfigError, check_keys, read_toml, toml_table
 
 #: The rule id of an explanation from the word model.
 WORDS_RULE = "words-model"
@@ -196,9 +196,9 @@ def load_words(path: Path, categories: Iterable[str]) -> WordModel:
     """Read and validate a model file; every problem is a :class:`ConfigError` naming
     the file and key. ``categories``: the ids the explain rules define."""
     raw = read_toml(path)
-    _keys(path, "", raw, {"model", "category"})
-    meta = _table(path, "model", raw.get("model"))
-    _keys(path, "model", meta, {"version", "alpha", "threshold", "keywords_threshold"})
+    check_keys(path, "", raw, {"model", "category"})
+    meta = toml_table(path, "model", raw.get("model"))
+    check_keys(path, "model", meta, {"version", "alpha", "threshold", "keywords_threshold"})
     if meta.get("version") != FORMAT_VERSION:
         raise ConfigError(path, "model.version", f"expected {FORMAT_VERSION}")
     alpha = _number(path, "model.alpha", meta.get("alpha"))
@@ -212,16 +212,16 @@ def load_words(path: Path, categories: Iterable[str]) -> WordModel:
     known = set(categories)
     lines: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}
-    for category, value in _table(path, "category", raw.get("category")).items():
+    for category, value in toml_table(path, "category", raw.get("category")).items():
         key = f"category.{category}"
         if category not in known:
             raise ConfigError(path, key, f"unknown category {category!r}")
-        entry = _table(path, key, value)
-        _keys(path, key, entry, {"lines", "features"})
+        entry = toml_table(path, key, value)
+        check_keys(path, key, entry, {"lines", "features"})
         n = entry.get("lines")
         if not isinstance(n, int) or not _count(n) or n == 0:
             raise ConfigError(path, f"{key}.lines", "expected a positive integer")
-        feats = _table(path, f"{key}.features", entry.get("features"))
+        feats = toml_table(path, f"{key}.features", entry.get("features"))
         for name, count in feats.items():
             if not _FEATURE.match(name) or not _count(count) or count > n:
                 raise ConfigError(
@@ -242,15 +242,3 @@ def _number(path: Path, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(path, key, "expected a number")
     return float(value)
-
-
-def _table(path: Path, key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(path, key, "expected a table")
-    return value
-
-
-def _keys(path: Path, key: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(path, f"{key}.{unknown[0]}" if key else unknown[0], "unknown key")
