@@ -390,6 +390,22 @@ def test_helo_syntax_is_left_to_the_helo_check(
     assert fake.calls == []
 
 
+def test_a_helo_name_that_resolves_is_remembered(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    fake.add("mx.sender.test", "A", "192.0.2.1")
+    check = helo_check(tmp_path, resolver)
+    assert helo_decide(check, "mx.sender.test") is None
+    before = resolver.stats.hits + resolver.stats.misses
+    assert helo_decide(check, "MX.sender.test.") is None
+    assert resolver.stats.hits + resolver.stats.misses == before  # not even the cache read
+    # A name that does not resolve is asked again each time (it may be added).
+    assert isinstance(helo_decide(check, "nohost.sender.test"), Hit)
+    before = resolver.stats.hits + resolver.stats.misses
+    assert isinstance(helo_decide(check, "nohost.sender.test"), Hit)
+    assert resolver.stats.hits + resolver.stats.misses > before
+
+
 def test_helo_of_trusted_client_is_not_looked_up(
     tmp_path: Path, resolver: Resolver, fake: FakeDns
 ) -> None:

@@ -188,6 +188,51 @@ def test_openrelay_uses_only_its_zones(tmp_path: Path, resolver: Resolver, fake:
     assert [name for name, _ in fake.calls if _ == "A"] == [f"{NAME}.relays.test"]
 
 
+# --- a client in no zone is remembered (dns.verdict_ttl) ----------------------------------
+
+
+def reads(resolver: Resolver) -> int:
+    """Lookups that reached the resolver: answered from its cache or asked."""
+    return resolver.stats.hits + resolver.stats.misses
+
+
+def test_a_client_in_no_zone_is_remembered(rbl: Rbl, resolver: Resolver) -> None:
+    assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None
+    before = reads(resolver)
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    rbl.prefetch(conn)
+    assert rbl(conn, soon()) is None
+    assert reads(resolver) == before  # neither a zone nor the cache asked again
+    assert rbl(make_conn(sender="a@sender.test", ip="198.51.100.67"), soon()) is None
+    assert reads(resolver) > before  # another client is looked up
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["127.255.255.254", "203.0.113.1", "127.0.0.2", Status.SERVFAIL],
+    ids=["refused_code", "outside_127", "listed", "servfail"],
+)
+def test_a_client_with_anything_to_say_is_not_remembered(
+    rbl: Rbl, fake: FakeDns, resolver: Resolver, answer: str | Status
+) -> None:
+    if isinstance(answer, Status):
+        fake.fail(f"{NAME}.second.test", "A", answer)
+    else:
+        fake.add(f"{NAME}.second.test", "A", answer)
+    first = rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon())
+    before = reads(resolver)
+    assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) == first
+    assert reads(resolver) > before
+
+
+def test_verdict_ttl_zero_remembers_no_client(tmp_path: Path, resolver: Resolver) -> None:
+    rbl = Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL, dns={"verdict_ttl": 0}))
+    assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None
+    before = reads(resolver)
+    assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None
+    assert reads(resolver) > before
+
+
 # --- score zones and local lists -------------------------------------------------------------
 
 

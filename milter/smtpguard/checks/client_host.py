@@ -283,6 +283,10 @@ class SmtpPort:
         return None
 
 
+#: What a HELO name known to resolve has to look up: nothing.
+_RESOLVES = ()
+
+
 class HeloDns:
     name: ClassVar[str] = "helo_dns"
     stage: ClassVar[Stage] = Stage.MAIL
@@ -290,6 +294,9 @@ class HeloDns:
 
     def __init__(self, services: Services) -> None:
         self.dns = services.dns
+        # HELO names that resolved, for dns.verdict_ttl: a repeat client's sessions skip
+        # the two cache reads (names that do not resolve are asked again).
+        self.resolves: Memo[bool] = Memo(services.config.dns.verdict_ttl)
 
     @staticmethod
     def _name(conn: Connection) -> str | None:
@@ -308,19 +315,27 @@ class HeloDns:
             return
         key = self._key(name)
         if key not in conn.scratch:
-            conn.scratch[key] = (self.dns.submit(name, "A"), self.dns.submit(name, "AAAA"))
+            conn.scratch[key] = (
+                _RESOLVES
+                if self.resolves.get(name)[0]
+                else (self.dns.submit(name, "A"), self.dns.submit(name, "AAAA"))
+            )
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         name = self._name(conn)
         if self.dns is None or name is None or conn.trusted:
             return None
         self.prefetch(conn)
+        pending = conn.scratch[self._key(name)]
+        if pending is _RESOLVES:
+            return None
         answers = []
-        for rdtype, future in zip(("A", "AAAA"), conn.scratch[self._key(name)], strict=True):
+        for rdtype, future in zip(("A", "AAAA"), pending, strict=True):
             answer = self.dns.wait(future, event.deadline)
             if answer is None:
                 answer = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
             if answer.ok:
+                self.resolves.put(name, True)
                 return None
             answers.append(answer)
         text = ", ".join(f"{a.rdtype} {a.describe()}" for a in answers)

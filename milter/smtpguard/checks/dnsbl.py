@@ -27,6 +27,10 @@ sent to the client.
 :mod:`smtpguard.iplist`) are asked first, by prefix lookup and without DNS; a client
 listed there gets the same reply as a listing in a zone of that kind.
 
+A client found in no zone (every answer in, none a listing, an ignored code or a
+failure) is remembered as such for ``dns.verdict_ttl`` seconds: a repeat client's
+sessions then skip building the zone names and reading the cache, zone by zone.
+
 A zone with ``action = "score"`` never refuses: a listing there puts the zone's
 ``weight`` into :data:`SCORES` on the connection, and the ``antispam`` check adds the
 weights to the message's score at end of message (postscreen's ``dnsbl_sites``
@@ -54,6 +58,7 @@ from smtpguard.dns import (
     client_address,
     dnsbl_name,
 )
+from smtpguard.memo import Memo
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -71,6 +76,8 @@ SCORES = "dnsbl.scores"
 
 #: One zone's lookup for the client: the zone, the name asked, the answer to come.
 _Lookup = tuple[DnsblZone, str, Pending[Answer]]
+#: The lookups of a client the memo knows to be in no zone: none to make.
+_CLEAN: tuple[_Lookup, ...] = ()
 
 
 def classify(zone: DnsblZone, answer: Answer) -> tuple[list[str], list[str]]:
@@ -109,13 +116,18 @@ class _Dnsbl:
         self.dns = services.dns
         self.key = f"{self.name}.lookups"
         self._last_ignored: dict[tuple[str, str], float] = {}
+        #: Client addresses found in no zone (module docstring).
+        self.clean: Memo[bool] = Memo(services.config.dns.verdict_ttl)
 
     def prefetch(self, conn: Connection) -> None:
         if conn.trusted_network or conn.client_ip is None or self.key in conn.scratch:
             return
         if self.dns is None or not self.zones:
             return
-        conn.scratch[self.key] = self._start(self.dns, client_address(conn.client_ip))
+        conn.scratch[self.key] = self._lookups(self.dns, client_address(conn.client_ip))
+
+    def _lookups(self, resolver: Resolver, ip: IPAddress) -> Sequence[_Lookup]:
+        return _CLEAN if self.clean.get(ip)[0] else self._start(resolver, ip)
 
     def _start(self, resolver: Resolver, ip: IPAddress) -> list[_Lookup]:
         out: list[_Lookup] = []
@@ -159,9 +171,13 @@ class _Dnsbl:
     ) -> Verdict | None:
         lookups: Sequence[_Lookup] | None = conn.scratch.get(self.key)
         if lookups is None:
-            lookups = conn.scratch[self.key] = self._start(dns, ip)
+            lookups = conn.scratch[self.key] = self._lookups(dns, ip)
+        if lookups is _CLEAN:
+            return None
         hit: Hit | None = None
         failures = []
+        # No listing, score, ignored code or failure in any zone: worth remembering.
+        clean = True
         for zone, name, future in lookups:
             answer = dns.wait(future, event.deadline)
             if answer is None:
@@ -172,9 +188,11 @@ class _Dnsbl:
                 continue
             listed, ignored = classify(zone, answer)
             for item in ignored:
+                clean = False
                 self._log_ignored(conn, zone, item)
             if not listed:
                 continue
+            clean = False
             if zone.action == "score":
                 conn.scratch.setdefault(SCORES, {})[zone.name] = zone.weight
                 log.info(
@@ -192,6 +210,8 @@ class _Dnsbl:
             return hit
         if failures:
             return TempError("database_temp_error", f"{self.name}: " + "; ".join(failures))
+        if clean:
+            self.clean.put(ip, True)
         return None
 
     def _local(self, ip: IPAddress) -> Hit | None:
