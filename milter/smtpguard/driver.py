@@ -7,6 +7,7 @@ addresses and ESMTP parameters, the same macros, the same pipeline.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -59,6 +60,10 @@ class Once:
 UNANNOUNCED_NOTICE = Once()
 
 
+#: The same clients come back: parsing their address again costs more than a lookup.
+_ip_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
+
+
 def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
     """The client IP from ``connect``'s hostaddr: a tuple from libmilter (IP first), a
     bare string from ``Milter.testctx``; None for a unix socket or garbage."""
@@ -67,7 +72,7 @@ def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
     raw = hostaddr[0] if isinstance(hostaddr, tuple) and hostaddr else hostaddr
     try:
         # Drop an IPv6 zone id ("fe80::1%eth0"): it is not part of the address.
-        return ipaddress.ip_address(str(raw).split("%", 1)[0])
+        return _ip_address(str(raw).split("%", 1)[0])
     except ValueError:
         return None
 
