@@ -846,6 +846,8 @@ HELDOUT10_CASES: list[tuple[str, str]] = [
     ("550 Encryption is required from your domain", "tls_required"),
     ("550 This message contains malware (Eicar-Test-Signature)", "virus"),
     ("550 Message from example.net failed sender's DMARC policy, rejecting.", "dmarc"),
+    ("550 refused user due to massive abuse", "sender_rejected"),
+    ("550 This domain does not accept mail from itself (spoofing)", "sender_rejected"),
     # BytemarkHosting/symbiosis@caee857 email/exim4/symbiosis.d/10-acl/50-acl-check-rcpt/
     # 65-deny-blacklisted-hosts (by IP and by host name; the sender list).
     ("550 The IP or hostname used when connecting is locally blacklisted", "dnsbl"),
@@ -891,6 +893,8 @@ HELDOUT10_CASES: list[tuple[str, str]] = [
     # indimail/indimail-mta@16d6a6c indimail-mta-x/ofmipd.c: its AUTH texts;
     # @283907f smtp_plugin.c: a plugin's refusal without a reason.
     ("503 authorize your messages before sending", "auth_required"),
+    ("451 unable to read cdb (#4.3.0)", "temp_failure"),
+    ("451 unable to read control file rcpthosts (#4.3.0)", "temp_failure"),
     ("530 authentication required (#5.7.1)", "auth_required"),
     ("504 auth type unimplemented (#5.5.1)", "auth_failed"),
     ("550 denied by plugin", "rejected"),
