@@ -21,7 +21,8 @@ measurement (after round 8), 79.1 % at its second (with the word model, a method
 change chosen by a backtest on the past blind samples without looking at it; no rule or
 label changed) and 79.1 % again at its third (with the model's second opinion on weak
 words, chosen the same way); its misses were read in round 9, so it is tuning data now
-(and trains the word model). The held-out figure,
+(and trains the word model). ``heldout11.tsv`` is an eleventh blind sample (74.0 % at
+its single measurement, after round 9), held out. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -57,6 +58,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout8.tsv", ("heldout8",)),
     (DATA / "heldout9.tsv", ("heldout9",)),
     (DATA / "heldout10.tsv", ("heldout10",)),
+    (DATA / "heldout11.tsv", ("heldout11",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -72,7 +74,7 @@ TUNING_SPLITS = (
     "heldout10",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout11")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -154,7 +156,10 @@ FAMILIES = (
 #: model regenerated from the tuning data with heldout10: 1585/1605 = 0.988 (heldout10
 #: 78/86, lines it was trained on). After its miss classes were generalized from the
 #: components' sources (round 9): tuning 1592/1605 = 0.992 (heldout10 85/86).
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: heldout11.tsv, blind (committed in 91fb009 before any measurement), measured once
+#: after round 9: 74/100 = 0.740; held out in all (``heldout`` 139/147 and heldout11)
+#: 213/247 = 0.862, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.86}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -179,7 +184,8 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: With heldout10 as tuning data (round 9), held out is the ``heldout`` split alone:
 #: 141/147; tuning 1583/1605 = 0.986 before round 9, 1590/1605 = 0.991 with the word model
 #: regenerated (heldout10 81/86). Round 9: tuning 1595/1605 = 0.994 after (heldout10 86/86).
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: heldout11, blind, once: 78/100 = 0.780; held out in all 219/247 = 0.887.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.88}
 
 
 @dataclass(frozen=True, slots=True)
