@@ -148,14 +148,28 @@ def authentication_results(
 ) -> tuple[str, str] | None:
     """Our ``Authentication-Results`` field, or None when no method ran. Each
     resinfo starts a line of its own (RFC 8601 §2.2 allows CFWS there)."""
-    resinfos: list[str] = []
     spf = spf_result(txn)
-    if spf is not None:
-        resinfos.append(f"spf={spf.result} {spf.ptype}={_pvalue(spf.value)}")
     iprev = iprev_result(conn)
-    if iprev is not None and conn.client_ip is not None:
+    return _rendered(
+        authserv_id,
+        (spf.result, spf.ptype, spf.value) if spf is not None else None,
+        (iprev, str(conn.client_ip)) if iprev is not None and conn.client_ip is not None else None,
+    )
+
+
+# The same clients and senders come back: the field is rendered once per distinct set
+# of results, not folded again for every message.
+@functools.lru_cache(maxsize=1024)
+def _rendered(
+    authserv_id: str, spf: tuple[str, str, str] | None, iprev: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    resinfos: list[str] = []
+    if spf is not None:
+        result, ptype, value = spf
+        resinfos.append(f"spf={result} {ptype}={_pvalue(value)}")
+    if iprev is not None:
         # An IPv6 address is no RFC 2045 token (":"): quoted, like any such pvalue.
-        resinfos.append(f"iprev={iprev} policy.iprev={_pvalue(str(conn.client_ip))}")
+        resinfos.append(f"iprev={iprev[0]} policy.iprev={_pvalue(iprev[1])}")
     if not resinfos:
         return None
     lines = _lines([f"{authserv_id};"], len(AUTH_RESULTS) + 1)
