@@ -89,6 +89,25 @@ def test_invalid_toml(tmp_path: Path) -> None:
         load(write_config(tmp_path, "[milter\n"))
 
 
+def test_a_copied_sample_names_the_reply_table_it_cannot_find(tmp_path: Path) -> None:
+    """The sample's ``../rules/`` paths mean nothing beside a copy elsewhere: the error
+    names the key, the file and where a relative path is read from."""
+    copy = tmp_path / "etc" / "smtpguard.toml"
+    copy.parent.mkdir()
+    copy.write_text((ROOT / "conf" / "smtpguard.toml").read_text(encoding="utf-8"))
+    with pytest.raises(ConfigError) as err:
+        load(copy)
+    assert err.value.key == "replies.table"
+    assert err.value.message == (
+        f"{tmp_path.resolve() / 'rules' / 'replies.toml'}: no such file (a relative path"
+        f" is read from {copy.resolve().parent}, the config file's directory)"
+    )
+    absolute = tmp_path / "none.toml"
+    assert_config_error(
+        tmp_path, f"[replies]\ntable = '{absolute}'\n", "replies.table", f"{absolute}: no such file"
+    )
+
+
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     config = load(write_config(tmp_path, "[directory]\npath = 'db/dir.sqlite'\n"))
     assert config.directory.path == (tmp_path / "db" / "dir.sqlite").resolve()

@@ -183,10 +183,15 @@ def test_a_dns_check_turned_off_needs_no_resolver(tmp_path: Path) -> None:
 
 
 def test_missing_pattern_file_is_named(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[smtpport]\ngeneric_patterns = 'nope.toml'\n")
     with pytest.raises(ConfigError) as err:
-        load(write_config(tmp_path, "[smtpport]\ngeneric_patterns = 'nope.toml'\n"))
-    assert err.value.file == str(tmp_path.resolve() / "nope.toml")
-    assert "file not found" in err.value.message
+        load(config)
+    assert err.value.file == str(config.resolve())
+    assert err.value.key == "smtpport.generic_patterns"
+    assert err.value.message == (
+        f"{tmp_path.resolve() / 'nope.toml'}: no such file (a relative path is read"
+        f" from {config.resolve().parent}, the config file's directory)"
+    )
 
 
 def test_sample_config_documents_the_dns_defaults() -> None:

@@ -131,6 +131,22 @@ class _Section:
         p = Path(raw)
         return p if p.is_absolute() else (self.file.parent / p).resolve()
 
+    def data_file(self, name: str, default: str) -> Path:
+        """:meth:`path` for a file that must exist (the reply table, a pattern file):
+        the error names this key and, for a relative path, where it was looked for
+        (a copy of the sample elsewhere no longer has ``../rules/`` beside it)."""
+        path = self.path(name, default)
+        if not path.is_file():
+            raw = self.string(name, default)
+            where = (
+                ""
+                if Path(raw).is_absolute()
+                else f" (a relative path is read from {self.file.parent}, the config"
+                " file's directory)"
+            )
+            raise self.error(name, f"{path}: no such file{where}")
+        return path
+
     def table(self, name: str) -> _Section:
         value = self._get(name, dict, "a table", {})
         return _Section(self.file, self.key(name), value, self.registry)
@@ -1092,7 +1108,7 @@ def _replies(s: _Section) -> RepliesConfig:
         if not help_url.isascii() or not help_url.isprintable():
             raise s.error("help_url", "must be printable ASCII (use punycode and %%XX escapes)")
     out = RepliesConfig(
-        table=s.path("table", str(default_rules_dir() / "replies.toml")),
+        table=s.data_file("table", str(default_rules_dir() / "replies.toml")),
         languages=languages,
         form=cast(ReplyForm, s.choice("form", d.form, ("one_line", "per_language"))),
         utf8=cast(UTF8Policy, s.choice("utf8", d.utf8, ("always", "smtputf8", "never"))),
@@ -1370,7 +1386,7 @@ def _answer_range(s: _Section, item: str) -> tuple[ipaddress.IPv4Address, ipaddr
 def _smtpport(s: _Section) -> SmtpportConfig:
     d = SmtpportConfig()
     raw = s.string("generic_patterns", str(default_rules_dir() / "generic_ptr.toml"))
-    generic = _generic_patterns(s.path("generic_patterns", raw)) if raw else None
+    generic = _generic_patterns(s.data_file("generic_patterns", raw)) if raw else None
     port = s.integer("connect_back_port", d.connect_back_port, minimum=1)
     if port > 65535:
         raise s.error("connect_back_port", "must be at most 65535")
