@@ -45,8 +45,8 @@ KEYWORDS_THRESHOLD = 0.95
 HEADER = (
     "explain's word model (smtpguard/explain_words.py). Generated, do not edit:\n"
     "    .venv/bin/python -m bench.explain_words_model\n"
-    "from the tuning data only (tests/data/explain: corpus.tsv's tune split and\n"
-    "heldout2..heldout9); tests/test_explain_words.py regenerates it and compares."
+    "from the tuning data only (tests/data/explain: the TUNING_SPLITS of\n"
+    "tests/test_explain_corpus.py); tests/test_explain_words.py regenerates it and compares."
 )
 
 _TOKEN = re.compile(r"\w+")
