@@ -24,6 +24,7 @@ from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Verdict
 from support.fake_dns import DNS_SECTION, FakeDns, NoBlacklist
+from support.polling import wait_until
 from support.unbound import RBL_ZONE
 
 SETTINGS: dict[str, Any] = {
@@ -34,8 +35,6 @@ SETTINGS: dict[str, Any] = {
 }
 CONFIG = tomli_w.dumps(SETTINGS)
 CLIENT = "198.51.100.66"
-
-POLL_INTERVAL = 0.02
 
 
 @pytest.fixture
@@ -77,9 +76,7 @@ def test_lookups_start_at_connect_and_the_verdict_comes_at_mail(
     assert "helo_dns.mx.sender.test" in conn.scratch
     # While the client's EHLO round trips go on, the lookups finish in the background.
     lookups = [future for _zone, _name, future in conn.scratch["rbl.lookups"]]
-    end = time.monotonic() + 5
-    while not all(f.done() for f in lookups) and time.monotonic() < end:
-        time.sleep(POLL_INTERVAL)
+    wait_until(lambda: all(f.done() for f in lookups), 5)
     mail(conn)
     decided = time.monotonic()
     decision = pipeline.run(Stage.MAIL, conn)

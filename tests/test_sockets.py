@@ -24,6 +24,7 @@ import pytest
 from smtpguard.config import MilterConfig
 from smtpguard.sockets import libmilter_address, resolve, secure_unix
 from support.daemons import free_port
+from support.polling import wait_until
 from support.service import STOPPING, UNTRUSTED_IP, Running, Site, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
@@ -42,11 +43,12 @@ def stop(process: subprocess.Popen[str], timeout: float = 30.0) -> int:
 
 
 def wait_for_file(path: Path, process: subprocess.Popen[str], deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while not path.exists():
+
+    def there() -> bool:
         assert process.poll() is None, f"service exited with {process.returncode}"
-        assert time.monotonic() < end, f"{path} never appeared"
-        time.sleep(0.01)
+        return path.exists()
+
+    wait_until(there, deadline)
 
 
 @pytest.fixture

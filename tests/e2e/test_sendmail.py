@@ -69,7 +69,6 @@ import base64
 import smtplib
 import sqlite3
 import sys
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,8 +79,8 @@ import pytest
 from smtpguard.app import load
 from support.daemons import EICAR, GTUBE, start_clamd
 from support.expected import SPEC
+from support.polling import poll_for
 from support.sendmail import (
-    POLL_INTERVAL,
     Sendmail,
     SendmailInstall,
     fetch_debs,
@@ -982,14 +981,15 @@ def session_with_a_slot(mta: Sendmail, deadline: float = 10.0) -> SmtpClient:
     Sendmail answers QUIT before it closes its milter connection, so the slot of the
     previous session (the fixture's readiness probe) may still be taken for a moment.
     """
-    end = time.monotonic() + deadline
-    while True:
+
+    def attempt() -> SmtpClient | None:
         client = greeted(mta.client())
         if client.cmd(MAIL).code == 250:
             return client
         client.quit()
-        assert time.monotonic() < end, "the session slot was never free"
-        time.sleep(POLL_INTERVAL)
+        return None
+
+    return poll_for(attempt, deadline, "the session slot was never free")
 
 
 def test_queue_unavailable_multi_line(busy: Sendmail) -> None:

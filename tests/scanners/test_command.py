@@ -16,10 +16,9 @@ import pytest
 from smtpguard.scanners import MessageSpool, ScanStatus
 from smtpguard.scanners.command import CommandScan, run_command
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
+from support.polling import wait_until
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
-
-POLL_INTERVAL = 0.02
 
 
 def script(tmp_path: Path, body: str, name: str = "hook") -> list[str]:
@@ -96,10 +95,7 @@ def test_timeout_kills_the_program_and_its_children(tmp_path: Path) -> None:
     child = int(pidfile.read_text())
     # The grandchild was in the hook's session and got SIGKILL with it; once its
     # parent is gone, init reaps it (or it lingers as a zombie, which is dead too).
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL)
-    assert not _alive(child)
+    wait_until(lambda: not _alive(child), 5)
 
 
 def _alive(pid: int) -> bool:
