@@ -101,6 +101,8 @@ class WordModel:
     _likely: dict[str, dict[str, float]] = field(init=False, repr=False, compare=False)
     _unseen: dict[str, float] = field(init=False, repr=False, compare=False)
     _vocabulary: frozenset[str] = field(init=False, repr=False, compare=False)
+    # Per reply class: :meth:`allowed`, filled as the classes are first asked for.
+    _allowed: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         vocabulary = frozenset(f for counts in self.counts.values() for f in counts)
@@ -114,6 +116,7 @@ class WordModel:
             for c in self.lines
         }
         object.__setattr__(self, "_vocabulary", vocabulary)
+        object.__setattr__(self, "_allowed", {})
         object.__setattr__(self, "_prior", {c: math.log(n / total) for c, n in self.lines.items()})
         object.__setattr__(self, "_likely", likely)
         object.__setattr__(self, "_unseen", {c: math.log(self.alpha) - norm[c] for c in self.lines})
@@ -121,9 +124,14 @@ class WordModel:
     def allowed(self, klass: str) -> list[str]:
         """The categories a reply of ``klass`` ("4", "5", "" for none) may get: those the
         tuning data gave to a reply of that class; any, for a reply without a code."""
-        if not klass:
-            return sorted(self.lines)
-        return sorted(c for c in self.lines if self.counts[c].get(f"class:{klass}", 0))
+        found = self._allowed.get(klass)
+        if found is None:
+            found = self._allowed[klass] = tuple(
+                sorted(
+                    c for c in self.lines if not klass or self.counts[c].get(f"class:{klass}", 0)
+                )
+            )
+        return list(found)
 
     def posterior(self, feats: Sequence[str], klass: str) -> list[tuple[str, float]]:
         """(category, posterior) among :meth:`allowed`, most likely first. Features the
