@@ -1,6 +1,6 @@
 """Backtest of explain's word model (smtpguard/explain_words.py) on the past blind samples.
 
-Each past blind sample heldoutK.tsv (K = 2..9) was measured once with the rules of the
+Each past blind sample heldoutK.tsv (K = 2..10) was measured once with the rules of the
 commit that added it (:data:`FROZEN`), before any of its misses were read. This replays
 that: it runs THAT commit's ``explain`` code and rules (``git archive`` into a scratch
 directory, one subprocess per sample, ``PYTHONPATH`` on the old tree) over heldoutK's
@@ -21,7 +21,12 @@ heldoutK against the old rules, weak words overruled, and all lines old and chos
 The model's features come from today's parser (``parse_reply``/``plain_text``), not the
 old commit's: the parser changed a little since heldout2, mostly for pasted prefixes.
 
-Never reads the held-out ``heldout`` split of corpus.tsv nor heldout10.tsv.
+``--variants`` also compares the shipped model with variants of its features (word
+pairs, 5-letter word prefixes, no codes) and a Bernoulli naive Bayes (which counts the
+absence of a feature too), each under every threshold pair: all lines right, pooled.
+
+Never reads the held-out ``heldout`` split of corpus.tsv nor heldout11.tsv (the blind
+sample of the time).
 
     .venv/bin/python -m bench.explain_backtest [--alpha 0.1] [--threshold 0.6]
         [--keywords-threshold 0.95] [--no-restrict] [--scope all|code]
@@ -31,15 +36,18 @@ Never reads the held-out ``heldout`` split of corpus.tsv nor heldout10.tsv.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,12 +57,20 @@ from smtpguard.explain import (
     GENERIC_SOURCES,
     KEYWORDS_RULE,
     Knowledge,
+    ParsedReply,
     clean_input,
     knowledge,
     parse_reply,
     train_words,
 )
-from smtpguard.explain_words import ALPHA, KEYWORDS_THRESHOLD, THRESHOLD, WordModel, features
+from smtpguard.explain_words import (
+    ALPHA,
+    KEYWORDS_THRESHOLD,
+    THRESHOLD,
+    WordModel,
+    features,
+    train,
+)
 from tests.test_explain_corpus import CORPUS, DATA, Case, load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +85,7 @@ FROZEN: dict[int, str] = {
     7: "5b1dabf",
     8: "ac2b077",
     9: "682bfb5",
+    10: "74f6dea",
 }
 ALPHAS = (0.1, 0.5, 1.0)
 THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -369,6 +386,128 @@ def print_second_opinions(
                 print("| " + " | ".join(row) + f" | {fixes:+d} |")
 
 
+#: ``--variants``: threshold pairs (fallback, second opinion on weak words); 1.01 = none.
+VARIANT_THRESHOLDS = ((0.5, 0.95), (0.6, 0.9), (0.6, 0.95), (0.7, 0.95), (0.8, 0.99), (0.6, 1.01))
+_WORD = re.compile(r"\w+")
+
+
+def _words(plain: str) -> list[str]:
+    """The model's words in order (no digits, longer than one letter)."""
+    return [
+        w for w in _WORD.findall(plain.lower()) if len(w) > 1 and not any(c.isdigit() for c in w)
+    ]
+
+
+def _pairs(reply: ParsedReply) -> tuple[str, ...]:
+    base = features(reply.code, reply.xcode, reply.plain)
+    words = _words(reply.plain)
+    return tuple(sorted({*base, *(f"{a}_{b}" for a, b in itertools.pairwise(words))}))
+
+
+def _prefixes(reply: ParsedReply) -> tuple[str, ...]:
+    base = features(reply.code, reply.xcode, reply.plain)
+    return tuple(sorted({*base, *(f"p:{w[:5]}" for w in _words(reply.plain) if len(w) > 5)}))
+
+
+def _no_codes(reply: ParsedReply) -> tuple[str, ...]:
+    base = features(reply.code, reply.xcode, reply.plain)
+    return tuple(f for f in base if not f.startswith(("code:", "xcode:", "detail:")))
+
+
+FEATURE_VARIANTS: dict[str, Callable[[ParsedReply], tuple[str, ...]]] = {
+    "shipped": lambda r: features(r.code, r.xcode, r.plain),
+    "word pairs": _pairs,
+    "prefixes": _prefixes,
+    "no codes": _no_codes,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BernoulliModel:
+    """Naive Bayes over the presence and the absence of each known feature."""
+
+    prior: Mapping[str, float]
+    #: Per category: log P(absent) summed over the vocabulary, and per feature
+    #: log P(present) - log P(absent).
+    absent: Mapping[str, float]
+    present: Mapping[str, Mapping[str, float]]
+    allowed: Mapping[str, Sequence[str]]
+
+    def posterior(self, feats: Sequence[str], klass: str) -> list[tuple[str, float]]:
+        scores = {}
+        for c in self.allowed.get(klass) or sorted(self.prior):
+            gain = self.present[c]
+            scores[c] = self.prior[c] + self.absent[c] + sum(gain.get(f, 0.0) for f in set(feats))
+        top = max(scores.values())
+        weights = {c: math.exp(s - top) for c, s in scores.items()}
+        total = sum(weights.values())
+        return sorted(((c, w / total) for c, w in weights.items()), key=lambda cp: (-cp[1], cp[0]))
+
+
+def train_bernoulli(
+    examples: Sequence[tuple[Sequence[str], str]], alpha: float = 0.1
+) -> BernoulliModel:
+    lines: Counter[str] = Counter(c for _, c in examples)
+    counts: dict[str, Counter[str]] = {c: Counter() for c in lines}
+    for feats, c in examples:
+        counts[c].update(set(feats))
+    vocabulary = {f for n in counts.values() for f in n}
+    total = sum(lines.values())
+    absent, present = {}, {}
+    for c, n in lines.items():
+        p = {f: (counts[c][f] + alpha) / (n + 2 * alpha) for f in vocabulary}
+        absent[c] = sum(math.log(1 - q) for q in p.values())
+        present[c] = {f: math.log(q) - math.log(1 - q) for f, q in p.items()}
+    allowed = {k: sorted(c for c in lines if counts[c][f"class:{k}"]) for k in ("4", "5")}
+    prior = {c: math.log(n / total) for c, n in lines.items()}
+    return BernoulliModel(prior, absent, present, allowed)
+
+
+def print_variants(samples: Mapping[int, list[Line]]) -> None:
+    """All lines right, pooled, for each feature variant and model under each pair of
+    thresholds (fallback, second opinion on weak words)."""
+    parsed: dict[str, ParsedReply] = {}
+
+    def reply_of(text: str) -> ParsedReply:
+        if text not in parsed:
+            parsed[text] = parse_reply(clean_input(text))
+        return parsed[text]
+
+    print("\nvariants: all lines right, pooled (fallback threshold / weak-words threshold)")
+    print("| features | model | " + " | ".join(f"{a}/{b}" for a, b in VARIANT_THRESHOLDS) + " |")
+    print("|---" * (len(VARIANT_THRESHOLDS) + 2) + "|")
+    for name, feats_of in FEATURE_VARIANTS.items():
+        for model_name in ("naive Bayes", "Bernoulli"):
+            guesses: dict[int, list[tuple[str, float]]] = {}
+            for k, lines in samples.items():
+                examples = [
+                    (feats_of(reply_of(c.reply)), c.category)
+                    for c in tuning_cases(k)
+                    if reply_of(c.reply).klass in ("4", "5", "")
+                ]
+                model: Posterior = (
+                    train_bernoulli(examples)
+                    if model_name == "Bernoulli"
+                    else train(examples, alpha=ALPHA, threshold=THRESHOLD)
+                )
+                guesses[k] = []
+                for line in lines:
+                    ranked = model.posterior(feats_of(reply_of(line.case.reply)), line.klass)
+                    guesses[k].append(ranked[0] if ranked else ("", 0.0))
+            cells = []
+            for least, second in VARIANT_THRESHOLDS:
+                right = 0
+                for k, lines in samples.items():
+                    for line, guess in zip(lines, guesses[k], strict=True):
+                        sure = overridable(line, "all") and guess[1] >= least
+                        if sure or overrules(line, guess, OVERRULED["keywords"], second):
+                            right += guess[0] == line.case.category
+                        else:
+                            right += line.category == line.case.category
+                cells.append(str(right))
+            print(f"| {name} | {model_name} | " + " | ".join(cells) + " |")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--alpha", type=float, default=ALPHA)
@@ -376,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keywords-threshold", type=float, default=KEYWORDS_THRESHOLD)
     parser.add_argument("--no-restrict", dest="restrict", action="store_false")
     parser.add_argument("--scope", choices=SCOPES, default="all")
+    parser.add_argument("--variants", action="store_true", help="also the feature variants")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "explain-bt")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -433,6 +573,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     second = sorted({*SECOND_THRESHOLDS, args.keywords_threshold})
     print_second_opinions(know, samples, named, second)
+    if args.variants:
+        print_variants(samples)
 
     print(
         f"\nchosen: alpha {args.alpha}, threshold {args.threshold}, "
