@@ -21,8 +21,9 @@ measurement (after round 8), 79.1 % at its second (with the word model, a method
 change chosen by a backtest on the past blind samples without looking at it; no rule or
 label changed) and 79.1 % again at its third (with the model's second opinion on weak
 words, chosen the same way); its misses were read in round 9, so it is tuning data now
-(and trains the word model). ``heldout11.tsv`` is an eleventh blind sample (74.0 % at
-its single measurement, after round 9), held out. The held-out figure,
+(and trains the word model). ``heldout11.tsv`` was an eleventh blind sample, measured
+once at 74.0 % after round 9; its misses were read in round 10, so it is tuning data
+now (and trains the word model). The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -72,9 +73,10 @@ TUNING_SPLITS = (
     "heldout8",
     "heldout9",
     "heldout10",
+    "heldout11",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout11")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -158,8 +160,14 @@ FAMILIES = (
 #: components' sources (round 9): tuning 1592/1605 = 0.992 (heldout10 85/86).
 #: heldout11.tsv, blind (committed in 91fb009 before any measurement), measured once
 #: after round 9: 74/100 = 0.740; held out in all (``heldout`` 139/147 and heldout11)
-#: 213/247 = 0.862, below the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.86}
+#: 213/247 = 0.862, below the target. heldout11 then became tuning data (its misses read
+#: in round 10); held out is the ``heldout`` split alone again, whose last measured figure
+#: (139/147 = 0.946, before round 10) the floor keeps until the lead adds the next blind
+#: sample. Tuning with heldout11, before any rule or the word model changed: 1666/1705 =
+#: 0.977; with the word model regenerated from the tuning data with heldout11: 1678/1705
+#: = 0.984 (heldout11 87/100, lines it was trained on); the floor is 0.98 until round 10's
+#: rules.
+MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -184,8 +192,11 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.86}
 #: With heldout10 as tuning data (round 9), held out is the ``heldout`` split alone:
 #: 141/147; tuning 1583/1605 = 0.986 before round 9, 1590/1605 = 0.991 with the word model
 #: regenerated (heldout10 81/86). Round 9: tuning 1595/1605 = 0.994 after (heldout10 86/86).
-#: heldout11, blind, once: 78/100 = 0.780; held out in all 219/247 = 0.887.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.88}
+#: heldout11, blind, once: 78/100 = 0.780; held out in all 219/247 = 0.887. With
+#: heldout11 as tuning data (round 10), held out is the ``heldout`` split alone: 141/147;
+#: tuning 1673/1705 = 0.981 before round 10, 1683/1705 = 0.987 with the word model
+#: regenerated (heldout11 89/100).
+MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
