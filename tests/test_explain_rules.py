@@ -961,6 +961,10 @@ HELDOUT11_CASES: list[tuple[str, str]] = [
     # $sender_host_address is blacklisted"), for other client addresses.
     ("550 Rejected - 2001:db8::33 is blacklisted", "dnsbl"),
     ("550 Rejected - 198.51.100.7 is blacklisted", "dnsbl"),
+    # chkuser 2.0's chkuser_settings.h (code index file 33142850434): CHKUSER_RCPTMX_STRING
+    # and CHKUSER_SENDERMX_STRING, the recipient's domain against the sender's.
+    ("511 sorry, can't find a valid MX for rcpt domain (#5.1.1 - chkuser)", "unknown_recipient"),
+    ("511 sorry, can't find a valid MX for sender domain (#5.1.1 - chkuser)", "sender_invalid"),
 ]
 
 
