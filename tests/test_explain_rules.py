@@ -961,6 +961,15 @@ HELDOUT11_CASES: list[tuple[str, str]] = [
     # $sender_host_address is blacklisted"), for other client addresses.
     ("550 Rejected - 2001:db8::33 is blacklisted", "dnsbl"),
     ("550 Rejected - 198.51.100.7 is blacklisted", "dnsbl"),
+    # A sendmail.mc's FEATURE(dnsbl) lines (code index file 960426528; as OpenBSD's
+    # courtesan.mc, lattera/openbsd@19b3695 gnu/usr.sbin/sendmail/cf/cf/courtesan.mc):
+    # custom texts that name only the list's FAQ page.
+    (
+        "550 5.7.1 Email rejected due to sending server misconfiguration"
+        " - see http://www.ordb.org/faq/#why_rejected",
+        "dnsbl",
+    ),
+    ("550 5.7.1 Spam blocked - see: http://spamcop.net/bl.shtml?198.51.100.7", "dnsbl"),
     # chkuser 2.0's chkuser_settings.h (code index file 33142850434): CHKUSER_RCPTMX_STRING
     # and CHKUSER_SENDERMX_STRING, the recipient's domain against the sender's.
     ("511 sorry, can't find a valid MX for rcpt domain (#5.1.1 - chkuser)", "unknown_recipient"),
