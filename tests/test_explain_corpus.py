@@ -23,10 +23,10 @@ label changed) and 79.1 % again at its third (with the model's second opinion on
 words, chosen the same way); its misses were read in round 9, so it is tuning data now
 (and trains the word model). ``heldout11.tsv`` was an eleventh blind sample, measured
 once at 74.0 % after round 9; its misses were read in round 10, so it is tuning data
-now (and trains the word model). The held-out figure,
+now (and trains the word model). ``heldout12.tsv`` is a twelfth blind sample (65.6 % at
+its single measurement, after round 10), held out. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
-every blind sample whose misses were never read (none after round 10, until the lead
-adds the next one); a blind sample joins it by adding
+every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
 print the table::
 
@@ -61,6 +61,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout9.tsv", ("heldout9",)),
     (DATA / "heldout10.tsv", ("heldout10",)),
     (DATA / "heldout11.tsv", ("heldout11",)),
+    (DATA / "heldout12.tsv", ("heldout12",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -77,7 +78,7 @@ TUNING_SPLITS = (
     "heldout11",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout12")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -169,9 +170,11 @@ FAMILIES = (
 #: = 0.984 (heldout11 87/100, lines it was trained on). After its miss classes were
 #: generalized from the components' sources (round 10): tuning 1691/1705 = 0.992 (heldout11
 #: 99/100; 93/100 with the new rules and the model that never saw heldout11). Held out is
-#: the ``heldout`` split alone (139/147 = 0.946, unchanged by round 10): its floor is 0.94
-#: until the lead adds the next blind sample to :data:`HELDOUT_SPLITS`.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: the ``heldout`` split alone (139/147 = 0.946, unchanged by round 10).
+#: heldout12.tsv, blind (committed in 2691c30..091b336 before any measurement), measured
+#: once after round 10: 61/93 = 0.656; held out in all (``heldout`` 139/147 and
+#: heldout12) 200/240 = 0.833, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.83}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -200,8 +203,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: heldout11 as tuning data (round 10), held out is the ``heldout`` split alone: 141/147;
 #: tuning 1673/1705 = 0.981 before round 10, 1683/1705 = 0.987 with the word model
 #: regenerated (heldout11 89/100). Round 10: tuning 1694/1705 = 0.994 after (heldout11
-#: 99/100); held out 141/147 (0.95 until the next blind sample joins).
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: 99/100); held out 141/147. heldout12, blind, once: 65/93 = 0.699; held out in all
+#: 206/240 = 0.858.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.85}
 
 
 @dataclass(frozen=True, slots=True)
