@@ -4,6 +4,7 @@ memory-mapped one, Redis (real redis-server on loopback), and the outage behavio
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import math
 import multiprocessing
@@ -26,6 +27,7 @@ from smtpguard.counters import (
     ResilientCounter,
     SharedCounter,
     SizeBuckets,
+    lock_pauses,
     redis_client,
 )
 from support.daemons import RedisServer, free_port, start_redis
@@ -527,6 +529,36 @@ def _hold_lock(path: str, held: Any, release: Any) -> None:
         fcntl.lockf(file.fileno(), fcntl.LOCK_EX)
         held.set()
         release.wait(30)
+
+
+def test_shared_lock_waiter_yields_first_then_sleeps_longer_each_time() -> None:
+    # The lock is held for microseconds: the first tries only yield the CPU; a holder
+    # that stays (descheduled, stopped) is then polled less and less often.
+    pauses = list(itertools.islice(lock_pauses(), 30))
+    assert pauses[:20] == [0.0] * 20
+    assert pauses[20:27] == [0.00005, 0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.002]
+    assert pauses[27:] == [0.002] * 3
+
+
+def test_shared_hit_waits_for_a_lock_released_soon(tmp_path: Path) -> None:
+    counter = shared(tmp_path, timeout=10)
+    counter.prepare()
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    holder = fork.Process(target=_hold_lock, args=(counter.path, held, release))
+    holder.start()
+    counts: list[int] = []
+    try:
+        assert held.wait(10)
+        hitting = threading.Thread(target=lambda: counts.append(counter.hit(KEY, 7000)))
+        hitting.start()
+        assert not counts  # the other process holds the lock
+        release.set()
+        hitting.join(10)
+    finally:
+        release.set()
+        holder.join(10)
+    assert counts == [1]
 
 
 def test_shared_lock_held_elsewhere_is_a_counter_error_after_the_timeout(
