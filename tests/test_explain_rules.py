@@ -1011,6 +1011,20 @@ HELDOUT12_CASES: list[tuple[str, str]] = [
     ("451 4.3.2 Connection Rate", "rate_limit"),
     ("451 4.3.2 Message Rate", "rate_limit"),
     ("451 4.3.2 Recipient Rate : too high", "rate_limit"),
+    # mxroute/da_server_updates@12a874d exim/exim.acl_check_message.pre.conf: the other
+    # subject refusals of its DATA ACL.
+    ('550 Emails containing "~|" in the subject line are not allowed', "content"),
+    (
+        "550 Emails from doclist.bounces.google.com containing emoji in the subject are not"
+        " allowed",
+        "content",
+    ),
+    # smf-sav.c (code index file 36004198303): the callout's permanent failure stays the
+    # sender's, its temporary one (round 11's rule) does not take it.
+    ("550 5.1.8 Sender address verification failed, check your MX", "sender_invalid"),
+    # A Haraka queue plugin (code index file 18997317256): its other queue-hook answers.
+    ("451 Inbound processing is temporarily disabled", "temp_failure"),
+    ("451 Temporary queueing failure, please retry", "temp_failure"),
     # leonamp/SPFBL@0179053 client/spfblpostfix.pl: its other sender answers.
     ("554 5.7.1 SPFBL sender has non-existent internet domain.", "sender_invalid"),
     ("554 5.7.1 SPFBL carol@example..net is not a valid e-mail address.", "sender_invalid"),
