@@ -180,9 +180,12 @@ FAMILIES = (
 #: measured figure (139/147 = 0.946, before round 11) the floor keeps until the lead adds
 #: the next blind sample. Tuning with heldout12, before any rule or the word model
 #: changed: 1752/1798 = 0.974; with the word model regenerated from the tuning data with
-#: heldout12: 1765/1798 = 0.982 (heldout12 75/93, lines it was trained on); the floor is
-#: 0.98 until round 11's rules.
-MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
+#: heldout12: 1765/1798 = 0.982 (heldout12 75/93, lines it was trained on). After its
+#: miss classes were generalized from the components' sources (round 11): tuning
+#: 1782/1798 = 0.991 (heldout12 90/93; 86/93 with the new rules and the model that never
+#: saw heldout12). Held out is the ``heldout`` split alone (139/147 = 0.946, unchanged by
+#: round 11) until the lead adds the next blind sample.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -214,8 +217,9 @@ MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
 #: 99/100); held out 141/147. heldout12, blind, once: 65/93 = 0.699; held out in all
 #: 206/240 = 0.858. With heldout12 as tuning data (round 11), held out is the ``heldout``
 #: split alone: 141/147; tuning 1759/1798 = 0.978 before round 11, 1773/1798 = 0.986 with
-#: the word model regenerated (heldout12 79/93).
-MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.95}
+#: the word model regenerated (heldout12 79/93). Round 11: tuning 1787/1798 = 0.994 after
+#: (heldout12 92/93); held out 141/147 until the lead adds the next blind sample.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
