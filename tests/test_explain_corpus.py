@@ -25,7 +25,8 @@ words, chosen the same way); its misses were read in round 9, so it is tuning da
 once at 74.0 % after round 9; its misses were read in round 10, so it is tuning data
 now (and trains the word model). ``heldout12.tsv`` was a twelfth blind sample, measured
 once at 65.6 % after round 10; its misses were read in round 11, so it is tuning data
-now (and trains the word model). The held-out figure,
+now (and trains the word model). ``heldout13.tsv`` is a thirteenth blind sample (70.3 %
+at its single measurement, after round 11), held out. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -63,6 +64,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout10.tsv", ("heldout10",)),
     (DATA / "heldout11.tsv", ("heldout11",)),
     (DATA / "heldout12.tsv", ("heldout12",)),
+    (DATA / "heldout13.tsv", ("heldout13",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -80,7 +82,7 @@ TUNING_SPLITS = (
     "heldout12",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout13")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -184,8 +186,10 @@ FAMILIES = (
 #: miss classes were generalized from the components' sources (round 11): tuning
 #: 1782/1798 = 0.991 (heldout12 90/93; 86/93 with the new rules and the model that never
 #: saw heldout12). Held out is the ``heldout`` split alone (139/147 = 0.946, unchanged by
-#: round 11) until the lead adds the next blind sample.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: round 11). heldout13.tsv, blind (committed in bff6127..680f794 before any
+#: measurement), measured once after round 11: 52/74 = 0.703; held out in all
+#: (``heldout`` 139/147 and heldout13) 191/221 = 0.864, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.86}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -218,8 +222,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: 206/240 = 0.858. With heldout12 as tuning data (round 11), held out is the ``heldout``
 #: split alone: 141/147; tuning 1759/1798 = 0.978 before round 11, 1773/1798 = 0.986 with
 #: the word model regenerated (heldout12 79/93). Round 11: tuning 1787/1798 = 0.994 after
-#: (heldout12 92/93); held out 141/147 until the lead adds the next blind sample.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: (heldout12 92/93); held out 141/147. heldout13, blind, once: 54/74 = 0.730; held out
+#: in all 195/221 = 0.882.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.88}
 
 
 @dataclass(frozen=True, slots=True)
