@@ -3,6 +3,7 @@ memory-mapped one, Redis (real redis-server on loopback), and the outage behavio
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -540,24 +541,32 @@ def test_shared_lock_waiter_yields_first_then_sleeps_longer_each_time() -> None:
     assert pauses[27:] == [0.002] * 3
 
 
-def test_shared_hit_waits_for_a_lock_released_soon(tmp_path: Path) -> None:
-    counter = shared(tmp_path, timeout=10)
+@contextlib.contextmanager
+def _lock_held_elsewhere(counter: SharedCounter) -> Iterator[Any]:
+    """Another process holds the counter file's lock until the yielded event is set
+    (or the block ends)."""
     counter.prepare()
     fork = multiprocessing.get_context("fork")
     held, release = fork.Event(), fork.Event()
     holder = fork.Process(target=_hold_lock, args=(counter.path, held, release))
     holder.start()
-    counts: list[int] = []
     try:
         assert held.wait(10)
+        yield release
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def test_shared_hit_waits_for_a_lock_released_soon(tmp_path: Path) -> None:
+    counter = shared(tmp_path, timeout=10)
+    counts: list[int] = []
+    with _lock_held_elsewhere(counter) as release:
         hitting = threading.Thread(target=lambda: counts.append(counter.hit(KEY, 7000)))
         hitting.start()
         assert not counts  # the other process holds the lock
         release.set()
         hitting.join(10)
-    finally:
-        release.set()
-        holder.join(10)
     assert counts == [1]
 
 
@@ -565,19 +574,10 @@ def test_shared_lock_held_elsewhere_is_a_counter_error_after_the_timeout(
     tmp_path: Path,
 ) -> None:
     counter = shared(tmp_path, timeout=0.3)
-    counter.prepare()
-    fork = multiprocessing.get_context("fork")
-    held, release = fork.Event(), fork.Event()
-    holder = fork.Process(target=_hold_lock, args=(counter.path, held, release))
-    holder.start()
-    try:
-        assert held.wait(10)
+    with _lock_held_elsewhere(counter):
         started = time.monotonic()
         with pytest.raises(CounterError, match=r"locked by another process for 0\.3 s"):
             counter.hit(KEY, 7000)
         assert 0.3 <= time.monotonic() - started < 3
-    finally:
-        release.set()
-        holder.join(10)
     # Released: the next call counts as usual.
     assert counter.hit(KEY, 7000) == 1
