@@ -7,9 +7,10 @@ each behind its own Postfix (bench/postfix_bench.py, the same load as throughput
 "single" mode), it runs ``perf record`` (software CPU clock, ``--frequency`` Hz) on the
 milter's processes for exactly one smtp-source run of ``--messages`` messages, then
 prints the samples per shared object as milliseconds of CPU per message, and the
-difference. Samples of the kernel are mostly the scheduler switching threads in and
-out (``finish_task_switch``): with libmilter's thread per session, every callback
-that finds the GIL taken sleeps on a futex and is woken again.
+difference. Samples of the kernel land mostly in the scheduler (``finish_task_switch``)
+and where interrupts are enabled again; a single-threaded loop carrying the same
+checks shows the same kernel time (bench/README.md, round 5), so it is not the GIL
+hand-overs between libmilter's session threads.
 
     .venv/bin/python -m bench.perf_split [--messages 4000] [--frequency 2000]
 
