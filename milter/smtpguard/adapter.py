@@ -207,12 +207,7 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
             # Only a fault while rendering internal_error itself gets here (the
             # pipeline defers every verdict of these stages). Nothing may be answered
             # now: MAIL FROM tempfails instead.
-            conn = self.driver.conn
-            if conn.pending is None:
-                conn.pending, conn.pending_check = (
-                    TempError("internal_error", "exception"),
-                    "adapter",
-                )
+            self.driver.conn.defer(TempError("internal_error", "exception"), "adapter")
         return int(Milter.CONTINUE)
 
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types

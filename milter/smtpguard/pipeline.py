@@ -518,9 +518,7 @@ class Pipeline:
             note("deferred")
             return SKIP if stage is Stage.BODY else CONTINUE
         if stage in _DEFERRED_STAGES:
-            # Keep the first one; it is delivered at every MAIL FROM of the session.
-            if conn.pending is None:
-                conn.pending, conn.pending_check = verdict, check
+            conn.defer(verdict, check)
             note("deferred")
             return CONTINUE
         if (
@@ -548,8 +546,7 @@ class Pipeline:
                 txn.pending, txn.pending_check = verdict, where
             return SKIP if stage is Stage.BODY else CONTINUE
         if stage in _DEFERRED_STAGES:
-            if conn.pending is None:
-                conn.pending, conn.pending_check = verdict, where
+            conn.defer(verdict, where)
             return CONTINUE
         return self._decide(stage, conn, Event(), where, verdict)
 

@@ -104,6 +104,12 @@ class Connection:
     # Connect-time lookups started early (the checks' prefetch hook) keep their futures here.
     scratch: dict[str, Any] = field(default_factory=dict)
 
+    def defer(self, verdict: Hit | TempError, check: str) -> None:
+        """Keep a connect/HELO verdict for MAIL FROM; the first one stays, and is
+        delivered at every MAIL FROM of the session."""
+        if self.pending is None:
+            self.pending, self.pending_check = verdict, check
+
     @property
     def authenticated(self) -> bool:
         return self.txn is not None and bool(self.txn.auth_login)
