@@ -339,6 +339,16 @@ def overrules(line: Line, guess: tuple[str, float], kinds: frozenset[str], least
     )
 
 
+def takes_guess(
+    line: Line, guess: tuple[str, float], least: float, second: float, scope: str = "all"
+) -> bool:
+    """The shipped policy: the model's category replaces the codes' (fallback lines in
+    ``scope``) at ``least``, and weak words' at ``second``."""
+    if line.rule == FALLBACK_RULE:
+        return overridable(line, scope) and guess[1] >= least
+    return overrules(line, guess, OVERRULED["keywords"], second)
+
+
 def print_kinds(samples: Mapping[int, list[Line]]) -> None:
     """Per K: how many lines each kind of answer took, and how many it got right."""
     print("\nwho answered under the old rules: lines/right per K")
@@ -501,11 +511,8 @@ def print_variants(samples: Mapping[int, list[Line]]) -> None:
                 right = 0
                 for k, lines in samples.items():
                     for line, guess in zip(lines, guesses[k], strict=True):
-                        sure = overridable(line, "all") and guess[1] >= least
-                        if sure or overrules(line, guess, OVERRULED["keywords"], second):
-                            right += guess[0] == line.case.category
-                        else:
-                            right += line.category == line.case.category
+                        answer = guess[0] if takes_guess(line, guess, least, second) else None
+                        right += (answer or line.category) == line.case.category
                 cells.append(str(right))
             print(f"| {name} | {model_name} | " + " | ".join(cells) + " |")
 
@@ -598,17 +605,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             row[6] += line.category == line.case.category
             row[7] += cat == line.case.category
             answer, fix = line.category, line.fix
+            if takes_guess(line, (cat, p), args.threshold, args.keywords_threshold, args.scope):
+                answer, fix = cat, fix_of(know, cat, line.klass)
             if line.rule == FALLBACK_RULE:
-                if overridable(line, args.scope) and p >= args.threshold:
-                    answer, fix = cat, fix_of(know, cat, line.klass)
                 row[1] += 1
                 row[2] += line.category == line.case.category
                 row[3] += answer == line.case.category
                 row[4] += line.fix == line.case.fix
                 row[5] += fix == line.case.fix
             elif line.kind == "keywords":
-                if overrules(line, (cat, p), OVERRULED["keywords"], args.keywords_threshold):
-                    answer, fix = cat, fix_of(know, cat, line.klass)
                 row[8] += 1
                 row[9] += line.category == line.case.category
                 row[10] += answer == line.case.category
