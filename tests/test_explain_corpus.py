@@ -25,8 +25,9 @@ words, chosen the same way); its misses were read in round 9, so it is tuning da
 once at 74.0 % after round 9; its misses were read in round 10, so it is tuning data
 now (and trains the word model). ``heldout12.tsv`` was a twelfth blind sample, measured
 once at 65.6 % after round 10; its misses were read in round 11, so it is tuning data
-now (and trains the word model). ``heldout13.tsv`` is a thirteenth blind sample (70.3 %
-at its single measurement, after round 11), held out. The held-out figure,
+now (and trains the word model). ``heldout13.tsv`` was a thirteenth blind sample,
+measured once at 70.3 % after round 11; its misses were read in round 12, so it is
+tuning data now (and trains the word model). The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -80,9 +81,10 @@ TUNING_SPLITS = (
     "heldout10",
     "heldout11",
     "heldout12",
+    "heldout13",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout13")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -188,8 +190,14 @@ FAMILIES = (
 #: saw heldout12). Held out is the ``heldout`` split alone (139/147 = 0.946, unchanged by
 #: round 11). heldout13.tsv, blind (committed in bff6127..680f794 before any
 #: measurement), measured once after round 11: 52/74 = 0.703; held out in all
-#: (``heldout`` 139/147 and heldout13) 191/221 = 0.864, below the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.86}
+#: (``heldout`` 139/147 and heldout13) 191/221 = 0.864, below the target. heldout13
+#: then became tuning data (its misses read in round 12); held out is the ``heldout``
+#: split alone again, whose last measured figure (139/147 = 0.946, before round 12) the
+#: floor keeps until the lead adds the next blind sample. Tuning with heldout13, before
+#: any rule or the word model changed: 1834/1872 = 0.980; with the word model
+#: regenerated from the tuning data with heldout13: 1841/1872 = 0.983 (heldout13 60/74,
+#: lines it was trained on); the floor is 0.98 until round 12's rules.
+MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -223,8 +231,10 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.86}
 #: split alone: 141/147; tuning 1759/1798 = 0.978 before round 11, 1773/1798 = 0.986 with
 #: the word model regenerated (heldout12 79/93). Round 11: tuning 1787/1798 = 0.994 after
 #: (heldout12 92/93); held out 141/147. heldout13, blind, once: 54/74 = 0.730; held out
-#: in all 195/221 = 0.882.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.88}
+#: in all 195/221 = 0.882. With heldout13 as tuning data (round 12), held out is the
+#: ``heldout`` split alone: 141/147; tuning 1841/1872 = 0.983 before round 12, 1848/1872
+#: = 0.987 with the word model regenerated (heldout13 62/74).
+MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
