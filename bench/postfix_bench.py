@@ -66,12 +66,14 @@ def wait_for_dns(
 # --- /proc readings --------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds."""
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """utime + stime of one process (all its threads), in seconds; with ``reaped``, plus
+    the CPU of the children it has waited for (cutime + cstime)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    last = 15 if reaped else 13
+    return sum(int(f) for f in fields[11:last]) / CLK_TCK
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -153,6 +155,18 @@ class BenchPostfix:
                 raise RuntimeError(f"{self.name}: queue not empty after {deadline} s")
             time.sleep(POLL)
         return time.monotonic() - start
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the whole instance: the master, every process it runs now
+        (smtpd, cleanup, qmgr, discard, ...) and every one it has reaped. Differences
+        of two readings are what Postfix spent in between, whichever processes came
+        and went (a service process exits after ``max_use`` requests)."""
+        master = int((self.queue / "pid" / "master.pid").read_text().split()[0])
+        total = cpu_seconds(master, reaped=True)
+        for pid in process_tree(master)[1:]:
+            with contextlib.suppress(OSError, ValueError):
+                total += cpu_seconds(pid)
+        return total
 
     def stop(self) -> None:
         postfix_cmd(self.config_dir, "stop", check=False)

@@ -264,6 +264,9 @@ class Run:
     cpu: float | None
     machine_cores_busy: float
     drain_seconds: float
+    #: CPU of the Postfix instance (every process of it) from the start of the run
+    #: until its queue was empty again.
+    mta_cpu: float
 
     @property
     def rate(self) -> float:
@@ -289,13 +292,15 @@ def measure_postfix(setup: Setup, config: str, mode: str, load: Load, repetition
     instance = setup.postfix[config]
     pids = setup.milter_pids(config)
     cpu0 = sum_cpu(pids) if pids else None
+    mta0 = instance.cpu_seconds()
     busy0, total0 = machine_busy()
     seconds = smtp_source(load, instance.port)
     busy1, total1 = machine_busy()
     cpu = sum_cpu(pids) - cpu0 if cpu0 is not None else None
     drain = instance.wait_empty()
+    mta = instance.cpu_seconds() - mta0
     cores = (os.cpu_count() or 1) * (busy1 - busy0) / max(total1 - total0, 1.0)
-    return Run(config, mode, repetition, load.messages, seconds, cpu, cores, drain)
+    return Run(config, mode, repetition, load.messages, seconds, cpu, cores, drain, mta)
 
 
 def peak_rss_mb(setup: Setup, config: str) -> float | None:
@@ -679,8 +684,9 @@ def main() -> int:
                         cpu_text = f"{1000 * run.cpu / run.messages:.2f} ms/msg" if run.cpu else "-"
                         print(
                             f"  rep {rep + 1} {mode:6} {LABELS[config]:18} {run.rate:7.1f} msg/s"
-                            f"  milter cpu {cpu_text:>14}  machine {run.machine_cores_busy:.2f}"
-                            " cores busy",
+                            f"  milter cpu {cpu_text:>14}"
+                            f"  postfix cpu {1000 * run.mta_cpu / run.messages:.2f} ms/msg"
+                            f"  machine {run.machine_cores_busy:.2f} cores busy",
                             flush=True,
                         )
             peak = {c: peak_rss_mb(setup, c) for c in configs}
@@ -796,7 +802,7 @@ def report(
         print(f"\n{mode}: {title}")
         print(
             f"  {'configuration':20} {'msg/s median':>12} {'min-max':>15} {'vs (a)':>7}"
-            f" {'milter CPU/msg':>15} {'peak RSS':>9} {'machine':>8}"
+            f" {'milter CPU/msg':>15} {'Postfix CPU/msg':>16} {'peak RSS':>9} {'machine':>8}"
         )
         by_config: dict[str, Any] = {}
         base = median_rate([r for r in runs if r.mode == mode and r.config == "none"])
@@ -807,6 +813,7 @@ def report(
             rates = [r.rate for r in mine]
             cpus = [r.cpu / r.messages for r in mine if r.cpu is not None]
             cpu_ms = 1000 * statistics.median(cpus) if cpus else None
+            mta_ms = 1000 * statistics.median(r.mta_cpu / r.messages for r in mine)
             med = statistics.median(rates)
             rss = peak.get(config)
             busy = statistics.median(r.machine_cores_busy for r in mine)
@@ -818,6 +825,7 @@ def report(
                 "msg_per_s_runs": [round(x, 1) for x in rates],
                 "vs_no_milter": round(med / base, 3) if base == base else None,
                 "milter_cpu_seconds_per_message": round(cpu_ms / 1000, 6) if cpu_ms else None,
+                "postfix_cpu_seconds_per_message": round(mta_ms / 1000, 6),
                 "milter_peak_rss_mb": round(rss, 1) if rss is not None else None,
                 "machine_cores_busy": round(busy, 2),
                 "drain_seconds": [round(r.drain_seconds, 2) for r in mine],
@@ -825,7 +833,7 @@ def report(
             print(
                 f"  {LABELS[config]:20} {med:12.1f} {min(rates):7.1f}-{max(rates):<7.1f}"
                 f" {_fmt_ratio(med / base if base == base else None):>7}"
-                f" {(f'{cpu_ms:.3f} ms' if cpu_ms else '-'):>15}"
+                f" {(f'{cpu_ms:.3f} ms' if cpu_ms else '-'):>15} {f'{mta_ms:.3f} ms':>16}"
                 f" {(f'{rss:.1f} MB' if rss is not None else '-'):>9} {busy:8.2f}"
             )
         ratios: dict[str, float | None] = {}
