@@ -422,6 +422,27 @@ def test_shared_window_slides_with_slot_precision(tmp_path: Path) -> None:
     assert counter.hit(KEY, 7000) == 1
 
 
+@given(
+    steps=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=60),
+    start=st.integers(min_value=0, max_value=10**6),
+)
+def test_shared_count_is_the_hits_of_the_slots_in_the_window(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[int], start: int
+) -> None:
+    # Hits a random number of slots apart, so the slots in the window wrap around the
+    # ring at every offset: each count is the hits whose slot is not older than the
+    # window's first slot, as the class documents.
+    window, slot = 300.0, 300.0 / 30
+    clock = Clock(start * slot + slot / 2)
+    counter = shared(tmp_path_factory.mktemp("ring"), window=window, clock=clock)
+    made: list[int] = []
+    for step in steps:
+        clock.now += step * slot
+        made.append(math.floor(clock.now / slot))
+        first = math.floor((clock.now - window) / slot)
+        assert counter.hit(KEY, 7000) == sum(1 for s in made if s >= first)
+
+
 def test_shared_counter_is_one_view_for_every_object_on_the_file(tmp_path: Path) -> None:
     # What two worker processes see (the processes themselves: tests/test_workers.py).
     one, two = shared(tmp_path), shared(tmp_path)

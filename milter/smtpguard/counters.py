@@ -444,7 +444,13 @@ class SharedCounter:
             return 0
         ring = _RING.unpack_from(table, at + _KEY.size + _SLOT.size)
         oldest = max(first, newest - RING_SLOTS + 1)
-        return sum(ring[s % RING_SLOTS] for s in range(oldest, newest + 1))
+        # Slots oldest..newest, which wrap around the ring at most once: two slices
+        # instead of a generator step per slot (this runs for every message).
+        start = oldest % RING_SLOTS
+        end = start + newest - oldest + 1
+        if end <= RING_SLOTS:
+            return sum(ring[start:end])
+        return sum(ring[start:]) + sum(ring[: end - RING_SLOTS])
 
 
 # Runs atomically in Redis. Redis's own clock (TIME) timestamps the hits, so hosts with
