@@ -442,7 +442,7 @@ class SharedCounter:
         (newest,) = _SLOT.unpack_from(table, at + _KEY.size)
         if newest < first:
             return 0
-        ring = _RING.unpack_from(table, at + _KEY.size + _SLOT.size)
+        ring: tuple[int, ...] = _RING.unpack_from(table, at + _KEY.size + _SLOT.size)
         oldest = max(first, newest - RING_SLOTS + 1)
         # Slots oldest..newest, which wrap around the ring at most once: two slices
         # instead of a generator step per slot (this runs for every message).
