@@ -131,6 +131,26 @@ def test_postmaster_and_held_verdicts(tmp_path: Path) -> None:
     assert p.held(conn, rcpt("postmaster@relay.example")) == ("rbl", verdict)
 
 
+def test_content_exemptions_are_judged_per_transaction_and_named_per_check(
+    tmp_path: Path,
+) -> None:
+    net, ip = ["198.51.100.0/24"], "198.51.100.9"
+    exempt = [
+        {"name": "a", "ips": net, "senders": ["other.example"], "skip": ["antispam"]},
+        {"name": "b", "ips": net, "senders": ["partner.example"], "skip": ["received", "antispam"]},
+    ]
+    p = policy(tmp_path, None, exempt=exempt)
+    partner = make_conn(sender="x@partner.example", ip=ip, recipients=["alice@example.com"])
+    assert p.exempt(partner, "received", Stage.HEADER, Event()) == "b"
+    assert p.exempt(partner, "antispam", Stage.EOM, Event()) == "b"
+    assert p.exempt(partner, "virus", Stage.EOM, Event()) is None
+    other = make_conn(sender="x@other.example", ip=ip, recipients=["alice@example.com"])
+    assert p.exempt(other, "received", Stage.HEADER, Event()) is None
+    assert p.exempt(other, "antispam", Stage.EOM, Event()) == "a"
+    assert other.txn is not None
+    assert other.txn.scratch[SKIPPED] == {"antispam": "a"}
+
+
 def test_content_exemption_needs_every_recipient(tmp_path: Path) -> None:
     p = policy(tmp_path, None)
     only = make_conn(sender="x@y.example", recipients=["postmaster@example.com"])

@@ -363,8 +363,10 @@ class Pipeline:
 
     def _prefetch(self, conn: Connection) -> None:
         """Let every enabled check start its lookups; never blocks, never decides."""
+        # Only exemptions by client address alone spare a check's lookups.
+        policy = self.policy if self.policy.active and self.policy.client_only else None
         for check in self.prefetchers:
-            if self.policy.active and self.policy.skips_client(conn, check.name):
+            if policy is not None and policy.skips_client(conn, check.name):
                 continue
             try:
                 cast(Prefetching, check).prefetch(conn)

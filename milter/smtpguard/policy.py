@@ -61,6 +61,8 @@ SKIPPED = "policy.skipped"
 HELD = "policy.held"
 _NAMES = "policy.confirmed_names"
 _CONTENT_MODES = "policy.content_modes"
+#: Whether each exemption (by index) applies to the transaction's content.
+_CONTENT_APPLIES = "policy.content_applies"
 #: Set when a lookup an exemption depends on failed temporarily (reverse DNS in
 #: ``conn.scratch``, SPF in ``txn.scratch``): whether it applies is not known.
 _UNSURE = "policy.unsure"
@@ -259,6 +261,22 @@ class Policy:
         return found
 
     def _first(self, conn: Connection, name: str, stage: Stage, event: Event) -> str | None:
+        txn = conn.txn
+        if stage in _CONTENT and txn is not None:
+            # From the headers on, whether an exemption applies no longer depends on
+            # the stage or the check (the recipients are known): judged once per
+            # transaction for all the content checks it skips.
+            known: dict[int, bool] | None = txn.scratch.get(_CONTENT_APPLIES)
+            if known is None:
+                known = txn.scratch[_CONTENT_APPLIES] = {}
+            for index, ex in enumerate(self.exemptions):
+                if name in ex.skip:
+                    applies = known.get(index)
+                    if applies is None:
+                        applies = known[index] = self._applies(ex, conn, stage, event)
+                    if applies:
+                        return ex.name
+            return None
         for ex in self.exemptions:
             if name in ex.skip and self._applies(ex, conn, stage, event):
                 return ex.name
