@@ -27,7 +27,8 @@ now (and trains the word model). ``heldout12.tsv`` was a twelfth blind sample, m
 once at 65.6 % after round 10; its misses were read in round 11, so it is tuning data
 now (and trains the word model). ``heldout13.tsv`` was a thirteenth blind sample,
 measured once at 70.3 % after round 11; its misses were read in round 12, so it is
-tuning data now (and trains the word model). The held-out figure,
+tuning data now (and trains the word model). ``heldout14.tsv`` is a fourteenth blind
+sample (67.3 % at its single measurement, after round 12), held out. The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -66,6 +67,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout11.tsv", ("heldout11",)),
     (DATA / "heldout12.tsv", ("heldout12",)),
     (DATA / "heldout13.tsv", ("heldout13",)),
+    (DATA / "heldout14.tsv", ("heldout14",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -84,7 +86,7 @@ TUNING_SPLITS = (
     "heldout13",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout14")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -199,9 +201,10 @@ FAMILIES = (
 #: lines it was trained on). After its miss classes were generalized from the
 #: components' sources (round 12): tuning 1854/1872 = 0.990 (heldout13 71/74; 69/74 with
 #: the new rules and the model that never saw heldout13). Held out is the ``heldout``
-#: split alone (139/147 = 0.946, unchanged by round 12) until the lead adds the next
-#: blind sample.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: split alone (139/147 = 0.946, unchanged by round 12). heldout14.tsv, blind (committed
+#: in 0d9f92a before any measurement), measured once after round 12: 70/104 = 0.673;
+#: held out in all (``heldout`` 139/147 and heldout14) 209/251 = 0.833, below the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.83}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -238,9 +241,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: in all 195/221 = 0.882. With heldout13 as tuning data (round 12), held out is the
 #: ``heldout`` split alone: 141/147; tuning 1841/1872 = 0.983 before round 12, 1848/1872
 #: = 0.987 with the word model regenerated (heldout13 62/74). Round 12: tuning 1859/1872
-#: = 0.993 after (heldout13 71/74); held out 141/147 until the lead adds the next blind
-#: sample.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: = 0.993 after (heldout13 71/74); held out 141/147. heldout14, blind, once: 76/104 =
+#: 0.731; held out in all 217/251 = 0.865.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.86}
 
 
 @dataclass(frozen=True, slots=True)
