@@ -27,8 +27,9 @@ now (and trains the word model). ``heldout12.tsv`` was a twelfth blind sample, m
 once at 65.6 % after round 10; its misses were read in round 11, so it is tuning data
 now (and trains the word model). ``heldout13.tsv`` was a thirteenth blind sample,
 measured once at 70.3 % after round 11; its misses were read in round 12, so it is
-tuning data now (and trains the word model). ``heldout14.tsv`` is a fourteenth blind
-sample (67.3 % at its single measurement, after round 12), held out. The held-out figure,
+tuning data now (and trains the word model). ``heldout14.tsv`` was a fourteenth blind
+sample, measured once at 67.3 % after round 12; its misses were read in round 13, so it
+is tuning data now (and trains the word model). The held-out figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -84,9 +85,10 @@ TUNING_SPLITS = (
     "heldout11",
     "heldout12",
     "heldout13",
+    "heldout14",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout14")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -204,7 +206,13 @@ FAMILIES = (
 #: split alone (139/147 = 0.946, unchanged by round 12). heldout14.tsv, blind (committed
 #: in 0d9f92a before any measurement), measured once after round 12: 70/104 = 0.673;
 #: held out in all (``heldout`` 139/147 and heldout14) 209/251 = 0.833, below the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.83}
+#: heldout14 then became tuning data (its misses read in round 13); held out is the
+#: ``heldout`` split alone again, whose last measured figure (139/147 = 0.946, before
+#: round 13) the floor keeps until the lead adds the next blind sample. Tuning with
+#: heldout14, before any rule or the word model changed: 1924/1976 = 0.974; with the word
+#: model regenerated from the tuning data with heldout14: 1932/1976 = 0.978 (heldout14
+#: 79/104, lines it was trained on); the floor is 0.97 until round 13's rules.
+MIN_CATEGORY = {TUNING: 0.97, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -242,8 +250,10 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.83}
 #: ``heldout`` split alone: 141/147; tuning 1841/1872 = 0.983 before round 12, 1848/1872
 #: = 0.987 with the word model regenerated (heldout13 62/74). Round 12: tuning 1859/1872
 #: = 0.993 after (heldout13 71/74); held out 141/147. heldout14, blind, once: 76/104 =
-#: 0.731; held out in all 217/251 = 0.865.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.86}
+#: 0.731; held out in all 217/251 = 0.865. With heldout14 as tuning data (round 13),
+#: held out is the ``heldout`` split alone: 141/147; tuning 1935/1976 = 0.979 before
+#: round 13, 1940/1976 = 0.982 with the word model regenerated (heldout14 82/104).
+MIN_FIX = {TUNING: 0.97, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
