@@ -636,6 +636,41 @@ def test_end_of_headers_is_observed_once(
     assert conn.txn.message.size == len(b"Subject: hi\r\n") + 2 + body
 
 
+class FieldLog:
+    """A header check that reads two fields and records the ones it is called for."""
+
+    name: ClassVar[str] = "field_log"
+    stage: ClassVar[Stage] = Stage.HEADER
+    reply_ids: ClassVar[tuple[str, ...]] = ("fake_router",)
+    header_names: ClassVar[frozenset[str]] = frozenset({"x-mark", "x-trace"})
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        assert event.header is not None
+        self.seen.append(event.header[0])
+        return Hit("fake_router", "refused") if event.header[1] == "bad" else None
+
+
+def test_a_header_check_is_called_for_the_fields_it_reads_only(build: BuildHarness) -> None:
+    h = build()
+    fields = FieldLog()
+    everything = StageLog()
+    h.pipeline.add_check(fields, CheckSettings())
+    h.pipeline.add_check(everything, CheckSettings())
+    conn = mail(connect(), "<friend@example.org>")
+    headers = [("Subject", "bad"), ("X-MARK", "a"), ("X-Other", "x"), ("X-Trace", "bad")]
+    decision = h.pipeline.run_headers(conn, headers)
+    # Names compare case-insensitively; a verdict on a field it reads still counts.
+    assert fields.seen == ["X-MARK", "X-Trace"]
+    assert everything.seen == ["header"] * 4
+    assert decision == CONTINUE
+    assert conn.txn is not None
+    assert conn.txn.pending == Hit("fake_router", "refused")
+    assert conn.txn.pending_check == "field_log"
+
+
 # --- check names --------------------------------------------------------------------------
 
 
@@ -673,9 +708,9 @@ def test_one_config_table_sets_every_part_of_a_family(
     assert parts <= running(build())
     h = build(f"[checks.{family}]\nmode = 'report'\non_temp_error = 'pass'\n")
     modes = {
-        check.name: (mode, settings.on_temp_error)
+        step.check.name: (step.mode, step.settings.on_temp_error)
         for plan in h.pipeline.plan.values()
-        for check, settings, mode, _relevant in plan
+        for step in plan
     }
     assert all(modes[part] == ("report", "pass") for part in parts)
     assert not parts & running(build(f"[checks.{family}]\nmode = 'off'\n"))

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import cast
+from typing import NamedTuple, cast
 
 from smtpguard.address import IPAddress
 from smtpguard.checks import (
@@ -44,6 +44,7 @@ from smtpguard.checks import (
     Services,
     Stage,
     feed_sink,
+    header_names,
     settings_name,
 )
 from smtpguard.checks.antispam import SPAM_REPORT, AntiSpam, SpamReport
@@ -243,8 +244,10 @@ class Pipeline:
         # The global mode of each check is resolved here, once, not per call, and so
         # is whether the policy may change it (exemptions, [domain."X"] tables).
         relevant = self.policy.relevant if self.policy.active else frozenset()
-        self.plan: dict[Stage, tuple[tuple[Check, CheckSettings, str, bool], ...]] = {
-            stage: tuple((c, s, self._mode(s), c.name in relevant) for c, s in checks)
+        self.plan: dict[Stage, tuple[_Step, ...]] = {
+            stage: tuple(
+                _Step(c, s, self._mode(s), c.name in relevant, header_names(c)) for c, s in checks
+            )
             for stage, checks in self.stages.items()
         }
 
@@ -435,10 +438,18 @@ class Pipeline:
             counts[written] = counts.get(written, 0) + 1
             txn.scratch.setdefault(_FORGED_SPAM, []).append((written, counts[written]))
 
+    def _steps(self, stage: Stage, event: Event) -> Sequence[_Step]:
+        """The checks to run: at the header stage, those that read this field."""
+        steps = self.plan[stage]
+        if event.header is None:
+            return steps
+        field = event.header[0].lower()
+        return [step for step in steps if step.fields is None or field in step.fields]
+
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
         policy = self.policy if self.policy.active else None
-        for check, settings, planned, relevant in self.plan[stage]:
+        for check, settings, planned, relevant, _fields in self._steps(stage, event):
             # Exemptions skip a check; [domain."X"] tables may change its mode.
             mode = planned
             if relevant and policy is not None:
@@ -693,6 +704,19 @@ def _skips(*recorded: dict[str, str] | None) -> str | None:
     for skips in recorded:
         merged.update(skips or {})
     return ",".join(f"{check}:{name}" for check, name in merged.items()) or None
+
+
+class _Step(NamedTuple):
+    """One check of a stage's plan, with what is known of it before any session."""
+
+    check: Check
+    settings: CheckSettings
+    #: The global mode ("enforce", "report", "off" ...).
+    mode: str
+    #: Whether exemptions or [domain."X"] tables may change the mode.
+    relevant: bool
+    #: The header fields it reads (header stage), None for all.
+    fields: frozenset[str] | None
 
 
 @dataclass(slots=True)

@@ -116,6 +116,14 @@ class Check(Protocol):
     def __call__(self, conn: Connection, event: Event) -> Verdict | None: ...
 
 
+def header_names(check: object) -> frozenset[str] | None:
+    """The header fields (lower-case names) a header-stage check reads, when it says so
+    with a ``header_names`` attribute: the pipeline calls it for those fields only. None:
+    every field."""
+    names = getattr(check, "header_names", None)
+    return frozenset(names) if names is not None else None
+
+
 class Observing(Protocol):
     """A check fed with the message content as it streams in."""
 

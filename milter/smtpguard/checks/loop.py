@@ -26,6 +26,8 @@ class Loop:
         self.max_hops = config.limits.max_hops
         self.marker = config.content.loop_marker.lower()
         self.marker_value = config.loop_marker_value.lower()
+        #: Called for these fields only (smtpguard.checks.header_names).
+        self.header_names = frozenset({"received", "delivered-to", self.marker})
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn

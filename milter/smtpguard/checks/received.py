@@ -21,6 +21,8 @@ class ForgedReceived:
     name: ClassVar[str] = "received"
     stage: ClassVar[Stage] = Stage.HEADER
     reply_ids: ClassVar[tuple[str, ...]] = ("fake_router",)
+    #: Called for these fields only (smtpguard.checks.header_names).
+    header_names: ClassVar[frozenset[str]] = frozenset({"received"})
 
     def __init__(self, services: Services) -> None:
         site = services.config.site
