@@ -24,7 +24,9 @@ by the part before the dot (:func:`settings_name`).
 
 A check whose configuration leaves it nothing to do (a virus scanner with backend
 ``none``) sets ``inert = True`` when built; the pipeline then leaves it out and logs so,
-rather than calling it for every header and chunk.
+rather than calling it for every header and chunk. In the same spirit a header check
+that reads only some fields names them (``header_names``, lower case: ``received``
+reads ``Received:`` alone) and is called for those only (:func:`header_names`).
 """
 
 from __future__ import annotations
