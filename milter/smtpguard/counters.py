@@ -353,10 +353,12 @@ class SharedCounter:
                 now = self._clock()
                 slot = math.floor(now / self.slot_seconds)
                 first = math.floor((now - self.window) / self.slot_seconds)
-                if add:
-                    self._add(table, self._entry(table, digest, home, own, first, claim=True), slot)
                 total = 0
-                for bucket in (lower, own, upper):
+                if add:
+                    at = self._entry(table, digest, home, own, first, claim=True)
+                    self._add(table, at, slot)
+                    total = self._sum(table, at, first)
+                for bucket in (lower, upper) if add else (lower, own, upper):
                     at = self._entry(table, digest, home, bucket, first, claim=False)
                     if at >= 0:
                         total += self._sum(table, at, first)
