@@ -29,7 +29,9 @@ now (and trains the word model). ``heldout13.tsv`` was a thirteenth blind sample
 measured once at 70.3 % after round 11; its misses were read in round 12, so it is
 tuning data now (and trains the word model). ``heldout14.tsv`` was a fourteenth blind
 sample, measured once at 67.3 % after round 12; its misses were read in round 13, so it
-is tuning data now (and trains the word model). The held-out figure,
+is tuning data now (and trains the word model). ``heldout15.tsv`` is a fifteenth blind
+sample (76.3 % at its single measurement, after round 13), held out. The held-out
+figure,
 on which the issue's 90 % target is judged, is the ``heldout`` split together with
 every blind sample whose misses were never read; a blind sample joins it by adding
 its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
@@ -69,6 +71,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout12.tsv", ("heldout12",)),
     (DATA / "heldout13.tsv", ("heldout13",)),
     (DATA / "heldout14.tsv", ("heldout14",)),
+    (DATA / "heldout15.tsv", ("heldout15",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -88,7 +91,7 @@ TUNING_SPLITS = (
     "heldout14",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout15")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -214,9 +217,11 @@ FAMILIES = (
 #: 79/104, lines it was trained on). After its miss classes were generalized from the
 #: components' sources (round 13): tuning 1957/1976 = 0.990 (heldout14 103/104; 103/104
 #: with the new rules and the model that never saw heldout14). Held out is the
-#: ``heldout`` split alone (139/147 = 0.946, unchanged by round 13) until the lead adds
-#: the next blind sample.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: ``heldout`` split alone (139/147 = 0.946, unchanged by round 13). heldout15.tsv, blind
+#: (committed in ccb5da5 before any measurement), measured once after round 13: 106/139
+#: = 0.763; held out in all (``heldout`` 139/147 and heldout15) 245/286 = 0.857, below
+#: the target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.85}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -257,9 +262,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: 0.731; held out in all 217/251 = 0.865. With heldout14 as tuning data (round 13),
 #: held out is the ``heldout`` split alone: 141/147; tuning 1935/1976 = 0.979 before
 #: round 13, 1940/1976 = 0.982 with the word model regenerated (heldout14 82/104).
-#: Round 13: tuning 1962/1976 = 0.993 after (heldout14 103/104); held out 141/147 until
-#: the lead adds the next blind sample.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: Round 13: tuning 1962/1976 = 0.993 after (heldout14 103/104); held out 141/147.
+#: heldout15, blind, once: 111/139 = 0.799; held out in all 252/286 = 0.881.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.88}
 
 
 @dataclass(frozen=True, slots=True)
