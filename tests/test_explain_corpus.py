@@ -29,13 +29,13 @@ now (and trains the word model). ``heldout13.tsv`` was a thirteenth blind sample
 measured once at 70.3 % after round 11; its misses were read in round 12, so it is
 tuning data now (and trains the word model). ``heldout14.tsv`` was a fourteenth blind
 sample, measured once at 67.3 % after round 12; its misses were read in round 13, so it
-is tuning data now (and trains the word model). ``heldout15.tsv`` is a fifteenth blind
-sample (76.3 % at its single measurement, after round 13), held out. The held-out
-figure,
-on which the issue's 90 % target is judged, is the ``heldout`` split together with
-every blind sample whose misses were never read; a blind sample joins it by adding
-its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
-print the table::
+is tuning data now (and trains the word model). ``heldout15.tsv`` was a fifteenth blind
+sample, measured once at 76.3 % after round 13; its misses were read in round 14, so it
+is tuning data now (and trains the word model). The held-out figure, on which the
+issue's 90 % target is judged, is the ``heldout`` split together with every blind
+sample whose misses were never read; a blind sample joins it by adding its file to
+:data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to print the
+table::
 
     .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|...|tuning]
 
@@ -89,9 +89,10 @@ TUNING_SPLITS = (
     "heldout12",
     "heldout13",
     "heldout14",
+    "heldout15",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout15")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -220,8 +221,13 @@ FAMILIES = (
 #: ``heldout`` split alone (139/147 = 0.946, unchanged by round 13). heldout15.tsv, blind
 #: (committed in ccb5da5 before any measurement), measured once after round 13: 106/139
 #: = 0.763; held out in all (``heldout`` 139/147 and heldout15) 245/286 = 0.857, below
-#: the target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.85}
+#: the target. heldout15 then became tuning data (its misses read in round 14); held out
+#: is the ``heldout`` split alone again, whose last measured figure (139/147 = 0.946,
+#: before round 14) the floor keeps until the lead adds the next blind sample. Tuning
+#: with heldout15, before any rule or the word model changed: 2063/2115 = 0.975; with the
+#: word model regenerated from the tuning data with heldout15: 2077/2115 = 0.982
+#: (heldout15 120/139, lines it was trained on); the floor is 0.98 until round 14's rules.
+MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -263,8 +269,11 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.85}
 #: held out is the ``heldout`` split alone: 141/147; tuning 1935/1976 = 0.979 before
 #: round 13, 1940/1976 = 0.982 with the word model regenerated (heldout14 82/104).
 #: Round 13: tuning 1962/1976 = 0.993 after (heldout14 103/104); held out 141/147.
-#: heldout15, blind, once: 111/139 = 0.799; held out in all 252/286 = 0.881.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.88}
+#: heldout15, blind, once: 111/139 = 0.799; held out in all 252/286 = 0.881. With
+#: heldout15 as tuning data (round 14), held out is the ``heldout`` split alone: 141/147;
+#: tuning 2073/2115 = 0.980 before round 14, 2086/2115 = 0.986 with the word model
+#: regenerated (heldout15 124/139).
+MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
