@@ -199,6 +199,28 @@ def spam_headers(
     """``X-Spam-Status: Yes, score=7.5 required=6.0 tests=A,B`` (SpamAssassin's
     layout, which filters and mail clients already parse) and, when a rule matched,
     ``X-Spam-Report`` with one matched rule per line."""
+    return _spam_headers(
+        spam=spam,
+        score=score,
+        required=required,
+        rules=tuple(rules),
+        status_header=status_header,
+        report_header=report_header,
+    )
+
+
+# Most messages score the same few ways (no rule matched, above all): the fields are
+# rendered once per distinct result, like Authentication-Results above.
+@functools.lru_cache(maxsize=1024)
+def _spam_headers(
+    *,
+    spam: bool,
+    score: float,
+    required: float,
+    rules: tuple[str, ...],
+    status_header: str,
+    report_header: str,
+) -> tuple[tuple[str, str], ...]:
     tests = ",".join(rules) or "none"
     words = [f"{'Yes' if spam else 'No'},", f"score={score:.1f}", f"required={required:.1f}"]
     status = fold(status_header, [*words, *_split_tests(f"tests={tests}")])
