@@ -190,16 +190,24 @@ def _parse_common(text: str) -> ReceivedInfo | None:
     helo, comment, by_name, with_, id_, for_, date = m.groups()
     if any(w is not None and w.lower() in _KEYWORDS for w in (helo, by_name, with_, id_, for_)):
         return None  # a keyword where a value belongs: the tokenizer says what is wrong
-    clause = _Clause([helo], [comment])
-    from_ips, from_rdns = _tcp_info(clause)
+    from_ips, from_rdns, from_helo = _common_from(helo, comment)
     return ReceivedInfo(
         from_name=helo,
         from_ips=from_ips,
         from_rdns=from_rdns,
         by_name=by_name,
         date=date.strip(" \t"),
-        from_helo=_helo(clause),
+        from_helo=from_helo,
     )
+
+
+@lru_cache(maxsize=1024)
+def _common_from(helo: str, comment: str) -> tuple[tuple[IPAddress, ...], str | None, str | None]:
+    # The MTA's own field names the client the same way in every message it sends
+    # (HELO name, then "host [IP]"): the clause is read once per client, not per field.
+    clause = _Clause([helo], [comment])
+    from_ips, from_rdns = _tcp_info(clause)
+    return from_ips, from_rdns, _helo(clause)
 
 
 def is_our_claim(
