@@ -250,6 +250,15 @@ class Pipeline:
             )
             for stage, checks in self.stages.items()
         }
+        # The header stage's plan per field name, made here rather than per field: the
+        # checks that read every field, and for each name a check asked for, those too.
+        header = self.plan[Stage.HEADER]
+        self._any_field = tuple(step for step in header if step.fields is None)
+        named = {name for step in header if step.fields is not None for name in step.fields}
+        self._field_plans = {
+            name: tuple(step for step in header if step.fields is None or name in step.fields)
+            for name in named
+        }
 
     def _register_hooks(self, check: Check) -> None:
         # Looked up once here, not per session: a runtime Protocol check at every
@@ -440,11 +449,9 @@ class Pipeline:
 
     def _steps(self, stage: Stage, event: Event) -> Sequence[_Step]:
         """The checks to run: at the header stage, those that read this field."""
-        steps = self.plan[stage]
         if event.header is None:
-            return steps
-        field = event.header[0].lower()
-        return [step for step in steps if step.fields is None or field in step.fields]
+            return self.plan[stage]
+        return self._field_plans.get(event.header[0].lower(), self._any_field)
 
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
