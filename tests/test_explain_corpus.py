@@ -226,8 +226,12 @@ FAMILIES = (
 #: before round 14) the floor keeps until the lead adds the next blind sample. Tuning
 #: with heldout15, before any rule or the word model changed: 2063/2115 = 0.975; with the
 #: word model regenerated from the tuning data with heldout15: 2077/2115 = 0.982
-#: (heldout15 120/139, lines it was trained on); the floor is 0.98 until round 14's rules.
-MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
+#: (heldout15 120/139, lines it was trained on). After its miss classes were generalized
+#: from the components' sources (round 14): tuning 2095/2115 = 0.991 (heldout15 138/139;
+#: 137/139 with the new rules and the model that never saw heldout15). Held out is the
+#: ``heldout`` split alone (139/147 = 0.946, unchanged by round 14) until the lead adds
+#: the next blind sample.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -272,8 +276,9 @@ MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
 #: heldout15, blind, once: 111/139 = 0.799; held out in all 252/286 = 0.881. With
 #: heldout15 as tuning data (round 14), held out is the ``heldout`` split alone: 141/147;
 #: tuning 2073/2115 = 0.980 before round 14, 2086/2115 = 0.986 with the word model
-#: regenerated (heldout15 124/139).
-MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.95}
+#: regenerated (heldout15 124/139). Round 14: tuning 2100/2115 = 0.993 after (heldout15
+#: 138/139); held out 141/147 until the lead adds the next blind sample.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
