@@ -1251,6 +1251,9 @@ HELDOUT15_CASES: list[tuple[str, str, str]] = [
     # exit codes 73 and 74, the queue's own connection to a mail server.
     ("451 4.3.0 Connection to mail server rejected.", "network", "retry_later"),
     ("451 4.3.0 Communication with mail server failed.", "network", "retry_later"),
+    # qmail-smtpd's text for the same exit 56 (netqmail qmail-smtpd.c, qq->flagerr
+    # switch; Qsmtp's "451 4.3.0 qq trouble making network connection").
+    ("451 qq trouble making network connection (#4.3.0)", "network", "retry_later"),
     # mailfront (plugin-clamav.c): the scanner's host name did not resolve.
     ("451 4.3.0 Could not resolve virus scanner hostname", "temp_failure", "retry_later"),
     # mailfront (protocol-smtp.c of earlier versions, without enhanced codes).
