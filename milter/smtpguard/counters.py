@@ -201,6 +201,19 @@ LOCK_FIRST_PAUSE: Final = 0.00005
 LOCK_LONGEST_PAUSE: Final = 0.002
 
 
+#: This process's id, kept up to date over forks: asking the kernel (os.getpid) at
+#: every hit would be a system call per message.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid  # noqa: PLW0603 - the process-wide id, reset once per fork
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def lock_pauses() -> Iterator[float]:
     """What a waiter for the counter file's lock does before each new try: 0 is a yield
     of the CPU, anything else a sleep of that many seconds."""
@@ -299,13 +312,13 @@ class SharedCounter:
             self._unmap()
 
     def _unmap(self) -> None:
-        if self._map is not None and self._pid == os.getpid():
+        if self._map is not None and self._pid == _pid:
             self._map.close()
             os.close(self._fd)
         self._map, self._fd = None, -1
 
     def _mapped(self) -> mmap.mmap:
-        if self._map is not None and self._pid == os.getpid():
+        if self._map is not None and self._pid == _pid:
             return self._map
         # A map and descriptor inherited over a fork are the parent's: left alone.
         self._map, self._fd = None, -1
@@ -325,7 +338,7 @@ class SharedCounter:
         except OSError as exc:
             os.close(fd)
             raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
-        self._fd, self._pid = fd, os.getpid()
+        self._fd, self._pid = fd, _pid
         return self._map
 
     def _make(self, fd: int, made: int) -> None:
