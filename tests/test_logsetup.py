@@ -166,3 +166,19 @@ def test_check_config_names_a_missing_syslog_socket(
     assert done.returncode == 1
     expected = f"{site.config}: milter.log_socket: cannot open the syslog socket {missing}"
     assert expected in done.stderr
+
+
+@pytest.mark.parametrize(
+    "created",
+    [1700000000.0, 1700000000.0005, 1700000000.999, 1700000001.5, 1700000001.75, 1.0e9 + 0.25],
+)
+def test_stderr_time_stamps_are_loggings_own(created: float) -> None:
+    # The time up to the second is formatted once per second; the line must not differ
+    # from logging.Formatter's in any millisecond, also when the second changes.
+    ours = logsetup.stream_handler(io.StringIO()).formatter
+    plain = logging.Formatter(logsetup.STDERR_FORMAT)
+    assert ours is not None
+    for when in (created, created + 0.001, created + 1.0):
+        record = logging.makeLogRecord({"msg": "summary sid=1", "created": when, "worker": ""})
+        record.msecs = (when - int(when)) * 1000
+        assert ours.format(record) == plain.format(record)
