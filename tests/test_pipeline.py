@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import shlex
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -651,6 +652,38 @@ class FieldLog:
         assert event.header is not None
         self.seen.append(event.header[0])
         return Hit("fake_router", "refused") if event.header[1] == "bad" else None
+
+
+class BatchLog(StageLog):
+    """An observing check that takes the batched header fields at once."""
+
+    name: ClassVar[str] = "batch_log"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+
+    def observe_fields(self, conn: Connection, fields: Sequence[tuple[str, str]]) -> None:
+        self.batches.append([name for name, _ in fields])
+
+
+def test_observers_get_the_batched_fields_up_to_a_header_verdict(build: BuildHarness) -> None:
+    h = build()
+    fields, batch, single = FieldLog(), BatchLog(), StageLog()
+    for check in (fields, batch, single):
+        h.pipeline.add_check(check, CheckSettings())
+    conn = mail(connect(), "<friend@example.org>")
+    headers = [("Subject", "hi"), ("X-Trace", "bad"), ("X-Mark", "a"), ("To", "b@example.org")]
+    assert h.pipeline.run_headers(conn, headers) == CONTINUE
+    # The verdict on X-Trace waits for the end of message; what follows it is neither
+    # judged nor observed, as when each field is run on its own.
+    assert fields.seen == ["X-Trace"]
+    assert batch.batches == [["Subject", "X-Trace"]]
+    assert batch.seen == []  # fed through observe_fields only
+    assert single.seen == ["header", "header"]  # an observer without it: field by field
+    assert conn.txn is not None
+    assert conn.txn.message is not None
+    assert conn.txn.message.size == len(b"Subject: hi\r\nX-Trace: bad\r\n")
 
 
 def test_a_header_check_is_called_for_the_fields_it_reads_only(build: BuildHarness) -> None:

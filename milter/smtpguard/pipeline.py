@@ -298,17 +298,53 @@ class Pipeline:
 
     def run_headers(self, conn: Connection, fields: Sequence[tuple[str, str]]) -> Decision:
         """The header stage for several fields in a row, as :meth:`run` for each would
-        judge them, with the per-call set-up done once (one deadline, one timing)."""
+        judge them, with the per-call set-up done once (one deadline, one timing) and
+        the observing checks fed all the fields at once after them (no header check
+        reads what they gather)."""
         deadline = time.monotonic() + self.stage_deadline
         started = time.perf_counter() if self.timed else 0.0
         decision = CONTINUE
+        txn = conn.txn
         try:
-            for field in fields:
-                decision = self._run(Stage.HEADER, conn, Event(header=field, deadline=deadline))
+            if txn is None:
+                for field in fields:
+                    event = Event(header=field, deadline=deadline)
+                    decision = self._run(Stage.HEADER, conn, event)
+                return decision
+            observed: list[tuple[str, str]] = []
+            try:
+                for field in fields:
+                    if txn.pending is not None:
+                        # As _run: no field after a header verdict is observed or judged.
+                        decision = CONTINUE
+                        break
+                    event = Event(header=field, deadline=deadline)
+                    self._observe(Stage.HEADER, conn, txn, event, observers=False)
+                    observed.append(field)
+                    decision = self._run_checks(Stage.HEADER, conn, event)
+            finally:
+                self._observe_fields(conn, observed, deadline)
         finally:
             if self.timed:
                 self.metrics.stage_seconds(Stage.HEADER.value, time.perf_counter() - started)
         return decision
+
+    def _observe_fields(
+        self, conn: Connection, fields: Sequence[tuple[str, str]], deadline: float
+    ) -> None:
+        """The observing checks' share of :meth:`run_headers`: the fields at once."""
+        if not fields:
+            return
+        for observer in self.observers:
+            batch = getattr(observer, "observe_fields", None)
+            try:
+                if batch is not None:
+                    batch(conn, fields)
+                else:
+                    for field in fields:
+                        observer.observe(Stage.HEADER, conn, Event(header=field, deadline=deadline))
+            except Exception:
+                log.exception("sid=%s observer %r failed", conn.session_id, observer)
 
     def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         if event.deadline is None:
@@ -411,8 +447,17 @@ class Pipeline:
             except Exception:
                 log.exception("discarding transaction state failed")
 
-    def _observe(self, stage: Stage, conn: Connection, txn: Transaction, event: Event) -> None:
-        """Feed the message model that content checks read, and the observing checks."""
+    def _observe(
+        self,
+        stage: Stage,
+        conn: Connection,
+        txn: Transaction,
+        event: Event,
+        *,
+        observers: bool = True,
+    ) -> None:
+        """Feed the message model that content checks read, and (unless ``observers``
+        is false: :meth:`run_headers`) the observing checks."""
         if txn.message is None:
             txn.message = MessageState(
                 track_mime=self.track_mime, max_mime_depth=self.config.content.max_mime_depth
@@ -422,6 +467,8 @@ class Pipeline:
             self._note_result_field(txn, *event.header)
         if stage is Stage.EOM:
             txn.message.close()
+        if not observers:
+            return
         for observer in self.observers:
             # A failing observer must not stop the others; its check decides at EOM
             # from whatever it has (and answers a temporary error if that is nothing).

@@ -127,7 +127,11 @@ def header_names(check: object) -> frozenset[str] | None:
 
 
 class Observing(Protocol):
-    """A check fed with the message content as it streams in."""
+    """A check fed with the message content as it streams in.
+
+    It may also have ``observe_fields(conn, fields)``: the header fields the MTA sent
+    without waiting for replies, all at once (what ``observe`` with each field would
+    do, at one call per message instead of one per field)."""
 
     def observe(self, stage: Stage, conn: Connection, event: Event) -> None: ...
     def discard(self, txn: Transaction) -> None: ...

@@ -14,6 +14,7 @@ score still applies.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -57,15 +58,29 @@ class AntiSpam:
         txn = conn.txn
         if txn is None:
             return
+        scan, spool = self._sinks(txn)
+        feed_sink(scan, stage, event)
+        if spool is not None:
+            feed_sink(spool, stage, event)
+
+    def observe_fields(self, conn: Connection, fields: Sequence[tuple[str, str]]) -> None:
+        txn = conn.txn
+        if txn is None:
+            return
+        scan, spool = self._sinks(txn)
+        for name, value in fields:
+            scan.feed_header(name, value)
+            if spool is not None:
+                spool.feed_header(name, value)
+
+    def _sinks(self, txn: Transaction) -> tuple[RuleStream, MessageSpool | None]:
         scan: RuleStream | None = txn.scratch.get(_RULES)
         if scan is None:
             scan = txn.scratch[_RULES] = self.rules.scanner()
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if spool is None and self.engine is not None:
             spool = txn.scratch[_SPOOL] = MessageSpool(memory_cap=self.config.spool_memory)
-        feed_sink(scan, stage, event)
-        if spool is not None:
-            feed_sink(spool, stage, event)
+        return scan, spool
 
     def discard(self, txn: Transaction) -> None:
         txn.scratch.pop(_RULES, None)

@@ -10,6 +10,7 @@ the check's ``on_temp_error = "pass"``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, feed_sink
@@ -45,6 +46,13 @@ class VirusScan:
         stream = self._stream(txn) if txn is not None else None
         if stream is not None:
             feed_sink(stream, stage, event)
+
+    def observe_fields(self, conn: Connection, fields: Sequence[tuple[str, str]]) -> None:
+        txn = conn.txn
+        stream = self._stream(txn) if txn is not None else None
+        if stream is not None:
+            for name, value in fields:
+                stream.feed_header(name, value)
 
     def discard(self, txn: Transaction) -> None:
         stream: VirusStream | None = txn.scratch.pop(_KEY, None)
