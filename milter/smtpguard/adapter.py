@@ -80,9 +80,9 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         value: str | None = self.getsymval(name)
         return value
 
-    def _guard(self, stage: Stage, step: Callable[[], Decision]) -> int:
+    def _guard(self, stage: Stage, step: Callable[..., Decision], *args: Any) -> int:
         try:
-            decision = step()
+            decision = step(*args)
         except Exception:
             sid = self.driver.conn.session_id
             log.exception("sid=%s stage=%s unexpected error", sid, stage.value)
@@ -125,16 +125,16 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
     # --- callbacks --------------------------------------------------------------
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        return self._guard(Stage.CONNECT, lambda: self.driver.connect(hostname, family, hostaddr))
+        return self._guard(Stage.CONNECT, self.driver.connect, hostname, family, hostaddr)
 
     def hello(self, hostname: str) -> int:
-        return self._guard(Stage.HELO, lambda: self.driver.helo(hostname))
+        return self._guard(Stage.HELO, self.driver.helo, hostname)
 
     def envfrom(self, mailfrom: str, *args: str) -> int:
-        return self._guard(Stage.MAIL, lambda: self.driver.mail(mailfrom, args))
+        return self._guard(Stage.MAIL, self.driver.mail, mailfrom, args)
 
     def envrcpt(self, rcptto: str, *args: str) -> int:
-        return self._guard(Stage.RCPT, lambda: self.driver.rcpt(rcptto, args))
+        return self._guard(Stage.RCPT, self.driver.rcpt, rcptto, args)
 
     # DATA stays: its macros are where Postfix first gives the queue id ("i"), which
     # every log line of the message's content checks carries.
@@ -142,7 +142,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return self._guard(Stage.EOH, self.driver.data)
 
     def header(self, name: str, value: str) -> int:
-        return self._guard(Stage.HEADER, lambda: self.driver.header(name, value))
+        return self._guard(Stage.HEADER, self.driver.header, name, value)
 
     # The end of headers is negotiated away (SMFIP_NOEOH): the pipeline lets the first
     # body chunk (or the end of a message without a body) stand for it. One callback
@@ -153,7 +153,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return self._guard(Stage.EOH, self.driver.eoh)
 
     def body(self, chunk: bytes) -> int:
-        return self._guard(Stage.BODY, lambda: self.driver.body(chunk))
+        return self._guard(Stage.BODY, self.driver.body, chunk)
 
     def eom(self) -> int:
         return self._guard(Stage.EOM, self.driver.eom)
