@@ -325,6 +325,10 @@ def tiny_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 def test_queue_unavailable(tiny_service: Running) -> None:
     with open_session(tiny_service) as first:
+        # Connect gets no reply (SMFIP_NR_CONN): only an answer to MAIL FROM shows that
+        # the first session has been counted before the second one connects.
+        assert_pass(first.mail("<a@sender.example>"))
+        first.abort()
         with open_session(tiny_service) as second:
             assert_reply(second.mail("<a@sender.example>"), "queue_unavailable")
         assert_pass(first.mail("<a@sender.example>"))
