@@ -31,8 +31,9 @@ tuning data now (and trains the word model). ``heldout14.tsv`` was a fourteenth 
 sample, measured once at 67.3 % after round 12; its misses were read in round 13, so it
 is tuning data now (and trains the word model). ``heldout15.tsv`` was a fifteenth blind
 sample, measured once at 76.3 % after round 13; its misses were read in round 14, so it
-is tuning data now (and trains the word model). The held-out figure, on which the
-issue's 90 % target is judged, is the ``heldout`` split together with every blind
+is tuning data now (and trains the word model). ``heldout16.tsv`` is a sixteenth blind
+sample (58.7 % at its single measurement, after round 14), held out. The held-out
+figure, on which the issue's 90 % target is judged, is the ``heldout`` split together with every blind
 sample whose misses were never read; a blind sample joins it by adding its file to
 :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to print the
 table::
@@ -72,6 +73,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout13.tsv", ("heldout13",)),
     (DATA / "heldout14.tsv", ("heldout14",)),
     (DATA / "heldout15.tsv", ("heldout15",)),
+    (DATA / "heldout16.tsv", ("heldout16",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -92,7 +94,7 @@ TUNING_SPLITS = (
     "heldout15",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout16")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -229,9 +231,11 @@ FAMILIES = (
 #: (heldout15 120/139, lines it was trained on). After its miss classes were generalized
 #: from the components' sources (round 14): tuning 2095/2115 = 0.991 (heldout15 138/139;
 #: 137/139 with the new rules and the model that never saw heldout15). Held out is the
-#: ``heldout`` split alone (139/147 = 0.946, unchanged by round 14) until the lead adds
-#: the next blind sample.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: ``heldout`` split alone (139/147 = 0.946, unchanged by round 14). heldout16.tsv, blind
+#: (committed in 8607f46 before any measurement), measured once after round 14: 44/75 =
+#: 0.587; held out in all (``heldout`` 139/147 and heldout16) 183/222 = 0.824, below the
+#: target.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.82}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -277,8 +281,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: heldout15 as tuning data (round 14), held out is the ``heldout`` split alone: 141/147;
 #: tuning 2073/2115 = 0.980 before round 14, 2086/2115 = 0.986 with the word model
 #: regenerated (heldout15 124/139). Round 14: tuning 2100/2115 = 0.993 after (heldout15
-#: 138/139); held out 141/147 until the lead adds the next blind sample.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: 138/139); held out 141/147. heldout16, blind, once: 48/75 = 0.640; held out in all
+#: 189/222 = 0.851.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.85}
 
 
 @dataclass(frozen=True, slots=True)
