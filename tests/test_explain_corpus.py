@@ -31,9 +31,10 @@ tuning data now (and trains the word model). ``heldout14.tsv`` was a fourteenth 
 sample, measured once at 67.3 % after round 12; its misses were read in round 13, so it
 is tuning data now (and trains the word model). ``heldout15.tsv`` was a fifteenth blind
 sample, measured once at 76.3 % after round 13; its misses were read in round 14, so it
-is tuning data now (and trains the word model). ``heldout16.tsv`` is a sixteenth blind
-sample (58.7 % at its single measurement, after round 14), held out. The held-out
-figure, on which the issue's 90 % target is judged, is the ``heldout`` split together with every blind
+is tuning data now (and trains the word model). ``heldout16.tsv`` was a sixteenth blind
+sample, measured once at 58.7 % after round 14; its misses were read in round 15, so it
+is tuning data now (and trains the word model). The held-out figure, on which the
+issue's 90 % target is judged, is the ``heldout`` split together with every blind
 sample whose misses were never read; a blind sample joins it by adding its file to
 :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to print the
 table::
@@ -92,9 +93,10 @@ TUNING_SPLITS = (
     "heldout13",
     "heldout14",
     "heldout15",
+    "heldout16",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout", "heldout16")
+HELDOUT_SPLITS = ("heldout",)
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -234,8 +236,13 @@ FAMILIES = (
 #: ``heldout`` split alone (139/147 = 0.946, unchanged by round 14). heldout16.tsv, blind
 #: (committed in 8607f46 before any measurement), measured once after round 14: 44/75 =
 #: 0.587; held out in all (``heldout`` 139/147 and heldout16) 183/222 = 0.824, below the
-#: target.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.82}
+#: target. heldout16 then became tuning data (its misses read in round 15); held out is
+#: the ``heldout`` split alone again, whose last measured figure (139/147 = 0.946, before
+#: round 15) the floor keeps until the lead adds the next blind sample. Tuning with
+#: heldout16, before any rule or the word model changed: 2139/2190 = 0.977; with the word
+#: model regenerated from the tuning data with heldout16: 2151/2190 = 0.982 (heldout16
+#: 56/75, lines it was trained on); the floor is 0.98 until round 15's rules.
+MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.94}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -282,8 +289,10 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.82}
 #: tuning 2073/2115 = 0.980 before round 14, 2086/2115 = 0.986 with the word model
 #: regenerated (heldout15 124/139). Round 14: tuning 2100/2115 = 0.993 after (heldout15
 #: 138/139); held out 141/147. heldout16, blind, once: 48/75 = 0.640; held out in all
-#: 189/222 = 0.851.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.85}
+#: 189/222 = 0.851. With heldout16 as tuning data (round 15), held out is the ``heldout``
+#: split alone: 141/147; tuning 2148/2190 = 0.981 before round 15, 2159/2190 = 0.986 with
+#: the word model regenerated (heldout16 59/75).
+MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.95}
 
 
 @dataclass(frozen=True, slots=True)
