@@ -426,7 +426,8 @@ HELDOUT7_CASES: list[tuple[str, str]] = [
         "511 sorry, can't find a valid MX for rcpt domain (#5.1.1 - chkuser)",
         "unknown_recipient",
     ),
-    ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "policy"),
+    # Sent only over the invalid-recipient limit: rate_limit since round 15 (policy before).
+    ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "rate_limit"),
     ("511 sorry, no mailbox here by that name (#5.1.1 - chkuser)", "unknown_recipient"),
     # vpopmail's delivery agent: DerDakon/vpopmail@b0aaeda:vdelivermail.c (vexiterr).
     ("vdelivermail: deferred, database down", "temp_failure"),
@@ -1361,6 +1362,177 @@ HELDOUT15_CASES: list[tuple[str, str, str]] = [
 ]
 
 
+#: Round 15: the components' own texts of the classes heldout16's misses fell into, and of
+#: the lines only the regenerated word model had right (none of them is a corpus line),
+#: each with the category and the fix it must get. A text that is one fixed constant in
+#: its source is given in the form a sending MTA reports it (Postfix's "said: ... (in
+#: reply to ...)").
+HELDOUT16_CASES: list[tuple[str, str, str]] = [
+    # The Exim wiki (BernardQuatermass/exim-wiki@c7cdb45): AclHeloTricks' other "(HELO was
+    # $sender_helo_name ...)" texts.
+    (
+        "550 No you are not Me or OURS (HELO was mail.example.org and the subdomain is my"
+        " domain example.org)",
+        "helo",
+        "fix_dns",
+    ),
+    (
+        "550 Helo name contains a ip address (HELO was 192-0-2-7.example.net) and not is valid",
+        "helo",
+        "fix_dns",
+    ),
+    ("550 Invalid domain or IP given in HELO/EHLO (HELO was mailhost)", "helo", "fix_dns"),
+    # BlackLists.md: a right-hand-side list looked up with $sender_address_domain.
+    (
+        "550 REJECTED - example.net is blacklisted at nomail.rhsbl.sorbs.net; Domain has no mail",
+        "sender_rejected",
+        "contact_postmaster",
+    ),
+    # BlockCracking.md: the connect ACL's text for an IP on its own list.
+    (
+        "550 192.0.2.25 locally blacklisted for a bruteforce auth (username+password) cracking"
+        " attempt",
+        "dnsbl",
+        "delist_ip",
+    ),
+    # DbLessGreyListing.md (its second recipe) and DbLessGreyListingC.md's defer texts.
+    ("450 Deferred RCPT: Temporary failure", "greylisting", "retry_later"),
+    ("450 Deferred: Temporary error, please try again later", "greylisting", "retry_later"),
+    # FAQ Q0738 with another count; Q0906 (its first sentence alone).
+    ("550 Max 10 failed recipients allowed", "rate_limit", "reduce_rate"),
+    (
+        "550 RFC2822 says that all mail SHOULD have a Message-ID header.",
+        "message_format",
+        "fix_client",
+    ),
+    # chkuser (brdelphus/qmail@10fbe70aa chkuser_settings.h, CHKUSER_MAXWRONGRCPT_STRING of
+    # another version) and qmail-spp's rcptchecks (policy(), over the invalid-recipient
+    # limit).
+    (
+        "550 5.5.3 sorry, you are violating our security policies (#5.1.1 - chkuser)",
+        "rate_limit",
+        "reduce_rate",
+    ),
+    (
+        "571 sorry, you are violating our security policies (#5.7.1 - rcptchecks)",
+        "rate_limit",
+        "reduce_rate",
+    ),
+    # rspamd (rspamd/rspamd@eaac8e914) as a Postfix milter: mx_check's
+    # reject_null_mx_message with a 550 (a milter's own code), message.c's GTUBE action
+    # message and aws_s3's soft reject, as Postfix reports them.
+    ("550 5.7.1 Domain published RFC 7505 Null MX", "sender_invalid", "fix_sender"),
+    (
+        "host mx.example.org[192.0.2.25] said: 554 5.7.1 Gtube pattern (in reply to end of DATA"
+        " command)",
+        "spam",
+        "clean_content",
+    ),
+    ("451 4.7.1 S3 save failed: connection refused", "temp_failure", "retry_later"),
+    # amavisd-new's tempfail "Error in processing, id=..., <stage> FAILED: <reason>" for
+    # other stages.
+    (
+        "451 4.5.0 Error in processing, id=12345-01, virus_scan FAILED: virus_scan: ALL VIRUS"
+        " SCANNERS FAILED",
+        "temp_failure",
+        "retry_later",
+    ),
+    (
+        "451 4.5.0 Error in processing, id=12345-02, spam_scan FAILED: SpamAssassin timed out",
+        "temp_failure",
+        "retry_later",
+    ),
+    # Zimbra's milter (Zimbra/zm-mailbox@2b7f9787c MilterHandler.java) with other lists.
+    (
+        "571 571 Sender is not allowed to email this distribution list: all@example.org",
+        "policy",
+        "contact_recipient",
+    ),
+    (
+        "571 571 Recipient alice@example.org is not allowed to forward to this distribution"
+        " list: all@example.org",
+        "policy",
+        "contact_recipient",
+    ),
+    # Ajenti V's Exim template (Eugeny/ajenti-v@d3b760865 vh-mail/templates.py) as
+    # Postfix reports it.
+    (
+        "host mx.example.org[192.0.2.25] said: 550 Message headers fail syntax check (in reply"
+        " to end of DATA command)",
+        "message_format",
+        "fix_client",
+    ),
+    # PyPolicyd (monemasrl/pypolicyd@028ee42 policy_daemon.py) in a sender restriction.
+    (
+        "554 5.7.1 <alice@example.org>: Sender address rejected: Unauthorized - user not found"
+        " in policy rules",
+        "auth_failed",
+        "fix_credentials",
+    ),
+    # haraka-plugin-auth-etcd-config (PartyPancakess@baea0a3d3 index.js) as DENY.
+    (
+        "550 Authentication failed! This user does not have permission for this domain.",
+        "sender_mismatch",
+        "fix_sender",
+    ),
+    # The qmail-spp helodnscheck plugins (piwai/qmail-helo-check-plugin@39dba0169): another
+    # gai_strerror text.
+    ("553 sorry, No address associated with hostname (#5.7.1)", "helo", "fix_dns"),
+    # pypolicyd-spf (mstraubAC/spf-engine-debian@bbb3b8c) with pyspf's TCP fallback
+    # TempError, for a HELO check.
+    (
+        "450 4.7.24 <bob@example.org>: Recipient address rejected: Message deferred due to:"
+        " SPF Temporary Error: DNS: TCP Fallback error: timeout. Please see"
+        " http://www.openspf.net/Why?s=helo;id=mail.example.net;ip=192.0.2.25;r=<UNKNOWN>",
+        "network",
+        "retry_later",
+    ),
+    # The Exim wiki's Exiscan pages and FAQ, the texts beside the lines only the model had
+    # right: ExiscanBugBlocking, ExiscanContentBlocking, Q0419 and Q0714.
+    (
+        "550 This message contains a broken MIME container (Long MIME Boundary). Length: 1500",
+        "message_format",
+        "fix_client",
+    ),
+    ("550 Boundary length too long: 2000 characters (max 1024)", "message_format", "fix_client"),
+    (
+        "host mx.example.org[192.0.2.25] said: 550 This message contains an unwanted"
+        " Embedded-CGI mime (in reply to end of DATA command)",
+        "content",
+        "clean_content",
+    ),
+    (
+        "host mx.example.org[192.0.2.25] said: 450 only one recipient at a time (in reply to"
+        " RCPT TO command)",
+        "too_many_recipients",
+        "reduce_rate",
+    ),
+    ("550 The domain example.net is obsolete", "unknown_recipient", "fix_recipient"),
+    ("550 that domain is deliberately rejected", "policy", "contact_recipient"),
+    # Earlier tuning lines' components: spamilter (nkhorman/spamilter@4acab0d hndlrs.c)
+    # with another PolicyUrl, Exim4U's exim_surbl.pl with other lists, and Alibaba Mail's
+    # error list entry as Postfix reports it.
+    (
+        "550 5.7.1 Rejecting due to security policy - Blacklisted body host, Please see:"
+        " http://mail.example.org/policy.html#bodyurldbl",
+        "content",
+        "clean_content",
+    ),
+    (
+        "550 Blacklisted URL in message. (example.org) in [jp] [ws]. See"
+        " http://www.surbl.org/lists.html.",
+        "content",
+        "clean_content",
+    ),
+    (
+        'host mx.example.cn[192.0.2.25] said: 553 "RCPT TO" mailbox unavailable (in reply to'
+        " RCPT TO command)",
+        "mailbox_disabled",
+        "contact_recipient",
+    ),
+]
+
+
 #: Every table of source-written cases above, by the round that wrote it.
 SOURCE_WRITTEN: dict[str, list[tuple[str, str]]] = {
     "issue": ISSUE_CASES,
@@ -1395,6 +1567,7 @@ SOURCE_WRITTEN_WITH_FIX: dict[str, list[tuple[str, str, str]]] = {
     "heldout13": HELDOUT13_CASES,
     "heldout14": HELDOUT14_CASES,
     "heldout15": HELDOUT15_CASES,
+    "heldout16": HELDOUT16_CASES,
 }
 
 
