@@ -1,6 +1,6 @@
 """Backtest of explain's word model (smtpguard/explain_words.py) on the past blind samples.
 
-Each past blind sample heldoutK.tsv (K = 2..15) was measured once with the rules of the
+Each past blind sample heldoutK.tsv (K = 2..16) was measured once with the rules of the
 commit that added it (:data:`FROZEN`), before any of its misses were read. This replays
 that: it runs THAT commit's ``explain`` code and rules (``git archive`` into a scratch
 directory, one subprocess per sample, ``PYTHONPATH`` on the old tree) over heldoutK's
@@ -91,6 +91,7 @@ FROZEN: dict[int, str] = {
     13: "80dfdca",
     14: "59b7eb6",
     15: "789083a",
+    16: "f788cea",
 }
 ALPHAS = (0.1, 0.5, 1.0)
 THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
