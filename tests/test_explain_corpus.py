@@ -33,8 +33,9 @@ is tuning data now (and trains the word model). ``heldout15.tsv`` was a fifteent
 sample, measured once at 76.3 % after round 13; its misses were read in round 14, so it
 is tuning data now (and trains the word model). ``heldout16.tsv`` was a sixteenth blind
 sample, measured once at 58.7 % after round 14; its misses were read in round 15, so it
-is tuning data now (and trains the word model). The held-out figure, on which the
-issue's 90 % target is judged, is the ``heldout`` split together with every blind
+is tuning data now (and trains the word model). ``heldout17.tsv`` is a seventeenth
+blind sample (77.4 % at its single measurement, after round 15), held out. The held-out
+figure, on which the issue's 90 % target is judged, is the ``heldout`` split together with every blind
 sample whose misses were never read; a blind sample joins it by adding its file to
 :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to print the
 table::
@@ -75,6 +76,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout14.tsv", ("heldout14",)),
     (DATA / "heldout15.tsv", ("heldout15",)),
     (DATA / "heldout16.tsv", ("heldout16",)),
+    (DATA / "heldout17.tsv", ("heldout17",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -96,7 +98,7 @@ TUNING_SPLITS = (
     "heldout16",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
-HELDOUT_SPLITS = ("heldout",)
+HELDOUT_SPLITS = ("heldout", "heldout17")
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS
 #: The two figures: all tuning data, and all held-out data (the issue's target).
 TUNING = "tuning"
@@ -244,9 +246,10 @@ FAMILIES = (
 #: 56/75, lines it was trained on). After its miss classes were generalized from the
 #: components' sources (round 15): tuning 2169/2190 = 0.990 (heldout16 72/75; 72/75 with
 #: the new rules and the model that never saw heldout16). Held out is the ``heldout``
-#: split alone (139/147 = 0.946, unchanged by round 15) until the lead adds the next
-#: blind sample.
-MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
+#: split alone (139/147 = 0.946, unchanged by round 15). heldout17.tsv, blind (committed
+#: in a8d2640 before any measurement; 31 lines), measured once after round 15: 24/31 =
+#: 0.774; held out in all (``heldout`` 139/147 and heldout17) 163/178 = 0.916.
+MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.91}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -296,8 +299,9 @@ MIN_CATEGORY = {TUNING: 0.99, HELDOUT_ALL: 0.94}
 #: 189/222 = 0.851. With heldout16 as tuning data (round 15), held out is the ``heldout``
 #: split alone: 141/147; tuning 2148/2190 = 0.981 before round 15, 2159/2190 = 0.986 with
 #: the word model regenerated (heldout16 59/75). Round 15: tuning 2174/2190 = 0.993 after
-#: (heldout16 73/75); held out 141/147 until the lead adds the next blind sample.
-MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.95}
+#: (heldout16 73/75); held out 141/147. heldout17, blind, once: 24/31 = 0.774; held out
+#: in all 165/178 = 0.927.
+MIN_FIX = {TUNING: 0.99, HELDOUT_ALL: 0.92}
 
 
 @dataclass(frozen=True, slots=True)
