@@ -35,10 +35,10 @@ is tuning data now (and trains the word model). ``heldout16.tsv`` was a sixteent
 sample, measured once at 58.7 % after round 14; its misses were read in round 15, so it
 is tuning data now (and trains the word model). ``heldout17.tsv`` is a seventeenth
 blind sample (77.4 % at its single measurement, after round 15), held out. The held-out
-figure, on which the issue's 90 % target is judged, is the ``heldout`` split together with every blind
-sample whose misses were never read; a blind sample joins it by adding its file to
-:data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to print the
-table::
+figure, on which the issue's 90 % target is judged, is the ``heldout`` split together
+with every blind sample whose misses were never read; a blind sample joins it by adding
+its file to :data:`FILES` and its split to :data:`HELDOUT_SPLITS`. Run this file to
+print the table::
 
     .venv/bin/python tests/test_explain_corpus.py [--misses tune|heldout2|...|tuning]
 
