@@ -262,23 +262,21 @@ class Policy:
 
     def _first(self, conn: Connection, name: str, stage: Stage, event: Event) -> str | None:
         txn = conn.txn
+        # From the headers on, whether an exemption applies no longer depends on the
+        # stage or the check (the recipients are known): judged once per transaction
+        # for all the content checks it skips.
+        known: dict[int, bool] | None = None
         if stage in _CONTENT and txn is not None:
-            # From the headers on, whether an exemption applies no longer depends on
-            # the stage or the check (the recipients are known): judged once per
-            # transaction for all the content checks it skips.
-            known: dict[int, bool] | None = txn.scratch.get(_CONTENT_APPLIES)
-            if known is None:
-                known = txn.scratch[_CONTENT_APPLIES] = {}
-            for index, ex in enumerate(self.exemptions):
-                if name in ex.skip:
-                    applies = known.get(index)
-                    if applies is None:
-                        applies = known[index] = self._applies(ex, conn, stage, event)
-                    if applies:
-                        return ex.name
-            return None
-        for ex in self.exemptions:
-            if name in ex.skip and self._applies(ex, conn, stage, event):
+            known = txn.scratch.setdefault(_CONTENT_APPLIES, {})
+        for index, ex in enumerate(self.exemptions):
+            if name not in ex.skip:
+                continue
+            applies = known.get(index) if known is not None else None
+            if applies is None:
+                applies = self._applies(ex, conn, stage, event)
+                if known is not None:
+                    known[index] = applies
+            if applies:
                 return ex.name
         return None
 
