@@ -31,6 +31,7 @@ reads ``Received:`` alone) and is called for those only (:func:`header_names`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -143,6 +144,12 @@ class MessageSink(Protocol):
     def feed_header(self, name: str, value: str) -> None: ...
     def end_of_headers(self) -> None: ...
     def feed(self, chunk: bytes) -> None: ...
+
+
+def feed_fields(sink: MessageSink, fields: Sequence[tuple[str, str]]) -> None:
+    """Hand ``sink`` several header fields (an observer's ``observe_fields``)."""
+    for name, value in fields:
+        sink.feed_header(name, value)
 
 
 def feed_sink(sink: MessageSink, stage: Stage, event: Event) -> None:

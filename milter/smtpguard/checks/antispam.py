@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from smtpguard.checks import Event, Services, Stage, domain_of, feed_sink
+from smtpguard.checks import Event, Services, Stage, domain_of, feed_fields, feed_sink
 from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
 from smtpguard.scanners import MessageSpool, RuleStream, SpamEnvelope
 from smtpguard.session import Connection, Transaction
@@ -68,10 +68,9 @@ class AntiSpam:
         if txn is None:
             return
         scan, spool = self._sinks(txn)
-        for name, value in fields:
-            scan.feed_header(name, value)
-            if spool is not None:
-                spool.feed_header(name, value)
+        feed_fields(scan, fields)
+        if spool is not None:
+            feed_fields(spool, fields)
 
     def _sinks(self, txn: Transaction) -> tuple[RuleStream, MessageSpool | None]:
         scan: RuleStream | None = txn.scratch.get(_RULES)

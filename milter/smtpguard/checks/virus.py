@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from smtpguard.checks import Event, Services, Stage, feed_sink
+from smtpguard.checks import Event, Services, Stage, feed_fields, feed_sink
 from smtpguard.scanners import ScanResult, ScanStatus, VirusStream
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -51,8 +51,7 @@ class VirusScan:
         txn = conn.txn
         stream = self._stream(txn) if txn is not None else None
         if stream is not None:
-            for name, value in fields:
-                stream.feed_header(name, value)
+            feed_fields(stream, fields)
 
     def discard(self, txn: Transaction) -> None:
         stream: VirusStream | None = txn.scratch.pop(_KEY, None)
