@@ -37,9 +37,12 @@ import socket
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from bench.milter_load import Identity
 from bench.postfix_bench import unbound
@@ -165,14 +168,25 @@ def one_session(
 
 
 @contextlib.contextmanager
-def bench_runtime(prefix: str) -> Iterator[tuple[Runtime, SessionGate]]:
-    """The benchmark's runtime (bench/throughput.py's configuration, DNS on a private
-    unbound) and a session gate, for sessions driven without libmilter."""
+def bench_runtime(
+    prefix: str,
+    *,
+    workers: int = 1,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[tuple[Runtime, SessionGate]]:
+    """The benchmark's runtime (bench/throughput.py's configuration with ``workers``,
+    DNS on a private unbound) and a session gate, for sessions driven without
+    libmilter. ``edit`` may change the configuration's TOML data before it is loaded."""
     with (
         tempfile.TemporaryDirectory(prefix=prefix) as tmp,
         unbound(Path(tmp) / "unbound") as dns,
     ):
-        config = load(smtpguard_config(Path(tmp), dns.port))
+        path = smtpguard_config(Path(tmp), dns.port, workers=workers)
+        if edit is not None:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            edit(data)
+            path.write_text(tomli_w.dumps(data), encoding="utf-8")
+        config = load(path)
         yield build_runtime(config), SessionGate(config.limits.max_sessions)
 
 

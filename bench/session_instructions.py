@@ -28,19 +28,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from bench.milter_load import Identity
-from bench.postfix_bench import unbound
-from bench.session_cost import one_session
-from bench.throughput import smtpguard_config
-from smtpguard.app import build_runtime, load
-from smtpguard.state import SessionGate
+from bench.session_cost import bench_runtime, one_session
 
 WARM_UP = 50
 _COLLECTED = re.compile(r"Collected : (\d+)")
@@ -59,13 +52,9 @@ def apply(data: dict[str, Any], variant: str) -> None:
 
 def child(sessions: int, variant: str) -> None:
     """Run ``WARM_UP + sessions`` sessions (under valgrind: see :func:`count`)."""
-    with tempfile.TemporaryDirectory() as tmp, unbound(Path(tmp) / "unbound") as dns:
-        path = smtpguard_config(Path(tmp), dns.port, workers=2)
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        apply(data, variant)
-        path.write_text(tomli_w.dumps(data), encoding="utf-8")
-        config = load(path)
-        runtime, gate = build_runtime(config), SessionGate(config.limits.max_sessions)
+    with bench_runtime(
+        "smtpguard-instructions-", workers=2, edit=lambda data: apply(data, variant)
+    ) as (runtime, gate):
         identity = Identity()
         stages: collections.defaultdict[str, float] = collections.defaultdict(float)
         for _ in range(WARM_UP + sessions):
