@@ -61,13 +61,20 @@ def test_negotiates_away_eoh_and_replies_that_carry_no_verdict(
     content_service: Running,
 ) -> None:
     """What Postfix is asked: no end-of-headers callback at all, no reply to connect,
-    HELO, DATA and each header (unix socket): their verdicts wait for MAIL FROM or end
-    of message; DATA itself is kept for its queue id macro."""
+    HELO, DATA, each header and each body chunk (unix socket): their verdicts wait for
+    MAIL FROM or end of message; DATA itself is kept for its queue id macro."""
     with content_service.session() as s:
         flags = s.conn.protocol_flags or 0
-    asked = C.SMFIP_NOEOH | C.SMFIP_NR_CONN | C.SMFIP_NR_HELO | C.SMFIP_NR_DATA | C.SMFIP_NR_HDR
+    asked = (
+        C.SMFIP_NOEOH
+        | C.SMFIP_NR_CONN
+        | C.SMFIP_NR_HELO
+        | C.SMFIP_NR_DATA
+        | C.SMFIP_NR_HDR
+        | C.SMFIP_NR_BODY
+    )
     assert flags & asked == asked
-    for kept in (C.SMFIP_NODATA, C.SMFIP_NOHDRS, C.SMFIP_NOBODY, C.SMFIP_NR_BODY):
+    for kept in (C.SMFIP_NODATA, C.SMFIP_NOHDRS, C.SMFIP_NOBODY):
         assert not flags & kept
 
 
@@ -169,7 +176,7 @@ def test_long_line_split_across_chunks(content_service: Running) -> None:
     with envelope(content_service) as s:
         final, _mods, early = s.message(BASE_HEADERS, "a" * 600 + "b" * 600 + "\r\n", chunk=600)
     assert_reply(final, "line_parse_error")
-    assert early == [Answer("skip")]
+    assert early == []  # no reply per body chunk (unix socket): the verdict waits
 
 
 def test_lines_of_exactly_998_octets_pass(content_service: Running) -> None:
@@ -183,8 +190,9 @@ def test_message_too_long_while_streaming(content_service: Running) -> None:
     with envelope(content_service) as s:
         final, _mods, early = s.message(BASE_HEADERS, body)
     assert_reply(final, "message_too_long")
-    # The body was skipped after the chunk that passed the limit.
-    assert early == [Answer("skip")]
+    # Body chunks get no reply (unix socket): the verdict waits for end of message.
+    # Over TCP the body is skipped instead (tests/test_adapter.py).
+    assert early == []
     assert "check=message_size.body reply=message_too_long" in content_service.log()
 
 

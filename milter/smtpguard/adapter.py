@@ -176,12 +176,17 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
 
 class SmtpGuardMilterNoReply(SmtpGuardMilter):
-    """The same, negotiating no reply to connect, HELO, DATA and each header.
+    """The same, negotiating no reply to connect, HELO, DATA, each header and each body
+    chunk.
 
     The answer to those is always "continue": connect and HELO verdicts and faults
-    wait for MAIL FROM, header verdicts and faults for end of message (see the
-    pipeline). Skipping the replies saves a round trip per step (through Postfix,
+    wait for MAIL FROM, header and body verdicts and faults for end of message (see
+    the pipeline). Skipping the replies saves a round trip per step (through Postfix,
     connect and HELO without replies measured 0.05 ms less milter CPU per message).
+    The price of the body's: after a content verdict the MTA cannot be told to skip
+    the rest of the body (SMFIS_SKIP), so it sends the remaining chunks, which the
+    pipeline ignores; a round trip per chunk of every message against a local copy of
+    the rest of a message already condemned.
     Used on unix sockets only: over TCP, back-to-back packets without replies wait
     for Nagle and delayed ACK (~40 ms per message).
 
@@ -213,6 +218,23 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def data(self) -> int:
         return super().data()
+
+    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
+    def body(self, chunk: bytes) -> int:
+        rc = super().body(chunk)
+        if not self._protocol & Milter.P_NR_BODY:
+            return rc  # an MTA that did not grant it reads this answer
+        if rc not in (Milter.CONTINUE, Milter.SKIP):
+            # Only a fault while rendering internal_error itself gets here (the
+            # pipeline keeps every body verdict for end of message); nothing may be
+            # answered now, so end of message tempfails instead.
+            conn = self.driver.conn
+            fault = TempError("internal_error", "exception")
+            if conn.txn is not None:
+                conn.txn.defer(fault, "adapter")
+            else:
+                conn.defer(fault, "adapter")  # no message to answer: the next MAIL FROM
+        return int(Milter.CONTINUE)
 
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def header(self, name: str, value: str) -> int:

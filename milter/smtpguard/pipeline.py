@@ -581,7 +581,7 @@ class Pipeline:
             note("pass")
             return None
         if stage in _DEFERRED_TO_EOM and conn.txn is not None:
-            conn.txn.pending, conn.txn.pending_check = verdict, check
+            conn.txn.defer(verdict, check)
             note("deferred")
             return SKIP if stage is Stage.BODY else CONTINUE
         if stage in _DEFERRED_STAGES:
@@ -609,8 +609,7 @@ class Pipeline:
         verdict = TempError("internal_error", "exception")
         txn = conn.txn
         if stage in _DEFERRED_TO_EOM and txn is not None:
-            if txn.pending is None:
-                txn.pending, txn.pending_check = verdict, where
+            txn.defer(verdict, where)
             return SKIP if stage is Stage.BODY else CONTINUE
         if stage in _DEFERRED_STAGES:
             conn.defer(verdict, where)

@@ -80,6 +80,11 @@ class Transaction:
     # Per-check scratch space for stateful content checks (MIME walker, counters).
     scratch: dict[str, Any] = field(default_factory=dict)
 
+    def defer(self, verdict: Hit | TempError, check: str) -> None:
+        """Keep a header/body verdict for end of message; the first one stays."""
+        if self.pending is None:
+            self.pending, self.pending_check = verdict, check
+
 
 @dataclass(slots=True)
 class Connection:

@@ -199,6 +199,8 @@ class MilterSession:
         # miltertest's codec encodes str only; send raw octets (NUL, 8-bit) ourselves.
         packet = C.SMFIC_BODY.encode() + chunk
         self.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
+        if (self.conn.protocol_flags or 0) & C.SMFIP_NR_BODY:
+            return Answer("continue")  # no reply per chunk, as Postfix honours it
         rcmd, _ = self.conn.recv()
         if rcmd == C.SMFIR_SKIP:
             return Answer("skip")
