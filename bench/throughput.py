@@ -239,7 +239,11 @@ def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def milter_process(
-    argv: list[str], address: Path | tuple[str, int], log: Path, deadline: float = 30.0
+    argv: list[str],
+    address: Path | tuple[str, int],
+    log: Path,
+    deadline: float = 30.0,
+    stop_timeout: float = 15.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -248,7 +252,7 @@ def milter_process(
         yield proc
     finally:
         # libmilter notices SIGTERM at its next listener poll (up to ~5 s).
-        stop_process(proc)
+        stop_process(proc, timeout=stop_timeout)
 
 
 # --- measurements --------------------------------------------------------------------
@@ -416,10 +420,14 @@ def profile_smtpguard(
     config = smtpguard_config(directory, dns_port)
     out = args.json.parent / "smtpguard-cpu.pstats"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # An earlier run's file must not pass for this one's if this one writes none.
+    out.unlink(missing_ok=True)
     sock = directory / "smtpguard.sock"
     profiler = [sys.executable, str(BENCH / "profiled_smtpguard.py"), "--cpu", str(out)]
     print("profiling smtpguard (cProfile, extra runs) ...", flush=True)
-    with milter_process([*profiler, "-c", str(config), "run"], sock, directory / "log"):
+    # Merging a profile per libmilter thread (one per session) takes a while at exit.
+    argv = [*profiler, "-c", str(config), "run"]
+    with milter_process(argv, sock, directory / "log", stop_timeout=300.0):
         instance = start_postfix("profiled", config, f"unix:{sock}")
         try:
             smtp_source(load, instance.port)
@@ -429,7 +437,10 @@ def profile_smtpguard(
         if script is not None:
             drive(script, str(sock), 10, direct_seconds)
     # The process has stopped: its profile is written.
-    return {"postfix_and_direct": summarize_pstats(out)} if out.exists() else {}
+    if not out.exists():
+        print(f"no profile written; see {directory / 'log'}", flush=True)
+        return {}
+    return {"postfix_and_direct": summarize_pstats(out)}
 
 
 def milter_interpreter(parser: argparse.ArgumentParser, python: str) -> str:
