@@ -159,7 +159,7 @@ def smtpguard_config(
     inet_port: int | None = None,
     loop_marker: bool = False,
     workers: int = 1,
-    cpu_affinity: str = "auto",
+    cpu_affinity: str | list[int] = "auto",
 ) -> Path:
     """conf/smtpguard.toml as shipped, with what a private instance needs and every
     check that needs no outside service switched on:
@@ -443,6 +443,16 @@ def profile_smtpguard(
     return {"postfix_and_direct": summarize_pstats(out)}
 
 
+def cpu_affinity(text: str) -> str | list[int]:
+    """``--cpu-affinity``: "auto", "off" or comma-separated CPU numbers."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        return [int(cpu) for cpu in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"auto, off or CPU numbers, not {text!r}") from None
+
+
 def milter_interpreter(parser: argparse.ArgumentParser, python: str) -> str:
     """``python``'s version and the smtpguard it imports, printed; a parser error when
     it cannot run the milters."""
@@ -500,9 +510,10 @@ def main() -> int:
     )
     p.add_argument(
         "--cpu-affinity",
-        choices=("auto", "off"),
+        type=cpu_affinity,
         default="auto",
-        help="[milter] cpu_affinity of the smtpguard instances (default: auto, as shipped)",
+        help="[milter] cpu_affinity of the smtpguard instances: auto (as shipped), off, or"
+        " CPU numbers such as 1 or 0,1",
     )
     p.add_argument(
         "--python",

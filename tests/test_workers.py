@@ -126,15 +126,48 @@ def test_each_worker_gets_one_cpu_of_the_set_in_turn() -> None:
     assert worker_cpu(1, [2], auto) is None
 
 
-def test_cpu_affinity_is_auto_or_off(tmp_path: Path) -> None:
+def test_cpu_affinity_is_auto_off_or_cpus(tmp_path: Path) -> None:
     assert config_with(tmp_path, "").milter.cpu_affinity == "auto"
     assert config_with(tmp_path, "[milter]\ncpu_affinity = 'off'\n").milter.cpu_affinity == "off"
-    with pytest.raises(ConfigError, match=r"milter\.cpu_affinity"):
-        config_with(tmp_path, "[milter]\ncpu_affinity = 'all'\n")
+    listed = config_with(tmp_path, "[milter]\ncpu_affinity = [3, 1]\n")
+    assert listed.milter.cpu_affinity == (3, 1)
+    for value in ("'all'", "[]", "[1, 1]", "[-1]", "['1']", "[true]", "1"):
+        with pytest.raises(ConfigError, match=r"milter\.cpu_affinity"):
+            config_with(tmp_path, f"[milter]\ncpu_affinity = {value}\n")
+
+
+def test_listed_cpus_bind_every_worker_in_turn() -> None:
+    """A list applies as given: also with one worker or one CPU in it."""
+    listed = MilterConfig(workers=3, cpu_affinity=(4, 1))
+    assert [worker_cpu(n, [0, 1], listed) for n in (1, 2, 3)] == [4, 1, 4]
+    assert worker_cpu(1, [0, 1], MilterConfig(workers=1, cpu_affinity=(1,))) == 1
 
 
 def allowed_cpus(pid: int) -> set[int]:
     return os.sched_getaffinity(pid)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_listed_cpu_takes_both_workers(tmp_path: Path) -> None:
+    """cpu_affinity = [CPU]: both workers on that CPU (a host shared with the MTA)."""
+    last = max(os.sched_getaffinity(0))
+    site = make_site(tmp_path, {"milter": {"workers": 2, "cpu_affinity": [last]}})
+    with running(site) as service:
+        both_started(service)
+        workers = children(service.process.pid)
+        wait_until(lambda: all(allowed_cpus(pid) == {last} for pid in workers))
+        wait_until(lambda: service.log().count(f" bound to CPU {last}") == 2)
+        assert mail(service, "<a@sender.example>") == "continue"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_listed_cpu_takes_a_single_process(tmp_path: Path) -> None:
+    last = max(os.sched_getaffinity(0))
+    site = make_site(tmp_path, {"milter": {"workers": 1, "cpu_affinity": [last]}})
+    with running(site) as service:
+        assert allowed_cpus(service.process.pid) == {last}
+        assert f" bound to CPU {last}" in service.log()
+        assert mail(service, "<a@sender.example>") == "continue"
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")

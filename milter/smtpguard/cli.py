@@ -67,6 +67,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         prepare_metrics(config)
         return supervise(config)
+    if isinstance(config.milter.cpu_affinity, tuple):
+        from smtpguard.supervisor import bind
+
+        bind(config.milter.cpu_affinity)  # one process: on the CPUs listed, all of them
     gate = new_gate(config)
     prometheus = PrometheusMetrics() if config.metrics.enabled else None
     runtime = build_runtime(config, metrics=prometheus)

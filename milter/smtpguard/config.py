@@ -180,6 +180,26 @@ MAX_DEFAULT_WORKERS: Final = 8
 MAX_WORKERS: Final = 64
 
 
+def _cpu_affinity(
+    s: _Section, default: Literal["auto", "off"] | tuple[int, ...]
+) -> Literal["auto", "off"] | tuple[int, ...]:
+    """``"auto"``, ``"off"`` or a list of CPU numbers (distinct, from 0)."""
+    value = s.data.get("cpu_affinity")
+    if not isinstance(value, list):
+        choices = ("auto", "off")
+        fallback = default if isinstance(default, str) else "auto"
+        return cast(Literal["auto", "off"], s.choice("cpu_affinity", fallback, choices))
+    s.seen.add("cpu_affinity")
+    if not value:
+        raise s.error("cpu_affinity", 'an empty list of CPUs; use "off" to leave them unbound')
+    for cpu in value:
+        if isinstance(cpu, bool) or not isinstance(cpu, int) or cpu < 0:
+            raise s.error("cpu_affinity", f"expected CPU numbers (0, 1, ...), got {cpu!r}")
+    if len(set(value)) != len(value):
+        raise s.error("cpu_affinity", "a CPU is listed twice")
+    return tuple(value)
+
+
 def default_workers() -> int:
     """The CPUs this process may run on (its affinity, as a container or systemd's
     CPUAffinity= sets it), at most :data:`MAX_DEFAULT_WORKERS`."""
@@ -225,9 +245,9 @@ class MilterConfig:
     #: everything in one process, as before workers existed.
     workers: int = field(default_factory=default_workers)
     #: "auto": with several workers, each runs on one CPU of the service's set (worker
-    #: N on its Nth CPU, round robin); "off": the kernel places them. See
-    #: smtpguard.supervisor.worker_cpu.
-    cpu_affinity: Literal["auto", "off"] = "auto"
+    #: N on its Nth CPU, round robin); "off": the kernel places them; CPU numbers: the
+    #: workers run on those, in turn. See smtpguard.supervisor.worker_cpu.
+    cpu_affinity: Literal["auto", "off"] | tuple[int, ...] = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -934,9 +954,7 @@ def _milter(s: _Section) -> MilterConfig:
         authserv_id=s.string("authserv_id", d.authserv_id),
         auth_results=s.boolean("auth_results", d.auth_results),
         workers=s.integer("workers", d.workers, minimum=1),
-        cpu_affinity=cast(
-            Literal["auto", "off"], s.choice("cpu_affinity", d.cpu_affinity, ("auto", "off"))
-        ),
+        cpu_affinity=_cpu_affinity(s, d.cpu_affinity),
     )
     if out.workers > MAX_WORKERS:
         raise s.error("workers", f"must be at most {MAX_WORKERS}")

@@ -58,7 +58,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -376,7 +376,7 @@ class Supervisor:
         self.gate.bind(number - 1)
         cpu = worker_cpu(number, self.cpus, self.config.milter)
         if cpu is not None:
-            _bind(cpu)
+            bind({cpu})
         try:
             run(self.app, self.reload)
         except Exception:
@@ -455,22 +455,34 @@ def worker_cpu(number: int, cpus: Sequence[int], config: MilterConfig) -> int | 
     VM); on one CPU it is a local context switch. Measured on 2 CPUs, 2 workers at 10
     concurrent sessions: 1.6x the sessions per second and 0.7x the CPU per session
     (bench/README.md). One worker stays unbound: alone, it would leave the other CPUs
-    to the MTA while its own is busy."""
-    if config.cpu_affinity == "off" or config.workers < 2 or len(cpus) < 2:
+    to the MTA while its own is busy.
+
+    A list of CPUs is the operator's choice and applies as given, worker N on its Nth
+    entry in turn: on a host shared with the MTA, workers kept to fewer CPUs leave the
+    MTA's processes the others, and each side's caches stay warm (bench/README.md,
+    round 8)."""
+    affinity = config.cpu_affinity
+    if isinstance(affinity, tuple):
+        return affinity[(number - 1) % len(affinity)]
+    if affinity == "off" or config.workers < 2 or len(cpus) < 2:
         return None
     return cpus[(number - 1) % len(cpus)]
 
 
-def _bind(cpu: int) -> None:
-    # The worker has one thread here; libmilter's and the resolver's threads, started
-    # later, inherit the mask. Its log lines carry worker=N already.
+def bind(cpus: Collection[int]) -> None:
+    """Run this process (and the threads it starts later) on ``cpus``; a failure is
+    logged and the process left as it was."""
+    # Called before libmilter's and the resolver's threads start: they inherit the
+    # mask. A worker's log lines carry worker=N already.
+    listed = ",".join(map(str, sorted(cpus)))
     try:
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, cpus)
     except OSError as exc:
-        # A cpuset changed under us: serving unbound is better than not serving.
-        log.warning("cannot bind to CPU %d: %s; left unbound", cpu, exc)
+        # A CPU outside the service's set, or a cpuset changed under us: serving
+        # unbound is better than not serving.
+        log.warning("cannot bind to CPU %s: %s; left unbound", listed, exc)
         return
-    log.info("bound to CPU %d", cpu)
+    log.info("bound to CPU %s", listed)
 
 
 def restart_delay(quick_deaths: int) -> float:
