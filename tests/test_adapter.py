@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import Milter
 import pytest
@@ -183,36 +184,10 @@ def test_adapter_fault_outside_checks_is_internal_error(app: App) -> None:
     assert rc == Milter.TEMPFAIL
 
 
-def test_no_reply_session_answers_a_connect_fault_at_mail(app: App) -> None:
-    """On a unix socket connect and HELO are negotiated without replies (Postfix reads
-    none): a fault there, even one that breaks rendering the reply, must not become
-    an answer nobody reads, but the tempfail of the MAIL FROM that follows."""
-    saved = Milter.factory
-    Milter.factory = partial(SmtpGuardMilterNoReply, app)
-    try:
-        ctx = MilterCtx()
-        ctx._setsymval("v", "Postfix 3.7.11")
-        # Negotiated by hand: TestCtx keeps what an earlier negotiation left in its
-        # class-wide offer. Postfix offers every protocol bit; these are asked for.
-        opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
-        assert Milter.negotiate_callback(ctx, opts) == Milter.CONTINUE
-        ctx._protocol = opts[1]
-        assert ctx._protocol & Milter.P_NR_CONN
-        assert ctx._protocol & Milter.P_NR_HELO
-        milter_obj = ctx.getpriv()
-        runtime, milter_obj.driver.rt = milter_obj.driver.rt, None  # connect cannot run
-        assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.NOREPLY
-        milter_obj.driver.rt = runtime
-        assert milter_obj.hello("mail.sender.example") == Milter.NOREPLY
-        rc = ctx._envfrom("<a@sender.example>")
-        assert validated(ctx, rc) == expect("internal_error")
-    finally:
-        Milter.factory = saved
-
-
-def no_reply_session(app: App) -> MilterCtx:
-    """A session of the no-reply adapter, past RCPT, negotiated as Postfix does it."""
-    Milter.factory = partial(SmtpGuardMilterNoReply, app)
+def negotiated(milter_class: type[SmtpGuardMilter], app: App) -> MilterCtx:
+    """A session of ``milter_class`` (the ``app`` fixture restores the factory),
+    negotiated as Postfix does it."""
+    Milter.factory = partial(milter_class, app)
     ctx = MilterCtx()
     ctx._setsymval("v", "Postfix 3.7.11")
     # Negotiated by hand: TestCtx keeps what an earlier negotiation left in its
@@ -220,57 +195,66 @@ def no_reply_session(app: App) -> MilterCtx:
     opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
     assert Milter.negotiate_callback(ctx, opts) == Milter.CONTINUE
     ctx._protocol = opts[1]
-    assert ctx._protocol & Milter.P_NR_BODY
+    return ctx
+
+
+def past_rcpt(ctx: MilterCtx, unanswered: int) -> Any:
+    """The milter of ``ctx`` after connect, HELO (answered ``unanswered``), MAIL and
+    RCPT; callbacks called directly read every macro (TestCtx's steps set a stage)."""
     milter_obj = ctx.getpriv()
-    # Callbacks called directly read every macro (TestCtx's own steps set a stage).
     ctx._stage = -1
-    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.NOREPLY
-    assert milter_obj.hello("mail.sender.example") == Milter.NOREPLY
+    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == unanswered
+    assert milter_obj.hello("mail.sender.example") == unanswered
     assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
     assert ctx._envrcpt("<alice@example.com>") == Milter.CONTINUE
     ctx._stage = -1
-    assert milter_obj.data() == Milter.NOREPLY
-    assert milter_obj.header("Subject", "hello") == Milter.NOREPLY
-    return ctx
+    return milter_obj
+
+
+def test_no_reply_session_answers_a_connect_fault_at_mail(app: App) -> None:
+    """On a unix socket connect and HELO are negotiated without replies (Postfix reads
+    none): a fault there, even one that breaks rendering the reply, must not become
+    an answer nobody reads, but the tempfail of the MAIL FROM that follows."""
+    ctx = negotiated(SmtpGuardMilterNoReply, app)
+    assert ctx._protocol & Milter.P_NR_CONN
+    assert ctx._protocol & Milter.P_NR_HELO
+    milter_obj = ctx.getpriv()
+    runtime, milter_obj.driver.rt = milter_obj.driver.rt, None  # connect cannot run
+    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.NOREPLY
+    milter_obj.driver.rt = runtime
+    assert milter_obj.hello("mail.sender.example") == Milter.NOREPLY
+    rc = ctx._envfrom("<a@sender.example>")
+    assert validated(ctx, rc) == expect("internal_error")
+
+
+#: Body chunks of 64,800 octets in lines of 70; the site's max_message_size is 1,000,000.
+CHUNK = (b"x" * 70 + b"\r\n") * 900
+UNDER_THE_LIMIT = 1_000_000 // len(CHUNK)
 
 
 def test_no_reply_body_verdict_is_answered_at_eom(app: App) -> None:
     """Body chunks get no reply (the MTA reads none): a verdict in the body, and every
     chunk after it, is answered CONTINUE-less, and end of message carries the reply."""
-    saved = Milter.factory
-    try:
-        ctx = no_reply_session(app)
-        milter_obj = ctx.getpriv()
-        chunk = (b"x" * 70 + b"\r\n") * 900
-        chunks = 1_000_000 // len(chunk) + 3  # past the site's max_message_size
-        assert [milter_obj.body(chunk) for _ in range(chunks)] == [Milter.NOREPLY] * chunks
-        assert milter_obj.driver.conn.txn.pending is not None
-        rc = ctx._eom()
-        assert validated(ctx, rc) == expect("message_too_long")
-    finally:
-        Milter.factory = saved
+    ctx = negotiated(SmtpGuardMilterNoReply, app)
+    assert ctx._protocol & Milter.P_NR_BODY
+    milter_obj = past_rcpt(ctx, Milter.NOREPLY)
+    assert milter_obj.data() == Milter.NOREPLY
+    assert milter_obj.header("Subject", "hello") == Milter.NOREPLY
+    chunks = UNDER_THE_LIMIT + 3
+    assert [milter_obj.body(CHUNK) for _ in range(chunks)] == [Milter.NOREPLY] * chunks
+    assert milter_obj.driver.conn.txn.pending is not None
+    rc = ctx._eom()
+    assert validated(ctx, rc) == expect("message_too_long")
 
 
 def test_body_after_a_verdict_is_skipped_where_replies_are_read(app: App) -> None:
     """The plain adapter (inet sockets) answers each body chunk: once the size verdict
     is in, the MTA is told to skip the rest (SMFIS_SKIP, where it offers that)."""
-    ctx = MilterCtx()
-    ctx._setsymval("v", "Postfix 3.7.11")
-    opts = [Milter.CURR_ACTS, 0x1FFFFF, 0, 0]
-    assert Milter.negotiate_callback(ctx, opts) == Milter.CONTINUE
-    ctx._protocol = opts[1]
+    ctx = negotiated(SmtpGuardMilter, app)
     assert not ctx._protocol & Milter.P_NR_BODY
-    milter_obj = ctx.getpriv()
-    ctx._stage = -1
-    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.CONTINUE
-    assert milter_obj.hello("mail.sender.example") == Milter.CONTINUE
-    assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
-    assert ctx._envrcpt("<alice@example.com>") == Milter.CONTINUE
-    ctx._stage = -1
-    chunk = (b"x" * 70 + b"\r\n") * 900
-    under = 1_000_000 // len(chunk)  # chunks within the site's max_message_size
-    answers = [milter_obj.body(chunk) for _ in range(under + 3)]
-    assert answers == [Milter.CONTINUE] * under + [Milter.SKIP] * 3
+    milter_obj = past_rcpt(ctx, Milter.CONTINUE)
+    answers = [milter_obj.body(CHUNK) for _ in range(UNDER_THE_LIMIT + 3)]
+    assert answers == [Milter.CONTINUE] * UNDER_THE_LIMIT + [Milter.SKIP] * 3
     rc = ctx._eom()
     assert validated(ctx, rc) == expect("message_too_long")
 
@@ -278,18 +262,14 @@ def test_body_after_a_verdict_is_skipped_where_replies_are_read(app: App) -> Non
 def test_no_reply_body_fault_is_answered_at_eom(app: App) -> None:
     """A fault in a body chunk, even one that breaks rendering internal_error, is no
     answer nobody reads: end of message tempfails."""
-    saved = Milter.factory
-    try:
-        ctx = no_reply_session(app)
-        milter_obj = ctx.getpriv()
-        runtime, milter_obj.driver.rt = milter_obj.driver.rt, None  # body cannot run
-        assert milter_obj.body(b"hello\r\n") == Milter.NOREPLY
-        milter_obj.driver.rt = runtime
-        assert milter_obj.body(b"more\r\n") == Milter.NOREPLY
-        rc = ctx._eom()
-        assert validated(ctx, rc) == expect("internal_error")
-    finally:
-        Milter.factory = saved
+    ctx = negotiated(SmtpGuardMilterNoReply, app)
+    milter_obj = past_rcpt(ctx, Milter.NOREPLY)
+    runtime, milter_obj.driver.rt = milter_obj.driver.rt, None  # body cannot run
+    assert milter_obj.body(b"hello\r\n") == Milter.NOREPLY
+    milter_obj.driver.rt = runtime
+    assert milter_obj.body(b"more\r\n") == Milter.NOREPLY
+    rc = ctx._eom()
+    assert validated(ctx, rc) == expect("internal_error")
 
 
 def test_session_gate_released_on_close(app: App) -> None:
