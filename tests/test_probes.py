@@ -4,6 +4,7 @@ as the service user sees them, and each configured network backend, asked once."
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import shutil
 import socket
@@ -43,6 +44,24 @@ def nobody_site(root: Path, extra: dict[str, Any] | None = None) -> Site:
         "state": {"path": str(root / "state" / "state.sqlite")},
     }
     return make_site(root, merge(base, extra or {}))
+
+
+# --- host ---------------------------------------------------------------------------
+
+
+def test_listed_cpus_the_host_does_not_allow(tmp_path: Path) -> None:
+    allowed = os.sched_getaffinity(0)
+    absent = max(allowed) + 1
+    site = make_site(tmp_path, {"milter": {"workers": 2, "cpu_affinity": [min(allowed), absent]}})
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 1
+    have = ",".join(map(str, sorted(allowed)))
+    assert problems(result) == [
+        f"{site.config.resolve()}: milter.cpu_affinity: CPU {absent} not among the CPUs"
+        f" this host allows ({have})"
+    ]
+    fine = make_site(tmp_path / "fine", {"milter": {"cpu_affinity": sorted(allowed)}})
+    assert smtpguard(fine, "check-config", "--offline", check=False).returncode == 0
 
 
 # --- backends -----------------------------------------------------------------------

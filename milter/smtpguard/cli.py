@@ -101,7 +101,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from smtpguard.app import build_runtime
     from smtpguard.config import ConfigError
     from smtpguard.directory import NoDirectory
-    from smtpguard.probes import backend_problems, file_problems, log_problems, user_problems
+    from smtpguard.probes import (
+        backend_problems,
+        cpu_problems,
+        file_problems,
+        log_problems,
+        user_problems,
+    )
 
     try:
         config = _load(args.config)
@@ -109,7 +115,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     problems = user_problems(config) + file_problems(config, become=drop_privileges)
-    problems += log_problems(config)
+    problems += log_problems(config) + cpu_problems(config)
     # A directory file already reported is left out, so the rest still gets checked.
     unreadable = any(p.key == "directory.path" for p in problems)
     try:

@@ -61,6 +61,21 @@ def user_problems(config: Config) -> list[ConfigError]:
     return []
 
 
+def cpu_problems(config: Config) -> list[ConfigError]:
+    """CPUs ``milter.cpu_affinity`` lists that this process may not run on (the
+    service would leave those workers unbound). Host-specific, like the user."""
+    listed = config.milter.cpu_affinity
+    if not isinstance(listed, tuple):
+        return []
+    allowed = os.sched_getaffinity(0)
+    missing = [cpu for cpu in listed if cpu not in allowed]
+    if not missing:
+        return []
+    have = ",".join(map(str, sorted(allowed)))
+    text = f"CPU {','.join(map(str, missing))} not among the CPUs this host allows ({have})"
+    return [ConfigError(config.file, "milter.cpu_affinity", text)]
+
+
 def file_problems(config: Config, become: Callable[[str], None] | None = None) -> list[ConfigError]:
     """Problems with the files the service opens, as ``milter.user`` if it exists.
 
