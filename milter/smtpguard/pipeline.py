@@ -12,8 +12,9 @@ Rules, in the order they apply:
   FROM, where Postfix shows their text (it defers such rejects to MAIL anyway);
 * verdicts found in the headers or the body wait on the transaction and are delivered
   at end of message, which is when the client hears any DATA-phase reply anyway; once
-  one waits, later headers are not examined and the body is skipped (SMFIS_SKIP), so
-  nothing more is parsed or counted;
+  one waits, later headers are not examined and the body is skipped (SMFIS_SKIP where
+  the MTA reads a reply per body chunk, passed over where it reads none), so nothing
+  more is parsed or counted;
 * the reply is rendered at delivery time, when it is known whether the client
   negotiated SMTPUTF8 and which MTA we talk to;
 * when the connection opens and after HELO, every enabled check with a ``prefetch``
