@@ -459,7 +459,7 @@ def worker_cpu(number: int, cpus: Sequence[int], config: MilterConfig) -> int | 
 
     A list of CPUs is the operator's choice and applies as given, worker N on its Nth
     entry in turn: on a host shared with the MTA, workers kept to fewer CPUs leave the
-    MTA's processes the others, and each side's caches stay warm (bench/README.md,
+    MTA's processes the others, and each side's caches likely stay warm (bench/README.md,
     round 8)."""
     affinity = config.cpu_affinity
     if isinstance(affinity, tuple):
