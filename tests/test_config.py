@@ -56,6 +56,11 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
         ("[limits]\nmax_rcpt = true\n", "limits.max_rcpt", "got a boolean"),
         ("[limits]\nmax_rcpt = 0\n", "limits.max_rcpt", "at least 1"),
         ("[milter]\nsocket = '/tmp/x'\n", "milter.socket", "must start with"),
+        ("[milter]\nsocket = 'inet:99999'\n", "milter.socket", "1 to 65535, got '99999'"),
+        ("[milter]\nsocket = 'inet6:0@::1'\n", "milter.socket", "1 to 65535, got '0'"),
+        ("[milter]\nsocket = 'inet:@127.0.0.1'\n", "milter.socket", "1 to 65535, got ''"),
+        ("[milter]\nsocket = 'inet:smtp'\n", "milter.socket", "1 to 65535"),
+        ("[milter]\nsocket = 'inet:\uff18\uff18'\n", "milter.socket", "1 to 65535"),
         ("[milter]\nmta = 'exim'\n", "milter.mta", "must be one of"),
         ("[site]\ntrusted_networks = ['10.0.0.0/33']\n", "site.trusted_networks", "not a network"),
         ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),
@@ -77,6 +82,12 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
 def test_errors_name_file_and_dotted_key(tmp_path: Path, text: str, key: str, message: str) -> None:
     error = assert_config_error(tmp_path, text, key, message)
     assert error.file in str(error)
+
+
+@pytest.mark.parametrize("socket", ["inet:1", "inet:65535@127.0.0.1", "inet6:8899@[::1]"])
+def test_milter_socket_ports_in_range_load(tmp_path: Path, socket: str) -> None:
+    config = load_config(write_config(tmp_path, f"[milter]\nsocket = '{socket}'\n"))
+    assert config.milter.socket == socket
 
 
 def test_missing_file(tmp_path: Path) -> None:

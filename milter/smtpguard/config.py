@@ -934,6 +934,7 @@ def _milter(s: _Section) -> MilterConfig:
     socket = s.string("socket", d.socket)
     if not socket.startswith(("unix:", "local:", "inet:", "inet6:")):
         raise s.error("socket", "must start with unix:, inet: or inet6:")
+    _check_socket_port(s, socket)
     out = MilterConfig(
         socket=socket,
         name=s.string("name", d.name),
@@ -1022,6 +1023,18 @@ def _unbracket(network: str) -> str:
         if sep and (not rest or rest.startswith("/")):
             return addr + rest
     return network
+
+
+def _check_socket_port(s: _Section, socket: str) -> None:
+    """libmilter reads the port with ``atoi`` and ``htons``: 99999 would listen on
+    34463 while the Postfix and Sendmail lines written from the config say 99999."""
+    kind, _, rest = socket.partition(":")
+    if kind not in ("inet", "inet6"):
+        return
+    port = rest.partition("@")[0]
+    # isdigit() alone admits "²" and full-width digits, which int() refuses or reads.
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise s.error("socket", f"the port must be a number from 1 to 65535, got {port!r}")
 
 
 def _loopback_socket(socket: str) -> bool:
