@@ -100,6 +100,41 @@ def test_invalid_toml(tmp_path: Path) -> None:
         load(write_config(tmp_path, "[milter\n"))
 
 
+@pytest.mark.parametrize(
+    ("command", "broken"),
+    [
+        *((command, "config") for command in ("check-config", "run", "postfix-config")),
+        *((command, "reply table") for command in ("check-config", "run", "postfix-config")),
+        # postfix-config reads no content rules.
+        *((command, "rules") for command in ("check-config", "run")),
+    ],
+)
+def test_files_that_are_not_utf8_are_config_errors(
+    tmp_path: Path, command: str, broken: str
+) -> None:
+    """A stray Latin-1 byte gives the file and the offset, never a traceback."""
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"# caf\xe9\n")
+    text = (
+        f"[milter]\nsocket = 'unix:{tmp_path}/s.sock'\n[directory]\nbackend = 'none'\n"
+        f"[state]\npath = '{tmp_path}/state.sqlite'\n"
+    )
+    if broken == "reply table":
+        text += f"[replies]\ntable = '{latin1}'\n"
+    elif broken == "rules":
+        text += f"[antispam]\nrules = '{latin1}'\n"
+    path = write_config(tmp_path, text)
+    if broken == "config":
+        path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+        latin1 = path
+    args = ("check-config", str(path)) if command == "check-config" else ("-c", str(path), command)
+    result = run_cli(*args)
+    # check-config reports a problem (1); the others could not start (2).
+    assert result.returncode == (1 if command == "check-config" else 2)
+    assert "Traceback" not in result.stderr
+    assert f"{latin1.resolve()}: not valid UTF-8: byte 0xe9 at offset " in result.stderr
+
+
 def test_a_copied_sample_names_the_reply_table_it_cannot_find(tmp_path: Path) -> None:
     """The sample's ``../rules/`` paths mean nothing beside a copy elsewhere: the error
     names the key, the file and where a relative path is read from."""

@@ -61,12 +61,23 @@ def read_toml(
     """A TOML file's contents; a missing, unreadable or invalid file raises ``error``
     naming the file (every data file smtpguard reads goes through here)."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise error(path, "", f"{what} not found") from None
     except OSError as exc:
         raise error(path, "", f"cannot read {what}: {exc.strerror}") from None
+    try:
+        # TOML is UTF-8 (tomllib.load decodes so too, but lets the error escape).
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            path,
+            "",
+            f"not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line})",
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(path, "", f"not valid TOML: {exc}") from None
 
