@@ -153,9 +153,10 @@ def test_relay_control_postfix_keeps_postfix_guard_last(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     assert cfg.site.relay_control == "postfix"
     value = changes(make_plan(cfg))["smtpd_relay_restrictions"]
+    # The admin's list is kept as written (here without commas), ours before its guard.
     assert value == (
-        "permit_mynetworks, permit_sasl_authenticated, permit_auth_destination,"
-        " check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)},"
+        "permit_mynetworks permit_sasl_authenticated permit_auth_destination"
+        " check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)}"
         " defer_unauth_destination"
     )
     assert "static:{OK}" not in value
@@ -167,8 +168,7 @@ def test_relay_control_milter_passes_recipients_only_while_milters_are_set(
     cfg = config(tmp_path, {"site": {"relay_control": "milter"}})
     value = changes(make_plan(cfg))["smtpd_relay_restrictions"]
     assert value == (
-        f"permit_mynetworks, permit_sasl_authenticated, {MILTER_RELAY_PASS},"
-        " defer_unauth_destination"
+        f"permit_mynetworks permit_sasl_authenticated {MILTER_RELAY_PASS} defer_unauth_destination"
     )
 
 
@@ -199,6 +199,151 @@ def test_relay_restrictions_the_admin_is_told_about(
     result = make_plan(config(tmp_path), smtpd_relay_restrictions=restrictions)
     assert ("smtpd_relay_restrictions" in changes(result)) is rewritten
     assert any(said in line for line in getattr(result, said_in))
+
+
+OURS_POSTFIX = "check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)}"
+
+
+def plan_of(cfg: Config, raw: dict[str, str], expanded: dict[str, str]) -> Plan:
+    """A plan for an instance whose raw and expanded values differ (``$name``)."""
+    current = Settings(raw={**STOCK, **raw}, expanded={**STOCK, **expanded})
+    return plan(cfg, load_replies(cfg.replies, cfg.file), current)
+
+
+def test_switching_relay_control_to_postfix_removes_the_pass_through(tmp_path: Path) -> None:
+    """The milter mode's ${smtpd_milters?{...}} is replaced, never written expanded: a
+    bare static:{OK} would relay for anyone once smtpguard is removed."""
+    milter = config(tmp_path / "m", {"site": {"relay_control": "milter"}})
+    first = changes(make_plan(milter))["smtpd_relay_restrictions"]
+    assert MILTER_RELAY_PASS in first
+    expanded = first.replace(MILTER_RELAY_PASS, "check_recipient_access static:{OK}")
+    result = plan_of(
+        config(tmp_path / "p"),
+        {"smtpd_relay_restrictions": first, "smtpd_milters": "unix:x"},
+        {"smtpd_relay_restrictions": expanded, "smtpd_milters": "unix:x"},
+    )
+    value = changes(result)["smtpd_relay_restrictions"]
+    assert value == (
+        f"permit_mynetworks permit_sasl_authenticated permit_auth_destination {OURS_POSTFIX}"
+        " defer_unauth_destination"
+    )
+    assert "static:{OK}" not in value
+    assert "$" not in value
+    assert any("another site.relay_control" in p for p in result.problems)
+    assert not any("open relay" in p for p in result.unresolved)
+
+
+def test_switching_relay_control_to_milter_removes_the_static_reply(tmp_path: Path) -> None:
+    first = changes(make_plan(config(tmp_path / "p")))["smtpd_relay_restrictions"]
+    milter = config(tmp_path / "m", {"site": {"relay_control": "milter"}})
+    value = changes(make_plan(milter, smtpd_relay_restrictions=first))["smtpd_relay_restrictions"]
+    assert "static:{553" not in value
+    assert value.endswith(f"{MILTER_RELAY_PASS} defer_unauth_destination")
+
+
+def test_a_changed_reply_text_replaces_the_old_one(tmp_path: Path) -> None:
+    old = (
+        "permit_mynetworks, permit_auth_destination,"
+        " check_recipient_access static:{553 5.7.1 relaying denied}, reject_unauth_destination"
+    )
+    value = changes(make_plan(config(tmp_path), smtpd_relay_restrictions=old))[
+        "smtpd_relay_restrictions"
+    ]
+    assert value == (
+        f"permit_mynetworks, permit_auth_destination, {OURS_POSTFIX}, reject_unauth_destination"
+    )
+
+
+def test_the_admins_list_is_kept_as_written(tmp_path: Path) -> None:
+    raw = (
+        "permit_mynetworks, $relay_clients_check, check_client_access cidr:/etc/postfix/c,"
+        " reject_unauth_destination"
+    )
+    expanded = (
+        "permit_mynetworks, permit_sasl_authenticated, check_client_access cidr:/etc/postfix/c,"
+        " reject_unauth_destination"
+    )
+    result = plan_of(
+        config(tmp_path), {"smtpd_relay_restrictions": raw}, {"smtpd_relay_restrictions": expanded}
+    )
+    assert changes(result)["smtpd_relay_restrictions"] == (
+        "permit_mynetworks, $relay_clients_check, check_client_access cidr:/etc/postfix/c,"
+        f" permit_auth_destination, {OURS_POSTFIX}, reject_unauth_destination"
+    )
+
+
+def test_a_guard_behind_a_parameter_is_left_to_the_admin(tmp_path: Path) -> None:
+    result = plan_of(
+        config(tmp_path),
+        {"smtpd_relay_restrictions": "$my_relay_rules"},
+        {"smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination"},
+    )
+    assert "smtpd_relay_restrictions" not in changes(result)
+    assert any("through another parameter ($my_relay_rules)" in n for n in result.notes)
+
+
+def test_postfix_default_relay_restrictions_are_written_out(tmp_path: Path) -> None:
+    default = (
+        "${{$compatibility_level} <level {1} ? {} : {permit_mynetworks,"
+        " permit_sasl_authenticated, defer_unauth_destination}}"
+    )
+    result = plan_of(
+        config(tmp_path),
+        {"smtpd_relay_restrictions": default},
+        {
+            "smtpd_relay_restrictions": "permit_mynetworks, permit_sasl_authenticated,"
+            " defer_unauth_destination"
+        },
+    )
+    assert changes(result)["smtpd_relay_restrictions"] == (
+        "permit_mynetworks, permit_sasl_authenticated, permit_auth_destination,"
+        f" {OURS_POSTFIX}, defer_unauth_destination"
+    )
+
+
+def test_an_admins_own_ok_stays_a_conflict_and_is_not_called_closed(tmp_path: Path) -> None:
+    result = make_plan(
+        config(tmp_path),
+        smtpd_relay_restrictions="permit_mynetworks, permit, reject_unauth_destination",
+    )
+    assert any("'permit' before the relay guard" in p for p in result.unresolved)
+    (change,) = [c for c in result.changes if c.name == "smtpd_relay_restrictions"]
+    assert "stays closed" not in change.reason
+    assert "passes every recipient" in change.reason
+
+
+def test_a_changed_socket_replaces_our_old_entry(tmp_path: Path) -> None:
+    """An earlier postfix-config's entry for another milter.socket: left in place, its
+    dead socket with default_action=tempfail would defer every message."""
+    cfg = config(tmp_path)
+    address = postfix_milter_address(cfg.milter.socket)
+    old = (
+        "{ inet:127.0.0.1:9999, default_action=tempfail, protocol=6, connect_timeout=10s,"
+        " command_timeout=30s, content_timeout=300s }"
+    )
+    theirs = "inet:127.0.0.1:8891"
+    result = make_plan(cfg, smtpd_milters=f"{theirs}, {old}")
+    new = changes(result)["smtpd_milters"]
+    assert new.startswith(f"{theirs}, {{ {address}, default_action=tempfail")
+    assert "9999" not in new
+    assert any("inet:127.0.0.1:9999" in p for p in result.problems)
+    again = make_plan(cfg, smtpd_milters=new)
+    assert "smtpd_milters" not in changes(again)
+
+
+def test_non_smtpd_milters_inheriting_ours_is_told_not_doubled(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    result = plan(
+        cfg,
+        load_replies(cfg.replies, cfg.file),
+        Settings(
+            raw={**STOCK, "non_smtpd_milters": "$smtpd_milters"},
+            expanded={**STOCK, "non_smtpd_milters": ""},
+        ),
+        non_smtpd_milters=True,
+    )
+    assert "non_smtpd_milters" not in changes(result)
+    assert any(n.startswith("non_smtpd_milters refers to $smtpd_milters") for n in result.notes)
 
 
 def test_old_style_recipient_restrictions_get_the_reply(tmp_path: Path) -> None:

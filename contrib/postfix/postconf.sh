@@ -21,7 +21,7 @@ postconf -e 'smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=tem
 # smtpguard reads {client_addr} {client_name}
 postconf -e 'milter_connect_macros = j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}'
 # unauthorized relaying gets the table's reply from Postfix itself, before defer_unauth_destination: relaying stays closed with smtpguard down, removed or in dry run (Postfix puts '<rcpt>: Recipient address rejected:' before the text)
-postconf -e 'smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)}, defer_unauth_destination'
+postconf -e 'smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated permit_auth_destination check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)} defer_unauth_destination'
 # unknown local recipients reach smtpguard's directory (mailbox_unavailable); with smtpd_milters emptied Postfix refuses them itself again
 postconf -e 'smtpd_reject_unlisted_recipient = ${smtpd_milters?{no}:{yes}}'
 # above limits.max_message_size (52428800) so smtpguard answers message_too_long first; Postfix keeps a hard limit

@@ -26,6 +26,7 @@ The rules this follows come from measurements on Postfix 3.7 (``docs/postfix.md`
 from __future__ import annotations
 
 import ipaddress
+import re
 import shlex
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -161,25 +162,42 @@ class Plan:
     footers: str
 
 
-def split_list(value: str) -> list[str]:
-    """A Postfix list (commas and/or white space) with ``{...}`` groups kept whole."""
-    items: list[str] = []
-    current: list[str] = []
+def list_spans(value: str) -> list[tuple[int, int]]:
+    """Where each item of a Postfix list (commas and/or white space) starts and ends in
+    ``value``, with ``{...}`` groups kept whole."""
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
     depth = 0
-    for ch in value:
+    for i, ch in enumerate(value):
         if ch == "{":
             depth += 1
         elif ch == "}":
             depth = max(depth - 1, 0)
         if depth == 0 and (ch.isspace() or ch == ","):
-            if current:
-                items.append("".join(current))
-                current = []
+            if start is not None:
+                spans.append((start, i))
+                start = None
             continue
-        current.append(ch)
-    if current:
-        items.append("".join(current))
-    return items
+        if start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(value)))
+    return spans
+
+
+def split_list(value: str) -> list[str]:
+    """A Postfix list (commas and/or white space) with ``{...}`` groups kept whole."""
+    return [value[a:b] for a, b in list_spans(value)]
+
+
+def _cut(value: str, spans: list[tuple[int, int]], index: int, end_index: int) -> str:
+    """``value`` without items ``index`` to ``end_index`` (inclusive) and the
+    separator that follows them (or, for the last items, the one before)."""
+    start = spans[index][0]
+    if end_index + 1 < len(spans):
+        return value[:start] + value[spans[end_index + 1][0] :]
+    before = spans[index - 1][1] if index > 0 else start
+    return value[:before] + value[spans[end_index][1] :]
 
 
 def _milter_address(entry: str) -> str:
@@ -198,6 +216,20 @@ def _milter_option(entry: str, option: str) -> str | None:
         if key.strip() == option:
             return value.strip()
     return None
+
+
+def _is_our_entry(entry: str) -> bool:
+    """An ``smtpd_milters`` entry with exactly the settings postfix-config writes for
+    smtpguard, whatever its address."""
+    if not (entry.startswith("{") and entry.endswith("}")):
+        return False
+    options = {"".join(part.split()) for part in split_list(entry[1:-1])[1:]}
+    return options == set(MILTER_SETTINGS)
+
+
+def _refers_to(raw: str, parameter: str) -> bool:
+    """Whether a raw value expands ``$parameter`` (or ``${parameter...}``)."""
+    return re.search(rf"\$\{{?{re.escape(parameter)}(?![A-Za-z0-9_])", raw) is not None
 
 
 def postfix_milter_address(socket: str, queue_directory: str = "/var/spool/postfix") -> str:
@@ -333,26 +365,54 @@ class _Planner:
 
     def milters(self, non_smtpd: bool) -> None:
         entry = "{ " + ", ".join((self.address, *MILTER_SETTINGS)) + " }"
-        params = ["smtpd_milters"] + (["non_smtpd_milters"] if non_smtpd else [])
+        inherited = _refers_to(self.raw["non_smtpd_milters"], "smtpd_milters")
+        if inherited:
+            self.notes.append(
+                "non_smtpd_milters refers to $smtpd_milters: mail submitted with sendmail"
+                " (pickup) goes through smtpguard too, as client localhost [127.0.0.1]"
+            )
+        params = ["smtpd_milters"] + (["non_smtpd_milters"] if non_smtpd and not inherited else [])
         for name in params:
             entries = split_list(self.now[name])
             ours = [e for e in entries if _milter_address(e) == self.address]
-            if not ours:
+            if ours:
+                action = (
+                    _milter_option(ours[0], "default_action") or self.now["milter_default_action"]
+                )
+                if action != "tempfail":
+                    self.problem(
+                        f"{name}: default_action for {self.address} is {action!r}: with"
+                        " smtpguard down mail would not be deferred (use default_action=tempfail)"
+                    )
+                continue
+            raw = self.raw[name]
+            spans = list_spans(raw)
+            stale = [i for i, (a, b) in enumerate(spans) if _is_our_entry(raw[a:b])]
+            if stale:
+                # Written by an earlier postfix-config for another milter.socket: left
+                # there, its dead socket would defer every message (default_action).
+                old = _milter_address(raw[slice(*spans[stale[0]])])
+                value = raw
+                for i in reversed(stale[1:]):
+                    value = _cut(value, spans, i, i)
+                start, end = spans[stale[0]]
+                value = value[:start] + entry + value[end:]
                 self.change(
                     name,
-                    _append(self.raw[name], entry),
-                    "attach smtpguard after the milters already configured;"
-                    " default_action=tempfail: while it is down mail is deferred, never"
-                    " accepted unchecked",
-                    f"smtpguard ({self.address}) is not in it",
+                    value,
+                    f"smtpguard's entry follows milter.socket ({old} -> {self.address});"
+                    " the other milters stay where they are",
+                    f"smtpguard's entry is for {old}, not milter.socket ({self.address})",
                 )
                 continue
-            action = _milter_option(ours[0], "default_action") or self.now["milter_default_action"]
-            if action != "tempfail":
-                self.problem(
-                    f"{name}: default_action for {self.address} is {action!r}: with smtpguard"
-                    " down mail would not be deferred (use default_action=tempfail)"
-                )
+            self.change(
+                name,
+                _append(raw, entry),
+                "attach smtpguard after the milters already configured;"
+                " default_action=tempfail: while it is down mail is deferred, never"
+                " accepted unchecked",
+                f"smtpguard ({self.address}) is not in it",
+            )
 
     def macros(self) -> None:
         for name, wanted in POSTFIX_MACROS.items():
@@ -392,79 +452,156 @@ class _Planner:
         self.notes.append(" ".join(text))
 
     def relay(self) -> None:
-        utf8 = _uses_table_utf8(self.config)
         milter_mode = self.config.site.relay_control == "milter"
-        ours = MILTER_RELAY_PASS if milter_mode else relay_access(self.replies, utf8)
-        relay = split_list(self.now["smtpd_relay_restrictions"])
-        rcpt = split_list(self.now["smtpd_recipient_restrictions"])
-        self._open_relay_problems(relay, rcpt, milter_mode)
-        if any(
-            ours in self.raw[name]
-            for name in ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+        ours = MILTER_RELAY_PASS if milter_mode else relay_access(self.replies, self._utf8)
+        names = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+        # Earlier postfix-config output (the other relay_control, an older reply text)
+        # comes out first; everything else stays as the admin wrote it, unexpanded.
+        cleaned = {name: self._without_ours(name, ours) for name in names}
+        open_relay = self._open_relay_problems(cleaned, milter_mode)
+        name = "smtpd_relay_restrictions"
+        if (
+            not _guards(cleaned[name])
+            and not self.now[name].strip()
+            and _guards(cleaned["smtpd_recipient_restrictions"])
         ):
-            return
-        name, items = "smtpd_relay_restrictions", relay
-        guards = [i for i, item in enumerate(items) if item in RELAY_GUARDS]
-        if not guards and not relay and any(item in RELAY_GUARDS for item in rcpt):
-            name, items = "smtpd_recipient_restrictions", rcpt
-            guards = [i for i, item in enumerate(items) if item in RELAY_GUARDS]
+            name = "smtpd_recipient_restrictions"
+        value = self._with_ours(name, cleaned[name], ours, milter_mode)
+        for other in names:
+            new = value if other == name and value is not None else cleaned[other]
+            if new == self.raw[other]:
+                continue
+            stale = self.raw[other] != self._without_ours(other, None)
+            self.change(
+                other,
+                new,
+                self._relay_reason(new, new is not value, milter_mode, open_relay),
+                "holds smtpguard relay settings of another site.relay_control or reply text"
+                if stale
+                else None,
+            )
+
+    def _with_ours(self, name: str, base: str, ours: str, milter_mode: bool) -> str | None:
+        """``base`` with ``ours`` right before its relay guard, or None (and a note)
+        where that cannot be done without changing what the admin's list means."""
+        if ours in base:
+            return base
+        if not _guards(base):
+            if not self.now[name].strip():
+                base = "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
+            elif base.startswith("${{$compatibility_level}") and _guards(self.now[name]):
+                # Postfix's own default: nothing of the admin's to keep unexpanded.
+                base = ", ".join(split_list(self.now[name]))
+        spans, guards = list_spans(base), _guards(base)
         if not guards:
-            if relay:
+            if _guards(self.now[name]):
+                self.notes.append(
+                    f"{name} reaches its relay guard through another parameter"
+                    f" ({self.raw[name]}): to get the table's relay reply, put"
+                    f" {ours} before the guard there"
+                )
+            else:
                 self.notes.append(
                     f"{name} has no reject_unauth_destination: Postfix decides relaying"
                     " with its own rules, smtpguard's relay reply is not used"
                 )
-                return
-            items = ["permit_mynetworks", "permit_sasl_authenticated", "reject_unauth_destination"]
-            guards = [2]
-        last = guards[-1]
-        if last != len(items) - 1:
+            return None
+        if guards[-1] != len(spans) - 1:
             self.notes.append(
-                f"{name}: entries follow {items[last]}, so the table's relay reply is not"
-                " inserted (it would skip them); Postfix answers relaying with its own text"
+                f"{name}: entries follow {base[slice(*spans[guards[-1]])]}, so the table's"
+                " relay reply is not inserted (it would skip them); Postfix answers relaying"
+                " with its own text"
             )
-            return
-        insert = [ours] if milter_mode else ["permit_auth_destination", ours]
-        if "permit_auth_destination" in items[:last]:
-            insert = [ours]
-        value = ", ".join([*items[:last], *insert, items[last]])
-        if milter_mode:
-            reason = (
-                'site.relay_control = "milter": smtpguard answers relaying with the table\'s'
-                " exact text; you give up Postfix's own relay refusal while smtpguard is in"
-                " smtpd_milters (if smtpguard is down mail is deferred; if smtpd_milters is"
-                " emptied the static:{OK} vanishes and Postfix refuses relaying again)"
-            )
-        else:
-            reason = (
-                "unauthorized relaying gets the table's reply from Postfix itself, before"
-                f" {items[last]}: relaying stays closed with smtpguard down, removed or in"
-                " dry run (Postfix puts '<rcpt>: Recipient address rejected:' before the text)"
-            )
-        self.change(name, value, reason)
+            return None
+        at = spans[guards[-1]][0]
+        insert = [ours]
+        if not milter_mode and "permit_auth_destination" not in split_list(base[:at]):
+            insert = ["permit_auth_destination", ours]
+        # In the admin's style: a list written without commas gets none.
+        sep = ", " if any(base[b:e].strip() == "," for b, e in _gaps(spans)) else " "
+        return base[:at] + sep.join(insert) + sep + base[at:]
 
-    def _open_relay_problems(self, relay: list[str], rcpt: list[str], milter_mode: bool) -> None:
-        for name, items in (
-            ("smtpd_relay_restrictions", relay),
-            ("smtpd_recipient_restrictions", rcpt),
-        ):
-            if milter_mode and MILTER_RELAY_PASS in self.raw[name]:
-                # Our own pass-through: it vanishes with smtpd_milters, and the loader
-                # refuses a relay check that does not enforce in this mode.
-                continue
+    @staticmethod
+    def _relay_reason(new: str, cleaned_only: bool, milter_mode: bool, open_relay: bool) -> str:
+        if cleaned_only:
+            return "earlier smtpguard relay settings removed (site.relay_control changed)"
+        if milter_mode:
+            return (
+                'site.relay_control = "milter": smtpguard answers relaying with the'
+                " table's exact text; you give up Postfix's own relay refusal while"
+                " smtpguard is in smtpd_milters (if smtpguard is down mail is deferred; if"
+                " smtpd_milters is emptied the static:{OK} vanishes and Postfix refuses"
+                " relaying again)"
+            )
+        if open_relay:
+            return (
+                "unauthorized relaying gets the table's reply from Postfix itself; but see"
+                " the conflict above: an earlier entry passes every recipient"
+            )
+        return (
+            "unauthorized relaying gets the table's reply from Postfix itself, before"
+            f" {split_list(new)[-1]}: relaying stays closed with smtpguard down,"
+            " removed or in dry run (Postfix puts '<rcpt>: Recipient address"
+            " rejected:' before the text)"
+        )
+
+    @property
+    def _utf8(self) -> bool:
+        return _uses_table_utf8(self.config)
+
+    def _without_ours(self, name: str, keep: str | None) -> str:
+        """The raw value without what postfix-config wrote for relaying, except ``keep``
+        (what it would write now): the milter-mode pass-through, and the table's relay
+        reply (same code and enhanced code) with the relay guard right after it."""
+        value = self.raw[name]
+        reply = self.replies.render("host_denies_relay", utf8=self._utf8)
+        prefix = f"static:{{{reply.code} {reply.xcode} "
+        spans = list_spans(value)
+        items = [value[a:b] for a, b in spans]
+        for i in reversed(range(len(items))):
+            if items[i] == MILTER_RELAY_PASS and keep != MILTER_RELAY_PASS:
+                value = _cut(value, spans, i, i)
+            elif (
+                items[i] == "check_recipient_access"
+                and i + 2 < len(items)
+                and items[i + 1].startswith(prefix)
+                and items[i + 2] in RELAY_GUARDS
+                and f"{items[i]} {items[i + 1]}" != keep
+            ):
+                value = _cut(value, spans, i, i + 1)
+        return value
+
+    def _open_relay_problems(self, cleaned: Mapping[str, str], milter_mode: bool) -> bool:
+        """Report what passes every recipient before the relay guard; True if any."""
+        found = False
+        lists: dict[str, list[str]] = {}
+        for name, value in cleaned.items():
+            if "$" not in value.replace(MILTER_RELAY_PASS, ""):
+                # Nothing to expand but our own pass-through: read what the admin wrote,
+                # not what an earlier postfix-config left there.
+                items = split_list(value.replace(MILTER_RELAY_PASS, ""))
+            elif milter_mode and MILTER_RELAY_PASS in value:
+                continue  # its expansion cannot be told apart from the admin's items
+            else:
+                items = split_list(self.now[name])
+            lists[name] = items
             guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), None)
             for item in items[: len(items) if guard is None else guard]:
                 if item == "permit" or item.endswith("static:{OK}"):
+                    found = True
                     self.problem(
                         f"{name}: {item!r} before the relay guard passes every recipient:"
                         " open relay as soon as smtpguard is removed, stopped or in dry run"
                     )
-        has_guard = any(item in (*RELAY_GUARDS, "reject", "defer") for item in relay + rcpt)
+        every = [item for name in cleaned for item in split_list(self.now[name])]
+        has_guard = any(item in (*RELAY_GUARDS, "reject", "defer") for item in every)
         if not has_guard:
+            found = True
             self.problem(
                 "smtpd_relay_restrictions: neither it nor smtpd_recipient_restrictions has"
                 " reject_unauth_destination: open relay possible"
             )
+        return found
 
     # --- recipients, sizes, text ------------------------------------------------
 
@@ -543,6 +680,16 @@ class _Planner:
                 "smtpd_forbid_bare_newline left as it is (no): stray_newline is answered only"
                 " with it on (Postfix 3.7.10+; it also closes SMTP smuggling)"
             )
+
+
+def _gaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The separators between the items of a list."""
+    return [(a[1], b[0]) for a, b in zip(spans, spans[1:], strict=False)]
+
+
+def _guards(value: str) -> list[int]:
+    """Indexes of the relay guards written in a list as it stands (unexpanded)."""
+    return [i for i, item in enumerate(split_list(value)) if item in RELAY_GUARDS]
 
 
 def _append(raw: str, item: str, sep: str = ", ") -> str:

@@ -24,6 +24,7 @@ from support.polling import wait_until
 from support.postfix import (
     MASTER_CF,
     Postfix,
+    attach_smtpguard,
     client,
     free_port,
     new_root,
@@ -155,6 +156,35 @@ def test_never_an_open_relay(control: str, case: str) -> None:
         with client(postfix, FOREIGN) as c:
             assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
             assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+
+
+def test_switching_relay_control_back_keeps_relaying_closed() -> None:
+    """relay_control "milter", then "postfix", postfix-config applied after each: the
+    first one's pass-through must go, not be written out expanded (a bare static:{OK}
+    relays for anyone once smtpguard is removed)."""
+    s = site("relay-switch", {"site": {"relay_control": "milter"}})
+    postfix = start_postfix(s.config)
+    try:
+        text = s.config.read_text().replace('relay_control = "milter"', 'relay_control = "postfix"')
+        assert 'relay_control = "postfix"' in text
+        s.config.write_text(text)
+        script = attach_smtpguard(postfix.config_dir, s.config)
+        assert "static:{OK}" not in script
+        subprocess.run(
+            ["postconf", "-c", str(postfix.config_dir), "-#", "smtpd_milters"],
+            check=True,
+            timeout=30,
+        )
+        reload_postfix(postfix)
+        mail, rcpt = try_relay(postfix)
+        assert mail.code == 250, mail
+        assert_nothing_relayed(postfix, rcpt)
+        assert rcpt.lines == (
+            f"553 5.7.1 <{VICTIM}>: Recipient address rejected: "
+            + default_line("host_denies_relay"),
+        )
+    finally:
+        postfix.stop()
 
 
 # --- merging with an admin's main.cf ------------------------------------------------
