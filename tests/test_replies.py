@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import tomli_w
 
+from smtpguard.app import load
 from smtpguard.config import ConfigError, RepliesConfig, ReplyOverride, read_toml
-from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
+from smtpguard.replies import MILTER_IDS, MTA_IDS, TEMPORARY_IDS, load_replies
 from support.expected import SPEC
 from support.service import RULES
 
@@ -181,6 +182,57 @@ def test_bad_override_names_the_config_key() -> None:
     assert err.value.key == "replies.override.rbl_deny.xcode"
     with pytest.raises(ConfigError, match=r"replies\.override\.nope: unknown reply id"):
         load_replies(policy(overrides={"nope": ReplyOverride(code="550")}), "/etc/sg.toml")
+
+
+#: The spec's 4xx rows a site may make permanent: policy, not a passing condition.
+POLICY_4XX = ("auth_mode_unsupported", "domain_auth_error")
+
+
+def test_every_4xx_row_of_the_spec_is_either_temporary_or_policy() -> None:
+    fourxx = {reply_id for reply_id, (code, *_) in SPEC.items() if code.startswith("4")}
+    assert fourxx == set(TEMPORARY_IDS) | set(POLICY_4XX)
+    assert set(TEMPORARY_IDS) >= {
+        "queue_unavailable",
+        "rcpt_limit",
+        "mailbox_unavailable_temp",
+        "database_temp_error",
+        "auth_error_temp",
+        "internal_error",
+    }
+
+
+@pytest.mark.parametrize("reply_id", sorted(TEMPORARY_IDS))
+def test_temporary_rows_cannot_be_made_permanent(tmp_path: Path, reply_id: str) -> None:
+    """Through the config loader: the error names the config file and the key."""
+    path = tmp_path / "smtpguard.toml"
+    path.write_text(
+        f"[replies]\ntable = '{TABLE}'\n"
+        f"[replies.override.{reply_id}]\ncode = '550'\nxcode = '5.7.1'\n",
+        encoding="utf-8",
+    )
+    config = load(path)
+    with pytest.raises(ConfigError) as err:
+        load_replies(config.replies, config.file)
+    assert err.value.file == str(path.resolve())
+    assert err.value.key == f"replies.override.{reply_id}.code"
+    assert "must stay a 4xx code" in err.value.message
+
+
+def test_a_table_copy_cannot_make_a_temporary_row_permanent(tmp_path: Path) -> None:
+    raw = read_toml(TABLE)
+    raw["rcpt_limit"].update(code="552", xcode="5.5.3")
+    copy = tmp_path / "replies.toml"
+    copy.write_text(tomli_w.dumps(raw), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_replies(policy(table=copy))
+    assert (err.value.file, err.value.key) == (str(copy), "rcpt_limit.code")
+
+
+@pytest.mark.parametrize("reply_id", POLICY_4XX)
+def test_policy_4xx_rows_may_be_made_permanent(reply_id: str) -> None:
+    override = ReplyOverride(code="530", xcode="5.7.0")
+    reply = load_replies(policy(overrides={reply_id: override})).render(reply_id, utf8=False)
+    assert (reply.code, reply.xcode) == ("530", "5.7.0")
 
 
 def test_table_file_missing(tmp_path: Path) -> None:

@@ -70,11 +70,20 @@ MTA_IDS: tuple[str, ...] = (
     "stray_newline",
 )
 ALL_IDS: frozenset[str] = frozenset(MILTER_IDS + MTA_IDS)
-#: Rows answered for temporary faults: a site override must not make them permanent,
-#: or a backend outage would bounce mail.
-TEMPORARY_IDS: frozenset[str] = frozenset(
-    {"database_temp_error", "auth_error_temp", "internal_error"}
-)
+#: Rows that stand for a condition that passes (a fault, load, a limit per
+#: transaction), with why: neither a site override nor a copy of the table may make
+#: them permanent, or mail that a retry would deliver bounces. The other 4xx rows of
+#: the spec are policy (``auth_mode_unsupported``, ``domain_auth_error``) or decided by
+#: the MTA (``stray_newline``; Postfix itself answers it 550 by default), and a site
+#: may want them permanent.
+TEMPORARY_IDS: Mapping[str, str] = {
+    "queue_unavailable": "load shedding, or a shutdown in progress",
+    "auth_error_temp": "the directory could not be asked",
+    "rcpt_limit": "the client must send the other recipients in another transaction",
+    "mailbox_unavailable_temp": "the recipient's state (suspended, moving, over quota) passes",
+    "database_temp_error": "a backend failed",
+    "internal_error": "a fault inside smtpguard",
+}
 
 #: The language every row must have in plain ASCII: the fallback when UTF-8 may not be
 #: sent (Sendmail, ``utf8 = "never"``, ``"smtputf8"`` without SMTPUTF8).
@@ -290,7 +299,8 @@ def _validate(row: Row, languages: Iterable[str]) -> None:
     if not m:
         raise _RowError("xcode", f"must be an RFC 3463 code like 5.7.1, got {row.xcode!r}")
     if row.reply_id in TEMPORARY_IDS and not row.code.startswith("4"):
-        raise _RowError("code", "answers temporary faults and must stay a 4xx code")
+        why = TEMPORARY_IDS[row.reply_id]
+        raise _RowError("code", f"must stay a 4xx code, a retry can succeed ({why})")
     if m.group(1) != row.code[0]:
         # Postfix calls this a malformed reply and applies milter_default_action.
         raise _RowError("xcode", f"class {m.group(1)} differs from code {row.code}")
