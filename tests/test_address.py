@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import email.headerregistry
 import ipaddress
 import time
 
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 from smtpguard.address import (
     Address,
     AddressError,
+    canonical_address,
+    canonical_local_part,
     esmtp_params,
     is_fqdn,
     is_valid_domain,
@@ -424,6 +427,63 @@ def test_local_part_case_is_significant() -> None:
     assert parse_path("<user@EXAMPLE.com>").lc == parse_path("<user@example.com>").lc
 
 
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        # RFC 5321 4.1.2: a Quoted-string whose content is a Dot-string is that mailbox.
+        ('<"alice"@Example.COM.>', "alice@example.com"),
+        ('<"Alice.Smith"@example.com>', "Alice.Smith@example.com"),
+        (r'<"al\ice"@example.com>', "alice@example.com"),
+        (r'<"\a\l\i\c\e"@example.com>', "alice@example.com"),
+        ('<"promo-42"@any.example>', "promo-42@any.example"),
+        ("<alice@example.com>", "alice@example.com"),
+        # Content that is no Dot-string stays quoted, with the fewest backslashes.
+        ('<"a b"@example.com>', '"a b"@example.com'),
+        (r'<"a\ b"@example.com>', '"a b"@example.com'),
+        ('<"a..b"@example.com>', '"a..b"@example.com'),
+        ('<".a"@example.com>', '".a"@example.com'),
+        ('<"a."@example.com>', '"a."@example.com'),
+        ('<"a@b"@example.com>', '"a@b"@example.com'),
+        (r'<"a\"b"@example.com>', r'"a\"b"@example.com'),
+        (r'<"a\\b"@example.com>', r'"a\\b"@example.com'),
+        # A quoted quote is not the unquoted local part it surrounds.
+        (r'<"\"a\""@example.com>', r'"\"a\""@example.com'),
+        ("<Postmaster>", "Postmaster"),
+        ("<>", ""),
+    ],
+)
+def test_canonical(raw: str, canonical: str) -> None:
+    addr = parse_path(raw, allow_postmaster=True)
+    assert addr.canonical == canonical
+    assert canonical_address(addr.text) == canonical
+    if addr.domain:
+        assert addr.canonical == f"{addr.canonical_local}@{addr.domain_lc}"
+    # The display form stays what the client sent.
+    assert f"<{addr.text}>" == raw
+
+
+def test_canonical_keeps_case_like_lc() -> None:
+    """Callers lower-case the canonical form wherever they lower-cased :attr:`lc`."""
+    addr = parse_path('<"Bob"@EXAMPLE.com>')
+    assert addr.canonical == "Bob@example.com"
+    assert addr.canonical.lower() == parse_path("<bob@example.com>").canonical
+
+
+def test_canonical_utf8() -> None:
+    addr = parse_path('<"üser"@例子.中国>', smtputf8=True)
+    assert addr.canonical == "üser@例子.中国"
+
+
+@pytest.mark.parametrize("text", ["alice", "", ".example.com", '"a"'])
+def test_canonical_address_without_at(text: str) -> None:
+    # Not an address (a bare word, a domain entry): nothing to canonicalize.
+    assert canonical_address(text) == text
+
+
+def test_canonical_address_of_domain_entry() -> None:
+    assert canonical_address("@Example.COM.") == "@example.com"
+
+
 def test_address_error() -> None:
     with pytest.raises(AddressError) as info:
         parse_path("<secret-token\x00@example.com>")
@@ -759,6 +819,45 @@ def test_generated_valid_addresses_round_trip(
     assert addr == Address(local, domain)
     assert parse_path(f"<{addr.text}>", smtputf8=smtputf8) == addr
     check_parsed(raw, smtputf8, False)
+
+
+@PROPERTY
+@given(DOT_ATOM, st.lists(st.booleans(), min_size=8, max_size=8), DOMAIN)
+def test_quoted_dot_string_is_the_unquoted_mailbox(
+    local: str, escape: list[bool], domain: str
+) -> None:
+    """Any quoting of a Dot-string, with any characters escaped, is the same mailbox."""
+    quoted = "".join("\\" + c if escape[i % len(escape)] else c for i, c in enumerate(local))
+    plain = parse_path(f"<{local}@{domain}>")
+    variant = try_parse(f'<"{quoted}"@{domain}>', False)
+    if isinstance(variant, AddressError):
+        # Only the length limit can refuse the escaped form of a valid local part.
+        assert variant.reason in ("local part too long", "path too long")
+        return
+    assert variant.canonical == plain.canonical == plain.lc
+    assert variant.canonical_local == local
+
+
+@PROPERTY
+@given(QUOTED, st.booleans())
+def test_canonical_local_agrees_with_stdlib(local: str, smtputf8: bool) -> None:
+    """Differential: the mailbox a quoted local part names is the content the stdlib
+    email package reads from it (``headerregistry.Address.username``), and the
+    canonical form parses back to itself."""
+    addr = try_parse(f"<{local}@example.com>", smtputf8)
+    assert isinstance(addr, Address), addr
+    content = email.headerregistry.Address(addr_spec=f"{local}@example.com").username
+    canonical = addr.canonical_local
+    if canonical.startswith('"'):
+        # Kept quoted: the content is no Dot-string, and the quoted form says the same.
+        again = email.headerregistry.Address(addr_spec=f"{canonical}@example.com").username
+        assert again == content
+        assert isinstance(try_parse(f"<{content}@example.com>", smtputf8), AddressError)
+    else:
+        assert canonical == content
+    reparsed = parse_path(f"<{addr.canonical}>", smtputf8=smtputf8)
+    assert reparsed.canonical == addr.canonical
+    assert canonical_local_part(canonical) == canonical
 
 
 # Surrogates (Cs) are what pymilter's surrogateescape makes of undecodable bytes, a

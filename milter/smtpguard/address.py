@@ -27,6 +27,8 @@ __all__ = [
     "Address",
     "AddressError",
     "IPAddress",
+    "canonical_address",
+    "canonical_local_part",
     "esmtp_params",
     "is_fqdn",
     "is_valid_domain",
@@ -68,6 +70,9 @@ _QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"')
 # RFC 6531 3.3 adds UTF8-non-ascii to qtextSMTP (but not to quoted-pairSMTP).
 _QUOTED_UTF8 = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')
 
+# A quoted-pair inside a validated Quoted-string: the backslash always has a partner.
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
 _LDH = re.compile(r"[A-Za-z0-9-]+")
 _LDH_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
 _IPV4_CHARS = re.compile(r"[0-9.]+")
@@ -95,7 +100,8 @@ class Address:
     """A parsed mailbox, the null path, or the bare ``Postmaster`` recipient.
 
     ``local`` is the local part exactly as given; a quoted local part keeps its
-    quotes and backslashes (``'"a b"'``) so that :attr:`text` reproduces it.
+    quotes and backslashes (``'"a b"'``) so that :attr:`text` reproduces it. Compare
+    addresses by :attr:`canonical` instead, so that ``"alice"`` and ``alice`` agree.
     ``domain`` is the domain as given, including an address literal's brackets
     and a trailing dot if there was one. Both are ``""`` for the null path; only
     ``domain`` is ``""`` for ``<Postmaster>`` (RFC 5321 4.5.1).
@@ -135,6 +141,21 @@ class Address:
         if not self.domain:
             return self.local
         return f"{self.local}@{self.domain_lc}"
+
+    @property
+    def canonical_local(self) -> str:
+        """The local part in its one form for comparisons (:func:`canonical_local_part`):
+        ``"alice"`` and ``"al\\ice"`` give ``alice``; the case is kept, as in :attr:`lc`."""
+        return canonical_local_part(self.local)
+
+    @property
+    def canonical(self) -> str:
+        """:attr:`lc` with :attr:`canonical_local`: what every list, blacklist and
+        directory lookup compares (lower-cased on top wherever :attr:`lc` was).
+        :attr:`text` stays what the client sent, for logs."""
+        if not self.domain:
+            return self.canonical_local
+        return f"{self.canonical_local}@{self.domain_lc}"
 
     @classmethod
     def null(cls) -> Address:
@@ -205,6 +226,47 @@ def _parse_path(raw: str, *, smtputf8: bool = False, allow_postmaster: bool = Fa
     if reason is not None:
         raise AddressError(reason)
     return Address(local, domain)
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_local_part(local: str) -> str:
+    """One spelling per mailbox of a local part, case kept.
+
+    RFC 5321 4.1.2: a Quoted-string stands for its content, a quoted-pair for the
+    character after the backslash, so ``"alice"`` and ``"al\\ice"`` name the mailbox
+    ``alice`` and give that. Content that is not a Dot-string (``"a b"``, ``"a..b"``)
+    can only be written quoted: it is given quoted with the fewest backslashes
+    (``"a\\ b"`` gives ``"a b"``), so it never equals an unquoted local part.
+    Anything that is not quoted is returned unchanged.
+    """
+    if len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
+        return local
+    content = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    if _is_dot_string(content):
+        return content
+    return '"' + content.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _is_dot_string(text: str) -> bool:
+    # The UTF-8 variant: non-ASCII content got past parsing only with SMTPUTF8.
+    return (
+        bool(text)
+        and not _BAD_DOT_ATOM_UTF8.search(text)
+        and not text.startswith(".")
+        and not text.endswith(".")
+        and ".." not in text
+    )
+
+
+def canonical_address(text: str) -> str:
+    """:attr:`Address.canonical` of an address written in a list, a blacklist entry or
+    the directory (``local@domain``, no angle brackets; not validated here): the local
+    part as :func:`canonical_local_part` gives it, the domain lower-cased and without
+    a trailing dot. Text without ``@`` is returned unchanged."""
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return text
+    return f"{canonical_local_part(local)}@{domain.lower().removesuffix('.')}"
 
 
 def _unwrap(raw: str, smtputf8: bool) -> str:
