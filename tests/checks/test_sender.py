@@ -161,3 +161,40 @@ def test_exact_domain_entry_with_trailing_dot(make_services: ServicesFactory) ->
     check = SenderDeny(make_services(policy={"sender_deny": ["@exact.example."]}))
     verdict = check(make_conn(sender="x@exact.example"), Event())
     assert verdict == Hit("host_denies_sender", "domain @exact.example denied")
+
+
+@pytest.mark.parametrize(
+    ("sender", "detail"),
+    [
+        # RFC 5321 4.1.2: the same mailboxes as bad@example.org and promo42@...; the
+        # detail shows the address as the client wrote it.
+        ('<"bad"@example.org>', 'address "bad"@example.org denied'),
+        ('<"BAD"@Example.org>', 'address "bad"@example.org denied'),
+        (r'<"b\ad"@example.org>', r'address "b\ad"@example.org denied'),
+        ('<"bad"@example.org.>', 'address "bad"@example.org. denied'),
+        ('<"promo42"@shop.example>', "pattern /^promo[0-9]+@/"),
+        (r'<"pro\mo7"@shop.example>', "pattern /^promo[0-9]+@/"),
+    ],
+)
+def test_quoted_local_part_is_denied_like_the_unquoted(
+    deny: SenderDeny, sender: str, detail: str
+) -> None:
+    assert deny(make_conn(sender=sender), Event()) == Hit("host_denies_sender", detail)
+
+
+@pytest.mark.parametrize("sender", ['<"bad "@example.org>', '<"bad.."@example.org>'])
+def test_quoted_local_part_that_needs_its_quotes_is_another_mailbox(
+    deny: SenderDeny, sender: str
+) -> None:
+    assert deny(make_conn(sender=sender), Event()) is None
+
+
+def test_quoted_deny_entry_matches_both_spellings(make_services: ServicesFactory) -> None:
+    check = SenderDeny(
+        make_services(policy={"sender_deny": ['"Spammer"@bad.example', '"a b"@bad.example']})
+    )
+    assert check.addresses == {"spammer@bad.example", '"a b"@bad.example'}
+    for sender in ("spammer@bad.example", '"spammer"@bad.example', r'"a\ b"@bad.example'):
+        verdict = check(make_conn(sender=sender), Event())
+        assert verdict == Hit("host_denies_sender", f"address {sender.lower()} denied")
+    assert check(make_conn(sender="ab@bad.example"), Event()) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from smtpguard.address import canonical_address
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import is_deny_pattern
 from smtpguard.patterns import compile_pattern
@@ -34,7 +35,9 @@ class SenderDeny:
     Entries: ``user@example.com`` (exact, case-insensitive), ``example.com`` (the domain
     and its subdomains), ``@example.com`` (the domain only), ``/pattern/`` (RE2,
     searched in the lower-cased address; the config loader has refused any that does
-    not compile).
+    not compile). Both sides are compared in their canonical form
+    (:attr:`~smtpguard.address.Address.canonical`), so a quoted local part
+    (``"user"@example.com``) is the same sender as the unquoted one.
     """
 
     name: ClassVar[str] = "sender_deny"
@@ -52,7 +55,7 @@ class SenderDeny:
             elif entry.startswith("@"):
                 self.exact_domains.add(entry[1:].lower().rstrip("."))
             elif "@" in entry:
-                self.addresses.add(entry.lower())
+                self.addresses.add(canonical_address(entry).lower())
             else:
                 self.domains.add(entry.lower().rstrip("."))
         self.patterns = tuple(patterns)
@@ -61,10 +64,10 @@ class SenderDeny:
         txn = conn.txn
         if txn is None or txn.sender is None or txn.sender.is_null:
             return None
-        address = txn.sender.text.lower()
+        address = txn.sender.canonical.lower()
         domain = txn.sender.domain_lc
         if address in self.addresses:
-            return Hit("host_denies_sender", f"address {address} denied")
+            return Hit("host_denies_sender", f"address {txn.sender.text.lower()} denied")
         if domain in self.exact_domains:
             return Hit("host_denies_sender", f"domain @{domain} denied")
         labels = domain.split(".")
