@@ -22,6 +22,7 @@ from smtpguard.state import (
     SqliteBlacklist,
     StateError,
     blacklist_entry,
+    entry_scope,
     matching_entries,
 )
 from support.daemons import RedisServer, start_redis
@@ -178,6 +179,26 @@ def test_matching_entries_most_specific_first() -> None:
     assert matching_entries("a@[192.0.2.1]") == ("a@[192.0.2.1]", "@[192.0.2.1]")
 
 
+@pytest.mark.parametrize(
+    ("sender", "first"),
+    [
+        # RFC 5321 4.1.2: the same mailbox as boss@mx.spam.example.
+        ('"Boss"@MX.Spam.Example.', "boss@mx.spam.example"),
+        (r'"b\oss"@mx.spam.example', "boss@mx.spam.example"),
+        # Quotes that are needed stay: another mailbox than "a" or "b".
+        (r'"a\ b"@mx.spam.example', '"a b"@mx.spam.example'),
+    ],
+)
+def test_matching_entries_of_a_quoted_local_part(sender: str, first: str) -> None:
+    assert matching_entries(sender) == (
+        first,
+        "@mx.spam.example",
+        ".mx.spam.example",
+        ".spam.example",
+        ".example",
+    )
+
+
 def test_subdomain_entry(any_blacklist: SqliteBlacklist | RedisBlacklist) -> None:
     any_blacklist.add(".Spam.Example")
     for sender in ("a@spam.example", "a@mx.spam.example", "A@X.Y.SPAM.EXAMPLE", "a@spam.example."):
@@ -210,6 +231,10 @@ def test_most_specific_entry_is_named(any_blacklist: SqliteBlacklist | RedisBlac
         ("spammer@example.org.", "spammer@example.org"),
         (" spammer@example.org ", "spammer@example.org"),
         ('"a b"@example.org', '"a b"@example.org'),
+        (r'"a\ b"@example.org', '"a b"@example.org'),
+        # Stored canonical, the form the milter looks up (matching_entries).
+        ('"Spammer"@Example.ORG', "spammer@example.org"),
+        (r'<"sp\ammer"@example.org>', "spammer@example.org"),
         ("@Evil.Example", "@evil.example"),
         ("@evil.example.", "@evil.example"),
         (".Evil.Example", ".evil.example"),
@@ -230,6 +255,7 @@ def test_entries_accepted(given: str, stored: str) -> None:
         ("[192.0.2.1]", "the blacklist holds senders, not client IPs"),
         ("/^promo-[0-9]+@/", "patterns go in [policy] sender_deny"),
         ("*@evil.example", "use @evil.example for the domain"),
+        ('"*"@evil.example', "use @evil.example for the domain"),
         ("not an address", "not an address, @domain or .domain"),
         ("a b@evil.example", "not an address (character not allowed"),
         ("x@", "not an address (missing domain)"),
@@ -243,6 +269,45 @@ def test_entries_refused(given: str, reason: str) -> None:
     with pytest.raises(EntryError) as info:
         blacklist_entry(given)
     assert reason in str(info.value)
+
+
+def test_quoted_and_unquoted_sender_are_one_entry(
+    any_blacklist: SqliteBlacklist | RedisBlacklist,
+) -> None:
+    any_blacklist.add("evil@spam.example")
+    for sender in ("evil@spam.example", '"evil"@spam.example', r'"ev\il"@spam.example'):
+        assert any_blacklist.listed(sender) == "evil@spam.example", sender
+    assert any_blacklist.listed('"evil "@spam.example') is None
+    # Added quoted, it is the same entry, and lists the unquoted sender too.
+    assert any_blacklist.add('"Evil"@spam.example') is False
+    assert any_blacklist.add('"friend"@spam.example') is True
+    assert any_blacklist.listed("friend@spam.example") == "friend@spam.example"
+    assert [e.address for e in any_blacklist.entries()] == [
+        "evil@spam.example",
+        "friend@spam.example",
+    ]
+    assert any_blacklist.remove('"evil"@spam.example') is True
+    assert any_blacklist.listed("evil@spam.example") is None
+
+
+def test_quoted_entry_stored_by_an_older_version(
+    any_blacklist: SqliteBlacklist | RedisBlacklist, state_path: Path
+) -> None:
+    """Before the canonical form, add stored ``"evil"@spam.example`` as given: it matches
+    nothing now (the listing says so) and goes with remove as listed."""
+    old = '"evil"@spam.example'
+    if isinstance(any_blacklist, SqliteBlacklist):
+        any_blacklist.entries()  # creates the file
+        with closing(sqlite3.connect(state_path)) as db, db:
+            db.execute("INSERT INTO blacklist VALUES (?, 0, 'old')", (old,))
+    else:
+        any_blacklist.client.hset(any_blacklist.key, old, "0 old")
+    assert any_blacklist.add("evil@spam.example") is True
+    assert entry_scope(old) == "nothing"
+    assert entry_scope("evil@spam.example") == "address"
+    # Either spelling removes both rows: they name one mailbox.
+    assert any_blacklist.remove(old) is True
+    assert any_blacklist.entries() == []
 
 
 def test_add_refuses_what_cannot_match(any_blacklist: SqliteBlacklist | RedisBlacklist) -> None:

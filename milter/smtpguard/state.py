@@ -23,12 +23,18 @@ from typing import Protocol
 
 import redis
 
-from smtpguard.address import AddressError, is_valid_domain, parse_address_literal, parse_path
+from smtpguard.address import (
+    AddressError,
+    canonical_address,
+    is_valid_domain,
+    parse_address_literal,
+    parse_path,
+)
 from smtpguard.sqlitedb import WatchedFile
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blacklist (
-    address  TEXT PRIMARY KEY,   -- lower-cased address, "@domain" or ".domain"
+    address  TEXT PRIMARY KEY,   -- canonical lower-cased address, "@domain" or ".domain"
     added_at REAL NOT NULL,
     reason   TEXT NOT NULL DEFAULT ''
 );
@@ -54,13 +60,16 @@ class EntryError(ValueError):
     """An entry the blacklist could never match; the message says what to use instead."""
 
 
-def stored_form(text: str) -> str:
-    """How an entry given to ``remove`` is stored: as ``add`` would store it, or, for an
-    entry no add accepts today (stored by an older version), lower-cased as then."""
+def stored_forms(text: str) -> tuple[str, ...]:
+    """How an entry given to ``remove`` may be stored: as ``add`` would store it, and
+    lower-cased as given, which is how an older version stored an entry that add
+    refuses or spells differently today (``"a"@example.com``, now ``a@example.com``)."""
+    given = text.strip().lower()
     try:
-        return blacklist_entry(text)
+        entry = blacklist_entry(text)
     except EntryError:
-        return text.lower()
+        return (given,)
+    return (entry,) if entry == given else (entry, given)
 
 
 def blacklist_entry(text: str) -> str:
@@ -95,9 +104,9 @@ def blacklist_entry(text: str) -> str:
         address = parse_path(entry, smtputf8=True)
     except AddressError as exc:
         raise EntryError(f"not an address ({exc.reason})") from None
-    if address.local == "*":
+    if address.canonical_local == "*":
         raise EntryError(f"'*' is not a wildcard here: use @{address.domain_lc} for the domain")
-    return address.lc
+    return address.canonical
 
 
 def entry_scope(entry: str) -> str:
@@ -124,14 +133,15 @@ def matching_entries(address: str) -> tuple[str, ...]:
     """The entries that list a sender, most specific first.
 
     ``a@mx.evil.example`` is listed by ``a@mx.evil.example``, ``@mx.evil.example``,
-    ``.mx.evil.example``, ``.evil.example`` and ``.example``.
+    ``.mx.evil.example``, ``.evil.example`` and ``.example``. The address is looked up
+    in its canonical form, as :func:`blacklist_entry` stores it: ``"a"@mx.evil.example``
+    is listed by the same entries.
     """
-    address = address.lower()
-    local, at, domain = address.rpartition("@")
+    address = canonical_address(address.lower())
+    _, at, domain = address.rpartition("@")
     if not at:
         return (address,)
-    domain = domain.removesuffix(".")
-    keys = [f"{local}@{domain}", "@" + domain]
+    keys = [address, "@" + domain]
     if not domain.startswith("["):
         labels = domain.split(".")
         keys += ["." + ".".join(labels[i:]) for i in range(len(labels))]
@@ -209,13 +219,18 @@ class SqliteBlacklist(WatchedFile):
         )
 
     def remove(self, address: str) -> bool:
-        return self._write("DELETE FROM blacklist WHERE address = ?", (stored_form(address),))
+        forms = stored_forms(address)
+        marks = ", ".join("?" * len(forms))
+        return self._write(
+            f"DELETE FROM blacklist WHERE address IN ({marks})",  # noqa: S608 - only placeholders
+            forms,
+        )
 
     def _write(self, sql: str, args: tuple[str | float, ...]) -> bool:
         """Run one change in its own transaction; True if it changed a row."""
         with closing(self._connect()) as db:
             with db:
-                changed = db.execute(sql, args).rowcount == 1
+                changed = db.execute(sql, args).rowcount >= 1
             _empty_wal(db)
         return changed
 
@@ -269,7 +284,7 @@ class RedisBlacklist:
 
     def remove(self, address: str) -> bool:
         try:
-            return bool(self.client.hdel(self.key, stored_form(address)))
+            return bool(self.client.hdel(self.key, *stored_forms(address)))
         except redis.RedisError as exc:
             raise StateError(f"redis: {exc}") from None
 
