@@ -9,9 +9,12 @@ from __future__ import annotations
 from smtpguard.config import Config
 from smtpguard.sockets import libmilter_address
 
-#: Macros smtpguard reads, per stage (Sendmail defaults plus what is missing).
+#: Macros smtpguard reads, per stage. A ``define`` replaces Sendmail's default list
+#: (cf/m4/cfhead.m4, 8.17), which other milters may rely on: each list is that default
+#: plus what smtpguard needs.
 SENDMAIL_MACROS = {
-    "confMILTER_MACROS_CONNECT": "j, _, v, {daemon_name}, {if_name}, {client_addr}, {client_name}",
+    "confMILTER_MACROS_CONNECT": "j, _, v, {daemon_name}, {if_name}, {if_addr}, {client_addr}, "
+    "{client_name}",
     "confMILTER_MACROS_HELO": "{tls_version}, {cipher}, {cipher_bits}, {cert_subject}, "
     "{cert_issuer}",
     "confMILTER_MACROS_ENVFROM": "i, {auth_type}, {auth_authen}, {auth_ssf}, {auth_author}, "
