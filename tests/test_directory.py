@@ -169,6 +169,27 @@ def test_toml_import_normalizes_case(tmp_path: Path, db_path: Path) -> None:
     assert ("staff@example.com", "bob@example.com", "member") in table_rows(db_path, "list_members")
 
 
+def test_import_stores_quoted_local_parts_canonical(tmp_path: Path, db_path: Path) -> None:
+    """RFC 5321 4.1.2: ``"zed"@`` is ``zed@``; the quotes ``"z d"@`` needs stay."""
+    source = write(
+        tmp_path / "q.toml",
+        "[[user]]\naddress = '\"Zed\"@Example.com'\nsend_as = ['\"Sales\"@example.com']\n\n"
+        "[[user]]\naddress = '\"z\\ d\"@example.com'\n\n"
+        "[[alias]]\naddress = '\"info\"@example.com'\ntarget = '\"zed\"@example.com'\n",
+    )
+    import_file(db_path, source)
+    assert table_rows(db_path, "users") == [
+        ('"z d"@example.com', '"z d"@example.com', "active"),
+        ("zed@example.com", "zed@example.com", "active"),
+    ]
+    assert table_rows(db_path, "aliases") == [("info@example.com", "zed@example.com")]
+    assert table_rows(db_path, "send_as") == [("zed@example.com", "sales@example.com")]
+    directory = SqliteDirectory(db_path, timeout=0.5)
+    assert directory.recipient("zed@example.com") == Recipient(Kind.USER)
+    assert directory.recipient('"z d"@example.com') == Recipient(Kind.USER)
+    assert directory.recipient("info@example.com") == Recipient(Kind.ALIAS)
+
+
 def test_csv_import(tmp_path: Path, db_path: Path) -> None:
     counts = import_file(db_path, write(tmp_path / "d.csv", DIRECTORY_CSV))
     assert counts == ImportCounts(users=2, aliases=1, send_as=1, lists=1, members=2)
@@ -496,6 +517,12 @@ def test_alias_to_stored_user_accepted(tmp_path: Path, db_path: Path) -> None:
             ),
             id="given-twice",
         ),
+        pytest.param(
+            "d.toml",
+            '[[user]]\naddress = "a@example.com"\n\n[[user]]\naddress = \'"a"@example.com\'\n',
+            (": user[1].address: given twice (also user[0])",),
+            id="given-twice-quoted",
+        ),
     ],
 )
 def test_conflicting_rows_refused(
@@ -605,6 +632,7 @@ def test_describe_user(directory: SqliteDirectory, db_path: Path) -> None:
     assert describe(contents, "Alice@Example.com") == expected
     assert describe(contents, "alice") == expected  # by login
     assert describe(contents, "nobody@example.com") is None
+    assert describe(contents, '"alice"@example.com') == expected
 
 
 def test_describe_alias_and_list(directory: SqliteDirectory, db_path: Path) -> None:
@@ -632,7 +660,7 @@ def test_describe_alias_and_list(directory: SqliteDirectory, db_path: Path) -> N
 def test_remove(directory: SqliteDirectory, db_path: Path) -> None:
     with pytest.raises(ChangeRefused, match=r"team@example\.com points at it"):
         remove_address(db_path, "bob@example.com")
-    assert remove_address(db_path, "team@example.com") == Removed(("alias",), 0, 0, 0)
+    assert remove_address(db_path, '"team"@example.com') == Removed(("alias",), 0, 0, 0)
     assert remove_address(db_path, "Bob@Example.com") == Removed(("user",), 0, 0, 2)
     assert directory.recipient("bob@example.com") == Recipient(Kind.NONE)
     assert not directory.may_post("staff@example.com", "bob@example.com")
@@ -672,6 +700,13 @@ def test_remove_needs_the_file(tmp_path: Path) -> None:
         ("erin@example.com", Recipient(Kind.USER, state="moving")),
         ("fred@example.com", Recipient(Kind.USER, state="overquota")),
         ("nobody@example.com", Recipient(Kind.NONE)),
+        # RFC 5321 4.1.2: a quoted Dot-string is the same mailbox.
+        ('"alice"@example.com', Recipient(Kind.USER)),
+        (r'"Al\ice"@Example.com.', Recipient(Kind.USER)),
+        ('"carol"@example.com', Recipient(Kind.USER, state="locked")),
+        ('"info"@example.com', Recipient(Kind.ALIAS)),
+        ('"alice "@example.com', Recipient(Kind.NONE)),
+        ('"ali ce"@example.com', Recipient(Kind.NONE)),
     ],
 )
 def test_users_and_states(directory: SqliteDirectory, address: str, expected: Recipient) -> None:
@@ -785,6 +820,11 @@ def alice(directory: SqliteDirectory) -> Login:
         "sales@example.com",  # exact send_as
         "anyone@example.net",  # "@example.net" send_as
         "info@example.com",  # an alias pointing at her
+        # RFC 5321 4.1.2: quoted, the same addresses.
+        '"alice"@example.com',
+        r'"s\ales"@example.com',
+        '"anyone"@example.net',
+        '"info"@example.com',
     ],
 )
 def test_may_send_as(directory: SqliteDirectory, alice: Login, address: str) -> None:
@@ -797,6 +837,8 @@ def test_may_send_as(directory: SqliteDirectory, alice: Login, address: str) -> 
         "bob@example.com",
         "sales@example.org",
         "x@sub.example.net",  # "@domain" is that domain only
+        '"bob"@example.com',
+        '"alice "@example.com',  # quotes that are needed: another mailbox
     ],
 )
 def test_may_not_send_as(directory: SqliteDirectory, alice: Login, address: str) -> None:
@@ -824,6 +866,10 @@ def test_may_not_send_as(directory: SqliteDirectory, alice: Login, address: str)
         ("all@example.com", "anyone@elsewhere.example", False),
         ("all@example.com", "", False),
         ("unknown-list@example.com", "anyone@elsewhere.example", True),
+        ('"staff"@example.com', '"bob"@example.com', True),
+        ('"staff"@example.com', "alice@example.com", False),
+        ("announce@example.com", '"alice"@example.com', True),
+        ("announce@example.com", '"bob"@example.com', False),
     ],
 )
 def test_may_post(

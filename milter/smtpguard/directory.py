@@ -23,7 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from smtpguard.address import AddressError, is_valid_domain, parse_path
+from smtpguard.address import AddressError, canonical_address, is_valid_domain, parse_path
 from smtpguard.sqlitedb import WatchedFile
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
@@ -31,7 +31,7 @@ LIST_POLICIES = ("open", "members", "posters", "domain")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
-    address TEXT PRIMARY KEY,             -- lower-cased
+    address TEXT PRIMARY KEY,             -- canonical, lower-cased (see _address)
     login   TEXT UNIQUE,                  -- SASL login; defaults to the address
     state   TEXT NOT NULL DEFAULT 'active'
 );
@@ -120,8 +120,10 @@ class SqliteDirectory(WatchedFile):
         except sqlite3.Error as exc:
             raise DirectoryError(f"{self.path}: {exc}") from None
 
+    # Every address is looked up in the form _address stores: canonical, lower-cased.
+
     def recipient(self, address: str) -> Recipient:
-        address = address.lower()
+        address = _key(address)
         seen: set[str] = set()
         current = address
         for depth in range(self.MAX_ALIAS_DEPTH):
@@ -140,7 +142,7 @@ class SqliteDirectory(WatchedFile):
                 # is a valid recipient whatever the state of one member.
                 return Recipient(Kind.ALIAS)
             seen.add(current)
-            current = targets[0][0].lower()
+            current = _key(targets[0][0])
             if current in seen:
                 break
         return Recipient(Kind.ALIAS)
@@ -157,8 +159,8 @@ class SqliteDirectory(WatchedFile):
         return Login(name or address, address, state)
 
     def may_send_as(self, login: Login, address: str) -> bool:
-        address = address.lower()
-        if address == login.address:
+        address = _key(address)
+        if address == _key(login.address):
             return True
         domain = "@" + address.rpartition("@")[2]
         if self._query(
@@ -173,7 +175,7 @@ class SqliteDirectory(WatchedFile):
         )
 
     def may_post(self, list_address: str, sender: str) -> bool:
-        list_address, sender = list_address.lower(), sender.lower()
+        list_address, sender = _key(list_address), _key(sender)
         rows = self._query("SELECT policy FROM lists WHERE address = ?", (list_address,))
         if not rows:
             return True
@@ -450,8 +452,15 @@ class _Invalid(ValueError):
     pass
 
 
+def _key(address: str) -> str:
+    """An address as the directory stores and looks it up (:func:`_address`)."""
+    return canonical_address(address).lower()
+
+
 def _address(text: str) -> str:
-    """A mailbox as the directory stores it: ``local@domain``, lower-cased."""
+    """A mailbox as the directory stores it: ``local@domain``, lower-cased, the local
+    part unquoted where quotes are not needed (``"alice"@example.com`` is
+    ``alice@example.com``, :func:`smtpguard.address.canonical_address`)."""
     try:
         parsed = parse_path(text, smtputf8=True)
     except AddressError as exc:
@@ -460,7 +469,7 @@ def _address(text: str) -> str:
         raise _Invalid(f"invalid address {text!r} (the domain ends with a dot)")
     if parsed.is_null or parsed.text != text:
         raise _Invalid(f"invalid address {text!r} (write local@domain only)")
-    return text.lower()
+    return _key(text)
 
 
 def _send_as(text: str) -> str:
@@ -918,7 +927,7 @@ def describe(contents: Contents, address: str) -> list[str] | None:
     targets: dict[str, list[str]] = {}
     for alias in contents.aliases:
         targets.setdefault(alias.address, []).append(alias.target)
-    key = address.strip().lower()
+    key = _key(address.strip())
     if key not in users and key not in lists and key not in targets:
         by_login = [u.address for u in contents.users if u.login == address.strip()]
         if not by_login:
@@ -974,7 +983,7 @@ def remove_address(db_path: Path, address: str) -> Removed | None:
     Refused (:class:`ChangeRefused`) while an alias points at the address: the alias
     would point at nothing, which import does not allow either.
     """
-    address = address.strip().lower()
+    address = _key(address.strip())
     try:
         with closing(_open_existing(db_path)) as db:
             try:
