@@ -26,6 +26,7 @@ The rules this follows come from measurements on Postfix 3.7 (``docs/postfix.md`
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import shlex
 import subprocess
@@ -78,6 +79,8 @@ POSTFIX_FOOTERS: tuple[tuple[str, str, bool], ...] = (
 )
 
 RELAY_GUARDS = ("reject_unauth_destination", "defer_unauth_destination")
+#: The client Postfix's cleanup shows non_smtpd_milters for mail from sendmail(1).
+_LOOPBACK = ipaddress.ip_address("127.0.0.1")
 FOOTER_FILE = "smtpguard_footers.regexp"
 
 #: Every parameter the plan reads.
@@ -372,6 +375,12 @@ class _Planner:
                 " (pickup) goes through smtpguard too, as client localhost [127.0.0.1]"
             )
         params = ["smtpd_milters"] + (["non_smtpd_milters"] if non_smtpd and not inherited else [])
+        if (non_smtpd or inherited) and not self.config.site.is_trusted_ip(_LOOPBACK):
+            self.problem(
+                "non_smtpd_milters: Postfix shows smtpguard mail submitted with sendmail as"
+                " client 127.0.0.1, and 127.0.0.1 is not in site.trusted_networks: it would"
+                " be refused (helo_error, relay_local_fail); add 127.0.0.0/8 there"
+            )
         for name in params:
             entries = split_list(self.now[name])
             ours = [e for e in entries if _milter_address(e) == self.address]
@@ -684,7 +693,7 @@ class _Planner:
 
 def _gaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The separators between the items of a list."""
-    return [(a[1], b[0]) for a, b in zip(spans, spans[1:], strict=False)]
+    return [(a[1], b[0]) for a, b in itertools.pairwise(spans)]
 
 
 def _guards(value: str) -> list[int]:

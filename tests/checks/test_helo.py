@@ -133,19 +133,38 @@ def test_trusted_client_claiming_our_ip_from_that_ip(helo_check: HeloName) -> No
     assert helo_check(conn, Event()) is None
 
 
-def test_trusted_client_literal_must_still_match_its_ip(helo_check: HeloName) -> None:
-    # Trust lifts only the "our IP" rule, not the literal-must-be-the-client rule.
-    conn = make_conn(helo="[192.0.2.25]", ip="127.0.0.1", trusted_network=True, sender="<>")
-    verdict = helo_check(conn, Event())
-    assert verdict == Hit(
-        "helo_error", "helo='[192.0.2.25]': address literal is not the client IP 127.0.0.1"
+@pytest.mark.parametrize(
+    ("helo", "ip"),
+    [
+        # Postfix's pickup path (non_smtpd_milters): sendmail(1) submissions.
+        ("localhost", "127.0.0.1"),
+        # A LAN device's bare name.
+        ("printer", "192.0.2.40"),
+        # A mail client behind NAT: the literal of its private address.
+        ("[10.0.0.5]", "192.0.2.41"),
+    ],
+)
+def test_trusted_network_greetings_are_not_judged(helo_check: HeloName, helo: str, ip: str) -> None:
+    conn = make_conn(helo=helo, ip=ip, trusted_network=True, sender="a@example.com")
+    assert helo_check(conn, Event()) is None
+
+
+def test_authenticated_greeting_is_not_judged(helo_check: HeloName) -> None:
+    conn = make_conn(
+        helo="DESKTOP-7Q2",
+        ip="198.51.100.9",
+        sender="a@example.com",
+        auth_type="PLAIN",
+        auth_login="a",
     )
+    assert conn.authenticated
+    assert helo_check(conn, Event()) is None
 
 
-def test_trust_does_not_excuse_syntax(helo_check: HeloName) -> None:
-    conn = make_conn(helo="localhost", ip="127.0.0.1", trusted_network=True, sender="<>")
-    verdict = helo_check(conn, Event())
-    assert verdict == Hit("helo_error", "helo='localhost': not a fully qualified domain name")
+def test_the_same_greetings_from_strangers_are_refused(helo_check: HeloName) -> None:
+    for helo, ip in (("localhost", "198.51.100.7"), ("[10.0.0.5]", "198.51.100.7")):
+        verdict = helo_check(make_conn(helo=helo, ip=ip, sender="a@example.org"), Event())
+        assert isinstance(verdict, Hit), helo
 
 
 def test_unauthenticated_transaction_is_not_trusted(helo_check: HeloName) -> None:

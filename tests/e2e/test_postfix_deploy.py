@@ -187,6 +187,50 @@ def test_switching_relay_control_back_keeps_relaying_closed() -> None:
         postfix.stop()
 
 
+def test_local_submissions_pass_through_non_smtpd_milters() -> None:
+    """With ``--non-smtpd-milters`` Postfix's pickup path shows smtpguard mail from
+    sendmail(1) as localhost [127.0.0.1] saying HELO localhost: a trusted client, whose
+    greeting is not judged (it was refused with helo_error, and the mail bounced).
+    postfix-config says loopback must then be in site.trusted_networks."""
+    untrusting = site("pickup-untrusted")
+    with running(untrusting):
+        postfix = start_postfix(untrusting.config, attach=False)
+        try:
+            script = attach_smtpguard(postfix.config_dir, untrusting.config, "--non-smtpd-milters")
+            assert "127.0.0.1 is not in site.trusted_networks" in script
+        finally:
+            postfix.stop()
+    s = site("pickup", {"site": {"trusted_networks": ["192.0.2.0/24", "127.0.0.0/8"]}})
+    with running(s):
+        postfix = start_postfix(s.config, attach=False)
+        try:
+            script = attach_smtpguard(postfix.config_dir, s.config, "--non-smtpd-milters")
+            assert "non_smtpd_milters = " in script
+            reload_postfix(postfix)
+            message = HEADERS.format(n="pickup").replace("\r\n", "\n") + "\nfrom cron\n"
+            subprocess.run(
+                [
+                    "/usr/sbin/sendmail",
+                    "-C",
+                    str(postfix.config_dir),
+                    "-f",
+                    "root@example.com",
+                    "alice@example.com",
+                ],
+                input=message.encode(),
+                check=True,
+                timeout=30,
+            )
+            wait_until(postfix.delivered_messages, 30)
+            (delivered,) = postfix.delivered_messages().values()
+            assert b"Subject: deploy pickup" in delivered
+            log = postfix.maillog()
+            assert "milter-reject" not in log
+            assert "status=bounced" not in log
+        finally:
+            postfix.stop()
+
+
 # --- merging with an admin's main.cf ------------------------------------------------
 
 

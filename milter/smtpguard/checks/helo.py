@@ -1,8 +1,14 @@
 """``helo_first`` and ``helo_error``: the HELO/EHLO greeting.
 
 Both are decided at MAIL FROM: Postfix answers EHLO itself and defers a milter's HELO
-reject to MAIL anyway, and at MAIL the authentication state is known, so an
-authenticated client that claims our name is not refused.
+reject to MAIL anyway, and at MAIL the authentication state is known.
+
+A trusted client (``site.trusted_networks``, or SASL-authenticated) is not judged by
+its greeting, as Postfix sites put ``permit_mynetworks, permit_sasl_authenticated``
+before ``reject_non_fqdn_helo_hostname``: Postfix's own pickup path presents mail
+submitted with sendmail(1) as ``localhost [127.0.0.1]`` saying ``HELO localhost``
+(non_smtpd_milters), and a mail client behind NAT greets with the address literal of
+its private address. Refusing either bounces mail the site itself sends.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class HeloName:
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         helo = conn.helo
-        if helo is None:
+        if helo is None or conn.trusted:
             return None
         problem = self._problem(conn, helo.strip())
         return Hit("helo_error", f"helo={helo!r}: {problem}") if problem else None
@@ -53,7 +59,7 @@ class HeloName:
             ip = parse_address_literal(helo)
             if ip is None:
                 return "invalid address literal"
-            if ip in self.our_ips and not conn.trusted:
+            if ip in self.our_ips:
                 return "claims one of our IPs"
             if conn.client_ip is not None and ip != conn.client_ip:
                 return f"address literal is not the client IP {conn.client_ip}"
@@ -62,6 +68,6 @@ class HeloName:
             return "invalid host name syntax"
         if not is_fqdn(helo):
             return "not a fully qualified domain name"
-        if helo.rstrip(".").lower() in self.our_names and not conn.trusted:
+        if helo.rstrip(".").lower() in self.our_names:
             return "claims one of our names"
         return None
