@@ -222,8 +222,30 @@ def test_sender_owned(make_services: ServicesFactory, auth_directory: FakeDirect
     auth_directory.send_as.add(("alice", "Sales@example.com"))
     conn = make_conn(sender="Sales@Example.COM", auth_login="alice")
     assert SenderLogin(make_services())(conn, Event()) is None
-    # The local part keeps its case, the domain is lower-cased (Address.lc).
+    # The local part keeps its case, the domain is lower-cased (Address.canonical).
     assert auth_directory.calls[-1] == ("may_send_as", "alice", "Sales@example.com")
+
+
+@pytest.mark.parametrize("sender", ['<"Sales"@example.com>', r'<"Sa\les"@Example.COM.>'])
+def test_quoted_sender_owned(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, sender: str
+) -> None:
+    """RFC 5321 4.1.2: the quoted Dot-string is the address the login owns."""
+    auth_directory.send_as.add(("alice", "Sales@example.com"))
+    conn = make_conn(sender=sender, auth_login="alice")
+    assert SenderLogin(make_services())(conn, Event()) is None
+    assert auth_directory.calls[-1] == ("may_send_as", "alice", "Sales@example.com")
+
+
+def test_quoted_sender_not_owned_shown_as_sent(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
+) -> None:
+    auth_directory.send_as.add(("alice", "Sales@example.com"))
+    conn = make_conn(sender='<"Sales "@example.com>', auth_login="alice")
+    verdict = SenderLogin(make_services())(conn, Event())
+    detail = """login 'alice' may not send as "Sales "@example.com"""
+    assert verdict == Hit("sender_mismatch", detail)
+    assert auth_directory.calls[-1] == ("may_send_as", "alice", '"Sales "@example.com')
 
 
 def test_sender_not_owned(make_services: ServicesFactory, auth_directory: FakeDirectory) -> None:

@@ -89,9 +89,52 @@ def mailbox(make_services: ServicesFactory, directory: FakeDirectory) -> Mailbox
 )
 def test_deliverable(mailbox: Mailbox, directory: FakeDirectory, recipient: str) -> None:
     assert mailbox(make_conn(sender="x@example.org"), rcpt(recipient)) is None
-    # Looked up as Address.lc: domain lower-cased, local part as given.
+    # Looked up as Address.canonical: domain lower-cased, local part as given.
     local, _, domain = recipient.rpartition("@")
     assert directory.calls == [("recipient", f"{local}@{domain.lower()}")]
+
+
+@pytest.mark.parametrize(
+    ("recipient", "key"),
+    [
+        # RFC 5321 4.1.2: a quoted Dot-string is the unquoted mailbox.
+        ('<"alice"@example.com>', "alice@example.com"),
+        (r'<"al\ice"@Example.COM>', "alice@example.com"),
+        ('<"Bob"@example.com>', "Bob@example.com"),
+        ('<"sales"@example.com>', "sales@example.com"),
+    ],
+)
+def test_quoted_recipient_is_looked_up_unquoted(
+    mailbox: Mailbox, directory: FakeDirectory, recipient: str, key: str
+) -> None:
+    assert mailbox(make_conn(sender="x@example.org"), rcpt(recipient)) is None
+    assert directory.calls == [("recipient", key)]
+
+
+def test_quoted_recipient_verdicts_show_it_as_sent(mailbox: Mailbox) -> None:
+    conn = make_conn(sender="x@example.org")
+    assert mailbox(conn, rcpt('<"carol"@example.com>')) == Hit(
+        "user_locked", '"carol"@example.com is locked'
+    )
+    assert mailbox(conn, rcpt('<"nobody"@example.com>')) == Hit(
+        "mailbox_unavailable", '"nobody"@example.com unknown'
+    )
+    # Quotes that are needed make another mailbox.
+    assert mailbox(conn, rcpt('<"alice "@example.com>')) == Hit(
+        "mailbox_unavailable", '"alice "@example.com unknown'
+    )
+
+
+def test_quoted_list_and_poster(mailbox: Mailbox, directory: FakeDirectory) -> None:
+    assert mailbox(make_conn(sender='"alice"@example.com'), rcpt('"staff"@example.com')) is None
+    assert directory.calls == [
+        ("recipient", "staff@example.com"),
+        ("may_post", "staff@example.com", "alice@example.com"),
+    ]
+    verdict = mailbox(make_conn(sender='"bob"@example.org'), rcpt('"staff"@example.com'))
+    assert verdict == Hit(
+        "private_list_denied", '"bob"@example.org may not post to "staff"@example.com (members)'
+    )
 
 
 @pytest.mark.parametrize("recipient", ["nobody@example.com", "bob@example.com", "x@a.example.net"])
@@ -145,7 +188,7 @@ def test_temporarily_unavailable(mailbox: Mailbox, recipient: str, state: str) -
 
 def test_list_poster_allowed(mailbox: Mailbox, directory: FakeDirectory) -> None:
     assert mailbox(make_conn(sender="alice@Example.COM"), rcpt("Staff@example.com")) is None
-    # Both addresses as Address.lc: local part as given, domain lower-cased.
+    # Both addresses as Address.canonical: local part as given, domain lower-cased.
     assert directory.calls == [
         ("recipient", "Staff@example.com"),
         ("may_post", "Staff@example.com", "alice@example.com"),

@@ -104,7 +104,8 @@ class SenderLogin:
             if login is None:
                 # Unknown logins are auth_login's verdict; nothing is owned either way.
                 return Hit("sender_mismatch", f"login {txn.auth_login!r} unknown")
-            if self.directory.may_send_as(login, txn.sender.lc):
+            # Canonical: "alice"@example.com is alice@example.com's address too.
+            if self.directory.may_send_as(login, txn.sender.canonical):
                 return None
         except DirectoryError as exc:
             return TempError("auth_error_temp", str(exc))

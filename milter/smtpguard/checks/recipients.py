@@ -89,15 +89,17 @@ class Mailbox:
             return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
         if not self.enabled or not rcpt.domain or not self.site.is_local(rcpt.domain_lc):
             return None
+        # Looked up canonical ("alice"@ is alice@), shown as the client wrote it.
         address = rcpt.lc
         try:
-            found = self.directory.recipient(address)
+            found = self.directory.recipient(rcpt.canonical)
             if found.kind is Kind.NONE:
                 return Hit("mailbox_unavailable", f"{address} unknown")
             if found.kind is Kind.LIST:
                 txn = conn.txn
                 sender = "" if txn is None or txn.sender is None else txn.sender.lc
-                if not self.directory.may_post(address, sender):
+                poster = "" if txn is None or txn.sender is None else txn.sender.canonical
+                if not self.directory.may_post(rcpt.canonical, poster):
                     return Hit(
                         "private_list_denied",
                         f"{sender or '<>'} may not post to {address} ({found.list_policy})",
