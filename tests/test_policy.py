@@ -34,6 +34,12 @@ def policy(tmp_path: Path, resolver: Resolver | None, **policy_section: object) 
         ("a@mx.partner.example", "@partner.example", False),
         ("a@partner.example", "@partner.example", True),
         ("a@notpartner.example", "partner.example", False),
+        # RFC 5321 4.1.2: a quoted Dot-string is the unquoted mailbox, both ways.
+        ('"a"@partner.example', "a@partner.example", True),
+        (r'"\A"@Partner.Example.', "a@partner.example", True),
+        ("a@partner.example", '"a"@partner.example', True),
+        ('"a b"@partner.example', "a@partner.example", False),
+        ('"a."@partner.example', "a@partner.example", False),
     ],
 )
 def test_address_forms(address: str, pattern: str, matches: bool) -> None:
@@ -129,6 +135,32 @@ def test_postmaster_and_held_verdicts(tmp_path: Path) -> None:
     assert p.held(conn, rcpt("alice@example.com")) == ("rbl", verdict)
     # postmaster of a domain that is not ours is nobody special.
     assert p.held(conn, rcpt("postmaster@relay.example")) == ("rbl", verdict)
+    # Quoted, the same mailbox (RFC 5321 4.1.2); with needed quotes, another one.
+    assert p.held(conn, rcpt('"postmaster"@example.com')) is None
+    assert p.held(conn, rcpt(r'"Post\master"@example.com')) is None
+    assert p.held(conn, rcpt('"postmaster "@example.com')) == ("rbl", verdict)
+
+
+def test_quoted_sender_and_recipient_exemptions(tmp_path: Path) -> None:
+    exempt = [
+        # make_conn's client is 198.51.100.7.
+        {
+            "name": "s",
+            "ips": ["198.51.100.0/24"],
+            "senders": ["a@partner.example"],
+            "skip": ["rbl"],
+        },
+        {"name": "r", "recipients": ["alice@example.com"], "skip": ["mailbox"]},
+    ]
+    p = policy(tmp_path, None, exempt=exempt)
+    for sender in ("a@partner.example", '"a"@partner.example', r'"\a"@Partner.Example'):
+        assert p.exempt(make_conn(sender=sender), "rbl", Stage.MAIL, Event()) == "s", sender
+    assert p.exempt(make_conn(sender='"a "@partner.example'), "rbl", Stage.MAIL, Event()) is None
+    conn = make_conn(sender="x@y.example")
+    for recipient in ("alice@example.com", '"alice"@example.com', r'"al\ice"@example.com'):
+        event = rcpt(recipient)
+        assert p.exempt(conn, "mailbox", Stage.RCPT, event) == "r", recipient
+    assert p.exempt(conn, "mailbox", Stage.RCPT, rcpt('"alice "@example.com')) is None
 
 
 def test_content_exemptions_are_judged_per_transaction_and_named_per_check(

@@ -42,7 +42,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from smtpguard.address import Address
+from smtpguard.address import Address, canonical_address
 from smtpguard.checks import Event, Services, Stage, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
 from smtpguard.checks.spf import SpfQuery
@@ -72,14 +72,15 @@ POSTMASTER = "postmaster"
 
 def address_matches(address: Address, patterns: Sequence[str]) -> bool:
     """``user@example.net`` (exact), ``@example.net`` (that domain only),
-    ``example.net`` (the domain and its subdomains)."""
+    ``example.net`` (the domain and its subdomains). Exact addresses are compared
+    canonical: ``"user"@example.net`` is ``user@example.net``."""
     if address.is_null:
         return False
-    text = address.text.lower()
+    text = address.canonical.lower()
     domain = (address.domain or "").rstrip(".").lower()
     for pattern in patterns:
         if "@" in pattern and not pattern.startswith("@"):
-            if text == pattern:
+            if text == canonical_address(pattern).lower():
                 return True
         elif pattern.startswith("@"):
             if domain == pattern[1:]:
@@ -228,7 +229,9 @@ class Policy:
         if ex.name == POSTMASTER and ex.recipients == (POSTMASTER,):
             # RCPT TO:<postmaster> without a domain is ours too (RFC 5321 §4.5.1).
             domain = rcpt.domain or ""
-            return rcpt.local.lower() == POSTMASTER and (not domain or self.site.is_local(domain))
+            return rcpt.canonical_local.lower() == POSTMASTER and (
+                not domain or self.site.is_local(domain)
+            )
         return address_matches(rcpt, ex.recipients)
 
     def _applies(self, ex: Exemption, conn: Connection, stage: Stage, event: Event) -> bool:

@@ -66,6 +66,19 @@ def test_delivered_to_a_recipient_of_this_transaction(make_services: ServicesFac
     assert verdict == Hit("looping_message", "Delivered-To bob@example.com is a recipient")
 
 
+def test_delivered_to_a_quoted_spelling_of_a_recipient(make_services: ServicesFactory) -> None:
+    """RFC 5321 4.1.2: ``"bob"@`` is ``bob@``, in the header and in RCPT TO alike; the
+    detail shows the header's spelling."""
+    check = Loop(make_services())
+    verdict = headers(check, conn_with_message(), ("Delivered-To", '"Bob"@Example.com'))
+    assert verdict == Hit("looping_message", 'Delivered-To "bob"@example.com is a recipient')
+    quoted_rcpt = conn_with_message(recipients=[r'<"b\ob"@example.com>'])
+    verdict = headers(check, quoted_rcpt, ("Delivered-To", "bob@example.com"))
+    assert verdict == Hit("looping_message", "Delivered-To bob@example.com is a recipient")
+    # Quotes that are needed make another mailbox.
+    assert headers(check, conn_with_message(), ("Delivered-To", '"bob "@example.com')) is None
+
+
 def test_delivered_to_someone_else_or_unparsable_passes(make_services: ServicesFactory) -> None:
     check = Loop(make_services())
     conn = conn_with_message()

@@ -41,9 +41,11 @@ class Loop:
             return Hit("looping_message", f"our {name} marker is present")
         if lowered == "delivered-to":
             try:
-                seen = parse_path(value.strip(), smtputf8=True).lc.lower()
+                delivered = parse_path(value.strip(), smtputf8=True)
             except AddressError:
                 return None
-            if any(r.lc.lower() == seen for r in txn.recipients):
-                return Hit("looping_message", f"Delivered-To {seen} is a recipient")
+            # Compared canonical: "alice"@example.com is alice@example.com's mailbox.
+            seen = delivered.canonical.lower()
+            if any(r.canonical.lower() == seen for r in txn.recipients):
+                return Hit("looping_message", f"Delivered-To {delivered.lc.lower()} is a recipient")
         return None
