@@ -18,6 +18,7 @@ from Milter.testctx import TestCtx as MilterCtx
 from smtpguard.adapter import App, SmtpGuardMilter, SmtpGuardMilterNoReply, _reload
 from smtpguard.app import Runtime, build_runtime, load, new_gate
 from smtpguard.driver import detect_mta
+from smtpguard.pipeline import Action, Decision
 from smtpguard.session import MTA
 from support.expected import SPEC, default_line
 from support.faulty_service import ExplodingDirectory
@@ -325,3 +326,61 @@ def test_a_sighup_during_a_reload_reloads_again(app: App) -> None:
     assert calls == [0, 1]
     assert not pending.is_set()
     assert lock.acquire(blocking=False)  # released at the end
+
+
+class EditingCtx(MilterCtx):  # type: ignore[misc]  # pymilter ships no types
+    """An MTA whose header edits fail for the names in ``broken``; records the rest."""
+
+    def __init__(self, broken: tuple[str, ...]) -> None:
+        super().__init__()
+        self.broken = broken
+        self.edits: list[tuple[str, str, int]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        if field in self.broken:
+            raise OSError("smfi_addheader failed")
+        self.edits.append((field, value, idx))
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        if field in self.broken:
+            raise OSError("smfi_chgheader failed")
+        self.edits.append((field, value, idx))
+
+
+def edited_session(*broken: str) -> tuple[EditingCtx, SmtpGuardMilter]:
+    ctx = EditingCtx(broken)
+    ctx._setsymval("v", "Postfix 3.7.11")
+    assert ctx._connect(host="[198.51.100.7]", helo="mail.sender.example", ip="198.51.100.7") == (
+        Milter.CONTINUE
+    )
+    milter_object = ctx.getpriv()
+    assert isinstance(milter_object, SmtpGuardMilter)
+    return ctx, milter_object
+
+
+def test_one_header_that_cannot_be_added_does_not_stop_the_others(app: App) -> None:
+    ctx, m = edited_session("X-Broken")
+    decision = Decision(
+        Action.CONTINUE,
+        headers=(("X-Broken", "1"), ("X-Spam-Flag", "NO")),
+        insert_headers=(("Authentication-Results", "mx.example.com; spf=pass"),),
+    )
+    assert m._answer(decision) == Milter.CONTINUE
+    assert ctx.edits == [
+        ("Authentication-Results", "mx.example.com; spf=pass", 0),
+        ("X-Spam-Flag", "NO", -1),
+    ]
+
+
+def test_a_forged_result_field_that_cannot_be_removed_defers_the_message(app: App) -> None:
+    """Delivered with a forged Authentication-Results naming us, the message would be
+    believed downstream: a tempfail, never an accept without the removal."""
+    ctx, m = edited_session("Authentication-Results")
+    decision = Decision(
+        Action.CONTINUE,
+        headers=(("X-Spam-Flag", "NO"),),
+        remove_headers=(("Authentication-Results", 1),),
+    )
+    rc = m._answer(decision)
+    assert validated(ctx, rc) == expect("internal_error")
+    assert ctx.edits == []

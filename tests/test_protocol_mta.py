@@ -13,7 +13,7 @@ import pytest
 from miltertest import constants as C
 
 from support.expected import SPEC, default_line
-from support.mtclient import Answer, MilterSession, assert_pass
+from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
 from support.service import UNTRUSTED_IP, Running
 
 pytestmark = pytest.mark.integration
@@ -97,3 +97,17 @@ def test_missing_v_is_logged_once_per_process(service: Running) -> None:
     refusals(service, POSTFIX)
     log = service.log()
     assert log.count(NO_V_WARNING) == 1, log[-3000:]
+
+
+def test_a_login_that_is_not_utf8_is_an_unknown_login(service: Running) -> None:
+    """pymilter decodes macros strictly: {auth_authen} with a Latin-1 byte raised in the
+    macro read and every MAIL got internal_error (450), forever. It now reads as a login
+    no directory holds: auth_error_perm, and a log line naming the macro."""
+    with service.session() as s:
+        assert_pass(s.connect())
+        assert_pass(s.helo("mail.sender.example"))
+        payload = C.SMFIC_MAIL.encode() + b"{auth_authen}\0j\xf6rg\0{auth_type}\0CRAM-MD5\0"
+        packet = C.SMFIC_MACRO.encode() + payload
+        s.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
+        assert_reply(s.mail("<jorg@example.com>"), "auth_error_perm")
+    assert "macro {auth_authen} is not valid UTF-8" in service.log()

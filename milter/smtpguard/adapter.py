@@ -50,6 +50,8 @@ from smtpguard.state import SessionGate
 from smtpguard.verdict import TempError
 
 log = logging.getLogger("smtpguard")
+#: What a macro that is not valid UTF-8 reads as (U+FFFD, the replacement character).
+UNREADABLE_MACRO = "\ufffd"
 
 
 class App:
@@ -77,7 +79,18 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         self.driver = SessionDriver(app.runtime, app.gate, self._macro)
 
     def _macro(self, name: str) -> str | None:
-        value: str | None = self.getsymval(name)
+        try:
+            value: str | None = self.getsymval(name)
+        except UnicodeDecodeError:
+            # pymilter decodes macros as strict UTF-8 and gives no bytes: the value
+            # (a Latin-1 SASL login, say) reads as one nothing matches, so the checks
+            # answer as for an unknown value instead of a tempfail on every MAIL.
+            log.warning(
+                "sid=%s macro %s is not valid UTF-8; read as unknown",
+                self.driver.conn.session_id,
+                name,
+            )
+            return UNREADABLE_MACRO
         return value
 
     def _guard(self, stage: Stage, step: Callable[..., Decision], *args: Any) -> int:
@@ -86,11 +99,15 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         except Exception:
             sid = self.driver.conn.session_id
             log.exception("sid=%s stage=%s unexpected error", sid, stage.value)
-            try:
-                decision = self.driver.internal_error(stage)
-            except Exception:
-                log.exception("sid=%s cannot render internal_error", sid)
-                return int(Milter.TEMPFAIL)
+            return self._internal_error(stage)
+        return self._answer(decision)
+
+    def _internal_error(self, stage: Stage) -> int:
+        try:
+            decision = self.driver.internal_error(stage)
+        except Exception:
+            log.exception("sid=%s cannot render internal_error", self.driver.conn.session_id)
+            return int(Milter.TEMPFAIL)
         return self._answer(decision)
 
     def _answer(self, decision: Decision) -> int:
@@ -98,18 +115,31 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             # SKIP is only legal when the MTA offered it (protocol v6, SMFIP_SKIP).
             return int(Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE)
         if decision.action is Action.CONTINUE or decision.reply is None:
+            sid = self.driver.conn.session_id
             try:
                 # Removals first: they name fields by their place among the received
                 # ones, which an insertion of the same name would shift.
-                for name, index in decision.remove_headers:
-                    self.chgheader(name, index, "")
-                for name, value in decision.insert_headers:
-                    self.addheader(name, value, 0)
-                for name, value in decision.headers:
-                    self.addheader(name, value)
+                for field, place in decision.remove_headers:
+                    self.chgheader(field, place, "")
             except Exception:
-                # Result and marker headers inform, they are no verdict: log and deliver.
-                log.exception("sid=%s changing headers failed", self.driver.conn.session_id)
+                # A forged field claiming our verdict would be believed downstream:
+                # the message waits for a retry rather than going out with it.
+                log.exception("sid=%s removing a forged header field failed", sid)
+                return self._internal_error(Stage.EOM)
+            # Result and marker headers inform, they are no verdict: each one that
+            # cannot be added is logged and the message delivered.
+            edits: list[tuple[str, str, int | None]] = [
+                *((n, v, 0) for n, v in decision.insert_headers),
+                *((n, v, None) for n, v in decision.headers),
+            ]
+            for name, value, index in edits:
+                try:
+                    if index is None:
+                        self.addheader(name, value)
+                    else:
+                        self.addheader(name, value, index)
+                except Exception:
+                    log.exception("sid=%s adding header %s failed", sid, name)
             return int(Milter.CONTINUE)
         reply = decision.reply
         result = Milter.TEMPFAIL if decision.action is Action.TEMPFAIL else Milter.REJECT

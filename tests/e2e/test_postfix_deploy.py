@@ -221,7 +221,7 @@ def test_local_submissions_pass_through_non_smtpd_milters() -> None:
                 check=True,
                 timeout=30,
             )
-            wait_until(postfix.delivered_messages, 30)
+            wait_until(lambda: bool(postfix.delivered_messages()), 30)
             (delivered,) = postfix.delivered_messages().values()
             assert b"Subject: deploy pickup" in delivered
             log = postfix.maillog()
