@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from smtpguard.app import load
+from smtpguard.probes import socket_problems
 from support.daemons import Rspamd, free_port, start_clamd, start_redis
 from support.service import Site, make_site, merge, running, smtpguard
 from support.unbound import DnsServer, silent_nameserver
@@ -62,6 +65,50 @@ def test_listed_cpus_the_host_does_not_allow(tmp_path: Path) -> None:
     ]
     fine = make_site(tmp_path / "fine", {"milter": {"cpu_affinity": sorted(allowed)}})
     assert smtpguard(fine, "check-config", "--offline", check=False).returncode == 0
+
+
+# --- socket -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("milter", "found"),
+    [
+        ({"socket_mode": "0660"}, []),
+        ({"socket_mode": "0770"}, []),
+        ({"socket_mode": "0600"}, ["0600 gives the socket's group no write access"]),
+        ({"socket_mode": "0640"}, ["0640 gives the socket's group no write access"]),
+        ({"socket_mode": "0777"}, ["0777 is world-writable"]),
+        ({"socket_mode": "0602"}, ["0602 gives the socket's", "0602 is world-writable"]),
+        # The MTA's user as the owner connects without the group.
+        ({"socket_mode": "0600", "socket_owner": "nobody"}, []),
+        ({"socket_mode": "0400", "socket_owner": "nobody"}, ["0400 gives the socket's"]),
+        # An inet: socket has no mode.
+        ({"socket_mode": "0777", "socket": "inet:8899"}, []),
+    ],
+)
+def test_socket_modes_the_mta_cannot_use_or_anyone_can(
+    tmp_path: Path, milter: dict[str, str], found: list[str]
+) -> None:
+    site = make_site(tmp_path, {"milter": milter})
+    config = load(site.config)
+    reported = socket_problems(config)
+    assert [p.key for p in reported] == ["milter.socket_mode"] * len(found)
+    assert all(p.file == str(config.file) for p in reported)
+    assert all(p.message.startswith(f) for p, f in zip(reported, found, strict=True))
+
+
+def test_check_config_reports_the_socket_mode_and_run_does_not_refuse_it(tmp_path: Path) -> None:
+    site = make_site(tmp_path, {"milter": {"socket_mode": "0600"}})
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{site.config.resolve()}: milter.socket_mode: 0600 gives the socket's group no write"
+        " access, so the MTA (a member of that group) cannot connect; use 0660, or make the"
+        " MTA's user socket_owner"
+    ]
+    # Not a load error: the service starts with it.
+    with running(site):
+        assert stat.S_IMODE(site.socket.stat().st_mode) == 0o600
 
 
 # --- backends -----------------------------------------------------------------------

@@ -10,6 +10,8 @@ Every problem is a :class:`~smtpguard.config.ConfigError`, printed as
   set, the checks run in a child process that has become that user: a check made as
   root would pass for files the service cannot open, and a file SQLite created for it
   would belong to root.
+* :func:`socket_problems`: a unix socket mode the MTA cannot connect through, or one
+  every local user can.
 * :func:`backend_problems`: one harmless request to each configured network backend
   (clamd ``PING``, rspamd ``GET /ping``, Redis ``PING``, one DNS query per nameserver),
   with the configured timeouts, through the clients the checks use.
@@ -202,6 +204,29 @@ def _reload_files(config: Config) -> list[Problem]:
         if not os.access(path, mode):
             found.append((key, f"{whom} cannot read {path}: {consequence}"))
     return found
+
+
+def socket_problems(config: Config) -> list[ConfigError]:
+    """A unix socket's ``milter.socket_mode`` that loads but fails or exposes the
+    milter. Reported here, not refused at load: an MTA that is the socket's owner
+    (``socket_owner``) connects without the group's write bit."""
+    milter = config.milter
+    if not milter.socket.startswith(("unix:", "local:")):
+        return []
+    mode = milter.socket_mode
+    found = []
+    # connect() on a unix socket needs write permission on it.
+    if not mode & 0o020 and not (milter.socket_owner and mode & 0o200):
+        found.append(
+            f"{mode:04o} gives the socket's group no write access, so the MTA (a member"
+            " of that group) cannot connect; use 0660, or make the MTA's user socket_owner"
+        )
+    if mode & 0o002:
+        found.append(
+            f"{mode:04o} is world-writable: every local user could talk to the milter"
+            " directly; use 0660"
+        )
+    return [ConfigError(config.file, "milter.socket_mode", text) for text in found]
 
 
 def log_problems(config: Config) -> list[ConfigError]:
