@@ -51,6 +51,14 @@ STOCK = {
     " defer_unauth_destination",
     "smtpd_recipient_restrictions": "",
     "smtpd_reject_unlisted_recipient": "yes",
+    "relay_recipient_maps": "",
+    "virtual_alias_maps": "",
+    "virtual_mailbox_maps": "",
+    # The test site's local domain; $myhostname has a test of its own.
+    "mydestination": "example.com, localhost.example.com, localhost",
+    "virtual_alias_domains": "",
+    "virtual_mailbox_domains": "",
+    "relay_domains": "",
     "message_size_limit": "10240000",
     "mailbox_size_limit": "0",
     "virtual_mailbox_limit": "51200000",
@@ -390,13 +398,49 @@ def test_unlisted_recipients_go_to_the_directory_only_while_the_milter_is_set(
     assert "smtpd_reject_unlisted_recipient" not in changes(make_plan(dry))
 
 
-def test_size_limit_raised_only_when_below_ours(tmp_path: Path) -> None:
+def test_size_limits_are_never_raised(tmp_path: Path) -> None:
+    """A lower message_size_limit is the site's choice: a note, not a change (it was
+    raised, and mailbox_size_limit with it, letting larger mail in)."""
     cfg = config(tmp_path)  # max_message_size 1_000_000
-    assert "message_size_limit" not in changes(make_plan(cfg))  # 10240000 > ours
-    new = changes(make_plan(cfg, message_size_limit="500000", mailbox_size_limit="900000"))
-    assert new["message_size_limit"] == "2000000"
-    assert new["mailbox_size_limit"] == "2000000"
-    assert "message_size_limit" not in changes(make_plan(cfg, message_size_limit="0"))
+    result = make_plan(cfg, message_size_limit="500000", mailbox_size_limit="900000")
+    assert not {"message_size_limit", "mailbox_size_limit"} & set(changes(result))
+    assert any(n.startswith("message_size_limit (500000) is not above") for n in result.notes)
+    assert not any(n.startswith("message_size_limit") for n in make_plan(cfg).notes)
+
+
+def test_unlisted_recipients_stay_with_postfix_when_it_has_other_recipient_maps(
+    tmp_path: Path,
+) -> None:
+    """smtpd_reject_unlisted_recipient = no would also stop relay_recipient_maps and the
+    virtual tables, which smtpguard's directory does not hold (backscatter)."""
+    cfg = config(tmp_path)
+    maps = {"relay_recipient_maps": "hash:/etc/postfix/relay_recipients"}
+    result = make_plan(cfg, **maps)
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    assert any("relay_recipient_maps would go unchecked" in n for n in result.notes)
+    # What an earlier postfix-config wrote is put back to yes.
+    raw = {**STOCK, **maps, "smtpd_reject_unlisted_recipient": "${smtpd_milters?{no}:{yes}}"}
+    current = Settings(raw=raw, expanded={**raw, "smtpd_reject_unlisted_recipient": "no"})
+    again = plan(cfg, load_replies(cfg.replies, cfg.file), current)
+    assert changes(again)["smtpd_reject_unlisted_recipient"] == "yes"
+    assert any("backscatter" in p for p in again.problems)
+    assert not any("backscatter" in p for p in again.unresolved)
+
+
+def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: Path) -> None:
+    cfg = config(tmp_path)  # local example.com, relay relay.example
+    result = make_plan(
+        cfg,
+        mydestination="mx.example.com, example.com, localhost.example.com, localhost",
+        virtual_alias_domains="example.org, hash:/etc/postfix/virtual_domains",
+        relay_domains="relay.example",
+    )
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    assert "mx.example.com (mydestination)" in problem
+    assert "example.org (virtual_alias_domains)" in problem
+    assert "localhost" not in problem
+    assert "relay.example" not in problem
+    assert "hash:" not in problem
 
 
 def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:

@@ -79,6 +79,17 @@ POSTFIX_FOOTERS: tuple[tuple[str, str, bool], ...] = (
 )
 
 RELAY_GUARDS = ("reject_unauth_destination", "defer_unauth_destination")
+#: What postfix-config writes for smtpd_reject_unlisted_recipient.
+UNLISTED_WHILE_MILTERS = "${smtpd_milters?{no}:{yes}}"
+#: Recipient tables smtpd_reject_unlisted_recipient = no would stop Postfix checking.
+RECIPIENT_MAPS = ("relay_recipient_maps", "virtual_alias_maps", "virtual_mailbox_maps")
+#: Where Postfix lists the domains it takes mail for.
+ACCEPTED_DOMAINS = (
+    "mydestination",
+    "virtual_alias_domains",
+    "virtual_mailbox_domains",
+    "relay_domains",
+)
 #: The client Postfix's cleanup shows non_smtpd_milters for mail from sendmail(1).
 _LOOPBACK = ipaddress.ip_address("127.0.0.1")
 FOOTER_FILE = "smtpguard_footers.regexp"
@@ -95,9 +106,9 @@ PARAMETERS = (
     "smtpd_relay_restrictions",
     "smtpd_recipient_restrictions",
     "smtpd_reject_unlisted_recipient",
+    *RECIPIENT_MAPS,
+    *ACCEPTED_DOMAINS,
     "message_size_limit",
-    "mailbox_size_limit",
-    "virtual_mailbox_limit",
     "smtputf8_enable",
     "smtpd_reject_footer_maps",
     "smtpd_forbid_bare_newline",
@@ -325,6 +336,7 @@ def plan(
     planner.networks()
     planner.relay()
     planner.recipients()
+    planner.domains()
     planner.sizes()
     planner.utf8()
     planner.footers()
@@ -619,20 +631,61 @@ class _Planner:
         mailbox = config.check("mailbox")
         directory = config.directory.backend != "none"
         unlisted = self.now["smtpd_reject_unlisted_recipient"]
-        if not directory or mailbox.mode != "enforce" or config.milter.dry_run:
-            if unlisted == "no":
+        ours = self.raw["smtpd_reject_unlisted_recipient"] == UNLISTED_WHILE_MILTERS
+        # smtpd_reject_unlisted_recipient = no also stops Postfix checking these
+        # recipients, which smtpguard's directory (site.local_domains) does not hold.
+        maps = [name for name in RECIPIENT_MAPS if self.now[name].strip()]
+        if maps or not directory or mailbox.mode != "enforce" or config.milter.dry_run:
+            why = (
+                f"{', '.join(maps)} would go unchecked too"
+                if maps
+                else "smtpguard's directory does not refuse unknown recipients (backend"
+                " none, dry run or mailbox check not enforced)"
+            )
+            if unlisted == "no" and ours:
+                self.change(
+                    "smtpd_reject_unlisted_recipient",
+                    "yes",
+                    f"Postfix checks recipients itself again: {why}",
+                    f"is 'no' while smtpguard is attached, but {why} (backscatter)",
+                )
+            elif unlisted == "no":
                 self.problem(
-                    "smtpd_reject_unlisted_recipient: is 'no' but smtpguard's directory"
-                    " does not refuse unknown recipients (backend none, dry run or mailbox"
-                    " check not enforced): nothing checks recipients (backscatter)"
+                    f"smtpd_reject_unlisted_recipient: is 'no' but {why}: nothing checks"
+                    " those recipients (backscatter)"
+                )
+            elif maps:
+                self.notes.append(
+                    f"smtpd_reject_unlisted_recipient left at yes ({why} with no): unknown"
+                    " recipients get Postfix's own reply, not mailbox_unavailable"
                 )
             return
         if unlisted == "yes":
             self.change(
                 "smtpd_reject_unlisted_recipient",
-                "${smtpd_milters?{no}:{yes}}",
+                UNLISTED_WHILE_MILTERS,
                 "unknown local recipients reach smtpguard's directory (mailbox_unavailable);"
                 " with smtpd_milters emptied Postfix refuses them itself again",
+            )
+
+    def domains(self) -> None:
+        """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
+        site = self.config.site
+        unknown: dict[str, list[str]] = {}
+        for name in ACCEPTED_DOMAINS:
+            for item in split_list(self.now[name]):
+                domain = item.lower().rstrip(".")
+                if ":" in domain or "/" in domain or "$" in domain or not domain:
+                    continue  # a lookup table: its keys are not read here
+                if domain == "localhost" or domain.startswith("localhost."):
+                    continue  # never a destination from outside
+                if not (site.is_local(domain) or site.is_relay(domain)):
+                    unknown.setdefault(domain, []).append(name)
+        if unknown:
+            listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
+            self.problem(
+                f"Postfix accepts mail for {listed}, which smtpguard refuses"
+                " (host_denies_relay): add them to site.local_domains or site.relay_domains"
             )
 
     def sizes(self) -> None:
@@ -644,23 +697,13 @@ class _Planner:
         limit = _int(self.now["message_size_limit"])
         if limit == 0 or limit > ours:
             return
-        new = ours * 2
-        self.change(
-            "message_size_limit",
-            str(new),
-            f"above limits.max_message_size ({ours}) so smtpguard answers message_too_long"
-            " first; Postfix keeps a hard limit",
-            f"{limit} is not above limits.max_message_size ({ours}): smtpguard's limit"
-            " is never reached",
+        # Raising the admin's limit would let larger mail in than the site chose.
+        self.notes.append(
+            f"message_size_limit ({limit}) is not above limits.max_message_size ({ours}):"
+            " Postfix refuses larger mail first, with its own 552 5.3.4 and the table's"
+            " text as footer; for smtpguard's message_too_long, lower"
+            f" limits.max_message_size below {limit}"
         )
-        for name in ("mailbox_size_limit", "virtual_mailbox_limit"):
-            value = _int(self.now[name])
-            if value != 0 and value < new:
-                self.change(
-                    name,
-                    str(new),
-                    "Postfix's delivery agents refuse to run with it below message_size_limit",
-                )
 
     def utf8(self) -> None:
         if _uses_table_utf8(self.config) and self.now["smtputf8_enable"] == "no":
