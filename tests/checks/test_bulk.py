@@ -36,6 +36,12 @@ def test_bulk_key(parts: tuple[str, ...], key: str) -> None:
     assert bulk_key(parts, conn) == key
 
 
+@pytest.mark.parametrize("sender", ['"A"@Example.ORG', '"\\A"@example.org'])
+def test_a_quoted_sender_counts_as_the_plain_one(sender: str) -> None:
+    """Switching spellings must not split one sender's same-size count."""
+    assert bulk_key(("sender",), make_conn(sender=sender)) == "a@example.org"
+
+
 def test_bulk_key_of_the_null_sender_and_without_transaction() -> None:
     assert bulk_key(("sender", "login"), make_conn(sender="<>")) == "|"
     assert bulk_key(("sender", "sender_domain", "login"), make_conn()) == "<>||"

@@ -25,7 +25,8 @@ def bulk_key(parts: tuple[str, ...], conn: Connection) -> str:
     values = []
     for part in parts:
         if part == "sender":
-            values.append(txn.sender.lc.lower() if txn and txn.sender else "<>")
+            # Canonical: "x"@y and x@y are one sender, one count.
+            values.append(txn.sender.canonical.lower() if txn and txn.sender else "<>")
         elif part == "sender_domain":
             values.append(txn.sender.domain_lc if txn and txn.sender else "")
         elif part == "client_ip":
