@@ -14,7 +14,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import pytest
 
@@ -905,3 +905,38 @@ def test_log_values_that_would_break_key_value_parsing_are_quoted(
     value: object, shown: str
 ) -> None:
     assert _kv("k", value) == shown
+
+
+class BrokenScanner(StageLog):
+    """An observing EOM check whose stream breaks at the first body chunk; like a
+    scanner that lost its stream, it would find nothing at the end."""
+
+    name: ClassVar[str] = "broken_scanner"
+
+    def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
+        if stage is Stage.BODY:
+            raise OSError("scanner stream lost")
+        super().observe(stage, conn, event)
+
+
+@pytest.mark.parametrize(
+    ("on_temp_error", "action"), [("tempfail", Action.TEMPFAIL), ("pass", Action.CONTINUE)]
+)
+def test_an_observer_that_fails_answers_a_temporary_error_not_a_pass(
+    build: BuildHarness, on_temp_error: Literal["tempfail", "pass"], action: Action
+) -> None:
+    h = build()
+    scanner = BrokenScanner()
+    h.pipeline.add_check(scanner, CheckSettings(on_temp_error=on_temp_error))
+    conn = mail(connect(), "<friend@example.org>")
+    assert h.pipeline.run_headers(conn, [("Subject", "hi")]) == CONTINUE
+    assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"X5O!P%@AP\r\n")) == CONTINUE
+    decision = h.pipeline.run(Stage.EOM, conn)
+    assert decision.action is action
+    if action is Action.TEMPFAIL:
+        assert decision.reply is not None
+        assert decision.reply.reply_id == "internal_error"
+        assert decision.check == "broken_scanner"
+    # The next transaction starts with a working stream.
+    conn = mail(conn, "<friend@example.org>")
+    assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE

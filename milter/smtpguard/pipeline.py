@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple, cast
+from typing import Final, NamedTuple, cast
 
 from smtpguard.address import IPAddress
 from smtpguard.checks import (
@@ -346,6 +346,7 @@ class Pipeline:
                         observer.observe(Stage.HEADER, conn, Event(header=field, deadline=deadline))
             except Exception:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
+                _blind(conn, observer)
 
     def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         if event.deadline is None:
@@ -477,6 +478,7 @@ class Pipeline:
                 observer.observe(stage, conn, event)
             except Exception:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
+                _blind(conn, observer)
 
     def _note_result_field(self, txn: Transaction, name: str, value: str) -> None:
         """Remember, by their index among the fields of their name, the incoming fields
@@ -504,6 +506,8 @@ class Pipeline:
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
         policy = self.policy if self.policy.active else None
+        txn = conn.txn
+        blind: set[str] | None = txn.scratch.get(_BLIND) if txn is not None else None
         for check, settings, planned, relevant, _fields in self._steps(stage, event):
             # Exemptions skip a check; [domain."X"] tables may change its mode.
             mode = planned
@@ -516,7 +520,7 @@ class Pipeline:
                     )
                 continue
             try:
-                verdict = check(conn, event)
+                verdict = _BLIND_VERDICT if blind and check.name in blind else check(conn, event)
             except Exception:
                 log.exception(
                     "sid=%s check=%s raised; answering internal_error", conn.session_id, check.name
@@ -799,6 +803,9 @@ def _outcome_of(decision: Decision, txn: Transaction) -> str:
 
 _VERDICT_KIND: dict[type, str] = {type(None): "pass", Hit: "hit", TempError: "temperror"}
 _ENDING = "pipeline.ending"
+#: Observing checks of the transaction that raised while fed the message.
+_BLIND = "pipeline.blind_observers"
+_BLIND_VERDICT: Final = TempError("internal_error", "failed while reading the message")
 _SEEN_AR = "pipeline.auth_results_seen"
 _FORGED_AR = "pipeline.auth_results_forged"
 _SEEN_SPAM = "pipeline.spam_fields_seen"
@@ -843,3 +850,11 @@ def _kv(key: str, value: object) -> str:
 
 
 __all__ = ["CHECK_NAMES", "CONTINUE", "Action", "Decision", "Hit", "Pipeline", "TempError"]
+
+
+def _blind(conn: Connection, observer: Observing) -> None:
+    """Remember an observer that raised while fed the message: its check answers
+    :data:`_BLIND_VERDICT` at end of message (a scanner that lost the stream would
+    find nothing in what it saw, and the message would pass unscanned)."""
+    if conn.txn is not None:
+        conn.txn.scratch.setdefault(_BLIND, set()).add(getattr(observer, "name", repr(observer)))
