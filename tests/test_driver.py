@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.app import Runtime, build_runtime, load
-from smtpguard.driver import UNANNOUNCED_NOTICE, MacroLookup, Once, SessionDriver
+from smtpguard.driver import UNANNOUNCED_NOTICE, MacroLookup, Once, SessionDriver, client_ip
 from smtpguard.pipeline import Action
 from smtpguard.session import MTA
 from smtpguard.state import SessionGate
@@ -223,3 +223,26 @@ def test_an_aborted_transaction_drops_its_collected_fields(runtime: Runtime) -> 
     d.body(b"text\r\n")
     assert d.eom().action is Action.CONTINUE
     d.close()
+
+
+@pytest.mark.parametrize(
+    ("family", "hostaddr", "expected"),
+    [
+        (socket.AF_INET, ("198.51.100.7", 40000), "198.51.100.7"),
+        (socket.AF_INET6, ("2001:db8::7", 40000, 0, 0), "2001:db8::7"),
+        # An IPv4 client on a dual-stack socket is judged as the IPv4 address it is.
+        (socket.AF_INET6, ("::ffff:192.0.2.10", 40000, 0, 0), "192.0.2.10"),
+        (socket.AF_INET6, ("fe80::1%eth0", 40000, 0, 2), "fe80::1"),
+        (socket.AF_UNIX, "/run/x.sock", None),
+        (socket.AF_INET, ("garbage", 1), None),
+    ],
+)
+def test_client_ip(family: int, hostaddr: object, expected: str | None) -> None:
+    ip = client_ip(family, hostaddr)
+    assert (None if ip is None else str(ip)) == expected
+
+
+def test_a_mapped_client_is_trusted_by_its_ipv4_network(runtime: Runtime) -> None:
+    driver = SessionDriver(runtime, SessionGate(10), {"v": "Postfix 3.7.11"}.get)
+    driver.connect("[::ffff:192.0.2.10]", socket.AF_INET6, ("::ffff:192.0.2.10", 40000, 0, 0))
+    assert driver.conn.trusted_network  # site.trusted_networks has 192.0.2.0/24

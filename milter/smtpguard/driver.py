@@ -60,8 +60,14 @@ class Once:
 UNANNOUNCED_NOTICE = Once()
 
 
-#: The same clients come back: parsing their address again costs more than a lookup.
-_ip_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
+@functools.lru_cache(maxsize=4096)  # the same clients come back; parsing costs more
+def _ip_address(text: str) -> IPAddress:
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # An IPv4 client on the MTA's dual-stack socket (Sendmail can hand these
+        # over): trusted networks, HELO literals and Received are written in IPv4.
+        return ip.ipv4_mapped
+    return ip
 
 
 def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
