@@ -447,7 +447,9 @@ class Pipeline:
             try:
                 observer.discard(txn)
             except Exception:
-                log.exception("discarding transaction state failed")
+                ending: _Ending | None = txn.scratch.get(_ENDING)
+                sid = ending.session_id if ending is not None else "-"
+                log.exception("sid=%s observer %r: releasing its state failed", sid, observer)
 
     def _observe(
         self,
