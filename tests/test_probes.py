@@ -229,3 +229,28 @@ def test_config_unreadable_for_the_service_user(open_dir: Path) -> None:
         f"{site.config.resolve()}: milter.user: nobody cannot read {site.config.resolve()}:"
         " a reload (SIGHUP) would fail"
     ]
+
+
+# --- site ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("site_keys", "checks", "reported"),
+    [
+        ({"local_domains": [], "relay_domains": []}, {}, True),
+        ({"local_domains": [], "relay_domains": ["relay.example"]}, {}, False),
+        ({"local_domains": ["example.com"]}, {}, False),
+        # A pure submission host that leaves relaying to Postfix.
+        ({"local_domains": [], "relay_domains": []}, {"relay": {"mode": "off"}}, False),
+    ],
+)
+def test_a_site_without_domains_is_a_problem(
+    tmp_path: Path, site_keys: dict[str, list[str]], checks: dict[str, Any], reported: bool
+) -> None:
+    site = make_site(tmp_path, {"site": site_keys, "checks": checks})
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    found = [p for p in problems(result) if ": site.local_domains: " in p]
+    assert bool(found) is reported, result.stderr
+    assert result.returncode == (1 if reported else 0), result.stderr
+    if reported:
+        assert "refused as relaying (host_denies_relay)" in found[0]

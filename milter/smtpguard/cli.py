@@ -106,6 +106,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         cpu_problems,
         file_problems,
         log_problems,
+        site_problems,
         socket_problems,
         user_problems,
     )
@@ -117,6 +118,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     problems = user_problems(config) + file_problems(config, become=drop_privileges)
     problems += log_problems(config) + cpu_problems(config) + socket_problems(config)
+    problems += site_problems(config)
     # A directory file already reported is left out, so the rest still gets checked.
     unreadable = any(p.key == "directory.path" for p in problems)
     try:

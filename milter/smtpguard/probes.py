@@ -63,6 +63,21 @@ def user_problems(config: Config) -> list[ConfigError]:
     return []
 
 
+def site_problems(config: Config) -> list[ConfigError]:
+    """A site with no domain of its own refuses every recipient of an untrusted client
+    as relaying (host_denies_relay): a valid configuration, but never a working one
+    for a host that receives mail."""
+    site = config.site
+    if site.local_domains or site.relay_domains or config.check("relay").mode == "off":
+        return []
+    text = (
+        "empty, and so is site.relay_domains: every recipient of an untrusted client is"
+        " refused as relaying (host_denies_relay); list the domains this host receives"
+        " mail for"
+    )
+    return [ConfigError(config.file, "site.local_domains", text)]
+
+
 def cpu_problems(config: Config) -> list[ConfigError]:
     """CPUs ``milter.cpu_affinity`` lists that this process may not run on (the
     service would leave those workers unbound). Host-specific, like the user."""
