@@ -173,7 +173,8 @@ def test_check_config_command(tmp_path: Path) -> None:
     directory = tmp_path / "dir.sqlite"
     good = write_config(
         tmp_path,
-        f"[directory]\npath = '{directory}'\n[state]\npath = '{tmp_path / 'state.sqlite'}'\n",
+        f"[directory]\npath = '{directory}'\n[state]\npath = '{tmp_path / 'state.sqlite'}'\n"
+        "[site]\nlocal_domains = ['example.com']\n",
     )
     result = run_cli("check-config", str(good))
     assert result.returncode == 1
