@@ -112,6 +112,26 @@ def test_untrusted_relay_attempt(relay: Relay, recipient: str, domain: str) -> N
     assert verdict == Hit("host_denies_relay", f"relay to {domain} from untrusted client")
 
 
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "victim%gmail.example@example.com",  # allow_percent_hack
+        "gmail.example!victim@example.com",  # swap_bangpath
+        '"victim@gmail.example"@example.com',  # resolve_dequoted_address
+        "victim%gmail.example@partner.example",  # a relay domain
+    ],
+)
+def test_routing_in_the_local_part_is_relaying(relay: Relay, recipient: str) -> None:
+    """Postfix delivers victim%gmail.example@example.com to victim@gmail.example: from a
+    stranger it is a relay attempt, whatever the mailbox check says (off, report)."""
+    verdict = relay(make_conn(sender="stranger@example.org"), rcpt(recipient))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "host_denies_relay"
+    assert verdict.detail.startswith("relay through the local part of ")
+    trusted = make_conn(sender="alice@example.com", ip="127.0.0.1", trusted_network=True)
+    assert relay(trusted, rcpt(recipient)) is None
+
+
 def test_untrusted_relay_attempt_with_local_sender(relay: Relay) -> None:
     # Claiming a local sender does not make the client trusted.
     verdict = relay(make_conn(sender="alice@example.com"), rcpt("x@example.org"))

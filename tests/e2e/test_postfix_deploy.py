@@ -158,6 +158,39 @@ def test_never_an_open_relay(control: str, case: str) -> None:
             assert c.cmd("RCPT TO:<alice@example.com>").code == 250
 
 
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "victim%gmail.example@example.com",
+        "gmail.example!victim@example.com",
+        '"victim@gmail.example"@example.com',
+    ],
+)
+def test_routing_in_the_local_part_does_not_relay(recipient: str) -> None:
+    """relay_control "milter" lets every recipient through to smtpguard, and Postfix
+    delivers these to victim@gmail.example (percent hack, bang path, dequoting), with
+    the mailbox check off too. Postfix itself does not take the static:{OK} for a
+    recipient with routing from an untrusted client (allow_untrusted_routing = no) and
+    answers with its own guard; smtpguard's relay check refuses them as well
+    (tests/checks/test_relay.py), for MTAs and lists where Postfix would not."""
+    s = site(
+        "relay-routed",
+        {"site": {"relay_control": "milter"}, "checks": {"mailbox": {"mode": "off"}}},
+    )
+    with running(s):
+        postfix = start_postfix(s.config)
+        try:
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+                rcpt = c.cmd(f"RCPT TO:<{recipient}>")
+            assert_nothing_relayed(postfix, rcpt)
+            # Postfix's own answer prints the recipient dequoted.
+            postfix_own = f"454 4.7.1 <{recipient.replace(chr(34), '')}>: Relay access denied"
+            assert rcpt.lines in ((postfix_own,), (expected_line("host_denies_relay"),)), rcpt
+        finally:
+            postfix.stop()
+
+
 def test_switching_relay_control_back_keeps_relaying_closed() -> None:
     """relay_control "milter", then "postfix", postfix-config applied after each: the
     first one's pass-through must go, not be written out expanded (a bare static:{OK}

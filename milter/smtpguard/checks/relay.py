@@ -28,6 +28,11 @@ class RelayLocal:
         return None
 
 
+#: Characters by which a local part names another destination (RFC 1123 5.2.16,
+#: UUCP bang paths, a quoted "user@host").
+_ROUTED = frozenset("%!@")
+
+
 def raw_domain(raw: str) -> str:
     """The domain an unparsable path seems to name: after its last "@", lower-cased."""
     path = raw.strip().strip("<>").strip()
@@ -54,8 +59,16 @@ class Relay:
         # may be in report mode or off).
         domain = rcpt.domain_lc if rcpt is not None else raw_domain(event.rcpt_raw)
         # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
-        if not domain or self.site.is_local(domain) or self.site.is_relay(domain):
+        if not domain:
             return None
+        if self.site.is_local(domain) or self.site.is_relay(domain):
+            if conn.trusted or rcpt is None or not _ROUTED.intersection(rcpt.local):
+                return None
+            # Postfix routes by the local part too (allow_percent_hack, swap_bangpath,
+            # resolve_dequoted_address): "victim%gmail.example@example.com" is
+            # delivered to victim@gmail.example. Only the mailbox check refused it,
+            # and with that off or in report mode it relayed.
+            return Hit("host_denies_relay", f"relay through the local part of {rcpt.lc}")
         if not conn.trusted:
             return Hit("host_denies_relay", f"relay to {domain} from untrusted client")
         sender = txn.sender
