@@ -320,23 +320,43 @@ def test_an_admins_own_ok_stays_a_conflict_and_is_not_called_closed(tmp_path: Pa
     assert "passes every recipient" in change.reason
 
 
+OUR_SETTINGS = (
+    "default_action=tempfail, protocol=6, connect_timeout=10s, command_timeout=30s,"
+    " content_timeout=300s"
+)
+
+
 def test_a_changed_socket_replaces_our_old_entry(tmp_path: Path) -> None:
     """An earlier postfix-config's entry for another milter.socket: left in place, its
     dead socket with default_action=tempfail would defer every message."""
     cfg = config(tmp_path)
     address = postfix_milter_address(cfg.milter.socket)
-    old = (
-        "{ inet:127.0.0.1:9999, default_action=tempfail, protocol=6, connect_timeout=10s,"
-        " command_timeout=30s, content_timeout=300s }"
-    )
-    theirs = "inet:127.0.0.1:8891"
-    result = make_plan(cfg, smtpd_milters=f"{theirs}, {old}")
+    old = f"{{ unix:smtpguard/old.sock, {OUR_SETTINGS} }}"
+    # Another milter an admin gave the same settings is not ours to replace.
+    rspamd = f"{{ inet:127.0.0.1:11332, {OUR_SETTINGS} }}"
+    result = make_plan(cfg, smtpd_milters=f"{rspamd}, {old}")
     new = changes(result)["smtpd_milters"]
-    assert new.startswith(f"{theirs}, {{ {address}, default_action=tempfail")
-    assert "9999" not in new
-    assert any("inet:127.0.0.1:9999" in p for p in result.problems)
-    again = make_plan(cfg, smtpd_milters=new)
-    assert "smtpd_milters" not in changes(again)
+    assert new == f"{rspamd}, {{ {address}, {OUR_SETTINGS} }}"
+    assert any("unix:smtpguard/old.sock" in p for p in result.problems)
+    assert "smtpd_milters" not in changes(make_plan(cfg, smtpd_milters=new))
+    # Both there (an earlier run appended the new one): the old one goes.
+    both = make_plan(cfg, smtpd_milters=f"{old}, {rspamd}, {{ {address}, {OUR_SETTINGS} }}")
+    assert changes(both)["smtpd_milters"] == f"{rspamd}, {{ {address}, {OUR_SETTINGS} }}"
+
+
+def test_an_admins_reject_all_before_the_guard_is_kept(tmp_path: Path) -> None:
+    """Without permit_auth_destination before it, a static 553 before the guard refuses
+    inbound mail too: the admin's own rule, not an earlier postfix-config's reply."""
+    theirs = (
+        "permit_mynetworks, check_recipient_access static:{553 5.7.1 outbound only},"
+        " reject_unauth_destination"
+    )
+    for extra in ({}, {"site": {"relay_control": "milter"}}):
+        cfg = config(tmp_path / str(len(extra)), extra)
+        value = changes(make_plan(cfg, smtpd_relay_restrictions=theirs)).get(
+            "smtpd_relay_restrictions", theirs
+        )
+        assert "static:{553 5.7.1 outbound only}" in value
 
 
 def test_non_smtpd_milters_inheriting_ours_is_told_not_doubled(tmp_path: Path) -> None:

@@ -233,12 +233,14 @@ def _milter_option(entry: str, option: str) -> str | None:
 
 
 def _is_our_entry(entry: str) -> bool:
-    """An ``smtpd_milters`` entry with exactly the settings postfix-config writes for
-    smtpguard, whatever its address."""
+    """An ``smtpd_milters`` entry postfix-config wrote for smtpguard at another socket:
+    exactly our settings, and an address that names smtpguard (an admin may have
+    copied the settings for another milter)."""
     if not (entry.startswith("{") and entry.endswith("}")):
         return False
-    options = {"".join(part.split()) for part in split_list(entry[1:-1])[1:]}
-    return options == set(MILTER_SETTINGS)
+    parts = split_list(entry[1:-1])
+    options = {"".join(part.split()) for part in parts[1:]}
+    return options == set(MILTER_SETTINGS) and "smtpguard" in parts[0].lower()
 
 
 def _refers_to(raw: str, parameter: str) -> bool:
@@ -396,6 +398,25 @@ class _Planner:
         for name in params:
             entries = split_list(self.now[name])
             ours = [e for e in entries if _milter_address(e) == self.address]
+            raw = self.raw[name]
+            spans = list_spans(raw)
+            stale = [
+                i
+                for i, (a, b) in enumerate(spans)
+                if _is_our_entry(raw[a:b]) and _milter_address(raw[a:b]) != self.address
+            ]
+            if ours and stale:
+                value = raw
+                for i in reversed(stale):
+                    value = _cut(value, spans, i, i)
+                old = ", ".join(_milter_address(raw[slice(*spans[i])]) for i in stale)
+                self.change(
+                    name,
+                    value,
+                    f"smtpguard's entry for an earlier milter.socket ({old}) removed: its"
+                    " dead socket would defer every message",
+                    f"holds smtpguard's entry for {old} beside {self.address}",
+                )
             if ours:
                 action = (
                     _milter_option(ours[0], "default_action") or self.now["milter_default_action"]
@@ -406,9 +427,6 @@ class _Planner:
                         " smtpguard down mail would not be deferred (use default_action=tempfail)"
                     )
                 continue
-            raw = self.raw[name]
-            spans = list_spans(raw)
-            stale = [i for i, (a, b) in enumerate(spans) if _is_our_entry(raw[a:b])]
             if stale:
                 # Written by an earlier postfix-config for another milter.socket: left
                 # there, its dead socket would defer every message (default_action).
@@ -587,6 +605,9 @@ class _Planner:
                 and i + 2 < len(items)
                 and items[i + 1].startswith(prefix)
                 and items[i + 2] in RELAY_GUARDS
+                # As written: after permit_auth_destination it only ever meets relay
+                # attempts. Without one, it is the admin's reject-all, and stays.
+                and "permit_auth_destination" in items[:i]
                 and f"{items[i]} {items[i + 1]}" != keep
             ):
                 value = _cut(value, spans, i, i + 1)
