@@ -48,6 +48,23 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     )
 
 
+def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
+    """Client addresses arrive unmapped (::ffff:192.0.2.5 is judged as 192.0.2.5), so
+    the configured ones are unmapped too, or they would match nothing."""
+    text = (
+        "[site]\ntrusted_networks = ['[::ffff:192.0.2.0]/120', '::ffff:10.0.0.1/128',"
+        " '2001:db8::/32']\nour_ips = ['::ffff:203.0.113.25']\n"
+    )
+    config = load_config(write_config(tmp_path, text))
+    assert config.site.trusted_networks == (
+        ipaddress.ip_network("192.0.2.0/24"),
+        ipaddress.ip_network("10.0.0.1/32"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert config.site.is_trusted_ip(ipaddress.ip_address("192.0.2.5"))
+    assert config.site.our_ips == frozenset({ipaddress.ip_address("203.0.113.25")})
+
+
 @pytest.mark.parametrize(
     ("text", "key", "message"),
     [
