@@ -137,11 +137,17 @@ def matching_entries(address: str) -> tuple[str, ...]:
     in its canonical form, as :func:`blacklist_entry` stores it: ``"a"@mx.evil.example``
     is listed by the same entries.
     """
-    address = canonical_address(address.lower())
+    given = address.lower()
+    address = canonical_address(given)
     _, at, domain = address.rpartition("@")
     if not at:
         return (address,)
     keys = [address, "@" + domain]
+    spelled = given.rpartition("@")[0]
+    if spelled.startswith('"') and spelled != address.rpartition("@")[0]:
+        # An entry an older version stored as the sender spelled it (quoted) still
+        # lists that spelling.
+        keys.insert(1, f"{spelled}@{domain}")
     if not domain.startswith("["):
         labels = domain.split(".")
         keys += ["." + ".".join(labels[i:]) for i in range(len(labels))]
