@@ -241,6 +241,34 @@ def test_switching_relay_control_to_postfix_removes_the_pass_through(tmp_path: P
     assert not any("open relay" in p for p in result.unresolved)
 
 
+def test_a_pass_through_beside_other_parameters_is_no_false_alarm(tmp_path: Path) -> None:
+    """With another $item the list is read expanded: the expansion of our own
+    pass-through, which the plan removes, is no open relay of the admin's."""
+    raw = f"permit_mynetworks, $extra_checks, {MILTER_RELAY_PASS}, reject_unauth_destination"
+    expanded = (
+        "permit_mynetworks, check_client_access cidr:/etc/postfix/c,"
+        " check_recipient_access static:{OK}, reject_unauth_destination"
+    )
+    result = plan_of(
+        config(tmp_path),
+        {"smtpd_relay_restrictions": raw, "smtpd_milters": "unix:x"},
+        {"smtpd_relay_restrictions": expanded, "smtpd_milters": "unix:x"},
+    )
+    assert not any("open relay" in p for p in result.problems)
+    assert changes(result)["smtpd_relay_restrictions"] == (
+        f"permit_mynetworks, $extra_checks, permit_auth_destination, {OURS_POSTFIX},"
+        " reject_unauth_destination"
+    )
+
+
+def test_milter_mode_tells_of_a_second_guard_in_recipient_restrictions(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"site": {"relay_control": "milter"}})
+    result = make_plan(
+        cfg, smtpd_recipient_restrictions="permit_mynetworks, reject_unauth_destination"
+    )
+    assert any("relay guard of its own" in n for n in result.notes)
+
+
 def test_switching_relay_control_to_milter_removes_the_static_reply(tmp_path: Path) -> None:
     first = changes(make_plan(config(tmp_path / "p")))["smtpd_relay_restrictions"]
     milter = config(tmp_path / "m", {"site": {"relay_control": "milter"}})

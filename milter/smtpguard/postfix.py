@@ -506,6 +506,16 @@ class _Planner:
         ):
             name = "smtpd_recipient_restrictions"
         value = self._with_ours(name, cleaned[name], ours, milter_mode)
+        if (
+            milter_mode
+            and name == "smtpd_relay_restrictions"
+            and _guards(cleaned["smtpd_recipient_restrictions"])
+        ):
+            self.notes.append(
+                "smtpd_recipient_restrictions has a relay guard of its own, evaluated after"
+                " smtpd_relay_restrictions: Postfix answers relaying there with its own text"
+                f' (site.relay_control = "milter" needs {MILTER_RELAY_PASS} before it too)'
+            )
         for other in names:
             new = value if other == name and value is not None else cleaned[other]
             if new == self.raw[other]:
@@ -626,6 +636,9 @@ class _Planner:
                 continue  # its expansion cannot be told apart from the admin's items
             else:
                 items = split_list(self.now[name])
+                if MILTER_RELAY_PASS in self.raw[name] and self.now["smtpd_milters"].strip():
+                    # The expansion of our own pass-through, which this plan removes.
+                    items = _without_pass(items)
             lists[name] = items
             guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), None)
             for item in items[: len(items) if guard is None else guard]:
@@ -753,6 +766,16 @@ class _Planner:
                 "smtpd_forbid_bare_newline left as it is (no): stray_newline is answered only"
                 " with it on (Postfix 3.7.10+; it also closes SMTP smuggling)"
             )
+
+
+def _without_pass(items: list[str]) -> list[str]:
+    """Expanded list items without the last ``check_recipient_access static:{OK}``
+    before the relay guard (what :data:`MILTER_RELAY_PASS` expands to)."""
+    guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), len(items))
+    for i in range(guard - 2, -1, -1):
+        if items[i : i + 2] == ["check_recipient_access", "static:{OK}"]:
+            return items[:i] + items[i + 2 :]
+    return items
 
 
 def _gaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
