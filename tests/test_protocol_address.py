@@ -8,28 +8,15 @@ dynamic blacklist, the directory's recipients and the login's own senders.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
-from support.service import UNTRUSTED_IP, Running, Site, make_site, running, smtpguard
+from support.service import UNTRUSTED_IP, Running, smtpguard
 
 pytestmark = pytest.mark.integration
 
 TLS = {"{tls_version}": "TLSv1.3"}
 ALICE = {"{auth_authen}": "alice@example.com", "{auth_type}": "PLAIN"}
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
-    return make_site(tmp_path_factory.mktemp("site"))
-
-
-@pytest.fixture(scope="module")
-def service(site: Site) -> Iterator[Running]:
-    with running(site) as svc:
-        yield svc
 
 
 def session(service: Running, macros: dict[str, str] | None = None) -> MilterSession:

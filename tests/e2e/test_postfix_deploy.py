@@ -99,6 +99,16 @@ def assert_nothing_relayed(postfix: Postfix, rcpt: Reply) -> None:
     assert postfix.delivered_messages() == {}
 
 
+def remove_milters(postfix: Postfix) -> None:
+    """What an admin does while troubleshooting: smtpd_milters commented out, reload."""
+    subprocess.run(
+        ["postconf", "-c", str(postfix.config_dir), "-#", "smtpd_milters"],
+        check=True,
+        timeout=30,
+    )
+    reload_postfix(postfix)
+
+
 RELAY_CASES: dict[str, dict[str, Any]] = {
     "enforce": {},
     "dry_run": {"milter": {"dry_run": True}},
@@ -128,13 +138,7 @@ def test_never_an_open_relay(control: str, case: str) -> None:
         postfix = start_postfix(s.config)
         stack.callback(postfix.stop)
         if case == "milters_removed":
-            # The admin comments smtpd_milters out while troubleshooting.
-            subprocess.run(
-                ["postconf", "-c", str(postfix.config_dir), "-#", "smtpd_milters"],
-                check=True,
-                timeout=30,
-            )
-            reload_postfix(postfix)
+            remove_milters(postfix)
         mail, rcpt = try_relay(postfix)
         assert_nothing_relayed(postfix, rcpt)
         if case == "milter_stopped":
@@ -203,12 +207,7 @@ def test_switching_relay_control_back_keeps_relaying_closed() -> None:
         s.config.write_text(text)
         script = attach_smtpguard(postfix.config_dir, s.config)
         assert "static:{OK}" not in script
-        subprocess.run(
-            ["postconf", "-c", str(postfix.config_dir), "-#", "smtpd_milters"],
-            check=True,
-            timeout=30,
-        )
-        reload_postfix(postfix)
+        remove_milters(postfix)
         mail, rcpt = try_relay(postfix)
         assert mail.code == 250, mail
         assert_nothing_relayed(postfix, rcpt)
