@@ -106,9 +106,10 @@ def test_check_config_reports_the_socket_mode_and_run_does_not_refuse_it(tmp_pat
         " access, so the MTA (a member of that group) cannot connect; use 0660, or make the"
         " MTA's user socket_owner"
     ]
-    # Not a load error: the service starts with it.
-    with running(site):
+    # Not a load error: the service starts with it, and says so in its log.
+    with running(site) as service:
         assert stat.S_IMODE(site.socket.stat().st_mode) == 0o600
+        assert "milter.socket_mode: 0600 gives the socket's group no write" in service.log()
 
 
 # --- backends -----------------------------------------------------------------------

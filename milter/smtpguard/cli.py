@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smtpguard.adapter import App, drop_privileges, serve
     from smtpguard.app import build_runtime, new_gate
     from smtpguard.metrics import PrometheusMetrics
-    from smtpguard.probes import file_problems, user_problems
+    from smtpguard.probes import file_problems, site_problems, socket_problems, user_problems
     from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
     from smtpguard.supervisor import reloader
 
@@ -62,6 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Named, not fatal: what mail sees when a store fails is each check's on_temp_error.
     for problem in file_problems(config, become=drop_privileges):
         logging.getLogger("smtpguard").error("%s", problem)
+    # Also named, not fatal: check-config reports them as problems.
+    for problem in socket_problems(config) + site_problems(config):
+        logging.getLogger("smtpguard").warning("%s", problem)
     if config.milter.workers > 1:
         from smtpguard.supervisor import prepare_metrics, supervise
 
