@@ -51,3 +51,12 @@ def test_postfix_config_row_names_every_flag() -> None:
     rows = [flags for name, flags in _rows() if name == "postfix-config"]
     assert rows == [_flags(_subcommands(build_parser())["postfix-config"])]
     assert {"--check", "--main-cf", "--non-smtpd-milters", "--config-directory"} <= rows[0]
+
+
+def test_every_command_and_flag_is_in_the_table() -> None:
+    named: dict[str, set[str]] = {}
+    for name, flags in _rows():
+        named.setdefault(name, set()).update(flags)
+    for name, parser in _subcommands(build_parser()).items():
+        assert name in named, f"{name} has no row in README.md's command table"
+        assert _flags(parser) <= named[name], (name, _flags(parser) - named[name])
