@@ -6,16 +6,20 @@ import dataclasses
 import email.headerregistry
 import ipaddress
 import time
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smtpguard import address as address_module
 from smtpguard.address import (
     Address,
     AddressError,
     canonical_address,
+    canonical_domain,
     canonical_local_part,
+    domain_to_unicode,
     esmtp_params,
     is_fqdn,
     is_valid_domain,
@@ -457,7 +461,7 @@ def test_canonical(raw: str, canonical: str) -> None:
     assert addr.canonical == canonical
     assert canonical_address(addr.text) == canonical
     if addr.domain:
-        assert addr.canonical == f"{addr.canonical_local}@{addr.domain_lc}"
+        assert addr.canonical == f"{addr.canonical_local}@{addr.domain_canonical}"
     # The display form stays what the client sent.
     assert f"<{addr.text}>" == raw
 
@@ -471,7 +475,111 @@ def test_canonical_keeps_case_like_lc() -> None:
 
 def test_canonical_utf8() -> None:
     addr = parse_path('<"üser"@例子.中国>', smtputf8=True)
-    assert addr.canonical == "üser@例子.中国"
+    assert addr.canonical == "üser@xn--fsqu00a.xn--fiqs8s"
+    # Shown as sent.
+    assert addr.text == '"üser"@例子.中国'
+    assert addr.domain_lc == "例子.中国"
+
+
+NFC_USER = "j\u00fcrgen"  # ü as one code point
+NFD_USER = "ju\u0308rgen"  # u + COMBINING DIAERESIS
+
+
+@pytest.mark.parametrize("raw", [f"<{NFD_USER}@example.com>", f'<"{NFD_USER}"@example.com>'])
+def test_canonical_local_is_nfc(raw: str) -> None:
+    """RFC 6532 3.1: the NFD spelling of a UTF-8 local part is the same mailbox."""
+    addr = parse_path(raw, smtputf8=True)
+    nfc = parse_path(f"<{NFC_USER}@example.com>", smtputf8=True)
+    assert addr.canonical_local == NFC_USER
+    assert addr.canonical == nfc.canonical == f"{NFC_USER}@example.com"
+    assert canonical_address(addr.text) == nfc.canonical
+    assert NFD_USER in addr.text  # the display form is kept
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        # U-label and A-label spellings meet, whatever the case or trailing dot.
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("BÜCHER.Example.", "xn--bcher-kva.example"),
+        ("XN--BCHER-KVA.EXAMPLE.", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("mx.Bücher.example", "mx.xn--bcher-kva.example"),
+        # NFD (u + combining diaeresis) is the same name as NFC.
+        ("bu\u0308cher.example", "xn--bcher-kva.example"),
+        ("例子.中国", "xn--fsqu00a.xn--fiqs8s"),
+        # UTS 46: ideographic full stops separate labels.
+        ("例子\u3002中国", "xn--fsqu00a.xn--fiqs8s"),
+        # IDNA2008 as Postfix and registries have it, not IDNA2003 (which gives
+        # strasse.de, another domain).
+        ("straße.de", "xn--strae-oqa.de"),
+        # UTS 46 maps a capital sigma to sigma wherever it is in the word.
+        ("ΟΔΟΣ.gr", "xn--pxavbq.gr"),
+        # Full-width letters are their ASCII compatibility forms.
+        ("\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com", "example.com"),
+        # ASCII: lower-cased and without the trailing dot, nothing more.
+        ("Example.COM.", "example.com"),
+        ("[IPv6:2001:DB8::1]", "[ipv6:2001:db8::1]"),
+        ("", ""),
+    ],
+)
+def test_canonical_domain(name: str, canonical: str) -> None:
+    assert canonical_domain(name) == canonical
+    # Idempotent: the canonical form is its own canonical form.
+    assert canonical_domain(canonical) == canonical
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        # Not a U-label (a symbol), too long once encoded, or undecodable bytes: the
+        # label stays as its NFC lower-cased text.
+        ("☃.Example", "☃.example"),
+        ("Dü\u2603.example", "dü\u2603.example"),
+        ("a" * 62 + "ü.example", "a" * 62 + "ü.example"),
+        ("b\udcffx.example", "b\udcffx.example"),
+        ("Bu\u0308\u2603.example", "bü\u2603.example"),
+    ],
+)
+def test_canonical_domain_keeps_what_does_not_convert(name: str, kept: str) -> None:
+    assert canonical_domain(name) == kept
+    assert canonical_domain(kept) == kept
+
+
+def test_canonical_domain_ascii_fast_path() -> None:
+    """ASCII names, A-labels included, never reach the conversion (nor its memo)."""
+    before = address_module._canonical_idn.cache_info()
+    for name in ("Example.COM.", "xn--bcher-kva.example", "XN--ZZZ.example", "[192.0.2.1]"):
+        assert canonical_domain(name) == name.lower().rstrip(".")
+    after = address_module._canonical_idn.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)
+    canonical_domain("bücher.example")
+    canonical_domain("bücher.example")
+    assert address_module._canonical_idn.cache_info().hits > after.hits
+
+
+def test_address_domain_canonical() -> None:
+    u_label = parse_path("<x@Bücher.Example.>", smtputf8=True)
+    a_label = parse_path("<x@XN--BCHER-KVA.example>")
+    assert u_label.domain_canonical == a_label.domain_canonical == "xn--bcher-kva.example"
+    assert u_label.canonical == a_label.canonical == "x@xn--bcher-kva.example"
+    assert canonical_address("x@bücher.example.") == "x@xn--bcher-kva.example"
+    assert u_label.domain_lc == "bücher.example"
+
+
+@pytest.mark.parametrize(
+    ("name", "unicode"),
+    [
+        ("xn--bcher-kva.example", "bücher.example"),
+        ("mx.xn--fsqu00a.xn--fiqs8s", "mx.例子.中国"),
+        ("example.com", "example.com"),
+        # Not Punycode: kept.
+        ("xn--a\u00e9.example", "xn--a\u00e9.example"),
+        ("xn--99999999999.example", "xn--99999999999.example"),
+    ],
+)
+def test_domain_to_unicode(name: str, unicode: str) -> None:
+    assert domain_to_unicode(name) == unicode
 
 
 @pytest.mark.parametrize("text", ["alice", "", ".example.com", '"a"'])
@@ -893,3 +1001,23 @@ def test_repeated_hostile_input_rejected(unit: str, prefix: str) -> None:
     with pytest.raises(AddressError):
         parse_path(hostile, smtputf8=True, allow_postmaster=True)
     assert time.perf_counter() - started < 0.5
+
+
+@PROPERTY
+@given(st.text(max_size=30))
+def test_canonical_domain_never_raises(name: str) -> None:
+    canonical = canonical_domain(name)
+    assert canonical == canonical_domain(canonical)
+    domain_to_unicode(canonical)
+
+
+@PROPERTY
+@given(U_LABEL)
+def test_u_and_a_label_spellings_meet(label: str) -> None:
+    name = f"{label}.example"
+    canonical = canonical_domain(name)
+    assert canonical_domain(domain_to_unicode(canonical)) == canonical
+    assert canonical_domain(unicodedata.normalize("NFD", name)) == canonical
+    if canonical.isascii():
+        # Converted (a label that does not convert is only equal to itself).
+        assert canonical_domain(canonical.upper() + ".") == canonical

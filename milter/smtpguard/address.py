@@ -28,7 +28,9 @@ __all__ = [
     "AddressError",
     "IPAddress",
     "canonical_address",
+    "canonical_domain",
     "canonical_local_part",
+    "domain_to_unicode",
     "esmtp_params",
     "is_fqdn",
     "is_valid_domain",
@@ -124,11 +126,17 @@ class Address:
 
     @property
     def domain_lc(self) -> str:
-        """The domain lower-cased and without a trailing dot, for comparisons.
+        """The domain lower-cased and without a trailing dot, for display.
 
-        U-labels stay U-labels; nothing is converted to the A-label form.
+        U-labels stay U-labels; compare :attr:`domain_canonical` instead.
         """
         return self.domain.lower().removesuffix(".")
+
+    @property
+    def domain_canonical(self) -> str:
+        """The domain in its one form for comparisons (:func:`canonical_domain`):
+        ``bücher.example`` and ``XN--BCHER-KVA.example.`` give ``xn--bcher-kva.example``."""
+        return canonical_domain(self.domain)
 
     @property
     def lc(self) -> str:
@@ -145,17 +153,18 @@ class Address:
     @property
     def canonical_local(self) -> str:
         """The local part in its one form for comparisons (:func:`canonical_local_part`):
-        ``"alice"`` and ``"al\\ice"`` give ``alice``; the case is kept, as in :attr:`lc`."""
+        ``"alice"`` and ``"al\\ice"`` give ``alice``, a UTF-8 one is in NFC; the case
+        is kept, as in :attr:`lc`."""
         return canonical_local_part(self.local)
 
     @property
     def canonical(self) -> str:
-        """:attr:`lc` with :attr:`canonical_local`: what every list, blacklist and
-        directory lookup compares (lower-cased on top wherever :attr:`lc` was).
-        :attr:`text` stays what the client sent, for logs."""
+        """:attr:`canonical_local` ``@`` :attr:`domain_canonical`: what every list,
+        blacklist and directory lookup compares (lower-cased on top wherever :attr:`lc`
+        was). :attr:`text` stays what the client sent, for logs."""
         if not self.domain:
             return self.canonical_local
-        return f"{self.canonical_local}@{self.domain_lc}"
+        return f"{self.canonical_local}@{self.domain_canonical}"
 
     @classmethod
     def null(cls) -> Address:
@@ -237,8 +246,12 @@ def canonical_local_part(local: str) -> str:
     ``alice`` and give that. Content that is not a Dot-string (``"a b"``, ``"a..b"``)
     can only be written quoted: it is given quoted with the fewest backslashes
     (``"a\\ b"`` gives ``"a b"``), so it never equals an unquoted local part.
-    Anything that is not quoted is returned unchanged.
+    Anything that is not quoted is returned unchanged, but for NFC.
     """
+    if not local.isascii():
+        # RFC 6532 3.1: UTF-8 text is to be in NFC; a client may still send the NFD
+        # spelling of the same name (macOS file names, some input methods).
+        local = unicodedata.normalize("NFC", local)
     if len(local) < 2 or not (local.startswith('"') and local.endswith('"')):
         return local
     content = _QUOTED_PAIR.sub(r"\1", local[1:-1])
@@ -261,12 +274,81 @@ def _is_dot_string(text: str) -> bool:
 def canonical_address(text: str) -> str:
     """:attr:`Address.canonical` of an address written in a list, a blacklist entry or
     the directory (``local@domain``, no angle brackets; not validated here): the local
-    part as :func:`canonical_local_part` gives it, the domain lower-cased and without
-    a trailing dot. Text without ``@`` is returned unchanged."""
+    part as :func:`canonical_local_part` gives it, the domain as
+    :func:`canonical_domain` does. Text without ``@`` is returned unchanged."""
     local, at, domain = text.rpartition("@")
     if not at:
         return text
-    return f"{canonical_local_part(local)}@{domain.lower().removesuffix('.')}"
+    return f"{canonical_local_part(local)}@{canonical_domain(domain)}"
+
+
+#: UTS 46 section 2.3: these full stops separate labels as "." does.
+_FULL_STOPS = str.maketrans(dict.fromkeys("\u3002\uff0e\uff61", "."))
+
+
+def canonical_domain(name: str) -> str:
+    """The one form of a domain that every comparison uses: lower-case, no trailing
+    dot, U-labels as A-labels. ``Bücher.Example.``, ``bücher.example`` (in NFC or
+    NFD) and ``XN--BCHER-KVA.example`` all give ``xn--bcher-kva.example``, so a list
+    written in either form meets a client using either (RFC 6531 allows U-labels in
+    an SMTPUTF8 session; a list may be written either way).
+
+    The A-label is the one IDNA2008 gives, as Postfix (``enable_idna2003_compatibility
+    = no``, its default) and registries do, approximated with the standard library
+    (UTS 46 mapping by NFKC and lower-casing, then RFC 3492 Punycode). Not
+    :mod:`encodings.idna`: IDNA2003 maps ``ß`` to ``ss``, which would make
+    ``straße.de`` (``xn--strae-oqa.de``) one of our local domains if ``strasse.de``
+    were. A label that cannot be converted (not a U-label by :func:`is_valid_domain`'s
+    rules, or too long) stays as its NFC lower-cased text, so it still equals
+    itself. Never raises.
+
+    ASCII text (which includes every A-label) is only lower-cased, without a call
+    into the conversion; the rest is memoized.
+    """
+    if name.isascii():
+        return name.lower().rstrip(".")
+    return _canonical_idn(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_idn(name: str) -> str:
+    labels = name.translate(_FULL_STOPS).rstrip(".").split(".")
+    return ".".join(_a_label(label) for label in labels)
+
+
+def _a_label(label: str) -> str:
+    if label.isascii():
+        return label.lower()
+    # Character by character: str.lower() would make a word-final capital sigma a
+    # final sigma, which UTS 46 does not.
+    mapped = unicodedata.normalize(
+        "NFC", "".join(ch.lower() for ch in unicodedata.normalize("NFKC", label))
+    )
+    if mapped.isascii() and "." not in mapped:
+        return mapped  # compatibility forms of ASCII (full-width letters)
+    if not _SURROGATE.search(mapped) and _ulabel_error(mapped) is None:
+        a_label = "xn--" + mapped.encode("punycode").decode("ascii")
+        if len(a_label) <= MAX_LABEL:
+            return a_label
+    return unicodedata.normalize("NFC", label.lower())
+
+
+def domain_to_unicode(name: str) -> str:
+    """``name`` (as :func:`canonical_domain` gives it) with its A-labels as U-labels:
+    the form in which older versions stored an internationalized domain written
+    that way, for looking such entries up. A label that does not decode is kept."""
+    if "xn--" not in name:
+        return name
+    return ".".join(_u_label(label) for label in name.split("."))
+
+
+def _u_label(label: str) -> str:
+    if not label.startswith("xn--"):
+        return label
+    try:
+        return label[4:].encode("ascii").decode("punycode")
+    except (UnicodeError, ValueError):
+        return label
 
 
 def _unwrap(raw: str, smtputf8: bool) -> str:

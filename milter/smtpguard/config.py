@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
-from smtpguard.address import IPAddress
+from smtpguard.address import IPAddress, canonical_domain
 
 # Re-exported (the "as" form), so that callers keep importing them from here.
 from smtpguard.datafiles import ConfigError as ConfigError  # noqa: PLC0414
@@ -116,9 +116,11 @@ class _Section:
         return tuple(value)
 
     def domains(self, name: str) -> frozenset[str]:
+        """Stored canonical (lower-case, no trailing dot, U-labels as A-labels), the
+        form every comparison uses: ``bücher.example`` also matches the A-label."""
         out = set()
         for item in self.strings(name):
-            domain = item.strip().rstrip(".").lower()
+            domain = canonical_domain(item.strip())
             if not domain or " " in domain:
                 raise self.error(name, f"not a domain name: {item!r}")
             out.add(domain)
@@ -274,8 +276,9 @@ class SiteConfig:
 
 
 def _in_domains(domain: str, domains: frozenset[str]) -> bool:
-    """Exact match, or any parent listed as ``.example.com`` (Postfix style)."""
-    domain = domain.rstrip(".").lower()
+    """Exact match, or any parent listed as ``.example.com`` (Postfix style); compared
+    canonical, as :meth:`_Section.domains` stores them."""
+    domain = canonical_domain(domain)
     if domain in domains:
         return True
     parts = domain.split(".")
@@ -630,7 +633,8 @@ class Config:
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     bulk: BulkConfig = field(default_factory=BulkConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    #: ``[domain."NAME"]`` tables by lower-case domain name.
+    #: ``[domain."NAME"]`` tables by canonical domain name (``canonical_domain``); each
+    #: table's ``domain`` is the name lower-cased as written, for messages.
     domains: Mapping[str, DomainPolicy] = field(default_factory=dict)
 
     def check(self, name: str) -> CheckSettings:
@@ -640,7 +644,7 @@ class Config:
         """The table for mail to ``domain``, or None: the global settings apply."""
         if not self.domains:
             return None
-        return self.domains.get(domain.rstrip(".").lower())
+        return self.domains.get(canonical_domain(domain))
 
     def global_policy(self) -> DomainPolicy:
         """The global settings as a :class:`DomainPolicy` (for domains without a table)."""
@@ -775,6 +779,7 @@ def _domains(
             raise ConfigError(root.file, f'domain."{name}"', "expected a table")
         s = _Section(root.file, f'domain."{name}"', outer.data[name], root.registry)
         domain = name.strip().rstrip(".").lower()
+        key = canonical_domain(domain)
         if not site.is_local(domain) and not site.is_relay(domain):
             raise ConfigError(
                 root.file,
@@ -782,7 +787,7 @@ def _domains(
                 "not one of site.local_domains or site.relay_domains: per-domain policy"
                 " is for mail we receive for our own domains",
             )
-        if domain in out:
+        if key in out:
             raise ConfigError(root.file, s.prefix, f"domain {domain} has two tables")
         languages = s.strings("languages", replies.languages)
         if not languages or len(set(languages)) != len(languages):
@@ -813,7 +818,7 @@ def _domains(
         reject = s.number("reject_score", antispam.reject_score, minimum=-1e9)
         if reject < add_header:
             raise s.error("reject_score", "must not be below add_header_score")
-        out[domain] = DomainPolicy(
+        out[key] = DomainPolicy(
             domain=domain,
             languages=languages,
             form=cast(ReplyForm, s.choice("form", replies.form, ("one_line", "per_language"))),

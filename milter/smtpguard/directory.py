@@ -23,7 +23,14 @@ from enum import Enum
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from smtpguard.address import AddressError, canonical_address, is_valid_domain, parse_path
+from smtpguard.address import (
+    AddressError,
+    canonical_address,
+    canonical_domain,
+    domain_to_unicode,
+    is_valid_domain,
+    parse_path,
+)
 from smtpguard.sqlitedb import WatchedFile
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
@@ -120,20 +127,22 @@ class SqliteDirectory(WatchedFile):
         except sqlite3.Error as exc:
             raise DirectoryError(f"{self.path}: {exc}") from None
 
-    # Every address is looked up in the form _address stores: canonical, lower-cased.
+    # Every address is looked up in the form _address stores: canonical, lower-cased;
+    # and in the form an older version stored (U-labels, _stored_forms).
 
     def recipient(self, address: str) -> Recipient:
         address = _key(address)
         seen: set[str] = set()
         current = address
         for depth in range(self.MAX_ALIAS_DEPTH):
-            rows = self._query("SELECT state FROM users WHERE address = ?", (current,))
+            forms = _stored_forms(current)
+            rows = self._query("SELECT state FROM users WHERE address IN (?, ?)", forms)
             if rows:
                 return Recipient(Kind.USER if depth == 0 else Kind.ALIAS, state=rows[0][0])
-            rows = self._query("SELECT policy FROM lists WHERE address = ?", (current,))
+            rows = self._query("SELECT policy FROM lists WHERE address IN (?, ?)", forms)
             if rows:
                 return Recipient(Kind.LIST, list_policy=rows[0][0])
-            targets = self._query("SELECT target FROM aliases WHERE address = ?", (current,))
+            targets = self._query("SELECT target FROM aliases WHERE address IN (?, ?)", forms)
             if not targets:
                 # At depth > 0 this is an alias pointing outside the directory.
                 return Recipient(Kind.NONE if depth == 0 else Kind.ALIAS)
@@ -149,9 +158,9 @@ class SqliteDirectory(WatchedFile):
 
     def login(self, login: str) -> Login | None:
         rows = self._query(
-            "SELECT login, address, state FROM users WHERE login = ? OR address = ?"
+            "SELECT login, address, state FROM users WHERE login = ? OR address IN (?, ?)"
             " ORDER BY login = ? DESC LIMIT 1",
-            (login, login.lower(), login),
+            (login, _key(login), login.lower(), login),
         )
         if not rows:
             return None
@@ -164,19 +173,22 @@ class SqliteDirectory(WatchedFile):
             return True
         domain = "@" + address.rpartition("@")[2]
         if self._query(
-            "SELECT 1 FROM send_as WHERE login = ? AND address IN (?, ?)",
-            (login.login, address, domain),
+            "SELECT 1 FROM send_as WHERE login = ? AND address IN (?, ?, ?, ?)",
+            (login.login, *_stored_forms(address), *_stored_forms(domain)),
         ):
             return True
         return bool(
             self._query(
-                "SELECT 1 FROM aliases WHERE address = ? AND target = ?", (address, login.address)
+                "SELECT 1 FROM aliases WHERE address IN (?, ?) AND target IN (?, ?)",
+                (*_stored_forms(address), *_stored_forms(_key(login.address))),
             )
         )
 
     def may_post(self, list_address: str, sender: str) -> bool:
         list_address, sender = _key(list_address), _key(sender)
-        rows = self._query("SELECT policy FROM lists WHERE address = ?", (list_address,))
+        rows = self._query(
+            "SELECT policy FROM lists WHERE address IN (?, ?)", _stored_forms(list_address)
+        )
         if not rows:
             return True
         policy = rows[0][0]
@@ -186,8 +198,8 @@ class SqliteDirectory(WatchedFile):
             return sender.rpartition("@")[2] == list_address.rpartition("@")[2]
         roles = ("poster",) if policy == "posters" else ("member", "poster")
         found = self._query(
-            "SELECT role FROM list_members WHERE list = ? AND address = ?",
-            (list_address, sender),
+            "SELECT role FROM list_members WHERE list IN (?, ?) AND address IN (?, ?)",
+            (*_stored_forms(list_address), *_stored_forms(sender)),
         )
         return any(r[0] in roles for r in found)
 
@@ -457,6 +469,16 @@ def _key(address: str) -> str:
     return canonical_address(address).lower()
 
 
+def _stored_forms(key: str) -> tuple[str, str]:
+    """A key (an address or ``@domain``) as it is stored now, and with its A-labels as
+    U-labels: how a directory imported by an older version stored an address written
+    with U-labels. Both the same for any other address (the query stays one shape)."""
+    head, at, domain = key.rpartition("@")
+    if not at or "xn--" not in domain:
+        return key, key
+    return key, f"{head}@{domain_to_unicode(domain)}"
+
+
 def _address(text: str) -> str:
     """A mailbox as the directory stores it: ``local@domain``, lower-cased, the local
     part unquoted where quotes are not needed (``"alice"@example.com`` is
@@ -477,7 +499,7 @@ def _send_as(text: str) -> str:
         domain = text[1:]
         if domain.endswith(".") or not is_valid_domain(domain, allow_utf8=True):
             raise _Invalid(f"invalid domain {text!r} (@ and a domain name)")
-        return text.lower()
+        return "@" + canonical_domain(domain)
     return _address(text)
 
 

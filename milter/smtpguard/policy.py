@@ -39,10 +39,11 @@ Every skip is recorded, for the message's log line, in ``txn.scratch[SKIPPED]`` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 
-from smtpguard.address import Address, canonical_address
+from smtpguard.address import Address, canonical_address, canonical_domain
 from smtpguard.checks import Event, Services, Stage, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
 from smtpguard.checks.spf import SpfQuery
@@ -72,22 +73,36 @@ POSTMASTER = "postmaster"
 
 def address_matches(address: Address, patterns: Sequence[str]) -> bool:
     """``user@example.net`` (exact), ``@example.net`` (that domain only),
-    ``example.net`` (the domain and its subdomains). Exact addresses are compared
-    canonical: ``"user"@example.net`` is ``user@example.net``."""
+    ``example.net`` (the domain and its subdomains). Both sides are compared
+    canonical: ``"user"@example.net`` is ``user@example.net``, ``bücher.example`` is
+    ``xn--bcher-kva.example``."""
     if address.is_null:
         return False
     text = address.canonical.lower()
-    domain = (address.domain or "").rstrip(".").lower()
+    domain = address.domain_canonical
     for pattern in patterns:
-        if "@" in pattern and not pattern.startswith("@"):
-            if text == canonical_address(pattern).lower():
+        kind, value = canonical_pattern(pattern)
+        if kind == "address":
+            if text == value:
                 return True
-        elif pattern.startswith("@"):
-            if domain == pattern[1:]:
+        elif kind == "domain":
+            if domain == value:
                 return True
-        elif domain == pattern or domain.endswith("." + pattern):
+        elif domain == value or domain.endswith("." + value):
             return True
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def canonical_pattern(pattern: str) -> tuple[str, str]:
+    """An exemption's sender or recipient entry as ``address_matches`` compares it:
+    (``address``, canonical lower-cased address), (``domain``, canonical domain) for
+    ``@domain``, or (``subdomains``, canonical domain)."""
+    if "@" in pattern and not pattern.startswith("@"):
+        return "address", canonical_address(pattern).lower()
+    if pattern.startswith("@"):
+        return "domain", canonical_domain(pattern[1:])
+    return "subdomains", canonical_domain(pattern)
 
 
 #: Stages from which the recipient's domain is known.
@@ -103,7 +118,10 @@ class Policy:
             check_stages.setdefault(settings_name(check_name), set()).add(check_stage)
         self.config = config
         self.domain_modes: dict[str, dict[str, str]] = {}
-        for name, domain in config.domains.items():
+        # By each table's name as written (what the pipeline looks tables up by); the
+        # config keys them canonical.
+        for domain in config.domains.values():
+            name = domain.domain
             self.domain_modes[name] = dict(domain.checks)
             for check, _mode in domain.checks:
                 stages = check_stages.get(check, set())
@@ -188,7 +206,7 @@ class Policy:
         elif conn.mta is MTA.POSTFIX and conn.client_name not in ("", "unknown"):
             # Postfix's {client_name} is "unknown" unless the name resolves back.
             names = (conn.client_name,)
-        names = tuple(n.rstrip(".").lower() for n in names)
+        names = tuple(canonical_domain(n) for n in names)
         conn.scratch[_NAMES] = names
         return names
 
@@ -395,7 +413,8 @@ class Policy:
         out: dict[str, ReplyTable] = {}
         shared: dict[tuple[tuple[str, ...], str], ReplyTable] = {}
         replies = self.config.replies
-        for name, domain in self.config.domains.items():
+        for domain in self.config.domains.values():
+            name = domain.domain
             key = (domain.languages, domain.form)
             if key == (replies.languages, replies.form):
                 continue

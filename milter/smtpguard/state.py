@@ -26,6 +26,8 @@ import redis
 from smtpguard.address import (
     AddressError,
     canonical_address,
+    canonical_domain,
+    domain_to_unicode,
     is_valid_domain,
     parse_address_literal,
     parse_path,
@@ -63,13 +65,24 @@ class EntryError(ValueError):
 def stored_forms(text: str) -> tuple[str, ...]:
     """How an entry given to ``remove`` may be stored: as ``add`` would store it, and
     lower-cased as given, which is how an older version stored an entry that add
-    refuses or spells differently today (``"a"@example.com``, now ``a@example.com``)."""
+    refuses or spells differently today (``"a"@example.com``, now ``a@example.com``;
+    ``@bücher.example``, now ``@xn--bcher-kva.example``), also with U-labels when it
+    is given with A-labels."""
     given = text.strip().lower()
     try:
         entry = blacklist_entry(text)
     except EntryError:
         return (given,)
-    return (entry,) if entry == given else (entry, given)
+    return tuple(dict.fromkeys((entry, given, _unicode_form(entry))))
+
+
+def _unicode_form(entry: str) -> str:
+    """A stored entry with its domain's A-labels as U-labels: how an older version
+    stored an entry written with U-labels (:func:`domain_to_unicode`)."""
+    head, at, domain = entry.rpartition("@")
+    if not at:
+        return entry[:1] + domain_to_unicode(entry[1:])
+    return f"{head}@{domain_to_unicode(domain)}"
 
 
 def blacklist_entry(text: str) -> str:
@@ -91,7 +104,7 @@ def blacklist_entry(text: str) -> str:
         literal = entry[0] == "@" and parse_address_literal(domain) is not None
         if not literal and not is_valid_domain(domain, allow_utf8=True):
             raise EntryError(f"{domain!r} is not a domain")
-        return entry[0] + domain
+        return entry[0] + canonical_domain(domain)
     if "@" not in entry:
         if "." in entry.removesuffix(".") and is_valid_domain(entry, allow_utf8=True):
             bare = entry.removesuffix(".")
@@ -112,11 +125,13 @@ def blacklist_entry(text: str) -> str:
 def entry_scope(entry: str) -> str:
     """What a stored entry matches: ``address``, ``domain`` (``@domain``),
     ``subdomains`` (``.domain``: the domain and its subdomains) or ``nothing`` (stored
-    before :func:`blacklist_entry` refused such entries)."""
+    before :func:`blacklist_entry` refused such entries). An entry stored with U-labels
+    by an older version matches as its A-label form does (:func:`matching_entries`)."""
     try:
-        if blacklist_entry(entry) != entry:
-            return "nothing"
+        stored = blacklist_entry(entry)
     except EntryError:
+        return "nothing"
+    if entry not in (stored, _unicode_form(stored)):
         return "nothing"
     return {"@": "domain", ".": "subdomains"}.get(entry[0], "address")
 
@@ -135,22 +150,26 @@ def matching_entries(address: str) -> tuple[str, ...]:
     ``a@mx.evil.example`` is listed by ``a@mx.evil.example``, ``@mx.evil.example``,
     ``.mx.evil.example``, ``.evil.example`` and ``.example``. The address is looked up
     in its canonical form, as :func:`blacklist_entry` stores it: ``"a"@mx.evil.example``
-    is listed by the same entries.
+    is listed by the same entries, and so is ``a@bücher.example`` by the entries of
+    ``a@xn--bcher-kva.example``.
     """
     given = address.lower()
     address = canonical_address(given)
-    _, at, domain = address.rpartition("@")
+    local, at, domain = address.rpartition("@")
     if not at:
         return (address,)
     keys = [address, "@" + domain]
     spelled = given.rpartition("@")[0]
-    if spelled.startswith('"') and spelled != address.rpartition("@")[0]:
+    if spelled.startswith('"') and spelled != local:
         # An entry an older version stored as the sender spelled it (quoted) still
         # lists that spelling.
         keys.insert(1, f"{spelled}@{domain}")
     if not domain.startswith("["):
         labels = domain.split(".")
         keys += ["." + ".".join(labels[i:]) for i in range(len(labels))]
+    if "xn--" in domain:
+        # Entries an older version stored with U-labels, as they were written.
+        return tuple(dict.fromkeys(form for key in keys for form in (key, _unicode_form(key))))
     return tuple(keys)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import canonical_address
+from smtpguard.address import canonical_address, canonical_domain, domain_to_unicode
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import is_deny_pattern
 from smtpguard.patterns import compile_pattern
@@ -37,7 +37,11 @@ class SenderDeny:
     searched in the lower-cased address; the config loader has refused any that does
     not compile). Both sides are compared in their canonical form
     (:attr:`~smtpguard.address.Address.canonical`), so a quoted local part
-    (``"user"@example.com``) is the same sender as the unquoted one.
+    (``"user"@example.com``) is the same sender as the unquoted one, and a domain
+    written with U-labels (``bücher.example``) the same as its A-labels
+    (``xn--bcher-kva.example``), whichever form the entry or the client uses.
+    Patterns see the canonical address, and for an internationalized domain also the
+    same address with U-labels, so a pattern may be written in either form.
     """
 
     name: ClassVar[str] = "sender_deny"
@@ -53,11 +57,11 @@ class SenderDeny:
             if is_deny_pattern(entry):
                 patterns.append(compile_pattern(entry[1:-1]))
             elif entry.startswith("@"):
-                self.exact_domains.add(entry[1:].lower().rstrip("."))
+                self.exact_domains.add(canonical_domain(entry[1:]))
             elif "@" in entry:
                 self.addresses.add(canonical_address(entry).lower())
             else:
-                self.domains.add(entry.lower().rstrip("."))
+                self.domains.add(canonical_domain(entry))
         self.patterns = tuple(patterns)
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
@@ -65,16 +69,19 @@ class SenderDeny:
         if txn is None or txn.sender is None or txn.sender.is_null:
             return None
         address = txn.sender.canonical.lower()
-        domain = txn.sender.domain_lc
+        domain = txn.sender.domain_canonical
         if address in self.addresses:
             return Hit("host_denies_sender", f"address {txn.sender.text.lower()} denied")
         if domain in self.exact_domains:
-            return Hit("host_denies_sender", f"domain @{domain} denied")
+            return Hit("host_denies_sender", f"domain @{txn.sender.domain_lc} denied")
         labels = domain.split(".")
         for i in range(len(labels)):
             if ".".join(labels[i:]) in self.domains:
                 return Hit("host_denies_sender", f"domain {'.'.join(labels[i:])} denied")
+        texts: tuple[str, ...] = (address,)
+        if "xn--" in domain:
+            texts += (f"{address.rpartition('@')[0]}@{domain_to_unicode(domain)}",)
         for pattern in self.patterns:
-            if pattern.search(address):
+            if any(pattern.search(text) for text in texts):
                 return Hit("host_denies_sender", f"pattern /{pattern.source}/")
         return None
