@@ -186,6 +186,75 @@ def test_subdomain_entries(tmp_path: Path) -> None:
     assert not config.site.is_local("corp.example")
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        ["Bücher.Example.", ".例子.中国", "straße.de"],
+        ["XN--BCHER-KVA.example", ".xn--fsqu00a.xn--fiqs8s", "xn--strae-oqa.de."],
+    ],
+    ids=["u-labels", "a-labels"],
+)
+def test_idn_site_domains_are_stored_canonical(tmp_path: Path, written: list[str]) -> None:
+    """U-labels and A-labels are one domain: a list written either way matches a
+    domain spelled either way (IDNA2008: straße.de is not strasse.de)."""
+    entries = ", ".join(f"'{d}'" for d in written)
+    config = load(
+        write_config(
+            tmp_path,
+            f"[site]\nlocal_domains = [{entries}]\nrelay_domains = [{entries}]\n"
+            f"our_hostnames = ['MX.Bücher.example']\n",
+        )
+    )
+    canonical = {"xn--bcher-kva.example", ".xn--fsqu00a.xn--fiqs8s", "xn--strae-oqa.de"}
+    assert config.site.local_domains == config.site.relay_domains == canonical
+    assert config.site.our_hostnames == {"mx.xn--bcher-kva.example"}
+    for domain in (
+        "bücher.example",
+        "Bu\u0308cher.Example.",  # NFD
+        "xn--bcher-kva.example",
+        "XN--BCHER-KVA.EXAMPLE.",
+        "mx.例子.中国",
+        "mx.xn--fsqu00a.xn--fiqs8s",
+        "straße.de",
+    ):
+        assert config.site.is_local(domain), domain
+        assert config.site.is_relay(domain), domain
+    for domain in ("strasse.de", "bucher.example", "例子.中国", "other.bücher.example"):
+        assert not config.site.is_local(domain), domain
+
+
+@pytest.mark.parametrize(
+    ("local", "table"),
+    [("bücher.example", "xn--bcher-kva.example"), ("xn--bcher-kva.example", "Bücher.Example")],
+)
+def test_idn_domain_policy_either_spelling(tmp_path: Path, local: str, table: str) -> None:
+    config = load(
+        write_config(
+            tmp_path,
+            f"[site]\nlocal_domains = ['{local}']\n[domain.\"{table}\"]\nmax_rcpt = 7\n",
+        )
+    )
+    assert set(config.domains) == {"xn--bcher-kva.example"}
+    for domain in ("bücher.example", "XN--BCHER-KVA.example.", "bu\u0308cher.example"):
+        policy = config.domain_policy(domain)
+        assert policy is not None, domain
+        assert policy.max_rcpt == 7
+        # Messages name the table as it is written.
+        assert policy.domain == table.lower()
+    assert config.domain_policy("bucher.example") is None
+
+
+def test_idn_domain_policy_written_twice(tmp_path: Path) -> None:
+    assert_config_error(
+        tmp_path,
+        "[site]\nlocal_domains = ['bücher.example']\n"
+        '[domain."bücher.example"]\nmax_rcpt = 7\n'
+        '[domain."xn--bcher-kva.example"]\nmax_rcpt = 8\n',
+        'domain."xn--bcher-kva.example"',
+        "domain xn--bcher-kva.example has two tables",
+    )
+
+
 def test_check_config_command(tmp_path: Path) -> None:
     directory = tmp_path / "dir.sqlite"
     good = write_config(

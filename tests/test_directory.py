@@ -1037,3 +1037,90 @@ def test_removed_directory_is_an_error_with_a_log_line(
     assert caplog.records[-1].getMessage() == (
         f"directory file {db_path} back (inode {db_path.stat().st_ino}): reopened"
     )
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+IDN_TOML = """\
+[[user]]
+address = "Jürgen@Bücher.example"
+login = "juergen"
+send_as = ["@straße.de", "verkauf@xn--bcher-kva.example"]
+
+[[alias]]
+address = "info@xn--bcher-kva.example"
+target = "jürgen@bücher.example"
+
+[[list]]
+address = "team@bücher.example"
+policy = "members"
+members = ["ju\u0308rgen@xn--bcher-kva.example"]
+"""
+
+
+def test_idn_import_stores_canonical(tmp_path: Path, db_path: Path) -> None:
+    import_file(db_path, write(tmp_path / "idn.toml", IDN_TOML))
+    assert table_rows(db_path, "users") == [("jürgen@xn--bcher-kva.example", "juergen", "active")]
+    assert table_rows(db_path, "aliases") == [
+        ("info@xn--bcher-kva.example", "jürgen@xn--bcher-kva.example")
+    ]
+    assert table_rows(db_path, "send_as") == [
+        ("juergen", "@xn--strae-oqa.de"),
+        ("juergen", "verkauf@xn--bcher-kva.example"),
+    ]
+    assert table_rows(db_path, "list_members") == [
+        ("team@xn--bcher-kva.example", "jürgen@xn--bcher-kva.example", "member")
+    ]
+
+
+def _idn_answers(directory: SqliteDirectory) -> None:
+    for spelling in ("jürgen@bücher.example", "Ju\u0308rgen@XN--BCHER-KVA.example"):
+        assert directory.recipient(spelling) == Recipient(Kind.USER), spelling
+    for spelling in ("info@bücher.example", "info@xn--bcher-kva.example"):
+        assert directory.recipient(spelling) == Recipient(Kind.ALIAS), spelling
+    assert directory.recipient("team@xn--bcher-kva.example") == Recipient(
+        Kind.LIST, list_policy="members"
+    )
+    assert directory.recipient("jurgen@bücher.example") == Recipient(Kind.NONE)
+    login = directory.login("juergen")
+    assert login is not None
+    for sender in (
+        "jürgen@xn--bcher-kva.example",
+        "x@straße.de",
+        "x@xn--strae-oqa.de",
+        "verkauf@bücher.example",
+        "info@bücher.example",
+        "info@xn--bcher-kva.example",
+    ):
+        assert directory.may_send_as(login, sender), sender
+    assert not directory.may_send_as(login, "x@strasse.de")
+    for poster in ("jürgen@bücher.example", "jürgen@xn--bcher-kva.example"):
+        assert directory.may_post("team@bücher.example", poster), poster
+        assert directory.may_post("team@xn--bcher-kva.example", poster), poster
+    assert not directory.may_post("team@bücher.example", "x@bücher.example")
+
+
+def test_idn_addresses_either_spelling(tmp_path: Path, db_path: Path) -> None:
+    import_file(db_path, write(tmp_path / "idn.toml", IDN_TOML))
+    _idn_answers(SqliteDirectory(db_path, timeout=0.5))
+
+
+def test_idn_addresses_imported_by_an_older_version(db_path: Path) -> None:
+    """Before the canonical domain, import stored U-labels as written (lower-cased):
+    such a directory answers as a new import does, until it is imported again."""
+    create_database(db_path)
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("INSERT INTO users VALUES ('jürgen@bücher.example', 'juergen', 'active')")
+        db.execute("INSERT INTO aliases VALUES ('info@bücher.example', 'jürgen@bücher.example')")
+        db.execute("INSERT INTO send_as VALUES ('juergen', '@straße.de')")
+        db.execute("INSERT INTO send_as VALUES ('juergen', 'verkauf@bücher.example')")
+        db.execute("INSERT INTO lists VALUES ('team@bücher.example', 'members')")
+        db.execute(
+            "INSERT INTO list_members VALUES"
+            " ('team@bücher.example', 'jürgen@bücher.example', 'member')"
+        )
+    directory = SqliteDirectory(db_path, timeout=0.5)
+    _idn_answers(directory)
+    login = directory.login("jürgen@xn--bcher-kva.example")
+    assert login is not None
+    assert login.login == "juergen"

@@ -191,3 +191,88 @@ def test_content_exemption_needs_every_recipient(tmp_path: Path) -> None:
         sender="x@y.example", recipients=["postmaster@example.com", "alice@example.com"]
     )
     assert p.effective(mixed, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "pattern"),
+    [
+        ("a@xn--bcher-kva.example", "bücher.example"),
+        ("a@mx.xn--bcher-kva.example", "Bücher.Example."),
+        ("a@Bücher.example", "xn--bcher-kva.example"),
+        ("a@bu\u0308cher.example", "@bücher.example"),  # NFD
+        ("a@XN--BCHER-KVA.example", "@bücher.example"),
+        ("jürgen@xn--bcher-kva.example", "Jürgen@Bücher.example"),
+        ("ju\u0308rgen@bücher.example", "jürgen@xn--bcher-kva.example"),
+    ],
+)
+def test_idn_address_forms(address: str, pattern: str) -> None:
+    assert address_matches(parse_path(f"<{address}>", smtputf8=True), (pattern,))
+
+
+@pytest.mark.parametrize(
+    ("address", "pattern"),
+    [
+        ("a@strasse.de", "straße.de"),  # IDNA2008: two domains
+        ("a@mx.xn--bcher-kva.example", "@bücher.example"),
+        ("jurgen@bücher.example", "jürgen@bücher.example"),
+    ],
+)
+def test_idn_address_forms_that_differ(address: str, pattern: str) -> None:
+    assert not address_matches(parse_path(f"<{address}>", smtputf8=True), (pattern,))
+
+
+@pytest.mark.parametrize(
+    ("senders", "recipients", "sender", "recipient"),
+    [
+        (["bücher.example"], ["@straße.de"], "x@xn--bcher-kva.example", "x@xn--strae-oqa.de"),
+        (["xn--bcher-kva.example"], ["@xn--strae-oqa.de"], "x@bücher.example", "x@Straße.de"),
+    ],
+    ids=["u-label-entries", "a-label-entries"],
+)
+def test_idn_sender_and_recipient_exemptions(
+    tmp_path: Path, senders: list[str], recipients: list[str], sender: str, recipient: str
+) -> None:
+    exempt = [
+        {"name": "s", "ips": ["198.51.100.0/24"], "senders": senders, "skip": ["rbl"]},
+        {"name": "r", "recipients": recipients, "skip": ["mailbox"]},
+    ]
+    services = dns_services(
+        tmp_path,
+        None,
+        site={"local_domains": ["example.com", "straße.de"]},
+        policy={"exempt": exempt},
+    )
+    p = Policy(services, [("rbl", Stage.MAIL), ("mailbox", Stage.RCPT)])
+    conn = make_conn(sender=sender, smtputf8=True)
+    assert p.exempt(conn, "rbl", Stage.MAIL, Event()) == "s"
+    assert p.exempt(conn, "mailbox", Stage.RCPT, rcpt(recipient, smtputf8=True)) == "r"
+    other = make_conn(sender="x@bucher.example")
+    assert p.exempt(other, "rbl", Stage.MAIL, Event()) is None
+    assert p.exempt(other, "mailbox", Stage.RCPT, rcpt("x@strasse.de")) is None
+
+
+@pytest.mark.parametrize(
+    ("table", "recipient"),
+    [("bücher.example", "x@XN--BCHER-KVA.example"), ("xn--bcher-kva.example", "x@Bücher.example")],
+)
+def test_idn_domain_table_applies_to_either_spelling(
+    tmp_path: Path, table: str, recipient: str
+) -> None:
+    services = dns_services(
+        tmp_path,
+        None,
+        site={"local_domains": ["example.com", "bücher.example"]},
+        domain={table: {"checks": {"mailbox": {"mode": "report"}}}},
+    )
+    p = Policy(services, [("rbl", Stage.MAIL), ("mailbox", Stage.RCPT)])
+    conn = make_conn(sender="x@y.example")
+    event = rcpt(recipient, smtputf8=True)
+    domain = p.domain(conn, Stage.RCPT, event)
+    assert domain is not None
+    assert domain.domain == table
+    assert p.mode(conn, "mailbox", Stage.RCPT, event, "enforce") == "report"
+    other = rcpt("x@example.com")
+    assert p.mode(conn, "mailbox", Stage.RCPT, other, "enforce") == "enforce"

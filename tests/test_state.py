@@ -560,3 +560,100 @@ def test_remove_takes_an_entry_as_add_took_it(tmp_path: Path) -> None:
     assert store.add("@Example.com.")
     assert store.remove("@Example.com.")
     assert store.entries() == []
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("@Bücher.Example.", "@xn--bcher-kva.example"),
+        ("@XN--BCHER-KVA.example", "@xn--bcher-kva.example"),
+        (".bücher.example", ".xn--bcher-kva.example"),
+        ("Jürgen@bu\u0308cher.example", "jürgen@xn--bcher-kva.example"),  # NFD
+        ("x@例子.中国", "x@xn--fsqu00a.xn--fiqs8s"),
+    ],
+)
+def test_idn_entries_stored_canonical(given: str, stored: str) -> None:
+    assert blacklist_entry(given) == stored
+    assert entry_scope(stored) != "nothing"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["@bücher.example", "@xn--bcher-kva.example", ".Bücher.example", ".xn--bcher-kva.example"],
+)
+@pytest.mark.parametrize("sender", ["x@bücher.example", "x@XN--BCHER-KVA.example"])
+def test_idn_domain_entry_lists_both_spellings(
+    any_blacklist: SqliteBlacklist | RedisBlacklist, entry: str, sender: str
+) -> None:
+    any_blacklist.add(entry)
+    assert any_blacklist.listed(sender) == entry[0] + "xn--bcher-kva.example"
+    assert any_blacklist.listed("x@bucher.example") is None
+    if entry.startswith("."):
+        assert any_blacklist.listed(sender.replace("@", "@mx.")) is not None
+    # Either spelling adds nothing new and removes it.
+    assert any_blacklist.add(entry[0] + "BÜCHER.example") is False
+    assert any_blacklist.remove(entry[0] + "xn--bcher-kva.example") is True
+    assert any_blacklist.listed(sender) is None
+
+
+def test_idn_address_entry_lists_both_spellings(
+    any_blacklist: SqliteBlacklist | RedisBlacklist,
+) -> None:
+    any_blacklist.add("jürgen@xn--bcher-kva.example")
+    for sender in (
+        "jürgen@bücher.example",
+        "ju\u0308rgen@Bücher.example",
+        "Jürgen@xn--bcher-kva.example",
+    ):
+        assert any_blacklist.listed(sender) == "jürgen@xn--bcher-kva.example", sender
+    assert any_blacklist.listed("jurgen@bücher.example") is None
+
+
+@pytest.mark.parametrize(
+    ("old", "sender", "scope"),
+    [
+        ("@bücher.example", "x@xn--bcher-kva.example", "domain"),
+        (".bücher.example", "x@mx.bücher.example", "subdomains"),
+        ("jürgen@bücher.example", "jürgen@xn--bcher-kva.example", "address"),
+    ],
+)
+def test_idn_entry_stored_by_an_older_version(
+    any_blacklist: SqliteBlacklist | RedisBlacklist,
+    state_path: Path,
+    old: str,
+    sender: str,
+    scope: str,
+) -> None:
+    """Before the canonical domain, add stored U-labels as written: such an entry still
+    lists the sender in either spelling, the listing says what it matches, and remove
+    takes it in either spelling."""
+    if isinstance(any_blacklist, SqliteBlacklist):
+        any_blacklist.entries()  # creates the file
+        with closing(sqlite3.connect(state_path)) as db, db:
+            db.execute("INSERT INTO blacklist VALUES (?, 0, 'old')", (old,))
+    else:
+        any_blacklist.client.hset(any_blacklist.key, old, "0 old")
+    assert any_blacklist.listed(sender) == old
+    assert any_blacklist.listed(sender.replace("xn--bcher-kva", "bücher")) == old
+    assert entry_scope(old) == scope
+    assert any_blacklist.remove(blacklist_entry(old)) is True
+    assert any_blacklist.entries() == []
+
+
+def test_matching_entries_of_an_idn_sender() -> None:
+    expected = (
+        "a@mx.xn--bcher-kva.example",
+        "a@mx.bücher.example",
+        "@mx.xn--bcher-kva.example",
+        "@mx.bücher.example",
+        ".mx.xn--bcher-kva.example",
+        ".mx.bücher.example",
+        ".xn--bcher-kva.example",
+        ".bücher.example",
+        ".example",
+    )
+    assert matching_entries("a@MX.Bücher.example.") == expected
+    assert matching_entries("a@mx.xn--bcher-kva.example") == expected

@@ -160,7 +160,7 @@ class SqliteDirectory(WatchedFile):
         rows = self._query(
             "SELECT login, address, state FROM users WHERE login = ? OR address IN (?, ?)"
             " ORDER BY login = ? DESC LIMIT 1",
-            (login, _key(login), login.lower(), login),
+            (login, *_stored_forms(_key(login)), login),
         )
         if not rows:
             return None

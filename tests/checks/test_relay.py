@@ -188,3 +188,91 @@ def test_unparsable_foreign_recipient_is_still_relay_controlled(relay: Relay, ra
 def test_unparsable_local_recipient_is_left_to_the_mailbox_check(relay: Relay) -> None:
     event = rcpt("<a@b@example.com>")
     assert relay(make_conn(sender="a@example.org"), event) is None
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+IDN_SITES = {
+    "u-labels": {
+        "local_domains": ["Bücher.example.", ".例子.中国"],
+        "relay_domains": ["straße.de"],
+    },
+    "a-labels": {
+        "local_domains": ["xn--bcher-kva.example", ".xn--fsqu00a.xn--fiqs8s"],
+        "relay_domains": ["XN--STRAE-OQA.de"],
+    },
+}
+
+
+@pytest.mark.parametrize("site", IDN_SITES.values(), ids=IDN_SITES.keys())
+@pytest.mark.parametrize(
+    ("recipient", "smtputf8"),
+    [
+        ("jürgen@bücher.example", True),
+        ("x@BÜCHER.Example.", True),
+        ("x@bu\u0308cher.example", True),  # NFD
+        ("x@xn--bcher-kva.example", False),
+        ("x@XN--BCHER-KVA.EXAMPLE", False),
+        ("x@mx.例子.中国", True),
+        ("x@mx.xn--fsqu00a.xn--fiqs8s", False),
+        ("x@straße.de", True),
+        ("x@xn--strae-oqa.de", False),
+    ],
+)
+def test_idn_recipient_at_our_domain_is_no_relay(
+    make_services: ServicesFactory, site: dict[str, list[str]], recipient: str, smtputf8: bool
+) -> None:
+    """A U-label recipient at a local domain written with A-labels is local, and the
+    other way round: not host_denies_relay."""
+    check = Relay(make_services(site=site))
+    conn = make_conn(sender="stranger@example.org")
+    assert check(conn, rcpt(recipient, smtputf8=smtputf8)) is None
+
+
+@pytest.mark.parametrize("site", IDN_SITES.values(), ids=IDN_SITES.keys())
+@pytest.mark.parametrize(
+    ("recipient", "smtputf8", "domain"),
+    [
+        # IDNA2003 would make straße.de and strasse.de one domain: they are two.
+        ("x@strasse.de", False, "strasse.de"),
+        ("x@bucher.example", False, "bucher.example"),
+        ("x@例子.中国", True, "例子.中国"),  # ".domain" lists only its subdomains
+        ("x@other.xn--bcher-kva.example", False, "other.xn--bcher-kva.example"),
+    ],
+)
+def test_idn_relay_attempt_still_refused(
+    make_services: ServicesFactory,
+    site: dict[str, list[str]],
+    recipient: str,
+    smtputf8: bool,
+    domain: str,
+) -> None:
+    check = Relay(make_services(site=site))
+    verdict = check(make_conn(sender="stranger@example.org"), rcpt(recipient, smtputf8=smtputf8))
+    assert verdict == Hit("host_denies_relay", f"relay to {domain} from untrusted client")
+
+
+@pytest.mark.parametrize("site", IDN_SITES.values(), ids=IDN_SITES.keys())
+@pytest.mark.parametrize(
+    ("sender", "smtputf8"), [("x@bücher.example", True), ("x@xn--bcher-kva.example", False)]
+)
+def test_idn_local_sender(
+    make_services: ServicesFactory, site: dict[str, list[str]], sender: str, smtputf8: bool
+) -> None:
+    services = make_services(site=site)
+    conn = make_conn(sender=sender, smtputf8=smtputf8)
+    assert conn.txn is not None
+    assert conn.txn.sender is not None
+    assert RelayLocal(services)(conn, Event()) == Hit(
+        "relay_local_fail", f"local sender {conn.txn.sender.text} not authenticated"
+    )
+    # A trusted client relays for it: it is one of ours.
+    trusted = make_conn(sender=sender, smtputf8=smtputf8, ip="127.0.0.1", trusted_network=True)
+    assert Relay(services)(trusted, rcpt("x@example.org")) is None
+
+
+def test_unparsable_idn_recipient_judged_canonical(make_services: ServicesFactory) -> None:
+    """A U-label recipient without SMTPUTF8 does not parse; relay control still sees
+    the domain it names, and that is ours."""
+    check = Relay(make_services(site=IDN_SITES["a-labels"]))
+    assert check(make_conn(sender="stranger@example.org"), rcpt("x@bücher.example")) is None

@@ -198,3 +198,89 @@ def test_quoted_deny_entry_matches_both_spellings(make_services: ServicesFactory
         verdict = check(make_conn(sender=sender), Event())
         assert verdict == Hit("host_denies_sender", f"address {sender.lower()} denied")
     assert check(make_conn(sender="ab@bad.example"), Event()) is None
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        ["bücher.example", "@Exakt.Bücher.Example", "/@straße\\.de$/"],
+        ["XN--BCHER-KVA.example.", "@exakt.xn--bcher-kva.example", "/@xn--strae-oqa\\.de$/"],
+    ],
+    ids=["u-label-entries", "a-label-entries"],
+)
+@pytest.mark.parametrize(
+    ("sender", "smtputf8", "detail"),
+    [
+        ("x@bücher.example", True, "domain xn--bcher-kva.example denied"),
+        ("x@mx.Bücher.example.", True, "domain xn--bcher-kva.example denied"),
+        ("x@xn--bcher-kva.example", False, "domain xn--bcher-kva.example denied"),
+        ("x@MX.XN--BCHER-KVA.EXAMPLE", False, "domain xn--bcher-kva.example denied"),
+        # NFD: u + COMBINING DIAERESIS.
+        ("x@bu\u0308cher.example", True, "domain xn--bcher-kva.example denied"),
+    ],
+)
+def test_idn_domain_entries_deny_both_spellings(
+    make_services: ServicesFactory, entries: list[str], sender: str, smtputf8: bool, detail: str
+) -> None:
+    check = SenderDeny(make_services(policy={"sender_deny": entries}))
+    verdict = check(make_conn(sender=sender, smtputf8=smtputf8), Event())
+    assert verdict == Hit("host_denies_sender", detail)
+
+
+@pytest.mark.parametrize(
+    ("entries", "sender", "smtputf8", "detail"),
+    [
+        # "@domain" entries, either spelling on either side; the detail shows the
+        # domain as the client sent it.
+        (["@exakt.bücher.example"], "x@exakt.xn--bcher-kva.example", False, None),
+        (["@exakt.xn--bcher-kva.example"], "x@Exakt.Bücher.example", True, None),
+        # Address entries.
+        (["Jürgen@Bücher.example"], "jürgen@xn--bcher-kva.example", True, None),
+        (["jürgen@xn--bcher-kva.example"], "Ju\u0308rgen@bücher.example", True, None),
+        # Patterns see both spellings of the domain.
+        (["/@straße\\.de$/"], "x@xn--strae-oqa.de", False, "pattern /@straße\\.de$/"),
+        (["/@xn--strae-oqa\\.de$/"], "x@straße.de", True, "pattern /@xn--strae-oqa\\.de$/"),
+    ],
+)
+def test_idn_entries_of_each_kind(
+    make_services: ServicesFactory,
+    entries: list[str],
+    sender: str,
+    smtputf8: bool,
+    detail: str | None,
+) -> None:
+    check = SenderDeny(make_services(policy={"sender_deny": entries}))
+    verdict = check(make_conn(sender=sender, smtputf8=smtputf8), Event())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "host_denies_sender"
+    if detail is not None:
+        assert verdict.detail == detail
+
+
+def test_idn_entries_stored_canonical(make_services: ServicesFactory) -> None:
+    check = SenderDeny(
+        make_services(policy={"sender_deny": ["Bücher.Example.", "@例子.中国", "a@Bücher.example"]})
+    )
+    assert check.domains == {"xn--bcher-kva.example"}
+    assert check.exact_domains == {"xn--fsqu00a.xn--fiqs8s"}
+    assert check.addresses == {"a@xn--bcher-kva.example"}
+
+
+@pytest.mark.parametrize(
+    ("sender", "smtputf8"),
+    [
+        # IDNA2008, not IDNA2003: straße.de is not strasse.de.
+        ("x@strasse.de", False),
+        ("x@bucher.example", False),
+        ("x@notbücher.example", True),
+        ("x@exakt.bücher.example.org", True),
+    ],
+)
+def test_idn_entries_deny_no_other_domain(
+    make_services: ServicesFactory, sender: str, smtputf8: bool
+) -> None:
+    check = SenderDeny(make_services(policy={"sender_deny": ["bücher.example", "straße.de"]}))
+    assert check(make_conn(sender=sender, smtputf8=smtputf8), Event()) is None
