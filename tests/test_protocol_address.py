@@ -4,14 +4,20 @@ RFC 5321 4.1.2: ``"spammer"@bad.example`` (and ``"sp\\ammer"@bad.example``) is t
 mailbox ``spammer@bad.example``. Every address-based check must answer the quoted
 spelling exactly as it answers the plain one: the deny list and its patterns, the
 dynamic blacklist, the directory's recipients and the login's own senders.
+
+Likewise a domain written with U-labels (``köln.example``, sent only with SMTPUTF8) is
+the domain written with A-labels (``xn--kln-sna.example``), whichever form the
+configuration uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
-from support.service import UNTRUSTED_IP, Running, smtpguard
+from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +84,62 @@ def test_login_owns_the_quoted_sender(service: Running) -> None:
     mismatch = mail_from(service, '<"carol"@example.com>', ALICE)
     assert mismatch == mail_from(service, "<carol@example.com>", ALICE)
     assert_reply(mismatch, "sender_mismatch")
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+
+@pytest.fixture(scope="module")
+def idn_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A site whose deny list is written with U-labels and whose local domain with
+    A-labels, and a directory user imported with U-labels."""
+    site = make_site(
+        tmp_path_factory.mktemp("idn"),
+        {
+            "site": {"local_domains": ["example.com", "xn--bcher-kva.example"]},
+            "policy": {"sender_deny": ["köln.example", "@straße.de"]},
+        },
+    )
+    source = site.dir / "idn.toml"
+    source.write_text('[[user]]\naddress = "jürgen@bücher.example"\n', encoding="utf-8")
+    smtpguard(site, "directory", "import", str(source))
+    with running(site) as svc:
+        yield svc
+
+
+def idn_mail_from(service: Running, path: str, *esmtp: str) -> Answer:
+    with session(service) as s:
+        return s.mail(path, *esmtp)
+
+
+@pytest.mark.parametrize(
+    ("a_label", "u_label"),
+    [
+        ("<x@xn--kln-sna.example>", "<x@Köln.example>"),
+        ("<x@MX.XN--KLN-SNA.example.>", "<x@mx.ko\u0308ln.example>"),  # NFD
+        ("<x@xn--strae-oqa.de>", "<x@straße.de>"),
+    ],
+)
+def test_deny_list_in_u_labels_denies_the_a_label_sender(
+    idn_service: Running, a_label: str, u_label: str
+) -> None:
+    answer = idn_mail_from(idn_service, a_label)
+    assert_reply(answer, "host_denies_sender")
+    # The same sender in U-labels (RFC 6531: only with SMTPUTF8) gets the same answer.
+    assert idn_mail_from(idn_service, u_label, "SMTPUTF8") == answer
+
+
+@pytest.mark.parametrize(
+    "sender", ["<x@strasse.de>", "<x@koln.example>", "<x@sub.xn--strae-oqa.de>"]
+)
+def test_deny_list_in_u_labels_spares_other_domains(idn_service: Running, sender: str) -> None:
+    assert_pass(idn_mail_from(idn_service, sender))
+
+
+def test_u_label_recipient_at_an_a_label_local_domain_is_local(idn_service: Running) -> None:
+    with session(idn_service) as s:
+        assert_pass(s.mail("<a@sender.example>", "SMTPUTF8"))
+        assert_pass(s.rcpt("<jürgen@Bücher.example>"))
+        assert_pass(s.rcpt("<jürgen@xn--bcher-kva.example>"))
+        assert_reply(s.rcpt("<nobody@bücher.example>"), "mailbox_unavailable")
+        assert_reply(s.rcpt("<x@bucher.example>"), "host_denies_relay")
