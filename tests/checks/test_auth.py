@@ -298,3 +298,48 @@ def test_only_disabled_or_locked_logins_are_refused_permanently(
         assert verdict == Hit("auth_error_perm", f"login 'user@example.com' is {state}")
     else:
         assert verdict is None
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+JUERGEN = Login("juergen", "jürgen@xn--bcher-kva.example", "active")
+
+
+@pytest.mark.parametrize("local_domain", ["bücher.example", "xn--bcher-kva.example"])
+@pytest.mark.parametrize("login", ["juergen@Bücher.example", "juergen@XN--BCHER-KVA.example"])
+def test_idn_login_domain_either_spelling(
+    make_services: ServicesFactory, directory: FakeDirectory, local_domain: str, login: str
+) -> None:
+    directory.logins[login] = JUERGEN
+    check = AuthLogin(make_services(site={"local_domains": [local_domain]}))
+    assert logged_in_as(check, login) is None
+    assert directory.calls == [("login", login)]
+
+
+@pytest.mark.parametrize(
+    ("sender", "key"),
+    [
+        # The local part keeps its case; the domain is canonical (Address.canonical).
+        ("<Jürgen@Bücher.example>", "Jürgen@xn--bcher-kva.example"),
+        ("<jürgen@XN--BCHER-KVA.example.>", "jürgen@xn--bcher-kva.example"),
+        ("<ju\u0308rgen@bu\u0308cher.example>", "jürgen@xn--bcher-kva.example"),  # NFD
+    ],
+)
+def test_idn_sender_owned_looked_up_canonical(
+    make_services: ServicesFactory, directory: FakeDirectory, sender: str, key: str
+) -> None:
+    directory.logins["juergen"] = JUERGEN
+    directory.send_as.add(("juergen", key))
+    conn = make_conn(sender=sender, auth_login="juergen", smtputf8=True)
+    assert SenderLogin(make_services())(conn, Event()) is None
+    assert directory.calls[-1] == ("may_send_as", "juergen", key)
+
+
+def test_idn_sender_not_owned_shown_as_sent(
+    make_services: ServicesFactory, directory: FakeDirectory
+) -> None:
+    directory.logins["juergen"] = JUERGEN
+    conn = make_conn(sender="<x@Straße.de>", auth_login="juergen", smtputf8=True)
+    verdict = SenderLogin(make_services())(conn, Event())
+    assert verdict == Hit("sender_mismatch", "login 'juergen' may not send as x@Straße.de")
+    assert directory.calls[-1] == ("may_send_as", "juergen", "x@xn--strae-oqa.de")

@@ -279,3 +279,70 @@ def test_one_domain_policy_per_transaction(
     assert isinstance(verdict, Hit) is refused
     if isinstance(verdict, Hit):
         assert verdict.reply_id == "rcpt_limit"
+
+
+# --- internationalized domains: U-labels and A-labels are one domain --------------------
+
+
+@pytest.mark.parametrize("local_domain", ["bücher.example", "XN--BCHER-KVA.example"])
+@pytest.mark.parametrize(
+    ("recipient", "smtputf8"),
+    [
+        ("jürgen@Bücher.example", True),
+        ("ju\u0308rgen@bu\u0308cher.example", True),  # NFD
+        ("jürgen@xn--bcher-kva.example.", True),
+    ],
+)
+def test_idn_recipient_looked_up_canonical(
+    make_services: ServicesFactory,
+    directory: FakeDirectory,
+    local_domain: str,
+    recipient: str,
+    smtputf8: bool,
+) -> None:
+    """Local in either spelling of the local domain, and looked up in the directory's
+    form (A-labels, NFC)."""
+    directory.recipients["jürgen@xn--bcher-kva.example"] = Recipient(Kind.USER)
+    check = Mailbox(make_services(site={"local_domains": [local_domain]}))
+    assert check(make_conn(sender="x@example.org"), rcpt(recipient, smtputf8=smtputf8)) is None
+    assert directory.calls == [("recipient", "jürgen@xn--bcher-kva.example")]
+    assert check(make_conn(sender="x@example.org"), rcpt("x@bucher.example")) is None
+    assert len(directory.calls) == 1  # not ours: no lookup
+
+
+def test_idn_unknown_recipient_shown_as_sent(
+    make_services: ServicesFactory, directory: FakeDirectory
+) -> None:
+    check = Mailbox(make_services(site={"local_domains": ["xn--bcher-kva.example"]}))
+    verdict = check(make_conn(sender="x@example.org"), rcpt("nobody@Bücher.example", smtputf8=True))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "mailbox_unavailable"
+    assert "xn--" not in verdict.detail
+
+
+IDN_DOMAINS: dict[str, Any] = {
+    "site": {"local_domains": ["example.com", "xn--bcher-kva.example"]},
+    "domain": {"bücher.example": {"max_rcpt": 2, "max_message_size": 9_000_000}},
+}
+
+
+def test_idn_spellings_share_one_domain_policy(make_services: ServicesFactory) -> None:
+    """Both spellings of one domain are one table: no rcpt_limit between them, but its
+    max_rcpt counts both."""
+    check = RcptLimit(make_services(**IDN_DOMAINS))
+    conn = make_conn(sender="x@sender.example", recipients=["a@xn--bcher-kva.example"])
+    assert check(conn, rcpt("b@Bücher.example", smtputf8=True)) is None
+    assert conn.txn is not None
+    second = rcpt("b@bücher.example", smtputf8=True).rcpt
+    assert second is not None
+    conn.txn.recipients.append(second)
+    verdict = check(conn, rcpt("c@xn--bcher-kva.example"))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "rcpt_limit"
+    # Another domain policy: the message names the table as it is written.
+    other = make_conn(sender="x@sender.example", recipients=["a@xn--bcher-kva.example"])
+    assert check(other, rcpt("b@example.com")) == Hit(
+        "rcpt_limit",
+        "example.com falls under the global policy, this transaction under"
+        ' [domain."bücher.example"]: send it in another transaction',
+    )
