@@ -10,6 +10,8 @@ import logging
 import math
 import multiprocessing
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -510,10 +512,59 @@ def test_shared_file_of_another_geometry_is_made_again(
     with caplog.at_level(logging.WARNING, "smtpguard.counters"):
         assert new.hit(KEY, 7000) == 1
     assert "new geometry, same-size counts start at zero" in caplog.text
-    # A worker still on the old configuration (mid-reload) makes it again for itself
-    # rather than read the table with the wrong layout.
-    assert old.hit(KEY, 7000) == 1
-    assert new.peek(KEY, 7000) == 0
+    # The old object (sessions still on the configuration before a reload) keeps the
+    # file it mapped, now replaced at the path: never truncated under it.
+    assert old.hit(KEY, 7000) == 2
+    assert new.peek(KEY, 7000) == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "counters.map"]
+
+
+def test_two_geometries_in_one_process_do_not_crash_it(tmp_path: Path) -> None:
+    """A reload that changes the window builds a second counter on the file while the
+    first still serves; each used to make the file again in place for its layout, and
+    the other then read a truncated map: SIGBUS, every worker killed. Run in a child,
+    so that a regression fails this test instead of killing the test run."""
+    script = f"""
+import sys, threading, time
+sys.path[:0] = {sys.path!r}
+from smtpguard.counters import SharedCounter, SizeBuckets
+buckets = SizeBuckets(0.02)
+path = {str(tmp_path / "counters.map")!r}
+old, new = SharedCounter(path, 3600, buckets), SharedCounter(path, 600, buckets)
+stop = time.monotonic() + 2
+
+def run(counter):
+    i = 0
+    while time.monotonic() < stop:
+        counter.hit(f"k{{i % 50}}", 10000)
+        i += 1
+
+threads = [threading.Thread(target=run, args=(c,)) for c in (old, new)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+
+
+def test_shared_counts_stamped_while_the_clock_ran_ahead_expire(tmp_path: Path) -> None:
+    """A day ahead, then set back: the hits stamped in the future used to stay the
+    newest and count for a day, so one message an hour tripped the limit."""
+    clock = Clock(1_000_000 + 86400)
+    counter = shared(tmp_path, window=600, clock=clock)
+    counter.hit(KEY, 7000)
+    clock.now -= 86400
+    counts = []
+    for _ in range(24):
+        counts.append(counter.hit(KEY, 7000))
+        clock.now += 3600
+    assert counts == [1] * 24
+    assert counter.total() == 0  # the last hit left the window an hour ago
 
 
 def test_shared_file_that_is_not_a_table_is_made_again(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ Backend failures surface as :class:`CounterError`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import itertools
@@ -179,6 +180,9 @@ class InProcessCounter:
 
 #: Time slots per (key, bucket) in :class:`SharedCounter`; the window spans all but two.
 RING_SLOTS: Final = 32
+#: How far ahead of the clock (in slots: one window) a count may be stamped and still
+#: count: beyond that it was made while the clock ran ahead, and is dropped.
+_AHEAD: Final = RING_SLOTS - 2
 _MAGIC: Final = b"SGSIZE01"
 # magic, capacity, ring slots, slot seconds; padded so that entries start aligned.
 _HEADER: Final = struct.Struct("<8sIId")
@@ -292,13 +296,15 @@ class SharedCounter:
             table = self._mapped()
             self._lock_file()
             try:
-                first = math.floor((self._clock() - self.window) / self.slot_seconds)
+                now = self._clock()
+                first = math.floor((now - self.window) / self.slot_seconds)
+                slot = math.floor(now / self.slot_seconds)
                 used = (
                     at
                     for at in range(_HEADER_SIZE, self.size, _ENTRY.size)
                     if table[at : at + 16] != _EMPTY
                 )
-                return sum(self._sum(table, at, first) for at in used)
+                return sum(self._sum(table, at, first, slot) for at in used)
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
@@ -323,16 +329,16 @@ class SharedCounter:
         # A map and descriptor inherited over a fork are the parent's: left alone.
         self._map, self._fd = None, -1
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = self._open_locked()
         except OSError as exc:
-            raise CounterError(f"{self.path}: {exc.strerror}") from exc
+            raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-            try:
-                made = os.fstat(fd).st_size
-                if made != self.size or os.pread(fd, _HEADER.size, 0) != self._header:
-                    self._make(fd, made)
-            finally:
+            made = os.fstat(fd).st_size
+            if made != self.size or os.pread(fd, _HEADER.size, 0) != self._header:
+                fresh = self._make(made)
+                os.close(fd)  # and with it the lock on the file it replaced
+                fd = fresh
+            else:
                 fcntl.lockf(fd, fcntl.LOCK_UN)
             self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED)
         except OSError as exc:
@@ -341,13 +347,42 @@ class SharedCounter:
         self._fd, self._pid = fd, _pid
         return self._map
 
-    def _make(self, fd: int, made: int) -> None:
-        """An empty table of this geometry (called holding the file lock)."""
+    def _open_locked(self) -> int:
+        """The file now at the path, opened and locked (one replaced by another process
+        while this one waited for the lock is opened again)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except OSError:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def _make(self, made: int) -> int:
+        """An empty table of this geometry, renamed over the path (called holding the
+        lock of the file it replaces); its descriptor.
+
+        Never made in place: another counter object may have the old file mapped (a
+        reload that changed the window builds a second one while sessions on the old
+        configuration still count), and truncating a mapped file kills whoever reads
+        it next with SIGBUS. The old one keeps its own file until it is closed."""
         if made:
             log.warning("%s: new geometry, same-size counts start at zero", self.path)
-        os.ftruncate(fd, 0)
-        os.posix_fallocate(fd, 0, self.size)
-        os.pwrite(fd, self._header, 0)
+        new = f"{self.path}.{os.getpid()}.new"
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, self.size)
+            os.pwrite(fd, self._header, 0)
+            os.rename(new, self.path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(new)
+            raise
+        return fd
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
@@ -370,11 +405,11 @@ class SharedCounter:
                 if add:
                     at = self._entry(table, digest, home, own, first, claim=True)
                     self._add(table, at, slot)
-                    total = self._sum(table, at, first)
+                    total = self._sum(table, at, first, slot)
                 for bucket in (lower, upper) if add else (lower, own, upper):
                     at = self._entry(table, digest, home, bucket, first, claim=False)
                     if at >= 0:
-                        total += self._sum(table, at, first)
+                        total += self._sum(table, at, first, slot)
                 return total
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
@@ -438,6 +473,11 @@ class SharedCounter:
     def _add(table: mmap.mmap, at: int, slot: int) -> None:
         (newest,) = _SLOT.unpack_from(table, at + _KEY.size)
         ring_at = at + _KEY.size + _SLOT.size
+        if newest > slot + _AHEAD:
+            # Counted while the clock ran more than a window ahead (then stepped back):
+            # those hits would stay "newest" until real time caught up, never leaving
+            # the window. A smaller step back counts on in the newest slot (below).
+            newest = slot - RING_SLOTS
         if slot <= newest:
             # The common case, another hit in the newest slot (or a clock that went
             # back, counted there too): one count to raise.
@@ -453,9 +493,10 @@ class SharedCounter:
         _RING.pack_into(table, ring_at, *ring)
 
     @staticmethod
-    def _sum(table: mmap.mmap, at: int, first: int) -> int:
+    def _sum(table: mmap.mmap, at: int, first: int, now: int) -> int:
         (newest,) = _SLOT.unpack_from(table, at + _KEY.size)
-        if newest < first:
+        if newest < first or newest > now + _AHEAD:
+            # Out of the window, or stamped by a clock that has since been set back.
             return 0
         ring: tuple[int, ...] = _RING.unpack_from(table, at + _KEY.size + _SLOT.size)
         oldest = max(first, newest - RING_SLOTS + 1)
