@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -120,3 +121,17 @@ def test_deadline_bounds_the_evaluation(tmp_path: Path, resolver: Resolver, fake
     verdict = check(conn, Event(deadline=time.monotonic() + 0.1))
     assert time.monotonic() - start < 0.5
     assert isinstance(verdict, TempError)
+
+
+def test_a_permerror_explanation_cannot_break_the_log_line(
+    tmp_path: Path, fake: FakeDns, resolver: Resolver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sender's TXT record is quoted in the permerror line: a CR/LF there would
+    start a line of its own in the log (stderr, journald)."""
+    fake.add("crlf.test", "TXT", '"v=spf1 frob\\013\\010summary -all"')  # CR LF
+    with caplog.at_level(logging.INFO, "smtpguard"):
+        assert decide(spf(tmp_path, resolver), "a@crlf.test") is None
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("spf sid=")]
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "frob\\r\\nsummary" in line  # shown, escaped

@@ -174,6 +174,9 @@ class Spf:
         if result == "fail" or (result == "softfail" and self.reject_softfail):
             verdict = Hit("remote_ip_mismatch", detail)
         elif result == "permerror":
-            log.info("spf sid=%s %s", conn.session_id, detail)
+            # The explanation quotes the sender's own DNS: never a raw line break.
+            log.info(
+                "spf sid=%s %s", conn.session_id, detail if detail.isprintable() else repr(detail)
+            )
         self.memo.put(key, (verdict, result))
         return verdict
