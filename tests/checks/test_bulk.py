@@ -42,6 +42,11 @@ def test_a_quoted_sender_counts_as_the_plain_one(sender: str) -> None:
     assert bulk_key(("sender",), make_conn(sender=sender)) == "a@example.org"
 
 
+def test_an_idn_sender_domain_counts_once_in_either_spelling() -> None:
+    u_label = bulk_key(("sender_domain",), make_conn(sender="a@bücher.example", smtputf8=True))
+    assert u_label == bulk_key(("sender_domain",), make_conn(sender="a@xn--bcher-kva.example"))
+
+
 def test_bulk_key_of_the_null_sender_and_without_transaction() -> None:
     assert bulk_key(("sender", "login"), make_conn(sender="<>")) == "|"
     assert bulk_key(("sender", "sender_domain", "login"), make_conn()) == "<>||"

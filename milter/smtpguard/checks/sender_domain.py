@@ -45,7 +45,8 @@ class SenderDomain:
         txn = conn.txn
         if self.dns is None or txn is None or txn.sender is None or txn.sender.is_null:
             return None
-        domain = txn.sender.domain_lc
+        # A-labels: what DNS is asked, and one memo entry for both spellings.
+        domain = txn.sender.domain_canonical
         if not domain or domain.startswith("[") or self.site.is_local(domain):
             return None
         found, memoized = self.memo.get(domain)
