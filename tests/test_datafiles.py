@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smtpguard.datafiles import ConfigError, read_toml
+from smtpguard.config import load_config
+from smtpguard.datafiles import ConfigError, parse_toml, read_toml
 from smtpguard.scanners.rules import RuleError
 
 
@@ -40,3 +41,25 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         read_toml(path)
     with pytest.raises(ConfigError, match="reply table not found"):
         read_toml(tmp_path / "none.toml", what="reply table")
+
+
+def test_parse_toml_names_the_file_it_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    assert parse_toml(path, b"a = 1\n") == {"a": 1}
+    with pytest.raises(ConfigError) as err:
+        parse_toml(path, b"a = \n")
+    assert err.value.file == str(path)
+    assert err.value.message.startswith("not valid TOML")
+
+
+def test_a_config_loads_from_bytes_read_before(tmp_path: Path) -> None:
+    """A worker's reload: the bytes the supervisor validated, not the file as it is now;
+    the file's path still anchors relative paths and names it in errors."""
+    path = tmp_path / "conf" / "smtpguard.toml"
+    path.parent.mkdir()
+    path.write_text("[milter]\nlog_level = 'nonsense'\n")
+    config = load_config(path, data=b"[state]\npath = 'state.sqlite'\n")
+    assert config.file == path.resolve()
+    assert config.state.path == path.parent.resolve() / "state.sqlite"
+    with pytest.raises(ConfigError, match=r"smtpguard\.toml: limits\.max_rcpt"):
+        load_config(path, data=b"[limits]\nmax_rcpt = 'many'\n")

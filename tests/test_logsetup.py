@@ -100,6 +100,21 @@ def test_stderr_format_and_reconfiguring_replaces_the_handler() -> None:
     )
 
 
+def test_set_level_keeps_the_destination() -> None:
+    """A reload applies log_level; where the lines go stays as at start."""
+    out = io.StringIO()
+    logsetup.configure(replace(MilterConfig(), log_level="WARNING"), out)
+    log = logging.getLogger("smtpguard")
+    log.info("dropped")
+    logsetup.set_level("INFO")
+    log.info("kept")
+    logsetup.set_level("ERROR")
+    log.warning("dropped too")
+    assert "dropped" not in out.getvalue()
+    assert out.getvalue().count("INFO") == 1
+    assert "kept" in out.getvalue()
+
+
 def test_a_missing_syslog_socket_is_named(tmp_path: Path) -> None:
     config = replace(MilterConfig(), log="syslog", log_socket=str(tmp_path / "nothing"))
     with pytest.raises(

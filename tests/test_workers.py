@@ -14,11 +14,14 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from smtpguard.adapter import App
+from smtpguard.app import build_runtime, new_gate
 from smtpguard.config import (
     MAX_WORKERS,
     ConfigError,
@@ -28,7 +31,17 @@ from smtpguard.config import (
 )
 from smtpguard.counters import SharedCounter, SizeBuckets
 from smtpguard.state import SharedSessionGate
-from smtpguard.supervisor import MAX_BACKOFF, restart_delay, worker_cpu
+from smtpguard.supervisor import (
+    MAX_BACKOFF,
+    MAX_CONFIG_BYTES,
+    RESTART_ONLY,
+    SharedText,
+    check_reloadable,
+    read_config,
+    reloader,
+    restart_delay,
+    worker_cpu,
+)
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.polling import children, wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running
@@ -256,6 +269,97 @@ def test_shared_counter_is_exact_across_processes(tmp_path: Path) -> None:
     # Every hit saw every earlier one, whichever process made it: 1, 2, ..., 100.
     assert seen == list(range(1, 101))
     assert counter.peek("friend@sender.example|198.51.100.7", 1010) == 100
+
+
+# --- reload: the text the supervisor validated; what needs a restart -----------------
+
+
+def _read_after(shared: SharedText, published: Any, seen: Any) -> None:
+    published.wait(10)
+    seen.put(shared.read())
+
+
+def test_shared_text_reaches_a_worker_forked_before_it_was_published() -> None:
+    shared = SharedText(64)
+    assert shared.read() == (0, b"")
+    published, seen = _fork.Event(), _fork.Queue()
+    worker = _fork.Process(target=_read_after, args=(shared, published, seen))
+    worker.start()
+    try:
+        shared.publish(1, b"first")
+        shared.publish(2, b"[milter]\nlog_level = 'DEBUG'\n")
+        published.set()
+        assert seen.get(timeout=10) == (2, b"[milter]\nlog_level = 'DEBUG'\n")
+    finally:
+        worker.join(10)
+    shared.publish(3, b"")
+    assert shared.read() == (3, b"")
+    with pytest.raises(ValueError, match="65 bytes"):
+        shared.publish(4, b"x" * 65)
+    assert shared.read() == (3, b"")
+
+
+def test_a_config_too_big_to_publish_refuses_the_reload(tmp_path: Path) -> None:
+    path = tmp_path / "smtpguard.toml"
+    path.write_bytes(b"#" * MAX_CONFIG_BYTES)
+    assert len(read_config(path)) == MAX_CONFIG_BYTES
+    path.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match=r"larger than 4 MiB.*a restart reads it"):
+        read_config(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        read_config(tmp_path / "gone.toml")
+
+
+#: A different value for every setting a reload cannot apply.
+RESTART_CHANGES = [
+    ("milter", "socket", "unix:/run/other/other.sock"),
+    ("milter", "socket_mode", 0o600),
+    ("milter", "socket_owner", "root"),
+    ("milter", "socket_group", ""),
+    ("milter", "user", "nobody"),
+    ("milter", "name", "other"),
+    ("milter", "timeout", 60),
+    ("milter", "log", "syslog"),
+    ("milter", "log_facility", "daemon"),
+    ("milter", "log_socket", "/run/other.log"),
+    ("milter", "workers", MAX_WORKERS + 1),
+    ("milter", "cpu_affinity", (0,)),
+    ("metrics", "enabled", True),
+    ("metrics", "listen", "::1"),
+    ("metrics", "port", 1),
+]
+
+
+def test_every_restart_only_setting_is_covered() -> None:
+    listed = {(section, key) for section, keys in RESTART_ONLY for key in keys}
+    assert listed == {(section, key) for section, key, _ in RESTART_CHANGES}
+
+
+@pytest.mark.parametrize(("section", "key", "value"), RESTART_CHANGES)
+def test_changing_a_start_setting_refuses_the_reload(
+    tmp_path: Path, section: str, key: str, value: object
+) -> None:
+    running = config_with(tmp_path, "")
+    changed = replace(getattr(running, section), **{key: value})
+    with pytest.raises(ConfigError) as err:
+        check_reloadable(running, replace(running, **{section: changed}))
+    assert str(err.value) == f"{running.file}: {section}.{key}: changing {key} needs a restart"
+
+
+def test_a_reload_builds_from_the_text_given_not_the_file(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    original = site.config.read_text()
+    config = load_config(site.config)
+    app = App(build_runtime(config), new_gate(config))
+    site.config.write_text(original.replace('log_level = "INFO"', 'log_level = "nonsense"'))
+    validated = original.replace('log_level = "INFO"', 'log_level = "DEBUG"\ndry_run = true')
+    runtime = reloader(app, validated.encode)()
+    assert runtime.config.milter.log_level == "DEBUG"
+    assert runtime.config.milter.dry_run is True
+    assert runtime.config.file == config.file
+    # One process reads the file again.
+    with pytest.raises(ConfigError, match=r"milter\.log_level"):
+        reloader(app)()
 
 
 # --- the service ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from smtpguard.app import Runtime
 from smtpguard.checks import Stage
 from smtpguard.config import ConfigError, MilterConfig
 from smtpguard.driver import SessionDriver
+from smtpguard.logsetup import set_level
 from smtpguard.pipeline import Action, Decision
 from smtpguard.sockets import (
     StartError,
@@ -335,7 +336,7 @@ def _opensocket(address: str) -> None:
         raise StartError(f"cannot bind {address}: {bind_error(address)}") from None
 
 
-def serve(app: App, reload: Callable[[], Runtime] | None = None) -> None:
+def serve(app: App, reload: Callable[[], Runtime | None] | None = None) -> None:
     """Open the socket, fix its permissions, drop privileges, run libmilter's loop.
 
     This is ``Milter.runmilter`` split open: the socket is bound by
@@ -371,7 +372,7 @@ def install(app: App) -> None:
     Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
 
 
-def run(app: App, reload: Callable[[], Runtime] | None) -> None:
+def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
     """libmilter's loop on the opened socket until SIGTERM or SIGINT (see :func:`serve`);
     a worker process of :mod:`smtpguard.supervisor` runs exactly this."""
     signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
@@ -405,8 +406,8 @@ def run(app: App, reload: Callable[[], Runtime] | None) -> None:
                     daemon=True,
                 ).start()
             else:
-                # The file may have changed again since the running reload read it
-                # (the supervisor sends each validated change once): read it again.
+                # The config may have changed again since the running reload read it
+                # (the supervisor sends each validated change once): load it again.
                 log.info("SIGHUP during a reload: reloading again after it")
             continue
         if sig == signal.SIGHUP:
@@ -442,7 +443,7 @@ def _drain(gate: SessionGate, deadline: float) -> None:
 
 
 def _reload(
-    app: App, reload: Callable[[], Runtime], done: threading.Lock, pending: threading.Event
+    app: App, reload: Callable[[], Runtime | None], done: threading.Lock, pending: threading.Event
 ) -> None:
     """Reload while SIGHUPs are pending; ``done`` is held meanwhile."""
     while True:
@@ -457,7 +458,8 @@ def _reload(
             return
 
 
-def _reload_once(app: App, reload: Callable[[], Runtime]) -> None:
+def _reload_once(app: App, reload: Callable[[], Runtime | None]) -> None:
+    """``reload`` returns None when there is nothing new to apply (it says why)."""
     try:
         runtime = reload()
     except ConfigError as exc:
@@ -466,8 +468,11 @@ def _reload_once(app: App, reload: Callable[[], Runtime]) -> None:
     except Exception:
         log.exception("reload failed, keeping the running configuration")
         return
+    if runtime is None:
+        return
     old = app.runtime
     app.swap(runtime)
+    set_level(runtime.config.milter.log_level)
     log.info("reloaded configuration from %s", runtime.config.file)
     retired = old.services.dns
     if retired is not None and retired is not runtime.services.dns:

@@ -27,6 +27,7 @@ from smtpguard.address import IPAddress, canonical_domain
 # Re-exported (the "as" form), so that callers keep importing them from here.
 from smtpguard.datafiles import ConfigError as ConfigError  # noqa: PLC0414
 from smtpguard.datafiles import default_rules_dir as default_rules_dir  # noqa: PLC0414
+from smtpguard.datafiles import parse_toml as parse_toml  # noqa: PLC0414
 from smtpguard.datafiles import read_toml as read_toml  # noqa: PLC0414
 from smtpguard.datafiles import sample_config as sample_config  # noqa: PLC0414
 from smtpguard.datafiles import shipped_dir as shipped_dir  # noqa: PLC0414
@@ -690,10 +691,16 @@ CHECK_DEFAULTS: Mapping[str, CheckSettings] = {
 }
 
 
-def load_config(path: Path | str, *, known_checks: frozenset[str] | None = None) -> Config:
-    """Read and validate the operator config; raise :class:`ConfigError`."""
+def load_config(
+    path: Path | str, *, known_checks: frozenset[str] | None = None, data: bytes | None = None
+) -> Config:
+    """Read and validate the operator config; raise :class:`ConfigError`.
+
+    ``data``: the file's bytes as read before (a supervisor's reload validates them
+    once and every worker applies those, whatever the file holds by then); ``path``
+    still names the file and anchors its relative paths."""
     file = Path(path)
-    raw = read_toml(file)
+    raw = read_toml(file) if data is None else parse_toml(file, data)
     return _build(_Section(file.resolve(), "", raw), known_checks)
 
 

@@ -66,6 +66,11 @@ def read_toml(
         raise error(path, "", f"{what} not found") from None
     except OSError as exc:
         raise error(path, "", f"cannot read {what}: {exc.strerror}") from None
+    return parse_toml(path, data, error)
+
+
+def parse_toml(path: Path, data: bytes, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """The contents of TOML ``data`` read from ``path`` already (errors name ``path``)."""
     try:
         # TOML is UTF-8 (tomllib.load decodes so too, but lets the error escape).
         text = data.decode("utf-8")

@@ -126,3 +126,9 @@ def configure(config: MilterConfig, stream: TextIO | None = None) -> logging.Han
     root.addHandler(handler)
     root.setLevel(config.log_level)
     return handler
+
+
+def set_level(level: str) -> None:
+    """Apply ``log_level`` anew (a reload): the destination stays as :func:`configure`
+    opened it."""
+    logging.getLogger().setLevel(level)

@@ -22,6 +22,12 @@ So the supervisor (this module, the process systemd started):
    and only then tells every worker to reload (a broken config changes nothing
    anywhere), SIGTERM and SIGINT tell every worker to drain and wait for them.
 
+A reload reads the file once, here: the bytes validated go to the workers through
+:class:`SharedText` with a generation number, and a worker builds its runtime from
+those, never from the file. The file read again by each worker could have changed in
+between (an editor saving twice, a broken version written a moment later) and left
+workers on different policies, or on a config nobody validated.
+
 Why non-blocking: every worker's listener waits in ``select`` on the same socket, all
 wake for one connection, one ``accept`` wins; with a blocking socket the others would
 sit in ``accept`` until the next connection and not see a stop request (libmilter
@@ -47,13 +53,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import hashlib
 import io
 import logging
+import mmap
 import os
 import select
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -66,9 +75,11 @@ from typing import TYPE_CHECKING, Final
 
 from smtpguard import __version__
 from smtpguard.adapter import App, drop_privileges, install, open_socket, run
-from smtpguard.app import Runtime, build_runtime, load
-from smtpguard.config import Config, ConfigError, MilterConfig
+from smtpguard.app import Runtime, build_runtime
+from smtpguard.config import Config, ConfigError, MilterConfig, load_config
 from smtpguard.counters import CounterError, SharedCounter
+from smtpguard.logsetup import set_level
+from smtpguard.pipeline import CHECK_NAMES
 from smtpguard.sockets import (
     StartError,
     libmilter_address,
@@ -93,6 +104,32 @@ MAX_BACKOFF: Final = 30.0
 _OWN_METRICS_DIR: Final = "SMTPGUARD_OWN_METRICS_DIR"
 _SIGNALS: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 _PR_SET_PDEATHSIG: Final = 1
+#: The largest config file a reload hands to the workers (the shared memory's size).
+MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
+#: Settings read once at start: the socket and its permissions, the privileges,
+#: libmilter's registration and timeout, the log destination, the processes and the
+#: metrics endpoint. A reload that changes one is refused rather than reported as
+#: valid while the old value stays in force. (log_level applies on reload.)
+RESTART_ONLY: Final = (
+    (
+        "milter",
+        (
+            "socket",
+            "socket_mode",
+            "socket_owner",
+            "socket_group",
+            "user",
+            "name",
+            "timeout",
+            "log",
+            "log_facility",
+            "log_socket",
+            "workers",
+            "cpu_affinity",
+        ),
+    ),
+    ("metrics", ("enabled", "listen", "port")),
+)
 
 
 @dataclass
@@ -106,19 +143,98 @@ class Worker:
     due: float | None = 0.0
 
 
-def reloader(app: App) -> Callable[[], Runtime]:
-    """The reload of a running service: the file again, checked as at start, on top of
-    the running runtime (whose resolver and counters are kept when unchanged)."""
+def reloader(app: App, text: Callable[[], bytes] | None = None) -> Callable[[], Runtime]:
+    """The reload of a running service: the config checked as at start, on top of the
+    running runtime (whose resolver and counters are kept when unchanged).
+
+    ``text`` gives the config's bytes (a worker: those the supervisor validated); by
+    default the file is read again (one process)."""
 
     def reload() -> Runtime:
         running = app.runtime.config
-        new = load(running.file)
-        for key in ("socket", "workers", "cpu_affinity"):
-            if getattr(new.milter, key) != getattr(running.milter, key):
-                raise ConfigError(new.file, f"milter.{key}", f"changing {key} needs a restart")
+        data = None if text is None else text()
+        new = load_config(running.file, known_checks=CHECK_NAMES, data=data)
+        check_reloadable(running, new)
         return build_runtime(new, previous=app.runtime)
 
     return reload
+
+
+def check_reloadable(running: Config, new: Config) -> None:
+    """Raise :class:`ConfigError` naming the first :data:`RESTART_ONLY` setting that
+    ``new`` changes."""
+    for section, keys in RESTART_ONLY:
+        for key in keys:
+            if getattr(getattr(new, section), key) != getattr(getattr(running, section), key):
+                raise ConfigError(new.file, f"{section}.{key}", f"changing {key} needs a restart")
+
+
+def read_config(path: Path) -> bytes:
+    """The config file's bytes for a reload, at most :data:`MAX_CONFIG_BYTES`."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read file: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            path,
+            "",
+            f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB, more than a reload hands"
+            " to the workers (a restart reads it)",
+        )
+    return data
+
+
+class SharedText:
+    """Bytes the supervisor publishes and every worker reads, with a generation number.
+
+    Anonymous shared memory (``MAP_SHARED``), mapped before the first fork, so every
+    worker, also one restarted later, sees what the supervisor writes afterwards. No
+    lock: a worker killed while holding one would stop every reload. Instead the writer
+    makes a sequence number odd while it writes and even again after, and stores a
+    digest of the text; a reader keeps a copy only when the sequence number was the
+    same even value before and after and the digest matches, else it reads again.
+    Only the supervisor writes.
+    """
+
+    _HEAD = struct.Struct("=QQQ32s")  # sequence, generation, length, SHA-256
+    _TRIES = 1000
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._map = mmap.mmap(-1, self._HEAD.size + size, flags=mmap.MAP_SHARED)
+        self._sequence = 0
+        self.publish(0, b"")
+
+    def publish(self, generation: int, data: bytes) -> None:
+        if len(data) > self.size:
+            raise ValueError(f"{len(data)} bytes, more than {self.size}")
+        self._sequence += 1
+        struct.pack_into("=Q", self._map, 0, self._sequence)
+        digest = hashlib.sha256(data).digest()
+        struct.pack_into("=QQ32s", self._map, 8, generation, len(data), digest)
+        self._map[self._HEAD.size : self._HEAD.size + len(data)] = data
+        self._sequence += 1
+        struct.pack_into("=Q", self._map, 0, self._sequence)
+
+    def read(self) -> tuple[int, bytes]:
+        """The generation and text published last (generation 0: nothing yet)."""
+        head = self._HEAD
+        for _ in range(self._TRIES):
+            before, generation, length, digest = head.unpack_from(self._map, 0)
+            if before % 2 == 0 and length <= self.size:
+                data = self._map[head.size : head.size + length]
+                (after,) = struct.unpack_from("=Q", self._map, 0)
+                if after == before and hashlib.sha256(data).digest() == digest:
+                    return generation, data
+            time.sleep(0.001)
+        raise RuntimeError("the published configuration kept changing while read")
+
+    def close(self) -> None:
+        self._map.close()
 
 
 def prepare_metrics(config: Config) -> None:
@@ -162,7 +278,11 @@ class Supervisor:
             self.metrics, self.registry = _multiprocess_metrics()
         # Built here, validated before anything is opened, and inherited by every worker.
         self.app = App(build_runtime(config, metrics=self.metrics), self.gate)
-        self.reload = reloader(self.app)
+        #: The config text of the last valid reload, for the workers to apply; mapped
+        #: here, before any fork. ``generation``: in the supervisor, the last one
+        #: published; in a worker, the one its runtime was built from (0: the start's).
+        self.published = SharedText(MAX_CONFIG_BYTES)
+        self.generation = 0
         self.workers = [Worker(n) for n in range(1, config.milter.workers + 1)]
         #: The CPUs the service may use, read before any worker is bound to one.
         self.cpus = sorted(os.sched_getaffinity(0))
@@ -306,7 +426,8 @@ class Supervisor:
 
     def _reload(self) -> None:
         try:
-            runtime = self.reload()
+            data = read_config(self.app.runtime.config.file)
+            runtime = reloader(self.app, lambda: data)()
         except ConfigError as exc:
             log.error("reload refused, no worker changes its configuration: %s", exc)
             return
@@ -314,15 +435,37 @@ class Supervisor:
             log.exception("reload failed, no worker changes its configuration")
             return
         # Workers started from now on inherit the new runtime; running ones build their
-        # own from the same file (now known to be good).
+        # own from the same bytes, published before they are told.
         self.app.swap(runtime)
+        set_level(runtime.config.milter.log_level)
+        self.generation += 1
+        self.published.publish(self.generation, data)
         self._prepare_files()
         for worker in self.workers:
             if worker.pid:
                 _kill(worker.pid, signal.SIGHUP)
         log.info(
-            "reload: configuration %s valid, sent to %d workers", runtime.config.file, self._up()
+            "reload: configuration %s valid (generation %d), sent to %d workers",
+            runtime.config.file,
+            self.generation,
+            self._up(),
         )
+
+    def _apply_published(self) -> Runtime | None:
+        """A worker's reload: the text the supervisor validated last, or None when this
+        worker runs it already (a SIGHUP sent to the worker itself)."""
+        generation, data = self.published.read()
+        if generation == self.generation:
+            log.info(
+                "reload: configuration generation %d applied already; a reload of the"
+                " file is the supervisor's (pid %d)",
+                generation,
+                self.pid,
+            )
+            return None
+        runtime = reloader(self.app, lambda: data)()
+        self.generation = generation
+        return runtime
 
     # --- workers -----------------------------------------------------------------
 
@@ -378,7 +521,7 @@ class Supervisor:
         if cpu is not None:
             bind({cpu})
         try:
-            run(self.app, self.reload)
+            run(self.app, self._apply_published)
         except Exception:
             log.exception("worker %d failed", number)
             return 1
