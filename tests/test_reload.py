@@ -57,3 +57,21 @@ def test_sigterm_stops_promptly(tmp_path: Path) -> None:
         elapsed = time.monotonic() - start
     assert "stopping" in service.log()
     assert elapsed < 10
+
+
+def test_one_process_applies_log_level_and_refuses_a_new_timeout(tmp_path: Path) -> None:
+    site = make_site(tmp_path, {"milter": {"log_level": "WARNING"}})
+    original = site.config.read_text()
+    with running(site) as service:
+        assert mail(service, "<a@sender.example>") == "continue"
+        assert " INFO " not in service.log()
+        site.config.write_text(original.replace("[milter]\n", "[milter]\ntimeout = 60\n", 1))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in service.log())
+        assert "milter.timeout: changing timeout needs a restart" in service.log()
+
+        site.config.write_text(original.replace('"WARNING"', '"INFO"'))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded configuration" in service.log())
+        assert mail(service, "<a@sender.example>") == "continue"
+        wait_until(lambda: " summary " in service.log())

@@ -43,7 +43,7 @@ from smtpguard.supervisor import (
     worker_cpu,
 )
 from support.mtclient import MilterSession, assert_pass, assert_reply
-from support.polling import children, wait_until
+from support.polling import children, scrape, wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running
 
 #: The issue's promise for a killed worker.
@@ -533,3 +533,74 @@ def test_changing_the_worker_count_needs_a_restart(tmp_path: Path, key: str, cha
         assert f"milter.{key}: changing {key} needs a restart" in service.log()
         assert "reloaded configuration" not in service.log()
         assert len(children(service.process.pid)) == 2
+
+
+def test_every_worker_applies_the_config_the_supervisor_validated(tmp_path: Path) -> None:
+    """The file changing after the supervisor validated it (a broken version written a
+    moment later, or one nobody sent SIGHUP for) reaches no worker: every worker,
+    also one restarted later, serves the validated config."""
+    site = make_site(tmp_path, WORKERS)
+    original = site.config.read_text()
+    validated = original.replace('"junk.example"', '"junk.example", "spam.example"')
+    with running(site) as service:
+        both_started(service)
+        site.config.write_text(validated)
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "valid (generation 1), sent to 2 workers" in service.log())
+        site.config.write_text(original.replace("max_rcpt = 3", "max_rcpt = 'many'"))
+        wait_until(lambda: service.log().count("reloaded configuration") == 2)
+        assert "reload refused" not in service.log()
+        assert (
+            concurrently(10, threads=2, job=lambda: mail(service, "<new@spam.example>"))
+            == ["reply"] * 10
+        )
+
+        # A valid config nobody validated, and a SIGHUP to one worker only.
+        site.config.write_text(validated.replace('"spam.example"', '"spam.example", "x.example"'))
+        worker = min(children(service.process.pid))
+        os.kill(worker, signal.SIGHUP)
+        wait_until(lambda: "configuration generation 1 applied already" in service.log())
+        assert service.log().count("reloaded configuration") == 2
+
+        # A worker killed and started again gets the validated config too.
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: len(children(service.process.pid) - {worker}) == 2)
+        assert (
+            concurrently(10, threads=2, job=lambda: mail(service, "<a@x.example>"))
+            == ["continue"] * 10
+        )
+        assert (
+            concurrently(10, threads=2, job=lambda: mail(service, "<new@spam.example>"))
+            == ["reply"] * 10
+        )
+        assert "reload refused" not in service.log()
+
+
+def test_log_level_applies_on_reload(tmp_path: Path) -> None:
+    site = make_site(tmp_path, {**WORKERS, "milter": {"workers": 2, "log_level": "WARNING"}})
+    original = site.config.read_text()
+    with running(site) as service:
+        both_started(service)
+        assert concurrently(4, threads=2, job=lambda: mail(service, "<a@sender.example>"))
+        assert " INFO " not in service.log()
+        site.config.write_text(original.replace('"WARNING"', '"INFO"'))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: service.log().count("reloaded configuration") == 2)
+        concurrently(10, threads=2, job=lambda: mail(service, "<a@sender.example>"))
+        assert served_by(service) == {"1", "2"}
+
+
+def test_a_new_metrics_port_needs_a_restart(tmp_path: Path) -> None:
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    original = site.config.read_text()
+    with running(site) as service:
+        both_started(service)
+        site.config.write_text(original.replace(f"port = {port}", f"port = {port + 1}"))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in service.log())
+        assert "metrics.port: changing port needs a restart" in service.log()
+        assert "reloaded configuration" not in service.log()
+        assert "smtpguard_" in scrape(port)
