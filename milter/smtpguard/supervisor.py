@@ -453,12 +453,13 @@ class Supervisor:
 
     def _apply_published(self) -> Runtime | None:
         """A worker's reload: the text the supervisor validated last, or None when this
-        worker runs it already (a SIGHUP sent to the worker itself)."""
+        worker runs it already (a SIGHUP sent to the worker itself, or one that came
+        during the reload that applied it)."""
         generation, data = self.published.read()
         if generation == self.generation:
             log.info(
-                "reload: configuration generation %d applied already; a reload of the"
-                " file is the supervisor's (pid %d)",
+                "reload: configuration generation %d applied already, nothing newer from"
+                " the supervisor (pid %d), which alone reads the file",
                 generation,
                 self.pid,
             )
