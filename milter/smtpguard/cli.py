@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.file,
     )
 
-    # The same reload as every worker's: socket and workers need a restart; previous=
+    # The same reload as every worker's (supervisor.RESTART_ONLY needs a restart); previous=
     # keeps the resolver (its thread, sockets and cache) when [dns] is unchanged.
     serve(app, reloader(app))
     logging.getLogger("smtpguard").info("smtpguard stopped")
