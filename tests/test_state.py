@@ -293,20 +293,28 @@ def test_quoted_and_unquoted_sender_are_one_entry(
     assert any_blacklist.listed("evil@spam.example") is None
 
 
+def store_as_an_older_version(
+    blacklist: SqliteBlacklist | RedisBlacklist, state_path: Path, entry: str
+) -> None:
+    """Write ``entry`` as it is, past blacklist_entry's normalisation."""
+    if isinstance(blacklist, SqliteBlacklist):
+        blacklist.entries()  # creates the file
+        with closing(sqlite3.connect(state_path)) as db, db:
+            db.execute("INSERT INTO blacklist VALUES (?, 0, 'old')", (entry,))
+    else:
+        blacklist.client.hset(blacklist.key, entry, "0 old")
+
+
 def test_quoted_entry_stored_by_an_older_version(
     any_blacklist: SqliteBlacklist | RedisBlacklist, state_path: Path
 ) -> None:
-    """Before the canonical form, add stored ``"evil"@spam.example`` as given: it matches
-    nothing now (the listing says so) and goes with remove as listed."""
+    """Before the canonical form, add stored ``"evil"@spam.example`` as given: it still
+    lists that spelling (the listing says "address") and goes with remove as listed."""
     old = '"evil"@spam.example'
-    if isinstance(any_blacklist, SqliteBlacklist):
-        any_blacklist.entries()  # creates the file
-        with closing(sqlite3.connect(state_path)) as db, db:
-            db.execute("INSERT INTO blacklist VALUES (?, 0, 'old')", (old,))
-    else:
-        any_blacklist.client.hset(any_blacklist.key, old, "0 old")
+    store_as_an_older_version(any_blacklist, state_path, old)
+    assert any_blacklist.listed(old) == old
     assert any_blacklist.add("evil@spam.example") is True
-    assert entry_scope(old) == "nothing"
+    assert entry_scope(old) == "address"
     assert entry_scope("evil@spam.example") == "address"
     # Either spelling removes both rows: they name one mailbox.
     assert any_blacklist.remove(old) is True
@@ -630,12 +638,7 @@ def test_idn_entry_stored_by_an_older_version(
     """Before the canonical domain, add stored U-labels as written: such an entry still
     lists the sender in either spelling, the listing says what it matches, and remove
     takes it in either spelling."""
-    if isinstance(any_blacklist, SqliteBlacklist):
-        any_blacklist.entries()  # creates the file
-        with closing(sqlite3.connect(state_path)) as db, db:
-            db.execute("INSERT INTO blacklist VALUES (?, 0, 'old')", (old,))
-    else:
-        any_blacklist.client.hset(any_blacklist.key, old, "0 old")
+    store_as_an_older_version(any_blacklist, state_path, old)
     assert any_blacklist.listed(sender) == old
     assert any_blacklist.listed(sender.replace("xn--bcher-kva", "bücher")) == old
     assert entry_scope(old) == scope

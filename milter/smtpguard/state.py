@@ -126,12 +126,15 @@ def entry_scope(entry: str) -> str:
     """What a stored entry matches: ``address``, ``domain`` (``@domain``),
     ``subdomains`` (``.domain``: the domain and its subdomains) or ``nothing`` (stored
     before :func:`blacklist_entry` refused such entries). An entry stored with U-labels
-    by an older version matches as its A-label form does (:func:`matching_entries`)."""
+    by an older version matches as its A-label form does, and one with a quoted local
+    part the sender who spells it so (:func:`matching_entries`)."""
     try:
         stored = blacklist_entry(entry)
     except EntryError:
         return "nothing"
-    if entry not in (stored, _unicode_form(stored)):
+    # A quoted local part stored as spelled by an older version lists that spelling.
+    quoted = entry.startswith('"') and canonical_address(entry) == stored
+    if entry not in (stored, _unicode_form(stored)) and not quoted:
         return "nothing"
     return {"@": "domain", ".": "subdomains"}.get(entry[0], "address")
 
