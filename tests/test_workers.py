@@ -124,6 +124,30 @@ def test_default_workers_follow_the_cpus_this_process_may_use(tmp_path: Path) ->
     assert config_with(tmp_path, "").milter.workers == expected
 
 
+def test_a_worker_bound_to_one_cpu_reads_the_default_the_service_started_with(
+    tmp_path: Path,
+) -> None:
+    """A worker (bound to one CPU by cpu_affinity = "auto") that reloads a config
+    without ``workers`` must get the service's default, not 1: with 1 every reload
+    was refused in the workers ("changing workers needs a restart"), and a config
+    saying one worker would also have allowed an in-process counter there."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    path = tmp_path / "smtpguard.toml"
+    path.write_text("", encoding="utf-8")
+    expected = config_with(tmp_path, "").milter.workers
+    pid = os.fork()
+    if pid == 0:  # the worker's situation: forked after import, then bound
+        code = 1
+        try:
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+            code = 0 if load_config(path).milter.workers == expected else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 @pytest.mark.parametrize("value", [0, MAX_WORKERS + 1, "'2'"])
 def test_workers_out_of_range_are_refused(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"milter\.workers"):

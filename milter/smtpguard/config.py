@@ -203,10 +203,16 @@ def _cpu_affinity(
     return tuple(value)
 
 
+#: The CPUs the service was started with. Read once, at import: a worker forked from
+#: the supervisor is then bound to one CPU (cpu_affinity = "auto"), and a default read
+#: there would make its reload see "workers" changed from N to 1.
+_START_CPUS: Final = len(os.sched_getaffinity(0))
+
+
 def default_workers() -> int:
-    """The CPUs this process may run on (its affinity, as a container or systemd's
-    CPUAffinity= sets it), at most :data:`MAX_DEFAULT_WORKERS`."""
-    return min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
+    """The CPUs this process could run on when it started (its affinity, as a container
+    or systemd's CPUAffinity= sets it), at most :data:`MAX_DEFAULT_WORKERS`."""
+    return min(_START_CPUS, MAX_DEFAULT_WORKERS)
 
 
 @dataclass(frozen=True, slots=True)
