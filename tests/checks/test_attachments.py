@@ -102,3 +102,64 @@ def test_small_attachments_pass(make_services: ServicesFactory, size: int) -> No
     conn = start()
     body(conn, multipart(size))
     assert AttachmentSizeEom(services)(conn, end_of_message(conn)) is None
+
+
+BIG_PART = (
+    b"Content-Type: application/pdf; name=big.pdf\r\nContent-Transfer-Encoding: base64\r\n"
+    b"Content-Disposition: attachment; filename=big.pdf\r\n\r\n"
+    + base64.encodebytes(b"\x01" * 5000).replace(b"\n", b"\r\n")
+)
+NESTED = b"".join(
+    b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % (d, d + 1)
+    for d in range(20)
+)
+INNER = b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="i"\r\n\r\n--i\r\n'
+PADDING = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 200) for i in range(330))
+LONG = b"q" * 1100
+
+
+@pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        pytest.param(
+            'multipart/mixed; boundary="b"', b"--b\r\n" + BIG_PART + b"--b--\r\n", id="plain"
+        ),
+        pytest.param(
+            'multipart/mixed; boundary="b0"',
+            NESTED + b"--b20\r\n" + BIG_PART + b"--b20--\r\n",
+            id="nested-past-the-depth-limit",
+        ),
+        pytest.param(
+            'multipart/mixed; boundary="b"',
+            b"--b\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(INNER + BIG_PART + b"--i--\r\n")
+            + b"--b--\r\n",
+            id="base64-message-rfc822",
+        ),
+        pytest.param(
+            'multipart/mixed; boundary="b"',
+            b"--b\r\n" + PADDING + BIG_PART + b"--b--\r\n",
+            id="part-headers-over-64k",
+        ),
+        pytest.param(
+            f'multipart/mixed; boundary="{LONG.decode()}"',
+            b"--" + LONG + b"\r\n" + BIG_PART + b"--" + LONG + b"--\r\n",
+            id="boundary-over-1008",
+        ),
+    ],
+)
+def test_a_structure_the_walker_does_not_enter_cannot_hide_an_attachment(
+    make_services: ServicesFactory, content_type: str, raw: bytes
+) -> None:
+    """Parts read whole for a structural reason (depth limit, encoded message/rfc822,
+    an over-long boundary, a header block over budget) used to count nothing: a 5000
+    byte attachment inside passed a 1000 byte limit. A mail client still opens it."""
+    services = make_services(limits=LIMIT)
+    conn = with_message(make_conn(sender="a@example.org"))
+    header(conn, "Content-Type", content_type)
+    end_of_headers(conn)
+    verdict = AttachmentSizeBody(services)(conn, body(conn, raw))
+    if verdict is None:
+        verdict = AttachmentSizeEom(services)(conn, end_of_message(conn))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "attachment_too_long"

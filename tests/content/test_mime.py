@@ -460,11 +460,12 @@ def test_missing_or_empty_boundary_is_opaque(ctype: str) -> None:
 
 
 def test_boundary_too_long_is_opaque() -> None:
+    # Read whole, it counts as one attachment: its size bounds whatever it hides.
     headers = [("Content-Type", "multipart/mixed; boundary=" + "b" * 2000)]
     assert walk_bytes(headers, b"--" + b"b" * 2000 + b"\r\n") == (
-        0,
-        None,
-        0,
+        2004,
+        "<unparsed part: boundary too long>",
+        1,
         ["boundary too long"],
     )
 
@@ -492,21 +493,30 @@ def test_depth_bomb_is_fast_and_noted() -> None:
     walker = walk([("Content-Type", "multipart/mixed; boundary=b0")], [body])
     assert time.perf_counter() - started < 1.0
     assert walker.malformed == ["depth limit"]
-    assert walker.attachments == 0
+    # The part at the limit is read whole and counted: the attachment inside it
+    # cannot escape the size limit by nesting (its raw size is an upper bound).
+    assert walker.attachments == 1
+    assert walker.largest_attachment_name == "<unparsed part: depth limit>"
+    assert walker.largest_attachment > len(PAYLOAD)
 
 
 def test_depth_limit_keeps_shallow_attachments() -> None:
     body = nested_bomb(3, b"--b3\r\n" + attachment("ok.bin", PAYLOAD[:50]))
     headers = [("Content-Type", "multipart/mixed; boundary=b0")]
     assert walk_bytes(headers, body, max_depth=4) == (50, "ok.bin", 1, [])
-    assert walk_bytes(headers, body, max_depth=3) == (0, None, 0, ["depth limit"])
+    assert walk_bytes(headers, body, max_depth=3) == (
+        226,
+        "<unparsed part: depth limit>",
+        1,
+        ["depth limit"],
+    )
 
 
 def test_deep_message_rfc822_nesting_hits_depth_limit() -> None:
     leaf = b"Content-Disposition: attachment; filename=x\r\n\r\nabc\r\n"
     body = b"Content-Type: message/rfc822\r\n\r\n" * 100 + leaf
     headers = [("Content-Type", "message/rfc822")]
-    assert walk_bytes(headers, body) == (0, None, 0, ["depth limit"])
+    assert walk_bytes(headers, body) == (2612, "<unparsed part: depth limit>", 1, ["depth limit"])
     assert walk_bytes(headers, body, max_depth=200) == (5, "x", 1, [])
 
 
@@ -528,7 +538,14 @@ def test_header_block_too_large() -> None:
 def test_huge_header_line_is_bounded() -> None:
     part = b"X-Long: " + b"a" * 300_000 + b"\r\nContent-Disposition: attachment\r\n\r\nabc\r\n"
     chunks = chunked(multipart(b"XX", [part]), 65536)
-    assert result(walk(MIXED, chunks)) == (0, None, 0, ["header block too large"])
+    # Its Content-Disposition came after the budget: the part counts as an attachment
+    # anyway, or padding the headers would hide one.
+    assert result(walk(MIXED, chunks)) == (
+        3,
+        "<unparsed part: header block too large>",
+        1,
+        ["header block too large"],
+    )
 
 
 def test_largest_attachment_updates_while_streaming() -> None:

@@ -36,7 +36,12 @@ values of the header block being read (at most ``max_header_bytes``), and a stac
 most ``max_depth`` boundaries. A multipart or embedded message at nesting depth
 ``max_depth`` or more (the top level is depth 0) is read as an opaque leaf, noted as
 ``depth limit``; so is a base64 or quoted-printable ``message/rfc822`` (``encoded
-message/rfc822``) and a multipart without a usable boundary. Body data is scanned with
+message/rfc822``) and a multipart without a usable boundary. Such an opaque part, and a
+leaf whose header block ran over ``max_header_bytes`` (its Content-Disposition may have
+come after), counts as one attachment of its whole size, named ``<unparsed part:
+NOTE>`` unless it has a name: whatever it hides is inside it, so the size limit still
+holds for an attachment nested, encoded or padded out of the walker's sight. Body data
+is scanned with
 ``bytes.find``/``translate``/``re`` over whole runs of lines; Python-level work happens
 only per header line and per line that starts with ``--``.
 
@@ -250,6 +255,7 @@ class MimeWalker:
         "_embedded",
         "_first_header_line",
         "_header_bytes",
+        "_header_overflow",
         "_headers",
         "_hint",
         "_line_start",
@@ -293,6 +299,7 @@ class MimeWalker:
         self._headers: dict[bytes, bytearray] = {}
         self._cur_header: bytes | None = None
         self._header_bytes = 0
+        self._header_overflow = False
         self._first_header_line = True
 
         found: dict[str, str] = {}
@@ -415,6 +422,7 @@ class MimeWalker:
         if self._header_bytes > self._max_header_bytes:
             self._note("header block too large")
             self._cur_header = None
+            self._header_overflow = True
             return False
         return True
 
@@ -531,6 +539,7 @@ class MimeWalker:
         self._headers = {}
         self._cur_header = None
         self._header_bytes = 0
+        self._header_overflow = False
         self._first_header_line = True
 
     def _end_headers(self) -> None:
@@ -558,31 +567,19 @@ class MimeWalker:
         encoding = _parse_encoding(encoding_value)
         self._counter = None
         self._name = None
-        if maintype == "multipart":
-            boundary = _to_bytes(_param(ct_params, "boundary") or "").rstrip(b" \t")
-            if not boundary:
-                self._note("missing boundary parameter")
-            elif len(boundary) > _BOUNDARY_MAX:
-                self._note("boundary too long")
-            elif depth >= self._max_depth:
-                self._note("depth limit")
-            else:
-                self._stack.append(_Frame(boundary, depth, subtype == "digest"))
-                self._mode = _SKIP
-                return
-        elif maintype == "message" and subtype in ("rfc822", "global"):
-            if encoding not in _IDENTITY_ENCODINGS:
-                self._note("encoded message/rfc822")
-            elif depth >= self._max_depth:
-                self._note("depth limit")
-            else:
-                self._begin_headers(depth + 1, digest_parent=False, embedded=True)
-                return
-
+        # Why a part that is not walked into is read whole, or "" when it is an
+        # ordinary leaf. Whatever it hides (a nested attachment, one whose
+        # Content-Disposition came after the header budget) is in it.
+        opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
+        if opaque is None:
+            return
+        if not opaque and self._header_overflow:
+            opaque = "header block too large"
         self._mode = _LEAF
         disp_type, disp_params = _parse_params(disposition) if disposition else ("", {})
         if not (
-            disp_type.lower() == "attachment"
+            opaque
+            or disp_type.lower() == "attachment"
             or _has_param(disp_params, "filename")
             or _has_param(ct_params, "name")
         ):
@@ -590,11 +587,49 @@ class MimeWalker:
         name = _param(disp_params, "filename")
         if name is None:
             name = _param(ct_params, "name")
+        if name is None and opaque:
+            # Counted as one attachment: its size bounds anything inside it.
+            name = f"<unparsed part: {opaque}>"
         self._name = _loggable(name) if name is not None else None
         self._counter = _make_counter(encoding)
         self.attachments += 1
         if self.attachments == 1:
             self.largest_attachment_name = self._name
+
+    def _enter(
+        self,
+        maintype: str,
+        subtype: str,
+        ct_params: dict[str, str],
+        encoding: str,
+        depth: int,
+    ) -> str | None:
+        """Walk into a multipart or an embedded message (None); else why a container is
+        read whole instead (noted), or "" for an ordinary leaf."""
+        if maintype == "multipart":
+            boundary = _to_bytes(_param(ct_params, "boundary") or "").rstrip(b" \t")
+            if not boundary:
+                why = "missing boundary parameter"
+            elif len(boundary) > _BOUNDARY_MAX:
+                why = "boundary too long"
+            elif depth >= self._max_depth:
+                why = "depth limit"
+            else:
+                self._stack.append(_Frame(boundary, depth, subtype == "digest"))
+                self._mode = _SKIP
+                return None
+        elif maintype == "message" and subtype in ("rfc822", "global"):
+            if encoding not in _IDENTITY_ENCODINGS:
+                why = "encoded message/rfc822"
+            elif depth >= self._max_depth:
+                why = "depth limit"
+            else:
+                self._begin_headers(depth + 1, digest_parent=False, embedded=True)
+                return None
+        else:
+            return ""
+        self._note(why)
+        return why
 
     def _end_leaf(self, *, at_eof: bool) -> None:
         counter = self._counter
