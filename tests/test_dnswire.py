@@ -198,6 +198,36 @@ def test_negative_ttl_is_dnspythons(authority: list[bytes], ttl: int) -> None:
     assert to_answer("x", "A", reply) == Answer("x", "A", Status.NXDOMAIN, ttl=ttl)
 
 
+def empty_noerror(q: Question, *, authority: str, authoritative: bool = False) -> Answer | None:
+    response = dns.message.make_response(q.message())
+    response.flags &= ~dns.flags.RA
+    if authoritative:
+        response.flags |= dns.flags.AA
+    owner, ttl, rdclass, rdtype, rdata = authority.split(maxsplit=4)
+    response.authority.append(dns.rrset.from_text(owner, int(ttl), rdclass, rdtype, rdata))
+    reply = read_reply(response.to_wire(), q)
+    assert reply is not None
+    return to_answer("example.org", "MX", reply)
+
+
+def test_a_referral_is_no_answer_about_the_name() -> None:
+    """A nameserver that does not recurse answers NOERROR with NS records and no SOA:
+    read as NODATA it was final, and sender_domain refused every sender (554)."""
+    q = question("example.org", "MX")
+    referral = empty_noerror(q, authority=". 518400 IN NS a.root-servers.net.")
+    assert referral is not None
+    assert referral.status is Status.SERVFAIL
+    assert referral.status.temporary
+    # A real NODATA carries the SOA; an authoritative server's NS-only one stays NODATA.
+    soa = "example.org. 300 IN SOA ns.example.org. h.example.org. 1 7200 900 1209600 60"
+    nodata = empty_noerror(q, authority=soa)
+    assert nodata is not None
+    assert nodata.status is Status.NODATA
+    own = empty_noerror(q, authority="example.org. 300 IN NS ns.example.org.", authoritative=True)
+    assert own is not None
+    assert own.status is Status.NODATA
+
+
 # --- the UDP transport against a real server ----------------------------------------
 
 

@@ -24,6 +24,7 @@ from typing import Any, cast
 import dns.asyncquery
 import dns.entropy
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.opcode
@@ -438,8 +439,23 @@ def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
     except dns.exception.DNSException as exc:
         return Answer(name, rdtype, Status.SERVFAIL, detail=f"bad answer: {exc}")
     if chain.answer is None:
+        if _is_referral(response):
+            # A server that does not recurse points elsewhere: no answer about the
+            # name at all. Read as NODATA it refused every sender and client for good.
+            return Answer(
+                name, rdtype, Status.SERVFAIL, detail="referral: the nameserver does not recurse"
+            )
         return Answer(name, rdtype, Status.NODATA, ttl=negative_ttl(response))
     return Answer(name, rdtype, Status.OK, tuple(chain.answer), ttl=float(chain.minimum_ttl))
+
+
+def _is_referral(response: dns.message.Message) -> bool:
+    """RFC 2308 §2.2: no answer, NS records and no SOA in the authority section, from a
+    server that is not authoritative for the name (a NODATA carries the SOA)."""
+    if response.flags & dns.flags.AA:
+        return False
+    kinds = {rrset.rdtype for rrset in response.authority}
+    return dns.rdatatype.NS in kinds and dns.rdatatype.SOA not in kinds
 
 
 def negative_ttl(response: dns.message.Message) -> float:
