@@ -15,8 +15,11 @@ from smtpguard.content.mime import MimeWalker
 
 # RFC 5322 §2.1.1: a line is at most 998 octets, excluding the CRLF.
 MAX_LINE = 998
-# Any run of more than MAX_LINE octets that contains no line break.
-_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
+# More than MAX_LINE octets of one line. Only LF ends a line (RFC 5322 §2.1.1: CRLF;
+# a bare LF is taken too): a bare CR is an octet of the line, or a long line split by
+# bare CRs would pass. The CR of a CRLF is not counted; one at the end of the chunk
+# may be that, and is left to the next.
+_LONG_LINE = re.compile(rb"[^\n]{%d}(?:[^\r\n]|\r(?=[^\n]))" % MAX_LINE)
 # Headers kept for the MIME walker: only these top-level fields matter, and at most
 # this many octets of them (name, value and a per-entry overhead).
 _MIME_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
@@ -37,6 +40,7 @@ class MessageState:
         self._content_headers: list[tuple[str, str]] = []
         self._kept = 0
         self._carry = 0  # length of the body line that is still open
+        self._carry_cr = False  # and whether it ends in a CR (maybe that of a CRLF)
         self.mime: MimeWalker | None = None
 
     def feed_header(self, name: str, value: str) -> None:
@@ -79,16 +83,21 @@ class MessageState:
             self.mime.feed(chunk)
 
     def _scan_lines(self, chunk: bytes) -> None:
-        first_break = _first_break(chunk)
-        if first_break < 0:
+        first = chunk.find(b"\n")
+        if first < 0:
             self._carry += len(chunk)
-            self.long_line = self._carry > MAX_LINE
+            if chunk:
+                self._carry_cr = chunk.endswith(b"\r")
+            self.long_line = self._carry - self._carry_cr > MAX_LINE
             return
-        if self._carry + first_break > MAX_LINE or _LONG_LINE.search(chunk):
+        # The line the previous chunks left open ends here; a CR before its LF (in
+        # this chunk, or the last octet of the previous one) is not part of it.
+        cr = chunk[first - 1] == 0x0D if first else self._carry_cr
+        if self._carry + first - cr > MAX_LINE or _LONG_LINE.search(chunk):
             self.long_line = True
             return
-        last_break = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-        self._carry = len(chunk) - last_break - 1
+        self._carry = len(chunk) - chunk.rfind(b"\n") - 1
+        self._carry_cr = chunk.endswith(b"\r")
 
     def close(self) -> None:
         if self.mime is not None:
@@ -102,12 +111,3 @@ class MessageState:
 def _octets(text: str) -> bytes:
     # pymilter hands undecodable header bytes over as surrogate escapes.
     return text.encode("utf-8", "surrogateescape")
-
-
-def _first_break(chunk: bytes) -> int:
-    lf, cr = chunk.find(b"\n"), chunk.find(b"\r")
-    if lf < 0:
-        return cr
-    if cr < 0:
-        return lf
-    return min(lf, cr)
