@@ -185,9 +185,27 @@ def test_unparsable_foreign_recipient_is_still_relay_controlled(relay: Relay, ra
     assert verdict.reply_id == "host_denies_relay"
 
 
-def test_unparsable_local_recipient_is_left_to_the_mailbox_check(relay: Relay) -> None:
-    event = rcpt("<a@b@example.com>")
-    assert relay(make_conn(sender="a@example.org"), event) is None
+@pytest.mark.parametrize("raw", ["<a@b@example.com>", "<v%gmail.example>", "<gmail.example!v>"])
+def test_an_unparsable_routed_recipient_is_relaying(relay: Relay, raw: str) -> None:
+    """Postfix delivers these elsewhere (a@b, v@gmail.example): relaying, whether or
+    not the mailbox check refuses them (it may be off or in report mode)."""
+    event = rcpt(raw)
+    assert event.rcpt is None
+    verdict = relay(make_conn(sender="a@example.org"), event)
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "host_denies_relay"
+
+
+def test_a_trusted_client_relays_through_a_routed_local_part_only_for_local_senders(
+    relay: Relay,
+) -> None:
+    routed = rcpt("v%gmail.example@example.com")
+    foreign = make_conn(sender="x@other.example", ip="192.0.2.5", trusted_network=True)
+    verdict = relay(foreign, routed)
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "relay_domain_fail"
+    local = make_conn(sender="alice@example.com", ip="192.0.2.5", trusted_network=True)
+    assert relay(local, routed) is None
 
 
 # --- internationalized domains: U-labels and A-labels are one domain --------------------

@@ -58,20 +58,32 @@ class Relay:
         # relay control never depends on the mailbox check refusing it (that check
         # may be in report mode or off).
         domain = rcpt.domain_lc if rcpt is not None else raw_domain(event.rcpt_raw)
-        # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
-        if not domain:
+        # Postfix routes by the local part too (allow_percent_hack, swap_bangpath,
+        # resolve_dequoted_address): "victim%gmail.example@example.com" and a bare
+        # "victim%gmail.example" are delivered to victim@gmail.example. Such a
+        # recipient is relaying whatever its domain; only the mailbox check refused
+        # it, and with that off or in report mode it relayed.
+        routed = _routed(event)
+        if not routed and (
+            # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
+            not domain or self.site.is_local(domain) or self.site.is_relay(domain)
+        ):
             return None
-        if self.site.is_local(domain) or self.site.is_relay(domain):
-            if conn.trusted or rcpt is None or not _ROUTED.intersection(rcpt.local):
-                return None
-            # Postfix routes by the local part too (allow_percent_hack, swap_bangpath,
-            # resolve_dequoted_address): "victim%gmail.example@example.com" is
-            # delivered to victim@gmail.example. Only the mailbox check refused it,
-            # and with that off or in report mode it relayed.
-            return Hit("host_denies_relay", f"relay through the local part of {rcpt.lc}")
+        where = f"through the local part of {event.rcpt_raw!r}" if routed else f"to {domain}"
         if not conn.trusted:
-            return Hit("host_denies_relay", f"relay to {domain} from untrusted client")
+            return Hit("host_denies_relay", f"relay {where} from untrusted client")
         sender = txn.sender
         if sender is not None and not sender.is_null and not self.site.is_local(sender.domain_lc):
-            return Hit("relay_domain_fail", f"relay to {domain} for foreign sender {sender.text}")
+            return Hit("relay_domain_fail", f"relay {where} for foreign sender {sender.text}")
         return None
+
+
+def _routed(event: Event) -> bool:
+    """Whether the recipient's local part (of the path as sent, when it did not parse)
+    names another destination."""
+    if event.rcpt is not None:
+        local = event.rcpt.local
+    else:
+        path = event.rcpt_raw.strip().strip("<>").strip()
+        local = path.rpartition("@")[0] if "@" in path else path
+    return not _ROUTED.isdisjoint(local)
