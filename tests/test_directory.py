@@ -951,12 +951,19 @@ def test_empty_database_knows_nobody(db_path: Path) -> None:
 
 
 def test_no_directory() -> None:
+    """backend = "none": no login is verified (the MTA's SASL vouched for it; it used
+    to be unknown, so every authenticated user got auth_error_perm), and a login may
+    send as itself only."""
     nobody = NoDirectory()
     assert nobody.recipient("alice@example.com") == Recipient(Kind.NONE)
-    assert nobody.login("alice") is None
-    me = Login("me", "me@example.com", "active")
+    me = nobody.login("Me@Example.COM")
+    assert me == Login("Me@Example.COM", "me@example.com", "active")
     assert nobody.may_send_as(me, "me@example.com")
+    assert nobody.may_send_as(me, '"me"@EXAMPLE.com')
     assert not nobody.may_send_as(me, "you@example.com")
+    bare = nobody.login("alice")
+    assert bare == Login("alice", "", "active")
+    assert not nobody.may_send_as(bare, "alice@example.com")
     assert nobody.may_post("l@example.com", "")
 
 

@@ -98,16 +98,19 @@ class Directory(Protocol):
 
 
 class NoDirectory:
-    """``backend = "none"``: nobody is known, every local recipient is unknown."""
+    """``backend = "none"``: no recipient is known (the mailbox check is off then) and
+    no login is verified: the MTA's SASL vouched for it, and it may send as itself
+    only (a login without "@" as nobody)."""
 
     def recipient(self, address: str) -> Recipient:
         return Recipient(Kind.NONE)
 
     def login(self, login: str) -> Login | None:
-        return None
+        address = canonical_address(login).lower() if "@" in login else ""
+        return Login(login, address, "active")
 
     def may_send_as(self, login: Login, address: str) -> bool:
-        return address == login.address
+        return bool(login.address) and canonical_address(address).lower() == login.address
 
     def may_post(self, list_address: str, sender: str) -> bool:
         return True

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin, resolve_login
-from smtpguard.directory import DirectoryError, Login
+from smtpguard.directory import DirectoryError, Login, NoDirectory
 from smtpguard.verdict import Hit, TempError, Verdict
 from support.checks import ServicesFactory, make_conn
 from support.fakes import FakeDirectory
@@ -343,3 +345,18 @@ def test_idn_sender_not_owned_shown_as_sent(
     verdict = SenderLogin(make_services())(conn, Event())
     assert verdict == Hit("sender_mismatch", "login 'juergen' may not send as x@Straße.de")
     assert directory.calls[-1] == ("may_send_as", "juergen", "x@xn--strae-oqa.de")
+
+
+def test_without_a_directory_a_login_is_not_refused_and_sends_as_itself(
+    make_services: ServicesFactory,
+) -> None:
+    """directory.backend = "none": every authenticated user used to get auth_error_perm
+    (the login unknown) and sender_mismatch; the MTA's SASL vouched for the login."""
+    services = dataclasses.replace(make_services(), directory=NoDirectory())
+    own = make_conn(sender="alice@example.com", auth_type="PLAIN", auth_login="alice@example.com")
+    assert AuthLogin(services)(own, Event()) is None
+    assert SenderLogin(services)(own, Event()) is None
+    other = make_conn(sender="bob@example.com", auth_type="PLAIN", auth_login="alice@example.com")
+    verdict = SenderLogin(services)(other, Event())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "sender_mismatch"

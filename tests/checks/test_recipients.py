@@ -163,6 +163,15 @@ def test_not_our_business(mailbox: Mailbox, directory: FakeDirectory, recipient:
     assert directory.calls == []
 
 
+@pytest.mark.parametrize("recipient", ["postmaster@example.com", "PostMaster@example.com"])
+def test_postmaster_of_a_local_domain_exists(
+    mailbox: Mailbox, directory: FakeDirectory, recipient: str
+) -> None:
+    """RFC 5321 §4.5.1: not in the directory, still a mailbox (the MTA's aliases)."""
+    assert mailbox(make_conn(sender="x@example.org"), rcpt(recipient)) is None
+    assert directory.calls == []
+
+
 def test_locked_user(mailbox: Mailbox) -> None:
     verdict = mailbox(make_conn(sender="x@example.org"), rcpt("carol@example.com"))
     assert verdict == Hit("user_locked", "carol@example.com is locked")
