@@ -390,13 +390,10 @@ class SharedCounter:
         lower, own, upper = self.buckets.neighbourhood(size)
         with self._lock:
             table = self._mapped()
+            # The header needs no check here: a file of another geometry is never
+            # made in place (_make), so the one mapped keeps the header it was mapped
+            # with.
             self._lock_file()
-            if table[: _HEADER.size] != self._header:
-                # Another process (a worker still on the configuration before a
-                # reload) made the file again for its geometry: make it for ours.
-                self._unmap()
-                table = self._mapped()
-                self._lock_file()
             try:
                 now = self._clock()
                 slot = math.floor(now / self.slot_seconds)
