@@ -158,6 +158,12 @@ class Address:
         return canonical_local_part(self.local)
 
     @property
+    def is_postmaster(self) -> bool:
+        """``postmaster`` in any case or spelling, at any domain or none (the mailbox
+        RFC 5321 §4.5.1 requires to exist); whose domain counts is the caller's call."""
+        return self.canonical_local.lower() == "postmaster"
+
+    @property
     def canonical(self) -> str:
         """:attr:`canonical_local` ``@`` :attr:`domain_canonical`: what every list,
         blacklist and directory lookup compares (lower-cased on top wherever :attr:`lc`

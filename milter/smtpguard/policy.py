@@ -247,9 +247,7 @@ class Policy:
         if ex.name == POSTMASTER and ex.recipients == (POSTMASTER,):
             # RCPT TO:<postmaster> without a domain is ours too (RFC 5321 §4.5.1).
             domain = rcpt.domain or ""
-            return rcpt.canonical_local.lower() == POSTMASTER and (
-                not domain or self.site.is_local(domain)
-            )
+            return rcpt.is_postmaster and (not domain or self.site.is_local(domain))
         return address_matches(rcpt, ex.recipients)
 
     def _applies(self, ex: Exemption, conn: Connection, stage: Stage, event: Event) -> bool:

@@ -89,7 +89,7 @@ class Mailbox:
             return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
         if not self.enabled or not rcpt.domain or not self.site.is_local(rcpt.domain_lc):
             return None
-        if rcpt.canonical_local.lower() == "postmaster":
+        if rcpt.is_postmaster:
             # RFC 5321 §4.5.1: postmaster@ every domain we receive for exists, listed
             # in the directory or not (the MTA's aliases deliver it).
             return None
