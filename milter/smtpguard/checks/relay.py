@@ -33,10 +33,11 @@ class RelayLocal:
 _ROUTED = frozenset("%!@")
 
 
-def raw_domain(raw: str) -> str:
-    """The domain an unparsable path seems to name: after its last "@", lower-cased."""
-    path = raw.strip().strip("<>").strip()
-    return path.rpartition("@")[2].rstrip(".").lower() if "@" in path else ""
+def raw_parts(raw: str) -> tuple[str, str]:
+    """The local part and domain an unparsable path seems to name: split at its last
+    "@" (no "@": all local part), the domain lower-cased."""
+    local, at, domain = raw.strip().strip("<>").strip().rpartition("@")
+    return (local, domain.rstrip(".").lower()) if at else (domain, "")
 
 
 class Relay:
@@ -57,13 +58,16 @@ class Relay:
         # A recipient that does not parse is judged by the domain it names, so that
         # relay control never depends on the mailbox check refusing it (that check
         # may be in report mode or off).
-        domain = rcpt.domain_lc if rcpt is not None else raw_domain(event.rcpt_raw)
+        if rcpt is not None:
+            local, domain = rcpt.local, rcpt.domain_lc
+        else:
+            local, domain = raw_parts(event.rcpt_raw)
         # Postfix routes by the local part too (allow_percent_hack, swap_bangpath,
         # resolve_dequoted_address): "victim%gmail.example@example.com" and a bare
         # "victim%gmail.example" are delivered to victim@gmail.example. Such a
         # recipient is relaying whatever its domain; only the mailbox check refused
         # it, and with that off or in report mode it relayed.
-        routed = _routed(event)
+        routed = not _ROUTED.isdisjoint(local)
         if not routed and (
             # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
             not domain or self.site.is_local(domain) or self.site.is_relay(domain)
@@ -76,14 +80,3 @@ class Relay:
         if sender is not None and not sender.is_null and not self.site.is_local(sender.domain_lc):
             return Hit("relay_domain_fail", f"relay {where} for foreign sender {sender.text}")
         return None
-
-
-def _routed(event: Event) -> bool:
-    """Whether the recipient's local part (of the path as sent, when it did not parse)
-    names another destination."""
-    if event.rcpt is not None:
-        local = event.rcpt.local
-    else:
-        path = event.rcpt_raw.strip().strip("<>").strip()
-        local = path.rpartition("@")[0] if "@" in path else path
-    return not _ROUTED.isdisjoint(local)
