@@ -626,7 +626,6 @@ class _Planner:
     def _open_relay_problems(self, cleaned: Mapping[str, str], milter_mode: bool) -> bool:
         """Report what passes every recipient before the relay guard; True if any."""
         found = False
-        lists: dict[str, list[str]] = {}
         for name, value in cleaned.items():
             if "$" not in value.replace(MILTER_RELAY_PASS, ""):
                 # Nothing to expand but our own pass-through: read what the admin wrote,
@@ -639,7 +638,6 @@ class _Planner:
                 if MILTER_RELAY_PASS in self.raw[name] and self.now["smtpd_milters"].strip():
                     # The expansion of our own pass-through, which this plan removes.
                     items = _without_pass(items)
-            lists[name] = items
             guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), None)
             for item in items[: len(items) if guard is None else guard]:
                 if item == "permit" or item.endswith("static:{OK}"):
