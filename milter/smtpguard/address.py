@@ -27,6 +27,7 @@ __all__ = [
     "Address",
     "AddressError",
     "IPAddress",
+    "IPNetwork",
     "canonical_address",
     "canonical_domain",
     "canonical_local_part",
@@ -36,10 +37,35 @@ __all__ = [
     "is_valid_domain",
     "parse_address_literal",
     "parse_path",
+    "unmapped",
+    "unmapped_network",
 ]
 
 #: An IP address as :func:`ipaddress.ip_address` returns it (the one alias for both).
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: IPv4-mapped IPv6 addresses (RFC 4291 2.5.5.2).
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def unmapped(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, an IPv4 client on a
+    dual-stack socket) as the IPv4 address it is; any other address unchanged."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def unmapped_network(net: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network as the IPv4 network it is, so that it matches the
+    unmapped client addresses (:func:`unmapped`); any other network unchanged."""
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        first = net.network_address.ipv4_mapped
+        if first is not None:
+            return ipaddress.IPv4Network((first, net.prefixlen - _MAPPED.prefixlen))
+    return net
+
 
 # RFC 5321 4.5.3.1: limits in octets (of the UTF-8 form once RFC 6531 is in play).
 MAX_LOCAL_PART = 64

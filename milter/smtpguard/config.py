@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
-from smtpguard.address import IPAddress, canonical_domain
+from smtpguard.address import IPAddress, IPNetwork, canonical_domain, unmapped, unmapped_network
 
 # Re-exported (the "as" form), so that callers keep importing them from here.
 from smtpguard.datafiles import ConfigError as ConfigError  # noqa: PLC0414
@@ -35,8 +35,6 @@ from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_re
 from smtpguard.iplist import IpListError, IpSet
 from smtpguard.iplist import load as load_ip_lists
 from smtpguard.patterns import Pattern, PatternError, compile_pattern
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 Mode = Literal["enforce", "report", "off"]
 TempPolicy = Literal["tempfail", "pass"]
@@ -1068,26 +1066,12 @@ def _loopback_socket(socket: str) -> bool:
         return False
 
 
-_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
-
-def _unmapped(net: IPNetwork) -> IPNetwork:
-    """An IPv4-mapped IPv6 network as the IPv4 network it is: client addresses are
-    unmapped when they arrive (driver.client_ip), so a mapped network would match
-    nothing."""
-    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
-        first = net.network_address.ipv4_mapped
-        if first is not None:
-            return ipaddress.ip_network(f"{first}/{max(net.prefixlen - 96, 0)}")
-    return net
-
-
 def _site(s: _Section) -> SiteConfig:
     d = SiteConfig()
     networks: list[IPNetwork] = []
     for item in s.strings("trusted_networks", ("127.0.0.0/8", "::1/128")):
         try:
-            networks.append(_unmapped(ipaddress.ip_network(_unbracket(item), strict=False)))
+            networks.append(unmapped_network(ipaddress.ip_network(_unbracket(item), strict=False)))
         except ValueError:
             raise s.error("trusted_networks", f"not a network: {item!r}") from None
     ips: set[IPAddress] = set()
@@ -1096,8 +1080,7 @@ def _site(s: _Section) -> SiteConfig:
             ip = ipaddress.ip_address(item)
         except ValueError:
             raise s.error("our_ips", f"not an IP address: {item!r}") from None
-        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-        ips.add(mapped or ip)
+        ips.add(unmapped(ip))
     out = SiteConfig(
         local_domains=s.domains("local_domains"),
         relay_domains=s.domains("relay_domains"),

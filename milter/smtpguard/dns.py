@@ -57,7 +57,7 @@ import dns.rdatatype
 import dns.resolver
 from cachetools import TLRUCache
 
-from smtpguard.address import IPAddress
+from smtpguard.address import IPAddress, unmapped
 from smtpguard.config import DnsConfig
 from smtpguard.memo import peek
 from smtpguard.metrics import Metrics, NullMetrics
@@ -461,11 +461,8 @@ def normalize(name: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-def client_address(ip: IPAddress) -> IPAddress:
-    """An IPv4-mapped IPv6 client (``::ffff:192.0.2.1``) is the IPv4 client."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+#: An IPv4-mapped IPv6 client (``::ffff:192.0.2.1``) is the IPv4 client.
+client_address = unmapped
 
 
 def reverse_name(ip: IPAddress) -> str:

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from smtpguard.address import AddressError, IPAddress, esmtp_params, parse_path
+from smtpguard.address import AddressError, IPAddress, esmtp_params, parse_path, unmapped
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.pipeline import CONTINUE, Action, Decision
@@ -62,12 +62,9 @@ UNANNOUNCED_NOTICE = Once()
 
 @functools.lru_cache(maxsize=4096)  # the same clients come back; parsing costs more
 def _ip_address(text: str) -> IPAddress:
-    ip = ipaddress.ip_address(text)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        # An IPv4 client on the MTA's dual-stack socket (Sendmail can hand these
-        # over): trusted networks, HELO literals and Received are written in IPv4.
-        return ip.ipv4_mapped
-    return ip
+    # An IPv4 client on the MTA's dual-stack socket (Sendmail can hand these over):
+    # trusted networks, HELO literals and Received are written in IPv4.
+    return unmapped(ipaddress.ip_address(text))
 
 
 def client_ip(family: int, hostaddr: Any) -> IPAddress | None:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smtpguard.address import IPAddress
+from smtpguard.address import IPAddress, unmapped, unmapped_network
 
 
 class IpListError(Exception):
@@ -92,8 +92,7 @@ class IpSet:
 
     def find(self, ip: IPAddress) -> str | None:
         """The entry (as written) whose network contains ``ip``, longest prefix first."""
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = unmapped(ip)
         family = self.v4 if ip.version == 4 else self.v6
         return family.find(int(ip))
 
@@ -114,20 +113,9 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         except ValueError:
             raise ValueError(f"not an IP address or network: {text!r}") from exc
         raise ValueError(f"host bits set in {text!r}: did you mean {loose}?") from exc
-    if (
-        isinstance(net, ipaddress.IPv6Network)
-        and net.prefixlen >= _MAPPED_PREFIX
-        and net.network_address.ipv4_mapped is not None
-    ):
-        # Lookups read an IPv4-mapped client (::ffff:192.0.2.1) as the IPv4 address
-        # it is, so such an entry is stored as IPv4 too, or it would never match.
-        return ipaddress.IPv4Network(
-            (net.network_address.ipv4_mapped, net.prefixlen - _MAPPED_PREFIX)
-        )
-    return net
-
-
-_MAPPED_PREFIX = 96
+    # Lookups read an IPv4-mapped client (::ffff:192.0.2.1) as the IPv4 address it is,
+    # so such an entry is stored as IPv4 too, or it would never match.
+    return unmapped_network(net)
 
 
 def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> IpSet:

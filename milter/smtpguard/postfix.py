@@ -34,7 +34,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from smtpguard.config import Config, IPNetwork
+from smtpguard.address import IPNetwork
+from smtpguard.config import Config
 from smtpguard.replies import ReplyTable
 from smtpguard.sockets import libmilter_address
 
