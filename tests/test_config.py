@@ -176,6 +176,31 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     assert config.directory.path == (tmp_path / "db" / "dir.sqlite").resolve()
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("'+@'", "'@' cannot delimit an extension"),
+        ("'+ '", "' ' cannot delimit an extension"),
+        ("'\u00e9'", "cannot delimit"),
+        ("'++'", "names a character twice"),
+        ("1", "expected a string"),
+    ],
+)
+def test_recipient_delimiter_refused(tmp_path: Path, value: str, problem: str) -> None:
+    assert_config_error(
+        tmp_path,
+        f"[directory]\nrecipient_delimiter = {value}\n",
+        "directory.recipient_delimiter",
+        problem,
+    )
+
+
+def test_recipient_delimiter_default_and_off(tmp_path: Path) -> None:
+    assert load(write_config(tmp_path, "")).directory.recipient_delimiter == "+"
+    off = load(write_config(tmp_path, "[directory]\nrecipient_delimiter = ''\n"))
+    assert off.directory.recipient_delimiter == ""
+
+
 def test_subdomain_entries(tmp_path: Path) -> None:
     config = load(
         write_config(tmp_path, "[site]\nlocal_domains = ['Example.COM.', '.corp.example']\n")

@@ -33,6 +33,7 @@ from smtpguard.directory import (
     list_lines,
     read_contents,
     remove_address,
+    strip_extension,
 )
 from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
 from support.fake_dns import FakeClock
@@ -965,6 +966,132 @@ def test_no_directory() -> None:
     assert bare == Login("alice", "", "active")
     assert not nobody.may_send_as(bare, "alice@example.com")
     assert nobody.may_post("l@example.com", "")
+
+
+# --- logins without regard to case, address extensions -----------------------------------
+
+
+def test_login_matches_without_regard_to_case(directory: SqliteDirectory) -> None:
+    """Postfix's reject_sender_login_mismatch compares the SASL login with strcasecmp;
+    a Cyrus SASL login arrives as the user typed it."""
+    assert directory.login("ALICE") == Login("alice", "alice@example.com", "active")
+    assert directory.login("Alice") == Login("alice", "alice@example.com", "active")
+
+
+def test_login_exact_spelling_wins(tmp_path: Path, db_path: Path) -> None:
+    """A directory stored before logins were compared without case may hold two
+    spellings: the exact one answers, another spelling matches neither."""
+    create_database(db_path)
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("INSERT INTO users VALUES ('a@example.com', 'Alice', 'active')")
+        db.execute("INSERT INTO users VALUES ('b@example.com', 'alice', 'active')")
+    directory = SqliteDirectory(db_path, timeout=0.5)
+    assert directory.login("alice") == Login("alice", "b@example.com", "active")
+    assert directory.login("Alice") == Login("Alice", "a@example.com", "active")
+    assert directory.login("ALICE") is None
+
+
+def test_logins_differing_in_case_refused(tmp_path: Path, db_path: Path) -> None:
+    source = write(
+        tmp_path / "d.toml",
+        '[[user]]\naddress = "a@example.com"\nlogin = "Alice"\n\n'
+        '[[user]]\naddress = "b@example.com"\nlogin = "alice"\n',
+    )
+    with pytest.raises(ImportError_) as caught:
+        import_file(db_path, source)
+    assert "login 'alice' of several users: a@example.com" in str(caught.value)
+
+
+@pytest.fixture
+def plus(tmp_path: Path, db_path: Path) -> SqliteDirectory:
+    import_file(db_path, write(tmp_path / "directory.toml", DIRECTORY_TOML))
+    return SqliteDirectory(db_path, timeout=0.5, recipient_delimiter="+")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("alice+news@example.com", Recipient(Kind.USER)),
+        ("Alice+News+More@Example.com", Recipient(Kind.USER)),
+        ('"alice+news"@example.com', Recipient(Kind.USER)),
+        ("carol+x@example.com", Recipient(Kind.USER, state="locked")),
+        ("info+x@example.com", Recipient(Kind.ALIAS)),
+        ("staff+x@example.com", Recipient(Kind.LIST, list_policy="members")),
+        ("nobody+x@example.com", Recipient(Kind.NONE)),
+        ("+alice@example.com", Recipient(Kind.NONE)),  # nothing left before it
+        ("alice-news@example.com", Recipient(Kind.NONE)),  # not a delimiter here
+    ],
+)
+def test_recipient_extension(plus: SqliteDirectory, address: str, expected: Recipient) -> None:
+    assert plus.recipient(address) == expected
+
+
+def test_extensions_off_by_default_in_the_class(directory: SqliteDirectory) -> None:
+    """The class knows no delimiter unless given one (the config's default gives "+")."""
+    assert directory.recipient("alice+news@example.com") == Recipient(Kind.NONE)
+
+
+def test_an_address_with_the_delimiter_listed_wins(tmp_path: Path, db_path: Path) -> None:
+    source = write(
+        tmp_path / "d.toml",
+        '[[user]]\naddress = "a@example.com"\n\n'
+        '[[user]]\naddress = "a+b@example.com"\nstate = "locked"\n',
+    )
+    import_file(db_path, source)
+    directory = SqliteDirectory(db_path, timeout=0.5, recipient_delimiter="+")
+    assert directory.recipient("a+b@example.com") == Recipient(Kind.USER, state="locked")
+    assert directory.recipient("a+c@example.com") == Recipient(Kind.USER)
+
+
+def test_send_as_own_address_with_extension(plus: SqliteDirectory) -> None:
+    alice = plus.login("alice")
+    assert alice is not None
+    assert plus.may_send_as(alice, "alice+news@example.com")
+    assert plus.may_send_as(alice, "sales+x@example.com")  # a send-as right's extension
+    assert not plus.may_send_as(alice, "bob+alice@example.com")
+    assert not plus.may_send_as(alice, "alice@example.com+x")  # no local part left
+
+
+def test_list_extension_keeps_the_list_policy(plus: SqliteDirectory) -> None:
+    """staff+x@ is delivered to staff@'s members: its policy applies, or any stranger
+    could post to a members-only list by adding an extension."""
+    assert not plus.may_post("staff+x@example.com", "alice@example.com")
+    assert plus.may_post("staff+x@example.com", "bob@example.com")
+    # A member posting from an address with an extension is that member.
+    assert plus.may_post("staff@example.com", "bob+lists@example.com")
+    assert not plus.may_post("announce@example.com", "bob+x@example.com")
+    assert plus.may_post("announce@example.com", "alice+x@example.com")
+
+
+@pytest.mark.parametrize(
+    ("key", "delimiters", "expected"),
+    [
+        ("alice+news@example.com", "+", "alice@example.com"),
+        ("alice-news+x@example.com", "+-", "alice@example.com"),  # the first of them
+        ("alice+news@example.com", "", None),
+        ("alice@example.com", "+", None),
+        ("+news@example.com", "+", None),
+        ("postmaster+x@example.com", "+", "postmaster@example.com"),
+        ("postmaster@example.com", "+", None),
+        ("mailer-daemon@example.com", "-", None),  # never split
+        ("owner-staff@example.com", "-", None),  # list conventions older than extensions
+        ("staff-request@example.com", "-", None),
+        ("owner-staff@example.com", "+", None),
+        ("staff-x@example.com", "-", "staff@example.com"),
+        ("alice+", "+", "alice"),
+    ],
+)
+def test_strip_extension(key: str, delimiters: str, expected: str | None) -> None:
+    assert strip_extension(key, delimiters) == expected
+
+
+def test_no_directory_sends_as_itself_with_an_extension() -> None:
+    nobody = NoDirectory("+")
+    me = nobody.login("me@example.com")
+    assert me is not None
+    assert nobody.may_send_as(me, "me+lists@example.com")
+    assert not nobody.may_send_as(me, "you+me@example.com")
+    assert not NoDirectory().may_send_as(me, "me+lists@example.com")
 
 
 # --- the file replaced by rename (rsync, config management), or removed ---------------

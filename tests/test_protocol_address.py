@@ -86,6 +86,38 @@ def test_login_owns_the_quoted_sender(service: Running) -> None:
     assert_reply(mismatch, "sender_mismatch")
 
 
+# --- address extensions (directory.recipient_delimiter, "+" by default) -----------------
+
+
+def test_recipient_with_an_extension_reaches_the_mailbox(service: Running) -> None:
+    """Debian's Postfix delivers alice+news@ to alice@ (recipient_delimiter = +):
+    refusing it as unknown would bounce mail the MTA would deliver."""
+    with session(service) as s:
+        assert_pass(s.mail("<a@sender.example>"))
+        assert_pass(s.rcpt("<alice+news@example.com>"))
+        assert_pass(s.rcpt('<"alice+news"@Example.COM>'))
+        assert_reply(s.rcpt("<bob+x@example.com>"), "user_locked")
+        assert_reply(s.rcpt("<nobody+x@example.com>"), "mailbox_unavailable")
+
+
+def test_members_only_list_with_an_extension_keeps_its_policy(service: Running) -> None:
+    with session(service) as s:
+        assert_pass(s.mail("<stranger@sender.example>"))
+        assert_reply(s.rcpt("<staff+x@example.com>"), "private_list_denied")
+    with session(service, TLS) as s:
+        # A member posting from an address with an extension is that member.
+        assert_pass(s.mail("<alice+lists@example.com>", macros=ALICE))
+        assert_pass(s.rcpt("<staff+x@example.com>"))
+
+
+def test_login_owns_its_address_with_an_extension_in_any_case(service: Running) -> None:
+    assert_pass(mail_from(service, "<alice+news@example.com>", ALICE))
+    # Postfix compares SASL logins without regard to case (strcasecmp).
+    dave = {"{auth_authen}": "DAVE", "{auth_type}": "PLAIN"}
+    assert_pass(mail_from(service, "<dave@example.com>", dave))
+    assert_reply(mail_from(service, "<alice@example.com>", dave), "sender_mismatch")
+
+
 # --- internationalized domains: U-labels and A-labels are one domain --------------------
 
 

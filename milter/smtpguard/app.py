@@ -96,14 +96,16 @@ def build_runtime(
 def _directory(config: Config) -> Directory:
     d = config.directory
     if d.backend == "none":
-        return NoDirectory()
+        return NoDirectory(d.recipient_delimiter)
     if not d.path.is_file():
         raise ConfigError(
             config.file,
             "directory.path",
             f"{d.path} does not exist; create it with 'smtpguard directory import FILE'",
         )
-    return SqliteDirectory(d.path, d.timeout, cache_ttl=d.cache_ttl)
+    return SqliteDirectory(
+        d.path, d.timeout, cache_ttl=d.cache_ttl, recipient_delimiter=d.recipient_delimiter
+    )
 
 
 def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:

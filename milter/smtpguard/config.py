@@ -387,6 +387,9 @@ class DirectoryConfig:
     timeout: float = 2.0
     #: Seconds a lookup result is reused (0: ask the file every time).
     cache_ttl: float = 1.0
+    #: Characters that start an address extension (Postfix's recipient_delimiter):
+    #: alice+news@ is looked up as alice@ when it is not in the directory itself.
+    recipient_delimiter: str = "+"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1267,9 +1270,24 @@ def _directory(s: _Section) -> DirectoryConfig:
         path=s.path("path", str(d.path)),
         timeout=s.number("timeout", d.timeout, minimum=0.01),
         cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0),
+        recipient_delimiter=_delimiter(s, d.recipient_delimiter),
     )
     s.done()
     return out
+
+
+def _delimiter(s: _Section, default: str) -> str:
+    value = s.string("recipient_delimiter", default)
+    bad = sorted({c for c in value if not (c.isascii() and c.isprintable()) or c in ' @"\\'})
+    if bad:
+        raise s.error(
+            "recipient_delimiter",
+            f"{''.join(bad)!r} cannot delimit an extension (a space, @, quote, backslash,"
+            " control or non-ASCII character)",
+        )
+    if len(set(value)) != len(value):
+        raise s.error("recipient_delimiter", f"{value!r} names a character twice")
+    return value
 
 
 def _state(s: _Section) -> StateConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
+import time
 import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -97,29 +98,76 @@ class Directory(Protocol):
     def may_post(self, list_address: str, sender: str) -> bool: ...
 
 
+def strip_extension(key: str, delimiters: str) -> str | None:
+    """``key`` (an address as the directory keys it, :func:`_key`) without its address
+    extension, or None when it has none: ``alice+lists@example.com`` is delivered to
+    ``alice@example.com`` by an MTA with ``recipient_delimiter = +``.
+
+    As Postfix's split_addr(): the extension starts at the first of the ``delimiters``
+    characters; postmaster and MAILER-DAEMON are never split, nor (when ``-`` is a
+    delimiter) ``owner-foo`` and ``foo-request``, the list conventions older than
+    extensions; a local part that would be left empty is not split either."""
+    if not delimiters:
+        return None
+    local, at, domain = key.rpartition("@")
+    if not at:
+        local, domain = key, ""
+    if local in ("postmaster", "mailer-daemon"):
+        return None
+    if "-" in delimiters and (local.startswith("owner-") or local.endswith("-request")):
+        return None
+    cut = next((i for i, c in enumerate(local) if c in delimiters), -1)
+    if cut <= 0:
+        return None
+    return f"{local[:cut]}{at}{domain}"
+
+
 class NoDirectory:
     """``backend = "none"``: no recipient is known (the mailbox check is off then) and
     no login is verified: the MTA's SASL vouched for it, and it may send as itself
-    only (a login without "@" as nobody)."""
+    only (a login without "@" as nobody), with or without an address extension."""
+
+    def __init__(self, recipient_delimiter: str = "") -> None:
+        self.delimiters = recipient_delimiter
 
     def recipient(self, address: str) -> Recipient:
         return Recipient(Kind.NONE)
 
     def login(self, login: str) -> Login | None:
-        address = canonical_address(login).lower() if "@" in login else ""
+        address = _key(login) if "@" in login else ""
         return Login(login, address, "active")
 
     def may_send_as(self, login: Login, address: str) -> bool:
-        return bool(login.address) and canonical_address(address).lower() == login.address
+        if not login.address:
+            return False
+        key = _key(address)
+        return login.address in (key, strip_extension(key, self.delimiters))
 
     def may_post(self, list_address: str, sender: str) -> bool:
         return True
 
 
 class SqliteDirectory(WatchedFile):
+    """The embedded directory. Addresses are compared canonical and without regard to
+    case; logins as Postfix's reject_sender_login_mismatch compares them, without
+    regard to ASCII case. With ``recipient_delimiter`` an address that is not in the
+    file is looked up again without its extension, as the MTA delivers it."""
+
     # Alias chains longer than this are treated as loops.
     MAX_ALIAS_DEPTH = 8
     label = "directory file"
+
+    def __init__(
+        self,
+        path: Path,
+        timeout: float,
+        *,
+        cache_ttl: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        recipient_delimiter: str = "",
+    ) -> None:
+        super().__init__(path, timeout, cache_ttl=cache_ttl, clock=clock)
+        self.delimiters = recipient_delimiter
 
     def _open(self) -> sqlite3.Connection:
         return self._connect_existing("ro")
@@ -134,7 +182,13 @@ class SqliteDirectory(WatchedFile):
     # and in the form an older version stored (U-labels, _stored_forms).
 
     def recipient(self, address: str) -> Recipient:
-        address = _key(address)
+        key = _key(address)
+        found = self._recipient(key)
+        if found.kind is Kind.NONE and (base := strip_extension(key, self.delimiters)):
+            return self._recipient(base)
+        return found
+
+    def _recipient(self, address: str) -> Recipient:
         seen: set[str] = set()
         current = address
         for depth in range(self.MAX_ALIAS_DEPTH):
@@ -166,12 +220,28 @@ class SqliteDirectory(WatchedFile):
             (login, *_stored_forms(_key(login)), login),
         )
         if not rows:
-            return None
+            # Postfix matches the SASL login case-insensitively (strcasecmp in
+            # reject_sender_login_mismatch), and a Cyrus SASL login reaches us as typed.
+            # Asked only after the indexed query found nothing; two logins that differ
+            # only in case (an import refuses them now) match neither.
+            rows = self._query(
+                "SELECT login, address, state FROM users WHERE login = ? COLLATE NOCASE LIMIT 2",
+                (login,),
+            )
+            if len(rows) != 1:
+                return None
         name, address, state = rows[0]
         return Login(name or address, address, state)
 
     def may_send_as(self, login: Login, address: str) -> bool:
-        address = _key(address)
+        key = _key(address)
+        if self._may_send_as(login, key):
+            return True
+        # Postfix's smtpd_sender_login_maps lookup strips the extension as well.
+        base = strip_extension(key, self.delimiters)
+        return base is not None and self._may_send_as(login, base)
+
+    def _may_send_as(self, login: Login, address: str) -> bool:
         if address == _key(login.address):
             return True
         domain = "@" + address.rpartition("@")[2]
@@ -192,6 +262,13 @@ class SqliteDirectory(WatchedFile):
         rows = self._query(
             "SELECT policy FROM lists WHERE address IN (?, ?)", _stored_forms(list_address)
         )
+        if not rows and (base := strip_extension(list_address, self.delimiters)):
+            # list+anything@ reaches the list's members as the MTA delivers it: the
+            # list's policy applies to it (recipient() found the list the same way).
+            list_address = base
+            rows = self._query(
+                "SELECT policy FROM lists WHERE address IN (?, ?)", _stored_forms(base)
+            )
         if not rows:
             return True
         policy = rows[0][0]
@@ -200,11 +277,18 @@ class SqliteDirectory(WatchedFile):
         if policy == "domain":
             return sender.rpartition("@")[2] == list_address.rpartition("@")[2]
         roles = ("poster",) if policy == "posters" else ("member", "poster")
-        found = self._query(
-            "SELECT role FROM list_members WHERE list IN (?, ?) AND address IN (?, ?)",
-            (*_stored_forms(list_address), *_stored_forms(sender)),
-        )
-        return any(r[0] in roles for r in found)
+        # A member posting from alice+lists@ is the member alice@.
+        senders = [sender]
+        if (bare := strip_extension(sender, self.delimiters)) is not None:
+            senders.append(bare)
+        for form in senders:
+            found = self._query(
+                "SELECT role FROM list_members WHERE list IN (?, ?) AND address IN (?, ?)",
+                (*_stored_forms(list_address), *_stored_forms(form)),
+            )
+            if any(r[0] in roles for r in found):
+                return True
+        return False
 
 
 # --- the file's contents: import, export, remove ------------------------------------------
@@ -470,6 +554,14 @@ class _Invalid(ValueError):
 def _key(address: str) -> str:
     """An address as the directory stores and looks it up (:func:`_address`)."""
     return canonical_address(address).lower()
+
+
+def _ascii_lower(text: str) -> str:
+    """``text`` with A-Z lowered and nothing else: SQLite's NOCASE, Postfix's strcasecmp."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _stored_forms(key: str) -> tuple[str, str]:
@@ -752,7 +844,8 @@ def _clash_problems(rows: dict[Row, _Where | None]) -> list[str]:
     logins: dict[str, list[tuple[UserRow, _Where | None]]] = {}
     for row, where in rows.items():
         if isinstance(row, UserRow):
-            logins.setdefault(row.login, []).append((row, where))
+            # Logins are matched without regard to ASCII case (SqliteDirectory.login).
+            logins.setdefault(_ascii_lower(row.login), []).append((row, where))
         if isinstance(row, UserRow | AliasRow | ListRow):
             kind = {UserRow: "a user", AliasRow: "an alias", ListRow: "a list"}[type(row)]
             kinds.setdefault(row.address, {}).setdefault(kind, where)
