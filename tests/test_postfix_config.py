@@ -62,6 +62,8 @@ STOCK = {
     "message_size_limit": "10240000",
     "mailbox_size_limit": "0",
     "virtual_mailbox_limit": "51200000",
+    # What Debian's postfix package writes into main.cf.
+    "recipient_delimiter": "+",
     "smtputf8_enable": "yes",
     "smtpd_reject_footer_maps": "",
     "smtpd_forbid_bare_newline": "no",
@@ -454,6 +456,21 @@ def test_size_limits_are_never_raised(tmp_path: Path) -> None:
     assert not {"message_size_limit", "mailbox_size_limit"} & set(changes(result))
     assert any(n.startswith("message_size_limit (500000) is not above") for n in result.notes)
     assert not any(n.startswith("message_size_limit") for n in make_plan(cfg).notes)
+
+
+def test_a_different_recipient_delimiter_is_a_note_not_a_change(tmp_path: Path) -> None:
+    """Where mail with an extension is delivered is the site's choice; smtpguard only
+    says its directory would judge alice+news@ otherwise."""
+    cfg = config(tmp_path)  # directory.recipient_delimiter "+" by default
+    assert not any(n.startswith("recipient_delimiter") for n in make_plan(cfg).notes)
+    result = make_plan(cfg, recipient_delimiter="")
+    assert "recipient_delimiter" not in changes(result)
+    (note,) = [n for n in result.notes if n.startswith("recipient_delimiter")]
+    assert "recipient_delimiter is '', directory.recipient_delimiter '+'" in note
+    # The same set of characters in another order is the same delimiter.
+    both = config(tmp_path / "both", {"directory": {"recipient_delimiter": "+-"}})
+    notes = make_plan(both, recipient_delimiter="-+").notes
+    assert not any(n.startswith("recipient_delimiter") for n in notes)
 
 
 def test_unlisted_recipients_stay_with_postfix_when_it_has_other_recipient_maps(

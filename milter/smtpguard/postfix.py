@@ -110,6 +110,7 @@ PARAMETERS = (
     *RECIPIENT_MAPS,
     *ACCEPTED_DOMAINS,
     "message_size_limit",
+    "recipient_delimiter",
     "smtputf8_enable",
     "smtpd_reject_footer_maps",
     "smtpd_forbid_bare_newline",
@@ -341,6 +342,7 @@ def plan(
     planner.recipients()
     planner.domains()
     planner.sizes()
+    planner.delimiter()
     planner.utf8()
     planner.footers()
     planner.bare_newline()
@@ -736,6 +738,19 @@ class _Planner:
             " Postfix refuses larger mail first, with its own 552 5.3.4 and the table's"
             " text as footer; for smtpguard's message_too_long, lower"
             f" limits.max_message_size below {limit}"
+        )
+
+    def delimiter(self) -> None:
+        ours = self.config.directory.recipient_delimiter
+        theirs = self.now["recipient_delimiter"]
+        if set(ours) == set(theirs):
+            return
+        # A note, not a change: the delimiter decides where the admin's mail is
+        # delivered, which is not smtpguard's to change.
+        self.notes.append(
+            f"recipient_delimiter is {theirs!r}, directory.recipient_delimiter {ours!r}:"
+            " set them equal, or smtpguard judges address extensions (alice+news@) other"
+            " than Postfix delivers them"
         )
 
     def utf8(self) -> None:
