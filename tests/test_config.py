@@ -189,16 +189,16 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
 def test_recipient_delimiter_refused(tmp_path: Path, value: str, problem: str) -> None:
     assert_config_error(
         tmp_path,
-        f"[directory]\nrecipient_delimiter = {value}\n",
-        "directory.recipient_delimiter",
+        f"[site]\nrecipient_delimiter = {value}\n",
+        "site.recipient_delimiter",
         problem,
     )
 
 
 def test_recipient_delimiter_default_and_off(tmp_path: Path) -> None:
-    assert load(write_config(tmp_path, "")).directory.recipient_delimiter == "+"
-    off = load(write_config(tmp_path, "[directory]\nrecipient_delimiter = ''\n"))
-    assert off.directory.recipient_delimiter == ""
+    assert load(write_config(tmp_path, "")).site.recipient_delimiter == "+"
+    off = load(write_config(tmp_path, "[site]\nrecipient_delimiter = ''\n"))
+    assert off.site.recipient_delimiter == ""
 
 
 def test_subdomain_entries(tmp_path: Path) -> None:

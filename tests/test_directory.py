@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from smtpguard.address import strip_extension
 from smtpguard.directory import (
     ChangeRefused,
     Contents,
@@ -33,7 +34,6 @@ from smtpguard.directory import (
     list_lines,
     read_contents,
     remove_address,
-    strip_extension,
 )
 from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
 from support.fake_dns import FakeClock

@@ -461,14 +461,14 @@ def test_size_limits_are_never_raised(tmp_path: Path) -> None:
 def test_a_different_recipient_delimiter_is_a_note_not_a_change(tmp_path: Path) -> None:
     """Where mail with an extension is delivered is the site's choice; smtpguard only
     says its directory would judge alice+news@ otherwise."""
-    cfg = config(tmp_path)  # directory.recipient_delimiter "+" by default
+    cfg = config(tmp_path)  # site.recipient_delimiter "+" by default
     assert not any(n.startswith("recipient_delimiter") for n in make_plan(cfg).notes)
     result = make_plan(cfg, recipient_delimiter="")
     assert "recipient_delimiter" not in changes(result)
     (note,) = [n for n in result.notes if n.startswith("recipient_delimiter")]
-    assert "recipient_delimiter is '', directory.recipient_delimiter '+'" in note
+    assert "recipient_delimiter is '', site.recipient_delimiter '+'" in note
     # The same set of characters in another order is the same delimiter.
-    both = config(tmp_path / "both", {"directory": {"recipient_delimiter": "+-"}})
+    both = config(tmp_path / "both", {"site": {"recipient_delimiter": "+-"}})
     notes = make_plan(both, recipient_delimiter="-+").notes
     assert not any(n.startswith("recipient_delimiter") for n in notes)
 

@@ -86,7 +86,7 @@ def test_login_owns_the_quoted_sender(service: Running) -> None:
     assert_reply(mismatch, "sender_mismatch")
 
 
-# --- address extensions (directory.recipient_delimiter, "+" by default) -----------------
+# --- address extensions (site.recipient_delimiter, "+" by default) -----------------
 
 
 def test_recipient_with_an_extension_reaches_the_mailbox(service: Running) -> None:
@@ -108,6 +108,18 @@ def test_members_only_list_with_an_extension_keeps_its_policy(service: Running) 
         # A member posting from an address with an extension is that member.
         assert_pass(s.mail("<alice+lists@example.com>", macros=ALICE))
         assert_pass(s.rcpt("<staff+x@example.com>"))
+
+
+def test_deny_list_and_blacklist_see_through_an_extension(service: Running) -> None:
+    """As Postfix's access(5) lookups: a listed spammer@ is spammer+1@ too."""
+    assert_reply(mail_from(service, "<spammer+1@bad.example>"), "host_denies_sender")
+    assert_reply(mail_from(service, '<"spammer+x"@Bad.Example>'), "host_denies_sender")
+    smtpguard(service.site, "blacklist", "add", "evil2@spam.example")
+    try:
+        assert_reply(mail_from(service, "<evil2+a@spam.example>"), "black_mail_address")
+        assert_pass(mail_from(service, "<evil3+a@spam.example>"))
+    finally:
+        smtpguard(service.site, "blacklist", "remove", "evil2@spam.example")
 
 
 def test_login_owns_its_address_with_an_extension_in_any_case(service: Running) -> None:

@@ -303,6 +303,30 @@ def _is_dot_string(text: str) -> bool:
     )
 
 
+def strip_extension(key: str, delimiters: str) -> str | None:
+    """``key`` (a canonical, lower-cased address, :func:`canonical_address`) without
+    its address extension, or None when it has none: an MTA with ``recipient_delimiter
+    = +`` delivers ``alice+lists@example.com`` to ``alice@example.com``.
+
+    As Postfix's split_addr(): the extension starts at the first of the ``delimiters``
+    characters; postmaster and MAILER-DAEMON are never split, nor (when ``-`` is a
+    delimiter) ``owner-foo`` and ``foo-request``, the list conventions older than
+    extensions; a local part that would be left empty is not split either."""
+    if not delimiters:
+        return None
+    local, at, domain = key.rpartition("@")
+    if not at:
+        local, domain = key, ""
+    if local in ("postmaster", "mailer-daemon"):
+        return None
+    if "-" in delimiters and (local.startswith("owner-") or local.endswith("-request")):
+        return None
+    cut = min((at_ for d in delimiters if (at_ := local.find(d)) >= 0), default=-1)
+    if cut <= 0:
+        return None
+    return f"{local[:cut]}{at}{domain}"
+
+
 def canonical_address(text: str) -> str:
     """:attr:`Address.canonical` of an address written in a list, a blacklist entry or
     the directory (``local@domain``, no angle brackets; not validated here): the local

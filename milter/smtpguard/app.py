@@ -96,7 +96,7 @@ def build_runtime(
 def _directory(config: Config) -> Directory:
     d = config.directory
     if d.backend == "none":
-        return NoDirectory(d.recipient_delimiter)
+        return NoDirectory(config.site.recipient_delimiter)
     if not d.path.is_file():
         raise ConfigError(
             config.file,
@@ -104,7 +104,10 @@ def _directory(config: Config) -> Directory:
             f"{d.path} does not exist; create it with 'smtpguard directory import FILE'",
         )
     return SqliteDirectory(
-        d.path, d.timeout, cache_ttl=d.cache_ttl, recipient_delimiter=d.recipient_delimiter
+        d.path,
+        d.timeout,
+        cache_ttl=d.cache_ttl,
+        recipient_delimiter=config.site.recipient_delimiter,
     )
 
 

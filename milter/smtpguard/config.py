@@ -269,6 +269,9 @@ class SiteConfig:
     relay_control: RelayControl = "postfix"
     our_hostnames: frozenset[str] = frozenset()
     our_ips: frozenset[IPAddress] = frozenset()
+    #: Characters that start an address extension (Postfix's recipient_delimiter):
+    #: alice+news@ is alice@ to the directory, the deny list and the blacklist.
+    recipient_delimiter: str = "+"
 
     def is_local(self, domain: str) -> bool:
         return _in_domains(domain, self.local_domains)
@@ -387,9 +390,6 @@ class DirectoryConfig:
     timeout: float = 2.0
     #: Seconds a lookup result is reused (0: ask the file every time).
     cache_ttl: float = 1.0
-    #: Characters that start an address extension (Postfix's recipient_delimiter):
-    #: alice+news@ is looked up as alice@ when it is not in the directory itself.
-    recipient_delimiter: str = "+"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1093,6 +1093,7 @@ def _site(s: _Section) -> SiteConfig:
         ),
         our_hostnames=s.domains("our_hostnames"),
         our_ips=frozenset(ips),
+        recipient_delimiter=_delimiter(s, d.recipient_delimiter),
     )
     s.done()
     return out
@@ -1270,7 +1271,6 @@ def _directory(s: _Section) -> DirectoryConfig:
         path=s.path("path", str(d.path)),
         timeout=s.number("timeout", d.timeout, minimum=0.01),
         cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0),
-        recipient_delimiter=_delimiter(s, d.recipient_delimiter),
     )
     s.done()
     return out

@@ -31,6 +31,7 @@ from smtpguard.address import (
     domain_to_unicode,
     is_valid_domain,
     parse_path,
+    strip_extension,
 )
 from smtpguard.sqlitedb import WatchedFile
 
@@ -96,30 +97,6 @@ class Directory(Protocol):
     def login(self, login: str) -> Login | None: ...
     def may_send_as(self, login: Login, address: str) -> bool: ...
     def may_post(self, list_address: str, sender: str) -> bool: ...
-
-
-def strip_extension(key: str, delimiters: str) -> str | None:
-    """``key`` (an address as the directory keys it, :func:`_key`) without its address
-    extension, or None when it has none: ``alice+lists@example.com`` is delivered to
-    ``alice@example.com`` by an MTA with ``recipient_delimiter = +``.
-
-    As Postfix's split_addr(): the extension starts at the first of the ``delimiters``
-    characters; postmaster and MAILER-DAEMON are never split, nor (when ``-`` is a
-    delimiter) ``owner-foo`` and ``foo-request``, the list conventions older than
-    extensions; a local part that would be left empty is not split either."""
-    if not delimiters:
-        return None
-    local, at, domain = key.rpartition("@")
-    if not at:
-        local, domain = key, ""
-    if local in ("postmaster", "mailer-daemon"):
-        return None
-    if "-" in delimiters and (local.startswith("owner-") or local.endswith("-request")):
-        return None
-    cut = next((i for i, c in enumerate(local) if c in delimiters), -1)
-    if cut <= 0:
-        return None
-    return f"{local[:cut]}{at}{domain}"
 
 
 class NoDirectory:

@@ -741,16 +741,16 @@ class _Planner:
         )
 
     def delimiter(self) -> None:
-        ours = self.config.directory.recipient_delimiter
+        ours = self.config.site.recipient_delimiter
         theirs = self.now["recipient_delimiter"]
         if set(ours) == set(theirs):
             return
         # A note, not a change: the delimiter decides where the admin's mail is
         # delivered, which is not smtpguard's to change.
         self.notes.append(
-            f"recipient_delimiter is {theirs!r}, directory.recipient_delimiter {ours!r}:"
+            f"recipient_delimiter is {theirs!r}, site.recipient_delimiter {ours!r}:"
             " set them equal, or smtpguard judges address extensions (alice+news@) other"
-            " than Postfix delivers them"
+            " than Postfix delivers them and its access maps see them"
         )
 
     def utf8(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from smtpguard.address import strip_extension
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.state import StateError
@@ -11,12 +12,17 @@ from smtpguard.verdict import Hit, TempError, Verdict
 
 
 class DynamicBlacklist:
+    """An address entry also lists the address with an extension
+    (``site.recipient_delimiter``, as Postfix's access(5) lookups): a listed
+    ``spammer@`` is not escaped by sending as ``spammer+1@``."""
+
     name: ClassVar[str] = "blacklist"
     stage: ClassVar[Stage] = Stage.MAIL
     reply_ids: ClassVar[tuple[str, ...]] = ("black_mail_address", "database_temp_error")
 
     def __init__(self, services: Services) -> None:
         self.blacklist = services.blacklist
+        self.delimiters = services.config.site.recipient_delimiter
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
@@ -24,6 +30,9 @@ class DynamicBlacklist:
             return None
         try:
             entry = self.blacklist.listed(txn.sender.text)
+            bare = strip_extension(txn.sender.canonical.lower(), self.delimiters)
+            if entry is None and bare is not None:
+                entry = self.blacklist.listed(bare)
         except StateError as exc:
             return TempError("database_temp_error", str(exc))
         return Hit("black_mail_address", f"listed as {entry}") if entry else None

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import canonical_address, canonical_domain, domain_to_unicode
+from smtpguard.address import (
+    canonical_address,
+    canonical_domain,
+    domain_to_unicode,
+    strip_extension,
+)
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import is_deny_pattern
 from smtpguard.patterns import compile_pattern
@@ -42,6 +47,8 @@ class SenderDeny:
     (``xn--bcher-kva.example``), whichever form the entry or the client uses.
     Patterns see the canonical address, and for an internationalized domain also the
     same address with U-labels, so a pattern may be written in either form.
+    An exact entry also lists the address with an extension (``site.recipient_delimiter``,
+    as Postfix's access(5) lookups): ``user+1@example.com`` is ``user@example.com``.
     """
 
     name: ClassVar[str] = "sender_deny"
@@ -50,6 +57,7 @@ class SenderDeny:
 
     def __init__(self, services: Services) -> None:
         self.addresses: set[str] = set()
+        self.delimiters = services.config.site.recipient_delimiter
         self.domains: set[str] = set()
         self.exact_domains: set[str] = set()
         patterns = []
@@ -70,7 +78,9 @@ class SenderDeny:
             return None
         address = txn.sender.canonical.lower()
         domain = txn.sender.domain_canonical
-        if address in self.addresses:
+        if address in self.addresses or (
+            self.addresses and strip_extension(address, self.delimiters) in self.addresses
+        ):
             return Hit("host_denies_sender", f"address {txn.sender.text.lower()} denied")
         if domain in self.exact_domains:
             return Hit("host_denies_sender", f"domain @{txn.sender.domain_lc} denied")
