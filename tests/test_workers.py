@@ -7,6 +7,7 @@ the ``worker=N`` mark of the session's summary line.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import re
@@ -628,3 +629,74 @@ def test_a_new_metrics_port_needs_a_restart(tmp_path: Path) -> None:
         assert "metrics.port: changing port needs a restart" in service.log()
         assert "reloaded configuration" not in service.log()
         assert "smtpguard_" in scrape(port)
+
+
+def totals(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics by (name, sorted labels)."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scrape(port))
+        for sample in family.samples
+    }
+
+
+def counted(name: str) -> bool:
+    """A counter's or a histogram's sample (what only grows), by its name."""
+    return name.startswith("smtpguard_") and name.endswith(("_total", "_bucket", "_count", "_sum"))
+
+
+def replaced(directory: Path, supervisor: int, dead: int) -> bool:
+    """The files of the worker ``dead`` are gone, and another serves in its place."""
+    serving = children(supervisor)
+    return not list(directory.glob(f"*_{dead}.db")) and len(serving) == 2 and dead not in serving
+
+
+def test_a_dead_workers_metrics_files_go_and_its_counts_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed outright leaves no file of its own behind (a crash loop would
+    pile them up), its live gauge stops counting, and what it counted stays in the
+    totals (a counter that went down would read as a reset to Prometheus)."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    refused = (
+        "smtpguard_decisions_total",
+        (("action", "reject"), ("mode", "enforce"), ("reply_id", "host_denies_sender")),
+    )
+    in_flight = ("smtpguard_sessions_in_flight", ())
+    with running(site) as service:
+        both_started(service)
+        supervisor = service.process.pid
+        first = children(supervisor)
+        concurrently(10, threads=2, job=lambda: mail(service, "<spammer@bad.example>"))
+        assert served_by(service) == {"1", "2"}
+        # Both served sessions, so both have counters and a live gauge of their own.
+        for pid in first:
+            assert (directory / f"counter_{pid}.db").exists()
+            assert (directory / f"gauge_livesum_{pid}.db").exists()
+        before = totals(port)
+        assert before[refused] == 10
+        assert before[("smtpguard_sessions_total", ())] == 10
+
+        # The second death adds to the retired values of the first.
+        for victim in sorted(first):
+            os.kill(victim, signal.SIGKILL)
+            wait_until(functools.partial(replaced, directory, supervisor, victim))
+            after = totals(port)
+            # Every counter and histogram sample, buckets included, as before.
+            assert {k: v for k, v in after.items() if counted(k[0])} == {
+                k: v for k, v in before.items() if counted(k[0])
+            }
+            assert after[in_flight] == 0
+        assert (directory / "counter_retired.db").exists()
+        assert not [f for f in os.listdir(directory) if any(str(p) in f for p in first)]
+        # The workers started since count on top.
+        concurrently(4, threads=2, job=lambda: mail(service, "<spammer@bad.example>"))
+        assert totals(port)[refused] == 14

@@ -39,7 +39,8 @@ memory shared by every worker; the embedded same-size counters are a memory-mapp
 (:func:`smtpguard.app.counter_path`); the blacklist and the directory were files (or
 Redis) already. Metrics use prometheus-client's multiprocess mode: every worker writes
 its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the supervisor serves their sum
-(the files of a dead worker's live gauges are removed).
+(a dead worker's live gauges are removed, its counters folded into one retired set:
+:func:`retire_metrics`).
 
 A worker whose libmilter loop ends on its own closes the listening socket and, not
 running as root, removes the unix socket's path (libmilter's ``mi_closener``) that the
@@ -57,6 +58,7 @@ import hashlib
 import io
 import logging
 import mmap
+import operator
 import os
 import select
 import shutil
@@ -67,7 +69,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -547,9 +549,7 @@ class Supervisor:
         pid, worker.pid = worker.pid, 0
         self.gate.release(worker.number - 1)
         if self.registry is not None:
-            from prometheus_client import multiprocess  # noqa: PLC0415 - optional
-
-            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # untyped
+            retire_metrics(pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
         how = _describe(status)
         if self.stopping:
             log.info("worker %d (pid %d) %s", worker.number, pid, how)
@@ -660,6 +660,67 @@ def _multiprocess_metrics() -> tuple[PrometheusMetrics, CollectorRegistry]:
     MultiProcessCollector(served)  # type: ignore[no-untyped-call]  # untyped
     ProcessCollector(registry=served)
     return metrics, served
+
+
+#: How a dead worker's values join the retired ones, by file prefix: counters and
+#: histograms keep counting (a total over the workers must not go down when one dies),
+#: gauges keep their mode's meaning. ``gauge_all`` is not here: its series carry the
+#: pid, and one worker's would not survive a merge. (Live gauges are deleted before.)
+_RETIRE: Final[dict[str, Callable[[float, float], float]]] = {
+    "counter": operator.add,
+    "histogram": operator.add,
+    "summary": operator.add,
+    "gauge_sum": operator.add,
+    "gauge_max": max,
+    "gauge_min": min,
+}
+_RETIRED: Final = "retired"
+
+
+def retire_metrics(pid: int, directory: str) -> None:
+    """Drop the multiprocess files of the dead worker ``pid``, keeping what it counted.
+
+    ``mark_process_dead`` removes only the files of live gauges (``livesum``): the
+    counters' and histograms' files must stay, or the totals would go down. One set per
+    dead worker would pile up under a crash loop (each scrape reads every file), so the
+    values are added into one set of ``*_retired.db`` files, in the file format that
+    ``MultiProcessCollector`` reads, and the worker's files are deleted. Only the
+    supervisor's loop runs this and serves scrapes, so no scrape sees a value twice.
+    """
+    from prometheus_client import multiprocess  # noqa: PLC0415 - optional dependency
+    from prometheus_client.mmap_dict import MmapedDict  # noqa: PLC0415
+
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # untyped
+    for dead in Path(directory).glob(f"*_{pid}.db"):
+        prefix = dead.name.removesuffix(f"_{pid}.db")
+        combine = _RETIRE.get(prefix)
+        if combine is None:
+            continue
+        retired = dead.with_name(f"{prefix}_{_RETIRED}.db")
+        values: dict[str, tuple[float, float]] = {}
+        if retired.exists():
+            values = {key: (value, stamp) for key, value, stamp in _file_values(retired)}
+        for key, value, stamp in _file_values(dead):
+            old = values.get(key)
+            values[key] = (value, stamp) if old is None else (combine(old[0], value), stamp)
+        out = MmapedDict(str(retired))  # type: ignore[no-untyped-call]  # untyped
+        try:
+            for key, (value, stamp) in values.items():
+                out.write_value(key, value, stamp)  # type: ignore[no-untyped-call]
+        finally:
+            out.close()  # type: ignore[no-untyped-call]
+        # Deleted after the retired file holds its values: a supervisor killed in
+        # between counts them twice until the restart empties the directory.
+        dead.unlink()
+
+
+def _file_values(path: Path) -> Iterator[tuple[str, float, float]]:
+    """Key, value and timestamp of every entry of a multiprocess file."""
+    from prometheus_client.mmap_dict import MmapedDict  # noqa: PLC0415 - optional
+
+    read = MmapedDict.read_all_values_from_file
+    for key, value, stamp, _ in read(str(path)):  # type: ignore[no-untyped-call]  # untyped
+        yield key, value, stamp
 
 
 #: Seconds a metrics client has to send its whole request.
