@@ -59,6 +59,8 @@ STOCK = {
     "virtual_alias_domains": "",
     "virtual_mailbox_domains": "",
     "relay_domains": "",
+    "parent_domain_matches_subdomains": "debug_peer_list,fast_flush_domains,mynetworks,"
+    "permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
     "message_size_limit": "10240000",
     "mailbox_size_limit": "0",
     "virtual_mailbox_limit": "51200000",
@@ -504,8 +506,26 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
     assert "mx.example.com (mydestination)" in problem
     assert "example.org (virtual_alias_domains)" in problem
     assert "localhost" not in problem
-    assert "relay.example" not in problem
     assert "hash:" not in problem
+    # relay_domains is in Postfix's parent_domain_matches_subdomains: relay.example
+    # covers mx.relay.example there, and smtpguard needs ".relay.example" for it.
+    assert "subdomains of relay.example (parent_domain_matches_subdomains)" in problem
+    assert "relay.example (relay_domains)" not in problem.replace("of relay.example", "")
+
+
+def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
+    covered = config(tmp_path, {"site": {"relay_domains": ["relay.example", ".relay.example"]}})
+    result = make_plan(covered, relay_domains="relay.example, .other.example")
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    assert problem.startswith("Postfix accepts mail for subdomains of other.example")
+    assert "relay.example" not in problem
+    # Without parent matching for relay_domains, relay.example is that domain only.
+    alone = make_plan(
+        config(tmp_path / "alone"),
+        relay_domains="relay.example",
+        parent_domain_matches_subdomains="mynetworks",
+    )
+    assert not [p for p in alone.unresolved if p.startswith("Postfix accepts mail for")]
 
 
 def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:

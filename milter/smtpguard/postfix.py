@@ -109,6 +109,7 @@ PARAMETERS = (
     "smtpd_reject_unlisted_recipient",
     *RECIPIENT_MAPS,
     *ACCEPTED_DOMAINS,
+    "parent_domain_matches_subdomains",
     "message_size_limit",
     "recipient_delimiter",
     "smtputf8_enable",
@@ -707,6 +708,9 @@ class _Planner:
         """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
         site = self.config.site
         unknown: dict[str, list[str]] = {}
+        # A parameter named there matches "example.com" for its subdomains as well
+        # (Postfix's default names relay_domains); ".example.com" is then redundant.
+        parents = set(split_list(self.now["parent_domain_matches_subdomains"]))
         for name in ACCEPTED_DOMAINS:
             for item in split_list(self.now[name]):
                 domain = item.lower().rstrip(".")
@@ -714,13 +718,22 @@ class _Planner:
                     continue  # a lookup table: its keys are not read here
                 if domain == "localhost" or domain.startswith("localhost."):
                     continue  # never a destination from outside
-                if not (site.is_local(domain) or site.is_relay(domain)):
-                    unknown.setdefault(domain, []).append(name)
+                # (what Postfix accepts, a domain name that stands for it)
+                accepted = [(domain, domain)]
+                if domain.startswith("."):
+                    accepted = [(f"subdomains of {domain[1:]}", "smtpguard-probe" + domain)]
+                elif name in parents:
+                    shown = f"subdomains of {domain} (parent_domain_matches_subdomains)"
+                    accepted.append((shown, "smtpguard-probe." + domain))
+                for shown, probe in accepted:
+                    if not (site.is_local(probe) or site.is_relay(probe)):
+                        unknown.setdefault(shown, []).append(name)
         if unknown:
             listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
             self.problem(
                 f"Postfix accepts mail for {listed}, which smtpguard refuses"
                 " (host_denies_relay): add them to site.local_domains or site.relay_domains"
+                ' (".example.com" covers the subdomains of example.com)'
             )
 
     def sizes(self) -> None:
