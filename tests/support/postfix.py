@@ -80,6 +80,10 @@ inet_protocols = ipv4
 mydestination =
 mynetworks = {networks}
 relay_domains = {domains}
+# As smtpguard's site lists: each domain itself, not its subdomains (Postfix's default
+# names relay_domains here too).
+parent_domain_matches_subdomains = debug_peer_list, fast_flush_domains, mynetworks,
+    permit_mx_backup_networks, qmqpd_authorized_clients, smtpd_access_maps
 local_recipient_maps =
 relay_recipient_maps =
 alias_maps =
