@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from smtpguard.config import ConfigError, load_config
 from smtpguard.metrics import PrometheusMetrics
+from smtpguard.workerwatch import WorkersCollector, WorkerStats
 from support.mtclient import assert_reply
 from support.polling import poll_for, scrape
 from support.service import ROOT, UNTRUSTED_IP, Running, make_site, running
@@ -149,9 +150,11 @@ def test_dns_lookups_are_counted_by_status(tmp_path: Path, unbound: DnsServer) -
 
 def test_metric_names_are_the_documented_ones() -> None:
     """Every metric is built in PrometheusMetrics.__init__ (a worker supervisor in
-    multiprocess mode needs them all in one place); docs/observability.md lists them all."""
+    multiprocess mode needs them all in one place), or by the supervisor's own
+    collector; docs/observability.md lists them all."""
     registry = CollectorRegistry()
     PrometheusMetrics(registry, process_collector=False)
+    registry.register(WorkersCollector(WorkerStats()))
     names = {f.name for f in registry.collect()}
     documented = set(re.findall(r"`(smtpguard_[a-z_]+)`", (DOCS / "observability.md").read_text()))
     assert names == {n.removesuffix("_total") for n in documented}

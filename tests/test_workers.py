@@ -155,6 +155,16 @@ def test_workers_out_of_range_are_refused(tmp_path: Path, value: object) -> None
         config_with(tmp_path, f"[milter]\nworkers = {value}\n")
 
 
+def test_worker_heartbeat_timeout_is_off_or_at_least_two_heartbeats(tmp_path: Path) -> None:
+    assert config_with(tmp_path, "").milter.worker_heartbeat_timeout == 30.0
+    for value, expected in (("0", 0.0), ("2", 2.0), ("7.5", 7.5)):
+        loaded = config_with(tmp_path, f"[milter]\nworker_heartbeat_timeout = {value}\n")
+        assert loaded.milter.worker_heartbeat_timeout == expected
+    for value in ("-1", "0.5", "1.9", "nan", "inf", "'30'", "true"):
+        with pytest.raises(ConfigError, match=r"milter\.worker_heartbeat_timeout"):
+            config_with(tmp_path, f"[milter]\nworker_heartbeat_timeout = {value}\n")
+
+
 def test_each_worker_gets_one_cpu_of_the_set_in_turn() -> None:
     auto = MilterConfig(workers=3)
     assert [worker_cpu(n, [2, 5], auto) for n in (1, 2, 3)] == [2, 5, 2]
@@ -643,8 +653,10 @@ def totals(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def counted(name: str) -> bool:
-    """A counter's or a histogram's sample (what only grows), by its name."""
-    return name.startswith("smtpguard_") and name.endswith(("_total", "_bucket", "_count", "_sum"))
+    """A sample of a counter or a histogram the workers write (what only grows), by
+    its name; not the supervisor's own (smtpguard_worker_*)."""
+    ours = name.startswith("smtpguard_") and not name.startswith("smtpguard_worker")
+    return ours and name.endswith(("_total", "_bucket", "_count", "_sum"))
 
 
 def replaced(directory: Path, supervisor: int, dead: int) -> bool:
@@ -696,7 +708,51 @@ def test_a_dead_workers_metrics_files_go_and_its_counts_stay(
             }
             assert after[in_flight] == 0
         assert (directory / "counter_retired.db").exists()
+        assert totals(port)[("smtpguard_worker_restarts_total", (("reason", "signal"),))] == 2
         assert not [f for f in os.listdir(directory) if any(str(p) in f for p in first)]
         # The workers started since count on top.
         concurrently(4, threads=2, job=lambda: mail(service, "<spammer@bad.example>"))
         assert totals(port)[refused] == 14
+
+
+def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    """A stopped worker sends no heartbeat: after worker_heartbeat_timeout the
+    supervisor names it in the log, kills it, and a new worker serves in its place."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    site = make_site(
+        tmp_path,
+        {
+            "milter": {"workers": 2, "worker_heartbeat_timeout": 2},
+            "metrics": {"enabled": True, "port": port},
+        },
+    )
+    hung = ("smtpguard_worker_restarts_total", (("reason", "hung"),))
+    with running(site) as service:
+        both_started(service)
+        supervisor = service.process.pid
+        before = children(supervisor)
+        assert totals(port)[hung] == 0
+        victim = min(before)
+        os.kill(victim, signal.SIGSTOP)
+        # Killed once silent for 2 s, restarted at once: allow for a loaded machine.
+        wait_until(lambda: len(children(supervisor) - before) == 1, deadline=15)
+        wait_until(lambda: len(children(supervisor)) == 2)
+        assert victim not in children(supervisor)
+        found = re.search(
+            rf"worker (\d) \(pid {victim}\) hung: no heartbeat for (\S+) s"
+            r" \(worker_heartbeat_timeout = 2 s\); killing it",
+            service.log(),
+        )
+        assert found is not None, service.log()
+        assert float(found.group(2)) >= 2
+        assert f"(pid {victim}) was killed by signal 9" in service.log()
+        assert totals(port)[hung] == 1
+        # The other worker, busy or idle, kept beating: killed once, only this one.
+        assert service.log().count(" hung: ") == 1
+        assert (
+            concurrently(10, threads=2, job=lambda: mail(service, "<a@sender.example>"))
+            == ["continue"] * 10
+        )
+        assert totals(port)[("smtpguard_worker_restarts_total", (("reason", "signal"),))] == 0

@@ -179,6 +179,8 @@ class _Section:
 MAX_DEFAULT_WORKERS: Final = 8
 #: A hard ceiling: each worker is a full process with its own caches.
 MAX_WORKERS: Final = 64
+#: The shortest non-zero ``worker_heartbeat_timeout``: two heartbeat intervals.
+MIN_HEARTBEAT_TIMEOUT: Final = 2.0
 
 
 def _cpu_affinity(
@@ -255,6 +257,10 @@ class MilterConfig:
     #: N on its Nth CPU, round robin); "off": the kernel places them; CPU numbers: the
     #: workers run on those, in turn. See smtpguard.supervisor.worker_cpu.
     cpu_affinity: Literal["auto", "off"] | tuple[int, ...] = "auto"
+    #: With several workers: seconds without a heartbeat (each worker sends one a
+    #: second) after which the supervisor kills a worker as hung, and restarts it;
+    #: 0 turns the watchdog off. See smtpguard.supervisor.Supervisor._watch.
+    worker_heartbeat_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -975,9 +981,19 @@ def _milter(s: _Section) -> MilterConfig:
         auth_results=s.boolean("auth_results", d.auth_results),
         workers=s.integer("workers", d.workers, minimum=1),
         cpu_affinity=_cpu_affinity(s, d.cpu_affinity),
+        worker_heartbeat_timeout=s.number("worker_heartbeat_timeout", d.worker_heartbeat_timeout),
     )
     if out.workers > MAX_WORKERS:
         raise s.error("workers", f"must be at most {MAX_WORKERS}")
+    heartbeat = out.worker_heartbeat_timeout
+    if heartbeat != 0 and not MIN_HEARTBEAT_TIMEOUT <= heartbeat < float("inf"):
+        # Shorter than two heartbeats, every worker would be killed again and again;
+        # nan would compare false and kill them too.
+        raise s.error(
+            "worker_heartbeat_timeout",
+            f"must be 0 (off) or at least {MIN_HEARTBEAT_TIMEOUT:g} s (a worker's heartbeat"
+            " comes once a second)",
+        )
     if out.report_header and not HEADER_NAME.match(out.report_header):
         raise s.error("report_header", "not a header field name")
     if not out.log_socket.startswith("/"):

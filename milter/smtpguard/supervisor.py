@@ -18,9 +18,11 @@ So the supervisor (this module, the process systemd started):
    :func:`smtpguard.adapter.run`, the single-process loop;
 4. waits: SIGCHLD restarts a dead worker (at once the first time, then with a
    doubling delay up to :data:`MAX_BACKOFF` while workers keep dying within
-   :data:`STABLE_AFTER` seconds of their start), SIGHUP validates the config once here
-   and only then tells every worker to reload (a broken config changes nothing
-   anywhere), SIGTERM and SIGINT tell every worker to drain and wait for them.
+   :data:`STABLE_AFTER` seconds of their start), a worker whose heartbeat stopped for
+   ``worker_heartbeat_timeout`` seconds is killed and so restarted
+   (:mod:`smtpguard.workerwatch`), SIGHUP validates the config once here and only
+   then tells every worker to reload (a broken config changes nothing anywhere),
+   SIGTERM and SIGINT tell every worker to drain and wait for them.
 
 A reload reads the file once, here: the bytes validated go to the workers through
 :class:`SharedText` with a generation number, and a worker builds its runtime from
@@ -90,6 +92,7 @@ from smtpguard.sockets import (
     unix_path,
 )
 from smtpguard.state import SharedSessionGate, SqliteBlacklist, StateError
+from smtpguard.workerwatch import HEARTBEAT_INTERVAL, Heartbeats, WorkersCollector, WorkerStats
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -143,6 +146,8 @@ class Worker:
     quick_deaths: int = 0
     #: When to start it again (monotonic), while it is down.
     due: float | None = 0.0
+    #: Killed by the heartbeat watchdog, not yet reaped.
+    hung: bool = False
 
 
 def reloader(app: App, text: Callable[[], bytes] | None = None) -> Callable[[], Runtime]:
@@ -286,6 +291,15 @@ class Supervisor:
         self.published = SharedText(MAX_CONFIG_BYTES)
         self.generation = 0
         self.workers = [Worker(n) for n in range(1, config.milter.workers + 1)]
+        #: Mapped here, before any fork, like ``published``.
+        self.heartbeats = Heartbeats(len(self.workers))
+        #: When the loop last checked the heartbeats, and since when it has been
+        #: running without a pause (heartbeats older than that are not held against
+        #: a worker: see _watch).
+        self._watched = self._watch_from = time.monotonic()
+        self.stats = WorkerStats()
+        if self.registry is not None:
+            self.registry.register(WorkersCollector(self.stats))
         #: The CPUs the service may use, read before any worker is bound to one.
         self.cpus = sorted(os.sched_getaffinity(0))
         self.stopping = False
@@ -373,6 +387,7 @@ class Supervisor:
                     for number in _drain(self._wake_r):
                         self._signal(number)
                 self._reap()
+                self._watch()
                 if self.http is not None and self.http.fileno() in readable:
                     self.http.handle_request()
                 self._start_due()
@@ -390,6 +405,9 @@ class Supervisor:
     def _wait(self) -> list[int]:
         fds = [self._wake_r] + ([self.http.fileno()] if self.http is not None else [])
         dues = [w.due for w in self.workers if w.due is not None and not self.stopping]
+        limit = self.app.runtime.config.milter.worker_heartbeat_timeout
+        if limit > 0:
+            dues.append(self._watched + min(HEARTBEAT_INTERVAL, limit / 4))
         timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
         try:
             readable, _, _ = select.select(fds, [], [], timeout)
@@ -490,6 +508,9 @@ class Supervisor:
             # Nothing here should start one (see the module documentation): a lock held
             # by a thread that the child does not have would never be released there.
             log.warning("forking with %d threads running", threading.active_count())
+        # The new worker's first heartbeat comes after its start: until then, the
+        # start counts as one (not the heartbeat of the worker before it).
+        self.heartbeats.set(worker.number - 1, time.monotonic())
         try:
             pid = os.fork()
         except OSError as exc:
@@ -503,7 +524,7 @@ class Supervisor:
                 code = self._worker(worker.number)
             finally:
                 os._exit(code)
-        worker.pid, worker.started, worker.due = pid, time.monotonic(), None
+        worker.pid, worker.started, worker.due, worker.hung = pid, time.monotonic(), None, False
         log.info("worker %d started (pid %d)", worker.number, pid)
 
     def _worker(self, number: int) -> int:
@@ -523,6 +544,8 @@ class Supervisor:
         cpu = worker_cpu(number, self.cpus, self.config.milter)
         if cpu is not None:
             bind({cpu})
+        # Also when the watchdog is off: a reload may turn it on.
+        self.heartbeats.start(number - 1)
         try:
             run(self.app, self._apply_published)
         except Exception:
@@ -567,6 +590,8 @@ class Supervisor:
             self.stop("socket lost")
             return
         lived = time.monotonic() - worker.started
+        reason = "hung" if worker.hung else "signal" if os.WIFSIGNALED(status) else "exit"
+        self.stats.restarts[reason] += 1
         worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 0
         delay = restart_delay(worker.quick_deaths)
         worker.due = time.monotonic() + delay
@@ -578,6 +603,40 @@ class Supervisor:
             lived,
             "now" if delay == 0 else f"in {delay:.0f} s",
         )
+
+    def _watch(self) -> None:
+        """Kill every worker whose last heartbeat is older than
+        ``worker_heartbeat_timeout`` (hung, see :mod:`smtpguard.workerwatch`);
+        :meth:`_gone` then starts it again as after any death."""
+        limit = self.app.runtime.config.milter.worker_heartbeat_timeout
+        now = time.monotonic()
+        previous, self._watched = self._watched, now
+        if limit <= 0:
+            return
+        if now - previous > limit / 2:
+            # This loop did not run for a while (the host suspended, or the
+            # supervisor starved or stopped itself): the workers' heartbeats went
+            # unseen just as long, so silence is counted from now.
+            self._watch_from = now
+        for worker in self.workers:
+            if not worker.pid or worker.hung:
+                continue
+            beat = self.heartbeats.last(worker.number - 1)
+            if beat is None:
+                continue  # being written: the worker is alive
+            silent = now - max(beat, self._watch_from)
+            if silent <= limit:
+                continue
+            log.error(
+                "worker %d (pid %d) hung: no heartbeat for %.1f s (worker_heartbeat_timeout"
+                " = %g s); killing it",
+                worker.number,
+                worker.pid,
+                silent,
+                limit,
+            )
+            worker.hung = True
+            _kill(worker.pid, signal.SIGKILL)
 
     def _socket_intact(self) -> bool:
         path = unix_path(self.config.milter.socket)
