@@ -4,6 +4,7 @@ limits.max_attachment_size; the MIME structure is followed as the body streams i
 from __future__ import annotations
 
 import base64
+import binascii
 
 import pytest
 
@@ -83,6 +84,32 @@ def test_end_of_message_half_sees_the_last_part(make_services: ServicesFactory) 
     assert verdict == Hit(
         "attachment_too_long", "attachment 'report.pdf' decodes to 1500 > 1000 octets"
     )
+
+
+def uuencoded(size: int) -> bytes:
+    data = b"\x01" * size
+    lines = [binascii.b2a_uu(data[i : i + 45]).rstrip(b"\n") for i in range(0, size, 45)]
+    return (
+        b"--b1\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: x-uuencode\r\n"
+        b'Content-Disposition: attachment; filename="old.bin"\r\n\r\n'
+        b"begin 644 old.bin\r\n" + b"\r\n".join(lines) + b"\r\n`\r\nend\r\n--b1--\r\n"
+    )  # fmt: skip
+
+
+def test_uuencoded_attachment_is_judged_by_its_decoded_size(
+    make_services: ServicesFactory,
+) -> None:
+    """Counted at its encoded size (~1.37x), 800 octets of data were refused at 1000."""
+    services = make_services(limits=LIMIT)
+    conn = start()
+    assert AttachmentSizeBody(services)(conn, body(conn, uuencoded(800))) is None
+    assert AttachmentSizeEom(services)(conn, end_of_message(conn)) is None
+    conn = start()
+    body(conn, uuencoded(1200))
+    verdict = AttachmentSizeEom(services)(conn, end_of_message(conn))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "attachment_too_long"
 
 
 def test_without_mime_tracking_or_message_nothing_is_decided(

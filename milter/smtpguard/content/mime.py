@@ -28,6 +28,8 @@ Its *decoded size* is counted without decoding:
 * quoted-printable: ``=XX`` is one byte, a soft line break (``=`` + optional space/tab +
   line break) is none, everything else as given, line breaks as given (CRLF 2, LF 1);
   a stray ``=`` counts as one byte and is noted as ``bad quoted-printable``.
+* x-uuencode: what each data line's length character says; ``begin``/``end`` and any
+  other line as given.
 * anything else (7bit, 8bit, binary, unknown): bytes as given.
 
 Bounded memory and linear time: the walker keeps one partial line (lines longer than
@@ -206,6 +208,67 @@ class _QuotedPrintableCounter:
         return "bad quoted-printable" if self.bad else None
 
 
+class _UuencodeCounter:
+    """Count decoded bytes of uuencoded text (``x-uuencode``) without decoding it.
+
+    A data line's first character says how many bytes the line carries ((c - 32) & 63;
+    uudecode writes that many whatever follows). Any other line (``begin``, ``end``,
+    text around them, or whatever a client that does not know the encoding would save
+    as it is) counts its bytes as given, so nothing is counted below what a client can
+    show."""
+
+    __slots__ = ("open_line_is_data", "pending", "size")
+
+    def __init__(self) -> None:
+        self.size = 0
+        # Data arrives in whole lines except over-long ones; this says what the line a
+        # chunk continues was (None: the chunk starts a line).
+        self.open_line_is_data: bool | None = None
+        # As _RawCounter's: the line break of a last line that counts as given.
+        self.pending = 0
+
+    def add(self, data: bytes | bytearray) -> None:
+        if not data:
+            return
+        self.size += self.pending
+        self.pending = 0
+        start = 0
+        if self.open_line_is_data is not None:
+            newline = data.find(b"\n")
+            start = len(data) if newline < 0 else newline + 1
+            if not self.open_line_is_data:
+                self.size += start
+        lengths = b"".join(_UU_DATA_LINE.findall(data, start))
+        self.size += sum(lengths.translate(_UU_LENGTH))
+        self.size += sum(map(len, _UU_OTHER_LINE.findall(data, start)))
+        if data.endswith(b"\n"):
+            last = data.rfind(b"\n", 0, len(data) - 1) + 1
+            ends_data = self.open_line_is_data if last == 0 else None
+            if ends_data is None:
+                ends_data = 0x20 <= data[last] <= 0x60 and last < len(data) - 1
+            if not ends_data:
+                self.pending = _eol_length(data)
+                self.size -= self.pending
+            self.open_line_is_data = None
+        elif self.open_line_is_data is None or b"\n" in data:
+            last = data.rfind(b"\n") + 1
+            self.open_line_is_data = 0x20 <= data[last] <= 0x60 if last < len(data) else None
+
+    def finish(self, at_eof: bool) -> str | None:
+        if at_eof:
+            self.size += self.pending
+        self.pending = 0
+        return None
+
+
+#: A uuencoded data line's first character, and what it says the line carries.
+_UU_DATA_LINE: Final = re.compile(rb"(?m)^[\x20-\x60]")
+_UU_LENGTH: Final = bytes((c - 32) & 63 if 0x20 <= c <= 0x60 else 0 for c in range(256))
+#: Any other line, its line break included.
+_UU_OTHER_LINE: Final = re.compile(rb"(?m)^[^\x20-\x60\n][^\n]*\n?|^\n")
+_UUENCODE: Final = frozenset({"x-uuencode", "uuencode", "x-uue"})
+
+
 def _eol_length(data: bytes | bytearray) -> int:
     if data.endswith(_CRLF):
         return 2
@@ -217,6 +280,8 @@ def _make_counter(encoding: str) -> _Counter:
         return _Base64Counter()
     if encoding == "quoted-printable":
         return _QuotedPrintableCounter()
+    if encoding in _UUENCODE:
+        return _UuencodeCounter()
     return _RawCounter()
 
 
