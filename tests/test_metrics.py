@@ -154,7 +154,7 @@ def test_metric_names_are_the_documented_ones() -> None:
     collector; docs/observability.md lists them all."""
     registry = CollectorRegistry()
     PrometheusMetrics(registry, process_collector=False)
-    registry.register(WorkersCollector(WorkerStats()))
+    registry.register(WorkersCollector(WorkerStats(), list))
     names = {f.name for f in registry.collect()}
     documented = set(re.findall(r"`(smtpguard_[a-z_]+)`", (DOCS / "observability.md").read_text()))
     assert names == {n.removesuffix("_total") for n in documented}

@@ -756,3 +756,53 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
             == ["continue"] * 10
         )
         assert totals(port)[("smtpguard_worker_restarts_total", (("reason", "signal"),))] == 0
+
+
+def proc_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (utime to cstime) and resident bytes of ``pid``, read here from
+    /proc independently of smtpguard."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    cpu = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return cpu, pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_metrics_report_the_workers_cpu_and_memory(tmp_path: Path) -> None:
+    """process_* is the supervisor's; the workers' CPU and memory have series of their
+    own, and the CPU total does not go down when a worker dies."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    cpu = ("smtpguard_workers_cpu_seconds_total", ())
+    rss = ("smtpguard_workers_resident_memory_bytes", ())
+    with running(site) as service:
+        both_started(service)
+        supervisor = service.process.pid
+        workers = children(supervisor)
+
+        def busy() -> bool:
+            """A session costs well under a clock tick (10 ms) of CPU: serve some until
+            the workers' CPU time is measurable."""
+            concurrently(10, threads=2, job=lambda: mail(service, "<a@sender.example>"))
+            return sum(proc_usage(pid)[0] for pid in workers) >= 0.05
+
+        wait_until(busy, deadline=60)
+        seen = [proc_usage(pid) for pid in workers]
+        found = totals(port)
+        # CPU only grows: at least what the workers had used just before the scrape.
+        assert found[cpu] >= sum(c for c, _ in seen) >= 0.05
+        # Each worker's resident size moves a little between the two reads.
+        assert 0.8 * sum(r for _, r in seen) <= found[rss] <= 1.25 * sum(r for _, r in seen)
+        # Not the supervisor's own: two workers that each hold the inherited runtime.
+        assert found[rss] > found[("process_resident_memory_bytes", ())]
+
+        # The one with more CPU time: the total would go down without it.
+        victim = max(workers, key=lambda pid: proc_usage(pid)[0])
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(children(supervisor) - workers) == 1)
+        wait_until(lambda: len(children(supervisor)) == 2)
+        after = totals(port)
+        assert after[cpu] >= found[cpu]
+        assert after[rss] > 0

@@ -299,7 +299,7 @@ class Supervisor:
         self._watched = self._watch_from = time.monotonic()
         self.stats = WorkerStats()
         if self.registry is not None:
-            self.registry.register(WorkersCollector(self.stats))
+            self.registry.register(WorkersCollector(self.stats, self._pids))
         #: The CPUs the service may use, read before any worker is bound to one.
         self.cpus = sorted(os.sched_getaffinity(0))
         self.stopping = False
@@ -442,6 +442,10 @@ class Supervisor:
     def _up(self) -> int:
         return sum(1 for w in self.workers if w.pid)
 
+    def _pids(self) -> list[int]:
+        """The running workers' pids (a dead one until it is reaped)."""
+        return [w.pid for w in self.workers if w.pid]
+
     # --- reload ------------------------------------------------------------------
 
     def _reload(self) -> None:
@@ -558,7 +562,7 @@ class Supervisor:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, used = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -566,6 +570,8 @@ class Supervisor:
             worker = next((w for w in self.workers if w.pid == pid), None)
             if worker is None:
                 continue
+            # Until now its CPU time was read from /proc; from now on it is this.
+            self.stats.ended_cpu += used.ru_utime + used.ru_stime
             self._gone(worker, status)
 
     def _gone(self, worker: Worker, status: int) -> None:

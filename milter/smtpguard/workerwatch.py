@@ -1,5 +1,6 @@
 """What a supervisor (:mod:`smtpguard.supervisor`) watches of its workers besides
-their exit: a heartbeat from each, and the restarts for ``/metrics``.
+their exit: a heartbeat from each, and their restarts, CPU time and memory for
+``/metrics``.
 
 A worker that stops without dying (stopped by a signal, deadlocked on the GIL, stuck
 in C code that holds it) is not restarted: its sessions hang until the MTA's milter
@@ -17,11 +18,13 @@ over every few milliseconds) does not.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -88,17 +91,49 @@ class WorkerStats:
     changes these, and the same loop serves the scrapes."""
 
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_REASONS, 0))
+    #: CPU seconds of the workers reaped so far (``wait4``'s resource usage), so that
+    #: the workers' CPU total does not go down when one ends.
+    ended_cpu: float = 0.0
+
+
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
+_PAGE: Final = os.sysconf("SC_PAGE_SIZE")
+
+
+def usage(pid: int) -> tuple[float, int] | None:
+    """CPU seconds and resident bytes of process ``pid`` (from ``/proc``), or None
+    when it cannot be read.
+
+    The CPU time includes that of the children it waited for (``cutime``,
+    ``cstime``), as ``wait4`` reports it for a reaped worker: the two then add up."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        statm = Path(f"/proc/{pid}/statm").read_bytes()
+    except OSError:
+        return None
+    # "pid (comm) state ...": comm may hold spaces and ")", so count after the last ")".
+    # From there, utime, stime, cutime and cstime (fields 14 to 17) are the 12th to 15th.
+    ticks = sum(int(value) for value in stat.rpartition(b")")[2].split()[11:15])
+    return ticks / _TICKS, int(statm.split()[1]) * _PAGE
 
 
 class WorkersCollector:
     """The supervisor's own series, read at scrape time (a collector on the registry
-    that serves ``/metrics``, beside the multiprocess one that sums the workers')."""
+    that serves ``/metrics``, beside the multiprocess one that sums the workers').
 
-    def __init__(self, stats: WorkerStats) -> None:
+    The standard ``process_*`` series there describe the supervisor, which mostly
+    waits; the workers' CPU time and memory are summed over the worker pids the
+    supervisor knows (``pids``), read from ``/proc`` at each scrape."""
+
+    def __init__(self, stats: WorkerStats, pids: Callable[[], Collection[int]]) -> None:
         self.stats = stats
+        self.pids = pids
 
     def collect(self) -> Iterator[Metric]:
-        from prometheus_client.metrics_core import CounterMetricFamily  # noqa: PLC0415
+        from prometheus_client.metrics_core import (  # noqa: PLC0415 - optional dependency
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
 
         restarts = CounterMetricFamily(
             "smtpguard_worker_restarts",
@@ -109,3 +144,17 @@ class WorkersCollector:
         for reason, count in self.stats.restarts.items():
             restarts.add_metric((reason,), count)
         yield restarts
+        if usage(os.getpid()) is None:
+            return  # no /proc: nothing rather than a total that lacks the live workers
+        live = [found for found in map(usage, self.pids()) if found is not None]
+        yield CounterMetricFamily(
+            "smtpguard_workers_cpu_seconds",
+            "User and system CPU time of the worker processes, the ended ones included",
+            value=self.stats.ended_cpu + sum(cpu for cpu, _ in live),
+        )
+        yield GaugeMetricFamily(
+            "smtpguard_workers_resident_memory_bytes",
+            "Resident memory of the running worker processes, summed (pages they share"
+            " are counted once per worker)",
+            value=sum(rss for _, rss in live),
+        )
