@@ -7,6 +7,7 @@ the ``worker=N`` mark of the session's summary line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -806,3 +807,29 @@ def test_metrics_report_the_workers_cpu_and_memory(tmp_path: Path) -> None:
         after = totals(port)
         assert after[cpu] >= found[cpu]
         assert after[rss] > 0
+
+
+def test_the_heartbeat_watchdog_can_be_turned_on_by_a_reload(tmp_path: Path) -> None:
+    """worker_heartbeat_timeout is not read only at start: the workers beat whether
+    or not it is on, and the supervisor applies the reloaded value."""
+    site = make_site(tmp_path, {"milter": {"workers": 2, "worker_heartbeat_timeout": 0}})
+    original = site.config.read_text()
+    with running(site) as service:
+        both_started(service)
+        supervisor = service.process.pid
+        before = children(supervisor)
+        victim = min(before)
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            site.config.write_text(
+                original.replace("worker_heartbeat_timeout = 0", "worker_heartbeat_timeout = 2")
+            )
+            # The stopped worker cannot reload; the supervisor's validation is enough.
+            service.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: "valid (generation 1)" in service.log())
+            wait_until(lambda: len(children(supervisor) - before) == 1, deadline=15)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        assert f"(pid {victim}) hung: no heartbeat for " in service.log()
+        assert "reload refused" not in service.log()
