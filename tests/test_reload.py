@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support.mtclient import MilterSession
+from support.mtclient import MilterSession, assert_reply
 from support.polling import wait_until
 from support.service import Running, make_site, running
 
@@ -75,3 +75,20 @@ def test_one_process_applies_log_level_and_refuses_a_new_timeout(tmp_path: Path)
         wait_until(lambda: "reloaded configuration" in service.log())
         assert mail(service, "<a@sender.example>") == "continue"
         wait_until(lambda: " summary " in service.log())
+
+
+def test_reload_does_not_make_a_removed_state_file_an_empty_blacklist(tmp_path: Path) -> None:
+    """The state module promises a removed file is an error until it is back; a reload
+    built a new blacklist that created it again, empty, and every listed sender passed."""
+    site = make_site(tmp_path)
+    with running(site) as service:
+        assert mail(service, "<someone@sender.example>") == "continue"  # file prepared
+        site.state.unlink()
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded configuration" in service.log())
+        with service.session() as s:
+            s.connect("198.51.100.7")
+            s.helo("mail.sender.example")
+            answer = s.mail("<someone@sender.example>")
+        assert_reply(answer, "database_temp_error")
+        assert not site.state.exists()

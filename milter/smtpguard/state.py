@@ -19,7 +19,8 @@ import threading
 import time
 from contextlib import closing, suppress
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 import redis
 
@@ -187,8 +188,18 @@ class SqliteBlacklist(WatchedFile):
     # answers "database is locked" at once): a burst of sessions right after the first
     # start must not race for it, so one thread prepares the file and the pool's later
     # connections only open it. One lock for every instance: held once per file.
-    _prepared = False
     _prepare_lock = threading.Lock()
+    # Files this process (or the supervisor it was forked from) has prepared. A reload
+    # builds a new instance for the same file: it must not create a removed file again
+    # as an empty blacklist, which the module docstring promises is an error instead.
+    _prepared_paths: ClassVar[set[Path]] = set()
+
+    @property
+    def _prepared(self) -> bool:
+        return self.path.absolute() in self._prepared_paths
+
+    def _mark_prepared(self) -> None:
+        self._prepared_paths.add(self.path.absolute())
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -196,7 +207,7 @@ class SqliteBlacklist(WatchedFile):
                 with self._prepare_lock:
                     if not self._prepared:
                         db = self._connect()
-                        self._prepared = True
+                        self._mark_prepared()
                         return db
             # A file removed since it was prepared fails here (the pool reports it).
             return self._connect_existing("rw")
@@ -213,7 +224,7 @@ class SqliteBlacklist(WatchedFile):
         with self._prepare_lock:
             with closing(self._connect()):
                 pass
-            self._prepared = True
+            self._mark_prepared()
 
     def _connect(self) -> sqlite3.Connection:
         try:
