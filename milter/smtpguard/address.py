@@ -21,7 +21,7 @@ import ipaddress
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Address",
@@ -137,6 +137,10 @@ class Address:
 
     local: str
     domain: str
+    # Computed on first use and kept: parsed addresses are memoized and shared, and
+    # several checks compare the same sender every session (see canonical).
+    _canonical: str | None = field(default=None, init=False, repr=False, compare=False)
+    _canonical_lc: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_null(self) -> bool:
@@ -194,9 +198,24 @@ class Address:
         """:attr:`canonical_local` ``@`` :attr:`domain_canonical`: what every list,
         blacklist and directory lookup compares (lower-cased on top wherever :attr:`lc`
         was). :attr:`text` stays what the client sent, for logs."""
-        if not self.domain:
-            return self.canonical_local
-        return f"{self.canonical_local}@{self.domain_canonical}"
+        found = self._canonical
+        if found is None:
+            found = self.canonical_local
+            if self.domain:
+                found = f"{found}@{self.domain_canonical}"
+            # Frozen: the one write, of a value that only depends on the fields.
+            object.__setattr__(self, "_canonical", found)
+        return found
+
+    @property
+    def canonical_lc(self) -> str:
+        """:attr:`canonical` lower-cased: the key of the deny list, the blacklist, the
+        directory and the same-size counter (local parts compared without case)."""
+        found = self._canonical_lc
+        if found is None:
+            found = self.canonical.lower()
+            object.__setattr__(self, "_canonical_lc", found)
+        return found
 
     @classmethod
     def null(cls) -> Address:

@@ -78,7 +78,7 @@ def address_matches(address: Address, patterns: Sequence[str]) -> bool:
     ``xn--bcher-kva.example``."""
     if address.is_null:
         return False
-    text = address.canonical.lower()
+    text = address.canonical_lc
     domain = address.domain_canonical
     for pattern in patterns:
         kind, value = canonical_pattern(pattern)

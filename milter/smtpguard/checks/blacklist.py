@@ -30,7 +30,7 @@ class DynamicBlacklist:
             return None
         try:
             entry = self.blacklist.listed(txn.sender.text)
-            bare = strip_extension(txn.sender.canonical.lower(), self.delimiters)
+            bare = strip_extension(txn.sender.canonical_lc, self.delimiters)
             if entry is None and bare is not None:
                 entry = self.blacklist.listed(bare)
         except StateError as exc:

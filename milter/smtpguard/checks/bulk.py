@@ -26,7 +26,7 @@ def bulk_key(parts: tuple[str, ...], conn: Connection) -> str:
     for part in parts:
         if part == "sender":
             # Canonical: "x"@y and x@y are one sender, one count.
-            values.append(txn.sender.canonical.lower() if txn and txn.sender else "<>")
+            values.append(txn.sender.canonical_lc if txn and txn.sender else "<>")
         elif part == "sender_domain":
             values.append(txn.sender.domain_canonical if txn and txn.sender else "")
         elif part == "client_ip":

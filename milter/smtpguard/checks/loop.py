@@ -45,7 +45,7 @@ class Loop:
             except AddressError:
                 return None
             # Compared canonical: "alice"@example.com is alice@example.com's mailbox.
-            seen = delivered.canonical.lower()
-            if any(r.canonical.lower() == seen for r in txn.recipients):
+            seen = delivered.canonical_lc
+            if any(r.canonical_lc == seen for r in txn.recipients):
                 return Hit("looping_message", f"Delivered-To {delivered.lc.lower()} is a recipient")
         return None

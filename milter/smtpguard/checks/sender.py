@@ -76,7 +76,7 @@ class SenderDeny:
         txn = conn.txn
         if txn is None or txn.sender is None or txn.sender.is_null:
             return None
-        address = txn.sender.canonical.lower()
+        address = txn.sender.canonical_lc
         domain = txn.sender.domain_canonical
         if address in self.addresses or (
             self.addresses and strip_extension(address, self.delimiters) in self.addresses
