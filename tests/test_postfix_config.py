@@ -509,7 +509,10 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
     assert "hash:" not in problem
     # relay_domains is in Postfix's parent_domain_matches_subdomains: relay.example
     # covers mx.relay.example there, and smtpguard needs ".relay.example" for it.
-    assert "subdomains of relay.example (parent_domain_matches_subdomains)" in problem
+    assert (
+        "subdomains of relay.example (relay_domains with parent_domain_matches_subdomains)"
+        in problem
+    )
     assert "relay.example (relay_domains)" not in problem.replace("of relay.example", "")
 
 

@@ -718,16 +718,16 @@ class _Planner:
                     continue  # a lookup table: its keys are not read here
                 if domain == "localhost" or domain.startswith("localhost."):
                     continue  # never a destination from outside
-                # (what Postfix accepts, a domain name that stands for it)
-                accepted = [(domain, domain)]
+                # (what Postfix accepts, a domain name that stands for it, by which rule)
+                accepted = [(domain, domain, name)]
                 if domain.startswith("."):
-                    accepted = [(f"subdomains of {domain[1:]}", "smtpguard-probe" + domain)]
+                    accepted = [(f"subdomains of {domain[1:]}", "smtpguard-probe" + domain, name)]
                 elif name in parents:
-                    shown = f"subdomains of {domain} (parent_domain_matches_subdomains)"
-                    accepted.append((shown, "smtpguard-probe." + domain))
-                for shown, probe in accepted:
+                    why = f"{name} with parent_domain_matches_subdomains"
+                    accepted.append((f"subdomains of {domain}", "smtpguard-probe." + domain, why))
+                for shown, probe, why in accepted:
                     if not (site.is_local(probe) or site.is_relay(probe)):
-                        unknown.setdefault(shown, []).append(name)
+                        unknown.setdefault(shown, []).append(why)
         if unknown:
             listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
             self.problem(
