@@ -771,7 +771,8 @@ def test_alias_chain_longer_than_max_depth(tmp_path: Path, db_path: Path) -> Non
     ],
 )
 def test_lists(directory: SqliteDirectory, address: str, policy: str) -> None:
-    assert directory.recipient(address) == Recipient(Kind.LIST, list_policy=policy)
+    expected = Recipient(Kind.LIST, list_policy=policy, list_address=address.lower())
+    assert directory.recipient(address) == expected
 
 
 # --- logins and send-as -----------------------------------------------------------------
@@ -1016,7 +1017,10 @@ def plus(tmp_path: Path, db_path: Path) -> SqliteDirectory:
         ('"alice+news"@example.com', Recipient(Kind.USER)),
         ("carol+x@example.com", Recipient(Kind.USER, state="locked")),
         ("info+x@example.com", Recipient(Kind.ALIAS)),
-        ("staff+x@example.com", Recipient(Kind.LIST, list_policy="members")),
+        (
+            "staff+x@example.com",
+            Recipient(Kind.LIST, list_policy="members", list_address="staff@example.com"),
+        ),
         ("nobody+x@example.com", Recipient(Kind.NONE)),
         ("+alice@example.com", Recipient(Kind.NONE)),  # nothing left before it
         ("alice-news@example.com", Recipient(Kind.NONE)),  # not a delimiter here
@@ -1083,6 +1087,60 @@ def test_list_extension_keeps_the_list_policy(plus: SqliteDirectory) -> None:
 )
 def test_strip_extension(key: str, delimiters: str, expected: str | None) -> None:
     assert strip_extension(key, delimiters) == expected
+
+
+def test_an_address_of_its_own_is_not_another_login_extension(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Postfix tries the whole address first: john-smith@ is not john@'s to send as
+    or to post as when john-smith@ is a mailbox of its own (found by review)."""
+    source = write(
+        tmp_path / "d.toml",
+        '[[user]]\naddress = "john@example.com"\n\n'
+        '[[user]]\naddress = "john-smith@example.com"\n\n'
+        '[[user]]\naddress = "team@example.com"\n\n'
+        '[[user]]\naddress = "team+ops@example.com"\n\n'
+        '[[alias]]\naddress = "john-sales@example.com"\ntarget = "john-smith@example.com"\n\n'
+        '[[list]]\naddress = "club@example.com"\npolicy = "members"\n'
+        'members = ["john@example.com"]\n',
+    )
+    import_file(db_path, source)
+    directory = SqliteDirectory(db_path, timeout=0.5, recipient_delimiter="+-")
+    john, team = directory.login("john@example.com"), directory.login("team@example.com")
+    assert john is not None
+    assert team is not None
+    assert not directory.may_send_as(john, "john-smith@example.com")
+    assert not directory.may_send_as(john, "john-sales@example.com")
+    assert not directory.may_send_as(team, "team+ops@example.com")
+    assert directory.may_send_as(john, "john-news@example.com")  # not a mailbox here
+    assert not directory.may_post("club@example.com", "john-smith@example.com")
+    assert directory.may_post("club@example.com", "john+lists@example.com")
+
+
+def test_an_alias_of_a_list_names_the_list(tmp_path: Path, db_path: Path) -> None:
+    """recipient() says which list an alias (or an extension) leads to, so the check
+    asks may_post about that list: all@ -> staff@ must not open a members-only list."""
+    source = write(
+        tmp_path / "d.toml",
+        '[[list]]\naddress = "staff@example.com"\npolicy = "members"\n'
+        'members = ["bob@example.com"]\n\n'
+        '[[alias]]\naddress = "all@example.com"\ntarget = "staff@example.com"\n',
+    )
+    import_file(db_path, source)
+    directory = SqliteDirectory(db_path, timeout=0.5, recipient_delimiter="+")
+    for address in ("all@example.com", "all+x@example.com", "staff+x@example.com"):
+        found = directory.recipient(address)
+        assert found == Recipient(
+            Kind.LIST, list_policy="members", list_address="staff@example.com"
+        ), address
+
+
+def test_quoted_local_part_is_split_unquoted() -> None:
+    """Postfix splits "spammer+a b" as spammer + "a b" (found by review)."""
+    assert strip_extension('"spammer+a b"@example.org', "+") == "spammer@example.org"
+    assert strip_extension('"a b+c"@example.org', "+") == '"a b"@example.org'
+    assert strip_extension('"+x"@example.org', "+") is None
+    assert strip_extension("double-bounce@example.org", "-") is None
 
 
 def test_no_directory_sends_as_itself_with_an_extension() -> None:
@@ -1213,7 +1271,7 @@ def _idn_answers(directory: SqliteDirectory) -> None:
     for spelling in ("info@bücher.example", "info@xn--bcher-kva.example"):
         assert directory.recipient(spelling) == Recipient(Kind.ALIAS), spelling
     assert directory.recipient("team@xn--bcher-kva.example") == Recipient(
-        Kind.LIST, list_policy="members"
+        Kind.LIST, list_policy="members", list_address="team@xn--bcher-kva.example"
     )
     assert directory.recipient("jurgen@bücher.example") == Recipient(Kind.NONE)
     login = directory.login("juergen")

@@ -114,6 +114,8 @@ def test_deny_list_and_blacklist_see_through_an_extension(service: Running) -> N
     """As Postfix's access(5) lookups: a listed spammer@ is spammer+1@ too."""
     assert_reply(mail_from(service, "<spammer+1@bad.example>"), "host_denies_sender")
     assert_reply(mail_from(service, '<"spammer+x"@Bad.Example>'), "host_denies_sender")
+    # Split unquoted, as Postfix does: "spammer+a b" is spammer + "a b" (found by review).
+    assert_reply(mail_from(service, '<"spammer+a b"@bad.example>'), "host_denies_sender")
     smtpguard(service.site, "blacklist", "add", "evil2@spam.example")
     try:
         assert_reply(mail_from(service, "<evil2+a@spam.example>"), "black_mail_address")

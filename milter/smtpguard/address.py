@@ -328,22 +328,30 @@ def strip_extension(key: str, delimiters: str) -> str | None:
     = +`` delivers ``alice+lists@example.com`` to ``alice@example.com``.
 
     As Postfix's split_addr(): the extension starts at the first of the ``delimiters``
-    characters; postmaster and MAILER-DAEMON are never split, nor (when ``-`` is a
-    delimiter) ``owner-foo`` and ``foo-request``, the list conventions older than
-    extensions; a local part that would be left empty is not split either."""
+    characters; postmaster, MAILER-DAEMON and double-bounce are never split, nor (when
+    ``-`` is a delimiter) ``owner-foo`` and ``foo-request``, the list conventions older
+    than extensions; a local part that would be left empty is not split either. Postfix
+    splits the local part unquoted: ``"alice+a b"@`` is ``alice@``."""
     if not delimiters:
         return None
     local, at, domain = key.rpartition("@")
     if not at:
         local, domain = key, ""
-    if local in ("postmaster", "mailer-daemon"):
+    quoted = len(local) >= 2 and local.startswith('"') and local.endswith('"')
+    if quoted:
+        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    if local in ("postmaster", "mailer-daemon", "double-bounce"):
         return None
     if "-" in delimiters and (local.startswith("owner-") or local.endswith("-request")):
         return None
     cut = min((at_ for d in delimiters if (at_ := local.find(d)) >= 0), default=-1)
     if cut <= 0:
         return None
-    return f"{local[:cut]}{at}{domain}"
+    base = local[:cut]
+    if quoted:
+        # In its canonical form again: unquoted where it can be, else quoted.
+        base = canonical_local_part('"' + base.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return f"{base}{at}{domain}"
 
 
 def canonical_address(text: str) -> str:

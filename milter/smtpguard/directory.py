@@ -83,6 +83,9 @@ class Recipient:
     kind: Kind
     state: str = "active"
     list_policy: str = "open"
+    #: For a list: the list's own address (an alias or an extension may lead to it),
+    #: which :meth:`Directory.may_post` is to be asked about.
+    list_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,22 @@ class SqliteDirectory(WatchedFile):
             return self._recipient(base)
         return found
 
+    def _known(self, key: str) -> bool:
+        """Whether the directory knows ``key`` itself (a user, alias or list, or an
+        address a send-as right names): then its extension is not stripped, as
+        Postfix's lookups try the whole address first. ``john-smith@`` is not
+        ``john@`` when john-smith@ is a mailbox of its own."""
+        forms = _stored_forms(key)
+        return bool(
+            self._query(
+                "SELECT 1 FROM users WHERE address IN (?, ?) UNION ALL"
+                " SELECT 1 FROM aliases WHERE address IN (?, ?) UNION ALL"
+                " SELECT 1 FROM lists WHERE address IN (?, ?) UNION ALL"
+                " SELECT 1 FROM send_as WHERE address IN (?, ?) LIMIT 1",
+                forms * 4,
+            )
+        )
+
     def _recipient(self, address: str) -> Recipient:
         seen: set[str] = set()
         current = address
@@ -175,7 +194,7 @@ class SqliteDirectory(WatchedFile):
                 return Recipient(Kind.USER if depth == 0 else Kind.ALIAS, state=rows[0][0])
             rows = self._query("SELECT policy FROM lists WHERE address IN (?, ?)", forms)
             if rows:
-                return Recipient(Kind.LIST, list_policy=rows[0][0])
+                return Recipient(Kind.LIST, list_policy=rows[0][0], list_address=current)
             targets = self._query("SELECT target FROM aliases WHERE address IN (?, ?)", forms)
             if not targets:
                 # At depth > 0 this is an alias pointing outside the directory.
@@ -214,9 +233,10 @@ class SqliteDirectory(WatchedFile):
         key = _key(address)
         if self._may_send_as(login, key):
             return True
-        # Postfix's smtpd_sender_login_maps lookup strips the extension as well.
+        # Postfix's smtpd_sender_login_maps lookup strips the extension of an address
+        # it does not find whole.
         base = strip_extension(key, self.delimiters)
-        return base is not None and self._may_send_as(login, base)
+        return base is not None and not self._known(key) and self._may_send_as(login, base)
 
     def _may_send_as(self, login: Login, address: str) -> bool:
         if address == _key(login.address):
@@ -254,9 +274,11 @@ class SqliteDirectory(WatchedFile):
         if policy == "domain":
             return sender.rpartition("@")[2] == list_address.rpartition("@")[2]
         roles = ("poster",) if policy == "posters" else ("member", "poster")
-        # A member posting from alice+lists@ is the member alice@.
+        # A member posting from alice+lists@ is the member alice@ (unless alice+lists@
+        # is a mailbox of its own here).
         senders = [sender]
-        if (bare := strip_extension(sender, self.delimiters)) is not None:
+        bare = strip_extension(sender, self.delimiters)
+        if bare is not None and not self._known(sender):
             senders.append(bare)
         for form in senders:
             found = self._query(

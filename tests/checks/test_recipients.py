@@ -163,13 +163,32 @@ def test_not_our_business(mailbox: Mailbox, directory: FakeDirectory, recipient:
     assert directory.calls == []
 
 
-@pytest.mark.parametrize("recipient", ["postmaster@example.com", "PostMaster@example.com"])
+@pytest.mark.parametrize(
+    "recipient",
+    ["postmaster@example.com", "PostMaster@example.com", "postmaster+bounces@example.com"],
+)
 def test_postmaster_of_a_local_domain_exists(
     mailbox: Mailbox, directory: FakeDirectory, recipient: str
 ) -> None:
     """RFC 5321 §4.5.1: not in the directory, still a mailbox (the MTA's aliases)."""
     assert mailbox(make_conn(sender="x@example.org"), rcpt(recipient)) is None
     assert directory.calls == []
+
+
+def test_a_list_reached_through_an_alias_keeps_its_policy(
+    mailbox: Mailbox, directory: FakeDirectory
+) -> None:
+    """The directory names the list an alias leads to; may_post is asked about it (it
+    was asked about the alias, which has no list policy of its own: open)."""
+    directory.recipients["all@example.com"] = Recipient(
+        Kind.LIST, list_policy="members", list_address="staff@example.com"
+    )
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt("all@example.com"))
+    assert verdict == Hit(
+        "private_list_denied", "x@example.org may not post to all@example.com (members)"
+    )
+    assert ("may_post", "staff@example.com", "x@example.org") in directory.calls
+    assert mailbox(make_conn(sender="alice@example.com"), rcpt("all@example.com")) is None
 
 
 def test_locked_user(mailbox: Mailbox) -> None:

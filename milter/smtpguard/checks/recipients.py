@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from smtpguard.address import strip_extension
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import DomainPolicy
 from smtpguard.directory import DirectoryError, Kind
@@ -80,6 +81,7 @@ class Mailbox:
 
     def __init__(self, services: Services) -> None:
         self.site = services.config.site
+        self.delimiters = services.config.site.recipient_delimiter
         self.directory = services.directory
         self.enabled = services.config.directory.backend != "none"
 
@@ -89,7 +91,7 @@ class Mailbox:
             return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
         if not self.enabled or not rcpt.domain or not self.site.is_local(rcpt.domain_lc):
             return None
-        if rcpt.is_postmaster:
+        if rcpt.is_postmaster or self._postmaster_extension(rcpt.canonical_lc):
             # RFC 5321 §4.5.1: postmaster@ every domain we receive for exists, listed
             # in the directory or not (the MTA's aliases deliver it).
             return None
@@ -103,7 +105,9 @@ class Mailbox:
                 txn = conn.txn
                 sender = "" if txn is None or txn.sender is None else txn.sender.lc
                 poster = "" if txn is None or txn.sender is None else txn.sender.canonical
-                if not self.directory.may_post(rcpt.canonical, poster):
+                # Asked about the list itself: all@ may be an alias of a members-only
+                # list, whose policy must not fall away by that.
+                if not self.directory.may_post(found.list_address or rcpt.canonical, poster):
                     return Hit(
                         "private_list_denied",
                         f"{sender or '<>'} may not post to {address} ({found.list_policy})",
@@ -116,3 +120,8 @@ class Mailbox:
         if found.state in _TEMPORARY_STATES:
             return Hit("mailbox_unavailable_temp", f"{address} is {found.state}")
         return None
+
+    def _postmaster_extension(self, key: str) -> bool:
+        """postmaster+x@ is delivered to postmaster@ (Postfix splits it)."""
+        bare = strip_extension(key, self.delimiters)
+        return bare is not None and bare.rpartition("@")[0] == "postmaster"
