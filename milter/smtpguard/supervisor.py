@@ -753,30 +753,50 @@ def retire_metrics(pid: int, directory: str) -> None:
     supervisor's loop runs this and serves scrapes, so no scrape sees a value twice.
     """
     from prometheus_client import multiprocess  # noqa: PLC0415 - optional dependency
-    from prometheus_client.mmap_dict import MmapedDict  # noqa: PLC0415
 
-    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # untyped
+    try:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    except OSError as exc:
+        log.error("metrics: cannot remove the live gauges of worker pid %d: %s", pid, exc)
     for dead in Path(directory).glob(f"*_{pid}.db"):
         prefix = dead.name.removesuffix(f"_{pid}.db")
         combine = _RETIRE.get(prefix)
         if combine is None:
             continue
-        retired = dead.with_name(f"{prefix}_{_RETIRED}.db")
-        values: dict[str, tuple[float, float]] = {}
-        if retired.exists():
-            values = {key: (value, stamp) for key, value, stamp in _file_values(retired)}
-        for key, value, stamp in _file_values(dead):
-            old = values.get(key)
-            values[key] = (value, stamp) if old is None else (combine(old[0], value), stamp)
-        out = MmapedDict(str(retired))  # type: ignore[no-untyped-call]  # untyped
         try:
-            for key, (value, stamp) in values.items():
-                out.write_value(key, value, stamp)  # type: ignore[no-untyped-call]
-        finally:
-            out.close()  # type: ignore[no-untyped-call]
-        # Deleted after the retired file holds its values: a supervisor killed in
-        # between counts them twice until the restart empties the directory.
-        dead.unlink()
+            _retire_file(dead, dead.with_name(f"{prefix}_{_RETIRED}.db"), combine)
+        except Exception as exc:  # noqa: BLE001 - the supervisor must go on restarting
+            # A worker killed while prometheus_client set its file up leaves it empty
+            # or torn. Its values are lost (the totals may go down once, which
+            # Prometheus reads as a counter reset); the restart must not be.
+            log.error("metrics: %s of worker pid %d unreadable, dropped: %s", dead.name, pid, exc)
+            with contextlib.suppress(OSError):
+                dead.unlink()
+
+
+def _retire_file(dead: Path, retired: Path, combine: Callable[[float, float], float]) -> None:
+    """Add the values of ``dead`` into ``retired`` and remove ``dead``."""
+    from prometheus_client.mmap_dict import MmapedDict  # noqa: PLC0415 - optional
+
+    values: dict[str, tuple[float, float]] = {}
+    if retired.exists():
+        try:
+            values = {key: (value, stamp) for key, value, stamp in _file_values(retired)}
+        except Exception as exc:  # noqa: BLE001 - start the retired set again
+            log.error("metrics: %s unreadable, started again: %s", retired.name, exc)
+            retired.unlink()
+    for key, value, stamp in _file_values(dead):
+        old = values.get(key)
+        values[key] = (value, stamp) if old is None else (combine(old[0], value), stamp)
+    out = MmapedDict(str(retired))  # type: ignore[no-untyped-call]  # untyped
+    try:
+        for key, (value, stamp) in values.items():
+            out.write_value(key, value, stamp)  # type: ignore[no-untyped-call]
+    finally:
+        out.close()  # type: ignore[no-untyped-call]
+    # Deleted after the retired file holds its values: a supervisor killed in between
+    # counts them twice until the restart empties the directory.
+    dead.unlink()
 
 
 def _file_values(path: Path) -> Iterator[tuple[str, float, float]]:
