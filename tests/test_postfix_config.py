@@ -518,10 +518,20 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
 
 def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
     covered = config(tmp_path, {"site": {"relay_domains": ["relay.example", ".relay.example"]}})
-    result = make_plan(covered, relay_domains="relay.example, .other.example")
-    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
-    assert problem.startswith("Postfix accepts mail for subdomains of other.example")
-    assert "relay.example" not in problem
+    # ".other.example" matches nothing in a parent-style list (Postfix's match_hostname),
+    # nor does ".x.example" in mydestination, an exact string list (found by review).
+    result = make_plan(
+        covered,
+        relay_domains="relay.example, .other.example",
+        mydestination="example.com, .x.example, localhost",
+    )
+    assert not [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    # Where a list is not parent-style, the dot form is how subdomains are listed.
+    virtual = make_plan(covered, virtual_alias_domains=".other.example")
+    (problem,) = [p for p in virtual.unresolved if p.startswith("Postfix accepts mail for")]
+    assert problem.startswith(
+        "Postfix accepts mail for subdomains of other.example (virtual_alias_domains)"
+    )
     # Without parent matching for relay_domains, relay.example is that domain only.
     alone = make_plan(
         config(tmp_path / "alone"),

@@ -708,8 +708,12 @@ class _Planner:
         """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
         site = self.config.site
         unknown: dict[str, list[str]] = {}
-        # A parameter named there matches "example.com" for its subdomains as well
-        # (Postfix's default names relay_domains); ".example.com" is then redundant.
+        # How Postfix 3.7 matches each list (match_ops.c match_hostname): one named in
+        # parent_domain_matches_subdomains (by default relay_domains) covers the
+        # subdomains of "example.com", and ".example.com" matches nothing there; in
+        # any other domain list ".example.com" covers the subdomains and
+        # "example.com" only itself; mydestination is a string list (resolve_local.c),
+        # matched exactly.
         parents = set(split_list(self.now["parent_domain_matches_subdomains"]))
         for name in ACCEPTED_DOMAINS:
             for item in split_list(self.now[name]):
@@ -721,6 +725,8 @@ class _Planner:
                 # (what Postfix accepts, a domain name that stands for it, by which rule)
                 accepted = [(domain, domain, name)]
                 if domain.startswith("."):
+                    if name == "mydestination" or name in parents:
+                        continue  # matches no domain there
                     accepted = [(f"subdomains of {domain[1:]}", "smtpguard-probe" + domain, name)]
                 elif name in parents:
                     why = f"{name} with parent_domain_matches_subdomains"
