@@ -28,8 +28,8 @@ Its *decoded size* is counted without decoding:
 * quoted-printable: ``=XX`` is one byte, a soft line break (``=`` + optional space/tab +
   line break) is none, everything else as given, line breaks as given (CRLF 2, LF 1);
   a stray ``=`` counts as one byte and is noted as ``bad quoted-printable``.
-* x-uuencode: what the data lines' length characters say, plus any characters beyond
-  what those lengths need; ``begin``/``end`` and any other line as given.
+* x-uuencode: what the data lines' length characters say, or 45/64 of their bytes if
+  that is more; ``begin``/``end`` and any other line as given.
 * anything else (7bit, 8bit, binary, unknown): bytes as given.
 
 Bounded memory and linear time: the walker keeps one partial line (lines longer than
@@ -212,22 +212,22 @@ class _UuencodeCounter:
     """Count decoded bytes of uuencoded text (``x-uuencode``) without decoding it.
 
     Between ``begin`` and ``end``, a data line's first character says how many bytes
-    it carries (n = (c - 32) & 63; uudecode writes that many), and a well-formed line
-    is that character and 4 per 3 bytes. Characters beyond that (and a little slack
-    for CR and a checksum character) are counted as well, summed over the part, so a
-    crafted line ("!" and 900 characters) counts about its raw size. Every other line
-    (``begin``, ``end``, text around them, all of it when no ``begin`` comes: what a
-    client that does not decode it saves) counts as given. Well-formed uuencode counts
-    exactly its decoded size; no content counts below ~0.7 of its raw size, about what
-    well-formed uuencode itself is (45 bytes per 62). Linear, in C-level passes: a
-    part of millions of short lines costs no Python per line."""
+    it carries (n = (c - 32) & 63; uudecode writes that many). The data lines count
+    the larger of what they declare and 45/64 of their bytes (a well-formed line of
+    45 bytes is 62 to 64 characters with its line break and a checksum), less a
+    small allowance per part for the short last lines, both summed over the part: so
+    well-formed uuencode counts exactly its decoded size, and no content counts below
+    ~0.7 of the bytes a client that does not decode it saves, however its lines are
+    shaped. Every other line (``begin``, ``end``, text around them, all of it when no
+    ``begin`` comes) counts as given. Linear, in C-level passes: a part of millions of
+    short lines costs no Python per line."""
 
-    __slots__ = ("declared", "excess", "open_line", "pending", "raw", "size", "state")
+    __slots__ = ("data_bytes", "declared", "open_line", "pending", "raw", "size", "state")
 
     def __init__(self) -> None:
         self.size = 0
         self.declared = 0  # what the data lines' length characters say
-        self.excess = 0  # data lines' characters beyond what their lengths need
+        self.data_bytes = 0  # the data lines' bytes, line breaks included
         self.raw = 0  # every other line's bytes
         # Data arrives in whole lines except over-long ones: what the line a chunk
         # continues was counted as ("data", "raw"; None: the chunk starts a line).
@@ -247,7 +247,7 @@ class _UuencodeCounter:
             newline = data.find(b"\n")
             start = n if newline < 0 else newline + 1
             if self.open_line == "data":
-                self.excess += start
+                self.data_bytes += start
             else:
                 self.raw += start
         data_from = n  # where lines counted as data may start in this chunk
@@ -268,7 +268,11 @@ class _UuencodeCounter:
         if start < n:
             self.raw += n - start
         self._last_line(data, data_from, start)
-        self.size = self.declared + max(0, self.excess) + self.raw
+        self.size = self._data_size() + self.raw
+
+    def _data_size(self) -> int:
+        floor = self.data_bytes * _UU_LINE_BYTES // _UU_LINE_CHARS - _UU_ALLOWANCE
+        return max(self.declared, floor)
 
     def _last_line(self, data: bytes | bytearray, data_from: int, after: int) -> None:
         """Note the chunk's last line: open (the next chunk continues it) or, if it
@@ -297,8 +301,7 @@ class _UuencodeCounter:
         others = sum(map(len, _UU_OTHER_LINE.findall(data, start, stop)))
         self.raw += others
         self.declared += sum(firsts.translate(_UU_LENGTH))
-        need = sum(firsts.translate(_UU_NEED)) + _UU_SLACK * len(firsts)
-        self.excess += stop - start - others - need
+        self.data_bytes += stop - start - others
 
     def finish(self, at_eof: bool) -> str | None:
         if at_eof:
@@ -315,11 +318,12 @@ _UU_END: Final = re.compile(rb"(?m)^end\r?$")
 #: and how many characters a well-formed line has for them (before its line break).
 _UU_DATA_LINE: Final = re.compile(rb"(?m)^[\x20-\x60]")
 _UU_LENGTH: Final = bytes((c - 32) & 63 if 0x20 <= c <= 0x60 else 0 for c in range(256))
-_UU_NEED: Final = bytes(
-    1 + 4 * -(-((c - 32) & 63) // 3) if 0x20 <= c <= 0x60 else 0 for c in range(256)
-)
-#: Per data line: its LF, a CR and an encoder's checksum character.
-_UU_SLACK: Final = 3
+#: A well-formed data line of 45 bytes has at most 64 characters: its length
+#: character, 60, a checksum character, CR LF.
+_UU_LINE_BYTES, _UU_LINE_CHARS = 45, 64
+#: What a part's short last lines ("`", the last data line) may add above what
+#: they declare.
+_UU_ALLOWANCE: Final = 16
 #: Any other line, its line break included.
 _UU_OTHER_LINE: Final = re.compile(rb"(?m)^[^\x20-\x60\n][^\n]*\n?|^\n")
 _UUENCODE: Final = frozenset({"x-uuencode", "uuencode", "x-uue"})
