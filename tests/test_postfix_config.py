@@ -526,6 +526,13 @@ def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
         mydestination="example.com, .x.example, localhost",
     )
     assert not [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    # mydestination is matched exactly even when named there (second review).
+    named = make_plan(
+        covered,
+        parent_domain_matches_subdomains="relay_domains, mydestination",
+        mydestination="example.com, localhost",
+    )
+    assert not [p for p in named.unresolved if p.startswith("Postfix accepts mail for")]
     # Where a list is not parent-style, the dot form is how subdomains are listed.
     virtual = make_plan(covered, virtual_alias_domains=".other.example")
     (problem,) = [p for p in virtual.unresolved if p.startswith("Postfix accepts mail for")]

@@ -71,3 +71,16 @@ def test_a_torn_retired_file_is_started_again(
         retire_metrics(101, str(tmp_path))
     assert "counter_retired.db unreadable, started again" in caplog.text
     assert total(tmp_path) == 3
+
+
+def test_a_retired_file_that_cannot_be_opened_leaves_both_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not the content but the file system: the dead worker's values must still count,
+    not be dropped as torn (second review)."""
+    (tmp_path / "counter_retired.db").mkdir()
+    write_counter(tmp_path, 101, 3)
+    with caplog.at_level(logging.ERROR):
+        retire_metrics(101, str(tmp_path))
+    assert "cannot retire counter_101.db of worker pid 101" in caplog.text
+    assert (tmp_path / "counter_101.db").exists()

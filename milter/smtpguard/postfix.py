@@ -728,7 +728,7 @@ class _Planner:
                     if name == "mydestination" or name in parents:
                         continue  # matches no domain there
                     accepted = [(f"subdomains of {domain[1:]}", "smtpguard-probe" + domain, name)]
-                elif name in parents:
+                elif name in parents and name != "mydestination":
                     why = f"{name} with parent_domain_matches_subdomains"
                     accepted.append((f"subdomains of {domain}", "smtpguard-probe." + domain, why))
                 for shown, probe, why in accepted:

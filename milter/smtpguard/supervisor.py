@@ -765,6 +765,10 @@ def retire_metrics(pid: int, directory: str) -> None:
             continue
         try:
             _retire_file(dead, dead.with_name(f"{prefix}_{_RETIRED}.db"), combine)
+        except OSError as exc:
+            # The directory, not the file: both files stay (the dead worker's values
+            # still count) and the next death tries again.
+            log.error("metrics: cannot retire %s of worker pid %d: %s", dead.name, pid, exc)
         except Exception as exc:  # noqa: BLE001 - the supervisor must go on restarting
             # A worker killed while prometheus_client set its file up leaves it empty
             # or torn. Its values are lost (the totals may go down once, which
@@ -782,7 +786,9 @@ def _retire_file(dead: Path, retired: Path, combine: Callable[[float, float], fl
     if retired.exists():
         try:
             values = {key: (value, stamp) for key, value, stamp in _file_values(retired)}
-        except Exception as exc:  # noqa: BLE001 - start the retired set again
+        except OSError:
+            raise  # not the file's content: leave it (retire_metrics)
+        except Exception as exc:  # noqa: BLE001 - a torn file: start the retired set again
             log.error("metrics: %s unreadable, started again: %s", retired.name, exc)
             retired.unlink()
     for key, value, stamp in _file_values(dead):

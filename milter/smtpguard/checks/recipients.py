@@ -91,7 +91,7 @@ class Mailbox:
             return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
         if not self.enabled or not rcpt.domain or not self.site.is_local(rcpt.domain_lc):
             return None
-        if rcpt.is_postmaster or self._postmaster_extension(rcpt.canonical_lc):
+        if rcpt.is_postmaster:
             # RFC 5321 §4.5.1: postmaster@ every domain we receive for exists, listed
             # in the directory or not (the MTA's aliases deliver it).
             return None
@@ -100,6 +100,10 @@ class Mailbox:
         try:
             found = self.directory.recipient(rcpt.canonical)
             if found.kind is Kind.NONE:
+                if self._postmaster_extension(rcpt.canonical_lc):
+                    # Only when the whole address is nothing here: postmaster-team@
+                    # may be a list or a locked user of its own.
+                    return None
                 return Hit("mailbox_unavailable", f"{address} unknown")
             if found.kind is Kind.LIST:
                 txn = conn.txn
