@@ -1135,6 +1135,42 @@ def test_an_alias_of_a_list_names_the_list(tmp_path: Path, db_path: Path) -> Non
         ), address
 
 
+def test_a_fan_out_alias_names_every_restricted_list_it_reaches(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """all@ -> {staff@ (members), boss@} was a plain alias, so a stranger's mail went to
+    the list; so did ext@ -> staff+x@ (second review)."""
+    source = write(
+        tmp_path / "d.toml",
+        '[[user]]\naddress = "boss@example.com"\n\n'
+        '[[list]]\naddress = "staff@example.com"\npolicy = "members"\n'
+        'members = ["bob@example.com"]\n\n'
+        '[[list]]\naddress = "board@example.com"\npolicy = "posters"\n\n'
+        '[[list]]\naddress = "open@example.com"\n\n'
+        '[[alias]]\naddress = "all@example.com"\ntarget = "staff@example.com"\n\n'
+        '[[alias]]\naddress = "all@example.com"\ntarget = "boss@example.com"\n\n'
+        '[[alias]]\naddress = "all@example.com"\ntarget = "open@example.com"\n\n'
+        '[[alias]]\naddress = "deep@example.com"\ntarget = "all@example.com"\n\n'
+        '[[alias]]\naddress = "deep@example.com"\ntarget = "mid@example.com"\n\n'
+        '[[alias]]\naddress = "mid@example.com"\ntarget = "board+x@example.com"\n\n'
+        '[[alias]]\naddress = "mid@example.com"\ntarget = "all@example.com"\n\n'
+        '[[alias]]\naddress = "ext@example.com"\ntarget = "staff+x@example.com"\n',
+    )
+    import_file(db_path, source)
+    directory = SqliteDirectory(db_path, timeout=0.5, recipient_delimiter="+")
+    staff = ("staff@example.com", "members")
+    assert directory.recipient("all@example.com") == Recipient(Kind.ALIAS, lists_reached=(staff,))
+    assert directory.recipient("all+x@example.com").lists_reached == (staff,)
+    # Nested fan-outs reaching all@ twice, and a target with an extension.
+    assert directory.recipient("deep@example.com").lists_reached == (
+        ("board@example.com", "posters"),
+        staff,
+    )
+    assert directory.recipient("ext@example.com") == Recipient(
+        Kind.LIST, list_policy="members", list_address="staff@example.com"
+    )
+
+
 def test_quoted_local_part_is_split_unquoted() -> None:
     """Postfix splits "spammer+a b" as spammer + "a b" (found by review)."""
     assert strip_extension('"spammer+a b"@example.org', "+") == "spammer@example.org"

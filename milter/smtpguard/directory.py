@@ -86,6 +86,9 @@ class Recipient:
     #: For a list: the list's own address (an alias or an extension may lead to it),
     #: which :meth:`Directory.may_post` is to be asked about.
     list_address: str = ""
+    #: For an alias that fans out: the address and policy of every list that is not
+    #: open among the addresses it reaches; a poster must be allowed on each.
+    lists_reached: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,17 +200,67 @@ class SqliteDirectory(WatchedFile):
                 return Recipient(Kind.LIST, list_policy=rows[0][0], list_address=current)
             targets = self._query("SELECT target FROM aliases WHERE address IN (?, ?)", forms)
             if not targets:
+                base = strip_extension(current, self.delimiters) if depth else None
+                if base is not None and base not in seen:
+                    # An alias's target staff+x@ is delivered to staff@ by the MTA.
+                    seen.add(current)
+                    current = base
+                    continue
                 # At depth > 0 this is an alias pointing outside the directory.
                 return Recipient(Kind.NONE if depth == 0 else Kind.ALIAS)
             if len(targets) > 1:
                 # A fan-out alias delivers to whichever targets exist: the alias itself
-                # is a valid recipient whatever the state of one member.
-                return Recipient(Kind.ALIAS)
+                # is a valid recipient whatever the state of one member; but a list it
+                # reaches keeps its policy.
+                seen.add(current)
+                reached = self._restricted_lists({_key(t[0]) for t in targets}, seen)
+                return Recipient(Kind.ALIAS, lists_reached=reached)
             seen.add(current)
             current = _key(targets[0][0])
             if current in seen:
                 break
         return Recipient(Kind.ALIAS)
+
+    def _restricted_lists(self, frontier: set[str], seen: set[str]) -> tuple[tuple[str, str], ...]:
+        """Every list that is not open among the addresses ``frontier`` leads to
+        through aliases (and address extensions), breadth first, a query per kind and
+        level whatever the number of targets."""
+        found: dict[str, str] = {}
+        seen = seen | frontier
+        for _ in range(self.MAX_ALIAS_DEPTH):
+            if not frontier:
+                break
+            by_form = {form: key for key in frontier for form in _stored_forms(key)}
+            forms = tuple(by_form)
+            marks = ", ".join("?" * len(forms))
+            for address, policy in self._query(
+                f"SELECT address, policy FROM lists WHERE address IN ({marks})",  # noqa: S608 - placeholders
+                forms,
+            ):
+                if policy != "open":
+                    found.setdefault(by_form.get(address, address), policy)
+            known = {
+                by_form.get(row[0], row[0])
+                for row in self._query(
+                    f"SELECT address FROM users WHERE address IN ({marks}) UNION"  # noqa: S608
+                    f" SELECT address FROM lists WHERE address IN ({marks}) UNION"
+                    f" SELECT address FROM aliases WHERE address IN ({marks})",
+                    forms * 3,
+                )
+            }
+            following = {
+                _key(row[0])
+                for row in self._query(
+                    f"SELECT target FROM aliases WHERE address IN ({marks})",  # noqa: S608
+                    forms,
+                )
+            }
+            for key in frontier - known:
+                if (base := strip_extension(key, self.delimiters)) is not None:
+                    following.add(base)
+            frontier = following - seen
+            seen |= frontier
+        return tuple(sorted(found.items()))
 
     def login(self, login: str) -> Login | None:
         rows = self._query(

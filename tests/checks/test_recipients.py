@@ -172,6 +172,20 @@ def test_postmaster_of_a_local_domain_exists(
     assert directory.calls == []
 
 
+def test_a_fan_out_alias_checks_every_list_it_reaches(
+    mailbox: Mailbox, directory: FakeDirectory
+) -> None:
+    directory.recipients["all@example.com"] = Recipient(
+        Kind.ALIAS, lists_reached=(("staff@example.com", "members"),)
+    )
+    verdict = mailbox(make_conn(sender="x@example.org"), rcpt("all@example.com"))
+    assert verdict == Hit(
+        "private_list_denied",
+        "x@example.org may not post to all@example.com, which reaches staff@example.com (members)",
+    )
+    assert mailbox(make_conn(sender="alice@example.com"), rcpt("all@example.com")) is None
+
+
 def test_postmaster_extension_is_only_postmaster_when_nothing_else(
     make_services: ServicesFactory, directory: FakeDirectory
 ) -> None:

@@ -117,6 +117,16 @@ class Mailbox:
                         f"{sender or '<>'} may not post to {address} ({found.list_policy})",
                     )
                 return None
+            for list_address, policy in found.lists_reached:
+                txn = conn.txn
+                poster = "" if txn is None or txn.sender is None else txn.sender.canonical
+                if not self.directory.may_post(list_address, poster):
+                    sender = "" if txn is None or txn.sender is None else txn.sender.lc
+                    return Hit(
+                        "private_list_denied",
+                        f"{sender or '<>'} may not post to {address}, which reaches"
+                        f" {list_address} ({policy})",
+                    )
         except DirectoryError as exc:
             return TempError("database_temp_error", str(exc))
         if found.state == "locked":
