@@ -403,3 +403,15 @@ def test_dnsbl_score_zone_loads(tmp_path: Path) -> None:
     )
     zone = load(write_config(tmp_path, text)).dnsbl.zones[0]
     assert (zone.action, zone.weight) == ("score", 2.5)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    ("section", "key"), [("state", "timeout"), ("dns", "timeout"), ("directory", "cache_ttl")]
+)
+def test_float_options_refuse_nan_and_inf(
+    tmp_path: Path, section: str, key: str, value: str
+) -> None:
+    assert_config_error(
+        tmp_path, f"[{section}]\n{key} = {value}\n", f"{section}.{key}", "must be a finite number"
+    )

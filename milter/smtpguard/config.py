@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import math
 import os
 import pwd
 import re
@@ -97,6 +98,10 @@ class _Section:
 
     def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
         value = self._get(name, (int, float), "a number", default)
+        if not math.isfinite(value):
+            # TOML has nan and inf; nan compares false with every bound below, so a
+            # timeout of nan would pass and then never end.
+            raise self.error(name, f"must be a finite number, got {value}")
         if value < minimum:
             raise self.error(name, f"must be at least {minimum}")
         return float(value)
