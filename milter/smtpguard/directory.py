@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
-import time
 import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +21,7 @@ from contextlib import closing, suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from smtpguard.address import (
     AddressError,
@@ -141,15 +140,10 @@ class SqliteDirectory(WatchedFile):
     label = "directory file"
 
     def __init__(
-        self,
-        path: Path,
-        timeout: float,
-        *,
-        cache_ttl: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-        recipient_delimiter: str = "",
+        self, path: Path, timeout: float, *, recipient_delimiter: str = "", **pool: Any
     ) -> None:
-        super().__init__(path, timeout, cache_ttl=cache_ttl, clock=clock)
+        """``pool``: :class:`WatchedFile`'s keywords (``cache_ttl``, ``clock``)."""
+        super().__init__(path, timeout, **pool)
         self.delimiters = recipient_delimiter
 
     def _open(self) -> sqlite3.Connection:

@@ -144,7 +144,7 @@ class WorkersCollector:
         for reason, count in self.stats.restarts.items():
             restarts.add_metric((reason,), count)
         yield restarts
-        if usage(os.getpid()) is None:
+        if not os.path.exists("/proc/self/stat"):
             return  # no /proc: nothing rather than a total that lacks the live workers
         live = [found for found in map(usage, self.pids()) if found is not None]
         yield CounterMetricFamily(

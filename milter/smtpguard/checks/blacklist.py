@@ -30,9 +30,10 @@ class DynamicBlacklist:
             return None
         try:
             entry = self.blacklist.listed(txn.sender.text)
-            bare = strip_extension(txn.sender.canonical_lc, self.delimiters)
-            if entry is None and bare is not None:
-                entry = self.blacklist.listed(bare)
+            if entry is None:
+                bare = strip_extension(txn.sender.canonical_lc, self.delimiters)
+                if bare is not None:
+                    entry = self.blacklist.listed(bare)
         except StateError as exc:
             return TempError("database_temp_error", str(exc))
         return Hit("black_mail_address", f"listed as {entry}") if entry else None

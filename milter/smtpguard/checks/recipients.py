@@ -105,28 +105,25 @@ class Mailbox:
                     # may be a list or a locked user of its own.
                     return None
                 return Hit("mailbox_unavailable", f"{address} unknown")
-            if found.kind is Kind.LIST:
-                txn = conn.txn
-                sender = "" if txn is None or txn.sender is None else txn.sender.lc
-                poster = "" if txn is None or txn.sender is None else txn.sender.canonical
-                # Asked about the list itself: all@ may be an alias of a members-only
-                # list, whose policy must not fall away by that.
-                if not self.directory.may_post(found.list_address or rcpt.canonical, poster):
+            # Asked about each list itself: all@ may be an alias of a members-only list
+            # (or fan out to one), whose policy must not fall away by that.
+            direct = found.kind is Kind.LIST
+            lists = (
+                ((found.list_address or rcpt.canonical, found.list_policy),)
+                if direct
+                else found.lists_reached
+            )
+            sender = conn.txn.sender if conn.txn is not None else None
+            for list_address, policy in lists:
+                if not self.directory.may_post(list_address, sender.canonical if sender else ""):
+                    via = "" if direct else f", which reaches {list_address}"
                     return Hit(
                         "private_list_denied",
-                        f"{sender or '<>'} may not post to {address} ({found.list_policy})",
+                        f"{(sender.lc if sender else '') or '<>'} may not post to {address}{via}"
+                        f" ({policy})",
                     )
+            if direct:
                 return None
-            for list_address, policy in found.lists_reached:
-                txn = conn.txn
-                poster = "" if txn is None or txn.sender is None else txn.sender.canonical
-                if not self.directory.may_post(list_address, poster):
-                    sender = "" if txn is None or txn.sender is None else txn.sender.lc
-                    return Hit(
-                        "private_list_denied",
-                        f"{sender or '<>'} may not post to {address}, which reaches"
-                        f" {list_address} ({policy})",
-                    )
         except DirectoryError as exc:
             return TempError("database_temp_error", str(exc))
         if found.state == "locked":

@@ -287,7 +287,7 @@ class _UuencodeCounter:
         else:
             stop = after if self.state == _UU_AFTER else n
             is_data = data_from <= last < stop and 0x20 <= data[last] <= 0x60
-            kind = "data" if is_data and data[last] != 0x0A else "raw"
+            kind = "data" if is_data else "raw"
         if ended:
             self.open_line = None
             if kind == "raw":
