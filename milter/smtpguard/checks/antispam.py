@@ -127,15 +127,17 @@ class AntiSpam:
         self._report(txn, score, add_header_score, why)
         if score >= reject_score:
             return Hit("antispam_reject", detail)
-        if score >= add_header_score:
-            txn.add_headers.append((self.config.flag_header, "YES"))
-            txn.add_headers.append((self.config.score_header, f"{score:.1f}"))
         if engine_error:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
         return None
 
-    @staticmethod
-    def _report(txn: Transaction, score: float, threshold: float, why: list[str]) -> None:
+    def _report(self, txn: Transaction, score: float, threshold: float, why: list[str]) -> None:
         # For the summary line and, on accepted mail, X-Spam-Status/X-Spam-Report: with
         # the threshold that tagged the message (the domain's, when it has one).
         txn.scratch[SPAM_REPORT] = SpamReport(score, threshold, tuple(why))
+        if score >= threshold:
+            # Before any refusal, not after: a refusal not enforced (report mode, dry
+            # run, an exemption's undecided lookup passed on) delivers the message, and
+            # the worst spam must not arrive less marked than the merely suspect.
+            txn.add_headers.append((self.config.flag_header, "YES"))
+            txn.add_headers.append((self.config.score_header, f"{score:.1f}"))
