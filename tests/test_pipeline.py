@@ -581,6 +581,33 @@ def test_report_mode_can_stamp_a_header(tmp_path: Path) -> None:
     assert ("X-Smtpguard-Report", "host_denies_sender") in decision.headers
 
 
+@pytest.mark.parametrize("sender", ["<spammer@bad.example>", "<friend@sender.example>"])
+def test_a_senders_own_report_header_is_removed(tmp_path: Path, sender: str) -> None:
+    """Whether or not report mode noted anything, a copy the sender wrote would read as
+    smtpguard's own note: it is removed, in any case of its name."""
+    site = make_site(
+        tmp_path,
+        {
+            "milter": {"report_header": "X-Smtpguard-Report"},
+            "checks": {"sender_deny": {"mode": "report"}},
+        },
+    )
+    driver = SessionDriver(
+        build_runtime(load(site.config)), SessionGate(10), {"v": "Postfix 3.7.11"}.get
+    )
+    driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
+    driver.helo("mail.sender.example")
+    driver.mail(sender, ())
+    driver.rcpt("<alice@example.com>")
+    driver.data()
+    driver.header("x-smtpguard-report", "none")
+    driver.header("Subject", "hi")
+    driver.header("X-Smtpguard-Report", "none (forged)")
+    decision = driver.eom()
+    assert decision.action is Action.CONTINUE
+    assert decision.remove_headers == (("X-Smtpguard-Report", 2), ("X-Smtpguard-Report", 1))
+
+
 # --- end of headers stood in for --------------------------------------------------------
 
 

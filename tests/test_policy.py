@@ -46,6 +46,31 @@ def test_address_forms(address: str, pattern: str, matches: bool) -> None:
     assert address_matches(parse_path(f"<{address}>"), (pattern,)) is matches
 
 
+@pytest.mark.parametrize(
+    ("address", "pattern", "matches"),
+    [
+        # As Postfix's access(5): the address as written, then without its extension.
+        ("alice+news@example.com", "alice@example.com", True),
+        ("alice+news@example.com", "alice+news@example.com", True),
+        ("alice+news@example.com", "alice+other@example.com", False),
+        ("alice@example.com", "alice+news@example.com", False),
+        ('"alice+a b"@example.com', "alice@example.com", True),
+        ("owner-list+x@example.com", "owner-list@example.com", True),
+    ],
+)
+def test_address_extensions(address: str, pattern: str, matches: bool) -> None:
+    assert address_matches(parse_path(f"<{address}>"), (pattern,), "+") is matches
+    # Without a delimiter only the address as written matches.
+    assert address_matches(parse_path(f"<{address}>"), (pattern,)) is (address == pattern)
+
+
+def test_recipient_exemption_sees_through_the_extension(tmp_path: Path) -> None:
+    p = policy(tmp_path, None, exempt=[{"recipients": ["abuse@example.com"], "skip": ["rbl"]}])
+    conn = make_conn(sender="x@y.example")
+    assert p.exempt(conn, "rbl", Stage.RCPT, rcpt("abuse+report@example.com"))
+    assert not p.exempt(conn, "rbl", Stage.RCPT, rcpt("abusex@example.com"))
+
+
 def test_ip_exemption_skips_only_what_it_names(tmp_path: Path) -> None:
     p = policy(tmp_path, None, exempt=[{"name": "p", "ips": ["198.51.100.0/24"], "skip": ["rbl"]}])
     conn = make_conn(sender="x@partner.example", ip="198.51.100.9")

@@ -25,6 +25,7 @@ from support.unbound import (
     GOOD_DOMAIN,
     GOOD_IP,
     NO_PTR_IP,
+    PTR_SERVFAIL_IP,
     RBL_IP,
     RBL_TEST_IP,
     RBL_ZONE,
@@ -95,6 +96,24 @@ def test_two_score_zones_together_reach_the_reject_threshold(scoring: Running) -
     final, _mods = deliver(scoring, SCORE_IP)
     assert_reply(final, "antispam_reject")
     assert "dnsbl:score.test=8.0, dnsbl:score2.test=8.0" in scoring.log()
+
+
+@pytest.fixture(scope="module")
+def reporting(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+    extra = {
+        "antispam": {"add_header_score": 6.0, "reject_score": 15.0},
+        "checks": {"antispam": {"mode": "report"}},
+    }
+    yield from dns_site(tmp_path_factory.mktemp("report"), unbound.port, extra, SCORE_ZONES)
+
+
+def test_spam_let_through_by_report_mode_is_flagged_like_any_spam(reporting: Running) -> None:
+    """At reject_score in report mode the message is delivered: with the flag the
+    mere suspects get, never less marked than they are."""
+    final, mods = deliver(reporting, SCORE_IP)
+    assert_pass(final)
+    assert ("h", {"name": "X-Spam-Flag", "value": "YES"}) in mods
+    assert ("h", {"name": "X-Spam-Score", "value": "16.0"}) in mods
 
 
 # --- exemptions -----------------------------------------------------------------------
@@ -424,3 +443,52 @@ def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
     assert '[domain."relay.example"]: max_message_size=50000' in out
     assert "languages=zh,en" in out
     assert "rcpt_limit" in out
+
+
+# --- an exemption whose lookup fails -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def undecided(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+    """PTR_SERVFAIL_IP is on a local block list, and its reverse zone answers SERVFAIL:
+    whether a host-name exemption applies to it cannot be known."""
+    tmp = tmp_path_factory.mktemp("undecided")
+    (tmp / "blocked.txt").write_text(f"{PTR_SERVFAIL_IP}\n")
+    extra = {
+        "policy": {
+            "exempt": [
+                {
+                    "name": "by-host-and-sender",
+                    "host_suffixes": ["good.test"],
+                    "senders": ["@partner.test"],
+                    "skip": ["rbl"],
+                },
+            ],
+            "postmaster_skip": [],
+        },
+        # rbl's default on_temp_error is "pass": it must not pass this.
+        "dnsbl": {"local": [{"file": str(tmp / "blocked.txt"), "kind": "rbl"}]},
+    }
+    yield from dns_site(tmp, unbound.port, extra)
+
+
+def test_an_exemption_undecided_by_a_failed_lookup_tempfails_never_passes(
+    undecided: Running,
+) -> None:
+    """A client controls its own reverse zone: making the lookup fail must not turn
+    the DNSBL's refusal into an accept (it was one while rbl's on_temp_error = pass
+    applied to the undecided verdict)."""
+    with undecided.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_reply(s.mail("<someone@partner.test>"), "database_temp_error")
+    assert "rbl_deny not answered: an exemption's lookup failed temporarily" in undecided.log()
+
+
+def test_an_exemption_for_other_senders_leaves_the_refusal_permanent(undecided: Running) -> None:
+    """The sender is compared before the client's name is looked up: an exemption
+    that cannot apply to this sender leaves nothing undecided."""
+    with undecided.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_reply(s.mail(f"<someone@{A_ONLY_DOMAIN}>"), "rbl_deny")

@@ -170,6 +170,7 @@ class Pipeline:
         self.metrics = services.metrics
         self.timed = not isinstance(services.metrics, NullMetrics)
         self.report_header = self.config.milter.report_header
+        self.report_key = self.report_header.lower() or None
         self.summary_log = self.config.milter.summary_log
         antispam = self.config.antispam
         #: The anti-spam fields we write, by lower-case name: incoming ones are removed
@@ -397,9 +398,11 @@ class Pipeline:
             )
         ours = authentication_results(self.authserv_id, conn, txn) if self.auth_results else None
         forged: list[tuple[str, int]] = [(AUTH_RESULTS, i) for i in txn.scratch.get(_FORGED_AR, [])]
-        if spam is not None:
-            # The anti-spam check judged this message: only our fields say so.
-            forged += txn.scratch.get(_FORGED_SPAM, [])
+        for field in txn.scratch.get(_FORGED_SPAM, ()):
+            # The anti-spam check judged this message: only our fields say so. The
+            # report field is ours whether or not anything was reported.
+            if spam is not None or field[0] == self.report_header:
+                forged.append(field)
         if not (headers or ours or forged):
             return CONTINUE
         return Decision(
@@ -493,6 +496,12 @@ class Pipeline:
             if names_us(value, self.authserv_id):
                 txn.scratch.setdefault(_FORGED_AR, []).append(seen)
             return
+        if key == self.report_key:
+            # Ours whenever configured: a sender's copy would read as smtpguard's own
+            # note of what report mode let through.
+            seen = txn.scratch[_SEEN_REPORT] = txn.scratch.get(_SEEN_REPORT, 0) + 1
+            txn.scratch.setdefault(_FORGED_SPAM, []).append((self.report_header, seen))
+            return
         written = self.spam_fields.get(key)
         if written is not None:
             counts: dict[str, int] = txn.scratch.setdefault(_SEEN_SPAM, {})
@@ -584,7 +593,7 @@ class Pipeline:
                 conn.txn.scratch.setdefault(_REPORTED, []).append(verdict.reply_id)
             note("pass")
             return None
-        if isinstance(verdict, TempError) and settings.on_temp_error == "pass":
+        if isinstance(verdict, TempError) and settings.on_temp_error == "pass" and not verdict.firm:
             note("pass")
             return None
         if stage in _DEFERRED_TO_EOM and conn.txn is not None:
@@ -744,7 +753,8 @@ def _unless_unsure(
 ) -> Verdict:
     """A permanent verdict an exemption might have spared, had its lookup not failed
     temporarily, becomes a temporary failure (the client retries; the lookup may work
-    then)."""
+    then). Whatever the check's ``on_temp_error``: a lookup of the client's own DNS
+    that is slow must not turn a refusal into an accept."""
     if (
         isinstance(verdict, Hit)
         and policy is not None
@@ -754,6 +764,7 @@ def _unless_unsure(
         return TempError(
             "database_temp_error",
             f"{verdict.reply_id} not answered: an exemption's lookup failed temporarily",
+            firm=True,
         )
     return verdict
 
@@ -812,6 +823,7 @@ _SEEN_AR = "pipeline.auth_results_seen"
 _FORGED_AR = "pipeline.auth_results_forged"
 _SEEN_SPAM = "pipeline.spam_fields_seen"
 _FORGED_SPAM = "pipeline.spam_fields_forged"
+_SEEN_REPORT = "pipeline.report_fields_seen"
 
 #: ``conn.scratch[TRACE] = []`` makes the pipeline record every check's outcome there
 #: (``smtpguard simulate`` shows them); absent, nothing is recorded.

@@ -43,7 +43,7 @@ import functools
 import logging
 from collections.abc import Sequence
 
-from smtpguard.address import Address, canonical_address, canonical_domain
+from smtpguard.address import Address, canonical_address, canonical_domain, strip_extension
 from smtpguard.checks import Event, Services, Stage, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
 from smtpguard.checks.spf import SpfQuery
@@ -71,20 +71,27 @@ _CONTENT = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 POSTMASTER = "postmaster"
 
 
-def address_matches(address: Address, patterns: Sequence[str]) -> bool:
+def address_matches(address: Address, patterns: Sequence[str], delimiters: str = "") -> bool:
     """``user@example.net`` (exact), ``@example.net`` (that domain only),
     ``example.net`` (the domain and its subdomains). Both sides are compared
     canonical: ``"user"@example.net`` is ``user@example.net``, ``bücher.example`` is
-    ``xn--bcher-kva.example``."""
+    ``xn--bcher-kva.example``. With ``delimiters`` (``site.recipient_delimiter``),
+    ``user+ext@example.net`` is also ``user@example.net``, as in Postfix's access(5)."""
     if address.is_null:
         return False
     text = address.canonical_lc
     domain = address.domain_canonical
+    base: str | None = None
     for pattern in patterns:
         kind, value = canonical_pattern(pattern)
         if kind == "address":
             if text == value:
                 return True
+            if delimiters:
+                if base is None:
+                    base = strip_extension(text, delimiters) or ""
+                if base == value:
+                    return True
         elif kind == "domain":
             if domain == value:
                 return True
@@ -210,13 +217,19 @@ class Policy:
         conn.scratch[_NAMES] = names
         return names
 
-    def _sender(self, ex: Exemption, conn: Connection, event: Event) -> bool:
-        if not ex.senders:
-            return True
-        txn = conn.txn
-        if txn is None or txn.sender is None or not address_matches(txn.sender, ex.senders):
+    def _client_and_sender(self, ex: Exemption, conn: Connection, event: Event) -> bool:
+        # The sender's address first: it costs no lookup, and a lookup that fails
+        # temporarily marks the session undecided (_UNSURE) only for an exemption that
+        # could otherwise apply.
+        if ex.senders:
+            txn = conn.txn
+            if txn is None or txn.sender is None:
+                return False
+            if not address_matches(txn.sender, ex.senders, self.site.recipient_delimiter):
+                return False
+        if not self._client(ex, conn, event):
             return False
-        return not ex.spf_pass or self._spf(conn, event) == "pass"
+        return not (ex.senders and ex.spf_pass) or self._spf(conn, event) == "pass"
 
     def _spf(self, conn: Connection, event: Event) -> str:
         txn = conn.txn
@@ -248,7 +261,7 @@ class Policy:
             # RCPT TO:<postmaster> without a domain is ours too (RFC 5321 §4.5.1).
             domain = rcpt.domain or ""
             return rcpt.is_postmaster and (not domain or self.site.is_local(domain))
-        return address_matches(rcpt, ex.recipients)
+        return address_matches(rcpt, ex.recipients, self.site.recipient_delimiter)
 
     def _applies(self, ex: Exemption, conn: Connection, stage: Stage, event: Event) -> bool:
         if ex.senders and stage in (Stage.CONNECT, Stage.HELO):
@@ -265,7 +278,7 @@ class Policy:
                     return False
             else:
                 return False
-        return self._client(ex, conn, event) and self._sender(ex, conn, event)
+        return self._client_and_sender(ex, conn, event)
 
     # --- what the pipeline asks -------------------------------------------------
 
@@ -307,10 +320,7 @@ class Policy:
             return False
         name = settings_name(check)
         if not any(
-            ex.recipients
-            and name in ex.skip
-            and self._client(ex, conn, event)
-            and self._sender(ex, conn, event)
+            ex.recipients and name in ex.skip and self._client_and_sender(ex, conn, event)
             for ex in self.exemptions
         ):
             return False

@@ -29,10 +29,14 @@ class TempError:
 
     ``reply_id`` is the tempfail row to answer with when the check's policy is
     fail-closed (for example ``database_temp_error`` or ``auth_error_temp``).
+    ``firm``: answered as a temporary failure even where the check's
+    ``on_temp_error`` is ``pass``. The check did refuse; only whether an exemption
+    spares the client is undecided, and passing would accept what it refused.
     """
 
     reply_id: str
     detail: str = ""
+    firm: bool = False
 
 
 Verdict = Hit | TempError
