@@ -90,6 +90,43 @@ def test_exemption_loads_with_groups_and_files(tmp_path: Path) -> None:
             "policy.postmaster_skip",
             "can never be skipped",
         ),
+        # Entries that would load and never match: Postfix's leading dot, wildcards,
+        # empty parts.
+        (
+            f"{EXEMPT}host_suffixes = ['.partner.example']\nskip = ['rbl']\n",
+            "policy.exempt[0].host_suffixes",
+            "write 'partner.example'",
+        ),
+        (
+            f"{EXEMPT}host_suffixes = ['*.partner.example']\nskip = ['rbl']\n",
+            "policy.exempt[0].host_suffixes",
+            "not an address, @domain or domain",
+        ),
+        (
+            f"{EXEMPT}ips = ['192.0.2.1']\nsenders = ['.partner.example']\nskip = ['rbl']\n",
+            "policy.exempt[0].senders",
+            "'@partner.example' (that domain only)",
+        ),
+        (
+            f"{EXEMPT}ips = ['192.0.2.1']\nsenders = ['*@partner.example']\nskip = ['rbl']\n",
+            "policy.exempt[0].senders",
+            "no wildcards",
+        ),
+        (
+            f"{EXEMPT}recipients = ['abuse@']\nskip = ['rbl']\n",
+            "policy.exempt[0].recipients",
+            "not an address, @domain or domain: 'abuse@'",
+        ),
+        (
+            f"{EXEMPT}recipients = ['@']\nskip = ['rbl']\n",
+            "policy.exempt[0].recipients",
+            "not an address, @domain or domain",
+        ),
+        (
+            f"{EXEMPT}recipients = ['']\nskip = ['rbl']\n",
+            "policy.exempt[0].recipients",
+            "not an address, @domain or domain",
+        ),
         ("[[dnsbl.local]]\nfile = 'absent.txt'\n", "dnsbl.local[0].file", "cannot read"),
         (
             "[[dnsbl.local]]\nfile = 'list.txt'\nkind = 'spam'\n",
@@ -115,6 +152,18 @@ def test_sender_exemption_with_spf_pass_or_client_loads(tmp_path: Path) -> None:
     assert first.spf_pass
     assert first.senders == ("partner.example",)
     assert second.host_suffixes == ("mx.partner.example",)
+
+
+def test_exemption_patterns_of_every_documented_form_load(tmp_path: Path) -> None:
+    text = (
+        f"{EXEMPT}ips = ['192.0.2.1']\n"
+        "senders = ['a@partner.example', '\"a b\"@partner.example', '@partner.example',"
+        " 'partner.example', 'Bücher.Example']\n"
+        "recipients = ['postmaster', 'abuse@example.com']\nskip = ['rbl']\n"
+    )
+    (ex,) = load(write_config(tmp_path, text)).policy.exempt
+    assert ex.senders[-1] == "bücher.example"
+    assert ex.recipients == ("postmaster", "abuse@example.com")
 
 
 def test_bad_list_line_names_file_and_line(tmp_path: Path) -> None:
@@ -218,6 +267,8 @@ def test_domain_tables_fill_in_the_global_values(tmp_path: Path) -> None:
             "at least one",
         ),
         ("[domain.'big.example']\nmax_size = 1\n", 'domain."big.example".max_size', "unknown key"),
+        # Looked up by the exact domain: a table for ".big.example" would never apply.
+        ("[domain.'.big.example']\nmax_rcpt = 3\n", 'domain.".big.example"', "one exact domain"),
         # rcpt_limit keeps one transaction to one domain policy: it must enforce.
         (
             "[checks.rcpt_limit]\nmode = 'report'\n[domain.'big.example']\nmax_rcpt = 3\n",

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
-from smtpguard.address import IPAddress, IPNetwork, canonical_domain, unmapped, unmapped_network
+from smtpguard.address import (
+    AddressError,
+    IPAddress,
+    IPNetwork,
+    canonical_domain,
+    parse_path,
+    unmapped,
+    unmapped_network,
+)
 
 # Re-exported (the "as" form), so that callers keep importing them from here.
 from smtpguard.datafiles import ConfigError as ConfigError  # noqa: PLC0414
@@ -803,7 +811,7 @@ def _domains(
         if not isinstance(outer.data[name], dict):
             raise ConfigError(root.file, f'domain."{name}"', "expected a table")
         s = _Section(root.file, f'domain."{name}"', outer.data[name], root.registry)
-        domain = name.strip().rstrip(".").lower()
+        domain = _table_domain(s, name)
         key = canonical_domain(domain)
         if not site.is_local(domain) and not site.is_relay(domain):
             raise ConfigError(
@@ -1255,15 +1263,77 @@ def _ip_list(s: _Section, ips: str, files: str) -> IpSet:
         raise s.error(key, f"{where}{exc.problem}") from None
 
 
+def _table_domain(s: _Section, name: str) -> str:
+    domain = name.strip().rstrip(".").lower()
+    if domain.startswith(".") or "*" in domain:
+        # Looked up by the recipient's exact domain: a Postfix-style ".example.com"
+        # would load and never apply.
+        raise ConfigError(
+            s.file,
+            s.prefix,
+            "a table is for one exact domain name (no leading dot, no wildcard):"
+            " write one table per domain",
+        )
+    return domain
+
+
+def _host_suffixes(s: _Section, name: str) -> tuple[str, ...]:
+    for item in s.strings(name):
+        text = item.strip()
+        if text.startswith("."):
+            raise s.error(
+                name,
+                f"{item!r}: write {text.lstrip('.')!r}; a suffix matches the name itself"
+                " and every name under it",
+            )
+        _check_pattern(s, name, item, f"<x@{text}>")
+    return tuple(sorted(s.domains(name)))
+
+
+def _address_patterns(s: _Section, name: str) -> tuple[str, ...]:
+    """An exemption's ``senders``/``recipients``: ``user@example.net``,
+    ``@example.net`` or ``example.net``, each checked here: an entry that cannot be
+    an address or a domain (a Postfix ``.example.net``, a wildcard, an empty part)
+    would load and never match."""
+    out = []
+    for item in s.strings(name):
+        text = item.strip()
+        local, at, domain = text.rpartition("@")
+        if at and local == "*":
+            raise s.error(
+                name,
+                f"{item!r}: no wildcards; @{domain} is that domain,"
+                f" {domain} the domain and its subdomains",
+            )
+        if not at and text.startswith("."):
+            bare = text.lstrip(".")
+            raise s.error(
+                name,
+                f"{item!r}: write {bare!r} (the domain and its subdomains) or"
+                f" '@{bare}' (that domain only)",
+            )
+        probe = f"<{text}>" if at and local else f"<x@{domain if at else text}>"
+        _check_pattern(s, name, item, probe)
+        out.append(text.lower())
+    return tuple(out)
+
+
+def _check_pattern(s: _Section, name: str, item: str, probe: str) -> None:
+    try:
+        parse_path(probe, smtputf8=True)
+    except AddressError as exc:
+        raise s.error(name, f"not an address, @domain or domain: {item!r} ({exc})") from None
+
+
 def _exemption(s: _Section, index: int, known: frozenset[str] | None) -> Exemption:
     out = Exemption(
         name=s.string("name", "") or f"policy.exempt[{index}]",
         skip=_skip_list(s, "skip", known),
         networks=_ip_list(s, "ips", "ip_files"),
-        host_suffixes=tuple(sorted(s.domains("host_suffixes"))),
-        senders=tuple(a.strip().lower() for a in s.strings("senders")),
+        host_suffixes=_host_suffixes(s, "host_suffixes"),
+        senders=_address_patterns(s, "senders"),
         spf_pass=s.boolean("spf_pass", False),
-        recipients=tuple(a.strip().lower() for a in s.strings("recipients")),
+        recipients=_address_patterns(s, "recipients"),
     )
     s.done()
     if not out.skip:
