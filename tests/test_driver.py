@@ -77,6 +77,27 @@ def non_ascii(lines: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(
+    ("macros", "hostname", "confirmed"),
+    [
+        (POSTFIX, "mail.sender.example", True),
+        (POSTFIX, "unknown", False),
+        (SENDMAIL, "mail.sender.example", False),  # FORGED and TEMP names arrive too
+        ({**SENDMAIL, "{client_resolve}": "FORGED"}, "mail.sender.example", False),
+        ({**SENDMAIL, "{client_resolve}": "OK"}, "mail.sender.example", True),
+        ({**SENDMAIL, "{client_resolve}": "OK"}, "[198.51.100.7]", False),
+        ({"{client_resolve}": "OK"}, "mail.sender.example", True),  # Sendmail without v
+    ],
+)
+def test_which_client_names_are_confirmed(
+    runtime: Runtime, macros: dict[str, str], hostname: str, confirmed: bool
+) -> None:
+    d = driver(runtime, macros)
+    d.connect(hostname, socket.AF_INET, ("198.51.100.7", 40000))
+    assert d.conn.client_name_confirmed is confirmed
+    d.close()
+
+
+@pytest.mark.parametrize(
     ("macros", "expected"),
     [
         ({}, MTA.UNANNOUNCED),

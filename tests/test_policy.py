@@ -133,6 +133,9 @@ def test_without_a_resolver_postfix_client_name_counts(tmp_path: Path) -> None:
     assert not p.exempt(
         make_conn(sender="x@y.example", mta=MTA.SENDMAIL), "rbl", Stage.MAIL, Event()
     )
+    # Sendmail's, when its {client_resolve} said OK.
+    resolved = make_conn(sender="x@y.example", mta=MTA.SENDMAIL, client_name_confirmed=True)
+    assert p.exempt(resolved, "rbl", Stage.MAIL, Event())
 
 
 def test_sender_exemption_with_spf_pass(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:

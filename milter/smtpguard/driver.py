@@ -116,6 +116,12 @@ class SessionDriver:
             conn.client_port = int(hostaddr[1])
         conn.client_name = hostname or ""
         conn.mta = detect_mta(self._macro("v"), self.rt.config.milter.mta)
+        if conn.client_name in ("", "unknown") or conn.client_name.startswith("["):
+            conn.client_name_confirmed = False
+        elif conn.mta is MTA.POSTFIX:
+            conn.client_name_confirmed = True
+        else:
+            conn.client_name_confirmed = self._macro("{client_resolve}") == "OK"
         if conn.mta is MTA.UNANNOUNCED and self.unannounced_notice():
             log.warning(
                 "sid=%s the MTA sent no macro v (Postfix does by default, Sendmail only when "

@@ -19,8 +19,9 @@ client still cannot relay, and is still not authenticated.
 When an exemption applies:
 
 * client criteria (``ips``, ``ip_files``, ``host_suffixes``) from the connection on;
-  a host name counts only forward-confirmed (FCrDNS by our own resolver, or Postfix's
-  ``{client_name}``, which Postfix sets only when the name resolves back);
+  a host name counts only forward-confirmed (FCrDNS by our own resolver, or the
+  MTA's: Postfix's ``{client_name}``, which Postfix sets only when the name resolves
+  back, Sendmail's with ``{client_resolve}`` OK);
 * sender criteria from MAIL FROM on; a sender alone never counts (anyone can write any
   MAIL FROM): it needs a client match or an SPF ``pass`` for that sender;
 * recipient criteria at RCPT for that recipient, and for the message (header, body,
@@ -51,7 +52,7 @@ from smtpguard.config import Config, ConfigError, DomainPolicy, Exemption
 from smtpguard.dns import Pending, client_address
 from smtpguard.memo import Memo
 from smtpguard.replies import ReplyTable, load_replies
-from smtpguard.session import MTA, Connection
+from smtpguard.session import Connection
 from smtpguard.verdict import Verdict
 
 log = logging.getLogger("smtpguard")
@@ -210,8 +211,7 @@ class Policy:
                 # be a permanent one (the pipeline makes it a temporary failure).
                 conn.scratch[_UNSURE] = True
                 return ()
-        elif conn.mta is MTA.POSTFIX and conn.client_name not in ("", "unknown"):
-            # Postfix's {client_name} is "unknown" unless the name resolves back.
+        elif conn.client_name_confirmed:
             names = (conn.client_name,)
         names = tuple(canonical_domain(n) for n in names)
         conn.scratch[_NAMES] = names

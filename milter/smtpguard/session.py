@@ -95,6 +95,10 @@ class Connection:
     client_port: int | None
     client_name: str
     mta: MTA = MTA.UNKNOWN
+    #: The MTA resolved ``client_name`` back to the client address: Postfix's
+    #: ``{client_name}`` (``unknown`` otherwise), Sendmail's with ``{client_resolve}``
+    #: ``OK`` (it passes FORGED and TEMP names too).
+    client_name_confirmed: bool = False
     helo: str | None = None
     tls_version: str | None = None
     trusted_network: bool = False

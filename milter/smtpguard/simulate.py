@@ -89,9 +89,7 @@ def _chunks(body: bytes) -> Iterator[bytes]:
         yield body[start : start + CHUNK]
 
 
-def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
-    result = Result()
-    out = result.lines
+def _macros(runtime: Runtime, env: Envelope) -> dict[str, str]:
     macros: dict[str, str] = {
         "v": "Postfix 3.7.11" if env.mta == "postfix" else "8.17.1.9",
         "j": sorted(runtime.config.site.our_hostnames or {"localhost"})[0],
@@ -102,6 +100,16 @@ def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
         macros["{auth_type}"] = env.auth_type
     if env.tls:
         macros["{tls_version}"] = "TLSv1.3"
+    if env.client_name:
+        # --client-name is the name the MTA resolved and confirmed, for either MTA.
+        macros["{client_resolve}"] = "OK"
+    return macros
+
+
+def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
+    result = Result()
+    out = result.lines
+    macros = _macros(runtime, env)
     driver = SessionDriver(runtime, SessionGate(runtime.config.limits.max_sessions), macros.get)
     trace: list[str] = []
     driver.conn.scratch[TRACE] = trace

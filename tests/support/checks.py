@@ -76,6 +76,7 @@ def make_conn(
     auth_type: str | None = None,
     auth_login: str | None = None,
     recipients: Iterable[str] = (),
+    client_name_confirmed: bool | None = None,
 ) -> Connection:
     """A session as the adapter leaves it; with ``sender`` it is inside a transaction.
 
@@ -88,6 +89,11 @@ def make_conn(
         client_port=40000 if ip is not None else None,
         client_name="client.example.org",
         mta=mta,
+        # As the driver sets it: Postfix's {client_name} is confirmed, Sendmail's only
+        # with {client_resolve} OK.
+        client_name_confirmed=(
+            mta is MTA.POSTFIX if client_name_confirmed is None else client_name_confirmed
+        ),
         helo=helo,
         tls_version=tls_version,
         trusted_network=trusted_network,

@@ -108,7 +108,9 @@ class AntiSpam:
             envelope = SpamEnvelope(
                 ip=str(conn.client_ip) if conn.client_ip else None,
                 helo=conn.helo,
-                hostname=conn.client_name or None,
+                # rspamd reads Hostname as Postfix's {client_name}: "unknown" unless
+                # it resolves back (Sendmail passes forged names too).
+                hostname=conn.client_name if conn.client_name_confirmed else "unknown",
                 sender=txn.sender.text if txn.sender else "",
                 rcpts=tuple(r.text for r in txn.recipients),
                 queue_id=txn.queue_id,
