@@ -21,7 +21,8 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from smtpguard.config import load_config
-from smtpguard.helpsite import SiteError, page_form
+from smtpguard.explain import knowledge
+from smtpguard.helpsite import SiteError, build_site, page_form
 from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
 from support.png import read_png
 from support.service import RULES, make_site, run_cli
@@ -261,3 +262,84 @@ def test_chromium_draws_the_chinese_text(site: Path, server: str, tmp_path: Path
         (site / "rbl_deny" / "one_stroke.html").unlink()
     # About 60 more dark pixels per character at 16 px with Noto Sans CJK.
     assert real - one > 20 * chars, (real, one, chars)
+
+
+def _rbl_page(tmp_path: Path, replies: dict[str, Any], mta: str = "auto") -> str:
+    """The rbl_deny page of a config with ``replies`` and ``milter.mta``."""
+    config = load_config(
+        make_site(tmp_path, {"replies": replies, "milter": {"mta": mta}}, directory=False).config
+    )
+    table = load_replies(config.replies, config.file)
+    pages = build_site(table, knowledge(), mta=config.milter.mta)
+    return next(p.content for p in pages if p.reply_id == "rbl_deny")
+
+
+UTF8_LINE = "<pre>554 5.7.1 rbl deny. (拒绝 RBL 中的邮件服务器)</pre>"
+ASCII_LINE = "<pre>554 5.7.1 rbl deny.</pre>"
+
+
+@pytest.mark.parametrize(
+    ("utf8", "mta", "forms"),
+    [
+        ("always", "postfix", [UTF8_LINE]),
+        ("always", "auto", [UTF8_LINE, "MTA is Sendmail", ASCII_LINE]),
+        ("always", "sendmail", [ASCII_LINE]),
+        ("never", "postfix", [ASCII_LINE]),
+        ("never", "auto", [ASCII_LINE]),
+        ("smtputf8", "postfix", ["used SMTPUTF8:", UTF8_LINE, "Otherwise:", ASCII_LINE]),
+        ("smtputf8", "auto", ["used SMTPUTF8:", UTF8_LINE, "Otherwise, and always", ASCII_LINE]),
+        ("smtputf8", "sendmail", [ASCII_LINE]),
+    ],
+)
+def test_the_reply_line_is_the_one_the_milter_sends(
+    tmp_path: Path, utf8: str, mta: str, forms: list[str]
+) -> None:
+    """UTF-8 only where ``Pipeline.utf8_allowed`` sends it; both forms, labelled, where
+    either may be sent."""
+    page = _rbl_page(tmp_path, {"utf8": utf8}, mta)
+    english = page[page.index('<section id="en"') : page.index('<section id="zh"')]
+    shown = english[english.index("The exact reply line") :]
+    at = 0
+    for form in forms:
+        at = shown.index(form, at) + len(form)
+    assert shown.count("<pre>") == sum(f.startswith("<pre>") for f in forms)
+
+
+def test_a_percent_is_shown_once(tmp_path: Path) -> None:
+    """The table writes '%' as '%%'; the client reads one, and so does the page."""
+    text = {"en": "rbl deny 100%% sure", "zh": "拒绝 100%% 确定"}
+    hint = {"en": "ask 100%% nicely", "zh": "请 100%% 礼貌"}
+    page = _rbl_page(tmp_path, {"override": {"rbl_deny": {"text": text, "hint": hint}}})
+    assert "%%" not in page
+    for shown in (
+        "<h2>rbl deny 100% sure</h2>",
+        "<p>ask 100% nicely</p>",
+        "<h2>拒绝 100% 确定</h2>",
+    ):
+        assert shown in page
+    assert "<title>554 5.7.1 rbl_deny: rbl deny 100% sure</title>" in page
+
+
+def test_text_before_the_id_stays_in_the_file_name(tmp_path: Path) -> None:
+    """``.../smtp-{id}.html`` links to smtp-ID.html: that is where the page goes."""
+    assert page_form("https://h.example/docs/smtp-{id}.html") == "smtp-{id}.html"
+    assert page_form("https://h.example/docs/smtp-{id}") == "smtp-{id}/index.html"
+    for template in ("https://h.example/docs/a%20b{id}", "https://h.example/x{y}{id}"):
+        with pytest.raises(SiteError, match="last path segment"):
+            page_form(template)
+    config = make_site(
+        tmp_path,
+        {"replies": {"help_url": "https://h.example/docs/smtp-{id}.html"}},
+        directory=False,
+    ).config
+    out = tmp_path / "out"
+    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("the page of reply ID is smtp-ID.html\n")
+    assert (out / "smtp-rbl_deny.html").is_file()
+    assert not (out / "rbl_deny.html").exists()
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert 'href="smtp-rbl_deny.html"' in index
+    # Every link of the index leads to a file that was written.
+    for link in _parse(index).links:
+        assert (out / link).is_file(), link

@@ -438,7 +438,7 @@ def cmd_help_site(args: argparse.Namespace) -> int:
     config = _load(args.config)
     table = load_replies(config.replies, config.file)
     try:
-        pages = build_site(table, knowledge())
+        pages = build_site(table, knowledge(), mta=config.milter.mta)
     except SiteError as exc:
         print(f"smtpguard help-site: {config.file}: {exc}", file=sys.stderr)
         return 2

@@ -16,13 +16,20 @@ to its page when DIR is published as the directory that holds ``{id}``:
 ``{id}/index.html``                             ``DIR/ID/index.html``
 =============================================  ==============================
 
+Text before ``{id}`` in its path segment stays in the file name: with
+``https://help.example.com/docs/smtp-{id}.html`` the page is ``DIR/smtp-ID.html``.
+
 ``https://help.example.com/smtp/{id}``: publish DIR as ``https://help.example.com/smtp/``;
 ``https://help.example.com/smtp/rbl_deny`` is then ``DIR/rbl_deny/index.html``, which
 every static web server (nginx, Apache, ``python -m http.server``) answers at
 ``/smtp/rbl_deny/`` and redirects ``/smtp/rbl_deny`` to. A template with ``{id}``
 anywhere else (a query string) cannot be a static file: :class:`SiteError`.
 
-All text is HTML-escaped; links are relative, so the site also reads from disk.
+The reply line shown is what the milter sends (:func:`reply_forms`): UTF-8 or ASCII as
+``replies.utf8`` and the MTA decide, both labelled where either may be sent.
+
+All text is HTML-escaped; links are relative, so the site also reads from disk. The
+table writes a ``%`` as ``%%`` (a milter reply is a format string); pages show ``%``.
 """
 
 # The Chinese labels are written with Chinese (full-width) punctuation:
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +55,11 @@ PAGE_FORMS: dict[str, str] = {
     ".html": "{id}.html",
     ".htm": "{id}.htm",
 }
+
+
+#: What may come before ``{id}`` in its path segment: characters that stand for
+#: themselves in a URL path and a file name (no percent-encoding to undo).
+_PREFIX = re.compile(r"[A-Za-z0-9._~-]*\Z")
 
 
 class SiteError(Exception):
@@ -66,12 +79,21 @@ def page_form(help_url: str) -> str:
     if not help_url:
         return PAGE_FORMS[""]
     head, _, tail = help_url.rpartition("{id}")
-    if "{id}" in head or "?" in head or "#" in head or tail not in PAGE_FORMS:
+    # "smtp-{id}.html": the link leads to smtp-ID.html, so that is the file's name.
+    prefix = head.rpartition("/")[2]
+    if (
+        "{id}" in head
+        or "?" in head
+        or "#" in head
+        or tail not in PAGE_FORMS
+        or not _PREFIX.match(prefix)
+    ):
         raise SiteError(
-            f"replies.help_url {help_url!r}: a static site needs {{id}} as the last path"
-            " segment, optionally followed by /, .html or /index.html"
+            f"replies.help_url {help_url!r}: a static site needs {{id}} in the last path"
+            " segment (after nothing but letters, digits, '.', '_', '~' or '-'),"
+            " optionally followed by /, .html or /index.html"
         )
-    return PAGE_FORMS[tail]
+    return prefix + PAGE_FORMS[tail]
 
 
 _CSS = """
@@ -109,6 +131,11 @@ _LABELS: dict[str, dict[str, str]] = {
         "id": "Reply id",
         "code": "Code",
         "text": "Text",
+        "form_smtputf8": "When the sending server used SMTPUTF8:",
+        "form_otherwise": "Otherwise:",
+        "form_otherwise_sendmail": "Otherwise, and always where this server's MTA is"
+        " Sendmail (it cannot carry UTF-8 in a reply):",
+        "form_sendmail": "Where this server's MTA is Sendmail (it cannot carry UTF-8 in a reply):",
     },
     "zh": {
         "lang_name": "中文",
@@ -127,6 +154,11 @@ _LABELS: dict[str, dict[str, str]] = {
         "id": "回复 id",
         "code": "代码",
         "text": "内容",
+        "form_smtputf8": "发件服务器使用了 SMTPUTF8 时：",
+        "form_otherwise": "其他情况：",
+        "form_otherwise_sendmail": "其他情况，以及本服务器的 MTA 为 Sendmail 时"
+        "（Sendmail 的回复无法携带 UTF-8）：",
+        "form_sendmail": "本服务器的 MTA 为 Sendmail 时（Sendmail 的回复无法携带 UTF-8）：",
     },
 }
 _HTML_LANG = {"en": "en", "zh": "zh-Hans"}
@@ -135,6 +167,11 @@ LANGS: tuple[str, ...] = ("en", "zh")
 
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+def _shown(text: str) -> str:
+    """A text of the table as the client reads it: its ``%%`` is one ``%``."""
+    return text.replace("%%", "%")
 
 
 def _document(title: str, body: Iterable[str], css_href: str) -> str:
@@ -157,19 +194,31 @@ def _document(title: str, body: Iterable[str], css_href: str) -> str:
     )
 
 
-def reply_lines(table: ReplyTable, row: Row) -> list[str]:
-    """The reply as the client sees it: rendered by this configuration for the milter's
-    replies; code, enhanced code and English text for the MTA's own."""
-    if row.reply_id in MILTER_IDS:
-        return table.render(row.reply_id, utf8=True).wire_lines()
-    return [f"{row.code} {row.xcode} {row.text['en']}"]
+def reply_forms(table: ReplyTable, row: Row, mta: str = "auto") -> list[tuple[str, list[str]]]:
+    """The reply as the client sees it, each form with the key of its label ("" when it
+    is the only one): rendered by this configuration for the milter's replies, UTF-8 or
+    ASCII as the milter chooses (``Pipeline.utf8_allowed``: ``replies.utf8``, and never
+    UTF-8 to Sendmail); code, enhanced code and English text for the MTA's own."""
+    if row.reply_id not in MILTER_IDS:
+        return [("", [f"{row.code} {row.xcode} {_shown(row.text['en'])}"])]
+    utf8 = table.render(row.reply_id, utf8=True).wire_lines()
+    ascii_ = table.render(row.reply_id, utf8=False).wire_lines()
+    policy = table.policy.utf8
+    if mta == "sendmail" or policy == "never" or utf8 == ascii_:
+        return [("", ascii_)]
+    # "auto": the MTA says which one it is on each connection; Sendmail gets ASCII.
+    sendmail_too = mta == "auto"
+    if policy == "always":
+        return [("", utf8), *([("form_sendmail", ascii_)] if sendmail_too else [])]
+    otherwise = "form_otherwise_sendmail" if sendmail_too else "form_otherwise"
+    return [("form_smtputf8", utf8), (otherwise, ascii_)]
 
 
-def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str) -> Page:
+def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str, mta: str) -> Page:
     up = "../" * path.count("/")
     ours = knowledge.ours.get(row.reply_id)
     category = knowledge.categories[ours.category] if ours is not None else None
-    lines = reply_lines(table, row)
+    forms = reply_forms(table, row, mta)
     # A site's own table needs only the languages it sends (always en).
     langs = [lang for lang in LANGS if row.text.get(lang) and row.hint.get(lang)]
     body = [
@@ -184,7 +233,7 @@ def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str) -> Page:
         kind = words["temporary"] if row.code.startswith("4") else words["permanent"]
         section = [
             f'<section id="{lang}" lang="{_HTML_LANG[lang]}">',
-            f"<h2>{_e(row.text[lang])}</h2>",
+            f"<h2>{_e(_shown(row.text[lang]))}</h2>",
             f"<h3>{_e(words['happened'])}</h3>",
         ]
         happened = f"<p>{_e(kind)}"
@@ -199,13 +248,16 @@ def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str) -> Page:
             section += [f"<h3>{_e(words['why'])}</h3>", f"<p>{_e(cause)}</p>"]
         section += [
             f"<h3>{_e(words['todo'])}</h3>",
-            f"<p>{_e(row.hint[lang])}</p>",
+            f"<p>{_e(_shown(row.hint[lang]))}</p>",
             f"<h3>{_e(words['line'])}</h3>",
-            f"<pre>{_e(chr(10).join(lines))}</pre>",
-            "</section>",
         ]
+        for label, lines in forms:
+            if label:
+                section.append(f"<p>{_e(words[label])}</p>")
+            section.append(f"<pre>{_e(chr(10).join(lines))}</pre>")
+        section.append("</section>")
         body += section
-    title = f"{row.code} {row.xcode} {row.reply_id}: {row.text['en']}"
+    title = f"{row.code} {row.xcode} {row.reply_id}: {_shown(row.text['en'])}"
     return Page(row.reply_id, path, _document(title, body, f"{up}style.css"))
 
 
@@ -224,19 +276,19 @@ def _index(table: ReplyTable, pages: list[Page]) -> str:
         body.append(
             f"<tr><td><code>{_e(row.code)} {_e(row.xcode)}</code></td>"
             f'<td><a href="{_e(page.path)}">{_e(row.reply_id)}</a></td>'
-            f"<td>{_e(row.text['en'])}</td>"
-            f'<td lang="zh-Hans">{_e(row.text.get("zh", ""))}</td></tr>'
+            f"<td>{_e(_shown(row.text['en']))}</td>"
+            f'<td lang="zh-Hans">{_e(_shown(row.text.get("zh", "")))}</td></tr>'
         )
     body.append("</table>")
     return _document(f"{en['title']} / {zh['title']}", body, "style.css")
 
 
-def build_site(table: ReplyTable, knowledge: Knowledge) -> list[Page]:
+def build_site(table: ReplyTable, knowledge: Knowledge, *, mta: str = "auto") -> list[Page]:
     """Every page of the site: one per reply id (the milter's, then the MTA's), the
-    index and the style sheet."""
+    index and the style sheet. ``mta``: ``milter.mta`` (which reply forms are sent)."""
     form = page_form(table.policy.help_url)
     pages = [
-        _page(table, knowledge, table.rows[reply_id], form.format(id=reply_id))
+        _page(table, knowledge, table.rows[reply_id], form.format(id=reply_id), mta)
         for reply_id in (*MILTER_IDS, *MTA_IDS)
     ]
     return [
