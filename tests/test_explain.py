@@ -4,6 +4,7 @@ RFC 3463 fallback, output formats, hostile input and load-time validation."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -1315,3 +1316,60 @@ def test_explain_command_line() -> None:
     data = json.loads(result.stdout)
     assert data["lang"] == "zh"
     assert data["category"] == "protocol_sequence"
+
+
+def test_json_is_valid_on_an_ascii_stdout() -> None:
+    """Escaped as JSON (``\\u00fc``), not as the ``\\xfc`` of the forgiving stdout."""
+    line = "550 5.1.1 Benutzer müller unbekannt"
+    done = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "explain", "--json", "--lang", "zh", line],
+        capture_output=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert done.stdout.isascii()
+    data = json.loads(done.stdout)
+    assert data["reply"] == line
+    assert data["title"] == "收件人不存在"
+    # Text output keeps its backslash escapes: it is for people.
+    text = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "explain", line],
+        capture_output=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    ).stdout
+    assert b"m\\xfcller" in text
+
+
+@pytest.mark.parametrize(
+    ("line", "xcode", "permanent", "category"),
+    [
+        ("Status: 5.1.1", "5.1.1", True, "unknown_recipient"),
+        ("Delivery failed: 5.1.1 user unknown", "5.1.1", True, "unknown_recipient"),
+        ("Status: 4.2.2", "4.2.2", False, "mailbox_full"),
+        # A version number is no enhanced code (no RFC 3463 subject 94).
+        ("Exim 4.94.2 said so", None, False, "unknown"),
+    ],
+)
+def test_an_enhanced_code_without_a_basic_code_gives_the_class(
+    knowledge: Knowledge, line: str, xcode: str | None, permanent: bool, category: str
+) -> None:
+    exp = knowledge.explain(line)
+    assert (exp.enhanced_code, exp.permanent, exp.category) == (xcode, permanent, category)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "554-5.7.1 rbl deny. (拒绝 RBL 中的邮件服务器) 554 5.7.1"
+        " https://help.example.com/smtp/rbl_deny",
+        "554-5.7.1 rbl deny. 554-5.7.1 拒绝 RBL 中的邮件服务器 554 5.7.1"
+        " https://help.example.com/smtp/rbl_deny",
+        "smtp; 554-5.7.1 rbl deny. 554 5.7.1 https://help.example.com/smtp/rbl_deny",
+    ],
+)
+def test_our_reply_unfolded_into_one_line_is_ours(knowledge: Knowledge, line: str) -> None:
+    exp = knowledge.explain(line)
+    assert (exp.rule, exp.reply_id) == ("ours.rbl_deny", "rbl_deny")

@@ -400,7 +400,7 @@ def _forgiving_stdout() -> None:
 def cmd_explain(args: argparse.Namespace) -> int:
     # Reads no config file (-c is ignored): the knowledge is the shipped rules, or
     # --rules-dir. Imported here so that explain starts without the milter's modules.
-    from smtpguard.explain import explain_main, knowledge
+    from smtpguard.explain import explain_main, json_ascii, knowledge
 
     _forgiving_stdout()
     if bool(args.reply) == (args.log is not None):
@@ -426,7 +426,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
         return 0
     line = _text_arg(" ".join(args.reply))
-    print(explain_main(line, lang=args.lang, as_json=args.json, rules_dir=args.rules_dir))
+    text = explain_main(
+        line,
+        lang=args.lang,
+        as_json=args.json,
+        rules_dir=args.rules_dir,
+        ensure_ascii=json_ascii(sys.stdout),
+    )
+    print(text)
     return 0
 
 

@@ -49,6 +49,7 @@ rules once per process and rules directory.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import re
@@ -56,7 +57,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from smtpguard import explain_words
 from smtpguard.datafiles import ConfigError, check_keys, default_rules_dir, read_toml, toml_table
@@ -147,6 +148,7 @@ _WORD = re.compile(r"\w+")
 #: An enhanced code anywhere in the text ("status 5.7.26", "(5.2.2)", "[5.2.2]"), not a
 #: piece of an IP address or version number.
 _MID_XCODE = re.compile(r"(?<![\w.])[245]\.[0-9]{1,3}\.[0-9]{1,3}(?!\.?[0-9])")
+_CODELESS_XCODE = re.compile(r"(?<![\w.])[245]\.[0-7]\.[0-9]{1,3}(?!\.?[0-9])")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ADDRESS = re.compile(r"<?[^\s<>@\"'(),;:\[\]]{1,64}@[a-z0-9.-]{1,255}>?|<>", re.IGNORECASE)
 _URL_HOST = re.compile(r"(https?://)[^/\s\]>)'\"]+", re.IGNORECASE)
@@ -524,11 +526,17 @@ class Knowledge:
     def _match_ours(self, reply: ParsedReply) -> Ours | None:
         if reply.code is not None and reply.code[0] not in "45":
             return None
-        first = (
-            _SENDMAIL_PREFIX.sub("", reply.first, count=1)
-            if reply.first[:1] == "<"
-            else reply.first
-        )
+        first = reply.first
+        if reply.code is not None:
+            # Our multi-line reply unfolded into one line (a bounce's Diagnostic-Code):
+            # its first line ends where the next "554-5.7.1" or "554 5.7.1" begins.
+            first = re.split(
+                rf"(?<!\S){reply.code}[ -][245]\.[0-9]{{1,3}}\.[0-9]{{1,3}}(?!\S)",
+                first,
+                maxsplit=1,
+            )[0]
+        if first[:1] == "<":
+            first = _SENDMAIL_PREFIX.sub("", first, count=1)
         rows = self._ours_by_key.get(_words(first), [])
         if reply.code is None:
             return rows[0] if rows else None
@@ -704,6 +712,11 @@ def parse_reply(raw: str) -> ParsedReply:
     if xcode is None and code is not None:
         # The first one of the reply's class: "550 ... status 5.7.26", "(5.2.2)".
         xcode = next((m for m in _MID_XCODE.findall(text) if m[0] == code[0]), None)
+    elif xcode is None:
+        # No basic code: the first enhanced code in the text gives the class ("Status:
+        # 5.1.1", "Delivery failed: 5.1.1 user unknown"); with an RFC 3463 subject (0-7)
+        # only, so that "Exim 4.94.2" is no temporary failure.
+        xcode = next(iter(_CODELESS_XCODE.findall(text)), None)
     if code is not None:
         # A multi-line reply unfolded into one line (a bounce's Diagnostic-Code) repeats
         # "550-5.7.1" inside the text; those are line prefixes, not words.
@@ -1103,7 +1116,8 @@ def _ours(
             code=row.code,
             category=_category_ref(file, f"{key}.category", entry.get("category"), categories),
             cause=_text(file, f"{key}.cause", entry.get("cause")),
-            hint=Text(row.hint["en"], row.hint["zh"]),
+            # The table writes a '%' as '%%' (a milter reply is a format string).
+            hint=Text(row.hint["en"].replace("%%", "%"), row.hint["zh"].replace("%%", "%")),
             texts=(row.text["en"], row.text["zh"], f"{row.text['en']} ({row.text['zh']})"),
         )
     missing = sorted(ALL_IDS - out.keys())
@@ -1141,13 +1155,35 @@ def render_text(exp: Explanation, lang: str) -> str:
     )
 
 
-def render_json(exp: Explanation, lang: str) -> str:
-    return json.dumps(exp.to_dict(lang), ensure_ascii=False, indent=2)
+def render_json(exp: Explanation, lang: str, *, ensure_ascii: bool = False) -> str:
+    return json.dumps(exp.to_dict(lang), ensure_ascii=ensure_ascii, indent=2)
 
 
-def explain_main(argv_line: str, *, lang: str, as_json: bool, rules_dir: Path | None = None) -> str:
-    """The text ``smtpguard explain "REPLY LINE" [--lang en|zh] [--json]`` prints."""
+def json_ascii(stream: TextIO) -> bool:
+    """Whether JSON written to ``stream`` must escape what is not ASCII: its encoding is
+    not UTF-8 (``PYTHONIOENCODING=ascii``, a C locale), where the backslash escapes the
+    command falls back to for unprintable text would not be JSON. A stream of str with
+    no encoding (StringIO) takes any text."""
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:
+        return False
+    try:
+        return codecs.lookup(encoding).name != "utf-8"
+    except LookupError:
+        return True
+
+
+def explain_main(
+    argv_line: str,
+    *,
+    lang: str,
+    as_json: bool,
+    rules_dir: Path | None = None,
+    ensure_ascii: bool = False,
+) -> str:
+    """The text ``smtpguard explain "REPLY LINE" [--lang en|zh] [--json]`` prints;
+    ``ensure_ascii``: JSON with non-ASCII escaped (see :func:`json_ascii`)."""
     if lang not in LANGUAGES:
         raise ValueError(f"lang must be one of {', '.join(LANGUAGES)}; got {lang!r}")
     exp = knowledge(rules_dir).explain(argv_line)
-    return render_json(exp, lang) if as_json else render_text(exp, lang)
+    return render_json(exp, lang, ensure_ascii=ensure_ascii) if as_json else render_text(exp, lang)
