@@ -26,6 +26,7 @@ from smtpguard.explain_log import (
     MAX_DOMAINS,
     MAX_FIELD_CHARS,
     MAX_LINE_BYTES,
+    MAX_NESTING,
     MAX_REPLY_CHARS,
     OTHER_DOMAINS,
     Event,
@@ -34,6 +35,7 @@ from smtpguard.explain_log import (
     dsn_events,
     parse_log_line,
     read_lines,
+    summarize,
     summarize_folder,
     summarize_lines,
 )
@@ -370,7 +372,7 @@ def test_stdin_and_hostile_bytes_end_without_a_traceback() -> None:
     assert result.stderr == b""
     summary = json.loads(result.stdout)
     assert summary["events"] >= 1
-    assert summary["lines"] == data.count(b"\n") + 1
+    assert summary["lines"] == len(data.splitlines())
 
 
 def test_missing_file_and_both_forms_are_one_line_errors(tmp_path: Path) -> None:
@@ -509,3 +511,121 @@ def test_memory_is_bounded_on_a_large_log(tmp_path: Path, rules: Knowledge) -> N
     assert len(explainer.cache) == CACHE_SIZE
     assert peak < 24 * 1024 * 1024, peak
     assert peak < log.stat().st_size / 2
+
+
+def test_a_deeply_nested_dsn_file_is_no_dsn(tmp_path: Path, rules: Knowledge) -> None:
+    """A thousand nested message/rfc822 or multipart parts end neither the run nor the
+    summary of the other files: that file counts as no DSN."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "1-rfc822").write_bytes(
+        b"Content-Type: message/rfc822\n\n" * 1000 + b"Content-Type: text/plain\n\nhi\n"
+    )
+    (folder / "2-multipart").write_bytes(
+        b"".join(
+            b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i)
+            for i in range(1000)
+        )
+        + b"Content-Type: message/delivery-status\n\nx: y\n"
+    )
+    # Under the count refused before parsing, deeper than any bounce: no DSN either.
+    (folder / "3-nested").write_bytes(b"Content-Type: message/rfc822\n\n" * (MAX_NESTING + 1) + DSN)
+    (folder / "4-dsn").write_bytes(DSN)
+    summary = summarize_folder(folder, Explainer(rules))
+    assert (summary.messages, summary.not_dsn, summary.totals.total) == (4, 3, 3)
+    # A DSN forwarded as an attachment a few levels down is still read.
+    (folder / "3-nested").write_bytes(b"Content-Type: message/rfc822\n\n" * 3 + DSN)
+    summary = summarize_folder(folder, Explainer(rules))
+    assert (summary.messages, summary.not_dsn, summary.totals.total) == (4, 2, 6)
+
+
+def test_a_gzip_log_on_stdin_is_read_as_a_named_one() -> None:
+    log = f"{POSTFIX_BOUNCE}\n{EXIM_DEFER}\n{POSTFIX_SENT}\n".encode()
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-m", "smtpguard", "explain", "--log", "-", "--json"],
+            input=data,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        for data in (log, gzip.compress(log))
+    ]
+    assert json.loads(outputs[0])["events"] == 2
+    assert outputs[0] == outputs[1]
+    # A stream without peek (a closed stdin is a BytesIO) is read through gzip too.
+    explainer = Explainer(knowledge())
+    summary = summarize("-", explainer, io.BytesIO(gzip.compress(log)))
+    assert (summary.lines, summary.totals.total) == (3, 2)
+
+
+class _Trickle:
+    """A stream that hands over ``size`` bytes at a time (a pipe): line ends split
+    between two reads."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.data = data
+        self.size = size
+
+    def read1(self, size: int = -1, /) -> bytes:
+        chunk, self.data = self.data[: self.size], self.data[self.size :]
+        return chunk
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1 << 20])
+def test_cr_lf_and_crlf_line_ends(size: int) -> None:
+    data = b"a\rb\r\nc\nd\r\re"
+    assert list(read_lines(_Trickle(data, size))) == [b"a\r", b"b\r\n", b"c\n", b"d\r", b"\r", b"e"]
+    long = b"x" * (MAX_LINE_BYTES + 5) + b"\r" + b"y" * 3
+    assert [len(line) for line in read_lines(_Trickle(long, max(size, 4096)))] == [
+        MAX_LINE_BYTES,
+        3,
+    ]
+
+
+def test_a_log_with_cr_line_ends_gives_the_events_of_its_lf_form(rules: Knowledge) -> None:
+    lf = f"{POSTFIX_BOUNCE}\n{SENDMAIL_DEFERRED}\n{EXIM_BOUNCE}\n{POSTFIX_SENT}\n".encode()
+    summaries = [
+        summarize_lines(read_lines(io.BytesIO(data)), Explainer(rules), "-")
+        for data in (lf, lf.replace(b"\n", b"\r"), lf.replace(b"\n", b"\r\n"))
+    ]
+    assert [s.lines for s in summaries] == [4, 4, 4]
+    assert [s.totals.total for s in summaries] == [4, 4, 4]
+    assert summaries[0].by_category == summaries[1].by_category == summaries[2].by_category
+
+
+def test_exim_mail_from_with_parameters() -> None:
+    line = (
+        "2026-12-02 18:00:10 1tI9Xz-000ABC-15 ** ivan@example.net R=dnslookup T=remote_smtp"
+        " H=mx.example.net [1.2.3.4]: SMTP error from remote mail server after"
+        " MAIL FROM:<s@ours.example> SIZE=1234: 550 5.7.1 rejected"
+    )
+    assert [e.reply for e in parse_log_line(line.encode())] == ["550 5.7.1 rejected"]
+    # No ": " after the address: the whole text after the command.
+    odd = line.replace(" SIZE=1234: 550", " 550")
+    assert [e.reply for e in parse_log_line(odd.encode())] == [
+        "MAIL FROM:<s@ours.example> 550 5.7.1 rejected"
+    ]
+
+
+def test_json_is_valid_on_an_ascii_stdout(tmp_path: Path) -> None:
+    """Non-ASCII is escaped as JSON (``\\u00fc``), not as the ``\\xfc`` that the
+    command's forgiving stdout would write."""
+    log = tmp_path / "mail.log"
+    log.write_text(POSTFIX_BOUNCE.replace("User unknown", "Benutzer müller") + "\n")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "smtpguard", "explain", "--log", str(log), "--json", *extra],
+            capture_output=True,
+            timeout=60,
+            check=True,
+            env=env,
+        ).stdout
+        for extra in (("--lang", "zh"), ("--events",))
+    ]
+    assert all(out.isascii() for out in runs)
+    summary = json.loads(runs[0])
+    assert not summary["by_category"][0]["title"].isascii()
+    event, _summary = (json.loads(line) for line in runs[1].splitlines())
+    assert "müller" in event["reply"]

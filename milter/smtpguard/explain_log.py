@@ -58,17 +58,24 @@ from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol, TextIO, TypeVar
+from typing import BinaryIO, Literal, Protocol, TextIO, TypeVar, cast
 
 from cachetools import LRUCache
 
-from smtpguard.explain import MAX_LINE_CHARS, Knowledge
+from smtpguard.explain import MAX_LINE_CHARS, Knowledge, json_ascii
 
 #: A longer line is cut there (and the rest of it skipped); no log line is that long.
 MAX_LINE_BYTES = 64 * 1024
+_CHUNK_BYTES = 64 * 1024
 #: Bytes read of each DSN file: enough for the headers, the human part and the
 #: delivery-status part, which come before the returned message.
 MAX_MESSAGE_BYTES = 1024 * 1024
+#: Parts nested deeper in a DSN file: not a DSN. A bounce is multipart/report with the
+#: delivery-status part one level down; forwarded as an attachment, a few more.
+MAX_NESTING = 12
+#: Bytes of a DSN file parsed at most at this many multipart or message/ content types:
+#: refused before the (recursive) parser runs into Python's recursion limit.
+MAX_CONTAINERS = 200
 #: explain reads at most this much of a reply line (explain.MAX_LINE_CHARS); longer
 #: replies are cut here, which bounds the cache's keys too.
 MAX_REPLY_CHARS = MAX_LINE_CHARS
@@ -94,6 +101,7 @@ _POSTFIX_SAID = (" said: ", " refused to talk to me: ")
 _IN_REPLY_TO = " (in reply to "
 _EXIM_FLAGS = (" ** ", " == ")
 _EXIM_SMTP = "SMTP error from remote mail server after "
+_CONTAINER = re.compile(rb"(?im)^content-type:[ \t]*(?:multipart|message)/")
 _CODE_START = re.compile(r"[245]\d\d[ -]|[245]\.\d{1,3}\.\d{1,3} ")
 _VOLATILE = re.compile(
     # Postfix's own words for a server it could not reach: the host is the recipient's.
@@ -146,18 +154,40 @@ EventSink = Callable[[Event, Verdict], None]
 # --- reading -------------------------------------------------------------------------
 
 
-class LineReader(Protocol):
-    def readline(self, size: int = -1, /) -> bytes: ...
+class ChunkReader(Protocol):
+    def read1(self, size: int = -1, /) -> bytes: ...
 
 
-def read_lines(stream: LineReader) -> Iterator[bytes]:
-    """The lines of ``stream``, each cut at :data:`MAX_LINE_BYTES` (the rest skipped)."""
-    readline = stream.readline
-    while line := readline(MAX_LINE_BYTES):
-        if len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while (rest := readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
-                pass
-        yield line
+def read_lines(stream: ChunkReader) -> Iterator[bytes]:
+    """The lines of ``stream``, ended by LF, CRLF or a lone CR (as ``explain`` splits a
+    pasted reply), each cut at :data:`MAX_LINE_BYTES` (the rest skipped).
+
+    ``read1``, not ``read``: a line is handed on as soon as it arrives, so that ``tail
+    -f mail.log | smtpguard explain --log - --events`` prints each event at once."""
+    read1 = stream.read1
+    pending = b""
+    # Inside a line already cut: what comes up to its end is dropped.
+    skipping = False
+    while chunk := read1(_CHUNK_BYTES):
+        lines = (pending + chunk).splitlines(keepends=True)
+        # The last piece may go on in the next chunk, and so may a CR that ends it (a
+        # CRLF split in two); only an LF surely ends it.
+        pending = lines.pop()
+        if pending.endswith(b"\n"):
+            lines.append(pending)
+            pending = b""
+        for line in lines:
+            if skipping:
+                skipping = False
+                continue
+            yield line[:MAX_LINE_BYTES]
+        if len(pending) >= MAX_LINE_BYTES:
+            if not skipping:
+                yield pending[:MAX_LINE_BYTES]
+            skipping = True
+            pending = b""
+    if pending and not skipping:
+        yield pending[:MAX_LINE_BYTES]
 
 
 def parse_log_line(raw: bytes) -> list[Event]:
@@ -238,10 +268,13 @@ def _exim(line: str) -> list[Event]:
     if smtp >= 0:
         # "after RCPT TO:<bob@example.net>: 550 ..." or "after end of data: 550 ...".
         after = rest[smtp + len(_EXIM_SMTP) :]
+        # "after MAIL FROM:<a@b.example> SIZE=1234: 550 ...": the command's parameters
+        # come between the address and the reply.
         angle = after.find(":<")
         colon = after.find(": ")
-        if 0 <= angle < colon:
-            colon = after.find(">: ", angle) + 1
+        if angle >= 0 and (colon < 0 or angle < colon):
+            close = after.find(">", angle)
+            colon = after.find(": ", close) if close >= 0 else colon
         reply = after[colon + 2 :] if colon > 0 else after
     else:
         text = rest.rsplit(": ", 1)[-1] if ": " in rest else rest
@@ -263,8 +296,9 @@ def _event(mta: str, status: Status, recipient: str, reply: str) -> Event:
 
 def dsn_events(message: Message) -> Iterator[Event]:
     """The events of one DSN message: its per-recipient blocks that failed or were
-    delayed (RFC 3464 section 2.3)."""
-    for part in message.walk():
+    delayed (RFC 3464 section 2.3). A message nested deeper than :data:`MAX_NESTING`
+    has none."""
+    for part in _parts(message) or ():
         if part.get_content_type() != "message/delivery-status":
             continue
         blocks = part.get_payload()
@@ -287,6 +321,25 @@ def dsn_events(message: Message) -> Iterator[Event]:
             if diagnostic and code and not _CODE_START.match(diagnostic):
                 reply = f"{code} {diagnostic}"
             yield _event("dsn", status, recipient, reply)
+
+
+def _parts(message: Message) -> list[Message] | None:
+    """The parts of ``message`` in the order of ``Message.walk``, or None when they nest
+    deeper than :data:`MAX_NESTING`. A loop, not ``walk``'s recursion: a file of a
+    thousand nested message/rfc822 parts is no DSN, not a RecursionError."""
+    out: list[Message] = []
+    stack = [(message, 0)]
+    while stack:
+        part, depth = stack.pop()
+        out.append(part)
+        if not part.is_multipart():
+            continue
+        if depth >= MAX_NESTING:
+            return None
+        children = part.get_payload()
+        if isinstance(children, list):
+            stack.extend((c, depth + 1) for c in reversed(children) if isinstance(c, Message))
+    return out
 
 
 def _field(block: Message, name: str) -> str:
@@ -323,11 +376,27 @@ def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | None]]:
                 # end the summary of the others.
                 yield path, None
                 continue
-            message = message_from_bytes(data, policy=compat32)
-            if not any(p.get_content_type() == "message/delivery-status" for p in message.walk()):
-                yield path, None
-                continue
-            yield path, list(dsn_events(message))
+            yield path, _dsn_file(data)
+
+
+def _dsn_file(data: bytes) -> list[Event] | None:
+    """The events of one DSN file's bytes; None when it is no DSN (see read_dsn_folder)."""
+    # The email parser recurses once per nested part: a file that declares more
+    # containers than any bounce has is refused before it can exhaust the stack.
+    if len(_CONTAINER.findall(data)) > MAX_CONTAINERS:
+        return None
+    try:
+        message = message_from_bytes(data, policy=compat32)
+        parts = _parts(message)
+        if parts is None or not any(
+            p.get_content_type() == "message/delivery-status" for p in parts
+        ):
+            return None
+        return list(dsn_events(message))
+    # Whatever one hostile or broken file makes the parser raise, the summary of the
+    # other files goes on: that file is counted as no DSN.
+    except Exception:  # noqa: BLE001
+        return None
 
 
 # --- explaining and counting ---------------------------------------------------------
@@ -641,24 +710,38 @@ def summarize(
 ) -> Summary:
     """The summary of ``source``: a log file, ``-`` (``stdin``) or a DSN folder."""
     if source == "-":
-        return summarize_lines(read_lines(stdin), explainer, "-", each)
+        # ``zcat`` is not needed: a compressed log piped in is read as a named one is.
+        peekable = stdin if isinstance(stdin, io.BufferedReader) else io.BufferedReader(_raw(stdin))
+        return _summarize_stream(peekable, explainer, "-", each)
     path = Path(source)
     if path.is_dir():
         summary = summarize_folder(path, explainer, each)
     else:
-        with path.open("rb") as raw, _gunzipped(raw) as f:
-            try:
-                summary = summarize_lines(read_lines(f), explainer, source, each)
-            except EOFError as exc:
-                # A rotated log still being compressed, or cut short: name it.
-                raise OSError(errno.EIO, f"compressed log ends early ({exc})", source) from None
+        with path.open("rb") as raw:
+            summary = _summarize_stream(raw, explainer, source, each)
     # A name with bytes that are not UTF-8 (kept by Python as surrogates) is shown, not
     # a reason to fail.
     summary.source = _shown(source)
     return summary
 
 
-def _gunzipped(raw: io.BufferedReader) -> contextlib.AbstractContextManager[LineReader]:
+def _raw(stream: BinaryIO) -> io.RawIOBase:
+    # Any binary stream with readinto (BytesIO: a closed stdin, tests) can be buffered.
+    return cast(io.RawIOBase, stream)
+
+
+def _summarize_stream(
+    raw: io.BufferedReader, explainer: Explainer, source: str, each: EventSink | None
+) -> Summary:
+    with _gunzipped(raw) as f:
+        try:
+            return summarize_lines(read_lines(f), explainer, source, each)
+        except EOFError as exc:
+            # A rotated log still being compressed, or cut short: name it.
+            raise OSError(errno.EIO, f"compressed log ends early ({exc})", source) from None
+
+
+def _gunzipped(raw: io.BufferedReader) -> contextlib.AbstractContextManager[ChunkReader]:
     """``raw``, read through gzip when it is a rotated log compressed with it
     (``mail.log.2.gz``): still a line at a time. Leaving it leaves ``raw`` open."""
     if raw.peek(2)[:2] == b"\x1f\x8b":
@@ -701,10 +784,11 @@ def log_main(
     to ``out``: the summary; with ``events``, first one line per event as it is read
     (JSON Lines with ``as_json``, the summary then being the last line)."""
     each: EventSink | None = None
+    ascii_only = json_ascii(out)
     if events and as_json:
 
         def each(event: Event, verdict: Verdict) -> None:
-            out.write(json.dumps(event_dict(event, verdict), ensure_ascii=False) + "\n")
+            out.write(json.dumps(event_dict(event, verdict), ensure_ascii=ascii_only) + "\n")
 
     elif events:
 
@@ -715,10 +799,14 @@ def log_main(
     summary = summarize(source, Explainer(knowledge), stdin, each)
     if as_json and events:
         out.write(
-            json.dumps({"type": "summary", **summary.to_dict(knowledge, lang)}, ensure_ascii=False)
+            json.dumps(
+                {"type": "summary", **summary.to_dict(knowledge, lang)}, ensure_ascii=ascii_only
+            )
             + "\n"
         )
     elif as_json:
-        out.write(json.dumps(summary.to_dict(knowledge, lang), ensure_ascii=False, indent=2) + "\n")
+        out.write(
+            json.dumps(summary.to_dict(knowledge, lang), ensure_ascii=ascii_only, indent=2) + "\n"
+        )
     else:
         out.write(("\n" if events else "") + summary.render_text(knowledge, lang) + "\n")
