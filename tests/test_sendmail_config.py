@@ -3,12 +3,17 @@ generator."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from smtpguard.app import load
-from smtpguard.sendmail import sendmail_mc
-from support.sendmail import readme_snippet
+from smtpguard.config import Config
+from smtpguard.sendmail import AnswerBounds, answer_bounds, sendmail_mc, sendmail_timeouts
+from support.sendmail import fetch_debs, install, readme_snippet
 from support.service import ROOT, make_site
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
@@ -26,33 +31,102 @@ def test_sendmail_snippet() -> None:
     mc = sendmail_mc(load(SAMPLE))
     assert "F=T" in mc
     assert "S=local:/var/spool/postfix/smtpguard/smtpguard.sock" in mc
-    assert "confMILTER_MACROS_CONNECT', ``j, _, v," in mc
+    assert "define(`confMILTER_MACROS_CONNECT', defn(`confMILTER_MACROS_CONNECT')``, v," in mc
 
 
-#: Sendmail 8.17's defaults (cf/m4/cfhead.m4, the same in 8.18), written out here: a
-#: ``define`` of ours replaces them, and other milters may need what they hold.
+#: Sendmail 8.17's defaults (cf/m4/cfhead.m4, the same in 8.18), as the .cf writes them.
 SENDMAIL_DEFAULTS = {
-    "confMILTER_MACROS_CONNECT": "j, _, {daemon_name}, {if_name}, {if_addr}",
-    "confMILTER_MACROS_HELO": "{tls_version}, {cipher}, {cipher_bits}, {cert_subject}, "
-    "{cert_issuer}",
-    "confMILTER_MACROS_ENVFROM": "i, {auth_type}, {auth_authen}, {auth_ssf}, {auth_author}, "
-    "{mail_mailer}, {mail_host}, {mail_addr}",
-    "confMILTER_MACROS_ENVRCPT": "{rcpt_mailer}, {rcpt_host}, {rcpt_addr}",
-    "confMILTER_MACROS_EOM": "{msg_id}",
+    "connect": "j, _, {daemon_name}, {if_name}, {if_addr}",
+    "helo": "{tls_version}, {cipher}, {cipher_bits}, {cert_subject}, {cert_issuer}",
+    "envfrom": "i, {auth_type}, {auth_authen}, {auth_ssf}, {auth_author}, {mail_mailer}, "
+    "{mail_host}, {mail_addr}",
+    "envrcpt": "{rcpt_mailer}, {rcpt_host}, {rcpt_addr}",
+    "eom": "{msg_id}",
 }
+#: What smtpguard reads (driver.py; ``{client_resolve}`` for the connect stage).
+READS = {
+    "connect": {"v", "{client_resolve}"},
+    "helo": {"{tls_version}"},
+    "envfrom": {"i", "{auth_type}", "{auth_authen}"},
+}
+#: Another milter's lines, as such packages document them: its own lists, replacing
+#: Sendmail's (with single quotes the commas are unprotected in the definition; with
+#: double quotes, as cfhead.m4 writes the defaults, they are not), or milter-greylist's
+#: append.
+OTHER_FILTER = "INPUT_MAIL_FILTER(`other', `S=local:/run/other/other.sock, F=T')dnl\n"
+REPLACES_SINGLE = (
+    "define(`confMILTER_MACROS_CONNECT',`t, b, j, _, {daemon_name}, {if_name}, {if_addr}')dnl\n"
+    "define(`confMILTER_MACROS_ENVRCPT',`r, v, Z')dnl\n"
+)
+REPLACES_DOUBLE = REPLACES_SINGLE.replace(",`", ", ``").replace("')dnl", "'')dnl")
+APPENDS = (
+    "define(`confMILTER_MACROS_CONNECT', confMILTER_MACROS_CONNECT`, {greylist}')dnl\n"
+    "define(`confMILTER_MACROS_HELO', confMILTER_MACROS_HELO`, {verify}')dnl\n"
+)
+OURS = "ours"
 
 
-def test_every_macro_list_keeps_sendmails_defaults() -> None:
-    mc = sendmail_mc(load(SAMPLE))
-    defined = dict(re.findall(r"^define\(`(confMILTER_MACROS_\w+)', ``(.*)''\)dnl$", mc, re.M))
-    assert defined.keys() == SENDMAIL_DEFAULTS.keys()
-    for key, default in SENDMAIL_DEFAULTS.items():
-        ours = defined[key].split(", ")
-        assert len(ours) == len(set(ours)), key
-        assert set(default.split(", ")) <= set(ours), key
-    assert {"v", "{client_addr}", "{client_name}"} <= set(
-        defined["confMILTER_MACROS_CONNECT"].split(", ")
-    )
+@pytest.fixture(scope="module")
+def sendmail_cf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, str]]:
+    """Builds a .cf from the given .mc lines with Sendmail's own m4 files (8.17, from
+    the Debian packages the e2e tests use); gives its ``O Milter.macros.*`` values."""
+    inst = install(fetch_debs(), tmp_path_factory.mktemp("sendmail-root"))
+    work = tmp_path_factory.mktemp("mc")
+
+    def build(lines: str) -> dict[str, str]:
+        mc, cf = work / "test.mc", work / "test.cf"
+        mc.write_text("OSTYPE(`bsd4.4')dnl\n" + lines + "MAILER(`local')dnl\n")
+        inst.build_cf(mc, cf)
+        return dict(re.findall(r"^O Milter\.macros\.(\w+)=(.*)$", cf.read_text(), re.M))
+
+    return build
+
+
+def items(value: str) -> list[str]:
+    return value.split(", ")
+
+
+@pytest.mark.integration
+def test_macro_lines_keep_sendmails_default_lists(
+    sendmail_cf: Callable[[str], dict[str, str]],
+) -> None:
+    """Built by Sendmail's m4: each default list stays, with only what smtpguard reads
+    and the list lacks appended; the lists that lack nothing are left alone."""
+    macros = sendmail_cf(sendmail_mc(load(SAMPLE)))
+    assert macros == {
+        **SENDMAIL_DEFAULTS,
+        "connect": f"{SENDMAIL_DEFAULTS['connect']}, v, {{client_resolve}}",
+    }
+    for stage, wanted in READS.items():
+        assert wanted <= set(items(macros[stage])), stage
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param((OTHER_FILTER + REPLACES_SINGLE, OURS), id="replaced-before"),
+        pytest.param((OTHER_FILTER + APPENDS, OURS), id="appended-before"),
+        pytest.param((OURS, OTHER_FILTER + APPENDS), id="appended-after"),
+        pytest.param((OTHER_FILTER + REPLACES_DOUBLE, OURS, APPENDS), id="before-and-after"),
+    ],
+)
+def test_macro_lines_keep_another_milters_macros(
+    sendmail_cf: Callable[[str], dict[str, str]], lines: tuple[str, ...]
+) -> None:
+    """Another milter's lines before ours, after ours, or both: every list holds what
+    that milter's lines alone give, plus what smtpguard reads.
+
+    (milter-greylist's append after a list replaced with single quotes fails without
+    smtpguard too: the list's commas split its argument; so that case is not here.)"""
+    ours = sendmail_mc(load(SAMPLE))
+    theirs = sendmail_cf("".join(part for part in lines if part != OURS))
+    both = sendmail_cf("".join(ours if part == OURS else part for part in lines))
+    assert both.keys() == theirs.keys()
+    for stage, listed in theirs.items():
+        got = items(both[stage])
+        assert set(items(listed)) | READS.get(stage, set()) <= set(got), (stage, both[stage])
+        assert len(got) == len(set(got)), (stage, both[stage])
 
 
 def test_sendmail_hop_limit_is_one_above_max_hops(tmp_path: Path) -> None:
@@ -66,3 +140,45 @@ def test_sendmail_hop_limit_is_one_above_max_hops(tmp_path: Path) -> None:
 def test_inet6_socket_keeps_an_ipv6_host(tmp_path: Path) -> None:
     site = make_site(tmp_path, {"milter": {"socket": "inet6:8899"}}, directory=False)
     assert "`S=inet6:8899@::1, F=T," in sendmail_mc(load(site.config))
+
+
+def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
+    """Sendmail reads the end-of-message reply with R:, not E:. The defaults keep
+    R:30s and E:5m; a clamd (connect, then the verdict, each virus.timeout) or rspamd
+    (connect, then the answer) raise R: above smtpguard's worst case, plus 10 s."""
+    sample = load(SAMPLE)
+    # MAIL: dns.stage_deadline 3 + directory.timeout 2 + state.timeout 2.
+    assert answer_bounds(sample) == AnswerBounds(command=7.0, content=5.0)
+    assert sendmail_timeouts(sample) == "C:30s;S:10s;R:30s;E:5m"
+    assert "F=T, T=C:30s;S:10s;R:30s;E:5m')dnl\n" in sendmail_mc(sample)
+
+    def cfg(name: str, extra: dict[str, object]) -> Config:
+        return load(make_site(tmp_path / name, extra, directory=False).config)
+
+    clamd = cfg("clamd", {"virus": {"backend": "clamd", "timeout": 30.0}})
+    shared = clamd.dns.stage_deadline + clamd.state.timeout
+    assert answer_bounds(clamd).content == shared + 2 * 30.0
+    assert sendmail_timeouts(clamd) == f"C:30s;S:10s;R:{math.ceil(shared + 70)}s;E:5m"
+    assert math.ceil(shared + 70) > 2 * 30 + 10
+
+    both = cfg(
+        "both",
+        {
+            "virus": {"backend": "clamd", "timeout": 120.0},
+            "antispam": {"engine": "rspamd", "engine_timeout": 30.0},
+        },
+    )
+    read = math.ceil(shared + 240 + 60 + 10)
+    # E: is never shorter than R: (it caps the whole end-of-message exchange).
+    assert sendmail_timeouts(both) == f"C:30s;S:10s;R:{read}s;E:{read}s"
+
+    command = cfg(
+        "command", {"virus": {"backend": "command", "command": ["/bin/true"], "timeout": 50.0}}
+    )
+    assert sendmail_timeouts(command) == f"C:30s;S:10s;R:{math.ceil(shared + 60)}s;E:5m"
+
+    # MAIL waits for DNS, the directory and the state store: the longest step here.
+    dns = cfg("dns", {"dns": {"nameservers": ["127.0.0.1"], "stage_deadline": 40.0}})
+    mail = 40.0 + dns.directory.timeout + dns.state.timeout
+    assert answer_bounds(dns).longest == answer_bounds(dns).command == mail
+    assert sendmail_timeouts(dns) == f"C:30s;S:10s;R:{math.ceil(mail + 10)}s;E:5m"

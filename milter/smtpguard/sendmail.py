@@ -6,22 +6,107 @@ them in step.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Final
+
 from smtpguard.config import Config
 from smtpguard.sockets import libmilter_address
 
-#: Macros smtpguard reads, per stage. A ``define`` replaces Sendmail's default list
-#: (cf/m4/cfhead.m4, 8.17), which other milters may rely on: each list is that default
-#: plus what smtpguard needs.
-SENDMAIL_MACROS = {
-    "confMILTER_MACROS_CONNECT": "j, _, v, {daemon_name}, {if_name}, {if_addr}, {client_addr}, "
-    "{client_name}",
-    "confMILTER_MACROS_HELO": "{tls_version}, {cipher}, {cipher_bits}, {cert_subject}, "
-    "{cert_issuer}",
-    "confMILTER_MACROS_ENVFROM": "i, {auth_type}, {auth_authen}, {auth_ssf}, {auth_author}, "
-    "{mail_mailer}, {mail_host}, {mail_addr}",
-    "confMILTER_MACROS_ENVRCPT": "{rcpt_mailer}, {rcpt_host}, {rcpt_addr}",
-    "confMILTER_MACROS_EOM": "{msg_id}",
+#: Macros smtpguard reads that Sendmail's default lists (cf/m4/cfhead.m4, 8.17 and
+#: 8.18) lack, per list; appended, never replacing the list. The defaults already hold
+#: ``{tls_version}`` (HELO) and ``i``, ``{auth_type}``, ``{auth_authen}`` (MAIL).
+#: ``i`` at DATA and end of message needs no list of its own: libmilter keeps a
+#: stage's macros for the later stages of the transaction (``smfi_getsymval`` searches
+#: them all), and Sendmail's queue id is fixed from MAIL on. ``{client_resolve}``
+#: (Sendmail's verdict on the client's host name) is read at connect.
+SENDMAIL_MACROS: Final = {
+    "confMILTER_MACROS_CONNECT": "v, {client_resolve}",
 }
+
+#: ``T=R:`` and ``T=E:`` never go below these (the fixed values they had before they
+#: were derived from the config): a default config keeps Sendmail's usual timeouts.
+MIN_READ_TIMEOUT: Final = 30
+MIN_EOM_TIMEOUT: Final = 300
+#: Seconds added to smtpguard's own worst case: scheduling, logging, a busy host.
+ANSWER_MARGIN: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerBounds:
+    """The longest smtpguard can take to answer one milter step, in seconds, when every
+    service it waits for takes its whole timeout (or answers just before it)."""
+
+    #: Connect, HELO, MAIL, RCPT, DATA (Postfix: ``milter_command_timeout``).
+    command: float
+    #: A header, a body chunk, end of message (Postfix: ``milter_content_timeout``);
+    #: end of message is the long one.
+    content: float
+
+    @property
+    def longest(self) -> float:
+        return max(self.command, self.content)
+
+
+def answer_bounds(config: Config) -> AnswerBounds:
+    """How long smtpguard may take to answer a step, from the timeouts in ``config``.
+
+    Every step may wait for DNS up to ``dns.stage_deadline`` (all its lookups and the
+    connect-back share it), and for the state store (``state.timeout``). MAIL and RCPT
+    also ask the directory (``directory.timeout``). End of message adds the scanners,
+    one after the other:
+
+    * clamd (``virus.timeout``, used for every connect, send and the verdict): a
+      message without a body first connects at end of message, then waits for the
+      verdict, so twice the timeout. What is still to send then (at most about two
+      64 KiB chunks) goes into the socket's buffer and waits only if clamd stopped
+      reading; a send that times out ends the scan as an error, without the verdict.
+    * the ``command`` backend: one deadline for the whole run (``virus.timeout``).
+    * rspamd (``antispam.engine_timeout``, for the connect and each send and
+      receive): the connect, then the answer, twice the timeout.
+    """
+    shared = config.dns.stage_deadline + config.state.timeout
+    command = shared + config.directory.timeout
+    virus = {"clamd": 2.0, "command": 1.0}.get(config.virus.backend, 0.0)
+    engine = 2.0 if config.antispam.engine == "rspamd" else 0.0
+    content = shared + virus * config.virus.timeout + engine * config.antispam.engine_timeout
+    return AnswerBounds(command=command, content=content)
+
+
+def sendmail_timeouts(config: Config, *, floor: int = MIN_READ_TIMEOUT) -> str:
+    """The ``T=`` value of the ``INPUT_MAIL_FILTER`` line.
+
+    Sendmail's milter.c reads every reply, the one to end of message included, with
+    ``R:``; ``E:`` only caps the whole end-of-message exchange. An ``R:`` below
+    smtpguard's slowest answer makes Sendmail give up first and answer ``451`` itself
+    (``F=T``), whatever smtpguard then decides (``on_temp_error = "pass"`` included),
+    and the rest of the session goes without the filter. So ``R:`` is
+    :func:`answer_bounds` plus :data:`ANSWER_MARGIN`, at least ``floor`` seconds;
+    ``E:`` at least as long. ``floor`` is there for tests that scale time down.
+    """
+    read = max(floor, math.ceil(answer_bounds(config).longest + ANSWER_MARGIN))
+    eom = max(MIN_EOM_TIMEOUT, read)
+    return f"C:30s;S:10s;R:{read}s;E:{_duration(eom)}"
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
+
+
+def sendmail_macro_lines() -> list[str]:
+    """``define`` lines that append to Sendmail's macro lists instead of replacing them.
+
+    ``defn`` yields the list as it stands (Sendmail's default, or what the .mc set
+    before), without expanding it inside the argument, where the commas of a list
+    defined with single quotes would split it. The appended part is quoted twice, so
+    that it stays quoted in the new definition: a milter after us that appends with
+    ``define(`X', X`, ...')`` (milter-greylist's form) still gets a list its commas
+    cannot split. Checked with Sendmail 8.17's cf files
+    (tests/test_sendmail_config.py builds the .cf both ways round).
+    """
+    return [
+        f"define(`{key}', defn(`{key}')``, {value}'')dnl" for key, value in SENDMAIL_MACROS.items()
+    ]
 
 
 def sendmail_mc(config: Config) -> str:
@@ -32,12 +117,12 @@ def sendmail_mc(config: Config) -> str:
     address = f"local:{rest}" if kind in ("unix", "local") else libmilter_address(socket)
     lines = [
         "dnl smtpguard: sendmail.mc lines (generated by `smtpguard sendmail-config`).",
-        "dnl F=T: tempfail while the filter is down. T=: connect, send, read, overall.",
+        "dnl F=T: tempfail while the filter is down. T=: connect, send, each reply (R:,",
+        "dnl also the one to end of message: above smtpguard's slowest answer), overall.",
         f"INPUT_MAIL_FILTER(`{config.milter.name}', "
-        f"`S={address}, F=T, T=C:30s;S:10s;R:30s;E:5m')dnl",
-    ]
-    lines += [f"define(`{key}', ``{value}'')dnl" for key, value in SENDMAIL_MACROS.items()]
-    lines += [
+        f"`S={address}, F=T, T={sendmail_timeouts(config)}')dnl",
+        "dnl Macros: added to the lists Sendmail (and other milters) already send.",
+        *sendmail_macro_lines(),
         "dnl Hops: Sendmail counts its own Received header, which smtpguard never sees,",
         'dnl and refuses a message only after accepting it (250, then "Too many hops"): one',
         "dnl above limits.max_hops leaves the refusal to smtpguard, during the SMTP session.",

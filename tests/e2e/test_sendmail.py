@@ -66,9 +66,13 @@ MTA-level rows are Sendmail's own (:func:`test_mta_level_rows_are_sendmails_own`
 from __future__ import annotations
 
 import base64
+import contextlib
 import smtplib
+import socket
 import sqlite3
+import struct
 import sys
+import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,6 +81,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.app import load
+from smtpguard.sendmail import sendmail_mc, sendmail_timeouts
 from support.daemons import EICAR, GTUBE, start_clamd
 from support.expected import SPEC
 from support.polling import poll_for
@@ -316,10 +321,16 @@ def test_the_same_site_answers_postfix_in_utf8(guard: Running) -> None:
 def test_snippet_is_in_the_running_config(mta: Sendmail, guard: Running) -> None:
     mc = (mta.dir / "test.mc").read_text()
     assert snippet(guard.site) in mc
-    assert "confMILTER_MACROS_CONNECT', ``j, _, v," in mc
     cf = (mta.dir / "test.cf").read_text()
     assert "Xsmtpguard, S=local:/run/smtpguard-tests/" in cf
+    # The site has no scanner: R: keeps its floor, E: its 5 minutes.
     assert "F=T, T=C:30s;S:10s;R:30s;E:5m" in cf
+    # Sendmail's default connect list, with v and {client_resolve} appended.
+    assert (
+        "\nO Milter.macros.connect=j, _, {daemon_name}, {if_name}, {if_addr}, v, {client_resolve}\n"
+        in cf
+    )
+    assert "\nO Milter.macros.eom={msg_id}\n" in cf
     assert "\nO MaxHopCount=31\n" in cf
 
 
@@ -358,6 +369,22 @@ def test_accepted_mail_arrives_intact(client: SmtpClient, mta: Sendmail) -> None
     assert lines[2].startswith(b"\tfor <alice@example.com>; ")
     assert b"\n".join(lines[3:]) + b"\n" == lf(HEADERS) + (
         b"X-Smtpguard-Loop: mx.example.com\nX-Spam-Status: No, score=0.0 required=6.0 tests=none\n"
+    )
+
+
+def test_queue_id_reaches_the_end_of_message_lines(
+    client: SmtpClient, mta: Sendmail, guard: Running
+) -> None:
+    """The generated lines add no ``i`` to the end-of-message list: Sendmail's queue id
+    comes with MAIL (its default list) and stays the transaction's; the summary
+    written at end of message carries the id the client was told."""
+    envelope(client)
+    reply = client.data(HEADERS + b"\r\nQID-1\r\n")
+    assert reply.code == 250, reply
+    qid = reply.text.split()[1]  # "2.0.0 <qid> Message accepted for delivery"
+    poll_for(
+        lambda: next((x for x in guard.log().splitlines() if f" qid={qid} " in f"{x} "), None),
+        what=lambda: guard.log()[-2000:],
     )
 
 
@@ -1256,3 +1283,106 @@ def test_bare_snippet_hops(bare_mta: Sendmail) -> None:
     assert not [d for d in bare_mta.deliveries() if b"BARE-HOPS-25" in d.message]
     held = [f for f in (bare_mta.dir / "queue").glob("df*") if b"BARE-HOPS-25" in f.read_bytes()]
     assert len(held) == 1, sorted(p.name for p in (bare_mta.dir / "queue").iterdir())
+
+
+# --- Sendmail's read timeout and a slow scanner -------------------------------------
+
+#: Seconds the fake clamd takes for its verdict; below the site's virus.timeout, above
+#: the old fixed R: scaled down (30 s would make this test too slow).
+SLOW_VERDICT = 2.5
+VIRUS_TIMEOUT = 3.0
+SCALED_OLD_READ = 2
+
+
+@contextmanager
+def slow_clamd(path: Path, verdict: bytes) -> Iterator[Path]:
+    """A clamd on unix socket ``path`` that reads a whole INSTREAM and answers
+    ``verdict`` :data:`SLOW_VERDICT` seconds after its last chunk."""
+    stop = threading.Event()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(8)
+    server.settimeout(0.2)
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while not _instream_complete(data):
+                got = conn.recv(65536)
+                if not got:
+                    return
+                data += got
+            # The slow scan itself; returns at once when the test ends.
+            stop.wait(SLOW_VERDICT)
+            with contextlib.suppress(OSError):
+                conn.sendall(verdict + b"\0")
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def _instream_complete(data: bytes) -> bool:
+    """``zINSTREAM\\0`` and length-prefixed chunks up to the zero-length one."""
+    pos = data.find(b"\0") + 1
+    if pos == 0:
+        return False
+    while len(data) >= pos + 4:
+        (size,) = struct.unpack("!I", data[pos : pos + 4])
+        if size == 0:
+            return True
+        pos += 4 + size
+    return False
+
+
+def test_end_of_message_reply_waits_for_a_slow_scanner(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    """Sendmail reads the end-of-message reply with R:, not E:. Time scaled down (the
+    generator's floor of 30 s lowered to 1): with the old fixed R: below the scanner's
+    time, Sendmail answers 451 itself although smtpguard finds the virus; with the R:
+    derived from virus.timeout, the client gets smtpguard's virus_found."""
+    timeout = {"virus": {"backend": "clamd", "timeout": VIRUS_TIMEOUT}}
+    with (
+        slow_clamd(tmp_path / "clamd.sock", b"stream: Eicar-Test-Signature FOUND") as clamd,
+        milter_socket_dir() as sockets,
+    ):
+        sock = sockets / "smtpguard.sock"
+        extra = merge(timeout, {"virus": {"clamd_socket": f"unix:{clamd}"}})
+        site = guard_site(tmp_path / "site", sock, extra)
+        config = load(site.config)
+        generated = sendmail_mc(config)
+        derived = sendmail_timeouts(config, floor=1)
+        read = int(derived.split("R:")[1].split("s;")[0])
+        assert read > 2 * VIRUS_TIMEOUT > SLOW_VERDICT > SCALED_OLD_READ
+        old = f"C:30s;S:10s;R:{SCALED_OLD_READ}s;E:5m"
+        with running(site, wait_for=str(sock)) as svc:
+            for name, timeouts, reply, then in (
+                ("old", old, TEMPFAIL, TEMPFAIL),
+                ("derived", derived, through_sendmail("virus_found"), MAIL_OK),
+            ):
+                lines = generated.replace(f"T={sendmail_timeouts(config)}'", f"T={timeouts}'")
+                with (
+                    sendmail(sendmail_install, tmp_path / name, lines) as sm,
+                    sm.client(timeout=15) as c,
+                ):
+                    envelope(c)
+                    got = c.data(HEADERS + f"\r\nSLOW-{name}\r\n".encode())
+                    assert got.lines == (reply,), f"R: from {timeouts}: {got}"
+                    # Sendmail gave up on the filter for the session; or not.
+                    expect(c, MAIL, then)
+            # Both times smtpguard itself found the virus.
+            assert decisions(svc.log(), "virus_found") == 2
