@@ -628,3 +628,17 @@ def test_contrib_and_readme_are_the_generator_output() -> None:
     the sample config on a stock Debian 12 Postfix (read with the real postconf)."""
     for path, text in outputs().items():
         assert path.read_text() == text, f"{path} is stale: see tests/support/contrib.py"
+
+
+def test_a_slower_smtpguard_than_the_milter_timeouts_is_a_note(tmp_path: Path) -> None:
+    """Postfix waits content_timeout (300 s) for the end-of-message reply: a clamd
+    with virus.timeout 200 (connect, then the verdict) may take longer; a note, as the
+    entry's timeouts are not what to change."""
+    assert not any("_timeout=" in n for n in make_plan(config(tmp_path)).notes)
+    slow = config(tmp_path / "slow", {"virus": {"backend": "clamd", "timeout": 200.0}})
+    (note,) = [n for n in make_plan(slow).notes if "_timeout=" in n]
+    assert note.startswith("content_timeout=300s in smtpguard's smtpd_milters entry is below")
+    assert "(headers, body and end of message;" in note
+    dns = config(tmp_path / "dns", {"dns": {"nameservers": ["127.0.0.1"], "stage_deadline": 40.0}})
+    (note,) = [n for n in make_plan(dns).notes if "_timeout=" in n]
+    assert note.startswith("command_timeout=30s in smtpguard's smtpd_milters entry is below")

@@ -37,6 +37,7 @@ from pathlib import PurePosixPath
 from smtpguard.address import IPNetwork
 from smtpguard.config import Config
 from smtpguard.replies import ReplyTable
+from smtpguard.sendmail import answer_bounds
 from smtpguard.sockets import libmilter_address
 
 #: Macros smtpguard reads, per stage (added to whatever the instance already sends).
@@ -272,6 +273,14 @@ def postfix_milter_address(socket: str, queue_directory: str = "/var/spool/postf
     return f"inet:[{host}]:{port}" if kind == "inet6" else f"inet:{host}:{port}"
 
 
+def _seconds(value: str) -> float:
+    """A Postfix time value (``30s``, ``5m``; a bare number is seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if value[-1:] in units:
+        return float(value[:-1]) * units[value[-1]]
+    return float(value)
+
+
 def postfix_network(net: IPNetwork) -> str:
     """``mynetworks`` form: IPv6 in brackets (``[::1]/128``), else read as a table."""
     if net.version == 6:
@@ -338,6 +347,7 @@ def plan(
     planner = _Planner(config, replies, current)
     planner.milters(non_smtpd_milters)
     planner.macros()
+    planner.timeouts()
     planner.networks()
     planner.relay()
     planner.recipients()
@@ -467,6 +477,25 @@ class _Planner:
                     _append(self.raw[name], " ".join(missing), sep=" "),
                     f"smtpguard reads {' '.join(missing)}",
                     f"missing {' '.join(missing)}",
+                )
+
+    def timeouts(self) -> None:
+        """A note where smtpguard can take longer to answer a step than our entry's
+        timeout lets Postfix wait: Postfix would then apply default_action (tempfail)
+        instead of smtpguard's verdict. The entry's values stay: the config is what
+        makes smtpguard that slow (its scanner and DNS timeouts)."""
+        bounds = answer_bounds(self.config)
+        ours = dict(setting.split("=", 1) for setting in MILTER_SETTINGS)
+        for option, worst, steps in (
+            ("command_timeout", bounds.command, "connect to DATA"),
+            ("content_timeout", bounds.content, "headers, body and end of message"),
+        ):
+            if worst > _seconds(ours[option]):
+                self.notes.append(
+                    f"{option}={ours[option]} in smtpguard's smtpd_milters entry is below"
+                    f" the {worst:g} s smtpguard may take to answer ({steps}; its DNS,"
+                    " directory, state and scanner timeouts): Postfix would defer such"
+                    " mail itself; lower those timeouts or raise the entry's"
                 )
 
     # --- relaying ---------------------------------------------------------------
