@@ -5,25 +5,36 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+from smtpguard import explain as explain_module
 from smtpguard.config import ConfigError
 from smtpguard.explain import (
     FALLBACK_RULE,
     JSON_KEYS,
     Knowledge,
+    Rule,
+    _unnamed,
+    clean_input,
     explain_main,
     load_knowledge,
     parse_reply,
+    rule_atoms,
 )
+from smtpguard.explain import knowledge as explain_knowledge
 from smtpguard.explain_words import WORDS_RULE
+from smtpguard.patterns import PatternSet, compile_pattern
 from support.service import RULES
+from test_explain_corpus import load_corpus
 
 EXPLAIN = RULES / "explain.toml"
 REPLIES = RULES / "replies.toml"
@@ -1373,3 +1384,162 @@ def test_an_enhanced_code_without_a_basic_code_gives_the_class(
 def test_our_reply_unfolded_into_one_line_is_ours(knowledge: Knowledge, line: str) -> None:
     exp = knowledge.explain(line)
     assert (exp.rule, exp.reply_id) == ("ours.rbl_deny", "rbl_deny")
+
+
+# --- start time: literal atoms and the knowledge cache ------------------------------
+
+
+def _rule(text: str) -> Rule:
+    return Rule(
+        "r", "unknown", None, None, compile_pattern(text, ignore_case=True), None, None, "generic"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "atoms"),
+    [
+        ("user unknown", ("user unknown",)),
+        ("No Such User|mailbox (?:is )?unavailable", ("no such user", "unavailable")),
+        ("a(b|c)?d", ("a",)),
+        ("(?:quota|full)+ exceeded", (" exceeded",)),
+        ("用户不存在|user unknown", ("user unknown", "用户不存在")),
+        # No literal every match needs, or syntax Python reads otherwise than RE2: none.
+        ("x{0,2}", None),
+        (r"\d+|user unknown", None),
+        ("[[:alpha:]]+ing", None),
+        (r"\pL+ing", None),
+        (r"\x{E9}t\z", None),
+        ("Ärger", None),
+    ],
+)
+def test_rule_atoms(text: str, atoms: tuple[str, ...] | None) -> None:
+    assert rule_atoms((_rule(text),)) == (atoms,)
+
+
+def test_rule_atoms_never_skip_a_rule_that_matches(knowledge: Knowledge) -> None:
+    """Differential, on every real reply of the corpus and of this file (and the texts
+    explain searches besides: without names, the reply's own words): a rule whose
+    pattern matches always holds one of its atoms, so skipping the others changes no
+    explanation."""
+    atoms = rule_atoms(knowledge.rules)
+    assert sum(a is not None for a in atoms) > len(atoms) * 3 // 4
+    by_kind = {
+        raw: [i for i, rule in enumerate(knowledge.rules) if rule.raw == raw]
+        for raw in (True, False)
+    }
+    sets = {raw: PatternSet([knowledge.rules[i].text for i in by_kind[raw]]) for raw in by_kind}
+    lines = [case.reply for case in load_corpus()] + [line for _, line, _ in REAL_REPLIES]
+    lines += [
+        "550 USER UNKNOWN",
+        "550 user unknown",
+        "550 \u017fpam detected",  # long s: RE2 folds it to s
+        "554 拒绝 RBL 中的邮件服务器",
+    ]
+    checked = 0
+    for line in lines:
+        reply = parse_reply(clean_input(line))
+        texts = {False: {reply.plain, reply.own, _unnamed(reply.plain)}, True: {reply.text}}
+        for raw, variants in texts.items():
+            for text in variants:
+                for found in sets[raw].search(text):
+                    rule = by_kind[raw][found]
+                    needed = atoms[rule]
+                    checked += 1
+                    assert needed is None or any(a in text.casefold() for a in needed), (
+                        knowledge.rules[rule].id
+                    )
+    assert checked > 1000
+
+
+def test_explanations_are_the_same_with_atoms(knowledge: Knowledge) -> None:
+    with_atoms = Knowledge(
+        knowledge.categories,
+        knowledge.rules,
+        knowledge.ours,
+        knowledge.fallback,
+        families=knowledge.families,
+        keywords=knowledge.keywords,
+        atoms=rule_atoms(knowledge.rules),
+    )
+    for _, line, _ in REAL_REPLIES:
+        # A fresh Knowledge tries rule by rule only for its first replies.
+        with_atoms._unfiltered = 1
+        knowledge._unfiltered = 1
+        assert with_atoms.explain(line) == knowledge.explain(line), line
+
+
+@pytest.fixture
+def rules_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of the shipped rules and an empty cache directory of this test's own."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("explain.toml", "replies.toml", "explain-words.toml"):
+        shutil.copy(RULES / name, rules / name)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    explain_module._cached.cache_clear()
+    yield rules
+    explain_module._cached.cache_clear()
+
+
+def _fresh(rules: Path) -> Knowledge:
+    """The knowledge of ``rules`` as a new process would load it."""
+    explain_module._cached.cache_clear()
+    return explain_knowledge(rules)
+
+
+def test_the_knowledge_cache_gives_the_same_explanations(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = load_knowledge(EXPLAIN, words=RULES / "explain-words.toml")
+    first = _fresh(rules_copy)
+    cache = rules_copy.parent / "cache" / "smtpguard" / "explain-rules-dir.pickle"
+    assert cache.is_file()
+    assert cache.stat().st_mode & 0o077 == 0
+    # Read back: not one TOML file is parsed.
+    monkeypatch.setattr(explain_module, "_parts", _no_parsing)
+    cached = _fresh(rules_copy)
+    for _, line, _ in REAL_REPLIES:
+        assert cached.explain(line) == first.explain(line) == loaded.explain(line), line
+
+
+def _no_parsing(*args: object, **kwargs: object) -> NoReturn:
+    raise AssertionError("the files were read again")
+
+
+def test_the_knowledge_cache_is_never_stale(rules_copy: Path) -> None:
+    line = "550 5.1.1 user unknown"
+    assert _fresh(rules_copy).explain(line).title_en == "Unknown recipient"
+    # An edit of the same size, at once: the change time still tells.
+    explain = rules_copy / "explain.toml"
+    text = explain.read_text(encoding="utf-8")
+    assert text.count('"Unknown recipient"') == 1
+    explain.write_text(text.replace('"Unknown recipient"', '"Unknown Recipient"'), encoding="utf-8")
+    assert _fresh(rules_copy).explain(line).title_en == "Unknown Recipient"
+    # Another rules directory has an entry of its own, which is not this one.
+    other = rules_copy.parent / "other"
+    shutil.copytree(rules_copy, other)
+    (other / "explain.toml").write_text(text, encoding="utf-8")
+    assert _fresh(other).explain(line).title_en == "Unknown recipient"
+    assert _fresh(rules_copy).explain(line).title_en == "Unknown Recipient"
+
+
+def test_a_broken_or_unwritable_cache_is_passed_by(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = "550 5.1.1 user unknown"
+    expected = _fresh(rules_copy).explain(line)
+    cache = rules_copy.parent / "cache" / "smtpguard" / "explain-rules-dir.pickle"
+    cache.write_bytes(b"not a pickle")
+    assert _fresh(rules_copy).explain(line) == expected
+    assert cache.read_bytes() != b"not a pickle"  # rewritten
+    # One that others may write is not read (unpickling it could run their code).
+    cache.chmod(0o666)
+    monkeypatch.setattr(explain_module, "_parts", _no_parsing)
+    with pytest.raises(AssertionError, match="read again"):
+        _fresh(rules_copy)
+    monkeypatch.undo()
+    # No cache directory can be made: explain works without one.
+    blocker = rules_copy.parent / "blocker"
+    blocker.write_text("a file, not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert _fresh(rules_copy).explain(line) == expected

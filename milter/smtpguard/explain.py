@@ -44,25 +44,31 @@ text whatever they say), so a hostile input cannot make the lookup slow.
 
 JSON output (``--json``) is one object with the keys of :data:`JSON_KEYS`, documented
 with the closed :data:`FIXES` set in ``docs/explain.md``. :func:`knowledge` loads the
-rules once per process and rules directory.
+rules once per process and rules directory, from a cache in the user's cache directory
+when the files have not changed since it was written (see "the knowledge cache").
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
+import importlib
 import json
+import os
+import pickle
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from smtpguard import explain_words
+from smtpguard import __version__, explain_words
 from smtpguard.datafiles import ConfigError, check_keys, default_rules_dir, read_toml, toml_table
 from smtpguard.explain_words import WORDS_RULE, WordModel
-from smtpguard.patterns import Pattern, PatternError, PatternSet, compile_pattern
+from smtpguard.patterns import Pattern, PatternError, PatternSet
 from smtpguard.replies import ALL_IDS, read_rows
 
 LANGUAGES: tuple[str, ...] = ("en", "zh")
@@ -375,6 +381,7 @@ class Knowledge:
         families: tuple[tuple[str, Pattern], ...] = (),
         keywords: tuple[tuple[str, Pattern], ...] = (),
         words: WordModel | Path | None = None,
+        atoms: Atoms | None = None,
     ) -> None:
         self.categories = categories
         self.rules = rules
@@ -397,6 +404,9 @@ class Knowledge:
         self._raw_index = [i for i, rule in enumerate(rules) if rule.raw]
         self._sets: tuple[PatternSet, PatternSet] | None = None
         self._unfiltered = UNFILTERED_REPLIES
+        #: :func:`rule_atoms` of the rules, which spare those first replies building
+        #: the automaton of rules that cannot match (None: every rule is tried).
+        self._atoms = atoms
         # Rows sharing a text ("auth error.", 451 and 551) are told apart by the code.
         self._ours_by_key: dict[str, list[Ours]] = {}
         for row in ours.values():
@@ -508,7 +518,7 @@ class Knowledge:
         if self._sets is None:
             if self._unfiltered > 0:
                 self._unfiltered -= 1
-                return self.rules
+                return self.rules if self._atoms is None else self._with_atoms(reply)
             self._sets = (
                 PatternSet([self.rules[i].text for i in self._plain_index]),
                 PatternSet([self.rules[i].text for i in self._raw_index]),
@@ -517,6 +527,16 @@ class Knowledge:
         found = {self._plain_index[i] for i in plain_set.candidates(reply.plain)}
         found.update(self._raw_index[i] for i in raw_set.candidates(reply.text))
         return [self.rules[i] for i in sorted(found)]
+
+    def _with_atoms(self, reply: ParsedReply) -> list[Rule]:
+        """The rules, in file order, but those none of whose atoms the text holds."""
+        assert self._atoms is not None
+        plain, text = reply.plain.casefold(), reply.text.casefold()
+        return [
+            rule
+            for rule, atoms in zip(self.rules, self._atoms, strict=True)
+            if atoms is None or any(atom in (text if rule.raw else plain) for atom in atoms)
+        ]
 
     def family(self, reply: ParsedReply, source: str) -> str | None:
         if source not in GENERIC_SOURCES:
@@ -812,6 +832,16 @@ def load_knowledge(
     the codes alone answer where no rule matched. Every problem raises
     :class:`ConfigError` naming the file and the rule, category or entry.
     """
+    return Knowledge(**_parts(path, replies=replies, words=words))
+
+
+def _parts(
+    path: Path | str,
+    *,
+    replies: Path | str | None = None,
+    words: WordModel | Path | str | None = None,
+) -> dict[str, Any]:
+    """The arguments of :class:`Knowledge` read from the files (see load_knowledge)."""
     file = Path(path)
     raw = read_toml(file)
 
@@ -832,15 +862,15 @@ def load_knowledge(
     table_file = Path(replies) if replies is not None else file.parent / "replies.toml"
     rows = read_rows(table_file)
     ours = _ours(file, raw.get("ours"), categories, rows)
-    return Knowledge(
-        categories,
-        rules,
-        ours,
-        fallback,
-        families=families,
-        keywords=keywords,
-        words=Path(words) if isinstance(words, str) else words,
-    )
+    return {
+        "categories": categories,
+        "rules": rules,
+        "ours": ours,
+        "fallback": fallback,
+        "families": families,
+        "keywords": keywords,
+        "words": Path(words) if isinstance(words, str) else words,
+    }
 
 
 def train_words(
@@ -871,11 +901,169 @@ def _cached(rules_dir: Path) -> Knowledge:
     # --rules-dir`` written before it existed); the shipped one has it
     # (tests/test_explain_words.py).
     words = rules_dir / explain_words.FILE_NAME
-    return load_knowledge(
-        rules_dir / "explain.toml",
-        replies=rules_dir / "replies.toml",
-        words=words if words.exists() else None,
-    )
+    files = (rules_dir / "explain.toml", rules_dir / "replies.toml")
+    key = _cache_key(rules_dir, files, words.exists())
+    parts = _read_cache(rules_dir, key) if key is not None else None
+    if parts is None:
+        parts = _parts(files[0], replies=files[1], words=words if words.exists() else None)
+        parts["atoms"] = rule_atoms(parts["rules"])
+        if key is not None:
+            _write_cache(rules_dir, key, parts)
+    return Knowledge(**parts)
+
+
+# --- the knowledge cache -------------------------------------------------------------
+# Reading the two TOML files, validating them and finding the rules' literal atoms take
+# longer than the rest of ``explain "LINE"`` (bench/README.md, explain_log.py): the
+# result is kept in the user's cache directory, its patterns as sources
+# (:class:`_Deferred`), under a key of everything it was made from. Whatever goes wrong
+# with the cache, the files are read as without it.
+
+#: Bumped when what is pickled changes shape without smtpguard's version changing.
+_CACHE_FORMAT = 1
+
+
+def _cache_file(rules_dir: Path) -> Path:
+    """The shipped rules' entry, and one for whichever ``--rules-dir`` came last: a
+    test suite's or a rule writer's many directories never fill the cache directory."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    shipped = rules_dir == default_rules_dir().resolve()
+    return Path(base, "smtpguard", "explain.pickle" if shipped else "explain-rules-dir.pickle")
+
+
+def _cache_key(rules_dir: Path, files: tuple[Path, ...], has_words: bool) -> tuple[Any, ...] | None:
+    """What a cache entry must have been made from to be used: the files' paths, sizes,
+    modification and change times and inodes (an edit changes the change time, which
+    no tool sets back), smtpguard's and Python's versions. None when a file cannot be
+    read (loading then names it)."""
+    try:
+        stats = tuple(
+            (os.fsencode(file), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+            for file in files
+            for st in (file.stat(),)
+        )
+    except OSError:
+        return None
+    return (_CACHE_FORMAT, __version__, sys.version, os.fsencode(rules_dir), has_words, stats)
+
+
+def _read_cache(rules_dir: Path, key: tuple[Any, ...]) -> dict[str, Any] | None:
+    try:
+        with _cache_file(rules_dir).open("rb") as f:
+            st = os.fstat(f.fileno())
+            # Only a file of this user's that nobody else may write is unpickled.
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return None
+            found = pickle.load(f)  # noqa: S301 - our own file, checked above
+    except Exception:  # noqa: BLE001 - a cache that cannot be read is rebuilt
+        return None
+    if not isinstance(found, tuple) or len(found) != 2 or found[0] != key:
+        return None
+    parts = found[1]
+    return parts if isinstance(parts, dict) else None
+
+
+def _write_cache(rules_dir: Path, key: tuple[Any, ...], parts: dict[str, Any]) -> None:
+    # Only a cache miss writes: imported here, not by every explain.
+    import tempfile  # noqa: PLC0415
+
+    target = _cache_file(rules_dir)
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data = pickle.dumps((key, parts), protocol=pickle.HIGHEST_PROTOCOL)
+        fd, tmp = tempfile.mkstemp(prefix=".explain-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            # Written whole, then renamed: a concurrent run reads all of it or none.
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except (OSError, pickle.PicklingError):
+        # A read-only home, a full disk: explain works without the cache.
+        return
+
+
+# --- literal atoms -------------------------------------------------------------------
+# ``explain "LINE"`` tries the rules one by one (UNFILTERED_REPLIES), and building RE2's
+# automaton of every rule it tries was most of its time. A rule whose text pattern needs
+# one of a few literal strings ("user unknown", "mailbox") cannot match a text that
+# holds none of them, so it is skipped unbuilt. The atoms are a necessary condition
+# only: where one cannot be proved, there are none and the rule is always tried
+# (tests/test_explain.py checks every rule match of the corpus against them).
+
+#: Per rule, in file order: the case-folded strings one of which any match contains,
+#: or None (always tried).
+Atoms = tuple[tuple[str, ...] | None, ...]
+
+
+def rule_atoms(rules: tuple[Rule, ...]) -> Atoms:
+    """The literal atoms of every rule's text pattern (see above)."""
+    # Python's own parser, used only where it reads a pattern as RE2 does: what RE2
+    # alone has (\pL, \x{..}, \z, \Q..\E) is an error here, and a POSIX class is
+    # refused before (Python would read "[[:alpha:]]" as "[[:alph]" and a "]").
+    parser: Any = importlib.import_module("re._parser")
+    out: list[tuple[str, ...] | None] = []
+    for rule in rules:
+        source = rule.text.source
+        found: set[str] | None = None
+        if "[:" not in source:
+            try:
+                found = _atoms_of(list(parser.parse(source)), parser)
+            except Exception:  # noqa: BLE001 - any syntax Python reads otherwise: no atoms
+                found = None
+        out.append(None if found is None else tuple(sorted(found)))
+    return tuple(out)
+
+
+def _caseless(text: str) -> bool:
+    """Whether RE2's case folding can only match ``text`` as case-folded text holds it:
+    ASCII, or characters without case (CJK)."""
+    return text.isascii() or all(c.lower() == c.upper() == c.casefold() == c for c in text)
+
+
+def _atoms_of(items: list[tuple[Any, Any]], parser: Any) -> set[str] | None:
+    """Atoms of a sequence: every element must match, so any element's atoms will do;
+    the one whose shortest atom is longest is the most selective."""
+    choices: list[set[str]] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        text = "".join(run)
+        if text and _caseless(text):
+            choices.append({text.casefold()})
+        run.clear()
+
+    for op, av in items:
+        if op is parser.LITERAL:
+            run.append(chr(av))
+            continue
+        flush()
+        found = _atoms_of_node(op, av, parser)
+        if found is not None:
+            choices.append(found)
+    flush()
+    return max(choices, key=lambda atoms: min(map(len, atoms)), default=None)
+
+
+def _atoms_of_node(op: Any, av: Any, parser: Any) -> set[str] | None:
+    if op is parser.SUBPATTERN:
+        return _atoms_of(list(av[-1]), parser)
+    if op is parser.BRANCH:
+        # Any branch may match: one of each branch's atoms; a branch without any
+        # leaves the whole alternation without.
+        out: set[str] = set()
+        for branch in av[1]:
+            found = _atoms_of(list(branch), parser)
+            if found is None:
+                return None
+            out |= found
+        return out
+    if op in (parser.MAX_REPEAT, parser.MIN_REPEAT) and av[0] >= 1:
+        return _atoms_of(list(av[2]), parser)
+    return None
 
 
 def knowledge(rules_dir: Path | None = None) -> Knowledge:
@@ -1038,10 +1226,40 @@ def _optional_regex(file: Path, key: str, value: Any) -> Pattern | None:
     return None if value is None else _regex(file, key, value)
 
 
+class _Deferred(Pattern):
+    """A rule pattern that RE2 builds the first time it is searched. Loading the files
+    builds each one once to validate it (:func:`_regex`); one read back from the cache
+    was validated when the cache was written, and ``explain "LINE"`` searches only the
+    rules before the first that matches, not all 528 patterns."""
+
+    __slots__ = ()
+
+    def __init__(self, source: str, *, ignore_case: bool = False) -> None:
+        self.source = source
+        self.ignore_case = ignore_case
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for an attribute not set yet: the compiled expression.
+        if name != "_regexp":
+            raise AttributeError(name)
+        Pattern.__init__(self, self.source, ignore_case=self.ignore_case)
+        return getattr(self, name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its source: RE2's compiled form cannot be, and is rebuilt on use.
+        return (_deferred, (self.source, self.ignore_case))
+
+
+def _deferred(source: str, ignore_case: bool) -> _Deferred:
+    return _Deferred(source, ignore_case=ignore_case)
+
+
 def _regex(file: Path, key: str, value: Any) -> Pattern:
     pattern = _string(file, key, value)
     try:
-        return compile_pattern(pattern, ignore_case=True)
+        deferred = _Deferred(pattern, ignore_case=True)
+        Pattern.__init__(deferred, pattern, ignore_case=True)
+        return deferred
     except PatternError as exc:
         raise ConfigError(
             file, key, f"not a valid RE2 pattern {pattern!r}: {exc} (docs/patterns.md)"
