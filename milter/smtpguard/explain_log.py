@@ -20,9 +20,11 @@ What is read:
   ``message/delivery-status`` part with ``Action: failed`` (bounce) or ``delayed``
   (deferral), its ``Diagnostic-Code`` (``smtp; 550 ...``) or else its ``Status``.
 
-A log compressed with gzip (a rotated ``mail.log.2.gz``) is read through gzip. Every
-other line is counted and skipped. Deferrals are counted per attempt: a message
-retried five times is five deferral events.
+A log compressed with gzip (a rotated ``mail.log.2.gz``, or piped in) is read through
+gzip; lines end with LF, CRLF or a lone CR. Every other line is counted and skipped
+(Postfix's ``status=expired`` too: it names neither a recipient nor a reply).
+Deferrals are counted per attempt: a message retried five times is five deferral
+events.
 
 Memory stays bounded whatever the input's size: lines are read one at a time, cut at
 :data:`MAX_LINE_BYTES`; DSN files are read up to :data:`MAX_MESSAGE_BYTES` (the
