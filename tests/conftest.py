@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +11,10 @@ from support.daemons import Rspamd, start_rspamd
 from support.fake_dns import FakeDns, fake_resolver
 from support.service import Running, Site, make_site, reap_stopping, running
 from support.unbound import DnsServer, unbound_server
+
+# explain keeps its parsed rules in the user's cache directory: the suite's runs (and
+# the CLI subprocesses they start, which inherit this) keep theirs out of ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="smtpguard-test-cache-")
 
 # tests/ is on sys.path (pyproject.toml, [tool.pytest.ini_options] pythonpath), so every
 # test module imports the shared helpers as ``support``.
