@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sqlite3
 import threading
 import time
@@ -660,3 +661,48 @@ def test_matching_entries_of_an_idn_sender() -> None:
     )
     assert matching_entries("a@MX.Bücher.example.") == expected
     assert matching_entries("a@mx.xn--bcher-kva.example") == expected
+
+
+@pytest.fixture
+def frozen_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Redis stopped with SIGSTOP: connections are accepted by the kernel, and
+    nothing answers (a hung server, not a dead one)."""
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+def test_a_frozen_redis_costs_one_timeout_then_none_until_the_retry(
+    frozen_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every MAIL FROM looks the sender up: a Redis that stopped answering must not hold
+    each of them for its timeout (nor twice it, by redis-py's retry)."""
+    clock = FakeClock()
+    timeout = 0.5
+    blacklist = RedisBlacklist(
+        redis_client(frozen_redis.url, timeout=timeout), "smtpguard-test", clock=clock
+    )
+    blacklist.add("listed@example.net")
+    assert blacklist.listed("listed@example.net") == "listed@example.net"
+    frozen_redis.process.send_signal(signal.SIGSTOP)
+    with caplog.at_level(logging.INFO, logger="smtpguard.state"):
+        started = time.monotonic()
+        with pytest.raises(StateError):
+            blacklist.listed("listed@example.net")
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(10):
+            with pytest.raises(StateError, match="unreachable"):
+                blacklist.listed("listed@example.net")
+        meanwhile = time.monotonic() - started
+        frozen_redis.process.send_signal(signal.SIGCONT)
+        clock.advance(5.0)
+        assert blacklist.listed("listed@example.net") == "listed@example.net"
+    assert timeout <= first < 2 * timeout, first
+    assert meanwhile < timeout, meanwhile
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in m for m in messages) == 1, messages
+    assert any("reachable again" in m for m in messages), messages

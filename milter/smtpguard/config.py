@@ -424,7 +424,9 @@ class StateConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "smtpguard"
     #: Redis unreachable: "error" answers database_temp_error (per the check's
-    #: on_temp_error), "local" counts in process until Redis is back.
+    #: on_temp_error), "local" counts in process until Redis is back. The same-size
+    #: counters only: blacklist lookups fail either way ([checks.blacklist]
+    #: on_temp_error decides).
     on_redis_error: Literal["error", "local"] = "error"
 
 

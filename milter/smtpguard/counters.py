@@ -538,14 +538,16 @@ def redis_client(url: str, *, timeout: float = 0.5) -> redis.Redis:
 
     ``timeout`` bounds connect and each command. redis-py retries ten times with
     exponential backoff by default, which would hold every message for seconds while
-    Redis is down; here it retries once at once, enough for a pooled connection that a
-    restarted Redis closed.
+    Redis is down; here it retries once at once, and only after a closed connection
+    (a pooled one that a restarted Redis closed). Never after a timeout: a Redis that
+    stopped answering would cost every command twice its timeout, and a counter hit
+    that timed out may have been counted already.
     """
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
     )
 
 

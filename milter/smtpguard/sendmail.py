@@ -52,9 +52,11 @@ def answer_bounds(config: Config) -> AnswerBounds:
     """How long smtpguard may take to answer a step, from the timeouts in ``config``.
 
     Every step may wait for DNS up to ``dns.stage_deadline`` (all its lookups and the
-    connect-back share it), and for the state store (``state.timeout``). MAIL and RCPT
-    also ask the directory (``directory.timeout``). End of message adds the scanners,
-    one after the other:
+    connect-back share it), and for the state store (``state.timeout`` per call; MAIL
+    makes two, the same-size counter and the blacklist, each of which stops asking a
+    backend that failed for a while, so the first MAIL of an outage waits for both).
+    MAIL and RCPT also ask the directory (``directory.timeout``). End of message adds
+    the scanners, one after the other:
 
     * clamd (``virus.timeout``, used for every connect, send and the verdict): a
       message without a body first connects at end of message, then waits for the
@@ -66,7 +68,7 @@ def answer_bounds(config: Config) -> AnswerBounds:
       receive): the connect, then the answer, twice the timeout.
     """
     shared = config.dns.stage_deadline + config.state.timeout
-    command = shared + config.directory.timeout
+    command = shared + config.state.timeout + config.directory.timeout
     virus = {"clamd": 2.0, "command": 1.0}.get(config.virus.backend, 0.0)
     engine = 2.0 if config.antispam.engine == "rspamd" else 0.0
     content = shared + virus * config.virus.timeout + engine * config.antispam.engine_timeout

@@ -13,10 +13,12 @@ the check turns that into ``database_temp_error`` or a pass, as configured.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import mmap
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ from smtpguard.address import (
     parse_path,
 )
 from smtpguard.sqlitedb import WatchedFile
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blacklist (
@@ -298,21 +302,67 @@ def _empty_wal(db: sqlite3.Connection) -> None:
 
 class RedisBlacklist:
     """The blacklist in a Redis hash (address -> "added_at reason"), shared by every
-    smtpguard host using the same Redis. Errors surface as :class:`StateError`."""
+    smtpguard host using the same Redis. Errors surface as :class:`StateError`.
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    After a failed lookup Redis is not asked again for ``retry_interval`` seconds (the
+    lookups fail at once meanwhile), as the counters do: a Redis that stopped answering
+    would otherwise hold every MAIL FROM for its timeout. The outage is logged when it
+    starts and when it ends, not per message."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        retry_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.key = f"{prefix}:blacklist"
+        self.retry_interval = retry_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._last_error = ""
 
     def listed(self, address: str) -> str | None:
         keys = matching_entries(address)
+        now = self._clock()
+        with self._lock:
+            if self._down_since is not None and now < self._next_try:
+                raise StateError(f"redis unreachable: {self._last_error}")
         try:
             found = self.client.hmget(self.key, list(keys))
         except redis.RedisError as exc:
+            self._failed(str(exc), now)
             raise StateError(f"redis: {exc}") from None
+        self._recovered(now)
         return _most_specific(
             keys, {key for key, value in zip(keys, found, strict=True) if value is not None}
         )
+
+    def _failed(self, error: str, now: float) -> None:
+        with self._lock:
+            self._next_try = now + self.retry_interval
+            self._last_error = error
+            if self._down_since is not None:
+                return
+            self._down_since = now
+        log.warning(
+            "blacklist backend redis unreachable (%s); lookups fail (each check's"
+            " on_temp_error decides) and it is asked again every %.0f s",
+            error,
+            self.retry_interval,
+        )
+
+    def _recovered(self, now: float) -> None:
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted = now - self._down_since
+            self._down_since = None
+        log.info("blacklist backend redis reachable again after %.1f s", lasted)
 
     def add(self, address: str, reason: str = "") -> bool:
         entry = blacklist_entry(address)
