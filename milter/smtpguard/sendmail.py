@@ -58,14 +58,14 @@ def answer_bounds(config: Config) -> AnswerBounds:
     MAIL and RCPT also ask the directory (``directory.timeout``). End of message adds
     the scanners, one after the other:
 
-    * clamd (``virus.timeout``, used for every connect, send and the verdict): a
-      message without a body first connects at end of message, then waits for the
-      verdict, so twice the timeout. What is still to send then (at most about two
-      64 KiB chunks) goes into the socket's buffer and waits only if clamd stopped
-      reading; a send that times out ends the scan as an error, without the verdict.
+    * clamd (``virus.timeout``, as deadlines, not per socket operation): the body is
+      streamed as it arrives, each chunk (the first one connecting) sent within the
+      timeout. At end of message, connecting (a message without a body sent nothing
+      yet) and sending what is left (at most about two 64 KiB chunks and the
+      terminator) share one deadline, and the verdict has another: twice the timeout.
     * the ``command`` backend: one deadline for the whole run (``virus.timeout``).
-    * rspamd (``antispam.engine_timeout``, for the connect and each send and
-      receive): the connect, then the answer, twice the timeout.
+    * rspamd (``antispam.engine_timeout``, as deadlines): connecting and sending the
+      message share one, the answer has another: twice the timeout.
     """
     shared = config.dns.stage_deadline + config.state.timeout
     command = shared + config.state.timeout + config.directory.timeout

@@ -5,14 +5,19 @@ from __future__ import annotations
 import base64
 import select
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from smtpguard.scanners import Endpoint, ScanStatus
 from smtpguard.scanners.clamd import ClamdStream, ping, scan
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, free_port, start_clamd
+
+if TYPE_CHECKING:
+    from scanners.conftest import SlowPeers
 
 pytestmark = pytest.mark.integration
 
@@ -199,6 +204,58 @@ def test_scanner_that_never_answers_times_out() -> None:
             result = stream.finish()
     assert result.status is ScanStatus.ERROR
     assert "timed out" in result.detail
+
+
+#: What a call may take beyond its deadline: the last operation's wake-up, scheduling.
+MARGIN = 0.4
+
+
+def _read_stream(conn: socket.socket) -> None:
+    """Read an INSTREAM up to its zero-length terminating chunk."""
+    data = b""
+    while not data.endswith(b"\0\0\0\0"):
+        got = conn.recv(65536)
+        assert got
+        data += got
+
+
+@pytest.mark.parametrize("unix", [True, False], ids=["unix", "tcp"])
+def test_verdict_sent_a_byte_at_a_time_times_out(slow_peer: SlowPeers, unix: bool) -> None:
+    """Each byte within a receive's timeout, the verdict as a whole not within its own."""
+
+    def clamd(conn: socket.socket) -> None:
+        _read_stream(conn)
+        slow_peer.drip(conn, b"stream: Eicar-Test-Signature FOUND\0", every=0.1)
+
+    endpoint = slow_peer.start(clamd, unix=unix)
+    with ClamdStream(endpoint, timeout=5, scan_timeout=0.8) as stream:
+        stream_message(stream, HEADERS, b"hello\r\n")
+        start = time.monotonic()
+        result = stream.finish()
+        elapsed = time.monotonic() - start
+    assert result.status is ScanStatus.ERROR
+    assert "timed out" in result.detail
+    assert "reply cut short" in result.detail  # bytes came, not the whole verdict
+    assert 0.7 <= elapsed < 0.8 + MARGIN
+
+
+def test_chunks_read_slowly_time_out_as_one_send(slow_peer: SlowPeers) -> None:
+    """A call's pieces share its deadline: each alone would make it, together they
+    would take a minute."""
+    endpoint = slow_peer.start(
+        lambda conn: slow_peer.read_slowly(conn, 4096, every=0.05), unix=True
+    )
+    with ClamdStream(endpoint, timeout=0.8, scan_timeout=5, chunk_size=1024) as stream:
+        stream.feed_header("Subject", "slow")
+        start = time.monotonic()
+        stream.feed(b"x" * (4 * 1024 * 1024))
+        fed = time.monotonic() - start
+        result = stream.finish()
+        finished = time.monotonic() - start - fed
+    assert result.status is ScanStatus.ERROR
+    assert "sending to clamd failed: timed out" in result.detail
+    assert 0.7 <= fed < 0.8 + MARGIN
+    assert finished < MARGIN  # the stream already failed: nothing more to wait for
 
 
 def test_idle_stream_closed_by_read_timeout_is_an_error(

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import http.server
+import io
 import socket
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult, SpamStatus
 from smtpguard.scanners.rspamd import RspamdClient
 from support.daemons import GTUBE, Rspamd, free_port
+
+if TYPE_CHECKING:
+    from scanners.conftest import SlowPeers
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +209,69 @@ def test_unexpected_replies_are_errors(status: int, body: bytes, detail: str) ->
 def test_startup_time_is_reported(rspamd: Rspamd) -> None:
     # Cold start compiles Hyperscan databases (~12-17 s here); warm start is < 2 s.
     assert rspamd.startup < 90
+
+
+#: What a call may take beyond its deadline: the last operation's wake-up, scheduling.
+MARGIN = 0.4
+ANSWER_BODY = b'{"score": 1.5, "required_score": 15, "action": "no action", "symbols": {}}'
+ANSWER_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+ANSWER = ANSWER_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(ANSWER_BODY), ANSWER_BODY)
+
+
+def _read_request(conn: socket.socket) -> None:
+    with conn.makefile("rb") as request:
+        length = 0
+        while (line := request.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        assert len(request.read(length)) == length
+
+
+@pytest.mark.parametrize(
+    ("sent", "dripped"),
+    [(b"", ANSWER), (ANSWER_HEAD, ANSWER[len(ANSWER_HEAD) :]), (ANSWER[:-20], ANSWER[-20:])],
+    ids=["status-line", "headers", "json"],
+)
+def test_answer_sent_a_byte_at_a_time_times_out(
+    slow_peer: SlowPeers, sent: bytes, dripped: bytes
+) -> None:
+    """Each byte within a receive's timeout, the answer as a whole not within its own."""
+
+    def rspamd(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(sent)
+        slow_peer.drip(conn, dripped, every=0.1)
+
+    client = RspamdClient(slow_peer.start(rspamd), timeout=0.8)
+    start = time.monotonic()
+    result = client.check(HAM, SpamEnvelope())
+    elapsed = time.monotonic() - start
+    assert result.status is SpamStatus.ERROR
+    assert "timed out" in result.detail
+    assert 0.7 <= elapsed < 0.8 + MARGIN
+
+
+def test_answer_in_small_pieces_within_the_deadline(slow_peer: SlowPeers) -> None:
+    def rspamd(conn: socket.socket) -> None:
+        _read_request(conn)
+        slow_peer.drip(conn, ANSWER, every=0.002)
+
+    result = RspamdClient(slow_peer.start(rspamd, unix=True), timeout=5).check(HAM, SpamEnvelope())
+    assert result.ok, result.detail
+    assert result.score == 1.5
+
+
+def test_request_read_slowly_times_out(slow_peer: SlowPeers) -> None:
+    """Every 64 KiB block of a spooled message goes out within a send's timeout; the
+    request as a whole not within the deadline it shares with the connect."""
+    endpoint = slow_peer.start(
+        lambda conn: slow_peer.read_slowly(conn, 4096, every=0.02), unix=True
+    )
+    message = io.BytesIO(HAM + b"x" * (4 * 1024 * 1024))
+    start = time.monotonic()
+    result = RspamdClient(endpoint, timeout=0.8).check(message, SpamEnvelope())
+    elapsed = time.monotonic() - start
+    assert result.status is SpamStatus.ERROR
+    assert "timed out" in result.detail
+    assert 0.7 <= elapsed < 0.8 + MARGIN

@@ -1,9 +1,20 @@
-"""Shared scanner pieces: header serialisation, the message spool (endpoints:
-tests/test_endpoint.py)."""
+"""Shared scanner pieces: header serialisation, the message spool, the deadline socket
+(endpoints: tests/test_endpoint.py)."""
 
 from __future__ import annotations
 
-from smtpguard.scanners import MessageSpool, header_bytes
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from smtpguard.scanners import DeadlineSocket, MessageSpool, connect, header_bytes
+
+if TYPE_CHECKING:
+    from scanners.conftest import SlowPeers
+
+#: What a call may take beyond its deadline: the last operation's wake-up, scheduling.
+MARGIN = 0.4
 
 
 def test_header_bytes() -> None:
@@ -43,3 +54,28 @@ def test_spool_rolls_to_disk_and_truncates() -> None:
         assert spool.size == 1000
         assert len(spool.getvalue()) == 1000
         assert spool.reader().read(3) == b"\r\nx"  # reader() rewinds
+
+
+def test_a_peer_sending_a_byte_at_a_time_cannot_outlast_the_deadline(
+    slow_peer: SlowPeers,
+) -> None:
+    """Each byte comes well within any one receive's timeout; the deadline still ends it."""
+    endpoint = slow_peer.start(lambda conn: slow_peer.drip(conn, b"x" * 1000, every=0.1))
+    received = bytearray()
+
+    def receive_all(sock: DeadlineSocket) -> None:
+        while got := sock.recv(100):
+            received.extend(got)
+
+    with connect(endpoint, 0.8) as sock:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            receive_all(sock)
+        elapsed = time.monotonic() - start
+        # Once passed, the deadline refuses at once; expire_in() starts a new phase.
+        with pytest.raises(TimeoutError):
+            sock.recv(100)
+        sock.expire_in(5)
+        assert sock.recv(100)
+    assert 0.7 <= elapsed < 0.8 + MARGIN
+    assert len(received) >= 3

@@ -11,7 +11,10 @@ Shared here:
 
 * :func:`connect`: a stream socket to an :class:`~smtpguard.endpoint.Endpoint`
   (``unix:PATH`` / ``inet:HOST:PORT``, parsed by :mod:`smtpguard.endpoint` for the
-  config loader and the scanners alike);
+  config loader and the scanners alike), a :class:`DeadlineSocket`: a socket timeout
+  bounds one send or receive, and a scanner answering one byte at a time stays under
+  it forever, so the scanners bound each phase of a scan (connect and send, then the
+  verdict) by a deadline instead;
 * :class:`MessageSpool`: the whole message (header block + body) for scanners that need
   it at once (the command hook, rspamd), spooled in memory up to a cap and then to an
   unlinked temporary file, so a large message never sits whole in memory;
@@ -24,17 +27,21 @@ from __future__ import annotations
 
 import socket
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import IO, TYPE_CHECKING, Final, Protocol
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 from smtpguard.endpoint import Endpoint
 
 if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
     from smtpguard.scanners.rules import RulesResult
 
 __all__ = [
+    "DeadlineSocket",
     "Endpoint",
     "MessageSpool",
     "RuleEngine",
@@ -157,20 +164,77 @@ class RuleEngine(Protocol):
 # --- sockets ---------------------------------------------------------------------------
 
 
-def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
-    """Connect with ``timeout`` for the connect and every later send/recv (OSError)."""
+class DeadlineSocket(socket.socket):
+    """A stream socket whose connect, sends and receives all end by :attr:`deadline`.
+
+    Before each of them the socket timeout is set to the time left, and once the
+    deadline has passed they raise :class:`TimeoutError` without touching the socket,
+    so a phase of any number of operations (http.client's many reads of a status line
+    and headers included) takes at most the time it was given.
+    """
+
+    #: ``time.monotonic()`` by which every operation must end.
+    deadline: float = 0.0
+
+    def expire_in(self, seconds: float) -> None:
+        """Start a phase: what follows must end within ``seconds`` from now."""
+        self.deadline = time.monotonic() + seconds
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.settimeout(left)
+
+    def connect(self, address: Any, /) -> None:
+        self._arm()
+        super().connect(address)
+
+    def send(self, data: ReadableBuffer, flags: int = 0, /) -> int:
+        self._arm()
+        return super().send(data, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0, /) -> None:
+        # One sendall is bounded as a whole by the timeout (Python >= 3.5).
+        self._arm()
+        super().sendall(data, flags)
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        self._arm()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0, /) -> int:
+        # What socket.makefile() reads with (http.client's responses).
+        self._arm()
+        return super().recv_into(buffer, nbytes, flags)
+
+
+def connect(endpoint: Endpoint, timeout: float) -> DeadlineSocket:
+    """Connect within ``timeout`` (OSError); the socket keeps that deadline for what
+    follows until the caller sets another (:meth:`DeadlineSocket.expire_in`).
+
+    The addresses of an ``inet:`` host are tried in turn within the one deadline
+    (``socket.create_connection`` would give each its own timeout). Resolving a host
+    name is not bounded here: configure addresses, or a resolver that answers.
+    """
+    deadline = time.monotonic() + timeout
     if endpoint.path is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        targets: list[tuple[socket.AddressFamily, int, Any]] = [(socket.AF_UNIX, 0, endpoint.path)]
+    else:
+        found = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        targets = [(family, proto, address) for family, _, proto, _, address in found]
+    error: OSError = OSError(f"no address for {endpoint}")
+    for family, proto, address in targets:
+        sock = DeadlineSocket(family, socket.SOCK_STREAM, proto)
+        sock.deadline = deadline
         try:
-            sock.settimeout(timeout)
-            sock.connect(endpoint.path)
-        except OSError:
+            sock.connect(address)
+        except OSError as exc:
             sock.close()
-            raise
+            error = exc
+            continue
         return sock
-    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
-    sock.settimeout(timeout)
-    return sock
+    raise error
 
 
 # --- the message as a whole ------------------------------------------------------------

@@ -19,8 +19,14 @@ How the stream is bounded:
   not sent; the prefix is still scanned, and a clean prefix is reported as
   :attr:`~smtpguard.scanners.ScanStatus.SIZE_LIMIT`. If clamd's own limit is lower and
   it refuses, that is SIZE_LIMIT too, with the reason in ``detail``.
-* every connect, send and receive has ``timeout``; the final verdict has
-  ``scan_timeout`` (clamd scans only after the last chunk).
+* time, by deadlines rather than per socket operation (a clamd that reads or answers
+  a byte at a time would otherwise hold the call without limit): each call that sends
+  (:meth:`~ClamdStream.feed` of a body chunk, :meth:`~ClamdStream.feed_header` that
+  fills a chunk, :meth:`~ClamdStream.open`) connects if need be and sends within
+  ``timeout``; :meth:`~ClamdStream.finish` connects if nothing was sent yet and sends
+  what is left and the terminator within ``timeout``, then waits for the verdict
+  within ``scan_timeout`` (clamd scans only after the last chunk). A deadline that
+  passes ends the scan as ERROR ("timed out").
 * clamd closes a stream that stays idle longer than its ``ReadTimeout`` (120 s by
   default). A client that pauses that long between body chunks therefore gets
   :attr:`~smtpguard.scanners.ScanStatus.ERROR`; keep ``ReadTimeout`` at or above the
@@ -38,9 +44,17 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import IO, Final
 
-from smtpguard.scanners import Endpoint, ScanResult, ScanStatus, connect, header_bytes
+from smtpguard.scanners import (
+    DeadlineSocket,
+    Endpoint,
+    ScanResult,
+    ScanStatus,
+    connect,
+    header_bytes,
+)
 
 __all__ = ["ClamdStream", "ping", "scan"]
 
@@ -50,6 +64,9 @@ DEFAULT_CHUNK: Final = 64 * 1024
 #: clamd's default StreamMaxLength is 25 MB (clamd.conf(5)).
 DEFAULT_MAX_BYTES: Final = 25 * 1024 * 1024
 _REPLY_MAX: Final = 4096
+#: How long a failed send waits for what clamd said before it hung up (within the
+#: call's deadline): the reply to a refused stream is already on its way by then.
+_EXPLAIN_WAIT: Final = 1.0
 _SIZE_LIMIT_REPLY: Final = "INSTREAM size limit exceeded"
 
 
@@ -84,7 +101,9 @@ class ClamdStream:
         self.sent = 0
         #: True once octets were dropped because of ``max_bytes``.
         self.truncated = False
-        self._sock: socket.socket | None = None
+        self._sock: DeadlineSocket | None = None
+        #: ``time.monotonic()`` by which the current call's I/O must end.
+        self._deadline = 0.0
         self._pending = bytearray()
         self._eoh = whole_message
         self._error = ""
@@ -92,12 +111,22 @@ class ClamdStream:
 
     # -- feeding --------------------------------------------------------------------
 
+    def _expire_in(self, seconds: float) -> None:
+        """Start a call's phase: its connect, sends and receives end within ``seconds``."""
+        self._deadline = time.monotonic() + seconds
+        if self._sock is not None:
+            self._sock.deadline = self._deadline
+
     def open(self) -> None:
         """Connect and start INSTREAM (done implicitly by the first octets to send)."""
+        self._expire_in(self.timeout)
+        self._open()
+
+    def _open(self) -> None:
         if self._sock is not None or self._error or self._result is not None:
             return
         try:
-            sock = connect(self.endpoint, self.timeout)
+            sock = connect(self.endpoint, self._deadline - time.monotonic())
         except OSError as exc:
             self._error = f"cannot connect to clamd at {self.endpoint}: {_oserror(exc)}"
             return
@@ -111,6 +140,7 @@ class ClamdStream:
     def feed_header(self, name: str, value: str) -> None:
         self._pending += header_bytes(name, value)
         if len(self._pending) >= self.chunk_size:
+            self._expire_in(self.timeout)
             self._flush()
 
     def end_of_headers(self) -> None:
@@ -124,6 +154,7 @@ class ClamdStream:
         # line to find the header block.
         self.end_of_headers()
         self._pending += chunk
+        self._expire_in(self.timeout)
         self._flush()
 
     def _flush(self) -> None:
@@ -138,7 +169,7 @@ class ClamdStream:
             self.truncated = True
         if not data:
             return
-        self.open()
+        self._open()
         for start in range(0, len(data), self.chunk_size):
             piece = data[start : start + self.chunk_size]
             if not self._send(struct.pack("!I", len(piece)) + piece):
@@ -153,7 +184,7 @@ class ClamdStream:
         except OSError as exc:
             # clamd closes the stream early on its size limit or ReadTimeout; what it
             # said before closing is the better explanation, when there is one.
-            reply = self._read_reply(min(self.timeout, 1.0))
+            reply, _ = self._read_reply(min(self._deadline, time.monotonic() + _EXPLAIN_WAIT))
             if reply.startswith(_SIZE_LIMIT_REPLY):
                 self._result = _size_limit_refused(reply, self.sent)
             else:
@@ -175,37 +206,45 @@ class ClamdStream:
 
     def _finish(self) -> ScanResult:
         self.end_of_headers()
+        # Connecting (a message without a body sent nothing yet), what is left and the
+        # terminator share one deadline; the verdict gets its own below.
+        self._expire_in(self.timeout)
         self._flush()
         if self._result is not None:
             return self._result
         if self._sock is None and not self._error:
             # Nothing to send (an empty message): still ask, so "clean" is clamd's word.
-            self.open()
+            self._open()
         if self._error or self._sock is None:
             return ScanResult(ScanStatus.ERROR, detail=self._error, scanned=self.sent)
         if not self._send(struct.pack("!I", 0)):
             if self._result is not None:
                 return self._result
             return ScanResult(ScanStatus.ERROR, detail=self._error, scanned=self.sent)
-        reply = self._read_reply(self.scan_timeout)
-        return self._interpret(reply)
+        reply, whole = self._read_reply(time.monotonic() + self.scan_timeout)
+        # Text cut short by an error or the deadline may be half a verdict.
+        return self._interpret(reply if whole else "")
 
-    def _read_reply(self, timeout: float) -> str:
+    def _read_reply(self, deadline: float) -> tuple[str, bool]:
+        """clamd's reply up to its NUL, read by ``deadline`` (``time.monotonic()``), and
+        whether it ended (NUL, end of stream, the size cap) rather than broke off."""
         sock = self._sock
         if sock is None:
-            return ""
+            return "", False
+        sock.deadline = deadline
         data = bytearray()
+        whole = True
         try:
-            sock.settimeout(timeout)
             while b"\0" not in data and len(data) < _REPLY_MAX:
                 got = sock.recv(_REPLY_MAX)
                 if not got:
                     break
                 data += got
         except OSError as exc:
-            if not data:
-                self._error = self._error or f"no reply from clamd: {_oserror(exc)}"
-        return data.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+            whole = False
+            what = f"reply cut short after {len(data)} octets" if data else "no reply"
+            self._error = self._error or f"{what} from clamd: {_oserror(exc)}"
+        return data.split(b"\0", 1)[0].decode("utf-8", "replace").strip(), whole
 
     def _interpret(self, reply: str) -> ScanResult:
         if not reply:

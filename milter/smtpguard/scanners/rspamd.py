@@ -16,8 +16,13 @@ spool.
 
 Every failure (connection refused, timeout, HTTP status other than 200, a reply that is
 not the expected JSON or larger than ``max_reply``) is a :class:`SpamResult` with status
-ERROR and the reason in ``detail``; nothing raises. ``timeout`` bounds the connect and
-each send and receive; rspamd's own ``task_timeout`` (8 s by default) bounds the scan.
+ERROR and the reason in ``detail``; nothing raises.
+
+``timeout`` is spent twice at most, as deadlines rather than per socket operation (an
+engine that answers a byte at a time would otherwise hold end of message without
+limit): connecting and sending the request share one, the answer (status line,
+headers, JSON) has the other. rspamd's own ``task_timeout`` (8 s by default) bounds
+the scan, within the second.
 
 What surprised in rspamd 3.4: the GTUBE test string short-cuts the scan
 (``"is_skipped": true``), forces action ``reject`` and sets ``score`` to the reject
@@ -31,7 +36,15 @@ import json
 import socket
 from typing import IO, Any, Final
 
-from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult, SpamStatus
+from smtpguard.scanners import (
+    DeadlineSocket,
+    Endpoint,
+    MessageSpool,
+    SpamEnvelope,
+    SpamResult,
+    SpamStatus,
+    connect,
+)
 
 __all__ = ["RspamdClient"]
 
@@ -39,22 +52,35 @@ _BLOCK: Final = 64 * 1024
 _CHECK_PATH: Final = "/checkv2"
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket (rspamd workers can bind ``/path mode=0660``)."""
+class _Connection(http.client.HTTPConnection):
+    """HTTP over :func:`~smtpguard.scanners.connect`'s socket (TCP, or a unix socket:
+    rspamd workers can bind ``/path mode=0660``), whose operations all end by the
+    socket's deadline: http.client reads a response in many small reads, each of which
+    a plain socket timeout would bound separately. :meth:`connect` starts the deadline
+    at ``timeout``; :meth:`expire_in` starts the next phase."""
 
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout, blocksize=_BLOCK)
-        self._path = path
+    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
+        # The Host header names the TCP endpoint; a unix socket has none to name.
+        host, port = (
+            (endpoint.host, endpoint.port) if endpoint.path is None else ("localhost", None)
+        )
+        super().__init__(host, port, timeout=timeout, blocksize=_BLOCK)
+        self.endpoint = endpoint
+        self.phase_timeout = timeout
+        self._deadline_sock: DeadlineSocket | None = None
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        sock = connect(self.endpoint, self.phase_timeout)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # The header block and the body go in separate sends (http.client does the
+            # same): without this the body could wait for a delayed ACK (~40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._deadline_sock = sock
+
+    def expire_in(self, seconds: float) -> None:
+        """What follows on this connection must end within ``seconds`` from now."""
+        if self._deadline_sock is not None:
+            self._deadline_sock.expire_in(seconds)
 
 
 class RspamdClient:
@@ -67,12 +93,10 @@ class RspamdClient:
         self.timeout = timeout
         self.max_reply = max_reply
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.endpoint.path is not None:
-            return _UnixHTTPConnection(self.endpoint.path, self.timeout)
-        return http.client.HTTPConnection(
-            self.endpoint.host, self.endpoint.port, timeout=self.timeout, blocksize=_BLOCK
-        )
+    def _connection(self) -> _Connection:
+        """A connection whose connect and everything after share one ``timeout`` until
+        :meth:`_Connection.expire_in` (probes use it for ``GET /ping``)."""
+        return _Connection(self.endpoint, self.timeout)
 
     def check(
         self, message: MessageSpool | IO[bytes] | bytes, envelope: SpamEnvelope
@@ -92,7 +116,9 @@ class RspamdClient:
                 headers.append((name, value))
         headers.extend(("Rcpt", rcpt) for rcpt in envelope.rcpts)
         conn = self._connection()
+        response: http.client.HTTPResponse | None = None
         try:
+            conn.connect()
             conn.putrequest("POST", _CHECK_PATH, skip_accept_encoding=True)
             for name, value in headers:
                 # Envelope values may be UTF-8 (SMTPUTF8); http.client would insist on
@@ -100,12 +126,16 @@ class RspamdClient:
                 # are removed so that no value can ever split the request.
                 conn.putheader(name, _clean(value).encode("utf-8", "surrogateescape"))
             conn.endheaders(body)
+            conn.expire_in(self.timeout)
             response = conn.getresponse()
             raw = response.read(self.max_reply + 1)
             status = response.status
         except (OSError, http.client.HTTPException) as exc:
             return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {_why(exc)}")
         finally:
+            # The response holds the socket open until it is closed too.
+            if response is not None:
+                response.close()
             conn.close()
         if len(raw) > self.max_reply:
             return SpamResult(SpamStatus.ERROR, detail=f"reply over {self.max_reply} octets")
