@@ -492,3 +492,35 @@ def test_an_exemption_for_other_senders_leaves_the_refusal_permanent(undecided: 
         assert_pass(s.connect(PTR_SERVFAIL_IP))
         assert_pass(s.helo("mx.good.test"))
         assert_reply(s.mail(f"<someone@{A_ONLY_DOMAIN}>"), "rbl_deny")
+
+
+@pytest.fixture(scope="module")
+def undecided_recipient(
+    tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
+) -> Iterator[Running]:
+    """The same client, and an exemption for one recipient: a MAIL FROM verdict is held
+    for the recipients only if the client's name can be known."""
+    tmp = tmp_path_factory.mktemp("undecided-rcpt")
+    (tmp / "blocked.txt").write_text(f"{PTR_SERVFAIL_IP}\n")
+    extra = {
+        "policy": {
+            "exempt": [
+                {
+                    "name": "abuse-desk",
+                    "host_suffixes": ["good.test"],
+                    "recipients": ["abuse@example.com"],
+                    "skip": ["rbl"],
+                },
+            ],
+            "postmaster_skip": [],
+        },
+        "dnsbl": {"local": [{"file": str(tmp / "blocked.txt"), "kind": "rbl"}]},
+    }
+    yield from dns_site(tmp, unbound.port, extra)
+
+
+def test_a_hold_undecided_by_a_failed_lookup_tempfails(undecided_recipient: Running) -> None:
+    with undecided_recipient.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_reply(s.mail(f"<someone@{A_ONLY_DOMAIN}>"), "database_temp_error")

@@ -612,6 +612,10 @@ class Pipeline:
             # A recipient may be exempt from this check: each RCPT gets the answer.
             note("held")
             return None
+        if stage is Stage.MAIL and self.policy.active:
+            # hold() asks the client's name or SPF of an exemption with recipients, which
+            # nothing at MAIL asked before: a lookup that failed there leaves it undecided.
+            verdict = _unless_unsure(self.policy, conn, check, verdict)
         return self._decide(stage, conn, event, check, verdict)
 
     def internal_error(self, conn: Connection, stage: Stage, where: str) -> Decision:
