@@ -136,9 +136,14 @@ def test_engine_action_reject(
 ) -> None:
     spam_engine.result = SpamResult(SpamStatus.OK, 2.0, "reject")
     check = AntiSpam(make_services(antispam={**RSPAMD, "engine_action": engine_action}))
-    verdict, _ = deliver(check)
+    verdict, conn = deliver(check)
     assert (verdict == Hit("antispam_reject", "rspamd action reject; score 2.0")) is rejected
     assert rejected or verdict is None
+    # rspamd's forced rejects come with low scores: a refusal that report mode or dry
+    # run lets through still arrives flagged, X-Spam-Status included.
+    assert (added(conn) == [("X-Spam-Flag", "YES"), ("X-Spam-Score", "2.0")]) is rejected
+    assert conn.txn is not None
+    assert conn.txn.scratch[SPAM_REPORT].spam is rejected
 
 
 def test_engine_failure_is_a_temporary_error_after_the_headers(

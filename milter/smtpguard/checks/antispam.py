@@ -36,10 +36,12 @@ class SpamReport:
     #: ``add_header_score``: at or above it the message is tagged as spam.
     required: float
     rules: tuple[str, ...]
+    #: rspamd's own "reject" action (``engine_action``), whatever the score.
+    refused: bool = False
 
     @property
     def spam(self) -> bool:
-        return self.score >= self.required
+        return self.refused or self.score >= self.required
 
 
 class AntiSpam:
@@ -121,7 +123,7 @@ class AntiSpam:
                 score += answer.score
                 why.append(f"rspamd={answer.score:.1f}/{answer.action}")
                 if self.config.engine_action and answer.action == "reject":
-                    self._report(txn, score, add_header_score, why)
+                    self._report(txn, score, add_header_score, why, refused=True)
                     return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
             else:
                 engine_error = answer.detail or "engine failed"
@@ -133,11 +135,19 @@ class AntiSpam:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
         return None
 
-    def _report(self, txn: Transaction, score: float, threshold: float, why: list[str]) -> None:
+    def _report(
+        self,
+        txn: Transaction,
+        score: float,
+        threshold: float,
+        why: list[str],
+        *,
+        refused: bool = False,
+    ) -> None:
         # For the summary line and, on accepted mail, X-Spam-Status/X-Spam-Report: with
         # the threshold that tagged the message (the domain's, when it has one).
-        txn.scratch[SPAM_REPORT] = SpamReport(score, threshold, tuple(why))
-        if score >= threshold:
+        report = txn.scratch[SPAM_REPORT] = SpamReport(score, threshold, tuple(why), refused)
+        if report.spam:
             # Before any refusal, not after: a refusal not enforced (report mode, dry
             # run, an exemption's undecided lookup passed on) delivers the message, and
             # the worst spam must not arrive less marked than the merely suspect.
