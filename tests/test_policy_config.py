@@ -166,6 +166,16 @@ def test_exemption_patterns_of_every_documented_form_load(tmp_path: Path) -> Non
     assert ex.recipients == ("postmaster", "abuse@example.com")
 
 
+def test_host_suffixes_take_the_names_dns_holds(tmp_path: Path) -> None:
+    """PTR names may hold underscores; a full-width spelling is the ASCII name."""
+    text = (
+        f"{EXEMPT}host_suffixes = ['mail_out.partner.example', 'ｅｘａｍｐｌｅ．ｃｏｍ']\n"
+        "skip = ['rbl']\n"
+    )
+    (ex,) = load(write_config(tmp_path, text)).policy.exempt
+    assert ex.host_suffixes == ("example.com", "mail_out.partner.example")
+
+
 def test_bad_list_line_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_text("10.0.0.0/8\n# x\n10.0.0.1/8\n")
     assert_config_error(

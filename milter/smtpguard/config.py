@@ -1288,7 +1288,7 @@ def _host_suffixes(s: _Section, name: str) -> tuple[str, ...]:
                 f"{item!r}: write {text.lstrip('.')!r}; a suffix matches the name itself"
                 " and every name under it",
             )
-        _check_pattern(s, name, item, f"<x@{text}>")
+        _check_pattern(s, name, item, "x", text)
     return tuple(sorted(s.domains(name)))
 
 
@@ -1314,15 +1314,19 @@ def _address_patterns(s: _Section, name: str) -> tuple[str, ...]:
                 f"{item!r}: write {bare!r} (the domain and its subdomains) or"
                 f" '@{bare}' (that domain only)",
             )
-        probe = f"<{text}>" if at and local else f"<x@{domain if at else text}>"
-        _check_pattern(s, name, item, probe)
+        _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
         out.append(text.lower())
     return tuple(out)
 
 
-def _check_pattern(s: _Section, name: str, item: str, probe: str) -> None:
+def _check_pattern(s: _Section, name: str, item: str, local: str, domain: str) -> None:
+    # As they are compared: canonical (full-width dots and letters, U-labels), and
+    # with the underscores DNS names may hold (PTR names do) that the SMTP grammar's
+    # check would refuse.
+    if not domain.startswith("["):
+        domain = canonical_domain(domain).replace("_", "-")
     try:
-        parse_path(probe, smtputf8=True)
+        parse_path(f"<{local}@{domain}>", smtputf8=True)
     except AddressError as exc:
         raise s.error(name, f"not an address, @domain or domain: {item!r} ({exc})") from None
 
