@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+import redis
 
 from smtpguard.counters import redis_client
 from smtpguard.sqlitedb import MIN_CHECK_INTERVAL
@@ -29,6 +30,7 @@ from smtpguard.state import (
 from support.daemons import RedisServer, start_redis
 from support.fake_dns import FakeClock
 from support.files import replace_by_rename
+from support.polling import wait_until
 from support.threads import hammer
 
 
@@ -706,3 +708,54 @@ def test_a_frozen_redis_costs_one_timeout_then_none_until_the_retry(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("unreachable" in m for m in messages) == 1, messages
     assert any("reachable again" in m for m in messages), messages
+
+
+class _ScriptedRedis:
+    """hmget answers per call from a list: an exception to raise, or a threading.Event
+    to wait for before answering "not listed"."""
+
+    def __init__(self, script: list[BaseException | threading.Event]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def hmget(self, key: str, keys: list[str]) -> list[None]:
+        step = self.script[self.calls]
+        self.calls += 1
+        if isinstance(step, BaseException):
+            raise step
+        step.wait(5)
+        return [None] * len(keys)
+
+
+def test_after_the_interval_one_lookup_probes_the_failed_redis() -> None:
+    clock = FakeClock()
+    down = redis.exceptions.TimeoutError("Timeout reading from socket")
+    client = _ScriptedRedis([down, down, threading.Event()])
+    blacklist = RedisBlacklist(client, "p", clock=clock)  # type: ignore[arg-type]
+    with pytest.raises(StateError):
+        blacklist.listed("a@example.com")
+    clock.advance(5.0)
+    with pytest.raises(StateError):
+        blacklist.listed("a@example.com")  # the probe, failing again
+    with pytest.raises(StateError, match="unreachable"):
+        blacklist.listed("a@example.com")  # not asked: the next probe is 5 s away
+    assert client.calls == 2
+
+
+def test_a_lookup_older_than_the_outage_does_not_end_it() -> None:
+    clock = FakeClock()
+    answer = threading.Event()
+    down = redis.exceptions.TimeoutError("Timeout reading from socket")
+    client = _ScriptedRedis([answer, down])
+    blacklist = RedisBlacklist(client, "p", clock=clock)  # type: ignore[arg-type]
+    slow = threading.Thread(target=blacklist.listed, args=("a@example.com",))
+    slow.start()
+    wait_until(lambda: client.calls == 1)
+    clock.advance(0.1)
+    with pytest.raises(StateError):
+        blacklist.listed("b@example.com")
+    answer.set()
+    slow.join()
+    with pytest.raises(StateError, match="unreachable"):
+        blacklist.listed("c@example.com")
+    assert client.calls == 2

@@ -666,6 +666,10 @@ class ResilientCounter:
         now = self._clock()
         with self._lock:
             ask = self._down_since is None or now >= self._next_try
+            if ask and self._down_since is not None:
+                # One call probes; the others keep counting locally (or failing) at
+                # once until it answers.
+                self._next_try = now + self.retry_interval
         if ask:
             try:
                 count = _method(self.primary, op)(key, size)
@@ -700,7 +704,8 @@ class ResilientCounter:
 
     def _recovered(self, now: float) -> None:
         with self._lock:
-            if self._down_since is None:
+            # A call that started before the outage was noticed proves nothing.
+            if self._down_since is None or now < self._down_since:
                 return
             lasted, messages = now - self._down_since, self._during_outage
             self._down_since = None

@@ -330,8 +330,11 @@ class RedisBlacklist:
         keys = matching_entries(address)
         now = self._clock()
         with self._lock:
-            if self._down_since is not None and now < self._next_try:
-                raise StateError(f"redis unreachable: {self._last_error}")
+            if self._down_since is not None:
+                if now < self._next_try:
+                    raise StateError(f"redis unreachable: {self._last_error}")
+                # One lookup probes; the others keep failing at once until it answers.
+                self._next_try = now + self.retry_interval
         try:
             found = self.client.hmget(self.key, list(keys))
         except redis.RedisError as exc:
@@ -356,11 +359,12 @@ class RedisBlacklist:
             self.retry_interval,
         )
 
-    def _recovered(self, now: float) -> None:
+    def _recovered(self, started: float) -> None:
         with self._lock:
-            if self._down_since is None:
+            # A lookup that started before the outage was noticed proves nothing.
+            if self._down_since is None or started < self._down_since:
                 return
-            lasted = now - self._down_since
+            lasted = started - self._down_since
             self._down_since = None
         log.info("blacklist backend redis reachable again after %.1f s", lasted)
 
