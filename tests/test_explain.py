@@ -3,9 +3,12 @@ RFC 3463 fallback, output formats, hostile input and load-time validation."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +24,7 @@ from smtpguard.config import ConfigError
 from smtpguard.explain import (
     FALLBACK_RULE,
     JSON_KEYS,
+    Explanation,
     Knowledge,
     Rule,
     _unnamed,
@@ -1360,8 +1364,22 @@ def test_json_is_valid_on_an_ascii_stdout() -> None:
         ("Status: 5.1.1", "5.1.1", True, "unknown_recipient"),
         ("Delivery failed: 5.1.1 user unknown", "5.1.1", True, "unknown_recipient"),
         ("Status: 4.2.2", "4.2.2", False, "mailbox_full"),
-        # A version number is no enhanced code (no RFC 3463 subject 94).
+        ("Diagnostic-Code: smtp; 5.1.1 gone", "5.1.1", True, "unknown_recipient"),
+        ("5.1.1 user unknown", "5.1.1", True, "unknown_recipient"),
+        ("Mailbox full [4.2.2]", "4.2.2", False, "mailbox_full"),
+        # Exchange's report: a dash is the list's bullet.
+        (
+            "Additional information follows :\n-- 5.7.54 SMTP; Unable to relay recipient",
+            "5.7.54",
+            True,
+            "relay_denied",
+        ),
+        # A version number is no enhanced code (no RFC 3463 subject 94)...
         ("Exim 4.94.2 said so", None, False, "unknown"),
+        # ... nor is one after a word, where no status stands, even with a subject 0-7.
+        ("Mailbox is full (Dovecot 2.3.16)", None, False, "mailbox_full"),
+        ("Mailbox is full (Dovecot 4.2.1)", None, False, "mailbox_full"),
+        ("user unknown -- LMTP server Dovecot 5.3.21 refused", None, False, "unknown_recipient"),
     ],
 )
 def test_an_enhanced_code_without_a_basic_code_gives_the_class(
@@ -1369,6 +1387,13 @@ def test_an_enhanced_code_without_a_basic_code_gives_the_class(
 ) -> None:
     exp = knowledge.explain(line)
     assert (exp.enhanced_code, exp.permanent, exp.category) == (xcode, permanent, category)
+
+
+def test_a_version_number_is_no_temporary_failure(knowledge: Knowledge) -> None:
+    """ "(cyrus 4.5.17)" read as an enhanced code made any code-less line a temporary
+    failure to wait for."""
+    exp = knowledge.explain("Mailbox is full (cyrus 4.5.17)")
+    assert (exp.enhanced_code, exp.fix) == (None, "contact_recipient")
 
 
 @pytest.mark.parametrize(
@@ -1543,3 +1568,262 @@ def test_a_broken_or_unwritable_cache_is_passed_by(
     blocker.write_text("a file, not a directory")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     assert _fresh(rules_copy).explain(line) == expected
+
+
+# --- the knowledge cache: whose files are read, and what they may name -------------
+
+#: Any user but the one running the tests (who is root, where chown works).
+_NOBODY = 65534
+_needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+def _entry(rules: Path) -> Path:
+    return rules.parent / "cache" / "smtpguard" / "explain-rules-dir.pickle"
+
+
+def _key(rules: Path) -> tuple[object, ...]:
+    """The key :func:`explain_knowledge` gives ``rules``' entry."""
+    rules = rules.resolve()
+    key = explain_module._cache_key(rules, (rules / "explain.toml", rules / "replies.toml"), True)
+    assert key is not None
+    return key
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Counts the times the rule files are read (the cache was not used)."""
+    calls: list[object] = []
+    real = explain_module._parts
+
+    def counting(*args: object, **kwargs: object) -> dict[str, object]:
+        calls.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(explain_module, "_parts", counting)
+    return calls
+
+
+_LINE = "550 5.1.1 user unknown"
+
+
+def _explained_without_cache(
+    rules: Path, monkeypatch: pytest.MonkeyPatch, expected: Explanation
+) -> None:
+    """``rules`` is explained from its files, soon, as with the cache."""
+    reads = _reads(monkeypatch)
+    start = time.monotonic()
+    assert _fresh(rules).explain(_LINE) == expected
+    assert time.monotonic() - start < 5
+    assert len(reads) == 1
+
+
+def test_the_cache_directory_is_made_for_this_user_alone(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the umask lets through.
+    old = os.umask(0)
+    try:
+        _fresh(rules_copy)
+    finally:
+        os.umask(old)
+    directory = _entry(rules_copy).parent
+    st = directory.lstat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o700, os.geteuid())
+    assert _entry(rules_copy).stat().st_mode & 0o777 == 0o600
+    # Read back by the next run.
+    monkeypatch.setattr(explain_module, "_parts", _no_parsing)
+    _fresh(rules_copy)
+
+
+def test_a_symlinked_cache_entry_is_not_followed(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even to a good entry of this user's: the link may have been planted by another
+    (whose directory it was) to make this user unpickle a file of their choosing."""
+    expected = _fresh(rules_copy).explain(_LINE)
+    entry = _entry(rules_copy)
+    target = rules_copy.parent / "elsewhere.pickle"
+    entry.rename(target)
+    entry.symlink_to(target)
+    stamp = target.stat().st_mtime_ns
+    _explained_without_cache(rules_copy, monkeypatch, expected)
+    # Nor written through: the link itself is replaced by an entry of this user's.
+    assert not entry.is_symlink()
+    assert target.stat().st_mtime_ns == stamp
+
+
+def test_a_fifo_in_place_of_the_cache_entry_does_not_block(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _fresh(rules_copy).explain(_LINE)
+    entry = _entry(rules_copy)
+    entry.unlink()
+    os.mkfifo(entry, 0o600)
+
+    class Blocked(BaseException):
+        """Not an Exception: the cache's own error handling must not swallow it."""
+
+    def alarm(signum: int, frame: object) -> NoReturn:
+        raise Blocked
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        _explained_without_cache(rules_copy, monkeypatch, expected)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    ("owner", "mode"),
+    [
+        pytest.param(_NOBODY, 0o700, marks=_needs_root, id="another-users"),
+        # XDG_CACHE_HOME in /tmp, smtpguard/ made there first by another user.
+        pytest.param(_NOBODY, 0o777, marks=_needs_root, id="another-users-world-writable"),
+        pytest.param(None, 0o770, id="group-writable"),
+        pytest.param(None, 0o702, id="other-writable"),
+    ],
+)
+def test_a_cache_directory_others_may_write_is_not_used(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch, owner: int | None, mode: int
+) -> None:
+    expected = _fresh(rules_copy).explain(_LINE)
+    entry = _entry(rules_copy)
+    before = entry.read_bytes()
+    entry.unlink()
+    # A good entry of this user's, but in a directory another could have put it in.
+    entry.write_bytes(before)
+    entry.chmod(0o600)
+    entry.parent.chmod(mode)
+    if owner is not None:
+        os.chown(entry.parent, owner, owner)
+    stamp = entry.stat().st_mtime_ns
+    _explained_without_cache(rules_copy, monkeypatch, expected)
+    # Nor written: that directory's entries are never this user's to trust.
+    assert entry.stat().st_mtime_ns == stamp
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]
+
+
+def test_a_symlinked_cache_directory_is_not_used(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root running with another user's HOME: that user's ~/.cache/smtpguard may be a
+    link to anywhere (where root would then write)."""
+    expected = _fresh(rules_copy).explain(_LINE)
+    directory = _entry(rules_copy).parent
+    real = directory.with_name("real")
+    directory.rename(real)
+    directory.symlink_to(real)
+    stamp = (real / _entry(rules_copy).name).stat().st_mtime_ns
+    _explained_without_cache(rules_copy, monkeypatch, expected)
+    assert [p.name for p in real.iterdir()] == [_entry(rules_copy).name]
+    assert (real / _entry(rules_copy).name).stat().st_mtime_ns == stamp
+
+
+class _Runs:
+    """Pickled as a call of ``func`` (what a planted entry could make pickle do)."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.call = (func, args)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return self.call
+
+
+@pytest.mark.parametrize("kind", ["os.system", "other-class"])
+def test_a_cache_entry_naming_other_classes_is_refused(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The right key, in the right place, this user's: still nothing but the rules'
+    own classes is unpickled (an entry is data, never code to run)."""
+    expected = _fresh(rules_copy).explain(_LINE)
+    rules = rules_copy.resolve()
+    key = _key(rules)
+    assert explain_module._read_cache(rules, key) is not None
+    marker = rules_copy.parent / "marker"
+    evil: object = (
+        _Runs(os.system, f"touch {marker}")
+        if kind == "os.system"
+        else _Runs(collections.OrderedDict)
+    )
+    parts = explain_module._read_cache(rules, key)
+    assert parts is not None
+    entry = _entry(rules_copy)
+    entry.write_bytes(pickle.dumps((key, {**parts, "families": evil})))
+    assert explain_module._read_cache(rules, key) is None
+    assert not marker.exists()
+    _explained_without_cache(rules_copy, monkeypatch, expected)
+    assert not marker.exists()
+    assert explain_module._read_cache(rules, key) is not None  # rewritten
+
+
+def test_what_a_cache_entry_is_made_of_is_all_it_may_name(rules_copy: Path) -> None:
+    """The unpickler's list is the classes an entry really names: one missing would
+    make the cache useless, one too many a way in."""
+    _fresh(rules_copy)
+    named: set[tuple[str, str]] = set()
+
+    class Recording(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            named.add((module, name))
+            return super().find_class(module, name)
+
+    with _entry(rules_copy).open("rb") as f:
+        Recording(f).load()
+    assert named == set(explain_module._cache_classes())
+
+
+def _code_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of explain.py standing for the code the cache key covers."""
+    copy = tmp_path / "explain.py"
+    shutil.copy2(explain_module.__file__, copy)
+    others = explain_module._code_files()[1:]
+    monkeypatch.setattr(explain_module, "_code_files", lambda: (str(copy), *others))
+    return copy
+
+
+def test_changed_code_makes_the_cache_entry_stale(
+    rules_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """__version__ stays "0.1.0" in an edited checkout: the code's files tell."""
+    code = _code_copy(tmp_path, monkeypatch)
+    _fresh(rules_copy)
+    reads = _reads(monkeypatch)
+    _fresh(rules_copy)
+    assert reads == []
+    # Touched.
+    os.utime(code)
+    _fresh(rules_copy)
+    assert len(reads) == 1
+    _fresh(rules_copy)
+    assert len(reads) == 1
+    # Edited, same size, its modification time set back: the change time still tells.
+    st = code.stat()
+    text = code.read_bytes()
+    code.write_bytes(text.replace(b"import", b"IMPORT", 1))
+    os.utime(code, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert code.stat().st_size == st.st_size
+    _fresh(rules_copy)
+    assert len(reads) == 2
+
+
+def test_the_cache_key_covers_every_module_explain_loads() -> None:
+    """A module the cached parts are built by that is not in the key could change
+    them unseen (a replies loader, a pattern check)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, smtpguard.explain as e; "
+            "print(*sorted(m for m in sys.modules if m.startswith('smtpguard')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = set(done.stdout.split())
+    assert loaded - {"smtpguard"} == set(explain_module._CODE_MODULES)
+    files = explain_module._code_files()
+    assert files[0] == explain_module.__file__
+    assert all(Path(file).is_file() for file in files)

@@ -45,7 +45,8 @@ text whatever they say), so a hostile input cannot make the lookup slow.
 JSON output (``--json``) is one object with the keys of :data:`JSON_KEYS`, documented
 with the closed :data:`FIXES` set in ``docs/explain.md``. :func:`knowledge` loads the
 rules once per process and rules directory, from a cache in the user's cache directory
-when the files have not changed since it was written (see "the knowledge cache").
+when neither the files nor the code changed since it was written (see "the knowledge
+cache").
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import json
 import os
 import pickle
 import re
+import stat
 import sys
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -154,7 +156,15 @@ _WORD = re.compile(r"\w+")
 #: An enhanced code anywhere in the text ("status 5.7.26", "(5.2.2)", "[5.2.2]"), not a
 #: piece of an IP address or version number.
 _MID_XCODE = re.compile(r"(?<![\w.])[245]\.[0-9]{1,3}\.[0-9]{1,3}(?!\.?[0-9])")
-_CODELESS_XCODE = re.compile(r"(?<![\w.])[245]\.[0-7]\.[0-9]{1,3}(?!\.?[0-9])")
+#: An enhanced code where a status code stands, in a line without a basic code: at the
+#: start, after "status", "smtp;", a ":", "(" or "[", or a dash as a list's bullet
+#: (Exchange's "-- 5.7.54 SMTP; Unable to relay"). After another word it is a version
+#: ("Dovecot 2.3.16", "cyrus 2.5.17"), not a status.
+_CODELESS_XCODE = re.compile(
+    r"(?:^|(?<=[:(\[])|\b(?:status|smtp;)|(?<!\S)--?)[ \t]{0,3}"
+    r"(?P<xcode>[245]\.[0-7]\.[0-9]{1,3})(?!\.?[0-9])",
+    re.IGNORECASE,
+)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ADDRESS = re.compile(r"<?[^\s<>@\"'(),;:\[\]]{1,64}@[a-z0-9.-]{1,255}>?|<>", re.IGNORECASE)
 _URL_HOST = re.compile(r"(https?://)[^/\s\]>)'\"]+", re.IGNORECASE)
@@ -735,8 +745,10 @@ def parse_reply(raw: str) -> ParsedReply:
     elif xcode is None:
         # No basic code: the first enhanced code in the text gives the class ("Status:
         # 5.1.1", "Delivery failed: 5.1.1 user unknown"); with an RFC 3463 subject (0-7)
-        # only, so that "Exim 4.94.2" is no temporary failure.
-        xcode = next(iter(_CODELESS_XCODE.findall(text)), None)
+        # only and where a status stands, so that "Exim 4.94.2" or "(Dovecot 2.3.16)"
+        # is no temporary failure.
+        found = _CODELESS_XCODE.search(text)
+        xcode = found.group("xcode") if found else None
     if code is not None:
         # A multi-line reply unfolded into one line (a bounce's Diagnostic-Code) repeats
         # "550-5.7.1" inside the text; those are line prefixes, not words.
@@ -918,45 +930,123 @@ def _cached(rules_dir: Path) -> Knowledge:
 # result is kept in the user's cache directory, its patterns as sources
 # (:class:`_Deferred`), under a key of everything it was made from. Whatever goes wrong
 # with the cache, the files are read as without it.
+#
+# Unpickling runs what the file names, so a cache entry is trusted only as far as the
+# directory it is in: ``smtpguard/`` must be a real directory (not a symlink) of this
+# user's that nobody else may write, held open while the entry is read or replaced
+# (no one can swap it for another between the check and the use); the entry must be a
+# regular file of this user's, opened without following a symlink or waiting on a
+# FIFO; and the unpickler builds only the classes an entry holds (_cache_classes).
 
-#: Bumped when what is pickled changes shape without smtpguard's version changing.
-_CACHE_FORMAT = 1
+#: The modules whose code makes what is cached (the TOML readers and validators, the
+#: reply table's loader, the pattern checks, the dataclasses): an edited checkout or an
+#: upgrade that kept smtpguard's version number must not be served the old result.
+_CODE_MODULES: tuple[str, ...] = (
+    "smtpguard.explain",
+    "smtpguard.explain_words",
+    "smtpguard.datafiles",
+    "smtpguard.patterns",
+    "smtpguard.replies",
+)
+
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _FILE_FLAGS
+#: O_NONBLOCK: opening a FIFO planted in place of the entry returns at once (and is
+#: then refused as not a regular file) instead of waiting for a writer.
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | _FILE_FLAGS
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FILE_FLAGS
 
 
-def _cache_file(rules_dir: Path) -> Path:
+def _code_files() -> tuple[str, ...]:
+    """The source files of :data:`_CODE_MODULES` (all imported by this module)."""
+    return tuple(getattr(sys.modules[name], "__file__", None) or "" for name in _CODE_MODULES)
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "smtpguard")
+
+
+def _cache_name(rules_dir: Path) -> str:
     """The shipped rules' entry, and one for whichever ``--rules-dir`` came last: a
     test suite's or a rule writer's many directories never fill the cache directory."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     shipped = rules_dir == default_rules_dir().resolve()
-    return Path(base, "smtpguard", "explain.pickle" if shipped else "explain-rules-dir.pickle")
+    return "explain.pickle" if shipped else "explain-rules-dir.pickle"
 
 
 def _cache_key(rules_dir: Path, files: tuple[Path, ...], has_words: bool) -> tuple[Any, ...] | None:
-    """What a cache entry must have been made from to be used: the files' paths, sizes,
-    modification and change times and inodes (an edit changes the change time, which
-    no tool sets back), smtpguard's and Python's versions. None when a file cannot be
-    read (loading then names it)."""
+    """What a cache entry must have been made from to be used: the rule files' and the
+    code's (:data:`_CODE_MODULES`) paths, sizes, modification and change times and
+    inodes (an edit changes the change time, which no tool sets back), smtpguard's and
+    Python's versions. None when a file cannot be read (loading then names it; code
+    not in files, as from a zip archive, is not cached)."""
     try:
         stats = tuple(
             (os.fsencode(file), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-            for file in files
-            for st in (file.stat(),)
+            for file in (*map(str, files), *_code_files())
+            for st in (os.stat(file),)
         )
-    except OSError:
+    except (OSError, ValueError):
         return None
-    return (_CACHE_FORMAT, __version__, sys.version, os.fsencode(rules_dir), has_words, stats)
+    return (__version__, sys.version, os.fsencode(rules_dir), has_words, stats)
+
+
+def _open_cache_dir(*, create: bool) -> int | None:
+    """A descriptor of the cache directory when it is one only this user may change;
+    else None (the cache is not used). ``create``: make it first when missing."""
+    path = _cache_dir()
+    if create:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # One that is there already (whatever made it) is checked below alike.
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+        except OSError:
+            return None
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return None  # missing, a symlink (ELOOP) or no directory
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+        return fd
+    os.close(fd)
+    return None
+
+
+@functools.cache
+def _cache_classes() -> dict[tuple[str, str], Any]:
+    """What a cache entry is made of, by the (module, name) a pickle names it with: the
+    only callables the unpickler hands out (any other, such as os.system, is refused).
+    The rest of an entry is str, bool, int, None, tuple, list and dict, which pickle
+    builds without naming them."""
+    made_of = (Text, Category, Rule, Fallback, Ours, _deferred, type(Path()))
+    return {(obj.__module__, obj.__qualname__): obj for obj in made_of}
+
+
+class _CacheUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _cache_classes()[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not in a cache entry") from None
 
 
 def _read_cache(rules_dir: Path, key: tuple[Any, ...]) -> dict[str, Any] | None:
+    dir_fd = _open_cache_dir(create=False)
+    if dir_fd is None:
+        return None
     try:
-        with _cache_file(rules_dir).open("rb") as f:
-            st = os.fstat(f.fileno())
-            # Only a file of this user's that nobody else may write is unpickled.
-            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        fd = os.open(_cache_name(rules_dir), _READ_FLAGS, dir_fd=dir_fd)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
                 return None
-            found = pickle.load(f)  # noqa: S301 - our own file, checked above
+            found = _CacheUnpickler(f).load()
     except Exception:  # noqa: BLE001 - a cache that cannot be read is rebuilt
         return None
+    finally:
+        os.close(dir_fd)
     if not isinstance(found, tuple) or len(found) != 2 or found[0] != key:
         return None
     parts = found[1]
@@ -964,26 +1054,30 @@ def _read_cache(rules_dir: Path, key: tuple[Any, ...]) -> dict[str, Any] | None:
 
 
 def _write_cache(rules_dir: Path, key: tuple[Any, ...], parts: dict[str, Any]) -> None:
-    # Only a cache miss writes: imported here, not by every explain.
-    import tempfile  # noqa: PLC0415
-
-    target = _cache_file(rules_dir)
     try:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = pickle.dumps((key, parts), protocol=pickle.HIGHEST_PROTOCOL)
-        fd, tmp = tempfile.mkstemp(prefix=".explain-", dir=target.parent)
+    except pickle.PicklingError:
+        return
+    dir_fd = _open_cache_dir(create=True)
+    if dir_fd is None:
+        # A read-only home, a directory others may write: explain works without it.
+        return
+    tmp = f".explain-{os.urandom(8).hex()}"
+    try:
+        fd = os.open(tmp, _WRITE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(fd, "wb") as f:
                 f.write(data)
             # Written whole, then renamed: a concurrent run reads all of it or none.
-            os.replace(tmp, target)
+            os.replace(tmp, _cache_name(rules_dir), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             raise
-    except (OSError, pickle.PicklingError):
-        # A read-only home, a full disk: explain works without the cache.
-        return
+    except OSError:
+        return  # a full disk
+    finally:
+        os.close(dir_fd)
 
 
 # --- literal atoms -------------------------------------------------------------------
