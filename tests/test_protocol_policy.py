@@ -448,28 +448,25 @@ def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
 # --- an exemption whose lookup fails -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def undecided(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+def undecided_site(
+    factory: pytest.TempPathFactory, unbound: DnsServer, exemption: Mapping[str, Any]
+) -> Iterator[Running]:
     """PTR_SERVFAIL_IP is on a local block list, and its reverse zone answers SERVFAIL:
     whether a host-name exemption applies to it cannot be known."""
-    tmp = tmp_path_factory.mktemp("undecided")
+    tmp = factory.mktemp("undecided")
     (tmp / "blocked.txt").write_text(f"{PTR_SERVFAIL_IP}\n")
     extra = {
-        "policy": {
-            "exempt": [
-                {
-                    "name": "by-host-and-sender",
-                    "host_suffixes": ["good.test"],
-                    "senders": ["@partner.test"],
-                    "skip": ["rbl"],
-                },
-            ],
-            "postmaster_skip": [],
-        },
+        "policy": {"exempt": [exemption], "postmaster_skip": []},
         # rbl's default on_temp_error is "pass": it must not pass this.
         "dnsbl": {"local": [{"file": str(tmp / "blocked.txt"), "kind": "rbl"}]},
     }
     yield from dns_site(tmp, unbound.port, extra)
+
+
+@pytest.fixture(scope="module")
+def undecided(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+    exemption = {"host_suffixes": ["good.test"], "senders": ["@partner.test"], "skip": ["rbl"]}
+    yield from undecided_site(tmp_path_factory, unbound, exemption)
 
 
 def test_an_exemption_undecided_by_a_failed_lookup_tempfails_never_passes(
@@ -498,25 +495,14 @@ def test_an_exemption_for_other_senders_leaves_the_refusal_permanent(undecided: 
 def undecided_recipient(
     tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
 ) -> Iterator[Running]:
-    """The same client, and an exemption for one recipient: a MAIL FROM verdict is held
-    for the recipients only if the client's name can be known."""
-    tmp = tmp_path_factory.mktemp("undecided-rcpt")
-    (tmp / "blocked.txt").write_text(f"{PTR_SERVFAIL_IP}\n")
-    extra = {
-        "policy": {
-            "exempt": [
-                {
-                    "name": "abuse-desk",
-                    "host_suffixes": ["good.test"],
-                    "recipients": ["abuse@example.com"],
-                    "skip": ["rbl"],
-                },
-            ],
-            "postmaster_skip": [],
-        },
-        "dnsbl": {"local": [{"file": str(tmp / "blocked.txt"), "kind": "rbl"}]},
+    """An exemption for one recipient: a MAIL FROM verdict is held for the recipients
+    only if the client's name can be known."""
+    exemption = {
+        "host_suffixes": ["good.test"],
+        "recipients": ["abuse@example.com"],
+        "skip": ["rbl"],
     }
-    yield from dns_site(tmp, unbound.port, extra)
+    yield from undecided_site(tmp_path_factory, unbound, exemption)
 
 
 def test_a_hold_undecided_by_a_failed_lookup_tempfails(undecided_recipient: Running) -> None:
