@@ -1389,6 +1389,23 @@ def test_an_enhanced_code_without_a_basic_code_gives_the_class(
     assert (exp.enhanced_code, exp.permanent, exp.category) == (xcode, permanent, category)
 
 
+@pytest.mark.parametrize(
+    ("line", "xcode"),
+    [
+        ("Message rejected, 5.7.1 spam", "5.7.1"),
+        ("error 5.1.1 mailbox unavailable", "5.1.1"),
+        ("Remote said <5.1.1> no such user", "5.1.1"),
+        ("reason=5.7.1 policy", "5.7.1"),
+        ("delivery failed; 4.4.1 no answer", "4.4.1"),
+    ],
+)
+def test_a_codeless_status_after_punctuation_or_a_status_word(
+    knowledge: Knowledge, line: str, xcode: str
+) -> None:
+    exp = knowledge.explain(line)
+    assert (exp.enhanced_code, exp.permanent) == (xcode, xcode[0] == "5")
+
+
 def test_a_version_number_is_no_temporary_failure(knowledge: Knowledge) -> None:
     """ "(cyrus 4.5.17)" read as an enhanced code made any code-less line a temporary
     failure to wait for."""

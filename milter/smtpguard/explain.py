@@ -157,11 +157,12 @@ _WORD = re.compile(r"\w+")
 #: piece of an IP address or version number.
 _MID_XCODE = re.compile(r"(?<![\w.])[245]\.[0-9]{1,3}\.[0-9]{1,3}(?!\.?[0-9])")
 #: An enhanced code where a status code stands, in a line without a basic code: at the
-#: start, after "status", "smtp;", a ":", "(" or "[", or a dash as a list's bullet
-#: (Exchange's "-- 5.7.54 SMTP; Unable to relay"). After another word it is a version
-#: ("Dovecot 2.3.16", "cyrus 2.5.17"), not a status.
+#: start, after "status", "error", "code", "reason", "dsn", "smtp;", after one of
+#: ":(,;=<[", or a dash as a list's bullet (Exchange's "-- 5.7.54 SMTP; Unable to
+#: relay"). After another word it is a version ("Dovecot 2.3.16", "cyrus 2.5.17"), not
+#: a status.
 _CODELESS_XCODE = re.compile(
-    r"(?:^|(?<=[:(\[])|\b(?:status|smtp;)|(?<!\S)--?)[ \t]{0,3}"
+    r"(?:^|(?<=[:(\[,;=<])|\b(?:status|error|code|reason|dsn|smtp;)|(?<!\S)--?)[ \t]{0,3}"
     r"(?P<xcode>[245]\.[0-7]\.[0-9]{1,3})(?!\.?[0-9])",
     re.IGNORECASE,
 )
