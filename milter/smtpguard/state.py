@@ -35,6 +35,7 @@ from smtpguard.address import (
     parse_address_literal,
     parse_path,
 )
+from smtpguard.outage import Outage
 from smtpguard.sqlitedb import WatchedFile
 
 log = logging.getLogger(__name__)
@@ -319,54 +320,30 @@ class RedisBlacklist:
     ) -> None:
         self.client = client
         self.key = f"{prefix}:blacklist"
-        self.retry_interval = retry_interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._down_since: float | None = None
-        self._next_try = 0.0
-        self._last_error = ""
+        self.outage = Outage(retry_interval, clock)
 
     def listed(self, address: str) -> str | None:
         keys = matching_entries(address)
-        now = self._clock()
-        with self._lock:
-            if self._down_since is not None:
-                if now < self._next_try:
-                    raise StateError(f"redis unreachable: {self._last_error}")
-                # One lookup probes; the others keep failing at once until it answers.
-                self._next_try = now + self.retry_interval
+        outage = self.outage
+        now = outage.clock()
+        if not outage.ask(now):
+            raise StateError(f"redis unreachable: {outage.last_error}")
         try:
             found = self.client.hmget(self.key, list(keys))
         except redis.RedisError as exc:
-            self._failed(str(exc), now)
+            if outage.failed(str(exc), now):
+                log.warning(
+                    "blacklist backend redis unreachable (%s); lookups fail (each check's"
+                    " on_temp_error decides) and it is asked again every %.0f s",
+                    exc,
+                    outage.retry_interval,
+                )
             raise StateError(f"redis: {exc}") from None
-        self._recovered(now)
+        if (lasted := outage.recovered(now)) is not None:
+            log.info("blacklist backend redis reachable again after %.1f s", lasted)
         return _most_specific(
             keys, {key for key, value in zip(keys, found, strict=True) if value is not None}
         )
-
-    def _failed(self, error: str, now: float) -> None:
-        with self._lock:
-            self._next_try = now + self.retry_interval
-            self._last_error = error
-            if self._down_since is not None:
-                return
-            self._down_since = now
-        log.warning(
-            "blacklist backend redis unreachable (%s); lookups fail (each check's"
-            " on_temp_error decides) and it is asked again every %.0f s",
-            error,
-            self.retry_interval,
-        )
-
-    def _recovered(self, started: float) -> None:
-        with self._lock:
-            # A lookup that started before the outage was noticed proves nothing.
-            if self._down_since is None or started < self._down_since:
-                return
-            lasted = started - self._down_since
-            self._down_since = None
-        log.info("blacklist backend redis reachable again after %.1f s", lasted)
 
     def add(self, address: str, reason: str = "") -> bool:
         entry = blacklist_entry(address)
