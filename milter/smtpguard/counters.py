@@ -63,6 +63,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from smtpguard.memo import peek
+from smtpguard.outage import Outage
 
 __all__ = [
     "CounterError",
@@ -647,14 +648,12 @@ class ResilientCounter:
         self.name = name
         self._clock = clock
         self._lock = threading.Lock()
-        self._down_since: float | None = None
-        self._next_try = 0.0
-        self._last_error = ""
+        self.outage = Outage(retry_interval, clock)
         self._during_outage = 0
 
     @property
     def down(self) -> bool:
-        return self._down_since is not None
+        return self.outage.down
 
     def hit(self, key: str, size: int) -> int:
         return self._call("hit", key, size)
@@ -664,13 +663,7 @@ class ResilientCounter:
 
     def _call(self, op: Literal["hit", "peek"], key: str, size: int) -> int:
         now = self._clock()
-        with self._lock:
-            ask = self._down_since is None or now >= self._next_try
-            if ask and self._down_since is not None:
-                # One call probes; the others keep counting locally (or failing) at
-                # once until it answers.
-                self._next_try = now + self.retry_interval
-        if ask:
+        if self.outage.ask(now):
             try:
                 count = _method(self.primary, op)(key, size)
             except CounterError as exc:
@@ -682,18 +675,15 @@ class ResilientCounter:
                 return count
         with self._lock:
             self._during_outage += 1
-            error = self._last_error
+        error = self.outage.last_error
         if self.on_error == "error" or self.local is None:
             raise CounterError(f"{self.name} unreachable: {error}")
         return _method(self.local, op)(key, size)
 
     def _failed(self, exc: CounterError, now: float) -> None:
+        if not self.outage.failed(str(exc), now):
+            return
         with self._lock:
-            self._next_try = now + self.retry_interval
-            self._last_error = str(exc)
-            if self._down_since is not None:
-                return
-            self._down_since = now
             self._during_outage = 0
         log.warning(
             "counter backend %s unreachable (%s); %s until it answers again",
@@ -703,12 +693,11 @@ class ResilientCounter:
         )
 
     def _recovered(self, now: float) -> None:
+        lasted = self.outage.recovered(now)
+        if lasted is None:
+            return
         with self._lock:
-            # A call that started before the outage was noticed proves nothing.
-            if self._down_since is None or now < self._down_since:
-                return
-            lasted, messages = now - self._down_since, self._during_outage
-            self._down_since = None
+            messages = self._during_outage
         log.info(
             "counter backend %s reachable again after %.1f s; %d calls %s meanwhile",
             self.name,
