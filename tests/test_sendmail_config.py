@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from smtpguard.app import load
+from smtpguard.bounds import AnswerBounds, answer_bounds
 from smtpguard.config import Config
-from smtpguard.sendmail import AnswerBounds, answer_bounds, sendmail_mc, sendmail_timeouts
+from smtpguard.sendmail import sendmail_mc, sendmail_timeouts
 from support.sendmail import fetch_debs, install, readme_snippet
 from support.service import ROOT, make_site
 

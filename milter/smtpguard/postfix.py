@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from smtpguard.address import IPNetwork
+from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.replies import ReplyTable
-from smtpguard.sendmail import answer_bounds
 from smtpguard.sockets import libmilter_address
 
 #: Macros smtpguard reads, per stage (added to whatever the instance already sends).

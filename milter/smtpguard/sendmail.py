@@ -7,9 +7,9 @@ them in step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Final
 
+from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.sockets import libmilter_address
 
@@ -30,49 +30,6 @@ MIN_READ_TIMEOUT: Final = 30
 MIN_EOM_TIMEOUT: Final = 300
 #: Seconds added to smtpguard's own worst case: scheduling, logging, a busy host.
 ANSWER_MARGIN: Final = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerBounds:
-    """The longest smtpguard can take to answer one milter step, in seconds, when every
-    service it waits for takes its whole timeout (or answers just before it)."""
-
-    #: Connect, HELO, MAIL, RCPT, DATA (Postfix: ``milter_command_timeout``).
-    command: float
-    #: A header, a body chunk, end of message (Postfix: ``milter_content_timeout``);
-    #: end of message is the long one.
-    content: float
-
-    @property
-    def longest(self) -> float:
-        return max(self.command, self.content)
-
-
-def answer_bounds(config: Config) -> AnswerBounds:
-    """How long smtpguard may take to answer a step, from the timeouts in ``config``.
-
-    Every step may wait for DNS up to ``dns.stage_deadline`` (all its lookups and the
-    connect-back share it), and for the state store (``state.timeout`` per call; MAIL
-    makes two, the same-size counter and the blacklist, each of which stops asking a
-    backend that failed for a while, so the first MAIL of an outage waits for both).
-    MAIL and RCPT also ask the directory (``directory.timeout``). End of message adds
-    the scanners, one after the other:
-
-    * clamd (``virus.timeout``, as deadlines, not per socket operation): the body is
-      streamed as it arrives, each chunk (the first one connecting) sent within the
-      timeout. At end of message, connecting (a message without a body sent nothing
-      yet) and sending what is left (at most about two 64 KiB chunks and the
-      terminator) share one deadline, and the verdict has another: twice the timeout.
-    * the ``command`` backend: one deadline for the whole run (``virus.timeout``).
-    * rspamd (``antispam.engine_timeout``, as deadlines): connecting and sending the
-      message share one, the answer has another: twice the timeout.
-    """
-    shared = config.dns.stage_deadline + config.state.timeout
-    command = shared + config.state.timeout + config.directory.timeout
-    virus = {"clamd": 2.0, "command": 1.0}.get(config.virus.backend, 0.0)
-    engine = 2.0 if config.antispam.engine == "rspamd" else 0.0
-    content = shared + virus * config.virus.timeout + engine * config.antispam.engine_timeout
-    return AnswerBounds(command=command, content=content)
 
 
 def sendmail_timeouts(config: Config, *, floor: int = MIN_READ_TIMEOUT) -> str:
