@@ -328,6 +328,11 @@ def test_names() -> None:
     assert reverse_name(v6).endswith(".8.b.d.0.1.0.0.2.ip6.arpa")
     assert client_address(ipaddress.ip_address("::ffff:198.51.100.7")) == v4
     assert normalize("Bücher.Example.") == "xn--bcher-kva.example"
+    # IDNA2008, not dnspython's IDNA2003: that maps straße.de to strasse.de.
+    assert normalize("straße.de") == "xn--strae-oqa.de"
+    assert normalize("fa\u00df.de") != normalize("fass.de")
+    with pytest.raises(ValueError, match="internationalized"):
+        normalize("\u2603.test")
 
 
 @given(st.ip_addresses())

@@ -57,7 +57,7 @@ import dns.rdatatype
 import dns.resolver
 from cachetools import TLRUCache
 
-from smtpguard.address import IPAddress, unmapped
+from smtpguard.address import IPAddress, canonical_domain, unmapped
 from smtpguard.config import DnsConfig
 from smtpguard.memo import peek
 from smtpguard.metrics import Metrics, NullMetrics
@@ -455,6 +455,12 @@ def normalize(name: str) -> str:
     lowered = name.lower()
     if len(lowered) <= 253 and lowered.isascii() and _PLAIN_NAME.fullmatch(lowered):
         return lowered.removesuffix(".")
+    if not name.isascii():
+        # dnspython would convert U-labels by IDNA2003, which maps straße.de to
+        # strasse.de, another owner's domain. The IDNA2008 A-label is the name.
+        name = canonical_domain(name)
+        if not name.isascii():
+            raise ValueError(f"not a valid internationalized domain name: {name!r}")
     try:
         return dns.name.from_text(name).to_text(omit_final_dot=True).lower()
     except (dns.exception.DNSException, UnicodeError) as exc:

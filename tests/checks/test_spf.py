@@ -60,6 +60,20 @@ def test_fail_is_a_hit(tmp_path: Path, resolver: Resolver) -> None:
     assert verdict.detail.startswith(f"spf=fail mailfrom=fail.test ip={CLIENT}")
 
 
+def test_a_u_label_sender_domain_is_its_idna2008_name(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    # IDNA2003 (dnspython's default) would ask strasse.de, another owner's domain,
+    # whose +all lets anyone send as straße.de.
+    fake.add("xn--strae-oqa.de", "TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')
+    fake.add("strasse.de", "TXT", '"v=spf1 +all"')
+    check = spf(tmp_path, resolver)
+    verdict = decide(check, "a@stra\u00dfe.de", smtputf8=True)
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "remote_ip_mismatch"
+    assert decide(check, "a@stra\u00dfe.de", ip="192.0.2.9", smtputf8=True) is None
+
+
 def test_softfail_rejected_when_configured(tmp_path: Path, resolver: Resolver) -> None:
     check = spf(tmp_path, resolver, spf={"reject_softfail": True})
     assert isinstance(decide(check, "a@soft.test"), Hit)
