@@ -440,7 +440,7 @@ def test_nested_comment_is_not_rdns() -> None:
     assert info.from_rdns is None
 
 
-OUR_NAMES = frozenset({"mx.example.org", "Mail.Example.Org."})
+OUR_NAMES = frozenset({"mx.example.org", "Mail.Example.Org.", "mx.xn--bcher-kva.example"})
 OUR_IPS: frozenset[IPAddress] = frozenset({V4("192.0.2.1"), V6("2001:db8::1")})
 
 
@@ -456,6 +456,12 @@ OUR_IPS: frozenset[IPAddress] = frozenset({V4("192.0.2.1"), V6("2001:db8::1")})
         ("from unknown (HELO x) (192.0.2.1) by x; Mon", True),
         ("from helo.example.net (unknown [198.51.100.1]) by mx.example.org; Mon", False),
         ("from sub.mx.example.org (h [198.51.100.2]) by x; Mon", False),
+        # U-labels and full-width letters name the same host.
+        ("from mx.b\u00fccher.example by x; Mon", True),
+        ("from MX.B\u00dcCHER.example by x; Mon", True),
+        ("from h (mx.b\u00fccher.example [198.51.100.3]) by x; Mon", True),
+        ("from \uff4d\uff58.example.org by x; Mon", True),
+        ("from mx.bucher.example by x; Mon", False),
         ("(qmail 1 invoked from network); Mon", False),
     ],
 )

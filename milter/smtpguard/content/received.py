@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
-from smtpguard.address import IPAddress
+from smtpguard.address import IPAddress, canonical_domain
 
 __all__ = [
     "MAX_LENGTH",
@@ -217,9 +217,10 @@ def is_our_claim(
 ) -> bool:
     """Whether the from clause names one of our hosts or addresses.
 
-    A header that claims to come from us but arrives from outside is forged. Names compare
-    case-insensitively and ignore a trailing dot; an IPv4-mapped IPv6 address also matches
-    its IPv4 form, since dual-stack MTAs record either.
+    A header that claims to come from us but arrives from outside is forged. Names
+    compare as :func:`~smtpguard.address.canonical_domain` gives them (case, a trailing
+    dot, U-label or A-label, full-width letters do not matter); an IPv4-mapped IPv6
+    address also matches its IPv4 form, since dual-stack MTAs record either.
     """
     ours = _normalized(names)
     for name in (info.from_name, info.from_rdns, info.from_helo):
@@ -234,7 +235,9 @@ def is_our_claim(
 
 
 def _normalize(name: str) -> str:
-    return name.lower().rstrip(".")
+    # A forger may spell our name with U-labels or full-width letters: the A-label
+    # form is the one name.
+    return canonical_domain(name)
 
 
 @lru_cache(maxsize=16)
