@@ -520,6 +520,10 @@ def test_canonical_local_is_nfc(raw: str) -> None:
         # ASCII: lower-cased and without the trailing dot, nothing more.
         ("Example.COM.", "example.com"),
         ("[IPv6:2001:DB8::1]", "[ipv6:2001:db8::1]"),
+        # One spelling per address literal, so a listed one cannot be respelled.
+        ("[IPv6:2001:0db8:0:0:0:0:0:0001]", "[ipv6:2001:db8::1]"),
+        ("[IPv6:::FFFF:192.0.2.1]", "[192.0.2.1]"),
+        ("[Tag:Whatever]", "[tag:whatever]"),
         ("", ""),
     ],
 )

@@ -389,8 +389,20 @@ def canonical_domain(name: str) -> str:
     into the conversion; the rest is memoized.
     """
     if name.isascii():
+        if name.startswith("["):
+            return _canonical_literal(name)
         return name.lower().rstrip(".")
     return _canonical_idn(name)
+
+
+def _canonical_literal(text: str) -> str:
+    # One spelling per address: [IPv6:2001:0db8:0:0::1] is [ipv6:2001:db8::1], and an
+    # IPv4-mapped one is the IPv4 literal, so a listed literal cannot be respelled.
+    ip = parse_address_literal(text)
+    if ip is None:
+        return text.lower()
+    ip = unmapped(ip)
+    return f"[{ip}]" if ip.version == 4 else f"[ipv6:{ip}]"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -65,6 +65,8 @@ def test_no_helo_is_left_to_helo_first(helo_check: HeloName) -> None:
         ("[198.51.100.7]", "198.51.100.7"),
         ("[IPv6:2001:db8::7]", "2001:db8::7"),
         ("[ipv6:2001:DB8::7]", "2001:db8::7"),
+        # The IPv4 client written as an IPv4-mapped IPv6 literal.
+        ("[IPv6:::ffff:198.51.100.7]", "198.51.100.7"),
         ("[198.51.100.99]", None),  # unix socket / unknown client: nothing to compare
         ("host.sub.example.net", "198.51.100.7"),  # ".example.net" is not an exact name
     ],
@@ -96,6 +98,7 @@ def test_good_greetings(helo_check: HeloName, helo: str, ip: str | None) -> None
         ("example.com", "claims one of our names"),
         ("[192.0.2.25]", "claims one of our IPs"),
         ("[IPv6:2001:db8::25]", "claims one of our IPs"),
+        ("[IPv6:::ffff:192.0.2.25]", "claims one of our IPs"),
     ],
 )
 def test_bad_greetings(helo_check: HeloName, helo: str, problem: str) -> None:

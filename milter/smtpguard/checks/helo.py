@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import is_fqdn, is_valid_domain, parse_address_literal
+from smtpguard.address import is_fqdn, is_valid_domain, parse_address_literal, unmapped
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
@@ -56,9 +56,11 @@ class HeloName:
         if not helo:
             return "empty"
         if helo.startswith("["):
-            ip = parse_address_literal(helo)
-            if ip is None:
+            literal = parse_address_literal(helo)
+            if literal is None:
                 return "invalid address literal"
+            # [IPv6:::ffff:192.0.2.1] is the IPv4 client 192.0.2.1.
+            ip = unmapped(literal)
             if ip in self.our_ips:
                 return "claims one of our IPs"
             if conn.client_ip is not None and ip != conn.client_ip:
