@@ -78,6 +78,35 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ("[milter]\nsocket = 'inet:@127.0.0.1'\n", "milter.socket", "1 to 65535, got ''"),
         ("[milter]\nsocket = 'inet:smtp'\n", "milter.socket", "1 to 65535"),
         ("[milter]\nsocket = 'inet:\uff18\uff18'\n", "milter.socket", "1 to 65535"),
+        # libmilter binds a relative path in its working directory, Postfix reads it
+        # in its queue directory.
+        ("[milter]\nsocket = 'unix:relative.sock'\n", "milter.socket", "absolute path"),
+        ("[milter]\nsocket = 'unix:'\n", "milter.socket", "absolute path"),
+        ("[milter]\nsocket = 'local:/run/x/'\n", "milter.socket", "names a directory"),
+        (f"[milter]\nsocket = 'unix:/{'x' * 107}'\n", "milter.socket", "107 bytes"),
+        # Bounded: 1e300 loaded and then failed every message.
+        ("[virus]\ntimeout = 1e300\n", "virus.timeout", "at most 86400"),
+        ("[milter]\ntimeout = 99999999999999\n", "milter.timeout", "at most 86400"),
+        ("[dns]\nstage_deadline = 100000.0\n", "dns.stage_deadline", "at most 86400"),
+        ("[dns]\ncache_size = 100000000000000000\n", "dns.cache_size", "at most"),
+        ("[limits]\nmax_hops = 9223372036854775807\n", "limits.max_hops", "at most"),
+        # Would load and never match (a URL, a wildcard, an IP address, an @).
+        ("[site]\nlocal_domains = ['*.example.com']\n", "site.local_domains", "'.example.com'"),
+        ("[site]\nrelay_domains = ['@example.org']\n", "site.relay_domains", "not a domain"),
+        ("[site]\nlocal_domains = ['http://x.example']\n", "site.local_domains", "not a domain"),
+        ("[site]\nlocal_domains = ['example..com']\n", "site.local_domains", "not a domain"),
+        ("[site]\nlocal_domains = ['192.0.2.1']\n", "site.local_domains", "not a domain"),
+        ("[site]\nour_hostnames = ['.mx.example']\n", "site.our_hostnames", "not a domain"),
+        ("[site]\nour_hostnames = ['*.mx.example']\n", "site.our_hostnames", "no wildcards"),
+        ("[milter]\nname = ''\n", "milter.name", "must be letters"),
+        ('[milter]\nname = "a\',b"\n', "milter.name", "must be letters"),
+        (
+            "[[dnsbl.zones]]\nname = 'https://zen.example'\nreply = 'rbl_deny'\n",
+            "dnsbl.zones[0].name",
+            "not a DNS zone name",
+        ),
+        # Authenticated sessions are never counted: every other sender in one key.
+        ("[bulk]\nkey = ['login']\n", "bulk.key", "unknown key part 'login'"),
         ("[milter]\nmta = 'exim'\n", "milter.mta", "must be one of"),
         ("[site]\ntrusted_networks = ['10.0.0.0/33']\n", "site.trusted_networks", "not a network"),
         ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),
@@ -90,6 +119,7 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "replies.override.rbl_deny.colour",
             "unknown key",
         ),
+        ("[replies.override.rbl_deny]\ncode = ''\n", "replies.override.rbl_deny.code", "empty"),
         ("[checks.helo]\nmode = 'on'\n", "checks.helo.mode", "must be one of"),
         ("[checks.nosuch]\nmode = 'off'\n", "checks.nosuch", "unknown check"),
         ("unknown_section = 1\n", "unknown_section", "unknown key"),
@@ -209,6 +239,17 @@ def test_subdomain_entries(tmp_path: Path) -> None:
     assert not config.site.is_local("sub.example.com")
     assert config.site.is_local("a.b.corp.example")
     assert not config.site.is_local("corp.example")
+
+
+def test_domain_lists_take_what_postfix_lists_take(tmp_path: Path) -> None:
+    """Single labels (localhost), underscores and full-width spellings are names."""
+    text = (
+        "[site]\nlocal_domains = ['localhost', 'mail_in.example', '\uff45x.example']\n"
+        "our_hostnames = ['mx1.example', 'MX_2.example.']\n"
+    )
+    config = load(write_config(tmp_path, text))
+    assert config.site.local_domains == {"localhost", "mail_in.example", "ex.example"}
+    assert config.site.our_hostnames == {"mx1.example", "mx_2.example"}
 
 
 @pytest.mark.parametrize(

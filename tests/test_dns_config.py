@@ -194,6 +194,24 @@ def test_missing_pattern_file_is_named(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[[pattern]]\nname = 'oops'\nregex = '(dyn|dsl)?'\n", "pattern[0].regex"),
+        ("allow = ['^mail\\\\.', '(x)*']\n", "allow[1]"),
+    ],
+)
+def test_a_pattern_that_matches_everything_is_refused(tmp_path: Path, text: str, key: str) -> None:
+    # A regex found in every name would make every client generic, or (allow) none.
+    (tmp_path / "generic.toml").write_text(text, encoding="utf-8")
+    config = write_config(tmp_path, "[smtpport]\ngeneric_patterns = 'generic.toml'\n")
+    with pytest.raises(ConfigError) as err:
+        load(config)
+    assert err.value.file == str((tmp_path / "generic.toml").resolve())
+    assert err.value.key == key
+    assert "matches the empty string" in err.value.message
+
+
 def test_sample_config_documents_the_dns_defaults() -> None:
     config = load(SAMPLE)
     assert config.dns == DnsConfig()

@@ -184,6 +184,21 @@ def test_bad_override_names_the_config_key() -> None:
         load_replies(policy(overrides={"nope": ReplyOverride(code="550")}), "/etc/sg.toml")
 
 
+def test_an_override_in_an_unknown_language_is_refused() -> None:
+    # "zn" for "zh" would load and leave the table's text in place.
+    typo = ReplyOverride(text={"zn": "\u62d2\u7edd"})
+    with pytest.raises(ConfigError) as err:
+        load_replies(policy(overrides={"rbl_deny": typo}), "/etc/sg.toml")
+    assert err.value.key == "replies.override.rbl_deny.text.zn"
+    assert "(en, zh)" in err.value.message
+    hint = ReplyOverride(hint={"fr": "x"})
+    with pytest.raises(ConfigError, match=r"rbl_deny\.hint\.fr: not a language"):
+        load_replies(policy(overrides={"rbl_deny": hint}), "/etc/sg.toml")
+    zh = ReplyOverride(text={"zh": "\u62d2\u7edd"})
+    table = load_replies(policy(overrides={"rbl_deny": zh}), "/etc/sg.toml")
+    assert table.rows["rbl_deny"].text["zh"] == "\u62d2\u7edd"
+
+
 #: The spec's 4xx rows a site may make permanent: policy, not a passing condition.
 POLICY_4XX = ("auth_mode_unsupported", "domain_auth_error")
 

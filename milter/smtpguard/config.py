@@ -28,6 +28,7 @@ from smtpguard.address import (
     IPAddress,
     IPNetwork,
     canonical_domain,
+    is_valid_domain,
     parse_path,
     unmapped,
     unmapped_network,
@@ -53,6 +54,18 @@ MTAChoice = Literal["auto", "postfix", "sendmail"]
 RelayControl = Literal["postfix", "milter"]
 
 _T = TypeVar("_T")
+
+
+#: The longest timeout or time to live a config may give, in seconds (a day): anything
+#: longer is a typo, and past what the MTA waits for a milter by far. Without a bound,
+#: 1e300 loaded and then failed every message (a deadline out of range).
+MAX_SECONDS: Final = 86400.0
+#: Sanity bounds for every other number: beyond them SQLite, libmilter's C ints or
+#: the float deadlines overflow.
+MAX_INTEGER: Final = 2**62
+MAX_NUMBER: Final = 1e15
+#: Entries of an in-memory cache (dns.cache_size): beyond this, memory, not hits.
+MAX_CACHE_SIZE: Final = 10_000_000
 
 
 class _Section:
@@ -98,13 +111,19 @@ class _Section:
     def boolean(self, name: str, default: bool) -> bool:
         return self._get(name, bool, "true or false", default)
 
-    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int = MAX_INTEGER
+    ) -> int:
         value = self._get(name, int, "an integer", default)
         if value < minimum:
             raise self.error(name, f"must be at least {minimum}")
+        if value > maximum:
+            raise self.error(name, f"must be at most {maximum}")
         return value
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def number(
+        self, name: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_NUMBER
+    ) -> float:
         value = self._get(name, (int, float), "a number", default)
         if not math.isfinite(value):
             # TOML has nan and inf; nan compares false with every bound below, so a
@@ -112,7 +131,13 @@ class _Section:
             raise self.error(name, f"must be a finite number, got {value}")
         if value < minimum:
             raise self.error(name, f"must be at least {minimum}")
+        if value > maximum:
+            raise self.error(name, f"must be at most {maximum:g}")
         return float(value)
+
+    def seconds(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        """A timeout or a time to live: at most :data:`MAX_SECONDS`."""
+        return self.number(name, default, minimum=minimum, maximum=MAX_SECONDS)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(name, default)
@@ -127,13 +152,24 @@ class _Section:
                 raise self.error(f"{name}[{index}]", "expected a string")
         return tuple(value)
 
-    def domains(self, name: str) -> frozenset[str]:
+    def domains(self, name: str, *, parents: bool = True) -> frozenset[str]:
         """Stored canonical (lower-case, no trailing dot, U-labels as A-labels), the
-        form every comparison uses: ``bücher.example`` also matches the A-label."""
+        form every comparison uses: ``bücher.example`` also matches the A-label.
+
+        Each must be a domain name (``.example.com``, its subdomains, where
+        ``parents``): ``*.example.com``, ``@example.com``, a URL or an IP address
+        would load and never match.
+        """
         out = set()
         for item in self.strings(name):
             domain = canonical_domain(item.strip())
-            if not domain or " " in domain:
+            bare = domain.removeprefix(".") if parents else domain
+            if domain.startswith("*."):
+                hint = f"write {domain[1:]!r} for its subdomains" if parents else "no wildcards"
+                raise self.error(name, f"{item!r}: {hint}")
+            # Underscores: DNS names may hold them (SMTP's grammar does not).
+            valid = is_valid_domain(bare.replace("_", "-"), allow_utf8=True)
+            if not valid or bare.rpartition(".")[2].isdigit():
                 raise self.error(name, f"not a domain name: {item!r}")
             out.add(domain)
         return frozenset(out)
@@ -476,7 +512,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class BulkConfig:
-    #: What identifies a sender: any of "sender", "sender_domain", "client_ip", "login".
+    #: What identifies a sender: any of "sender", "sender_domain", "client_ip".
     key: tuple[str, ...] = ("sender", "client_ip")
     window: int = 3600
     #: More than this many messages of similar size in the window are refused.
@@ -746,7 +782,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     limits = _limits(root.table("limits"))
     content = _content(root.table("content"))
     replies = _replies(root.table("replies"))
-    policy = _policy(root.table("policy"), known_checks)
+    policy = _policy(root.table("policy"), known_checks, site)
     directory = _directory(root.table("directory"))
     state = _state(root.table("state"))
     checks, explicit = _checks(root, known_checks)
@@ -908,7 +944,7 @@ def _virus(s: _Section) -> VirusConfig:
         ),
         clamd_socket=_endpoint(s, "clamd_socket", d.clamd_socket),
         command=s.strings("command"),
-        timeout=s.number("timeout", d.timeout, minimum=0.1),
+        timeout=s.seconds("timeout", d.timeout, minimum=0.1),
         max_bytes=s.integer("max_bytes", d.max_bytes, minimum=1024),
         on_size_limit=cast(
             Literal["pass", "tempfail"],
@@ -932,7 +968,7 @@ def _antispam(s: _Section) -> AntispamConfig:
         status_headers=s.boolean("status_headers", d.status_headers),
         engine=cast(Literal["none", "rspamd"], s.choice("engine", d.engine, ("none", "rspamd"))),
         engine_socket=_endpoint(s, "engine_socket", d.engine_socket),
-        engine_timeout=s.number("engine_timeout", d.engine_timeout, minimum=0.1),
+        engine_timeout=s.seconds("engine_timeout", d.engine_timeout, minimum=0.1),
         engine_action=s.boolean("engine_action", d.engine_action),
         spool_memory=s.integer("spool_memory", d.spool_memory, minimum=0),
     )
@@ -945,7 +981,9 @@ def _antispam(s: _Section) -> AntispamConfig:
     return out
 
 
-_BULK_KEYS = ("sender", "sender_domain", "client_ip", "login")
+#: No "login": authenticated (trusted) sessions are never counted, so a login part
+#: would be empty in every key and put all other senders in one count.
+_BULK_KEYS = ("sender", "sender_domain", "client_ip")
 
 
 def _bulk(s: _Section) -> BulkConfig:
@@ -977,8 +1015,8 @@ def _milter(s: _Section) -> MilterConfig:
     _check_socket_port(s, socket)
     out = MilterConfig(
         socket=socket,
-        name=s.string("name", d.name),
-        timeout=s.integer("timeout", d.timeout, minimum=1),
+        name=_milter_name(s, d.name),
+        timeout=s.integer("timeout", d.timeout, minimum=1, maximum=int(MAX_SECONDS)),
         mta=cast(MTAChoice, s.choice("mta", d.mta, ("auto", "postfix", "sendmail"))),
         dry_run=s.boolean("dry_run", d.dry_run),
         log_level=_log_level(s, d.log_level),
@@ -996,7 +1034,7 @@ def _milter(s: _Section) -> MilterConfig:
         auth_results=s.boolean("auth_results", d.auth_results),
         workers=s.integer("workers", d.workers, minimum=1),
         cpu_affinity=_cpu_affinity(s, d.cpu_affinity),
-        worker_heartbeat_timeout=s.number("worker_heartbeat_timeout", d.worker_heartbeat_timeout),
+        worker_heartbeat_timeout=s.seconds("worker_heartbeat_timeout", d.worker_heartbeat_timeout),
     )
     if out.workers > MAX_WORKERS:
         raise s.error("workers", f"must be at most {MAX_WORKERS}")
@@ -1075,16 +1113,46 @@ def _unbracket(network: str) -> str:
     return network
 
 
+def _milter_name(s: _Section, default: str) -> str:
+    # The name of Sendmail's INPUT_MAIL_FILTER line and of Postfix's log lines: an
+    # empty one, or one with a quote or comma, breaks the generated .mc line.
+    name = s.string("name", default)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise s.error("name", f"must be letters, digits, '.', '_' or '-'; got {name!r}")
+    return name
+
+
 def _check_socket_port(s: _Section, socket: str) -> None:
     """libmilter reads the port with ``atoi`` and ``htons``: 99999 would listen on
     34463 while the Postfix and Sendmail lines written from the config say 99999."""
     kind, _, rest = socket.partition(":")
-    if kind not in ("inet", "inet6"):
+    if kind in ("unix", "local"):
+        _check_socket_path(s, rest)
         return
     port = rest.partition("@")[0]
     # isdigit() alone admits "²" and full-width digits, which int() refuses or reads.
     if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise s.error("socket", f"the port must be a number from 1 to 65535, got {port!r}")
+
+
+#: sun_path holds 108 bytes with the final NUL (Linux's struct sockaddr_un).
+MAX_SOCKET_PATH: Final = 107
+
+
+def _check_socket_path(s: _Section, path: str) -> None:
+    # libmilter binds a relative path in the working directory (/ under systemd),
+    # while Postfix reads one relative to its queue directory: they would never meet.
+    if not path.startswith("/"):
+        raise s.error(
+            "socket",
+            f"a unix socket needs an absolute path (unix:/run/...); got {path!r}",
+        )
+    if path.endswith("/"):
+        raise s.error("socket", f"names a directory, not a socket: {path!r}")
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise s.error(
+            "socket", f"the path is longer than a unix socket allows ({MAX_SOCKET_PATH} bytes)"
+        )
 
 
 def _loopback_socket(socket: str) -> bool:
@@ -1122,7 +1190,7 @@ def _site(s: _Section) -> SiteConfig:
         relay_control=cast(
             RelayControl, s.choice("relay_control", d.relay_control, ("postfix", "milter"))
         ),
-        our_hostnames=s.domains("our_hostnames"),
+        our_hostnames=s.domains("our_hostnames", parents=False),
         our_ips=frozenset(ips),
         recipient_delimiter=_delimiter(s, d.recipient_delimiter),
     )
@@ -1176,6 +1244,9 @@ def _replies(s: _Section) -> RepliesConfig:
     for reply_id, o in s.tables("override").items():
         code = o.string("code", "") or None
         xcode = o.string("xcode", "") or None
+        for key in ("code", "xcode"):
+            if o.data.get(key) == "":
+                raise o.error(key, "must not be empty (leave the key out to keep the table's)")
         text = _lang_map(o, "text")
         hint = _lang_map(o, "hint")
         o.done()
@@ -1210,24 +1281,45 @@ def _lang_map(s: _Section, name: str) -> dict[str, str]:
     return out
 
 
-def _policy(s: _Section, known: frozenset[str] | None = None) -> PolicyConfig:
+def _policy(
+    s: _Section, known: frozenset[str] | None = None, site: SiteConfig | None = None
+) -> PolicyConfig:
     d = PolicyConfig()
     sender_deny = s.strings("sender_deny")
     for index, entry in enumerate(sender_deny):
         if is_deny_pattern(entry):
             _regex(s, f"sender_deny[{index}]", entry[1:-1], ignore_case=False)
+        else:
+            _address_pattern(s, f"sender_deny[{index}]", entry)
     out = PolicyConfig(
         sender_deny=sender_deny,
         auth_tls_required=frozenset(
             m.upper() for m in s.strings("auth_tls_required", tuple(sorted(d.auth_tls_required)))
         ),
         auth_allowed=frozenset(m.upper() for m in s.strings("auth_allowed")),
-        default_login_domain=s.string("default_login_domain", "").lower(),
+        default_login_domain=_login_domain(s, site),
         exempt=tuple(_exemption(e, i, known) for i, e in enumerate(s.table_list("exempt"))),
         postmaster_skip=_skip_list(s, "postmaster_skip", known, ("all-content",)),
     )
     s.done()
     return out
+
+
+def _login_domain(s: _Section, site: SiteConfig | None) -> str:
+    # Logins without "@" are taken to be in this domain, and a login's domain must be
+    # one of ours: any other value would refuse every such login (domain_auth_error).
+    text = s.string("default_login_domain", "").strip()
+    if not text:
+        return ""
+    domain = canonical_domain(text)
+    if not is_valid_domain(domain.replace("_", "-"), allow_utf8=True):
+        raise s.error("default_login_domain", f"not a domain name: {text!r}")
+    if site is not None and not site.is_local(domain):
+        raise s.error(
+            "default_login_domain",
+            f"{text!r} is not in site.local_domains: every login without @ would be refused",
+        )
+    return domain
 
 
 def _skip_list(
@@ -1297,26 +1389,29 @@ def _address_patterns(s: _Section, name: str) -> tuple[str, ...]:
     ``@example.net`` or ``example.net``, each checked here: an entry that cannot be
     an address or a domain (a Postfix ``.example.net``, a wildcard, an empty part)
     would load and never match."""
-    out = []
-    for item in s.strings(name):
-        text = item.strip()
-        local, at, domain = text.rpartition("@")
-        if at and local == "*":
-            raise s.error(
-                name,
-                f"{item!r}: no wildcards; @{domain} is that domain,"
-                f" {domain} the domain and its subdomains",
-            )
-        if not at and text.startswith("."):
-            bare = text.lstrip(".")
-            raise s.error(
-                name,
-                f"{item!r}: write {bare!r} (the domain and its subdomains) or"
-                f" '@{bare}' (that domain only)",
-            )
-        _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
-        out.append(text.lower())
-    return tuple(out)
+    return tuple(_address_pattern(s, name, item).lower() for item in s.strings(name))
+
+
+def _address_pattern(s: _Section, name: str, item: str) -> str:
+    """One ``user@example.net``, ``@example.net`` or ``example.net`` entry, stripped."""
+    text = item.strip()
+    local, at, domain = text.rpartition("@")
+    if (at and local == "*") or text.startswith("*."):
+        bare = text.rpartition("@")[2].removeprefix("*.")
+        raise s.error(
+            name,
+            f"{item!r}: no wildcards; '@{bare}' is that domain,"
+            f" {bare!r} the domain and its subdomains",
+        )
+    if not at and text.startswith("."):
+        bare = text.lstrip(".")
+        raise s.error(
+            name,
+            f"{item!r}: write {bare!r} (the domain and its subdomains) or"
+            f" '@{bare}' (that domain only)",
+        )
+    _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
+    return text
 
 
 def _check_pattern(s: _Section, name: str, item: str, local: str, domain: str) -> None:
@@ -1366,8 +1461,8 @@ def _directory(s: _Section) -> DirectoryConfig:
     out = DirectoryConfig(
         backend=cast(Literal["sqlite", "none"], s.choice("backend", d.backend, ("sqlite", "none"))),
         path=s.path("path", str(d.path)),
-        timeout=s.number("timeout", d.timeout, minimum=0.01),
-        cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0),
+        timeout=s.seconds("timeout", d.timeout, minimum=0.01),
+        cache_ttl=s.seconds("cache_ttl", d.cache_ttl, minimum=0),
     )
     s.done()
     return out
@@ -1394,8 +1489,8 @@ def _state(s: _Section) -> StateConfig:
             Literal["embedded", "redis"], s.choice("backend", d.backend, ("embedded", "redis"))
         ),
         path=s.path("path", str(d.path)),
-        timeout=s.number("timeout", d.timeout, minimum=0.01),
-        cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0),
+        timeout=s.seconds("timeout", d.timeout, minimum=0.01),
+        cache_ttl=s.seconds("cache_ttl", d.cache_ttl, minimum=0),
         redis_url=_redis_url(s, "redis_url", d.redis_url),
         redis_prefix=s.string("redis_prefix", d.redis_prefix),
         on_redis_error=cast(
@@ -1453,8 +1548,8 @@ def _dns(s: _Section) -> DnsConfig:
     port = s.integer("port", d.port, minimum=1)
     if port > 65535:
         raise s.error("port", "must be at most 65535")
-    timeout = s.number("timeout", d.timeout, minimum=0.01)
-    deadline = s.number("stage_deadline", d.stage_deadline, minimum=0.01)
+    timeout = s.seconds("timeout", d.timeout, minimum=0.01)
+    deadline = s.seconds("stage_deadline", d.stage_deadline, minimum=0.01)
     failure_ttl = s.integer("failure_ttl", d.failure_ttl, minimum=1)
     if failure_ttl > 300:
         raise s.error("failure_ttl", "must be at most 300 (RFC 9520 §3.2)")
@@ -1463,11 +1558,11 @@ def _dns(s: _Section) -> DnsConfig:
         port=port,
         timeout=timeout,
         stage_deadline=deadline,
-        cache_size=s.integer("cache_size", d.cache_size, minimum=1),
-        max_ttl=s.integer("max_ttl", d.max_ttl),
-        negative_ttl=s.integer("negative_ttl", d.negative_ttl),
+        cache_size=s.integer("cache_size", d.cache_size, minimum=1, maximum=MAX_CACHE_SIZE),
+        max_ttl=s.integer("max_ttl", d.max_ttl, maximum=int(MAX_SECONDS)),
+        negative_ttl=s.integer("negative_ttl", d.negative_ttl, maximum=int(MAX_SECONDS)),
         failure_ttl=failure_ttl,
-        verdict_ttl=s.integer("verdict_ttl", d.verdict_ttl, minimum=0),
+        verdict_ttl=s.integer("verdict_ttl", d.verdict_ttl, minimum=0, maximum=int(MAX_SECONDS)),
     )
     s.done()
     return out
@@ -1481,7 +1576,7 @@ def _dnsbl(s: _Section) -> DnsblConfig:
     seen: set[str] = set()
     for z in s.table_list("zones"):
         name = z.string("name", "").strip().rstrip(".").lower()
-        if not name or " " in name or ".." in name:
+        if not is_valid_domain(name.replace("_", "-")):
             raise z.error("name", f"not a DNS zone name: {name!r}")
         if name in seen:
             raise z.error("name", f"zone {name} is listed twice")
@@ -1560,8 +1655,12 @@ def _smtpport(s: _Section) -> SmtpportConfig:
         generic=generic,
         connect_back=_reason_mode(s, "connect_back", d.connect_back),
         connect_back_port=port,
-        connect_back_timeout=s.number("connect_back_timeout", d.connect_back_timeout, minimum=0.01),
-        connect_back_cache_ttl=s.integer("connect_back_cache_ttl", d.connect_back_cache_ttl),
+        connect_back_timeout=s.seconds(
+            "connect_back_timeout", d.connect_back_timeout, minimum=0.01
+        ),
+        connect_back_cache_ttl=s.integer(
+            "connect_back_cache_ttl", d.connect_back_cache_ttl, maximum=int(MAX_SECONDS)
+        ),
     )
     s.done()
     return out
@@ -1609,9 +1708,14 @@ def _regex(s: _Section, key: str, text: str, *, ignore_case: bool = True) -> Pat
     if not text:
         raise s.error(key, "must not be empty")
     try:
-        return compile_pattern(text, ignore_case=ignore_case)
+        compiled = compile_pattern(text, ignore_case=ignore_case)
     except PatternError as exc:
         raise s.error(key, f"not a valid RE2 pattern {text!r}: {exc} (docs/patterns.md)") from None
+    if compiled.search(""):
+        # /(spam)?/ is found in every text: it would deny every sender, or make every
+        # PTR name generic (or, as an allow entry, none).
+        raise s.error(key, f"{text!r} matches the empty string, so everything")
+    return compiled
 
 
 def _spf(s: _Section) -> SpfConfig:

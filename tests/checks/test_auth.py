@@ -8,6 +8,7 @@ import pytest
 
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin, resolve_login
+from smtpguard.config import ConfigError
 from smtpguard.directory import DirectoryError, Login, NoDirectory
 from smtpguard.verdict import Hit, TempError, Verdict
 from support.checks import ServicesFactory, make_conn
@@ -152,12 +153,25 @@ def test_login_domain_is_case_insensitive(
 def test_bare_login_uses_default_domain(
     make_services: ServicesFactory, auth_directory: FakeDirectory
 ) -> None:
-    foreign = AuthLogin(make_services(site=SITE, policy={"default_login_domain": "Example.ORG"}))
-    verdict = logged_in_as(foreign, "alice")
-    assert verdict == Hit("domain_auth_error", "login 'alice': domain example.org not hosted")
-
-    local = AuthLogin(make_services(site=SITE, policy={"default_login_domain": "example.com"}))
+    local = AuthLogin(make_services(site=SITE, policy={"default_login_domain": "Example.COM"}))
     assert logged_in_as(local, "alice") is None
+    assert logged_in_as(local, "alice@example.org") == Hit(
+        "domain_auth_error", "login 'alice@example.org': domain example.org not hosted"
+    )
+
+
+@pytest.mark.parametrize(
+    ("domain", "why"),
+    [("example.org", "not in site.local_domains"), ("exa mple@@", "not a domain name")],
+)
+def test_a_default_login_domain_that_refuses_every_login_is_refused_at_load(
+    make_services: ServicesFactory, domain: str, why: str
+) -> None:
+    # Every login without "@" would get domain_auth_error.
+    with pytest.raises(ConfigError) as err:
+        make_services(site=SITE, policy={"default_login_domain": domain})
+    assert err.value.key == "policy.default_login_domain"
+    assert why in err.value.message
 
 
 def test_unknown_login(login_check: AuthLogin, auth_directory: FakeDirectory) -> None:

@@ -27,7 +27,7 @@ def test_declarations() -> None:
     [
         (("sender", "client_ip"), KEY),
         (("sender_domain",), "example.org"),
-        (("login", "client_ip"), "alice|198.51.100.7"),
+        (("sender_domain", "client_ip"), "example.org|198.51.100.7"),
         (("sender",), "a@example.org"),
     ],
 )
@@ -48,8 +48,8 @@ def test_an_idn_sender_domain_counts_once_in_either_spelling() -> None:
 
 
 def test_bulk_key_of_the_null_sender_and_without_transaction() -> None:
-    assert bulk_key(("sender", "login"), make_conn(sender="<>")) == "|"
-    assert bulk_key(("sender", "sender_domain", "login"), make_conn()) == "<>||"
+    assert bulk_key(("sender", "sender_domain"), make_conn(sender="<>")) == "|"
+    assert bulk_key(("sender", "sender_domain", "client_ip"), make_conn(ip=None)) == "<>||"
 
 
 def message_of(size: int, **conn_args: object) -> Connection:

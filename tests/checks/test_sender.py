@@ -150,11 +150,27 @@ def test_bad_pattern_is_refused_at_load_naming_the_entry(
     assert why in info.value.message
 
 
-def test_slashes_without_body_are_not_a_pattern(make_services: ServicesFactory) -> None:
-    # "//" is too short to be a pattern; it must not compile to "match everything".
-    check = SenderDeny(make_services(policy={"sender_deny": ["//"]}))
-    assert check.patterns == ()
-    assert check(make_conn(sender="a@example.org"), Event()) is None
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        # Each would load and never match, or (a pattern found in every address)
+        # refuse every sender.
+        ("//", "not an address, @domain or domain"),
+        ("/(spam|junk)?/", "matches the empty string"),
+        (".spam.example", "write 'spam.example' (the domain and its subdomains)"),
+        ("*@spam.example", "no wildcards; '@spam.example' is that domain"),
+        ("*.spam.example", "no wildcards; '@spam.example' is that domain"),
+        ("", "not an address, @domain or domain"),
+        ("spammer@", "not an address, @domain or domain"),
+    ],
+)
+def test_an_entry_that_cannot_work_is_refused_at_load(
+    make_config: ConfigFactory, entry: str, why: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        make_config(policy={"sender_deny": ["ok.example", entry]})
+    assert info.value.key == "policy.sender_deny[1]"
+    assert why in info.value.message
 
 
 def test_exact_domain_entry_with_trailing_dot(make_services: ServicesFactory) -> None:

@@ -31,8 +31,6 @@ def bulk_key(parts: tuple[str, ...], conn: Connection) -> str:
             values.append(txn.sender.domain_canonical if txn and txn.sender else "")
         elif part == "client_ip":
             values.append(str(conn.client_ip or ""))
-        elif part == "login":
-            values.append((txn.auth_login or "") if txn else "")
     return "|".join(values)
 
 
