@@ -79,7 +79,11 @@ SCORE_ZONES = (
 
 @pytest.fixture(scope="module")
 def scoring(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
-    extra = {"antispam": {"add_header_score": 6.0, "reject_score": 15.0}}
+    extra = {
+        "antispam": {"add_header_score": 6.0, "reject_score": 15.0},
+        # The list's readers want every report, whatever DNSBLs say of the sender.
+        "policy": {"exempt": [{"recipients": ["news@example.com"], "skip": ["rbl"]}]},
+    }
     yield from dns_site(tmp_path_factory.mktemp("score"), unbound.port, extra, SCORE_ZONES)
 
 
@@ -96,6 +100,44 @@ def test_two_score_zones_together_reach_the_reject_threshold(scoring: Running) -
     final, _mods = deliver(scoring, SCORE_IP)
     assert_reply(final, "antispam_reject")
     assert "dnsbl:score.test=8.0, dnsbl:score2.test=8.0" in scoring.log()
+
+
+def test_a_score_is_the_transactions_not_the_connections(scoring: Running) -> None:
+    """A sending MTA reuses its connection: the listed client's first, anonymous
+    message is refused, its authenticated one (never looked up: trusted) is not
+    scored with the first one's weights."""
+    tls, login = {"{tls_version}": "TLSv1.3"}, {"{auth_authen}": "alice@example.com"}
+    with scoring.session() as s:
+        assert_pass(s.connect(SCORE_IP))
+        assert_pass(s.helo("mx.good.test", macros=tls))
+        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        final, _mods, _early = s.message(HEADERS, "Hello Alice.\r\n")
+        assert_reply(final, "antispam_reject")
+        assert_pass(s.mail("<alice@example.com>", macros={**login, "{auth_type}": "PLAIN"}))
+        assert_pass(s.rcpt("<bob@elsewhere.example>"))
+        final, mods, _early = s.message(HEADERS, "Hello Bob.\r\n")
+        assert_pass(final)
+        status = ("h", {"name": "X-Spam-Status", "value": "No, score=0.0 required=6.0 tests=none"})
+        assert status in mods, mods
+
+
+def test_recipients_exempt_from_rbl_are_exempt_from_its_scores(scoring: Running) -> None:
+    with scoring.session() as s:
+        assert_pass(s.connect(SCORE_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<news@example.com>"))
+        final, mods, _early = s.message(HEADERS, "Hello list.\r\n")
+        assert_pass(final)
+        status = ("h", {"name": "X-Spam-Status", "value": "No, score=0.0 required=6.0 tests=none"})
+        assert status in mods, mods
+        # With one recipient that is not exempt, the message is scored as a whole.
+        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<news@example.com>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        final, _mods, _early = s.message(HEADERS, "Hello all.\r\n")
+        assert_reply(final, "antispam_reject")
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
 from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.checks.bulk import SameSize, SameSizeDeclared
 from smtpguard.checks.client_host import HeloDns, SmtpPort
+from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
 from smtpguard.checks.dnsbl import OpenRelay, Rbl
 from smtpguard.checks.helo import HeloFirst, HeloName
 from smtpguard.checks.lines import BodyLines, HeaderLines
@@ -362,25 +363,37 @@ class Pipeline:
             if held is not None:
                 return self._decide(stage, conn, event, *held)
         if txn is not None and stage in _CONTENT_STAGES:
-            if stage is Stage.EOH:
-                txn.headers_ended = True
-            elif stage in _AFTER_HEADERS and not txn.headers_ended:
-                # The milter asks the MTA not to send end-of-headers (SMFIP_NOEOH):
-                # the first body chunk, or the end of a message without a body, stands
-                # for it, so checks and observers see the same stages either way.
-                self._run(Stage.EOH, conn, Event(deadline=event.deadline))
-            if txn.pending is not None:
-                if stage is Stage.EOM:
-                    self._release(txn)
-                    return self._decide(stage, conn, event, txn.pending_check, txn.pending)
-                return SKIP if stage is Stage.BODY else CONTINUE
-            self._observe(stage, conn, txn, event)
+            pending = self._content(stage, conn, txn, event)
+            if pending is not None:
+                return pending
         decision = self._run_checks(stage, conn, event)
         if stage is Stage.EOM and txn is not None:
             self._release(txn)
             if decision.action is Action.CONTINUE:
                 return self._accept(conn, txn)
         return decision
+
+    def _content(
+        self, stage: Stage, conn: Connection, txn: Transaction, event: Event
+    ) -> Decision | None:
+        """Before a content stage's checks: the message model, and the answer when a
+        verdict is already pending (then no check runs)."""
+        if stage is Stage.EOH:
+            txn.headers_ended = True
+        elif stage in _AFTER_HEADERS and not txn.headers_ended:
+            # The milter asks the MTA not to send end-of-headers (SMFIP_NOEOH):
+            # the first body chunk, or the end of a message without a body, stands
+            # for it, so checks and observers see the same stages either way.
+            self._run(Stage.EOH, conn, Event(deadline=event.deadline))
+        if txn.pending is not None:
+            if stage is Stage.EOM:
+                self._release(txn)
+                return self._decide(stage, conn, event, txn.pending_check, txn.pending)
+            return SKIP if stage is Stage.BODY else CONTINUE
+        self._observe(stage, conn, txn, event)
+        if stage is Stage.EOM and self.policy.active:
+            _drop_exempt_scores(self.policy, conn, txn, event)
+        return None
 
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
         """End of message, accepted: the headers to add, insert and remove."""
@@ -750,6 +763,16 @@ class Pipeline:
             return None
         table = self.config.domain_policy(txn.recipients[0].domain_lc)
         return table.domain if table is not None else None
+
+
+def _drop_exempt_scores(policy: Policy, conn: Connection, txn: Transaction, event: Event) -> None:
+    """A DNSBL score zone's weight is part of its check's verdict: a message whose
+    recipients are all exempt from that check (a recipient exemption, which MAIL FROM
+    cannot know yet) does not get it added to its spam score."""
+    scores: dict[str, dict[str, float]] = txn.scratch.get(DNSBL_SCORES, {})
+    for check in list(scores):
+        if policy.exempt(conn, check, Stage.EOM, event) is not None:
+            del scores[check]
 
 
 def _unless_unsure(

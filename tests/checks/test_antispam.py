@@ -191,12 +191,14 @@ def test_dnsbl_score_zone_weights_add_to_the_score(
     rules.result = RulesResult(4.0, ("A",))
     check = AntiSpam(make_services())
     conn = make_conn(sender="a@example.org", recipients=["b@example.com"])
-    conn.scratch[DNSBL_SCORES] = {"one.test": 6.0}
+    assert conn.txn is not None
+    conn.txn.scratch[DNSBL_SCORES] = {"rbl": {"one.test": 6.0}}
     stream_message(check, conn, HEADERS, [BODY])
     assert check(conn, Event()) is None  # 10 >= 6: flagged only
     assert ("X-Spam-Score", "10.0") in added(conn)
     conn = make_conn(sender="a@example.org", recipients=["b@example.com"])
-    conn.scratch[DNSBL_SCORES] = {"one.test": 6.0, "two.test": 6.0}
+    assert conn.txn is not None
+    conn.txn.scratch[DNSBL_SCORES] = {"rbl": {"one.test": 6.0}, "openrelay": {"two.test": 6.0}}
     stream_message(check, conn, HEADERS, [BODY])
     verdict = check(conn, Event())
     assert isinstance(verdict, Hit)

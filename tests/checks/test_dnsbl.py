@@ -249,7 +249,10 @@ def test_score_zones_record_weights_instead_of_refusing(
     fake.add(f"{NAME}.s2.test", "A", "127.0.0.2")
     conn = make_conn(sender="a@sender.test", ip=CLIENT)
     assert check(conn, soon()) is None
-    assert conn.scratch[SCORES] == {"s1.test": 3.5, "s2.test": -1.0}
+    assert conn.txn is not None
+    assert conn.txn.scratch[SCORES] == {"rbl": {"s1.test": 3.5, "s2.test": -1.0}}
+    # Kept on the transaction: the connection's next one starts without them.
+    assert SCORES not in conn.scratch
 
 
 def test_local_block_list_answers_like_a_zone_without_dns(tmp_path: Path) -> None:

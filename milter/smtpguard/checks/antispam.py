@@ -96,10 +96,11 @@ class AntiSpam:
             return None
         result = scan.finish()
         score, why = result.score, list(result.matched)
-        listed: dict[str, float] = conn.scratch.get(DNSBL_SCORES, {})
-        for zone, weight in listed.items():
-            score += weight
-            why.append(f"dnsbl:{zone}={weight:.1f}")
+        listed: dict[str, dict[str, float]] = txn.scratch.get(DNSBL_SCORES, {})
+        for zones in listed.values():
+            for zone, weight in zones.items():
+                score += weight
+                why.append(f"dnsbl:{zone}={weight:.1f}")
         # The transaction's [domain."X"] thresholds, when it has them.
         domain = domain_of(self.services_config, txn)
         reject_score = domain.reject_score if domain else self.config.reject_score

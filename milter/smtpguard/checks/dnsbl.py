@@ -32,11 +32,13 @@ failure) is remembered as such for ``dns.verdict_ttl`` seconds: a repeat client'
 sessions then skip building the zone names and reading the cache, zone by zone.
 
 A zone with ``action = "score"`` never refuses: a listing there puts the zone's
-``weight`` into :data:`SCORES` on the connection, and the ``antispam`` check adds the
-weights to the message's score at end of message (postscreen's ``dnsbl_sites``
-weights, rspamd's RBL symbols). So two weak lists together can refuse a message that
-one alone would only flag. A client exempted from this check (``[[policy.exempt]]``)
-is not looked up, so it gets no score either.
+``weight`` into :data:`SCORES` on the transaction (under the check's name), and the
+``antispam`` check adds the weights to the message's score at end of message
+(postscreen's ``dnsbl_sites`` weights, rspamd's RBL symbols). So two weak lists
+together can refuse a message that one alone would only flag. A client exempted from
+this check (``[[policy.exempt]]``) is not looked up, so it gets no score either; a
+message whose recipients are all exempt from it has its scores dropped at end of
+message (the pipeline does that).
 """
 
 from __future__ import annotations
@@ -70,8 +72,8 @@ _ERROR_CODES = (ipaddress.IPv4Network("127.0.0.1/32"), ipaddress.IPv4Network("12
 #: Seconds between two log lines about the same ignored answer of the same zone.
 _IGNORED_LOG_INTERVAL = 300.0
 
-#: ``conn.scratch`` key: {zone name: weight} of the ``action = "score"`` zones that list
-#: the client (read by the antispam check).
+#: ``txn.scratch`` key: {check name: {zone name: weight}} of the ``action = "score"``
+#: zones that list the client (read by the antispam check).
 SCORES = "dnsbl.scores"
 
 #: One zone's lookup for the client: the zone, the name asked, the answer to come.
@@ -194,7 +196,7 @@ class _Dnsbl:
                 continue
             clean = False
             if zone.action == "score":
-                conn.scratch.setdefault(SCORES, {})[zone.name] = zone.weight
+                self._score(conn, zone)
                 log.info(
                     "dnsbl sid=%s zone=%s client=%s listed as %s: score %+.1f",
                     conn.session_id,
@@ -213,6 +215,13 @@ class _Dnsbl:
         if clean:
             self.clean.put(ip, True)
         return None
+
+    def _score(self, conn: Connection, zone: DnsblZone) -> None:
+        # On the transaction: a later one of the connection may be authenticated,
+        # exempt, or refused before it gets here.
+        if conn.txn is not None:
+            scores = conn.txn.scratch.setdefault(SCORES, {})
+            scores.setdefault(self.name, {})[zone.name] = zone.weight
 
     def _local(self, ip: IPAddress) -> Hit | None:
         for item in self.local:
