@@ -3,6 +3,7 @@ forward confirmation and SPF, sessions built by support.checks)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,26 @@ def test_a_failed_confirmation_leaves_the_exemption_undecided(
     sure = make_conn(sender="x@y.example", ip="198.51.100.11")
     assert p.exempt(sure, "rbl", Stage.MAIL, Event(deadline=None)) == "p"
     assert not p.unsure(sure, "rbl")
+
+
+def test_a_confirmation_that_answers_late_decides_the_rest_of_the_connection(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """A lookup that misses MAIL FROM's deadline leaves that verdict undecided; once
+    it has answered, later messages of the connection are decided again."""
+    fake.add("9.100.51.198.in-addr.arpa", "PTR", "mx.other.example.")
+    fake.add("mx.other.example", "A", "198.51.100.9")
+    fake.delay = 0.2
+    p = policy(
+        tmp_path,
+        resolver,
+        exempt=[{"name": "p", "host_suffixes": ["partner.example"], "skip": ["rbl"]}],
+    )
+    conn = make_conn(sender="x@y.example", ip="198.51.100.9")
+    assert p.exempt(conn, "rbl", Stage.MAIL, Event(deadline=time.monotonic() + 0.01)) is None
+    assert p.unsure(conn, "rbl")
+    assert p.exempt(conn, "rbl", Stage.MAIL, Event(deadline=time.monotonic() + 5)) is None
+    assert not p.unsure(conn, "rbl")
 
 
 def test_without_a_resolver_postfix_client_name_counts(tmp_path: Path) -> None:

@@ -211,6 +211,9 @@ class Policy:
                 # be a permanent one (the pipeline makes it a temporary failure).
                 conn.scratch[_UNSURE] = True
                 return ()
+            # A lookup that missed one stage's deadline may answer by the next:
+            # decided now, for the rest of the connection.
+            conn.scratch.pop(_UNSURE, None)
         elif conn.client_name_confirmed:
             names = (conn.client_name,)
         names = tuple(canonical_domain(n) for n in names)
