@@ -548,6 +548,28 @@ def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
     assert not [p for p in alone.unresolved if p.startswith("Postfix accepts mail for")]
 
 
+def test_an_idn_listed_in_one_spelling_is_a_conflict(tmp_path: Path) -> None:
+    """Measured with Postfix 3.7: relay_domains = xn--bcher-kva.example refuses
+    RCPT TO:<a@bücher.example> as relaying (and the other way round); smtpguard takes
+    both spellings for one domain."""
+    cfg = config(tmp_path, {"site": {"relay_domains": ["bücher.example", "例子.中国"]}})
+    result = make_plan(
+        cfg,
+        relay_domains="xn--bcher-kva.example, 例子.中国, xn--fsqu00a.xn--fiqs8s",
+        virtual_alias_domains=".Bücher.example",
+    )
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix compares domain")]
+    assert "bücher.example (relay_domains has xn--bcher-kva.example)" in problem
+    assert ".xn--bcher-kva.example (virtual_alias_domains has .bücher.example)" in problem
+    # Listed in both spellings: nothing to say.
+    assert "例子" not in problem
+    assert "xn--fsqu00a" not in problem
+    both = make_plan(
+        cfg, relay_domains="xn--bcher-kva.example bücher.example, 例子.中国 xn--fsqu00a.xn--fiqs8s"
+    )
+    assert not [p for p in both.unresolved if p.startswith("Postfix compares domain")]
+
+
 def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     footers = postfix_footer_regexp(load_replies(cfg.replies, cfg.file), utf8=True)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from smtpguard.address import IPNetwork
+from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.replies import ReplyTable
@@ -769,6 +769,33 @@ class _Planner:
                 f"Postfix accepts mail for {listed}, which smtpguard refuses"
                 " (host_denies_relay): add them to site.local_domains or site.relay_domains"
                 ' (".example.com" covers the subdomains of example.com)'
+            )
+        self._idn_spellings()
+
+    def _idn_spellings(self) -> None:
+        """Postfix (3.7 measured) compares the names in these lists as written:
+        bücher.example and xn--bcher-kva.example are two domains to it, one to
+        smtpguard. A list with one spelling refuses mail to the other as relaying,
+        a permanent 5xx for mail smtpguard accepts."""
+        missing: list[str] = []
+        for name in ACCEPTED_DOMAINS:
+            items = {item.lower().rstrip(".") for item in split_list(self.now[name])}
+            for domain in sorted(items):
+                if ":" in domain or "/" in domain or "$" in domain:
+                    continue  # a lookup table or a reference
+                bare = domain.lstrip(".")
+                dot = domain[: len(domain) - len(bare)]
+                a_label = canonical_domain(bare)
+                if not a_label.isascii() or "xn--" not in a_label:
+                    continue  # not an internationalized name (or not a valid one)
+                other = domain_to_unicode(a_label) if bare == a_label else a_label
+                if other != bare and dot + other not in items:
+                    missing.append(f"{dot}{other} ({name} has {domain})")
+        if missing:
+            self.problem(
+                f"Postfix compares domain names as written: it refuses mail to {', '.join(missing)}"
+                " as relaying, although it is the same domain to smtpguard; list both"
+                " spellings (U-label and xn-- A-label)"
             )
 
     def sizes(self) -> None:
