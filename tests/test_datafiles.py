@@ -17,6 +17,13 @@ def test_reads_utf8_toml(tmp_path: Path) -> None:
     assert read_toml(path) == {"name": "中文"}
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path: Path) -> None:
+    # What Windows editors save: refused as "line 1, column 1" before.
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[milter]\nname = 'x'\n".encode())
+    assert read_toml(path) == {"milter": {"name": "x"}}
+
+
 def test_bytes_that_are_not_utf8_name_the_file_and_offset(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes("[milter]\nname = 'café'\n".encode("latin-1"))

@@ -81,6 +81,9 @@ def parse_toml(path: Path, data: bytes, error: type[ConfigError] = ConfigError) 
             "",
             f"not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line})",
         ) from None
+    # A byte order mark (Windows editors write one) is no TOML, but means nothing
+    # either: line 1, column 1 would be all the error could say.
+    text = text.removeprefix("\ufeff")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
