@@ -1,12 +1,18 @@
-"""CLI conventions: exit codes, -c anywhere, a closed pipe, one-line failures."""
+"""CLI conventions: exit codes, -c anywhere, a closed pipe or descriptor, one-line
+failures, output encodings."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from support.service import ROOT, make_site, run_cli, smtpguard
+import pytest
+
+from support.service import ROOT, Site, make_site, run_cli, smtpguard
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
 
@@ -67,3 +73,135 @@ def test_unusable_store_is_one_line_with_the_path(tmp_path: Path) -> None:
     result = smtpguard(site, "blacklist", "add", "pest@sender.example", check=False)
     assert result.returncode == 2
     assert result.stderr == f"smtpguard: {blocker}: No such file or directory\n"
+
+
+# --- closed descriptors ---------------------------------------------------------------
+
+
+def closed(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``smtpguard ARGS`` with the shell's ``redirect`` (``>&-``: stdout closed)."""
+    return subprocess.run(
+        ["sh", "-c", f'"$@" {redirect}', "sh", sys.executable, "-m", "smtpguard", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("redirect", [">&-", "2>&-", ">&- 2>&-"])
+def test_a_closed_stdout_or_stderr_keeps_the_commands_exit_code(
+    tmp_path: Path, redirect: str
+) -> None:
+    site = make_site(tmp_path)
+    assert closed(redirect, "check-config", str(site.config), "--offline").returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[milter]\nno_such_key = 1\n")
+    assert closed(redirect, "check-config", str(bad)).returncode == 1
+    added = closed(redirect, "-c", str(site.config), "blacklist", "add", "pest@sender.example")
+    assert added.returncode == 0
+    assert "Traceback" not in added.stderr
+    listed = smtpguard(site, "blacklist", "list").stdout
+    assert listed.startswith("pest@sender.example\t")
+    refused = closed(
+        redirect, "-c", str(site.config), "simulate", "--client", "198.51.100.7",
+        "--from", "spammer@bad.example", "--to", "alice@example.com", "-v",
+    )  # fmt: skip
+    assert refused.returncode == 1
+
+
+def test_a_closed_stdout_is_not_reused_for_the_state_file(tmp_path: Path) -> None:
+    """What the command opens after a closed stdout does not become descriptor 1, where
+    its own output would land."""
+    site = make_site(tmp_path, directory=False)
+    closed(">&-", "-c", str(site.config), "blacklist", "add", "a@sender.example")
+    closed(">&-", "-c", str(site.config), "blacklist", "list")
+    assert smtpguard(site, "blacklist", "list").stdout.startswith("a@sender.example\t")
+    with sqlite3.connect(site.state) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# --- output encoding ------------------------------------------------------------------
+
+
+def encoded(site: Site, encoding: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``smtpguard -c SITE ARGS`` where the locale's encoding is ``encoding``."""
+    return subprocess.run(
+        [sys.executable, "-m", "smtpguard", "-c", str(site.config), *args],
+        capture_output=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": encoding},
+    )
+
+
+@pytest.fixture(scope="module")
+def utf8_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    """A site whose directory and blacklist hold text beyond Latin-1 and GBK."""
+    site = make_site(tmp_path_factory.mktemp("site"))
+    source = site.dir / "more.toml"
+    source.write_text('[[user]]\naddress = "müller@example.com"\n', encoding="utf-8")
+    smtpguard(site, "directory", "import", str(source))
+    smtpguard(site, "blacklist", "add", "pest@sender.example", "--reason", "投诉 · ☺")
+    return site
+
+
+MACHINE_OUTPUT = [
+    ("postfix-config", "--footers"),
+    ("sendmail-config",),
+    ("directory", "export"),
+    ("directory", "export", "--format", "csv"),
+    ("blacklist", "list", "--json"),
+]
+
+
+@pytest.mark.parametrize("args", MACHINE_OUTPUT)
+@pytest.mark.parametrize("encoding", ["latin-1", "gbk", "ascii"])
+def test_output_for_programs_is_utf8_whatever_the_locale(
+    utf8_site: Site, encoding: str, args: tuple[str, ...]
+) -> None:
+    expected = encoded(utf8_site, "utf-8", *args)
+    assert expected.returncode == 0, expected.stderr
+    assert not expected.stdout.isascii() or args[0] == "sendmail-config"
+    result = encoded(utf8_site, encoding, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected.stdout
+
+
+@pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Postfix's postconf")
+@pytest.mark.parametrize("form", [(), ("--main-cf",)])
+def test_the_postconf_script_is_utf8_whatever_the_locale(
+    utf8_site: Site, tmp_path: Path, form: tuple[str, ...]
+) -> None:
+    (tmp_path / "main.cf").write_text("")
+    (tmp_path / "master.cf").write_text("")
+    args = ("postfix-config", "--config-directory", str(tmp_path), *form)
+    expected = encoded(utf8_site, "utf-8", *args)
+    assert expected.returncode == 0, expected.stderr
+    assert "拒绝".encode() in expected.stdout
+    assert encoded(utf8_site, "latin-1", *args).stdout == expected.stdout
+    assert encoded(utf8_site, "gbk", *args).stdout == expected.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("replies",),
+        ("simulate", "--client", "198.51.100.7", "--helo", "mail.sender.example", "--from",
+         "spammer@bad.example", "--to", "alice@example.com"),
+        ("blacklist", "list"),
+        ("directory", "list"),
+    ],
+)  # fmt: skip
+def test_output_for_people_is_in_the_locales_encoding_and_never_fails(
+    utf8_site: Site, args: tuple[str, ...]
+) -> None:
+    utf8 = encoded(utf8_site, "utf-8", *args)
+    for encoding in ("latin-1", "gbk", "ascii"):
+        result = encoded(utf8_site, encoding, *args)
+        assert result.returncode == utf8.returncode, result.stderr
+        assert b"Traceback" not in result.stderr
+        # What the encoding cannot show is a backslash escape; the rest as in UTF-8.
+        assert result.stdout == utf8.stdout.decode().encode(encoding, "backslashreplace")
+    assert "拒绝".encode("gbk") in encoded(utf8_site, "gbk", "replies").stdout
+    assert b"\\u62d2\\u7edd" in encoded(utf8_site, "latin-1", "replies").stdout

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from smtpguard import __version__
 
@@ -389,12 +389,53 @@ def _text_arg(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _forgiving_stdout() -> None:
-    """Whatever the locale, printing never raises: what the terminal cannot show is
-    written as a backslash escape."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+def _machine_output(args: argparse.Namespace) -> bool:
+    """Whether the command's stdout is for a program: a file Postfix or m4 reads, an
+    import file, JSON. ``explain --json`` is not counted: it escapes what is not ASCII
+    itself when stdout is not UTF-8 (explain.json_ascii), which is UTF-8 too."""
+    if args.command == "explain":
+        return False
+    if args.command == "postfix-config":
+        return not args.check
+    return (
+        args.command == "sendmail-config"
+        or getattr(args, "directory_command", "") == "export"
+        or getattr(args, "json", False) is True
+    )
+
+
+def _forgiving_output(*, machine: bool = False) -> None:
+    """Whatever the locale, printing never raises and the exit code is the command's.
+
+    What people read is in the locale's encoding, with a backslash escape for what it
+    cannot show. What a program reads (``machine``) is UTF-8 whatever the locale: a
+    Latin-1 or GBK locale must not change the bytes of a Postfix table. Text that came
+    in as bytes that are not UTF-8 (a file name) goes out as those same bytes.
+
+    A closed descriptor (``>&-``), which Python makes a None stream, becomes /dev/null
+    at that descriptor: the command still runs to its own exit code, and no file it
+    opens later (the SQLite state) becomes descriptor 1 or 2."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        errors = "surrogateescape" if machine and fd == 1 else "backslashreplace"
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, _devnull(fd, errors))
+        elif hasattr(stream, "reconfigure"):
+            if machine and fd == 1:
+                stream.reconfigure(encoding="utf-8", errors=errors)
+            else:
+                stream.reconfigure(errors=errors)
+
+
+def _devnull(fd: int, errors: str) -> TextIO:
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.fstat(fd)
+    except OSError:  # still closed (descriptor 0 was free first): take its place
+        os.dup2(null, fd)
+        os.close(null)
+        null = fd
+    return open(null, "w", encoding="utf-8", errors=errors)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -402,7 +443,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     # --rules-dir. Imported here so that explain starts without the milter's modules.
     from smtpguard.explain import explain_main, json_ascii, knowledge
 
-    _forgiving_stdout()
     if bool(args.reply) == (args.log is not None):
         print("smtpguard explain: give a reply line or --log FILE, not both", file=sys.stderr)
         return 2
@@ -724,9 +764,12 @@ def _failure(exc: Exception, command: str) -> tuple[str, int] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _forgiving_output()  # before argparse writes its usage errors
     parser = build_parser()
     _accept_config_anywhere(parser)
     args = parser.parse_args(argv)
+    if _machine_output(args):
+        _forgiving_output(machine=True)
     if getattr(args, "file", None) and args.command == "check-config":
         args.config = args.file
     try:
