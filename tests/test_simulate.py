@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from support.service import Site, smtpguard
 
 
@@ -67,3 +69,39 @@ def test_every_check_outcome_is_listed(site: Site) -> None:
     assert "    mail sender_deny: pass" in lines
     assert "    rcpt relay: pass" in lines
     assert any(x.startswith("    rcpt mailbox: hit mailbox_unavailable") for x in lines)
+
+
+@pytest.mark.parametrize(
+    ("client", "connect"),
+    [
+        ("[198.51.100.7]", "connect 198.51.100.7 "),
+        ("[IPv6:2001:DB8::0001]", "connect 2001:db8::1 "),
+        ("[2001:db8::1]", "connect 2001:db8::1 "),
+        ("::ffff:198.51.100.7", "connect ::ffff:198.51.100.7 "),
+    ],
+)
+def test_client_as_postfix_logs_it(site: Site, client: str, connect: str) -> None:
+    result = simulate(site, "--client", client, "--to", "alice@example.com")
+    assert result.returncode == 0, result.stderr
+    assert connect in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("client", "why"),
+    [
+        ("192.0.2.500", ""),
+        ("[192.0.2.5", ""),
+        ("mail.sender.example", ""),
+        ("", ""),
+        ("IPv6:192.0.2.5", " (the IPv6: tag goes with IPv6 addresses only)"),
+    ],
+)
+def test_a_client_that_is_no_ip_address_is_a_usage_error(site: Site, client: str, why: str) -> None:
+    result = simulate(site, "--client", client, "--to", "alice@example.com")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    message = result.stderr.splitlines()[-1]
+    assert message.startswith(
+        f"smtpguard simulate: error: argument --client: not an IP address: {client!r}"
+    )
+    assert message.endswith(why or "(e.g. 192.0.2.5, 2001:db8::1, [192.0.2.5])")

@@ -350,6 +350,36 @@ def cmd_sendmail_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_address(text: str) -> str:
+    """``--client``: an IP address, also as Postfix logs it (``[192.0.2.5]``,
+    ``[IPv6:2001:db8::1]``), in the form the MTA hands the milter."""
+    import ipaddress
+
+    bare = text.strip()
+    if bare.startswith("[") and bare.endswith("]"):
+        bare = bare[1:-1]
+    tagged = bare[:5].lower() == "ipv6:"
+    if tagged:
+        bare = bare[5:]
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an IP address: {text!r} (e.g. 192.0.2.5, 2001:db8::1, [192.0.2.5])"
+        ) from None
+    if address.version == 4:
+        if tagged:
+            raise argparse.ArgumentTypeError(
+                f"not an IP address: {text!r} (the IPv6: tag goes with IPv6 addresses only)"
+            )
+        return str(address)
+    import socket
+
+    # inet_ntop's form, as the MTA's: ::ffff:192.0.2.5 for an IPv4-mapped address.
+    shown = socket.inet_ntop(socket.AF_INET6, address.packed)
+    return f"{shown}%{address.scope_id}" if address.scope_id else shown
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     import logging
 
@@ -593,7 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_simulate,
         help="run the configured pipeline on an envelope (and message) without an MTA",
     )
-    sim.add_argument("--client", required=True, help="client IP address")
+    sim.add_argument(
+        "--client",
+        required=True,
+        type=_client_address,
+        help="client IP address (also [192.0.2.5] or [IPv6:2001:db8::1], as Postfix logs it)",
+    )
     sim.add_argument("--client-name", default="", help="client host name (default: [IP])")
     sim.add_argument("--helo", help="HELO/EHLO name (omit: no HELO)")
     sim.add_argument("--login", help="SASL login of an authenticated session")
