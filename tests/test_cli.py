@@ -30,6 +30,31 @@ def test_usage_error_and_help_name_the_exit_codes() -> None:
     help_text = run_cli("--help").stdout
     assert "exit codes:" in help_text
     assert "2  usage or configuration error" in help_text
+    ones = " ".join(help_text.partition("\n  1  ")[2].partition("\n  2  ")[0].split())
+    for command in ("directory show", "directory remove", "directory export", "run:"):
+        assert command in ones, command
+
+
+def test_readme_names_the_exit_codes_help_does() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    codes = " ".join(readme.partition("\nExit codes: ")[2].partition("\n\n")[0].split())
+    for command in ("`directory show`", "`directory remove`", "`directory export`", "`run`"):
+        assert command in codes.partition("; 2 ")[0], command
+
+
+def test_run_that_cannot_open_the_syslog_socket_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-socket"
+    site = make_site(
+        tmp_path / "site",
+        {"milter": {"log": "syslog", "log_socket": str(missing)}},
+        directory=False,
+    )
+    result = smtpguard(site, "run", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"{site.config}: milter.log_socket: cannot open the syslog socket {missing}"
+    )
+    assert not site.socket.exists()
 
 
 def test_configuration_error_is_exit_2_in_every_command_but_check_config(

@@ -134,6 +134,19 @@ def test_export_is_toml_by_default(unchanged_site: Site) -> None:
     )
 
 
+def test_export_leaves_out_what_no_import_takes_and_exits_1(site: Site) -> None:
+    with closing(sqlite3.connect(site.directory)) as db, db:
+        db.execute("INSERT INTO send_as VALUES ('ghost', 'sales@example.com')")
+    result = run(site, "directory", "export")
+    assert result.returncode == 1
+    assert result.stdout.startswith("[[user]]\n")
+    assert "ghost" not in result.stdout
+    assert result.stderr == (
+        "smtpguard: left out (no import would take it): send-as right sales@example.com"
+        " of login 'ghost': no user has that login\n"
+    )
+
+
 def test_directory_list(unchanged_site: Site) -> None:
     result = run(unchanged_site, "directory", "list")
     assert result.returncode == 0

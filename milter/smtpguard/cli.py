@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logsetup.configure(config.milter)
     except logsetup.LogSetupError as exc:
         print(f"{config.file}: milter.log_socket: {exc}", file=sys.stderr)
-        return 1
+        return 2  # cannot start
     # Before anything is opened or written: a running milter is left alone.
     path = unix_path(config.milter.socket)
     if path is not None:
@@ -721,9 +721,11 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_CODES = """exit codes:
   0  ok; for simulate: the mail would be accepted
   1  simulate: the mail would be refused; check-config, postfix-config --check:
-     problems found
+     problems found; directory show, directory remove: no such entry; directory
+     export: rows left out (each named on stderr); run: the milter socket was
+     lost while serving (workers > 1)
   2  usage or configuration error, or cannot start (socket in use, cannot bind,
-     unreadable or unwritable file)"""
+     unreadable or unwritable file, syslog socket)"""
 
 
 def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
