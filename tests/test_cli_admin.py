@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -304,6 +305,52 @@ def test_blacklist_entry_stored_before_the_check(site: Site) -> None:
     removed = run(site, "blacklist", "remove", "evil.example", "never@example.org")
     assert removed.stdout == "remove evil.example: done\nremove never@example.org: not listed\n"
     assert listed(site) == []
+
+
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [("x\ny", "\\n"), ("a\tb", "\\t"), ("\x1b[31m", "\\x1b"), ("one\u2028two", "\\u2028")],
+)
+def test_blacklist_reason_with_a_control_character_is_refused(
+    site: Site, reason: str, shown: str
+) -> None:
+    assert refused(site, "blacklist", "add", "a@b.example", "--reason", reason) == [
+        f"smtpguard: blacklist add: --reason: control character {shown} (blacklist list shows"
+        " one entry per line, its fields separated by tabs)",
+        "smtpguard: blacklist add: nothing added",
+    ]
+    assert listed(site) == []
+
+
+def test_blacklist_reason_not_utf8_is_refused(site: Site) -> None:
+    command = [sys.executable.encode(), b"-m", b"smtpguard", b"-c", bytes(site.config)]
+    result = subprocess.run(
+        [*command, b"blacklist", b"add", b"a@b.example", b"--reason", b"caf\xe9"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == "smtpguard: blacklist add: --reason: not UTF-8"
+    assert listed(site) == []
+
+
+def test_blacklist_list_escapes_control_characters_stored_before(site: Site) -> None:
+    run(site, "blacklist", "add", "a@b.example", "--reason", "ok · 投诉")
+    with closing(sqlite3.connect(site.state)) as db, db:
+        db.execute("INSERT INTO blacklist VALUES ('c@d.example', 0, 'one\ntwo\tthree')")
+        db.execute("INSERT INTO blacklist VALUES ('e\nf.example', 0, '')")
+    result = run(site, "blacklist", "list")
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [(row[0], row[2]) for row in rows] == [
+        ("a@b.example", "ok · 投诉"),
+        ("c@d.example", "one\\ntwo\\tthree"),
+        ("e\\nf.example", ""),
+    ]
+    assert result.stderr == "smtpguard: e\\nf.example: matches no sender; remove it\n"
+    # JSON has its own escapes: the text as stored.
+    assert [e["reason"] for e in listed(site)] == ["ok · 投诉", "one\ntwo\tthree", ""]
 
 
 def test_blacklist_usage_errors_exit_2(site: Site) -> None:

@@ -153,17 +153,49 @@ def cmd_replies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unprintable(char: str) -> bool:
+    """A character that would break a line of ``blacklist list``: a control character
+    (tab, newline, escape, C1) or a line or paragraph separator."""
+    import unicodedata
+
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def _reason_problem(reason: str) -> str | None:
+    for char in reason:
+        if _unprintable(char):
+            return (
+                f"control character {_escaped(char)} (blacklist list shows one entry per"
+                " line, its fields separated by tabs)"
+            )
+        if "\ud800" <= char <= "\udfff":  # a byte of argv that is not UTF-8
+            return "not UTF-8"
+    return None
+
+
+def _escaped(text: str) -> str:
+    """``text`` with each character that :func:`_unprintable` names as a backslash
+    escape (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``): one line, one field."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if _unprintable(char) else char
+        for char in text
+    )
+
+
 def cmd_blacklist_add(args: argparse.Namespace) -> int:
     from smtpguard.app import make_blacklist
     from smtpguard.state import EntryError, blacklist_entry
 
     store = make_blacklist(_load(args.config))
     entries, refused = [], []
+    problem = _reason_problem(args.reason)
+    if problem is not None:
+        refused.append(f"smtpguard: blacklist add: --reason: {problem}")
     for text in args.entry:
         try:
             entries.append(blacklist_entry(text))
         except EntryError as exc:
-            refused.append(f"smtpguard: blacklist add: {text}: {exc}")
+            refused.append(f"smtpguard: blacklist add: {_escaped(text)}: {exc}")
     if refused:
         print("\n".join(refused), file=sys.stderr)
         print("smtpguard: blacklist add: nothing added", file=sys.stderr)
@@ -205,9 +237,11 @@ def cmd_blacklist_list(args: argparse.Namespace) -> int:
         return 0
     for entry in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added_at))
-        print(f"{entry.address}\t{stamp}\t{entry.reason}")
+        # Escaped: rows stored before add refused control characters keep to one line.
+        address = _escaped(entry.address)
+        print(f"{address}\t{stamp}\t{_escaped(entry.reason)}")
         if entry_scope(entry.address) == "nothing":
-            print(f"smtpguard: {entry.address}: matches no sender; remove it", file=sys.stderr)
+            print(f"smtpguard: {address}: matches no sender; remove it", file=sys.stderr)
     return 0
 
 
