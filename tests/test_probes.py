@@ -19,7 +19,7 @@ import pytest
 from smtpguard.app import load
 from smtpguard.probes import socket_problems
 from support.daemons import Rspamd, free_port, start_clamd, start_redis
-from support.service import Site, make_site, merge, running, smtpguard
+from support.service import ROOT, Site, make_site, merge, running, smtpguard
 from support.unbound import DnsServer, silent_nameserver
 
 pytestmark = pytest.mark.integration
@@ -230,6 +230,40 @@ def test_config_unreadable_for_the_service_user(open_dir: Path) -> None:
         f"{site.config.resolve()}: milter.user: nobody cannot read {site.config.resolve()}:"
         " a reload (SIGHUP) would fail"
     ]
+
+
+def test_rule_files_a_reload_reads_unreadable_for_the_service_user(open_dir: Path) -> None:
+    """The reply table and the generic-PTR patterns are read again on SIGHUP, as the
+    service user."""
+    private = open_dir / "private"
+    private.mkdir()
+    table = shutil.copy(ROOT / "rules" / "replies.toml", private / "replies.toml")
+    patterns = shutil.copy(ROOT / "rules" / "generic_ptr.toml", private / "generic_ptr.toml")
+    Path(patterns).chmod(0o600)  # root's, as a copy made by hand would be
+    site = nobody_site(open_dir, {"smtpport": {"generic_patterns": str(patterns)}})
+    file = site.config.resolve()
+    expected = (
+        f"{file}: smtpport.generic_patterns: nobody cannot read {patterns}:"
+        " a reload (SIGHUP) would fail"
+    )
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 1
+    assert problems(result) == [expected]
+
+    Path(table).chmod(0o600)
+    site = nobody_site(
+        open_dir,
+        {"replies": {"table": str(table)}, "smtpport": {"generic_patterns": str(patterns)}},
+    )
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert problems(result) == [
+        f"{file}: replies.table: nobody cannot read {table}: a reload (SIGHUP) would fail",
+        expected,
+    ]
+
+    Path(patterns).chmod(0o644)
+    Path(table).chmod(0o644)
+    assert smtpguard(site, "check-config", "--offline", check=False).returncode == 0
 
 
 # --- site ---------------------------------------------------------------------------

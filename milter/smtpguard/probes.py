@@ -203,6 +203,9 @@ def _reload_files(config: Config) -> list[Problem]:
         ("milter.user", Path(smtpguard.__file__).parent, "its modules cannot be imported"),
         ("milter.user", Path(dnspython.__file__ or "").parent, "DNS answers would fail"),
     ]
+    generic = config.smtpport.generic
+    if generic is not None:
+        wanted.append(("smtpport.generic_patterns", generic.file, reload))
     # Local IP lists are read again on every reload too.
     wanted += [(f"dnsbl.local[{i}].file", x.file, reload) for i, x in enumerate(config.dnsbl.local)]
     wanted += [
