@@ -224,6 +224,18 @@ def test_directory_read_without_a_file_exits_2(tmp_path: Path) -> None:
     assert not site.directory.exists()
 
 
+def test_directory_commands_refuse_when_there_is_no_directory(tmp_path: Path) -> None:
+    # Imported to the default path, the entries would be read by nothing.
+    site = make_site(tmp_path, {"directory": {"backend": "none"}}, directory=False)
+    source = tmp_path / "users.toml"
+    source.write_text('[[user]]\naddress = "a@example.com"\n', encoding="utf-8")
+    for command in (["import", str(source)], ["list"], ["remove", "a@example.com"]):
+        result = run(site, "directory", *command)
+        assert result.returncode == 2, command
+        assert 'directory.backend is "none"' in result.stderr
+    assert not site.directory.exists()
+
+
 # --- blacklist ------------------------------------------------------------------------
 
 

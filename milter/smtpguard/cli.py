@@ -256,6 +256,14 @@ def _directory_command(
         from smtpguard.directory import ChangeRefused, DirectoryError
 
         config = _load(args.config)
+        if config.directory.backend == "none":
+            # The file would be written (or read) where nothing else looks.
+            print(
+                f"smtpguard: {config.file}: directory.backend is \"none\": there is no"
+                " directory to change or read",
+                file=sys.stderr,
+            )
+            return 2
         try:
             return func(args, config)
         except (DirectoryError, ChangeRefused) as exc:
