@@ -1285,14 +1285,17 @@ def _policy(
     s: _Section, known: frozenset[str] | None = None, site: SiteConfig | None = None
 ) -> PolicyConfig:
     d = PolicyConfig()
-    sender_deny = s.strings("sender_deny")
-    for index, entry in enumerate(sender_deny):
+    sender_deny = []
+    for index, entry in enumerate(s.strings("sender_deny")):
+        key = f"sender_deny[{index}]"
         if is_deny_pattern(entry):
-            _regex(s, f"sender_deny[{index}]", entry[1:-1], ignore_case=False)
+            _regex(s, key, entry[1:-1], ignore_case=False)
+            sender_deny.append(entry)
         else:
-            _address_pattern(s, f"sender_deny[{index}]", entry)
+            # Stripped: " spam.example" would never equal a domain.
+            sender_deny.append(_address_pattern(s, key, entry))
     out = PolicyConfig(
-        sender_deny=sender_deny,
+        sender_deny=tuple(sender_deny),
         auth_tls_required=frozenset(
             m.upper() for m in s.strings("auth_tls_required", tuple(sorted(d.auth_tls_required)))
         ),

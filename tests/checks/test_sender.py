@@ -173,6 +173,12 @@ def test_an_entry_that_cannot_work_is_refused_at_load(
     assert why in info.value.message
 
 
+def test_entries_are_read_without_surrounding_spaces(make_services: ServicesFactory) -> None:
+    check = SenderDeny(make_services(policy={"sender_deny": [" spam.example ", "\tbad@x.example"]}))
+    assert check(make_conn(sender="a@spam.example"), Event()) is not None
+    assert check(make_conn(sender="bad@x.example"), Event()) is not None
+
+
 def test_exact_domain_entry_with_trailing_dot(make_services: ServicesFactory) -> None:
     check = SenderDeny(make_services(policy={"sender_deny": ["@exact.example."]}))
     verdict = check(make_conn(sender="x@exact.example"), Event())
