@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.config import MilterConfig
-from smtpguard.sockets import libmilter_address, resolve, secure_unix
+from smtpguard.sockets import Ownership, StartError, libmilter_address, resolve, secure_unix
 from support.daemons import free_port
 from support.polling import wait_until
 from support.service import STOPPING, UNTRUSTED_IP, Running, Site, make_site, running, smtpguard
@@ -299,6 +299,23 @@ def test_created_directory_belongs_to_the_service_user(open_dir: Path) -> None:
     assert sock.st_gid == POSTFIX_GID
     assert stop(process) == 0
     assert not path.exists()
+
+
+def test_a_socket_swapped_for_a_symlink_changes_nothing_it_points_at(tmp_path: Path) -> None:
+    """The socket's directory may be the service user's: between bind and chown it can
+    put a link to a file of root's there. Root must neither give that file the
+    socket's group nor its mode."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root's\n")
+    secret.chmod(0o600)
+    path = tmp_path / "s.sock"
+    path.symlink_to(secret)
+    nobody = pwd.getpwnam("nobody")
+    owners = Ownership(uid=nobody.pw_uid, gid=nobody.pw_gid, directory_uid=-1)
+    with pytest.raises(StartError, match="replaced by a symbolic link"):
+        secure_unix(path, 0o666, owners)
+    info = secret.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, 0, 0o600)
 
 
 def test_auto_group_missing_leaves_the_group_and_says_so(

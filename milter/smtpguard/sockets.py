@@ -23,6 +23,7 @@ This module does not import libmilter: the caller passes the bind in as a functi
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import logging
 import os
@@ -138,11 +139,16 @@ def resolve(config: MilterConfig, auto_group: str = AUTO_GROUP) -> Ownership:
 
 
 def _chown(path: Path, uid: int, owners: Ownership, auto_group: str) -> Ownership:
-    """chown; for "auto", a group we may not give (not root, not a member) is dropped."""
+    """chown; for "auto", a group we may not give (not root, not a member) is dropped.
+
+    Never through a symbolic link: the socket's directory may belong to the service
+    user, who could put a link to /etc/shadow where root is about to give the socket
+    its owner and group.
+    """
     if uid == -1 and owners.gid == -1:
         return owners
     try:
-        os.chown(path, uid, owners.gid)
+        os.chown(path, uid, owners.gid, follow_symlinks=False)
     except PermissionError:
         if not owners.auto:
             raise
@@ -150,7 +156,7 @@ def _chown(path: Path, uid: int, owners: Ownership, auto_group: str) -> Ownershi
         # user can join instead (contrib/systemd/smtpguard.service).
         owners = owners.without_group(f"cannot give {path} to group {auto_group} (not root)")
         if uid != -1:
-            os.chown(path, uid, -1)
+            os.chown(path, uid, -1, follow_symlinks=False)
     return owners
 
 
@@ -164,7 +170,7 @@ def prepare_directory(path: Path, owners: Ownership, auto_group: str = AUTO_GROU
         directory.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(directory, DIRECTORY_MODE)
         # mkdir applies the umask: set the mode itself, never wider than asked.
-        os.chmod(directory, DIRECTORY_MODE)
+        _chmod(directory, DIRECTORY_MODE)
         return _chown(directory, owners.directory_uid, owners, auto_group)
     except OSError as exc:
         raise StartError(f"cannot bind {path}: {exc.strerror}") from None
@@ -189,11 +195,21 @@ def secure_unix(path: Path, mode: int, owners: Ownership, auto_group: str = AUTO
     """Owner and group, then mode, of the bound socket; log a group left as created."""
     try:
         owners = _chown(path, owners.uid, owners, auto_group)
-        os.chmod(path, mode)
+        _chmod(path, mode)
     except OSError as exc:
         raise StartError(f"cannot set owner, group or mode of {path}: {exc.strerror}") from None
     if owners.note:
         log.info("%s: socket left with group %s", owners.note, _group_name(path.stat().st_gid))
+
+
+def _chmod(path: Path, mode: int) -> None:
+    # fchmodat(AT_SYMLINK_NOFOLLOW): Python raises NotImplementedError where the path
+    # is a symbolic link (Linux cannot change a link's mode), which here means that
+    # something replaced what was just created.
+    try:
+        os.chmod(path, mode, follow_symlinks=False)
+    except NotImplementedError:
+        raise OSError(errno.ELOOP, f"{path} was replaced by a symbolic link") from None
 
 
 def _group_name(gid: int) -> str:
