@@ -259,7 +259,7 @@ def _directory_command(
         if config.directory.backend == "none":
             # The file would be written (or read) where nothing else looks.
             print(
-                f"smtpguard: {config.file}: directory.backend is \"none\": there is no"
+                f'smtpguard: {config.file}: directory.backend is "none": there is no'
                 " directory to change or read",
                 file=sys.stderr,
             )
