@@ -441,7 +441,7 @@ def test_connect_verdict_is_deferred_to_every_mail(
     h.pipeline.add_check(recorder, CheckSettings())
     conn = connect(admitted=False)
     assert h.pipeline.run(Stage.CONNECT, conn) == CONTINUE
-    assert conn.pending == Hit("queue_unavailable", "over max_sessions=1000 or draining")
+    assert conn.pending == Hit("queue_unavailable", "over max_sessions (1000) or draining")
     assert conn.pending_check == "session_limit"
     [deferred] = decisions(caplog)
     assert (deferred["stage"], deferred["action"]) == ("connect", "deferred")
@@ -926,6 +926,14 @@ def test_summary_outcomes_are_the_documented_ones(
         ("x=y", "k='x=y'"),
         ("back\\slash", "k='back\\\\slash'"),
         ("bell\x07", "k='bell\\x07'"),
+        # A lone quote opened a quote that ran into the next field (found by review).
+        ("'x", 'k="\'x"'),
+        # A client's value never reads as a field, even to a regex blind to quotes.
+        (
+            '<"q client=203.0.113.9 reply=rbl_deny "@x>',
+            "k='<\"q client\\x3d203.0.113.9 reply\\x3drbl_deny \"@x>'",
+        ),
+        ("SRS0=HHH=TT=example.org=a@b.example", "k='SRS0=HHH=TT=example.org=a@b.example'"),
     ],
 )
 def test_log_values_that_would_break_key_value_parsing_are_quoted(

@@ -250,7 +250,7 @@ def test_sender_domains_that_receive_mail_pass(main: Running, domain: str) -> No
 
 def test_remote_ip_mismatch(main: Running) -> None:
     assert_reply(mail(main, f"<x@{SPF_FAIL_DOMAIN}>"), "remote_ip_mismatch")
-    assert f"spf=fail mailfrom={SPF_FAIL_DOMAIN} ip={GOOD_IP}" in main.log()
+    assert f"spf=fail mailfrom {SPF_FAIL_DOMAIN} from {GOOD_IP}" in main.log()
 
 
 def test_remote_ip_mismatch_for_the_null_sender_uses_helo(main: Running) -> None:

@@ -877,16 +877,21 @@ def _first_report(conn: Connection, check: str, stage: Stage) -> bool:
     return True
 
 
-#: What a value may not contain unquoted (``key=value`` pairs separated by spaces).
-_NEEDS_QUOTES = re.compile(r'[ "=\\]')
+#: What a value may not contain unquoted (``key=value`` pairs separated by spaces): a
+#: lone ' would open a quote that a quote-aware reader follows into the next field.
+_NEEDS_QUOTES = re.compile(r'[ "\'=\\]')
+#: A ``key=`` after a space inside a quoted value (a client's ``HELO x client=1.2.3.4``).
+_KEY_INSIDE = re.compile(r"(?<= )([A-Za-z_][\w.-]*)=")
 
 
 def _kv(key: str, value: object) -> str:
     text = value if type(value) is str else str(value)
     # Quote values with spaces or quotes so the line stays machine-parsable; repr also
-    # neutralizes control characters a client may have sent.
+    # neutralizes control characters a client may have sent. No value may hold what
+    # reads as a field of its own, even to a regex that ignores quotes (a ban tool's
+    # "client=(\S+)"): that = is written \x3d. SRS addresses (SRS0=...) keep theirs.
     if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
-        text = repr(text)
+        text = _KEY_INSIDE.sub(r"\1\\x3d", repr(text))
     return f"{key}={text}"
 
 

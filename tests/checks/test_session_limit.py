@@ -22,7 +22,7 @@ def test_admitted_session_passes(make_services: ServicesFactory) -> None:
 def test_refused_session_gets_queue_unavailable(make_services: ServicesFactory) -> None:
     check = SessionLimit(make_services(limits={"max_sessions": 5}))
     verdict = check(make_conn(admitted=False), Event())
-    assert verdict == Hit("queue_unavailable", "over max_sessions=5 or draining")
+    assert verdict == Hit("queue_unavailable", "over max_sessions (5) or draining")
 
 
 def test_refused_even_from_trusted_network(make_services: ServicesFactory) -> None:
@@ -31,7 +31,7 @@ def test_refused_even_from_trusted_network(make_services: ServicesFactory) -> No
     verdict = check(make_conn(admitted=False, trusted_network=True, ip="127.0.0.1"), Event())
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "queue_unavailable"
-    assert "max_sessions=1000" in verdict.detail
+    assert "max_sessions (1000)" in verdict.detail
 
 
 def test_needs_no_transaction(make_services: ServicesFactory) -> None:

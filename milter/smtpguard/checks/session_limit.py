@@ -20,4 +20,4 @@ class SessionLimit:
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         if conn.admitted:
             return None
-        return Hit("queue_unavailable", f"over max_sessions={self.limit} or draining")
+        return Hit("queue_unavailable", f"over max_sessions ({self.limit}) or draining")

@@ -167,7 +167,7 @@ class Spf:
         )
         result, _code, explanation = query.check()
         record_spf(txn, result, helo=not sender, value=txn.sender.domain or helo)
-        detail = f"spf={result} {identity}={query.o} ip={conn.client_ip}: {explanation}"
+        detail = f"spf={result} {identity} {query.o} from {conn.client_ip}: {explanation}"
         if result == "temperror":
             return TempError("database_temp_error", detail)
         verdict: Verdict | None = None
