@@ -355,6 +355,9 @@ class LimitsConfig:
     max_message_size: int = 50 * 1024 * 1024
     max_attachment_size: int = 20 * 1024 * 1024
     max_hops: int = 30
+    #: Header fields of one message judged at most; a message with more is not judged
+    #: and gets internal_error (a flood of fields costs CPU and memory per field).
+    max_header_fields: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -1206,6 +1209,7 @@ def _limits(s: _Section) -> LimitsConfig:
         max_message_size=s.integer("max_message_size", d.max_message_size, minimum=1),
         max_attachment_size=s.integer("max_attachment_size", d.max_attachment_size, minimum=1),
         max_hops=s.integer("max_hops", d.max_hops, minimum=1),
+        max_header_fields=s.integer("max_header_fields", d.max_header_fields, minimum=100),
     )
     s.done()
     return out

@@ -102,6 +102,8 @@ class SessionDriver:
         #: per field, where a field's verdict waits for end of message anyway.
         self.batch_headers = batch_headers
         self._fields: list[tuple[str, str]] = []
+        #: Header fields of the current message so far (limits.max_header_fields).
+        self._field_count = 0
 
     def _macro(self, name: str) -> str | None:
         return self.macro(name) or None
@@ -144,6 +146,7 @@ class SessionDriver:
     def mail(self, mailfrom: str, args: tuple[str, ...] | list[str]) -> Decision:
         conn = self.conn
         self._fields = []
+        self._field_count = 0
         self.rt.pipeline.end_transaction(conn.txn)
         params = esmtp_params(args)
         smtputf8 = "SMTPUTF8" in params
@@ -190,10 +193,34 @@ class SessionDriver:
         return CONTINUE
 
     def header(self, name: str, value: str) -> Decision:
+        self._field_count += 1
+        limit = self.rt.config.limits.max_header_fields
+        if self._field_count > limit:
+            return self._too_many_fields(limit)
         if self.batch_headers:
             self._fields.append((name, value))
             return CONTINUE
         return self.rt.pipeline.run(Stage.HEADER, self.conn, Event(header=(name, value)))
+
+    def _too_many_fields(self, limit: int) -> Decision:
+        """Past the limit nothing more is kept or judged: the message waits for a
+        retry (internal_error: a resource limit, never a permanent refusal), unless a
+        field before it already has a verdict."""
+        if self._field_count > limit + 1:
+            return CONTINUE
+        self._flush_headers()
+        log.warning(
+            "sid=%s more than %d header fields (limits.max_header_fields): the rest is"
+            " not judged, the message is refused with internal_error",
+            self.conn.session_id,
+            limit,
+        )
+        return self.rt.pipeline.internal_error(
+            self.conn,
+            Stage.HEADER,
+            "limits.max_header_fields",
+            detail=f"more than {limit} header fields",
+        )
 
     def _flush_headers(self) -> None:
         if self._fields:

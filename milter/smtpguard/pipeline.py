@@ -631,7 +631,9 @@ class Pipeline:
             verdict = _unless_unsure(self.policy, conn, check, verdict)
         return self._decide(stage, conn, event, check, verdict)
 
-    def internal_error(self, conn: Connection, stage: Stage, where: str) -> Decision:
+    def internal_error(
+        self, conn: Connection, stage: Stage, where: str, detail: str = "exception"
+    ) -> Decision:
         """The answer to an unexpected fault anywhere: ``internal_error``, a tempfail.
 
         In the headers or body it waits for end of message like any content verdict,
@@ -639,7 +641,7 @@ class Pipeline:
         may not read replies to those steps (no-reply negotiated), and the client hears
         a DATA-phase reply only at the end anyway.
         """
-        verdict = TempError("internal_error", "exception")
+        verdict = TempError("internal_error", detail)
         txn = conn.txn
         if stage in _DEFERRED_TO_EOM and txn is not None:
             txn.defer(verdict, where)
