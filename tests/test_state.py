@@ -181,10 +181,14 @@ def test_matching_entries_most_specific_first() -> None:
     # An address literal has no parent domains.
     assert matching_entries("a@[192.0.2.1]") == ("a@[192.0.2.1]", "@[192.0.2.1]")
     # Respelled literals are the same entries: an entry cannot be dodged that way.
-    assert matching_entries("a@[IPv6:::ffff:192.0.2.1]") == ("a@[192.0.2.1]", "@[192.0.2.1]")
+    assert matching_entries("a@[IPv6:::ffff:192.0.2.1]")[:2] == ("a@[192.0.2.1]", "@[192.0.2.1]")
     assert blacklist_entry("@[IPv6:2001:DB8:0:0::1]") in matching_entries(
         "a@[IPv6:2001:0db8::0001]"
     )
+    # An entry stored before literals had one spelling still lists that spelling.
+    old = "@[ipv6:2001:db8:0:0::1]"
+    assert old in matching_entries("a@[IPv6:2001:DB8:0:0::1]")
+    assert entry_scope(old) == "domain"
 
 
 @pytest.mark.parametrize(

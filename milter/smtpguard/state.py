@@ -138,9 +138,11 @@ def entry_scope(entry: str) -> str:
         stored = blacklist_entry(entry)
     except EntryError:
         return "nothing"
-    # A quoted local part stored as spelled by an older version lists that spelling.
+    # A quoted local part stored as spelled by an older version lists that spelling;
+    # so does an address literal stored before literals had one spelling.
     quoted = entry.startswith('"') and canonical_address(entry) == stored
-    if entry not in (stored, _unicode_form(stored)) and not quoted:
+    literal = entry.rpartition("@")[2].startswith("[")
+    if entry not in (stored, _unicode_form(stored)) and not quoted and not literal:
         return "nothing"
     return {"@": "domain", ".": "subdomains"}.get(entry[0], "address")
 
@@ -176,6 +178,12 @@ def matching_entries(address: str) -> tuple[str, ...]:
     if not domain.startswith("["):
         labels = domain.split(".")
         keys += ["." + ".".join(labels[i:]) for i in range(len(labels))]
+    else:
+        # Entries an older version stored with the literal as written (lower-cased):
+        # [ipv6:2001:db8:0:0::1] still lists the sender who spells it so.
+        written = given.rpartition("@")[2]
+        if written != domain:
+            keys += [f"{local}@{written}", "@" + written]
     if "xn--" in domain:
         # Entries an older version stored with U-labels, as they were written.
         return tuple(dict.fromkeys(form for key in keys for form in (key, _unicode_form(key))))
