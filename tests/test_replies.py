@@ -197,6 +197,12 @@ def test_an_override_in_an_unknown_language_is_refused() -> None:
     zh = ReplyOverride(text={"zh": "\u62d2\u7edd"})
     table = load_replies(policy(overrides={"rbl_deny": zh}), "/etc/sg.toml")
     assert table.rows["rbl_deny"].text["zh"] == "\u62d2\u7edd"
+    # A language a [domain."X"] table uses is one (found by review: it loaded before).
+    de = ReplyOverride(text={"de": "abgelehnt"})
+    table = load_replies(
+        policy(overrides={"rbl_deny": de}, domain_languages=("de",)), "/etc/sg.toml"
+    )
+    assert table.rows["rbl_deny"].text["de"] == "abgelehnt"
 
 
 #: The spec's 4xx rows a site may make permanent: policy, not a passing condition.

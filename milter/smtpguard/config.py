@@ -19,7 +19,7 @@ import os
 import pwd
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
@@ -390,6 +390,8 @@ class RepliesConfig:
     hint: bool = False
     help_url: str = ""
     overrides: Mapping[str, ReplyOverride] = field(default_factory=dict)
+    #: Languages only [domain."X"] tables use: overrides may give texts in them too.
+    domain_languages: tuple[str, ...] = ()
 
 
 # --- exemptions and local IP lists (issue 14) ----------------------------------------
@@ -807,6 +809,8 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
         known=known_checks,
     )
     root.done()
+    used = {lang for d in domains.values() for lang in d.languages} - set(replies.languages)
+    replies = replace(replies, domain_languages=tuple(sorted(used)))
     _require_resolver(root, dns, dnsbl, explicit)
     _require_scoring(root, dnsbl, checks)
     _require_relay_enforced(root, milter, site, checks)

@@ -243,7 +243,7 @@ def _apply_overrides(rows: dict[str, Row], policy: RepliesConfig, config_file: P
         if reply_id not in ALL_IDS:
             raise ConfigError(where, f"replies.override.{reply_id}", "unknown reply id")
         row = rows[reply_id]
-        known = {ASCII_LANGUAGE, *policy.languages, *row.text}
+        known = {ASCII_LANGUAGE, *policy.languages, *policy.domain_languages, *row.text}
         for part, texts in (("text", override.text), ("hint", override.hint)):
             for lang in texts:
                 if lang not in known:
@@ -251,7 +251,8 @@ def _apply_overrides(rows: dict[str, Row], policy: RepliesConfig, config_file: P
                     raise ConfigError(
                         where,
                         f"replies.override.{reply_id}.{part}.{lang}",
-                        f"not a language of the table or of replies.languages"
+                        f"not a language of the table, replies.languages or a"
+                        f" [domain] table"
                         f" ({', '.join(sorted(known))})",
                     )
         rows[reply_id] = Row(
