@@ -989,18 +989,25 @@ def _antispam(s: _Section) -> AntispamConfig:
 
 
 #: No "login": authenticated (trusted) sessions are never counted, so a login part
-#: would be empty in every key and put all other senders in one count.
+#: would be empty in every key; alone, it put all other senders in one count. It is
+#: still read (and left out) in a key with other parts.
 _BULK_KEYS = ("sender", "sender_domain", "client_ip")
 
 
 def _bulk(s: _Section) -> BulkConfig:
     d = BulkConfig()
-    key = s.strings("key", d.key)
-    for part in key:
-        if part not in _BULK_KEYS:
+    written = s.strings("key", d.key)
+    for part in written:
+        if part not in (*_BULK_KEYS, "login"):
             raise s.error("key", f"unknown key part {part!r}; use {', '.join(_BULK_KEYS)}")
+    # Configs written before "login" was dropped load: it never added anything.
+    key = tuple(part for part in written if part != "login")
     if not key:
-        raise s.error("key", "must name at least one part")
+        raise s.error(
+            "key",
+            f"must name at least one of {', '.join(_BULK_KEYS)} (a login is never counted:"
+            " authenticated sessions are trusted)",
+        )
     out = BulkConfig(
         key=key,
         window=s.integer("window", d.window, minimum=1),
