@@ -911,7 +911,8 @@ def _give_metrics_dir(user: str) -> None:
     import pwd  # noqa: PLC0415
 
     entry = pwd.getpwnam(user)
-    os.chown(directory, entry.pw_uid, entry.pw_gid)
+    # Not through a symbolic link: the directory's parent may be writable by others.
+    os.chown(directory, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
 
 def _remove_metrics_dir() -> None:
