@@ -277,6 +277,21 @@ def test_a_flood_of_header_fields_is_not_kept_nor_judged(tmp_path: Path, batch: 
     d.close()
 
 
+def test_a_flood_of_header_fields_passes_in_a_dry_run(tmp_path: Path) -> None:
+    config = {"limits": {"max_header_fields": 100}, "milter": {"dry_run": True}}
+    dry = build_runtime(load(make_site(tmp_path, config).config))
+    d = SessionDriver(dry, SessionGate(10), POSTFIX.get, Once(), batch_headers=True)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    for n in range(300):
+        d.header("Subject", f"n{n}")
+        assert len(d._fields) <= 100
+    assert d.eom().action is Action.CONTINUE
+    d.close()
+
+
 @pytest.mark.parametrize(
     ("family", "hostaddr", "expected"),
     [

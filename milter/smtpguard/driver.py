@@ -205,16 +205,21 @@ class SessionDriver:
     def _too_many_fields(self, limit: int) -> Decision:
         """Past the limit nothing more is kept or judged: the message waits for a
         retry (internal_error: a resource limit, never a permanent refusal), unless a
-        field before it already has a verdict."""
+        field before it already has a verdict. A dry run lets it pass, as it lets
+        every refusal pass."""
         if self._field_count > limit + 1:
             return CONTINUE
         self._flush_headers()
+        dry_run = self.rt.config.milter.dry_run
         log.warning(
             "sid=%s more than %d header fields (limits.max_header_fields): the rest is"
-            " not judged, the message is refused with internal_error",
+            " not judged, %s",
             self.conn.session_id,
             limit,
+            "dry run: the message passes" if dry_run else "the message gets internal_error",
         )
+        if dry_run:
+            return CONTINUE
         return self.rt.pipeline.internal_error(
             self.conn,
             Stage.HEADER,
