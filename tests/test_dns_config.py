@@ -209,7 +209,15 @@ def test_a_pattern_that_matches_everything_is_refused(tmp_path: Path, text: str,
         load(config)
     assert err.value.file == str((tmp_path / "generic.toml").resolve())
     assert err.value.key == key
-    assert "matches the empty string" in err.value.message
+    assert "matches every text" in err.value.message
+
+
+def test_a_pattern_that_matches_the_empty_string_only_when_anchored_loads(tmp_path: Path) -> None:
+    (tmp_path / "generic.toml").write_text(
+        "[[pattern]]\nname = 'digits'\nregex = '^[0-9.-]*$'\n", encoding="utf-8"
+    )
+    config = write_config(tmp_path, "[smtpport]\ngeneric_patterns = 'generic.toml'\n")
+    assert load(config).smtpport.generic.patterns[0][0] == "digits"
 
 
 def test_sample_config_documents_the_dns_defaults() -> None:

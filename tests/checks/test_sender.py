@@ -156,7 +156,7 @@ def test_bad_pattern_is_refused_at_load_naming_the_entry(
         # Each would load and never match, or (a pattern found in every address)
         # refuse every sender.
         ("//", "not an address, @domain or domain"),
-        ("/(spam|junk)?/", "matches the empty string"),
+        ("/(spam|junk)?/", "matches every text"),
         (".spam.example", "write 'spam.example' (the domain and its subdomains)"),
         ("*@spam.example", "no wildcards; '@spam.example' is that domain"),
         ("*.spam.example", "no wildcards; '@spam.example' is that domain"),
