@@ -250,11 +250,17 @@ def test_a_login_in_a_bulk_key_with_other_parts_is_left_out(tmp_path: Path) -> N
 def test_domain_lists_take_what_postfix_lists_take(tmp_path: Path) -> None:
     """Single labels (localhost), underscores and full-width spellings are names."""
     text = (
-        "[site]\nlocal_domains = ['localhost', 'mail_in.example', '\uff45x.example']\n"
+        "[site]\nlocal_domains = ['localhost', 'mail_in.example', '\uff45x.example',"
+        " '_lists.example']\n"
         "our_hostnames = ['mx1.example', 'MX_2.example.']\n"
     )
     config = load(write_config(tmp_path, text))
-    assert config.site.local_domains == {"localhost", "mail_in.example", "ex.example"}
+    assert config.site.local_domains == {
+        "localhost",
+        "mail_in.example",
+        "ex.example",
+        "_lists.example",
+    }
     assert config.site.our_hostnames == {"mx1.example", "mx_2.example"}
 
 

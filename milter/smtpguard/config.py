@@ -167,8 +167,9 @@ class _Section:
             if domain.startswith("*."):
                 hint = f"write {domain[1:]!r} for its subdomains" if parents else "no wildcards"
                 raise self.error(name, f"{item!r}: {hint}")
-            # Underscores: DNS names may hold them (SMTP's grammar does not).
-            valid = is_valid_domain(bare.replace("_", "-"), allow_utf8=True)
+            # Underscores: DNS names may hold them (SMTP's grammar does not), also at
+            # the start of a label (_dmarc): checked as a letter.
+            valid = is_valid_domain(bare.replace("_", "x"), allow_utf8=True)
             if not valid or bare.rpartition(".")[2].isdigit():
                 raise self.error(name, f"not a domain name: {item!r}")
             out.add(domain)
@@ -1330,7 +1331,7 @@ def _login_domain(s: _Section, site: SiteConfig | None) -> str:
     if not text:
         return ""
     domain = canonical_domain(text)
-    if not is_valid_domain(domain.replace("_", "-"), allow_utf8=True):
+    if not is_valid_domain(domain.replace("_", "x"), allow_utf8=True):
         raise s.error("default_login_domain", f"not a domain name: {text!r}")
     if site is not None and not site.is_local(domain):
         raise s.error(
@@ -1437,7 +1438,7 @@ def _check_pattern(s: _Section, name: str, item: str, local: str, domain: str) -
     # with the underscores DNS names may hold (PTR names do) that the SMTP grammar's
     # check would refuse.
     if not domain.startswith("["):
-        domain = canonical_domain(domain).replace("_", "-")
+        domain = canonical_domain(domain).replace("_", "x")
     try:
         parse_path(f"<{local}@{domain}>", smtputf8=True)
     except AddressError as exc:
@@ -1594,7 +1595,7 @@ def _dnsbl(s: _Section) -> DnsblConfig:
     seen: set[str] = set()
     for z in s.table_list("zones"):
         name = z.string("name", "").strip().rstrip(".").lower()
-        if not is_valid_domain(name.replace("_", "-")):
+        if not is_valid_domain(name.replace("_", "x")):
             raise z.error("name", f"not a DNS zone name: {name!r}")
         if name in seen:
             raise z.error("name", f"zone {name} is listed twice")
