@@ -89,6 +89,7 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ("[milter]\ntimeout = 99999999999999\n", "milter.timeout", "at most 86400"),
         ("[dns]\nstage_deadline = 100000.0\n", "dns.stage_deadline", "at most 86400"),
         ("[dns]\ncache_size = 100000000000000000\n", "dns.cache_size", "at most"),
+        ("[dns]\nmax_ttl = 99999999\n", "dns.max_ttl", "at most 2592000"),
         ("[limits]\nmax_hops = 9223372036854775807\n", "limits.max_hops", "at most"),
         # Would load and never match (a URL, a wildcard, an IP address, an @).
         ("[site]\nlocal_domains = ['*.example.com']\n", "site.local_domains", "'.example.com'"),
@@ -239,6 +240,12 @@ def test_subdomain_entries(tmp_path: Path) -> None:
     assert not config.site.is_local("sub.example.com")
     assert config.site.is_local("a.b.corp.example")
     assert not config.site.is_local("corp.example")
+
+
+def test_a_week_is_a_time_to_live(tmp_path: Path) -> None:
+    text = "[dns]\nmax_ttl = 604800\n[smtpport]\nconnect_back_cache_ttl = 604800\n"
+    config = load(write_config(tmp_path, text))
+    assert (config.dns.max_ttl, config.smtpport.connect_back_cache_ttl) == (604800, 604800)
 
 
 def test_a_login_in_a_bulk_key_with_other_parts_is_left_out(tmp_path: Path) -> None:

@@ -60,6 +60,9 @@ _T = TypeVar("_T")
 #: longer is a typo, and past what the MTA waits for a milter by far. Without a bound,
 #: 1e300 loaded and then failed every message (a deadline out of range).
 MAX_SECONDS: Final = 86400.0
+#: The longest time to live a cache may keep an answer (30 days; DNS TTLs of a week
+#: are common).
+MAX_TTL: Final = 30 * 86400
 #: Sanity bounds for every other number: beyond them SQLite, libmilter's C ints or
 #: the float deadlines overflow.
 MAX_INTEGER: Final = 2**62
@@ -136,7 +139,7 @@ class _Section:
         return float(value)
 
     def seconds(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        """A timeout or a time to live: at most :data:`MAX_SECONDS`."""
+        """A timeout: at most :data:`MAX_SECONDS`."""
         return self.number(name, default, minimum=minimum, maximum=MAX_SECONDS)
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -1481,7 +1484,7 @@ def _directory(s: _Section) -> DirectoryConfig:
         backend=cast(Literal["sqlite", "none"], s.choice("backend", d.backend, ("sqlite", "none"))),
         path=s.path("path", str(d.path)),
         timeout=s.seconds("timeout", d.timeout, minimum=0.01),
-        cache_ttl=s.seconds("cache_ttl", d.cache_ttl, minimum=0),
+        cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0, maximum=MAX_TTL),
     )
     s.done()
     return out
@@ -1509,7 +1512,7 @@ def _state(s: _Section) -> StateConfig:
         ),
         path=s.path("path", str(d.path)),
         timeout=s.seconds("timeout", d.timeout, minimum=0.01),
-        cache_ttl=s.seconds("cache_ttl", d.cache_ttl, minimum=0),
+        cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0, maximum=MAX_TTL),
         redis_url=_redis_url(s, "redis_url", d.redis_url),
         redis_prefix=s.string("redis_prefix", d.redis_prefix),
         on_redis_error=cast(
@@ -1578,10 +1581,10 @@ def _dns(s: _Section) -> DnsConfig:
         timeout=timeout,
         stage_deadline=deadline,
         cache_size=s.integer("cache_size", d.cache_size, minimum=1, maximum=MAX_CACHE_SIZE),
-        max_ttl=s.integer("max_ttl", d.max_ttl, maximum=int(MAX_SECONDS)),
-        negative_ttl=s.integer("negative_ttl", d.negative_ttl, maximum=int(MAX_SECONDS)),
+        max_ttl=s.integer("max_ttl", d.max_ttl, maximum=MAX_TTL),
+        negative_ttl=s.integer("negative_ttl", d.negative_ttl, maximum=MAX_TTL),
         failure_ttl=failure_ttl,
-        verdict_ttl=s.integer("verdict_ttl", d.verdict_ttl, minimum=0, maximum=int(MAX_SECONDS)),
+        verdict_ttl=s.integer("verdict_ttl", d.verdict_ttl, minimum=0, maximum=MAX_TTL),
     )
     s.done()
     return out
@@ -1678,7 +1681,7 @@ def _smtpport(s: _Section) -> SmtpportConfig:
             "connect_back_timeout", d.connect_back_timeout, minimum=0.01
         ),
         connect_back_cache_ttl=s.integer(
-            "connect_back_cache_ttl", d.connect_back_cache_ttl, maximum=int(MAX_SECONDS)
+            "connect_back_cache_ttl", d.connect_back_cache_ttl, maximum=MAX_TTL
         ),
     )
     s.done()
