@@ -1432,6 +1432,9 @@ def _address_pattern(s: _Section, name: str, item: str) -> str:
             f"{item!r}: write {bare!r} (the domain and its subdomains) or"
             f" '@{bare}' (that domain only)",
         )
+    if "*" in text:
+        # Legal in a local part, but whoever writes bounce-*@ means a wildcard.
+        raise s.error(name, f"{item!r}: '*' is no wildcard here (sender_deny takes /patterns/)")
     _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
     return text
 

@@ -162,6 +162,7 @@ def test_bad_pattern_is_refused_at_load_naming_the_entry(
         ("*.spam.example", "no wildcards; '@spam.example' is that domain"),
         ("", "not an address, @domain or domain"),
         ("spammer@", "not an address, @domain or domain"),
+        ("bounce-*@spam.example", "'*' is no wildcard here"),
     ],
 )
 def test_an_entry_that_cannot_work_is_refused_at_load(
