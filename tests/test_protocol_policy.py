@@ -547,6 +547,27 @@ def undecided_recipient(
     yield from undecided_site(tmp_path_factory, unbound, exemption)
 
 
+@pytest.fixture(scope="module")
+def undecided_scores(
+    tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
+) -> Iterator[Running]:
+    extra = {
+        "antispam": {"add_header_score": 6.0, "reject_score": 15.0},
+        "policy": {"exempt": [{"host_suffixes": ["good.test"], "skip": ["rbl"]}]},
+    }
+    yield from dns_site(tmp_path_factory.mktemp("unsure"), unbound.port, extra, SCORE_ZONES)
+
+
+def test_scores_an_undecided_exemption_might_drop_refuse_only_for_now(
+    undecided_scores: Running,
+) -> None:
+    """The client's reverse zone fails: whether it is exempt from rbl (and from its
+    score zones) is unknown, so the spam refusal those scores reach is a 4xx."""
+    final, _mods = deliver(undecided_scores, PTR_SERVFAIL_IP)
+    assert_reply(final, "database_temp_error")
+    assert "antispam_reject not answered" in undecided_scores.log()
+
+
 def test_a_hold_undecided_by_a_failed_lookup_tempfails(undecided_recipient: Running) -> None:
     with undecided_recipient.session() as s:
         assert_pass(s.connect(PTR_SERVFAIL_IP))

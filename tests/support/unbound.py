@@ -127,6 +127,9 @@ LOCAL_DATA = [
     "88.100.51.198.score.test. A 127.0.0.3",
     "88.100.51.198.score2.test. A 127.0.0.2",
     "89.100.51.198.score.test. A 127.0.0.3",
+    # PTR_SERVFAIL_IP: scored to the reject threshold, and its own name unknowable
+    "30.100.51.198.score.test. A 127.0.0.3",
+    "30.100.51.198.score2.test. A 127.0.0.2",
     # sender domains
     "good.test. MX 10 mx.good.test.",
     'good.test. TXT "v=spf1 ip4:198.51.100.0/25 ip6:2001:db8::/64 -all"',
