@@ -217,7 +217,9 @@ def test_a_pattern_that_matches_the_empty_string_only_when_anchored_loads(tmp_pa
         "[[pattern]]\nname = 'digits'\nregex = '^[0-9.-]*$'\n", encoding="utf-8"
     )
     config = write_config(tmp_path, "[smtpport]\ngeneric_patterns = 'generic.toml'\n")
-    assert load(config).smtpport.generic.patterns[0][0] == "digits"
+    generic = load(config).smtpport.generic
+    assert generic is not None
+    assert generic.patterns[0][0] == "digits"
 
 
 def test_sample_config_documents_the_dns_defaults() -> None:
