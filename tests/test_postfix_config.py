@@ -555,7 +555,7 @@ def test_an_idn_listed_in_one_spelling_is_a_conflict(tmp_path: Path) -> None:
     cfg = config(tmp_path, {"site": {"relay_domains": ["bücher.example", "例子.中国"]}})
     result = make_plan(
         cfg,
-        relay_domains="xn--bcher-kva.example, 例子.中国, xn--fsqu00a.xn--fiqs8s",
+        relay_domains="xn--bcher-kva.example, 例子.中国, xn--fsqu00a.xn--fiqs8s, xn--ls8h.la",
         virtual_alias_domains=".Bücher.example",
     )
     (problem,) = [p for p in result.unresolved if p.startswith("Postfix compares domain")]
@@ -564,6 +564,8 @@ def test_an_idn_listed_in_one_spelling_is_a_conflict(tmp_path: Path) -> None:
     # Listed in both spellings: nothing to say.
     assert "例子" not in problem
     assert "xn--fsqu00a" not in problem
+    # Not an IDNA2008 A-label (an emoji): no other spelling smtpguard takes for it.
+    assert ".la" not in problem
     both = make_plan(
         cfg, relay_domains="xn--bcher-kva.example bücher.example, 例子.中国 xn--fsqu00a.xn--fiqs8s"
     )

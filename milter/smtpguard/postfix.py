@@ -789,6 +789,8 @@ class _Planner:
                 if not a_label.isascii() or "xn--" not in a_label:
                     continue  # not an internationalized name (or not a valid one)
                 other = domain_to_unicode(a_label) if bare == a_label else a_label
+                if canonical_domain(other) != a_label:
+                    continue  # not IDNA2008 (xn--ls8h.la): two names to smtpguard too
                 if other != bare and dot + other not in items:
                     missing.append(f"{dot}{other} ({name} has {domain})")
         if missing:
