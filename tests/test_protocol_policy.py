@@ -565,7 +565,15 @@ def test_scores_an_undecided_exemption_might_drop_refuse_only_for_now(
     score zones) is unknown, so the spam refusal those scores reach is a 4xx."""
     final, _mods = deliver(undecided_scores, PTR_SERVFAIL_IP)
     assert_reply(final, "database_temp_error")
-    assert "antispam_reject not answered" in undecided_scores.log()
+    assert "reject_score reached only with DNSBL weights" in undecided_scores.log()
+    # Spam without those weights is refused for good (found by review).
+    with undecided_scores.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        final, _mods, _early = s.message(HEADERS, GTUBE)
+        assert_reply(final, "antispam_reject")
 
 
 def test_a_hold_undecided_by_a_failed_lookup_tempfails(undecided_recipient: Running) -> None:

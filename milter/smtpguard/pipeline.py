@@ -55,6 +55,7 @@ from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.checks.bulk import SameSize, SameSizeDeclared
 from smtpguard.checks.client_host import HeloDns, SmtpPort
 from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
+from smtpguard.checks.dnsbl import UNSURE_SCORES as DNSBL_UNSURE_SCORES
 from smtpguard.checks.dnsbl import OpenRelay, Rbl
 from smtpguard.checks.helo import HeloFirst, HeloName
 from smtpguard.checks.lines import BodyLines, HeaderLines
@@ -777,8 +778,8 @@ def _drop_exempt_scores(policy: Policy, conn: Connection, txn: Transaction, even
             del scores[check]
         elif policy.unsure(conn, check):
             # An exemption that might have dropped them could not be decided: a
-            # refusal they help reach is no permanent one (_unless_unsure).
-            txn.scratch[_UNSURE_SCORES] = True
+            # refusal that needs them is no permanent one (the antispam check).
+            txn.scratch.setdefault(DNSBL_UNSURE_SCORES, set()).add(check)
 
 
 def _unless_unsure(
@@ -788,10 +789,12 @@ def _unless_unsure(
     temporarily, becomes a temporary failure (the client retries; the lookup may work
     then). Whatever the check's ``on_temp_error``: a lookup of the client's own DNS
     that is slow must not turn a refusal into an accept."""
-    if not isinstance(verdict, Hit) or policy is None:
-        return verdict
-    unsure_scores = check == AntiSpam.name and conn.txn and conn.txn.scratch.get(_UNSURE_SCORES)
-    if unsure_scores or (check in policy.relevant and policy.unsure(conn, check)):
+    if (
+        isinstance(verdict, Hit)
+        and policy is not None
+        and check in policy.relevant
+        and policy.unsure(conn, check)
+    ):
         return TempError(
             "database_temp_error",
             f"{verdict.reply_id} not answered: an exemption's lookup failed temporarily",
@@ -850,8 +853,6 @@ _ENDING = "pipeline.ending"
 #: Observing checks of the transaction that raised while fed the message.
 _BLIND = "pipeline.blind_observers"
 _BLIND_VERDICT: Final = TempError("internal_error", "failed while reading the message")
-#: DNSBL scores kept although an exemption that might have dropped them was undecided.
-_UNSURE_SCORES = "pipeline.unsure_scores"
 _SEEN_AR = "pipeline.auth_results_seen"
 _FORGED_AR = "pipeline.auth_results_forged"
 _SEEN_SPAM = "pipeline.spam_fields_seen"

@@ -10,6 +10,7 @@ import pytest
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.antispam import SPAM_REPORT, AntiSpam, SpamReport
 from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
+from smtpguard.checks.dnsbl import UNSURE_SCORES as DNSBL_UNSURE_SCORES
 from smtpguard.config import default_rules_dir
 from smtpguard.endpoint import Endpoint
 from smtpguard.scanners import SpamEnvelope, SpamResult, SpamStatus
@@ -38,7 +39,7 @@ def added(conn: Connection) -> list[tuple[str, str]]:
 def test_declaration() -> None:
     assert AntiSpam.name == "antispam"
     assert AntiSpam.stage is Stage.EOM
-    assert AntiSpam.reply_ids == ("antispam_reject",)
+    assert AntiSpam.reply_ids == ("antispam_reject", "database_temp_error")
 
 
 def test_rules_are_loaded_once_from_the_configured_file(
@@ -183,6 +184,38 @@ def test_without_content_nothing_is_scored(
 
 
 # --- DNSBL weights and per-domain thresholds ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules_score", "zones", "expected"),
+    [
+        # Reached only with the weight an undecided exemption might drop: for now.
+        (4.0, {"one.test": 6.0, "two.test": 6.0}, "database_temp_error"),
+        # Reached without it (the rules alone, or a sure weight): for good.
+        (20.0, {"one.test": 6.0}, "antispam_reject"),
+        # A negative weight dropped would only raise the score.
+        (20.0, {"white.test": -5.0}, "antispam_reject"),
+    ],
+)
+def test_scores_an_undecided_exemption_might_drop(
+    make_services: ServicesFactory,
+    rules: FakeRules,
+    rules_score: float,
+    zones: dict[str, float],
+    expected: str,
+) -> None:
+    rules.result = RulesResult(rules_score, ("A",))
+    check = AntiSpam(make_services())
+    conn = make_conn(sender="a@example.org", recipients=["b@example.com"])
+    assert conn.txn is not None
+    conn.txn.scratch[DNSBL_SCORES] = {"rbl": zones}
+    conn.txn.scratch[DNSBL_UNSURE_SCORES] = {"rbl"}
+    stream_message(check, conn, HEADERS, [BODY])
+    verdict = check(conn, Event())
+    assert verdict is not None
+    assert verdict.reply_id == expected
+    if isinstance(verdict, TempError):
+        assert verdict.firm  # never passed on by on_temp_error = "pass"
 
 
 def test_dnsbl_score_zone_weights_add_to_the_score(

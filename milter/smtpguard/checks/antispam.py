@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage, domain_of, feed_fields, feed_sink
 from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
+from smtpguard.checks.dnsbl import UNSURE_SCORES as DNSBL_UNSURE_SCORES
 from smtpguard.scanners import MessageSpool, RuleStream, SpamEnvelope
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -47,7 +48,7 @@ class SpamReport:
 class AntiSpam:
     name: ClassVar[str] = "antispam"
     stage: ClassVar[Stage] = Stage.EOM
-    reply_ids: ClassVar[tuple[str, ...]] = ("antispam_reject",)
+    reply_ids: ClassVar[tuple[str, ...]] = ("antispam_reject", "database_temp_error")
 
     def __init__(self, services: Services) -> None:
         self.config = services.config.antispam
@@ -97,10 +98,16 @@ class AntiSpam:
         result = scan.finish()
         score, why = result.score, list(result.matched)
         listed: dict[str, dict[str, float]] = txn.scratch.get(DNSBL_SCORES, {})
-        for zones in listed.values():
+        unsure: set[str] = txn.scratch.get(DNSBL_UNSURE_SCORES, set())
+        # What an undecided exemption might take away (a negative weight it dropped
+        # would only raise the score).
+        uncertain = 0.0
+        for check, zones in listed.items():
             for zone, weight in zones.items():
                 score += weight
                 why.append(f"dnsbl:{zone}={weight:.1f}")
+                if check in unsure and weight > 0:
+                    uncertain += weight
         # The transaction's [domain."X"] thresholds, when it has them.
         domain = domain_of(self.services_config, txn)
         reject_score = domain.reject_score if domain else self.config.reject_score
@@ -131,6 +138,13 @@ class AntiSpam:
         detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
         self._report(txn, score, add_header_score, why)
         if score >= reject_score:
+            if score - uncertain < reject_score:
+                return TempError(
+                    "database_temp_error",
+                    f"{detail}: reject_score reached only with DNSBL weights an"
+                    " exemption's failed lookup might drop",
+                    firm=True,
+                )
             return Hit("antispam_reject", detail)
         if engine_error:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")

@@ -75,6 +75,9 @@ _IGNORED_LOG_INTERVAL = 300.0
 #: ``txn.scratch`` key: {check name: {zone name: weight}} of the ``action = "score"``
 #: zones that list the client (read by the antispam check).
 SCORES = "dnsbl.scores"
+#: ``txn.scratch`` key: names of checks whose :data:`SCORES` an exemption might have
+#: dropped, had its lookup not failed (the pipeline sets it at end of message).
+UNSURE_SCORES = "dnsbl.unsure_scores"
 
 #: One zone's lookup for the client: the zone, the name asked, the answer to come.
 _Lookup = tuple[DnsblZone, str, Pending[Answer]]
