@@ -269,9 +269,15 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
 
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def header(self, name: str, value: str) -> int:
-        # Only collects the field (nothing here can fail); it is judged under _guard
-        # with the body chunk or end of message that follows.
-        self.driver.header(name, value)
+        # Collects the field; it is judged with the body chunk or end of message that
+        # follows. Past limits.max_header_fields the collected ones are judged here, so
+        # a fault is deferred to end of message as any header verdict is.
+        try:
+            self.driver.header(name, value)
+        except Exception:
+            sid = self.driver.conn.session_id
+            log.exception("sid=%s stage=header unexpected error", sid)
+            self._internal_error(Stage.HEADER)
         return int(Milter.CONTINUE)
 
 

@@ -196,27 +196,32 @@ class SessionDriver:
         self._field_count += 1
         limit = self.rt.config.limits.max_header_fields
         if self._field_count > limit:
-            return self._too_many_fields(limit)
+            return self._too_many_fields(limit, name, value)
         if self.batch_headers:
             self._fields.append((name, value))
             return CONTINUE
         return self.rt.pipeline.run(Stage.HEADER, self.conn, Event(header=(name, value)))
 
-    def _too_many_fields(self, limit: int) -> Decision:
+    def _too_many_fields(self, limit: int, name: str, value: str) -> Decision:
         """Past the limit nothing more is kept or judged: the message waits for a
         retry (internal_error: a resource limit, never a permanent refusal), unless a
         field before it already has a verdict. A dry run lets it pass, as it lets
-        every refusal pass."""
+        every refusal pass; a field that would pass for our verdict (a forged
+        Authentication-Results, X-Spam-*) is still noted, to be removed."""
         if self._field_count > limit + 1:
+            if self.conn.txn is not None:
+                self.rt.pipeline.note_result_field(self.conn.txn, name, value)
             return CONTINUE
         self._flush_headers()
+        if self.conn.txn is not None:
+            self.rt.pipeline.note_result_field(self.conn.txn, name, value)
         dry_run = self.rt.config.milter.dry_run
         log.warning(
             "sid=%s more than %d header fields (limits.max_header_fields): the rest is"
-            " not judged, %s",
+            " not judged%s",
             self.conn.session_id,
             limit,
-            "dry run: the message passes" if dry_run else "the message gets internal_error",
+            ", dry run: the message passes" if dry_run else "",
         )
         if dry_run:
             return CONTINUE

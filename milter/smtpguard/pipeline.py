@@ -485,7 +485,7 @@ class Pipeline:
             )
         feed_sink(txn.message, stage, event)
         if stage is Stage.HEADER and event.header is not None:
-            self._note_result_field(txn, *event.header)
+            self.note_result_field(txn, *event.header)
         if stage is Stage.EOM:
             txn.message.close()
         if not observers:
@@ -499,7 +499,7 @@ class Pipeline:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
                 _blind(conn, observer)
 
-    def _note_result_field(self, txn: Transaction, name: str, value: str) -> None:
+    def note_result_field(self, txn: Transaction, name: str, value: str) -> None:
         """Remember, by their index among the fields of their name, the incoming fields
         that would pass for ours: Authentication-Results carrying our authserv-id (RFC
         8601 §5), and the anti-spam fields we write (a sender's "X-Spam-Status: No"
