@@ -7,6 +7,7 @@ chosen stage are added with ``pipeline.add_check``.
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import logging
 import shlex
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import ClassVar, Literal, Protocol
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from smtpguard.address import AddressError, parse_path
 from smtpguard.app import build_runtime, load
@@ -940,6 +943,23 @@ def test_log_values_that_would_break_key_value_parsing_are_quoted(
     value: object, shown: str
 ) -> None:
     assert _kv("k", value) == shown
+
+
+@given(st.text(max_size=30))
+@example("a'b\"c")
+@example('it\'s "x" y=1')
+@example("a\\")
+@example("\\'")
+def test_a_value_with_both_quotes_stays_one_field_to_a_shell_style_reader(value: str) -> None:
+    """One field to a shell-style reader (shlex), and the value again to Python's."""
+    shown = _kv("k", value)
+    (field,) = shlex.split(shown)
+    assert field.startswith("k=")
+    if shown[2:3] in ("'", '"'):
+        # \x3d (a key= inside) is = again to Python.
+        assert ast.literal_eval(shown[2:]) == value
+    else:
+        assert shown[2:] == value
 
 
 class BrokenScanner(StageLog):

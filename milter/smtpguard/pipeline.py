@@ -898,8 +898,22 @@ def _kv(key: str, value: object) -> str:
     # reads as a field of its own, even to a regex that ignores quotes (a ban tool's
     # "client=(\S+)"): that = is written \x3d. SRS addresses (SRS0=...) keep theirs.
     if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
-        text = _KEY_INSIDE.sub(r"\1\\x3d", repr(text))
+        text = _KEY_INSIDE.sub(r"\1\\x3d", _quoted(text))
     return f"{key}={text}"
+
+
+def _quoted(text: str) -> str:
+    r"""``repr``, but with no ``\'``: a repr holding both quotes escapes ' so inside
+    single quotes, which shell-style readers (shlex) cannot take. Written ``\x27``."""
+    shown = repr(text)
+    if not shown.startswith("'") or "\\'" not in shown:
+        return shown
+    out, body, i = [], shown[1:-1], 0
+    while i < len(body):
+        pair = body[i : i + 2] if body[i] == "\\" else body[i]
+        out.append("\\x27" if pair == "\\'" else pair)
+        i += len(pair)
+    return "'" + "".join(out) + "'"
 
 
 __all__ = ["CHECK_NAMES", "CONTINUE", "Action", "Decision", "Hit", "Pipeline", "TempError"]
