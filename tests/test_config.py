@@ -90,6 +90,8 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ("[dns]\nstage_deadline = 100000.0\n", "dns.stage_deadline", "at most 86400"),
         ("[dns]\ncache_size = 100000000000000000\n", "dns.cache_size", "at most"),
         ("[dns]\nmax_ttl = 99999999\n", "dns.max_ttl", "at most 2592000"),
+        # Redis would refuse its expiry (Lua writes 1e+14).
+        ("[bulk]\nwindow = 100000000000\n", "bulk.window", "at most 2592000"),
         ("[limits]\nmax_hops = 9223372036854775807\n", "limits.max_hops", "at most"),
         # Would load and never match (a URL, a wildcard, an IP address, an @).
         ("[site]\nlocal_domains = ['*.example.com']\n", "site.local_domains", "'.example.com'"),

@@ -1014,7 +1014,7 @@ def _bulk(s: _Section) -> BulkConfig:
         )
     out = BulkConfig(
         key=key,
-        window=s.integer("window", d.window, minimum=1),
+        window=s.integer("window", d.window, minimum=1, maximum=MAX_TTL),
         threshold=s.integer("threshold", d.threshold, minimum=1),
         bucket_width=s.number("bucket_width", d.bucket_width, minimum=0.0001),
         bucket_bytes=s.integer("bucket_bytes", d.bucket_bytes, minimum=0),
@@ -1434,7 +1434,8 @@ def _address_pattern(s: _Section, name: str, item: str) -> str:
         )
     if "*" in text:
         # Legal in a local part, but whoever writes bounce-*@ means a wildcard.
-        raise s.error(name, f"{item!r}: '*' is no wildcard here (sender_deny takes /patterns/)")
+        hint = "; write a /pattern/" if name.startswith("sender_deny") else ""
+        raise s.error(name, f"{item!r}: '*' is no wildcard here{hint}")
     _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
     return text
 
