@@ -17,8 +17,9 @@ import pytest
 
 from smtpguard import logsetup
 from smtpguard.config import ConfigError, MilterConfig, load_config
+from smtpguard.pipeline import _kv
 from support.mtclient import assert_reply
-from support.service import UNTRUSTED_IP, make_site, running, smtpguard
+from support.service import ROOT, UNTRUSTED_IP, make_site, running, smtpguard
 
 #: RFC 3164 / RFC 5424 facility codes and severities.
 MAIL, LOCAL3 = 2, 19
@@ -84,6 +85,38 @@ def test_another_facility_and_the_worker_mark(syslog_socket: tuple[socket.socket
     logsetup.set_worker(2)
     logging.getLogger("smtpguard").info("hello")
     assert receive(sock) == (LOCAL3, INFO, os.getpid(), "worker=2 hello")
+
+
+def _documented_ban_pattern() -> re.Pattern[str]:
+    text = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
+    (line,) = [x for x in text.splitlines() if x.startswith(r"smtpguard\[\d+\]: ")]
+    return re.compile(line)
+
+
+@pytest.mark.parametrize("worker", [None, 3])
+def test_the_documented_ban_pattern_finds_the_real_client_only(
+    syslog_socket: tuple[socket.socket, Path], worker: int | None
+) -> None:
+    """In both forms a line takes, with and without the worker mark, the pattern
+    docs/observability.md gives a ban tool reads the client, never one a client wrote
+    into a value."""
+    forged = '<"q client=203.0.113.9 action=reject client=203.0.113.9 "@x.example>'
+    fields = [("reply", "rbl_deny"), ("mode", "enforce"), ("action", "reject")]
+    fields += [("client", "198.51.100.7"), ("helo", "'x"), ("from", forged)]
+    message = "decision sid=1.1 stage=mail check=rbl " + " ".join(_kv(k, v) for k, v in fields)
+    sock, path = syslog_socket
+    logsetup.configure(replace(MilterConfig(), log="syslog", log_socket=str(path)))
+    logsetup.set_worker(worker)
+    logging.getLogger("smtpguard").info("%s", message)
+    syslog_line = f"Dec  2 18:40:01 mx smtpguard[{os.getpid()}]: {receive(sock)[3]}"
+    stderr = io.StringIO()
+    logsetup.configure(MilterConfig(), stderr)
+    logging.getLogger("smtpguard").info("%s", message)
+    pattern = _documented_ban_pattern()
+    for line in (syslog_line, stderr.getvalue()):
+        found = pattern.search(line)
+        assert found is not None, line
+        assert found["host"] == "198.51.100.7"
 
 
 def test_stderr_format_and_reconfiguring_replaces_the_handler() -> None:
