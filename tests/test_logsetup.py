@@ -89,7 +89,7 @@ def test_another_facility_and_the_worker_mark(syslog_socket: tuple[socket.socket
 
 def _documented_ban_pattern() -> re.Pattern[str]:
     text = (ROOT / "docs" / "observability.md").read_text(encoding="utf-8")
-    (line,) = [x for x in text.splitlines() if x.startswith(r"smtpguard\[\d+\]: ")]
+    (line,) = [x for x in text.splitlines() if x.startswith(r"^[^[]*smtpguard\[\d+\]: ")]
     return re.compile(line)
 
 
@@ -104,19 +104,26 @@ def test_the_documented_ban_pattern_finds_the_real_client_only(
     fields = [("reply", "rbl_deny"), ("mode", "enforce"), ("action", "reject")]
     fields += [("client", "198.51.100.7"), ("helo", "'x"), ("from", forged)]
     message = "decision sid=1.1 stage=mail check=rbl " + " ".join(_kv(k, v) for k, v in fields)
+    # Another line quoting what a client wrote (an SPF permerror names the sender's
+    # local part), made to look like a decision line.
+    spf = "spf=permerror mailfrom x from 1.2.3.4: included domain: "
+    spf += '"smtpguard[1]: decision x action=reject client=6.6.6.6 "'
     sock, path = syslog_socket
     logsetup.configure(replace(MilterConfig(), log="syslog", log_socket=str(path)))
     logsetup.set_worker(worker)
-    logging.getLogger("smtpguard").info("%s", message)
-    syslog_line = f"Dec  2 18:40:01 mx smtpguard[{os.getpid()}]: {receive(sock)[3]}"
+    log = logging.getLogger("smtpguard")
+    lines = []
+    for text in (message, f"spf sid=1.1 detail={spf!r}"):
+        log.info("%s", text)
+        lines.append(f"Dec  2 18:40:01 mx smtpguard[{os.getpid()}]: {receive(sock)[3]}")
     stderr = io.StringIO()
     logsetup.configure(MilterConfig(), stderr)
-    logging.getLogger("smtpguard").info("%s", message)
+    log.info("%s", message)
+    log.info("spf sid=1.1 detail=%r", spf)
+    lines += stderr.getvalue().splitlines()
     pattern = _documented_ban_pattern()
-    for line in (syslog_line, stderr.getvalue()):
-        found = pattern.search(line)
-        assert found is not None, line
-        assert found["host"] == "198.51.100.7"
+    found = [m["host"] for line in lines if (m := pattern.search(line))]
+    assert found == ["198.51.100.7", "198.51.100.7"], lines
 
 
 def test_stderr_format_and_reconfiguring_replaces_the_handler() -> None:

@@ -259,13 +259,16 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
             # Only a fault while rendering internal_error itself gets here (the
             # pipeline keeps every body verdict for end of message); nothing may be
             # answered now, so end of message tempfails instead.
-            conn = self.driver.conn
-            fault = TempError("internal_error", "exception")
-            if conn.txn is not None:
-                conn.txn.defer(fault, "adapter")
-            else:
-                conn.defer(fault, "adapter")  # no message to answer: the next MAIL FROM
+            self._defer_fault()
         return int(Milter.CONTINUE)
+
+    def _defer_fault(self) -> None:
+        conn = self.driver.conn
+        fault = TempError("internal_error", "exception")
+        if conn.txn is not None:
+            conn.txn.defer(fault, "adapter")
+        else:
+            conn.defer(fault, "adapter")  # no message to answer: the next MAIL FROM
 
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def header(self, name: str, value: str) -> int:
@@ -277,7 +280,8 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         except Exception:
             sid = self.driver.conn.session_id
             log.exception("sid=%s stage=header unexpected error", sid)
-            self._internal_error(Stage.HEADER)
+            if self._internal_error(Stage.HEADER) != Milter.CONTINUE:
+                self._defer_fault()
         return int(Milter.CONTINUE)
 
 

@@ -206,30 +206,34 @@ class SessionDriver:
         """Past the limit nothing more is kept or judged: the message waits for a
         retry (internal_error: a resource limit, never a permanent refusal), unless a
         field before it already has a verdict. A dry run lets it pass, as it lets
-        every refusal pass; a field that would pass for our verdict (a forged
-        Authentication-Results, X-Spam-*) is still noted, to be removed."""
-        if self._field_count > limit + 1:
-            if self.conn.txn is not None:
-                self.rt.pipeline.note_result_field(self.conn.txn, name, value)
-            return CONTINUE
-        self._flush_headers()
-        if self.conn.txn is not None:
-            self.rt.pipeline.note_result_field(self.conn.txn, name, value)
+        every refusal pass, unless a field past the limit would pass for our verdict
+        (a forged Authentication-Results, X-Spam-*): removing it would take state per
+        field, and delivering it would have others believe it."""
         dry_run = self.rt.config.milter.dry_run
-        log.warning(
-            "sid=%s more than %d header fields (limits.max_header_fields): the rest is"
-            " not judged%s",
-            self.conn.session_id,
-            limit,
-            ", dry run: the message passes" if dry_run else "",
-        )
-        if dry_run:
-            return CONTINUE
+        if self._field_count == limit + 1:
+            self._flush_headers()
+            log.warning(
+                "sid=%s more than %d header fields (limits.max_header_fields): the rest"
+                " is not judged%s",
+                self.conn.session_id,
+                limit,
+                ", dry run: the message passes" if dry_run else "",
+            )
+            if not dry_run:
+                return self._refuse_flood(f"more than {limit} header fields")
+        txn = self.conn.txn
+        if (
+            dry_run
+            and txn is not None
+            and txn.pending is None
+            and self.rt.pipeline.claims_our_verdict(name, value)
+        ):
+            return self._refuse_flood(f"{name} past limits.max_header_fields ({limit})")
+        return CONTINUE
+
+    def _refuse_flood(self, detail: str) -> Decision:
         return self.rt.pipeline.internal_error(
-            self.conn,
-            Stage.HEADER,
-            "limits.max_header_fields",
-            detail=f"more than {limit} header fields",
+            self.conn, Stage.HEADER, "limits.max_header_fields", detail=detail
         )
 
     def _flush_headers(self) -> None:

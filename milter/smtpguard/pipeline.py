@@ -499,6 +499,13 @@ class Pipeline:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
                 _blind(conn, observer)
 
+    def claims_our_verdict(self, name: str, value: str) -> bool:
+        """Whether a field would pass for one smtpguard writes (note_result_field)."""
+        key = name.lower()
+        if key == "authentication-results":
+            return names_us(value, self.authserv_id)
+        return key == self.report_key or key in self.spam_fields
+
     def note_result_field(self, txn: Transaction, name: str, value: str) -> None:
         """Remember, by their index among the fields of their name, the incoming fields
         that would pass for ours: Authentication-Results carrying our authserv-id (RFC

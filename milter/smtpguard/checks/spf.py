@@ -174,9 +174,8 @@ class Spf:
         if result == "fail" or (result == "softfail" and self.reject_softfail):
             verdict = Hit("remote_ip_mismatch", detail)
         elif result == "permerror":
-            # The explanation quotes the sender's own DNS: never a raw line break.
-            log.info(
-                "spf sid=%s %s", conn.session_id, detail if detail.isprintable() else repr(detail)
-            )
+            # The explanation quotes the sender's own DNS and local part: quoted, so
+            # it can neither break the line nor pass for a field or a line of its own.
+            log.info("spf sid=%s detail=%r", conn.session_id, detail)
         self.memo.put(key, (verdict, result))
         return verdict
