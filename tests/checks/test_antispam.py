@@ -189,12 +189,17 @@ def test_without_content_nothing_is_scored(
 @pytest.mark.parametrize(
     ("rules_score", "zones", "expected"),
     [
-        # Reached only with the weight an undecided exemption might drop: for now.
+        # Reached only with the weights an undecided exemption might drop: for now.
         (4.0, {"one.test": 6.0, "two.test": 6.0}, "database_temp_error"),
-        # Reached without it (the rules alone, or a sure weight): for good.
+        # Reached without them: for good.
         (20.0, {"one.test": 6.0}, "antispam_reject"),
-        # A negative weight dropped would only raise the score.
         (20.0, {"white.test": -5.0}, "antispam_reject"),
+        # Reached only if a negative weight were dropped: not an accept either (review).
+        (17.0, {"white.test": -5.0}, "database_temp_error"),
+        # The weights go together: +6 and -5 dropped leave 15.5, still refused (review).
+        (15.5, {"one.test": 6.0, "white.test": -5.0}, "antispam_reject"),
+        # Not reached either way.
+        (4.0, {"white.test": -5.0}, None),
     ],
 )
 def test_scores_an_undecided_exemption_might_drop(
@@ -202,7 +207,7 @@ def test_scores_an_undecided_exemption_might_drop(
     rules: FakeRules,
     rules_score: float,
     zones: dict[str, float],
-    expected: str,
+    expected: str | None,
 ) -> None:
     rules.result = RulesResult(rules_score, ("A",))
     check = AntiSpam(make_services())
@@ -212,8 +217,7 @@ def test_scores_an_undecided_exemption_might_drop(
     conn.txn.scratch[DNSBL_UNSURE_SCORES] = {"rbl"}
     stream_message(check, conn, HEADERS, [BODY])
     verdict = check(conn, Event())
-    assert verdict is not None
-    assert verdict.reply_id == expected
+    assert (verdict.reply_id if verdict else None) == expected
     if isinstance(verdict, TempError):
         assert verdict.firm  # never passed on by on_temp_error = "pass"
 

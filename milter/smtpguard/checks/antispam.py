@@ -99,15 +99,17 @@ class AntiSpam:
         score, why = result.score, list(result.matched)
         listed: dict[str, dict[str, float]] = txn.scratch.get(DNSBL_SCORES, {})
         unsure: set[str] = txn.scratch.get(DNSBL_UNSURE_SCORES, set())
-        # What an undecided exemption might take away (a negative weight it dropped
-        # would only raise the score).
-        uncertain = 0.0
+        # An undecided exemption drops a check's weights all together or not at all:
+        # the score may be lower by the positive sums, higher by the negative ones.
+        may_lose = may_gain = 0.0
         for check, zones in listed.items():
             for zone, weight in zones.items():
                 score += weight
                 why.append(f"dnsbl:{zone}={weight:.1f}")
-                if check in unsure and weight > 0:
-                    uncertain += weight
+            if check in unsure:
+                total = sum(zones.values())
+                may_lose += max(total, 0.0)
+                may_gain += max(-total, 0.0)
         # The transaction's [domain."X"] thresholds, when it has them.
         domain = domain_of(self.services_config, txn)
         reject_score = domain.reject_score if domain else self.config.reject_score
@@ -137,15 +139,17 @@ class AntiSpam:
                 engine_error = answer.detail or "engine failed"
         detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
         self._report(txn, score, add_header_score, why)
-        if score >= reject_score:
-            if score - uncertain < reject_score:
-                return TempError(
-                    "database_temp_error",
-                    f"{detail}: reject_score reached only with DNSBL weights an"
-                    " exemption's failed lookup might drop",
-                    firm=True,
-                )
+        if score - may_lose >= reject_score:
             return Hit("antispam_reject", detail)
+        if score + may_gain >= reject_score:
+            # Refused or not depends on whether the exemption applies: never for good,
+            # never an accept.
+            return TempError(
+                "database_temp_error",
+                f"{detail}: reject_score reached or not depending on DNSBL weights an"
+                " exemption's failed lookup might drop",
+                firm=True,
+            )
         if engine_error:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
         return None
