@@ -147,11 +147,13 @@ def test_over_max_bytes_scans_the_prefix(clamd: Clamd) -> None:
 
 
 def test_clamd_refusing_over_its_stream_max_length(endpoint: Endpoint) -> None:
+    """clamd scans nothing of a stream it refuses, EICAR in the first line included:
+    no verdict, never the clean prefix on_size_limit = "pass" passes (found by review)."""
     body = (b"y" * 998 + b"\r\n") * (STREAM_MAX // 1000 + 200)
     with ClamdStream(endpoint, timeout=5, max_bytes=10 * STREAM_MAX) as stream:
-        stream_message(stream, HEADERS, body)
+        stream_message(stream, HEADERS, EICAR + b"\r\n" + body)
         result = stream.finish()
-    assert result.status is ScanStatus.SIZE_LIMIT
+    assert result.status is ScanStatus.ERROR
     assert "StreamMaxLength" in result.detail
 
 

@@ -44,7 +44,6 @@ def test_exit_0_is_clean_and_the_message_arrives_on_stdin(tmp_path: Path) -> Non
         ("Eicar-Test-Signature\n", "Eicar-Test-Signature"),
         ("stream: Win.Test.EICAR_HDB-1 FOUND\n\nsummary\n", "Win.Test.EICAR_HDB-1"),
         ("\n  \nTrojan.Generic  \n", "Trojan.Generic"),
-        ("", "unknown"),
     ],
 )
 def test_exit_1_is_infected_with_the_first_stdout_line_as_name(
@@ -54,6 +53,17 @@ def test_exit_1_is_infected_with_the_first_stdout_line_as_name(
     result = run_command(argv, MESSAGE, timeout=10)
     assert result.status is ScanStatus.INFECTED
     assert result.virus == name
+
+
+@pytest.mark.parametrize("stdout", ["", "\n  \n"])
+def test_exit_1_naming_nothing_is_an_error_not_a_virus(tmp_path: Path, stdout: str) -> None:
+    """What a crashing hook looks like (Python's uncaught exception exits 1): a
+    temporary fault, never a permanent virus_found (found by review)."""
+    program = f"sys.stdin.buffer.read(); print({stdout!r}, end=''); raise OSError('no db')"
+    result = run_command(script(tmp_path, program), MESSAGE, timeout=10)
+    assert result.status is ScanStatus.ERROR
+    assert "exit status 1 without a virus name" in result.detail
+    assert "no db" in result.detail
 
 
 def test_other_exit_status_is_an_error_with_stderr_in_the_detail(tmp_path: Path) -> None:

@@ -291,10 +291,12 @@ class ClamdStream:
 
 
 def _size_limit_refused(reply: str, sent: int) -> ScanResult:
+    # clamd scans nothing of a stream it refuses: no verdict at all, never the clean
+    # prefix on_size_limit = "pass" lets through.
     return ScanResult(
-        ScanStatus.SIZE_LIMIT,
-        detail=f"clamd refused the stream after {sent} octets ({reply}); its"
-        " StreamMaxLength is below max_bytes",
+        ScanStatus.ERROR,
+        detail=f"clamd refused the stream after {sent} octets ({reply}) and scanned"
+        " nothing: its StreamMaxLength is below virus.max_bytes; lower max_bytes",
         scanned=sent,
     )
 

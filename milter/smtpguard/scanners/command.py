@@ -93,9 +93,14 @@ def run_command(
         status = proc.returncode
         if status == 0:
             return ScanResult(ScanStatus.CLEAN, scanned=size)
-        if status == 1:
-            return ScanResult(ScanStatus.INFECTED, virus=_name(_head(out)), scanned=size)
+        name = _name(_head(out)) if status == 1 else ""
+        if name:
+            return ScanResult(ScanStatus.INFECTED, virus=name, scanned=size)
+        # Exit 1 naming nothing is a program that failed (Python's uncaught exception,
+        # set -e), not a verdict: a permanent virus_found for a temporary fault.
         what = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        if status == 1:
+            what += " without a virus name on stdout"
         stderr = _head(err).strip().replace("\n", " | ")[:300]
         return ScanResult(
             ScanStatus.ERROR,
@@ -186,4 +191,4 @@ def _name(stdout: str) -> str:
         if line:
             found = _FOUND.match(line)
             return (found.group("name") if found else line)[:200]
-    return "unknown"
+    return ""
