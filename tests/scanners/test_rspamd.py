@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import io
 import socket
@@ -100,6 +101,32 @@ def test_utf8_envelope_and_null_sender(client: RspamdClient) -> None:
     assert result.ok, result.detail
 
 
+def test_a_reply_too_long_to_keep_still_gives_the_verdict(rspamd: Rspamd) -> None:
+    """rspamd lists every URL: a sender could pad a message with them until the reply
+    is over the cap and the engine skipped (found by review). Its head still holds the
+    verdict."""
+    links = "".join(f"http://host{n}.padding{n}.example/\r\n" for n in range(300))
+    message = SPAM.replace(b"\r\n\r\n", f"\r\n\r\n{links}".encode(), 1)
+    whole = check(RspamdClient(rspamd.endpoint, timeout=20), message)
+    cut = check(RspamdClient(rspamd.endpoint, timeout=20, max_reply=600), message)
+    assert whole.status is SpamStatus.OK, whole.detail
+    assert cut.status is SpamStatus.OK, cut.detail
+    assert (cut.score, cut.action, cut.required_score) == (
+        whole.score,
+        whole.action,
+        whole.required_score,
+    )
+    # The cap was really passed: rspamd's whole reply is longer.
+    endpoint = rspamd.endpoint
+    assert endpoint.path is None
+    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=20)
+    try:
+        conn.request("POST", "/checkv2", body=message)
+        assert len(conn.getresponse().read()) > 600
+    finally:
+        conn.close()
+
+
 def test_over_a_unix_socket(rspamd: Rspamd) -> None:
     result = check(RspamdClient(rspamd.unix, timeout=20), SPAM)
     assert result.action == "reject"
@@ -182,6 +209,28 @@ class _Canned(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        b'{"is_skipped": false, "score": 16.5, "required_score": 15, "action": "reject",'
+        b' "urls": ["',
+        b'{\n  "action" : "reject",\n  "score": 16.5, "urls": ["a", "b',
+    ],
+)
+def test_a_long_replys_verdict_is_read_from_its_head(body: bytes) -> None:
+    handler = type("Handler", (_Canned,), {"status": 200, "body": body + b"x" * 5000 + b'"]}'})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            endpoint = Endpoint(host="127.0.0.1", port=server.server_address[1])
+            result = RspamdClient(endpoint, timeout=5, max_reply=1000).check(HAM, SpamEnvelope())
+        finally:
+            server.shutdown()
+    assert result.status is SpamStatus.OK, result.detail
+    assert (result.score, result.action) == (16.5, "reject")
+
+
+@pytest.mark.parametrize(
     ("status", "body", "detail"),
     [
         (500, b'{"error": "task timeout"}', "HTTP 500: task timeout"),
@@ -190,6 +239,9 @@ class _Canned(http.server.BaseHTTPRequestHandler):
         (200, b"[1, 2]", "not a JSON object"),
         (200, b'{"score": true, "action": "reject"}', "lacks score or action"),
         (200, b"x" * 2000, "reply over 1000 octets"),
+        # Too long, and the verdict is not in the part kept.
+        (200, b'{"symbols": {"' + b"x" * 2000 + b'": 1}, "score": 1, "action": "x"}', "over"),
+        (500, b'{"score": 1, "action": "reject", "x": "' + b"x" * 2000 + b'"}', "over"),
     ],
 )
 def test_unexpected_replies_are_errors(status: int, body: bytes, detail: str) -> None:

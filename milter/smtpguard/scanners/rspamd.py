@@ -138,7 +138,13 @@ class RspamdClient:
                 response.close()
             conn.close()
         if len(raw) > self.max_reply:
-            return SpamResult(SpamStatus.ERROR, detail=f"reply over {self.max_reply} octets")
+            # A message with many URLs makes a long reply (rspamd lists them); rspamd
+            # writes the verdict first, so the head still gives it. Failing here would
+            # let a sender skip the engine by padding the message.
+            head = _head_fields(raw[: self.max_reply])
+            if status != 200 or "score" not in head or "action" not in head:
+                return SpamResult(SpamStatus.ERROR, detail=f"reply over {self.max_reply} octets")
+            raw = json.dumps(head).encode()
         return _parse(status, raw)
 
 
@@ -163,6 +169,42 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return f"{exc.__class__.__name__}: {exc}"
+
+
+#: Top-level fields read from the head of a reply too long to keep whole.
+_VERDICT_FIELDS = ("is_skipped", "score", "required_score", "action")
+
+
+def _head_fields(raw: bytes) -> dict[str, Any]:
+    """The verdict's top-level fields among the complete ``"key": value`` pairs at the
+    start of a JSON object cut short; those after the cut are simply missing."""
+    text = raw.decode("utf-8", "replace")
+    decoder = json.JSONDecoder()
+    out: dict[str, Any] = {}
+    at = len(text) - len(text.lstrip())
+    if not text.startswith("{", at):
+        return out
+    at += 1
+    try:
+        while len(out) < len(_VERDICT_FIELDS):
+            key, at = decoder.raw_decode(text, _skip(text, at, ","))
+            value, at = decoder.raw_decode(text, _skip(text, at, ":"))
+            if isinstance(key, str) and key in _VERDICT_FIELDS:
+                out[key] = value
+    except ValueError:
+        pass  # the cut, or not JSON: what was read is all there is
+    return out
+
+
+def _skip(text: str, at: int, separator: str) -> int:
+    """Past white space and at most one ``separator``."""
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    if text.startswith(separator, at):
+        at += 1
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
 
 
 def _parse(status: int, raw: bytes) -> SpamResult:
