@@ -242,6 +242,8 @@ def test_a_long_replys_verdict_is_read_from_its_head(body: bytes) -> None:
         # Too long, and the verdict is not in the part kept.
         (200, b'{"symbols": {"' + b"x" * 2000 + b'": 1}, "score": 1, "action": "x"}', "over"),
         (500, b'{"score": 1, "action": "reject", "x": "' + b"x" * 2000 + b'"}', "over"),
+        # Cut inside the score: 16 of 16.5 must not pass for the score.
+        (200, b'{"action": "reject", "score": 1' + b"6" * 996 + b'.5, "x": 1}', "over"),
     ],
 )
 def test_unexpected_replies_are_errors(status: int, body: bytes, detail: str) -> None:

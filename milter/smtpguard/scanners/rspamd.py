@@ -189,6 +189,8 @@ def _head_fields(raw: bytes) -> dict[str, Any]:
         while len(out) < len(_VERDICT_FIELDS):
             key, at = decoder.raw_decode(text, _skip(text, at, ","))
             value, at = decoder.raw_decode(text, _skip(text, at, ":"))
+            if at >= len(text):
+                break  # a number cut short (16 of 16.5) reads as a whole one
             if isinstance(key, str) and key in _VERDICT_FIELDS:
                 out[key] = value
     except ValueError:
