@@ -309,6 +309,29 @@ def test_a_flood_of_header_fields_passes_in_a_dry_run(tmp_path: Path, batch: boo
         d.close()
 
 
+def test_a_spam_field_past_the_limit_is_kept_where_nothing_would_remove_it(
+    tmp_path: Path,
+) -> None:
+    # Anti-spam off: incoming X-Spam-* fields are delivered as they came, past the
+    # limit too; no reason to make the message wait (found by review).
+    config = {
+        "limits": {"max_header_fields": 100},
+        "milter": {"dry_run": True},
+        "checks": {"antispam": {"mode": "off"}},
+    }
+    dry = build_runtime(load(make_site(tmp_path, config).config))
+    d = SessionDriver(dry, SessionGate(10), POSTFIX.get, Once(), batch_headers=True)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    for n in range(150):
+        d.header("Subject", f"n{n}")
+    d.header("X-Spam-Flag", "NO")
+    assert d.eom().action is Action.CONTINUE
+    d.close()
+
+
 @pytest.mark.parametrize(
     ("family", "hostaddr", "expected"),
     [

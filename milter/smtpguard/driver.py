@@ -217,7 +217,9 @@ class SessionDriver:
                 " is not judged%s",
                 self.conn.session_id,
                 limit,
-                ", dry run: the message passes" if dry_run else "",
+                ", dry run: the message passes unless one of them would pass for our result fields"
+                if dry_run
+                else "",
             )
             if not dry_run:
                 return self._refuse_flood(f"more than {limit} header fields")

@@ -500,11 +500,14 @@ class Pipeline:
                 _blind(conn, observer)
 
     def claims_our_verdict(self, name: str, value: str) -> bool:
-        """Whether a field would pass for one smtpguard writes (note_result_field)."""
+        """Whether a field would pass for one smtpguard writes and would be removed
+        (note_result_field; anti-spam fields only where the check judges mail)."""
         key = name.lower()
         if key == "authentication-results":
             return names_us(value, self.authserv_id)
-        return key == self.report_key or key in self.spam_fields
+        if key in self.spam_fields:
+            return self.config.check("antispam").mode != "off"
+        return key == self.report_key
 
     def note_result_field(self, txn: Transaction, name: str, value: str) -> None:
         """Remember, by their index among the fields of their name, the incoming fields

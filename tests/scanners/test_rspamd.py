@@ -208,6 +208,13 @@ class _Canned(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _cut_after(head: bytes, score: bytes, cap: int = 1000) -> bytes:
+    """A reply whose first ``cap`` octets end with ``head``, the start of ``score``."""
+    start = b'{"action": "reject", "score":'
+    padding = b" " * (cap - len(start) - len(head))
+    return start + padding + score + b', "x": "' + b"x" * cap + b'"}'
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -244,6 +251,10 @@ def test_a_long_replys_verdict_is_read_from_its_head(body: bytes) -> None:
         (500, b'{"score": 1, "action": "reject", "x": "' + b"x" * 2000 + b'"}', "over"),
         # Cut inside the score: 16 of 16.5 must not pass for the score.
         (200, b'{"action": "reject", "score": 1' + b"6" * 996 + b'.5, "x": 1}', "over"),
+        (200, _cut_after(b"16.", b"16.5"), "over"),
+        (200, _cut_after(b"1.65e", b"1.65e1"), "over"),
+        # Not JSON: the pairs must be separated.
+        (200, b'{"score" 5 "action" "no action", "x": "' + b"x" * 2000 + b'"}', "over"),
     ],
 )
 def test_unexpected_replies_are_errors(status: int, body: bytes, detail: str) -> None:

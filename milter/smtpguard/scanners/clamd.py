@@ -18,7 +18,7 @@ How the stream is bounded:
 * ``max_bytes`` (set it at or below clamd's ``StreamMaxLength``): octets beyond it are
   not sent; the prefix is still scanned, and a clean prefix is reported as
   :attr:`~smtpguard.scanners.ScanStatus.SIZE_LIMIT`. If clamd's own limit is lower and
-  it refuses, that is SIZE_LIMIT too, with the reason in ``detail``.
+  it refuses, it scanned nothing: an ERROR, with the reason in ``detail``.
 * time, by deadlines rather than per socket operation (a clamd that reads or answers
   a byte at a time would otherwise hold the call without limit): each call that sends
   (:meth:`~ClamdStream.feed` of a body chunk, :meth:`~ClamdStream.feed_header` that

@@ -189,8 +189,11 @@ def _head_fields(raw: bytes) -> dict[str, Any]:
         while len(out) < len(_VERDICT_FIELDS):
             key, at = decoder.raw_decode(text, _skip(text, at, ","))
             value, at = decoder.raw_decode(text, _skip(text, at, ":"))
-            if at >= len(text):
-                break  # a number cut short (16 of 16.5) reads as a whole one
+            # Only a value the object goes on after is whole: a number cut short
+            # (16 of 16.5, 16 of "16.", 1 of "1e") reads as a whole one.
+            at = _skip(text, at, "")
+            if not text.startswith((",", "}"), at):
+                break
             if isinstance(key, str) and key in _VERDICT_FIELDS:
                 out[key] = value
     except ValueError:
@@ -202,7 +205,7 @@ def _skip(text: str, at: int, separator: str) -> int:
     """Past white space and at most one ``separator``."""
     while at < len(text) and text[at] in " \t\r\n":
         at += 1
-    if text.startswith(separator, at):
+    if separator and text.startswith(separator, at):
         at += 1
     while at < len(text) and text[at] in " \t\r\n":
         at += 1
