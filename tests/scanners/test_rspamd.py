@@ -208,6 +208,20 @@ class _Canned(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _ask_canned(status: int, body: bytes) -> SpamResult:
+    """Ask a server that answers ``status`` and ``body``, with a 1000-octet reply cap."""
+    handler = type("Handler", (_Canned,), {"status": status, "body": body})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            endpoint = Endpoint(host="127.0.0.1", port=server.server_address[1])
+            result = RspamdClient(endpoint, timeout=5, max_reply=1000).check(HAM, SpamEnvelope())
+        finally:
+            server.shutdown()
+    return result
+
+
 def _cut_after(head: bytes, score: bytes, cap: int = 1000) -> bytes:
     """A reply whose first ``cap`` octets end with ``head``, the start of ``score``."""
     start = b'{"action": "reject", "score":'
@@ -224,15 +238,7 @@ def _cut_after(head: bytes, score: bytes, cap: int = 1000) -> bytes:
     ],
 )
 def test_a_long_replys_verdict_is_read_from_its_head(body: bytes) -> None:
-    handler = type("Handler", (_Canned,), {"status": 200, "body": body + b"x" * 5000 + b'"]}'})
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
-        try:
-            endpoint = Endpoint(host="127.0.0.1", port=server.server_address[1])
-            result = RspamdClient(endpoint, timeout=5, max_reply=1000).check(HAM, SpamEnvelope())
-        finally:
-            server.shutdown()
+    result = _ask_canned(200, body + b"x" * 5000 + b'"]}')
     assert result.status is SpamStatus.OK, result.detail
     assert (result.score, result.action) == (16.5, "reject")
 
@@ -258,15 +264,7 @@ def test_a_long_replys_verdict_is_read_from_its_head(body: bytes) -> None:
     ],
 )
 def test_unexpected_replies_are_errors(status: int, body: bytes, detail: str) -> None:
-    handler = type("Handler", (_Canned,), {"status": status, "body": body})
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-        thread.start()
-        try:
-            endpoint = Endpoint(host="127.0.0.1", port=server.server_address[1])
-            result = RspamdClient(endpoint, timeout=5, max_reply=1000).check(HAM, SpamEnvelope())
-        finally:
-            server.shutdown()
+    result = _ask_canned(status, body)
     assert result.status is SpamStatus.ERROR
     assert detail in result.detail
 
