@@ -509,6 +509,9 @@ class AntispamConfig:
     engine_action: bool = True
     #: Octets of a message kept in memory for the engine before spooling to disk.
     spool_memory: int = 1024 * 1024
+    #: A larger message is not sent to the engine (rspamd's max_message, 50 MiB by
+    #: default, refuses it: an engine error for every such message).
+    engine_max_bytes: int = 50 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -982,6 +985,7 @@ def _antispam(s: _Section) -> AntispamConfig:
         engine_timeout=s.seconds("engine_timeout", d.engine_timeout, minimum=0.1),
         engine_action=s.boolean("engine_action", d.engine_action),
         spool_memory=s.integer("spool_memory", d.spool_memory, minimum=0),
+        engine_max_bytes=s.integer("engine_max_bytes", d.engine_max_bytes, minimum=1024),
     )
     s.done()
     for key in ("flag_header", "score_header"):

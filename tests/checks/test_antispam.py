@@ -119,6 +119,23 @@ def test_engine_gets_the_whole_message_and_the_envelope(
     )
 
 
+def test_a_message_over_engine_max_bytes_is_scored_without_the_engine(
+    make_services: ServicesFactory, rules: FakeRules, spam_engine: FakeSpamEngine
+) -> None:
+    """rspamd refuses a message over its max_message: an engine error for every such
+    message (found by a scanner review). It is not sent; the rules still score it."""
+    rules.result = RulesResult(7.0, ("A",))
+    check = AntiSpam(make_services(antispam={**RSPAMD, "engine_max_bytes": 1024}))
+    conn = make_conn(sender="a@example.org", recipients=["b@example.com"])
+    stream_message(check, conn, HEADERS, [b"x" * 2000 + b"\r\n"])
+    assert check(conn, Event()) is None  # 7 >= 6: flagged only, no engine error
+    assert spam_engine.calls == []
+    assert ("X-Spam-Score", "7.0") in added(conn)
+    assert conn.txn is not None
+    report = conn.txn.scratch[SPAM_REPORT]
+    assert "rspamd skipped: over engine_max_bytes=1024" in report.rules
+
+
 def test_engine_score_adds_to_the_rules(
     make_services: ServicesFactory, rules: FakeRules, spam_engine: FakeSpamEngine
 ) -> None:

@@ -81,7 +81,9 @@ class AntiSpam:
             scan = txn.scratch[_RULES] = self.rules.scanner()
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if spool is None and self.engine is not None:
-            spool = txn.scratch[_SPOOL] = MessageSpool(memory_cap=self.config.spool_memory)
+            spool = txn.scratch[_SPOOL] = MessageSpool(
+                memory_cap=self.config.spool_memory, max_size=self.config.engine_max_bytes
+            )
         return scan, spool
 
     def discard(self, txn: Transaction) -> None:
@@ -116,6 +118,11 @@ class AntiSpam:
         add_header_score = domain.add_header_score if domain else self.config.add_header_score
         engine_error = ""
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
+        if spool is not None and spool.truncated:
+            # rspamd refuses it (max_message): an error every time, never a verdict.
+            limit = self.config.engine_max_bytes
+            why.append(f"rspamd skipped: over engine_max_bytes={limit}")
+            spool = None
         if self.engine is not None and spool is not None:
             envelope = SpamEnvelope(
                 ip=str(conn.client_ip) if conn.client_ip else None,

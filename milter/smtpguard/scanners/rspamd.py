@@ -10,13 +10,14 @@ header``, ``rewrite subject``, ``soft reject``, ``reject``) and ``symbols`` (nam
 rspamd needs the whole message, so it is sent at end of message from a
 :class:`~smtpguard.scanners.MessageSpool`: in memory up to the spool's cap, beyond it
 in an unlinked temporary file, streamed to the socket in 64 KiB blocks with an explicit
-``Content-Length`` (no chunked encoding). Give the spool a ``max_size`` at or below
-rspamd's own ``max_message`` (50 MiB by default) and skip the check for a truncated
-spool.
+``Content-Length`` (no chunked encoding). The anti-spam check gives the spool a
+``max_size`` (``antispam.engine_max_bytes``, at or below rspamd's own ``max_message``,
+50 MiB by default) and does not send a truncated spool.
 
 Every failure (connection refused, timeout, HTTP status other than 200, a reply that is
-not the expected JSON or larger than ``max_reply``) is a :class:`SpamResult` with status
-ERROR and the reason in ``detail``; nothing raises.
+not the expected JSON, or one larger than ``max_reply`` without the verdict at its
+head) is a :class:`SpamResult` with status ERROR and the reason in ``detail``; nothing
+raises.
 
 ``timeout`` is spent twice at most, as deadlines rather than per socket operation (an
 engine that answers a byte at a time would otherwise hold end of message without
