@@ -170,10 +170,7 @@ class _Section:
             if domain.startswith("*."):
                 hint = f"write {domain[1:]!r} for its subdomains" if parents else "no wildcards"
                 raise self.error(name, f"{item!r}: {hint}")
-            # Underscores: DNS names may hold them (SMTP's grammar does not), also at
-            # the start of a label (_dmarc): checked as a letter.
-            valid = is_valid_domain(bare.replace("_", "x"), allow_utf8=True)
-            if not valid or bare.rpartition(".")[2].isdigit():
+            if not _dns_name(bare) or bare.rpartition(".")[2].isdigit():
                 raise self.error(name, f"not a domain name: {item!r}")
             out.add(domain)
         return frozenset(out)
@@ -1157,6 +1154,12 @@ def _check_socket_port(s: _Section, socket: str) -> None:
         raise s.error("socket", f"the port must be a number from 1 to 65535, got {port!r}")
 
 
+def _dns_name(name: str, *, allow_utf8: bool = True) -> bool:
+    """A host or domain name as DNS has them: with underscores (_dmarc, PTR names),
+    which the SMTP grammar of :func:`is_valid_domain` refuses, checked as a letter."""
+    return is_valid_domain(name.replace("_", "x"), allow_utf8=allow_utf8)
+
+
 #: sun_path holds 108 bytes with the final NUL (Linux's struct sockaddr_un).
 MAX_SOCKET_PATH: Final = 107
 
@@ -1304,9 +1307,7 @@ def _lang_map(s: _Section, name: str) -> dict[str, str]:
     return out
 
 
-def _policy(
-    s: _Section, known: frozenset[str] | None = None, site: SiteConfig | None = None
-) -> PolicyConfig:
+def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> PolicyConfig:
     d = PolicyConfig()
     sender_deny = []
     for index, entry in enumerate(s.strings("sender_deny")):
@@ -1331,16 +1332,16 @@ def _policy(
     return out
 
 
-def _login_domain(s: _Section, site: SiteConfig | None) -> str:
+def _login_domain(s: _Section, site: SiteConfig) -> str:
     # Logins without "@" are taken to be in this domain, and a login's domain must be
     # one of ours: any other value would refuse every such login (domain_auth_error).
     text = s.string("default_login_domain", "").strip()
     if not text:
         return ""
     domain = canonical_domain(text)
-    if not is_valid_domain(domain.replace("_", "x"), allow_utf8=True):
+    if not _dns_name(domain):
         raise s.error("default_login_domain", f"not a domain name: {text!r}")
-    if site is not None and not site.is_local(domain):
+    if not site.is_local(domain):
         raise s.error(
             "default_login_domain",
             f"{text!r} is not in site.local_domains: every login without @ would be refused",
@@ -1606,7 +1607,7 @@ def _dnsbl(s: _Section) -> DnsblConfig:
     seen: set[str] = set()
     for z in s.table_list("zones"):
         name = z.string("name", "").strip().rstrip(".").lower()
-        if not is_valid_domain(name.replace("_", "x")):
+        if not _dns_name(name, allow_utf8=False):
             raise z.error("name", f"not a DNS zone name: {name!r}")
         if name in seen:
             raise z.error("name", f"zone {name} is listed twice")

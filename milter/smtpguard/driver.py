@@ -102,8 +102,9 @@ class SessionDriver:
         #: per field, where a field's verdict waits for end of message anyway.
         self.batch_headers = batch_headers
         self._fields: list[tuple[str, str]] = []
-        #: Header fields of the current message so far (limits.max_header_fields).
+        #: Header fields of the current message so far, and how many may be judged.
         self._field_count = 0
+        self._max_fields = runtime.config.limits.max_header_fields
 
     def _macro(self, name: str) -> str | None:
         return self.macro(name) or None
@@ -194,9 +195,8 @@ class SessionDriver:
 
     def header(self, name: str, value: str) -> Decision:
         self._field_count += 1
-        limit = self.rt.config.limits.max_header_fields
-        if self._field_count > limit:
-            return self._too_many_fields(limit, name, value)
+        if self._field_count > self._max_fields:
+            return self._too_many_fields(self._max_fields, name, value)
         if self.batch_headers:
             self._fields.append((name, value))
             return CONTINUE

@@ -485,7 +485,7 @@ class Pipeline:
             )
         feed_sink(txn.message, stage, event)
         if stage is Stage.HEADER and event.header is not None:
-            self.note_result_field(txn, *event.header)
+            self._note_result_field(txn, *event.header)
         if stage is Stage.EOM:
             txn.message.close()
         if not observers:
@@ -501,7 +501,7 @@ class Pipeline:
 
     def claims_our_verdict(self, name: str, value: str) -> bool:
         """Whether a field would pass for one smtpguard writes and would be removed
-        (note_result_field; anti-spam fields only where the check judges mail)."""
+        (_note_result_field; anti-spam fields only where the check judges mail)."""
         key = name.lower()
         if key == "authentication-results":
             return names_us(value, self.authserv_id)
@@ -509,7 +509,7 @@ class Pipeline:
             return self.config.check("antispam").mode != "off"
         return key == self.report_key
 
-    def note_result_field(self, txn: Transaction, name: str, value: str) -> None:
+    def _note_result_field(self, txn: Transaction, name: str, value: str) -> None:
         """Remember, by their index among the fields of their name, the incoming fields
         that would pass for ours: Authentication-Results carrying our authserv-id (RFC
         8601 §5), and the anti-spam fields we write (a sender's "X-Spam-Status: No"
