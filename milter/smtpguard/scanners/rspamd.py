@@ -145,7 +145,7 @@ class RspamdClient:
             head = _head_fields(raw[: self.max_reply])
             if status != 200 or "score" not in head or "action" not in head:
                 return SpamResult(SpamStatus.ERROR, detail=f"reply over {self.max_reply} octets")
-            raw = json.dumps(head).encode()
+            return _result(status, head)
         return _parse(status, raw)
 
 
@@ -218,6 +218,11 @@ def _parse(status: int, raw: bytes) -> SpamResult:
         reply: Any = json.loads(raw)
     except ValueError:
         reply = None
+    return _result(status, reply)
+
+
+def _result(status: int, reply: Any) -> SpamResult:
+    """The answer in a decoded reply (None: not JSON)."""
     if status != 200:
         error = reply.get("error") if isinstance(reply, dict) else None
         return SpamResult(
