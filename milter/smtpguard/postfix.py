@@ -745,10 +745,7 @@ class _Planner:
         # matched exactly.
         parents = set(split_list(self.now["parent_domain_matches_subdomains"]))
         for name in ACCEPTED_DOMAINS:
-            for item in split_list(self.now[name]):
-                domain = item.lower().rstrip(".")
-                if ":" in domain or "/" in domain or "$" in domain or not domain:
-                    continue  # a lookup table: its keys are not read here
+            for domain in self._listed_domains(name):
                 if domain == "localhost" or domain.startswith("localhost."):
                     continue  # never a destination from outside
                 # (what Postfix accepts, a domain name that stands for it, by which rule)
@@ -772,6 +769,13 @@ class _Planner:
             )
         self._idn_spellings()
 
+    def _listed_domains(self, name: str) -> list[str]:
+        """The domain names Postfix's list ``name`` writes out, lower-case, without the
+        trailing dot; lookup tables and $references are left out (their keys are not
+        read here)."""
+        domains = (item.lower().rstrip(".") for item in split_list(self.now[name]))
+        return [d for d in domains if d and not any(c in d for c in ":/$")]
+
     def _idn_spellings(self) -> None:
         """Postfix (3.7 measured) compares the names in these lists as written:
         bücher.example and xn--bcher-kva.example are two domains to it, one to
@@ -779,10 +783,8 @@ class _Planner:
         a permanent 5xx for mail smtpguard accepts."""
         missing: list[str] = []
         for name in ACCEPTED_DOMAINS:
-            items = {item.lower().rstrip(".") for item in split_list(self.now[name])}
+            items = set(self._listed_domains(name))
             for domain in sorted(items):
-                if ":" in domain or "/" in domain or "$" in domain:
-                    continue  # a lookup table or a reference
                 bare = domain.lstrip(".")
                 dot = domain[: len(domain) - len(bare)]
                 a_label = canonical_domain(bare)
