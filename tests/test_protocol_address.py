@@ -78,6 +78,21 @@ def test_directory_knows_the_quoted_recipient(service: Running) -> None:
         assert_reply(s.rcpt('<"alice "@example.com>'), "mailbox_unavailable")
 
 
+def test_invalid_recipient_elsewhere_is_no_mailbox_of_ours(service: Running) -> None:
+    """Postfix accepts and delivers ``taro.@docomo.ne.jp`` (Japanese carriers gave out
+    such addresses): only our own domains' mailboxes are ours to call unavailable."""
+    with session(service, TLS) as s:
+        assert_pass(s.mail("<alice@example.com>", macros=ALICE))
+        assert_pass(s.rcpt("<taro.@docomo.ne.jp>"))
+        assert_pass(s.rcpt("<a..b@gmail.example>"))
+        assert_reply(s.rcpt("<a..b@example.com>"), "mailbox_unavailable")
+        assert_reply(s.rcpt("<not an address>"), "mailbox_unavailable")
+    with session(service) as s:
+        # A stranger still may not relay to it.
+        assert_pass(s.mail("<a@sender.example>"))
+        assert_reply(s.rcpt("<taro.@docomo.ne.jp>"), "host_denies_relay")
+
+
 def test_login_owns_the_quoted_sender(service: Running) -> None:
     for owned in ('<"alice"@example.com>', '<"sales"@example.com>'):
         assert_pass(mail_from(service, owned, ALICE))

@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from smtpguard.address import strip_extension
 from smtpguard.checks import Event, Services, Stage
+from smtpguard.checks.relay import raw_parts
 from smtpguard.config import DomainPolicy
 from smtpguard.directory import DirectoryError, Kind
 from smtpguard.session import Connection
@@ -65,8 +66,11 @@ class Mailbox:
     """``mailbox_unavailable``, ``mailbox_unavailable_temp``, ``user_locked``,
     ``private_list_denied``, ``database_temp_error`` for recipients in local domains.
 
-    A syntactically invalid recipient is answered ``mailbox_unavailable`` (5.1.1 is
-    RFC 3463's "bad destination mailbox address").
+    A syntactically invalid recipient in a local domain (or in none, which the MTA
+    completes with one of ours) is answered ``mailbox_unavailable`` (5.1.1 is RFC
+    3463's "bad destination mailbox address"). Elsewhere it is the relay check's and
+    the next hop's to judge: Postfix accepts and delivers addresses such as
+    ``taro.@docomo.ne.jp`` that RFC 5321 calls invalid.
     """
 
     name: ClassVar[str] = "mailbox"
@@ -88,6 +92,9 @@ class Mailbox:
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         rcpt = event.rcpt
         if rcpt is None:
+            domain = raw_parts(event.rcpt_raw)[1]
+            if domain and not self.site.is_local(domain):
+                return None
             return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
         if not self.enabled or not rcpt.domain or not self.site.is_local(rcpt.domain_lc):
             return None
