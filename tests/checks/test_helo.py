@@ -68,7 +68,7 @@ def test_no_helo_is_left_to_helo_first(helo_check: HeloName) -> None:
         # The IPv4 client written as an IPv4-mapped IPv6 literal.
         ("[IPv6:::ffff:198.51.100.7]", "198.51.100.7"),
         ("[198.51.100.99]", None),  # unix socket / unknown client: nothing to compare
-        ("host.sub.example.net", "198.51.100.7"),  # ".example.net" is not an exact name
+        ("example.net", "198.51.100.7"),  # ".example.net" is its subdomains only
     ],
 )
 def test_good_greetings(helo_check: HeloName, helo: str, ip: str | None) -> None:
@@ -96,6 +96,9 @@ def test_good_greetings(helo_check: HeloName, helo: str, ip: str | None) -> None
         ("mx.example.com", "claims one of our names"),
         ("MX.EXAMPLE.COM.", "claims one of our names"),
         ("example.com", "claims one of our names"),
+        # ".example.net": every subdomain is ours, as for the relay and sender checks.
+        ("mx.example.net", "claims one of our names"),
+        ("a.b.Example.NET.", "claims one of our names"),
         ("[192.0.2.25]", "claims one of our IPs"),
         ("[IPv6:2001:db8::25]", "claims one of our IPs"),
         ("[IPv6:::ffff:192.0.2.25]", "claims one of our IPs"),

@@ -41,9 +41,8 @@ class HeloName:
     reply_ids: ClassVar[tuple[str, ...]] = ("helo_error",)
 
     def __init__(self, services: Services) -> None:
-        site = services.config.site
-        self.our_names = site.our_hostnames | site.local_domains
-        self.our_ips = site.our_ips
+        self.site = services.config.site
+        self.our_ips = self.site.our_ips
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         helo = conn.helo
@@ -70,6 +69,9 @@ class HeloName:
             return "invalid host name syntax"
         if not is_fqdn(helo):
             return "not a fully qualified domain name"
-        if helo.rstrip(".").lower() in self.our_names:
+        name = helo.rstrip(".").lower()
+        # Local domains the way every other check reads them: ".example.org" makes
+        # each subdomain ours.
+        if name in self.site.our_hostnames or self.site.is_local(name):
             return "claims one of our names"
         return None
