@@ -140,6 +140,13 @@ def zone(body: str) -> str:
             "127.0.0.0/8",
         ),
         (zone("name = 'z.test'\nanswers = ['x']\n"), "dnsbl.zones[0].answers", "not an IPv4"),
+        # The lists' "query refused" codes: accepted, the zone would never list anyone.
+        (zone("name = 'z.test'\nanswers = ['127.0.0.1']\n"), "dnsbl.zones[0].answers", "refused"),
+        (
+            zone("name = 'z.test'\nanswers = ['127.255.255.252-127.255.255.255']\n"),
+            "dnsbl.zones[0].answers",
+            "never a listing",
+        ),
         (
             zone("name = 'z.test'\nanswers = ['127.0.0.9-127.0.0.2']\n"),
             "dnsbl.zones[0].answers",

@@ -1600,6 +1600,12 @@ def _dns(s: _Section) -> DnsConfig:
 
 
 _ANSWER_NET = ipaddress.IPv4Network("127.0.0.0/8")
+#: Answers by which lists say they refused the query (Spamhaus: 127.255.255.252 a bad
+#: key, .254 a public resolver, .255 too many queries), never a listing.
+DNSBL_ERROR_CODES = (
+    ipaddress.IPv4Network("127.0.0.1/32"),
+    ipaddress.IPv4Network("127.255.255.0/24"),
+)
 
 
 def _dnsbl(s: _Section) -> DnsblConfig:
@@ -1669,6 +1675,13 @@ def _answer_range(s: _Section, item: str) -> tuple[ipaddress.IPv4Address, ipaddr
         raise s.error("answers", f"empty range: {item!r}")
     if low not in _ANSWER_NET or high not in _ANSWER_NET:
         raise s.error("answers", f"DNSBL answers lie in 127.0.0.0/8 (RFC 5782 §2.1): {item!r}")
+    if any(low in net and high in net for net in DNSBL_ERROR_CODES):
+        # Accepted here and then ignored by the check, the zone would never list anyone.
+        raise s.error(
+            "answers",
+            f"{item!r}: 127.0.0.1 and 127.255.255.0/24 are the lists' 'query refused' codes,"
+            " never a listing; smtpguard ignores them",
+        )
     return low, high
 
 

@@ -51,7 +51,7 @@ from typing import ClassVar
 
 from smtpguard.address import IPAddress
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.config import Config, DnsblZone
+from smtpguard.config import DNSBL_ERROR_CODES, Config, DnsblZone
 from smtpguard.dns import (
     Answer,
     Completed,
@@ -67,8 +67,6 @@ from smtpguard.verdict import Hit, TempError, Verdict
 log = logging.getLogger("smtpguard")
 
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
-#: Answers that mean "we refuse to answer you", never "listed" (module docstring).
-_ERROR_CODES = (ipaddress.IPv4Network("127.0.0.1/32"), ipaddress.IPv4Network("127.255.255.0/24"))
 #: Seconds between two log lines about the same ignored answer of the same zone.
 _IGNORED_LOG_INTERVAL = 300.0
 
@@ -92,7 +90,7 @@ def classify(zone: DnsblZone, answer: Answer) -> tuple[list[str], list[str]]:
     for address in answer.addresses():
         if not isinstance(address, ipaddress.IPv4Address) or address not in _LOOPBACK:
             ignored.append(f"{address} (outside 127.0.0.0/8: wildcard or rewriting resolver)")
-        elif any(address in net for net in _ERROR_CODES):
+        elif any(address in net for net in DNSBL_ERROR_CODES):
             ignored.append(f"{address} (list refused the query: blocked or open resolver)")
         elif _accepted(zone, address):
             listed.append(str(address))
