@@ -109,7 +109,7 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "not a DNS zone name",
         ),
         # Authenticated sessions are never counted: every other sender in one key.
-        ("[bulk]\nkey = ['login']\n", "bulk.key", "a login is never counted"),
+        ("[bulk]\nkey = ['login']\n", "bulk.key", "a login alone would count every"),
         ("[milter]\nmta = 'exim'\n", "milter.mta", "must be one of"),
         ("[site]\ntrusted_networks = ['10.0.0.0/33']\n", "site.trusted_networks", "not a network"),
         ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),
@@ -250,10 +250,9 @@ def test_a_week_is_a_time_to_live(tmp_path: Path) -> None:
     assert (config.dns.max_ttl, config.smtpport.connect_back_cache_ttl) == (604800, 604800)
 
 
-def test_a_login_in_a_bulk_key_with_other_parts_is_left_out(tmp_path: Path) -> None:
-    # Written before it was dropped; it was always empty in a counted key.
+def test_a_login_in_a_bulk_key_with_other_parts_counts(tmp_path: Path) -> None:
     text = "[bulk]\nkey = ['sender', 'client_ip', 'login']\n"
-    assert load(write_config(tmp_path, text)).bulk.key == ("sender", "client_ip")
+    assert load(write_config(tmp_path, text)).bulk.key == ("sender", "client_ip", "login")
 
 
 def test_domain_lists_take_what_postfix_lists_take(tmp_path: Path) -> None:

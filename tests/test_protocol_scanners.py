@@ -229,6 +229,25 @@ def test_same_size_flood_in_process(tmp_path: Path) -> None:
             assert_reply(s.rcpt("<alice@example.com>"), "same_size_flood")
 
 
+def test_same_size_flood_counts_an_authenticated_sender(tmp_path: Path) -> None:
+    """A stolen password is the classic same-size flood: logging in exempts nothing."""
+    alice = {"{auth_authen}": "alice@example.com", "{auth_type}": "PLAIN"}
+
+    def submit(i: int) -> Answer:
+        with service.session() as s:
+            s.connect(UNTRUSTED_IP)
+            s.helo("laptop.example.net", macros={"{tls_version}": "TLSv1.3"})
+            assert s.mail("<alice@example.com>", macros=alice).kind == "continue"
+            assert s.rcpt("<friend@elsewhere.example>").kind == "continue"
+            final, _mods, _early = s.message(HEADERS, f"Invoice {i:04d}\r\n" * 40)
+            return final
+
+    with running(make_site(tmp_path / "site", BULK)) as service:
+        for i in range(3):
+            assert accepted(submit(i)), i
+        assert_reply(submit(9), "same_size_flood")
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = start_redis(tmp_path / "redis")

@@ -521,7 +521,8 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class BulkConfig:
-    #: What identifies a sender: any of "sender", "sender_domain", "client_ip".
+    #: What identifies a sender: any of "sender", "sender_domain", "client_ip", "login"
+    #: (not alone).
     key: tuple[str, ...] = ("sender", "client_ip")
     window: int = 3600
     #: More than this many messages of similar size in the window are refused.
@@ -993,25 +994,23 @@ def _antispam(s: _Section) -> AntispamConfig:
     return out
 
 
-#: No "login": authenticated (trusted) sessions are never counted, so a login part
-#: would be empty in every key; alone, it put all other senders in one count. It is
-#: still read (and left out) in a key with other parts.
-_BULK_KEYS = ("sender", "sender_domain", "client_ip")
+#: "login" is empty for every anonymous session: never alone in a key.
+_BULK_KEYS = ("sender", "sender_domain", "client_ip", "login")
 
 
 def _bulk(s: _Section) -> BulkConfig:
     d = BulkConfig()
-    written = s.strings("key", d.key)
-    for part in written:
-        if part not in (*_BULK_KEYS, "login"):
+    key = s.strings("key", d.key)
+    for part in key:
+        if part not in _BULK_KEYS:
             raise s.error("key", f"unknown key part {part!r}; use {', '.join(_BULK_KEYS)}")
-    # Configs written before "login" was dropped load: it never added anything.
-    key = tuple(part for part in written if part != "login")
     if not key:
+        raise s.error("key", f"must name at least one of {', '.join(_BULK_KEYS)}")
+    if set(key) == {"login"}:
         raise s.error(
             "key",
-            f"must name at least one of {', '.join(_BULK_KEYS)} (a login is never counted:"
-            " authenticated sessions are trusted)",
+            "a login alone would count every unauthenticated sender as one; add sender,"
+            " sender_domain or client_ip",
         )
     out = BulkConfig(
         key=key,

@@ -29,11 +29,16 @@ def test_declarations() -> None:
         (("sender_domain",), "example.org"),
         (("sender_domain", "client_ip"), "example.org|198.51.100.7"),
         (("sender",), "a@example.org"),
+        (("login", "client_ip"), "alice|198.51.100.7"),
     ],
 )
 def test_bulk_key(parts: tuple[str, ...], key: str) -> None:
-    conn = make_conn(sender="A@Example.ORG", auth_login="alice")
+    conn = make_conn(sender="A@Example.ORG", auth_login="Alice")
     assert bulk_key(parts, conn) == key
+
+
+def test_bulk_key_login_of_an_anonymous_session_is_empty() -> None:
+    assert bulk_key(("login", "sender"), make_conn(sender="a@example.org")) == "|a@example.org"
 
 
 @pytest.mark.parametrize("sender", ['"A"@Example.ORG', '"\\A"@example.org'])
@@ -92,7 +97,7 @@ def test_without_size_nothing_is_asked(
     assert counter.calls == []
 
 
-def test_trusted_clients_are_not_counted(
+def test_trusted_networks_are_not_counted(
     make_services: ServicesFactory, counter: FakeCounter
 ) -> None:
     services = make_services(bulk={"threshold": 1})
@@ -101,6 +106,21 @@ def test_trusted_clients_are_not_counted(
     declared = make_conn(sender="a@example.org", declared_size=500, trusted_network=True)
     assert SameSizeDeclared(services)(declared, Event()) is None
     assert counter.calls == []
+
+
+@pytest.mark.parametrize("trusted_network", [False, True])
+def test_authenticated_sessions_are_counted(
+    make_services: ServicesFactory, counter: FakeCounter, trusted_network: bool
+) -> None:
+    """A stolen password is the classic same-size flood: logging in exempts nothing."""
+    services = make_services(bulk={"threshold": 1})
+    login = {"auth_login": "alice", "trusted_network": trusted_network}
+    assert SameSize(services)(message_of(500, **login), Event()) is None
+    assert SameSize(services)(message_of(500, **login), Event()) == Hit(
+        "same_size_flood", "2 messages of about 500 octets"
+    )
+    declared = make_conn(sender="a@example.org", declared_size=500, **login)  # type: ignore[arg-type]  # mixed kwargs
+    assert isinstance(SameSizeDeclared(services)(declared, Event()), Hit)
 
 
 def test_counter_failure_is_a_temporary_error(
