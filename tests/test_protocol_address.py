@@ -13,6 +13,7 @@ configuration uses.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,31 @@ def test_u_label_recipient_at_an_a_label_local_domain_is_local(idn_service: Runn
         assert_pass(s.rcpt("<jürgen@xn--bcher-kva.example>"))
         assert_reply(s.rcpt("<nobody@bücher.example>"), "mailbox_unavailable")
         assert_reply(s.rcpt("<x@bucher.example>"), "host_denies_relay")
+
+
+# --- the From: header field of an authenticated login (policy.check_header_from) ----
+
+
+def test_header_from_the_login_does_not_own_is_refused_when_asked_for(tmp_path: Path) -> None:
+    headers_of = {
+        "owned": [("From", "Alice <alice@example.com>"), ("Subject", "hi")],
+        "alias": [("From", '"Sales" <sales@example.com>'), ("Subject", "hi")],
+        "forged": [("From", "CEO <ceo@example.com>"), ("Subject", "wire the money")],
+    }
+
+    def submit(service: Running, headers: list[tuple[str, str]]) -> Answer:
+        with session(service, TLS) as s:
+            assert_pass(s.mail("<alice@example.com>", macros=ALICE))
+            assert_pass(s.rcpt("<friend@elsewhere.example>"))
+            final, _mods, early = s.message(headers, "Hello\r\n")
+            assert early == []
+            return final
+
+    extra = {"policy": {"check_header_from": True}}
+    with running(make_site(tmp_path / "site", extra)) as service:
+        assert_pass(submit(service, headers_of["owned"]))
+        assert_pass(submit(service, headers_of["alias"]))
+        assert_reply(submit(service, headers_of["forged"]), "sender_mismatch")
+    # Off (the default), only MAIL FROM is the login's to own.
+    with running(make_site(tmp_path / "default")) as service:
+        assert_pass(submit(service, headers_of["forged"]))

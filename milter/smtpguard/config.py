@@ -439,6 +439,9 @@ class PolicyConfig:
     # Empty means any mechanism the MTA offers.
     auth_allowed: frozenset[str] = frozenset()
     default_login_domain: str = ""
+    #: An authenticated login must also own every address of the From: header field
+    #: (sender_mismatch at the end of the message).
+    check_header_from: bool = False
     exempt: tuple[Exemption, ...] = ()
     #: Checks skipped for mail to postmaster@ of a local domain (RFC 5321 §4.5.1).
     postmaster_skip: frozenset[str] = CONTENT_GROUP
@@ -1324,6 +1327,7 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
         ),
         auth_allowed=frozenset(m.upper() for m in s.strings("auth_allowed")),
         default_login_domain=_login_domain(s, site),
+        check_header_from=s.boolean("check_header_from", d.check_header_from),
         exempt=tuple(_exemption(e, i, known) for i, e in enumerate(s.table_list("exempt"))),
         postmaster_skip=_skip_list(s, "postmaster_skip", known, ("all-content",)),
     )

@@ -50,7 +50,7 @@ from smtpguard.checks import (
 )
 from smtpguard.checks.antispam import SPAM_REPORT, AntiSpam, SpamReport
 from smtpguard.checks.attachments import AttachmentSizeBody, AttachmentSizeEom
-from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin
+from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin, SenderLoginFrom
 from smtpguard.checks.blacklist import DynamicBlacklist
 from smtpguard.checks.bulk import SameSize, SameSizeDeclared
 from smtpguard.checks.client_host import HeloDns, SmtpPort
@@ -118,6 +118,7 @@ CHECK_CLASSES: tuple[type[Check], ...] = (
     DeclaredSizeRcpt,
     Mailbox,
     HeaderLines,
+    SenderLoginFrom,
     Loop,
     ForgedReceived,
     ActualSize,

@@ -7,7 +7,13 @@ import dataclasses
 import pytest
 
 from smtpguard.checks import Event, Stage
-from smtpguard.checks.auth import AuthLogin, AuthMechanism, SenderLogin, resolve_login
+from smtpguard.checks.auth import (
+    AuthLogin,
+    AuthMechanism,
+    SenderLogin,
+    SenderLoginFrom,
+    resolve_login,
+)
 from smtpguard.config import ConfigError
 from smtpguard.directory import DirectoryError, Login, NoDirectory
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -374,3 +380,74 @@ def test_without_a_directory_a_login_is_not_refused_and_sends_as_itself(
     verdict = SenderLogin(services)(other, Event())
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "sender_mismatch"
+
+
+# --- sender_login.header: the From: field (policy.check_header_from) -----------------
+
+FROM_CHECK = {"check_header_from": True}
+
+
+def from_verdict(
+    make_services: ServicesFactory, value: str, login: str = "alice"
+) -> Verdict | None:
+    check = SenderLoginFrom(make_services(policy=FROM_CHECK))
+    conn = make_conn(sender="alice@example.com", auth_login=login)
+    return check(conn, Event(header=("From", value)))
+
+
+def test_from_check_is_inert_unless_asked_for(make_services: ServicesFactory) -> None:
+    assert SenderLoginFrom(make_services()).inert
+    assert not SenderLoginFrom(make_services(policy=FROM_CHECK)).inert
+    assert (SenderLoginFrom.stage, SenderLoginFrom.header_names) == (Stage.HEADER, ("from",))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "alice@example.com",
+        "Alice <alice@example.com>",
+        '"Alice, Sales" <Sales@Example.COM>',
+        "=?utf-8?q?Al=C3=AFce?= <alice@example.com>, Sales@example.com",
+        "alice@example.com (Alice)",
+    ],
+)
+def test_from_addresses_the_login_owns(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, value: str
+) -> None:
+    auth_directory.send_as.update({("alice", "alice@example.com"), ("alice", "Sales@example.com")})
+    assert from_verdict(make_services, value) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ("CEO <ceo@example.com>", "login 'alice' may not write From: ceo@example.com"),
+        # Every author must be owned, not only the first.
+        ("alice@example.com, ceo@example.com", "login 'alice' may not write From: ceo@example.com"),
+        ("Alice", "From: 'Alice' names no valid address"),
+        ("", "From: '' names no valid address"),
+        ("<>", "From: '<>' names no valid address"),
+        ("alice@@example.com", "From: 'alice@@example.com' names no valid address"),
+    ],
+)
+def test_from_addresses_the_login_does_not_own(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, value: str, detail: str
+) -> None:
+    auth_directory.send_as.add(("alice", "alice@example.com"))
+    assert from_verdict(make_services, value) == Hit("sender_mismatch", detail)
+
+
+def test_from_check_leaves_anonymous_sessions_and_fails_temporarily(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
+) -> None:
+    check = SenderLoginFrom(make_services(policy=FROM_CHECK))
+    anonymous = make_conn(sender="a@example.org")
+    assert check(anonymous, Event(header=("From", "ceo@example.com"))) is None
+    assert auth_directory.calls == []
+    auth_directory.failing.add("may_send_as")
+    verdict = from_verdict(make_services, "ceo@example.com")
+    assert isinstance(verdict, TempError)
+    assert verdict.reply_id == "auth_error_temp"
+    assert from_verdict(make_services, "x@example.com", login="ghost") == Hit(
+        "sender_mismatch", "login 'ghost' unknown"
+    )

@@ -6,8 +6,10 @@ authenticated, and the TLS macros at HELO; the adapter copies them into the sess
 
 from __future__ import annotations
 
+from email.utils import getaddresses
 from typing import ClassVar
 
+from smtpguard.address import Address, AddressError, parse_path
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.directory import Directory, DirectoryError, Login
 from smtpguard.session import Connection, Transaction
@@ -110,3 +112,59 @@ class SenderLogin:
         except DirectoryError as exc:
             return TempError("auth_error_temp", str(exc))
         return Hit("sender_mismatch", f"login {login.login!r} may not send as {txn.sender.text}")
+
+
+class SenderLoginFrom:
+    """``sender_mismatch`` for the From: header field (``policy.check_header_from``):
+    what the recipient reads as the author must also be an address the login may send
+    as. Off by default: a submission client may put any From: on a message, and only
+    the site knows whether its users may (Postfix's ``reject_sender_login_mismatch``
+    looks at the envelope only)."""
+
+    name: ClassVar[str] = "sender_login.header"
+    stage: ClassVar[Stage] = Stage.HEADER
+    reply_ids: ClassVar[tuple[str, ...]] = ("sender_mismatch", "auth_error_temp")
+    header_names: ClassVar[tuple[str, ...]] = ("from",)
+
+    def __init__(self, services: Services) -> None:
+        self.directory = services.directory
+        self.inert = not services.config.policy.check_header_from
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        txn = conn.txn
+        if txn is None or not txn.auth_login or event.header is None:
+            return None
+        value = event.header[1]
+        addresses = _authors(value, txn.smtputf8)
+        if addresses is None:
+            return Hit("sender_mismatch", f"From: {value[:200]!r} names no valid address")
+        try:
+            login = resolve_login(self.directory, txn)
+            if login is None:
+                return Hit("sender_mismatch", f"login {txn.auth_login!r} unknown")
+            for address in addresses:
+                if not self.directory.may_send_as(login, address.canonical):
+                    return Hit(
+                        "sender_mismatch",
+                        f"login {login.login!r} may not write From: {address.text}",
+                    )
+        except DirectoryError as exc:
+            return TempError("auth_error_temp", str(exc))
+        return None
+
+
+def _authors(value: str, smtputf8: bool) -> list[Address] | None:
+    """The mailboxes of a From: field (RFC 5322 §3.6.2: one or more), or None when it
+    names none or one that does not parse: nothing the login could be shown to own."""
+    found = []
+    for _name, text in getaddresses([value]):
+        if not text:
+            return None
+        try:
+            address = parse_path(text, smtputf8=smtputf8)
+        except AddressError:
+            return None
+        if address.is_null:
+            return None
+        found.append(address)
+    return found or None
