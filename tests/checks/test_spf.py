@@ -60,6 +60,24 @@ def test_fail_is_a_hit(tmp_path: Path, resolver: Resolver) -> None:
     assert verdict.detail.startswith(f"spf=fail mailfrom fail.test from {CLIENT}")
 
 
+@pytest.mark.parametrize("sender", ["a@fail.test.", "a@FAIL.Test."])
+def test_a_trailing_dot_names_the_same_domain(
+    tmp_path: Path, resolver: Resolver, sender: str
+) -> None:
+    """RFC 7208 §7.1: the dot is ignored; pyspf alone would answer "none" for it."""
+    verdict = decide(spf(tmp_path, resolver), sender)
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "remote_ip_mismatch"
+
+
+def test_a_trailing_dot_on_the_helo_name_is_the_same_name(
+    tmp_path: Path, resolver: Resolver
+) -> None:
+    verdict = decide(spf(tmp_path, resolver), "<>", helo="mx.helo.test.")
+    assert isinstance(verdict, Hit)
+    assert "spf=fail helo mx.helo.test from" in verdict.detail
+
+
 def test_a_u_label_sender_domain_is_its_idna2008_name(
     fake: FakeDns, tmp_path: Path, resolver: Resolver
 ) -> None:

@@ -33,7 +33,7 @@ from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Resolver, Status, client_address
 from smtpguard.memo import Memo
 from smtpguard.resultheaders import record_spf
-from smtpguard.session import Connection
+from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
 log = logging.getLogger("smtpguard")
@@ -144,18 +144,21 @@ class Spf:
             return None
         if conn.trusted:
             return None
-        helo = (conn.helo or "").strip()
+        # A trailing dot names the same domain (RFC 7208 §7.1 ignores it); pyspf reads
+        # the empty last label as a malformed domain and answers "none", which would
+        # let "forged@example.com." past "-all".
+        helo = (conn.helo or "").strip().removesuffix(".")
         if txn.sender.is_null:
             # §2.3: no HELO identity without a host name.
             if not helo or helo.startswith("[") or not is_fqdn(helo):
                 return None
             sender, identity = "", "helo"
         else:
-            sender, identity = txn.sender.text, "mailfrom"
+            sender, identity = txn.sender.text.removesuffix("."), "mailfrom"
         key = (conn.client_ip, sender.lower(), helo.lower())
         found, memoized = self.memo.get(key)
         if found and memoized is not None:
-            record_spf(txn, memoized[1], helo=not sender, value=txn.sender.domain or helo)
+            record_spf(txn, memoized[1], helo=not sender, value=_identity_domain(txn, helo))
             return memoized[0]
         query = SpfQuery(
             self.dns,
@@ -166,7 +169,7 @@ class Spf:
             receiver=self.receiver,
         )
         result, _code, explanation = query.check()
-        record_spf(txn, result, helo=not sender, value=txn.sender.domain or helo)
+        record_spf(txn, result, helo=not sender, value=_identity_domain(txn, helo))
         detail = f"spf={result} {identity} {query.o} from {conn.client_ip}: {explanation}"
         if result == "temperror":
             return TempError("database_temp_error", detail)
@@ -179,3 +182,9 @@ class Spf:
             log.info("spf sid=%s detail=%r", conn.session_id, detail)
         self.memo.put(key, (verdict, result))
         return verdict
+
+
+def _identity_domain(txn: Transaction, helo: str) -> str:
+    """The domain the result is about, for Authentication-Results: the sender's, or
+    the HELO name for the null sender; without a trailing dot, as it was checked."""
+    return (txn.sender.domain if txn.sender else "").removesuffix(".") or helo
