@@ -131,7 +131,10 @@ def test_other_milters_and_lists_are_kept(tmp_path: Path) -> None:
     theirs = "inet:127.0.0.1:8891, { inet:127.0.0.1:8893, default_action=accept }"
     result = make_plan(cfg, smtpd_milters=theirs, non_smtpd_milters="inet:127.0.0.1:8891")
     new = changes(result)
-    assert new["smtpd_milters"].startswith(theirs + ", { unix:")
+    # First: it must see the header fields as the client sent them, not those the
+    # other milters add (it removes result fields that claim its verdict).
+    assert new["smtpd_milters"].startswith("{ unix:")
+    assert new["smtpd_milters"].endswith("content_timeout=300s }, " + theirs)
     assert "default_action=tempfail" in new["smtpd_milters"]
     assert "non_smtpd_milters" not in new
     assert "mynetworks" not in new
@@ -368,12 +371,25 @@ def test_a_changed_socket_replaces_our_old_entry(tmp_path: Path) -> None:
     rspamd = f"{{ inet:127.0.0.1:11332, {OUR_SETTINGS} }}"
     result = make_plan(cfg, smtpd_milters=f"{rspamd}, {old}")
     new = changes(result)["smtpd_milters"]
-    assert new == f"{rspamd}, {{ {address}, {OUR_SETTINGS} }}"
+    assert new == f"{{ {address}, {OUR_SETTINGS} }}, {rspamd}"
     assert any("unix:smtpguard/old.sock" in p for p in result.problems)
     assert "smtpd_milters" not in changes(make_plan(cfg, smtpd_milters=new))
     # Both there (an earlier run appended the new one): the old one goes.
     both = make_plan(cfg, smtpd_milters=f"{old}, {rspamd}, {{ {address}, {OUR_SETTINGS} }}")
-    assert changes(both)["smtpd_milters"] == f"{rspamd}, {{ {address}, {OUR_SETTINGS} }}"
+    assert changes(both)["smtpd_milters"] == f"{{ {address}, {OUR_SETTINGS} }}, {rspamd}"
+
+
+def test_our_entry_after_another_milter_moves_to_the_front(tmp_path: Path) -> None:
+    """A milter before smtpguard (OpenDKIM, say, whose default AuthservID is the host
+    name, as is smtpguard's) would have its Authentication-Results removed as forged."""
+    cfg = config(tmp_path)
+    ours = f"{{ {postfix_milter_address(cfg.milter.socket)}, {OUR_SETTINGS} }}"
+    result = make_plan(cfg, smtpd_milters=f"inet:127.0.0.1:8891 {ours},$more_milters")
+    assert changes(result)["smtpd_milters"] == f"{ours}, inet:127.0.0.1:8891 $more_milters"
+    assert any("another milter comes before smtpguard" in p for p in result.problems)
+    # A $parameter before it may hold anything: left as written.
+    kept = make_plan(cfg, smtpd_milters=f"{ours}, $more_milters")
+    assert "smtpd_milters" not in changes(kept)
 
 
 def test_an_admins_reject_all_before_the_guard_is_kept(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ cat > /etc/postfix/smtpguard_footers.regexp <<'SMTPGUARD_EOF'
 /^501 5\.1\.3 Bad recipient address syntax/ \c (邮箱不存在)
 /^552 5\.3\.4 Message size exceeds fixed limit/ \c (message is too long. 邮件大小超过限制)
 SMTPGUARD_EOF
-# attach smtpguard after the milters already configured; default_action=tempfail: while it is down mail is deferred, never accepted unchecked
+# attach smtpguard; default_action=tempfail: while it is down mail is deferred, never accepted unchecked
 postconf -e 'smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=tempfail, protocol=6, connect_timeout=10s, command_timeout=30s, content_timeout=300s }'
 # smtpguard reads {client_addr} {client_name}
 postconf -e 'milter_connect_macros = j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}'

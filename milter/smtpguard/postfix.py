@@ -218,6 +218,17 @@ def _cut(value: str, spans: list[tuple[int, int]], index: int, end_index: int) -
     return value[:before] + value[spans[end_index][1] :]
 
 
+def _first(value: str, address: str) -> str:
+    """``value`` with the (first) entry for ``address`` moved to the front, written as
+    it was; ``value`` itself when it is first already or not written there (it may come
+    from a ``$parameter``)."""
+    spans = list_spans(value)
+    for i, (a, b) in enumerate(spans):
+        if _milter_address(value[a:b]) == address:
+            return value if i == 0 else f"{value[a:b]}, {_cut(value, spans, i, i)}"
+    return value
+
+
 def _milter_address(entry: str) -> str:
     """``unix:x`` of ``{ unix:x, default_action=accept }`` or of a bare ``unix:x``."""
     if entry.startswith("{") and entry.endswith("}"):
@@ -410,62 +421,68 @@ class _Planner:
                 " be refused (helo_error, relay_local_fail); add 127.0.0.0/8 there"
             )
         for name in params:
-            entries = split_list(self.now[name])
-            ours = [e for e in entries if _milter_address(e) == self.address]
-            raw = self.raw[name]
-            spans = list_spans(raw)
-            stale = [
-                i
-                for i, (a, b) in enumerate(spans)
-                if _is_our_entry(raw[a:b]) and _milter_address(raw[a:b]) != self.address
-            ]
-            if ours and stale:
-                value = raw
-                for i in reversed(stale):
-                    value = _cut(value, spans, i, i)
-                old = ", ".join(_milter_address(raw[slice(*spans[i])]) for i in stale)
-                self.change(
-                    name,
-                    value,
-                    f"smtpguard's entry for an earlier milter.socket ({old}) removed: its"
-                    " dead socket would defer every message",
-                    f"holds smtpguard's entry for {old} beside {self.address}",
-                )
+            self._milter_entry(name, entry)
+
+    def _milter_entry(self, name: str, entry: str) -> None:
+        """smtpguard's entry in one milter list: added, moved to the front, or put in
+        place of an earlier postfix-config's entry for another socket; one change with
+        every reason."""
+        entries = split_list(self.now[name])
+        ours = [e for e in entries if _milter_address(e) == self.address]
+        raw = self.raw[name]
+        spans = list_spans(raw)
+        stale = [
+            i
+            for i, (a, b) in enumerate(spans)
+            if _is_our_entry(raw[a:b]) and _milter_address(raw[a:b]) != self.address
+        ]
+        value = raw
+        reasons: list[str] = []
+        problems: list[str] = []
+        if stale:
+            old = ", ".join(_milter_address(raw[slice(*spans[i])]) for i in stale)
+            for i in reversed(stale):
+                value = _cut(value, list_spans(value), i, i)
+            # Left there, a dead socket would defer every message (default_action).
             if ours:
-                action = (
-                    _milter_option(ours[0], "default_action") or self.now["milter_default_action"]
+                reasons.append(
+                    f"smtpguard's entry for an earlier milter.socket ({old}) removed: its"
+                    " dead socket would defer every message"
                 )
-                if action != "tempfail":
-                    self.problem(
-                        f"{name}: default_action for {self.address} is {action!r}: with"
-                        " smtpguard down mail would not be deferred (use default_action=tempfail)"
-                    )
-                continue
-            if stale:
-                # Written by an earlier postfix-config for another milter.socket: left
-                # there, its dead socket would defer every message (default_action).
-                old = _milter_address(raw[slice(*spans[stale[0]])])
-                value = raw
-                for i in reversed(stale[1:]):
-                    value = _cut(value, spans, i, i)
-                start, end = spans[stale[0]]
-                value = value[:start] + entry + value[end:]
-                self.change(
-                    name,
-                    value,
-                    f"smtpguard's entry follows milter.socket ({old} -> {self.address});"
-                    " the other milters stay where they are",
-                    f"smtpguard's entry is for {old}, not milter.socket ({self.address})",
+                problems.append(f"holds smtpguard's entry for {old} beside {self.address}")
+            else:
+                reasons.append(f"smtpguard's entry follows milter.socket ({old} -> {self.address})")
+                problems.append(
+                    f"smtpguard's entry is for {old}, not milter.socket ({self.address})"
                 )
-                continue
-            self.change(
-                name,
-                _append(raw, entry),
-                "attach smtpguard after the milters already configured;"
-                " default_action=tempfail: while it is down mail is deferred, never"
-                " accepted unchecked",
-                f"smtpguard ({self.address}) is not in it",
+        if not ours:
+            value = _append(value, entry)
+            if not stale:
+                reasons.append(
+                    "attach smtpguard; default_action=tempfail: while it is down mail is"
+                    " deferred, never accepted unchecked"
+                )
+                problems.append(f"smtpguard ({self.address}) is not in it")
+        first = _first(value, self.address)
+        if first != value:
+            value = first
+            reasons.append(
+                "smtpguard first, the other milters after it in their order: it must see"
+                " the header fields as the client sent them (it removes incoming"
+                " Authentication-Results with its authserv-id and X-Spam-* fields, which"
+                " would take those of a milter before it)"
             )
+            if ours:
+                problems.append(f"another milter comes before smtpguard ({self.address})")
+        if value != raw:
+            self.change(name, value, "; ".join(reasons), "; ".join(problems) or None)
+        if ours:
+            action = _milter_option(ours[0], "default_action") or self.now["milter_default_action"]
+            if action != "tempfail":
+                self.problem(
+                    f"{name}: default_action for {self.address} is {action!r}: with"
+                    " smtpguard down mail would not be deferred (use default_action=tempfail)"
+                )
 
     def macros(self) -> None:
         for name, wanted in POSTFIX_MACROS.items():

@@ -267,11 +267,11 @@ def test_local_submissions_pass_through_non_smtpd_milters() -> None:
 
 
 @contextmanager
-def tag_milters(*names: str) -> Iterator[dict[str, int]]:
+def tag_milters(*names: str, authserv_id: str = "") -> Iterator[dict[str, int]]:
     ports = {name: free_port() for name in names}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(TAG_MILTER), name, f"inet:{port}@127.0.0.1"],
+            [sys.executable, str(TAG_MILTER), name, f"inet:{port}@127.0.0.1", authserv_id],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -293,9 +293,14 @@ ADMIN_NETWORKS = "127.0.0.0/8 10.20.0.0/16 [2001:db8:1::]/48"
 def test_merge_keeps_the_admins_milters_and_networks() -> None:
     s = site(
         "merge",
-        {"site": {"trusted_networks": ["127.0.0.0/8", "10.20.0.0/16", "[2001:db8:1::]/48"]}},
+        {
+            "site": {"trusted_networks": ["127.0.0.0/8", "10.20.0.0/16", "[2001:db8:1::]/48"]},
+            "milter": {"authserv_id": "mx.example.com"},
+        },
     )
-    with tag_milters("one", "two") as ports, running(s):
+    # The admin's milters write results under smtpguard's authserv-id, as an OpenDKIM
+    # with its default AuthservID (the host name) does.
+    with tag_milters("one", "two", authserv_id="mx.example.com") as ports, running(s):
         theirs = (
             f"inet:127.0.0.1:{ports['one']}, {{ inet:127.0.0.1:{ports['two']},"
             " default_action=accept }"
@@ -308,7 +313,9 @@ def test_merge_keeps_the_admins_milters_and_networks() -> None:
         postfix = start_postfix(s.config, admin, networks=ADMIN_NETWORKS)
         try:
             postconf = postconf_values(postfix, "smtpd_milters", "non_smtpd_milters", "mynetworks")
-            assert postconf["smtpd_milters"].startswith(theirs + ", { unix:")
+            # smtpguard first, theirs after it in their order.
+            assert postconf["smtpd_milters"].startswith("{ unix:")
+            assert postconf["smtpd_milters"].endswith("content_timeout=300s }, " + theirs)
             assert postconf["non_smtpd_milters"] == f"inet:127.0.0.1:{ports['one']}"
             assert postconf["mynetworks"] == ADMIN_NETWORKS
             check = smtpguard(
@@ -326,6 +333,9 @@ def test_merge_keeps_the_admins_milters_and_networks() -> None:
             delivered = postfix.wait_delivered(queue_id)
             assert b"X-Tag-one: seen" in delivered
             assert b"X-Tag-two: seen" in delivered
+            # Their results are theirs: smtpguard, first, never saw them to remove.
+            assert b"dkim=pass header.d=tag-one.example" in delivered
+            assert b"dkim=pass header.d=tag-two.example" in delivered
 
             # The table's replies arrive, and the admin's IPv6 LAN still relays.
             with client(postfix, FOREIGN) as c:
