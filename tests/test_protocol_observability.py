@@ -187,7 +187,7 @@ def test_refused_at_mail_from_has_its_summary(service: Running) -> None:
         "smtpport_check",
         "smtpport",
     )
-    assert line["iprev"] == "fail"
+    assert line["iprev"] == "permerror"  # no PTR published (RFC 8601 §2.7.3)
     assert line["nrcpt"] == "0"
 
 

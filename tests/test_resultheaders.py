@@ -78,7 +78,9 @@ def test_spf_and_iprev_results() -> None:
 @pytest.mark.parametrize(
     ("rdns", "result"),
     [
-        (ReverseDns(Answer("n", "PTR", Status.NXDOMAIN)), "fail"),
+        # No PTR data published: RFC 8601 §2.7.3's permerror, not fail.
+        (ReverseDns(Answer("n", "PTR", Status.NXDOMAIN)), "permerror"),
+        (ReverseDns(Answer("n", "PTR", Status.NODATA)), "permerror"),
         (ReverseDns(Answer("n", "PTR", Status.SERVFAIL)), "temperror"),
         (ReverseDns(Answer.of("n", "PTR", "a.test"), ("a.test",), ("a.test",)), "pass"),
         (ReverseDns(Answer.of("n", "PTR", "a.test"), ("a.test",), (), ("a.test",)), "temperror"),
@@ -162,7 +164,8 @@ def test_fold_keeps_short_values_on_one_line() -> None:
 #: Reverse DNS outcomes by the iprev result they stand for.
 RDNS = {
     "pass": ReverseDns(Answer.of("n", "PTR", "a.test"), ("a.test",), ("a.test",)),
-    "fail": ReverseDns(Answer("n", "PTR", Status.NXDOMAIN)),
+    "fail": ReverseDns(Answer.of("n", "PTR", "a.test"), ("a.test",)),
+    "permerror": ReverseDns(Answer("n", "PTR", Status.NXDOMAIN)),
     "temperror": ReverseDns(Answer("n", "PTR", Status.SERVFAIL)),
 }
 
@@ -173,6 +176,7 @@ RDNS = {
         ("pass", False, "pass"),
         ("softfail", False, "fail"),
         ("none", True, "temperror"),
+        ("fail", False, "permerror"),
         ("temperror", False, None),
         (None, False, "pass"),
     ],

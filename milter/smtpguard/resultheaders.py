@@ -66,13 +66,16 @@ def spf_result(txn: Transaction) -> SpfResult | None:
 
 
 def record_iprev(conn: Connection, rdns: ReverseDns) -> None:
-    """RFC 8601 §2.7.3 (RFC 8601 §3 of RFC 5451's iprev): pass when a PTR name
-    resolves back to the client IP, temperror when a lookup failed temporarily and
-    nothing confirmed, fail otherwise (no PTR, or no name confirmed)."""
+    """RFC 8601 §2.7.3: pass when a PTR name resolves back to the client IP,
+    temperror when a lookup failed temporarily and nothing confirmed, permerror when
+    no PTR data are published (NXDOMAIN or an empty answer), fail otherwise (no name
+    confirmed)."""
     if rdns.confirmed:
         result = "pass"
     elif rdns.temporary:
         result = "temperror"
+    elif rdns.ptr.status.negative:
+        result = "permerror"
     else:
         result = "fail"
     conn.scratch[_IPREV] = result
