@@ -142,7 +142,7 @@ def test_engine_score_adds_to_the_rules(
     rules.result = RulesResult(4.0, ("A",))
     spam_engine.result = SpamResult(SpamStatus.OK, 11.5, "add header")
     verdict, _ = deliver(AntiSpam(make_services(antispam=RSPAMD)))
-    assert verdict == Hit("antispam_reject", "score 15.5 (A, rspamd=11.5/add header)")
+    assert verdict == Hit("antispam_reject", "score 15.5 (A, rspamd=11.5/add_header)")
 
 
 @pytest.mark.parametrize(("engine_action", "rejected"), [(True, True), (False, False)])

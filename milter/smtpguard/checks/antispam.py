@@ -14,6 +14,7 @@ score still applies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -24,6 +25,8 @@ from smtpguard.checks.dnsbl import UNSURE_SCORES as DNSBL_UNSURE_SCORES
 from smtpguard.scanners import MessageSpool, RuleStream, SpamEnvelope
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
+
+_TOKEN_BREAKS = re.compile(r"[\s,;]+")
 
 _RULES = "antispam.rules"
 _SPOOL = "antispam.spool"
@@ -138,7 +141,10 @@ class AntiSpam:
             answer = self.engine.check(spool, envelope)
             if answer.ok:
                 score += answer.score
-                why.append(f"rspamd={answer.score:.1f}/{answer.action}")
+                # One token: X-Spam-Status readers split tests= at white space and
+                # commas ("no action" is "no_action" there, as in rspamd's own logs).
+                token = _TOKEN_BREAKS.sub("_", answer.action)
+                why.append(f"rspamd={answer.score:.1f}/{token}")
                 if self.config.engine_action and answer.action == "reject":
                     self._report(txn, score, add_header_score, why, refused=True)
                     return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
