@@ -584,6 +584,29 @@ def test_report_mode_can_stamp_a_header(tmp_path: Path) -> None:
     assert ("X-Smtpguard-Report", "host_denies_sender") in decision.headers
 
 
+def test_a_long_report_header_is_folded(tmp_path: Path) -> None:
+    """RFC 5322 §2.1.1: lines of at most 78 characters where the text allows."""
+    site = make_site(
+        tmp_path,
+        {"milter": {"report_header": "X-Smtpguard-Report", "dry_run": True}},
+    )
+    driver = SessionDriver(build_runtime(load(site.config)), SessionGate(10), {}.get)
+    driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
+    driver.helo("localhost")
+    assert driver.mail("<spammer@bad.example>", ()).action is Action.CONTINUE
+    assert driver.rcpt("<nobody@example.com>").action is Action.CONTINUE
+    assert driver.rcpt("<someone@elsewhere.example>").action is Action.CONTINUE
+    driver.data()
+    driver.eoh()
+    value = dict(driver.eom().headers)["X-Smtpguard-Report"]
+    lines = f"X-Smtpguard-Report: {value}".split("\n")
+    assert len(lines) > 1
+    assert all(len(line) <= 78 for line in lines)
+    assert all(line.startswith("\t") for line in lines[1:])
+    unfolded = " ".join(line.strip() for line in value.split("\n"))
+    assert unfolded == "helo_error, host_denies_sender, mailbox_unavailable, host_denies_relay"
+
+
 @pytest.mark.parametrize("sender", ["<spammer@bad.example>", "<friend@sender.example>"])
 def test_a_senders_own_report_header_is_removed(tmp_path: Path, sender: str) -> None:
     """Whether or not report mode noted anything, a copy the sender wrote would read as

@@ -80,6 +80,7 @@ from smtpguard.resultheaders import (
     STATUS_FIELD,
     authentication_results,
     default_authserv_id,
+    fold,
     iprev_result,
     names_us,
     spam_headers,
@@ -402,7 +403,9 @@ class Pipeline:
         headers = (*txn.add_headers, *self.eom_headers)
         reported: list[str] | None = txn.scratch.get(_REPORTED)
         if reported:
-            headers = (*headers, (self.report_header, ", ".join(dict.fromkeys(reported))))
+            ids = [f"{i}," for i in dict.fromkeys(reported)]
+            ids[-1] = ids[-1].rstrip(",")
+            headers = (*headers, (self.report_header, fold(self.report_header, ids)))
         spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
         if spam is not None and self.config.antispam.status_headers:
             headers = (
