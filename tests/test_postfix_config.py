@@ -21,6 +21,7 @@ from smtpguard.postfix import (
     POSTFIX_FOOTERS,
     Plan,
     Settings,
+    footer_text,
     main_cf_fragment,
     plan,
     postfix_footer_regexp,
@@ -682,3 +683,15 @@ def test_a_slower_smtpguard_than_the_milter_timeouts_is_a_note(tmp_path: Path) -
     dns = config(tmp_path / "dns", {"dns": {"nameservers": ["127.0.0.1"], "stage_deadline": 40.0}})
     (note,) = [n for n in make_plan(dns).notes if "_timeout=" in n]
     assert note.startswith("command_timeout=30s in smtpguard's smtpd_milters entry is below")
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [
+        ("100%% 检查", "100% 检查"),  # the table's "%%" is libmilter's escape of "%"
+        ("费用 $5", "费用 $$$$5"),  # a regexp substitution, then a footer macro
+        ("plain", "plain"),
+    ],
+)
+def test_footer_text_survives_postfixs_two_expansions(text: str, written: str) -> None:
+    assert footer_text(text) == written

@@ -327,6 +327,15 @@ def relay_access(replies: ReplyTable, utf8: bool) -> str:
 MILTER_RELAY_PASS = "${smtpd_milters?{check_recipient_access static:{OK}}}"  # noqa: S105 - not a password
 
 
+def footer_text(text: str) -> str:
+    """A table text as a regexp_table(5) result that Postfix's footer expansion turns
+    back into it: "%%" (the table's "%", for libmilter) is one "%" here, and "$" is
+    "$$" (a regexp substitution otherwise) twice over (the footer's own $name
+    expansion). Checked against Postfix 3.7; a backslash has no escape there (the
+    footer reads "\\n" as a line break whatever precedes it)."""
+    return text.replace("%%", "%").replace("$", "$$$$")
+
+
 def postfix_footer_regexp(replies: ReplyTable, utf8: bool) -> str:
     out = []
     for pattern, reply_id, with_english in POSTFIX_FOOTERS:
@@ -339,7 +348,7 @@ def postfix_footer_regexp(replies: ReplyTable, utf8: bool) -> str:
             # The pattern is delimited by "/": one inside it (HELO/EHLO) would end it
             # early and Postfix would skip the rule ("unknown regexp option").
             escaped = pattern.replace("/", "\\/")
-            out.append(f"/{escaped}/ \\c ({text})")
+            out.append(f"/{escaped}/ \\c ({footer_text(text)})")
     return "\n".join(out) + ("\n" if out else "")
 
 

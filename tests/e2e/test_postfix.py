@@ -351,6 +351,23 @@ def test_mta_level_rows_get_the_table_text_as_footer(postfix: Postfix) -> None:
         assert c.cmd("FROBNICATE").lines == ("500 5.5.2 Error: command not recognized (语法错误)",)
 
 
+def test_footer_keeps_percent_and_dollar_signs_of_the_table_text() -> None:
+    """The table writes "%" as "%%" (libmilter's escape) and "$" is a regexp_table
+    substitution and a footer macro in Postfix: the client reads the text as written."""
+    text = "请先发送 MAIL (100%% 检查, 费用 $5, $client_address)"
+    site = e2e_site("footers", {"replies": {"override": {"mail_first": {"text": {"zh": text}}}}})
+    with running(site):
+        postfix = start_postfix(site.config)
+        try:
+            with client(postfix, UNTRUSTED) as c:
+                assert c.cmd("RCPT TO:<alice@example.com>").lines == (
+                    "503 5.5.1 Error: need MAIL command"
+                    " (请先发送 MAIL (100% 检查, 费用 $5, $client_address))",
+                )
+        finally:
+            postfix.stop()
+
+
 # --- faults -------------------------------------------------------------------------
 
 
