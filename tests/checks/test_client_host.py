@@ -81,6 +81,7 @@ def host(fake: FakeDns, ip: str, *names: str, forward: dict[str, str] | None = N
         "no-ptr.isp.example",
         "ip-203-0-113-9.ec2.example",
         "host.1.2.3.4.isp.example",
+        "dyn-1-2.isp.co.uk",
     ],
 )
 def test_generic_names(shipped: GenericPatterns, name: str) -> None:
@@ -101,6 +102,12 @@ def test_generic_names(shipped: GenericPatterns, name: str) -> None:
         "mx.home-office.example",
         "outbound.customers-mail.example",
         "relay2.mobileco.example",
+        # The owner's registered domain is not the provider's naming scheme.
+        "mail.dynamic-solutions.com",
+        "mx1.pool-tech.de",
+        "mx.dyn.com",
+        "out.dsl.net",
+        "smtp.cable.co.uk",
     ],
 )
 def test_mail_server_names_are_not_generic(shipped: GenericPatterns, name: str) -> None:

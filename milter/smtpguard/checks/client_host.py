@@ -122,13 +122,29 @@ def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
     return ReverseDns(ptr, names, confirmed, unknown)
 
 
+#: Second-level labels under which country-code registries hand out domains
+#: (example.co.uk, example.com.cn, example.ne.jp): the owner's domain has three labels.
+_REGISTRY_SLDS = frozenset({"ac", "co", "com", "edu", "go", "gov", "ne", "net", "or", "org"})
+
+
+def host_part(name: str) -> str:
+    """``name`` without its owner's domain (the last two labels, three under a
+    country-code registry's second level): a provider names its dynamic hosts in the
+    labels it assigns ("dyn-1-2.isp.example"), while the domain is whatever its owner
+    registered: mail.dynamic-solutions.example and mx.dyn.example are mail servers."""
+    labels = name.split(".")
+    owner = 3 if len(labels[-1]) == 2 and len(labels) > 2 and labels[-2] in _REGISTRY_SLDS else 2
+    return ".".join(labels[:-owner])
+
+
 def generic_match(patterns: GenericPatterns, name: str, ip: IPAddress) -> str | None:
     """Why ``name`` looks like a dynamic/residential host's name, or None."""
     name = name.lower().rstrip(".")
     if any(allow.search(name) for allow in patterns.allow):
         return None
+    host = host_part(name)
     for label, regex in patterns.patterns:
-        if regex.search(name):
+        if regex.search(host):
             return label
     if patterns.embedded_ip and isinstance(ip, ipaddress.IPv4Address) and embeds_ip(name, ip):
         return "embedded_ip"
