@@ -342,6 +342,9 @@ DOMAINS: dict[str, dict[str, Any]] = {
         (["a@plain.example"], "b@example.com", False),  # both under the global policy
         (["a@big.example", "b@twin.example"], "c@big.example", True),  # big.example's max_rcpt
         (["a@twin.example", "b@big.example"], "c@big.example", False),  # twin's max_rcpt is 5
+        # An invalid address falls under the domain it names: the mailbox check's to judge.
+        (["a@big.example"], "<b..c@big.example>", False),
+        (["a@big.example"], "<b..c@plain.example>", True),
     ],
 )
 def test_one_domain_policy_per_transaction(

@@ -40,7 +40,9 @@ class RcptLimit:
             return None
         limit = self.limit
         if self.config.domains:
-            new = self._policy(event.rcpt.domain_lc if event.rcpt is not None else "")
+            # An unparsable recipient falls under the domain it names, as relay sees it.
+            domain = event.rcpt.domain_lc if event.rcpt else raw_parts(event.rcpt_raw)[1]
+            new = self._policy(domain)
             current = self._policy(txn.recipients[0].domain_lc) if txn.recipients else new
             if new.content != current.content:
                 return Hit(
