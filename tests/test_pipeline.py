@@ -590,7 +590,9 @@ def test_a_long_report_header_is_folded(tmp_path: Path) -> None:
         tmp_path,
         {"milter": {"report_header": "X-Smtpguard-Report", "dry_run": True}},
     )
-    driver = SessionDriver(build_runtime(load(site.config)), SessionGate(10), {}.get)
+    driver = SessionDriver(
+        build_runtime(load(site.config)), SessionGate(10), {"v": "Postfix 3.7.11"}.get
+    )
     driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
     driver.helo("localhost")
     assert driver.mail("<spammer@bad.example>", ()).action is Action.CONTINUE
