@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import itertools
 import logging
 import math
@@ -34,6 +35,7 @@ from smtpguard.counters import (
     redis_client,
 )
 from support.daemons import RedisServer, free_port, start_redis
+from support.files import descriptors_on
 from support.polling import wait_until
 from support.threads import hammer
 
@@ -517,6 +519,27 @@ def test_shared_file_of_another_geometry_is_made_again(
     assert old.hit(KEY, 7000) == 2
     assert new.peek(KEY, 7000) == 1
     assert list(tmp_path.iterdir()) == [tmp_path / "counters.map"]
+
+
+def test_a_shared_counter_dropped_without_close_closes_its_file(tmp_path: Path) -> None:
+    """A reload retires the old counter with close(); a session still on the old
+    runtime then maps the file again, and that descriptor must go with the counter."""
+    counter = shared(tmp_path)
+    counter.hit(KEY, 1000)
+    counter.close()
+    counter.hit(KEY, 1000)  # the straggler
+    assert descriptors_on(tmp_path / "counters.map") > 0
+    del counter
+    gc.collect()
+    assert descriptors_on(tmp_path / "counters.map") == 0
+
+
+def test_close_releases_the_file_and_a_later_call_still_counts(tmp_path: Path) -> None:
+    counter = shared(tmp_path)
+    assert counter.hit(KEY, 1000) == 1
+    counter.close()
+    assert descriptors_on(tmp_path / "counters.map") == 0
+    assert counter.hit(KEY, 1000) == 2
 
 
 def test_two_geometries_in_one_process_do_not_crash_it(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from smtpguard.sqlitedb import MIN_CHECK_INTERVAL, ConnectionPool
+from support.files import descriptors_on
 from support.threads import hammer
 
 SQL = "SELECT v FROM t WHERE k = ?"
@@ -301,3 +302,16 @@ def test_reopen_while_threads_use_the_pool(tmp_path: Path) -> None:
     errors = hammer(lambda n: replace(n) if n == 0 else work(n), threads=5)
     assert errors == []
     assert pool.query(SQL, ("a",)) == [("v20",)]
+
+
+def test_a_closed_pool_keeps_no_connection_and_still_answers(db_path: Path) -> None:
+    """A store retired by a reload: its idle connections close at once, and a session
+    still using it gets its answer on a connection that closes after the query."""
+    before = descriptors_on(db_path)  # the fixture's own connection, until collected
+    pool = opener(db_path)
+    assert pool.query("SELECT v FROM t") == [("one",)]
+    assert descriptors_on(db_path) == before + 1
+    pool.close()
+    assert descriptors_on(db_path) == before
+    assert pool.query("SELECT v FROM t") == [("one",)]
+    assert descriptors_on(db_path) == before

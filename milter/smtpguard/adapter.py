@@ -29,7 +29,7 @@ from typing import Any
 import Milter
 import milter  # pymilter's C module: the libmilter calls runmilter makes
 
-from smtpguard.app import Runtime
+from smtpguard.app import Runtime, retire
 from smtpguard.checks import Stage
 from smtpguard.config import ConfigError, MilterConfig
 from smtpguard.driver import SessionDriver
@@ -484,13 +484,11 @@ def _reload_once(app: App, reload: Callable[[], Runtime | None]) -> None:
     app.swap(runtime)
     set_level(runtime.config.milter.log_level)
     log.info("reloaded configuration from %s", runtime.config.file)
-    retired = old.services.dns
-    if retired is not None and retired is not runtime.services.dns:
-        # Sessions that started on the old runtime may still wait on its resolver:
-        # close it once the longest such session must have ended.
-        timer = threading.Timer(old.config.milter.timeout + 30, retired.close)
-        timer.daemon = True
-        timer.start()
+    # Sessions that started on the old runtime may still use its backends: close them
+    # once the longest such stage must have ended.
+    timer = threading.Timer(old.config.milter.timeout + 30, retire, (old, runtime))
+    timer.daemon = True
+    timer.start()
 
 
 def drop_privileges(user: str) -> None:

@@ -7,8 +7,10 @@ flight finish on the one they started with.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from smtpguard.checks import Services
 from smtpguard.config import Config, ConfigError, load_config
@@ -27,6 +29,13 @@ from smtpguard.metrics import Metrics, NullMetrics
 from smtpguard.pipeline import CHECK_NAMES, Pipeline
 from smtpguard.replies import ReplyTable, load_replies
 from smtpguard.state import Blacklist, RedisBlacklist, SessionGate, SqliteBlacklist
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +100,29 @@ def build_runtime(
         metrics=metrics,
     )
     return Runtime(config, replies, services, Pipeline(services, replies))
+
+
+def retire(old: Runtime, new: Runtime) -> None:
+    """Close the backends of ``old`` that ``new`` does not use: its SQLite connections,
+    Redis connections, counter file and resolver thread.
+
+    Call it once no session can be using ``old`` any more: each reload builds new
+    stores, and without this every reload kept the old ones' descriptors open in a
+    worker for good (its stores hold reference cycles, and a supervisor freezes its
+    objects before it forks). A session still using ``old`` afterwards is served all
+    the same, on connections it opens and closes itself.
+    """
+    kept = (new.services.dns, new.services.counter, new.services.directory, new.services.blacklist)
+    parts = (old.services.dns, old.services.counter, old.services.directory, old.services.blacklist)
+    for part in parts:
+        if not isinstance(part, _Closable) or any(part is k for k in kept):
+            continue
+        try:
+            part.close()
+        except Exception:
+            # Retiring runs off the session path (a timer, the supervisor): a failure
+            # to close costs a descriptor, never a message.
+            log.exception("reload: closing the previous %s failed", type(part).__name__)
 
 
 def _directory(config: Config) -> Directory:

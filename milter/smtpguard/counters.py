@@ -52,6 +52,7 @@ import os
 import struct
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -284,6 +285,9 @@ class SharedCounter:
         self._map: mmap.mmap | None = None
         self._fd = -1
         self._pid = 0
+        # Closes the descriptor of a counter dropped without close() (retired by a
+        # reload while a session still used it, which opened the file again).
+        self._closer: weakref.finalize[[int], SharedCounter] | None = None
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -319,16 +323,20 @@ class SharedCounter:
             self._unmap()
 
     def _unmap(self) -> None:
+        """Close this process's map and descriptor; forget inherited ones."""
         if self._map is not None and self._pid == _pid:
             self._map.close()
-            os.close(self._fd)
-        self._map, self._fd = None, -1
+            if self._closer is not None:
+                self._closer()
+        elif self._closer is not None:
+            # A map and descriptor inherited over a fork are the parent's: left alone.
+            self._closer.detach()
+        self._map, self._fd, self._closer = None, -1, None
 
     def _mapped(self) -> mmap.mmap:
         if self._map is not None and self._pid == _pid:
             return self._map
-        # A map and descriptor inherited over a fork are the parent's: left alone.
-        self._map, self._fd = None, -1
+        self._unmap()
         try:
             fd = self._open_locked()
         except OSError as exc:
@@ -346,6 +354,7 @@ class SharedCounter:
             os.close(fd)
             raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
         self._fd, self._pid = fd, _pid
+        self._closer = weakref.finalize(self, os.close, fd)
         return self._map
 
     def _open_locked(self) -> int:
@@ -593,6 +602,10 @@ class RedisCounter:
         base = f"{self.prefix}:{{{digest.hexdigest()}}}"
         return [f"{base}:{bucket}" for bucket in self.buckets.neighbourhood(size)]
 
+    def close(self) -> None:
+        """Close the pooled connections (a counter retired by a reload)."""
+        self.client.close()
+
     def _run(self, key: str, size: int, *, add: bool) -> int:
         member = f"{self._node}:{next(self._seq)}"
         args: list[str | int] = [
@@ -654,6 +667,13 @@ class ResilientCounter:
     @property
     def down(self) -> bool:
         return self.outage.down
+
+    def close(self) -> None:
+        """Close both counters' connections or files (retired by a reload)."""
+        for part in (self.primary, self.local):
+            close: Callable[[], None] | None = getattr(part, "close", None)
+            if close is not None:
+                close()
 
     def hit(self, key: str, size: int) -> int:
         return self._call("hit", key, size)

@@ -187,6 +187,16 @@ class ConnectionPool:
             return f"back (inode {found[1]}): reopened"
         return f"replaced (inode {seen[1]} -> {found[1]}): reopened"
 
+    def close(self) -> None:
+        """Close the idle connections and keep none from now on (a store retired by a
+        reload): a query still running gets its answer, on a connection of its own that
+        is closed after it."""
+        with self._lock:
+            stale = self._reopen()
+            self._size = 0
+        for db in stale:
+            db.close()
+
     def _reopen(self) -> list[sqlite3.Connection]:
         """Start a new generation (under the lock); the idle connections to close."""
         self._generation += 1
@@ -217,6 +227,10 @@ class WatchedFile(ABC):
         self._shared = ConnectionPool(
             self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label=self.label
         )
+
+    def close(self) -> None:
+        """Close the file's connections (see :meth:`ConnectionPool.close`)."""
+        self._shared.close()
 
     @abstractmethod
     def _open(self) -> sqlite3.Connection:

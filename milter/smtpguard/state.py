@@ -353,6 +353,10 @@ class RedisBlacklist:
             keys, {key for key, value in zip(keys, found, strict=True) if value is not None}
         )
 
+    def close(self) -> None:
+        """Close the pooled connections (a blacklist retired by a reload)."""
+        self.client.close()
+
     def add(self, address: str, reason: str = "") -> bool:
         entry = blacklist_entry(address)
         try:

@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Final
 
 from smtpguard import __version__
 from smtpguard.adapter import App, drop_privileges, install, open_socket, run
-from smtpguard.app import Runtime, build_runtime
+from smtpguard.app import Runtime, build_runtime, retire
 from smtpguard.config import Config, ConfigError, MilterConfig, load_config
 from smtpguard.counters import CounterError, SharedCounter
 from smtpguard.logsetup import set_level
@@ -459,8 +459,11 @@ class Supervisor:
             log.exception("reload failed, no worker changes its configuration")
             return
         # Workers started from now on inherit the new runtime; running ones build their
-        # own from the same bytes, published before they are told.
+        # own from the same bytes, published before they are told. No session runs
+        # here, so the old runtime's stores are closed at once.
+        old = self.app.runtime
         self.app.swap(runtime)
+        retire(old, runtime)
         set_level(runtime.config.milter.log_level)
         self.generation += 1
         self.published.publish(self.generation, data)
