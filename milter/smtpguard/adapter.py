@@ -484,11 +484,14 @@ def _reload_once(app: App, reload: Callable[[], Runtime | None]) -> None:
     app.swap(runtime)
     set_level(runtime.config.milter.log_level)
     log.info("reloaded configuration from %s", runtime.config.file)
-    # Sessions that started on the old runtime may still use its backends: close them
-    # once the longest such stage must have ended.
-    timer = threading.Timer(old.config.milter.timeout + 30, retire, (old, runtime))
-    timer.daemon = True
-    timer.start()
+    retire(old, runtime)
+    resolver = old.services.dns
+    if resolver is not None and resolver is not runtime.services.dns:
+        # Sessions that started on the old runtime may still wait on its resolver:
+        # close it once the longest such session must have ended.
+        timer = threading.Timer(old.config.milter.timeout + 30, resolver.close)
+        timer.daemon = True
+        timer.start()
 
 
 def drop_privileges(user: str) -> None:

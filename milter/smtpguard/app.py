@@ -103,25 +103,25 @@ def build_runtime(
 
 
 def retire(old: Runtime, new: Runtime) -> None:
-    """Close the backends of ``old`` that ``new`` does not use: its SQLite connections,
-    Redis connections, counter file and resolver thread.
+    """Close the stores of ``old`` that ``new`` does not use: the directory's and the
+    state's SQLite or Redis connections and the counter file (the caller retires the
+    resolver, whose lookups cannot be served once it is closed).
 
-    Call it once no session can be using ``old`` any more: each reload builds new
-    stores, and without this every reload kept the old ones' descriptors open in a
-    worker for good (its stores hold reference cycles, and a supervisor freezes its
-    objects before it forks). A session still using ``old`` afterwards is served all
-    the same, on connections it opens and closes itself.
+    Done at once, not left to the garbage collector: the stores hold reference cycles,
+    and the runtime a worker inherits is frozen before the fork, so reloads used to
+    pile up descriptors in every worker for good. A session still running on ``old``
+    is served all the same: a query in flight finishes and its connection is closed
+    after it, and a later one opens a connection (or maps the file) of its own, which
+    goes when ``old`` does.
     """
-    kept = (new.services.dns, new.services.counter, new.services.directory, new.services.blacklist)
-    parts = (old.services.dns, old.services.counter, old.services.directory, old.services.blacklist)
-    for part in parts:
+    kept = (new.services.counter, new.services.directory, new.services.blacklist)
+    for part in (old.services.counter, old.services.directory, old.services.blacklist):
         if not isinstance(part, _Closable) or any(part is k for k in kept):
             continue
         try:
             part.close()
         except Exception:
-            # Retiring runs off the session path (a timer, the supervisor): a failure
-            # to close costs a descriptor, never a message.
+            # A failure to close costs a descriptor, never a message.
             log.exception("reload: closing the previous %s failed", type(part).__name__)
 
 

@@ -41,6 +41,7 @@ Backend failures surface as :class:`CounterError`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -53,7 +54,6 @@ import struct
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, cast
@@ -147,7 +147,10 @@ class InProcessCounter:
         self.max_per_bucket = max_per_bucket
         self._clock = clock
         self._lock = threading.Lock()
-        self._hits: TTLCache[tuple[str, int], deque[float]] = TTLCache(
+        # A list per entry, not a deque: most senders send once, and a deque's first
+        # block costs 600 bytes where a one-stamp list costs 90 (1.2 kB per entry
+        # before, 115 MiB at max_keys).
+        self._hits: TTLCache[tuple[str, int], list[float]] = TTLCache(
             maxsize=max_keys, ttl=window, timer=clock
         )
 
@@ -165,7 +168,9 @@ class InProcessCounter:
             if add:
                 stamps = peek(self._hits, (key, own), None)
                 if stamps is None:
-                    stamps = deque(maxlen=self.max_per_bucket)
+                    stamps = []
+                elif len(stamps) >= self.max_per_bucket:
+                    del stamps[0]
                 stamps.append(now)
                 # Assigning again restarts the entry's time to live.
                 self._hits[(key, own)] = stamps
@@ -174,8 +179,8 @@ class InProcessCounter:
                 stamps = peek(self._hits, (key, bucket), None)
                 if stamps is None:
                     continue
-                while stamps and stamps[0] <= oldest:
-                    stamps.popleft()
+                # Appended under the lock from a monotonic clock: in order.
+                del stamps[: bisect.bisect_right(stamps, oldest)]
                 total += len(stamps)
             return total
 
@@ -603,8 +608,9 @@ class RedisCounter:
         return [f"{base}:{bucket}" for bucket in self.buckets.neighbourhood(size)]
 
     def close(self) -> None:
-        """Close the pooled connections (a counter retired by a reload)."""
-        self.client.close()
+        """Close the idle pooled connections (a counter retired by a reload); one in
+        use is left to its command, and goes with the client."""
+        self.client.connection_pool.disconnect(inuse_connections=False)
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
         member = f"{self._node}:{next(self._seq)}"

@@ -354,8 +354,9 @@ class RedisBlacklist:
         )
 
     def close(self) -> None:
-        """Close the pooled connections (a blacklist retired by a reload)."""
-        self.client.close()
+        """Close the idle pooled connections (a blacklist retired by a reload); one
+        in use is left to its command, and goes with the client."""
+        self.client.connection_pool.disconnect(inuse_connections=False)
 
     def add(self, address: str, reason: str = "") -> bool:
         entry = blacklist_entry(address)
