@@ -45,9 +45,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import ClassVar
+
+from cachetools import TTLCache
 
 from smtpguard.address import IPAddress
 from smtpguard.checks import Event, Services, Stage
@@ -69,6 +72,7 @@ log = logging.getLogger("smtpguard")
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 #: Seconds between two log lines about the same ignored answer of the same zone.
 _IGNORED_LOG_INTERVAL = 300.0
+_IGNORED_KEYS = 1024
 
 #: ``txn.scratch`` key: {check name: {zone name: weight}} of the ``action = "score"``
 #: zones that list the client (read by the antispam check).
@@ -118,7 +122,12 @@ class _Dnsbl:
         self.local = tuple(x for x in services.config.dnsbl.local if x.kind == self.kind)
         self.dns = services.dns
         self.key = f"{self.name}.lookups"
-        self._last_ignored: dict[tuple[str, str], float] = {}
+        # Bounded: a zone (or a hijacking resolver) may answer anything, each answer a
+        # new key. cachetools is not thread-safe: used under the lock.
+        self._ignored_logged: TTLCache[tuple[str, str], bool] = TTLCache(
+            _IGNORED_KEYS, ttl=_IGNORED_LOG_INTERVAL, timer=time.monotonic
+        )
+        self._ignored_lock = threading.Lock()
         #: Client addresses found in no zone (module docstring).
         self.clean: Memo[bool] = Memo(services.config.dns.verdict_ttl)
 
@@ -242,11 +251,11 @@ class _Dnsbl:
     def _log_ignored(self, conn: Connection, zone: DnsblZone, item: str) -> None:
         # Such answers come back for every client until the operator fixes the
         # resolver or the zone: say so every few minutes, not once per session.
-        now = time.monotonic()
         key = (zone.name, item)
-        if now - self._last_ignored.get(key, -_IGNORED_LOG_INTERVAL) < _IGNORED_LOG_INTERVAL:
-            return
-        self._last_ignored[key] = now
+        with self._ignored_lock:
+            if key in self._ignored_logged:
+                return
+            self._ignored_logged[key] = True
         log.warning(
             "dnsbl sid=%s zone=%s client=%s answer ignored: %s",
             conn.session_id,
