@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +59,34 @@ def files(site: Site) -> tuple[Path, ...]:
     return (site.directory, state, wal, counter_path(config))
 
 
-def test_reloads_leave_no_descriptors_of_the_stores_they_replaced(site: Site) -> None:
-    """Each reload builds new stores (a changed window, a new counter too); the old
-    runtime's SQLite connections and counter file are closed when it is retired.
-    They used to stay open for good in every worker: +7 descriptors per reload."""
-    app = App(build_runtime(load(site.config)), new_gate(load(site.config)))
+def reloads(
+    app: App, site: Site, measure: Callable[[], int], keep: list[Runtime] | None = None
+) -> list[int]:
+    """Ten reloads, each with another window (so a new counter too) and a session on
+    the new runtime, retiring the old one; ``measure()`` after each. ``keep`` collects
+    the retired runtimes (kept referenced)."""
     data = tomllib.loads(site.config.read_text(encoding="utf-8"))
     session(app, 0)
-    open_after = []
+    found = []
     for n in range(1, 11):
         data["bulk"] = {"window": 3600 + n}
         old = app.runtime
         app.swap(reloaded(app, data))
-        session(app, n)  # on the new runtime
+        session(app, n)
         retire(old, app.runtime)
         assert old.services.counter is not app.runtime.services.counter
-        open_after.append(descriptors_on(*files(site)))
+        if keep is not None:
+            keep.append(old)
+        found.append(measure())
+    return found
+
+
+def test_reloads_leave_no_descriptors_of_the_stores_they_replaced(site: Site) -> None:
+    """Each reload builds new stores; the old runtime's SQLite connections and counter
+    file are closed when it is retired. They used to pile up in every worker (about
+    three more per reload here, where the collector runs)."""
+    app = App(build_runtime(load(site.config)), new_gate(load(site.config)))
+    open_after = reloads(app, site, lambda: descriptors_on(*files(site)))
     # SQLite keeps a closed connection's descriptor while another connection of the
     # process holds a lock on the same file (POSIX locks are per process): one more
     # after the first reload, and then never more.
@@ -99,25 +112,15 @@ def test_reloads_with_redis_state_close_the_retired_connections(tmp_path: Path) 
     The retired runtimes stay referenced here, as a worker's first one does (frozen
     before the fork, never collected): being dropped is no way to close them."""
     server = start_redis(tmp_path / "redis")
-    retired = []
+    retired: list[Runtime] = []
     try:
         site = make_site(
             tmp_path / "site", {"state": {"backend": "redis", "redis_url": server.url}}
         )
         app = App(build_runtime(load(site.config)), new_gate(load(site.config)))
         watcher = redis.Redis.from_url(server.url)
-        data = tomllib.loads(site.config.read_text(encoding="utf-8"))
-        session(app, 0)
-        clients = []
-        for n in range(1, 8):
-            data["bulk"] = {"window": 3600 + n}
-            old = app.runtime
-            app.swap(reloaded(app, data))
-            session(app, n)
-            retire(old, app.runtime)
-            retired.append(old)
-            clients.append(len(watcher.client_list()))
-        assert clients == [clients[0]] * 7, clients
+        clients = reloads(app, site, lambda: len(watcher.client_list()), retired)
+        assert clients == [clients[0]] * 10, clients
         watcher.close()
     finally:
         server.stop()
