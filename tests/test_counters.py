@@ -572,6 +572,32 @@ def test_close_releases_the_file_and_a_later_call_still_counts(tmp_path: Path) -
     assert counter.hit(KEY, 1000) == 2
 
 
+def test_a_retired_counter_never_makes_the_file_again(tmp_path: Path) -> None:
+    """A reload that changes the window retires the old counter; a session still on
+    the old configuration must not put the old geometry back under the path, or the
+    workers' new counters end up on different files (a flood split between them)."""
+    old, new = shared(tmp_path, 3600), shared(tmp_path, 600)
+    old.hit(KEY, 1000)
+    old.close()
+    assert new.hit(KEY, 1000) == 1  # a new geometry: counts start at zero
+    made = (tmp_path / "counters.map").stat().st_ino
+    assert old.hit(KEY, 1000) == 1  # counted nowhere
+    assert old.peek(KEY, 1000) == 0
+    assert (tmp_path / "counters.map").stat().st_ino == made
+    assert new.hit(KEY, 1000) == 2
+
+
+def test_a_retired_counter_of_the_same_geometry_counts_on(tmp_path: Path) -> None:
+    """A reload that changes only the threshold: the retired counter's file is the
+    new one's, and a session still on it counts there."""
+    old, new = shared(tmp_path), shared(tmp_path)
+    old.hit(KEY, 1000)
+    old.close()
+    assert new.hit(KEY, 1000) == 2
+    assert old.hit(KEY, 1000) == 3
+    assert new.peek(KEY, 1000) == 3
+
+
 def test_two_geometries_in_one_process_do_not_crash_it(tmp_path: Path) -> None:
     """A reload that changes the window builds a second counter on the file while the
     first still serves; each used to make the file again in place for its layout, and
@@ -652,7 +678,7 @@ def test_shared_capacity_must_be_a_power_of_two(tmp_path: Path) -> None:
 def _hold_lock(path: str, held: Any, release: Any) -> None:
     # A worker stopped while it holds the counter's lock, as SIGSTOP would leave it.
     with open(path, "r+b") as file:
-        fcntl.lockf(file.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
         held.set()
         release.wait(30)
 
@@ -681,6 +707,35 @@ def _lock_held_elsewhere(counter: SharedCounter) -> Iterator[Any]:
     finally:
         release.set()
         holder.join(10)
+
+
+def _try_hit(path: str, answer: Any) -> None:
+    try:
+        SharedCounter(path, 60, TWO_PERCENT, timeout=0.2).hit(KEY, 1000)
+    except CounterError:
+        answer.put("locked")
+    else:
+        answer.put("counted")
+
+
+def test_closing_one_counter_keeps_the_lock_another_holds(tmp_path: Path) -> None:
+    """A reload retires (closes) a counter on the same file as the new one, which may
+    hold the lock in the middle of a hit at that moment: POSIX record locks belong to
+    the process, and closing any descriptor of the file dropped them."""
+    holder, retired = shared(tmp_path), shared(tmp_path)
+    retired.hit(KEY, 1000)
+    holder.prepare()
+    holder._lock_file(holder._fd)  # as in the middle of a hit
+    try:
+        retired.close()
+        fork = multiprocessing.get_context("fork")
+        answer = fork.Queue()
+        other = fork.Process(target=_try_hit, args=(holder.path, answer))
+        other.start()
+        other.join(10)
+        assert answer.get(timeout=5) == "locked"
+    finally:
+        fcntl.flock(holder._fd, fcntl.LOCK_UN)
 
 
 def test_shared_hit_waits_for_a_lock_released_soon(tmp_path: Path) -> None:

@@ -217,6 +217,10 @@ LOCK_LONGEST_PAUSE: Final = 0.002
 _pid = os.getpid()
 
 
+class _Superseded(CounterError):
+    """A retired counter found the file made for another geometry since."""
+
+
 def _forked() -> None:
     global _pid  # noqa: PLW0603 - the process-wide id, reset once per fork
     _pid = os.getpid()
@@ -242,12 +246,16 @@ class SharedCounter:
     One entry per (key, bucket) holds the hits of the last :data:`RING_SLOTS` time
     slots of ``window / (RING_SLOTS - 2)`` seconds each; a hit counts as long as its
     slot overlaps the window, so for at least ``window`` and at most ``window * (1 +
-    1/30)`` seconds after it was made. Every call holds an exclusive ``fcntl`` lock on
+    1/30)`` seconds after it was made. Every call holds an exclusive ``flock`` lock on
     the file, so hits from several processes are counted exactly; the kernel drops the
     lock of a process that dies, so a worker killed with SIGKILL cannot block the
     others, and a call waits for the lock at most ``timeout`` seconds (a worker stopped
-    while holding it) before it fails as a :class:`CounterError`. The key is stored as
-    a BLAKE2b digest (no addresses in the file).
+    while holding it) before it fails as a :class:`CounterError`. ``flock``, not POSIX
+    record locks: those belong to the process, and closing any descriptor of the file
+    (a counter retired by a reload, another geometry's) would silently drop the lock
+    another counter object of the process holds in the middle of a hit; a flock lock
+    belongs to its own open file. The key is stored as a BLAKE2b digest (no addresses
+    in the file).
 
     The table has ``capacity`` entries (a power of two) and is found by open addressing
     over at most :data:`PROBES` entries; an entry whose hits have all left the window is
@@ -257,8 +265,13 @@ class SharedCounter:
     then, as a :class:`CounterError`, and never as SIGBUS on a write to the map.
 
     A file made for another geometry (capacity or window changed) is made again: the
-    counts start from zero. Each process maps the file itself (a map inherited over a
-    fork is never used), and every failure raises :class:`CounterError`.
+    counts start from zero. A counter that has been closed (retired by a reload) never
+    makes it again: a session still on the old configuration would otherwise put the
+    old geometry back under the path, and the workers would count on different files
+    from then on; such a session counts on nothing (hit 1, peek 0), as the new
+    geometry starts from zero anyway. Each process maps the file itself (a map
+    inherited over a fork is never used), and every failure raises
+    :class:`CounterError`.
 
     Cost per hit: two lock system calls and a few dictionary-free reads of the map,
     against a write transaction of SQLite before (about 80 µs less milter CPU per
@@ -293,6 +306,7 @@ class SharedCounter:
         # Closes the descriptor of a counter dropped without close() (retired by a
         # reload while a session still used it, which opened the file again).
         self._closer: weakref.finalize[[int], SharedCounter] | None = None
+        self._retired = False
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -303,8 +317,11 @@ class SharedCounter:
     def total(self) -> int:
         """Hits in the window over every key and bucket (diagnostics and tests)."""
         with self._lock:
-            table = self._mapped()
-            self._lock_file()
+            try:
+                table = self._mapped()
+            except _Superseded:
+                return 0
+            self._lock_file(self._fd)
             try:
                 now = self._clock()
                 first = math.floor((now - self.window) / self.slot_seconds)
@@ -316,7 +333,7 @@ class SharedCounter:
                 )
                 return sum(self._sum(table, at, first, slot) for at in used)
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def prepare(self) -> None:
         """Make the file now (a supervisor does this before it forks its workers)."""
@@ -324,18 +341,19 @@ class SharedCounter:
             self._mapped()
 
     def close(self) -> None:
+        """Unmap and close the file; the counter is retired (see the class docstring)."""
         with self._lock:
+            self._retired = True
             self._unmap()
 
     def _unmap(self) -> None:
-        """Close this process's map and descriptor; forget inherited ones."""
-        if self._map is not None and self._pid == _pid:
+        """Close the map and descriptor, this process's or inherited over a fork (the
+        parent's stay open: a descriptor and a map are per process, and a flock lock
+        goes only with the last descriptor of its open file)."""
+        if self._map is not None:
             self._map.close()
-            if self._closer is not None:
-                self._closer()
-        elif self._closer is not None:
-            # A map and descriptor inherited over a fork are the parent's: left alone.
-            self._closer.detach()
+        if self._closer is not None:
+            self._closer()
         self._map, self._fd, self._closer = None, -1, None
 
     def _mapped(self) -> mmap.mmap:
@@ -349,11 +367,14 @@ class SharedCounter:
         try:
             made = os.fstat(fd).st_size
             if made != self.size or os.pread(fd, _HEADER.size, 0) != self._header:
+                if self._retired:
+                    os.close(fd)
+                    raise _Superseded
                 fresh = self._make(made)
                 os.close(fd)  # and with it the lock on the file it replaced
                 fd = fresh
             else:
-                fcntl.lockf(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
             self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED)
         except OSError as exc:
             os.close(fd)
@@ -368,10 +389,10 @@ class SharedCounter:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX)
+                self._lock_file(fd)
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     return fd
-            except OSError:
+            except (OSError, CounterError):
                 os.close(fd)
                 raise
             os.close(fd)
@@ -404,11 +425,14 @@ class SharedCounter:
         home = int.from_bytes(digest[:8], "little")
         lower, own, upper = self.buckets.neighbourhood(size)
         with self._lock:
-            table = self._mapped()
+            try:
+                table = self._mapped()
+            except _Superseded:
+                return 1 if add else 0
             # The header needs no check here: a file of another geometry is never
             # made in place (_make), so the one mapped keeps the header it was mapped
             # with.
-            self._lock_file()
+            self._lock_file(self._fd)
             try:
                 now = self._clock()
                 slot = math.floor(now / self.slot_seconds)
@@ -424,16 +448,16 @@ class SharedCounter:
                         total += self._sum(table, at, first, slot)
                 return total
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _lock_file(self) -> None:
+    def _lock_file(self, fd: int) -> None:
         """Take the file lock, waiting at most ``timeout`` seconds: a process stopped
         while it holds the lock (SIGSTOP, a debugger) must not hold every session."""
         give_up = time.monotonic() + self.timeout
         pauses = lock_pauses()
         while True:
             try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except (BlockingIOError, PermissionError):
                 # Held by another process for a moment (a few microseconds per hit).
