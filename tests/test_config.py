@@ -369,7 +369,12 @@ def test_check_config_command(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "message"),
-    [("https://h.example/{id}/{lang}", "only {id}"), ("https://h.example/{id}\t", "printable")],
+    [
+        ("https://h.example/{id}/{lang}", "only {id}"),
+        ("https://h.example/{id}\t", "printable"),
+        # Formats to a literal "{id}": every reply would carry it.
+        ("https://h.example/smtp/{{id}}", "must contain {id}"),
+    ],
 )
 def test_help_url_template_is_validated(tmp_path: Path, url: str, message: str) -> None:
     path = write_config(tmp_path, f'[replies]\nhelp_url = "{url}"\n'.replace("\t", "\\t"))

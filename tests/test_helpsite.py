@@ -170,7 +170,12 @@ def test_page_forms() -> None:
     assert page_form("https://help.example.com/smtp/{id}") == "{id}/index.html"
     assert page_form("https://help.example.com/smtp/{id}/") == "{id}/index.html"
     assert page_form("https://help.example.com/{id}.html") == "{id}.html"
-    for template in ("https://help.example.com/?id={id}", "https://h.example/{id}/x"):
+    for template in (
+        "https://help.example.com/?id={id}",
+        "https://h.example/{id}/x",
+        "https://{id}/",  # the id would name a host
+        "https://{id}.help.example/",
+    ):
         with pytest.raises(SiteError, match="last path segment"):
             page_form(template)
 
@@ -343,3 +348,24 @@ def test_text_before_the_id_stays_in_the_file_name(tmp_path: Path) -> None:
     # Every link of the index leads to a file that was written.
     for link in _parse(index).links:
         assert (out / link).is_file(), link
+
+
+def test_writing_again_removes_the_pages_of_the_previous_form(tmp_path: Path) -> None:
+    """A help_url changed from {id}/ pages to {id}.html: the old pages go, files the
+    site never wrote stay, and `--out ""` (an unset variable) writes nowhere."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "robots.txt").write_text("User-agent: *\n", encoding="utf-8")
+    for name, url in (
+        ("dirs", "https://h.example/r/{id}/"),
+        ("html", "https://h.example/r/{id}.html"),
+    ):
+        config = make_site(tmp_path / name, {"replies": {"help_url": url}}, directory=False).config
+        assert run_cli("-c", str(config), "help-site", "--out", str(out)).returncode == 0
+    assert (out / "rbl_deny.html").is_file()
+    assert not (out / "rbl_deny").exists()
+    assert (out / "robots.txt").is_file()
+    assert not list(out.rglob(".*.tmp"))
+    result = run_cli("-c", str(config), "help-site", "--out", "")
+    assert result.returncode == 2
+    assert "--out must name a directory" in result.stderr

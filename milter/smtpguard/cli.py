@@ -554,6 +554,11 @@ def cmd_help_site(args: argparse.Namespace) -> int:
     from smtpguard.helpsite import SiteError, build_site, page_form, write_site
     from smtpguard.replies import load_replies
 
+    if not args.out:
+        # Path("") is the current directory: an unset variable in a script would
+        # write the site wherever it runs.
+        print("smtpguard help-site: --out must name a directory", file=sys.stderr)
+        return 2
     config = _load(args.config)
     table = load_replies(config.replies, config.file)
     try:

@@ -1281,12 +1281,13 @@ def _replies(s: _Section) -> RepliesConfig:
         overrides[reply_id] = ReplyOverride(code=code, xcode=xcode, text=text, hint=hint)
     help_url = s.string("help_url", d.help_url)
     if help_url:
-        if "{id}" not in help_url:
-            raise s.error("help_url", "template must contain {id}")
         try:
-            help_url.format(id="x")
+            # "{{id}}" contains "{id}" but formats to a literal "{id}" in every reply.
+            substituted = "\0" in help_url.format(id="\0")
         except (KeyError, IndexError, ValueError) as exc:
             raise s.error("help_url", f"only {{id}} may be substituted ({exc!r})") from None
+        if not substituted:
+            raise s.error("help_url", "template must contain {id}")
         if not help_url.isascii() or not help_url.isprintable():
             raise s.error("help_url", "must be printable ASCII (use punycode and %%XX escapes)")
     out = RepliesConfig(

@@ -37,6 +37,7 @@ table writes a ``%`` as ``%%`` (a milter reply is a format string); pages show `
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -81,10 +82,13 @@ def page_form(help_url: str) -> str:
     head, _, tail = help_url.rpartition("{id}")
     # "smtp-{id}.html": the link leads to smtp-ID.html, so that is the file's name.
     prefix = head.rpartition("/")[2]
+    _, slashes, after = head.partition("//")
     if (
         "{id}" in head
         or "?" in head
         or "#" in head
+        # "https://{id}/": the id names a host, not a page of this site.
+        or (slashes and "/" not in after)
         or tail not in PAGE_FORMS
         or not _PREFIX.match(prefix)
     ):
@@ -298,15 +302,46 @@ def build_site(table: ReplyTable, knowledge: Knowledge, *, mta: str = "auto") ->
     ]
 
 
+#: The files the last write put in the output directory, one path per line: the next
+#: write removes those it does not write again (a help_url changed from ``{id}/`` to
+#: ``{id}.html`` left a second set of pages), and nothing it did not write.
+MANIFEST = ".smtpguard-help-site"
+
+
 def write_site(out: Path, pages: Iterable[Page]) -> int:
-    """Write ``pages`` under ``out`` (created if missing); the number of files written."""
-    count = 0
+    """Write ``pages`` under ``out`` (created if missing) and remove the files of the
+    previous write that are no longer part of the site; the number of files written."""
+    written: list[str] = []
     for page in pages:
         target = out.joinpath(*page.path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         # Written whole, then renamed: a web server never serves half a page.
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(page.content, encoding="utf-8")
-        os.replace(tmp, target)
-        count += 1
-    return count
+        try:
+            tmp.write_text(page.content, encoding="utf-8")
+            os.replace(tmp, target)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        written.append(page.path)
+    _prune(out, set(written))
+    manifest = out / MANIFEST
+    manifest.write_text("".join(f"{path}\n" for path in written), encoding="utf-8")
+    return len(written)
+
+
+def _prune(out: Path, kept: set[str]) -> None:
+    try:
+        before = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return
+    for path in before:
+        parts = path.split("/")
+        if path in kept or not path or any(p in ("", ".", "..") for p in parts):
+            continue
+        stale = out.joinpath(*parts)
+        stale.unlink(missing_ok=True)
+        # Its folder too ({id}/index.html), when nothing else is in it.
+        if len(parts) > 1:
+            with contextlib.suppress(OSError):
+                stale.parent.rmdir()
