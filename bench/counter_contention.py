@@ -1,7 +1,7 @@
 """The same-size counter shared by worker processes, under contention.
 
 Every worker's end of message takes the counter file's lock (``SharedCounter``: an
-``fcntl`` lock around a few microseconds of reads and writes of the map). With more
+``flock`` lock around a few microseconds of reads and writes of the map). With more
 workers and more messages, two workers want it at the same moment more often, and what
 the loser does while it waits decides the latency of that message. This runs
 ``--processes`` processes (forked, each with its own map, as workers have) that each
