@@ -509,7 +509,11 @@ class Supervisor:
         sys.stderr.flush()
         # Everything built so far moves to the permanent generation: the workers' cycle
         # collections then never write to these objects, so their pages stay shared
-        # with the supervisor instead of being copied into every worker.
+        # with the supervisor instead of being copied into every worker. Garbage first,
+        # the frozen included: a runtime frozen at an earlier fork and replaced by a
+        # reload since (its stores hold reference cycles) would otherwise stay for good.
+        gc.unfreeze()
+        gc.collect()
         gc.freeze()
         if threading.active_count() > 1:
             # Nothing here should start one (see the module documentation): a lock held
