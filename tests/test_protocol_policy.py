@@ -275,6 +275,29 @@ def test_spam_to_other_recipients_is_still_refused(exempting: Running) -> None:
         assert_reply(final, "antispam_reject")
 
 
+def test_an_unparsable_recipient_is_never_covered_by_a_recipient_exemption(
+    exempting: Running,
+) -> None:
+    """Postfix accepts and delivers taro.@relay.example (an invalid dot-atom); it was
+    accepted but not recorded, so postmaster's exemption covered the whole message and
+    the relay recipient's copy went out unscanned."""
+    with exempting.session() as s:
+        assert_pass(s.connect(GOOD_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<postmaster@example.com>"))
+        assert_pass(s.rcpt("<taro.@relay.example>"))
+        final, _mods, _early = s.message(HEADERS, "buy now\r\n" + GTUBE)
+        assert_reply(final, "antispam_reject")
+
+    def summary() -> str | None:
+        lines = [line for line in exempting.log().splitlines() if "reply=antispam_reject" in line]
+        return next((line for line in reversed(lines) if " summary " in line), None)
+
+    wait_until(lambda: summary() is not None)
+    assert " nrcpt=2 " in (summary() or ""), summary()
+
+
 # --- local IP lists -------------------------------------------------------------------
 
 
@@ -433,6 +456,9 @@ def test_declared_size_is_held_against_each_recipients_domain(per_domain: Runnin
     [
         ("alice@example.com", "someone@relay.example"),
         ("someone@relay.example", "alice@example.com"),
+        # Accepted though it does not parse (Postfix delivers it): it sets the
+        # transaction's policy all the same, or a sender could pick the laxer one.
+        ("taro.@relay.example", "alice@example.com"),
     ],
 )
 def test_a_recipient_under_another_policy_waits_for_its_own_transaction(

@@ -655,3 +655,10 @@ def esmtp_params(args: Sequence[str]) -> dict[str, str | None]:
             continue
         params[key.upper()] = value if eq else None
     return params
+
+
+def raw_parts(raw: str) -> tuple[str, str]:
+    """The local part and domain an unparsable path seems to name: split at its last
+    "@" (no "@": all local part), the domain lower-cased."""
+    local, at, domain = raw.strip().strip("<>").strip().rpartition("@")
+    return (local, domain.rstrip(".").lower()) if at else (domain, "")

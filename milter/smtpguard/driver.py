@@ -15,7 +15,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from smtpguard.address import AddressError, IPAddress, esmtp_params, parse_path, unmapped
+from smtpguard.address import (
+    AddressError,
+    IPAddress,
+    esmtp_params,
+    parse_path,
+    unmapped,
+)
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.pipeline import CONTINUE, Action, Decision
@@ -185,8 +191,8 @@ class SessionDriver:
         if rcpt is not None and rcpt.is_null:
             rcpt = None  # RCPT TO:<> is not a mailbox (RFC 5321 §4.1.1.3)
         decision = self.rt.pipeline.run(Stage.RCPT, conn, Event(rcpt=rcpt, rcpt_raw=rcptto))
-        if decision.action is Action.CONTINUE and rcpt is not None and conn.txn:
-            conn.txn.recipients.append(rcpt)
+        if decision.action is Action.CONTINUE and conn.txn is not None:
+            conn.txn.accept(rcpt, rcptto)
         return decision
 
     def data(self) -> Decision:

@@ -456,7 +456,7 @@ class Pipeline:
         if ending is None or ending.done:
             return
         refusal = ending.refusal
-        if refusal is not None and (refusal[3] is not Stage.RCPT or not txn.recipients):
+        if refusal is not None and (refusal[3] is not Stage.RCPT or not txn.recipient_domains):
             # Refused at MAIL FROM or end of message, or every recipient refused.
             self._summarize(txn, refusal[0], refusal[1], refusal[2])
         else:
@@ -765,7 +765,7 @@ class Pipeline:
             ("spf", spf.result if spf else None),
             ("iprev", ending.iprev),
             ("size", size),
-            ("nrcpt", len(txn.recipients)),
+            ("nrcpt", len(txn.recipient_domains)),
             ("policy", self._domain_table(txn)),
             ("skipped", _skips(ending.session_skips, txn.scratch.get(SKIPPED))),
             ("client", ending.client_ip),
@@ -776,9 +776,9 @@ class Pipeline:
     def _domain_table(self, txn: Transaction) -> str | None:
         # One transaction never mixes domain policies (rcpt_limit), so the first
         # recipient's table is the message's.
-        if not txn.recipients:
+        if not txn.recipient_domains:
             return None
-        table = self.config.domain_policy(txn.recipients[0].domain_lc)
+        table = self.config.domain_policy(txn.recipient_domains[0])
         return table.domain if table is not None else None
 
 

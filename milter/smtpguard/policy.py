@@ -275,7 +275,7 @@ class Policy:
                     return False
             elif stage in _CONTENT:
                 txn = conn.txn
-                if txn is None or not txn.recipients:
+                if txn is None or not txn.recipients or txn.unparsed_recipients:
                     return False
                 if not all(self._recipient(ex, r) for r in txn.recipients):
                     return False
@@ -402,9 +402,9 @@ class Policy:
         if stage is Stage.RCPT:
             return self.config.domain_policy(event.rcpt.domain_lc) if event.rcpt else None
         txn = conn.txn
-        if txn is None or not txn.recipients:
+        if txn is None or not txn.recipient_domains:
             return None
-        return self.config.domain_policy(txn.recipients[0].domain_lc)
+        return self.config.domain_policy(txn.recipient_domains[0])
 
     def mode(self, conn: Connection, check: str, stage: Stage, event: Event, mode: str) -> str:
         """``check``'s mode for this recipient or message (``mode``: the global one)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from smtpguard.address import Address, IPAddress
+from smtpguard.address import Address, IPAddress, raw_parts
 from smtpguard.message import MessageState
 from smtpguard.verdict import Hit, TempError
 
@@ -66,7 +66,14 @@ class Transaction:
     declared_size: int | None = None
     auth_type: str | None = None
     auth_login: str | None = None
+    #: The accepted recipients that parse.
     recipients: list[Address] = field(default_factory=list)
+    #: Accepted recipients that do not (Postfix accepts and delivers taro.@docomo.ne.jp):
+    #: no exemption by recipient can vouch for them.
+    unparsed_recipients: list[str] = field(default_factory=list)
+    #: Every accepted recipient's domain, lower-cased, in order (an unparsable one's as
+    #: it seems to name it): how many recipients, and which [domain] policy applies.
+    recipient_domains: list[str] = field(default_factory=list)
     queue_id: str | None = None
     #: Created when the message content starts (first header, DATA end of headers).
     message: MessageState | None = None
@@ -79,6 +86,15 @@ class Transaction:
     headers_ended: bool = False
     # Per-check scratch space for stateful content checks (MIME walker, counters).
     scratch: dict[str, Any] = field(default_factory=dict)
+
+    def accept(self, rcpt: Address | None, raw: str) -> None:
+        """Record an accepted recipient: ``rcpt``, or ``raw`` when it does not parse."""
+        if rcpt is not None:
+            self.recipients.append(rcpt)
+            self.recipient_domains.append(rcpt.domain_lc)
+        else:
+            self.unparsed_recipients.append(raw)
+            self.recipient_domains.append(raw_parts(raw)[1])
 
     def defer(self, verdict: Hit | TempError, check: str) -> None:
         """Keep a header/body verdict for end of message; the first one stays."""

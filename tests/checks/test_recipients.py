@@ -409,9 +409,8 @@ def test_idn_spellings_share_one_domain_policy(make_services: ServicesFactory) -
     conn = make_conn(sender="x@sender.example", recipients=["a@xn--bcher-kva.example"])
     assert check(conn, rcpt("b@Bücher.example", smtputf8=True)) is None
     assert conn.txn is not None
-    second = rcpt("b@bücher.example", smtputf8=True).rcpt
-    assert second is not None
-    conn.txn.recipients.append(second)
+    second = rcpt("b@bücher.example", smtputf8=True)
+    conn.txn.accept(second.rcpt, second.rcpt_raw)
     verdict = check(conn, rcpt("c@xn--bcher-kva.example"))
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "rcpt_limit"

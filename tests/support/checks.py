@@ -114,8 +114,9 @@ def make_conn(
             declared_size=declared_size,
             auth_type=auth_type,
             auth_login=auth_login,
-            recipients=[parse_path(_path(r)) for r in recipients],
         )
+        for r in recipients:
+            conn.txn.accept(parse_path(_path(r)), _path(r))
         conn.transactions = 1
     return conn
 

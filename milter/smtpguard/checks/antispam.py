@@ -134,7 +134,10 @@ class AntiSpam:
                 # it resolves back (Sendmail passes forged names too).
                 hostname=conn.client_name if conn.client_name_confirmed else "unknown",
                 sender=txn.sender.text if txn.sender else "",
-                rcpts=tuple(r.text for r in txn.recipients),
+                rcpts=(
+                    *(r.text for r in txn.recipients),
+                    *(raw.strip().strip("<>") for raw in txn.unparsed_recipients),
+                ),
                 queue_id=txn.queue_id,
                 user=txn.auth_login,
             )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import strip_extension
+from smtpguard.address import raw_parts, strip_extension
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.checks.relay import raw_parts
 from smtpguard.config import DomainPolicy
 from smtpguard.directory import DirectoryError, Kind
 from smtpguard.session import Connection
@@ -43,7 +42,8 @@ class RcptLimit:
             # An unparsable recipient falls under the domain it names, as relay sees it.
             domain = event.rcpt.domain_lc if event.rcpt else raw_parts(event.rcpt_raw)[1]
             new = self._policy(domain)
-            current = self._policy(txn.recipients[0].domain_lc) if txn.recipients else new
+            first = txn.recipient_domains
+            current = self._policy(first[0]) if first else new
             if new.content != current.content:
                 return Hit(
                     "rcpt_limit",
@@ -52,8 +52,8 @@ class RcptLimit:
                     " send it in another transaction",
                 )
             limit = current.max_rcpt
-        if len(txn.recipients) >= limit:
-            return Hit("rcpt_limit", f"already {len(txn.recipients)} recipients")
+        if len(txn.recipient_domains) >= limit:
+            return Hit("rcpt_limit", f"already {len(txn.recipient_domains)} recipients")
         return None
 
     def _policy(self, domain: str) -> DomainPolicy:

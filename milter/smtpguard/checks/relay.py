@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from smtpguard.address import raw_parts
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
@@ -31,13 +32,6 @@ class RelayLocal:
 #: Characters by which a local part names another destination (RFC 1123 5.2.16,
 #: UUCP bang paths, a quoted "user@host").
 _ROUTED = frozenset("%!@")
-
-
-def raw_parts(raw: str) -> tuple[str, str]:
-    """The local part and domain an unparsable path seems to name: split at its last
-    "@" (no "@": all local part), the domain lower-cased."""
-    local, at, domain = raw.strip().strip("<>").strip().rpartition("@")
-    return (local, domain.rstrip(".").lower()) if at else (domain, "")
 
 
 class Relay:
