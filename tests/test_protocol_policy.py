@@ -559,6 +559,20 @@ def test_an_exemption_for_other_senders_leaves_the_refusal_permanent(undecided: 
         assert_reply(s.mail(f"<someone@{A_ONLY_DOMAIN}>"), "rbl_deny")
 
 
+def test_a_lookup_failed_for_one_sender_leaves_the_next_ones_refusal_permanent(
+    undecided: Running,
+) -> None:
+    """The failed lookup is the connection's, but the next transaction's sender is one
+    the exemption cannot match: its refusal stays permanent (it was a 4xx for the
+    rest of the connection)."""
+    with undecided.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_reply(s.mail("<someone@partner.test>"), "database_temp_error")
+        assert_reply(s.mail(f"<someone@{A_ONLY_DOMAIN}>"), "rbl_deny")
+        assert_reply(s.mail("<again@partner.test>"), "database_temp_error")
+
+
 @pytest.fixture(scope="module")
 def undecided_recipient(
     tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer

@@ -220,16 +220,21 @@ class Policy:
         conn.scratch[_NAMES] = names
         return names
 
+    def _sender(self, ex: Exemption, conn: Connection) -> bool:
+        """Whether ``ex``'s senders (if it names any) include this transaction's."""
+        if not ex.senders:
+            return True
+        txn = conn.txn
+        if txn is None or txn.sender is None:
+            return False
+        return address_matches(txn.sender, ex.senders, self.site.recipient_delimiter)
+
     def _client_and_sender(self, ex: Exemption, conn: Connection, event: Event) -> bool:
         # The sender's address first: it costs no lookup, and a lookup that fails
         # temporarily marks the session undecided (_UNSURE) only for an exemption that
         # could otherwise apply.
-        if ex.senders:
-            txn = conn.txn
-            if txn is None or txn.sender is None:
-                return False
-            if not address_matches(txn.sender, ex.senders, self.site.recipient_delimiter):
-                return False
+        if not self._sender(ex, conn):
+            return False
         if not self._client(ex, conn, event):
             return False
         return not (ex.senders and ex.spf_pass) or self._spf(conn, event) == "pass"
@@ -349,7 +354,12 @@ class Policy:
         if not (conn.scratch.get(_UNSURE) or (conn.txn and conn.txn.scratch.get(_UNSURE))):
             return False
         name = settings_name(check)
-        return any(name in ex.skip and (ex.host_suffixes or ex.spf_pass) for ex in self.exemptions)
+        # The failed lookup is the connection's; an exemption for other senders than
+        # this transaction's cannot apply whatever it would have said.
+        return any(
+            name in ex.skip and (ex.host_suffixes or ex.spf_pass) and self._sender(ex, conn)
+            for ex in self.exemptions
+        )
 
     def skips_client(self, conn: Connection, check: str) -> bool:
         """Whether an exemption by client IP alone skips ``check`` for the whole
