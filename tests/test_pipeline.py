@@ -319,6 +319,8 @@ def test_dry_run_overrides_enforce(build: BuildHarness, caplog: pytest.LogCaptur
     assert h.pipeline.run(Stage.MAIL, mail(connect(), "<x@spam.example>")) == CONTINUE
     [line] = decisions(caplog)
     assert (line["check"], line["mode"], line["action"]) == ("sender_deny", "report", "pass")
+    # What enforcing would have answered: the reply id alone does not say (overrides).
+    assert line["would"] == "553 5.7.1"
 
 
 # --- temporary errors ---------------------------------------------------------------------
@@ -582,6 +584,54 @@ def test_report_mode_can_stamp_a_header(tmp_path: Path) -> None:
     driver.eoh()
     decision = driver.eom()
     assert ("X-Smtpguard-Report", "host_denies_sender") in decision.headers
+
+
+def dry_run_driver(tmp_path: Path, extra: dict[str, object], gate: int = 10) -> SessionDriver:
+    config = {"milter": {"report_header": "X-Smtpguard-Report", "dry_run": True}, **extra}
+    runtime = build_runtime(load(make_site(tmp_path, config).config))
+    driver = SessionDriver(runtime, SessionGate(gate), {"v": "Postfix 3.7.11"}.get)
+    driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
+    driver.helo("mail.sender.example")
+    return driver
+
+
+def reported(driver: SessionDriver, *rcpts: str) -> str | None:
+    """One message to ``rcpts`` through the driver: its report header."""
+    assert driver.mail("<friend@sender.example>", ()).action is Action.CONTINUE
+    for rcpt in rcpts:
+        assert driver.rcpt(rcpt).action is Action.CONTINUE
+    driver.data()
+    driver.eoh()
+    return dict(driver.eom().headers).get("X-Smtpguard-Report")
+
+
+def test_a_connect_verdict_reaches_every_messages_report_header(tmp_path: Path) -> None:
+    """Over max_sessions: enforcing would refuse at every MAIL FROM of the session."""
+    driver = dry_run_driver(tmp_path, {}, gate=0)
+    assert reported(driver, "<alice@example.com>") == "queue_unavailable"
+    assert reported(driver, "<alice@example.com>") == "queue_unavailable"
+
+
+def test_a_dry_run_reports_a_held_verdict_per_recipient_as_enforcing_would(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """postmaster@ is exempt from the DNSBL: enforcing holds its verdict at MAIL FROM
+    and refuses only the other recipients; the dry run said "refused at MAIL FROM"."""
+    listed = tmp_path / "blocked.txt"
+    listed.write_text("198.51.100.7\n", encoding="utf-8")
+    extra = {
+        "policy": {"postmaster_skip": ["all-content", "rbl", "mailbox"]},
+        "dnsbl": {"local": [{"file": str(listed), "kind": "rbl"}]},
+    }
+    driver = dry_run_driver(tmp_path, extra)
+    assert reported(driver, "<postmaster@example.com>") is None
+    assert [(d["stage"], d["action"]) for d in decisions(caplog)] == [("mail", "held")]
+    caplog.clear()
+    assert reported(driver, "<postmaster@example.com>", "<alice@example.com>") == "rbl_deny"
+    assert [(d["stage"], d["action"], d.get("rcpt")) for d in decisions(caplog)] == [
+        ("mail", "held", None),
+        ("rcpt", "pass", "<alice@example.com>"),
+    ]
 
 
 def test_a_long_report_header_is_folded(tmp_path: Path) -> None:

@@ -362,6 +362,17 @@ class Pipeline:
             return self._decide(stage, conn, event, conn.pending_check, conn.pending)
         txn = conn.txn
         if stage is Stage.RCPT and self.policy.active:
+            for check, verdict in self.policy.held_reports(conn, event):
+                self._reported(conn, verdict.reply_id)
+                self._log(
+                    stage=stage,
+                    conn=conn,
+                    event=event,
+                    check=check,
+                    verdict=verdict,
+                    mode="report",
+                    action="pass",
+                )
             held = self.policy.held(conn, event)
             if held is not None:
                 return self._decide(stage, conn, event, *held)
@@ -398,10 +409,20 @@ class Pipeline:
             _drop_exempt_scores(self.policy, conn, txn, event)
         return None
 
+    def _reported(self, conn: Connection, reply_id: str) -> None:
+        """A report-only verdict, for the report header of the message(s) it concerns:
+        the transaction's, or at connect and HELO every one of the connection."""
+        if self.report_header:
+            scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
+            scratch.setdefault(_REPORTED, []).append(reply_id)
+
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
         """End of message, accepted: the headers to add, insert and remove."""
         headers = (*txn.add_headers, *self.eom_headers)
-        reported: list[str] | None = txn.scratch.get(_REPORTED)
+        reported: list[str] = [
+            *conn.scratch.get(_REPORTED, ()),
+            *txn.scratch.get(_REPORTED, ()),
+        ]
         if reported:
             ids = [f"{i}," for i in dict.fromkeys(reported)]
             ids[-1] = ids[-1].rstrip(",")
@@ -617,8 +638,15 @@ class Pipeline:
         if mode == "report":
             if stage in _CONTENT_STAGES and not _first_report(conn, check, stage):
                 return None
-            if self.report_header and conn.txn is not None:
-                conn.txn.scratch.setdefault(_REPORTED, []).append(verdict.reply_id)
+            if (
+                stage is Stage.MAIL
+                and self.policy.active
+                and self.policy.hold(conn, check, verdict, event, report=True)
+            ):
+                # As enforcing would: reported for each recipient not exempt from it.
+                note("held")
+                return None
+            self._reported(conn, verdict.reply_id)
             note("pass")
             return None
         if isinstance(verdict, TempError) and settings.on_temp_error == "pass" and not verdict.firm:
@@ -685,11 +713,7 @@ class Pipeline:
     def _decide(
         self, stage: Stage, conn: Connection, event: Event, check: str, verdict: Verdict
     ) -> Decision:
-        replies = self.replies
-        if self.domain_replies:
-            domain = self.policy.domain(conn, stage, event)
-            replies = self.domain_replies.get(domain.domain, replies) if domain else replies
-        reply = replies.render(verdict.reply_id, utf8=self.utf8_allowed(conn))
+        reply = self._render(stage, conn, event, verdict.reply_id)
         action = Action.TEMPFAIL if reply.temporary else Action.REJECT
         ending: _Ending | None = conn.txn.scratch.get(_ENDING) if conn.txn else None
         if ending is not None:
@@ -704,6 +728,14 @@ class Pipeline:
             action=action.value,
         )
         return Decision(action, reply, check)
+
+    def _render(self, stage: Stage, conn: Connection, event: Event, reply_id: str) -> Reply:
+        """The reply as this recipient or message would get it (its domain's table)."""
+        replies = self.replies
+        if self.domain_replies:
+            domain = self.policy.domain(conn, stage, event)
+            replies = self.domain_replies.get(domain.domain, replies) if domain else replies
+        return replies.render(reply_id, utf8=self.utf8_allowed(conn))
 
     def _log(
         self,
@@ -725,6 +757,8 @@ class Pipeline:
             ("reply", verdict.reply_id),
             ("mode", mode),
             ("action", action),
+            # What enforcing would answer (an override may change the table's code).
+            ("would", self._would(stage, conn, event, verdict) if mode == "report" else None),
             ("temp", isinstance(verdict, TempError) or None),
             ("client", conn.client_ip),
             ("helo", conn.helo),
@@ -738,6 +772,10 @@ class Pipeline:
             self.metrics.backend_error(check)
         level = logging.WARNING if verdict.reply_id == "internal_error" else logging.INFO
         log.log(level, "decision %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
+
+    def _would(self, stage: Stage, conn: Connection, event: Event, verdict: Verdict) -> str:
+        reply = self._render(stage, conn, event, verdict.reply_id)
+        return f"{reply.code} {reply.xcode}"
 
     def _summarize(self, txn: Transaction, outcome: str, reply_id: str | None, check: str) -> None:
         """The one line (and the metrics) of a transaction that ended, once."""

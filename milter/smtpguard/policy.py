@@ -61,6 +61,7 @@ log = logging.getLogger("smtpguard")
 SKIPPED = "policy.skipped"
 #: ``txn.scratch`` key: [(check, verdict)] held at MAIL FROM until the recipients.
 HELD = "policy.held"
+HELD_REPORTS = "policy.held_reports"
 _NAMES = "policy.confirmed_names"
 _CONTENT_MODES = "policy.content_modes"
 #: Whether each exemption (by index) applies to the transaction's content.
@@ -320,9 +321,12 @@ class Policy:
                 return ex.name
         return None
 
-    def hold(self, conn: Connection, check: str, verdict: Verdict, event: Event) -> bool:
+    def hold(
+        self, conn: Connection, check: str, verdict: Verdict, event: Event, *, report: bool = False
+    ) -> bool:
         """Keep a MAIL FROM verdict for the recipients, when one of them could be
-        exempt from it; True when held."""
+        exempt from it; True when held. ``report``: a report-only verdict, kept to be
+        reported for each recipient not exempt from it (:meth:`held_reports`)."""
         txn = conn.txn
         if txn is None or settings_name(check) not in self.holdable:
             return False
@@ -332,8 +336,20 @@ class Policy:
             for ex in self.exemptions
         ):
             return False
-        txn.scratch.setdefault(HELD, []).append((check, verdict))
+        txn.scratch.setdefault(HELD_REPORTS if report else HELD, []).append((check, verdict))
         return True
+
+    def held_reports(self, conn: Connection, event: Event) -> list[tuple[str, Verdict]]:
+        """At RCPT: the held report-only verdicts this recipient is not exempt from."""
+        txn = conn.txn
+        held: list[tuple[str, Verdict]] | None = txn.scratch.get(HELD_REPORTS) if txn else None
+        if not held:
+            return []
+        return [
+            (check, verdict)
+            for check, verdict in held
+            if self.exempt(conn, check, Stage.RCPT, event) is None
+        ]
 
     def held(self, conn: Connection, event: Event) -> tuple[str, Verdict] | None:
         """At RCPT: the first held verdict this recipient is not exempt from."""
