@@ -4,16 +4,22 @@ JSON, bounded memory on a large generated log, and hostile bytes."""
 
 from __future__ import annotations
 
+import base64
+import bz2
 import gzip
 import io
 import itertools
 import json
+import lzma
 import os
+import quopri
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Callable
 from email import message_from_bytes
 from email.policy import compat32
 from pathlib import Path
@@ -629,3 +635,375 @@ def test_json_is_valid_on_an_ascii_stdout(tmp_path: Path) -> None:
     assert not summary["by_category"][0]["title"].isascii()
     event, _summary = (json.loads(line) for line in runs[1].splitlines())
     assert "müller" in event["reply"]
+
+
+# --- hostile text, SMTPUTF8 bounces, Exim look-alikes, compressed input ----------------
+
+ESC_LINE = (
+    "Jan  1 00:00:00 mx postfix/smtp[1]: ABC: to=<bob\x1b]0;pwned\x07@evil\x1b[2J.example>,"
+    " relay=mx.evil.example[192.0.2.1]:25, delay=1, dsn=5.0.0, status=bounced (host"
+    " mx.evil.example[192.0.2.1] said: 550 \x1b[31mRED\x1b[0m \x9b1m\ttab\x00nul\x7fdel (in"
+    " reply to RCPT TO command))"
+)
+
+
+def test_control_characters_of_a_log_line_become_spaces() -> None:
+    """ESC, BEL, NUL, DEL, a C1 CSI (U+009B) and a tab: none reaches the terminal."""
+    assert parse_log_line(ESC_LINE.encode()) == [
+        Event(
+            "postfix",
+            "bounced",
+            "bob ]0;pwned @evil [2J.example",
+            "evil [2j.example",
+            "550  [31mRED [0m  1m tab nul del",
+        )
+    ]
+
+
+def test_control_characters_of_a_dsn_become_spaces() -> None:
+    dsn = DSN.replace(b"rfc822; bob@example.net", b"rfc822; a@\x1b]0;owned\x07\x1b[2J.example")
+    dsn = dsn.replace(b"User unknown in virtual", b"\x1b[8mhidden\x00")
+    (first, *_) = dsn_events(message_from_bytes(dsn, policy=compat32))
+    assert first == Event(
+        "dsn",
+        "bounced",
+        "a@ ]0;owned  [2J.example",
+        "]0;owned  [2j.example",
+        "550 5.1.1 <bob@example.net>: Recipient address rejected:  [8mhidden  mailbox table",
+    )
+
+
+def test_no_control_character_is_printed(tmp_path: Path) -> None:
+    """The --events lines, the domain table and the JSON all carry the cleaned text."""
+    log = tmp_path / "mail.log"
+    log.write_bytes(ESC_LINE.encode() + b"\n")
+    text = run_cli("explain", "--log", str(log), "--events", check=True).stdout
+    assert re.findall(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text) == []
+    event_line = text.splitlines()[0].split("\t")
+    assert event_line[1] == "evil [2j.example"
+    assert event_line[4:] == ["bob ]0;pwned @evil [2J.example", "550  [31mRED [0m  1m tab nul del"]
+    assert re.search(r"^evil \[2j\.example +1 +0 +1 ", text, re.MULTILINE)
+    lines = run_cli("explain", "--log", str(log), "--events", "--json", check=True).stdout
+    event, summary = (json.loads(line) for line in lines.splitlines())
+    assert (event["recipient"], event["domain"], event["reply"]) == (
+        "bob ]0;pwned @evil [2J.example",
+        "evil [2j.example",
+        "550  [31mRED [0m  1m tab nul del",
+    )
+    assert [d["domain"] for d in summary["by_domain"]] == ["evil [2j.example"]
+
+
+GLOBAL_STATUS = (
+    "Reporting-MTA: dns; mx.example\n"
+    "\n"
+    "Final-Recipient: utf-8; 用户@例子.中国\n"
+    "Action: failed\n"
+    "Status: 5.1.1\n"
+    "Diagnostic-Code: smtp; 550 5.1.1 <用户@例子.中国>: Recipient address rejected:\n"
+    " User unknown\n"
+    "\n"
+    "Final-Recipient: utf-8; carol@example.org\n"
+    "Action: delayed\n"
+    "Status: 4.4.1\n"
+)
+
+
+def _global_dsn(encoding: str, body: bytes) -> bytes:
+    return (
+        b"From: MAILER-DAEMON@mx.example\n"
+        b"MIME-Version: 1.0\n"
+        b"Content-Type: multipart/report; report-type=global-delivery-status;"
+        b' boundary="B"\n\n'
+        b"--B\nContent-Type: text/plain; charset=utf-8\n\nbounce\n"
+        b"--B\nContent-Type: message/global-delivery-status\n"
+        b"Content-Transfer-Encoding: " + encoding.encode() + b"\n\n" + body + b"\n"
+        b"--B\nContent-Type: message/global\n\nFrom: a@ours.example\n\nhi\n"
+        b"--B--\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("8bit", GLOBAL_STATUS.encode()),
+        ("8bit", GLOBAL_STATUS.replace("\n", "\r\n").encode()),
+        ("base64", base64.encodebytes(GLOBAL_STATUS.encode())),
+        ("quoted-printable", quopri.encodestring(GLOBAL_STATUS.encode())),
+    ],
+)
+def test_an_smtputf8_bounce_is_a_dsn(
+    encoding: str, body: bytes, tmp_path: Path, rules: Knowledge
+) -> None:
+    """RFC 6533's message/global-delivery-status, as Postfix sends for SMTPUTF8 mail."""
+    data = _global_dsn(encoding, body)
+    assert list(dsn_events(message_from_bytes(data, policy=compat32))) == [
+        Event(
+            "dsn",
+            "bounced",
+            "用户@例子.中国",
+            "例子.中国",
+            "550 5.1.1 <用户@例子.中国>: Recipient address rejected: User unknown",
+        ),
+        Event("dsn", "deferred", "carol@example.org", "example.org", "4.4.1"),
+    ]
+    (tmp_path / "1").write_bytes(data)
+    summary = summarize_folder(tmp_path, Explainer(rules))
+    assert (summary.messages, summary.not_dsn, summary.totals.total) == (1, 0, 2)
+
+
+EXIM_LOOK_ALIKES = [
+    "Mar  3 10:00:01 mx postfix/cleanup[2222]: 4F1AB2C3D4: warning: header Subject: =="
+    " Weekly report == from mail.example.com[192.0.2.10]; from=<boss@example.com>"
+    " to=<team@ours.example> proto=ESMTP helo=<mail.example.com>",
+    "Mar  3 10:00:02 mx postfix/cleanup[2222]: 5F1AB2C3D4: info: header Subject: RE: **"
+    " URGENT ** invoice from mail.example.com[192.0.2.10]; from=<a@example.com>"
+    " to=<b@ours.example> proto=ESMTP helo=<mail.example.com>",
+    "Mar  3 10:00:04 mx dovecot: imap(bob@ours.example)<123><abc>: Disconnected: Logged out"
+    " in=12 out=345 ** ",
+    # An id too short on each side is none either.
+    "2026-12-02 18:00:07 1tI9Xz-000AB-12 ** frank@example.net: Unrouteable address",
+    "2026-12-02 18:00:07 1tI9X-000ABC-12 ** frank@example.net: Unrouteable address",
+]
+
+
+@pytest.mark.parametrize("line", EXIM_LOOK_ALIKES)
+def test_a_double_star_or_equals_without_an_exim_id_is_no_event(line: str) -> None:
+    assert parse_log_line(line.encode()) == []
+
+
+def test_exim_ids_of_4_97_and_with_a_pid() -> None:
+    longer = EXIM_UNROUTEABLE.replace("1tI9Xz-000ABC-14", "1tI9Xz-00000000ABC-1234")
+    with_pid = EXIM_DEFER.replace(" 1tI9Xz-000ABC-13 ", " [4242] 1tI9Xz-000ABC-13 ")
+    syslog = "Dec  2 18:00:09 mx exim[4242]: " + EXIM_BOUNCE
+    assert [
+        (e.status, e.recipient, e.reply)
+        for line in (longer, with_pid, syslog)
+        for e in parse_log_line(line.encode())
+    ] == [
+        ("bounced", "hank@nonexistent.invalid", "5.0.0 Unrouteable address"),
+        ("deferred", "gina@example.net", "452 4.2.2 Mailbox full"),
+        ("bounced", "frank@example.net", "550 5.7.1 Relaying denied"),
+    ]
+
+
+def test_an_exim_queue_run_before_the_retry_time_is_no_deferral() -> None:
+    """Exim's -51, -52 and -53 (routing, local and host retry times not reached) attempted
+    no delivery; the attempt before them was counted."""
+    waits = [
+        "2024-03-03 10:30:00 1rgABC-000124-AB == carol@example.net R=dnslookup"
+        " T=remote_smtp defer (-53): retry time not reached for any host for 'example.net'",
+        "2024-03-03 12:00:00 1rgABC-000124-AB == carol@example.net routing defer (-51):"
+        " retry time not reached",
+        "2024-03-03 12:30:00 1rgABC-000125-AB == www-data@host R=local_user T=mail_spool"
+        " defer (-52): Retry time not yet reached",
+    ]
+    assert [parse_log_line(line.encode()) for line in waits] == [[], [], []]
+    # A bounce after the retry cutoff is a bounce, and another defer is a deferral.
+    cutoff = (
+        "2024-03-05 10:00:00 1rgABC-000124-AB ** carol@example.net R=dnslookup"
+        " T=remote_smtp: retry time not reached for any host after a long failure period"
+    )
+    refused = waits[0].replace(
+        "defer (-53): retry time not reached for any host for 'example.net'",
+        "defer (111): Connection refused",
+    )
+    assert [
+        (e.status, e.reply) for line in (cutoff, refused) for e in parse_log_line(line.encode())
+    ] == [
+        ("bounced", "5.0.0 retry time not reached for any host after a long failure period"),
+        ("deferred", "4.0.0 Connection refused"),
+    ]
+
+
+def _report(recipient: bytes, returned: bytes) -> bytes:
+    """A bounce for ``recipient`` that returns ``returned`` as its third part."""
+    return (
+        b"From: MAILER-DAEMON@relay.example\n"
+        b"MIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="O1"\n\n'
+        b"--O1\nContent-Type: text/plain\n\nThe bounce you sent could not be delivered.\n"
+        b"--O1\nContent-Type: message/delivery-status\n\n"
+        b"Reporting-MTA: dns; relay.example\n\n"
+        b"Final-Recipient: rfc822; " + recipient + b"\n"
+        b"Action: failed\nStatus: 5.1.1\n"
+        b"Diagnostic-Code: smtp; 550 5.1.1 User unknown\n\n"
+        b"--O1\nContent-Type: message/rfc822\n\n" + returned + b"\n--O1--\n"
+    )
+
+
+def test_the_bounce_a_bounce_returns_is_not_counted_again(tmp_path: Path, rules: Knowledge) -> None:
+    """When a bounce bounces, the returned first bounce's recipients are not this one's."""
+    outer = _report(b"postmaster@ours.example", DSN)
+    assert [e.recipient for e in dsn_events(message_from_bytes(outer, policy=compat32))] == [
+        "postmaster@ours.example"
+    ]
+    # A bounce forwarded inside an ordinary message is still found.
+    forwarded = (
+        b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="F"\n\n'
+        b"--F\nContent-Type: text/plain\n\nsee the bounce below\n"
+        b"--F\nContent-Type: message/rfc822\n\n" + outer + b"\n--F--\n"
+    )
+    (tmp_path / "1").write_bytes(outer)
+    (tmp_path / "2").write_bytes(forwarded)
+    summary = summarize_folder(tmp_path, Explainer(rules))
+    assert (summary.messages, summary.not_dsn, summary.totals.bounced) == (2, 0, 2)
+    assert list(summary.by_domain) == ["ours.example"]
+
+
+def test_angle_brackets_around_a_final_recipient_are_dropped() -> None:
+    dsn = DSN.replace(b"rfc822; bob@example.net", b"rfc822; < bob@Example.NET >")
+    (first, *_) = dsn_events(message_from_bytes(dsn, policy=compat32))
+    assert (first.recipient, first.domain) == ("bob@Example.NET", "example.net")
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@pytest.mark.parametrize(
+    ("name", "compress"),
+    [("maillog.2.bz2", bz2.compress), ("maillog.3.xz", lzma.compress)],
+)
+def test_bzip2_and_xz_logs_are_read_as_gzip_ones(
+    name: str, compress: Callable[[bytes], bytes], tmp_path: Path
+) -> None:
+    log = f"{POSTFIX_BOUNCE}\n{EXIM_DEFER}\n{POSTFIX_SENT}\n".encode()
+    plain = tmp_path / "maillog"
+    plain.write_bytes(log)
+    packed = tmp_path / name
+    # Two concatenated streams, as `cat a.bz2 b.bz2` makes.
+    packed.write_bytes(compress(log) + compress(log))
+    expected = json.loads(run_cli("explain", "--log", str(plain), "--json", check=True).stdout)
+    got = json.loads(run_cli("explain", "--log", str(packed), "--json", check=True).stdout)
+    assert (expected["lines"], expected["events"]) == (3, 2)
+    assert (got["lines"], got["events"]) == (6, 4)
+    on_stdin = summarize("-", Explainer(knowledge()), io.BytesIO(compress(log)))
+    assert (on_stdin.lines, on_stdin.totals.total) == (3, 2)
+
+
+def test_a_zstd_log_is_refused_by_name(tmp_path: Path) -> None:
+    packed = tmp_path / "maillog.4.zst"
+    packed.write_bytes(ZSTD_MAGIC + bytes(range(256)))
+    done = run_cli("explain", "--log", str(packed))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"smtpguard: {packed}: compressed with zstd; decompress first:"
+        f" zstdcat {packed} | smtpguard explain --log -\n"
+    )
+    piped = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "explain", "--log", "-"],
+        input=ZSTD_MAGIC + b"\x00" * 64,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert (piped.returncode, piped.stdout) == (2, b"")
+    assert piped.stderr == (
+        b"smtpguard: -: compressed with zstd; decompress first:"
+        b" ... | zstd -dc | smtpguard explain --log -\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "why"),
+    [
+        ("bad.bz2", b"BZh9" + b"\x00" * 64, "compressed log is corrupt (Invalid data stream)"),
+        ("bad.xz", b"\xfd7zXZ\x00" + b"\x00" * 64, "compressed log is corrupt ("),
+        ("bad.gz", b"\x1f\x8b\x09" + b"\x00" * 64, "compressed log is corrupt ("),
+        (
+            "cut.xz",
+            lzma.compress(POSTFIX_BOUNCE.encode() * 50)[:-20],
+            "compressed log ends early (",
+        ),
+    ],
+)
+def test_a_broken_compressed_log_is_named_without_a_traceback(
+    name: str, data: bytes, why: str, tmp_path: Path
+) -> None:
+    packed = tmp_path / name
+    packed.write_bytes(data)
+    done = run_cli("explain", "--log", str(packed))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"smtpguard: {packed}: {why}"), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_compressed_files_of_a_dsn_folder_are_read(tmp_path: Path) -> None:
+    """Dovecot's zlib plugin stores Maildir files compressed; zstd is named on stderr."""
+    folder = tmp_path / "cur"
+    folder.mkdir()
+    (folder / "1,S=1:2,Z").write_bytes(gzip.compress(DSN))
+    (folder / "2:2,Z").write_bytes(bz2.compress(DSN))
+    (folder / "3:2,Z").write_bytes(lzma.compress(DSN))
+    (folder / "4:2,Z").write_bytes(ZSTD_MAGIC + DSN)
+    done = run_cli("explain", "--log", str(tmp_path), "--json")
+    assert done.returncode == 0
+    data = json.loads(done.stdout)
+    assert (data["messages"], data["not_dsn"], data["events"]) == (4, 1, 9)
+    assert data["unreadable_folders"] == 0
+    assert done.stderr == (
+        f"smtpguard: {folder / '4:2,Z'}: compressed with zstd, which cannot be read here"
+        " (counted as not a DSN)\n"
+    )
+
+
+def _without_read_override() -> list[str]:
+    """What runs a command so that a mode of 000 stops it (root reads anything)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv reads every folder")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_an_unreadable_subfolder_is_named_and_counted(tmp_path: Path) -> None:
+    run_as = _without_read_override()
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "cur" / "a").write_bytes(DSN)
+    (tmp_path / "cur" / "b").write_bytes(DSN)
+    (tmp_path / "locked" / "c").write_bytes(DSN)
+    (tmp_path / "cur" / "b").chmod(0)
+    (tmp_path / "locked").chmod(0)
+    command = [*run_as, sys.executable, "-m", "smtpguard", "explain", "--log", str(tmp_path)]
+    try:
+        runs = [
+            subprocess.run(
+                [*command, *extra], capture_output=True, text=True, timeout=60, check=False
+            )
+            for extra in ((), ("--json",))
+        ]
+        (tmp_path / "cur").chmod(0)
+        top = subprocess.run(
+            [*command[:-1], str(tmp_path / "cur")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        for path in ("cur", "locked", "cur/b"):
+            (tmp_path / path).chmod(0o755)
+    assert [r.returncode for r in runs] == [0, 0]
+    assert (
+        runs[0].stderr
+        == runs[1].stderr
+        == (
+            f"smtpguard: {tmp_path / 'cur' / 'b'}: Permission denied (counted as not a DSN)\n"
+            f"smtpguard: {tmp_path / 'locked'}: Permission denied (folder not read)\n"
+        )
+    )
+    assert runs[0].stdout.splitlines()[0] == (
+        f"{tmp_path}: 2 messages (1 not DSNs, 1 folders not read); 3 bounces and deferrals"
+        " (bounced 2, deferred 1)"
+    )
+    data = json.loads(runs[1].stdout)
+    assert {k: data[k] for k in ("messages", "not_dsn", "unreadable_folders", "events")} == {
+        "messages": 2,
+        "not_dsn": 1,
+        "unreadable_folders": 1,
+        "events": 3,
+    }
+    # The folder named itself: an error, as a missing log is.
+    assert (top.returncode, top.stdout) == (2, "")
+    assert top.stderr == f"smtpguard: {tmp_path / 'cur'}: Permission denied\n"

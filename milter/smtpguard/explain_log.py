@@ -12,19 +12,29 @@ What is read:
 * **Sendmail**: ``to=RCPT[,RCPT...], ... dsn=X.Y.Z, stat=TEXT`` with a 4.x.x or 5.x.x
   code (``stat=Deferred: 451 4.7.1 ...`` loses its ``Deferred:``); one event per
   recipient.
-* **Exim** main log: ``** RCPT ...`` (bounce) and ``== RCPT ...`` (deferral); the reply
-  after ``SMTP error from remote mail server after COMMAND:`` when there is one,
-  otherwise the text after the last ``: `` (``Unrouteable address``).
+* **Exim** main log: ``ID ** RCPT ...`` (bounce) and ``ID == RCPT ...`` (deferral),
+  the flag right after a message id (``1tI9Xz-000ABC-12``, or Exim 4.97's longer
+  ``1tI9Xz-00000000ABC-1234``): a ``==`` in a logged Subject is none. The reply after
+  ``SMTP error from remote mail server after COMMAND:`` when there is one, otherwise
+  the text after the last ``: `` (``Unrouteable address``).
 * **A folder of DSN messages** (RFC 3464; one message per file, e.g. a Maildir's
   ``new/`` and ``cur/``, read recursively): each per-recipient block of the
-  ``message/delivery-status`` part with ``Action: failed`` (bounce) or ``delayed``
-  (deferral), its ``Diagnostic-Code`` (``smtp; 550 ...``) or else its ``Status``.
+  ``message/delivery-status`` part (or RFC 6533's ``message/global-delivery-status``
+  of an SMTPUTF8 bounce) with ``Action: failed`` (bounce) or ``delayed`` (deferral),
+  its ``Diagnostic-Code`` (``smtp; 550 ...``) or else its ``Status``.
 
-A log compressed with gzip (a rotated ``mail.log.2.gz``, or piped in) is read through
-gzip; lines end with LF, CRLF or a lone CR. Every other line is counted and skipped
-(Postfix's ``status=expired`` too: it names neither a recipient nor a reply).
-Deferrals are counted per attempt: a message retried five times is five deferral
-events.
+A log compressed with gzip, bzip2 or xz (a rotated ``mail.log.2.gz``, or piped in) is
+read through its decompressor, and so is a compressed DSN file (Dovecot's zlib plugin);
+zstd, which the standard library cannot read, is refused by name. Lines end with LF,
+CRLF or a lone CR. Every other line is counted and skipped (Postfix's
+``status=expired`` too: it names neither a recipient nor a reply). Deferrals are
+counted per attempt: a message retried five times is five deferral events; an Exim
+``defer (-51|-52|-53): retry time not reached`` is a queue run that attempted nothing,
+and is no deferral.
+
+Every text of an event (recipient, domain, reply) has its control characters (ESC,
+BEL, NUL, C1, tab, line breaks) replaced by a space: a remote server or a mailed
+bounce chooses those bytes, and printed raw they would drive the operator's terminal.
 
 Memory stays bounded whatever the input's size: lines are read one at a time, cut at
 :data:`MAX_LINE_BYTES`; DSN files are read up to :data:`MAX_MESSAGE_BYTES` (the
@@ -46,25 +56,35 @@ tests/data/explain/).
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bz2
 import contextlib
 import errno
 import gzip
 import io
 import json
+import lzma
 import os
+import quopri
 import re
+import shlex
+import stat
+import sys
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol, TextIO, TypeVar, cast
 
 from cachetools import LRUCache
 
-from smtpguard.explain import MAX_LINE_CHARS, Knowledge, json_ascii
+from smtpguard.explain import MAX_LINE_CHARS, Knowledge, clean_input, json_ascii
 
 #: A longer line is cut there (and the rest of it skipped); no log line is that long.
 MAX_LINE_BYTES = 64 * 1024
@@ -94,16 +114,35 @@ Status = Literal["bounced", "deferred"]
 
 # A quick test on the raw bytes before any decoding: most lines of a mail log are
 # neither bounces nor deferrals.
-_CANDIDATE = re.compile(rb"status=(?:bounced|deferred) |dsn=[45]\.| (?:\*\*|==) ")
+_CANDIDATE = re.compile(
+    rb"status=(?:bounced|deferred) |dsn=[45]\.|[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}"
+    rb" (?:\*\*|==) "
+)
 # Parsing is str.find and anchored matches only: linear in the line whatever it holds
 # (an unanchored ".*?" between two markers is quadratic on a line that repeats the first).
 _DSN = re.compile(r"[45]\.\d{1,3}\.\d{1,3}(?=,)")
 _POSTFIX_STATUS = (" status=bounced (", " status=deferred (")
 _POSTFIX_SAID = (" said: ", " refused to talk to me: ")
 _IN_REPLY_TO = " (in reply to "
-_EXIM_FLAGS = (" ** ", " == ")
+# Exim's flag comes right after the message id: six, six and two base-62 characters, or
+# (Exim 4.97+) six, eleven and four. Any other " == " (a logged Subject, a Dovecot
+# line) is no delivery.
+_EXIM_FLAG = re.compile(
+    r"(?:^|\s)[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} (\*\*|==) ", re.ASCII
+)
+# A queue run that found the address's, transport's or hosts' retry time not reached
+# (ERRNO_RRETRY, ERRNO_LRETRY, ERRNO_HRETRY in Exim's exim.h) attempted no delivery.
+_EXIM_RETRY_WAIT = re.compile(
+    r"\bdefer \(-5[123]\): retry time not (?:yet )?reached", re.IGNORECASE | re.ASCII
+)
 _EXIM_SMTP = "SMTP error from remote mail server after "
 _CONTAINER = re.compile(rb"(?im)^content-type:[ \t]*(?:multipart|message)/")
+_STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
+# RFC 3464 section 2.1: the blocks of a delivery-status part are separated by blank lines.
+_BLANK_LINE = re.compile(rb"\r?\n(?:[ \t]*\r?\n)+")
+# explain's clean_input keeps tab and line ends (a pasted reply has them); an event is
+# one line of --events output, one tab-separated field each.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f]")
 _CODE_START = re.compile(r"[245]\d\d[ -]|[245]\.\d{1,3}\.\d{1,3} ")
 _VOLATILE = re.compile(
     # Postfix's own words for a server it could not reach: the host is the recipient's.
@@ -257,16 +296,17 @@ def _sendmail(line: str) -> list[Event]:
 
 
 def _exim(line: str) -> list[Event]:
-    found = _first_of(line, _EXIM_FLAGS)
+    found = _EXIM_FLAG.search(line)
     if found is None:
         return []
-    flag, at = found
-    rest = line[at + len(flag) :].strip()
+    rest = line[found.end() :].strip()
     rcpt, _, rest = rest.partition(" ")
     if rcpt.endswith(":"):
         rcpt, rest = rcpt[:-1], f": {rest}"
-    status: Status = "bounced" if flag == _EXIM_FLAGS[0] else "deferred"
+    status: Status = "bounced" if found.group(1) == "**" else "deferred"
     smtp = rest.find(_EXIM_SMTP)
+    if smtp < 0 and status == "deferred" and _EXIM_RETRY_WAIT.search(rest):
+        return []
     if smtp >= 0:
         # "after RCPT TO:<bob@example.net>: 550 ..." or "after end of data: 550 ...".
         after = rest[smtp + len(_EXIM_SMTP) :]
@@ -286,30 +326,32 @@ def _exim(line: str) -> list[Event]:
 
 
 def _event(mta: str, status: Status, recipient: str, reply: str) -> Event:
-    domain = recipient.rpartition("@")[2].rstrip(".").lower() if "@" in recipient else ""
+    # "Final-Recipient: rfc822; <bob@example.net>": the brackets are no part of it.
+    rcpt = _clean(recipient).strip().removeprefix("<").removesuffix(">").strip()
+    domain = rcpt.rpartition("@")[2].strip().rstrip(".").lower() if "@" in rcpt else ""
     return Event(
         mta,
         status,
-        recipient[:MAX_FIELD_CHARS],
+        rcpt[:MAX_FIELD_CHARS],
         domain[:MAX_FIELD_CHARS],
-        reply.strip()[:MAX_REPLY_CHARS],
+        _clean(reply).strip()[:MAX_REPLY_CHARS],
     )
+
+
+def _clean(text: str) -> str:
+    """``text`` fit to print: surrogates (bytes that were not UTF-8) as U+FFFD, control
+    characters as a space. The log's writer or a bounce's sender chose them; ESC and BEL
+    printed raw would drive the reader's terminal (colours, title, hidden text)."""
+    return _UNPRINTABLE.sub(" ", clean_input(text))
 
 
 def dsn_events(message: Message) -> Iterator[Event]:
     """The events of one DSN message: its per-recipient blocks that failed or were
     delayed (RFC 3464 section 2.3). A message nested deeper than :data:`MAX_NESTING`
     has none."""
-    for part in _parts(message) or ():
-        if part.get_content_type() != "message/delivery-status":
-            continue
-        blocks = part.get_payload()
-        if not isinstance(blocks, list):
-            continue
+    for part in _status_parts(message) or ():
         # The first block is about the message; the others are one recipient each.
-        for block in blocks[1:]:
-            if not isinstance(block, Message):
-                continue
+        for block in _blocks(part)[1:]:
             action = _field(block, "Action").lower()
             if action not in ("failed", "delayed"):
                 continue
@@ -325,23 +367,64 @@ def dsn_events(message: Message) -> Iterator[Event]:
             yield _event("dsn", status, recipient, reply)
 
 
-def _parts(message: Message) -> list[Message] | None:
-    """The parts of ``message`` in the order of ``Message.walk``, or None when they nest
-    deeper than :data:`MAX_NESTING`. A loop, not ``walk``'s recursion: a file of a
-    thousand nested message/rfc822 parts is no DSN, not a RecursionError."""
+def _status_parts(message: Message) -> list[Message] | None:
+    """The delivery-status parts of ``message`` in the order of ``Message.walk``, or
+    None when its containers nest deeper than :data:`MAX_NESTING`.
+
+    Of a multipart/report only its own status part counts: its returned message (RFC
+    3462's third part) is not walked, for when a bounce bounced that is the first
+    bounce, whose recipients are not this one's. Other containers are walked, so that a
+    bounce forwarded as an attachment is found. A loop, not ``walk``'s recursion: a file
+    of a thousand nested message/rfc822 parts is no DSN, not a RecursionError."""
     out: list[Message] = []
     stack = [(message, 0)]
     while stack:
         part, depth = stack.pop()
-        out.append(part)
+        ctype = part.get_content_type()
+        if ctype in _STATUS_TYPES:
+            out.append(part)
+            continue
         if not part.is_multipart():
             continue
         if depth >= MAX_NESTING:
             return None
-        children = part.get_payload()
-        if isinstance(children, list):
-            stack.extend((c, depth + 1) for c in reversed(children) if isinstance(c, Message))
+        payload = part.get_payload()
+        children = [c for c in payload if isinstance(c, Message)]
+        if ctype == "multipart/report":
+            out.extend(c for c in children if c.get_content_type() in _STATUS_TYPES)
+        else:
+            stack.extend((c, depth + 1) for c in reversed(children))
     return out
+
+
+def _blocks(part: Message) -> list[Message]:
+    """The blocks of a delivery-status part, each as header fields."""
+    payload = part.get_payload()
+    if part.get_content_type() == "message/delivery-status":
+        # email parses this type into its blocks itself.
+        return [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
+    # message/global-delivery-status (RFC 6533) email parses as any message/ type: the
+    # first block as a message's header, the rest as its body, still in the part's
+    # transfer encoding (8bit, or base64 or quoted-printable of UTF-8). Put together
+    # again as bytes (compat32 keeps 8-bit bytes as surrogates; get_payload(decode=True)
+    # hands them back unchanged), decoded and split at blank lines.
+    raw = b""
+    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+        inner = payload[0]
+        head = "".join(f"{name}: {value}\n" for name, value in inner.raw_items())
+        body = inner.get_payload(decode=True)
+        raw = head.encode("ascii", "surrogateescape") + b"\n"
+        raw += body if isinstance(body, bytes) else b""
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if encoding == "base64":
+        try:
+            raw = base64.b64decode(raw)
+        except binascii.Error:
+            return []
+    elif encoding == "quoted-printable":
+        raw = quopri.decodestring(raw)
+    parser = BytesHeaderParser(policy=compat32)
+    return [parser.parsebytes(block + b"\n") for block in _BLANK_LINE.split(raw.strip()) if block]
 
 
 def _field(block: Message, name: str) -> str:
@@ -361,24 +444,75 @@ def _typed(value: str) -> str:
     return rest.strip() if sep and " " not in kind.strip() else value
 
 
-def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | None]]:
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """A file or folder under a DSN folder that could not be read, and why."""
+
+    why: str
+    folder: bool = False
+
+
+def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | Unread | None]]:
     """Each file under ``folder`` (sorted, recursively) and its events; None for a file
-    that is not a DSN message (no delivery-status part) or cannot be read."""
-    for root, dirs, files in os.walk(folder):
+    that is not a DSN message (no delivery-status part); :class:`Unread` for a file or
+    a folder below ``folder`` that cannot be read. ``folder`` itself unreadable raises
+    its OSError."""
+    top = os.fspath(folder)
+    failed: list[OSError] = []
+
+    def note(exc: OSError) -> None:
+        # The folder asked for is the command's input: unreadable, it is an error
+        # (exit 2) as a missing log is. A folder below it is one part of the input.
+        if exc.filename == top:
+            raise exc
+        failed.append(exc)
+
+    def unread_folders() -> Iterator[tuple[Path, Unread]]:
+        while failed:
+            exc = failed.pop(0)
+            yield Path(os.fsdecode(exc.filename or "")), Unread(_why(exc), folder=True)
+
+    for root, dirs, files in os.walk(folder, onerror=note):
+        # os.walk reports a subfolder it cannot list when it gets to it, just before
+        # the next folder it yields.
+        yield from unread_folders()
         dirs.sort()
         for name in sorted(files):
             path = Path(root, name)
-            if not path.is_file():
-                continue  # a FIFO or socket would block or fail; a dangling link
             try:
-                with path.open("rb") as f:
-                    data = f.read(MAX_MESSAGE_BYTES)
-            except OSError:
-                # One unreadable file (a message being delivered, a socket) does not
-                # end the summary of the others.
-                yield path, None
+                mode = os.stat(path).st_mode
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue  # a dangling link, a message moved on (Maildir's tmp/)
+                yield path, Unread(_why(exc))
                 continue
-            yield path, _dsn_file(data)
+            if stat.S_ISREG(mode):  # a FIFO or socket would block or fail
+                yield path, _read_dsn(path)
+    yield from unread_folders()
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _read_dsn(path: Path) -> list[Event] | Unread | None:
+    # One unreadable file (no permission, a broken compressed one) does not end the
+    # summary of the others.
+    try:
+        with path.open("rb") as raw:
+            kind = _compression(raw)
+            if kind == "zstd":
+                return Unread("compressed with zstd, which cannot be read here")
+            with _decompressed(raw, kind) as f:
+                data = f.read(MAX_MESSAGE_BYTES)
+    except EOFError:
+        return Unread("compressed file ends early")
+    except (lzma.LZMAError, zlib.error) as exc:
+        return Unread(f"compressed file is corrupt ({exc})")
+    except OSError as exc:
+        # The decompressors' own errors carry no errno (gzip's "Not a gzipped file").
+        return Unread(_why(exc) if exc.errno is not None else f"compressed file is corrupt ({exc})")
+    return _dsn_file(data)
 
 
 def _dsn_file(data: bytes) -> list[Event] | None:
@@ -389,10 +523,7 @@ def _dsn_file(data: bytes) -> list[Event] | None:
         return None
     try:
         message = message_from_bytes(data, policy=compat32)
-        parts = _parts(message)
-        if parts is None or not any(
-            p.get_content_type() == "message/delivery-status" for p in parts
-        ):
+        if not _status_parts(message):
             return None
         return list(dsn_events(message))
     # Whatever one hostile or broken file makes the parser raise, the summary of the
@@ -466,8 +597,10 @@ class Summary:
     source: str
     lines: int = 0
     messages: int = 0
-    #: DSN files without a delivery-status part.
+    #: DSN files without a delivery-status part, or that could not be read.
     not_dsn: int = 0
+    #: Folders below a DSN folder that could not be listed (their files are not counted).
+    unreadable_folders: int = 0
     totals: _Tally = field(default_factory=_Tally)
     by_category: dict[tuple[str, str], _Tally] = field(default_factory=dict)
     by_fix: dict[str, _Tally] = field(default_factory=dict)
@@ -506,6 +639,7 @@ class Summary:
             "lines": self.lines,
             "messages": self.messages,
             "not_dsn": self.not_dsn,
+            "unreadable_folders": self.unreadable_folders,
             "events": self.totals.total,
             "bounced": self.totals.bounced,
             "deferred": self.totals.deferred,
@@ -534,10 +668,19 @@ class Summary:
 
     def render_text(self, knowledge: Knowledge, lang: str) -> str:
         words = _WORDS[lang]
-        what = words["messages"].format(self.messages) if self.messages else ""
-        if self.not_dsn:
-            what += words["not_dsn"].format(self.not_dsn)
-        if not self.messages:
+        notes = [
+            words[key].format(count)
+            for key, count in (
+                ("not_dsn", self.not_dsn),
+                ("unreadable_folders", self.unreadable_folders),
+            )
+            if count
+        ]
+        if self.messages or notes:
+            what = words["messages"].format(self.messages)
+            if notes:
+                what += words["notes"].format(words["separator"].join(notes))
+        else:
             what = words["lines"].format(self.lines)
         out = [
             f"{self.source}: {what}; {words['events'].format(self.totals.total)}"
@@ -642,7 +785,10 @@ _WORDS: dict[str, dict[str, str]] = {
     "en": {
         "lines": "{} lines",
         "messages": "{} messages",
-        "not_dsn": " ({} not DSNs)",
+        "not_dsn": "{} not DSNs",
+        "unreadable_folders": "{} folders not read",
+        "notes": " ({})",
+        "separator": ", ",
         "events": "{} bounces and deferrals",
         "bounced": "bounced",
         "deferred": "deferred",
@@ -656,7 +802,10 @@ _WORDS: dict[str, dict[str, str]] = {
     "zh": {
         "lines": "{} 行",
         "messages": "{} 封邮件",
-        "not_dsn": "（{} 封不是 DSN）",  # noqa: RUF001 - Chinese brackets in Chinese text
+        "not_dsn": "{} 封不是 DSN",
+        "unreadable_folders": "{} 个文件夹无法读取",
+        "notes": "（{}）",  # noqa: RUF001 - Chinese brackets in Chinese text
+        "separator": "，",  # noqa: RUF001 - a Chinese comma in Chinese text
         "events": "{} 次退信和延迟",
         "bounced": "退信",
         "deferred": "延迟",
@@ -694,11 +843,25 @@ def _count(summary: Summary, event: Event, explainer: Explainer, each: EventSink
         each(event, verdict)
 
 
-def summarize_folder(folder: Path, explainer: Explainer, each: EventSink | None = None) -> Summary:
+def summarize_folder(
+    folder: Path,
+    explainer: Explainer,
+    each: EventSink | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Summary:
+    """The summary of a DSN folder; ``warn`` is told of each file or folder below it
+    that could not be read (``PATH: why``)."""
     summary = Summary(os.fsdecode(folder))
-    for _path, events in read_dsn_folder(folder):
+    for path, events in read_dsn_folder(folder):
+        if isinstance(events, Unread):
+            if warn is not None:
+                counted = "folder not read" if events.folder else "counted as not a DSN"
+                warn(f"{_clean(os.fsdecode(path))}: {events.why} ({counted})")
+            if events.folder:
+                summary.unreadable_folders += 1
+                continue
         summary.messages += 1
-        if events is None:
+        if not isinstance(events, list):
             summary.not_dsn += 1
             continue
         for event in events:
@@ -708,16 +871,21 @@ def summarize_folder(folder: Path, explainer: Explainer, each: EventSink | None 
 
 
 def summarize(
-    source: str, explainer: Explainer, stdin: BinaryIO, each: EventSink | None = None
+    source: str,
+    explainer: Explainer,
+    stdin: BinaryIO,
+    each: EventSink | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Summary:
-    """The summary of ``source``: a log file, ``-`` (``stdin``) or a DSN folder."""
+    """The summary of ``source``: a log file, ``-`` (``stdin``) or a DSN folder (whose
+    unreadable parts ``warn`` is told of)."""
     if source == "-":
         # ``zcat`` is not needed: a compressed log piped in is read as a named one is.
         peekable = stdin if isinstance(stdin, io.BufferedReader) else io.BufferedReader(_raw(stdin))
         return _summarize_stream(peekable, explainer, "-", each)
     path = Path(source)
     if path.is_dir():
-        summary = summarize_folder(path, explainer, each)
+        summary = summarize_folder(path, explainer, each, warn)
     else:
         with path.open("rb") as raw:
             summary = _summarize_stream(raw, explainer, source, each)
@@ -735,19 +903,65 @@ def _raw(stream: BinaryIO) -> io.RawIOBase:
 def _summarize_stream(
     raw: io.BufferedReader, explainer: Explainer, source: str, each: EventSink | None
 ) -> Summary:
-    with _gunzipped(raw) as f:
+    kind = _compression(raw)
+    if kind == "zstd":
+        # Not in the standard library: named, not read as a few lines of binary noise.
+        first = "... | zstd -dc" if source == "-" else f"zstdcat {shlex.quote(source)}"
+        raise OSError(
+            errno.EINVAL,
+            f"compressed with zstd; decompress first: {first} | smtpguard explain --log -",
+            source,
+        )
+    with _decompressed(raw, kind) as f:
         try:
             return summarize_lines(read_lines(f), explainer, source, each)
         except EOFError as exc:
             # A rotated log still being compressed, or cut short: name it.
             raise OSError(errno.EIO, f"compressed log ends early ({exc})", source) from None
+        except (lzma.LZMAError, zlib.error) as exc:
+            raise OSError(errno.EIO, f"compressed log is corrupt ({exc})", source) from None
+        except OSError as exc:
+            # The decompressors' own errors carry no errno (gzip's "Not a gzipped file",
+            # bzip2's "Invalid data stream"); a failed read of the file has one.
+            if kind is None or exc.errno is not None:
+                raise
+            raise OSError(errno.EIO, f"compressed log is corrupt ({exc})", source) from None
 
 
-def _gunzipped(raw: io.BufferedReader) -> contextlib.AbstractContextManager[ChunkReader]:
-    """``raw``, read through gzip when it is a rotated log compressed with it
-    (``mail.log.2.gz``): still a line at a time. Leaving it leaves ``raw`` open."""
-    if raw.peek(2)[:2] == b"\x1f\x8b":
+_Compression = Literal["gzip", "bzip2", "xz", "zstd"]
+
+
+def _compression(raw: io.BufferedReader) -> _Compression | None:
+    """What ``raw`` is compressed with, by its magic number (not its name: a log piped
+    in has none)."""
+    head = raw.peek(6)[:6]
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    # "BZh" and the block size, 1 to 9 (hundreds of kB).
+    if head[:3] == b"BZh" and b"1" <= head[3:4] <= b"9":
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    return None
+
+
+class _Readable(ChunkReader, Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _decompressed(
+    raw: io.BufferedReader, kind: _Compression | None
+) -> contextlib.AbstractContextManager[_Readable]:
+    """``raw`` read through its decompressor (a stream: still a line at a time, in
+    constant memory; concatenated streams too). Leaving it leaves ``raw`` open."""
+    if kind == "gzip":
         return gzip.GzipFile(fileobj=raw, mode="rb")
+    if kind == "bzip2":
+        return bz2.BZ2File(raw)
+    if kind == "xz":
+        return lzma.LZMAFile(raw, format=lzma.FORMAT_XZ)
     return contextlib.nullcontext(raw)
 
 
@@ -761,7 +975,7 @@ def event_dict(event: Event, verdict: Verdict) -> dict[str, object]:
         "type": "event",
         "mta": event.mta,
         "status": event.status,
-        "recipient": _shown(event.recipient),
+        "recipient": event.recipient,
         "domain": event.domain,
         "reply": event.reply,
         "category": verdict.category,
@@ -781,10 +995,17 @@ def log_main(
     stdin: BinaryIO,
     out: TextIO,
     events: bool = False,
+    err: TextIO | None = None,
 ) -> None:
     """Write what ``smtpguard explain --log SOURCE [--lang] [--json] [--events]`` prints
     to ``out``: the summary; with ``events``, first one line per event as it is read
-    (JSON Lines with ``as_json``, the summary then being the last line)."""
+    (JSON Lines with ``as_json``, the summary then being the last line). What of a DSN
+    folder could not be read is said on ``err`` (stderr), one line each."""
+    errors = sys.stderr if err is None else err
+
+    def warn(text: str) -> None:
+        errors.write(f"smtpguard: {text}\n")
+
     each: EventSink | None = None
     ascii_only = json_ascii(out)
     if events and as_json:
@@ -796,9 +1017,9 @@ def log_main(
 
         def each(event: Event, verdict: Verdict) -> None:
             fields = (event.status, event.domain or "-", verdict.category, verdict.fix)
-            out.write("\t".join([*fields, _shown(event.recipient), event.reply]) + "\n")
+            out.write("\t".join([*fields, event.recipient, event.reply]) + "\n")
 
-    summary = summarize(source, Explainer(knowledge), stdin, each)
+    summary = summarize(source, Explainer(knowledge), stdin, each, warn)
     if as_json and events:
         out.write(
             json.dumps(
