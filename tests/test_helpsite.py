@@ -369,3 +369,23 @@ def test_writing_again_removes_the_pages_of_the_previous_form(tmp_path: Path) ->
     result = run_cli("-c", str(config), "help-site", "--out", "")
     assert result.returncode == 2
     assert "--out must name a directory" in result.stderr
+
+
+def test_writing_again_never_deletes_through_a_link(tmp_path: Path) -> None:
+    """An operator replaced a page's folder by a link to a folder of theirs: the next
+    write (another help_url form) leaves the file there alone."""
+    out, theirs = tmp_path / "out", tmp_path / "theirs"
+    config = make_site(
+        tmp_path / "a", {"replies": {"help_url": "https://h.example/r/{id}/"}}, directory=False
+    ).config
+    assert run_cli("-c", str(config), "help-site", "--out", str(out)).returncode == 0
+    theirs.mkdir()
+    (theirs / "index.html").write_text("their page", encoding="utf-8")
+    shutil.rmtree(out / "rbl_deny")
+    (out / "rbl_deny").symlink_to(theirs)
+    config = make_site(
+        tmp_path / "b", {"replies": {"help_url": "https://h.example/r/{id}.html"}}, directory=False
+    ).config
+    assert run_cli("-c", str(config), "help-site", "--out", str(out)).returncode == 0
+    assert (theirs / "index.html").read_text(encoding="utf-8") == "their page"
+    assert not (out / "queue_unavailable").exists()

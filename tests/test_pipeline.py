@@ -358,6 +358,18 @@ def test_temp_error_pass_continues(build: BuildHarness, caplog: pytest.LogCaptur
     assert (line["mode"], line["action"], line["temp"]) == ("enforce", "pass", "True")
 
 
+def test_a_dry_run_reports_no_temp_error_that_enforcing_lets_pass(
+    build: BuildHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It would have said "would 450" for mail enforcing accepts."""
+    h = build('[milter]\ndry_run = true\n\n[checks.blacklist]\non_temp_error = "pass"\n')
+    h.blacklist.failing = True
+    assert h.pipeline.run(Stage.MAIL, mail(connect(), "<friend@example.org>")) == CONTINUE
+    [line] = decisions(caplog)
+    assert (line["reply"], line["action"], line["temp"]) == ("database_temp_error", "pass", "True")
+    assert "would" not in line
+
+
 def test_temp_error_pass_does_not_excuse_hits(build: BuildHarness) -> None:
     h = build('[checks.blacklist]\non_temp_error = "pass"\n')
     h.blacklist.entries.add("x@example.org")

@@ -340,7 +340,14 @@ def _prune(out: Path, kept: set[str]) -> None:
         if path in kept or not path or any(p in ("", ".", "..") for p in parts):
             continue
         stale = out.joinpath(*parts)
-        stale.unlink(missing_ok=True)
+        # Only a file the site put there: not through a folder the operator replaced
+        # by a link to elsewhere, and not a folder or link of the operator's.
+        if any(out.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts))):
+            continue
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            if stale.is_symlink():
+                continue
+            stale.unlink()
         # Its folder too ({id}/index.html), when nothing else is in it.
         if len(parts) > 1:
             with contextlib.suppress(OSError):

@@ -44,6 +44,7 @@ from smtpguard.checks import (
     Prefetching,
     Services,
     Stage,
+    domain_of,
     feed_sink,
     header_names,
     settings_name,
@@ -372,6 +373,7 @@ class Pipeline:
                     verdict=verdict,
                     mode="report",
                     action="pass",
+                    would=True,
                 )
             held = self.policy.held(conn, event)
             if held is not None:
@@ -624,7 +626,7 @@ class Pipeline:
     ) -> Decision | None:
         """What a verdict does; None lets the stage's next check run."""
 
-        def note(action: str) -> None:
+        def note(action: str, *, would: bool = False) -> None:
             self._log(
                 stage=stage,
                 conn=conn,
@@ -633,8 +635,17 @@ class Pipeline:
                 verdict=verdict,
                 mode=mode,
                 action=action,
+                would=would,
             )
 
+        if isinstance(verdict, TempError):
+            # Counted where the verdict is made, not again where a deferred or held one
+            # is answered.
+            self.metrics.backend_error(check)
+        if isinstance(verdict, TempError) and settings.on_temp_error == "pass" and not verdict.firm:
+            # Enforcing lets it pass: nothing to report either.
+            note("pass")
+            return None
         if mode == "report":
             if stage in _CONTENT_STAGES and not _first_report(conn, check, stage):
                 return None
@@ -644,13 +655,10 @@ class Pipeline:
                 and self.policy.hold(conn, check, verdict, event, report=True)
             ):
                 # As enforcing would: reported for each recipient not exempt from it.
-                note("held")
+                note("held", would=True)
                 return None
             self._reported(conn, verdict.reply_id)
-            note("pass")
-            return None
-        if isinstance(verdict, TempError) and settings.on_temp_error == "pass" and not verdict.firm:
-            note("pass")
+            note("pass", would=True)
             return None
         if stage in _DEFERRED_TO_EOM and conn.txn is not None:
             conn.txn.defer(verdict, check)
@@ -747,7 +755,9 @@ class Pipeline:
         verdict: Verdict,
         mode: str,
         action: str,
+        would: bool = False,
     ) -> None:
+        """The decision line; ``would``: it says what enforcing would answer."""
         txn = conn.txn
         fields: Sequence[tuple[str, object]] = (
             ("sid", conn.session_id),
@@ -758,7 +768,7 @@ class Pipeline:
             ("mode", mode),
             ("action", action),
             # What enforcing would answer (an override may change the table's code).
-            ("would", self._would(stage, conn, event, verdict) if mode == "report" else None),
+            ("would", self._would(stage, conn, event, verdict) if would else None),
             ("temp", isinstance(verdict, TempError) or None),
             ("client", conn.client_ip),
             ("helo", conn.helo),
@@ -768,8 +778,6 @@ class Pipeline:
         )
         if action != "deferred":
             self.metrics.decision(verdict.reply_id, mode, action)
-        if isinstance(verdict, TempError):
-            self.metrics.backend_error(check)
         level = logging.WARNING if verdict.reply_id == "internal_error" else logging.INFO
         log.log(level, "decision %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 
@@ -814,9 +822,7 @@ class Pipeline:
     def _domain_table(self, txn: Transaction) -> str | None:
         # One transaction never mixes domain policies (rcpt_limit), so the first
         # recipient's table is the message's.
-        if not txn.recipient_domains:
-            return None
-        table = self.config.domain_policy(txn.recipient_domains[0])
+        table = domain_of(self.config, txn)
         return table.domain if table is not None else None
 
 

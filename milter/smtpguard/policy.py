@@ -44,8 +44,14 @@ import functools
 import logging
 from collections.abc import Sequence
 
-from smtpguard.address import Address, canonical_address, canonical_domain, strip_extension
-from smtpguard.checks import Event, Services, Stage, settings_name
+from smtpguard.address import (
+    Address,
+    canonical_address,
+    canonical_domain,
+    raw_parts,
+    strip_extension,
+)
+from smtpguard.checks import Event, Services, Stage, domain_of, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
 from smtpguard.checks.spf import SpfQuery
 from smtpguard.config import Config, ConfigError, DomainPolicy, Exemption
@@ -426,11 +432,12 @@ class Policy:
         if not self.config.domains or stage not in DOMAIN_STAGES:
             return None
         if stage is Stage.RCPT:
-            return self.config.domain_policy(event.rcpt.domain_lc) if event.rcpt else None
-        txn = conn.txn
-        if txn is None or not txn.recipient_domains:
-            return None
-        return self.config.domain_policy(txn.recipient_domains[0])
+            # An unparsable recipient falls under the domain it names, as relay sees it.
+            rcpt = event.rcpt
+            return self.config.domain_policy(
+                rcpt.domain_lc if rcpt else raw_parts(event.rcpt_raw)[1]
+            )
+        return domain_of(self.config, conn.txn)
 
     def mode(self, conn: Connection, check: str, stage: Stage, event: Event, mode: str) -> str:
         """``check``'s mode for this recipient or message (``mode``: the global one)."""

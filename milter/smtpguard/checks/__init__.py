@@ -99,9 +99,9 @@ def domain_of(config: Config, txn: Transaction | None) -> DomainPolicy | None:
     """The ``[domain."X"]`` table the transaction's mail falls under (its first
     accepted recipient's domain; the pipeline keeps one transaction to one policy), or
     None: the global settings apply."""
-    if txn is None or not txn.recipients or not config.domains:
+    if txn is None or not txn.recipient_domains or not config.domains:
         return None
-    return config.domain_policy(txn.recipients[0].domain_lc)
+    return config.domain_policy(txn.recipient_domains[0])
 
 
 def settings_name(name: str) -> str:
