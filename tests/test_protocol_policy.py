@@ -264,35 +264,29 @@ def test_postmaster_gets_mail_from_a_listed_client_others_do_not(exempting: Runn
         assert_pass(final)
 
 
-def test_spam_to_other_recipients_is_still_refused(exempting: Running) -> None:
+@pytest.mark.parametrize(
+    "other",
+    [
+        "<alice@example.com>",
+        # Postfix accepts and delivers taro.@relay.example (an invalid dot-atom); it was
+        # accepted but not recorded, so postmaster's exemption covered the whole
+        # message and the relay recipient's copy went out unscanned.
+        "<taro.@relay.example>",
+    ],
+)
+def test_spam_to_other_recipients_is_still_refused(exempting: Running, other: str) -> None:
     with exempting.session() as s:
         assert_pass(s.connect(GOOD_IP))
         assert_pass(s.helo("mx.good.test"))
         assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
         assert_pass(s.rcpt("<postmaster@example.com>"))
-        assert_pass(s.rcpt("<alice@example.com>"))
-        final, _mods, _early = s.message(HEADERS, "buy now\r\n" + GTUBE)
-        assert_reply(final, "antispam_reject")
-
-
-def test_an_unparsable_recipient_is_never_covered_by_a_recipient_exemption(
-    exempting: Running,
-) -> None:
-    """Postfix accepts and delivers taro.@relay.example (an invalid dot-atom); it was
-    accepted but not recorded, so postmaster's exemption covered the whole message and
-    the relay recipient's copy went out unscanned."""
-    with exempting.session() as s:
-        assert_pass(s.connect(GOOD_IP))
-        assert_pass(s.helo("mx.good.test"))
-        assert_pass(s.mail(f"<someone@{GOOD_DOMAIN}>"))
-        assert_pass(s.rcpt("<postmaster@example.com>"))
-        assert_pass(s.rcpt("<taro.@relay.example>"))
+        assert_pass(s.rcpt(other))
         final, _mods, _early = s.message(HEADERS, "buy now\r\n" + GTUBE)
         assert_reply(final, "antispam_reject")
 
     def summary() -> str | None:
-        lines = [line for line in exempting.log().splitlines() if "reply=antispam_reject" in line]
-        return next((line for line in reversed(lines) if " summary " in line), None)
+        lines = [line for line in exempting.log().splitlines() if " summary " in line]
+        return next((line for line in reversed(lines) if "reply=antispam_reject" in line), None)
 
     wait_until(lambda: summary() is not None)
     assert " nrcpt=2 " in (summary() or ""), summary()
