@@ -15,7 +15,7 @@ from smtpguard.bounds import AnswerBounds, answer_bounds
 from smtpguard.config import Config
 from smtpguard.sendmail import sendmail_mc, sendmail_timeouts
 from support.sendmail import fetch_debs, install, readme_snippet
-from support.service import ROOT, make_site
+from support.service import ROOT, make_site, run_cli
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
 
@@ -151,8 +151,8 @@ def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
     # MAIL: dns.stage_deadline 3 + directory.timeout 2 + state.timeout 2 twice (the
     # same-size counter, then the blacklist).
     assert answer_bounds(sample) == AnswerBounds(command=9.0, content=5.0)
-    assert sendmail_timeouts(sample) == "C:30s;S:10s;R:30s;E:5m"
-    assert "F=T, T=C:30s;S:10s;R:30s;E:5m')dnl\n" in sendmail_mc(sample)
+    assert sendmail_timeouts(sample) == "C:30s;S:30s;R:30s;E:5m"
+    assert "F=T, T=C:30s;S:30s;R:30s;E:5m')dnl\n" in sendmail_mc(sample)
 
     def cfg(name: str, extra: dict[str, object]) -> Config:
         return load(make_site(tmp_path / name, extra, directory=False).config)
@@ -160,7 +160,8 @@ def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
     clamd = cfg("clamd", {"virus": {"backend": "clamd", "timeout": 30.0}})
     shared = clamd.dns.stage_deadline + clamd.state.timeout
     assert answer_bounds(clamd).content == shared + 2 * 30.0
-    assert sendmail_timeouts(clamd) == f"C:30s;S:10s;R:{math.ceil(shared + 70)}s;E:5m"
+    slowest = math.ceil(shared + 70)
+    assert sendmail_timeouts(clamd) == f"C:30s;S:{slowest}s;R:{slowest}s;E:5m"
     assert math.ceil(shared + 70) > 2 * 30 + 10
 
     both = cfg(
@@ -172,15 +173,28 @@ def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
     )
     read = math.ceil(shared + 240 + 60 + 10)
     # E: is never shorter than R: (it caps the whole end-of-message exchange).
-    assert sendmail_timeouts(both) == f"C:30s;S:10s;R:{read}s;E:{read}s"
+    assert sendmail_timeouts(both) == f"C:30s;S:{read}s;R:{read}s;E:{read}s"
 
     command = cfg(
         "command", {"virus": {"backend": "command", "command": ["/bin/true"], "timeout": 50.0}}
     )
-    assert sendmail_timeouts(command) == f"C:30s;S:10s;R:{math.ceil(shared + 60)}s;E:5m"
+    slowest = math.ceil(shared + 60)
+    assert sendmail_timeouts(command) == f"C:30s;S:{slowest}s;R:{slowest}s;E:5m"
 
     # MAIL waits for DNS, the directory and the state store: the longest step here.
     dns = cfg("dns", {"dns": {"nameservers": ["127.0.0.1"], "stage_deadline": 40.0}})
     mail = 40.0 + dns.directory.timeout + 2 * dns.state.timeout
     assert answer_bounds(dns).longest == answer_bounds(dns).command == pytest.approx(mail)
-    assert sendmail_timeouts(dns) == f"C:30s;S:10s;R:{math.ceil(mail + 10)}s;E:5m"
+    slowest = math.ceil(mail + 10)
+    assert sendmail_timeouts(dns) == f"C:30s;S:{slowest}s;R:{slowest}s;E:5m"
+
+
+@pytest.mark.parametrize("path", ["/run/a,b/smtpguard.sock", "/run/it's/smtpguard.sock"])
+def test_a_socket_path_sendmail_cannot_read_is_refused(tmp_path: Path, path: str) -> None:
+    """Sendmail splits the INPUT_MAIL_FILTER equates at a comma: the .cf would not
+    load and Sendmail would not start (checked with Sendmail 8.17: "'=' expected")."""
+    site = make_site(tmp_path, {"milter": {"socket": f"unix:{path}"}}, directory=False)
+    result = run_cli("-c", str(site.config), "sendmail-config")
+    assert result.returncode == 2
+    assert "cannot carry" in result.stderr
+    assert result.stdout == ""

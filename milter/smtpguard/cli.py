@@ -386,9 +386,14 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sendmail_config(args: argparse.Namespace) -> int:
-    from smtpguard.sendmail import sendmail_mc
+    from smtpguard.sendmail import SendmailConfigError, sendmail_mc
 
-    print(sendmail_mc(_load(args.config)), end="")
+    config = _load(args.config)
+    try:
+        print(sendmail_mc(config), end="")
+    except SendmailConfigError as exc:
+        print(f"smtpguard sendmail-config: {config.file}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -42,10 +42,16 @@ def sendmail_timeouts(config: Config, *, floor: int = MIN_READ_TIMEOUT) -> str:
     and the rest of the session goes without the filter. So ``R:`` is
     :func:`answer_bounds` plus :data:`ANSWER_MARGIN`, at least ``floor`` seconds;
     ``E:`` at least as long. ``floor`` is there for tests that scale time down.
+
+    ``S:`` is as long as ``R:``: Sendmail writes the body chunks without waiting for
+    replies, and once the socket's buffers are full (about 200 KB) its write waits
+    for smtpguard's body callback, which may be waiting on a scanner for up to its
+    timeout. Sendmail's usual 10 s tempfailed every large message while clamd was
+    slow, whatever ``on_temp_error`` said.
     """
     read = max(floor, math.ceil(answer_bounds(config).longest + ANSWER_MARGIN))
     eom = max(MIN_EOM_TIMEOUT, read)
-    return f"C:30s;S:10s;R:{read}s;E:{_duration(eom)}"
+    return f"C:30s;S:{read}s;R:{read}s;E:{_duration(eom)}"
 
 
 def _duration(seconds: int) -> str:
@@ -68,8 +74,24 @@ def sendmail_macro_lines() -> list[str]:
     ]
 
 
+#: Characters the INPUT_MAIL_FILTER line cannot carry in its socket: Sendmail splits
+#: the equates at a comma, and m4's quotes would end the argument.
+UNSAFE_SOCKET_CHARS: Final = (",", "`", "'")
+
+
+class SendmailConfigError(ValueError):
+    """A config that no sendmail.mc line can express."""
+
+
 def sendmail_mc(config: Config) -> str:
     socket = config.milter.socket
+    unsafe = [c for c in UNSAFE_SOCKET_CHARS if c in socket]
+    if unsafe:
+        raise SendmailConfigError(
+            f"milter.socket {socket!r}: Sendmail's INPUT_MAIL_FILTER line cannot carry"
+            f" {' '.join(repr(c) for c in unsafe)} (the .cf would not load and Sendmail"
+            " would not start); choose another path"
+        )
     kind, _, rest = socket.partition(":")
     # Sendmail's S= is libmilter's family:PORT@HOST (loopback host written out), but
     # local: for a unix socket.

@@ -324,7 +324,7 @@ def test_snippet_is_in_the_running_config(mta: Sendmail, guard: Running) -> None
     cf = (mta.dir / "test.cf").read_text()
     assert "Xsmtpguard, S=local:/run/smtpguard-tests/" in cf
     # The site has no scanner: R: keeps its floor, E: its 5 minutes.
-    assert "F=T, T=C:30s;S:10s;R:30s;E:5m" in cf
+    assert "F=T, T=C:30s;S:30s;R:30s;E:5m" in cf
     # Sendmail's default connect list, with v and {client_resolve} appended.
     assert (
         "\nO Milter.macros.connect=j, _, {daemon_name}, {if_name}, {if_addr}, v, {client_resolve}\n"
@@ -1386,3 +1386,67 @@ def test_end_of_message_reply_waits_for_a_slow_scanner(
                     expect(c, MAIL, then)
             # Both times smtpguard itself found the virus.
             assert decisions(svc.log(), "virus_found") == 2
+
+
+@contextmanager
+def stuck_clamd(path: Path) -> Iterator[Path]:
+    """A clamd on unix socket ``path`` that accepts and never reads (overloaded)."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(8)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_a_large_body_waits_for_a_stuck_scanner_as_long_as_a_reply(
+    sendmail_install: SendmailInstall, tmp_path: Path
+) -> None:
+    """Sendmail writes the body without waiting for replies; past the socket buffers its
+    write waits for smtpguard, which waits up to virus.timeout on the scanner. With
+    Sendmail's usual S:10s (scaled: 1 s) a 3 MB message got Sendmail's own 451 although
+    on_temp_error = "pass" lets it through; with S: as long as the derived R: it passes."""
+    extra = {
+        "virus": {"backend": "clamd", "timeout": VIRUS_TIMEOUT},
+        "checks": {"virus": {"on_temp_error": "pass"}},
+        "limits": {"max_message_size": 10_000_000},
+    }
+    body = b"\r\n" + (b"x" * 76 + b"\r\n") * 40_000
+    with stuck_clamd(tmp_path / "clamd.sock") as clamd, milter_socket_dir() as sockets:
+        sock = sockets / "smtpguard.sock"
+        site = guard_site(
+            tmp_path / "site", sock, merge(extra, {"virus": {"clamd_socket": f"unix:{clamd}"}})
+        )
+        config = load(site.config)
+        generated = sendmail_mc(config)
+        derived = sendmail_timeouts(config, floor=1)
+        read = derived.split("R:")[1].split(";")[0]
+        old = derived.replace(f"S:{read}", "S:1s")
+        with running(site, wait_for=str(sock)):
+            for name, timeouts, code in (("old", old, 451), ("derived", derived, 250)):
+                lines = generated.replace(f"T={sendmail_timeouts(config)}'", f"T={timeouts}'")
+                with (
+                    sendmail(sendmail_install, tmp_path / name, lines) as sm,
+                    sm.client(timeout=30) as c,
+                ):
+                    envelope(c)
+                    got = c.data(HEADERS + body)
+                    assert got.code == code, f"S: from {timeouts}: {got}"
