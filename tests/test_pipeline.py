@@ -1082,3 +1082,35 @@ def test_an_observer_that_fails_answers_a_temporary_error_not_a_pass(
     # The next transaction starts with a working stream.
     conn = mail(conn, "<friend@example.org>")
     assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE
+
+
+def test_a_raising_check_counts_as_a_backend_error_once(tmp_path: Path) -> None:
+    """An exception answers internal_error; alerts on backend errors must see it."""
+    driver, metrics = metered_driver(tmp_path)
+    driver.rt.pipeline.add_check(Boom(), CheckSettings(), first=True)
+    assert driver.mail("<friend@sender.example>", ()).action is Action.TEMPFAIL
+    assert metrics.named("backend_error") == [("boom",)]
+
+
+def test_a_report_mode_content_temp_error_counts_once_per_message(tmp_path: Path) -> None:
+    """A blind content check answers a temporary error for every body chunk: in report
+    mode it was counted (and with on_temp_error = pass logged) once per chunk."""
+    driver, metrics = metered_driver(tmp_path, {"milter": {"dry_run": True}})
+    driver.rt.pipeline.add_check(BodyTempError(), CheckSettings(), first=True)
+    assert driver.mail("<friend@sender.example>", ()).action is Action.CONTINUE
+    assert driver.rcpt("<alice@example.com>").action is Action.CONTINUE
+    driver.data()
+    driver.eoh()
+    for _ in range(5):
+        driver.body(b"x" * 100)
+    assert driver.eom().action is Action.CONTINUE
+    assert metrics.named("backend_error") == [("body_temp",)]
+
+
+class BodyTempError:
+    name: ClassVar[str] = "body_temp"
+    stage: ClassVar[Stage] = Stage.BODY
+    reply_ids: ClassVar[tuple[str, ...]] = ("database_temp_error",)
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        return TempError("database_temp_error", "backend down")

@@ -13,7 +13,7 @@ import pytest
 from smtpguard.app import load
 from smtpguard.bounds import AnswerBounds, answer_bounds
 from smtpguard.config import Config
-from smtpguard.sendmail import sendmail_mc, sendmail_timeouts
+from smtpguard.sendmail import sendmail_mc, sendmail_socket_problem, sendmail_timeouts
 from support.sendmail import fetch_debs, install, readme_snippet
 from support.service import ROOT, make_site, run_cli
 
@@ -189,12 +189,28 @@ def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
     assert sendmail_timeouts(dns) == f"C:30s;S:{slowest}s;R:{slowest}s;E:5m"
 
 
-@pytest.mark.parametrize("path", ["/run/a,b/smtpguard.sock", "/run/it's/smtpguard.sock"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/run/a,b/smtpguard.sock",  # the .cf does not load: "'=' expected"
+        "/run/it's/smtpguard.sock",
+        "/run/a#b/smtpguard.sock",  # the line is cut there: Sendmail runs without filter
+        "/run/a$xb/smtpguard.sock",  # a macro: every session tempfails
+    ],
+)
 def test_a_socket_path_sendmail_cannot_read_is_refused(tmp_path: Path, path: str) -> None:
-    """Sendmail splits the INPUT_MAIL_FILTER equates at a comma: the .cf would not
-    load and Sendmail would not start (checked with Sendmail 8.17: "'=' expected")."""
-    site = make_site(tmp_path, {"milter": {"socket": f"unix:{path}"}}, directory=False)
+    """Each seen with Sendmail 8.17; check-config says so for a Sendmail site too."""
+    extra = {"milter": {"socket": f"unix:{path}", "mta": "sendmail"}}
+    site = make_site(tmp_path, extra, directory=False)
     result = run_cli("-c", str(site.config), "sendmail-config")
     assert result.returncode == 2
     assert "cannot carry" in result.stderr
     assert result.stdout == ""
+    checked = run_cli("-c", str(site.config), "check-config", "--offline")
+    assert checked.returncode == 1
+    assert "milter.socket: for Sendmail:" in checked.stderr
+
+
+def test_socket_paths_sendmail_reads_are_accepted() -> None:
+    for socket in ("unix:/run/a b%c/smtpguard.sock", "inet:10025@127.0.0.1", "inet6:10025@[::1]"):
+        assert sendmail_socket_problem(socket) is None, socket

@@ -638,6 +638,9 @@ class Pipeline:
                 would=would,
             )
 
+        if mode == "report" and stage in _CONTENT_STAGES and not _first_report(conn, check, stage):
+            # Once per message: a content verdict would repeat for every field or chunk.
+            return None
         if isinstance(verdict, TempError):
             # Counted where the verdict is made, not again where a deferred or held one
             # is answered.
@@ -647,8 +650,6 @@ class Pipeline:
             note("pass")
             return None
         if mode == "report":
-            if stage in _CONTENT_STAGES and not _first_report(conn, check, stage):
-                return None
             if (
                 stage is Stage.MAIL
                 and self.policy.active
@@ -693,6 +694,7 @@ class Pipeline:
         a DATA-phase reply only at the end anyway.
         """
         verdict = TempError("internal_error", detail)
+        self.metrics.backend_error(where)
         txn = conn.txn
         if stage in _DEFERRED_TO_EOM and txn is not None:
             txn.defer(verdict, where)

@@ -229,22 +229,30 @@ def socket_problems(config: Config) -> list[ConfigError]:
     milter. Reported here, not refused at load: an MTA that is the socket's owner
     (``socket_owner``) connects without the group's write bit."""
     milter = config.milter
-    if not milter.socket.startswith(("unix:", "local:")):
-        return []
-    mode = milter.socket_mode
     found = []
+    if milter.mta == "sendmail":
+        # The sendmail-config line refuses it; say so before the MTA is set up.
+        from smtpguard.sendmail import sendmail_socket_problem  # noqa: PLC0415 - cycle-free, rare
+
+        problem = sendmail_socket_problem(milter.socket)
+        if problem is not None:
+            found.append(ConfigError(config.file, "milter.socket", f"for Sendmail: {problem}"))
+    if not milter.socket.startswith(("unix:", "local:")):
+        return found
+    mode = milter.socket_mode
+    texts = []
     # connect() on a unix socket needs write permission on it.
     if not mode & 0o020 and not (milter.socket_owner and mode & 0o200):
-        found.append(
+        texts.append(
             f"{mode:04o} gives the socket's group no write access, so the MTA (a member"
             " of that group) cannot connect; use 0660, or make the MTA's user socket_owner"
         )
     if mode & 0o002:
-        found.append(
+        texts.append(
             f"{mode:04o} is world-writable: every local user could talk to the milter"
             " directly; use 0660"
         )
-    return [ConfigError(config.file, "milter.socket_mode", text) for text in found]
+    return found + [ConfigError(config.file, "milter.socket_mode", text) for text in texts]
 
 
 def log_problems(config: Config) -> list[ConfigError]:
