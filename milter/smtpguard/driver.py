@@ -15,13 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from smtpguard.address import (
-    AddressError,
-    IPAddress,
-    esmtp_params,
-    parse_path,
-    unmapped,
-)
+from smtpguard.address import AddressError, IPAddress, esmtp_params, parse_path, unmapped
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.pipeline import CONTINUE, Action, Decision

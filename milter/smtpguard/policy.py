@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from smtpguard.address import (
     Address,
@@ -347,26 +347,20 @@ class Policy:
 
     def held_reports(self, conn: Connection, event: Event) -> list[tuple[str, Verdict]]:
         """At RCPT: the held report-only verdicts this recipient is not exempt from."""
-        txn = conn.txn
-        held: list[tuple[str, Verdict]] | None = txn.scratch.get(HELD_REPORTS) if txn else None
-        if not held:
-            return []
-        return [
-            (check, verdict)
-            for check, verdict in held
-            if self.exempt(conn, check, Stage.RCPT, event) is None
-        ]
+        return list(self._not_exempt(conn, event, HELD_REPORTS))
 
     def held(self, conn: Connection, event: Event) -> tuple[str, Verdict] | None:
         """At RCPT: the first held verdict this recipient is not exempt from."""
+        return next(self._not_exempt(conn, event, HELD), None)
+
+    def _not_exempt(
+        self, conn: Connection, event: Event, key: str
+    ) -> Iterator[tuple[str, Verdict]]:
         txn = conn.txn
-        held: list[tuple[str, Verdict]] | None = txn.scratch.get(HELD) if txn else None
-        if not held:
-            return None
+        held: list[tuple[str, Verdict]] = txn.scratch.get(key, []) if txn else []
         for check, verdict in held:
             if self.exempt(conn, check, Stage.RCPT, event) is None:
-                return check, verdict
-        return None
+                yield check, verdict
 
     def unsure(self, conn: Connection, check: str) -> bool:
         """Whether an exemption that skips ``check`` could not be decided because a
