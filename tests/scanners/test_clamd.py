@@ -260,6 +260,26 @@ def test_chunks_read_slowly_time_out_as_one_send(slow_peer: SlowPeers) -> None:
     assert finished < MARGIN  # the stream already failed: nothing more to wait for
 
 
+def test_stream_sent_within_one_deadline_across_chunks(slow_peer: SlowPeers) -> None:
+    """Each body chunk alone is read in time, the stream as a whole is not: the scan
+    ends at ``timeout`` after the first send, not at chunks times ``timeout``."""
+    endpoint = slow_peer.start(
+        lambda conn: slow_peer.read_slowly(conn, 64 * 1024, every=0.05), unix=True
+    )
+    chunk = b"x" * (512 * 1024)  # about 0.4 s at the peer's pace
+    with ClamdStream(endpoint, timeout=1.2, scan_timeout=0.3) as stream:
+        stream.feed_header("Subject", "slow")
+        start = time.monotonic()
+        for _ in range(10):
+            stream.feed(chunk)
+        fed = time.monotonic() - start
+        result = stream.finish()
+    assert result.status is ScanStatus.ERROR
+    assert "sending to clamd failed: timed out" in result.detail
+    assert fed < 1.2 + MARGIN
+    assert stream.sent < 10 * len(chunk)
+
+
 def test_idle_stream_closed_by_read_timeout_is_an_error(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

@@ -20,13 +20,18 @@ How the stream is bounded:
   :attr:`~smtpguard.scanners.ScanStatus.SIZE_LIMIT`. If clamd's own limit is lower and
   it refuses, it scanned nothing: an ERROR, with the reason in ``detail``.
 * time, by deadlines rather than per socket operation (a clamd that reads or answers
-  a byte at a time would otherwise hold the call without limit): each call that sends
-  (:meth:`~ClamdStream.feed` of a body chunk, :meth:`~ClamdStream.feed_header` that
-  fills a chunk, :meth:`~ClamdStream.open`) connects if need be and sends within
-  ``timeout``; :meth:`~ClamdStream.finish` connects if nothing was sent yet and sends
-  what is left and the terminator within ``timeout``, then waits for the verdict
+  a byte at a time would otherwise hold the call without limit): the whole stream,
+  from the connect through every chunk to the terminator, is sent within ``timeout``
+  of the first octets to send, whichever calls send them (:meth:`~ClamdStream.open`,
+  :meth:`~ClamdStream.feed_header` that fills a chunk, :meth:`~ClamdStream.feed`,
+  :meth:`~ClamdStream.finish`); then :meth:`~ClamdStream.finish` waits for the verdict
   within ``scan_timeout`` (clamd scans only after the last chunk). A deadline that
-  passes ends the scan as ERROR ("timed out").
+  passes ends the scan as ERROR ("timed out"). One deadline for the stream, not one
+  per chunk: a clamd that reads just fast enough for each chunk would otherwise hold
+  end of message for the chunk count times ``timeout`` (400 chunks in 25 MiB), long
+  after the SMTP client gave up waiting for its reply to the final dot (RFC 5321
+  §4.5.3.2.6: 10 minutes) and will send the message again. Both MTAs hand the body to
+  the milter only once the client has sent all of it, so the chunks come back to back.
 * clamd closes a stream that stays idle longer than its ``ReadTimeout`` (120 s by
   default). A client that pauses that long between body chunks therefore gets
   :attr:`~smtpguard.scanners.ScanStatus.ERROR`; keep ``ReadTimeout`` at or above the
@@ -104,6 +109,9 @@ class ClamdStream:
         self._sock: DeadlineSocket | None = None
         #: ``time.monotonic()`` by which the current call's I/O must end.
         self._deadline = 0.0
+        #: ``time.monotonic()`` by which the whole stream must be sent: set by the
+        #: first call that sends.
+        self._send_by: float | None = None
         self._pending = bytearray()
         self._eoh = whole_message
         self._error = ""
@@ -111,15 +119,22 @@ class ClamdStream:
 
     # -- feeding --------------------------------------------------------------------
 
-    def _expire_in(self, seconds: float) -> None:
-        """Start a call's phase: its connect, sends and receives end within ``seconds``."""
-        self._deadline = time.monotonic() + seconds
+    def _expire_at(self, deadline: float) -> None:
+        """Start a call's phase: its connect, sends and receives end by ``deadline``."""
+        self._deadline = deadline
         if self._sock is not None:
-            self._sock.deadline = self._deadline
+            self._sock.deadline = deadline
+
+    def _sending(self) -> None:
+        """Start a call that sends: by the stream's send deadline, set now if it is
+        the first."""
+        if self._send_by is None:
+            self._send_by = time.monotonic() + self.timeout
+        self._expire_at(self._send_by)
 
     def open(self) -> None:
         """Connect and start INSTREAM (done implicitly by the first octets to send)."""
-        self._expire_in(self.timeout)
+        self._sending()
         self._open()
 
     def _open(self) -> None:
@@ -140,7 +155,7 @@ class ClamdStream:
     def feed_header(self, name: str, value: str) -> None:
         self._pending += header_bytes(name, value)
         if len(self._pending) >= self.chunk_size:
-            self._expire_in(self.timeout)
+            self._sending()
             self._flush()
 
     def end_of_headers(self) -> None:
@@ -154,7 +169,7 @@ class ClamdStream:
         # line to find the header block.
         self.end_of_headers()
         self._pending += chunk
-        self._expire_in(self.timeout)
+        self._sending()
         self._flush()
 
     def _flush(self) -> None:
@@ -207,8 +222,9 @@ class ClamdStream:
     def _finish(self) -> ScanResult:
         self.end_of_headers()
         # Connecting (a message without a body sent nothing yet), what is left and the
-        # terminator share one deadline; the verdict gets its own below.
-        self._expire_in(self.timeout)
+        # terminator are the end of the stream's sending; the verdict gets its own
+        # deadline below.
+        self._sending()
         self._flush()
         if self._result is not None:
             return self._result
