@@ -650,7 +650,8 @@ def _directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smtpguard",
-        description=__doc__,
+        description="smtpguard: a policy milter for Postfix and Sendmail, and the tools"
+        " around it (config check, MTA settings, reply table, explain).",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
