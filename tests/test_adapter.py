@@ -366,9 +366,11 @@ def test_one_header_that_cannot_be_added_does_not_stop_the_others(app: App) -> N
         insert_headers=(("Authentication-Results", "mx.example.com; spf=pass"),),
     )
     assert m._answer(decision) == Milter.CONTINUE
+    # The test context negotiates SMFIP_HDR_LEADSPC: the space after the colon is ours.
+    assert m._protocol & Milter.P_HDR_LEADSPC
     assert ctx.edits == [
-        ("Authentication-Results", "mx.example.com; spf=pass", 0),
-        ("X-Spam-Flag", "NO", -1),
+        ("Authentication-Results", " mx.example.com; spf=pass", 0),
+        ("X-Spam-Flag", " NO", -1),
     ]
 
 

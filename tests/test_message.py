@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smtpguard.message import MessageState
+from smtpguard.message import MessageState, UnspacedValue
 
 
 def test_kept_headers_are_bounded_by_names_and_octets() -> None:
@@ -49,3 +49,12 @@ def test_the_cr_of_crlf_is_not_counted_wherever_the_chunks_split() -> None:
     # Without a CR the LF alone ends the line (bare LF mail is taken as it is).
     assert not long_line(b"a" * 998 + b"\n")
     assert long_line(b"a" * 999 + b"\n")
+
+
+def test_a_field_written_without_the_space_counts_without_it() -> None:
+    spaced, unspaced = (MessageState(track_mime=False, max_mime_depth=5) for _ in range(2))
+    spaced.feed_header("X-Long", "a" * 990)
+    unspaced.feed_header("X-Long", UnspacedValue("a" * 990))
+    assert spaced.longest_header_line == 998  # "X-Long: " + 990
+    assert unspaced.longest_header_line == 997  # "X-Long:" + 990
+    assert spaced.size == unspaced.size + 1

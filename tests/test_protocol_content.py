@@ -185,6 +185,58 @@ def test_lines_of_exactly_998_octets_pass(content_service: Running) -> None:
     assert final.kind in ("continue", "accept")
 
 
+@pytest.mark.parametrize(
+    ("after_colon", "refused"),
+    [
+        ("a" * 990, False),  # "X-Long:" + 990 = 997
+        ("a" * 991, False),  # 998, written without the space after the colon
+        ("a" * 992, True),  # 999
+        (" " + "a" * 990, False),  # "X-Long: " + 990 = 998
+        (" " + "a" * 991, True),  # 999
+        ("\t" + "a" * 990, False),  # a tab is no space the MTA removes: 998
+        ("\t" + "a" * 991, True),
+    ],
+)
+def test_header_line_length_as_written(
+    content_service: Running, after_colon: str, refused: bool
+) -> None:
+    """The MTA removes the space after the colon; with SMFIP_HDR_LEADSPC negotiated
+    the milter sees whether there was one, so a 998-octet ``Name:value`` line passes
+    (found by review: it counted as 999 and was refused for good)."""
+    with envelope(content_service) as s:
+        assert s.verbatim_headers
+        s.data()
+        for name, value in BASE_HEADERS:
+            s.header(name, value)
+        s.written_header("X-Long", after_colon)
+        s.body("x\r\n")
+        final, _mods = s.eom()
+    if refused:
+        assert_reply(final, "line_parse_error")
+    else:
+        assert final.kind in ("continue", "accept")
+
+
+def test_an_mta_without_leadspc_gets_the_space_added_to_our_fields(
+    content_service: Running,
+) -> None:
+    """An MTA that does not offer SMFIP_HDR_LEADSPC removes the space itself and puts
+    it back before the milter's values: they go out without one. Its header lines
+    are counted with the space (the one miscount left: ``Name:value`` as 1 more)."""
+    s = MilterSession(str(content_service.site.socket), leadspc=False)
+    with s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert s.mail("<friend@sender.example>").kind == "continue"
+        assert s.rcpt("<alice@example.com>").kind == "continue"
+        assert not s.verbatim_headers
+        final, mods, _early = s.message([*BASE_HEADERS, ("X-Long", "a" * 990)], "x\r\n")
+    assert final.kind in ("continue", "accept")
+    added = [args for cmd, args in mods if cmd in (C.SMFIR_ADDHEADER, C.SMFIR_INSHEADER)]
+    assert added
+    assert all(not args["value"].startswith(" ") for args in added), added
+
+
 def test_message_too_long_while_streaming(content_service: Running) -> None:
     body = ("x" * 78 + "\r\n") * 13_000  # ~1.04 MB > 1,000,000
     with envelope(content_service) as s:

@@ -34,6 +34,7 @@ from smtpguard.checks import Stage
 from smtpguard.config import ConfigError, MilterConfig
 from smtpguard.driver import SessionDriver
 from smtpguard.logsetup import set_level
+from smtpguard.message import UnspacedValue
 from smtpguard.pipeline import Action, Decision
 from smtpguard.sockets import (
     StartError,
@@ -119,7 +120,8 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             sid = self.driver.conn.session_id
             try:
                 # Removals first: they name fields by their place among the received
-                # ones, which an insertion of the same name would shift.
+                # ones, which an insertion of the same name would shift. An empty
+                # value removes the field, with or without SMFIP_HDR_LEADSPC.
                 for field, place in decision.remove_headers:
                     self.chgheader(field, place, "")
             except Exception:
@@ -133,12 +135,15 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                 *((n, v, 0) for n, v in decision.insert_headers),
                 *((n, v, None) for n, v in decision.headers),
             ]
+            # With SMFIP_HDR_LEADSPC the MTA writes the value as given, so the space
+            # after the colon is ours to send (Postfix's milter8.c MILTER8_HDR_SPACE).
+            space = " " if self._protocol & Milter.P_HDR_LEADSPC else ""
             for name, value, index in edits:
                 try:
                     if index is None:
-                        self.addheader(name, value)
+                        self.addheader(name, space + value)
                     else:
-                        self.addheader(name, value, index)
+                        self.addheader(name, space + value, index)
                 except Exception:
                     log.exception("sid=%s adding header %s failed", sid, name)
             return int(Milter.CONTINUE)
@@ -173,7 +178,20 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return self._guard(Stage.EOH, self.driver.data)
 
     def header(self, name: str, value: str) -> int:
-        return self._guard(Stage.HEADER, self.driver.header, name, value)
+        return self._guard(Stage.HEADER, self.driver.header, name, self._field_value(value))
+
+    def _field_value(self, value: str) -> str:
+        """The value as the checks read it, without the one space after the colon.
+
+        SMFIP_HDR_LEADSPC is negotiated so that a value written without that space
+        can be told from one with it (without it the MTA removes the space, and a
+        998-octet ``Name:value`` line would count as 999 and be refused for good);
+        the space is removed here instead, where the MTA would have."""
+        if not self._protocol & Milter.P_HDR_LEADSPC:
+            return value
+        if value[:1] == " ":
+            return value[1:]
+        return UnspacedValue(value)
 
     # The end of headers is negotiated away (SMFIP_NOEOH): the pipeline lets the first
     # body chunk (or the end of a message without a body) stand for it. One callback
@@ -276,7 +294,7 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         # follows. Past limits.max_header_fields the collected ones are judged here, so
         # a fault is deferred to end of message as any header verdict is.
         try:
-            self.driver.header(name, value)
+            self.driver.header(name, self._field_value(value))
         except Exception:
             sid = self.driver.conn.session_id
             log.exception("sid=%s stage=header unexpected error", sid)
@@ -287,9 +305,10 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
 
 # pymilter caches what a class negotiates in a class attribute (``_protocol_mask``),
 # which a subclass inherits: whichever class negotiated first would decide for both.
-# Computed here, the subclass first, each class has its own.
-SmtpGuardMilterNoReply.protocol_mask()
-SmtpGuardMilter.protocol_mask()
+# Computed here, the subclass first, each class has its own; both ask for the header
+# values as written (SMFIP_HDR_LEADSPC, see SmtpGuardMilter._field_value).
+Milter.enable_protocols(SmtpGuardMilterNoReply, Milter.P_HDR_LEADSPC)
+Milter.enable_protocols(SmtpGuardMilter, Milter.P_HDR_LEADSPC)
 
 
 def _register(config: MilterConfig) -> None:

@@ -27,6 +27,18 @@ _MAX_KEPT_HEADER_BYTES = 64 * 1024
 _ENTRY_OVERHEAD = 64
 
 
+class UnspacedValue(str):
+    """A header field value written with no space after the colon (``Name:value``).
+
+    The MTA removes that one space before a milter sees the field, unless the milter
+    negotiated SMFIP_HDR_LEADSPC; the adapter does, removes the space itself and marks
+    the values that had none, so the field's first line is counted as it was written.
+    It reads as the plain string everywhere else, which is what every check wants.
+    """
+
+    __slots__ = ()
+
+
 class MessageState:
     def __init__(self, *, track_mime: bool, max_mime_depth: int) -> None:
         self.size = 0
@@ -44,7 +56,8 @@ class MessageState:
         self.mime: MimeWalker | None = None
 
     def feed_header(self, name: str, value: str) -> None:
-        """Count a header as it will be written: ``Name: value`` CRLF, folded lines CRLF."""
+        """Count a header as it will be written: ``Name: value`` CRLF (``Name:value``
+        for an :class:`UnspacedValue`), folded lines CRLF."""
         lines = value.replace("\r\n", "\n").split("\n") if "\n" in value else [value]
         # Character counts are octet counts for ASCII, by far the common case.
         lengths = (
@@ -52,7 +65,8 @@ class MessageState:
             if value.isascii()
             else [len(_octets(line)) for line in lines]
         )
-        lengths[0] += len(name) + 2  # "Name: " precedes the first line
+        # "Name: " precedes the first line; "Name:" where the field had no space.
+        lengths[0] += len(name) + (1 if isinstance(value, UnspacedValue) else 2)
         self.size += sum(lengths) + 2 * len(lengths)
         self.headers += 1
         self.longest_header_line = max(self.longest_header_line, *lengths)

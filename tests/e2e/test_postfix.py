@@ -315,6 +315,27 @@ def test_line_parse_error(postfix: Postfix) -> None:
     assert_table(send(postfix, message), "line_parse_error")
 
 
+@pytest.mark.parametrize(
+    ("field", "accepted"),
+    [
+        ("X-Long:" + "a" * 991, True),  # 998 octets, no space after the colon
+        ("X-Long:" + "a" * 992, False),
+        ("X-Long: " + "a" * 990, True),
+        ("X-Long: " + "a" * 991, False),
+    ],
+    ids=["998-unspaced", "999-unspaced", "998-spaced", "999-spaced"],
+)
+def test_header_line_of_998_octets_as_written(postfix: Postfix, field: str, accepted: bool) -> None:
+    """Postfix removes the space after the colon unless the milter negotiates
+    SMFIP_HDR_LEADSPC; smtpguard does, so a line is measured as the client wrote it
+    (found by review: a 998-octet ``Name:value`` line was refused for good)."""
+    reply = send(postfix, HEADERS.format(n=6) + field + "\r\n\r\nhi\r\n")
+    if accepted:
+        assert reply.code == 250, reply
+    else:
+        assert_table(reply, "line_parse_error")
+
+
 def test_message_too_long_while_streaming(postfix: Postfix) -> None:
     body = ("y" * 78 + "\r\n") * 13_000  # ~1.04 MB, no SIZE= declared
     assert_table(send(postfix, HEADERS.format(n=5) + "\r\n" + body), "message_too_long")

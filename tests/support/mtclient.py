@@ -99,6 +99,9 @@ class MilterSession:
 
     address: str | tuple[str, int]
     timeout: float = 10.0
+    #: Offer SMFIP_HDR_LEADSPC, as Postfix and Sendmail 8.14+ do; False: an MTA that
+    #: removes the space after the colon itself and adds it to the milter's fields.
+    leadspc: bool = True
     conn: miltertest.MilterConnection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +112,13 @@ class MilterSession:
             sock.settimeout(self.timeout)
             sock.connect(self.address)
         self.conn = miltertest.MilterConnection(sock)
-        self.conn.optneg_mta()
+        offered = C.SMFI_V6_PROT if self.leadspc else C.SMFI_V6_PROT & ~C.SMFIP_HDR_LEADSPC
+        self.conn.optneg_mta(protocol=offered)
+
+    @property
+    def verbatim_headers(self) -> bool:
+        """Whether the milter negotiated SMFIP_HDR_LEADSPC."""
+        return bool((self.conn.protocol_flags or 0) & C.SMFIP_HDR_LEADSPC)
 
     def _answer(self, cmd: str, macros: dict[str, str] | None, **args: object) -> Answer:
         if (self.conn.protocol_flags or 0) & _NOT_SENT.get(cmd, 0):
@@ -157,6 +166,15 @@ class MilterSession:
         return self._answer(C.SMFIC_DATA, macros)
 
     def header(self, name: str, value: str) -> Answer:
+        """The field ``Name: value`` (one space after the colon, the common form)."""
+        return self.written_header(name, " " + value)
+
+    def written_header(self, name: str, after_colon: str) -> Answer:
+        """The field exactly as ``Name:`` + ``after_colon``, sent as the MTA would: in
+        full with SMFIP_HDR_LEADSPC, else with one leading space removed."""
+        value = after_colon
+        if not self.verbatim_headers and value.startswith(" "):
+            value = value[1:]
         return self._answer(C.SMFIC_HEADER, None, name=name, value=value)
 
     def eoh(self) -> Answer:
@@ -166,7 +184,11 @@ class MilterSession:
         return self._answer(C.SMFIC_BODY, None, buf=chunk)
 
     def eom(self) -> tuple[Answer, list[tuple[str, dict[str, str]]]]:
-        """End of message: the final answer, and the modifications sent before it."""
+        """End of message: the final answer, and the modifications sent before it.
+
+        A header field's value is given as after ``Name: ``, whatever was negotiated:
+        with SMFIP_HDR_LEADSPC the MTA writes ``Name:`` + the value as sent, so the
+        milter must send that space itself (asserted here) and it is removed."""
         messages = self.conn.send_eom()
         rcmd, rdict = messages[-1]
         if rcmd == C.SMFIR_REPLYCODE:
@@ -174,7 +196,10 @@ class MilterSession:
         else:
             assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
             answer = Answer(_KINDS[rcmd])
-        return answer, messages[:-1]
+        mods = messages[:-1]
+        if self.verbatim_headers:
+            mods = [(cmd, _as_after_space(cmd, args)) for cmd, args in mods]
+        return answer, mods
 
     def message(
         self, headers: list[tuple[str, str]], body: str | bytes, chunk: int = 65535
@@ -220,6 +245,15 @@ class MilterSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _as_after_space(cmd: str, args: dict[str, str]) -> dict[str, str]:
+    """A header edit sent with SMFIP_HDR_LEADSPC, its value as after ``Name: ``."""
+    value = args.get("value", "")
+    if cmd not in (C.SMFIR_ADDHEADER, C.SMFIR_INSHEADER, C.SMFIR_CHGHEADER) or not value:
+        return args  # not a header edit, or a removal (an empty value)
+    assert value.startswith(" "), f"{args['name']}:{value!r} would be written without a space"
+    return {**args, "value": value[1:]}
 
 
 def wait_for_socket(address: Path | str | tuple[str, int], deadline: float = 15.0) -> None:
