@@ -58,3 +58,43 @@ def test_a_field_written_without_the_space_counts_without_it() -> None:
     assert spaced.longest_header_line == 998  # "X-Long: " + 990
     assert unspaced.longest_header_line == 997  # "X-Long:" + 990
     assert spaced.size == unspaced.size + 1
+
+
+def _mime_message(headers: list[tuple[str, str]], body: bytes) -> MessageState:
+    state = MessageState(track_mime=True, max_mime_depth=5)
+    for name, value in headers:
+        state.feed_header(name, value)
+    state.end_of_headers()
+    state.feed(body)
+    state.close()
+    return state
+
+
+_ATTACHMENT = (
+    b"--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+    b"--b1\r\nContent-Type: application/octet-stream\r\n"
+    b'Content-Disposition: attachment; filename="big.bin"\r\n\r\n'
+    + b"x" * 200_000
+    + b"\r\n--b1--\r\n"
+)
+
+
+def test_repeated_content_fields_cannot_push_out_the_content_type() -> None:
+    """Only the first field of each Content-* name is kept (found by review: 67 KiB of
+    Content-Transfer-Encoding copies first, and the multipart went unread)."""
+    # 64 copies of 1 KiB each as the budget counts them (name, value, 64): all of it.
+    padding = [("Content-Transfer-Encoding", "7bit (" + "p" * 928 + ")")] * 64
+    state = _mime_message(
+        [*padding, ("Content-Type", 'multipart/mixed; boundary="b1"')], _ATTACHMENT
+    )
+    assert state.mime is not None
+    assert state.mime.largest_attachment_name == "big.bin"
+    assert state.mime.largest_attachment >= 200_000
+
+
+def test_a_content_field_too_large_to_keep_counts_the_body_whole() -> None:
+    huge = 'multipart/mixed; boundary="b1"; x-pad="' + "p" * 70_000 + '"'
+    state = _mime_message([("Content-Type", huge)], _ATTACHMENT)
+    assert state.mime is not None
+    assert state.mime.largest_attachment >= 200_000
+    assert state.mime.largest_attachment_name == "<unparsed part: header block too large>"

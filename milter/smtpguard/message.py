@@ -50,6 +50,8 @@ class MessageState:
         self._track_mime = track_mime
         self._max_mime_depth = max_mime_depth
         self._content_headers: list[tuple[str, str]] = []
+        self._content_seen: set[str] = set()
+        self._content_cut = False
         self._kept = 0
         self._carry = 0  # length of the body line that is still open
         self._carry_cr = False  # and whether it ends in a CR (maybe that of a CRLF)
@@ -75,16 +77,26 @@ class MessageState:
         lowered = name.lower()
         if lowered == "received":
             self.received += 1
-        elif self._track_mime and lowered in _MIME_HEADERS:
+        elif self._track_mime and lowered in _MIME_HEADERS and lowered not in self._content_seen:
+            # Only the first of each name counts (the walker reads no other): later
+            # copies cannot use up the budget and push out a Content-Type that comes
+            # after them (found by review: the attachment went uncounted).
+            self._content_seen.add(lowered)
             cost = len(name) + len(value) + _ENTRY_OVERHEAD
             if self._kept + cost <= _MAX_KEPT_HEADER_BYTES:
                 self._content_headers.append((name, value))
                 self._kept += cost
+            else:
+                self._content_cut = True
 
     def end_of_headers(self) -> None:
         self.size += 2  # the empty line between header and body
         if self._track_mime:
-            self.mime = MimeWalker(self._content_headers, max_depth=self._max_mime_depth)
+            self.mime = MimeWalker(
+                self._content_headers,
+                max_depth=self._max_mime_depth,
+                top_headers_cut=self._content_cut,
+            )
             self._content_headers = []
 
     def feed(self, chunk: bytes) -> None:

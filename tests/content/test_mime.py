@@ -104,6 +104,38 @@ def test_base64_with_lf_line_endings() -> None:
     assert walk_bytes(MIXED, body) == (len(PAYLOAD), "lf.bin", 1, [])
 
 
+def test_base64_padding_in_the_middle_does_not_hide_the_size() -> None:
+    """Decoders skip a "=" between quanta (Python's email decodes all of it): runs of
+    them must not take bytes off the count (found by review: the part counted empty)."""
+    import email
+    import email.policy
+
+    encoded = base64.b64encode(PAYLOAD[: 57 * 40])
+    padded = b"".join(b"=" * 12 + encoded[i : i + 4] for i in range(0, len(encoded), 4))
+    part = (
+        b"Content-Disposition: attachment; filename=pad.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + padded + b"\r\n"
+    )
+    body = multipart(b"XX", [part])
+    message = email.message_from_bytes(
+        b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n" + body, policy=email.policy.default
+    )
+    decoded = next(iter(message.iter_attachments())).get_payload(decode=True)
+    assert decoded == PAYLOAD[: 57 * 40]
+    size, name, _parts, _notes = walk_bytes(MIXED, body)
+    assert (size, name) == (57 * 40, "pad.bin")
+
+
+@pytest.mark.parametrize("disposition", ["attachment (see below)", "(file) attachment"])
+def test_disposition_with_a_comment_is_an_attachment(disposition: str) -> None:
+    part = (
+        f"Content-Type: application/zip\r\nContent-Disposition: {disposition}\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + b64(PAYLOAD)
+    size, _name, parts, _notes = walk_bytes(MIXED, multipart(b"XX", [part]))
+    assert (size, parts) == (len(PAYLOAD), 1)
+
+
 def test_bad_base64_counts_what_it_can() -> None:
     part = (
         b"Content-Type: application/octet-stream\r\n"
