@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email
 import email.message
 import email.policy
 import time
@@ -107,9 +108,6 @@ def test_base64_with_lf_line_endings() -> None:
 def test_base64_padding_in_the_middle_does_not_hide_the_size() -> None:
     """Decoders skip a "=" between quanta (Python's email decodes all of it): runs of
     them must not take bytes off the count (found by review: the part counted empty)."""
-    import email
-    import email.policy
-
     encoded = base64.b64encode(PAYLOAD[: 57 * 40])
     padded = b"".join(b"=" * 12 + encoded[i : i + 4] for i in range(0, len(encoded), 4))
     part = (
