@@ -361,6 +361,19 @@ def test_body_scan_stops_at_max_body_bytes() -> None:
     assert rules.scan_message(b"\r\n\r\n" + b"a\r\n" * 400 + b"needle\r\n").matched == ()
 
 
+def test_the_chunk_that_reaches_max_body_bytes_is_searched_whole() -> None:
+    """Found by review: that chunk was searched on its first line only, so in chunks
+    smaller than the milter's 65535 most of the last one went unsearched."""
+    rules = RuleSet([Rule("N", "body", Pattern("needle"), 1)], max_body_bytes=1000)
+    body = b"a\r\n" + b"b\r\n" * 200 + b"needle\r\n" + b"c" * 2000
+    assert rules.scan_message(b"\r\n\r\n" + body).matched == ("N",)
+    scan = rules.scanner()
+    scan.end_of_headers()
+    for offset in range(0, len(body), 600):
+        scan.feed(body[offset : offset + 600])
+    assert scan.finish().matched == ("N",)
+
+
 def test_time_budget_stops_the_scan() -> None:
     ticks = itertools.count()
     rules = RuleSet(

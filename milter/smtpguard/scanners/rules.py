@@ -312,7 +312,10 @@ class RuleScan:
         self._carry = bytearray()
         self._deadline = rules.clock() + rules.time_budget
         self._stopped = ""
+        #: No more body to take: max_body_bytes reached, or every body rule matched.
         self._body_done = rules.body is None
+        #: Every body rule matched: nothing left to search for in what was taken either.
+        self._all_found = False
         #: Header texts per group, matched together when the headers end.
         self._headers: dict[int, tuple[_Group, list[str]]] = {}
 
@@ -376,15 +379,17 @@ class RuleScan:
         candidates = group.candidates(text, self._matched)
         if not candidates:
             return
+        # Not _body_done: the block that reaches max_body_bytes sets it before it is
+        # searched, and all of it is searched (found by review: only its first line was).
         for line in text.split("\n"):
             self._body_line(line.removesuffix("\r"), candidates)
-            if self._stopped or self._body_done:
+            if self._stopped or self._all_found:
                 return
 
     def _trim_carry(self) -> None:
         """Search a line that grows past the cap in segments; keep only the overlap."""
         cap, overlap = self.rules.line_cap, self.rules.overlap
-        while len(self._carry) > cap and not self._stopped and not self._body_done:
+        while len(self._carry) > cap and not self._stopped and not self._all_found:
             self._body_block(self._carry[:cap].decode("utf-8", "replace"))
             del self._carry[: cap - overlap]
 
@@ -404,7 +409,7 @@ class RuleScan:
             start += cap - overlap
         body = self.rules.body
         if body is not None and body.names <= self._matched:
-            self._body_done = True  # every body rule already counted
+            self._body_done = self._all_found = True  # every body rule already counted
 
     # -- matching -------------------------------------------------------------------
 
