@@ -123,12 +123,30 @@ FORGED = (
         FORGED,
         "from [203.0.113.25] by relay.sender.example; Sat, 28 Nov 2026 16:00:00 +0000",
         "this is not a trace field",
-        "from a.example by b.example",  # no date
+        "from a.example by b.example; Sat, 28 Nov 2026 16:00:00 +0000; again",
     ],
 )
 def test_fake_router(content_service: Running, value: str) -> None:
     final, _mods, _early = deliver(content_service, [*BASE_HEADERS, ("Received", value)], "x\r\n")
     assert_reply(final, "fake_router")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # SendGrid (GitHub's notifications): RFC 5322 §4.5.7's obsolete form, no date.
+        "by filterdrecv-656998cfdd-9lsvt with SMTP id filterdrecv-656998cfdd-9lsvt-1-62433A2D-21"
+        " 2022-03-29 16:52:45.466636327 +0000 UTC m=+1105.426781212",
+        # Mimecast: "with" twice.
+        "from mx3-rdu2.redhat.com (mx3-rdu2.redhat.com [66.187.233.73]) by relay.mimecast.com"
+        " with ESMTP with STARTTLS id us-mta-1-abc; Tue, 29 Mar 2022 12:52:47 -0400",
+    ],
+    ids=["sendgrid", "mimecast"],
+)
+def test_real_relays_received_fields_pass(content_service: Running, value: str) -> None:
+    """Found by review: refused for good as unparsable (553 fake_router)."""
+    final, _mods, _early = deliver(content_service, [*BASE_HEADERS, ("Received", value)], "x\r\n")
+    assert final.kind in ("continue", "accept")
 
 
 def test_deferred_header_verdict_is_logged_with_the_queue_id(content_service: Running) -> None:

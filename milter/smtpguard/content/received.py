@@ -18,19 +18,25 @@ What is accepted (a *valid trace field*):
   nested ``(...)`` in which a backslash escapes the next character. A quoted string
   ``"..."`` (backslash escapes) is part of the word around it. Brackets are ordinary word
   characters, so ``[192.0.2.1]`` and ``<a@example.org>`` are single words.
-* Exactly one ``;`` outside comments and quoted strings. After it there must be at least one
-  word (the date-time; it is not validated further). ``date`` is the unfolded text after the
-  ``;`` with surrounding blanks (space, tab) stripped, comments such as ``(UTC)`` included.
+* At most one ``;`` outside comments and quoted strings. After it there must be at least
+  one word (the date-time; it is not validated further). ``date`` is the unfolded text
+  after the ``;`` with surrounding blanks (space, tab) stripped, comments such as ``(UTC)``
+  included. Without a ``;`` the field has the obsolete form RFC 5322 §4.5.7 still
+  requires readers to honour (``obs-received = "Received" *WSP ":" *received-token
+  CRLF``: no date, as SendGrid's relays write it), and ``date`` is ``None``.
 * Before the ``;``, once comments are removed, only clauses: a keyword ``from``, ``by``,
-  ``via``, ``with``, ``id`` or ``for`` (any case, each at most once, any order) followed by
-  one or more words that are not keywords (``with Microsoft SMTP Server`` is one clause).
+  ``via``, ``with``, ``id`` or ``for`` (any case, any order) followed by one or more words
+  that are not keywords (``with Microsoft SMTP Server`` is one clause). A keyword seen
+  before is a word of the clause it stands in (Mimecast's ``with ESMTP with STARTTLS``,
+  IBM's ``with IBM ESMTP SMTP Gateway: ... for <x> from <y>``: received-tokens are any
+  words); the first clause of each keyword is the one read.
 * Or, before the ``;``, nothing but one or more comments, as in qmail's
   ``(qmail 1234 invoked by uid 89); 1 Jan 2024 10:00:00 -0000``.
 
-Everything else raises :class:`ReceivedParseError`: no ``;`` or more than one, an empty
-date, a leading word that is not a keyword, a repeated keyword, a keyword without a value,
-an unbalanced ``(`` or ``)``, an unterminated quoted string or a trailing backslash in a
-comment, a NUL, an over-long value.
+Everything else raises :class:`ReceivedParseError`: more than one ``;``, an empty date
+after a ``;``, a leading word that is not a keyword, a keyword without a value, an
+unbalanced ``(`` or ``)``, an unterminated quoted string or a trailing backslash in a
+comment, a NUL, an over-long value, nothing at all.
 
 What is extracted:
 
@@ -157,14 +163,15 @@ def parse_received(value: str, *, fast: bool = True) -> ReceivedInfo:
     tokens = _tokenize(text)
 
     semis = [i for i, tok in enumerate(tokens) if tok.kind == _SEMI]
-    if not semis:
-        raise ReceivedParseError("no ';' before the date")
     if len(semis) > 1:
         raise ReceivedParseError("more than one ';'")
-    semi = semis[0]
-    if not any(tok.kind == _WORD for tok in tokens[semi + 1 :]):
-        raise ReceivedParseError("empty date")
-    date = text[tokens[semi].end :].strip(" \t")
+    date: str | None = None
+    semi = len(tokens)
+    if semis:
+        semi = semis[0]
+        if not any(tok.kind == _WORD for tok in tokens[semi + 1 :]):
+            raise ReceivedParseError("empty date")
+        date = text[tokens[semi].end :].strip(" \t")
 
     clauses = _clauses(tokens[:semi])
     from_clause = clauses.get("from")
@@ -318,14 +325,14 @@ def _clauses(tokens: list[_Token]) -> dict[str, _Clause]:
         if keyword in _KEYWORDS:
             if current is not None and not current.words:
                 raise ReceivedParseError("clause without a value")
-            if keyword in clauses:
-                raise ReceivedParseError(f"repeated '{keyword}' clause")
-            current = _Clause([], [])
-            clauses[keyword] = current
-        elif current is None:
+            if keyword not in clauses:
+                current = _Clause([], [])
+                clauses[keyword] = current
+                continue
+            # Seen before: a word of the clause it stands in (module docstring).
+        if current is None:
             raise ReceivedParseError("does not start with a trace clause")
-        else:
-            current.words.append(tok.text)
+        current.words.append(tok.text)
     if current is not None and not current.words:
         raise ReceivedParseError("clause without a value")
     if not clauses and not leading_comments:
