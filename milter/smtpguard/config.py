@@ -372,6 +372,8 @@ class ContentConfig:
     loop_marker_value: str = ""
     #: MIME nesting deeper than this is treated as one opaque part.
     max_mime_depth: int = 20
+    #: After this many MIME parts the rest of the body is one opaque part.
+    max_mime_parts: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -1256,6 +1258,7 @@ def _content(s: _Section) -> ContentConfig:
         add_loop_marker=s.boolean("add_loop_marker", d.add_loop_marker),
         loop_marker_value=value,
         max_mime_depth=s.integer("max_mime_depth", d.max_mime_depth, minimum=1),
+        max_mime_parts=s.integer("max_mime_parts", d.max_mime_parts, minimum=1),
     )
     s.done()
     return out

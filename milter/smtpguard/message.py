@@ -40,7 +40,9 @@ class UnspacedValue(str):
 
 
 class MessageState:
-    def __init__(self, *, track_mime: bool, max_mime_depth: int) -> None:
+    def __init__(
+        self, *, track_mime: bool, max_mime_depth: int, max_mime_parts: int = 10000
+    ) -> None:
         self.size = 0
         self.headers = 0
         self.received = 0
@@ -49,6 +51,7 @@ class MessageState:
         self.longest_header_line = 0
         self._track_mime = track_mime
         self._max_mime_depth = max_mime_depth
+        self._max_mime_parts = max_mime_parts
         self._content_headers: list[tuple[str, str]] = []
         self._content_seen: set[str] = set()
         self._content_cut = False
@@ -95,6 +98,7 @@ class MessageState:
             self.mime = MimeWalker(
                 self._content_headers,
                 max_depth=self._max_mime_depth,
+                max_parts=self._max_mime_parts,
                 top_headers_cut=self._content_cut,
             )
             self._content_headers = []

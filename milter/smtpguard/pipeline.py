@@ -508,7 +508,9 @@ class Pipeline:
         is false: :meth:`run_headers`) the observing checks."""
         if txn.message is None:
             txn.message = MessageState(
-                track_mime=self.track_mime, max_mime_depth=self.config.content.max_mime_depth
+                track_mime=self.track_mime,
+                max_mime_depth=self.config.content.max_mime_depth,
+                max_mime_parts=self.config.content.max_mime_parts,
             )
         feed_sink(txn.message, stage, event)
         if stage is Stage.HEADER and event.header is not None:

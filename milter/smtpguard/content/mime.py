@@ -56,7 +56,8 @@ ones (noted as ``missing closing boundary``). Nothing here raises on any input.
 Notes in :attr:`MimeWalker.malformed` are distinct short strings: ``depth limit``,
 ``missing closing boundary``, ``missing start boundary``, ``missing boundary parameter``,
 ``boundary too long``, ``bad base64``, ``bad quoted-printable``, ``header block too
-large``, ``missing header/body separator``, ``encoded message/rfc822``.
+large``, ``missing header/body separator``, ``encoded message/rfc822``, ``too many
+parts`` (past ``max_parts`` parts the rest of the body is one opaque part).
 """
 
 from __future__ import annotations
@@ -390,6 +391,7 @@ class MimeWalker:
         "_max_header_bytes",
         "_mode",
         "_name",
+        "_parts_left",
         "_stack",
         "attachments",
         "largest_attachment",
@@ -404,6 +406,7 @@ class MimeWalker:
         max_depth: int = 20,
         max_header_bytes: int = 65536,
         top_headers_cut: bool = False,
+        max_parts: int = 10000,
     ) -> None:
         """``top_headers_cut``: a ``Content-*`` field of the message was too large to
         keep; the body is then read whole as one attachment, as a part's is."""
@@ -412,6 +415,7 @@ class MimeWalker:
         self.attachments = 0
         self.malformed: list[str] = []
         self._max_depth = max(0, max_depth)
+        self._parts_left = max(1, max_parts)
         self._max_header_bytes = max(0, max_header_bytes)
         self._buf = bytearray()
         # Length of the buffer prefix known to hold no b"\n": a paused scan resumes there,
@@ -659,7 +663,26 @@ class MimeWalker:
             self._mode = _SKIP
             return
         frame.saw_part = True
+        self._parts_left -= 1
+        if self._parts_left < 0:
+            self._read_rest_whole("too many parts")
+            return
         self._begin_headers(frame.depth + 1, digest_parent=frame.digest, embedded=False)
+
+    def _read_rest_whole(self, why: str) -> None:
+        """Stop walking: the rest of the body is one opaque part of its whole size.
+
+        Walking costs Python work per part (a few microseconds each), so a message of
+        nothing but empty parts would cost seconds of CPU per megabyte; the bytes of
+        one opaque part are counted at ``bytes.find`` speed, with no delimiter sought."""
+        self._note(why)
+        self._stack.clear()
+        self._mode = _LEAF
+        self._name = f"<unparsed part: {why}>"
+        self._counter = _make_counter("binary")
+        self.attachments += 1
+        if self.attachments == 1:
+            self.largest_attachment_name = self._name
 
     def _begin_headers(self, depth: int, *, digest_parent: bool, embedded: bool) -> None:
         self._mode = _HEADERS
