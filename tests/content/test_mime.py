@@ -32,8 +32,14 @@ def result(walker: MimeWalker) -> Result:
     )
 
 
-def walk(headers: Headers, chunks: Iterable[bytes], **kwargs: int) -> MimeWalker:
-    walker = MimeWalker(headers, **kwargs)
+def walk(
+    headers: Headers,
+    chunks: Iterable[bytes],
+    *,
+    max_depth: int = 20,
+    max_header_bytes: int = 65536,
+) -> MimeWalker:
+    walker = MimeWalker(headers, max_depth=max_depth, max_header_bytes=max_header_bytes)
     for chunk in chunks:
         walker.feed(chunk)
     walker.close()

@@ -260,14 +260,14 @@ def test_chunks_read_slowly_time_out_as_one_send(slow_peer: SlowPeers) -> None:
     assert finished < MARGIN  # the stream already failed: nothing more to wait for
 
 
-def test_stream_sent_within_one_deadline_across_chunks(slow_peer: SlowPeers) -> None:
-    """Each body chunk alone is read in time, the stream as a whole is not: the scan
-    ends at ``timeout`` after the first send, not at chunks times ``timeout``."""
+def test_stream_sent_within_its_own_deadline_across_chunks(slow_peer: SlowPeers) -> None:
+    """Each body chunk alone is read within ``timeout``, the stream as a whole is not
+    within ``stream_timeout``: the scan ends then, not at chunks times ``timeout``."""
     endpoint = slow_peer.start(
         lambda conn: slow_peer.read_slowly(conn, 64 * 1024, every=0.05), unix=True
     )
     chunk = b"x" * (512 * 1024)  # about 0.4 s at the peer's pace
-    with ClamdStream(endpoint, timeout=1.2, scan_timeout=0.3) as stream:
+    with ClamdStream(endpoint, timeout=1.2, stream_timeout=1.6, scan_timeout=0.3) as stream:
         stream.feed_header("Subject", "slow")
         start = time.monotonic()
         for _ in range(10):
@@ -276,8 +276,15 @@ def test_stream_sent_within_one_deadline_across_chunks(slow_peer: SlowPeers) -> 
         result = stream.finish()
     assert result.status is ScanStatus.ERROR
     assert "sending to clamd failed: timed out" in result.detail
-    assert fed < 1.2 + MARGIN
+    assert fed < 1.6 + MARGIN
     assert stream.sent < 10 * len(chunk)
+
+
+def test_stream_timeout_is_never_below_the_calls(tmp_path: Path) -> None:
+    endpoint = Endpoint(path=str(tmp_path / "clamd.sock"))
+    assert ClamdStream(endpoint, timeout=5, stream_timeout=1).stream_timeout == 5
+    assert ClamdStream(endpoint, timeout=300).stream_timeout == 300
+    assert ClamdStream(endpoint, timeout=30).stream_timeout == 240
 
 
 def test_idle_stream_closed_by_read_timeout_is_an_error(

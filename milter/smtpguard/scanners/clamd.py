@@ -20,18 +20,20 @@ How the stream is bounded:
   :attr:`~smtpguard.scanners.ScanStatus.SIZE_LIMIT`. If clamd's own limit is lower and
   it refuses, it scanned nothing: an ERROR, with the reason in ``detail``.
 * time, by deadlines rather than per socket operation (a clamd that reads or answers
-  a byte at a time would otherwise hold the call without limit): the whole stream,
-  from the connect through every chunk to the terminator, is sent within ``timeout``
-  of the first octets to send, whichever calls send them (:meth:`~ClamdStream.open`,
-  :meth:`~ClamdStream.feed_header` that fills a chunk, :meth:`~ClamdStream.feed`,
-  :meth:`~ClamdStream.finish`); then :meth:`~ClamdStream.finish` waits for the verdict
-  within ``scan_timeout`` (clamd scans only after the last chunk). A deadline that
-  passes ends the scan as ERROR ("timed out"). One deadline for the stream, not one
-  per chunk: a clamd that reads just fast enough for each chunk would otherwise hold
-  end of message for the chunk count times ``timeout`` (400 chunks in 25 MiB), long
-  after the SMTP client gave up waiting for its reply to the final dot (RFC 5321
-  §4.5.3.2.6: 10 minutes) and will send the message again. Both MTAs hand the body to
-  the milter only once the client has sent all of it, so the chunks come back to back.
+  a byte at a time would otherwise hold the call without limit): each call that sends
+  (:meth:`~ClamdStream.open`, :meth:`~ClamdStream.feed_header` that fills a chunk,
+  :meth:`~ClamdStream.feed`, :meth:`~ClamdStream.finish`) connects if need be and
+  sends within ``timeout``, and the whole stream, from the first octets sent to the
+  terminator, within ``stream_timeout``; then :meth:`~ClamdStream.finish` waits for
+  the verdict within ``scan_timeout`` (clamd scans only after the last chunk). A
+  deadline that passes ends the scan as ERROR ("timed out"). Without the stream's
+  own bound a clamd that reads just fast enough for each chunk would hold end of
+  message for the chunk count times ``timeout`` (400 chunks in 25 MiB), long after
+  the SMTP client gave up waiting for its reply to the final dot (RFC 5321
+  §4.5.3.2.6: 10 minutes) and will send the message again; with only that bound, a
+  clamd across a slow link could never take a large message (it needs about
+  110 kB/s for 25 MiB in the default 240 s). Both MTAs hand the body to the milter
+  only once the client has sent all of it, so the chunks come back to back.
 * clamd closes a stream that stays idle longer than its ``ReadTimeout`` (120 s by
   default). A client that pauses that long between body chunks therefore gets
   :attr:`~smtpguard.scanners.ScanStatus.ERROR`; keep ``ReadTimeout`` at or above the
@@ -66,6 +68,9 @@ __all__ = ["ClamdStream", "ping", "scan"]
 #: A chunk of this size or more is sent as it is; smaller header fields are collected
 #: up to it. The milter protocol delivers body chunks of at most 65535 octets.
 DEFAULT_CHUNK: Final = 64 * 1024
+#: Seconds the whole stream may take to send (see the module docstring): with the
+#: verdict's own timeout after it, well inside the SMTP client's 10 minutes.
+DEFAULT_STREAM_TIMEOUT: Final = 240.0
 #: clamd's default StreamMaxLength is 25 MB (clamd.conf(5)).
 DEFAULT_MAX_BYTES: Final = 25 * 1024 * 1024
 _REPLY_MAX: Final = 4096
@@ -91,6 +96,7 @@ class ClamdStream:
         *,
         timeout: float = 10.0,
         scan_timeout: float = 60.0,
+        stream_timeout: float = DEFAULT_STREAM_TIMEOUT,
         max_bytes: int = DEFAULT_MAX_BYTES,
         chunk_size: int = DEFAULT_CHUNK,
         whole_message: bool = False,
@@ -100,6 +106,8 @@ class ClamdStream:
         self.endpoint = endpoint
         self.timeout = timeout
         self.scan_timeout = scan_timeout
+        #: Never below ``timeout``: one call may always take that long.
+        self.stream_timeout = max(stream_timeout, timeout)
         self.max_bytes = max_bytes
         self.chunk_size = chunk_size
         #: Octets handed to clamd so far (header block included).
@@ -109,8 +117,8 @@ class ClamdStream:
         self._sock: DeadlineSocket | None = None
         #: ``time.monotonic()`` by which the current call's I/O must end.
         self._deadline = 0.0
-        #: ``time.monotonic()`` by which the whole stream must be sent: set by the
-        #: first call that sends.
+        #: ``time.monotonic()`` by which the whole stream must be sent
+        #: (``stream_timeout``): set by the first call that sends.
         self._send_by: float | None = None
         self._pending = bytearray()
         self._eoh = whole_message
@@ -126,11 +134,12 @@ class ClamdStream:
             self._sock.deadline = deadline
 
     def _sending(self) -> None:
-        """Start a call that sends: by the stream's send deadline, set now if it is
-        the first."""
+        """Start a call that sends: within ``timeout``, and by the stream's deadline
+        (set now if this is the first)."""
+        now = time.monotonic()
         if self._send_by is None:
-            self._send_by = time.monotonic() + self.timeout
-        self._expire_at(self._send_by)
+            self._send_by = now + self.stream_timeout
+        self._expire_at(min(now + self.timeout, self._send_by))
 
     def open(self) -> None:
         """Connect and start INSTREAM (done implicitly by the first octets to send)."""
