@@ -48,6 +48,18 @@ def test_content_verdict_at_end_of_message(site: Site, tmp_path: Path) -> None:
     assert "552 5.4.6 looping message. (环回信件)   [looping_message]" in result.stdout
 
 
+@pytest.mark.parametrize(("after_colon", "refused"), [("a" * 991, False), (" " + "a" * 991, True)])
+def test_header_lines_are_measured_as_written(
+    site: Site, tmp_path: Path, after_colon: str, refused: bool
+) -> None:
+    """As the milter with SMFIP_HDR_LEADSPC: ``X-Long:`` + 991 is 998 octets."""
+    eml = tmp_path / "long.eml"
+    eml.write_text(f"Subject: hi\nX-Long:{after_colon}\n\nhi\n")
+    result = simulate(site, "--to", "alice@example.com", "--eml", str(eml))
+    assert ("[line_parse_error]" in result.stdout) is refused, result.stdout
+    assert result.returncode == (1 if refused else 0)
+
+
 def test_authenticated_session_and_sendmail_ascii(site: Site) -> None:
     result = simulate(
         site,

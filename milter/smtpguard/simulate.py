@@ -16,6 +16,7 @@ from smtpguard.app import Runtime
 from smtpguard.checks import domain_of
 from smtpguard.config import DomainPolicy
 from smtpguard.driver import SessionDriver
+from smtpguard.message import UnspacedValue
 from smtpguard.pipeline import TRACE, Action, Decision
 from smtpguard.state import SessionGate
 
@@ -70,17 +71,21 @@ def _domain_lines(runtime: Runtime, driver: SessionDriver) -> list[str]:
 
 
 def split_message(raw: bytes) -> tuple[list[tuple[str, str]], bytes]:
-    """Header fields (unfolded into name/value as a milter gets them) and the body."""
+    """Header fields as the milter's adapter hands them on (name, and the value without
+    the one space after the colon, marked where there was none) and the body."""
     text = raw.replace(b"\r\n", b"\n")
     head, _, body = text.partition(b"\n\n")
-    headers: list[tuple[str, str]] = []
+    written: list[tuple[str, str]] = []
     for line in head.decode("utf-8", "surrogateescape").split("\n"):
-        if line[:1] in (" ", "\t") and headers:
-            name, value = headers[-1]
-            headers[-1] = (name, f"{value}\n{line}")
+        if line[:1] in (" ", "\t") and written:
+            name, value = written[-1]
+            written[-1] = (name, f"{value}\n{line}")
         elif ":" in line:
             name, _, value = line.partition(":")
-            headers.append((name, value.lstrip(" ")))
+            written.append((name, value))
+    headers = [
+        (name, value[1:] if value[:1] == " " else UnspacedValue(value)) for name, value in written
+    ]
     return headers, body.replace(b"\n", b"\r\n")
 
 
