@@ -124,6 +124,9 @@ FORGED = (
         "from [203.0.113.25] by relay.sender.example; Sat, 28 Nov 2026 16:00:00 +0000",
         "this is not a trace field",
         "from a.example by b.example; Sat, 28 Nov 2026 16:00:00 +0000; again",
+        # Our host claimed in a from clause that comes again (found by review).
+        "from relay.sender.example by relay.sender.example with ESMTP from mx.example.com"
+        " (mx.example.com [203.0.113.25]); Sat, 28 Nov 2026 16:00:00 +0000",
     ],
 )
 def test_fake_router(content_service: Running, value: str) -> None:

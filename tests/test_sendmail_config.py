@@ -48,7 +48,7 @@ SENDMAIL_DEFAULTS = {
 READS = {
     "connect": {"v", "{client_resolve}"},
     "helo": {"{tls_version}"},
-    "envfrom": {"i", "{auth_type}", "{auth_authen}"},
+    "envfrom": {"i", "{auth_type}", "{auth_authen}", "{tls_version}"},
 }
 #: Another milter's lines, as such packages document them: its own lists, replacing
 #: Sendmail's (with single quotes the commas are unprotected in the definition; with
@@ -97,6 +97,7 @@ def test_macro_lines_keep_sendmails_default_lists(
     assert macros == {
         **SENDMAIL_DEFAULTS,
         "connect": f"{SENDMAIL_DEFAULTS['connect']}, v, {{client_resolve}}",
+        "envfrom": f"{SENDMAIL_DEFAULTS['envfrom']}, {{tls_version}}",
     }
     for stage, wanted in READS.items():
         assert wanted <= set(items(macros[stage])), stage

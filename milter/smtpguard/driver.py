@@ -171,8 +171,10 @@ class SessionDriver:
             queue_id=self._macro("i"),
         )
         conn.transactions += 1
-        if conn.tls_version is None:
-            conn.tls_version = self._macro("{tls_version}")
+        if not conn.tls_version:
+            # STARTTLS with no EHLO after it (Sendmail allows AUTH then): MAIL's macros
+            # are the first to say the session is encrypted.
+            conn.tls_version = self._macro("{tls_version}") or conn.tls_version
         return self.rt.pipeline.run(Stage.MAIL, conn)
 
     def rcpt(self, rcptto: str, args: tuple[str, ...] | list[str] = ()) -> Decision:

@@ -20,9 +20,14 @@ from smtpguard.sockets import libmilter_address
 #: ``i`` at DATA and end of message needs no list of its own: libmilter keeps a
 #: stage's macros for the later stages of the transaction (``smfi_getsymval`` searches
 #: them all), and Sendmail's queue id is fixed from MAIL on. ``{client_resolve}``
-#: (Sendmail's verdict on the client's host name) is read at connect.
+#: (Sendmail's verdict on the client's host name) is read at connect. ``{tls_version}``
+#: at MAIL too: Sendmail takes AUTH right after STARTTLS without a new EHLO (RFC 3207
+#: only says the client SHOULD send one), and then no HELO step carries it; the
+#: mechanism rule refused such a TLS session's PLAIN login as without TLS (found by
+#: review through Sendmail with STARTTLS).
 SENDMAIL_MACROS: Final = {
     "confMILTER_MACROS_CONNECT": "v, {client_resolve}",
+    "confMILTER_MACROS_ENVFROM": "{tls_version}",
 }
 
 #: ``T=R:`` and ``T=E:`` never go below these (the fixed values they had before they

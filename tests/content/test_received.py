@@ -449,10 +449,13 @@ def test_real_fields_beyond_the_common_grammar_are_read(
 
 
 def test_a_second_from_clause_still_counts_for_the_claim() -> None:
-    """A repeated keyword is read into the clause before it: an address claimed there
-    is not hidden from the forged-claim test."""
+    """A ``from`` that comes again starts a from clause of its own: what it claims is
+    not hidden from the forged-claim test, wherever it stands."""
     info = parse_received("from a.example.com from [203.0.113.25]; Mon, 1 Jan 2024")
     assert ip_address("203.0.113.25") in info.from_ips
+    info = parse_received("from a by b with ESMTP from c (d.example [203.0.113.26]); Mon")
+    assert (info.from_name, info.other_from_names) == ("a", ("c", "d.example"))
+    assert ip_address("203.0.113.26") in info.from_ips
 
 
 @pytest.mark.parametrize("value", list(INVALID.values()), ids=list(INVALID))
@@ -516,6 +519,13 @@ OUR_IPS: frozenset[IPAddress] = frozenset({V4("192.0.2.1"), V6("2001:db8::1")})
         ("from \uff4d\uff58.example.org by x; Mon", True),
         ("from mx.bucher.example by x; Mon", False),
         ("(qmail 1 invoked from network); Mon", False),
+        # A from clause that comes again is read for a claim too (found by review: the
+        # lenient parser let these through, the strict one had refused them).
+        ("from relay.example.net from mx.example.org; Mon", True),
+        ("from a by b with ESMTP from h (h [192.0.2.1]); Mon", True),
+        ("from a by b from h (mx.example.org [198.51.100.9]); Mon", True),
+        ("from a by b with X from h (helo=mx.example.org); Mon", True),
+        ("from a by b with IBM ESMTP SMTP Gateway for <x@y> from <z@mx.example.org>; Mon", False),
     ],
 )
 def test_is_our_claim(value: str, expected: bool) -> None:

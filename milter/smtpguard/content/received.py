@@ -27,9 +27,11 @@ What is accepted (a *valid trace field*):
 * Before the ``;``, once comments are removed, only clauses: a keyword ``from``, ``by``,
   ``via``, ``with``, ``id`` or ``for`` (any case, any order) followed by one or more words
   that are not keywords (``with Microsoft SMTP Server`` is one clause). A keyword seen
-  before is a word of the clause it stands in (Mimecast's ``with ESMTP with STARTTLS``,
-  IBM's ``with IBM ESMTP SMTP Gateway: ... for <x> from <y>``: received-tokens are any
-  words); the first clause of each keyword is the one read.
+  before is a word of the clause it stands in (Mimecast's ``with ESMTP with STARTTLS``:
+  received-tokens are any words), except ``from``, which starts another from clause
+  wherever it stands (IBM's ``with IBM ESMTP SMTP Gateway: ... for <x> from <y>``);
+  the first clause of each keyword is the one read, and every from clause is read
+  for a claim of our hosts (``other_from_names``, ``from_ips``).
 * Or, before the ``;``, nothing but one or more comments, as in qmail's
   ``(qmail 1234 invoked by uid 89); 1 Jan 2024 10:00:00 -0000``.
 
@@ -122,6 +124,10 @@ class ReceivedInfo:
     by_name: str | None
     date: str | None
     from_helo: str | None = None
+    #: Names in the from clauses after the first (a ``from`` that comes again starts
+    #: one): their first word, the reverse-DNS name and the ``helo=`` of their comments.
+    #: Their addresses are in ``from_ips``. Only :func:`is_our_claim` reads them.
+    other_from_names: tuple[str, ...] = ()
 
 
 class ReceivedParseError(ValueError):
@@ -173,13 +179,19 @@ def parse_received(value: str, *, fast: bool = True) -> ReceivedInfo:
             raise ReceivedParseError("empty date")
         date = text[tokens[semi].end :].strip(" \t")
 
-    clauses = _clauses(tokens[:semi])
+    clauses, more_from = _clauses(tokens[:semi])
     from_clause = clauses.get("from")
     by_clause = clauses.get("by")
     from_ips: tuple[IPAddress, ...] = ()
     from_rdns = None
     if from_clause is not None:
         from_ips, from_rdns = _tcp_info(from_clause)
+    other_names: list[str] = []
+    for clause in more_from:
+        ips, rdns = _tcp_info(clause)
+        from_ips += tuple(ip for ip in ips if ip not in from_ips)
+        helo = _helo(clause)
+        other_names += [n for n in (clause.words[0], rdns, helo) if n is not None]
     return ReceivedInfo(
         from_name=from_clause.words[0] if from_clause else None,
         from_ips=from_ips,
@@ -187,6 +199,7 @@ def parse_received(value: str, *, fast: bool = True) -> ReceivedInfo:
         by_name=by_clause.words[0] if by_clause else None,
         date=date,
         from_helo=_helo(from_clause) if from_clause else None,
+        other_from_names=tuple(other_names),
     )
 
 
@@ -230,7 +243,7 @@ def is_our_claim(
     address also matches its IPv4 form, since dual-stack MTAs record either.
     """
     ours = _normalized(names)
-    for name in (info.from_name, info.from_rdns, info.from_helo):
+    for name in (info.from_name, info.from_rdns, info.from_helo, *info.other_from_names):
         if name is not None and _normalize(name) in ours:
             return True
     for ip in info.from_ips:
@@ -310,8 +323,10 @@ def _scan_comment(text: str, i: int) -> tuple[int, str]:
                 return pos, "".join(pieces)
 
 
-def _clauses(tokens: list[_Token]) -> dict[str, _Clause]:
+def _clauses(tokens: list[_Token]) -> tuple[dict[str, _Clause], list[_Clause]]:
+    """The first clause of each keyword, and the from clauses after the first."""
     clauses: dict[str, _Clause] = {}
+    more_from: list[_Clause] = []
     current: _Clause | None = None
     leading_comments = 0
     for tok in tokens:
@@ -329,6 +344,12 @@ def _clauses(tokens: list[_Token]) -> dict[str, _Clause]:
                 current = _Clause([], [])
                 clauses[keyword] = current
                 continue
+            if keyword == "from":
+                # A claim of where the message came from, wherever it stands: its own
+                # clause, which the forged-claim test reads too.
+                current = _Clause([], [])
+                more_from.append(current)
+                continue
             # Seen before: a word of the clause it stands in (module docstring).
         if current is None:
             raise ReceivedParseError("does not start with a trace clause")
@@ -337,7 +358,7 @@ def _clauses(tokens: list[_Token]) -> dict[str, _Clause]:
         raise ReceivedParseError("clause without a value")
     if not clauses and not leading_comments:
         raise ReceivedParseError("nothing before ';'")
-    return clauses
+    return clauses, more_from
 
 
 def _tcp_info(clause: _Clause) -> tuple[tuple[IPAddress, ...], str | None]:
