@@ -4,7 +4,8 @@
 # Dovecot for SASL, unbound, clamd, Redis, rspamd, Debian's Lua miltertest); Sendmail
 # conflicts with Postfix, so its packages are only downloaded and unpacked privately by
 # the tests. prometheus gives promtool (metrics and alert rules are checked with it),
-# chromium and fonts-noto-cjk render the help site headless, Chinese included. Extra
+# chromium and fonts-noto-cjk render the help site headless, Chinese included; openssl
+# makes the certificates of the STARTTLS Sendmail. Extra
 # arguments go to pytest.
 source "$(dirname "$0")/lib.sh"
 # The tests start private instances of these on loopback and random ports. A service
@@ -19,7 +20,8 @@ for svc in "${SERVICES[@]}"; do
     if service_running "$svc"; then was_running+=("$svc"); fi
 done
 apt_install "${RUNTIME_APT[@]}" miltertest postfix dovecot-core unbound clamav-daemon \
-    clamdscan redis-server rspamd util-linux m4 systemd prometheus chromium fonts-noto-cjk
+    clamdscan redis-server rspamd util-linux m4 systemd prometheus chromium fonts-noto-cjk \
+    openssl
 for svc in "${SERVICES[@]}"; do
     if [[ " ${was_running[*]} " == *" $svc "* ]]; then continue; fi
     if service_running "$svc"; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi

@@ -95,6 +95,7 @@ from support.sendmail import (
     readme_snippet,
     sasl_dir,
     sendmail,
+    tls_dir,
     with_socket,
 )
 from support.service import (
@@ -843,6 +844,59 @@ def test_auth_replies(
         if reply_id == "sender_mismatch":
             expect(c, f"MAIL FROM:<{login}>", sender_ok(f"<{login}>"))
     assert decisions(guard.log(), reply_id) == before + 1
+
+
+@pytest.fixture(scope="module")
+def tls_mta(
+    sendmail_install: SendmailInstall, guard: Running, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sendmail]:
+    """The AUTH instance with STARTTLS as well (a self-signed certificate)."""
+    sasl = sasl_dir(sendmail_install, tmp_path_factory.mktemp("sasl-tls"), SASL_USERS)
+    directory = tmp_path_factory.mktemp("tls-mta")
+    with (
+        tls_dir() as tls,
+        sendmail(
+            sendmail_install,
+            directory,
+            snippet(guard.site),
+            relay=STRICT_RELAY,
+            sasl=sasl,
+            tls=tls,
+        ) as sm,
+    ):
+        yield sm
+
+
+@pytest.mark.parametrize("ehlo_again", [True, False], ids=["ehlo-again", "no-ehlo-again"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_login_after_starttls_is_encrypted(
+    tls_mta: Sendmail, guard: Running, mechanism: str, ehlo_again: bool
+) -> None:
+    """PLAIN and LOGIN need TLS (EXTRA's auth_tls_required). Sendmail takes AUTH right
+    after STARTTLS without a new EHLO (RFC 3207: the client SHOULD send one), so no HELO
+    step says the session is encrypted: sendmail-config asks for {tls_version} at MAIL
+    too (found by review: such a session's login was refused as without TLS)."""
+    before = decisions(guard.log(), "auth_mode_unsupported")
+    with tls_mta.client(source=OTHER_CLIENT) as c:
+        greeted(c)
+        assert c.starttls().code == 220
+        if ehlo_again:
+            assert c.ehlo("client.test").code == 250
+        (auth_login if mechanism == "LOGIN" else auth_plain)(c, "alice@example.com")
+        expect(c, "MAIL FROM:<alice@example.com>", sender_ok("<alice@example.com>"))
+        expect(c, "RCPT TO:<x@foreign.example>", recipient_ok("<x@foreign.example>"))
+        token = f"TLS-{mechanism}-{ehlo_again}".encode()
+        reply = c.data(HEADERS + b"\r\n" + token + b"\r\n")
+        assert reply.code == 250, reply
+    assert tls_mta.wait_for_delivery(token).recipient == "x@foreign.example"
+    assert decisions(guard.log(), "auth_mode_unsupported") == before
+
+
+def test_plain_login_without_starttls_is_refused_on_a_tls_instance(tls_mta: Sendmail) -> None:
+    with tls_mta.client(source=OTHER_CLIENT) as c:
+        greeted(c)
+        auth_plain(c, "alice@example.com")
+        refused_sender(c, "<alice@example.com>", "auth_mode_unsupported")
 
 
 def test_auth_error_temp(auth_mta: Sendmail, guard: Running) -> None:

@@ -296,6 +296,51 @@ def sasl_dir(inst: SendmailInstall, directory: Path, users: Mapping[str, str]) -
     return directory
 
 
+@contextlib.contextmanager
+def tls_dir() -> Iterator[Path]:
+    """A CA and a server certificate for ``mx.example.com`` (openssl), below
+    :data:`SOCKET_ROOT`: Sendmail will not start TLS with files below a world-writable
+    directory such as /tmp ("454 4.3.3 TLS not available after start")."""
+    SOCKET_ROOT.mkdir(mode=0o755, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=SOCKET_ROOT))
+    try:
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=path, check=True, capture_output=True)
+
+        openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=smtpguard test CA",
+        )  # fmt: skip
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+            "-out", "server.csr", "-subj", f"/CN={HOSTNAME}",
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2",
+        )  # fmt: skip
+        for key in path.glob("*.key"):
+            key.chmod(0o600)
+        (path / "certs").mkdir()
+        shutil.copy(path / "ca.pem", path / "certs" / "ca.pem")
+        openssl("rehash", "certs")
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def tls_mc(directory: Path) -> str:
+    """The ``.mc`` lines for STARTTLS with the files of :func:`tls_dir`."""
+    return (
+        "dnl STARTTLS (tests/support/sendmail.py, tls_dir).\n"
+        f"define(`confCACERT_PATH', `{directory}/certs')dnl\n"
+        f"define(`confCACERT', `{directory}/ca.pem')dnl\n"
+        f"define(`confSERVER_CERT', `{directory}/server.pem')dnl\n"
+        f"define(`confSERVER_KEY', `{directory}/server.key')dnl\n"
+    )
+
+
 # --- one instance -----------------------------------------------------------------
 
 #: Parent of the milter sockets (root-owned, 0755, like /run/smtpguard in production).
@@ -468,10 +513,12 @@ def sendmail(
     *,
     relay: str = "",
     sasl: Path | None = None,
+    tls: Path | None = None,
 ) -> Iterator[Sendmail]:
     """Run ``sendmail -bD`` with the given milter lines until the block ends.
 
     ``sasl``: a :func:`sasl_dir`; the instance then offers SMTP AUTH (PLAIN, LOGIN).
+    ``tls``: a :func:`tls_dir`; the instance then offers STARTTLS.
     """
     d = directory
     (d / "queue").mkdir(parents=True, exist_ok=True)
@@ -487,7 +534,13 @@ def sendmail(
     deliver.chmod(0o755)
     port = free_port()
     (d / "test.mc").write_text(
-        instance_mc(d, port, milter_snippet, relay=relay, extra=SASL_MC if sasl else "")
+        instance_mc(
+            d,
+            port,
+            milter_snippet,
+            relay=relay,
+            extra=(SASL_MC if sasl else "") + (tls_mc(tls) if tls else ""),
+        )
     )
     inst.build_cf(d / "test.mc", d / "test.cf")
 

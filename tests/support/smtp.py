@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -60,6 +61,18 @@ class SmtpClient:
 
     def ehlo(self, name: str = "client.test") -> Reply:
         return self.cmd(f"EHLO {name}")
+
+    def starttls(self) -> Reply:
+        """STARTTLS (RFC 3207); on 220 the session goes on encrypted. The test
+        instances' certificates are self-signed: not verified."""
+        reply = self.cmd("STARTTLS")
+        if reply.code == 220:
+            assert not self.buf, "the server spoke before the handshake"
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            self.sock = context.wrap_socket(self.sock)
+        return reply
 
     def xclient(self, **attrs: str) -> Reply:
         """XCLIENT ADDR=.. NAME=.. HELO=.. LOGIN=..; Postfix answers with a new greeting."""
