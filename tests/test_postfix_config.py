@@ -27,6 +27,7 @@ from smtpguard.postfix import (
     postfix_footer_regexp,
     postfix_milter_address,
     postfix_network,
+    read_postconf,
     shell_script,
     split_list,
 )
@@ -70,6 +71,8 @@ STOCK = {
     "smtputf8_enable": "yes",
     "smtpd_reject_footer_maps": "",
     "smtpd_forbid_bare_newline": "no",
+    "receive_override_options": "",
+    "content_filter": "",
 }
 
 
@@ -695,3 +698,97 @@ def test_a_slower_smtpguard_than_the_milter_timeouts_is_a_note(tmp_path: Path) -
 )
 def test_footer_text_survives_postfixs_two_expansions(text: str, written: str) -> None:
     assert footer_text(text) == written
+
+
+# --- master.cf services ----------------------------------------------------------------
+
+#: Debian's template and an amavis-style content filter (found by review, through a real
+#: Postfix: the reinjection smtpd ran smtpguard a second time, and a service with
+#: other milters was an open relay with relay_control = "milter").
+MASTER_CF = """\
+smtp      inet  n       -       y       -       -       smtpd
+submission inet n       -       y       -       -       smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+2525      inet  n       -       y       -       -       smtpd
+  -o smtpd_milters=inet:127.0.0.1:8891
+127.0.0.1:10025 inet n  -       n       -       -       smtpd
+  -o content_filter=
+  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks
+  -o mynetworks=127.0.0.0/8
+pickup    unix  n       -       y       60      1       pickup
+"""
+
+
+def _instance(tmp_path: Path, main_cf: str, master_cf: str = MASTER_CF) -> str:
+    if not (shutil.which("postconf") or Path("/usr/sbin/postconf").exists()):
+        pytest.skip("postconf not installed (Debian package postfix)")
+    conf = tmp_path / "postfix"
+    conf.mkdir()
+    (conf / "main.cf").write_text(main_cf)
+    (conf / "master.cf").write_text(master_cf)
+    return str(conf)
+
+
+def test_master_cf_smtpd_services_are_read(tmp_path: Path) -> None:
+    services = read_postconf(_instance(tmp_path, "")).services
+    assert [s.label for s in services] == [
+        "smtp/inet",
+        "submission/inet",
+        "2525/inet",
+        "127.0.0.1:10025/inet",
+    ]
+    assert services[3].overrides["content_filter"] == ""
+    assert services[2].overrides == {"smtpd_milters": "inet:127.0.0.1:8891"}
+
+
+def _service_plan(
+    tmp_path: Path, extra: dict[str, Any] | None, main_cf: str, master_cf: str = MASTER_CF
+) -> Plan:
+    """The plan for an instance that already has smtpguard in main.cf's smtpd_milters."""
+    cfg = config(tmp_path, extra)
+    current = read_postconf(_instance(tmp_path, main_cf, master_cf))
+    entry = "{ " + postfix_milter_address(cfg.milter.socket) + " }"
+    attached = Settings(
+        raw={**current.raw, "smtpd_milters": entry},
+        expanded={**current.expanded, "smtpd_milters": entry},
+        services=current.services,
+    )
+    return plan(cfg, load_replies(cfg.replies, cfg.file), attached)
+
+
+def test_a_reinjection_smtpd_that_runs_smtpguard_again_is_a_conflict(tmp_path: Path) -> None:
+    main_cf = "content_filter = smtp-amavis:[127.0.0.1]:10024\n"
+    result = _service_plan(tmp_path, None, main_cf)
+    (problem,) = [p for p in result.problems if "127.0.0.1:10025/inet" in p]
+    assert "a second time" in problem
+    assert "no_milters" in problem
+    assert any("2525/inet: smtpguard does not run there" in n for n in result.notes)
+    fixed = MASTER_CF.replace("no_header_body_checks", "no_header_body_checks,no_milters")
+    other = tmp_path / "fixed"
+    other.mkdir()
+    result = _service_plan(other, None, main_cf, fixed)
+    assert not any("10025" in p for p in result.problems)
+    assert any(
+        "127.0.0.1:10025/inet: smtpguard does not run there (no_milters)" in n for n in result.notes
+    )
+
+
+def test_milter_mode_open_relay_on_a_service_without_smtpguard(tmp_path: Path) -> None:
+    result = _service_plan(tmp_path, {"site": {"relay_control": "milter"}}, "")
+    (problem,) = [p for p in result.problems if "2525/inet" in p]
+    assert "open relay" in problem
+    # The loopback reinjection service is no relay for strangers, and the services
+    # that run smtpguard are no conflict.
+    assert not any("10025" in p or "submission" in p or "smtp/inet" in p for p in result.problems)
+    own = MASTER_CF.replace(
+        "  -o smtpd_milters=inet:127.0.0.1:8891\n",
+        "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+        "  -o smtpd_relay_restrictions=permit_mynetworks,reject_unauth_destination\n",
+    )
+    other = tmp_path / "own"
+    other.mkdir()
+    result = _service_plan(other, {"site": {"relay_control": "milter"}}, "", own)
+    assert not any("2525" in p for p in result.problems)

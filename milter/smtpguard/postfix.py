@@ -30,7 +30,7 @@ import itertools
 import re
 import shlex
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -116,6 +116,8 @@ PARAMETERS = (
     "smtputf8_enable",
     "smtpd_reject_footer_maps",
     "smtpd_forbid_bare_newline",
+    "receive_override_options",
+    "content_filter",
 )
 
 
@@ -124,39 +126,76 @@ class PostconfError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Service:
+    """A master.cf service run by smtpd, with its ``-o`` overrides (``postconf -P``)."""
+
+    name: str
+    kind: str
+    overrides: Mapping[str, str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.kind}"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    """An instance's parameters: as written (``raw``) and with ``$name`` expanded."""
+    """An instance's parameters: as written (``raw``) and with ``$name`` expanded; and
+    its smtpd services in master.cf."""
 
     raw: Mapping[str, str]
     expanded: Mapping[str, str]
+    services: tuple[Service, ...] = ()
 
 
 def read_postconf(config_directory: str | None = None) -> Settings:
-    """The instance's current values, read with ``postconf [-c DIR] -h [-x]``."""
+    """The instance's current values, read with ``postconf [-c DIR] -h [-x]``, and its
+    smtpd services with ``postconf -F`` and ``-P`` (master.cf, Postfix 2.11 on)."""
     base = ["postconf"] + (["-c", config_directory] if config_directory else [])
 
-    def values(*flags: str) -> dict[str, str]:
+    def run(*args: str) -> str:
         try:
             done = subprocess.run(  # noqa: S603 - fixed argv, the directory is one item
-                [*base, *flags, *PARAMETERS], capture_output=True, text=True, check=False
+                [*base, *args], capture_output=True, text=True, check=False
             )
         except FileNotFoundError:
             raise PostconfError("postconf not found: is Postfix installed?") from None
         if done.returncode != 0:
             errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
             raise PostconfError("; ".join(errors) or f"postconf exited {done.returncode}")
+        return done.stdout
+
+    def values(*flags: str) -> dict[str, str]:
+        stdout = run(*flags, *PARAMETERS)
         # Parameters this Postfix does not know (smtpd_forbid_bare_newline before
         # 3.7.10) are left out of its output: they read as empty.
         out = dict.fromkeys(PARAMETERS, "")
-        for line in done.stdout.splitlines():
-            name, sep, value = line.partition(" = ")
-            if not sep and line.endswith(" ="):
-                name, sep = line[:-2], "="
-            if sep and name in out:
+        for name, value in _assignments(stdout):
+            if name in out:
                 out[name] = value
         return out
 
-    return Settings(raw=values(), expanded=values("-x"))
+    smtpd = [
+        key.rsplit("/", 2)[:2]
+        for key, command in _assignments(run("-F"))
+        if key.endswith("/command") and command.split()[:1] == ["smtpd"]
+    ]
+    overrides: dict[tuple[str, str], dict[str, str]] = {}
+    for key, value in _assignments(run("-P")):
+        service, kind, parameter = key.rsplit("/", 2)
+        overrides.setdefault((service, kind), {})[parameter] = value
+    services = tuple(Service(name, kind, overrides.get((name, kind), {})) for name, kind in smtpd)
+    return Settings(raw=values(), expanded=values("-x"), services=services)
+
+
+def _assignments(stdout: str) -> Iterator[tuple[str, str]]:
+    """``name = value`` lines of postconf (``name =`` for an empty value)."""
+    for line in stdout.splitlines():
+        name, sep, value = line.partition(" = ")
+        if not sep and line.endswith(" ="):
+            name, sep = line[:-2], "="
+        if sep:
+            yield name, value
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +416,7 @@ def plan(
     planner.utf8()
     planner.footers()
     planner.bare_newline()
+    planner.master_services()
     return Plan(
         config_directory=current.expanded["config_directory"],
         changes=tuple(planner.changes),
@@ -401,6 +441,7 @@ class _Planner:
         self.unresolved: list[str] = []
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
+        self.services = current.services
 
     def change(self, name: str, value: str, reason: str, problem: str | None = None) -> None:
         self.changes.append(Change(name, value, reason))
@@ -715,6 +756,59 @@ class _Planner:
             )
         return found
 
+    # --- master.cf services -------------------------------------------------------
+
+    def master_services(self) -> None:
+        """What main.cf's settings mean for each smtpd service of master.cf: one
+        without smtpguard, and one that runs it a second time on a content filter's
+        output. postfix-config writes main.cf only; these are the admin's to fix."""
+        filtering = bool(self.now["content_filter"].strip()) or any(
+            s.overrides.get("content_filter", "").strip() for s in self.services
+        )
+        milter_mode = self.config.site.relay_control == "milter"
+        for service in self.services:
+            o = service.overrides
+            receive = o.get("receive_override_options", self.now["receive_override_options"])
+            off = "no_milters" in split_list(receive)
+            milters = o.get("smtpd_milters")
+            if milters is None or _refers_to(milters, "smtpd_milters"):
+                # main.cf's list, which holds smtpguard's entry once this plan is applied.
+                listed = True
+                milters = milters or "main.cf's"
+            else:
+                listed = any(_milter_address(e) == self.address for e in split_list(milters))
+            runs_us = listed and not off
+            where = f"master.cf service {service.label}"
+            if runs_us:
+                if filtering and "content_filter" in o and not o["content_filter"].strip():
+                    self.problem(
+                        f"{where}: takes mail back from the content filter (content_filter"
+                        " emptied) and runs smtpguard on it a second time, from a trusted"
+                        " client: forwarded mail is refused (relay_domain_fail), the"
+                        " filter's X-Spam-* fields and our Authentication-Results are"
+                        " removed as forged, and with content.add_loop_marker every message"
+                        " bounces (looping_message); add no_milters to its"
+                        " -o receive_override_options"
+                    )
+                continue
+            why = "no_milters" if off else f"smtpd_milters = {milters or '(empty)'}"
+            # The pass-through is on wherever the service's smtpd_milters is not empty,
+            # smtpguard in it or not (no_milters leaves the parameter set).
+            passes = bool(milters.strip())
+            own_relay = any(
+                name in o for name in ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+            )
+            if milter_mode and passes and not own_relay and not _loopback_only(service.name):
+                self.problem(
+                    f"{where}: smtpguard does not run there ({why}), but smtpd_milters is"
+                    f" set, so main.cf's {MILTER_RELAY_PASS} passes every recipient on"
+                    ' it: open relay (site.relay_control = "milter"). Give it its own'
+                    " -o smtpd_relay_restrictions with reject_unauth_destination, or use"
+                    ' relay_control = "postfix"'
+                )
+            else:
+                self.notes.append(f"{where}: smtpguard does not run there ({why})")
+
     # --- recipients, sizes, text ------------------------------------------------
 
     def recipients(self) -> None:
@@ -880,11 +974,27 @@ class _Planner:
         )
 
     def bare_newline(self) -> None:
-        if self.now["smtpd_forbid_bare_newline"] in ("", "no"):
+        value = self.now["smtpd_forbid_bare_newline"] or "no"
+        if value != "reject":
             self.notes.append(
-                "smtpd_forbid_bare_newline left as it is (no): stray_newline is answered only"
-                " with it on (Postfix 3.7.10+; it also closes SMTP smuggling)"
+                f"smtpd_forbid_bare_newline left as it is ({value}): stray_newline is"
+                " answered only with 'reject' (Postfix 3.7.10+: 'yes' and 'normalize'"
+                " accept a bare LF as a line end, 'reject' refuses it with Postfix's"
+                " 550 5.5.2 and the table's text as footer; 'yes' and 'reject' both close"
+                " SMTP smuggling)"
             )
+
+
+def _loopback_only(service: str) -> bool:
+    """Whether a master.cf service name listens on a loopback address only
+    (``127.0.0.1:10025``, ``[::1]:10025``); a bare port or name listens everywhere."""
+    host, sep, _port = service.rpartition(":")
+    if not sep:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _without_pass(items: list[str]) -> list[str]:

@@ -51,6 +51,16 @@ def test_our_marker_with_our_value(make_services: ServicesFactory) -> None:
     assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker is present")
 
 
+def test_a_logged_in_client_may_send_our_marker_on(make_services: ServicesFactory) -> None:
+    """A user's redirect of a message we delivered carries our marker: no loop for a
+    logged-in client (found by review through submission); the hop count still holds."""
+    check = Loop(make_services(limits={"max_hops": 3}))
+    conn = conn_with_message(auth_login="alice@example.com")
+    assert headers(check, conn, ("X-Smtpguard-Loop", "mx.example.com")) is None
+    verdict = headers(check, conn, *[("Received", RECEIVED)] * 4)
+    assert verdict == Hit("looping_message", "4 Received headers")
+
+
 def test_someone_elses_marker_value_passes(make_services: ServicesFactory) -> None:
     check = Loop(make_services(content={"loop_marker": "X-Loop", "loop_marker_value": "us"}))
     conn = conn_with_message()

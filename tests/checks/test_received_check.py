@@ -47,7 +47,9 @@ def test_a_foreign_client_claiming_our_host(make_services: ServicesFactory, valu
 
 
 @pytest.mark.parametrize(
-    "conn_args", [{"trusted_network": True}, {"ip": "192.0.2.25"}], ids=["trusted", "our-ip"]
+    "conn_args",
+    [{"trusted_network": True}, {"ip": "192.0.2.25"}, {"auth_login": "alice@example.com"}],
+    ids=["trusted", "our-ip", "logged-in"],
 )
 def test_our_own_hosts_may_claim_us(
     make_services: ServicesFactory, conn_args: dict[str, object]
@@ -60,3 +62,12 @@ def test_other_headers_are_not_looked_at(make_services: ServicesFactory) -> None
     check = ForgedReceived(make_services())
     assert check(make_conn(sender="a@example.org"), Event(header=("X-Received", "junk"))) is None
     assert check(make_conn(sender="a@example.org"), Event()) is None
+
+
+def test_a_logged_in_client_still_gets_the_syntax_check(make_services: ServicesFactory) -> None:
+    """Found by review: a user's redirect through submission was refused for our own
+    Received fields; the claim test spares a logged-in client, the syntax check not."""
+    conn = make_conn(sender="a@example.org", auth_login="alice@example.com")
+    verdict = ForgedReceived(make_services())(conn, received("this is not a trace field"))
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.startswith("unparsable Received: ")

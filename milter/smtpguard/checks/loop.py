@@ -3,7 +3,8 @@
 Decided per header: more ``Received:`` fields than ``limits.max_hops``; a
 ``Delivered-To:`` equal to one of this transaction's recipients (the message has been
 delivered to that mailbox before and came back); or our loop-marker header with our
-value (we accepted this message before).
+value (we accepted this message before), unless the client logged in: a user's
+redirect of a message we delivered carries our marker and is no loop.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ class Loop:
         lowered = name.lower()
         if lowered == "received" and txn.message.received > self.max_hops:
             return Hit("looping_message", f"{txn.message.received} Received headers")
-        if lowered == self.marker and value.strip().lower() == self.marker_value:
+        # A logged-in user who sends a message on unchanged (a redirect) sends back what
+        # we delivered, marker included: that is no loop (the hop count still holds).
+        if (
+            lowered == self.marker
+            and value.strip().lower() == self.marker_value
+            and not conn.authenticated
+        ):
             return Hit("looping_message", f"our {name} marker is present")
         if lowered == "delivered-to":
             try:

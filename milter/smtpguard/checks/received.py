@@ -4,7 +4,8 @@ A field is refused when it does not parse as a trace field (see
 :mod:`smtpguard.content.received` for exactly what is parsed), or when its ``from``
 clause claims one of our host names or IPs (``site.our_hostnames``,
 ``site.our_ips``) while the connecting client is not one of our hosts (an IP in
-``site.our_ips`` or ``site.trusted_networks``).
+``site.our_ips`` or ``site.trusted_networks``) and has not logged in (a user's
+redirect of a message we delivered carries our own Received fields).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class ForgedReceived:
             info = parse_received(event.header[1])
         except ReceivedParseError as exc:
             return Hit("fake_router", f"unparsable Received: {exc}")
-        ours = conn.trusted_network or (conn.client_ip is not None and conn.client_ip in self.ips)
+        # A logged-in user's redirect of a message we delivered carries our Received
+        # fields: for such a client they are no forged claim.
+        ours = conn.trusted or (conn.client_ip is not None and conn.client_ip in self.ips)
         if not ours and is_our_claim(info, self.names, self.ips):
             return Hit("fake_router", f"Received claims our host: from {info.from_name}")
         return None
