@@ -792,3 +792,22 @@ def test_milter_mode_open_relay_on_a_service_without_smtpguard(tmp_path: Path) -
     other.mkdir()
     result = _service_plan(other, {"site": {"relay_control": "milter"}}, "", own)
     assert not any("2525" in p for p in result.problems)
+
+
+def test_a_service_override_is_read_as_postfix_expands_it(tmp_path: Path) -> None:
+    """Debian's template: submission with ``-o smtpd_milters=$mua_milters``. Empty in
+    main.cf, the pass-through is off there: no open relay; set to another milter, it is."""
+    master = MASTER_CF.replace(
+        "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n",
+        "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
+        "  -o smtpd_milters=$mua_milters\n",
+    ).replace("  -o smtpd_milters=inet:127.0.0.1:8891\n", "")
+    milter_mode = {"site": {"relay_control": "milter"}}
+    result = _service_plan(tmp_path, milter_mode, "mua_milters =\n", master)
+    assert not any("submission" in p for p in result.problems)
+    assert any("submission/inet: smtpguard does not run there" in n for n in result.notes)
+    other = tmp_path / "other"
+    other.mkdir()
+    result = _service_plan(other, milter_mode, "mua_milters = inet:127.0.0.1:8891\n", master)
+    (problem,) = [p for p in result.problems if "submission/inet" in p]
+    assert "smtpd_milters = inet:127.0.0.1:8891" in problem

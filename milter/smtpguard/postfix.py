@@ -31,7 +31,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
@@ -132,6 +132,8 @@ class Service:
     name: str
     kind: str
     overrides: Mapping[str, str]
+    #: The same with ``$name`` expanded (``postconf -P -x``).
+    expanded: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -180,11 +182,19 @@ def read_postconf(config_directory: str | None = None) -> Settings:
         for key, command in _assignments(run("-F"))
         if key.endswith("/command") and command.split()[:1] == ["smtpd"]
     ]
-    overrides: dict[tuple[str, str], dict[str, str]] = {}
-    for key, value in _assignments(run("-P")):
-        service, kind, parameter = key.rsplit("/", 2)
-        overrides.setdefault((service, kind), {})[parameter] = value
-    services = tuple(Service(name, kind, overrides.get((name, kind), {})) for name, kind in smtpd)
+
+    def overrides(*flags: str) -> dict[tuple[str, str], dict[str, str]]:
+        out: dict[tuple[str, str], dict[str, str]] = {}
+        for key, value in _assignments(run("-P", *flags)):
+            service, kind, parameter = key.rsplit("/", 2)
+            out.setdefault((service, kind), {})[parameter] = value
+        return out
+
+    raw, expanded = overrides(), overrides("-x")
+    services = tuple(
+        Service(name, kind, raw.get((name, kind), {}), expanded.get((name, kind), {}))
+        for name, kind in smtpd
+    )
     return Settings(raw=values(), expanded=values("-x"), services=services)
 
 
@@ -776,6 +786,8 @@ class _Planner:
                 listed = True
                 milters = milters or "main.cf's"
             else:
+                # As the service reads it: "$mua_milters" is what main.cf says it is.
+                milters = service.expanded.get("smtpd_milters", milters)
                 listed = any(_milter_address(e) == self.address for e in split_list(milters))
             runs_us = listed and not off
             where = f"master.cf service {service.label}"
