@@ -811,3 +811,66 @@ def test_a_service_override_is_read_as_postfix_expands_it(tmp_path: Path) -> Non
     result = _service_plan(other, milter_mode, "mua_milters = inet:127.0.0.1:8891\n", master)
     (problem,) = [p for p in result.problems if "submission/inet" in p]
     assert "smtpd_milters = inet:127.0.0.1:8891" in problem
+
+
+def _milter_mode_problems(tmp_path: Path, service: str, main_cf: str = "") -> list[str]:
+    """The conflicts for MASTER_CF plus one service on port 2600 (found by review: each
+    of these was an open relay or a second run that --check passed with exit 0)."""
+    master = MASTER_CF + service
+    result = _service_plan(tmp_path, {"site": {"relay_control": "milter"}}, main_cf, master)
+    return [p for p in result.problems if "2600" in p]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "  -o smtpd_recipient_restrictions=\n",
+        "  -o smtpd_recipient_restrictions=check_policy_service,unix:private/policy\n",
+    ],
+    ids=["emptied", "policy-service"],
+)
+def test_an_override_that_does_not_refuse_relaying_is_still_open(
+    tmp_path: Path, override: str
+) -> None:
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n" + override
+    (problem,) = _milter_mode_problems(tmp_path, service)
+    assert "open relay" in problem
+
+
+def test_an_override_that_refuses_relaying_closes_it(tmp_path: Path) -> None:
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    service += "  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n"
+    assert _milter_mode_problems(tmp_path, service) == []
+
+
+def test_no_milters_through_a_main_cf_parameter_is_read(tmp_path: Path) -> None:
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o receive_override_options=$reinject_opts\n"
+    main_cf = "reinject_opts = no_unknown_recipient_checks, no_milters\n"
+    (problem,) = _milter_mode_problems(tmp_path, service, main_cf)
+    assert "(no_milters)" in problem
+
+
+def test_a_loopback_service_behind_a_proxy_takes_outside_clients(tmp_path: Path) -> None:
+    service = "127.0.0.1:2600 inet n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    service += "  -o smtpd_upstream_proxy_protocol=haproxy\n"
+    (problem,) = _milter_mode_problems(tmp_path, service)
+    assert "open relay" in problem
+
+
+def test_a_reinjection_smtpd_with_the_filter_set_per_service(tmp_path: Path) -> None:
+    """amavis set on the public smtpd only: the reinjection smtpd has no content_filter
+    to empty, and still runs smtpguard a second time."""
+    master = (
+        "smtp      inet  n       -       y       -       -       smtpd\n"
+        "  -o content_filter=smtp-amavis:[127.0.0.1]:10024\n"
+        "127.0.0.1:10025 inet n  -       n       -       -       smtpd\n"
+        "  -o mynetworks=127.0.0.0/8\n"
+    )
+    result = _service_plan(tmp_path, None, "", master)
+    (problem,) = [p for p in result.problems if "127.0.0.1:10025/inet" in p]
+    assert "a second time" in problem
+    assert not any("smtp/inet" in p for p in result.problems)

@@ -118,6 +118,7 @@ PARAMETERS = (
     "smtpd_forbid_bare_newline",
     "receive_override_options",
     "content_filter",
+    "smtpd_upstream_proxy_protocol",
 )
 
 
@@ -452,6 +453,8 @@ class _Planner:
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
         self.services = current.services
+        #: main.cf's relay restriction lists as the plan leaves them (raw).
+        self.relay_lists: dict[str, str] = {}
 
     def change(self, name: str, value: str, reason: str, problem: str | None = None) -> None:
         self.changes.append(Change(name, value, reason))
@@ -628,6 +631,7 @@ class _Planner:
             )
         for other in names:
             new = value if other == name and value is not None else cleaned[other]
+            self.relay_lists[other] = new
             if new == self.raw[other]:
                 continue
             stale = self.raw[other] != self._without_ours(other, None)
@@ -771,14 +775,15 @@ class _Planner:
     def master_services(self) -> None:
         """What main.cf's settings mean for each smtpd service of master.cf: one
         without smtpguard, and one that runs it a second time on a content filter's
-        output. postfix-config writes main.cf only; these are the admin's to fix."""
+        output. postfix-config writes main.cf only; these are the admin's to fix.
+        Overrides are read as Postfix expands them (``postconf -P -x``)."""
         filtering = bool(self.now["content_filter"].strip()) or any(
-            s.overrides.get("content_filter", "").strip() for s in self.services
+            s.expanded.get("content_filter", "").strip() for s in self.services
         )
         milter_mode = self.config.site.relay_control == "milter"
         for service in self.services:
-            o = service.overrides
-            receive = o.get("receive_override_options", self.now["receive_override_options"])
+            o, x = service.overrides, service.expanded
+            receive = x.get("receive_override_options", self.now["receive_override_options"])
             off = "no_milters" in split_list(receive)
             milters = o.get("smtpd_milters")
             if milters is None or _refers_to(milters, "smtpd_milters"):
@@ -786,17 +791,17 @@ class _Planner:
                 listed = True
                 milters = milters or "main.cf's"
             else:
-                # As the service reads it: "$mua_milters" is what main.cf says it is.
-                milters = service.expanded.get("smtpd_milters", milters)
+                milters = x.get("smtpd_milters", milters)
                 listed = any(_milter_address(e) == self.address for e in split_list(milters))
-            runs_us = listed and not off
             where = f"master.cf service {service.label}"
-            if runs_us:
-                if filtering and "content_filter" in o and not o["content_filter"].strip():
+            if listed and not off:
+                content_filter = x.get("content_filter", self.now["content_filter"])
+                reinjection = "content_filter" in o or self._loopback_only(service)
+                if filtering and not content_filter.strip() and reinjection:
                     self.problem(
-                        f"{where}: takes mail back from the content filter (content_filter"
-                        " emptied) and runs smtpguard on it a second time, from a trusted"
-                        " client: forwarded mail is refused (relay_domain_fail), the"
+                        f"{where}: takes mail back from the content filter (no"
+                        " content_filter) and runs smtpguard on it a second time, from a"
+                        " trusted client: forwarded mail is refused (relay_domain_fail), the"
                         " filter's X-Spam-* fields and our Authentication-Results are"
                         " removed as forged, and with content.add_loop_marker every message"
                         " bounces (looping_message); add no_milters to its"
@@ -806,20 +811,47 @@ class _Planner:
             why = "no_milters" if off else f"smtpd_milters = {milters or '(empty)'}"
             # The pass-through is on wherever the service's smtpd_milters is not empty,
             # smtpguard in it or not (no_milters leaves the parameter set).
-            passes = bool(milters.strip())
-            own_relay = any(
-                name in o for name in ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
-            )
-            if milter_mode and passes and not own_relay and not _loopback_only(service.name):
+            if (
+                milter_mode
+                and milters.strip()
+                and not self._loopback_only(service)
+                and not any(_closes_relay(items) for items in self._relay_items(service))
+            ):
                 self.problem(
                     f"{where}: smtpguard does not run there ({why}), but smtpd_milters is"
                     f" set, so main.cf's {MILTER_RELAY_PASS} passes every recipient on"
-                    ' it: open relay (site.relay_control = "milter"). Give it its own'
-                    " -o smtpd_relay_restrictions with reject_unauth_destination, or use"
-                    ' relay_control = "postfix"'
+                    " it, and its own restrictions do not refuse relaying: open relay"
+                    ' (site.relay_control = "milter"). Give it'
+                    " -o smtpd_relay_restrictions=permit_sasl_authenticated,"
+                    'reject_unauth_destination, or use relay_control = "postfix"'
                 )
             else:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
+
+    def _relay_items(self, service: Service) -> list[list[str]]:
+        """The service's two relay restriction lists: its override as Postfix expands
+        it, else main.cf's as this plan leaves it (its pass-through one item). An
+        override that refers to main.cf's list counts that list's items too, pass-through
+        included: what ``-P -x`` made of it depends on main.cf as it is now."""
+        out = []
+        for name in ("smtpd_relay_restrictions", "smtpd_recipient_restrictions"):
+            main = split_list(self.relay_lists.get(name, self.raw[name]))
+            if name not in service.overrides:
+                out.append(main)
+                continue
+            items = split_list(service.expanded.get(name, service.overrides[name]))
+            if any(_refers_to(service.overrides[name], n) for n in _RELAY_LISTS):
+                items = main + items
+            out.append(items)
+        return out
+
+    def _loopback_only(self, service: Service) -> bool:
+        """Listening on loopback only, and not behind a proxy that hands it outside
+        clients (smtpd_upstream_proxy_protocol)."""
+        proxy = service.expanded.get(
+            "smtpd_upstream_proxy_protocol", self.now["smtpd_upstream_proxy_protocol"]
+        )
+        return not proxy.strip() and _loopback_name(service.name)
 
     # --- recipients, sizes, text ------------------------------------------------
 
@@ -997,7 +1029,22 @@ class _Planner:
             )
 
 
-def _loopback_only(service: str) -> bool:
+_RELAY_LISTS = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+
+
+def _closes_relay(items: list[str]) -> bool:
+    """Whether a restriction list refuses an outsider's relay attempt: a relay guard,
+    ``reject`` or ``defer`` with no unconditional pass before it. Anything it cannot
+    judge (a policy service, a map) closes nothing here."""
+    for item in items:
+        if item in RELAY_GUARDS or item in ("reject", "defer"):
+            return True
+        if item in ("permit", MILTER_RELAY_PASS) or item.endswith("static:{OK}"):
+            return False
+    return False
+
+
+def _loopback_name(service: str) -> bool:
     """Whether a master.cf service name listens on a loopback address only
     (``127.0.0.1:10025``, ``[::1]:10025``); a bare port or name listens everywhere."""
     host, sep, _port = service.rpartition(":")
