@@ -73,6 +73,12 @@ STOCK = {
     "smtpd_forbid_bare_newline": "no",
     "receive_override_options": "",
     "content_filter": "",
+    "smtpd_upstream_proxy_protocol": "",
+    "smtpd_authorized_xclient_hosts": "",
+    "smtpd_milter_maps": "",
+    "smtpd_client_restrictions": "",
+    "smtpd_helo_restrictions": "",
+    "smtpd_sender_restrictions": "",
 }
 
 
@@ -797,9 +803,10 @@ def test_milter_mode_open_relay_on_a_service_without_smtpguard(tmp_path: Path) -
 def test_a_service_override_is_read_as_postfix_expands_it(tmp_path: Path) -> None:
     """Debian's template: submission with ``-o smtpd_milters=$mua_milters``. Empty in
     main.cf, the pass-through is off there: no open relay; set to another milter, it is."""
+    # Without a client restriction of its own: with one (Debian's template) the
+    # service refuses outsiders at RCPT itself.
     master = MASTER_CF.replace(
         "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n",
-        "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
         "  -o smtpd_milters=$mua_milters\n",
     ).replace("  -o smtpd_milters=inet:127.0.0.1:8891\n", "")
     milter_mode = {"site": {"relay_control": "milter"}}
@@ -874,3 +881,41 @@ def test_a_reinjection_smtpd_with_the_filter_set_per_service(tmp_path: Path) -> 
     (problem,) = [p for p in result.problems if "127.0.0.1:10025/inet" in p]
     assert "a second time" in problem
     assert not any("smtp/inet" in p for p in result.problems)
+
+
+def test_smtpd_milter_maps_in_milter_mode_is_a_conflict(tmp_path: Path) -> None:
+    """Found by review: clients the map gives DISABLE skip smtpguard while the
+    pass-through stays on (Postfix's own documented example)."""
+    main_cf = "smtpd_milter_maps = cidr:/etc/postfix/milter_map\n"
+    result = _service_plan(tmp_path, {"site": {"relay_control": "milter"}}, main_cf)
+    assert any(p.startswith("smtpd_milter_maps (") and "open relay" in p for p in result.problems)
+    other = tmp_path / "postfix-mode"
+    other.mkdir()
+    assert not any("smtpd_milter_maps" in p for p in _service_plan(other, None, main_cf).problems)
+
+
+def test_a_loopback_service_behind_an_xclient_proxy_takes_outside_clients(tmp_path: Path) -> None:
+    service = "127.0.0.1:2600 inet n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    service += "  -o smtpd_authorized_xclient_hosts=127.0.0.1\n"
+    (problem,) = _milter_mode_problems(tmp_path, service)
+    assert "open relay" in problem
+
+
+@pytest.mark.parametrize("access", ["static:OK", "static:ok"])
+def test_static_ok_without_braces_passes_everything(tmp_path: Path, access: str) -> None:
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    service += "  -o smtpd_relay_restrictions=check_client_access,"
+    service += f"{access},reject_unauth_destination\n"
+    (problem,) = _milter_mode_problems(tmp_path, service)
+    assert "open relay" in problem
+
+
+def test_a_client_restriction_that_refuses_outsiders_closes_relaying(tmp_path: Path) -> None:
+    """Found by review: reported as an open relay, though Postfix refuses the outsider
+    at RCPT (smtpd_delay_reject)."""
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    service += "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
+    assert _milter_mode_problems(tmp_path, service) == []

@@ -33,6 +33,7 @@ import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Final
 
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
 from smtpguard.bounds import answer_bounds
@@ -119,6 +120,11 @@ PARAMETERS = (
     "receive_override_options",
     "content_filter",
     "smtpd_upstream_proxy_protocol",
+    "smtpd_authorized_xclient_hosts",
+    "smtpd_milter_maps",
+    "smtpd_client_restrictions",
+    "smtpd_helo_restrictions",
+    "smtpd_sender_restrictions",
 )
 
 
@@ -754,7 +760,7 @@ class _Planner:
                     items = _without_pass(items)
             guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), None)
             for item in items[: len(items) if guard is None else guard]:
-                if item == "permit" or item.endswith("static:{OK}"):
+                if item == "permit" or _passes_all(item):
                     found = True
                     self.problem(
                         f"{name}: {item!r} before the relay guard passes every recipient:"
@@ -778,9 +784,18 @@ class _Planner:
         output. postfix-config writes main.cf only; these are the admin's to fix.
         Overrides are read as Postfix expands them (``postconf -P -x``)."""
         filtering = bool(self.now["content_filter"].strip()) or any(
-            s.expanded.get("content_filter", "").strip() for s in self.services
+            s.expanded.get("content_filter", "").strip()
+            or s.expanded.get("smtpd_proxy_filter", "").strip()
+            for s in self.services
         )
         milter_mode = self.config.site.relay_control == "milter"
+        if milter_mode and self.now["smtpd_milter_maps"].strip():
+            self.problem(
+                f"smtpd_milter_maps ({self.raw['smtpd_milter_maps']}): the clients it gives"
+                " other milters or DISABLE skip smtpguard while smtpd_milters is set, so"
+                f" {MILTER_RELAY_PASS} passes every recipient for them: open relay"
+                ' (site.relay_control = "milter"); use relay_control = "postfix"'
+            )
         for service in self.services:
             o, x = service.overrides, service.expanded
             receive = x.get("receive_override_options", self.now["receive_override_options"])
@@ -794,10 +809,17 @@ class _Planner:
                 milters = x.get("smtpd_milters", milters)
                 listed = any(_milter_address(e) == self.address for e in split_list(milters))
             where = f"master.cf service {service.label}"
+            if milter_mode and x.get("smtpd_milter_maps", "").strip():
+                self.problem(
+                    f"{where}: its smtpd_milter_maps may let clients skip smtpguard while"
+                    f" {MILTER_RELAY_PASS} passes every recipient: open relay"
+                    ' (site.relay_control = "milter")'
+                )
             if listed and not off:
                 content_filter = x.get("content_filter", self.now["content_filter"])
+                proxy_filter = x.get("smtpd_proxy_filter", "")
                 reinjection = "content_filter" in o or self._loopback_only(service)
-                if filtering and not content_filter.strip() and reinjection:
+                if filtering and not (content_filter + proxy_filter).strip() and reinjection:
                     self.problem(
                         f"{where}: takes mail back from the content filter (no"
                         " content_filter) and runs smtpguard on it a second time, from a"
@@ -829,13 +851,15 @@ class _Planner:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
 
     def _relay_items(self, service: Service) -> list[list[str]]:
-        """The service's two relay restriction lists: its override as Postfix expands
-        it, else main.cf's as this plan leaves it (its pass-through one item). An
-        override that refers to main.cf's list counts that list's items too, pass-through
+        """The service's restriction lists that can refuse an outsider's RCPT: its
+        override as Postfix expands it, else main.cf's (the relay lists as this plan
+        leaves them, the pass-through one item). With smtpd_delay_reject (the default)
+        a client, HELO or sender restriction refuses at RCPT too. An override that
+        refers to main.cf's relay list counts that list's items too, pass-through
         included: what ``-P -x`` made of it depends on main.cf as it is now."""
         out = []
-        for name in ("smtpd_relay_restrictions", "smtpd_recipient_restrictions"):
-            main = split_list(self.relay_lists.get(name, self.raw[name]))
+        for name in _REFUSING_LISTS:
+            main = split_list(self.relay_lists.get(name, self.now[name]))
             if name not in service.overrides:
                 out.append(main)
                 continue
@@ -847,11 +871,12 @@ class _Planner:
 
     def _loopback_only(self, service: Service) -> bool:
         """Listening on loopback only, and not behind a proxy that hands it outside
-        clients (smtpd_upstream_proxy_protocol)."""
-        proxy = service.expanded.get(
-            "smtpd_upstream_proxy_protocol", self.now["smtpd_upstream_proxy_protocol"]
-        )
-        return not proxy.strip() and _loopback_name(service.name)
+        clients (smtpd_upstream_proxy_protocol, or XCLIENT from a mail proxy)."""
+        proxies = [
+            service.expanded.get(name, self.now[name])
+            for name in ("smtpd_upstream_proxy_protocol", "smtpd_authorized_xclient_hosts")
+        ]
+        return not any(p.strip() for p in proxies) and _loopback_name(service.name)
 
     # --- recipients, sizes, text ------------------------------------------------
 
@@ -1030,6 +1055,12 @@ class _Planner:
 
 
 _RELAY_LISTS = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
+_REFUSING_LISTS = (
+    *_RELAY_LISTS,
+    "smtpd_client_restrictions",
+    "smtpd_helo_restrictions",
+    "smtpd_sender_restrictions",
+)
 
 
 def _closes_relay(items: list[str]) -> bool:
@@ -1039,9 +1070,18 @@ def _closes_relay(items: list[str]) -> bool:
     for item in items:
         if item in RELAY_GUARDS or item in ("reject", "defer"):
             return True
-        if item in ("permit", MILTER_RELAY_PASS) or item.endswith("static:{OK}"):
+        if item in ("permit", MILTER_RELAY_PASS) or _passes_all(item):
             return False
     return False
+
+
+def _passes_all(item: str) -> bool:
+    """An access table that answers OK for everything: ``static:{OK}``, ``static:OK``
+    (any case), as the last word of a restriction such as ``check_client_access``."""
+    return _STATIC_OK.search(item) is not None
+
+
+_STATIC_OK: Final = re.compile(r"(?:^|\s)static:\{?\s*ok\s*\}?$", re.IGNORECASE)
 
 
 def _loopback_name(service: str) -> bool:
