@@ -860,10 +860,18 @@ def test_no_milters_through_a_main_cf_parameter_is_read(tmp_path: Path) -> None:
     assert "(no_milters)" in problem
 
 
-def test_a_loopback_service_behind_a_proxy_takes_outside_clients(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "proxy",
+    ["smtpd_upstream_proxy_protocol=haproxy", "smtpd_authorized_xclient_hosts=127.0.0.1"],
+    ids=["haproxy", "xclient"],
+)
+def test_a_loopback_service_behind_a_proxy_takes_outside_clients(
+    tmp_path: Path, proxy: str
+) -> None:
+    """Found by review, each: a proxy hands the loopback smtpd outside clients."""
     service = "127.0.0.1:2600 inet n       -       y       -       -       smtpd\n"
     service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
-    service += "  -o smtpd_upstream_proxy_protocol=haproxy\n"
+    service += f"  -o {proxy}\n"
     (problem,) = _milter_mode_problems(tmp_path, service)
     assert "open relay" in problem
 
@@ -892,14 +900,6 @@ def test_smtpd_milter_maps_in_milter_mode_is_a_conflict(tmp_path: Path) -> None:
     other = tmp_path / "postfix-mode"
     other.mkdir()
     assert not any("smtpd_milter_maps" in p for p in _service_plan(other, None, main_cf).problems)
-
-
-def test_a_loopback_service_behind_an_xclient_proxy_takes_outside_clients(tmp_path: Path) -> None:
-    service = "127.0.0.1:2600 inet n       -       y       -       -       smtpd\n"
-    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
-    service += "  -o smtpd_authorized_xclient_hosts=127.0.0.1\n"
-    (problem,) = _milter_mode_problems(tmp_path, service)
-    assert "open relay" in problem
 
 
 @pytest.mark.parametrize("access", ["static:OK", "static:ok"])
