@@ -1349,16 +1349,47 @@ SCALED_OLD_READ = 2
 
 
 @contextmanager
-def slow_clamd(path: Path, verdict: bytes) -> Iterator[Path]:
-    """A clamd on unix socket ``path`` that reads a whole INSTREAM and answers
-    ``verdict`` :data:`SLOW_VERDICT` seconds after its last chunk."""
+def fake_clamd(
+    path: Path, answer: Callable[[socket.socket, threading.Event], None] | None
+) -> Iterator[Path]:
+    """A clamd on unix socket ``path``: each connection goes to ``answer`` on a thread of
+    its own, with an event set when the test ends; None accepts and never reads (an
+    overloaded clamd). Every connection is closed at the end."""
     stop = threading.Event()
     server = socket.socket(socket.AF_UNIX)
     server.bind(str(path))
     server.listen(8)
     server.settimeout(0.2)
+    held: list[socket.socket] = []
 
-    def answer(conn: socket.socket) -> None:
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            if answer is not None:
+                threading.Thread(target=answer, args=(conn, stop), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+@contextmanager
+def slow_clamd(path: Path, verdict: bytes) -> Iterator[Path]:
+    """A clamd on unix socket ``path`` that reads a whole INSTREAM and answers
+    ``verdict`` :data:`SLOW_VERDICT` seconds after its last chunk."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             data = b""
             while not _instream_complete(data):
@@ -1371,22 +1402,8 @@ def slow_clamd(path: Path, verdict: bytes) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 conn.sendall(verdict + b"\0")
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        stop.set()
-        thread.join()
-        server.close()
+    with fake_clamd(path, answer) as served:
+        yield served
 
 
 def _instream_complete(data: bytes) -> bool:
@@ -1445,30 +1462,8 @@ def test_end_of_message_reply_waits_for_a_slow_scanner(
 @contextmanager
 def stuck_clamd(path: Path) -> Iterator[Path]:
     """A clamd on unix socket ``path`` that accepts and never reads (overloaded)."""
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen(8)
-    server.settimeout(0.2)
-    stop = threading.Event()
-    held: list[socket.socket] = []
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield path
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
+    with fake_clamd(path, None) as served:
+        yield served
 
 
 def test_a_large_body_waits_for_a_stuck_scanner_as_long_as_a_reply(
