@@ -34,7 +34,7 @@ from smtpguard.checks import Stage
 from smtpguard.config import ConfigError, MilterConfig
 from smtpguard.driver import SessionDriver
 from smtpguard.logsetup import set_level
-from smtpguard.message import UnspacedValue
+from smtpguard.message import as_read
 from smtpguard.pipeline import Action, Decision
 from smtpguard.sockets import (
     StartError,
@@ -187,11 +187,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         can be told from one with it (without it the MTA removes the space, and a
         998-octet ``Name:value`` line would count as 999 and be refused for good);
         the space is removed here instead, where the MTA would have."""
-        if not self._protocol & Milter.P_HDR_LEADSPC:
-            return value
-        if value[:1] == " ":
-            return value[1:]
-        return UnspacedValue(value)
+        return as_read(value) if self._protocol & Milter.P_HDR_LEADSPC else value
 
     # The end of headers is negotiated away (SMFIP_NOEOH): the pipeline lets the first
     # body chunk (or the end of a message without a body) stand for it. One callback

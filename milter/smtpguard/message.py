@@ -39,6 +39,13 @@ class UnspacedValue(str):
     __slots__ = ()
 
 
+def as_read(written: str) -> str:
+    """A field's value as written after the colon, as the checks read it: without the
+    one space the MTA would remove (Postfix and Sendmail remove exactly one, never a
+    tab), marked :class:`UnspacedValue` where there was none."""
+    return written[1:] if written[:1] == " " else UnspacedValue(written)
+
+
 class MessageState:
     def __init__(
         self, *, track_mime: bool, max_mime_depth: int, max_mime_parts: int = 10000

@@ -16,7 +16,7 @@ from smtpguard.app import Runtime
 from smtpguard.checks import domain_of
 from smtpguard.config import DomainPolicy
 from smtpguard.driver import SessionDriver
-from smtpguard.message import UnspacedValue
+from smtpguard.message import as_read
 from smtpguard.pipeline import TRACE, Action, Decision
 from smtpguard.state import SessionGate
 
@@ -83,10 +83,7 @@ def split_message(raw: bytes) -> tuple[list[tuple[str, str]], bytes]:
         elif ":" in line:
             name, _, value = line.partition(":")
             written.append((name, value))
-    headers = [
-        (name, value[1:] if value[:1] == " " else UnspacedValue(value)) for name, value in written
-    ]
-    return headers, body.replace(b"\n", b"\r\n")
+    return [(name, as_read(value)) for name, value in written], body.replace(b"\n", b"\r\n")
 
 
 def _chunks(body: bytes) -> Iterator[bytes]:
