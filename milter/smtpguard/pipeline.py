@@ -647,10 +647,10 @@ class Pipeline:
             # Counted where the verdict is made, not again where a deferred or held one
             # is answered.
             self.metrics.backend_error(check)
-        if isinstance(verdict, TempError) and settings.on_temp_error == "pass" and not verdict.firm:
-            # Enforcing lets it pass: nothing to report either.
-            note("pass")
-            return None
+            if settings.on_temp_error == "pass" and not verdict.firm:
+                # Enforcing lets it pass: nothing to report either.
+                note("pass")
+                return None
         if mode == "report":
             if (
                 stage is Stage.MAIL
