@@ -25,6 +25,7 @@ from smtpguard.address import (
     is_valid_domain,
     parse_address_literal,
     parse_path,
+    xtext_decode,
 )
 
 # No example database: it would leave a .hypothesis/ directory in the checkout.
@@ -809,6 +810,22 @@ def test_parse_address_literal_rejects(text: str) -> None:
 )
 def test_esmtp_params(args: list[str], expected: dict[str, str | None]) -> None:
     assert esmtp_params(args) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        ("bob+2Bx@example.com", "bob+x@example.com"),
+        ("a+3Db+20c", "a=b c"),
+        ("jos+C3+A9@example.com", "jos\u00e9@example.com"),  # UTF-8, octet by octet
+        ("a+2bb", "a+2bb"),  # lower-case hex is no xtext escape
+        ("a+", "a+"),
+        ("bad+FF", "bad+FF"),  # not UTF-8: left as given
+    ],
+)
+def test_xtext_decode(text: str, expected: str) -> None:
+    assert xtext_decode(text) == expected
 
 
 # -------------------------------------------------------------------------- properties

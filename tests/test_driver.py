@@ -353,3 +353,26 @@ def test_a_mapped_client_is_trusted_by_its_ipv4_network(runtime: Runtime) -> Non
     driver = SessionDriver(runtime, SessionGate(10), {"v": "Postfix 3.7.11"}.get)
     driver.connect("[::ffff:192.0.2.10]", socket.AF_INET6, ("::ffff:192.0.2.10", 40000, 0, 0))
     assert driver.conn.trusted_network  # site.trusted_networks has 192.0.2.0/24
+
+
+@pytest.mark.parametrize(
+    ("macros", "login"),
+    [
+        # Sendmail sends {auth_authen} xtext-encoded (measured with Sendmail 8.17).
+        (SENDMAIL, "bob+x@example.com"),
+        ({"j": "mx.example.com"}, "bob+x@example.com"),  # no v: most likely Sendmail
+        # Postfix sends the login as the client gave it: "+2B" is part of the name.
+        (POSTFIX, "bob+2Bx@example.com"),
+    ],
+    ids=["sendmail", "unannounced", "postfix"],
+)
+def test_the_login_is_read_as_the_mta_writes_it(
+    runtime: Runtime, macros: dict[str, str], login: str
+) -> None:
+    d = driver(runtime, {**macros, "{auth_authen}": "bob+2Bx@example.com", "{auth_type}": "LOGIN"})
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<bob+x@example.com>", ())
+    assert d.conn.txn is not None
+    assert d.conn.txn.auth_login == login
+    d.close()

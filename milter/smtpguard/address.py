@@ -657,6 +657,26 @@ def esmtp_params(args: Sequence[str]) -> dict[str, str | None]:
     return params
 
 
+_XTEXT_CHAR = re.compile(r"\+([0-9A-F]{2})")
+
+
+def xtext_decode(text: str) -> str:
+    """RFC 3461 §4 xtext: each ``+XX`` (two upper-case hex digits) is that octet.
+
+    Octets that are not UTF-8 leave ``text`` as it was: no mailbox or login has that
+    name, and the caller's lookup fails the usual way."""
+    if "+" not in text:
+        return text
+    try:
+        return (
+            _XTEXT_CHAR.sub(lambda m: chr(int(m.group(1), 16)), text)
+            .encode("latin-1")
+            .decode("utf-8")
+        )
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
 def raw_parts(raw: str) -> tuple[str, str]:
     """The local part and domain an unparsable path seems to name: split at its last
     "@" (no "@": all local part), the domain lower-cased."""

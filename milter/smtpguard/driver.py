@@ -15,7 +15,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from smtpguard.address import AddressError, IPAddress, esmtp_params, parse_path, unmapped
+from smtpguard.address import (
+    AddressError,
+    IPAddress,
+    esmtp_params,
+    parse_path,
+    unmapped,
+    xtext_decode,
+)
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.pipeline import CONTINUE, Action, Decision
@@ -109,6 +116,14 @@ class SessionDriver:
     def _macro(self, name: str) -> str | None:
         return self.macro(name) or None
 
+    def _login(self) -> str | None:
+        login = self._macro("{auth_authen}")
+        if login and self.conn.mta in (MTA.SENDMAIL, MTA.UNANNOUNCED):
+            # Sendmail hands the login over xtext-encoded (bob+x is "bob+2Bx"); Postfix
+            # as the client sent it.
+            return xtext_decode(login)
+        return login
+
     def internal_error(self, stage: Stage) -> Decision:
         return self.rt.pipeline.internal_error(self.conn, stage, "adapter")
 
@@ -167,7 +182,7 @@ class SessionDriver:
             if size and size.isascii() and size.isdigit() and len(size) <= 20
             else None,
             auth_type=self._macro("{auth_type}"),
-            auth_login=self._macro("{auth_authen}"),
+            auth_login=self._login(),
             queue_id=self._macro("i"),
         )
         conn.transactions += 1

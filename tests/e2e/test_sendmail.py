@@ -765,6 +765,8 @@ SASL_USERS = {
     "alice@example.com": "alice-secret",
     "bob@example.com": "bob-secret",
     "eve@other.example": "eve-secret",
+    # A "+" in the login: Sendmail hands {auth_authen} to milters xtext-encoded.
+    "frank+ops@example.com": "frank-secret",
 }
 
 
@@ -844,6 +846,26 @@ def test_auth_replies(
         if reply_id == "sender_mismatch":
             expect(c, f"MAIL FROM:<{login}>", sender_ok(f"<{login}>"))
     assert decisions(guard.log(), reply_id) == before + 1
+
+
+def test_a_login_sendmail_xtext_encodes_is_found(auth_mta: Sendmail, guard: Running) -> None:
+    """Sendmail writes frank+ops as "frank+2Bops" in {auth_authen}; read as written, the
+    login was unknown and its owner refused for good (auth_error_perm; found by
+    review)."""
+    extra = guard.site.dir / "frank.toml"
+    extra.write_text('[[user]]\naddress = "frank+ops@example.com"\n')
+    smtpguard(guard.site, "directory", "import", str(extra))
+    try:
+        with auth_mta.client(source=OTHER_CLIENT) as c:
+            greeted(c)
+            auth_login(c, "frank+ops@example.com")
+            expect(c, "MAIL FROM:<frank+ops@example.com>", sender_ok("<frank+ops@example.com>"))
+            expect(c, "RCPT TO:<x@foreign.example>", recipient_ok("<x@foreign.example>"))
+            reply = c.data(HEADERS + b"\r\nXTEXT-LOGIN\r\n")
+            assert reply.code == 250, reply
+    finally:
+        smtpguard(guard.site, "directory", "remove", "frank+ops@example.com")
+    assert auth_mta.wait_for_delivery(b"XTEXT-LOGIN").recipient == "x@foreign.example"
 
 
 @pytest.fixture(scope="module")
