@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -289,6 +292,65 @@ def test_next_server_answers_when_the_first_is_silent(unbound: DnsServer) -> Non
         assert 0.2 < time.monotonic() - start < 0.6
     finally:
         r.close()
+
+
+@contextmanager
+def truncating_nameserver(host: str, port: int) -> Iterator[None]:
+    """Every UDP answer truncated (TC, no records); a TCP connection closed at once, as a
+    server that fails mid-answer: dnspython's TCP read raises EOFError then."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    udp.bind((host, port))
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((host, port))
+    tcp.listen(8)
+    stop = threading.Event()
+
+    def answer_udp() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = udp.recvfrom(4096)
+                reply = dns.message.make_response(dns.message.from_wire(data))
+            except (OSError, dns.exception.DNSException):
+                continue
+            reply.flags |= dns.flags.TC
+            udp.sendto(reply.to_wire(), peer)
+
+    def close_tcp() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = tcp.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    udp.settimeout(0.1)
+    tcp.settimeout(0.1)
+    threads = [threading.Thread(target=f, daemon=True) for f in (answer_udp, close_tcp)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        udp.close()
+        tcp.close()
+
+
+@pytest.mark.integration
+def test_next_server_answers_when_the_first_fails_over_tcp(unbound: DnsServer) -> None:
+    """Found by review: the EOFError escaped the loop over the servers, and the lookup
+    ended as SERVFAIL with a traceback instead of the next server's answer."""
+    with truncating_nameserver("127.0.0.3", unbound.port):
+        r = Resolver(UdpTransport(["127.0.0.3", unbound.host], unbound.port, 1.0))
+        try:
+            answer = r.lookup(GOOD_DOMAIN, "MX", time.monotonic() + 5)
+        finally:
+            r.close()
+    assert answer.status is Status.OK, answer
+    assert answer.mx() == ((10, "mx.good.test"),)
 
 
 @pytest.mark.integration

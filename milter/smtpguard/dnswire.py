@@ -338,7 +338,8 @@ class UdpTransport:
             except TimeoutError:
                 errors.append(f"{server}: no answer in {per_try:.2g}s")
                 continue
-            except (OSError, dns.exception.DNSException) as exc:
+            except (OSError, EOFError, dns.exception.DNSException) as exc:
+                # EOFError: dnspython's TCP read when the server closes mid-answer.
                 errors.append(f"{server}: {type(exc).__name__}: {exc}")
                 failed.add(server)
                 continue
