@@ -10,11 +10,13 @@ import itertools
 import logging
 import math
 import multiprocessing
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+import traceback
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -549,6 +551,41 @@ def test_shared_file_of_another_geometry_is_made_again(
     assert old.hit(KEY, 7000) == 2
     assert new.peek(KEY, 7000) == 1
     assert list(tmp_path.iterdir()) == [tmp_path / "counters.map"]
+
+
+def in_child(scenario: Callable[[], None]) -> None:
+    """Run ``scenario`` in a forked child: a regression here is SIGBUS, which must kill
+    the child, not the test run."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            scenario()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), f"child killed by signal {os.WTERMSIG(status)}"
+    assert os.WEXITSTATUS(status) == 0
+
+
+def test_a_shared_file_cut_in_place_is_made_again_not_a_crash(tmp_path: Path) -> None:
+    """Found by review: truncating the file under a running worker killed it with
+    SIGBUS at its next message."""
+
+    def scenario() -> None:
+        counter = shared(tmp_path)
+        assert counter.hit(KEY, 1000) == 1
+        other = shared(tmp_path)  # another worker's view of the same file
+        assert other.hit(KEY, 1000) == 2
+        os.truncate(tmp_path / "counters.map", 0)
+        assert counter.hit(KEY, 1000) == 1  # the counts start again
+        assert other.hit(KEY, 1000) == 2  # on the one file made again
+        assert (tmp_path / "counters.map").stat().st_size == counter.size
+
+    in_child(scenario)
 
 
 def test_a_shared_counter_dropped_without_close_closes_its_file(tmp_path: Path) -> None:

@@ -318,10 +318,9 @@ class SharedCounter:
         """Hits in the window over every key and bucket (diagnostics and tests)."""
         with self._lock:
             try:
-                table = self._mapped()
+                table = self._locked_table()
             except _Superseded:
                 return 0
-            self._lock_file(self._fd)
             try:
                 now = self._clock()
                 first = math.floor((now - self.window) / self.slot_seconds)
@@ -383,6 +382,33 @@ class SharedCounter:
         self._closer = weakref.finalize(self, os.close, fd)
         return self._map
 
+    def _locked_table(self) -> mmap.mmap:
+        """The map, with the file lock held (the caller releases it).
+
+        The header needs no check: a file of another geometry is never made in place
+        (_make), so the one mapped keeps the header it was mapped with. But the file
+        may have been truncated in place by hand (an operator, a restore), and reading
+        a map past the end of its file kills the process with SIGBUS: that is found
+        here, under the lock, and the file is made again (the counts start from zero).
+        A file that is no longer at the path is no such case: it is the old geometry's
+        after a reload, kept by design (_make)."""
+        table = self._mapped()
+        self._lock_file(self._fd)
+        size = os.fstat(self._fd).st_size
+        if size == self.size:
+            return table
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        log.warning(
+            "%s was cut to %d bytes under the running service: same-size counts start"
+            " again from zero",
+            self.path,
+            size,
+        )
+        self._unmap()
+        table = self._mapped()
+        self._lock_file(self._fd)
+        return table
+
     def _open_locked(self) -> int:
         """The file now at the path, opened and locked (one replaced by another process
         while this one waited for the lock is opened again)."""
@@ -426,13 +452,9 @@ class SharedCounter:
         lower, own, upper = self.buckets.neighbourhood(size)
         with self._lock:
             try:
-                table = self._mapped()
+                table = self._locked_table()
             except _Superseded:
                 return 1 if add else 0
-            # The header needs no check here: a file of another geometry is never
-            # made in place (_make), so the one mapped keeps the header it was mapped
-            # with.
-            self._lock_file(self._fd)
             try:
                 now = self._clock()
                 slot = math.floor(now / self.slot_seconds)
