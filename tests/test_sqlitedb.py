@@ -166,6 +166,35 @@ def test_file_replaced_by_rename_is_reopened_after_the_ttl(
     ]
 
 
+def test_wal_files_removed_under_the_pool_are_reopened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: with -wal and -shm removed, the pooled connections kept the
+    unlinked index and never saw another process's writes again (a blacklist entry
+    removed with the CLI kept refusing mail)."""
+    path = make_file(tmp_path / "t.sqlite", "old")
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+    clock = Clock()
+    pool = watched(path, clock, cache_ttl=1.0)
+    keep_open = sqlite3.connect(path)  # another process's connection: the files stay
+    try:
+        assert pool.query(SQL, ("a",)) == [("old",)]
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink()
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE t SET v = 'new'")
+        caplog.set_level(logging.INFO)
+        clock.now += 1.0
+        assert pool.query(SQL, ("a",)) == [("new",)]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"test file {path} WAL index removed: reopened"
+        ]
+    finally:
+        keep_open.close()
+        pool.close()
+
+
 def test_replaced_file_drops_results_cached_from_the_old_one(tmp_path: Path) -> None:
     path, clock, pool = watched_file(tmp_path, cache_ttl=10)
     clock.now += 9.0

@@ -57,6 +57,15 @@ MIN_CHECK_INTERVAL = 0.1
 log = logging.getLogger("smtpguard")
 
 
+def _wal_index(path: str) -> int:
+    """The inode of the WAL index (``-shm``) beside a database in WAL mode; 0 for
+    none."""
+    try:
+        return os.stat(f"{path}-shm").st_ino
+    except OSError:
+        return 0
+
+
 class ConnectionPool:
     def __init__(
         self,
@@ -85,8 +94,9 @@ class ConnectionPool:
         self._every = max(cache_ttl, MIN_CHECK_INTERVAL)
         # When the file is due for a check; never without a file to watch.
         self._next_check = -math.inf if watch is not None else math.inf
-        # (st_dev, st_ino) of the file the pool's connections read; None until seen.
-        self._seen: tuple[int, int] | None = None
+        # (st_dev, st_ino) of the file the pool's connections read and the inode of
+        # its WAL index (0: none); None until seen.
+        self._seen: tuple[int, int, int] | None = None
         # Why the file seen before is gone (then every query fails), or None.
         self._gone: str | None = None
         # Bumped at each reopen: connections and results of an older one are dropped.
@@ -124,6 +134,7 @@ class ConnectionPool:
         with self._lock:
             generation = self._generation
             db = self._idle.pop() if self._idle else None
+        fresh = db is None
         if db is None:
             db = self._opener()
         try:
@@ -131,12 +142,23 @@ class ConnectionPool:
         except sqlite3.Error:
             db.close()
             raise
+        if fresh and self._watch is not None:
+            self._note_wal_index(self._watch)
         with self._lock:
             if generation == self._generation and len(self._idle) < self._size:
                 self._idle.append(db)
                 return rows, generation
         db.close()
         return rows, generation
+
+    def _note_wal_index(self, path: str) -> None:
+        """After a connection's first read: the WAL index it made or joined, if none
+        was known. A file check may have run before any connection existed, and
+        without this the index's removal would look like no change (_record)."""
+        index = _wal_index(path)
+        with self._lock:
+            if index and self._seen is not None and not self._seen[2]:
+                self._seen = (*self._seen[:2], index)
 
     def _check_file(self, path: str, now: float) -> None:
         with self._lock:
@@ -147,7 +169,7 @@ class ConnectionPool:
             ticket = self._checks
         try:
             st = os.stat(path)
-            found, problem = (st.st_dev, st.st_ino), ""
+            found, problem = (st.st_dev, st.st_ino, _wal_index(path)), ""
         except OSError as exc:
             found, problem = None, exc.strerror or str(exc)
         if found is not None and found == self._seen and self._gone is None:
@@ -164,7 +186,7 @@ class ConnectionPool:
             level = logging.ERROR if found is None else logging.INFO
             log.log(level, "%s %s %s", self._label, path, text)
 
-    def _record(self, found: tuple[int, int] | None, problem: str, now: float) -> str | None:
+    def _record(self, found: tuple[int, int, int] | None, problem: str, now: float) -> str | None:
         """Under the lock: take in what a check found. None: nothing to do; else the
         connections are to be reopened, with this text in the log line ("": none)."""
         seen, gone = self._seen, self._gone
@@ -185,6 +207,13 @@ class ConnectionPool:
             return ""
         if gone is not None:
             return f"back (inode {found[1]}): reopened"
+        if found[:2] == seen[:2]:
+            if not seen[2]:
+                return None  # the first connection in WAL mode made the index
+            # The -wal and -shm files removed (by hand, a restore) under connections
+            # that keep the unlinked index: they would never see another process's
+            # writes again, which go through the new ones.
+            return f"WAL index {'replaced' if found[2] else 'removed'}: reopened"
         return f"replaced (inode {seen[1]} -> {found[1]}): reopened"
 
     def close(self) -> None:
