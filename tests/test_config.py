@@ -481,3 +481,27 @@ def test_float_options_refuse_nan_and_inf(
     assert_config_error(
         tmp_path, f"[{section}]\n{key} = {value}\n", f"{section}.{key}", "must be a finite number"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        # 30 days, an integer bound of a float option: was "at most 2.592e+06".
+        ("[directory]\ncache_ttl = 2592001\n", "directory.cache_ttl", "must be at most 2592000"),
+        # The default bound of a number: was "at most 1e+15".
+        ("[bulk]\nbucket_width = 1e16\n", "bulk.bucket_width", "must be at most 1000000000000000"),
+        # A float minimum that is a whole number: was "at least -1000000000.0".
+        (
+            "[antispam]\nreject_score = -1e10\n",
+            "antispam.reject_score",
+            "must be at least -1000000000",
+        ),
+        ("[virus]\ntimeout = 0.05\n", "virus.timeout", "must be at least 0.1"),
+    ],
+)
+def test_number_bounds_are_written_as_in_a_config_file(
+    tmp_path: Path, text: str, key: str, message: str
+) -> None:
+    """An operator copies the bound into the file: no exponent, no ".0" on a whole number."""
+    error = assert_config_error(tmp_path, text, key, message)
+    assert error.message == message

@@ -20,6 +20,7 @@ import pwd
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
@@ -69,6 +70,16 @@ MAX_INTEGER: Final = 2**62
 MAX_NUMBER: Final = 1e15
 #: Entries of an in-memory cache (dns.cache_size): beyond this, memory, not hits.
 MAX_CACHE_SIZE: Final = 10_000_000
+
+
+def _plain(bound: float) -> str:
+    """A bound as an operator would write it in the file: ``2592000``, not ``2.592e+06``
+    (``:g``) nor ``2592000.0`` (``str``); ``0.00001``, not ``1e-05``."""
+    if float(bound).is_integer():
+        return str(int(bound))
+    # repr is the shortest text that reads back as the same float; Decimal's "f" then
+    # writes it out without an exponent.
+    return format(Decimal(repr(float(bound))), "f")
 
 
 class _Section:
@@ -133,9 +144,9 @@ class _Section:
             # timeout of nan would pass and then never end.
             raise self.error(name, f"must be a finite number, got {value}")
         if value < minimum:
-            raise self.error(name, f"must be at least {minimum}")
+            raise self.error(name, f"must be at least {_plain(minimum)}")
         if value > maximum:
-            raise self.error(name, f"must be at most {maximum:g}")
+            raise self.error(name, f"must be at most {_plain(maximum)}")
         return float(value)
 
     def seconds(self, name: str, default: float, *, minimum: float = 0.0) -> float:
