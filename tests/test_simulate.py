@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from support.service import Site, smtpguard
+from support.service import RULES, Site, make_site, smtpguard
 
 
 def simulate(
@@ -73,6 +74,58 @@ def test_authenticated_session_and_sendmail_ascii(site: Site) -> None:
         sender="carol@example.com",
     )
     assert "554 5.7.1 mail address invalid.   [sender_mismatch]" in result.stdout
+
+
+def reply_at(stdout: str, label: str) -> str:
+    """What ``simulate`` printed for the stage ``label``."""
+    [line] = [x for x in stdout.splitlines() if x.startswith(label + " ")]
+    return line[len(label) :].strip()
+
+
+@pytest.mark.parametrize(
+    ("mta", "sender", "label", "reply"),
+    [
+        # As the real Sendmail sends them (tests/e2e/test_sendmail.py): the path of the
+        # command being answered, as the client wrote it, then "... ".
+        (
+            "sendmail",
+            "friend@sender.example",
+            "rcpt to:<nobody@example.com>",
+            "550 5.1.1 <nobody@example.com>... mailbox unavailable.   [mailbox_unavailable]",
+        ),
+        (
+            "sendmail",
+            "spammer@bad.example",
+            "mail from:<spammer@bad.example>",
+            "553 5.7.1 <spammer@bad.example>... host denies the sender.   [host_denies_sender]",
+        ),
+        # Postfix sends the milter's text as it is.
+        (
+            "postfix",
+            "friend@sender.example",
+            "rcpt to:<nobody@example.com>",
+            "550 5.1.1 mailbox unavailable. (邮箱不存在)   [mailbox_unavailable]",
+        ),
+    ],
+)
+def test_reply_as_the_mta_sends_it(
+    site: Site, mta: str, sender: str, label: str, reply: str
+) -> None:
+    result = simulate(site, "--mta", mta, "--to", "nobody@example.com", sender=sender)
+    assert result.returncode == 1, result.stderr
+    assert reply_at(result.stdout, label) == reply
+
+
+def test_sendmail_prefixes_the_first_line_of_a_multi_line_reply(tmp_path: Path) -> None:
+    """Measured with ``[replies] hint = true`` (test_queue_unavailable_multi_line)."""
+    hinted = make_site(tmp_path, {"replies": {"hint": True}})
+    result = simulate(hinted, "--mta", "sendmail", "--to", "nobody@example.com")
+    with (RULES / "replies.toml").open("rb") as fh:
+        hint: str = tomllib.load(fh)["mailbox_unavailable"]["hint"]["en"]
+    assert reply_at(result.stdout, "rcpt to:<nobody@example.com>") == (
+        f"550-5.1.1 <nobody@example.com>... mailbox unavailable. | 550 5.1.1 {hint}"
+        "   [mailbox_unavailable]"
+    )
 
 
 def test_every_check_outcome_is_listed(site: Site) -> None:

@@ -21,6 +21,9 @@ from smtpguard.pipeline import TRACE, Action, Decision
 from smtpguard.state import SessionGate
 
 CHUNK = 65535  # what an MTA sends per body packet
+#: Codes in front of whose text Sendmail writes the path of the MAIL FROM or RCPT TO it
+#: answers, and "... " (measured: contrib/sendmail/README.md, tests/e2e/test_sendmail.py).
+SENDMAIL_PREFIXED = frozenset({"450", "550", "553"})
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,18 @@ class Result:
     accepted: bool = False
 
 
-def _describe(decision: Decision) -> str:
-    if decision.reply is None:
+def _describe(decision: Decision, sendmail_path: str | None = None) -> str:
+    """The outcome, and the reply as the client reads it: through Sendmail, where
+    ``sendmail_path`` is the path of the command answered, with Sendmail's prefix."""
+    reply = decision.reply
+    if reply is None:
         return decision.action.value
-    return " | ".join(decision.reply.wire_lines()) + f"   [{decision.reply.reply_id}]"
+    lines = reply.wire_lines()
+    if sendmail_path is not None and reply.code in SENDMAIL_PREFIXED:
+        # Only the first line of a multi-line reply gets it (measured with replies.hint).
+        head = len(f"{reply.code} {reply.xcode} ")
+        lines[0] = f"{lines[0][:head]}{sendmail_path}... {lines[0][head:]}"
+    return " | ".join(lines) + f"   [{reply.reply_id}]"
 
 
 def describe_domain(policy: DomainPolicy | None) -> str:
@@ -117,8 +128,10 @@ def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
     driver.conn.scratch[TRACE] = trace
     family = socket.AF_INET6 if ":" in env.client else socket.AF_INET
 
-    def step(label: str, decision: Decision) -> bool:
-        out.append(f"{label:28} {_describe(decision)}")
+    def step(label: str, decision: Decision, path: str | None = None) -> bool:
+        """``path``: of the MAIL FROM or RCPT TO answered, which Sendmail may echo."""
+        echoed = path if env.mta == "sendmail" else None
+        out.append(f"{label:28} {_describe(decision, echoed)}")
         out.extend(f"    {line}" for line in trace)
         trace.clear()
         return decision.action in (Action.REJECT, Action.TEMPFAIL)
@@ -130,10 +143,13 @@ def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
         )
         if env.helo is not None:
             step(f"helo {env.helo}", driver.helo(env.helo))
-        if step(f"mail from:<{env.sender}>", driver.mail(f"<{env.sender}>", env.sender_params)):
+        sender = f"<{env.sender}>"
+        if step(f"mail from:{sender}", driver.mail(sender, env.sender_params), sender):
             out.append("result: refused at MAIL FROM")
             return result
-        accepted = [r for r in env.recipients if not step(f"rcpt to:<{r}>", driver.rcpt(f"<{r}>"))]
+        accepted = [
+            r for r in env.recipients if not step(f"rcpt to:<{r}>", driver.rcpt(f"<{r}>"), f"<{r}>")
+        ]
         if not accepted:
             out.append("result: every recipient refused")
             return result
