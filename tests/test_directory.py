@@ -6,6 +6,7 @@ import logging
 import random
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -302,6 +303,39 @@ def test_csv_unknown_type(tmp_path: Path, db_path: Path) -> None:
     assert not db_path.exists()
 
 
+def test_a_new_directory_file_appears_only_complete(tmp_path: Path, db_path: Path) -> None:
+    """Found by review: importing into a removed directory file committed the empty
+    schema first, and a running milter that found it there answered 550 for every
+    real user until the rows followed. Whenever a file is at the path, it is whole."""
+    users = 20000
+    source = write(
+        tmp_path / "big.toml",
+        "".join(f'[[user]]\naddress = "u{n}@example.com"\n' for n in range(users)),
+    )
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if not db_path.exists():
+                continue
+            try:
+                with closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True)) as db:
+                    seen.append(db.execute("SELECT count(*) FROM users").fetchone()[0])
+            except sqlite3.Error:
+                seen.append(-1)  # a schema without its tables, or a file half there
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert import_file(db_path, source).users == users
+    finally:
+        done.set()
+        watcher.join()
+    assert set(seen) <= {users}, sorted(set(seen))
+    assert list(db_path.parent.iterdir()) == [db_path]  # nothing left beside it
+
+
 def test_missing_import_file(tmp_path: Path, db_path: Path) -> None:
     with pytest.raises(ImportError_, match=r"nope\.csv"):
         import_file(db_path, tmp_path / "nope.csv")
@@ -479,6 +513,68 @@ def test_alias_to_nothing_in_a_local_domain_refused(tmp_path: Path, db_path: Pat
     )
     # Without the local domains every target outside the directory is a forward.
     assert import_file(db_path, source).aliases == 3
+
+
+def test_row_and_cross_row_problems_are_reported_together(tmp_path: Path, db_path: Path) -> None:
+    """One run names every problem: the cross-row checks run on the rows that passed,
+    so fixing the state does not bring up the alias on the next try."""
+    source = write(
+        tmp_path / "both.toml",
+        '[[user]]\naddress = "b@example.com"\nstate = "lockd"\n\n'
+        '[[alias]]\naddress = "x@example.com"\ntarget = "nobody@example.com"\n',
+    )
+    assert problems_of(db_path, source, is_local=is_example_com) == (
+        f"{source}: user[0].state: unknown state 'lockd'"
+        " (active, locked, suspended, moving, overquota)",
+        f"{source}: alias[0].target: nobody@example.com is in a local domain but is no user,"
+        " alias or list",
+    )
+    assert not db_path.exists()
+
+
+def test_refused_records_are_not_reported_missing_too(tmp_path: Path, db_path: Path) -> None:
+    """What a refused record names is there once its own problem is fixed: an alias to
+    it, its login's send-as rights and its list's members are no second problem. A
+    record whose address is refused (line 4) names nothing, and breaks nothing."""
+    source = write(
+        tmp_path / "d.csv",
+        "type,address,login,state,target,policy,list\n"
+        "user,b@example.com,bee,lockd,,,\n"
+        "list,l@example.com,,,,secret,\n"
+        "user,not an address,,,,,\n"
+        "alias,x@example.com,,,b@example.com,,\n"
+        "send_as,sales@example.com,bee,,,,\n"
+        "member,m@example.com,,,,,l@example.com\n"
+        "user,c@example.com,,,,,\n"
+        "user,C@example.com,cee,,,,\n"  # given twice: its login is not stored either
+        "send_as,info@example.com,cee,,,,\n"
+        "alias,y@example.com,,,gone@example.com,,\n",
+    )
+    assert problems_of(db_path, source, is_local=is_example_com) == (
+        f"{source}:2: state: unknown state 'lockd' (active, locked, suspended, moving, overquota)",
+        f"{source}:3: policy: unknown list policy 'secret' (open, members, posters, domain)",
+        f"{source}:4: address: invalid address 'not an address' (missing domain)",
+        f"{source}:9: address: given twice (also line 8)",
+        f"{source}:11: target: gone@example.com is in a local domain but is no user, alias or list",
+    )
+
+
+def test_nothing_is_reported_missing_after_a_record_not_read(tmp_path: Path, db_path: Path) -> None:
+    """A record of an unknown type could be what the alias points to; clashes between
+    the rows that were read are still reported."""
+    source = write(
+        tmp_path / "d.csv",
+        "type,address,target\n"
+        "group,g@example.com,\n"
+        "alias,x@example.com,g@example.com\n"
+        "user,a@example.com,\n"
+        "alias,a@example.com,b@example.org\n",
+    )
+    assert problems_of(db_path, source, is_local=is_example_com) == (
+        f"{source}:2: type: unknown record type 'group' (user, alias, send_as, list, member,"
+        " poster)",
+        f"{source}:4: address: a@example.com is a user (line 4) and an alias (line 5)",
+    )
 
 
 def test_alias_to_stored_user_accepted(tmp_path: Path, db_path: Path) -> None:

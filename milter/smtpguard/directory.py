@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sqlite3
 import tomllib
 from collections import deque
@@ -471,28 +472,43 @@ def import_file(
     rows already in the file count too (a user given again replaces the stored one).
     """
     staged = _read_toml(source) if source.suffix == ".toml" else _read_csv(source)
-    _raise_problems(staged.problems)
     # Checked before the file is created, so a refused import creates no empty directory
     # (every local recipient unknown); checked again under the write lock below.
     existing = Contents()
     if not replace and db_path.exists():
         with suppress(DirectoryError):
             existing = read_contents(db_path)
-    _raise_problems(_cross_problems(staged, existing, is_local))
-    create_database(db_path)
-    with closing(sqlite3.connect(db_path, timeout=10)) as db:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            if replace:
-                for table in ("users", "aliases", "send_as", "lists", "list_members"):
-                    db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-            else:
-                _raise_problems(_cross_problems(staged, _read_contents(db), is_local))
-            _write(db, staged.rows)
-            db.commit()
-        except BaseException:
-            db.rollback()
-            raise
+    # The cross-row checks run even when rows were refused, on the rows that passed: the
+    # operator gets every problem at once, not a second batch after fixing the first.
+    _raise_problems(staged.problems + _cross_problems(staged, existing, is_local))
+    # A new file is written beside the path and renamed onto it when complete: a
+    # running milter that finds a file at the path reads it at once, and an empty
+    # schema there, even for a moment, would make every local recipient unknown (550
+    # for real users while a removed directory is imported again; found by review).
+    fresh = not db_path.exists()
+    target = db_path.with_name(f".{db_path.name}.{os.getpid()}.new") if fresh else db_path
+    try:
+        if fresh:
+            target.unlink(missing_ok=True)
+        create_database(target)
+        with closing(sqlite3.connect(target, timeout=10)) as db:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                if replace:
+                    for table in ("users", "aliases", "send_as", "lists", "list_members"):
+                        db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+                else:
+                    _raise_problems(_cross_problems(staged, _read_contents(db), is_local))
+                _write(db, staged.rows)
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+        if fresh:
+            os.replace(target, db_path)
+    finally:
+        if fresh:
+            target.unlink(missing_ok=True)
     return ImportCounts(
         users=sum(isinstance(r, UserRow) for r in staged.rows),
         aliases=sum(isinstance(r, AliasRow) for r in staged.rows),
@@ -578,9 +594,32 @@ class _Staged:
         self.rows: dict[Row, _Where] = {}
         self.problems: list[str] = []
         self._first: dict[object, _Where] = {}
+        # What records left out of ``rows`` name, as far as those values passed. The
+        # cross-row checks must not report these missing too: fixing the user's state
+        # fixes the alias to it as well.
+        self.refused_addresses: set[str] = set()
+        self.refused_lists: set[str] = set()
+        self.refused_logins: set[str] = set()
+        # A record not read at all could name anything: then nothing is called missing.
+        self.unread = False
 
     def problem(self, where: str, text: str) -> None:
         self.problems.append(f"{where}: {text}")
+
+    def skip(self, where: str, text: str) -> None:
+        """A problem that leaves a whole record unread."""
+        self.problem(where, text)
+        self.unread = True
+
+    def refused(self, address: str, *, login: str = "", is_list: bool = False) -> None:
+        """A record refused for its own values names ``address`` (and ``login``), each
+        "" when that value was refused too."""
+        if address:
+            self.refused_addresses.add(address)
+            if is_list:
+                self.refused_lists.add(address)
+        if login:
+            self.refused_logins.add(login)
 
     def add(self, row: Row, where: _Where, field: str) -> None:
         # A user or list given twice would silently replace the first.
@@ -588,6 +627,9 @@ class _Staged:
         first = self._first.get(key)
         if first is not None:
             self.problem(where.at(field), f"given twice (also {first.ref()})")
+            if isinstance(row, UserRow):
+                # Its send-as rights are staged under this login, which is not.
+                self.refused(row.address, login=row.login)
             return
         self._first[key] = where
         self.rows[row] = where
@@ -714,6 +756,8 @@ def _stage_user(r: _Record) -> None:
         r.out.add(UserRow(address, login, state), r.where, "address")
         for other, name in send_as:
             r.out.add(SendAsRow(login, other), r.where.naming(address=name), "address")
+    else:
+        r.out.refused(address, login=login)
 
 
 def _stage_alias(r: _Record) -> None:
@@ -722,6 +766,8 @@ def _stage_alias(r: _Record) -> None:
     if r.ok:
         for target, name in targets:
             r.out.add(AliasRow(address, target), r.where.naming(target=name), "target")
+    else:
+        r.out.refused(address)
 
 
 def _stage_list(r: _Record) -> None:
@@ -734,6 +780,8 @@ def _stage_list(r: _Record) -> None:
             for member, name in checked:
                 named = r.where.naming(list_address="address", address=name)
                 r.out.add(MemberRow(address, member, role), named, "address")
+    else:
+        r.out.refused(address, is_list=True)
 
 
 def _stage_send_as(r: _Record) -> None:
@@ -796,17 +844,15 @@ def _read_csv(source: Path) -> _Staged:
 def _csv_row(source: Path, line: int, header: list[str], cells: list[str], out: _Staged) -> None:
     where = _Where(str(source), str(line), toml=False)
     if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
-        out.problem(str(where), f"{len(cells)} fields, the header names {len(header)}")
+        out.skip(str(where), f"{len(cells)} fields, the header names {len(header)}")
         return
     given = {name: cell.strip() for name, cell in zip(header, cells, strict=False) if cell.strip()}
     kind = given.pop("type", "")
     if kind not in _CSV_FIELDS:
         if kind:
-            out.problem(
-                where.at("type"), f"unknown record type {kind!r} ({', '.join(_CSV_FIELDS)})"
-            )
+            out.skip(where.at("type"), f"unknown record type {kind!r} ({', '.join(_CSV_FIELDS)})")
         else:
-            out.problem(str(where), "missing type")
+            out.skip(str(where), "missing type")
         return
     fields = _CSV_FIELDS[kind]
     for name in given:
@@ -825,16 +871,16 @@ def _read_toml(source: Path) -> _Staged:
     out = _Staged()
     for key in data:
         if key not in _TOML_KEYS:
-            out.problem(str(source), f"unknown key {key!r} ({', '.join(_TOML_KEYS)})")
+            out.skip(str(source), f"unknown key {key!r} ({', '.join(_TOML_KEYS)})")
     for kind, keys in _TOML_KEYS.items():
         entries = data.get(kind, [])
         if not isinstance(entries, list):
-            out.problem(str(source), f"{kind} must be an array of tables ([[{kind}]])")
+            out.skip(str(source), f"{kind} must be an array of tables ([[{kind}]])")
             continue
         for n, entry in enumerate(entries):
             where = _Where(str(source), f"{kind}[{n}]", toml=True)
             if not isinstance(entry, dict):
-                out.problem(str(where), "must be a table")
+                out.skip(str(where), "must be a table")
                 continue
             _stage(kind, *_toml_fields(entry, keys, where, out), where, out)
     return out
@@ -876,7 +922,7 @@ def _cross_problems(
         if not (isinstance(r, UserRow | ListRow) and (type(r), r.address) in replaced)
     }
     rows.update(staged.rows)
-    return _clash_problems(rows) + _reference_problems(staged.rows, rows, is_local)
+    return _clash_problems(rows) + _reference_problems(staged, rows, is_local)
 
 
 def _ref(where: _Where | None) -> str:
@@ -910,25 +956,27 @@ def _clash_problems(rows: dict[Row, _Where | None]) -> list[str]:
 
 
 def _reference_problems(
-    new: dict[Row, _Where],
+    staged: _Staged,
     rows: dict[Row, _Where | None],
     is_local: Callable[[str], bool] | None,
 ) -> list[str]:
     """Send-as rights of no user, members of no list, alias loops, local alias targets
     that are nothing."""
-    logins = {r.login for r in rows if isinstance(r, UserRow)}
-    lists = {r.address for r in rows if isinstance(r, ListRow)}
+    logins = {r.login for r in rows if isinstance(r, UserRow)} | staged.refused_logins
+    lists = {r.address for r in rows if isinstance(r, ListRow)} | staged.refused_lists
     known = {r.address for r in rows if isinstance(r, UserRow | AliasRow | ListRow)}
+    known |= staged.refused_addresses
+    sure = not staged.unread
     targets: dict[str, list[str]] = {}
     for row in rows:
         if isinstance(row, AliasRow):
             targets.setdefault(row.address, []).append(row.target)
     problems = []
     looping: set[str] = set()
-    for row, where in new.items():
-        if isinstance(row, SendAsRow) and row.login not in logins:
+    for row, where in staged.rows.items():
+        if isinstance(row, SendAsRow) and sure and row.login not in logins:
             problems.append(f"{where.at('login')}: no user has the login {row.login!r}")
-        elif isinstance(row, MemberRow) and row.list_address not in lists:
+        elif isinstance(row, MemberRow) and sure and row.list_address not in lists:
             problems.append(f"{where.at('list_address')}: {row.list_address} is not a list")
         elif isinstance(row, AliasRow):
             loop = None if row.address in looping else _alias_path(targets, row.target, row.address)
@@ -937,7 +985,7 @@ def _reference_problems(
                 path = " -> ".join([row.address, *loop])
                 problems.append(f"{where.at('target')}: alias loop {path}")
             domain = row.target.rpartition("@")[2]
-            if is_local is not None and row.target not in known and is_local(domain):
+            if sure and is_local is not None and row.target not in known and is_local(domain):
                 problems.append(
                     f"{where.at('target')}: {row.target} is in a local domain but is no user,"
                     " alias or list"
