@@ -33,7 +33,7 @@ from smtpguard.postfix import (
 )
 from smtpguard.replies import load_replies
 from support.contrib import outputs
-from support.service import make_site
+from support.service import make_site, merge
 
 #: What ``postconf -x`` prints for a stock Debian 12 "Internet Site" instance.
 STOCK = {
@@ -750,11 +750,16 @@ def test_master_cf_smtpd_services_are_read(tmp_path: Path) -> None:
     assert services[2].overrides == {"smtpd_milters": "inet:127.0.0.1:8891"}
 
 
+#: The shipped default: where Debian's chrooted smtpd reaches it.
+DEFAULT_SOCKET = "unix:/var/spool/postfix/smtpguard/smtpguard.sock"
+
+
 def _service_plan(
     tmp_path: Path, extra: dict[str, Any] | None, main_cf: str, master_cf: str = MASTER_CF
 ) -> Plan:
-    """The plan for an instance that already has smtpguard in main.cf's smtpd_milters."""
-    cfg = config(tmp_path, extra)
+    """The plan for an instance that already has smtpguard in main.cf's smtpd_milters,
+    at the default socket (inside the queue directory) unless ``extra`` sets one."""
+    cfg = config(tmp_path, merge({"milter": {"socket": DEFAULT_SOCKET}}, extra or {}))
     current = read_postconf(_instance(tmp_path, main_cf, master_cf))
     entry = "{ " + postfix_milter_address(cfg.milter.socket) + " }"
     attached = Settings(
@@ -780,6 +785,25 @@ def test_a_reinjection_smtpd_that_runs_smtpguard_again_is_a_conflict(tmp_path: P
     assert any(
         "127.0.0.1:10025/inet: smtpguard does not run there (no_milters)" in n for n in result.notes
     )
+
+
+def test_a_socket_a_chrooted_smtpd_cannot_reach_is_a_conflict(tmp_path: Path) -> None:
+    """Found by review, through a real Postfix: a socket outside queue_directory with
+    Debian's chrooted smtpd deferred every message while --check said "no conflicts"."""
+    outside = {"milter": {"socket": "unix:/run/smtpguard/smtpguard.sock"}}
+    result = _service_plan(tmp_path, outside, "")
+    chrooted = [p for p in result.problems if "runs chrooted" in p]
+    # smtp and submission (chroot y); not 2525 (no smtpguard) nor 10025 (chroot n).
+    assert [p.split(":", 1)[0] for p in chrooted] == [
+        "master.cf service smtp/inet",
+        "master.cf service submission/inet",
+    ]
+    assert "/run/smtpguard/smtpguard.sock" in chrooted[0]
+    assert set(chrooted) <= set(result.unresolved)
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    result = _service_plan(inside, None, "")  # the default socket, in the queue directory
+    assert not any("runs chrooted" in p for p in result.problems)
 
 
 def test_milter_mode_open_relay_on_a_service_without_smtpguard(tmp_path: Path) -> None:

@@ -141,6 +141,8 @@ class Service:
     overrides: Mapping[str, str]
     #: The same with ``$name`` expanded (``postconf -P -x``).
     expanded: Mapping[str, str] = field(default_factory=dict)
+    #: master.cf's chroot column: "y", "n" or "-" (Postfix's default, "n" since 3.0).
+    chroot: str = "-"
 
     @property
     def label(self) -> str:
@@ -184,9 +186,10 @@ def read_postconf(config_directory: str | None = None) -> Settings:
                 out[name] = value
         return out
 
+    fields = dict(_assignments(run("-F")))
     smtpd = [
         key.rsplit("/", 2)[:2]
-        for key, command in _assignments(run("-F"))
+        for key, command in fields.items()
         if key.endswith("/command") and command.split()[:1] == ["smtpd"]
     ]
 
@@ -199,7 +202,13 @@ def read_postconf(config_directory: str | None = None) -> Settings:
 
     raw, expanded = overrides(), overrides("-x")
     services = tuple(
-        Service(name, kind, raw.get((name, kind), {}), expanded.get((name, kind), {}))
+        Service(
+            name,
+            kind,
+            raw.get((name, kind), {}),
+            expanded.get((name, kind), {}),
+            fields.get(f"{name}/{kind}/chroot", "-"),
+        )
         for name, kind in smtpd
     )
     return Settings(raw=values(), expanded=values("-x"), services=services)
@@ -816,6 +825,7 @@ class _Planner:
                     ' (site.relay_control = "milter")'
                 )
             if listed and not off:
+                self._chroot_problem(service, where)
                 content_filter = x.get("content_filter", self.now["content_filter"])
                 proxy_filter = x.get("smtpd_proxy_filter", "")
                 reinjection = "content_filter" in o or self._loopback_only(service)
@@ -824,9 +834,9 @@ class _Planner:
                         f"{where}: takes mail back from the content filter (no"
                         " content_filter) and runs smtpguard on it a second time, from a"
                         " trusted client: forwarded mail is refused (relay_domain_fail), the"
-                        " filter's X-Spam-* fields and our Authentication-Results are"
-                        " removed as forged, and with content.add_loop_marker every message"
-                        " bounces (looping_message); add no_milters to its"
+                        " message is scored again (a second X-Spam-Status), and with"
+                        " content.add_loop_marker every message bounces"
+                        " (looping_message); add no_milters to its"
                         " -o receive_override_options"
                     )
                 continue
@@ -849,6 +859,20 @@ class _Planner:
                 )
             else:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
+
+    def _chroot_problem(self, service: Service, where: str) -> None:
+        """A chrooted smtpd sees only what is under queue_directory (its chroot): a
+        unix socket elsewhere is "No such file or directory" to it, and every message
+        is deferred with 451 4.7.1."""
+        if service.chroot != "y" or not self.address.startswith("unix:/"):
+            return
+        self.problem(
+            f"{where}: runs chrooted (chroot y in master.cf) in {self.now['queue_directory']},"
+            f" where milter.socket {self.address.removeprefix('unix:')} does not exist for it:"
+            " every message would be deferred (451 4.7.1). Put the socket under"
+            " queue_directory (the default: unix:/var/spool/postfix/smtpguard/smtpguard.sock)"
+            " or set the service's chroot column to n"
+        )
 
     def _relay_items(self, service: Service) -> list[list[str]]:
         """The service's restriction lists that can refuse an outsider's RCPT: its
