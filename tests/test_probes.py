@@ -4,6 +4,7 @@ as the service user sees them, and each configured network backend, asked once."
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from smtpguard.app import load
+from smtpguard.config import Config
 from smtpguard.probes import socket_problems
 from support.daemons import Rspamd, free_port, start_clamd, start_redis
 from support.service import ROOT, Site, make_site, merge, running, smtpguard
@@ -95,6 +97,62 @@ def test_socket_modes_the_mta_cannot_use_or_anyone_can(
     assert [p.key for p in reported] == ["milter.socket_mode"] * len(found)
     assert all(p.file == str(config.file) for p in reported)
     assert all(p.message.startswith(f) for p, f in zip(reported, found, strict=True))
+
+
+def socket_problems_as_nobody(config: Config) -> list[str]:
+    """socket_problems in a child process running as user nobody."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            nobody = pwd.getpwnam("nobody")
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            found = [p.message for p in socket_problems(config) if p.key == "milter.socket"]
+            os.write(write, json.dumps(found).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status)
+    assert os.WEXITSTATUS(status) == 0
+    return list(json.loads(data))
+
+
+def test_a_socket_directory_run_could_not_create_the_socket_in(open_dir: Path) -> None:
+    """Found by review: check-config passed, and run then could not bind (the unit's
+    ExecStartPre is check-config, and Restart= would loop)."""
+    cases = {
+        "writable": (open_dir / "state" / "s.sock", None),
+        "root's": (open_dir / "s.sock", f"cannot create the socket in {open_dir} as nobody"),
+        "missing": (
+            open_dir / "new" / "s.sock",
+            f"cannot create {open_dir / 'new'} as nobody: {open_dir}: no write permission",
+        ),
+        "missing, parent writable": (open_dir / "state" / "new" / "s.sock", None),
+    }
+    for name, (sock, expected) in cases.items():
+        site = make_site(
+            open_dir / f"site-{len(name)}-{name[:3]}", {"milter": {"socket": f"unix:{sock}"}}
+        )
+        found = socket_problems_as_nobody(load(site.config))
+        if expected is None:
+            assert found == [], name
+        else:
+            assert len(found) == 1, (name, found)
+            assert found[0].startswith(expected), (name, found)
+    # As root nothing of this is a problem; a file in the way is, for anyone.
+    (open_dir / "file").write_text("")
+    site = make_site(open_dir / "site-file", {"milter": {"socket": f"unix:{open_dir}/file/s.sock"}})
+    assert [p.message for p in socket_problems(load(site.config)) if p.key == "milter.socket"] == [
+        f"cannot create the socket's directory {open_dir}/file: {open_dir}/file is no directory"
+    ]
 
 
 def test_check_config_reports_the_socket_mode_and_run_does_not_refuse_it(tmp_path: Path) -> None:

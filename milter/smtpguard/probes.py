@@ -239,6 +239,9 @@ def socket_problems(config: Config) -> list[ConfigError]:
             found.append(ConfigError(config.file, "milter.socket", f"for Sendmail: {problem}"))
     if not milter.socket.startswith(("unix:", "local:")):
         return found
+    where = _socket_directory_problem(Path(milter.socket.partition(":")[2]))
+    if where is not None:
+        found.append(ConfigError(config.file, "milter.socket", where))
     mode = milter.socket_mode
     texts = []
     # connect() on a unix socket needs write permission on it.
@@ -253,6 +256,35 @@ def socket_problems(config: Config) -> list[ConfigError]:
             " directly; use 0660"
         )
     return found + [ConfigError(config.file, "milter.socket_mode", text) for text in texts]
+
+
+def _socket_directory_problem(path: Path) -> str | None:
+    """Whether this process could bind the socket: ``run`` binds it as the user that
+    starts it (root before it drops privileges, or the unit's User=), as check-config
+    runs (ExecStartPre, ExecReload). Found by review: check-config passed and ``run``
+    then failed to bind, under a unit restarting it every two seconds."""
+    directory = path.absolute().parent
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot create the socket's directory {directory}: {existing} is no directory"
+    if os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return None
+    what = f"the socket in {directory}" if existing == directory else f"{directory}"
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "read-only file system" if read_only else "no write permission"
+    return f"cannot create {what} as {_user_name(os.geteuid())}: {existing}: {why}"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def log_problems(config: Config) -> list[ConfigError]:
