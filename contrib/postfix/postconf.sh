@@ -3,7 +3,6 @@
 # note: mynetworks left as it is (127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128); in mynetworks only (Postfix lets them relay): [::ffff:127.0.0.0]/104; to make them equal: mynetworks = 127.0.0.0/8 [::1]/128
 # note: message_size_limit (10240000) is not above limits.max_message_size (52428800): Postfix refuses larger mail first, with its own 552 5.3.4 and the table's text as footer; for smtpguard's message_too_long, lower limits.max_message_size below 10240000
 # note: smtpd_forbid_bare_newline left as it is (no): stray_newline is answered only with 'reject' (Postfix 3.7.10+: 'yes' and 'normalize' accept a bare LF as a line end, 'reject' refuses it with Postfix's 550 5.5.2 and the table's text as footer; 'yes' and 'reject' both close SMTP smuggling)
-# conflict left to you: Postfix accepts mail for mx.example.com (mydestination), which smtpguard refuses (host_denies_relay): add them to site.local_domains or site.relay_domains (".example.com" covers the subdomains of example.com)
 # The footer table smtpd_reject_footer_maps reads:
 cat > /etc/postfix/smtpguard_footers.regexp <<'SMTPGUARD_EOF'
 /^503 5\.5\.1 Error: need MAIL command/ \c (请先发送 MAIL)

@@ -346,6 +346,12 @@ class SiteConfig:
     def is_relay(self, domain: str) -> bool:
         return _in_domains(domain, self.relay_domains)
 
+    def is_ours(self, domain: str) -> bool:
+        """A local domain or one of our host names: mail to root@ or postmaster@ the
+        host itself is local mail, as for the MTA (Postfix's mydestination has
+        $myhostname by default, Sendmail's class w always $j)."""
+        return domain in self.our_hostnames or self.is_local(domain)
+
     def is_trusted_ip(self, ip: IPAddress | None) -> bool:
         return ip is not None and any(ip in net for net in self.trusted_networks)
 

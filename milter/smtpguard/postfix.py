@@ -971,14 +971,15 @@ class _Planner:
                     why = f"{name} with parent_domain_matches_subdomains"
                     accepted.append((f"subdomains of {domain}", "smtpguard-probe." + domain, why))
                 for shown, probe, why in accepted:
-                    if not (site.is_local(probe) or site.is_relay(probe)):
+                    if not (site.is_ours(probe) or site.is_relay(probe)):
                         unknown.setdefault(shown, []).append(why)
         if unknown:
             listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
             self.problem(
                 f"Postfix accepts mail for {listed}, which smtpguard refuses"
                 " (host_denies_relay): add them to site.local_domains or site.relay_domains"
-                ' (".example.com" covers the subdomains of example.com)'
+                ' (".example.com" covers the subdomains of example.com), or a host name of'
+                " this host to site.our_hostnames"
             )
         self._idn_spellings()
 

@@ -12,6 +12,7 @@ from support.checks import ServicesFactory, make_conn, rcpt
 SITE = {
     "local_domains": ["example.com", ".example.net"],
     "relay_domains": ["partner.example", ".relay.example"],
+    "our_hostnames": ["mx.example.org"],
 }
 
 
@@ -91,6 +92,10 @@ def test_relay_local_without_usable_sender(relay_local: RelayLocal, sender: str 
         "x@mx.relay.example",
         "<Postmaster>",  # RFC 5321 4.5.1: always ours
         "<postmaster>",
+        # This host's own name: local mail for the MTA too (found by review: a
+        # stranger's mail to postmaster@ the host was refused as relaying).
+        "postmaster@mx.example.org",
+        "root@MX.example.org.",
     ],
 )
 def test_our_recipients_from_untrusted_client(relay: Relay, recipient: str) -> None:
@@ -105,6 +110,7 @@ def test_our_recipients_from_untrusted_client(relay: Relay, recipient: str) -> N
         ("x@example.net", "example.net"),
         ("x@relay.example", "relay.example"),  # ".relay.example" covers subdomains only
         ("x@Partner.Example.org", "partner.example.org"),
+        ("x@sub.mx.example.org", "sub.mx.example.org"),  # a host name has no subdomains
     ],
 )
 def test_untrusted_relay_attempt(relay: Relay, recipient: str, domain: str) -> None:
@@ -138,7 +144,16 @@ def test_untrusted_relay_attempt_with_local_sender(relay: Relay) -> None:
     assert verdict == Hit("host_denies_relay", "relay to example.org from untrusted client")
 
 
-@pytest.mark.parametrize("sender", ["alice@example.com", "x@host.example.net", "<>"])
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "alice@example.com",
+        "x@host.example.net",
+        "<>",
+        # What the host's own programs send as (cron, the MSP): found by review.
+        "root@mx.example.org",
+    ],
+)
 def test_trusted_network_relays_for_local_and_null_senders(relay: Relay, sender: str) -> None:
     conn = make_conn(sender=sender, ip="127.0.0.1", trusted_network=True)
     assert relay(conn, rcpt("x@example.org")) is None

@@ -515,6 +515,26 @@ def test_relay_domain_fail(mta: Sendmail) -> None:
     assert mta.wait_for_delivery(b"RELAYED-1").recipient == "x@other.example"
 
 
+def test_the_hosts_own_name_is_local_mail(mta: Sendmail) -> None:
+    """Sendmail's class w always holds $j (mx.example.com, in site.our_hostnames): what
+    the host's programs send as root@ it goes out, and a stranger reaches postmaster@
+    it. Found by review: 553 relay check domain fail and 553 host denies relay."""
+    with mta.client(source=TRUSTED_CLIENT) as c:
+        greeted(c, "mx.example.com")
+        expect(c, "MAIL FROM:<root@mx.example.com>", sender_ok("<root@mx.example.com>"))
+        expect(c, "RCPT TO:<x@other.example>", recipient_ok("<x@other.example>"))
+        reply = c.data(HEADERS + b"\r\nFROM-THE-HOST-1\r\n")
+        assert reply.code == 250, reply
+    assert mta.wait_for_delivery(b"FROM-THE-HOST-1").recipient == "x@other.example"
+    with mta.client(source=OTHER_CLIENT) as c:
+        greeted(c)
+        expect(c, MAIL, MAIL_OK)
+        expect(
+            c, "RCPT TO:<postmaster@mx.example.com>", recipient_ok("<postmaster@mx.example.com>")
+        )
+        refused_recipient(c, "<x@foreign.example>", "host_denies_relay")
+
+
 def test_rcpt_limit(client: SmtpClient, mta: Sendmail) -> None:
     greeted(client)
     expect(client, MAIL, MAIL_OK)

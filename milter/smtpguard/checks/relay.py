@@ -64,13 +64,13 @@ class Relay:
         routed = not _ROUTED.isdisjoint(local)
         if not routed and (
             # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
-            not domain or self.site.is_local(domain) or self.site.is_relay(domain)
+            not domain or self.site.is_ours(domain) or self.site.is_relay(domain)
         ):
             return None
         where = f"through the local part of {event.rcpt_raw!r}" if routed else f"to {domain}"
         if not conn.trusted:
             return Hit("host_denies_relay", f"relay {where} from untrusted client")
         sender = txn.sender
-        if sender is not None and not sender.is_null and not self.site.is_local(sender.domain_lc):
+        if sender is not None and not sender.is_null and not self.site.is_ours(sender.domain_lc):
             return Hit("relay_domain_fail", f"relay {where} for foreign sender {sender.text}")
         return None
