@@ -27,6 +27,8 @@ for dir in conf rules contrib; do
 done
 install -m 0644 "$ROOT/README.md" "$PREFIX/README.md"
 SMTPGUARD="$PREFIX/venv/bin/smtpguard"
+# On PATH, for the README's commands (postfix-config and the others).
+ln -sfn "$SMTPGUARD" /usr/local/bin/smtpguard
 service_user
 CONFIG=${SMTPGUARD_CONFIG:-$PREFIX/conf/smtpguard.toml}
 if [ ! -f "$STATE_DIR/directory.sqlite" ]; then
