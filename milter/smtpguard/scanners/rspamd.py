@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import socket
 from typing import IO, Any, Final
 
@@ -234,17 +235,28 @@ def _result(status: int, reply: Any) -> SpamResult:
     score, action = reply.get("score"), reply.get("action")
     if not isinstance(score, int | float) or isinstance(score, bool) or not isinstance(action, str):
         return SpamResult(SpamStatus.ERROR, detail="reply lacks score or action")
+    if not math.isfinite(score):
+        # Python's json reads NaN and Infinity: a NaN score compares false with every
+        # threshold, so a reject would become an accept.
+        return SpamResult(SpamStatus.ERROR, detail=f"reply's score is {score}")
     required = reply.get("required_score")
     symbols: dict[str, float] = {}
     raw_symbols = reply.get("symbols")
     if isinstance(raw_symbols, dict):
         for name, symbol in raw_symbols.items():
             value = symbol.get("score") if isinstance(symbol, dict) else None
-            symbols[str(name)] = float(value) if isinstance(value, int | float) else 0.0
+            symbols[str(name)] = _finite(value) or 0.0
     return SpamResult(
         SpamStatus.OK,
         score=float(score),
         action=action,
-        required_score=float(required) if isinstance(required, int | float) else None,
+        required_score=_finite(required),
         symbols=symbols,
     )
+
+
+def _finite(value: object) -> float | None:
+    """A JSON number as a float; None for anything else, NaN and the infinities."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
