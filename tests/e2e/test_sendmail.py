@@ -292,6 +292,15 @@ def greeted(client: SmtpClient, helo: str = "client.test") -> SmtpClient:
     return client
 
 
+def relayed(client: SmtpClient, sender: str, rcpt: str, token: bytes) -> None:
+    """MAIL FROM ``sender`` and RCPT TO ``rcpt`` accepted, and a message marked with
+    ``token`` taken for delivery."""
+    expect(client, f"MAIL FROM:<{sender}>", sender_ok(f"<{sender}>"))
+    expect(client, f"RCPT TO:<{rcpt}>", recipient_ok(f"<{rcpt}>"))
+    reply = client.data(HEADERS + b"\r\n" + token + b"\r\n")
+    assert reply.code == 250, reply
+
+
 def envelope(client: SmtpClient, rcpt: str = "alice@example.com") -> SmtpClient:
     greeted(client)
     expect(client, MAIL, MAIL_OK)
@@ -508,10 +517,7 @@ def test_relay_domain_fail(mta: Sendmail) -> None:
         expect(c, "MAIL FROM:<someone@foreign.example>", sender_ok("<someone@foreign.example>"))
         refused_recipient(c, "<x@other.example>", "relay_domain_fail")
         expect(c, "RSET", "250 2.0.0 Reset state")
-        expect(c, "MAIL FROM:<alice@example.com>", sender_ok("<alice@example.com>"))
-        expect(c, "RCPT TO:<x@other.example>", recipient_ok("<x@other.example>"))
-        reply = c.data(HEADERS + b"\r\nRELAYED-1\r\n")
-        assert reply.code == 250, reply
+        relayed(c, "alice@example.com", "x@other.example", b"RELAYED-1")
     assert mta.wait_for_delivery(b"RELAYED-1").recipient == "x@other.example"
 
 
@@ -521,10 +527,7 @@ def test_the_hosts_own_name_is_local_mail(mta: Sendmail) -> None:
     it. Found by review: 553 relay check domain fail and 553 host denies relay."""
     with mta.client(source=TRUSTED_CLIENT) as c:
         greeted(c, "mx.example.com")
-        expect(c, "MAIL FROM:<root@mx.example.com>", sender_ok("<root@mx.example.com>"))
-        expect(c, "RCPT TO:<x@other.example>", recipient_ok("<x@other.example>"))
-        reply = c.data(HEADERS + b"\r\nFROM-THE-HOST-1\r\n")
-        assert reply.code == 250, reply
+        relayed(c, "root@mx.example.com", "x@other.example", b"FROM-THE-HOST-1")
     assert mta.wait_for_delivery(b"FROM-THE-HOST-1").recipient == "x@other.example"
     with mta.client(source=OTHER_CLIENT) as c:
         greeted(c)
@@ -835,10 +838,7 @@ def test_authenticated_sender_may_send_as_and_relay(auth_mta: Sendmail) -> None:
         refused_recipient(c, "<x@foreign.example>", "host_denies_relay")
         expect(c, "RSET", "250 2.0.0 Reset state")
         auth_login(c, "alice@example.com")
-        expect(c, "MAIL FROM:<sales@example.com>", sender_ok("<sales@example.com>"))
-        expect(c, "RCPT TO:<x@foreign.example>", recipient_ok("<x@foreign.example>"))
-        reply = c.data(HEADERS + b"\r\nAUTH-RELAY-1\r\n")
-        assert reply.code == 250, reply
+        relayed(c, "sales@example.com", "x@foreign.example", b"AUTH-RELAY-1")
     assert auth_mta.wait_for_delivery(b"AUTH-RELAY-1").recipient == "x@foreign.example"
 
 
@@ -879,10 +879,7 @@ def test_a_login_sendmail_xtext_encodes_is_found(auth_mta: Sendmail, guard: Runn
         with auth_mta.client(source=OTHER_CLIENT) as c:
             greeted(c)
             auth_login(c, "frank+ops@example.com")
-            expect(c, "MAIL FROM:<frank+ops@example.com>", sender_ok("<frank+ops@example.com>"))
-            expect(c, "RCPT TO:<x@foreign.example>", recipient_ok("<x@foreign.example>"))
-            reply = c.data(HEADERS + b"\r\nXTEXT-LOGIN\r\n")
-            assert reply.code == 250, reply
+            relayed(c, "frank+ops@example.com", "x@foreign.example", b"XTEXT-LOGIN")
     finally:
         smtpguard(guard.site, "directory", "remove", "frank+ops@example.com")
     assert auth_mta.wait_for_delivery(b"XTEXT-LOGIN").recipient == "x@foreign.example"
@@ -925,11 +922,8 @@ def test_login_after_starttls_is_encrypted(
         if ehlo_again:
             assert c.ehlo("client.test").code == 250
         (auth_login if mechanism == "LOGIN" else auth_plain)(c, "alice@example.com")
-        expect(c, "MAIL FROM:<alice@example.com>", sender_ok("<alice@example.com>"))
-        expect(c, "RCPT TO:<x@foreign.example>", recipient_ok("<x@foreign.example>"))
         token = f"TLS-{mechanism}-{ehlo_again}".encode()
-        reply = c.data(HEADERS + b"\r\n" + token + b"\r\n")
-        assert reply.code == 250, reply
+        relayed(c, "alice@example.com", "x@foreign.example", token)
     assert tls_mta.wait_for_delivery(token).recipient == "x@foreign.example"
     assert decisions(guard.log(), "auth_mode_unsupported") == before
 
