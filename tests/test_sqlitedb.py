@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -193,6 +196,48 @@ def test_wal_files_removed_under_the_pool_are_reopened(
     finally:
         keep_open.close()
         pool.close()
+
+
+@pytest.fixture
+def tmpfs_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on tmpfs where there is one: it never reuses a freed inode number at
+    once, as ext4 often does, which would hide a changed WAL index."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(dir=shm, prefix="smtpguard-test-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_reopen_does_not_cause_the_next(
+    tmpfs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: a reopen closes the pool's last connection, which removes the
+    WAL index; the next connection's new index passed for a replacement, and each
+    reopen caused the next, for as long as the service ran. The first is the quiet one
+    of a file the pool's own first connection made (as the blacklist's does)."""
+    path = tmpfs_dir / "t.sqlite"
+
+    def opener() -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT, v TEXT)")
+        return db
+
+    clock = Clock()
+    pool = ConnectionPool(opener, cache_ttl=1.0, clock=clock, watch=path, label="test file")
+    caplog.set_level(logging.INFO)
+    try:
+        for _ in range(6):
+            assert pool.query(SQL, ("a",)) == []
+            clock.now += 1.0
+    finally:
+        pool.close()
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 def test_replaced_file_drops_results_cached_from_the_old_one(tmp_path: Path) -> None:

@@ -229,6 +229,12 @@ class ConnectionPool:
     def _reopen(self) -> list[sqlite3.Connection]:
         """Start a new generation (under the lock); the idle connections to close."""
         self._generation += 1
+        if self._seen is not None:
+            # Closing the pool's last connection removes the WAL index; the next
+            # connection makes another, which _note_wal_index records. Compared with
+            # the old one, it would pass for a replacement, and each reopen would
+            # cause the next (found by review, on tmpfs, where inodes are not reused).
+            self._seen = (*self._seen[:2], 0)
         stale, self._idle = self._idle, []
         if self._cache is not None:
             self._cache.clear()
