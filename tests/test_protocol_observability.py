@@ -13,7 +13,7 @@ from miltertest import constants as C
 
 from support.mtclient import MilterSession, assert_reply
 from support.polling import poll_for, wait_until
-from support.service import TRUSTED_IP, UNTRUSTED_IP, Running, make_site, running
+from support.service import UNTRUSTED_IP, Running, make_site, running
 from support.unbound import GOOD_IP, NO_PTR_IP, DnsServer
 
 pytestmark = pytest.mark.integration
@@ -155,30 +155,6 @@ def test_incoming_anti_spam_fields_are_removed(service: Running) -> None:
     ]
     added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == C.SMFIR_ADDHEADER}
     assert added["X-Spam-Status"] == "No, score=0.0 required=6.0 tests=none"
-
-
-def test_fields_from_a_trusted_hop_are_kept(service: Running) -> None:
-    """RFC 8601 §5 asks only the border to remove them: a client in
-    site.trusted_networks (a content filter reinjecting, an internal relay) passes on
-    what was written inside our domain, our own first-pass result included."""
-    headers = [
-        ("X-Spam-Status", "Yes, score=12.0 required=5.0 tests=FILTER_SAID_SO"),
-        ("X-Spam-Flag", "YES"),
-        ("Authentication-Results", f"{AUTHSERV_ID}; spf=pass smtp.mailfrom=good.test"),
-        *HEADERS,
-    ]
-    kind, mods, s = message(service, "OBS-TRUSTED", headers, ip=TRUSTED_IP)
-    s.close()
-    assert kind == "continue"
-    assert [m for m in mods if m[0] == C.SMFIR_CHGHEADER] == []
-    # Our own verdict is still added: both stay readable.
-    added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == C.SMFIR_ADDHEADER}
-    assert added["X-Spam-Status"].startswith("No, ")
-    # The same fields from outside are removed: the difference is the client alone.
-    kind, mods, s = message(service, "OBS-UNTRUSTED", headers)
-    s.close()
-    changed = [m[1]["name"] for m in mods if m[0] == C.SMFIR_CHGHEADER]
-    assert sorted(changed) == ["Authentication-Results", "X-Spam-Flag", "X-Spam-Status"]
 
 
 def test_tagged_mail_reports_its_rules(service: Running) -> None:

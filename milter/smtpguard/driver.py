@@ -245,7 +245,7 @@ class SessionDriver:
             dry_run
             and txn is not None
             and txn.pending is None
-            and self.rt.pipeline.claims_our_verdict(self.conn, name, value)
+            and self.rt.pipeline.claims_our_verdict(name, value)
         ):
             return self._refuse_flood(f"{name} past limits.max_header_fields ({limit})")
         return CONTINUE

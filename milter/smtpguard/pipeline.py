@@ -513,11 +513,7 @@ class Pipeline:
                 max_mime_parts=self.config.content.max_mime_parts,
             )
         feed_sink(txn.message, stage, event)
-        if stage is Stage.HEADER and event.header is not None and not conn.trusted_network:
-            # RFC 8601 §5: only mail from outside our administrative domain can carry
-            # forged fields. A client in site.trusted_networks is inside it (an internal
-            # relay, a content filter's reinjection): the fields it passes on were
-            # written here, by us on an earlier pass or by the filter.
+        if stage is Stage.HEADER and event.header is not None:
             self._note_result_field(txn, *event.header)
         if stage is Stage.EOM:
             txn.message.close()
@@ -532,11 +528,9 @@ class Pipeline:
                 log.exception("sid=%s observer %r failed", conn.session_id, observer)
                 _blind(conn, observer)
 
-    def claims_our_verdict(self, conn: Connection, name: str, value: str) -> bool:
+    def claims_our_verdict(self, name: str, value: str) -> bool:
         """Whether a field would pass for one smtpguard writes and would be removed
         (_note_result_field; anti-spam fields only where the check judges mail)."""
-        if conn.trusted_network:
-            return False
         key = name.lower()
         if key == "authentication-results":
             return names_us(value, self.authserv_id)

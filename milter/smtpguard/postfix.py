@@ -834,9 +834,9 @@ class _Planner:
                         f"{where}: takes mail back from the content filter (no"
                         " content_filter) and runs smtpguard on it a second time, from a"
                         " trusted client: forwarded mail is refused (relay_domain_fail), the"
-                        " message is scored again (a second X-Spam-Status), and with"
-                        " content.add_loop_marker every message bounces"
-                        " (looping_message); add no_milters to its"
+                        " filter's X-Spam-* fields and our Authentication-Results are"
+                        " removed as forged, and with content.add_loop_marker every message"
+                        " bounces (looping_message); add no_milters to its"
                         " -o receive_override_options"
                     )
                 continue
