@@ -531,8 +531,10 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
     )
     (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
     assert "mail.example.com (mydestination)" in problem
-    # One of site.our_hostnames: local mail for smtpguard too.
+    # One of site.our_hostnames: a note on what smtpguard lets through to it.
     assert "mx.example.com" not in problem
+    (note,) = [n for n in result.notes if n.startswith("Postfix accepts mail for mx.")]
+    assert "from outside only to postmaster@ it" in note
     assert "example.org (virtual_alias_domains)" in problem
     assert "localhost" not in problem
     assert "hash:" not in problem

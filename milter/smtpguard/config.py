@@ -346,11 +346,14 @@ class SiteConfig:
     def is_relay(self, domain: str) -> bool:
         return _in_domains(domain, self.relay_domains)
 
+    def is_host_name(self, domain: str) -> bool:
+        """One of our host names (compared canonical: an IDN in U-labels too)."""
+        return canonical_domain(domain) in self.our_hostnames
+
     def is_ours(self, domain: str) -> bool:
-        """A local domain or one of our host names: mail to root@ or postmaster@ the
-        host itself is local mail, as for the MTA (Postfix's mydestination has
-        $myhostname by default, Sendmail's class w always $j)."""
-        return domain in self.our_hostnames or self.is_local(domain)
+        """A local domain or one of our host names: what the host's own programs send
+        as (root@ the host: Postfix's myorigin, Sendmail's $j)."""
+        return self.is_local(domain) or self.is_host_name(domain)
 
     def is_trusted_ip(self, ip: IPAddress | None) -> bool:
         return ip is not None and any(ip in net for net in self.trusted_networks)

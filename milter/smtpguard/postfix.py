@@ -950,6 +950,7 @@ class _Planner:
         """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
         site = self.config.site
         unknown: dict[str, list[str]] = {}
+        hosts: list[str] = []
         # How Postfix 3.7 matches each list (match_ops.c match_hostname): one named in
         # parent_domain_matches_subdomains (by default relay_domains) covers the
         # subdomains of "example.com", and ".example.com" matches nothing there; in
@@ -971,15 +972,22 @@ class _Planner:
                     why = f"{name} with parent_domain_matches_subdomains"
                     accepted.append((f"subdomains of {domain}", "smtpguard-probe." + domain, why))
                 for shown, probe, why in accepted:
-                    if not (site.is_ours(probe) or site.is_relay(probe)):
+                    if site.is_host_name(probe) and not site.is_local(probe):
+                        hosts.append(shown)
+                    elif not (site.is_local(probe) or site.is_relay(probe)):
                         unknown.setdefault(shown, []).append(why)
+        for host in dict.fromkeys(hosts):
+            self.notes.append(
+                f"Postfix accepts mail for {host}, one of site.our_hostnames: smtpguard lets"
+                " trusted and logged-in clients send to it, and from outside only to"
+                " postmaster@ it (host_denies_relay for the rest, which no directory knows)"
+            )
         if unknown:
             listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
             self.problem(
                 f"Postfix accepts mail for {listed}, which smtpguard refuses"
                 " (host_denies_relay): add them to site.local_domains or site.relay_domains"
-                ' (".example.com" covers the subdomains of example.com), or a host name of'
-                " this host to site.our_hostnames"
+                ' (".example.com" covers the subdomains of example.com)'
             )
         self._idn_spellings()
 

@@ -92,10 +92,10 @@ def test_relay_local_without_usable_sender(relay_local: RelayLocal, sender: str 
         "x@mx.relay.example",
         "<Postmaster>",  # RFC 5321 4.5.1: always ours
         "<postmaster>",
-        # This host's own name: local mail for the MTA too (found by review: a
-        # stranger's mail to postmaster@ the host was refused as relaying).
+        # This host's own name: from outside, postmaster@ it only (found by review: a
+        # stranger's mail to it was refused as relaying; RFC 5321 §4.5.1).
         "postmaster@mx.example.org",
-        "root@MX.example.org.",
+        "PostMaster@MX.example.org.",
     ],
 )
 def test_our_recipients_from_untrusted_client(relay: Relay, recipient: str) -> None:
@@ -111,6 +111,11 @@ def test_our_recipients_from_untrusted_client(relay: Relay, recipient: str) -> N
         ("x@relay.example", "relay.example"),  # ".relay.example" covers subdomains only
         ("x@Partner.Example.org", "partner.example.org"),
         ("x@sub.mx.example.org", "sub.mx.example.org"),  # a host name has no subdomains
+        # Any other name at the host: no directory knows it, and Postfix (with
+        # smtpd_reject_unlisted_recipient off for smtpguard) would accept, then bounce
+        # it (second review).
+        ("root@mx.example.org", "mx.example.org"),
+        ("postmaster+x@mx.example.org", "mx.example.org"),
     ],
 )
 def test_untrusted_relay_attempt(relay: Relay, recipient: str, domain: str) -> None:
@@ -157,6 +162,25 @@ def test_untrusted_relay_attempt_with_local_sender(relay: Relay) -> None:
 def test_trusted_network_relays_for_local_and_null_senders(relay: Relay, sender: str) -> None:
     conn = make_conn(sender=sender, ip="127.0.0.1", trusted_network=True)
     assert relay(conn, rcpt("x@example.org")) is None
+
+
+def test_the_hosts_own_name_for_its_own_users(relay: Relay) -> None:
+    """A trusted or logged-in client reaches any name at the host (cron, a local user's
+    mail to root), whatever its sender; the MTA's local delivery knows them."""
+    lan = make_conn(sender="device@lan.example", ip="127.0.0.1", trusted_network=True)
+    assert relay(lan, rcpt("root@mx.example.org")) is None
+    user = make_conn(sender="alice@example.com", auth_type="PLAIN", auth_login="alice")
+    assert relay(user, rcpt("root@MX.Example.org")) is None
+
+
+def test_an_idn_host_name_in_either_spelling(make_services: ServicesFactory) -> None:
+    """our_hostnames is stored in A-labels; an address may carry U-labels (second
+    review: U-labels were relaying)."""
+    relay = Relay(make_services(site={**SITE, "our_hostnames": ["mx.bücher.example"]}))
+    for domain in ("mx.bücher.example", "mx.xn--bcher-kva.example"):
+        assert relay(make_conn(sender="x@example.org"), rcpt(f"postmaster@{domain}")) is None
+        lan = make_conn(sender=f"root@{domain}", ip="127.0.0.1", trusted_network=True)
+        assert relay(lan, rcpt("x@elsewhere.example")) is None
 
 
 def test_trusted_network_does_not_relay_for_foreign_sender(relay: Relay) -> None:

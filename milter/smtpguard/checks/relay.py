@@ -64,9 +64,17 @@ class Relay:
         routed = not _ROUTED.isdisjoint(local)
         if not routed and (
             # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
-            not domain or self.site.is_ours(domain) or self.site.is_relay(domain)
+            not domain or self.site.is_local(domain) or self.site.is_relay(domain)
         ):
             return None
+        if not routed and self.site.is_host_name(domain):
+            # The host's own name is the MTA's local mail too (Postfix's mydestination
+            # has $myhostname, Sendmail's class w $j), for its own programs and users.
+            # From outside only postmaster@ it (RFC 5321 §4.5.1): no directory knows
+            # root@ the host, and any other name would be accepted, then bounced.
+            postmaster = rcpt.is_postmaster if rcpt is not None else local.lower() == "postmaster"
+            if conn.trusted or postmaster:
+                return None
         where = f"through the local part of {event.rcpt_raw!r}" if routed else f"to {domain}"
         if not conn.trusted:
             return Hit("host_denies_relay", f"relay {where} from untrusted client")
