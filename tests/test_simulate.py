@@ -128,6 +128,18 @@ def test_sendmail_prefixes_the_first_line_of_a_multi_line_reply(tmp_path: Path) 
     )
 
 
+def test_sendmail_shortens_a_long_path(site: Site) -> None:
+    """Sendmail writes the path through shortenstring(path, 203): 100 characters,
+    "...", the last 100 (measured with Sendmail 8.17 in the second review)."""
+    rcpt = "l" * 64 + "@" + "a" * 60 + "." + "b" * 60 + ".foreign.example"
+    path = f"<{rcpt}>"
+    assert len(path) >= 203
+    result = simulate(site, "--mta", "sendmail", "--to", rcpt)
+    assert reply_at(result.stdout, f"rcpt to:{path}") == (
+        f"553 5.7.1 {path[:100]}...{path[-100:]}... host denies relay.   [host_denies_relay]"
+    )
+
+
 def test_every_check_outcome_is_listed(site: Site) -> None:
     result = simulate(site, "--to", "nobody@example.com")
     lines = result.stdout.splitlines()

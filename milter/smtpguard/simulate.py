@@ -24,6 +24,8 @@ CHUNK = 65535  # what an MTA sends per body packet
 #: Codes in front of whose text Sendmail writes the path of the MAIL FROM or RCPT TO it
 #: answers, and "... " (measured: contrib/sendmail/README.md, tests/e2e/test_sendmail.py).
 SENDMAIL_PREFIXED = frozenset({"450", "550", "553"})
+#: Sendmail's MAXSHORTSTR: a path this long or longer is shortened in its replies.
+SENDMAIL_SHORTEN = 203
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ def _describe(decision: Decision, sendmail_path: str | None = None) -> str:
     if reply is None:
         return decision.action.value
     lines = reply.wire_lines()
+    if sendmail_path is not None and len(sendmail_path) >= SENDMAIL_SHORTEN:
+        # Sendmail writes the path through shortenstring(path, MAXSHORTSTR): the first
+        # and the last 100 characters around "..." (second review).
+        half = (SENDMAIL_SHORTEN - 3) // 2
+        sendmail_path = f"{sendmail_path[:half]}...{sendmail_path[-half:]}"
     if sendmail_path is not None and reply.code in SENDMAIL_PREFIXED:
         # Only the first line of a multi-line reply gets it (measured with replies.hint).
         head = len(f"{reply.code} {reply.xcode} ")
