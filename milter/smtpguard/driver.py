@@ -118,9 +118,10 @@ class SessionDriver:
 
     def _login(self) -> str | None:
         login = self._macro("{auth_authen}")
-        if login and self.conn.mta in (MTA.SENDMAIL, MTA.UNANNOUNCED):
+        if login and self.conn.mta is MTA.SENDMAIL:
             # Sendmail hands the login over xtext-encoded (bob+x is "bob+2Bx"); Postfix
-            # as the client sent it.
+            # as the client sent it. Not without macro v: that may be a Postfix too
+            # (second review); sendmail-config's lines send v.
             return xtext_decode(login)
         return login
 
