@@ -254,6 +254,7 @@ def test_a_long_replys_verdict_is_read_from_its_head(body: bytes) -> None:
         # Python's json reads these; NaN would compare false with every threshold.
         (200, b'{"score": NaN, "action": "no action"}', "score is nan"),
         (200, b'{"score": -Infinity, "action": "no action"}', "score is -inf"),
+        (200, b'{"score": 1' + b"0" * 400 + b', "action": "no action"}', "score is 1000"),
         (200, b"x" * 2000, "reply over 1000 octets"),
         # Too long, and the verdict is not in the part kept.
         (200, b'{"symbols": {"' + b"x" * 2000 + b'": 1}, "score": 1, "action": "x"}', "over"),

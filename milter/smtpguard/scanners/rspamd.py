@@ -235,10 +235,10 @@ def _result(status: int, reply: Any) -> SpamResult:
     score, action = reply.get("score"), reply.get("action")
     if not isinstance(score, int | float) or isinstance(score, bool) or not isinstance(action, str):
         return SpamResult(SpamStatus.ERROR, detail="reply lacks score or action")
-    if not math.isfinite(score):
+    if _finite(score) is None:
         # Python's json reads NaN and Infinity: a NaN score compares false with every
         # threshold, so a reject would become an accept.
-        return SpamResult(SpamStatus.ERROR, detail=f"reply's score is {score}")
+        return SpamResult(SpamStatus.ERROR, detail=f"reply's score is {str(score)[:20]}")
     required = reply.get("required_score")
     symbols: dict[str, float] = {}
     raw_symbols = reply.get("symbols")
@@ -256,7 +256,12 @@ def _result(status: int, reply: Any) -> SpamResult:
 
 
 def _finite(value: object) -> float | None:
-    """A JSON number as a float; None for anything else, NaN and the infinities."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    """A JSON number as a float; None for anything else, NaN, the infinities and an
+    integer beyond any float."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
