@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
 import shutil
 import sqlite3
@@ -334,6 +335,33 @@ def test_a_new_directory_file_appears_only_complete(tmp_path: Path, db_path: Pat
         watcher.join()
     assert set(seen) <= {users}, sorted(set(seen))
     assert list(db_path.parent.iterdir()) == [db_path]  # nothing left beside it
+
+
+def test_two_imports_into_a_missing_file_keep_both(tmp_path: Path, db_path: Path) -> None:
+    """Second review: each built its own new file, and the second rename replaced the
+    first's; the first import's rows were lost while both said they were imported."""
+    sources = [
+        write(
+            tmp_path / f"part{n}.toml",
+            "".join(f'[[user]]\naddress = "u{n}-{i}@example.com"\n' for i in range(20000)),
+        )
+        for n in (1, 2)
+    ]
+    fork = multiprocessing.get_context("fork")
+    together = fork.Barrier(2)
+
+    def run(source: Path) -> None:
+        together.wait()
+        import_file(db_path, source)
+
+    workers = [fork.Process(target=run, args=(source,)) for source in sources]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert len(table_rows(db_path, "users")) == 40000
+    assert list(db_path.parent.iterdir()) == [db_path]
 
 
 def test_missing_import_file(tmp_path: Path, db_path: Path) -> None:

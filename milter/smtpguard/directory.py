@@ -481,33 +481,28 @@ def import_file(
     # The cross-row checks run even when rows were refused, on the rows that passed: the
     # operator gets every problem at once, not a second batch after fixing the first.
     _raise_problems(staged.problems + _cross_problems(staged, existing, is_local))
-    # A new file is written beside the path and renamed onto it when complete: a
-    # running milter that finds a file at the path reads it at once, and an empty
-    # schema there, even for a moment, would make every local recipient unknown (550
-    # for real users while a removed directory is imported again; found by review).
-    fresh = not db_path.exists()
-    target = db_path.with_name(f".{db_path.name}.{os.getpid()}.new") if fresh else db_path
-    try:
-        if fresh:
-            target.unlink(missing_ok=True)
-        create_database(target)
-        with closing(sqlite3.connect(target, timeout=10)) as db:
+    # A new file is written beside the path and linked there when complete: a running
+    # milter that finds a file at the path reads it at once, and an empty schema there,
+    # even for a moment, would make every local recipient unknown (550 for real users
+    # while a removed directory is imported again; found by review).
+    if db_path.exists():
+        _import_into(db_path, staged, replace, is_local)
+    else:
+        target = db_path.with_name(f".{db_path.name}.{os.getpid()}.new")
+        try:
+            # What a crashed import of a process with this id left, its journal too:
+            # SQLite would roll a hot journal back into the new file.
+            for leftover in (target, target.with_name(target.name + "-journal")):
+                leftover.unlink(missing_ok=True)
+            _import_into(target, staged, replace, is_local)
             try:
-                db.execute("BEGIN IMMEDIATE")
-                if replace:
-                    for table in ("users", "aliases", "send_as", "lists", "list_members"):
-                        db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
-                else:
-                    _raise_problems(_cross_problems(staged, _read_contents(db), is_local))
-                _write(db, staged.rows)
-                db.commit()
-            except BaseException:
-                db.rollback()
-                raise
-        if fresh:
-            os.replace(target, db_path)
-    finally:
-        if fresh:
+                # A link, not a rename: it never replaces a file another import made at
+                # the path meanwhile (its rows would be lost; second review). Then the
+                # rows go into that one, under its write lock, as for any existing file.
+                os.link(target, db_path)
+            except FileExistsError:
+                _import_into(db_path, staged, replace, is_local)
+        finally:
             target.unlink(missing_ok=True)
     return ImportCounts(
         users=sum(isinstance(r, UserRow) for r in staged.rows),
@@ -516,6 +511,27 @@ def import_file(
         lists=sum(isinstance(r, ListRow) for r in staged.rows),
         members=sum(isinstance(r, MemberRow) for r in staged.rows),
     )
+
+
+def _import_into(
+    path: Path, staged: _Staged, replace: bool, is_local: Callable[[str], bool] | None
+) -> None:
+    """Write the staged rows into ``path`` in one transaction (the file and its tables
+    made if missing), the cross-row checks made again under its write lock."""
+    create_database(path)
+    with closing(sqlite3.connect(path, timeout=10)) as db:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if replace:
+                for table in ("users", "aliases", "send_as", "lists", "list_members"):
+                    db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            else:
+                _raise_problems(_cross_problems(staged, _read_contents(db), is_local))
+            _write(db, staged.rows)
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
 
 
 def _raise_problems(problems: list[str]) -> None:
