@@ -571,19 +571,26 @@ def in_child(scenario: Callable[[], None]) -> None:
     assert os.WEXITSTATUS(status) == 0
 
 
-def test_a_shared_file_cut_in_place_is_made_again_not_a_crash(tmp_path: Path) -> None:
+def test_a_shared_file_cut_in_place_is_put_back_not_a_crash(tmp_path: Path) -> None:
     """Found by review: truncating the file under a running worker killed it with
-    SIGBUS at its next message."""
+    SIGBUS at its next message. The second review: a restore with cp (cut, then
+    written again) split the workers onto two files when one was made anew."""
 
     def scenario() -> None:
+        path = tmp_path / "counters.map"
         counter = shared(tmp_path)
         assert counter.hit(KEY, 1000) == 1
         other = shared(tmp_path)  # another worker's view of the same file
         assert other.hit(KEY, 1000) == 2
-        os.truncate(tmp_path / "counters.map", 0)
-        assert counter.hit(KEY, 1000) == 1  # the counts start again
-        assert other.hit(KEY, 1000) == 2  # on the one file made again
-        assert (tmp_path / "counters.map").stat().st_size == counter.size
+        backup = path.read_bytes()
+        with path.open("wb") as target:  # cp opens its target with O_TRUNC ...
+            assert counter.hit(KEY, 1000) == 1  # what was cut counts from zero
+            assert path.stat().st_size == counter.size
+            target.write(backup)  # ... and then writes the copy through that descriptor
+        # Both still count on the one file, the copy's counts included.
+        assert other.hit(KEY, 1000) == 3
+        assert counter.peek(KEY, 1000) == 3
+        assert list(tmp_path.iterdir()) == [path]
 
     in_child(scenario)
 

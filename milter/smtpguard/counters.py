@@ -387,26 +387,34 @@ class SharedCounter:
 
         The header needs no check: a file of another geometry is never made in place
         (_make), so the one mapped keeps the header it was mapped with. But the file
-        may have been truncated in place by hand (an operator, a restore), and reading
-        a map past the end of its file kills the process with SIGBUS: that is found
-        here, under the lock, and the file is made again (the counts start from zero).
-        A file that is no longer at the path is no such case: it is the old geometry's
-        after a reload, kept by design (_make)."""
+        may have been cut in place by hand (an operator, a restore with cp), and
+        reading a map past the end of its file kills the process with SIGBUS: that is
+        found here, under the lock, and the file is put back to its size in place
+        (what was cut counts from zero). In place, not made again: every worker keeps
+        counting on the one file, whichever of them finds it first (second review: a
+        new file split the workers, each counting alone). A file that is no longer at
+        the path is no such case: it is the old geometry's after a reload (_make)."""
         table = self._mapped()
         self._lock_file(self._fd)
         size = os.fstat(self._fd).st_size
         if size == self.size:
             return table
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        try:
+            os.posix_fallocate(self._fd, 0, self.size)
+            if size > self.size:
+                os.ftruncate(self._fd, self.size)
+            if os.pread(self._fd, _HEADER.size, 0) != self._header:
+                os.pwrite(self._fd, self._header, 0)
+        except OSError as exc:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
         log.warning(
-            "%s was cut to %d bytes under the running service: same-size counts start"
-            " again from zero",
+            "%s was %d bytes under the running service, not %d: put back in place; the"
+            " same-size counts of what was cut start again from zero",
             self.path,
             size,
+            self.size,
         )
-        self._unmap()
-        table = self._mapped()
-        self._lock_file(self._fd)
         return table
 
     def _open_locked(self) -> int:
