@@ -811,6 +811,41 @@ def test_a_socket_a_chrooted_smtpd_cannot_reach_is_a_conflict(tmp_path: Path) ->
     assert not any("runs chrooted" in p for p in result.problems)
 
 
+def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
+    """Second review: a socket directory bind-mounted at the same path under the queue
+    directory works (measured through a real Postfix), and was reported anyway."""
+    queue = tmp_path / "queue"
+    sockets = tmp_path / "run"
+    extra = {"milter": {"socket": f"unix:{sockets}/smtpguard.sock"}}
+    main_cf = f"queue_directory = {queue}\n"
+    result = _service_plan(tmp_path, extra, main_cf)
+    chrooted = [p for p in result.problems if "runs chrooted" in p]
+    assert len(chrooted) == 2
+    # Where it would work, in this instance's queue directory.
+    assert f"unix:{queue}/smtpguard/smtpguard.sock" in chrooted[0]
+    (queue / str(sockets).lstrip("/")).mkdir(parents=True)  # the mount point inside
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    result = _service_plan(mounted, extra, main_cf)
+    assert not any("runs chrooted" in p for p in result.problems)
+
+
+def test_a_chrooted_cleanup_with_non_smtpd_milters(tmp_path: Path) -> None:
+    """Second review: cleanup runs non_smtpd_milters; chrooted (Debian's master.cf), it
+    kept mail from sendmail(1) queued while --check said nothing."""
+    master_cf = MASTER_CF + "cleanup   unix  n       -       y       -       0       cleanup\n"
+    extra = {"milter": {"socket": "unix:/run/smtpguard/smtpguard.sock"}}
+    cfg = config(tmp_path, extra)
+    current = read_postconf(_instance(tmp_path, "", master_cf))
+    replies = load_replies(cfg.replies, cfg.file)
+    attached = plan(cfg, replies, current, non_smtpd_milters=True)
+    assert any(
+        p.startswith("master.cf service cleanup/unix: runs chrooted") for p in attached.problems
+    )
+    alone = plan(cfg, replies, current)  # smtpd only: cleanup runs no milter of ours
+    assert not any("cleanup/unix" in p for p in alone.problems)
+
+
 def test_milter_mode_open_relay_on_a_service_without_smtpguard(tmp_path: Path) -> None:
     result = _service_plan(tmp_path, {"site": {"relay_control": "milter"}}, "")
     (problem,) = [p for p in result.problems if "2525/inet" in p]

@@ -32,7 +32,7 @@ import shlex
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
@@ -157,6 +157,8 @@ class Settings:
     raw: Mapping[str, str]
     expanded: Mapping[str, str]
     services: tuple[Service, ...] = ()
+    #: master.cf's chroot column of cleanup, which runs non_smtpd_milters.
+    cleanup_chroot: str = "-"
 
 
 def read_postconf(config_directory: str | None = None) -> Settings:
@@ -211,7 +213,12 @@ def read_postconf(config_directory: str | None = None) -> Settings:
         )
         for name, kind in smtpd
     )
-    return Settings(raw=values(), expanded=values("-x"), services=services)
+    return Settings(
+        raw=values(),
+        expanded=values("-x"),
+        services=services,
+        cleanup_chroot=fields.get("cleanup/unix/chroot", "-"),
+    )
 
 
 def _assignments(stdout: str) -> Iterator[tuple[str, str]]:
@@ -443,6 +450,7 @@ def plan(
     planner.footers()
     planner.bare_newline()
     planner.master_services()
+    planner.cleanup()
     return Plan(
         config_directory=current.expanded["config_directory"],
         changes=tuple(planner.changes),
@@ -468,6 +476,9 @@ class _Planner:
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
         self.services = current.services
+        self.cleanup_chroot = current.cleanup_chroot
+        #: smtpguard is (or will be) in non_smtpd_milters.
+        self.non_smtpd = False
         #: main.cf's relay restriction lists as the plan leaves them (raw).
         self.relay_lists: dict[str, str] = {}
 
@@ -500,6 +511,9 @@ class _Planner:
             )
         for name in params:
             self._milter_entry(name, entry)
+        self.non_smtpd = (non_smtpd or inherited) or any(
+            _milter_address(e) == self.address for e in split_list(self.now["non_smtpd_milters"])
+        )
 
     def _milter_entry(self, name: str, entry: str) -> None:
         """smtpguard's entry in one milter list: added, moved to the front, or put in
@@ -825,7 +839,7 @@ class _Planner:
                     ' (site.relay_control = "milter")'
                 )
             if listed and not off:
-                self._chroot_problem(service, where)
+                self._chroot_problem(service.chroot, where, "every message")
                 content_filter = x.get("content_filter", self.now["content_filter"])
                 proxy_filter = x.get("smtpd_proxy_filter", "")
                 reinjection = "content_filter" in o or self._loopback_only(service)
@@ -860,19 +874,33 @@ class _Planner:
             else:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
 
-    def _chroot_problem(self, service: Service, where: str) -> None:
-        """A chrooted smtpd sees only what is under queue_directory (its chroot): a
-        unix socket elsewhere is "No such file or directory" to it, and every message
-        is deferred with 451 4.7.1."""
-        if service.chroot != "y" or not self.address.startswith("unix:/"):
+    def _chroot_problem(self, chroot: str, where: str, mail: str) -> None:
+        """A chrooted service sees only what is under queue_directory (its chroot): a
+        unix socket at an absolute path elsewhere is "No such file or directory" to it
+        unless the same path exists in there too (a bind mount), and ``mail`` is
+        deferred with 451 4.7.1."""
+        if chroot != "y" or not self.address.startswith("unix:/"):
+            return
+        queue = self.now["queue_directory"]
+        socket = PurePosixPath(self.address.removeprefix("unix:"))
+        inside = Path(queue + str(socket))
+        # The socket itself once the service runs, else the directory it will be in.
+        if inside.exists() if Path(socket).exists() else inside.parent.is_dir():
             return
         self.problem(
-            f"{where}: runs chrooted (chroot y in master.cf) in {self.now['queue_directory']},"
-            f" where milter.socket {self.address.removeprefix('unix:')} does not exist for it:"
-            " every message would be deferred (451 4.7.1). Put the socket under"
-            " queue_directory (the default: unix:/var/spool/postfix/smtpguard/smtpguard.sock)"
-            " or set the service's chroot column to n"
+            f"{where}: runs chrooted (chroot y in master.cf) in {queue}, where milter.socket"
+            f" {socket} does not exist for it: {mail} would be deferred (451 4.7.1). Put the"
+            f" socket under queue_directory (unix:{queue}/smtpguard/smtpguard.sock, the"
+            " default's place) or set the service's chroot column to n"
         )
+
+    def cleanup(self) -> None:
+        """cleanup runs non_smtpd_milters (mail from sendmail(1), pickup): chrooted, it
+        cannot reach a socket outside the queue directory either."""
+        if self.non_smtpd:
+            self._chroot_problem(
+                self.cleanup_chroot, "master.cf service cleanup/unix", "mail from sendmail(1)"
+            )
 
     def _relay_items(self, service: Service) -> list[list[str]]:
         """The service's restriction lists that can refuse an outsider's RCPT: its
