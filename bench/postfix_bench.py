@@ -201,6 +201,9 @@ def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> Benc
     shutil.chown(data, "postfix", "postfix")
     port = free_port()
     (config_dir / "main.cf").write_text(local_main_cf(load(smtpguard_config), root, "discard"))
+    # Before postfix-config, which reads master.cf's services too (postconf -F fails
+    # without the file).
+    (config_dir / "master.cf").write_text(MASTER_CF_SERVICES.format(port=port))
     # The settings smtpguard generates, applied as users apply them; then the one
     # line that differs between the configurations.
     attach_smtpguard(config_dir, smtpguard_config)
@@ -209,7 +212,6 @@ def start_postfix(name: str, smtpguard_config: Path, milter: str | None) -> Benc
         check=True,
         timeout=60,
     )
-    (config_dir / "master.cf").write_text(MASTER_CF_SERVICES.format(port=port))
     return start_instance(BenchPostfix(name, root, port, config_dir, queue), f"postfix {name}")
 
 
