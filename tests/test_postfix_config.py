@@ -39,6 +39,7 @@ from support.service import make_site, merge
 STOCK = {
     "config_directory": "/etc/postfix",
     "queue_directory": "/var/spool/postfix",
+    "myhostname": "mx.example.com",
     "smtpd_milters": "",
     "non_smtpd_milters": "",
     "milter_default_action": "tempfail",
@@ -534,7 +535,11 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
     # One of site.our_hostnames: a note on what smtpguard lets through to it.
     assert "mx.example.com" not in problem
     (note,) = [n for n in result.notes if n.startswith("Postfix accepts mail for mx.")]
-    assert "from outside only to postmaster@ it" in note
+    assert "from outside only postmaster@ it and bounces" in note
+    # This host's own name is not one of them: the advice says where it goes.
+    other = make_plan(cfg, myhostname="mail.example.com", mydestination="mail.example.com")
+    (advice,) = [p for p in other.unresolved if p.startswith("Postfix accepts mail for")]
+    assert "mail.example.com is this host's own name: add it to site.our_hostnames" in advice
     assert "example.org (virtual_alias_domains)" in problem
     assert "localhost" not in problem
     assert "hash:" not in problem

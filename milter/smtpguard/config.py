@@ -350,6 +350,17 @@ class SiteConfig:
         """One of our host names (compared canonical: an IDN in U-labels too)."""
         return canonical_domain(domain) in self.our_hostnames
 
+    def is_host_only(self, domain: str) -> bool:
+        """One of our host names that local_domains or relay_domains do not name
+        exactly (a ".example.com" entry covering it does not count): mail to it is the
+        host's own, which no directory knows (checks.relay, checks.recipients)."""
+        name = canonical_domain(domain)
+        return (
+            name in self.our_hostnames
+            and name not in self.local_domains
+            and name not in self.relay_domains
+        )
+
     def is_ours(self, domain: str) -> bool:
         """A local domain or one of our host names: what the host's own programs send
         as (root@ the host: Postfix's myorigin, Sendmail's $j)."""

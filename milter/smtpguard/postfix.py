@@ -101,6 +101,7 @@ FOOTER_FILE = "smtpguard_footers.regexp"
 PARAMETERS = (
     "config_directory",
     "queue_directory",
+    "myhostname",
     "smtpd_milters",
     "non_smtpd_milters",
     "milter_default_action",
@@ -1000,22 +1001,30 @@ class _Planner:
                     why = f"{name} with parent_domain_matches_subdomains"
                     accepted.append((f"subdomains of {domain}", "smtpguard-probe." + domain, why))
                 for shown, probe, why in accepted:
-                    if site.is_host_name(probe) and not site.is_local(probe):
+                    if site.is_host_only(probe):
                         hosts.append(shown)
                     elif not (site.is_local(probe) or site.is_relay(probe)):
                         unknown.setdefault(shown, []).append(why)
         for host in dict.fromkeys(hosts):
             self.notes.append(
                 f"Postfix accepts mail for {host}, one of site.our_hostnames: smtpguard lets"
-                " trusted and logged-in clients send to it, and from outside only to"
-                " postmaster@ it (host_denies_relay for the rest, which no directory knows)"
+                " trusted and logged-in clients send to it, and from outside only"
+                " postmaster@ it and bounces (host_denies_relay for the rest, which no"
+                " directory knows)"
             )
         if unknown:
             listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
+            myhostname = self.now["myhostname"].lower().rstrip(".")
+            own = (
+                f"; {myhostname} is this host's own name: add it to site.our_hostnames"
+                " (root@ it is no directory's)"
+                if myhostname in unknown
+                else ""
+            )
             self.problem(
                 f"Postfix accepts mail for {listed}, which smtpguard refuses"
                 " (host_denies_relay): add them to site.local_domains or site.relay_domains"
-                ' (".example.com" covers the subdomains of example.com)'
+                f' (".example.com" covers the subdomains of example.com){own}'
             )
         self._idn_spellings()
 

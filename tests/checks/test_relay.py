@@ -164,6 +164,32 @@ def test_trusted_network_relays_for_local_and_null_senders(relay: Relay, sender:
     assert relay(conn, rcpt("x@example.org")) is None
 
 
+def test_bounces_to_the_hosts_own_senders(relay: Relay) -> None:
+    """The host's programs send as root@ it; their bounces come back with a null
+    sender (third review: refused for good). No bounce is ever sent to <>, so this is
+    no backscatter."""
+    assert relay(make_conn(sender="<>"), rcpt("root@mx.example.org")) is None
+    verdict = relay(make_conn(sender="x@example.org"), rcpt("root@mx.example.org"))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "host_denies_relay"
+
+
+@pytest.mark.parametrize("listed", ["local_domains", "relay_domains"])
+def test_a_dot_entry_covering_the_host_name_does_not_open_it(
+    make_services: ServicesFactory, listed: str
+) -> None:
+    """Third review: relay_domains = [".example.org"] let any name at mx.example.org
+    through from outside, then Postfix bounced the unknown ones (backscatter)."""
+    relay = Relay(make_services(site={**SITE, listed: [*SITE[listed], ".example.org"]}))
+    verdict = relay(make_conn(sender="x@example.net"), rcpt("nosuch@mx.example.org"))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "host_denies_relay"
+    assert relay(make_conn(sender="x@example.net"), rcpt("x@other.example.org")) is None
+    # Named exactly, the name is the operator's local or relay domain like any other.
+    exact = Relay(make_services(site={**SITE, listed: [*SITE[listed], "mx.example.org"]}))
+    assert exact(make_conn(sender="x@example.net"), rcpt("nosuch@mx.example.org")) is None
+
+
 def test_the_hosts_own_name_for_its_own_users(relay: Relay) -> None:
     """A trusted or logged-in client reaches any name at the host (cron, a local user's
     mail to root), whatever its sender; the MTA's local delivery knows them."""

@@ -98,7 +98,15 @@ class Mailbox:
             if domain and not self.site.is_local(domain):
                 return None
             return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
-        if not self.enabled or not rcpt.domain or not self.site.is_local(rcpt.domain_lc):
+        # The host's own name, even under a ".example.com" local entry, is the MTA's
+        # local delivery (root@, aliases), which no directory lists.
+        domain = rcpt.domain_lc
+        if (
+            not self.enabled
+            or not domain
+            or not self.site.is_local(domain)
+            or self.site.is_host_only(domain)
+        ):
             return None
         if rcpt.is_postmaster:
             # RFC 5321 §4.5.1: postmaster@ every domain we receive for exists, listed

@@ -62,19 +62,22 @@ class Relay:
         # recipient is relaying whatever its domain; only the mailbox check refused
         # it, and with that off or in report mode it relayed.
         routed = not _ROUTED.isdisjoint(local)
-        if not routed and (
+        if not routed and domain and self.site.is_host_only(domain):
+            # The host's own name is the MTA's local mail too (Postfix's mydestination
+            # has $myhostname, Sendmail's class w $j), for its own programs and users.
+            # From outside: postmaster@ it (RFC 5321 §4.5.1) and bounces (a null
+            # sender: the host's own mail may come back). No directory knows root@ the
+            # host, and any other name would be accepted, then bounced. Decided before
+            # a ".example.com" local or relay entry that covers the name.
+            postmaster = rcpt.is_postmaster if rcpt is not None else local.lower() == "postmaster"
+            bounce = txn.sender is not None and txn.sender.is_null
+            if conn.trusted or postmaster or bounce:
+                return None
+        elif not routed and (
             # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
             not domain or self.site.is_local(domain) or self.site.is_relay(domain)
         ):
             return None
-        if not routed and self.site.is_host_name(domain):
-            # The host's own name is the MTA's local mail too (Postfix's mydestination
-            # has $myhostname, Sendmail's class w $j), for its own programs and users.
-            # From outside only postmaster@ it (RFC 5321 §4.5.1): no directory knows
-            # root@ the host, and any other name would be accepted, then bounced.
-            postmaster = rcpt.is_postmaster if rcpt is not None else local.lower() == "postmaster"
-            if conn.trusted or postmaster:
-                return None
         where = f"through the local part of {event.rcpt_raw!r}" if routed else f"to {domain}"
         if not conn.trusted:
             return Hit("host_denies_relay", f"relay {where} from untrusted client")
