@@ -143,6 +143,26 @@ def test_unknown_local_recipient(mailbox: Mailbox, recipient: str) -> None:
     assert verdict == Hit("mailbox_unavailable", f"{recipient} unknown")
 
 
+def test_the_hosts_own_name_under_a_dot_entry_is_the_mtas(
+    make_services: ServicesFactory, directory: FakeDirectory
+) -> None:
+    """mx.example.net is one of our host names and ".example.net" covers it: root@ it is
+    the MTA's local delivery, which no directory lists (third review: a trusted
+    client's mail to root@ the host got 550)."""
+    check = Mailbox(make_services(site={**SITE, "our_hostnames": ["mx.example.net"]}))
+    assert check(make_conn(sender="x@example.org"), rcpt("root@mx.example.net")) is None
+    verdict = check(make_conn(sender="x@example.org"), rcpt("x@a.example.net"))
+    assert verdict == Hit("mailbox_unavailable", "x@a.example.net unknown")
+    # Named exactly in local_domains, it is a directory domain like any other.
+    exact = Mailbox(
+        make_services(
+            site={"local_domains": ["mx.example.net"], "our_hostnames": ["mx.example.net"]}
+        )
+    )
+    verdict = exact(make_conn(sender="x@example.org"), rcpt("root@mx.example.net"))
+    assert verdict == Hit("mailbox_unavailable", "root@mx.example.net unknown")
+
+
 def test_invalid_recipient(mailbox: Mailbox, directory: FakeDirectory) -> None:
     verdict = mailbox(make_conn(sender="x@example.org"), rcpt("<alice@@example.com>"))
     assert verdict == Hit("mailbox_unavailable", "invalid recipient '<alice@@example.com>'")
