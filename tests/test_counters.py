@@ -595,6 +595,25 @@ def test_a_shared_file_cut_in_place_is_put_back_not_a_crash(tmp_path: Path) -> N
     in_child(scenario)
 
 
+def test_a_worker_that_maps_a_cut_file_first_puts_it_back_too(tmp_path: Path) -> None:
+    """Third review: a worker that had not mapped the file yet (just started) found it
+    cut and made a new one by rename, while the others put the old one back: each
+    counted alone."""
+
+    def scenario() -> None:
+        path = tmp_path / "counters.map"
+        counting = shared(tmp_path)
+        assert counting.hit(KEY, 1000) == 1
+        fresh = shared(tmp_path)  # a worker with no message yet: nothing mapped
+        os.truncate(path, 0)
+        assert fresh.hit(KEY, 1000) == 1
+        assert counting.hit(KEY, 1000) == 2
+        assert fresh.peek(KEY, 1000) == 2
+        assert list(tmp_path.iterdir()) == [path]
+
+    in_child(scenario)
+
+
 def test_a_shared_counter_dropped_without_close_closes_its_file(tmp_path: Path) -> None:
     """A reload retires the old counter with close(); a session still on the old
     runtime then maps the file again, and that descriptor must go with the counter."""

@@ -365,13 +365,23 @@ class SharedCounter:
             raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
         try:
             made = os.fstat(fd).st_size
-            if made != self.size or os.pread(fd, _HEADER.size, 0) != self._header:
+            header = os.pread(fd, _HEADER.size, 0)
+            if made != self.size or header != self._header:
                 if self._retired:
                     os.close(fd)
                     raise _Superseded
-                fresh = self._make(made)
-                os.close(fd)  # and with it the lock on the file it replaced
-                fd = fresh
+                # New (empty), or this geometry's file cut in place (its header, or what
+                # is left of it, or zeros): put back where it is, so that every worker
+                # counts on the one file (third review: a worker that mapped it only
+                # now made a new one by rename, and the workers counted apart).
+                ours = self._header.startswith(header) or not header.strip(b"\0")
+                if made < self.size and ours:
+                    self._put_back(fd, made)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                else:
+                    fresh = self._make(made)
+                    os.close(fd)  # and with it the lock on the file it replaced
+                    fd = fresh
             else:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED)
@@ -400,22 +410,28 @@ class SharedCounter:
         if size == self.size:
             return table
         try:
-            os.posix_fallocate(self._fd, 0, self.size)
-            if size > self.size:
-                os.ftruncate(self._fd, self.size)
-            if os.pread(self._fd, _HEADER.size, 0) != self._header:
-                os.pwrite(self._fd, self._header, 0)
+            self._put_back(self._fd, size)
         except OSError as exc:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
-        log.warning(
-            "%s was %d bytes under the running service, not %d: put back in place; the"
-            " same-size counts of what was cut start again from zero",
-            self.path,
-            size,
-            self.size,
-        )
         return table
+
+    def _put_back(self, fd: int, size: int) -> None:
+        """The file, of ``size`` bytes, back to this geometry's size and header in place
+        (called holding its lock); what was cut counts from zero."""
+        os.posix_fallocate(fd, 0, self.size)
+        if size > self.size:
+            os.ftruncate(fd, self.size)
+        if os.pread(fd, _HEADER.size, 0) != self._header:
+            os.pwrite(fd, self._header, 0)
+        if size:
+            log.warning(
+                "%s was %d bytes under the running service, not %d: put back in place;"
+                " the same-size counts of what was cut start again from zero",
+                self.path,
+                size,
+                self.size,
+            )
 
     def _open_locked(self) -> int:
         """The file now at the path, opened and locked (one replaced by another process
