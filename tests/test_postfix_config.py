@@ -828,10 +828,28 @@ def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
     assert len(chrooted) == 2
     # Where it would work, in this instance's queue directory.
     assert f"unix:{queue}/smtpguard/smtpguard.sock" in chrooted[0]
-    (queue / str(sockets).lstrip("/")).mkdir(parents=True)  # the mount point inside
+    point = queue / str(sockets).lstrip("/")  # the same path inside the chroot
+    point.mkdir(parents=True)
+    sockets.mkdir()
+    # A directory of that name is not the socket's (third review: a leftover passed),
+    # nor is a symbolic link, which points elsewhere once inside the chroot.
+    (tmp_path / "leftover").mkdir()
+    result = _service_plan(tmp_path / "leftover", extra, main_cf)
+    assert any("is another directory" in p for p in result.problems)
+    point.rmdir()
+    point.symlink_to(sockets)
+    (tmp_path / "link").mkdir()
+    result = _service_plan(tmp_path / "link", extra, main_cf)
+    assert any("is another directory" in p for p in result.problems)
+    point.unlink()
+    point.mkdir()
     mounted = tmp_path / "mounted"
     mounted.mkdir()
-    result = _service_plan(mounted, extra, main_cf)
+    subprocess.run(["mount", "--bind", str(sockets), str(point)], check=True)
+    try:
+        result = _service_plan(mounted, extra, main_cf)
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
     assert not any("runs chrooted" in p for p in result.problems)
 
 

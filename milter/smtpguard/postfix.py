@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import os
 import re
 import shlex
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Final
 
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
@@ -884,15 +885,22 @@ class _Planner:
             return
         queue = self.now["queue_directory"]
         socket = PurePosixPath(self.address.removeprefix("unix:"))
-        inside = Path(queue + str(socket))
-        # The socket itself once the service runs, else the directory it will be in.
-        if inside.exists() if Path(socket).exists() else inside.parent.is_dir():
-            return
+        # The same directory inside the chroot (a bind mount), not merely one of that
+        # name (third review: a leftover directory passed).
+        try:
+            outside = os.stat(socket.parent)
+            # lstat: a symbolic link would point elsewhere inside the chroot.
+            inside = os.lstat(queue + str(socket.parent))
+            if (outside.st_dev, outside.st_ino) == (inside.st_dev, inside.st_ino):
+                return
+            why = f"does not exist for it ({queue}{socket.parent} is another directory)"
+        except OSError as exc:
+            why = f"does not exist for it, as far as can be told ({exc.strerror or exc})"
         self.problem(
             f"{where}: runs chrooted (chroot y in master.cf) in {queue}, where milter.socket"
-            f" {socket} does not exist for it: {mail} would be deferred (451 4.7.1). Put the"
-            f" socket under queue_directory (unix:{queue}/smtpguard/smtpguard.sock, the"
-            " default's place) or set the service's chroot column to n"
+            f" {socket} {why}: {mail} would be deferred (451 4.7.1). Put the socket under"
+            f" queue_directory (unix:{queue}/smtpguard/smtpguard.sock, the default's place)"
+            " or set the service's chroot column to n"
         )
 
     def cleanup(self) -> None:
