@@ -145,8 +145,10 @@ class SessionDriver:
             log.warning(
                 "sid=%s the MTA sent no macro v (Postfix does by default, Sendmail only when "
                 "its .mc has the defines of smtpguard sendmail-config): replies are ASCII "
-                "only, as for Sendmail, which clears the 8th bit of reply text; logged once "
-                "per process. Use the whole sendmail-config output, or set milter.mta",
+                "only, as for Sendmail, which clears the 8th bit of reply text, and SASL "
+                "logins are taken as sent (Sendmail xtext-encodes them: a login with + or = "
+                "is then unknown); logged once per process. Use the whole sendmail-config "
+                "output, or set milter.mta",
                 conn.session_id,
             )
         conn.trusted_network = self.rt.config.site.is_trusted_ip(conn.client_ip)
