@@ -536,10 +536,16 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
     assert "mx.example.com" not in problem
     (note,) = [n for n in result.notes if n.startswith("Postfix accepts mail for mx.")]
     assert "from outside only postmaster@ it and bounces" in note
-    # This host's own name is not one of them: the advice says where it goes.
-    other = make_plan(cfg, myhostname="mail.example.com", mydestination="mail.example.com")
-    (advice,) = [p for p in other.unresolved if p.startswith("Postfix accepts mail for")]
-    assert "mail.example.com is this host's own name: add it to site.our_hostnames" in advice
+    # This host's own name is not one of them: the advice says where it goes, also
+    # when a ".example.com" local entry covers it (third review: 550 for root@ it).
+    for local in (["example.com"], ["example.com", ".example.com"]):
+        covered = config(tmp_path / f"local{len(local)}", {"site": {"local_domains": local}})
+        other = make_plan(covered, myhostname="mail.example.com", mydestination="mail.example.com")
+        (advice,) = [p for p in other.unresolved if "mail.example.com" in p]
+        assert advice.startswith(
+            "Postfix delivers mail for its own name mail.example.com (mydestination) itself"
+        )
+        assert "add it to site.our_hostnames" in advice
     assert "example.org (virtual_alias_domains)" in problem
     assert "localhost" not in problem
     assert "hash:" not in problem
@@ -550,6 +556,16 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
         in problem
     )
     assert "relay.example (relay_domains)" not in problem.replace("of relay.example", "")
+
+
+def test_a_domain_postfix_delivers_is_no_relay_domain(tmp_path: Path) -> None:
+    """Third review: the host name listed in site.relay_domains let any name at it in
+    from outside; Postfix, its unknown-recipient check off for the milter, accepted
+    and bounced the unknown ones (backscatter)."""
+    cfg = config(tmp_path, {"site": {"relay_domains": ["relay.example", "mx.example.com"]}})
+    result = make_plan(cfg, mydestination="mx.example.com, example.com, localhost")
+    (problem,) = [p for p in result.unresolved if "mx.example.com (mydestination)" in p]
+    assert "site.relay_domains covers it" in problem
 
 
 def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
@@ -843,6 +859,15 @@ def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
     assert any("is another directory" in p for p in result.problems)
     point.unlink()
     point.mkdir()
+    # A link higher up, such as queue/tmp -> /tmp, passes outside and loops inside.
+    high = tmp_path / "queue2"
+    high.mkdir()
+    (high / str(sockets).lstrip("/").split("/")[0]).symlink_to(
+        "/" + str(sockets).lstrip("/").split("/")[0]
+    )
+    (tmp_path / "high").mkdir()
+    result = _service_plan(tmp_path / "high", extra, f"queue_directory = {high}\n")
+    assert any("is another directory" in p for p in result.problems)
     mounted = tmp_path / "mounted"
     mounted.mkdir()
     subprocess.run(["mount", "--bind", str(sockets), str(point)], check=True)

@@ -351,15 +351,12 @@ class SiteConfig:
         return canonical_domain(domain) in self.our_hostnames
 
     def is_host_only(self, domain: str) -> bool:
-        """One of our host names that local_domains or relay_domains do not name
-        exactly (a ".example.com" entry covering it does not count): mail to it is the
-        host's own, which no directory knows (checks.relay, checks.recipients)."""
+        """One of our host names that local_domains does not name exactly (a
+        ".example.com" entry covering it does not count, nor relay_domains: the MTA
+        delivers it itself): mail to it is the host's own, which no directory knows
+        (checks.relay, checks.recipients)."""
         name = canonical_domain(domain)
-        return (
-            name in self.our_hostnames
-            and name not in self.local_domains
-            and name not in self.relay_domains
-        )
+        return name in self.our_hostnames and name not in self.local_domains
 
     def is_ours(self, domain: str) -> bool:
         """A local domain or one of our host names: what the host's own programs send

@@ -33,7 +33,7 @@ import shlex
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
@@ -889,10 +889,17 @@ class _Planner:
         # name (third review: a leftover directory passed).
         try:
             outside = os.stat(socket.parent)
-            # lstat: a symbolic link would point elsewhere inside the chroot.
-            inside = os.lstat(queue + str(socket.parent))
-            if (outside.st_dev, outside.st_ino) == (inside.st_dev, inside.st_ino):
-                return
+            # No symbolic link on the way, at any level: inside the chroot it points
+            # elsewhere (third review: a link higher up passed).
+            inside = Path(queue)
+            for part in socket.parent.parts[1:]:
+                inside /= part
+                if inside.is_symlink():
+                    break
+            else:
+                found = inside.stat()
+                if (outside.st_dev, outside.st_ino) == (found.st_dev, found.st_ino):
+                    return
             why = f"does not exist for it ({queue}{socket.parent} is another directory)"
         except OSError as exc:
             why = f"does not exist for it, as far as can be told ({exc.strerror or exc})"
@@ -986,6 +993,8 @@ class _Planner:
     def domains(self) -> None:
         """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
         site = self.config.site
+        own = self._own_name()
+        self._delivered_but_relayed()
         unknown: dict[str, list[str]] = {}
         hosts: list[str] = []
         # How Postfix 3.7 matches each list (match_ops.c match_hostname): one named in
@@ -1009,6 +1018,8 @@ class _Planner:
                     why = f"{name} with parent_domain_matches_subdomains"
                     accepted.append((f"subdomains of {domain}", "smtpguard-probe." + domain, why))
                 for shown, probe, why in accepted:
+                    if shown == own:
+                        continue  # its own conflict (_own_name)
                     if site.is_host_only(probe):
                         hosts.append(shown)
                     elif not (site.is_local(probe) or site.is_relay(probe)):
@@ -1022,19 +1033,48 @@ class _Planner:
             )
         if unknown:
             listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
-            myhostname = self.now["myhostname"].lower().rstrip(".")
-            own = (
-                f"; {myhostname} is this host's own name: add it to site.our_hostnames"
-                " (root@ it is no directory's)"
-                if myhostname in unknown
-                else ""
-            )
             self.problem(
                 f"Postfix accepts mail for {listed}, which smtpguard refuses"
                 " (host_denies_relay): add them to site.local_domains or site.relay_domains"
-                f' (".example.com" covers the subdomains of example.com){own}'
+                ' (".example.com" covers the subdomains of example.com; a domain of'
+                " mydestination belongs in site.local_domains)"
             )
         self._idn_spellings()
+
+    def _own_name(self) -> str:
+        """$myhostname in mydestination but not in site.our_hostnames: reported, and
+        returned ("" when it is no conflict). Whether or not a local or relay entry
+        covers it: root@ it and the aliases are Postfix's, which no directory knows
+        (third review: 550 for a trusted client's mail to root@, and for the host's own
+        bounces)."""
+        site = self.config.site
+        myhostname = self.now["myhostname"].lower().rstrip(".")
+        if myhostname not in self._listed_domains("mydestination") or (
+            site.is_host_name(myhostname) or myhostname in site.local_domains
+        ):
+            return ""
+        self.problem(
+            f"Postfix delivers mail for its own name {myhostname} (mydestination) itself"
+            " (root@, aliases): add it to site.our_hostnames, so that smtpguard leaves"
+            " those names to Postfix and takes only postmaster@ it and bounces from"
+            " outside"
+        )
+        return myhostname
+
+    def _delivered_but_relayed(self) -> None:
+        """A mydestination domain that smtpguard takes for a relay domain: relay domains
+        are not checked against the directory, and with the milter Postfix's own
+        unknown-recipient check is off (smtpd_reject_unlisted_recipient), so unknown
+        users would be accepted, then bounced (backscatter; third review)."""
+        site = self.config.site
+        for domain in self._listed_domains("mydestination"):
+            if site.is_relay(domain) and not site.is_local(domain):
+                self.problem(
+                    f"Postfix delivers mail for {domain} (mydestination) itself, but"
+                    " site.relay_domains covers it: its unknown recipients would be"
+                    " accepted and then bounced; list it in site.local_domains (or"
+                    " site.our_hostnames for this host's own name) instead"
+                )
 
     def _listed_domains(self, name: str) -> list[str]:
         """The domain names Postfix's list ``name`` writes out, lower-case, without the
