@@ -559,13 +559,19 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
 
 
 def test_a_domain_postfix_delivers_is_no_relay_domain(tmp_path: Path) -> None:
-    """Third review: the host name listed in site.relay_domains let any name at it in
-    from outside; Postfix, its unknown-recipient check off for the milter, accepted
-    and bounced the unknown ones (backscatter)."""
-    cfg = config(tmp_path, {"site": {"relay_domains": ["relay.example", "mx.example.com"]}})
-    result = make_plan(cfg, mydestination="mx.example.com, example.com, localhost")
-    (problem,) = [p for p in result.unresolved if "mx.example.com (mydestination)" in p]
-    assert "site.relay_domains covers it" in problem
+    """Third review: a mydestination domain that site.relay_domains covers has its
+    unknown users accepted, then bounced (Postfix's unknown-recipient check is off for
+    the milter). The host's own name is decided before any relay entry: no conflict
+    (fourth review)."""
+    cfg = config(
+        tmp_path,
+        {"site": {"relay_domains": ["relay.example", "mail.example.org", ".example.com"]}},
+    )
+    result = make_plan(cfg, mydestination="mx.example.com, mail.example.org, localhost")
+    relayed = [p for p in result.unresolved if "site.relay_domains covers it" in p]
+    assert [p.split(" (mydestination)")[0] for p in relayed] == [
+        "Postfix delivers mail for mail.example.org"
+    ]
 
 
 def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
@@ -856,7 +862,7 @@ def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
     point.symlink_to(sockets)
     (tmp_path / "link").mkdir()
     result = _service_plan(tmp_path / "link", extra, main_cf)
-    assert any("is another directory" in p for p in result.problems)
+    assert any("is a symbolic link, which the chroot resolves" in p for p in result.problems)
     point.unlink()
     point.mkdir()
     # A link higher up, such as queue/tmp -> /tmp, passes outside and loops inside.
@@ -867,7 +873,7 @@ def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
     )
     (tmp_path / "high").mkdir()
     result = _service_plan(tmp_path / "high", extra, f"queue_directory = {high}\n")
-    assert any("is another directory" in p for p in result.problems)
+    assert any("is a symbolic link, which the chroot resolves" in p for p in result.problems)
     mounted = tmp_path / "mounted"
     mounted.mkdir()
     subprocess.run(["mount", "--bind", str(sockets), str(point)], check=True)

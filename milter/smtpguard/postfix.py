@@ -889,18 +889,23 @@ class _Planner:
         # name (third review: a leftover directory passed).
         try:
             outside = os.stat(socket.parent)
-            # No symbolic link on the way, at any level: inside the chroot it points
-            # elsewhere (third review: a link higher up passed).
+            # A symbolic link on the way, at any level, is resolved here as in the
+            # real root, and inside the chroot against the chroot (third review: a
+            # link higher up passed): it is not followed, and the operator checks it.
             inside = Path(queue)
             for part in socket.parent.parts[1:]:
                 inside /= part
                 if inside.is_symlink():
+                    why = (
+                        f"may not exist for it ({inside} is a symbolic link, which the chroot"
+                        " resolves against itself: check where it leads in there)"
+                    )
                     break
             else:
                 found = inside.stat()
                 if (outside.st_dev, outside.st_ino) == (found.st_dev, found.st_ino):
                     return
-            why = f"does not exist for it ({queue}{socket.parent} is another directory)"
+                why = f"does not exist for it ({inside} is another directory)"
         except OSError as exc:
             why = f"does not exist for it, as far as can be told ({exc.strerror or exc})"
         self.problem(
@@ -1068,6 +1073,11 @@ class _Planner:
         users would be accepted, then bounced (backscatter; third review)."""
         site = self.config.site
         for domain in self._listed_domains("mydestination"):
+            # The host's own names are decided before any relay entry (checks.relay);
+            # $myhostname missing from our_hostnames is _own_name's.
+            own = domain == self.now["myhostname"].lower().rstrip(".")
+            if own or site.is_host_only(domain):
+                continue
             if site.is_relay(domain) and not site.is_local(domain):
                 self.problem(
                     f"Postfix delivers mail for {domain} (mydestination) itself, but"
