@@ -478,6 +478,8 @@ class _Planner:
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
         self.services = current.services
+        #: As mydestination writes it (_listed_domains).
+        self.myhostname = self.now["myhostname"].lower().rstrip(".")
         self.cleanup_chroot = current.cleanup_chroot
         #: smtpguard is (or will be) in non_smtpd_milters.
         self.non_smtpd = False
@@ -1053,9 +1055,9 @@ class _Planner:
         (third review: 550 for a trusted client's mail to root@, and for the host's own
         bounces)."""
         site = self.config.site
-        myhostname = self.now["myhostname"].lower().rstrip(".")
+        myhostname = self.myhostname
         if myhostname not in self._listed_domains("mydestination") or (
-            site.is_host_name(myhostname) or myhostname in site.local_domains
+            site.is_host_name(myhostname) or canonical_domain(myhostname) in site.local_domains
         ):
             return ""
         self.problem(
@@ -1075,8 +1077,7 @@ class _Planner:
         for domain in self._listed_domains("mydestination"):
             # The host's own names are decided before any relay entry (checks.relay);
             # $myhostname missing from our_hostnames is _own_name's.
-            own = domain == self.now["myhostname"].lower().rstrip(".")
-            if own or site.is_host_only(domain):
+            if domain == self.myhostname or site.is_host_only(domain):
                 continue
             if site.is_relay(domain) and not site.is_local(domain):
                 self.problem(

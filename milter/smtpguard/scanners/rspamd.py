@@ -235,7 +235,8 @@ def _result(status: int, reply: Any) -> SpamResult:
     score, action = reply.get("score"), reply.get("action")
     if not isinstance(score, int | float) or isinstance(score, bool) or not isinstance(action, str):
         return SpamResult(SpamStatus.ERROR, detail="reply lacks score or action")
-    if _finite(score) is None:
+    number = _finite(score)
+    if number is None:
         # Python's json reads NaN and Infinity: a NaN score compares false with every
         # threshold, so a reject would become an accept.
         return SpamResult(SpamStatus.ERROR, detail=f"reply's score is {str(score)[:20]}")
@@ -248,7 +249,7 @@ def _result(status: int, reply: Any) -> SpamResult:
             symbols[str(name)] = _finite(value) or 0.0
     return SpamResult(
         SpamStatus.OK,
-        score=float(score),
+        score=number,
         action=action,
         required_score=_finite(required),
         symbols=symbols,
