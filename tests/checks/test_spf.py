@@ -70,6 +70,27 @@ def test_a_trailing_dot_names_the_same_domain(
     assert verdict.reply_id == "remote_ip_mismatch"
 
 
+@pytest.mark.parametrize("sender", ['"x@"@fail.test', '"a@b"@fail.test', '"@"@fail.test'])
+def test_a_quoted_local_part_holding_an_at_sign_checks_the_real_domain(
+    tmp_path: Path, resolver: Resolver, sender: str
+) -> None:
+    """pyspf alone splits at the first "@" and checks a malformed domain ("none"), so
+    the quoted "@" passed mail that fail.test's "-all" refuses (review rev42)."""
+    verdict = decide(spf(tmp_path, resolver), sender)
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.startswith(f"spf=fail mailfrom fail.test from {CLIENT}")
+
+
+def test_the_l_macro_is_still_the_local_part(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    fake.add("macro.test", "TXT", '"v=spf1 exists:%{l}.users.test -all"')
+    fake.add("bob.users.test", "A", "127.0.0.2")
+    check = spf(tmp_path, resolver)
+    assert decide(check, "bob@macro.test") is None
+    assert isinstance(decide(check, "eve@macro.test"), Hit)
+
+
 def test_a_trailing_dot_on_the_helo_name_is_the_same_name(
     tmp_path: Path, resolver: Resolver
 ) -> None:

@@ -168,6 +168,13 @@ class Spf:
             h=helo or "unknown",
             receiver=self.receiver,
         )
+        if sender and txn.sender.domain:
+            # pyspf splits at the first "@", so a quoted local part holding one
+            # ("x@"@example.com) would have it check a malformed domain, answer "none"
+            # and pass mail that example.com's "-all" refuses. The parsed parts are
+            # the ones the MTA delivers by.
+            query.l = txn.sender.local or "postmaster"
+            query.o = query.d = txn.sender.domain.removesuffix(".")
         result, _code, explanation = query.check()
         record_spf(txn, result, helo=not sender, value=_identity_domain(txn, helo))
         detail = f"spf={result} {identity} {query.o} from {conn.client_ip}: {explanation}"
