@@ -43,6 +43,7 @@ STOCK = {
     "smtpd_milters": "",
     "non_smtpd_milters": "",
     "milter_default_action": "tempfail",
+    "compatibility_level": "3.6",
     "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
     "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
     "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host}"
@@ -854,15 +855,15 @@ def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
     point.mkdir(parents=True)
     sockets.mkdir()
     # A directory of that name is not the socket's (third review: a leftover passed),
-    # nor is a symbolic link, which points elsewhere once inside the chroot.
+    # nor is a symbolic link to it, which leads to itself once inside the chroot.
     (tmp_path / "leftover").mkdir()
     result = _service_plan(tmp_path / "leftover", extra, main_cf)
-    assert any("is another directory" in p for p in result.problems)
+    assert any("is another directory for it" in p for p in result.problems)
     point.rmdir()
     point.symlink_to(sockets)
     (tmp_path / "link").mkdir()
     result = _service_plan(tmp_path / "link", extra, main_cf)
-    assert any("is a symbolic link, which the chroot resolves" in p for p in result.problems)
+    assert any("Too many levels of symbolic links" in p for p in result.problems)
     point.unlink()
     point.mkdir()
     # A link higher up, such as queue/tmp -> /tmp, passes outside and loops inside.
@@ -873,7 +874,7 @@ def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
     )
     (tmp_path / "high").mkdir()
     result = _service_plan(tmp_path / "high", extra, f"queue_directory = {high}\n")
-    assert any("is a symbolic link, which the chroot resolves" in p for p in result.problems)
+    assert any("Too many levels of symbolic links" in p for p in result.problems)
     mounted = tmp_path / "mounted"
     mounted.mkdir()
     subprocess.run(["mount", "--bind", str(sockets), str(point)], check=True)
@@ -882,6 +883,63 @@ def test_a_socket_the_chroot_has_too_is_no_conflict(tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(point)], check=True)
     assert not any("runs chrooted" in p for p in result.problems)
+
+
+def test_links_in_the_chroot_are_followed_as_the_chroot_follows_them(tmp_path: Path) -> None:
+    """Review rev41: a link under the queue directory to a directory outside it broke
+    the default relative address with no word from --check (every message 451), and a
+    relative link that leads to the socket's directory in there too was reported."""
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    main_cf = f"queue_directory = {queue}\n"
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    (queue / "smtpguard").symlink_to(elsewhere)  # fine outside, a dangling name inside
+    inside = {"milter": {"socket": f"unix:{queue}/smtpguard/smtpguard.sock"}}
+    (tmp_path / "a").mkdir()
+    result = _service_plan(tmp_path / "a", inside, main_cf)
+    smtp, _submission = [p for p in result.problems if "runs chrooted" in p]
+    assert smtp.startswith("master.cf service smtp/inet: runs chrooted (chroot y in master.cf)")
+    assert "(/smtpguard: No such file or directory)" in smtp
+    # A relative link that leads to the real directory in the chroot and outside.
+    (queue / "smtpguard").unlink()
+    (queue / "sockets").mkdir()
+    (queue / "smtpguard").symlink_to("sockets")
+    (tmp_path / "b").mkdir()
+    result = _service_plan(tmp_path / "b", inside, main_cf)
+    assert not any("runs chrooted" in p for p in result.problems)
+    # An absolute link leads from the chroot's root: right outside, nowhere in there.
+    (queue / "smtpguard").unlink()
+    (queue / "smtpguard").symlink_to(queue / "sockets")
+    (tmp_path / "c").mkdir()
+    result = _service_plan(tmp_path / "c", inside, main_cf)
+    assert any("(/smtpguard: No such file or directory)" in p for p in result.problems)
+    # ... or to another directory of the same name in there.
+    (queue / str(queue).lstrip("/") / "sockets").mkdir(parents=True)
+    (tmp_path / "d").mkdir()
+    result = _service_plan(tmp_path / "d", inside, main_cf)
+    assert any("is another directory for it (/smtpguard leads to" in p for p in result.problems)
+
+
+@pytest.mark.parametrize(
+    ("level", "chrooted"), [("", True), ("0", True), ("1", False), ("3.6", False)]
+)
+def test_chroot_dash_is_y_below_compatibility_level_1(
+    tmp_path: Path, level: str, chrooted: bool
+) -> None:
+    """Review rev41, measured on Postfix 3.7: with compatibility_level unset (0) a "-"
+    in the chroot column runs smtpd and cleanup chrooted ("using backwards-compatible
+    default setting chroot=y"), and every message was deferred with no conflict."""
+    master = MASTER_CF.replace(
+        "       y       -       -       smtpd", "       -       -       -       smtpd"
+    )
+    outside = {"milter": {"socket": "unix:/run/smtpguard/smtpguard.sock"}}
+    main_cf = f"compatibility_level = {level}\n" if level else ""
+    result = _service_plan(tmp_path, outside, main_cf, master)
+    found = [p for p in result.problems if "runs chrooted" in p]
+    expected = ["master.cf service smtp/inet", "master.cf service submission/inet"]
+    assert [p.split(":", 1)[0] for p in found] == (expected if chrooted else [])
+    assert all("(chroot - (y below compatibility_level 1) in master.cf)" in p for p in found)
 
 
 def test_a_chrooted_cleanup_with_non_smtpd_milters(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ The rules this follows come from measurements on Postfix 3.7 (``docs/postfix.md`
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import itertools
 import os
@@ -33,7 +34,7 @@ import shlex
 import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Final
 
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
@@ -106,6 +107,7 @@ PARAMETERS = (
     "smtpd_milters",
     "non_smtpd_milters",
     "milter_default_action",
+    "compatibility_level",
     *POSTFIX_MACROS,
     "mynetworks",
     "smtpd_relay_restrictions",
@@ -143,7 +145,8 @@ class Service:
     overrides: Mapping[str, str]
     #: The same with ``$name`` expanded (``postconf -P -x``).
     expanded: Mapping[str, str] = field(default_factory=dict)
-    #: master.cf's chroot column: "y", "n" or "-" (Postfix's default, "n" since 3.0).
+    #: master.cf's chroot column: "y", "n" or "-" (Postfix's default: y below
+    #: compatibility_level 1, n from 1 on).
     chroot: str = "-"
 
     @property
@@ -879,42 +882,29 @@ class _Planner:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
 
     def _chroot_problem(self, chroot: str, where: str, mail: str) -> None:
-        """A chrooted service sees only what is under queue_directory (its chroot): a
-        unix socket at an absolute path elsewhere is "No such file or directory" to it
-        unless the same path exists in there too (a bind mount), and ``mail`` is
+        """A chrooted service sees only what is under queue_directory (its chroot): the
+        socket's directory must be the one smtpguard listens in when reached from in
+        there, symbolic links resolved against the chroot (review rev41: a link under
+        the queue directory to /run broke the default relative address unnoticed, and
+        a link that does lead to the socket was reported). Otherwise ``mail`` is
         deferred with 451 4.7.1."""
-        if chroot != "y" or not self.address.startswith("unix:/"):
+        kind, _, path = self.address.partition(":")
+        if kind != "unix" or not _chrooted(chroot, self.now["compatibility_level"]):
             return
         queue = self.now["queue_directory"]
-        socket = PurePosixPath(self.address.removeprefix("unix:"))
-        # The same directory inside the chroot (a bind mount), not merely one of that
-        # name (third review: a leftover directory passed).
-        try:
-            outside = os.stat(socket.parent)
-            # A symbolic link on the way, at any level, is resolved here as in the
-            # real root, and inside the chroot against the chroot (third review: a
-            # link higher up passed): it is not followed, and the operator checks it.
-            inside = Path(queue)
-            for part in socket.parent.parts[1:]:
-                inside /= part
-                if inside.is_symlink():
-                    why = (
-                        f"may not exist for it ({inside} is a symbolic link, which the chroot"
-                        " resolves against itself: check where it leads in there)"
-                    )
-                    break
-            else:
-                found = inside.stat()
-                if (outside.st_dev, outside.st_ino) == (found.st_dev, found.st_ino):
-                    return
-                why = f"does not exist for it ({inside} is another directory)"
-        except OSError as exc:
-            why = f"does not exist for it, as far as can be told ({exc.strerror or exc})"
+        # A relative address is relative to the queue directory, which is "/" inside.
+        socket = PurePosixPath(queue, path)
+        seen = PurePosixPath("/", path).parent
+        why = _unreachable(queue, seen, socket.parent)
+        if why is None:
+            return
+        column = "y" if chroot == "y" else "- (y below compatibility_level 1)"
         self.problem(
-            f"{where}: runs chrooted (chroot y in master.cf) in {queue}, where milter.socket"
-            f" {socket} {why}: {mail} would be deferred (451 4.7.1). Put the socket under"
-            f" queue_directory (unix:{queue}/smtpguard/smtpguard.sock, the default's place)"
-            " or set the service's chroot column to n"
+            f"{where}: runs chrooted (chroot {column} in master.cf) in {queue}, where the"
+            f" directory of milter.socket {socket} {why}:"
+            f" {mail} would be deferred (451 4.7.1). Put the socket under queue_directory"
+            f" (unix:{queue}/smtpguard/smtpguard.sock, the default's place) or set the"
+            " service's chroot column to n"
         )
 
     def cleanup(self) -> None:
@@ -1211,6 +1201,65 @@ def _passes_all(item: str) -> bool:
 
 
 _STATIC_OK: Final = re.compile(r"(?:^|\s)static:\{?\s*ok\s*\}?$", re.IGNORECASE)
+
+
+def _chrooted(column: str, compatibility_level: str) -> bool:
+    """master.cf's chroot column as Postfix reads it: "-" is y below compatibility_level
+    1 (its backwards-compatible default, measured by review rev41 on 3.7), n from 1 on."""
+    if column != "-":
+        return column == "y"
+    major = compatibility_level.strip().split(".", 1)[0]
+    return not major.isdigit() or int(major) < 1
+
+
+def _unreachable(root: str, seen: PurePosixPath, real: PurePosixPath) -> str | None:
+    """Why the directory ``seen`` from a chroot in ``root`` is not ``real``; None if it
+    is (the same device and inode, or the same path with no link on the way)."""
+    try:
+        reached = chroot_path(root, seen)
+        if reached == str(real):
+            return None  # whether or not smtpguard has made it yet
+        inside = os.stat(reached)
+    except OSError as exc:
+        return f"does not exist for it ({seen}: {exc.strerror or exc})"
+    try:
+        outside = os.stat(real)
+    except OSError as exc:
+        return (
+            f"cannot be compared with {reached}, which it reaches ({real}: {exc.strerror or exc})"
+        )
+    if (outside.st_dev, outside.st_ino) == (inside.st_dev, inside.st_ino):
+        return None
+    return f"is another directory for it ({seen} leads to {reached})"
+
+
+def chroot_path(root: str, path: PurePosixPath) -> str:
+    """The real path a process chrooted in ``root`` reaches by the absolute ``path``:
+    each symbolic link resolved as the kernel resolves it in there (an absolute target
+    from ``root``, ".." never above it), at most 40 of them (ELOOP)."""
+    todo = list(path.parts[1:])
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        real = os.path.join(root, *done, part)
+        if not os.path.islink(real):
+            done.append(part)
+            continue
+        links += 1
+        if links > 40:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), real)
+        target = PurePosixPath(os.readlink(real))
+        if target.is_absolute():
+            done = []
+        todo = list(target.parts[1:] if target.is_absolute() else target.parts) + todo
+    return os.path.join(root, *done)
 
 
 def _loopback_name(service: str) -> bool:
