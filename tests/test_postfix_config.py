@@ -391,6 +391,40 @@ def test_a_changed_socket_replaces_our_old_entry(tmp_path: Path) -> None:
     assert changes(both)["smtpd_milters"] == f"{{ {address}, {OUR_SETTINGS} }}, {rspamd}"
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "unix:/var/spool/postfix/smtpguard/smtpguard.sock",
+        "unix:./smtpguard/smtpguard.sock",
+        "unix:/var/spool/postfix//smtpguard/../smtpguard/smtpguard.sock",
+        "local:smtpguard/smtpguard.sock",
+    ],
+)
+def test_our_socket_in_another_spelling_is_our_entry(tmp_path: Path, written: str) -> None:
+    """Review rev41, through a real Postfix: the README's absolute path was not taken
+    for smtpguard, a second entry was added and every message ran through smtpguard
+    twice (chrooted, the absolute one kept deferring mail)."""
+    cfg = config(tmp_path, {"milter": {"socket": DEFAULT_SOCKET}})
+    address = postfix_milter_address(cfg.milter.socket)
+    assert address == "unix:smtpguard/smtpguard.sock"
+    theirs = f"{{ {written}, default_action=tempfail }}"
+    result = make_plan(cfg, smtpd_milters=f"{theirs}, inet:127.0.0.1:8891")
+    assert changes(result)["smtpd_milters"] == (
+        f"{{ {address}, default_action=tempfail }}, inet:127.0.0.1:8891"
+    )
+    assert f"smtpd_milters: names smtpguard's socket {written}, not {address}" in result.problems
+    # Written twice: one entry is kept, the first.
+    twice = make_plan(cfg, smtpd_milters=f"inet:127.0.0.1:8891, {written}, {address}")
+    assert changes(twice)["smtpd_milters"] == f"{address}, inet:127.0.0.1:8891"
+    assert any(f"lists smtpguard ({address}) 2 times" in p for p in twice.problems)
+
+
+def test_localhost_names_our_inet_socket(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"milter": {"socket": "inet:8899@127.0.0.1"}})
+    result = make_plan(cfg, smtpd_milters="inet:localhost:8899")
+    assert changes(result)["smtpd_milters"] == "inet:127.0.0.1:8899"
+
+
 def test_our_entry_after_another_milter_moves_to_the_front(tmp_path: Path) -> None:
     """A milter before smtpguard (OpenDKIM, say, whose default AuthservID is the host
     name, as is smtpguard's) would have its Authentication-Results removed as forged."""

@@ -29,10 +29,11 @@ import errno
 import ipaddress
 import itertools
 import os
+import posixpath
 import re
 import shlex
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Final
@@ -295,13 +296,13 @@ def _cut(value: str, spans: list[tuple[int, int]], index: int, end_index: int) -
     return value[:before] + value[spans[end_index][1] :]
 
 
-def _first(value: str, address: str) -> str:
-    """``value`` with the (first) entry for ``address`` moved to the front, written as
+def _first(value: str, ours: Callable[[str], bool]) -> str:
+    """``value`` with the (first) entry ``ours`` accepts moved to the front, written as
     it was; ``value`` itself when it is first already or not written there (it may come
     from a ``$parameter``)."""
     spans = list_spans(value)
     for i, (a, b) in enumerate(spans):
-        if _milter_address(value[a:b]) == address:
+        if ours(value[a:b]):
             return value if i == 0 else f"{value[a:b]}, {_cut(value, spans, i, i)}"
     return value
 
@@ -312,6 +313,22 @@ def _milter_address(entry: str) -> str:
         parts = split_list(entry[1:-1])
         return parts[0] if parts else ""
     return entry
+
+
+def socket_key(address: str, queue_directory: str) -> str:
+    """A Postfix milter address in one spelling per socket: a unix path absolute
+    (relative to the queue directory, where Postfix's daemons run), normalised, and
+    "localhost" as 127.0.0.1 (review rev41: smtpguard under another spelling got a
+    second entry and ran twice per message)."""
+    kind, _, rest = address.strip().partition(":")
+    kind = kind.lower()
+    if kind in ("unix", "local"):
+        return "unix:" + posixpath.normpath(posixpath.join(queue_directory, rest))
+    if kind == "inet":
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]").lower()
+        return f"inet:{'127.0.0.1' if host == 'localhost' else host}:{port}"
+    return address.strip()
 
 
 def _milter_option(entry: str, option: str) -> str | None:
@@ -479,6 +496,7 @@ class _Planner:
         #: Problems no change of the plan resolves.
         self.unresolved: list[str] = []
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
+        self._socket = socket_key(self.address, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
         self.services = current.services
         #: As mydestination writes it (_listed_domains).
@@ -519,7 +537,7 @@ class _Planner:
         for name in params:
             self._milter_entry(name, entry)
         self.non_smtpd = (non_smtpd or inherited) or any(
-            _milter_address(e) == self.address for e in split_list(self.now["non_smtpd_milters"])
+            self._is_ours(e) for e in split_list(self.now["non_smtpd_milters"])
         )
 
     def _milter_entry(self, name: str, entry: str) -> None:
@@ -527,13 +545,13 @@ class _Planner:
         place of an earlier postfix-config's entry for another socket; one change with
         every reason."""
         entries = split_list(self.now[name])
-        ours = [e for e in entries if _milter_address(e) == self.address]
+        ours = [e for e in entries if self._is_ours(e)]
         raw = self.raw[name]
         spans = list_spans(raw)
         stale = [
             i
             for i, (a, b) in enumerate(spans)
-            if _is_our_entry(raw[a:b]) and _milter_address(raw[a:b]) != self.address
+            if _is_our_entry(raw[a:b]) and not self._is_ours(raw[a:b])
         ]
         value = raw
         reasons: list[str] = []
@@ -554,6 +572,7 @@ class _Planner:
                 problems.append(
                     f"smtpguard's entry is for {old}, not milter.socket ({self.address})"
                 )
+        value = self._one_spelling(name, value, reasons, problems)
         if not ours:
             value = _append(value, entry)
             if not stale:
@@ -562,7 +581,7 @@ class _Planner:
                     " deferred, never accepted unchecked"
                 )
                 problems.append(f"smtpguard ({self.address}) is not in it")
-        first = _first(value, self.address)
+        first = _first(value, self._is_ours)
         if first != value:
             value = first
             reasons.append(
@@ -582,6 +601,34 @@ class _Planner:
                     f"{name}: default_action for {self.address} is {action!r}: with"
                     " smtpguard down mail would not be deferred (use default_action=tempfail)"
                 )
+
+    def _is_ours(self, entry: str) -> bool:
+        return socket_key(_milter_address(entry), self.now["queue_directory"]) == self._socket
+
+    def _one_spelling(self, name: str, value: str, reasons: list[str], problems: list[str]) -> str:
+        """``value`` with smtpguard written once, as postfix-config writes its address
+        (relative to the queue directory, which a chrooted smtpd reaches), its entry's
+        settings kept."""
+        mine = [i for i, (a, b) in enumerate(list_spans(value)) if self._is_ours(value[a:b])]
+        for i in reversed(mine[1:]):
+            value = _cut(value, list_spans(value), i, i)
+        if len(mine) > 1:
+            reasons.append(
+                f"smtpguard was listed {len(mine)} times: it ran once per entry, every"
+                " check twice; the first entry kept"
+            )
+            problems.append(f"lists smtpguard ({self.address}) {len(mine)} times")
+        if mine:
+            a, b = list_spans(value)[mine[0]]
+            written = _milter_address(value[a:b])
+            if written != self.address:
+                value = value[:a] + value[a:b].replace(written, self.address, 1) + value[b:]
+                reasons.append(
+                    f"smtpguard's address written as {self.address}, not {written}: the"
+                    " same socket, in the spelling a chrooted smtpd reaches"
+                )
+                problems.append(f"names smtpguard's socket {written}, not {self.address}")
+        return value
 
     def macros(self) -> None:
         for name, wanted in POSTFIX_MACROS.items():
@@ -837,7 +884,7 @@ class _Planner:
                 milters = milters or "main.cf's"
             else:
                 milters = x.get("smtpd_milters", milters)
-                listed = any(_milter_address(e) == self.address for e in split_list(milters))
+                listed = any(self._is_ours(e) for e in split_list(milters))
             where = f"master.cf service {service.label}"
             if milter_mode and x.get("smtpd_milter_maps", "").strip():
                 self.problem(
