@@ -19,6 +19,7 @@ from smtpguard.config import Config
 from smtpguard.postfix import (
     MILTER_RELAY_PASS,
     POSTFIX_FOOTERS,
+    UNLISTED_WHILE_MILTERS,
     Plan,
     Settings,
     footer_text,
@@ -852,6 +853,37 @@ def test_a_reinjection_smtpd_that_runs_smtpguard_again_is_a_conflict(tmp_path: P
     assert any(
         "127.0.0.1:10025/inet: smtpguard does not run there (no_milters)" in n for n in result.notes
     )
+
+
+def test_unknown_recipients_stay_checked_where_smtpguard_does_not_run(tmp_path: Path) -> None:
+    """Review rev41, through a real Postfix: main.cf's ${smtpd_milters?{no}:{yes}} holds
+    on every service, so on 2525 (milters of its own) unknown@example.com went from 550
+    to 250, and was bounced later (backscatter)."""
+    result = _service_plan(tmp_path, None, "")
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    (note,) = [n for n in result.notes if n.startswith("smtpd_reject_unlisted_recipient")]
+    assert "master.cf service 2525/inet (smtpd_milters = inet:127.0.0.1:8891)" in note
+    # An earlier run's conditional goes back to yes.
+    (tmp_path / "earlier").mkdir()
+    earlier = _service_plan(
+        tmp_path / "earlier", None, f"smtpd_reject_unlisted_recipient = {UNLISTED_WHILE_MILTERS}\n"
+    )
+    assert changes(earlier)["smtpd_reject_unlisted_recipient"] == "yes"
+    assert any(p.startswith("smtpd_reject_unlisted_recipient: is ") for p in earlier.problems)
+    # The service keeps Postfix's check with an override of its own: no objection.
+    master = MASTER_CF.replace(
+        "  -o smtpd_milters=inet:127.0.0.1:8891\n",
+        "  -o smtpd_milters=inet:127.0.0.1:8891\n  -o smtpd_reject_unlisted_recipient=yes\n",
+    )
+    (tmp_path / "own").mkdir()
+    own = _service_plan(tmp_path / "own", None, "", master)
+    assert changes(own)["smtpd_reject_unlisted_recipient"] == UNLISTED_WHILE_MILTERS
+    # Likewise a client smtpd_milter_maps hands to other milters.
+    (tmp_path / "maps").mkdir()
+    maps = _service_plan(
+        tmp_path / "maps", None, "smtpd_milter_maps = cidr:/etc/postfix/milters\n", master
+    )
+    assert "smtpd_reject_unlisted_recipient" not in changes(maps)
 
 
 def test_a_socket_a_chrooted_smtpd_cannot_reach_is_a_conflict(tmp_path: Path) -> None:

@@ -875,16 +875,7 @@ class _Planner:
             )
         for service in self.services:
             o, x = service.overrides, service.expanded
-            receive = x.get("receive_override_options", self.now["receive_override_options"])
-            off = "no_milters" in split_list(receive)
-            milters = o.get("smtpd_milters")
-            if milters is None or _refers_to(milters, "smtpd_milters"):
-                # main.cf's list, which holds smtpguard's entry once this plan is applied.
-                listed = True
-                milters = milters or "main.cf's"
-            else:
-                milters = x.get("smtpd_milters", milters)
-                listed = any(self._is_ours(e) for e in split_list(milters))
+            listed, off, milters = self._service_milters(service)
             where = f"master.cf service {service.label}"
             if milter_mode and x.get("smtpd_milter_maps", "").strip():
                 self.problem(
@@ -927,6 +918,42 @@ class _Planner:
                 )
             else:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
+
+    def _service_milters(self, service: Service) -> tuple[bool, bool, str]:
+        """Whether smtpguard is in the service's smtpd_milters, whether no_milters
+        turns them off there, and its smtpd_milters as expanded ("main.cf's")."""
+        o, x = service.overrides, service.expanded
+        receive = x.get("receive_override_options", self.now["receive_override_options"])
+        off = "no_milters" in split_list(receive)
+        milters = o.get("smtpd_milters")
+        if milters is None or _refers_to(milters, "smtpd_milters"):
+            # main.cf's list, which holds smtpguard's entry once this plan is applied.
+            return True, off, milters or "main.cf's"
+        milters = x.get("smtpd_milters", milters)
+        return any(self._is_ours(e) for e in split_list(milters)), off, milters
+
+    def _unchecked_recipients(self) -> list[str]:
+        """Where outside clients meet no smtpguard although main.cf's smtpd_milters
+        names it, and main.cf's smtpd_reject_unlisted_recipient holds: services with
+        milters of their own or no_milters, and clients that smtpd_milter_maps gives
+        other milters."""
+        out = []
+        for service in self.services:
+            listed, off, milters = self._service_milters(service)
+            if (
+                (listed and not off)
+                or self._loopback_only(service)
+                or "smtpd_reject_unlisted_recipient" in service.overrides
+            ):
+                continue
+            why = "no_milters" if off else f"smtpd_milters = {milters or '(empty)'}"
+            out.append(f"master.cf service {service.label} ({why})")
+        maps = [self.now["smtpd_milter_maps"]] + [
+            s.expanded.get("smtpd_milter_maps", "") for s in self.services
+        ]
+        if any(m.strip() for m in maps):
+            out.append("the clients smtpd_milter_maps gives other milters or DISABLE")
+        return out
 
     def _chroot_problem(self, chroot: str, where: str, mail: str) -> None:
         """A chrooted service sees only what is under queue_directory (its chroot): the
@@ -1001,14 +1028,24 @@ class _Planner:
         # smtpd_reject_unlisted_recipient = no also stops Postfix checking these
         # recipients, which smtpguard's directory (site.local_domains) does not hold.
         maps = [name for name in RECIPIENT_MAPS if self.now[name].strip()]
-        if maps or not directory or mailbox.mode != "enforce" or config.milter.dry_run:
-            why = (
-                f"{', '.join(maps)} would go unchecked too"
-                if maps
-                else "smtpguard's directory does not refuse unknown recipients (backend"
-                " none, dry run or mailbox check not enforced)"
-            )
-            if unlisted == "no" and ours:
+        # main.cf's value holds for every service; where smtpguard does not run, no
+        # one would check (review rev41: 550 became 250 on a service with milters of
+        # its own, and on one with no_milters).
+        unguarded = self._unchecked_recipients()
+        if maps or unguarded or not directory or mailbox.mode != "enforce" or config.milter.dry_run:
+            if maps:
+                why = f"{', '.join(maps)} would go unchecked too"
+            elif unguarded:
+                why = (
+                    f"smtpguard does not check recipients on {', '.join(unguarded)}, where"
+                    " nothing would"
+                )
+            else:
+                why = (
+                    "smtpguard's directory does not refuse unknown recipients (backend"
+                    " none, dry run or mailbox check not enforced)"
+                )
+            if ours:
                 self.change(
                     "smtpd_reject_unlisted_recipient",
                     "yes",
@@ -1020,7 +1057,7 @@ class _Planner:
                     f"smtpd_reject_unlisted_recipient: is 'no' but {why}: nothing checks"
                     " those recipients (backscatter)"
                 )
-            elif maps:
+            elif maps or unguarded:
                 self.notes.append(
                     f"smtpd_reject_unlisted_recipient left at yes ({why} with no): unknown"
                     " recipients get Postfix's own reply, not mailbox_unavailable"
