@@ -1028,6 +1028,20 @@ def test_milter_mode_open_relay_on_a_service_without_smtpguard(tmp_path: Path) -
     result = _service_plan(tmp_path, {"site": {"relay_control": "milter"}}, "")
     (problem,) = [p for p in result.problems if "2525/inet" in p]
     assert "open relay" in problem
+    # The script stops before changing anything (review rev41, through a real Postfix:
+    # the conflict was a comment, `sh -e` applied the pass-through and a stranger's
+    # RCPT on that service went from 454 to 250).
+    assert result.blocking == (problem,)
+    script = shell_script(result)
+    assert script.index("\nexit 1\n") < script.index("postconf ")
+    main_cf = Path(result.config_directory, "main.cf")
+    before = main_cf.read_text()
+    done = subprocess.run(["sh", "-e"], input=script, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "nothing changed: the changes would open a relay" in done.stderr
+    assert main_cf.read_text() == before
+    assert not Path(result.footer_path).exists()
+    assert "# DO NOT APPLY: these settings would open a relay: " in main_cf_fragment(result)
     # The loopback reinjection service is no relay for strangers, and the services
     # that run smtpguard are no conflict.
     assert not any("10025" in p or "submission" in p or "smtp/inet" in p for p in result.problems)

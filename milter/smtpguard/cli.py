@@ -382,6 +382,13 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
         print(check_report(result), end="")
         return 1 if result.problems else 0
     print(main_cf_fragment(result) if args.main_cf else shell_script(result), end="")
+    if result.blocking:
+        print(
+            "smtpguard postfix-config: applying this would open a relay: "
+            + "; ".join(result.blocking),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

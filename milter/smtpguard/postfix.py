@@ -254,6 +254,9 @@ class Plan:
     problems: tuple[str, ...]
     #: Those of ``problems`` that ``changes`` do not resolve (the admin's call).
     unresolved: tuple[str, ...]
+    #: Those of ``unresolved`` that ``changes`` would make worse: an open relay the
+    #: plan itself opens. The script stops before changing anything.
+    blocking: tuple[str, ...]
     footer_path: str
     footers: str
 
@@ -479,6 +482,7 @@ def plan(
         notes=tuple(planner.notes),
         problems=tuple(planner.problems),
         unresolved=tuple(planner.unresolved),
+        blocking=tuple(planner.blocking),
         footer_path=planner.footer_path,
         footers=postfix_footer_regexp(replies, _uses_table_utf8(config)),
     )
@@ -495,6 +499,8 @@ class _Planner:
         self.problems: list[str] = []
         #: Problems no change of the plan resolves.
         self.unresolved: list[str] = []
+        #: Problems the plan's changes would cause: an open relay.
+        self.blocking: list[str] = []
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
         self._socket = socket_key(self.address, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
@@ -512,10 +518,13 @@ class _Planner:
         if problem is not None:
             self.problems.append(f"{name}: {problem}")
 
-    def problem(self, text: str) -> None:
-        """A conflict the plan leaves to the admin."""
+    def problem(self, text: str, *, blocking: bool = False) -> None:
+        """A conflict the plan leaves to the admin; ``blocking`` if applying the plan
+        would open a relay because of it."""
         self.problems.append(text)
         self.unresolved.append(text)
+        if blocking:
+            self.blocking.append(text)
 
     # --- milters ------------------------------------------------------------------
 
@@ -871,7 +880,8 @@ class _Planner:
                 f"smtpd_milter_maps ({self.raw['smtpd_milter_maps']}): the clients it gives"
                 " other milters or DISABLE skip smtpguard while smtpd_milters is set, so"
                 f" {MILTER_RELAY_PASS} passes every recipient for them: open relay"
-                ' (site.relay_control = "milter"); use relay_control = "postfix"'
+                ' (site.relay_control = "milter"); use relay_control = "postfix"',
+                blocking=True,
             )
         for service in self.services:
             o, x = service.overrides, service.expanded
@@ -881,7 +891,8 @@ class _Planner:
                 self.problem(
                     f"{where}: its smtpd_milter_maps may let clients skip smtpguard while"
                     f" {MILTER_RELAY_PASS} passes every recipient: open relay"
-                    ' (site.relay_control = "milter")'
+                    ' (site.relay_control = "milter")',
+                    blocking=True,
                 )
             if listed and not off:
                 self._chroot_problem(service.chroot, where, "every message")
@@ -914,7 +925,8 @@ class _Planner:
                     " it, and its own restrictions do not refuse relaying: open relay"
                     ' (site.relay_control = "milter"). Give it'
                     " -o smtpd_relay_restrictions=permit_sasl_authenticated,"
-                    'reject_unauth_destination, or use relay_control = "postfix"'
+                    'reject_unauth_destination, or use relay_control = "postfix"',
+                    blocking=True,
                 )
             else:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
@@ -1403,6 +1415,15 @@ def shell_script(result: Plan, default_directory: str = "/etc/postfix") -> str:
     ]
     out += _comment_block("note", result.notes)
     out += _comment_block("conflict left to you", result.unresolved)
+    if result.blocking:
+        # Review rev41: the conflict was only a comment, and `sh -e` applied the
+        # pass-through that opened the relay on a service without smtpguard.
+        out += [
+            "# NOT APPLIED: these changes would open a relay (conflicts above).",
+            "echo 'smtpguard postfix-config: nothing changed: the changes would open a relay;"
+            " see the conflicts at the top of this script' >&2",
+            "exit 1",
+        ]
     out += [
         "# The footer table smtpd_reject_footer_maps reads:",
         f"cat > {shlex.quote(result.footer_path)} <<'SMTPGUARD_EOF'",
@@ -1426,6 +1447,8 @@ def main_cf_fragment(result: Plan) -> str:
         "# of the same name; the values already include what the instance had.",
     ]
     out += _comment_block("note", result.notes)
+    if result.blocking:
+        out += _comment_block("DO NOT APPLY: these settings would open a relay", result.blocking)
     for change in result.changes:
         out.append(f"# {change.reason}")
         out.append(f"{change.name} = {change.value}")
