@@ -610,6 +610,58 @@ def test_a_domain_postfix_delivers_is_no_relay_domain(tmp_path: Path) -> None:
     ]
 
 
+def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
+    """Review rev41, through a real Postfix: a texthash: or /file entry of mydestination
+    or relay_domains was skipped, and mail to its domains got a permanent 553
+    host_denies_relay while --check said "no conflicts"."""
+    if not shutil.which("postmap"):
+        pytest.skip("postmap not installed (Debian package postfix)")
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "main.cf").write_text("")
+    (conf / "mydest").write_text("other.example  x\n")
+    (conf / "relay.list").write_text(
+        "# ours\nrelay2.example, texthash:" + str(conf / "more") + "\n"
+    )
+    (conf / "more").write_text("more.example OK\n")
+    (conf / "pcre").write_text("/^x/ OK\n")
+    cfg = config(tmp_path)
+    result = make_plan(
+        cfg,
+        config_directory=str(conf),
+        mydestination=f"example.com, localhost, texthash:{conf}/mydest",
+        relay_domains=f"{conf}/relay.list, !skipped.example, regexp:{conf}/pcre",
+        parent_domain_matches_subdomains="",
+    )
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    assert problem.startswith(
+        "Postfix accepts mail for other.example (mydestination), relay2.example (relay_domains),"
+        " more.example (relay_domains), which smtpguard refuses"
+    )
+    (note,) = [n for n in result.notes if "not compared" in n]
+    assert note.startswith(
+        f"relay_domains: not compared with site.local_domains and site.relay_domains:"
+        f" regexp:{conf}/pcre ("
+    )
+    covered = config(
+        tmp_path / "covered",
+        {
+            "site": {
+                "local_domains": ["example.com", "other.example"],
+                "relay_domains": ["relay2.example", "more.example"],
+            }
+        },
+    )
+    result = make_plan(
+        covered,
+        config_directory=str(conf),
+        mydestination=f"example.com, localhost, texthash:{conf}/mydest",
+        relay_domains=f"{conf}/relay.list",
+        parent_domain_matches_subdomains="",
+    )
+    assert not [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+
+
 def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
     covered = config(tmp_path, {"site": {"relay_domains": ["relay.example", ".relay.example"]}})
     # ".other.example" matches nothing in a parent-style list (Postfix's match_hostname),

@@ -35,7 +35,7 @@ import shlex
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
@@ -505,6 +505,8 @@ class _Planner:
         self._socket = socket_key(self.address, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
         self.services = current.services
+        #: The domains of each list, tables and files read (_listed_domains).
+        self._domain_lists: dict[str, list[str]] = {}
         #: As mydestination writes it (_listed_domains).
         self.myhostname = self.now["myhostname"].lower().rstrip(".")
         self.cleanup_chroot = current.cleanup_chroot
@@ -1174,11 +1176,67 @@ class _Planner:
                 )
 
     def _listed_domains(self, name: str) -> list[str]:
-        """The domain names Postfix's list ``name`` writes out, lower-case, without the
-        trailing dot; lookup tables and $references are left out (their keys are not
-        read here)."""
-        domains = (item.lower().rstrip(".") for item in split_list(self.now[name]))
-        return [d for d in domains if d and not any(c in d for c in ":/$")]
+        """The domain names Postfix's list ``name`` holds, lower-case, without the
+        trailing dot: written out, in a /file, or the keys of a lookup table that
+        ``postmap -s`` can list (review rev41: a texthash: mydestination domain got a
+        permanent 553 while --check said "no conflicts"). A table it cannot list
+        (regexp:, SQL, LDAP) is a note, once."""
+        if name not in self._domain_lists:
+            items = self._domain_items(split_list(self.now[name]), name, depth=0)
+            domains = (item.lower().rstrip(".") for item in items)
+            self._domain_lists[name] = [d for d in domains if d and "$" not in d]
+        return self._domain_lists[name]
+
+    def _domain_items(self, items: list[str], name: str, depth: int) -> list[str]:
+        out: list[str] = []
+        for item in items:
+            if item.startswith("!"):
+                continue  # an exclusion: Postfix takes no mail for it
+            if item.startswith("/") and depth < 4:
+                try:
+                    text = Path(item).read_text(errors="replace")
+                except OSError as exc:
+                    self._not_compared(name, item, exc.strerror or str(exc))
+                    continue
+                lines = (line.partition("#")[0] for line in text.splitlines())
+                out += self._domain_items(split_list(" ".join(lines)), name, depth + 1)
+            elif ":" in item or "/" in item:
+                out += self._table_keys(item, name)
+            else:
+                out.append(item)
+        return out
+
+    def _table_keys(self, table: str, name: str) -> list[str]:
+        command = [
+            "postmap",
+            "-c",
+            self.now["config_directory"],
+            "-s",
+            table.removeprefix("proxy:"),
+        ]
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
+                command, capture_output=True, text=True, errors="replace", check=False
+            )
+        except OSError as exc:
+            self._not_compared(name, table, exc.strerror or str(exc))
+            return []
+        if done.returncode != 0:
+            errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
+            self._not_compared(
+                name, table, "; ".join(errors) or f"postmap exited {done.returncode}"
+            )
+            return []
+        return [line.split(None, 1)[0] for line in done.stdout.splitlines() if line.strip()]
+
+    def _not_compared(self, name: str, item: str, why: str) -> None:
+        note = (
+            f"{name}: not compared with site.local_domains and site.relay_domains: {item}"
+            f" ({why}); list its domains there, or smtpguard refuses mail to them"
+            " (host_denies_relay)"
+        )
+        if note not in self.notes:
+            self.notes.append(note)
 
     def _idn_spellings(self) -> None:
         """Postfix (3.7 measured) compares the names in these lists as written:
