@@ -125,6 +125,27 @@ def test_temperror_is_a_temp_error(tmp_path: Path, resolver: Resolver) -> None:
     assert "spf=temperror" in verdict.detail
 
 
+def test_a_failed_ptr_lookup_is_no_permanent_fail(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    """RFC 7208 §5.5 makes a PTR lookup error "no match", so SERVFAIL on the client's
+    reverse zone ended in "fail" and a permanent 556, whatever on_temp_error said
+    (review rev42, through real unbound): a temporary fault is a temperror here."""
+    fake.add("ptr.test", "TXT", '"v=spf1 ptr:good.test -all"')
+    fake.add("7.100.51.198.in-addr.arpa", "PTR", "mail.good.test.")
+    fake.add("mail.good.test", "A", CLIENT)
+    fake.fail("8.100.51.198.in-addr.arpa", "PTR", Status.SERVFAIL)
+    check = spf(tmp_path, resolver)
+    assert decide(check, "a@ptr.test") is None
+    verdict = decide(check, "a@ptr.test", ip="198.51.100.8")
+    assert isinstance(verdict, TempError)
+    assert "spf=temperror" in verdict.detail
+    assert "fail after a failed ptr lookup" in verdict.detail
+    # A reverse zone that answers, without the name: the domain's fail stands.
+    fake.add("9.100.51.198.in-addr.arpa", "PTR", "dsl.isp.test.")
+    assert isinstance(decide(check, "a@ptr.test", ip="198.51.100.9"), Hit)
+
+
 def test_void_lookup_limit(tmp_path: Path, resolver: Resolver) -> None:
     # RFC 7208 §4.6.4: the third lookup without an answer is a permerror (no objection).
     assert decide(spf(tmp_path, resolver), "a@void.test") is None

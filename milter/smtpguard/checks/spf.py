@@ -7,7 +7,9 @@ HELO has no identity to check (§2.3) and passes. Results:
 * ``fail``: a hit; ``softfail``: a hit only with ``[spf] reject_softfail = true``
   (§8.5: softfail is "probably not authorized", a weaker statement);
 * ``temperror`` (a lookup failed, §8.6): a temporary error, which the check's
-  ``on_temp_error`` (default ``pass``) decides;
+  ``on_temp_error`` (default ``pass``) decides; so is a ``fail`` or ``softfail`` after a
+  failed lookup for ``ptr`` or ``%{p}``, which §5.5 takes for "no match" (a DNS fault
+  on the client's reverse zone is no reason for a permanent refusal);
 * ``permerror`` (the domain's record is broken, §8.7), ``none``, ``neutral``, ``pass``:
   no objection; a permerror is logged for the operator.
 
@@ -51,6 +53,8 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         super().__init__(*args, **kwargs)
         self.resolver = resolver
         self.deadline = deadline
+        #: A PTR or A/AAAA lookup for ``ptr`` or ``%{p}`` failed for the moment.
+        self.ptr_temperror = False
 
     def validated_ptrs(self) -> list[str]:
         """RFC 7208 §5.5 (the ``ptr`` mechanism, and the ``p`` macro of §7.3): a DNS
@@ -64,12 +68,14 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         try:
             names = self.dns_ptr(self.i)[:limit]
         except spf.TempError:
+            self.ptr_temperror = True
             return []
         out = []
         for name in names:
             try:
                 addresses = self.dns_a(name, self.A)
             except spf.TempError:
+                self.ptr_temperror = True
                 continue
             if self.cidrmatch(addresses, self.cidrmax):
                 out.append(name)
@@ -176,6 +182,11 @@ class Spf:
             query.l = txn.sender.local or "postmaster"
             query.o = query.d = txn.sender.domain.removesuffix(".")
         result, _code, explanation = query.check()
+        if result in ("fail", "softfail") and query.ptr_temperror:
+            # §5.5 makes a failed PTR lookup "no match", so a DNS fault on the
+            # client's reverse zone ended in "fail": a permanent refusal for a
+            # temporary fault (review rev42). It is the temporary error it is.
+            result, explanation = "temperror", f"{result} after a failed ptr lookup"
         record_spf(txn, result, helo=not sender, value=_identity_domain(txn, helo))
         detail = f"spf={result} {identity} {query.o} from {conn.client_ip}: {explanation}"
         if result == "temperror":
