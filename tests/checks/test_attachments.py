@@ -190,3 +190,23 @@ def test_a_structure_the_walker_does_not_enter_cannot_hide_an_attachment(
         verdict = AttachmentSizeEom(services)(conn, end_of_message(conn))
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "attachment_too_long"
+
+
+def test_text_outside_the_parts_counts_against_the_limit(make_services: ServicesFactory) -> None:
+    """Review rev42, through Postfix: with boundary="b1"x the walker reads b1, Python's
+    email '"b1"x', and finds a 200 kB attachment in what the walker took for the
+    epilogue: that text counts as one attachment."""
+    services = make_services(limits=LIMIT)
+    conn = with_message(make_conn(sender="a@example.org"), track_mime=True)
+    header(conn, "Content-Type", 'multipart/mixed; boundary="b1"x')
+    end_of_headers(conn)
+    hidden = multipart(2000).replace(b"b1", b'"b1"x')
+    data = b"--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b1--\r\n" + hidden
+    verdict = AttachmentSizeBody(services)(conn, body(conn, data))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "attachment_too_long"
+    assert verdict.detail.startswith("text outside the MIME parts is ")
+    # A usual preamble and epilogue do not.
+    conn = start()
+    small = b"This is a multi-part message in MIME format.\r\n" + multipart(10) + b"bye\r\n"
+    assert AttachmentSizeBody(services)(conn, body(conn, small)) is None

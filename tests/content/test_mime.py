@@ -607,6 +607,42 @@ def test_preamble_and_epilogue_are_ignored() -> None:
         + b"y" * 5000
     )
     assert walk_bytes(MIXED, body) == (5, "real.bin", 1, [])
+    # Not as attachments, but counted as text outside the parts: the longest run.
+    assert walk(MIXED, [body]).largest_outside == len(body) - body.index(b"--XX--\r\n") - 8
+
+
+_HIDDEN = (
+    b"--b1--\r\n"
+    b"--zz\r\nContent-Type: application/octet-stream; name=big.exe\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(PAYLOAD * 20) + b"--zz--\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        # Text after the quotes: this walker reads b1, Python's email '"b1"x'.
+        'multipart/mixed; boundary="b1"x',
+        # boundary* first here, boundary in Python's email.
+        "multipart/mixed; boundary=zz; boundary*=b1",
+    ],
+)
+def test_a_part_other_parsers_find_outside_ours_is_counted(content_type: str) -> None:
+    """Review rev42, through Postfix: Python's email took another boundary than the
+    walker and found a 200 kB big.exe in what the walker read as epilogue (counted 0)."""
+    body = b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n" + _HIDDEN
+    walker = walk([("Content-Type", content_type)], [body])
+    assert walker.largest_attachment == 0
+    assert walker.largest_outside >= len(PAYLOAD) * 20 * 4 // 3
+
+
+def test_an_encoded_multipart_is_text_outside_the_parts() -> None:
+    """base64 over a multipart hides its delimiters from the walker: all of it is text
+    outside the parts (review rev42: counted 0, as an encoded message/rfc822 273843)."""
+    inner = multipart(b"XX", [attachment("x.bin", PAYLOAD * 20)])
+    headers = [*MIXED, ("Content-Transfer-Encoding", "base64")]
+    walker = walk(headers, [b64(inner)])
+    assert walker.largest_outside == len(b64(inner))
 
 
 def test_missing_closing_boundary() -> None:
@@ -713,25 +749,46 @@ def test_header_block_too_large() -> None:
         + filler * 2000
         + b"Content-Type: text/plain; name=ignored.txt\r\n\r\nabc\r\n"
     )
-    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (
-        3,
-        "h.bin",
-        1,
-        ["header block too large"],
-    )
+    size, name, parts, notes = walk_bytes(MIXED, multipart(b"XX", [part]))
+    assert (name, parts, notes) == ("h.bin", 1, ["header block too large"])
+    # The lines after the budget are the part's body, counted whole (not one Python
+    # call per header line: review rev42).
+    after = len(part) - 65536
+    assert after - len(filler) < size <= after
 
 
 def test_huge_header_line_is_bounded() -> None:
     part = b"X-Long: " + b"a" * 300_000 + b"\r\nContent-Disposition: attachment\r\n\r\nabc\r\n"
     chunks = chunked(multipart(b"XX", [part]), 65536)
     # Its Content-Disposition came after the budget: the part counts as an attachment
-    # anyway, or padding the headers would hide one.
+    # anyway, or padding the headers would hide one; what follows the long line is
+    # its body.
     assert result(walk(MIXED, chunks)) == (
-        3,
+        len(b"Content-Disposition: attachment\r\n\r\nabc\r\n") - 2,
         "<unparsed part: header block too large>",
         1,
         ["header block too large"],
     )
+
+
+@pytest.mark.parametrize(
+    "filler",
+    [b"--\r\n", b"--XXx\r\n", b"--XX -\r\n", b"X-Filler: f\r\n"],
+    ids=["dashes", "boundary-prefix", "boundary-and-more", "header-lines"],
+)
+def test_lines_no_delimiter_cost_no_python_work_each(filler: bytes) -> None:
+    """Review rev42: a part of 50 MB of "--" lines cost 14 s of CPU (one Python call per
+    line), header lines after the budget as much."""
+    if filler.startswith(b"X-"):
+        part = b"Content-Type: application/octet-stream\r\n" + filler * 400_000 + b"\r\nx\r\n"
+    else:
+        part = b"Content-Type: application/octet-stream; name=a.bin\r\n\r\n" + filler * 400_000
+    body = multipart(b"XX", [part, attachment("b.bin", b"12345")])
+    started = time.process_time()
+    walker = walk(MIXED, chunked(body, 65536))
+    assert time.process_time() - started < 0.5
+    assert walker.attachments == 2
+    assert walker.largest_attachment >= len(filler) * 400_000 - 65536
 
 
 def test_largest_attachment_updates_while_streaming() -> None:

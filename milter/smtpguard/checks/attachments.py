@@ -2,7 +2,9 @@
 
 The MIME structure is followed as body chunks arrive
 (:class:`~smtpguard.content.mime.MimeWalker`), attachments at any depth, inside
-attached messages too. The body half refuses as soon as a running size passes the
+attached messages too, and text outside the parts (a preamble or epilogue, where a
+parser that reads the boundary otherwise may find one). The body half refuses as soon
+as a running size passes the
 limit; the end-of-message half sees the last part once the walker is closed. The
 limit is the transaction's ``[domain."X"] max_attachment_size`` when it has one.
 """
@@ -29,11 +31,18 @@ class _AttachmentSize:
             return None
         domain = domain_of(self.config, conn.txn)
         limit = domain.max_attachment_size if domain is not None else self.limit
-        if message.mime.largest_attachment > limit:
+        mime = message.mime
+        if mime.largest_attachment > limit:
             return Hit(
                 "attachment_too_long",
-                f"attachment {message.mime.largest_attachment_name!r} decodes to"
-                f" {message.mime.largest_attachment} > {limit} octets",
+                f"attachment {mime.largest_attachment_name!r} decodes to"
+                f" {mime.largest_attachment} > {limit} octets",
+            )
+        if mime.largest_outside > limit:
+            # Another parser may find a part there that the walker did not.
+            return Hit(
+                "attachment_too_long",
+                f"text outside the MIME parts is {mime.largest_outside} > {limit} octets",
             )
         return None
 
