@@ -625,14 +625,17 @@ def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
     )
     (conf / "more").write_text("more.example OK\n")
     (conf / "pcre").write_text("/^x/ OK\n")
-    cfg = config(tmp_path)
-    result = make_plan(
-        cfg,
-        config_directory=str(conf),
-        mydestination=f"example.com, localhost, texthash:{conf}/mydest",
-        relay_domains=f"{conf}/relay.list, !skipped.example, regexp:{conf}/pcre",
-        parent_domain_matches_subdomains="",
-    )
+
+    def tables(cfg: Config, relay_domains: str) -> Plan:
+        return make_plan(
+            cfg,
+            config_directory=str(conf),
+            mydestination=f"example.com, localhost, texthash:{conf}/mydest",
+            relay_domains=relay_domains,
+            parent_domain_matches_subdomains="",
+        )
+
+    result = tables(config(tmp_path), f"{conf}/relay.list, !skipped.example, regexp:{conf}/pcre")
     (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
     assert problem.startswith(
         "Postfix accepts mail for other.example (mydestination), relay2.example (relay_domains),"
@@ -652,13 +655,7 @@ def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
             }
         },
     )
-    result = make_plan(
-        covered,
-        config_directory=str(conf),
-        mydestination=f"example.com, localhost, texthash:{conf}/mydest",
-        relay_domains=f"{conf}/relay.list",
-        parent_domain_matches_subdomains="",
-    )
+    result = tables(covered, f"{conf}/relay.list")
     assert not [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
 
 
