@@ -30,6 +30,7 @@ from smtpguard.address import (
     IPNetwork,
     canonical_domain,
     is_valid_domain,
+    parse_address_literal,
     parse_path,
     unmapped,
     unmapped_network,
@@ -347,7 +348,12 @@ class SiteConfig:
         return _in_domains(domain, self.relay_domains)
 
     def is_host_name(self, domain: str) -> bool:
-        """One of our host names (compared canonical: an IDN in U-labels too)."""
+        """One of our host names (compared canonical: an IDN in U-labels too), or an
+        address literal of one of ``our_ips`` (Postfix takes postmaster@[its own IP]
+        as local mail; review rev41)."""
+        if domain.startswith("["):
+            ip = parse_address_literal(domain)
+            return ip is not None and unmapped(ip) in self.our_ips
         return canonical_domain(domain) in self.our_hostnames
 
     def is_host_only(self, domain: str) -> bool:
@@ -355,6 +361,8 @@ class SiteConfig:
         ".example.com" entry covering it does not count, nor relay_domains: the MTA
         delivers it itself): mail to it is the host's own, which no directory knows
         (checks.relay, checks.recipients)."""
+        if domain.startswith("["):
+            return self.is_host_name(domain)
         name = canonical_domain(domain)
         return name in self.our_hostnames and name not in self.local_domains
 

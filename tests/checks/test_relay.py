@@ -216,6 +216,24 @@ def test_an_idn_host_name_in_either_spelling(make_services: ServicesFactory) -> 
         assert relay(lan, rcpt("x@elsewhere.example")) is None
 
 
+def test_an_address_literal_of_our_ips_is_the_hosts_own(make_services: ServicesFactory) -> None:
+    """Postfix takes postmaster@[its own IP] as local mail (review rev41: smtpguard
+    refused it with host_denies_relay); any other name there is refused, as at the
+    host's own name, and a literal of another IP is relaying."""
+    relay = Relay(make_services(site={**SITE, "our_ips": ["192.0.2.25", "2001:db8::25"]}))
+    outside = make_conn(sender="x@example.org")
+    for literal in ("[192.0.2.25]", "[IPv6:2001:db8::25]", "[ipv6:2001:DB8:0::25]"):
+        assert relay(outside, rcpt(f"postmaster@{literal}")) is None
+        verdict = relay(outside, rcpt(f"root@{literal}"))
+        assert isinstance(verdict, Hit)
+        assert verdict.reply_id == "host_denies_relay"
+    verdict = relay(outside, rcpt("postmaster@[192.0.2.26]"))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "host_denies_relay"
+    lan = make_conn(sender="device@lan.example", ip="127.0.0.1", trusted_network=True)
+    assert relay(lan, rcpt("root@[192.0.2.25]")) is None
+
+
 def test_trusted_network_does_not_relay_for_foreign_sender(relay: Relay) -> None:
     conn = make_conn(sender="someone@example.org", ip="127.0.0.1", trusted_network=True)
     verdict = relay(conn, rcpt("x@elsewhere.example"))
