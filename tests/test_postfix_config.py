@@ -1057,6 +1057,64 @@ def test_chroot_dash_is_y_below_compatibility_level_1(
     assert all("(chroot - (y below compatibility_level 1) in master.cf)" in p for p in found)
 
 
+def test_default_action_accept_in_milter_mode_blocks(tmp_path: Path) -> None:
+    """Review rev44, through a real Postfix: with relay_control = "milter" an entry with
+    default_action=accept relayed a stranger's mail while smtpguard was down, and the
+    script applied with exit 0; in main.cf and in a service's own smtpd_milters."""
+    milter_mode = {"site": {"relay_control": "milter"}, "milter": {"socket": DEFAULT_SOCKET}}
+    cfg = config(tmp_path, milter_mode)
+    accept = "{ unix:smtpguard/smtpguard.sock, default_action=accept }"
+    result = make_plan(cfg, smtpd_milters=accept)
+    (problem,) = result.blocking
+    assert problem.startswith("smtpd_milters: default_action for unix:smtpguard/smtpguard.sock")
+    assert "open relay" in problem
+    # In the default mode Postfix still refuses relaying: a conflict, not a stop.
+    plain = make_plan(
+        config(tmp_path / "plain", {"milter": {"socket": DEFAULT_SOCKET}}), smtpd_milters=accept
+    )
+    assert not plain.blocking
+    assert any(
+        "default_action for unix:smtpguard/smtpguard.sock is 'accept'" in p for p in plain.problems
+    )
+    master = MASTER_CF.replace(
+        "  -o smtpd_milters=inet:127.0.0.1:8891\n",
+        "  -o { smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=accept } }\n",
+    )
+    (tmp_path / "service").mkdir()
+    service = _service_plan(tmp_path / "service", milter_mode, "", master)
+    assert [p.split(":", 1)[0] for p in service.blocking] == ["master.cf service 2525/inet"]
+
+
+def test_a_service_reaching_smtpguard_by_another_path_is_checked_chrooted(tmp_path: Path) -> None:
+    """Review rev44, through a real Postfix: a chrooted service with -o smtpd_milters
+    naming smtpguard by its absolute path deferred every message, and a chrooted
+    cleanup with such a non_smtpd_milters kept mail from sendmail(1) queued, while
+    --check said "no conflicts" (the check tested the address it would write)."""
+    absolute = f"unix:{DEFAULT_SOCKET.removeprefix('unix:')}"
+    master = (
+        MASTER_CF.replace(
+            "  -o smtpd_milters=inet:127.0.0.1:8891\n", f"  -o smtpd_milters={absolute}\n"
+        )
+        + "cleanup   unix  n       -       y       -       0       cleanup\n"
+    )
+    result = _service_plan(tmp_path, None, f"non_smtpd_milters = {absolute}\n", master)
+    chrooted = [p.split(":", 1)[0] for p in result.problems if "runs chrooted" in p]
+    assert chrooted == ["master.cf service 2525/inet", "master.cf service cleanup/unix"]
+    assert any(
+        p.startswith(f"master.cf service 2525/inet: names smtpguard's socket {absolute}")
+        for p in result.problems
+    )
+
+
+def test_a_service_with_milters_emptied_keeps_the_directory_reply(tmp_path: Path) -> None:
+    """Review rev44: -o smtpd_milters= makes main.cf's ${smtpd_milters?{no}:{yes}} say
+    yes there, so Postfix checks recipients on it; no reason to give up the table's
+    mailbox_unavailable elsewhere."""
+    master = MASTER_CF.replace("  -o smtpd_milters=inet:127.0.0.1:8891\n", "  -o smtpd_milters=\n")
+    result = _service_plan(tmp_path, None, "", master)
+    assert changes(result)["smtpd_reject_unlisted_recipient"] == UNLISTED_WHILE_MILTERS
+
+
 def test_a_chrooted_cleanup_with_non_smtpd_milters(tmp_path: Path) -> None:
     """Second review: cleanup runs non_smtpd_milters; chrooted (Debian's master.cf), it
     kept mail from sendmail(1) queued while --check said nothing."""

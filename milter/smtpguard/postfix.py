@@ -510,8 +510,8 @@ class _Planner:
         #: As mydestination writes it (_listed_domains).
         self.myhostname = self.now["myhostname"].lower().rstrip(".")
         self.cleanup_chroot = current.cleanup_chroot
-        #: smtpguard is (or will be) in non_smtpd_milters.
-        self.non_smtpd = False
+        #: smtpguard's address in non_smtpd_milters as the plan leaves it, or "".
+        self.non_smtpd = ""
         #: main.cf's relay restriction lists as the plan leaves them (raw).
         self.relay_lists: dict[str, str] = {}
 
@@ -547,9 +547,11 @@ class _Planner:
             )
         for name in params:
             self._milter_entry(name, entry)
-        self.non_smtpd = (non_smtpd or inherited) or any(
-            self._is_ours(e) for e in split_list(self.now["non_smtpd_milters"])
-        )
+        if non_smtpd or inherited:
+            self.non_smtpd = self.address
+        else:
+            theirs = [e for e in split_list(self.now["non_smtpd_milters"]) if self._is_ours(e)]
+            self.non_smtpd = _milter_address(theirs[0]) if theirs else ""
 
     def _milter_entry(self, name: str, entry: str) -> None:
         """smtpguard's entry in one milter list: added, moved to the front, or put in
@@ -606,12 +608,24 @@ class _Planner:
         if value != raw:
             self.change(name, value, "; ".join(reasons), "; ".join(problems) or None)
         if ours:
-            action = _milter_option(ours[0], "default_action") or self.now["milter_default_action"]
-            if action != "tempfail":
-                self.problem(
-                    f"{name}: default_action for {self.address} is {action!r}: with"
-                    " smtpguard down mail would not be deferred (use default_action=tempfail)"
-                )
+            self._default_action(name, ours[0], self.now["milter_default_action"])
+
+    def _default_action(self, where: str, entry: str, default: str) -> None:
+        """smtpguard's entry must defer mail while it is down. In milter mode an
+        "accept" also opens the relay then: the pass-through lets every recipient by,
+        and no smtpguard refuses them (review rev44: a stranger's mail was delivered
+        while smtpguard restarted)."""
+        action = _milter_option(entry, "default_action") or default
+        if action == "tempfail":
+            return
+        opens = action == "accept" and self.config.site.relay_control == "milter"
+        self.problem(
+            f"{where}: default_action for {_milter_address(entry)} is {action!r}: with"
+            " smtpguard down mail would not be deferred"
+            + (' but relayed for anyone (open relay, relay_control = "milter")' if opens else "")
+            + " (use default_action=tempfail)",
+            blocking=opens,
+        )
 
     def _is_ours(self, entry: str) -> bool:
         return socket_key(_milter_address(entry), self.now["queue_directory"]) == self._socket
@@ -889,6 +903,15 @@ class _Planner:
             o, x = service.overrides, service.expanded
             listed, off, milters = self._service_milters(service)
             where = f"master.cf service {service.label}"
+            if listed and not off and "smtpd_milters" in o and listed != self.address:
+                self.problem(
+                    f"{where}: names smtpguard's socket {listed} (-o smtpd_milters), not"
+                    f" {self.address}, the spelling a chrooted smtpd reaches"
+                )
+            if listed and not off and "smtpd_milters" in o:
+                entry = next(e for e in split_list(milters) if self._is_ours(e))
+                default = x.get("milter_default_action", self.now["milter_default_action"])
+                self._default_action(where, entry, default)
             if milter_mode and x.get("smtpd_milter_maps", "").strip():
                 self.problem(
                     f"{where}: its smtpd_milter_maps may let clients skip smtpguard while"
@@ -897,7 +920,9 @@ class _Planner:
                     blocking=True,
                 )
             if listed and not off:
-                self._chroot_problem(service.chroot, where, "every message")
+                # The address that service uses (review rev44: one of its own,
+                # spelled absolute, deferred every message unreported).
+                self._chroot_problem(service.chroot, where, "every message", listed)
                 content_filter = x.get("content_filter", self.now["content_filter"])
                 proxy_filter = x.get("smtpd_proxy_filter", "")
                 reinjection = "content_filter" in o or self._loopback_only(service)
@@ -933,18 +958,20 @@ class _Planner:
             else:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
 
-    def _service_milters(self, service: Service) -> tuple[bool, bool, str]:
-        """Whether smtpguard is in the service's smtpd_milters, whether no_milters
-        turns them off there, and its smtpd_milters as expanded ("main.cf's")."""
+    def _service_milters(self, service: Service) -> tuple[str | None, bool, str]:
+        """smtpguard's address in the service's smtpd_milters (None if not there),
+        whether no_milters turns them off there, and its smtpd_milters as expanded
+        ("main.cf's")."""
         o, x = service.overrides, service.expanded
         receive = x.get("receive_override_options", self.now["receive_override_options"])
         off = "no_milters" in split_list(receive)
         milters = o.get("smtpd_milters")
         if milters is None or _refers_to(milters, "smtpd_milters"):
             # main.cf's list, which holds smtpguard's entry once this plan is applied.
-            return True, off, milters or "main.cf's"
+            return self.address, off, milters or "main.cf's"
         milters = x.get("smtpd_milters", milters)
-        return any(self._is_ours(e) for e in split_list(milters)), off, milters
+        ours = next((e for e in split_list(milters) if self._is_ours(e)), None)
+        return (None if ours is None else _milter_address(ours)), off, milters
 
     def _unchecked_recipients(self) -> list[str]:
         """Where outside clients meet no smtpguard although main.cf's smtpd_milters
@@ -958,6 +985,8 @@ class _Planner:
                 (listed and not off)
                 or self._loopback_only(service)
                 or "smtpd_reject_unlisted_recipient" in service.overrides
+                # Emptied there, the conditional says yes on that service (rev44).
+                or (not off and not milters.strip())
             ):
                 continue
             why = "no_milters" if off else f"smtpd_milters = {milters or '(empty)'}"
@@ -969,15 +998,15 @@ class _Planner:
             out.append("the clients smtpd_milter_maps gives other milters or DISABLE")
         return out
 
-    def _chroot_problem(self, chroot: str, where: str, mail: str) -> None:
+    def _chroot_problem(self, chroot: str, where: str, mail: str, address: str) -> None:
         """A chrooted service sees only what is under queue_directory (its chroot): the
         socket's directory must be the one smtpguard listens in when reached from in
         there, symbolic links resolved against the chroot (review rev41: a link under
         the queue directory to /run broke the default relative address unnoticed, and
         a link that does lead to the socket was reported). Otherwise ``mail`` is
         deferred with 451 4.7.1."""
-        kind, _, path = self.address.partition(":")
-        if kind != "unix" or not _chrooted(chroot, self.now["compatibility_level"]):
+        kind, _, path = address.partition(":")
+        if kind not in ("unix", "local") or not _chrooted(chroot, self.now["compatibility_level"]):
             return
         queue = self.now["queue_directory"]
         # A relative address is relative to the queue directory, which is "/" inside.
@@ -1000,7 +1029,10 @@ class _Planner:
         cannot reach a socket outside the queue directory either."""
         if self.non_smtpd:
             self._chroot_problem(
-                self.cleanup_chroot, "master.cf service cleanup/unix", "mail from sendmail(1)"
+                self.cleanup_chroot,
+                "master.cf service cleanup/unix",
+                "mail from sendmail(1)",
+                self.non_smtpd,
             )
 
     def _relay_items(self, service: Service) -> list[list[str]]:
