@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from smtpguard.postfix import (
     UNLISTED_WHILE_MILTERS,
     Plan,
     Settings,
+    chroot_path,
     footer_text,
     main_cf_fragment,
     plan,
@@ -659,6 +660,39 @@ def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
     assert not [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
 
 
+def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
+    """Review rev44: with Postfix's default virtual_alias_domains = $virtual_alias_maps,
+    every alias key (alice@example.com, @example.com, postmaster) was reported as an
+    accepted domain, a conflict no config could clear; a /file that includes itself
+    was counted again and again; a huge table made a line of megabytes."""
+    if not shutil.which("postmap"):
+        pytest.skip("postmap not installed (Debian package postfix)")
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "main.cf").write_text("")
+    (conf / "virtual").write_text(
+        "postmaster root\nalice@example.com alice\n@example.com catchall\nother.example x\n"
+    )
+    (conf / "pcre").write_text("/^x/ OK\n")
+    (conf / "self.list").write_text(f"self.example {conf}/self.list\n")
+    many = " ".join(f"d{i}.example" for i in range(30))
+    result = make_plan(
+        config(tmp_path),
+        config_directory=str(conf),
+        virtual_alias_domains=f"texthash:{conf}/virtual, regexp:{conf}/pcre",
+        relay_domains=f"{conf}/self.list, {many}",
+        parent_domain_matches_subdomains="",
+    )
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    assert problem.startswith(
+        "Postfix accepts mail for other.example (virtual_alias_domains),"
+        " self.example (relay_domains), d0.example (relay_domains),"
+    )
+    assert "@" not in problem.split(", which smtpguard")[0]
+    assert " and 12 more, which smtpguard refuses" in problem
+    assert any("not compared" in n and "pcre" in n for n in result.notes)
+
+
 def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
     covered = config(tmp_path, {"site": {"relay_domains": ["relay.example", ".relay.example"]}})
     # ".other.example" matches nothing in a parent-style list (Postfix's match_hostname),
@@ -1036,6 +1070,14 @@ def test_links_in_the_chroot_are_followed_as_the_chroot_follows_them(tmp_path: P
     assert any("is another directory for it (/smtpguard leads to" in p for p in result.problems)
 
 
+def test_chroot_path_fails_on_dot_dot_after_a_missing_name(tmp_path: Path) -> None:
+    """As the kernel: ".." of a name that does not exist is ENOENT (review rev44)."""
+    (tmp_path / "real").mkdir()
+    assert chroot_path(str(tmp_path), PurePosixPath("/real/../real")) == f"{tmp_path}/real"
+    with pytest.raises(FileNotFoundError):
+        chroot_path(str(tmp_path), PurePosixPath("/missing/../real"))
+
+
 @pytest.mark.parametrize(
     ("level", "chrooted"), [("", True), ("0", True), ("1", False), ("3.6", False)]
 )
@@ -1145,10 +1187,12 @@ def test_milter_mode_open_relay_on_a_service_without_smtpguard(tmp_path: Path) -
     before = main_cf.read_text()
     done = subprocess.run(["sh", "-e"], input=script, capture_output=True, text=True, check=False)
     assert done.returncode == 1
-    assert "nothing changed: the changes would open a relay" in done.stderr
+    assert "nothing changed: the changes would leave an open relay" in done.stderr
     assert main_cf.read_text() == before
     assert not Path(result.footer_path).exists()
-    assert "# DO NOT APPLY: these settings would open a relay: " in main_cf_fragment(result)
+    fragment = main_cf_fragment(result)
+    assert "# NOT APPLICABLE: these settings would open a relay: " in fragment
+    assert "\nsmtpd_relay_restrictions = " not in fragment
     # The loopback reinjection service is no relay for strangers, and the services
     # that run smtpguard are no conflict.
     assert not any("10025" in p or "submission" in p or "smtp/inet" in p for p in result.problems)

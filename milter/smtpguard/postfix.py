@@ -523,6 +523,12 @@ class _Planner:
     def problem(self, text: str, *, blocking: bool = False) -> None:
         """A conflict the plan leaves to the admin; ``blocking`` if applying the plan
         would open a relay because of it."""
+        if blocking and any(MILTER_RELAY_PASS in self.raw[n] for n in _RELAY_LISTS):
+            # An earlier run wrote the pass-through: not "would", it is (rev44).
+            text += (
+                f". It is open now: main.cf already has {MILTER_RELAY_PASS}; close it"
+                ' with relay_control = "postfix" and postfix-config, or fix the cause'
+            )
         self.problems.append(text)
         self.unresolved.append(text)
         if blocking:
@@ -1159,14 +1165,21 @@ class _Planner:
                 " directory knows)"
             )
         if unknown:
-            listed = ", ".join(f"{d} ({', '.join(n)})" for d, n in unknown.items())
-            self.problem(
-                f"Postfix accepts mail for {listed}, which smtpguard refuses"
-                " (host_denies_relay): add them to site.local_domains or site.relay_domains"
-                ' (".example.com" covers the subdomains of example.com; a domain of'
-                " mydestination belongs in site.local_domains)"
-            )
+            self._refused_domains(unknown)
         self._idn_spellings()
+
+    def _refused_domains(self, unknown: Mapping[str, list[str]]) -> None:
+        # The first 20: a table of thousands gave a line of megabytes (rev44).
+        items = list(unknown.items())
+        listed = ", ".join(f"{d} ({', '.join(dict.fromkeys(n))})" for d, n in items[:20])
+        if len(items) > 20:
+            listed += f" and {len(items) - 20} more"
+        self.problem(
+            f"Postfix accepts mail for {listed}, which smtpguard refuses"
+            " (host_denies_relay): add them to site.local_domains or site.relay_domains"
+            ' (".example.com" covers the subdomains of example.com; a domain of'
+            " mydestination belongs in site.local_domains)"
+        )
 
     def _own_name(self) -> str:
         """$myhostname in mydestination but not in site.our_hostnames: reported, and
@@ -1214,24 +1227,26 @@ class _Planner:
         permanent 553 while --check said "no conflicts"). A table it cannot list
         (regexp:, SQL, LDAP) is a note, once."""
         if name not in self._domain_lists:
-            items = self._domain_items(split_list(self.now[name]), name, depth=0)
+            items = self._domain_items(split_list(self.now[name]), name, set())
             domains = (item.lower().rstrip(".") for item in items)
             self._domain_lists[name] = [d for d in domains if d and "$" not in d]
         return self._domain_lists[name]
 
-    def _domain_items(self, items: list[str], name: str, depth: int) -> list[str]:
+    def _domain_items(self, items: list[str], name: str, files: set[str]) -> list[str]:
         out: list[str] = []
         for item in items:
             if item.startswith("!"):
                 continue  # an exclusion: Postfix takes no mail for it
-            if item.startswith("/") and depth < 4:
+            if item.startswith("/"):
+                if item in files:
+                    continue  # a file that includes itself (rev44): read once
                 try:
                     text = Path(item).read_text(errors="replace")
                 except OSError as exc:
                     self._not_compared(name, item, exc.strerror or str(exc))
                     continue
                 lines = (line.partition("#")[0] for line in text.splitlines())
-                out += self._domain_items(split_list(" ".join(lines)), name, depth + 1)
+                out += self._domain_items(split_list(" ".join(lines)), name, files | {item})
             elif ":" in item or "/" in item:
                 out += self._table_keys(item, name)
             else:
@@ -1239,27 +1254,36 @@ class _Planner:
         return out
 
     def _table_keys(self, table: str, name: str) -> list[str]:
-        command = [
-            "postmap",
-            "-c",
-            self.now["config_directory"],
-            "-s",
-            table.removeprefix("proxy:"),
-        ]
+        """The keys of ``table`` that name a domain: an address (user@domain) or catch-all
+        (@domain) key of virtual_alias_maps, which virtual_alias_domains lists by
+        default, never matches a domain (review rev44: reported as domains)."""
+        # Postfix's defaults list the domains of the virtual maps by their tables,
+        # regexp ones included: no note for what the admin never wrote.
+        quiet = _refers_to(self.raw[name], "virtual_alias_maps") or _refers_to(
+            self.raw[name], "virtual_mailbox_maps"
+        )
+        command = ["postmap", "-c", self.now["config_directory"], "-s"]
         try:
             done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
-                command, capture_output=True, text=True, errors="replace", check=False
+                [*command, table.removeprefix("proxy:")],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                check=False,
+                timeout=30,
             )
-        except OSError as exc:
-            self._not_compared(name, table, exc.strerror or str(exc))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            if not quiet:
+                self._not_compared(name, table, str(exc))
             return []
         if done.returncode != 0:
-            errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
-            self._not_compared(
-                name, table, "; ".join(errors) or f"postmap exited {done.returncode}"
-            )
+            if not quiet:
+                errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
+                why = "; ".join(errors) or f"postmap exited {done.returncode}"
+                self._not_compared(name, table, why)
             return []
-        return [line.split(None, 1)[0] for line in done.stdout.splitlines() if line.strip()]
+        keys = (line.split(None, 1)[0] for line in done.stdout.splitlines() if line.strip())
+        return [k for k in keys if "@" not in k and "." in k.strip(".")]
 
     def _not_compared(self, name: str, item: str, why: str) -> None:
         note = (
@@ -1431,6 +1455,10 @@ def chroot_path(root: str, path: PurePosixPath) -> str:
         if part in ("", "."):
             continue
         if part == "..":
+            # As the kernel: ".." of something that is not a directory fails (rev44).
+            here = os.path.join(root, *done)
+            if not os.path.isdir(here):
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), here)
             if done:
                 done.pop()
             continue
@@ -1510,8 +1538,8 @@ def shell_script(result: Plan, default_directory: str = "/etc/postfix") -> str:
         # pass-through that opened the relay on a service without smtpguard.
         out += [
             "# NOT APPLIED: these changes would open a relay (conflicts above).",
-            "echo 'smtpguard postfix-config: nothing changed: the changes would open a relay;"
-            " see the conflicts at the top of this script' >&2",
+            "echo 'smtpguard postfix-config: nothing changed: the changes would leave an open"
+            " relay; see the conflicts at the top of this script' >&2",
             "exit 1",
         ]
     out += [
@@ -1538,10 +1566,12 @@ def main_cf_fragment(result: Plan) -> str:
     ]
     out += _comment_block("note", result.notes)
     if result.blocking:
-        out += _comment_block("DO NOT APPLY: these settings would open a relay", result.blocking)
+        out += _comment_block("NOT APPLICABLE: these settings would open a relay", result.blocking)
     for change in result.changes:
         out.append(f"# {change.reason}")
-        out.append(f"{change.name} = {change.value}")
+        # Commented out where they would open a relay: appended to main.cf as they
+        # stood, they did (review rev44).
+        out.append(("# " if result.blocking else "") + f"{change.name} = {change.value}")
     out.append(f"# and {result.footer_path} holding `smtpguard postfix-config --footers`.")
     return "\n".join(out) + "\n"
 
