@@ -421,10 +421,34 @@ def test_our_socket_in_another_spelling_is_our_entry(tmp_path: Path, written: st
     assert any(f"lists smtpguard ({address}) 2 times" in p for p in twice.problems)
 
 
-def test_localhost_names_our_inet_socket(tmp_path: Path) -> None:
-    cfg = config(tmp_path, {"milter": {"socket": "inet:8899@127.0.0.1"}})
-    result = make_plan(cfg, smtpd_milters="inet:localhost:8899")
-    assert changes(result)["smtpd_milters"] == "inet:127.0.0.1:8899"
+@pytest.mark.parametrize(
+    ("socket", "written"),
+    [
+        ("inet:8899@127.0.0.1", "inet:localhost:8899"),
+        # Postfix's inet_connect takes a missing host for localhost (review rev44).
+        ("inet:8899@127.0.0.1", "inet:8899"),
+        ("inet:8899@127.0.0.1", "inet:127.1:8899"),
+        ("inet6:8899@[::1]", "inet:localhost:8899"),
+        ("inet6:8899@[::1]", "inet:[0:0:0:0:0:0:0:1]:8899"),
+    ],
+)
+def test_other_names_of_our_inet_socket(tmp_path: Path, socket: str, written: str) -> None:
+    cfg = config(tmp_path, {"milter": {"socket": socket}})
+    result = make_plan(cfg, smtpd_milters=f"{written}, inet:127.0.0.1:8891")
+    assert changes(result)["smtpd_milters"] == (
+        f"{postfix_milter_address(socket)}, inet:127.0.0.1:8891"
+    )
+
+
+def test_our_socket_through_a_link_is_our_entry(tmp_path: Path) -> None:
+    """Review rev44: queue/smtpguard a link to the directory the admin's entry names."""
+    queue, run = tmp_path / "queue", tmp_path / "run"
+    queue.mkdir()
+    run.mkdir()
+    (queue / "smtpguard").symlink_to(run)
+    cfg = config(tmp_path, {"milter": {"socket": f"unix:{queue}/smtpguard/smtpguard.sock"}})
+    result = make_plan(cfg, queue_directory=str(queue), smtpd_milters=f"unix:{run}/smtpguard.sock")
+    assert changes(result)["smtpd_milters"] == "unix:smtpguard/smtpguard.sock"
 
 
 def test_our_entry_after_another_milter_moves_to_the_front(tmp_path: Path) -> None:

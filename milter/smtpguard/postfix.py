@@ -32,6 +32,7 @@ import os
 import posixpath
 import re
 import shlex
+import socket
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -318,20 +319,51 @@ def _milter_address(entry: str) -> str:
     return entry
 
 
-def socket_key(address: str, queue_directory: str) -> str:
-    """A Postfix milter address in one spelling per socket: a unix path absolute
-    (relative to the queue directory, where Postfix's daemons run), normalised, and
-    "localhost" as 127.0.0.1 (review rev41: smtpguard under another spelling got a
-    second entry and ran twice per message)."""
-    kind, _, rest = address.strip().partition(":")
-    kind = kind.lower()
-    if kind in ("unix", "local"):
-        return "unix:" + posixpath.normpath(posixpath.join(queue_directory, rest))
-    if kind == "inet":
+def same_socket(one: str, other: str, queue_directory: str) -> bool:
+    """Whether two Postfix milter addresses name one socket (review rev41, rev44:
+    smtpguard under another spelling got a second entry and ran twice per message).
+    A unix path is relative to the queue directory (where Postfix's daemons run), and
+    the same file through a link is the same socket; an inet host may be left out
+    (localhost, as Postfix's inet_connect), written as a name of the loopback or in
+    another form of the same address."""
+    kind, _, rest = one.strip().partition(":")
+    other_kind, _, other_rest = other.strip().partition(":")
+    kinds = {kind.lower().replace("local", "unix"), other_kind.lower().replace("local", "unix")}
+    if kinds == {"unix"}:
+        first, second = (
+            posixpath.normpath(posixpath.join(queue_directory, path)) for path in (rest, other_rest)
+        )
+        if first == second:
+            return True
+        try:
+            a, b = os.stat(posixpath.dirname(first)), os.stat(posixpath.dirname(second))
+        except OSError:
+            return False
+        same_directory = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        return same_directory and posixpath.basename(first) == posixpath.basename(second)
+    if kinds == {"inet"}:
         host, _, port = rest.rpartition(":")
-        host = host.strip("[]").lower()
-        return f"inet:{'127.0.0.1' if host == 'localhost' else host}:{port}"
-    return address.strip()
+        other_host, _, other_port = other_rest.rpartition(":")
+        return port == other_port and bool(_hosts(host) & _hosts(other_host))
+    return one.strip() == other.strip()
+
+
+def _hosts(host: str) -> set[str]:
+    """The addresses an inet milter host stands for, as text."""
+    host = host.strip("[]").lower()
+    if host in ("", "localhost", "localhost.localdomain"):
+        return {"127.0.0.1", "::1"}
+    if host in ("ip6-localhost", "ip6-loopback"):
+        return {"::1"}
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        pass
+    try:
+        # inet_aton's forms too (127.1), which the resolver takes.
+        return {socket.inet_ntoa(socket.inet_aton(host))}
+    except OSError:
+        return {host}
 
 
 def _milter_option(entry: str, option: str) -> str | None:
@@ -502,7 +534,6 @@ class _Planner:
         #: Problems the plan's changes would cause: an open relay.
         self.blocking: list[str] = []
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
-        self._socket = socket_key(self.address, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
         self.services = current.services
         #: The domains of each list, tables and files read (_listed_domains).
@@ -634,7 +665,7 @@ class _Planner:
         )
 
     def _is_ours(self, entry: str) -> bool:
-        return socket_key(_milter_address(entry), self.now["queue_directory"]) == self._socket
+        return same_socket(_milter_address(entry), self.address, self.now["queue_directory"])
 
     def _one_spelling(self, name: str, value: str, reasons: list[str], problems: list[str]) -> str:
         """``value`` with smtpguard written once, as postfix-config writes its address
