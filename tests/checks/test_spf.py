@@ -139,11 +139,22 @@ def test_a_failed_ptr_lookup_is_no_permanent_fail(
     assert decide(check, "a@ptr.test") is None
     verdict = decide(check, "a@ptr.test", ip="198.51.100.8")
     assert isinstance(verdict, TempError)
+    # Deferred even with on_temp_error = "pass": the client answers for its reverse
+    # zone, and a SERVFAIL there passed "-all" (review rev45, through Postfix).
+    assert verdict.firm
     assert "spf=temperror" in verdict.detail
     assert "fail after a failed ptr lookup" in verdict.detail
     # A reverse zone that answers, without the name: the domain's fail stands.
     fake.add("9.100.51.198.in-addr.arpa", "PTR", "dsl.isp.test.")
     assert isinstance(decide(check, "a@ptr.test", ip="198.51.100.9"), Hit)
+    # A failed lookup for the explanation's %{p} says nothing about the verdict.
+    fake.add("exp.test", "TXT", '"v=spf1 -all exp=why.exp.test"')
+    fake.add("why.exp.test", "TXT", '"%{i} is not %{p}"')
+    assert isinstance(decide(check, "a@exp.test", ip="198.51.100.8"), Hit)
+    # An ordinary temperror stays the operator's call (on_temp_error).
+    temp = decide(check, "a@inc.test")
+    assert isinstance(temp, TempError)
+    assert not temp.firm
 
 
 def test_void_lookup_limit(tmp_path: Path, resolver: Resolver) -> None:

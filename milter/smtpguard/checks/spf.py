@@ -7,9 +7,11 @@ HELO has no identity to check (§2.3) and passes. Results:
 * ``fail``: a hit; ``softfail``: a hit only with ``[spf] reject_softfail = true``
   (§8.5: softfail is "probably not authorized", a weaker statement);
 * ``temperror`` (a lookup failed, §8.6): a temporary error, which the check's
-  ``on_temp_error`` (default ``pass``) decides; so is a ``fail`` or ``softfail`` after a
-  failed lookup for ``ptr`` or ``%{p}``, which §5.5 takes for "no match" (a DNS fault
-  on the client's reverse zone is no reason for a permanent refusal);
+  ``on_temp_error`` (default ``pass``) decides; a ``fail`` or ``softfail`` after a
+  failed lookup for ``ptr`` or ``%{p}`` (which §5.5 takes for "no match") is deferred
+  whatever ``on_temp_error`` says: a DNS fault on the client's reverse zone is no reason
+  for a permanent refusal, and the client, who answers for that zone, must not pass
+  by it;
 * ``permerror`` (the domain's record is broken, §8.7), ``none``, ``neutral``, ``pass``:
   no objection; a permerror is logged for the operator.
 
@@ -55,6 +57,15 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         self.deadline = deadline
         #: A PTR or A/AAAA lookup for ``ptr`` or ``%{p}`` failed for the moment.
         self.ptr_temperror = False
+
+    def get_explanation(self, spec: str) -> Any:
+        """The exp= text, whose %{p} may look up PTR records too: a failure there says
+        nothing about the verdict (rev45)."""
+        before = self.ptr_temperror
+        try:
+            return super().get_explanation(spec)
+        finally:
+            self.ptr_temperror = before
 
     def validated_ptrs(self) -> list[str]:
         """RFC 7208 §5.5 (the ``ptr`` mechanism, and the ``p`` macro of §7.3): a DNS
@@ -190,7 +201,10 @@ class Spf:
         record_spf(txn, result, helo=not sender, value=_identity_domain(txn, helo))
         detail = f"spf={result} {identity} {query.o} from {conn.client_ip}: {explanation}"
         if result == "temperror":
-            return TempError("database_temp_error", detail)
+            # After a failed ptr lookup the domain's "-all" did refuse: the client
+            # answers for its own reverse DNS, so passing would let a SERVFAIL it
+            # arranged through (review rev45). Deferred whatever on_temp_error says.
+            return TempError("database_temp_error", detail, firm=query.ptr_temperror)
         verdict: Verdict | None = None
         if result == "fail" or (result == "softfail" and self.reject_softfail):
             verdict = Hit("remote_ip_mismatch", detail)
