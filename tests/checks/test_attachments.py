@@ -193,15 +193,15 @@ def test_a_structure_the_walker_does_not_enter_cannot_hide_an_attachment(
 
 
 def test_text_outside_the_parts_counts_against_the_limit(make_services: ServicesFactory) -> None:
-    """Review rev42, through Postfix: with boundary="b1"x the walker reads b1, Python's
-    email '"b1"x', and finds a 200 kB attachment in what the walker took for the
-    epilogue: that text counts as one attachment."""
+    """Review rev42, through Postfix: base64 over a multipart hides its delimiters from
+    the walker, which counted nothing, while a mail client decodes and finds the
+    attachment; all of it is text outside the parts, counted as one."""
     services = make_services(limits=LIMIT)
     conn = with_message(make_conn(sender="a@example.org"), track_mime=True)
-    header(conn, "Content-Type", 'multipart/mixed; boundary="b1"x')
+    header(conn, "Content-Type", 'multipart/mixed; boundary="b1"')
+    header(conn, "Content-Transfer-Encoding", "base64")
     end_of_headers(conn)
-    hidden = multipart(2000).replace(b"b1", b'"b1"x')
-    data = b"--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b1--\r\n" + hidden
+    data = base64.encodebytes(multipart(2000)).replace(b"\n", b"\r\n")
     verdict = AttachmentSizeBody(services)(conn, body(conn, data))
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "attachment_too_long"

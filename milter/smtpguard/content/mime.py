@@ -63,7 +63,6 @@ parts`` (past ``max_parts`` parts the rest of the body is one opaque part).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +98,11 @@ _WHITESPACE: Final = b" \t\r\n\x0b\x0c"
 _B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _B64_INVALID: Final = bytes(c for c in range(256) if c not in _B64_ALPHABET)
 _B64_PADS: Final = re.compile(rb"=+")
+#: Lines examined one by one in Python (header lines of the parts, body lines that
+#: start with "--" but are no delimiter) before the rest of the message is one opaque
+#: part: a message of nothing else cost 14 s of CPU for 50 MB (review rev42, rev45).
+#: Ordinary mail has a few per part; 10,000 parts of five header lines are 50,000.
+_EXAMINE_MAX: Final = 100_000
 _QP_ESCAPE: Final = re.compile(rb"=[0-9A-Fa-f]{2}")
 _QP_SOFT_BREAK: Final = re.compile(rb"=[ \t]*\r?\n")
 _QP_SOFT_BREAK_AT_END: Final = re.compile(rb"=[ \t]*\r?\n\Z")
@@ -431,6 +435,7 @@ class MimeWalker:
         "_depth",
         "_digest_parent",
         "_embedded",
+        "_examine_left",
         "_first_header_line",
         "_header_bytes",
         "_header_overflow",
@@ -481,6 +486,7 @@ class MimeWalker:
         self._name: str | None = None
         #: Bytes since the last delimiter outside every part (preamble, epilogue).
         self._outside = 0
+        self._examine_left = _EXAMINE_MAX
         self._closed = False
         self._depth = 0
         self._digest_parent = False
@@ -552,11 +558,6 @@ class MimeWalker:
         n = len(buf)
         if pos >= n:
             return None
-        if self._header_overflow and self._line_start:
-            # Over budget: the rest of the block is the part's body (an opaque part,
-            # counted whole), not one Python call per line (review rev42).
-            self._end_headers()
-            return pos
         nl = buf.find(b"\n", max(pos, self._hint))
         if nl < 0:
             if not final:
@@ -579,6 +580,8 @@ class MimeWalker:
 
     def _header_line(self, line: bytes, pos: int, end: int) -> int:
         """Handle one complete header-block line; return where scanning continues."""
+        if not self._examined():
+            return pos  # read again as the opaque rest's data
         first_line = self._first_header_line
         self._first_header_line = False
         if self._stack and line.startswith(b"--") and len(line) <= _DELIM_LINE_MAX:
@@ -627,25 +630,16 @@ class MimeWalker:
             return None
         start = max(pos, self._hint)
         if self._stack:
-            # Only delimiter lines of the open multiparts stop the scan: any other line,
-            # "--" lines included, is skipped at C speed (review rev42: a body of "--"
-            # lines cost 14 s of CPU for 50 MB, one Python call per line).
-            line, following = _delimiters(tuple(frame.boundary for frame in self._stack))
             if self._line_start and buf[pos] == 0x2D:  # "-"
-                m = line.match(buf, pos)
-                if m is not None and (final or buf[m.end() - 1] == 0x0A):
-                    hit = self._match_delimiter(bytes(buf[pos : m.end()]))
-                    if hit is not None and m.end() - pos <= _DELIM_LINE_MAX:
-                        self._delimiter(*hit)
-                        self._line_start = True
-                        return m.end()
-                if not final and buf.find(b"\n", pos) < 0 and n - pos <= _DELIM_LINE_MAX:
-                    return None  # the line may still become a delimiter
-            found = following.search(buf, start)
-            if found is not None:
-                self._data(pos, found.start() + 1)
+                if n - pos < 2 and not final:
+                    return None
+                if n - pos >= 2 and buf[pos + 1] == 0x2D:
+                    return self._candidate_line(pos, final=final)
+            idx = buf.find(b"\n--", start)
+            if idx >= 0:
+                self._data(pos, idx + 1)
                 self._line_start = True
-                return found.start() + 1
+                return idx + 1
         if final:
             self._data(pos, n)
             return n
@@ -662,6 +656,33 @@ class MimeWalker:
             self._line_start = False
             return end
         return None
+
+    def _candidate_line(self, pos: int, *, final: bool) -> int | None:
+        """Handle a line at ``pos`` that starts with ``--``."""
+        buf = self._buf
+        n = len(buf)
+        nl = buf.find(b"\n", max(pos, self._hint))
+        if nl >= 0:
+            end = nl + 1
+        elif final:
+            end = n
+        elif n - pos <= _DELIM_LINE_MAX:
+            return None
+        else:
+            end = _safe_cut(buf, pos, n)
+            self._data(pos, end)
+            self._line_start = False
+            return end
+        if end - pos <= _DELIM_LINE_MAX:
+            hit = self._match_delimiter(bytes(buf[pos:end]))
+            if hit is not None:
+                self._delimiter(*hit)
+                self._line_start = True
+                return end
+        self._examined()
+        self._data(pos, end)
+        self._line_start = True
+        return end
 
     def _match_delimiter(self, line: bytes) -> tuple[int, bool] | None:
         """Find the innermost open multipart whose delimiter ``line`` is."""
@@ -717,6 +738,15 @@ class MimeWalker:
             self._read_rest_whole("too many parts")
             return
         self._begin_headers(frame.depth + 1, digest_parent=frame.digest, embedded=False)
+
+    def _examined(self) -> bool:
+        """Count one line examined in Python; past the budget the rest is read whole
+        (False)."""
+        self._examine_left -= 1
+        if self._examine_left >= 0:
+            return True
+        self._read_rest_whole("too many lines to examine")
+        return False
 
     def _read_rest_whole(self, why: str) -> None:
         """Stop walking: the rest of the body is one opaque part of its whole size.
@@ -815,6 +845,10 @@ class MimeWalker:
             boundary = _to_bytes(_param(ct_params, "boundary") or "").rstrip(b" \t")
             if not boundary:
                 why = "missing boundary parameter"
+            elif _ambiguous(ct_params, "boundary"):
+                # Parsers differ on which boundary counts: read whole, counted as one
+                # (review rev45: the part hid in a text part of our reading).
+                why = "ambiguous boundary"
             elif len(boundary) > _BOUNDARY_MAX:
                 why = "boundary too long"
             elif depth >= self._max_depth:
@@ -851,16 +885,6 @@ class MimeWalker:
     def _note(self, note: str) -> None:
         if note not in self.malformed:
             self.malformed.append(note)
-
-
-@functools.lru_cache(maxsize=256)
-def _delimiters(boundaries: tuple[bytes, ...]) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
-    """A delimiter line of one of ``boundaries`` (RFC 2046 §5.1.1: "--", the boundary,
-    "--" for the closing one, then white space; at the end of the body without its line
-    break), and the line break before one."""
-    names = b"|".join(re.escape(b) for b in sorted(set(boundaries), key=len, reverse=True))
-    line = rb"--(?:" + names + rb")(?:--)?[ \t\r]*(?:\n|\Z)"
-    return re.compile(line), re.compile(rb"\n(?=" + line + rb")")
 
 
 def _safe_cut(buf: bytearray, pos: int, end: int) -> int:
@@ -958,8 +982,17 @@ def _unquote(raw: str) -> str:
     if not raw.startswith('"'):
         return raw
     end = raw.rfind('"')
+    if end > 0 and end < len(raw) - 1:
+        return raw  # more after the quoted string: as written (see _ambiguous)
     inner = raw[1:end] if end > 0 else raw[1:]
     return _QUOTED_PAIR.sub(r"\1", inner)
+
+
+def _ambiguous(params: dict[str, str], base: str) -> bool:
+    """Given twice (plain and RFC 2231), or as a quoted string with more after it."""
+    plain = params.get(base)
+    both = plain is not None and any(k.startswith(base + "*") for k in params)
+    return both or (plain is not None and plain.startswith('"'))
 
 
 def _has_param(params: dict[str, str], base: str) -> bool:
