@@ -92,3 +92,36 @@ def test_reload_does_not_make_a_removed_state_file_an_empty_blacklist(tmp_path: 
             answer = s.mail("<someone@sender.example>")
         assert_reply(answer, "database_temp_error")
         assert not site.state.exists()
+
+
+def test_signals_in_quick_succession_leave_it_running(tmp_path: Path) -> None:
+    """Review rev43: a signal that came while the main thread was not in sigwait went to
+    libmilter's own signal thread, which stops the milter on SIGHUP too; the process
+    then exited 0, which systemd's Restart=on-failure does not restart."""
+    site = make_site(tmp_path)
+    with running(site) as service:
+        assert mail(service, "<a@sender.example>") == "continue"
+        for _ in range(30):
+            service.process.send_signal(signal.SIGHUP)
+            service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded configuration" in service.log())
+        time.sleep(1)
+        assert service.process.poll() is None
+        assert mail(service, "<a@sender.example>") == "continue"
+
+
+def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path) -> None:
+    """Review rev43: the drain ran on the main thread, so a second SIGTERM reached
+    libmilter's signal thread and cut the sessions the drain was waiting for."""
+    site = make_site(tmp_path)
+    with running(site) as service:
+        held = MilterSession(str(site.socket))
+        held.connect("198.51.100.7")
+        held.helo("mail.sender.example")
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "already stopping" in service.log())
+        assert held.mail("<a@sender.example>").kind == "continue"
+        held.close()
+        assert service.process.wait(timeout=15) == 0

@@ -376,7 +376,9 @@ def serve(app: App, reload: Callable[[], Runtime | None] | None = None) -> None:
     not libmilter: SIGHUP calls ``reload`` and swaps the runtime (sessions in flight
     keep theirs; a failing reload is logged and the old runtime stays), SIGTERM and
     SIGINT refuse new sessions, wait for those in flight (at most
-    :data:`DRAIN_SECONDS`) and then stop libmilter.
+    :data:`DRAIN_SECONDS`) and then stop libmilter. Reloads and the drain run on
+    threads of their own, so that the main thread is back in ``sigwait`` at once. A
+    libmilter that stops unasked is an error (exit 2), so that it is restarted.
     """
     config = app.runtime.config.milter
     install(app)
@@ -403,6 +405,7 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
     signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # inherited by libmilter's threads
     failure: list[BaseException] = []
+    ended = threading.Event()
 
     def loop() -> None:
         try:
@@ -410,42 +413,60 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread below
             failure.append(exc)
         finally:
-            # Wake the main thread's sigwait when libmilter ends on its own.
+            # Wake the main thread's sigwait (a signal to that thread alone).
+            ended.set()
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
 
     worker = threading.Thread(target=loop, name="libmilter", daemon=True)
     worker.start()
     reloading = threading.Lock()
     pending = threading.Event()
+    stopping: list[threading.Thread] = []
     while True:
+        # This thread must be back in sigwait at once after every signal: one that
+        # comes while it is not goes to libmilter's own signal thread, which stops
+        # the milter on SIGHUP as on SIGTERM (review rev43: two signals in quick
+        # succession, or one during the drain, stopped it). So reloads and the drain
+        # run on threads of their own.
         sig = signal.sigwait(signals)
-        if sig == signal.SIGHUP and reload is not None and worker.is_alive():
-            # Reload on another thread: this one must stay in sigwait, or a signal
-            # arriving meanwhile would go to libmilter's thread, which stops on SIGHUP.
-            pending.set()
-            if reloading.acquire(blocking=False):
-                threading.Thread(
-                    target=_reload,
-                    args=(app, reload, reloading, pending),
-                    name="reload",
-                    daemon=True,
-                ).start()
-            else:
-                # The config may have changed again since the running reload read it
-                # (the supervisor sends each validated change once): load it again.
-                log.info("SIGHUP during a reload: reloading again after it")
+        if ended.is_set():
+            break
+        if stopping:
+            log.info("signal %s: already stopping", sig)
             continue
         if sig == signal.SIGHUP:
+            if reload is not None:
+                pending.set()
+                if reloading.acquire(blocking=False):
+                    threading.Thread(
+                        target=_reload,
+                        args=(app, reload, reloading, pending),
+                        name="reload",
+                        daemon=True,
+                    ).start()
+                else:
+                    # The config may have changed again since the running reload read
+                    # it (the supervisor sends each validated change once): again.
+                    log.info("SIGHUP during a reload: reloading again after it")
             continue
-        if worker.is_alive():
-            log.info("signal %s: stopping; sessions in flight finish first", sig)
-            app.gate.draining = True
-            _drain(app.gate, DRAIN_SECONDS)
-            milter.stop()
-        worker.join()
-        break
+        log.info("signal %s: stopping; sessions in flight finish first", sig)
+        stopping.append(threading.Thread(target=_stop, args=(app.gate,), name="stop", daemon=True))
+        stopping[0].start()
+    worker.join()
     if failure:
         raise failure[0]
+    if not stopping:
+        # libmilter ended without our asking: a signal reached its own thread, or it
+        # failed. Not a clean stop: exit non-zero, so that systemd's Restart=on-failure
+        # (and the supervisor) start the milter again.
+        raise StartError("libmilter stopped on its own (see the log above); not a requested stop")
+
+
+def _stop(gate: SessionGate) -> None:
+    """Drain, then stop libmilter (whose end wakes the main thread's sigwait)."""
+    gate.draining = True
+    _drain(gate, DRAIN_SECONDS)
+    milter.stop()
 
 
 #: How long a stop waits for sessions in flight before libmilter is told to stop.
