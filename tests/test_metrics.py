@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,35 @@ def test_metric_names_are_the_documented_ones() -> None:
     names = {f.name for f in registry.collect()}
     documented = set(re.findall(r"`(smtpguard_[a-z_]+)`", (DOCS / "observability.md").read_text()))
     assert names == {n.removesuffix("_total") for n in documented}
+
+
+def test_a_metric_that_cannot_be_written_never_fails_the_session(tmp_path: Path) -> None:
+    """Review rev43: a worker whose multiprocess directory it cannot write (files are
+    per process: a forked worker opens its own) tempfailed every session, as
+    session_opened raised in the driver. Metrics go off instead, with one error line."""
+    code = (
+        "import logging, os, shutil, sys\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+        "from smtpguard.metrics import PrometheusMetrics\n"
+        "m = PrometheusMetrics()\n"
+        "shutil.rmtree(os.environ['PROMETHEUS_MULTIPROC_DIR'])\n"
+        "if os.fork() == 0:\n"
+        "    m.session_opened(); m.decision('x', 'enforce', 'reject'); m.session_closed()\n"
+        "    print('off' if m.off else 'on', flush=True)\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+    )
+    (tmp_path / "metrics").mkdir()
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "PYTHONPATH": str(ROOT / "milter"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "off"
+    errors = [line for line in lines if line.startswith("ERROR metrics: cannot record")]
+    assert len(errors) == 1
+    assert "metrics off in this process" in errors[0]

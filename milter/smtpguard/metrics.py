@@ -14,13 +14,19 @@ addresses, IPs or other client-controlled text.
 
 from __future__ import annotations
 
+import functools
+import logging
 import platform
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol
 
 from smtpguard import __version__
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter
+
+log = logging.getLogger("smtpguard")
+P = ParamSpec("P")
 
 _STAGE_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
@@ -75,6 +81,26 @@ class NullMetrics:
         pass
 
 
+def _never_fails(
+    method: Callable[Concatenate[PrometheusMetrics, P], None],
+) -> Callable[Concatenate[PrometheusMetrics, P], None]:
+    """A metric that cannot be written (a multiprocess directory the service user may
+    not write, or one that is full) turns this process's metrics off with one error
+    line; it must never fail the session (review rev43: every MAIL got a tempfail)."""
+
+    @functools.wraps(method)
+    def guarded(self: PrometheusMetrics, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        if self.off:
+            return
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, metrics only
+            self.off = True
+            log.error("metrics: cannot record (%s); metrics off in this process", exc)
+
+    return guarded
+
+
 class PrometheusMetrics:
     """All of smtpguard's series, on ``registry`` (a new one by default).
 
@@ -96,6 +122,8 @@ class PrometheusMetrics:
             ProcessCollector,
         )
 
+        #: Set when a metric could not be recorded: nothing is recorded any more.
+        self.off = False
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         if process_collector:
@@ -174,35 +202,44 @@ class PrometheusMetrics:
         # Children looked up once: verdicts are counted for every check call.
         self._verdict_children: dict[tuple[str, str], Counter] = {}
 
+    @_never_fails
     def decision(self, reply_id: str, mode: str, action: str) -> None:
         self._decisions.labels(reply_id, mode, action).inc()
 
+    @_never_fails
     def stage_seconds(self, stage: str, seconds: float) -> None:
         self._stage.labels(stage).observe(seconds)
 
+    @_never_fails
     def backend_error(self, backend: str) -> None:
         self._errors.labels(backend).inc()
 
+    @_never_fails
     def check_verdict(self, check: str, verdict: str) -> None:
         child = self._verdict_children.get((check, verdict))
         if child is None:
             child = self._verdict_children[(check, verdict)] = self._verdicts.labels(check, verdict)
         child.inc()
 
+    @_never_fails
     def transaction(self, outcome: str, reply_id: str, seconds: float) -> None:
         self._transactions.labels(outcome, reply_id or "none").inc()
         self._transaction_seconds.observe(seconds)
 
+    @_never_fails
     def session_opened(self) -> None:
         self._sessions.inc()
         self._in_flight.inc()
 
+    @_never_fails
     def session_closed(self) -> None:
         self._in_flight.dec()
 
+    @_never_fails
     def dns_lookup(self, status: str) -> None:
         self._dns.labels(status).inc()
 
+    @_never_fails
     def dns_cache(self, hit: bool) -> None:
         (self._dns_hit if hit else self._dns_miss).inc()
 
