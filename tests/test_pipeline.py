@@ -28,7 +28,16 @@ from smtpguard.config import CheckSettings, load_config
 from smtpguard.directory import Kind, Recipient
 from smtpguard.driver import SessionDriver
 from smtpguard.metrics import OUTCOMES
-from smtpguard.pipeline import CHECK_CLASSES, CHECK_NAMES, CONTINUE, Action, Decision, Pipeline, _kv
+from smtpguard.pipeline import (
+    CHECK_CLASSES,
+    CHECK_NAMES,
+    CONTINUE,
+    DECISION_LINES,
+    Action,
+    Decision,
+    Pipeline,
+    _kv,
+)
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.state import SessionGate
@@ -264,6 +273,23 @@ def test_report_mode_logs_and_continues(
     assert line["mode"] == "report"
     assert line["action"] == "pass"
     assert "mode=report action=pass" in caplog.text
+
+
+def test_decision_lines_are_capped_per_session(
+    build: BuildHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev43, through Postfix: in report mode a client gets no error, so one
+    session of 10,000 recipients wrote 10,010 lines (3 MB); the metrics still count."""
+    h = build('[checks.mailbox]\nmode = "report"\n')
+    conn = mail(connect(), "<a@sender.example>")
+    for i in range(DECISION_LINES + 50):
+        assert h.pipeline.run(Stage.RCPT, conn, rcpt_event(f"<nobody{i}@example.com>")) == CONTINUE
+    assert len(decisions(caplog)) == DECISION_LINES
+    capped = [r.getMessage() for r in caplog.records if "are not logged" in r.getMessage()]
+    assert capped == [
+        f"decisions sid={conn.session_id} limit={DECISION_LINES}: the rest of this session's"
+        " are not logged (the metrics still count them)"
+    ]
 
 
 def test_report_mode_lets_a_later_check_decide(

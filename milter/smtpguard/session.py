@@ -126,6 +126,8 @@ class Connection:
     pending_check: str = ""
     txn: Transaction | None = None
     transactions: int = 0
+    #: Decision lines logged for this session (capped: pipeline.DECISION_LINES).
+    decision_lines: int = 0
     # Connect-time lookups started early (the checks' prefetch hook) keep their futures here.
     scratch: dict[str, Any] = field(default_factory=dict)
 
