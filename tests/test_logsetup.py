@@ -126,6 +126,37 @@ def test_the_documented_ban_pattern_finds_the_real_client_only(
     assert found == ["198.51.100.7", "198.51.100.7"], lines
 
 
+def test_lines_to_the_journal_carry_no_tag_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev43: under systemd, stderr is the journal, which adds its own time stamp
+    and smtpguard[PID]: tag; ours twice made the documented ban pattern miss every
+    line in journalctl's form. $JOURNAL_STREAM names the stream (systemd.exec(5))."""
+    path = tmp_path / "journal"
+    with path.open("w") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        logsetup.configure(MilterConfig(), stream)
+        logsetup.set_worker(2)
+        fields = [("reply", "rbl_deny"), ("mode", "enforce"), ("action", "reject")]
+        fields += [("client", "198.51.100.7"), ("helo", "x")]
+        logging.getLogger("smtpguard").info(
+            "%s", "decision sid=1.1 stage=mail check=rbl " + " ".join(_kv(k, v) for k, v in fields)
+        )
+        stream.flush()
+    (written,) = path.read_text().splitlines()
+    assert written.startswith("INFO worker=2 decision sid=1.1 ")
+    shown = f"Dec 02 18:40:01 mx smtpguard[{os.getpid()}]: {written}"  # journalctl's form
+    match = _documented_ban_pattern().search(shown)
+    assert match is not None
+    assert match["host"] == "198.51.100.7"
+    # Another file with the variable set keeps the full form.
+    other = io.StringIO()
+    logsetup.configure(MilterConfig(), other)
+    logging.getLogger("smtpguard").info("x")
+    assert re.fullmatch(rf"\S+ \S+ smtpguard\[{os.getpid()}\]: INFO worker=2 x\n", other.getvalue())
+
+
 def test_stderr_format_and_reconfiguring_replaces_the_handler() -> None:
     first, second = io.StringIO(), io.StringIO()
     logsetup.configure(MilterConfig(), first)
