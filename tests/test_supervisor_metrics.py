@@ -3,7 +3,10 @@ retired set, and a torn file never stopping the supervisor."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,35 @@ def test_a_retired_file_that_cannot_be_opened_leaves_both_files(
         retire_metrics(101, str(tmp_path))
     assert "cannot retire counter_101.db of worker pid 101" in caplog.text
     assert (tmp_path / "counter_101.db").exists()
+
+
+def test_a_full_file_system_is_an_error_not_sigbus(tmp_path: Path) -> None:
+    """Review rev43: on a full tmpfs the retired file's sparse pages were SIGBUS at the
+    first write, and the supervisor died without a line; now ENOSPC is logged and both
+    files stay (run in a child, so that a regression cannot kill pytest)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    try:
+        write_counter(full, 101, 3)
+        with contextlib.suppress(OSError), (full / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's result is its exit status
+            code = 1
+            try:
+                logging.getLogger("smtpguard").addHandler(logging.FileHandler(tmp_path / "log"))
+                retire_metrics(101, str(full))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status), f"the child died of signal {os.WTERMSIG(status)}"
+        assert os.WEXITSTATUS(status) == 0
+        assert "cannot retire counter_101.db of worker pid 101" in (tmp_path / "log").read_text()
+        assert (full / "counter_101.db").exists()
+        assert not (full / "counter_retired.db").exists()
+    finally:
+        subprocess.run(["umount", str(full)], check=True)

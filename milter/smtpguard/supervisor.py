@@ -71,7 +71,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -801,15 +801,34 @@ def _retire_file(dead: Path, retired: Path, combine: Callable[[float, float], fl
     for key, value, stamp in _file_values(dead):
         old = values.get(key)
         values[key] = (value, stamp) if old is None else (combine(old[0], value), stamp)
-    out = MmapedDict(str(retired))  # type: ignore[no-untyped-call]  # untyped
+    # A new file, its blocks allocated before MmapedDict maps it: a sparse one on a
+    # full tmpfs is SIGBUS at the first write, which killed the supervisor (review
+    # rev43); ENOSPC here is an OSError (retire_metrics). Then put in place at once.
+    fresh = retired.with_name(retired.name + ".new")
+    with open(fresh, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, _mmap_size(values))
+    out = MmapedDict(str(fresh))  # type: ignore[no-untyped-call]  # untyped
     try:
         for key, (value, stamp) in values.items():
             out.write_value(key, value, stamp)  # type: ignore[no-untyped-call]
     finally:
         out.close()  # type: ignore[no-untyped-call]
+    os.replace(fresh, retired)
     # Deleted after the retired file holds its values: a supervisor killed in between
     # counts them twice until the restart empties the directory.
     dead.unlink()
+
+
+def _mmap_size(values: Mapping[str, object]) -> int:
+    """The size MmapedDict needs for ``values`` (an 8-byte header; per entry a 4-byte
+    length, the key and 1 to 8 bytes of padding, value and time stamp), as it grows:
+    from 64 KiB by doubling."""
+    lengths = [len(key.encode()) for key in values]
+    used = 8 + sum(4 + n + (8 - (4 + n) % 8) + 16 for n in lengths)
+    size = 1 << 16
+    while size < used:
+        size *= 2
+    return size
 
 
 def _file_values(path: Path) -> Iterator[tuple[str, float, float]]:
