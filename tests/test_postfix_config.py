@@ -417,8 +417,25 @@ def test_our_socket_in_another_spelling_is_our_entry(tmp_path: Path, written: st
     assert f"smtpd_milters: names smtpguard's socket {written}, not {address}" in result.problems
     # Written twice: one entry is kept, the first.
     twice = make_plan(cfg, smtpd_milters=f"inet:127.0.0.1:8891, {written}, {address}")
-    assert changes(twice)["smtpd_milters"] == f"{address}, inet:127.0.0.1:8891"
+    # A bare entry gets its own default_action (a service's -o milter_default_action
+    # would otherwise decide it: review rev46).
+    expected = f"{{ {address}, default_action=tempfail }}, inet:127.0.0.1:8891"
+    assert changes(twice)["smtpd_milters"] == expected
     assert any(f"lists smtpguard ({address}) 2 times" in p for p in twice.problems)
+
+
+def test_an_admins_relative_spelling_of_an_outside_socket_stays(tmp_path: Path) -> None:
+    """Review rev46, through a real Postfix: the socket outside the queue directory,
+    bind-mounted in there and named relative by the admin, was rewritten to its
+    absolute path, which a chrooted smtpd cannot reach: every message got 451."""
+    queue, run = tmp_path / "queue", tmp_path / "run"
+    queue.mkdir()
+    run.mkdir()
+    (queue / "sockets").symlink_to(run)  # stands in for the bind mount
+    cfg = config(tmp_path, {"milter": {"socket": f"unix:{run}/smtpguard.sock"}})
+    written = "{ unix:sockets/smtpguard.sock, default_action=tempfail }"
+    result = make_plan(cfg, queue_directory=str(queue), smtpd_milters=written)
+    assert "smtpd_milters" not in changes(result)
 
 
 @pytest.mark.parametrize(
@@ -436,7 +453,7 @@ def test_other_names_of_our_inet_socket(tmp_path: Path, socket: str, written: st
     cfg = config(tmp_path, {"milter": {"socket": socket}})
     result = make_plan(cfg, smtpd_milters=f"{written}, inet:127.0.0.1:8891")
     assert changes(result)["smtpd_milters"] == (
-        f"{postfix_milter_address(socket)}, inet:127.0.0.1:8891"
+        f"{{ {postfix_milter_address(socket)}, default_action=tempfail }}, inet:127.0.0.1:8891"
     )
 
 
@@ -448,7 +465,9 @@ def test_our_socket_through_a_link_is_our_entry(tmp_path: Path) -> None:
     (queue / "smtpguard").symlink_to(run)
     cfg = config(tmp_path, {"milter": {"socket": f"unix:{queue}/smtpguard/smtpguard.sock"}})
     result = make_plan(cfg, queue_directory=str(queue), smtpd_milters=f"unix:{run}/smtpguard.sock")
-    assert changes(result)["smtpd_milters"] == "unix:smtpguard/smtpguard.sock"
+    assert changes(result)["smtpd_milters"] == (
+        "{ unix:smtpguard/smtpguard.sock, default_action=tempfail }"
+    )
 
 
 def test_our_entry_after_another_milter_moves_to_the_front(tmp_path: Path) -> None:
@@ -512,13 +531,32 @@ def test_check_finds_no_relay_guard(tmp_path: Path) -> None:
     assert any("open relay possible" in p or "open relay" in p for p in result.problems)
 
 
-def test_check_finds_accepting_default_action(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "default"),
+    [
+        ("{{ {address}, default_action=accept, protocol=6 }}", "tempfail"),
+        ("{address}", "accept"),
+        # Review rev46: each of these was read as tempfail, or not read, and in milter
+        # mode relayed a stranger's mail while smtpguard was down.
+        ("{{ {address}, default_action=ACCEPT, protocol=6 }}", "tempfail"),
+        ("{{ {address}, {{ default_action = accept }}, protocol=6 }}", "tempfail"),
+        ("{{ {address}, default_action=tempfail, default_action=accept, protocol=6 }}", "tempfail"),
+        ("{address}", "Accept"),
+    ],
+)
+def test_our_entry_always_defers_while_smtpguard_is_down(
+    tmp_path: Path, entry: str, default: str
+) -> None:
     cfg = config(tmp_path)
     address = postfix_milter_address(cfg.milter.socket)
-    result = make_plan(cfg, smtpd_milters=f"{{ {address}, default_action=accept }}")
-    assert any("default_action" in p for p in result.unresolved)
-    result = make_plan(cfg, smtpd_milters=address, milter_default_action="accept")
-    assert any("default_action" in p for p in result.unresolved)
+    written = entry.format(address=address)
+    result = make_plan(cfg, smtpd_milters=written, milter_default_action=default)
+    options = ", protocol=6" if "protocol" in written else ""
+    assert changes(result)["smtpd_milters"] == (
+        f"{{ {address}, default_action=tempfail{options} }}"
+    )
+    assert any("not tempfail" in p for p in result.problems)
+    assert not result.blocking
 
 
 def test_unlisted_recipients_stay_checked_without_a_directory(tmp_path: Path) -> None:
@@ -700,13 +738,19 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
     (conf / "pcre").write_text("/^x/ OK\n")
     (conf / "self.list").write_text(f"self.example {conf}/self.list\n")
     many = " ".join(f"d{i}.example" for i in range(30))
-    result = make_plan(
-        config(tmp_path),
-        config_directory=str(conf),
-        virtual_alias_domains=f"texthash:{conf}/virtual, regexp:{conf}/pcre",
-        relay_domains=f"{conf}/self.list, {many}",
-        parent_domain_matches_subdomains="",
-    )
+    cfg = config(tmp_path)
+    expanded = {
+        **STOCK,
+        "config_directory": str(conf),
+        "virtual_alias_maps": f"texthash:{conf}/virtual, regexp:{conf}/pcre",
+        "virtual_alias_domains": f"texthash:{conf}/virtual, regexp:{conf}/pcre",
+        "relay_domains": f"{conf}/self.list, {many}",
+        "parent_domain_matches_subdomains": "",
+    }
+    # Postfix's default: virtual_alias_domains = $virtual_alias_maps.
+    raw = {**expanded, "virtual_alias_domains": "$virtual_alias_maps"}
+    current = Settings(raw=raw, expanded=expanded)
+    result = plan(cfg, load_replies(cfg.replies, cfg.file), current)
     (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
     assert problem.startswith(
         "Postfix accepts mail for other.example (virtual_alias_domains),"
@@ -714,7 +758,8 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
     )
     assert "@" not in problem.split(", which smtpguard")[0]
     assert " and 12 more, which smtpguard refuses" in problem
-    assert any("not compared" in n and "pcre" in n for n in result.notes)
+    # The default's regexp alias map is no list of the admin's: no note for it.
+    assert not any("not compared" in n for n in result.notes)
 
 
 def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
@@ -1126,29 +1171,35 @@ def test_chroot_dash_is_y_below_compatibility_level_1(
 def test_default_action_accept_in_milter_mode_blocks(tmp_path: Path) -> None:
     """Review rev44, through a real Postfix: with relay_control = "milter" an entry with
     default_action=accept relayed a stranger's mail while smtpguard was down, and the
-    script applied with exit 0; in main.cf and in a service's own smtpd_milters."""
+    script applied with exit 0. main.cf's entry is rewritten to tempfail; a service's
+    own smtpd_milters (master.cf, which postfix-config does not write) stops the
+    script, as does main.cf's reached through a $parameter; a service's own
+    -o milter_default_action for a bare entry (rev46) stops it too."""
     milter_mode = {"site": {"relay_control": "milter"}, "milter": {"socket": DEFAULT_SOCKET}}
     cfg = config(tmp_path, milter_mode)
     accept = "{ unix:smtpguard/smtpguard.sock, default_action=accept }"
     result = make_plan(cfg, smtpd_milters=accept)
-    (problem,) = result.blocking
-    assert problem.startswith("smtpd_milters: default_action for unix:smtpguard/smtpguard.sock")
-    assert "open relay" in problem
-    # In the default mode Postfix still refuses relaying: a conflict, not a stop.
-    plain = make_plan(
-        config(tmp_path / "plain", {"milter": {"socket": DEFAULT_SOCKET}}), smtpd_milters=accept
+    assert changes(result)["smtpd_milters"] == (
+        "{ unix:smtpguard/smtpguard.sock, default_action=tempfail }"
     )
-    assert not plain.blocking
-    assert any(
-        "default_action for unix:smtpguard/smtpguard.sock is 'accept'" in p for p in plain.problems
-    )
-    master = MASTER_CF.replace(
-        "  -o smtpd_milters=inet:127.0.0.1:8891\n",
+    assert not result.blocking
+    for override in (
         "  -o { smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=accept } }\n",
-    )
-    (tmp_path / "service").mkdir()
-    service = _service_plan(tmp_path / "service", milter_mode, "", master)
-    assert [p.split(":", 1)[0] for p in service.blocking] == ["master.cf service 2525/inet"]
+        "  -o { smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=Accept } }\n",
+        "  -o smtpd_milters=unix:smtpguard/smtpguard.sock\n  -o milter_default_action=accept\n",
+    ):
+        master = MASTER_CF.replace("  -o smtpd_milters=inet:127.0.0.1:8891\n", override)
+        where = tmp_path / str(abs(hash(override)))
+        where.mkdir()
+        service = _service_plan(where, milter_mode, "", master)
+        assert [p.split(":", 1)[0] for p in service.blocking] == ["master.cf service 2525/inet"]
+        # In the default mode Postfix still refuses relaying: a conflict, not a stop.
+        (where / "plain").mkdir()
+        plain = _service_plan(where / "plain", {"milter": {"socket": DEFAULT_SOCKET}}, "", master)
+        assert not plain.blocking
+        assert any(
+            p.startswith("master.cf service 2525/inet: default_action") for p in plain.problems
+        )
 
 
 def test_a_service_reaching_smtpguard_by_another_path_is_checked_chrooted(tmp_path: Path) -> None:

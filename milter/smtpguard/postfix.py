@@ -366,14 +366,31 @@ def _hosts(host: str) -> set[str]:
         return {host}
 
 
-def _milter_option(entry: str, option: str) -> str | None:
-    if not entry.startswith("{"):
-        return None
+def _milter_options(entry: str) -> list[tuple[str, str]]:
+    """The ``name=value`` settings of a grouped entry as Postfix reads them: an item
+    may be braced itself (``{ default_action = accept }``), names in lower case."""
+    if not (entry.startswith("{") and entry.endswith("}")):
+        return []
+    out = []
     for part in split_list(entry[1:-1])[1:]:
-        key, _, value = part.partition("=")
-        if key.strip() == option:
-            return value.strip()
-    return None
+        braced = part.startswith("{") and part.endswith("}")
+        key, _, value = (part[1:-1] if braced else part).partition("=")
+        out.append((key.strip().lower(), value.strip()))
+    return out
+
+
+def _milter_option(entry: str, option: str) -> str | None:
+    """The value of ``option`` in a grouped entry; the last one counts, as in Postfix
+    (review rev46: "tempfail, then accept" was read as tempfail)."""
+    values = [value for key, value in _milter_options(entry) if key == option]
+    return values[-1] if values else None
+
+
+def _with_tempfail(entry: str, address: str) -> str:
+    """``entry`` for ``address`` with default_action=tempfail, its other settings
+    kept."""
+    kept = [f"{key}={value}" for key, value in _milter_options(entry) if key != "default_action"]
+    return "{ " + ", ".join((address, "default_action=tempfail", *kept)) + " }"
 
 
 def _is_our_entry(entry: str) -> bool:
@@ -541,6 +558,8 @@ class _Planner:
         #: As mydestination writes it (_listed_domains).
         self.myhostname = self.now["myhostname"].lower().rstrip(".")
         self.cleanup_chroot = current.cleanup_chroot
+        #: smtpguard's address in main.cf's smtpd_milters as the plan leaves it.
+        self.main_address = self.address
         #: smtpguard's address in non_smtpd_milters as the plan leaves it, or "".
         self.non_smtpd = ""
         #: main.cf's relay restriction lists as the plan leaves them (raw).
@@ -644,18 +663,31 @@ class _Planner:
                 problems.append(f"another milter comes before smtpguard ({self.address})")
         if value != raw:
             self.change(name, value, "; ".join(reasons), "; ".join(problems) or None)
-        if ours:
-            self._default_action(name, ours[0], self.now["milter_default_action"])
+        if ours and not any(self._is_ours(raw[a:b]) for a, b in spans):
+            # Reached through a $parameter this plan does not rewrite.
+            self._default_action(
+                name,
+                ours[0],
+                self.now["milter_default_action"],
+                relays=name == "smtpd_milters",
+            )
+        if name == "smtpd_milters":
+            # What services without smtpd_milters of their own use (review rev46: one
+            # reached through $my_milters was not what the chroot check tested).
+            written = any(self._is_ours(value[a:b]) for a, b in list_spans(value))
+            self.main_address = self.address if written or not ours else _milter_address(ours[0])
 
-    def _default_action(self, where: str, entry: str, default: str) -> None:
-        """smtpguard's entry must defer mail while it is down. In milter mode an
-        "accept" also opens the relay then: the pass-through lets every recipient by,
-        and no smtpguard refuses them (review rev44: a stranger's mail was delivered
-        while smtpguard restarted)."""
-        action = _milter_option(entry, "default_action") or default
+    def _default_action(self, where: str, entry: str, default: str, *, relays: bool = True) -> None:
+        """smtpguard's entry must defer mail while it is down. In milter mode anything
+        but tempfail or reject also opens the relay then: the pass-through lets every
+        recipient by, and no smtpguard refuses them (review rev44, rev46: a stranger's
+        mail was delivered while smtpguard restarted). ``relays``: the entry serves
+        smtpd (non_smtpd_milters does not: mail from sendmail(1) is local)."""
+        action = (_milter_option(entry, "default_action") or default).lower()
         if action == "tempfail":
             return
-        opens = action == "accept" and self.config.site.relay_control == "milter"
+        milter_mode = self.config.site.relay_control == "milter"
+        opens = relays and milter_mode and action != "reject"
         self.problem(
             f"{where}: default_action for {_milter_address(entry)} is {action!r}: with"
             " smtpguard down mail would not be deferred"
@@ -682,14 +714,34 @@ class _Planner:
             problems.append(f"lists smtpguard ({self.address}) {len(mine)} times")
         if mine:
             a, b = list_spans(value)[mine[0]]
-            written = _milter_address(value[a:b])
-            if written != self.address:
-                value = value[:a] + value[a:b].replace(written, self.address, 1) + value[b:]
+            entry = value[a:b]
+            written = _milter_address(entry)
+            # Rewritten only to the relative spelling a chrooted smtpd reaches; an
+            # admin's relative one (a bind mount in the chroot) stays (review rev46:
+            # rewritten to the absolute path, every message got 451).
+            address = self.address
+            kind, _, path = written.partition(":")
+            if address.startswith("unix:/") and kind in ("unix", "local") and path[:1] != "/":
+                address = written
+            elif written != address:
                 reasons.append(
-                    f"smtpguard's address written as {self.address}, not {written}: the"
+                    f"smtpguard's address written as {address}, not {written}: the"
                     " same socket, in the spelling a chrooted smtpd reaches"
                 )
-                problems.append(f"names smtpguard's socket {written}, not {self.address}")
+                problems.append(f"names smtpguard's socket {written}, not {address}")
+            action = _milter_option(entry, "default_action") or self.now["milter_default_action"]
+            if action.lower() != "tempfail" or not entry.startswith("{"):
+                fixed = _with_tempfail(entry, address)
+            else:
+                fixed = entry.replace(written, address, 1)
+            if action.lower() != "tempfail":
+                reasons.append(
+                    "default_action=tempfail in smtpguard's entry: while it is down mail is"
+                    " deferred, never accepted unchecked (nor relayed in milter mode)"
+                )
+                problems.append(f"default_action for {written} is {action!r}, not tempfail")
+            if fixed != entry:
+                value = value[:a] + fixed + value[b:]
         return value
 
     def macros(self) -> None:
@@ -1005,7 +1057,7 @@ class _Planner:
         milters = o.get("smtpd_milters")
         if milters is None or _refers_to(milters, "smtpd_milters"):
             # main.cf's list, which holds smtpguard's entry once this plan is applied.
-            return self.address, off, milters or "main.cf's"
+            return self.main_address, off, milters or "main.cf's"
         milters = x.get("smtpd_milters", milters)
         ours = next((e for e in split_list(milters) if self._is_ours(e)), None)
         return (None if ours is None else _milter_address(ours)), off, milters
@@ -1023,7 +1075,7 @@ class _Planner:
                 or self._loopback_only(service)
                 or "smtpd_reject_unlisted_recipient" in service.overrides
                 # Emptied there, the conditional says yes on that service (rev44).
-                or (not off and not milters.strip())
+                or not milters.strip()
             ):
                 continue
             why = "no_milters" if off else f"smtpd_milters = {milters or '(empty)'}"
@@ -1314,7 +1366,10 @@ class _Planner:
                 self._not_compared(name, table, why)
             return []
         keys = (line.split(None, 1)[0] for line in done.stdout.splitlines() if line.strip())
-        return [k for k in keys if "@" not in k and "." in k.strip(".")]
+        # A single-label key names a domain in a table of the list's own, but in the
+        # virtual maps of Postfix's default it is an alias (rev46); a trailing dot
+        # Postfix never matches.
+        return [k for k in keys if "@" not in k and not k.endswith(".") and ("." in k or not quiet)]
 
     def _not_compared(self, name: str, item: str, why: str) -> None:
         note = (
@@ -1345,8 +1400,11 @@ class _Planner:
                 if other != bare and dot + other not in items:
                     missing.append(f"{dot}{other} ({name} has {domain})")
         if missing:
+            listed = ", ".join(missing[:20]) + (
+                f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            )
             self.problem(
-                f"Postfix compares domain names as written: it refuses mail to {', '.join(missing)}"
+                f"Postfix compares domain names as written: it refuses mail to {listed}"
                 " as relaying, although it is the same domain to smtpguard; list both"
                 " spellings (U-label and xn-- A-label)"
             )
