@@ -1223,6 +1223,21 @@ def test_a_service_reaching_smtpguard_by_another_path_is_checked_chrooted(tmp_pa
     )
 
 
+def test_main_cf_reaching_smtpguard_through_a_parameter_is_checked_chrooted(
+    tmp_path: Path,
+) -> None:
+    """Review rev46, through a real Postfix: smtpd_milters = $my_milters with the
+    absolute path, which postfix-config does not rewrite; chrooted services answered
+    451 while the check tested the relative spelling and said "no conflicts"."""
+    cfg = config(tmp_path, {"milter": {"socket": DEFAULT_SOCKET}})
+    absolute = DEFAULT_SOCKET.removeprefix("unix:")
+    main_cf = f"my_milters = unix:{absolute}\nsmtpd_milters = $my_milters\n"
+    current = read_postconf(_instance(tmp_path, main_cf))
+    result = plan(cfg, load_replies(cfg.replies, cfg.file), current)
+    chrooted = [p.split(":", 1)[0] for p in result.problems if "runs chrooted" in p]
+    assert chrooted == ["master.cf service smtp/inet", "master.cf service submission/inet"]
+
+
 def test_a_service_with_milters_emptied_keeps_the_directory_reply(tmp_path: Path) -> None:
     """Review rev44: -o smtpd_milters= makes main.cf's ${smtpd_milters?{no}:{yes}} say
     yes there, so Postfix checks recipients on it; no reason to give up the table's
