@@ -101,8 +101,10 @@ _B64_PADS: Final = re.compile(rb"=+")
 #: Lines examined one by one in Python (header lines of the parts, body lines that
 #: start with "--" but are no delimiter) before the rest of the message is one opaque
 #: part: a message of nothing else cost 14 s of CPU for 50 MB (review rev42, rev45).
-#: Ordinary mail has a few per part; 10,000 parts of five header lines are 50,000.
-_EXAMINE_MAX: Final = 100_000
+#: Ordinary mail has a few per part: a forward of 1,000 messages with 119 header
+#: lines each is 119,000 (rev47: refused at a budget of 100,000). A million lines
+#: cost about 1.5 s of CPU.
+_EXAMINE_MAX: Final = 1_000_000
 _QP_ESCAPE: Final = re.compile(rb"=[0-9A-Fa-f]{2}")
 _QP_SOFT_BREAK: Final = re.compile(rb"=[ \t]*\r?\n")
 _QP_SOFT_BREAK_AT_END: Final = re.compile(rb"=[ \t]*\r?\n\Z")
@@ -755,10 +757,15 @@ class MimeWalker:
         nothing but empty parts would cost seconds of CPU per megabyte; the bytes of
         one opaque part are counted at ``bytes.find`` speed, with no delimiter sought."""
         self._note(why)
+        # An attachment in progress goes on in the opaque part, from its size so far:
+        # counted as two, one part decoded and the rest raw, each under the limit
+        # passed 1.7 times the limit (review rev47).
+        so_far = self._counter.size if self._mode == _LEAF and self._counter else 0
         self._stack.clear()
         self._mode = _LEAF
         self._name = f"<unparsed part: {why}>"
         self._counter = _make_counter("binary")
+        self._counter.size = so_far
         self.attachments += 1
         if self.attachments == 1:
             self.largest_attachment_name = self._name
@@ -982,17 +989,19 @@ def _unquote(raw: str) -> str:
     if not raw.startswith('"'):
         return raw
     end = raw.rfind('"')
-    if end > 0 and end < len(raw) - 1:
+    if end > 0 and _SIMPLE_COMMENT.sub("", raw[end + 1 :]).strip():
         return raw  # more after the quoted string: as written (see _ambiguous)
     inner = raw[1:end] if end > 0 else raw[1:]
     return _QUOTED_PAIR.sub(r"\1", inner)
 
 
 def _ambiguous(params: dict[str, str], base: str) -> bool:
-    """Given twice (plain and RFC 2231), or as a quoted string with more after it."""
+    """Given twice (plain and RFC 2231) with two values, or as a quoted string with
+    more after it than a comment (RFC 2045 §5.1 allows one: rev47)."""
     plain = params.get(base)
-    both = plain is not None and any(k.startswith(base + "*") for k in params)
-    return both or (plain is not None and plain.startswith('"'))
+    if plain is None:
+        return False
+    return plain.startswith('"') or _param(params, base) != plain
 
 
 def _has_param(params: dict[str, str], base: str) -> bool:
