@@ -151,6 +151,15 @@ def test_a_failed_ptr_lookup_is_no_permanent_fail(
     fake.add("exp.test", "TXT", '"v=spf1 -all exp=why.exp.test"')
     fake.add("why.exp.test", "TXT", '"%{i} is not %{p}"')
     assert isinstance(decide(check, "a@exp.test", ip="198.51.100.8"), Hit)
+    # A softfail is no refusal by default: it stays one, not a deferral on every
+    # retry (review rev47: "a mx ptr ~all" with a lame reverse zone).
+    fake.add("legacy.test", "TXT", '"v=spf1 ptr ~all"')
+    assert decide(check, "a@legacy.test", ip="198.51.100.8") is None
+    (tmp_path / "strict").mkdir()
+    strict = spf(tmp_path / "strict", resolver, spf={"reject_softfail": True})
+    deferred = decide(strict, "a@legacy.test", ip="198.51.100.8")
+    assert isinstance(deferred, TempError)
+    assert deferred.firm
     # An ordinary temperror stays the operator's call (on_temp_error).
     temp = decide(check, "a@inc.test")
     assert isinstance(temp, TempError)

@@ -7,8 +7,9 @@ HELO has no identity to check (§2.3) and passes. Results:
 * ``fail``: a hit; ``softfail``: a hit only with ``[spf] reject_softfail = true``
   (§8.5: softfail is "probably not authorized", a weaker statement);
 * ``temperror`` (a lookup failed, §8.6): a temporary error, which the check's
-  ``on_temp_error`` (default ``pass``) decides; a ``fail`` or ``softfail`` after a
-  failed lookup for ``ptr`` or ``%{p}`` (which §5.5 takes for "no match") is deferred
+  ``on_temp_error`` (default ``pass``) decides; a result that would be refused
+  (``fail``, or ``softfail`` with ``reject_softfail``) after a failed lookup for
+  ``ptr`` or ``%{p}`` (which §5.5 takes for "no match") is deferred
   whatever ``on_temp_error`` says: a DNS fault on the client's reverse zone is no reason
   for a permanent refusal, and the client, who answers for that zone, must not pass
   by it;
@@ -193,7 +194,8 @@ class Spf:
             query.l = txn.sender.local or "postmaster"
             query.o = query.d = txn.sender.domain.removesuffix(".")
         result, _code, explanation = query.check()
-        if result in ("fail", "softfail") and query.ptr_temperror:
+        refused = result == "fail" or (result == "softfail" and self.reject_softfail)
+        if refused and query.ptr_temperror:
             # §5.5 makes a failed PTR lookup "no match", so a DNS fault on the
             # client's reverse zone ended in "fail": a permanent refusal for a
             # temporary fault (review rev42). It is the temporary error it is.
