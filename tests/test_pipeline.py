@@ -287,9 +287,14 @@ def test_decision_lines_are_capped_per_session(
     assert len(decisions(caplog)) == DECISION_LINES
     capped = [r.getMessage() for r in caplog.records if "are not logged" in r.getMessage()]
     assert capped == [
-        f"decisions sid={conn.session_id} limit={DECISION_LINES}: the rest of this session's"
-        " are not logged (the metrics still count them)"
+        f"decisions sid={conn.session_id} client={conn.client_ip} limit={DECISION_LINES}:"
+        " the rest of this session's lines for verdicts that let mail pass are not logged"
+        " (the metrics still count them)"
     ]
+    # A refusal after them is logged all the same (review rev47: a ban tool saw none).
+    refused = h.pipeline.run(Stage.MAIL, mail(conn, "<x@spam.example>"))
+    assert_reject(refused, "host_denies_sender", "sender_deny")
+    assert decisions(caplog)[-1]["action"] == "reject"
 
 
 def test_report_mode_lets_a_later_check_decide(

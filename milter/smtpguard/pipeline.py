@@ -764,21 +764,27 @@ class Pipeline:
         action: str,
         would: bool = False,
     ) -> None:
-        """The decision line; ``would``: it says what enforcing would answer. At most
-        :data:`DECISION_LINES` a session: in report mode a client gets no error, so
-        nothing ends a session of 10,000 recipients (review rev43: 3 MB of log)."""
+        """The decision line; ``would``: it says what enforcing would answer. Lines of
+        what was let pass (report mode, a temporary error passed, held or deferred
+        verdicts) are at most :data:`DECISION_LINES` a session: a client gets no error
+        for them, so nothing ends a session of 10,000 recipients (review rev43: 3 MB of
+        log). Refusals are always logged: the MTA's error limits end such a session,
+        and a ban tool reads them (rev47: passes logged first hid them)."""
         if action != "deferred":
             self.metrics.decision(verdict.reply_id, mode, action)
-        conn.decision_lines += 1
-        if conn.decision_lines > DECISION_LINES:
-            if conn.decision_lines == DECISION_LINES + 1:
-                log.info(
-                    "decisions sid=%s limit=%d: the rest of this session's are not logged"
-                    " (the metrics still count them)",
-                    conn.session_id,
-                    DECISION_LINES,
-                )
-            return
+        if action not in (Action.REJECT.value, Action.TEMPFAIL.value):
+            conn.decision_lines += 1
+            if conn.decision_lines > DECISION_LINES:
+                if conn.decision_lines == DECISION_LINES + 1:
+                    log.info(
+                        "decisions sid=%s client=%s limit=%d: the rest of this session's"
+                        " lines for verdicts that let mail pass are not logged (the metrics"
+                        " still count them)",
+                        conn.session_id,
+                        conn.client_ip,
+                        DECISION_LINES,
+                    )
+                return
         txn = conn.txn
         fields: Sequence[tuple[str, object]] = (
             ("sid", conn.session_id),
