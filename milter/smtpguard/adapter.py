@@ -462,7 +462,10 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
         # libmilter ended without our asking: a signal reached its own thread, or it
         # failed. Not a clean stop: exit non-zero, so that systemd's Restart=on-failure
         # (and the supervisor) start the milter again.
-        raise StartError("libmilter stopped on its own (see the log above); not a requested stop")
+        raise StartError(
+            "libmilter stopped on its own: a signal reached its own signal thread, or it"
+            " failed; exiting 2, to be started again"
+        )
 
 
 def _stop(gate: SessionGate) -> None:

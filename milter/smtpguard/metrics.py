@@ -85,8 +85,10 @@ def _never_fails(
     method: Callable[Concatenate[PrometheusMetrics, P], None],
 ) -> Callable[Concatenate[PrometheusMetrics, P], None]:
     """A metric that cannot be written (a multiprocess directory the service user may
-    not write, or one that is full) turns this process's metrics off with one error
-    line; it must never fail the session (review rev43: every MAIL got a tempfail)."""
+    not write, or that is gone) turns this process's metrics off with one error line;
+    it must never fail the session (review rev43: every MAIL got a tempfail). A full
+    tmpfs is not covered: prometheus_client's files are sparse, and a write to one
+    there is SIGBUS (rev47)."""
 
     @functools.wraps(method)
     def guarded(self: PrometheusMetrics, /, *args: P.args, **kwargs: P.kwargs) -> None:
