@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from smtpguard.message import MessageState, UnspacedValue
 
 
@@ -49,6 +51,16 @@ def test_the_cr_of_crlf_is_not_counted_wherever_the_chunks_split() -> None:
     # Without a CR the LF alone ends the line (bare LF mail is taken as it is).
     assert not long_line(b"a" * 998 + b"\n")
     assert long_line(b"a" * 999 + b"\n")
+
+
+def test_lines_just_under_the_limit_cost_one_scan_each() -> None:
+    """Review rev47: the long-line search tried every octet as a line start, so 50 MB
+    of 997-octet lines cost 16 s of CPU; it starts at line starts only now."""
+    chunk = (b"a" * 996 + b"\r\n") * 65
+    started = time.process_time()
+    assert not long_line(*[chunk] * 80)  # about 5 MB
+    assert time.process_time() - started < 0.5
+    assert long_line(chunk, b"b" * 999 + b"\r\n", chunk)
 
 
 def test_a_field_written_without_the_space_counts_without_it() -> None:

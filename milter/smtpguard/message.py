@@ -18,8 +18,10 @@ MAX_LINE = 998
 # More than MAX_LINE octets of one line. Only LF ends a line (RFC 5322 §2.1.1: CRLF;
 # a bare LF is taken too): a bare CR is an octet of the line, or a long line split by
 # bare CRs would pass. The CR of a CRLF is not counted; one at the end of the chunk
-# may be that, and is left to the next.
-_LONG_LINE = re.compile(rb"[^\n]{%d}(?:[^\r\n]|\r(?=[^\n]))" % MAX_LINE)
+# may be that, and is left to the next. Tried at line starts only: unanchored, every
+# octet of a line just under the limit began a scan of it (review rev47: 16 s of CPU
+# for 50 MB of 997-octet lines).
+_LONG_LINE = re.compile(rb"(?m)^[^\n]{%d}(?:[^\r\n]|\r(?=[^\n]))" % MAX_LINE)
 # Headers kept for the MIME walker: only these top-level fields matter, and at most
 # this many octets of them (name, value and a per-entry overhead).
 _MIME_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
