@@ -992,12 +992,12 @@ class _Planner:
             o, x = service.overrides, service.expanded
             listed, off, milters = self._service_milters(service)
             where = f"master.cf service {service.label}"
-            if listed and not off and "smtpd_milters" in o and listed != self.address:
-                self.problem(
-                    f"{where}: names smtpguard's socket {listed} (-o smtpd_milters), not"
-                    f" {self.address}, the spelling a chrooted smtpd reaches"
-                )
             if listed and not off and "smtpd_milters" in o:
+                if listed != self.address:
+                    self.problem(
+                        f"{where}: names smtpguard's socket {listed} (-o smtpd_milters), not"
+                        f" {self.address}, the spelling a chrooted smtpd reaches"
+                    )
                 entry = next(e for e in split_list(milters) if self._is_ours(e))
                 default = x.get("milter_default_action", self.now["milter_default_action"])
                 self._default_action(where, entry, default)
@@ -1252,11 +1252,7 @@ class _Planner:
         self._idn_spellings()
 
     def _refused_domains(self, unknown: Mapping[str, list[str]]) -> None:
-        # The first 20: a table of thousands gave a line of megabytes (rev44).
-        items = list(unknown.items())
-        listed = ", ".join(f"{d} ({', '.join(dict.fromkeys(n))})" for d, n in items[:20])
-        if len(items) > 20:
-            listed += f" and {len(items) - 20} more"
+        listed = _first_20([f"{d} ({', '.join(dict.fromkeys(n))})" for d, n in unknown.items()])
         self.problem(
             f"Postfix accepts mail for {listed}, which smtpguard refuses"
             " (host_denies_relay): add them to site.local_domains or site.relay_domains"
@@ -1400,11 +1396,9 @@ class _Planner:
                 if other != bare and dot + other not in items:
                     missing.append(f"{dot}{other} ({name} has {domain})")
         if missing:
-            listed = ", ".join(missing[:20]) + (
-                f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-            )
             self.problem(
-                f"Postfix compares domain names as written: it refuses mail to {listed}"
+                f"Postfix compares domain names as written: it refuses mail to"
+                f" {_first_20(missing)}"
                 " as relaying, although it is the same domain to smtpguard; list both"
                 " spellings (U-label and xn-- A-label)"
             )
@@ -1500,6 +1494,13 @@ def _passes_all(item: str) -> bool:
 
 
 _STATIC_OK: Final = re.compile(r"(?:^|\s)static:\{?\s*ok\s*\}?$", re.IGNORECASE)
+
+
+def _first_20(items: list[str]) -> str:
+    """The first 20 of ``items`` and a count of the rest: a table of thousands gave a
+    line of megabytes (rev44, rev46)."""
+    more = f" and {len(items) - 20} more" if len(items) > 20 else ""
+    return ", ".join(items[:20]) + more
 
 
 def _chrooted(column: str, compatibility_level: str) -> bool:

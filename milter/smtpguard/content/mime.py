@@ -766,6 +766,10 @@ class MimeWalker:
         # passed 1.7 times the limit (review rev47).
         so_far = self._counter.size if self._mode == _LEAF and self._counter else 0
         self._stack.clear()
+        self._opaque(why, so_far)
+
+    def _opaque(self, why: str, so_far: int = 0) -> None:
+        """What follows is one attachment counted as written, from ``so_far``."""
         self._mode = _LEAF
         self._name = f"<unparsed part: {why}>"
         self._counter = _make_counter("binary")
@@ -816,12 +820,7 @@ class MimeWalker:
             # Read whole, counted as one: what it hides is in it (review rev47: 800
             # parts of 64 KiB Content-Types cost 24 s of CPU).
             self._note("parameters too complex")
-            self._mode = _LEAF
-            self._name = "<unparsed part: parameters too complex>"
-            self._counter = _make_counter("binary")
-            self.attachments += 1
-            if self.attachments == 1:
-                self.largest_attachment_name = self._name
+            self._opaque("parameters too complex")
             return
         # Why a part that is not walked into is read whole, or "" when it is an
         # ordinary leaf. Whatever it hides (a nested attachment, one whose
