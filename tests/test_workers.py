@@ -38,15 +38,18 @@ from smtpguard.supervisor import (
     MAX_CONFIG_BYTES,
     RESTART_ONLY,
     SharedText,
+    Supervisor,
     check_reloadable,
+    pack_files,
     read_config,
     reloader,
     restart_delay,
+    unpack_files,
     worker_cpu,
 )
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.polling import children, scrape, wait_until
-from support.service import UNTRUSTED_IP, Running, make_site, running
+from support.service import RULES, UNTRUSTED_IP, Running, make_site, running
 
 #: The issue's promise for a killed worker.
 RESTART_DEADLINE = 2.0
@@ -396,6 +399,70 @@ def test_a_reload_builds_from_the_text_given_not_the_file(tmp_path: Path) -> Non
     # One process reads the file again.
     with pytest.raises(ConfigError, match=r"milter\.log_level"):
         reloader(app)()
+
+
+def test_packed_files_come_back_as_they_went() -> None:
+    files = {"/etc/smtpguard/replies.toml": b"x" * 70_000, "/x/\udcff.txt": b"", "/y": b"\0\n"}
+    assert unpack_files(pack_files(b"[milter]\n", files)) == (b"[milter]\n", files)
+    assert unpack_files(pack_files(b"", {})) == (b"", {})
+
+
+def test_a_worker_reloads_the_data_files_the_supervisor_validated(tmp_path: Path) -> None:
+    """A reply table or IP list changed after the supervisor validated it (an editor
+    saving twice, a broken version written a moment later) reaches no worker: a worker
+    builds from the bytes the supervisor read, not from the files. (The supervisor's
+    two steps are called directly: the worker's side has no observable moment between
+    the supervisor's read and its own in a running service.)"""
+    table, partners = tmp_path / "replies.toml", tmp_path / "partners.txt"
+    table.write_bytes((RULES / "replies.toml").read_bytes())
+    partners.write_text("198.51.100.0/24\n")
+    exempt = {"name": "partners", "ip_files": [str(partners)], "skip": ["rbl"]}
+    site = make_site(tmp_path, {"replies": {"table": str(table)}, "policy": {"exempt": [exempt]}})
+    supervisor = Supervisor(load_config(site.config))
+    try:
+        validated = table.read_text().replace("host denies the sender.", "validated text.")
+        table.write_text(validated)
+        partners.write_text("198.51.100.0/24\n203.0.113.0/24\n")
+        supervisor._reload()
+        assert supervisor.generation == 1
+        table.write_text("[host_denies_sender]\ncode = 'not a code'\n")
+        partners.write_text("not an address\n")
+
+        supervisor.generation = 0  # what a worker started before the reload runs
+        runtime = supervisor._apply_published()
+        assert runtime is not None
+        reply = runtime.replies.render("host_denies_sender", utf8=False)
+        assert (reply.code, reply.xcode, reply.lines[0]) == ("553", "5.7.1", "validated text.")
+        (applied,) = runtime.config.policy.exempt
+        assert applied.networks.sources == (str(partners),)
+        assert applied.networks.size == 2
+    finally:
+        supervisor.published.close()
+
+
+def test_data_files_too_big_to_hand_to_the_workers_refuse_the_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    partners = tmp_path / "partners.txt"
+    partners.write_text("198.51.100.0/24\n")
+    exempt = {"name": "partners", "ip_files": [str(partners)], "skip": ["rbl"]}
+    site = make_site(tmp_path, {"policy": {"exempt": [exempt]}})
+    limit = len(site.config.read_bytes()) + len((RULES / "replies.toml").read_bytes()) + 4096
+    supervisor = Supervisor(load_config(site.config), reload_bytes=limit)
+    try:
+        partners.write_text("".join(f"10.{i // 256}.{i % 256}.0/24\n" for i in range(400)))
+        supervisor._reload()
+        assert supervisor.generation == 0
+        assert supervisor.published.read() == (0, b"")
+        (refusal,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+        assert re.search(
+            r"smtpguard\.toml: with its data files [0-9,]+ bytes, more than the [0-9,]+ a reload"
+            r" hands to the workers \(a restart reads them\)$",
+            refusal,
+        )
+        assert supervisor.app.runtime.config.policy.exempt[0].networks.size == 1
+    finally:
+        supervisor.published.close()
 
 
 # --- the service ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
+from smtpguard import datafiles
 from smtpguard.address import (
     AddressError,
     IPAddress,
@@ -199,7 +200,7 @@ class _Section:
         the error names this key and, for a relative path, where it was looked for
         (a copy of the sample elsewhere no longer has ``../rules/`` beside it)."""
         path = self.path(name, default)
-        if not path.is_file():
+        if not datafiles.exists(path):
             raw = self.string(name, default)
             where = (
                 ""

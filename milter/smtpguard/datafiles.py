@@ -1,5 +1,5 @@
-"""What every data file smtpguard reads shares: :class:`ConfigError`, :func:`read_toml`
-and where the shipped ``rules/`` and ``conf/`` are.
+"""What every data file smtpguard reads shares: :class:`ConfigError`, :func:`read_toml`,
+:func:`read_file` and where the shipped ``rules/`` and ``conf/`` are.
 
 Apart from :mod:`smtpguard.config` so that ``smtpguard explain`` loads its rules and
 the reply table without the config's dataclasses and validators (tests/test_cli_fast.py);
@@ -8,11 +8,22 @@ the reply table without the config's dataclasses and validators (tests/test_cli_
 
 from __future__ import annotations
 
+import logging
+import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The files a load read, by absolute path, while :func:`recording` is on.
+_RECORDED: ContextVar[dict[str, bytes] | None] = ContextVar("recorded", default=None)
+#: The files a load reads instead of the disk, while :func:`replaying` is on.
+_REPLAYED: ContextVar[Mapping[str, bytes] | None] = ContextVar("replayed", default=None)
 
 
 class ConfigError(Exception):
@@ -55,13 +66,68 @@ def sample_config() -> Path:
     return shipped_dir("conf") / "smtpguard.toml"
 
 
+@contextmanager
+def recording() -> Iterator[dict[str, bytes]]:
+    """Collect the bytes of every data file :func:`read_file` reads in this context.
+
+    A supervisor's reload builds the new runtime once and hands the workers these
+    bytes with the config's: a worker reading the files again could find another
+    version (an editor saving twice, a broken file written a moment later) and serve
+    a policy nobody validated, or a different one from its neighbour."""
+    files: dict[str, bytes] = {}
+    token = _RECORDED.set(files)
+    try:
+        yield files
+    finally:
+        _RECORDED.reset(token)
+
+
+@contextmanager
+def replaying(files: Mapping[str, bytes]) -> Iterator[None]:
+    """Serve :func:`read_file` from ``files`` (what :func:`recording` collected)."""
+    token = _REPLAYED.set(files)
+    try:
+        yield
+    finally:
+        _REPLAYED.reset(token)
+
+
+def _key(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def exists(path: Path) -> bool:
+    """Whether ``path`` is a regular file, or one that the load being replayed read."""
+    replayed = _REPLAYED.get()
+    return (replayed is not None and _key(path) in replayed) or path.is_file()
+
+
+def read_file(path: Path) -> bytes:
+    """A data file's bytes (every data file smtpguard reads goes through here).
+
+    Under :func:`replaying`, the recorded bytes; a file the recorded load did not read
+    comes from the disk, with a warning (the two loads then differ in more than the
+    bytes they were given)."""
+    replayed = _REPLAYED.get()
+    if replayed is not None:
+        data = replayed.get(_key(path))
+        if data is not None:
+            return data
+        log.warning("%s: not among the files validated with the config, read again", path)
+    data = path.read_bytes()
+    recorded = _RECORDED.get()
+    if recorded is not None:
+        recorded[_key(path)] = data
+    return data
+
+
 def read_toml(
     path: Path, error: type[ConfigError] = ConfigError, what: str = "file"
 ) -> dict[str, Any]:
     """A TOML file's contents; a missing, unreadable or invalid file raises ``error``
-    naming the file (every data file smtpguard reads goes through here)."""
+    naming the file."""
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except FileNotFoundError:
         raise error(path, "", f"{what} not found") from None
     except OSError as exc:

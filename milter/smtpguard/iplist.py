@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smtpguard.address import IPAddress, unmapped, unmapped_network
+from smtpguard.datafiles import read_file
 
 
 class IpListError(Exception):
@@ -142,7 +143,7 @@ def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> 
 def file_entries(path: Path) -> list[tuple[str, str]]:
     """The entries of one list file with their ``file:line`` labels."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_file(path).decode("utf-8")
     except OSError as exc:
         raise IpListError(str(path), 0, f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:

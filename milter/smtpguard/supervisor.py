@@ -24,11 +24,13 @@ So the supervisor (this module, the process systemd started):
    then tells every worker to reload (a broken config changes nothing anywhere),
    SIGTERM and SIGINT tell every worker to drain and wait for them.
 
-A reload reads the file once, here: the bytes validated go to the workers through
-:class:`SharedText` with a generation number, and a worker builds its runtime from
-those, never from the file. The file read again by each worker could have changed in
-between (an editor saving twice, a broken version written a moment later) and left
-workers on different policies, or on a config nobody validated.
+A reload reads the files once, here: the config's bytes validated, with those of every
+data file the config names (reply table, rules, pattern and IP list files:
+:func:`smtpguard.datafiles.recording`), go to the workers through :class:`SharedText`
+with a generation number, and a worker builds its runtime from those, never from the
+files. A file read again by each worker could have changed in between (an editor saving
+twice, a broken version written a moment later) and left workers on different
+policies, or on a config nobody validated.
 
 Why non-blocking: every worker's listener waits in ``select`` on the same socket, all
 wake for one connection, one ``accept`` wins; with a blocking socket the others would
@@ -82,6 +84,7 @@ from smtpguard.adapter import App, drop_privileges, install, open_socket, run
 from smtpguard.app import Runtime, build_runtime, retire
 from smtpguard.config import Config, ConfigError, MilterConfig, load_config
 from smtpguard.counters import CounterError, SharedCounter
+from smtpguard.datafiles import recording, replaying
 from smtpguard.logsetup import set_level
 from smtpguard.pipeline import CHECK_NAMES
 from smtpguard.sockets import (
@@ -109,8 +112,11 @@ MAX_BACKOFF: Final = 30.0
 _OWN_METRICS_DIR: Final = "SMTPGUARD_OWN_METRICS_DIR"
 _SIGNALS: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 _PR_SET_PDEATHSIG: Final = 1
-#: The largest config file a reload hands to the workers (the shared memory's size).
+#: The largest config file a reload reads.
 MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
+#: The most a reload hands to the workers: the config and every data file it names
+#: (the shared memory's size; pages are only used as far as a reload writes them).
+MAX_RELOAD_BYTES: Final = 64 * 1024 * 1024
 #: Settings read once at start: the socket and its permissions, the privileges,
 #: libmilter's registration and timeout, the log destination, the processes and the
 #: metrics endpoint. A reload that changes one is refused rather than reported as
@@ -165,6 +171,36 @@ def reloader(app: App, text: Callable[[], bytes] | None = None) -> Callable[[], 
         return build_runtime(new, previous=app.runtime)
 
     return reload
+
+
+_COUNT = struct.Struct("=I")
+_ENTRY = struct.Struct("=IQ")
+
+
+def pack_files(config: bytes, files: Mapping[str, bytes]) -> bytes:
+    """The config's bytes and the data files' (by absolute path) as one text for
+    :class:`SharedText`."""
+    out = [_COUNT.pack(len(files)), _ENTRY.pack(0, len(config)), config]
+    for path, data in files.items():
+        name = path.encode("utf-8", "surrogateescape")
+        out += [_ENTRY.pack(len(name), len(data)), name, data]
+    return b"".join(out)
+
+
+def unpack_files(text: bytes) -> tuple[bytes, dict[str, bytes]]:
+    """What :func:`pack_files` packed."""
+    view = memoryview(text)
+    (count,) = _COUNT.unpack_from(view, 0)
+    at = _COUNT.size
+    entries: list[tuple[str, bytes]] = []
+    for _ in range(count + 1):
+        name_size, size = _ENTRY.unpack_from(view, at)
+        at += _ENTRY.size
+        name = bytes(view[at : at + name_size]).decode("utf-8", "surrogateescape")
+        at += name_size
+        entries.append((name, bytes(view[at : at + size])))
+        at += size
+    return entries[0][1], dict(entries[1:])
 
 
 def check_reloadable(running: Config, new: Config) -> None:
@@ -276,7 +312,7 @@ def prepare_metrics(config: Config) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reload_bytes: int = MAX_RELOAD_BYTES) -> None:
         self.config = config
         self.gate = SharedSessionGate(config.limits.max_sessions, config.milter.workers)
         self.metrics: PrometheusMetrics | None = None
@@ -288,7 +324,7 @@ class Supervisor:
         #: The config text of the last valid reload, for the workers to apply; mapped
         #: here, before any fork. ``generation``: in the supervisor, the last one
         #: published; in a worker, the one its runtime was built from (0: the start's).
-        self.published = SharedText(MAX_CONFIG_BYTES)
+        self.published = SharedText(reload_bytes)
         self.generation = 0
         self.workers = [Worker(n) for n in range(1, config.milter.workers + 1)]
         #: Mapped here, before any fork, like ``published``.
@@ -451,7 +487,18 @@ class Supervisor:
     def _reload(self) -> None:
         try:
             data = read_config(self.app.runtime.config.file)
-            runtime = reloader(self.app, lambda: data)()
+            with recording() as files:
+                runtime = reloader(self.app, lambda: data)()
+            text = pack_files(data, files)
+            if len(text) > self.published.size:
+                retire(runtime, self.app.runtime)
+                raise ConfigError(
+                    runtime.config.file,
+                    "",
+                    f"with its data files {len(text):,} bytes, more than the"
+                    f" {self.published.size:,} a reload hands to the workers"
+                    " (a restart reads them)",
+                )
         except ConfigError as exc:
             log.error("reload refused, no worker changes its configuration: %s", exc)
             return
@@ -466,7 +513,7 @@ class Supervisor:
         retire(old, runtime)
         set_level(runtime.config.milter.log_level)
         self.generation += 1
-        self.published.publish(self.generation, data)
+        self.published.publish(self.generation, text)
         self._prepare_files()
         for worker in self.workers:
             if worker.pid:
@@ -491,7 +538,9 @@ class Supervisor:
                 self.pid,
             )
             return None
-        runtime = reloader(self.app, lambda: data)()
+        config, files = unpack_files(data)
+        with replaying(files):
+            runtime = reloader(self.app, lambda: config)()
         self.generation = generation
         return runtime
 
