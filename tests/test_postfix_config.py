@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -760,6 +761,31 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
     assert " and 12 more, which smtpguard refuses" in problem
     # The default's regexp alias map is no list of the admin's: no note for it.
     assert not any("not compared" in n for n in result.notes)
+    assert f"relay_domains: {conf}/self.list includes itself (through {conf}/self.list):" in (
+        " ".join(result.notes)
+    )
+
+
+def test_a_web_of_list_files_is_read_once_per_file(tmp_path: Path) -> None:
+    """Review rev46: ten files that each list all ten took 42 s (every path through the
+    web was read); Postfix itself runs out of descriptors on such a cycle."""
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    files = [conf / f"part{i}.list" for i in range(12)]
+    for i, path in enumerate(files):
+        path.write_text(f"d{i}.example " + " ".join(str(f) for f in files) + "\n")
+    started = time.monotonic()
+    result = make_plan(
+        config(tmp_path),
+        relay_domains=f"{files[0]}, {files[5]}",
+        parent_domain_matches_subdomains="",
+    )
+    assert time.monotonic() - started < 10
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    named = [f"d{i}.example (relay_domains)" for i in range(12)]
+    assert problem.startswith(f"Postfix accepts mail for {', '.join(named)}, which smtpguard")
+    (cycle,) = [n for n in result.notes if "includes itself" in n]
+    assert cycle.startswith(f"relay_domains: {files[0]} includes itself (through {files[0]}):")
 
 
 def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:

@@ -1306,26 +1306,42 @@ class _Planner:
         permanent 553 while --check said "no conflicts"). A table it cannot list
         (regexp:, SQL, LDAP) is a note, once."""
         if name not in self._domain_lists:
-            items = self._domain_items(split_list(self.now[name]), name, set())
+            items = self._domain_items(split_list(self.now[name]), name, set(), ())
             domains = (item.lower().rstrip(".") for item in items)
             self._domain_lists[name] = [d for d in domains if d and "$" not in d]
         return self._domain_lists[name]
 
-    def _domain_items(self, items: list[str], name: str, files: set[str]) -> list[str]:
+    def _domain_items(
+        self, items: list[str], name: str, read: set[str], including: tuple[str, ...]
+    ) -> list[str]:
+        """The domains of a list's ``items``, /file entries read once each (``read``,
+        shared by the whole list: a web of files that include each other was read
+        along every path through it, rev46); ``including``: the files being read."""
         out: list[str] = []
         for item in items:
             if item.startswith("!"):
                 continue  # an exclusion: Postfix takes no mail for it
             if item.startswith("/"):
-                if item in files:
-                    continue  # a file that includes itself (rev44): read once
+                if item in including and not any(
+                    n.startswith(f"{name}: ") and "includes itself" in n for n in self.notes
+                ):
+                    # The first cycle of a list: a web of files has as many as paths.
+                    self.notes.append(
+                        f"{name}: {item} includes itself (through {' -> '.join(including)}):"
+                        " Postfix reads it again until it runs out of file descriptors"
+                    )
+                if item in read:
+                    continue
+                read.add(item)
                 try:
                     text = Path(item).read_text(errors="replace")
                 except OSError as exc:
                     self._not_compared(name, item, exc.strerror or str(exc))
                     continue
                 lines = (line.partition("#")[0] for line in text.splitlines())
-                out += self._domain_items(split_list(" ".join(lines)), name, files | {item})
+                out += self._domain_items(
+                    split_list(" ".join(lines)), name, read, (*including, item)
+                )
             elif ":" in item or "/" in item:
                 out += self._table_keys(item, name)
             else:
