@@ -114,9 +114,12 @@ def test_scanner_down(tmp_path: Path, policy: str, expected: str | None) -> None
 
 def test_command_hook(tmp_path: Path) -> None:
     hook = tmp_path / "scan.sh"
+    # A progress line first; exit 1 and "NAME FOUND" when the marker is in the message;
+    # a failing step under set -e exits 1 too, with the progress line on stdout.
     hook.write_text(
-        "#!/bin/sh\n# exit 1 and the name on stdout when the marker is in the message\n"
-        'if grep -q BADSTUFF; then echo "Test.Marker"; exit 1; fi\nexit 0\n'
+        '#!/bin/sh\nset -e\necho "checking $$"\ninput=$(cat)\n'
+        'case "$input" in *BADSTUFF*) echo "stream: Test.Marker FOUND"; exit 1;; esac\n'
+        'case "$input" in *BROKEN*) false;; esac\nexit 0\n'
     )
     hook.chmod(0o755)
     extra = {"virus": {"backend": "command", "command": [str(hook)], "timeout": 10}}
@@ -126,6 +129,36 @@ def test_command_hook(tmp_path: Path) -> None:
         final, _ = deliver(service, "all fine\r\n")
         assert accepted(final)
         assert "Test.Marker" in service.log()
+        # Review rev49: this was a permanent 552 Virus found.
+        final, _ = deliver(service, "BROKEN hook\r\n")
+        assert_reply(final, "internal_error")
+        assert "exit status 1 without a 'NAME FOUND' line on stdout" in service.log()
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("pass", None), ("tempfail", "internal_error")])
+def test_a_message_over_max_bytes(
+    clamd: Clamd, tmp_path: Path, choice: str, expected: str | None
+) -> None:
+    """on_size_limit decides, also where a scanner outage passes; a pass is logged
+    (review rev49: "tempfail" passed and "pass" left no trace)."""
+    extra = {
+        "virus": {
+            "backend": "clamd",
+            "clamd_socket": f"unix:{clamd.socket}",
+            "max_bytes": 4096,
+            "on_size_limit": choice,
+        },
+        "checks": {"virus": {"on_temp_error": "pass"}},
+    }
+    with running(make_site(tmp_path / "site", extra)) as service:
+        final, _ = deliver(service, "Hello Alice.\r\n" * 1000)
+        log = service.log()
+    if expected is None:
+        assert accepted(final)
+        assert "partly scanned, passed (on_size_limit = pass): message over max_bytes=4096" in log
+    else:
+        assert_reply(final, expected)
+        assert "too large to scan" in log
 
 
 # --- anti-spam ------------------------------------------------------------------------

@@ -30,8 +30,10 @@ class TempError:
     ``reply_id`` is the tempfail row to answer with when the check's policy is
     fail-closed (for example ``database_temp_error`` or ``auth_error_temp``).
     ``firm``: answered as a temporary failure even where the check's
-    ``on_temp_error`` is ``pass``. The check did refuse; only whether an exemption
-    spares the client is undecided, and passing would accept what it refused.
+    ``on_temp_error`` is ``pass``: the check did refuse, and only whether an exemption
+    spares the client is undecided (passing would accept what it refused); or the
+    deferral is the operator's choice for what is no fault (``virus.on_size_limit =
+    "tempfail"``).
     """
 
     reply_id: str

@@ -74,7 +74,7 @@ def test_the_message_streams_to_the_scanner_as_it_arrives(
         (
             ScanResult(ScanStatus.SIZE_LIMIT, detail="over max_bytes"),
             {"on_size_limit": "tempfail"},
-            TempError("internal_error", "too large to scan: over max_bytes"),
+            TempError("internal_error", "too large to scan: over max_bytes", firm=True),
         ),
     ],
 )

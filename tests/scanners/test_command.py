@@ -41,12 +41,12 @@ def test_exit_0_is_clean_and_the_message_arrives_on_stdin(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("stdout", "name"),
     [
-        ("Eicar-Test-Signature\n", "Eicar-Test-Signature"),
+        ("Eicar-Test-Signature FOUND\n", "Eicar-Test-Signature"),
         ("stream: Win.Test.EICAR_HDB-1 FOUND\n\nsummary\n", "Win.Test.EICAR_HDB-1"),
-        ("\n  \nTrojan.Generic  \n", "Trojan.Generic"),
+        ("scanning\n  \n/tmp/x: Trojan.Generic FOUND  \nTwo FOUND\n", "Trojan.Generic"),
     ],
 )
-def test_exit_1_is_infected_with_the_first_stdout_line_as_name(
+def test_exit_1_is_infected_with_the_first_found_line_as_name(
     tmp_path: Path, stdout: str, name: str
 ) -> None:
     argv = script(tmp_path, f"sys.stdin.buffer.read(); print({stdout!r}, end=''); sys.exit(1)")
@@ -55,14 +55,15 @@ def test_exit_1_is_infected_with_the_first_stdout_line_as_name(
     assert result.virus == name
 
 
-@pytest.mark.parametrize("stdout", ["", "\n  \n"])
+@pytest.mark.parametrize("stdout", ["", "\n  \n", "scanning message from stdin\n", "FOUND\n"])
 def test_exit_1_naming_nothing_is_an_error_not_a_virus(tmp_path: Path, stdout: str) -> None:
-    """What a crashing hook looks like (Python's uncaught exception exits 1): a
-    temporary fault, never a permanent virus_found (found by review)."""
+    """What a crashing hook looks like (Python's uncaught exception exits 1), also
+    one that printed a progress line first (review rev49): a temporary fault, never a
+    permanent virus_found."""
     program = f"sys.stdin.buffer.read(); print({stdout!r}, end=''); raise OSError('no db')"
     result = run_command(script(tmp_path, program), MESSAGE, timeout=10)
     assert result.status is ScanStatus.ERROR
-    assert "exit status 1 without a virus name" in result.detail
+    assert "exit status 1 without a 'NAME FOUND' line on stdout" in result.detail
     assert "no db" in result.detail
 
 
@@ -133,7 +134,7 @@ def test_program_that_ignores_stdin_is_fine(tmp_path: Path) -> None:
 
 
 def test_chatty_program_output_is_capped(tmp_path: Path) -> None:
-    argv = script(tmp_path, "sys.stdout.write('Big.Name\\n' + 'x' * 10_000_000); sys.exit(1)")
+    argv = script(tmp_path, "sys.stdout.write('Big.Name FOUND\\n' + 'x' * 10_000_000); sys.exit(1)")
     result = run_command(argv, MESSAGE, timeout=20)
     assert result.virus == "Big.Name"
 

@@ -10,6 +10,7 @@ the check's ``on_temp_error = "pass"``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -17,6 +18,8 @@ from smtpguard.checks import Event, Services, Stage, feed_fields, feed_sink
 from smtpguard.scanners import ScanResult, ScanStatus, VirusStream
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
+
+log = logging.getLogger(__name__)
 
 _KEY = "virus.stream"
 
@@ -63,15 +66,24 @@ class VirusScan:
         stream: VirusStream | None = txn.scratch.get(_KEY) if txn is not None else None
         if stream is None:
             return None
-        return self._verdict(stream.finish())
+        return self._verdict(conn, stream.finish())
 
-    def _verdict(self, result: ScanResult) -> Verdict | None:
+    def _verdict(self, conn: Connection, result: ScanResult) -> Verdict | None:
         if result.status is ScanStatus.INFECTED:
             return Hit("virus_found", f"virus {result.virus or 'unnamed'} ({result.detail})")
         if result.status is ScanStatus.SIZE_LIMIT:
             if self.config.on_size_limit == "pass":
+                # No verdict, so no decision line: without this one, a message whose
+                # tail was never scanned would read in the log like any clean one.
+                log.info(
+                    "virus sid=%s partly scanned, passed (on_size_limit = pass): %s",
+                    conn.session_id,
+                    result.detail,
+                )
                 return None
-            return TempError("internal_error", f"too large to scan: {result.detail}")
+            # The operator's choice for what is no fault: deferred also where
+            # [checks.virus] on_temp_error = "pass" lets a scanner outage through.
+            return TempError("internal_error", f"too large to scan: {result.detail}", firm=True)
         if result.status is ScanStatus.ERROR:
             return TempError("internal_error", f"scanner failed: {result.detail}")
         return None

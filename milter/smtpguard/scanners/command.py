@@ -7,9 +7,12 @@ standard input and answers with its exit status:
 exit status             result
 ======================  =====================================================
 0                       CLEAN
-1                       INFECTED; the first non-empty line of standard output
-                        names what was found (``clamdscan``-style
-                        ``stream: NAME FOUND`` is reduced to ``NAME``)
+1 and a line            INFECTED; the first line of standard output of the
+``NAME FOUND``          form ``NAME FOUND`` or ``WHERE: NAME FOUND``
+                        (``clamdscan``'s ``stream: NAME FOUND``) names it
+1 without one           ERROR: a program that failed (Python's uncaught
+                        exception, ``set -e``) exits 1 too, and may have
+                        printed anything before
 anything else           ERROR (``detail`` carries the status and the start of
                         standard error)
 killed by a signal      ERROR
@@ -96,11 +99,13 @@ def run_command(
         name = _name(_head(out)) if status == 1 else ""
         if name:
             return ScanResult(ScanStatus.INFECTED, virus=name, scanned=size)
-        # Exit 1 naming nothing is a program that failed (Python's uncaught exception,
-        # set -e), not a verdict: a permanent virus_found for a temporary fault.
+        # Exit 1 without a "NAME FOUND" line is a program that failed (Python's
+        # uncaught exception, set -e), whatever it printed before (review rev49: a
+        # progress line was taken for a virus name): not a permanent virus_found for
+        # a temporary fault.
         what = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
         if status == 1:
-            what += " without a virus name on stdout"
+            what += " without a 'NAME FOUND' line on stdout"
         stderr = _head(err).strip().replace("\n", " | ")[:300]
         return ScanResult(
             ScanStatus.ERROR,
@@ -186,9 +191,9 @@ def _head(file: IO[bytes]) -> str:
 
 
 def _name(stdout: str) -> str:
+    """The name in the first ``NAME FOUND`` line of ``stdout`` ("" if none)."""
     for raw in stdout.splitlines():
-        line = raw.strip()
-        if line:
-            found = _FOUND.match(line)
-            return (found.group("name") if found else line)[:200]
+        found = _FOUND.match(raw.strip())
+        if found:
+            return found.group("name")[:200]
     return ""
