@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from support.daemons import EICAR, GTUBE, Clamd, RedisServer, Rspamd, start_clamd, start_redis
+from support.daemons import (
+    EICAR,
+    GTUBE,
+    SOFT_REJECT_SUBJECT,
+    Clamd,
+    RedisServer,
+    Rspamd,
+    start_clamd,
+    start_redis,
+)
 from support.mtclient import Answer, MilterSession, assert_reply
 from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
 
@@ -222,6 +231,16 @@ def test_rspamd_rejects_gtube(rspamd_service: Running) -> None:
 def test_rspamd_passes_clean_mail(rspamd_service: Running) -> None:
     final, _ = deliver(rspamd_service, "Hi Alice, see you at lunch.\r\n" * 3)
     assert accepted(final)
+
+
+def test_rspamd_soft_reject_defers_the_message(rspamd_service: Running) -> None:
+    """rspamd's ratelimit and greylist modules answer "soft reject"; with engine_action
+    (the default) the message is deferred, although this service lets an engine
+    outage pass (review rev49: it was accepted)."""
+    headers = [(k, SOFT_REJECT_SUBJECT if k == "Subject" else v) for k, v in HEADERS]
+    final, _ = deliver(rspamd_service, "Hi Alice, see you at lunch.\r\n", headers)
+    assert_reply(final, "database_temp_error")
+    assert "rspamd action soft reject" in rspamd_service.log()
 
 
 def test_engine_down_passes_by_default(tmp_path: Path) -> None:

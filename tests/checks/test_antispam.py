@@ -164,6 +164,42 @@ def test_engine_action_reject(
     assert conn.txn.scratch[SPAM_REPORT].spam is rejected
 
 
+@pytest.mark.parametrize(
+    ("action", "engine_action", "rules_score", "verdict"),
+    [
+        (
+            "soft reject",
+            True,
+            1.0,
+            TempError("database_temp_error", "rspamd action soft reject; score 3.0", firm=True),
+        ),
+        (
+            "soft reject",
+            True,
+            20.0,
+            Hit("antispam_reject", "score 22.0 (A, rspamd=2.0/soft_reject)"),
+        ),
+        ("soft reject", False, 1.0, None),
+        ("greylist", True, 1.0, None),
+        ("rewrite subject", True, 1.0, None),
+    ],
+)
+def test_engine_soft_reject_defers_and_other_actions_are_reported(
+    make_services: ServicesFactory,
+    rules: FakeRules,
+    spam_engine: FakeSpamEngine,
+    action: str,
+    engine_action: bool,
+    rules_score: float,
+    verdict: Verdict | None,
+) -> None:
+    """Review rev49: rspamd's soft reject (ratelimit, greylisting) was accepted."""
+    rules.result = RulesResult(rules_score, ("A",))
+    spam_engine.result = SpamResult(SpamStatus.OK, 2.0, action)
+    check = AntiSpam(make_services(antispam={**RSPAMD, "engine_action": engine_action}))
+    assert deliver(check)[0] == verdict
+
+
 def test_engine_failure_is_a_temporary_error_after_the_headers(
     make_services: ServicesFactory, rules: FakeRules, spam_engine: FakeSpamEngine
 ) -> None:

@@ -363,12 +363,18 @@ def keep_hs_cache(dir: Path, hs_cache: Path | None, seeded: set[str]) -> None:
                     partial.replace(hs_cache / path.name)
 
 
+#: A subject containing this makes the test rspamd answer "soft reject", as its
+#: ratelimit and greylist modules do (a prefilter of :func:`start_rspamd`'s).
+SOFT_REJECT_SUBJECT = "smtpguard-test-soft-reject"
+
+
 def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 90.0) -> Rspamd:
     """rspamd 3.x with only its normal worker, on a free loopback port.
 
     ``hs_cache``: a directory kept between test sessions; its compiled Hyperscan
     databases are copied in before start (rspamd checks they match its rules and
-    platform) and new ones copied back at :meth:`Rspamd.stop`.
+    platform) and new ones copied back at :meth:`Rspamd.stop`. One Lua prefilter is
+    added: :data:`SOFT_REJECT_SUBJECT`.
     """
     port = free_port()
     run = dir / "run"
@@ -382,6 +388,17 @@ def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 9
         nameserver="127.0.0.1:1",
         dns_timeout="0.1s",
         hs_cache=hs_cache,
+    )
+    (dir / "local" / "rspamd.local.lua").write_text(
+        "rspamd_config:register_symbol({\n"
+        "  name = 'SMTPGUARD_TEST_SOFT_REJECT', type = 'prefilter', priority = 10,\n"
+        "  callback = function(task)\n"
+        "    local subject = task:get_subject()\n"
+        f"    if subject and subject:find('{SOFT_REJECT_SUBJECT}', 1, true) then\n"
+        "      task:set_pre_result('soft reject', 'try again later', 'smtpguard-test')\n"
+        "    end\n"
+        "  end,\n"
+        "})\n"
     )
     with (dir / "rspamd.out").open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)

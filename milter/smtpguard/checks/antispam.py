@@ -7,9 +7,13 @@ added (the rules use rspamd's scale), and so are the weights of the DNSBL zones 
 ``action = "score"`` that list the client (:mod:`smtpguard.checks.dnsbl`). At
 ``add_header_score`` the message is accepted with ``X-Spam-Flag: YES`` and
 ``X-Spam-Score``; at ``reject_score`` (or rspamd's own
-"reject" action, if ``engine_action``) it is refused. An engine that is down gives a
-temporary error, which passes by default (``on_temp_error = "pass"``): the built-in
-score still applies.
+"reject" action, if ``engine_action``) it is refused. rspamd's "soft reject" (its
+ratelimit and greylist modules' way of saying "defer this message") is, with
+``engine_action``, a deferral (``database_temp_error``, whatever ``on_temp_error``
+says); its other actions ("greylist", "add header", "rewrite subject") are only
+reported: smtpguard's own thresholds decide. An engine that is down gives a temporary
+error, which passes by default (``on_temp_error = "pass"``): the built-in score still
+applies.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import ClassVar
 from smtpguard.checks import Event, Services, Stage, domain_of, feed_fields, feed_sink
 from smtpguard.checks.dnsbl import SCORES as DNSBL_SCORES
 from smtpguard.checks.dnsbl import UNSURE_SCORES as DNSBL_UNSURE_SCORES
-from smtpguard.scanners import MessageSpool, RuleStream, SpamEnvelope
+from smtpguard.scanners import MessageSpool, RuleStream, SpamEngine, SpamEnvelope
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -119,7 +123,7 @@ class AntiSpam:
         domain = domain_of(self.services_config, txn)
         reject_score = domain.reject_score if domain else self.config.reject_score
         add_header_score = domain.add_header_score if domain else self.config.add_header_score
-        engine_error = ""
+        engine_error = deferred = ""
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if spool is not None and spool.truncated:
             # rspamd refuses it (max_message): an error every time, never a verdict.
@@ -127,32 +131,13 @@ class AntiSpam:
             why.append(f"rspamd skipped: over engine_max_bytes={limit}")
             spool = None
         if self.engine is not None and spool is not None:
-            envelope = SpamEnvelope(
-                ip=str(conn.client_ip) if conn.client_ip else None,
-                helo=conn.helo,
-                # rspamd reads Hostname as Postfix's {client_name}: "unknown" unless
-                # it resolves back (Sendmail passes forged names too).
-                hostname=conn.client_name if conn.client_name_confirmed else "unknown",
-                sender=txn.sender.text if txn.sender else "",
-                rcpts=(
-                    *(r.text for r in txn.recipients),
-                    *(raw.strip().strip("<>") for raw in txn.unparsed_recipients),
-                ),
-                queue_id=txn.queue_id,
-                user=txn.auth_login,
-            )
-            answer = self.engine.check(spool, envelope)
-            if answer.ok:
-                score += answer.score
-                # One token: X-Spam-Status readers split tests= at white space and
-                # commas ("no action" is "no_action" there, as in rspamd's own logs).
-                token = _TOKEN_BREAKS.sub("_", answer.action)
-                why.append(f"rspamd={answer.score:.1f}/{token}")
-                if self.config.engine_action and answer.action == "reject":
-                    self._report(txn, score, add_header_score, why, refused=True)
-                    return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
-            else:
-                engine_error = answer.detail or "engine failed"
+            added, action, engine_error = self._ask(self.engine, conn, txn, spool, why)
+            score += added
+            if action == "reject":
+                self._report(txn, score, add_header_score, why, refused=True)
+                return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
+            if action == "soft reject":
+                deferred = f"rspamd action soft reject; score {score:.1f}"
         detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
         self._report(txn, score, add_header_score, why)
         if score - may_lose >= reject_score:
@@ -166,9 +151,46 @@ class AntiSpam:
                 " exemption's failed lookup might drop",
                 firm=True,
             )
+        if deferred:
+            # rspamd asks for the message later (review rev49: it was accepted). Not
+            # an engine fault: on_temp_error = "pass" must not turn it into an accept.
+            return TempError("database_temp_error", deferred, firm=True)
         if engine_error:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
         return None
+
+    def _ask(
+        self,
+        engine: SpamEngine,
+        conn: Connection,
+        txn: Transaction,
+        spool: MessageSpool,
+        why: list[str],
+    ) -> tuple[float, str, str]:
+        """rspamd's score (noted in ``why``), its action where ``engine_action`` acts on
+        it ("reject", "soft reject"; else ""), and what failed ("" if nothing)."""
+        envelope = SpamEnvelope(
+            ip=str(conn.client_ip) if conn.client_ip else None,
+            helo=conn.helo,
+            # rspamd reads Hostname as Postfix's {client_name}: "unknown" unless
+            # it resolves back (Sendmail passes forged names too).
+            hostname=conn.client_name if conn.client_name_confirmed else "unknown",
+            sender=txn.sender.text if txn.sender else "",
+            rcpts=(
+                *(r.text for r in txn.recipients),
+                *(raw.strip().strip("<>") for raw in txn.unparsed_recipients),
+            ),
+            queue_id=txn.queue_id,
+            user=txn.auth_login,
+        )
+        answer = engine.check(spool, envelope)
+        if not answer.ok:
+            return 0.0, "", answer.detail or "engine failed"
+        # One token: X-Spam-Status readers split tests= at white space and commas
+        # ("no action" is "no_action" there, as in rspamd's own logs).
+        why.append(f"rspamd={answer.score:.1f}/{_TOKEN_BREAKS.sub('_', answer.action)}")
+        acted = self.config.engine_action and answer.action in ("reject", "soft reject")
+        return answer.score, answer.action if acted else "", ""
 
     def _report(
         self,
