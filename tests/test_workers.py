@@ -12,6 +12,7 @@ import functools
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -47,6 +48,7 @@ from smtpguard.supervisor import (
     unpack_files,
     worker_cpu,
 )
+from smtpguard.workerwatch import Flags
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.polling import children, scrape, wait_until
 from support.service import RULES, UNTRUSTED_IP, Running, make_site, running
@@ -311,6 +313,19 @@ def test_shared_counter_is_exact_across_processes(tmp_path: Path) -> None:
 
 
 # --- reload: the text the supervisor validated; what needs a restart -----------------
+
+
+def test_flags_set_in_a_worker_are_counted_by_the_supervisor() -> None:
+    flags = Flags(3)
+    assert flags.count() == 0
+    worker = _fork.Process(target=flags.set, args=(2, True))
+    worker.start()
+    worker.join(10)
+    flags.set(0, True)
+    assert flags.count() == 2
+    flags.set(2, False)
+    flags.set(0, True)
+    assert flags.count() == 1
 
 
 def _read_after(shared: SharedText, published: Any, seen: Any) -> None:
@@ -623,6 +638,41 @@ def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
         )
         assert found is not None, text
         assert float(found.group(1)) == 10
+
+
+def metrics_off(port: int) -> float:
+    found = re.search(r"^smtpguard_workers_metrics_off (\S+)$", scrape(port), re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
+def test_workers_whose_metrics_are_off_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev47: a worker that could not record a metric stopped recording with
+    one log line, and the sums read low with nothing saying so."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    site = make_site(tmp_path / "site", {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    with running(site) as service:
+        both_started(service)
+        assert metrics_off(port) == 0
+        # A worker creates its files at its first session: where none can be made.
+        shutil.rmtree(directory)
+        directory.write_text("not a directory")
+        concurrently(10, threads=2, job=lambda: mail(service, "<spammer@bad.example>"))
+        assert served_by(service) == {"1", "2"}
+        assert metrics_off(port) == 2
+        assert service.log().count("metrics off in this process") == 2
+        # A worker started again records again (until it fails in turn).
+        worker = min(children(service.process.pid))
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: len(children(service.process.pid) - {worker}) == 2)
+        assert metrics_off(port) == 1
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,8 @@ def _never_fails(
         except Exception as exc:  # noqa: BLE001 - whatever it is, metrics only
             self.off = True
             log.error("metrics: cannot record (%s); metrics off in this process", exc)
+            if self.when_off is not None:
+                self.when_off()
 
     return guarded
 
@@ -126,6 +128,9 @@ class PrometheusMetrics:
 
         #: Set when a metric could not be recorded: nothing is recorded any more.
         self.off = False
+        #: Called once when that happens (a worker tells its supervisor, whose
+        #: ``smtpguard_workers_metrics_off`` says so: its sums now lack this process).
+        self.when_off: Callable[[], None] | None = None
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         if process_collector:

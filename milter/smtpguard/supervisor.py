@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import hashlib
 import io
@@ -95,7 +96,13 @@ from smtpguard.sockets import (
     unix_path,
 )
 from smtpguard.state import SharedSessionGate, SqliteBlacklist, StateError
-from smtpguard.workerwatch import HEARTBEAT_INTERVAL, Heartbeats, WorkersCollector, WorkerStats
+from smtpguard.workerwatch import (
+    HEARTBEAT_INTERVAL,
+    Flags,
+    Heartbeats,
+    WorkersCollector,
+    WorkerStats,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -329,13 +336,15 @@ class Supervisor:
         self.workers = [Worker(n) for n in range(1, config.milter.workers + 1)]
         #: Mapped here, before any fork, like ``published``.
         self.heartbeats = Heartbeats(len(self.workers))
+        #: Set by a worker whose metrics went off; mapped here, like ``published``.
+        self.metrics_off = Flags(len(self.workers))
         #: When the loop last checked the heartbeats, and since when it has been
         #: running without a pause (heartbeats older than that are not held against
         #: a worker: see _watch).
         self._watched = self._watch_from = time.monotonic()
         self.stats = WorkerStats()
         if self.registry is not None:
-            self.registry.register(WorkersCollector(self.stats, self._pids))
+            self.registry.register(WorkersCollector(self.stats, self._pids, self.metrics_off.count))
         #: The CPUs the service may use, read before any worker is bound to one.
         self.cpus = sorted(os.sched_getaffinity(0))
         self.stopping = False
@@ -601,6 +610,8 @@ class Supervisor:
         _die_with_parent(self.pid)
         _mark_worker(number)
         self.gate.bind(number - 1)
+        if self.metrics is not None:
+            self.metrics.when_off = functools.partial(self.metrics_off.set, number - 1, True)
         cpu = worker_cpu(number, self.cpus, self.config.milter)
         if cpu is not None:
             bind({cpu})
@@ -633,6 +644,7 @@ class Supervisor:
     def _gone(self, worker: Worker, status: int) -> None:
         pid, worker.pid = worker.pid, 0
         self.gate.release(worker.number - 1)
+        self.metrics_off.set(worker.number - 1, False)
         if self.registry is not None:
             retire_metrics(pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
         how = _describe(status)

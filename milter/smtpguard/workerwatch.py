@@ -117,6 +117,22 @@ def usage(pid: int) -> tuple[float, int] | None:
     return ticks / _TICKS, int(statm.split()[1]) * _PAGE
 
 
+class Flags:
+    """One byte per worker in anonymous shared memory (``MAP_SHARED``, mapped before
+    the first fork, like :class:`Heartbeats`): a worker sets its own, the supervisor
+    reads them and clears one when its worker is gone."""
+
+    def __init__(self, count: int) -> None:
+        self._map = mmap.mmap(-1, max(count, 1), flags=mmap.MAP_SHARED)
+
+    def set(self, index: int, value: bool) -> None:
+        self._map[index] = int(value)
+
+    def count(self) -> int:
+        """How many are set."""
+        return sum(1 for value in self._map[:] if value)
+
+
 class WorkersCollector:
     """The supervisor's own series, read at scrape time (a collector on the registry
     that serves ``/metrics``, beside the multiprocess one that sums the workers').
@@ -125,9 +141,15 @@ class WorkersCollector:
     waits; the workers' CPU time and memory are summed over the worker pids the
     supervisor knows (``pids``), read from ``/proc`` at each scrape."""
 
-    def __init__(self, stats: WorkerStats, pids: Callable[[], Collection[int]]) -> None:
+    def __init__(
+        self,
+        stats: WorkerStats,
+        pids: Callable[[], Collection[int]],
+        metrics_off: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.stats = stats
         self.pids = pids
+        self.metrics_off = metrics_off
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import (  # noqa: PLC0415 - optional dependency
@@ -144,6 +166,12 @@ class WorkersCollector:
         for reason, count in self.stats.restarts.items():
             restarts.add_metric((reason,), count)
         yield restarts
+        yield GaugeMetricFamily(
+            "smtpguard_workers_metrics_off",
+            "Running workers that could not record a metric and stopped recording (the"
+            " sums here lack their counts from then on; the log says why)",
+            value=self.metrics_off(),
+        )
         if not os.path.exists("/proc/self/stat"):
             return  # no /proc: nothing rather than a total that lacks the live workers
         live = [found for found in map(usage, self.pids()) if found is not None]
