@@ -11,6 +11,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtpguard.counters import (
+    PATH_CHECK_INTERVAL,
     CounterError,
     InProcessCounter,
     RedisCounter,
@@ -299,6 +301,32 @@ def test_redis_counter_uses_redis_time_not_the_host_clock(
 
 
 @pytest.mark.integration
+def test_forked_workers_sharing_one_redis_counter_lose_no_hits(fresh_redis: RedisServer) -> None:
+    """Review rev50: workers forked from one supervisor share the counter object, its
+    node and sequence; their k-th hits were one member, counted once."""
+    counter = counter_on(fresh_redis)
+    in_child(lambda: [counter.hit(KEY, 3000) for _ in range(10)] and None)
+    for _ in range(10):
+        counter.hit(KEY, 3000)
+    assert counter.peek(KEY, 3000) == 20
+
+
+@pytest.mark.integration
+def test_redis_hits_stamped_a_window_ahead_are_dropped(fresh_redis: RedisServer) -> None:
+    """Review rev50: hits made before Redis's clock was stepped back counted until real
+    time caught up with them (an hour by default)."""
+    counter = counter_on(fresh_redis, window=10)
+    counter.hit(KEY, 3000)
+    client = counter.client
+    seconds, micros = client.time()
+    now = seconds * 1_000_000 + micros
+    own = counter.keys_for(KEY, 3000)[1]
+    client.zadd(own, {"before-the-step:1": now + 120_000_000, "just-ahead:1": now + 5_000_000})
+    assert counter.peek(KEY, 3000) == 2  # a few seconds ahead: clocks of one window
+    assert not client.zscore(own, "before-the-step:1")
+
+
+@pytest.mark.integration
 def test_script_is_reloaded_after_script_flush(fresh_redis: RedisServer) -> None:
     counter = counter_on(fresh_redis)
     counter.hit(KEY, 3000)
@@ -551,6 +579,31 @@ def test_shared_file_of_another_geometry_is_made_again(
     assert old.hit(KEY, 7000) == 2
     assert new.peek(KEY, 7000) == 1
     assert list(tmp_path.iterdir()) == [tmp_path / "counters.map"]
+
+
+def test_a_shared_file_removed_under_the_workers_is_followed_by_all(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev50: after the file was removed (to reset the counts) a worker started
+    later counted on a new file and the running ones on the removed one, each seeing
+    part of the hits. Within PATH_CHECK_INTERVAL every worker counts on the new one."""
+    running = shared(tmp_path)
+    assert [running.hit(KEY, 7000) for _ in range(3)] == [1, 2, 3]
+    (tmp_path / "counters.map").unlink()
+    restarted = shared(tmp_path)
+    assert restarted.hit(KEY, 7000) == 1
+    time.sleep(PATH_CHECK_INTERVAL)
+    with caplog.at_level(logging.WARNING, "smtpguard.counters"):
+        assert running.hit(KEY, 7000) == 2
+    assert "removed or replaced under the running service" in caplog.text
+    assert restarted.peek(KEY, 7000) == 2
+    # Restored from a copy by rename: the same.
+    copy = tmp_path / "copy.map"
+    shutil.copy(tmp_path / "counters.map", copy)
+    copy.rename(tmp_path / "counters.map")
+    time.sleep(PATH_CHECK_INTERVAL)
+    assert running.hit(KEY, 7000) == 3
+    assert restarted.hit(KEY, 7000) == 4
 
 
 def in_child(scenario: Callable[[], None]) -> None:

@@ -207,6 +207,8 @@ PROBES: Final = 32
 #: microseconds per hit, so a waiter first only yields the CPU (which lets a holder on
 #: the same core finish), then sleeps, doubling from the first to the longest pause: a
 #: fixed 0.5 ms sleep made each wait at least 0.5 ms (bench/counter_contention.py).
+#: Seconds between two comparisons of the mapped counter file with the one at its path.
+PATH_CHECK_INTERVAL: Final = 1.0
 LOCK_YIELDS: Final = 20
 LOCK_FIRST_PAUSE: Final = 0.00005
 LOCK_LONGEST_PAUSE: Final = 0.002
@@ -307,6 +309,8 @@ class SharedCounter:
         # reload while a session still used it, which opened the file again).
         self._closer: weakref.finalize[[int], SharedCounter] | None = None
         self._retired = False
+        #: When the file at the path was last compared with the one mapped.
+        self._path_checked = -math.inf
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -405,6 +409,17 @@ class SharedCounter:
         new file split the workers, each counting alone). A file that is no longer at
         the path is no such case: it is the old geometry's after a reload (_make)."""
         table = self._mapped()
+        now = time.monotonic()
+        if abs(now - self._path_checked) >= PATH_CHECK_INTERVAL:
+            self._path_checked = now
+            if self._moved():
+                log.warning(
+                    "%s was removed or replaced under the running service: counting on"
+                    " the file now at the path (the same-size counts so far are not in it)",
+                    self.path,
+                )
+                self._unmap()
+                table = self._mapped()
         self._lock_file(self._fd)
         size = os.fstat(self._fd).st_size
         if size == self.size:
@@ -415,6 +430,31 @@ class SharedCounter:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
         return table
+
+    def _moved(self) -> bool:
+        """Whether the file mapped is no longer the one at the path, and the one there
+        (or none) is for this geometry: removed to reset the counts, or restored from
+        a copy by rename (review rev50: a worker started after that counted on a new
+        file while the others went on with the old, each seeing part of the hits). A
+        file of another geometry there is a reload's, which this counter leaves alone
+        (see _make)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return not self._retired
+        except OSError:
+            return False
+        mapped = os.fstat(self._fd)
+        if (now.st_dev, now.st_ino) == (mapped.st_dev, mapped.st_ino):
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return os.pread(fd, _HEADER.size, 0) == self._header
+        finally:
+            os.close(fd)
 
     def _put_back(self, fd: int, size: int) -> None:
         """The file, of ``size`` bytes, back to this geometry's size and header in place
@@ -592,7 +632,9 @@ class SharedCounter:
 
 
 # Runs atomically in Redis. Redis's own clock (TIME) timestamps the hits, so hosts with
-# skewed clocks still share one window. Scores are microseconds (exact in a double
+# skewed clocks still share one window. Hits more than a window ahead of that clock
+# (made before it was stepped back) are dropped, as SharedCounter does (review rev50:
+# they counted until real time caught up with them). Scores are microseconds (exact in a double
 # until the year 2255). Needs Redis >= 5 (effects replication of scripts that call TIME
 # before writing).
 #   KEYS: lower neighbour, own bucket, upper neighbour
@@ -610,8 +652,10 @@ if ARGV[3] == '1' then
   redis.call('PEXPIRE', KEYS[2], math.ceil(window / 1000))
 end
 local total = 0
+local ahead = '(' .. string.format('%.17g', now + window)
 for i = 1, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], ahead, '+inf')
   total = total + redis.call('ZCARD', KEYS[i])
 end
 return total
@@ -662,7 +706,10 @@ class RedisCounter:
         self.prefix = prefix
         self.max_per_bucket = max_per_bucket
         self._script = client.register_script(_LUA)
-        # Members must be unique across hosts and calls; the score carries the time.
+        # Members must be unique across hosts, processes and calls; the score carries
+        # the time. The pid too: workers forked from one supervisor share this counter
+        # object, node and sequence included, and the same member added twice counts
+        # once (review rev50: a sender got twice the threshold with two workers).
         self._node = os.urandom(6).hex()
         self._seq = itertools.count()
 
@@ -683,7 +730,7 @@ class RedisCounter:
         self.client.connection_pool.disconnect(inuse_connections=False)
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
-        member = f"{self._node}:{next(self._seq)}"
+        member = f"{self._node}:{_pid}:{next(self._seq)}"
         args: list[str | int] = [
             int(self.window * 1_000_000),
             member,
