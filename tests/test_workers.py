@@ -497,6 +497,26 @@ def test_flood_count_is_exact_across_workers(tmp_path: Path) -> None:
     assert counters.total() == THRESHOLD + 1
 
 
+def test_flood_count_on_redis_is_exact_across_workers(tmp_path: Path) -> None:
+    """Review rev50: the workers shared the Redis counter's member names (node and
+    sequence, copied by the fork), so their hits collided: 39 of 60 got through a
+    threshold of 20."""
+    from support.daemons import start_redis  # noqa: PLC0415
+
+    server = start_redis(tmp_path / "redis")
+    try:
+        state = {"backend": "redis", "redis_url": server.url}
+        site = make_site(tmp_path / "site", {**BULK, "state": state})
+        with running(site) as service:
+            both_started(service)
+            results = concurrently(3 * THRESHOLD, threads=4, job=lambda: deliver(service))
+            assert served_by(service) == {"1", "2"}
+        assert results.count("accepted") == THRESHOLD
+        assert results.count("flood") == 2 * THRESHOLD
+    finally:
+        server.stop()
+
+
 def test_session_limit_is_for_the_whole_service(tmp_path: Path) -> None:
     site = make_site(tmp_path, {**WORKERS, "limits": {"max_sessions": 2}})
     with running(site) as service:
