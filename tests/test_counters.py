@@ -305,9 +305,13 @@ def test_forked_workers_sharing_one_redis_counter_lose_no_hits(fresh_redis: Redi
     """Review rev50: workers forked from one supervisor share the counter object, its
     node and sequence; their k-th hits were one member, counted once."""
     counter = counter_on(fresh_redis)
-    in_child(lambda: [counter.hit(KEY, 3000) for _ in range(10)] and None)
-    for _ in range(10):
-        counter.hit(KEY, 3000)
+
+    def ten_hits() -> None:
+        for _ in range(10):
+            counter.hit(KEY, 3000)
+
+    in_child(ten_hits)
+    ten_hits()
     assert counter.peek(KEY, 3000) == 20
 
 

@@ -20,12 +20,15 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
 
-from smtpguard.dns import Answer, Resolver, Status
+from smtpguard.dns import Answer, Resolver, Status, cache_weight
 from smtpguard.dnswire import (
+    MAX_RECORDS,
     Question,
     UdpTransport,
     _Socket,
@@ -34,13 +37,16 @@ from smtpguard.dnswire import (
     read_reply,
     to_answer,
 )
+from support.fake_dns import FakeDns, fake_resolver
 from support.unbound import (
     BIG_TXT,
     BIG_TXT_NAME,
     GOOD_DOMAIN,
+    MANY_RECORDS_NAME,
     NO_MAIL_DOMAIN,
     NULL_MX_DOMAIN,
     SERVFAIL_DOMAIN,
+    SOME_RECORDS_NAME,
     DnsServer,
     silent_nameserver,
 )
@@ -267,6 +273,43 @@ def test_truncated_answer_is_asked_again_over_tcp(real: Resolver) -> None:
     assert answer.strings() == (tuple(part.encode() for part in BIG_TXT),)
 
 
+@pytest.mark.integration
+def test_an_answer_of_too_many_records_is_a_failure_unread(real: Resolver) -> None:
+    """Review rev48: 3000 PTR names in one TCP answer cost 1.7 MB of cache and 0.6 s
+    of CPU per lookup; past MAX_RECORDS an answer is a SERVFAIL, never parsed."""
+    deadline = time.monotonic() + 5
+    many = real.lookup(MANY_RECORDS_NAME, "A", deadline)
+    assert many.status is Status.SERVFAIL
+    # 300 records and EDNS's OPT record.
+    assert f"answer of 301 records, more than {MAX_RECORDS}: not read" in many.detail
+    some = real.lookup(SOME_RECORDS_NAME, "A", deadline)
+    assert some.status is Status.OK
+    assert len(some.addresses()) == 150
+    assert some.size > 1232  # read over TCP
+    assert cache_weight(some) == 1 + 150 // 4 + some.size // 2048
+
+
+def test_heavy_answers_take_more_of_the_cache() -> None:
+    light = Answer("a.test", "A", Status.OK, (), ttl=60)
+    assert cache_weight(light) == 1
+    one = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.A, "192.0.2.1")
+    assert cache_weight(Answer("a.test", "A", Status.OK, (one,) * 40, 60, size=700)) == 11
+    assert cache_weight(Answer("t.test", "TXT", Status.OK, (one,), 60, size=62_000)) == 31
+    # A cache of 40 weighs a 62 KB answer as 31 of them: the next one evicts it.
+    fake = FakeDns()
+    resolver = fake_resolver(fake, cache_size=40)
+    try:
+        for name in ("t.test", "u.test"):
+            fake.records[(name, "TXT")] = Answer(name, "TXT", Status.OK, (one,), 60, size=62_000)
+        assert resolver.lookup("t.test", "TXT", time.monotonic() + 1).ok
+        assert resolver.cached("t.test", "TXT") is not None
+        assert resolver.lookup("u.test", "TXT", time.monotonic() + 1).ok
+        assert resolver.cached("t.test", "TXT") is None
+        assert resolver.cached("u.test", "TXT") is not None
+    finally:
+        resolver.close()
+
+
 def test_transport_timeout_when_nothing_answers() -> None:
     with silent_nameserver() as port:
         r = Resolver(UdpTransport(["127.0.0.1"], port, 0.3))
@@ -295,9 +338,10 @@ def test_next_server_answers_when_the_first_is_silent(unbound: DnsServer) -> Non
 
 
 @contextmanager
-def truncating_nameserver(host: str, port: int) -> Iterator[None]:
+def truncating_nameserver(host: str, port: int, *, hang: bool = False) -> Iterator[None]:
     """Every UDP answer truncated (TC, no records); a TCP connection closed at once, as a
-    server that fails mid-answer: dnspython's TCP read raises EOFError then."""
+    server that fails mid-answer (the TCP read raises EOFError then), or with ``hang``
+    held open without an answer until the server stops."""
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     udp.bind((host, port))
@@ -316,13 +360,18 @@ def truncating_nameserver(host: str, port: int) -> Iterator[None]:
             reply.flags |= dns.flags.TC
             udp.sendto(reply.to_wire(), peer)
 
+    held: list[socket.socket] = []
+
     def close_tcp() -> None:
         while not stop.is_set():
             try:
                 conn, _ = tcp.accept()
             except OSError:
                 continue
-            conn.close()
+            if hang:
+                held.append(conn)
+            else:
+                conn.close()
 
     udp.settimeout(0.1)
     tcp.settimeout(0.1)
@@ -335,6 +384,8 @@ def truncating_nameserver(host: str, port: int) -> Iterator[None]:
         stop.set()
         for thread in threads:
             thread.join()
+        for conn in held:
+            conn.close()
         udp.close()
         tcp.close()
 
@@ -351,6 +402,22 @@ def test_next_server_answers_when_the_first_fails_over_tcp(unbound: DnsServer) -
             r.close()
     assert answer.status is Status.OK, answer
     assert answer.mx() == ((10, "mx.good.test"),)
+
+
+@pytest.mark.integration
+def test_next_server_answers_when_the_first_hangs_over_tcp(unbound: DnsServer) -> None:
+    """Review rev48: the TCP retry got all the time left, so the next server was never
+    asked; it gets this server's share now."""
+    with truncating_nameserver("127.0.0.3", unbound.port, hang=True):
+        r = Resolver(UdpTransport(["127.0.0.3", unbound.host], unbound.port, 2.0))
+        try:
+            start = time.monotonic()
+            answer = r.lookup(GOOD_DOMAIN, "MX", time.monotonic() + 5)
+            took = time.monotonic() - start
+        finally:
+            r.close()
+    assert answer.status is Status.OK, answer
+    assert took < 1.5
 
 
 @pytest.mark.integration

@@ -31,8 +31,15 @@ import dns.rrset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smtpguard.dns import Answer
-from smtpguard.dnswire import Question, Reply, read_negative, read_reply, to_answer
+from smtpguard.dns import Answer, Status
+from smtpguard.dnswire import (
+    MAX_RECORDS,
+    Question,
+    Reply,
+    read_negative,
+    read_reply,
+    to_answer,
+)
 
 SOA, OPT, NS, A, TXT = (
     dns.rdatatype.SOA,
@@ -95,6 +102,14 @@ def check(data: bytes, q: Question) -> Reply | None:
         assert header[0] == q.qid
         assert header[1] & (QR | TC) == QR | TC
         assert expected is None or expected.truncated
+        return fast
+    if ours.oversized:
+        # Not parsed: a failure, never an answer, whatever dnspython would read.
+        qid, flags, qdcount, *counts = struct.unpack_from("!6H", data)
+        assert (qid, flags & (QR | TC), qdcount) == (q.qid, QR, 1)
+        assert sum(counts) == ours.oversized > MAX_RECORDS
+        assert data[12 : 12 + len(q.wire)] == q.wire
+        assert outcome(ours, q).status is Status.SERVFAIL  # type: ignore[union-attr]
         return fast
     assert expected is not None, "read_reply took a datagram dnspython refuses"
     assert outcome(ours, q) == outcome(expected, q)

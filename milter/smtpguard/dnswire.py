@@ -75,12 +75,22 @@ class Reply:
     negative_ttl: float = 0.0
     #: The parsed response; None for a negative answer read straight from the wire.
     message: dns.message.QueryMessage | None = None
+    #: Octets of the message on the wire (the cache weighs answers by it).
+    size: int = 0
+    #: Records in the message, when more than :data:`MAX_RECORDS` (it was not parsed).
+    oversized: int = 0
 
 
 _HEADER = struct.Struct("!6H")
 _QTAIL = struct.Struct("!HH")
 _RR = struct.Struct("!HHIH")
 _EDNS_PAYLOAD = 1232
+#: Records an answer may hold (in all its sections) to be read at all. A milter's
+#: lookups want a few (the largest real sets are TXT records of big domains, a few
+#: dozen); more is what a client's own reverse zone or a sender's domain can serve to
+#: cost every session megabytes of cache and a second of CPU (review rev48: 3000 PTR
+#: names in one TCP answer). Such an answer is a SERVFAIL.
+MAX_RECORDS = 200
 _QR, _OPCODE, _TC = 0x8000, 0x7800, 0x0200
 
 
@@ -90,6 +100,20 @@ def read_reply(data: bytes, question: Question) -> Reply | None:
     fast = read_negative(data, question)
     if fast is not None:
         return fast
+    if len(data) >= 12:
+        qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+        records = ancount + nscount + arcount
+        if (
+            records > MAX_RECORDS
+            and qid == question.qid
+            and flags & (_QR | _OPCODE | _TC) == _QR
+            and qdcount == 1
+            and data[12 : 12 + len(question.wire)] == question.wire
+            # Room for every record counted (11 octets at least: a pointer or the root
+            # for the owner, type, class, TTL and length): a header alone is no answer.
+            and len(data) >= 12 + len(question.wire) + 11 * records
+        ):
+            return Reply(flags & 0xF, size=len(data), oversized=records)
     try:
         message = dns.message.from_wire(data)
     except dns.exception.DNSException:
@@ -112,7 +136,7 @@ def read_reply(data: bytes, question: Question) -> Reply | None:
         dns.rdataclass.IN,
     ):
         return None
-    return Reply(message.rcode(), bool(message.flags & _TC), message=message)
+    return Reply(message.rcode(), bool(message.flags & _TC), message=message, size=len(data))
 
 
 def read_negative(data: bytes, question: Question) -> Reply | None:
@@ -334,7 +358,10 @@ class UdpTransport:
             try:
                 reply = await self._exchange(question, server, per_try)
                 if reply.truncated:
-                    reply = await self._tcp(question, server, deadline - loop.time())
+                    # This server's share of the time again, not all that is left: one
+                    # whose TCP hangs must leave time for the next (review rev48).
+                    share = min(deadline - loop.time(), self.timeout / self.tries)
+                    reply = await self._tcp(question, server, share)
             except TimeoutError:
                 errors.append(f"{server}: no answer in {per_try:.2g}s")
                 continue
@@ -389,13 +416,26 @@ class UdpTransport:
         """RFC 7766 §5: a truncated UDP answer is asked again over TCP."""
         if timeout <= 0:
             raise TimeoutError
-        response = await asyncio.wait_for(
-            dns.asyncquery.tcp(question.message(), server, port=self.port), timeout
-        )
-        reply = read_reply(response.to_wire(), question)
+        data = await asyncio.wait_for(self._tcp_exchange(question, server), timeout)
+        # Read as a UDP answer is: an oversized one is refused unparsed (dnspython's
+        # own TCP query parsed it, and it was serialised and parsed again here).
+        reply = read_reply(data, question)
         if reply is None:
             raise ConnectionError("TCP answer does not match the question")
         return reply
+
+    async def _tcp_exchange(self, question: Question, server: str) -> bytes:
+        """The message the server answers over TCP (RFC 1035 §4.2.2: two octets of
+        length in front); EOFError when it closes before the end."""
+        reader, writer = await asyncio.open_connection(server, self.port)
+        try:
+            wire = question.to_wire()
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+            await writer.drain()
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            return await reader.readexactly(size)
+        finally:
+            writer.close()
 
     async def _socket(self, family: int) -> _Socket:
         pool = self._pools.setdefault(family, [])
@@ -427,6 +467,9 @@ def _expire(future: asyncio.Future[Reply]) -> None:
 
 def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
     """The answer in a NOERROR or NXDOMAIN reply; None for other RCODEs."""
+    if reply.oversized:
+        detail = f"answer of {reply.oversized} records, more than {MAX_RECORDS}: not read"
+        return Answer(name, rdtype, Status.SERVFAIL, detail=detail)
     response = reply.message
     if reply.rcode == dns.rcode.NXDOMAIN:
         ttl = reply.negative_ttl if response is None else negative_ttl(response)
@@ -447,7 +490,9 @@ def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
                 name, rdtype, Status.SERVFAIL, detail="referral: the nameserver does not recurse"
             )
         return Answer(name, rdtype, Status.NODATA, ttl=negative_ttl(response))
-    return Answer(name, rdtype, Status.OK, tuple(chain.answer), ttl=float(chain.minimum_ttl))
+    return Answer(
+        name, rdtype, Status.OK, tuple(chain.answer), ttl=float(chain.minimum_ttl), size=reply.size
+    )
 
 
 def _is_referral(response: dns.message.Message) -> bool:

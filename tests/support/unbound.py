@@ -85,6 +85,9 @@ UNRESOLVABLE_HELO = "nohost.good.test"
 BIG_TXT_NAME = "big.good.test"
 BIG_TXT = tuple(f"{i}" + "x" * 249 for i in range(6))
 SERVFAIL_HELO = "mail.broken.test"
+#: Names with many A records: past dnswire.MAX_RECORDS (300, over TCP) and under it.
+MANY_RECORDS_NAME = "many.good.test"
+SOME_RECORDS_NAME = "some.good.test"
 
 SOA = "ns.test. hostmaster.test. 1 3600 600 86400 60"
 
@@ -149,6 +152,8 @@ LOCAL_DATA = [
     "spf-temperror.test. MX 10 mx.good.test.",
     'spf-temperror.test. TXT "v=spf1 include:spf.broken.test -all"',
     f"{BIG_TXT_NAME}. TXT " + " ".join(f'"{part}"' for part in BIG_TXT),
+    *(f"{MANY_RECORDS_NAME}. A 10.0.{i // 250}.{i % 250 + 1}" for i in range(300)),
+    *(f"{SOME_RECORDS_NAME}. A 10.1.{i // 250}.{i % 250 + 1}" for i in range(150)),
 ]
 
 #: Zones answered SERVFAIL: delegated to an address unbound will not ask.
