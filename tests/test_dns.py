@@ -8,6 +8,7 @@ patched.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import threading
 import time
@@ -341,3 +342,37 @@ def test_reverse_name_is_dnspythons(ip: ipaddress.IPv4Address | ipaddress.IPv6Ad
     assert reverse_name(ip) == expected
     with pytest.raises(ValueError, match="label"):
         normalize("a" * 64 + ".test")
+
+
+class SlowZones:
+    """A transport whose names under ``slow.test`` take ``seconds`` to fail."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        if name.endswith("slow.test"):
+            await asyncio.sleep(self.seconds)
+        return Answer(name, rdtype, Status.NXDOMAIN, ttl=0)
+
+
+def test_dnsbl_zones_keep_slots_of_their_own() -> None:
+    """Review rev48: a flood of connections whose own zones never answer held every
+    slot; a DNSBL lookup waited until the stage deadline and the listed client passed
+    as after a DNS timeout. Lookups under a reserved zone have slots of their own."""
+    resolver = Resolver(SlowZones(30), max_inflight=2)
+    resolver.reserve(["RBL.test.", "bl.example"])
+    try:
+        for i in range(4):  # both slots held, two more waiting
+            resolver.submit(f"{i}.slow.test", "PTR")
+        started = time.monotonic()
+        listed = resolver.lookup("2.0.0.127.rbl.test", "A", started + 2)
+        assert listed.status is Status.NXDOMAIN, listed
+        assert resolver.lookup("2.0.0.127.bl.example", "A", started + 2).status is Status.NXDOMAIN
+        assert time.monotonic() - started < 1
+        # Not a reserved zone (a suffix of a label is none): it waits for a slot.
+        other = resolver.lookup("x.notrbl.test", "A", time.monotonic() + 0.3)
+        assert other.status is Status.TIMEOUT
+        assert "stage deadline reached" in other.detail
+    finally:
+        resolver.close()

@@ -83,6 +83,8 @@ def build_runtime(
         metrics = previous.services.metrics if previous is not None else NullMetrics()
     if dns is None and config.dns.enabled:
         dns = make_resolver(config.dns, metrics)
+    if dns is not None:
+        dns.reserve(zone.name for zone in config.dnsbl.zones)
     counter = (
         previous.services.counter
         if previous is not None

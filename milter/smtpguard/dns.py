@@ -40,7 +40,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
@@ -223,7 +223,10 @@ class Resolver:
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         self._background: set[asyncio.Task[Answer]] = set()
         self._max_inflight = max_inflight
-        self._slots: asyncio.Semaphore | None = None
+        #: Lookups in flight at most: the others', and those under the reserved zones
+        #: (``.zone``), which have slots of their own (see reserve()).
+        self._slots: tuple[asyncio.Semaphore, asyncio.Semaphore] | None = None
+        self._reserved: tuple[str, ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -302,10 +305,24 @@ class Resolver:
             pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
         return pending
 
+    def reserve(self, zones: Iterable[str]) -> None:
+        """Give lookups under ``zones`` (the DNSBL zones) ``max_inflight`` slots of
+        their own. The other lookups' names come from clients (a PTR zone, its
+        names, a sender's domain), and a flood of connections whose zones never answer
+        could hold every slot: a DNSBL lookup then waited for one until the stage
+        deadline, and the listed client passed as after a DNS timeout (review rev48).
+        Called again on reload (the zones may change while ``[dns]`` does not)."""
+        self._reserved = tuple(f".{normalize(zone)}" for zone in zones)
+
     async def _ask(self, key: tuple[str, str]) -> Answer:
         if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max_inflight)
-        async with self._slots:
+            self._slots = (
+                asyncio.Semaphore(self._max_inflight),
+                asyncio.Semaphore(self._max_inflight),
+            )
+        others, reserved = self._slots
+        slots = reserved if self._reserved and f".{key[0]}".endswith(self._reserved) else others
+        async with slots:
             try:
                 answer = await self.transport.query(*key)
             except Exception as exc:
