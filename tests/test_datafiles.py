@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from smtpguard.config import load_config
-from smtpguard.datafiles import ConfigError, parse_toml, read_toml
+from smtpguard.datafiles import (
+    ConfigError,
+    parse_toml,
+    read_file,
+    read_toml,
+    recording,
+    replaying,
+)
 from smtpguard.scanners.rules import RuleError
 
 
@@ -70,3 +77,23 @@ def test_a_config_loads_from_bytes_read_before(tmp_path: Path) -> None:
     assert config.state.path == path.parent.resolve() / "state.sqlite"
     with pytest.raises(ConfigError, match=r"smtpguard\.toml: limits\.max_rcpt"):
         load_config(path, data=b"[limits]\nmax_rcpt = 'many'\n")
+
+
+def test_a_file_read_twice_while_recording_gives_its_first_bytes(tmp_path: Path) -> None:
+    """Review rev51: a file read twice by one load (the reply table again for a
+    domain's languages) was recorded as its second read, and the supervisor and its
+    workers built from different versions."""
+    table, other = tmp_path / "replies.toml", tmp_path / "other.toml"
+    table.write_bytes(b"one")
+    with recording() as files:
+        assert read_file(table) == b"one"
+        table.write_bytes(b"two")
+        assert read_file(table) == b"one"
+    assert files == {str(table): b"one"}
+    table.write_bytes(b"three")
+    other.write_bytes(b"x")
+    with replaying(files):
+        assert read_file(table) == b"one"
+        with pytest.raises(ConfigError, match="not among the files validated with the config"):
+            read_file(other)
+    assert read_file(table) == b"three"

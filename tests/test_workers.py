@@ -8,7 +8,9 @@ the ``worker=N`` mark of the session's summary line.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import mmap
 import multiprocessing
 import os
 import re
@@ -353,6 +355,29 @@ def test_shared_text_reaches_a_worker_forked_before_it_was_published() -> None:
     assert shared.read() == (3, b"")
 
 
+def resident_kib(region: mmap.mmap) -> int:
+    """The resident size of ``region`` (its mapping's Rss in /proc/self/smaps)."""
+    start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{start:x}-"))
+    rss = next(line for line in lines[at + 1 :] if line.startswith("Rss:"))
+    return int(rss.split()[1])
+
+
+def test_shared_text_gives_back_the_pages_past_a_shorter_text() -> None:
+    """Review rev51: a reload with a 38 MiB IP list kept 38 MiB resident in every
+    process after the list was cut to one line."""
+    shared = SharedText(64 * 1024 * 1024)
+    try:
+        shared.publish(1, b"x" * 40_000_000)
+        assert resident_kib(shared._map) > 39_000
+        shared.publish(2, b"[milter]\n")
+        assert resident_kib(shared._map) <= 8
+        assert shared.read() == (2, b"[milter]\n")
+    finally:
+        shared.close()
+
+
 def test_a_config_too_big_to_publish_refuses_the_reload(tmp_path: Path) -> None:
     path = tmp_path / "smtpguard.toml"
     path.write_bytes(b"#" * MAX_CONFIG_BYTES)
@@ -451,6 +476,39 @@ def test_a_worker_reloads_the_data_files_the_supervisor_validated(tmp_path: Path
         (applied,) = runtime.config.policy.exempt
         assert applied.networks.sources == (str(partners),)
         assert applied.networks.size == 2
+    finally:
+        supervisor.published.close()
+
+
+def test_a_link_switched_between_the_supervisor_and_a_worker_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Review rev51: a relative path was resolved at every load, so a deploy that
+    switched a link (live -> v3) after the supervisor read v2 gave a worker v3, a
+    version nobody validated."""
+    for version in ("v1", "v2", "v3"):
+        (tmp_path / version).mkdir()
+        text = (RULES / "replies.toml").read_text()
+        (tmp_path / version / "replies.toml").write_text(
+            text.replace("host denies the sender.", f"{version} text.")
+        )
+    live = tmp_path / "live"
+    live.symlink_to("v1")
+    site = make_site(tmp_path, {"replies": {"table": "live/replies.toml"}})
+    supervisor = Supervisor(load_config(site.config))
+    try:
+        live.unlink()
+        live.symlink_to("v2")
+        supervisor._reload()
+        assert supervisor.generation == 1
+        live.unlink()
+        live.symlink_to("v3")
+
+        supervisor.generation = 0  # what a worker started before the reload runs
+        runtime = supervisor._apply_published()
+        assert runtime is not None
+        reply = runtime.replies.render("host_denies_sender", utf8=False)
+        assert reply.lines[0] == "v2 text."
     finally:
         supervisor.published.close()
 

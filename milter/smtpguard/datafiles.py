@@ -8,7 +8,6 @@ the reply table without the config's dataclasses and validators (tests/test_cli_
 
 from __future__ import annotations
 
-import logging
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -17,8 +16,6 @@ from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 #: The files a load read, by absolute path, while :func:`recording` is on.
 _RECORDED: ContextVar[dict[str, bytes] | None] = ContextVar("recorded", default=None)
@@ -106,18 +103,23 @@ def read_file(path: Path) -> bytes:
     """A data file's bytes (every data file smtpguard reads goes through here).
 
     Under :func:`replaying`, the recorded bytes; a file the recorded load did not read
-    comes from the disk, with a warning (the two loads then differ in more than the
-    bytes they were given)."""
+    is a :class:`ConfigError`: read from the disk it would be a version nobody
+    validated (review rev51). Under :func:`recording`, a file read twice by one load
+    (a reply table for a domain's languages too, an IP list named twice) gives the
+    bytes of its first read both times, as a replay will."""
+    key = _key(path)
     replayed = _REPLAYED.get()
     if replayed is not None:
-        data = replayed.get(_key(path))
-        if data is not None:
-            return data
-        log.warning("%s: not among the files validated with the config, read again", path)
-    data = path.read_bytes()
+        data = replayed.get(key)
+        if data is None:
+            raise ConfigError(path, "", "not among the files validated with the config")
+        return data
     recorded = _RECORDED.get()
+    if recorded is not None and key in recorded:
+        return recorded[key]
+    data = path.read_bytes()
     if recorded is not None:
-        recorded[_key(path)] = data
+        recorded[key] = data
     return data
 
 

@@ -269,6 +269,13 @@ class SharedText:
         self._map[self._HEAD.size : self._HEAD.size + len(data)] = data
         self._sequence += 1
         struct.pack_into("=Q", self._map, 0, self._sequence)
+        # The pages past the text go back to the system, in every process that maps
+        # them: a reload with a large IP list kept its size resident for good after
+        # the list shrank (review rev51).
+        page = mmap.PAGESIZE
+        unused = -(-(self._HEAD.size + len(data)) // page) * page
+        if unused < len(self._map):
+            self._map.madvise(mmap.MADV_REMOVE, unused, len(self._map) - unused)
 
     def read(self) -> tuple[int, bytes]:
         """The generation and text published last (generation 0: nothing yet)."""
