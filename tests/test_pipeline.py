@@ -1145,3 +1145,26 @@ class BodyTempError:
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         return TempError("database_temp_error", "backend down")
+
+
+class AskedDeferral:
+    """A deferral asked for (rspamd's soft reject, on_size_limit): nothing failed."""
+
+    name: ClassVar[str] = "asked"
+    stage: ClassVar[Stage] = Stage.MAIL
+    reply_ids: ClassVar[tuple[str, ...]] = ("database_temp_error",)
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        return TempError("database_temp_error", "later, please", firm=True, fault=False)
+
+
+def test_a_deferral_asked_for_is_no_backend_error(tmp_path: Path) -> None:
+    """Review rev51: every rspamd soft reject counted as a backend error and tripped
+    SmtpguardBackendErrors on a healthy service."""
+    driver, metrics = metered_driver(tmp_path)
+    driver.rt.pipeline.add_check(AskedDeferral(), CheckSettings(on_temp_error="pass"), first=True)
+    decision = driver.mail("<friend@sender.example>", ())
+    assert decision.action is Action.TEMPFAIL
+    assert decision.reply is not None
+    assert decision.reply.reply_id == "database_temp_error"
+    assert metrics.named("backend_error") == []

@@ -144,6 +144,24 @@ def test_command_hook(tmp_path: Path) -> None:
         assert "exit status 1 without a 'NAME FOUND' line on stdout" in service.log()
 
 
+def test_a_hook_naming_a_virus_the_old_way_is_deferred_where_outages_pass(
+    tmp_path: Path,
+) -> None:
+    """Review rev51: a hook printing a bare name with exit 1 (before 64bc7ca, a virus)
+    became a scanner error, which on_temp_error = "pass" accepted."""
+    hook = tmp_path / "scan.sh"
+    hook.write_text('#!/bin/sh\ncat >/dev/null\necho "Eicar-Test-Signature"\nexit 1\n')
+    hook.chmod(0o755)
+    extra = {
+        "virus": {"backend": "command", "command": [str(hook)], "timeout": 10},
+        "checks": {"virus": {"on_temp_error": "pass"}},
+    }
+    with running(make_site(tmp_path / "site", extra)) as service:
+        final, _ = deliver(service, "some text\r\n")
+        assert_reply(final, "internal_error")
+        assert "without a 'NAME FOUND' line on stdout" in service.log()
+
+
 @pytest.mark.parametrize(("choice", "expected"), [("pass", None), ("tempfail", "internal_error")])
 def test_a_message_over_max_bytes(
     clamd: Clamd, tmp_path: Path, choice: str, expected: str | None

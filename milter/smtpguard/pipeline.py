@@ -649,7 +649,8 @@ class Pipeline:
         if isinstance(verdict, TempError):
             # Counted where the verdict is made, not again where a deferred or held one
             # is answered.
-            self.metrics.backend_error(check)
+            if verdict.fault:
+                self.metrics.backend_error(check)
             if settings.on_temp_error == "pass" and not verdict.firm:
                 # Enforcing lets it pass: nothing to report either.
                 note("pass")

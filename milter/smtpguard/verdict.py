@@ -39,6 +39,9 @@ class TempError:
     reply_id: str
     detail: str = ""
     firm: bool = False
+    #: Whether something failed (counted in ``smtpguard_backend_errors_total``); not
+    #: for a deferral asked for (rspamd's soft reject, ``on_size_limit``).
+    fault: bool = True
 
 
 Verdict = Hit | TempError

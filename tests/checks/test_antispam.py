@@ -171,7 +171,12 @@ def test_engine_action_reject(
             "soft reject",
             True,
             1.0,
-            TempError("database_temp_error", "rspamd action soft reject; score 3.0", firm=True),
+            TempError(
+                "database_temp_error",
+                "rspamd action soft reject; score 3.0",
+                firm=True,
+                fault=False,
+            ),
         ),
         (
             "soft reject",

@@ -70,11 +70,18 @@ def test_the_message_streams_to_the_scanner_as_it_arrives(
             {},
             TempError("internal_error", "scanner failed: connection refused"),
         ),
+        (
+            ScanResult(ScanStatus.ERROR, detail="hook: exit status 1", suspect=True),
+            {},
+            TempError("internal_error", "scanner failed: hook: exit status 1", firm=True),
+        ),
         (ScanResult(ScanStatus.SIZE_LIMIT, detail="over max_bytes"), {}, None),
         (
             ScanResult(ScanStatus.SIZE_LIMIT, detail="over max_bytes"),
             {"on_size_limit": "tempfail"},
-            TempError("internal_error", "too large to scan: over max_bytes", firm=True),
+            TempError(
+                "internal_error", "too large to scan: over max_bytes", firm=True, fault=False
+            ),
         ),
     ],
 )

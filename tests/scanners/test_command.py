@@ -63,6 +63,7 @@ def test_exit_1_naming_nothing_is_an_error_not_a_virus(tmp_path: Path, stdout: s
     program = f"sys.stdin.buffer.read(); print({stdout!r}, end=''); raise OSError('no db')"
     result = run_command(script(tmp_path, program), MESSAGE, timeout=10)
     assert result.status is ScanStatus.ERROR
+    assert result.suspect  # exit 1 may still mean a virus: never passed
     assert "exit status 1 without a 'NAME FOUND' line on stdout" in result.detail
     assert "no db" in result.detail
 
@@ -71,6 +72,7 @@ def test_other_exit_status_is_an_error_with_stderr_in_the_detail(tmp_path: Path)
     argv = script(tmp_path, "sys.stderr.write('database missing\\n'); sys.exit(2)")
     result = run_command(argv, MESSAGE, timeout=10)
     assert result.status is ScanStatus.ERROR
+    assert not result.suspect
     assert "exit status 2" in result.detail
     assert "database missing" in result.detail
 

@@ -154,7 +154,7 @@ class AntiSpam:
         if deferred:
             # rspamd asks for the message later (review rev49: it was accepted). Not
             # an engine fault: on_temp_error = "pass" must not turn it into an accept.
-            return TempError("database_temp_error", deferred, firm=True)
+            return TempError("database_temp_error", deferred, firm=True, fault=False)
         if engine_error:
             return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
         return None

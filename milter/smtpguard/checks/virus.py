@@ -83,7 +83,12 @@ class VirusScan:
                 return None
             # The operator's choice for what is no fault: deferred also where
             # [checks.virus] on_temp_error = "pass" lets a scanner outage through.
-            return TempError("internal_error", f"too large to scan: {result.detail}", firm=True)
+            return TempError(
+                "internal_error", f"too large to scan: {result.detail}", firm=True, fault=False
+            )
         if result.status is ScanStatus.ERROR:
-            return TempError("internal_error", f"scanner failed: {result.detail}")
+            # suspect: the hook's status for "infected" without a name; may be a virus.
+            return TempError(
+                "internal_error", f"scanner failed: {result.detail}", firm=result.suspect
+            )
         return None

@@ -78,6 +78,9 @@ class ScanResult:
     detail: str = ""
     #: Octets handed to the scanner.
     scanned: int = 0
+    #: An ERROR that may stand for an infection: the command hook's exit status for
+    #: "infected" without a name (its crash looks the same). Deferred, never passed.
+    suspect: bool = False
 
     @property
     def infected(self) -> bool:

@@ -12,7 +12,8 @@ exit status             result
                         (``clamdscan``'s ``stream: NAME FOUND``) names it
 1 without one           ERROR: a program that failed (Python's uncaught
                         exception, ``set -e``) exits 1 too, and may have
-                        printed anything before
+                        printed anything before; ``suspect``: deferred even
+                        where ``on_temp_error = "pass"``, as it may be a virus
 anything else           ERROR (``detail`` carries the status and the start of
                         standard error)
 killed by a signal      ERROR
@@ -111,6 +112,9 @@ def run_command(
             ScanStatus.ERROR,
             detail=f"{argv[0]}: {what}" + (f": {stderr}" if stderr else ""),
             scanned=size,
+            # A hook that says "infected" the old way (a bare name) must not have its
+            # mail passed where scanner outages pass (review rev51).
+            suspect=status == 1,
         )
 
 
