@@ -420,6 +420,58 @@ def test_next_server_answers_when_the_first_hangs_over_tcp(unbound: DnsServer) -
     assert took < 1.5
 
 
+@contextmanager
+def questionless_nameserver(host: str) -> Iterator[int]:
+    """FORMERR without a question to a query with EDNS, REFUSED without one to a plain
+    query: a header alone, as servers that cannot read the question answer."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((host, 0))
+    udp.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = udp.recvfrom(4096)
+            except OSError:
+                continue
+            qid, _flags, _qd, _an, _ns, arcount = struct.unpack_from("!6H", data)
+            rcode = dns.rcode.FORMERR if arcount else dns.rcode.REFUSED
+            udp.sendto(struct.pack("!6H", qid, 0x8000 | rcode, 0, 0, 0, 0), peer)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield udp.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        udp.close()
+
+
+def test_an_error_without_a_question_is_taken() -> None:
+    """Review rev48: a FORMERR or REFUSED that echoes no question was waited out as no
+    answer (a timeout for every lookup), and EDNS was never dropped for such a server."""
+    q = Question.make(dns.name.from_text("a.example"), dns.rdatatype.A, True)
+    for rcode in (dns.rcode.FORMERR, dns.rcode.REFUSED):
+        reply = read_reply(struct.pack("!6H", q.qid, 0x8000 | rcode, 0, 0, 0, 0), q)
+        assert reply is not None
+        assert reply.rcode == rcode
+    # Not for an answer: NOERROR and NXDOMAIN must echo the question.
+    assert read_reply(struct.pack("!6H", q.qid, 0x8000, 0, 0, 0, 0), q) is None
+    with questionless_nameserver("127.0.0.4") as port:
+        r = Resolver(UdpTransport(["127.0.0.4"], port, 2.0))
+        try:
+            started = time.monotonic()
+            answer = r.lookup("a.example", "A", time.monotonic() + 5)
+        finally:
+            r.close()
+    assert answer.status is Status.SERVFAIL
+    assert "answered FORMERR to EDNS" in answer.detail
+    assert "answered REFUSED" in answer.detail
+    assert time.monotonic() - started < 1
+
+
 @pytest.mark.integration
 def test_many_concurrent_lookups_share_few_sockets(real: Resolver, unbound: DnsServer) -> None:
     futures = [real.submit(f"{i}.0.0.127.rbl.test", "A") for i in range(300)]

@@ -69,6 +69,9 @@ def reference(data: bytes, q: Question) -> Reply | None:
         return None
     if message.id != q.qid or message.opcode() != dns.opcode.QUERY:
         return None
+    errors = (dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP, dns.rcode.REFUSED)
+    if not message.question and message.rcode() in errors:
+        return Reply(message.rcode())  # an error need not echo the question
     if len(message.question) != 1:
         return None
     asked = message.question[0]

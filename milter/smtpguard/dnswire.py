@@ -85,6 +85,10 @@ _HEADER = struct.Struct("!6H")
 _QTAIL = struct.Struct("!HH")
 _RR = struct.Struct("!HHIH")
 _EDNS_PAYLOAD = 1232
+#: Error RCODEs taken from a reply that echoes no question.
+_QUESTIONLESS = frozenset(
+    (dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.NOTIMP, dns.rcode.REFUSED)
+)
 #: Records an answer may hold (in all its sections) to be read at all. A milter's
 #: lookups want a few (the largest real sets are TXT records of big domains, a few
 #: dozen); more is what a client's own reverse zone or a sender's domain can serve to
@@ -127,6 +131,12 @@ def read_reply(data: bytes, question: Question) -> Reply | None:
         return None
     if message.id != question.qid or message.opcode() != dns.opcode.QUERY:
         return None
+    if not message.question and message.rcode() in _QUESTIONLESS:
+        # A server that cannot read the question may not echo it (RFC 1035 §4.1.2 does
+        # not require it for errors; dnspython accepts it): waiting for another reply
+        # timed out every lookup, and a FORMERR to EDNS was never asked again plainly
+        # (review rev48).
+        return Reply(message.rcode(), size=len(data))
     if len(message.question) != 1:
         return None
     asked = message.question[0]

@@ -316,8 +316,23 @@ def test_at_most_ten_ptr_names_are_followed(
 ) -> None:
     names = [f"n{i}.sender.test" for i in range(12)]
     host(fake, IP, *names, forward=dict.fromkeys(names, "198.51.100.99"))
-    decide(smtpport(tmp_path, resolver))
+    # Review rev48: none of the first ten resolves back, but the two not looked up
+    # might (resolvers rotate the order): no refusal for that.
+    assert decide(smtpport(tmp_path, resolver)) is None
     assert sum(rdtype == "A" for _, rdtype in fake.calls) == 10
+    # Ten names or fewer, none resolving back: refused as ever.
+    host(fake, "198.51.100.8", *names[:10], forward=dict.fromkeys(names, "198.51.100.99"))
+    verdict = decide(smtpport(tmp_path, resolver), ip="198.51.100.8")
+    assert isinstance(verdict, Hit)
+    assert "does not resolve back" in verdict.detail
+
+
+def test_a_ptr_to_the_root_is_no_ptr(tmp_path: Path, resolver: Resolver, fake: FakeDns) -> None:
+    """Review rev48: it was logged as "PTR  does not resolve back", an empty name."""
+    fake.add(PTR, "PTR", ".")
+    verdict = decide(smtpport(tmp_path, resolver))
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.startswith("no_ptr: no PTR for 198.51.100.7")
 
 
 def test_trusted_clients_are_not_looked_up(

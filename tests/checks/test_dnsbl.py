@@ -90,6 +90,19 @@ def test_listed_client_hit_carries_the_txt_reason(rbl: Rbl, fake: FakeDns) -> No
     assert "spam source, see https://rbl.test/" in verdict.detail
 
 
+def test_a_long_txt_reason_is_cut_for_the_log(rbl: Rbl, fake: FakeDns) -> None:
+    """Review rev48: a 64 KB TXT record made a log line of 64 KB."""
+    fake.add(f"{NAME}.rbl.test", "A", "127.0.0.2")
+    fake.add(f"{NAME}.rbl.test", "TXT", *(f'"{c * 250}"' for c in "abcdefgh"))
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    rbl.prefetch(conn)
+    verdict = rbl(conn, soon())
+    assert isinstance(verdict, Hit)
+    reason = verdict.detail.split(": ", 1)[1]
+    assert len(reason) == 303
+    assert reason.endswith("a" * 250 + " " + "b" * 49 + "...")
+
+
 def test_not_listed_passes_and_asks_every_zone_of_its_kind_once(rbl: Rbl, fake: FakeDns) -> None:
     conn = make_conn(sender="a@sender.test", ip=CLIENT)
     rbl.prefetch(conn)

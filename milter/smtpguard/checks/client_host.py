@@ -79,6 +79,8 @@ class ReverseDns:
     confirmed: tuple[str, ...] = ()
     #: Names whose forward lookup failed temporarily.
     unknown: tuple[str, ...] = ()
+    #: PTR names past :data:`MAX_PTR_NAMES`, not looked up.
+    unchecked: int = 0
 
     @property
     def temporary(self) -> bool:
@@ -90,12 +92,20 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
     ptr = await resolver.query(reverse_name(ip), "PTR")
     if not ptr.ok:
         return ReverseDns(ptr)
-    names = ptr.names()[:MAX_PTR_NAMES]
+    names, unchecked = _ptr_names(ptr)
     rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
     forward = await asyncio.gather(*(resolver.query(n, rdtype) for n in names))
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
     unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
-    return ReverseDns(ptr, names, confirmed, unknown)
+    return ReverseDns(ptr, names, confirmed, unknown, unchecked)
+
+
+def _ptr_names(ptr: Answer) -> tuple[tuple[str, ...], int]:
+    """The PTR names to look up (at most :data:`MAX_PTR_NAMES`) and how many more
+    there are. A PTR to the root name is no name (it was logged as "PTR  does not
+    resolve back", review rev48)."""
+    names = tuple(name for name in ptr.names() if name)
+    return names[:MAX_PTR_NAMES], max(len(names) - MAX_PTR_NAMES, 0)
 
 
 def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
@@ -109,7 +119,7 @@ def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
         return None
     if not ptr.ok:
         return ReverseDns(ptr)
-    names = ptr.names()[:MAX_PTR_NAMES]
+    names, unchecked = _ptr_names(ptr)
     rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
     forward = []
     for name in names:
@@ -119,7 +129,7 @@ def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
         forward.append(answer)
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
     unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
-    return ReverseDns(ptr, names, confirmed, unknown)
+    return ReverseDns(ptr, names, confirmed, unknown, unchecked)
 
 
 #: Second-level labels under which country-code registries hand out domains
@@ -286,7 +296,11 @@ class SmtpPort:
                         f"PTR {', '.join(rdns.names)} of {ip}: forward lookup failed",
                     )
                 detail = f"PTR {', '.join(rdns.names)} does not resolve back to {ip} (FCrDNS)"
-                hit = self._reason(conn, "fcrdns", config.fcrdns, detail)
+                # Names left unchecked may hold the one that does (resolvers rotate
+                # their order): no refusal on the first ten alone (review rev48).
+                hit = (
+                    None if rdns.unchecked else self._reason(conn, "fcrdns", config.fcrdns, detail)
+                )
                 if hit is not None:
                     return hit
             else:

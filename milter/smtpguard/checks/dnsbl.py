@@ -68,6 +68,8 @@ from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
 log = logging.getLogger("smtpguard")
+#: Characters of a listing's TXT reason kept for the log.
+_REASON_MAX = 300
 
 _LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 #: Seconds between two log lines about the same ignored answer of the same zone.
@@ -246,6 +248,9 @@ class _Dnsbl:
         assert self.dns is not None
         txt = self.dns.lookup(name, "TXT", event.deadline)
         reason = " ".join(txt.texts()) if txt.ok else f"no TXT: {txt.describe()}"
+        if len(reason) > _REASON_MAX:
+            # The zone's text, for the log: a 64 KB TXT made a log line of 64 KB (rev48).
+            reason = reason[:_REASON_MAX] + "..."
         return f"{conn.client_ip} listed in {zone.name} as {','.join(listed)}: {reason}"
 
     def _log_ignored(self, conn: Connection, zone: DnsblZone, item: str) -> None:
