@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import random
 import shutil
+import signal
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -1476,3 +1478,33 @@ def test_idn_addresses_imported_by_an_older_version(db_path: Path) -> None:
     login = directory.login("jürgen@xn--bcher-kva.example")
     assert login is not None
     assert login.login == "juergen"
+
+
+def test_the_journal_of_an_interrupted_import_is_rolled_back(
+    directory: SqliteDirectory, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev50: an import killed midway left a hot journal, which the lookups'
+    read-only connections cannot roll back: every local recipient was deferred
+    ("attempt to write a readonly database") until someone ran a CLI command."""
+    before = directory.recipient("alice@example.com")
+    assert before == Recipient(Kind.USER)
+    directory.close()
+    pid = os.fork()
+    if pid == 0:  # an import killed after its writes reached the file
+        db = sqlite3.connect(db_path)
+        db.execute("PRAGMA cache_size=5")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM users")
+        for i in range(20_000):
+            db.execute(
+                "INSERT INTO users (address, login, state) VALUES (?, ?, 'active')",
+                (f"u{i}@example.com", f"u{i}"),
+            )
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert db_path.with_name(db_path.name + "-journal").exists()
+    fresh = SqliteDirectory(db_path, timeout=0.5)
+    with caplog.at_level(logging.WARNING, "smtpguard"):
+        assert fresh.recipient("alice@example.com") == before
+    assert "rolled back the journal of an interrupted write" in caplog.text
+    assert fresh.recipient("u5@example.com") == Recipient(Kind.NONE)

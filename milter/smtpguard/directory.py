@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import sqlite3
 import tomllib
@@ -34,6 +35,8 @@ from smtpguard.address import (
     strip_extension,
 )
 from smtpguard.sqlitedb import WatchedFile
+
+log = logging.getLogger("smtpguard")
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
 LIST_POLICIES = ("open", "members", "posters", "domain")
@@ -154,7 +157,38 @@ class SqliteDirectory(WatchedFile):
         try:
             return self._shared.query(sql, args)
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":
+                raise DirectoryError(f"{self.path}: {exc}") from None
+            if not self._roll_back(exc):
+                raise DirectoryError(
+                    f"{self.path}: {exc} (the journal of an interrupted write is left:"
+                    " any smtpguard directory command run as a user who may write the"
+                    " file rolls it back)"
+                ) from None
+        try:
+            return self._shared.query(sql, args)
+        except sqlite3.Error as exc:
             raise DirectoryError(f"{self.path}: {exc}") from None
+
+    def _roll_back(self, exc: sqlite3.Error) -> bool:
+        """Roll back the hot journal an interrupted write left (an import killed
+        midway): lookups open the file read-only, which SQLite cannot do then, and
+        every local recipient was deferred until someone ran a CLI command (review
+        rev50). A connection that may write rolls it back at its first read."""
+        try:
+            with closing(self._connect_existing("rw")) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except sqlite3.Error as failed:
+            log.error(
+                "%s: %s, and this process cannot roll back the journal an interrupted"
+                " write left (%s)",
+                self.path,
+                exc,
+                failed,
+            )
+            return False
+        log.warning("%s: rolled back the journal of an interrupted write", self.path)
+        return True
 
     # Every address is looked up in the form _address stores: canonical, lower-cased;
     # and in the form an older version stored (U-labels, _stored_forms).
