@@ -394,7 +394,7 @@ def test_help_url_template_is_validated(tmp_path: Path, url: str, message: str) 
         ("[state]\nredis_url = 'redis://127.0.0.1:0/0'\n", "state.redis_url", "1 to 65535"),
         ("[state]\nredis_url = 'redis://127.0.0.1:6379/x'\n", "state.redis_url", "database"),
         ("[state]\nredis_url = 'http://127.0.0.1/'\n", "state.redis_url", "expected redis://"),
-        ("[state]\nredis_url = 'redis://h?timeout=1'\n", "state.redis_url", "only db=N"),
+        ("[state]\nredis_url = 'redis://h?timeout=1'\n", "state.redis_url", "accepted: db=N"),
         ("[virus]\nclamd_socket = 'inet:127.0.0.1:0'\n", "virus.clamd_socket", "1 to 65535"),
         ("[virus]\nclamd_socket = 'inet:127.0.0.1:²'\n", "virus.clamd_socket", "1 to 65535"),
         ("[virus]\nclamd_socket = 'unix:clamd.ctl'\n", "virus.clamd_socket", "absolute"),

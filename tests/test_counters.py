@@ -331,6 +331,21 @@ def test_redis_hits_stamped_a_window_ahead_are_dropped(fresh_redis: RedisServer)
 
 
 @pytest.mark.integration
+def test_a_tls_redis_with_a_private_ca_and_client_certificates(tmp_path: Path) -> None:
+    """Review rev50: rediss:// could name no CA file and no client certificate, so a
+    TLS Redis (which asks clients for one by default) refused every connection."""
+    server = start_redis(tmp_path / "redis", tls=True)
+    try:
+        counter = counter_on(server)
+        assert [counter.hit(KEY, 3000) for _ in range(3)] == [1, 2, 3]
+        plain = server.url.split("?")[0]  # no CA named: the certificate is not trusted
+        with pytest.raises(CounterError, match="certificate verify failed"):
+            RedisCounter(redis_client(plain), 60, TWO_PERCENT).hit(KEY, 3000)
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
 def test_script_is_reloaded_after_script_flush(fresh_redis: RedisServer) -> None:
     counter = counter_on(fresh_redis)
     counter.hit(KEY, 3000)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -150,9 +151,12 @@ class RedisUrl:
 def parse_redis_url(url: str) -> RedisUrl:
     """``redis://HOST[:PORT][/DB]``, ``rediss://...`` or ``unix:///PATH[?db=N]``.
 
-    User name and password (``redis://user:secret@host``) are allowed; the only query
-    parameter is ``db`` (redis-py would let a query override smtpguard's own timeouts,
-    and pass any other name to the connection, which fails at the first command).
+    User name and password (``redis://user:secret@host``) are allowed; the query
+    parameters are ``db`` and, for ``rediss://``, redis-py's TLS settings
+    :data:`TLS_PARAMETERS` (a private CA, a client certificate: review rev50 found a
+    TLS Redis with either impossible to reach). Nothing else: redis-py would let a
+    query override smtpguard's own timeouts, and pass any other name to the
+    connection, which fails at the first command.
     """
     scheme = url.partition("://")[0]
     if scheme not in ("redis", "rediss", "unix") or "://" not in url:
@@ -166,7 +170,7 @@ def parse_redis_url(url: str) -> RedisUrl:
         raise EndpointError(f"{what} ({exc})") from None
     if parts.fragment:
         raise EndpointError("a Redis URL has no #fragment")
-    query_db = _query_db(parts.query)
+    query_db = _query_db(parts.query, tls=scheme == "rediss")
     path = unquote(parts.path)
     if scheme == "unix":
         if parts.hostname or port is not None:
@@ -203,14 +207,31 @@ def parse_redis_url(url: str) -> RedisUrl:
     return out
 
 
-def _query_db(query: str) -> str:
+#: The query parameters of a ``rediss://`` URL besides ``db``: files, and how strictly
+#: the server's certificate is checked.
+TLS_PARAMETERS: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+_CERT_REQS: Final = ("none", "optional", "required")
+
+
+def _query_db(query: str, *, tls: bool) -> str:
+    """The ``db`` of the query ("" if none), its TLS parameters checked."""
     values = parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(values) - {"db"})
+    allowed = {"db", *TLS_PARAMETERS} if tls else {"db"}
+    unknown = sorted(set(values) - allowed)
     if unknown:
-        raise EndpointError(f"unknown query parameter {unknown[0]!r}; only db=N is accepted")
+        accepted = "db=N, " + ", ".join(TLS_PARAMETERS) if tls else "db=N (TLS settings: rediss://)"
+        raise EndpointError(f"unknown query parameter {unknown[0]!r}; accepted: {accepted}")
+    for name, given in values.items():
+        if len(given) > 1:
+            raise EndpointError(f"{name} is given more than once")
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if name in values and not Path(values[name][0]).is_file():
+            raise EndpointError(f"{name}: {values[name][0]}: no such file")
+    if values.get("ssl_cert_reqs", ["required"])[0] not in _CERT_REQS:
+        raise EndpointError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}")
+    if "ssl_keyfile" in values and "ssl_certfile" not in values:
+        raise EndpointError("ssl_keyfile needs ssl_certfile")
     db = values.get("db", [])
-    if len(db) > 1:
-        raise EndpointError("db is given more than once")
     return db[0] if db else ""
 
 

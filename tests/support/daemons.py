@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -169,9 +170,18 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     startup: float = 0.0
+    #: TLS only, client certificates required (Redis's own default with TLS): the
+    #: certificate in ``dir`` is the CA, the server's and the client's.
+    tls: bool = False
 
     @property
     def url(self) -> str:
+        if self.tls:
+            cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+            return (
+                f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={cert}"
+                f"&ssl_certfile={cert}&ssl_keyfile={key}"
+            )
         return f"redis://127.0.0.1:{self.port}/0"
 
     def kill(self) -> None:
@@ -184,28 +194,41 @@ class RedisServer:
     def restart(self) -> None:
         """Start again on the same port (after :meth:`kill` or :meth:`stop`)."""
         self.stop()
-        fresh = start_redis(self.dir, port=self.port)
+        fresh = start_redis(self.dir, port=self.port, tls=self.tls)
         self.process, self.startup = fresh.process, fresh.startup
 
 
-def _redis_ready(port: int) -> bool:
+def _redis_ready(port: int, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as plain:
+            s = tls.wrap_socket(plain, server_hostname="127.0.0.1") if tls else plain
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
         return False
 
 
-def start_redis(dir: Path, *, port: int | None = None) -> RedisServer:
+def start_redis(dir: Path, *, port: int | None = None, tls: bool = False) -> RedisServer:
     dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = dir / "redis.log"
+    listen = ["--port", str(port)]
+    context = None
+    if tls:
+        cert, key = dir / "cert.pem", dir / "key.pem"
+        if not cert.exists():
+            new_key = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+            subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+            files = ["-keyout", str(key), "-out", str(cert)]
+            subprocess.run(["openssl", *new_key, *subject, *files], capture_output=True, check=True)
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert)]
+        listen += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)]
+        context = ssl.create_default_context(cafile=str(cert))
+        context.load_cert_chain(str(cert), str(key))
     process = subprocess.Popen(
         [
             _program("redis-server", "redis-server"),
-            "--port",
-            str(port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -220,8 +243,8 @@ def start_redis(dir: Path, *, port: int | None = None) -> RedisServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    startup = wait_until(lambda: _redis_ready(port), process, "redis-server", log)
-    return RedisServer(dir, port, process, startup)
+    startup = wait_until(lambda: _redis_ready(port, context), process, "redis-server", log)
+    return RedisServer(dir, port, process, startup, tls)
 
 
 # --- rspamd ----------------------------------------------------------------------------
