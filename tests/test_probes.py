@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from smtpguard.app import load
 from smtpguard.config import Config
@@ -242,6 +243,28 @@ def test_reachable_backends_pass(tmp_path: Path, unbound: DnsServer, rspamd: Rsp
         redis.stop()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{site.config.resolve()}: OK"
+
+
+def test_a_redis_that_answers_ping_but_refuses_writes(tmp_path: Path) -> None:
+    """Review rev50: a read-only replica (or a Redis out of memory) passed check-config
+    and then answered 450 to every message."""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        client = redis.Redis.from_url(redis_server.url)
+        client.config_set("replica-read-only", "yes")
+        client.replicaof("127.0.0.1", "1")  # a master that never answers: read-only now
+        client.close()
+        site = make_site(
+            tmp_path / "site", {"state": {"backend": "redis", "redis_url": redis_server.url}}
+        )
+        result = smtpguard(site, "check-config", check=False)
+    finally:
+        redis_server.stop()
+    assert result.returncode == 1
+    assert (
+        "state.redis_url: Redis answers PING but refuses a write: You can't write against"
+        " a read only replica." in result.stderr
+    )
 
 
 # --- files, as the service user -----------------------------------------------------

@@ -308,7 +308,7 @@ def backend_problems(config: Config) -> list[ConfigError]:
     if config.antispam.engine == "rspamd":
         found += _rspamd(config.antispam.engine_socket, config.antispam.engine_timeout)
     if config.state.backend == "redis":
-        found += _redis(config.state.redis_url, config.state.timeout)
+        found += _redis(config.state.redis_url, config.state.timeout, config.state.redis_prefix)
     if config.dns.enabled:
         found += _nameservers(config)
     return [ConfigError(config.file, key, message) for key, message in found]
@@ -350,13 +350,19 @@ def _rspamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
     return []
 
 
-def _redis(url: str, timeout: float) -> list[Problem]:
+def _redis(url: str, timeout: float, prefix: str) -> list[Problem]:
     client = redis_client(url, timeout=timeout)
     try:
         client.ping()
     except redis.RedisError as exc:
         # Not the URL: it may carry a password. redis-py's text names host and port.
         return [("state.redis_url", f"Redis does not answer PING: {exc}")]
+    try:
+        # Counting writes: a read-only replica or a Redis out of memory answers PING
+        # and then fails every message (review rev50).
+        client.set(f"{prefix}:check-config", "1", px=10_000)
+    except redis.RedisError as exc:
+        return [("state.redis_url", f"Redis answers PING but refuses a write: {exc}")]
     finally:
         client.close()
     return []
