@@ -44,6 +44,9 @@ def test_exit_0_is_clean_and_the_message_arrives_on_stdin(tmp_path: Path) -> Non
         ("Eicar-Test-Signature FOUND\n", "Eicar-Test-Signature"),
         ("stream: Win.Test.EICAR_HDB-1 FOUND\n\nsummary\n", "Win.Test.EICAR_HDB-1"),
         ("scanning\n  \n/tmp/x: Trojan.Generic FOUND  \nTwo FOUND\n", "Trojan.Generic"),
+        # A location with spaces (review rev51), a name with a colon (Defender's form).
+        ("/tmp/my mail.eml: Win.Test.EICAR_HDB-1 FOUND\n", "Win.Test.EICAR_HDB-1"),
+        ("stream: Trojan:Win32/Wacatac.B!ml FOUND\r\n", "Trojan:Win32/Wacatac.B!ml"),
     ],
 )
 def test_exit_1_is_infected_with_the_first_found_line_as_name(

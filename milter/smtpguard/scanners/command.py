@@ -53,7 +53,7 @@ from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
 __all__ = ["CommandScan", "run_command"]
 
 _OUTPUT_MAX: Final = 4096
-_FOUND: Final = re.compile(r"^(?:\S*:\s+)?(?P<name>.+?)\s+FOUND$")
+_FOUND: Final = re.compile(r"^(?:.*:\s+)?(?P<name>.+?)\s+FOUND$")
 
 
 def run_command(
