@@ -766,6 +766,19 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
     )
 
 
+def test_a_name_excluded_before_it_is_listed_is_not_accepted(tmp_path: Path) -> None:
+    """Review rev51: "!x.example, x.example" (the first match decides: Postfix refuses
+    x.example) was reported as a domain Postfix accepts and smtpguard refuses."""
+    result = make_plan(
+        config(tmp_path),
+        relay_domains="!x.example, x.example, y.example, !y.example",
+        parent_domain_matches_subdomains="",
+    )
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    assert problem.startswith("Postfix accepts mail for y.example (relay_domains), which")
+    assert "x.example" not in problem
+
+
 def test_a_web_of_list_files_is_read_once_per_file(tmp_path: Path) -> None:
     """Review rev46: ten files that each list all ten took 42 s (every path through the
     web was read); Postfix itself runs out of descriptors on such a cycle."""

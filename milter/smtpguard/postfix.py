@@ -1307,7 +1307,16 @@ class _Planner:
         (regexp:, SQL, LDAP) is a note, once."""
         if name not in self._domain_lists:
             items = self._domain_items(split_list(self.now[name]), name, set(), ())
-            domains = (item.lower().rstrip(".") for item in items)
+            # The first match decides (match_list(3)): a name excluded before it is
+            # written is not accepted (review rev51 called it accepted).
+            excluded: set[str] = set()
+            domains = []
+            for item in items:
+                domain = item.lower().removeprefix("!").rstrip(".")
+                if item.startswith("!"):
+                    excluded.add(domain)
+                elif domain not in excluded:
+                    domains.append(domain)
             self._domain_lists[name] = [d for d in domains if d and "$" not in d]
         return self._domain_lists[name]
 
@@ -1320,7 +1329,11 @@ class _Planner:
         out: list[str] = []
         for item in items:
             if item.startswith("!"):
-                continue  # an exclusion: Postfix takes no mail for it
+                # An exclusion, kept in its place for _listed_domains (a name only: an
+                # excluded file or table is not read).
+                if ":" not in item and "/" not in item:
+                    out.append(item)
+                continue
             if item.startswith("/"):
                 if item in including and not any(
                     n.startswith(f"{name}: ") and "includes itself" in n for n in self.unresolved
