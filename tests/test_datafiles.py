@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from smtpguard.datafiles import (
     replaying,
 )
 from smtpguard.scanners.rules import RuleError
+from support.service import ROOT
 
 
 def test_reads_utf8_toml(tmp_path: Path) -> None:
@@ -97,3 +99,20 @@ def test_a_file_read_twice_while_recording_gives_its_first_bytes(tmp_path: Path)
         with pytest.raises(ConfigError, match="not among the files validated with the config"):
             read_file(other)
     assert read_file(table) == b"three"
+
+
+def test_a_relative_path_through_a_link_is_read_as_the_kernel_reads_it(tmp_path: Path) -> None:
+    """Review rev53: "lib/../data/x" was normalized as text to "data/x" beside the
+    config, where the kernel takes ".." from the link's target (and resolve() did)."""
+    (tmp_path / "opt" / "app" / "lib").mkdir(parents=True)
+    (tmp_path / "opt" / "app" / "data").mkdir()
+    shutil.copy(ROOT / "rules" / "replies.toml", tmp_path / "opt" / "app" / "data")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "lib").symlink_to(tmp_path / "opt" / "app" / "lib")
+    config = tmp_path / "etc" / "smtpguard.toml"
+    config.write_text("[replies]\ntable = 'lib/../data/replies.toml'\n", encoding="utf-8")
+    table = load_config(config).replies.table
+    assert str(table) == f"{tmp_path}/etc/lib/../data/replies.toml"
+    with recording() as files:
+        assert read_file(table) == (ROOT / "rules" / "replies.toml").read_bytes()
+    assert list(files) == [str(table)]

@@ -193,11 +193,13 @@ class _Section:
         if not raw:
             raise self.error(name, "must not be empty")
         p = Path(raw)
-        # Made absolute, not resolved: a link in the path is followed when the file is
-        # read, not here. Resolved, it was followed at every load, so a deploy that
-        # switched a link between the supervisor's load and a worker's gave them
-        # different files (review rev51); a reload records the files under this path.
-        return p if p.is_absolute() else Path(os.path.normpath(self.file.parent / p))
+        # Made absolute, neither resolved nor normalized: a link in the path is
+        # followed when the file is read, not here. Resolved, it was followed at every
+        # load, so a deploy that switched a link between the supervisor's load and a
+        # worker's gave them different files (review rev51); normalized, "lib/.." was
+        # removed as text, where the kernel takes ".." from the link's target (rev53).
+        # A reload records the files under this path.
+        return p if p.is_absolute() else self.file.parent / p
 
     def data_file(self, name: str, default: str) -> Path:
         """:meth:`path` for a file that must exist (the reply table, a pattern file):

@@ -217,6 +217,10 @@ LOCK_LONGEST_PAUSE: Final = 0.002
 #: This process's id, kept up to date over forks: asking the kernel (os.getpid) at
 #: every hit would be a system call per message.
 _pid = os.getpid()
+#: Random, new in every process: what makes a Redis member this process's. Not the
+#: pid: a worker started later may get an ended one's, and within the window their
+#: members would be the same (review rev53).
+_token = os.urandom(6).hex()
 
 
 class _Superseded(CounterError):
@@ -224,8 +228,9 @@ class _Superseded(CounterError):
 
 
 def _forked() -> None:
-    global _pid  # noqa: PLW0603 - the process-wide id, reset once per fork
+    global _pid, _token  # noqa: PLW0603 - the process-wide ids, reset once per fork
     _pid = os.getpid()
+    _token = os.urandom(6).hex()
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -707,9 +712,10 @@ class RedisCounter:
         self.max_per_bucket = max_per_bucket
         self._script = client.register_script(_LUA)
         # Members must be unique across hosts, processes and calls; the score carries
-        # the time. The pid too: workers forked from one supervisor share this counter
-        # object, node and sequence included, and the same member added twice counts
-        # once (review rev50: a sender got twice the threshold with two workers).
+        # the time. A token per process too: workers forked from one supervisor share
+        # this counter object, node and sequence included, and the same member added
+        # twice counts once (review rev50: a sender got twice the threshold with two
+        # workers).
         self._node = os.urandom(6).hex()
         self._seq = itertools.count()
 
@@ -730,7 +736,7 @@ class RedisCounter:
         self.client.connection_pool.disconnect(inuse_connections=False)
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
-        member = f"{self._node}:{_pid}:{next(self._seq)}"
+        member = f"{self._node}:{_token}:{next(self._seq)}"
         args: list[str | int] = [
             int(self.window * 1_000_000),
             member,

@@ -90,7 +90,9 @@ def replaying(files: Mapping[str, bytes]) -> Iterator[None]:
 
 
 def _key(path: Path) -> str:
-    return os.path.abspath(path)
+    # Absolute, "..", kept: os.path.abspath would remove "lib/.." as text, and two
+    # spellings the kernel reads as different files would share one recording.
+    return os.path.join(os.getcwd(), path)
 
 
 def exists(path: Path) -> bool:
