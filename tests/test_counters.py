@@ -341,6 +341,12 @@ def test_a_tls_redis_with_a_private_ca_and_client_certificates(tmp_path: Path) -
         plain = server.url.split("?")[0]  # no CA named: the certificate is not trusted
         with pytest.raises(CounterError, match="certificate verify failed"):
             RedisCounter(redis_client(plain), 60, TWO_PERCENT).hit(KEY, 3000)
+        # A name the certificate does not carry: refused unless the check is turned off.
+        by_name = server.url.replace("127.0.0.1", "localhost")
+        with pytest.raises(CounterError, match=r"[Hh]ostname mismatch"):
+            RedisCounter(redis_client(by_name), 60, TWO_PERCENT).hit(KEY, 3000)
+        lenient = RedisCounter(redis_client(f"{by_name}&ssl_check_hostname=false"), 60, TWO_PERCENT)
+        assert lenient.hit(KEY, 3000) == 4
     finally:
         server.stop()
 

@@ -139,6 +139,8 @@ def test_parse_redis_url(url: str, expected: RedisUrl) -> None:
         ("rediss://127.0.0.1?ssl_ca_certs=/nonexistent/ca.pem", "ssl_ca_certs: /nonexistent"),
         ("rediss://127.0.0.1?ssl_cert_reqs=maybe", "must be one of none, optional, required"),
         ("rediss://127.0.0.1?ssl_keyfile=/etc/hostname", "ssl_keyfile needs ssl_certfile"),
+        ("rediss://127.0.0.1?ssl_ca_certs=ca.pem", "ssl_ca_certs: ca.pem: give an absolute path"),
+        ("rediss://127.0.0.1?ssl_check_hostname=no", "ssl_check_hostname must be true or false"),
         ("redis://127.0.0.1/0#x", "fragment"),
         ("redis:///0", "host is missing"),
         ("redis://:secret@/0", "host is missing"),

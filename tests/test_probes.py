@@ -267,6 +267,33 @@ def test_a_redis_that_answers_ping_but_refuses_writes(tmp_path: Path) -> None:
     )
 
 
+def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> None:
+    """Review rev53: the probe's SET failed for a least-privilege ACL user that the
+    service works with; one without the counters' ZADD is named as such."""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        client = redis.Redis.from_url(redis_server.url)
+        counting = "+ping +zadd +pexpire +zcard +zremrangebyscore +zremrangebyrank +evalsha"
+        client.acl_setuser(
+            "svc", enabled=True, passwords=["+pw"], keys=["*"], commands=counting.split()
+        )
+        client.acl_setuser(
+            "ro", enabled=True, passwords=["+pw"], keys=["*"], commands=["+ping", "+get"]
+        )
+        client.close()
+        results = {}
+        for user in ("svc", "ro"):
+            url = f"redis://{user}:pw@127.0.0.1:{redis_server.port}/0"
+            site = make_site(tmp_path / user, {"state": {"backend": "redis", "redis_url": url}})
+            results[user] = smtpguard(site, "check-config", check=False)
+    finally:
+        redis_server.stop()
+    assert results["svc"].returncode == 0, results["svc"].stderr
+    assert results["ro"].returncode == 1
+    assert "the Redis user may not run a command the counters use" in results["ro"].stderr
+    assert ":pw@" not in results["ro"].stderr
+
+
 # --- files, as the service user -----------------------------------------------------
 
 

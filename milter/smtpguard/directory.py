@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import sqlite3
+import time
 import tomllib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,9 @@ from smtpguard.address import (
 from smtpguard.sqlitedb import WatchedFile
 
 log = logging.getLogger("smtpguard")
+
+#: Seconds between two tries to roll back a hot journal this process could not.
+ROLL_BACK_RETRY = 30
 
 USER_STATES = ("active", "locked", "suspended", "moving", "overquota")
 LIST_POLICIES = ("open", "members", "posters", "domain")
@@ -149,6 +153,8 @@ class SqliteDirectory(WatchedFile):
         """``pool``: :class:`WatchedFile`'s keywords (``cache_ttl``, ``clock``)."""
         super().__init__(path, timeout, **pool)
         self.delimiters = recipient_delimiter
+        #: When a failed roll-back of a hot journal may be tried (and logged) again.
+        self._next_roll_back = 0.0
 
     def _open(self) -> sqlite3.Connection:
         return self._connect_existing("ro")
@@ -163,7 +169,7 @@ class SqliteDirectory(WatchedFile):
                 raise DirectoryError(
                     f"{self.path}: {exc} (the journal of an interrupted write is left:"
                     " any smtpguard directory command run as a user who may write the"
-                    " file rolls it back)"
+                    " file and its directory rolls it back)"
                 ) from None
         try:
             return self._shared.query(sql, args)
@@ -174,17 +180,25 @@ class SqliteDirectory(WatchedFile):
         """Roll back the hot journal an interrupted write left (an import killed
         midway): lookups open the file read-only, which SQLite cannot do then, and
         every local recipient was deferred until someone ran a CLI command (review
-        rev50). A connection that may write rolls it back at its first read."""
+        rev50). A connection that may write rolls it back at its first read. After a
+        failure, tried (and logged) again only every :data:`ROLL_BACK_RETRY` seconds:
+        not a connection and an error line per recipient (rev53)."""
+        now = time.monotonic()
+        if now < self._next_roll_back:
+            return False
         try:
             with closing(self._connect_existing("rw")) as db:
                 db.execute("SELECT count(*) FROM sqlite_master").fetchall()
         except sqlite3.Error as failed:
+            self._next_roll_back = now + ROLL_BACK_RETRY
             log.error(
                 "%s: %s, and this process cannot roll back the journal an interrupted"
-                " write left (%s)",
+                " write left (%s: it must be able to write the file and its directory);"
+                " lookups fail until it is rolled back, tried again in %d s",
                 self.path,
                 exc,
                 failed,
+                ROLL_BACK_RETRY,
             )
             return False
         log.warning("%s: rolled back the journal of an interrupted write", self.path)

@@ -209,7 +209,13 @@ def parse_redis_url(url: str) -> RedisUrl:
 
 #: The query parameters of a ``rediss://`` URL besides ``db``: files, and how strictly
 #: the server's certificate is checked.
-TLS_PARAMETERS: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+TLS_PARAMETERS: Final = (
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
 _CERT_REQS: Final = ("none", "optional", "required")
 
 
@@ -225,10 +231,19 @@ def _query_db(query: str, *, tls: bool) -> str:
         if len(given) > 1:
             raise EndpointError(f"{name} is given more than once")
     for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-        if name in values and not Path(values[name][0]).is_file():
-            raise EndpointError(f"{name}: {values[name][0]}: no such file")
+        if name not in values:
+            continue
+        path = Path(values[name][0])
+        if not path.is_absolute():
+            # Read from the service's working directory ("/" under systemd), not the
+            # config's like every other path (review rev53): refused.
+            raise EndpointError(f"{name}: {path}: give an absolute path")
+        if not path.is_file():
+            raise EndpointError(f"{name}: {path}: no such file")
     if values.get("ssl_cert_reqs", ["required"])[0] not in _CERT_REQS:
         raise EndpointError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}")
+    if values.get("ssl_check_hostname", ["true"])[0] not in ("true", "false"):
+        raise EndpointError("ssl_check_hostname must be true or false")
     if "ssl_keyfile" in values and "ssl_certfile" not in values:
         raise EndpointError("ssl_keyfile needs ssl_certfile")
     db = values.get("db", [])

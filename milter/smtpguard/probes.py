@@ -359,8 +359,16 @@ def _redis(url: str, timeout: float, prefix: str) -> list[Problem]:
         return [("state.redis_url", f"Redis does not answer PING: {exc}")]
     try:
         # Counting writes: a read-only replica or a Redis out of memory answers PING
-        # and then fails every message (review rev50).
-        client.set(f"{prefix}:check-config", "1", px=10_000)
+        # and then fails every message (review rev50). With the commands the counter
+        # uses (ZADD, PEXPIRE), which a least-privilege ACL user has (rev53: SET was
+        # refused to such a user, a false problem).
+        key = f"{prefix}:size:check-config"
+        client.zadd(key, {"probe": 0})
+        client.pexpire(key, 10_000)
+    except redis.exceptions.NoPermissionError as exc:
+        return [
+            ("state.redis_url", f"the Redis user may not run a command the counters use: {exc}")
+        ]
     except redis.RedisError as exc:
         return [("state.redis_url", f"Redis answers PING but refuses a write: {exc}")]
     finally:

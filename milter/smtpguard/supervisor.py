@@ -275,7 +275,9 @@ class SharedText:
         page = mmap.PAGESIZE
         unused = -(-(self._HEAD.size + len(data)) // page) * page
         if unused < len(self._map):
-            self._map.madvise(mmap.MADV_REMOVE, unused, len(self._map) - unused)
+            # Memory only: a kernel that refuses must not fail the reload.
+            with contextlib.suppress(OSError):
+                self._map.madvise(mmap.MADV_REMOVE, unused, len(self._map) - unused)
 
     def read(self) -> tuple[int, bytes]:
         """The generation and text published last (generation 0: nothing yet)."""
