@@ -28,6 +28,7 @@ import pytest
 
 from smtpguard.dns import Answer, Resolver, Status, cache_weight
 from smtpguard.dnswire import (
+    MAX_LABELS,
     MAX_RECORDS,
     Question,
     UdpTransport,
@@ -286,7 +287,51 @@ def test_an_answer_of_too_many_records_is_a_failure_unread(real: Resolver) -> No
     assert some.status is Status.OK
     assert len(some.addresses()) == 150
     assert some.size > 1232  # read over TCP
-    assert cache_weight(some) == 1 + 150 // 4 + some.size // 2048
+    assert some.labels == 150 * 3  # the owner's, through a pointer to the question
+    assert cache_weight(some) == 1 + 150 // 4 + some.size // 2048 + some.labels // 45
+
+
+def test_an_answer_of_too_many_labels_is_a_failure_unread() -> None:
+    """Review rev52: 200 PTR names of 126 labels compress into 3 KB, within every
+    limit, and cost half a second of the resolver thread to parse."""
+    q = Question.make(dns.name.from_text("7.100.51.198.in-addr.arpa"), dns.rdatatype.PTR, True)
+    response = dns.message.make_response(q.message())
+    tail = ".".join("x" * 120)
+    rrset = response.find_rrset(
+        response.answer, q.qname, dns.rdataclass.IN, dns.rdatatype.PTR, create=True
+    )
+    for i in range(20):
+        rrset.add(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.PTR, f"n{i}.{tail}."), 60)
+    data = response.to_wire()
+    assert len(data) < 1232
+    started = time.process_time()
+    reply = read_reply(data, q)
+    assert time.process_time() - started < 0.05
+    assert reply is not None
+    assert reply.message is None  # never parsed
+    assert reply.labels == 20 * (121 + 6)
+    answer = to_answer("7.100.51.198.in-addr.arpa", "PTR", reply)
+    assert answer is not None
+    assert answer.status is Status.SERVFAIL
+    assert answer.detail == (  # 20 and EDNS's OPT record, whose owner is the root
+        f"answer of 21 records whose names have 2540 labels, more than {MAX_LABELS}: not read"
+    )
+    # Half of it is read, and weighs by its labels in the cache.
+    half = dns.message.make_response(q.message())
+    kept_rrset = half.find_rrset(
+        half.answer, q.qname, dns.rdataclass.IN, dns.rdatatype.PTR, create=True
+    )
+    for i in range(10):
+        kept_rrset.add(
+            dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.PTR, f"n{i}.{tail}."), 60
+        )
+    fine = read_reply(half.to_wire(), q)
+    assert fine is not None
+    assert fine.labels == 10 * (121 + 6)
+    kept = to_answer("7.100.51.198.in-addr.arpa", "PTR", fine)
+    assert kept is not None
+    assert kept.ok
+    assert cache_weight(kept) == 1 + 10 // 4 + kept.size // 2048 + 1270 // 45
 
 
 def test_heavy_answers_take_more_of_the_cache() -> None:

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from smtpguard.dns import Answer, Status
 from smtpguard.dnswire import (
+    MAX_LABELS,
     MAX_RECORDS,
     Question,
     Reply,
@@ -110,7 +111,8 @@ def check(data: bytes, q: Question) -> Reply | None:
         # Not parsed: a failure, never an answer, whatever dnspython would read.
         qid, flags, qdcount, *counts = struct.unpack_from("!6H", data)
         assert (qid, flags & (QR | TC), qdcount) == (q.qid, QR, 1)
-        assert sum(counts) == ours.oversized > MAX_RECORDS
+        assert sum(counts) == ours.oversized
+        assert ours.oversized > MAX_RECORDS or ours.labels > MAX_LABELS
         assert data[12 : 12 + len(q.wire)] == q.wire
         assert outcome(ours, q).status is Status.SERVFAIL  # type: ignore[union-attr]
         return fast

@@ -83,8 +83,6 @@ def build_runtime(
         metrics = previous.services.metrics if previous is not None else NullMetrics()
     if dns is None and config.dns.enabled:
         dns = make_resolver(config.dns, metrics)
-    if dns is not None:
-        dns.reserve(zone.name for zone in config.dnsbl.zones)
     counter = (
         previous.services.counter
         if previous is not None
@@ -101,7 +99,12 @@ def build_runtime(
         counter=counter,
         metrics=metrics,
     )
-    return Runtime(config, replies, services, Pipeline(services, replies))
+    pipeline = Pipeline(services, replies)
+    if dns is not None:
+        # Once the build can no longer fail: a kept resolver serves the running runtime
+        # too, whose zones a refused reload must leave reserved (review rev52).
+        dns.reserve(zone.name for zone in config.dnsbl.zones)
+    return Runtime(config, replies, services, pipeline)
 
 
 def retire(old: Runtime, new: Runtime) -> None:

@@ -103,9 +103,11 @@ class Answer:
     rdata: tuple[dns.rdata.Rdata, ...] = ()
     ttl: float = 0.0
     detail: str = ""
-    #: Octets of the answer on the wire, when read from it (the cache weighs by it);
-    #: no part of what the answer says.
+    #: Octets of the answer on the wire, and the labels of its names (pointers
+    #: followed), when read from it: the cache weighs by them; no part of what the
+    #: answer says.
     size: int = field(default=0, compare=False)
+    labels: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, name: str, rdtype: str, *values: str, ttl: float = 300.0) -> Answer:
@@ -540,10 +542,12 @@ Pending: TypeAlias = concurrent.futures.Future[_T] | Completed[_T]
 
 def cache_weight(answer: Answer) -> int:
     """An answer's share of ``dns.cache_size``: 1 for the usual few records, more for
-    many records or a long one (about one per 2 KiB of memory), so that a cache full
-    of a hostile zone's largest answers stays tens of megabytes, not gigabytes
-    (review rev48: 1.7 MB per entry of 3000 PTR names, 72 KiB per 62 KB TXT)."""
-    return 1 + len(answer.rdata) // 4 + answer.size // 2048
+    many records, many octets or many labels (about one per 2 KiB of memory: a parsed
+    label is about 45 octets), so that a cache full of a hostile zone's largest
+    answers stays tens of megabytes, not gigabytes (review rev48: 1.7 MB per entry of
+    3000 PTR names, 72 KiB per 62 KB TXT; rev52: 745 KiB for 200 names of 85 labels
+    compressed into a few kilobytes)."""
+    return 1 + len(answer.rdata) // 4 + answer.size // 2048 + answer.labels // 45
 
 
 def make_resolver(config: DnsConfig, metrics: Metrics | None = None) -> Resolver:

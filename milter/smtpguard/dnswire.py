@@ -19,7 +19,7 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import dns.asyncquery
 import dns.entropy
@@ -77,8 +77,12 @@ class Reply:
     message: dns.message.QueryMessage | None = None
     #: Octets of the message on the wire (the cache weighs answers by it).
     size: int = 0
-    #: Records in the message, when more than :data:`MAX_RECORDS` (it was not parsed).
+    #: Records in the message, when it was too large to parse (more than
+    #: :data:`MAX_RECORDS`, or names of more than :data:`MAX_LABELS` labels in all).
     oversized: int = 0
+    #: Labels of every name in the records, compression pointers followed (the memory
+    #: and CPU its parsed names take grow with them; 0: not counted).
+    labels: int = 0
 
 
 _HEADER = struct.Struct("!6H")
@@ -95,6 +99,11 @@ _QUESTIONLESS = frozenset(
 #: cost every session megabytes of cache and a second of CPU (review rev48: 3000 PTR
 #: names in one TCP answer). Such an answer is a SERVFAIL.
 MAX_RECORDS = 200
+#: Labels an answer's names may have in all, compression pointers followed, to be read:
+#: 200 PTR records of one 126-label name fit in 3 KB on the wire, and dnspython spends
+#: half a second of the resolver's one thread on them (review rev52; 150 A records of a
+#: 3-label owner are 450). Such an answer is a SERVFAIL too.
+MAX_LABELS = 2000
 _QR, _OPCODE, _TC = 0x8000, 0x7800, 0x0200
 
 
@@ -104,20 +113,10 @@ def read_reply(data: bytes, question: Question) -> Reply | None:
     fast = read_negative(data, question)
     if fast is not None:
         return fast
-    if len(data) >= 12:
-        qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
-        records = ancount + nscount + arcount
-        if (
-            records > MAX_RECORDS
-            and qid == question.qid
-            and flags & (_QR | _OPCODE | _TC) == _QR
-            and qdcount == 1
-            and data[12 : 12 + len(question.wire)] == question.wire
-            # Room for every record counted (11 octets at least: a pointer or the root
-            # for the owner, type, class, TTL and length): a header alone is no answer.
-            and len(data) >= 12 + len(question.wire) + 11 * records
-        ):
-            return Reply(flags & 0xF, size=len(data), oversized=records)
+    screened = _screen(data, question)
+    if not isinstance(screened, int):
+        return screened
+    labels = screened
     try:
         message = dns.message.from_wire(data)
     except dns.exception.DNSException:
@@ -146,7 +145,37 @@ def read_reply(data: bytes, question: Question) -> Reply | None:
         dns.rdataclass.IN,
     ):
         return None
-    return Reply(message.rcode(), bool(message.flags & _TC), message=message, size=len(data))
+    return Reply(
+        message.rcode(), bool(message.flags & _TC), message=message, size=len(data), labels=labels
+    )
+
+
+def _screen(data: bytes, question: Question) -> Reply | int | None:
+    """Before a full parse: the oversized failure (a Reply), None for a message too
+    large to parse that is not ours, else the labels of its names (0: not counted)."""
+    if len(data) < 12:
+        return 0
+    qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
+    records = ancount + nscount + arcount
+    ours = (
+        qid == question.qid
+        and flags & (_QR | _OPCODE | _TC) == _QR
+        and qdcount == 1
+        and data[12 : 12 + len(question.wire)] == question.wire
+    )
+    if records > MAX_RECORDS:
+        # Never parsed, ours or not (rev52: another question's took 2.3 s). Ours needs
+        # room for every record counted (11 octets at least: a pointer or the root for
+        # the owner, type, class, TTL and length).
+        if ours and len(data) >= 12 + len(question.wire) + 11 * records:
+            return Reply(flags & 0xF, size=len(data), oversized=records)
+        return None
+    if not ours:
+        return 0
+    labels = label_load(data, 12 + len(question.wire), records) or 0
+    if labels > MAX_LABELS:
+        return Reply(flags & 0xF, size=len(data), oversized=records, labels=labels)
+    return labels
 
 
 def read_negative(data: bytes, question: Question) -> Reply | None:
@@ -221,16 +250,69 @@ def _name_end(data: bytes, offset: int, limit: int) -> int | None:
     which must end before ``limit``; None where dnspython would refuse it: a reserved
     label type, a pointer that does not point before the part of the name read so far,
     more than 16 pointers, a name over 255 octets."""
+    span = _name_span(data, offset, limit)
+    return None if span is None else span[0]
+
+
+#: Record types whose data hold names, and where (SOA: two in a row).
+_RDATA_NAMES: Final = {
+    dns.rdatatype.PTR: 0,
+    dns.rdatatype.CNAME: 0,
+    dns.rdatatype.NS: 0,
+    dns.rdatatype.DNAME: 0,
+    dns.rdatatype.MX: 2,
+    dns.rdatatype.SRV: 6,
+    dns.rdatatype.SOA: 0,
+}
+
+
+def label_load(data: bytes, offset: int, records: int) -> int | None:
+    """The labels of the names of the ``records`` records from ``offset`` on (owners
+    and the names in their data), compression pointers followed; None where the
+    records cannot be walked (dnspython then decides what the message is)."""
+    total = 0
+    end = len(data)
+    for _ in range(records):
+        span = _name_span(data, offset, end)
+        if span is None or span[0] + 10 > end:
+            return None
+        offset, labels = span
+        total += labels
+        rdtype, _rdclass, _ttl, rdlength = _RR.unpack_from(data, offset)
+        offset += 10
+        rdata_end = offset + rdlength
+        if rdata_end > end:
+            return None
+        at = _RDATA_NAMES.get(rdtype)
+        if at is not None:
+            span = _name_span(data, offset + at, rdata_end)
+            if span is None:
+                return None
+            total += span[1]
+            if rdtype == dns.rdatatype.SOA:
+                span = _name_span(data, span[0], rdata_end)
+                if span is None:
+                    return None
+                total += span[1]
+        offset = rdata_end
+    return total
+
+
+def _name_span(data: bytes, offset: int, limit: int) -> tuple[int, int] | None:
+    """:func:`_name_end`, and the name's labels (pointers followed)."""
     after = None
     segment = lowest = offset
-    length = hops = 0
+    length = hops = labels = 0
     while offset < limit:
         count = data[offset]
         if count == 0:
-            return (offset + 1 if after is None else after) if length < 255 else None
+            if length >= 255:
+                return None
+            return (offset + 1 if after is None else after), labels
         if count < 64:
             offset += 1 + count
             length += 1 + count
+            labels += 1
             if offset > limit:
                 return None
         elif count >= 0xC0:
@@ -478,7 +560,13 @@ def _expire(future: asyncio.Future[Reply]) -> None:
 def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
     """The answer in a NOERROR or NXDOMAIN reply; None for other RCODEs."""
     if reply.oversized:
-        detail = f"answer of {reply.oversized} records, more than {MAX_RECORDS}: not read"
+        if reply.labels:
+            detail = (
+                f"answer of {reply.oversized} records whose names have {reply.labels}"
+                f" labels, more than {MAX_LABELS}: not read"
+            )
+        else:
+            detail = f"answer of {reply.oversized} records, more than {MAX_RECORDS}: not read"
         return Answer(name, rdtype, Status.SERVFAIL, detail=detail)
     response = reply.message
     if reply.rcode == dns.rcode.NXDOMAIN:
@@ -501,7 +589,13 @@ def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
             )
         return Answer(name, rdtype, Status.NODATA, ttl=negative_ttl(response))
     return Answer(
-        name, rdtype, Status.OK, tuple(chain.answer), ttl=float(chain.minimum_ttl), size=reply.size
+        name,
+        rdtype,
+        Status.OK,
+        tuple(chain.answer),
+        ttl=float(chain.minimum_ttl),
+        size=reply.size,
+        labels=reply.labels,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -17,9 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpguard.checks import Event
-from smtpguard.checks.client_host import HeloDns, SmtpPort, embeds_ip, generic_match
+from smtpguard.checks.client_host import (
+    FORWARD_IN_FLIGHT,
+    HeloDns,
+    SmtpPort,
+    embeds_ip,
+    generic_match,
+    reverse_dns,
+)
 from smtpguard.config import ConfigError, GenericPatterns, load_config
-from smtpguard.dns import Resolver, Status
+from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services
@@ -433,3 +441,34 @@ def test_helo_of_trusted_client_is_not_looked_up(
 ) -> None:
     assert helo_decide(helo_check(tmp_path, resolver), "x.test", trusted_network=True) is None
     assert fake.calls == []
+
+
+class CountingForward:
+    """A transport: the PTR of IP names ten hosts, each forward lookup takes 50 ms;
+    ``most`` is the largest number of forward lookups seen in flight at once."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        if rdtype == "PTR":
+            return Answer.of(name, "PTR", *(f"n{i}.sender.test." for i in range(10)))
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.05)
+        self.now -= 1
+        return Answer.of(name, rdtype, "198.51.100.99")
+
+
+def test_forward_lookups_of_one_client_are_two_at_a_time() -> None:
+    """Review rev52: ten at once per connection let a flood of clients whose names
+    never answer hold the resolver's slots, and other sessions' SPF lookups timed out."""
+    transport = CountingForward()
+    resolver = Resolver(transport)
+    try:
+        rdns = resolver.spawn(reverse_dns(resolver, ipaddress.ip_address(IP))).result(5)
+    finally:
+        resolver.close()
+    assert len(rdns.names) == 10
+    assert rdns.confirmed == ()
+    assert transport.most == FORWARD_IN_FLIGHT == 2

@@ -64,6 +64,8 @@ log = logging.getLogger("smtpguard")
 
 #: RFC 7208 §4.6.4: at most 10 PTR names are looked up; the same bound here.
 MAX_PTR_NAMES = 10
+#: Forward lookups of one client's PTR names in flight at once.
+FORWARD_IN_FLIGHT = 2
 #: ``conn.scratch`` key of the client's reverse DNS (a Pending[ReverseDns]), shared with
 #: the exemptions that match forward-confirmed host names (smtpguard.policy).
 RDNS_KEY = "smtpport.rdns"
@@ -94,7 +96,16 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
         return ReverseDns(ptr)
     names, unchecked = _ptr_names(ptr)
     rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
-    forward = await asyncio.gather(*(resolver.query(n, rdtype) for n in names))
+    # Two at a time: ten at once per connection let a flood of clients whose names
+    # never resolve hold the resolver's slots, and the sender's SPF and MX lookups of
+    # other sessions waited past their deadline (review rev52).
+    slots = asyncio.Semaphore(FORWARD_IN_FLIGHT)
+
+    async def forward_lookup(name: str) -> Answer:
+        async with slots:
+            return await resolver.query(name, rdtype)
+
+    forward = await asyncio.gather(*(forward_lookup(n) for n in names))
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
     unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
     return ReverseDns(ptr, names, confirmed, unknown, unchecked)
