@@ -36,7 +36,7 @@ import redis
 
 import smtpguard
 from smtpguard.config import Config, ConfigError
-from smtpguard.counters import redis_client
+from smtpguard.counters import CounterError, RedisCounter, SizeBuckets, redis_client
 from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
@@ -356,21 +356,20 @@ def _redis(url: str, timeout: float, prefix: str) -> list[Problem]:
         client.ping()
     except redis.RedisError as exc:
         # Not the URL: it may carry a password. redis-py's text names host and port.
+        client.close()
         return [("state.redis_url", f"Redis does not answer PING: {exc}")]
+    # One hit of the real counter on a key of its own, expiring in 10 s: the script,
+    # its commands and a write, as the service makes them (review rev50: a read-only
+    # replica passed PING; rev53: SET, which the service never sends, failed for a
+    # least-privilege user; rev54: a user without the script's commands passed).
+    counter = RedisCounter(client, 10.0, SizeBuckets(0.02), prefix=f"{prefix}:check-config")
     try:
-        # Counting writes: a read-only replica or a Redis out of memory answers PING
-        # and then fails every message (review rev50). With the commands the counter
-        # uses (ZADD, PEXPIRE), which a least-privilege ACL user has (rev53: SET was
-        # refused to such a user, a false problem).
-        key = f"{prefix}:size:check-config"
-        client.zadd(key, {"probe": 0})
-        client.pexpire(key, 10_000)
-    except redis.exceptions.NoPermissionError as exc:
-        return [
-            ("state.redis_url", f"the Redis user may not run a command the counters use: {exc}")
-        ]
-    except redis.RedisError as exc:
-        return [("state.redis_url", f"Redis answers PING but refuses a write: {exc}")]
+        counter.hit("check-config", 1)
+    except CounterError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, redis.exceptions.NoPermissionError):
+            return [("state.redis_url", f"the Redis user may not do what the counters do: {cause}")]
+        return [("state.redis_url", f"Redis answers PING but the counters fail: {cause or exc}")]
     finally:
         client.close()
     return []
