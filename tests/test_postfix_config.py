@@ -777,6 +777,18 @@ def test_a_name_excluded_before_it_is_listed_is_not_accepted(tmp_path: Path) -> 
     (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
     assert problem.startswith("Postfix accepts mail for y.example (relay_domains), which")
     assert "x.example" not in problem
+    # Review rev54: an excluded file excludes its names; "!t.example." excludes nothing
+    # Postfix looks up, so t.example is accepted.
+    excluded = tmp_path / "excluded.list"
+    excluded.write_text("f.example\n")
+    more = make_plan(
+        config(tmp_path),
+        relay_domains=f"!{excluded}, f.example, !t.example., t.example",
+        parent_domain_matches_subdomains="",
+    )
+    (problem,) = [p for p in more.unresolved if p.startswith("Postfix accepts mail for")]
+    assert problem.startswith("Postfix accepts mail for t.example (relay_domains), which")
+    assert "f.example" not in problem
 
 
 def test_a_web_of_list_files_is_read_once_per_file(tmp_path: Path) -> None:

@@ -1312,10 +1312,13 @@ class _Planner:
             excluded: set[str] = set()
             domains = []
             for item in items:
-                domain = item.lower().removeprefix("!").rstrip(".")
                 if item.startswith("!"):
-                    excluded.add(domain)
-                elif domain not in excluded:
+                    # As written: "!t.example." excludes nothing Postfix looks up
+                    # (review rev54: it hid t.example, which Postfix accepts).
+                    excluded.add(item[1:].lower())
+                    continue
+                domain = item.lower().rstrip(".")
+                if domain not in excluded:
                     domains.append(domain)
             self._domain_lists[name] = [d for d in domains if d and "$" not in d]
         return self._domain_lists[name]
@@ -1329,9 +1332,13 @@ class _Planner:
         out: list[str] = []
         for item in items:
             if item.startswith("!"):
-                # An exclusion, kept in its place for _listed_domains (a name only: an
-                # excluded file or table is not read).
-                if ":" not in item and "/" not in item:
+                # An exclusion, kept in its place for _listed_domains; an excluded file
+                # or table excludes every name in it (review rev54: they were dropped).
+                inner = item[1:]
+                if inner.startswith("/") or ":" in inner:
+                    found = self._domain_items([inner], name, read, including)
+                    out += [f"!{d}" for d in found if not d.startswith("!")]
+                else:
                     out.append(item)
                 continue
             if item.startswith("/"):
