@@ -7,8 +7,11 @@ tests/test_dnswire_fuzz.py compares the reader with dnspython on generated messa
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +43,7 @@ from smtpguard.dnswire import (
     to_answer,
 )
 from support.fake_dns import FakeDns, fake_resolver
+from support.service import ROOT
 from support.unbound import (
     BIG_TXT,
     BIG_TXT_NAME,
@@ -377,6 +381,84 @@ def test_the_label_budget_holds_for_every_way_round_it() -> None:
     assert time.process_time() - started < 0.05
     assert cut is not None
     assert cut.truncated
+
+
+def test_replies_no_budget_counted_are_refused_or_counted() -> None:
+    """Review rev55: 10,870 questions in one datagram (1.2 s of dnspython), records
+    of class CH (whose A holds a name), strings of AVC records and 16,000 SVCB
+    parameters were parsed uncounted."""
+    q = Question.make(dns.name.from_text("a.example"), dns.rdatatype.A, False)
+    head = struct.pack("!6H", q.qid, 0x8180, 2, 0, 0, 0)
+    assert read_reply(head + q.wire + q.wire, q) is None  # two questions
+    ch = hostile_reply(q, "A", ["192.0.2.1"])
+    ch.answer[0].rdclass = dns.rdataclass.CH
+    ch_wire = ch.to_wire()
+    assert read_reply(ch_wire, q) is None
+    avc = Question.make(dns.name.from_text("a.example"), dns.rdatatype.AVC, False)
+    strings = (
+        struct.pack("!6H", avc.qid, 0x8180, 1, 1, 0, 0)
+        + avc.wire
+        + struct.pack("!HHHIH", 0xC00C, dns.rdatatype.AVC, 1, 60, 65_000)
+        + bytes(65_000)
+    )
+    svcb = Question.make(dns.name.from_text("a.example"), dns.rdatatype.SVCB, False)
+    params = b"".join(struct.pack("!HH", 100 + i, 0) for i in range(16_000))
+    many_params = (
+        struct.pack("!6H", svcb.qid, 0x8180, 1, 1, 0, 0)
+        + svcb.wire
+        + struct.pack("!HHHIH", 0xC00C, dns.rdatatype.SVCB, 1, 60, 3 + len(params))
+        + b"\x00\x01\x00"  # priority 1, target the root
+        + params
+    )
+    for question, data in ((avc, strings), (svcb, many_params)):
+        started = time.process_time()
+        reply = read_reply(data, question)
+        assert time.process_time() - started < 0.05
+        assert reply is not None
+        assert reply.labels > MAX_LABELS
+
+
+def test_tc_over_tcp_asks_for_nothing_more() -> None:
+    """Review rev55: an answer read over TCP with TC set was taken for the signal to
+    ask again over TCP, and its records were dropped (NODATA for a listing)."""
+    q = Question.make(dns.name.from_text("2.0.0.127.rbl.test"), dns.rdatatype.A, True)
+    response = hostile_reply(q, "A", ["127.0.0.2"])
+    response.flags |= dns.flags.TC
+    data = response.to_wire()
+    udp = read_reply(data, q)
+    assert udp is not None
+    assert udp.truncated
+    tcp = read_reply(data, q, tcp=True)
+    assert tcp is not None
+    answer = to_answer("2.0.0.127.rbl.test", "A", tcp)
+    assert answer is not None
+    assert [str(a) for a in answer.addresses()] == ["127.0.0.2"]
+
+
+def test_a_class_any_record_does_not_poison_later_answers() -> None:
+    """Review rev55: once dnspython had read an AAAA of class ANY (a spoofed reply),
+    it read every later AAAA as generic data, and addresses() raised."""
+    code = (
+        "import struct, dns.message\n"
+        "import smtpguard.dnswire\n"
+        "query = dns.message.make_query('a.example', 'AAAA').to_wire()\n"
+        "def reply(rdclass):\n"
+        "    head = query[:2] + struct.pack('!5H', 0x8180, 1, 1, 0, 0)\n"
+        "    rr = struct.pack('!HHHIH', 0xC00C, 28, rdclass, 60, 16)\n"
+        "    return head + query[12:] + rr + bytes.fromhex('20010db8' + '0' * 22 + '25')\n"
+        "dns.message.from_wire(reply(255))\n"
+        "m = dns.message.from_wire(reply(1))\n"
+        "print(next(iter(m.answer[0])).address)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "milter")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2001:db8::25"
 
 
 def test_an_ipv6_reverse_answer_of_many_names_is_read() -> None:
