@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-import dns.asyncquery
 import dns.entropy
 import dns.exception
 import dns.flags
@@ -268,31 +267,32 @@ def _name_end(data: bytes, offset: int, limit: int) -> int | None:
     return None if span is None else span[0]
 
 
-#: Record types whose data hold names dnspython reads (its rdtypes' from_wire): where
-#: the first is, how many follow it, and whether only in class IN (else generic data).
-_RDATA_NAMES: Final[dict[int, tuple[int, int, bool]]] = {
-    dns.rdatatype.NS: (0, 1, False),
-    dns.rdatatype.CNAME: (0, 1, False),
-    dns.rdatatype.PTR: (0, 1, False),
-    dns.rdatatype.DNAME: (0, 1, False),
-    dns.rdatatype.NSEC: (0, 1, False),
-    dns.rdatatype.TKEY: (0, 1, False),
-    dns.rdatatype.TSIG: (0, 1, False),
-    dns.rdatatype.SOA: (0, 2, False),
-    dns.rdatatype.RP: (0, 2, False),
-    dns.rdatatype.MX: (2, 1, False),
-    dns.rdatatype.AFSDB: (2, 1, False),
-    dns.rdatatype.RT: (2, 1, False),
-    dns.rdatatype.LP: (2, 1, False),
-    dns.rdatatype.DSYNC: (5, 1, False),
-    dns.rdatatype.RRSIG: (18, 1, False),
-    dns.rdatatype.SIG: (18, 1, False),
-    dns.rdatatype.NSAP_PTR: (0, 1, True),
-    dns.rdatatype.KX: (2, 1, True),
-    dns.rdatatype.PX: (2, 2, True),
-    dns.rdatatype.SVCB: (2, 1, True),
-    dns.rdatatype.HTTPS: (2, 1, True),
-    dns.rdatatype.SRV: (6, 1, True),
+#: Record types whose data hold names dnspython reads in class IN (its rdtypes'
+#: from_wire; records of other classes refuse the reply): where the first is, and how
+#: many follow it.
+_RDATA_NAMES: Final[dict[int, tuple[int, int]]] = {
+    dns.rdatatype.NS: (0, 1),
+    dns.rdatatype.CNAME: (0, 1),
+    dns.rdatatype.PTR: (0, 1),
+    dns.rdatatype.DNAME: (0, 1),
+    dns.rdatatype.NSEC: (0, 1),
+    dns.rdatatype.TKEY: (0, 1),
+    dns.rdatatype.TSIG: (0, 1),
+    dns.rdatatype.SOA: (0, 2),
+    dns.rdatatype.RP: (0, 2),
+    dns.rdatatype.MX: (2, 1),
+    dns.rdatatype.AFSDB: (2, 1),
+    dns.rdatatype.RT: (2, 1),
+    dns.rdatatype.LP: (2, 1),
+    dns.rdatatype.DSYNC: (5, 1),
+    dns.rdatatype.RRSIG: (18, 1),
+    dns.rdatatype.SIG: (18, 1),
+    dns.rdatatype.NSAP_PTR: (0, 1),
+    dns.rdatatype.KX: (2, 1),
+    dns.rdatatype.PX: (2, 2),
+    dns.rdatatype.SVCB: (2, 1),
+    dns.rdatatype.HTTPS: (2, 1),
+    dns.rdatatype.SRV: (6, 1),
 }
 #: Record types of character-strings only: each string counts as a label (a TXT of
 #: 65,000 empty strings cost 0.2 s to parse, review rev54).
@@ -343,10 +343,7 @@ def label_load(data: bytes, questions: int, records: int) -> int | None:
             # Nothing we ask about; other classes read types differently (CH's A holds
             # a name; review rev55: 0.5 s uncounted).
             return None
-        if rdtype in _ELEMENTS:
-            # Parameters, items or options: about one per 4 octets at most.
-            total += rdlength // 4
-        load = _rdata_load(data, rdtype, True, offset, rdata_end)
+        load = _rdata_load(data, rdtype, offset, rdata_end)
         if load is None:
             return None
         total += load
@@ -354,7 +351,7 @@ def label_load(data: bytes, questions: int, records: int) -> int | None:
     return total
 
 
-def _rdata_load(data: bytes, rdtype: int, class_in: bool, start: int, end: int) -> int | None:
+def _rdata_load(data: bytes, rdtype: int, start: int, end: int) -> int | None:
     """:func:`label_load`'s count for one record's data."""
     if rdtype in _STRINGS:
         count = 0
@@ -362,8 +359,9 @@ def _rdata_load(data: bytes, rdtype: int, class_in: bool, start: int, end: int) 
             start += 1 + data[start]
             count += 1
         return count if start == end else None
-    at, names = _names_at(data, rdtype, class_in, start, end)
-    total = 0
+    at, names = _names_at(data, rdtype, start, end)
+    # Parameters, items or options: about one per 4 octets at most.
+    total = (end - start) // 4 if rdtype in _ELEMENTS else 0
     while names and at < end:
         span = _name_span(data, at, end)
         if span is None:
@@ -372,13 +370,13 @@ def _rdata_load(data: bytes, rdtype: int, class_in: bool, start: int, end: int) 
     return None if names > 0 else total
 
 
-def _names_at(data: bytes, rdtype: int, class_in: bool, start: int, end: int) -> tuple[int, int]:
-    """Where the names in a record's data begin and how many there are (-1: to the
-    end of the data)."""
+def _names_at(data: bytes, rdtype: int, start: int, end: int) -> tuple[int, int]:
+    """Where the names in a class IN record's data begin and how many there are (-1:
+    to the end of the data)."""
     layout = _RDATA_NAMES.get(rdtype)
     if layout is not None:
-        return (start + layout[0], layout[1]) if class_in or not layout[2] else (end, 0)
-    if rdtype == dns.rdatatype.NAPTR and class_in:
+        return start + layout[0], layout[1]
+    if rdtype == dns.rdatatype.NAPTR:
         at = start + 4  # order, preference; then flags, services, regexp
         for _ in range(3):
             if at >= end:
@@ -388,7 +386,7 @@ def _names_at(data: bytes, rdtype: int, class_in: bool, start: int, end: int) ->
     if rdtype == dns.rdatatype.HIP and end - start >= 4:
         hit, key = data[start], int.from_bytes(data[start + 2 : start + 4], "big")
         return start + 4 + hit + key, -1  # rendezvous servers to the end
-    gateway = rdtype in (dns.rdatatype.IPSECKEY, dns.rdatatype.AMTRELAY) and class_in
+    gateway = rdtype in (dns.rdatatype.IPSECKEY, dns.rdatatype.AMTRELAY)
     if gateway and end - start >= 3 and data[start + 1] & 0x7F == 3:
         # A gateway or relay of type 3 is a name, after one octet more for IPSECKEY.
         return start + (3 if rdtype == dns.rdatatype.IPSECKEY else 2), 1
