@@ -9,6 +9,7 @@ patched.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import threading
 import time
@@ -34,7 +35,7 @@ from smtpguard.dns import (
     normalize,
     reverse_name,
 )
-from support.fake_dns import FakeClock, FakeDns, fake_resolver
+from support.fake_dns import FakeClock, FakeDns, fake_resolver, hold_slots
 from support.threads import hammer
 
 
@@ -374,5 +375,75 @@ def test_dnsbl_zones_keep_slots_of_their_own() -> None:
         other = resolver.lookup("x.notrbl.test", "A", time.monotonic() + 0.3)
         assert other.status is Status.TIMEOUT
         assert "stage deadline reached" in other.detail
+    finally:
+        resolver.close()
+
+
+def test_a_timeout_waiting_for_a_slot_says_this_host_was_busy(fake: FakeDns) -> None:
+    """Review rev52 N3: a flood filled the slots, the sender's SPF lookup timed out in
+    the queue and passed as a DNS timeout. Such a timeout is ``busy``; one the server
+    caused is not."""
+    fake.add("forged.test", "TXT", '"v=spf1 -all"')
+    fake.slow["slow-server.test"] = 60
+    resolver = fake_resolver(fake, max_inflight=2)
+    try:
+        slow = resolver.lookup("slow-server.test", "TXT", time.monotonic() + 0.2)
+        assert slow.status is Status.TIMEOUT, slow
+        assert not slow.busy, slow
+        hold_slots(resolver, fake, 1)  # with the slow server's lookup: both slots held
+        queued = resolver.lookup("forged.test", "TXT", time.monotonic() + 0.2)
+        assert queued.status is Status.TIMEOUT, queued
+        assert queued.busy, queued
+        assert "waiting for a resolver slot" in queued.detail
+        assert ("forged.test", "TXT") not in fake.calls
+    finally:
+        resolver.close()
+
+
+def test_the_clients_names_wait_for_slots_of_their_own(fake: FakeDns) -> None:
+    """Names the connecting client chooses (its reverse zone, its PTR names, its HELO
+    name) fill the client pool alone: a connect flood whose zones never answer leaves
+    the sender's lookups of other sessions their slots (review rev52 N3)."""
+    fake.add("forged.test", "TXT", '"v=spf1 -all"')
+    resolver = fake_resolver(fake, max_inflight=2)
+    try:
+        hold_slots(resolver, fake, 2, client=True)
+        started = time.monotonic()
+        assert resolver.lookup("forged.test", "TXT", started + 2).ok
+        assert time.monotonic() - started < 1
+        flooded = resolver.submit("next.client.test", "PTR", client=True)
+        assert resolver.wait(flooded, time.monotonic() + 0.2) is None
+        assert resolver.missed("next.client.test", "PTR").busy
+        assert ("next.client.test", "PTR") not in fake.calls
+    finally:
+        resolver.close()
+
+
+def test_lookups_nobody_waits_for_leave_the_queue(fake: FakeDns) -> None:
+    """A spawned chain of lookups cancelled (its session closed) drops the lookups it
+    still waits for a slot for: a flood of connections that hang up at once leaves no
+    queue for later sessions to wait behind. A lookup someone else asked for stays."""
+    fake.slow[".pause.test"] = 0.3
+    resolver = fake_resolver(fake, max_inflight=1)
+
+    async def chain() -> list[Answer]:
+        names = ("0.pause.test", "1.pause.test", "2.pause.test")
+        return list(await asyncio.gather(*(resolver.query(n, "A", client=True) for n in names)))
+
+    try:
+        future = resolver.spawn(chain())
+        until = time.monotonic() + 5
+        while not fake.calls:
+            assert time.monotonic() < until
+            time.sleep(0.005)
+        wanted = resolver.submit("2.pause.test", "A", client=True)  # another session's
+        assert future.cancel()
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(timeout=5)
+        answer = resolver.wait(wanted, time.monotonic() + 5)
+        assert answer is not None
+        assert answer.status is Status.NXDOMAIN
+        time.sleep(0.4)  # the first lookup's slot would have gone to the second by now
+        assert fake.calls == [("0.pause.test", "A"), ("2.pause.test", "A")]
     finally:
         resolver.close()

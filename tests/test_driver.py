@@ -7,6 +7,7 @@ A session without macro ``v`` is most likely a Sendmail whose ``.mc`` has only t
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import socket
 from pathlib import Path
@@ -378,3 +379,13 @@ def test_the_login_is_read_as_the_mta_writes_it(
     assert d.conn.txn is not None
     assert d.conn.txn.auth_login == login
     d.close()
+
+
+def test_closing_a_session_cancels_its_own_work(runtime: Runtime) -> None:
+    """Lookups started for the session alone (Connection.background) must not outlive
+    it (review rev52 N3: a connect flood's lookups held the resolver's slots)."""
+    d = driver(runtime, POSTFIX)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    work: concurrent.futures.Future[None] = d.conn.background(concurrent.futures.Future())
+    d.close()
+    assert work.cancelled()

@@ -108,6 +108,10 @@ class Answer:
     #: answer says.
     size: int = field(default=0, compare=False)
     labels: int = field(default=0, compare=False)
+    #: A timeout of a lookup that waited for one of the resolver's own slots before it
+    #: was sent: this host was too busy to ask, and nothing is known of the name or
+    #: its servers (see :meth:`Resolver.missed`).
+    busy: bool = field(default=False, compare=False)
 
     @classmethod
     def of(cls, name: str, rdtype: str, *values: str, ttl: float = 300.0) -> Answer:
@@ -223,11 +227,18 @@ class Resolver:
         # by the loop thread; cachetools is not thread-safe.
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
+        #: Coroutines waiting for each lookup in flight (query()); a lookup handed over
+        #: by submit() counts one that never leaves (loop thread only).
+        self._askers: dict[asyncio.Future[Answer], int] = {}
+        #: Lookups in flight that had to wait for a slot (read by callback threads).
+        self._waited: set[tuple[str, str]] = set()
+        #: Lookups waiting for a slot now: cancelled when their last asker leaves.
+        self._queued: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[Answer]] = set()
         self._max_inflight = max_inflight
-        #: Lookups in flight at most: the others', and those under the reserved zones
-        #: (``.zone``), which have slots of their own (see reserve()).
-        self._slots: tuple[asyncio.Semaphore, asyncio.Semaphore] | None = None
+        #: Lookups in flight at most, per pool (see _pool()): the shared pool, the
+        #: client's names (query(client=True)), and names under the reserved zones.
+        self._slots: tuple[asyncio.Semaphore, asyncio.Semaphore, asyncio.Semaphore] | None = None
         self._reserved: tuple[str, ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -236,7 +247,7 @@ class Resolver:
         # loop: waking it (a write to its self-pipe) per lookup costs more than the
         # lookup's own bookkeeping when a burst of sessions connects at once.
         self._handover: list[
-            tuple[Coroutine[Any, Any, Any] | tuple[str, str], concurrent.futures.Future[Any]]
+            tuple[Coroutine[Any, Any, Any] | tuple[str, str, bool], concurrent.futures.Future[Any]]
         ] = []
         self._handover_lock = threading.Lock()
 
@@ -286,8 +297,15 @@ class Resolver:
 
     # --- asynchronous side (runs on the loop thread) -----------------------------
 
-    async def query(self, name: str, rdtype: str) -> Answer:
-        """One lookup through the cache; concurrent askers share one query."""
+    async def query(self, name: str, rdtype: str, *, client: bool = False) -> Answer:
+        """One lookup through the cache; concurrent askers share one query.
+
+        ``client``: the name is one the connecting client chooses (its reverse zone,
+        the names in it, its HELO name), and waits for a slot of the client pool:
+        a flood of connections whose zones never answer then holds those slots alone,
+        and other sessions' SPF and MX lookups are not queued behind it (review rev52).
+        A lookup still waiting for a slot when its last asker is cancelled (the
+        session that wanted it closed) is dropped."""
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
@@ -295,17 +313,31 @@ class Resolver:
         hit = self._cached(key)
         if hit is not None:
             return hit
-        # shield: one asker giving up must not cancel the query for the others.
-        return await asyncio.shield(self._lookup(key))
+        task = self._lookup(key, client)
+        self._askers[task] = self._askers.get(task, 0) + 1
+        try:
+            # shield: one asker giving up must not cancel the query for the others.
+            return await asyncio.shield(task)
+        finally:
+            left = self._askers.get(task)
+            if left is not None:  # None: done, and forgotten
+                self._askers[task] = left - 1
+                if left == 1 and key in self._queued and not task.done():
+                    task.cancel()
 
-    def _lookup(self, key: tuple[str, str]) -> asyncio.Future[Answer]:
+    def _lookup(self, key: tuple[str, str], client: bool = False) -> asyncio.Future[Answer]:
         """The query in flight for ``key``, started if there is none (loop thread)."""
         pending = self._inflight.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._ask(key))
+            pending = asyncio.ensure_future(self._ask(key, client))
             self._inflight[key] = pending
-            pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
+            pending.add_done_callback(functools.partial(self._finished, key))
         return pending
+
+    def _finished(self, key: tuple[str, str], task: asyncio.Future[Answer]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        self._askers.pop(task, None)
 
     def reserve(self, zones: Iterable[str]) -> None:
         """Give lookups under ``zones`` (the DNSBL zones) ``max_inflight`` slots of
@@ -316,21 +348,40 @@ class Resolver:
         Called again on reload (the zones may change while ``[dns]`` does not)."""
         self._reserved = tuple(f".{normalize(zone)}" for zone in zones)
 
-    async def _ask(self, key: tuple[str, str]) -> Answer:
+    def _pool(self, key: tuple[str, str], client: bool) -> asyncio.Semaphore:
         if self._slots is None:
             self._slots = (
                 asyncio.Semaphore(self._max_inflight),
                 asyncio.Semaphore(self._max_inflight),
+                asyncio.Semaphore(self._max_inflight),
             )
-        others, reserved = self._slots
-        slots = reserved if self._reserved and f".{key[0]}".endswith(self._reserved) else others
-        async with slots:
+        shared, clients, reserved = self._slots
+        if self._reserved and f".{key[0]}".endswith(self._reserved):
+            return reserved
+        return clients if client else shared
+
+    async def _ask(self, key: tuple[str, str], client: bool) -> Answer:
+        slots = self._pool(key, client)
+        try:
+            if slots.locked():
+                self._waited.add(key)
+                self._queued.add(key)
+                try:
+                    await slots.acquire()
+                finally:
+                    self._queued.discard(key)
+            else:
+                await slots.acquire()
             try:
                 answer = await self.transport.query(*key)
             except Exception as exc:
                 # Whatever breaks in a transport, the loop and the other lookups live on.
                 log.exception("dns: lookup %s/%s failed", *key)
                 answer = Answer(*key, Status.SERVFAIL, detail=f"{type(exc).__name__}: {exc}")
+            finally:
+                slots.release()
+        finally:
+            self._waited.discard(key)
         self._store(key, answer)
         return answer
 
@@ -363,8 +414,9 @@ class Resolver:
                 self._thread, self._loop = thread, loop
             return self._loop
 
-    def submit(self, name: str, rdtype: str) -> Pending[Answer]:
-        """Start a lookup; returns at once. A cached answer comes back done."""
+    def submit(self, name: str, rdtype: str, *, client: bool = False) -> Pending[Answer]:
+        """Start a lookup; returns at once. A cached answer comes back done.
+        ``client`` as for :meth:`query`."""
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
@@ -373,18 +425,19 @@ class Resolver:
         if hit is not None:
             return Completed(hit)
         future: concurrent.futures.Future[Answer] = concurrent.futures.Future()
-        self._hand_over(key, future)
+        self._hand_over((*key, client), future)
         return future
 
-    def spawn(self, coro: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
-        """Run a chain of lookups (a coroutine using :meth:`query`) on the loop."""
-        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+    def spawn(self, coro: Coroutine[Any, Any, _T]) -> Spawned[_T]:
+        """Run a chain of lookups (a coroutine using :meth:`query`) on the loop.
+        Cancelling the future cancels the coroutine (see :class:`Spawned`)."""
+        future: Spawned[_T] = Spawned()
         self._hand_over(coro, future)
         return future
 
     def _hand_over(
         self,
-        work: Coroutine[Any, Any, Any] | tuple[str, str],
+        work: Coroutine[Any, Any, Any] | tuple[str, str, bool],
         future: concurrent.futures.Future[Any],
     ) -> None:
         loop = self._ensure_loop()
@@ -402,9 +455,40 @@ class Resolver:
                 if not isinstance(work, tuple):
                     work.close()
                 continue
-            # A bare lookup joins the query in flight without a coroutine of its own.
-            task = self._lookup(work) if isinstance(work, tuple) else asyncio.ensure_future(work)
+            if isinstance(work, tuple):
+                # A bare lookup joins the query in flight without a coroutine of its
+                # own; its asker is the callback thread, which never cancels.
+                name, rdtype, client = work
+                lookup = self._lookup((name, rdtype), client)
+                self._askers[lookup] = self._askers.get(lookup, 0) + 1
+                task: asyncio.Future[Any] = lookup
+            else:
+                task = asyncio.ensure_future(work)
+                if isinstance(future, Spawned):
+                    future.started(task)
             task.add_done_callback(functools.partial(_settle, future))
+
+    def missed(self, name: str, rdtype: str) -> Answer:
+        """The answer of a lookup whose caller's deadline passed first: a TIMEOUT,
+        ``busy`` when the lookup had to wait for one of our slots before it was sent.
+        Such a timeout says nothing of the name's servers, only that this host was
+        too busy to ask them: the checks that look up names the client does not
+        control (SPF, the sender's domain, the DNSBL zones) defer it whatever their
+        ``on_temp_error`` says, since a flood of connections that fills the slots
+        would otherwise pass a forged sender (review rev52 N3)."""
+        try:
+            key = _key(name, rdtype)
+        except ValueError as exc:
+            return _invalid(name, rdtype, exc)
+        if key in self._waited:
+            return Answer(
+                name,
+                rdtype,
+                Status.TIMEOUT,
+                detail="stage deadline reached waiting for a resolver slot (this host is busy)",
+                busy=True,
+            )
+        return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
 
     def wait(self, future: Pending[_T], deadline: float | None) -> _T | None:
         """The future's result, or None when the deadline (monotonic) passes first."""
@@ -423,7 +507,7 @@ class Resolver:
         """Blocking lookup for code that cannot be asynchronous (the SPF library)."""
         answer = self.wait(self.submit(name, rdtype), deadline)
         if answer is None:
-            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+            return self.missed(name, rdtype)
         return answer
 
     def close(self) -> None:
@@ -448,6 +532,39 @@ class Resolver:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 loop.close()
+
+
+class Spawned(concurrent.futures.Future[_T]):
+    """The future of a coroutine run on the resolver's loop (:meth:`Resolver.spawn`).
+
+    :meth:`cancel` cancels the coroutine even once it runs (a plain
+    :class:`concurrent.futures.Future` refuses then): a session's reverse DNS is
+    dropped when the session closes, and so are the lookups it still waits for a slot
+    for, so a flood of connections that hang up at once leaves no queue behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task: asyncio.Future[Any] | None = None
+        self._abandoned = False
+
+    def started(self, task: asyncio.Future[Any]) -> None:
+        """(Loop thread) the coroutine runs as ``task``."""
+        self._task = task
+        if self._abandoned:
+            task.cancel()
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            return True
+        if self.done():
+            return False
+        self._abandoned = True
+        task = self._task
+        if task is not None:
+            # asyncio's objects belong to the loop's thread.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs
+                task.get_loop().call_soon_threadsafe(task.cancel)
+        return True
 
 
 def _settle(future: concurrent.futures.Future[Any], task: asyncio.Future[Any]) -> None:

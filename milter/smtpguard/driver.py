@@ -291,6 +291,7 @@ class SessionDriver:
             # A fault while ending the transaction must not keep the session's slot:
             # max_sessions would shrink by one for good.
             self.conn.txn = None
+            self.conn.abandon()
             if self.entered:
                 self.entered = False
                 self.gate.leave()

@@ -210,7 +210,9 @@ class Policy:
             future: Pending[ReverseDns] | None = conn.scratch.get(RDNS_KEY)
             if future is None:
                 ip = client_address(conn.client_ip)
-                future = conn.scratch[RDNS_KEY] = self.dns.spawn(reverse_dns(self.dns, ip))
+                future = conn.scratch[RDNS_KEY] = conn.background(
+                    self.dns.spawn(reverse_dns(self.dns, ip))
+                )
             rdns = self.dns.wait(future, event.deadline)
             names = rdns.confirmed if rdns is not None else ()
             if not names and (rdns is None or rdns.temporary):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import itertools
 import os
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from smtpguard.address import Address, IPAddress, raw_parts
 from smtpguard.message import MessageState
 from smtpguard.verdict import Hit, TempError
+
+_F = TypeVar("_F", bound=Future[Any])
 
 _counter = itertools.count(1)
 _prefix = f"{os.getpid():x}"
@@ -130,6 +133,22 @@ class Connection:
     decision_lines: int = 0
     # Connect-time lookups started early (the checks' prefetch hook) keep their futures here.
     scratch: dict[str, Any] = field(default_factory=dict)
+    #: Work started for this session alone (its reverse DNS, the connect-back probe),
+    #: cancelled when it closes (:meth:`abandon`).
+    _background: list[Future[Any]] = field(default_factory=list, init=False, repr=False)
+
+    def background(self, future: _F) -> _F:
+        """``future`` is this session's alone: cancelled when the session closes."""
+        self._background.append(future)
+        return future
+
+    def abandon(self) -> None:
+        """Cancel the session's own work: a flood of connections that hang up at once
+        must leave no lookups behind them, waiting for the resolver's slots that later
+        sessions need (review rev52 N3)."""
+        work, self._background = self._background, []
+        for future in work:
+            future.cancel()
 
     def defer(self, verdict: Hit | TempError, check: str) -> None:
         """Keep a connect/HELO verdict for MAIL FROM; the first one stays, and is

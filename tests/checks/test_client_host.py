@@ -30,7 +30,7 @@ from smtpguard.config import ConfigError, GenericPatterns, load_config
 from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
-from support.fake_dns import FakeDns, dns_services
+from support.fake_dns import FakeDns, dns_services, fake_resolver, hold_slots
 from support.service import ROOT
 
 IP = "198.51.100.7"
@@ -472,3 +472,28 @@ def test_forward_lookups_of_one_client_are_two_at_a_time() -> None:
     assert len(rdns.names) == 10
     assert rdns.confirmed == ()
     assert transport.most == FORWARD_IN_FLIGHT == 2
+
+
+def test_a_closed_sessions_lookups_leave_the_queue(tmp_path: Path, fake: FakeDns) -> None:
+    """A connect flood whose PTR names never answer: each session's forward lookups
+    outlived it and waited for slots later sessions needed (review rev52 N3). When a
+    session is abandoned its reverse DNS is cancelled, and its lookups still waiting
+    for a slot are never sent. They use the client pool, not the shared one."""
+    names = [f"n{i}.slow.test" for i in range(10)]
+    host(fake, IP, *names)
+    fake.slow["slow.test"] = 0.5
+    resolver = fake_resolver(fake, max_inflight=2)
+    try:
+        check = smtpport(tmp_path, resolver)
+        conn = make_conn(sender="a@sender.test", ip=IP)
+        check.prefetch(conn)
+        until = time.monotonic() + 5
+        while sum(rdtype == "A" for _, rdtype in fake.calls) < 2:
+            assert time.monotonic() < until
+            time.sleep(0.005)
+        hold_slots(resolver, fake, 2)  # the shared pool is another's
+        conn.abandon()
+        time.sleep(1.2)  # two rounds of the slow names' answers
+        assert sum(name.endswith("slow.test") for name, _ in fake.calls) == 2
+    finally:
+        resolver.close()

@@ -15,7 +15,7 @@ from smtpguard.config import DnsblZone
 from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
-from support.fake_dns import FakeDns, dns_services
+from support.fake_dns import FakeDns, dns_services, fake_resolver, hold_slots
 from support.unbound import RBL_ZONE, RELAY_ZONE
 
 DNSBL = {
@@ -281,3 +281,27 @@ def test_local_block_list_answers_like_a_zone_without_dns(tmp_path: Path) -> Non
     assert verdict.reply_id == "openrelay_check"
     assert f"listed in {listed} as 198.51.100.0/24" in verdict.detail
     assert Rbl(services)(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None
+
+
+def test_a_lookup_that_waited_for_a_slot_is_deferred(tmp_path: Path, fake: FakeDns) -> None:
+    """A zone's lookup that timed out in the resolver's own queue says nothing of the
+    zone: deferred whatever on_temp_error says, as a listed client would otherwise
+    pass by a flood (review rev52 N3)."""
+    zones = [z["name"] for z in DNSBL["zones"]]
+    resolver = fake_resolver(fake, max_inflight=len(zones))  # one session's lookups
+    try:
+        resolver.reserve(zones)
+        check = Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL))
+        fake.slow["rbl.test"] = 60
+        conn = make_conn(sender="a@sender.test", ip="198.51.100.1")
+        slow = check(conn, Event(deadline=time.monotonic() + 0.2))
+        assert isinstance(slow, TempError), slow
+        assert not slow.firm, slow
+        hold_slots(resolver, fake, len(zones) - 1, zone="rbl.test")
+        conn = make_conn(sender="a@sender.test", ip=CLIENT)
+        queued = check(conn, Event(deadline=time.monotonic() + 0.2))
+        assert isinstance(queued, TempError), queued
+        assert queued.firm, queued
+        assert "waiting for a resolver slot" in queued.detail
+    finally:
+        resolver.close()

@@ -12,7 +12,7 @@ from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
-from support.fake_dns import FakeDns, dns_services
+from support.fake_dns import FakeDns, dns_services, fake_resolver
 
 D = "sender.test"
 SITE = {"local_domains": ["example.com"]}
@@ -95,3 +95,22 @@ def test_asks_mx_a_and_aaaa_at_once(check: SenderDomain, fake: FakeDns) -> None:
     start = time.monotonic()
     assert isinstance(decide(check), Hit)
     assert time.monotonic() - start < 0.6
+
+
+def test_a_lookup_that_waited_for_a_slot_is_deferred(tmp_path: Path, fake: FakeDns) -> None:
+    """A timeout in the resolver's own queue says nothing of the domain (a connect
+    flood can cause it): deferred whatever on_temp_error says (review rev52 N3)."""
+    resolver = fake_resolver(fake, max_inflight=3)  # one session's MX, A and AAAA
+    try:
+        check = SenderDomain(dns_services(tmp_path, resolver, site=SITE))
+        fake.slow["slow.test"] = 60
+        event = Event(deadline=time.monotonic() + 0.2)
+        slow = check(make_conn(sender="a@slow.test"), event)
+        assert isinstance(slow, TempError), slow
+        assert not slow.firm, slow
+        queued = check(make_conn(sender=f"a@{D}"), Event(deadline=time.monotonic() + 0.2))
+        assert isinstance(queued, TempError), queued
+        assert queued.firm, queued
+        assert "waiting for a resolver slot" in queued.detail
+    finally:
+        resolver.close()

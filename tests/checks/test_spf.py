@@ -15,7 +15,7 @@ from smtpguard.checks.spf import Spf
 from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
-from support.fake_dns import FakeDns, dns_services
+from support.fake_dns import FakeDns, dns_services, fake_resolver
 
 CLIENT = "198.51.100.7"
 
@@ -229,3 +229,26 @@ def test_a_permerror_explanation_cannot_break_the_log_line(
     assert "\n" not in line
     assert "\r" not in line
     assert "frob\\r\\nsummary" in line  # shown, escaped
+
+
+def test_a_lookup_that_waited_for_a_slot_is_deferred(tmp_path: Path, fake: FakeDns) -> None:
+    """Review rev52 N3: a flood of connections filled the resolver's slots, the forged
+    sender's TXT lookup timed out in the queue, and the temperror passed by
+    on_temp_error = "pass". It is deferred; a server's own timeout stays the
+    operator's call."""
+    resolver = fake_resolver(fake, max_inflight=1)
+    try:
+        check = spf(tmp_path, resolver)
+        fake.slow["fail.test"] = 60
+        conn = make_conn(sender="a@fail.test", ip=CLIENT)
+        slow = check(conn, Event(deadline=time.monotonic() + 0.2))
+        assert isinstance(slow, TempError), slow
+        assert not slow.firm, slow
+        # The slow server's lookup still holds the one slot.
+        conn = make_conn(sender="a@soft.test", ip=CLIENT)
+        queued = check(conn, Event(deadline=time.monotonic() + 0.2))
+        assert isinstance(queued, TempError), queued
+        assert queued.firm
+        assert "waiting for a resolver slot" in queued.detail
+    finally:
+        resolver.close()

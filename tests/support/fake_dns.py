@@ -10,6 +10,7 @@ forced to SERVFAIL or TIMEOUT.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class FakeDns:
     negative_ttl: float = 60.0
     #: Seconds every answer takes (the fake sleeps on the resolver's event loop).
     delay: float = 0.0
+    #: Seconds the names under a suffix take (a zone whose servers are slow).
+    slow: dict[str, float] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, name: str, rdtype: str, *values: str, ttl: float = 300.0) -> FakeDns:
@@ -59,8 +62,9 @@ class FakeDns:
 
     async def query(self, name: str, rdtype: str) -> Answer:
         self.calls.append((name, rdtype))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        delay = next((s for suffix, s in self.slow.items() if name.endswith(suffix)), self.delay)
+        if delay:
+            await asyncio.sleep(delay)
         status = self.statuses.get((name, rdtype))
         if status is not None:
             ttl = self.negative_ttl if status.negative else 0.0
@@ -100,3 +104,19 @@ def dns_services(where: Path, resolver: Resolver | None, **sections: Mapping[str
     return Services(
         config=load_config(path), directory=NoDirectory(), blacklist=NoBlacklist(), dns=resolver
     )
+
+
+def hold_slots(
+    resolver: Resolver, fake: FakeDns, count: int, *, zone: str = "hold.test", client: bool = False
+) -> None:
+    """Fill ``count`` of the resolver's slots (its ``max_inflight``: the shared pool,
+    the client pool, or the reserved pool of a DNSBL ``zone``) with lookups under
+    ``zone``, which take a minute, and wait until the fake has been asked them all."""
+    fake.slow.setdefault(zone, 60.0)
+    asked = len(fake.calls)
+    for i in range(count):
+        resolver.submit(f"{i}.{asked}.held.{zone}", "A", client=client)
+    until = time.monotonic() + 5
+    while len(fake.calls) < asked + count:
+        assert time.monotonic() < until, "the held lookups were never sent"
+        time.sleep(0.005)

@@ -91,7 +91,7 @@ class ReverseDns:
 
 async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
     """PTR, then A/AAAA of every name at once (FCrDNS)."""
-    ptr = await resolver.query(reverse_name(ip), "PTR")
+    ptr = await resolver.query(reverse_name(ip), "PTR", client=True)
     if not ptr.ok:
         return ReverseDns(ptr)
     names, unchecked = _ptr_names(ptr)
@@ -103,7 +103,7 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
 
     async def forward_lookup(name: str) -> Answer:
         async with slots:
-            return await resolver.query(name, rdtype)
+            return await resolver.query(name, rdtype, client=True)
 
     forward = await asyncio.gather(*(forward_lookup(n) for n in names))
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
@@ -224,10 +224,12 @@ class SmtpPort:
                 if known is not None and not known.temporary:
                     self.memo.put(ip, known)
             conn.scratch[self._RDNS] = (
-                Completed(known) if known is not None else self.dns.spawn(reverse_dns(self.dns, ip))
+                Completed(known)
+                if known is not None
+                else conn.background(self.dns.spawn(reverse_dns(self.dns, ip)))
             )
         if self.config.connect_back != "off" and self._PROBE not in conn.scratch:
-            conn.scratch[self._PROBE] = self.dns.spawn(self._connect_back(ip))
+            conn.scratch[self._PROBE] = conn.background(self.dns.spawn(self._connect_back(ip)))
 
     async def _connect_back(self, ip: IPAddress) -> tuple[bool | None, str]:
         """(True: port open; False: refused or silent; None: could not test, why)."""
@@ -359,7 +361,10 @@ class HeloDns:
             conn.scratch[key] = (
                 _RESOLVES
                 if self.resolves.get(name)[0]
-                else (self.dns.submit(name, "A"), self.dns.submit(name, "AAAA"))
+                else (
+                    self.dns.submit(name, "A", client=True),
+                    self.dns.submit(name, "AAAA", client=True),
+                )
             )
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:

@@ -192,11 +192,10 @@ class _Dnsbl:
         failures = []
         # No listing, score, ignored code or failure in any zone: worth remembering.
         clean = True
+        busy = False
         for zone, name, future in lookups:
-            answer = dns.wait(future, event.deadline)
-            if answer is None:
-                failures.append(f"{zone.name}: TIMEOUT (stage deadline reached)")
-                continue
+            answer = dns.wait(future, event.deadline) or dns.missed(name, "A")
+            busy = busy or answer.busy
             if answer.status.temporary:
                 failures.append(f"{zone.name}: {answer.describe()}")
                 continue
@@ -223,7 +222,11 @@ class _Dnsbl:
         if hit is not None:
             return hit
         if failures:
-            return TempError("database_temp_error", f"{self.name}: " + "; ".join(failures))
+            # A lookup that never left this host for want of a slot says nothing of
+            # the zone: deferred whatever on_temp_error says (Resolver.missed).
+            return TempError(
+                "database_temp_error", f"{self.name}: " + "; ".join(failures), firm=busy
+            )
         if clean:
             self.clean.put(ip, True)
         return None

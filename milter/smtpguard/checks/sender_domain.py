@@ -10,7 +10,9 @@ address record that serves as the implicit MX (A or AAAA). It cannot when:
 
 SERVFAIL or timeout, where they leave the answer open, give a temporary error; the
 check's ``on_temp_error`` decides, and it is ``pass`` unless configured
-(docs/replies.md, sender_unvalidated).
+(docs/replies.md, sender_unvalidated). A timeout of a lookup that waited for one of the
+resolver's own slots (a flood of connections can fill them) is deferred whatever
+``on_temp_error`` says: it says nothing of the domain, and would pass a forged one.
 
 MX, A and AAAA are asked at once, so a slow server costs one round trip, not two. The
 null sender, address literals and our own local domains are not looked up.
@@ -18,6 +20,7 @@ null sender, address literals and our own local domains are not looked up.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
@@ -25,10 +28,6 @@ from smtpguard.dns import Answer, Status
 from smtpguard.memo import Memo
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
-
-
-def _deadline_missed(name: str, rdtype: str) -> Answer:
-    return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
 
 
 class SenderDomain:
@@ -54,12 +53,14 @@ class SenderDomain:
             return memoized
         futures = {t: self.dns.submit(domain, t) for t in ("MX", "A", "AAAA")}
         answers = {
-            t: self.dns.wait(f, event.deadline) or _deadline_missed(domain, t)
+            t: self.dns.wait(f, event.deadline) or self.dns.missed(domain, t)
             for t, f in futures.items()
         }
         verdict = judge(domain, answers["MX"], answers["A"], answers["AAAA"])
         if not isinstance(verdict, TempError):
             self.memo.put(domain, verdict)
+        elif any(a.busy for a in answers.values()):
+            return replace(verdict, firm=True)
         return verdict
 
 

@@ -58,6 +58,8 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         self.deadline = deadline
         #: A PTR or A/AAAA lookup for ``ptr`` or ``%{p}`` failed for the moment.
         self.ptr_temperror = False
+        #: A lookup timed out waiting for one of our resolver's slots (Answer.busy).
+        self.busy = False
 
     def get_explanation(self, spec: str) -> Any:
         """The exp= text, whose %{p} may look up PTR records too: a failure there says
@@ -117,6 +119,7 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         if cached:
             return cached
         answer = self.resolver.lookup(name, qtype, self.deadline)
+        self.busy = self.busy or answer.busy
         if answer.status.temporary:
             raise spf.TempError(f"DNS {answer.status.name} for {name}/{qtype}: {answer.detail}")
         result = _values(answer, qtype)
@@ -205,8 +208,11 @@ class Spf:
         if result == "temperror":
             # After a failed ptr lookup the domain's "-all" did refuse: the client
             # answers for its own reverse DNS, so passing would let a SERVFAIL it
-            # arranged through (review rev45). Deferred whatever on_temp_error says.
-            return TempError("database_temp_error", detail, firm=query.ptr_temperror)
+            # arranged through (review rev45). A lookup that never left this host
+            # for want of a slot says nothing of the domain, and a flood of
+            # connections can cause it (review rev52 N3). Both are deferred whatever
+            # on_temp_error says.
+            return TempError("database_temp_error", detail, firm=query.ptr_temperror or query.busy)
         verdict: Verdict | None = None
         if result == "fail" or (result == "softfail" and self.reject_softfail):
             verdict = Hit("remote_ip_mismatch", detail)
