@@ -791,6 +791,37 @@ def test_a_name_excluded_before_it_is_listed_is_not_accepted(tmp_path: Path) -> 
     assert "f.example" not in problem
 
 
+def test_an_exclusion_matches_as_postfix_matches_its_list(tmp_path: Path) -> None:
+    """Measured with real Postfix 3.7.11 (review rev54, and again for this test): in a
+    domain list of parent style (by default relay_domains) "!p.example" refuses
+    q.p.example too; virtual_alias_domains and virtual_mailbox_domains are string
+    lists, where "!.v.example" excludes nothing (w.v.example is accepted) and
+    ".v2.example" matches nothing (neither v2.example nor a.v2.example)."""
+    result = make_plan(
+        config(tmp_path),
+        relay_domains="!p.example, q.p.example, !sub.r.example, r.example",
+        virtual_alias_domains="!.v.example, w.v.example, .v2.example",
+        virtual_mailbox_domains=".v3.example, !k.example, j.k.example",
+    )
+    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    accepted = problem.split(", which smtpguard")[0]
+    # !sub.r.example leaves r.example and its other subdomains.
+    assert accepted == (
+        "Postfix accepts mail for w.v.example (virtual_alias_domains), j.k.example"
+        " (virtual_mailbox_domains), r.example (relay_domains), subdomains of r.example"
+        " (relay_domains with parent_domain_matches_subdomains)"
+    )
+    # A domain list of the other style: "!p.example" is p.example alone, and
+    # "!.s.example" the subdomains of s.example.
+    flat = make_plan(
+        config(tmp_path),
+        relay_domains="!p.example, q.p.example, !.s.example, t.s.example",
+        parent_domain_matches_subdomains="",
+    )
+    (problem,) = [p for p in flat.unresolved if p.startswith("Postfix accepts mail for")]
+    assert problem.startswith("Postfix accepts mail for q.p.example (relay_domains), which")
+
+
 def test_a_web_of_list_files_is_read_once_per_file(tmp_path: Path) -> None:
     """Review rev46: ten files that each list all ten took 42 s (every path through the
     web was read); Postfix itself runs out of descriptors on such a cycle."""
@@ -831,12 +862,17 @@ def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
         mydestination="example.com, localhost",
     )
     assert not [p for p in named.unresolved if p.startswith("Postfix accepts mail for")]
-    # Where a list is not parent-style, the dot form is how subdomains are listed.
-    virtual = make_plan(covered, virtual_alias_domains=".other.example")
-    (problem,) = [p for p in virtual.unresolved if p.startswith("Postfix accepts mail for")]
+    # Where a domain list is not parent-style, the dot form is how subdomains are listed.
+    dotted = make_plan(covered, relay_domains=".other.example", parent_domain_matches_subdomains="")
+    (problem,) = [p for p in dotted.unresolved if p.startswith("Postfix accepts mail for")]
     assert problem.startswith(
-        "Postfix accepts mail for subdomains of other.example (virtual_alias_domains)"
+        "Postfix accepts mail for subdomains of other.example (relay_domains)"
     )
+    # virtual_alias_domains is a string list: ".other.example" matches nothing there
+    # (Postfix 3.7.11 refused a.other.example as relaying; an earlier version of this
+    # test said the opposite).
+    virtual = make_plan(covered, virtual_alias_domains=".other.example")
+    assert not [p for p in virtual.unresolved if p.startswith("Postfix accepts mail for")]
     # Without parent matching for relay_domains, relay.example is that domain only.
     alone = make_plan(
         config(tmp_path / "alone"),

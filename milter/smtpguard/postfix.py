@@ -285,6 +285,35 @@ def list_spans(value: str) -> list[tuple[int, int]]:
     return spans
 
 
+#: The lists Postfix matches as strings (trivial-rewrite's resolve.c and
+#: resolve_local.c: string_list_init), a name matching itself alone: ".example.com"
+#: matches nothing there, and "!.example.com" excludes nothing (measured with Postfix
+#: 3.7.11: "virtual_alias_domains = !.v.example, w.v.example" accepts w.v.example, and
+#: ".v2.example" neither v2.example nor a.v2.example). relay_domains is a domain list
+#: (match_hostname).
+STRING_LISTS = ("mydestination", "virtual_alias_domains", "virtual_mailbox_domains")
+
+
+def _excluded(exclusions: Iterable[str], domain: str, name: str, parent: bool) -> bool:
+    """Whether one of the ``!`` patterns ``exclusions`` of the list ``name`` matches
+    ``domain`` as Postfix 3.7 matches them (match_ops.c): in a string list
+    (:data:`STRING_LISTS`) itself alone; in a domain list of ``parent`` style
+    (Postfix._parent_style) also its subdomains, so "!p.example" refuses q.p.example
+    (review rev54); in a domain list of the other style ".p.example" its
+    subdomains."""
+    for pattern in exclusions:
+        if pattern == domain:
+            return True
+        if name in STRING_LISTS:
+            continue
+        if pattern.startswith("."):
+            if not parent and domain.endswith(pattern):
+                return True
+        elif parent and domain.endswith("." + pattern):
+            return True
+    return False
+
+
 def split_list(value: str) -> list[str]:
     """A Postfix list (commas and/or white space) with ``{...}`` groups kept whole."""
     return [value[a:b] for a, b in list_spans(value)]
@@ -553,8 +582,8 @@ class _Planner:
         self.address = postfix_milter_address(config.milter.socket, self.now["queue_directory"])
         self.footer_path = f"{self.now['config_directory']}/{FOOTER_FILE}"
         self.services = current.services
-        #: The domains of each list, tables and files read (_listed_domains).
-        self._domain_lists: dict[str, list[str]] = {}
+        #: The domains of each list, tables and files read (_domain_entries).
+        self._domain_lists: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         #: As mydestination writes it (_listed_domains).
         self.myhostname = self.now["myhostname"].lower().rstrip(".")
         self.cleanup_chroot = current.cleanup_chroot
@@ -1213,29 +1242,24 @@ class _Planner:
         self._delivered_but_relayed()
         unknown: dict[str, list[str]] = {}
         hosts: list[str] = []
-        # How Postfix 3.7 matches each list (match_ops.c match_hostname): one named in
-        # parent_domain_matches_subdomains (by default relay_domains) covers the
-        # subdomains of "example.com", and ".example.com" matches nothing there; in
-        # any other domain list ".example.com" covers the subdomains and
-        # "example.com" only itself; mydestination is a string list (resolve_local.c),
-        # matched exactly.
-        parents = set(split_list(self.now["parent_domain_matches_subdomains"]))
         for name in ACCEPTED_DOMAINS:
-            for domain in self._listed_domains(name):
+            parent = self._parent_style(name)
+            for domain, exclusions in self._domain_entries(name):
                 if domain == "localhost" or domain.startswith("localhost."):
                     continue  # never a destination from outside
                 # (what Postfix accepts, a domain name that stands for it, by which rule)
                 accepted = [(domain, domain, name)]
                 if domain.startswith("."):
-                    if name == "mydestination" or name in parents:
+                    if name in STRING_LISTS or parent:
                         continue  # matches no domain there
                     accepted = [(f"subdomains of {domain[1:]}", "smtpguard-probe" + domain, name)]
-                elif name in parents and name != "mydestination":
+                elif parent:
                     why = f"{name} with parent_domain_matches_subdomains"
                     accepted.append((f"subdomains of {domain}", "smtpguard-probe." + domain, why))
                 for shown, probe, why in accepted:
-                    if shown == own:
-                        continue  # its own conflict (_own_name)
+                    if shown == own or _excluded(exclusions, probe, name, parent):
+                        # its own conflict (_own_name), or refused by a "!" before it
+                        continue
                     if site.is_host_only(probe):
                         hosts.append(shown)
                     elif not (site.is_local(probe) or site.is_relay(probe)):
@@ -1299,28 +1323,48 @@ class _Planner:
                     " site.our_hostnames for this host's own name) instead"
                 )
 
+    def _parent_style(self, name: str) -> bool:
+        """How Postfix 3.7 matches the domain list ``name`` (match_ops.c
+        match_hostname): one named in parent_domain_matches_subdomains (by default
+        relay_domains) covers the subdomains of "example.com", and ".example.com"
+        matches nothing there; in another domain list ".example.com" covers the
+        subdomains and "example.com" only itself. The lists of :data:`STRING_LISTS`
+        match names exactly, whatever parent_domain_matches_subdomains says."""
+        parents = split_list(self.now["parent_domain_matches_subdomains"])
+        return name in parents and name not in STRING_LISTS
+
     def _listed_domains(self, name: str) -> list[str]:
+        """The domain names Postfix's list ``name`` accepts as written (not their
+        subdomains), lower-case, without the trailing dot (see _domain_entries)."""
+        parent = self._parent_style(name)
+        return [
+            domain
+            for domain, exclusions in self._domain_entries(name)
+            if not _excluded(exclusions, domain, name, parent)
+        ]
+
+    def _domain_entries(self, name: str) -> list[tuple[str, tuple[str, ...]]]:
         """The domain names Postfix's list ``name`` holds, lower-case, without the
         trailing dot: written out, in a /file, or the keys of a lookup table that
         ``postmap -s`` can list (review rev41: a texthash: mydestination domain got a
-        permanent 553 while --check said "no conflicts"). A table it cannot list
-        (regexp:, SQL, LDAP) is a note, once."""
+        permanent 553 while --check said "no conflicts"), each with the exclusions
+        ("!name") written before it: the first match decides (match_list(3)), so one
+        of them that matches the name refuses it (review rev51 called such a name
+        accepted). A table it cannot list (regexp:, SQL, LDAP) is a note, once."""
         if name not in self._domain_lists:
             items = self._domain_items(split_list(self.now[name]), name, set(), ())
-            # The first match decides (match_list(3)): a name excluded before it is
-            # written is not accepted (review rev51 called it accepted).
-            excluded: set[str] = set()
-            domains = []
+            exclusions: list[str] = []
+            entries = []
             for item in items:
                 if item.startswith("!"):
                     # As written: "!t.example." excludes nothing Postfix looks up
                     # (review rev54: it hid t.example, which Postfix accepts).
-                    excluded.add(item[1:].lower())
+                    exclusions.append(item[1:].lower())
                     continue
                 domain = item.lower().rstrip(".")
-                if domain not in excluded:
-                    domains.append(domain)
-            self._domain_lists[name] = [d for d in domains if d and "$" not in d]
+                if domain and "$" not in domain:
+                    entries.append((domain, tuple(exclusions)))
+            self._domain_lists[name] = entries
         return self._domain_lists[name]
 
     def _domain_items(
