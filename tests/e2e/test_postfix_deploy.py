@@ -398,3 +398,59 @@ def test_chrooted_smtpd_reaches_the_socket_in_the_queue_directory() -> None:
                 assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
         finally:
             postfix.stop()
+
+
+#: Domain lists with exclusions and dot patterns, and what Postfix 3.7 does with each
+#: probe: relay_domains is a domain list of parent style (Postfix's default before
+#: compatibility_level 3.6), the virtual lists are string lists (trivial-rewrite's
+#: resolve.c).
+LISTS = (
+    "parent_domain_matches_subdomains = relay_domains\n"
+    "relay_domains = !p.example, q.p.example, !sub.r.example, r.example, !t.example., t.example\n"
+    "virtual_alias_domains = !.v.example, w.v.example, .v2.example\n"
+    "virtual_alias_maps =\n"
+    "virtual_mailbox_domains = .v3.example, !k.example, j.k.example\n"
+    "virtual_mailbox_maps = texthash:/dev/null\n"
+)
+ACCEPTED = {
+    "q.p.example": False,
+    "r.example": True,
+    "x.r.example": True,
+    "y.sub.r.example": False,
+    "t.example": True,
+    "w.v.example": True,
+    "a.v2.example": False,
+    "b.v3.example": False,
+    "j.k.example": True,
+}
+
+
+def test_domain_conflicts_are_the_domains_postfix_accepts() -> None:
+    """postfix-config --check names a domain as one Postfix accepts and smtpguard
+    refuses exactly when the real Postfix takes RCPT TO it from a stranger (review
+    rev54: exclusions and dot patterns were matched the same way in every list)."""
+    s = site("lists", directory=False)
+    postfix = start_postfix(s.config, LISTS, attach=False)
+    try:
+        for domain, accepted in ACCEPTED.items():
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+                reply = c.cmd(f"RCPT TO:<postmaster@{domain}>")
+            assert ("Relay access denied" not in str(reply)) is accepted, (domain, reply)
+        check = smtpguard(
+            s,
+            "postfix-config",
+            "--config-directory",
+            str(postfix.config_dir),
+            "--check",
+            check=False,
+        )
+        said = check.stdout.split("Postfix accepts mail for ", 1)[1].split(", which smtpguard")[0]
+        assert said == (
+            "w.v.example (virtual_alias_domains), j.k.example (virtual_mailbox_domains),"
+            " r.example (relay_domains), subdomains of r.example (relay_domains with"
+            " parent_domain_matches_subdomains), t.example (relay_domains), subdomains of"
+            " t.example (relay_domains with parent_domain_matches_subdomains)"
+        )
+    finally:
+        postfix.stop()
