@@ -293,7 +293,9 @@ def test_an_answer_of_too_many_records_is_a_failure_unread(real: Resolver) -> No
     assert some.status is Status.OK
     assert len(some.addresses()) == 150
     assert some.size > 1232  # read over TCP
-    assert some.labels == 150  # one per owner written as a pointer to the question
+    # The question's labels for the first owner written as a pointer to it, one for
+    # each later one.
+    assert some.labels == len(SOME_RECORDS_NAME.split(".")) + 149
     assert cache_weight(some) == 1 + 150 // 4 + some.size // 2048 + some.labels // 45
 
 
@@ -315,12 +317,14 @@ def test_an_answer_of_too_many_labels_is_a_failure_unread() -> None:
     assert time.process_time() - started < 0.05
     assert reply is not None
     assert reply.message is None  # never parsed
-    assert reply.labels == 20 * (121 + 1)  # each target's, one for each owner
+    # The question's 6 labels for the first owner, one for each later one, each
+    # target's 121: the walk stopped at the 17th record, past the limit.
+    assert reply.labels == 6 + 16 + 17 * 121
     answer = to_answer("7.100.51.198.in-addr.arpa", "PTR", reply)
     assert answer is not None
     assert answer.status is Status.SERVFAIL
     assert answer.detail == (  # 20 and EDNS's OPT record, whose owner is the root
-        f"answer of 21 records whose names have 2440 labels, more than {MAX_LABELS}: not read"
+        f"answer of 21 records whose names have more than {MAX_LABELS} labels: not read"
     )
     # Half of it is read, and weighs by its labels in the cache.
     half = dns.message.make_response(q.message())
@@ -333,11 +337,11 @@ def test_an_answer_of_too_many_labels_is_a_failure_unread() -> None:
         )
     fine = read_reply(half.to_wire(), q)
     assert fine is not None
-    assert fine.labels == 10 * (121 + 1)
+    assert fine.labels == 6 + 9 + 10 * 121
     kept = to_answer("7.100.51.198.in-addr.arpa", "PTR", fine)
     assert kept is not None
     assert kept.ok
-    assert cache_weight(kept) == 1 + 10 // 4 + kept.size // 2048 + 1220 // 45
+    assert cache_weight(kept) == 1 + 10 // 4 + kept.size // 2048 + fine.labels // 45
 
 
 def hostile_reply(q: Question, rdtype: str, values: list[str]) -> dns.message.Message:
@@ -456,7 +460,8 @@ def test_a_class_any_record_does_not_poison_later_answers() -> None:
 
 def test_an_ipv6_reverse_answer_of_many_names_is_read() -> None:
     """Review rev54: each ip6.arpa owner counted its 34 labels, so 54 names or more
-    were a failure; an owner written as a pointer counts one."""
+    were a failure; an owner written as a pointer to a place counted before counts
+    one."""
     name = dns.reversename.from_address("2001:db8::7")
     q = Question.make(name, dns.rdatatype.PTR, True)
     names = [f"mx{i}.sender.example." for i in range(150)]
@@ -464,7 +469,7 @@ def test_an_ipv6_reverse_answer_of_many_names_is_read() -> None:
     reply = read_reply(data, q)
     assert reply is not None
     assert reply.message is not None
-    assert reply.labels == 150 + 150 * 3
+    assert reply.labels == 34 + 149 + 150 * 3
     answer = to_answer(name.to_text(omit_final_dot=True), "PTR", reply)
     assert answer is not None
     assert len(answer.names()) == 150
@@ -677,3 +682,97 @@ def test_answers_count_only_from_the_server_asked() -> None:
         return early, future.done()
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+# --- replies built octet by octet (review rev56) ------------------------------------------
+
+HIP, NSEC3, PRIVATE = 55, 50, 65280
+LONG = b"\x01a" * 126 + b"\x00"  # a 126-label name
+
+
+def raw_record(owner: bytes, rdtype: int, rdata: bytes) -> bytes:
+    return owner + struct.pack("!HHIH", rdtype, 1, 3600, len(rdata)) + rdata
+
+
+def pointer(offset: int) -> bytes:
+    return struct.pack("!H", 0xC000 | offset)
+
+
+def raw_reply(q: Question, records: list[bytes], qid: int | None = None) -> bytes:
+    header = struct.pack("!6H", q.qid if qid is None else qid, 0x8180, 1, len(records), 0, 0)
+    return header + q.wire + b"".join(records)
+
+
+def a_question() -> Question:
+    return Question.make(dns.name.from_text("1.2.0.192.zen.example"), dns.rdatatype.A, True)
+
+
+def refused_unread(data: bytes, q: Question) -> None:
+    """``data`` is a SERVFAIL for its labels, walked in a few milliseconds, never parsed."""
+    started = time.process_time()
+    reply = read_reply(data, q)
+    assert time.process_time() - started < 0.05
+    assert reply is not None
+    assert reply.message is None
+    assert reply.labels > MAX_LABELS
+    answer = to_answer("1.2.0.192.zen.example", "A", reply)
+    assert answer is not None
+    assert answer.status is Status.SERVFAIL
+
+
+def test_owners_pointing_to_places_of_their_own_count_in_full() -> None:
+    """Review rev56 H1: 199 owners written as pointers into one record's data, names
+    that hash alike under a long suffix, counted one label each: 0.4 s of dnspython's
+    message index per datagram."""
+    q = a_question()
+    blob_at = 12 + len(q.wire) + 2 + 10  # the data of the first record
+    suffix = b"\x01s" * 112 + b"\x00"
+    blob, owners = bytearray(suffix), []
+    for i in range(199):
+        owners.append(blob_at + len(blob))
+        blob += b"\x04" + f"n{i:03d}".encode() + pointer(blob_at)
+    records = [raw_record(pointer(12), PRIVATE, bytes(blob))]
+    records += [raw_record(pointer(at), dns.rdatatype.A, b"\x7f\x00\x00\x02") for at in owners]
+    refused_unread(raw_reply(q, records), q)
+
+
+def test_the_walk_stops_past_the_limit() -> None:
+    """Review rev56 W1: one HIP record of 32,000 rendezvous servers, each a pointer to a
+    126-label name, took 0.24 s to count before the count was compared."""
+    q = a_question()
+    long_at = 12 + len(q.wire) + 2 + 10
+    fixed = struct.pack("!BBH", 16, 2, 4) + b"\x01" * 16 + b"\x02" * 4
+    servers = pointer(long_at) * 32000
+    records = [
+        raw_record(pointer(12), dns.rdatatype.PTR, LONG),
+        raw_record(pointer(12), HIP, fixed + servers),
+    ]
+    refused_unread(raw_reply(q, records), q)
+
+
+def test_type_bitmap_windows_count() -> None:
+    """Review rev56 T3: 21,000 windows of 3 octets in 65 KB cost dnspython 30 ms,
+    uncounted."""
+    q = a_question()
+    windows = b"".join(bytes((w % 256, 1, 0x40)) for w in range(21000))
+    nsec3 = b"\x01\x00\x00\x00\x00\x02\x00\x01" + windows
+    refused_unread(raw_reply(q, [raw_record(pointer(12), NSEC3, nsec3)]), q)
+
+
+def test_a_reply_to_another_question_is_not_even_walked() -> None:
+    """Review rev56: a reply with our id and another question was walked and parsed,
+    then dropped, and the query kept waiting for the next one: a hostile resolver
+    repeated it for every question. Nothing in it is read now."""
+    q = a_question()
+    other = Question.make(dns.name.from_text("9.2.0.192.zen.example"), dns.rdatatype.A, True)
+    fixed = struct.pack("!BBH", 16, 2, 4) + b"\x01" * 16 + b"\x02" * 4
+    long_at = 12 + len(other.wire) + 2 + 10
+    records = [
+        raw_record(pointer(12), dns.rdatatype.PTR, LONG),
+        raw_record(pointer(12), HIP, fixed + pointer(long_at) * 32000),
+    ]
+    data = raw_reply(other, records, qid=q.qid)
+    started = time.process_time()
+    for _ in range(100):
+        assert read_reply(data, q) is None
+    assert time.process_time() - started < 0.05

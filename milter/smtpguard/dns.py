@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeAlias, TypeVar
 
-import dns.asyncquery
 import dns.entropy
 import dns.exception
 import dns.message
