@@ -426,6 +426,29 @@ def test_redis_killed_mid_run_with_on_error_error(
 
 
 @pytest.mark.integration
+def test_an_error_answer_is_no_unreachable_redis(
+    fresh_redis: RedisServer, outage_log: OutageLog
+) -> None:
+    """A Redis that answers with an error (here a user who may not run the counter's
+    script; a read-only replica or one out of memory the same) was logged as
+    "unreachable", which sends the operator to the network (review rev50)."""
+    admin = redis.Redis.from_url(fresh_redis.url)
+    admin.acl_setuser("nope", enabled=True, passwords=["+pw"], keys=["*"], commands=["+ping"])
+    admin.close()
+    client = redis.Redis.from_url(f"redis://nope:pw@127.0.0.1:{fresh_redis.port}/0")
+    counter = ResilientCounter(
+        RedisCounter(client, 60, TWO_PERCENT, max_per_bucket=1000), retry_interval=5
+    )
+    for _ in range(2):
+        with pytest.raises(CounterError, match=r"redis failing: .*(?i:permission)"):
+            counter.hit(KEY, 3000)
+    ((level, message),) = outage_log()
+    assert level == logging.WARNING
+    assert message.startswith("counter backend redis failing (redis: ")
+    client.close()
+
+
+@pytest.mark.integration
 def test_redis_killed_mid_run_with_local_fallback(
     fresh_redis: RedisServer, outage_log: OutageLog
 ) -> None:

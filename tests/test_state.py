@@ -751,6 +751,28 @@ def test_after_the_interval_one_lookup_probes_the_failed_redis() -> None:
     assert client.calls == 2
 
 
+def test_a_redis_answering_errors_is_failing_not_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A read-only replica, one out of memory or a user without the permission answers
+    with an error: it was logged as "unreachable", which sends the operator to the
+    network (review rev50)."""
+    clock = FakeClock()
+    denied = redis.exceptions.NoPermissionError("this user has no permissions to run 'hmget'")
+    client = _ScriptedRedis([denied, threading.Event()])
+    blacklist = RedisBlacklist(client, "p", clock=clock)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="smtpguard.state"):
+        with pytest.raises(StateError):
+            blacklist.listed("a@example.com")
+        with pytest.raises(StateError, match="redis failing: this user has no permissions"):
+            blacklist.listed("a@example.com")
+        clock.advance(5.0)
+        assert blacklist.listed("a@example.com") is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("blacklist backend redis failing (this user has no perm")
+    assert messages[1].startswith("blacklist backend redis answering again after")
+
+
 def test_a_lookup_older_than_the_outage_does_not_end_it() -> None:
     clock = FakeClock()
     answer = threading.Event()

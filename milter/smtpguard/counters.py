@@ -64,7 +64,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from smtpguard.memo import peek
-from smtpguard.outage import Outage
+from smtpguard.outage import Outage, back, trouble
 
 __all__ = [
     "CounterError",
@@ -792,6 +792,8 @@ class ResilientCounter:
         self._lock = threading.Lock()
         self.outage = Outage(retry_interval, clock)
         self._during_outage = 0
+        #: How the last failure is worded (outage.trouble).
+        self._trouble = "unreachable"
 
     @property
     def down(self) -> bool:
@@ -826,17 +828,21 @@ class ResilientCounter:
             self._during_outage += 1
         error = self.outage.last_error
         if self.on_error == "error" or self.local is None:
-            raise CounterError(f"{self.name} unreachable: {error}")
+            raise CounterError(f"{self.name} {self._trouble}: {error}")
         return _method(self.local, op)(key, size)
 
     def _failed(self, exc: CounterError, now: float) -> None:
+        # "redis unreachable" was logged for a read-only replica or a user without
+        # the permission too (review rev50): worded by what failed.
+        self._trouble = trouble(exc.__cause__)
         if not self.outage.failed(str(exc), now):
             return
         with self._lock:
             self._during_outage = 0
         log.warning(
-            "counter backend %s unreachable (%s); %s until it answers again",
+            "counter backend %s %s (%s); %s until it answers again",
             self.name,
+            self._trouble,
             exc,
             "counting on this host only" if self.on_error == "local" else "answering errors",
         )
@@ -848,8 +854,9 @@ class ResilientCounter:
         with self._lock:
             messages = self._during_outage
         log.info(
-            "counter backend %s reachable again after %.1f s; %d calls %s meanwhile",
+            "counter backend %s %s after %.1f s; %d calls %s meanwhile",
             self.name,
+            back(self._trouble),
             lasted,
             messages,
             "counted locally" if self.on_error == "local" else "failed",

@@ -10,6 +10,25 @@ import threading
 import time
 from collections.abc import Callable
 
+import redis
+
+
+def trouble(exc: BaseException | None) -> str:
+    """How a backend's failure is worded in the log: "unreachable" when no answer came
+    (refused, reset, timed out), "failing" when the answer was an error (a read-only
+    replica, out of memory, a user without the permission, a wrong password): the one
+    sends the operator to the network, the other to the backend's own log."""
+    if isinstance(exc, redis.AuthenticationError):
+        return "failing"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
+        return "unreachable"
+    return "failing"
+
+
+def back(word: str) -> str:
+    """What ends a :func:`trouble`: "reachable again", "answering again"."""
+    return "reachable again" if word == "unreachable" else "answering again"
+
 
 class Outage:
     def __init__(

@@ -35,7 +35,7 @@ from smtpguard.address import (
     parse_address_literal,
     parse_path,
 )
-from smtpguard.outage import Outage
+from smtpguard.outage import Outage, back, trouble
 from smtpguard.sqlitedb import WatchedFile
 
 log = logging.getLogger(__name__)
@@ -329,26 +329,30 @@ class RedisBlacklist:
         self.client = client
         self.key = f"{prefix}:blacklist"
         self.outage = Outage(retry_interval, clock)
+        #: How the last failure is worded (outage.trouble).
+        self._trouble = "unreachable"
 
     def listed(self, address: str) -> str | None:
         keys = matching_entries(address)
         outage = self.outage
         now = outage.clock()
         if not outage.ask(now):
-            raise StateError(f"redis unreachable: {outage.last_error}")
+            raise StateError(f"redis {self._trouble}: {outage.last_error}")
         try:
             found = self.client.hmget(self.key, list(keys))
         except redis.RedisError as exc:
+            self._trouble = trouble(exc)
             if outage.failed(str(exc), now):
                 log.warning(
-                    "blacklist backend redis unreachable (%s); lookups fail (each check's"
+                    "blacklist backend redis %s (%s); lookups fail (each check's"
                     " on_temp_error decides) and it is asked again every %.0f s",
+                    self._trouble,
                     exc,
                     outage.retry_interval,
                 )
             raise StateError(f"redis: {exc}") from None
         if (lasted := outage.recovered(now)) is not None:
-            log.info("blacklist backend redis reachable again after %.1f s", lasted)
+            log.info("blacklist backend redis %s after %.1f s", back(self._trouble), lasted)
         return _most_specific(
             keys, {key for key, value in zip(keys, found, strict=True) if value is not None}
         )
