@@ -144,3 +144,27 @@ def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path)
         assert held.rcpt("<alice@example.com>").kind == "continue"
         held.close()
         assert service.process.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_reload_follows_a_switched_link_to_the_config(tmp_path: Path, workers: int) -> None:
+    """A deploy switches /etc/smtpguard/smtpguard.toml -> releases/N/ to the next
+    release and sends SIGHUP: the start's target was read again (review rev51)."""
+    site = make_site(tmp_path, {"milter": {"workers": workers}})
+    text = site.config.read_text()
+    for release, deny in (("r1", '"junk.example"'), ("r2", '"junk.example", "new.example"')):
+        (tmp_path / release).mkdir()
+        (tmp_path / release / "smtpguard.toml").write_text(text.replace('"junk.example"', deny))
+    site.config.unlink()
+    site.config.symlink_to("r1/smtpguard.toml")
+    with running(site) as service:
+        assert mail(service, "<a@new.example>") == "continue"
+        (tmp_path / "next").symlink_to("r2/smtpguard.toml")
+        (tmp_path / "next").replace(site.config)
+        service.process.send_signal(signal.SIGHUP)
+        done = "reloaded configuration" if workers == 1 else "sent to 2 workers"
+        wait_until(lambda: done in service.log())
+        wait_until(lambda: mail(service, "<a@new.example>") == "reply")
+        for _ in range(4):  # every worker
+            assert mail(service, "<a@new.example>") == "reply"
+        assert str(tmp_path / "r2" / "smtpguard.toml") in service.log()

@@ -443,8 +443,9 @@ def test_a_reload_builds_from_the_text_given_not_the_file(tmp_path: Path) -> Non
 
 def test_packed_files_come_back_as_they_went() -> None:
     files = {"/etc/smtpguard/replies.toml": b"x" * 70_000, "/x/\udcff.txt": b"", "/y": b"\0\n"}
-    assert unpack_files(pack_files(b"[milter]\n", files)) == (b"[milter]\n", files)
-    assert unpack_files(pack_files(b"", {})) == (b"", {})
+    where = Path("/etc/smtpguard/releases/7/smtpguard.toml")
+    assert unpack_files(pack_files(b"[milter]\n", files, where)) == (b"[milter]\n", files, where)
+    assert unpack_files(pack_files(b"", {})) == (b"", {}, None)
 
 
 def test_a_worker_reloads_the_data_files_the_supervisor_validated(tmp_path: Path) -> None:

@@ -738,6 +738,7 @@ class DomainPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    #: The file read, links followed: its directory anchors relative paths.
     file: Path
     milter: MilterConfig
     site: SiteConfig
@@ -759,6 +760,15 @@ class Config:
     #: ``[domain."NAME"]`` tables by canonical domain name (``canonical_domain``); each
     #: table's ``domain`` is the name lower-cased as written, for messages.
     domains: Mapping[str, DomainPolicy] = field(default_factory=dict)
+    #: The path the config was loaded by, made absolute, links not followed (None:
+    #: ``file``): a reload reads it again, so a deploy that switches a link to
+    #: another release is loaded (review rev51: the start's target was read again).
+    source: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where a reload reads the config."""
+        return self.source if self.source is not None else self.file
 
     def check(self, name: str) -> CheckSettings:
         return self.checks.get(name) or CHECK_DEFAULTS.get(name, _DEFAULT_CHECK)
@@ -814,16 +824,25 @@ CHECK_DEFAULTS: Mapping[str, CheckSettings] = {
 
 
 def load_config(
-    path: Path | str, *, known_checks: frozenset[str] | None = None, data: bytes | None = None
+    path: Path | str,
+    *,
+    known_checks: frozenset[str] | None = None,
+    data: bytes | None = None,
+    target: Path | None = None,
 ) -> Config:
     """Read and validate the operator config; raise :class:`ConfigError`.
 
     ``data``: the file's bytes as read before (a supervisor's reload validates them
-    once and every worker applies those, whatever the file holds by then); ``path``
-    still names the file and anchors its relative paths."""
-    file = Path(path)
+    once and every worker applies those, whatever the file holds by then), from
+    ``target`` (``path`` with its links followed then; by default now), which names
+    the file and anchors its relative paths."""
+    given = Path(path)
+    # Resolved once, then read: a link switched meanwhile gives one file's text and
+    # the same file's directory.
+    file = target if target is not None else given.resolve()
     raw = read_toml(file) if data is None else parse_toml(file, data)
-    return _build(_Section(file.resolve(), "", raw), known_checks)
+    config = _build(_Section(file, "", raw), known_checks)
+    return replace(config, source=Path(os.path.abspath(given)))
 
 
 def loader_keys() -> dict[str, frozenset[str]]:

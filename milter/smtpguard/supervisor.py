@@ -163,17 +163,21 @@ class Worker:
     hung: bool = False
 
 
-def reloader(app: App, text: Callable[[], bytes] | None = None) -> Callable[[], Runtime]:
+def reloader(
+    app: App, text: Callable[[], bytes] | None = None, target: Path | None = None
+) -> Callable[[], Runtime]:
     """The reload of a running service: the config checked as at start, on top of the
     running runtime (whose resolver and counters are kept when unchanged).
 
-    ``text`` gives the config's bytes (a worker: those the supervisor validated); by
-    default the file is read again (one process)."""
+    ``text`` gives the config's bytes (a worker: those the supervisor validated) and
+    ``target`` the file they were read from (the path the service was started with,
+    links followed); by default that path is read again, and its links followed again
+    (one process)."""
 
     def reload() -> Runtime:
         running = app.runtime.config
         data = None if text is None else text()
-        new = load_config(running.file, known_checks=CHECK_NAMES, data=data)
+        new = load_config(running.path, known_checks=CHECK_NAMES, data=data, target=target)
         check_reloadable(running, new)
         return build_runtime(new, previous=app.runtime)
 
@@ -184,18 +188,20 @@ _COUNT = struct.Struct("=I")
 _ENTRY = struct.Struct("=IQ")
 
 
-def pack_files(config: bytes, files: Mapping[str, bytes]) -> bytes:
-    """The config's bytes and the data files' (by absolute path) as one text for
-    :class:`SharedText`."""
-    out = [_COUNT.pack(len(files)), _ENTRY.pack(0, len(config)), config]
+def pack_files(config: bytes, files: Mapping[str, bytes], target: Path | None = None) -> bytes:
+    """The config's bytes, the file they were read from (``target``) and the data
+    files' bytes (by absolute path) as one text for :class:`SharedText`."""
+    where = b"" if target is None else str(target).encode("utf-8", "surrogateescape")
+    out = [_COUNT.pack(len(files)), _ENTRY.pack(len(where), len(config)), where, config]
     for path, data in files.items():
         name = path.encode("utf-8", "surrogateescape")
         out += [_ENTRY.pack(len(name), len(data)), name, data]
     return b"".join(out)
 
 
-def unpack_files(text: bytes) -> tuple[bytes, dict[str, bytes]]:
-    """What :func:`pack_files` packed."""
+def unpack_files(text: bytes) -> tuple[bytes, dict[str, bytes], Path | None]:
+    """What :func:`pack_files` packed: the config's bytes, the data files', the config
+    file."""
     view = memoryview(text)
     (count,) = _COUNT.unpack_from(view, 0)
     at = _COUNT.size
@@ -207,7 +213,8 @@ def unpack_files(text: bytes) -> tuple[bytes, dict[str, bytes]]:
         at += name_size
         entries.append((name, bytes(view[at : at + size])))
         at += size
-    return entries[0][1], dict(entries[1:])
+    where, config = entries[0]
+    return config, dict(entries[1:]), Path(where) if where else None
 
 
 def check_reloadable(running: Config, new: Config) -> None:
@@ -504,10 +511,13 @@ class Supervisor:
 
     def _reload(self) -> None:
         try:
-            data = read_config(self.app.runtime.config.file)
+            # The path the service started with, its links followed again: a deploy
+            # may have switched one to another release (review rev51).
+            target = self.app.runtime.config.path.resolve()
+            data = read_config(target)
             with recording() as files:
-                runtime = reloader(self.app, lambda: data)()
-            text = pack_files(data, files)
+                runtime = reloader(self.app, lambda: data, target)()
+            text = pack_files(data, files, target)
             if len(text) > self.published.size:
                 retire(runtime, self.app.runtime)
                 raise ConfigError(
@@ -556,9 +566,9 @@ class Supervisor:
                 self.pid,
             )
             return None
-        config, files = unpack_files(data)
+        config, files, target = unpack_files(data)
         with replaying(files):
-            runtime = reloader(self.app, lambda: config)()
+            runtime = reloader(self.app, lambda: config, target)()
         self.generation = generation
         return runtime
 
