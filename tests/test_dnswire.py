@@ -607,9 +607,10 @@ def test_next_server_answers_when_the_first_hangs_over_tcp(unbound: DnsServer) -
 
 
 @contextmanager
-def questionless_nameserver(host: str) -> Iterator[int]:
+def questionless_nameserver(host: str, asked: list[tuple[int, int]] | None = None) -> Iterator[int]:
     """FORMERR without a question to a query with EDNS, REFUSED without one to a plain
-    query: a header alone, as servers that cannot read the question answer."""
+    query: a header alone, as servers that cannot read the question answer. Each
+    query's (source port, id) goes to ``asked``."""
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((host, 0))
     udp.settimeout(0.1)
@@ -622,6 +623,8 @@ def questionless_nameserver(host: str) -> Iterator[int]:
             except OSError:
                 continue
             qid, _flags, _qd, _an, _ns, arcount = struct.unpack_from("!6H", data)
+            if asked is not None:
+                asked.append((peer[1], qid))
             rcode = dns.rcode.FORMERR if arcount else dns.rcode.REFUSED
             udp.sendto(struct.pack("!6H", qid, 0x8000 | rcode, 0, 0, 0, 0), peer)
 
@@ -656,6 +659,23 @@ def test_an_error_without_a_question_is_taken() -> None:
     assert "answered FORMERR to EDNS" in answer.detail
     assert "answered REFUSED" in answer.detail
     assert time.monotonic() - started < 1
+
+
+def test_a_socket_never_asks_with_the_same_id_twice() -> None:
+    """Review rev52 N5: an id was free again once its try expired, and a late (or
+    spoofed) question-less REFUSED, matched by id alone, ended the next query on the
+    socket that drew it. No socket draws an id twice in its life."""
+    asked: list[tuple[int, int]] = []
+    with questionless_nameserver("127.0.0.4", asked) as port:
+        r = Resolver(UdpTransport(["127.0.0.4"], port, 2.0))
+        try:
+            futures = [r.submit(f"n{i}.example", "A") for i in range(1500)]
+            for future in futures:
+                assert r.wait(future, time.monotonic() + 10) is not None
+        finally:
+            r.close()
+    assert len(asked) > 1500  # mostly FORMERR to EDNS, then REFUSED (a few may be lost)
+    assert len(set(asked)) == len(asked)
 
 
 @pytest.mark.integration

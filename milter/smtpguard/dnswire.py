@@ -461,6 +461,11 @@ class _Socket(asyncio.DatagramProtocol):
         #: (query id, server address, port) -> (question, future of its reply)
         self.pending: dict[tuple[int, str, int], tuple[Question, asyncio.Future[Reply]]] = {}
         self.used = 0
+        #: Every id asked on this socket: never drawn again for its life (at most
+        #: UdpTransport.QUERIES_PER_SOCKET), so a late reply to an expired try, a
+        #: question-less error that matches by id alone, cannot end a later query
+        #: (review rev52 N5).
+        self.ids: set[int] = set()
         self.retired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -597,10 +602,10 @@ class UdpTransport:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in server else socket.AF_INET
         sock = await self._socket(family)
-        key = (question.qid, server, self.port)
-        while key in sock.pending:
+        while question.qid in sock.ids:
             question.qid = dns.entropy.random_16()
-            key = (question.qid, server, self.port)
+        sock.ids.add(question.qid)
+        key = (question.qid, server, self.port)
         future: asyncio.Future[Reply] = loop.create_future()
         sock.pending[key] = (question, future)
         sock.used += 1
