@@ -101,6 +101,11 @@ def make_plan(cfg: Config, **changed: str) -> Plan:
     return plan(cfg, load_replies(cfg.replies, cfg.file), settings(**changed))
 
 
+def accepted_conflicts(result: Plan) -> list[str]:
+    """The plan's "Postfix accepts mail for ..., which smtpguard refuses" problems."""
+    return [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+
+
 def changes(result: Plan) -> dict[str, str]:
     return {c.name: c.value for c in result.changes}
 
@@ -630,7 +635,7 @@ def test_domains_postfix_accepts_but_smtpguard_refuses_are_a_conflict(tmp_path: 
         virtual_alias_domains="example.org, hash:/etc/postfix/virtual_domains",
         relay_domains="relay.example",
     )
-    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    (problem,) = accepted_conflicts(result)
     assert "mail.example.com (mydestination)" in problem
     # One of site.our_hostnames: a note on what smtpguard lets through to it.
     assert "mx.example.com" not in problem
@@ -700,7 +705,7 @@ def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
         )
 
     result = tables(config(tmp_path), f"{conf}/relay.list, !skipped.example, regexp:{conf}/pcre")
-    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    (problem,) = accepted_conflicts(result)
     assert problem.startswith(
         "Postfix accepts mail for other.example (mydestination), relay2.example (relay_domains),"
         " more.example (relay_domains), which smtpguard refuses"
@@ -720,7 +725,7 @@ def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
         },
     )
     result = tables(covered, f"{conf}/relay.list")
-    assert not [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    assert not accepted_conflicts(result)
 
 
 def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
@@ -752,7 +757,7 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
     raw = {**expanded, "virtual_alias_domains": "$virtual_alias_maps"}
     current = Settings(raw=raw, expanded=expanded)
     result = plan(cfg, load_replies(cfg.replies, cfg.file), current)
-    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    (problem,) = accepted_conflicts(result)
     assert problem.startswith(
         "Postfix accepts mail for other.example (virtual_alias_domains),"
         " self.example (relay_domains), d0.example (relay_domains),"
@@ -766,27 +771,26 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
     )
 
 
+def flat_relay_conflict(tmp_path: Path, relay_domains: str) -> str:
+    """The one domain conflict of ``relay_domains`` matched without parent style."""
+    result = make_plan(
+        config(tmp_path), relay_domains=relay_domains, parent_domain_matches_subdomains=""
+    )
+    (problem,) = accepted_conflicts(result)
+    return problem
+
+
 def test_a_name_excluded_before_it_is_listed_is_not_accepted(tmp_path: Path) -> None:
     """Review rev51: "!x.example, x.example" (the first match decides: Postfix refuses
     x.example) was reported as a domain Postfix accepts and smtpguard refuses."""
-    result = make_plan(
-        config(tmp_path),
-        relay_domains="!x.example, x.example, y.example, !y.example",
-        parent_domain_matches_subdomains="",
-    )
-    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    problem = flat_relay_conflict(tmp_path, "!x.example, x.example, y.example, !y.example")
     assert problem.startswith("Postfix accepts mail for y.example (relay_domains), which")
     assert "x.example" not in problem
     # Review rev54: an excluded file excludes its names; "!t.example." excludes nothing
     # Postfix looks up, so t.example is accepted.
     excluded = tmp_path / "excluded.list"
     excluded.write_text("f.example\n")
-    more = make_plan(
-        config(tmp_path),
-        relay_domains=f"!{excluded}, f.example, !t.example., t.example",
-        parent_domain_matches_subdomains="",
-    )
-    (problem,) = [p for p in more.unresolved if p.startswith("Postfix accepts mail for")]
+    problem = flat_relay_conflict(tmp_path, f"!{excluded}, f.example, !t.example., t.example")
     assert problem.startswith("Postfix accepts mail for t.example (relay_domains), which")
     assert "f.example" not in problem
 
@@ -803,7 +807,7 @@ def test_an_exclusion_matches_as_postfix_matches_its_list(tmp_path: Path) -> Non
         virtual_alias_domains="!.v.example, w.v.example, .v2.example",
         virtual_mailbox_domains=".v3.example, !k.example, j.k.example",
     )
-    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    (problem,) = accepted_conflicts(result)
     accepted = problem.split(", which smtpguard")[0]
     # !sub.r.example leaves r.example and its other subdomains.
     assert accepted == (
@@ -813,12 +817,7 @@ def test_an_exclusion_matches_as_postfix_matches_its_list(tmp_path: Path) -> Non
     )
     # A domain list of the other style: "!p.example" is p.example alone, and
     # "!.s.example" the subdomains of s.example.
-    flat = make_plan(
-        config(tmp_path),
-        relay_domains="!p.example, q.p.example, !.s.example, t.s.example",
-        parent_domain_matches_subdomains="",
-    )
-    (problem,) = [p for p in flat.unresolved if p.startswith("Postfix accepts mail for")]
+    problem = flat_relay_conflict(tmp_path, "!p.example, q.p.example, !.s.example, t.s.example")
     assert problem.startswith("Postfix accepts mail for q.p.example (relay_domains), which")
 
 
@@ -837,7 +836,7 @@ def test_a_web_of_list_files_is_read_once_per_file(tmp_path: Path) -> None:
         parent_domain_matches_subdomains="",
     )
     assert time.monotonic() - started < 10
-    (problem,) = [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    (problem,) = accepted_conflicts(result)
     named = [f"d{i}.example (relay_domains)" for i in range(12)]
     assert problem.startswith(f"Postfix accepts mail for {', '.join(named)}, which smtpguard")
     (cycle,) = [n for n in result.unresolved if "includes itself" in n]
@@ -854,17 +853,17 @@ def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
         relay_domains="relay.example, .other.example",
         mydestination="example.com, .x.example, localhost",
     )
-    assert not [p for p in result.unresolved if p.startswith("Postfix accepts mail for")]
+    assert not accepted_conflicts(result)
     # mydestination is matched exactly even when named there (second review).
     named = make_plan(
         covered,
         parent_domain_matches_subdomains="relay_domains, mydestination",
         mydestination="example.com, localhost",
     )
-    assert not [p for p in named.unresolved if p.startswith("Postfix accepts mail for")]
+    assert not accepted_conflicts(named)
     # Where a domain list is not parent-style, the dot form is how subdomains are listed.
     dotted = make_plan(covered, relay_domains=".other.example", parent_domain_matches_subdomains="")
-    (problem,) = [p for p in dotted.unresolved if p.startswith("Postfix accepts mail for")]
+    (problem,) = accepted_conflicts(dotted)
     assert problem.startswith(
         "Postfix accepts mail for subdomains of other.example (relay_domains)"
     )
@@ -872,14 +871,14 @@ def test_subdomains_postfix_relays_for_need_a_dot_entry(tmp_path: Path) -> None:
     # (Postfix 3.7.11 refused a.other.example as relaying; an earlier version of this
     # test said the opposite).
     virtual = make_plan(covered, virtual_alias_domains=".other.example")
-    assert not [p for p in virtual.unresolved if p.startswith("Postfix accepts mail for")]
+    assert not accepted_conflicts(virtual)
     # Without parent matching for relay_domains, relay.example is that domain only.
     alone = make_plan(
         config(tmp_path / "alone"),
         relay_domains="relay.example",
         parent_domain_matches_subdomains="mynetworks",
     )
-    assert not [p for p in alone.unresolved if p.startswith("Postfix accepts mail for")]
+    assert not accepted_conflicts(alone)
 
 
 def test_an_idn_listed_in_one_spelling_is_a_conflict(tmp_path: Path) -> None:
