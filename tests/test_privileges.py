@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import shutil
+import signal
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from smtpguard.config import ConfigError, load_config
+from support.polling import children, wait_until
 from support.service import UNTRUSTED_IP, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
@@ -92,3 +96,33 @@ def test_remote_socket_allowed_explicitly(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[milter]\nsocket = "inet:9999@192.0.2.1"\nallow_remote_socket = true\n')
     assert load_config(path).milter.allow_remote_socket
+
+
+def test_a_supervisor_as_the_service_user_reaps_and_restarts_its_workers() -> None:
+    """Review rev58: os.wait4 imports the resource module at every call; where the
+    service user cannot read the interpreter's library (this machine: pyenv under
+    /root, 0700) the supervisor died at its first reap and left its workers behind."""
+    root = Path(tempfile.mkdtemp(prefix="smtpguard-priv-"))
+    root.chmod(0o755)
+    state = root / "state"
+    state.mkdir()
+    shutil.chown(state, "nobody")
+    site = make_site(
+        root,
+        {
+            "milter": {"user": "nobody", "workers": 2},
+            "state": {"path": str(state / "state.sqlite")},
+        },
+    )
+    with running(site) as service:
+        supervisor = service.process.pid
+        wait_until(lambda: len(children(supervisor)) == 2)
+        time.sleep(2)  # reaps every second
+        assert service.process.poll() is None, service.log()
+        before = children(supervisor)
+        os.kill(min(before), signal.SIGKILL)
+        wait_until(lambda: len(children(supervisor) - before) == 1, deadline=10)
+        assert service.process.poll() is None, service.log()
+        with service.session() as s:
+            s.connect(UNTRUSTED_IP)
+            assert s.helo("mail.sender.example").kind == "continue"

@@ -22,14 +22,15 @@ from smtpguard.app import load
 from smtpguard.config import Config
 from smtpguard.probes import socket_problems
 from support.daemons import Rspamd, free_port, start_clamd, start_redis
-from support.service import ROOT, Site, make_site, merge, running, smtpguard
+from support.files import STDLIB, STDLIB_PROBLEM, others_may_read, without_stdlib_problem
+from support.service import ROOT, Site, make_site, merge, run_cli, running, smtpguard
 from support.unbound import DnsServer, silent_nameserver
 
 pytestmark = pytest.mark.integration
 
 
 def problems(result: Any) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line]
+    return without_stdlib_problem([line for line in result.stderr.splitlines() if line])
 
 
 @pytest.fixture
@@ -300,6 +301,38 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
 # --- files, as the service user -----------------------------------------------------
 
 
+def test_an_interpreter_the_service_user_cannot_read_is_named(open_dir: Path) -> None:
+    """Review rev58: with Python private to root (pyenv under /root, 0700) the
+    supervisor died at its first reap, importing a module after the privilege drop;
+    any module imported on first use fails so. check-config names it where it is so."""
+    site = nobody_site(open_dir)
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    named = [line for line in result.stderr.splitlines() if STDLIB_PROBLEM in line]
+    if others_may_read(STDLIB):
+        assert named == []
+    else:
+        assert named == [
+            f"{site.config.resolve()}: milter.user: nobody cannot read {STDLIB}: {STDLIB_PROBLEM}"
+        ]
+
+
+def test_a_config_link_the_service_user_cannot_follow(open_dir: Path) -> None:
+    """A reload reads the config by the path given: a link in a directory only root may
+    search failed every reload, while check-config checked the link's target alone
+    (review rev58)."""
+    site = nobody_site(open_dir)
+    private = open_dir / "private"
+    private.mkdir(mode=0o700)
+    link = private / "smtpguard.toml"
+    link.symlink_to(site.config)
+    result = run_cli("-c", str(link), "check-config", "--offline", check=False)
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{site.config.resolve()}: milter.user: nobody cannot read {link}:"
+        " a reload (SIGHUP) would fail"
+    ]
+
+
 def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
     site = nobody_site(open_dir)
     site.directory.chmod(0o600)  # root's: nobody cannot read it
@@ -319,7 +352,7 @@ def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
     # check's on_temp_error (database_temp_error by default, or a pass).
     with running(site) as service:
         logged = [line for line in service.log().splitlines() if " ERROR " in line]
-    assert [line.partition(" ERROR ")[2] for line in logged] == expected
+    assert without_stdlib_problem([line.partition(" ERROR ")[2] for line in logged]) == expected
 
 
 def test_state_directory_the_service_user_cannot_write(open_dir: Path) -> None:
@@ -374,7 +407,7 @@ def test_rule_files_a_reload_reads_unreadable_for_the_service_user(open_dir: Pat
 
     Path(patterns).chmod(0o644)
     Path(table).chmod(0o644)
-    assert smtpguard(site, "check-config", "--offline", check=False).returncode == 0
+    assert problems(smtpguard(site, "check-config", "--offline", check=False)) == []
 
 
 # --- site ---------------------------------------------------------------------------

@@ -842,7 +842,9 @@ def load_config(
     file = target if target is not None else given.resolve()
     raw = read_toml(file) if data is None else parse_toml(file, data)
     config = _build(_Section(file, "", raw), known_checks)
-    return replace(config, source=Path(os.path.abspath(given)))
+    # absolute(), not abspath(): "current/../x.toml" through a link "current" is not
+    # "x.toml" (review rev58).
+    return replace(config, source=given.absolute())
 
 
 def loader_keys() -> dict[str, frozenset[str]]:

@@ -202,7 +202,16 @@ def _reload_files(config: Config) -> list[Problem]:
         ("antispam.rules", config.antispam.rules, reload),
         ("milter.user", Path(smtpguard.__file__).parent, "its modules cannot be imported"),
         ("milter.user", Path(dnspython.__file__ or "").parent, "DNS answers would fail"),
+        (
+            "milter.user",
+            Path(os.__file__).parent,
+            "modules of Python's own library imported on first use would fail",
+        ),
     ]
+    if config.path != config.file:
+        # A reload reads the config by the path given, links and all (review rev58:
+        # a link in a directory only root may search failed every reload).
+        wanted.append(("milter.user", config.path, reload))
     generic = config.smtpport.generic
     if generic is not None:
         wanted.append(("smtpport.generic_patterns", generic.file, reload))
@@ -218,7 +227,10 @@ def _reload_files(config: Config) -> list[Problem]:
     for key, path, consequence in wanted:
         if not path.is_absolute():
             continue
-        mode = os.R_OK | (os.X_OK if path.is_dir() else 0)
+        try:
+            mode = os.R_OK | (os.X_OK if path.is_dir() else 0)
+        except OSError:  # a directory on the way it may not search: access() says no
+            mode = os.R_OK
         if not os.access(path, mode):
             found.append((key, f"{whom} cannot read {path}: {consequence}"))
     return found

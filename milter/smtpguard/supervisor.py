@@ -65,6 +65,11 @@ import logging
 import mmap
 import operator
 import os
+
+# os.wait4 imports it at every call: imported now, before the privilege drop, so a
+# milter.user who cannot read the interpreter's library does not kill the supervisor
+# at its first reap (review rev58: pyenv under /root, mode 0700).
+import resource  # noqa: F401
 import select
 import shutil
 import signal

@@ -26,3 +26,26 @@ def descriptors_on(*paths: Path) -> int:
             continue  # the descriptor listdir itself used
         count += target.removesuffix(" (deleted)") in wanted
     return count
+
+
+#: The interpreter's own library, which a service user must read for the modules
+#: imported on first use.
+STDLIB = Path(os.__file__).parent
+#: check-config's line for an interpreter the service user cannot read.
+STDLIB_PROBLEM = "modules of Python's own library imported on first use would fail"
+
+
+def others_may_read(path: Path) -> bool:
+    """Whether a user with no special rights (nobody) may read the directory ``path``:
+    every directory above it searchable by others, itself readable and searchable."""
+    for above in reversed(path.parents):
+        if not os.stat(above).st_mode & 0o001:
+            return False
+    return os.stat(path).st_mode & 0o005 == 0o005
+
+
+def without_stdlib_problem(lines: list[str]) -> list[str]:
+    """check-config's lines for a service user, less the one about the interpreter:
+    present where Python is private (pyenv under /root, mode 0700, as on the test
+    machine), absent where it is the system's (tests/test_probes.py checks both)."""
+    return [line for line in lines if STDLIB_PROBLEM not in line]
