@@ -36,6 +36,7 @@ from smtpguard.dns import (
     reverse_name,
 )
 from support.fake_dns import FakeClock, FakeDns, fake_resolver, hold_slots
+from support.polling import wait_until
 from support.threads import hammer
 
 
@@ -445,5 +446,71 @@ def test_lookups_nobody_waits_for_leave_the_queue(fake: FakeDns) -> None:
         assert answer.status is Status.NXDOMAIN
         time.sleep(0.4)  # the first lookup's slot would have gone to the second by now
         assert fake.calls == [("0.pause.test", "A"), ("2.pause.test", "A")]
+    finally:
+        resolver.close()
+
+
+def test_a_lookup_nobody_waits_for_any_more_is_not_sent(fake: FakeDns) -> None:
+    """Review rev57: a flood of MAIL FROMs whose domains never answer filled the slots
+    with lookups every caller had given up on, and later senders waited behind them
+    for 20 s after the flood. A queued lookup whose askers' deadlines have all passed
+    is dropped when its turn comes; one asked without a deadline is still sent."""
+    fake.slow["pause.test"] = 0.5
+    resolver = fake_resolver(fake, max_inflight=1)
+    try:
+        resolver.submit("0.pause.test", "A")
+        wait_until(lambda: len(fake.calls) == 1)
+        given_up = resolver.submit("late.test", "A", deadline=time.monotonic() + 0.1)
+        kept = resolver.submit("kept.test", "A")
+        assert resolver.wait(kept, time.monotonic() + 5) is not None
+        assert resolver.wait(given_up, time.monotonic() + 5) is not None
+        assert ("late.test", "A") not in fake.calls
+        assert ("kept.test", "A") in fake.calls
+    finally:
+        resolver.close()
+
+
+def test_a_short_wait_for_a_slot_leaves_a_slow_server_its_timeout(fake: FakeDns) -> None:
+    """Review rev57: a lookup that waited a few milliseconds for a slot and then timed
+    out at a slow server was deferred as this host's fault. Only a wait of a quarter
+    of the timeout or more is (or one still waiting)."""
+    fake.slow["pause.test"] = 0.05
+    fake.slow["long.test"] = 0.7
+    fake.slow["slow-server.test"] = 60
+    resolver = fake_resolver(fake, max_inflight=1)  # timeout 2 s: a wait of 0.5 s is long
+    try:
+        resolver.submit("0.pause.test", "A")
+        slow = resolver.lookup("slow-server.test", "A", time.monotonic() + 0.4)
+        assert slow.status is Status.TIMEOUT
+        assert not slow.busy, slow
+        resolver.close()
+        resolver = fake_resolver(fake, max_inflight=1)
+        resolver.submit("0.long.test", "A")
+        late = resolver.lookup("1.slow-server.test", "A", time.monotonic() + 1.0)
+        assert late.busy, late
+        assert "after 0.7 s waiting for a resolver slot" in late.detail
+    finally:
+        resolver.close()
+
+
+def test_an_asker_coming_as_a_lookup_is_cancelled_gets_a_lookup_of_its_own(
+    fake: FakeDns,
+) -> None:
+    """Review rev57: a session joined a queued lookup just as its last asker (a closed
+    session) cancelled it, and got CancelledError: internal_error."""
+    resolver = fake_resolver(fake, max_inflight=1)
+    hold_slots(resolver, fake, 1)
+
+    async def scenario() -> bool:
+        leaving = asyncio.ensure_future(resolver.query("x.test", "A"))
+        await asyncio.sleep(0.05)  # queued behind the held slot
+        leaving.cancel()
+        await asyncio.sleep(0)  # its asker leaves, and the lookup is cancelled
+        coming = asyncio.ensure_future(resolver.query("x.test", "A"))
+        await asyncio.sleep(0.1)
+        return coming.done()
+
+    try:
+        assert resolver.spawn(scenario()).result(timeout=5) is False  # waiting, not failed
     finally:
         resolver.close()

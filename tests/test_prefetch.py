@@ -23,7 +23,7 @@ from smtpguard.pipeline import CHECK_NAMES, Action, Pipeline
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Verdict
-from support.fake_dns import DNS_SECTION, FakeDns, NoBlacklist
+from support.fake_dns import DNS_SECTION, FakeDns, NoBlacklist, fake_resolver
 from support.polling import wait_until
 from support.unbound import RBL_ZONE
 
@@ -172,6 +172,36 @@ def test_the_stage_deadline_bounds_a_mail_callback(
     # Every DNS check timed out on the shared 1 s deadline and passed (defaults).
     assert decision.action is Action.CONTINUE
     assert elapsed < 1.5
+
+
+def test_a_client_whose_own_names_never_answer_leaves_spf_its_time(tmp_path: Path) -> None:
+    """Review rev57: the client's PTR names never answered, the smtpport check waited
+    out the stage deadline for them (and passed, as a timeout does), and SPF had no
+    time left: the forged sender passed the domain's "-all" as after a DNS timeout.
+    The checks of the sender's domain get a third of the stage at least."""
+    fake = FakeDns()
+    fake.slow["slow.test"] = 60.0
+    fake.add("66.100.51.198.in-addr.arpa", "PTR", *(f"n{i}.slow.test." for i in range(4)))
+    fake.add("mx.sender.test", "A", CLIENT)
+    fake.add("victim.test", "MX", "10 mx.victim.test.")
+    fake.add("victim.test", "TXT", '"v=spf1 -all"')
+    resolver = fake_resolver(fake)
+    try:
+        pipeline = build(tmp_path, resolver)
+        conn = connection()
+        pipeline.run(Stage.CONNECT, conn)
+        conn.helo = "mx.sender.test"
+        pipeline.run(Stage.HELO, conn)
+        mail(conn, "ceo@victim.test")
+        started = time.monotonic()
+        decision = pipeline.run(Stage.MAIL, conn)
+        took = time.monotonic() - started
+    finally:
+        resolver.close()
+    assert decision.check == "spf"
+    assert decision.reply is not None
+    assert decision.reply.code == "556"
+    assert took < 1.0 + 1.0 / 3 + 0.2  # the stage, and at most the sender's third more
 
 
 def test_a_reload_keeps_the_resolver_while_dns_is_unchanged(tmp_path: Path) -> None:

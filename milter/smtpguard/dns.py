@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
 
 import dns.entropy
 import dns.exception
@@ -226,13 +226,19 @@ class Resolver:
         # by the loop thread; cachetools is not thread-safe.
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
-        #: Coroutines waiting for each lookup in flight (query()); a lookup handed over
-        #: by submit() counts one that never leaves (loop thread only).
+        #: Who waits for each lookup in flight (loop thread only): coroutines in
+        #: query(), and submit()s without a deadline, which never leave...
         self._askers: dict[asyncio.Future[Answer], int] = {}
-        #: Lookups in flight that had to wait for a slot (read by callback threads).
-        self._waited: set[tuple[str, str]] = set()
-        #: Lookups waiting for a slot now: cancelled when their last asker leaves.
-        self._queued: set[tuple[str, str]] = set()
+        #: ...and the latest deadline of the submit()s with one. A lookup still waiting
+        #: for a slot when none of them waits any more is dropped, not sent.
+        self._until: dict[asyncio.Future[Answer], float] = {}
+        #: Lookups waiting for a slot now (read by callback threads: missed()).
+        self._queued: set[asyncio.Future[Answer]] = set()
+        #: Seconds a lookup in flight waited for its slot, when that was long (read by
+        #: callback threads: missed()).
+        self._slot_waits: dict[asyncio.Future[Answer], float] = {}
+        #: A wait for a slot this long makes a later timeout the host's (busy).
+        self._busy_wait = timeout / 4
         self._background: set[asyncio.Task[Answer]] = set()
         self._max_inflight = max_inflight
         #: Lookups in flight at most, per pool (see _pool()): the shared pool, the
@@ -246,7 +252,10 @@ class Resolver:
         # loop: waking it (a write to its self-pipe) per lookup costs more than the
         # lookup's own bookkeeping when a burst of sessions connects at once.
         self._handover: list[
-            tuple[Coroutine[Any, Any, Any] | tuple[str, str, bool], concurrent.futures.Future[Any]]
+            tuple[
+                Coroutine[Any, Any, Any] | tuple[str, str, bool, float | None],
+                concurrent.futures.Future[Any],
+            ]
         ] = []
         self._handover_lock = threading.Lock()
 
@@ -321,22 +330,37 @@ class Resolver:
             left = self._askers.get(task)
             if left is not None:  # None: done, and forgotten
                 self._askers[task] = left - 1
-                if left == 1 and key in self._queued and not task.done():
+                if task in self._queued and not task.done() and not self._wanted(task):
+                    # Forgotten at once: an asker coming meanwhile starts another
+                    # lookup, not this cancelled one (review rev57: it got
+                    # CancelledError, and its session internal_error).
+                    self._forget(key, task)
                     task.cancel()
 
-    def _lookup(self, key: tuple[str, str], client: bool = False) -> asyncio.Future[Answer]:
-        """The query in flight for ``key``, started if there is none (loop thread)."""
+    def _wanted(self, task: asyncio.Future[Answer]) -> bool:
+        """Whether anyone still waits for ``task``'s answer."""
+        return self._askers.get(task, 0) > 0 or self._until.get(task, 0.0) > time.monotonic()
+
+    def _lookup(
+        self, key: tuple[str, str], client: bool = False, until: float | None = None
+    ) -> asyncio.Future[Answer]:
+        """The query in flight for ``key``, started if there is none (loop thread).
+        ``until``: the deadline of a submit() asker (None: a query() or a submit()
+        without one, counted by the caller)."""
         pending = self._inflight.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._ask(key, client))
             self._inflight[key] = pending
-            pending.add_done_callback(functools.partial(self._finished, key))
+            pending.add_done_callback(functools.partial(self._forget, key))
+        if until is not None and until > self._until.get(pending, 0.0):
+            self._until[pending] = until
         return pending
 
-    def _finished(self, key: tuple[str, str], task: asyncio.Future[Answer]) -> None:
+    def _forget(self, key: tuple[str, str], task: asyncio.Future[Answer]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
         self._askers.pop(task, None)
+        self._until.pop(task, None)
 
     def reserve(self, zones: Iterable[str]) -> None:
         """Give lookups under ``zones`` (the DNSBL zones) ``max_inflight`` slots of
@@ -361,14 +385,24 @@ class Resolver:
 
     async def _ask(self, key: tuple[str, str], client: bool) -> Answer:
         slots = self._pool(key, client)
+        task = cast("asyncio.Future[Answer]", asyncio.current_task())
         try:
             if slots.locked():
-                self._waited.add(key)
-                self._queued.add(key)
+                queued = time.monotonic()
+                self._queued.add(task)
                 try:
                     await slots.acquire()
                 finally:
-                    self._queued.discard(key)
+                    self._queued.discard(task)
+                waited = time.monotonic() - queued
+                if waited >= self._busy_wait:
+                    self._slot_waits[task] = waited
+                if not self._wanted(task):
+                    # Every asker's deadline passed while it queued (review rev57: a
+                    # flood of MAIL FROMs with dead domains kept the slots full of
+                    # lookups nobody read, for 20 s after it stopped).
+                    slots.release()
+                    return Answer(*key, Status.TIMEOUT, detail="not sent: no one waits for it")
             else:
                 await slots.acquire()
             try:
@@ -380,7 +414,7 @@ class Resolver:
             finally:
                 slots.release()
         finally:
-            self._waited.discard(key)
+            self._slot_waits.pop(task, None)
         self._store(key, answer)
         return answer
 
@@ -413,9 +447,13 @@ class Resolver:
                 self._thread, self._loop = thread, loop
             return self._loop
 
-    def submit(self, name: str, rdtype: str, *, client: bool = False) -> Pending[Answer]:
+    def submit(
+        self, name: str, rdtype: str, *, client: bool = False, deadline: float | None = None
+    ) -> Pending[Answer]:
         """Start a lookup; returns at once. A cached answer comes back done.
-        ``client`` as for :meth:`query`."""
+        ``client`` as for :meth:`query`; ``deadline`` (monotonic): when the caller stops
+        waiting, after which the lookup, if it still waits for a slot and no one else
+        wants it, is not sent (None: it is sent whenever its turn comes)."""
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
@@ -424,7 +462,7 @@ class Resolver:
         if hit is not None:
             return Completed(hit)
         future: concurrent.futures.Future[Answer] = concurrent.futures.Future()
-        self._hand_over((*key, client), future)
+        self._hand_over((*key, client, deadline), future)
         return future
 
     def spawn(self, coro: Coroutine[Any, Any, _T]) -> Spawned[_T]:
@@ -436,7 +474,7 @@ class Resolver:
 
     def _hand_over(
         self,
-        work: Coroutine[Any, Any, Any] | tuple[str, str, bool],
+        work: Coroutine[Any, Any, Any] | tuple[str, str, bool, float | None],
         future: concurrent.futures.Future[Any],
     ) -> None:
         loop = self._ensure_loop()
@@ -456,10 +494,12 @@ class Resolver:
                 continue
             if isinstance(work, tuple):
                 # A bare lookup joins the query in flight without a coroutine of its
-                # own; its asker is the callback thread, which never cancels.
-                name, rdtype, client = work
-                lookup = self._lookup((name, rdtype), client)
-                self._askers[lookup] = self._askers.get(lookup, 0) + 1
+                # own; its asker is the callback thread, which never cancels: it
+                # waits until its deadline, or for good without one.
+                name, rdtype, client, until = work
+                lookup = self._lookup((name, rdtype), client, until)
+                if until is None:
+                    self._askers[lookup] = self._askers.get(lookup, 0) + 1
                 task: asyncio.Future[Any] = lookup
             else:
                 task = asyncio.ensure_future(work)
@@ -469,32 +509,35 @@ class Resolver:
 
     def missed(self, name: str, rdtype: str) -> Answer:
         """The answer of a lookup whose caller's deadline passed first: a TIMEOUT,
-        ``busy`` when the lookup had to wait for one of our slots before it was sent.
-        Such a timeout says nothing of the name's servers, only that this host was
-        too busy to ask them: the checks that look up names the client does not
-        control (SPF, the sender's domain, the DNSBL zones) defer it whatever their
-        ``on_temp_error`` says, since a flood of connections that fills the slots
-        would otherwise pass a forged sender (review rev52 N3)."""
+        ``busy`` when the lookup is still waiting for one of our slots, or waited for
+        one a quarter of ``timeout`` or more before it was sent. Such a timeout says
+        nothing of the name's servers, only that this host was too busy to ask them:
+        the checks that look up names the client does not control (SPF, the sender's
+        domain, the DNSBL zones) defer it whatever their ``on_temp_error`` says, since
+        a flood of connections that fills the slots would otherwise pass a forged
+        sender (review rev52 N3). A short wait before a slow server is the server's
+        timeout (review rev57)."""
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
             return _invalid(name, rdtype, exc)
-        if key in self._waited:
-            return Answer(
-                name,
-                rdtype,
-                Status.TIMEOUT,
-                detail="stage deadline reached waiting for a resolver slot (this host is busy)",
-                busy=True,
-            )
-        return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+        task = self._inflight.get(key)
+        if task is not None and task in self._queued:
+            why = "waiting for a resolver slot"
+        elif task is not None and (waited := self._slot_waits.get(task)) is not None:
+            why = f"after {waited:.1f} s waiting for a resolver slot"
+        else:
+            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+        detail = f"stage deadline reached {why} (this host is busy)"
+        return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True)
 
     def wait(self, future: Pending[_T], deadline: float | None) -> _T | None:
-        """The future's result, or None when the deadline (monotonic) passes first."""
+        """The future's result, or None when the deadline (monotonic) passes first, or
+        when the lookup was cancelled (its session closed: nothing to wait for)."""
         remaining = self.remaining(deadline)
         try:
             return future.result(timeout=remaining)
-        except concurrent.futures.TimeoutError:
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
             return None
 
     def remaining(self, deadline: float | None) -> float:
@@ -504,7 +547,7 @@ class Resolver:
 
     def lookup(self, name: str, rdtype: str, deadline: float | None = None) -> Answer:
         """Blocking lookup for code that cannot be asynchronous (the SPF library)."""
-        answer = self.wait(self.submit(name, rdtype), deadline)
+        answer = self.wait(self.submit(name, rdtype, deadline=deadline), deadline)
         if answer is None:
             return self.missed(name, rdtype)
         return answer

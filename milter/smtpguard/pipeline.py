@@ -92,6 +92,10 @@ from smtpguard.verdict import Hit, TempError, Verdict
 
 log = logging.getLogger("smtpguard")
 
+#: The share of ``dns.stage_deadline`` the checks of the sender's domain get at least,
+#: after the checks about the client (Event.sender_deadline).
+SENDER_SHARE = 1 / 3
+
 #: Every check in the order it runs within its stage.
 CHECK_CLASSES: tuple[type[Check], ...] = (
     SessionLimit,
@@ -360,6 +364,7 @@ class Pipeline:
     def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         if event.deadline is None:
             event.deadline = time.monotonic() + self.stage_deadline
+        event.sender_floor = self.stage_deadline * SENDER_SHARE
         if stage in _PREFETCH_STAGES and conn.admitted:
             self._prefetch(conn)
         if stage is Stage.MAIL and conn.pending is not None:

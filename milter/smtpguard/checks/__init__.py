@@ -31,6 +31,7 @@ reads ``Received:`` alone) and is called for those only (:func:`header_names`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -93,6 +94,20 @@ class Event:
     #: ``time.monotonic()`` by which the stage should be decided: checks waiting on DNS
     #: share it (``dns.stage_deadline``). Set by the pipeline; None waits one timeout.
     deadline: float | None = None
+    #: The time the checks of the sender's domain get at least (see sender_deadline).
+    sender_floor: float = 0.0
+    _sender_deadline: float | None = field(default=None, init=False, repr=False)
+
+    def sender_deadline(self) -> float | None:
+        """The deadline of the checks that look up the sender's domain (SPF,
+        sender_domain): the stage's, or ``sender_floor`` seconds from the first of them
+        if that is later. The checks before them wait on names the client chooses (its
+        PTR names, its HELO name): a client whose own names never answer used up the
+        stage, SPF then had no time, and a forged sender passed "-all" as after a DNS
+        timeout (review rev57)."""
+        if self._sender_deadline is None and self.deadline is not None:
+            self._sender_deadline = max(self.deadline, time.monotonic() + self.sender_floor)
+        return self._sender_deadline if self.deadline is not None else None
 
 
 def domain_of(config: Config, txn: Transaction | None) -> DomainPolicy | None:

@@ -138,12 +138,12 @@ class _Dnsbl:
             return
         if self.dns is None or not self.zones:
             return
-        conn.scratch[self.key] = self._lookups(self.dns, client_address(conn.client_ip))
+        conn.scratch[self.key] = self._lookups(conn, self.dns, client_address(conn.client_ip))
 
-    def _lookups(self, resolver: Resolver, ip: IPAddress) -> Sequence[_Lookup]:
-        return _CLEAN if self.clean.get(ip)[0] else self._start(resolver, ip)
+    def _lookups(self, conn: Connection, resolver: Resolver, ip: IPAddress) -> Sequence[_Lookup]:
+        return _CLEAN if self.clean.get(ip)[0] else self._start(conn, resolver, ip)
 
-    def _start(self, resolver: Resolver, ip: IPAddress) -> list[_Lookup]:
+    def _start(self, conn: Connection, resolver: Resolver, ip: IPAddress) -> list[_Lookup]:
         out: list[_Lookup] = []
         for zone in self.zones:
             if isinstance(ip, ipaddress.IPv6Address) and not zone.ipv6:
@@ -154,7 +154,9 @@ class _Dnsbl:
                 # Cached and not listed (the common case): no trip through the loop.
                 out.append((zone, name, Completed(known)))
             else:
-                out.append((zone, name, resolver.spawn(self._lookup(resolver, zone, name))))
+                # The session's alone: dropped when it closes (review rev57).
+                spawned = conn.background(resolver.spawn(self._lookup(resolver, zone, name)))
+                out.append((zone, name, spawned))
         return out
 
     @staticmethod
@@ -185,7 +187,7 @@ class _Dnsbl:
     ) -> Verdict | None:
         lookups: Sequence[_Lookup] | None = conn.scratch.get(self.key)
         if lookups is None:
-            lookups = conn.scratch[self.key] = self._lookups(dns, ip)
+            lookups = conn.scratch[self.key] = self._lookups(conn, dns, ip)
         if lookups is _CLEAN:
             return None
         hit: Hit | None = None

@@ -51,10 +51,10 @@ class SenderDomain:
         found, memoized = self.memo.get(domain)
         if found:
             return memoized
-        futures = {t: self.dns.submit(domain, t) for t in ("MX", "A", "AAAA")}
+        deadline = event.sender_deadline()
+        futures = {t: self.dns.submit(domain, t, deadline=deadline) for t in ("MX", "A", "AAAA")}
         answers = {
-            t: self.dns.wait(f, event.deadline) or self.dns.missed(domain, t)
-            for t, f in futures.items()
+            t: self.dns.wait(f, deadline) or self.dns.missed(domain, t) for t, f in futures.items()
         }
         verdict = judge(domain, answers["MX"], answers["A"], answers["AAAA"])
         if not isinstance(verdict, TempError):

@@ -22,7 +22,9 @@ server relays for its users whatever their domains publish.
 The evaluation is pyspf's, the Python reference implementation of RFC 7208 (it runs the
 RFC 7208 test suite; so do our tests, through the subclass below). Its DNS goes through
 the shared resolver and its cache: :class:`SpfQuery` overrides ``query.dns``, no library
-global is touched. Each lookup waits at most until the stage deadline.
+global is touched. Each lookup waits at most until the deadline of the checks of the
+sender's domain (:meth:`~smtpguard.checks.Event.sender_deadline`: the stage's, or a
+third of it from the check's start if that is later).
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ class Spf:
             return memoized[0]
         query = SpfQuery(
             self.dns,
-            event.deadline,
+            event.sender_deadline(),
             i=str(client_address(conn.client_ip)),
             s=sender,
             h=helo or "unknown",
