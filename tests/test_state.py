@@ -773,6 +773,35 @@ def test_a_redis_answering_errors_is_failing_not_unreachable(
     assert messages[1].startswith("blacklist backend redis answering again after")
 
 
+def test_an_outage_that_changes_nature_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Review rev58: a Redis killed, then back as a read-only replica, was logged
+    "unreachable" and then "answering again", nothing between; and "max number of
+    clients reached", an answer, was "unreachable"."""
+    clock = FakeClock()
+    client = _ScriptedRedis(
+        [
+            redis.exceptions.ConnectionError("Connection refused"),
+            redis.exceptions.MaxClientsReachedError("max number of clients reached"),
+            threading.Event(),
+        ]
+    )
+    blacklist = RedisBlacklist(client, "p", clock=clock)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="smtpguard.state"):
+        with pytest.raises(StateError):
+            blacklist.listed("a@example.com")
+        clock.advance(5.0)
+        with pytest.raises(StateError):
+            blacklist.listed("a@example.com")
+        with pytest.raises(StateError, match="redis failing: max number of clients"):
+            blacklist.listed("a@example.com")
+        clock.advance(5.0)
+        assert blacklist.listed("a@example.com") is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("blacklist backend redis unreachable (Connection refused)")
+    assert messages[1] == "blacklist backend redis now failing (max number of clients reached)"
+    assert messages[2].startswith("blacklist backend redis answering again after")
+
+
 def test_a_lookup_older_than_the_outage_does_not_end_it() -> None:
     clock = FakeClock()
     answer = threading.Event()

@@ -833,9 +833,13 @@ class ResilientCounter:
 
     def _failed(self, exc: CounterError, now: float) -> None:
         # "redis unreachable" was logged for a read-only replica or a user without
-        # the permission too (review rev50): worded by what failed.
-        self._trouble = trouble(exc.__cause__)
+        # the permission too (review rev50): worded by what failed, and logged again
+        # when that changes during the outage (rev58: a Redis back as a read-only
+        # replica).
+        word, self._trouble = self._trouble, trouble(exc.__cause__)
         if not self.outage.failed(str(exc), now):
+            if word != self._trouble:
+                log.warning("counter backend %s now %s (%s)", self.name, self._trouble, exc)
             return
         with self._lock:
             self._during_outage = 0

@@ -12,13 +12,33 @@ from collections.abc import Callable
 
 import redis
 
+#: What redis-py raises as connection errors that are the server's answers (a wrong
+#: password, a server still loading its data, one at its maxclients) or this client's
+#: own limit: no network trouble (review rev58: "max number of clients reached" was
+#: logged as unreachable).
+_ANSWERED: tuple[type[BaseException], ...] = tuple(
+    cls
+    for cls in (
+        getattr(redis.exceptions, name, None)
+        for name in (
+            "AuthenticationError",
+            "AuthorizationError",
+            "BusyLoadingError",
+            "ExternalAuthProviderError",
+            "MaxClientsReachedError",
+            "MaxConnectionsError",
+        )
+    )
+    if isinstance(cls, type)
+)
+
 
 def trouble(exc: BaseException | None) -> str:
     """How a backend's failure is worded in the log: "unreachable" when no answer came
     (refused, reset, timed out), "failing" when the answer was an error (a read-only
     replica, out of memory, a user without the permission, a wrong password): the one
     sends the operator to the network, the other to the backend's own log."""
-    if isinstance(exc, redis.AuthenticationError):
+    if isinstance(exc, _ANSWERED):
         return "failing"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
         return "unreachable"

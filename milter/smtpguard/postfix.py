@@ -1352,7 +1352,11 @@ class _Planner:
         of them that matches the name refuses it (review rev51 called such a name
         accepted). A table it cannot list (regexp:, SQL, LDAP) is a note, once."""
         if name not in self._domain_lists:
-            items = self._domain_items(split_list(self.now[name]), name, set(), ())
+            written = split_list(self.now[name])
+            # Postfix warns "comment at end of line is not supported" and ignores the
+            # rest of the list (review rev58: the names after it were reported).
+            ended = next((i for i, item in enumerate(written) if item.startswith("#")), None)
+            items = self._domain_items(written[:ended], name, set(), ())
             exclusions: list[str] = []
             entries = []
             for item in items:
@@ -1361,7 +1365,12 @@ class _Planner:
                     # (review rev54: it hid t.example, which Postfix accepts).
                     exclusions.append(item[1:].lower())
                     continue
-                domain = item.lower().rstrip(".")
+                if item.endswith(".") and item != ".":
+                    # Postfix looks names up without the final dot: "t.example." matches
+                    # nothing, and Postfix refuses t.example (review rev58).
+                    self._dotted_name(name, item)
+                    continue
+                domain = item.lower()
                 if domain and "$" not in domain:
                     entries.append((domain, tuple(exclusions)))
             self._domain_lists[name] = entries
@@ -1376,14 +1385,18 @@ class _Planner:
         out: list[str] = []
         for item in items:
             if item.startswith("!"):
-                # An exclusion, kept in its place for _listed_domains; an excluded file
-                # or table excludes every name in it (review rev54: they were dropped).
-                inner = item[1:]
-                if inner.startswith("/") or ":" in inner:
+                # An exclusion, kept in its place for _listed_domains. match_list(3)
+                # flips the sense at every "!": "!!x" is x, and in an excluded file or
+                # table every name flips, its own exclusions included (review rev54:
+                # its names were dropped; rev58: its "!" names are accepted).
+                inner = item.lstrip("!")
+                if (len(item) - len(inner)) % 2 == 0:
+                    out += self._domain_items([inner], name, read, including)
+                elif inner.startswith("/") or ":" in inner:
                     found = self._domain_items([inner], name, read, including)
-                    out += [f"!{d}" for d in found if not d.startswith("!")]
+                    out += [d[1:] if d.startswith("!") else f"!{d}" for d in found]
                 else:
-                    out.append(item)
+                    out.append(f"!{inner}")
                 continue
             if item.startswith("/"):
                 if item in including and not any(
@@ -1449,7 +1462,25 @@ class _Planner:
         # A single-label key names a domain in a table of the list's own, but in the
         # virtual maps of Postfix's default it is an alias (rev46); a trailing dot
         # Postfix never matches.
-        return [k for k in keys if "@" not in k and not k.endswith(".") and ("." in k or not quiet)]
+        # A key "!x.example" is no exclusion: a name looked up never begins with "!"
+        # (review rev58).
+        return [
+            k
+            for k in keys
+            if "@" not in k
+            and not k.endswith(".")
+            and not k.startswith("!")
+            and ("." in k or not quiet)
+        ]
+
+    def _dotted_name(self, name: str, item: str) -> None:
+        note = (
+            f"{name}: {item} matches no domain (Postfix looks names up without the final"
+            f" dot, and refuses mail to {item.rstrip('.')} as relaying); write it without"
+            " the dot"
+        )
+        if note not in self.notes:
+            self.notes.append(note)
 
     def _not_compared(self, name: str, item: str, why: str) -> None:
         note = (
@@ -1469,6 +1500,8 @@ class _Planner:
         for name in ACCEPTED_DOMAINS:
             items = set(self._listed_domains(name))
             for domain in sorted(items):
+                if domain.startswith(".") and (name in STRING_LISTS or self._parent_style(name)):
+                    continue  # matches no domain there, in either spelling (review rev58)
                 bare = domain.lstrip(".")
                 dot = domain[: len(domain) - len(bare)]
                 a_label = canonical_domain(bare)

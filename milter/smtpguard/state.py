@@ -341,8 +341,11 @@ class RedisBlacklist:
         try:
             found = self.client.hmget(self.key, list(keys))
         except redis.RedisError as exc:
-            self._trouble = trouble(exc)
-            if outage.failed(str(exc), now):
+            word, self._trouble = self._trouble, trouble(exc)
+            if not outage.failed(str(exc), now):
+                if word != self._trouble:
+                    log.warning("blacklist backend redis now %s (%s)", self._trouble, exc)
+            else:
                 log.warning(
                     "blacklist backend redis %s (%s); lookups fail (each check's"
                     " on_temp_error decides) and it is asked again every %.0f s",
