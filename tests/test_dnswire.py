@@ -152,8 +152,11 @@ def test_answers_to_other_questions_are_not_taken() -> None:
     not_a_response = dns.message.from_wire(q.to_wire())
     for message in (other_id, other_name, not_a_response):
         assert read_reply(message.to_wire(), q) is None
-    assert read_reply(response(q).to_wire() + b"junk", q) is None
     assert read_reply(b"\x00" * 11, q) is None
+    # Ours with octets after it: the server's failure, unparsed (review rev58).
+    junk = read_reply(response(q).to_wire() + b"junk", q)
+    assert junk is not None
+    assert junk.unreadable == "malformed records"
 
 
 def test_truncated_answer_asks_for_tcp() -> None:
@@ -190,13 +193,23 @@ NS_AT = 12 + len(question().wire) + 2 + 10
     ],
     ids=["two OPT", "pointer to itself", "OPT in authority"],
 )
-def test_what_dnspython_refuses_is_not_an_answer(
+def test_what_dnspython_refuses_is_no_answer(
     authority: list[bytes], additional: list[bytes]
 ) -> None:
+    """Our id and question, unreadable: a failure of the server, not a reason to wait
+    for another datagram (review rev58: the same one, sent again, cost a parse each)."""
     q = question()
     wire = nxdomain_wire(q, authority, additional)
     assert read_negative(wire, q) is None
-    assert read_reply(wire, q) is None
+    reply = read_reply(wire, q)
+    assert reply is not None
+    assert reply.unreadable
+    assert reply.rcode == dns.rcode.SERVFAIL
+    assert to_answer("x", "A", reply) is None  # the server's failure: the next is asked
+    # With one octet more after the records the walk refuses it before any parse.
+    junk = read_reply(wire + b"\x00", q)
+    assert junk is not None
+    assert junk.unreadable == "malformed records"
 
 
 @pytest.mark.parametrize(
@@ -574,6 +587,55 @@ def truncating_nameserver(host: str, port: int, *, hang: bool = False) -> Iterat
             conn.close()
         udp.close()
         tcp.close()
+
+
+@contextmanager
+def junk_nameserver(host: str, port: int) -> Iterator[None]:
+    """Answers every question with its answer and one octet more (dnspython refuses
+    it: TrailingJunk)."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((host, port))
+    udp.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = udp.recvfrom(4096)
+            except OSError:
+                continue
+            reply = dns.message.make_response(dns.message.from_wire(data))
+            udp.sendto(reply.to_wire() + b"\x00", peer)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        udp.close()
+
+
+@pytest.mark.integration
+def test_an_unreadable_answer_is_that_servers_failure(unbound: DnsServer) -> None:
+    """Review rev58: our id and question with one octet too many was parsed in full,
+    dropped, and waited past: the same datagram sent again cost a parse each time,
+    and the lookup timed out. It is the server's failure: the next one is asked."""
+    with junk_nameserver("127.0.0.6", unbound.port):
+        alone = Resolver(UdpTransport(["127.0.0.6"], unbound.port, 1.0))
+        pair = Resolver(UdpTransport(["127.0.0.6", unbound.host], unbound.port, 1.0))
+        try:
+            started = time.monotonic()
+            failed = alone.lookup(GOOD_DOMAIN, "MX", time.monotonic() + 5)
+            assert time.monotonic() - started < 0.5
+            answer = pair.lookup(GOOD_DOMAIN, "MX", time.monotonic() + 5)
+        finally:
+            alone.close()
+            pair.close()
+    assert failed.status is Status.SERVFAIL
+    assert failed.detail == "127.0.0.6: unreadable answer: malformed records"
+    assert answer.status is Status.OK
 
 
 @pytest.mark.integration

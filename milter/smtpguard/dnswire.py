@@ -83,6 +83,9 @@ class Reply:
     #: Labels of every name in the records, compression pointers followed (the memory
     #: and CPU its parsed names take grow with them; 0: not counted).
     labels: int = 0
+    #: Why our answer (our id and question) could not be read: a failure of the
+    #: server's, not a reason to wait for another datagram.
+    unreadable: str = ""
 
 
 # Every record type's class loaded now, and none later: dnspython otherwise caches a
@@ -125,8 +128,10 @@ def read_reply(data: bytes, question: Question, *, tcp: bool = False) -> Reply |
     labels = screened
     try:
         message = dns.message.from_wire(data)
-    except dns.exception.DNSException:
-        return None
+    except dns.exception.DNSException as exc:
+        # Ours, by id and question, and unreadable: the server's failure. Waiting for
+        # another datagram let the same one cost a parse again and again (review rev58).
+        return Reply(dns.rcode.SERVFAIL, size=len(data), unreadable=f"{type(exc).__name__}: {exc}")
     if not isinstance(message, dns.message.QueryMessage) or not message.flags & _QR:
         return None
     if message.id != question.qid or message.opcode() != dns.opcode.QUERY:
@@ -160,9 +165,9 @@ def _screen(data: bytes, question: Question, *, tcp: bool) -> Reply | int | None
     (RFC 1035 §4.1.2 does not require it). Nothing dnspython could read from another
     message would be our answer, and a hostile resolver could send one after another
     for one pending query, each costing what the walk lets through (review rev56).
-    Ours is walked first, and not parsed where the walk cannot read it."""
+    Ours is walked first; one the walk cannot read is a failure, unparsed."""
     if len(data) < 12:
-        return 0  # dnspython refuses it
+        return None  # no header: nobody's answer
     qid, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     response = qid == question.qid and flags & (_QR | _OPCODE) == _QR
     if not tcp and response and flags & _TC:
@@ -181,6 +186,9 @@ def _screen(data: bytes, question: Question, *, tcp: bool) -> Reply | int | None
         return None
     labels = label_load(data, qdcount, records)
     if labels is None:
+        # Ours, and malformed where dnspython would refuse it too: the server's failure.
+        return Reply(dns.rcode.SERVFAIL, size=len(data), unreadable="malformed records")
+    if labels < 0:
         return None
     if labels > MAX_LABELS:
         return Reply(flags & 0xF, size=len(data), oversized=records, labels=labels)
@@ -319,7 +327,8 @@ def label_load(data: bytes, questions: int, records: int) -> int | None:
     """What parsing the message costs, in labels: those of the names in its records'
     data (pointers followed: the cost grows with them) and of its owners, one per
     character-string, one per element of a list; None where the message cannot be
-    walked (malformed, or a name where dnspython reads names that is not one).
+    walked (malformed, octets after its records, or a name where dnspython reads names
+    that is not one); -1 for a record of another class than IN (no answer of ours).
 
     An owner written as a pointer counts what it leads to the first time, one for
     each later owner pointing to the same place (each ip6.arpa owner of a PTR set
@@ -354,8 +363,8 @@ def label_load(data: bytes, questions: int, records: int) -> int | None:
             return None
         if rdclass != dns.rdataclass.IN and rdtype != dns.rdatatype.OPT:
             # Nothing we ask about; other classes read types differently (CH's A holds
-            # a name; review rev55: 0.5 s uncounted).
-            return None
+            # a name; review rev55: 0.5 s uncounted). Not our answer (-1).
+            return -1
         load = _rdata_load(data, rdtype, offset, rdata_end, MAX_LABELS - total)
         if load is None:
             return None
@@ -363,7 +372,9 @@ def label_load(data: bytes, questions: int, records: int) -> int | None:
         if total > MAX_LABELS:
             return total
         offset = rdata_end
-    return total
+    # Octets after the last record: dnspython refuses the message (TrailingJunk), after
+    # parsing it all (review rev58: 52 ms for 2.7 KB, sent again and again).
+    return total if offset == end else None
 
 
 def _rdata_load(data: bytes, rdtype: int, start: int, end: int, budget: int) -> int | None:
@@ -589,7 +600,12 @@ class UdpTransport:
                 edns = False
                 errors.append(f"{server} answered FORMERR to EDNS")
                 continue
-            errors.append(f"{server} answered {dns.rcode.to_text(dns.rcode.Rcode(reply.rcode))}")
+            # That server's failure (an unreadable answer too): the next one may answer.
+            errors.append(
+                f"{server}: unreadable answer: {reply.unreadable}"
+                if reply.unreadable
+                else f"{server} answered {dns.rcode.to_text(dns.rcode.Rcode(reply.rcode))}"
+            )
             failed.add(server)
             if len(failed) == len(self.servers):
                 return Answer(name, rdtype, Status.SERVFAIL, detail="; ".join(errors))
@@ -677,7 +693,10 @@ def _expire(future: asyncio.Future[Reply]) -> None:
 
 
 def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
-    """The answer in a NOERROR or NXDOMAIN reply; None for other RCODEs."""
+    """The answer in a NOERROR or NXDOMAIN reply; None for other RCODEs, and for an
+    unreadable reply (a SERVFAIL of the server's)."""
+    if reply.unreadable:
+        return None
     if reply.oversized:
         if reply.labels:
             detail = (
