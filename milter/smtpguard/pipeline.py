@@ -200,6 +200,7 @@ class Pipeline:
         self.authserv_id = self.config.milter.authserv_id or default_authserv_id()
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
+        self.sender_floor = self.stage_deadline * SENDER_SHARE
         # Exemptions and per-domain policy (smtpguard.policy).
         self.policy = Policy(services, [(cls.name, cls.stage) for cls in CHECK_CLASSES])
         #: [domain."X"] tables with their own languages or form: their reply tables.
@@ -364,7 +365,8 @@ class Pipeline:
     def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         if event.deadline is None:
             event.deadline = time.monotonic() + self.stage_deadline
-        event.sender_floor = self.stage_deadline * SENDER_SHARE
+        if stage is Stage.MAIL:
+            event.sender_floor = self.sender_floor
         if stage in _PREFETCH_STAGES and conn.admitted:
             self._prefetch(conn)
         if stage is Stage.MAIL and conn.pending is not None:

@@ -146,9 +146,10 @@ class Connection:
         """Cancel the session's own work: a flood of connections that hang up at once
         must leave no lookups behind them, waiting for the resolver's slots that later
         sessions need (review rev52 N3)."""
-        work, self._background = self._background, []
-        for future in work:
-            future.cancel()
+        if self._background:
+            work, self._background = self._background, []
+            for future in work:
+                future.cancel()
 
     def defer(self, verdict: Hit | TempError, check: str) -> None:
         """Keep a connect/HELO verdict for MAIL FROM; the first one stays, and is
