@@ -208,6 +208,25 @@ def test_the_postconf_script_is_utf8_whatever_the_locale(
     assert encoded(utf8_site, "gbk", *args).stdout == expected.stdout
 
 
+@pytest.mark.skipif(shutil.which("postconf") is None, reason="needs Postfix's postconf")
+def test_a_relative_postfix_directory_is_written_absolute(utf8_site: Site, tmp_path: Path) -> None:
+    """Postfix's daemons work in the queue directory: a footer table named relative to
+    where postfix-config ran would not be found there."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "main.cf").write_text("")
+    (tmp_path / "etc" / "master.cf").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "-c", str(utf8_site.config), "postfix-config",
+         "--config-directory", "etc"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"postconf -c {tmp_path / 'etc'} -e " in result.stdout
+    assert f"smtpd_reject_footer_maps = regexp:{tmp_path / 'etc'}/smtpguard_footers.regexp" in (
+        result.stdout
+    )
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -372,8 +372,11 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
     if args.footers:
         print(postfix_footer_regexp(replies, config.replies.utf8 == "always"), end="")
         return 0
+    # Absolute: the footer table's path is written into main.cf, and Postfix's daemons
+    # read it from the queue directory, not from here.
+    directory = os.path.abspath(args.config_directory) if args.config_directory else None
     try:
-        current = read_postconf(args.config_directory)
+        current = read_postconf(directory)
     except PostconfError as exc:
         print(f"smtpguard postfix-config: {exc}", file=sys.stderr)
         return 2
