@@ -92,10 +92,6 @@ from smtpguard.verdict import Hit, TempError, Verdict
 
 log = logging.getLogger("smtpguard")
 
-#: The share of ``dns.stage_deadline`` the checks of the sender's domain get at least,
-#: after the checks about the client (Event.sender_deadline).
-SENDER_SHARE = 1 / 3
-
 #: Every check in the order it runs within its stage.
 CHECK_CLASSES: tuple[type[Check], ...] = (
     SessionLimit,
@@ -200,7 +196,6 @@ class Pipeline:
         self.authserv_id = self.config.milter.authserv_id or default_authserv_id()
         self.stages: dict[Stage, list[tuple[Check, CheckSettings]]] = {s: [] for s in Stage}
         self.stage_deadline = self.config.dns.stage_deadline
-        self.sender_floor = self.stage_deadline * SENDER_SHARE
         # Exemptions and per-domain policy (smtpguard.policy).
         self.policy = Policy(services, [(cls.name, cls.stage) for cls in CHECK_CLASSES])
         #: [domain."X"] tables with their own languages or form: their reply tables.
@@ -366,7 +361,7 @@ class Pipeline:
         if event.deadline is None:
             event.deadline = time.monotonic() + self.stage_deadline
         if stage is Stage.MAIL:
-            event.sender_floor = self.sender_floor
+            event.stage_length = self.stage_deadline
         if stage in _PREFETCH_STAGES and conn.admitted:
             self._prefetch(conn)
         if stage is Stage.MAIL and conn.pending is not None:

@@ -51,6 +51,13 @@ if TYPE_CHECKING:
     from smtpguard.verdict import Verdict
 
 
+#: The shares of the stage at MAIL FROM the checks about the client wait at most, and
+#: the checks of the sender's domain get at least (Event.client_deadline and
+#: sender_deadline).
+CLIENT_SHARE = 0.5
+SENDER_SHARE = 1.0
+
+
 class Stage(Enum):
     CONNECT = "connect"
     HELO = "helo"
@@ -94,19 +101,33 @@ class Event:
     #: ``time.monotonic()`` by which the stage should be decided: checks waiting on DNS
     #: share it (``dns.stage_deadline``). Set by the pipeline; None waits one timeout.
     deadline: float | None = None
-    #: The time the checks of the sender's domain get at least (see sender_deadline).
-    sender_floor: float = 0.0
+    #: The stage's length at MAIL FROM (``dns.stage_deadline``), where the checks about
+    #: the client and those of the sender's domain share it out (client_deadline,
+    #: sender_deadline); 0: every check has ``deadline``.
+    stage_length: float = 0.0
     _sender_deadline: float | None = field(default=None, init=False, repr=False)
+
+    def client_deadline(self) -> float | None:
+        """The deadline of the checks about the client at MAIL FROM (its DNSBL
+        listings, its reverse DNS, its HELO name): the first half of the stage. Their
+        lookups started when the connection opened; names the client chooses may
+        never answer, and what they wait is the sender checks' time no more."""
+        if self.deadline is None:
+            return None
+        return self.deadline - self.stage_length * (1 - CLIENT_SHARE)
 
     def sender_deadline(self) -> float | None:
         """The deadline of the checks that look up the sender's domain (SPF,
-        sender_domain): the stage's, or ``sender_floor`` seconds from the first of them
-        if that is later. The checks before them wait on names the client chooses (its
-        PTR names, its HELO name): a client whose own names never answer used up the
-        stage, SPF then had no time, and a forged sender passed "-all" as after a DNS
-        timeout (review rev57)."""
+        sender_domain): the stage's, or a whole stage from the first of them if that
+        is later, so that nothing before them shortens their time. A client whose
+        own PTR names never answered used up the stage, SPF had no time, and a forged
+        sender passed "-all" as after a DNS timeout (review rev57); with a third of
+        the stage a slow domain's include chain still ran out of it (rev59). A MAIL
+        FROM callback takes 1.5 stages at most (smtpguard.bounds)."""
         if self._sender_deadline is None and self.deadline is not None:
-            self._sender_deadline = max(self.deadline, time.monotonic() + self.sender_floor)
+            self._sender_deadline = max(
+                self.deadline, time.monotonic() + self.stage_length * SENDER_SHARE
+            )
         return self._sender_deadline if self.deadline is not None else None
 
 

@@ -264,7 +264,7 @@ class SmtpPort:
         self.prefetch(conn)  # started at connect; here only if that did not happen
         ip = client_address(conn.client_ip)
         rdns_future: Pending[ReverseDns] = conn.scratch[self._RDNS]
-        rdns = self.dns.wait(rdns_future, event.deadline)
+        rdns = self.dns.wait(rdns_future, event.client_deadline())
         if rdns is None:
             return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
         record_iprev(conn, rdns)
@@ -272,7 +272,7 @@ class SmtpPort:
         if verdict is not None or self.config.connect_back == "off":
             return verdict
         probe_future: Pending[tuple[bool | None, str]] = conn.scratch[self._PROBE]
-        probe = self.dns.wait(probe_future, event.deadline)
+        probe = self.dns.wait(probe_future, event.client_deadline())
         if probe is None:
             return TempError("database_temp_error", f"connect-back {ip}: stage deadline reached")
         reachable, why = probe
@@ -377,7 +377,7 @@ class HeloDns:
             return None
         answers = []
         for rdtype, future in zip(("A", "AAAA"), pending, strict=True):
-            answer = self.dns.wait(future, event.deadline)
+            answer = self.dns.wait(future, event.client_deadline())
             if answer is None:
                 answer = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
             if answer.ok:

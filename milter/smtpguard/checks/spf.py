@@ -24,7 +24,7 @@ RFC 7208 test suite; so do our tests, through the subclass below). Its DNS goes 
 the shared resolver and its cache: :class:`SpfQuery` overrides ``query.dns``, no library
 global is touched. Each lookup waits at most until the deadline of the checks of the
 sender's domain (:meth:`~smtpguard.checks.Event.sender_deadline`: the stage's, or a
-third of it from the check's start if that is later).
+whole stage from the first of them if that is later).
 """
 
 from __future__ import annotations
