@@ -159,6 +159,20 @@ def test_answers_to_other_questions_are_not_taken() -> None:
     assert junk.unreadable == "malformed records"
 
 
+def test_the_question_type_is_compared_as_asked() -> None:
+    """Review rev59: the question was compared lower-cased, type and class included:
+    a reply of type 67 was taken for one of type 99 (its octet lower-cased)."""
+    q = Question.make(dns.name.from_text("a.example"), 99, False)
+    other = Question.make(dns.name.from_text("A.EXAMPLE"), 67, False)
+    wire = dns.message.make_response(other.message()).to_wire() + b"\x00"
+    wire = struct.pack("!H", q.qid) + wire[2:]
+    assert read_reply(wire, q) is None  # another question: not ours, not even unreadable
+    same = dns.message.make_response(q.message()).to_wire() + b"\x00"
+    junk = read_reply(same, q)
+    assert junk is not None
+    assert junk.unreadable
+
+
 def test_truncated_answer_asks_for_tcp() -> None:
     q = question()
     r = response(q, dns.rcode.NOERROR, soa=None)

@@ -174,6 +174,25 @@ def test_sender_exemption_with_spf_pass(tmp_path: Path, resolver: Resolver, fake
     assert not p.exempt(make_conn(sender="a@other.example"), "rbl", Stage.MAIL, event)
 
 
+def test_an_spf_pass_exemption_has_the_sender_checks_time(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """Review rev59: the exemption's own SPF waited on the stage's deadline, which the
+    client's own names (a PTR that never answers) may have used up: a partner got 450
+    every time. It has the sender checks' time, as the spf check has."""
+    fake.add("partner.example", "TXT", '"v=spf1 ip4:198.51.100.0/24 -all"')
+    fake.delay = 0.1
+    p = policy(
+        tmp_path,
+        resolver,
+        exempt=[{"senders": ["partner.example"], "spf_pass": True, "skip": ["rbl"]}],
+    )
+    spent = Event(deadline=time.monotonic(), stage_length=1.0)  # the stage used up
+    conn = make_conn(sender="a@partner.example", ip="198.51.100.9")
+    assert p.exempt(conn, "rbl", Stage.MAIL, spent)
+    assert not p.unsure(conn, "rbl")
+
+
 def test_postmaster_and_held_verdicts(tmp_path: Path) -> None:
     p = policy(tmp_path, None, postmaster_skip=["all-content", "rbl"])
     conn = make_conn(sender="x@y.example")

@@ -904,6 +904,10 @@ def test_lists_read_as_postfix_reads_them(tmp_path: Path) -> None:
         " x4.example (relay_domains), tf.example (relay_domains)"
     )
     assert any(n.startswith("relay_domains: td.example. matches no domain") for n in result.notes)
+    assert any(
+        n.startswith("relay_domains: Postfix ignores what follows '#' (#hcx.example after")
+        for n in result.notes
+    )
 
 
 def test_an_idn_listed_in_one_spelling_is_a_conflict(tmp_path: Path) -> None:

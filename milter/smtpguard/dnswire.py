@@ -173,7 +173,14 @@ def _screen(data: bytes, question: Question, *, tcp: bool) -> Reply | int | None
     if not tcp and response and flags & _TC:
         # Only the signal to ask over TCP: nothing in it is read.
         return Reply(flags & 0xF, truncated=True)
-    ours = qdcount == 1 and data[12 : 12 + len(question.wire)].lower() == question.wire.lower()
+    # The name in any letter case, its type and class as asked (review rev59: type 67
+    # lower-cased is type 99).
+    named = len(question.wire) - 4
+    ours = (
+        qdcount == 1
+        and data[12 : 12 + named].lower() == question.wire[:named].lower()
+        and data[12 + named : 16 + named] == question.wire[named:]
+    )
     if not response or not (ours or (qdcount == 0 and flags & 0xF in _QUESTIONLESS)):
         return None
     records = ancount + nscount + arcount

@@ -258,7 +258,8 @@ class Policy:
             return known
         query = SpfQuery(
             self.dns,
-            event.deadline,
+            # As the spf check's: the client's own names cannot shorten it (review rev59).
+            event.sender_deadline(),
             i=str(client_address(conn.client_ip)),
             s=txn.sender.text,
             h=conn.helo or "unknown",

@@ -1356,6 +1356,13 @@ class _Planner:
             # Postfix warns "comment at end of line is not supported" and ignores the
             # rest of the list (review rev58: the names after it were reported).
             ended = next((i for i, item in enumerate(written) if item.startswith("#")), None)
+            if ended is not None:
+                note = (
+                    f"{name}: Postfix ignores what follows '#' ({' '.join(written[ended:])}):"
+                    " a comment must be on a line of its own"
+                )
+                if note not in self.notes:
+                    self.notes.append(note)
             items = self._domain_items(written[:ended], name, set(), ())
             exclusions: list[str] = []
             entries = []
@@ -1476,8 +1483,7 @@ class _Planner:
     def _dotted_name(self, name: str, item: str) -> None:
         note = (
             f"{name}: {item} matches no domain (Postfix looks names up without the final"
-            f" dot, and refuses mail to {item.rstrip('.')} as relaying); write it without"
-            " the dot"
+            " dot); write it without the dot"
         )
         if note not in self.notes:
             self.notes.append(note)
