@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -162,8 +162,8 @@ def test_answers_to_other_questions_are_not_taken() -> None:
 def test_the_question_type_is_compared_as_asked() -> None:
     """Review rev59: the question was compared lower-cased, type and class included:
     a reply of type 67 was taken for one of type 99 (its octet lower-cased)."""
-    q = Question.make(dns.name.from_text("a.example"), 99, False)
-    other = Question.make(dns.name.from_text("A.EXAMPLE"), 67, False)
+    q = Question.make(dns.name.from_text("a.example"), dns.rdatatype.SPF, False)
+    other = Question.make(dns.name.from_text("A.EXAMPLE"), dns.rdatatype.RdataType.make(67), False)
     wire = dns.message.make_response(other.message()).to_wire() + b"\x00"
     wire = struct.pack("!H", q.qid) + wire[2:]
     assert read_reply(wire, q) is None  # another question: not ours, not even unreadable
@@ -607,28 +607,12 @@ def truncating_nameserver(host: str, port: int, *, hang: bool = False) -> Iterat
 def junk_nameserver(host: str, port: int) -> Iterator[None]:
     """Answers every question with its answer and one octet more (dnspython refuses
     it: TrailingJunk)."""
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((host, port))
-    udp.settimeout(0.1)
-    stop = threading.Event()
 
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = udp.recvfrom(4096)
-            except OSError:
-                continue
-            reply = dns.message.make_response(dns.message.from_wire(data))
-            udp.sendto(reply.to_wire() + b"\x00", peer)
+    def respond(data: bytes, _peer: tuple[str, int]) -> bytes:
+        return dns.message.make_response(dns.message.from_wire(data)).to_wire() + b"\x00"
 
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
+    with udp_nameserver(host, port, respond):
         yield
-    finally:
-        stop.set()
-        thread.join()
-        udp.close()
 
 
 @pytest.mark.integration
@@ -683,12 +667,13 @@ def test_next_server_answers_when_the_first_hangs_over_tcp(unbound: DnsServer) -
 
 
 @contextmanager
-def questionless_nameserver(host: str, asked: list[tuple[int, int]] | None = None) -> Iterator[int]:
-    """FORMERR without a question to a query with EDNS, REFUSED without one to a plain
-    query: a header alone, as servers that cannot read the question answer. Each
-    query's (source port, id) goes to ``asked``."""
+def udp_nameserver(
+    host: str, port: int, respond: Callable[[bytes, tuple[str, int]], bytes]
+) -> Iterator[int]:
+    """A UDP server on ``host``:``port`` (0: any) that answers every datagram with
+    ``respond(datagram, sender)``; yields its port."""
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind((host, 0))
+    udp.bind((host, port))
     udp.settimeout(0.1)
     stop = threading.Event()
 
@@ -698,11 +683,7 @@ def questionless_nameserver(host: str, asked: list[tuple[int, int]] | None = Non
                 data, peer = udp.recvfrom(4096)
             except OSError:
                 continue
-            qid, _flags, _qd, _an, _ns, arcount = struct.unpack_from("!6H", data)
-            if asked is not None:
-                asked.append((peer[1], qid))
-            rcode = dns.rcode.FORMERR if arcount else dns.rcode.REFUSED
-            udp.sendto(struct.pack("!6H", qid, 0x8000 | rcode, 0, 0, 0, 0), peer)
+            udp.sendto(respond(data, peer), peer)
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
@@ -712,6 +693,23 @@ def questionless_nameserver(host: str, asked: list[tuple[int, int]] | None = Non
         stop.set()
         thread.join()
         udp.close()
+
+
+@contextmanager
+def questionless_nameserver(host: str, asked: list[tuple[int, int]] | None = None) -> Iterator[int]:
+    """FORMERR without a question to a query with EDNS, REFUSED without one to a plain
+    query: a header alone, as servers that cannot read the question answer. Each
+    query's (source port, id) goes to ``asked``."""
+
+    def respond(data: bytes, peer: tuple[str, int]) -> bytes:
+        qid, _flags, _qd, _an, _ns, arcount = struct.unpack_from("!6H", data)
+        if asked is not None:
+            asked.append((peer[1], qid))
+        rcode = dns.rcode.FORMERR if arcount else dns.rcode.REFUSED
+        return struct.pack("!6H", qid, 0x8000 | rcode, 0, 0, 0, 0)
+
+    with udp_nameserver(host, 0, respond) as port:
+        yield port
 
 
 def test_an_error_without_a_question_is_taken() -> None:

@@ -28,15 +28,20 @@ def uid_of(pid: int) -> int:
     raise AssertionError("no Uid line")
 
 
-def test_socket_permissions_and_privilege_drop() -> None:
-    # The unprivileged user must traverse the site directory after the drop.
+def nobody_root() -> tuple[Path, Path]:
+    """A site directory the unprivileged user may traverse after the drop, and a state
+    directory it owns: the blacklist file is created at first use, after the drop
+    (start-up refuses a state.path the service user could not create)."""
     root = Path(tempfile.mkdtemp(prefix="smtpguard-priv-"))
     root.chmod(0o755)
-    # The blacklist file is created at first use, after the drop: in a directory the
-    # user owns (start-up refuses a state.path the service user could not create).
     state = root / "state"
     state.mkdir()
     shutil.chown(state, "nobody")
+    return root, state
+
+
+def test_socket_permissions_and_privilege_drop() -> None:
+    root, state = nobody_root()
     site = make_site(
         root,
         {
@@ -102,11 +107,7 @@ def test_a_supervisor_as_the_service_user_reaps_and_restarts_its_workers() -> No
     """Review rev58: os.wait4 imports the resource module at every call; where the
     service user cannot read the interpreter's library (this machine: pyenv under
     /root, 0700) the supervisor died at its first reap and left its workers behind."""
-    root = Path(tempfile.mkdtemp(prefix="smtpguard-priv-"))
-    root.chmod(0o755)
-    state = root / "state"
-    state.mkdir()
-    shutil.chown(state, "nobody")
+    root, state = nobody_root()
     site = make_site(
         root,
         {

@@ -751,55 +751,49 @@ def test_after_the_interval_one_lookup_probes_the_failed_redis() -> None:
     assert client.calls == 2
 
 
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        (
+            [redis.exceptions.NoPermissionError("no permissions to run 'hmget'")],
+            ["blacklist backend redis failing (no permissions to run 'hmget')"],
+        ),
+        (
+            [
+                redis.exceptions.ConnectionError("Connection refused"),
+                redis.exceptions.MaxClientsReachedError("max number of clients reached"),
+            ],
+            [
+                "blacklist backend redis unreachable (Connection refused)",
+                "blacklist backend redis now failing (max number of clients reached)",
+            ],
+        ),
+    ],
+    ids=["answered", "changing"],
+)
 def test_a_redis_answering_errors_is_failing_not_unreachable(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, script: list[BaseException], expected: list[str]
 ) -> None:
     """A read-only replica, one out of memory or a user without the permission answers
     with an error: it was logged as "unreachable", which sends the operator to the
-    network (review rev50)."""
+    network (review rev50); so was "max number of clients reached", and an outage that
+    changed nature (killed, then back as a replica) said nothing of it (rev58)."""
     clock = FakeClock()
-    denied = redis.exceptions.NoPermissionError("this user has no permissions to run 'hmget'")
-    client = _ScriptedRedis([denied, threading.Event()])
+    client = _ScriptedRedis([*script, threading.Event()])
     blacklist = RedisBlacklist(client, "p", clock=clock)  # type: ignore[arg-type]
     with caplog.at_level(logging.INFO, logger="smtpguard.state"):
-        with pytest.raises(StateError):
-            blacklist.listed("a@example.com")
-        with pytest.raises(StateError, match="redis failing: this user has no permissions"):
-            blacklist.listed("a@example.com")
+        for _ in script:
+            with pytest.raises(StateError):
+                blacklist.listed("a@example.com")
+            clock.advance(5.0)
+        clock.advance(-5.0)
+        with pytest.raises(StateError, match="redis failing: "):
+            blacklist.listed("a@example.com")  # not asked: within the interval
         clock.advance(5.0)
         assert blacklist.listed("a@example.com") is None
     messages = [r.getMessage() for r in caplog.records]
-    assert messages[0].startswith("blacklist backend redis failing (this user has no perm")
-    assert messages[1].startswith("blacklist backend redis answering again after")
-
-
-def test_an_outage_that_changes_nature_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    """Review rev58: a Redis killed, then back as a read-only replica, was logged
-    "unreachable" and then "answering again", nothing between; and "max number of
-    clients reached", an answer, was "unreachable"."""
-    clock = FakeClock()
-    client = _ScriptedRedis(
-        [
-            redis.exceptions.ConnectionError("Connection refused"),
-            redis.exceptions.MaxClientsReachedError("max number of clients reached"),
-            threading.Event(),
-        ]
-    )
-    blacklist = RedisBlacklist(client, "p", clock=clock)  # type: ignore[arg-type]
-    with caplog.at_level(logging.INFO, logger="smtpguard.state"):
-        with pytest.raises(StateError):
-            blacklist.listed("a@example.com")
-        clock.advance(5.0)
-        with pytest.raises(StateError):
-            blacklist.listed("a@example.com")
-        with pytest.raises(StateError, match="redis failing: max number of clients"):
-            blacklist.listed("a@example.com")
-        clock.advance(5.0)
-        assert blacklist.listed("a@example.com") is None
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages[0].startswith("blacklist backend redis unreachable (Connection refused)")
-    assert messages[1] == "blacklist backend redis now failing (max number of clients reached)"
-    assert messages[2].startswith("blacklist backend redis answering again after")
+    assert [m.partition("; ")[0] for m in messages[:-1]] == expected
+    assert messages[-1].startswith("blacklist backend redis answering again after")
 
 
 def test_a_lookup_older_than_the_outage_does_not_end_it() -> None:
