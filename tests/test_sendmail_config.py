@@ -149,10 +149,10 @@ def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
     R:30s and E:5m; a clamd (connect, then the verdict, each virus.timeout) or rspamd
     (connect, then the answer) raise R: above smtpguard's worst case, plus 10 s."""
     sample = load(SAMPLE)
-    # MAIL: one and a half dns.stage_deadline of 3 (the client's checks half of it,
+    # MAIL: two dns.stage_deadline of 3 (the checks before the sender's one at most,
     # the sender's a whole one after them) + directory.timeout 2 + state.timeout 2
     # twice (the same-size counter, then the blacklist).
-    assert answer_bounds(sample) == AnswerBounds(command=10.5, content=5.0)
+    assert answer_bounds(sample) == AnswerBounds(command=12.0, content=5.0)
     assert sendmail_timeouts(sample) == "C:30s;S:30s;R:30s;E:5m"
     assert "F=T, T=C:30s;S:30s;R:30s;E:5m')dnl\n" in sendmail_mc(sample)
 
@@ -185,7 +185,7 @@ def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
 
     # MAIL waits for DNS, the directory and the state store: the longest step here.
     dns = cfg("dns", {"dns": {"nameservers": ["127.0.0.1"], "stage_deadline": 40.0}})
-    mail = 1.5 * 40.0 + dns.directory.timeout + 2 * dns.state.timeout
+    mail = 2 * 40.0 + dns.directory.timeout + 2 * dns.state.timeout
     assert answer_bounds(dns).longest == answer_bounds(dns).command == pytest.approx(mail)
     slowest = math.ceil(mail + 10)
     assert sendmail_timeouts(dns) == f"C:30s;S:{slowest}s;R:{slowest}s;E:5m"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smtpguard.checks import CLIENT_SHARE, SENDER_SHARE
+from smtpguard.checks import SENDER_SHARE
 from smtpguard.config import Config
 
 
@@ -32,9 +32,9 @@ def answer_bounds(config: Config) -> AnswerBounds:
     """How long smtpguard may take to answer a step, from the timeouts in ``config``.
 
     Every step may wait for DNS up to ``dns.stage_deadline`` (all its lookups and the
-    connect-back share it), MAIL FROM one and a half (the checks about the client wait
-    half of it at most, those of the sender's domain get a whole one after them:
-    smtpguard.checks.Event), and for the state store (``state.timeout`` per call; MAIL
+    connect-back share it), MAIL FROM two (the checks before those of the sender's
+    domain one at most, those a whole one after them: smtpguard.checks.Event), and for
+    the state store (``state.timeout`` per call; MAIL
     makes two, the same-size counter and the blacklist, each of which stops asking a
     backend that failed for a while, so the first MAIL of an outage waits for both).
     MAIL and RCPT also ask the directory (``directory.timeout``). End of message adds
@@ -50,7 +50,7 @@ def answer_bounds(config: Config) -> AnswerBounds:
       message share one, the answer has another: twice the timeout.
     """
     shared = config.dns.stage_deadline + config.state.timeout
-    mail = (CLIENT_SHARE + SENDER_SHARE) * config.dns.stage_deadline
+    mail = (1 + SENDER_SHARE) * config.dns.stage_deadline
     command = mail + 2 * config.state.timeout + config.directory.timeout
     virus = {"clamd": 2.0, "command": 1.0}.get(config.virus.backend, 0.0)
     engine = 2.0 if config.antispam.engine == "rspamd" else 0.0

@@ -51,9 +51,9 @@ if TYPE_CHECKING:
     from smtpguard.verdict import Verdict
 
 
-#: The shares of the stage at MAIL FROM the checks about the client wait at most, and
-#: the checks of the sender's domain get at least (Event.client_deadline and
-#: sender_deadline).
+#: The shares of the stage at MAIL FROM the checks on names the client chooses wait at
+#: most, and the checks of the sender's domain get at least after the checks before
+#: them (Event.client_deadline and sender_deadline).
 CLIENT_SHARE = 0.5
 SENDER_SHARE = 1.0
 
@@ -108,10 +108,10 @@ class Event:
     _sender_deadline: float | None = field(default=None, init=False, repr=False)
 
     def client_deadline(self) -> float | None:
-        """The deadline of the checks about the client at MAIL FROM (its DNSBL
-        listings, its reverse DNS, its HELO name): the first half of the stage. Their
-        lookups started when the connection opened; names the client chooses may
-        never answer, and what they wait is the sender checks' time no more."""
+        """The deadline of the checks that wait on names the client chooses at MAIL
+        FROM (its reverse DNS, its HELO name): the first half of the stage. Their
+        lookups started when the connection opened, and those names may never answer.
+        (The DNSBL zones are the operator's: they keep the whole stage.)"""
         if self.deadline is None:
             return None
         return self.deadline - self.stage_length * (1 - CLIENT_SHARE)
@@ -123,7 +123,7 @@ class Event:
         own PTR names never answered used up the stage, SPF had no time, and a forged
         sender passed "-all" as after a DNS timeout (review rev57); with a third of
         the stage a slow domain's include chain still ran out of it (rev59). A MAIL
-        FROM callback takes 1.5 stages at most (smtpguard.bounds)."""
+        FROM callback takes two stages at most (smtpguard.bounds)."""
         if self._sender_deadline is None and self.deadline is not None:
             self._sender_deadline = max(
                 self.deadline, time.monotonic() + self.stage_length * SENDER_SHARE

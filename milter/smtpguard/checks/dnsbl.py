@@ -196,7 +196,7 @@ class _Dnsbl:
         clean = True
         busy = False
         for zone, name, future in lookups:
-            answer = dns.wait(future, event.client_deadline()) or dns.missed(name, "A")
+            answer = dns.wait(future, event.deadline) or dns.missed(name, "A")
             busy = busy or answer.busy
             if answer.status.temporary:
                 failures.append(f"{zone.name}: {answer.describe()}")
@@ -251,7 +251,7 @@ class _Dnsbl:
         self, conn: Connection, zone: DnsblZone, name: str, listed: list[str], event: Event
     ) -> str:
         assert self.dns is not None
-        txt = self.dns.lookup(name, "TXT", event.client_deadline())
+        txt = self.dns.lookup(name, "TXT", event.deadline)
         reason = " ".join(txt.texts()) if txt.ok else f"no TXT: {txt.describe()}"
         if len(reason) > _REASON_MAX:
             # The zone's text, for the log: a 64 KB TXT made a log line of 64 KB (rev48).
