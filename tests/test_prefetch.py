@@ -19,7 +19,7 @@ from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import load_config
 from smtpguard.directory import NoDirectory
 from smtpguard.dns import Resolver
-from smtpguard.pipeline import CHECK_NAMES, Action, Pipeline
+from smtpguard.pipeline import CHECK_NAMES, Action, Decision, Pipeline
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Verdict
@@ -175,6 +175,24 @@ def test_the_stage_deadline_bounds_a_mail_callback(
     assert elapsed < 2.0 + 0.3
 
 
+def session_to_mail(tmp_path: Path, fake: FakeDns, sender: str) -> tuple[Decision, float]:
+    """A whole session to MAIL FROM ``sender`` on a resolver over ``fake``: the MAIL
+    decision and the seconds it took."""
+    resolver = fake_resolver(fake)
+    try:
+        pipeline = build(tmp_path, resolver)
+        conn = connection()
+        pipeline.run(Stage.CONNECT, conn)
+        conn.helo = "mx.sender.test"
+        pipeline.run(Stage.HELO, conn)
+        mail(conn, sender)
+        started = time.monotonic()
+        decision = pipeline.run(Stage.MAIL, conn)
+        return decision, time.monotonic() - started
+    finally:
+        resolver.close()
+
+
 def test_a_slow_dnsbl_zone_keeps_the_whole_stage(tmp_path: Path) -> None:
     """The zones are the operator's, not names the client chooses: a listing that
     comes late in the stage (0.8 s of 1) still refuses, as before the client checks
@@ -185,17 +203,7 @@ def test_a_slow_dnsbl_zone_keeps_the_whole_stage(tmp_path: Path) -> None:
     fake.add("66.100.51.198.rbl.test", "TXT", '"listed"')
     fake.add("66.100.51.198.in-addr.arpa", "PTR", "mx.sender.test.")
     fake.add("mx.sender.test", "A", CLIENT)
-    resolver = fake_resolver(fake)
-    try:
-        pipeline = build(tmp_path, resolver)
-        conn = connection()
-        pipeline.run(Stage.CONNECT, conn)
-        conn.helo = "mx.sender.test"
-        pipeline.run(Stage.HELO, conn)
-        mail(conn)
-        decision = pipeline.run(Stage.MAIL, conn)
-    finally:
-        resolver.close()
+    decision, _took = session_to_mail(tmp_path, fake, "a@sender.test")
     assert decision.check == "rbl"
     assert decision.action is Action.REJECT
 
@@ -215,19 +223,7 @@ def test_a_client_whose_own_names_never_answer_leaves_spf_its_time(tmp_path: Pat
     fake.add("victim.test", "TXT", '"v=spf1 include:i1.victim.test -all"')
     fake.add("i1.victim.test", "TXT", '"v=spf1 include:i2.victim.test -all"')
     fake.add("i2.victim.test", "TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')
-    resolver = fake_resolver(fake)
-    try:
-        pipeline = build(tmp_path, resolver)
-        conn = connection()
-        pipeline.run(Stage.CONNECT, conn)
-        conn.helo = "mx.sender.test"
-        pipeline.run(Stage.HELO, conn)
-        mail(conn, "ceo@victim.test")
-        started = time.monotonic()
-        decision = pipeline.run(Stage.MAIL, conn)
-        took = time.monotonic() - started
-    finally:
-        resolver.close()
+    decision, took = session_to_mail(tmp_path, fake, "ceo@victim.test")
     assert decision.check == "spf"
     assert decision.reply is not None
     assert decision.reply.code == "556"

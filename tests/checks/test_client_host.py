@@ -31,6 +31,7 @@ from smtpguard.dns import Answer, Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services, fake_resolver, hold_slots
+from support.polling import wait_until
 from support.service import ROOT
 
 IP = "198.51.100.7"
@@ -487,13 +488,13 @@ def test_a_closed_sessions_lookups_leave_the_queue(tmp_path: Path, fake: FakeDns
         check = smtpport(tmp_path, resolver)
         conn = make_conn(sender="a@sender.test", ip=IP)
         check.prefetch(conn)
-        until = time.monotonic() + 5
-        while sum(rdtype == "A" for _, rdtype in fake.calls) < 2:
-            assert time.monotonic() < until
-            time.sleep(0.005)
+        wait_until(lambda: sum(rdtype == "A" for _, rdtype in fake.calls) == 2)
         hold_slots(resolver, fake, 2)  # the shared pool is another's
         conn.abandon()
-        time.sleep(1.2)  # two rounds of the slow names' answers
+        # The client pool's slots are handed out in turn: a lookup asked now is sent
+        # after any of the session's that were still queued.
+        after = resolver.submit("after.test", "A", client=True)
+        assert resolver.wait(after, time.monotonic() + 5) is not None
         assert sum(name.endswith("slow.test") for name, _ in fake.calls) == 2
     finally:
         resolver.close()
