@@ -147,6 +147,28 @@ def test_a_confirmation_that_answers_late_decides_the_rest_of_the_connection(
     assert not p.unsure(conn, "rbl")
 
 
+def test_a_confirmation_waits_half_of_mail_from_at_most(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """Review rev60: the client's reverse DNS (names the client chooses, which may never
+    answer) held MAIL FROM until the stage's end, before SPF's own stage could start:
+    like the client_host check it stops at half the stage, undecided."""
+    fake.add("9.100.51.198.in-addr.arpa", "PTR", "mx.partner.example.")
+    fake.add("mx.partner.example", "A", "198.51.100.9")
+    fake.delay = 5.0
+    p = policy(
+        tmp_path,
+        resolver,
+        exempt=[{"name": "p", "host_suffixes": ["partner.example"], "skip": ["rbl"]}],
+    )
+    conn = make_conn(sender="x@y.example", ip="198.51.100.9")
+    started = time.monotonic()
+    event = Event(deadline=started + 1.0, stage_length=1.0)
+    assert p.exempt(conn, "rbl", Stage.MAIL, event) is None
+    assert time.monotonic() - started < 0.8
+    assert p.unsure(conn, "rbl")
+
+
 def test_without_a_resolver_postfix_client_name_counts(tmp_path: Path) -> None:
     p = policy(tmp_path, None, exempt=[{"host_suffixes": ["example.org"], "skip": ["rbl"]}])
     # make_conn's client_name is "client.example.org"; Postfix confirmed it.

@@ -213,7 +213,9 @@ class Policy:
                 future = conn.scratch[RDNS_KEY] = conn.background(
                     self.dns.spawn(reverse_dns(self.dns, ip))
                 )
-            rdns = self.dns.wait(future, event.deadline)
+            # The client's own names: half of MAIL FROM's stage at most, as the
+            # client_host check's (they may never answer; review rev60).
+            rdns = self.dns.wait(future, event.client_deadline())
             names = rdns.confirmed if rdns is not None else ()
             if not names and (rdns is None or rdns.temporary):
                 # Undecided, not "no": a verdict this exemption could skip must not
