@@ -31,6 +31,7 @@ from smtpguard.dns import (
     Resolver,
     Status,
     client_address,
+    client_network,
     dnsbl_name,
     normalize,
     reverse_name,
@@ -416,6 +417,45 @@ def test_the_clients_names_wait_for_slots_of_their_own(fake: FakeDns) -> None:
         assert resolver.wait(flooded, time.monotonic() + 0.2) is None
         assert resolver.missed("next.client.test", "PTR").busy
         assert ("next.client.test", "PTR") not in fake.calls
+    finally:
+        resolver.close()
+
+
+def test_one_network_holds_a_share_of_the_shared_slots(fake: FakeDns) -> None:
+    """Review rev59 F4: a MAIL FROM flood of dead domains from one network held every
+    slot of the shared pool, and every other sender was deferred while it lasted. A
+    network holds an eighth of the slots at most: the flood waits for its own share
+    (and its sessions are the ones deferred), other networks' lookups are sent."""
+    fake.slow["dead.test"] = 60
+    fake.add("legit.test", "TXT", '"v=spf1 -all"')
+    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    flood = client_network(ipaddress.ip_address("198.51.100.7"))
+    try:
+        for i in range(8):
+            resolver.submit(f"{i}.dead.test", "TXT", network=flood)
+        wait_until(lambda: len(fake.calls) == 4)
+        other = client_network(ipaddress.ip_address("203.0.113.9"))
+        started = time.monotonic()
+        assert resolver.lookup("legit.test", "TXT", started + 2, network=other).ok
+        assert time.monotonic() - started < 1
+        # The same /24 waits behind its share, as this host's fault (deferred).
+        same = resolver.lookup("x.test", "TXT", time.monotonic() + 0.2, network=flood)
+        assert same.busy, same
+        assert len(fake.calls) == 5, fake.calls
+    finally:
+        resolver.close()
+    assert client_network(ipaddress.ip_address("::ffff:198.51.100.200")) == flood
+    assert client_network(ipaddress.ip_address("2001:db8:1:2::5")) == "2001:db8:1::/48"
+
+
+def test_a_network_share_is_forgotten_when_its_lookups_are_done(fake: FakeDns) -> None:
+    resolver = fake_resolver(fake, max_inflight=16)
+    try:
+        for i in range(20):
+            network = f"192.0.{i}.0/24"
+            answer = resolver.lookup(f"{i}.done.test", "A", time.monotonic() + 2, network=network)
+            assert answer.status is Status.NXDOMAIN, answer
+        assert not resolver._shares
     finally:
         resolver.close()
 

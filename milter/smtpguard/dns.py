@@ -69,6 +69,9 @@ _T = TypeVar("_T")
 #: Any cached NXDOMAIN answers every type of its name (RFC 2308 §5).
 _ANY = "*"
 
+#: One client network holds this share of the shared pool's slots at most (1/8).
+NETWORK_SHARE = 8
+
 
 class Status(Enum):
     OK = "ok"
@@ -244,6 +247,11 @@ class Resolver:
         #: Lookups in flight at most, per pool (see _pool()): the shared pool, the
         #: client's names (query(client=True)), and names under the reserved zones.
         self._slots: tuple[asyncio.Semaphore, asyncio.Semaphore, asyncio.Semaphore] | None = None
+        #: The shared pool's slots one client network may hold (see _share()), and
+        #: how many of its lookups use or wait for them (the entry goes at zero).
+        self._shares: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        # Three at least: one session's MX, A and AAAA (sender_domain) go at once.
+        self._network_slots = max(3, max_inflight // NETWORK_SHARE)
         self._reserved: tuple[str, ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -253,7 +261,7 @@ class Resolver:
         # lookup's own bookkeeping when a burst of sessions connects at once.
         self._handover: list[
             tuple[
-                Coroutine[Any, Any, Any] | tuple[str, str, bool, float | None],
+                Coroutine[Any, Any, Any] | tuple[str, str, bool, float | None, str | None],
                 concurrent.futures.Future[Any],
             ]
         ] = []
@@ -305,7 +313,9 @@ class Resolver:
 
     # --- asynchronous side (runs on the loop thread) -----------------------------
 
-    async def query(self, name: str, rdtype: str, *, client: bool = False) -> Answer:
+    async def query(
+        self, name: str, rdtype: str, *, client: bool = False, network: str | None = None
+    ) -> Answer:
         """One lookup through the cache; concurrent askers share one query.
 
         ``client``: the name is one the connecting client chooses (its reverse zone,
@@ -313,7 +323,9 @@ class Resolver:
         a flood of connections whose zones never answer then holds those slots alone,
         and other sessions' SPF and MX lookups are not queued behind it (review rev52).
         A lookup still waiting for a slot when its last asker is cancelled (the
-        session that wanted it closed) is dropped."""
+        session that wanted it closed) is dropped. ``network``: the asking client's
+        network (:func:`client_network`), which may hold a share of the shared pool's
+        slots only (see :meth:`_share`)."""
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
@@ -321,7 +333,7 @@ class Resolver:
         hit = self._cached(key)
         if hit is not None:
             return hit
-        task = self._lookup(key, client)
+        task = self._lookup(key, client, network=network)
         self._askers[task] = self._askers.get(task, 0) + 1
         try:
             # shield: one asker giving up must not cancel the query for the others.
@@ -342,14 +354,19 @@ class Resolver:
         return self._askers.get(task, 0) > 0 or self._until.get(task, 0.0) > time.monotonic()
 
     def _lookup(
-        self, key: tuple[str, str], client: bool = False, until: float | None = None
+        self,
+        key: tuple[str, str],
+        client: bool = False,
+        until: float | None = None,
+        network: str | None = None,
     ) -> asyncio.Future[Answer]:
         """The query in flight for ``key``, started if there is none (loop thread).
         ``until``: the deadline of a submit() asker (None: a query() or a submit()
-        without one, counted by the caller)."""
+        without one, counted by the caller). A query in flight is joined whoever
+        started it: its network's share is charged once."""
         pending = self._inflight.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._ask(key, client))
+            pending = asyncio.ensure_future(self._ask(key, client, network))
             self._inflight[key] = pending
             pending.add_done_callback(functools.partial(self._forget, key))
         if until is not None and until > self._until.get(pending, 0.0):
@@ -383,15 +400,39 @@ class Resolver:
             return reserved
         return clients if client else shared
 
-    async def _ask(self, key: tuple[str, str], client: bool) -> Answer:
+    def _share(self, network: str) -> asyncio.Semaphore:
+        """The slots of the shared pool ``network``'s lookups may hold: an eighth of
+        them (``NETWORK_SHARE``). The shared pool's names are the senders' domains,
+        which the client chooses too: a MAIL FROM flood of dead domains from one
+        network held every slot, and every other sender waited for one and was
+        deferred as long as it lasted (review rev59 F4). Now that flood waits for its
+        own share, and its own sessions are the ones deferred (busy). A flood spread
+        over many networks still fills the pool: the safe side, as before."""
+        share, users = self._shares.get(network, (None, 0))
+        if share is None:
+            share = asyncio.Semaphore(self._network_slots)
+        self._shares[network] = (share, users + 1)
+        return share
+
+    def _unshare(self, network: str) -> None:
+        share, users = self._shares[network]
+        if users > 1:
+            self._shares[network] = (share, users - 1)
+        else:
+            del self._shares[network]
+
+    async def _ask(self, key: tuple[str, str], client: bool, network: str | None) -> Answer:
         slots = self._pool(key, client)
+        share = None
+        if network is not None and slots is self._shared_slots():
+            share = self._share(network)
         task = cast("asyncio.Future[Answer]", asyncio.current_task())
         try:
-            if slots.locked():
+            if slots.locked() or (share is not None and share.locked()):
                 queued = time.monotonic()
                 self._queued.add(task)
                 try:
-                    await slots.acquire()
+                    await self._acquire(slots, share)
                 finally:
                     self._queued.discard(task)
                 waited = time.monotonic() - queued
@@ -401,10 +442,10 @@ class Resolver:
                     # Every asker's deadline passed while it queued (review rev57: a
                     # flood of MAIL FROMs with dead domains kept the slots full of
                     # lookups nobody read, for 20 s after it stopped).
-                    slots.release()
+                    self._release(slots, share)
                     return Answer(*key, Status.TIMEOUT, detail="not sent: no one waits for it")
             else:
-                await slots.acquire()
+                await self._acquire(slots, share)
             try:
                 answer = await self.transport.query(*key)
             except Exception as exc:
@@ -412,11 +453,35 @@ class Resolver:
                 log.exception("dns: lookup %s/%s failed", *key)
                 answer = Answer(*key, Status.SERVFAIL, detail=f"{type(exc).__name__}: {exc}")
             finally:
-                slots.release()
+                self._release(slots, share)
         finally:
             self._slot_waits.pop(task, None)
+            if network is not None and share is not None:
+                self._unshare(network)
         self._store(key, answer)
         return answer
+
+    def _shared_slots(self) -> asyncio.Semaphore | None:
+        return self._slots[0] if self._slots is not None else None
+
+    @staticmethod
+    async def _acquire(slots: asyncio.Semaphore, share: asyncio.Semaphore | None) -> None:
+        # The network's share first: a network over it waits without holding a slot
+        # of the pool that the other networks need.
+        if share is not None:
+            await share.acquire()
+        try:
+            await slots.acquire()
+        except BaseException:
+            if share is not None:
+                share.release()
+            raise
+
+    @staticmethod
+    def _release(slots: asyncio.Semaphore, share: asyncio.Semaphore | None) -> None:
+        slots.release()
+        if share is not None:
+            share.release()
 
     def warm(self, name: str, rdtype: str) -> None:
         """Start a lookup whose answer is wanted later (loop thread only)."""
@@ -448,12 +513,19 @@ class Resolver:
             return self._loop
 
     def submit(
-        self, name: str, rdtype: str, *, client: bool = False, deadline: float | None = None
+        self,
+        name: str,
+        rdtype: str,
+        *,
+        client: bool = False,
+        deadline: float | None = None,
+        network: str | None = None,
     ) -> Pending[Answer]:
         """Start a lookup; returns at once. A cached answer comes back done.
-        ``client`` as for :meth:`query`; ``deadline`` (monotonic): when the caller stops
-        waiting, after which the lookup, if it still waits for a slot and no one else
-        wants it, is not sent (None: it is sent whenever its turn comes)."""
+        ``client`` and ``network`` as for :meth:`query`; ``deadline`` (monotonic):
+        when the caller stops waiting, after which the lookup, if it still waits for a
+        slot and no one else wants it, is not sent (None: it is sent whenever its turn
+        comes)."""
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
@@ -462,7 +534,7 @@ class Resolver:
         if hit is not None:
             return Completed(hit)
         future: concurrent.futures.Future[Answer] = concurrent.futures.Future()
-        self._hand_over((*key, client, deadline), future)
+        self._hand_over((*key, client, deadline, network), future)
         return future
 
     def spawn(self, coro: Coroutine[Any, Any, _T]) -> Spawned[_T]:
@@ -474,7 +546,7 @@ class Resolver:
 
     def _hand_over(
         self,
-        work: Coroutine[Any, Any, Any] | tuple[str, str, bool, float | None],
+        work: Coroutine[Any, Any, Any] | tuple[str, str, bool, float | None, str | None],
         future: concurrent.futures.Future[Any],
     ) -> None:
         loop = self._ensure_loop()
@@ -496,8 +568,8 @@ class Resolver:
                 # A bare lookup joins the query in flight without a coroutine of its
                 # own; its asker is the callback thread, which never cancels: it
                 # waits until its deadline, or for good without one.
-                name, rdtype, client, until = work
-                lookup = self._lookup((name, rdtype), client, until)
+                name, rdtype, client, until, network = work
+                lookup = self._lookup((name, rdtype), client, until, network)
                 if until is None:
                     self._askers[lookup] = self._askers.get(lookup, 0) + 1
                 task: asyncio.Future[Any] = lookup
@@ -545,9 +617,11 @@ class Resolver:
             return self.timeout
         return max(0.0, deadline - time.monotonic())
 
-    def lookup(self, name: str, rdtype: str, deadline: float | None = None) -> Answer:
+    def lookup(
+        self, name: str, rdtype: str, deadline: float | None = None, network: str | None = None
+    ) -> Answer:
         """Blocking lookup for code that cannot be asynchronous (the SPF library)."""
-        answer = self.wait(self.submit(name, rdtype, deadline=deadline), deadline)
+        answer = self.wait(self.submit(name, rdtype, deadline=deadline, network=network), deadline)
         if answer is None:
             return self.missed(name, rdtype)
         return answer
@@ -652,6 +726,15 @@ def normalize(name: str) -> str:
 
 #: An IPv4-mapped IPv6 client (``::ffff:192.0.2.1``) is the IPv4 client.
 client_address = unmapped
+
+
+def client_network(ip: IPAddress) -> str:
+    """The network a client's lookups are counted under (:meth:`Resolver._share`): its
+    /24 (IPv4) or /48 (IPv6, a site's usual allocation; one host of it may take any of
+    its 65,536 /64s)."""
+    ip = client_address(ip)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network((ip, prefix), strict=False))
 
 
 def reverse_name(ip: IPAddress) -> str:

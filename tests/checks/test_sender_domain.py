@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from smtpguard.checks import Event
 from smtpguard.checks.sender_domain import SenderDomain
-from smtpguard.dns import Resolver, Status
+from smtpguard.dns import Resolver, Status, client_network
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services, fake_resolver
@@ -112,5 +113,26 @@ def test_a_lookup_that_waited_for_a_slot_is_deferred(tmp_path: Path, fake: FakeD
         assert isinstance(queued, TempError), queued
         assert queued.firm, queued
         assert "waiting for a resolver slot" in queued.detail
+    finally:
+        resolver.close()
+
+
+def test_a_flood_from_one_network_defers_that_network_only(tmp_path: Path, fake: FakeDns) -> None:
+    """Review rev59 F4: other sessions' MAIL FROMs with dead domains, all from one /24,
+    held every slot and every sender was deferred. They hold that network's share."""
+    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    try:
+        check = SenderDomain(dns_services(tmp_path, resolver, site=SITE))
+        fake.slow["dead.test"] = 60
+        flood = client_network(ipaddress.ip_address("198.51.100.7"))
+        for i in range(32):
+            resolver.submit(f"{i}.dead.test", "MX", network=flood)
+        fake.add(D, "MX", "10 mx.elsewhere.test.")
+        other = make_conn(sender=f"a@{D}", ip="203.0.113.9")
+        assert check(other, Event(deadline=time.monotonic() + 1)) is None
+        same = make_conn(sender="a@other.test", ip="198.51.100.99")
+        deferred = check(same, Event(deadline=time.monotonic() + 0.3))
+        assert isinstance(deferred, TempError), deferred
+        assert deferred.firm, deferred
     finally:
         resolver.close()

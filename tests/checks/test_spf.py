@@ -252,3 +252,23 @@ def test_a_lookup_that_waited_for_a_slot_is_deferred(tmp_path: Path, fake: FakeD
         assert "waiting for a resolver slot" in queued.detail
     finally:
         resolver.close()
+
+
+def test_a_flood_from_another_network_leaves_the_forged_sender_refused(
+    tmp_path: Path, fake: FakeDns
+) -> None:
+    """Review rev59 F4: lookups of dead sender domains from one network (a MAIL FROM
+    flood) held every slot; they hold that network's share, and a sender from
+    elsewhere is judged by its own record."""
+    resolver = fake_resolver(fake, max_inflight=32)
+    try:
+        check = spf(tmp_path, resolver)
+        fake.slow["dead.test"] = 60
+        for i in range(32):
+            resolver.submit(f"{i}.dead.test", "TXT", network="192.0.2.0/24")
+        fake.add("fail.test", "TXT", '"v=spf1 -all"')
+        conn = make_conn(sender="a@fail.test", ip=CLIENT)
+        verdict = check(conn, Event(deadline=time.monotonic() + 1))
+        assert isinstance(verdict, Hit), verdict
+    finally:
+        resolver.close()

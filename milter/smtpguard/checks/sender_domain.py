@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.dns import Answer, Status
+from smtpguard.dns import Answer, Status, client_network
 from smtpguard.memo import Memo
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -52,7 +52,11 @@ class SenderDomain:
         if found:
             return memoized
         deadline = event.sender_deadline()
-        futures = {t: self.dns.submit(domain, t, deadline=deadline) for t in ("MX", "A", "AAAA")}
+        network = client_network(conn.client_ip) if conn.client_ip is not None else None
+        futures = {
+            t: self.dns.submit(domain, t, deadline=deadline, network=network)
+            for t in ("MX", "A", "AAAA")
+        }
         answers = {
             t: self.dns.wait(f, deadline) or self.dns.missed(domain, t) for t, f in futures.items()
         }

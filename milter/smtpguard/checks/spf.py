@@ -37,7 +37,7 @@ import spf  # type: ignore[import-untyped]  # pyspf ships no type information
 
 from smtpguard.address import is_fqdn
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.dns import Answer, Resolver, Status, client_address
+from smtpguard.dns import Answer, Resolver, Status, client_address, client_network
 from smtpguard.memo import Memo
 from smtpguard.resultheaders import record_spf
 from smtpguard.session import Connection, Transaction
@@ -53,11 +53,18 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
     """pyspf's evaluator, asking DNS through :class:`~smtpguard.dns.Resolver`."""
 
     def __init__(
-        self, resolver: Resolver, deadline: float | None, *args: Any, **kwargs: Any
+        self,
+        resolver: Resolver,
+        deadline: float | None,
+        *args: Any,
+        network: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.resolver = resolver
         self.deadline = deadline
+        #: The client's network, whose lookups hold a share of the resolver's slots.
+        self.network = network
         #: A PTR or A/AAAA lookup for ``ptr`` or ``%{p}`` failed for the moment.
         self.ptr_temperror = False
         #: A lookup timed out waiting for one of our resolver's slots (Answer.busy).
@@ -120,7 +127,7 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         cached: list[Any] | None = self.cache.get((name, qtype))
         if cached:
             return cached
-        answer = self.resolver.lookup(name, qtype, self.deadline)
+        answer = self.resolver.lookup(name, qtype, self.deadline, self.network)
         self.busy = self.busy or answer.busy
         if answer.status.temporary:
             raise spf.TempError(f"DNS {answer.status.name} for {name}/{qtype}: {answer.detail}")
@@ -186,6 +193,7 @@ class Spf:
         query = SpfQuery(
             self.dns,
             event.sender_deadline(),
+            network=client_network(conn.client_ip),
             i=str(client_address(conn.client_ip)),
             s=sender,
             h=helo or "unknown",
