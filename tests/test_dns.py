@@ -421,27 +421,37 @@ def test_the_clients_names_wait_for_slots_of_their_own(fake: FakeDns) -> None:
         resolver.close()
 
 
-def test_one_network_holds_a_share_of_the_shared_slots(fake: FakeDns) -> None:
+@pytest.mark.parametrize("client", [False, True])
+def test_one_network_holds_a_share_of_the_slots(fake: FakeDns, client: bool) -> None:
     """Review rev59 F4: a MAIL FROM flood of dead domains from one network held every
-    slot of the shared pool, and every other sender was deferred while it lasted. A
-    network holds an eighth of the slots at most: the flood waits for its own share
-    (and its sessions are the ones deferred), other networks' lookups are sent."""
+    slot of the shared pool, and every other sender was deferred while it lasted (a
+    connect flood whose reverse zone never answers did the same to the client pool).
+    A network holds an eighth of a pool's slots at most: the flood waits for its own
+    share (and its sessions are the ones deferred), other networks' lookups are sent."""
     fake.slow["dead.test"] = 60
     fake.add("legit.test", "TXT", '"v=spf1 -all"')
     resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
     flood = client_network(ipaddress.ip_address("198.51.100.7"))
     try:
         for i in range(8):
-            resolver.submit(f"{i}.dead.test", "TXT", network=flood)
+            resolver.submit(f"{i}.dead.test", "TXT", client=client, network=flood)
         wait_until(lambda: len(fake.calls) == 4)
         other = client_network(ipaddress.ip_address("203.0.113.9"))
         started = time.monotonic()
-        assert resolver.lookup("legit.test", "TXT", started + 2, network=other).ok
+        legit = resolver.wait(
+            resolver.submit("legit.test", "TXT", client=client, network=other), started + 2
+        )
+        assert legit is not None
+        assert legit.ok
         assert time.monotonic() - started < 1
         # The same /24 waits behind its share, as this host's fault (deferred).
-        same = resolver.lookup("x.test", "TXT", time.monotonic() + 0.2, network=flood)
-        assert same.busy, same
-        assert len(fake.calls) == 5, fake.calls
+        same = resolver.submit("x.test", "TXT", client=client, network=flood)
+        assert resolver.wait(same, time.monotonic() + 0.2) is None
+        assert resolver.missed("x.test", "TXT").busy
+        # The other pool's share of the same network is its own.
+        elsewhere = resolver.submit("y.test", "TXT", client=not client, network=flood)
+        assert resolver.wait(elsewhere, time.monotonic() + 2) is not None
+        assert len(fake.calls) == 6, fake.calls
     finally:
         resolver.close()
     assert client_network(ipaddress.ip_address("::ffff:198.51.100.200")) == flood

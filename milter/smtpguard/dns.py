@@ -247,9 +247,10 @@ class Resolver:
         #: Lookups in flight at most, per pool (see _pool()): the shared pool, the
         #: client's names (query(client=True)), and names under the reserved zones.
         self._slots: tuple[asyncio.Semaphore, asyncio.Semaphore, asyncio.Semaphore] | None = None
-        #: The shared pool's slots one client network may hold (see _share()), and
-        #: how many of its lookups use or wait for them (the entry goes at zero).
-        self._shares: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        #: The slots of the shared or the client pool one client network may hold
+        #: (see _share()), and how many of its lookups use or wait for them (the
+        #: entry goes at zero); keyed by (client pool?, network).
+        self._shares: dict[tuple[bool, str], tuple[asyncio.Semaphore, int]] = {}
         # Three at least: one session's MX, A and AAAA (sender_domain) go at once.
         self._network_slots = max(3, max_inflight // NETWORK_SHARE)
         self._reserved: tuple[str, ...] = ()
@@ -400,32 +401,35 @@ class Resolver:
             return reserved
         return clients if client else shared
 
-    def _share(self, network: str) -> asyncio.Semaphore:
-        """The slots of the shared pool ``network``'s lookups may hold: an eighth of
-        them (``NETWORK_SHARE``). The shared pool's names are the senders' domains,
-        which the client chooses too: a MAIL FROM flood of dead domains from one
-        network held every slot, and every other sender waited for one and was
-        deferred as long as it lasted (review rev59 F4). Now that flood waits for its
-        own share, and its own sessions are the ones deferred (busy). A flood spread
-        over many networks still fills the pool: the safe side, as before."""
-        share, users = self._shares.get(network, (None, 0))
+    def _share(self, key: tuple[bool, str]) -> asyncio.Semaphore:
+        """The slots of a pool (the client pool or the shared one: ``key`` is
+        (client, network)) one network's lookups may hold: an eighth of them
+        (``NETWORK_SHARE``). Both pools' names are chosen by clients (the sender's
+        domain, the reverse zone, the HELO name): a MAIL FROM flood of dead domains
+        from one network held every slot of the shared pool, and every other sender
+        waited for one and was deferred as long as it lasted (review rev59 F4). Now
+        such a flood waits for its own share, and its own sessions are the ones
+        deferred (busy). A flood spread over many networks still fills a pool: the
+        safe side, as before. The DNSBL zones' pool has no shares: those names are
+        the operator's."""
+        share, users = self._shares.get(key, (None, 0))
         if share is None:
             share = asyncio.Semaphore(self._network_slots)
-        self._shares[network] = (share, users + 1)
+        self._shares[key] = (share, users + 1)
         return share
 
-    def _unshare(self, network: str) -> None:
-        share, users = self._shares[network]
+    def _unshare(self, key: tuple[bool, str]) -> None:
+        share, users = self._shares[key]
         if users > 1:
-            self._shares[network] = (share, users - 1)
+            self._shares[key] = (share, users - 1)
         else:
-            del self._shares[network]
+            del self._shares[key]
 
     async def _ask(self, key: tuple[str, str], client: bool, network: str | None) -> Answer:
         slots = self._pool(key, client)
         share = None
-        if network is not None and slots is self._shared_slots():
-            share = self._share(network)
+        if network is not None and slots is not self._reserved_slots():
+            share = self._share((client, network))
         task = cast("asyncio.Future[Answer]", asyncio.current_task())
         try:
             if slots.locked() or (share is not None and share.locked()):
@@ -457,12 +461,12 @@ class Resolver:
         finally:
             self._slot_waits.pop(task, None)
             if network is not None and share is not None:
-                self._unshare(network)
+                self._unshare((client, network))
         self._store(key, answer)
         return answer
 
-    def _shared_slots(self) -> asyncio.Semaphore | None:
-        return self._slots[0] if self._slots is not None else None
+    def _reserved_slots(self) -> asyncio.Semaphore | None:
+        return self._slots[2] if self._slots is not None else None
 
     @staticmethod
     async def _acquire(slots: asyncio.Semaphore, share: asyncio.Semaphore | None) -> None:

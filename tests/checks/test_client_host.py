@@ -498,3 +498,24 @@ def test_a_closed_sessions_lookups_leave_the_queue(tmp_path: Path, fake: FakeDns
         assert sum(name.endswith("slow.test") for name, _ in fake.calls) == 2
     finally:
         resolver.close()
+
+
+def test_a_connect_flood_from_one_network_defers_that_network_only(
+    tmp_path: Path, fake: FakeDns
+) -> None:
+    """A flood of connections from one /24 whose reverse zone never answers holds that
+    network's share of the client pool; other clients' reverse DNS is still asked."""
+    fake.slow["100.51.198.in-addr.arpa"] = 60
+    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    try:
+        check = smtpport(tmp_path, resolver)
+        for i in range(1, 33):
+            check.prefetch(make_conn(sender="a@sender.test", ip=f"198.51.100.{i}"))
+        host(fake, "203.0.113.7", "mx.sender.test")
+        assert decide(check, ip="203.0.113.7") is None
+        flooded = make_conn(sender="a@sender.test", ip="198.51.100.200")
+        check.prefetch(flooded)
+        verdict = check(flooded, Event(deadline=time.monotonic() + 0.3))
+        assert isinstance(verdict, TempError), verdict
+    finally:
+        resolver.close()

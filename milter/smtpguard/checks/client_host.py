@@ -53,6 +53,7 @@ from smtpguard.dns import (
     Resolver,
     Status,
     client_address,
+    client_network,
     reverse_name,
 )
 from smtpguard.memo import Memo
@@ -91,7 +92,8 @@ class ReverseDns:
 
 async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
     """PTR, then A/AAAA of every name at once (FCrDNS)."""
-    ptr = await resolver.query(reverse_name(ip), "PTR", client=True)
+    network = client_network(ip)
+    ptr = await resolver.query(reverse_name(ip), "PTR", client=True, network=network)
     if not ptr.ok:
         return ReverseDns(ptr)
     names, unchecked = _ptr_names(ptr)
@@ -103,7 +105,7 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
 
     async def forward_lookup(name: str) -> Answer:
         async with slots:
-            return await resolver.query(name, rdtype, client=True)
+            return await resolver.query(name, rdtype, client=True, network=network)
 
     forward = await asyncio.gather(*(forward_lookup(n) for n in names))
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
@@ -358,12 +360,13 @@ class HeloDns:
             return
         key = self._key(name)
         if key not in conn.scratch:
+            network = client_network(conn.client_ip) if conn.client_ip is not None else None
             conn.scratch[key] = (
                 _RESOLVES
                 if self.resolves.get(name)[0]
                 else (
-                    self.dns.submit(name, "A", client=True),
-                    self.dns.submit(name, "AAAA", client=True),
+                    self.dns.submit(name, "A", client=True, network=network),
+                    self.dns.submit(name, "AAAA", client=True, network=network),
                 )
             )
 
