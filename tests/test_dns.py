@@ -447,7 +447,9 @@ def test_one_network_holds_a_share_of_the_slots(fake: FakeDns, client: bool) -> 
         # The same /24 waits behind its share, as this host's fault (deferred).
         same = resolver.submit("x.test", "TXT", client=client, network=flood)
         assert resolver.wait(same, time.monotonic() + 0.2) is None
-        assert resolver.missed("x.test", "TXT").busy
+        missed = resolver.missed("x.test", "TXT")
+        assert missed.busy
+        assert "(198.51.100.0/24 holds its share of them)" in missed.detail
         # The other pool's share of the same network is its own.
         elsewhere = resolver.submit("y.test", "TXT", client=not client, network=flood)
         assert resolver.wait(elsewhere, time.monotonic() + 2) is not None

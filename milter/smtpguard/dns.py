@@ -236,7 +236,8 @@ class Resolver:
         #: for a slot when none of them waits any more is dropped, not sent.
         self._until: dict[asyncio.Future[Answer], float] = {}
         #: Lookups waiting for a slot now (read by callback threads: missed()).
-        self._queued: set[asyncio.Future[Answer]] = set()
+        #: The value: the client network whose share it waits for, or "" (the pool's).
+        self._queued: dict[asyncio.Future[Answer], str] = {}
         #: Seconds a lookup in flight waited for its slot, when that was long (read by
         #: callback threads: missed()).
         self._slot_waits: dict[asyncio.Future[Answer], float] = {}
@@ -431,14 +432,16 @@ class Resolver:
         if network is not None and slots is not self._reserved_slots():
             share = self._share((client, network))
         task = cast("asyncio.Future[Answer]", asyncio.current_task())
+        # The network whose share is full (missed() names it), if it is.
+        over_share = network if share is not None and share.locked() else None
         try:
-            if slots.locked() or (share is not None and share.locked()):
+            if slots.locked() or over_share:
                 queued = time.monotonic()
-                self._queued.add(task)
+                self._queued[task] = over_share or ""
                 try:
                     await self._acquire(slots, share)
                 finally:
-                    self._queued.discard(task)
+                    self._queued.pop(task, None)
                 waited = time.monotonic() - queued
                 if waited >= self._busy_wait:
                     self._slot_waits[task] = waited
@@ -599,7 +602,10 @@ class Resolver:
             return _invalid(name, rdtype, exc)
         task = self._inflight.get(key)
         if task is not None and task in self._queued:
+            network = self._queued.get(task)
             why = "waiting for a resolver slot"
+            if network:
+                why += f" ({network} holds its share of them)"
         elif task is not None and (waited := self._slot_waits.get(task)) is not None:
             why = f"after {waited:.1f} s waiting for a resolver slot"
         else:
