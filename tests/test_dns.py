@@ -38,6 +38,7 @@ from smtpguard.dns import (
 )
 from support.fake_dns import FakeClock, FakeDns, fake_resolver, hold_slots
 from support.polling import wait_until
+from support.recording_metrics import RecordingMetrics
 from support.threads import hammer
 
 
@@ -387,17 +388,20 @@ def test_a_timeout_waiting_for_a_slot_says_this_host_was_busy(fake: FakeDns) -> 
     caused is not."""
     fake.add("forged.test", "TXT", '"v=spf1 -all"')
     fake.slow["slow-server.test"] = 60
-    resolver = fake_resolver(fake, max_inflight=2)
+    metrics = RecordingMetrics()
+    resolver = fake_resolver(fake, max_inflight=2, metrics=metrics)
     try:
         slow = resolver.lookup("slow-server.test", "TXT", time.monotonic() + 0.2)
         assert slow.status is Status.TIMEOUT, slow
         assert not slow.busy, slow
+        assert metrics.named("dns_busy") == []
         hold_slots(resolver, fake, 1)  # with the slow server's lookup: both slots held
         queued = resolver.lookup("forged.test", "TXT", time.monotonic() + 0.2)
         assert queued.status is Status.TIMEOUT, queued
         assert queued.busy, queued
         assert "waiting for a resolver slot" in queued.detail
         assert ("forged.test", "TXT") not in fake.calls
+        assert metrics.named("dns_busy") == [("slots",)]
     finally:
         resolver.close()
 
@@ -430,7 +434,8 @@ def test_one_network_holds_a_share_of_the_slots(fake: FakeDns, client: bool) -> 
     share (and its sessions are the ones deferred), other networks' lookups are sent."""
     fake.slow["dead.test"] = 60
     fake.add("legit.test", "TXT", '"v=spf1 -all"')
-    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    metrics = RecordingMetrics()
+    resolver = fake_resolver(fake, max_inflight=32, metrics=metrics)  # four per network
     flood = client_network(ipaddress.ip_address("198.51.100.7"))
     try:
         for i in range(8):
@@ -450,6 +455,7 @@ def test_one_network_holds_a_share_of_the_slots(fake: FakeDns, client: bool) -> 
         missed = resolver.missed("x.test", "TXT")
         assert missed.busy
         assert "(198.51.100.0/24 holds its share of them)" in missed.detail
+        assert metrics.named("dns_busy") == [("network_share",)]
         # The other pool's share of the same network is its own.
         elsewhere = resolver.submit("y.test", "TXT", client=not client, network=flood)
         assert resolver.wait(elsewhere, time.monotonic() + 2) is not None

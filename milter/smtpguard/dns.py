@@ -601,15 +601,18 @@ class Resolver:
         except ValueError as exc:
             return _invalid(name, rdtype, exc)
         task = self._inflight.get(key)
+        reason = "slots"
         if task is not None and task in self._queued:
             network = self._queued.get(task)
             why = "waiting for a resolver slot"
             if network:
                 why += f" ({network} holds its share of them)"
+                reason = "network_share"
         elif task is not None and (waited := self._slot_waits.get(task)) is not None:
             why = f"after {waited:.1f} s waiting for a resolver slot"
         else:
             return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+        self.metrics.dns_busy(reason)
         detail = f"stage deadline reached {why} (this host is busy)"
         return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True)
 

@@ -38,6 +38,9 @@ _TRANSACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 OUTCOMES = ("accept", "tag", "reject", "tempfail", "abort")
 #: What one call of a check gave (``smtpguard_check_verdicts_total``).
 VERDICTS = ("pass", "hit", "temperror", "error")
+#: What was full when a lookup missed its caller's deadline waiting for a slot
+#: (``smtpguard_dns_busy_total``): a pool, or the client network's share of one.
+DNS_BUSY_REASONS = ("slots", "network_share")
 
 
 class Metrics(Protocol):
@@ -50,6 +53,7 @@ class Metrics(Protocol):
     def session_closed(self) -> None: ...
     def dns_lookup(self, status: str) -> None: ...
     def dns_cache(self, hit: bool) -> None: ...
+    def dns_busy(self, reason: str) -> None: ...
 
 
 class NullMetrics:
@@ -78,6 +82,9 @@ class NullMetrics:
         pass
 
     def dns_cache(self, hit: bool) -> None:
+        pass
+
+    def dns_busy(self, reason: str) -> None:
         pass
 
 
@@ -200,11 +207,20 @@ class PrometheusMetrics:
         self._dns_cache = Counter(
             "smtpguard_dns_cache_lookups", "DNS cache lookups by result", ("result",), registry=r
         )
+        self._dns_busy = Counter(
+            "smtpguard_dns_busy",
+            "DNS lookups whose caller's deadline passed while they waited for a resolver"
+            " slot (deferred: this host was too busy to ask), by what was full",
+            ("reason",),
+            registry=r,
+        )
         self._dns_hit = self._dns_cache.labels("hit")
         self._dns_miss = self._dns_cache.labels("miss")
         # Present from the start at 0, so ratios over them exist before the first event.
         for status in ("ok", "nxdomain", "nodata", "servfail", "timeout"):
             self._dns.labels(status)
+        for reason in DNS_BUSY_REASONS:
+            self._dns_busy.labels(reason)
         self._transactions.labels("accept", "none")
         # Children looked up once: verdicts are counted for every check call.
         self._verdict_children: dict[tuple[str, str], Counter] = {}
@@ -249,6 +265,10 @@ class PrometheusMetrics:
     @_never_fails
     def dns_cache(self, hit: bool) -> None:
         (self._dns_hit if hit else self._dns_miss).inc()
+
+    @_never_fails
+    def dns_busy(self, reason: str) -> None:
+        self._dns_busy.labels(reason).inc()
 
     def serve(self, address: str, port: int) -> None:
         from prometheus_client import start_http_server  # noqa: PLC0415 - see __init__
