@@ -175,12 +175,14 @@ def test_the_stage_deadline_bounds_a_mail_callback(
     assert elapsed < 2.0 + 0.3
 
 
-def session_to_mail(tmp_path: Path, fake: FakeDns, sender: str) -> tuple[Decision, float]:
-    """A whole session to MAIL FROM ``sender`` on a resolver over ``fake``: the MAIL
-    decision and the seconds it took."""
+def session_to_mail(
+    tmp_path: Path, fake: FakeDns, sender: str, text: str = CONFIG
+) -> tuple[Decision, float]:
+    """A whole session to MAIL FROM ``sender`` on a resolver over ``fake`` (the
+    configuration ``text``): the MAIL decision and the seconds it took."""
     resolver = fake_resolver(fake)
     try:
-        pipeline = build(tmp_path, resolver)
+        pipeline = build(tmp_path, resolver, text)
         conn = connection()
         pipeline.run(Stage.CONNECT, conn)
         conn.helo = "mx.sender.test"
@@ -208,26 +210,45 @@ def test_a_slow_dnsbl_zone_keeps_the_whole_stage(tmp_path: Path) -> None:
     assert decision.action is Action.REJECT
 
 
+def slow_victim(ttl: float = 300.0) -> FakeDns:
+    """A client whose PTR names never answer, and a sender domain whose "-all" takes
+    three TXT lookups one after another, 0.2 s each (records of ``ttl`` seconds)."""
+    fake = FakeDns()
+    fake.slow["slow.test"] = 60.0
+    fake.slow["victim.test"] = 0.2
+    fake.add("66.100.51.198.in-addr.arpa", "PTR", *(f"n{i}.slow.test." for i in range(4)))
+    fake.add("mx.sender.test", "A", CLIENT)
+    fake.add("victim.test", "MX", "10 mx.victim.test.")
+    fake.add("victim.test", "TXT", '"v=spf1 include:i1.victim.test -all"', ttl=ttl)
+    fake.add("i1.victim.test", "TXT", '"v=spf1 include:i2.victim.test -all"', ttl=ttl)
+    fake.add("i2.victim.test", "TXT", '"v=spf1 ip4:192.0.2.0/24 -all"', ttl=ttl)
+    return fake
+
+
 def test_a_client_whose_own_names_never_answer_leaves_spf_its_time(tmp_path: Path) -> None:
     """Review rev57: the client's PTR names never answered, the smtpport check waited
     out the stage deadline for them (and passed, as a timeout does), and SPF had no
     time left: the forged sender passed the domain's "-all" as after a DNS timeout.
     With a third of the stage for SPF a slow domain's includes still ran out of it
     (rev59). The checks of the sender's domain get a whole stage after the client's."""
-    fake = FakeDns()
-    fake.slow["slow.test"] = 60.0
-    fake.slow["victim.test"] = 0.2  # three TXT lookups one after another: 0.6 s
-    fake.add("66.100.51.198.in-addr.arpa", "PTR", *(f"n{i}.slow.test." for i in range(4)))
-    fake.add("mx.sender.test", "A", CLIENT)
-    fake.add("victim.test", "MX", "10 mx.victim.test.")
-    fake.add("victim.test", "TXT", '"v=spf1 include:i1.victim.test -all"')
-    fake.add("i1.victim.test", "TXT", '"v=spf1 include:i2.victim.test -all"')
-    fake.add("i2.victim.test", "TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')
-    decision, took = session_to_mail(tmp_path, fake, "ceo@victim.test")
+    decision, took = session_to_mail(tmp_path, slow_victim(), "ceo@victim.test")
     assert decision.check == "spf"
     assert decision.reply is not None
     assert decision.reply.code == "556"
     assert took < 1.5 + 0.2  # half the stage for the client's checks, a whole one after
+
+
+def test_an_exemptions_spf_asked_first_leaves_spf_its_time(tmp_path: Path) -> None:
+    """Review rev61: an ``spf_pass`` exemption skipping smtpport is judged before the
+    client checks; its SPF fixed the sender checks' window at the stage's deadline,
+    and the spf check, after the PTR that never answered, had half a stage again (the
+    records not cached: TTL 0): the forged sender passed. Each sender check's window
+    starts when it asks."""
+    exempt = {"senders": ["victim.test"], "spf_pass": True, "skip": ["rbl", "smtpport"]}
+    text = tomli_w.dumps({**SETTINGS, "policy": {"exempt": [exempt]}})
+    decision, took = session_to_mail(tmp_path, slow_victim(ttl=0), "ceo@victim.test", text)
+    assert (decision.check, decision.reply and decision.reply.code) == ("spf", "556")
+    assert took < 2.0 + 0.3  # two stages at most
 
 
 def test_a_reload_keeps_the_resolver_while_dns_is_unchanged(tmp_path: Path) -> None:

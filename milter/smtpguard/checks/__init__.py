@@ -105,7 +105,6 @@ class Event:
     #: the client and those of the sender's domain share it out (client_deadline,
     #: sender_deadline); 0: every check has ``deadline``.
     stage_length: float = 0.0
-    _sender_deadline: float | None = field(default=None, init=False, repr=False)
 
     def client_deadline(self) -> float | None:
         """The deadline of the checks that wait on names the client chooses at MAIL
@@ -117,18 +116,22 @@ class Event:
         return self.deadline - self.stage_length * (1 - CLIENT_SHARE)
 
     def sender_deadline(self) -> float | None:
-        """The deadline of the checks that look up the sender's domain (SPF,
-        sender_domain): the stage's, or a whole stage from the first of them if that
-        is later, so that nothing before them shortens their time. A client whose
-        own PTR names never answered used up the stage, SPF had no time, and a forged
-        sender passed "-all" as after a DNS timeout (review rev57); with a third of
-        the stage a slow domain's include chain still ran out of it (rev59). A MAIL
-        FROM callback takes two stages at most (smtpguard.bounds)."""
-        if self._sender_deadline is None and self.deadline is not None:
-            self._sender_deadline = max(
-                self.deadline, time.monotonic() + self.stage_length * SENDER_SHARE
-            )
-        return self._sender_deadline if self.deadline is not None else None
+        """The deadline of a check that looks up the sender's domain (SPF,
+        sender_domain, an ``spf_pass`` exemption's SPF): a whole stage from the moment
+        it asks, or the stage's own deadline if that is later, so that nothing before
+        it shortens its time; but never past two stages (``SENDER_SHARE`` beyond the
+        stage: a MAIL FROM callback takes two stages at most, smtpguard.bounds).
+
+        A client whose own PTR names never answered used up the stage, SPF had no
+        time, and a forged sender passed "-all" as after a DNS timeout (review rev57);
+        with a third of the stage a slow domain's include chain still ran out of it
+        (rev59). Reckoned at each call, not once per stage: an exemption's SPF asked
+        before the client checks fixed the window at the stage's deadline, and the
+        spf check after a PTR that never answered had half a stage again (rev61)."""
+        if self.deadline is None:
+            return None
+        latest = self.deadline + self.stage_length * SENDER_SHARE
+        return min(latest, max(self.deadline, time.monotonic() + self.stage_length))
 
 
 def domain_of(config: Config, txn: Transaction | None) -> DomainPolicy | None:
