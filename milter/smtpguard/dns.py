@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -114,6 +115,10 @@ class Answer:
     #: was sent: this host was too busy to ask, and nothing is known of the name or
     #: its servers (see :meth:`Resolver.missed`).
     busy: bool = field(default=False, compare=False)
+    #: Seconds the lookup waited for one of the resolver's slots before it was sent
+    #: (0: none, or a cached answer). A chain of lookups (SPF's includes) adds them up:
+    #: waits each too short to be ``busy`` can still use up the caller's time (rev61).
+    waited: float = field(default=0.0, compare=False)
 
     @classmethod
     def of(cls, name: str, rdtype: str, *values: str, ttl: float = 300.0) -> Answer:
@@ -238,11 +243,11 @@ class Resolver:
         #: Lookups waiting for a slot now (read by callback threads: missed()).
         #: The value: the client network whose share it waits for, or "" (the pool's).
         self._queued: dict[asyncio.Future[Answer], str] = {}
-        #: Seconds a lookup in flight waited for its slot, when that was long (read by
-        #: callback threads: missed()).
+        #: Seconds a lookup in flight waited for its slot (read by callback threads:
+        #: missed()).
         self._slot_waits: dict[asyncio.Future[Answer], float] = {}
         #: A wait for a slot this long makes a later timeout the host's (busy).
-        self._busy_wait = timeout / 4
+        self.busy_wait = timeout / 4
         self._background: set[asyncio.Task[Answer]] = set()
         self._max_inflight = max_inflight
         #: Lookups in flight at most, per pool (see _pool()): the shared pool, the
@@ -434,6 +439,7 @@ class Resolver:
         task = cast("asyncio.Future[Answer]", asyncio.current_task())
         # The network whose share is full (missed() names it), if it is.
         over_share = network if share is not None and share.locked() else None
+        waited = 0.0
         try:
             if slots.locked() or over_share:
                 queued = time.monotonic()
@@ -442,15 +448,15 @@ class Resolver:
                     await self._acquire(slots, share)
                 finally:
                     self._queued.pop(task, None)
-                waited = time.monotonic() - queued
-                if waited >= self._busy_wait:
-                    self._slot_waits[task] = waited
+                waited = self._slot_waits[task] = time.monotonic() - queued
                 if not self._wanted(task):
                     # Every asker's deadline passed while it queued (review rev57: a
                     # flood of MAIL FROMs with dead domains kept the slots full of
                     # lookups nobody read, for 20 s after it stopped).
                     self._release(slots, share)
-                    return Answer(*key, Status.TIMEOUT, detail="not sent: no one waits for it")
+                    return Answer(
+                        *key, Status.TIMEOUT, detail="not sent: no one waits for it", waited=waited
+                    )
             else:
                 await self._acquire(slots, share)
             try:
@@ -466,7 +472,9 @@ class Resolver:
             if network is not None and share is not None:
                 self._unshare((client, network))
         self._store(key, answer)
-        return answer
+        # The cache keeps the answer as the name's servers gave it; its askers learn
+        # how long it queued.
+        return dataclasses.replace(answer, waited=waited) if waited else answer
 
     def _reserved_slots(self) -> asyncio.Semaphore | None:
         return self._slots[2] if self._slots is not None else None
@@ -608,10 +616,13 @@ class Resolver:
             if network:
                 why += f" ({network} holds its share of them)"
                 reason = "network_share"
-        elif task is not None and (waited := self._slot_waits.get(task)) is not None:
+        elif task is not None and (waited := self._slot_waits.get(task, 0.0)) >= self.busy_wait:
             why = f"after {waited:.1f} s waiting for a resolver slot"
         else:
-            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+            waited = self._slot_waits.get(task, 0.0) if task is not None else 0.0
+            return Answer(
+                name, rdtype, Status.TIMEOUT, detail="stage deadline reached", waited=waited
+            )
         self.metrics.dns_busy(reason)
         detail = f"stage deadline reached {why} (this host is busy)"
         return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True)

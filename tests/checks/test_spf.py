@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from smtpguard.dns import Resolver, Status
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services, fake_resolver
+from support.polling import wait_until
 
 CLIENT = "198.51.100.7"
 
@@ -272,3 +274,39 @@ def test_a_flood_from_another_network_leaves_the_forged_sender_refused(
         assert isinstance(verdict, Hit), verdict
     finally:
         resolver.close()
+
+
+def test_short_slot_waits_along_an_include_chain_add_up(tmp_path: Path, fake: FakeDns) -> None:
+    """Review rev61 F2: a pool kept full so that every lookup of an include chain waits a
+    little under a quarter of the timeout for its slot: the chain ran out of time on
+    the wire, that last timeout was not ``busy``, and the temperror passed by
+    on_temp_error = "pass". The waits add up: deferred."""
+    fake.slow["filler.test"] = 0.3
+    fake.slow["i3.chain.test"] = 5.0  # the deadline comes while it is on the wire
+    fake.add("chain.test", "TXT", '"v=spf1 include:i1.chain.test -all"')
+    fake.add("i1.chain.test", "TXT", '"v=spf1 include:i2.chain.test -all"')
+    fake.add("i2.chain.test", "TXT", '"v=spf1 include:i3.chain.test -all"')
+    fake.add("i3.chain.test", "TXT", '"v=spf1 ip4:192.0.2.0/24 -all"')
+    resolver = fake_resolver(fake, max_inflight=1)  # timeout 2 s: busy from 0.5 s
+    stop = threading.Event()
+
+    def filler() -> None:  # a flood's lookups, one after another, 0.3 s each
+        n = 0
+        while not stop.is_set():
+            n += 1
+            resolver.wait(resolver.submit(f"{n}.filler.test", "A"), time.monotonic() + 6)
+
+    thread = threading.Thread(target=filler, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: bool(fake.calls))
+        check = spf(tmp_path, resolver)
+        conn = make_conn(sender="a@chain.test", ip=CLIENT)
+        verdict = check(conn, Event(deadline=time.monotonic() + 1.8))
+        assert ("i3.chain.test", "TXT") in fake.calls  # sent, after short waits
+        assert isinstance(verdict, TempError), verdict
+        assert verdict.firm, verdict
+    finally:
+        stop.set()
+        resolver.close()
+        thread.join(timeout=5)
