@@ -466,14 +466,65 @@ def test_one_network_holds_a_share_of_the_slots(fake: FakeDns, client: bool) -> 
     assert client_network(ipaddress.ip_address("2001:db8:1:2::5")) == "2001:db8:1::/48"
 
 
-def test_a_network_share_is_forgotten_when_its_lookups_are_done(fake: FakeDns) -> None:
-    resolver = fake_resolver(fake, max_inflight=16)
+def test_another_network_does_not_wait_behind_a_share_it_joined(fake: FakeDns) -> None:
+    """Review rev62 F3: a session from network B asked a domain that a flood from A had
+    asked first; the lookup waited for A's share, and B's sender was deferred. B's
+    asking is a query of its own; A's, once its turn comes, reads the cache."""
+    fake.slow["dead.test"] = 60
+    fake.add("popular.test", "MX", "10 mx.popular.test.")
+    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    a, b = "198.51.100.0/24", "203.0.113.0/24"
+    try:
+        for i in range(4):
+            resolver.submit(f"{i}.dead.test", "MX", network=a)
+        wait_until(lambda: len(fake.calls) == 4)
+        flooded = resolver.submit("popular.test", "MX", deadline=time.monotonic() + 5, network=a)
+        started = time.monotonic()
+        answer = resolver.lookup("popular.test", "MX", started + 2, network=b)
+        assert answer.ok, answer
+        assert time.monotonic() - started < 1
+        assert fake.count("popular.test", "MX") == 1
+        assert not flooded.done()  # still A's to wait for
+    finally:
+        resolver.close()
+
+
+def test_a_lookup_dropped_unsent_is_busy(fake: FakeDns) -> None:
+    """Review rev62 F2: a lookup whose askers' deadlines all passed while it queued is
+    dropped unsent; an asker reading it just after its deadline took that timeout for
+    the name's own. It says this host was busy."""
+    fake.slow["pause.test"] = 0.3
+    resolver = fake_resolver(fake, max_inflight=1)
+    try:
+        resolver.submit("0.pause.test", "A")
+        wait_until(lambda: bool(fake.calls))
+        future = resolver.submit("late.test", "A", deadline=time.monotonic() + 0.1)
+        dropped = resolver.wait(future, time.monotonic() + 5)  # read late, as in a race
+        assert dropped is not None
+        assert dropped.status is Status.TIMEOUT
+        assert dropped.busy, dropped
+        assert "not sent" in dropped.detail
+        assert ("late.test", "A") not in fake.calls
+    finally:
+        resolver.close()
+
+
+def test_a_lookups_bookkeeping_is_forgotten_when_it_is_done(fake: FakeDns) -> None:
+    """Shares, waits, send times and networks of lookups go with them: a flood from
+    many networks leaves nothing behind (queued, dropped and sent lookups alike)."""
+    fake.slow["pause.test"] = 0.2
+    resolver = fake_resolver(fake, max_inflight=16)  # three slots per network
     try:
         for i in range(20):
             network = f"192.0.{i}.0/24"
             answer = resolver.lookup(f"{i}.done.test", "A", time.monotonic() + 2, network=network)
             assert answer.status is Status.NXDOMAIN, answer
+        for i in range(6):  # three sent, three queued on the share and dropped unsent
+            resolver.submit(f"{i}.pause.test", "A", deadline=time.monotonic() + 0.05, network="n")
+        wait_until(lambda: not resolver._inflight)
+        wait_until(lambda: not (resolver._sent or resolver._slot_waits or resolver._networks))
         assert not resolver._shares
+        assert not resolver._queued
     finally:
         resolver.close()
 
@@ -527,17 +578,25 @@ def test_a_lookup_nobody_waits_for_any_more_is_not_sent(fake: FakeDns) -> None:
 
 def test_a_short_wait_for_a_slot_leaves_a_slow_server_its_timeout(fake: FakeDns) -> None:
     """Review rev57: a lookup that waited a few milliseconds for a slot and then timed
-    out at a slow server was deferred as this host's fault. Only a wait of a quarter
-    of the timeout or more is (or one still waiting)."""
+    out at a slow server was deferred as this host's fault. It is the server's when
+    the server had its whole timeout before the deadline; a wait of a quarter of the
+    timeout or more (or one still waiting) is this host's, and so is any wait that
+    left the server less than its timeout (review rev62 F1)."""
     fake.slow["pause.test"] = 0.05
     fake.slow["long.test"] = 0.7
     fake.slow["slow-server.test"] = 60
-    resolver = fake_resolver(fake, max_inflight=1)  # timeout 2 s: a wait of 0.5 s is long
+    resolver = fake_resolver(fake, max_inflight=1, timeout=0.3)  # long wait: 0.075 s
     try:
         resolver.submit("0.pause.test", "A")
-        slow = resolver.lookup("slow-server.test", "A", time.monotonic() + 0.4)
+        slow = resolver.lookup("slow-server.test", "A", time.monotonic() + 0.45)
         assert slow.status is Status.TIMEOUT
-        assert not slow.busy, slow
+        assert not slow.busy, slow  # out for 0.4 s: its whole timeout
+        resolver.close()
+        resolver = fake_resolver(fake, max_inflight=1)  # timeout 2 s: long wait 0.5 s
+        resolver.submit("1.pause.test", "A")
+        short = resolver.lookup("2.slow-server.test", "A", time.monotonic() + 0.45)
+        assert short.busy, short  # out for 0.4 s of its 2
+        assert "after 0.05 s waiting for resolver slots" in short.detail
         resolver.close()
         resolver = fake_resolver(fake, max_inflight=1)
         resolver.submit("0.long.test", "A")

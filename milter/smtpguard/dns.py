@@ -243,9 +243,13 @@ class Resolver:
         #: Lookups waiting for a slot now (read by callback threads: missed()).
         #: The value: the client network whose share it waits for, or "" (the pool's).
         self._queued: dict[asyncio.Future[Answer], str] = {}
-        #: Seconds a lookup in flight waited for its slot (read by callback threads:
-        #: missed()).
+        #: Seconds a lookup in flight waited for its slot, and when it was sent (read
+        #: by callback threads: missed(); kept until the lookup is forgotten, after its
+        #: askers' futures have its answer).
         self._slot_waits: dict[asyncio.Future[Answer], float] = {}
+        self._sent: dict[asyncio.Future[Answer], float] = {}
+        #: The network each lookup in flight was asked for (None: no share).
+        self._networks: dict[asyncio.Future[Answer], str | None] = {}
         #: A wait for a slot this long makes a later timeout the host's (busy).
         self.busy_wait = timeout / 4
         self._background: set[asyncio.Task[Answer]] = set()
@@ -369,22 +373,40 @@ class Resolver:
     ) -> asyncio.Future[Answer]:
         """The query in flight for ``key``, started if there is none (loop thread).
         ``until``: the deadline of a submit() asker (None: a query() or a submit()
-        without one, counted by the caller). A query in flight is joined whoever
-        started it: its network's share is charged once."""
+        without one, counted by the caller). A query in flight is joined, unless it is
+        not sent yet and was asked for another network than the asker's: it may wait
+        for that network's share, and a flood from one network that asked a domain
+        first would then hold every other network's mail from that domain behind it
+        (review rev62 F3). The asker's lookup is then one of its own (answered from the
+        cache if the other one was sent first, see _ask)."""
         pending = self._inflight.get(key)
-        if pending is None:
+        if (
+            pending is None
+            or pending.done()
+            or (pending not in self._sent and self._networks.get(pending) != network)
+        ):
             pending = asyncio.ensure_future(self._ask(key, client, network))
             self._inflight[key] = pending
-            pending.add_done_callback(functools.partial(self._forget, key))
+            self._networks[pending] = network
+            # Forgotten once the askers' futures have the answer (their done callbacks
+            # are called first): missed() still sees how it waited until then.
+            pending.add_done_callback(functools.partial(self._forget_soon, key))
         if until is not None and until > self._until.get(pending, 0.0):
             self._until[pending] = until
         return pending
+
+    def _forget_soon(self, key: tuple[str, str], task: asyncio.Future[Answer]) -> None:
+        task.get_loop().call_soon(self._forget, key, task)
 
     def _forget(self, key: tuple[str, str], task: asyncio.Future[Answer]) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
         self._askers.pop(task, None)
         self._until.pop(task, None)
+        if task.done():
+            self._slot_waits.pop(task, None)
+            self._sent.pop(task, None)
+            self._networks.pop(task, None)
 
     def reserve(self, zones: Iterable[str]) -> None:
         """Give lookups under ``zones`` (the DNSBL zones) ``max_inflight`` slots of
@@ -449,16 +471,21 @@ class Resolver:
                 finally:
                     self._queued.pop(task, None)
                 waited = self._slot_waits[task] = time.monotonic() - queued
-                if not self._wanted(task):
+                hit = self._cached(key)
+                if hit is not None or not self._wanted(task):
+                    self._release(slots, share)
+                    if hit is not None:  # another network's lookup of it was sent first
+                        return dataclasses.replace(hit, waited=waited)
                     # Every asker's deadline passed while it queued (review rev57: a
                     # flood of MAIL FROMs with dead domains kept the slots full of
-                    # lookups nobody read, for 20 s after it stopped).
-                    self._release(slots, share)
-                    return Answer(
-                        *key, Status.TIMEOUT, detail="not sent: no one waits for it", waited=waited
-                    )
+                    # lookups nobody read, for 20 s after it stopped). Busy: an asker
+                    # that reads it just after its deadline must not take it for the
+                    # name's own timeout (review rev62 F2).
+                    detail = f"not sent: no one waits for it after {waited:.1f} s in the queue"
+                    return Answer(*key, Status.TIMEOUT, detail=detail, busy=True, waited=waited)
             else:
                 await self._acquire(slots, share)
+            self._sent[task] = time.monotonic()
             try:
                 answer = await self.transport.query(*key)
             except Exception as exc:
@@ -468,7 +495,6 @@ class Resolver:
             finally:
                 self._release(slots, share)
         finally:
-            self._slot_waits.pop(task, None)
             if network is not None and share is not None:
                 self._unshare((client, network))
         self._store(key, answer)
@@ -548,7 +574,7 @@ class Resolver:
         hit = self._cached(key)
         if hit is not None:
             return Completed(hit)
-        future: concurrent.futures.Future[Answer] = concurrent.futures.Future()
+        future = Submitted()
         self._hand_over((*key, client, deadline, network), future)
         return future
 
@@ -587,6 +613,8 @@ class Resolver:
                 lookup = self._lookup((name, rdtype), client, until, network)
                 if until is None:
                     self._askers[lookup] = self._askers.get(lookup, 0) + 1
+                if isinstance(future, Submitted):
+                    future.lookup = lookup
                 task: asyncio.Future[Any] = lookup
             else:
                 task = asyncio.ensure_future(work)
@@ -594,38 +622,88 @@ class Resolver:
                     future.started(task)
             task.add_done_callback(functools.partial(_settle, future))
 
-    def missed(self, name: str, rdtype: str) -> Answer:
+    def missed(
+        self,
+        name: str,
+        rdtype: str,
+        *,
+        lookup: asyncio.Future[Answer] | None = None,
+        waited_before: float = 0.0,
+    ) -> Answer:
         """The answer of a lookup whose caller's deadline passed first: a TIMEOUT,
-        ``busy`` when the lookup is still waiting for one of our slots, or waited for
-        one a quarter of ``timeout`` or more before it was sent. Such a timeout says
-        nothing of the name's servers, only that this host was too busy to ask them:
-        the checks that look up names the client does not control (SPF, the sender's
-        domain, the DNSBL zones) defer it whatever their ``on_temp_error`` says, since
-        a flood of connections that fills the slots would otherwise pass a forged
-        sender (review rev52 N3). A short wait before a slow server is the server's
-        timeout (review rev57)."""
+        ``busy`` when this host, not the name's servers, made it miss:
+
+        * the lookup still waits for one of our slots, or waited for one a quarter of
+          ``timeout`` or more before it was sent;
+        * or it, or the caller's lookups before it (``waited_before`` seconds: an SPF
+          evaluation's includes), waited for slots at all, and it was sent less than
+          ``timeout`` before the deadline: the servers did not get their time because
+          we queued (review rev61 F2, rev62 F1).
+
+        Such a timeout says nothing of the name's servers, only that this host was too
+        busy to ask them: the checks that look up names the client does not control
+        (SPF, the sender's domain, the DNSBL zones) defer it whatever their
+        ``on_temp_error`` says, since a flood that fills the slots would otherwise
+        pass a forged sender (review rev52 N3). A short wait before a server that had
+        its whole timeout is the server's timeout (review rev57). ``lookup``: the
+        caller's own lookup (``Submitted.lookup``), else the one in flight for the
+        name."""
         try:
             key = _key(name, rdtype)
         except ValueError as exc:
             return _invalid(name, rdtype, exc)
-        task = self._inflight.get(key)
+        task = lookup if lookup is not None else self._inflight.get(key)
+        if task is None:
+            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
         reason = "slots"
-        if task is not None and task in self._queued:
+        waited = self._slot_waits.get(task, 0.0)
+        sent = self._sent.get(task)
+        on_wire = time.monotonic() - sent if sent is not None else None
+        if task in self._queued:
             network = self._queued.get(task)
             why = "waiting for a resolver slot"
             if network:
                 why += f" ({network} holds its share of them)"
                 reason = "network_share"
-        elif task is not None and (waited := self._slot_waits.get(task, 0.0)) >= self.busy_wait:
+        elif waited >= self.busy_wait:
             why = f"after {waited:.1f} s waiting for a resolver slot"
+        elif waited + waited_before > 0 and on_wire is not None and on_wire < self.timeout:
+            why = (
+                f"{on_wire:.2f} s after it was sent, after {waited + waited_before:.2f} s"
+                " waiting for resolver slots"
+            )
         else:
-            waited = self._slot_waits.get(task, 0.0) if task is not None else 0.0
             return Answer(
                 name, rdtype, Status.TIMEOUT, detail="stage deadline reached", waited=waited
             )
         self.metrics.dns_busy(reason)
         detail = f"stage deadline reached {why} (this host is busy)"
-        return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True)
+        return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True, waited=waited)
+
+    def collect(
+        self,
+        future: Pending[Answer],
+        deadline: float | None,
+        name: str,
+        rdtype: str,
+        waited_before: float = 0.0,
+    ) -> Answer:
+        """The answer of a :meth:`submit` (or a spawned single lookup) by ``deadline``,
+        or what :meth:`missed` says of it; an answer that came just after the
+        deadline, while this was deciding, is taken as it is."""
+        answer = self.wait(future, deadline)
+        if answer is not None:
+            return answer
+        lookup = future.lookup if isinstance(future, Submitted) else None
+        answer = self.missed(name, rdtype, lookup=lookup, waited_before=waited_before)
+        if (
+            not answer.busy
+            and future.done()
+            and not (isinstance(future, concurrent.futures.Future) and future.cancelled())
+        ):
+            late = future.result()
+            return late if late is not None else answer
+        return answer
 
     def wait(self, future: Pending[_T], deadline: float | None) -> _T | None:
         """The future's result, or None when the deadline (monotonic) passes first, or
@@ -642,13 +720,18 @@ class Resolver:
         return max(0.0, deadline - time.monotonic())
 
     def lookup(
-        self, name: str, rdtype: str, deadline: float | None = None, network: str | None = None
+        self,
+        name: str,
+        rdtype: str,
+        deadline: float | None = None,
+        network: str | None = None,
+        waited_before: float = 0.0,
     ) -> Answer:
-        """Blocking lookup for code that cannot be asynchronous (the SPF library)."""
-        answer = self.wait(self.submit(name, rdtype, deadline=deadline, network=network), deadline)
-        if answer is None:
-            return self.missed(name, rdtype)
-        return answer
+        """Blocking lookup for code that cannot be asynchronous (the SPF library).
+        ``waited_before``: seconds the caller's earlier lookups of one evaluation
+        waited for slots (see :meth:`missed`)."""
+        future = self.submit(name, rdtype, deadline=deadline, network=network)
+        return self.collect(future, deadline, name, rdtype, waited_before)
 
     def close(self) -> None:
         """Stop the loop thread (tests, reload): pending lookups are cancelled."""
@@ -672,6 +755,15 @@ class Resolver:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 loop.close()
+
+
+class Submitted(concurrent.futures.Future[Answer]):
+    """The future of :meth:`Resolver.submit`: ``lookup`` is the lookup it waits for
+    (set on the loop thread), which :meth:`Resolver.missed` reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookup: asyncio.Future[Answer] | None = None
 
 
 class Spawned(concurrent.futures.Future[_T]):

@@ -196,7 +196,7 @@ class _Dnsbl:
         clean = True
         busy = False
         for zone, name, future in lookups:
-            answer = dns.wait(future, event.deadline) or dns.missed(name, "A")
+            answer = dns.collect(future, event.deadline, name, "A")
             busy = busy or answer.busy
             if answer.status.temporary:
                 failures.append(f"{zone.name}: {answer.describe()}")

@@ -57,9 +57,7 @@ class SenderDomain:
             t: self.dns.submit(domain, t, deadline=deadline, network=network)
             for t in ("MX", "A", "AAAA")
         }
-        answers = {
-            t: self.dns.wait(f, deadline) or self.dns.missed(domain, t) for t, f in futures.items()
-        }
+        answers = {t: self.dns.collect(f, deadline, domain, t) for t, f in futures.items()}
         verdict = judge(domain, answers["MX"], answers["A"], answers["AAAA"])
         if not isinstance(verdict, TempError):
             self.memo.put(domain, verdict)

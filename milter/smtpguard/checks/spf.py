@@ -67,8 +67,8 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         self.network = network
         #: A PTR or A/AAAA lookup for ``ptr`` or ``%{p}`` failed for the moment.
         self.ptr_temperror = False
-        #: A lookup timed out waiting for one of our resolver's slots (Answer.busy), or
-        #: after the chain's lookups had waited for slots ``busy_wait`` in all.
+        #: A lookup timed out because this host queued it or the lookups before it
+        #: (Answer.busy, Resolver.missed).
         self.busy = False
         #: Seconds this evaluation's lookups waited for the resolver's slots.
         self.waited = 0.0
@@ -130,12 +130,11 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         cached: list[Any] | None = self.cache.get((name, qtype))
         if cached:
             return cached
-        answer = self.resolver.lookup(name, qtype, self.deadline, self.network)
-        self.waited += answer.waited
         # Waits each too short to be busy, one per include, can still use up the time:
         # the timeout that ends the chain is then this host's as well (review rev61).
-        late = answer.status is Status.TIMEOUT and self.waited >= self.resolver.busy_wait
-        self.busy = self.busy or answer.busy or late
+        answer = self.resolver.lookup(name, qtype, self.deadline, self.network, self.waited)
+        self.waited += answer.waited
+        self.busy = self.busy or answer.busy
         if answer.status.temporary:
             raise spf.TempError(f"DNS {answer.status.name} for {name}/{qtype}: {answer.detail}")
         result = _values(answer, qtype)
