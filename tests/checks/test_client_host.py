@@ -519,3 +519,25 @@ def test_a_connect_flood_from_one_network_defers_that_network_only(
         assert isinstance(verdict, TempError), verdict
     finally:
         resolver.close()
+
+
+def test_a_closed_sessions_helo_lookups_leave_the_queue(tmp_path: Path, fake: FakeDns) -> None:
+    """Review rev61 F3: a flood of HELO names that never answer, sessions that hang up
+    at once: their lookups were sent for seconds after, and a later client's PTR
+    waited behind them. A session's HELO lookups are dropped when it closes."""
+    fake.slow["slow.test"] = 0.5
+    resolver = fake_resolver(fake, max_inflight=32)  # four client-pool slots per network
+    try:
+        check = helo_check(tmp_path, resolver)
+        first = make_conn(sender="a@sender.test", helo="h0.slow.test")
+        second = make_conn(sender="a@sender.test", helo="h1.slow.test")
+        third = make_conn(sender="a@sender.test", helo="h2.slow.test")
+        for conn in (first, second, third):
+            check.prefetch(conn)
+        wait_until(lambda: len(fake.calls) == 4)  # the share: the third one waits
+        third.abandon()
+        after = resolver.submit("after.slow.test", "A", client=True, network="198.51.100.0/24")
+        assert resolver.wait(after, time.monotonic() + 5) is not None
+        assert not any(name == "h2.slow.test" for name, _ in fake.calls), fake.calls
+    finally:
+        resolver.close()

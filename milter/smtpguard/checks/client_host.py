@@ -360,15 +360,24 @@ class HeloDns:
             return
         key = self._key(name)
         if key not in conn.scratch:
-            network = client_network(conn.client_ip) if conn.client_ip is not None else None
             conn.scratch[key] = (
                 _RESOLVES
                 if self.resolves.get(name)[0]
-                else (
-                    self.dns.submit(name, "A", client=True, network=network),
-                    self.dns.submit(name, "AAAA", client=True, network=network),
-                )
+                else (self._ask(conn, name, "A"), self._ask(conn, name, "AAAA"))
             )
+
+    def _ask(self, conn: Connection, name: str, rdtype: str) -> Pending[Answer]:
+        """The lookup of ``name``, the session's alone: dropped when it closes, so a
+        flood of HELO names that never answer leaves no queue behind (review rev61
+        F3: 605 of 700 such sessions' lookups were still sent 7 s later)."""
+        assert self.dns is not None
+        with contextlib.suppress(ValueError):  # not a DNS name: query() says so
+            known = self.dns.cached(name, rdtype)
+            if known is not None:
+                return Completed(known)
+        network = client_network(conn.client_ip) if conn.client_ip is not None else None
+        query = self.dns.query(name, rdtype, client=True, network=network)
+        return conn.background(self.dns.spawn(query))
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         name = self._name(conn)
