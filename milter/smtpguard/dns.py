@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar, cast
 
 import dns.entropy
 import dns.exception
@@ -62,6 +62,9 @@ from smtpguard.address import IPAddress, canonical_domain, unmapped
 from smtpguard.config import DnsConfig
 from smtpguard.memo import peek
 from smtpguard.metrics import Metrics, NullMetrics
+
+if TYPE_CHECKING:
+    from smtpguard.session import Connection
 
 log = logging.getLogger("smtpguard")
 
@@ -851,6 +854,16 @@ def client_network(ip: IPAddress) -> str:
     ip = client_address(ip)
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network((ip, prefix), strict=False))
+
+
+def share_network(conn: Connection) -> str | None:
+    """The network whose share of the resolver's slots a session's lookups take
+    (:func:`client_network`), or None: no share for a client of ``trusted_networks``
+    (the site's own relays and submission hosts, 127.0.0.1 included, behind each of
+    which many senders stand: review rev62 F4) nor for one without an address."""
+    if conn.client_ip is None or conn.trusted_network:
+        return None
+    return client_network(conn.client_ip)
 
 
 def reverse_name(ip: IPAddress) -> str:

@@ -55,7 +55,7 @@ from smtpguard.checks import Event, Services, Stage, domain_of, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
 from smtpguard.checks.spf import SpfQuery
 from smtpguard.config import Config, ConfigError, DomainPolicy, Exemption
-from smtpguard.dns import Pending, client_address, client_network
+from smtpguard.dns import Pending, client_address, share_network
 from smtpguard.memo import Memo
 from smtpguard.replies import ReplyTable, load_replies
 from smtpguard.session import Connection
@@ -262,7 +262,7 @@ class Policy:
             self.dns,
             # As the spf check's: the client's own names cannot shorten it (review rev59).
             event.sender_deadline(),
-            network=client_network(conn.client_ip),
+            network=share_network(conn),
             i=str(client_address(conn.client_ip)),
             s=txn.sender.text,
             h=conn.helo or "unknown",

@@ -56,6 +56,10 @@ POSTFIX_MACROS = {
 }
 
 #: Our per-milter settings: a dead or slow smtpguard defers mail, never accepts it.
+#: Postfix's milter timeouts should be this many times smtpguard's longest answer
+#: (Plan.timeouts).
+QUEUE_FACTOR = 2
+
 MILTER_SETTINGS = (
     "default_action=tempfail",
     "protocol=6",
@@ -788,20 +792,24 @@ class _Planner:
     def timeouts(self) -> None:
         """A note where smtpguard can take longer to answer a step than our entry's
         timeout lets Postfix wait: Postfix would then apply default_action (tempfail)
-        instead of smtpguard's verdict. The entry's values stay: the config is what
-        makes smtpguard that slow (its scanner and DNS timeouts)."""
+        instead of smtpguard's verdict. Postfix's timer also runs while the step waits
+        for one of libmilter's threads, which under a burst can take as long as a
+        callback (review rev61 F4): the entry's timeout should be twice the callback's
+        bound (``QUEUE_FACTOR``). The entry's values stay: the config is what makes
+        smtpguard that slow (its scanner and DNS timeouts)."""
         bounds = answer_bounds(self.config)
         ours = dict(setting.split("=", 1) for setting in MILTER_SETTINGS)
         for option, worst, steps in (
             ("command_timeout", bounds.command, "connect to DATA"),
             ("content_timeout", bounds.content, "headers, body and end of message"),
         ):
-            if worst > _seconds(ours[option]):
+            if QUEUE_FACTOR * worst > _seconds(ours[option]):
                 self.notes.append(
                     f"{option}={ours[option]} in smtpguard's smtpd_milters entry is below"
-                    f" the {worst:g} s smtpguard may take to answer ({steps}; its DNS,"
-                    " directory, state and scanner timeouts): Postfix would defer such"
-                    " mail itself; lower those timeouts or raise the entry's"
+                    f" twice the {worst:g} s smtpguard may take to answer ({steps}; its"
+                    " DNS, directory, state and scanner timeouts; under a burst a step"
+                    " may first wait as long for a libmilter thread): Postfix would"
+                    " defer such mail itself; lower those timeouts or raise the entry's"
                 )
 
     # --- relaying ---------------------------------------------------------------

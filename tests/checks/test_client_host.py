@@ -478,8 +478,10 @@ def test_forward_lookups_of_one_client_are_two_at_a_time() -> None:
 def test_a_closed_sessions_lookups_leave_the_queue(tmp_path: Path, fake: FakeDns) -> None:
     """A connect flood whose PTR names never answer: each session's forward lookups
     outlived it and waited for slots later sessions needed (review rev52 N3). When a
-    session is abandoned its reverse DNS is cancelled, and its lookups still waiting
-    for a slot are never sent. They use the client pool, not the shared one."""
+    session is abandoned its reverse DNS is cancelled, and its forward lookups not
+    sent yet (waiting for their turn in reverse_dns, two at a time) never are. They
+    use the client pool, not the shared one. (The resolver's own dropping of queued
+    lookups is test_dns's.)"""
     names = [f"n{i}.slow.test" for i in range(10)]
     host(fake, IP, *names)
     fake.slow["slow.test"] = 0.5

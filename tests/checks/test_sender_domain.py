@@ -134,5 +134,9 @@ def test_a_flood_from_one_network_defers_that_network_only(tmp_path: Path, fake:
         deferred = check(same, Event(deadline=time.monotonic() + 0.3))
         assert isinstance(deferred, TempError), deferred
         assert deferred.firm, deferred
+        # The site's own relay in that network (trusted_networks) takes no share.
+        fake.add("relayed.test", "MX", "10 mx.elsewhere.test.")
+        relay = make_conn(sender="a@relayed.test", ip="198.51.100.25", trusted_network=True)
+        assert check(relay, Event(deadline=time.monotonic() + 1)) is None
     finally:
         resolver.close()

@@ -55,6 +55,7 @@ from smtpguard.dns import (
     client_address,
     client_network,
     reverse_name,
+    share_network,
 )
 from smtpguard.memo import Memo
 from smtpguard.resultheaders import record_iprev
@@ -375,8 +376,7 @@ class HeloDns:
             known = self.dns.cached(name, rdtype)
             if known is not None:
                 return Completed(known)
-        network = client_network(conn.client_ip) if conn.client_ip is not None else None
-        query = self.dns.query(name, rdtype, client=True, network=network)
+        query = self.dns.query(name, rdtype, client=True, network=share_network(conn))
         return conn.background(self.dns.spawn(query))
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:

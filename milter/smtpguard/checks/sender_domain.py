@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.dns import Answer, Status, client_network
+from smtpguard.dns import Answer, Status, share_network
 from smtpguard.memo import Memo
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -52,7 +52,7 @@ class SenderDomain:
         if found:
             return memoized
         deadline = event.sender_deadline()
-        network = client_network(conn.client_ip) if conn.client_ip is not None else None
+        network = share_network(conn)
         futures = {
             t: self.dns.submit(domain, t, deadline=deadline, network=network)
             for t in ("MX", "A", "AAAA")

@@ -37,7 +37,7 @@ import spf  # type: ignore[import-untyped]  # pyspf ships no type information
 
 from smtpguard.address import is_fqdn
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.dns import Answer, Resolver, Status, client_address, client_network
+from smtpguard.dns import Answer, Resolver, Status, client_address, share_network
 from smtpguard.memo import Memo
 from smtpguard.resultheaders import record_spf
 from smtpguard.session import Connection, Transaction
@@ -199,7 +199,7 @@ class Spf:
         query = SpfQuery(
             self.dns,
             event.sender_deadline(),
-            network=client_network(conn.client_ip),
+            network=share_network(conn),
             i=str(client_address(conn.client_ip)),
             s=sender,
             h=helo or "unknown",
