@@ -509,6 +509,30 @@ def test_a_lookup_dropped_unsent_is_busy(fake: FakeDns) -> None:
         resolver.close()
 
 
+def test_a_lookup_the_loop_never_started_is_busy(fake: FakeDns) -> None:
+    """A loop thread kept busy (a flood's work) had not even started the lookup by its
+    deadline: that timeout is this host's, not the name's (a forged sender's SPF would
+    otherwise pass as the domain's timeout)."""
+    metrics = RecordingMetrics()
+    resolver = fake_resolver(fake, metrics=metrics)
+
+    async def hog() -> None:
+        time.sleep(0.5)  # blocks the loop: what a flood of work on it does
+
+    try:
+        resolver.spawn(hog())
+        future = resolver.submit("forged.test", "TXT", deadline=time.monotonic() + 0.2)
+        answer = resolver.collect(future, time.monotonic() + 0.2, "forged.test", "TXT")
+        assert answer.busy, answer
+        assert "before the resolver's loop took it" in answer.detail
+        assert metrics.named("dns_busy") == [("loop",)]
+        # With no time left at all to start with, nothing is known of whose fault.
+        gone = resolver.submit("late.test", "TXT", deadline=time.monotonic())
+        assert not resolver.collect(gone, time.monotonic(), "late.test", "TXT").busy
+    finally:
+        resolver.close()
+
+
 def test_a_lookups_bookkeeping_is_forgotten_when_it_is_done(fake: FakeDns) -> None:
     """Shares, waits, send times and networks of lookups go with them: a flood from
     many networks leaves nothing behind (queued, dropped and sent lookups alike)."""

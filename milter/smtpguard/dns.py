@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+import math
 import re
 import threading
 import time
@@ -75,6 +76,9 @@ _ANY = "*"
 
 #: One client network holds this share of the shared pool's slots at most (1/8).
 NETWORK_SHARE = 8
+#: Seconds left at submit() from which a lookup the loop never started is this host's
+#: fault (less is too little for any server to answer: the time went before it).
+LOOP_GRACE = 0.05
 
 
 class Status(Enum):
@@ -632,12 +636,17 @@ class Resolver:
         *,
         lookup: asyncio.Future[Answer] | None = None,
         waited_before: float = 0.0,
+        given: float = math.inf,
+        started: bool = True,
     ) -> Answer:
         """The answer of a lookup whose caller's deadline passed first: a TIMEOUT,
         ``busy`` when this host, not the name's servers, made it miss:
 
-        * the lookup still waits for one of our slots, or waited for one a quarter of
-          ``timeout`` or more before it was sent;
+        * the lookup was never sent: it still waits for one of our slots, or the
+          resolver's loop had not even run it (``started``: whether the loop had
+          taken it at all), though the caller gave it time (``given`` seconds,
+          ``LOOP_GRACE`` at least, or it came after lookups that waited);
+        * it waited for a slot a quarter of ``timeout`` or more before it was sent;
         * or it, or the caller's lookups before it (``waited_before`` seconds: an SPF
           evaluation's includes), waited for slots at all, and it was sent less than
           ``timeout`` before the deadline: the servers did not get their time because
@@ -655,14 +664,21 @@ class Resolver:
             key = _key(name, rdtype)
         except ValueError as exc:
             return _invalid(name, rdtype, exc)
+        fair = waited_before > 0 or given >= LOOP_GRACE
         task = lookup if lookup is not None else self._inflight.get(key)
-        if task is None:
-            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
         reason = "slots"
-        waited = self._slot_waits.get(task, 0.0)
-        sent = self._sent.get(task)
-        on_wire = time.monotonic() - sent if sent is not None else None
-        if task in self._queued:
+        waited = self._slot_waits.get(task, 0.0) if task is not None else 0.0
+        sent = self._sent.get(task) if task is not None else None
+        if not started or (
+            task is not None and sent is None and not task.done() and task not in self._queued
+        ):
+            if not fair:
+                return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+            why = "before the resolver's loop took it"
+            reason = "loop"
+        elif task is None:
+            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+        elif task in self._queued:
             network = self._queued.get(task)
             why = "waiting for a resolver slot"
             if network:
@@ -670,10 +686,14 @@ class Resolver:
                 reason = "network_share"
         elif waited >= self.busy_wait:
             why = f"after {waited:.1f} s waiting for a resolver slot"
-        elif waited + waited_before > 0 and on_wire is not None and on_wire < self.timeout:
+        elif (
+            waited + waited_before > 0
+            and sent is not None
+            and time.monotonic() - sent < self.timeout
+        ):
             why = (
-                f"{on_wire:.2f} s after it was sent, after {waited + waited_before:.2f} s"
-                " waiting for resolver slots"
+                f"{time.monotonic() - sent:.2f} s after it was sent, after"
+                f" {waited + waited_before:.2f} s waiting for resolver slots"
             )
         else:
             return Answer(
@@ -694,11 +714,18 @@ class Resolver:
         """The answer of a :meth:`submit` (or a spawned single lookup) by ``deadline``,
         or what :meth:`missed` says of it; an answer that came just after the
         deadline, while this was deciding, is taken as it is."""
+        given = self.remaining(deadline)
         answer = self.wait(future, deadline)
         if answer is not None:
             return answer
-        lookup = future.lookup if isinstance(future, Submitted) else None
-        answer = self.missed(name, rdtype, lookup=lookup, waited_before=waited_before)
+        answer = self.missed(
+            name,
+            rdtype,
+            lookup=future.lookup if isinstance(future, Submitted) else None,
+            waited_before=waited_before,
+            given=given,
+            started=not _not_started(future),
+        )
         if (
             not answer.busy
             and future.done()
@@ -760,6 +787,15 @@ class Resolver:
                 loop.close()
 
 
+def _not_started(future: Pending[Any]) -> bool:
+    """Whether the resolver's loop has not taken ``future``'s work yet."""
+    if isinstance(future, Submitted):
+        return future.lookup is None and not future.done()
+    if isinstance(future, Spawned):
+        return future.task is None and not future.done()
+    return False
+
+
 class Submitted(concurrent.futures.Future[Answer]):
     """The future of :meth:`Resolver.submit`: ``lookup`` is the lookup it waits for
     (set on the loop thread), which :meth:`Resolver.missed` reads."""
@@ -781,6 +817,11 @@ class Spawned(concurrent.futures.Future[_T]):
         super().__init__()
         self._task: asyncio.Future[Any] | None = None
         self._abandoned = False
+
+    @property
+    def task(self) -> asyncio.Future[Any] | None:
+        """The coroutine's task, once the loop has started it."""
+        return self._task
 
     def started(self, task: asyncio.Future[Any]) -> None:
         """(Loop thread) the coroutine runs as ``task``."""

@@ -38,9 +38,10 @@ _TRANSACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 OUTCOMES = ("accept", "tag", "reject", "tempfail", "abort")
 #: What one call of a check gave (``smtpguard_check_verdicts_total``).
 VERDICTS = ("pass", "hit", "temperror", "error")
-#: What was full when a lookup missed its caller's deadline waiting for a slot
-#: (``smtpguard_dns_busy_total``): a pool, or the client network's share of one.
-DNS_BUSY_REASONS = ("slots", "network_share")
+#: What held a lookup that missed its caller's deadline (``smtpguard_dns_busy_total``):
+#: a full pool, the client network's full share of one, or the resolver's loop thread,
+#: which had not started it.
+DNS_BUSY_REASONS = ("slots", "network_share", "loop")
 
 
 class Metrics(Protocol):
