@@ -435,7 +435,7 @@ def test_one_network_holds_a_share_of_the_slots(fake: FakeDns, client: bool) -> 
     fake.slow["dead.test"] = 60
     fake.add("legit.test", "TXT", '"v=spf1 -all"')
     metrics = RecordingMetrics()
-    resolver = fake_resolver(fake, max_inflight=32, metrics=metrics)  # four per network
+    resolver = fake_resolver(fake, max_inflight=16, metrics=metrics)  # four per network
     flood = client_network(ipaddress.ip_address("198.51.100.7"))
     try:
         for i in range(8):
@@ -472,7 +472,7 @@ def test_another_network_does_not_wait_behind_a_share_it_joined(fake: FakeDns) -
     asking is a query of its own; A's, once its turn comes, reads the cache."""
     fake.slow["dead.test"] = 60
     fake.add("popular.test", "MX", "10 mx.popular.test.")
-    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    resolver = fake_resolver(fake, max_inflight=16)  # four slots per network
     a, b = "198.51.100.0/24", "203.0.113.0/24"
     try:
         for i in range(4):
@@ -533,17 +533,78 @@ def test_a_lookup_the_loop_never_started_is_busy(fake: FakeDns) -> None:
         resolver.close()
 
 
+def test_askers_from_many_networks_share_a_lookup_queued_for_the_pool(fake: FakeDns) -> None:
+    """Review rev63 N4: waiting for a full pool (no network's share), a lookup is
+    joined by every network that asks it: one query, not one per network."""
+    fake.slow["hold.test"] = 0.3
+    fake.slow["popular.test"] = 0.2  # still out when the other slots free
+    fake.add("popular.test", "MX", "10 mx.popular.test.")
+    resolver = fake_resolver(fake, max_inflight=16)
+    try:
+        hold_slots(resolver, fake, 16)
+        futures = [
+            resolver.submit("popular.test", "MX", network=f"192.0.{i}.0/24") for i in range(5)
+        ]
+        for future in futures:
+            answer = resolver.wait(future, time.monotonic() + 5)
+            assert answer is not None
+            assert answer.ok, answer
+        assert fake.count("popular.test", "MX") == 1
+    finally:
+        resolver.close()
+
+
+def test_an_answer_on_its_way_at_the_deadline_is_read(fake: FakeDns) -> None:
+    """Review rev63 N3: a DNSBL answer that came just before the deadline was still
+    going through the loop's callbacks (its lookup forgotten, the session's future not
+    yet set) and read as a timeout: a listed client passed. The cache has it."""
+    fake.add("2.0.0.127.rbl.test", "A", "127.0.0.2")
+    resolver = fake_resolver(fake)
+
+    async def settles_late() -> Answer:
+        answer = await resolver.query("2.0.0.127.rbl.test", "A")
+        await asyncio.sleep(0.3)  # the future is set long after the answer came
+        return answer
+
+    try:
+        future = resolver.spawn(settles_late())
+        answer = resolver.collect(future, time.monotonic() + 0.1, "2.0.0.127.rbl.test", "A")
+        assert answer.ok, answer
+    finally:
+        resolver.close()
+
+
+def test_a_lookup_cancelled_while_it_queued_is_busy(fake: FakeDns) -> None:
+    """Review rev63: a session's lookup joined another session's queued one; that
+    session closed just after our deadline and cancelled it (no one wanted it any
+    more), and our answer was a plain timeout: a forged sender's SPF would pass as the
+    domain's. A lookup never sent is this host's fault."""
+    resolver = fake_resolver(fake, max_inflight=1)
+    try:
+        hold_slots(resolver, fake, 1)
+        first = resolver.spawn(resolver.query("x.test", "TXT"))  # a session's, queued
+        joined = resolver.submit("x.test", "TXT", deadline=time.monotonic() + 0.05)
+        time.sleep(0.1)  # our deadline passes...
+        assert first.cancel()  # ...and the first session closes
+        wait_until(joined.done)
+        answer = resolver.collect(joined, time.monotonic() + 1, "x.test", "TXT")
+        assert answer.busy, answer
+        assert ("x.test", "TXT") not in fake.calls
+    finally:
+        resolver.close()
+
+
 def test_a_lookups_bookkeeping_is_forgotten_when_it_is_done(fake: FakeDns) -> None:
     """Shares, waits, send times and networks of lookups go with them: a flood from
     many networks leaves nothing behind (queued, dropped and sent lookups alike)."""
     fake.slow["pause.test"] = 0.2
-    resolver = fake_resolver(fake, max_inflight=16)  # three slots per network
+    resolver = fake_resolver(fake, max_inflight=16)  # four slots per network
     try:
         for i in range(20):
             network = f"192.0.{i}.0/24"
             answer = resolver.lookup(f"{i}.done.test", "A", time.monotonic() + 2, network=network)
             assert answer.status is Status.NXDOMAIN, answer
-        for i in range(6):  # three sent, three queued on the share and dropped unsent
+        for i in range(6):  # four sent, two queued on the share and dropped unsent
             resolver.submit(f"{i}.pause.test", "A", deadline=time.monotonic() + 0.05, network="n")
         wait_until(lambda: not resolver._inflight)
         wait_until(lambda: not (resolver._sent or resolver._slot_waits or resolver._networks))

@@ -74,11 +74,16 @@ _T = TypeVar("_T")
 #: Any cached NXDOMAIN answers every type of its name (RFC 2308 §5).
 _ANY = "*"
 
-#: One client network holds this share of the shared pool's slots at most (1/8).
-NETWORK_SHARE = 8
+#: One client network holds this share of a pool's slots at most (a quarter: an eighth
+#: deferred a busy ESP /24 whose senders' domains answer slowly, review rev63 N2).
+NETWORK_SHARE = 4
 #: Seconds left at submit() from which a lookup the loop never started is this host's
 #: fault (less is too little for any server to answer: the time went before it).
 LOOP_GRACE = 0.05
+#: Seconds collect() waits past the deadline for an answer already on its way through
+#: the loop's callbacks (review rev63 N3: a listing answered 1 ms before the deadline
+#: read as a timeout).
+LATE_GRACE = 0.005
 
 
 class Status(Enum):
@@ -302,6 +307,13 @@ class Resolver:
         """The cached answer, if any; ValueError if ``name`` cannot be a DNS name."""
         return self._cached(_key(name, rdtype))
 
+    def cached_or_none(self, name: str, rdtype: str) -> Answer | None:
+        """The cached answer, if any, and None for a name that cannot be a DNS name."""
+        try:
+            return self._cached(_key(name, rdtype))
+        except ValueError:
+            return None
+
     def _cached(self, key: tuple[str, str]) -> Answer | None:
         with self._lock:
             hit = peek(self._cache, key, None)
@@ -387,11 +399,7 @@ class Resolver:
         (review rev62 F3). The asker's lookup is then one of its own (answered from the
         cache if the other one was sent first, see _ask)."""
         pending = self._inflight.get(key)
-        if (
-            pending is None
-            or pending.done()
-            or (pending not in self._sent and self._networks.get(pending) != network)
-        ):
+        if pending is None or pending.done() or self._held_by_share(pending, client, network):
             pending = asyncio.ensure_future(self._ask(key, client, network))
             self._inflight[key] = pending
             self._networks[pending] = network
@@ -401,6 +409,21 @@ class Resolver:
         if until is not None and until > self._until.get(pending, 0.0):
             self._until[pending] = until
         return pending
+
+    def _held_by_share(
+        self, pending: asyncio.Future[Answer], client: bool, network: str | None
+    ) -> bool:
+        """Whether ``pending``, not sent yet, waits (or is about to wait) for the share
+        of another network than ``network``. Only then is it not joined: waiting for a
+        full pool it is joined, or a flood of askers from many networks would each
+        queue a query of the same name (review rev63 N4)."""
+        owner = self._networks.get(pending)
+        if owner is None or owner == network or pending in self._sent:
+            return False
+        if pending in self._queued:
+            return self._queued[pending] == owner
+        share = self._shares.get((client, owner))
+        return share is not None and share[0].locked()
 
     def _forget_soon(self, key: tuple[str, str], task: asyncio.Future[Answer]) -> None:
         task.get_loop().call_soon(self._forget, key, task)
@@ -438,7 +461,7 @@ class Resolver:
 
     def _share(self, key: tuple[bool, str]) -> asyncio.Semaphore:
         """The slots of a pool (the client pool or the shared one: ``key`` is
-        (client, network)) one network's lookups may hold: an eighth of them
+        (client, network)) one network's lookups may hold: a quarter of them
         (``NETWORK_SHARE``). Both pools' names are chosen by clients (the sender's
         domain, the reverse zone, the HELO name): a MAIL FROM flood of dead domains
         from one network held every slot of the shared pool, and every other sender
@@ -666,24 +689,28 @@ class Resolver:
             return _invalid(name, rdtype, exc)
         fair = waited_before > 0 or given >= LOOP_GRACE
         task = lookup if lookup is not None else self._inflight.get(key)
+        # Not forgotten yet (a lookup is forgotten once its askers' futures are set).
+        known = task is not None and task in self._networks
         reason = "slots"
         waited = self._slot_waits.get(task, 0.0) if task is not None else 0.0
         sent = self._sent.get(task) if task is not None else None
-        if not started or (
-            task is not None and sent is None and not task.done() and task not in self._queued
-        ):
-            if not fair:
+        if not started or (known and task is not None and sent is None):
+            # Never sent: the loop had not taken or run it yet, or it still waits for
+            # a slot, or it was dropped or cancelled while it waited (review rev63:
+            # another session closing just after the deadline cancelled it).
+            if task is not None and task in self._queued:
+                why = "waiting for a resolver slot"
+                if network := self._queued.get(task):
+                    why += f" ({network} holds its share of them)"
+                    reason = "network_share"
+            elif not fair:
                 return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
-            why = "before the resolver's loop took it"
-            reason = "loop"
-        elif task is None:
+            elif task is None or not task.done():
+                why, reason = "before the resolver's loop took it", "loop"
+            else:
+                why = "before it was sent (dropped while it waited for a resolver slot)"
+        elif not known:
             return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
-        elif task in self._queued:
-            network = self._queued.get(task)
-            why = "waiting for a resolver slot"
-            if network:
-                why += f" ({network} holds its share of them)"
-                reason = "network_share"
         elif waited >= self.busy_wait:
             why = f"after {waited:.1f} s waiting for a resolver slot"
         elif (
@@ -712,12 +739,28 @@ class Resolver:
         waited_before: float = 0.0,
     ) -> Answer:
         """The answer of a :meth:`submit` (or a spawned single lookup) by ``deadline``,
-        or what :meth:`missed` says of it; an answer that came just after the
-        deadline, while this was deciding, is taken as it is."""
+        or what :meth:`missed` says of it. An answer that came by the deadline but is
+        still on its way through the loop's callbacks (the lookup forgotten, the
+        future not yet set) is taken as it is: the cache has it, or it comes within
+        ``LATE_GRACE`` (review rev63 N3: a listing answered 1 ms before the deadline
+        read as a timeout)."""
         given = self.remaining(deadline)
         answer = self.wait(future, deadline)
         if answer is not None:
             return answer
+        cached = self.cached_or_none(name, rdtype)
+        if cached is not None:
+            return cached
+        if future.done():
+            settled = self.wait(future, None)
+            if settled is not None:
+                return settled
+            if given >= LOOP_GRACE or waited_before > 0:
+                # Cancelled: it waited for a slot until no session wanted it any more
+                # (the one that asked first closed after our deadline: review rev63).
+                self.metrics.dns_busy("slots")
+                detail = "stage deadline reached before it was sent (this host is busy)"
+                return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True)
         answer = self.missed(
             name,
             rdtype,
@@ -726,14 +769,10 @@ class Resolver:
             given=given,
             started=not _not_started(future),
         )
-        if (
-            not answer.busy
-            and future.done()
-            and not (isinstance(future, concurrent.futures.Future) and future.cancelled())
-        ):
-            late = future.result()
-            return late if late is not None else answer
-        return answer
+        if answer.busy:
+            return answer
+        late = self.wait(future, time.monotonic() + LATE_GRACE)
+        return late if late is not None else answer
 
     def wait(self, future: Pending[_T], deadline: float | None) -> _T | None:
         """The future's result, or None when the deadline (monotonic) passes first, or

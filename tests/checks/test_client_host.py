@@ -508,7 +508,7 @@ def test_a_connect_flood_from_one_network_defers_that_network_only(
     """A flood of connections from one /24 whose reverse zone never answers holds that
     network's share of the client pool; other clients' reverse DNS is still asked."""
     fake.slow["100.51.198.in-addr.arpa"] = 60
-    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    resolver = fake_resolver(fake, max_inflight=16)  # four slots per network
     try:
         check = smtpport(tmp_path, resolver)
         for i in range(1, 33):
@@ -528,7 +528,7 @@ def test_a_closed_sessions_helo_lookups_leave_the_queue(tmp_path: Path, fake: Fa
     at once: their lookups were sent for seconds after, and a later client's PTR
     waited behind them. A session's HELO lookups are dropped when it closes."""
     fake.slow["slow.test"] = 0.5
-    resolver = fake_resolver(fake, max_inflight=32)  # four client-pool slots per network
+    resolver = fake_resolver(fake, max_inflight=16)  # four client-pool slots per network
     try:
         check = helo_check(tmp_path, resolver)
         first = make_conn(sender="a@sender.test", helo="h0.slow.test")

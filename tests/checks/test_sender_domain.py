@@ -120,7 +120,7 @@ def test_a_lookup_that_waited_for_a_slot_is_deferred(tmp_path: Path, fake: FakeD
 def test_a_flood_from_one_network_defers_that_network_only(tmp_path: Path, fake: FakeDns) -> None:
     """Review rev59 F4: other sessions' MAIL FROMs with dead domains, all from one /24,
     held every slot and every sender was deferred. They hold that network's share."""
-    resolver = fake_resolver(fake, max_inflight=32)  # four slots per network
+    resolver = fake_resolver(fake, max_inflight=16)  # four slots per network
     try:
         check = SenderDomain(dns_services(tmp_path, resolver, site=SITE))
         fake.slow["dead.test"] = 60

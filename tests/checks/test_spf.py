@@ -262,7 +262,7 @@ def test_a_flood_from_another_network_leaves_the_forged_sender_refused(
     """Review rev59 F4: lookups of dead sender domains from one network (a MAIL FROM
     flood) held every slot; they hold that network's share, and a sender from
     elsewhere is judged by its own record."""
-    resolver = fake_resolver(fake, max_inflight=32)
+    resolver = fake_resolver(fake, max_inflight=16)
     try:
         check = spf(tmp_path, resolver)
         fake.slow["dead.test"] = 60
