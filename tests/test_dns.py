@@ -594,6 +594,61 @@ def test_a_lookup_cancelled_while_it_queued_is_busy(fake: FakeDns) -> None:
         resolver.close()
 
 
+def test_a_sender_lookup_does_not_join_one_queued_in_the_client_pool(fake: FakeDns) -> None:
+    """Review rev64 F2: a flood filled the client pool and said HELO with a victim's
+    domain; a sender check's lookup of that name joined the HELO lookup queued there
+    and was deferred, the shared pool idle. Another pool's queued lookup is not
+    joined."""
+    fake.add("victim.test", "A", "192.0.2.1")
+    resolver = fake_resolver(fake, max_inflight=4)
+    try:
+        hold_slots(resolver, fake, 4, client=True)
+        helo = resolver.submit("victim.test", "A", client=True, network="198.51.100.0/24")
+        answer = resolver.lookup("victim.test", "A", time.monotonic() + 1, "203.0.113.0/24")
+        assert answer.ok, answer
+        assert not helo.done()
+    finally:
+        resolver.close()
+
+
+def test_a_closed_resolver_sends_nothing_more(fake: FakeDns) -> None:
+    """Review rev64 F6: a session that outlived its runtime's reload started a new loop
+    thread on the closed resolver, which leaked, and the old loop's semaphores raised.
+    A closed resolver answers with a busy timeout, and a spawned chain is cancelled."""
+    resolver = fake_resolver(fake)
+    assert resolver.lookup("x.test", "A", time.monotonic() + 1).status is Status.NXDOMAIN
+    resolver.close()
+    answer = resolver.lookup("y.test", "A", time.monotonic() + 1)
+    assert answer.busy, answer
+    chain = resolver.spawn(resolver.query("z.test", "A"))
+    assert chain.cancelled()
+    assert resolver.collect(chain, time.monotonic() + 1, "z.test", "A").busy
+    assert ("y.test", "A") not in fake.calls
+
+
+def test_an_answer_others_cached_keeps_the_time_ours_queued(fake: FakeDns) -> None:
+    """Review rev64 F1: our lookup queued for our network's share until the deadline
+    while another network's lookup of the name was answered; the cached answer came
+    back without the wait, and the SPF evaluation going on after the deadline had its
+    next timeout read as the domain's. The rescued answer says how long we waited."""
+    fake.slow["hold.test"] = 60
+    fake.add("victim.test", "TXT", '"v=spf1 exists:%{i}._spf.victim.test -all"')
+    resolver = fake_resolver(fake, max_inflight=16)  # four slots per network
+    ours = "192.0.2.0/24"
+    try:
+        for i in range(4):
+            resolver.submit(f"{i}.hold.test", "A", network=ours)
+        wait_until(lambda: len(fake.calls) == 4)
+        future = resolver.submit("victim.test", "TXT", network=ours)
+        other = resolver.lookup("victim.test", "TXT", time.monotonic() + 1, "203.0.113.0/24")
+        assert other.ok
+        answer = resolver.collect(future, time.monotonic() + 0.1, "victim.test", "TXT")
+        assert answer.ok, answer
+        assert answer.waited >= 0.09, answer
+    finally:
+        resolver.close()
+
+
 def test_a_lookups_bookkeeping_is_forgotten_when_it_is_done(fake: FakeDns) -> None:
     """Shares, waits, send times and networks of lookups go with them: a flood from
     many networks leaves nothing behind (queued, dropped and sent lookups alike)."""
@@ -607,7 +662,7 @@ def test_a_lookups_bookkeeping_is_forgotten_when_it_is_done(fake: FakeDns) -> No
         for i in range(6):  # four sent, two queued on the share and dropped unsent
             resolver.submit(f"{i}.pause.test", "A", deadline=time.monotonic() + 0.05, network="n")
         wait_until(lambda: not resolver._inflight)
-        wait_until(lambda: not (resolver._sent or resolver._slot_waits or resolver._networks))
+        wait_until(lambda: not (resolver._sent or resolver._slot_waits or resolver._owners))
         assert not resolver._shares
         assert not resolver._queued
     finally:

@@ -260,8 +260,9 @@ class Resolver:
         #: askers' futures have its answer).
         self._slot_waits: dict[asyncio.Future[Answer], float] = {}
         self._sent: dict[asyncio.Future[Answer], float] = {}
-        #: The network each lookup in flight was asked for (None: no share).
-        self._networks: dict[asyncio.Future[Answer], str | None] = {}
+        #: Whom each lookup in flight was asked for: the client pool?, and the network
+        #: (None: no share).
+        self._owners: dict[asyncio.Future[Answer], tuple[bool, str | None]] = {}
         #: A wait for a slot this long makes a later timeout the host's (busy).
         self.busy_wait = timeout / 4
         self._background: set[asyncio.Task[Answer]] = set()
@@ -279,6 +280,7 @@ class Resolver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closed = False
         # Coroutines handed over by callback threads, started by one wake-up of the
         # loop: waking it (a write to its self-pipe) per lookup costs more than the
         # lookup's own bookkeeping when a burst of sessions connects at once.
@@ -402,7 +404,7 @@ class Resolver:
         if pending is None or pending.done() or self._held_by_share(pending, client, network):
             pending = asyncio.ensure_future(self._ask(key, client, network))
             self._inflight[key] = pending
-            self._networks[pending] = network
+            self._owners[pending] = (client, network)
             # Forgotten once the askers' futures have the answer (their done callbacks
             # are called first): missed() still sees how it waited until then.
             pending.add_done_callback(functools.partial(self._forget_soon, key))
@@ -417,12 +419,18 @@ class Resolver:
         of another network than ``network``. Only then is it not joined: waiting for a
         full pool it is joined, or a flood of askers from many networks would each
         queue a query of the same name (review rev63 N4)."""
-        owner = self._networks.get(pending)
-        if owner is None or owner == network or pending in self._sent:
+        if pending in self._sent or pending not in self._owners:
+            return False
+        owner_client, owner = self._owners[pending]
+        if owner_client != client:
+            # Waiting for another pool (a HELO name asked as a sender's domain): a
+            # flood of the client pool must not hold the shared pool's askers (rev64).
+            return True
+        if owner is None or owner == network:
             return False
         if pending in self._queued:
             return self._queued[pending] == owner
-        share = self._shares.get((client, owner))
+        share = self._shares.get((owner_client, owner))
         return share is not None and share[0].locked()
 
     def _forget_soon(self, key: tuple[str, str], task: asyncio.Future[Answer]) -> None:
@@ -436,7 +444,7 @@ class Resolver:
         if task.done():
             self._slot_waits.pop(task, None)
             self._sent.pop(task, None)
-            self._networks.pop(task, None)
+            self._owners.pop(task, None)
 
     def reserve(self, zones: Iterable[str]) -> None:
         """Give lookups under ``zones`` (the DNSBL zones) ``max_inflight`` slots of
@@ -604,6 +612,9 @@ class Resolver:
         hit = self._cached(key)
         if hit is not None:
             return Completed(hit)
+        if self._closed:
+            detail = "not sent: the resolver was closed (reloaded) (this host is busy)"
+            return Completed(Answer(*key, Status.TIMEOUT, detail=detail, busy=True))
         future = Submitted()
         self._hand_over((*key, client, deadline, network), future)
         return future
@@ -612,6 +623,13 @@ class Resolver:
         """Run a chain of lookups (a coroutine using :meth:`query`) on the loop.
         Cancelling the future cancels the coroutine (see :class:`Spawned`)."""
         future: Spawned[_T] = Spawned()
+        if self._closed:
+            # A session that outlived its runtime's reload: nothing is started again
+            # (review rev64 F6: a new loop thread leaked, and the old loop's semaphores
+            # raised); the caller reads a cancelled lookup as this host's failure.
+            coro.close()
+            future.cancel()
+            return future
         self._hand_over(coro, future)
         return future
 
@@ -661,6 +679,7 @@ class Resolver:
         waited_before: float = 0.0,
         given: float = math.inf,
         started: bool = True,
+        asked: float | None = None,
     ) -> Answer:
         """The answer of a lookup whose caller's deadline passed first: a TIMEOUT,
         ``busy`` when this host, not the name's servers, made it miss:
@@ -690,29 +709,23 @@ class Resolver:
         fair = waited_before > 0 or given >= LOOP_GRACE
         task = lookup if lookup is not None else self._inflight.get(key)
         # Not forgotten yet (a lookup is forgotten once its askers' futures are set).
-        known = task is not None and task in self._networks
-        reason = "slots"
+        known = task is not None and task in self._owners
         waited = self._slot_waits.get(task, 0.0) if task is not None else 0.0
         sent = self._sent.get(task) if task is not None else None
-        if not started or (known and task is not None and sent is None):
-            # Never sent: the loop had not taken or run it yet, or it still waits for
-            # a slot, or it was dropped or cancelled while it waited (review rev63:
-            # another session closing just after the deadline cancelled it).
-            if task is not None and task in self._queued:
-                why = "waiting for a resolver slot"
-                if network := self._queued.get(task):
-                    why += f" ({network} holds its share of them)"
-                    reason = "network_share"
-            elif not fair:
-                return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
-            elif task is None or not task.done():
-                why, reason = "before the resolver's loop took it", "loop"
-            else:
-                why = "before it was sent (dropped while it waited for a resolver slot)"
+        if sent is not None and asked is not None and sent - asked >= LOOP_GRACE:
+            # Sent long after it was asked (a loop thread kept busy): a wait of this
+            # host's as well (review rev64 F4).
+            waited = max(waited, sent - asked)
+        plain = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+        if (task is not None and task.cancelled()) or not started or (known and sent is None):
+            unsent = self._unsent(task, started, fair)
+            if unsent is None:
+                return plain
+            why, reason = unsent
         elif not known:
-            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+            return plain
         elif waited >= self.busy_wait:
-            why = f"after {waited:.1f} s waiting for a resolver slot"
+            why, reason = f"after {waited:.1f} s waiting for a resolver slot", "slots"
         elif (
             waited + waited_before > 0
             and sent is not None
@@ -722,13 +735,34 @@ class Resolver:
                 f"{time.monotonic() - sent:.2f} s after it was sent, after"
                 f" {waited + waited_before:.2f} s waiting for resolver slots"
             )
+            reason = "slots"
         else:
-            return Answer(
-                name, rdtype, Status.TIMEOUT, detail="stage deadline reached", waited=waited
-            )
+            return dataclasses.replace(plain, waited=waited)
         self.metrics.dns_busy(reason)
         detail = f"stage deadline reached {why} (this host is busy)"
         return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True, waited=waited)
+
+    def _unsent(
+        self, task: asyncio.Future[Answer] | None, started: bool, fair: bool
+    ) -> tuple[str, str] | None:
+        """Why a lookup never sent by its caller's deadline is this host's fault, and
+        the metric's reason; None when nothing says so (the caller gave it no time).
+        Never sent: the loop had not taken or run it yet, it still waits for a slot, or
+        it was dropped or cancelled while it waited (reviews rev63, rev64)."""
+        if task is not None and task.cancelled():
+            return "before it was sent (cancelled while it waited for a resolver slot)", "slots"
+        if task is not None and task in self._queued:
+            network = self._queued.get(task)
+            if network:
+                return f"waiting for a resolver slot ({network} holds its share of them)", (
+                    "network_share"
+                )
+            return "waiting for a resolver slot", "slots"
+        if not fair:
+            return None
+        if not started or task is None or not task.done():
+            return "before the resolver's loop took it", "loop"
+        return "before it was sent (dropped while it waited for a resolver slot)", "slots"
 
     def collect(
         self,
@@ -748,26 +782,40 @@ class Resolver:
         answer = self.wait(future, deadline)
         if answer is not None:
             return answer
+        lookup = future.lookup if isinstance(future, Submitted) else None
+        if lookup is None and isinstance(future, Spawned) and not future.done():
+            # A spawned single lookup: its query, if the coroutine has asked it yet.
+            with contextlib.suppress(ValueError):
+                lookup = self._inflight.get(_key(name, rdtype))
+        started = not _not_started(future) and (
+            lookup is not None or not isinstance(future, Spawned) or future.done()
+        )
         cached = self.cached_or_none(name, rdtype)
         if cached is not None:
-            return cached
+            # Someone else's lookup of the name answered: real data. If ours was never
+            # sent, all of the caller's time went waiting for this host, and an SPF
+            # evaluation that goes on must know it (review rev64 F1).
+            never_sent = not started or (lookup is not None and lookup not in self._sent)
+            queued = given if never_sent else self._slot_waits.get(lookup, 0.0) if lookup else 0.0
+            return dataclasses.replace(cached, waited=queued) if queued else cached
         if future.done():
             settled = self.wait(future, None)
             if settled is not None:
                 return settled
-            if given >= LOOP_GRACE or waited_before > 0:
-                # Cancelled: it waited for a slot until no session wanted it any more
-                # (the one that asked first closed after our deadline: review rev63).
-                self.metrics.dns_busy("slots")
-                detail = "stage deadline reached before it was sent (this host is busy)"
-                return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True)
+            # Cancelled: it waited for a slot until no session wanted it any more (the
+            # one that asked first closed after our deadline: reviews rev63, rev64), or
+            # the resolver was closed. Never sent: this host's failure.
+            self.metrics.dns_busy("slots")
+            detail = "stage deadline reached before it was sent (this host is busy)"
+            return Answer(name, rdtype, Status.TIMEOUT, detail=detail, busy=True)
         answer = self.missed(
             name,
             rdtype,
-            lookup=future.lookup if isinstance(future, Submitted) else None,
+            lookup=lookup,
             waited_before=waited_before,
             given=given,
-            started=not _not_started(future),
+            started=started,
+            asked=future.asked if isinstance(future, (Submitted, Spawned)) else None,
         )
         if answer.busy:
             return answer
@@ -803,7 +851,9 @@ class Resolver:
         return self.collect(future, deadline, name, rdtype, waited_before)
 
     def close(self) -> None:
-        """Stop the loop thread (tests, reload): pending lookups are cancelled."""
+        """Stop the loop thread (tests, reload): pending lookups are cancelled, and
+        later ones are not sent (a busy timeout)."""
+        self._closed = True
         loop, self._loop = self._loop, None
         if loop is None:
             return
@@ -842,6 +892,9 @@ class Submitted(concurrent.futures.Future[Answer]):
     def __init__(self) -> None:
         super().__init__()
         self.lookup: asyncio.Future[Answer] | None = None
+        #: When it was asked (monotonic): the time until its lookup was sent counts as
+        #: a wait of this host's (review rev64 F4).
+        self.asked = time.monotonic()
 
 
 class Spawned(concurrent.futures.Future[_T]):
@@ -856,6 +909,7 @@ class Spawned(concurrent.futures.Future[_T]):
         super().__init__()
         self._task: asyncio.Future[Any] | None = None
         self._abandoned = False
+        self.asked = time.monotonic()
 
     @property
     def task(self) -> asyncio.Future[Any] | None:
