@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtpguard.config import ConfigError, load_config
-from smtpguard.metrics import PrometheusMetrics
+from smtpguard.metrics import PrometheusMetrics, _never_fails
 from smtpguard.workerwatch import WorkersCollector, WorkerStats
 from support.mtclient import assert_reply
 from support.polling import poll_for, scrape
@@ -191,3 +193,32 @@ def test_a_metric_that_cannot_be_written_never_fails_the_session(tmp_path: Path)
     errors = [line for line in lines if line.startswith("ERROR metrics: cannot record")]
     assert len(errors) == 1
     assert "metrics off in this process" in errors[0]
+
+
+def test_two_threads_failing_at_once_turn_metrics_off_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CI run: two sessions' threads of one worker failed to record at once, and the
+    worker logged "metrics off" twice (and told its supervisor twice)."""
+    both_inside = threading.Barrier(2)
+
+    class Failing(PrometheusMetrics):
+        @_never_fails
+        def record(self: PrometheusMetrics, /) -> None:
+            both_inside.wait(timeout=5)
+            raise OSError("gone")
+
+    metrics = Failing(CollectorRegistry(), process_collector=False)
+    told: list[bool] = []
+    metrics.when_off = lambda: told.append(True)
+    with caplog.at_level(logging.ERROR, "smtpguard"):
+        threads = [threading.Thread(target=metrics.record) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=5)
+    assert metrics.off
+    assert [r.getMessage() for r in caplog.records].count(
+        "metrics: cannot record (gone); metrics off in this process"
+    ) == 1
+    assert told == [True]

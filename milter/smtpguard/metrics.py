@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import platform
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol
 
@@ -105,7 +106,12 @@ def _never_fails(
         try:
             method(self, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - whatever it is, metrics only
-            self.off = True
+            # Two sessions' threads may fail at once: one line, one report (the second
+            # one failed on the first one's half-made files: a CI run logged both).
+            with self._off_lock:
+                if self.off:
+                    return
+                self.off = True
             log.error("metrics: cannot record (%s); metrics off in this process", exc)
             if self.when_off is not None:
                 self.when_off()
@@ -136,6 +142,7 @@ class PrometheusMetrics:
 
         #: Set when a metric could not be recorded: nothing is recorded any more.
         self.off = False
+        self._off_lock = threading.Lock()
         #: Called once when that happens (a worker tells its supervisor, whose
         #: ``smtpguard_workers_metrics_off`` says so: its sums now lack this process).
         self.when_off: Callable[[], None] | None = None
