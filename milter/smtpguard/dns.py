@@ -795,8 +795,12 @@ class Resolver:
             # Someone else's lookup of the name answered: real data. If ours was never
             # sent, all of the caller's time went waiting for this host, and an SPF
             # evaluation that goes on must know it (review rev64 F1).
-            never_sent = not started or (lookup is not None and lookup not in self._sent)
-            queued = given if never_sent else self._slot_waits.get(lookup, 0.0) if lookup else 0.0
+            if not started or (lookup is not None and lookup not in self._sent):
+                queued = given
+            elif lookup is not None:
+                queued = self._slot_waits.get(lookup, 0.0)
+            else:
+                queued = 0.0
             return dataclasses.replace(cached, waited=queued) if queued else cached
         if future.done():
             settled = self.wait(future, None)
