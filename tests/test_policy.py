@@ -15,7 +15,8 @@ from smtpguard.policy import SKIPPED, Policy, address_matches
 from smtpguard.session import MTA
 from smtpguard.verdict import Hit
 from support.checks import make_conn, rcpt
-from support.fake_dns import FakeDns, dns_services
+from support.fake_dns import FakeDns, dns_services, fake_resolver
+from support.polling import wait_until
 
 SITE = {"local_domains": ["example.com"], "relay_domains": ["relay.example"]}
 
@@ -161,6 +162,35 @@ def test_a_confirmation_waits_half_of_mail_from_at_most(
     assert p.exempt(conn, "rbl", Stage.MAIL, event) is None
     assert time.monotonic() - started < 0.9  # the stage's end: 1.0 s
     assert p.unsure(conn, "rbl")
+
+
+def test_a_trusted_clients_confirmation_takes_no_share_of_its_network(
+    tmp_path: Path, fake: FakeDns
+) -> None:
+    """Lookups of clients of trusted_networks take no network share (review rev62 F4):
+    the exemption's reverse DNS of a trusted relay did, and waited behind its /24's
+    other clients whose names never answer (undecided, a temporary failure)."""
+    fake.slow["hold.test"] = 60
+    fake.add("9.100.51.198.in-addr.arpa", "PTR", "mx.partner.example.")
+    fake.add("mx.partner.example", "A", "198.51.100.9")
+    resolver = fake_resolver(fake, max_inflight=16)  # four slots per network
+    try:
+        for i in range(4):
+            resolver.submit(f"{i}.hold.test", "A", client=True, network="198.51.100.0/24")
+        wait_until(lambda: len(fake.calls) == 4)
+        p = partner_policy(tmp_path, resolver)
+        trusted = make_conn(sender="x@y.example", ip="198.51.100.9", trusted_network=True)
+        event = Event(deadline=time.monotonic() + 2, stage_length=2)
+        assert p.exempt(trusted, "rbl", Stage.MAIL, event) == "p"
+        assert not p.unsure(trusted, "rbl")
+        # A client of the same /24 outside trusted_networks waits for the share.
+        fake.add("10.100.51.198.in-addr.arpa", "PTR", "mx.partner.example.")
+        other = make_conn(sender="x@y.example", ip="198.51.100.10")
+        event = Event(deadline=time.monotonic() + 0.2, stage_length=0.2)
+        assert p.exempt(other, "rbl", Stage.MAIL, event) is None
+        assert p.unsure(other, "rbl")
+    finally:
+        resolver.close()
 
 
 def test_without_a_resolver_postfix_client_name_counts(tmp_path: Path) -> None:

@@ -211,7 +211,7 @@ class Policy:
             if future is None:
                 ip = client_address(conn.client_ip)
                 future = conn.scratch[RDNS_KEY] = conn.background(
-                    self.dns.spawn(reverse_dns(self.dns, ip))
+                    self.dns.spawn(reverse_dns(self.dns, ip, share_network(conn)))
                 )
             # The client's own names: half of MAIL FROM's stage at most, as the
             # client_host check's (they may never answer; review rev60).

@@ -467,7 +467,7 @@ def test_forward_lookups_of_one_client_are_two_at_a_time() -> None:
     transport = CountingForward()
     resolver = Resolver(transport)
     try:
-        rdns = resolver.spawn(reverse_dns(resolver, ipaddress.ip_address(IP))).result(5)
+        rdns = resolver.spawn(reverse_dns(resolver, ipaddress.ip_address(IP), None)).result(5)
     finally:
         resolver.close()
     assert len(rdns.names) == 10

@@ -53,7 +53,6 @@ from smtpguard.dns import (
     Resolver,
     Status,
     client_address,
-    client_network,
     reverse_name,
     share_network,
 )
@@ -91,9 +90,10 @@ class ReverseDns:
         return self.ptr.status.temporary or bool(self.unknown)
 
 
-async def reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns:
-    """PTR, then A/AAAA of every name at once (FCrDNS)."""
-    network = client_network(ip)
+async def reverse_dns(resolver: Resolver, ip: IPAddress, network: str | None) -> ReverseDns:
+    """PTR, then A/AAAA of every name at once (FCrDNS); ``network``: the share of the
+    resolver's slots the lookups take (:func:`share_network`: none for a client of
+    ``trusted_networks``)."""
     ptr = await resolver.query(reverse_name(ip), "PTR", client=True, network=network)
     if not ptr.ok:
         return ReverseDns(ptr)
@@ -229,7 +229,7 @@ class SmtpPort:
             conn.scratch[self._RDNS] = (
                 Completed(known)
                 if known is not None
-                else conn.background(self.dns.spawn(reverse_dns(self.dns, ip)))
+                else conn.background(self.dns.spawn(reverse_dns(self.dns, ip, share_network(conn))))
             )
         if self.config.connect_back != "off" and self._PROBE not in conn.scratch:
             conn.scratch[self._PROBE] = conn.background(self.dns.spawn(self._connect_back(ip)))
