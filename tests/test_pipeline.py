@@ -1052,12 +1052,12 @@ class BrokenScanner(StageLog):
         super().observe(stage, conn, event)
 
 
-@pytest.mark.parametrize(
-    ("on_temp_error", "action"), [("tempfail", Action.TEMPFAIL), ("pass", Action.CONTINUE)]
-)
+@pytest.mark.parametrize("on_temp_error", ["tempfail", "pass"])
 def test_an_observer_that_fails_answers_a_temporary_error_not_a_pass(
-    build: BuildHarness, on_temp_error: Literal["tempfail", "pass"], action: Action
+    build: BuildHarness, on_temp_error: Literal["tempfail", "pass"]
 ) -> None:
+    """Whatever on_temp_error says (review rev66 F1: with "pass", one header field
+    that made the anti-spam rules raise let the message through unscanned)."""
     h = build()
     scanner = BrokenScanner()
     h.pipeline.add_check(scanner, CheckSettings(on_temp_error=on_temp_error))
@@ -1065,11 +1065,10 @@ def test_an_observer_that_fails_answers_a_temporary_error_not_a_pass(
     assert h.pipeline.run_headers(conn, [("Subject", "hi")]) == CONTINUE
     assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"X5O!P%@AP\r\n")) == CONTINUE
     decision = h.pipeline.run(Stage.EOM, conn)
-    assert decision.action is action
-    if action is Action.TEMPFAIL:
-        assert decision.reply is not None
-        assert decision.reply.reply_id == "internal_error"
-        assert decision.check == "broken_scanner"
+    assert decision.action is Action.TEMPFAIL
+    assert decision.reply is not None
+    assert decision.reply.reply_id == "internal_error"
+    assert decision.check == "broken_scanner"
     # The next transaction starts with a working stream.
     conn = mail(conn, "<friend@example.org>")
     assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE

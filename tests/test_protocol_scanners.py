@@ -4,6 +4,7 @@ the real clamd, rspamd and Redis behind them, and their fault cases."""
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,21 @@ def test_builtin_rules_add_spam_headers_between_thresholds(rules_service: Runnin
     added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == "h"}
     assert added["X-Spam-Flag"] == "YES"
     assert 6.0 <= float(added["X-Spam-Score"]) < 15.0
+
+
+@pytest.mark.parametrize(
+    "subject", ["=?é?q?x?=", "=?中?b?eA==?= hello", "\r\n ".join(["=?a?b?c " * 100] * 20)]
+)
+def test_no_subject_switches_the_rules_off(rules_service: Running, subject: str) -> None:
+    """Review rev66 F1 and F2: an encoded word of a charset Python cannot name made the
+    rules raise, and with the check's on_temp_error = "pass" GTUBE was accepted; 16 kB of
+    unclosed openings took a quarter of a second to decode (quadratic)."""
+    headers = [(name, subject if name == "Subject" else value) for name, value in HEADERS]
+    started = time.monotonic()
+    final, _ = deliver(rules_service, b"test\r\n" + GTUBE + b"\r\n", headers)
+    assert_reply(final, "antispam_reject")
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in rules_service.log()
 
 
 def test_clean_mail_gets_no_spam_header(rules_service: Running) -> None:

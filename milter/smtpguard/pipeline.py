@@ -938,7 +938,12 @@ _VERDICT_KIND: dict[type, str] = {type(None): "pass", Hit: "hit", TempError: "te
 _ENDING = "pipeline.ending"
 #: Observing checks of the transaction that raised while fed the message.
 _BLIND = "pipeline.blind_observers"
-_BLIND_VERDICT: Final = TempError("internal_error", "failed while reading the message")
+#: Firm: an exception is no outage an operator chose to let pass (scanners report their
+#: I/O failures as results, scanners/__init__), and passing let any message that made
+#: the reading fail bypass the check (review rev66 F1: one Subject switched the
+#: anti-spam rules off). As for a check that raises when asked (README: "Any
+#: unexpected exception answers internal_error").
+_BLIND_VERDICT: Final = TempError("internal_error", "failed while reading the message", firm=True)
 _SEEN_AR = "pipeline.auth_results_seen"
 _FORGED_AR = "pipeline.auth_results_forged"
 _SEEN_SPAM = "pipeline.spam_fields_seen"

@@ -157,6 +157,16 @@ def test_malformed_encoded_word_is_matched_raw() -> None:
     assert scan.finish().matched == ("S",)
 
 
+def test_an_encoded_word_of_a_charset_python_cannot_name_is_matched_raw() -> None:
+    """Review rev66 F1: email.header raised CharsetError for "=?é?q?x?=", which the
+    scanner did not expect; the anti-spam observer failed and the message passed."""
+    rules = ruleset(S=("header:subject", r"^=\?é\?q\?x\?= win$", 1.0), B=("body", "GTUBE", 9.0))
+    assert rules.scan_message("Subject: =?é?q?x?= win\r\n\r\nGTUBE\r\n".encode()).matched == (
+        "S",
+        "B",
+    )
+
+
 def test_body_rules_do_not_see_headers_and_vice_versa() -> None:
     rules = ruleset(B=("body", r"needle", 1.0), H=("header:subject", r"hay", 1.0))
     assert rules.scan_message(b"Subject: needle\r\n\r\nhay\r\n").matched == ()

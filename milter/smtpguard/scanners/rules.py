@@ -53,12 +53,11 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
 from pathlib import Path
 from typing import Any, Final
 
 from smtpguard.config import HEADER_NAME, ConfigError, default_rules_dir, read_toml
+from smtpguard.content.encoded_words import decode as decode_words
 from smtpguard.patterns import Pattern, PatternError, PatternSet, encode
 
 __all__ = [
@@ -326,7 +325,7 @@ class RuleScan:
         any_header = self.rules.any_header
         if group is None and any_header is None:
             return
-        text = _decode_header(_UNFOLD.sub(" ", value) if "\n" in value else value)
+        text = decode_words(_UNFOLD.sub(" ", value) if "\n" in value else value)
         if group is not None:
             self._keep(group, text)
         if any_header is not None:
@@ -439,13 +438,3 @@ class RuleScan:
             complete=not self._stopped,
             detail=self._stopped,
         )
-
-
-def _decode_header(value: str) -> str:
-    """RFC 2047 encoded words decoded; the raw value when they are malformed."""
-    if "=?" not in value:
-        return value
-    try:
-        return str(make_header(decode_header(value)))
-    except (HeaderParseError, LookupError, UnicodeError, ValueError):
-        return value
