@@ -300,6 +300,20 @@ def test_attachment_too_long(content_service: Running) -> None:
     assert_reply(final, "attachment_too_long")
 
 
+@pytest.mark.parametrize("junk", ["X-Junk\xe9: 1\r\n", "not a header field\r\n", "X\x01: 1\r\n"])
+def test_a_line_that_is_no_field_does_not_hide_an_attachment(
+    content_service: Running, junk: str
+) -> None:
+    """Review rev66 F3: a first header line of the part that this parser did not take
+    for a field ended the part's header block, and its Content-Disposition became text;
+    Dovecot reads on past such a line and IMAP clients showed the attachment."""
+    headers, body = mime(
+        ["Content-Type: text/plain\r\n\r\nsee attached", junk + attachment(50_001)]
+    )
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert_reply(final, "attachment_too_long")
+
+
 def test_attachment_at_the_limit_passes(content_service: Running) -> None:
     headers, body = mime(["Content-Type: text/plain\r\n\r\nsee attached", attachment(50_000)])
     final, _mods, _early = deliver(content_service, headers, body)

@@ -581,6 +581,38 @@ def test_missing_header_body_separator() -> None:
     assert walk_bytes(MIXED, body) == (22, "s.txt", 1, ["missing header/body separator"])
 
 
+def test_an_8bit_field_name_is_a_field() -> None:
+    """As Dovecot reads it (review rev66 F3)."""
+    body = b"--XX\r\nX-Junk\xe9: 1\r\n" + attachment("x.bin", b"abcd") + b"--XX--\r\n"
+    assert walk_bytes(MIXED, body) == (4, "x.bin", 1, [])
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        b"",
+        b"Content-Type: text/plain\r\n",
+        b"Content-Type: multipart/mixed; boundary=in\r\n",
+        b"Content-Type: message/rfc822\r\n",
+    ],
+)
+def test_a_part_whose_header_block_breaks_is_counted_whole(declared: bytes) -> None:
+    """A line that is no field (nor blank) ends the header block here; Dovecot reads
+    the fields after it, so whatever they declare is counted: the part as written,
+    whatever came before the line (review rev66 F3)."""
+    data = b"\x01" * 3000
+    part = declared + b"no field here\r\n" + attachment("x.bin", data)
+    size, name, count, notes = walk_bytes(MIXED, b"--XX\r\n" + part + b"--XX--\r\n")
+    # From the line that is no field on; the CRLF before the delimiter is the delimiter's.
+    assert size == len(part) - len(declared) - 2
+    assert size > len(data)
+    assert (name, count, notes) == (
+        "<unparsed part: missing header/body separator>",
+        1,
+        ["missing header/body separator"],
+    )
+
+
 def test_delimiter_with_trailing_whitespace_and_lookalikes() -> None:
     body = (
         b"--XX \t\r\n"

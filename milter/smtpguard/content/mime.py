@@ -50,8 +50,10 @@ only per header line and per line that starts with ``--``.
 
 Deviations, chosen for robustness: only LF ends a line (CRLF and bare LF both work; a bare
 CR does not); an embedded message's leading mbox ``From`` line is skipped; a header block
-interrupted by a line that is not a header field starts the body at that line (noted as
-``missing header/body separator``); a delimiter of an outer multipart closes all inner
+interrupted by a line that is not a header field (nor blank) starts the body at that
+line (noted as ``missing header/body separator``), and the part is then read whole and
+counted as one attachment as written, since other readers (Dovecot) take the fields
+after such a line for the part's; a delimiter of an outer multipart closes all inner
 ones (noted as ``missing closing boundary``). Nothing here raises on any input.
 
 Notes in :attr:`MimeWalker.malformed` are distinct short strings: ``depth limit``,
@@ -95,8 +97,12 @@ _WANTED_HEADERS: Final = frozenset(
     {b"content-type", b"content-disposition", b"content-transfer-encoding"}
 )
 
-_HEADER_FIELD: Final = re.compile(rb"([!-9;-~]+)[ \t]*:")
+#: Any octet but controls, space and colon in a field name: 8-bit ones too, as Dovecot
+#: reads them (review rev66 F3: "X-Junk\xe9: 1" ended a part's header block here, and
+#: its Content-Disposition after it went unread while IMAP clients showed it).
+_HEADER_FIELD: Final = re.compile(rb"([^\x00-\x20\x7f:]+)[ \t]*:")
 _CRLF: Final = b"\r\n"
+_BROKEN_HEADERS: Final = "missing header/body separator"
 
 _WHITESPACE: Final = b" \t\r\n\x0b\x0c"
 _B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
@@ -446,6 +452,7 @@ class MimeWalker:
         "_header_bytes",
         "_header_overflow",
         "_headers",
+        "_headers_broken",
         "_hint",
         "_line_start",
         "_max_depth",
@@ -501,6 +508,7 @@ class MimeWalker:
         self._cur_header: bytes | None = None
         self._header_bytes = 0
         self._header_overflow = top_headers_cut
+        self._headers_broken = False
         self._first_header_line = True
 
         found: dict[str, str] = {}
@@ -608,6 +616,7 @@ class MimeWalker:
             if first_line and self._embedded and line.startswith(b"From "):
                 return end
             self._note("missing header/body separator")
+            self._headers_broken = True
             self._end_headers()
             # The same line is read again as the first body line.
             return pos
@@ -787,6 +796,7 @@ class MimeWalker:
         self._cur_header = None
         self._header_bytes = 0
         self._header_overflow = False
+        self._headers_broken = False
         self._first_header_line = True
 
     def _end_headers(self) -> None:
@@ -825,9 +835,17 @@ class MimeWalker:
         # Why a part that is not walked into is read whole, or "" when it is an
         # ordinary leaf. Whatever it hides (a nested attachment, one whose
         # Content-Disposition came after the header budget) is in it.
-        opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
-        if opaque is None:
-            return
+        if self._headers_broken:
+            # A line that is no header field ended the block here, but readers such as
+            # Dovecot read on past it (review rev66 F3): whatever the fields after it
+            # declare is in this part, read whole and counted as written (never less
+            # than decoded), whatever the fields before it declared.
+            opaque = _BROKEN_HEADERS
+            encoding = "binary"
+        else:
+            opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
+            if opaque is None:
+                return
         if not opaque and self._header_overflow:
             opaque = "header block too large"
         self._mode = _LEAF
