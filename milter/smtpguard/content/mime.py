@@ -835,12 +835,12 @@ class MimeWalker:
         # Why a part that is not walked into is read whole, or "" when it is an
         # ordinary leaf. Whatever it hides (a nested attachment, one whose
         # Content-Disposition came after the header budget) is in it.
+        opaque: str | None = _BROKEN_HEADERS
         if self._headers_broken:
             # A line that is no header field ended the block here, but readers such as
             # Dovecot read on past it (review rev66 F3): whatever the fields after it
             # declare is in this part, read whole and counted as written (never less
             # than decoded), whatever the fields before it declared.
-            opaque = _BROKEN_HEADERS
             encoding = "binary"
         else:
             opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
