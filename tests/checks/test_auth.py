@@ -428,6 +428,9 @@ def test_from_addresses_the_login_owns(
         ("", "From: '' names no valid address"),
         ("<>", "From: '<>' names no valid address"),
         ("alice@@example.com", "From: 'alice@@example.com' names no valid address"),
+        # Review rev66 F4: the standard parser's recursion ran out (a tempfail).
+        ("(" * 600 + "x" + ")" * 600, f"From: {('(' * 200)!r} names no valid address"),
+        ("(" * 600 + "alice@example.com", f"From: {('(' * 200)!r} names no valid address"),
     ],
 )
 def test_from_addresses_the_login_does_not_own(

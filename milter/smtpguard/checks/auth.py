@@ -157,7 +157,13 @@ def _authors(value: str, smtputf8: bool) -> list[Address] | None:
     """The mailboxes of a From: field (RFC 5322 §3.6.2: one or more), or None when it
     names none or one that does not parse: nothing the login could be shown to own."""
     found = []
-    for _name, text in getaddresses([value]):
+    try:
+        pairs = getaddresses([value])
+    except RecursionError:
+        # The standard parser recurses once per nested comment: a few hundred "("
+        # (review rev66 F4) raised, and the message was deferred on every retry.
+        return None
+    for _name, text in pairs:
         if not text:
             return None
         try:
