@@ -21,6 +21,7 @@ from smtpguard.address import (
     canonical_local_part,
     domain_to_unicode,
     esmtp_params,
+    implied_addresses,
     is_fqdn,
     is_valid_domain,
     parse_address_literal,
@@ -1042,3 +1043,26 @@ def test_u_and_a_label_spellings_meet(label: str) -> None:
     if canonical.isascii():
         # Converted (a label that does not convert is only equal to itself).
         assert canonical_domain(canonical.upper() + ".") == canonical
+
+
+@pytest.mark.parametrize(
+    ("raw", "implied"),
+    [
+        ("<alice>", {("alice", "")}),
+        ("<@relay.example,@b.example:Alice>", {("alice", "")}),
+        ("<alice%Example.COM.>", {("alice%example.com.", ""), ("alice", "example.com")}),
+        ("<example.com!alice>", {("example.com!alice", ""), ("alice", "example.com")}),
+        (
+            '<"x@foreign.example"@example.com>',
+            {("x@foreign.example", "example.com"), ("x", "foreign.example")},
+        ),
+        (
+            "<x%y%z.example@relay.example>",
+            {("x%y%z.example", "relay.example"), ("x%y", "z.example")},
+        ),
+        ("<a@b..example>", {("a", "b..example")}),
+    ],
+)
+def test_implied_addresses(raw: str, implied: set[tuple[str, str]]) -> None:
+    """What Postfix may make of a sender that does not parse (review rev65 F1)."""
+    assert implied_addresses(raw) == implied

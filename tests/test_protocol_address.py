@@ -233,3 +233,20 @@ def test_header_from_the_login_does_not_own_is_refused_when_asked_for(tmp_path: 
     # Off (the default), only MAIL FROM is the login's to own.
     with running(make_site(tmp_path / "default")) as service:
         assert_pass(submit(service, headers_of["forged"]))
+
+
+@pytest.mark.parametrize("mode", ["report", "off"])
+def test_a_sender_that_does_not_parse_is_still_judged_for_who_it_is(
+    tmp_path: Path, mode: str
+) -> None:
+    """Review rev65 F1: with sender_syntax in report mode or off, a stranger's
+    <alice%example.com> and alice's <carol%example.com> passed, and Postfix delivered
+    them as alice@ and carol@example.com; a deny-listed sender passed the same way."""
+    extra = {"checks": {"sender_syntax": {"mode": mode}}}
+    with running(make_site(tmp_path / mode, extra)) as service:
+        for path in ("<alice%example.com>", "<example.com!alice>", "<alice>"):
+            assert_reply(mail_from(service, path), "relay_local_fail")
+        assert_reply(mail_from(service, "<carol%example.com>", ALICE), "sender_mismatch")
+        assert_reply(mail_from(service, "<spammer%bad.example>"), "host_denies_sender")
+        # Nothing of ours in it: passed to the other checks.
+        assert_pass(mail_from(service, "<friend@elsewhere..example>"))

@@ -682,3 +682,42 @@ def raw_parts(raw: str) -> tuple[str, str]:
     "@" (no "@": all local part), the domain lower-cased."""
     local, at, domain = raw.strip().strip("<>").strip().rpartition("@")
     return (local, domain.rstrip(".").lower()) if at else (domain, "")
+
+
+def implied_domains(raw: str) -> frozenset[str]:
+    """The domains of :func:`implied_addresses`; ``""`` for the MTA's own."""
+    return frozenset(domain for _local, domain in implied_addresses(raw))
+
+
+def implied_addresses(raw: str) -> frozenset[tuple[str, str]]:
+    """The (local part, domain) pairs an MTA may make an unparsable, non-null path
+    into, lower-cased; a domain ``""`` stands for the MTA's own (appended to an
+    address without one).
+
+    Postfix (and Sendmail's rulesets alike) accepts such a sender when nothing refuses
+    it, and its cleanup makes an address of it: a source route is dropped
+    (``<@relay:user@domain>``), quotes are removed (resolve_dequoted_address), an
+    address without a domain gets ``@$myorigin`` (append_at_myorigin),
+    ``user%domain`` is routed by the percent hack (allow_percent_hack) and
+    ``domain!user`` by the bang path (swap_bangpath). Checks of who the sender is
+    judge every address it may become (review rev65 F1: ``<alice%example.com>`` and
+    ``<alice>`` from a stranger were delivered as alice@example.com, since no check
+    but the syntax one looked at a sender that did not parse)."""
+    text = raw.strip().strip("<>").strip()
+    if text.startswith("@"):
+        text = text.partition(":")[2]
+    # Dequoted first: '"user@foreign"' is user@foreign to Postfix's resolver.
+    local, at, domain = text.replace('"', "").replace("\\", "").rpartition("@")
+    if not at:
+        local, domain = domain, ""
+    found = {(local, domain)}
+    for mark in "%@":  # user%domain; user@domain, from a dequoted local part
+        if mark in local:
+            user, _, host = local.rpartition(mark)
+            found.add((user, host))
+    if "!" in local:
+        host, _, user = local.partition("!")
+        found.add((user, host))
+    return frozenset(
+        (user.strip().lower(), host.strip().rstrip(".").lower()) for user, host in found
+    )

@@ -285,14 +285,27 @@ def test_sender_login_unknown(
     assert [c[0] for c in auth_directory.calls] == ["login"]
 
 
-@pytest.mark.parametrize("sender", ["<>", "<broken@>"])
-def test_sender_login_skips_null_and_invalid_sender(
-    make_services: ServicesFactory, auth_directory: FakeDirectory, sender: str
+def test_sender_login_skips_the_null_sender(
+    make_services: ServicesFactory, auth_directory: FakeDirectory
 ) -> None:
     auth_directory.failing = {"login", "may_send_as"}
-    conn = make_conn(sender=sender, auth_login="alice")
+    conn = make_conn(sender="<>", auth_login="alice")
     assert SenderLogin(make_services())(conn, Event()) is None
     assert auth_directory.calls == []
+
+
+@pytest.mark.parametrize(
+    "sender", ["<broken@>", "<carol%example.com>", "<carol>", "<example.com!carol>"]
+)
+def test_an_unparsable_sender_is_no_logins(
+    make_services: ServicesFactory, auth_directory: FakeDirectory, sender: str
+) -> None:
+    """Review rev65 F1: with the syntax check in report mode (or exempted), alice sent
+    as <carol%example.com> and Postfix delivered it as carol@example.com."""
+    auth_directory.send_as.add(("alice", "alice@example.com"))
+    conn = make_conn(sender=sender, auth_login="alice")
+    verdict = SenderLogin(make_services())(conn, Event())
+    assert verdict == Hit("sender_mismatch", f"login may not send as unparsable {sender!r}")
 
 
 @pytest.mark.parametrize("method", ["login", "may_send_as"])

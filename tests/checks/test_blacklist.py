@@ -40,6 +40,17 @@ def test_not_listed(make_services: ServicesFactory, blacklist: FakeBlacklist) ->
     assert blacklist.calls == ["friend@example.org", "x@sub.spam.example"]
 
 
+@pytest.mark.parametrize("sender", ["<spammer%example.org>", "<example.org!spammer+x>"])
+def test_a_sender_that_does_not_parse_is_looked_up_as_the_mta_may_make_it(
+    make_services: ServicesFactory, blacklist: FakeBlacklist, sender: str
+) -> None:
+    """Review rev65 F1: with sender_syntax not enforcing, Postfix delivered
+    <spammer%example.org> as spammer@example.org."""
+    blacklist.entries.add("spammer@example.org")
+    verdict = DynamicBlacklist(make_services())(make_conn(sender=sender), Event())
+    assert verdict == Hit("black_mail_address", "listed as spammer@example.org")
+
+
 @pytest.mark.parametrize(
     "conn",
     [

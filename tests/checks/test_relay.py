@@ -74,9 +74,41 @@ def test_local_sender_authenticated(relay_local: RelayLocal) -> None:
     assert relay_local(conn, Event()) is None
 
 
-@pytest.mark.parametrize("sender", ["<>", "<alice@example..com>", None])
+@pytest.mark.parametrize("sender", ["<>", "<alice@example..com>", "<x@foreign..example>", None])
 def test_relay_local_without_usable_sender(relay_local: RelayLocal, sender: str | None) -> None:
     assert relay_local(make_conn(sender=sender), Event()) is None
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "<alice%example.com>",  # Postfix's percent hack: alice@example.com
+        "<example.com!alice>",  # swap_bangpath
+        "<alice>",  # append_at_myorigin: the MTA's own domain
+        "<@x.example:alice>",  # the route goes, then as <alice>
+        '<"alice%example.com">',  # resolve_dequoted_address
+        "<x%y%mail.example.net>",
+    ],
+)
+def test_an_unparsable_sender_the_mta_may_make_ours(relay_local: RelayLocal, sender: str) -> None:
+    """Review rev65 F1: with sender_syntax in report mode, off or exempted, Postfix
+    delivered each of these from a stranger as one of our senders."""
+    verdict = relay_local(make_conn(sender=sender), Event())
+    assert verdict == Hit(
+        "relay_local_fail",
+        f"sender {sender!r} (unparsable, the MTA may make it ours) not authenticated",
+    )
+
+
+def test_the_hosts_own_names_are_local_senders(make_services: ServicesFactory) -> None:
+    """Review rev65 F5: root@ the host (Postfix's myorigin) and @[our IP] are the host's
+    own senders, as the relay check counts them."""
+    check = RelayLocal(make_services(site={**SITE, "our_ips": ["192.0.2.25"]}))
+    for sender in ("root@mx.example.org", "root@MX.example.org.", "root@[192.0.2.25]"):
+        verdict = check(make_conn(sender=sender), Event())
+        assert isinstance(verdict, Hit), sender
+        assert verdict.reply_id == "relay_local_fail"
+    assert check(make_conn(sender="root@[192.0.2.26]"), Event()) is None
 
 
 # --- relay ----------------------------------------------------------------------------
@@ -255,9 +287,29 @@ def test_authenticated_client_with_foreign_sender(relay: Relay) -> None:
 
 
 def test_trusted_network_with_unparsable_sender_relays(relay: Relay) -> None:
-    # sender_syntax refuses such a MAIL FROM; relay has no sender domain to judge.
+    # Without a domain, the MTA makes it one of its own (append_at_myorigin).
     conn = make_conn(sender="<bad sender>", ip="127.0.0.1", trusted_network=True)
     assert relay(conn, rcpt("x@example.org")) is None
+
+
+@pytest.mark.parametrize(
+    ("sender", "domain"),
+    [
+        ("<victim%foreign.example>", "foreign.example"),
+        ("<foreign.example!victim>", "foreign.example"),
+        ('<"victim@foreign.example">', "foreign.example"),
+    ],
+)
+def test_trusted_network_with_a_sender_the_mta_makes_foreign(
+    relay: Relay, sender: str, domain: str
+) -> None:
+    """Review rev65 F1: Postfix delivered <victim%foreign.example> from a trusted host
+    to a foreign domain as victim@foreign.example (sender_syntax in report mode)."""
+    conn = make_conn(sender=sender, ip="127.0.0.1", trusted_network=True)
+    assert relay(conn, rcpt("x@example.org")) == Hit(
+        "relay_domain_fail",
+        f"relay to example.org for sender {sender!r} (unparsable, may be of {domain})",
+    )
 
 
 def test_relay_without_recipient_or_transaction(relay: Relay) -> None:

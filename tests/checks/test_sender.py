@@ -67,6 +67,25 @@ def deny(make_services: ServicesFactory) -> SenderDeny:
     return SenderDeny(make_services(policy={"sender_deny": DENY}))
 
 
+@pytest.mark.parametrize(
+    ("sender", "detail"),
+    [
+        ("<bad%example.org>", "address bad@example.org denied"),
+        ("<example.org!bad>", "address bad@example.org denied"),
+        ('<"bad@example.org">', "address bad@example.org denied"),
+        ("<x%y.spam.example>", "domain spam.example denied"),
+        ("<@relay.example:x%exact.example>", "domain @exact.example denied"),
+        ("<promo7%shop.example>", "pattern /^promo[0-9]+@/"),
+    ],
+)
+def test_a_sender_that_does_not_parse_is_judged_as_the_mta_may_make_it(
+    deny: SenderDeny, sender: str, detail: str
+) -> None:
+    """Review rev65 F1: with sender_syntax not enforcing, Postfix delivered such a
+    sender as the address the percent hack or bang path makes of it."""
+    assert deny(make_conn(sender=sender), Event()) == Hit("host_denies_sender", detail)
+
+
 def test_entries_are_sorted_by_kind(deny: SenderDeny) -> None:
     assert deny.addresses == {"bad@example.org"}
     assert deny.domains == {"spam.example"}

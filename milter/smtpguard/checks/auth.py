@@ -99,7 +99,14 @@ class SenderLogin:
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        if txn is None or not txn.auth_login or txn.sender is None or txn.sender.is_null:
+        if txn is None or not txn.auth_login:
+            return None
+        if txn.sender is None:
+            # No login owns what does not parse, and the MTA may still make one of our
+            # addresses of it (implied_domains; review rev65 F1: <carol%example.com>
+            # from alice was delivered as carol@example.com).
+            return Hit("sender_mismatch", f"login may not send as unparsable {txn.sender_raw!r}")
+        if txn.sender.is_null:
             return None
         try:
             login = resolve_login(self.directory, txn)

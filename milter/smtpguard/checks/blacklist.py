@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import strip_extension
+from smtpguard.address import canonical_domain, implied_addresses, strip_extension
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.state import StateError
@@ -26,14 +26,29 @@ class DynamicBlacklist:
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        if txn is None or txn.sender is None or txn.sender.is_null:
+        if txn is None:
             return None
+        if txn.sender is not None:
+            if txn.sender.is_null:
+                return None
+            addresses = [(txn.sender.text, txn.sender.canonical_lc)]
+        else:
+            # As the MTA may make it (review rev65 F1: with sender_syntax not
+            # enforcing, <spammer%bad.example> was delivered as spammer@bad.example).
+            addresses = [
+                (f"{local}@{domain}", f"{local}@{canonical_domain(domain)}")
+                for local, domain in sorted(implied_addresses(txn.sender_raw))
+                if domain
+            ]
         try:
-            entry = self.blacklist.listed(txn.sender.text)
-            if entry is None:
-                bare = strip_extension(txn.sender.canonical_lc, self.delimiters)
-                if bare is not None:
-                    entry = self.blacklist.listed(bare)
+            for text, canonical in addresses:
+                entry = self.blacklist.listed(text)
+                if entry is None:
+                    bare = strip_extension(canonical, self.delimiters)
+                    if bare is not None:
+                        entry = self.blacklist.listed(bare)
+                if entry:
+                    return Hit("black_mail_address", f"listed as {entry}")
         except StateError as exc:
             return TempError("database_temp_error", str(exc))
-        return Hit("black_mail_address", f"listed as {entry}") if entry else None
+        return None

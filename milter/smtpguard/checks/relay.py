@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import raw_parts
+from smtpguard.address import implied_domains, raw_parts
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
 
 class RelayLocal:
-    """``relay_local_fail``: our own domain in MAIL FROM from an untrusted client."""
+    """``relay_local_fail``: our own domain in MAIL FROM from an untrusted client.
+
+    Ours: a local domain or one of the host's own names (Postfix's ``myorigin`` is
+    ``$myhostname`` by default: root@ the host is the host's own mail; review rev65 F5).
+    A sender that does not parse is ours when the MTA may make it one of ours
+    (:func:`~smtpguard.address.implied_domains`): the syntax check may be in report
+    mode, off or exempted, and this check may never be (review rev65 F1)."""
 
     name: ClassVar[str] = "relay_local"
     stage: ClassVar[Stage] = Stage.MAIL
@@ -22,10 +28,19 @@ class RelayLocal:
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        if txn is None or txn.sender is None or txn.sender.is_null or conn.trusted:
+        if txn is None or conn.trusted:
             return None
-        if self.site.is_local(txn.sender.domain_lc):
-            return Hit("relay_local_fail", f"local sender {txn.sender.text} not authenticated")
+        sender = txn.sender
+        if sender is None:
+            if any(not d or self.site.is_ours(d) for d in implied_domains(txn.sender_raw)):
+                return Hit(
+                    "relay_local_fail",
+                    f"sender {txn.sender_raw!r} (unparsable, the MTA may make it ours)"
+                    " not authenticated",
+                )
+            return None
+        if not sender.is_null and self.site.is_ours(sender.domain_lc):
+            return Hit("relay_local_fail", f"local sender {sender.text} not authenticated")
         return None
 
 
@@ -82,6 +97,15 @@ class Relay:
         if not conn.trusted:
             return Hit("host_denies_relay", f"relay {where} from untrusted client")
         sender = txn.sender
-        if sender is not None and not sender.is_null and not self.site.is_ours(sender.domain_lc):
+        if sender is None:
+            # As the MTA may make it (review rev65 F1: <victim%foreign.example> was
+            # delivered as victim@foreign.example).
+            implied = implied_domains(txn.sender_raw)
+            foreign = sorted(d for d in implied if d and not self.site.is_ours(d))
+            if foreign:
+                raw = txn.sender_raw
+                why = f"unparsable, may be of {foreign[0]}"
+                return Hit("relay_domain_fail", f"relay {where} for sender {raw!r} ({why})")
+        elif not sender.is_null and not self.site.is_ours(sender.domain_lc):
             return Hit("relay_domain_fail", f"relay {where} for foreign sender {sender.text}")
         return None

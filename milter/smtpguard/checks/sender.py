@@ -8,6 +8,7 @@ from smtpguard.address import (
     canonical_address,
     canonical_domain,
     domain_to_unicode,
+    implied_addresses,
     strip_extension,
 )
 from smtpguard.checks import Event, Services, Stage
@@ -74,16 +75,33 @@ class SenderDeny:
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        if txn is None or txn.sender is None or txn.sender.is_null:
+        if txn is None or (txn.sender is not None and txn.sender.is_null):
             return None
-        address = txn.sender.canonical_lc
-        domain = txn.sender.domain_canonical
+        if txn.sender is not None:
+            sender = txn.sender
+            shown = (sender.text.lower(), sender.domain_lc)
+            return self._judge(sender.canonical_lc, sender.domain_canonical, shown)
+        # A sender that does not parse, as the MTA may make it (review rev65 F1: with
+        # sender_syntax not enforcing, <spammer%bad.example> was delivered as
+        # spammer@bad.example).
+        for local, domain in sorted(implied_addresses(txn.sender_raw)):
+            if domain:
+                name = canonical_domain(domain)
+                address = f"{local}@{name}"
+                verdict = self._judge(address, name, (address, name))
+                if verdict is not None:
+                    return verdict
+        return None
+
+    def _judge(self, address: str, domain: str, shown: tuple[str, str]) -> Verdict | None:
+        """``address`` and its ``domain`` in their canonical, lower-cased forms;
+        ``shown``: the two as the log names them."""
         if address in self.addresses or (
             self.addresses and strip_extension(address, self.delimiters) in self.addresses
         ):
-            return Hit("host_denies_sender", f"address {txn.sender.text.lower()} denied")
+            return Hit("host_denies_sender", f"address {shown[0]} denied")
         if domain in self.exact_domains:
-            return Hit("host_denies_sender", f"domain @{txn.sender.domain_lc} denied")
+            return Hit("host_denies_sender", f"domain @{shown[1]} denied")
         labels = domain.split(".")
         for i in range(len(labels)):
             if ".".join(labels[i:]) in self.domains:
