@@ -111,7 +111,18 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         # Authenticated sessions are never counted: every other sender in one key.
         ("[bulk]\nkey = ['login']\n", "bulk.key", "a login alone would count every"),
         ("[milter]\nmta = 'exim'\n", "milter.mta", "must be one of"),
-        ("[site]\ntrusted_networks = ['10.0.0.0/33']\n", "site.trusted_networks", "not a network"),
+        ("[site]\ntrusted_networks = ['10.0.0.0/33']\n", "site.trusted_networks", "not an IP"),
+        # Review rev65 F4: a /24 mistyped as /2 read as a quarter of IPv4 that relays.
+        (
+            "[site]\ntrusted_networks = ['192.0.2.0/2']\n",
+            "site.trusted_networks",
+            "host bits set in '192.0.2.0/2': did you mean 192.0.0.0/2?",
+        ),
+        (
+            "[site]\ntrusted_networks = ['::/0']\n",
+            "site.trusted_networks",
+            "any client could relay",
+        ),
         ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),
         ("[site]\nlocal_domains = [1]\n", "site.local_domains[0]", "expected a string"),
         ("[replies]\nform = 'two_lines'\n", "replies.form", "must be one of"),

@@ -34,7 +34,6 @@ from smtpguard.address import (
     parse_address_literal,
     parse_path,
     unmapped,
-    unmapped_network,
 )
 
 # Re-exported (the "as" form), so that callers keep importing them from here.
@@ -45,7 +44,7 @@ from smtpguard.datafiles import read_toml as read_toml  # noqa: PLC0414
 from smtpguard.datafiles import sample_config as sample_config  # noqa: PLC0414
 from smtpguard.datafiles import shipped_dir as shipped_dir  # noqa: PLC0414
 from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_redis_url
-from smtpguard.iplist import IpListError, IpSet
+from smtpguard.iplist import IpListError, IpSet, parse_network
 from smtpguard.iplist import load as load_ip_lists
 from smtpguard.patterns import Pattern, PatternError, compile_pattern
 
@@ -1265,10 +1264,16 @@ def _site(s: _Section) -> SiteConfig:
     d = SiteConfig()
     networks: list[IPNetwork] = []
     for item in s.strings("trusted_networks", ("127.0.0.0/8", "::1/128")):
+        # Host bits are refused, not cleared: "192.0.2.0/2" (for /24) read as a quarter
+        # of IPv4 that relays (review rev65 F4), where Postfix skips such an entry of
+        # mynetworks with a warning.
         try:
-            networks.append(unmapped_network(ipaddress.ip_network(_unbracket(item), strict=False)))
-        except ValueError:
-            raise s.error("trusted_networks", f"not a network: {item!r}") from None
+            network = parse_network(_unbracket(item))
+        except ValueError as exc:
+            raise s.error("trusted_networks", str(exc)) from None
+        if network.prefixlen == 0:
+            raise s.error("trusted_networks", f"{item!r} is every address: any client could relay")
+        networks.append(network)
     ips: set[IPAddress] = set()
     for item in s.strings("our_ips"):
         try:
