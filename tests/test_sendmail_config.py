@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,8 @@ def test_sendmail_snippet() -> None:
     mc = sendmail_mc(load(SAMPLE))
     assert "F=T" in mc
     assert "S=local:/var/spool/postfix/smtpguard/smtpguard.sock" in mc
-    assert "define(`confMILTER_MACROS_CONNECT', defn(`confMILTER_MACROS_CONNECT')``, v," in mc
+    assert "define(`confMILTER_MACROS_CONNECT', defn(`confMILTER_MACROS_CONNECT')ifelse(" in mc
+    assert "m4wrap(`ifelse(regexp(`,'defn(`confINPUT_MAIL_FILTERS')" in mc
 
 
 #: Sendmail 8.17's defaults (cf/m4/cfhead.m4, the same in 8.18), as the .cf writes them.
@@ -67,18 +70,51 @@ APPENDS = (
 OURS = "ours"
 
 
+@dataclass(frozen=True)
+class Built:
+    """A .cf built from .mc lines: m4's exit status and warnings, and the .cf's
+    ``O Milter.macros.*`` values and ``O InputMailFilters``."""
+
+    returncode: int
+    stderr: str
+    macros: dict[str, str]
+    filters: str
+
+
 @pytest.fixture(scope="module")
-def sendmail_cf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, str]]:
+def build_cf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Built]:
     """Builds a .cf from the given .mc lines with Sendmail's own m4 files (8.17, from
-    the Debian packages the e2e tests use); gives its ``O Milter.macros.*`` values."""
+    the Debian packages the e2e tests use)."""
     inst = install(fetch_debs(), tmp_path_factory.mktemp("sendmail-root"))
     work = tmp_path_factory.mktemp("mc")
 
-    def build(lines: str) -> dict[str, str]:
+    def build(lines: str) -> Built:
         mc, cf = work / "test.mc", work / "test.cf"
         mc.write_text("OSTYPE(`bsd4.4')dnl\n" + lines + "MAILER(`local')dnl\n")
-        inst.build_cf(mc, cf)
-        return dict(re.findall(r"^O Milter\.macros\.(\w+)=(.*)$", cf.read_text(), re.M))
+        try:
+            returncode, stderr = 0, inst.build_cf(mc, cf)
+        except subprocess.CalledProcessError as exc:
+            returncode, stderr = exc.returncode, exc.stderr.decode()
+        text = cf.read_text()
+        filters = re.search(r"^O InputMailFilters=(.*)$", text, re.M)
+        return Built(
+            returncode,
+            stderr,
+            dict(re.findall(r"^O Milter\.macros\.(\w+)=(.*)$", text, re.M)),
+            filters.group(1) if filters else "",
+        )
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def sendmail_cf(build_cf: Callable[[str], Built]) -> Callable[[str], dict[str, str]]:
+    """The ``O Milter.macros.*`` values of a .cf built from the given .mc lines."""
+
+    def build(lines: str) -> dict[str, str]:
+        built = build_cf(lines)
+        assert built.returncode == 0, built.stderr
+        return built.macros
 
     return build
 
@@ -216,3 +252,76 @@ def test_a_socket_path_sendmail_cannot_read_is_refused(tmp_path: Path, path: str
 def test_socket_paths_sendmail_reads_are_accepted() -> None:
     for socket in ("unix:/run/a b%c/smtpguard.sock", "inet:10025@127.0.0.1", "inet6:10025@[::1]"):
         assert sendmail_socket_problem(socket) is None, socket
+
+
+@pytest.mark.integration
+def test_a_list_replaced_before_without_what_smtpguard_reads_gets_it_back(
+    sendmail_cf: Callable[[str], dict[str, str]],
+) -> None:
+    """Review rev68 F2: another milter's lines replaced the MAIL list without the SASL
+    macros, and every login was unknown to smtpguard (refused as relay_local_fail)."""
+    replaced = (
+        OTHER_FILTER
+        + "define(`confMILTER_MACROS_ENVFROM',`{mail_addr}')dnl\n"
+        + "define(`confMILTER_MACROS_HELO',`{cipher}')dnl\n"
+    )
+    macros = sendmail_cf(replaced + sendmail_mc(load(SAMPLE)))
+    assert items(macros["envfrom"]) == [
+        "{mail_addr}",
+        "i",
+        "{auth_type}",
+        "{auth_authen}",
+        "{tls_version}",
+    ]
+    assert items(macros["helo"]) == ["{cipher}", "{tls_version}"]
+
+
+LATER_LIST = (
+    "MAIL_FILTER(`other', `S=local:/run/other/other.sock, F=T')dnl\n"
+    "define(`confINPUT_MAIL_FILTERS', `{listed}')dnl\n"
+)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("listed", ["other", "smtpguard2", "other , smtpguard2"])
+def test_a_later_filter_list_without_smtpguard_fails_the_build(
+    build_cf: Callable[[str], Built], listed: str
+) -> None:
+    """Review rev68 F1: a define of confINPUT_MAIL_FILTERS after smtpguard's lines
+    replaced the list; the .cf built without a word and Sendmail ran without it."""
+    built = build_cf(sendmail_mc(load(SAMPLE)) + LATER_LIST.replace("{listed}", listed))
+    assert built.returncode == 1
+    assert "smtpguard: smtpguard is not in confINPUT_MAIL_FILTERS" in built.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("lines", "filters", "warned"),
+    [
+        pytest.param((OURS,), "smtpguard", False, id="alone"),
+        pytest.param((OURS, OTHER_FILTER), "smtpguard, other", False, id="first"),
+        pytest.param((OTHER_FILTER, OURS), "other, smtpguard", True, id="second"),
+        pytest.param(
+            (OURS, LATER_LIST.replace("{listed}", "smtpguard,other")),
+            "smtpguard,other",
+            False,
+            id="defined-first",
+        ),
+        pytest.param(
+            (OURS, LATER_LIST.replace("{listed}", "other,smtpguard")),
+            "other,smtpguard",
+            True,
+            id="defined-second",
+        ),
+    ],
+)
+def test_smtpguard_not_first_in_the_filter_list_is_a_warning(
+    build_cf: Callable[[str], Built], lines: tuple[str, ...], filters: str, warned: bool
+) -> None:
+    """Review rev68 F3: after another filter smtpguard sees the header as that one
+    left it, and removed its genuine Authentication-Results under our authserv-id."""
+    ours = sendmail_mc(load(SAMPLE))
+    built = build_cf("".join(ours if part == OURS else part for part in lines))
+    assert built.returncode == 0, built.stderr
+    assert built.filters == filters
+    assert ("smtpguard: warning: smtpguard is not the first" in built.stderr) is warned

@@ -14,9 +14,11 @@ from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.sockets import libmilter_address
 
-#: Macros smtpguard reads that Sendmail's default lists (cf/m4/cfhead.m4, 8.17 and
-#: 8.18) lack, per list; appended, never replacing the list. The defaults already hold
-#: ``{tls_version}`` (HELO) and ``i``, ``{auth_type}``, ``{auth_authen}`` (MAIL).
+#: Macros smtpguard reads, per list; each is appended when the list lacks it, never
+#: replacing the list. Sendmail's defaults (cf/m4/cfhead.m4, 8.17 and 8.18) hold
+#: ``{tls_version}`` (HELO) and ``i``, ``{auth_type}``, ``{auth_authen}`` (MAIL), but
+#: another milter's lines may have replaced a list without them (review rev68 F2: every
+#: login was then unknown to smtpguard, and its mail refused as relay_local_fail).
 #: ``i`` at DATA and end of message needs no list of its own: libmilter keeps a
 #: stage's macros for the later stages of the transaction (``smfi_getsymval`` searches
 #: them all), and Sendmail's queue id is fixed from MAIL on. ``{client_resolve}``
@@ -26,8 +28,9 @@ from smtpguard.sockets import libmilter_address
 #: mechanism rule refused such a TLS session's PLAIN login as without TLS (found by
 #: review through Sendmail with STARTTLS).
 SENDMAIL_MACROS: Final = {
-    "confMILTER_MACROS_CONNECT": "v, {client_resolve}",
-    "confMILTER_MACROS_ENVFROM": "{tls_version}",
+    "confMILTER_MACROS_CONNECT": ("v", "{client_resolve}"),
+    "confMILTER_MACROS_HELO": ("{tls_version}",),
+    "confMILTER_MACROS_ENVFROM": ("i", "{auth_type}", "{auth_authen}", "{tls_version}"),
 }
 
 #: ``T=R:`` and ``T=E:`` never go below these (the fixed values they had before they
@@ -64,20 +67,62 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
+#: m4 regexps (GNU Emacs syntax) of a character that cannot be part of a macro's name,
+#: and of a filter's name (config.milter.name is letters, digits, "_", "." and "-").
+_MACRO_EDGE: Final = "[^A-Za-z0-9_{}]"
+_NAME_EDGE: Final = "[^A-Za-z0-9_.-]"
+
+
 def sendmail_macro_lines() -> list[str]:
-    """``define`` lines that append to Sendmail's macro lists instead of replacing them.
+    """``define`` lines that append to Sendmail's macro lists instead of replacing them,
+    each macro only when the list lacks it.
 
     ``defn`` yields the list as it stands (Sendmail's default, or what the .mc set
     before), without expanding it inside the argument, where the commas of a list
-    defined with single quotes would split it. The appended part is quoted twice, so
-    that it stays quoted in the new definition: a milter after us that appends with
-    ``define(`X', X`, ...')`` (milter-greylist's form) still gets a list its commas
-    cannot split. Checked with Sendmail 8.17's cf files
-    (tests/test_sendmail_config.py builds the .cf both ways round).
+    defined with single quotes would split it; ``regexp`` looks for the macro between
+    two characters that cannot be part of a macro's name (the list may hold m4's
+    quotes: Sendmail's defaults are defined quoted twice). The appended part is
+    quoted three times: ``ifelse`` takes one level and the rescan of its result
+    another, so that it stays quoted in the new definition and a milter after us
+    that appends with ``define(`X', X`, ...')`` (milter-greylist's form) still gets
+    a list its commas cannot split. Checked with
+    Sendmail 8.17's cf files (tests/test_sendmail_config.py builds the .cf both ways
+    round, and with lists that lack what smtpguard reads).
     """
-    return [
-        f"define(`{key}', defn(`{key}')``, {value}'')dnl" for key, value in SENDMAIL_MACROS.items()
-    ]
+    lines = []
+    for key, macros in SENDMAIL_MACROS.items():
+        for macro in macros:
+            found = f"regexp(`,'defn(`{key}')`,', `{_MACRO_EDGE}{macro}{_MACRO_EDGE}')"
+            lines.append(f"define(`{key}', defn(`{key}')ifelse({found}, -1, ```, {macro}'''))dnl")
+    return lines
+
+
+def sendmail_filter_guard(name: str) -> str:
+    """An ``m4wrap`` line: at the end of the .mc, the build fails when ``name`` is not
+    in ``confINPUT_MAIL_FILTERS`` and warns when it is not the first filter there.
+
+    Sendmail's cf/README also enlists filters with ``MAIL_FILTER`` and a
+    ``define(`confINPUT_MAIL_FILTERS', ...)``: such a line after ours replaces the list,
+    the .cf builds without a word and Sendmail runs without smtpguard (review rev68
+    F1: deny lists off, forged result fields delivered, an open relay with
+    ``relay_control = "milter"``). A filter before ours shows smtpguard the header as
+    it left it, and smtpguard removes what it takes for a forgery of its own fields
+    (rev68 F3: another milter's genuine Authentication-Results under the same
+    authserv-id)."""
+    listed = "defn(`confINPUT_MAIL_FILTERS')"
+    missing = (
+        f"errprint(`smtpguard: {name} is not in confINPUT_MAIL_FILTERS (a later define"
+        f" replaced the list: put {name} first in it); this sendmail.cf would run"
+        " without smtpguard\n')m4exit(1)"
+    )
+    not_first = (
+        f"errprint(`smtpguard: warning: {name} is not the first of confINPUT_MAIL_FILTERS:"
+        " it sees the header fields as the filters before it left them\n')"
+    )
+    pattern = name.replace(".", "\\.")
+    first = f"regexp(`,'{listed}, `^{_NAME_EDGE}*{pattern}\\({_NAME_EDGE}\\|$\\)')"
+    anywhere = f"regexp(`,'{listed}`,', `{_NAME_EDGE}{pattern}{_NAME_EDGE}')"
+    return f"m4wrap(`ifelse({anywhere}, -1, `{missing}', `ifelse({first}, -1, `{not_first}')')')dnl"
 
 
 #: What the INPUT_MAIL_FILTER line's S= may hold. Sendmail splits the equates at a
@@ -120,6 +165,8 @@ def sendmail_mc(config: Config) -> str:
         "dnl also the one to end of message: above smtpguard's slowest answer), overall.",
         f"INPUT_MAIL_FILTER(`{config.milter.name}', "
         f"`S={address}, F=T, T={sendmail_timeouts(config)}')dnl",
+        "dnl Stops the build if a later line drops smtpguard from the filter list.",
+        sendmail_filter_guard(config.milter.name),
         "dnl Macros: added to the lists Sendmail (and other milters) already send.",
         *sendmail_macro_lines(),
         "dnl Hops: Sendmail counts its own Received header, which smtpguard never sees,",

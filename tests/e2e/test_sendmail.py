@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import smtplib
 import socket
 import sqlite3
@@ -348,7 +349,7 @@ def test_readme_snippet_is_the_sites_own_sendmail_config(guard: Running) -> None
     """The README's lines fit the test site: what sendmail-config prints for it, but
     for the milter's name (only Sendmail's label for it)."""
     generated = smtpguard(guard.site, "sendmail-config").stdout
-    assert generated.replace("`smtpguard-test'", "`smtpguard'") == snippet(guard.site)
+    assert re.sub(r"smtpguard-test\b", "smtpguard", generated) == snippet(guard.site)
 
 
 def test_accepted_mail_arrives_intact(client: SmtpClient, mta: Sendmail) -> None:

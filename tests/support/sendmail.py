@@ -153,15 +153,17 @@ class SendmailInstall:
     def sasl_plugin_dir(self) -> Path:
         return self.root / SASL_DIR.relative_to("/")
 
-    def build_cf(self, mc: Path, cf: Path) -> None:
+    def build_cf(self, mc: Path, cf: Path) -> str:
+        """Build ``cf`` from ``mc``; m4's warnings. CalledProcessError when m4 fails."""
         with cf.open("w") as out:
-            subprocess.run(
+            done = subprocess.run(
                 [str(self.m4), f"-D_CF_DIR_={self.cf_dir}/", str(self.cf_dir / "m4/cf.m4"), mc],
                 stdout=out,
                 stderr=subprocess.PIPE,  # FEATURE(promiscuous_relay) warns here
                 check=True,
                 timeout=30,
             )
+        return done.stderr.decode()
 
 
 def install(debs: Sequence[Path], root: Path) -> SendmailInstall:
