@@ -150,21 +150,21 @@ def test_header_rules_match_each_field_on_its_own_when_headers_end() -> None:
     assert scan.finish().matched == ("M", "S")
 
 
-def test_malformed_encoded_word_is_matched_raw() -> None:
-    rules = ruleset(S=("header:subject", r"=\?bogus", 1.0))
+def test_a_malformed_encoded_word_is_matched_raw() -> None:
+    rules = ruleset(S=("header:subject", r"=\?utf-8\?b\?!", 1.0))
     scan = rules.scanner()
-    scan.feed_header("Subject", "=?bogus-charset?q?x?=")
+    scan.feed_header("Subject", "=?utf-8?b?!!!")  # never closed
     assert scan.finish().matched == ("S",)
 
 
-def test_an_encoded_word_of_a_charset_python_cannot_name_is_matched_raw() -> None:
-    """Review rev66 F1: email.header raised CharsetError for "=?é?q?x?=", which the
-    scanner did not expect; the anti-spam observer failed and the message passed."""
-    rules = ruleset(S=("header:subject", r"^=\?é\?q\?x\?= win$", 1.0), B=("body", "GTUBE", 9.0))
-    assert rules.scan_message("Subject: =?é?q?x?= win\r\n\r\nGTUBE\r\n".encode()).matched == (
-        "S",
-        "B",
-    )
+def test_an_encoded_word_of_an_unknown_charset_is_read_as_utf8() -> None:
+    """Review rev66 F1: email.header raised CharsetError for "=?é?q?...?=", which the
+    scanner did not expect; the anti-spam observer failed and the message passed.
+    Review rev67 F2: left as written, its words evaded the rules that Python's own
+    reader (and mail clients) would have matched."""
+    rules = ruleset(S=("header:subject", r"^you won a prize$", 1.0), B=("body", "GTUBE", 9.0))
+    message = "Subject: =?é?q?you_won_a_prize?=\r\n\r\nGTUBE\r\n".encode()
+    assert rules.scan_message(message).matched == ("S", "B")
 
 
 def test_body_rules_do_not_see_headers_and_vice_versa() -> None:

@@ -5,15 +5,24 @@
 to the end of the value, and a 60 kB Subject took two seconds of CPU with the GIL
 held, stalling every session of the worker (review rev66 F2). It also raises
 exceptions outside its documented set (``CharsetError`` for a charset that is not
-ASCII, rev66 F1). Here an encoded word's charset and text stop at the first ``?`` or
-white space (RFC 2047 §2 and §5: neither may contain them), so each opening is
-examined up to its own next ``?`` and the whole value is read once; nothing raises.
+ASCII, rev66 F1). Here an encoded word's text stops at the first ``?`` (RFC 2047 §5: it
+may not contain one), so each opening is examined up to its own next ``?`` and the
+whole value is read once; nothing raises.
 
 What is decoded, and what stays as written:
 
 * ``=?charset[*language]?B|Q?text?=``: base64 (missing padding added) or the "Q"
-  encoding (``_`` is a space, ``=XX`` an octet); an unknown charset, a base64 text
-  that does not decode, or a word that does not close stays as written;
+  encoding (``_`` is a space, ``=XX`` an octet). White space inside the text, which
+  RFC 2047 forbids, is taken as mail readers take it (Python's, mutt): as part of the
+  text (review rev67 F2: "=?utf-8?q?You have w=6Fn a prize?=" went unread). A base64
+  text that does not decode, or a word that does not close, stays as written;
+* the charset is looked up among Python's text codecs, by their names and aliases
+  (``x-`` prefix ignored), in a table made once: never by passing the message's
+  name to ``codecs.lookup``, which keeps every name it is asked for in a cache that
+  never shrinks (rev67 F4: a message of many made-up names held 70 MB for good) and
+  finds codecs that are no text encodings (``rot13``, ``zlib``: rev67 F3). An
+  unknown charset is read as UTF-8, as Python's newer header reader reads it: its
+  ASCII words still match;
 * white space between two encoded words is dropped (§6.2), and adjacent words of one
   charset are decoded together, so a character split between them survives;
 * undecodable octets become U+FFFD: the value is matched by content rules, never
@@ -24,10 +33,12 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import encodings
+import encodings.aliases
 import re
 from typing import Final
 
-_WORD: Final = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
+_WORD: Final = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\r\n]*)\?=")
 _BETWEEN: Final = re.compile(r"[ \t\r\n]*")
 _Q_OCTET: Final = re.compile(rb"=([0-9A-Fa-f]{2})")
 
@@ -43,9 +54,9 @@ def decode(value: str) -> str:
     previous_end = -1
     for word in _WORD.finditer(value):
         octets = _octets(word.group(2), word.group(3))
-        charset = _codec(word.group(1))
-        if octets is None or charset is None:
+        if octets is None:
             continue  # stays as written, with the text around it
+        charset = _codec(word.group(1))
         between = value[position : word.start()]
         adjacent = previous_end >= 0 and _BETWEEN.fullmatch(between) is not None
         if not (adjacent and charset == pending_charset):
@@ -66,12 +77,34 @@ def _flush(out: list[str], pending: list[bytes], charset: str) -> None:
         pending.clear()
 
 
-def _codec(charset: str) -> str | None:
-    """The codec's canonical name, or None when Python knows no such charset."""
-    try:
-        return codecs.lookup(charset).name
-    except (LookupError, ValueError, UnicodeError):
-        return None
+def _text_codecs() -> dict[str, str]:
+    """Every name and alias of Python's text codecs, normalized, to the codec's name."""
+    names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    table = {}
+    for name in names:
+        try:
+            info = codecs.lookup(name)
+        except LookupError:
+            continue
+        if getattr(info, "_is_text_encoding", True):
+            table[_normal(name)] = info.name
+    return table
+
+
+def _normal(charset: str) -> str:
+    return encodings.normalize_encoding(charset).lower().replace("_", "")
+
+
+_CODECS: Final = _text_codecs()
+#: What an unknown charset is read as.
+_FALLBACK: Final = "utf-8"
+
+
+def _codec(charset: str) -> str:
+    """The codec for a charset name of a message (:data:`_CODECS`), else UTF-8."""
+    name = _normal(charset)
+    found = _CODECS.get(name) or _CODECS.get(name.removeprefix("x"))
+    return found or _FALLBACK
 
 
 def _octets(encoding: str, text: str) -> bytes | None:
