@@ -1061,6 +1061,17 @@ def test_u_and_a_label_spellings_meet(label: str) -> None:
             {("x%y%z.example", "relay.example"), ("x%y", "z.example")},
         ),
         ("<a@b..example>", {("a", "b..example")}),
+        # Review rev67 F1: comments, groups, lists and routes, read as Postfix's
+        # tokenizer reads them.
+        ("<alice@example.com(x)>", {("alice", "example.com")}),
+        ("<alice(x)@(y)example.com>", {("alice", "example.com")}),
+        ("<x:alice@example.com;>", {("alice", "example.com")}),
+        ("<alice@example.com,>", {("alice", "example.com")}),
+        ("<@a:@b:alice>", {("alice", "")}),
+        ("<@a,@b:alice@example.com>", {("alice", "example.com")}),
+        ("< alice @ example.com >", {("alice", "example.com")}),
+        ("<(only a comment)>", set()),
+        ("<Group:;>", set()),
     ],
 )
 def test_implied_addresses(raw: str, implied: set[tuple[str, str]]) -> None:

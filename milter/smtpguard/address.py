@@ -684,15 +684,20 @@ def raw_parts(raw: str) -> tuple[str, str]:
     return (local, domain.rstrip(".").lower()) if at else (domain, "")
 
 
+#: Source routes before an address: "@a,@b:" and "@a:@b:" (RFC 5321 §4.1.2, obsolete).
+_ROUTE = re.compile(r"^(?:@[^,:;]*[,:])+")
+
+
 def implied_domains(raw: str) -> frozenset[str]:
     """The domains of :func:`implied_addresses`; ``""`` for the MTA's own."""
     return frozenset(domain for _local, domain in implied_addresses(raw))
 
 
 def implied_addresses(raw: str) -> frozenset[tuple[str, str]]:
-    """The (local part, domain) pairs an MTA may make an unparsable, non-null path
-    into, lower-cased; a domain ``""`` stands for the MTA's own (appended to an
-    address without one).
+    """The (local part, domain) pairs an MTA may make an unparsable path into,
+    lower-cased; a domain ``""`` stands for the MTA's own (appended to an address
+    without one). None for a path of nothing but comments, white space and
+    separators: the MTA reads it as the null sender.
 
     Postfix (and Sendmail's rulesets alike) accepts such a sender when nothing refuses
     it, and its cleanup makes an address of it: a source route is dropped
@@ -703,21 +708,53 @@ def implied_addresses(raw: str) -> frozenset[tuple[str, str]]:
     judge every address it may become (review rev65 F1: ``<alice%example.com>`` and
     ``<alice>`` from a stranger were delivered as alice@example.com, since no check
     but the syntax one looked at a sender that did not parse)."""
-    text = raw.strip().strip("<>").strip()
-    if text.startswith("@"):
-        text = text.partition(":")[2]
-    # Dequoted first: '"user@foreign"' is user@foreign to Postfix's resolver.
-    local, at, domain = text.replace('"', "").replace("\\", "").rpartition("@")
-    if not at:
-        local, domain = domain, ""
-    found = {(local, domain)}
-    for mark in "%@":  # user%domain; user@domain, from a dequoted local part
-        if mark in local:
-            user, _, host = local.rpartition(mark)
+    # Postfix's tokenizer (tok822) drops comments and white space, and reads a list,
+    # a group ("name: addr;") and source routes ("@a,@b:addr", "@a:@b:addr") down to
+    # an address (review rev67 F1: "<alice@example.com(x)>", "<x:alice@example.com;>",
+    # "<alice@example.com,>" and "<@a:@b:alice>" were each delivered as one of ours).
+    # Dequoted: '"user@foreign"' is user@foreign to Postfix's resolver.
+    text = _without_comments(raw.strip().strip("<>"))
+    text = "".join(text.split()).replace('"', "").replace("\\", "")
+    # Each element of a list, after a group's name.
+    pieces = {e.rpartition(":")[2] for e in re.split(r"[,;]", _ROUTE.sub("", text))} - {""}
+    found: set[tuple[str, str]] = set()
+    for piece in pieces:
+        local, at, domain = piece.rpartition("@")
+        if not at:
+            local, domain = domain, ""
+        found.add((local, domain))
+        for mark in "%@":  # user%domain; user@domain, from a dequoted local part
+            if mark in local:
+                user, _, host = local.rpartition(mark)
+                found.add((user, host))
+        if "!" in local:
+            host, _, user = local.partition("!")
             found.add((user, host))
-    if "!" in local:
-        host, _, user = local.partition("!")
-        found.add((user, host))
     return frozenset(
         (user.strip().lower(), host.strip().rstrip(".").lower()) for user, host in found
     )
+
+
+def _without_comments(text: str) -> str:
+    """``text`` without RFC 5322 comments (nested parentheses; a backslash quotes the
+    next character). Linear; an unclosed comment runs to the end."""
+    if "(" not in text:
+        return text
+    out: list[str] = []
+    depth = 0
+    escaped = False
+    for char in text:
+        if depth:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+        elif char == "(":
+            depth = 1
+        else:
+            out.append(char)
+    return "".join(out)

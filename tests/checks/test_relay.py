@@ -88,6 +88,11 @@ def test_relay_local_without_usable_sender(relay_local: RelayLocal, sender: str 
         "<@x.example:alice>",  # the route goes, then as <alice>
         '<"alice%example.com">',  # resolve_dequoted_address
         "<x%y%mail.example.net>",
+        # Review rev67 F1: a comment, a group, a list, two routes.
+        "<alice@example.com(x)>",
+        "<x:alice@example.com;>",
+        "<alice@example.com,>",
+        "<@a:@b:alice>",
     ],
 )
 def test_an_unparsable_sender_the_mta_may_make_ours(relay_local: RelayLocal, sender: str) -> None:

@@ -76,6 +76,7 @@ def deny(make_services: ServicesFactory) -> SenderDeny:
         ("<x%y.spam.example>", "domain spam.example denied"),
         ("<@relay.example:x%exact.example>", "domain @exact.example denied"),
         ("<promo7%shop.example>", "pattern /^promo[0-9]+@/"),
+        ("<bad@example.org(x)>", "address bad@example.org denied"),  # review rev67 F1
     ],
 )
 def test_a_sender_that_does_not_parse_is_judged_as_the_mta_may_make_it(
