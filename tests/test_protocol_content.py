@@ -314,6 +314,35 @@ def test_a_line_that_is_no_field_does_not_hide_an_attachment(
     assert_reply(final, "attachment_too_long")
 
 
+def test_a_second_content_disposition_makes_an_attachment(content_service: Running) -> None:
+    """Review rev67 F6: Dovecot takes the last of several, smtpguard took the first."""
+    data = base64.encodebytes(b"\xa5" * 50_001).decode().replace("\n", "\r\n")
+    part = (
+        "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        "Content-Disposition: inline\r\nContent-Disposition: attachment; filename=x.bin\r\n"
+        "\r\n" + data
+    )
+    headers, body = mime(["Content-Type: text/plain\r\n\r\nsee attached", part])
+    assert_reply(deliver(content_service, headers, body)[0], "attachment_too_long")
+    top = [
+        *BASE_HEADERS,
+        ("MIME-Version", "1.0"),
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Transfer-Encoding", "base64"),
+        ("Content-Disposition", "inline"),
+        ("Content-Disposition", "attachment; filename=x.bin"),
+    ]
+    assert_reply(deliver(content_service, top, data)[0], "attachment_too_long")
+
+
+def test_a_large_body_part_after_a_line_that_is_no_field_passes(content_service: Running) -> None:
+    """Review rev67 F5: counted whole as one attachment, it was refused."""
+    html = "Content-Type: text/html\r\nX-Odd line\r\n\r\n" + ("<p>" + "x" * 70 + "\r\n") * 900
+    headers, body = mime([html])
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert final.kind in ("continue", "accept")
+
+
 def test_attachment_at_the_limit_passes(content_service: Running) -> None:
     headers, body = mime(["Content-Type: text/plain\r\n\r\nsee attached", attachment(50_000)])
     final, _mods, _early = deliver(content_service, headers, body)

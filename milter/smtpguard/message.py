@@ -27,6 +27,9 @@ _LONG_LINE = re.compile(rb"(?m)^[^\n]{%d}(?:[^\r\n]|\r(?=[^\n]))" % MAX_LINE)
 _MIME_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
 _MAX_KEPT_HEADER_BYTES = 64 * 1024
 _ENTRY_OVERHEAD = 64
+#: Of each name the first is kept, of Content-Disposition this many: readers differ on
+#: which of several counts, and any may make the body an attachment (review rev67 F6).
+_KEPT_COPIES = {"content-disposition": 8}
 
 
 class UnspacedValue(str):
@@ -62,7 +65,7 @@ class MessageState:
         self._max_mime_depth = max_mime_depth
         self._max_mime_parts = max_mime_parts
         self._content_headers: list[tuple[str, str]] = []
-        self._content_seen: set[str] = set()
+        self._content_seen: dict[str, int] = {}
         self._content_cut = False
         self._kept = 0
         self._carry = 0  # length of the body line that is still open
@@ -89,11 +92,15 @@ class MessageState:
         lowered = name.lower()
         if lowered == "received":
             self.received += 1
-        elif self._track_mime and lowered in _MIME_HEADERS and lowered not in self._content_seen:
-            # Only the first of each name counts (the walker reads no other): later
-            # copies cannot use up the budget and push out a Content-Type that comes
-            # after them (found by review: the attachment went uncounted).
-            self._content_seen.add(lowered)
+        elif (
+            self._track_mime
+            and lowered in _MIME_HEADERS
+            and self._content_seen.get(lowered, 0) < _KEPT_COPIES.get(lowered, 1)
+        ):
+            # Only the first copies count (the walker reads no other): later ones
+            # cannot use up the budget and push out a Content-Type that comes after
+            # them (found by review: the attachment went uncounted).
+            self._content_seen[lowered] = self._content_seen.get(lowered, 0) + 1
             cost = len(name) + len(value) + _ENTRY_OVERHEAD
             if self._kept + cost <= _MAX_KEPT_HEADER_BYTES:
                 self._content_headers.append((name, value))

@@ -578,7 +578,8 @@ def test_missing_header_body_separator() -> None:
         b"--XX\r\nContent-Disposition: attachment; filename=s.txt\r\n"
         b"this line is body text\r\n--XX--\r\n"
     )
-    assert walk_bytes(MIXED, body) == (22, "s.txt", 1, ["missing header/body separator"])
+    # As written from that line on, its CRLF included (read as a header line).
+    assert walk_bytes(MIXED, body) == (24, "s.txt", 1, ["missing header/body separator"])
 
 
 def test_an_8bit_field_name_is_a_field() -> None:
@@ -587,30 +588,71 @@ def test_an_8bit_field_name_is_a_field() -> None:
     assert walk_bytes(MIXED, body) == (4, "x.bin", 1, [])
 
 
-@pytest.mark.parametrize(
-    "declared",
-    [
-        b"",
-        b"Content-Type: text/plain\r\n",
-        b"Content-Type: multipart/mixed; boundary=in\r\n",
-        b"Content-Type: message/rfc822\r\n",
-    ],
-)
-def test_a_part_whose_header_block_breaks_is_counted_whole(declared: bytes) -> None:
-    """A line that is no field (nor blank) ends the header block here; Dovecot reads
-    the fields after it, so whatever they declare is counted: the part as written,
-    whatever came before the line (review rev66 F3)."""
+@pytest.mark.parametrize("declared", [b"", b"Content-Type: text/plain\r\n"])
+def test_the_fields_after_a_line_that_is_no_field_count(declared: bytes) -> None:
+    """Dovecot reads on past such a line and takes the fields after it for the part's
+    (review rev66 F3); readers that start the body at it see the rest of the block as
+    the attachment's first bytes: counted with it, as written."""
     data = b"\x01" * 3000
     part = declared + b"no field here\r\n" + attachment("x.bin", data)
     size, name, count, notes = walk_bytes(MIXED, b"--XX\r\n" + part + b"--XX--\r\n")
-    # From the line that is no field on; the CRLF before the delimiter is the delimiter's.
-    assert size == len(part) - len(declared) - 2
-    assert size > len(data)
-    assert (name, count, notes) == (
-        "<unparsed part: missing header/body separator>",
-        1,
-        ["missing header/body separator"],
+    # All from the line that is no field on, but the blank line after the fields and
+    # the CRLF before the delimiter (the delimiter's).
+    assert size == len(part) - len(declared) - 4
+    assert (name, count, notes) == ("x.bin", 1, ["missing header/body separator"])
+
+
+def test_a_part_hidden_behind_a_line_that_is_no_field_is_outside_text() -> None:
+    """Review rev67: a multipart declared before such a line, its first part's fields in
+    the rest of the block. Readers that start the body at the line see that part; here
+    the block and the text after it are the multipart's preamble, counted as one."""
+    data = b64(b"\x01" * 30_000)
+    part = (
+        b"Content-Type: multipart/mixed; boundary=in\r\nno field here\r\n--in\r\n"
+        b"Content-Disposition: attachment; filename=x.bin\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + data + b"--in--\r\n"
     )
+    walker = walk(MIXED, [b"--XX\r\n" + part + b"--XX--\r\n"])
+    assert walker.largest_outside > len(data)
+
+
+def test_a_body_part_after_a_line_that_is_no_field_is_no_attachment() -> None:
+    """Review rev67 F5: counted whole, a 60 kB HTML body part and a forwarded message's
+    two 30 kB PDFs were refused as one attachment too long."""
+    html = b"<p>" + b"x" * 60_000 + b"</p>\r\n"
+    part = b"Content-Type: text/html\r\nX-Odd line\r\n\r\n" + html
+    walker = walk(MIXED, [b"--XX\r\n" + part + b"--XX--\r\n"])
+    assert (walker.attachments, walker.largest_outside) == (0, 0)
+    pdfs = b"".join(
+        b"--in\r\n" + attachment(f"{n}.pdf", b"%PDF" * 7500, "application/pdf") for n in "ab"
+    )
+    forwarded = (
+        b"Content-Type: message/rfc822\r\n\r\nFrom: a@example.org\r\nX-Odd line\r\n"
+        b"Content-Type: multipart/mixed; boundary=in\r\n\r\n" + pdfs + b"--in--\r\n"
+    )
+    size, _name, count, _notes = walk_bytes(MIXED, b"--XX\r\n" + forwarded + b"--XX--\r\n")
+    assert (size, count) == (30_000, 2)
+
+
+@pytest.mark.parametrize(
+    "dispositions",
+    [
+        [b"inline", b"attachment; filename=x.bin"],
+        [b"inline", b"inline; filename=x.bin"],
+        [b"attachment; filename=x.bin", b"inline"],
+    ],
+)
+def test_any_content_disposition_may_make_an_attachment(dispositions: list[bytes]) -> None:
+    """Review rev67 F6: "inline" then "attachment; filename=..." hid 60 kB from us
+    (the first counted) and not from Dovecot (the last counts), in a part and at the
+    top level."""
+    data = b"\x01" * 3000
+    fields = b"".join(b"Content-Disposition: " + d + b"\r\n" for d in dispositions)
+    part = b"Content-Type: application/octet-stream\r\n" + fields + b"\r\n" + data + b"\r\n"
+    assert walk_bytes(MIXED, b"--XX\r\n" + part + b"--XX--\r\n")[:3] == (3000, "x.bin", 1)
+    top = [("Content-Type", "application/octet-stream")]
+    top += [("Content-Disposition", d.decode()) for d in dispositions]
+    assert walk_bytes(top, data)[:3] == (3000, "x.bin", 1)
 
 
 def test_delimiter_with_trailing_whitespace_and_lookalikes() -> None:

@@ -49,12 +49,15 @@ is scanned with
 only per header line and per line that starts with ``--``.
 
 Deviations, chosen for robustness: only LF ends a line (CRLF and bare LF both work; a bare
-CR does not); an embedded message's leading mbox ``From`` line is skipped; a header block
-interrupted by a line that is not a header field (nor blank) starts the body at that
-line (noted as ``missing header/body separator``), and the part is then read whole and
-counted as one attachment as written, since other readers (Dovecot) take the fields
-after such a line for the part's; a delimiter of an outer multipart closes all inner
-ones (noted as ``missing closing boundary``). Nothing here raises on any input.
+CR does not); an embedded message's leading mbox ``From`` line is skipped; a line in a
+part's header block that is no header field (nor blank) is read past, as Dovecot reads
+it, the fields after it taken for the part's (noted as ``missing header/body
+separator``); readers that start the body at that line see the rest of the block as
+the body's first bytes, so an attachment counts them, as written, and a multipart
+counts them as its preamble (text outside the parts); of several Content-Disposition
+fields any may make a part an attachment (readers differ on which counts); a
+delimiter of an outer multipart closes all inner ones (noted as ``missing closing
+boundary``). Nothing here raises on any input.
 
 Notes in :attr:`MimeWalker.malformed` are distinct short strings: ``depth limit``,
 ``missing closing boundary``, ``missing start boundary``, ``missing boundary parameter``,
@@ -103,6 +106,7 @@ _WANTED_HEADERS: Final = frozenset(
 _HEADER_FIELD: Final = re.compile(rb"([^\x00-\x20\x7f:]+)[ \t]*:")
 _CRLF: Final = b"\r\n"
 _BROKEN_HEADERS: Final = "missing header/body separator"
+_DISPOSITION: Final = b"content-disposition"
 
 _WHITESPACE: Final = b" \t\r\n\x0b\x0c"
 _B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
@@ -440,6 +444,7 @@ class MimeWalker:
     """
 
     __slots__ = (
+        "_broken_bytes",
         "_buf",
         "_closed",
         "_counter",
@@ -452,7 +457,6 @@ class MimeWalker:
         "_header_bytes",
         "_header_overflow",
         "_headers",
-        "_headers_broken",
         "_hint",
         "_line_start",
         "_max_depth",
@@ -508,17 +512,20 @@ class MimeWalker:
         self._cur_header: bytes | None = None
         self._header_bytes = 0
         self._header_overflow = top_headers_cut
-        self._headers_broken = False
+        self._broken_bytes = 0
         self._first_header_line = True
 
         found: dict[str, str] = {}
+        dispositions: list[str] = []
         for name, value in top_headers:
             key = name.strip().lower()
-            if key in ("content-type", "content-disposition", "content-transfer-encoding"):
+            if key == "content-disposition":
+                dispositions.append(_UNFOLD.sub("", value))
+            elif key in ("content-type", "content-transfer-encoding"):
                 found.setdefault(key, _UNFOLD.sub("", value))
         self._start_entity(
             found.get("content-type"),
-            found.get("content-disposition"),
+            dispositions,
             found.get("content-transfer-encoding"),
             depth=0,
             digest_parent=False,
@@ -606,6 +613,8 @@ class MimeWalker:
         if line in (b"\r\n", b"\n"):
             self._end_headers()
             return end
+        if self._broken_bytes:
+            self._broken_bytes += len(line)
         if line[0] in b" \t":
             cur = self._cur_header
             if cur is not None and self._count_header(len(line)):
@@ -615,18 +624,31 @@ class MimeWalker:
         if m is None:
             if first_line and self._embedded and line.startswith(b"From "):
                 return end
-            self._note("missing header/body separator")
-            self._headers_broken = True
-            self._end_headers()
-            # The same line is read again as the first body line.
-            return pos
+            # Readers differ from here on: Dovecot reads on to the blank line, taking
+            # the fields after this line for the part's (review rev66 F3); others
+            # start the body at it. Read on too, and keep the size of the rest of the
+            # block, the other readers' body (_start_entity).
+            if not self._broken_bytes:
+                self._note(_BROKEN_HEADERS)
+                self._broken_bytes = len(line)
+            self._cur_header = None
+            self._count_header(len(line))
+            return end
         self._cur_header = None
         if self._count_header(len(line)):
-            key = m.group(1).lower()
-            if key in _WANTED_HEADERS and key not in self._headers:
-                self._headers[key] = bytearray(line[m.end() :].rstrip(b"\r\n"))
-                self._cur_header = key
+            self._keep_field(m.group(1).lower(), line[m.end() :].rstrip(b"\r\n"))
         return end
+
+    def _keep_field(self, key: bytes, value: bytes) -> None:
+        """Keep the first Content-Type and Content-Transfer-Encoding, and every
+        Content-Disposition: readers differ on which of several counts (Dovecot: the
+        last; review rev67 F6), and any may make the part an attachment."""
+        if key == _DISPOSITION and key in self._headers:
+            key = b"%s#%d" % (_DISPOSITION, len(self._headers))
+        elif key not in _WANTED_HEADERS or key in self._headers:
+            return
+        self._headers[key] = bytearray(value)
+        self._cur_header = key
 
     def _count_header(self, size: int) -> bool:
         """Account header bytes; False once the header block is over budget."""
@@ -796,7 +818,7 @@ class MimeWalker:
         self._cur_header = None
         self._header_bytes = 0
         self._header_overflow = False
-        self._headers_broken = False
+        self._broken_bytes = 0
         self._first_header_line = True
 
     def _end_headers(self) -> None:
@@ -805,7 +827,7 @@ class MimeWalker:
         self._cur_header = None
         self._start_entity(
             _header_text(headers.get(b"content-type")),
-            _header_text(headers.get(b"content-disposition")),
+            [_decoded(v) for k, v in headers.items() if k.startswith(_DISPOSITION)],
             _header_text(headers.get(b"content-transfer-encoding")),
             depth=self._depth,
             digest_parent=self._digest_parent,
@@ -814,7 +836,7 @@ class MimeWalker:
     def _start_entity(
         self,
         content_type: str | None,
-        disposition: str | None,
+        dispositions: Sequence[str],
         encoding_value: str | None,
         *,
         depth: int,
@@ -823,9 +845,11 @@ class MimeWalker:
         encoding = _parse_encoding(encoding_value)
         self._counter = None
         self._name = None
+        broken = self._broken_bytes
+        self._broken_bytes = 0
         try:
             maintype, subtype, ct_params = _parse_content_type(content_type, digest_parent)
-            disp_type, disp_params = _parse_params(disposition) if disposition else ("", {})
+            disp_type, disp_params = _strongest_disposition(dispositions)
         except _TooComplex:
             # Read whole, counted as one: what it hides is in it (review rev47: 800
             # parts of 64 KiB Content-Types cost 24 s of CPU).
@@ -835,17 +859,15 @@ class MimeWalker:
         # Why a part that is not walked into is read whole, or "" when it is an
         # ordinary leaf. Whatever it hides (a nested attachment, one whose
         # Content-Disposition came after the header budget) is in it.
-        opaque: str | None = _BROKEN_HEADERS
-        if self._headers_broken:
-            # A line that is no header field ended the block here, but readers such as
-            # Dovecot read on past it (review rev66 F3): whatever the fields after it
-            # declare is in this part, read whole and counted as written (never less
-            # than decoded), whatever the fields before it declared.
-            encoding = "binary"
-        else:
-            opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
-            if opaque is None:
-                return
+        opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
+        if opaque is None:
+            if broken:
+                # Readers that start the body at the line that is no field read the
+                # rest of the block as the container's first text: a preamble (where
+                # a part of theirs may hide, review rev67 F5), counted as one.
+                self._outside += broken
+                self.largest_outside = max(self.largest_outside, self._outside)
+            return
         if not opaque and self._header_overflow:
             opaque = "header block too large"
         self._mode = _LEAF
@@ -866,7 +888,11 @@ class MimeWalker:
             # Counted as one attachment: its size bounds anything inside it.
             name = f"<unparsed part: {opaque}>"
         self._name = _loggable(name) if name is not None else None
-        self._counter = _make_counter(encoding)
+        # Readers that start the body at a line that is no field take the rest of the
+        # block for the attachment's first bytes: counted with the body, as written
+        # (never less than decoded).
+        self._counter = _make_counter("binary" if broken else encoding)
+        self._counter.size = broken
         self.attachments += 1
         if self.attachments == 1:
             self.largest_attachment_name = self._name
@@ -934,6 +960,23 @@ def _safe_cut(buf: bytearray, pos: int, end: int) -> int:
     if end - 2 > pos and buf[end - 2] == 0x3D:
         return end - 2
     return end
+
+
+def _strongest_disposition(values: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """The type and parameters of the Content-Disposition fields: the first that makes
+    the part an attachment (type ``attachment``, or a ``filename``), else the first.
+    Readers differ on which of several counts (review rev67 F6: "inline" then
+    "attachment; filename=..." hid 60 kB from us and not from Dovecot)."""
+    parsed = [_parse_params(value) for value in values]
+    for disp_type, params in parsed:
+        kind = "".join(_SIMPLE_COMMENT.sub("", disp_type).split()).lower()
+        if kind == "attachment" or _has_param(params, "filename"):
+            return disp_type, params
+    return parsed[0] if parsed else ("", {})
+
+
+def _decoded(raw: bytearray) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _header_text(raw: bytearray | None) -> str | None:
