@@ -1260,6 +1260,10 @@ def _loopback_socket(socket: str) -> bool:
         return False
 
 
+#: The shortest prefix of a site.trusted_networks entry, per IP version.
+_SHORTEST_TRUSTED: Final = {4: 8, 6: 7}
+
+
 def _site(s: _Section) -> SiteConfig:
     d = SiteConfig()
     networks: list[IPNetwork] = []
@@ -1271,8 +1275,15 @@ def _site(s: _Section) -> SiteConfig:
             network = parse_network(_unbracket(item))
         except ValueError as exc:
             raise s.error("trusted_networks", str(exc)) from None
-        if network.prefixlen == 0:
-            raise s.error("trusted_networks", f"{item!r} is every address: any client could relay")
+        if network.prefixlen < _SHORTEST_TRUSTED[network.version]:
+            # Every address, or a typo for one (review rev65 F4; rev67: 0.0.0.0/1 and
+            # 128.0.0.0/1 were all of IPv4): no site trusts more than a /8 (IPv4) or
+            # a /7 (IPv6: all unique local addresses, fc00::/7) to relay.
+            raise s.error(
+                "trusted_networks",
+                f"{item!r} is larger than a /{_SHORTEST_TRUSTED[network.version]}:"
+                " clients of trusted_networks may relay; list the networks you mean",
+            )
         networks.append(network)
     ips: set[IPAddress] = set()
     for item in s.strings("our_ips"):
