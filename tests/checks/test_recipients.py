@@ -342,12 +342,22 @@ def test_backend_none_checks_nobody(
 # --- rcpt_limit with [domain."X"] tables ------------------------------------------------------
 
 DOMAINS: dict[str, dict[str, Any]] = {
-    "site": {"local_domains": ["example.com", "big.example", "twin.example", "plain.example"]},
+    "site": {
+        "local_domains": [
+            "example.com",
+            "big.example",
+            "twin.example",
+            "plain.example",
+            "one.example",
+        ]
+    },
     "limits": {"max_rcpt": 5},
     "domain": {
         "big.example": {"max_message_size": 9_000_000, "max_rcpt": 2},
         # Says the same as big.example: the two may share a transaction.
         "twin.example": {"max_message_size": 9_000_000},
+        # Only its max_rcpt differs from the global policy.
+        "one.example": {"max_rcpt": 1},
     },
 }
 
@@ -361,7 +371,12 @@ DOMAINS: dict[str, dict[str, Any]] = {
         (["a@plain.example"], "b@big.example", True),
         (["a@plain.example"], "b@example.com", False),  # both under the global policy
         (["a@big.example", "b@twin.example"], "c@big.example", True),  # big.example's max_rcpt
-        (["a@twin.example", "b@big.example"], "c@big.example", False),  # twin's max_rcpt is 5
+        # Every recipient's table holds, not the first one's (review rev69 F1).
+        (["a@twin.example", "b@big.example"], "c@big.example", True),
+        (["a@twin.example", "b@twin.example"], "c@twin.example", False),  # twin's is 5
+        (["a@example.com"], "b@one.example", True),
+        (["a@one.example"], "b@example.com", True),
+        ([], "a@one.example", False),
         # An invalid address falls under the domain it names: the mailbox check's to judge.
         (["a@big.example"], "<b..c@big.example>", False),
         (["a@big.example"], "<b..c@plain.example>", True),

@@ -51,7 +51,10 @@ class RcptLimit:
                     f" {_named(new)}, this transaction under {_named(current)}:"
                     " send it in another transaction",
                 )
-            limit = current.max_rcpt
+            # Every table of the transaction's recipients holds: the first one's alone
+            # let a recipient without a table, named first, lift a domain's max_rcpt
+            # (review rev69 F1).
+            limit = min([new.max_rcpt, *(self._policy(d).max_rcpt for d in set(first))])
         if len(txn.recipient_domains) >= limit:
             return Hit("rcpt_limit", f"already {len(txn.recipient_domains)} recipients")
         return None
