@@ -58,6 +58,8 @@ def test_authserv_id_of_an_incoming_field(value: str, found: str | None) -> None
 
 def test_only_our_authserv_id_names_us() -> None:
     assert names_us("(x) MX.EXAMPLE.COM; none", "mx.example.com")
+    assert names_us("mx.example.com.; spf=pass", "mx.example.com")  # review rev69 F2
+    assert names_us("xn--bcher-kva.example; none", "bücher.example")
     assert not names_us("mx.example.com.evil; none", "mx.example.com")
     assert not names_us("other.example; spf=pass smtp.mailfrom=mx.example.com", "mx.example.com")
 

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from smtpguard.address import canonical_domain
+
 if TYPE_CHECKING:
     from smtpguard.checks.client_host import ReverseDns
     from smtpguard.session import Connection, Transaction
@@ -118,10 +120,11 @@ def _skip_cfws(text: str) -> int:
 
 
 def names_us(value: str, authserv_id: str) -> bool:
-    """Whether an incoming ``Authentication-Results`` value carries our authserv-id
-    (compared case-insensitively, as host names are)."""
+    """Whether an incoming ``Authentication-Results`` value carries our authserv-id,
+    compared as domain names are: case, a trailing dot and the spelling of an IDN do
+    not count (review rev69 F2: "mx.example.com." was delivered beside ours)."""
     found = authserv_id_of(value)
-    return found is not None and found.lower() == authserv_id.lower()
+    return found is not None and canonical_domain(found) == canonical_domain(authserv_id)
 
 
 def fold(name: str, words: Iterable[str]) -> str:

@@ -14,6 +14,7 @@ import pytest
 from smtpguard.checks import Event
 from smtpguard.checks.spf import Spf
 from smtpguard.dns import Resolver, Status
+from smtpguard.resultheaders import spf_result
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services, fake_resolver
@@ -310,3 +311,17 @@ def test_short_slot_waits_along_an_include_chain_add_up(tmp_path: Path, fake: Fa
         stop.set()
         resolver.close()
         thread.join(timeout=5)
+
+
+def test_the_result_names_an_idn_sender_domain_in_a_labels(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """Review rev69 F3: smtp.mailfrom="bücher.test" (quoted UTF-8), which RFC 8601
+    parsers refuse; the A-labels are what SPF checked."""
+    fake.add("xn--bcher-kva.test", "TXT", f'"v=spf1 ip4:{CLIENT} -all"')
+    conn = make_conn(sender="<a@Bücher.test.>", ip=CLIENT, smtputf8=True)
+    assert spf(tmp_path, resolver)(conn, Event(deadline=time.monotonic() + 2)) is None
+    assert conn.txn is not None
+    found = spf_result(conn.txn)
+    assert found is not None
+    assert (found.result, found.value) == ("pass", "xn--bcher-kva.test")

@@ -242,5 +242,6 @@ class Spf:
 
 def _identity_domain(txn: Transaction, helo: str) -> str:
     """The domain the result is about, for Authentication-Results: the sender's, or
-    the HELO name for the null sender; without a trailing dot, as it was checked."""
-    return (txn.sender.domain if txn.sender else "").removesuffix(".") or helo
+    the HELO name for the null sender; as it was checked: without a trailing dot, an
+    IDN in A-labels (review rev69 F3: quoted UTF-8 that RFC 8601 parsers refuse)."""
+    return (txn.sender.domain_canonical if txn.sender else "") or helo
