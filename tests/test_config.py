@@ -121,6 +121,22 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ("[site]\ntrusted_networks = ['::/0']\n", "site.trusted_networks", "larger than a /7"),
         ("[site]\ntrusted_networks = ['0.0.0.0/1']\n", "site.trusted_networks", "larger than a /8"),
         ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),
+        # Review rev69 F4: two fields of one name, the reader takes the first.
+        (
+            "[milter]\nreport_header = 'x-spam-status'\n",
+            "milter.report_header",
+            "'x-spam-status' is already a field smtpguard writes (X-Spam-Status)",
+        ),
+        (
+            "[milter]\nreport_header = 'Authentication-Results'\n",
+            "milter.report_header",
+            "is already a field smtpguard writes (Authentication-Results)",
+        ),
+        (
+            "[milter]\nreport_header = 'X-Flag'\n[antispam]\nflag_header = 'X-FLAG'\n",
+            "antispam.flag_header",
+            "'X-FLAG' is already the name of milter.report_header",
+        ),
         ("[site]\nlocal_domains = [1]\n", "site.local_domains[0]", "expected a string"),
         ("[replies]\nform = 'two_lines'\n", "replies.form", "must be one of"),
         ("[replies]\nhelp_url = 'https://x'\n", "replies.help_url", "{id}"),

@@ -888,6 +888,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     _require_scoring(root, dnsbl, checks)
     _require_relay_enforced(root, milter, site, checks)
     _require_one_policy_per_transaction(root, domains, checks, policy)
+    _require_distinct_fields(root, milter, antispam, content)
     return Config(
         file=root.file,
         milter=milter,
@@ -1919,6 +1920,33 @@ def _require_one_policy_per_transaction(
             )
     if "rcpt_limit" in policy.postmaster_skip:
         raise ConfigError(root.file, "policy.postmaster_skip", f"must not skip rcpt_limit: {why}")
+
+
+#: Fields smtpguard writes under names of their own: none of the configurable ones may
+#: take one of these names.
+_WRITTEN_FIELDS: Final = ("Authentication-Results", "X-Spam-Status", "X-Spam-Report")
+
+
+def _require_distinct_fields(
+    root: _Section, milter: MilterConfig, antispam: AntispamConfig, content: ContentConfig
+) -> None:
+    """The header fields smtpguard writes (and removes as forged) name different
+    things: under one name the reader takes the first (review rev69 F4: a report
+    header named X-Spam-Status made two of them; named Authentication-Results it
+    wrote an invalid one)."""
+    named = [
+        ("milter.report_header", milter.report_header),
+        ("antispam.flag_header", antispam.flag_header),
+        ("antispam.score_header", antispam.score_header),
+        ("content.loop_marker", content.loop_marker),
+    ]
+    taken = {name.lower(): f"a field smtpguard writes ({name})" for name in _WRITTEN_FIELDS}
+    for key, name in named:
+        if not name:
+            continue
+        if name.lower() in taken:
+            raise ConfigError(root.file, key, f"{name!r} is already {taken[name.lower()]}")
+        taken[name.lower()] = f"the name of {key}"
 
 
 def _require_resolver(
