@@ -220,6 +220,26 @@ def test_sender_exemption_with_spf_pass(tmp_path: Path, resolver: Resolver, fake
     assert not p.exempt(make_conn(sender="a@other.example"), "rbl", Stage.MAIL, event)
 
 
+@pytest.mark.parametrize(
+    "sender", ["a@partner.example.", '"a"@Partner.Example', '"x@other.example"@partner.example']
+)
+def test_an_spf_pass_exemption_checks_the_sender_as_the_spf_check_does(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, sender: str
+) -> None:
+    """Review rev69 F5: "a@partner.example." was checked as written, pyspf answered
+    "none" for the empty last label, and the partner's exemption never held."""
+    fake.add("partner.example", "TXT", '"v=spf1 ip4:198.51.100.0/24 -all"')
+    fake.add("other.example", "TXT", '"v=spf1 +all"')
+    p = policy(
+        tmp_path,
+        resolver,
+        exempt=[{"senders": ["partner.example"], "spf_pass": True, "skip": ["rbl"]}],
+    )
+    event = Event(deadline=None)
+    assert p.exempt(make_conn(sender=sender, ip="198.51.100.9"), "rbl", Stage.MAIL, event)
+    assert not p.exempt(make_conn(sender=sender, ip="203.0.113.9"), "rbl", Stage.MAIL, event)
+
+
 def test_an_spf_pass_exemption_has_the_sender_checks_time(
     tmp_path: Path, resolver: Resolver, fake: FakeDns
 ) -> None:

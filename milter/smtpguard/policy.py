@@ -53,7 +53,7 @@ from smtpguard.address import (
 )
 from smtpguard.checks import Event, Services, Stage, domain_of, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
-from smtpguard.checks.spf import SpfQuery
+from smtpguard.checks.spf import SpfQuery, by_parts, mailfrom
 from smtpguard.config import Config, ConfigError, DomainPolicy, Exemption
 from smtpguard.dns import Pending, client_address, share_network
 from smtpguard.memo import Memo
@@ -254,7 +254,10 @@ class Policy:
         txn = conn.txn
         if self.dns is None or txn is None or txn.sender is None or conn.client_ip is None:
             return "none"
-        key = (conn.client_ip, txn.sender.text.lower(), (conn.helo or "").lower())
+        # The sender as the spf check asks (review rev69 F5: "boss@good.test." got
+        # "none", and the exemption's spf_pass never held for it).
+        sender = mailfrom(txn.sender)
+        key = (conn.client_ip, sender.lower(), (conn.helo or "").lower())
         found, known = self.spf_memo.get(key)
         if found and known is not None:
             return known
@@ -264,10 +267,11 @@ class Policy:
             event.sender_deadline(),
             network=share_network(conn),
             i=str(client_address(conn.client_ip)),
-            s=txn.sender.text,
+            s=sender,
             h=conn.helo or "unknown",
             receiver=self.receiver,
         )
+        by_parts(query, txn.sender)
         result = str(query.check()[0])
         if result != "temperror":
             self.spf_memo.put(key, result)

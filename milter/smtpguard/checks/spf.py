@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 import spf  # type: ignore[import-untyped]  # pyspf ships no type information
 
-from smtpguard.address import is_fqdn
+from smtpguard.address import Address, is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Resolver, Status, client_address, share_network
 from smtpguard.memo import Memo
@@ -180,9 +180,7 @@ class Spf:
             return None
         if conn.trusted:
             return None
-        # A trailing dot names the same domain (RFC 7208 §7.1 ignores it); pyspf reads
-        # the empty last label as a malformed domain and answers "none", which would
-        # let "forged@example.com." past "-all".
+        # A trailing dot names the same domain (mailfrom()).
         helo = (conn.helo or "").strip().removesuffix(".")
         if txn.sender.is_null:
             # §2.3: no HELO identity without a host name.
@@ -190,7 +188,7 @@ class Spf:
                 return None
             sender, identity = "", "helo"
         else:
-            sender, identity = txn.sender.text.removesuffix("."), "mailfrom"
+            sender, identity = mailfrom(txn.sender), "mailfrom"
         key = (conn.client_ip, sender.lower(), helo.lower())
         found, memoized = self.memo.get(key)
         if found and memoized is not None:
@@ -205,13 +203,8 @@ class Spf:
             h=helo or "unknown",
             receiver=self.receiver,
         )
-        if sender and txn.sender.domain:
-            # pyspf splits at the first "@", so a quoted local part holding one
-            # ("x@"@example.com) would have it check a malformed domain, answer "none"
-            # and pass mail that example.com's "-all" refuses. The parsed parts are
-            # the ones the MTA delivers by.
-            query.l = txn.sender.local or "postmaster"
-            query.o = query.d = txn.sender.domain.removesuffix(".")
+        if sender:
+            by_parts(query, txn.sender)
         result, _code, explanation = query.check()
         refused = result == "fail" or (result == "softfail" and self.reject_softfail)
         if refused and query.ptr_temperror:
@@ -238,6 +231,23 @@ class Spf:
             log.info("spf sid=%s detail=%r", conn.session_id, detail)
         self.memo.put(key, (verdict, result))
         return verdict
+
+
+def mailfrom(sender: Address) -> str:
+    """The MAIL FROM identity as SPF checks it: a trailing dot names the same domain
+    (RFC 7208 §7.1 ignores it); pyspf reads the empty last label as a malformed domain
+    and answers "none", which would let "forged@example.com." past "-all"."""
+    return sender.text.removesuffix(".")
+
+
+def by_parts(query: SpfQuery, sender: Address) -> None:
+    """Have ``query`` check ``sender``'s parsed parts: pyspf splits at the first "@",
+    so a quoted local part holding one ("x@"@example.com) would have it check a
+    malformed domain, answer "none" and pass mail that example.com's "-all" refuses.
+    The parsed parts are the ones the MTA delivers by."""
+    if sender.domain:
+        query.l = sender.local or "postmaster"
+        query.o = query.d = sender.domain.removesuffix(".")
 
 
 def _identity_domain(txn: Transaction, helo: str) -> str:
