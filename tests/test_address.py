@@ -1071,6 +1071,10 @@ def test_u_and_a_label_spellings_meet(label: str) -> None:
         ("<@a,@b:alice@example.com>", {("alice", "example.com")}),
         ("< alice @ example.com >", {("alice", "example.com")}),
         ("<(only a comment)>", set()),
+        # Review rev70 N1: text after the closing bracket.
+        ("<alice@example.com>(x)", {("alice", "example.com")}),
+        ("<alice@example.com>, ;", {("alice", "example.com")}),
+        ("x:<alice@example.com>;", {("alice", "example.com")}),
         ("<Group:;>", set()),
     ],
 )

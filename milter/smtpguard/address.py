@@ -679,9 +679,19 @@ def xtext_decode(text: str) -> str:
 
 def raw_parts(raw: str) -> tuple[str, str]:
     """The local part and domain an unparsable path seems to name: split at its last
-    "@" (no "@": all local part), the domain lower-cased."""
-    local, at, domain = raw.strip().strip("<>").strip().rpartition("@")
+    "@" (no "@": all local part), the domain lower-cased; comments, white space,
+    quotes and angle brackets removed first, as the MTA's tokenizer drops them
+    (review rev70 N1: "<x@small.example>(c)" named the domain "small.example>")."""
+    local, at, domain = _bare(raw).rpartition("@")
     return (local, domain.rstrip(".").lower()) if at else (domain, "")
+
+
+def _bare(raw: str) -> str:
+    """``raw`` without comments, white space, quotes, backslashes and angle brackets."""
+    text = _without_comments(raw)
+    for char in '"\\<>':
+        text = text.replace(char, "")
+    return "".join(text.split())
 
 
 #: Source routes before an address: "@a,@b:" and "@a:@b:" (RFC 5321 §4.1.2, obsolete).
@@ -713,8 +723,9 @@ def implied_addresses(raw: str) -> frozenset[tuple[str, str]]:
     # an address (review rev67 F1: "<alice@example.com(x)>", "<x:alice@example.com;>",
     # "<alice@example.com,>" and "<@a:@b:alice>" were each delivered as one of ours).
     # Dequoted: '"user@foreign"' is user@foreign to Postfix's resolver.
-    text = _without_comments(raw.strip().strip("<>"))
-    text = "".join(text.split()).replace('"', "").replace("\\", "")
+    # Angle brackets go wherever they are (rev70 N1: "<alice@example.com>(x)" and
+    # "<alice@example.com>," kept a ">" in the domain).
+    text = _bare(raw)
     # Each element of a list, after a group's name.
     pieces = {e.rpartition(":")[2] for e in re.split(r"[,;]", _ROUTE.sub("", text))} - {""}
     found: set[tuple[str, str]] = set()

@@ -93,6 +93,9 @@ def test_relay_local_without_usable_sender(relay_local: RelayLocal, sender: str 
         "<x:alice@example.com;>",
         "<alice@example.com,>",
         "<@a:@b:alice>",
+        # Review rev70 N1: after the closing bracket.
+        "<alice@example.com>(x)",
+        "<alice@example.com>,",
     ],
 )
 def test_an_unparsable_sender_the_mta_may_make_ours(relay_local: RelayLocal, sender: str) -> None:
