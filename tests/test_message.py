@@ -110,3 +110,14 @@ def test_a_content_field_too_large_to_keep_counts_the_body_whole() -> None:
     assert state.mime is not None
     assert state.mime.largest_attachment >= 200_000
     assert state.mime.largest_attachment_name == "<unparsed part: header block too large>"
+
+
+def test_a_disposition_past_those_kept_counts_the_body_whole() -> None:
+    """Review rev70 N2: eight "inline" copies first, and the ninth, "attachment",
+    went unread; Dovecot took it (the last) and showed the attachment."""
+    headers = [("Content-Type", "application/octet-stream")]
+    headers += [("Content-Disposition", "inline")] * 8
+    headers += [("Content-Disposition", "attachment; filename=big.bin")]
+    state = _mime_message(headers, b"x" * 200_000)
+    assert state.mime is not None
+    assert state.mime.largest_attachment >= 200_000

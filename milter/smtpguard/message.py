@@ -92,15 +92,17 @@ class MessageState:
         lowered = name.lower()
         if lowered == "received":
             self.received += 1
-        elif (
-            self._track_mime
-            and lowered in _MIME_HEADERS
-            and self._content_seen.get(lowered, 0) < _KEPT_COPIES.get(lowered, 1)
-        ):
-            # Only the first copies count (the walker reads no other): later ones
-            # cannot use up the budget and push out a Content-Type that comes after
-            # them (found by review: the attachment went uncounted).
-            self._content_seen[lowered] = self._content_seen.get(lowered, 0) + 1
+        elif self._track_mime and lowered in _MIME_HEADERS:
+            seen = self._content_seen[lowered] = self._content_seen.get(lowered, 0) + 1
+            if seen > _KEPT_COPIES.get(lowered, 1):
+                # Only the first copies count (the walker reads no other): later ones
+                # cannot use up the budget and push out a Content-Type that comes after
+                # them (found by review: the attachment went uncounted). A disposition
+                # past those kept may be the one a reader takes: the body is then read
+                # whole (review rev70 N2: the ninth "attachment" went unseen).
+                if lowered in _KEPT_COPIES:
+                    self._content_cut = True
+                return
             cost = len(name) + len(value) + _ENTRY_OVERHEAD
             if self._kept + cost <= _MAX_KEPT_HEADER_BYTES:
                 self._content_headers.append((name, value))
