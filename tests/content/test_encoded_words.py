@@ -34,7 +34,14 @@ from smtpguard.content.encoded_words import decode
         ("=?x-no-such-charset?q?win_money?=", "win money"),
         ("=?x-gbk?b?1tDOxA==?=", "中文"),
         ("=?utf-8?q?caf=C3=A9?= =?bogus?q?x?= =?utf-8?q?y?=", "caféxy"),
-        # Codecs that are no text encodings are not applied (rev67 F3: they raised).
+        # Codecs without an alias, and mail clients' labels (rev70 N3).
+        ("=?koi8-u?b?4sXay8/b1M/Xzs8=?=", "Безкоштовно"),
+        ("=?windows-874?q?=BF=C3=D5?=", "ฟรี"),
+        ("=?koi8-ru?q?=E6=D7?=", "Фв"),
+        # Codecs that are no text encodings, or no charsets, are not applied (rev67
+        # F3: they raised).
+        ("=?undefined?q?abc?=", "abc"),
+        ("=?idna?q?abc=FF?=", "abc\ufffd"),
         ("=?rot13?q?uryyb?=", "uryyb"),
         ("=?base64?q?aGk=?=", "aGk="),
         # Not encoded words: stay as written.

@@ -35,6 +35,7 @@ import binascii
 import codecs
 import encodings
 import encodings.aliases
+import pkgutil
 import re
 from typing import Final
 
@@ -77,18 +78,59 @@ def _flush(out: list[str], pending: list[bytes], charset: str) -> None:
         pending.clear()
 
 
+#: Charset labels mail clients write that Python's aliases lack (WHATWG's Encoding
+#: Standard names them), to Python's codec.
+_MAIL_LABELS: Final = {
+    "windows-874": "cp874",
+    "koi8-ru": "koi8_u",
+    "iso-8859-8-i": "iso8859_8",
+    "iso-8859-6-i": "iso8859_6",
+    "iso-8859-6-e": "iso8859_6",
+    "iso-8859-8-e": "iso8859_8",
+    "x-mac-cyrillic": "mac_cyrillic",
+    "x-mac-roman": "mac_roman",
+    "x-user-defined": "latin_1",
+}
+
+
 def _text_codecs() -> dict[str, str]:
-    """Every name and alias of Python's text codecs, normalized, to the codec's name."""
+    """Every name, alias and module of Python's text codecs (and :data:`_MAIL_LABELS`),
+    normalized, to the codec's name. The modules too: some codecs have no alias
+    (koi8_u, cp874; review rev70 N3: read as UTF-8, their words matched no rule)."""
     names = set(encodings.aliases.aliases) | set(encodings.aliases.aliases.values())
+    names |= {module.name for module in pkgutil.iter_modules(encodings.__path__)}
     table = {}
-    for name in names:
+    for name in (*names, *_MAIL_LABELS.values()):
         try:
             info = codecs.lookup(name)
-        except LookupError:
+        except (LookupError, ImportError, ValueError):
             continue
-        if getattr(info, "_is_text_encoding", True):
+        if getattr(info, "_is_text_encoding", True) and _reads_any_octets(info.name):
             table[_normal(name)] = info.name
+    for label, codec in _MAIL_LABELS.items():
+        table[_normal(label)] = table[_normal(codec)]
     return table
+
+
+#: Text codecs that are no charsets of mail: they raise whatever the error handler
+#: ("undefined", "idna") or read escapes and labels instead of characters.
+_NOT_CHARSETS: Final = frozenset(
+    {"undefined", "idna", "punycode", "unicode-escape", "raw-unicode-escape"}
+)
+#: Every octet, and malformed sequences of the multi-octet codecs.
+_PROBE: Final = bytes(range(256)) + b"\\x\\u12\xff\xfe\x00\xd8\x1b$B\x1b(\x8e"
+
+
+def _reads_any_octets(codec: str) -> bool:
+    """Whether ``codec`` decodes any octets with ``errors="replace"`` without raising
+    (a word of such a charset would otherwise make the rules fail: rev67 F3)."""
+    if codec in _NOT_CHARSETS:
+        return False
+    try:
+        _PROBE.decode(codec, "replace")
+    except (UnicodeError, ValueError, TypeError, LookupError):
+        return False
+    return True
 
 
 def _normal(charset: str) -> str:
