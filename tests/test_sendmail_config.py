@@ -325,3 +325,24 @@ def test_smtpguard_not_first_in_the_filter_list_is_a_warning(
     assert built.returncode == 0, built.stderr
     assert built.filters == filters
     assert ("smtpguard: warning: smtpguard is not the first" in built.stderr) is warned
+
+
+@pytest.mark.integration
+def test_a_list_replaced_after_smtpguards_lines_is_warned_about(
+    build_cf: Callable[[str], Built],
+) -> None:
+    """Review rev70 N5: another milter's define after smtpguard's lines replaced the MAIL
+    list without the SASL macros; the build was silent and every login was refused."""
+    later = OTHER_FILTER + "define(`confMILTER_MACROS_ENVFROM',`{mail_addr}')dnl\n"
+    built = build_cf(sendmail_mc(load(SAMPLE)) + later)
+    assert built.returncode == 0
+    for macro in ("i", "{auth_type}", "{auth_authen}", "{tls_version}"):
+        assert f"smtpguard: warning: confMILTER_MACROS_ENVFROM lacks {macro} (" in built.stderr
+    assert "confMILTER_MACROS_CONNECT lacks" not in built.stderr
+    assert "lacks" not in build_cf(sendmail_mc(load(SAMPLE))).stderr
+
+
+def test_the_guard_messages_hold_no_m4_quotes() -> None:
+    """An apostrophe in a message ends m4's quoted argument: the .mc would not build."""
+    text = sendmail_mc(load(SAMPLE))
+    assert text.count("errprint(`") == len(re.findall(r"errprint\(`[^`']*'\)", text)) > 6

@@ -33,6 +33,17 @@ SENDMAIL_MACROS: Final = {
     "confMILTER_MACROS_ENVFROM": ("i", "{auth_type}", "{auth_authen}", "{tls_version}"),
 }
 
+#: What smtpguard cannot do without each macro: the build warns when a line after
+#: smtpguard's replaced a list without it (review rev70 N5: every login unknown).
+MACRO_NEEDS: Final = {
+    "v": "it cannot tell Sendmail from other MTAs (replies ASCII only, logins not decoded)",
+    "{client_resolve}": "host_suffixes exemptions need a resolver",
+    "{tls_version}": "logins that policy.auth_tls_required names are refused",
+    "i": "log lines have no queue id",
+    "{auth_type}": "logins are unknown to smtpguard: their mail is refused",
+    "{auth_authen}": "logins are unknown to smtpguard: their mail is refused",
+}
+
 #: ``T=R:`` and ``T=E:`` never go below these (the fixed values they had before they
 #: were derived from the config): a default config keeps Sendmail's usual timeouts.
 MIN_READ_TIMEOUT: Final = 30
@@ -125,6 +136,22 @@ def sendmail_filter_guard(name: str) -> str:
     return f"m4wrap(`ifelse({anywhere}, -1, `{missing}', `ifelse({first}, -1, `{not_first}')')')dnl"
 
 
+def sendmail_macro_guard() -> str:
+    """An ``m4wrap`` line: at the end of the .mc, a warning for each macro smtpguard
+    reads that its list lacks (a line after smtpguard's replaced the list: the
+    appends of :func:`sendmail_macro_lines` came too early; review rev70 N5)."""
+    checks = []
+    for key, macros in SENDMAIL_MACROS.items():
+        for macro in macros:
+            found = f"regexp(`,'defn(`{key}')`,', `{_MACRO_EDGE}{macro}{_MACRO_EDGE}')"
+            warning = (
+                f"errprint(`smtpguard: warning: {key} lacks {macro} (a later define"
+                f" replaced it; put that define above the smtpguard lines): {MACRO_NEEDS[macro]}\n')"
+            )
+            checks.append(f"ifelse({found}, -1, `{warning}')")
+    return f"m4wrap(`{''.join(checks)}')dnl"
+
+
 #: What the INPUT_MAIL_FILTER line's S= may hold. Sendmail splits the equates at a
 #: comma, cuts the line at "#", expands "$x" as a macro, and m4's quotes end the
 #: argument: the .cf then fails to load, runs without the filter, or tempfails every
@@ -167,8 +194,10 @@ def sendmail_mc(config: Config) -> str:
         f"`S={address}, F=T, T={sendmail_timeouts(config)}')dnl",
         "dnl Stops the build if a later line drops smtpguard from the filter list.",
         sendmail_filter_guard(config.milter.name),
-        "dnl Macros: added to the lists Sendmail (and other milters) already send.",
+        "dnl Macros: added to the lists Sendmail (and other milters) already send;",
+        "dnl the build warns if a later line drops one.",
         *sendmail_macro_lines(),
+        sendmail_macro_guard(),
         "dnl Hops: Sendmail counts its own Received header, which smtpguard never sees,",
         'dnl and refuses a message only after accepting it (250, then "Too many hops"): one',
         "dnl above limits.max_hops leaves the refusal to smtpguard, during the SMTP session.",
