@@ -118,7 +118,9 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "site.trusted_networks",
             "host bits set in '192.0.2.0/2': did you mean 192.0.0.0/2?",
         ),
-        ("[site]\ntrusted_networks = ['::/0']\n", "site.trusted_networks", "larger than a /7"),
+        ("[site]\ntrusted_networks = ['::/0']\n", "site.trusted_networks", "larger than a /16"),
+        ("[site]\ntrusted_networks = ['2000::/7']\n", "site.trusted_networks", "larger than a /16"),
+        ("[site]\ntrusted_networks = ['fc00::/6']\n", "site.trusted_networks", "larger than a /16"),
         ("[site]\ntrusted_networks = ['0.0.0.0/1']\n", "site.trusted_networks", "larger than a /8"),
         ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),
         # Review rev69 F4: two fields of one name, the reader takes the first.

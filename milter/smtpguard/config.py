@@ -1262,7 +1262,9 @@ def _loopback_socket(socket: str) -> bool:
 
 
 #: The shortest prefix of a site.trusted_networks entry, per IP version.
-_SHORTEST_TRUSTED: Final = {4: 8, 6: 7}
+_SHORTEST_TRUSTED: Final = {4: 8, 6: 16}
+#: All unique local IPv6 addresses (RFC 4193): a /7 a site may trust as its own.
+_ULA: Final = ipaddress.IPv6Network("fc00::/7")
 
 
 def _site(s: _Section) -> SiteConfig:
@@ -1276,13 +1278,17 @@ def _site(s: _Section) -> SiteConfig:
             network = parse_network(_unbracket(item))
         except ValueError as exc:
             raise s.error("trusted_networks", str(exc)) from None
-        if network.prefixlen < _SHORTEST_TRUSTED[network.version]:
+        shortest = _SHORTEST_TRUSTED[network.version]
+        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_ULA):
+            shortest = _ULA.prefixlen
+        if network.prefixlen < shortest:
             # Every address, or a typo for one (review rev65 F4; rev67: 0.0.0.0/1 and
-            # 128.0.0.0/1 were all of IPv4): no site trusts more than a /8 (IPv4) or
-            # a /7 (IPv6: all unique local addresses, fc00::/7) to relay.
+            # 128.0.0.0/1 were all of IPv4): no site trusts more than a /8 (IPv4), a
+            # /16 of global IPv6 (rev70: 2000::/7 was accepted) or all unique local
+            # addresses (fc00::/7) to relay.
             raise s.error(
                 "trusted_networks",
-                f"{item!r} is larger than a /{_SHORTEST_TRUSTED[network.version]}:"
+                f"{item!r} is larger than a /{shortest}:"
                 " clients of trusted_networks may relay; list the networks you mean",
             )
         networks.append(network)

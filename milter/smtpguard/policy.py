@@ -257,7 +257,8 @@ class Policy:
         # The sender as the spf check asks (review rev69 F5: "boss@good.test." got
         # "none", and the exemption's spf_pass never held for it).
         sender = mailfrom(txn.sender)
-        key = (conn.client_ip, sender.lower(), (conn.helo or "").lower())
+        helo = (conn.helo or "").strip().removesuffix(".")
+        key = (conn.client_ip, sender.lower(), helo.lower())
         found, known = self.spf_memo.get(key)
         if found and known is not None:
             return known
@@ -268,7 +269,7 @@ class Policy:
             network=share_network(conn),
             i=str(client_address(conn.client_ip)),
             s=sender,
-            h=conn.helo or "unknown",
+            h=helo or "unknown",
             receiver=self.receiver,
         )
         by_parts(query, txn.sender)

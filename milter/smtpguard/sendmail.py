@@ -146,7 +146,8 @@ def sendmail_macro_guard() -> str:
             found = f"regexp(`,'defn(`{key}')`,', `{_MACRO_EDGE}{macro}{_MACRO_EDGE}')"
             warning = (
                 f"errprint(`smtpguard: warning: {key} lacks {macro} (a later define"
-                f" replaced it; put that define above the smtpguard lines): {MACRO_NEEDS[macro]}\n')"
+                " replaced it; put that define above the smtpguard lines):"
+                f" {MACRO_NEEDS[macro]}\n')"
             )
             checks.append(f"ifelse({found}, -1, `{warning}')")
     return f"m4wrap(`{''.join(checks)}')dnl"
