@@ -27,6 +27,11 @@ from smtpguard.content.encoded_words import decode
         ("=?utf-8?q?=E4=B8?= =?utf-8?q?=AD?=", "中"),
         # White space in the text, as mail readers take it (review rev67 F2).
         ("=?utf-8?q?You have w=6Fn a prize?=", "You have won a prize"),
+        # A "?" in the text, as mutt and Python's reader take it (review rev70 N6).
+        ("=?utf-8?q?You_have_won?_a_prize?=", "You have won? a prize"),
+        ("=?utf-8?b?WW91IGhhdmUgd29u?IGEgcHJpemU=?=", "You have won a prize"),
+        # Not past a line end.
+        ("=?utf-8?q?a\r\n b?=", "=?utf-8?q?a\r\n b?="),
         # An unknown charset is read as UTF-8 (rev67 F2; rev66 F1: email.header raised
         # CharsetError for the first two).
         ("=?é?q?x?=", "x"),
@@ -54,7 +59,17 @@ def test_decode(value: str, decoded: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "unit", ["=?a?b?c ", "=?", "=?a", "=?utf-8?q?" + "y" * 50, "=?u?b?" + "x" * 70 + "?"]
+    "unit",
+    [
+        "=?a?b?c ",
+        "=?",
+        "=?a",
+        "=?utf-8?q?" + "y" * 50,
+        "=?u?b?" + "x" * 70 + "?",
+        "=?a?b?",
+        "=?a?b?x?",
+        "=?a?q?" + "z" * 30 + "\n",
+    ],
 )
 def test_hostile_values_take_linear_time(unit: str) -> None:
     """Review rev66 F2: email.header.decode_header took 2 s of CPU (GIL held) for a
