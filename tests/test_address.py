@@ -1075,6 +1075,9 @@ def test_u_and_a_label_spellings_meet(label: str) -> None:
         ("<alice@example.com>(x)", {("alice", "example.com")}),
         ("<alice@example.com>, ;", {("alice", "example.com")}),
         ("x:<alice@example.com>;", {("alice", "example.com")}),
+        # Review rev71 R1: a "(" quoted or escaped is part of the address.
+        ('<"(alice"@example.com(x)>', {("(alice", "example.com")}),
+        ("<alice\\(x@example.com>", {("alice(x", "example.com")}),
         ("<Group:;>", set()),
     ],
 )

@@ -746,26 +746,28 @@ def implied_addresses(raw: str) -> frozenset[tuple[str, str]]:
     )
 
 
+_NESTING = {"(": 1, ")": -1}
+
+
 def _without_comments(text: str) -> str:
-    """``text`` without RFC 5322 comments (nested parentheses; a backslash quotes the
-    next character). Linear; an unclosed comment runs to the end."""
+    """``text`` without RFC 5322 comments (nested parentheses), read as Postfix's
+    tokenizer reads it: a ``(`` inside a quoted string or after a backslash is a
+    character of the address, not a comment (review rev71 R1: "\"(victim\"@gmail.example"
+    lost its domain). Linear; an unclosed comment or string runs to the end."""
     if "(" not in text:
         return text
     out: list[str] = []
     depth = 0
-    escaped = False
+    quoted = escaped = False
     for char in text:
         if depth:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == "(":
-                depth += 1
-            elif char == ")":
-                depth -= 1
-        elif char == "(":
-            depth = 1
-        else:
+            if not escaped:
+                depth += _NESTING.get(char, 0)
+        elif escaped or quoted or char != "(":
             out.append(char)
+            if char == '"' and not escaped:
+                quoted = not quoted
+        else:
+            depth = 1
+        escaped = not escaped and char == "\\"
     return "".join(out)

@@ -325,7 +325,21 @@ def test_relay_without_recipient_or_transaction(relay: Relay) -> None:
     assert relay(make_conn(), rcpt("x@example.org")) is None
 
 
-@pytest.mark.parametrize("raw", ["<a@b@victim.example>", "<" + "a" * 65 + "@victim.example>"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<a@b@victim.example>",
+        "<" + "a" * 65 + "@victim.example>",
+        # Review rev71 R1: a "(" quoted or escaped is no comment to Postfix, which
+        # delivered these to gmail.example.
+        '<"(victim"@gmail.example(x)>',
+        '<"a(b"@gmail.example(x)>',
+        "<victim\\(@gmail.example>",
+        "<victim\\(x@gmail.example>",
+        # An "@" that no reading of ours places: not a bare local name.
+        '<"(x"@>',
+    ],
+)
 def test_unparsable_foreign_recipient_is_still_relay_controlled(relay: Relay, raw: str) -> None:
     """Relay control must not depend on the mailbox check refusing the address."""
     event = rcpt(raw)

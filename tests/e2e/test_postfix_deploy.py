@@ -195,6 +195,29 @@ def test_routing_in_the_local_part_does_not_relay(recipient: str) -> None:
             postfix.stop()
 
 
+@pytest.mark.parametrize(
+    "recipient", ['"(victim"@gmail.example(x)', '"a(b"@gmail.example(x)', "victim\\(@gmail.example"]
+)
+def test_a_quoted_or_escaped_parenthesis_does_not_relay(recipient: str) -> None:
+    """Review rev71 R1: read as a comment, the "(" took the recipient's domain with it,
+    smtpguard took it for a local name, and Postfix (relay_control "milter", the mailbox
+    check in report mode) delivered it to gmail.example."""
+    s = site(
+        "relay-paren",
+        {"site": {"relay_control": "milter"}, "checks": {"mailbox": {"mode": "report"}}},
+    )
+    with running(s):
+        postfix = start_postfix(s.config)
+        try:
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+                rcpt = c.cmd(f"RCPT TO:<{recipient}>")
+            assert_nothing_relayed(postfix, rcpt)
+            assert rcpt.lines == (expected_line("host_denies_relay"),), rcpt
+        finally:
+            postfix.stop()
+
+
 def test_switching_relay_control_back_keeps_relaying_closed() -> None:
     """relay_control "milter", then "postfix", postfix-config applied after each: the
     first one's pass-through must go, not be written out expanded (a bare static:{OK}

@@ -89,8 +89,13 @@ class Relay:
             if conn.trusted or postmaster or bounce:
                 return None
         elif not routed and (
-            # A bare <postmaster> (RFC 5321 §4.5.1) is always ours.
-            not domain or self.site.is_local(domain) or self.site.is_relay(domain)
+            # A bare <postmaster> (RFC 5321 §4.5.1) is always ours, and the MTA takes
+            # any address without a domain for one of its own; not one whose "@" only
+            # our reading of it lost (review rev71 R1: a quoted "(" read as a comment
+            # left "\"(victim\"@gmail.example(x)" without a domain, and it relayed).
+            (not domain and "@" not in event.rcpt_raw)
+            or self.site.is_local(domain)
+            or self.site.is_relay(domain)
         ):
             return None
         where = f"through the local part of {event.rcpt_raw!r}" if routed else f"to {domain}"
