@@ -30,6 +30,16 @@ from smtpguard.content.encoded_words import decode
         # A "?" in the text, as mutt and Python's reader take it (review rev70 N6).
         ("=?utf-8?q?You_have_won?_a_prize?=", "You have won? a prize"),
         ("=?utf-8?b?WW91IGhhdmUgd29u?IGEgcHJpemU=?=", "You have won a prize"),
+        # Not past another opening: the word after an unclosed one is decoded, as
+        # Thunderbird and Python's newer reader decode it (review rev71 R2).
+        (
+            "=?utf-8?q?x =?utf-8?b?WW91IGhhdmUgd29uIGEgcHJpemU=?=",
+            "=?utf-8?q?x You have won a prize",
+        ),
+        (
+            "=?utf-8?b?SGk= =?utf-8?b?WW91IGhhdmUgd29uIGEgcHJpemU=?=",
+            "=?utf-8?b?SGk= You have won a prize",
+        ),
         # Not past a line end.
         ("=?utf-8?q?a\r\n b?=", "=?utf-8?q?a\r\n b?="),
         # An unknown charset is read as UTF-8 (rev67 F2; rev66 F1: email.header raised

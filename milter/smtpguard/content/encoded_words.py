@@ -37,6 +37,7 @@ import bisect
 import codecs
 import encodings
 import encodings.aliases
+import math
 import pkgutil
 import re
 from collections.abc import Iterator
@@ -85,11 +86,15 @@ def _words(value: str) -> Iterator[tuple[int, int, str, str, str]]:
 
     The text runs to the first ``?=`` after the opening, ``?`` inside it included
     (RFC 2047 forbids it; mail readers such as mutt and Python's take it: review rev70
-    N6), but not past a line end or :data:`MAX_TEXT`. The closers and line ends are
-    found once and each opening's looked up by bisection, so a value of many
-    openings and no closer is still read in linear time (review rev66 F2)."""
+    N6), but not past a line end, :data:`MAX_TEXT` or another opening: an opening
+    without a closer of its own would take the next word's text for its own, where
+    Thunderbird and Python's newer reader decode that word (review rev71 R2). The
+    closers, line ends and openings are found once and each opening's looked up by
+    bisection, so a value of many openings and no closer is still read in linear time
+    (review rev66 F2)."""
     closers = [m.start() for m in _CLOSING.finditer(value)]
     line_ends = [m.start() for m in _LINE_END.finditer(value)]
+    starts = [m.start() for m in _OPENING.finditer(value)]
     position = 0
     while (opening := _OPENING.search(value, position)) is not None:
         begin = opening.end()
@@ -97,12 +102,20 @@ def _words(value: str) -> Iterator[tuple[int, int, str, str, str]]:
         if index == len(closers):
             return  # no closer after it: no word after it either
         close = closers[index]
-        line_end = bisect.bisect_left(line_ends, begin)
-        if close - begin > MAX_TEXT or (line_end < len(line_ends) and line_ends[line_end] < close):
+        if close - begin > MAX_TEXT or (
+            _first_after(line_ends, begin) < close
+            or _first_after(starts, opening.start() + 1) < close
+        ):
             position = opening.start() + 2
             continue
         yield opening.start(), close + 2, opening.group(1), opening.group(2), value[begin:close]
         position = close + 2
+
+
+def _first_after(positions: list[int], start: int) -> float:
+    """The first of the sorted ``positions`` at or after ``start``, or infinity."""
+    index = bisect.bisect_left(positions, start)
+    return positions[index] if index < len(positions) else math.inf
 
 
 def _flush(out: list[str], pending: list[bytes], charset: str) -> None:
