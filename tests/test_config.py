@@ -120,6 +120,16 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ),
         ("[site]\ntrusted_networks = ['::/0']\n", "site.trusted_networks", "larger than a /16"),
         ("[site]\ntrusted_networks = ['2000::/7']\n", "site.trusted_networks", "larger than a /16"),
+        (
+            "[site]\ntrusted_networks = ['2002::/16']\n",
+            "site.trusted_networks",
+            "overlaps 2002::/16",
+        ),
+        (
+            "[site]\ntrusted_networks = ['2001::/32']\n",
+            "site.trusted_networks",
+            "overlaps 2001::/32",
+        ),
         ("[site]\ntrusted_networks = ['fc00::/6']\n", "site.trusted_networks", "larger than a /16"),
         ("[site]\ntrusted_networks = ['0.0.0.0/1']\n", "site.trusted_networks", "larger than a /8"),
         ("[site]\nour_ips = ['mx']\n", "site.our_ips", "not an IP"),

@@ -1265,6 +1265,12 @@ def _loopback_socket(socket: str) -> bool:
 _SHORTEST_TRUSTED: Final = {4: 8, 6: 16}
 #: All unique local IPv6 addresses (RFC 4193): a /7 a site may trust as its own.
 _ULA: Final = ipaddress.IPv6Network("fc00::/7")
+#: IPv6 ranges that embed IPv4 addresses (6to4, RFC 3056: a site's own is a /48 of
+#: it; Teredo, RFC 4380): trusting more of one trusts IPv4 hosts anywhere (rev71).
+_EMBEDS_IPV4: Final = (
+    (ipaddress.IPv6Network("2002::/16"), 48),
+    (ipaddress.IPv6Network("2001::/32"), 128),
+)
 
 
 def _site(s: _Section) -> SiteConfig:
@@ -1281,6 +1287,14 @@ def _site(s: _Section) -> SiteConfig:
         shortest = _SHORTEST_TRUSTED[network.version]
         if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_ULA):
             shortest = _ULA.prefixlen
+        if network.prefixlen >= shortest and isinstance(network, ipaddress.IPv6Network):
+            for embedding, longest_prefix in _EMBEDS_IPV4:
+                if network.overlaps(embedding) and network.prefixlen < longest_prefix:
+                    raise s.error(
+                        "trusted_networks",
+                        f"{item!r} overlaps {embedding}, whose addresses embed IPv4"
+                        " addresses: clients anywhere could relay through it",
+                    )
         if network.prefixlen < shortest:
             # Every address, or a typo for one (review rev65 F4; rev67: 0.0.0.0/1 and
             # 128.0.0.0/1 were all of IPv4): no site trusts more than a /8 (IPv4), a

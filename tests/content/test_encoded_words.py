@@ -53,6 +53,7 @@ from smtpguard.content.encoded_words import decode
         ("=?koi8-u?b?4sXay8/b1M/Xzs8=?=", "Безкоштовно"),
         ("=?windows-874?q?=BF=C3=D5?=", "ฟรี"),
         ("=?koi8-ru?q?=E6=D7?=", "Фв"),
+        ("=?windows-31j?b?g2WDWINn?=", "テスト"),
         # Codecs that are no text encodings, or no charsets, are not applied (rev67
         # F3: they raised).
         ("=?undefined?q?abc?=", "abc"),

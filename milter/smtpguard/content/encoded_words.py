@@ -136,6 +136,10 @@ _MAIL_LABELS: Final = {
     "x-mac-cyrillic": "mac_cyrillic",
     "x-mac-roman": "mac_roman",
     "x-user-defined": "latin_1",
+    "dos-874": "cp874",
+    "x-mac-ukrainian": "mac_cyrillic",
+    "iso-ir-149": "euc_kr",
+    "windows-31j": "cp932",
 }
 
 
