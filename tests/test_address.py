@@ -1078,6 +1078,9 @@ def test_u_and_a_label_spellings_meet(label: str) -> None:
         # Review rev71 R1: a "(" quoted or escaped is part of the address.
         ('<"(alice"@example.com(x)>', {("(alice", "example.com")}),
         ("<alice\\(x@example.com>", {("alice(x", "example.com")}),
+        # Review rev72 S1: nor is one in a domain literal.
+        ("<@[(]:alice@example.com>", {("alice", "example.com")}),
+        ("<@[(],@x:alice@example.com>", {("alice", "example.com")}),
         ("<Group:;>", set()),
     ],
 )

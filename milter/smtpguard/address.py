@@ -747,26 +747,34 @@ def implied_addresses(raw: str) -> frozenset[tuple[str, str]]:
 
 
 _NESTING = {"(": 1, ")": -1}
+#: A quoted string and a domain literal ("[...]", review rev72 S1: "<@[(]:alice@...>"
+#: opened a comment that Postfix does not see): a "(" inside either is a character.
+_OPENS = {'"': '"', "[": "]"}
 
 
 def _without_comments(text: str) -> str:
     """``text`` without RFC 5322 comments (nested parentheses), read as Postfix's
-    tokenizer reads it: a ``(`` inside a quoted string or after a backslash is a
-    character of the address, not a comment (review rev71 R1: "\"(victim\"@gmail.example"
-    lost its domain). Linear; an unclosed comment or string runs to the end."""
+    tokenizer reads it: a ``(`` inside a quoted string, a domain literal or after a
+    backslash is a character of the address, not a comment (review rev71 R1:
+    "\"(victim\"@gmail.example" lost its domain). Linear; an unclosed comment, string
+    or literal runs to the end."""
     if "(" not in text:
         return text
     out: list[str] = []
     depth = 0
-    quoted = escaped = False
+    escaped = False
+    closing = ""  # what ends the quoted string or domain literal we are in, if any
     for char in text:
         if depth:
             if not escaped:
                 depth += _NESTING.get(char, 0)
-        elif escaped or quoted or char != "(":
+        elif escaped or closing or char != "(":
             out.append(char)
-            if char == '"' and not escaped:
-                quoted = not quoted
+            if not escaped:
+                if char == closing:
+                    closing = ""
+                elif not closing and char in _OPENS:
+                    closing = _OPENS[char]
         else:
             depth = 1
         escaped = not escaped and char == "\\"

@@ -96,6 +96,8 @@ def test_relay_local_without_usable_sender(relay_local: RelayLocal, sender: str 
         # Review rev70 N1: after the closing bracket.
         "<alice@example.com>(x)",
         "<alice@example.com>,",
+        # Review rev72 S1: a "(" in a domain literal of a route.
+        "<@[(]:alice@example.com>",
     ],
 )
 def test_an_unparsable_sender_the_mta_may_make_ours(relay_local: RelayLocal, sender: str) -> None:
