@@ -168,18 +168,24 @@ def test_never_an_open_relay(control: str, case: str) -> None:
         "victim%gmail.example@example.com",
         "gmail.example!victim@example.com",
         '"victim@gmail.example"@example.com',
+        # Review rev71 R1: a quoted or escaped "(" read as a comment took the domain
+        # with it, and the relay check took the rest for a local name: delivered to
+        # gmail.example with the mailbox check in report mode.
+        '"(victim"@gmail.example(x)',
+        '"a(b"@gmail.example(x)',
+        "victim\\(@gmail.example",
     ],
 )
 def test_routing_in_the_local_part_does_not_relay(recipient: str) -> None:
     """relay_control "milter" lets every recipient through to smtpguard, and Postfix
     delivers these to victim@gmail.example (percent hack, bang path, dequoting), with
-    the mailbox check off too. Postfix itself does not take the static:{OK} for a
+    the mailbox check only reporting. Postfix itself does not take the static:{OK} for a
     recipient with routing from an untrusted client (allow_untrusted_routing = no) and
     answers with its own guard; smtpguard's relay check refuses them as well
     (tests/checks/test_relay.py), for MTAs and lists where Postfix would not."""
     s = site(
         "relay-routed",
-        {"site": {"relay_control": "milter"}, "checks": {"mailbox": {"mode": "off"}}},
+        {"site": {"relay_control": "milter"}, "checks": {"mailbox": {"mode": "report"}}},
     )
     with running(s):
         postfix = start_postfix(s.config)
@@ -191,29 +197,6 @@ def test_routing_in_the_local_part_does_not_relay(recipient: str) -> None:
             # Postfix's own answer prints the recipient dequoted.
             postfix_own = f"454 4.7.1 <{recipient.replace(chr(34), '')}>: Relay access denied"
             assert rcpt.lines in ((postfix_own,), (expected_line("host_denies_relay"),)), rcpt
-        finally:
-            postfix.stop()
-
-
-@pytest.mark.parametrize(
-    "recipient", ['"(victim"@gmail.example(x)', '"a(b"@gmail.example(x)', "victim\\(@gmail.example"]
-)
-def test_a_quoted_or_escaped_parenthesis_does_not_relay(recipient: str) -> None:
-    """Review rev71 R1: read as a comment, the "(" took the recipient's domain with it,
-    smtpguard took it for a local name, and Postfix (relay_control "milter", the mailbox
-    check in report mode) delivered it to gmail.example."""
-    s = site(
-        "relay-paren",
-        {"site": {"relay_control": "milter"}, "checks": {"mailbox": {"mode": "report"}}},
-    )
-    with running(s):
-        postfix = start_postfix(s.config)
-        try:
-            with client(postfix, FOREIGN) as c:
-                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
-                rcpt = c.cmd(f"RCPT TO:<{recipient}>")
-            assert_nothing_relayed(postfix, rcpt)
-            assert rcpt.lines == (expected_line("host_denies_relay"),), rcpt
         finally:
             postfix.stop()
 
