@@ -167,6 +167,22 @@ def test_an_encoded_word_of_an_unknown_charset_is_read_as_utf8() -> None:
     assert rules.scan_message(message).matched == ("S", "B")
 
 
+@pytest.mark.parametrize(
+    "subject",
+    [
+        # Thunderbird and Python's newer reader: the second word is a word of its own
+        # (review rev71 R2).
+        "=?utf-8?q?x =?utf-8?b?WW91IGhhdmUgd29uIGEgcHJpemU=?=",
+        # Python's legacy reader and mutt: the first word's text runs on past an
+        # opening (review rev72 E1).
+        "=?utf-8?q?You_have_won_a_prize=?x?q??=",
+    ],
+)
+def test_both_readings_of_an_opening_inside_a_word_are_matched(subject: str) -> None:
+    rules = ruleset(S=("header:subject", r"You have won a prize", 1.0))
+    assert rules.scan_message(f"Subject: {subject}\r\n\r\nhi\r\n".encode()).matched == ("S",)
+
+
 def test_body_rules_do_not_see_headers_and_vice_versa() -> None:
     rules = ruleset(B=("body", r"needle", 1.0), H=("header:subject", r"hay", 1.0))
     assert rules.scan_message(b"Subject: needle\r\n\r\nhay\r\n").matched == ()

@@ -53,8 +53,12 @@ _BETWEEN: Final = re.compile(r"[ \t\r\n]*")
 _Q_OCTET: Final = re.compile(rb"=([0-9A-Fa-f]{2})")
 
 
-def decode(value: str) -> str:
-    """``value`` with its encoded words decoded (see the module's docstring)."""
+def decode(value: str, *, across_openings: bool = False) -> str:
+    """``value`` with its encoded words decoded (see the module's docstring).
+
+    ``across_openings``: a word's text may hold another opening, as Python's legacy
+    reader and mutt read it (where Thunderbird and Python's newer reader end the
+    word there); content rules match both readings (review rev72 E1)."""
     if "=?" not in value:
         return value
     out: list[str] = []
@@ -62,7 +66,7 @@ def decode(value: str) -> str:
     pending_charset = ""
     position = 0
     previous_end = -1
-    for start, end, charset_name, encoding, text in _words(value):
+    for start, end, charset_name, encoding, text in _words(value, across_openings):
         octets = _octets(encoding, text)
         if octets is None:
             continue  # stays as written, with the text around it
@@ -81,7 +85,7 @@ def decode(value: str) -> str:
     return "".join(out)
 
 
-def _words(value: str) -> Iterator[tuple[int, int, str, str, str]]:
+def _words(value: str, across_openings: bool) -> Iterator[tuple[int, int, str, str, str]]:
     """(start, end, charset, encoding, text) of each encoded word, in order.
 
     The text runs to the first ``?=`` after the opening, ``?`` inside it included
@@ -104,7 +108,7 @@ def _words(value: str) -> Iterator[tuple[int, int, str, str, str]]:
         close = closers[index]
         if close - begin > MAX_TEXT or (
             _first_after(line_ends, begin) < close
-            or _first_after(starts, opening.start() + 1) < close
+            or (not across_openings and _first_after(starts, opening.start() + 1) < close)
         ):
             position = opening.start() + 2
             continue

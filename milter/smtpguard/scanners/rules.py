@@ -325,11 +325,19 @@ class RuleScan:
         any_header = self.rules.any_header
         if group is None and any_header is None:
             return
-        text = decode_words(_UNFOLD.sub(" ", value) if "\n" in value else value)
-        if group is not None:
-            self._keep(group, text)
-        if any_header is not None:
-            self._keep(any_header, f"{name}: {text}")
+        unfolded = _UNFOLD.sub(" ", value) if "\n" in value else value
+        texts = [decode_words(unfolded)]
+        if "=?" in unfolded:
+            # Readers differ on a word whose text holds another opening: both
+            # readings are matched (review rev71 R2, rev72 E1).
+            other = decode_words(unfolded, across_openings=True)
+            if other != texts[0]:
+                texts.append(other)
+        for text in texts:
+            if group is not None:
+                self._keep(group, text)
+            if any_header is not None:
+                self._keep(any_header, f"{name}: {text}")
 
     def _keep(self, group: _Group, text: str) -> None:
         kept = self._headers.get(id(group))
