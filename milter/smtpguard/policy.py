@@ -53,7 +53,7 @@ from smtpguard.address import (
 )
 from smtpguard.checks import Event, Services, Stage, domain_of, settings_name
 from smtpguard.checks.client_host import RDNS_KEY, ReverseDns, reverse_dns
-from smtpguard.checks.spf import SpfQuery, by_parts, mailfrom
+from smtpguard.checks.spf import mailfrom, spf_helo, spf_query
 from smtpguard.config import Config, ConfigError, DomainPolicy, Exemption
 from smtpguard.dns import Pending, client_address, share_network
 from smtpguard.memo import Memo
@@ -256,23 +256,16 @@ class Policy:
             return "none"
         # The sender as the spf check asks (review rev69 F5: "boss@good.test." got
         # "none", and the exemption's spf_pass never held for it).
-        sender = mailfrom(txn.sender)
-        helo = (conn.helo or "").strip().removesuffix(".")
-        key = (conn.client_ip, sender.lower(), helo.lower())
+        helo = spf_helo(conn)
+        key = (conn.client_ip, mailfrom(txn.sender).lower(), helo.lower())
         found, known = self.spf_memo.get(key)
         if found and known is not None:
             return known
-        query = SpfQuery(
-            self.dns,
-            # As the spf check's: the client's own names cannot shorten it (review rev59).
-            event.sender_deadline(),
-            network=share_network(conn),
-            i=str(client_address(conn.client_ip)),
-            s=sender,
-            h=helo or "unknown",
-            receiver=self.receiver,
+        # As the spf check's deadline: the client's own names cannot shorten it (review
+        # rev59).
+        query = spf_query(
+            self.dns, event.sender_deadline(), conn, txn.sender, helo=helo, receiver=self.receiver
         )
-        by_parts(query, txn.sender)
         result = str(query.check()[0])
         if result != "temperror":
             self.spf_memo.put(key, result)

@@ -180,8 +180,7 @@ class Spf:
             return None
         if conn.trusted:
             return None
-        # A trailing dot names the same domain (mailfrom()).
-        helo = (conn.helo or "").strip().removesuffix(".")
+        helo = spf_helo(conn)
         if txn.sender.is_null:
             # §2.3: no HELO identity without a host name.
             if not helo or helo.startswith("[") or not is_fqdn(helo):
@@ -194,17 +193,14 @@ class Spf:
         if found and memoized is not None:
             record_spf(txn, memoized[1], helo=not sender, value=_identity_domain(txn, helo))
             return memoized[0]
-        query = SpfQuery(
+        query = spf_query(
             self.dns,
             event.sender_deadline(),
-            network=share_network(conn),
-            i=str(client_address(conn.client_ip)),
-            s=sender,
-            h=helo or "unknown",
+            conn,
+            txn.sender if sender else None,
+            helo=helo,
             receiver=self.receiver,
         )
-        if sender:
-            by_parts(query, txn.sender)
         result, _code, explanation = query.check()
         refused = result == "fail" or (result == "softfail" and self.reject_softfail)
         if refused and query.ptr_temperror:
@@ -240,14 +236,41 @@ def mailfrom(sender: Address) -> str:
     return sender.text.removesuffix(".")
 
 
-def by_parts(query: SpfQuery, sender: Address) -> None:
-    """Have ``query`` check ``sender``'s parsed parts: pyspf splits at the first "@",
-    so a quoted local part holding one ("x@"@example.com) would have it check a
-    malformed domain, answer "none" and pass mail that example.com's "-all" refuses.
-    The parsed parts are the ones the MTA delivers by."""
-    if sender.domain:
+def spf_helo(conn: Connection) -> str:
+    """The HELO identity as SPF checks it: without a trailing dot (:func:`mailfrom`)."""
+    return (conn.helo or "").strip().removesuffix(".")
+
+
+def spf_query(
+    resolver: Resolver,
+    deadline: float | None,
+    conn: Connection,
+    sender: Address | None,
+    *,
+    helo: str,
+    receiver: str,
+) -> SpfQuery:
+    """The query for ``sender`` (None: the null sender, the HELO identity) from
+    ``conn``'s client, for the spf check and the spf_pass exemption alike.
+
+    It checks the sender's parsed parts: pyspf splits at the first "@", so a quoted
+    local part holding one ("x@"@example.com) would have it check a malformed domain,
+    answer "none" and pass mail that example.com's "-all" refuses. The parsed parts
+    are the ones the MTA delivers by."""
+    assert conn.client_ip is not None  # both callers return earlier without one
+    query = SpfQuery(
+        resolver,
+        deadline,
+        network=share_network(conn),
+        i=str(client_address(conn.client_ip)),
+        s=mailfrom(sender) if sender is not None else "",
+        h=helo or "unknown",
+        receiver=receiver,
+    )
+    if sender is not None and sender.domain:
         query.l = sender.local or "postmaster"
         query.o = query.d = sender.domain.removesuffix(".")
+    return query
 
 
 def _identity_domain(txn: Transaction, helo: str) -> str:
