@@ -703,6 +703,17 @@ def implied_domains(raw: str) -> frozenset[str]:
     return frozenset(domain for _local, domain in implied_addresses(raw))
 
 
+def implied_mailboxes(raw: str) -> list[tuple[str, str]]:
+    """The addresses of :func:`implied_addresses` that name a domain, in a fixed order,
+    each as written and in its canonical form (domain in A-labels), for lookups of
+    who the sender is (deny lists, the blacklist)."""
+    return [
+        (f"{local}@{domain}", f"{local}@{canonical_domain(domain)}")
+        for local, domain in sorted(implied_addresses(raw))
+        if domain
+    ]
+
+
 def implied_addresses(raw: str) -> frozenset[tuple[str, str]]:
     """The (local part, domain) pairs an MTA may make an unparsable path into,
     lower-cased; a domain ``""`` stands for the MTA's own (appended to an address

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import canonical_domain, implied_addresses, strip_extension
+from smtpguard.address import implied_mailboxes, strip_extension
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.state import StateError
@@ -35,11 +35,7 @@ class DynamicBlacklist:
         else:
             # As the MTA may make it (review rev65 F1: with sender_syntax not
             # enforcing, <spammer%bad.example> was delivered as spammer@bad.example).
-            addresses = [
-                (f"{local}@{domain}", f"{local}@{canonical_domain(domain)}")
-                for local, domain in sorted(implied_addresses(txn.sender_raw))
-                if domain
-            ]
+            addresses = implied_mailboxes(txn.sender_raw)
         try:
             for text, canonical in addresses:
                 entry = self.blacklist.listed(text)

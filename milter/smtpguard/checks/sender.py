@@ -8,7 +8,7 @@ from smtpguard.address import (
     canonical_address,
     canonical_domain,
     domain_to_unicode,
-    implied_addresses,
+    implied_mailboxes,
     strip_extension,
 )
 from smtpguard.checks import Event, Services, Stage
@@ -84,13 +84,11 @@ class SenderDeny:
         # A sender that does not parse, as the MTA may make it (review rev65 F1: with
         # sender_syntax not enforcing, <spammer%bad.example> was delivered as
         # spammer@bad.example).
-        for local, domain in sorted(implied_addresses(txn.sender_raw)):
-            if domain:
-                name = canonical_domain(domain)
-                address = f"{local}@{name}"
-                verdict = self._judge(address, name, (address, name))
-                if verdict is not None:
-                    return verdict
+        for _written, address in implied_mailboxes(txn.sender_raw):
+            domain = address.rpartition("@")[2]
+            verdict = self._judge(address, domain, (address, domain))
+            if verdict is not None:
+                return verdict
         return None
 
     def _judge(self, address: str, domain: str, shown: tuple[str, str]) -> Verdict | None:
