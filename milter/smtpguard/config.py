@@ -47,6 +47,7 @@ from smtpguard.endpoint import Endpoint, EndpointError, parse_endpoint, parse_re
 from smtpguard.iplist import IpListError, IpSet, parse_network
 from smtpguard.iplist import load as load_ip_lists
 from smtpguard.patterns import Pattern, PatternError, compile_pattern
+from smtpguard.resultheaders import AUTH_RESULTS, REPORT_FIELD, STATUS_FIELD
 
 Mode = Literal["enforce", "report", "off"]
 TempPolicy = Literal["tempfail", "pass"]
@@ -1273,6 +1274,33 @@ _EMBEDS_IPV4: Final = (
 )
 
 
+def _too_wide(network: IPNetwork) -> str:
+    """Why a ``site.trusted_networks`` entry trusts more than any site does, or "".
+
+    Every address, or a typo for one (review rev65 F4; rev67: 0.0.0.0/1 and
+    128.0.0.0/1 were all of IPv4): no site trusts more than a /8 (IPv4), a /16 of
+    global IPv6 (rev70: 2000::/7 was accepted) or all unique local addresses
+    (fc00::/7) to relay, nor more than its own part of a range that embeds IPv4
+    addresses (rev71: 2002::/16 is every IPv4 host's 6to4 range)."""
+    shortest = _SHORTEST_TRUSTED[network.version]
+    if isinstance(network, ipaddress.IPv6Network):
+        if network.subnet_of(_ULA):
+            shortest = _ULA.prefixlen
+        elif network.prefixlen >= shortest:
+            for embedding, longest_prefix in _EMBEDS_IPV4:
+                if network.overlaps(embedding) and network.prefixlen < longest_prefix:
+                    return (
+                        f"overlaps {embedding}, whose addresses embed IPv4 addresses:"
+                        " clients anywhere could relay through it"
+                    )
+    if network.prefixlen < shortest:
+        return (
+            f"is larger than a /{shortest}: clients of trusted_networks may relay;"
+            " list the networks you mean"
+        )
+    return ""
+
+
 def _site(s: _Section) -> SiteConfig:
     d = SiteConfig()
     networks: list[IPNetwork] = []
@@ -1284,27 +1312,9 @@ def _site(s: _Section) -> SiteConfig:
             network = parse_network(_unbracket(item))
         except ValueError as exc:
             raise s.error("trusted_networks", str(exc)) from None
-        shortest = _SHORTEST_TRUSTED[network.version]
-        if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_ULA):
-            shortest = _ULA.prefixlen
-        if network.prefixlen >= shortest and isinstance(network, ipaddress.IPv6Network):
-            for embedding, longest_prefix in _EMBEDS_IPV4:
-                if network.overlaps(embedding) and network.prefixlen < longest_prefix:
-                    raise s.error(
-                        "trusted_networks",
-                        f"{item!r} overlaps {embedding}, whose addresses embed IPv4"
-                        " addresses: clients anywhere could relay through it",
-                    )
-        if network.prefixlen < shortest:
-            # Every address, or a typo for one (review rev65 F4; rev67: 0.0.0.0/1 and
-            # 128.0.0.0/1 were all of IPv4): no site trusts more than a /8 (IPv4), a
-            # /16 of global IPv6 (rev70: 2000::/7 was accepted) or all unique local
-            # addresses (fc00::/7) to relay.
-            raise s.error(
-                "trusted_networks",
-                f"{item!r} is larger than a /{shortest}:"
-                " clients of trusted_networks may relay; list the networks you mean",
-            )
+        problem = _too_wide(network)
+        if problem:
+            raise s.error("trusted_networks", f"{item!r} {problem}")
         networks.append(network)
     ips: set[IPAddress] = set()
     for item in s.strings("our_ips"):
@@ -1944,7 +1954,7 @@ def _require_one_policy_per_transaction(
 
 #: Fields smtpguard writes under names of their own: none of the configurable ones may
 #: take one of these names.
-_WRITTEN_FIELDS: Final = ("Authentication-Results", "X-Spam-Status", "X-Spam-Report")
+_WRITTEN_FIELDS: Final = (AUTH_RESULTS, STATUS_FIELD, REPORT_FIELD)
 
 
 def _require_distinct_fields(

@@ -976,12 +976,12 @@ def _strongest_disposition(values: Sequence[str]) -> tuple[str, dict[str, str]]:
 
 
 def _decoded(raw: bytearray) -> str:
+    # surrogateescape keeps every byte, so a boundary re-encodes to exactly what is on the wire.
     return raw.decode("utf-8", "surrogateescape")
 
 
 def _header_text(raw: bytearray | None) -> str | None:
-    # surrogateescape keeps every byte, so a boundary re-encodes to exactly what is on the wire.
-    return None if raw is None else raw.decode("utf-8", "surrogateescape")
+    return None if raw is None else _decoded(raw)
 
 
 def _to_bytes(text: str) -> bytes:
