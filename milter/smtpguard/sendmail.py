@@ -84,6 +84,12 @@ _MACRO_EDGE: Final = "[^A-Za-z0-9_{}]"
 _NAME_EDGE: Final = "[^A-Za-z0-9_.-]"
 
 
+def _m4_lists(key: str, macro: str) -> str:
+    """An m4 expression: -1 when the list ``key`` does not hold ``macro`` (between two
+    characters that cannot be part of a macro's name), else its place."""
+    return f"regexp(`,'defn(`{key}')`,', `{_MACRO_EDGE}{macro}{_MACRO_EDGE}')"
+
+
 def sendmail_macro_lines() -> list[str]:
     """``define`` lines that append to Sendmail's macro lists instead of replacing them,
     each macro only when the list lacks it.
@@ -103,7 +109,7 @@ def sendmail_macro_lines() -> list[str]:
     lines = []
     for key, macros in SENDMAIL_MACROS.items():
         for macro in macros:
-            found = f"regexp(`,'defn(`{key}')`,', `{_MACRO_EDGE}{macro}{_MACRO_EDGE}')"
+            found = _m4_lists(key, macro)
             lines.append(f"define(`{key}', defn(`{key}')ifelse({found}, -1, ```, {macro}'''))dnl")
     return lines
 
@@ -143,7 +149,7 @@ def sendmail_macro_guard() -> str:
     checks = []
     for key, macros in SENDMAIL_MACROS.items():
         for macro in macros:
-            found = f"regexp(`,'defn(`{key}')`,', `{_MACRO_EDGE}{macro}{_MACRO_EDGE}')"
+            found = _m4_lists(key, macro)
             warning = (
                 f"errprint(`smtpguard: warning: {key} lacks {macro} (a later define"
                 " replaced it; put that define above the smtpguard lines):"
