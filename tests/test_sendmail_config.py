@@ -79,6 +79,7 @@ class Built:
     stderr: str
     macros: dict[str, str]
     filters: str
+    mailers: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,7 @@ def build_cf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Built]
             stderr,
             dict(re.findall(r"^O Milter\.macros\.(\w+)=(.*)$", text, re.M)),
             filters.group(1) if filters else "",
+            re.findall(r"^M(\w+),", text, re.M),
         )
 
     return build
@@ -288,10 +290,29 @@ def test_a_later_filter_list_without_smtpguard_fails_the_build(
     build_cf: Callable[[str], Built], listed: str
 ) -> None:
     """Review rev68 F1: a define of confINPUT_MAIL_FILTERS after smtpguard's lines
-    replaced the list; the .cf built without a word and Sendmail ran without it."""
+    replaced the list; the .cf built without a word and Sendmail ran without it.
+    rev70 N4: stopping m4 at once left a .cf without rule sets or mailers, which
+    Debian installs anyway; the .cf is now whole, with smtpguard back first."""
     built = build_cf(sendmail_mc(load(SAMPLE)) + LATER_LIST.replace("{listed}", listed))
     assert built.returncode == 1
     assert "smtpguard: smtpguard is not in confINPUT_MAIL_FILTERS" in built.stderr
+    assert "this sendmail.cf has it back, first" in built.stderr
+    assert built.filters == f"smtpguard,{listed}"
+    assert built.mailers == ["local", "prog"]
+    whole = build_cf(sendmail_mc(load(SAMPLE)))
+    assert (built.mailers, built.macros) == (whole.mailers, whole.macros)
+    assert whole.mailers == ["local", "prog"]
+
+
+@pytest.mark.integration
+def test_an_emptied_filter_list_gets_smtpguard_alone(build_cf: Callable[[str], Built]) -> None:
+    """A list emptied or removed after smtpguard's lines: smtpguard alone, no stray
+    comma (Sendmail reads the list at "," and would look for a filter without a name)."""
+    for later in ("define(`confINPUT_MAIL_FILTERS', `')", "undefine(`confINPUT_MAIL_FILTERS')"):
+        built = build_cf(sendmail_mc(load(SAMPLE)) + later + "dnl\n")
+        assert built.returncode == 1, built.stderr
+        assert built.filters == "smtpguard"
+        assert built.mailers == ["local", "prog"]
 
 
 @pytest.mark.integration
@@ -339,6 +360,14 @@ def test_a_list_replaced_after_smtpguards_lines_is_warned_about(
     for macro in ("i", "{auth_type}", "{auth_authen}", "{tls_version}"):
         assert f"smtpguard: warning: confMILTER_MACROS_ENVFROM lacks {macro} (" in built.stderr
     assert "confMILTER_MACROS_CONNECT lacks" not in built.stderr
+    # ... and put back (review of the Debian install path: the .cf is used as built).
+    assert items(built.macros["envfrom"]) == [
+        "{mail_addr}",
+        "i",
+        "{auth_type}",
+        "{auth_authen}",
+        "{tls_version}",
+    ]
     assert "lacks" not in build_cf(sendmail_mc(load(SAMPLE))).stderr
 
 

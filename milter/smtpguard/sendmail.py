@@ -106,34 +106,64 @@ def sendmail_macro_lines() -> list[str]:
     Sendmail 8.17's cf files (tests/test_sendmail_config.py builds the .cf both ways
     round, and with lists that lack what smtpguard reads).
     """
-    lines = []
-    for key, macros in SENDMAIL_MACROS.items():
-        for macro in macros:
-            found = _m4_lists(key, macro)
-            lines.append(f"define(`{key}', defn(`{key}')ifelse({found}, -1, ```, {macro}'''))dnl")
-    return lines
+    return [
+        f"{_m4_append(key, macro)}dnl"
+        for key, macros in SENDMAIL_MACROS.items()
+        for macro in macros
+    ]
+
+
+def _m4_append(key: str, macro: str) -> str:
+    """An m4 ``define`` that appends ``macro`` to the list ``key`` when it lacks it
+    (see :func:`sendmail_macro_lines` for its quoting)."""
+    found = _m4_lists(key, macro)
+    return f"define(`{key}', defn(`{key}')ifelse({found}, -1, ```, {macro}'''))"
+
+
+#: An m4 condition for the guards' ``m4wrap`` text: true once Sendmail's proto.m4 has
+#: been read (it defines ``_OPTION``, which writes the .cf's ``O`` lines). cfhead.m4
+#: wraps proto.m4's inclusion first, and GNU m4 1.4 rereads wrapped text last in,
+#: first out: the guards run before proto.m4 writes the lists and may still change
+#: them. An m4 that rereads in the order of the calls (POSIX) runs them after.
+_PROTO_READ: Final = "`_OPTION'"
 
 
 def sendmail_filter_guard(name: str) -> str:
-    """An ``m4wrap`` line: at the end of the .mc, the build fails when ``name`` is not
-    in ``confINPUT_MAIL_FILTERS`` and warns when it is not the first filter there.
+    """An ``m4wrap`` line: at the end of the .mc, when ``name`` is not in
+    ``confINPUT_MAIL_FILTERS`` the list gets it back first and the build fails; when it
+    is not the first filter there, the build warns.
 
     Sendmail's cf/README also enlists filters with ``MAIL_FILTER`` and a
     ``define(`confINPUT_MAIL_FILTERS', ...)``: such a line after ours replaces the list,
     the .cf builds without a word and Sendmail runs without smtpguard (review rev68
     F1: deny lists off, forged result fields delivered, an open relay with
-    ``relay_control = "milter"``). A filter before ours shows smtpguard the header as
-    it left it, and smtpguard removes what it takes for a forgery of its own fields
-    (rev68 F3: another milter's genuine Authentication-Results under the same
-    authserv-id)."""
-    listed = "defn(`confINPUT_MAIL_FILTERS')"
-    missing = (
-        f"errprint(`smtpguard: {name} is not in confINPUT_MAIL_FILTERS (a later define"
-        f" replaced the list: put {name} first in it); this sendmail.cf would run"
-        " without smtpguard\n')m4exit(1)"
+    ``relay_control = "milter"``). Stopping m4 there was not enough: Debian's
+    ``sendmailconfig`` and ``/etc/mail/Makefile`` install whatever m4 wrote, and m4
+    had written no rule sets yet (rev70 N4). So the list gets smtpguard back in front
+    of the other filters, and m4 exits 1 only once proto.m4 has written the whole .cf
+    (an ``m4wrap`` made while wrapped text is reread runs after all of it): a build
+    that stops on the error keeps the old .cf, one that does not installs a complete
+    .cf with smtpguard. Should proto.m4 already have been read (:data:`_PROTO_READ`),
+    the list is written: m4 stops at once, as before.
+
+    A filter before ours shows smtpguard the header as it left it, and smtpguard
+    removes what it takes for a forgery of its own fields (rev68 F3: another milter's
+    genuine Authentication-Results under the same authserv-id)."""
+    key = "confINPUT_MAIL_FILTERS"
+    listed = f"defn(`{key}')"
+    problem = (
+        f"smtpguard: {name} is not in {key} (a later define replaced the list:"
+        f" put {name} first in it)"
     )
+    late = f"errprint(`{problem}; this sendmail.cf would run without smtpguard\n')m4exit(1)"
+    others = f"ifdef(`{key}', `ifelse({listed}, `', `', ``,'{listed}')')"
+    put_back = (
+        f"errprint(`{problem}; this sendmail.cf has it back, first\n')"
+        f"define(`{key}', `{name}'{others})m4wrap(`m4exit(1)')"
+    )
+    missing = f"ifdef({_PROTO_READ}, `{late}', `{put_back}')"
     not_first = (
-        f"errprint(`smtpguard: warning: {name} is not the first of confINPUT_MAIL_FILTERS:"
+        f"errprint(`smtpguard: warning: {name} is not the first of {key}:"
         " it sees the header fields as the filters before it left them\n')"
     )
     pattern = name.replace(".", "\\.")
@@ -143,19 +173,22 @@ def sendmail_filter_guard(name: str) -> str:
 
 
 def sendmail_macro_guard() -> str:
-    """An ``m4wrap`` line: at the end of the .mc, a warning for each macro smtpguard
-    reads that its list lacks (a line after smtpguard's replaced the list: the
-    appends of :func:`sendmail_macro_lines` came too early; review rev70 N5)."""
+    """An ``m4wrap`` line: at the end of the .mc, each macro smtpguard reads that its
+    list lacks (a line after smtpguard's replaced the list, so the appends of
+    :func:`sendmail_macro_lines` came too early; review rev70 N5) is appended again,
+    with a warning. Should proto.m4 already have been read (see
+    :func:`sendmail_filter_guard`), the warning says what is missing instead."""
     checks = []
     for key, macros in SENDMAIL_MACROS.items():
         for macro in macros:
             found = _m4_lists(key, macro)
-            warning = (
-                f"errprint(`smtpguard: warning: {key} lacks {macro} (a later define"
-                " replaced it; put that define above the smtpguard lines):"
-                f" {MACRO_NEEDS[macro]}\n')"
+            lacks = (
+                f"smtpguard: warning: {key} lacks {macro} (a later define replaced it;"
+                " put that define above the smtpguard lines)"
             )
-            checks.append(f"ifelse({found}, -1, `{warning}')")
+            late = f"errprint(`{lacks}: {MACRO_NEEDS[macro]}\n')"
+            put_back = f"errprint(`{lacks}: added back\n'){_m4_append(key, macro)}"
+            checks.append(f"ifelse({found}, -1, `ifdef({_PROTO_READ}, `{late}', `{put_back}')')")
     return f"m4wrap(`{''.join(checks)}')dnl"
 
 
@@ -199,10 +232,11 @@ def sendmail_mc(config: Config) -> str:
         "dnl also the one to end of message: above smtpguard's slowest answer), overall.",
         f"INPUT_MAIL_FILTER(`{config.milter.name}', "
         f"`S={address}, F=T, T={sendmail_timeouts(config)}')dnl",
-        "dnl Stops the build if a later line drops smtpguard from the filter list.",
+        "dnl If a later line drops smtpguard from the filter list, the .cf gets it back",
+        "dnl first and m4 exits 1.",
         sendmail_filter_guard(config.milter.name),
         "dnl Macros: added to the lists Sendmail (and other milters) already send;",
-        "dnl the build warns if a later line drops one.",
+        "dnl if a later line drops one, the build puts it back and warns.",
         *sendmail_macro_lines(),
         sendmail_macro_guard(),
         "dnl Hops: Sendmail counts its own Received header, which smtpguard never sees,",

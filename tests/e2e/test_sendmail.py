@@ -886,6 +886,48 @@ def test_a_login_sendmail_xtext_encodes_is_found(auth_mta: Sendmail, guard: Runn
     assert auth_mta.wait_for_delivery(b"XTEXT-LOGIN").recipient == "x@foreign.example"
 
 
+#: Another milter's lines after smtpguard's, as such packages document them: its own
+#: filter list and MAIL macro list, each replacing the one smtpguard's lines left.
+#: The other filter has no socket and no F= flag: Sendmail goes on without it.
+REPLACING_LATER = (
+    "INPUT_MAIL_FILTER(`other', `S=local:/nonexistent/other.sock')dnl\n"
+    "define(`confINPUT_MAIL_FILTERS', `other')dnl\n"
+    "define(`confMILTER_MACROS_ENVFROM', `{mail_addr}')dnl\n"
+)
+
+
+def test_a_later_define_that_drops_smtpguard_still_gives_a_working_cf(
+    sendmail_install: SendmailInstall, guard: Running, tmp_path: Path
+) -> None:
+    """Review rev68 F1 and rev70 N4: a later define replaced the filter list, m4
+    stopped before writing the rule sets, and Debian installs what m4 wrote: a .cf
+    without mailers. Now the guard puts smtpguard back first and the MAIL macros it
+    reads back, m4 still exits 1, and the .cf installed anyway runs smtpguard: a
+    login is known (relayed) and its wrong sender refused."""
+    sasl = sasl_dir(sendmail_install, tmp_path / "sasl", SASL_USERS)
+    with sendmail(
+        sendmail_install,
+        tmp_path / "mta",
+        snippet(guard.site) + REPLACING_LATER,
+        relay=STRICT_RELAY,
+        sasl=sasl,
+        m4_may_fail=True,
+    ) as sm:
+        cf = (sm.dir / "test.cf").read_text()
+        assert re.search(r"^O InputMailFilters=smtpguard,other$", cf, re.M)
+        envfrom = re.search(r"^O Milter\.macros\.envfrom=(.*)$", cf, re.M)
+        assert envfrom is not None
+        assert envfrom.group(1) == "{mail_addr}, i, {auth_type}, {auth_authen}, {tls_version}"
+        before = decisions(guard.log(), "sender_mismatch")
+        with sm.client(source=OTHER_CLIENT) as c:
+            greeted(c)
+            auth_login(c, "alice@example.com")
+            refused_sender(c, "<carol@example.com>", "sender_mismatch")
+            relayed(c, "sales@example.com", "x@foreign.example", b"PUT-BACK-1")
+        assert sm.wait_for_delivery(b"PUT-BACK-1").recipient == "x@foreign.example"
+    assert decisions(guard.log(), "sender_mismatch") == before + 1
+
+
 @pytest.fixture(scope="module")
 def tls_mta(
     sendmail_install: SendmailInstall, guard: Running, tmp_path_factory: pytest.TempPathFactory
