@@ -30,6 +30,13 @@ def test_readme_block_is_the_generator_output_for_the_sample_config() -> None:
     assert readme_snippet() == sendmail_mc(load(SAMPLE))
 
 
+def test_contrib_readme_block_is_the_generator_output_for_the_sample_config() -> None:
+    text = (ROOT / "contrib/sendmail/README.md").read_text(encoding="utf-8")
+    block = re.search(r"^```m4\n(.*?)^```$", text, re.M | re.S)
+    assert block is not None
+    assert block.group(1) == sendmail_mc(load(SAMPLE))
+
+
 def test_sendmail_snippet() -> None:
     mc = sendmail_mc(load(SAMPLE))
     assert "F=T" in mc
@@ -80,6 +87,7 @@ class Built:
     macros: dict[str, str]
     filters: str
     mailers: list[str]
+    filter_lines: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +112,7 @@ def build_cf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Built]
             dict(re.findall(r"^O Milter\.macros\.(\w+)=(.*)$", text, re.M)),
             filters.group(1) if filters else "",
             re.findall(r"^M(\w+),", text, re.M),
+            re.findall(r"^X([\w.-]+),", text, re.M),
         )
 
     return build
@@ -192,7 +201,7 @@ def test_read_timeout_covers_smtpguards_slowest_answer(tmp_path: Path) -> None:
     # twice (the same-size counter, then the blacklist).
     assert answer_bounds(sample) == AnswerBounds(command=12.0, content=5.0)
     assert sendmail_timeouts(sample) == "C:30s;S:30s;R:30s;E:5m"
-    assert "F=T, T=C:30s;S:30s;R:30s;E:5m')dnl\n" in sendmail_mc(sample)
+    assert "F=T, T=C:30s;S:30s;R:30s;E:5m')', `errprint" in sendmail_mc(sample)
 
     def cfg(name: str, extra: dict[str, object]) -> Config:
         return load(make_site(tmp_path / name, extra, directory=False).config)
@@ -346,6 +355,43 @@ def test_smtpguard_not_first_in_the_filter_list_is_a_warning(
     assert built.returncode == 0, built.stderr
     assert built.filters == filters
     assert ("smtpguard: warning: smtpguard is not the first" in built.stderr) is warned
+
+
+@pytest.mark.integration
+def test_lines_pasted_twice_keep_one_filter_definition(build_cf: Callable[[str], Built]) -> None:
+    """Sendmail 8.17 does not start with a filter defined twice ("Xsmtpguard:
+    duplicate filter definition", exit 70): the second copy's filter line is left out,
+    and m4 exits 1 once the whole .cf is written (Debian installs it anyway)."""
+    ours = sendmail_mc(load(SAMPLE))
+    built = build_cf(ours + ours)
+    assert built.returncode == 1
+    assert "smtpguard: the smtpguard filter is defined twice" in built.stderr
+    assert built.filters == "smtpguard"
+    assert built.filter_lines == ["smtpguard"]
+    whole = build_cf(ours)
+    assert (built.mailers, built.macros) == (whole.mailers, whole.macros)
+    assert whole.filter_lines == ["smtpguard"]
+
+
+#: A .mc that lists its filters first and defines them after, as Sendmail's cf/README
+#: allows.
+LIST_FIRST = (
+    "define(`confINPUT_MAIL_FILTERS', `smtpguard,other')dnl\n"
+    "MAIL_FILTER(`other', `S=local:/run/other/other.sock, F=T')dnl\n"
+)
+
+
+@pytest.mark.integration
+def test_a_list_defined_before_naming_smtpguard_names_it_once(
+    build_cf: Callable[[str], Built],
+) -> None:
+    """INPUT_MAIL_FILTER appended smtpguard to a list that named it already
+    ("smtpguard,other, smtpguard"), and Sendmail 8.17 then answered every MAIL with
+    451 4.3.2: with the list naming it, only the X line is written."""
+    built = build_cf(LIST_FIRST + sendmail_mc(load(SAMPLE)))
+    assert built.returncode == 0, built.stderr
+    assert built.filters == "smtpguard,other"
+    assert sorted(built.filter_lines) == ["other", "smtpguard"]
 
 
 @pytest.mark.integration

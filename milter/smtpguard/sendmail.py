@@ -172,6 +172,30 @@ def sendmail_filter_guard(name: str) -> str:
     return f"m4wrap(`ifelse({anywhere}, -1, `{missing}', `ifelse({first}, -1, `{not_first}')')')dnl"
 
 
+def sendmail_filter_line(name: str, equates: str) -> str:
+    """The line that enlists the filter: ``INPUT_MAIL_FILTER``, or ``MAIL_FILTER`` (the
+    ``X`` line alone) when ``confINPUT_MAIL_FILTERS`` already names it, or neither,
+    with an error and m4 exiting 1 at the end, when its ``X`` line is already there.
+
+    Sendmail's cf/README lets a .mc define the list first and the filters after; with
+    ``INPUT_MAIL_FILTER`` the list then names smtpguard twice, and Sendmail 8.17
+    answered every MAIL with ``451 4.3.2 Please try again later``. smtpguard's lines
+    pasted twice (an upgrade beside the old ones) define the ``X`` line twice, and
+    Sendmail does not start (``Xsmtpguard: duplicate filter definition``, exit 70): the
+    first copy is kept. The exit waits for the end (an ``m4wrap`` made from wrapped
+    text) so that the .cf is whole: Debian installs it even when m4 fails."""
+    pattern = name.replace(".", "\\.")
+    defined = f"regexp(defn(`_MAIL_FILTERS_'), `^X{pattern},')"
+    listed = f"regexp(`,'defn(`confINPUT_MAIL_FILTERS')`,', `{_NAME_EDGE}{pattern}{_NAME_EDGE}')"
+    enlist = f"ifelse({listed}, -1, `INPUT_MAIL_FILTER', `MAIL_FILTER')(`{name}', `{equates}')"
+    twice = (
+        f"errprint(`smtpguard: the {name} filter is defined twice (are the smtpguard lines in"
+        " this .mc twice?): the later INPUT_MAIL_FILTER line is left out; keep one copy\n')"
+        "m4wrap(`m4wrap(`m4exit(1)')')"
+    )
+    return f"ifelse({defined}, -1, `{enlist}', `{twice}')dnl"
+
+
 def sendmail_macro_guard() -> str:
     """An ``m4wrap`` line: at the end of the .mc, each macro smtpguard reads that its
     list lacks (a line after smtpguard's replaced the list, so the appends of
@@ -230,8 +254,11 @@ def sendmail_mc(config: Config) -> str:
         "dnl fields as the client sent them, not those other filters add.",
         "dnl F=T: tempfail while the filter is down. T=: connect, send, each reply (R:,",
         "dnl also the one to end of message: above smtpguard's slowest answer), overall.",
-        f"INPUT_MAIL_FILTER(`{config.milter.name}', "
-        f"`S={address}, F=T, T={sendmail_timeouts(config)}')dnl",
+        "dnl Only its X line when the list already names it; nothing when these lines",
+        "dnl came before (Sendmail stops at a filter defined twice).",
+        sendmail_filter_line(
+            config.milter.name, f"S={address}, F=T, T={sendmail_timeouts(config)}"
+        ),
         "dnl If a later line drops smtpguard from the filter list, the .cf gets it back",
         "dnl first and m4 exits 1.",
         sendmail_filter_guard(config.milter.name),

@@ -928,6 +928,43 @@ def test_a_later_define_that_drops_smtpguard_still_gives_a_working_cf(
     assert decisions(guard.log(), "sender_mismatch") == before + 1
 
 
+#: A .mc that lists its filters before defining them (Sendmail's cf/README allows it).
+LIST_FIRST = (
+    "define(`confINPUT_MAIL_FILTERS', `smtpguard,other')dnl\n"
+    "MAIL_FILTER(`other', `S=local:/nonexistent/other.sock')dnl\n"
+)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(lambda ours: LIST_FIRST + ours, id="list-first"),
+        pytest.param(lambda ours: ours + ours, id="pasted-twice"),
+    ],
+)
+def test_the_filter_is_enlisted_once(
+    sendmail_install: SendmailInstall,
+    guard: Running,
+    tmp_path: Path,
+    lines: Callable[[str], str],
+) -> None:
+    """A list naming smtpguard before its lines made Sendmail answer every MAIL with
+    451 4.3.2 (smtpguard twice in InputMailFilters); the lines pasted twice stopped
+    Sendmail from starting ("duplicate filter definition"). Both now run smtpguard
+    once (the second with m4 exiting 1, its .cf installed as Debian does)."""
+    before = decisions(guard.log(), "host_denies_sender")
+    with (
+        sendmail(
+            sendmail_install, tmp_path / "mta", lines(snippet(guard.site)), m4_may_fail=True
+        ) as sm,
+        sm.client(source=OTHER_CLIENT) as c,
+    ):
+        greeted(c)
+        refused_sender(c, "<spammer@bad.example>", "host_denies_sender")
+        expect(c, MAIL, MAIL_OK)
+    assert decisions(guard.log(), "host_denies_sender") == before + 1
+
+
 @pytest.fixture(scope="module")
 def tls_mta(
     sendmail_install: SendmailInstall, guard: Running, tmp_path_factory: pytest.TempPathFactory

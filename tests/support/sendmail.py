@@ -247,9 +247,10 @@ def with_socket(snippet: str, socket_path: Path) -> str:
 def filter_line_only(snippet: str) -> str:
     """Only the ``INPUT_MAIL_FILTER`` line of ``snippet``: no macro defines (so no
     ``v``), no ``confMAX_HOP``; what the README showed before it had the whole output."""
-    lines = [line for line in snippet.splitlines(keepends=True) if "INPUT_MAIL_FILTER(" in line]
-    assert len(lines) == 1, snippet
-    return lines[0]
+    found = re.findall(r"\(`([\w.-]+)', `(S=[^']*)'\)", snippet)
+    assert len(found) == 1, snippet
+    name, equates = found[0]
+    return f"INPUT_MAIL_FILTER(`{name}', `{equates}')dnl\n"
 
 
 # --- SMTP AUTH (Cyrus SASL) --------------------------------------------------------
