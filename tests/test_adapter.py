@@ -200,11 +200,12 @@ def negotiated(milter_class: type[SmtpGuardMilter], app: App) -> MilterCtx:
 
 
 def past_rcpt(ctx: MilterCtx, unanswered: int) -> Any:
-    """The milter of ``ctx`` after connect, HELO (answered ``unanswered``), MAIL and
-    RCPT; callbacks called directly read every macro (TestCtx's steps set a stage)."""
+    """The milter of ``ctx`` after connect (answered), HELO (answered ``unanswered``),
+    MAIL and RCPT; callbacks called directly read every macro (TestCtx's steps set a
+    stage)."""
     milter_obj = ctx.getpriv()
     ctx._stage = -1
-    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == unanswered
+    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.CONTINUE
     assert milter_obj.hello("mail.sender.example") == unanswered
     assert ctx._envfrom("<a@sender.example>") == Milter.CONTINUE
     assert ctx._envrcpt("<alice@example.com>") == Milter.CONTINUE
@@ -213,15 +214,17 @@ def past_rcpt(ctx: MilterCtx, unanswered: int) -> Any:
 
 
 def test_no_reply_session_answers_a_connect_fault_at_mail(app: App) -> None:
-    """On a unix socket connect and HELO are negotiated without replies (Postfix reads
-    none): a fault there, even one that breaks rendering the reply, must not become
-    an answer nobody reads, but the tempfail of the MAIL FROM that follows."""
+    """On a unix socket HELO is negotiated without a reply (Postfix reads none) and
+    connect answers "continue" whatever happens, as its verdicts wait for MAIL FROM: a
+    fault there, even one that breaks rendering the reply, becomes the tempfail of the
+    MAIL FROM that follows. Connect keeps a reply so that Postfix sends it at once
+    (review rev73 F2: buffered, it reached smtpguard only with MAIL FROM)."""
     ctx = negotiated(SmtpGuardMilterNoReply, app)
-    assert ctx._protocol & Milter.P_NR_CONN
+    assert not ctx._protocol & Milter.P_NR_CONN
     assert ctx._protocol & Milter.P_NR_HELO
     milter_obj = ctx.getpriv()
     runtime, milter_obj.driver.rt = milter_obj.driver.rt, None  # connect cannot run
-    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.NOREPLY
+    assert milter_obj.connect("[198.51.100.7]", 4, ("198.51.100.7", 25)) == Milter.CONTINUE
     milter_obj.driver.rt = runtime
     assert milter_obj.hello("mail.sender.example") == Milter.NOREPLY
     rc = ctx._envfrom("<a@sender.example>")

@@ -221,13 +221,17 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
 
 class SmtpGuardMilterNoReply(SmtpGuardMilter):
-    """The same, negotiating no reply to connect, HELO, DATA, each header and each body
-    chunk.
+    """The same, negotiating no reply to HELO, DATA, each header and each body chunk.
 
-    The answer to those is always "continue": connect and HELO verdicts and faults
-    wait for MAIL FROM, header and body verdicts and faults for end of message (see
-    the pipeline). Skipping the replies saves a round trip per step (through Postfix,
-    connect and HELO without replies measured 0.05 ms less milter CPU per message).
+    The answer to those is always "continue": HELO verdicts and faults wait for MAIL
+    FROM, header and body verdicts and faults for end of message (see the pipeline).
+    Skipping the replies saves a round trip per step (through Postfix, connect and
+    HELO without replies measured 0.05 ms less milter CPU per message).
+    Connect keeps its reply, although its verdicts wait for MAIL FROM as well:
+    Postfix's milter8 buffers an event that needs no reply until one that does, so
+    without it the connection reached smtpguard only with MAIL FROM: an idle session
+    held no ``max_sessions`` slot and the lookups on the client's address could not
+    start before MAIL FROM (review rev73 F2).
     The price of the body's: after a content verdict the MTA cannot be told to skip
     the rest of the body (SMFIS_SKIP), so it sends the remaining chunks, which the
     pipeline ignores; a round trip per chunk of every message against a local copy of
@@ -244,7 +248,6 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         super().__init__(app)
         self.driver.batch_headers = True
 
-    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         return self._unanswered(super().connect(hostname, family, hostaddr))
 
@@ -256,7 +259,7 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         if rc != Milter.CONTINUE:
             # Only a fault while rendering internal_error itself gets here (the
             # pipeline defers every verdict of these stages). Nothing may be answered
-            # now: MAIL FROM tempfails instead.
+            # to HELO, and connect answers as its verdicts do: MAIL FROM tempfails.
             self.driver.conn.defer(TempError("internal_error", "exception"), "adapter")
         return int(Milter.CONTINUE)
 
