@@ -133,7 +133,8 @@ def test_a_message_over_engine_max_bytes_is_scored_without_the_engine(
     assert ("X-Spam-Score", "7.0") in added(conn)
     assert conn.txn is not None
     report = conn.txn.scratch[SPAM_REPORT]
-    assert "rspamd skipped: over engine_max_bytes=1024" in report.rules
+    # One token, as tests= lists them (review rev73 F3: a phrase with spaces).
+    assert report.rules == ("A", "rspamd=skipped/over_engine_max_bytes")
 
 
 def test_engine_score_adds_to_the_rules(
@@ -211,9 +212,42 @@ def test_engine_failure_is_a_temporary_error_after_the_headers(
     rules.result = RulesResult(7.0, ("A",))
     spam_engine.result = SpamResult(SpamStatus.ERROR, detail="connection refused")
     verdict, conn = deliver(AntiSpam(make_services(antispam=RSPAMD)))
-    assert verdict == TempError("internal_error", "spam engine: connection refused; score 7.0 (A)")
-    # The built-in score still applies when on_temp_error = "pass" lets the mail in.
+    assert verdict == TempError(
+        "internal_error", "spam engine: connection refused; score 7.0 (A, rspamd=failed)"
+    )
+    # The built-in score still applies when on_temp_error = "pass" lets the mail in,
+    # and X-Spam-Status says the engine gave none (review rev73 F1: "tests=none" read
+    # like a message rspamd had passed).
     assert added(conn) == [("X-Spam-Flag", "YES"), ("X-Spam-Score", "7.0")]
+    assert conn.txn is not None
+    assert conn.txn.scratch[SPAM_REPORT].rules == ("A", "rspamd=failed")
+
+
+@pytest.mark.parametrize(
+    ("action", "token"),
+    [
+        ("no action", "rspamd=0.5/no_action"),
+        ("add\x00header", "rspamd=0.5/add_header"),
+        ("add,header;\r\nX-Evil: 1", "rspamd=0.5/add_header_X-Evil:_1"),
+        ("sp\u00e4m", "rspamd=0.5/sp_m"),
+        ("x" * 500, "rspamd=0.5/" + "x" * 40),
+    ],
+)
+def test_the_engines_action_becomes_one_printable_token(
+    make_services: ServicesFactory,
+    rules: FakeRules,
+    spam_engine: FakeSpamEngine,
+    action: str,
+    token: str,
+) -> None:
+    """Review rev73 F5: a NUL in rspamd's action made pymilter refuse X-Spam-Status
+    and X-Spam-Report (X-Spam-Flag stayed)."""
+    rules.result = RulesResult(0.0, ())
+    spam_engine.result = SpamResult(SpamStatus.OK, 0.5, action)
+    verdict, conn = deliver(AntiSpam(make_services(antispam=RSPAMD)))
+    assert verdict is None
+    assert conn.txn is not None
+    assert conn.txn.scratch[SPAM_REPORT].rules == (token,)
 
 
 def test_discard_closes_the_spool(

@@ -30,7 +30,16 @@ from smtpguard.scanners import MessageSpool, RuleStream, SpamEngine, SpamEnvelop
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
-_TOKEN_BREAKS = re.compile(r"[\s,;]+")
+#: What may not stand in a tests= token: white space, the separators of SpamAssassin's
+#: list, and anything that is no printable ASCII (a NUL in an engine's answer made
+#: pymilter refuse the whole field; review rev73 F5).
+_TOKEN_BREAKS = re.compile(r"[^!-+\--:<-~]+")  # printable ASCII but "," and ";"
+#: An engine's action is a word or two; a longer one is cut in the token.
+_ACTION_CHARS = 40
+#: tests= tokens for an engine that gave no score: an X-Spam-Status "No" without them
+#: read like a message rspamd had passed (review rev73 F1, F3).
+ENGINE_SKIPPED = "rspamd=skipped/over_engine_max_bytes"
+ENGINE_FAILED = "rspamd=failed"
 
 _RULES = "antispam.rules"
 _SPOOL = "antispam.spool"
@@ -127,8 +136,7 @@ class AntiSpam:
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if spool is not None and spool.truncated:
             # rspamd refuses it (max_message): an error every time, never a verdict.
-            limit = self.config.engine_max_bytes
-            why.append(f"rspamd skipped: over engine_max_bytes={limit}")
+            why.append(ENGINE_SKIPPED)
             spool = None
         if self.engine is not None and spool is not None:
             added, action, engine_error = self._ask(self.engine, conn, txn, spool, why)
@@ -185,10 +193,13 @@ class AntiSpam:
         )
         answer = engine.check(spool, envelope)
         if not answer.ok:
+            # Delivered anyway when on_temp_error = "pass": say so in tests=.
+            why.append(ENGINE_FAILED)
             return 0.0, "", answer.detail or "engine failed"
         # One token: X-Spam-Status readers split tests= at white space and commas
         # ("no action" is "no_action" there, as in rspamd's own logs).
-        why.append(f"rspamd={answer.score:.1f}/{_TOKEN_BREAKS.sub('_', answer.action)}")
+        action = _TOKEN_BREAKS.sub("_", answer.action[:_ACTION_CHARS])
+        why.append(f"rspamd={answer.score:.1f}/{action}")
         acted = self.config.engine_action and answer.action in ("reject", "soft reject")
         return answer.score, answer.action if acted else "", ""
 
