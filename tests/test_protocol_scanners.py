@@ -280,8 +280,12 @@ def test_rspamd_soft_reject_defers_the_message(rspamd_service: Running) -> None:
 def test_engine_down_passes_by_default(tmp_path: Path) -> None:
     extra = {"antispam": {"engine": "rspamd", "engine_socket": "inet:127.0.0.1:9"}}
     with running(make_site(tmp_path / "site", extra)) as service:
-        final, _ = deliver(service, "Hello\r\n")
+        final, mods = deliver(service, "Hello\r\n")
         assert accepted(final)
+        # Marked as scored without the engine (review rev73 F1: "tests=none" read like
+        # a message rspamd had passed).
+        status = [m[1]["value"] for m in mods if m[1].get("name") == "X-Spam-Status"]
+        assert status == ["No, score=0.0 required=6.0 tests=rspamd=failed"]
         final, _ = deliver(service, b"x\r\n" + GTUBE + b"\r\n")  # built-in rules still work
         assert_reply(final, "antispam_reject")
         assert "spam engine" in service.log()
