@@ -31,6 +31,7 @@ from smtpguard.postfix import (
     postfix_milter_address,
     postfix_network,
     read_postconf,
+    relay_reply,
     shell_script,
     split_list,
 )
@@ -942,6 +943,24 @@ def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:
     assert (
         "/^552 5\\.3\\.4 Message size exceeds fixed limit/"
         " \\c (message is too long. 邮件大小超过限制)" in footers.splitlines()
+    )
+
+
+def test_postfix_replies_keep_every_language_in_the_tables_order(tmp_path: Path) -> None:
+    """Review rev73 F4: with form = "per_language" Postfix's relay refusal (one line
+    from an access map) kept the first language only; with languages = ["zh", "en"]
+    the size footer still put English first."""
+    cfg = config(tmp_path / "per", {"replies": {"form": "per_language"}})
+    replies = load_replies(cfg.replies, cfg.file)
+    assert relay_reply(replies, utf8=True) == "553 5.7.1 host denies relay. (拒绝中继)"
+    assert relay_reply(replies, utf8=False) == "553 5.7.1 host denies relay."
+    cfg = config(tmp_path / "zh", {"replies": {"languages": ["zh", "en"]}})
+    replies = load_replies(cfg.replies, cfg.file)
+    assert relay_reply(replies, utf8=True) == "553 5.7.1 拒绝中继 (host denies relay.)"
+    assert (
+        "/^552 5\\.3\\.4 Message size exceeds fixed limit/"
+        " \\c (邮件大小超过限制 message is too long.)"
+        in postfix_footer_regexp(replies, utf8=True).splitlines()
     )
 
 

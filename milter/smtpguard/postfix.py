@@ -493,8 +493,9 @@ def _parse_network(token: str) -> IPNetwork | None:
 
 def relay_reply(replies: ReplyTable, utf8: bool) -> str:
     reply = replies.render("host_denies_relay", utf8=utf8)
-    # Postfix takes only the first line from an access map; %% is not special there.
-    return f"{reply.code} {reply.xcode} {reply.lines[0].replace('%%', '%')}"
+    # Postfix takes only one line from an access map; %% is not special there.
+    text = replies.one_line("host_denies_relay", utf8=utf8)
+    return f"{reply.code} {reply.xcode} {text.replace('%%', '%')}"
 
 
 def relay_access(replies: ReplyTable, utf8: bool) -> str:
@@ -519,10 +520,14 @@ def postfix_footer_regexp(replies: ReplyTable, utf8: bool) -> str:
     out = []
     for pattern, reply_id, with_english in POSTFIX_FOOTERS:
         row = replies.rows[reply_id]
-        others = [row.text[lang] for lang in replies.policy.languages if lang != "en"]
-        text = "; ".join(t for t in others if utf8 or t.isascii())
-        if with_english:
-            text = f"{row.text['en']} {text}".strip()
+        # In the table's order of languages; English only where Postfix's own text
+        # is not the table's.
+        texts = [
+            row.text[lang]
+            for lang in replies.policy.languages
+            if (with_english or lang != "en") and (utf8 or row.text[lang].isascii())
+        ]
+        text = (" " if with_english else "; ").join(texts)
         if text:
             # The pattern is delimited by "/": one inside it (HELO/EHLO) would end it
             # early and Postfix would skip the rule ("unknown regexp option").

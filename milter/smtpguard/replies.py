@@ -146,10 +146,20 @@ class ReplyTable:
         """The reply for ``reply_id``; ``utf8`` says whether non-ASCII may be sent."""
         return self._rendered[(reply_id, utf8)]
 
+    def one_line(self, reply_id: str, *, utf8: bool) -> str:
+        """The texts of ``reply_id`` in the table's one-line form, whatever
+        ``replies.form`` says: for the MTA's own replies, which carry one line only
+        (an access map's result; review rev73 F4: the first of the per-language lines
+        dropped every other language)."""
+        row = self.rows[reply_id]
+        return _join([row.text[lang] for lang in self._languages(row, utf8)], "one_line")[0]
+
+    def _languages(self, row: Row, utf8: bool) -> list[str]:
+        langs = [lang for lang in self.policy.languages if utf8 or row.text[lang].isascii()]
+        return langs or [ASCII_LANGUAGE]
+
     def _render(self, row: Row, *, utf8: bool) -> Reply:
-        langs = [lang for lang in self.policy.languages if utf8 or row.text[lang].isascii()] or [
-            ASCII_LANGUAGE
-        ]
+        langs = self._languages(row, utf8)
         lines = _join([row.text[lang] for lang in langs], self.policy.form)
         if self.policy.hint:
             hints = [
