@@ -447,3 +447,15 @@ def test_concurrent_sessions_are_independent(service: Running) -> None:
     for t in threads:
         t.join(timeout=30)
     assert not errors, errors[0]
+
+
+def test_an_unreadable_connect_host_name_is_no_pass(service: Running) -> None:
+    """pymilter decodes the connect host name as UTF-8 before smtpguard runs: an 8-bit
+    one skipped connect, and with it every check of the client address (review rev74
+    F1). Connect is answered (pymilter's own tempfail; Postfix then defers the
+    session) and so is the MAIL FROM after it."""
+    with service.session() as s:
+        answer = s.connect_bytes(b"h\xffst.example")
+        assert (answer.kind, answer.code, answer.xcode) == ("reply", "451", "4.3.0"), answer
+        assert_reply(s.mail("<friend@sender.example>"), "internal_error")
+    assert "MAIL FROM without a connect step" in service.log()

@@ -5,8 +5,12 @@ session and one :class:`Transaction` per MAIL FROM, and turns decisions into
 ``setreply`` plus the matching return value. Every callback that answers the MTA runs
 inside :meth:`SmtpGuardMilter._guard`: whatever goes wrong becomes ``internal_error`` (a
 tempfail with the table's text), never pymilter's generic "untrapped exception" 451 and
-never an accept. ``abort`` and ``close`` answer nothing the client sees; a fault there
-is logged and the session's clean-up goes on.
+never an accept. The exception is what pymilter's C glue decodes before a callback
+runs (the connect host name, the HELO name, header field names: strict UTF-8): an
+8-bit one gets that 451 where a reply is read, and a MAIL FROM after a connect that
+never ran tempfails (``internal_error``; docs/mta-facts.md). ``abort`` and ``close``
+answer nothing the client sees; a fault there is logged and the session's clean-up
+goes on.
 
 Facts this relies on (see ``docs/mta-facts.md``): the custom reply is used only
 when the return value matches its class (5xx with REJECT, 4xx with TEMPFAIL); Postfix

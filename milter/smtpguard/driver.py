@@ -28,6 +28,7 @@ from smtpguard.checks import Event, Stage
 from smtpguard.pipeline import CONTINUE, Action, Decision
 from smtpguard.session import MTA, Connection, Transaction, new_session_id
 from smtpguard.state import SessionGate
+from smtpguard.verdict import TempError
 
 log = logging.getLogger("smtpguard")
 
@@ -164,6 +165,17 @@ class SessionDriver:
 
     def mail(self, mailfrom: str, args: tuple[str, ...] | list[str]) -> Decision:
         conn = self.conn
+        if not self.entered and conn.pending is None:
+            # pymilter decodes the connect host name before any of our code runs; an
+            # undecodable one skipped connect, and with it every check of the client
+            # address (review rev74 F1). No MTA we know sends one, but a session we
+            # know nothing of is not one to pass.
+            log.warning(
+                "sid=%s MAIL FROM without a connect step (its host name could not be"
+                " read?): tempfail",
+                conn.session_id,
+            )
+            conn.defer(TempError("internal_error", "no connect step"), "adapter")
         self._fields = []
         self._field_count = 0
         self.rt.pipeline.end_transaction(conn.txn)

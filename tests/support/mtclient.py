@@ -220,6 +220,28 @@ class MilterSession:
         final, mods = self.eom()
         return final, mods, early
 
+    def connect_bytes(self, hostname: bytes, ip: str = "198.51.100.7") -> Answer:
+        """Connect with a host name of raw octets (miltertest's codec encodes str
+        only); the reply read as :meth:`connect` reads it."""
+        self.conn.send_macro(C.SMFIC_CONNECT, **DEFAULT_CONNECT_MACROS)
+        packet = (
+            C.SMFIC_CONNECT.encode()
+            + hostname
+            + b"\0"
+            + b"4"
+            + (40000).to_bytes(2, "big")
+            + ip.encode()
+            + b"\0"
+        )
+        self.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
+        if (self.conn.protocol_flags or 0) & C.SMFIP_NR_CONN:
+            return Answer("continue")
+        rcmd, rdict = self.conn.recv()
+        if rcmd == C.SMFIR_REPLYCODE:
+            return parse_reply(rdict["smtpcode"] + rdict["space"] + rdict["text"])
+        assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
+        return Answer(_KINDS[rcmd])
+
     def body_bytes(self, chunk: bytes) -> Answer:
         # miltertest's codec encodes str only; send raw octets (NUL, 8-bit) ourselves.
         packet = C.SMFIC_BODY.encode() + chunk
