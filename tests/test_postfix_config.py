@@ -964,6 +964,21 @@ def test_postfix_replies_keep_every_language_in_the_tables_order(tmp_path: Path)
     )
 
 
+def test_the_relay_refusal_stands_in_main_cf_as_written(tmp_path: Path) -> None:
+    """Review rev75 F4: "$user" in an overridden text was expanded by Postfix (to
+    nothing) and a "}" ended the static map early."""
+    cfg = config(
+        tmp_path,
+        {
+            "replies": {
+                "override": {"host_denies_relay": {"text": {"en": "no relay for $user {here}."}}}
+            }
+        },
+    )
+    replies = load_replies(cfg.replies, cfg.file)
+    assert relay_reply(replies, utf8=False) == "553 5.7.1 no relay for $$user (here)."
+
+
 def test_footers_only_ascii_when_utf8_is_not_always(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     replies = load_replies(cfg.replies, cfg.file)

@@ -493,9 +493,15 @@ def _parse_network(token: str) -> IPNetwork | None:
 
 def relay_reply(replies: ReplyTable, utf8: bool) -> str:
     reply = replies.render("host_denies_relay", utf8=utf8)
-    # Postfix takes only one line from an access map; %% is not special there.
-    text = replies.one_line("host_denies_relay", utf8=utf8)
-    return f"{reply.code} {reply.xcode} {text.replace('%%', '%')}"
+    # Postfix takes only one line from an access map; %% is not special there. The
+    # text stands in main.cf, inside static:{...}: "$" would expand a parameter and a
+    # brace end the map early (review rev75 F4), so "$$" and parentheses.
+    text = replies.one_line("host_denies_relay", utf8=utf8).replace("%%", "%")
+    text = text.replace("$", "$$").translate(_NO_BRACES)
+    return f"{reply.code} {reply.xcode} {text}"
+
+
+_NO_BRACES = str.maketrans("{}", "()")
 
 
 def relay_access(replies: ReplyTable, utf8: bool) -> str:
