@@ -373,6 +373,55 @@ def test_lines_pasted_twice_keep_one_filter_definition(build_cf: Callable[[str],
     assert whole.filter_lines == ["smtpguard"]
 
 
+#: The filter line of an earlier release (before the guard against a second copy).
+OLD_LINE = "INPUT_MAIL_FILTER(`smtpguard', `S=local:/old/smtpguard.sock, F=T')dnl\n"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("order", ["old-below", "old-above"])
+def test_an_older_copy_beside_the_lines_keeps_one_filter_definition(
+    build_cf: Callable[[str], Built], order: str
+) -> None:
+    """Review rev75 F1: an earlier release's line below these (an upgrade that added
+    instead of replacing) defined the filter again; m4 exited 0 and Sendmail did not
+    start. The first definition is kept either way, and m4 exits 1."""
+    ours = sendmail_mc(load(SAMPLE))
+    built = build_cf(ours + OLD_LINE if order == "old-below" else OLD_LINE + ours)
+    assert built.returncode == 1
+    assert "smtpguard: the smtpguard filter is defined twice" in built.stderr
+    assert built.filters == "smtpguard"
+    assert built.filter_lines == ["smtpguard"]
+    assert built.mailers == ["local", "prog"]
+
+
+@pytest.mark.integration
+def test_two_instances_each_enlist_their_own_filter(
+    build_cf: Callable[[str], Built], tmp_path: Path
+) -> None:
+    """Each instance's lines wrap Sendmail's filter macros under a name of their own."""
+    site = make_site(tmp_path, {"milter": {"name": "smtpguard.b-2"}}, directory=False)
+    built = build_cf(sendmail_mc(load(SAMPLE)) + sendmail_mc(load(site.config)))
+    assert built.returncode == 0, built.stderr
+    assert built.filters == "smtpguard, smtpguard.b-2"
+    assert built.filter_lines == ["smtpguard", "smtpguard.b-2"]
+
+
+@pytest.mark.integration
+def test_a_wrapped_define_that_drops_smtpguard_fails_the_build(
+    build_cf: Callable[[str], Built],
+) -> None:
+    """Review rev75 F2: text wrapped above smtpguard's lines runs after their guard
+    (last in, first out) and replaced the list: m4 exited 0. It is looked at again
+    once proto.m4 has written the .cf."""
+    wrapped = (
+        "m4wrap(`define(`confINPUT_MAIL_FILTERS', `other')')dnl\n"
+        "MAIL_FILTER(`other', `S=local:/run/other/other.sock, F=T')dnl\n"
+    )
+    built = build_cf(wrapped + sendmail_mc(load(SAMPLE)))
+    assert built.returncode == 1
+    assert "replaced the list; this sendmail.cf runs without smtpguard" in built.stderr
+
+
 #: A .mc that lists its filters first and defines them after, as Sendmail's cf/README
 #: allows.
 LIST_FIRST = (

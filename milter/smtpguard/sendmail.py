@@ -169,7 +169,18 @@ def sendmail_filter_guard(name: str) -> str:
     pattern = name.replace(".", "\\.")
     first = f"regexp(`,'{listed}, `^{_NAME_EDGE}*{pattern}\\({_NAME_EDGE}\\|$\\)')"
     anywhere = f"regexp(`,'{listed}`,', `{_NAME_EDGE}{pattern}{_NAME_EDGE}')"
-    return f"m4wrap(`ifelse({anywhere}, -1, `{missing}', `ifelse({first}, -1, `{not_first}')')')dnl"
+    # Text wrapped before ours (an m4wrap above these lines) runs after ours and may
+    # replace the list again (review rev75 F2): looked at once more after proto.m4.
+    replaced_after = (
+        f"errprint(`smtpguard: {name} is not in {key}: a define that ran after the"
+        " smtpguard lines (in an m4wrap) replaced the list; this sendmail.cf runs"
+        " without smtpguard\n')m4exit(1)"
+    )
+    after_proto = (
+        f"ifdef({_PROTO_READ}, `', `m4wrap(`ifelse({anywhere}, -1, `{replaced_after}')')')"
+    )
+    check = f"ifelse({anywhere}, -1, `{missing}', `ifelse({first}, -1, `{not_first}')')"
+    return f"m4wrap(`{after_proto}{check}')dnl"
 
 
 def sendmail_filter_line(name: str, equates: str) -> str:
@@ -188,12 +199,37 @@ def sendmail_filter_line(name: str, equates: str) -> str:
     defined = f"regexp(defn(`_MAIL_FILTERS_'), `^X{pattern},')"
     listed = f"regexp(`,'defn(`confINPUT_MAIL_FILTERS')`,', `{_NAME_EDGE}{pattern}{_NAME_EDGE}')"
     enlist = f"ifelse({listed}, -1, `INPUT_MAIL_FILTER', `MAIL_FILTER')(`{name}', `{equates}')"
-    twice = (
+    return f"ifelse({defined}, -1, `{enlist}', `{_defined_twice(name)}')dnl"
+
+
+def _defined_twice(name: str) -> str:
+    """m4: the error for a second definition of the filter, and m4 exiting 1 once the
+    whole .cf is written."""
+    return (
         f"errprint(`smtpguard: the {name} filter is defined twice (are the smtpguard lines in"
-        " this .mc twice?): the later INPUT_MAIL_FILTER line is left out; keep one copy\n')"
+        " this .mc twice?): the later definition is left out; keep one copy\n')"
         "m4wrap(`m4wrap(`m4exit(1)')')"
     )
-    return f"ifelse({defined}, -1, `{enlist}', `{twice}')dnl"
+
+
+def sendmail_filter_once(name: str) -> str:
+    """A line after the filter's own: a later ``MAIL_FILTER`` or ``INPUT_MAIL_FILTER``
+    of the same name is left out, with :func:`_defined_twice`'s error.
+
+    The lines of a release before this one, pasted below these, enlisted the filter a
+    second time: Sendmail did not start (a duplicate ``X`` line) and m4 said nothing
+    (review rev75 F1). Sendmail's two macros are wrapped once, under names of this
+    filter's own, so that a second copy of these lines, or another instance of
+    smtpguard with its own name, wraps them again without looping."""
+    key = "_smtpguard_once_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+    wrap = []
+    for macro in ("MAIL_FILTER", "INPUT_MAIL_FILTER"):
+        saved = f"{key}_{macro}"
+        wrap.append(
+            f"define(`{saved}', defn(`{macro}'))"
+            f"define(`{macro}', `ifelse(`$1', `{name}', `{_defined_twice(name)}', `{saved}($@)')')"
+        )
+    return f"ifdef(`{key}_MAIL_FILTER', `', `{''.join(wrap)}')dnl"
 
 
 def sendmail_macro_guard() -> str:
@@ -259,6 +295,8 @@ def sendmail_mc(config: Config) -> str:
         sendmail_filter_line(
             config.milter.name, f"S={address}, F=T, T={sendmail_timeouts(config)}"
         ),
+        "dnl A later definition of the same filter (older lines below these) is left out.",
+        sendmail_filter_once(config.milter.name),
         "dnl If a later line drops smtpguard from the filter list, the .cf gets it back",
         "dnl first and m4 exits 1.",
         sendmail_filter_guard(config.milter.name),
