@@ -419,7 +419,56 @@ def test_a_wrapped_define_that_drops_smtpguard_fails_the_build(
     )
     built = build_cf(wrapped + sendmail_mc(load(SAMPLE)))
     assert built.returncode == 1
-    assert "replaced the list; this sendmail.cf runs without smtpguard" in built.stderr
+    assert "replaced the list); this sendmail.cf may run without smtpguard" in built.stderr
+
+
+@pytest.mark.integration
+def test_names_that_differ_in_punctuation_each_enlist_their_filter(
+    build_cf: Callable[[str], Built], tmp_path: Path
+) -> None:
+    """Review rev76 N1: "a.b" and "a_b" shared the m4 name of the wrapped macros, so
+    the second instance's were not wrapped, and an older line of it left below defined
+    it twice (Sendmail did not start, m4 exited 0)."""
+    mcs = [
+        sendmail_mc(load(make_site(tmp_path / n, {"milter": {"name": n}}, directory=False).config))
+        for n in ("a.b", "a_b", "a-b")
+    ]
+    built = build_cf("".join(mcs))
+    assert built.returncode == 0, built.stderr
+    assert built.filters == "a.b, a_b, a-b"
+    assert built.filter_lines == ["a.b", "a_b", "a-b"]
+    built = build_cf("".join(mcs) + "INPUT_MAIL_FILTER(`a_b', `S=local:/old/a_b.sock')dnl\n")
+    assert built.returncode == 1
+    assert "smtpguard: the a_b filter is defined twice" in built.stderr
+    assert built.filter_lines == ["a.b", "a_b", "a-b"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("later", "said"),
+    [
+        pytest.param(
+            "INPUT_MAIL_FILTER(``smtpguard'', `S=local:/old/smtpguard.sock')dnl\n",
+            "smtpguard is defined twice: Sendmail would not start",
+            id="quoted-twice",
+        ),
+        pytest.param(
+            "define(`INPUT_MAIL_FILTER', `MAIL_FILTER(`$1', `$2')define("
+            "`confINPUT_MAIL_FILTERS', defn(`confINPUT_MAIL_FILTERS')`, '`$1')')dnl\n" + OLD_LINE,
+            "confINPUT_MAIL_FILTERS names smtpguard twice: Sendmail would answer every MAIL",
+            id="macro-redefined",
+        ),
+    ],
+)
+def test_what_cannot_be_mended_fails_the_build(
+    build_cf: Callable[[str], Built], later: str, said: str
+) -> None:
+    """Review rev76 N1, N4: an older line quoted oddly, or a site's own INPUT_MAIL_FILTER
+    after smtpguard's lines, slips past the wrapped macros; the guard says what
+    Sendmail would do and m4 exits 1."""
+    built = build_cf(sendmail_mc(load(SAMPLE)) + later)
+    assert built.returncode == 1
+    assert f"smtpguard: {said}" in built.stderr
 
 
 #: A .mc that lists its filters first and defines them after, as Sendmail's cf/README

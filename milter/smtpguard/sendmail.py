@@ -171,16 +171,30 @@ def sendmail_filter_guard(name: str) -> str:
     anywhere = f"regexp(`,'{listed}`,', `{_NAME_EDGE}{pattern}{_NAME_EDGE}')"
     # Text wrapped before ours (an m4wrap above these lines) runs after ours and may
     # replace the list again (review rev75 F2): looked at once more after proto.m4.
+    # What proto.m4 wrote cannot be read back, and text wrapped from wrapped text may
+    # change the list after it (rev76 N2): hence the grep.
     replaced_after = (
-        f"errprint(`smtpguard: {name} is not in {key}: a define that ran after the"
-        " smtpguard lines (in an m4wrap) replaced the list; this sendmail.cf runs"
-        " without smtpguard\n')m4exit(1)"
+        f"errprint(`smtpguard: {name} is not in {key} after all (a define wrapped with"
+        " m4wrap above the smtpguard lines replaced the list); this sendmail.cf may run"
+        f" without smtpguard: check grep InputMailFilters sendmail.cf\n')m4exit(1)"
     )
     after_proto = (
         f"ifdef({_PROTO_READ}, `', `m4wrap(`ifelse({anywhere}, -1, `{replaced_after}')')')"
     )
+    # Named twice: Sendmail 8.17 answers every MAIL with 451 4.3.2 (a site's own
+    # INPUT_MAIL_FILTER after these lines, rev76 N4); defined twice: it does not start
+    # (an earlier line quoted oddly, rev76 N1). Neither can be mended here.
+    named = f"{_NAME_EDGE}{pattern}{_NAME_EDGE}"
+    twice_listed = f"regexp(`,'{listed}`,', `{named}.*{named}')"
+    twice_defined = f"regexp(defn(`_MAIL_FILTERS_'), `^X{pattern} *,\\(.\\|\n\\)*\nX{pattern} *,')"
+    broken = (
+        f"ifelse({twice_listed}, -1, `', `errprint(`smtpguard: {key} names {name} twice:"
+        " Sendmail would answer every MAIL with 451; keep one\n')m4wrap(`m4exit(1)')')"
+        f"ifelse({twice_defined}, -1, `', `errprint(`smtpguard: {name} is defined twice:"
+        " Sendmail would not start; keep one INPUT_MAIL_FILTER line\n')m4wrap(`m4exit(1)')')"
+    )
     check = f"ifelse({anywhere}, -1, `{missing}', `ifelse({first}, -1, `{not_first}')')"
-    return f"m4wrap(`{after_proto}{check}')dnl"
+    return f"m4wrap(`{after_proto}{check}{broken}')dnl"
 
 
 def sendmail_filter_line(name: str, equates: str) -> str:
@@ -221,7 +235,8 @@ def sendmail_filter_once(name: str) -> str:
     (review rev75 F1). Sendmail's two macros are wrapped once, under names of this
     filter's own, so that a second copy of these lines, or another instance of
     smtpguard with its own name, wraps them again without looping."""
-    key = "_smtpguard_once_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+    # One m4 name per filter name: "a.b" and "a_b" must not share one (rev76 N1).
+    key = "_smtpguard_once_" + re.sub(r"[^A-Za-z0-9]", lambda m: f"_{ord(m[0]):02x}", name)
     wrap = []
     for macro in ("MAIL_FILTER", "INPUT_MAIL_FILTER"):
         saved = f"{key}_{macro}"
