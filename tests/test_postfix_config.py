@@ -979,6 +979,30 @@ def test_the_relay_refusal_stands_in_main_cf_as_written(tmp_path: Path) -> None:
     assert relay_reply(replies, utf8=False) == "553 5.7.1 no relay for $$user (here)."
 
 
+@pytest.mark.parametrize("text", ["a } b { c", "see {policy here", "costs $5"])
+def test_an_entry_written_before_the_text_was_escaped_is_replaced(
+    tmp_path: Path, text: str
+) -> None:
+    """Review rev76 N3: an earlier release wrote the text as is; a brace in it broke
+    Postfix's list, the entry was not recognised, and rerunning postfix-config kept it
+    first (the cut-off text) or left Postfix unable to start."""
+    cfg = config(tmp_path, {"replies": {"override": {"host_denies_relay": {"text": {"en": text}}}}})
+    replies = load_replies(cfg.replies, cfg.file)
+    old = f"check_recipient_access static:{{553 5.7.1 {text} (拒绝中继)}}"
+    new = f"check_recipient_access static:{{{relay_reply(replies, utf8=True)}}}"
+    written = (
+        f"permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, {old},"
+        " defer_unauth_destination"
+    )
+    value = changes(make_plan(cfg, smtpd_relay_restrictions=written)).get(
+        "smtpd_relay_restrictions", written
+    )
+    assert old not in value
+    assert value.count("check_recipient_access") == 1
+    assert new in value
+    assert value.endswith("defer_unauth_destination")
+
+
 def test_footers_only_ascii_when_utf8_is_not_always(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     replies = load_replies(cfg.replies, cfg.file)

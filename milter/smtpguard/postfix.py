@@ -963,6 +963,11 @@ class _Planner:
         reply (same code and enhanced code) with the relay guard right after it."""
         value = self.raw[name]
         reply = self.replies.render("host_denies_relay", utf8=self._utf8)
+        for old in self._unescaped_relay_entries():
+            # Written by releases before the text was escaped for main.cf (review rev76
+            # N3): a brace in it breaks Postfix's list, so it is found as text.
+            if old != keep and old in value:
+                value = re.sub(re.escape(old) + r"[\s,]*", "", value).rstrip(", \t")
         prefix = f"static:{{{reply.code} {reply.xcode} "
         spans = list_spans(value)
         items = [value[a:b] for a, b in spans]
@@ -981,6 +986,20 @@ class _Planner:
             ):
                 value = _cut(value, spans, i, i + 1)
         return value
+
+    def _unescaped_relay_entries(self) -> list[str]:
+        """The relay entries earlier releases wrote for this table where the text has
+        a "$" or a brace: the first line of the reply, or its one-line form, as is."""
+        reply = self.replies.render("host_denies_relay", utf8=self._utf8)
+        texts = {
+            reply.lines[0].replace("%%", "%"),
+            self.replies.one_line("host_denies_relay", utf8=self._utf8).replace("%%", "%"),
+        }
+        return [
+            f"check_recipient_access static:{{{reply.code} {reply.xcode} {text}}}"
+            for text in sorted(texts)
+            if any(c in text for c in "${}")
+        ]
 
     def _open_relay_problems(self, cleaned: Mapping[str, str], milter_mode: bool) -> bool:
         """Report what passes every recipient before the relay guard; True if any."""
