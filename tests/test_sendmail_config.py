@@ -458,6 +458,11 @@ def test_names_that_differ_in_punctuation_each_enlist_their_filter(
             "confINPUT_MAIL_FILTERS names smtpguard twice: Sendmail would answer every MAIL",
             id="macro-redefined",
         ),
+        pytest.param(
+            "define(`confINPUT_MAIL_FILTERS', `smtpguard,smtpguard')dnl\n",
+            "confINPUT_MAIL_FILTERS names smtpguard twice: Sendmail would answer every MAIL",
+            id="listed-twice-adjacent",
+        ),
     ],
 )
 def test_what_cannot_be_mended_fails_the_build(

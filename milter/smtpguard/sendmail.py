@@ -184,8 +184,9 @@ def sendmail_filter_guard(name: str) -> str:
     # Named twice: Sendmail 8.17 answers every MAIL with 451 4.3.2 (a site's own
     # INPUT_MAIL_FILTER after these lines, rev76 N4); defined twice: it does not start
     # (an earlier line quoted oddly, rev76 N1). Neither can be mended here.
+    # The second name's edge may be the first one's: "smtpguard,smtpguard".
     named = f"{_NAME_EDGE}{pattern}{_NAME_EDGE}"
-    twice_listed = f"regexp(`,'{listed}`,', `{named}.*{named}')"
+    twice_listed = f"regexp(`,'{listed}`,', `{named}\\(.*{_NAME_EDGE}\\)?{pattern}{_NAME_EDGE}')"
     twice_defined = f"regexp(defn(`_MAIL_FILTERS_'), `^X{pattern} *,\\(.\\|\n\\)*\nX{pattern} *,')"
     broken = (
         f"ifelse({twice_listed}, -1, `', `errprint(`smtpguard: {key} names {name} twice:"
