@@ -994,13 +994,28 @@ def test_an_entry_written_before_the_text_was_escaped_is_replaced(
         f"permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, {old},"
         " defer_unauth_destination"
     )
-    value = changes(make_plan(cfg, smtpd_relay_restrictions=written)).get(
-        "smtpd_relay_restrictions", written
-    )
+    result = make_plan(cfg, smtpd_relay_restrictions=written)
+    value = changes(result).get("smtpd_relay_restrictions", written)
     assert old not in value
     assert value.count("check_recipient_access") == 1
     assert new in value
     assert value.endswith("defer_unauth_destination")
+    # Judged on what is written, not on Postfix's reading of the broken entry (rev77
+    # R2: a false "open relay possible").
+    assert not any("open relay" in p for p in result.problems)
+
+
+def test_an_admins_own_entry_with_the_relay_text_stays(tmp_path: Path) -> None:
+    """Review rev77 R1: the entry an earlier release wrote is found as text only in the
+    shape it was written (after permit_auth_destination, a relay guard right after
+    it); an admin's reject-all with the same text refuses strangers and stays."""
+    cfg = config(
+        tmp_path, {"replies": {"override": {"host_denies_relay": {"text": {"en": "costs $5"}}}}}
+    )
+    own = "check_recipient_access static:{553 5.7.1 costs $5 (拒绝中继)}"
+    recipient = f"permit_mynetworks, permit_sasl_authenticated, {own}"
+    result = make_plan(cfg, smtpd_recipient_restrictions=recipient)
+    assert changes(result).get("smtpd_recipient_restrictions", recipient) == recipient
 
 
 def test_footers_only_ascii_when_utf8_is_not_always(tmp_path: Path) -> None:

@@ -965,9 +965,14 @@ class _Planner:
         reply = self.replies.render("host_denies_relay", utf8=self._utf8)
         for old in self._unescaped_relay_entries():
             # Written by releases before the text was escaped for main.cf (review rev76
-            # N3): a brace in it breaks Postfix's list, so it is found as text.
-            if old != keep and old in value:
-                value = re.sub(re.escape(old) + r"[\s,]*", "", value).rstrip(", \t")
+            # N3): a brace in it breaks Postfix's list, so it is found as text, in the
+            # shape written below (rev77 R1: an admin's own reject-all stays).
+            if old != keep:
+                written = re.compile(re.escape(old) + rf"[\s,]*(?=(?:{'|'.join(RELAY_GUARDS)})\b)")
+                value = written.sub(
+                    lambda m: "" if "permit_auth_destination" in m.string[: m.start()] else m[0],
+                    value,
+                )
         prefix = f"static:{{{reply.code} {reply.xcode} "
         spans = list_spans(value)
         items = [value[a:b] for a, b in spans]
@@ -1004,18 +1009,22 @@ class _Planner:
     def _open_relay_problems(self, cleaned: Mapping[str, str], milter_mode: bool) -> bool:
         """Report what passes every recipient before the relay guard; True if any."""
         found = False
+        every: list[str] = []
         for name, value in cleaned.items():
             if "$" not in value.replace(MILTER_RELAY_PASS, ""):
                 # Nothing to expand but our own pass-through: read what the admin wrote,
-                # not what an earlier postfix-config left there.
+                # not what an earlier postfix-config left there (a broken entry of one
+                # hid the guard after it; rev77 R2).
                 items = split_list(value.replace(MILTER_RELAY_PASS, ""))
             elif milter_mode and MILTER_RELAY_PASS in value:
+                every += split_list(self.now[name])
                 continue  # its expansion cannot be told apart from the admin's items
             else:
                 items = split_list(self.now[name])
                 if MILTER_RELAY_PASS in self.raw[name] and self.now["smtpd_milters"].strip():
                     # The expansion of our own pass-through, which this plan removes.
                     items = _without_pass(items)
+            every += items
             guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), None)
             for item in items[: len(items) if guard is None else guard]:
                 if item == "permit" or _passes_all(item):
@@ -1024,7 +1033,6 @@ class _Planner:
                         f"{name}: {item!r} before the relay guard passes every recipient:"
                         " open relay as soon as smtpguard is removed, stopped or in dry run"
                     )
-        every = [item for name in cleaned for item in split_list(self.now[name])]
         has_guard = any(item in (*RELAY_GUARDS, "reject", "defer") for item in every)
         if not has_guard:
             found = True
