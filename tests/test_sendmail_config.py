@@ -15,7 +15,12 @@ import pytest
 from smtpguard.app import load
 from smtpguard.bounds import AnswerBounds, answer_bounds
 from smtpguard.config import Config
-from smtpguard.sendmail import sendmail_mc, sendmail_socket_problem, sendmail_timeouts
+from smtpguard.sendmail import (
+    sendmail_cf_problems,
+    sendmail_mc,
+    sendmail_socket_problem,
+    sendmail_timeouts,
+)
 from support.sendmail import fetch_debs, install, readme_snippet
 from support.service import ROOT, make_site, run_cli
 
@@ -88,6 +93,7 @@ class Built:
     filters: str
     mailers: list[str]
     filter_lines: list[str]
+    text: str
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +119,7 @@ def build_cf(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Built]
             filters.group(1) if filters else "",
             re.findall(r"^M(\w+),", text, re.M),
             re.findall(r"^X([\w.-]+),", text, re.M),
+            text,
         )
 
     return build
@@ -524,3 +531,56 @@ def test_the_guard_messages_hold_no_m4_quotes() -> None:
     """An apostrophe in a message ends m4's quoted argument: the .mc would not build."""
     text = sendmail_mc(load(SAMPLE))
     assert text.count("errprint(`") == len(re.findall(r"errprint\(`[^`']*'\)", text)) > 6
+
+
+@pytest.mark.integration
+def test_check_reads_what_a_built_cf_will_run(
+    build_cf: Callable[[str], Built], tmp_path: Path
+) -> None:
+    """`sendmail-config --check CF`: the .cf is what Sendmail runs, whatever the m4
+    guards could see (a list given as another macro's name: review rev75 F3)."""
+    sample = load(SAMPLE)
+    good = build_cf(sendmail_mc(sample))
+    assert sendmail_cf_problems(sample, good.text) == []
+    via_macro = build_cf(
+        "define(`MYLIST', `smtpguard,other')dnl\n"
+        "define(`confINPUT_MAIL_FILTERS', `MYLIST')dnl\n"
+        "MAIL_FILTER(`other', `S=local:/run/other/other.sock, F=T')dnl\n" + sendmail_mc(sample)
+    )
+    assert sendmail_cf_problems(sample, via_macro.text) == [
+        "InputMailFilters names smtpguard 2 times: Sendmail answers every MAIL with 451 4.3.2"
+    ]
+    edited = (
+        good.text.replace("F=T, ", "")
+        .replace(", {auth_authen}", "")
+        .replace("O InputMailFilters=smtpguard", "O InputMailFilters=other, smtpguard")
+    )
+    assert sendmail_cf_problems(sample, edited) == [
+        "InputMailFilters: smtpguard is not first (other, smtpguard): it sees the header"
+        " fields as the filters before it left them",
+        "Xsmtpguard: no F=T: while smtpguard is down or restarting Sendmail accepts mail unchecked",
+        "Milter.macros.envfrom lacks {auth_authen}: logins are unknown to smtpguard: their"
+        " mail is refused",
+    ]
+    other = load(
+        make_site(
+            tmp_path,
+            {"milter": {"name": "smtpguard", "socket": "inet:8899@127.0.0.1"}},
+            directory=False,
+        ).config
+    )
+    assert sendmail_cf_problems(other, good.text) == [
+        "Xsmtpguard: S=local:/var/spool/postfix/smtpguard/smtpguard.sock is not this"
+        " config's socket (inet:8899@127.0.0.1)"
+    ]
+    cf = tmp_path / "sendmail.cf"
+    cf.write_text(good.text)
+    ok = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(cf))
+    assert (ok.returncode, ok.stdout) == (0, f"{cf}: OK\n")
+    cf.write_text(via_macro.text)
+    bad = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(cf))
+    assert bad.returncode == 1
+    assert f"{cf}: InputMailFilters names smtpguard 2 times" in bad.stdout
+    missing = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(tmp_path / "none.cf"))
+    assert missing.returncode == 2
+    assert "No such file" in missing.stderr

@@ -396,9 +396,21 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sendmail_config(args: argparse.Namespace) -> int:
-    from smtpguard.sendmail import SendmailConfigError, sendmail_mc
+    from smtpguard.sendmail import SendmailConfigError, sendmail_cf_problems, sendmail_mc
 
     config = _load(args.config)
+    if args.check:
+        try:
+            text = Path(args.check).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            print(f"smtpguard sendmail-config: {exc}", file=sys.stderr)
+            return 2
+        problems = sendmail_cf_problems(config, text)
+        for problem in problems:
+            print(f"{args.check}: {problem}")
+        if not problems:
+            print(f"{args.check}: OK")
+        return 1 if problems else 0
     try:
         print(sendmail_mc(config), end="")
     except SendmailConfigError as exc:
@@ -770,11 +782,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="attach smtpguard to non_smtpd_milters (local submission) too",
     )
-    _command(
+    sc = _command(
         sub,
         "sendmail-config",
         cmd_sendmail_config,
         help="print the sendmail.mc lines for this config",
+    )
+    sc.add_argument(
+        "--check",
+        metavar="CF",
+        help="read a built sendmail.cf instead: list what keeps Sendmail from running"
+        " smtpguard as configured; exit 1 if anything",
     )
 
     _directory_parser(sub)
@@ -783,10 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 EXIT_CODES = """exit codes:
   0  ok; for simulate: the mail would be accepted
-  1  simulate: the mail would be refused; check-config, postfix-config --check:
-     problems found; directory show, directory remove: no such entry; directory
-     export: rows left out (each named on stderr); run: the milter socket was
-     lost while serving (workers > 1)
+  1  simulate: the mail would be refused; check-config, postfix-config --check,
+     sendmail-config --check: problems found; directory show, directory
+     remove: no such entry; directory export: rows left out (each named on
+     stderr); run: the milter socket was lost while serving (workers > 1)
   2  usage or configuration error, or cannot start (socket in use, cannot bind,
      unreadable or unwritable file, syslog socket)"""
 
