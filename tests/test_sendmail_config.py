@@ -556,6 +556,7 @@ def test_check_reads_what_a_built_cf_will_run(
         .replace("O InputMailFilters=smtpguard", "O InputMailFilters=other, smtpguard")
     )
     assert sendmail_cf_problems(sample, edited) == [
+        "InputMailFilters names other, which has no X line: Sendmail does not start",
         "InputMailFilters: smtpguard is not first (other, smtpguard): it sees the header"
         " fields as the filters before it left them",
         "Xsmtpguard: no F=T: while smtpguard is down or restarting Sendmail accepts mail unchecked",
@@ -584,3 +585,57 @@ def test_check_reads_what_a_built_cf_will_run(
     missing = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(tmp_path / "none.cf"))
     assert missing.returncode == 2
     assert "No such file" in missing.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("old", "new", "found"),
+    [
+        # Read as Sendmail reads them (review rev78 F2): no problem.
+        ("O InputMailFilters=smtpguard", "O InputMailFilters = smtpguard", []),
+        ("O InputMailFilters=smtpguard", "O inputmailfilters=smtpguard", []),
+        ("S=local:", "S=unix:", []),
+        (
+            "S=local:/var/spool/postfix/smtpguard/smtpguard.sock",
+            'S="local:/var/spool/postfix/smtpguard/smtpguard.sock"',
+            [],
+        ),
+        ("Xsmtpguard, S=", "Xsmtpguard Socket=", []),
+        (", F=T,", ",\n\tFlags=T,", []),
+        # What Sendmail refuses to load (rev78 F1).
+        (
+            "O InputMailFilters=smtpguard",
+            "O InputMailFilters=smtpguard;other",
+            ["InputMailFilters names other, which has no X line: Sendmail does not start"],
+        ),
+        (
+            "O InputMailFilters=smtpguard",
+            "O InputMailFilters=smtpguard ,other",
+            [
+                "InputMailFilters: 'smtpguard ' ends in a space, which Sendmail keeps: it"
+                " looks for a filter of that name and does not start",
+                "InputMailFilters names other, which has no X line: Sendmail does not start",
+            ],
+        ),
+    ],
+)
+def test_check_reads_the_cf_as_sendmail_does(
+    build_cf: Callable[[str], Built], old: str, new: str, found: list[str]
+) -> None:
+    sample = load(SAMPLE)
+    text = build_cf(sendmail_mc(sample)).text
+    assert old in text
+    assert sendmail_cf_problems(sample, text.replace(old, new, 1)) == found
+
+
+@pytest.mark.integration
+def test_check_counts_filter_definitions_in_any_case(build_cf: Callable[[str], Built]) -> None:
+    """Review rev78 F1: Sendmail looks filter names up in any case; Xsmtpguard and
+    XSMTPGUARD are one filter defined twice, and it does not start."""
+    sample = load(SAMPLE)
+    text = build_cf(sendmail_mc(sample)).text
+    line = next(x for x in text.splitlines() if x.startswith("Xsmtpguard,"))
+    doubled = text.replace(line, line + "\n" + line.replace("Xsmtpguard", "XSMTPGUARD"))
+    assert sendmail_cf_problems(sample, doubled) == [
+        "Xsmtpguard is defined 2 times (names in any case): Sendmail does not start"
+    ]

@@ -346,17 +346,61 @@ def sendmail_max_hop(max_hops: int) -> int:
 
 def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
     """What a built sendmail.cf says against this config: smtpguard not in
-    ``InputMailFilters`` exactly once, or not first; its ``X`` line missing, doubled,
-    on another socket or without ``F=T``; a macro list without what smtpguard reads.
+    ``InputMailFilters`` exactly once, or not first; a listed filter without its ``X``
+    line, or one defined twice; smtpguard's on another socket or without ``F=T``; a
+    macro list without what smtpguard reads.
 
     The m4 guards of :func:`sendmail_mc` cannot see everything (a list given as the
     name of another macro, an m4 that rereads wrapped text in call order, text wrapped
-    from wrapped text; reviews rev75, rev76): the .cf is what Sendmail will run."""
-    name = config.milter.name
+    from wrapped text; reviews rev75, rev76): the .cf is what Sendmail will run. It is
+    read as Sendmail 8.17's readcf.c and milter.c read it (review rev78): continuation
+    lines, option names in any case with spaces around "=", filter names split at ","
+    and ";" and looked up in any case, an equate's key by its first letter, quotes
+    around a value, ``unix:`` for ``local:``."""
+    text = re.sub(r"\r?\n[ \t]+", " ", cf_text.replace("\r\n", "\n"))
+    options = {
+        key.lower(): value.strip()
+        for key, value in re.findall(r"^O[ \t]*([\w.]+)[ \t]*=(.*)$", text, re.M)
+    }
+    filters = [f.lstrip() for f in re.split(r"[,;]", options.get("inputmailfilters", ""))]
+    filters = [f for f in filters if f]
+    defined: dict[str, list[str]] = {}
+    for x_name, rest in re.findall(r"^X([^\s,]+)[\s,]*(.*)$", text, re.M):
+        defined.setdefault(x_name.lower(), []).append(rest)
+    problems = _cf_filter_problems(config.milter.name, filters, defined)
+    ours = defined.get(config.milter.name.lower(), [])
+    if len(ours) == 1:
+        problems += _cf_equate_problems(config, ours[0])
+    for key, macros in SENDMAIL_MACROS.items():
+        stage = key.removeprefix("confMILTER_MACROS_").lower()
+        listed = {m.strip() for m in options.get(f"milter.macros.{stage}", "").split(",")}
+        problems += [
+            f"Milter.macros.{stage} lacks {macro}: {MACRO_NEEDS[macro]}"
+            for macro in macros
+            if macro not in listed
+        ]
+    return problems
+
+
+def _cf_filter_problems(name: str, filters: list[str], defined: dict[str, list[str]]) -> list[str]:
     problems = []
-    options = dict(re.findall(r"^O ([\w.]+)=(.*)$", cf_text, re.M))
-    filters = [f.strip() for f in options.get("InputMailFilters", "").split(",") if f.strip()]
-    count = filters.count(name)
+    for listed in filters:
+        if listed != listed.rstrip():
+            problems.append(
+                f"InputMailFilters: {listed!r} ends in a space, which Sendmail keeps:"
+                " it looks for a filter of that name and does not start"
+            )
+        elif listed.lower() not in defined:
+            problems.append(
+                f"InputMailFilters names {listed}, which has no X line: Sendmail does not start"
+            )
+    problems += [
+        f"X{x_name} is defined {len(lines)} times (names in any case): Sendmail does not start"
+        for x_name, lines in defined.items()
+        if len(lines) > 1
+    ]
+    # A name with a trailing space is reported above; counted here as meant.
+    count = [f.rstrip().lower() for f in filters].count(name.lower())
     if count == 0:
         problems.append(
             f"InputMailFilters ({', '.join(filters) or 'none'}) does not name {name}:"
@@ -367,39 +411,32 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
             f"InputMailFilters names {name} {count} times: Sendmail answers every MAIL"
             " with 451 4.3.2"
         )
-    elif filters[0] != name:
+    elif filters[0].rstrip().lower() != name.lower():
         problems.append(
             f"InputMailFilters: {name} is not first ({', '.join(filters)}): it sees the"
             " header fields as the filters before it left them"
         )
-    lines = re.findall(rf"^X{re.escape(name)}\s*,(.*)$", cf_text, re.M)
-    if not lines:
+    if name.lower() not in defined:
         problems.append(f"no X{name} line: Sendmail does not know the filter")
-    elif len(lines) > 1:
-        problems.append(f"X{name} is defined {len(lines)} times: Sendmail does not start")
-    else:
-        equates = {
-            k.strip(): v.strip()
-            for k, _, v in (part.partition("=") for part in lines[0].split(","))
-        }
-        address = _sendmail_address(config.milter.socket)
-        if equates.get("S") != address:
-            problems.append(
-                f"X{name}: S={equates.get('S', '')} is not this config's socket ({address})"
-            )
-        if "T" not in equates.get("F", ""):
-            problems.append(
-                f"X{name}: no F=T: while smtpguard is down or restarting Sendmail"
-                + (
-                    " rejects mail for good"
-                    if "R" in equates.get("F", "")
-                    else " accepts mail unchecked"
-                )
-            )
-    for key, macros in SENDMAIL_MACROS.items():
-        stage = key.removeprefix("confMILTER_MACROS_").lower()
-        listed = {m.strip() for m in options.get(f"Milter.macros.{stage}", "").split(",")}
-        for macro in macros:
-            if macro not in listed:
-                problems.append(f"Milter.macros.{stage} lacks {macro}: {MACRO_NEEDS[macro]}")
+    return problems
+
+
+def _cf_equate_problems(config: Config, equates_text: str) -> list[str]:
+    name = config.milter.name
+    equates: dict[str, str] = {}
+    for part in equates_text.split(","):
+        key, _, value = part.partition("=")
+        if key.strip():
+            equates[key.strip()[0].upper()] = value.strip().strip('"')
+    problems = []
+    address = _sendmail_address(config.milter.socket)
+    given = equates.get("S", "")
+    if re.sub(r"^unix:", "local:", given) != address:
+        problems.append(f"X{name}: S={given} is not this config's socket ({address})")
+    flags = equates.get("F", "")
+    if "T" not in flags:
+        problems.append(
+            f"X{name}: no F=T: while smtpguard is down or restarting Sendmail"
+            + (" rejects mail for good" if "R" in flags else " accepts mail unchecked")
+        )
     return problems
