@@ -84,10 +84,21 @@ _MACRO_EDGE: Final = "[^A-Za-z0-9_{}]"
 _NAME_EDGE: Final = "[^A-Za-z0-9_.-]"
 
 
-def _m4_lists(key: str, macro: str) -> str:
-    """An m4 expression: -1 when the list ``key`` does not hold ``macro`` (between two
-    characters that cannot be part of a macro's name), else its place."""
-    return f"regexp(`,'defn(`{key}')`,', `{_MACRO_EDGE}{macro}{_MACRO_EDGE}')"
+def _m4_lists(key: str, item: str, edge: str = _MACRO_EDGE) -> str:
+    """An m4 expression: -1 when the list ``key`` does not hold ``item`` (an m4 regexp,
+    between two characters ``edge`` matches: none that can be part of a macro's name),
+    else its place."""
+    return f"regexp(`,'defn(`{key}')`,', `{edge}{item}{edge}')"
+
+
+def _m4_filter_listed(name: str) -> str:
+    """:func:`_m4_lists` for the filter ``name`` in ``confINPUT_MAIL_FILTERS``."""
+    return _m4_lists("confINPUT_MAIL_FILTERS", _m4_literal(name), _NAME_EDGE)
+
+
+def _m4_literal(name: str) -> str:
+    """A filter name as an m4 regexp (letters, digits, "_", "." and "-")."""
+    return name.replace(".", "\\.")
 
 
 def sendmail_macro_lines() -> list[str]:
@@ -166,9 +177,9 @@ def sendmail_filter_guard(name: str) -> str:
         f"errprint(`smtpguard: warning: {name} is not the first of {key}:"
         " it sees the header fields as the filters before it left them\n')"
     )
-    pattern = name.replace(".", "\\.")
+    pattern = _m4_literal(name)
     first = f"regexp(`,'{listed}, `^{_NAME_EDGE}*{pattern}\\({_NAME_EDGE}\\|$\\)')"
-    anywhere = f"regexp(`,'{listed}`,', `{_NAME_EDGE}{pattern}{_NAME_EDGE}')"
+    anywhere = _m4_filter_listed(name)
     # Text wrapped before ours (an m4wrap above these lines) runs after ours and may
     # replace the list again (review rev75 F2): looked at once more after proto.m4.
     # What proto.m4 wrote cannot be read back, and text wrapped from wrapped text may
@@ -210,9 +221,8 @@ def sendmail_filter_line(name: str, equates: str) -> str:
     Sendmail does not start (``Xsmtpguard: duplicate filter definition``, exit 70): the
     first copy is kept. The exit waits for the end (an ``m4wrap`` made from wrapped
     text) so that the .cf is whole: Debian installs it even when m4 fails."""
-    pattern = name.replace(".", "\\.")
-    defined = f"regexp(defn(`_MAIL_FILTERS_'), `^X{pattern},')"
-    listed = f"regexp(`,'defn(`confINPUT_MAIL_FILTERS')`,', `{_NAME_EDGE}{pattern}{_NAME_EDGE}')"
+    defined = f"regexp(defn(`_MAIL_FILTERS_'), `^X{_m4_literal(name)},')"
+    listed = _m4_filter_listed(name)
     enlist = f"ifelse({listed}, -1, `INPUT_MAIL_FILTER', `MAIL_FILTER')(`{name}', `{equates}')"
     return f"ifelse({defined}, -1, `{enlist}', `{_defined_twice(name)}')dnl"
 
