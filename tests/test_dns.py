@@ -719,9 +719,10 @@ def test_a_lookup_nobody_waits_for_any_more_is_not_sent(fake: FakeDns) -> None:
 def test_a_short_wait_for_a_slot_leaves_a_slow_server_its_timeout(fake: FakeDns) -> None:
     """Review rev57: a lookup that waited a few milliseconds for a slot and then timed
     out at a slow server was deferred as this host's fault. It is the server's when
-    the server had its whole timeout before the deadline; a wait of a quarter of the
-    timeout or more (or one still waiting) is this host's, and so is any wait that
-    left the server less than its timeout (review rev62 F1)."""
+    the server had its whole timeout before the deadline, or when the caller waited
+    past the deadline as long as the lookup waited for its slot (review rev64 F7: a
+    busy network's slow domains were deferred after waits of 0.01 s); a wait of a
+    quarter of the timeout or more (or one still waiting) is this host's."""
     fake.slow["pause.test"] = 0.05
     fake.slow["long.test"] = 0.7
     fake.slow["slow-server.test"] = 60
@@ -734,15 +735,54 @@ def test_a_short_wait_for_a_slot_leaves_a_slow_server_its_timeout(fake: FakeDns)
         resolver.close()
         resolver = fake_resolver(fake, max_inflight=1)  # timeout 2 s: long wait 0.5 s
         resolver.submit("1.pause.test", "A")
-        short = resolver.lookup("2.slow-server.test", "A", time.monotonic() + 0.45)
-        assert short.busy, short  # out for 0.4 s of its 2
-        assert "after 0.05 s waiting for resolver slots" in short.detail
+        deadline = time.monotonic() + 0.45
+        short = resolver.lookup("2.slow-server.test", "A", deadline)
+        assert not short.busy, short  # it had 0.45 s, as without the wait
+        assert time.monotonic() >= deadline + 0.05
+        assert "(0.05 s past it, the time it waited for resolver slots)" in short.detail
         resolver.close()
         resolver = fake_resolver(fake, max_inflight=1)
         resolver.submit("0.long.test", "A")
         late = resolver.lookup("1.slow-server.test", "A", time.monotonic() + 1.0)
         assert late.busy, late
         assert "after 0.7 s waiting for a resolver slot" in late.detail
+    finally:
+        resolver.close()
+
+
+def test_the_time_a_lookup_waited_for_a_slot_is_given_back(fake: FakeDns) -> None:
+    """Review rev62 F1: a flood that frees a slot just before the deadline leaves the
+    sender's servers no time, and a plain timeout passed a forged sender. The caller
+    now waits past its deadline as long as the lookup queued, so the servers answer
+    as they would have on an idle host (review rev64 F7)."""
+    fake.slow["pause.test"] = 0.3
+    fake.slow["victim.test"] = 0.1
+    fake.add("victim.test", "A", "192.0.2.1")
+    resolver = fake_resolver(fake, max_inflight=1)  # timeout 2 s: long wait 0.5 s
+    try:
+        resolver.submit("0.pause.test", "A")
+        wait_until(lambda: bool(fake.calls))
+        # Sent after 0.3 s of waiting, 0.05 s before the deadline: answered 0.05 s past it.
+        answer = resolver.lookup("victim.test", "A", time.monotonic() + 0.35)
+        assert answer.status is Status.OK, answer
+        assert answer.waited >= 0.25
+    finally:
+        resolver.close()
+
+
+def test_waits_longer_than_what_is_given_back_make_a_miss_this_hosts(fake: FakeDns) -> None:
+    """The time given back is a quarter of the timeout at most: an SPF evaluation whose
+    lookups waited longer in all (review rev61 F2) is deferred as before."""
+    fake.slow["pause.test"] = 0.05
+    fake.slow["slow-server.test"] = 60
+    resolver = fake_resolver(fake, max_inflight=1)  # timeout 2 s: given back 0.5 s at most
+    try:
+        resolver.submit("0.pause.test", "A")
+        deadline = time.monotonic() + 0.3
+        answer = resolver.lookup("slow-server.test", "A", deadline, waited_before=0.6)
+        assert answer.busy, answer
+        assert "after 0.6" in answer.detail, answer
+        assert deadline + 0.5 <= time.monotonic() < deadline + 1.0
     finally:
         resolver.close()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from smtpguard.checks import SENDER_SHARE
 from smtpguard.config import Config
+from smtpguard.dns import BUSY_SHARE
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,10 @@ def answer_bounds(config: Config) -> AnswerBounds:
 
     Every step may wait for DNS up to ``dns.stage_deadline`` (all its lookups and the
     connect-back share it), MAIL FROM two (the checks before those of the sender's
-    domain one at most, those a whole one after them: smtpguard.checks.Event), and for
+    domain one at most, those a whole one after them: smtpguard.checks.Event), and
+    then a quarter of ``dns.timeout`` more for a lookup that waited for the resolver's
+    slots (the time it waited is given back to its servers:
+    smtpguard.dns.Resolver.collect), and for
     the state store (``state.timeout`` per call; MAIL
     makes two, the same-size counter and the blacklist, each of which stops asking a
     backend that failed for a while, so the first MAIL of an outage waits for both).
@@ -49,8 +53,9 @@ def answer_bounds(config: Config) -> AnswerBounds:
     * rspamd (``antispam.engine_timeout``, as deadlines): connecting and sending the
       message share one, the answer has another: twice the timeout.
     """
-    shared = config.dns.stage_deadline + config.state.timeout
-    mail = (1 + SENDER_SHARE) * config.dns.stage_deadline
+    given_back = config.dns.timeout * BUSY_SHARE
+    shared = config.dns.stage_deadline + given_back + config.state.timeout
+    mail = (1 + SENDER_SHARE) * config.dns.stage_deadline + given_back
     command = mail + 2 * config.state.timeout + config.directory.timeout
     virus = {"clamd": 2.0, "command": 1.0}.get(config.virus.backend, 0.0)
     engine = 2.0 if config.antispam.engine == "rspamd" else 0.0

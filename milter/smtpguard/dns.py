@@ -84,6 +84,12 @@ LOOP_GRACE = 0.05
 #: the loop's callbacks (review rev63 N3: a listing answered 1 ms before the deadline
 #: read as a timeout).
 LATE_GRACE = 0.005
+#: The share of ``timeout`` that a wait for a slot may reach before a later timeout
+#: is this host's, and that a caller gives back past its deadline to a lookup that
+#: waited (Resolver.busy_wait).
+BUSY_SHARE = 0.25
+#: Waits this close count as the same (they are read from the same clock twice).
+_SAME = 0.001
 
 
 class Status(Enum):
@@ -263,8 +269,9 @@ class Resolver:
         #: Whom each lookup in flight was asked for: the client pool?, and the network
         #: (None: no share).
         self._owners: dict[asyncio.Future[Answer], tuple[bool, str | None]] = {}
-        #: A wait for a slot this long makes a later timeout the host's (busy).
-        self.busy_wait = timeout / 4
+        #: A wait for a slot this long makes a later timeout the host's (busy); a
+        #: caller waits past its deadline this long at most (_give_back).
+        self.busy_wait = timeout * BUSY_SHARE
         self._background: set[asyncio.Task[Answer]] = set()
         self._max_inflight = max_inflight
         #: Lookups in flight at most, per pool (see _pool()): the shared pool, the
@@ -680,6 +687,7 @@ class Resolver:
         given: float = math.inf,
         started: bool = True,
         asked: float | None = None,
+        given_back: float = 0.0,
     ) -> Answer:
         """The answer of a lookup whose caller's deadline passed first: a TIMEOUT,
         ``busy`` when this host, not the name's servers, made it miss:
@@ -690,9 +698,13 @@ class Resolver:
           ``LOOP_GRACE`` at least, or it came after lookups that waited);
         * it waited for a slot a quarter of ``timeout`` or more before it was sent;
         * or it, or the caller's lookups before it (``waited_before`` seconds: an SPF
-          evaluation's includes), waited for slots at all, and it was sent less than
-          ``timeout`` before the deadline: the servers did not get their time because
-          we queued (review rev61 F2, rev62 F1).
+          evaluation's includes), waited for slots longer than the caller waited past
+          its deadline for it (``given_back``, see :meth:`collect`), and it was sent
+          less than ``timeout`` before the deadline: the servers did not get their
+          time because we queued (review rev61 F2, rev62 F1). Waits given back in full
+          leave the servers the time they would have had without them, so a miss is
+          then theirs (review rev64 F7: slow domains from a busy network deferred
+          after a few milliseconds of waiting).
 
         Such a timeout says nothing of the name's servers, only that this host was too
         busy to ask them: the checks that look up names the client does not control
@@ -710,13 +722,12 @@ class Resolver:
         task = lookup if lookup is not None else self._inflight.get(key)
         # Not forgotten yet (a lookup is forgotten once its askers' futures are set).
         known = task is not None and task in self._owners
-        waited = self._slot_waits.get(task, 0.0) if task is not None else 0.0
+        waited = self._host_wait(task, asked)
         sent = self._sent.get(task) if task is not None else None
-        if sent is not None and asked is not None and sent - asked >= LOOP_GRACE:
-            # Sent long after it was asked (a loop thread kept busy): a wait of this
-            # host's as well (review rev64 F4).
-            waited = max(waited, sent - asked)
-        plain = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+        detail = "stage deadline reached"
+        if given_back:
+            detail += f" ({given_back:.2f} s past it, the time it waited for resolver slots)"
+        plain = Answer(name, rdtype, Status.TIMEOUT, detail=detail)
         if (task is not None and task.cancelled()) or not started or (known and sent is None):
             unsent = self._unsent(task, started, fair)
             if unsent is None:
@@ -727,7 +738,7 @@ class Resolver:
         elif waited >= self.busy_wait:
             why, reason = f"after {waited:.1f} s waiting for a resolver slot", "slots"
         elif (
-            waited + waited_before > 0
+            waited + waited_before > given_back + _SAME
             and sent is not None
             and time.monotonic() - sent < self.timeout
         ):
@@ -782,11 +793,12 @@ class Resolver:
         answer = self.wait(future, deadline)
         if answer is not None:
             return answer
-        lookup = future.lookup if isinstance(future, Submitted) else None
-        if lookup is None and isinstance(future, Spawned) and not future.done():
-            # A spawned single lookup: its query, if the coroutine has asked it yet.
-            with contextlib.suppress(ValueError):
-                lookup = self._inflight.get(_key(name, rdtype))
+        given_back = 0.0
+        if deadline is not None and not future.done():
+            given_back, answer = self._give_back(future, deadline, name, rdtype, waited_before)
+            if answer is not None:
+                return answer
+        lookup = self._lookup_of(future, name, rdtype)
         started = not _not_started(future) and (
             lookup is not None or not isinstance(future, Spawned) or future.done()
         )
@@ -819,12 +831,67 @@ class Resolver:
             waited_before=waited_before,
             given=given,
             started=started,
-            asked=future.asked if isinstance(future, (Submitted, Spawned)) else None,
+            asked=_asked(future),
+            given_back=given_back,
         )
         if answer.busy:
             return answer
         late = self.wait(future, time.monotonic() + LATE_GRACE)
         return late if late is not None else answer
+
+    def _give_back(
+        self,
+        future: Pending[Answer],
+        deadline: float,
+        name: str,
+        rdtype: str,
+        waited_before: float,
+    ) -> tuple[float, Answer | None]:
+        """Wait past ``deadline`` as long as this host's queue kept the lookup, and the
+        caller's lookups before it (``waited_before``), from being sent: the name's
+        servers get the time they would have had on an idle host, so a timeout after
+        it is theirs, and a flood that delays lookups gains nothing (review rev64 F7:
+        a slow domain's SPF from a busy network was deferred as this host's fault
+        after a few milliseconds of waiting). At most a quarter of ``timeout``
+        (``busy_wait``: a longer wait makes a miss this host's anyway), and never past
+        the lookup's own timeout. Returns the seconds given and the answer if it came.
+        The lookup's own wait is known once it is sent, so it is read again after
+        each wait."""
+        back = 0.0
+        while True:
+            lookup = self._lookup_of(future, name, rdtype)
+            more = min(waited_before + self._host_wait(lookup, _asked(future)), self.busy_wait)
+            sent = self._sent.get(lookup) if lookup is not None else None
+            if sent is not None:
+                more = min(more, sent + self.timeout - deadline)
+            if more <= back + _SAME:
+                return back, None
+            back = more
+            answer = self.wait(future, deadline + back)
+            if answer is not None or future.done():
+                return back, answer
+
+    def _lookup_of(
+        self, future: Pending[Answer], name: str, rdtype: str
+    ) -> asyncio.Future[Answer] | None:
+        """The lookup ``future`` waits for, if the loop has started it."""
+        lookup = future.lookup if isinstance(future, Submitted) else None
+        if lookup is None and isinstance(future, Spawned) and not future.done():
+            # A spawned single lookup: its query, if the coroutine has asked it yet.
+            with contextlib.suppress(ValueError):
+                lookup = self._inflight.get(_key(name, rdtype))
+        return lookup
+
+    def _host_wait(self, task: asyncio.Future[Answer] | None, asked: float | None) -> float:
+        """Seconds ``task`` waited for this host before it was sent: for a slot, or,
+        sent long after it was asked, for a loop thread kept busy (review rev64 F4)."""
+        if task is None:
+            return 0.0
+        waited = self._slot_waits.get(task, 0.0)
+        sent = self._sent.get(task)
+        if sent is not None and asked is not None and sent - asked >= LOOP_GRACE:
+            waited = max(waited, sent - asked)
+        return waited
 
     def wait(self, future: Pending[_T], deadline: float | None) -> _T | None:
         """The future's result, or None when the deadline (monotonic) passes first, or
@@ -850,8 +917,11 @@ class Resolver:
     ) -> Answer:
         """Blocking lookup for code that cannot be asynchronous (the SPF library).
         ``waited_before``: seconds the caller's earlier lookups of one evaluation
-        waited for slots (see :meth:`missed`)."""
-        future = self.submit(name, rdtype, deadline=deadline, network=network)
+        waited for slots (see :meth:`missed`); the caller waits for this one past
+        ``deadline`` as long as they waited (up to ``busy_wait``, :meth:`_give_back`),
+        so it is still wanted then."""
+        until = None if deadline is None else deadline + min(waited_before, self.busy_wait)
+        future = self.submit(name, rdtype, deadline=until, network=network)
         return self.collect(future, deadline, name, rdtype, waited_before)
 
     def close(self) -> None:
@@ -878,6 +948,10 @@ class Resolver:
             self._thread.join(timeout=5)
             if not self._thread.is_alive():
                 loop.close()
+
+
+def _asked(future: Pending[Any]) -> float | None:
+    return future.asked if isinstance(future, (Submitted, Spawned)) else None
 
 
 def _not_started(future: Pending[Any]) -> bool:

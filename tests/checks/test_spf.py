@@ -281,7 +281,8 @@ def test_short_slot_waits_along_an_include_chain_add_up(tmp_path: Path, fake: Fa
     """Review rev61 F2: a pool kept full so that every lookup of an include chain waits a
     little under a quarter of the timeout for its slot: the chain ran out of time on
     the wire, that last timeout was not ``busy``, and the temperror passed by
-    on_temp_error = "pass". The waits add up: deferred."""
+    on_temp_error = "pass". The waits add up: past what the caller gives back after its
+    deadline (a quarter of the timeout), deferred."""
     fake.slow["filler.test"] = 0.3
     fake.slow["i3.chain.test"] = 5.0  # the deadline comes while it is on the wire
     fake.add("chain.test", "TXT", '"v=spf1 include:i1.chain.test -all"')
