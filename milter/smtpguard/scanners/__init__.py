@@ -44,6 +44,7 @@ __all__ = [
     "DeadlineSocket",
     "Endpoint",
     "MessageSpool",
+    "QueueFull",
     "RuleEngine",
     "RuleStream",
     "ScanResult",
@@ -219,6 +220,12 @@ def connect(endpoint: Endpoint, timeout: float) -> DeadlineSocket:
     The addresses of an ``inet:`` host are tried in turn within the one deadline
     (``socket.create_connection`` would give each its own timeout). Resolving a host
     name is not bounded here: configure addresses, or a resolver that answers.
+
+    A unix socket whose listen queue is full refuses at once (EAGAIN) where TCP
+    would wait: the connect is tried again until the deadline, so a scanner that
+    stalls for a moment under load (Debian's clamd queues 15) gets its timeout, not
+    an instant failure that ``on_temp_error = "pass"`` turns into an unscanned
+    message (review rev80 F1).
     """
     deadline = time.monotonic() + timeout
     if endpoint.path is not None:
@@ -228,16 +235,40 @@ def connect(endpoint: Endpoint, timeout: float) -> DeadlineSocket:
         targets = [(family, proto, address) for family, _, proto, _, address in found]
     error: OSError = OSError(f"no address for {endpoint}")
     for family, proto, address in targets:
-        sock = DeadlineSocket(family, socket.SOCK_STREAM, proto)
-        sock.deadline = deadline
-        try:
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            error = exc
-            continue
-        return sock
+        pause = _QUEUE_FULL_PAUSE
+        full: BlockingIOError | None = None
+        while True:
+            sock = DeadlineSocket(family, socket.SOCK_STREAM, proto)
+            sock.deadline = deadline
+            try:
+                sock.connect(address)
+            except BlockingIOError as exc:
+                sock.close()
+                error = full = exc
+                if family != socket.AF_UNIX:
+                    break
+                # The next try's connect() raises TimeoutError once the deadline passed.
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                pause = min(2 * pause, _QUEUE_FULL_PAUSE_MAX)
+                continue
+            except OSError as exc:
+                sock.close()
+                error = exc
+                if full is not None and isinstance(exc, TimeoutError):
+                    error = QueueFull(f"timed out, its listen queue full ({full.strerror})")
+                break
+            return sock
     raise error
+
+
+class QueueFull(TimeoutError):
+    """:func:`connect` timed out at a unix socket whose listen queue stayed full."""
+
+
+#: Seconds between tries at a unix socket whose listen queue is full: doubling from
+#: the first to the last.
+_QUEUE_FULL_PAUSE = 0.005
+_QUEUE_FULL_PAUSE_MAX = 0.1
 
 
 # --- the message as a whole ------------------------------------------------------------

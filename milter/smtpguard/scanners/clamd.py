@@ -57,6 +57,7 @@ from typing import IO, Final
 from smtpguard.scanners import (
     DeadlineSocket,
     Endpoint,
+    QueueFull,
     ScanResult,
     ScanStatus,
     connect,
@@ -327,6 +328,8 @@ def _size_limit_refused(reply: str, sent: int) -> ScanResult:
 
 
 def _oserror(exc: OSError) -> str:
+    if isinstance(exc, QueueFull):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     return exc.strerror or exc.__class__.__name__

@@ -42,6 +42,7 @@ from smtpguard.scanners import (
     DeadlineSocket,
     Endpoint,
     MessageSpool,
+    QueueFull,
     SpamEnvelope,
     SpamResult,
     SpamStatus,
@@ -166,6 +167,8 @@ def _clean(value: str) -> str:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, QueueFull):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
