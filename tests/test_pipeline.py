@@ -1074,6 +1074,44 @@ def test_an_observer_that_fails_answers_a_temporary_error_not_a_pass(
     assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE
 
 
+class CountingBrokenScanner(StageLog):
+    """An observing EOM check whose stream breaks at the first body chunk, and which
+    records every stage it is fed."""
+
+    name: ClassVar[str] = "counting_broken_scanner"
+
+    def observe(self, stage: Stage, conn: Connection, event: Event) -> None:
+        super().observe(stage, conn, event)
+        if stage is Stage.BODY:
+            raise OSError("scanner stream lost")
+
+
+def test_an_observer_that_failed_is_fed_no_more_of_the_message(
+    build: BuildHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev80 F4: a scanner whose stream broke logged a traceback for every
+    later body chunk of the message, naming the check by its Python repr. It is
+    logged once, by its check's name, and fed nothing more of that message; the next
+    transaction feeds it again."""
+    h = build()
+    scanner = CountingBrokenScanner()
+    h.pipeline.add_check(scanner, CheckSettings())
+    conn = mail(connect(), "<friend@example.org>")
+    assert h.pipeline.run_headers(conn, [("Subject", "hi")]) == CONTINUE
+    for _ in range(5):
+        assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"chunk\r\n")) == CONTINUE
+    decision = h.pipeline.run(Stage.EOM, conn)
+    assert decision.action is Action.TEMPFAIL
+    assert scanner.seen == ["header", "eoh", "body"]
+    failed = [r for r in caplog.records if "reads no more of it" in r.getMessage()]
+    assert len(failed) == 1
+    assert "check=counting_broken_scanner failed" in failed[0].getMessage()
+    assert failed[0].exc_info is not None
+    conn = mail(conn, "<friend@example.org>")
+    assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"x\r\n")) == CONTINUE
+    assert scanner.seen == ["header", "eoh", "body", "eoh", "body"]
+
+
 def test_a_raising_check_counts_as_a_backend_error_once(tmp_path: Path) -> None:
     """An exception answers internal_error; alerts on backend errors must see it."""
     driver, metrics = metered_driver(tmp_path)

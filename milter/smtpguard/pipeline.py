@@ -345,7 +345,10 @@ class Pipeline:
         """The observing checks' share of :meth:`run_headers`: the fields at once."""
         if not fields:
             return
+        blind = _blinded(conn)
         for observer in self.observers:
+            if blind and _observer_name(observer) in blind:
+                continue
             batch = getattr(observer, "observe_fields", None)
             try:
                 if batch is not None:
@@ -353,8 +356,7 @@ class Pipeline:
                 else:
                     for field in fields:
                         observer.observe(Stage.HEADER, conn, Event(header=field, deadline=deadline))
-            except Exception:
-                log.exception("sid=%s observer %r failed", conn.session_id, observer)
+            except Exception:  # noqa: BLE001 - _blind logs it, traceback and all
                 _blind(conn, observer)
 
     def _run(self, stage: Stage, conn: Connection, event: Event) -> Decision:
@@ -524,13 +526,16 @@ class Pipeline:
             txn.message.close()
         if not observers:
             return
+        blind = _blinded(conn)
         for observer in self.observers:
-            # A failing observer must not stop the others; its check decides at EOM
-            # from whatever it has (and answers a temporary error if that is nothing).
+            # A failing observer must not stop the others; its check answers
+            # _BLIND_VERDICT at end of message, and it is fed no more of this message
+            # (review rev80 F4: a traceback for every body chunk of a 3 MB message).
+            if blind and _observer_name(observer) in blind:
+                continue
             try:
                 observer.observe(stage, conn, event)
-            except Exception:
-                log.exception("sid=%s observer %r failed", conn.session_id, observer)
+            except Exception:  # noqa: BLE001 - _blind logs it, traceback and all
                 _blind(conn, observer)
 
     def claims_our_verdict(self, name: str, value: str) -> bool:
@@ -575,8 +580,7 @@ class Pipeline:
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
         policy = self.policy if self.policy.active else None
-        txn = conn.txn
-        blind: set[str] | None = txn.scratch.get(_BLIND) if txn is not None else None
+        blind = _blinded(conn)
         for check, settings, planned, relevant, _fields in self._steps(stage, event):
             # Exemptions skip a check; [domain."X"] tables may change its mode.
             mode = planned
@@ -1011,8 +1015,26 @@ __all__ = ["CHECK_NAMES", "CONTINUE", "Action", "Decision", "Hit", "Pipeline", "
 
 
 def _blind(conn: Connection, observer: Observing) -> None:
-    """Remember an observer that raised while fed the message: its check answers
-    :data:`_BLIND_VERDICT` at end of message (a scanner that lost the stream would
-    find nothing in what it saw, and the message would pass unscanned)."""
+    """Log the exception of an observer that raised while fed the message, and
+    remember it: its check answers :data:`_BLIND_VERDICT` at end of message (a
+    scanner that lost the stream would find nothing in what it saw, and the message
+    would pass unscanned). Called from an ``except`` block."""
+    name = _observer_name(observer)
+    log.exception(
+        "sid=%s check=%s failed while reading the message; it reads no more of it and"
+        " answers internal_error at end of message",
+        conn.session_id,
+        name,
+    )
     if conn.txn is not None:
-        conn.txn.scratch.setdefault(_BLIND, set()).add(getattr(observer, "name", repr(observer)))
+        conn.txn.scratch.setdefault(_BLIND, set()).add(name)
+
+
+def _blinded(conn: Connection) -> set[str] | None:
+    """The observing checks of the transaction that raised (see :func:`_blind`)."""
+    txn = conn.txn
+    return txn.scratch.get(_BLIND) if txn is not None else None
+
+
+def _observer_name(observer: Observing) -> str:
+    return str(getattr(observer, "name", type(observer).__name__))
