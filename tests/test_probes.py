@@ -355,6 +355,44 @@ def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
     assert without_stdlib_problem([line.partition(" ERROR ")[2] for line in logged]) == expected
 
 
+@pytest.mark.parametrize(
+    ("program", "mode", "why"),
+    [
+        ("hook.sh", 0o755, None),
+        ("hook.sh", 0o700, "nobody may not execute {path}"),
+        ("missing.sh", None, "{path} does not exist"),
+        ("hooks", None, "{path} is a directory"),
+        ("no-such-hook-on-path", None, "no-such-hook-on-path is not on PATH ("),
+    ],
+)
+def test_a_virus_hook_the_service_user_cannot_run(
+    open_dir: Path, program: str, mode: int | None, why: str | None
+) -> None:
+    """Review rev80 F2: check-config said OK for a hook that did not exist or that the
+    service user could not execute; run then deferred every message (or passed every
+    one unscanned with on_temp_error = "pass")."""
+    (open_dir / "hooks").mkdir(mode=0o755)
+    path = open_dir / "hooks" / program if program != "hooks" else open_dir / "hooks"
+    if mode is not None:
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(mode)
+    argv = [str(path) if "/" not in program and program != "no-such-hook-on-path" else program]
+    site = nobody_site(open_dir, {"virus": {"backend": "command", "command": argv}})
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    named = [line for line in problems(result) if ": virus.command: " in line]
+    if why is None:
+        assert named == []
+        return
+    assert result.returncode == 1
+    (line,) = named
+    expected = why.format(path=path)
+    assert f"{site.config.resolve()}: virus.command: {expected}" in line
+    assert line.endswith(
+        "every message would get the scanner's failure"
+        " ([checks.virus] on_temp_error decides: deferred, or passed unscanned)"
+    )
+
+
 def test_state_directory_the_service_user_cannot_write(open_dir: Path) -> None:
     site = nobody_site(open_dir, {"state": {"path": str(open_dir / "state.sqlite")}})
     result = smtpguard(site, "check-config", check=False)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pwd
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Callable
@@ -144,7 +145,35 @@ def _files(config: Config) -> list[Problem]:
     if config.state.backend == "embedded":
         found += _writable_db("state.path", config.state.path)
     found += _reload_files(config)
+    if config.virus.backend == "command" and config.virus.command:
+        found += _program(config, config.virus.command[0])
     return found
+
+
+def _program(config: Config, program: str) -> list[Problem]:
+    """The virus hook must be a program the service can run (review rev80 F2: a
+    missing one deferred every message, or with on_temp_error = "pass" let every one
+    through unscanned). Looked up as the service does: on PATH unless it names a
+    path (this process's PATH; a systemd unit has its own)."""
+    if shutil.which(program) is not None:
+        return []
+    whom = config.milter.user or "the service"
+    where = Path(program) if os.sep in program else None
+    if where is None:
+        why = f"{program} is not on PATH ({os.environ.get('PATH', os.defpath)})"
+    elif not where.exists():
+        why = f"{program} does not exist"
+    elif where.is_dir():
+        why = f"{program} is a directory"
+    else:
+        why = f"{whom} may not execute {program}"
+    return [
+        (
+            "virus.command",
+            f"{why}: every message would get the scanner's failure"
+            " ([checks.virus] on_temp_error decides: deferred, or passed unscanned)",
+        )
+    ]
 
 
 def _readable_db(key: str, path: Path, table: str) -> list[Problem]:
