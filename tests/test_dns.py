@@ -765,7 +765,7 @@ def test_the_time_a_lookup_waited_for_a_slot_is_given_back(fake: FakeDns) -> Non
         # Sent after 0.3 s of waiting, 0.05 s before the deadline: answered 0.05 s past it.
         answer = resolver.lookup("victim.test", "A", time.monotonic() + 0.35)
         assert answer.status is Status.OK, answer
-        assert answer.waited >= 0.25
+        assert answer.waited > 0.1  # about 0.3 s, less what the test took to ask
     finally:
         resolver.close()
 

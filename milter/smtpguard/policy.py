@@ -263,10 +263,9 @@ class Policy:
             return known
         # As the spf check's deadline: the client's own names cannot shorten it (review
         # rev59).
-        query = spf_query(
-            self.dns, event.sender_deadline(), conn, txn.sender, helo=helo, receiver=self.receiver
-        )
+        query = spf_query(self.dns, event, conn, txn.sender, helo=helo, receiver=self.receiver)
         result = str(query.check()[0])
+        query.add_waits_to(event)
         if result != "temperror":
             self.spf_memo.put(key, result)
         else:

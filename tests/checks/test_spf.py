@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from smtpguard.checks import Event
+from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.checks.spf import Spf
 from smtpguard.dns import Resolver, Status
 from smtpguard.resultheaders import spf_result
@@ -312,6 +313,63 @@ def test_short_slot_waits_along_an_include_chain_add_up(tmp_path: Path, fake: Fa
         stop.set()
         resolver.close()
         thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("held", [0.55, 60.0])
+def test_spf_after_a_sender_domain_check_that_waited_past_the_stage(
+    tmp_path: Path, fake: FakeDns, held: float
+) -> None:
+    """Review rev79 F1: a flood held the slots until just before the sender checks'
+    cap, sender_domain's answers came while the resolver gave its lookups their
+    waits back, and SPF then started after its own deadline: its plain timeout passed
+    a forged "-all" sender. SPF takes over those waits: the time is given back to it
+    too (the forged sender is refused), or, the slots still held, its miss is this
+    host's (deferred whatever on_temp_error says)."""
+    fake.slow["pause.test"] = held
+    fake.slow["fail.test"] = 0.1
+    fake.add("fail.test", "A", "192.0.2.1")
+    # Timeout 2 s: 0.5 s given back at most. Three slots: sender_domain's MX, A and
+    # AAAA go out together once the flood's lookups end.
+    resolver = fake_resolver(fake, max_inflight=3)
+    try:
+        services = dns_services(tmp_path, resolver, site={"local_domains": ["example.com"]})
+        for n in range(3):
+            resolver.submit(f"{n}.pause.test", "A")
+        wait_until(lambda: len(fake.calls) == 3)
+        conn = make_conn(sender="a@fail.test", ip=CLIENT)
+        # The client checks used up the stage: the sender checks have one more at most.
+        event = Event(deadline=time.monotonic() + 0.01, stage_length=0.6)
+        cap = event.sender_deadline()
+        assert cap is not None
+        domain = SenderDomain(services)(conn, event)
+        verdict = Spf(services)(conn, event)
+        if held < 1:
+            assert domain is None
+            assert event.sender_waited >= 0.5
+            assert time.monotonic() > cap  # SPF asked after its deadline, and was answered
+            assert isinstance(verdict, Hit), verdict
+            assert verdict.reply_id == "remote_ip_mismatch"
+        else:
+            assert isinstance(domain, TempError), domain
+            assert domain.firm, domain
+            assert isinstance(verdict, TempError), verdict
+            assert verdict.firm, verdict
+        assert time.monotonic() < cap + 0.5 + 0.4  # the bound: the cap and a quarter of 2 s
+    finally:
+        resolver.close()
+
+
+def test_a_sender_check_with_its_whole_stage_takes_over_no_waits() -> None:
+    """Earlier checks' waits count for SPF only as far as the cap at two stages cut
+    its time: with a whole stage of its own, its misses are judged on its own waits."""
+    event = Event(deadline=time.monotonic() + 3, stage_length=3)
+    event.sender_waited = 1.0
+    assert event.sender_waits() == 0.0
+    late = Event(deadline=time.monotonic() - 2.5, stage_length=3)  # the cap in 0.5 s
+    late.sender_waited = 1.0  # all of it: the cap took 2.5 s
+    assert late.sender_waits() == 1.0
+    late.sender_waited = 4.0  # as much as the cap took
+    assert 2.4 <= late.sender_waits() <= 2.6
 
 
 def test_the_result_names_an_idn_sender_domain_in_a_labels(

@@ -105,6 +105,10 @@ class Event:
     #: the client and those of the sender's domain share it out (client_deadline,
     #: sender_deadline); 0: every check has ``deadline``.
     stage_length: float = 0.0
+    #: Seconds the lookups of the sender's domain made so far in this stage waited for
+    #: the resolver's slots (the longest of those asked together, added up over the
+    #: checks); see :meth:`sender_waits`.
+    sender_waited: float = 0.0
 
     def client_deadline(self) -> float | None:
         """The deadline of the checks that wait on names the client chooses at MAIL
@@ -128,10 +132,27 @@ class Event:
         (rev59). Reckoned at each call, not once per stage: an exemption's SPF asked
         before the client checks fixed the window at the stage's deadline, and the
         spf check after a PTR that never answered had half a stage again (rev61)."""
+        return self._sender_deadline(time.monotonic())
+
+    def _sender_deadline(self, now: float) -> float | None:
         if self.deadline is None:
             return None
         latest = self.deadline + self.stage_length * SENDER_SHARE
-        return min(latest, max(self.deadline, time.monotonic() + self.stage_length))
+        return min(latest, max(self.deadline, now + self.stage_length))
+
+    def sender_waits(self) -> float:
+        """The waits for slots that a check of the sender's domain starting now takes
+        over from the ones before it: as much of ``sender_waited`` as the two-stage
+        cap took from its time (none when it has its whole stage). A lookup it asks
+        after its deadline is then this host's fault, and the time is given back to
+        it (smtpguard.dns.Resolver.collect): a flood that made sender_domain's lookups
+        wait past the stage left SPF no time, and its plain timeout passed a forged
+        sender (review rev79 F1)."""
+        now = time.monotonic()
+        deadline = self._sender_deadline(now)
+        if deadline is None or not self.sender_waited:
+            return 0.0
+        return min(self.sender_waited, max(0.0, now + self.stage_length - deadline))
 
 
 def domain_of(config: Config, txn: Transaction | None) -> DomainPolicy | None:

@@ -58,6 +58,7 @@ class SenderDomain:
             for t in ("MX", "A", "AAAA")
         }
         answers = {t: self.dns.collect(f, deadline, domain, t) for t, f in futures.items()}
+        event.sender_waited += max(answer.waited for answer in answers.values())
         verdict = judge(domain, answers["MX"], answers["A"], answers["AAAA"])
         if not isinstance(verdict, TempError):
             self.memo.put(domain, verdict)

@@ -70,8 +70,14 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         #: A lookup timed out because this host queued it or the lookups before it
         #: (Answer.busy, Resolver.missed).
         self.busy = False
-        #: Seconds this evaluation's lookups waited for the resolver's slots.
+        #: Seconds this evaluation's lookups waited for the resolver's slots, from
+        #: ``taken_over`` (Event.sender_waits).
+        self.taken_over = 0.0
         self.waited = 0.0
+
+    def add_waits_to(self, event: Event) -> None:
+        """After :meth:`check`: count this evaluation's own waits in ``event``."""
+        event.sender_waited += self.waited - self.taken_over
 
     def get_explanation(self, spec: str) -> Any:
         """The exp= text, whose %{p} may look up PTR records too: a failure there says
@@ -195,13 +201,14 @@ class Spf:
             return memoized[0]
         query = spf_query(
             self.dns,
-            event.sender_deadline(),
+            event,
             conn,
             txn.sender if sender else None,
             helo=helo,
             receiver=self.receiver,
         )
         result, _code, explanation = query.check()
+        query.add_waits_to(event)
         refused = result == "fail" or (result == "softfail" and self.reject_softfail)
         if refused and query.ptr_temperror:
             # §5.5 makes a failed PTR lookup "no match", so a DNS fault on the
@@ -243,7 +250,7 @@ def spf_helo(conn: Connection) -> str:
 
 def spf_query(
     resolver: Resolver,
-    deadline: float | None,
+    event: Event,
     conn: Connection,
     sender: Address | None,
     *,
@@ -251,7 +258,9 @@ def spf_query(
     receiver: str,
 ) -> SpfQuery:
     """The query for ``sender`` (None: the null sender, the HELO identity) from
-    ``conn``'s client, for the spf check and the spf_pass exemption alike.
+    ``conn``'s client, for the spf check and the spf_pass exemption alike: by the
+    event's ``sender_deadline``, starting with its ``sender_waits`` as the
+    evaluation's waits for slots (:meth:`SpfQuery.add_waits_to` after the check).
 
     It checks the sender's parsed parts: pyspf splits at the first "@", so a quoted
     local part holding one ("x@"@example.com) would have it check a malformed domain,
@@ -260,13 +269,14 @@ def spf_query(
     assert conn.client_ip is not None  # both callers return earlier without one
     query = SpfQuery(
         resolver,
-        deadline,
+        event.sender_deadline(),
         network=share_network(conn),
         i=str(client_address(conn.client_ip)),
         s=mailfrom(sender) if sender is not None else "",
         h=helo or "unknown",
         receiver=receiver,
     )
+    query.waited = query.taken_over = event.sender_waits()
     if sender is not None and sender.domain:
         query.l = sender.local or "postmaster"
         query.o = query.d = sender.domain.removesuffix(".")
