@@ -93,7 +93,7 @@ def test_a_unix_socket_with_a_full_listen_queue_is_waited_for(tmp_path: Path) ->
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(path))
         server.listen(0)
-        queued = []
+        queued: list[socket.socket] = []
         try:
             while len(queued) < 8:  # fill the queue: the kernel's limit is backlog + 1
                 client = socket.socket(socket.AF_UNIX)
