@@ -114,6 +114,28 @@ def test_timeout_kills_the_program_and_its_children(tmp_path: Path) -> None:
     wait_until(lambda: not _alive(child), 5)
 
 
+def test_a_program_that_keeps_writing_is_killed_before_it_fills_the_disk(
+    tmp_path: Path,
+) -> None:
+    """Review rev80 F3: its output went to temporary files, whole, for as long as its
+    timeout let it write (300 MB in the review). More than 16 MiB in all ends it."""
+    argv = script(
+        tmp_path,
+        "line = b'x' * 65535 + b'\\n'\n"
+        "while True:\n"
+        "    sys.stdout.buffer.write(line)\n"
+        "    sys.stderr.buffer.write(line)",
+    )
+    start = time.monotonic()
+    result = run_command(argv, MESSAGE, timeout=60)
+    assert time.monotonic() - start < 10
+    assert result.status is ScanStatus.ERROR
+    assert result.detail == f"{argv[0]} killed: it wrote more than 16 MiB of output"
+    # Within the limit the output is no matter: the program's verdict stands.
+    quiet = script(tmp_path, "sys.stdout.write('x' * 2**20); sys.exit(0)", name="quiet")
+    assert run_command(quiet, MESSAGE, timeout=60).status is ScanStatus.CLEAN
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]

@@ -28,7 +28,8 @@ This is the convention of ``clamscan``/``clamdscan`` (0 clean, 1 virus, 2 error)
 The program runs without a shell (``argv`` is passed as a list; nothing is expanded),
 in a new session so that a timeout kills its children too, with standard output and
 standard error going to temporary files read back at most 4 KiB each, so a chatty
-program cannot fill memory or block on a full pipe.
+program cannot fill memory or block on a full pipe; one that writes more than 16 MiB
+to them in all is killed (ERROR), so it cannot fill the disk either.
 
 The message comes from a :class:`~smtpguard.scanners.MessageSpool` (in memory up to its
 cap, then a temporary file, which is then handed over as the program's standard input
@@ -45,6 +46,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import IO, Final
 
@@ -53,6 +55,11 @@ from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
 __all__ = ["CommandScan", "run_command"]
 
 _OUTPUT_MAX: Final = 4096
+#: Octets of standard output and error a program may write in all before it is
+#: killed (they go to temporary files: see :func:`_wait`), and the seconds between
+#: two looks at their size.
+_SPOOLED_OUTPUT_MAX: Final = 16 * 2**20
+_OUTPUT_CHECK: Final = 0.05
 _FOUND: Final = re.compile(r"^(?:.*:\s+)?(?P<name>.+?)\s+FOUND$")
 
 
@@ -85,15 +92,9 @@ def run_command(
             return ScanResult(
                 ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}"
             )
-        try:
-            # communicate() writes the input and waits within one deadline; a program
-            # that exits without reading everything is not an error (EPIPE is ignored).
-            proc.communicate(input=data, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_session(proc)
-            return ScanResult(
-                ScanStatus.ERROR, detail=f"{argv[0]} timed out after {timeout:g} s", scanned=size
-            )
+        failure = _wait(proc, data, timeout, (out, err))
+        if failure:
+            return ScanResult(ScanStatus.ERROR, detail=f"{argv[0]} {failure}", scanned=size)
         status = proc.returncode
         if status == 0:
             return ScanResult(ScanStatus.CLEAN, scanned=size)
@@ -176,6 +177,38 @@ def _stdin(message: MessageSpool | IO[bytes] | bytes) -> tuple[int, int | IO[byt
     size = message.seek(0, os.SEEK_END) - start
     message.seek(start)
     return size, message, None
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], data: bytes | None, timeout: float, outputs: Sequence[IO[bytes]]
+) -> str:
+    """Write ``data`` to the program and wait for it within ``timeout``; "" once it
+    has exited, else why it was killed: out of time, or more than
+    ``_SPOOLED_OUTPUT_MAX`` octets written to its output files (review rev80 F3: a
+    hook that kept printing filled the temporary directory within its timeout).
+
+    communicate() may be called again after its timeout without losing input (the
+    subprocess documentation; the input is given only to the first call), so it
+    waits in slices of ``_OUTPUT_CHECK`` seconds, between which the files are
+    measured; a program that exits at once costs no more than one call. A program
+    that exits without reading everything is not an error (communicate ignores
+    EPIPE)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            proc.communicate(input=data, timeout=max(0.0, min(_OUTPUT_CHECK, left)))
+        except subprocess.TimeoutExpired:
+            data = None  # handed over: the next call goes on writing it
+            written = sum(os.fstat(file.fileno()).st_size for file in outputs)
+            if written > _SPOOLED_OUTPUT_MAX:
+                _kill_session(proc)
+                return f"killed: it wrote more than {_SPOOLED_OUTPUT_MAX // 2**20} MiB of output"
+            if left <= _OUTPUT_CHECK:
+                _kill_session(proc)
+                return f"timed out after {timeout:g} s"
+            continue
+        return ""
 
 
 def _kill_session(proc: subprocess.Popen[bytes]) -> None:
