@@ -920,9 +920,15 @@ class Resolver:
         waited for slots (see :meth:`missed`); the caller waits for this one past
         ``deadline`` as long as they waited (up to ``busy_wait``, :meth:`_give_back`),
         so it is still wanted then."""
-        until = None if deadline is None else deadline + min(waited_before, self.busy_wait)
+        until = self.wanted_until(deadline, waited_before)
         future = self.submit(name, rdtype, deadline=until, network=network)
         return self.collect(future, deadline, name, rdtype, waited_before)
+
+    def wanted_until(self, deadline: float | None, waited_before: float) -> float | None:
+        """How long a lookup asked by ``deadline`` after waits of ``waited_before``
+        seconds is still wanted: the caller waits past its deadline as long as they
+        waited, up to ``busy_wait`` (:meth:`_give_back`); for :meth:`submit`."""
+        return None if deadline is None else deadline + min(waited_before, self.busy_wait)
 
     def close(self) -> None:
         """Stop the loop thread (tests, reload): pending lookups are cancelled, and

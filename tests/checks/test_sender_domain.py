@@ -140,3 +140,27 @@ def test_a_flood_from_one_network_defers_that_network_only(tmp_path: Path, fake:
         assert check(relay, Event(deadline=time.monotonic() + 1)) is None
     finally:
         resolver.close()
+
+
+def test_waits_of_the_sender_checks_before_it_are_given_back(tmp_path: Path) -> None:
+    """Review rev81 F1: an spf_pass exemption's SPF, asked at sender_domain's turn,
+    waited for slots past the sender checks' cap; sender_domain then asked after its
+    deadline, its plain timeout passed, and a domain without MX got through. It takes
+    those waits over as SPF does (Event.sender_waits): the time is given back."""
+    fake = FakeDns()
+    fake.slow["nomx.test"] = 0.1  # NODATA for MX, A and AAAA, after 0.1 s
+    resolver = fake_resolver(fake)  # timeout 2 s: 0.5 s given back at most
+    try:
+        check = SenderDomain(dns_services(tmp_path, resolver, site=SITE))
+        event = Event(deadline=time.monotonic() - 0.55, stage_length=0.6)
+        event.sender_waited = 0.5  # what the exemption's SPF waited for slots
+        time.sleep(0.1)  # the cap of two stages has passed
+        cap = event.sender_deadline()
+        assert cap is not None
+        assert cap < time.monotonic()
+        verdict = check(make_conn(sender="a@nomx.test"), event)
+        assert isinstance(verdict, Hit), verdict
+        assert verdict.reply_id == "sender_unvalidated"
+        assert time.monotonic() < cap + 0.5 + 0.4
+    finally:
+        resolver.close()

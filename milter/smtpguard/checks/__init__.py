@@ -147,7 +147,8 @@ class Event:
         after its deadline is then this host's fault, and the time is given back to
         it (smtpguard.dns.Resolver.collect): a flood that made sender_domain's lookups
         wait past the stage left SPF no time, and its plain timeout passed a forged
-        sender (review rev79 F1)."""
+        sender (review rev79 F1); an spf_pass exemption's SPF did the same to
+        sender_domain (rev81 F1)."""
         now = time.monotonic()
         deadline = self._sender_deadline(now)
         if deadline is None or not self.sender_waited:
