@@ -360,9 +360,13 @@ def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
     [
         ("hook.sh", 0o755, None),
         ("hook.sh", 0o700, "nobody may not execute {path}"),
+        ("hook.sh", 0o711, "nobody may execute {path} but not read it: as a script (#!)"),
+        ("nointerp.sh", 0o755, "{path} is a script whose interpreter '/nonexistent/sh'"),
+        ("private/hook.sh", 0o755, "nobody cannot reach {path}: Permission denied"),
         ("missing.sh", None, "{path} does not exist"),
         ("hooks", None, "{path} is a directory"),
         ("no-such-hook-on-path", None, "no-such-hook-on-path is not on PATH ("),
+        ("./hooks/hook.sh", 0o755, "./hooks/hook.sh is a relative path: give the full path"),
     ],
 )
 def test_a_virus_hook_the_service_user_cannot_run(
@@ -370,14 +374,22 @@ def test_a_virus_hook_the_service_user_cannot_run(
 ) -> None:
     """Review rev80 F2: check-config said OK for a hook that did not exist or that the
     service user could not execute; run then deferred every message (or passed every
-    one unscanned with on_temp_error = "pass")."""
-    (open_dir / "hooks").mkdir(mode=0o755)
-    path = open_dir / "hooks" / program if program != "hooks" else open_dir / "hooks"
+    one unscanned with on_temp_error = "pass"). Review rev81 F2, F3: a hook it could
+    not reach, a script it could not read or whose interpreter is missing, and a
+    relative path (found from the service's working directory, "/" under systemd)."""
+    hooks = open_dir / "hooks"
+    hooks.mkdir(mode=0o755)
+    (hooks / "private").mkdir(mode=0o700)
+    name = program.removeprefix("./hooks/")
+    path = hooks if program == "hooks" else hooks / name
     if mode is not None:
-        path.write_text("#!/bin/sh\nexit 0\n")
+        interpreter = "/nonexistent/sh" if name == "nointerp.sh" else "/bin/sh"
+        path.write_text(f"#!{interpreter}\nexit 0\n")
         path.chmod(mode)
-    argv = [str(path) if "/" not in program and program != "no-such-hook-on-path" else program]
-    site = nobody_site(open_dir, {"virus": {"backend": "command", "command": argv}})
+    bare = program == "no-such-hook-on-path" or program.startswith("./")
+    site = nobody_site(
+        open_dir, {"virus": {"backend": "command", "command": [program if bare else str(path)]}}
+    )
     result = smtpguard(site, "check-config", "--offline", check=False)
     named = [line for line in problems(result) if ": virus.command: " in line]
     if why is None:

@@ -155,18 +155,13 @@ def _program(config: Config, program: str) -> list[Problem]:
     missing one deferred every message, or with on_temp_error = "pass" let every one
     through unscanned). Looked up as the service does: on PATH unless it names a
     path (this process's PATH; a systemd unit has its own)."""
-    if shutil.which(program) is not None:
-        return []
     whom = config.milter.user or "the service"
-    where = Path(program) if os.sep in program else None
-    if where is None:
-        why = f"{program} is not on PATH ({os.environ.get('PATH', os.defpath)})"
-    elif not where.exists():
-        why = f"{program} does not exist"
-    elif where.is_dir():
-        why = f"{program} is a directory"
-    else:
-        why = f"{whom} may not execute {program}"
+    try:
+        why = _program_problem(program, whom)
+    except OSError as exc:  # a directory on the way it may not search (review rev81 F2)
+        why = f"{whom} cannot reach {program}: {exc.strerror or exc}"
+    if why is None:
+        return []
     return [
         (
             "virus.command",
@@ -174,6 +169,38 @@ def _program(config: Config, program: str) -> list[Problem]:
             " ([checks.virus] on_temp_error decides: deferred, or passed unscanned)",
         )
     ]
+
+
+def _program_problem(program: str, whom: str) -> str | None:
+    if os.sep in program and not os.path.isabs(program):
+        # Found from the service's working directory: "/" under systemd, wherever
+        # check-config happens to run (review rev81 F3).
+        return f"{program} is a relative path: give the full path"
+    found = shutil.which(program)
+    if found is None:
+        where = Path(program) if os.sep in program else None
+        if where is None:
+            return f"{program} is not on PATH ({os.environ.get('PATH', os.defpath)})"
+        if not where.exists():
+            return f"{program} does not exist"
+        if where.is_dir():
+            return f"{program} is a directory"
+        return f"{whom} may not execute {program}"
+    # A script runs only if its reader may read it, and its interpreter exists.
+    try:
+        with open(found, "rb") as file:
+            head = file.read(256)
+    except PermissionError:
+        return f"{whom} may execute {program} but not read it: as a script (#!) it cannot run"
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    interpreter = os.fsdecode(words[0]) if words else ""
+    if not interpreter or not os.path.isfile(interpreter):
+        return f"{program} is a script whose interpreter {interpreter!r} does not exist"
+    if not os.access(interpreter, os.X_OK):
+        return f"{program} is a script whose interpreter {interpreter} {whom} may not execute"
+    return None
 
 
 def _readable_db(key: str, path: Path, table: str) -> list[Problem]:
