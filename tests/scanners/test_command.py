@@ -118,7 +118,8 @@ def test_a_program_that_keeps_writing_is_killed_before_it_fills_the_disk(
     tmp_path: Path,
 ) -> None:
     """Review rev80 F3: its output went to temporary files, whole, for as long as its
-    timeout let it write (300 MB in the review). More than 16 MiB in all ends it."""
+    timeout let it write (300 MB in the review). It is read and dropped beyond 4 KiB,
+    and more than 16 MiB in all ends it."""
     argv = script(
         tmp_path,
         "line = b'x' * 65535 + b'\\n'\n"
@@ -134,6 +135,43 @@ def test_a_program_that_keeps_writing_is_killed_before_it_fills_the_disk(
     # Within the limit the output is no matter: the program's verdict stands.
     quiet = script(tmp_path, "sys.stdout.write('x' * 2**20); sys.exit(0)", name="quiet")
     assert run_command(quiet, MESSAGE, timeout=60).status is ScanStatus.CLEAN
+
+
+@pytest.mark.parametrize("size", [200 * 1024, 900 * 1024])
+def test_a_message_larger_than_the_pipe_reaches_a_program_slow_to_read(
+    tmp_path: Path, size: int
+) -> None:
+    """Review rev82 F1: a message kept in memory went into the pipe only as far as its
+    buffer when the program took more than 50 ms to start reading; the rest was never
+    written, and it timed out. It arrives whole, as the program reads it."""
+    copy = tmp_path / "seen.eml"
+    body = f"time.sleep(0.3); open({str(copy)!r}, 'wb').write(sys.stdin.buffer.read())"
+    argv = script(tmp_path, body)
+    message = MESSAGE + b"x" * (size - len(MESSAGE))
+    start = time.monotonic()
+    result = run_command(argv, message, timeout=10)
+    assert result.status is ScanStatus.CLEAN, result
+    assert time.monotonic() - start < 5
+    assert copy.read_bytes() == message
+
+
+def test_what_the_program_left_running_is_killed_when_it_exits(tmp_path: Path) -> None:
+    """Review rev82 F3: a child the hook left behind went on writing (2 GB in two
+    seconds in the review). The hook's session goes with it; its verdict stands, and
+    the child holding the output pipe does not hold the scan."""
+    pidfile = tmp_path / "child.pid"
+    argv = script(
+        tmp_path,
+        "import subprocess\n"
+        "child = subprocess.Popen(['sh', '-c', 'while :; do echo x; done'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "sys.exit(0)",
+    )
+    start = time.monotonic()
+    result = run_command(argv, MESSAGE, timeout=10)
+    assert result.status is ScanStatus.CLEAN, result
+    assert time.monotonic() - start < 5
+    wait_until(lambda: not _alive(int(pidfile.read_text())), 5)
 
 
 def _alive(pid: int) -> bool:

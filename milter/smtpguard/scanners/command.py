@@ -26,10 +26,10 @@ This is the convention of ``clamscan``/``clamdscan`` (0 clean, 1 virus, 2 error)
 ``["clamdscan", "--no-summary", "-"]`` works as a hook as it is.
 
 The program runs without a shell (``argv`` is passed as a list; nothing is expanded),
-in a new session so that a timeout kills its children too, with standard output and
-standard error going to temporary files read back at most 4 KiB each, so a chatty
-program cannot fill memory or block on a full pipe; one that writes more than 16 MiB
-to them in all is killed (ERROR), so it cannot fill the disk either.
+in a new session, killed with everything it started there once it exits or times out.
+Its standard output and standard error are read as it writes them and kept up to 4 KiB
+each, so a chatty program can neither fill memory nor disk nor block on a full pipe;
+one that writes more than 16 MiB in all is killed (ERROR).
 
 The message comes from a :class:`~smtpguard.scanners.MessageSpool` (in memory up to its
 cap, then a temporary file, which is then handed over as the program's standard input
@@ -43,9 +43,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
+import selectors
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import IO, Final
@@ -56,10 +57,12 @@ __all__ = ["CommandScan", "run_command"]
 
 _OUTPUT_MAX: Final = 4096
 #: Octets of standard output and error a program may write in all before it is
-#: killed (they go to temporary files: see :func:`_wait`), and the seconds between
-#: two looks at their size.
-_SPOOLED_OUTPUT_MAX: Final = 16 * 2**20
-_OUTPUT_CHECK: Final = 0.05
+#: killed: it is read and dropped beyond the first _OUTPUT_MAX (see :func:`_exchange`).
+_OUTPUT_LIMIT: Final = 16 * 2**20
+#: Octets written to or read from a pipe at a time.
+_CHUNK: Final = 64 * 1024
+#: Seconds between two looks at whether the program exited, without a pidfd.
+_EXIT_POLL: Final = 0.05
 _FOUND: Final = re.compile(r"^(?:.*:\s+)?(?P<name>.+?)\s+FOUND$")
 
 
@@ -77,46 +80,49 @@ def run_command(
     if not argv:
         return ScanResult(ScanStatus.ERROR, detail="empty command")
     size, stdin, data = _stdin(message)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(  # noqa: S603 - argv from the operator's config, no shell
-                list(argv),
-                stdin=stdin,
-                stdout=out,
-                stderr=err,
-                close_fds=True,
-                start_new_session=True,
-                env=env,
-            )
-        except OSError as exc:
-            return ScanResult(
-                ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}"
-            )
-        failure = _wait(proc, data, timeout, (out, err))
-        if failure:
-            return ScanResult(ScanStatus.ERROR, detail=f"{argv[0]} {failure}", scanned=size)
-        status = proc.returncode
-        if status == 0:
-            return ScanResult(ScanStatus.CLEAN, scanned=size)
-        name = _name(_head(out)) if status == 1 else ""
-        if name:
-            return ScanResult(ScanStatus.INFECTED, virus=name, scanned=size)
-        # Exit 1 without a "NAME FOUND" line is a program that failed (Python's
-        # uncaught exception, set -e), whatever it printed before (review rev49: a
-        # progress line was taken for a virus name): not a permanent virus_found for
-        # a temporary fault.
-        what = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
-        if status == 1:
-            what += " without a 'NAME FOUND' line on stdout"
-        stderr = _head(err).strip().replace("\n", " | ")[:300]
-        return ScanResult(
-            ScanStatus.ERROR,
-            detail=f"{argv[0]}: {what}" + (f": {stderr}" if stderr else ""),
-            scanned=size,
-            # A hook that says "infected" the old way (a bare name) must not have its
-            # mail passed where scanner outages pass (review rev51).
-            suspect=status == 1,
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argv from the operator's config, no shell
+            list(argv),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+            start_new_session=True,
+            env=env,
         )
+    except OSError as exc:
+        return ScanResult(ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}")
+    try:
+        failure, out, err = _exchange(proc, data, timeout)
+    finally:
+        # Whatever the program left running in its session goes with it (review rev82
+        # F3: a child that went on writing after the hook exited), before the
+        # program is reaped, so its process group id cannot have been reused.
+        _kill_session(proc)
+    if failure:
+        return ScanResult(ScanStatus.ERROR, detail=f"{argv[0]} {failure}", scanned=size)
+    status = proc.returncode
+    if status == 0:
+        return ScanResult(ScanStatus.CLEAN, scanned=size)
+    name = _name(_text(out)) if status == 1 else ""
+    if name:
+        return ScanResult(ScanStatus.INFECTED, virus=name, scanned=size)
+    # Exit 1 without a "NAME FOUND" line is a program that failed (Python's
+    # uncaught exception, set -e), whatever it printed before (review rev49: a
+    # progress line was taken for a virus name): not a permanent virus_found for
+    # a temporary fault.
+    what = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+    if status == 1:
+        what += " without a 'NAME FOUND' line on stdout"
+    stderr = _text(err).strip().replace("\n", " | ")[:300]
+    return ScanResult(
+        ScanStatus.ERROR,
+        detail=f"{argv[0]}: {what}" + (f": {stderr}" if stderr else ""),
+        scanned=size,
+        # A hook that says "infected" the old way (a bare name) must not have its
+        # mail passed where scanner outages pass (review rev51).
+        suspect=status == 1,
+    )
 
 
 class CommandScan:
@@ -179,36 +185,124 @@ def _stdin(message: MessageSpool | IO[bytes] | bytes) -> tuple[int, int | IO[byt
     return size, message, None
 
 
-def _wait(
-    proc: subprocess.Popen[bytes], data: bytes | None, timeout: float, outputs: Sequence[IO[bytes]]
-) -> str:
-    """Write ``data`` to the program and wait for it within ``timeout``; "" once it
-    has exited, else why it was killed: out of time, or more than
-    ``_SPOOLED_OUTPUT_MAX`` octets written to its output files (review rev80 F3: a
-    hook that kept printing filled the temporary directory within its timeout).
+def _exchange(
+    proc: subprocess.Popen[bytes], data: bytes | None, timeout: float
+) -> tuple[str, bytes, bytes]:
+    """Write ``data`` to the program, read its output, and wait for it to exit within
+    ``timeout``: ("", the first 4 KiB of standard output, of standard error), or why
+    it must be killed (out of time, or more than ``_OUTPUT_LIMIT`` octets of output).
+    See :class:`_Exchange`."""
+    with _Exchange(proc, data) as exchange:
+        return exchange.run(time.monotonic() + timeout, timeout)
 
-    communicate() may be called again after its timeout without losing input (the
-    subprocess documentation; the input is given only to the first call), so it
-    waits in slices of ``_OUTPUT_CHECK`` seconds, between which the files are
-    measured; a program that exits at once costs no more than one call. A program
-    that exits without reading everything is not an error (communicate ignores
-    EPIPE)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
+
+class _Exchange:
+    """One thread, no polling: a selector waits on the program's standard input,
+    output and error and on its exit (a pidfd), so a message larger than the pipe goes
+    in as the program reads it (review rev82 F1: communicate() called again after a
+    timeout never wrote the rest), and the output is kept only as far as
+    ``_OUTPUT_MAX`` and otherwise dropped as it is read: nothing on disk, however much
+    a program writes (rev80 F3). The program's exit, not the end of its output, ends
+    the wait: a child it left holding the pipes cannot hold the callback. A program
+    that exits or closes its input without reading it all is not an error (EPIPE).
+    The program is not reaped here, so its process group id stays its own until
+    :func:`_kill_session`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], data: bytes | None) -> None:
+        if proc.stdout is None or proc.stderr is None:
+            raise ValueError("the program's output must be pipes")
+        self.proc = proc
+        self.out, self.err = proc.stdout.fileno(), proc.stderr.fileno()
+        self.heads = {self.out: bytearray(), self.err: bytearray()}
+        self.written = 0
+        self.data = memoryview(data or b"")
+        self.offset = 0
+        self.selector = selectors.DefaultSelector()
+        self.exit_fd = _pidfd(proc.pid)
+        if self.exit_fd is not None:
+            self.selector.register(self.exit_fd, selectors.EVENT_READ)
+        self.stdin = proc.stdin.fileno() if proc.stdin is not None and self.data else None
+        if self.stdin is not None:
+            os.set_blocking(self.stdin, False)
+            self.selector.register(self.stdin, selectors.EVENT_WRITE)
+        elif proc.stdin is not None:
+            proc.stdin.close()
+        for fd in self.heads:
+            self.selector.register(fd, selectors.EVENT_READ)
+
+    def __enter__(self) -> _Exchange:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.selector.close()
+        if self.exit_fd is not None:
+            os.close(self.exit_fd)
+
+    def run(self, deadline: float, timeout: float) -> tuple[str, bytes, bytes]:
+        while not self._exited():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return f"timed out after {timeout:g} s", b"", b""
+            wait = left if self.exit_fd is not None else min(left, _EXIT_POLL)
+            for key, _ in self.selector.select(wait):
+                if key.fd == self.stdin:
+                    self._write()
+                elif key.fd != self.exit_fd:
+                    self._read(key.fd)
+            if self.written > _OUTPUT_LIMIT:
+                return f"killed: it wrote more than {_OUTPUT_LIMIT >> 20} MiB of output", b"", b""
+        # What it wrote last is in the pipes (a child of its may still hold them open,
+        # so read only what is there).
+        for fd, head in self.heads.items():
+            os.set_blocking(fd, False)
+            with contextlib.suppress(BlockingIOError):
+                while len(head) < _OUTPUT_MAX and (chunk := os.read(fd, _CHUNK)):
+                    _keep(head, chunk)
+        return "", bytes(self.heads[self.out]), bytes(self.heads[self.err])
+
+    def _exited(self) -> bool:
+        """Whether the program exited, without reaping it (a readable pidfd, or
+        waitid(WNOWAIT))."""
+        if self.exit_fd is not None:
+            return bool(select.select([self.exit_fd], [], [], 0)[0])
+        return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    def _write(self) -> None:
+        assert self.stdin is not None
         try:
-            proc.communicate(input=data, timeout=max(0.0, min(_OUTPUT_CHECK, left)))
-        except subprocess.TimeoutExpired:
-            data = None  # handed over: the next call goes on writing it
-            written = sum(os.fstat(file.fileno()).st_size for file in outputs)
-            if written > _SPOOLED_OUTPUT_MAX:
-                _kill_session(proc)
-                return f"killed: it wrote more than {_SPOOLED_OUTPUT_MAX // 2**20} MiB of output"
-            if left <= _OUTPUT_CHECK:
-                _kill_session(proc)
-                return f"timed out after {timeout:g} s"
-            continue
-        return ""
+            self.offset += os.write(self.stdin, self.data[self.offset : self.offset + _CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: it reads no more
+            self.offset = len(self.data)
+        if self.offset >= len(self.data):
+            self.selector.unregister(self.stdin)
+            if self.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
+            self.stdin = None
+
+    def _read(self, fd: int) -> None:
+        chunk = os.read(fd, _CHUNK)
+        if not chunk:
+            self.selector.unregister(fd)
+            return
+        self.written += len(chunk)
+        _keep(self.heads[fd], chunk)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when process ``pid`` exits, or None where
+    the kernel has none (then the exit is looked at every ``_EXIT_POLL`` seconds)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _keep(head: bytearray, chunk: bytes) -> None:
+    if len(head) < _OUTPUT_MAX:
+        head += chunk[: _OUTPUT_MAX - len(head)]
 
 
 def _kill_session(proc: subprocess.Popen[bytes]) -> None:
@@ -222,9 +316,8 @@ def _kill_session(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _head(file: IO[bytes]) -> str:
-    file.seek(0)
-    return file.read(_OUTPUT_MAX).decode("utf-8", "replace")
+def _text(head: bytes) -> str:
+    return head.decode("utf-8", "replace")
 
 
 def _name(stdout: str) -> str:
