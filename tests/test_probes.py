@@ -367,6 +367,11 @@ def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
         ("hooks", None, "{path} is a directory"),
         ("no-such-hook-on-path", None, "no-such-hook-on-path is not on PATH ("),
         ("./hooks/hook.sh", 0o755, "./hooks/hook.sh is a relative path: give the full path"),
+        # Review rev82 F5, F6: a program nobody may only execute runs; these do not.
+        ("true", 0o711, None),
+        ("crlf.sh", 0o755, "{path} has a #! line ending in a carriage return (CRLF)"),
+        ("empty.sh", 0o755, "{path} is neither a script starting with #! nor an executable"),
+        ("plain.sh", 0o755, "{path} is neither a script starting with #! nor an executable"),
     ],
 )
 def test_a_virus_hook_the_service_user_cannot_run(
@@ -383,8 +388,15 @@ def test_a_virus_hook_the_service_user_cannot_run(
     name = program.removeprefix("./hooks/")
     path = hooks if program == "hooks" else hooks / name
     if mode is not None:
-        interpreter = "/nonexistent/sh" if name == "nointerp.sh" else "/bin/sh"
-        path.write_text(f"#!{interpreter}\nexit 0\n")
+        contents = {
+            "nointerp.sh": b"#!/nonexistent/sh\nexit 0\n",
+            "crlf.sh": b"#!/bin/sh\r\nexit 0\r\n",
+            "empty.sh": b"",
+            "plain.sh": b"exit 0\n",
+        }
+        path.write_bytes(contents.get(name, b"#!/bin/sh\nexit 0\n"))
+        if name == "true":
+            shutil.copyfile("/bin/true", path)
         path.chmod(mode)
     bare = program == "no-such-hook-on-path" or program.startswith("./")
     site = nobody_site(

@@ -105,10 +105,13 @@ def file_problems(config: Config, become: Callable[[str], None] | None = None) -
         uid = pwd.getpwnam(user).pw_uid if user else 0
     except KeyError:
         uid = 0  # user_problems names it
+    # The virus hook's first octets, read here (as root: a program the service user may
+    # execute but not read is fine unless it is a script, review rev82 F5).
+    hook = _program_head(config)
     if become is not None and uid != 0 and os.geteuid() == 0:
-        found = _in_child(lambda: become(user), lambda: _files(config))
+        found = _in_child(lambda: become(user), lambda: _files(config, hook))
     else:
-        found = _files(config)
+        found = _files(config, hook)
     return [ConfigError(config.file, key, message) for key, message in found]
 
 
@@ -138,7 +141,25 @@ def _in_child(become: Callable[[], None], check: Callable[[], list[Problem]]) ->
         return [("milter.user", "the check as that user ended without an answer")]
 
 
-def _files(config: Config) -> list[Problem]:
+def _program_head(config: Config) -> bytes | None:
+    """The first octets of the virus hook's program, if it is one and can be read."""
+    if config.virus.backend != "command" or not config.virus.command:
+        return None
+    try:
+        found = shutil.which(config.virus.command[0])
+        if found is None:
+            return None
+        with open(found, "rb") as file:
+            return file.read(_HEAD)
+    except OSError:
+        return None
+
+
+#: Octets of a program read to tell a script (#!) from an executable (ELF).
+_HEAD = 256
+
+
+def _files(config: Config, hook: bytes | None = None) -> list[Problem]:
     found: list[Problem] = []
     if config.directory.backend == "sqlite":
         found += _readable_db("directory.path", config.directory.path, "users")
@@ -146,18 +167,18 @@ def _files(config: Config) -> list[Problem]:
         found += _writable_db("state.path", config.state.path)
     found += _reload_files(config)
     if config.virus.backend == "command" and config.virus.command:
-        found += _program(config, config.virus.command[0])
+        found += _program(config, config.virus.command[0], hook)
     return found
 
 
-def _program(config: Config, program: str) -> list[Problem]:
+def _program(config: Config, program: str, head: bytes | None) -> list[Problem]:
     """The virus hook must be a program the service can run (review rev80 F2: a
     missing one deferred every message, or with on_temp_error = "pass" let every one
     through unscanned). Looked up as the service does: on PATH unless it names a
     path (this process's PATH; a systemd unit has its own)."""
     whom = config.milter.user or "the service"
     try:
-        why = _program_problem(program, whom)
+        why = _program_problem(program, whom, head)
     except OSError as exc:  # a directory on the way it may not search (review rev81 F2)
         why = f"{whom} cannot reach {program}: {exc.strerror or exc}"
     if why is None:
@@ -171,7 +192,9 @@ def _program(config: Config, program: str) -> list[Problem]:
     ]
 
 
-def _program_problem(program: str, whom: str) -> str | None:
+def _program_problem(program: str, whom: str, head: bytes | None) -> str | None:
+    """What keeps ``whom`` from running ``program``; ``head``: its first octets as
+    check-config itself read them (None: it could not)."""
     if os.sep in program and not os.path.isabs(program):
         # Found from the service's working directory: "/" under systemd, wherever
         # check-config happens to run (review rev81 F3).
@@ -186,16 +209,26 @@ def _program_problem(program: str, whom: str) -> str | None:
         if where.is_dir():
             return f"{program} is a directory"
         return f"{whom} may not execute {program}"
+    if head is None:
+        return None
+    if not head.startswith(b"#!"):
+        if head.startswith(b"\x7fELF"):
+            return None
+        # execve() runs neither an empty file nor text without "#!" (ENOEXEC): the
+        # service has no shell to fall back on (review rev82 F6).
+        return f"{program} is neither a script starting with #! nor an executable (ELF)"
     # A script runs only if its reader may read it, and its interpreter exists.
     try:
-        with open(found, "rb") as file:
-            head = file.read(256)
+        with open(found, "rb"):
+            pass
     except PermissionError:
         return f"{whom} may execute {program} but not read it: as a script (#!) it cannot run"
-    if not head.startswith(b"#!"):
-        return None
-    words = head[2:].split(b"\n", 1)[0].split()
+    line = head[2:].split(b"\n", 1)[0]
+    words = line.split(b"\0", 1)[0].split()
     interpreter = os.fsdecode(words[0]) if words else ""
+    if line.endswith(b"\r"):
+        # The kernel keeps the carriage return as part of the line (review rev82 F6).
+        return f"{program} has a #! line ending in a carriage return (CRLF): it cannot run"
     if not interpreter or not os.path.isfile(interpreter):
         return f"{program} is a script whose interpreter {interpreter!r} does not exist"
     if not os.access(interpreter, os.X_OK):
