@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from smtpguard.app import load
 from support.service import ROOT, Site, make_site, smtpguard
 
 SAMPLE_DIRECTORY = ROOT / "conf" / "directory.example.toml"
@@ -367,3 +368,34 @@ def test_blacklist_usage_errors_exit_2(site: Site) -> None:
     assert run(site, "blacklist", "add").returncode == 2  # no entry
     assert run(site, "blacklist", "list", "--reason", "x").returncode == 2
     assert run(site, "blacklist").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("command", "output"),
+    [
+        (["list"], ""),
+        (["list", "--json"], "[]\n"),
+        (["remove", "x@y.example"], "remove x@y.example: not listed\n"),
+    ],
+)
+def test_looking_at_a_deleted_blacklist_does_not_make_it_empty(
+    site: Site, command: list[str], output: str
+) -> None:
+    """Review rev83 F1: with the state file deleted the service defers every message
+    (a backend error), but `blacklist list` created it again, empty, and every listed
+    sender was let through. list and remove leave it missing and say so; only
+    `blacklist add` creates it."""
+    assert run(site, "blacklist", "add", "pest@sender.example").returncode == 0
+    state = load(site.config).state.path
+    state.unlink()
+    result = run(site, "blacklist", *command)
+    assert result.returncode == 0
+    assert result.stdout == output
+    assert result.stderr == (
+        f"smtpguard: warning: {state} does not exist: a service using it defers every"
+        " message until `smtpguard blacklist add` creates it (before its first start, the"
+        " service does)\n"
+    )
+    assert not state.exists()
+    assert run(site, "blacklist", "add", "pest@sender.example").returncode == 0
+    assert run(site, "blacklist", "list").stderr == ""

@@ -310,7 +310,7 @@ def store_as_an_older_version(
 ) -> None:
     """Write ``entry`` as it is, past blacklist_entry's normalisation."""
     if isinstance(blacklist, SqliteBlacklist):
-        blacklist.entries()  # creates the file
+        blacklist.prepare()  # creates the file
         with closing(sqlite3.connect(state_path)) as db, db:
             db.execute("INSERT INTO blacklist VALUES (?, 0, 'old')", (entry,))
     else:
@@ -343,7 +343,7 @@ def test_add_refuses_what_cannot_match(any_blacklist: SqliteBlacklist | RedisBla
 def test_entry_stored_before_the_check_can_be_removed(
     blacklist: SqliteBlacklist, state_path: Path
 ) -> None:
-    blacklist.entries()  # creates the file
+    blacklist.prepare()  # creates the file
     with closing(sqlite3.connect(state_path)) as db, db:
         db.execute("INSERT INTO blacklist VALUES ('evil.example', 0, 'old')")
     assert [e.address for e in blacklist.entries()] == ["evil.example"]
@@ -497,7 +497,7 @@ def listing(tmp_path: Path, name: str, *addresses: str) -> Path:
     """A blacklist file written elsewhere (by the CLI on another host, say)."""
     path = tmp_path / "staging" / f"{name}.sqlite"
     writer = SqliteBlacklist(path, timeout=0.5)
-    writer.entries()  # creates the file even with no address
+    writer.prepare()  # creates the file even with no address
     for address in addresses:
         writer.add(address)
     return path

@@ -209,10 +209,26 @@ def cmd_blacklist_remove(args: argparse.Namespace) -> int:
     from smtpguard.app import make_blacklist
 
     store = make_blacklist(_load(args.config))
+    _warn_if_missing(store)
     # Taken as given, unchecked: entries stored before add checked them must go too.
     for entry in args.entry:
         print(f"remove {entry}: {'done' if store.remove(entry) else 'not listed'}")
     return 0
+
+
+def _warn_if_missing(store: object) -> None:
+    """Say that the embedded state file does not exist: `list` and `remove` leave it
+    so (review rev83 F1: they made it again, empty, and every listed sender passed),
+    and a service using it defers every message meanwhile."""
+    from smtpguard.state import SqliteBlacklist
+
+    if isinstance(store, SqliteBlacklist) and not store.exists():
+        print(
+            f"smtpguard: warning: {store.path} does not exist: a service using it defers"
+            " every message until `smtpguard blacklist add` creates it (before its first"
+            " start, the service does)",
+            file=sys.stderr,
+        )
 
 
 def cmd_blacklist_list(args: argparse.Namespace) -> int:
@@ -222,7 +238,9 @@ def cmd_blacklist_list(args: argparse.Namespace) -> int:
     from smtpguard.app import make_blacklist
     from smtpguard.state import entry_scope
 
-    entries = make_blacklist(_load(args.config)).entries()
+    store = make_blacklist(_load(args.config))
+    _warn_if_missing(store)
+    entries = store.entries()
     if args.json:
         rows = [
             {

@@ -271,27 +271,59 @@ class SqliteBlacklist(WatchedFile):
         )
 
     def remove(self, address: str) -> bool:
+        """Remove an entry's stored forms. Never creates the file (:meth:`_existing`)."""
         forms = stored_forms(address)
         marks = ", ".join("?" * len(forms))
         return self._write(
             f"DELETE FROM blacklist WHERE address IN ({marks})",  # noqa: S608 - only placeholders
             forms,
+            create=False,
         )
 
-    def _write(self, sql: str, args: tuple[str | float, ...]) -> bool:
-        """Run one change in its own transaction; True if it changed a row."""
-        with closing(self._connect()) as db:
+    def _write(self, sql: str, args: tuple[str | float, ...], *, create: bool = True) -> bool:
+        """Run one change in its own transaction; True if it changed a row (never, on
+        a file that does not exist unless ``create``)."""
+        db = self._connect() if create else self._existing()
+        if db is None:
+            return False
+        with closing(db):
             with db:
                 changed = db.execute(sql, args).rowcount >= 1
             _empty_wal(db)
         return changed
 
     def entries(self) -> list[BlacklistEntry]:
-        with closing(self._connect()) as db:
-            rows = db.execute(
-                "SELECT address, added_at, reason FROM blacklist ORDER BY address"
-            ).fetchall()
+        """Every entry (none in a file that does not exist: see :meth:`_existing`)."""
+        db = self._existing()
+        if db is None:
+            return []
+        with closing(db):
+            try:
+                rows = db.execute(
+                    "SELECT address, added_at, reason FROM blacklist ORDER BY address"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from None
         return [BlacklistEntry(a, t, r) for a, t, r in rows]
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def _existing(self) -> sqlite3.Connection | None:
+        """A connection to the file as it is, or None if there is none. Looking at the
+        list, or removing from it, must not turn a deleted file, for which the service
+        defers every message, into an empty blacklist that lets every listed sender
+        through (review rev83 F1): only ``blacklist add`` (and the service's first
+        start) creates it."""
+        if not self.path.exists():
+            parent = self.path.parent
+            if parent.exists() and not parent.is_dir():
+                raise StateError(f"cannot open {self.path}: {parent} is no directory")
+            return None
+        try:
+            return self._connect_existing("rw")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open {self.path}: {exc}") from None
 
 
 def _empty_wal(db: sqlite3.Connection) -> None:
