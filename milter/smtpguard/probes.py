@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -147,8 +148,8 @@ def _program_head(config: Config) -> bytes | None:
         return None
     try:
         found = shutil.which(config.virus.command[0])
-        if found is None:
-            return None
+        if found is None or not os.path.isfile(found):
+            return None  # a FIFO would hold the check (review rev84 F6)
         with open(found, "rb") as file:
             return file.read(_HEAD)
     except OSError:
@@ -223,12 +224,15 @@ def _program_problem(program: str, whom: str, head: bytes | None) -> str | None:
             pass
     except PermissionError:
         return f"{whom} may execute {program} but not read it: as a script (#!) it cannot run"
-    line = head[2:].split(b"\n", 1)[0]
-    words = line.split(b"\0", 1)[0].split()
-    interpreter = os.fsdecode(words[0]) if words else ""
-    if line.endswith(b"\r"):
-        # The kernel keeps the carriage return as part of the line (review rev82 F6).
+    line = head[2:].split(b"\n", 1)[0].split(b"\0", 1)[0]
+    # The kernel splits the line at spaces and tabs only: a carriage return ending the
+    # interpreter's name is part of it (review rev82 F6); after an argument it is the
+    # argument's (rev84 F2: "#!/usr/bin/perl -w" with CRLF runs).
+    words = [word for word in re.split(rb"[ \t]+", line) if word]
+    first = words[0] if words else b""
+    if first.endswith(b"\r"):
         return f"{program} has a #! line ending in a carriage return (CRLF): it cannot run"
+    interpreter = os.fsdecode(first)
     if not interpreter or not os.path.isfile(interpreter):
         return f"{program} is a script whose interpreter {interpreter!r} does not exist"
     if not os.access(interpreter, os.X_OK):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import resource
 import shutil
 import sys
 import time
@@ -172,6 +173,29 @@ def test_what_the_program_left_running_is_killed_when_it_exits(tmp_path: Path) -
     assert result.status is ScanStatus.CLEAN, result
     assert time.monotonic() - start < 5
     wait_until(lambda: not _alive(int(pidfile.read_text())), 5)
+
+
+def test_a_worker_with_many_descriptors_open_runs_the_hook(tmp_path: Path) -> None:
+    """Review rev84 F1: the program's exit was looked for with select(), which refuses
+    descriptors from 1024 on; a busy worker has that many open (the unit allows
+    16384), and every scanned message was deferred."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    held: list[int] = []
+    try:
+        with open(os.devnull, "rb") as null:
+            while not held or held[-1] < 1100:
+                held.append(os.dup(null.fileno()))
+        argv = script(tmp_path, "print('Eicar-Test FOUND'); sys.exit(1)")
+        result = run_command(argv, MESSAGE, timeout=10)
+        assert result.status is ScanStatus.INFECTED, result
+        assert result.virus == "Eicar-Test"
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _alive(pid: int) -> bool:

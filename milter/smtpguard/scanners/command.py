@@ -26,7 +26,8 @@ This is the convention of ``clamscan``/``clamdscan`` (0 clean, 1 virus, 2 error)
 ``["clamdscan", "--no-summary", "-"]`` works as a hook as it is.
 
 The program runs without a shell (``argv`` is passed as a list; nothing is expanded),
-in a new session, killed with everything it started there once it exits or times out.
+in a new session, killed with everything it started in its process group once it
+exits or times out.
 Its standard output and standard error are read as it writes them and kept up to 4 KiB
 each, so a chatty program can neither fill memory nor disk nor block on a full pipe;
 one that writes more than 16 MiB in all is killed (ERROR).
@@ -43,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import selectors
 import signal
 import subprocess
@@ -61,7 +61,9 @@ _OUTPUT_MAX: Final = 4096
 _OUTPUT_LIMIT: Final = 16 * 2**20
 #: Octets written to or read from a pipe at a time.
 _CHUNK: Final = 64 * 1024
-#: Seconds between two looks at whether the program exited, without a pidfd.
+#: Seconds between two looks at whether the program exited, without a pidfd: from
+#: the first, doubling up to the last.
+_FIRST_POLL: Final = 0.001
 _EXIT_POLL: Final = 0.05
 _FOUND: Final = re.compile(r"^(?:.*:\s+)?(?P<name>.+?)\s+FOUND$")
 
@@ -95,10 +97,14 @@ def run_command(
     try:
         failure, out, err = _exchange(proc, data, timeout)
     finally:
-        # Whatever the program left running in its session goes with it (review rev82
-        # F3: a child that went on writing after the hook exited), before the
-        # program is reaped, so its process group id cannot have been reused.
+        # Whatever the program left running in its process group goes with it (review
+        # rev82 F3: a child that went on writing after the hook exited), before the
+        # program is reaped, so the group's id cannot have been reused. A child that
+        # made a group of its own escapes (rev84 F4), but holds nothing up.
         _kill_session(proc)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     if failure:
         return ScanResult(ScanStatus.ERROR, detail=f"{argv[0]} {failure}", scanned=size)
     status = proc.returncode
@@ -219,6 +225,7 @@ class _Exchange:
         self.offset = 0
         self.selector = selectors.DefaultSelector()
         self.exit_fd = _pidfd(proc.pid)
+        self.exit_seen = False
         if self.exit_fd is not None:
             self.selector.register(self.exit_fd, selectors.EVENT_READ)
         self.stdin = proc.stdin.fileno() if proc.stdin is not None and self.data else None
@@ -239,15 +246,23 @@ class _Exchange:
             os.close(self.exit_fd)
 
     def run(self, deadline: float, timeout: float) -> tuple[str, bytes, bytes]:
+        poll = _FIRST_POLL
         while not self._exited():
             left = deadline - time.monotonic()
             if left <= 0:
                 return f"timed out after {timeout:g} s", b"", b""
-            wait = left if self.exit_fd is not None else min(left, _EXIT_POLL)
+            if self.exit_fd is None:
+                # Without a pidfd the exit is looked for, soon after the start (most
+                # hooks are quick), then less often (review rev84 F3).
+                wait, poll = min(left, poll), min(2 * poll, _EXIT_POLL)
+            else:
+                wait = left
             for key, _ in self.selector.select(wait):
                 if key.fd == self.stdin:
                     self._write()
-                elif key.fd != self.exit_fd:
+                elif key.fd == self.exit_fd:
+                    self.exit_seen = True
+                else:
                     self._read(key.fd)
             if self.written > _OUTPUT_LIMIT:
                 return f"killed: it wrote more than {_OUTPUT_LIMIT >> 20} MiB of output", b"", b""
@@ -261,10 +276,11 @@ class _Exchange:
         return "", bytes(self.heads[self.out]), bytes(self.heads[self.err])
 
     def _exited(self) -> bool:
-        """Whether the program exited, without reaping it (a readable pidfd, or
-        waitid(WNOWAIT))."""
+        """Whether the program exited, without reaping it: its pidfd was reported
+        readable (by the selector: select() refuses descriptors from 1024 on, which a
+        busy worker has, review rev84 F1), or waitid(WNOWAIT) says so."""
         if self.exit_fd is not None:
-            return bool(select.select([self.exit_fd], [], [], 0)[0])
+            return self.exit_seen
         return os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
     def _write(self) -> None:
