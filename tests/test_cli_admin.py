@@ -392,9 +392,9 @@ def test_looking_at_a_deleted_blacklist_does_not_make_it_empty(
     assert result.returncode == 0
     assert result.stdout == output
     assert result.stderr == (
-        f"smtpguard: warning: {state} does not exist: a service using it defers every"
-        " message until `smtpguard blacklist add` creates it (before its first start, the"
-        " service does)\n"
+        f"smtpguard: warning: {state} does not exist: a running service using it defers"
+        " every message until `smtpguard blacklist add` creates it (a start of the service"
+        " creates it empty)\n"
     )
     assert not state.exists()
     assert run(site, "blacklist", "add", "pest@sender.example").returncode == 0

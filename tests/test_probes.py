@@ -374,6 +374,7 @@ def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
         ("plain.sh", 0o755, "{path} is neither a script starting with #! nor an executable"),
         # Review rev84 F2: a carriage return after an argument is the argument's.
         ("crlfarg.sh", 0o755, None),
+        ("crlfenv.sh", 0o755, "{path} has a #! line ending in a carriage return (CRLF)"),
     ],
 )
 def test_a_virus_hook_the_service_user_cannot_run(
@@ -396,6 +397,7 @@ def test_a_virus_hook_the_service_user_cannot_run(
             "empty.sh": b"",
             "plain.sh": b"exit 0\n",
             "crlfarg.sh": b"#!/usr/bin/env -S sh\r\nexit 0\r\n",
+            "crlfenv.sh": b"#!/usr/bin/env sh\r\nexit 0\r\n",
         }
         path.write_bytes(contents.get(name, b"#!/bin/sh\nexit 0\n"))
         if name == "true":

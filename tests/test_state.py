@@ -513,6 +513,7 @@ def test_state_file_replaced_by_rename_is_seen_after_cache_ttl(
     before = state_path.stat().st_ino
     replace_by_rename(listing(tmp_path, "new", "spammer@example.org"), state_path)
     after = state_path.stat().st_ino
+    caplog.clear()  # the warnings of the two files' creation
     caplog.set_level(logging.INFO)
     clock.advance(0.5)
     assert blacklist.listed("spammer@example.org") is None  # cached

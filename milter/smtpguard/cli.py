@@ -224,9 +224,9 @@ def _warn_if_missing(store: object) -> None:
 
     if isinstance(store, SqliteBlacklist) and not store.exists():
         print(
-            f"smtpguard: warning: {store.path} does not exist: a service using it defers"
-            " every message until `smtpguard blacklist add` creates it (before its first"
-            " start, the service does)",
+            f"smtpguard: warning: {store.path} does not exist: a running service using it"
+            " defers every message until `smtpguard blacklist add` creates it (a start of"
+            " the service creates it empty)",
             file=sys.stderr,
         )
 

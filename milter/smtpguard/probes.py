@@ -210,6 +210,9 @@ def _program_problem(program: str, whom: str, head: bytes | None) -> str | None:
         if where.is_dir():
             return f"{program} is a directory"
         return f"{whom} may not execute {program}"
+    if not os.path.isfile(found):
+        # A FIFO or a device: execve() refuses it (review rev85 F4).
+        return f"{program} is not a regular file"
     if head is None:
         return None
     if not head.startswith(b"#!"):
@@ -218,7 +221,12 @@ def _program_problem(program: str, whom: str, head: bytes | None) -> str | None:
         # execve() runs neither an empty file nor text without "#!" (ENOEXEC): the
         # service has no shell to fall back on (review rev82 F6).
         return f"{program} is neither a script starting with #! nor an executable (ELF)"
-    # A script runs only if its reader may read it, and its interpreter exists.
+    return _script_problem(program, found, whom, head)
+
+
+def _script_problem(program: str, found: str, whom: str, head: bytes) -> str | None:
+    """What keeps a #! script from running: its reader may not read it, its
+    interpreter is missing or not executable, its #! line ends in CR."""
     try:
         with open(found, "rb"):
             pass
@@ -230,7 +238,12 @@ def _program_problem(program: str, whom: str, head: bytes | None) -> str | None:
     # argument's (rev84 F2: "#!/usr/bin/perl -w" with CRLF runs).
     words = [word for word in re.split(rb"[ \t]+", line) if word]
     first = words[0] if words else b""
-    if first.endswith(b"\r"):
+    # env takes its one argument for the program's name ("python3\r"), unless it
+    # splits it itself (-S) (review rev85 F2).
+    named_by_env = (
+        os.path.basename(first) == b"env" and len(words) == 2 and not words[1].startswith(b"-")
+    )
+    if first.endswith(b"\r") or (named_by_env and words[1].endswith(b"\r")):
         return f"{program} has a #! line ending in a carriage return (CRLF): it cannot run"
     interpreter = os.fsdecode(first)
     if not interpreter or not os.path.isfile(interpreter):

@@ -219,8 +219,16 @@ class SqliteBlacklist(WatchedFile):
             if not self._prepared:
                 with self._prepare_lock:
                     if not self._prepared:
+                        created = not self.path.exists()
                         db = self._connect()
                         self._mark_prepared()
+                        if created:
+                            log.warning(
+                                "state file %s did not exist: created it, an empty"
+                                " blacklist (a first start; otherwise entries it held"
+                                " are gone)",
+                                self.path,
+                            )
                         return db
             # A file removed since it was prepared fails here (the pool reports it).
             return self._connect_existing("rw")
@@ -235,9 +243,20 @@ class SqliteBlacklist(WatchedFile):
         fresh file at once get "database is locked".
         """
         with self._prepare_lock:
+            if self._prepared:
+                # A reload in a supervisor that prepared it at start: a file removed
+                # since stays an error (review rev85 F1: it came back empty).
+                return
+            created = not self.path.exists()
             with closing(self._connect()):
                 pass
             self._mark_prepared()
+        if created:
+            log.warning(
+                "state file %s did not exist: created it, an empty blacklist (a first"
+                " start; otherwise entries it held are gone)",
+                self.path,
+            )
 
     def _connect(self) -> sqlite3.Connection:
         try:

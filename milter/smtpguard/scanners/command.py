@@ -257,7 +257,10 @@ class _Exchange:
                 wait, poll = min(left, poll), min(2 * poll, _EXIT_POLL)
             else:
                 wait = left
-            for key, _ in self.selector.select(wait):
+            events = self.selector.select(wait)
+            if events:
+                poll = _FIRST_POLL  # it is working: look for its exit soon (rev85 F3)
+            for key, _ in events:
                 if key.fd == self.stdin:
                     self._write()
                 elif key.fd == self.exit_fd:
