@@ -392,6 +392,10 @@ def serve(app: App, reload: Callable[[], Runtime | None] | None = None) -> None:
     """
     config = app.runtime.config.milter
     install(app)
+    # Held from before the socket exists: a SIGTERM as soon as it appears (an MTA's
+    # init script, a test) waits for run()'s sigwait instead of killing the process
+    # or reaching libmilter's own signal thread (exit 2).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
     inode = open_socket(config)
     try:
         if config.user:
@@ -416,9 +420,14 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # inherited by libmilter's threads
     failure: list[BaseException] = []
     ended = threading.Event()
+    # libmilter starts its own signal thread, which takes a pending SIGTERM or SIGHUP
+    # if it waits for it first, and then stops the milter: it starts only once this
+    # thread is about to wait (CI: a SIGTERM right after the socket appeared, exit 2).
+    waiting = threading.Event()
 
     def loop() -> None:
         try:
+            waiting.wait()
             milter.main()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread below
             failure.append(exc)
@@ -438,6 +447,7 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
         # the milter on SIGHUP as on SIGTERM (review rev43: two signals in quick
         # succession, or one during the drain, stopped it). So reloads and the drain
         # run on threads of their own.
+        waiting.set()
         sig = signal.sigwait(signals)
         if ended.is_set():
             break
