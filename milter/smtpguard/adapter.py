@@ -469,9 +469,11 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
                     # it (the supervisor sends each validated change once): again.
                     log.info("SIGHUP during a reload: reloading again after it")
             continue
-        log.info("signal %s: stopping; sessions in flight finish first", sig)
         stopping.append(threading.Thread(target=_stop, args=(app.gate,), name="stop", daemon=True))
         stopping[0].start()
+        # Said once the drain runs (starting a thread waits for it): whoever acts on
+        # this line finds this thread back in sigwait at once.
+        log.info("signal %s: stopping; sessions in flight finish first", sig)
     worker.join()
     if failure:
         raise failure[0]
