@@ -30,6 +30,17 @@ def script(tmp_path: Path, body: str, name: str = "hook") -> list[str]:
     return [str(path)]
 
 
+def with_child(tmp_path: Path, child: list[str], pidfile: Path, *, then: str) -> list[str]:
+    """A hook that starts ``child`` (its pid written to ``pidfile``), then runs ``then``."""
+    return script(
+        tmp_path,
+        "import subprocess\n"
+        f"child = subprocess.Popen({child!r})\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        f"{then}",
+    )
+
+
 def test_exit_0_is_clean_and_the_message_arrives_on_stdin(tmp_path: Path) -> None:
     copy = tmp_path / "seen.eml"
     argv = script(tmp_path, f"open({str(copy)!r}, 'wb').write(sys.stdin.buffer.read())")
@@ -97,13 +108,7 @@ def test_missing_program_is_an_error(tmp_path: Path) -> None:
 
 def test_timeout_kills_the_program_and_its_children(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    argv = script(
-        tmp_path,
-        "import subprocess\n"
-        "child = subprocess.Popen(['sleep', '60'])\n"
-        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
-        "time.sleep(60)",
-    )
+    argv = with_child(tmp_path, ["sleep", "60"], pidfile, then="time.sleep(60)")
     start = time.monotonic()
     result = run_command(argv, MESSAGE, timeout=1.0)
     assert time.monotonic() - start < 5
@@ -161,13 +166,8 @@ def test_what_the_program_left_running_is_killed_when_it_exits(tmp_path: Path) -
     seconds in the review). The hook's session goes with it; its verdict stands, and
     the child holding the output pipe does not hold the scan."""
     pidfile = tmp_path / "child.pid"
-    argv = script(
-        tmp_path,
-        "import subprocess\n"
-        "child = subprocess.Popen(['sh', '-c', 'while :; do echo x; done'])\n"
-        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
-        "sys.exit(0)",
-    )
+    writer = ["sh", "-c", "while :; do echo x; done"]
+    argv = with_child(tmp_path, writer, pidfile, then="sys.exit(0)")
     start = time.monotonic()
     result = run_command(argv, MESSAGE, timeout=10)
     assert result.status is ScanStatus.CLEAN, result
