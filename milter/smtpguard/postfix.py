@@ -42,7 +42,7 @@ from typing import Final
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
-from smtpguard.replies import ReplyTable
+from smtpguard.replies import Reply, ReplyTable
 from smtpguard.sockets import libmilter_address
 
 #: Macros smtpguard reads, per stage (added to whatever the instance already sends).
@@ -963,7 +963,7 @@ class _Planner:
         reply (same code and enhanced code) with the relay guard right after it."""
         value = self.raw[name]
         reply = self.replies.render("host_denies_relay", utf8=self._utf8)
-        for old in self._unescaped_relay_entries():
+        for old in self._unescaped_relay_entries(reply):
             # Written by releases before the text was escaped for main.cf (review rev76
             # N3): a brace in it breaks Postfix's list, so it is found as text, in the
             # shape written below (rev77 R1: an admin's own reject-all stays).
@@ -992,10 +992,10 @@ class _Planner:
                 value = _cut(value, spans, i, i + 1)
         return value
 
-    def _unescaped_relay_entries(self) -> list[str]:
-        """The relay entries earlier releases wrote for this table where the text has
-        a "$" or a brace: the first line of the reply, or its one-line form, as is."""
-        reply = self.replies.render("host_denies_relay", utf8=self._utf8)
+    def _unescaped_relay_entries(self, reply: Reply) -> list[str]:
+        """The relay entries earlier releases wrote for ``reply`` (this table's
+        host_denies_relay) where the text has a "$" or a brace: the first line of the
+        reply, or its one-line form, as is."""
         texts = {
             reply.lines[0].replace("%%", "%"),
             self.replies.one_line("host_denies_relay", utf8=self._utf8).replace("%%", "%"),

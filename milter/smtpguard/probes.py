@@ -227,10 +227,7 @@ def _program_problem(program: str, whom: str, head: bytes | None) -> str | None:
 def _script_problem(program: str, found: str, whom: str, head: bytes) -> str | None:
     """What keeps a #! script from running: its reader may not read it, its
     interpreter is missing or not executable, its #! line ends in CR."""
-    try:
-        with open(found, "rb"):
-            pass
-    except PermissionError:
+    if not os.access(found, os.R_OK):
         return f"{whom} may execute {program} but not read it: as a script (#!) it cannot run"
     line = head[2:].split(b"\n", 1)[0].split(b"\0", 1)[0]
     # The kernel splits the line at spaces and tabs only: a carriage return ending the

@@ -219,17 +219,7 @@ class SqliteBlacklist(WatchedFile):
             if not self._prepared:
                 with self._prepare_lock:
                     if not self._prepared:
-                        created = not self.path.exists()
-                        db = self._connect()
-                        self._mark_prepared()
-                        if created:
-                            log.warning(
-                                "state file %s did not exist: created it, an empty"
-                                " blacklist (a first start; otherwise entries it held"
-                                " are gone)",
-                                self.path,
-                            )
-                        return db
+                        return self._create()
             # A file removed since it was prepared fails here (the pool reports it).
             return self._connect_existing("rw")
         except StateError as exc:
@@ -247,16 +237,21 @@ class SqliteBlacklist(WatchedFile):
                 # A reload in a supervisor that prepared it at start: a file removed
                 # since stays an error (review rev85 F1: it came back empty).
                 return
-            created = not self.path.exists()
-            with closing(self._connect()):
-                pass
-            self._mark_prepared()
+            self._create().close()
+
+    def _create(self) -> sqlite3.Connection:
+        """Open the file, creating it if need be, and mark it prepared (under
+        ``_prepare_lock``); a file it had to create is logged."""
+        created = not self.path.exists()
+        db = self._connect()
+        self._mark_prepared()
         if created:
             log.warning(
                 "state file %s did not exist: created it, an empty blacklist (a first"
                 " start; otherwise entries it held are gone)",
                 self.path,
             )
+        return db
 
     def _connect(self) -> sqlite3.Connection:
         try:

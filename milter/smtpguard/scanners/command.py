@@ -199,7 +199,7 @@ def _exchange(
     it must be killed (out of time, or more than ``_OUTPUT_LIMIT`` octets of output).
     See :class:`_Exchange`."""
     with _Exchange(proc, data) as exchange:
-        return exchange.run(time.monotonic() + timeout, timeout)
+        return exchange.run(timeout)
 
 
 class _Exchange:
@@ -245,7 +245,8 @@ class _Exchange:
         if self.exit_fd is not None:
             os.close(self.exit_fd)
 
-    def run(self, deadline: float, timeout: float) -> tuple[str, bytes, bytes]:
+    def run(self, timeout: float) -> tuple[str, bytes, bytes]:
+        deadline = time.monotonic() + timeout
         poll = _FIRST_POLL
         while not self._exited():
             left = deadline - time.monotonic()
@@ -312,7 +313,8 @@ class _Exchange:
 
 def _pidfd(pid: int) -> int | None:
     """A descriptor that becomes readable when process ``pid`` exits, or None where
-    the kernel has none (then the exit is looked at every ``_EXIT_POLL`` seconds)."""
+    the kernel has none (then the exit is looked for from ``_FIRST_POLL`` to
+    ``_EXIT_POLL`` seconds apart)."""
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
