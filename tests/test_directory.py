@@ -1049,6 +1049,36 @@ def test_locked_database(
     assert locked.recipient("bob@example.com") == Recipient(Kind.USER)
 
 
+def test_failing_lookups_are_logged_once_per_outage(
+    db_path: Path,
+    directory: SqliteDirectory,
+    exclusive_lock: sqlite3.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review rev83: a locked or corrupt file deferred every local recipient with
+    nothing in the log but each decision's detail."""
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    locked = SqliteDirectory(db_path, timeout=0.1, clock=clock)
+    for _ in range(3):
+        with pytest.raises(DirectoryError, match="locked"):
+            locked.recipient("bob@example.com")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"directory file {db_path}: lookups fail: database is locked; the mail that"
+            " needs them is deferred until they answer again (logged once)",
+        )
+    ]
+    exclusive_lock.execute("COMMIT")
+    clock.advance(2.5)
+    assert locked.recipient("bob@example.com") == Recipient(Kind.USER)
+    assert locked.login("alice") is not None
+    assert [r.getMessage() for r in caplog.records[1:]] == [
+        f"directory file {db_path} answering again after 2.5 s"
+    ]
+
+
 def test_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.sqlite"
     path.write_bytes(random.Random(20240501).randbytes(16384))

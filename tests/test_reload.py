@@ -9,6 +9,7 @@ from pathlib import Path
 import miltertest
 import pytest
 
+from smtpguard.state import SqliteBlacklist
 from support.mtclient import MilterSession, assert_reply
 from support.polling import wait_until
 from support.service import Running, make_site, running
@@ -100,6 +101,18 @@ def test_reload_does_not_make_a_removed_state_file_an_empty_blacklist(
             answer = s.mail("<someone@sender.example>")
         assert_reply(answer, "database_temp_error")
         assert not site.state.exists()
+        # Said once in the log, not only in each decision's detail (review rev83).
+        failing = f"state file {site.state}: lookups fail: the file does not exist"
+        wait_until(lambda: service.log().count(failing) >= 1)
+        with service.session() as s:
+            s.connect("198.51.100.7")
+            s.helo("mail.sender.example")
+            assert_reply(s.mail("<someone@sender.example>"), "database_temp_error")
+        assert 1 <= service.log().count(failing) <= workers  # once per worker at most
+        # The CLI creates it again: the lookups answer, and the log says so.
+        SqliteBlacklist(site.state, timeout=1.0).add("other@sender.example")
+        wait_until(lambda: mail(service, "<someone@sender.example>") == "continue")
+        assert f"state file {site.state} answering again after" in service.log()
 
 
 def test_signals_in_quick_succession_never_end_in_a_clean_exit(tmp_path: Path) -> None:

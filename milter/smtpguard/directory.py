@@ -161,6 +161,15 @@ class SqliteDirectory(WatchedFile):
 
     def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[str, ...]]:
         try:
+            rows = self._query_once(sql, args)
+        except DirectoryError as exc:
+            self._lookups_fail(str(exc).removeprefix(f"{self.path}: "))
+            raise
+        self._lookups_answer()
+        return rows
+
+    def _query_once(self, sql: str, args: tuple[str, ...]) -> list[tuple[str, ...]]:
+        try:
             return self._shared.query(sql, args)
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":

@@ -151,6 +151,11 @@ class ConnectionPool:
         db.close()
         return rows, generation
 
+    @property
+    def gone(self) -> bool:
+        """Whether the watched file is missing since it was seen (logged by the pool)."""
+        return self._gone is not None
+
     def _note_wal_index(self, path: str) -> None:
         """After a connection's first read: the WAL index it made or joined, if none
         was known. A file check may have run before any connection existed, and
@@ -262,6 +267,12 @@ class WatchedFile(ABC):
         self._shared = ConnectionPool(
             self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label=self.label
         )
+        self._clock = clock
+        self._outage_lock = threading.Lock()
+        # When lookups started to fail (None: they answer), and whether that was logged
+        # here (not when the pool had logged the file's removal itself).
+        self._failing_since: float | None = None
+        self._failure_logged = False
 
     def close(self) -> None:
         """Close the file's connections (see :meth:`ConnectionPool.close`)."""
@@ -270,6 +281,40 @@ class WatchedFile(ABC):
     @abstractmethod
     def _open(self) -> sqlite3.Connection:
         """A new connection for the pool."""
+
+    def _lookups_fail(self, why: str) -> None:
+        """A lookup failed for good: logged once, when it starts an outage (review rev83:
+        a corrupt or locked file, or a state file removed before a reload, deferred
+        mail with nothing but each decision line's detail to say why)."""
+        with self._outage_lock:
+            if self._failing_since is not None:
+                return
+            self._failing_since = self._clock()
+            # A removal the pool saw is logged by the pool, with its end.
+            self._failure_logged = not self._shared.gone
+        if self._failure_logged:
+            log.error(
+                "%s %s: lookups fail: %s; the mail that needs them is deferred until"
+                " they answer again (logged once)",
+                self.label,
+                self.path,
+                why,
+            )
+
+    def _lookups_answer(self) -> None:
+        """A lookup answered: the end of an outage, if one was on."""
+        if self._failing_since is None:
+            return
+        with self._outage_lock:
+            since, logged = self._failing_since, self._failure_logged
+            self._failing_since, self._failure_logged = None, False
+        if since is not None and logged:
+            log.info(
+                "%s %s answering again after %.1f s",
+                self.label,
+                self.path,
+                self._clock() - since,
+            )
 
     def _connect_existing(self, mode: str) -> sqlite3.Connection:
         """A connection any thread may use, to the file only if it exists (``mode`` ro

@@ -220,7 +220,13 @@ class SqliteBlacklist(WatchedFile):
                 with self._prepare_lock:
                     if not self._prepared:
                         return self._create()
-            # A file removed since it was prepared fails here (the pool reports it).
+            if not self.path.exists():
+                # Removed since it was prepared (also before a reload, which builds a
+                # new instance that never saw the file): an error, never an empty list.
+                raise StateError(
+                    "the file does not exist (removed under the running service):"
+                    " 'smtpguard blacklist add' or a restart creates it, empty"
+                )
             return self._connect_existing("rw")
         except StateError as exc:
             raise sqlite3.OperationalError(str(exc)) from None
@@ -274,7 +280,9 @@ class SqliteBlacklist(WatchedFile):
                 keys,
             )
         except sqlite3.Error as exc:
+            self._lookups_fail(str(exc))
             raise StateError(f"{self.path}: {exc}") from None
+        self._lookups_answer()
         return _most_specific(keys, {str(row[0]) for row in rows})
 
     def add(self, address: str, reason: str = "") -> bool:
