@@ -43,7 +43,7 @@ from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
 from smtpguard.logsetup import LogSetupError, syslog_handler
-from smtpguard.scanners import connect
+from smtpguard.scanners import connect, failure_text
 from smtpguard.scanners.clamd import ping
 from smtpguard.scanners.rspamd import RspamdClient
 
@@ -429,18 +429,12 @@ def backend_problems(config: Config) -> list[ConfigError]:
     return [ConfigError(config.file, key, message) for key, message in found]
 
 
-def _why(exc: OSError) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return exc.strerror or str(exc)
-
-
 def _clamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
     key = "virus.clamd_socket"
     try:
         connect(endpoint, timeout).close()
     except OSError as exc:
-        return [(key, f"cannot connect to {endpoint}: {_why(exc)}")]
+        return [(key, f"cannot connect to {endpoint}: {failure_text(exc)}")]
     if not ping(endpoint, timeout):
         return [(key, f"{endpoint} does not answer PING with PONG: not clamd, or overloaded")]
     return []
@@ -455,7 +449,7 @@ def _rspamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
         response = conn.getresponse()
         body = response.read(64)
     except OSError as exc:
-        return [(key, f"cannot connect to {endpoint}: {_why(exc)}")]
+        return [(key, f"cannot connect to {endpoint}: {failure_text(exc)}")]
     except http.client.HTTPException as exc:
         return [(key, f"{endpoint} does not speak HTTP: {exc.__class__.__name__}")]
     finally:

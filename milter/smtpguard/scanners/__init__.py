@@ -55,6 +55,7 @@ __all__ = [
     "SpamStatus",
     "VirusStream",
     "connect",
+    "failure_text",
     "header_bytes",
 ]
 
@@ -263,6 +264,20 @@ def connect(endpoint: Endpoint, timeout: float) -> DeadlineSocket:
 
 class QueueFull(TimeoutError):
     """:func:`connect` timed out at a unix socket whose listen queue stayed full."""
+
+
+def failure_text(exc: BaseException) -> str:
+    """How a backend's failure reads in a log line or a check's detail: the system's
+    words for a socket error, "timed out" for a timeout (why its queue was full, when
+    :func:`connect` knows), and the exception's class and text for anything else."""
+    if isinstance(exc, QueueFull):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 #: Seconds between tries at a unix socket whose listen queue is full: doubling from

@@ -57,10 +57,10 @@ from typing import IO, Final
 from smtpguard.scanners import (
     DeadlineSocket,
     Endpoint,
-    QueueFull,
     ScanResult,
     ScanStatus,
     connect,
+    failure_text,
     header_bytes,
 )
 
@@ -153,7 +153,7 @@ class ClamdStream:
         try:
             sock = connect(self.endpoint, self._deadline - time.monotonic())
         except OSError as exc:
-            self._error = f"cannot connect to clamd at {self.endpoint}: {_oserror(exc)}"
+            self._error = f"cannot connect to clamd at {self.endpoint}: {failure_text(exc)}"
             return
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Each chunk is one write, but the zero-length terminator is tiny: without
@@ -213,7 +213,7 @@ class ClamdStream:
             if reply.startswith(_SIZE_LIMIT_REPLY):
                 self._result = _size_limit_refused(reply, self.sent)
             else:
-                self._error = f"sending to clamd failed: {_oserror(exc)}" + (
+                self._error = f"sending to clamd failed: {failure_text(exc)}" + (
                     f" (clamd said: {reply})" if reply else ""
                 )
             self._drop()
@@ -269,7 +269,7 @@ class ClamdStream:
         except OSError as exc:
             whole = False
             what = f"reply cut short after {len(data)} octets" if data else "no reply"
-            self._error = self._error or f"{what} from clamd: {_oserror(exc)}"
+            self._error = self._error or f"{what} from clamd: {failure_text(exc)}"
         return data.split(b"\0", 1)[0].decode("utf-8", "replace").strip(), whole
 
     def _interpret(self, reply: str) -> ScanResult:
@@ -325,14 +325,6 @@ def _size_limit_refused(reply: str, sent: int) -> ScanResult:
         " nothing: its StreamMaxLength is below virus.max_bytes; lower max_bytes",
         scanned=sent,
     )
-
-
-def _oserror(exc: OSError) -> str:
-    if isinstance(exc, QueueFull):
-        return str(exc)
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return exc.strerror or exc.__class__.__name__
 
 
 def scan(

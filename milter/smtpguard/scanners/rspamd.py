@@ -42,11 +42,11 @@ from smtpguard.scanners import (
     DeadlineSocket,
     Endpoint,
     MessageSpool,
-    QueueFull,
     SpamEnvelope,
     SpamResult,
     SpamStatus,
     connect,
+    failure_text,
 )
 
 __all__ = ["RspamdClient"]
@@ -134,7 +134,9 @@ class RspamdClient:
             raw = response.read(self.max_reply + 1)
             status = response.status
         except (OSError, http.client.HTTPException) as exc:
-            return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {_why(exc)}")
+            return SpamResult(
+                SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {failure_text(exc)}"
+            )
         finally:
             # The response holds the socket open until it is closed too.
             if response is not None:
@@ -164,16 +166,6 @@ def _body(message: MessageSpool | IO[bytes] | bytes) -> tuple[bytes | IO[bytes],
 
 def _clean(value: str) -> str:
     return value.replace("\r", " ").replace("\n", " ").replace("\0", " ")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, QueueFull):
-        return str(exc)
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"{exc.__class__.__name__}: {exc}"
 
 
 #: Top-level fields read from the head of a reply too long to keep whole.
