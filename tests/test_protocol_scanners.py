@@ -22,6 +22,7 @@ from support.daemons import (
     start_redis,
 )
 from support.mtclient import Answer, MilterSession, assert_reply
+from support.polling import wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
@@ -289,6 +290,53 @@ def test_engine_down_passes_by_default(tmp_path: Path) -> None:
         final, _ = deliver(service, b"x\r\n" + GTUBE + b"\r\n")  # built-in rules still work
         assert_reply(final, "antispam_reject")
         assert "spam engine" in service.log()
+
+
+def x_spam_status(mods: list[tuple[str, dict[str, str]]]) -> str:
+    (status,) = [m[1]["value"] for m in mods if m[1].get("name") == "X-Spam-Status"]
+    return status
+
+
+def test_a_hung_engine_is_not_waited_for_by_every_message(rspamd: Rspamd, tmp_path: Path) -> None:
+    """Review rev86 F1: every message waited for a hung rspamd (SIGSTOP) up to twice
+    engine_timeout, the sessions piled up and max_sessions deferred mail that
+    on_temp_error = "pass" lets through."""
+    extra = {
+        "antispam": {
+            "engine": "rspamd",
+            "engine_socket": f"inet:127.0.0.1:{rspamd.port}",
+            "engine_timeout": 1.0,
+        },
+        "checks": {"bulk": {"mode": "off"}},  # the same message, many times
+    }
+    with running(make_site(tmp_path / "site", extra)) as service:
+        assert "rspamd=" in x_spam_status(deliver(service, "Hi Alice.\r\n")[1])
+        rspamd.pause()
+        try:
+            start = time.monotonic()
+            final, mods = deliver(service, "Hi Alice.\r\n")
+            assert accepted(final)
+            assert x_spam_status(mods).endswith("tests=rspamd=failed")
+            assert time.monotonic() - start >= 1.0  # this one asked, and waited
+            for _ in range(3):
+                start = time.monotonic()
+                final, mods = deliver(service, "Hi Alice.\r\n")
+                assert accepted(final)
+                assert x_spam_status(mods).endswith("tests=rspamd=failed")
+                assert time.monotonic() - start < 0.5  # these did not
+        finally:
+            rspamd.resume()
+        engine = f"rspamd at inet:127.0.0.1:{rspamd.port}"
+        assert service.log().count(f"spam engine {engine} gave no answer (timed out)") == 1
+        assert service.log().count(f"{engine}: not asked, gave no answer (timed out)") == 3
+
+        # Asked again after the retry interval (5 s) by one message, and scored.
+        def scored() -> bool:
+            time.sleep(0.5)
+            return "rspamd=failed" not in x_spam_status(deliver(service, "Hi Alice.\r\n")[1])
+
+        wait_until(scored, deadline=15)
+        assert f"spam engine {engine} answering again after" in service.log()
 
 
 # --- same-size bulk -------------------------------------------------------------------

@@ -39,7 +39,7 @@ def added(conn: Connection) -> list[tuple[str, str]]:
 def test_declaration() -> None:
     assert AntiSpam.name == "antispam"
     assert AntiSpam.stage is Stage.EOM
-    assert AntiSpam.reply_ids == ("antispam_reject", "database_temp_error")
+    assert AntiSpam.reply_ids == ("antispam_reject", "database_temp_error", "internal_error")
 
 
 def test_rules_are_loaded_once_from_the_configured_file(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import io
+import logging
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult, SpamStatus
 from smtpguard.scanners.rspamd import RspamdClient
 from support.daemons import GTUBE, Rspamd, free_port
+from support.fake_dns import FakeClock
 
 if TYPE_CHECKING:
     from scanners.conftest import SlowPeers
@@ -342,3 +344,53 @@ def test_request_read_slowly_times_out(slow_peer: SlowPeers) -> None:
     assert result.status is SpamStatus.ERROR
     assert "timed out" in result.detail
     assert 0.7 <= elapsed < 0.8 + MARGIN
+
+
+def test_an_engine_that_gave_no_answer_is_asked_again_only_after_the_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review rev86 F1: a hung engine held every message for its timeout."""
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    port = free_port()
+    endpoint = Endpoint(host="127.0.0.1", port=port)
+    client = RspamdClient(endpoint, timeout=2, retry_interval=5.0, clock=clock)
+    assert "refused" in client.check(HAM, SpamEnvelope()).detail.lower()
+    handler = type("Handler", (_Canned,), {"body": b'{"score": 1.5, "action": "no action"}'})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            # Up again, but not asked before the interval has passed.
+            for _ in range(2):
+                result = client.check(HAM, SpamEnvelope())
+                assert result.status is SpamStatus.ERROR
+                assert result.detail.startswith(f"rspamd at {endpoint}: not asked, gave no")
+            clock.advance(5.0)
+            result = client.check(HAM, SpamEnvelope())
+        finally:
+            server.shutdown()
+    assert (result.status, result.score) == (SpamStatus.OK, 1.5)
+    assert [(r.levelno, r.getMessage().split(":")[0]) for r in caplog.records] == [
+        (logging.WARNING, "spam engine rspamd at inet"),
+        (logging.INFO, "spam engine rspamd at inet"),
+    ]
+    assert caplog.records[1].getMessage() == (
+        f"spam engine rspamd at {endpoint} answering again after 5.0 s; 2 messages"
+        " were not asked meanwhile"
+    )
+
+
+def test_an_engine_that_answers_an_error_is_asked_every_time() -> None:
+    """An answer, even an error, is no outage: the next message asks again."""
+    handler = type("Handler", (_Canned,), {"status": 500, "body": b'{"error": "task timeout"}'})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+        thread.start()
+        try:
+            endpoint = Endpoint(host="127.0.0.1", port=server.server_address[1])
+            client = RspamdClient(endpoint, timeout=5)
+            details = [client.check(HAM, SpamEnvelope()).detail for _ in range(2)]
+        finally:
+            server.shutdown()
+    assert details == [f"rspamd at {endpoint}: HTTP 500: task timeout"] * 2

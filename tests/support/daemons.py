@@ -304,8 +304,19 @@ class Rspamd:
         return (self.dir / "log" / "rspamd.log").read_text(errors="replace")
 
     def stop(self) -> None:
+        self.resume()
         stop_process(self.process)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         keep_hs_cache(self.dir, self.hs_cache, self._seeded)
+
+    def pause(self) -> None:
+        """SIGSTOP every process of rspamd: it accepts nothing and answers nothing."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGCONT)
 
 
 def _rspamd_ready(port: int) -> bool:
@@ -424,7 +435,11 @@ def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 9
         "})\n"
     )
     with (dir / "rspamd.out").open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        # A process group of its own: stop() ends its helpers too (review rev86: an
+        # hs_helper outlived its main process), and a test can stop it as a whole.
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     startup = wait_until(
         lambda: _rspamd_ready(port), process, "rspamd", dir / "log" / "rspamd.log", deadline
     )

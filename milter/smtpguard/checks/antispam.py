@@ -64,7 +64,11 @@ class SpamReport:
 class AntiSpam:
     name: ClassVar[str] = "antispam"
     stage: ClassVar[Stage] = Stage.EOM
-    reply_ids: ClassVar[tuple[str, ...]] = ("antispam_reject", "database_temp_error")
+    reply_ids: ClassVar[tuple[str, ...]] = (
+        "antispam_reject",
+        "database_temp_error",
+        "internal_error",
+    )
 
     def __init__(self, services: Services) -> None:
         self.config = services.config.antispam

@@ -19,6 +19,13 @@ not the expected JSON, or one larger than ``max_reply`` without the verdict at i
 head) is a :class:`SpamResult` with status ERROR and the reason in ``detail``; nothing
 raises.
 
+An engine that gave no answer (refused, timed out, reset) is not asked again for
+``retry_interval`` seconds: meanwhile every message gets the failure at once, and then
+one message asks again. A hung engine would otherwise hold every message for up to
+twice ``timeout`` and fill ``max_sessions``, deferring mail that ``on_temp_error =
+"pass"`` lets through (review rev86 F1). The outage is logged when it starts and when
+it ends. An engine that answers, even with an error, is up.
+
 ``timeout`` is spent twice at most, as deadlines rather than per socket operation (an
 engine that answers a byte at a time would otherwise hold end of message without
 limit): connecting and sending the request share one, the answer (status line,
@@ -32,12 +39,18 @@ threshold (15 by default) while the ``GTUBE`` symbol itself scores 0.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
+import logging
 import math
 import socket
+import threading
+import time
+from collections.abc import Callable
 from typing import IO, Any, Final
 
+from smtpguard.outage import Outage
 from smtpguard.scanners import (
     DeadlineSocket,
     Endpoint,
@@ -50,6 +63,8 @@ from smtpguard.scanners import (
 )
 
 __all__ = ["RspamdClient"]
+
+log = logging.getLogger("smtpguard")
 
 _BLOCK: Final = 64 * 1024
 _CHECK_PATH: Final = "/checkv2"
@@ -90,11 +105,21 @@ class RspamdClient:
     """Asks one rspamd normal worker (``unix:PATH`` or ``inet:HOST:PORT``)."""
 
     def __init__(
-        self, endpoint: Endpoint, *, timeout: float = 15.0, max_reply: int = 1024 * 1024
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float = 15.0,
+        max_reply: int = 1024 * 1024,
+        retry_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.max_reply = max_reply
+        self.outage = Outage(retry_interval, clock)
+        self._unasked_lock = threading.Lock()
+        #: Messages answered with the failure without asking, in the current outage.
+        self._unasked = 0
 
     def _connection(self) -> _Connection:
         """A connection whose connect and everything after share one ``timeout`` until
@@ -118,6 +143,16 @@ class RspamdClient:
             if value is not None:
                 headers.append((name, value))
         headers.extend(("Rcpt", rcpt) for rcpt in envelope.rcpts)
+        outage = self.outage
+        now = outage.clock()
+        if not outage.ask(now):
+            with self._unasked_lock:
+                self._unasked += 1
+            return SpamResult(
+                SpamStatus.ERROR,
+                detail=f"rspamd at {self.endpoint}: not asked, gave no answer"
+                f" ({outage.last_error}); asked again every {outage.retry_interval:g} s",
+            )
         conn = self._connection()
         response: http.client.HTTPResponse | None = None
         try:
@@ -134,23 +169,54 @@ class RspamdClient:
             raw = response.read(self.max_reply + 1)
             status = response.status
         except (OSError, http.client.HTTPException) as exc:
-            return SpamResult(
-                SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {failure_text(exc)}"
-            )
+            why = failure_text(exc)
+            if isinstance(exc, OSError):
+                self._no_answer(why, now)
+            return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
         finally:
             # The response holds the socket open until it is closed too.
             if response is not None:
                 response.close()
             conn.close()
+        if (lasted := outage.recovered(now)) is not None:
+            with self._unasked_lock:
+                unasked, self._unasked = self._unasked, 0
+            log.info(
+                "spam engine rspamd at %s answering again after %.1f s; %d messages"
+                " were not asked meanwhile",
+                self.endpoint,
+                lasted,
+                unasked,
+            )
         if len(raw) > self.max_reply:
             # A message with many URLs makes a long reply (rspamd lists them); rspamd
             # writes the verdict first, so the head still gives it. Failing here would
             # let a sender skip the engine by padding the message.
             head = _head_fields(raw[: self.max_reply])
             if status != 200 or "score" not in head or "action" not in head:
-                return SpamResult(SpamStatus.ERROR, detail=f"reply over {self.max_reply} octets")
-            return _result(status, head)
-        return _parse(status, raw)
+                return self._named(
+                    SpamResult(SpamStatus.ERROR, detail=f"reply over {self.max_reply} octets")
+                )
+            return self._named(_result(status, head))
+        return self._named(_parse(status, raw))
+
+    def _no_answer(self, why: str, now: float) -> None:
+        """A call that got no answer: the start of an outage, logged, or part of one."""
+        if self.outage.failed(why, now):
+            log.warning(
+                "spam engine rspamd at %s gave no answer (%s): not asked for %g s at a"
+                " time (one message asks again); meanwhile every message gets its"
+                " failure at once ([checks.antispam] on_temp_error decides)",
+                self.endpoint,
+                why,
+                self.outage.retry_interval,
+            )
+
+    def _named(self, result: SpamResult) -> SpamResult:
+        """An error's detail names the engine, as a socket error's does."""
+        if result.ok or not result.detail or result.detail.startswith("rspamd at "):
+            return result
+        return dataclasses.replace(result, detail=f"rspamd at {self.endpoint}: {result.detail}")
 
 
 def _body(message: MessageSpool | IO[bytes] | bytes) -> tuple[bytes | IO[bytes], int]:
