@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -472,6 +473,82 @@ def test_redis_killed_mid_run_with_local_fallback(
     clock.now += 6
     assert counter.hit(KEY, 3000) == 1
     assert len(outage_log()) == 2
+
+
+@pytest.mark.integration
+def test_a_key_of_another_type_fails_that_sender_only(
+    fresh_redis: RedisServer, outage_log: OutageLog
+) -> None:
+    """Review rev86 F3: a value planted under one sender's key opened an outage that
+    deferred every sender for 5 s, at each message of that sender."""
+    counter = ResilientCounter(counter_on(fresh_redis), on_error="error", retry_interval=5)
+    primary = counter.primary
+    assert isinstance(primary, RedisCounter)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    admin.set(primary.keys_for(KEY, 3000)[1], "planted")
+    for _ in range(3):
+        with pytest.raises(CounterError, match="WRONGTYPE"):
+            counter.hit(KEY, 3000)
+        assert counter.hit("other|192.0.2.9", 3000) >= 1  # at once, no outage
+    assert not counter.down
+    ((level, message),) = outage_log()  # once for the key
+    assert level == logging.WARNING
+    assert "holds another type of value" in message
+    admin.delete(primary.keys_for(KEY, 3000)[1])
+    assert counter.hit(KEY, 3000) == 1
+    admin.close()
+
+
+@pytest.mark.integration
+def test_an_outage_of_writes_ends_with_a_write(
+    fresh_redis: RedisServer, outage_log: OutageLog
+) -> None:
+    """Review rev86 F4: out of memory, Redis answered the peeks (they write nothing):
+    each ended the outage the next hit opened again, two log lines every 5 s."""
+    clock = Clock()
+    counter = ResilientCounter(
+        counter_on(fresh_redis), on_error="error", retry_interval=5, clock=clock
+    )
+    admin = redis.Redis.from_url(fresh_redis.url)
+    assert counter.hit(KEY, 3000) == 1
+    admin.config_set("maxmemory", 1)
+    try:
+        for _ in range(6):  # 30 s of messages: a peek at MAIL FROM, a hit at the end
+            clock.now += 5
+            assert counter.peek(KEY, 3000) == 1
+            with pytest.raises(CounterError, match=r"(?i)maxmemory|OOM"):
+                counter.hit(KEY, 3000)
+        assert counter.down
+    finally:
+        admin.config_set("maxmemory", 0)
+    clock.now += 5
+    assert counter.peek(KEY, 3000) == 1
+    assert counter.hit(KEY, 3000) == 2  # right after the peek: not 5 s later
+    assert not counter.down
+    log = outage_log()
+    assert [level for level, _ in log] == [logging.WARNING, logging.INFO]
+    assert "failing" in log[0][1]
+    assert "answering again after 30.0 s" in log[1][1]
+    admin.close()
+
+
+@pytest.mark.integration
+def test_a_hit_that_timed_out_is_taken_back_when_redis_answers(fresh_redis: RedisServer) -> None:
+    """Review rev86 F2: a hit sent to a Redis that hung was run when it resumed, so a
+    deferred message counted, and its retry was refused as one too many."""
+    counter = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    assert counter.hit(KEY, 3000) == 1
+    fresh_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(CounterError, match=r"(?i)timeout|timed out"):
+            counter.hit(KEY, 3000)
+    finally:
+        fresh_redis.process.send_signal(signal.SIGCONT)
+    reader = counter_on(fresh_redis)
+    wait_until(lambda: reader.peek(KEY, 3000) == 2)  # Redis ran it after all
+    assert counter.peek("other|192.0.2.9", 3000) == 0  # a call that works takes it back
+    assert reader.peek(KEY, 3000) == 1
+    assert counter.hit(KEY, 3000) == 2
 
 
 def test_outage_does_not_hammer_redis() -> None:

@@ -42,6 +42,7 @@ Backend failures surface as :class:`CounterError`.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -718,6 +719,12 @@ class RedisCounter:
         # workers).
         self._node = os.urandom(6).hex()
         self._seq = itertools.count()
+        #: (key, member) of hits whose call failed after it may have reached Redis (a
+        #: timeout, a connection lost): the message was deferred, so it must not count
+        #: when Redis runs the script after all (review rev86 F2: a retried message was
+        #: refused as the threshold's one too many). Removed at the next call that
+        #: works; bounded, the oldest dropped first.
+        self._undo: collections.deque[tuple[str, str]] = collections.deque(maxlen=UNDO_MAX)
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -743,16 +750,55 @@ class RedisCounter:
             "1" if add else "0",
             self.max_per_bucket,
         ]
+        keys = self.keys_for(key, size)
         try:
             # Script uses EVALSHA and loads the script again after NOSCRIPT (a restarted
             # or flushed Redis).
-            result = self._script(keys=self.keys_for(key, size), args=args)
+            result = self._script(keys=keys, args=args)
         except (redis.RedisError, OSError) as exc:
+            if add and not isinstance(exc, redis.ResponseError):
+                # An error reply means the script did not write; anything else, maybe.
+                self._undo.append((keys[1], member))
             raise CounterError(f"redis: {exc}") from exc
+        if self._undo:
+            self._take_back()
         return int(cast(int, result))
 
+    def _take_back(self) -> None:
+        """Remove the members of hits that failed (see ``_undo``); what fails again is
+        kept for the next time."""
+        taken: list[tuple[str, str]] = []
+        with contextlib.suppress(IndexError):
+            while len(taken) < UNDO_BATCH:
+                taken.append(self._undo.popleft())
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for bucket_key, member in taken:
+                pipe.zrem(bucket_key, member)
+            removed = sum(int(n) for n in pipe.execute())
+        except (redis.RedisError, OSError):
+            self._undo.extendleft(reversed(taken))
+            return
+        if removed:
+            log.info(
+                "counter backend redis: took back %d same-size hit(s) of deferred messages"
+                " that Redis counted after their calls had failed",
+                removed,
+            )
+
+
+#: Hits to take back at most (RedisCounter._undo), and per call that works.
+UNDO_MAX: Final = 10_000
+UNDO_BATCH: Final = 500
 
 OnError = Literal["error", "local"]
+
+
+def _about_one_key(exc: CounterError) -> bool:
+    """An error about the keys of one call (a value of another type planted under a
+    counter's name), not about the backend: Redis answered."""
+    cause = exc.__cause__
+    return isinstance(cause, redis.ResponseError) and str(cause).startswith("WRONGTYPE")
 
 
 class ResilientCounter:
@@ -794,6 +840,12 @@ class ResilientCounter:
         self._during_outage = 0
         #: How the last failure is worded (outage.trouble).
         self._trouble = "unreachable"
+        #: A hit failed during this outage: only a hit that works ends it. A read
+        #: working says nothing about writes (review rev86 F4: a Redis out of memory
+        #: answered the peeks, and each one ended the outage the next hit opened again).
+        self._hit_failed = False
+        #: Counter keys whose Redis keys hold a value of another type, logged once.
+        self._bad_keys: TTLCache[str, bool] = TTLCache(1000, ttl=3600, timer=clock)
 
     @property
     def down(self) -> bool:
@@ -818,9 +870,18 @@ class ResilientCounter:
             try:
                 count = _method(self.primary, op)(key, size)
             except CounterError as exc:
-                self._failed(exc, now)
+                if _about_one_key(exc):
+                    # Not an outage: the other senders' counts work (rev86 F3: one
+                    # planted key deferred every sender for 5 s at each of its messages).
+                    return self._key_failed(op, key, size, exc)
+                self._failed(exc, now, op)
             else:
-                self._recovered(now)
+                if op == "hit" or not self._hit_failed:
+                    self._recovered(now)
+                elif self.outage.down:
+                    # Reads work again: let the next hit try at once instead of after
+                    # the interval, or the peeks at MAIL FROM would claim every probe.
+                    self.outage.retry_now()
                 if op == "hit" and self.on_error == "local" and self.local is not None:
                     self.local.hit(key, size)
                 return count
@@ -831,13 +892,36 @@ class ResilientCounter:
             raise CounterError(f"{self.name} {self._trouble}: {error}")
         return _method(self.local, op)(key, size)
 
-    def _failed(self, exc: CounterError, now: float) -> None:
+    def _key_failed(
+        self, op: Literal["hit", "peek"], key: str, size: int, exc: CounterError
+    ) -> int:
+        """One call's keys are unusable: this call fails (or counts locally), logged
+        once per key."""
+        with self._lock:
+            first = key not in self._bad_keys
+            self._bad_keys[key] = True
+        if first:
+            log.warning(
+                "counter backend %s: a key of this sender's counts holds another type of"
+                " value (%s); its messages get the counter's error until it expires or is"
+                " deleted",
+                self.name,
+                exc,
+            )
+        if self.on_error == "error" or self.local is None:
+            raise exc
+        return _method(self.local, op)(key, size)
+
+    def _failed(self, exc: CounterError, now: float, op: Literal["hit", "peek"]) -> None:
         # "redis unreachable" was logged for a read-only replica or a user without
         # the permission too (review rev50): worded by what failed, and logged again
         # when that changes during the outage (rev58: a Redis back as a read-only
         # replica).
         word, self._trouble = self._trouble, trouble(exc.__cause__)
-        if not self.outage.failed(str(exc), now):
+        started = self.outage.failed(str(exc), now)
+        with self._lock:
+            self._hit_failed = (self._hit_failed and not started) or op == "hit"
+        if not started:
             if word != self._trouble:
                 log.warning("counter backend %s now %s (%s)", self.name, self._trouble, exc)
             return
@@ -857,6 +941,7 @@ class ResilientCounter:
             return
         with self._lock:
             messages = self._during_outage
+            self._hit_failed = False
         log.info(
             "counter backend %s %s after %.1f s; %d calls %s meanwhile",
             self.name,

@@ -76,6 +76,11 @@ class Outage:
             self._next_try = now + self.retry_interval
             return True
 
+    def retry_now(self) -> None:
+        """Let the next call ask at once (a call of another kind has just worked)."""
+        with self._lock:
+            self._next_try = 0.0
+
     def failed(self, error: str, now: float) -> bool:
         """Record a failure; True when it starts an outage (log it then)."""
         with self._lock:
