@@ -9,13 +9,16 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from smtpguard.config import ConfigError, load_config
+from support.mtclient import MilterSession
 from support.polling import children, wait_until
-from support.service import UNTRUSTED_IP, make_site, running, smtpguard
+from support.service import UNTRUSTED_IP, Site, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +127,85 @@ def test_a_supervisor_as_the_service_user_reaps_and_restarts_its_workers() -> No
         with service.session() as s:
             s.connect(UNTRUSTED_IP)
             assert s.helo("mail.sender.example").kind == "continue"
+
+
+def nobody_site(root: Path, state: Path, extra: dict[str, Any] | None = None) -> Site:
+    """Two workers as nobody, the socket in a directory nobody owns (as the packaged
+    /var/spool/postfix/smtpguard): the user may remove what is at the path there."""
+    run = root.parent / "run"
+    run.mkdir(exist_ok=True)
+    shutil.chown(run, "nobody")
+    config: dict[str, Any] = {
+        "milter": {"user": "nobody", "workers": 2, "socket": f"unix:{run}/smtpguard.sock"},
+        "state": {"path": str(state / "state.sqlite")},
+    }
+    for section, values in (extra or {}).items():
+        config[section] = {**config.get(section, {}), **values}
+    return make_site(root, config)
+
+
+def socket_of(site: Site) -> Path:
+    return site.dir.parent / "run" / "smtpguard.sock"
+
+
+def serves(socket_path: Path) -> bool:
+    with MilterSession(str(socket_path)) as s:
+        s.connect(UNTRUSTED_IP)
+        return s.helo("mail.sender.example").kind == "continue"
+
+
+def test_a_worker_stopped_alone_leaves_the_socket_to_its_siblings() -> None:
+    """Review rev87 F3: a worker that is not root ended with libmilter's smfi_stop,
+    which removes whatever socket is at the path: the one its siblings serve on. The
+    supervisor then found its socket gone and stopped the whole service."""
+    root, state = nobody_root()
+    site = nobody_site(root / "site", state)
+    with running(site, wait_for=str(socket_of(site))) as service:
+        supervisor = service.process.pid
+        wait_until(lambda: len(children(supervisor)) == 2)
+        before = children(supervisor)
+        os.kill(min(before), signal.SIGTERM)
+        wait_until(lambda: len(children(supervisor) - before) == 1, deadline=10)
+        assert socket_of(site).exists()
+        assert service.process.poll() is None, service.log()
+        assert serves(socket_of(site))
+        assert "socket lost" not in service.log()
+
+
+def test_an_old_instance_draining_leaves_a_new_instances_socket_alone() -> None:
+    """Review rev87 F1: stopped, a supervisor removes its socket at once while its
+    workers drain; a new instance started meanwhile made a socket at the path, which
+    the last old worker then removed on its way out (libmilter's smfi_stop, as any
+    user but root): the new instance served nobody, without a word in its log."""
+    root, state = nobody_root()
+    old = nobody_site(root / "old", state)
+    new = nobody_site(root / "new", state)
+    path = socket_of(old)
+    with running(old, wait_for=str(path)) as first:
+        wait_until(lambda: len(children(first.process.pid)) == 2)
+        held = MilterSession(str(path))
+        assert held.connect(UNTRUSTED_IP).kind == "continue"
+        assert held.helo("mail.sender.example").kind == "continue"
+        assert held.mail("<a@sender.example>").kind == "continue"  # a worker has it
+        first.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: not path.exists())
+        with running(new, wait_for=str(path)) as second:
+            assert second.process.poll() is None
+            held.close()  # the old worker's drain ends
+            assert first.process.wait(timeout=20) == 0
+            time.sleep(1.5)  # the new supervisor's look at its socket
+            assert path.exists()
+            assert serves(path)
+            assert second.process.poll() is None, second.log()
+
+
+def test_a_socket_removed_under_the_service_stops_it_with_an_error() -> None:
+    """Workers on a socket no MTA can reach any more would defer every message without
+    a word; the supervisor now looks at the file once a second."""
+    root, state = nobody_root()
+    site = nobody_site(root / "site", state)
+    with running(site, wait_for=str(socket_of(site))) as service:
+        wait_until(lambda: len(children(service.process.pid)) == 2)
+        socket_of(site).unlink()
+        assert service.process.wait(timeout=40) == 1
+    assert "was removed or replaced under the running service" in service.log()

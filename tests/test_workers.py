@@ -698,6 +698,66 @@ def test_killed_worker_is_back_within_two_seconds(tmp_path: Path) -> None:
         assert victim not in children(supervisor)
 
 
+def test_silent_metrics_clients_do_not_delay_a_restart(tmp_path: Path) -> None:
+    """Review rev87 F4: the supervisor waited up to 2 s for each metrics client to
+    speak, in the loop that also restarts workers (four silent clients: 3.6 s)."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    with running(site) as service:
+        supervisor = service.process.pid
+        wait_until(lambda: len(children(supervisor)) == 2)
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        try:
+            before = children(supervisor)
+            os.kill(min(before), signal.SIGKILL)
+            waited = wait_until(
+                lambda: len(children(supervisor) - before) == 1 and len(children(supervisor)) == 2,
+                deadline=10,
+            )
+            assert waited < 1.0
+            assert "smtpguard_sessions" in scrape(port)  # a client that speaks is served
+        finally:
+            for conn in silent:
+                conn.close()
+
+
+def test_sighups_in_quick_succession_restart_no_worker(tmp_path: Path) -> None:
+    """Review rev87 F2: the supervisor passed each reload on as SIGHUP; one that came
+    while a worker's main thread was not waiting went to libmilter's own signal
+    thread, which stopped the worker (and, as any user but root, removed the socket
+    and with it the service). Workers now get signals libmilter does not wait for."""
+    site = make_site(tmp_path, WORKERS)
+    with running(site) as service:
+        both_started(service)
+        for _ in range(60):
+            service.process.send_signal(signal.SIGHUP)
+            time.sleep(0.005)
+        wait_until(lambda: "reload: configuration" in service.log())
+        time.sleep(1.0)
+        assert mail(service, "<a@sender.example>") == "continue"
+        log = service.log()
+        assert "restarting" not in log
+        assert "libmilter stopped on its own" not in log
+        assert service.process.poll() is None
+
+
+def test_a_sighup_during_the_stop_is_no_death_by_signal(tmp_path: Path) -> None:
+    """Review rev87 F5: the supervisor put SIGHUP's default action back while it was
+    unblocked, so a SIGHUP at the end of a stop killed it (status "killed by signal
+    1" after "smtpguard stopped")."""
+    site = make_site(tmp_path, WORKERS)
+    with running(site) as service:
+        both_started(service)
+        service.process.send_signal(signal.SIGTERM)
+        while service.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                service.process.send_signal(signal.SIGHUP)
+            time.sleep(0.002)
+        assert service.process.returncode == 0, service.log()
+
+
 def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
     from support.daemons import free_port  # noqa: PLC0415
 

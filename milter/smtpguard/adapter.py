@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import Milter
 import milter  # pymilter's C module: the libmilter calls runmilter makes
@@ -413,10 +413,30 @@ def install(app: App) -> None:
     Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
 
 
-def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
+#: What the supervisor sends its workers: a reload, a stop. libmilter's own signal
+#: thread waits only for SIGHUP, SIGTERM and SIGINT, and stops the milter on any of
+#: them when it gets one first, so these never reach it (review rev87 F2: a SIGHUP
+#: storm stopped workers, and the service with them).
+RELOAD_SIGNAL: Final = signal.SIGUSR1
+STOP_SIGNAL: Final = signal.SIGUSR2
+
+
+def run(
+    app: App,
+    reload: Callable[[], Runtime | None] | None,
+    end: Callable[[], None] = milter.stop,
+) -> None:
     """libmilter's loop on the opened socket until SIGTERM or SIGINT (see :func:`serve`);
-    a worker process of :mod:`smtpguard.supervisor` runs exactly this."""
-    signals = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+    a worker process of :mod:`smtpguard.supervisor` runs exactly this. SIGUSR1 and
+    SIGUSR2 are SIGHUP and SIGTERM too. ``end`` is called once a stop has drained the
+    sessions: libmilter's ``smfi_stop`` by default (its end wakes this thread)."""
+    signals = {
+        signal.SIGHUP,
+        signal.SIGTERM,
+        signal.SIGINT,
+        RELOAD_SIGNAL,
+        STOP_SIGNAL,
+    }
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # inherited by libmilter's threads
     failure: list[BaseException] = []
     ended = threading.Event()
@@ -454,7 +474,7 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
         if stopping:
             log.info("signal %s: already stopping", sig)
             continue
-        if sig == signal.SIGHUP:
+        if sig in (signal.SIGHUP, RELOAD_SIGNAL):
             if reload is not None:
                 pending.set()
                 if reloading.acquire(blocking=False):
@@ -469,11 +489,17 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
                     # it (the supervisor sends each validated change once): again.
                     log.info("SIGHUP during a reload: reloading again after it")
             continue
-        stopping.append(threading.Thread(target=_stop, args=(app.gate,), name="stop", daemon=True))
+        announced = threading.Event()
+        stopping.append(
+            threading.Thread(
+                target=_stop, args=(app.gate, end, announced), name="stop", daemon=True
+            )
+        )
         stopping[0].start()
         # Said once the drain runs (starting a thread waits for it): whoever acts on
         # this line finds this thread back in sigwait at once.
         log.info("signal %s: stopping; sessions in flight finish first", sig)
+        announced.set()
     worker.join()
     if failure:
         raise failure[0]
@@ -483,15 +509,17 @@ def run(app: App, reload: Callable[[], Runtime | None] | None) -> None:
         # (and the supervisor) start the milter again.
         raise StartError(
             "libmilter stopped on its own: a signal reached its own signal thread, or it"
-            " failed; exiting 2, to be started again"
+            " failed; exiting with an error, to be started again"
         )
 
 
-def _stop(gate: SessionGate) -> None:
-    """Drain, then stop libmilter (whose end wakes the main thread's sigwait)."""
+def _stop(gate: SessionGate, end: Callable[[], None], announced: threading.Event) -> None:
+    """Drain, then ``end`` (libmilter's stop, whose end wakes the main thread's
+    sigwait), not before the stop is in the log (``end`` may end the process)."""
     gate.draining = True
     _drain(gate, DRAIN_SECONDS)
-    milter.stop()
+    announced.wait(5.0)
+    end()
 
 
 #: How long a stop waits for sessions in flight before libmilter is told to stop.

@@ -86,7 +86,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from smtpguard import __version__
-from smtpguard.adapter import App, drop_privileges, install, open_socket, run
+from smtpguard.adapter import (
+    RELOAD_SIGNAL,
+    STOP_SIGNAL,
+    App,
+    drop_privileges,
+    install,
+    open_socket,
+    run,
+)
 from smtpguard.app import Runtime, build_runtime, retire
 from smtpguard.config import Config, ConfigError, MilterConfig, load_config
 from smtpguard.counters import CounterError, SharedCounter
@@ -123,7 +131,12 @@ MAX_BACKOFF: Final = 30.0
 #: Marks a metrics directory this service created (and removes at the end).
 _OWN_METRICS_DIR: Final = "SMTPGUARD_OWN_METRICS_DIR"
 _SIGNALS: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+#: What the supervisor sends its workers, held in it from the start so that a worker
+#: has them held from its first instruction (their default action would kill it).
+_TO_WORKERS: Final = (RELOAD_SIGNAL, STOP_SIGNAL)
 _PR_SET_PDEATHSIG: Final = 1
+#: Seconds between two looks at the socket file (see Supervisor._check_socket).
+SOCKET_CHECK_INTERVAL: Final = 1.0
 #: The largest config file a reload reads.
 MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
 #: The most a reload hands to the workers: the config and every data file it names
@@ -363,6 +376,10 @@ class Supervisor:
         #: running without a pause (heartbeats older than that are not held against
         #: a worker: see _watch).
         self._watched = self._watch_from = time.monotonic()
+        #: When the socket file was last compared with the one opened.
+        self._socket_checked = time.monotonic()
+        #: Metrics connections accepted, each with the time it must have spoken by.
+        self._scrapes: dict[socket.socket, float] = {}
         self.stats = WorkerStats()
         if self.registry is not None:
             self.registry.register(WorkersCollector(self.stats, self._pids, self.metrics_off.count))
@@ -382,7 +399,7 @@ class Supervisor:
         config = self.config.milter
         # Held until the loop handles them: a SIGTERM during the start must stop the
         # service cleanly (socket removed), not kill it with the socket left behind.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS + _TO_WORKERS)
         install(self.app)
         before = listening_sockets()
         self.inode = open_socket(config)
@@ -454,32 +471,93 @@ class Supervisor:
                         self._signal(number)
                 self._reap()
                 self._watch()
-                if self.http is not None and self.http.fileno() in readable:
-                    self.http.handle_request()
+                self._check_socket()
+                self._serve_scrapes(readable)
                 self._start_due()
                 if self.stopping and not any(w.pid for w in self.workers):
                     return
         finally:
+            # Held before their handlers go: a SIGHUP now would kill the process with
+            # its default action (review rev87 F5: "killed by signal 1" after "stopped").
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
             signal.set_wakeup_fd(-1)
             for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            for conn in self._scrapes:
+                conn.close()
+            self._scrapes.clear()
             if self.http is not None:
                 self.http.server_close()
 
     def _wait(self) -> list[int]:
         fds = [self._wake_r] + ([self.http.fileno()] if self.http is not None else [])
+        fds += [conn.fileno() for conn in self._scrapes]
         dues = [w.due for w in self.workers if w.due is not None and not self.stopping]
+        dues += self._scrapes.values()
         limit = self.app.runtime.config.milter.worker_heartbeat_timeout
         if limit > 0:
             dues.append(self._watched + min(HEARTBEAT_INTERVAL, limit / 4))
+        if not self.stopping and self.inode is not None:
+            dues.append(self._socket_checked + SOCKET_CHECK_INTERVAL)
         timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
         try:
             readable, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             return []
         return readable
+
+    def _serve_scrapes(self, readable: list[int]) -> None:
+        """Metrics requests, each handled only once its client has sent something: the
+        loop also restarts workers and watches their heartbeats, and a client that
+        connects and says nothing held it for up to two seconds each (review rev87 F4).
+        One silent for :data:`METRICS_REQUEST_SECONDS` is closed."""
+        http = self.http
+        if http is None:
+            return
+        if http.fileno() in readable:
+            try:
+                conn, _ = http.socket.accept()
+            except OSError:
+                pass
+            else:
+                self._scrapes[conn] = time.monotonic() + METRICS_REQUEST_SECONDS
+        now = time.monotonic()
+        for conn, deadline in list(self._scrapes.items()):
+            if conn.fileno() in readable:
+                del self._scrapes[conn]
+                conn.setblocking(True)
+                try:
+                    http.finish_request(conn, conn.getpeername())
+                except Exception:
+                    log.debug("metrics request failed", exc_info=True)
+                finally:
+                    http.shutdown_request(conn)
+            elif now >= deadline:
+                del self._scrapes[conn]
+                conn.close()
+
+    def _check_socket(self) -> None:
+        """Stop (exit 1) when the socket file is gone or another's: the workers would
+        serve on a listening socket no MTA can reach any more, and every message would
+        wait for the MTA's default action, without a word in the log (review rev87 F1:
+        an old instance's worker removed a new one's socket)."""
+        if self.stopping or self.inode is None:
+            return
+        now = time.monotonic()
+        if now - self._socket_checked < SOCKET_CHECK_INTERVAL:
+            return
+        self._socket_checked = now
+        if self._socket_intact():
+            return
+        log.error(
+            "the socket %s was removed or replaced under the running service; stopping"
+            " so that the service manager starts smtpguard afresh",
+            self.config.milter.socket,
+        )
+        self.failed = True
+        self.stop("socket lost")
 
     def _signal(self, sig: int) -> None:
         if sig == signal.SIGHUP and not self.stopping:
@@ -503,7 +581,7 @@ class Supervisor:
         for worker in self.workers:
             worker.due = None
             if worker.pid:
-                _kill(worker.pid, signal.SIGTERM)
+                _kill(worker.pid, STOP_SIGNAL)
 
     def _up(self) -> int:
         return sum(1 for w in self.workers if w.pid)
@@ -550,7 +628,7 @@ class Supervisor:
         self._prepare_files()
         for worker in self.workers:
             if worker.pid:
-                _kill(worker.pid, signal.SIGHUP)
+                _kill(worker.pid, RELOAD_SIGNAL)
         log.info(
             "reload: configuration %s valid (generation %d), sent to %d workers",
             runtime.config.file,
@@ -623,7 +701,9 @@ class Supervisor:
     def _worker(self, number: int) -> int:
         """The child: undo the supervisor's signal set-up, then libmilter's loop."""
         # Held for adapter.run's sigwait: a SIGHUP before it would end the worker.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+        signal.pthread_sigmask(
+            signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, *_TO_WORKERS}
+        )
         signal.set_wakeup_fd(-1)
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
@@ -642,9 +722,9 @@ class Supervisor:
         # Also when the watchdog is off: a reload may turn it on.
         self.heartbeats.start(number - 1)
         try:
-            run(self.app, self._apply_published)
+            run(self.app, self._apply_published, end=_end_worker)
         except Exception:
-            log.exception("worker %d failed", number)
+            log.exception("failed; the worker exits 1")
             return 1
         finally:
             logging.shutdown()
@@ -995,17 +1075,28 @@ def _describe(status: int) -> str:
 
 
 def _die_with_parent(supervisor: int) -> None:
-    """A worker whose supervisor is killed outright drains and ends (SIGTERM)."""
+    """A worker whose supervisor is killed outright drains and ends (the stop signal)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if libc.prctl(_PR_SET_PDEATHSIG, STOP_SIGNAL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl")
     except (OSError, AttributeError) as exc:
         log.debug("no parent-death signal: %s", exc)
     if os.getppid() != supervisor:
         # The supervisor died between fork and prctl (compared by pid: in a container
         # the supervisor may itself be pid 1).
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), STOP_SIGNAL)
+
+
+def _end_worker() -> None:
+    """How a worker ends once its stop has drained its sessions: at once, never with
+    libmilter's ``smfi_stop``, which removes whatever socket is at the path when it runs
+    as another user than root (libmilter's mi_closener). The path is the supervisor's to
+    remove, by inode; a worker still draining after its supervisor removed it (a stop,
+    the supervisor killed) would remove the socket of an instance started since, and
+    a worker stopped alone the socket its siblings serve on (review rev87 F1, F3)."""
+    logging.shutdown()
+    os._exit(0)
 
 
 def _mark_worker(number: int) -> None:
