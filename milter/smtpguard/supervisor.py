@@ -80,7 +80,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -379,7 +379,7 @@ class Supervisor:
         #: When the socket file was last compared with the one opened.
         self._socket_checked = time.monotonic()
         #: Metrics connections accepted, each with the time it must have spoken by.
-        self._scrapes: dict[socket.socket, float] = {}
+        self._scrapes: dict[socket.socket, _Scrape] = {}
         self.stats = WorkerStats()
         if self.registry is not None:
             self.registry.register(WorkersCollector(self.stats, self._pids, self.metrics_off.count))
@@ -390,7 +390,7 @@ class Supervisor:
         self.inode: tuple[int, int] | None = None
         self.listener = -1
         self.pid = os.getpid()
-        self.http: HTTPServer | None = None
+        self.http: _MetricsServer | None = None
         self._wake_r, self._wake_w = -1, -1
 
     # --- start and stop ----------------------------------------------------------
@@ -449,12 +449,15 @@ class Supervisor:
         from prometheus_client.exposition import MetricsHandler  # noqa: PLC0415 - optional
 
         m = self.config.metrics
-        server_class = _HTTPServer6 if ":" in m.listen else HTTPServer
-        handler = _deadline_handler(MetricsHandler.factory(self.registry))
+        server_class = _MetricsServer6 if ":" in m.listen else _MetricsServer
+        handler = _read_head_handler(MetricsHandler.factory(self.registry))
         try:
             self.http = server_class((m.listen, m.port), handler)
         except OSError as exc:
             raise StartError(f"cannot bind {m.listen}:{m.port} (metrics): {exc.strerror}") from None
+        # Accepted only when the loop has seen a client waiting, but one that went
+        # away meanwhile would leave a blocking accept() waiting for the next.
+        self.http.socket.setblocking(False)
 
     def _loop(self) -> None:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -495,7 +498,7 @@ class Supervisor:
         fds = [self._wake_r] + ([self.http.fileno()] if self.http is not None else [])
         fds += [conn.fileno() for conn in self._scrapes]
         dues = [w.due for w in self.workers if w.due is not None and not self.stopping]
-        dues += self._scrapes.values()
+        dues += [scrape.deadline for scrape in self._scrapes.values()]
         limit = self.app.runtime.config.milter.worker_heartbeat_timeout
         if limit > 0:
             dues.append(self._watched + min(HEARTBEAT_INTERVAL, limit / 4))
@@ -509,34 +512,42 @@ class Supervisor:
         return readable
 
     def _serve_scrapes(self, readable: list[int]) -> None:
-        """Metrics requests, each handled only once its client has sent something: the
-        loop also restarts workers and watches their heartbeats, and a client that
-        connects and says nothing held it for up to two seconds each (review rev87 F4).
-        One silent for :data:`METRICS_REQUEST_SECONDS` is closed."""
+        """Metrics requests, each read by this loop as it comes and answered once its
+        head is complete: the loop also restarts workers and watches their heartbeats,
+        and a client that connects and says nothing (or a byte a second) held it for two
+        seconds each (review rev87 F4). One whose head is not complete within
+        :data:`METRICS_REQUEST_SECONDS` is closed."""
         http = self.http
         if http is None:
             return
+        now = time.monotonic()
         if http.fileno() in readable:
             try:
                 conn, _ = http.socket.accept()
             except OSError:
                 pass
             else:
-                self._scrapes[conn] = time.monotonic() + METRICS_REQUEST_SECONDS
-        now = time.monotonic()
-        for conn, deadline in list(self._scrapes.items()):
-            if conn.fileno() in readable:
-                del self._scrapes[conn]
-                conn.setblocking(True)
-                try:
-                    http.finish_request(conn, conn.getpeername())
-                except Exception:
-                    log.debug("metrics request failed", exc_info=True)
-                finally:
-                    http.shutdown_request(conn)
-            elif now >= deadline:
-                del self._scrapes[conn]
+                conn.setblocking(False)
+                self._scrapes[conn] = _Scrape(now + METRICS_REQUEST_SECONDS)
+        for conn, scrape in list(self._scrapes.items()):
+            if conn.fileno() in readable and not scrape.read(conn):
+                continue
+            if not scrape.complete and now < scrape.deadline:
+                continue
+            del self._scrapes[conn]
+            if not scrape.complete:
                 conn.close()
+                continue
+            try:
+                conn.setblocking(True)
+                conn.settimeout(METRICS_REQUEST_SECONDS)  # bounds the answer
+                http.heads[conn] = bytes(scrape.head)
+                http.finish_request(conn, conn.getpeername())
+            except Exception:
+                log.debug("metrics request failed", exc_info=True)
+            finally:
+                http.heads.pop(conn, None)
+                http.shutdown_request(conn)
 
     def _check_socket(self) -> None:
         """Stop (exit 1) when the socket file is gone or another's: the workers would
@@ -1010,41 +1021,57 @@ METRICS_REQUEST_SECONDS = 2.0
 _MAX_REQUEST = 16384
 
 
-def _deadline_handler(base: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:
-    """``base`` reading the request within :data:`METRICS_REQUEST_SECONDS` in all.
+@dataclass
+class _Scrape:
+    """A metrics connection whose request head the supervisor's loop is reading."""
 
-    The loop that serves a scrape also restarts workers. A socket timeout bounds each
-    read, not the request: a client sending a byte a second would hold the loop for as
-    long as it likes. So the request head is read here, against one deadline, and the
-    handler parses it from memory."""
+    deadline: float
+    head: bytearray = field(default_factory=bytearray)
+    #: The head is all there (or as much as is read of one), or the client is done.
+    complete: bool = False
+
+    def read(self, conn: socket.socket) -> bool:
+        """Read what has come; False if nothing could be read after all."""
+        try:
+            chunk = conn.recv(4096)
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            # Gone: a request it sent whole is still answered (the answer goes nowhere).
+            self.complete = b"\r\n\r\n" in self.head
+            self.deadline = 0.0
+            return True
+        self.head += chunk
+        self.complete = b"\r\n\r\n" in self.head or len(self.head) >= _MAX_REQUEST
+        return True
+
+
+class _MetricsServer(HTTPServer):
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        #: Request heads read by the supervisor's loop, by connection.
+        self.heads: dict[socket.socket, bytes] = {}
+
+
+class _MetricsServer6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+def _read_head_handler(base: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:
+    """``base`` parsing the request head the supervisor's loop has read
+    (``_MetricsServer.heads``) instead of reading the socket itself."""
 
     class Handler(base):  # type: ignore[valid-type,misc]  # base is a runtime class
         timeout = METRICS_REQUEST_SECONDS
 
         def setup(self) -> None:
             super().setup()
-            deadline = time.monotonic() + METRICS_REQUEST_SECONDS
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < _MAX_REQUEST:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self.connection.settimeout(remaining)
-                try:
-                    chunk = self.connection.recv(4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                head += chunk
-            self.connection.settimeout(METRICS_REQUEST_SECONDS)
-            self.rfile = io.BytesIO(head)
+            heads: dict[socket.socket, bytes] = getattr(self.server, "heads", {})
+            self.rfile = io.BytesIO(heads.get(self.connection, b""))
 
     return Handler
-
-
-class _HTTPServer6(HTTPServer):
-    address_family = socket.AF_INET6
 
 
 def _note(signum: int, frame: object) -> None:
