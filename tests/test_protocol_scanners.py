@@ -4,6 +4,7 @@ the real clamd, rspamd and Redis behind them, and their fault cases."""
 from __future__ import annotations
 
 import base64
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,40 @@ def test_virus_after_the_first_chunk(virus_service: Running) -> None:
 def test_clean_message_passes_the_scanner(virus_service: Running) -> None:
     final, _ = deliver(virus_service, "Hello Alice.\r\n" * 100)
     assert accepted(final)
+
+
+def test_a_hung_clamd_is_not_waited_for_by_every_message(clamd: Clamd, tmp_path: Path) -> None:
+    """The virus scanner's side of review rev86 F1: every message waited for a hung
+    clamd (SIGSTOP) for its timeout, and the sessions piled up."""
+    extra = {
+        "virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}", "timeout": 1.0},
+        "checks": {"bulk": {"mode": "off"}},  # the same message, many times
+    }
+    with running(make_site(tmp_path / "site", extra)) as service:
+        assert accepted(deliver(service, "Hello Alice.\r\n")[0])
+        clamd.process.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            assert_reply(deliver(service, "Hello Alice.\r\n")[0], "internal_error")
+            assert time.monotonic() - start >= 1.0  # this one asked, and waited
+            # Its verdict timed out: a PING (1 s) tells a hung clamd from a slow scan.
+            wait_until(lambda: "gave no answer (timed out)" in service.log())
+            for _ in range(3):
+                start = time.monotonic()
+                assert_reply(deliver(service, "Hello Alice.\r\n")[0], "internal_error")
+                assert time.monotonic() - start < 0.5  # these did not
+        finally:
+            clamd.process.send_signal(signal.SIGCONT)
+        engine = f"clamd at unix:{clamd.socket}"
+        assert service.log().count(f"virus scanner {engine} gave no answer") == 1
+        assert service.log().count(f"{engine}: not asked, gave no answer (timed out)") == 3
+
+        def scanned() -> bool:
+            time.sleep(0.5)
+            return accepted(deliver(service, "Hello Alice.\r\n")[0])
+
+        wait_until(scanned, deadline=15)
+        assert f"virus scanner {engine} answering again after" in service.log()
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("tempfail", "internal_error"), ("pass", None)])
@@ -318,6 +353,8 @@ def test_a_hung_engine_is_not_waited_for_by_every_message(rspamd: Rspamd, tmp_pa
             assert accepted(final)
             assert x_spam_status(mods).endswith("tests=rspamd=failed")
             assert time.monotonic() - start >= 1.0  # this one asked, and waited
+            # Its answer timed out: a ping (1 s) tells a hung engine from a slow scan.
+            wait_until(lambda: "gave no answer (timed out)" in service.log())
             for _ in range(3):
                 start = time.monotonic()
                 final, mods = deliver(service, "Hi Alice.\r\n")

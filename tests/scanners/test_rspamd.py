@@ -18,6 +18,7 @@ from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult,
 from smtpguard.scanners.rspamd import RspamdClient
 from support.daemons import GTUBE, Rspamd, free_port
 from support.fake_dns import FakeClock
+from support.polling import wait_until
 
 if TYPE_CHECKING:
     from scanners.conftest import SlowPeers
@@ -394,3 +395,37 @@ def test_an_engine_that_answers_an_error_is_asked_every_time() -> None:
         finally:
             server.shutdown()
     assert details == [f"rspamd at {endpoint}: HTTP 500: task timeout"] * 2
+
+
+def test_an_engine_slow_on_one_message_but_answering_its_ping_is_no_outage(
+    slow_peer: SlowPeers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scan that takes longer than the timeout is that message's: the next message
+    asks again (a crafted slow message must not stop the engine for everyone)."""
+
+    def rspamd(conn: socket.socket) -> None:
+        with conn.makefile("rb") as request:
+            line = request.readline()
+        if line.startswith(b"GET /ping"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\npong\n")
+        else:
+            slow_peer.stop.wait(5)  # the scan
+
+    client = RspamdClient(slow_peer.start(rspamd), timeout=0.3)
+    details = []
+    for _ in range(2):
+        details.append(client.check(HAM, SpamEnvelope()).detail)
+        time.sleep(1.5)  # the ping after the timeout has its answer
+    assert [d.endswith(": timed out") for d in details] == [True, True]
+    assert not client.outage.down
+    assert "gave no answer" not in caplog.text
+
+
+def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:
+    endpoint = slow_peer.start(lambda conn: slow_peer.stop.wait(5), unix=True)
+    client = RspamdClient(endpoint, timeout=0.3)
+    assert client.check(HAM, SpamEnvelope()).detail.endswith(": timed out")
+    wait_until(lambda: client.outage.down, deadline=5)
+    start = time.monotonic()
+    assert "not asked, gave no answer (timed out)" in client.check(HAM, SpamEnvelope()).detail
+    assert time.monotonic() - start < 0.05

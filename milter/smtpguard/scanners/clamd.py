@@ -45,15 +45,26 @@ exhaust ``MaxThreads``; verified against clamd 1.4.
 
 Nothing here raises on I/O: every failure ends as a :class:`~smtpguard.scanners.ScanResult`
 with status ERROR, so the calling check can apply its "scanner down" policy.
+
+A clamd that gave no answer (refused, a connect or send that timed out, or a verdict
+that timed out while a ``PING`` gets no ``PONG`` either: a scan slow on one message
+is that message's) is not asked again for :data:`RETRY_INTERVAL` seconds, per
+endpoint and process:
+meanwhile every scan ends at once as ERROR, and then one asks again. A hung clamd would
+otherwise hold every message for its timeouts and fill ``max_sessions`` (review rev86
+F1, for rspamd; the same holds here). Logged when it starts and when it ends.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
+import threading
 import time
 from typing import IO, Final
 
+from smtpguard.outage import Outage
 from smtpguard.scanners import (
     DeadlineSocket,
     Endpoint,
@@ -79,6 +90,98 @@ _REPLY_MAX: Final = 4096
 #: call's deadline): the reply to a refused stream is already on its way by then.
 _EXPLAIN_WAIT: Final = 1.0
 _SIZE_LIMIT_REPLY: Final = "INSTREAM size limit exceeded"
+#: Seconds between two tries of a clamd that gave no answer (see the module docstring).
+RETRY_INTERVAL: Final = 5.0
+#: Seconds a PING gets after a verdict that timed out (is clamd there at all?).
+PING_WAIT: Final = 1.0
+
+log = logging.getLogger("smtpguard")
+
+
+class _Health:
+    """Whether one clamd endpoint answers, shared by every scan of the process."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.outage = Outage(RETRY_INTERVAL)
+        self._lock = threading.Lock()
+        self._unasked = 0
+        self._pinging = False
+
+    def ping_later(self, why: str) -> None:
+        """PING clamd on a thread of its own (the scan that timed out has waited long
+        enough): no PONG starts an outage."""
+        with self._lock:
+            if self._pinging:
+                return
+            self._pinging = True
+
+        def probe() -> None:
+            try:
+                if not ping(self.endpoint, PING_WAIT):
+                    self.no_answer(why, self.outage.clock())
+            finally:
+                with self._lock:
+                    self._pinging = False
+
+        threading.Thread(target=probe, name="clamd-ping", daemon=True).start()
+
+    def ask(self, now: float) -> str:
+        """ "" if a scan starting ``now`` may ask; else why not (its error detail)."""
+        if self.outage.ask(now):
+            return ""
+        with self._lock:
+            self._unasked += 1
+        return (
+            f"clamd at {self.endpoint}: not asked, gave no answer"
+            f" ({self.outage.last_error}); asked again every {RETRY_INTERVAL:g} s"
+        )
+
+    def no_answer(self, why: str, now: float) -> None:
+        if self.outage.failed(why, now):
+            with self._lock:
+                self._unasked = 0
+            log.warning(
+                "virus scanner clamd at %s gave no answer (%s): not asked for %g s at a"
+                " time (one message asks again); meanwhile every message gets its failure"
+                " at once ([checks.virus] on_temp_error decides)",
+                self.endpoint,
+                why,
+                RETRY_INTERVAL,
+            )
+
+    def answered(self, started: float) -> None:
+        lasted = self.outage.recovered(started)
+        if lasted is None:
+            return
+        with self._lock:
+            unasked, self._unasked = self._unasked, 0
+        log.info(
+            "virus scanner clamd at %s answering again after %.1f s; %d messages were not"
+            " asked meanwhile",
+            self.endpoint,
+            lasted,
+            unasked,
+        )
+
+
+_health: dict[str, _Health] = {}
+_health_lock = threading.Lock()
+
+
+def _health_of(endpoint: Endpoint) -> _Health:
+    key = str(endpoint)
+    with _health_lock:
+        found = _health.get(key)
+        if found is None:
+            found = _health[key] = _Health(endpoint)
+        return found
+
+
+def _no_answer(exc: OSError) -> bool:
+    """A failure that says clamd is not there or not answering (not one where it spoke:
+    a connection it closed after a refusal, say)."""
+    return isinstance(exc, (TimeoutError, ConnectionRefusedError, FileNotFoundError))
 
 
 class ClamdStream:
@@ -125,6 +228,11 @@ class ClamdStream:
         self._eoh = whole_message
         self._error = ""
         self._result: ScanResult | None = None
+        self._health = _health_of(endpoint)
+        #: When this scan first asked clamd (``time.monotonic()``); None: not yet.
+        self._asked: float | None = None
+        #: Why the last reply could not be read, if it could not.
+        self._reply_error: OSError | None = None
 
     # -- feeding --------------------------------------------------------------------
 
@@ -150,10 +258,16 @@ class ClamdStream:
     def _open(self) -> None:
         if self._sock is not None or self._error or self._result is not None:
             return
+        now = time.monotonic()
+        if not_asked := self._health.ask(now):
+            self._error = not_asked
+            return
+        self._asked = now
         try:
-            sock = connect(self.endpoint, self._deadline - time.monotonic())
+            sock = connect(self.endpoint, self._deadline - now)
         except OSError as exc:
             self._error = f"cannot connect to clamd at {self.endpoint}: {failure_text(exc)}"
+            self._failed(exc)
             return
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Each chunk is one write, but the zero-length terminator is tiny: without
@@ -216,9 +330,15 @@ class ClamdStream:
                 self._error = f"sending to clamd failed: {failure_text(exc)}" + (
                     f" (clamd said: {reply})" if reply else ""
                 )
+                if not reply:
+                    self._failed(exc)
             self._drop()
             return False
         return True
+
+    def _failed(self, exc: OSError) -> None:
+        if _no_answer(exc):
+            self._health.no_answer(failure_text(exc), time.monotonic())
 
     # -- the verdict ----------------------------------------------------------------
 
@@ -248,6 +368,14 @@ class ClamdStream:
                 return self._result
             return ScanResult(ScanStatus.ERROR, detail=self._error, scanned=self.sent)
         reply, whole = self._read_reply(time.monotonic() + self.scan_timeout)
+        failure = self._reply_error
+        if not reply and failure is not None:
+            if isinstance(failure, TimeoutError):
+                # A verdict that did not come in time: a clamd that is not there (or
+                # hung) does not answer PING either; one slow on this message does.
+                self._health.ping_later(failure_text(failure))
+            else:
+                self._failed(failure)
         # Text cut short by an error or the deadline may be half a verdict.
         return self._interpret(reply if whole else "")
 
@@ -270,6 +398,9 @@ class ClamdStream:
             whole = False
             what = f"reply cut short after {len(data)} octets" if data else "no reply"
             self._error = self._error or f"{what} from clamd: {failure_text(exc)}"
+            self._reply_error = exc
+        if data and self._asked is not None:
+            self._health.answered(self._asked)
         return data.split(b"\0", 1)[0].decode("utf-8", "replace").strip(), whole
 
     def _interpret(self, reply: str) -> ScanResult:

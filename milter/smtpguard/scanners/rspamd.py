@@ -19,12 +19,14 @@ not the expected JSON, or one larger than ``max_reply`` without the verdict at i
 head) is a :class:`SpamResult` with status ERROR and the reason in ``detail``; nothing
 raises.
 
-An engine that gave no answer (refused, timed out, reset) is not asked again for
-``retry_interval`` seconds: meanwhile every message gets the failure at once, and then
-one message asks again. A hung engine would otherwise hold every message for up to
-twice ``timeout`` and fill ``max_sessions``, deferring mail that ``on_temp_error =
-"pass"`` lets through (review rev86 F1). The outage is logged when it starts and when
-it ends. An engine that answers, even with an error, is up.
+An engine that gave no answer (refused, reset, a connect or send that timed out, or
+an answer that timed out while ``GET /ping`` gets no ``pong`` either: an engine slow
+on one message is that message's) is not asked again for ``retry_interval`` seconds:
+meanwhile every message gets the failure at once, and then one message asks again. A
+hung engine would otherwise hold every message for up to twice ``timeout`` and fill
+``max_sessions``, deferring mail that ``on_temp_error = "pass"`` lets through (review
+rev86 F1). The outage is logged when it starts and when it ends. An engine that
+answers, even with an error, is up.
 
 ``timeout`` is spent twice at most, as deadlines rather than per socket operation (an
 engine that answers a byte at a time would otherwise hold end of message without
@@ -67,6 +69,8 @@ __all__ = ["RspamdClient"]
 log = logging.getLogger("smtpguard")
 
 _BLOCK: Final = 64 * 1024
+#: Seconds a ping gets after an answer that timed out (is the engine there at all?).
+PING_WAIT: Final = 1.0
 _CHECK_PATH: Final = "/checkv2"
 
 
@@ -120,6 +124,8 @@ class RspamdClient:
         self._unasked_lock = threading.Lock()
         #: Messages answered with the failure without asking, in the current outage.
         self._unasked = 0
+        #: A ping after an answer that timed out is under way (one at a time).
+        self._pinging = False
 
     def _connection(self) -> _Connection:
         """A connection whose connect and everything after share one ``timeout`` until
@@ -155,6 +161,7 @@ class RspamdClient:
             )
         conn = self._connection()
         response: http.client.HTTPResponse | None = None
+        sent = False
         try:
             conn.connect()
             conn.putrequest("POST", _CHECK_PATH, skip_accept_encoding=True)
@@ -164,13 +171,18 @@ class RspamdClient:
                 # are removed so that no value can ever split the request.
                 conn.putheader(name, _clean(value).encode("utf-8", "surrogateescape"))
             conn.endheaders(body)
+            sent = True
             conn.expire_in(self.timeout)
             response = conn.getresponse()
             raw = response.read(self.max_reply + 1)
             status = response.status
         except (OSError, http.client.HTTPException) as exc:
             why = failure_text(exc)
-            if isinstance(exc, OSError):
+            if sent and isinstance(exc, TimeoutError):
+                # An answer that did not come in time: an engine that is not there (or
+                # hung) does not answer its ping either; one slow on this message does.
+                self._ping_later(why)
+            elif isinstance(exc, OSError):
                 self._no_answer(why, now)
             return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
         finally:
@@ -199,6 +211,36 @@ class RspamdClient:
                 )
             return self._named(_result(status, head))
         return self._named(_parse(status, raw))
+
+    def ping(self, timeout: float) -> bool:
+        """Whether the engine answers ``GET /ping`` with ``pong`` within ``timeout``."""
+        conn = _Connection(self.endpoint, timeout)
+        try:
+            conn.request("GET", "/ping")
+            response = conn.getresponse()
+            return response.status == 200 and response.read(64).strip() == b"pong"
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+
+    def _ping_later(self, why: str) -> None:
+        """Ping the engine on a thread of its own (the message that timed out has waited
+        long enough): no pong starts an outage."""
+        with self._unasked_lock:
+            if self._pinging:
+                return
+            self._pinging = True
+
+        def probe() -> None:
+            try:
+                if not self.ping(PING_WAIT):
+                    self._no_answer(why, self.outage.clock())
+            finally:
+                with self._unasked_lock:
+                    self._pinging = False
+
+        threading.Thread(target=probe, name="rspamd-ping", daemon=True).start()
 
     def _no_answer(self, why: str, now: float) -> None:
         """A call that got no answer: the start of an outage, logged, or part of one."""
