@@ -422,7 +422,10 @@ def test_an_engine_slow_on_one_message_but_answering_its_ping_is_no_outage(
 
 
 def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:
-    endpoint = slow_peer.start(lambda conn: slow_peer.stop.wait(5), unix=True)
+    def hung(conn: socket.socket) -> None:
+        slow_peer.stop.wait(5)
+
+    endpoint = slow_peer.start(hung, unix=True)
     client = RspamdClient(endpoint, timeout=0.3)
     assert client.check(HAM, SpamEnvelope()).detail.endswith(": timed out")
     wait_until(lambda: client.outage.down, deadline=5)
