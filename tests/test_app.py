@@ -124,3 +124,20 @@ def test_reloads_with_redis_state_close_the_retired_connections(tmp_path: Path) 
         watcher.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("on_error", "take_back"), [("error", True), ("local", False)])
+def test_failed_redis_hits_are_taken_back_only_where_their_messages_count_nowhere(
+    tmp_path: Path, on_error: str, take_back: bool
+) -> None:
+    """Review rev88 N3: with on_redis_error = "local" a hit whose call failed was
+    counted here and its message delivered: a hit Redis made after all is its count."""
+    from smtpguard.app import make_counter  # noqa: PLC0415
+    from smtpguard.counters import RedisCounter, ResilientCounter  # noqa: PLC0415
+
+    state = {"backend": "redis", "redis_url": "redis://127.0.0.1:1/0", "on_redis_error": on_error}
+    site = make_site(tmp_path, {"state": state}, directory=False)
+    counter = make_counter(load(site.config))
+    assert isinstance(counter, ResilientCounter)
+    assert isinstance(counter.primary, RedisCounter)
+    assert counter.primary.take_back is take_back

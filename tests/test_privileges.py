@@ -209,3 +209,25 @@ def test_a_socket_removed_under_the_service_stops_it_with_an_error() -> None:
         socket_of(site).unlink()
         assert service.process.wait(timeout=40) == 1
     assert "was removed or replaced under the running service" in service.log()
+
+
+def test_a_socket_the_service_user_cannot_see_is_no_socket_gone() -> None:
+    """Review rev88 N4: the supervisor's look at its socket read "permission denied"
+    (a directory the service user may not search) as the socket removed, and stopped
+    the service a second after every start."""
+    root, state = nobody_root()
+    hidden = root / "hidden"
+    hidden.mkdir(mode=0o700)
+    path = hidden / "smtpguard.sock"
+    site = make_site(
+        root / "site",
+        {
+            "milter": {"user": "nobody", "workers": 2, "socket": f"unix:{path}"},
+            "state": {"path": str(state / "state.sqlite")},
+        },
+    )
+    with running(site, wait_for=str(path)) as service:
+        wait_until(lambda: len(children(service.process.pid)) == 2)
+        time.sleep(2.5)  # two looks at the socket
+        assert service.process.poll() is None, service.log()
+        assert serves(path)

@@ -395,7 +395,7 @@ def serve(app: App, reload: Callable[[], Runtime | None] | None = None) -> None:
     # Held from before the socket exists: a SIGTERM as soon as it appears (an MTA's
     # init script, a test) waits for run()'s sigwait instead of killing the process
     # or reaching libmilter's own signal thread (exit 2).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    hold_signals()
     inode = open_socket(config)
     try:
         if config.user:
@@ -419,6 +419,19 @@ def install(app: App) -> None:
 #: storm stopped workers, and the service with them).
 RELOAD_SIGNAL: Final = signal.SIGUSR1
 STOP_SIGNAL: Final = signal.SIGUSR2
+#: What the service takes with sigwait (see :func:`run`).
+SERVICE_SIGNALS: Final = frozenset(
+    {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, RELOAD_SIGNAL, STOP_SIGNAL}
+)
+
+
+def hold_signals() -> None:
+    """Block the service's signals in this thread, and so in every thread started from
+    it from now on: a thread that has one unblocked (the metrics server's, the DNS
+    resolver's) would take it with its default action, which ends the process (review
+    rev88 N7: a burst of SIGHUPs killed one process with metrics on). Call it before
+    any thread starts."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, SERVICE_SIGNALS)
 
 
 def run(
@@ -430,14 +443,8 @@ def run(
     a worker process of :mod:`smtpguard.supervisor` runs exactly this. SIGUSR1 and
     SIGUSR2 are SIGHUP and SIGTERM too. ``end`` is called once a stop has drained the
     sessions: libmilter's ``smfi_stop`` by default (its end wakes this thread)."""
-    signals = {
-        signal.SIGHUP,
-        signal.SIGTERM,
-        signal.SIGINT,
-        RELOAD_SIGNAL,
-        STOP_SIGNAL,
-    }
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # inherited by libmilter's threads
+    signals = set(SERVICE_SIGNALS)
+    hold_signals()  # inherited by libmilter's threads
     failure: list[BaseException] = []
     ended = threading.Event()
     # libmilter starts its own signal thread, which takes a pending SIGTERM or SIGHUP

@@ -190,6 +190,9 @@ def make_counter(config: Config) -> SizeBucketCounter:
         buckets,
         prefix=f"{state.redis_prefix}:size",
         max_per_bucket=cap,
+        # With "local" a failed hit's message was counted here and delivered: a hit
+        # Redis made after all is its count (review rev88 N3).
+        take_back=state.on_redis_error == "error",
     )
     return ResilientCounter(shared, on_error=state.on_redis_error, local=local)
 

@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     from smtpguard import logsetup
-    from smtpguard.adapter import App, drop_privileges, serve
+    from smtpguard.adapter import App, drop_privileges, hold_signals, serve
     from smtpguard.app import build_runtime, new_gate
     from smtpguard.metrics import PrometheusMetrics
     from smtpguard.probes import file_problems, site_problems, socket_problems, user_problems
@@ -74,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from smtpguard.supervisor import bind
 
         bind(config.milter.cpu_affinity)  # one process: on the CPUs listed, all of them
+    hold_signals()  # before the resolver's and the metrics server's threads start
     gate = new_gate(config)
     prometheus = PrometheusMetrics() if config.metrics.enabled else None
     runtime = build_runtime(config, metrics=prometheus)

@@ -705,12 +705,16 @@ class RedisCounter:
         *,
         prefix: str = "smtpguard:size",
         max_per_bucket: int = 1000,
+        take_back: bool = True,
     ) -> None:
+        """``take_back``: remove hits whose call failed (see ``_undo``); not when their
+        messages are counted elsewhere and delivered (``on_redis_error = "local"``)."""
         self.client = client
         self.window = window
         self.buckets = buckets
         self.prefix = prefix
         self.max_per_bucket = max_per_bucket
+        self.take_back = take_back
         self._script = client.register_script(_LUA)
         # Members must be unique across hosts, processes and calls; the score carries
         # the time. A token per process too: workers forked from one supervisor share
@@ -720,10 +724,12 @@ class RedisCounter:
         self._node = os.urandom(6).hex()
         self._seq = itertools.count()
         #: (key, member) of hits whose call failed after it may have reached Redis (a
-        #: timeout, a connection lost): the message was deferred, so it must not count
-        #: when Redis runs the script after all (review rev86 F2: a retried message was
-        #: refused as the threshold's one too many). Removed at the next call that
-        #: works; bounded, the oldest dropped first.
+        #: timeout, a connection lost): the message was deferred (or passed uncounted,
+        #: [checks.bulk] on_temp_error = "pass"), so it must not count when Redis ran
+        #: the script after all (review rev86 F2: a retried message was refused as the
+        #: threshold's one too many). Removed before the next call's own script, in
+        #: one round trip with it (rev88 N2: that call was usually the retry itself);
+        #: bounded, the oldest dropped first.
         self._undo: collections.deque[tuple[str, str]] = collections.deque(maxlen=UNDO_MAX)
 
     def hit(self, key: str, size: int) -> int:
@@ -751,40 +757,46 @@ class RedisCounter:
             self.max_per_bucket,
         ]
         keys = self.keys_for(key, size)
+        taken = self._to_take_back()
         try:
-            # Script uses EVALSHA and loads the script again after NOSCRIPT (a restarted
-            # or flushed Redis).
-            result = self._script(keys=keys, args=args)
+            if taken:
+                result = self._run_taking_back(taken, keys, args)
+            else:
+                # Script uses EVALSHA and loads the script again after NOSCRIPT (a
+                # restarted or flushed Redis).
+                result = self._script(keys=keys, args=args)
         except (redis.RedisError, OSError) as exc:
-            if add and not isinstance(exc, redis.ResponseError):
+            self._undo.extendleft(reversed(taken))
+            if add and self.take_back and not isinstance(exc, redis.ResponseError):
                 # An error reply means the script did not write; anything else, maybe.
                 self._undo.append((keys[1], member))
             raise CounterError(f"redis: {exc}") from exc
-        if self._undo:
-            self._take_back()
         return int(cast(int, result))
 
-    def _take_back(self) -> None:
-        """Remove the members of hits that failed (see ``_undo``); what fails again is
-        kept for the next time."""
+    def _to_take_back(self) -> list[tuple[str, str]]:
         taken: list[tuple[str, str]] = []
         with contextlib.suppress(IndexError):
-            while len(taken) < UNDO_BATCH:
+            while self._undo and len(taken) < UNDO_BATCH:
                 taken.append(self._undo.popleft())
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for bucket_key, member in taken:
-                pipe.zrem(bucket_key, member)
-            removed = sum(int(n) for n in pipe.execute())
-        except (redis.RedisError, OSError):
-            self._undo.extendleft(reversed(taken))
-            return
-        if removed:
+        return taken
+
+    def _run_taking_back(
+        self, taken: list[tuple[str, str]], keys: list[str], args: list[str | int]
+    ) -> object:
+        """The hits in ``taken`` removed, then the script run: one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for bucket_key, member in taken:
+            pipe.zrem(bucket_key, member)
+        self._script(keys=keys, args=args, client=pipe)
+        *removed, result = pipe.execute()
+        if gone := sum(int(n) for n in removed):
             log.info(
-                "counter backend redis: took back %d same-size hit(s) of deferred messages"
-                " that Redis counted after their calls had failed",
-                removed,
+                "counter backend redis: took back %d same-size hit(s) that Redis counted"
+                " after their calls had failed (their messages were deferred or passed"
+                " uncounted)",
+                gone,
             )
+        return result
 
 
 #: Hits to take back at most (RedisCounter._undo), and per call that works.

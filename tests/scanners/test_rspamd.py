@@ -7,6 +7,7 @@ import http.server
 import io
 import logging
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -372,11 +373,10 @@ def test_an_engine_that_gave_no_answer_is_asked_again_only_after_the_interval(
         finally:
             server.shutdown()
     assert (result.status, result.score) == (SpamStatus.OK, 1.5)
-    assert [(r.levelno, r.getMessage().split(":")[0]) for r in caplog.records] == [
-        (logging.WARNING, "spam engine rspamd at inet"),
-        (logging.INFO, "spam engine rspamd at inet"),
-    ]
-    assert caplog.records[1].getMessage() == (
+    # Only this engine's lines: another test's ping may end during this one.
+    ours = [r for r in caplog.records if f"rspamd at {endpoint} " in r.getMessage()]
+    assert [r.levelno for r in ours] == [logging.WARNING, logging.INFO]
+    assert ours[1].getMessage() == (
         f"spam engine rspamd at {endpoint} answering again after 5.0 s; 2 messages"
         " were not asked meanwhile"
     )
@@ -397,28 +397,34 @@ def test_an_engine_that_answers_an_error_is_asked_every_time() -> None:
     assert details == [f"rspamd at {endpoint}: HTTP 500: task timeout"] * 2
 
 
-def test_an_engine_slow_on_one_message_but_answering_its_ping_is_no_outage(
-    slow_peer: SlowPeers, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("failure", ["slow", "reset"])
+def test_an_engine_failing_one_message_but_answering_its_ping_is_no_outage(
+    slow_peer: SlowPeers, caplog: pytest.LogCaptureFixture, failure: str
 ) -> None:
-    """A scan that takes longer than the timeout is that message's: the next message
-    asks again (a crafted slow message must not stop the engine for everyone)."""
+    """A scan that takes longer than the timeout, or a connection reset, is that
+    message's: the next message asks again (a crafted message must not stop the engine
+    for everyone; review rev88 N1: 16 spam messages passed after one slow one)."""
 
     def rspamd(conn: socket.socket) -> None:
         with conn.makefile("rb") as request:
             line = request.readline()
         if line.startswith(b"GET /ping"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\npong\n")
+        elif failure == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
         else:
             slow_peer.stop.wait(5)  # the scan
 
-    client = RspamdClient(slow_peer.start(rspamd), timeout=0.3)
+    endpoint = slow_peer.start(rspamd)
+    client = RspamdClient(endpoint, timeout=0.3)
     details = []
     for _ in range(2):
         details.append(client.check(HAM, SpamEnvelope()).detail)
-        time.sleep(1.5)  # the ping after the timeout has its answer
-    assert [d.endswith(": timed out") for d in details] == [True, True]
+        time.sleep(1.5)  # the ping after the failure has its answer
+    assert [d.startswith("rspamd at ") and "not asked" not in d for d in details] == [True] * 2
     assert not client.outage.down
-    assert "gave no answer" not in caplog.text
+    assert f"rspamd at {endpoint} gave no answer" not in caplog.text
 
 
 def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:

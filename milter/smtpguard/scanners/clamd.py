@@ -330,8 +330,9 @@ class ClamdStream:
                 self._error = f"sending to clamd failed: {failure_text(exc)}" + (
                     f" (clamd said: {reply})" if reply else ""
                 )
-                if not reply:
-                    self._failed(exc)
+                if not reply and isinstance(exc, TimeoutError):
+                    # Not read in time: hung, or slow on this stream (see _finish).
+                    self._health.ping_later(failure_text(exc))
             self._drop()
             return False
         return True

@@ -161,9 +161,10 @@ class RspamdClient:
             )
         conn = self._connection()
         response: http.client.HTTPResponse | None = None
-        sent = False
+        connected = False
         try:
             conn.connect()
+            connected = True
             conn.putrequest("POST", _CHECK_PATH, skip_accept_encoding=True)
             for name, value in headers:
                 # Envelope values may be UTF-8 (SMTPUTF8); http.client would insist on
@@ -171,19 +172,20 @@ class RspamdClient:
                 # are removed so that no value can ever split the request.
                 conn.putheader(name, _clean(value).encode("utf-8", "surrogateescape"))
             conn.endheaders(body)
-            sent = True
             conn.expire_in(self.timeout)
             response = conn.getresponse()
             raw = response.read(self.max_reply + 1)
             status = response.status
         except (OSError, http.client.HTTPException) as exc:
             why = failure_text(exc)
-            if sent and isinstance(exc, TimeoutError):
-                # An answer that did not come in time: an engine that is not there (or
-                # hung) does not answer its ping either; one slow on this message does.
-                self._ping_later(why)
+            if not connected:
+                self._no_answer(why, now)  # refused, no such socket, or no accept in time
             elif isinstance(exc, OSError):
-                self._no_answer(why, now)
+                # Connected, then a request not read, an answer that did not come in
+                # time or a connection reset: an engine that is not there (or hung)
+                # does not answer its ping either; one that failed on this message does
+                # (review rev88 N1: one slow answer stopped the scans of every message).
+                self._ping_later(why)
             return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
         finally:
             # The response holds the socket open until it is closed too.
