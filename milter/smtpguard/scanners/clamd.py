@@ -57,14 +57,12 @@ F1, for rspamd; the same holds here). Logged when it starts and when it ends.
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 import threading
 import time
 from typing import IO, Final
 
-from smtpguard.outage import Outage
 from smtpguard.scanners import (
     DeadlineSocket,
     Endpoint,
@@ -74,6 +72,7 @@ from smtpguard.scanners import (
     failure_text,
     header_bytes,
 )
+from smtpguard.scanners.health import PING_WAIT, ScannerHealth
 
 __all__ = ["ClamdStream", "ping", "scan"]
 
@@ -92,89 +91,27 @@ _EXPLAIN_WAIT: Final = 1.0
 _SIZE_LIMIT_REPLY: Final = "INSTREAM size limit exceeded"
 #: Seconds between two tries of a clamd that gave no answer (see the module docstring).
 RETRY_INTERVAL: Final = 5.0
-#: Seconds a PING gets after a verdict that timed out (is clamd there at all?).
-PING_WAIT: Final = 1.0
-
-log = logging.getLogger("smtpguard")
 
 
-class _Health:
-    """Whether one clamd endpoint answers, shared by every scan of the process."""
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.outage = Outage(RETRY_INTERVAL)
-        self._lock = threading.Lock()
-        self._unasked = 0
-        self._pinging = False
-
-    def ping_later(self, why: str) -> None:
-        """PING clamd on a thread of its own (the scan that timed out has waited long
-        enough): no PONG starts an outage."""
-        with self._lock:
-            if self._pinging:
-                return
-            self._pinging = True
-
-        def probe() -> None:
-            try:
-                if not ping(self.endpoint, PING_WAIT):
-                    self.no_answer(why, self.outage.clock())
-            finally:
-                with self._lock:
-                    self._pinging = False
-
-        threading.Thread(target=probe, name="clamd-ping", daemon=True).start()
-
-    def ask(self, now: float) -> str:
-        """ "" if a scan starting ``now`` may ask; else why not (its error detail)."""
-        if self.outage.ask(now):
-            return ""
-        with self._lock:
-            self._unasked += 1
-        return (
-            f"clamd at {self.endpoint}: not asked, gave no answer"
-            f" ({self.outage.last_error}); asked again every {RETRY_INTERVAL:g} s"
-        )
-
-    def no_answer(self, why: str, now: float) -> None:
-        if self.outage.failed(why, now):
-            with self._lock:
-                self._unasked = 0
-            log.warning(
-                "virus scanner clamd at %s gave no answer (%s): not asked for %g s at a"
-                " time (one message asks again); meanwhile every message gets its failure"
-                " at once ([checks.virus] on_temp_error decides)",
-                self.endpoint,
-                why,
-                RETRY_INTERVAL,
-            )
-
-    def answered(self, started: float) -> None:
-        lasted = self.outage.recovered(started)
-        if lasted is None:
-            return
-        with self._lock:
-            unasked, self._unasked = self._unasked, 0
-        log.info(
-            "virus scanner clamd at %s answering again after %.1f s; %d messages were not"
-            " asked meanwhile",
-            self.endpoint,
-            lasted,
-            unasked,
-        )
-
-
-_health: dict[str, _Health] = {}
+#: Per endpoint, for the whole process: every scan (and every reload's configuration)
+#: asks the same clamd.
+_health: dict[str, ScannerHealth] = {}
 _health_lock = threading.Lock()
 
 
-def _health_of(endpoint: Endpoint) -> _Health:
+def _health_of(endpoint: Endpoint) -> ScannerHealth:
     key = str(endpoint)
     with _health_lock:
         found = _health.get(key)
         if found is None:
-            found = _health[key] = _Health(endpoint)
+            found = _health[key] = ScannerHealth(
+                "virus scanner",
+                "clamd",
+                endpoint,
+                "virus",
+                lambda: ping(endpoint, PING_WAIT),
+                retry_interval=RETRY_INTERVAL,
+            )
         return found
 
 
@@ -259,7 +196,7 @@ class ClamdStream:
         if self._sock is not None or self._error or self._result is not None:
             return
         now = time.monotonic()
-        if not_asked := self._health.ask(now):
+        if not_asked := self._health.refusal(now):
             self._error = not_asked
             return
         self._asked = now

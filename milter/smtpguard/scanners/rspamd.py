@@ -44,10 +44,8 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import logging
 import math
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any, Final
@@ -63,14 +61,11 @@ from smtpguard.scanners import (
     connect,
     failure_text,
 )
+from smtpguard.scanners.health import PING_WAIT, ScannerHealth
 
 __all__ = ["RspamdClient"]
 
-log = logging.getLogger("smtpguard")
-
 _BLOCK: Final = 64 * 1024
-#: Seconds a ping gets after an answer that timed out (is the engine there at all?).
-PING_WAIT: Final = 1.0
 _CHECK_PATH: Final = "/checkv2"
 
 
@@ -120,12 +115,15 @@ class RspamdClient:
         self.endpoint = endpoint
         self.timeout = timeout
         self.max_reply = max_reply
-        self.outage = Outage(retry_interval, clock)
-        self._unasked_lock = threading.Lock()
-        #: Messages answered with the failure without asking, in the current outage.
-        self._unasked = 0
-        #: A ping after an answer that timed out is under way (one at a time).
-        self._pinging = False
+        self.health = ScannerHealth(
+            "spam engine",
+            "rspamd",
+            endpoint,
+            "antispam",
+            lambda: self.ping(PING_WAIT),
+            retry_interval=retry_interval,
+            clock=clock,
+        )
 
     def _connection(self) -> _Connection:
         """A connection whose connect and everything after share one ``timeout`` until
@@ -149,16 +147,10 @@ class RspamdClient:
             if value is not None:
                 headers.append((name, value))
         headers.extend(("Rcpt", rcpt) for rcpt in envelope.rcpts)
-        outage = self.outage
-        now = outage.clock()
-        if not outage.ask(now):
-            with self._unasked_lock:
-                self._unasked += 1
-            return SpamResult(
-                SpamStatus.ERROR,
-                detail=f"rspamd at {self.endpoint}: not asked, gave no answer"
-                f" ({outage.last_error}); asked again every {outage.retry_interval:g} s",
-            )
+        health = self.health
+        now = health.outage.clock()
+        if refusal := health.refusal(now):
+            return SpamResult(SpamStatus.ERROR, detail=refusal)
         conn = self._connection()
         response: http.client.HTTPResponse | None = None
         connected = False
@@ -179,29 +171,20 @@ class RspamdClient:
         except (OSError, http.client.HTTPException) as exc:
             why = failure_text(exc)
             if not connected:
-                self._no_answer(why, now)  # refused, no such socket, or no accept in time
+                health.no_answer(why, now)  # refused, no such socket, or no accept in time
             elif isinstance(exc, OSError):
                 # Connected, then a request not read, an answer that did not come in
                 # time or a connection reset: an engine that is not there (or hung)
                 # does not answer its ping either; one that failed on this message does
                 # (review rev88 N1: one slow answer stopped the scans of every message).
-                self._ping_later(why)
+                health.ping_later(why)
             return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
         finally:
             # The response holds the socket open until it is closed too.
             if response is not None:
                 response.close()
             conn.close()
-        if (lasted := outage.recovered(now)) is not None:
-            with self._unasked_lock:
-                unasked, self._unasked = self._unasked, 0
-            log.info(
-                "spam engine rspamd at %s answering again after %.1f s; %d messages"
-                " were not asked meanwhile",
-                self.endpoint,
-                lasted,
-                unasked,
-            )
+        health.answered(now)
         if len(raw) > self.max_reply:
             # A message with many URLs makes a long reply (rspamd lists them); rspamd
             # writes the verdict first, so the head still gives it. Failing here would
@@ -214,6 +197,10 @@ class RspamdClient:
             return self._named(_result(status, head))
         return self._named(_parse(status, raw))
 
+    @property
+    def outage(self) -> Outage:
+        return self.health.outage
+
     def ping(self, timeout: float) -> bool:
         """Whether the engine answers ``GET /ping`` with ``pong`` within ``timeout``."""
         conn = _Connection(self.endpoint, timeout)
@@ -225,36 +212,6 @@ class RspamdClient:
             return False
         finally:
             conn.close()
-
-    def _ping_later(self, why: str) -> None:
-        """Ping the engine on a thread of its own (the message that timed out has waited
-        long enough): no pong starts an outage."""
-        with self._unasked_lock:
-            if self._pinging:
-                return
-            self._pinging = True
-
-        def probe() -> None:
-            try:
-                if not self.ping(PING_WAIT):
-                    self._no_answer(why, self.outage.clock())
-            finally:
-                with self._unasked_lock:
-                    self._pinging = False
-
-        threading.Thread(target=probe, name="rspamd-ping", daemon=True).start()
-
-    def _no_answer(self, why: str, now: float) -> None:
-        """A call that got no answer: the start of an outage, logged, or part of one."""
-        if self.outage.failed(why, now):
-            log.warning(
-                "spam engine rspamd at %s gave no answer (%s): not asked for %g s at a"
-                " time (one message asks again); meanwhile every message gets its"
-                " failure at once ([checks.antispam] on_temp_error decides)",
-                self.endpoint,
-                why,
-                self.outage.retry_interval,
-            )
 
     def _named(self, result: SpamResult) -> SpamResult:
         """An error's detail names the engine, as a socket error's does."""
