@@ -557,6 +557,33 @@ def test_a_hit_that_timed_out_is_taken_back_by_the_next_call(
     assert reader.peek(KEY, 3000) == retry_counts
 
 
+@pytest.mark.integration
+def test_a_take_back_refused_fails_no_call(fresh_redis: RedisServer) -> None:
+    """Review rev89 F1: a pending take-back whose key now held another type failed the
+    pipeline it rode in, so every sender's call failed, for good."""
+    counter = ResilientCounter(
+        RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT),
+        retry_interval=5,
+    )
+    primary = counter.primary
+    assert isinstance(primary, RedisCounter)
+    assert counter.hit(KEY, 3000) == 1
+    fresh_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(CounterError):
+            primary.hit(KEY, 3000)  # a take-back pending
+    finally:
+        fresh_redis.process.send_signal(signal.SIGCONT)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    wait_until(lambda: admin.zcard(primary.keys_for(KEY, 3000)[1]) == 2)
+    admin.delete(primary.keys_for(KEY, 3000)[1])
+    admin.set(primary.keys_for(KEY, 3000)[1], "planted")
+    for n in range(3):
+        assert counter.hit(f"other{n}|192.0.2.9", 3000) == 1
+    assert not counter.down
+    admin.close()
+
+
 def test_outage_does_not_hammer_redis() -> None:
     """While down, the backend is asked at most once per retry interval."""
     calls = 0

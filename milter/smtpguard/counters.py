@@ -788,8 +788,13 @@ class RedisCounter:
         for bucket_key, member in taken:
             pipe.zrem(bucket_key, member)
         self._script(keys=keys, args=args, client=pipe)
-        *removed, result = pipe.execute()
-        if gone := sum(int(n) for n in removed):
+        # Each answer on its own: a take-back refused (a key of another type now: no
+        # hit of ours to take back) is dropped, and must not fail this call, nor every
+        # call after it (review rev89 F1).
+        *removed, result = pipe.execute(raise_on_error=False)
+        if isinstance(result, Exception):
+            raise result
+        if gone := sum(n for n in removed if isinstance(n, int)):
             log.info(
                 "counter backend redis: took back %d same-size hit(s) that Redis counted"
                 " after their calls had failed (their messages were deferred or passed"
@@ -810,7 +815,9 @@ def _about_one_key(exc: CounterError) -> bool:
     """An error about the keys of one call (a value of another type planted under a
     counter's name), not about the backend: Redis answered."""
     cause = exc.__cause__
-    return isinstance(cause, redis.ResponseError) and str(cause).startswith("WRONGTYPE")
+    # In a pipeline redis-py words it "Command # 2 (EVALSHA ...) of pipeline caused
+    # error: WRONGTYPE ..." (review rev89 F1).
+    return isinstance(cause, redis.ResponseError) and "WRONGTYPE" in str(cause)
 
 
 class ResilientCounter:

@@ -81,3 +81,28 @@ def test_one_ping_at_a_time() -> None:
     release.set()
     wait_until(lambda: not any(t.name == "rspamd-ping" for t in threading.enumerate()))
     assert pings == 1
+
+
+def test_failures_that_go_on_are_an_outage_whatever_the_ping_says() -> None:
+    """Review rev89 F2: an engine that answers its ping while every scan times out (its
+    own Redis hung) was never out, and every message waited for it."""
+    clock = FakeClock()
+    scanner = health(clock, answers=True)
+    scanner.answered(clock())
+    clock.advance(6.0)  # no scan answered since
+    for _ in range(3):
+        scanner.ping_later("timed out")
+        wait_until(lambda: not any(t.name == "clamd-ping" for t in threading.enumerate()))
+    assert scanner.outage.down
+    assert "timed out; 3 scans in a row" in scanner.outage.last_error
+
+
+def test_failures_between_answered_scans_are_no_outage() -> None:
+    clock = FakeClock()
+    scanner = health(clock, answers=True)
+    for _ in range(6):
+        clock.advance(2.0)
+        scanner.ping_later("timed out")
+        wait_until(lambda: not any(t.name == "clamd-ping" for t in threading.enumerate()))
+        scanner.answered(clock())  # other messages are scanned meanwhile
+    assert not scanner.outage.down

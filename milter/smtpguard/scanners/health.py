@@ -8,7 +8,11 @@ rev86 F1). A failure after the scanner took the connection (a request not read, 
 answer that did not come in time, a reset) may be that message's alone, a scan slow on
 it or crafted to be: then the scanner is pinged on a thread of its own, and only no
 answer to that starts the outage (rev88 N1: one slow message stopped the scans of every
-message for 5 s). The outage is logged when it starts and when it ends.
+message for 5 s). But a scanner that answers its ping while its scans all fail (rspamd
+waiting on its own hung Redis) would never be out: after :data:`STUCK_AFTER` such
+failures in a row, with no scan answered for ``retry_interval``, the outage starts
+without asking the ping (review rev89 F2). The outage is logged when it starts and
+when it ends.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ __all__ = ["PING_WAIT", "ScannerHealth"]
 
 #: Seconds a ping gets after a failure past the connect (is the scanner there at all?).
 PING_WAIT: Final = 1.0
+#: Failures past the connect in a row, with no scan answered for ``retry_interval``,
+#: that start an outage whatever the ping says.
+STUCK_AFTER: Final = 3
 
 log = logging.getLogger("smtpguard")
 
@@ -59,6 +66,9 @@ class ScannerHealth:
         self._unasked = 0
         #: A ping is under way (one at a time).
         self._pinging = False
+        #: Failures past the connect since the last scan answered, and when that was.
+        self._failures = 0
+        self._last_answer = clock()
 
     def refusal(self, now: float) -> str:
         """ "" if a scan starting ``now`` may ask the scanner; else why not (the scan's
@@ -92,11 +102,21 @@ class ScannerHealth:
 
     def ping_later(self, why: str) -> None:
         """Ping the scanner on a thread of its own (the scan that failed has waited long
-        enough): no answer starts an outage."""
+        enough): no answer starts an outage; so do failures that go on (see the module
+        docstring)."""
+        now = self.outage.clock()
         with self._lock:
-            if self._pinging:
+            self._failures += 1
+            stuck = (
+                self._failures >= STUCK_AFTER
+                and now - self._last_answer >= self.outage.retry_interval
+            )
+            if not stuck and self._pinging:
                 return
-            self._pinging = True
+            self._pinging = self._pinging or not stuck
+        if stuck:
+            self.no_answer(f"{why}; {self._failures} scans in a row", now)
+            return
 
         def probe() -> None:
             try:
@@ -111,6 +131,7 @@ class ScannerHealth:
     def answered(self, started: float) -> None:
         """A scan that started at ``started`` got an answer: the end of an outage, if
         one was on (logged)."""
+        self._failures, self._last_answer = 0, max(self._last_answer, started)
         lasted = self.outage.recovered(started)
         if lasted is None:
             return
