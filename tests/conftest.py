@@ -81,11 +81,11 @@ def rspamd(
 
 
 @pytest.fixture(autouse=True)
-def _scanner_pings_end_with_their_test() -> Iterator[None]:
-    """A scanner whose answer timed out pings it on a thread of its own, which may log
-    an outage a second later: let it finish in the test that started it, not in the
-    log another test reads."""
+def _scanner_canaries_end_with_their_test() -> Iterator[None]:
+    """A scanner whose answer timed out gets a canary scan on a thread of its own, which
+    may log an outage a second later: let it finish in the test that started it, not in
+    the log another test reads."""
     yield
     for thread in threading.enumerate():
-        if thread.name in ("rspamd-ping", "clamd-ping"):
+        if thread.name in ("rspamd-canary", "clamd-canary"):
             thread.join(timeout=5)

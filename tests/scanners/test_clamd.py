@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from smtpguard.scanners import Endpoint, ScanStatus
-from smtpguard.scanners.clamd import ClamdStream, ping, scan
+from smtpguard.scanners.clamd import ClamdStream, _canary, ping, scan
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, free_port, start_clamd
 
 if TYPE_CHECKING:
@@ -333,3 +333,10 @@ def test_ping(clamd: Clamd, tmp_path: Path) -> None:
     assert ping(clamd.tcp)
     assert not ping(Endpoint(path=str(tmp_path / "none.sock")))
     assert clamd.startup < 10
+
+
+def test_the_canary_scan(clamd: Clamd, tmp_path: Path) -> None:
+    """What tells a hung clamd from a message slow to scan (smtpguard.scanners.health)."""
+    assert _canary(clamd.unix)
+    assert _canary(clamd.tcp)
+    assert not _canary(Endpoint(path=str(tmp_path / "none.sock")))

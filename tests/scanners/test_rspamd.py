@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult, SpamStatus
-from smtpguard.scanners.rspamd import RspamdClient
+from smtpguard.scanners.rspamd import _CANARY, RspamdClient
 from support.daemons import GTUBE, Rspamd, free_port
 from support.fake_dns import FakeClock
 from support.polling import wait_until
@@ -398,7 +398,7 @@ def test_an_engine_that_answers_an_error_is_asked_every_time() -> None:
 
 
 @pytest.mark.parametrize("failure", ["slow", "reset"])
-def test_an_engine_failing_one_message_but_answering_its_ping_is_no_outage(
+def test_an_engine_failing_one_message_but_scanning_a_canary_is_no_outage(
     slow_peer: SlowPeers, caplog: pytest.LogCaptureFixture, failure: str
 ) -> None:
     """A scan that takes longer than the timeout, or a connection reset, is that
@@ -407,9 +407,9 @@ def test_an_engine_failing_one_message_but_answering_its_ping_is_no_outage(
 
     def rspamd(conn: socket.socket) -> None:
         with conn.makefile("rb") as request:
-            line = request.readline()
-        if line.startswith(b"GET /ping"):
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\npong\n")
+            head = b"".join(iter(request.readline, b"\r\n"))
+        if f"Content-Length: {len(_CANARY)}\r\n".encode() in head:
+            conn.sendall(ANSWER)  # the canary is scanned
         elif failure == "reset":
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
@@ -421,7 +421,7 @@ def test_an_engine_failing_one_message_but_answering_its_ping_is_no_outage(
     details = []
     for _ in range(2):
         details.append(client.check(HAM, SpamEnvelope()).detail)
-        time.sleep(1.5)  # the ping after the failure has its answer
+        time.sleep(0.5)  # the canary after the failure has its answer
     assert [d.startswith("rspamd at ") and "not asked" not in d for d in details] == [True] * 2
     assert not client.outage.down
     assert f"rspamd at {endpoint} gave no answer" not in caplog.text
@@ -436,5 +436,12 @@ def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers
     assert client.check(HAM, SpamEnvelope()).detail.endswith(": timed out")
     wait_until(lambda: client.outage.down, deadline=5)
     start = time.monotonic()
-    assert "not asked, gave no answer (timed out)" in client.check(HAM, SpamEnvelope()).detail
+    assert "not asked, gave no answer (timed out;" in client.check(HAM, SpamEnvelope()).detail
     assert time.monotonic() - start < 0.05
+
+
+def test_the_canary_scan(rspamd: Rspamd, tmp_path: Path) -> None:
+    """What tells a hung rspamd from a message slow to scan (smtpguard.scanners.health)."""
+    assert RspamdClient(rspamd.endpoint)._canary()
+    assert RspamdClient(rspamd.unix)._canary()
+    assert not RspamdClient(Endpoint(path=str(tmp_path / "none.sock")))._canary()

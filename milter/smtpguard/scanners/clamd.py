@@ -46,13 +46,11 @@ exhaust ``MaxThreads``; verified against clamd 1.4.
 Nothing here raises on I/O: every failure ends as a :class:`~smtpguard.scanners.ScanResult`
 with status ERROR, so the calling check can apply its "scanner down" policy.
 
-A clamd that gave no answer (refused, a connect or send that timed out, or a verdict
-that timed out while a ``PING`` gets no ``PONG`` either: a scan slow on one message
-is that message's) is not asked again for :data:`RETRY_INTERVAL` seconds, per
-endpoint and process:
-meanwhile every scan ends at once as ERROR, and then one asks again. A hung clamd would
-otherwise hold every message for its timeouts and fill ``max_sessions`` (review rev86
-F1, for rspamd; the same holds here). Logged when it starts and when it ends.
+A clamd that gave no answer (refused, a connect that timed out, or a send or verdict
+that timed out while a canary scan gets no answer either: a message slow to scan is
+that message's) is not asked again for :data:`RETRY_INTERVAL` seconds, per endpoint
+and process: meanwhile every scan ends at once as ERROR, and then one asks again
+(:mod:`smtpguard.scanners.health` says why).
 """
 
 from __future__ import annotations
@@ -72,7 +70,7 @@ from smtpguard.scanners import (
     failure_text,
     header_bytes,
 )
-from smtpguard.scanners.health import PING_WAIT, ScannerHealth
+from smtpguard.scanners.health import CANARY_WAIT, ScannerHealth
 
 __all__ = ["ClamdStream", "ping", "scan"]
 
@@ -109,10 +107,27 @@ def _health_of(endpoint: Endpoint) -> ScannerHealth:
                 "clamd",
                 endpoint,
                 "virus",
-                lambda: ping(endpoint, PING_WAIT),
+                lambda: _canary(endpoint),
                 retry_interval=RETRY_INTERVAL,
             )
         return found
+
+
+def _canary(endpoint: Endpoint) -> bool:
+    """Whether clamd scans a few octets within :data:`CANARY_WAIT` (not through
+    :class:`ClamdStream`, which an outage would refuse at once)."""
+    try:
+        with connect(endpoint, CANARY_WAIT) as sock:
+            sock.sendall(b"zINSTREAM\0" + struct.pack("!I", 7) + b"canary\n" + struct.pack("!I", 0))
+            reply = b""
+            while b"\0" not in reply and len(reply) < _REPLY_MAX:
+                got = sock.recv(_REPLY_MAX)
+                if not got:
+                    break
+                reply += got
+    except OSError:
+        return False
+    return reply.split(b"\0", 1)[0].strip() == b"stream: OK"
 
 
 def _no_answer(exc: OSError) -> bool:
@@ -269,7 +284,7 @@ class ClamdStream:
                 )
                 if not reply and isinstance(exc, TimeoutError):
                     # Not read in time: hung, or slow on this stream (see _finish).
-                    self._health.ping_later(failure_text(exc))
+                    self._health.test_later(failure_text(exc))
             self._drop()
             return False
         return True
@@ -310,8 +325,8 @@ class ClamdStream:
         if not reply and failure is not None:
             if isinstance(failure, TimeoutError):
                 # A verdict that did not come in time: a clamd that is not there (or
-                # hung) does not answer PING either; one slow on this message does.
-                self._health.ping_later(failure_text(failure))
+                # hung) does not scan a canary either; one slow on this message does.
+                self._health.test_later(failure_text(failure))
             else:
                 self._failed(failure)
         # Text cut short by an error or the deadline may be half a verdict.

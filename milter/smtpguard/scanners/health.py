@@ -6,13 +6,14 @@ hung scanner would otherwise hold every message for its timeouts and fill
 ``max_sessions``, deferring mail that ``on_temp_error = "pass"`` lets through (review
 rev86 F1). A failure after the scanner took the connection (a request not read, an
 answer that did not come in time, a reset) may be that message's alone, a scan slow on
-it or crafted to be: then the scanner is pinged on a thread of its own, and only no
-answer to that starts the outage (rev88 N1: one slow message stopped the scans of every
-message for 5 s). But a scanner that answers its ping while its scans all fail (rspamd
-waiting on its own hung Redis) would never be out: after :data:`STUCK_AFTER` such
-failures in a row, with no scan answered for ``retry_interval``, the outage starts
-without asking the ping (review rev89 F2). The outage is logged when it starts and
-when it ends.
+it or crafted to be: then the scanner is given a canary, a scan of a few octets, on a
+thread of its own, and only a canary not answered within :data:`CANARY_WAIT` starts
+the outage (rev88 N1: one slow message stopped the scans of every message for 5 s). A
+scan, not a ping: a scanner that answers pings while its scans all hang (rspamd waiting
+on its own hung Redis, rev89 F2) is out, and messages crafted to be slow cannot open
+an outage while the scanner scans (rev90: with ``on_temp_error = "pass"``, three slow
+messages in a row opened a window in which EICAR passed). The outage is logged when it
+starts and when it ends.
 """
 
 from __future__ import annotations
@@ -25,13 +26,10 @@ from typing import Final
 
 from smtpguard.outage import Outage
 
-__all__ = ["PING_WAIT", "ScannerHealth"]
+__all__ = ["CANARY_WAIT", "ScannerHealth"]
 
-#: Seconds a ping gets after a failure past the connect (is the scanner there at all?).
-PING_WAIT: Final = 1.0
-#: Failures past the connect in a row, with no scan answered for ``retry_interval``,
-#: that start an outage whatever the ping says.
-STUCK_AFTER: Final = 3
+#: Seconds the canary scan gets after a failure past the connect (does it scan at all?).
+CANARY_WAIT: Final = 2.0
 
 log = logging.getLogger("smtpguard")
 
@@ -41,7 +39,8 @@ class ScannerHealth:
 
     ``kind``, ``name`` and ``endpoint`` name it in log lines ("virus scanner clamd at
     unix:/..."), ``check`` is the check whose ``on_temp_error`` decides meanwhile, and
-    ``ping`` asks the scanner whether it is there (within :data:`PING_WAIT`)."""
+    ``canary`` scans a few octets with the scanner, True if it answered within
+    :data:`CANARY_WAIT`."""
 
     def __init__(
         self,
@@ -49,7 +48,7 @@ class ScannerHealth:
         name: str,
         endpoint: object,
         check: str,
-        ping: Callable[[], bool],
+        canary: Callable[[], bool],
         *,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -60,15 +59,12 @@ class ScannerHealth:
         self.what = f"{kind} {self.where}"
         self.check = check
         self.outage = Outage(retry_interval, clock)
-        self._ping = ping
+        self._canary = canary
         self._lock = threading.Lock()
         #: Scans failed without asking, in the current outage.
         self._unasked = 0
-        #: A ping is under way (one at a time).
-        self._pinging = False
-        #: Failures past the connect since the last scan answered, and when that was.
-        self._failures = 0
-        self._last_answer = clock()
+        #: A canary is under way (one at a time).
+        self._testing = False
 
     def refusal(self, now: float) -> str:
         """ "" if a scan starting ``now`` may ask the scanner; else why not (the scan's
@@ -100,38 +96,29 @@ class ScannerHealth:
             self.check,
         )
 
-    def ping_later(self, why: str) -> None:
-        """Ping the scanner on a thread of its own (the scan that failed has waited long
-        enough): no answer starts an outage; so do failures that go on (see the module
-        docstring)."""
-        now = self.outage.clock()
+    def test_later(self, why: str) -> None:
+        """Give the scanner a canary on a thread of its own (the scan that failed has
+        waited long enough): no answer starts an outage."""
         with self._lock:
-            self._failures += 1
-            stuck = (
-                self._failures >= STUCK_AFTER
-                and now - self._last_answer >= self.outage.retry_interval
-            )
-            if not stuck and self._pinging:
+            if self._testing:
                 return
-            self._pinging = self._pinging or not stuck
-        if stuck:
-            self.no_answer(f"{why}; {self._failures} scans in a row", now)
-            return
+            self._testing = True
 
         def probe() -> None:
             try:
-                if not self._ping():
-                    self.no_answer(why, self.outage.clock())
+                if not self._canary():
+                    self.no_answer(
+                        f"{why}; a canary scan got no answer either", self.outage.clock()
+                    )
             finally:
                 with self._lock:
-                    self._pinging = False
+                    self._testing = False
 
-        threading.Thread(target=probe, name=f"{self.name}-ping", daemon=True).start()
+        threading.Thread(target=probe, name=f"{self.name}-canary", daemon=True).start()
 
     def answered(self, started: float) -> None:
         """A scan that started at ``started`` got an answer: the end of an outage, if
         one was on (logged)."""
-        self._failures, self._last_answer = 0, max(self._last_answer, started)
         lasted = self.outage.recovered(started)
         if lasted is None:
             return

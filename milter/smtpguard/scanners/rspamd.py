@@ -19,14 +19,12 @@ not the expected JSON, or one larger than ``max_reply`` without the verdict at i
 head) is a :class:`SpamResult` with status ERROR and the reason in ``detail``; nothing
 raises.
 
-An engine that gave no answer (refused, reset, a connect or send that timed out, or
-an answer that timed out while ``GET /ping`` gets no ``pong`` either: an engine slow
-on one message is that message's) is not asked again for ``retry_interval`` seconds:
-meanwhile every message gets the failure at once, and then one message asks again. A
-hung engine would otherwise hold every message for up to twice ``timeout`` and fill
-``max_sessions``, deferring mail that ``on_temp_error = "pass"`` lets through (review
-rev86 F1). The outage is logged when it starts and when it ends. An engine that
-answers, even with an error, is up.
+An engine that gave no answer (refused, a connect that timed out, or a failure after
+it took the connection while a canary scan gets no answer either: a message slow to
+scan is that message's) is not asked again for ``retry_interval`` seconds: meanwhile
+every message gets the failure at once, and then one message asks again
+(:mod:`smtpguard.scanners.health` says why). An engine that answers, even with an
+error, is up.
 
 ``timeout`` is spent twice at most, as deadlines rather than per socket operation (an
 engine that answers a byte at a time would otherwise hold end of message without
@@ -61,12 +59,14 @@ from smtpguard.scanners import (
     connect,
     failure_text,
 )
-from smtpguard.scanners.health import PING_WAIT, ScannerHealth
+from smtpguard.scanners.health import CANARY_WAIT, ScannerHealth
 
 __all__ = ["RspamdClient"]
 
 _BLOCK: Final = 64 * 1024
 _CHECK_PATH: Final = "/checkv2"
+#: What the canary scan sends (see smtpguard.scanners.health).
+_CANARY: Final = b"Subject: canary\r\n\r\ncanary\r\n"
 
 
 class _Connection(http.client.HTTPConnection):
@@ -120,7 +120,7 @@ class RspamdClient:
             "rspamd",
             endpoint,
             "antispam",
-            lambda: self.ping(PING_WAIT),
+            self._canary,
             retry_interval=retry_interval,
             clock=clock,
         )
@@ -175,9 +175,9 @@ class RspamdClient:
             elif isinstance(exc, OSError):
                 # Connected, then a request not read, an answer that did not come in
                 # time or a connection reset: an engine that is not there (or hung)
-                # does not answer its ping either; one that failed on this message does
+                # does not scan a canary either; one that failed on this message does
                 # (review rev88 N1: one slow answer stopped the scans of every message).
-                health.ping_later(why)
+                health.test_later(why)
             return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
         finally:
             # The response holds the socket open until it is closed too.
@@ -201,17 +201,20 @@ class RspamdClient:
     def outage(self) -> Outage:
         return self.health.outage
 
-    def ping(self, timeout: float) -> bool:
-        """Whether the engine answers ``GET /ping`` with ``pong`` within ``timeout``."""
-        conn = _Connection(self.endpoint, timeout)
+    def _canary(self) -> bool:
+        """Whether the engine scores a message of a few octets within
+        :data:`CANARY_WAIT` (not through :meth:`check`, which an outage would refuse at
+        once)."""
+        conn = _Connection(self.endpoint, CANARY_WAIT)
         try:
-            conn.request("GET", "/ping")
+            conn.request("POST", _CHECK_PATH, body=_CANARY)
             response = conn.getresponse()
-            return response.status == 200 and response.read(64).strip() == b"pong"
+            raw = response.read(self.max_reply)
         except (OSError, http.client.HTTPException):
             return False
         finally:
             conn.close()
+        return _parse(response.status, raw).ok
 
     def _named(self, result: SpamResult) -> SpamResult:
         """An error's detail names the engine, as a socket error's does."""
