@@ -801,6 +801,13 @@ class RedisCounter:
                 " uncounted)",
                 gone,
             )
+        if refused := [n for n in removed if isinstance(n, Exception)]:
+            log.warning(
+                "counter backend redis: %d take-back(s) refused and dropped (%s): hits"
+                " Redis counted after their calls had failed may count until they expire",
+                len(refused),
+                refused[0],
+            )
         return result
 
 
