@@ -442,6 +442,7 @@ def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers
 
 def test_the_canary_scan(rspamd: Rspamd, tmp_path: Path) -> None:
     """What tells a hung rspamd from a message slow to scan (smtpguard.scanners.health)."""
-    assert RspamdClient(rspamd.endpoint)._canary()
-    assert RspamdClient(rspamd.unix)._canary()
-    assert not RspamdClient(Endpoint(path=str(tmp_path / "none.sock")))._canary()
+    assert RspamdClient(rspamd.endpoint)._canary(2.0) == ""
+    assert RspamdClient(rspamd.unix)._canary(2.0) == ""
+    missing = Endpoint(path=str(tmp_path / "none.sock"))
+    assert RspamdClient(missing)._canary(2.0) == "No such file or directory"

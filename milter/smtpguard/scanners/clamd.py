@@ -55,6 +55,7 @@ and process: meanwhile every scan ends at once as ERROR, and then one asks again
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 import threading
@@ -70,7 +71,7 @@ from smtpguard.scanners import (
     failure_text,
     header_bytes,
 )
-from smtpguard.scanners.health import CANARY_WAIT, ScannerHealth
+from smtpguard.scanners.health import ScannerHealth
 
 __all__ = ["ClamdStream", "ping", "scan"]
 
@@ -107,17 +108,17 @@ def _health_of(endpoint: Endpoint) -> ScannerHealth:
                 "clamd",
                 endpoint,
                 "virus",
-                lambda: _canary(endpoint),
+                functools.partial(_canary, endpoint),
                 retry_interval=RETRY_INTERVAL,
             )
         return found
 
 
-def _canary(endpoint: Endpoint) -> bool:
-    """Whether clamd scans a few octets within :data:`CANARY_WAIT` (not through
+def _canary(endpoint: Endpoint, wait: float) -> str:
+    """ "" if clamd scans a few octets within ``wait`` seconds, else why not (not through
     :class:`ClamdStream`, which an outage would refuse at once)."""
     try:
-        with connect(endpoint, CANARY_WAIT) as sock:
+        with connect(endpoint, wait) as sock:
             sock.sendall(b"zINSTREAM\0" + struct.pack("!I", 7) + b"canary\n" + struct.pack("!I", 0))
             reply = b""
             while b"\0" not in reply and len(reply) < _REPLY_MAX:
@@ -125,9 +126,14 @@ def _canary(endpoint: Endpoint) -> bool:
                 if not got:
                     break
                 reply += got
-    except OSError:
-        return False
-    return reply.split(b"\0", 1)[0].strip() == b"stream: OK"
+    except OSError as exc:
+        return (
+            f"{failure_text(exc)} after {wait:g} s"
+            if isinstance(exc, TimeoutError)
+            else failure_text(exc)
+        )
+    verdict = reply.split(b"\0", 1)[0].strip()
+    return "" if verdict == b"stream: OK" else f"answered {verdict[:80]!r}"
 
 
 def _no_answer(exc: OSError) -> bool:
@@ -284,7 +290,7 @@ class ClamdStream:
                 )
                 if not reply and isinstance(exc, TimeoutError):
                     # Not read in time: hung, or slow on this stream (see _finish).
-                    self._health.test_later(failure_text(exc))
+                    self._health.test_later(failure_text(exc), self.timeout)
             self._drop()
             return False
         return True
@@ -326,7 +332,7 @@ class ClamdStream:
             if isinstance(failure, TimeoutError):
                 # A verdict that did not come in time: a clamd that is not there (or
                 # hung) does not scan a canary either; one slow on this message does.
-                self._health.test_later(failure_text(failure))
+                self._health.test_later(failure_text(failure), self.scan_timeout)
             else:
                 self._failed(failure)
         # Text cut short by an error or the deadline may be half a verdict.

@@ -7,13 +7,15 @@ hung scanner would otherwise hold every message for its timeouts and fill
 rev86 F1). A failure after the scanner took the connection (a request not read, an
 answer that did not come in time, a reset) may be that message's alone, a scan slow on
 it or crafted to be: then the scanner is given a canary, a scan of a few octets, on a
-thread of its own, and only a canary not answered within :data:`CANARY_WAIT` starts
-the outage (rev88 N1: one slow message stopped the scans of every message for 5 s). A
-scan, not a ping: a scanner that answers pings while its scans all hang (rspamd waiting
-on its own hung Redis, rev89 F2) is out, and messages crafted to be slow cannot open
-an outage while the scanner scans (rev90: with ``on_temp_error = "pass"``, three slow
-messages in a row opened a window in which EICAR passed). The outage is logged when it
-starts and when it ends.
+thread of its own, waiting as long as a scan may (at least :data:`CANARY_WAIT`: a busy
+scanner queues it behind the scans under way, rev91 F2). Only a canary not answered
+starts the outage (rev88 N1: one slow message stopped the scans of every message for
+5 s), and a canary answered ends one that is on (rev91 F1: a slow message winning each
+retry held it open). A scan, not a ping: a scanner that answers pings while its scans
+all hang (rspamd waiting on its own hung Redis, rev89 F2) is out, and messages crafted
+to be slow cannot open an outage while the scanner scans (rev90: with ``on_temp_error
+= "pass"``, three slow messages in a row opened a window in which EICAR passed). The
+outage is logged when it starts and when it ends.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class ScannerHealth:
 
     ``kind``, ``name`` and ``endpoint`` name it in log lines ("virus scanner clamd at
     unix:/..."), ``check`` is the check whose ``on_temp_error`` decides meanwhile, and
-    ``canary`` scans a few octets with the scanner, True if it answered within
-    :data:`CANARY_WAIT`."""
+    ``canary(wait)`` scans a few octets with the scanner within ``wait`` seconds: ""
+    if it answered, else why not."""
 
     def __init__(
         self,
@@ -48,7 +50,7 @@ class ScannerHealth:
         name: str,
         endpoint: object,
         check: str,
-        canary: Callable[[], bool],
+        canary: Callable[[float], str],
         *,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -96,9 +98,10 @@ class ScannerHealth:
             self.check,
         )
 
-    def test_later(self, why: str) -> None:
+    def test_later(self, why: str, wait: float = CANARY_WAIT) -> None:
         """Give the scanner a canary on a thread of its own (the scan that failed has
-        waited long enough): no answer starts an outage."""
+        waited long enough), for as long as a scan may take (``wait``, at least
+        :data:`CANARY_WAIT`): no answer starts an outage, an answer ends one."""
         with self._lock:
             if self._testing:
                 return
@@ -106,10 +109,11 @@ class ScannerHealth:
 
         def probe() -> None:
             try:
-                if not self._canary():
-                    self.no_answer(
-                        f"{why}; a canary scan got no answer either", self.outage.clock()
-                    )
+                started = self.outage.clock()
+                if failed := self._canary(max(wait, CANARY_WAIT)):
+                    self.no_answer(f"{why}; a canary scan: {failed}", self.outage.clock())
+                else:
+                    self.answered(started)
             finally:
                 with self._lock:
                     self._testing = False

@@ -59,7 +59,7 @@ from smtpguard.scanners import (
     connect,
     failure_text,
 )
-from smtpguard.scanners.health import CANARY_WAIT, ScannerHealth
+from smtpguard.scanners.health import ScannerHealth
 
 __all__ = ["RspamdClient"]
 
@@ -177,7 +177,7 @@ class RspamdClient:
                 # time or a connection reset: an engine that is not there (or hung)
                 # does not scan a canary either; one that failed on this message does
                 # (review rev88 N1: one slow answer stopped the scans of every message).
-                health.test_later(why)
+                health.test_later(why, self.timeout)
             return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
         finally:
             # The response holds the socket open until it is closed too.
@@ -201,20 +201,20 @@ class RspamdClient:
     def outage(self) -> Outage:
         return self.health.outage
 
-    def _canary(self) -> bool:
-        """Whether the engine scores a message of a few octets within
-        :data:`CANARY_WAIT` (not through :meth:`check`, which an outage would refuse at
-        once)."""
-        conn = _Connection(self.endpoint, CANARY_WAIT)
+    def _canary(self, wait: float) -> str:
+        """ "" if the engine answers a scan of a few octets within ``wait`` seconds, else
+        why not (not through :meth:`check`, which an outage would refuse at once). Any
+        HTTP answer counts: an engine that answers, even with an error, is up."""
+        conn = _Connection(self.endpoint, wait)
         try:
             conn.request("POST", _CHECK_PATH, body=_CANARY)
-            response = conn.getresponse()
-            raw = response.read(self.max_reply)
-        except (OSError, http.client.HTTPException):
-            return False
+            conn.getresponse().read(self.max_reply)
+        except (OSError, http.client.HTTPException) as exc:
+            why = failure_text(exc)
+            return f"{why} after {wait:g} s" if isinstance(exc, TimeoutError) else why
         finally:
             conn.close()
-        return _parse(response.status, raw).ok
+        return ""
 
     def _named(self, result: SpamResult) -> SpamResult:
         """An error's detail names the engine, as a socket error's does."""
