@@ -117,23 +117,26 @@ def _health_of(endpoint: Endpoint) -> ScannerHealth:
 def _canary(endpoint: Endpoint, wait: float) -> str:
     """ "" if clamd scans a few octets within ``wait`` seconds, else why not (not through
     :class:`ClamdStream`, which an outage would refuse at once)."""
+    reply = bytearray()
     try:
         with connect(endpoint, wait) as sock:
             sock.sendall(b"zINSTREAM\0" + struct.pack("!I", 7) + b"canary\n" + struct.pack("!I", 0))
-            reply = b""
-            while b"\0" not in reply and len(reply) < _REPLY_MAX:
-                got = sock.recv(_REPLY_MAX)
-                if not got:
-                    break
-                reply += got
+            _receive(sock, reply)
     except OSError as exc:
-        return (
-            f"{failure_text(exc)} after {wait:g} s"
-            if isinstance(exc, TimeoutError)
-            else failure_text(exc)
-        )
-    verdict = reply.split(b"\0", 1)[0].strip()
-    return "" if verdict == b"stream: OK" else f"answered {verdict[:80]!r}"
+        why = failure_text(exc)
+        return f"{why} after {wait:g} s" if isinstance(exc, TimeoutError) else why
+    verdict = reply.split(b"\0", 1)[0].strip().decode("utf-8", "replace")
+    return "" if verdict == "stream: OK" else f"answered {verdict[:80]!r}"
+
+
+def _receive(sock: socket.socket, reply: bytearray) -> None:
+    """Read clamd's reply into ``reply`` up to its NUL, the end of the stream or
+    :data:`_REPLY_MAX` octets (what came before an OSError stays in ``reply``)."""
+    while b"\0" not in reply and len(reply) < _REPLY_MAX:
+        got = sock.recv(_REPLY_MAX)
+        if not got:
+            return
+        reply += got
 
 
 def _no_answer(exc: OSError) -> bool:
@@ -348,11 +351,7 @@ class ClamdStream:
         data = bytearray()
         whole = True
         try:
-            while b"\0" not in data and len(data) < _REPLY_MAX:
-                got = sock.recv(_REPLY_MAX)
-                if not got:
-                    break
-                data += got
+            _receive(sock, data)
         except OSError as exc:
             whole = False
             what = f"reply cut short after {len(data)} octets" if data else "no reply"
