@@ -12,7 +12,7 @@ import pytest
 
 from smtpguard.state import SqliteBlacklist
 from support.mtclient import MilterSession, assert_reply
-from support.polling import wait_until
+from support.polling import holds_for, wait_until
 from support.service import Running, make_site, running
 
 pytestmark = pytest.mark.integration
@@ -161,9 +161,8 @@ def test_signals_in_quick_succession_never_kill_one_process_with_metrics(tmp_pat
             sig = signal.SIGHUP if n % 2 else signal.SIGUSR1
             with contextlib.suppress(ProcessLookupError):
                 service.process.send_signal(sig)
-        time.sleep(2.0)
-        code = service.process.poll()
-        assert code in (None, 2), (code, service.log())
+        # At worst the known race's exit 2, never a death by a signal (a negative code).
+        holds_for(lambda: service.process.poll() in (None, 2), 2.0)
 
 
 def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from smtpguard.scanners.health import ScannerHealth
 from support.fake_dns import FakeClock
-from support.polling import wait_until
+from support.polling import threads_done
 
 
 def health(clock: FakeClock, answers: bool = True) -> ScannerHealth:
@@ -59,10 +59,6 @@ def test_no_answer_refuses_scans_until_the_interval_has_passed(
     ]
 
 
-def idle(name: str) -> None:
-    wait_until(lambda: not any(t.name == f"{name}-canary" for t in threading.enumerate()))
-
-
 @pytest.mark.parametrize("answers", [True, False])
 def test_a_failure_past_the_connect_is_an_outage_only_if_a_canary_scan_fails_too(
     answers: bool,
@@ -70,7 +66,7 @@ def test_a_failure_past_the_connect_is_an_outage_only_if_a_canary_scan_fails_too
     clock = FakeClock()
     scanner = health(clock, answers=answers)
     scanner.test_later("timed out")
-    idle("clamd")
+    threads_done("clamd-canary")
     assert scanner.outage.down is not answers
     if not answers:
         assert scanner.outage.last_error == "timed out; a canary scan: timed out after 2 s"
@@ -90,7 +86,7 @@ def test_one_canary_at_a_time() -> None:
     for _ in range(5):
         scanner.test_later("timed out")
     release.set()
-    idle("rspamd")
+    threads_done("rspamd-canary")
     assert canaries == 1
 
 
@@ -103,7 +99,7 @@ def test_slow_messages_that_go_on_open_no_outage_while_the_scanner_scans() -> No
     for _ in range(10):
         clock.advance(2.0)
         scanner.test_later("timed out")
-        idle("clamd")
+        threads_done("clamd-canary")
     assert not scanner.outage.down
 
 
@@ -118,7 +114,7 @@ def test_a_canary_answered_ends_an_outage() -> None:
     clock.advance(5.0)
     assert scanner.refusal(clock()) == ""  # the retry: a slow message, timed out
     scanner.test_later("timed out", wait=30.0)
-    idle("clamd")
+    threads_done("clamd-canary")
     assert not scanner.outage.down
     assert scanner.refusal(clock()) == ""
 
@@ -133,7 +129,7 @@ def test_the_canary_waits_as_long_as_a_scan_may() -> None:
 
     scanner = ScannerHealth("virus scanner", "clamd", "unix:/c.sock", "virus", canary)
     scanner.test_later("timed out", wait=30.0)
-    idle("clamd")
+    threads_done("clamd-canary")
     scanner.test_later("timed out", wait=0.5)
-    idle("clamd")
+    threads_done("clamd-canary")
     assert waits == [30.0, 2.0]

@@ -19,7 +19,7 @@ from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult,
 from smtpguard.scanners.rspamd import _CANARY, RspamdClient
 from support.daemons import GTUBE, Rspamd, free_port
 from support.fake_dns import FakeClock
-from support.polling import wait_until
+from support.polling import threads_done, wait_until
 
 if TYPE_CHECKING:
     from scanners.conftest import SlowPeers
@@ -421,7 +421,7 @@ def test_an_engine_failing_one_message_but_scanning_a_canary_is_no_outage(
     details = []
     for _ in range(2):
         details.append(client.check(HAM, SpamEnvelope()).detail)
-        time.sleep(0.5)  # the canary after the failure has its answer
+        threads_done("rspamd-canary")  # the canary after the failure has its answer
     assert [d.startswith("rspamd at ") and "not asked" not in d for d in details] == [True] * 2
     assert not client.outage.down
     assert f"rspamd at {endpoint} gave no answer" not in caplog.text

@@ -3,6 +3,7 @@ to synchronise: they poll for what they wait for)."""
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -21,6 +22,21 @@ def wait_until(condition: Callable[[], bool], deadline: float = 10.0) -> float:
         assert time.monotonic() - start < deadline, "condition not reached"
         time.sleep(POLL)
     return time.monotonic() - start
+
+
+def holds_for(condition: Callable[[], bool], seconds: float) -> None:
+    """Poll ``condition`` for ``seconds``; fail the moment it is false (what must not
+    happen: a service that must not exit, a line that must not come)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert condition(), "condition no longer holds"
+        time.sleep(POLL)
+    assert condition(), "condition no longer holds"
+
+
+def threads_done(name: str, deadline: float = 10.0) -> float:
+    """Wait until no thread of this process is called ``name`` (a scanner's canary)."""
+    return wait_until(lambda: not any(t.name == name for t in threading.enumerate()), deadline)
 
 
 def poll_for(get: Callable[[], _T | None], deadline: float = 10.0, what: object = "") -> _T:
