@@ -43,6 +43,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from smtpguard.memo import peek
+from smtpguard.outage import Outage
 
 #: Distinct (query, arguments) results kept at most.
 CACHE_ENTRIES = 20_000
@@ -267,11 +268,9 @@ class WatchedFile(ABC):
         self._shared = ConnectionPool(
             self._open, cache_ttl=cache_ttl, clock=clock, watch=path, label=self.label
         )
-        self._clock = clock
-        self._outage_lock = threading.Lock()
-        # When lookups started to fail (None: they answer), and whether that was logged
-        # here (not when the pool had logged the file's removal itself).
-        self._failing_since: float | None = None
+        self._outage = Outage(clock=clock)
+        # Whether the outage's start was logged here (not when the pool had logged the
+        # file's removal itself, with its end).
         self._failure_logged = False
 
     def close(self) -> None:
@@ -286,12 +285,10 @@ class WatchedFile(ABC):
         """A lookup failed for good: logged once, when it starts an outage (review rev83:
         a corrupt or locked file, or a state file removed before a reload, deferred
         mail with nothing but each decision line's detail to say why)."""
-        with self._outage_lock:
-            if self._failing_since is not None:
-                return
-            self._failing_since = self._clock()
-            # A removal the pool saw is logged by the pool, with its end.
-            self._failure_logged = not self._shared.gone
+        if not self._outage.failed(why, self._outage.clock()):
+            return
+        # A removal the pool saw is logged by the pool, with its end.
+        self._failure_logged = not self._shared.gone
         if self._failure_logged:
             log.error(
                 "%s %s: lookups fail: %s; the mail that needs them is deferred until"
@@ -303,18 +300,11 @@ class WatchedFile(ABC):
 
     def _lookups_answer(self) -> None:
         """A lookup answered: the end of an outage, if one was on."""
-        if self._failing_since is None:
+        if not self._outage.down:
             return
-        with self._outage_lock:
-            since, logged = self._failing_since, self._failure_logged
-            self._failing_since, self._failure_logged = None, False
-        if since is not None and logged:
-            log.info(
-                "%s %s answering again after %.1f s",
-                self.label,
-                self.path,
-                self._clock() - since,
-            )
+        lasted = self._outage.recovered(self._outage.clock())
+        if lasted is not None and self._failure_logged:
+            log.info("%s %s answering again after %.1f s", self.label, self.path, lasted)
 
     def _connect_existing(self, mode: str) -> sqlite3.Connection:
         """A connection any thread may use, to the file only if it exists (``mode`` ro

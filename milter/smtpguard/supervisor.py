@@ -132,9 +132,6 @@ MAX_BACKOFF: Final = 30.0
 #: Marks a metrics directory this service created (and removes at the end).
 _OWN_METRICS_DIR: Final = "SMTPGUARD_OWN_METRICS_DIR"
 _SIGNALS: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
-#: What the supervisor sends its workers, held in it from the start so that a worker
-#: has them held from its first instruction (their default action would kill it).
-_TO_WORKERS: Final = (RELOAD_SIGNAL, STOP_SIGNAL)
 _PR_SET_PDEATHSIG: Final = 1
 #: Seconds between two looks at the socket file (see Supervisor._check_socket).
 SOCKET_CHECK_INTERVAL: Final = 1.0
@@ -400,7 +397,11 @@ class Supervisor:
         config = self.config.milter
         # Held until the loop handles them: a SIGTERM during the start must stop the
         # service cleanly (socket removed), not kill it with the socket left behind.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS + _TO_WORKERS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        # And what it sends its workers (SIGUSR1, SIGUSR2), held in it from the start so
+        # that a worker has them held from its first instruction (their default action
+        # would kill it).
+        hold_signals()
         install(self.app)
         before = listening_sockets()
         self.inode = open_socket(config)
@@ -561,15 +562,22 @@ class Supervisor:
         if now - self._socket_checked < SOCKET_CHECK_INTERVAL:
             return
         self._socket_checked = now
+        self._socket_lost("")
+
+    def _socket_lost(self, before: str) -> bool:
+        """Whether the socket file is gone or another's; if so, stop (exit 1), saying
+        so after ``before`` (what else happened)."""
         if self._socket_intact():
-            return
+            return False
         log.error(
-            "the socket %s was removed or replaced under the running service; stopping"
+            "%sthe socket %s was removed or replaced under the running service; stopping"
             " so that the service manager starts smtpguard afresh",
+            f"{before} " if before else "",
             self.config.milter.socket,
         )
         self.failed = True
         self.stop("socket lost")
+        return True
 
     def _signal(self, sig: int) -> None:
         if sig == signal.SIGHUP and not self.stopping:
@@ -765,17 +773,7 @@ class Supervisor:
         if self.stopping:
             log.info("worker %d (pid %d) %s", worker.number, pid, how)
             return
-        if not self._socket_intact():
-            log.error(
-                "worker %d (pid %d) %s and the socket %s is gone; stopping so that the"
-                " service manager starts smtpguard afresh",
-                worker.number,
-                pid,
-                how,
-                self.config.milter.socket,
-            )
-            self.failed = True
-            self.stop("socket lost")
+        if self._socket_lost(f"worker {worker.number} (pid {pid}) {how} and"):
             return
         lived = time.monotonic() - worker.started
         reason = "hung" if worker.hung else "signal" if os.WIFSIGNALED(status) else "exit"
