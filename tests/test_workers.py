@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import mmap
 import multiprocessing
 import os
@@ -502,6 +503,30 @@ def test_a_worker_reloads_the_data_files_the_supervisor_validated(tmp_path: Path
         (applied,) = runtime.config.policy.exempt
         assert applied.networks.sources == (str(partners),)
         assert applied.networks.size == 2
+    finally:
+        supervisor.published.close()
+
+
+def test_a_workers_reload_leaves_the_configuration_notes_to_the_supervisor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The notes on what a configuration leaves inactive (checks with nothing to do, DNS
+    checks without nameservers) were logged by the supervisor and again by every worker
+    at each reload (review rev87 F6): they describe the text, which only the supervisor
+    reads; a worker applies the same bytes."""
+    site = make_site(tmp_path)
+    supervisor = Supervisor(load_config(site.config))
+    notes = ("checks with nothing to do in this configuration", "DNS checks inactive")
+    try:
+        caplog.set_level(logging.INFO, logger="smtpguard")
+        caplog.clear()
+        supervisor._reload()
+        said = caplog.text
+        assert any(note in said for note in notes)  # this site leaves some inactive
+        caplog.clear()
+        supervisor.generation = 0  # what a worker started before the reload runs
+        assert supervisor._apply_published() is not None
+        assert not any(note in caplog.text for note in notes)
     finally:
         supervisor.published.close()
 

@@ -58,6 +58,7 @@ def build_runtime(
     dns: Resolver | None = None,
     previous: Runtime | None = None,
     metrics: Metrics | None = None,
+    announce: bool = True,
 ) -> Runtime:
     """Build every part; raise :class:`ConfigError` if any is unusable.
 
@@ -66,6 +67,8 @@ def build_runtime(
     starts with the first lookup, so ``check-config`` starts none. On a reload, pass
     the running runtime as ``previous``: when ``[dns]`` did not change its resolver
     (event loop, sockets, cache) is kept instead of starting another one.
+    ``announce=False``: the notes on what the configuration leaves inactive are not
+    logged (a worker's reload: its supervisor logged them for the same text).
     """
     if (
         dns is None
@@ -99,7 +102,7 @@ def build_runtime(
         counter=counter,
         metrics=metrics,
     )
-    pipeline = Pipeline(services, replies)
+    pipeline = Pipeline(services, replies, announce=announce)
     if dns is not None:
         # Once the build can no longer fail: a kept resolver serves the running runtime
         # too, whose zones a refused reload must leave reserved (review rev52).

@@ -171,7 +171,9 @@ SKIP = Decision(Action.SKIP)
 
 
 class Pipeline:
-    def __init__(self, services: Services, replies: ReplyTable) -> None:
+    def __init__(self, services: Services, replies: ReplyTable, *, announce: bool = True) -> None:
+        """``announce``: log what this configuration leaves inactive (a worker rebuilding
+        the configuration its supervisor built and announced already says nothing)."""
         self.services = services
         self.config: Config = services.config
         self.replies = replies
@@ -226,11 +228,11 @@ class Pipeline:
         for checks in self.stages.values():
             for check, _settings in checks:
                 self._register_hooks(check)
-        if without_dns:
+        if without_dns and announce:
             # The config loader refuses DNS checks that were asked for explicitly; these
             # are the defaults, inactive until a resolver is configured.
             log.info("no [dns] nameservers: DNS checks inactive: %s", ", ".join(without_dns))
-        if inert:
+        if inert and announce:
             log.info("checks with nothing to do in this configuration: %s", ", ".join(inert))
         self.rebuild_plan()
         self.track_mime = self.config.check(settings_name(AttachmentSizeBody.name)).mode != "off"

@@ -180,7 +180,11 @@ class Worker:
 
 
 def reloader(
-    app: App, text: Callable[[], bytes] | None = None, target: Path | None = None
+    app: App,
+    text: Callable[[], bytes] | None = None,
+    target: Path | None = None,
+    *,
+    announce: bool = True,
 ) -> Callable[[], Runtime]:
     """The reload of a running service: the config checked as at start, on top of the
     running runtime (whose resolver and counters are kept when unchanged).
@@ -188,14 +192,14 @@ def reloader(
     ``text`` gives the config's bytes (a worker: those the supervisor validated) and
     ``target`` the file they were read from (the path the service was started with,
     links followed); by default that path is read again, and its links followed again
-    (one process)."""
+    (one process). ``announce``: see :func:`~smtpguard.app.build_runtime`."""
 
     def reload() -> Runtime:
         running = app.runtime.config
         data = None if text is None else text()
         new = load_config(running.path, known_checks=CHECK_NAMES, data=data, target=target)
         check_reloadable(running, new)
-        return build_runtime(new, previous=app.runtime)
+        return build_runtime(new, previous=app.runtime, announce=announce)
 
     return reload
 
@@ -671,7 +675,8 @@ class Supervisor:
             return None
         config, files, target = unpack_files(data)
         with replaying(files):
-            runtime = reloader(self.app, lambda: config, target)()
+            # The supervisor built the same text and logged its notes: one voice.
+            runtime = reloader(self.app, lambda: config, target, announce=False)()
         self.generation = generation
         return runtime
 
