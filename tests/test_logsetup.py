@@ -171,6 +171,37 @@ def test_stderr_format_and_reconfiguring_replaces_the_handler() -> None:
     )
 
 
+def test_every_line_of_a_traceback_names_its_worker_and_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev87 F6: a traceback's continuation lines carried no ``worker=`` nor
+    ``sid=``, so a grep for a worker or a session lost them (stderr, and the journal,
+    which reads its stream line by line)."""
+    out = io.StringIO()
+    logsetup.configure(MilterConfig(), out)
+    logsetup.set_worker(2)
+    log = logging.getLogger("smtpguard")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("sid=%s stage=%s unexpected error", "7.3", "mail")
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 4  # the message, "Traceback ...", a frame, the exception
+    head = rf"\S+ \S+ smtpguard\[{os.getpid()}\]: ERROR worker=2 sid=7\.3 "
+    assert re.fullmatch(head + "stage=mail unexpected error", lines[0])
+    assert all(re.match(head, line) for line in lines), lines
+    assert lines[1].endswith("sid=7.3 Traceback (most recent call last):")
+    assert lines[-1].endswith("sid=7.3 ValueError: boom")
+    # The journal's form (no time stamp nor tag of ours), and a line without a session.
+    path = tmp_path / "journal"
+    with path.open("w") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        logsetup.configure(MilterConfig(), stream)
+        log.error("two\nlines")
+    assert path.read_text().splitlines() == ["ERROR worker=2 two", "ERROR worker=2 lines"]
+
+
 def test_set_level_keeps_the_destination() -> None:
     """A reload applies log_level; where the lines go stays as at start."""
     out = io.StringIO()

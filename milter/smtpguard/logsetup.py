@@ -78,7 +78,30 @@ def syslog_handler(facility: str, address: str = "/dev/log") -> logging.Handler:
     return handler
 
 
-class _SecondCachedFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """A record of several lines (a traceback, above all) written to a stream gets the
+    first line's head (time stamp, tag, level, ``worker=N``, and the message's leading
+    ``sid=ID``) on each of its lines: journald and grep read a stream line by line,
+    and a traceback's lines without it could not be told from which worker or session
+    they came (review rev87 F6). Syslog gets a record as one datagram and keeps it
+    one message, so its formatter is the plain one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if "\n" not in text:
+            return text
+        message = record.message
+        sid = message.split(" ", 1)[0] + " " if message.startswith("sid=") else ""
+        record.message = ""
+        try:
+            head = self._style.format(record) + sid
+        finally:
+            record.message = message
+        first, *rest = text.split("\n")
+        return "\n".join([first, *(head + line for line in rest)])
+
+
+class _SecondCachedFormatter(_LineFormatter):
     """logging.Formatter's default time stamp ("2026-12-03 13:14:51,123"), with the
     part up to the second formatted once per second: a line is written per message,
     and strftime was a quarter of a line's cost."""
@@ -98,7 +121,7 @@ class _SecondCachedFormatter(logging.Formatter):
 def stream_handler(stream: TextIO) -> logging.Handler:
     handler = logging.StreamHandler(stream)
     if to_journal(stream):
-        handler.setFormatter(logging.Formatter(JOURNAL_FORMAT))
+        handler.setFormatter(_LineFormatter(JOURNAL_FORMAT))
     else:
         handler.setFormatter(_SecondCachedFormatter(STDERR_FORMAT))
     return handler
