@@ -771,6 +771,29 @@ def test_sighups_in_quick_succession_restart_no_worker(tmp_path: Path) -> None:
         assert service.process.poll() is None
 
 
+def test_sigusr1_and_sigusr2_to_the_supervisor_reload_and_stop_as_in_one_process(
+    tmp_path: Path,
+) -> None:
+    """Review rev88: SIGUSR1 and SIGUSR2 reload and stop one process (what the
+    supervisor sends its workers), but sent to the supervisor they stayed pending, and
+    nothing was logged."""
+    site = make_site(tmp_path, WORKERS)
+    original = site.config.read_text()
+    with running(site) as service:
+        both_started(service)
+        site.config.write_text(original.replace('"junk.example"', '"junk.example", "spam.example"'))
+        service.process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: service.log().count("reloaded configuration") == 2)
+        assert "reload: configuration" in service.log()
+        assert mail(service, "<new@spam.example>") == "reply"
+        service.process.send_signal(signal.SIGUSR2)
+        assert service.process.wait(timeout=15) == 0, service.log()
+        log = service.log()
+        assert f"signal {int(signal.SIGUSR2)}: stopping 2 workers" in log
+        assert "smtpguard stopped" in log
+        assert not site.socket.exists()
+
+
 def test_a_sighup_during_the_stop_is_no_death_by_signal(tmp_path: Path) -> None:
     """Review rev87 F5: the supervisor put SIGHUP's default action back while it was
     unblocked, so a SIGHUP at the end of a stop killed it (status "killed by signal

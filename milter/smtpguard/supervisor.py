@@ -22,7 +22,9 @@ So the supervisor (this module, the process systemd started):
    ``worker_heartbeat_timeout`` seconds is killed and so restarted
    (:mod:`smtpguard.workerwatch`), SIGHUP validates the config once here and only
    then tells every worker to reload (a broken config changes nothing anywhere),
-   SIGTERM and SIGINT tell every worker to drain and wait for them.
+   SIGTERM and SIGINT tell every worker to drain and wait for them. SIGUSR1 and
+   SIGUSR2 are SIGHUP and SIGTERM here too, as in one process (what the supervisor
+   itself sends its workers: a hand that sends them to the service gets the same).
 
 A reload reads the files once, here: the config's bytes validated, with those of every
 data file the config names (reply table, rules, pattern and IP list files:
@@ -88,6 +90,7 @@ from typing import TYPE_CHECKING, Final
 from smtpguard import __version__
 from smtpguard.adapter import (
     RELOAD_SIGNAL,
+    SERVICE_SIGNALS,
     STOP_SIGNAL,
     App,
     drop_privileges,
@@ -131,7 +134,14 @@ STABLE_AFTER: Final = 10.0
 MAX_BACKOFF: Final = 30.0
 #: Marks a metrics directory this service created (and removes at the end).
 _OWN_METRICS_DIR: Final = "SMTPGUARD_OWN_METRICS_DIR"
-_SIGNALS: Final = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_SIGNALS: Final = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGCHLD,
+    RELOAD_SIGNAL,
+    STOP_SIGNAL,
+)
 _PR_SET_PDEATHSIG: Final = 1
 #: Seconds between two looks at the socket file (see Supervisor._check_socket).
 SOCKET_CHECK_INTERVAL: Final = 1.0
@@ -584,9 +594,11 @@ class Supervisor:
         return True
 
     def _signal(self, sig: int) -> None:
-        if sig == signal.SIGHUP and not self.stopping:
+        # SIGUSR1 and SIGUSR2 mean here what they mean to one process (review rev88:
+        # they stayed pending in the supervisor, and nothing said so).
+        if sig in (signal.SIGHUP, RELOAD_SIGNAL) and not self.stopping:
             self._reload()
-        elif sig in (signal.SIGTERM, signal.SIGINT):
+        elif sig in (signal.SIGTERM, signal.SIGINT, STOP_SIGNAL):
             self.stop(f"signal {sig}")
 
     def stop(self, why: str) -> None:
@@ -707,9 +719,14 @@ class Supervisor:
         # The new worker's first heartbeat comes after its start: until then, the
         # start counts as one (not the heartbeat of the worker before it).
         self.heartbeats.set(worker.number - 1, time.monotonic())
+        # Held across the fork: the child has this process's handlers until it puts the
+        # defaults back, and a signal sent to it before then would be taken for one of
+        # the supervisor's (the wake-up pipe is shared).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             # Out of processes or memory for now: the others serve on; try again.
             worker.due = time.monotonic() + 1.0
             log.error("cannot start worker %d: %s; trying again in 1 s", worker.number, exc)
@@ -720,6 +737,7 @@ class Supervisor:
                 code = self._worker(worker.number)
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         worker.pid, worker.started, worker.due, worker.hung = pid, time.monotonic(), None, False
         log.info("worker %d started (pid %d)", worker.number, pid)
 
@@ -730,6 +748,8 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # The rest of what the fork held: only the service's signals stay held.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_SIGNALS) - SERVICE_SIGNALS)
         os.close(self._wake_r)
         os.close(self._wake_w)
         if self.http is not None:
