@@ -172,6 +172,25 @@ def test_check_config_reports_the_socket_mode_and_run_does_not_refuse_it(tmp_pat
         assert "milter.socket_mode: 0600 gives the socket's group no write" in service.log()
 
 
+def test_check_config_notes_a_state_file_the_start_would_create(tmp_path: Path) -> None:
+    """Review rev83: with state.path missing (a first start, or a path mistyped after a
+    move) check-config said only OK, and the start created an empty blacklist."""
+    site = make_site(tmp_path)
+    file = site.config.resolve()
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"{file}: OK (network backends not asked: --offline)",
+        f"{file}: state.path: note: {site.state} does not exist; the start creates it, an"
+        " empty blacklist (right on a first start; otherwise check the path: the entries"
+        " of the old file would not be there)",
+    ]
+    assert smtpguard(site, "blacklist", "add", "someone@sender.example").returncode == 0
+    assert site.state.exists()
+    again = smtpguard(site, "check-config", "--offline", check=False)
+    assert again.stdout == f"{file}: OK (network backends not asked: --offline)\n"
+
+
 # --- backends -----------------------------------------------------------------------
 
 

@@ -112,6 +112,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         log_problems,
         site_problems,
         socket_problems,
+        state_notes,
         user_problems,
     )
 
@@ -137,6 +138,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     skipped = " (network backends not asked: --offline)" if args.offline else ""
     print(f"{config.file}: OK{skipped}")
+    for note in state_notes(config):
+        print(note)
     return 0
 
 

@@ -80,6 +80,22 @@ def site_problems(config: Config) -> list[ConfigError]:
     return [ConfigError(config.file, "site.local_domains", text)]
 
 
+def state_notes(config: Config) -> list[ConfigError]:
+    """Not problems: what the start will do that an operator should know before it. A
+    missing state file is created empty at start (logged as a WARNING then), right on
+    a first start; after a move or a typo in ``state.path`` it is a blacklist lost
+    (review rev83: check-config said only OK)."""
+    path = config.state.path
+    if config.state.backend != "embedded" or path.exists():
+        return []
+    text = (
+        f"note: {path} does not exist; the start creates it, an empty blacklist (right on"
+        " a first start; otherwise check the path: the entries of the old file would not"
+        " be there)"
+    )
+    return [ConfigError(config.file, "state.path", text)]
+
+
 def cpu_problems(config: Config) -> list[ConfigError]:
     """CPUs ``milter.cpu_affinity`` lists that this process may not run on (the
     service would leave those workers unbound). Host-specific, like the user."""
