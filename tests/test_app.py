@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import tomllib
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import tomli_w
 from smtpguard.adapter import App
 from smtpguard.app import Runtime, build_runtime, counter_path, load, new_gate, retire
 from smtpguard.driver import SessionDriver
+from smtpguard.state import StateError
 from smtpguard.supervisor import reloader
 from support.daemons import start_redis
 from support.files import descriptors_on
@@ -141,3 +143,36 @@ def test_failed_redis_hits_are_taken_back_only_where_their_messages_count_nowher
     assert isinstance(counter, ResilientCounter)
     assert isinstance(counter.primary, RedisCounter)
     assert counter.primary.take_back is take_back
+
+
+def test_a_reload_during_a_redis_outage_keeps_the_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev83: a reload made a new Redis blacklist, whose first failed lookup
+    logged the outage's start again, and whose recovery counted from the reload. With
+    [state] unchanged the running one is kept; with [state] changed it is not."""
+    server = start_redis(tmp_path / "redis")
+    try:
+        site = make_site(
+            tmp_path / "site", {"state": {"backend": "redis", "redis_url": server.url}}
+        )
+        app = App(build_runtime(load(site.config)), new_gate(load(site.config)))
+        blacklist = app.runtime.services.blacklist
+        assert blacklist.listed("someone@sender.example") is None
+        server.stop()
+        caplog.set_level(logging.INFO, logger="smtpguard")
+        with pytest.raises(StateError):
+            blacklist.listed("someone@sender.example")
+        old = app.runtime
+        app.swap(reloader(app)())
+        retire(old, app.runtime)
+        assert app.runtime.services.blacklist is blacklist
+        with pytest.raises(StateError):
+            app.runtime.services.blacklist.listed("someone@sender.example")
+        assert caplog.text.count("blacklist backend redis unreachable") == 1
+        # Another [state] is another blacklist.
+        data = tomllib.loads(site.config.read_text(encoding="utf-8"))
+        data["state"]["timeout"] = 1.5
+        assert reloaded(app, data).services.blacklist is not blacklist
+    finally:
+        server.stop()

@@ -81,7 +81,7 @@ def build_runtime(
     if directory is None:
         directory = _directory(config)
     if blacklist is None:
-        blacklist = make_blacklist(config)
+        blacklist = _kept_blacklist(config, previous) or make_blacklist(config)
     if metrics is None:
         metrics = previous.services.metrics if previous is not None else NullMetrics()
     if dns is None and config.dns.enabled:
@@ -149,6 +149,17 @@ def _directory(config: Config) -> Directory:
         cache_ttl=d.cache_ttl,
         recipient_delimiter=config.site.recipient_delimiter,
     )
+
+
+def _kept_blacklist(config: Config, previous: Runtime | None) -> RedisBlacklist | None:
+    """The running Redis blacklist, when a reload leaves ``[state]`` as it was: with it
+    its connections and its outage, which a new client started afresh, so a reload
+    during a Redis outage logged the outage's start again and its end counted from the
+    reload (review rev83). A SQLite blacklist is built anew, as every reload did."""
+    if previous is None or previous.config.state != config.state:
+        return None
+    kept = previous.services.blacklist
+    return kept if isinstance(kept, RedisBlacklist) else None
 
 
 def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
