@@ -87,5 +87,5 @@ def _scanner_canaries_end_with_their_test() -> Iterator[None]:
     the log another test reads."""
     yield
     for thread in threading.enumerate():
-        if thread.name in ("rspamd-canary", "clamd-canary"):
+        if thread.name in ("rspamd-canary", "clamd-canary", "command-canary"):
             thread.join(timeout=5)

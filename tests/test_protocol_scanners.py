@@ -23,7 +23,7 @@ from support.daemons import (
     start_redis,
 )
 from support.mtclient import Answer, MilterSession, assert_reply
-from support.polling import wait_until
+from support.polling import holds_for, wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
@@ -178,6 +178,67 @@ def test_command_hook(tmp_path: Path) -> None:
         final, _ = deliver(service, "BROKEN hook\r\n")
         assert_reply(final, "internal_error")
         assert "exit status 1 without a 'NAME FOUND' line on stdout" in service.log()
+
+
+def test_a_hung_command_hook_is_not_waited_for_by_every_message(tmp_path: Path) -> None:
+    """Review rev92 F1: a hook that hung (a clamdscan whose clamd stopped) held every
+    message for its timeout, with no limit: the sessions and the hook processes piled
+    up, and a third of the mail got 450 queue_unavailable under on_temp_error = "pass".
+    Now a canary run tells a hung hook from a message slow to scan, and the hook is
+    run again only every 5 s."""
+    runs, works = tmp_path / "runs", tmp_path / "works"
+    hook = tmp_path / "scan.sh"
+    hook.write_text(
+        f"#!/bin/sh\necho run >> {runs}\ncat >/dev/null\n[ -e {works} ] && exit 0\n"
+        "exec sleep 3600\n"
+    )
+    hook.chmod(0o755)
+    extra = {
+        "virus": {"backend": "command", "command": [str(hook)], "timeout": 1.0},
+        "checks": {"virus": {"on_temp_error": "pass"}, "bulk": {"mode": "off"}},
+    }
+    with running(make_site(tmp_path / "site", extra)) as service:
+        start = time.monotonic()
+        assert accepted(deliver(service, "Hello Alice.\r\n")[0])
+        assert time.monotonic() - start >= 1.0  # this one ran the hook, and waited
+        wait_until(lambda: "gave no answer (" in service.log())
+        assert runs.read_text().count("run") == 2  # the message's run, the canary's
+        for _ in range(3):
+            start = time.monotonic()
+            assert accepted(deliver(service, "Hello Alice.\r\n")[0])
+            assert time.monotonic() - start < 0.5  # these did not
+        assert runs.read_text().count("run") == 2
+        log = service.log()
+        where = f"command {hook}"
+        assert log.count(f"virus scanner {where} gave no answer ({hook} timed out after 1 s") == 1
+        assert "a canary scan: " in log
+        assert log.count(f"{where}: not asked, gave no answer (") == 3
+
+        works.touch()  # the hook answers again: a message asks after the interval
+
+        def scanned() -> bool:
+            assert accepted(deliver(service, "Hello Alice.\r\n")[0])
+            return f"virus scanner {where} answering again after" in service.log()
+
+        wait_until(scanned, deadline=15)
+
+
+def test_a_hook_slow_on_one_message_keeps_scanning_the_others(tmp_path: Path) -> None:
+    """Review rev92 F1's other side: the canary finds the hook working, so one slow (or
+    crafted) message opens no outage, and the next message is scanned."""
+    hook = tmp_path / "scan.sh"
+    hook.write_text(
+        '#!/bin/sh\ninput=$(cat)\ncase "$input" in *SLOW*) exec sleep 3600;; esac\n'
+        'case "$input" in *BADSTUFF*) echo "stream: Test.Marker FOUND"; exit 1;; esac\n'
+        "exit 0\n"
+    )
+    hook.chmod(0o755)
+    extra = {"virus": {"backend": "command", "command": [str(hook)], "timeout": 1.0}}
+    with running(make_site(tmp_path / "site", extra)) as service:
+        assert_reply(deliver(service, "SLOW to scan\r\n")[0], "internal_error")
+        # The canary, given at least 2 s, would have said so by then.
+        holds_for(lambda: "gave no answer" not in service.log(), 3.0)
+        assert_reply(deliver(service, "some BADSTUFF here\r\n")[0], "virus_found")
 
 
 def test_a_hook_naming_a_virus_the_old_way_is_deferred_where_outages_pass(

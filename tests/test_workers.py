@@ -55,7 +55,7 @@ from smtpguard.supervisor import (
 )
 from smtpguard.workerwatch import Flags
 from support.mtclient import MilterSession, assert_pass, assert_reply
-from support.polling import children, holds_for, scrape, wait_until
+from support.polling import children, holds_for, poll_for, scrape, wait_until
 from support.service import RULES, UNTRUSTED_IP, Running, make_site, running
 
 #: The issue's promise for a killed worker.
@@ -722,6 +722,50 @@ def test_killed_worker_is_back_within_two_seconds(tmp_path: Path) -> None:
             == ["continue"] * 10
         )
         assert victim not in children(supervisor)
+
+
+def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path) -> None:
+    """Review rev92 F2: the hook programs of a worker killed outright (by the
+    supervisor's own watchdog, the OOM killer) went to init and ran on, with no
+    timeout; the supervisor now adopts them and ends them."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    hook = tmp_path / "scan.sh"
+    hook.write_text(f"#!/bin/sh\necho $$ > {pids}/$$\ncat >/dev/null\nexec sleep 3600\n")
+    hook.chmod(0o755)
+    extra = {**WORKERS, "virus": {"backend": "command", "command": [str(hook)], "timeout": 60}}
+    site = make_site(tmp_path / "site", extra)
+    with running(site) as service:
+        supervisor = service.process.pid
+        both_started(service)
+
+        def deliver() -> None:
+            with contextlib.suppress(Exception), service.session() as s:  # the worker dies
+                s.connect(UNTRUSTED_IP)
+                s.helo("mail.sender.example")
+                s.mail("<a@sender.example>")
+                s.rcpt("<alice@example.com>")
+                s.message([("Subject", "hi")], "Hello.\r\n")
+
+        sender = threading.Thread(target=deliver)
+        sender.start()
+        program = int(poll_for(lambda: next(iter(os.listdir(pids)), None)))
+        worker = int(Path(f"/proc/{program}/stat").read_text().rpartition(")")[2].split()[1])
+        assert worker in children(supervisor)
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: not alive(program))
+        sender.join(timeout=10)
+        wait_until(lambda: "ended 1 processes a dead worker left running" in service.log())
+        wait_until(lambda: len(children(supervisor)) == 2)  # the worker again, nothing else
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie, nor gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def test_silent_metrics_clients_do_not_delay_a_restart(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from smtpguard.driver import SessionDriver
 from smtpguard.logsetup import set_level
 from smtpguard.message import as_read
 from smtpguard.pipeline import Action, Decision
+from smtpguard.scanners.command import end_running
 from smtpguard.sockets import (
     StartError,
     bind_error,
@@ -546,6 +547,9 @@ def _drain(gate: SessionGate, deadline: float) -> None:
         time.sleep(_DRAIN_POLL)
     if gate.active > 0:
         log.warning("stopping with %d sessions still open after %.0f s", gate.active, deadline)
+        # Their virus hook programs would run on after the process (review rev92 F2).
+        if ended := end_running():
+            log.warning("killed %d virus hook programs of those sessions", ended)
 
 
 def _reload(

@@ -8,14 +8,15 @@ import os
 import resource
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from smtpguard.scanners import MessageSpool, ScanStatus
-from smtpguard.scanners.command import CommandScan, run_command
+from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
+from smtpguard.scanners.command import CommandScan, end_running, run_command
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
 from support.polling import wait_until
 
@@ -347,3 +348,22 @@ def test_command_scan_of_a_truncated_message_is_a_size_limit(tmp_path: Path) -> 
     assert result.status is ScanStatus.SIZE_LIMIT
     assert result.scanned == 20
     assert "max_bytes=20" in result.detail
+
+
+def test_end_running_kills_the_programs_under_way(tmp_path: Path) -> None:
+    """Review rev92 F2: a stop that gave up waiting for its sessions ended the process
+    and left their hook programs running, with no one to wait for them."""
+    started = tmp_path / "started"
+    argv = script(tmp_path, f"open({str(started)!r}, 'w').close(); time.sleep(3600)")
+    results: list[ScanResult] = []
+    runner = threading.Thread(target=lambda: results.append(run_command(argv, MESSAGE, 60)))
+    runner.start()
+    wait_until(started.exists)
+    begun = time.monotonic()
+    assert end_running() == 1
+    runner.join(timeout=10)
+    assert time.monotonic() - begun < 5
+    (result,) = results
+    assert result.status is ScanStatus.ERROR
+    assert "killed by signal 9" in result.detail
+    assert end_running() == 0

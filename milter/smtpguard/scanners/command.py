@@ -37,23 +37,37 @@ cap, then a temporary file, which is then handed over as the program's standard 
 directly), a binary file, or bytes. :class:`CommandScan` is the hook as a
 :class:`~smtpguard.scanners.VirusStream`: it spools the message as it arrives and runs
 the program at :meth:`~CommandScan.finish`.
+
+A hook that fails is treated as clamd is when it gives no answer
+(:mod:`smtpguard.scanners.health`): a canary, the program run on a message of a few
+clean octets, tells a hook that fails for every message (hung, missing, a scanner it
+cannot reach) from one that failed on that message; only the first starts an outage, in
+which the hook is run again only every :data:`RETRY_INTERVAL` seconds, by one message,
+and every other message gets the failure at once (review rev92 F1: a hung hook held
+every message for its timeout, filled ``max_sessions`` and Postfix's smtpd processes,
+and deferred mail that ``on_temp_error = "pass"`` lets through). The programs under
+way are killed when the process ends its drain with sessions still open
+(:func:`end_running`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from typing import IO, Final
 
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
+from smtpguard.scanners.health import ScannerHealth
 
-__all__ = ["CommandScan", "run_command"]
+__all__ = ["CommandScan", "end_running", "run_command"]
 
 _OUTPUT_MAX: Final = 4096
 #: Octets of standard output and error a program may write in all before it is
@@ -66,6 +80,59 @@ _CHUNK: Final = 64 * 1024
 _FIRST_POLL: Final = 0.001
 _EXIT_POLL: Final = 0.05
 _FOUND: Final = re.compile(r"^(?:.*:\s+)?(?P<name>.+?)\s+FOUND$")
+#: Seconds between two runs of a hook that failed for every message (see the module
+#: docstring).
+RETRY_INTERVAL: Final = 5.0
+#: The canary's message: a few octets every scanner finds clean.
+CANARY_MESSAGE: Final = (
+    b"From: <canary@smtpguard.invalid>\r\nSubject: smtpguard canary\r\n\r\ncanary\r\n"
+)
+
+#: Per program and arguments, for the whole process.
+_health: dict[tuple[str, ...], ScannerHealth] = {}
+_health_lock = threading.Lock()
+#: The process groups of the programs under way (see :func:`end_running`).
+_running: set[int] = set()
+_running_lock = threading.Lock()
+
+
+def _health_of(argv: tuple[str, ...]) -> ScannerHealth:
+    with _health_lock:
+        found = _health.get(argv)
+        if found is None:
+            found = _health[argv] = ScannerHealth(
+                "virus scanner",
+                "command",
+                argv[0] if argv else "",
+                "virus",
+                functools.partial(_canary, argv),
+                retry_interval=RETRY_INTERVAL,
+                where=f"command {argv[0] if argv else ''}",
+            )
+        return found
+
+
+def _canary(argv: tuple[str, ...], wait: float) -> str:
+    """ "" if the hook finds the canary's few octets clean within ``wait`` seconds, else
+    why not."""
+    result = run_command(argv, CANARY_MESSAGE, wait)
+    if result.status is ScanStatus.CLEAN:
+        return ""
+    if result.status is ScanStatus.INFECTED:
+        return f"it found {result.virus!r} in a few clean octets"
+    return result.detail or result.status.value
+
+
+def end_running() -> int:
+    """Kill every hook program still running in this process, with what it started (a
+    stop that gave up waiting for its sessions: the process ends, and its programs
+    would run on without anyone to wait for them, review rev92 F2); how many."""
+    with _running_lock:
+        groups = list(_running)
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    return len(groups)
 
 
 def run_command(
@@ -94,6 +161,8 @@ def run_command(
         )
     except OSError as exc:
         return ScanResult(ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}")
+    with _running_lock:
+        _running.add(proc.pid)  # its process group: it leads a session of its own
     try:
         failure, out, err = _exchange(proc, data, timeout)
     finally:
@@ -102,6 +171,8 @@ def run_command(
         # program is reaped, so the group's id cannot have been reused. A child that
         # made a group of its own escapes (rev84 F4), but holds nothing up.
         _kill_session(proc)
+        with _running_lock:
+            _running.discard(proc.pid)
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -153,9 +224,22 @@ class CommandScan:
         self.spool.feed(chunk)
 
     def finish(self) -> ScanResult:
-        """Run the program (once; the same result on every call)."""
+        """Run the program (once; the same result on every call), unless it is in an
+        outage (see the module docstring)."""
         if self._result is None:
+            health = _health_of(self.argv)
+            started = time.monotonic()
+            if not_asked := health.refusal(started):
+                self._result = ScanResult(ScanStatus.ERROR, detail=not_asked)
+                return self._result
             result = run_command(self.argv, self.spool, self.timeout)
+            if result.status is ScanStatus.ERROR:
+                # Hung, or failing for every message, or only for this one (slow on
+                # it, or crafted to be): the canary tells. This result stands (suspect
+                # included) whatever the canary says.
+                health.test_later(result.detail, self.timeout)
+            else:
+                health.answered(started)
             if self.spool.truncated and result.status is ScanStatus.CLEAN:
                 result = ScanResult(
                     ScanStatus.SIZE_LIMIT,

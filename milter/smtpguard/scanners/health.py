@@ -1,4 +1,5 @@
-"""Whether a scanner (clamd, rspamd) answers, and what its scans do while it does not.
+"""Whether a scanner (clamd, rspamd, the command hook) answers, and what its scans do
+while it does not.
 
 A scanner that gave no answer (refused, or hung) is not asked again for
 ``retry_interval`` seconds: meanwhile every scan fails at once, then one asks again. A
@@ -40,9 +41,9 @@ class ScannerHealth:
     """One scanner endpoint's outage (see the module docstring).
 
     ``kind``, ``name`` and ``endpoint`` name it in log lines ("virus scanner clamd at
-    unix:/..."), ``check`` is the check whose ``on_temp_error`` decides meanwhile, and
-    ``canary(wait)`` scans a few octets with the scanner within ``wait`` seconds: ""
-    if it answered, else why not."""
+    unix:/..."; ``where`` replaces "NAME at ENDPOINT"), ``check`` is the check whose
+    ``on_temp_error`` decides meanwhile, and ``canary(wait)`` scans a few octets with
+    the scanner within ``wait`` seconds: "" if it answered, else why not."""
 
     def __init__(
         self,
@@ -54,10 +55,11 @@ class ScannerHealth:
         *,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        where: str = "",
     ) -> None:
         self.name = name
         #: The scanner where a scan's error detail names it ("clamd at unix:/...").
-        self.where = f"{name} at {endpoint}"
+        self.where = where or f"{name} at {endpoint}"
         self.what = f"{kind} {self.where}"
         self.check = check
         self.outage = Outage(retry_interval, clock)
