@@ -106,9 +106,10 @@ def test_looping_message_by_header(
     assert final.kind in ("continue", "accept")
 
 
+#: A hop of ours (from our MX, by our MX) that no host of ours wrote.
 FORGED = (
     "from mx.example.com (mx.example.com [203.0.113.25])\n"
-    "\tby relay.sender.example with ESMTP id 1; Sat, 28 Nov 2026 16:00:00 +0000"
+    "\tby mx.example.com with ESMTP id 1; Sat, 28 Nov 2026 16:00:00 +0000"
 )
 
 
@@ -116,11 +117,12 @@ FORGED = (
     "value",
     [
         FORGED,
-        "from [203.0.113.25] by relay.sender.example; Sat, 28 Nov 2026 16:00:00 +0000",
+        "from [203.0.113.25] by [203.0.113.25]; Sat, 28 Nov 2026 16:00:00 +0000",
+        "from mx.example.com (mx.example.com [203.0.113.25]); Sat, 28 Nov 2026 16:00:00 +0000",
         "this is not a trace field",
         "from a.example by b.example; Sat, 28 Nov 2026 16:00:00 +0000; again",
         # Our host claimed in a from clause that comes again (found by review).
-        "from relay.sender.example by relay.sender.example with ESMTP from mx.example.com"
+        "from relay.sender.example by mx.example.com with ESMTP from mx.example.com"
         " (mx.example.com [203.0.113.25]); Sat, 28 Nov 2026 16:00:00 +0000",
     ],
 )
@@ -145,6 +147,33 @@ def test_real_relays_received_fields_pass(content_service: Running, value: str) 
     """Found by review: refused for good as unparsable (553 fake_router)."""
     final, _mods, _early = deliver(content_service, [*BASE_HEADERS, ("Received", value)], "x\r\n")
     assert final.kind in ("continue", "accept")
+
+
+#: A mailing list's copy of our user's post, as it comes back to our users: the list's
+#: own hop, its record of getting the post from our MX, and our MX's hop below that.
+LIST_COPY = [
+    "from lists.other.example (localhost [127.0.0.1]) by lists.other.example with ESMTP id 3;"
+    " Sat, 28 Nov 2026 16:00:02 +0000",
+    "from mx.example.com (mx.example.com [203.0.113.25]) by lists.other.example with ESMTPS"
+    " id 2; Sat, 28 Nov 2026 16:00:01 +0000",
+    "from [198.51.100.80] (helo=alice-pc) by mx.example.com with ESMTPSA id 1;"
+    " Sat, 28 Nov 2026 16:00:00 +0000",
+    "from mx.example.com (mx.example.com [203.0.113.25]) by mx.example.com with LMTP id 0;"
+    " Sat, 28 Nov 2026 16:00:00 +0000",
+]
+
+
+def test_our_hops_below_another_hosts_are_history(content_service: Running) -> None:
+    """Review rev93 F2: a list (or a forwarder) that sends our user's post back to our
+    users carries its record of getting it from us, and our own hops below: refused as
+    forged (553), every member's copy."""
+    fields = [*BASE_HEADERS, *(("Received", value) for value in LIST_COPY)]
+    final, _mods, _early = deliver(content_service, fields, "x\r\n")
+    assert final.kind in ("continue", "accept"), final
+    # Our hop on top, not below another host's, is still a forged claim.
+    fields = [*BASE_HEADERS, *(("Received", value) for value in LIST_COPY[3:] + LIST_COPY)]
+    final, _mods, _early = deliver(content_service, fields, "x\r\n")
+    assert_reply(final, "fake_router")
 
 
 def test_deferred_header_verdict_is_logged_with_the_queue_id(content_service: Running) -> None:

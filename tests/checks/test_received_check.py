@@ -12,8 +12,8 @@ from support.checks import ServicesFactory, make_conn
 
 DATE = "Tue, 1 Oct 2024 10:00:00 +0000"
 FOREIGN = f"from a.example (a.example [198.51.100.9]) by b.example with ESMTP id X; {DATE}"
-CLAIMS_NAME = f"from mx.example.com (mx.example.com [198.51.100.9]) by b.example; {DATE}"
-CLAIMS_IP = f"from relay.example (relay.example [192.0.2.25]) by b.example; {DATE}"
+CLAIMS_NAME = f"from mx.example.com (mx.example.com [198.51.100.9]) by mx.example.com; {DATE}"
+CLAIMS_IP = f"from relay.example (relay.example [192.0.2.25]) by [192.0.2.25]; {DATE}"
 
 
 def received(value: str) -> Event:

@@ -385,9 +385,8 @@ INVALID = {
     "nothing-before-date": "; Mon, 1 Jan 2024 10:00:00 +0000",
     "unknown-leading-word": "hello from a.example.com; Mon, 1 Jan 2024",
     "leading-garbage": "X-Spam: yes; Mon, 1 Jan 2024",
-    "keyword-without-value": "from by b.example.com; Mon, 1 Jan 2024",
-    "trailing-keyword": "from a.example.com by; Mon, 1 Jan 2024",
-    "keyword-only-comment": "from (x) by b.example.com; Mon, 1 Jan 2024",
+    "semicolon-before-a-date-and-after": "from a (x); by b; Mon, 1 Jan 2024; extra",
+    "keywords-only": "from by; Mon, 1 Jan 2024",
     "unclosed-paren": "from a.example.com (a [192.0.2.1] by b; Mon, 1 Jan 2024",
     "unclosed-nested": "from a ((x) by b; Mon, 1 Jan 2024",
     "stray-close-paren": "from a.example.com ) by b.example.com; Mon, 1 Jan 2024",
@@ -436,7 +435,57 @@ LENIENT = {
         "from a.example.com by b.example.com with SMTP id 1",
         ("a.example.com", "b.example.com", None),
     ),
+    # Review rev93 F1: a keyword with no value, or only a comment, is a trace field
+    # (RFC 5322 §3.6.7); QQ Mail and China Telecom's mail were refused as forged.
+    "keyword-without-value": (
+        "from by b.example.com; Mon, 1 Jan 2024",
+        (None, "b.example.com", "Mon, 1 Jan 2024"),
+    ),
+    "trailing-keyword": (
+        "from a.example.com by; Mon, 1 Jan 2024",
+        ("a.example.com", None, "Mon, 1 Jan 2024"),
+    ),
+    "keyword-only-comment": (
+        "from (x) by b.example.com; Mon, 1 Jan 2024",
+        (None, "b.example.com", "Mon, 1 Jan 2024"),
+    ),
+    "qq-webmail-empty-id": (
+        "from qq.com (unknown [127.0.0.1])\r\n\tby smtp.qq.com (ESMTP) with SMTP\r\n\tid ;"
+        " Mon, 05 Feb 2024 17:02:05 +0800 (CST)",
+        ("qq.com", "smtp.qq.com", "Mon, 05 Feb 2024 17:02:05 +0800 (CST)"),
+    ),
+    "189cn-from-only-comment": (
+        "from  ([114.242.206.180])\r\n        by gateway-151646-dep-75648544bd-2qvwx with"
+        " ESMTP id bb5ef2c8a7554d65add99f78c2e17e1f for javierm@redhat.com;\r\n"
+        "        Wed, 17 May 2023 16:48:22 CST",
+        (None, "gateway-151646-dep-75648544bd-2qvwx", "Wed, 17 May 2023 16:48:22 CST"),
+    ),
+    "iis-empty-helo": (
+        "from  ([172.16.1.78]) by email2.codeworksonline.com with Microsoft"
+        " SMTPSVC(5.0.2195.6713); Wed, 6 Sep 2006 21:14:29 -0400",
+        (None, "email2.codeworksonline.com", "Wed, 6 Sep 2006 21:14:29 -0400"),
+    ),
+    "ecelerity-from-comment": (
+        "from ([67.91.233.27:53798] helo=eclectic.kluge.net) by idunn.apache.osuosl.org"
+        " (ecelerity 2.1 r(10620)) with ESMTP id 5A/F0-04030-76FF6054 for"
+        " <dev@spamassassin.apache.org>; Tue, 12 Sep 2006 11:41:44 -0700",
+        (None, "idunn.apache.osuosl.org", "Tue, 12 Sep 2006 11:41:44 -0700"),
+    ),
+    # A ";" before a keyword is punctuation between clauses, not the date's.
+    "squirrelmail-two-semicolons": (
+        "from 153.90.199.141        (SquirrelMail authenticated user admin); by"
+        " web1.cs.montana.edu with HTTP;        Thu, 23 Sep 2004 14:35:29 -0600 (MDT)",
+        ("153.90.199.141", "web1.cs.montana.edu", "Thu, 23 Sep 2004 14:35:29 -0600 (MDT)"),
+    ),
 }
+
+
+def test_a_clause_with_only_a_comment_still_gives_its_addresses() -> None:
+    """China Telecom's ``from  ([IP])``: no name, but the address is read (a forger
+    writing one of ours that way is still found)."""
+    info = parse_received("from  ([192.0.2.1]) by mx.example.org with ESMTP id 1; Mon")
+    assert info.from_ips == (V4("192.0.2.1"),)
+    assert is_our_claim(info, OUR_NAMES, OUR_IPS)
 
 
 @pytest.mark.parametrize(("value", "expected"), list(LENIENT.values()), ids=list(LENIENT))
@@ -503,29 +552,38 @@ OUR_IPS: frozenset[IPAddress] = frozenset({V4("192.0.2.1"), V6("2001:db8::1")})
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("from MX.Example.ORG. by x; Mon", True),
-        ("from mail.example.org by x; Mon", True),
-        ("from helo.example.net (mx.example.org [198.51.100.1]) by x; Mon", True),
-        ("from helo.example.net (h.example.net. [192.0.2.1]) by x; Mon", True),
-        ("from [IPv6:2001:db8::1] by x; Mon", True),
-        ("from h (h [IPv6:::ffff:192.0.2.1]) by x; Mon", True),
-        ("from unknown (HELO x) (192.0.2.1) by x; Mon", True),
+        ("from MX.Example.ORG. by mx.example.org; Mon", True),
+        ("from mail.example.org by mx.example.org; Mon", True),
+        ("from helo.example.net (mx.example.org [198.51.100.1]) by mx.example.org; Mon", True),
+        ("from helo.example.net (h.example.net. [192.0.2.1]) by mx.example.org; Mon", True),
+        ("from [IPv6:2001:db8::1] by [IPv6:2001:db8::1]; Mon", True),
+        ("from h (h [IPv6:::ffff:192.0.2.1]) by mx.example.org; Mon", True),
+        ("from unknown (HELO x) (192.0.2.1) by mx.example.org; Mon", True),
         ("from helo.example.net (unknown [198.51.100.1]) by mx.example.org; Mon", False),
         ("from sub.mx.example.org (h [198.51.100.2]) by x; Mon", False),
         # U-labels and full-width letters name the same host.
-        ("from mx.b\u00fccher.example by x; Mon", True),
-        ("from MX.B\u00dcCHER.example by x; Mon", True),
-        ("from h (mx.b\u00fccher.example [198.51.100.3]) by x; Mon", True),
-        ("from \uff4d\uff58.example.org by x; Mon", True),
+        ("from mx.b\u00fccher.example by mx.example.org; Mon", True),
+        ("from MX.B\u00dcCHER.example by mx.example.org; Mon", True),
+        ("from h (mx.b\u00fccher.example [198.51.100.3]) by mx.example.org; Mon", True),
+        ("from \uff4d\uff58.example.org by mx.example.org; Mon", True),
         ("from mx.bucher.example by x; Mon", False),
         ("(qmail 1 invoked from network); Mon", False),
         # A from clause that comes again is read for a claim too (found by review: the
         # lenient parser let these through, the strict one had refused them).
         ("from relay.example.net from mx.example.org; Mon", True),
-        ("from a by b with ESMTP from h (h [192.0.2.1]); Mon", True),
-        ("from a by b from h (mx.example.org [198.51.100.9]); Mon", True),
-        ("from a by b with X from h (helo=mx.example.org); Mon", True),
+        ("from a by mx.example.org with ESMTP from h (h [192.0.2.1]); Mon", True),
+        ("from a by mail.example.org from h (mx.example.org [198.51.100.9]); Mon", True),
+        ("from a by mx.example.org with X from h (helo=mx.example.org); Mon", True),
         ("from a by b with IBM ESMTP SMTP Gateway for <x@y> from <z@mx.example.org>; Mon", False),
+        # No by clause: a claim all the same.
+        ("from mx.example.org; Mon", True),
+        # Another host's record of what it received from us (review rev93 F2: a mailing
+        # list's copy of our user's post, sent back to our users) claims nothing; nor
+        # does another site's LAN or loopback hop that happens to be one of our
+        # addresses (F6).
+        ("from mx.example.org (mx.example.org [192.0.2.1]) by lists.example.net; Mon", False),
+        ("from [192.0.2.1] (helo=[192.0.2.1]) by smtp.sender.example; Mon", False),
+        ("from mx.example.org by [198.51.100.7]; Mon", False),
     ],
 )
 def test_is_our_claim(value: str, expected: bool) -> None:
@@ -616,13 +674,15 @@ def test_generated_postfix_fields_round_trip(
     )
     info = parse_received(value)
     assert info == ReceivedInfo(helo, (ip,), rdns, by, "Mon,  1 Jan 2024 10:00:00 +0000 (UTC)")
-    assert is_our_claim(info, frozenset({rdns.upper() + "."}), frozenset())
-    assert is_our_claim(info, frozenset(), frozenset({ip_address(str(ip))}))
+    # One of our hops when its by names us too (see is_our_claim).
+    assert is_our_claim(info, frozenset({rdns.upper() + ".", by}), frozenset())
+    assert is_our_claim(info, frozenset({by}), frozenset({ip_address(str(ip))}))
+    assert not is_our_claim(info, frozenset(), frozenset({ip_address(str(ip))}))
 
 
 def test_exim_helo_token_is_a_claim_too() -> None:
     info = parse_received(
-        "from [198.51.100.7] (helo=mx.example.com) by relay.example with esmtp id 1;"
+        "from [198.51.100.7] (helo=mx.example.com) by mx.example.com with esmtp id 1;"
         " Sat, 28 Nov 2026 17:00:00 +0000"
     )
     assert info.from_helo == "mx.example.com"

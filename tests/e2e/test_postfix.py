@@ -304,7 +304,7 @@ def test_looping_message(postfix: Postfix) -> None:
 
 def test_fake_router(postfix: Postfix) -> None:
     forged = (
-        "Received: from mx.example.com (mx.example.com [203.0.113.25]) by relay.sender.example"
+        "Received: from mx.example.com (mx.example.com [203.0.113.25]) by mx.example.com"
         " with ESMTP id 1; Sat, 28 Nov 2026 17:00:00 +0000\r\n"
     )
     assert_table(send(postfix, forged + HEADERS.format(n=3) + "\r\nhi\r\n"), "fake_router")

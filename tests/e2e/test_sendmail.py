@@ -628,7 +628,7 @@ def test_hops_at_the_limit_pass(client: SmtpClient, mta: Sendmail) -> None:
     "received",
     [
         b"from mx.example.com (mx.example.com [203.0.113.25])\r\n"
-        b"\tby relay.sender.example with ESMTP id 1; Sat, 28 Nov 2026 16:00:00 +0000",
+        b"\tby mx.example.com with ESMTP id 1; Sat, 28 Nov 2026 16:00:00 +0000",
         b"this is not a trace field",
     ],
 )

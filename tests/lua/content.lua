@@ -89,7 +89,7 @@ local function main()
     body(conn, {"hi\r\n"})
     expect_eom(conn, "looping_message", "552", "5.4.6", "looping message. (环回信件)")
 
-    conn = message(with({{"Received", "from mx.example.com ([203.0.113.25]) by relay.sender.example; " ..
+    conn = message(with({{"Received", "from mx.example.com ([203.0.113.25]) by mx.example.com; " ..
                                       "Sat, 28 Nov 2026 16:00:00 +0000"}}))
     body(conn, {"hi\r\n"})
     expect_eom(conn, "fake_router", "553", "5.7.1", "fake router infomation. (伪造的路由信息)")

@@ -1,11 +1,17 @@
 """``fake_router``: forged or malformed ``Received:`` trace fields.
 
 A field is refused when it does not parse as a trace field (see
-:mod:`smtpguard.content.received` for exactly what is parsed), or when its ``from``
-clause claims one of our host names or IPs (``site.our_hostnames``,
-``site.our_ips``) while the connecting client is not one of our hosts (an IP in
-``site.our_ips`` or ``site.trusted_networks``) and has not logged in (a user's
-redirect of a message we delivered carries our own Received fields).
+:mod:`smtpguard.content.received` for exactly what is parsed), or when it claims to
+be one of our hops, its ``from`` clause naming one of our host names or IPs
+(``site.our_hostnames``, ``site.our_ips``) and its ``by`` clause one too or none
+(:func:`~smtpguard.content.received.is_our_claim`), while the connecting client is
+not one of our hosts (an IP in ``site.our_ips`` or ``site.trusted_networks``) and has
+not logged in (a user's redirect of a message we delivered carries our own Received
+fields). Claims are read from the top down to the first field another host wrote (its
+``by`` is not ours): the fields below it are the message's history before that host,
+where our own hops stand when a mailing list or a forwarder sends our user's message
+back to our users (review rev93 F2: the list's copy was refused, 553). A forger gains
+nothing there either: no filter trusts a hop below an untrusted one.
 """
 
 from __future__ import annotations
@@ -13,7 +19,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.content.received import ReceivedParseError, is_our_claim, parse_received
+from smtpguard.content.received import (
+    ReceivedParseError,
+    is_our_claim,
+    parse_received,
+    written_by_another,
+)
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
@@ -40,6 +51,15 @@ class ForgedReceived:
         # A logged-in user's redirect of a message we delivered carries our Received
         # fields: for such a client they are no forged claim.
         ours = conn.trusted or (conn.client_ip is not None and conn.client_ip in self.ips)
-        if not ours and is_our_claim(info, self.names, self.ips):
+        txn = conn.txn
+        if ours or (txn is not None and _HISTORY in txn.scratch):
+            return None
+        if is_our_claim(info, self.names, self.ips):
             return Hit("fake_router", f"Received claims our host: from {info.from_name}")
+        if txn is not None and written_by_another(info, self.names, self.ips):
+            txn.scratch[_HISTORY] = True  # what came before another host (module docstring)
         return None
+
+
+#: In a transaction's scratch: a field another host wrote was seen.
+_HISTORY = "received.history"

@@ -18,15 +18,21 @@ What is accepted (a *valid trace field*):
   nested ``(...)`` in which a backslash escapes the next character. A quoted string
   ``"..."`` (backslash escapes) is part of the word around it. Brackets are ordinary word
   characters, so ``[192.0.2.1]`` and ``<a@example.org>`` are single words.
-* At most one ``;`` outside comments and quoted strings. After it there must be at least
-  one word (the date-time; it is not validated further). ``date`` is the unfolded text
+* At most one ``;`` outside comments and quoted strings that separates the date, and
+  after it at least one word (the date-time; it is not validated further). A ``;``
+  followed by a keyword is no such separator, only punctuation between clauses
+  (SquirrelMail's ``from HOST (SquirrelMail authenticated user U); by HOST with HTTP;
+  DATE``; review rev93 F1). ``date`` is the unfolded text
   after the ``;`` with surrounding blanks (space, tab) stripped, comments such as ``(UTC)``
   included. Without a ``;`` the field has the obsolete form RFC 5322 §4.5.7 still
   requires readers to honour (``obs-received = "Received" *WSP ":" *received-token
   CRLF``: no date, as SendGrid's relays write it), and ``date`` is ``None``.
 * Before the ``;``, once comments are removed, only clauses: a keyword ``from``, ``by``,
-  ``via``, ``with``, ``id`` or ``for`` (any case, any order) followed by one or more words
-  that are not keywords (``with Microsoft SMTP Server`` is one clause). A keyword seen
+  ``via``, ``with``, ``id`` or ``for`` (any case, any order) followed by words that are
+  not keywords (``with Microsoft SMTP Server`` is one clause), or by none: QQ Mail
+  writes ``with SMTP id ; DATE`` on every webmail message, China Telecom's 189.cn
+  ``from  ([192.0.2.1]) by ...`` (review rev93 F1: both refused as forged, 553);
+  RFC 5322 §3.6.7 makes any received-tokens a trace field. A keyword seen
   before is a word of the clause it stands in (Mimecast's ``with ESMTP with STARTTLS``:
   received-tokens are any words), except ``from``, which starts another from clause
   wherever it stands (IBM's ``with IBM ESMTP SMTP Gateway: ... for <x> from <y>``);
@@ -35,15 +41,17 @@ What is accepted (a *valid trace field*):
 * Or, before the ``;``, nothing but one or more comments, as in qmail's
   ``(qmail 1234 invoked by uid 89); 1 Jan 2024 10:00:00 -0000``.
 
-Everything else raises :class:`ReceivedParseError`: more than one ``;``, an empty date
-after a ``;``, a leading word that is not a keyword, a keyword without a value, an
-unbalanced ``(`` or ``)``, an unterminated quoted string or a trailing backslash in a
-comment, a NUL, an over-long value, nothing at all.
+Everything else raises :class:`ReceivedParseError`: more than one ``;`` before a date,
+an empty date after a ``;``, a leading word that is not a keyword, keywords and
+nothing else (``from``), an unbalanced ``(``
+or ``)``, an unterminated quoted string or a trailing backslash in a comment, a NUL, an
+over-long value, nothing at all.
 
 What is extracted:
 
 * ``from_name``: the first word after ``from`` as written (a HELO name, or for Exim the
-  verified host name, or an address literal such as ``[192.0.2.1]``).
+  verified host name, or an address literal such as ``[192.0.2.1]``); None when the
+  clause has only a comment.
 * ``from_ips``: addresses in the from clause, de-duplicated in order of appearance. Each
   word of the clause and each white-space separated token of each from-clause comment
   (outside nested comments) is tried as ``[a.b.c.d]``, ``[IPv6:...]``, a bare address
@@ -57,7 +65,7 @@ What is extracted:
 * ``from_helo``: the name in a from-clause comment's ``helo=NAME`` token, where Exim
   records the client's HELO when it differs from the verified name
   (``from [192.0.2.1] (helo=mx.example.com)``).
-* ``by_name``: the first word after ``by``.
+* ``by_name``: the first word after ``by`` (None without one).
 
 Only ``str.find``-like scanning and regular expressions with possessive quantifiers
 are used, so parsing is linear in the input length.
@@ -79,6 +87,7 @@ __all__ = [
     "ReceivedParseError",
     "is_our_claim",
     "parse_received",
+    "written_by_another",
 ]
 
 MAX_LENGTH: Final = 8192
@@ -168,7 +177,16 @@ def parse_received(value: str, *, fast: bool = True) -> ReceivedInfo:
             return info
     tokens = _tokenize(text)
 
-    semis = [i for i, tok in enumerate(tokens) if tok.kind == _SEMI]
+    semis = [
+        i
+        for i, tok in enumerate(tokens)
+        if tok.kind == _SEMI
+        and not (
+            i + 1 < len(tokens)
+            and tokens[i + 1].kind == _WORD
+            and tokens[i + 1].text.lower() in _KEYWORDS
+        )
+    ]
     if len(semis) > 1:
         raise ReceivedParseError("more than one ';'")
     date: str | None = None
@@ -191,12 +209,13 @@ def parse_received(value: str, *, fast: bool = True) -> ReceivedInfo:
         ips, rdns = _tcp_info(clause)
         from_ips += tuple(ip for ip in ips if ip not in from_ips)
         helo = _helo(clause)
-        other_names += [n for n in (clause.words[0], rdns, helo) if n is not None]
+        first = clause.words[0] if clause.words else None
+        other_names += [n for n in (first, rdns, helo) if n is not None]
     return ReceivedInfo(
-        from_name=from_clause.words[0] if from_clause else None,
+        from_name=from_clause.words[0] if from_clause and from_clause.words else None,
         from_ips=from_ips,
         from_rdns=from_rdns,
-        by_name=by_clause.words[0] if by_clause else None,
+        by_name=by_clause.words[0] if by_clause and by_clause.words else None,
         date=date,
         from_helo=_helo(from_clause) if from_clause else None,
         other_from_names=tuple(other_names),
@@ -235,23 +254,46 @@ def is_our_claim(
     names: frozenset[str],
     ips: frozenset[IPAddress],
 ) -> bool:
-    """Whether the from clause names one of our hosts or addresses.
+    """Whether the field is one of our hops: its from clause names one of our hosts or
+    addresses, and its by clause names one too, or is missing.
 
-    A header that claims to come from us but arrives from outside is forged. Names
-    compare as :func:`~smtpguard.address.canonical_domain` gives them (case, a trailing
-    dot, U-label or A-label, full-width letters do not matter); an IPv4-mapped IPv6
-    address also matches its IPv4 form, since dual-stack MTAs record either.
+    A header that claims to come from us but arrives from outside is forged. A field
+    whose ``by`` is another host is that host's record of what it received, from us
+    too, when a mailing list or a forwarder sends our user's message back to our users:
+    history, not a claim (review rev93 F2: the list's copy was refused, 553; a forger
+    gains nothing from it, and a host's own LAN or loopback hop, a Thunderbird HELO
+    ``[192.168.1.10]``, amavis's ``localhost [127.0.0.1]``, is not taken for ours, F6).
+    Names compare as :func:`~smtpguard.address.canonical_domain` gives them (case, a
+    trailing dot, U-label or A-label, full-width letters do not matter); an IPv4-mapped
+    IPv6 address also matches its IPv4 form, since dual-stack MTAs record either.
     """
     ours = _normalized(names)
+    if written_by_another(info, names, ips):
+        return False
     for name in (info.from_name, info.from_rdns, info.from_helo, *info.other_from_names):
         if name is not None and _normalize(name) in ours:
             return True
-    for ip in info.from_ips:
-        if ip in ips:
-            return True
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped in ips:
-            return True
-    return False
+    return any(_is_ours(ip, ips) for ip in info.from_ips)
+
+
+def written_by_another(
+    info: ReceivedInfo, names: frozenset[str], ips: frozenset[IPAddress]
+) -> bool:
+    """Whether the field's by clause names a host that is not one of ours: what that
+    host received, and every field below it, is the message's history before it came
+    near us (see :func:`is_our_claim`)."""
+    by = info.by_name
+    return by is not None and not _names_us(by, _normalized(names), ips)
+
+
+def _names_us(word: str, ours: frozenset[str], ips: frozenset[IPAddress]) -> bool:
+    """Whether a by clause's word is one of our names or addresses."""
+    ip, _ = _parse_ip(word)
+    return _is_ours(ip, ips) if ip is not None else _normalize(word) in ours
+
+
+def _is_ours(ip: IPAddress, ips: frozenset[IPAddress]) -> bool:
+    return ip in ips or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped in ips)
 
 
 def _normalize(name: str) -> str:
@@ -336,10 +378,10 @@ def _clauses(tokens: list[_Token]) -> tuple[dict[str, _Clause], list[_Clause]]:
             else:
                 current.comments.append(tok.text)
             continue
+        if tok.kind == _SEMI:
+            continue  # between clauses (see parse_received)
         keyword = tok.text.lower()
         if keyword in _KEYWORDS:
-            if current is not None and not current.words:
-                raise ReceivedParseError("clause without a value")
             if keyword not in clauses:
                 current = _Clause([], [])
                 clauses[keyword] = current
@@ -354,10 +396,10 @@ def _clauses(tokens: list[_Token]) -> tuple[dict[str, _Clause], list[_Clause]]:
         if current is None:
             raise ReceivedParseError("does not start with a trace clause")
         current.words.append(tok.text)
-    if current is not None and not current.words:
-        raise ReceivedParseError("clause without a value")
     if not clauses and not leading_comments:
         raise ReceivedParseError("nothing before ';'")
+    if clauses and not any(c.words or c.comments for c in (*clauses.values(), *more_from)):
+        raise ReceivedParseError("no clause has a value")
     return clauses, more_from
 
 
