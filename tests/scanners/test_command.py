@@ -367,3 +367,25 @@ def test_end_running_kills_the_programs_under_way(tmp_path: Path) -> None:
     assert result.status is ScanStatus.ERROR
     assert "killed by signal 9" in result.detail
     assert end_running() == 0
+
+
+def test_a_reason_on_stdout_is_kept_and_a_name_with_another_status_is_suspect(
+    tmp_path: Path,
+) -> None:
+    """Review rev92 F4: for a status other than 0 and 1 only stderr was kept ("exit
+    status 2", clamdscan prints clamd's errors on stdout), and a virus named with
+    another scanner's status (savscan's 3) was a plain error, passed where outages pass,
+    the name in no log."""
+    said = "stream: Can't connect to clamd: No such file or directory ERROR"
+    result = run_command(
+        script(tmp_path, f"sys.stdin.buffer.read(); print({said!r}); sys.exit(2)"), MESSAGE, 10
+    )
+    assert result.status is ScanStatus.ERROR
+    assert result.detail.endswith(f"exit status 2: {said}")
+    assert not result.suspect
+    found = "stream: Troj/Test-A FOUND"
+    program = f"sys.stdin.buffer.read(); print({found!r}); sys.exit(3)"
+    result = run_command(script(tmp_path, program, "savscan"), MESSAGE, 10)
+    assert result.status is ScanStatus.ERROR
+    assert "exit status 3 with 'Troj/Test-A' FOUND on stdout" in result.detail
+    assert result.suspect

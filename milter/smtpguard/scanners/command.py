@@ -15,7 +15,9 @@ exit status             result
                         printed anything before; ``suspect``: deferred even
                         where ``on_temp_error = "pass"``, as it may be a virus
 anything else           ERROR (``detail`` carries the status and the start of
-                        standard error)
+                        standard error, or of standard output when standard
+                        error is empty); ``suspect`` with a ``NAME FOUND`` line
+                        (another scanner's status for a virus)
 killed by a signal      ERROR
 not started             ERROR (program missing, not executable)
 timeout                 ERROR; the program and everything it started in its
@@ -181,8 +183,9 @@ def run_command(
     status = proc.returncode
     if status == 0:
         return ScanResult(ScanStatus.CLEAN, scanned=size)
-    name = _name(_text(out)) if status == 1 else ""
-    if name:
+    stdout = _text(out)
+    name = _name(stdout) if status > 0 else ""
+    if name and status == 1:
         return ScanResult(ScanStatus.INFECTED, virus=name, scanned=size)
     # Exit 1 without a "NAME FOUND" line is a program that failed (Python's
     # uncaught exception, set -e), whatever it printed before (review rev49: a
@@ -191,14 +194,23 @@ def run_command(
     what = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
     if status == 1:
         what += " without a 'NAME FOUND' line on stdout"
-    stderr = _text(err).strip().replace("\n", " | ")[:300]
+    elif name:
+        # Another scanner's convention for a virus (Sophos savscan exits 3, McAfee
+        # uvscan 13): not ours to call a virus, but not to pass as an outage either
+        # (review rev92 F4: passed under on_temp_error = "pass", the name in no log).
+        what += f" with {name!r} FOUND on stdout (a virus is exit status 1)"
+    # Why it failed, from stderr, or from stdout where the program says it there
+    # (clamdscan prints clamd's errors on stdout; review rev92 F4).
+    said = _text(err).strip() or ("" if name else stdout.strip())
+    said = said.replace("\n", " | ")[:300]
     return ScanResult(
         ScanStatus.ERROR,
-        detail=f"{argv[0]}: {what}" + (f": {stderr}" if stderr else ""),
+        detail=f"{argv[0]}: {what}" + (f": {said}" if said else ""),
         scanned=size,
-        # A hook that says "infected" the old way (a bare name) must not have its
-        # mail passed where scanner outages pass (review rev51).
-        suspect=status == 1,
+        # A hook that says "infected" the old way (a bare name), or names a virus with
+        # another status, must not have its mail passed where scanner outages pass
+        # (review rev51, rev92 F4).
+        suspect=status == 1 or bool(name),
     )
 
 
