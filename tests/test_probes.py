@@ -519,3 +519,38 @@ def test_a_site_without_domains_is_a_problem(
     assert result.returncode == (1 if reported else 0), result.stderr
     if reported:
         assert "refused as relaying (host_denies_relay)" in found[0]
+
+
+def test_check_config_runs_the_virus_hook_once_as_the_service_user(open_dir: Path) -> None:
+    """Review rev92 F3: a hook that fails every message (clamdscan without its clamd,
+    exit 2, a hang) passed check-config, which only looked at the program file. Online,
+    it is now run once on a message of a few clean octets, as milter.user."""
+    hooks = open_dir / "hooks"
+    hooks.mkdir(mode=0o755)
+    seen = open_dir / "state" / "seen"
+    scripts = {
+        "broken.sh": "echo 'stream: cannot connect to clamd ERROR'\nexit 2\n",
+        "hangs.sh": "exec sleep 3600\n",
+        "works.sh": f"cat >/dev/null\nid -un > {seen}\nexit 0\n",
+    }
+    for name, body in scripts.items():
+        (hooks / name).write_text(f"#!/bin/sh\n{body}")
+        (hooks / name).chmod(0o755)
+    why = {
+        "broken.sh": f"{hooks}/broken.sh: exit status 2: stream: cannot connect to clamd ERROR",
+        "hangs.sh": f"{hooks}/hangs.sh timed out after 1 s",
+    }
+    for name, expected in why.items():
+        virus = {"backend": "command", "command": [str(hooks / name)], "timeout": 1.0}
+        site = nobody_site(open_dir, {"virus": virus})
+        result = smtpguard(site, "check-config", check=False)
+        assert result.returncode == 1, result.stdout
+        (line,) = [line for line in problems(result) if ": virus.command: " in line]
+        assert f"did not answer clean ({expected}): every message would get" in line, line
+        offline = smtpguard(site, "check-config", "--offline", check=False)
+        assert ": virus.command: " not in offline.stderr  # not run offline
+    virus = {"backend": "command", "command": [str(hooks / "works.sh")], "timeout": 5.0}
+    site = nobody_site(open_dir, {"virus": virus})
+    result = smtpguard(site, "check-config", check=False)
+    assert ": virus.command: " not in result.stderr, result.stderr
+    assert seen.read_text().strip() == "nobody"

@@ -131,7 +131,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.append(exc)
     if not args.offline:
-        problems += backend_problems(config)
+        reported = frozenset(p.key for p in problems)
+        problems += backend_problems(config, become=drop_privileges, skip=reported)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

@@ -14,7 +14,8 @@ Every problem is a :class:`~smtpguard.config.ConfigError`, printed as
   every local user can.
 * :func:`backend_problems`: one harmless request to each configured network backend
   (clamd ``PING``, rspamd ``GET /ping``, Redis ``PING``, one DNS query per nameserver),
-  with the configured timeouts, through the clients the checks use.
+  with the configured timeouts, through the clients the checks use, and one run of the
+  virus hook on a message of a few clean octets.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
 from smtpguard.logsetup import LogSetupError, syslog_handler
-from smtpguard.scanners import connect, failure_text
+from smtpguard.scanners import ScanStatus, connect, failure_text
 from smtpguard.scanners.clamd import ping
+from smtpguard.scanners.command import CANARY_MESSAGE, run_command
 from smtpguard.scanners.rspamd import RspamdClient
 
 #: Asked of each nameserver: every recursive resolver can answer it.
@@ -431,11 +433,21 @@ def log_problems(config: Config) -> list[ConfigError]:
     return []
 
 
-def backend_problems(config: Config) -> list[ConfigError]:
-    """Ask each configured network backend once; every failure is one problem."""
+def backend_problems(
+    config: Config,
+    become: Callable[[str], None] | None = None,
+    *,
+    skip: frozenset[str] = frozenset(),
+) -> list[ConfigError]:
+    """Ask each configured network backend once, and run the virus hook once on a
+    message of a few clean octets (as ``milter.user``, see :func:`file_problems`);
+    every failure is one problem. ``skip``: keys already reported (a hook that cannot
+    be run is not run)."""
     found: list[Problem] = []
     if config.virus.backend == "clamd":
         found += _clamd(config.virus.clamd_socket, config.virus.timeout)
+    if config.virus.backend == "command" and "virus.command" not in skip:
+        found += _hook(config, become)
     if config.antispam.engine == "rspamd":
         found += _rspamd(config.antispam.engine_socket, config.antispam.engine_timeout)
     if config.state.backend == "redis":
@@ -443,6 +455,42 @@ def backend_problems(config: Config) -> list[ConfigError]:
     if config.dns.enabled:
         found += _nameservers(config)
     return [ConfigError(config.file, key, message) for key, message in found]
+
+
+def _hook(config: Config, become: Callable[[str], None] | None) -> list[Problem]:
+    """The hook must find a clean message clean: one that cannot reach its scanner
+    (clamdscan without its clamd), exits 2 or hangs fails every message, which only
+    executing it tells (review rev92 F3: check-config said OK)."""
+    argv = config.virus.command
+    if not argv:
+        return []
+
+    def run() -> list[Problem]:
+        result = run_command(argv, CANARY_MESSAGE, config.virus.timeout)
+        if result.status is ScanStatus.CLEAN:
+            return []
+        why = (
+            f"it found {result.virus!r}"
+            if result.status is ScanStatus.INFECTED
+            else result.detail or result.status.value
+        )
+        return [
+            (
+                "virus.command",
+                f"run on a message of a few clean octets, it did not answer clean ({why}):"
+                " every message would get the scanner's failure ([checks.virus]"
+                " on_temp_error decides: deferred, or passed unscanned)",
+            )
+        ]
+
+    user = config.milter.user
+    try:
+        uid = pwd.getpwnam(user).pw_uid if user else 0
+    except KeyError:
+        uid = 0  # user_problems names it
+    if become is not None and uid != 0 and os.geteuid() == 0:
+        return _in_child(lambda: become(user), run)
+    return run()
 
 
 def _clamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
