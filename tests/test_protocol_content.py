@@ -324,6 +324,23 @@ def test_attachment_too_long(content_service: Running) -> None:
     assert_reply(final, "attachment_too_long")
 
 
+def test_an_attached_message_over_the_limit(content_service: Running) -> None:
+    """Review rev93 F5: an attached fw.eml is one attachment to its reader; it passed,
+    however large, while each of its own attachments was under the limit."""
+    inner_headers, inner_body = mime(
+        ["Content-Type: text/plain\r\n\r\nsee attached", attachment(30_000), attachment(30_000)]
+    )
+    inner = "".join(f"{name}: {value}\r\n" for name, value in inner_headers)
+    part = (
+        'Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename="fw.eml"'
+        f"\r\n\r\n{inner}\r\n{inner_body}"
+    )
+    headers, body = mime(["Content-Type: text/plain\r\n\r\nforwarded", part])
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert_reply(final, "attachment_too_long")
+    assert "fw.eml" in content_service.log()
+
+
 @pytest.mark.parametrize("junk", ["X-Junk\xe9: 1\r\n", "not a header field\r\n", "X\x01: 1\r\n"])
 def test_a_line_that_is_no_field_does_not_hide_an_attachment(
     content_service: Running, junk: str

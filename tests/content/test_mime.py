@@ -516,10 +516,47 @@ def forwarded_message() -> bytes:
 
 
 def test_attachment_inside_attached_multipart_message() -> None:
-    body = multipart(
-        b"XX", [text_part(), forwarded_message(), attachment("outer.txt", PAYLOAD[:100])]
+    """The attached message is one attachment of its size as written (its content, up
+    to the line break before the next delimiter), its own attachment another."""
+    fwd = forwarded_message()
+    body = multipart(b"XX", [text_part(), fwd, attachment("outer.txt", PAYLOAD[:100])])
+    written = len(fwd.partition(b"\r\n\r\n")[2]) - 2
+    assert written > len(PAYLOAD)
+    assert walk_bytes(MIXED, body) == (written, "fwd.eml", 3, [])
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 1000])
+def test_an_attached_message_is_measured_whole_in_any_chunks(step: int) -> None:
+    """Review rev93 F5: an attached .eml of any size passed while each of its leaves
+    was under the limit (mail readers show it as one attachment)."""
+    leaves = [attachment(f"part{n}.bin", PAYLOAD[:700]) for n in range(3)]
+    inner = b"Subject: fw\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n" + multipart(
+        b"in", [text_part(b"see the attachments\r\n"), *leaves]
     )
-    assert walk_bytes(MIXED, body) == (len(PAYLOAD), "deep.bin", 2, [])
+    part = (
+        b'Content-Type: message/rfc822\r\nContent-Disposition: attachment; filename="fw.eml"'
+        b"\r\n\r\n" + inner
+    )
+    body = multipart(b"XX", [text_part(), part])
+    chunks = [body[i : i + step] for i in range(0, len(body), step)]
+    assert result(walk(MIXED, chunks)) == (len(inner) - 2, "fw.eml", 4, [])
+    # LF line ends: the line break before the delimiter is one octet.
+    lf = body.replace(b"\r\n", b"\n")
+    size = len(inner.replace(b"\r\n", b"\n")) - 1
+    assert result(walk(MIXED, [lf[i : i + step] for i in range(0, len(lf), step)]))[:2] == (
+        size,
+        "fw.eml",
+    )
+    # Without an attachment's marks an embedded message counts through its leaves only.
+    plain = part.replace(b'Content-Disposition: attachment; filename="fw.eml"\r\n', b"")
+    assert walk_bytes(MIXED, multipart(b"XX", [text_part(), plain]))[:3] == (
+        700,
+        "part0.bin",
+        3,
+    )
+    # At the end of the body (no closing delimiter), all of it counts.
+    top = [("Content-Type", "message/rfc822"), ("Content-Disposition", "attachment")]
+    assert walk_bytes(top, inner)[:2] == (len(inner), None)
 
 
 def test_message_rfc822_with_mbox_from_line() -> None:
@@ -1186,19 +1223,26 @@ def _stdlib_messages(draw: st.DrawFn, depth: int = 0) -> email.message.EmailMess
     return msg
 
 
-def _stdlib_attachments(msg: email.message.Message) -> list[tuple[int, str | None]]:
+def _stdlib_attachments(msg: email.message.Message, eol: bytes) -> list[tuple[int, str | None]]:
     found = []
     for part in msg.walk():
-        if part.is_multipart() or part.get_content_type() == "message/rfc822":
+        if part.is_multipart() and part.get_content_type() != "message/rfc822":
             continue
-        if (
+        if not (
             part.get_content_disposition() == "attachment"
             or part.get_filename() is not None
             or part.get_param("name") is not None
         ):
-            payload = part.get_payload(decode=True)
-            assert isinstance(payload, bytes)
-            found.append((len(payload), part.get_filename()))
+            continue
+        if part.get_content_type() == "message/rfc822":
+            # An attached message: its size as written (review rev93 F5).
+            (inner,) = part.get_payload()
+            written = inner.as_bytes(policy=email.policy.SMTP).replace(b"\r\n", eol)
+            found.append((len(written), part.get_filename()))
+            continue
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        found.append((len(payload), part.get_filename()))
     return found
 
 
@@ -1210,7 +1254,7 @@ def test_agrees_with_stdlib_email(msg: email.message.EmailMessage, eol: bytes, c
     parsed = email.message_from_bytes(head, policy=email.policy.compat32)
     top = [(name, str(value)) for name, value in parsed.items()]
     walker = walk(top, chunked(body.replace(b"\r\n", eol), chunk))
-    expected = _stdlib_attachments(msg)
+    expected = _stdlib_attachments(msg, eol)
     assert walker.attachments == len(expected)
     assert walker.malformed == []
     largest = max((size for size, _ in expected), default=0)

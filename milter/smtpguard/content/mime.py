@@ -19,8 +19,12 @@ Standards followed:
 
 An *attachment* is a leaf part whose Content-Disposition type is ``attachment`` or that has
 a ``filename`` parameter (Content-Disposition) or a ``name`` parameter (Content-Type), in
-plain or RFC 2231 form. Multipart and embedded-message containers are walked into, never
-counted themselves, even with a file name (a forwarded ``.eml`` counts through its leaves).
+plain or RFC 2231 form. Multipart and embedded-message containers are walked into. An
+embedded message (``message/rfc822``, ``message/global``) marked so is an attachment too,
+of its size as written (its encoding is the identity), and its own attachments count as
+well: a forwarded ``fw.eml`` is one attachment to its reader (review rev93 F5: one of
+any size passed while each of its leaves was under the limit). A multipart is never
+counted itself.
 Its *decoded size* is counted without decoding:
 
 * base64: 3 bytes per 4 alphabet characters minus padding, white space ignored; a "="
@@ -413,6 +417,16 @@ def _make_counter(encoding: str) -> _Counter:
 
 
 @dataclass(slots=True)
+class _Embedded:
+    """An embedded message counted as an attachment: where its content starts (an
+    offset in the body) and how many multiparts were open around it."""
+
+    name: str | None
+    start: int
+    level: int
+
+
+@dataclass(slots=True)
 class _Frame:
     """An open multipart: its boundary and where it sits."""
 
@@ -452,20 +466,24 @@ class MimeWalker:
         "_depth",
         "_digest_parent",
         "_embedded",
+        "_embedded_parts",
         "_examine_left",
         "_first_header_line",
         "_header_bytes",
         "_header_overflow",
         "_headers",
+        "_here",
         "_hint",
         "_line_start",
         "_max_depth",
         "_max_header_bytes",
         "_mode",
         "_name",
+        "_offset",
         "_outside",
         "_parts_left",
         "_stack",
+        "_tail",
         "attachments",
         "largest_attachment",
         "largest_attachment_name",
@@ -498,6 +516,13 @@ class MimeWalker:
         self._hint = 0
         self._line_start = True
         self._stack: list[_Frame] = []
+        #: Embedded messages counted as attachments, open (see _Embedded).
+        self._embedded_parts: list[_Embedded] = []
+        #: The body offset of _buf[0], the offset of the line being handled, and the
+        #: last two octets dropped from _buf (the line break before a delimiter).
+        self._offset = 0
+        self._here = 0
+        self._tail = b""
         self._mode = _SKIP
         self._counter: _Counter | None = None
         self._name: str | None = None
@@ -546,9 +571,11 @@ class MimeWalker:
             return
         self._closed = True
         self._process(final=True)
+        self._here = self._offset
         if self._mode == _HEADERS:
             self._end_headers()
         self._end_leaf(at_eof=True)
+        self._end_embedded(0, eol=0)
         if self._stack:
             self._note("missing closing boundary")
             if not all(frame.saw_part for frame in self._stack):
@@ -570,6 +597,9 @@ class MimeWalker:
             if nxt is None:
                 break
             pos = nxt
+        if pos:
+            self._tail = (self._tail + bytes(buf[max(0, pos - 2) : pos]))[-2:]
+            self._offset += pos
         del buf[:pos]
         # Every step that pauses leaves only a newline-free remainder behind.
         self._hint = len(buf)
@@ -608,9 +638,11 @@ class MimeWalker:
         if self._stack and line.startswith(b"--") and len(line) <= _DELIM_LINE_MAX:
             hit = self._match_delimiter(line)
             if hit is not None:
-                self._delimiter(*hit)
+                self._here = self._offset + pos
+                self._delimiter(*hit, eol=self._eol_before(pos))
                 return end
         if line in (b"\r\n", b"\n"):
+            self._here = self._offset + end
             self._end_headers()
             return end
         if self._broken_bytes:
@@ -713,7 +745,8 @@ class MimeWalker:
         if end - pos <= _DELIM_LINE_MAX:
             hit = self._match_delimiter(bytes(buf[pos:end]))
             if hit is not None:
-                self._delimiter(*hit)
+                self._here = self._offset + pos
+                self._delimiter(*hit, eol=self._eol_before(pos))
                 self._line_start = True
                 return end
         self._examined()
@@ -737,7 +770,23 @@ class MimeWalker:
                 return i, True
         return None
 
+    def _eol_before(self, pos: int) -> int:
+        """The length of the line break that ends before ``pos`` in the buffer (CRLF 2,
+        LF 1, none at the start of the body): it belongs to a delimiter at ``pos``."""
+        before = bytes(self._buf[max(0, pos - 2) : pos])
+        if len(before) < 2:
+            before = (self._tail + before)[-2:]
+        if self._offset + pos == 0 or not before.endswith(b"\n"):
+            return 0
+        return 2 if before == b"\r\n" else 1
+
     def _data(self, pos: int, end: int) -> None:
+        if self._embedded_parts:
+            # Growing as it streams in, so a size limit acts before its end; a line
+            # break at the end may be a delimiter's.
+            written = self._offset + end - self._eol_before(end)
+            for part in self._embedded_parts:
+                self._measured(part, written - part.start)
         if self._mode == _SKIP:
             # Text outside the parts (largest_outside).
             self._outside += end - pos
@@ -753,11 +802,12 @@ class MimeWalker:
 
     # -- structure ---------------------------------------------------------------------
 
-    def _delimiter(self, index: int, closing: bool) -> None:
+    def _delimiter(self, index: int, closing: bool, *, eol: int) -> None:
         self._outside = 0
         if self._mode == _HEADERS:
             self._end_headers()
         self._end_leaf(at_eof=False)
+        self._end_embedded(index + 1, eol=eol)
         stack = self._stack
         if len(stack) > index + 1:
             self._note("missing closing boundary")
@@ -860,6 +910,8 @@ class MimeWalker:
         # ordinary leaf. Whatever it hides (a nested attachment, one whose
         # Content-Disposition came after the header budget) is in it.
         opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
+        if opaque is None and maintype == "message":
+            self._embedded_attachment(disp_type, disp_params, ct_params)
         if opaque is None:
             if broken:
                 # Readers that start the body at the line that is no field read the
@@ -896,6 +948,23 @@ class MimeWalker:
         self.attachments += 1
         if self.attachments == 1:
             self.largest_attachment_name = self._name
+
+    def _embedded_attachment(
+        self, disp_type: str, disp_params: dict[str, str], ct_params: dict[str, str]
+    ) -> None:
+        """An embedded message just walked into: counted as an attachment too when it
+        is marked as one (see the module docstring)."""
+        disp_type = "".join(_SIMPLE_COMMENT.sub("", disp_type).split()).lower()
+        name = _param(disp_params, "filename")
+        if name is None:
+            name = _param(ct_params, "name")
+        if disp_type != "attachment" and name is None:
+            return
+        loggable = _loggable(name) if name is not None else None
+        self._embedded_parts.append(_Embedded(loggable, self._here, len(self._stack)))
+        self.attachments += 1
+        if self.attachments == 1:
+            self.largest_attachment_name = loggable
 
     def _enter(
         self,
@@ -935,6 +1004,19 @@ class MimeWalker:
             return ""
         self._note(why)
         return why
+
+    def _end_embedded(self, level: int, *, eol: int) -> None:
+        """A delimiter of the multipart at ``level - 1`` (or one further out; 0: the
+        end of the body) ends the embedded messages inside it."""
+        parts = self._embedded_parts
+        while parts and parts[-1].level >= level:
+            part = parts.pop()
+            self._measured(part, self._here - eol - part.start)
+
+    def _measured(self, part: _Embedded, size: int) -> None:
+        if size > self.largest_attachment:
+            self.largest_attachment = size
+            self.largest_attachment_name = part.name
 
     def _end_leaf(self, *, at_eof: bool) -> None:
         counter = self._counter
