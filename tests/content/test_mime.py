@@ -1236,7 +1236,8 @@ def _stdlib_attachments(msg: email.message.Message, eol: bytes) -> list[tuple[in
             continue
         if part.get_content_type() == "message/rfc822":
             # An attached message: its size as written (review rev93 F5).
-            (inner,) = part.get_payload()
+            inner = part.get_payload(0)
+            assert isinstance(inner, email.message.Message)
             written = inner.as_bytes(policy=email.policy.SMTP).replace(b"\r\n", eol)
             found.append((len(written), part.get_filename()))
             continue
