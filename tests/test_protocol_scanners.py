@@ -4,6 +4,7 @@ the real clamd, rspamd and Redis behind them, and their fault cases."""
 from __future__ import annotations
 
 import base64
+import itertools
 import signal
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from support.daemons import (
 )
 from support.mtclient import Answer, MilterSession, assert_reply
 from support.polling import holds_for, wait_until
-from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
+from support.service import UNTRUSTED_IP, Running, make_site, merge, running, smtpguard
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +33,11 @@ HEADERS = [
     ("From", "Friend <friend@sender.example>"),
     ("To", "alice@example.com"),
     ("Subject", "hello"),
-    ("Message-ID", "<s1@sender.example>"),
+    ("Message-ID", "<s000000@sender.example>"),
 ]
+#: Each message delivered gets a Message-ID of its own, of the same length: one Message-ID
+#: to the same recipients again is a retry to the same-size count (checks/bulk.py).
+_MESSAGE_IDS = itertools.count(1)
 
 
 def accepted(answer: Answer) -> bool:
@@ -48,6 +52,8 @@ def deliver(
     ip: str = UNTRUSTED_IP,
     esmtp: tuple[str, ...] = (),
 ) -> tuple[Answer, list[tuple[str, dict[str, str]]]]:
+    fresh = f"<s{next(_MESSAGE_IDS):06d}@sender.example>"
+    headers = [(n, fresh if n == "Message-ID" else v) for n, v in headers]
     with service.session() as s:
         s.connect(ip)
         s.helo("mail.sender.example")
@@ -463,6 +469,33 @@ def test_same_size_flood_in_process(tmp_path: Path) -> None:
             assert_reply(s.rcpt("<alice@example.com>"), "same_size_flood")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_retried_message_counts_once(tmp_path: Path, workers: int) -> None:
+    """Review rev93 F3: a message that a later milter greylisted counted at each retry
+    (Postfix tells an earlier milter nothing), and its next attempt was refused for
+    good. The same Message-ID to the same recipients again is a retry, counted once,
+    up to three times; on either counter (one process's, the workers' shared file)."""
+    site = make_site(tmp_path / "site", merge(BULK, {"milter": {"workers": workers}}))
+    retried = [(n, "<retried@sender.example>" if n == "Message-ID" else v) for n, v in HEADERS]
+
+    def attempt() -> Answer:
+        with service.session() as s:
+            s.connect(UNTRUSTED_IP)
+            s.helo("mail.sender.example")
+            assert s.mail("<friend@sender.example>").kind == "continue"
+            assert s.rcpt("<alice@example.com>").kind == "continue"
+            final, _mods, _early = s.message(retried, "Offer 0000\r\n" * 40)
+            return final
+
+    with running(site) as service:
+        for _ in range(4):  # the first attempt and three retries
+            assert accepted(attempt())
+        for i in range(2):  # two other messages: three in all
+            assert accepted(deliver(service, f"Offer {i + 1:04d}\r\n" * 40)[0])
+        assert_reply(deliver(service, "Offer 0009\r\n" * 40)[0], "same_size_flood")
+        assert_reply(attempt(), "same_size_flood")  # a fifth attempt counts
+
+
 def test_same_size_flood_counts_an_authenticated_sender(tmp_path: Path) -> None:
     """A stolen password is the classic same-size flood: logging in exempts nothing."""
     alice = {"{auth_authen}": "alice@example.com", "{auth_type}": "PLAIN"}
@@ -473,7 +506,8 @@ def test_same_size_flood_counts_an_authenticated_sender(tmp_path: Path) -> None:
             s.helo("laptop.example.net", macros={"{tls_version}": "TLSv1.3"})
             assert s.mail("<alice@example.com>", macros=alice).kind == "continue"
             assert s.rcpt("<friend@elsewhere.example>").kind == "continue"
-            final, _mods, _early = s.message(HEADERS, f"Invoice {i:04d}\r\n" * 40)
+            headers = [(n, f"<i{i}@example.com>" if n == "Message-ID" else v) for n, v in HEADERS]
+            final, _mods, _early = s.message(headers, f"Invoice {i:04d}\r\n" * 40)
             return final
 
     with running(make_site(tmp_path / "site", BULK)) as service:

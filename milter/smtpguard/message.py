@@ -61,6 +61,9 @@ class MessageState:
         self.nul = False
         self.long_line = False
         self.longest_header_line = 0
+        #: The first Message-ID field's value (blanks stripped, at most MAX_LINE
+        #: characters), or None: what tells a retry of a message from another message.
+        self.message_id: str | None = None
         self._track_mime = track_mime
         self._max_mime_depth = max_mime_depth
         self._max_mime_parts = max_mime_parts
@@ -92,6 +95,9 @@ class MessageState:
         lowered = name.lower()
         if lowered == "received":
             self.received += 1
+        elif lowered == "message-id":
+            if self.message_id is None:
+                self.message_id = value.strip()[:MAX_LINE]
         elif self._track_mime and lowered in _MIME_HEADERS:
             seen = self._content_seen[lowered] = self._content_seen.get(lowered, 0) + 1
             if seen > _KEPT_COPIES.get(lowered, 1):

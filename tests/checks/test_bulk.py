@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from smtpguard.address import parse_path
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.checks.bulk import SameSize, SameSizeDeclared, bulk_key
+from smtpguard.checks.bulk import RETRIES_FORGIVEN, SameSize, SameSizeDeclared, bulk_key
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError
-from support.checks import ServicesFactory, body, make_conn, with_message
+from support.checks import ServicesFactory, body, header, make_conn, with_message
 from support.fakes import FakeBlacklist, FakeCounter, FakeDirectory
 
 THRESHOLD = {"threshold": 2}
@@ -142,3 +143,53 @@ def test_without_a_counter_both_pass(make_services: ServicesFactory) -> None:
     assert SameSize(bare)(message_of(10), Event()) is None
     declared = make_conn(sender="a@example.org", declared_size=10)
     assert SameSizeDeclared(bare)(declared, Event()) is None
+
+
+def attempt(
+    message_id: str | None, recipients: tuple[str, ...] = ("bob@example.com",)
+) -> Connection:
+    """One delivery attempt of a 500-octet message with this Message-ID."""
+    conn = with_message(make_conn(sender="a@example.org"))
+    assert conn.txn is not None
+    for rcpt in recipients:
+        conn.txn.accept(parse_path(f"<{rcpt}>"), rcpt)
+    if message_id is not None:
+        header(conn, "Message-ID", message_id)
+    body(conn, b"x" * (500 - (conn.txn.message.size if conn.txn.message else 0)))
+    return conn
+
+
+def test_a_retried_message_counts_once(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    """Review rev93 F3: a message that a later milter greylisted (Postfix tells the
+    earlier milters nothing) counted at each retry, and its fourth attempt was refused
+    for good; it had never been delivered."""
+    check = SameSize(make_services(bulk=THRESHOLD))
+    for _ in range(RETRIES_FORGIVEN + 1):
+        assert check(attempt("<1@sender.example>"), Event()) is None
+    assert counter.counts[KEY] == 1
+    # Past the retries forgiven, the same message again is a flood of its own.
+    assert check(attempt("<1@sender.example>"), Event()) is None
+    assert check(attempt("<1@sender.example>"), Event()) == Hit(
+        "same_size_flood", "3 messages of about 500 octets"
+    )
+
+
+def test_other_messages_and_other_recipients_count(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    check = SameSize(make_services(bulk=THRESHOLD))
+    assert check(attempt("<1@sender.example>"), Event()) is None
+    assert check(attempt("<2@sender.example>"), Event()) is None
+    # The same Message-ID to other recipients (a list's next batch, or a flood that
+    # keeps one Message-ID) is another message here.
+    flood = attempt("<2@sender.example>", ("carol@example.com",))
+    assert check(flood, Event()) == Hit("same_size_flood", "3 messages of about 500 octets")
+    # A retry is refused once the sender's count is over the threshold.
+    assert check(attempt("<1@sender.example>"), Event()) == Hit(
+        "same_size_flood",
+        "3 messages of about 500 octets (this one's attempt 2, counted once)",
+    )
+    # Without a Message-ID every attempt counts.
+    assert check(attempt(None), Event()) == Hit("same_size_flood", "4 messages of about 500 octets")

@@ -1149,7 +1149,9 @@ def test_same_size_flood(full_mta: tuple[Running, Sendmail]) -> None:
     with loop_client(mta) as c:
         for i in range(3):
             body = f"FLOOD-{i}\r\n".encode() + b"same offer\r\n" * 30
-            replies.append(loop_message(c, HEADERS + b"\r\n" + body, sender))
+            # Another message each time: the same Message-ID again would be a retry.
+            headers = HEADERS.replace(b"<1@sender.example>", f"<flood{i}@sender.example>".encode())
+            replies.append(loop_message(c, headers + b"\r\n" + body, sender))
     assert [r.code for r in replies[:2]] == [250, 250], replies
     assert replies[2].lines == (through_sendmail("same_size_flood"),), replies[2]
     mta.wait_for_delivery(b"FLOOD-1")

@@ -6,7 +6,15 @@ adds the SASL login); sizes go into buckets (relative width ``bulk.bucket_width`
 the exact rule: a hit counts in its bucket and both neighbours, so sizes within one
 width always count together). More than ``bulk.threshold`` hits within ``bulk.window``
 seconds is refused. At MAIL FROM a declared ``SIZE=`` is checked early (without
-counting); at end of message the actual size is counted. Authenticated sessions are
+counting); at end of message the actual size is counted.
+
+A retry of a message is not counted again: the same key, Message-ID, recipients and
+size within the window, up to :data:`RETRIES_FORGIVEN` times (a message that a later
+milter greylists or tempfails is counted here first, and Postfix tells an earlier milter
+nothing of it, so each retry counted again and the message itself was finally refused
+for good, review rev93 F3); past that, or without a Message-ID, every attempt counts
+(the same message again and again to the same recipients is a flood of its own). The
+retries are counted with the same counter, under a key of their own. Authenticated sessions are
 counted, clients in ``site.trusted_networks`` that do not log in are not. A counter
 backend that fails gives ``database_temp_error`` (or local counting, see
 ``state.on_redis_error``).
@@ -14,12 +22,29 @@ backend that fails gives ``database_temp_error`` (or local counting, see
 
 from __future__ import annotations
 
-from typing import ClassVar
+import hashlib
+from typing import ClassVar, Final
 
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.counters import CounterError, SizeBucketCounter
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
+
+#: Attempts of one message (see the module docstring) that count once: a greylisting
+#: milter's retries, Postfix's queue retries after a temporary failure.
+RETRIES_FORGIVEN: Final = 3
+
+
+def retry_key(key: str, conn: Connection) -> str | None:
+    """The counter key of this message's attempts: the sender's ``key``, its
+    Message-ID, its recipients and its size; None without a Message-ID."""
+    txn = conn.txn
+    if txn is None or txn.message is None or not txn.message.message_id:
+        return None
+    recipients = sorted(r.canonical_lc for r in txn.recipients) + sorted(txn.unparsed_recipients)
+    text = "\0".join([key, txn.message.message_id, str(txn.message.size), *recipients])
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16)
+    return "retry|" + digest.hexdigest()
 
 
 def bulk_key(parts: tuple[str, ...], conn: Connection) -> str:
@@ -82,8 +107,21 @@ class SameSize(_Bulk):
         if self.counter is None or txn is None or txn.message is None or not counted(conn):
             return None
         size = txn.message.size
+        key = bulk_key(self.config.key, conn)
+        retry = retry_key(key, conn)
         try:
-            count = self.counter.hit(bulk_key(self.config.key, conn), size)
+            attempts = self.counter.hit(retry, size) if retry is not None else 1
+            if 1 < attempts <= RETRIES_FORGIVEN + 1:
+                # Counted at its first attempt, and in the count since.
+                count = self.counter.peek(key, size)
+                if count > self.config.threshold:
+                    return Hit(
+                        "same_size_flood",
+                        f"{count} messages of about {size} octets (this one's attempt"
+                        f" {attempts}, counted once)",
+                    )
+                return None
+            count = self.counter.hit(key, size)
         except CounterError as exc:
             return TempError("database_temp_error", f"bulk counter: {exc}")
         if count > self.config.threshold:
