@@ -21,7 +21,7 @@ from typing import ClassVar
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.content.received import (
     ReceivedParseError,
-    is_our_claim,
+    claims_ours,
     parse_received,
     written_by_another,
 )
@@ -54,10 +54,12 @@ class ForgedReceived:
         txn = conn.txn
         if ours or (txn is not None and _HISTORY in txn.scratch):
             return None
-        if is_our_claim(info, self.names, self.ips):
+        if written_by_another(info, self.names, self.ips):
+            if txn is not None:
+                txn.scratch[_HISTORY] = True  # what came before it (module docstring)
+            return None
+        if claims_ours(info, self.names, self.ips):  # is_our_claim, its by ours or none
             return Hit("fake_router", f"Received claims our host: from {info.from_name}")
-        if txn is not None and written_by_another(info, self.names, self.ips):
-            txn.scratch[_HISTORY] = True  # what came before another host (module docstring)
         return None
 
 

@@ -598,7 +598,8 @@ class MimeWalker:
                 break
             pos = nxt
         if pos:
-            self._tail = (self._tail + bytes(buf[max(0, pos - 2) : pos]))[-2:]
+            if self._embedded_parts:  # only they measure to a line break (_eol_before)
+                self._tail = (self._tail + bytes(buf[max(0, pos - 2) : pos]))[-2:]
             self._offset += pos
         del buf[:pos]
         # Every step that pauses leaves only a newline-free remainder behind.
@@ -639,7 +640,7 @@ class MimeWalker:
             hit = self._match_delimiter(line)
             if hit is not None:
                 self._here = self._offset + pos
-                self._delimiter(*hit, eol=self._eol_before(pos))
+                self._delimiter(*hit, eol=self._eol_before(pos) if self._embedded_parts else 0)
                 return end
         if line in (b"\r\n", b"\n"):
             self._here = self._offset + end
@@ -746,7 +747,7 @@ class MimeWalker:
             hit = self._match_delimiter(bytes(buf[pos:end]))
             if hit is not None:
                 self._here = self._offset + pos
-                self._delimiter(*hit, eol=self._eol_before(pos))
+                self._delimiter(*hit, eol=self._eol_before(pos) if self._embedded_parts else 0)
                 self._line_start = True
                 return end
         self._examined()
@@ -961,6 +962,8 @@ class MimeWalker:
         if disp_type != "attachment" and name is None:
             return
         loggable = _loggable(name) if name is not None else None
+        if not self._embedded_parts:
+            self._tail = b""  # kept only while one is open: what it held is older
         self._embedded_parts.append(_Embedded(loggable, self._here, len(self._stack)))
         self.attachments += 1
         if self.attachments == 1:

@@ -85,6 +85,7 @@ __all__ = [
     "MAX_LENGTH",
     "ReceivedInfo",
     "ReceivedParseError",
+    "claims_ours",
     "is_our_claim",
     "parse_received",
     "written_by_another",
@@ -267,9 +268,13 @@ def is_our_claim(
     trailing dot, U-label or A-label, full-width letters do not matter); an IPv4-mapped
     IPv6 address also matches its IPv4 form, since dual-stack MTAs record either.
     """
+    return not written_by_another(info, names, ips) and claims_ours(info, names, ips)
+
+
+def claims_ours(info: ReceivedInfo, names: frozenset[str], ips: frozenset[IPAddress]) -> bool:
+    """Whether the from clauses name one of our hosts or addresses (the by clause
+    aside: see :func:`is_our_claim`)."""
     ours = _normalized(names)
-    if written_by_another(info, names, ips):
-        return False
     for name in (info.from_name, info.from_rdns, info.from_helo, *info.other_from_names):
         if name is not None and _normalize(name) in ours:
             return True
@@ -286,7 +291,9 @@ def written_by_another(
     return by is not None and not _names_us(by, _normalized(names), ips)
 
 
+@lru_cache(maxsize=1024)
 def _names_us(word: str, ours: frozenset[str], ips: frozenset[IPAddress]) -> bool:
+    # The same few MTAs write the by clauses of most fields: judged once per name.
     """Whether a by clause's word is one of our names or addresses."""
     ip, _ = _parse_ip(word)
     return _is_ours(ip, ips) if ip is not None else _normalize(word) in ours
