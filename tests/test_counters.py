@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -37,6 +38,7 @@ from smtpguard.counters import (
     ResilientCounter,
     SharedCounter,
     SizeBuckets,
+    hit_unless_retry,
     lock_pauses,
     redis_client,
 )
@@ -626,6 +628,38 @@ def test_shared_counts_same_size_per_key_with_neighbours(tmp_path: Path) -> None
     assert counter.peek(KEY, 5000) == 0
     assert counter.peek("other|192.0.2.1", 1000) == 0
     assert counter.peek(KEY, 1000) == 4  # peek records nothing
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["a|x", "b|x"]),
+            st.sampled_from(["m1", "m2", "m3"]),
+            st.sampled_from([1000, 1010, 1500]),
+        ),
+        max_size=25,
+    )
+)
+def test_shared_counts_a_retry_once_as_the_two_calls_do(
+    steps: list[tuple[str, str, int]],
+) -> None:
+    """SharedCounter.hit_unless_retry does under one lock what hit_unless_retry does with
+    hit and peek (review rev93 F3's retries; one lock instead of two per message)."""
+    with tempfile_dir() as path:
+        together = shared(path)
+        apart = InProcessCounter(60, TWO_PERCENT)
+        for key, message, size in steps:
+            attempt = f"retry|{key}|{message}|{size}"
+            assert together.hit_unless_retry(key, size, attempt, 3) == hit_unless_retry(
+                apart, key, size, attempt, 3
+            )
+
+
+@contextlib.contextmanager
+def tempfile_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: hypothesis runs the test many times within one of it.
+    with tempfile.TemporaryDirectory() as name:
+        yield Path(name)
 
 
 def test_shared_window_slides_with_slot_precision(tmp_path: Path) -> None:

@@ -125,6 +125,23 @@ class SizeBucketCounter(Protocol):
         ...
 
 
+def hit_unless_retry(
+    counter: SizeBucketCounter, key: str, size: int, attempt: str, forgiven: int
+) -> tuple[int, int]:
+    """Count an attempt of a message under ``attempt``, then the message under ``key``
+    unless the attempt is one of its first ``forgiven`` repeats in the window (a retry,
+    counted at its first attempt: only peeked at). Returns the key's count and the
+    attempt's. A counter with a method of this name does both at once (one lock)."""
+    together = getattr(counter, "hit_unless_retry", None)
+    if together is not None:
+        counts: tuple[int, int] = together(key, size, attempt, forgiven)
+        return counts
+    attempts = counter.hit(attempt, size)
+    if 1 < attempts <= forgiven + 1:
+        return counter.peek(key, size), attempts
+    return counter.hit(key, size), attempts
+
+
 class InProcessCounter:
     """The embedded backend: this process only, bounded memory.
 
@@ -516,10 +533,25 @@ class SharedCounter:
             raise
         return fd
 
+    def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
+        """:func:`hit_unless_retry` under one lock: the attempt's count (its own bucket
+        only: a retry has the very size) and the key's, in one pass over the file."""
+        with self._lock:
+            try:
+                table = self._locked_table()
+            except _Superseded:
+                return 1, 1
+            try:
+                now = self._clock()
+                slot = math.floor(now / self.slot_seconds)
+                first = math.floor((now - self.window) / self.slot_seconds)
+                attempts = self._tally(table, attempt, size, first, slot, add=True, alone=True)
+                add = not 1 < attempts <= forgiven + 1
+                return self._tally(table, key, size, first, slot, add=add), attempts
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def _run(self, key: str, size: int, *, add: bool) -> int:
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
-        home = int.from_bytes(digest[:8], "little")
-        lower, own, upper = self.buckets.neighbourhood(size)
         with self._lock:
             try:
                 table = self._locked_table()
@@ -529,18 +561,40 @@ class SharedCounter:
                 now = self._clock()
                 slot = math.floor(now / self.slot_seconds)
                 first = math.floor((now - self.window) / self.slot_seconds)
-                total = 0
-                if add:
-                    at = self._entry(table, digest, home, own, first, claim=True)
-                    self._add(table, at, slot)
-                    total = self._sum(table, at, first, slot)
-                for bucket in (lower, upper) if add else (lower, own, upper):
-                    at = self._entry(table, digest, home, bucket, first, claim=False)
-                    if at >= 0:
-                        total += self._sum(table, at, first, slot)
-                return total
+                return self._tally(table, key, size, first, slot, add=add)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _tally(
+        self,
+        table: mmap.mmap,
+        key: str,
+        size: int,
+        first: int,
+        slot: int,
+        *,
+        add: bool,
+        alone: bool = False,
+    ) -> int:
+        """Under the lock: the key's count near ``size``, after a hit if ``add``;
+        ``alone``: its own bucket only, not the neighbours."""
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        home = int.from_bytes(digest[:8], "little")
+        lower, own, upper = self.buckets.neighbourhood(size)
+        total = 0
+        if add:
+            at = self._entry(table, digest, home, own, first, claim=True)
+            self._add(table, at, slot)
+            total = self._sum(table, at, first, slot)
+        if alone:
+            around: tuple[int, ...] = () if add else (own,)
+        else:
+            around = (lower, upper) if add else (lower, own, upper)
+        for bucket in around:
+            at = self._entry(table, digest, home, bucket, first, claim=False)
+            if at >= 0:
+                total += self._sum(table, at, first, slot)
+        return total
 
     def _lock_file(self, fd: int) -> None:
         """Take the file lock, waiting at most ``timeout`` seconds: a process stopped

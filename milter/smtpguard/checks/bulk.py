@@ -26,7 +26,7 @@ import hashlib
 from typing import ClassVar, Final
 
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.counters import CounterError, SizeBucketCounter
+from smtpguard.counters import CounterError, SizeBucketCounter, hit_unless_retry
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
@@ -110,20 +110,19 @@ class SameSize(_Bulk):
         key = bulk_key(self.config.key, conn)
         retry = retry_key(key, conn)
         try:
-            attempts = self.counter.hit(retry, size) if retry is not None else 1
-            if 1 < attempts <= RETRIES_FORGIVEN + 1:
-                # Counted at its first attempt, and in the count since.
-                count = self.counter.peek(key, size)
-                if count > self.config.threshold:
-                    return Hit(
-                        "same_size_flood",
-                        f"{count} messages of about {size} octets (this one's attempt"
-                        f" {attempts}, counted once)",
-                    )
-                return None
-            count = self.counter.hit(key, size)
+            if retry is None:
+                count, attempts = self.counter.hit(key, size), 1
+            else:
+                count, attempts = hit_unless_retry(self.counter, key, size, retry, RETRIES_FORGIVEN)
         except CounterError as exc:
             return TempError("database_temp_error", f"bulk counter: {exc}")
-        if count > self.config.threshold:
-            return Hit("same_size_flood", f"{count} messages of about {size} octets")
-        return None
+        if count <= self.config.threshold:
+            return None
+        if 1 < attempts <= RETRIES_FORGIVEN + 1:
+            # Counted at its first attempt, and in the count since.
+            return Hit(
+                "same_size_flood",
+                f"{count} messages of about {size} octets (this one's attempt {attempts},"
+                " counted once)",
+            )
+        return Hit("same_size_flood", f"{count} messages of about {size} octets")
