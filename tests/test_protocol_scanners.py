@@ -114,6 +114,17 @@ def test_clean_message_passes_the_scanner(virus_service: Running) -> None:
     assert accepted(final)
 
 
+def assert_outage_lines_are_info(log: str) -> None:
+    """The message that found the scanner hung has its WARNING decision line; those
+    failed without asking during the outage, which is logged once, are INFO (review
+    rev88 N8: a WARNING each)."""
+    decisions = [line for line in log.splitlines() if " decision " in line]
+    unasked = [line for line in decisions if "not asked, gave no answer" in line]
+    assert unasked
+    assert all(" INFO " in line for line in unasked), unasked
+    assert any(" WARNING " in line for line in decisions if line not in unasked)
+
+
 def test_a_hung_clamd_is_not_waited_for_by_every_message(clamd: Clamd, tmp_path: Path) -> None:
     """The virus scanner's side of review rev86 F1: every message waited for a hung
     clamd (SIGSTOP) for its timeout, and the sessions piled up."""
@@ -139,6 +150,7 @@ def test_a_hung_clamd_is_not_waited_for_by_every_message(clamd: Clamd, tmp_path:
         engine = f"clamd at unix:{clamd.socket}"
         assert service.log().count(f"virus scanner {engine} gave no answer") == 1
         assert service.log().count(f"{engine}: not asked, gave no answer (timed out") == 3
+        assert_outage_lines_are_info(service.log())
 
         def scanned() -> bool:
             return accepted(deliver(service, "Hello Alice.\r\n")[0])
@@ -219,6 +231,7 @@ def test_a_hung_command_hook_is_not_waited_for_by_every_message(tmp_path: Path) 
         assert log.count(f"virus scanner {where} gave no answer ({hook} timed out after 1 s") == 1
         assert "a canary scan: " in log
         assert log.count(f"{where}: not asked, gave no answer (") == 3
+        assert_outage_lines_are_info(log)
 
         works.touch()  # the hook answers again: a message asks after the interval
 
@@ -432,6 +445,7 @@ def test_a_hung_engine_is_not_waited_for_by_every_message(rspamd: Rspamd, tmp_pa
         engine = f"rspamd at inet:127.0.0.1:{rspamd.port}"
         assert service.log().count(f"spam engine {engine} gave no answer (timed out") == 1
         assert service.log().count(f"{engine}: not asked, gave no answer (timed out") == 3
+        assert_outage_lines_are_info(service.log())
 
         # Asked again after the retry interval (5 s) by one message, and scored.
         def scored() -> bool:

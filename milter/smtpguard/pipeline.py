@@ -812,7 +812,12 @@ class Pipeline:
             ("rcpt", f"<{event.rcpt.text}>" if event.rcpt else event.rcpt_raw or None),
             ("detail", verdict.detail or None),
         )
-        level = logging.WARNING if verdict.reply_id == "internal_error" else logging.INFO
+        # A scanner's outage is logged when it starts and ends: the messages it fails
+        # meanwhile are INFO (review rev88 N8: a WARNING each).
+        fault = verdict.reply_id == "internal_error" and not (
+            isinstance(verdict, TempError) and verdict.logged
+        )
+        level = logging.WARNING if fault else logging.INFO
         log.log(level, "decision %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 
     def _would(self, stage: Stage, conn: Connection, event: Event, verdict: Verdict) -> str:

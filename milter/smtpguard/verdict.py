@@ -42,6 +42,9 @@ class TempError:
     #: Whether something failed (counted in ``smtpguard_backend_errors_total``); not
     #: for a deferral asked for (rspamd's soft reject, ``on_size_limit``).
     fault: bool = True
+    #: The fault is in the log already, once for every message it fails (a scanner's
+    #: outage under way): the message's decision line is INFO, not WARNING.
+    logged: bool = False
 
 
 Verdict = Hit | TempError

@@ -137,13 +137,14 @@ class AntiSpam:
         reject_score = domain.reject_score if domain else self.config.reject_score
         add_header_score = domain.add_header_score if domain else self.config.add_header_score
         engine_error = deferred = ""
+        unasked = False
         spool: MessageSpool | None = txn.scratch.get(_SPOOL)
         if spool is not None and spool.truncated:
             # rspamd refuses it (max_message): an error every time, never a verdict.
             why.append(ENGINE_SKIPPED)
             spool = None
         if self.engine is not None and spool is not None:
-            added, action, engine_error = self._ask(self.engine, conn, txn, spool, why)
+            added, action, engine_error, unasked = self._ask(self.engine, conn, txn, spool, why)
             score += added
             if action == "reject":
                 self._report(txn, score, add_header_score, why, refused=True)
@@ -168,7 +169,9 @@ class AntiSpam:
             # an engine fault: on_temp_error = "pass" must not turn it into an accept.
             return TempError("database_temp_error", deferred, firm=True, fault=False)
         if engine_error:
-            return TempError("internal_error", f"spam engine: {engine_error}; {detail}")
+            return TempError(
+                "internal_error", f"spam engine: {engine_error}; {detail}", logged=unasked
+            )
         return None
 
     def _ask(
@@ -178,9 +181,10 @@ class AntiSpam:
         txn: Transaction,
         spool: MessageSpool,
         why: list[str],
-    ) -> tuple[float, str, str]:
+    ) -> tuple[float, str, str, bool]:
         """rspamd's score (noted in ``why``), its action where ``engine_action`` acts on
-        it ("reject", "soft reject"; else ""), and what failed ("" if nothing)."""
+        it ("reject", "soft reject"; else ""), what failed ("" if nothing), and whether
+        rspamd was not asked (an outage, logged once)."""
         envelope = SpamEnvelope(
             ip=str(conn.client_ip) if conn.client_ip else None,
             helo=conn.helo,
@@ -199,13 +203,13 @@ class AntiSpam:
         if not answer.ok:
             # Delivered anyway when on_temp_error = "pass": say so in tests=.
             why.append(ENGINE_FAILED)
-            return 0.0, "", answer.detail or "engine failed"
+            return 0.0, "", answer.detail or "engine failed", answer.unasked
         # One token: X-Spam-Status readers split tests= at white space and commas
         # ("no action" is "no_action" there, as in rspamd's own logs).
         action = _TOKEN_BREAKS.sub("_", answer.action[:_ACTION_CHARS])
         why.append(f"rspamd={answer.score:.1f}/{action}")
         acted = self.config.engine_action and answer.action in ("reject", "soft reject")
-        return answer.score, answer.action if acted else "", ""
+        return answer.score, answer.action if acted else "", "", False
 
     def _report(
         self,

@@ -89,6 +89,9 @@ class VirusScan:
         if result.status is ScanStatus.ERROR:
             # suspect: the hook's status for "infected" without a name; may be a virus.
             return TempError(
-                "internal_error", f"scanner failed: {result.detail}", firm=result.suspect
+                "internal_error",
+                f"scanner failed: {result.detail}",
+                firm=result.suspect,
+                logged=result.unasked,
             )
         return None

@@ -83,6 +83,9 @@ class ScanResult:
     #: An ERROR that may stand for an infection: the command hook's exit status for
     #: "infected" without a name (its crash looks the same). Deferred, never passed.
     suspect: bool = False
+    #: An ERROR without asking: the scanner is in an outage, logged once for all the
+    #: messages it fails (:mod:`smtpguard.scanners.health`).
+    unasked: bool = False
 
     @property
     def infected(self) -> bool:
@@ -107,6 +110,8 @@ class SpamResult:
     #: Symbol name -> score contributed.
     symbols: Mapping[str, float] = field(default_factory=dict)
     detail: str = ""
+    #: An ERROR without asking (see :attr:`ScanResult.unasked`).
+    unasked: bool = False
 
     @property
     def ok(self) -> bool:

@@ -188,6 +188,8 @@ class ClamdStream:
         self._pending = bytearray()
         self._eoh = whole_message
         self._error = ""
+        #: The error is the health's refusal: clamd was not asked (an outage).
+        self._unasked = False
         self._result: ScanResult | None = None
         self._health = _health_of(endpoint)
         #: When this scan first asked clamd (``time.monotonic()``); None: not yet.
@@ -222,6 +224,7 @@ class ClamdStream:
         now = time.monotonic()
         if not_asked := self._health.refusal(now):
             self._error = not_asked
+            self._unasked = True
             return
         self._asked = now
         try:
@@ -324,7 +327,9 @@ class ClamdStream:
             # Nothing to send (an empty message): still ask, so "clean" is clamd's word.
             self._open()
         if self._error or self._sock is None:
-            return ScanResult(ScanStatus.ERROR, detail=self._error, scanned=self.sent)
+            return ScanResult(
+                ScanStatus.ERROR, detail=self._error, scanned=self.sent, unasked=self._unasked
+            )
         if not self._send(struct.pack("!I", 0)):
             if self._result is not None:
                 return self._result

@@ -242,7 +242,7 @@ class CommandScan:
             health = _health_of(self.argv)
             started = time.monotonic()
             if not_asked := health.refusal(started):
-                self._result = ScanResult(ScanStatus.ERROR, detail=not_asked)
+                self._result = ScanResult(ScanStatus.ERROR, detail=not_asked, unasked=True)
                 return self._result
             result = run_command(self.argv, self.spool, self.timeout)
             if result.status is ScanStatus.ERROR:

@@ -150,7 +150,7 @@ class RspamdClient:
         health = self.health
         now = health.outage.clock()
         if refusal := health.refusal(now):
-            return SpamResult(SpamStatus.ERROR, detail=refusal)
+            return SpamResult(SpamStatus.ERROR, detail=refusal, unasked=True)
         conn = self._connection()
         response: http.client.HTTPResponse | None = None
         connected = False
