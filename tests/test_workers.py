@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -727,7 +728,8 @@ def test_killed_worker_is_back_within_two_seconds(tmp_path: Path) -> None:
 def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path) -> None:
     """Review rev92 F2: the hook programs of a worker killed outright (by the
     supervisor's own watchdog, the OOM killer) went to init and ran on, with no
-    timeout; the supervisor now adopts them and ends them."""
+    timeout; the supervisor now adopts them and ends them. Only them (review rev94 F1:
+    it killed every child it had not forked, such as a daemon a start script left)."""
     pids = tmp_path / "pids"
     pids.mkdir()
     hook = tmp_path / "scan.sh"
@@ -735,9 +737,15 @@ def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path) -> None:
     hook.chmod(0o755)
     extra = {**WORKERS, "virus": {"backend": "command", "command": [str(hook)], "timeout": 60}}
     site = make_site(tmp_path / "site", extra)
-    with running(site) as service:
+    # A start script that leaves a process of its own behind, then becomes the service.
+    bystander = tmp_path / "bystander"
+    service_argv = f"{sys.executable} -m smtpguard -c {site.config} run"
+    wrapper = ["sh", "-c", f"sleep 3599 & echo $! > {bystander}; exec {service_argv}"]
+    with running(site, wrapper) as service:
         supervisor = service.process.pid
-        both_started(service)
+        wait_until(bystander.exists)
+        other = int(bystander.read_text())
+        wait_until(lambda: len(children(supervisor) - {other}) == 2)
 
         def deliver() -> None:
             with contextlib.suppress(Exception), service.session() as s:  # the worker dies
@@ -755,8 +763,12 @@ def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path) -> None:
         os.kill(worker, signal.SIGKILL)
         wait_until(lambda: not alive(program))
         sender.join(timeout=10)
-        wait_until(lambda: "ended 1 processes a dead worker left running" in service.log())
-        wait_until(lambda: len(children(supervisor)) == 2)  # the worker again, nothing else
+        killed = f"(pid {worker}) left 1 virus hook processes running: killed"
+        wait_until(lambda: killed in service.log())
+        # The worker again, and the start script's process, untouched.
+        wait_until(lambda: len(children(supervisor) - {other}) == 2)
+        assert alive(other)
+    os.kill(other, signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import Milter
 import milter  # pymilter's C module: the libmilter calls runmilter makes
@@ -41,6 +41,7 @@ from smtpguard.logsetup import set_level
 from smtpguard.message import as_read
 from smtpguard.pipeline import Action, Decision
 from smtpguard.scanners.command import end_running
+from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, hold_signals
 from smtpguard.sockets import (
     StartError,
     bind_error,
@@ -414,27 +415,6 @@ def install(app: App) -> None:
     Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
 
 
-#: What the supervisor sends its workers: a reload, a stop. libmilter's own signal
-#: thread waits only for SIGHUP, SIGTERM and SIGINT, and stops the milter on any of
-#: them when it gets one first, so these never reach it (review rev87 F2: a SIGHUP
-#: storm stopped workers, and the service with them).
-RELOAD_SIGNAL: Final = signal.SIGUSR1
-STOP_SIGNAL: Final = signal.SIGUSR2
-#: What the service takes with sigwait (see :func:`run`).
-SERVICE_SIGNALS: Final = frozenset(
-    {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, RELOAD_SIGNAL, STOP_SIGNAL}
-)
-
-
-def hold_signals() -> None:
-    """Block the service's signals in this thread, and so in every thread started from
-    it from now on: a thread that has one unblocked (the metrics server's, the DNS
-    resolver's) would take it with its default action, which ends the process (review
-    rev88 N7: a burst of SIGHUPs killed one process with metrics on). Call it before
-    any thread starts."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, SERVICE_SIGNALS)
-
-
 def run(
     app: App,
     reload: Callable[[], Runtime | None] | None,
@@ -547,9 +527,10 @@ def _drain(gate: SessionGate, deadline: float) -> None:
         time.sleep(_DRAIN_POLL)
     if gate.active > 0:
         log.warning("stopping with %d sessions still open after %.0f s", gate.active, deadline)
-        # Their virus hook programs would run on after the process (review rev92 F2).
-        if ended := end_running():
-            log.warning("killed %d virus hook programs of those sessions", ended)
+    # Their virus hook programs, and a canary's, would run on after the process (review
+    # rev92 F2, rev94 F4); none starts from now on.
+    if ended := end_running():
+        log.warning("killed %d virus hook programs still running", ended)
 
 
 def _reload(

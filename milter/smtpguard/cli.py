@@ -34,10 +34,16 @@ def _load(arg: str | None) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from smtpguard.signals import hold_signals
+
+    # Held from the first moment, before the imports below take a third of a second: a
+    # reload or a stop sent during the start is taken once the service is up, where it
+    # killed the process before (review rev94 F8).
+    hold_signals()
     import logging
 
     from smtpguard import logsetup
-    from smtpguard.adapter import App, drop_privileges, hold_signals, serve
+    from smtpguard.adapter import App, drop_privileges, serve
     from smtpguard.app import build_runtime, new_gate
     from smtpguard.metrics import PrometheusMetrics
     from smtpguard.probes import file_problems, site_problems, socket_problems, user_problems

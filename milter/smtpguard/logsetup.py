@@ -91,7 +91,7 @@ class _LineFormatter(logging.Formatter):
         if "\n" not in text:
             return text
         message = record.message
-        sid = message.split(" ", 1)[0] + " " if message.startswith("sid=") else ""
+        sid = message.split(None, 1)[0] + " " if message.startswith("sid=") else ""
         record.message = ""
         try:
             head = self._style.format(record) + sid

@@ -89,12 +89,8 @@ from typing import TYPE_CHECKING, Final
 
 from smtpguard import __version__
 from smtpguard.adapter import (
-    RELOAD_SIGNAL,
-    SERVICE_SIGNALS,
-    STOP_SIGNAL,
     App,
     drop_privileges,
-    hold_signals,
     install,
     open_socket,
     run,
@@ -105,6 +101,8 @@ from smtpguard.counters import CounterError, SharedCounter
 from smtpguard.datafiles import recording, replaying
 from smtpguard.logsetup import set_level
 from smtpguard.pipeline import CHECK_NAMES
+from smtpguard.scanners.command import HOOK_MARK
+from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL, hold_signals
 from smtpguard.sockets import (
     StartError,
     libmilter_address,
@@ -788,26 +786,37 @@ class Supervisor:
                 continue  # what a dead worker left running, adopted and ended (below)
             # Until now its CPU time was read from /proc; from now on it is this.
             self.stats.ended_cpu += used.ru_utime + used.ru_stime
+            self._end_hooks(worker, pid, status)
             self._gone(worker, status)
-            self._end_orphans()
 
-    def _end_orphans(self) -> None:
-        """Kill what a dead worker left running: its virus hook programs, with what they
-        started, came to this process (a child subreaper) when the worker died. Killed
-        outright (the supervisor's own watchdog, the OOM killer) a worker could not end
-        them, and they ran on without a timeout (review rev92 F2); they are reaped by
-        :meth:`_reap` as any child."""
-        workers = {w.pid for w in self.workers if w.pid}
-        left = [pid for pid in _children(self.pid) if pid not in workers]
-        for pid in left:
+    def _end_hooks(self, worker: Worker, pid: int, status: int) -> None:
+        """Kill the virus hook programs worker ``pid`` left running: they came to this
+        process (a child subreaper) when it died. Killed outright (the supervisor's own
+        watchdog, the OOM killer) a worker could not end them, and they ran on without a
+        timeout (review rev92 F2). Only processes whose environment names the worker
+        (:data:`~smtpguard.scanners.command.HOOK_MARK`) are touched: what else came here
+        (a daemon a start script left, any orphan when this is a container's pid 1) is
+        someone else's, only reaped by :meth:`_reap` (review rev94 F1)."""
+        killed = 0
+        for child in _children(self.pid):
+            if _hook_of(child) != pid:
+                continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 # A hook leads a session of its own: its group is what it started.
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, signal.SIGKILL)
+                if os.getpgid(child) == child:
+                    os.killpg(child, signal.SIGKILL)
                 else:
-                    os.kill(pid, signal.SIGKILL)
-        if left:
-            log.warning("ended %d processes a dead worker left running (virus hooks)", len(left))
+                    os.kill(child, signal.SIGKILL)
+                killed += 1
+        if killed:
+            level = logging.INFO if self.stopping or not status else logging.WARNING
+            log.log(
+                level,
+                "worker %d (pid %d) left %d virus hook processes running: killed",
+                worker.number,
+                pid,
+                killed,
+            )
 
     def _gone(self, worker: Worker, status: int) -> None:
         pid, worker.pid = worker.pid, 0
@@ -1163,8 +1172,25 @@ def _adopt_orphans() -> None:
         log.warning("cannot adopt what dead workers leave running: %s", exc)
 
 
+def _hook_of(pid: int) -> int | None:
+    """The pid of the process that ran ``pid`` as a virus hook (its environment's
+    :data:`~smtpguard.scanners.command.HOOK_MARK`), or None: not a hook, gone, or not
+    readable by this process."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as file:
+            environ = file.read()
+    except OSError:
+        return None
+    mark = HOOK_MARK.encode() + b"="
+    for entry in environ.split(b"\0"):
+        if entry.startswith(mark) and entry[len(mark) :].isdigit():
+            return int(entry[len(mark) :])
+    return None
+
+
 def _children(parent: int) -> list[int]:
-    """The pids whose parent is ``parent`` (from /proc; [] where it cannot be read)."""
+    """The live pids whose parent is ``parent`` (from /proc; [] where it cannot be
+    read; zombies left out: only reaping ends those)."""
     found = []
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
@@ -1177,7 +1203,7 @@ def _children(parent: int) -> list[int]:
                 continue  # gone meanwhile
             # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
             fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 1 and int(fields[1]) == parent:
+            if len(fields) > 1 and fields[0] != b"Z" and int(fields[1]) == parent:
                 found.append(int(entry.name))
     return found
 

@@ -525,6 +525,24 @@ def test_attachment_inside_attached_multipart_message() -> None:
     assert walk_bytes(MIXED, body) == (written, "fwd.eml", 3, [])
 
 
+def test_an_attached_message_whose_header_block_runs_over_counts_whole() -> None:
+    """Review rev94 F2: its Content-Disposition padded past max_header_bytes, an
+    attached message was not counted at all (a leaf's is, as one opaque part)."""
+    inner = b"Subject: fw\r\n\r\n" + b"forwarded text\r\n" * 300
+    part = (
+        b"Content-Type: message/rfc822\r\n"
+        + b"X-Pad: "
+        + b"p" * 900
+        + b"\r\n" * 1
+        + b"".join(b"X-Pad: " + b"p" * 900 + b"\r\n" for _ in range(80))
+        + b'Content-Disposition: attachment; filename="fw.eml"\r\n\r\n'
+        + inner
+    )
+    largest, name, count, malformed = walk_bytes(MIXED, multipart(b"XX", [text_part(), part]))
+    assert (largest, name, count) == (len(inner) - 2, "<unparsed part: header block too large>", 1)
+    assert "header block too large" in malformed
+
+
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 1000])
 def test_an_attached_message_is_measured_whole_in_any_chunks(step: int) -> None:
     """Review rev93 F5: an attached .eml of any size passed while each of its leaves

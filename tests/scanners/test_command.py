@@ -7,16 +7,16 @@ import io
 import os
 import resource
 import shutil
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
-from smtpguard.scanners.command import CommandScan, end_running, run_command
+from smtpguard.scanners import MessageSpool, ScanStatus
+from smtpguard.scanners.command import CommandScan, run_command
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
 from support.polling import wait_until
 
@@ -350,23 +350,44 @@ def test_command_scan_of_a_truncated_message_is_a_size_limit(tmp_path: Path) -> 
     assert "max_bytes=20" in result.detail
 
 
-def test_end_running_kills_the_programs_under_way(tmp_path: Path) -> None:
+END_RUNNING = """
+import sys, threading, time
+from smtpguard.scanners.command import end_running, run_command
+argv, started = sys.argv[1:2], sys.argv[2]
+results = []
+runner = threading.Thread(target=lambda: results.append(run_command(argv, b"x", 60)))
+runner.start()
+import os
+while not os.path.exists(started):
+    time.sleep(0.01)
+begun = time.monotonic()
+print(end_running())
+runner.join(timeout=10)
+print(round(time.monotonic() - begun))
+print(results[0].status.value, results[0].detail)
+print(run_command(argv, b"x", 60).detail)
+"""
+
+
+def test_end_running_kills_the_programs_under_way_and_starts_none(tmp_path: Path) -> None:
     """Review rev92 F2: a stop that gave up waiting for its sessions ended the process
-    and left their hook programs running, with no one to wait for them."""
+    and left their hook programs running, with no one to wait for them; rev94 F4: a
+    program started after that (a canary's) ran on too. In a process of its own: no
+    program starts in it afterwards."""
     started = tmp_path / "started"
-    argv = script(tmp_path, f"open({str(started)!r}, 'w').close(); time.sleep(3600)")
-    results: list[ScanResult] = []
-    runner = threading.Thread(target=lambda: results.append(run_command(argv, MESSAGE, 60)))
-    runner.start()
-    wait_until(started.exists)
-    begun = time.monotonic()
-    assert end_running() == 1
-    runner.join(timeout=10)
-    assert time.monotonic() - begun < 5
-    (result,) = results
-    assert result.status is ScanStatus.ERROR
-    assert "killed by signal 9" in result.detail
-    assert end_running() == 0
+    (program,) = script(tmp_path, f"open({str(started)!r}, 'w').close(); time.sleep(3600)")
+    done = subprocess.run(
+        [sys.executable, "-c", END_RUNNING, program, str(started)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    killed, seconds, result, after = done.stdout.splitlines()
+    assert (killed, seconds) == ("1", "0")
+    assert result.startswith("error ")
+    assert "killed by signal 9" in result
+    assert after == f"{program} not run: the service is stopping"
 
 
 def test_a_reason_on_stdout_is_kept_and_a_name_with_another_status_is_suspect(

@@ -96,6 +96,12 @@ _health_lock = threading.Lock()
 #: The process groups of the programs under way (see :func:`end_running`).
 _running: set[int] = set()
 _running_lock = threading.Lock()
+#: Set by :func:`end_running`: the process is ending, no program starts any more.
+_ended = False
+#: In every hook program's environment: the pid of the process that ran it, so that a
+#: supervisor that adopts the programs of a worker killed outright ends those and
+#: nothing else (review rev94 F1).
+HOOK_MARK: Final = "SMTPGUARD_HOOK_OF"
 
 
 def _health_of(argv: tuple[str, ...]) -> ScannerHealth:
@@ -114,10 +120,12 @@ def _health_of(argv: tuple[str, ...]) -> ScannerHealth:
         return found
 
 
-def _canary(argv: tuple[str, ...], wait: float) -> str:
+def _canary(argv: tuple[str, ...], wait: float) -> str | None:
     """ "" if the hook finds the canary's few octets clean within ``wait`` seconds, else
-    why not."""
+    why not; None once the process is ending (no verdict either way)."""
     result = run_command(argv, CANARY_MESSAGE, wait)
+    if _ended:
+        return None
     if result.status is ScanStatus.CLEAN:
         return ""
     if result.status is ScanStatus.INFECTED:
@@ -126,15 +134,18 @@ def _canary(argv: tuple[str, ...], wait: float) -> str:
 
 
 def end_running() -> int:
-    """Kill every hook program still running in this process, with what it started (a
-    stop that gave up waiting for its sessions: the process ends, and its programs
-    would run on without anyone to wait for them, review rev92 F2); how many."""
+    """Kill every hook program still running in this process, with what it started, and
+    start none from now on (the end of a stop: the process ends, and its programs, a
+    canary's included, would run on without anyone to wait for them, review rev92 F2,
+    rev94 F4); how many were killed. Under the lock: a group in the set has not been
+    reaped, so its id is still the program's."""
+    global _ended  # noqa: PLW0603 - once per process, at its end
     with _running_lock:
-        groups = list(_running)
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
-    return len(groups)
+        _ended = True
+        for group in _running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        return len(_running)
 
 
 def run_command(
@@ -150,7 +161,11 @@ def run_command(
     """
     if not argv:
         return ScanResult(ScanStatus.ERROR, detail="empty command")
+    if _ended:
+        return ScanResult(ScanStatus.ERROR, detail=f"{argv[0]} not run: the service is stopping")
     size, stdin, data = _stdin(message)
+    marked = dict(os.environ if env is None else env)
+    marked[HOOK_MARK] = str(os.getpid())
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv from the operator's config, no shell
             list(argv),
@@ -159,22 +174,25 @@ def run_command(
             stderr=subprocess.PIPE,
             close_fds=True,
             start_new_session=True,
-            env=env,
+            env=marked,
         )
     except OSError as exc:
         return ScanResult(ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}")
     with _running_lock:
         _running.add(proc.pid)  # its process group: it leads a session of its own
+        if _ended:  # end_running came between the check above and here
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
     try:
         failure, out, err = _exchange(proc, data, timeout)
     finally:
+        with _running_lock:
+            _running.discard(proc.pid)  # before it is reaped (see end_running)
         # Whatever the program left running in its process group goes with it (review
         # rev82 F3: a child that went on writing after the hook exited), before the
         # program is reaped, so the group's id cannot have been reused. A child that
         # made a group of its own escapes (rev84 F4), but holds nothing up.
         _kill_session(proc)
-        with _running_lock:
-            _running.discard(proc.pid)
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -245,13 +263,16 @@ class CommandScan:
                 self._result = ScanResult(ScanStatus.ERROR, detail=not_asked, unasked=True)
                 return self._result
             result = run_command(self.argv, self.spool, self.timeout)
-            if result.status is ScanStatus.ERROR:
+            if result.status is ScanStatus.ERROR and not result.suspect:
                 # Hung, or failing for every message, or only for this one (slow on
-                # it, or crafted to be): the canary tells. This result stands (suspect
-                # included) whatever the canary says.
-                health.test_later(result.detail, self.timeout)
-            else:
+                # it, or crafted to be): the canary tells. This result stands whatever
+                # the canary says.
+                if not _ended:
+                    health.test_later(result.detail, self.timeout)
+            elif result.status is not ScanStatus.ERROR:
                 health.answered(started)
+            # Exit 1 without a name (suspect) is deferred even where outages pass: no
+            # outage for it, which would pass the mail after it (review rev94 F3).
             if self.spool.truncated and result.status is ScanStatus.CLEAN:
                 result = ScanResult(
                     ScanStatus.SIZE_LIMIT,

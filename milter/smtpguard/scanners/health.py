@@ -43,7 +43,8 @@ class ScannerHealth:
     ``kind``, ``name`` and ``endpoint`` name it in log lines ("virus scanner clamd at
     unix:/..."; ``where`` replaces "NAME at ENDPOINT"), ``check`` is the check whose
     ``on_temp_error`` decides meanwhile, and ``canary(wait)`` scans a few octets with
-    the scanner within ``wait`` seconds: "" if it answered, else why not."""
+    the scanner within ``wait`` seconds: "" if it answered, else why not (None: no
+    verdict, the process is ending)."""
 
     def __init__(
         self,
@@ -51,7 +52,7 @@ class ScannerHealth:
         name: str,
         endpoint: object,
         check: str,
-        canary: Callable[[float], str],
+        canary: Callable[[float], str | None],
         *,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -112,9 +113,10 @@ class ScannerHealth:
         def probe() -> None:
             try:
                 started = self.outage.clock()
-                if failed := self._canary(max(wait, CANARY_WAIT)):
+                failed = self._canary(max(wait, CANARY_WAIT))
+                if failed:
                     self.no_answer(f"{why}; a canary scan: {failed}", self.outage.clock())
-                else:
+                elif failed is not None:
                     self.answered(started)
             finally:
                 with self._lock:
