@@ -25,7 +25,7 @@ from support.daemons import (
 )
 from support.mtclient import Answer, MilterSession, assert_reply
 from support.polling import holds_for, wait_until
-from support.service import UNTRUSTED_IP, Running, make_site, merge, running, smtpguard
+from support.service import UNTRUSTED_IP, Running, Site, make_site, merge, running, smtpguard
 
 pytestmark = pytest.mark.integration
 
@@ -175,18 +175,29 @@ def test_scanner_down(tmp_path: Path, policy: str, expected: str | None) -> None
     assert "scanner failed" in log
 
 
-def test_command_hook(tmp_path: Path) -> None:
+def hook_site(tmp_path: Path, script: str, timeout: float, **checks: Any) -> Site:
+    """A site whose virus scanner is the shell ``script`` (after its #! line) as the
+    command hook; ``checks``: [checks.NAME] tables."""
     hook = tmp_path / "scan.sh"
+    hook.write_text("#!/bin/sh\n" + script)
+    hook.chmod(0o755)
+    extra: dict[str, Any] = {
+        "virus": {"backend": "command", "command": [str(hook)], "timeout": timeout}
+    }
+    if checks:
+        extra["checks"] = checks
+    return make_site(tmp_path / "site", extra)
+
+
+def test_command_hook(tmp_path: Path) -> None:
     # A progress line first; exit 1 and "NAME FOUND" when the marker is in the message;
     # a failing step under set -e exits 1 too, with the progress line on stdout.
-    hook.write_text(
-        '#!/bin/sh\nset -e\necho "checking $$"\ninput=$(cat)\n'
+    script = (
+        'set -e\necho "checking $$"\ninput=$(cat)\n'
         'case "$input" in *BADSTUFF*) echo "stream: Test.Marker FOUND"; exit 1;; esac\n'
         'case "$input" in *BROKEN*) false;; esac\nexit 0\n'
     )
-    hook.chmod(0o755)
-    extra = {"virus": {"backend": "command", "command": [str(hook)], "timeout": 10}}
-    with running(make_site(tmp_path / "site", extra)) as service:
+    with running(hook_site(tmp_path, script, 10)) as service:
         final, _ = deliver(service, "some BADSTUFF here\r\n")
         assert_reply(final, "virus_found")
         final, _ = deliver(service, "all fine\r\n")
@@ -205,17 +216,10 @@ def test_a_hung_command_hook_is_not_waited_for_by_every_message(tmp_path: Path) 
     Now a canary run tells a hung hook from a message slow to scan, and the hook is
     run again only every 5 s."""
     runs, works = tmp_path / "runs", tmp_path / "works"
+    script = f"echo run >> {runs}\ncat >/dev/null\n[ -e {works} ] && exit 0\nexec sleep 3600\n"
+    site = hook_site(tmp_path, script, 1.0, virus={"on_temp_error": "pass"}, bulk={"mode": "off"})
     hook = tmp_path / "scan.sh"
-    hook.write_text(
-        f"#!/bin/sh\necho run >> {runs}\ncat >/dev/null\n[ -e {works} ] && exit 0\n"
-        "exec sleep 3600\n"
-    )
-    hook.chmod(0o755)
-    extra = {
-        "virus": {"backend": "command", "command": [str(hook)], "timeout": 1.0},
-        "checks": {"virus": {"on_temp_error": "pass"}, "bulk": {"mode": "off"}},
-    }
-    with running(make_site(tmp_path / "site", extra)) as service:
+    with running(site) as service:
         start = time.monotonic()
         assert accepted(deliver(service, "Hello Alice.\r\n")[0])
         assert time.monotonic() - start >= 1.0  # this one ran the hook, and waited
@@ -245,15 +249,12 @@ def test_a_hung_command_hook_is_not_waited_for_by_every_message(tmp_path: Path) 
 def test_a_hook_slow_on_one_message_keeps_scanning_the_others(tmp_path: Path) -> None:
     """Review rev92 F1's other side: the canary finds the hook working, so one slow (or
     crafted) message opens no outage, and the next message is scanned."""
-    hook = tmp_path / "scan.sh"
-    hook.write_text(
-        '#!/bin/sh\ninput=$(cat)\ncase "$input" in *SLOW*) exec sleep 3600;; esac\n'
+    script = (
+        'input=$(cat)\ncase "$input" in *SLOW*) exec sleep 3600;; esac\n'
         'case "$input" in *BADSTUFF*) echo "stream: Test.Marker FOUND"; exit 1;; esac\n'
         "exit 0\n"
     )
-    hook.chmod(0o755)
-    extra = {"virus": {"backend": "command", "command": [str(hook)], "timeout": 1.0}}
-    with running(make_site(tmp_path / "site", extra)) as service:
+    with running(hook_site(tmp_path, script, 1.0)) as service:
         assert_reply(deliver(service, "SLOW to scan\r\n")[0], "internal_error")
         # The canary, given at least 2 s, would have said so by then.
         holds_for(lambda: "gave no answer" not in service.log(), 3.0)
@@ -265,14 +266,8 @@ def test_a_hook_naming_a_virus_the_old_way_is_deferred_where_outages_pass(
 ) -> None:
     """Review rev51: a hook printing a bare name with exit 1 (before 64bc7ca, a virus)
     became a scanner error, which on_temp_error = "pass" accepted."""
-    hook = tmp_path / "scan.sh"
-    hook.write_text('#!/bin/sh\ncat >/dev/null\necho "Eicar-Test-Signature"\nexit 1\n')
-    hook.chmod(0o755)
-    extra = {
-        "virus": {"backend": "command", "command": [str(hook)], "timeout": 10},
-        "checks": {"virus": {"on_temp_error": "pass"}},
-    }
-    with running(make_site(tmp_path / "site", extra)) as service:
+    script = 'cat >/dev/null\necho "Eicar-Test-Signature"\nexit 1\n'
+    with running(hook_site(tmp_path, script, 10, virus={"on_temp_error": "pass"})) as service:
         # Every message, not the first alone (review rev94 F3: the canary failed the same
         # way, opened an outage, and the messages after it passed unscanned).
         for _ in range(3):

@@ -58,7 +58,6 @@ from __future__ import annotations
 import functools
 import socket
 import struct
-import threading
 import time
 from typing import IO, Final
 
@@ -71,7 +70,7 @@ from smtpguard.scanners import (
     failure_text,
     header_bytes,
 )
-from smtpguard.scanners.health import ScannerHealth
+from smtpguard.scanners.health import ScannerHealth, shared_health
 
 __all__ = ["ClamdStream", "ping", "scan"]
 
@@ -92,26 +91,19 @@ _SIZE_LIMIT_REPLY: Final = "INSTREAM size limit exceeded"
 RETRY_INTERVAL: Final = 5.0
 
 
-#: Per endpoint, for the whole process: every scan (and every reload's configuration)
-#: asks the same clamd.
-_health: dict[str, ScannerHealth] = {}
-_health_lock = threading.Lock()
-
-
 def _health_of(endpoint: Endpoint) -> ScannerHealth:
-    key = str(endpoint)
-    with _health_lock:
-        found = _health.get(key)
-        if found is None:
-            found = _health[key] = ScannerHealth(
-                "virus scanner",
-                "clamd",
-                endpoint,
-                "virus",
-                functools.partial(_canary, endpoint),
-                retry_interval=RETRY_INTERVAL,
-            )
-        return found
+    """The process's health of the clamd at ``endpoint`` (one per endpoint)."""
+    return shared_health(
+        ("clamd", str(endpoint)),
+        lambda: ScannerHealth(
+            "virus scanner",
+            "clamd",
+            endpoint,
+            "virus",
+            functools.partial(_canary, endpoint),
+            retry_interval=RETRY_INTERVAL,
+        ),
+    )
 
 
 def _canary(endpoint: Endpoint, wait: float) -> str:

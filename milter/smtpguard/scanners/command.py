@@ -67,7 +67,7 @@ from collections.abc import Sequence
 from typing import IO, Final
 
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
-from smtpguard.scanners.health import ScannerHealth
+from smtpguard.scanners.health import ScannerHealth, shared_health
 
 __all__ = ["CommandScan", "end_running", "run_command"]
 
@@ -90,9 +90,6 @@ CANARY_MESSAGE: Final = (
     b"From: <canary@smtpguard.invalid>\r\nSubject: smtpguard canary\r\n\r\ncanary\r\n"
 )
 
-#: Per program and arguments, for the whole process.
-_health: dict[tuple[str, ...], ScannerHealth] = {}
-_health_lock = threading.Lock()
 #: The process groups of the programs under way (see :func:`end_running`).
 _running: set[int] = set()
 _running_lock = threading.Lock()
@@ -105,19 +102,20 @@ HOOK_MARK: Final = "SMTPGUARD_HOOK_OF"
 
 
 def _health_of(argv: tuple[str, ...]) -> ScannerHealth:
-    with _health_lock:
-        found = _health.get(argv)
-        if found is None:
-            found = _health[argv] = ScannerHealth(
-                "virus scanner",
-                "command",
-                argv[0] if argv else "",
-                "virus",
-                functools.partial(_canary, argv),
-                retry_interval=RETRY_INTERVAL,
-                where=f"command {argv[0] if argv else ''}",
-            )
-        return found
+    """The process's health of the hook ``argv`` (one per program and arguments)."""
+    program = argv[0] if argv else ""
+    return shared_health(
+        ("command", argv),
+        lambda: ScannerHealth(
+            "virus scanner",
+            "command",
+            program,
+            "virus",
+            functools.partial(_canary, argv),
+            retry_interval=RETRY_INTERVAL,
+            where=f"command {program}",
+        ),
+    )
 
 
 def _canary(argv: tuple[str, ...], wait: float) -> str | None:

@@ -24,17 +24,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Final
 
 from smtpguard.outage import Outage
 
-__all__ = ["CANARY_WAIT", "ScannerHealth"]
+__all__ = ["CANARY_WAIT", "ScannerHealth", "shared_health"]
 
 #: Seconds the canary scan gets after a failure past the connect (does it scan at all?).
 CANARY_WAIT: Final = 2.0
 
 log = logging.getLogger("smtpguard")
+
+#: The process's ScannerHealth per scanner (see :func:`shared_health`).
+_registry: dict[Hashable, ScannerHealth] = {}
+_registry_lock = threading.Lock()
+
+
+def shared_health(key: Hashable, make: Callable[[], ScannerHealth]) -> ScannerHealth:
+    """The one :class:`ScannerHealth` of this process for ``key`` (a clamd endpoint, a
+    hook's argv), made by ``make`` the first time: every scan, and every configuration
+    a reload builds, asks the same scanner."""
+    with _registry_lock:
+        found = _registry.get(key)
+        if found is None:
+            found = _registry[key] = make()
+        return found
 
 
 class ScannerHealth:
