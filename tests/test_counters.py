@@ -1069,3 +1069,18 @@ def test_shared_lock_held_elsewhere_is_a_counter_error_after_the_timeout(
         assert 0.3 <= time.monotonic() - started < 3
     # Released: the next call counts as usual.
     assert counter.hit(KEY, 7000) == 1
+
+
+def test_an_attempt_never_takes_a_live_entrys_place(tmp_path: Path) -> None:
+    """Review rev95 F2: an attempt's key comes from a Message-ID the sender chooses,
+    which could be ground so that its entry evicted the sender's own count (a flood
+    without limit). With no free entry an attempt is not recorded (it counts as a
+    first attempt), and the counts in the table stay."""
+    counter = shared(tmp_path, capacity=32)
+    for n in range(31):
+        counter.hit(f"other{n}", 1000)
+    assert counter.hit(KEY, 1000) == 1  # the last free entry: the table is full
+    for n in range(1, 6):
+        # Each attempt finds no room: a first attempt, so the sender's count goes on.
+        assert counter.hit_unless_retry(KEY, 1000, f"retry|{n}", 3) == (n + 1, 1)
+    assert [counter.peek(f"other{n}", 1000) for n in range(31)] == [1] * 31

@@ -583,7 +583,12 @@ class SharedCounter:
         lower, own, upper = self.buckets.neighbourhood(size)
         total = 0
         if add:
-            at = self._entry(table, digest, home, own, first, claim=True)
+            # An attempt's entry never takes a live one's place: its key comes from a
+            # Message-ID the sender chooses, which could be ground to evict the sender's
+            # own count (review rev95 F2); with no room it counts as a first attempt.
+            at = self._entry(table, digest, home, own, first, claim=True, evict=not alone)
+            if at < 0:
+                return 1
             self._add(table, at, slot)
             total = self._sum(table, at, first, slot)
         if alone:
@@ -620,10 +625,19 @@ class SharedCounter:
                 raise CounterError(f"{self.path}: {exc.strerror}") from exc
 
     def _entry(
-        self, table: mmap.mmap, digest: bytes, home: int, bucket: int, first: int, *, claim: bool
+        self,
+        table: mmap.mmap,
+        digest: bytes,
+        home: int,
+        bucket: int,
+        first: int,
+        *,
+        claim: bool,
+        evict: bool = True,
     ) -> int:
         """The offset of the (key, bucket) entry; -1 if there is none and ``claim`` is
-        false, else a fresh one (a never used, expired or the stalest entry)."""
+        false, else a fresh one (a never used, expired or, with ``evict``, the stalest
+        entry; -1 without it when every entry probed is live)."""
         wanted = _KEY.pack(digest, bucket)
         mask = self.capacity - 1
         start = home + bucket * 0x9E3779B1
@@ -645,7 +659,7 @@ class SharedCounter:
                     free = at
                 elif stalest < 0 or newest < stalest_slot:
                     stalest, stalest_slot = at, newest
-        if not claim:
+        if not claim or (free < 0 and not evict):
             return -1
         at = free if free >= 0 else stalest
         table[at : at + _ENTRY.size] = _ENTRY.pack(digest, bucket, 0, *([0] * RING_SLOTS))

@@ -194,9 +194,22 @@ def run_command(
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+    if _ended:
+        # Killed by end_running: the service stops, the scanner did not fail. Deferred
+        # even where outages pass (review rev95 F5: the message was accepted unscanned).
+        return ScanResult(
+            ScanStatus.ERROR,
+            detail=f"{argv[0]} killed: the service is stopping",
+            scanned=size,
+            suspect=True,
+        )
     if failure:
         return ScanResult(ScanStatus.ERROR, detail=f"{argv[0]} {failure}", scanned=size)
-    status = proc.returncode
+    return _verdict(argv[0], proc.returncode, out, err, size)
+
+
+def _verdict(program: str, status: int, out: bytes, err: bytes, size: int) -> ScanResult:
+    """What the program's exit ``status`` and output say (the table above)."""
     if status == 0:
         return ScanResult(ScanStatus.CLEAN, scanned=size)
     stdout = _text(out)
@@ -221,7 +234,7 @@ def run_command(
     said = said.replace("\n", " | ")[:300]
     return ScanResult(
         ScanStatus.ERROR,
-        detail=f"{argv[0]}: {what}" + (f": {said}" if said else ""),
+        detail=f"{program}: {what}" + (f": {said}" if said else ""),
         scanned=size,
         # A hook that says "infected" the old way (a bare name), or names a virus with
         # another status, must not have its mail passed where scanner outages pass
@@ -267,10 +280,11 @@ class CommandScan:
                 # the canary says.
                 if not _ended:
                     health.test_later(result.detail, self.timeout)
-            elif result.status is not ScanStatus.ERROR:
+            else:
+                # An answer, exit 1 without a name (suspect) too: deferred even where
+                # outages pass, it opens none (review rev94 F3), and it ends one, or a
+                # sender's such messages would keep one open (rev95 F3).
                 health.answered(started)
-            # Exit 1 without a name (suspect) is deferred even where outages pass: no
-            # outage for it, which would pass the mail after it (review rev94 F3).
             if self.spool.truncated and result.status is ScanStatus.CLEAN:
                 result = ScanResult(
                     ScanStatus.SIZE_LIMIT,

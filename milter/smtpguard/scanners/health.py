@@ -147,7 +147,10 @@ class ScannerHealth:
             return
         with self._lock:
             unasked, self._unasked = self._unasked, 0
-        log.info(
+        # A WARNING when messages went unasked (passed unscanned, or deferred): a site
+        # that logs WARNING and up sees the end of what it saw start (review rev95 F6).
+        log.log(
+            logging.WARNING if unasked else logging.INFO,
             "%s answering again after %.1f s; %d messages were not asked meanwhile",
             self.what,
             lasted,
