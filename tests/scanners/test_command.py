@@ -22,6 +22,8 @@ from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
 from support.polling import wait_until
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+#: The tests' directory, for a child process's imports of support.
+TESTS = Path(__file__).resolve().parent.parent
 
 
 def script(tmp_path: Path, body: str, name: str = "hook") -> list[str]:
@@ -352,15 +354,15 @@ def test_command_scan_of_a_truncated_message_is_a_size_limit(tmp_path: Path) -> 
 
 
 END_RUNNING = """
-import sys, threading, time
+import os, sys, threading, time
+sys.path.insert(0, sys.argv[3])
 from smtpguard.scanners.command import end_running, run_command
+from support.polling import wait_until
 argv, started = sys.argv[1:2], sys.argv[2]
 results = []
 runner = threading.Thread(target=lambda: results.append(run_command(argv, b"x", 60)))
 runner.start()
-import os
-while not os.path.exists(started):
-    time.sleep(0.01)
+wait_until(lambda: os.path.exists(started))
 begun = time.monotonic()
 print(end_running())
 runner.join(timeout=10)
@@ -378,7 +380,7 @@ def test_end_running_kills_the_programs_under_way_and_starts_none(tmp_path: Path
     started = tmp_path / "started"
     (program,) = script(tmp_path, f"open({str(started)!r}, 'w').close(); time.sleep(3600)")
     done = subprocess.run(
-        [sys.executable, "-c", END_RUNNING, program, str(started)],
+        [sys.executable, "-c", END_RUNNING, program, str(started), str(TESTS)],
         capture_output=True,
         text=True,
         timeout=60,
