@@ -44,9 +44,9 @@ from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
 from smtpguard.logsetup import LogSetupError, syslog_handler
-from smtpguard.scanners import ScanStatus, connect, failure_text
+from smtpguard.scanners import connect, failure_text
 from smtpguard.scanners.clamd import ping
-from smtpguard.scanners.command import CANARY_MESSAGE, run_command
+from smtpguard.scanners.command import canary
 from smtpguard.scanners.rspamd import RspamdClient
 
 #: Asked of each nameserver: every recursive resolver can answer it.
@@ -119,19 +119,26 @@ def file_problems(config: Config, become: Callable[[str], None] | None = None) -
     ``become`` switches the child process to that user (the service's
     ``drop_privileges``); without it, or when no switch is needed, the checks run here.
     """
+    # The virus hook's first octets, read here (as root: a program the service user may
+    # execute but not read is fine unless it is a script, review rev82 F5).
+    hook = _program_head(config)
+    found = _as_service_user(config, become, lambda: _files(config, hook))
+    return [ConfigError(config.file, key, message) for key, message in found]
+
+
+def _as_service_user(
+    config: Config, become: Callable[[str], None] | None, check: Callable[[], list[Problem]]
+) -> list[Problem]:
+    """``check()`` in a child process that ``become`` made ``milter.user``, where this
+    one is root and the user another; here otherwise."""
     user = config.milter.user
     try:
         uid = pwd.getpwnam(user).pw_uid if user else 0
     except KeyError:
         uid = 0  # user_problems names it
-    # The virus hook's first octets, read here (as root: a program the service user may
-    # execute but not read is fine unless it is a script, review rev82 F5).
-    hook = _program_head(config)
     if become is not None and uid != 0 and os.geteuid() == 0:
-        found = _in_child(lambda: become(user), lambda: _files(config, hook))
-    else:
-        found = _files(config, hook)
-    return [ConfigError(config.file, key, message) for key, message in found]
+        return _in_child(lambda: become(user), check)
+    return check()
 
 
 def _in_child(become: Callable[[], None], check: Callable[[], list[Problem]]) -> list[Problem]:
@@ -466,14 +473,9 @@ def _hook(config: Config, become: Callable[[str], None] | None) -> list[Problem]
         return []
 
     def run() -> list[Problem]:
-        result = run_command(argv, CANARY_MESSAGE, config.virus.timeout)
-        if result.status is ScanStatus.CLEAN:
+        why = canary(argv, config.virus.timeout)
+        if not why:
             return []
-        why = (
-            f"it found {result.virus!r}"
-            if result.status is ScanStatus.INFECTED
-            else result.detail or result.status.value
-        )
         return [
             (
                 "virus.command",
@@ -483,14 +485,7 @@ def _hook(config: Config, become: Callable[[str], None] | None) -> list[Problem]
             )
         ]
 
-    user = config.milter.user
-    try:
-        uid = pwd.getpwnam(user).pw_uid if user else 0
-    except KeyError:
-        uid = 0  # user_problems names it
-    if become is not None and uid != 0 and os.geteuid() == 0:
-        return _in_child(lambda: become(user), run)
-    return run()
+    return _as_service_user(config, become, run)
 
 
 def _clamd(endpoint: Endpoint, timeout: float) -> list[Problem]:

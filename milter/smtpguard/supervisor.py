@@ -102,7 +102,7 @@ from smtpguard.datafiles import recording, replaying
 from smtpguard.logsetup import set_level
 from smtpguard.pipeline import CHECK_NAMES
 from smtpguard.scanners.command import HOOK_MARK
-from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL, hold_signals
+from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL
 from smtpguard.sockets import (
     StartError,
     libmilter_address,
@@ -410,11 +410,9 @@ class Supervisor:
         config = self.config.milter
         # Held until the loop handles them: a SIGTERM during the start must stop the
         # service cleanly (socket removed), not kill it with the socket left behind.
+        # SIGUSR1 and SIGUSR2 among them: a worker then has them held from its first
+        # instruction (their default action would kill it).
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        # And what it sends its workers (SIGUSR1, SIGUSR2), held in it from the start so
-        # that a worker has them held from its first instruction (their default action
-        # would kill it).
-        hold_signals()
         install(self.app)
         _adopt_orphans()
         before = listening_sockets()
@@ -743,12 +741,11 @@ class Supervisor:
 
     def _worker(self, number: int) -> int:
         """The child: undo the supervisor's signal set-up, then libmilter's loop."""
-        # Held for adapter.run's sigwait: a SIGHUP before it would end the worker.
-        hold_signals()
         signal.set_wakeup_fd(-1)
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        # The rest of what the fork held: only the service's signals stay held.
+        # The fork held them all: the service's stay held, for adapter.run's sigwait (a
+        # SIGHUP before it would end the worker); the rest (SIGCHLD) is let go.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_SIGNALS) - SERVICE_SIGNALS)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -1161,13 +1158,18 @@ def _describe(status: int) -> str:
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
 
 
+def _prctl(option: int, value: int) -> None:
+    """prctl(2) with one argument; OSError (AttributeError without a libc) on failure."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl")
+
+
 def _adopt_orphans() -> None:
     """Make this process the parent of what its workers leave running when they die
-    (see :meth:`Supervisor._end_orphans`); not inherited by the workers."""
+    (see :meth:`Supervisor._end_hooks`); not inherited by the workers."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl")
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     except (OSError, AttributeError) as exc:
         log.warning("cannot adopt what dead workers leave running: %s", exc)
 
@@ -1211,9 +1213,7 @@ def _children(parent: int) -> list[int]:
 def _die_with_parent(supervisor: int) -> None:
     """A worker whose supervisor is killed outright drains and ends (the stop signal)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, STOP_SIGNAL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl")
+        _prctl(_PR_SET_PDEATHSIG, STOP_SIGNAL)
     except (OSError, AttributeError) as exc:
         log.debug("no parent-death signal: %s", exc)
     if os.getppid() != supervisor:

@@ -6,7 +6,10 @@ adds the SASL login); sizes go into buckets (relative width ``bulk.bucket_width`
 the exact rule: a hit counts in its bucket and both neighbours, so sizes within one
 width always count together). More than ``bulk.threshold`` hits within ``bulk.window``
 seconds is refused. At MAIL FROM a declared ``SIZE=`` is checked early (without
-counting); at end of message the actual size is counted.
+counting, and only over the threshold); at end of message the actual size is counted.
+Authenticated sessions are counted, clients in ``site.trusted_networks`` that do not
+log in are not. A counter backend that fails gives ``database_temp_error`` (or local
+counting, see ``state.on_redis_error``).
 
 A retry of a message is not counted again: the same key, Message-ID, recipients and
 size within the window, up to :data:`RETRIES_FORGIVEN` times (a message that a later
@@ -14,10 +17,7 @@ milter greylists or tempfails is counted here first, and Postfix tells an earlie
 nothing of it, so each retry counted again and the message itself was finally refused
 for good, review rev93 F3); past that, or without a Message-ID, every attempt counts
 (the same message again and again to the same recipients is a flood of its own). The
-retries are counted with the same counter, under a key of their own. Authenticated sessions are
-counted, clients in ``site.trusted_networks`` that do not log in are not. A counter
-backend that fails gives ``database_temp_error`` (or local counting, see
-``state.on_redis_error``).
+attempts are counted with the same counter, under a key of their own.
 """
 
 from __future__ import annotations

@@ -865,9 +865,7 @@ class MimeWalker:
         self._name = f"<unparsed part: {why}>"
         self._counter = _make_counter("binary")
         self._counter.size = so_far
-        self.attachments += 1
-        if self.attachments == 1:
-            self.largest_attachment_name = self._name
+        self._started(self._name)
 
     def _begin_headers(self, depth: int, *, digest_parent: bool, embedded: bool) -> None:
         self._mode = _HEADERS
@@ -936,31 +934,21 @@ class MimeWalker:
         if not opaque and self._header_overflow:
             opaque = "header block too large"
         self._mode = _LEAF
-        # Comments removed as for Content-Type: "attachment (see below)" is one too
-        # (RFC 2183 via RFC 2045 §5.1 syntax; found by review, it went uncounted).
-        disp_type = "".join(_SIMPLE_COMMENT.sub("", disp_type).split()).lower()
-        if not (
-            opaque
-            or disp_type == "attachment"
-            or _has_param(disp_params, "filename")
-            or _has_param(ct_params, "name")
-        ):
+        marked, self._name = _attachment(disp_type, disp_params, ct_params, opaque)
+        if not marked:
             return
-        name = _param(disp_params, "filename")
-        if name is None:
-            name = _param(ct_params, "name")
-        if name is None and opaque:
-            # Counted as one attachment: its size bounds anything inside it.
-            name = f"<unparsed part: {opaque}>"
-        self._name = _loggable(name) if name is not None else None
         # Readers that start the body at a line that is no field take the rest of the
         # block for the attachment's first bytes: counted with the body, as written
         # (never less than decoded).
         self._counter = _make_counter("binary" if broken else encoding)
         self._counter.size = broken
+        self._started(self._name)
+
+    def _started(self, name: str | None) -> None:
+        """One more attachment, named ``name``."""
         self.attachments += 1
         if self.attachments == 1:
-            self.largest_attachment_name = self._name
+            self.largest_attachment_name = name
 
     def _embedded_attachment(
         self,
@@ -974,27 +962,14 @@ class MimeWalker:
         is marked as one (see the module docstring), or when its header block ran over
         ``max_header_bytes``, its Content-Disposition perhaps past it, as a leaf's is
         (review rev94 F2: padding hid the attached message again)."""
-        disp_type = "".join(_SIMPLE_COMMENT.sub("", disp_type).split()).lower()
-        name = _param(disp_params, "filename")
-        if name is None:
-            name = _param(ct_params, "name")
-        if name is None and overflow:
-            name = "<unparsed part: header block too large>"
-        # Marked as a leaf is (a file name given in any form counts, as in _start_entity).
-        if not (
-            disp_type == "attachment"
-            or name is not None
-            or _has_param(disp_params, "filename")
-            or _has_param(ct_params, "name")
-        ):
+        unparsed = "header block too large" if overflow else ""
+        marked, name = _attachment(disp_type, disp_params, ct_params, unparsed)
+        if not marked:
             return
-        loggable = _loggable(name) if name is not None else None
         if not self._embedded_parts:
             self._tail = b""  # kept only while one is open: what it held is older
-        self._embedded_parts.append(_Embedded(loggable, self._here, len(self._stack)))
-        self.attachments += 1
-        if self.attachments == 1:
-            self.largest_attachment_name = loggable
+        self._embedded_parts.append(_Embedded(name, self._here, len(self._stack)))
+        self._started(name)
 
     def _enter(
         self,
@@ -1063,6 +1038,30 @@ class MimeWalker:
     def _note(self, note: str) -> None:
         if note not in self.malformed:
             self.malformed.append(note)
+
+
+def _attachment(
+    disp_type: str, disp_params: dict[str, str], ct_params: dict[str, str], unparsed: str
+) -> tuple[bool, str | None]:
+    """Whether a part is an attachment, and its name for the log: a Content-Disposition
+    of type ``attachment``, or a file name in any form, or ``unparsed`` (why the part is
+    read whole: counted as one attachment, its size bounds anything inside it)."""
+    # Comments removed as for Content-Type: "attachment (see below)" is one too
+    # (RFC 2183 via RFC 2045 §5.1 syntax; found by review, it went uncounted).
+    disp_type = "".join(_SIMPLE_COMMENT.sub("", disp_type).split()).lower()
+    if not (
+        unparsed
+        or disp_type == "attachment"
+        or _has_param(disp_params, "filename")
+        or _has_param(ct_params, "name")
+    ):
+        return False, None
+    name = _param(disp_params, "filename")
+    if name is None:
+        name = _param(ct_params, "name")
+    if name is None and unparsed:
+        name = f"<unparsed part: {unparsed}>"
+    return True, _loggable(name) if name is not None else None
 
 
 def _safe_cut(buf: bytearray, pos: int, end: int) -> int:

@@ -43,9 +43,8 @@ What is accepted (a *valid trace field*):
 
 Everything else raises :class:`ReceivedParseError`: more than one ``;`` before a date,
 an empty date after a ``;``, a leading word that is not a keyword, keywords and
-nothing else (``from``), an unbalanced ``(``
-or ``)``, an unterminated quoted string or a trailing backslash in a comment, a NUL, an
-over-long value, nothing at all.
+nothing else (``from``), an unbalanced ``(`` or ``)``, an unterminated quoted string or
+a trailing backslash in a comment, a NUL, an over-long value, nothing at all.
 
 What is extracted:
 

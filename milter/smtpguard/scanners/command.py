@@ -48,7 +48,7 @@ which the hook is run again only every :data:`RETRY_INTERVAL` seconds, by one me
 and every other message gets the failure at once (review rev92 F1: a hung hook held
 every message for its timeout, filled ``max_sessions`` and Postfix's smtpd processes,
 and deferred mail that ``on_temp_error = "pass"`` lets through). The programs under
-way are killed when the process ends its drain with sessions still open
+way are killed at the end of the process's drain, and none starts after it
 (:func:`end_running`).
 """
 
@@ -69,7 +69,7 @@ from typing import IO, Final
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
 from smtpguard.scanners.health import ScannerHealth, shared_health
 
-__all__ = ["CommandScan", "end_running", "run_command"]
+__all__ = ["CommandScan", "canary", "end_running", "run_command"]
 
 _OUTPUT_MAX: Final = 4096
 #: Octets of standard output and error a program may write in all before it is
@@ -119,11 +119,15 @@ def _health_of(argv: tuple[str, ...]) -> ScannerHealth:
 
 
 def _canary(argv: tuple[str, ...], wait: float) -> str | None:
+    """:func:`canary`, or None once the process is ending (no verdict either way)."""
+    why = canary(argv, wait)
+    return None if _ended else why
+
+
+def canary(argv: Sequence[str], wait: float) -> str:
     """ "" if the hook finds the canary's few octets clean within ``wait`` seconds, else
-    why not; None once the process is ending (no verdict either way)."""
+    why not (the outage's test, and check-config's)."""
     result = run_command(argv, CANARY_MESSAGE, wait)
-    if _ended:
-        return None
     if result.status is ScanStatus.CLEAN:
         return ""
     if result.status is ScanStatus.INFECTED:
@@ -274,12 +278,13 @@ class CommandScan:
                 self._result = ScanResult(ScanStatus.ERROR, detail=not_asked, unasked=True)
                 return self._result
             result = run_command(self.argv, self.spool, self.timeout)
-            if result.status is ScanStatus.ERROR and not result.suspect:
+            if _ended:
+                pass  # stopped with the service: no word on the hook's health
+            elif result.status is ScanStatus.ERROR and not result.suspect:
                 # Hung, or failing for every message, or only for this one (slow on
                 # it, or crafted to be): the canary tells. This result stands whatever
                 # the canary says.
-                if not _ended:
-                    health.test_later(result.detail, self.timeout)
+                health.test_later(result.detail, self.timeout)
             else:
                 # An answer, exit 1 without a name (suspect) too: deferred even where
                 # outages pass, it opens none (review rev94 F3), and it ends one, or a
