@@ -586,6 +586,117 @@ def test_a_take_back_refused_fails_no_call(fresh_redis: RedisServer) -> None:
     admin.close()
 
 
+RETRY_STEPS = [
+    (key, message, size)
+    for key, message, size in [
+        (KEY, "m1", 3000),
+        (KEY, "m1", 3000),  # a retry: counted once
+        (KEY, "m2", 3010),
+        (KEY, "m1", 3000),
+        (KEY, "m1", 3000),
+        (KEY, "m1", 3000),  # the 4th repeat counts again
+        ("other|192.0.2.9", "m1", 3000),
+        (KEY, "m3", 9000),
+        (KEY, "m2", 3010),
+    ]
+]
+
+
+@pytest.mark.integration
+def test_redis_counts_a_retry_once_in_one_call_as_the_two_calls_do(
+    fresh_redis: RedisServer,
+) -> None:
+    """Review rev95 F7: RedisCounter.hit_unless_retry is one script that does what
+    hit_unless_retry does with hit and peek; the attempts' sets share the sender's hash
+    tag (one Redis Cluster slot for the script's keys)."""
+    together = counter_on(fresh_redis)
+    apart = InProcessCounter(60, TWO_PERCENT)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    commands = admin.info("commandstats")
+    for key, message, size in RETRY_STEPS:
+        attempt = f"retry|{key}|{message}|{size}"
+        assert hit_unless_retry(together, key, size, attempt, 3) == hit_unless_retry(
+            apart, key, size, attempt, 3
+        )
+    calls = admin.info("commandstats")
+    ran = sum(
+        calls[name]["calls"] - commands.get(name, {"calls": 0})["calls"]
+        for name in ("cmdstat_evalsha", "cmdstat_eval")
+        if name in calls
+    )
+    assert ran == len(RETRY_STEPS) + 1  # one script per message (and one NOSCRIPT)
+    tag = together.keys_for(KEY, 3000)[1].split("}")[0] + "}"
+    ours = [k.decode() for k in admin.keys(tag + "*")]
+    assert any(":a:" in k for k in ours)
+    assert any(":a:" not in k for k in ours)
+    admin.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("planted", [0, 1, 2])
+def test_a_call_refused_by_a_planted_key_records_nothing(
+    fresh_redis: RedisServer, planted: int
+) -> None:
+    """Review rev95 F7: the attempt was counted by a first call, the message refused by
+    the second (a value of another type under the sender's key, WRONGTYPE), and its
+    retry was then taken for a repeat and never counted. A script's error does not undo
+    what it wrote before it, so a key of another type in any of the three buckets is
+    now refused before anything is written (a plain hit in the bucket before a planted
+    neighbour stayed counted too)."""
+    counter = counter_on(fresh_redis)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    bad = counter.keys_for(KEY, 3000)[planted]
+    admin.set(bad, "planted")
+    with pytest.raises(CounterError, match="WRONGTYPE"):
+        hit_unless_retry(counter, KEY, 3000, "retry|m", 3)
+    with pytest.raises(CounterError, match="WRONGTYPE"):
+        counter.hit(KEY, 3000)
+    admin.delete(bad)
+    assert counter.peek(KEY, 3000) == 0
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m", 3) == (1, 1)  # the retry counts
+    admin.close()
+
+
+@pytest.mark.integration
+def test_both_hits_of_a_retry_call_that_timed_out_are_taken_back(
+    fresh_redis: RedisServer,
+) -> None:
+    """A hit_unless_retry that timed out but ran when Redis resumed: its message was
+    deferred, so neither its attempt nor its hit counts at its retry."""
+    counter = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m0", 3) == (1, 1)
+    fresh_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(CounterError, match=r"(?i)timeout|timed out"):
+            hit_unless_retry(counter, KEY, 3000, "retry|m1", 3)
+    finally:
+        fresh_redis.process.send_signal(signal.SIGCONT)
+    reader = counter_on(fresh_redis)
+    wait_until(lambda: reader.peek(KEY, 3000) == 2)  # Redis ran it after all
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m1", 3) == (2, 1)
+    assert reader.peek(KEY, 3000) == 2
+
+
+@pytest.mark.integration
+def test_resilient_counter_counts_a_retry_in_one_call_and_locally(
+    fresh_redis: RedisServer,
+) -> None:
+    """With on_redis_error = "local" the wrapper counts each message locally too, so
+    that an outage starts from this host's own recent messages; the retry rule holds in
+    both, and during an outage on the local counter alone."""
+    local = InProcessCounter(60, TWO_PERCENT)
+    counter = ResilientCounter(
+        counter_on(fresh_redis), on_error="local", local=local, retry_interval=60
+    )
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m", 3) == (1, 1)
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m", 3) == (1, 2)
+    assert local.peek(KEY, 3000) == 1
+    fresh_redis.stop()
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m", 3) == (1, 3)  # local: a retry
+    assert counter.down
+    assert hit_unless_retry(counter, KEY, 3000, "retry|n", 3) == (2, 1)
+
+
 def test_outage_does_not_hammer_redis() -> None:
     """While down, the backend is asked at most once per retry interval."""
     calls = 0

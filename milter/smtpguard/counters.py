@@ -57,11 +57,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol, cast
+from typing import Final, Literal, Protocol, TypeVar, cast
 
 import redis
 from cachetools import TTLCache
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from smtpguard.memo import peek
@@ -79,6 +80,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("smtpguard.counters")
+
+_T = TypeVar("_T")
 
 
 class CounterError(Exception):
@@ -710,30 +713,68 @@ class SharedCounter:
 # (made before it was stepped back) are dropped, as SharedCounter does (review rev50:
 # they counted until real time caught up with them). Scores are microseconds (exact in a double
 # until the year 2255). Needs Redis >= 5 (effects replication of scripts that call TIME
-# before writing).
-#   KEYS: lower neighbour, own bucket, upper neighbour
+# before writing). A key of another type is refused before anything is written: a
+# script's error does not undo its earlier writes, and RedisCounter takes back nothing
+# after an error reply (a refused call's message is deferred and must not count).
 #   ARGV: window in microseconds, unique member, "1" to record a hit, per-bucket cap
-_LUA: Final = """
+_LUA_PRELUDE: Final = """
+for i = 1, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i]).ok
+  if kind ~= 'zset' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. kind)
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[1])
-if ARGV[3] == '1' then
-  redis.call('ZADD', KEYS[2], now, ARGV[2])
-  local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+local ahead = '(' .. string.format('%.17g', now + window)
+local function add(key, member)
+  redis.call('ZADD', key, now, member)
+  local over = redis.call('ZCARD', key) - tonumber(ARGV[4])
   if over > 0 then
-    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+    redis.call('ZREMRANGEBYRANK', key, 0, over - 1)
   end
-  redis.call('PEXPIRE', KEYS[2], math.ceil(window / 1000))
+  redis.call('PEXPIRE', key, math.ceil(window / 1000))
+end
+local function count(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  redis.call('ZREMRANGEBYSCORE', key, ahead, '+inf')
+  return redis.call('ZCARD', key)
+end
+"""
+#   KEYS: lower neighbour, own bucket, upper neighbour
+_LUA: Final = (
+    _LUA_PRELUDE
+    + """
+if ARGV[3] == '1' then
+  add(KEYS[2], ARGV[2])
 end
 local total = 0
-local ahead = '(' .. string.format('%.17g', now + window)
 for i = 1, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], ahead, '+inf')
-  total = total + redis.call('ZCARD', KEYS[i])
+  total = total + count(KEYS[i])
 end
 return total
 """
+)
+# hit_unless_retry in one call: the attempt counted in its own bucket, then the key's
+# hit unless the attempt is one of its first ARGV[6] repeats (a retry: only counted).
+#   KEYS: the attempt's bucket, then the key's lower neighbour, own bucket, upper
+#   ARGV: as _LUA's (ARGV[2] the key's member), then the attempt's member, forgiven
+_LUA_RETRY: Final = (
+    _LUA_PRELUDE
+    + """
+add(KEYS[1], ARGV[5])
+local attempts = count(KEYS[1])
+if attempts <= 1 or attempts > tonumber(ARGV[6]) + 1 then
+  add(KEYS[3], ARGV[2])
+end
+local total = 0
+for i = 2, #KEYS do
+  total = total + count(KEYS[i])
+end
+return {total, attempts}
+"""
+)
 
 
 def redis_client(url: str, *, timeout: float = 0.5) -> redis.Redis:
@@ -784,6 +825,7 @@ class RedisCounter:
         self.max_per_bucket = max_per_bucket
         self.take_back = take_back
         self._script = client.register_script(_LUA)
+        self._retry_script = client.register_script(_LUA_RETRY)
         # Members must be unique across hosts, processes and calls; the score carries
         # the time. A token per process too: workers forked from one supervisor share
         # this counter object, node and sequence included, and the same member added
@@ -806,10 +848,42 @@ class RedisCounter:
     def peek(self, key: str, size: int) -> int:
         return self._run(key, size, add=False)
 
+    def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
+        """:func:`hit_unless_retry` in one script: both hits or neither (review rev95
+        F7: with two calls, a message whose second call failed had its attempt counted
+        and not itself, so its retry was taken for a repeat and never counted). The
+        attempt's set shares the key's hash tag (one Redis Cluster slot)."""
+        keys = self.keys_for(key, size)
+        digest = hashlib.blake2b(attempt.encode("utf-8", "surrogateescape"), digest_size=16)
+        attempt_key = f"{self._base(key)}:a:{digest.hexdigest()}:{self.buckets.bucket(size)}"
+        member, attempt_member = self._member(), self._member()
+        args: list[str | int] = [
+            int(self.window * 1_000_000),
+            member,
+            "1",
+            self.max_per_bucket,
+            attempt_member,
+            forgiven,
+        ]
+        result = self._eval(
+            self._retry_script,
+            [attempt_key, *keys],
+            args,
+            [(attempt_key, attempt_member), (keys[1], member)],
+        )
+        total, attempts = cast("list[int]", result)
+        return int(total), int(attempts)
+
     def keys_for(self, key: str, size: int) -> list[str]:
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
-        base = f"{self.prefix}:{{{digest.hexdigest()}}}"
+        base = self._base(key)
         return [f"{base}:{bucket}" for bucket in self.buckets.neighbourhood(size)]
+
+    def _base(self, key: str) -> str:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
+        return f"{self.prefix}:{{{digest.hexdigest()}}}"
+
+    def _member(self) -> str:
+        return f"{self._node}:{_token}:{next(self._seq)}"
 
     def close(self) -> None:
         """Close the idle pooled connections (a counter retired by a reload); one in
@@ -817,7 +891,7 @@ class RedisCounter:
         self.client.connection_pool.disconnect(inuse_connections=False)
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
-        member = f"{self._node}:{_token}:{next(self._seq)}"
+        member = self._member()
         args: list[str | int] = [
             int(self.window * 1_000_000),
             member,
@@ -825,21 +899,31 @@ class RedisCounter:
             self.max_per_bucket,
         ]
         keys = self.keys_for(key, size)
+        written = [(keys[1], member)] if add else []
+        return int(cast(int, self._eval(self._script, keys, args, written)))
+
+    def _eval(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[str | int],
+        written: list[tuple[str, str]],
+    ) -> object:
+        """Run ``script``; after a failure that may have reached Redis, ``written``
+        (the members it adds) is taken back by the next call."""
         taken = self._to_take_back()
         try:
             if taken:
-                result = self._run_taking_back(taken, keys, args)
-            else:
-                # Script uses EVALSHA and loads the script again after NOSCRIPT (a
-                # restarted or flushed Redis).
-                result = self._script(keys=keys, args=args)
+                return self._run_taking_back(taken, script, keys, args)
+            # Script uses EVALSHA and loads the script again after NOSCRIPT (a
+            # restarted or flushed Redis).
+            return script(keys=keys, args=args)
         except (redis.RedisError, OSError) as exc:
             self._undo.extendleft(reversed(taken))
-            if add and self.take_back and not isinstance(exc, redis.ResponseError):
+            if self.take_back and not isinstance(exc, redis.ResponseError):
                 # An error reply means the script did not write; anything else, maybe.
-                self._undo.append((keys[1], member))
+                self._undo.extend(written)
             raise CounterError(f"redis: {exc}") from exc
-        return int(cast(int, result))
 
     def _to_take_back(self) -> list[tuple[str, str]]:
         taken: list[tuple[str, str]] = []
@@ -849,13 +933,13 @@ class RedisCounter:
         return taken
 
     def _run_taking_back(
-        self, taken: list[tuple[str, str]], keys: list[str], args: list[str | int]
+        self, taken: list[tuple[str, str]], script: Script, keys: list[str], args: list[str | int]
     ) -> object:
         """The hits in ``taken`` removed, then the script run: one round trip."""
         pipe = self.client.pipeline(transaction=False)
         for bucket_key, member in taken:
             pipe.zrem(bucket_key, member)
-        self._script(keys=keys, args=args, client=pipe)
+        script(keys=keys, args=args, client=pipe)
         # Each answer on its own: a take-back refused (a key of another type now: no
         # hit of ours to take back) is dropped, and must not fail this call, nor every
         # call after it (review rev89 F1).
@@ -953,21 +1037,30 @@ class ResilientCounter:
                 close()
 
     def hit(self, key: str, size: int) -> int:
-        return self._call("hit", key, size)
+        return self._call("hit", key, lambda counter: counter.hit(key, size))
 
     def peek(self, key: str, size: int) -> int:
-        return self._call("peek", key, size)
+        return self._call("peek", key, lambda counter: counter.peek(key, size))
 
-    def _call(self, op: Literal["hit", "peek"], key: str, size: int) -> int:
+    def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
+        """:func:`hit_unless_retry` in one call to the backend (RedisCounter's script),
+        with this wrapper's outage behaviour; counted locally the same way."""
+        return self._call(
+            "hit", key, lambda counter: hit_unless_retry(counter, key, size, attempt, forgiven)
+        )
+
+    def _call(
+        self, op: Literal["hit", "peek"], key: str, run: Callable[[SizeBucketCounter], _T]
+    ) -> _T:
         now = self._clock()
         if self.outage.ask(now):
             try:
-                count = _method(self.primary, op)(key, size)
+                count = run(self.primary)
             except CounterError as exc:
                 if _about_one_key(exc):
                     # Not an outage: the other senders' counts work (rev86 F3: one
                     # planted key deferred every sender for 5 s at each of its messages).
-                    return self._key_failed(op, key, size, exc)
+                    return self._key_failed(key, run, exc)
                 self._failed(exc, now, op)
             else:
                 if op == "hit" or not self._hit_failed:
@@ -977,18 +1070,18 @@ class ResilientCounter:
                     # the interval, or the peeks at MAIL FROM would claim every probe.
                     self.outage.retry_now()
                 if op == "hit" and self.on_error == "local" and self.local is not None:
-                    self.local.hit(key, size)
+                    run(self.local)
                 return count
         with self._lock:
             self._during_outage += 1
         error = self.outage.last_error
         if self.on_error == "error" or self.local is None:
             raise CounterError(f"{self.name} {self._trouble}: {error}")
-        return _method(self.local, op)(key, size)
+        return run(self.local)
 
     def _key_failed(
-        self, op: Literal["hit", "peek"], key: str, size: int, exc: CounterError
-    ) -> int:
+        self, key: str, run: Callable[[SizeBucketCounter], _T], exc: CounterError
+    ) -> _T:
         """One call's keys are unusable: this call fails (or counts locally), logged
         once per key."""
         with self._lock:
@@ -1004,7 +1097,7 @@ class ResilientCounter:
             )
         if self.on_error == "error" or self.local is None:
             raise exc
-        return _method(self.local, op)(key, size)
+        return run(self.local)
 
     def _failed(self, exc: CounterError, now: float, op: Literal["hit", "peek"]) -> None:
         # "redis unreachable" was logged for a read-only replica or a user without
@@ -1044,7 +1137,3 @@ class ResilientCounter:
             messages,
             "counted locally" if self.on_error == "local" else "failed",
         )
-
-
-def _method(counter: SizeBucketCounter, op: Literal["hit", "peek"]) -> Callable[[str, int], int]:
-    return counter.hit if op == "hit" else counter.peek
