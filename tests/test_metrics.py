@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtpguard.config import ConfigError, load_config
-from smtpguard.metrics import PrometheusMetrics, _never_fails
+from smtpguard.metrics import FILE_BYTES, PrometheusMetrics, _never_fails, allocate_files
 from smtpguard.workerwatch import WorkersCollector, WorkerStats
+from support.files import tmpfs
 from support.mtclient import assert_reply
 from support.polling import poll_for, scrape
 from support.service import ROOT, UNTRUSTED_IP, Running, make_site, running
@@ -222,3 +223,130 @@ def test_two_threads_failing_at_once_turn_metrics_off_once(
         "metrics: cannot record (gone); metrics off in this process"
     ) == 1
     assert told == [True]
+
+
+def run_child(code: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` in a Python of its own (prometheus-client picks multiprocess mode at
+    import), its log lines on stdout: a SIGBUS kills that process, not pytest."""
+    prelude = (
+        "import logging, os, sys\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+        "from smtpguard.metrics import PrometheusMetrics\n"
+        "def record(m):\n"
+        "    m.session_opened(); m.decision('rbl_deny', 'enforce', 'reject')\n"
+        "    m.check_verdict('rbl', 'hit'); m.stage_seconds('mail', 0.001)\n"
+        "    m.transaction('reject', 'rbl_deny', 0.01); m.session_closed()\n"
+    )
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "PYTHONPATH": f"{ROOT / 'milter'}:{ROOT / 'tests'}",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_a_full_metrics_directory_turns_metrics_off_instead_of_sigbus(tmp_path: Path) -> None:
+    """Review rev47 (documented then, fixed now): prometheus-client makes its files
+    sparse, and on a full tmpfs the first value written was SIGBUS: the supervisor died
+    at its start, a worker at its first metric and again after each restart. The files
+    are allocated first now; ENOSPC turns metrics off with one line, and leaves no
+    file a scrape would choke on."""
+    with tmpfs(tmp_path / "metrics", "256k", fill=True) as full:
+        done = run_child(
+            "m = PrometheusMetrics(process_collector=False)\n"
+            "record(m)\n"
+            "d = os.environ['PROMETHEUS_MULTIPROC_DIR']\n"
+            "print('off' if m.off else 'on', sorted(os.listdir(d)))\n",
+            full,
+        )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "off ['filler']"
+    errors = [line for line in lines if line.startswith("ERROR metrics: cannot record")]
+    assert len(errors) == 1
+    assert "No space left on device" in errors[0]
+
+
+def test_a_worker_without_room_for_its_files_goes_on_without_metrics(tmp_path: Path) -> None:
+    """Room for the supervisor's files, none left for a worker's: the worker (a fork,
+    as the supervisor makes it) tells the supervisor and records nothing; the
+    supervisor's own files go on working."""
+    with tmpfs(tmp_path / "metrics", "512k") as directory:
+        done = run_child(
+            "from support.files import fill_up\n"
+            "from pathlib import Path\n"
+            "m = PrometheusMetrics(process_collector=False)\n"
+            "fill_up(Path(os.environ['PROMETHEUS_MULTIPROC_DIR']))\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    m.when_off = lambda: print('told', flush=True)\n"
+            "    m.prepare_process(); record(m)\n"
+            "    print('worker', 'off' if m.off else 'on', flush=True)\n"
+            "    os._exit(0)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "record(m)\n"
+            "print('status', status, 'supervisor', 'off' if m.off else 'on', flush=True)\n",
+            directory,
+        )
+        files = sorted(p.name for p in directory.iterdir())
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    lines = done.stdout.splitlines()
+    assert lines[-3:-1] == ["told", "worker off"], lines
+    assert lines[-1] == "status 0 supervisor on"
+    assert sum(line.startswith("ERROR metrics: cannot record") for line in lines) == 1
+    assert len(files) == 1 + len(FILE_BYTES)  # the filler and the supervisor's
+
+
+def test_files_are_made_allocated_and_a_grown_one_is_kept(tmp_path: Path) -> None:
+    grown = tmp_path / "counter_7.db"
+    with grown.open("wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00")
+        f.truncate(1 << 19)  # as the client grows a file: sparse
+    allocate_files(str(tmp_path), 7)
+    for prefix, size in FILE_BYTES.items():
+        path = tmp_path / f"{prefix}_7.db"
+        stat = path.stat()
+        assert stat.st_size == max(size, 1 << 19 if prefix == "counter" else 0)
+        assert stat.st_blocks * 512 >= stat.st_size  # no hole left
+    assert grown.read_bytes()[:8] == b"\x10\x00\x00\x00\x00\x00\x00\x00"
+
+
+def test_every_label_value_fits_in_the_files_as_made(tmp_path: Path) -> None:
+    """The files are made at FILE_BYTES; past that the client grows them sparse again.
+    Every reply id, mode and action, every check and verdict, stage, outcome and
+    backend (more than a service ever meets) fits."""
+    modes, actions = ("enforce", "report", "dry_run"), ("pass", "held", "reject", "tempfail")
+    code = (
+        "import itertools\n"
+        "from smtpguard.metrics import FILE_BYTES, OUTCOMES, VERDICTS\n"
+        "from smtpguard.pipeline import CHECK_CLASSES\n"
+        "from smtpguard.replies import ALL_IDS\n"
+        "from smtpguard.checks import Stage\n"
+        "m = PrometheusMetrics(process_collector=False)\n"
+        f"for r, mode, act in itertools.product(ALL_IDS, {modes!r}, {actions!r}):\n"
+        "    m.decision(r, mode, act)\n"
+        "for c, v in itertools.product([c.name for c in CHECK_CLASSES], VERDICTS):\n"
+        "    m.check_verdict(c, v); m.backend_error(c)\n"
+        "for s in Stage: m.stage_seconds(s.value, 0.001)\n"
+        "for o, r in itertools.product(OUTCOMES, [*ALL_IDS, 'none']):\n"
+        "    m.transaction(o, r, 0.1)\n"
+        "d = os.environ['PROMETHEUS_MULTIPROC_DIR']\n"
+        "for prefix, size in FILE_BYTES.items():\n"
+        "    got = os.path.getsize(os.path.join(d, f'{prefix}_{os.getpid()}.db'))\n"
+        "    print(prefix, got, size, flush=True)\n"
+        "print('off' if m.off else 'on')\n"
+    )
+    done = run_child(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    *sizes, state = done.stdout.splitlines()
+    assert state == "on"
+    assert len(sizes) == len(FILE_BYTES)
+    for line in sizes:
+        prefix, got, size = line.split()
+        assert got == size, f"{prefix}: grown to {got}"

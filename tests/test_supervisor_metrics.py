@@ -3,10 +3,8 @@ retired set, and a torn file never stopping the supervisor."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from smtpguard.supervisor import retire_metrics
+from support.files import fill_up, tmpfs
 
 NAME = "smtpguard_test_total"
 
@@ -93,15 +92,9 @@ def test_a_full_file_system_is_an_error_not_sigbus(tmp_path: Path) -> None:
     """Review rev43: on a full tmpfs the retired file's sparse pages were SIGBUS at the
     first write, and the supervisor died without a line; now ENOSPC is logged and both
     files stay (run in a child, so that a regression cannot kill pytest)."""
-    full = tmp_path / "full"
-    full.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
-    try:
+    with tmpfs(tmp_path / "full", "256k") as full:
         write_counter(full, 101, 3)
-        with contextlib.suppress(OSError), (full / "filler").open("wb") as filler:
-            while True:
-                filler.write(b"\0" * 4096)
-                filler.flush()
+        fill_up(full)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child's result is its exit status
             code = 1
@@ -117,5 +110,3 @@ def test_a_full_file_system_is_an_error_not_sigbus(tmp_path: Path) -> None:
         assert "cannot retire counter_101.db of worker pid 101" in (tmp_path / "log").read_text()
         assert (full / "counter_101.db").exists()
         assert not (full / "counter_retired.db").exists()
-    finally:
-        subprocess.run(["umount", str(full)], check=True)

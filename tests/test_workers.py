@@ -55,6 +55,7 @@ from smtpguard.supervisor import (
     worker_cpu,
 )
 from smtpguard.workerwatch import Flags
+from support.files import tmpfs
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.polling import children, holds_for, poll_for, scrape, wait_until
 from support.service import RULES, UNTRUSTED_IP, Running, make_site, running
@@ -937,17 +938,45 @@ def test_workers_whose_metrics_are_off_are_counted(
     with running(site) as service:
         both_started(service)
         assert metrics_off(port) == 0
-        # A worker creates its files at its first session: where none can be made.
+        # The files a worker made at its start gone, and no way to make them again.
         shutil.rmtree(directory)
         directory.write_text("not a directory")
         until_both_served(service, 10, lambda: mail(service, "<spammer@bad.example>"))
         assert metrics_off(port) == 2
         assert service.log().count("metrics off in this process") == 2
-        # A worker started again records again (until it fails in turn).
+        # A worker started again records again, once the directory is back (it makes
+        # its files at its start: one started with the directory still broken is off).
+        directory.unlink()
+        directory.mkdir()
         worker = min(children(service.process.pid))
         os.kill(worker, signal.SIGKILL)
         wait_until(lambda: len(children(service.process.pid) - {worker}) == 2)
         assert metrics_off(port) == 1
+
+
+def test_a_full_metrics_file_system_leaves_the_service_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev47, through the service: with PROMETHEUS_MULTIPROC_DIR on a full
+    tmpfs (/run) the supervisor died of SIGBUS at its start without a line. Now it
+    starts, says once that it cannot record, and its workers serve without metrics
+    (counted as such), without being restarted."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    with tmpfs(tmp_path / "metrics", "256k", fill=True) as directory:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+        site = make_site(tmp_path / "site", {**WORKERS, "metrics": {"enabled": True, "port": port}})
+        with running(site) as service:
+            both_started(service)
+            until_both_served(service, 4, lambda: mail(service, "<spammer@bad.example>"))
+            assert metrics_off(port) == 2
+            log = service.log()
+            assert log.count("metrics: cannot record ([Errno 28] No space left on device)") == 1
+            assert "restart" not in log
+            assert len(children(service.process.pid)) == 2
+            service.process.send_signal(signal.SIGTERM)
+            assert service.process.wait(timeout=30) == 0
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,14 @@ addresses, IPs or other client-controlled text.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import platform
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol
+from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, Protocol
 
 from smtpguard import __version__
 
@@ -39,6 +41,49 @@ _TRANSACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 OUTCOMES = ("accept", "tag", "reject", "tempfail", "abort")
 #: What one call of a check gave (``smtpguard_check_verdicts_total``).
 VERDICTS = ("pass", "hit", "temperror", "error")
+#: The multiprocess files one of our processes writes, by prefix (prometheus-client
+#: names them ``PREFIX_PID.db``: one per metric type and gauge mode used below), and
+#: the octets each is made with. Every label value of a counter in a few thousand
+#: entries fits in 256 KiB (tests/test_metrics.py); the client grows a file past its
+#: size by doubling it, sparse.
+FILE_BYTES: Final = {
+    "counter": 1 << 18,
+    "histogram": 1 << 16,
+    "gauge_max": 1 << 16,
+    "gauge_livesum": 1 << 16,
+}
+
+
+def allocate_files(directory: str, pid: int) -> None:
+    """Make the multiprocess files of process ``pid`` in ``directory`` with their
+    blocks allocated, before prometheus-client maps them.
+
+    The client makes them sparse: on a full tmpfs (``/run``) the first write into a
+    page of the mapping is SIGBUS, which no ``except`` catches (review rev47: every
+    worker died at its first metric, and again at each restart). Raises OSError
+    (ENOSPC) and removes what it made; a file that is there already is allocated as it
+    is, and kept.
+    """
+    made: list[str] = []
+    try:
+        for prefix, size in FILE_BYTES.items():
+            path = os.path.join(directory, f"{prefix}_{pid}.db")
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                made.append(path)
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, max(size, os.fstat(fd).st_size))
+            finally:
+                os.close(fd)
+    except OSError:
+        for path in made:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+
+
 #: What held a lookup that missed its caller's deadline (``smtpguard_dns_busy_total``):
 #: a full pool, the client network's full share of one, or the resolver's loop thread,
 #: which had not started it.
@@ -96,8 +141,8 @@ def _never_fails(
     """A metric that cannot be written (a multiprocess directory the service user may
     not write, or that is gone) turns this process's metrics off with one error line;
     it must never fail the session (review rev43: every MAIL got a tempfail). A full
-    tmpfs is not covered: prometheus_client's files are sparse, and a write to one
-    there is SIGBUS (rev47)."""
+    tmpfs would be SIGBUS, not an exception: :func:`allocate_files` is what keeps it
+    out (rev47)."""
 
     @functools.wraps(method)
     def guarded(self: PrometheusMetrics, /, *args: P.args, **kwargs: P.kwargs) -> None:
@@ -106,15 +151,7 @@ def _never_fails(
         try:
             method(self, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - whatever it is, metrics only
-            # Two sessions' threads may fail at once: one line, one report (the second
-            # one failed on the first one's half-made files: a CI run logged both).
-            with self._off_lock:
-                if self.off:
-                    return
-                self.off = True
-            log.error("metrics: cannot record (%s); metrics off in this process", exc)
-            if self.when_off is not None:
-                self.when_off()
+            self._turn_off(exc)
 
     return guarded
 
@@ -150,6 +187,11 @@ class PrometheusMetrics:
         r = self.registry
         if process_collector:
             ProcessCollector(registry=r)
+        # In multiprocess mode a metric without labels writes its value at once: none is
+        # made when this process's files cannot be (every method then returns at once).
+        self.prepare_process()
+        if self.off:
+            return
         build = Gauge(
             "smtpguard_build_info",
             "Always 1; the labels say which smtpguard and Python run",
@@ -222,6 +264,8 @@ class PrometheusMetrics:
             ("reason",),
             registry=r,
         )
+        # Children looked up once: verdicts are counted for every check call.
+        self._verdict_children: dict[tuple[str, str], Counter] = {}
         self._dns_hit = self._dns_cache.labels("hit")
         self._dns_miss = self._dns_cache.labels("miss")
         # Present from the start at 0, so ratios over them exist before the first event.
@@ -230,8 +274,35 @@ class PrometheusMetrics:
         for reason in DNS_BUSY_REASONS:
             self._dns_busy.labels(reason)
         self._transactions.labels("accept", "none")
-        # Children looked up once: verdicts are counted for every check call.
-        self._verdict_children: dict[tuple[str, str], Counter] = {}
+
+    def prepare_process(self) -> None:
+        """In multiprocess mode, allocate this process's files before its first value
+        (:func:`allocate_files`; a worker calls it after the fork). When they cannot
+        be, nothing is recorded in this process, said once."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return
+        if self.off:
+            # Off since the supervisor's start (its files could not be made): this
+            # worker records nothing either, and is counted so.
+            if self.when_off is not None:
+                self.when_off()
+            return
+        try:
+            allocate_files(directory, os.getpid())
+        except OSError as exc:
+            self._turn_off(exc)
+
+    def _turn_off(self, exc: Exception) -> None:
+        # Two sessions' threads may fail at once: one line, one report (the second
+        # one failed on the first one's half-made files: a CI run logged both).
+        with self._off_lock:
+            if self.off:
+                return
+            self.off = True
+        log.error("metrics: cannot record (%s); metrics off in this process", exc)
+        if self.when_off is not None:
+            self.when_off()
 
     @_never_fails
     def decision(self, reply_id: str, mode: str, action: str) -> None:

@@ -756,6 +756,7 @@ class Supervisor:
         self.gate.bind(number - 1)
         if self.metrics is not None:
             self.metrics.when_off = functools.partial(self.metrics_off.set, number - 1, True)
+            self.metrics.prepare_process()
         cpu = worker_cpu(number, self.cpus, self.config.milter)
         if cpu is not None:
             bind({cpu})

@@ -1,9 +1,13 @@
-"""Replacing a watched SQLite file the way deployments do; counting descriptors on one."""
+"""Replacing a watched SQLite file the way deployments do; counting descriptors on one;
+a full file system."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -49,3 +53,25 @@ def without_stdlib_problem(lines: list[str]) -> list[str]:
     present where Python is private (pyenv under /root, mode 0700, as on the test
     machine), absent where it is the system's (tests/test_probes.py checks both)."""
     return [line for line in lines if STDLIB_PROBLEM not in line]
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, *, fill: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``path`` (made) until the block ends; with
+    ``fill``, written full first (a file ``filler`` takes all it has left)."""
+    path.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        if fill:
+            fill_up(path)
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def fill_up(path: Path) -> None:
+    """Write ``path/filler`` until the file system is full."""
+    with contextlib.suppress(OSError), (path / "filler").open("ab") as filler:
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()
