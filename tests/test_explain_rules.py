@@ -22,7 +22,7 @@ from smtpguard.explain import (
     plain_text,
 )
 from support.service import RULES
-from test_explain_corpus import HELDOUT_SPLITS, Case, load_corpus
+from test_explain_corpus import UNREAD_SPLITS, Case, load_corpus
 
 SHIPPED = (RULES / "explain.toml").read_text(encoding="utf-8")
 
@@ -1737,7 +1737,7 @@ def test_bad_keywords(tmp_path: Path) -> None:
 def _shown(case: Case) -> str:
     """What a failure may print of a corpus line: held-out texts stay unread by whoever
     tunes the rules."""
-    return f"a {case.split} line" if case.split in HELDOUT_SPLITS else case.reply
+    return f"a {case.split} line" if case.split in UNREAD_SPLITS else case.reply
 
 
 def test_prefiltered_rules_find_the_same_first_match(know: Knowledge) -> None:
