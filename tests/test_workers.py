@@ -726,15 +726,18 @@ def test_killed_worker_is_back_within_two_seconds(tmp_path: Path) -> None:
         assert victim not in children(supervisor)
 
 
-def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("last", ["exec sleep 3600", "exec env -i sleep 3600"])
+def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path, last: str) -> None:
     """Review rev92 F2: the hook programs of a worker killed outright (by the
     supervisor's own watchdog, the OOM killer) went to init and ran on, with no
     timeout; the supervisor now adopts them and ends them. Only them (review rev94 F1:
-    it killed every child it had not forked, such as a daemon a start script left)."""
+    it killed every child it had not forked, such as a daemon a start script left).
+    Also one that clears its environment, where the mark that names its worker was
+    (review rev95 F4: found by the process group its worker recorded)."""
     pids = tmp_path / "pids"
     pids.mkdir()
     hook = tmp_path / "scan.sh"
-    hook.write_text(f"#!/bin/sh\necho $$ > {pids}/$$\ncat >/dev/null\nexec sleep 3600\n")
+    hook.write_text(f"#!/bin/sh\necho $$ > {pids}/$$\ncat >/dev/null\n{last}\n")
     hook.chmod(0o755)
     extra = {**WORKERS, "virus": {"backend": "command", "command": [str(hook)], "timeout": 60}}
     site = make_site(tmp_path / "site", extra)

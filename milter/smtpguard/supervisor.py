@@ -101,7 +101,7 @@ from smtpguard.counters import CounterError, SharedCounter
 from smtpguard.datafiles import recording, replaying
 from smtpguard.logsetup import set_level
 from smtpguard.pipeline import CHECK_NAMES
-from smtpguard.scanners.command import HOOK_MARK
+from smtpguard.scanners.command import HOOK_MARK, record_groups_in
 from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL
 from smtpguard.sockets import (
     StartError,
@@ -115,6 +115,7 @@ from smtpguard.workerwatch import (
     HEARTBEAT_INTERVAL,
     Flags,
     Heartbeats,
+    HookGroups,
     WorkersCollector,
     WorkerStats,
 )
@@ -383,6 +384,8 @@ class Supervisor:
         self.heartbeats = Heartbeats(len(self.workers))
         #: Set by a worker whose metrics went off; mapped here, like ``published``.
         self.metrics_off = Flags(len(self.workers))
+        #: The virus hook programs' process groups, per worker; mapped here too.
+        self.hook_groups = HookGroups(len(self.workers))
         #: When the loop last checked the heartbeats, and since when it has been
         #: running without a pause (heartbeats older than that are not held against
         #: a worker: see _watch).
@@ -754,6 +757,8 @@ class Supervisor:
         _die_with_parent(self.pid)
         _mark_worker(number)
         self.gate.bind(number - 1)
+        self.hook_groups.bind(number - 1)
+        record_groups_in(self.hook_groups)
         if self.metrics is not None:
             self.metrics.when_off = functools.partial(self.metrics_off.set, number - 1, True)
             self.metrics.prepare_process()
@@ -792,17 +797,24 @@ class Supervisor:
         process (a child subreaper) when it died. Killed outright (the supervisor's own
         watchdog, the OOM killer) a worker could not end them, and they ran on without a
         timeout (review rev92 F2). Only processes whose environment names the worker
-        (:data:`~smtpguard.scanners.command.HOOK_MARK`) are touched: what else came here
-        (a daemon a start script left, any orphan when this is a container's pid 1) is
+        (:data:`~smtpguard.scanners.command.HOOK_MARK`), or that are in a process group
+        the worker recorded (:class:`~smtpguard.workerwatch.HookGroups`: a program that
+        cleared its environment, review rev95 F4), are touched: what else came here (a
+        daemon a start script left, any orphan when this is a container's pid 1) is
         someone else's, only reaped by :meth:`_reap` (review rev94 F1)."""
+        groups = self.hook_groups.take(worker.number - 1)
+        workers = {w.pid for w in self.workers}
         killed = 0
         for child in _children(self.pid):
-            if _hook_of(child) != pid:
-                continue
+            if child in workers:
+                continue  # a recorded group's id reused by a worker started since
             with contextlib.suppress(ProcessLookupError, PermissionError):
+                group = os.getpgid(child)
+                if _hook_of(child) != pid and group not in groups:
+                    continue
                 # A hook leads a session of its own: its group is what it started.
-                if os.getpgid(child) == child:
-                    os.killpg(child, signal.SIGKILL)
+                if group == child or group in groups:
+                    os.killpg(group, signal.SIGKILL)
                 else:
                     os.kill(child, signal.SIGKILL)
                 killed += 1

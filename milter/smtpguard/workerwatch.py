@@ -117,6 +117,60 @@ def usage(pid: int) -> tuple[float, int] | None:
     return ticks / _TICKS, int(statm.split()[1]) * _PAGE
 
 
+class HookGroups:
+    """The process groups of the virus hook programs each worker runs: one row of
+    ``slots`` pids per worker in anonymous shared memory (``MAP_SHARED``, mapped before
+    the first fork, like :class:`Heartbeats`). A worker records its own programs
+    (:meth:`add`, :meth:`remove`, from its session threads); when a worker dies the
+    supervisor :meth:`take` s its row and kills the groups of them that came to it. A
+    program's environment names its worker too, but one that clears it (``exec env
+    -i``) no longer does (review rev95 F4)."""
+
+    SLOTS: Final = 256
+
+    def __init__(self, count: int, slots: int = SLOTS) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, max(count, 1) * slots * 4, flags=mmap.MAP_SHARED)
+        self._pids = memoryview(self._map).cast("i")
+        self._lock = threading.Lock()
+        #: The row this process writes (a worker's; -1 in the supervisor).
+        self._row = -1
+
+    def bind(self, row: int) -> None:
+        """In a worker after the fork: its own row."""
+        self._row = row
+
+    def add(self, group: int) -> bool:
+        """Record ``group``; False when the row is full (or this is no worker): the
+        program is then found by its environment only."""
+        if self._row < 0:
+            return False
+        start = self._row * self.slots
+        with self._lock:
+            for at in range(start, start + self.slots):
+                if self._pids[at] == 0:
+                    self._pids[at] = group
+                    return True
+        return False
+
+    def remove(self, group: int) -> None:
+        if self._row < 0:
+            return
+        start = self._row * self.slots
+        with self._lock:
+            for at in range(start, start + self.slots):
+                if self._pids[at] == group:
+                    self._pids[at] = 0
+                    return
+
+    def take(self, row: int) -> set[int]:
+        """The groups recorded in ``row`` (its worker is gone), and the row emptied."""
+        start = row * self.slots
+        found = {pid for pid in self._pids[start : start + self.slots] if pid}
+        self._pids[start : start + self.slots] = memoryview(bytes(4 * self.slots)).cast("i")
+        return found
+
+
 class Flags:
     """One byte per worker in anonymous shared memory (``MAP_SHARED``, mapped before
     the first fork, like :class:`Heartbeats`): a worker sets its own, the supervisor

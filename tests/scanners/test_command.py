@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
-from smtpguard.scanners.command import CommandScan, run_command
+from smtpguard.scanners.command import CommandScan, record_groups_in, run_command
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
 from support.polling import wait_until
 
@@ -449,3 +449,37 @@ def test_a_hook_that_answers_exit_1_without_a_name_ends_an_outage(
     wait_until(lambda: scan(b"EXIT1\r\n").suspect, deadline=15)
     assert "answering again after" in caplog.text
     assert scan(b"hello\r\n").status is ScanStatus.CLEAN
+
+
+def test_each_program_is_recorded_while_it_may_run(tmp_path: Path) -> None:
+    """A worker records its programs' process groups for its supervisor (review rev95
+    F4): from before the program reads its input to after it is killed, not after it
+    is reaped (its id may be reused then)."""
+
+    class Record:
+        def __init__(self) -> None:
+            self.groups: set[int] = set()
+            self.seen: list[int] = []
+
+        def add(self, group: int) -> bool:
+            self.groups.add(group)
+            self.seen.append(group)
+            return True
+
+        def remove(self, group: int) -> None:
+            assert os.waitid(os.P_PID, group, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            self.groups.discard(group)
+
+    marker = tmp_path / "group"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f"#!/bin/sh\nps -o pgid= -p $$ > {marker}\ncat >/dev/null\nexit 0\n")
+    hook.chmod(0o755)
+    record = Record()
+    record_groups_in(record)
+    try:
+        result = run_command([str(hook)], b"Subject: x\r\n\r\nhi\r\n", 10)
+    finally:
+        record_groups_in(None)
+    assert result.status is ScanStatus.CLEAN
+    assert record.seen == [int(marker.read_text())]
+    assert record.groups == set()

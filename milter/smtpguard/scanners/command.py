@@ -64,7 +64,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
 from smtpguard.scanners.health import ScannerHealth, shared_health
@@ -95,6 +95,26 @@ _running: set[int] = set()
 _running_lock = threading.Lock()
 #: Set by :func:`end_running`: the process is ending, no program starts any more.
 _ended = False
+
+
+class GroupRecord(Protocol):
+    """Where a worker also records its programs' process groups for its supervisor
+    (:class:`smtpguard.workerwatch.HookGroups`)."""
+
+    def add(self, group: int) -> bool: ...
+    def remove(self, group: int) -> None: ...
+
+
+_record: GroupRecord | None = None
+
+
+def record_groups_in(record: GroupRecord | None) -> None:
+    """Record every program's process group in ``record`` while it may run (a worker:
+    its supervisor kills what it left when it is killed outright)."""
+    global _record  # noqa: PLW0603 - once per worker, after the fork
+    _record = record
+
+
 #: In every hook program's environment: the pid of the process that ran it, so that a
 #: supervisor that adopts the programs of a worker killed outright ends those and
 #: nothing else (review rev94 F1).
@@ -182,6 +202,8 @@ def run_command(
         return ScanResult(ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}")
     with _running_lock:
         _running.add(proc.pid)  # its process group: it leads a session of its own
+        if _record is not None:
+            _record.add(proc.pid)
         if _ended:  # end_running came between the check above and here
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -468,6 +490,9 @@ def _kill_session(proc: subprocess.Popen[bytes]) -> None:
     # children too, and nothing of smtpguard.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    if _record is not None:
+        # Dead, not reaped: until the wait below the group's id cannot be reused.
+        _record.remove(proc.pid)
     proc.wait()
 
 

@@ -1,0 +1,41 @@
+"""HookGroups: the virus hook programs' process groups per worker, in shared memory."""
+
+from __future__ import annotations
+
+import os
+
+from smtpguard.workerwatch import HookGroups
+
+
+def test_a_worker_records_its_groups_and_the_supervisor_takes_them() -> None:
+    groups = HookGroups(3, slots=4)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result is its exit status
+        code = 1
+        try:
+            groups.bind(1)
+            ok = all(groups.add(group) for group in (101, 102, 103))
+            groups.remove(102)
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert groups.take(0) == set()
+    assert groups.take(1) == {101, 103}
+    assert groups.take(1) == set()  # emptied for the next worker
+    assert groups.take(2) == set()
+
+
+def test_a_full_row_or_no_row_records_nothing() -> None:
+    groups = HookGroups(2, slots=2)
+    assert not groups.add(7)  # the supervisor has no row of its own
+    groups.bind(0)
+    assert groups.add(7)
+    assert groups.add(8)
+    assert not groups.add(9)  # full: found by its environment only
+    groups.remove(7)
+    assert groups.add(9)
+    groups.remove(12345)  # not there: nothing changes
+    assert groups.take(0) == {8, 9}
+    assert groups.take(1) == set()
