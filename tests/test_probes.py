@@ -298,14 +298,30 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
         counting = "+ping +evalsha +script|load +time +zadd +zcard +zremrangebyscore"
         counting += " +zremrangebyrank +pexpire"
         client.acl_setuser(
-            "svc", enabled=True, passwords=["+pw"], keys=["*"], commands=counting.split()
+            "svc",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["*"],
+            commands=[*counting.split(), "+hmget"],
         )
         client.acl_setuser(
             "ro", enabled=True, passwords=["+pw"], keys=["*"], commands=["+ping", "+zadd"]
         )
+        # Review rev96: the counters' commands but not the blacklist's lookup.
+        client.acl_setuser(
+            "nobl", enabled=True, passwords=["+pw"], keys=["*"], commands=counting.split()
+        )
+        # ... and the counters' commands but one their scripts run.
+        client.acl_setuser(
+            "nozcard",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["*"],
+            commands=[*counting.replace("+zcard", "").split(), "+hmget"],
+        )
         client.close()
         results = {}
-        for user in ("svc", "ro"):
+        for user in ("svc", "ro", "nobl", "nozcard"):
             url = f"redis://{user}:pw@127.0.0.1:{redis_server.port}/0"
             site = make_site(tmp_path / user, {"state": {"backend": "redis", "redis_url": url}})
             results[user] = smtpguard(site, "check-config", check=False)
@@ -314,6 +330,11 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
     assert results["svc"].returncode == 0, results["svc"].stderr
     assert results["ro"].returncode == 1
     assert "the Redis user may not do what the counters do" in results["ro"].stderr
+    assert results["nobl"].returncode == 1
+    assert results["nobl"].stderr.count("\n") == 1  # that line alone
+    assert "state.redis_url: the blacklist lookup fails" in results["nobl"].stderr
+    assert results["nozcard"].returncode == 1
+    assert "the Redis user may not do what the counters do" in results["nozcard"].stderr
     assert ":pw@" not in results["ro"].stderr
 
 

@@ -976,7 +976,8 @@ def test_a_full_metrics_file_system_leaves_the_service_serving(
             assert metrics_off(port) == 2
             log = service.log()
             assert log.count("metrics: cannot record ([Errno 28] No space left on device)") == 1
-            assert "restart" not in log
+            assert "restarting" not in log
+            assert "metrics: off until the service is restarted" in log
             assert len(children(service.process.pid)) == 2
             service.process.send_signal(signal.SIGTERM)
             assert service.process.wait(timeout=30) == 0

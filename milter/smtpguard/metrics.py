@@ -43,14 +43,14 @@ OUTCOMES = ("accept", "tag", "reject", "tempfail", "abort")
 VERDICTS = ("pass", "hit", "temperror", "error")
 #: The multiprocess files one of our processes writes, by prefix (prometheus-client
 #: names them ``PREFIX_PID.db``: one per metric type and gauge mode used below), and
-#: the octets each is made with. Every label value of a counter in a few thousand
-#: entries fits in 256 KiB (tests/test_metrics.py); the client grows a file past its
-#: size by doubling it, sparse.
+#: the octets each is made with: every label value there is fits (tests/test_metrics.py;
+#: the counters' in 256 KiB, the two gauges' few series in 4 KiB); the client grows a
+#: file past its size by doubling it, sparse.
 FILE_BYTES: Final = {
     "counter": 1 << 18,
     "histogram": 1 << 16,
-    "gauge_max": 1 << 16,
-    "gauge_livesum": 1 << 16,
+    "gauge_max": 1 << 12,
+    "gauge_livesum": 1 << 12,
 }
 
 
@@ -191,6 +191,9 @@ class PrometheusMetrics:
         # made when this process's files cannot be (every method then returns at once).
         self.prepare_process()
         if self.off:
+            # No metric object exists in this process nor in the workers it forks:
+            # metrics stay off until the service starts again.
+            log.error("metrics: off until the service is restarted with room for its files")
             return
         build = Gauge(
             "smtpguard_build_info",
