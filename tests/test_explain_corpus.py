@@ -80,6 +80,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "heldout16.tsv", ("heldout16",)),
     (DATA / "heldout17.tsv", ("heldout17",)),
     (DATA / "natural1.tsv", ("natural1",)),
+    (DATA / "natural2.tsv", ("natural2",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -105,7 +106,7 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: Samples at the frequency real logs show replies (README.md there): measured on their
 #: own, never in the held-out figure (their texts may repeat the files' and each
 #: other), and never read either.
-NATURAL_SPLITS = ("natural1",)
+NATURAL_SPLITS = ("natural1", "natural2")
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS + NATURAL_SPLITS
