@@ -1606,6 +1606,40 @@ NATURAL2_CASES: list[tuple[str, str, str]] = [
     ("550 5.7.1 Message blocked as spam", "spam", "clean_content"),
 ]
 
+#: Round 17: the classes of natural3's misses, as round 16 (variants, not the lines).
+NATURAL3_CASES: list[tuple[str, str, str]] = [
+    ("Host not found.", "unknown_recipient", "fix_recipient"),
+    # ... and a resolver's temporary failure stays the network's.
+    (
+        "Host or domain name not found. Name service error for name=example.org type=MX:"
+        " Host not found, try again",
+        "network",
+        "retry_later",
+    ),
+    ("550 Not delivering to previously bounced address", "unknown_recipient", "fix_recipient"),
+    ("554 5.5.1 no valid recipients, bye", "unknown_recipient", "fix_recipient"),
+    ("554 5.7.1 Spam violation, message refused", "spam", "clean_content"),
+    ("553 Mail from refused: spam site", "sender_rejected", "contact_postmaster"),
+    ("451 4.7.0 DMARC lookup failed, try again later", "dmarc", "fix_spf_dkim_dmarc"),
+    ("554 Connection refused", "rejected", "contact_postmaster"),
+    # A delivery report's connection failure (no reply code) stays the network's.
+    ("connect to mx.example.org[192.0.2.1]:25: Connection refused", "network", "retry_later"),
+    ("550 Unconfigured Sending Domain <example.org>", "sender_mismatch", "fix_sender"),
+    ("553 Domain not allowed in From header", "sender_mismatch", "fix_sender"),
+    ("452 4.7.1 The limits for your account have been exceeded", "rate_limit", "reduce_rate"),
+    ("550 Sending quota exhausted", "rate_limit", "reduce_rate"),
+    ("421 4.7.0 Messages from 192.0.2.1 temporarily deferred", "rate_limit", "reduce_rate"),
+    ("554 message refused AUP#POL", "policy", "contact_recipient"),
+    ("550 5.7.1 Relaying rejected", "relay_denied", "authenticate"),
+    (
+        "550 5.7.1 Message rejected: a domain listed in the Spamhaus DBL",
+        "content",
+        "clean_content",
+    ),
+    ("550 Mailbox unavailable or access denied [MJxx]", "rate_limit", "reduce_rate"),
+    ("501 5.1.8 Domain must resolve", "sender_invalid", "fix_sender"),
+]
+
 #: Every table of source-written cases above, by the round that wrote it.
 SOURCE_WRITTEN: dict[str, list[tuple[str, str]]] = {
     "issue": ISSUE_CASES,
@@ -1642,6 +1676,7 @@ SOURCE_WRITTEN_WITH_FIX: dict[str, list[tuple[str, str, str]]] = {
     "heldout15": HELDOUT15_CASES,
     "heldout16": HELDOUT16_CASES,
     "natural2": NATURAL2_CASES,
+    "natural3": NATURAL3_CASES,
 }
 
 
