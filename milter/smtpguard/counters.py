@@ -743,6 +743,13 @@ local function count(key)
   redis.call('ZREMRANGEBYSCORE', key, ahead, '+inf')
   return redis.call('ZCARD', key)
 end
+local function total(first)
+  local n = 0
+  for i = first, #KEYS do
+    n = n + count(KEYS[i])
+  end
+  return n
+end
 """
 #   KEYS: lower neighbour, own bucket, upper neighbour
 _LUA: Final = (
@@ -751,11 +758,7 @@ _LUA: Final = (
 if ARGV[3] == '1' then
   add(KEYS[2], ARGV[2])
 end
-local total = 0
-for i = 1, #KEYS do
-  total = total + count(KEYS[i])
-end
-return total
+return total(1)
 """
 )
 # hit_unless_retry in one call: the attempt counted in its own bucket, then the key's
@@ -770,11 +773,7 @@ local attempts = count(KEYS[1])
 if attempts <= 1 or attempts > tonumber(ARGV[6]) + 1 then
   add(KEYS[3], ARGV[2])
 end
-local total = 0
-for i = 2, #KEYS do
-  total = total + count(KEYS[i])
-end
-return {total, attempts}
+return {total(2), attempts}
 """
 )
 
