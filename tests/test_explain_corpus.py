@@ -82,6 +82,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural1.tsv", ("natural1",)),
     (DATA / "natural2.tsv", ("natural2",)),
     (DATA / "natural3.tsv", ("natural3",)),
+    (DATA / "natural4.tsv", ("natural4",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -109,9 +110,9 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: Samples at the frequency real logs show replies (README.md there): measured on their
 #: own, never in the held-out figure (their texts may repeat the files' and each
 #: other), and never read either.
-NATURAL_SPLITS = ("natural1",)
+NATURAL_SPLITS = ("natural1", "natural4")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
-NATURAL_FREQUENCY = ("natural1", "natural2", "natural3")
+NATURAL_FREQUENCY = ("natural1", "natural2", "natural3", "natural4")
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS + NATURAL_SPLITS
