@@ -1632,10 +1632,26 @@ NATURAL3_CASES: list[tuple[str, str, str]] = [
     ("554 message refused AUP#POL", "policy", "contact_recipient"),
     ("550 5.7.1 Relaying rejected", "relay_denied", "authenticate"),
     (
-        "550 5.7.1 Message rejected: a domain listed in the Spamhaus DBL",
+        "550 5.7.1 Message rejected: message contains a domain listed in the Spamhaus DBL",
         "content",
         "clean_content",
     ),
+    # Review rev97: what those rules must leave to the others (F2 to F6).
+    ("550 Mail from refused: SPF check failed", "spf", "fix_spf_dkim_dmarc"),
+    ("550 5.7.1 MAIL FROM refused, authentication required", "auth_required", "authenticate"),
+    (
+        "530 5.7.0 MAIL FROM refused: must issue a STARTTLS command first",
+        "tls_required",
+        "use_tls",
+    ),
+    ("550 Sender domain listed in the Spamhaus DBL", "sender_rejected", "contact_postmaster"),
+    ("451 4.4.0 Host not found", "network", "retry_later"),
+    (
+        "552 5.2.2 <bob@example.org>: account quota exceeded",
+        "mailbox_full",
+        "contact_recipient",
+    ),
+    ("550 5.1.1 Mailbox unavailable or access denied", "unknown_recipient", "fix_recipient"),
     ("550 Mailbox unavailable or access denied [MJxx]", "rate_limit", "reduce_rate"),
     ("501 5.1.8 Domain must resolve", "sender_invalid", "fix_sender"),
 ]

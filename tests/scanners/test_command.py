@@ -10,6 +10,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -451,25 +452,28 @@ def test_a_hook_that_answers_exit_1_without_a_name_ends_an_outage(
     assert scan(b"hello\r\n").status is ScanStatus.CLEAN
 
 
+class Record:
+    """A worker's row of process groups, as HookGroups keeps it."""
+
+    def __init__(self) -> None:
+        self.groups: set[int] = set()
+        self.seen: list[int] = []
+
+    def add(self, group: int) -> bool:
+        self.groups.add(group)
+        self.seen.append(group)
+        return True
+
+    def remove(self, group: int) -> None:
+        # Dead and not reaped: its id cannot have been reused.
+        assert os.waitid(os.P_PID, group, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        self.groups.discard(group)
+
+
 def test_each_program_is_recorded_while_it_may_run(tmp_path: Path) -> None:
     """A worker records its programs' process groups for its supervisor (review rev95
     F4): from before the program reads its input to after it is killed, not after it
     is reaped (its id may be reused then)."""
-
-    class Record:
-        def __init__(self) -> None:
-            self.groups: set[int] = set()
-            self.seen: list[int] = []
-
-        def add(self, group: int) -> bool:
-            self.groups.add(group)
-            self.seen.append(group)
-            return True
-
-        def remove(self, group: int) -> None:
-            assert os.waitid(os.P_PID, group, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-            self.groups.discard(group)
-
     marker = tmp_path / "group"
     hook = tmp_path / "hook.sh"
     hook.write_text(f"#!/bin/sh\nps -o pgid= -p $$ > {marker}\ncat >/dev/null\nexit 0\n")
@@ -483,3 +487,60 @@ def test_each_program_is_recorded_while_it_may_run(tmp_path: Path) -> None:
     assert result.status is ScanStatus.CLEAN
     assert record.seen == [int(marker.read_text())]
     assert record.groups == set()
+
+
+#: A minimal sudo: root entirely (the real uid too), then the program.
+AS_ROOT_C = """
+#include <unistd.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    if (setgid(0) || setuid(0)) { perror("setuid"); return 2; }
+    execv(argv[1], argv + 1);
+    perror("execv"); return 2;
+}
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("gcc") is None, reason="needs root and gcc")
+def test_a_program_the_service_user_may_not_signal_is_answered() -> None:
+    """Review rev97 F1: a hook run through a sudo-like wrapper (root processes the
+    service user may not signal, even its exited leader) made the end-of-run killpg
+    raise: every message got internal_error, and its group stayed recorded. Run here as
+    nobody, in a fork of this process, with a setuid-root wrapper built for the test."""
+    work = Path(tempfile.mkdtemp(prefix="smtpguard-suid-"))
+    try:
+        work.chmod(0o755)
+        (work / "asroot.c").write_text(AS_ROOT_C)
+        subprocess.run(["gcc", "-o", str(work / "asroot"), str(work / "asroot.c")], check=True)
+        (work / "asroot").chmod(0o4755)
+        hook = work / "hook.sh"
+        hook.write_text("#!/bin/sh\ncat >/dev/null\nexit 0\n")
+        hook.chmod(0o755)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's result is what it writes
+            code = 1
+            try:
+                os.close(read)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                record = Record()
+                record_groups_in(record)
+                result = run_command(
+                    [str(work / "asroot"), str(hook)], b"Subject: x\r\n\r\nhi\r\n", 10
+                )
+                os.write(write, f"{result.status.value} {sorted(record.groups)}".encode())
+                code = 0
+            except BaseException as exc:
+                os.write(write, f"raised {exc!r}".encode())
+            finally:
+                os._exit(code)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            said = pipe.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert said == "clean []"
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

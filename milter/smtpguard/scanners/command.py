@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import selectors
@@ -68,6 +69,8 @@ from typing import IO, Final, Protocol
 
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
 from smtpguard.scanners.health import ScannerHealth, shared_health
+
+log = logging.getLogger("smtpguard.scanners")
 
 __all__ = ["CommandScan", "canary", "end_running", "run_command"]
 
@@ -95,6 +98,8 @@ _running: set[int] = set()
 _running_lock = threading.Lock()
 #: Set by :func:`end_running`: the process is ending, no program starts any more.
 _ended = False
+#: Seconds a session waits for a program it may not kill (see ``_kill_session``).
+_UNKILLABLE_WAIT: Final = 1.0
 
 
 class GroupRecord(Protocol):
@@ -106,6 +111,18 @@ class GroupRecord(Protocol):
 
 
 _record: GroupRecord | None = None
+
+
+_row_full_said = False
+
+
+def _say_row_full() -> None:
+    global _row_full_said  # noqa: PLW0603 - said once per process
+    _row_full_said = True
+    log.warning(
+        "more virus hook programs at once than this worker can record for its"
+        " supervisor; the others are found by their environment only if it dies"
+    )
 
 
 def record_groups_in(record: GroupRecord | None) -> None:
@@ -202,8 +219,8 @@ def run_command(
         return ScanResult(ScanStatus.ERROR, detail=f"cannot run {argv[0]}: {exc.strerror or exc}")
     with _running_lock:
         _running.add(proc.pid)  # its process group: it leads a session of its own
-        if _record is not None:
-            _record.add(proc.pid)
+        if _record is not None and not _record.add(proc.pid) and not _row_full_said:
+            _say_row_full()
         if _ended:  # end_running came between the check above and here
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -488,12 +505,31 @@ def _kill_session(proc: subprocess.Popen[bytes]) -> None:
             proc.stdin.close()
     # The program leads its own session (start_new_session): this reaches its
     # children too, and nothing of smtpguard.
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
-    if _record is not None:
-        # Dead, not reaped: until the wait below the group's id cannot be reused.
-        _record.remove(proc.pid)
-    proc.wait()
+        refused = False
+    except ProcessLookupError:
+        refused = False
+    except PermissionError:
+        # A program the service user may not signal (a sudo wrapper; even its zombie
+        # keeps root's credentials): it runs to its own end (review rev97 F1: the scan
+        # raised, each message got internal_error, and its group stayed recorded).
+        refused = True
+    finally:
+        if _record is not None:
+            # Not reaped yet: until the wait below the group's id cannot be reused.
+            _record.remove(proc.pid)
+    if not refused:
+        proc.wait()
+        return
+    try:
+        proc.wait(timeout=_UNKILLABLE_WAIT)
+    except subprocess.TimeoutExpired:
+        log.warning(
+            "virus hook %s (pid %d) may not be signalled and runs on after its message",
+            proc.args[0] if isinstance(proc.args, list) else proc.args,
+            proc.pid,
+        )
 
 
 def _text(head: bytes) -> str:
