@@ -775,6 +775,50 @@ def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path, last: str) -
     os.kill(other, signal.SIGKILL)
 
 
+def test_a_killed_workers_hook_child_in_a_group_of_its_own_is_ended(tmp_path: Path) -> None:
+    """Review rev97 F7: a hook's child that moved to a process group of its own (setpgid,
+    as job control does) and cleared its environment was neither marked nor in a
+    recorded group; it stays in the hook's session, whose id is the recorded one."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    hook = tmp_path / "scan.sh"
+    hook.write_text(
+        "#!/bin/sh\ncat >/dev/null\n"
+        'perl -e \'setpgrp(0,0); exec "env", "-i", "sleep", "3600"\' &\n'
+        f"echo $! > {pids}/child\necho $$ > {pids}/leader\nwait\n"
+    )
+    hook.chmod(0o755)
+    extra = {**WORKERS, "virus": {"backend": "command", "command": [str(hook)], "timeout": 60}}
+    site = make_site(tmp_path / "site", extra)
+    with running(site) as service:
+        supervisor = service.process.pid
+        wait_until(lambda: len(children(supervisor)) == 2)
+
+        def deliver() -> None:
+            with contextlib.suppress(Exception), service.session() as s:  # the worker dies
+                s.connect(UNTRUSTED_IP)
+                s.helo("mail.sender.example")
+                s.mail("<a@sender.example>")
+                s.rcpt("<alice@example.com>")
+                s.message([("Subject", "hi")], "Hello.\r\n")
+
+        sender = threading.Thread(target=deliver)
+        sender.start()
+
+        def written() -> str | None:
+            path = pids / "leader"
+            return (path.read_text().strip() or None) if path.exists() else None
+
+        leader = int(poll_for(written))
+        child = int((pids / "child").read_text())
+        stat = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()
+        assert (int(stat[2]), int(stat[3])) == (child, leader)  # its own group, the session
+        worker = int(Path(f"/proc/{leader}/stat").read_text().rpartition(")")[2].split()[1])
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: not alive(child) and not alive(leader))
+        sender.join(timeout=10)
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (not a zombie, nor gone)."""
     try:

@@ -804,19 +804,27 @@ class Supervisor:
         someone else's, only reaped by :meth:`_reap` (review rev94 F1)."""
         groups = self.hook_groups.take(worker.number - 1)
         workers = {w.pid for w in self.workers}
-        killed = 0
-        for child in _children(self.pid):
-            if child in workers:
-                continue  # a recorded group's id reused by a worker started since
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                group = os.getpgid(child)
-                if _hook_of(child) != pid and group not in groups:
-                    continue
+        #: pid -> the process group to kill for it.
+        targets: dict[int, int] = {}
+        for found in _processes():
+            if found.pid in workers:
+                continue  # a recorded id reused by a worker started since
+            if found.session in groups or found.group in groups:
+                # A recorded id is the hook's session: every process in it is the
+                # hook's, at any depth, also one that moved to a group of its own
+                # (setpgid, job control; review rev97 F7), and a group never spans
+                # sessions.
+                targets[found.pid] = found.group
+            elif found.parent == self.pid and _hook_of(found.pid) == pid:
                 # A hook leads a session of its own: its group is what it started.
-                if group == child or group in groups:
+                targets[found.pid] = found.group if found.group == found.pid else 0
+        killed = 0
+        for target, group in targets.items():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if group:
                     os.killpg(group, signal.SIGKILL)
                 else:
-                    os.kill(child, signal.SIGKILL)
+                    os.kill(target, signal.SIGKILL)
                 killed += 1
         if killed:
             level = logging.INFO if self.stopping or not status else logging.WARNING
@@ -1203,10 +1211,17 @@ def _hook_of(pid: int) -> int | None:
     return None
 
 
-def _children(parent: int) -> list[int]:
-    """The live pids whose parent is ``parent`` (from /proc; [] where it cannot be
-    read; zombies left out: only reaping ends those)."""
-    found = []
+@dataclass(frozen=True, slots=True)
+class _Process:
+    pid: int
+    parent: int
+    group: int
+    session: int
+
+
+def _processes() -> Iterator[_Process]:
+    """The live processes (from /proc; none where it cannot be read; zombies left out:
+    only reaping ends those)."""
     with contextlib.suppress(OSError):
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
@@ -1216,11 +1231,10 @@ def _children(parent: int) -> list[int]:
                     stat = file.read()
             except OSError:
                 continue  # gone meanwhile
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            # "pid (comm) state ppid pgrp session ...": comm may hold spaces and ")".
             fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 1 and fields[0] != b"Z" and int(fields[1]) == parent:
-                found.append(int(entry.name))
-    return found
+            if len(fields) > 3 and fields[0] != b"Z":
+                yield _Process(int(entry.name), int(fields[1]), int(fields[2]), int(fields[3]))
 
 
 def _die_with_parent(supervisor: int) -> None:
