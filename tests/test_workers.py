@@ -750,17 +750,7 @@ def test_a_killed_workers_virus_hooks_do_not_run_on(tmp_path: Path, last: str) -
         wait_until(bystander.exists)
         other = int(bystander.read_text())
         wait_until(lambda: len(children(supervisor) - {other}) == 2)
-
-        def deliver() -> None:
-            with contextlib.suppress(Exception), service.session() as s:  # the worker dies
-                s.connect(UNTRUSTED_IP)
-                s.helo("mail.sender.example")
-                s.mail("<a@sender.example>")
-                s.rcpt("<alice@example.com>")
-                s.message([("Subject", "hi")], "Hello.\r\n")
-
-        sender = threading.Thread(target=deliver)
-        sender.start()
+        sender = deliver_to_a_dying_worker(service)
         program = int(poll_for(lambda: next(iter(os.listdir(pids)), None)))
         worker = int(Path(f"/proc/{program}/stat").read_text().rpartition(")")[2].split()[1])
         assert worker in children(supervisor)
@@ -793,17 +783,7 @@ def test_a_killed_workers_hook_child_in_a_group_of_its_own_is_ended(tmp_path: Pa
     with running(site) as service:
         supervisor = service.process.pid
         wait_until(lambda: len(children(supervisor)) == 2)
-
-        def deliver() -> None:
-            with contextlib.suppress(Exception), service.session() as s:  # the worker dies
-                s.connect(UNTRUSTED_IP)
-                s.helo("mail.sender.example")
-                s.mail("<a@sender.example>")
-                s.rcpt("<alice@example.com>")
-                s.message([("Subject", "hi")], "Hello.\r\n")
-
-        sender = threading.Thread(target=deliver)
-        sender.start()
+        sender = deliver_to_a_dying_worker(service)
 
         def written() -> str | None:
             path = pids / "leader"
@@ -817,6 +797,22 @@ def test_a_killed_workers_hook_child_in_a_group_of_its_own_is_ended(tmp_path: Pa
         os.kill(worker, signal.SIGKILL)
         wait_until(lambda: not alive(child) and not alive(leader))
         sender.join(timeout=10)
+
+
+def deliver_to_a_dying_worker(service: Running) -> threading.Thread:
+    """A message sent in a thread of its own, whose worker a test kills mid-scan."""
+
+    def deliver() -> None:
+        with contextlib.suppress(Exception), service.session() as s:  # the worker dies
+            s.connect(UNTRUSTED_IP)
+            s.helo("mail.sender.example")
+            s.mail("<a@sender.example>")
+            s.rcpt("<alice@example.com>")
+            s.message([("Subject", "hi")], "Hello.\r\n")
+
+    sender = threading.Thread(target=deliver)
+    sender.start()
+    return sender
 
 
 def alive(pid: int) -> bool:
