@@ -83,6 +83,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural2.tsv", ("natural2",)),
     (DATA / "natural3.tsv", ("natural3",)),
     (DATA / "natural4.tsv", ("natural4",)),
+    (DATA / "natural5.tsv", ("natural5",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -110,9 +111,9 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: Samples at the frequency real logs show replies (README.md there): measured on their
 #: own, never in the held-out figure (their texts may repeat the files' and each
 #: other), and never read either.
-NATURAL_SPLITS = ("natural1", "natural4")
+NATURAL_SPLITS = ("natural1", "natural4", "natural5")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
-NATURAL_FREQUENCY = ("natural1", "natural2", "natural3", "natural4")
+NATURAL_FREQUENCY = ("natural1", "natural2", "natural3", "natural4", "natural5")
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS + NATURAL_SPLITS
