@@ -778,6 +778,11 @@ return {total(2), attempts}
 )
 
 
+def _digest(text: str) -> str:
+    """A Redis key's part for ``text`` (addresses stay out of Redis)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
 def redis_client(url: str, *, timeout: float = 0.5) -> redis.Redis:
     """A client for ``redis://HOST:PORT/DB``, ``rediss://...`` or ``unix:///path?db=N``.
 
@@ -854,9 +859,9 @@ class RedisCounter:
         F7: with two calls, a message whose second call failed had its attempt counted
         and not itself, so its retry was taken for a repeat and never counted). The
         attempt's set shares the key's hash tag (one Redis Cluster slot)."""
-        keys = self.keys_for(key, size)
-        digest = hashlib.blake2b(attempt.encode("utf-8", "surrogateescape"), digest_size=16)
-        attempt_key = f"{self._base(key)}:a:{digest.hexdigest()}:{self.buckets.bucket(size)}"
+        base = self._base(key)
+        keys = self._keys(base, size)
+        attempt_key = f"{base}:a:{_digest(attempt)}:{self.buckets.bucket(size)}"
         member, attempt_member = self._member(), self._member()
         args: list[str | int] = [
             int(self.window * 1_000_000),
@@ -876,12 +881,13 @@ class RedisCounter:
         return int(total), int(attempts)
 
     def keys_for(self, key: str, size: int) -> list[str]:
-        base = self._base(key)
+        return self._keys(self._base(key), size)
+
+    def _keys(self, base: str, size: int) -> list[str]:
         return [f"{base}:{bucket}" for bucket in self.buckets.neighbourhood(size)]
 
     def _base(self, key: str) -> str:
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16)
-        return f"{self.prefix}:{{{digest.hexdigest()}}}"
+        return f"{self.prefix}:{{{_digest(key)}}}"
 
     def _member(self) -> str:
         return f"{self._node}:{_token}:{next(self._seq)}"

@@ -48,7 +48,7 @@ from smtpguard.scanners import connect, failure_text
 from smtpguard.scanners.clamd import ping
 from smtpguard.scanners.command import canary
 from smtpguard.scanners.rspamd import RspamdClient
-from smtpguard.state import RedisBlacklist
+from smtpguard.state import redis_blacklist_key
 
 #: Asked of each nameserver: every recursive resolver can answer it.
 DNS_PROBE = (".", "NS")
@@ -548,7 +548,7 @@ def _redis(url: str, timeout: float, prefix: str) -> list[Problem]:
         # The blacklist's lookup, as MAIL FROM makes it (review rev96: a user with the
         # counters' commands but not HMGET passed, and every MAIL FROM was deferred).
         try:
-            client.hmget(RedisBlacklist(client, prefix).key, ["check-config@smtpguard.invalid"])
+            client.hmget(redis_blacklist_key(prefix), ["check-config@smtpguard.invalid"])
         except redis.RedisError as exc:
             return [("state.redis_url", f"the blacklist lookup fails: {exc}")]
     finally:

@@ -363,6 +363,11 @@ def _empty_wal(db: sqlite3.Connection) -> None:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
+def redis_blacklist_key(prefix: str) -> str:
+    """The Redis hash that holds the blacklist under ``state.redis_prefix``."""
+    return f"{prefix}:blacklist"
+
+
 class RedisBlacklist:
     """The blacklist in a Redis hash (address -> "added_at reason"), shared by every
     smtpguard host using the same Redis. Errors surface as :class:`StateError`.
@@ -381,7 +386,7 @@ class RedisBlacklist:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.key = f"{prefix}:blacklist"
+        self.key = redis_blacklist_key(prefix)
         self.outage = Outage(retry_interval, clock)
         #: How the last failure is worded (outage.trouble).
         self._trouble = "unreachable"

@@ -505,11 +505,11 @@ def _kill_session(proc: subprocess.Popen[bytes]) -> None:
             proc.stdin.close()
     # The program leads its own session (start_new_session): this reaches its
     # children too, and nothing of smtpguard.
+    refused = False
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-        refused = False
     except ProcessLookupError:
-        refused = False
+        pass
     except PermissionError:
         # A program the service user may not signal (a sudo wrapper; even its zombie
         # keeps root's credentials): it runs to its own end (review rev97 F1: the scan
