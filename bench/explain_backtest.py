@@ -184,12 +184,22 @@ def line_features(line: str) -> tuple[tuple[str, ...], str]:
 def collect(k: int, work: Path) -> list[tuple[str, str, str | None, str, bool]]:
     """(rule, category, fix, source, weak) of each heldoutK line under the commit that
     added it."""
-    cache = work / f"heldout{k}.v2.json"
+    return collect_sample(f"heldout{k}", FROZEN[k], work)
+
+
+def collect_sample(
+    name: str, commit: str, work: Path
+) -> list[tuple[str, str, str | None, str, bool]]:
+    """(rule, category, fix, source, weak) of each line of tests/data/explain/NAME.tsv
+    under the code and rules of COMMIT (cached in WORK)."""
+    cache = work / f"{name}.v2.json"
     if not cache.exists():
-        tree = work / f"tree{k}"
+        tree = work / (
+            f"tree{name.removeprefix('heldout')}" if name.startswith("heldout") else f"tree-{name}"
+        )
         if not tree.exists():
             archive = subprocess.run(
-                ["git", "-C", str(ROOT), "archive", FROZEN[k], "milter", "rules"],
+                ["git", "-C", str(ROOT), "archive", commit, "milter", "rules"],
                 check=True,
                 capture_output=True,
             ).stdout
@@ -200,7 +210,7 @@ def collect(k: int, work: Path) -> list[tuple[str, str, str | None, str, bool]]:
                     tar.extractall(tree, filter="data")
         env = {**os.environ, "PYTHONPATH": str(tree / "milter")}
         out = subprocess.run(
-            [sys.executable, "-c", _COLLECT, str(tree), str(DATA / f"heldout{k}.tsv")],
+            [sys.executable, "-c", _COLLECT, str(tree), str(DATA / f"{name}.tsv")],
             check=True,
             capture_output=True,
             text=True,
@@ -208,7 +218,7 @@ def collect(k: int, work: Path) -> list[tuple[str, str, str | None, str, bool]]:
         ).stdout
         data = json.loads(out)
         if not str(data["module"]).startswith(str(tree)):
-            raise SystemExit(f"heldout{k}: ran {data['module']}, not the old tree's explain")
+            raise SystemExit(f"{name}: ran {data['module']}, not the old tree's explain")
         cache.write_text(json.dumps(data["lines"]), encoding="utf-8")
     return [(r, c, f, src, w) for r, c, f, src, w in json.loads(cache.read_text(encoding="utf-8"))]
 
