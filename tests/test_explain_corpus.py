@@ -436,6 +436,24 @@ def test_corpus_is_well_formed(cases: list[Case]) -> None:
         assert case.provenance.strip(), case
 
 
+@pytest.mark.parametrize("split", NATURAL_SPLITS)
+def test_second_labels_are_well_formed(cases: list[Case], split: str) -> None:
+    """The agreement study's second labels (bench/explain_agreement.py) name a line of
+    the sample each, in order, and categories that exist."""
+    know = knowledge()
+    lines = [c for c in cases if c.split == split]
+    rows = [
+        row.split("\t")
+        for row in (DATA / f"{split}-second.tsv").read_text(encoding="utf-8").splitlines()
+        if row and not row.startswith("#")
+    ]
+    assert [int(row[0]) for row in rows] == list(range(1, len(lines) + 1))
+    for row in rows:
+        assert len(row) == 4, row
+        assert row[1] in know.categories, row
+        assert row[2] == "-" or row[2] in know.categories, row
+
+
 @pytest.mark.parametrize("part", MIN_CATEGORY)
 def test_category_accuracy(cases: list[Case], part: str) -> None:
     s = score(knowledge(), cases)[("all", part)]
