@@ -389,3 +389,37 @@ def test_writing_again_never_deletes_through_a_link(tmp_path: Path) -> None:
     assert run_cli("-c", str(config), "help-site", "--out", str(out)).returncode == 0
     assert (theirs / "index.html").read_text(encoding="utf-8") == "their page"
     assert not (out / "queue_unavailable").exists()
+
+
+def test_links_planted_in_the_folder_are_never_written_through(tmp_path: Path) -> None:
+    """Whoever may write the web root plants links at the names the site writes (the old
+    fixed temporary name, a page, the manifest) or at a page's folder: the files they
+    point to stay as they were, the pages are plain files readable by the web server."""
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("precious\n", encoding="utf-8")
+    for name in (".index.html.tmp", "index.html", ".smtpguard-help-site"):
+        (out / name).symlink_to(victim)
+    config = make_site(tmp_path / "a", {}, directory=False).config
+    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+    assert not (out / "index.html").is_symlink()
+    assert (out / "index.html").stat().st_mode & 0o044 == 0o044
+    assert not (out / ".smtpguard-help-site").is_symlink()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()]
+
+
+def test_a_page_folder_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = make_site(
+        tmp_path / "a", {"replies": {"help_url": "https://h.example/r/{id}/"}}, directory=False
+    ).config
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rbl_deny").symlink_to(elsewhere)
+    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    assert result.returncode == 2
+    assert "rbl_deny: is a link, not a folder of the site" in result.stderr
+    assert not list(elsewhere.iterdir())

@@ -38,9 +38,11 @@ table writes a ``%`` as ``%%`` (a milter reply is a format string); pages show `
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import os
 import re
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,25 +314,55 @@ def write_site(out: Path, pages: Iterable[Page]) -> int:
     """Write ``pages`` under ``out`` (created if missing) and remove the files of the
     previous write that are no longer part of the site; the number of files written."""
     written: list[str] = []
+    mode = _file_mode()
     for page in pages:
-        target = out.joinpath(*page.path.split("/"))
+        parts = page.path.split("/")
+        target = out.joinpath(*parts)
+        # A folder of the site replaced by a link would take the pages elsewhere.
+        for i in range(1, len(parts)):
+            if out.joinpath(*parts[:i]).is_symlink():
+                raise OSError(
+                    errno.ELOOP,
+                    "is a link, not a folder of the site",
+                    str(out.joinpath(*parts[:i])),
+                )
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole, then renamed: a web server never serves half a page.
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            tmp.write_text(page.content, encoding="utf-8")
-            os.replace(tmp, target)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        _write_whole(target, page.content, mode)
         written.append(page.path)
     _prune(out, set(written))
-    manifest = out / MANIFEST
-    manifest.write_text("".join(f"{path}\n" for path in written), encoding="utf-8")
+    _write_whole(out / MANIFEST, "".join(f"{path}\n" for path in written), mode)
     return len(written)
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open`` would give a new file (0666 less the umask): pages are
+    read by the web server's user."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_whole(target: Path, content: str, mode: int) -> None:
+    """Write ``target`` whole, then rename it into place: a web server never serves half
+    a page. The temporary file has a name nobody can guess and is created, never opened
+    through a link someone planted in the folder (O_EXCL); a link at ``target`` itself is
+    replaced, not written through."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(content)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _prune(out: Path, kept: set[str]) -> None:
+    # A link planted at the manifest's name is no list of the site's files.
+    if (out / MANIFEST).is_symlink():
+        return
     try:
         before = (out / MANIFEST).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
