@@ -16,8 +16,10 @@ import quopri
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 from collections.abc import Callable
 from email import message_from_bytes
@@ -37,6 +39,7 @@ from smtpguard.explain_log import (
     OTHER_DOMAINS,
     Event,
     Explainer,
+    Verdict,
     cache_key,
     dsn_events,
     parse_log_line,
@@ -157,6 +160,7 @@ def test_postfix_lines() -> None:
             "example.com",
             "550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown in virtual"
             " mailbox table",
+            "4ABC123",
         )
     ]
     # No reply from a server: the logged enhanced code and Postfix's own words.
@@ -167,6 +171,7 @@ def test_postfix_lines() -> None:
             "x@nowhere.example",
             "nowhere.example",
             "4.4.1 connect to mx.nowhere.example[192.0.2.7]:25: Connection timed out",
+            "4ABC125",
         )
     ]
     assert parse_log_line(POSTFIX_SENT.encode()) == []
@@ -656,6 +661,7 @@ def test_control_characters_of_a_log_line_become_spaces() -> None:
             "bob ]0;pwned @evil [2J.example",
             "evil [2j.example",
             "550  [31mRED [0m  1m tab nul del",
+            "ABC",
         )
     ]
 
@@ -936,13 +942,14 @@ def test_compressed_files_of_a_dsn_folder_are_read(tmp_path: Path) -> None:
     (folder / "3:2,Z").write_bytes(lzma.compress(DSN))
     (folder / "4:2,Z").write_bytes(ZSTD_MAGIC + DSN)
     done = run_cli("explain", "--log", str(tmp_path), "--json")
-    assert done.returncode == 0
+    # A file not read: said, counted, and the summary is not of the whole folder.
+    assert done.returncode == 1
     data = json.loads(done.stdout)
-    assert (data["messages"], data["not_dsn"], data["events"]) == (4, 1, 9)
+    assert (data["messages"], data["not_dsn"], data["unreadable"], data["events"]) == (4, 1, 1, 9)
     assert data["unreadable_folders"] == 0
     assert done.stderr == (
         f"smtpguard: {folder / '4:2,Z'}: compressed with zstd, which cannot be read here"
-        " (counted as not a DSN)\n"
+        " (file not read)\n"
     )
 
 
@@ -984,26 +991,235 @@ def test_an_unreadable_subfolder_is_named_and_counted(tmp_path: Path) -> None:
     finally:
         for path in ("cur", "locked", "cur/b"):
             (tmp_path / path).chmod(0o755)
-    assert [r.returncode for r in runs] == [0, 0]
+    assert [r.returncode for r in runs] == [1, 1]
     assert (
         runs[0].stderr
         == runs[1].stderr
         == (
-            f"smtpguard: {tmp_path / 'cur' / 'b'}: Permission denied (counted as not a DSN)\n"
+            f"smtpguard: {tmp_path / 'cur' / 'b'}: Permission denied (file not read)\n"
             f"smtpguard: {tmp_path / 'locked'}: Permission denied (folder not read)\n"
         )
     )
     assert runs[0].stdout.splitlines()[0] == (
-        f"{tmp_path}: 2 messages (1 not DSNs, 1 folders not read); 3 bounces and deferrals"
-        " (bounced 2, deferred 1)"
+        f"{tmp_path}: 2 messages (1 not a DSN, 1 file not read, 1 folder not read);"
+        " 3 bounces and deferrals (bounced 2, deferred 1)"
     )
     data = json.loads(runs[1].stdout)
-    assert {k: data[k] for k in ("messages", "not_dsn", "unreadable_folders", "events")} == {
+    keys = ("messages", "not_dsn", "unreadable", "unreadable_folders", "events")
+    assert {k: data[k] for k in keys} == {
         "messages": 2,
         "not_dsn": 1,
+        "unreadable": 1,
         "unreadable_folders": 1,
         "events": 3,
     }
     # The folder named itself: an error, as a missing log is.
     assert (top.returncode, top.stdout) == (2, "")
     assert top.stderr == f"smtpguard: {tmp_path / 'cur'}: Permission denied\n"
+
+
+def _postfix_line(queue_id: str, rcpt: str, status: str, detail: str, dsn: str = "4.4.1") -> bytes:
+    return (
+        f"Dec  2 18:00:00 mx postfix/smtp[1]: {queue_id}: to=<{rcpt}>, relay=none, delay=9,"
+        f" delays=0/0/9/0, dsn={dsn}, status={status} ({detail})\n"
+    ).encode()
+
+
+def _expired(queue_id: str) -> bytes:
+    return (
+        f"Dec  7 18:00:00 mx postfix/qmgr[2]: {queue_id}: from=<s@ours.example>,"
+        " status=expired, returned to sender\n"
+    ).encode()
+
+
+def test_an_expired_message_bounces_its_waiting_recipients(rules: Knowledge) -> None:
+    """Postfix logs an expired message as one line without its recipients: those
+    deferred and not delivered since are bounced with their last reason, as permanent
+    (nothing retries returned mail); a deferral of a destination already down attempted
+    nothing and is not counted; the message is counted as expired."""
+    refused = "connect to mx.down.example[192.0.2.7]:25: Connection refused"
+    greylisted = "host mx.other.example[192.0.2.8] said: 451 4.7.1 Greylisted (in reply to RCPT"
+    full = "host mx.full.example[192.0.2.9] said: 452 4.2.2 Mailbox full (in reply to RCPT"
+    lines = [
+        _postfix_line("AAA1", "a@down.example", "deferred", refused),
+        _postfix_line(
+            "AAA1", "b@down.example", "deferred", f"delivery temporarily suspended: {refused}"
+        ),
+        _postfix_line(
+            "AAA1",
+            "c@other.example",
+            "deferred",
+            f"{greylisted} TO command)",
+        ),
+        _postfix_line("AAA1", "c@other.example", "sent", "250 2.0.0 Ok: queued", "2.0.0"),
+        _postfix_line(
+            "AAA1",
+            "d@full.example",
+            "deferred",
+            f"{full} TO command)",
+        ),
+        _postfix_line(
+            "AAA1",
+            "d@full.example",
+            "deferred",
+            f"{full} TO command)",
+        ),
+        _postfix_line("BBB2", "e@down.example", "deferred", refused),
+        _expired("AAA1"),
+        _expired("CCC3"),
+    ]
+    seen: list[tuple[Event, Verdict]] = []
+    summary = summarize_lines(lines, Explainer(rules), "log", lambda e, v: seen.append((e, v)))
+    assert (summary.expired, summary.suspended) == (2, 1)
+    assert (summary.totals.bounced, summary.totals.deferred) == (3, 5)
+    bounced = {e.recipient: v for e, v in seen if e.status == "bounced"}
+    assert sorted(bounced) == ["a@down.example", "b@down.example", "d@full.example"]
+    assert [(v.category, v.fix, v.permanent) for v in bounced.values()] == [
+        ("network", "contact_postmaster", True),
+        ("network", "contact_postmaster", True),
+        ("mailbox_full", "contact_recipient", True),
+    ]
+    text = summary.render_text(rules, "en").splitlines()[0]
+    assert text == (
+        "log: 9 lines; 8 bounces and deferrals (bounced 3, deferred 5)"
+        " (2 messages expired, 1 deferral without an attempt not counted)"
+    )
+    data = summary.to_dict(rules, "en")
+    assert (data["expired"], data["suspended"], data["interrupted"]) == (2, 1, False)
+
+
+def test_a_returned_dsn_with_a_4xx_status_is_permanent(rules: Knowledge, tmp_path: Path) -> None:
+    """Postfix's DSN of an expired message says Action: failed, Status: 4.4.1: a bounce,
+    which --events must not tell to wait."""
+    dsn = DSN.replace(b"Action: delayed", b"Action: failed")
+    (tmp_path / "1").write_bytes(dsn)
+    done = run_cli("explain", "--log", str(tmp_path), "--events", "--json")
+    events = [json.loads(line) for line in done.stdout.splitlines()[:-1]]
+    greylisted = [e for e in events if e["recipient"] == "carol@Example.ORG"]
+    assert [(e["status"], e["category"], e["fix"], e["permanent"]) for e in greylisted] == [
+        ("bounced", "greylisting", "contact_postmaster", True)
+    ]
+    assert greylisted[0]["enhanced_code"] == "4.7.1"
+
+
+def test_a_postfix_line_cut_by_a_syslog_relay_is_counted(rules: Knowledge) -> None:
+    line = _postfix_line(
+        "AAA1",
+        "a@x.example",
+        "bounced",
+        "host mx.x.example[192.0.2.1] said: 550 5.1.1 User unknown " + "x" * 2000,
+        "5.1.1",
+    )
+    cut = line[:1024]
+    (event,) = parse_log_line(cut)
+    assert event.status == "bounced"
+    assert event.reply.startswith("550 5.1.1 User unknown x")
+    assert Explainer(rules).verdict(event.reply).category == "unknown_recipient"
+
+
+def test_a_cut_line_ended_by_a_cr_at_a_chunk_end_keeps_the_next_line() -> None:
+    """A line longer than MAX_LINE_BYTES whose CR is the last byte of a read: the line
+    after it is a line of its own."""
+
+    class Chunks:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.chunks = chunks
+
+        def read1(self, size: int = -1, /) -> bytes:
+            return self.chunks.pop(0) if self.chunks else b""
+
+    long = b"a" * (MAX_LINE_BYTES + 5) + b"\r"
+    for rest in (b"zzz\n", b"\nzzz\n"):
+        lines = list(read_lines(Chunks([long, rest])))
+        assert lines == [long[:MAX_LINE_BYTES], b"zzz\n"], rest
+
+
+def _reading_stdin(args: list[str]) -> subprocess.Popen[bytes]:
+    """``explain --log - ARGS`` given one bounce line, its stdin left open, its stdout a
+    pipe (as ``| jq`` makes it). PYTHONUNBUFFERED is unset: a user's shell has none."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtpguard", "explain", "--log", "-", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(POSTFIX_BOUNCE.encode() + b"\n")
+    proc.stdin.flush()
+    return proc
+
+
+def _first_line(proc: subprocess.Popen[bytes], timeout: float = 30) -> bytes:
+    """What ``proc`` has written until its first line end, or until ``timeout``."""
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    shown = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in shown and time.monotonic() < deadline:
+        chunk = proc.stdout.read()
+        if chunk:
+            shown += chunk
+        else:
+            time.sleep(0.05)
+    os.set_blocking(proc.stdout.fileno(), True)
+    return shown
+
+
+@pytest.mark.parametrize("args", [["--events"], ["--events", "--json"]])
+def test_events_reach_a_pipe_as_they_are_read(args: list[str]) -> None:
+    proc = _reading_stdin(args)
+    try:
+        shown = _first_line(proc)
+    finally:
+        proc.communicate(timeout=30)
+    assert b"Bob@Example.COM" in shown
+    assert proc.returncode == 0
+
+
+def test_ctrl_c_prints_the_summary_of_what_was_read() -> None:
+    proc = _reading_stdin(["--events"])
+    try:
+        first = _first_line(proc)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        out, err = proc.communicate(timeout=30)
+    assert b"bounced" in first
+    assert proc.returncode == 130
+    assert err == b""
+    assert (first + out).splitlines()[2].startswith(b"interrupted: -: 1 line; 1 bounce or deferral")
+
+
+def test_a_full_disk_is_said_once(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "smtpguard", "explain", "550 5.1.1 User unknown"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert done.stderr == "smtpguard: No space left on device\n"
+
+
+def test_links_in_a_dsn_folder_are_not_followed(tmp_path: Path) -> None:
+    """A link to a message of the folder would count its bounces twice; a linked folder
+    is named, as an unreadable one is."""
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "1").write_bytes(DSN)
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "cur" / "link").symlink_to(tmp_path / "new" / "1")
+    (tmp_path / "elsewhere").symlink_to(tmp_path / "new")
+    done = run_cli("explain", "--log", str(tmp_path), "--json")
+    assert done.returncode == 1
+    data = json.loads(done.stdout)
+    assert (data["messages"], data["events"], data["unreadable_folders"]) == (1, 3, 1)
+    assert (
+        done.stderr
+        == f"smtpguard: {tmp_path / 'elsewhere'}: a link, not followed (folder not read)\n"
+    )

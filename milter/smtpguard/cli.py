@@ -582,7 +582,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         from smtpguard.explain_log import log_main
 
-        log_main(
+        return log_main(
             args.log,
             knowledge=knowledge(args.rules_dir),
             lang=args.lang,
@@ -592,7 +592,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
             out=sys.stdout,
             events=args.events,
         )
-        return 0
     line = _text_arg(" ".join(args.reply))
     text = explain_main(
         line,
@@ -833,9 +832,11 @@ EXIT_CODES = """exit codes:
   1  simulate: the mail would be refused; check-config, postfix-config --check,
      sendmail-config --check: problems found; directory show, directory
      remove: no such entry; directory export: rows left out (each named on
-     stderr); run: the milter socket was lost while serving (workers > 1)
+     stderr); run: the milter socket was lost while serving (workers > 1);
+     explain --log DIR: a file or folder of it could not be read (named on stderr)
   2  usage or configuration error, or cannot start (socket in use, cannot bind,
-     unreadable or unwritable file, syslog socket)"""
+     unreadable or unwritable file, syslog socket)
+  130  explain --log: stopped with Ctrl-C (the summary is of what was read)"""
 
 
 def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:
@@ -937,5 +938,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message, code = failure
         print(message, file=sys.stderr)
+        _drop_unwritable_stdout()
         return code
     return rc
+
+
+def _drop_unwritable_stdout() -> None:
+    """After a failure: output stdout still holds and cannot write (a full disk) would
+    make Python report it again at exit ("Exception ignored") and exit 120; it is
+    dropped, the failure has been said once."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

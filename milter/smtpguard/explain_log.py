@@ -26,11 +26,15 @@ What is read:
 A log compressed with gzip, bzip2 or xz (a rotated ``mail.log.2.gz``, or piped in) is
 read through its decompressor, and so is a compressed DSN file (Dovecot's zlib plugin);
 zstd, which the standard library cannot read, is refused by name. Lines end with LF,
-CRLF or a lone CR. Every other line is counted and skipped (Postfix's
-``status=expired`` too: it names neither a recipient nor a reply). Deferrals are
-counted per attempt: a message retried five times is five deferral events; an Exim
-``defer (-51|-52|-53): retry time not reached`` is a queue run that attempted nothing,
-and is no deferral.
+CRLF or a lone CR. Every other line is counted and skipped, except Postfix's
+``status=expired, returned to sender``: it names neither recipients nor a reason, so
+the recipients of that queue id deferred earlier in the log and not delivered since are
+bounced with their last deferral's reply (:class:`PostfixQueue`). Deferrals are counted
+per attempt: a message retried five times is five deferral events; an Exim ``defer
+(-51|-52|-53): retry time not reached`` and a Postfix ``delivery temporarily
+suspended`` (qmgr deferring a destination already known to be down) attempted nothing,
+and are no deferral. A bounced event is permanent whatever its reply's code
+(:meth:`Explainer.returned`).
 
 Every text of an event (recipient, domain, reply) has its control characters (ESC,
 BEL, NUL, C1, tab, line breaks) replaced by a space: a remote server or a mailed
@@ -60,6 +64,7 @@ import base64
 import binascii
 import bz2
 import contextlib
+import dataclasses
 import errno
 import gzip
 import io
@@ -123,6 +128,9 @@ _CANDIDATE = re.compile(
 _DSN = re.compile(r"[45]\.\d{1,3}\.\d{1,3}(?=,)")
 _POSTFIX_STATUS = (" status=bounced (", " status=deferred (")
 _POSTFIX_SAID = (" said: ", " refused to talk to me: ")
+_POSTFIX_SUSPENDED = "delivery temporarily suspended: "
+_POSTFIX_EXPIRED = b" status=expired, returned to sender"
+_POSTFIX_SENT = b" status=sent ("
 _IN_REPLY_TO = " (in reply to "
 # Exim's flag comes right after the message id: six, six and two base-62 characters, or
 # (Exim 4.97+) six, eleven and four. Any other " == " (a logged Subject, a Dovecot
@@ -176,6 +184,12 @@ class Event:
     domain: str
     #: What is explained: the remote server's reply, or the logged code and detail.
     reply: str
+    #: Postfix's queue id of the message ("" for other sources): an expired message's
+    #: recipients are found by it.
+    queue_id: str = ""
+    #: False for a Postfix deferral that attempted nothing (a destination already
+    #: known to be down): remembered for the message's expiry, not counted.
+    attempted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +223,12 @@ def read_lines(stream: ChunkReader) -> Iterator[bytes]:
     pending = b""
     # Inside a line already cut: what comes up to its end is dropped.
     skipping = False
+    # A cut line that ended in CR: an LF that starts the next chunk is its CRLF's.
+    after_cr = False
     while chunk := read1(_CHUNK_BYTES):
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        after_cr = False
         lines = (pending + chunk).splitlines(keepends=True)
         # The last piece may go on in the next chunk, and so may a CR that ends it (a
         # CRLF split in two); only an LF surely ends it.
@@ -225,7 +244,10 @@ def read_lines(stream: ChunkReader) -> Iterator[bytes]:
         if len(pending) >= MAX_LINE_BYTES:
             if not skipping:
                 yield pending[:MAX_LINE_BYTES]
-            skipping = True
+            # A line ended by its CR (a lone CR, or the CR of a CRLF split between two
+            # chunks) is over: the next chunk starts a new line.
+            after_cr = pending.endswith(b"\r")
+            skipping = not after_cr
             pending = b""
     if pending and not skipping:
         yield pending[:MAX_LINE_BYTES]
@@ -258,9 +280,11 @@ def _postfix(line: str) -> list[Event]:
     dsn_at = line.find(" dsn=", close, end)
     dsn = _DSN.match(line, dsn_at + 5) if start >= 0 and close >= 0 and dsn_at >= 0 else None
     detail = line[end + len(marker) :].rstrip()
-    if dsn is None or not detail.endswith(")"):
+    if dsn is None:
         return []
-    detail = detail[:-1]
+    # A line a syslog relay cut (RFC 3164's 1024 bytes) has lost its ")": what is left
+    # of the detail is still the reason, as for a cut Exim or Sendmail line.
+    detail = detail.removesuffix(")")
     for said in _POSTFIX_SAID:
         at = detail.find(said)
         if at >= 0:
@@ -272,7 +296,24 @@ def _postfix(line: str) -> list[Event]:
     else:
         reply = f"{dsn.group()} {detail}"
     status: Status = "bounced" if marker == _POSTFIX_STATUS[0] else "deferred"
-    return [_event("postfix", status, line[start + 5 : close], reply)]
+    queue_id = line[:start].rstrip().removesuffix(":").rpartition(" ")[2]
+    # qmgr's deferral of a recipient whose destination is already marked down
+    # (qmgr_defer_recipient): no attempt, as Exim's "retry time not reached".
+    attempted = not detail.startswith(_POSTFIX_SUSPENDED)
+    return [
+        _event("postfix", status, line[start + 5 : close], reply, queue_id, attempted=attempted)
+    ]
+
+
+def postfix_expired(raw: bytes) -> str | None:
+    """The queue id of a Postfix ``status=expired, returned to sender`` line, else None."""
+    if _POSTFIX_EXPIRED not in raw:
+        return None
+    line = raw.decode("utf-8", "replace")
+    at = line.find(": from=<")
+    if at < 0:
+        return None
+    return line[:at].rpartition(" ")[2] or None
 
 
 def _sendmail(line: str) -> list[Event]:
@@ -325,7 +366,15 @@ def _exim(line: str) -> list[Event]:
     return [_event("exim", status, rcpt, reply)]
 
 
-def _event(mta: str, status: Status, recipient: str, reply: str) -> Event:
+def _event(
+    mta: str,
+    status: Status,
+    recipient: str,
+    reply: str,
+    queue_id: str = "",
+    *,
+    attempted: bool = True,
+) -> Event:
     # "Final-Recipient: rfc822; <bob@example.net>": the brackets are no part of it.
     rcpt = _clean(recipient).strip().removeprefix("<").removesuffix(">").strip()
     domain = rcpt.rpartition("@")[2].strip().rstrip(".").lower() if "@" in rcpt else ""
@@ -335,6 +384,8 @@ def _event(mta: str, status: Status, recipient: str, reply: str) -> Event:
         rcpt[:MAX_FIELD_CHARS],
         domain[:MAX_FIELD_CHARS],
         _clean(reply).strip()[:MAX_REPLY_CHARS],
+        _clean(queue_id)[:MAX_FIELD_CHARS],
+        attempted,
     )
 
 
@@ -477,13 +528,19 @@ def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | Unread |
         # the next folder it yields.
         yield from unread_folders()
         dirs.sort()
+        for name in sorted(dirs):
+            if os.path.islink(os.path.join(root, name)):
+                # os.walk does not follow it: said, as an unreadable folder is.
+                yield Path(root, name), Unread("a link, not followed", folder=True)
         for name in sorted(files):
             path = Path(root, name)
             try:
-                mode = os.stat(path).st_mode
+                # A link is not followed: to a message of the folder it would count
+                # that bounce twice, and a Maildir has none.
+                mode = os.lstat(path).st_mode
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    continue  # a dangling link, a message moved on (Maildir's tmp/)
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # a message moved on (Maildir's tmp/ to new/)
                 yield path, Unread(_why(exc))
                 continue
             if stat.S_ISREG(mode):  # a FIFO or socket would block or fail
@@ -556,6 +613,19 @@ class Explainer:
         self.cache: LRUCache[str, Verdict] = LRUCache(maxsize=size)
         self.computed = 0
 
+    def returned(self, verdict: Verdict) -> Verdict:
+        """The verdict of a message given back to its sender: whatever its reply's code
+        (a 4xx deferral until the queue's lifetime ran out, a DSN's ``Status: 4.4.1``),
+        nothing will retry it. The category's fix for a permanent reply, and where that
+        is to wait, to ask the receiving side's administrator."""
+        if verdict.permanent:
+            return verdict
+        cat = self.knowledge.categories.get(verdict.category)
+        fix = cat.fix if cat is not None else verdict.fix
+        if fix == "retry_later":
+            fix = "contact_postmaster"
+        return dataclasses.replace(verdict, fix=fix, permanent=True)
+
     def verdict(self, reply: str) -> Verdict:
         key = cache_key(reply)
         found = self.cache.get(key)
@@ -601,6 +671,14 @@ class Summary:
     not_dsn: int = 0
     #: Folders below a DSN folder that could not be listed (their files are not counted).
     unreadable_folders: int = 0
+    #: Files below a DSN folder that could not be read (counted in ``not_dsn`` too).
+    unreadable: int = 0
+    #: Postfix messages returned to their sender after their queue lifetime.
+    expired: int = 0
+    #: Postfix deferrals that attempted nothing (the destination already down).
+    suspended: int = 0
+    #: The reading was stopped (Ctrl-C): the counts are of what was read until then.
+    interrupted: bool = False
     totals: _Tally = field(default_factory=_Tally)
     by_category: dict[tuple[str, str], _Tally] = field(default_factory=dict)
     by_fix: dict[str, _Tally] = field(default_factory=dict)
@@ -639,7 +717,11 @@ class Summary:
             "lines": self.lines,
             "messages": self.messages,
             "not_dsn": self.not_dsn,
+            "unreadable": self.unreadable,
             "unreadable_folders": self.unreadable_folders,
+            "expired": self.expired,
+            "suspended": self.suspended,
+            "interrupted": self.interrupted,
             "events": self.totals.total,
             "bounced": self.totals.bounced,
             "deferred": self.totals.deferred,
@@ -669,23 +751,32 @@ class Summary:
     def render_text(self, knowledge: Knowledge, lang: str) -> str:
         words = _WORDS[lang]
         notes = [
-            words[key].format(count)
+            _plural(words[key], count)
             for key, count in (
                 ("not_dsn", self.not_dsn),
+                ("unreadable", self.unreadable),
                 ("unreadable_folders", self.unreadable_folders),
             )
             if count
         ]
         if self.messages or notes:
-            what = words["messages"].format(self.messages)
+            what = _plural(words["messages"], self.messages)
             if notes:
                 what += words["notes"].format(words["separator"].join(notes))
         else:
-            what = words["lines"].format(self.lines)
+            what = _plural(words["lines"], self.lines)
+        extra = [
+            _plural(words[key], count)
+            for key, count in (("expired", self.expired), ("suspended", self.suspended))
+            if count
+        ]
         out = [
-            f"{self.source}: {what}; {words['events'].format(self.totals.total)}"
+            ("" if not self.interrupted else words["interrupted"])
+            + f"{_clean(self.source)}: {what};"
+            f" {_plural(words['events'], self.totals.total)}"
             f" ({words['bounced']} {self.totals.bounced}, {words['deferred']}"
             f" {self.totals.deferred})"
+            + (words["notes"].format(words["separator"].join(extra)) if extra else "")
         ]
         if not self.totals.total:
             return out[0]
@@ -746,6 +837,12 @@ _K = TypeVar("_K")
 _T = TypeVar("_T", bound=_Tally)
 
 
+def _plural(forms: str, count: int) -> str:
+    """``"{} line|{} lines"`` -> "1 line", "2 lines"; a form without ``|`` is both."""
+    one, _, many = forms.partition("|")
+    return (one if count == 1 or not many else many).format(count)
+
+
 def _title(knowledge: Knowledge, category: str, lang: str) -> str:
     cat = knowledge.categories.get(category)
     if cat is None:
@@ -783,13 +880,18 @@ def _width(text: str) -> int:
 
 _WORDS: dict[str, dict[str, str]] = {
     "en": {
-        "lines": "{} lines",
-        "messages": "{} messages",
-        "not_dsn": "{} not DSNs",
-        "unreadable_folders": "{} folders not read",
+        "lines": "{} line|{} lines",
+        "messages": "{} message|{} messages",
+        "not_dsn": "{} not a DSN|{} not DSNs",
+        "unreadable": "{} file not read|{} files not read",
+        "unreadable_folders": "{} folder not read|{} folders not read",
+        "expired": "{} message expired|{} messages expired",
+        "suspended": "{} deferral without an attempt not counted"
+        "|{} deferrals without an attempt not counted",
+        "interrupted": "interrupted: ",
         "notes": " ({})",
         "separator": ", ",
-        "events": "{} bounces and deferrals",
+        "events": "{} bounce or deferral|{} bounces and deferrals",
         "bounced": "bounced",
         "deferred": "deferred",
         "total": "total",
@@ -803,7 +905,11 @@ _WORDS: dict[str, dict[str, str]] = {
         "lines": "{} 行",
         "messages": "{} 封邮件",
         "not_dsn": "{} 封不是 DSN",
+        "unreadable": "{} 个文件无法读取",
         "unreadable_folders": "{} 个文件夹无法读取",
+        "expired": "{} 封邮件超期退回",
+        "suspended": "{} 次未尝试投递的延迟未计入",
+        "interrupted": "已中断：",  # noqa: RUF001 - a Chinese colon in Chinese text
         "notes": "（{}）",  # noqa: RUF001 - Chinese brackets in Chinese text
         "separator": "，",  # noqa: RUF001 - a Chinese comma in Chinese text
         "events": "{} 次退信和延迟",
@@ -822,22 +928,101 @@ _WORDS: dict[str, dict[str, str]] = {
 # --- the command ---------------------------------------------------------------------
 
 
+#: What is remembered of queued Postfix messages' deferrals for their expiry (recipient
+#: and reply), in bytes; the messages deferred longest ago are forgotten first.
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+#: Recipients remembered per queued message.
+MAX_QUEUED_RECIPIENTS = 1000
+
+
+def _queued_size(recipients: dict[str, Event]) -> int:
+    return 64 + sum(64 + len(e.recipient) + len(e.reply) for e in recipients.values())
+
+
+class PostfixQueue:
+    """The last deferral of each recipient of each Postfix message in the log that is not
+    yet delivered or bounced. Postfix logs a message that expired (deferred until
+    ``maximal_queue_lifetime``) as one ``status=expired, returned to sender`` line without
+    its recipients; they are the ones deferred and never delivered since, each bounced
+    with its last reason."""
+
+    def __init__(self) -> None:
+        self.queued: LRUCache[str, dict[str, Event]] = LRUCache(
+            maxsize=MAX_QUEUED_BYTES, getsizeof=_queued_size
+        )
+
+    def note(self, event: Event) -> None:
+        if event.mta != "postfix" or not event.queue_id:
+            return
+        recipients = self.queued.get(event.queue_id)
+        if event.status == "bounced":
+            if recipients is not None and recipients.pop(event.recipient, None) is not None:
+                self.queued[event.queue_id] = recipients
+            return
+        if recipients is None:
+            recipients = {}
+        elif event.recipient not in recipients and len(recipients) >= MAX_QUEUED_RECIPIENTS:
+            return
+        recipients[event.recipient] = event
+        self.queued[event.queue_id] = recipients
+
+    def delivered(self, raw: bytes) -> None:
+        """A ``status=sent`` line: that recipient is no longer waiting."""
+        if not self.queued or _POSTFIX_SENT not in raw:
+            return
+        line = raw.decode("utf-8", "replace")
+        start = line.find(" to=<")
+        close = line.find(">,", start)
+        if start < 0 or close < 0:
+            return
+        queue_id = line[:start].rstrip().removesuffix(":").rpartition(" ")[2]
+        recipients = self.queued.get(queue_id)
+        rcpt = _clean(line[start + 5 : close]).strip()[:MAX_FIELD_CHARS]
+        if recipients is not None and recipients.pop(rcpt, None) is not None:
+            self.queued[queue_id] = recipients
+
+    def expired(self, queue_id: str) -> list[Event]:
+        """The bounces of an expired message's recipients that the log deferred."""
+        recipients = self.queued.pop(queue_id, None) or {}
+        return [
+            dataclasses.replace(e, status="bounced", attempted=True) for e in recipients.values()
+        ]
+
+
 def summarize_lines(
     lines: Iterable[bytes], explainer: Explainer, source: str, each: EventSink | None = None
 ) -> Summary:
+    """The summary of a log's lines. Ctrl-C (KeyboardInterrupt) ends the reading: the
+    summary is of what was read, marked ``interrupted``."""
     summary = Summary(source)
-    count = 0
-    for raw in lines:
-        count += 1
-        for event in parse_log_line(raw):
-            _count(summary, event, explainer, each)
-    summary.lines = count
+    queue = PostfixQueue()
+    try:
+        for raw in lines:
+            summary.lines += 1
+            events = parse_log_line(raw)
+            if not events:
+                queue.delivered(raw)
+                queue_id = postfix_expired(raw)
+                if queue_id is None:
+                    continue
+                summary.expired += 1
+                events = queue.expired(queue_id)
+            for event in events:
+                queue.note(event)
+                if not event.attempted:
+                    summary.suspended += 1
+                    continue
+                _count(summary, event, explainer, each)
+    except KeyboardInterrupt:
+        summary.interrupted = True
     summary.explained = explainer.computed
     return summary
 
 
 def _count(summary: Summary, event: Event, explainer: Explainer, each: EventSink | None) -> None:
     verdict = explainer.verdict(event.reply)
+    if event.status == "bounced":
+        verdict = explainer.returned(verdict)
     summary.add(event, verdict)
     if each is not None:
         each(event, verdict)
@@ -852,20 +1037,24 @@ def summarize_folder(
     """The summary of a DSN folder; ``warn`` is told of each file or folder below it
     that could not be read (``PATH: why``)."""
     summary = Summary(os.fsdecode(folder))
-    for path, events in read_dsn_folder(folder):
-        if isinstance(events, Unread):
-            if warn is not None:
-                counted = "folder not read" if events.folder else "counted as not a DSN"
-                warn(f"{_clean(os.fsdecode(path))}: {events.why} ({counted})")
-            if events.folder:
-                summary.unreadable_folders += 1
+    try:
+        for path, events in read_dsn_folder(folder):
+            if isinstance(events, Unread):
+                if warn is not None:
+                    counted = "folder not read" if events.folder else "file not read"
+                    warn(f"{_clean(os.fsdecode(path))}: {events.why} ({counted})")
+                if events.folder:
+                    summary.unreadable_folders += 1
+                    continue
+                summary.unreadable += 1
+            summary.messages += 1
+            if not isinstance(events, list):
+                summary.not_dsn += 1
                 continue
-        summary.messages += 1
-        if not isinstance(events, list):
-            summary.not_dsn += 1
-            continue
-        for event in events:
-            _count(summary, event, explainer, each)
+            for event in events:
+                _count(summary, event, explainer, each)
+    except KeyboardInterrupt:
+        summary.interrupted = True
     summary.explained = explainer.computed
     return summary
 
@@ -986,6 +1175,10 @@ def event_dict(event: Event, verdict: Verdict) -> dict[str, object]:
     }
 
 
+#: The exit status after Ctrl-C, as a shell gives a command SIGINT ended (128 + 2).
+INTERRUPTED = 130
+
+
 def log_main(
     source: str,
     *,
@@ -996,11 +1189,13 @@ def log_main(
     out: TextIO,
     events: bool = False,
     err: TextIO | None = None,
-) -> None:
+) -> int:
     """Write what ``smtpguard explain --log SOURCE [--lang] [--json] [--events]`` prints
     to ``out``: the summary; with ``events``, first one line per event as it is read
     (JSON Lines with ``as_json``, the summary then being the last line). What of a DSN
-    folder could not be read is said on ``err`` (stderr), one line each."""
+    folder could not be read is said on ``err`` (stderr), one line each. The exit
+    status: 0, 1 when a file or folder of a DSN folder could not be read,
+    :data:`INTERRUPTED` after Ctrl-C (the summary is of what was read)."""
     errors = sys.stderr if err is None else err
 
     def warn(text: str) -> None:
@@ -1008,16 +1203,20 @@ def log_main(
 
     each: EventSink | None = None
     ascii_only = json_ascii(out)
+    # Each event is flushed as it is written: read through a pipe (`| jq`, `| grep`),
+    # block buffering would hold a live log's events for hours.
     if events and as_json:
 
         def each(event: Event, verdict: Verdict) -> None:
             out.write(json.dumps(event_dict(event, verdict), ensure_ascii=ascii_only) + "\n")
+            out.flush()
 
     elif events:
 
         def each(event: Event, verdict: Verdict) -> None:
-            fields = (event.status, event.domain or "-", verdict.category, verdict.fix)
+            fields = (event.status, event.domain or NO_DOMAIN, verdict.category, verdict.fix)
             out.write("\t".join([*fields, event.recipient, event.reply]) + "\n")
+            out.flush()
 
     summary = summarize(source, Explainer(knowledge), stdin, each, warn)
     if as_json and events:
@@ -1033,3 +1232,6 @@ def log_main(
         )
     else:
         out.write(("\n" if events else "") + summary.render_text(knowledge, lang) + "\n")
+    if summary.interrupted:
+        return INTERRUPTED
+    return 1 if summary.unreadable or summary.unreadable_folders else 0
