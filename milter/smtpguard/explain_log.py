@@ -384,7 +384,8 @@ def _event(
         rcpt[:MAX_FIELD_CHARS],
         domain[:MAX_FIELD_CHARS],
         _clean(reply).strip()[:MAX_REPLY_CHARS],
-        _clean(queue_id)[:MAX_FIELD_CHARS],
+        # A queue id is letters and digits; anything else is cleaned as any text.
+        queue_id if queue_id.isalnum() or not queue_id else _clean(queue_id)[:MAX_FIELD_CHARS],
         attempted,
     )
 
@@ -954,11 +955,11 @@ class PostfixQueue:
     def note(self, event: Event) -> None:
         if event.mta != "postfix" or not event.queue_id:
             return
-        recipients = self.queued.get(event.queue_id)
         if event.status == "bounced":
-            if recipients is not None and recipients.pop(event.recipient, None) is not None:
-                self.queued[event.queue_id] = recipients
+            if event.queue_id in self.queued:
+                self._forget(event.queue_id, self.queued[event.queue_id], event.recipient)
             return
+        recipients = self.queued.get(event.queue_id)
         if recipients is None:
             recipients = {}
         elif event.recipient not in recipients and len(recipients) >= MAX_QUEUED_RECIPIENTS:
@@ -968,18 +969,27 @@ class PostfixQueue:
 
     def delivered(self, raw: bytes) -> None:
         """A ``status=sent`` line: that recipient is no longer waiting."""
-        if not self.queued or _POSTFIX_SENT not in raw:
+        # Most delivered messages were never deferred: the queue id (letters and
+        # digits, before ": to=<") decides first.
+        at = raw.find(b": to=<")
+        if at < 0:
             return
-        line = raw.decode("utf-8", "replace")
-        start = line.find(" to=<")
-        close = line.find(">,", start)
-        if start < 0 or close < 0:
+        queue_id = raw[raw.rfind(b" ", 0, at) + 1 : at].decode("ascii", "replace")
+        if queue_id not in self.queued:
             return
-        queue_id = line[:start].rstrip().removesuffix(":").rpartition(" ")[2]
-        recipients = self.queued.get(queue_id)
-        rcpt = _clean(line[start + 5 : close]).strip()[:MAX_FIELD_CHARS]
-        if recipients is not None and recipients.pop(rcpt, None) is not None:
+        close = raw.find(b">,", at)
+        if close < 0:
+            return
+        rcpt = _clean(raw[at + 6 : close].decode("utf-8", "replace")).strip()
+        self._forget(queue_id, self.queued[queue_id], rcpt[:MAX_FIELD_CHARS])
+
+    def _forget(self, queue_id: str, recipients: dict[str, Event], recipient: str) -> None:
+        if recipients.pop(recipient, None) is None:
+            return
+        if recipients:
             self.queued[queue_id] = recipients
+        else:
+            del self.queued[queue_id]
 
     def expired(self, queue_id: str) -> list[Event]:
         """The bounces of an expired message's recipients that the log deferred."""
@@ -1001,9 +1011,11 @@ def summarize_lines(
             summary.lines += 1
             events = parse_log_line(raw)
             if not events:
-                queue.delivered(raw)
-                queue_id = postfix_expired(raw)
-                if queue_id is None:
+                # Tested here, not in a call: most lines of a log are neither.
+                if _POSTFIX_SENT in raw:
+                    queue.delivered(raw)
+                    continue
+                if _POSTFIX_EXPIRED not in raw or (queue_id := postfix_expired(raw)) is None:
                     continue
                 summary.expired += 1
                 events = queue.expired(queue_id)
