@@ -390,9 +390,32 @@ def test_missing_file_and_both_forms_are_one_line_errors(tmp_path: Path) -> None
     missing = run_cli("explain", "--log", str(tmp_path / "none.log"))
     assert missing.returncode == 2
     assert missing.stderr == f"smtpguard: {tmp_path / 'none.log'}: No such file or directory\n"
-    both = run_cli("explain", "--log", "-", "550 x")
+    # `--log a.log b.log` (a shell glob): the extra name is named.
+    both = run_cli("explain", "--log", "a.log", "b.log")
     assert both.returncode == 2
-    assert "not both" in both.stderr
+    assert both.stderr == (
+        "smtpguard explain: --log reads one file, folder or -; 'b.log' is one too many"
+        " (several logs: cat them | smtpguard explain --log -)\n"
+    )
+    neither = run_cli("explain")
+    assert (neither.returncode, neither.stderr) == (
+        2,
+        "smtpguard explain: give a reply line (- reads it from stdin) or --log FILE\n",
+    )
+
+
+def test_a_reply_piped_into_explain_dash() -> None:
+    """A help desk pastes a reply with quotes and shell characters into a pipe."""
+    reply = b"550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown \xff; $(x)\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "explain", "--json", "-"],
+        input=reply,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["category"] == "unknown_recipient"
 
 
 def test_long_lines_are_cut_not_read_whole() -> None:

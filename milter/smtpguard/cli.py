@@ -566,13 +566,28 @@ def _devnull(fd: int, errors: str) -> TextIO:
     return open(null, "w", encoding="utf-8", errors=errors)
 
 
+#: Bytes of a reply ``explain -`` reads from stdin.
+MAX_STDIN_REPLY = 64 * 1024
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     # Reads no config file (-c is ignored): the knowledge is the shipped rules, or
     # --rules-dir. Imported here so that explain starts without the milter's modules.
     from smtpguard.explain import explain_main, json_ascii, knowledge
 
-    if bool(args.reply) == (args.log is not None):
-        print("smtpguard explain: give a reply line or --log FILE, not both", file=sys.stderr)
+    if args.log is not None and args.reply:
+        # `--log a.log b.log`: a shell glob of rotated logs.
+        print(
+            f"smtpguard explain: --log reads one file, folder or -; {args.reply[0]!r} is one"
+            " too many (several logs: cat them | smtpguard explain --log -)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.log is None and not args.reply:
+        print(
+            "smtpguard explain: give a reply line (- reads it from stdin) or --log FILE",
+            file=sys.stderr,
+        )
         return 2
     if args.events and args.log is None:
         print("smtpguard explain: --events goes with --log", file=sys.stderr)
@@ -592,7 +607,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
             out=sys.stdout,
             events=args.events,
         )
-    line = _text_arg(" ".join(args.reply))
+    if args.reply == ["-"]:
+        # A reply pasted into a pipe: no quoting to get right. Read as a log line is,
+        # bounded (explain reads the first MAX_LINE_CHARS characters of a line anyway).
+        data = sys.stdin.buffer.read(MAX_STDIN_REPLY) if sys.stdin is not None else b""
+        line = data.decode("utf-8", "replace")
+    else:
+        line = _text_arg(" ".join(args.reply))
     text = explain_main(
         line,
         lang=args.lang,
@@ -750,7 +771,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_explain,
         help="say what any SMTP reply line means and what the sender should do",
     )
-    ex.add_argument("reply", nargs="*", help='the reply line, e.g. "550 5.7.1 Relaying denied"')
+    ex.add_argument(
+        "reply",
+        nargs="*",
+        help='the reply line, e.g. "550 5.7.1 Relaying denied"; - reads it from stdin',
+    )
     ex.add_argument("--lang", choices=("en", "zh"), default="en")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     ex.add_argument(
