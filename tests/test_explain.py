@@ -20,6 +20,7 @@ from typing import NoReturn
 import pytest
 
 from smtpguard import explain as explain_module
+from smtpguard import explain_words
 from smtpguard.config import ConfigError
 from smtpguard.explain import (
     FALLBACK_RULE,
@@ -1600,6 +1601,10 @@ def _entry(rules: Path) -> Path:
     return rules.parent / "cache" / "smtpguard" / "explain-rules-dir.pickle"
 
 
+def _words_entry(rules: Path) -> Path:
+    return rules.parent / "cache" / "smtpguard" / "explain-words-rules-dir.pickle"
+
+
 def _key(rules: Path) -> tuple[object, ...]:
     """The key :func:`explain_knowledge` gives ``rules``' entry."""
     rules = rules.resolve()
@@ -1758,28 +1763,28 @@ def test_a_cache_entry_naming_other_classes_is_refused(
     expected = _fresh(rules_copy).explain(_LINE)
     rules = rules_copy.resolve()
     key = _key(rules)
-    assert explain_module._read_cache(rules, key) is not None
+    assert explain_module._read_cache(_entry(rules).name, key) is not None
     marker = rules_copy.parent / "marker"
     evil: object = (
         _Runs(os.system, f"touch {marker}")
         if kind == "os.system"
         else _Runs(collections.OrderedDict)
     )
-    parts = explain_module._read_cache(rules, key)
-    assert parts is not None
+    parts = explain_module._read_cache(_entry(rules).name, key)
+    assert isinstance(parts, dict)
     entry = _entry(rules_copy)
     entry.write_bytes(pickle.dumps((key, {**parts, "families": evil})))
-    assert explain_module._read_cache(rules, key) is None
+    assert explain_module._read_cache(_entry(rules).name, key) is None
     assert not marker.exists()
     _explained_without_cache(rules_copy, monkeypatch, expected)
     assert not marker.exists()
-    assert explain_module._read_cache(rules, key) is not None  # rewritten
+    assert explain_module._read_cache(_entry(rules).name, key) is not None  # rewritten
 
 
 def test_what_a_cache_entry_is_made_of_is_all_it_may_name(rules_copy: Path) -> None:
     """The unpickler's list is the classes an entry really names: one missing would
     make the cache useless, one too many a way in."""
-    _fresh(rules_copy)
+    assert _fresh(rules_copy).words_model() is not None
     named: set[tuple[str, str]] = set()
 
     class Recording(pickle.Unpickler):
@@ -1787,8 +1792,9 @@ def test_what_a_cache_entry_is_made_of_is_all_it_may_name(rules_copy: Path) -> N
             named.add((module, name))
             return super().find_class(module, name)
 
-    with _entry(rules_copy).open("rb") as f:
-        Recording(f).load()
+    for entry in (_entry(rules_copy), _words_entry(rules_copy)):
+        with entry.open("rb") as f:
+            Recording(f).load()
     assert named == set(explain_module._cache_classes())
 
 
@@ -1846,3 +1852,33 @@ def test_the_cache_key_covers_every_module_explain_loads() -> None:
     files = explain_module._code_files()
     assert files[0] == explain_module.__file__
     assert all(Path(file).is_file() for file in files)
+
+
+def test_the_word_model_is_cached_and_its_entry_follows_its_file(
+    rules_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that reaches the word model no longer parses its 7,000 TOML keys in every
+    process; an edited model file is read again, and a broken one still names itself."""
+    line = "451 qwerty asdf frobnicated"
+    first = _fresh(rules_copy).explain(line)
+    assert _words_entry(rules_copy).is_file()
+    loads: list[Path] = []
+    real = explain_words.load_words
+
+    def counting(path: Path, categories: object) -> object:
+        loads.append(path)
+        return real(path, categories)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(explain_words, "load_words", counting)
+    assert _fresh(rules_copy).explain(line) == first
+    assert loads == []
+    words = rules_copy / "explain-words.toml"
+    words.write_text(
+        words.read_text(encoding="utf-8").replace("threshold = 0.6", "threshold = 0.99", 1),
+        encoding="utf-8",
+    )
+    _fresh(rules_copy).explain(line)
+    assert loads == [words.resolve()]
+    words.write_text("[broken\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"explain-words\.toml"):
+        _fresh(rules_copy).explain(line)
