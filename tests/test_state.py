@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import sqlite3
@@ -722,7 +723,8 @@ def test_a_frozen_redis_costs_one_timeout_then_none_until_the_retry(
 
 class _ScriptedRedis:
     """hmget answers per call from a list: an exception to raise, or a threading.Event
-    to wait for before answering "not listed"."""
+    to wait for before answering "not listed" (of a marked blacklist: the first field
+    asked for is the marker)."""
 
     def __init__(self, script: list[BaseException | threading.Event]) -> None:
         self.script = script
@@ -734,7 +736,7 @@ class _ScriptedRedis:
         if isinstance(step, BaseException):
             raise step
         step.wait(5)
-        return [None] * len(keys)
+        return [b"1", *[None] * (len(keys) - 1)]
 
 
 def test_after_the_interval_one_lookup_probes_the_failed_redis() -> None:
@@ -814,3 +816,56 @@ def test_a_lookup_older_than_the_outage_does_not_end_it() -> None:
     with pytest.raises(StateError, match="unreachable"):
         blacklist.listed("c@example.com")
     assert client.calls == 2
+
+
+def test_a_blacklist_redis_lost_is_an_outage_not_an_empty_list(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache-style Redis restarted without persistence, flushed by another program or
+    evicting under maxmemory loses the hash: listed senders must not pass silently
+    (review rev99 F1). Until then, and after `blacklist add` made it again, lookups
+    answer; a first start with no hash at all is an empty list, said once."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    clock = FakeClock()
+    service = RedisBlacklist(client, "lost", clock=clock)
+    cli = RedisBlacklist(redis_client(redis_server.url), "lost")
+    with caplog.at_level(logging.INFO, logger="smtpguard.state"):
+        service.prepare()
+        assert service.listed("a@example.com") is None
+        assert service.listed("b@example.com") is None
+        first_start = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        assert cli.add("listed@example.net")
+        assert service.listed("listed@example.net") == "listed@example.net"
+        client.flushdb()
+        with pytest.raises(StateError, match="is gone from Redis"):
+            service.listed("listed@example.net")
+        with pytest.raises(StateError):
+            service.listed("other@example.net")  # within the retry interval: not asked
+        assert cli.entries() == []
+        assert cli.add("listed@example.net")
+        clock.advance(5.0)
+        assert service.listed("listed@example.net") == "listed@example.net"
+    assert len(first_start) == 1
+    assert first_start[0].startswith("redis blacklist lost:blacklist has no marker")
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m.partition(" (")[0] for m in messages] == [
+        "blacklist backend redis lost the blacklist",
+        "blacklist backend redis answering again after 5.0 s",
+    ]
+    assert [e.address for e in cli.entries()] == ["listed@example.net"]
+
+
+def test_a_forked_worker_knows_the_marker_its_supervisor_saw(redis_server: RedisServer) -> None:
+    """The supervisor asks once before forking: a worker started after Redis lost the
+    hash still takes its absence for a loss, not a first start."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    RedisBlacklist(client, "fork").add("x@example.net")
+    supervisor = RedisBlacklist(client, "fork")
+    supervisor.prepare()
+    client.flushdb()
+    worker = copy.copy(supervisor)
+    with pytest.raises(StateError, match="is gone from Redis"):
+        worker.listed("x@example.net")

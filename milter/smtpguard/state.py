@@ -12,6 +12,7 @@ the check turns that into ``database_temp_error`` or a pass, as configured.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import mmap
@@ -368,6 +369,13 @@ def redis_blacklist_key(prefix: str) -> str:
     return f"{prefix}:blacklist"
 
 
+#: A field of the blacklist hash that no entry can be (entries hold "@" or start with
+#: "."; this has neither, and spaces): written by ``blacklist add`` and ``remove``, read
+#: with every lookup. A hash Redis lost (restarted without persistence, flushed,
+#: evicted) has lost it too, and is not taken for an empty blacklist.
+REDIS_MARKER = "(smtpguard blacklist)"
+
+
 class RedisBlacklist:
     """The blacklist in a Redis hash (address -> "added_at reason"), shared by every
     smtpguard host using the same Redis. Errors surface as :class:`StateError`.
@@ -375,7 +383,14 @@ class RedisBlacklist:
     After a failed lookup Redis is not asked again for ``retry_interval`` seconds (the
     lookups fail at once meanwhile), as the counters do: a Redis that stopped answering
     would otherwise hold every MAIL FROM for its timeout. The outage is logged when it
-    starts and when it ends, not per message."""
+    starts and when it ends, not per message.
+
+    A hash without :data:`REDIS_MARKER` is an empty blacklist the first time this
+    process (or the supervisor that forked it) asks, said once with a WARNING as the
+    embedded file's first start is; once the marker was seen, its absence means Redis
+    lost the blacklist, and lookups fail (``database_temp_error``, or pass per
+    ``on_temp_error``) until ``smtpguard blacklist add`` or ``remove`` writes it again:
+    listed senders are not let in because a cache-style Redis dropped the list."""
 
     def __init__(
         self,
@@ -390,6 +405,32 @@ class RedisBlacklist:
         self.outage = Outage(retry_interval, clock)
         #: How the last failure is worded (outage.trouble).
         self._trouble = "unreachable"
+        #: The marker was seen: its absence now is a lost blacklist, not a new one.
+        self._marked = False
+        self._unmarked_said = False
+
+    def prepare(self) -> None:
+        """Ask for the marker once before the workers are forked (they inherit what was
+        seen); an unreachable Redis is left to the lookups."""
+        with contextlib.suppress(redis.RedisError):
+            self._note_marker(self.client.hget(self.key, REDIS_MARKER) is not None)
+
+    def _note_marker(self, present: bool) -> bool:
+        """Whether the lookup may answer: False when the blacklist was lost."""
+        if present:
+            self._marked = True
+            return True
+        if self._marked:
+            return False
+        if not self._unmarked_said:
+            self._unmarked_said = True
+            log.warning(
+                "redis blacklist %s has no marker: an empty blacklist (a first start;"
+                " `smtpguard blacklist add` marks it). If it held entries, Redis lost"
+                " them (restarted without persistence, flushed or evicted)",
+                self.key,
+            )
+        return True
 
     def listed(self, address: str) -> str | None:
         keys = matching_entries(address)
@@ -398,26 +439,37 @@ class RedisBlacklist:
         if not outage.ask(now):
             raise StateError(f"redis {self._trouble}: {outage.last_error}")
         try:
-            found = self.client.hmget(self.key, list(keys))
+            found = self.client.hmget(self.key, [REDIS_MARKER, *keys])
         except redis.RedisError as exc:
-            word, self._trouble = self._trouble, trouble(exc)
-            if not outage.failed(str(exc), now):
-                if word != self._trouble:
-                    log.warning("blacklist backend redis now %s (%s)", self._trouble, exc)
-            else:
-                log.warning(
-                    "blacklist backend redis %s (%s); lookups fail (each check's"
-                    " on_temp_error decides) and it is asked again every %.0f s",
-                    self._trouble,
-                    exc,
-                    outage.retry_interval,
-                )
+            self._failed(trouble(exc), str(exc), now)
             raise StateError(f"redis: {exc}") from None
+        if not self._note_marker(found[0] is not None):
+            lost = (
+                f"the blacklist hash {self.key} is gone from Redis (restarted without"
+                " persistence, flushed or evicted?); `smtpguard blacklist add` or"
+                " `remove` makes it again"
+            )
+            self._failed("lost the blacklist", lost, now)
+            raise StateError(f"redis: {lost}")
         if (lasted := outage.recovered(now)) is not None:
             log.info("blacklist backend redis %s after %.1f s", back(self._trouble), lasted)
         return _most_specific(
-            keys, {key for key, value in zip(keys, found, strict=True) if value is not None}
+            keys, {key for key, value in zip(keys, found[1:], strict=True) if value is not None}
         )
+
+    def _failed(self, word: str, error: str, now: float) -> None:
+        previous, self._trouble = self._trouble, word
+        if not self.outage.failed(error, now):
+            if previous != word:
+                log.warning("blacklist backend redis now %s (%s)", word, error)
+        else:
+            log.warning(
+                "blacklist backend redis %s (%s); lookups fail (each check's"
+                " on_temp_error decides) and it is asked again every %.0f s",
+                word,
+                error,
+                self.outage.retry_interval,
+            )
 
     def close(self) -> None:
         """Close the idle pooled connections (a blacklist retired by a reload); one
@@ -427,13 +479,21 @@ class RedisBlacklist:
     def add(self, address: str, reason: str = "") -> bool:
         entry = blacklist_entry(address)
         try:
-            return bool(self.client.hsetnx(self.key, entry, f"{time.time()} {reason}"))
+            # Not a MULTI: the CLI's ACL user needs no more than +hsetnx +hdel.
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hsetnx(self.key, REDIS_MARKER, f"{time.time()}")
+            pipe.hsetnx(self.key, entry, f"{time.time()} {reason}")
+            return bool(pipe.execute()[1])
         except redis.RedisError as exc:
             raise StateError(f"redis: {exc}") from None
 
     def remove(self, address: str) -> bool:
         try:
-            return bool(self.client.hdel(self.key, *stored_forms(address)))
+            # Not a MULTI: the CLI's ACL user needs no more than +hsetnx +hdel.
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hsetnx(self.key, REDIS_MARKER, f"{time.time()}")
+            pipe.hdel(self.key, *stored_forms(address))
+            return bool(pipe.execute()[1])
         except redis.RedisError as exc:
             raise StateError(f"redis: {exc}") from None
 
@@ -444,6 +504,8 @@ class RedisBlacklist:
             raise StateError(f"redis: {exc}") from None
         out = []
         for key, value in raw.items():
+            if _text(key) == REDIS_MARKER:
+                continue
             stamp, _, reason = _text(value).partition(" ")
             out.append(BlacklistEntry(_text(key), float(stamp or 0), reason))
         return sorted(out, key=lambda e: e.address)

@@ -110,7 +110,7 @@ from smtpguard.sockets import (
     remove_unix,
     unix_path,
 )
-from smtpguard.state import SharedSessionGate, SqliteBlacklist, StateError
+from smtpguard.state import RedisBlacklist, SharedSessionGate, SqliteBlacklist, StateError
 from smtpguard.workerwatch import (
     HEARTBEAT_INTERVAL,
     Flags,
@@ -453,6 +453,9 @@ class Supervisor:
         got "database is locked"). A file that cannot be made is left to the checks'
         own temporary-error handling, as with one process."""
         services = self.app.runtime.services
+        if isinstance(services.blacklist, RedisBlacklist):
+            # Its marker seen (or its absence said) once, before the workers inherit it.
+            services.blacklist.prepare()
         for store in (services.blacklist, services.counter):
             if isinstance(store, SqliteBlacklist | SharedCounter):
                 try:
