@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ipaddress
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,13 +28,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from smtpguard.config import DnsConfig
 from smtpguard.dns import (
+    DOWN_AFTER,
     Answer,
     Resolver,
     Status,
     client_address,
     client_network,
     dnsbl_name,
+    make_resolver,
     normalize,
     reverse_name,
 )
@@ -808,3 +813,60 @@ def test_an_asker_coming_as_a_lookup_is_cancelled_gets_a_lookup_of_its_own(
         assert resolver.spawn(scenario()).result(timeout=5) is False  # waiting, not failed
     finally:
         resolver.close()
+
+
+def test_servers_that_stop_answering_are_said_once_and_their_return_too(
+    fake: FakeDns, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resolver that answers SERVFAIL to everything (or went silent) turns every DNS
+    check off by their default on_temp_error: a WARNING says so when it starts and an
+    INFO when the servers answer again, once each (review rev99 F2); one broken zone,
+    whose failures other names' answers interleave, is no outage."""
+    resolver = fake_resolver(fake, clock, failure_ttl=0)
+    try:
+        fake.add("good.example", "A", "192.0.2.1")
+        with caplog.at_level(logging.INFO, logger="smtpguard"):
+            for n in range(20):
+                fake.fail(f"broken{n}.zone.example", "A", Status.SERVFAIL)
+                ask(resolver, f"broken{n}.zone.example", "A")
+                ask(resolver, f"good{n}.example", "A")  # NXDOMAIN: an answer
+            assert not resolver.health.down
+            for n in range(12):
+                fake.fail(f"name{n}.example", "A", Status.TIMEOUT)
+                ask(resolver, f"name{n}.example", "A")
+            assert resolver.health.down
+            clock.advance(30)
+            ask(resolver, "good.example", "A")
+            assert not resolver.health.down
+    finally:
+        resolver.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "smtpguard"]
+    assert len(messages) == 2
+    assert messages[0].startswith(
+        "dns: the DNS servers do not answer: the last 8 lookups all failed (TIMEOUT"
+    )
+    assert messages[1] == (
+        "dns: the DNS servers answer again after 30.0 s; 12 lookups failed meanwhile"
+    )
+
+
+def test_a_silent_dns_server_is_said_through_the_real_transport(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The real UDP client against a server that reads and never answers."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    config = DnsConfig(("127.0.0.1",), silent.getsockname()[1], timeout=0.2, failure_ttl=1)
+    resolver = make_resolver(config)
+    try:
+        with caplog.at_level(logging.WARNING, logger="smtpguard"):
+            for n in range(DOWN_AFTER):
+                answer = resolver.lookup(f"n{n}.example", "A", time.monotonic() + 5)
+                assert answer.status is Status.TIMEOUT
+            assert resolver.health.down
+    finally:
+        resolver.close()
+        silent.close()
+    assert [r.getMessage().partition(":")[2].partition(":")[0] for r in caplog.records] == [
+        " the DNS servers do not answer"
+    ]

@@ -217,6 +217,68 @@ class CacheStats:
     by_status: dict[str, int] = field(default_factory=dict)
 
 
+#: Lookups in a row, of this many distinct names at least, that all failed (SERVFAIL or
+#: a timeout of the servers, not of this host) before the DNS servers are said to be
+#: down: one broken zone fails its own names only, and the others' answers come between.
+DOWN_AFTER = 8
+DOWN_NAMES = 3
+
+
+class ServerHealth:
+    """Whether the DNS servers answer at all, judged from the lookups sent (loop thread
+    only). A resolver that stopped, answers SERVFAIL to everything or went silent makes
+    every DNS check fail temporarily (and pass, by their default on_temp_error) without
+    any other line saying so: its start is a WARNING and its end an INFO, once each, as
+    the other backends' outages are (review rev99 F2)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._failed = 0
+        self._names: set[str] = set()
+        self._first: float | None = None
+        self._down_since: float | None = None
+        self._failed_meanwhile = 0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def answered(self, answer: Answer) -> None:
+        if answer.busy:
+            return  # this host's own queue, not the servers
+        if not answer.status.temporary:
+            if self._down_since is not None:
+                log.info(
+                    "dns: the DNS servers answer again after %.1f s; %d lookups failed meanwhile",
+                    self.clock() - self._down_since,
+                    self._failed_meanwhile,
+                )
+            self._failed = 0
+            self._names.clear()
+            self._first = self._down_since = None
+            self._failed_meanwhile = 0
+            return
+        if self._down_since is not None:
+            self._failed_meanwhile += 1
+            return
+        if self._first is None:
+            self._first = self.clock()
+        self._failed += 1
+        if len(self._names) < DOWN_NAMES:
+            self._names.add(answer.name)
+        if self._failed >= DOWN_AFTER and len(self._names) >= DOWN_NAMES:
+            self._down_since = self._first
+            self._failed_meanwhile = self._failed
+            log.warning(
+                "dns: the DNS servers do not answer: the last %d lookups all failed (%s);"
+                " the DNS checks fail meanwhile, and each one's on_temp_error decides"
+                " (rbl, spf, sender_domain, smtpport, helo_dns and openrelay pass by"
+                " default)",
+                self._failed,
+                answer.describe(),
+            )
+
+
 class Resolver:
     """The service: cache, in-flight sharing, event loop thread, deadlines.
 
@@ -239,6 +301,7 @@ class Resolver:
     ) -> None:
         self.transport = transport
         self.metrics: Metrics = metrics if metrics is not None else NullMetrics()
+        self.health = ServerHealth(clock)
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
         self.failure_ttl = failure_ttl
@@ -539,6 +602,7 @@ class Resolver:
                 answer = Answer(*key, Status.SERVFAIL, detail=f"{type(exc).__name__}: {exc}")
             finally:
                 self._release(slots, share)
+            self.health.answered(answer)
         finally:
             if network is not None and share is not None:
                 self._unshare((client, network))
