@@ -43,7 +43,7 @@ from smtpguard.counters import (
     redis_client,
 )
 from support.daemons import RedisServer, free_port, start_redis
-from support.files import descriptors_on
+from support.files import descriptors_on, fill_up, tmpfs
 from support.polling import wait_until
 from support.threads import hammer
 
@@ -907,6 +907,45 @@ def test_a_shared_file_removed_under_the_workers_is_followed_by_all(
     time.sleep(PATH_CHECK_INTERVAL)
     assert running.hit(KEY, 7000) == 3
     assert restarted.hit(KEY, 7000) == 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_removed_file_on_a_full_disk_is_said_and_made_once_its_space_is_free(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev99 F3: the file removed (to reset the counts) on a full disk. The first
+    worker to look cannot make it again: its count fails, and one ERROR says so (the
+    WARNING about counting on the new file said it before it was there). The removed
+    file's space comes back when the last process lets go of it, so the last worker
+    makes the new one, and the first follows it; nobody goes on alone on the removed
+    file (a supervisor keeping its map kept that space: release())."""
+    with tmpfs(tmp_path / "state", "12m") as state:
+        one, two = shared(state), shared(state)
+        assert one.hit(KEY, 7000) == 1
+        assert two.hit(KEY, 7000) == 2
+        (state / "counters.map").unlink()
+        fill_up(state)
+        time.sleep(PATH_CHECK_INTERVAL)
+        with caplog.at_level(logging.WARNING, "smtpguard.counters"):
+            with pytest.raises(CounterError, match="No space left on device"):
+                one.hit(KEY, 7000)
+            failing = [(r.levelname, r.getMessage()) for r in caplog.records]
+            caplog.clear()
+            assert two.hit(KEY, 7000) == 1
+            assert one.hit(KEY, 7000) == 2
+        back = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in failing] == ["ERROR"]
+    assert "cannot be made again (" in failing[0][1]
+    assert [level for level, _ in back] == ["WARNING", "WARNING"]
+    assert all("counting on the file now at the path" in m for _, m in back), back
+
+
+def test_the_supervisor_lets_the_file_go_after_making_it(tmp_path: Path) -> None:
+    counter = shared(tmp_path)
+    counter.prepare()
+    counter.release()
+    assert descriptors_on(tmp_path / "counters.map") == 0
+    assert counter.hit(KEY, 7000) == 1
 
 
 def in_child(scenario: Callable[[], None]) -> None:

@@ -337,6 +337,10 @@ class SharedCounter:
         self._retired = False
         #: When the file at the path was last compared with the one mapped.
         self._path_checked = -math.inf
+        #: The file mapped was removed or replaced: mapping the one at the path (said
+        #: once it works), and whether that failed (said once, see _remapped).
+        self._remaking = False
+        self._remake_failed = False
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -368,6 +372,13 @@ class SharedCounter:
         """Make the file now (a supervisor does this before it forks its workers)."""
         with self._lock:
             self._mapped()
+
+    def release(self) -> None:
+        """Unmap and close the file, and map it again at the next count: what a
+        supervisor does after :meth:`prepare` (it never counts, and a map it kept
+        would keep a file removed later allocated: review rev99 F3)."""
+        with self._lock:
+            self._unmap()
 
     def close(self) -> None:
         """Unmap and close the file; the counter is retired (see the class docstring)."""
@@ -434,18 +445,14 @@ class SharedCounter:
         counting on the one file, whichever of them finds it first (second review: a
         new file split the workers, each counting alone). A file that is no longer at
         the path is no such case: it is the old geometry's after a reload (_make)."""
-        table = self._mapped()
+        table = self._remapped()
         now = time.monotonic()
         if abs(now - self._path_checked) >= PATH_CHECK_INTERVAL:
             self._path_checked = now
             if self._moved():
-                log.warning(
-                    "%s was removed or replaced under the running service: counting on"
-                    " the file now at the path (the same-size counts so far are not in it)",
-                    self.path,
-                )
                 self._unmap()
-                table = self._mapped()
+                self._remaking = True
+                table = self._remapped()
         self._lock_file(self._fd)
         size = os.fstat(self._fd).st_size
         if size == self.size:
@@ -455,6 +462,33 @@ class SharedCounter:
         except OSError as exc:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             raise CounterError(f"{self.path}: {exc.strerror or exc}") from exc
+        return table
+
+    def _remapped(self) -> mmap.mmap:
+        """:meth:`_mapped`, saying once what a file removed under the running service
+        became: counted on again, or (a full disk, a directory it may not write) not
+        made, every message failing its count until it can be (review rev99 F3: the
+        line said "counting on the file now" before the file was there)."""
+        try:
+            table = self._mapped()
+        except CounterError as exc:
+            if self._remaking and not self._remake_failed:
+                self._remake_failed = True
+                log.error(
+                    "%s was removed or replaced under the running service and cannot be"
+                    " made again (%s): same-size counting fails, [checks.bulk]"
+                    " on_temp_error decides, until it can",
+                    self.path,
+                    exc,
+                )
+            raise
+        if self._remaking:
+            self._remaking = self._remake_failed = False
+            log.warning(
+                "%s was removed or replaced under the running service: counting on"
+                " the file now at the path (the same-size counts so far are not in it)",
+                self.path,
+            )
         return table
 
     def _moved(self) -> bool:
@@ -478,9 +512,13 @@ class SharedCounter:
         except OSError:
             return False
         try:
-            return os.pread(fd, _HEADER.size, 0) == self._header
+            header = os.pread(fd, _HEADER.size, 0)
         finally:
             os.close(fd)
+        # An empty file is one being made for this geometry, or one a full disk left
+        # empty: every worker turns to it (and fails with the one that made it), none
+        # goes on alone on the removed file.
+        return header == self._header or not header.strip(b"\0")
 
     def _put_back(self, fd: int, size: int) -> None:
         """The file, of ``size`` bytes, back to this geometry's size and header in place

@@ -462,6 +462,8 @@ class Supervisor:
                     store.prepare()
                 except (StateError, CounterError) as exc:
                     log.error("cannot prepare %s: %s", store.path, exc)
+                if isinstance(store, SharedCounter):
+                    store.release()
 
     def _serve_metrics(self) -> None:
         if self.registry is None:
