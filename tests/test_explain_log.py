@@ -1246,3 +1246,37 @@ def test_links_in_a_dsn_folder_are_not_followed(tmp_path: Path) -> None:
         done.stderr
         == f"smtpguard: {tmp_path / 'elsewhere'}: a link, not followed (folder not read)\n"
     )
+
+
+def test_a_single_bounce_or_an_mbox_given_as_a_log_is_read_as_dsn_messages(
+    tmp_path: Path,
+) -> None:
+    """The natural next step after reading "--log: a log, or DSN messages": the saved
+    bounce itself, on stdin or as a file, or a mail program's mbox of them; a Postfix
+    log of `journalctl -o cat` (lines that start "QUEUEID: ") stays a log."""
+    one = tmp_path / "bounce.eml"
+    one.write_bytes(DSN)
+    mbox = tmp_path / "bounces.mbox"
+    mbox.write_bytes(
+        b"From MAILER-DAEMON Wed Dec  2 18:00:00 2026\n" + DSN + b"\n"
+        b"From someone Wed Dec  2 18:01:00 2026\nSubject: hi\n\n>From here on, text.\n\n"
+        b"From MAILER-DAEMON Wed Dec  2 18:02:00 2026\n" + DSN + b"\n"
+    )
+    for args, stdin in (([str(one)], None), (["-"], DSN), ([str(mbox)], None)):
+        done = subprocess.run(
+            [sys.executable, "-m", "smtpguard", "explain", "--json", "--log", *args],
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        data = json.loads(done.stdout)
+        messages = 3 if args[0].endswith(".mbox") else 1
+        assert (data["messages"], data["not_dsn"]) == (messages, messages // 3)
+        assert data["events"] == 3 * (messages - messages // 3)
+    cat = tmp_path / "journal.log"
+    cat.write_bytes(POSTFIX_BOUNCE.partition("postfix/smtp[1234]: ")[2].encode() + b"\n")
+    assert cat.read_bytes().startswith(b"4ABC123: to=<")
+    data = json.loads(run_cli("explain", "--json", "--log", str(cat)).stdout)
+    assert (data["messages"], data["events"]) == (0, 1)

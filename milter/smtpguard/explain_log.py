@@ -1040,6 +1040,60 @@ def _count(summary: Summary, event: Event, explainer: Explainer, each: EventSink
         each(event, verdict)
 
 
+#: What a message (or an mbox) starts with, and no mail log line does: an mbox's
+#: "From " line, or a header field a saved message starts with ("Return-Path: <...>",
+#: "Received: from ..."). Named ones only: `journalctl -o cat` gives Postfix lines that
+#: start with a queue id and ": ", which looks like any field.
+_MESSAGE_START = re.compile(
+    rb"From |(?i:return-path|received|delivered-to|x-[a-z0-9-]+|date|from|to|subject"
+    rb"|message-id|mime-version|content-type|dkim-signature|arc-[a-z-]+"
+    rb"|authentication-results|reply-to|sender|envelope-to):[ \t]"
+)
+_SNIFF_BYTES = 80
+
+
+def summarize_messages(
+    lines: Iterable[bytes], explainer: Explainer, source: str, each: EventSink | None = None
+) -> Summary:
+    """The summary of one message, or of an mbox (messages after "From " lines), given
+    as a log: each read as a DSN file of a folder is (its first MAX_MESSAGE_BYTES)."""
+    summary = Summary(source)
+
+    def flush(data: bytearray) -> None:
+        summary.messages += 1
+        events = _dsn_file(bytes(data))
+        if events is None:
+            summary.not_dsn += 1
+            return
+        for event in events:
+            _count(summary, event, explainer, each)
+
+    message = bytearray()
+    started = False
+    # An mbox's "From " line comes first or after a blank line (one in a body is
+    # written ">From " by every mbox writer).
+    blank = True
+    try:
+        for line in lines:
+            summary.lines += 1
+            if blank and line.startswith(b"From "):
+                if started:
+                    flush(message)
+                message.clear()
+                started = True
+                continue
+            blank = not line.strip()
+            started = True
+            if len(message) < MAX_MESSAGE_BYTES:
+                message += line[: MAX_MESSAGE_BYTES - len(message)]
+        if started:
+            flush(message)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    summary.explained = explainer.computed
+    return summary
+
+
 def summarize_folder(
     folder: Path,
     explainer: Explainer,
@@ -1115,6 +1169,9 @@ def _summarize_stream(
         )
     with _decompressed(raw, kind) as f:
         try:
+            if _MESSAGE_START.match(f.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]):
+                # A bounce saved from a mail program, or an mbox of them: not a log.
+                return summarize_messages(read_lines(f), explainer, source, each)
             return summarize_lines(read_lines(f), explainer, source, each)
         except EOFError as exc:
             # A rotated log still being compressed, or cut short: name it.
@@ -1150,6 +1207,8 @@ def _compression(raw: io.BufferedReader) -> _Compression | None:
 
 class _Readable(ChunkReader, Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+    def peek(self, size: int, /) -> bytes: ...
 
 
 def _decompressed(

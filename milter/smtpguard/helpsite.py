@@ -97,7 +97,7 @@ def page_form(help_url: str) -> str:
         raise SiteError(
             f"replies.help_url {help_url!r}: a static site needs {{id}} in the last path"
             " segment (after nothing but letters, digits, '.', '_', '~' or '-'),"
-            " optionally followed by /, .html or /index.html"
+            " optionally followed by /, .html, .htm or /index.html"
         )
     return prefix + PAGE_FORMS[tail]
 
