@@ -6,6 +6,7 @@ command installs)."""
 from __future__ import annotations
 
 import functools
+import html
 import re
 import shutil
 import subprocess
@@ -25,7 +26,8 @@ from smtpguard.explain import knowledge
 from smtpguard.helpsite import SiteError, build_site, page_form
 from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
 from support.png import read_png
-from support.service import RULES, make_site, run_cli
+from support.postfix import client, start_postfix
+from support.service import ROOT, RULES, make_site, run_cli
 
 HELP_URL = "https://help.example.com/smtp/{id}"
 CHROMIUM = "/usr/bin/chromium"
@@ -423,3 +425,34 @@ def test_a_page_folder_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "rbl_deny: is a link, not a folder of the site" in result.stderr
     assert not list(elsewhere.iterdir())
+
+
+@pytest.mark.integration
+def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> None:
+    """Review rev98 F11: the page for RCPT before MAIL showed the table's "502 5.5.1
+    please say MAIL first"; a client of Postfix with postfix-config's footers gets
+    Postfix's own words with the translation after them, as a real Postfix 3.7 shows."""
+    site = make_site(tmp_path / "site", {}, directory=False)
+    footers = run_cli("-c", str(site.config), "postfix-config", "--footers")
+    assert footers.returncode == 0, footers.stderr
+    footer_map = tmp_path / "footers.regexp"
+    footer_map.write_text(footers.stdout, encoding="utf-8")
+    out = tmp_path / "out"
+    assert run_cli("-c", str(site.config), "help-site", "--out", str(out)).returncode == 0
+    page = next(p for p in out.rglob("*.html") if "mail_first" in str(p)).read_text("utf-8")
+    english = page[page.index('<section id="en"') : page.index('<section id="zh"')]
+    shown = re.findall(r"<pre>(.*?)</pre>", english, re.S)
+    postfix = start_postfix(
+        ROOT / "conf" / "smtpguard.toml",
+        f"\nsmtpd_reject_footer_maps = regexp:{footer_map}\n",
+        attach=False,
+        networks="127.0.0.0/8",
+    )
+    try:
+        smtp = client(postfix)
+        real = smtp.cmd("RCPT TO:<bob@example.com>")
+        smtp.cmd("QUIT")
+    finally:
+        postfix.stop()
+    assert html.unescape(shown[0]) == f"{real.code} {real.text}"
+    assert "Postfix answers in its own words" in english

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtpguard.explain import Knowledge
+from smtpguard.postfix import POSTFIX_FOOTERS
 from smtpguard.replies import MILTER_IDS, MTA_IDS, ReplyTable, Row
 
 #: Suffixes of ``help_url`` after ``{id}`` and the page file each one means.
@@ -142,6 +143,9 @@ _LABELS: dict[str, dict[str, str]] = {
         "form_otherwise_sendmail": "Otherwise, and always where this server's MTA is"
         " Sendmail (it cannot carry UTF-8 in a reply):",
         "form_sendmail": "Where this server's MTA is Sendmail (it cannot carry UTF-8 in a reply):",
+        "form_postfix": "Postfix answers in its own words (with this server's translation"
+        " after them):",
+        "form_table": "The reply table's line for it (Sendmail's words differ too):",
     },
     "zh": {
         "lang_name": "中文",
@@ -165,6 +169,8 @@ _LABELS: dict[str, dict[str, str]] = {
         "form_otherwise_sendmail": "其他情况，以及本服务器的 MTA 为 Sendmail 时"
         "（Sendmail 的回复无法携带 UTF-8）：",
         "form_sendmail": "本服务器的 MTA 为 Sendmail 时（Sendmail 的回复无法携带 UTF-8）：",
+        "form_postfix": "Postfix 用它自己的措辞回复（其后附本服务器的译文）：",
+        "form_table": "回复表中对应的行（Sendmail 的措辞也不同）：",
     },
 }
 _HTML_LANG = {"en": "en", "zh": "zh-Hans"}
@@ -206,7 +212,11 @@ def reply_forms(table: ReplyTable, row: Row, mta: str = "auto") -> list[tuple[st
     ASCII as the milter chooses (``Pipeline.utf8_allowed``: ``replies.utf8``, and never
     UTF-8 to Sendmail); code, enhanced code and English text for the MTA's own."""
     if row.reply_id not in MILTER_IDS:
-        return [("", [f"{row.code} {row.xcode} {_shown(row.text['en'])}"])]
+        line = f"{row.code} {row.xcode} {_shown(row.text['en'])}"
+        postfix = _postfix_lines(table, row) if mta in ("postfix", "auto") else []
+        if not postfix:
+            return [("", [line])]
+        return [("form_postfix", postfix), ("form_table", [line])]
     utf8 = table.render(row.reply_id, utf8=True).wire_lines()
     ascii_ = table.render(row.reply_id, utf8=False).wire_lines()
     policy = table.policy.utf8
@@ -218,6 +228,31 @@ def reply_forms(table: ReplyTable, row: Row, mta: str = "auto") -> list[tuple[st
         return [("", utf8), *([("form_sendmail", ascii_)] if sendmail_too else [])]
     otherwise = "form_otherwise_sendmail" if sendmail_too else "form_otherwise"
     return [("form_smtputf8", utf8), (otherwise, ascii_)]
+
+
+_LITERAL = re.compile(r"\^(?:[^\\\[\].*+?()|{}^$]|\\\.)+")
+
+
+def _postfix_lines(table: ReplyTable, row: Row) -> list[str]:
+    """What Postfix itself answers for an MTA row, with the text ``postfix-config
+    --footers`` has it append (postfix.POSTFIX_FOOTERS; the patterns that are one
+    literal line): a bounce shows these words, not the table's (review rev98 F11)."""
+    utf8 = table.policy.utf8 == "always"
+    out = []
+    for pattern, reply_id, with_english in POSTFIX_FOOTERS:
+        if reply_id != row.reply_id or not _LITERAL.fullmatch(pattern):
+            continue
+        texts = [
+            _shown(row.text[lang])
+            for lang in table.policy.languages
+            if lang in row.text
+            and (with_english or lang != "en")
+            and (utf8 or row.text[lang].isascii())
+        ]
+        joined = (" " if with_english else "; ").join(texts).replace("%%", "%")
+        literal = pattern[1:].replace("\\.", ".")
+        out.append(f"{literal} ({joined})" if joined else literal)
+    return out
 
 
 def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str, mta: str) -> Page:
