@@ -730,7 +730,7 @@ class _ScriptedRedis:
         self.script = script
         self.calls = 0
 
-    def hmget(self, key: str, keys: list[str]) -> list[None]:
+    def hmget(self, key: str, keys: list[str]) -> list[bytes | None]:
         step = self.script[self.calls]
         self.calls += 1
         if isinstance(step, BaseException):
