@@ -831,12 +831,18 @@ def test_servers_that_stop_answering_are_said_once_and_their_return_too(
                 ask(resolver, f"broken{n}.zone.example", "A")
                 ask(resolver, f"good{n}.example", "A")  # NXDOMAIN: an answer
             assert not resolver.health.down
+            # One dead DNSBL zone at low traffic, nothing else asked meanwhile.
+            for n in range(30):
+                fake.fail(f"{n}.2.0.192.bl.example.org", "A", Status.TIMEOUT)
+                ask(resolver, f"{n}.2.0.192.bl.example.org", "A")
+            assert not resolver.health.down
+            ask(resolver, "good.example", "A")
             for n in range(12):
                 fake.fail(f"name{n}.example", "A", Status.TIMEOUT)
                 ask(resolver, f"name{n}.example", "A")
             assert resolver.health.down
             clock.advance(30)
-            ask(resolver, "good.example", "A")
+            ask(resolver, "back.example", "A")
             assert not resolver.health.down
     finally:
         resolver.close()

@@ -1231,21 +1231,23 @@ def test_a_full_disk_is_said_once(tmp_path: Path) -> None:
 
 
 def test_links_in_a_dsn_folder_are_not_followed(tmp_path: Path) -> None:
-    """A link to a message of the folder would count its bounces twice; a linked folder
-    is named, as an unreadable one is."""
-    (tmp_path / "new").mkdir()
-    (tmp_path / "new" / "1").write_bytes(DSN)
-    (tmp_path / "cur").mkdir()
-    (tmp_path / "cur" / "link").symlink_to(tmp_path / "new" / "1")
-    (tmp_path / "elsewhere").symlink_to(tmp_path / "new")
-    done = run_cli("explain", "--log", str(tmp_path), "--json")
-    assert done.returncode == 1
+    """A link to a message of the folder would count its bounces twice; links to
+    messages elsewhere (a mairix or notmuch search folder) are read; a linked folder
+    is named, not followed."""
+    folder = tmp_path / "mail"
+    (folder / "new").mkdir(parents=True)
+    (folder / "new" / "1").write_bytes(DSN)
+    (folder / "cur").mkdir()
+    (folder / "cur" / "link").symlink_to(folder / "new" / "1")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "2").write_bytes(DSN)
+    (folder / "cur" / "found").symlink_to(tmp_path / "elsewhere" / "2")
+    (folder / "linked").symlink_to(tmp_path / "elsewhere")
+    done = run_cli("explain", "--log", str(folder), "--json")
+    assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert (data["messages"], data["events"], data["unreadable_folders"]) == (1, 3, 1)
-    assert (
-        done.stderr
-        == f"smtpguard: {tmp_path / 'elsewhere'}: a link, not followed (folder not read)\n"
-    )
+    assert (data["messages"], data["events"], data["unreadable_folders"]) == (2, 6, 0)
+    assert done.stderr == f"smtpguard: {folder / 'linked'}: a link to a folder, not followed\n"
 
 
 def test_a_single_bounce_or_an_mbox_given_as_a_log_is_read_as_dsn_messages(
@@ -1280,3 +1282,42 @@ def test_a_single_bounce_or_an_mbox_given_as_a_log_is_read_as_dsn_messages(
     assert cat.read_bytes().startswith(b"4ABC123: to=<")
     data = json.loads(run_cli("explain", "--json", "--log", str(cat)).stdout)
     assert (data["messages"], data["events"]) == (0, 1)
+
+
+def test_a_cut_lines_lf_read_alone_is_no_crash() -> None:
+    """Review rev100 F4: the LF of a cut line's CRLF, given by a read of its own."""
+
+    class Chunks:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self.chunks = chunks
+
+        def read1(self, size: int = -1, /) -> bytes:
+            return self.chunks.pop(0) if self.chunks else b""
+
+    long = b"a" * (MAX_LINE_BYTES + 5) + b"\r"
+    lines = list(read_lines(Chunks([long, b"\n", b"zzz\n"])))
+    assert lines == [long[:MAX_LINE_BYTES], b"zzz\n"]
+
+
+def test_a_removed_queue_id_forgets_its_deferrals(rules: Knowledge) -> None:
+    """Review rev100 F6: a message deleted (postsuper -d) or gone leaves a "removed"
+    line; its id given to a later message that expires does not bring its recipients."""
+    refused = "connect to mx.down.example[192.0.2.7]:25: Connection refused"
+    lines = [
+        _postfix_line("AAA1", "old@down.example", "deferred", refused),
+        b"Dec  3 18:00:00 mx postfix/postsuper[3]: AAA1: removed\n",
+        _postfix_line("AAA1", "new@down.example", "deferred", refused),
+        _expired("AAA1"),
+    ]
+    seen: list[tuple[Event, Verdict]] = []
+    summarize_lines(lines, Explainer(rules), "log", lambda e, v: seen.append((e, v)))
+    assert [e.recipient for e, _ in seen if e.status == "bounced"] == ["new@down.example"]
+
+
+def test_a_5xx_bounce_that_says_wait_tells_to_ask_the_postmaster(rules: Knowledge) -> None:
+    """Review rev100 F3: Exchange Online's expiry is a 5xx network reply."""
+    verdict = Explainer(rules).verdict("550 4.4.7 QUEUE.Expired; message expired")
+    assert verdict.fix == "retry_later" or verdict.category != "network"
+    returned = Explainer(rules).returned(verdict)
+    assert returned.permanent
+    assert returned.fix != "retry_later"

@@ -869,3 +869,44 @@ def test_a_forked_worker_knows_the_marker_its_supervisor_saw(redis_server: Redis
     worker = copy.copy(supervisor)
     with pytest.raises(StateError, match="is gone from Redis"):
         worker.listed("x@example.net")
+
+
+def test_a_new_blacklist_object_of_this_host_knows_the_marker_was_seen(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Review rev100 F1: a worker restarted, a reload's new object or the service
+    restarted after Redis lost the hash: the host remembers the marker (beside the
+    state file), so none takes the loss for a first start."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    seen = tmp_path / "state.sqlite.redis-seen"
+    RedisBlacklist(client, "host").add("x@example.net")
+    first = RedisBlacklist(client, "host", seen_file=seen)
+    assert first.listed("x@example.net") == "x@example.net"
+    assert seen.exists()
+    client.flushdb()
+    for later in (RedisBlacklist(client, "host", seen_file=seen), copy.copy(first)):
+        with pytest.raises(StateError, match="is gone from Redis"):
+            later.listed("x@example.net")
+
+
+def test_prepare_asks_with_the_command_the_service_user_has(
+    redis_server: RedisServer,
+) -> None:
+    """The ACL conf/smtpguard.toml lists for the service has +hmget, not +hget."""
+    admin = redis_client(redis_server.url)
+    admin.flushall()
+    RedisBlacklist(admin, "acl").add("x@example.net")
+    admin.acl_setuser(
+        "svc", enabled=True, passwords=["+pw"], keys=["acl:*"], commands=["+ping", "+hmget"]
+    )
+    try:
+        service = RedisBlacklist(
+            redis_client(redis_server.url.replace("redis://", "redis://svc:pw@")), "acl"
+        )
+        service.prepare()
+        admin.flushdb()
+        with pytest.raises(StateError, match="is gone from Redis"):
+            service.listed("x@example.net")
+    finally:
+        admin.acl_deluser("svc")

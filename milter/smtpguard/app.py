@@ -166,9 +166,18 @@ def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
     state = config.state
     if state.backend == "redis":
         return RedisBlacklist(
-            redis_client(state.redis_url, timeout=state.timeout), state.redis_prefix
+            redis_client(state.redis_url, timeout=state.timeout),
+            state.redis_prefix,
+            seen_file=redis_seen_file(config),
         )
     return SqliteBlacklist(state.path, state.timeout, cache_ttl=state.cache_ttl)
+
+
+def redis_seen_file(config: Config) -> Path:
+    """Where this host remembers that the Redis blacklist's marker was seen: beside the
+    state file, one per key prefix."""
+    path = config.state.path
+    return path.with_name(f"{path.name}.redis-{config.state.redis_prefix}-blacklist-seen")
 
 
 def counter_path(config: Config) -> Path:

@@ -131,6 +131,7 @@ _POSTFIX_SAID = (" said: ", " refused to talk to me: ")
 _POSTFIX_SUSPENDED = "delivery temporarily suspended: "
 _POSTFIX_EXPIRED = b" status=expired, returned to sender"
 _POSTFIX_SENT = b" status=sent ("
+_POSTFIX_REMOVED = b": removed"
 _IN_REPLY_TO = " (in reply to "
 # Exim's flag comes right after the message id: six, six and two base-62 characters, or
 # (Exim 4.97+) six, eleven and four. Any other " == " (a logged Subject, a Dovecot
@@ -228,6 +229,8 @@ def read_lines(stream: ChunkReader) -> Iterator[bytes]:
     while chunk := read1(_CHUNK_BYTES):
         if after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
+            if not chunk:  # a read that gave that LF alone (a pipe, a file's last byte)
+                continue
         after_cr = False
         lines = (pending + chunk).splitlines(keepends=True)
         # The last piece may go on in the next chunk, and so may a CR that ends it (a
@@ -497,6 +500,15 @@ def _typed(value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Linked:
+    """A folder below a DSN folder that is a link: not followed (named on stderr)."""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+@dataclass(frozen=True, slots=True)
 class Unread:
     """A file or folder under a DSN folder that could not be read, and why."""
 
@@ -504,12 +516,15 @@ class Unread:
     folder: bool = False
 
 
-def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | Unread | None]]:
+def read_dsn_folder(
+    folder: Path,
+) -> Iterator[tuple[Path, list[Event] | Unread | Linked | None]]:
     """Each file under ``folder`` (sorted, recursively) and its events; None for a file
     that is not a DSN message (no delivery-status part); :class:`Unread` for a file or
     a folder below ``folder`` that cannot be read. ``folder`` itself unreadable raises
     its OSError."""
     top = os.fspath(folder)
+    real_top = folder.resolve()
     failed: list[OSError] = []
 
     def note(exc: OSError) -> None:
@@ -531,18 +546,20 @@ def read_dsn_folder(folder: Path) -> Iterator[tuple[Path, list[Event] | Unread |
         dirs.sort()
         for name in sorted(dirs):
             if os.path.islink(os.path.join(root, name)):
-                # os.walk does not follow it: said, as an unreadable folder is.
-                yield Path(root, name), Unread("a link, not followed", folder=True)
+                # os.walk does not follow it: said (not counted as unreadable).
+                yield Path(root, name), Linked()
         for name in sorted(files):
             path = Path(root, name)
             try:
-                # A link is not followed: to a message of the folder it would count
-                # that bounce twice, and a Maildir has none.
-                mode = os.lstat(path).st_mode
+                mode = os.stat(path).st_mode
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    continue  # a message moved on (Maildir's tmp/ to new/)
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue  # a dangling link, a message moved on (Maildir's tmp/)
                 yield path, Unread(_why(exc))
+                continue
+            # A link to a message of this folder would count that bounce twice; links
+            # to messages elsewhere (a mairix or notmuch search folder) are read.
+            if path.is_symlink() and _inside(path.resolve(), real_top):
                 continue
             if stat.S_ISREG(mode):  # a FIFO or socket would block or fail
                 yield path, _read_dsn(path)
@@ -619,12 +636,14 @@ class Explainer:
         (a 4xx deferral until the queue's lifetime ran out, a DSN's ``Status: 4.4.1``),
         nothing will retry it. The category's fix for a permanent reply, and where that
         is to wait, to ask the receiving side's administrator."""
-        if verdict.permanent:
-            return verdict
         cat = self.knowledge.categories.get(verdict.category)
         fix = cat.fix if cat is not None else verdict.fix
+        # A 5xx can say "wait" too: Exim's "retry timeout exceeded" and Exchange's
+        # "550 4.4.7 QUEUE.Expired" are network failures, whose fix is to wait.
         if fix == "retry_later":
             fix = "contact_postmaster"
+        if verdict.permanent and fix == verdict.fix:
+            return verdict
         return dataclasses.replace(verdict, fix=fix, permanent=True)
 
     def verdict(self, reply: str) -> Verdict:
@@ -936,8 +955,38 @@ MAX_QUEUED_BYTES = 16 * 1024 * 1024
 MAX_QUEUED_RECIPIENTS = 1000
 
 
-def _queued_size(recipients: dict[str, Event]) -> int:
-    return 64 + sum(64 + len(e.recipient) + len(e.reply) for e in recipients.values())
+#: Bytes a remembered deferral takes besides its texts (its Event, strings and dict
+#: entry): measured, so that MAX_QUEUED_BYTES is what the process holds.
+_ENTRY_BYTES = 450
+
+
+class _Waiting(dict[str, Event]):
+    """A message's deferred recipients, with their size kept as they come and go (a
+    message of 1000 recipients is not summed again at each deferral)."""
+
+    size = 0
+
+    def put(self, event: Event) -> None:
+        old = self.get(event.recipient)
+        if old is not None:
+            self.size -= _entry_size(old)
+        self[event.recipient] = event
+        self.size += _entry_size(event)
+
+    def drop(self, recipient: str) -> bool:
+        old = self.pop(recipient, None)
+        if old is None:
+            return False
+        self.size -= _entry_size(old)
+        return True
+
+
+def _entry_size(event: Event) -> int:
+    return _ENTRY_BYTES + len(event.recipient) + len(event.reply)
+
+
+def _waiting_size(waiting: _Waiting) -> int:
+    return 200 + waiting.size
 
 
 class PostfixQueue:
@@ -948,8 +997,8 @@ class PostfixQueue:
     with its last reason."""
 
     def __init__(self) -> None:
-        self.queued: LRUCache[str, dict[str, Event]] = LRUCache(
-            maxsize=MAX_QUEUED_BYTES, getsizeof=_queued_size
+        self.queued: LRUCache[str, _Waiting] = LRUCache(
+            maxsize=MAX_QUEUED_BYTES, getsizeof=_waiting_size
         )
 
     def note(self, event: Event) -> None:
@@ -961,10 +1010,10 @@ class PostfixQueue:
             return
         recipients = self.queued.get(event.queue_id)
         if recipients is None:
-            recipients = {}
+            recipients = _Waiting()
         elif event.recipient not in recipients and len(recipients) >= MAX_QUEUED_RECIPIENTS:
             return
-        recipients[event.recipient] = event
+        recipients.put(event)
         self.queued[event.queue_id] = recipients
 
     def delivered(self, raw: bytes) -> None:
@@ -983,8 +1032,16 @@ class PostfixQueue:
         rcpt = _clean(raw[at + 6 : close].decode("utf-8", "replace")).strip()
         self._forget(queue_id, self.queued[queue_id], rcpt[:MAX_FIELD_CHARS])
 
-    def _forget(self, queue_id: str, recipients: dict[str, Event], recipient: str) -> None:
-        if recipients.pop(recipient, None) is None:
+    def removed(self, raw: bytes) -> None:
+        """A ``QUEUEID: removed`` line (the message left the queue: delivered, bounced,
+        or deleted with postsuper -d): none of its recipients waits any more, and the id
+        may be given to another message later."""
+        head = raw.rstrip().removesuffix(_POSTFIX_REMOVED)
+        queue_id = head.rpartition(b" ")[2].decode("ascii", "replace")
+        self.queued.pop(queue_id, None)
+
+    def _forget(self, queue_id: str, recipients: _Waiting, recipient: str) -> None:
+        if not recipients.drop(recipient):
             return
         if recipients:
             self.queued[queue_id] = recipients
@@ -993,7 +1050,9 @@ class PostfixQueue:
 
     def expired(self, queue_id: str) -> list[Event]:
         """The bounces of an expired message's recipients that the log deferred."""
-        recipients = self.queued.pop(queue_id, None) or {}
+        recipients = self.queued.pop(queue_id, None)
+        if recipients is None:
+            return []
         return [
             dataclasses.replace(e, status="bounced", attempted=True) for e in recipients.values()
         ]
@@ -1014,6 +1073,9 @@ def summarize_lines(
                 # Tested here, not in a call: most lines of a log are neither.
                 if _POSTFIX_SENT in raw:
                     queue.delivered(raw)
+                    continue
+                if raw.rstrip().endswith(_POSTFIX_REMOVED):
+                    queue.removed(raw)
                     continue
                 if _POSTFIX_EXPIRED not in raw or (queue_id := postfix_expired(raw)) is None:
                     continue
@@ -1045,9 +1107,11 @@ def _count(summary: Summary, event: Event, explainer: Explainer, each: EventSink
 #: "Received: from ..."). Named ones only: `journalctl -o cat` gives Postfix lines that
 #: start with a queue id and ": ", which looks like any field.
 _MESSAGE_START = re.compile(
-    rb"From |(?i:return-path|received|delivered-to|x-[a-z0-9-]+|date|from|to|subject"
-    rb"|message-id|mime-version|content-type|dkim-signature|arc-[a-z-]+"
-    rb"|authentication-results|reply-to|sender|envelope-to):[ \t]"
+    rb"From |(?i:return-path|received(?:-spf)?|delivered-to|x-[a-z0-9-]+|date|from|to|cc"
+    rb"|subject|message-id|mime-version|content-[a-z-]+|dkim-signature|arc-[a-z-]+"
+    rb"|authentication-results|reply-to|sender|envelope-to|thread-[a-z]+|auto-submitted"
+    rb"|in-reply-to|references|precedence|importance|list-[a-z-]+|errors-to|organization"
+    rb"|user-agent|disposition-notification-to):"
 )
 _SNIFF_BYTES = 80
 
@@ -1105,6 +1169,10 @@ def summarize_folder(
     summary = Summary(os.fsdecode(folder))
     try:
         for path, events in read_dsn_folder(folder):
+            if isinstance(events, Linked):
+                if warn is not None:
+                    warn(f"{_clean(os.fsdecode(path))}: a link to a folder, not followed")
+                continue
             if isinstance(events, Unread):
                 if warn is not None:
                     counted = "folder not read" if events.folder else "file not read"

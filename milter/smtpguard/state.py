@@ -399,35 +399,46 @@ class RedisBlacklist:
         *,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        seen_file: Path | None = None,
     ) -> None:
         self.client = client
         self.key = redis_blacklist_key(prefix)
         self.outage = Outage(retry_interval, clock)
         #: How the last failure is worded (outage.trouble).
         self._trouble = "unreachable"
+        #: Where this host remembers that the marker was seen (beside the state file):
+        #: a worker restarted, a reload's new object or the service restarted after
+        #: Redis lost the hash still takes its absence for a loss (review rev100 F1).
+        self.seen_file = seen_file
         #: The marker was seen: its absence now is a lost blacklist, not a new one.
-        self._marked = False
+        self._marked = seen_file is not None and seen_file.exists()
         self._unmarked_said = False
 
     def prepare(self) -> None:
-        """Ask for the marker once before the workers are forked (they inherit what was
-        seen); an unreachable Redis is left to the lookups."""
+        """Ask for the marker once before the workers are forked (with HMGET, the
+        command the service's ACL user has); an unreachable Redis is left to the
+        lookups."""
         with contextlib.suppress(redis.RedisError):
-            self._note_marker(self.client.hget(self.key, REDIS_MARKER) is not None)
+            self._note_marker(self.client.hmget(self.key, [REDIS_MARKER])[0] is not None)
 
     def _note_marker(self, present: bool) -> bool:
         """Whether the lookup may answer: False when the blacklist was lost."""
         if present:
-            self._marked = True
+            if not self._marked:
+                self._marked = True
+                if self.seen_file is not None:
+                    with contextlib.suppress(OSError):
+                        self.seen_file.touch()
             return True
         if self._marked:
             return False
         if not self._unmarked_said:
             self._unmarked_said = True
             log.warning(
-                "redis blacklist %s has no marker: an empty blacklist (a first start;"
-                " `smtpguard blacklist add` marks it). If it held entries, Redis lost"
-                " them (restarted without persistence, flushed or evicted)",
+                "redis blacklist %s has no marker: an empty blacklist (a first start, or"
+                " a list made before smtpguard marked it: `smtpguard blacklist add` or"
+                " `remove` writes it). If it held entries, Redis lost them (restarted"
+                " without persistence, flushed or evicted)",
                 self.key,
             )
         return True
