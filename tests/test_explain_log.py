@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import bz2
+import contextlib
 import gzip
 import io
 import itertools
@@ -49,6 +50,7 @@ from smtpguard.explain_log import (
     summarize_lines,
 )
 from support import maillog
+from support.polling import wait_until
 from support.service import run_cli
 from test_explain_corpus import UNREAD_SPLITS, load_corpus
 
@@ -1321,3 +1323,28 @@ def test_a_5xx_bounce_that_says_wait_tells_to_ask_the_postmaster(rules: Knowledg
     returned = Explainer(rules).returned(verdict)
     assert returned.permanent
     assert returned.fix != "retry_later"
+
+
+def test_ctrl_c_while_explain_waits_for_stdin_is_quiet() -> None:
+    """Review rev100 F11: `explain -` waiting for its reply, stopped with Ctrl-C."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smtpguard", "explain", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+    def reading_stdin() -> bool:
+        # /proc/PID/syscall: "0 0x0 ..." is read(2) on descriptor 0 (x86-64).
+        with contextlib.suppress(OSError):
+            return Path(f"/proc/{proc.pid}/syscall").read_text().startswith("0 0x0 ")
+        return False
+
+    try:
+        wait_until(reading_stdin, deadline=30)
+        proc.send_signal(signal.SIGINT)
+    finally:
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err
+    assert out == b""

@@ -951,6 +951,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_access(*store)
         rc: int = args.func(args)
         sys.stdout.flush()
+    except KeyboardInterrupt:
+        # Ctrl-C where a command does not handle it itself (explain - waiting for
+        # stdin, --log before its reading starts): no traceback, the shell's status.
+        print(file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`smtpguard replies | head`): end quietly. Python would
         # otherwise report the pipe again when it flushes stdout at exit.
