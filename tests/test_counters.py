@@ -43,6 +43,7 @@ from smtpguard.counters import (
     redis_client,
 )
 from support.daemons import RedisServer, free_port, start_redis
+from support.fake_dns import FakeClock
 from support.files import descriptors_on, fill_up, tmpfs
 from support.polling import wait_until
 from support.threads import hammer
@@ -890,12 +891,13 @@ def test_a_shared_file_removed_under_the_workers_is_followed_by_all(
     """Review rev50: after the file was removed (to reset the counts) a worker started
     later counted on a new file and the running ones on the removed one, each seeing
     part of the hits. Within PATH_CHECK_INTERVAL every worker counts on the new one."""
-    running = shared(tmp_path)
+    clock = FakeClock()
+    running = shared(tmp_path, path_clock=clock)
     assert [running.hit(KEY, 7000) for _ in range(3)] == [1, 2, 3]
     (tmp_path / "counters.map").unlink()
-    restarted = shared(tmp_path)
+    restarted = shared(tmp_path, path_clock=clock)
     assert restarted.hit(KEY, 7000) == 1
-    time.sleep(PATH_CHECK_INTERVAL)
+    clock.advance(PATH_CHECK_INTERVAL)
     with caplog.at_level(logging.WARNING, "smtpguard.counters"):
         assert running.hit(KEY, 7000) == 2
     assert "removed or replaced under the running service" in caplog.text
@@ -904,7 +906,7 @@ def test_a_shared_file_removed_under_the_workers_is_followed_by_all(
     copy = tmp_path / "copy.map"
     shutil.copy(tmp_path / "counters.map", copy)
     copy.rename(tmp_path / "counters.map")
-    time.sleep(PATH_CHECK_INTERVAL)
+    clock.advance(PATH_CHECK_INTERVAL)
     assert running.hit(KEY, 7000) == 3
     assert restarted.hit(KEY, 7000) == 4
 
@@ -920,12 +922,13 @@ def test_a_removed_file_on_a_full_disk_is_said_and_made_once_its_space_is_free(
     makes the new one, and the first follows it; nobody goes on alone on the removed
     file (a supervisor keeping its map kept that space: release())."""
     with tmpfs(tmp_path / "state", "12m") as state:
-        one, two = shared(state), shared(state)
+        clock = FakeClock()
+        one, two = shared(state, path_clock=clock), shared(state, path_clock=clock)
         assert one.hit(KEY, 7000) == 1
         assert two.hit(KEY, 7000) == 2
         (state / "counters.map").unlink()
         fill_up(state)
-        time.sleep(PATH_CHECK_INTERVAL)
+        clock.advance(PATH_CHECK_INTERVAL)
         with caplog.at_level(logging.WARNING, "smtpguard.counters"):
             with pytest.raises(CounterError, match="No space left on device"):
                 one.hit(KEY, 7000)

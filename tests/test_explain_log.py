@@ -16,6 +16,7 @@ import os
 import quopri
 import random
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -1142,20 +1143,23 @@ def test_a_postfix_line_cut_by_a_syslog_relay_is_counted(rules: Knowledge) -> No
     assert Explainer(rules).verdict(event.reply).category == "unknown_recipient"
 
 
+class _Chunks:
+    """A stream whose reads give the chunks given, one each (a pipe's reads)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
 def test_a_cut_line_ended_by_a_cr_at_a_chunk_end_keeps_the_next_line() -> None:
     """A line longer than MAX_LINE_BYTES whose CR is the last byte of a read: the line
     after it is a line of its own."""
 
-    class Chunks:
-        def __init__(self, chunks: list[bytes]) -> None:
-            self.chunks = chunks
-
-        def read1(self, size: int = -1, /) -> bytes:
-            return self.chunks.pop(0) if self.chunks else b""
-
     long = b"a" * (MAX_LINE_BYTES + 5) + b"\r"
     for rest in (b"zzz\n", b"\nzzz\n"):
-        lines = list(read_lines(Chunks([long, rest])))
+        lines = list(read_lines(_Chunks([long, rest])))
         assert lines == [long[:MAX_LINE_BYTES], b"zzz\n"], rest
 
 
@@ -1179,16 +1183,17 @@ def _reading_stdin(args: list[str]) -> subprocess.Popen[bytes]:
 def _first_line(proc: subprocess.Popen[bytes], timeout: float = 30) -> bytes:
     """What ``proc`` has written until its first line end, or until ``timeout``."""
     assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
+    fd = proc.stdout.fileno()
     shown = b""
     deadline = time.monotonic() + timeout
-    while b"\n" not in shown and time.monotonic() < deadline:
-        chunk = proc.stdout.read()
-        if chunk:
-            shown += chunk
-        else:
-            time.sleep(0.05)
-    os.set_blocking(proc.stdout.fileno(), True)
+    while b"\n" not in shown and (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([fd], [], [], left)
+        if not readable:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        shown += chunk
     return shown
 
 
@@ -1289,15 +1294,8 @@ def test_a_single_bounce_or_an_mbox_given_as_a_log_is_read_as_dsn_messages(
 def test_a_cut_lines_lf_read_alone_is_no_crash() -> None:
     """Review rev100 F4: the LF of a cut line's CRLF, given by a read of its own."""
 
-    class Chunks:
-        def __init__(self, chunks: list[bytes]) -> None:
-            self.chunks = chunks
-
-        def read1(self, size: int = -1, /) -> bytes:
-            return self.chunks.pop(0) if self.chunks else b""
-
     long = b"a" * (MAX_LINE_BYTES + 5) + b"\r"
-    lines = list(read_lines(Chunks([long, b"\n", b"zzz\n"])))
+    lines = list(read_lines(_Chunks([long, b"\n", b"zzz\n"])))
     assert lines == [long[:MAX_LINE_BYTES], b"zzz\n"]
 
 

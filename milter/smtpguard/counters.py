@@ -315,6 +315,7 @@ class SharedCounter:
         capacity: int = 65536,
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        path_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if capacity < PROBES or capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two >= {PROBES}")
@@ -327,6 +328,8 @@ class SharedCounter:
         self.size = _HEADER_SIZE + capacity * _ENTRY.size
         self._header = _HEADER.pack(_MAGIC, capacity, RING_SLOTS, self.slot_seconds)
         self._clock = clock
+        #: Times the comparisons of the file mapped with the one at the path.
+        self._path_clock = path_clock
         self._lock = threading.Lock()
         self._map: mmap.mmap | None = None
         self._fd = -1
@@ -446,7 +449,7 @@ class SharedCounter:
         new file split the workers, each counting alone). A file that is no longer at
         the path is no such case: it is the old geometry's after a reload (_make)."""
         table = self._remapped()
-        now = time.monotonic()
+        now = self._path_clock()
         if abs(now - self._path_checked) >= PATH_CHECK_INTERVAL:
             self._path_checked = now
             if self._moved():
