@@ -153,15 +153,21 @@ class Line:
     @property
     def kind(self) -> str:
         """Who answered under the old rules: one of :data:`KINDS`."""
-        if self.rule == FALLBACK_RULE:
-            return "fallback"
-        if self.rule.startswith("ours."):
-            return "ours"
-        if self.rule == KEYWORDS_RULE:
-            return "keywords"
-        if self.weak:
-            return "weak"
-        return "generic" if self.source in GENERIC_SOURCES else "specific"
+        return answer_kind(self.rule, self.source, self.weak)
+
+
+def answer_kind(rule: str, source: str, weak: bool) -> str:
+    """Who gave an explanation (its rule id, the rule's source, whether it is weak): one
+    of :data:`KINDS`."""
+    if rule == FALLBACK_RULE:
+        return "fallback"
+    if rule.startswith("ours."):
+        return "ours"
+    if rule == KEYWORDS_RULE:
+        return "keywords"
+    if weak:
+        return "weak"
+    return "generic" if source in GENERIC_SOURCES else "specific"
 
 
 def tuning_cases(k: int) -> list[Case]:

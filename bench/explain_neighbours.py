@@ -29,15 +29,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.explain_backtest import FROZEN, collect, collect_sample, sample, tuning_cases
+from bench.explain_backtest import (
+    FROZEN,
+    answer_kind,
+    collect,
+    collect_sample,
+    sample,
+    tuning_cases,
+)
 from smtpguard.explain import (
-    FALLBACK_RULE,
-    GENERIC_SOURCES,
-    KEYWORDS_RULE,
     clean_input,
     parse_reply,
 )
-from smtpguard.explain_words import features
+from smtpguard.explain_words import WORDS_RULE, features
 from tests.test_explain_corpus import DATA, Case, load_file
 
 #: The natural samples measured blind once and read since: the commit that added each
@@ -66,15 +70,8 @@ class Old:
 
 
 def kind_of(rule: str, source: str, weak: bool) -> str:
-    if rule == FALLBACK_RULE or rule == "words-model":
-        return "fallback"
-    if rule.startswith("ours."):
-        return "ours"
-    if rule == KEYWORDS_RULE:
-        return "keywords"
-    if weak:
-        return "weak"
-    return "generic" if source in GENERIC_SOURCES else "specific"
+    # The word model answers where the codes would: the same kind of last resort here.
+    return "fallback" if rule == WORDS_RULE else answer_kind(rule, source, weak)
 
 
 def feats_of(reply: str) -> frozenset[str]:

@@ -62,10 +62,10 @@ import re
 import stat
 import sys
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 from smtpguard import __version__, explain_words
 from smtpguard.datafiles import ConfigError, check_keys, default_rules_dir, read_toml, toml_table
@@ -914,15 +914,12 @@ def _cached_words(path: Path, categories: Mapping[str, Category]) -> WordModel:
     of a reply that reaches it); else read, validated and cached."""
     rules_dir = path.parent
     files = (rules_dir / "explain.toml", rules_dir / "replies.toml", path)
-    key = _cache_key(rules_dir, files, True)
-    name = _cache_name(rules_dir, "words")
-    found = _read_cache(name, key) if key is not None else None
-    if isinstance(found, WordModel):
-        return found
-    model = explain_words.load_words(path, categories)
-    if key is not None:
-        _write_cache(name, key, model)
-    return model
+    return _through_cache(
+        _cache_name(rules_dir, "words"),
+        _cache_key(rules_dir, files, True),
+        WordModel,
+        lambda: explain_words.load_words(path, categories),
+    )
 
 
 @functools.cache
@@ -932,16 +929,31 @@ def _cached(rules_dir: Path) -> Knowledge:
     # (tests/test_explain_words.py).
     words = rules_dir / explain_words.FILE_NAME
     files = (rules_dir / "explain.toml", rules_dir / "replies.toml")
-    key = _cache_key(rules_dir, files, words.exists())
-    name = _cache_name(rules_dir, "rules")
-    found = _read_cache(name, key) if key is not None else None
-    parts = found if isinstance(found, dict) else None
-    if parts is None:
+
+    def build() -> dict[str, Any]:
         parts = _parts(files[0], replies=files[1], words=words if words.exists() else None)
         parts["atoms"] = rule_atoms(parts["rules"])
-        if key is not None:
-            _write_cache(name, key, parts)
-    return Knowledge(**parts)
+        return parts
+
+    key = _cache_key(rules_dir, files, words.exists())
+    return Knowledge(**_through_cache(_cache_name(rules_dir, "rules"), key, dict, build))
+
+
+_E = TypeVar("_E")
+
+
+def _through_cache(
+    name: str, key: tuple[Any, ...] | None, kind: type[_E], build: Callable[[], _E]
+) -> _E:
+    """The cache entry ``name`` made under ``key`` when it holds a ``kind``; else
+    ``build()``, written there (no key: not cached)."""
+    found = _read_cache(name, key) if key is not None else None
+    if isinstance(found, kind):
+        return found
+    entry = build()
+    if key is not None:
+        _write_cache(name, key, entry)
+    return entry
 
 
 # --- the knowledge cache -------------------------------------------------------------

@@ -132,6 +132,8 @@ _POSTFIX_SUSPENDED = "delivery temporarily suspended: "
 _POSTFIX_EXPIRED = b" status=expired, returned to sender"
 _POSTFIX_SENT = b" status=sent ("
 _POSTFIX_REMOVED = b": removed"
+_TO = b": to=<"
+_FROM = b": from=<"
 _IN_REPLY_TO = " (in reply to "
 # Exim's flag comes right after the message id: six, six and two base-62 characters, or
 # (Exim 4.97+) six, eleven and four. Any other " == " (a logged Subject, a Dovecot
@@ -308,15 +310,13 @@ def _postfix(line: str) -> list[Event]:
     ]
 
 
-def postfix_expired(raw: bytes) -> str | None:
-    """The queue id of a Postfix ``status=expired, returned to sender`` line, else None."""
-    if _POSTFIX_EXPIRED not in raw:
-        return None
-    line = raw.decode("utf-8", "replace")
-    at = line.find(": from=<")
+def _queue_id(raw: bytes, after: bytes) -> str | None:
+    """The queue id of a Postfix line: the word just before ``after`` (": to=<",
+    ": from=<", ": removed"); None when the line has no ``after``."""
+    at = raw.find(after)
     if at < 0:
         return None
-    return line[:at].rpartition(" ")[2] or None
+    return raw[raw.rfind(b" ", 0, at) + 1 : at].decode("ascii", "replace") or None
 
 
 def _sendmail(line: str) -> list[Event]:
@@ -1018,27 +1018,24 @@ class PostfixQueue:
 
     def delivered(self, raw: bytes) -> None:
         """A ``status=sent`` line: that recipient is no longer waiting."""
-        # Most delivered messages were never deferred: the queue id (letters and
-        # digits, before ": to=<") decides first.
-        at = raw.find(b": to=<")
-        if at < 0:
+        # Most delivered messages were never deferred: the queue id decides first.
+        queue_id = _queue_id(raw, _TO)
+        if queue_id is None or queue_id not in self.queued:
             return
-        queue_id = raw[raw.rfind(b" ", 0, at) + 1 : at].decode("ascii", "replace")
-        if queue_id not in self.queued:
-            return
-        close = raw.find(b">,", at)
+        start = raw.find(_TO) + len(_TO)
+        close = raw.find(b">,", start)
         if close < 0:
             return
-        rcpt = _clean(raw[at + 6 : close].decode("utf-8", "replace")).strip()
+        rcpt = _clean(raw[start:close].decode("utf-8", "replace")).strip()
         self._forget(queue_id, self.queued[queue_id], rcpt[:MAX_FIELD_CHARS])
 
     def removed(self, raw: bytes) -> None:
         """A ``QUEUEID: removed`` line (the message left the queue: delivered, bounced,
         or deleted with postsuper -d): none of its recipients waits any more, and the id
         may be given to another message later."""
-        head = raw.rstrip().removesuffix(_POSTFIX_REMOVED)
-        queue_id = head.rpartition(b" ")[2].decode("ascii", "replace")
-        self.queued.pop(queue_id, None)
+        queue_id = _queue_id(raw, _POSTFIX_REMOVED)
+        if queue_id is not None:
+            self.queued.pop(queue_id, None)
 
     def _forget(self, queue_id: str, recipients: _Waiting, recipient: str) -> None:
         if not recipients.drop(recipient):
@@ -1077,7 +1074,7 @@ def summarize_lines(
                 if raw.rstrip().endswith(_POSTFIX_REMOVED):
                     queue.removed(raw)
                     continue
-                if _POSTFIX_EXPIRED not in raw or (queue_id := postfix_expired(raw)) is None:
+                if _POSTFIX_EXPIRED not in raw or (queue_id := _queue_id(raw, _FROM)) is None:
                     continue
                 summary.expired += 1
                 events = queue.expired(queue_id)

@@ -354,13 +354,9 @@ def write_site(out: Path, pages: Iterable[Page]) -> int:
         parts = page.path.split("/")
         target = out.joinpath(*parts)
         # A folder of the site replaced by a link would take the pages elsewhere.
-        for i in range(1, len(parts)):
-            if out.joinpath(*parts[:i]).is_symlink():
-                raise OSError(
-                    errno.ELOOP,
-                    "is a link, not a folder of the site",
-                    str(out.joinpath(*parts[:i])),
-                )
+        linked = _linked_folder(out, parts)
+        if linked is not None:
+            raise OSError(errno.ELOOP, "is a link, not a folder of the site", str(linked))
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_whole(target, page.content, mode)
         written.append(page.path)
@@ -394,6 +390,13 @@ def _write_whole(target: Path, content: str, mode: int) -> None:
         raise
 
 
+def _linked_folder(out: Path, parts: list[str]) -> Path | None:
+    """The first folder on the way from ``out`` to ``out/PARTS`` that is a link."""
+    return next(
+        (f for i in range(1, len(parts)) if (f := out.joinpath(*parts[:i])).is_symlink()), None
+    )
+
+
 def _prune(out: Path, kept: set[str]) -> None:
     # A link planted at the manifest's name is no list of the site's files.
     if (out / MANIFEST).is_symlink():
@@ -409,7 +412,7 @@ def _prune(out: Path, kept: set[str]) -> None:
         stale = out.joinpath(*parts)
         # Only a file the site put there: not through a folder the operator replaced
         # by a link to elsewhere, and not a folder or link of the operator's.
-        if any(out.joinpath(*parts[:i]).is_symlink() for i in range(1, len(parts))):
+        if _linked_folder(out, parts) is not None:
             continue
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             if stale.is_symlink():
