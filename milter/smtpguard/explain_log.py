@@ -1071,7 +1071,7 @@ def summarize_lines(
                 if _POSTFIX_SENT in raw:
                     queue.delivered(raw)
                     continue
-                if raw.rstrip().endswith(_POSTFIX_REMOVED):
+                if _POSTFIX_REMOVED in raw[-12:]:  # the line's end, without copying it
                     queue.removed(raw)
                     continue
                 if _POSTFIX_EXPIRED not in raw or (queue_id := _queue_id(raw, _FROM)) is None:
