@@ -338,6 +338,57 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
     assert ":pw@" not in results["ro"].stderr
 
 
+def test_a_redis_blacklist_lost_is_reported_by_check_config_and_list(tmp_path: Path) -> None:
+    """Review rev100 F10: check-config said OK and `blacklist list` printed nothing for
+    a list Redis lost. With redis_blacklist_required a hash without the marker is
+    reported on any host; without it, once this host saw the marker."""
+    redis_server = start_redis(tmp_path / "redis")
+    state = {"backend": "redis", "redis_url": redis_server.url}
+    try:
+        client = redis.Redis.from_url(redis_server.url)
+        required = make_site(
+            tmp_path / "req", {"state": {**state, "redis_blacklist_required": True}}
+        )
+        plain = make_site(tmp_path / "plain", {"state": state})
+        # A list made before smtpguard marked it (or lost): required says so.
+        client.hset("smtpguard:blacklist", "old@example.net", "0 ")
+        checked = smtpguard(required, "check-config", check=False)
+        listed = smtpguard(required, "blacklist", "list", check=False)
+        # Not required, never seen here: an empty (or unmarked) list, no problem.
+        plain_before = smtpguard(plain, "check-config", check=False)
+        smtpguard(plain, "blacklist", "add", "new@example.net")
+        plain_marked = smtpguard(plain, "blacklist", "list", check=False)
+        required_marked = smtpguard(required, "check-config", check=False)
+        client.flushdb()
+        # plain's list saw the marker: its host now takes the absence for a loss.
+        plain_after = smtpguard(plain, "check-config", check=False)
+        plain_listed = smtpguard(plain, "blacklist", "list", "--json", check=False)
+        client.close()
+    finally:
+        redis_server.stop()
+    assert checked.returncode == 1
+    assert (
+        f"{required.config.resolve()}: state.redis_blacklist_required: the blacklist hash"
+        " smtpguard:blacklist has no marker and [state] redis_blacklist_required is true"
+        in checked.stderr
+    )
+    assert listed.returncode == 1
+    assert listed.stdout.startswith("old@example.net\t")
+    assert listed.stderr.startswith("smtpguard: warning: the blacklist hash smtpguard:blacklist")
+    assert plain_before.returncode == 0, plain_before.stderr
+    assert plain_marked.returncode == 0, plain_marked.stderr
+    assert plain_marked.stdout.startswith("new@example.net\t")
+    assert required_marked.returncode == 0, required_marked.stderr
+    assert plain_after.returncode == 1
+    assert (
+        "state.redis_blacklist_required: the blacklist hash smtpguard:blacklist is gone from"
+        " Redis" in plain_after.stderr
+    )
+    assert plain_listed.returncode == 1
+    assert json.loads(plain_listed.stdout) == []
+    assert "is gone from Redis" in plain_listed.stderr
+
+
 # --- files, as the service user -----------------------------------------------------
 
 

@@ -890,6 +890,29 @@ def test_a_new_blacklist_object_of_this_host_knows_the_marker_was_seen(
             later.listed("x@example.net")
 
 
+def test_a_required_blacklist_without_its_marker_is_lost_on_any_host(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Review rev100 F10: a host that never saw the marker (another host, a wiped
+    state directory) took a lost list for an empty one; with required it cannot, a
+    list made before the marker included, until `blacklist add` writes it."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    client.hset("smtpguard:blacklist", "old@example.net", "0 ")
+    new_host = RedisBlacklist(client, "smtpguard", seen_file=tmp_path / "seen", required=True)
+    unrequired = RedisBlacklist(client, "smtpguard", seen_file=tmp_path / "other")
+    with pytest.raises(StateError, match="redis_blacklist_required is true"):
+        new_host.listed("old@example.net")
+    assert unrequired.listed("old@example.net") == "old@example.net"
+    assert unrequired.lost() is None
+    assert new_host.lost() is not None
+    RedisBlacklist(client, "smtpguard").add("x@example.net")
+    assert new_host.lost() is None
+    assert (tmp_path / "seen").exists()
+    client.flushdb()
+    assert "is gone from Redis" in (new_host.lost() or "")
+
+
 def test_prepare_asks_with_the_command_the_service_user_has(
     redis_server: RedisServer,
 ) -> None:

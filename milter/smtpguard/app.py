@@ -169,6 +169,7 @@ def make_blacklist(config: Config) -> SqliteBlacklist | RedisBlacklist:
             redis_client(state.redis_url, timeout=state.timeout),
             state.redis_prefix,
             seen_file=redis_seen_file(config),
+            required=state.redis_blacklist_required,
         )
     return SqliteBlacklist(state.path, state.timeout, cache_ttl=state.cache_ttl)
 

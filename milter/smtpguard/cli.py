@@ -252,6 +252,7 @@ def cmd_blacklist_list(args: argparse.Namespace) -> int:
     store = make_blacklist(_load(args.config))
     _warn_if_missing(store)
     entries = store.entries()
+    status = _lost_status(store)
     if args.json:
         rows = [
             {
@@ -263,7 +264,7 @@ def cmd_blacklist_list(args: argparse.Namespace) -> int:
             for e in entries
         ]
         print(json.dumps(rows, indent=2, ensure_ascii=False))
-        return 0
+        return status
     for entry in entries:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.added_at))
         # Escaped: rows stored before add refused control characters keep to one line.
@@ -271,7 +272,23 @@ def cmd_blacklist_list(args: argparse.Namespace) -> int:
         print(f"{address}\t{stamp}\t{_escaped(entry.reason)}")
         if entry_scope(entry.address) == "nothing":
             print(f"smtpguard: {address}: matches no sender; remove it", file=sys.stderr)
-    return 0
+    return status
+
+
+def _lost_status(store: object) -> int:
+    """1, said on stderr, when the Redis blacklist counts as lost (its marker gone
+    after this host saw it, or ``redis_blacklist_required``): an empty listing is then
+    no empty list, and the service's lookups fail (review rev100 F10)."""
+    from smtpguard.state import RedisBlacklist
+
+    if not isinstance(store, RedisBlacklist) or (lost := store.lost()) is None:
+        return 0
+    print(
+        f"smtpguard: warning: {lost}; a running service fails every lookup meanwhile"
+        " ([checks.blacklist] on_temp_error decides)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _directory_command(

@@ -518,6 +518,9 @@ class StateConfig:
     #: counters only: blacklist lookups fail either way ([checks.blacklist]
     #: on_temp_error decides).
     on_redis_error: Literal["error", "local"] = "error"
+    #: The Redis blacklist exists: a hash without its marker is a lost list on every
+    #: host from the first lookup on, not an empty one (review rev100 F10).
+    redis_blacklist_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1646,6 +1649,7 @@ def _state(s: _Section) -> StateConfig:
             Literal["error", "local"],
             s.choice("on_redis_error", d.on_redis_error, ("error", "local")),
         ),
+        redis_blacklist_required=s.boolean("redis_blacklist_required", d.redis_blacklist_required),
     )
     s.done()
     return out

@@ -38,6 +38,7 @@ import dns as dnspython
 import redis
 
 import smtpguard
+from smtpguard.app import redis_seen_file
 from smtpguard.config import Config, ConfigError
 from smtpguard.counters import CounterError, RedisCounter, SizeBuckets, redis_client
 from smtpguard.dns import Answer, Status, system_nameservers
@@ -48,7 +49,7 @@ from smtpguard.scanners import connect, failure_text
 from smtpguard.scanners.clamd import ping
 from smtpguard.scanners.command import canary
 from smtpguard.scanners.rspamd import RspamdClient
-from smtpguard.state import redis_blacklist_key
+from smtpguard.state import RedisBlacklist, StateError, redis_blacklist_key
 
 #: Asked of each nameserver: every recursive resolver can answer it.
 DNS_PROBE = (".", "NS")
@@ -459,7 +460,7 @@ def backend_problems(
     if config.antispam.engine == "rspamd":
         found += _rspamd(config.antispam.engine_socket, config.antispam.engine_timeout)
     if config.state.backend == "redis":
-        found += _redis(config.state.redis_url, config.state.timeout, config.state.redis_prefix)
+        found += _redis(config)
     if config.dns.enabled:
         found += _nameservers(config)
     return [ConfigError(config.file, key, message) for key, message in found]
@@ -519,8 +520,10 @@ def _rspamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
     return []
 
 
-def _redis(url: str, timeout: float, prefix: str) -> list[Problem]:
-    client = redis_client(url, timeout=timeout)
+def _redis(config: Config) -> list[Problem]:
+    state = config.state
+    prefix = state.redis_prefix
+    client = redis_client(state.redis_url, timeout=state.timeout)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -551,6 +554,20 @@ def _redis(url: str, timeout: float, prefix: str) -> list[Problem]:
             client.hmget(redis_blacklist_key(prefix), ["check-config@smtpguard.invalid"])
         except redis.RedisError as exc:
             return [("state.redis_url", f"the blacklist lookup fails: {exc}")]
+        # A list Redis lost: every lookup fails (review rev100 F10: check-config said
+        # OK). The seen file is asked as the service asks it.
+        seen = RedisBlacklist(
+            client,
+            prefix,
+            seen_file=redis_seen_file(config),
+            required=state.redis_blacklist_required,
+        )
+        try:
+            lost = seen.lost()
+        except StateError as exc:
+            return [("state.redis_url", f"the blacklist lookup fails: {exc}")]
+        if lost is not None:
+            return [("state.redis_blacklist_required", f"{lost}; every lookup fails meanwhile")]
     finally:
         client.close()
     return []

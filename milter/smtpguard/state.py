@@ -390,7 +390,10 @@ class RedisBlacklist:
     embedded file's first start is; once the marker was seen, its absence means Redis
     lost the blacklist, and lookups fail (``database_temp_error``, or pass per
     ``on_temp_error``) until ``smtpguard blacklist add`` or ``remove`` writes it again:
-    listed senders are not let in because a cache-style Redis dropped the list."""
+    listed senders are not let in because a cache-style Redis dropped the list. With
+    ``required`` (``[state] redis_blacklist_required``) its absence is a loss from the
+    first lookup on, on every host: one that never saw the marker (another host, a new
+    one, one whose state directory was wiped) cannot take a lost list for an empty one."""
 
     def __init__(
         self,
@@ -400,6 +403,7 @@ class RedisBlacklist:
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         seen_file: Path | None = None,
+        required: bool = False,
     ) -> None:
         self.client = client
         self.key = redis_blacklist_key(prefix)
@@ -410,8 +414,12 @@ class RedisBlacklist:
         #: a worker restarted, a reload's new object or the service restarted after
         #: Redis lost the hash still takes its absence for a loss (review rev100 F1).
         self.seen_file = seen_file
-        #: The marker was seen: its absence now is a lost blacklist, not a new one.
-        self._marked = seen_file is not None and seen_file.exists()
+        #: The operator says a list exists (review rev100 F10): no marker is a loss.
+        self.required = required
+        #: The marker was seen (by this host, or the process that forked this one).
+        self._seen = seen_file is not None and _exists(seen_file)
+        #: Its absence now is a lost blacklist, not a new one.
+        self._marked = required or self._seen
         self._unmarked_said = False
 
     def prepare(self) -> None:
@@ -421,27 +429,54 @@ class RedisBlacklist:
         with contextlib.suppress(redis.RedisError):
             self._note_marker(self.client.hmget(self.key, [REDIS_MARKER])[0] is not None)
 
-    def _note_marker(self, present: bool) -> bool:
-        """Whether the lookup may answer: False when the blacklist was lost."""
+    def _note_marker(self, present: bool, *, say: bool = True) -> bool:
+        """Whether the lookup may answer: False when the blacklist was lost. ``say``:
+        log a first start's empty list once (the service, not the commands)."""
         if present:
-            if not self._marked:
-                self._marked = True
+            if not self._seen:
+                self._seen = self._marked = True
                 if self.seen_file is not None:
                     with contextlib.suppress(OSError):
                         self.seen_file.touch()
             return True
         if self._marked:
             return False
-        if not self._unmarked_said:
+        if say and not self._unmarked_said:
             self._unmarked_said = True
             log.warning(
                 "redis blacklist %s has no marker: an empty blacklist (a first start, or"
                 " a list made before smtpguard marked it: `smtpguard blacklist add` or"
                 " `remove` writes it). If it held entries, Redis lost them (restarted"
-                " without persistence, flushed or evicted)",
+                " without persistence, flushed or evicted). Once a list exists, set"
+                " [state] redis_blacklist_required = true: every host then takes a"
+                " missing marker for a loss",
                 self.key,
             )
         return True
+
+    def lost(self) -> str | None:
+        """Why lookups fail for want of the marker (for check-config and ``blacklist
+        list``), or None: the marker is there, or its absence is an empty list. A
+        Redis error is a :class:`StateError`."""
+        try:
+            present = self.client.hmget(self.key, [REDIS_MARKER])[0] is not None
+        except redis.RedisError as exc:
+            raise StateError(f"redis: {exc}") from None
+        return None if self._note_marker(present, say=False) else self._lost_text()
+
+    def _lost_text(self) -> str:
+        if not self._seen:
+            return (
+                f"the blacklist hash {self.key} has no marker and [state]"
+                " redis_blacklist_required is true: Redis lost it (restarted without"
+                " persistence, flushed or evicted?), or no `smtpguard blacklist add` or"
+                " `remove` ran against this Redis yet; either makes it again"
+            )
+        return (
+            f"the blacklist hash {self.key} is gone from Redis (restarted without"
+            " persistence, flushed or evicted?); `smtpguard blacklist add` or"
+            " `remove` makes it again"
+        )
 
     def listed(self, address: str) -> str | None:
         keys = matching_entries(address)
@@ -455,11 +490,7 @@ class RedisBlacklist:
             self._failed(trouble(exc), str(exc), now)
             raise StateError(f"redis: {exc}") from None
         if not self._note_marker(found[0] is not None):
-            lost = (
-                f"the blacklist hash {self.key} is gone from Redis (restarted without"
-                " persistence, flushed or evicted?); `smtpguard blacklist add` or"
-                " `remove` makes it again"
-            )
+            lost = self._lost_text()
             self._failed("lost the blacklist", lost, now)
             raise StateError(f"redis: {lost}")
         if (lasted := outage.recovered(now)) is not None:
@@ -520,6 +551,14 @@ class RedisBlacklist:
             stamp, _, reason = _text(value).partition(" ")
             out.append(BlacklistEntry(_text(key), float(stamp or 0), reason))
         return sorted(out, key=lambda e: e.address)
+
+
+def _exists(path: Path) -> bool:
+    """An unreadable state directory (the CLI run as another user) is no file."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _text(value: bytes | str) -> str:
