@@ -427,32 +427,56 @@ def test_a_page_folder_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
     assert not list(elsewhere.iterdir())
 
 
+def _postfix_forms(out: Path, reply_id: str) -> list[str]:
+    """The lines an MTA row's English section shows, unescaped."""
+    page = next(p for p in out.rglob("*.html") if f"/{reply_id}" in str(p)).read_text("utf-8")
+    english = page[page.index('<section id="en"') : page.index('<section id="zh"')]
+    assert "Postfix answers in its own words" in english
+    return [html.unescape(s) for s in re.findall(r"<pre>(.*?)</pre>", english, re.S)]
+
+
 @pytest.mark.integration
 def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> None:
     """Review rev98 F11: the page for RCPT before MAIL showed the table's "502 5.5.1
     please say MAIL first"; a client of Postfix with postfix-config's footers gets
-    Postfix's own words with the translation after them, as a real Postfix 3.7 shows."""
-    site = make_site(tmp_path / "site", {}, directory=False)
+    Postfix's own words with the translation after them, as a real Postfix 3.7 shows.
+    Review rev100 F9: so do the rows whose footer pattern is no literal line (an
+    unknown command, a syntax error, a bare LF refused), with this host's name."""
+    site = make_site(
+        tmp_path / "site", {"site": {"our_hostnames": ["mx.example.com"]}}, directory=False
+    )
     footers = run_cli("-c", str(site.config), "postfix-config", "--footers")
     assert footers.returncode == 0, footers.stderr
     footer_map = tmp_path / "footers.regexp"
     footer_map.write_text(footers.stdout, encoding="utf-8")
     out = tmp_path / "out"
     assert run_cli("-c", str(site.config), "help-site", "--out", str(out)).returncode == 0
-    page = next(p for p in out.rglob("*.html") if "mail_first" in str(p)).read_text("utf-8")
-    english = page[page.index('<section id="en"') : page.index('<section id="zh"')]
-    shown = re.findall(r"<pre>(.*?)</pre>", english, re.S)
     postfix = start_postfix(
         ROOT / "conf" / "smtpguard.toml",
-        f"\nsmtpd_reject_footer_maps = regexp:{footer_map}\n",
+        f"\nsmtpd_reject_footer_maps = regexp:{footer_map}\n"
+        "smtpd_forbid_bare_newline = reject\nsmtpd_forbid_bare_newline_exclusions =\n",
         attach=False,
         networks="127.0.0.0/8",
     )
     try:
         smtp = client(postfix)
-        real = smtp.cmd("RCPT TO:<bob@example.com>")
-        smtp.cmd("QUIT")
+        rcpt_first = smtp.cmd("RCPT TO:<bob@example.com>")
+        unknown = smtp.cmd("FOO")
+        smtp.ehlo()
+        syntax = smtp.cmd("MAIL FROM:")
+        smtp.send_raw(b"NOOP\n")
+        bare = smtp.read()
+        smtp.quit()
     finally:
         postfix.stop()
-    assert html.unescape(shown[0]) == f"{real.code} {real.text}"
-    assert "Postfix answers in its own words" in english
+    said = {
+        reply_id: _postfix_forms(out, reply_id)
+        for reply_id in ("mail_first", "syntax_error", "stray_newline")
+    }
+    assert said["mail_first"][0] == f"{rcpt_first.code} {rcpt_first.text}"
+    assert said["syntax_error"][0].splitlines() == [
+        f"{unknown.code} {unknown.text}",
+        f"{syntax.code} {syntax.text}",
+    ]
+    assert said["stray_newline"][0] == f"{bare.code} {bare.text}"
+    assert "mx.example.com Error: bare <LF> received (" in said["stray_newline"][0]

@@ -7,6 +7,7 @@ real instances.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -19,6 +20,7 @@ from smtpguard.app import load
 from smtpguard.config import Config
 from smtpguard.postfix import (
     MILTER_RELAY_PASS,
+    POSTFIX_EXAMPLES,
     POSTFIX_FOOTERS,
     UNLISTED_WHILE_MILTERS,
     Plan,
@@ -30,6 +32,7 @@ from smtpguard.postfix import (
     postfix_footer_regexp,
     postfix_milter_address,
     postfix_network,
+    postfix_says,
     read_postconf,
     relay_reply,
     shell_script,
@@ -1611,3 +1614,14 @@ def test_a_client_restriction_that_refuses_outsiders_closes_relaying(tmp_path: P
     service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
     service += "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
     assert _milter_mode_problems(tmp_path, service) == []
+
+
+def test_every_footer_pattern_postfix_words_a_page_can_show() -> None:
+    """Review rev100 F9: a pattern that is no literal line needs what Postfix answers
+    (POSTFIX_EXAMPLES) for the help pages, and each line must be one it matches."""
+    for pattern, _, _ in POSTFIX_FOOTERS:
+        said = postfix_says(pattern, "mx.example.com")
+        assert said, pattern
+        for line in said:
+            assert re.match(pattern, line), (pattern, line)
+    assert set(POSTFIX_EXAMPLES) <= {pattern for pattern, _, _ in POSTFIX_FOOTERS}

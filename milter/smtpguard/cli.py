@@ -644,7 +644,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_help_site(args: argparse.Namespace) -> int:
     from smtpguard.explain import knowledge
-    from smtpguard.helpsite import SiteError, build_site, page_form, write_site
+    from smtpguard.helpsite import EXAMPLE_HOST, SiteError, build_site, page_form, write_site
     from smtpguard.replies import load_replies
 
     if not args.out:
@@ -655,7 +655,8 @@ def cmd_help_site(args: argparse.Namespace) -> int:
     config = _load(args.config)
     table = load_replies(config.replies, config.file)
     try:
-        pages = build_site(table, knowledge(), mta=config.milter.mta)
+        host = min(config.site.our_hostnames, default=EXAMPLE_HOST)
+        pages = build_site(table, knowledge(), mta=config.milter.mta, host=host)
     except SiteError as exc:
         print(f"smtpguard help-site: {config.file}: {exc}", file=sys.stderr)
         return 2

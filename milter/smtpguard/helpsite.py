@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smtpguard.explain import Knowledge
-from smtpguard.postfix import POSTFIX_FOOTERS
+from smtpguard.postfix import POSTFIX_FOOTERS, postfix_says
 from smtpguard.replies import MILTER_IDS, MTA_IDS, ReplyTable, Row
 
 #: Suffixes of ``help_url`` after ``{id}`` and the page file each one means.
@@ -206,14 +206,21 @@ def _document(title: str, body: Iterable[str], css_href: str) -> str:
     )
 
 
-def reply_forms(table: ReplyTable, row: Row, mta: str = "auto") -> list[tuple[str, list[str]]]:
+#: The MTA's name on a page when the config names none (site.our_hostnames).
+EXAMPLE_HOST = "mail.example.com"
+
+
+def reply_forms(
+    table: ReplyTable, row: Row, mta: str = "auto", host: str = EXAMPLE_HOST
+) -> list[tuple[str, list[str]]]:
     """The reply as the client sees it, each form with the key of its label ("" when it
     is the only one): rendered by this configuration for the milter's replies, UTF-8 or
     ASCII as the milter chooses (``Pipeline.utf8_allowed``: ``replies.utf8``, and never
-    UTF-8 to Sendmail); code, enhanced code and English text for the MTA's own."""
+    UTF-8 to Sendmail); code, enhanced code and English text for the MTA's own
+    (``host``: the name Postfix puts in some of its own replies)."""
     if row.reply_id not in MILTER_IDS:
         line = f"{row.code} {row.xcode} {_shown(row.text['en'])}"
-        postfix = _postfix_lines(table, row) if mta in ("postfix", "auto") else []
+        postfix = _postfix_lines(table, row, host) if mta in ("postfix", "auto") else []
         if not postfix:
             return [("", [line])]
         return [("form_postfix", postfix), ("form_table", [line])]
@@ -230,18 +237,17 @@ def reply_forms(table: ReplyTable, row: Row, mta: str = "auto") -> list[tuple[st
     return [("form_smtputf8", utf8), (otherwise, ascii_)]
 
 
-_LITERAL = re.compile(r"\^(?:[^\\\[\].*+?()|{}^$]|\\\.)+")
-
-
-def _postfix_lines(table: ReplyTable, row: Row) -> list[str]:
+def _postfix_lines(table: ReplyTable, row: Row, host: str) -> list[str]:
     """What Postfix itself answers for an MTA row, with the text ``postfix-config
-    --footers`` has it append (postfix.POSTFIX_FOOTERS; the patterns that are one
-    literal line): a bounce shows these words, not the table's (review rev98 F11)."""
+    --footers`` has it append (postfix.POSTFIX_FOOTERS: the pattern when it is one
+    literal line, else what Postfix was measured to answer, POSTFIX_EXAMPLES): a
+    bounce shows these words, not the table's (review rev98 F11, rev100 F9)."""
     utf8 = table.policy.utf8 == "always"
     out = []
     for pattern, reply_id, with_english in POSTFIX_FOOTERS:
-        if reply_id != row.reply_id or not _LITERAL.fullmatch(pattern):
+        if reply_id != row.reply_id:
             continue
+        said = postfix_says(pattern, host)
         texts = [
             _shown(row.text[lang])
             for lang in table.policy.languages
@@ -250,16 +256,17 @@ def _postfix_lines(table: ReplyTable, row: Row) -> list[str]:
             and (utf8 or row.text[lang].isascii())
         ]
         joined = (" " if with_english else "; ").join(texts).replace("%%", "%")
-        literal = pattern[1:].replace("\\.", ".")
-        out.append(f"{literal} ({joined})" if joined else literal)
+        out += [f"{line} ({joined})" if joined else line for line in said]
     return out
 
 
-def _page(table: ReplyTable, knowledge: Knowledge, row: Row, path: str, mta: str) -> Page:
+def _page(
+    table: ReplyTable, knowledge: Knowledge, row: Row, path: str, *, mta: str, host: str
+) -> Page:
     up = "../" * path.count("/")
     ours = knowledge.ours.get(row.reply_id)
     category = knowledge.categories[ours.category] if ours is not None else None
-    forms = reply_forms(table, row, mta)
+    forms = reply_forms(table, row, mta, host)
     # A site's own table needs only the languages it sends (always en).
     langs = [lang for lang in LANGS if row.text.get(lang) and row.hint.get(lang)]
     body = [
@@ -324,12 +331,15 @@ def _index(table: ReplyTable, pages: list[Page]) -> str:
     return _document(f"{en['title']} / {zh['title']}", body, "style.css")
 
 
-def build_site(table: ReplyTable, knowledge: Knowledge, *, mta: str = "auto") -> list[Page]:
+def build_site(
+    table: ReplyTable, knowledge: Knowledge, *, mta: str = "auto", host: str = EXAMPLE_HOST
+) -> list[Page]:
     """Every page of the site: one per reply id (the milter's, then the MTA's), the
-    index and the style sheet. ``mta``: ``milter.mta`` (which reply forms are sent)."""
+    index and the style sheet. ``mta``: ``milter.mta`` (which reply forms are sent);
+    ``host``: the MTA's name, which Postfix puts in some of its own replies."""
     form = page_form(table.policy.help_url)
     pages = [
-        _page(table, knowledge, table.rows[reply_id], form.format(id=reply_id), mta)
+        _page(table, knowledge, table.rows[reply_id], form.format(id=reply_id), mta=mta, host=host)
         for reply_id in (*MILTER_IDS, *MTA_IDS)
     ]
     return [

@@ -89,6 +89,29 @@ POSTFIX_FOOTERS: tuple[tuple[str, str, bool], ...] = (
     (r"^552 5\.3\.4 Message size exceeds fixed limit", "message_too_long", True),
 )
 
+#: What Postfix answers where a footer's pattern is not one literal line, as a real
+#: Postfix 3.7.11 answered (``{host}``: its myhostname): the help pages show these
+#: (review rev100 F9). tests/test_postfix_config.py matches each to its pattern.
+POSTFIX_EXAMPLES: dict[str, tuple[str, ...]] = {
+    r"^50[02] 5\.5\.2 Error: command not recognized": ("500 5.5.2 Error: command not recognized",),
+    r"^501 5\.5\.[24] Syntax": ("501 5.5.4 Syntax: MAIL FROM:<address>",),
+    # smtpd_forbid_bare_newline = reject, a client outside its exclusions.
+    r"^[45][0-9][0-9] [45]\.5\.2 .*bare <LF> received": (
+        "550 5.5.2 {host} Error: bare <LF> received",
+    ),
+}
+
+_LITERAL = re.compile(r"\^(?:[^\\\[\].*+?()|{}^$]|\\\.)+")
+
+
+def postfix_says(pattern: str, host: str) -> tuple[str, ...]:
+    """The lines Postfix answers that a POSTFIX_FOOTERS pattern matches: the pattern
+    itself when it is one literal line, else the measured POSTFIX_EXAMPLES."""
+    if _LITERAL.fullmatch(pattern):
+        return (pattern[1:].replace("\\.", "."),)
+    return tuple(line.format(host=host) for line in POSTFIX_EXAMPLES.get(pattern, ()))
+
+
 RELAY_GUARDS = ("reject_unauth_destination", "defer_unauth_destination")
 #: What postfix-config writes for smtpd_reject_unlisted_recipient.
 UNLISTED_WHILE_MILTERS = "${smtpd_milters?{no}:{yes}}"
