@@ -425,6 +425,19 @@ def test_a_page_folder_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "rbl_deny: is a link, not a folder of the site" in result.stderr
     assert not list(elsewhere.iterdir())
+    # Review rev100 F11: refused before any page is written, not half way through.
+    assert [p.name for p in out.iterdir()] == ["rbl_deny"]
+
+
+def test_a_page_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    """Review rev100 F11: the error named the folder (by a temporary file's name)."""
+    out = tmp_path / "out"
+    (out / "index.html" / "x").mkdir(parents=True)
+    config = make_site(tmp_path / "a", {}, directory=False).config
+    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr == f"smtpguard: {out / 'index.html'}: Is a directory\n"
+    assert not list(out.rglob(".*.tmp"))
 
 
 def _postfix_forms(out: Path, reply_id: str) -> list[str]:

@@ -360,13 +360,15 @@ def write_site(out: Path, pages: Iterable[Page]) -> int:
     previous write that are no longer part of the site; the number of files written."""
     written: list[str] = []
     mode = _file_mode()
+    pages = list(pages)
+    # A folder of the site replaced by a link would take the pages elsewhere: refused
+    # before any page is written, so the site is not left half rewritten (rev100 F11).
     for page in pages:
-        parts = page.path.split("/")
-        target = out.joinpath(*parts)
-        # A folder of the site replaced by a link would take the pages elsewhere.
-        linked = _linked_folder(out, parts)
+        linked = _linked_folder(out, page.path.split("/"))
         if linked is not None:
             raise OSError(errno.ELOOP, "is a link, not a folder of the site", str(linked))
+    for page in pages:
+        target = out.joinpath(*page.path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         _write_whole(target, page.content, mode)
         written.append(page.path)
@@ -388,15 +390,21 @@ def _write_whole(target: Path, content: str, mode: int) -> None:
     a page. The temporary file has a name nobody can guess and is created, never opened
     through a link someone planted in the folder (O_EXCL); a link at ``target`` itself is
     replaced, not written through."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        # Named by the page, not by a temporary name nobody asked for (rev100 F11).
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), mode)
             f.write(content)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         raise
 
 
