@@ -306,9 +306,11 @@ def test_cli_text_and_json_summary(tmp_path: Path) -> None:
     }
     assert domains["example.net"]["total"] == 2
     text = run_cli("explain", "--log", str(log), check=True).stdout
-    assert (
-        text.splitlines()[0] == f"{log}: 8 lines; 8 bounces and deferrals (bounced 4, deferred 4)"
+    assert text.splitlines()[0] == (
+        f"{log}: 8 lines; 8 bounces and deferrals (bounced 4, deferred 4)"
+        " (1 recipient still deferred at the end)"
     )
+    assert (data["waiting"], data["waiting_messages"]) == (1, 1)
     assert re.search(r"^greylisting +Greylisted +retry_later +0 +2 +2$", text, re.MULTILINE)
     zh = run_cli("explain", "--log", str(log), "--lang", "zh", check=True).stdout
     assert "8 次退信和延迟" in zh
@@ -491,6 +493,17 @@ def test_cache_key_keeps_the_codes_of_a_multi_line_reply() -> None:
 def test_cache_key_keeps_the_provider_of_an_unreachable_host() -> None:
     key = cache_key("connect to alt4.aspmx.l.google.com[192.0.2.8]:25: Connection timed out")
     assert key == "connect to mx.google.com[192.0.2.1]:25: Connection timed out"
+
+
+def test_cache_key_keeps_vendor_codes_with_an_underscore() -> None:
+    """Orange's and Sophos's reason codes are words with an underscore, not queue ids."""
+    for reply in (
+        "550 mwinf5c04 ME Service refuse. OFR006_103 192.0.2.7 [103]",
+        "550 5.7.1 XGEMAIL_0011 Command rejected",
+        "550 5.5.0 Boite du destinataire archivee. LPN007_420",
+    ):
+        assert cache_key(reply) == reply.replace("192.0.2.7", "192.0.2.1")
+    assert cache_key("250 2.0.0 Ok: queued as 4XKq2T0b1Kz9rTm") == "250 2.0.0 Ok: queued as X0"
 
 
 def test_cache_key_keeps_every_explanation_of_the_corpus(rules: Knowledge) -> None:
@@ -1108,10 +1121,13 @@ def test_an_expired_message_bounces_its_waiting_recipients(rules: Knowledge) -> 
     text = summary.render_text(rules, "en").splitlines()[0]
     assert text == (
         "log: 9 lines; 8 bounces and deferrals (bounced 3, deferred 5)"
-        " (2 messages expired, 1 deferral without an attempt not counted)"
+        " (2 messages expired, 1 deferral without an attempt not counted,"
+        " 1 recipient still deferred at the end)"
     )
     data = summary.to_dict(rules, "en")
     assert (data["expired"], data["suspended"], data["interrupted"]) == (2, 1, False)
+    # rev98: how much mail is stuck: BBB2's recipient, deferred and never expired.
+    assert (data["waiting"], data["waiting_messages"]) == (1, 1)
 
 
 def test_a_returned_dsn_with_a_4xx_status_is_permanent(rules: Knowledge, tmp_path: Path) -> None:

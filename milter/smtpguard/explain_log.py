@@ -166,8 +166,10 @@ _VOLATILE = re.compile(
     r"|(?P<ip>(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))"
     # Queue ids, Gmail's and Microsoft's trailers, time stamps; never a reply code that
     # opens a line of a multi-line reply ("554-ironport4...", "550-Verification").
-    # A literal "\n" (how a joined multi-line reply marks its lines) is no part of one.
-    r"|(?P<token>(?<![\w\\-])(?!\d{3}-)(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
+    # A literal "\n" (how a joined multi-line reply marks its lines) is no part of one,
+    # nor is a word with an underscore: vendors' codes (Orange's OFR006_102, Sophos's
+    # XGEMAIL_0011) name the reason, and explain reads them.
+    r"|(?P<token>(?<![\w\\-])(?!\d{3}-)(?=(?:[^\W_]|-)*\d)(?:[^\W_]|-){10,}(?![\w-]))"
 )
 _PLACEHOLDERS = {
     "local": "user",
@@ -697,6 +699,10 @@ class Summary:
     expired: int = 0
     #: Postfix deferrals that attempted nothing (the destination already down).
     suspended: int = 0
+    #: Postfix recipients deferred and not delivered, bounced or removed when the log
+    #: ends (mail still queued), and their messages; bounded as PostfixQueue is.
+    waiting: int = 0
+    waiting_messages: int = 0
     #: The reading was stopped (Ctrl-C): the counts are of what was read until then.
     interrupted: bool = False
     totals: _Tally = field(default_factory=_Tally)
@@ -741,6 +747,8 @@ class Summary:
             "unreadable_folders": self.unreadable_folders,
             "expired": self.expired,
             "suspended": self.suspended,
+            "waiting": self.waiting,
+            "waiting_messages": self.waiting_messages,
             "interrupted": self.interrupted,
             "events": self.totals.total,
             "bounced": self.totals.bounced,
@@ -787,7 +795,11 @@ class Summary:
             what = _plural(words["lines"], self.lines)
         extra = [
             _plural(words[key], count)
-            for key, count in (("expired", self.expired), ("suspended", self.suspended))
+            for key, count in (
+                ("expired", self.expired),
+                ("suspended", self.suspended),
+                ("waiting", self.waiting),
+            )
             if count
         ]
         out = [
@@ -908,6 +920,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "expired": "{} message expired|{} messages expired",
         "suspended": "{} deferral without an attempt not counted"
         "|{} deferrals without an attempt not counted",
+        "waiting": "{} recipient still deferred at the end|{} recipients still deferred at the end",
         "interrupted": "interrupted: ",
         "notes": " ({})",
         "separator": ", ",
@@ -929,6 +942,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "unreadable_folders": "{} 个文件夹无法读取",
         "expired": "{} 封邮件超期退回",
         "suspended": "{} 次未尝试投递的延迟未计入",
+        "waiting": "{} 个收件人到日志末尾仍在延迟",
         "interrupted": "已中断：",  # noqa: RUF001 - a Chinese colon in Chinese text
         "notes": "（{}）",  # noqa: RUF001 - Chinese brackets in Chinese text
         "separator": "，",  # noqa: RUF001 - a Chinese comma in Chinese text
@@ -1087,6 +1101,8 @@ def summarize_lines(
     except KeyboardInterrupt:
         summary.interrupted = True
     summary.explained = explainer.computed
+    summary.waiting_messages = len(queue.queued)
+    summary.waiting = sum(len(recipients) for recipients in queue.queued.values())
     return summary
 
 
