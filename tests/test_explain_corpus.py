@@ -84,6 +84,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural3.tsv", ("natural3",)),
     (DATA / "natural4.tsv", ("natural4",)),
     (DATA / "natural5.tsv", ("natural5",)),
+    (DATA / "vendors1.tsv", ("vendors1",)),
 )
 #: Splits whose misses were read while changing the rules.
 TUNING_SPLITS = (
@@ -106,6 +107,7 @@ TUNING_SPLITS = (
     "natural2",
     "natural3",
     "natural5",
+    "vendors1",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
 HELDOUT_SPLITS = ("heldout", "heldout17")
@@ -283,6 +285,9 @@ FAMILIES = (
 #: natural5 (132 lines, self-hosted suites), blind, once after round 17: 104/132 = 0.788;
 #: tuning data of round 18, after which natural1 177/204 = 0.868, natural4 87/103,
 #: held out in all 164/178 = 0.921, tuning 2664/2715 = 0.981.
+#: vendors1 (123 lines, the vendors' own code tables, tuning data from the start),
+#: round 19: tuning 2790/2838 = 0.983; held out in all 164/178, natural1 177/204 and
+#: natural4 87/103, unchanged (measured once, at the end of the round).
 MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.91, "natural1": 0.86, "natural4": 0.84}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
