@@ -50,6 +50,7 @@ FROZEN_NATURAL: dict[str, str] = {
     "natural2": "67ac40d",
     "natural3": "db03211",
     "natural5": "0c0c3f9",
+    "natural6": "a8092b4",
 }
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 #: The old answers a neighbour may overrule, by who gave them.

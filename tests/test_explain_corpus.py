@@ -84,6 +84,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural3.tsv", ("natural3",)),
     (DATA / "natural4.tsv", ("natural4",)),
     (DATA / "natural5.tsv", ("natural5",)),
+    (DATA / "natural6.tsv", ("natural6",)),
     (DATA / "vendors1.tsv", ("vendors1",)),
 )
 #: Splits whose misses were read while changing the rules.
@@ -108,6 +109,7 @@ TUNING_SPLITS = (
     "natural3",
     "natural5",
     "vendors1",
+    "natural6",
 )
 #: Splits measured as totals only: their misses are never printed (see main).
 HELDOUT_SPLITS = ("heldout", "heldout17")
@@ -116,7 +118,7 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: other), and never read either.
 NATURAL_SPLITS = ("natural1", "natural4")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
-NATURAL_FREQUENCY = ("natural1", "natural2", "natural3", "natural4", "natural5")
+NATURAL_FREQUENCY = ("natural1", "natural2", "natural3", "natural4", "natural5", "natural6")
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS + NATURAL_SPLITS
@@ -288,6 +290,13 @@ FAMILIES = (
 #: vendors1 (123 lines, the vendors' own code tables, tuning data from the start),
 #: round 19: tuning 2790/2838 = 0.983; held out in all 164/178, natural1 177/204 and
 #: natural4 87/103, unchanged (measured once, at the end of the round).
+#: natural6 (276 lines, provider and filter queries; 239 from vendor lists), blind,
+#: measured once with round 18's rules (a8092b4): 228/276 = 0.826, and once with round
+#: 19's: 235/276 = 0.851 (fix 237); tuning data of round 20: with the word model
+#: regenerated with it, before any rule changed, tuning 3035/3114 = 0.975 (natural6
+#: 244/276); after its classes were written, tuning 3061/3114 = 0.983 (natural6 269/276),
+#: held out in all 164/178 = 0.921, natural1 178/204 = 0.873, natural4 89/103 = 0.864
+#: (measured once, at the end of the round).
 MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.91, "natural1": 0.86, "natural4": 0.84}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
