@@ -504,6 +504,9 @@ def test_cache_key_keeps_vendor_codes_with_an_underscore() -> None:
     ):
         assert cache_key(reply) == reply.replace("192.0.2.7", "192.0.2.1")
     assert cache_key("250 2.0.0 Ok: queued as 4XKq2T0b1Kz9rTm") == "250 2.0.0 Ok: queued as X0"
+    # Review rev101 F5: a random reference with an underscore stays volatile.
+    mimecast = "451 4.7.1 Greylisting in action [mAnNJJRzP7Cg7Q_5fgo8AQ.us129]"
+    assert cache_key(mimecast) == "451 4.7.1 Greylisting in action [X0.us129]"
 
 
 def test_cache_key_keeps_every_explanation_of_the_corpus(rules: Knowledge) -> None:
