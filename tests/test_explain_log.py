@@ -37,10 +37,12 @@ from smtpguard.explain_log import (
     MAX_FIELD_CHARS,
     MAX_LINE_BYTES,
     MAX_NESTING,
+    MAX_QUEUED_RECIPIENTS,
     MAX_REPLY_CHARS,
     OTHER_DOMAINS,
     Event,
     Explainer,
+    PostfixQueue,
     Verdict,
     cache_key,
     dsn_events,
@@ -1131,6 +1133,54 @@ def test_an_expired_message_bounces_its_waiting_recipients(rules: Knowledge) -> 
     assert (data["expired"], data["suspended"], data["interrupted"]) == (2, 1, False)
     # rev98: how much mail is stuck: BBB2's recipient, deferred and never expired.
     assert (data["waiting"], data["waiting_messages"]) == (1, 1)
+
+
+def test_a_requeued_message_waits_under_its_new_id(rules: Knowledge) -> None:
+    """Review rev101 F6: after `postsuper -r` pickup gives the message a new id; its
+    old id never gets a `removed` line, and it was counted as waiting for ever."""
+    refused = "connect to mx.down.example[192.0.2.7]:25: Connection refused"
+    head = "Dec  7 18:00:00 mx postfix"
+    lines = [
+        _postfix_line("AAA1", "a@down.example", "deferred", refused),
+        _postfix_line("AAA1", "b@down.example", "deferred", refused),
+        _postfix_line("CCC3", "c@down.example", "deferred", refused),
+        f"{head}/postsuper[3]: AAA1: requeued\n".encode(),
+        f"{head}/pickup[4]: BBB2: uid=0 from=<s@ours.example> orig_id=AAA1\n".encode(),
+        f"{head}/postsuper[3]: CCC3: requeued\n".encode(),
+        f"{head}/pickup[4]: DDD4: uid=0 from=<s@ours.example> orig_id=CCC3\n".encode(),
+        _postfix_line("BBB2", "a@down.example", "sent", "250 2.0.0 Ok: queued", "2.0.0"),
+        _expired("DDD4"),
+    ]
+    summary = summarize_lines(lines, Explainer(rules), "log")
+    assert (summary.waiting, summary.waiting_messages, summary.waiting_complete) == (1, 1, True)
+    # The expiry under the new id bounces what the old one deferred.
+    assert (summary.expired, summary.totals.bounced) == (1, 1)
+
+
+def test_waiting_says_when_it_is_a_lower_bound(rules: Knowledge) -> None:
+    """Review rev101 F7: recipients forgotten for room made `waiting` a lower bound
+    that read as a count."""
+    refused = "connect to mx.down.example[192.0.2.7]:25: Connection refused"
+    lines = [
+        _postfix_line("AAA1", f"r{i}@down.example", "deferred", refused)
+        for i in range(MAX_QUEUED_RECIPIENTS + 1)
+    ]
+    summary = summarize_lines(lines, Explainer(rules), "log")
+    assert (summary.waiting, summary.waiting_complete) == (MAX_QUEUED_RECIPIENTS, False)
+    assert (
+        summary.render_text(rules, "en")
+        .splitlines()[0]
+        .endswith(
+            f" (at least {MAX_QUEUED_RECIPIENTS} recipients still deferred at the end (more than"
+            " could be remembered))"
+        )
+    )
+    assert summary.to_dict(rules, "en")["waiting_complete"] is False
+    queue = PostfixQueue(max_bytes=4000)
+    for i in range(10):
+        queue.note(parse_log_line(_postfix_line(f"Q{i}", "a@down.example", "deferred", refused))[0])
+    assert 0 < len(queue.queued) < 10
+    assert not queue.complete
 
 
 def test_a_returned_dsn_with_a_4xx_status_is_permanent(rules: Knowledge, tmp_path: Path) -> None:

@@ -134,6 +134,8 @@ _POSTFIX_SENT = b" status=sent ("
 _POSTFIX_REMOVED = b": removed"
 _TO = b": to=<"
 _FROM = b": from=<"
+#: pickup's line for a message requeued with ``postsuper -r``: its new queue id.
+_ORIG_ID = b" orig_id="
 _IN_REPLY_TO = " (in reply to "
 # Exim's flag comes right after the message id: six, six and two base-62 characters, or
 # (Exim 4.97+) six, eleven and four. Any other " == " (a logged Subject, a Dovecot
@@ -704,6 +706,8 @@ class Summary:
     #: ends (mail still queued), and their messages; bounded as PostfixQueue is.
     waiting: int = 0
     waiting_messages: int = 0
+    #: False when recipients were forgotten for room: ``waiting`` is a lower bound.
+    waiting_complete: bool = True
     #: The reading was stopped (Ctrl-C): the counts are of what was read until then.
     interrupted: bool = False
     totals: _Tally = field(default_factory=_Tally)
@@ -750,6 +754,7 @@ class Summary:
             "suspended": self.suspended,
             "waiting": self.waiting,
             "waiting_messages": self.waiting_messages,
+            "waiting_complete": self.waiting_complete,
             "interrupted": self.interrupted,
             "events": self.totals.total,
             "bounced": self.totals.bounced,
@@ -799,7 +804,7 @@ class Summary:
             for key, count in (
                 ("expired", self.expired),
                 ("suspended", self.suspended),
-                ("waiting", self.waiting),
+                ("waiting" if self.waiting_complete else "waiting_at_least", self.waiting),
             )
             if count
         ]
@@ -922,6 +927,9 @@ _WORDS: dict[str, dict[str, str]] = {
         "suspended": "{} deferral without an attempt not counted"
         "|{} deferrals without an attempt not counted",
         "waiting": "{} recipient still deferred at the end|{} recipients still deferred at the end",
+        "waiting_at_least": "at least {} recipient still deferred at the end (more than"
+        " could be remembered)|at least {} recipients still deferred at the end (more than"
+        " could be remembered)",
         "interrupted": "interrupted: ",
         "notes": " ({})",
         "separator": ", ",
@@ -944,6 +952,7 @@ _WORDS: dict[str, dict[str, str]] = {
         "expired": "{} 封邮件超期退回",
         "suspended": "{} 次未尝试投递的延迟未计入",
         "waiting": "{} 个收件人到日志末尾仍在延迟",
+        "waiting_at_least": "至少 {} 个收件人到日志末尾仍在延迟（超出可记录的数量）",  # noqa: RUF001
         "interrupted": "已中断：",  # noqa: RUF001 - a Chinese colon in Chinese text
         "notes": "（{}）",  # noqa: RUF001 - Chinese brackets in Chinese text
         "separator": "，",  # noqa: RUF001 - a Chinese comma in Chinese text
@@ -1004,6 +1013,18 @@ def _waiting_size(waiting: _Waiting) -> int:
     return 200 + waiting.size
 
 
+class _Queued(LRUCache[str, _Waiting]):
+    """The remembered messages; counts the recipients forgotten for room, so that a
+    count of what waits can say it is a lower bound (review rev101 F7)."""
+
+    forgotten = 0
+
+    def popitem(self) -> tuple[str, _Waiting]:
+        key, recipients = super().popitem()
+        self.forgotten += len(recipients)
+        return key, recipients
+
+
 class PostfixQueue:
     """The last deferral of each recipient of each Postfix message in the log that is not
     yet delivered or bounced. Postfix logs a message that expired (deferred until
@@ -1011,10 +1032,13 @@ class PostfixQueue:
     its recipients; they are the ones deferred and never delivered since, each bounced
     with its last reason."""
 
-    def __init__(self) -> None:
-        self.queued: LRUCache[str, _Waiting] = LRUCache(
-            maxsize=MAX_QUEUED_BYTES, getsizeof=_waiting_size
-        )
+    def __init__(
+        self, max_bytes: int = MAX_QUEUED_BYTES, max_recipients: int = MAX_QUEUED_RECIPIENTS
+    ) -> None:
+        self.queued = _Queued(maxsize=max_bytes, getsizeof=_waiting_size)
+        self.max_recipients = max_recipients
+        #: Deferred recipients not remembered (over MAX_QUEUED_RECIPIENTS a message).
+        self.dropped = 0
 
     def note(self, event: Event) -> None:
         if event.mta != "postfix" or not event.queue_id:
@@ -1026,7 +1050,8 @@ class PostfixQueue:
         recipients = self.queued.get(event.queue_id)
         if recipients is None:
             recipients = _Waiting()
-        elif event.recipient not in recipients and len(recipients) >= MAX_QUEUED_RECIPIENTS:
+        elif event.recipient not in recipients and len(recipients) >= self.max_recipients:
+            self.dropped += 1
             return
         recipients.put(event)
         self.queued[event.queue_id] = recipients
@@ -1051,6 +1076,23 @@ class PostfixQueue:
         queue_id = _queue_id(raw, _POSTFIX_REMOVED)
         if queue_id is not None:
             self.queued.pop(queue_id, None)
+
+    def requeued(self, raw: bytes) -> None:
+        """pickup's ``NEWID: uid=... orig_id=OLDID`` (``postsuper -r``): the message
+        goes on under its new id, and nothing waits under the old one (review rev101
+        F6: it was counted as waiting for ever)."""
+        new = _queue_id(raw, b": uid=")
+        old = raw[raw.find(_ORIG_ID) + len(_ORIG_ID) :].split(None, 1)[:1]
+        if new is None or not old:
+            return
+        recipients = self.queued.pop(old[0].decode("ascii", "replace"), None)
+        if recipients is not None:
+            self.queued[new] = recipients
+
+    @property
+    def complete(self) -> bool:
+        """Whether every deferred recipient was remembered (none forgotten for room)."""
+        return not (self.queued.forgotten or self.dropped)
 
     def _forget(self, queue_id: str, recipients: _Waiting, recipient: str) -> None:
         if not recipients.drop(recipient):
@@ -1090,6 +1132,8 @@ def summarize_lines(
                     queue.removed(raw)
                     continue
                 if _POSTFIX_EXPIRED not in raw or (queue_id := _queue_id(raw, _FROM)) is None:
+                    if _ORIG_ID in raw:
+                        queue.requeued(raw)
                     continue
                 summary.expired += 1
                 events = queue.expired(queue_id)
@@ -1104,6 +1148,7 @@ def summarize_lines(
     summary.explained = explainer.computed
     summary.waiting_messages = len(queue.queued)
     summary.waiting = sum(len(recipients) for recipients in queue.queued.values())
+    summary.waiting_complete = queue.complete
     return summary
 
 
