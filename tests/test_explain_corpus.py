@@ -85,6 +85,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural4.tsv", ("natural4",)),
     (DATA / "natural5.tsv", ("natural5",)),
     (DATA / "natural6.tsv", ("natural6",)),
+    (DATA / "natural7.tsv", ("natural7",)),
     (DATA / "vendors1.tsv", ("vendors1",)),
 )
 #: Splits whose misses were read while changing the rules.
@@ -116,9 +117,19 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: Samples at the frequency real logs show replies (README.md there): measured on their
 #: own, never in the held-out figure (their texts may repeat the files' and each
 #: other), and never read either.
-NATURAL_SPLITS = ("natural1", "natural4")
+NATURAL_SPLITS = ("natural1", "natural4", "natural7")
+#: Natural samples labelled a second time (the agreement study, bench/explain_agreement.py).
+SECOND_LABELLED = ("natural1", "natural4")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
-NATURAL_FREQUENCY = ("natural1", "natural2", "natural3", "natural4", "natural5", "natural6")
+NATURAL_FREQUENCY = (
+    "natural1",
+    "natural2",
+    "natural3",
+    "natural4",
+    "natural5",
+    "natural6",
+    "natural7",
+)
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
 SPLITS = TUNING_SPLITS + HELDOUT_SPLITS + NATURAL_SPLITS
@@ -297,7 +308,17 @@ FAMILIES = (
 #: 244/276); after its classes were written, tuning 3061/3114 = 0.983 (natural6 269/276),
 #: held out in all 164/178 = 0.921, natural1 178/204 = 0.873, natural4 89/103 = 0.864
 #: (measured once, at the end of the round).
-MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.91, "natural1": 0.86, "natural4": 0.84}
+#: natural7 (119 lines, real-log queries; 59 from posted logs and bounces), blind
+#: (committed in 4a60ad5 before any measurement), measured once with the rules of
+#: rounds 18, 19 and 20 (914f4d9, 5590cd7, 2df40db): 108/119 = 0.908 each time (fix
+#: 109); kept blind beside natural1 and natural4.
+MIN_CATEGORY = {
+    TUNING: 0.98,
+    HELDOUT_ALL: 0.91,
+    "natural1": 0.86,
+    "natural4": 0.84,
+    "natural7": 0.89,
+}
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
 #: 141/147, heldout4 142/164, heldout5 98/120). With heldout4 and heldout5 as tuning
@@ -351,7 +372,7 @@ MIN_CATEGORY = {TUNING: 0.98, HELDOUT_ALL: 0.91, "natural1": 0.86, "natural4": 0
 #: in all 165/178 = 0.927. natural1, blind, once: 173/204 = 0.848; after round 16:
 #: 184/204 = 0.902. Tuning after round 16: 2374/2396 = 0.991. After round 17: natural1
 #: 183/204 = 0.897; tuning 2556/2583 = 0.990.
-MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.92, "natural1": 0.89, "natural4": 0.84}
+MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.92, "natural1": 0.89, "natural4": 0.84, "natural7": 0.89}
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +471,7 @@ def test_corpus_is_well_formed(cases: list[Case]) -> None:
         assert case.provenance.strip(), case
 
 
-@pytest.mark.parametrize("split", NATURAL_SPLITS)
+@pytest.mark.parametrize("split", SECOND_LABELLED)
 def test_second_labels_are_well_formed(cases: list[Case], split: str) -> None:
     """The agreement study's second labels (bench/explain_agreement.py) name a line of
     the sample each, in order, and categories that exist."""
