@@ -389,6 +389,63 @@ def test_a_redis_blacklist_lost_is_reported_by_check_config_and_list(tmp_path: P
     assert "is gone from Redis" in plain_listed.stderr
 
 
+def test_blacklist_list_and_mark_with_the_documented_cli_user(tmp_path: Path) -> None:
+    """Review rev101 F1: `blacklist list` asked with HMGET, which the CLI's documented
+    ACL user (+hsetnx +hdel +hgetall) lacks; F2: an upgrade's unmarked list with
+    redis_blacklist_required names its entries and `blacklist mark` settles it."""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        admin = redis.Redis.from_url(redis_server.url)
+        admin.acl_setuser(
+            "cli",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["smtpguard:*"],
+            commands=["+hsetnx", "+hdel", "+hgetall"],
+        )
+        admin.hset("smtpguard:blacklist", "old@example.net", "0 ")
+        url = f"redis://cli:pw@127.0.0.1:{redis_server.port}/0"
+        state = {"backend": "redis", "redis_url": url, "redis_blacklist_required": True}
+        site = make_site(tmp_path / "site", {"state": state})
+        before = smtpguard(site, "blacklist", "list", check=False)
+        marked = smtpguard(site, "blacklist", "mark", check=False)
+        again = smtpguard(site, "blacklist", "mark", check=False)
+        after = smtpguard(site, "blacklist", "list", check=False)
+        admin.close()
+    finally:
+        redis_server.stop()
+    assert before.returncode == 1, before.stderr
+    assert before.stdout.startswith("old@example.net\t")
+    assert "redis_blacklist_required is true" in before.stderr
+    assert "(it holds 1 entry)" in before.stderr
+    assert "`smtpguard blacklist mark` takes it as it is" in before.stderr
+    assert marked.stdout == "smtpguard:blacklist: marked (1 entry)\n"
+    assert again.stdout == "smtpguard:blacklist: already marked (1 entry)\n"
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.startswith("old@example.net\t")
+
+
+def test_check_config_says_when_this_host_cannot_remember_the_marker(tmp_path: Path) -> None:
+    """Review rev101 F3: no folder for the seen file and check-config said OK."""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        redis.Redis.from_url(redis_server.url).hset(
+            "smtpguard:blacklist", "(smtpguard blacklist)", "1"
+        )
+        state = {
+            "backend": "redis",
+            "redis_url": redis_server.url,
+            "path": str(tmp_path / "gone" / "state.sqlite"),
+        }
+        result = smtpguard(
+            make_site(tmp_path / "site", {"state": state}), "check-config", check=False
+        )
+    finally:
+        redis_server.stop()
+    assert result.returncode == 1
+    assert "state.path: cannot record that the Redis blacklist was seen in" in result.stderr
+
+
 # --- files, as the service user -----------------------------------------------------
 
 

@@ -913,6 +913,53 @@ def test_a_required_blacklist_without_its_marker_is_lost_on_any_host(
     assert "is gone from Redis" in (new_host.lost() or "")
 
 
+def test_a_seen_file_that_cannot_be_written_is_said_once(
+    redis_server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev101 F3: a state folder the service may not write made the host forget
+    the marker silently."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    RedisBlacklist(client, "rec").add("x@example.net")
+    service = RedisBlacklist(client, "rec", seen_file=tmp_path / "missing" / "seen")
+    with caplog.at_level(logging.WARNING, logger="smtpguard.state"):
+        assert service.listed("x@example.net") == "x@example.net"
+        assert service.listed("y@example.net") is None
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1
+    assert said[0].startswith("cannot record that the redis blacklist rec:blacklist was seen")
+    assert not service.recorded
+
+
+def test_a_seen_file_this_user_cannot_stat_is_unknown_not_absent(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Review rev101 F4: a user who may not read the state folder was told nothing."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    unknown = RedisBlacklist(client, "u", seen_file=tmp_path / ("x" * 300))
+    assert unknown.seen_unknown is not None
+    assert unknown.seen_unknown.endswith("File name too long")
+    assert unknown.lost() is None  # no marker, never seen: an empty list, but unsure
+    assert RedisBlacklist(client, "u", seen_file=tmp_path / "seen").seen_unknown is None
+
+
+def test_mark_takes_an_unmarked_list_as_it_is(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Review rev101 F2: a list made before the marker, with required: lookups fail
+    until `blacklist mark`, which keeps its entries."""
+    client = redis_client(redis_server.url)
+    client.flushall()
+    client.hset("old:blacklist", "old@example.net", "0 ")
+    service = RedisBlacklist(client, "old", seen_file=tmp_path / "seen", required=True)
+    with pytest.raises(StateError, match="`smtpguard blacklist mark` takes it as it is"):
+        service.listed("old@example.net")
+    assert service.listing() == ([BlacklistEntry("old@example.net", 0.0, "")], False)
+    assert service.mark()
+    assert not service.mark()
+    assert service.lost() is None
+    assert service.listing()[1]
+
+
 def test_prepare_asks_with_the_command_the_service_user_has(
     redis_server: RedisServer,
 ) -> None:

@@ -15,6 +15,7 @@ from smtpguard import __version__
 
 if TYPE_CHECKING:
     from smtpguard.config import Config
+    from smtpguard.state import RedisBlacklist
 
 # Each command imports what it needs when it runs: ``explain`` and ``help-site`` start
 # without pymilter, prometheus_client, dnspython, redis or the checks
@@ -247,12 +248,15 @@ def cmd_blacklist_list(args: argparse.Namespace) -> int:
     import time
 
     from smtpguard.app import make_blacklist
-    from smtpguard.state import entry_scope
+    from smtpguard.state import RedisBlacklist, entry_scope
 
     store = make_blacklist(_load(args.config))
     _warn_if_missing(store)
-    entries = store.entries()
-    status = _lost_status(store)
+    if isinstance(store, RedisBlacklist):
+        entries, marked = store.listing()
+        status = _lost_status(store, marked, len(entries))
+    else:
+        entries, status = store.entries(), 0
     if args.json:
         rows = [
             {
@@ -275,20 +279,50 @@ def cmd_blacklist_list(args: argparse.Namespace) -> int:
     return status
 
 
-def _lost_status(store: object) -> int:
+def _lost_status(store: RedisBlacklist, marked: bool, count: int) -> int:
     """1, said on stderr, when the Redis blacklist counts as lost (its marker gone
     after this host saw it, or ``redis_blacklist_required``): an empty listing is then
-    no empty list, and the service's lookups fail (review rev100 F10)."""
+    no empty list, and the service's lookups fail (review rev100 F10); or when this
+    user cannot tell (review rev101 F4: the state folder unreadable)."""
+    lost = store.lost(marked)
+    if lost is not None:
+        held = f" (it holds {_plural_entries(count)})"
+        print(
+            f"smtpguard: warning: {lost}{held}; a running service fails every lookup"
+            " meanwhile ([checks.blacklist] on_temp_error decides)",
+            file=sys.stderr,
+        )
+        return 1
+    if not marked and store.seen_unknown is not None:
+        print(
+            f"smtpguard: warning: the blacklist hash {store.key} has no marker, and this"
+            f" user cannot tell whether this host saw one ({store.seen_unknown}): run"
+            " this as root or the service's user",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _plural_entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
+
+
+def cmd_blacklist_mark(args: argparse.Namespace) -> int:
+    """Take the Redis blacklist as it is: a list made before smtpguard marked its
+    lists, or what is left after a loss (review rev101 F2)."""
+    from smtpguard.app import make_blacklist
     from smtpguard.state import RedisBlacklist
 
-    if not isinstance(store, RedisBlacklist) or (lost := store.lost()) is None:
+    store = make_blacklist(_load(args.config))
+    if not isinstance(store, RedisBlacklist):
+        print("the embedded blacklist has no marker: nothing to do")
         return 0
-    print(
-        f"smtpguard: warning: {lost}; a running service fails every lookup meanwhile"
-        " ([checks.blacklist] on_temp_error decides)",
-        file=sys.stderr,
-    )
-    return 1
+    done = store.mark()
+    count = len(store.entries())
+    state = "marked" if done else "already marked"
+    print(f"{store.key}: {state} ({_plural_entries(count)})")
+    return 0
 
 
 def _directory_command(
@@ -705,6 +739,16 @@ def _blacklist_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add.add_argument("--reason", default="", help="note stored with the entries")
     remove = _command(blsub, "remove", cmd_blacklist_remove, help="remove entries, as listed")
     remove.add_argument("entry", nargs="+", metavar="ENTRY")
+    _command(
+        blsub,
+        "mark",
+        cmd_blacklist_mark,
+        help="take a Redis blacklist without its marker as it is",
+        description="A Redis blacklist made before smtpguard marked its lists, or what"
+        " is left of one Redis lost, has no marker: once this host saw one, or with"
+        " [state] redis_blacklist_required, lookups fail until the marker is back. This"
+        " writes it (add and remove do too).",
+    )
     show = _command(blsub, "list", cmd_blacklist_list, help="list the entries")
     show.add_argument("--json", action="store_true", help="machine-readable output")
 

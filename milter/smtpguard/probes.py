@@ -49,7 +49,7 @@ from smtpguard.scanners import connect, failure_text
 from smtpguard.scanners.clamd import ping
 from smtpguard.scanners.command import canary
 from smtpguard.scanners.rspamd import RspamdClient
-from smtpguard.state import RedisBlacklist, StateError, redis_blacklist_key
+from smtpguard.state import REDIS_MARKER, RedisBlacklist, redis_blacklist_key
 
 #: Asked of each nameserver: every recursive resolver can answer it.
 DNS_PROBE = (".", "NS")
@@ -563,11 +563,22 @@ def _redis(config: Config) -> list[Problem]:
             required=state.redis_blacklist_required,
         )
         try:
-            lost = seen.lost()
-        except StateError as exc:
+            present = client.hmget(redis_blacklist_key(prefix), [REDIS_MARKER])[0] is not None
+        except redis.RedisError as exc:
             return [("state.redis_url", f"the blacklist lookup fails: {exc}")]
+        lost = seen.lost(present)
         if lost is not None:
             return [("state.redis_blacklist_required", f"{lost}; every lookup fails meanwhile")]
+        if present and seen.seen_unknown is None and not seen.recorded:
+            # Marked, but this host cannot remember it (review rev101 F3).
+            return [
+                (
+                    "state.path",
+                    f"cannot record that the Redis blacklist was seen in {seen.seen_file}:"
+                    " after a restart this host would take a list Redis lost for an empty"
+                    " one (make the folder, or set [state] redis_blacklist_required)",
+                )
+            ]
     finally:
         client.close()
     return []

@@ -416,11 +416,22 @@ class RedisBlacklist:
         self.seen_file = seen_file
         #: The operator says a list exists (review rev100 F10): no marker is a loss.
         self.required = required
+        #: Why this process cannot tell whether the host saw the marker (the CLI run
+        #: by a user who may not read the state folder), or None.
+        self.seen_unknown: str | None = None
         #: The marker was seen (by this host, or the process that forked this one).
-        self._seen = seen_file is not None and _exists(seen_file)
+        self._seen = seen_file is not None and self._seen_on_disk(seen_file)
         #: Its absence now is a lost blacklist, not a new one.
         self._marked = required or self._seen
         self._unmarked_said = False
+        self._unrecorded_said = False
+
+    def _seen_on_disk(self, path: Path) -> bool:
+        try:
+            return path.exists()
+        except OSError as exc:
+            self.seen_unknown = f"{path}: {exc.strerror}"
+            return False
 
     def prepare(self) -> None:
         """Ask for the marker once before the workers are forked (with HMGET, the
@@ -435,9 +446,7 @@ class RedisBlacklist:
         if present:
             if not self._seen:
                 self._seen = self._marked = True
-                if self.seen_file is not None:
-                    with contextlib.suppress(OSError):
-                        self.seen_file.touch()
+                self._record()
             return True
         if self._marked:
             return False
@@ -454,29 +463,65 @@ class RedisBlacklist:
             )
         return True
 
-    def lost(self) -> str | None:
-        """Why lookups fail for want of the marker (for check-config and ``blacklist
-        list``), or None: the marker is there, or its absence is an empty list. A
-        Redis error is a :class:`StateError`."""
+    def _record(self) -> None:
+        """Remember on disk that this host saw the marker; a folder the service may
+        not write is said once (review rev101 F3: silently, the host forgot)."""
+        if self.seen_file is None:
+            return
         try:
-            present = self.client.hmget(self.key, [REDIS_MARKER])[0] is not None
-        except redis.RedisError as exc:
-            raise StateError(f"redis: {exc}") from None
+            self.seen_file.touch()
+        except OSError as exc:
+            if not self._unrecorded_said:
+                self._unrecorded_said = True
+                log.warning(
+                    "cannot record that the redis blacklist %s was seen (%s: %s): after"
+                    " a restart this host would take a list Redis lost for an empty one;"
+                    " let the service write that folder, or set [state]"
+                    " redis_blacklist_required = true",
+                    self.key,
+                    self.seen_file,
+                    exc.strerror,
+                )
+
+    @property
+    def recorded(self) -> bool:
+        """Whether this host's file says the marker was seen (check-config)."""
+        return self.seen_file is not None and self._seen_on_disk(self.seen_file)
+
+    def lost(self, present: bool | None = None) -> str | None:
+        """Why lookups fail for want of the marker (for check-config and ``blacklist
+        list``), or None: the marker is there, or its absence is an empty list.
+        ``present``: whether the hash has it, when the caller read it (HGETALL); else
+        asked with HMGET. A Redis error is a :class:`StateError`."""
+        if present is None:
+            try:
+                present = self.client.hmget(self.key, [REDIS_MARKER])[0] is not None
+            except redis.RedisError as exc:
+                raise StateError(f"redis: {exc}") from None
         return None if self._note_marker(present, say=False) else self._lost_text()
 
     def _lost_text(self) -> str:
-        if not self._seen:
-            return (
-                f"the blacklist hash {self.key} has no marker and [state]"
-                " redis_blacklist_required is true: Redis lost it (restarted without"
-                " persistence, flushed or evicted?), or no `smtpguard blacklist add` or"
-                " `remove` ran against this Redis yet; either makes it again"
-            )
-        return (
-            f"the blacklist hash {self.key} is gone from Redis (restarted without"
-            " persistence, flushed or evicted?); `smtpguard blacklist add` or"
-            " `remove` makes it again"
+        what = (
+            "has no marker and [state] redis_blacklist_required is true: Redis lost the"
+            " list (restarted without persistence, flushed or evicted?), or it was made"
+            " before smtpguard marked its lists"
+            if not self._seen
+            else "is gone from Redis (restarted without persistence, flushed or evicted?),"
+            " or lost its marker"
         )
+        return (
+            f"the blacklist hash {self.key} {what}; `smtpguard blacklist list` shows what"
+            " is there, `smtpguard blacklist mark` takes it as it is, and `smtpguard"
+            " blacklist add` adds entries again (and marks it)"
+        )
+
+    def mark(self) -> bool:
+        """Write the marker: the hash as it is is the list (an upgrade's list, or an
+        empty one after a loss). False when it was there."""
+        try:
+            return bool(self.client.hsetnx(self.key, REDIS_MARKER, f"{time.time()}"))
+        except redis.RedisError as exc:
+            raise StateError(f"redis: {exc}") from None
 
     def listed(self, address: str) -> str | None:
         keys = matching_entries(address)
@@ -540,25 +585,23 @@ class RedisBlacklist:
             raise StateError(f"redis: {exc}") from None
 
     def entries(self) -> list[BlacklistEntry]:
+        return self.listing()[0]
+
+    def listing(self) -> tuple[list[BlacklistEntry], bool]:
+        """The entries, and whether the hash has its marker (one HGETALL: the command
+        the CLI's documented ACL user has, review rev101 F1)."""
         try:
             raw = self.client.hgetall(self.key)
         except redis.RedisError as exc:
             raise StateError(f"redis: {exc}") from None
-        out = []
+        out, marked = [], False
         for key, value in raw.items():
             if _text(key) == REDIS_MARKER:
+                marked = True
                 continue
             stamp, _, reason = _text(value).partition(" ")
             out.append(BlacklistEntry(_text(key), float(stamp or 0), reason))
-        return sorted(out, key=lambda e: e.address)
-
-
-def _exists(path: Path) -> bool:
-    """An unreadable state directory (the CLI run as another user) is no file."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
+        return sorted(out, key=lambda e: e.address), marked
 
 
 def _text(value: bytes | str) -> str:
