@@ -429,6 +429,43 @@ def test_a_page_folder_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == ["rbl_deny"]
 
 
+def test_a_file_where_a_page_folder_goes_is_refused_before_writing(tmp_path: Path) -> None:
+    """Review rev101 F10: "File exists" after some pages were rewritten."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rbl_deny").write_text("an operator's file", encoding="utf-8")
+    config = make_site(
+        tmp_path / "a", {"replies": {"help_url": "https://h.example/r/{id}/"}}, directory=False
+    ).config
+    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr == f"smtpguard: {out / 'rbl_deny'}: is a file, not a folder of the site\n"
+    assert [p.name for p in out.iterdir()] == ["rbl_deny"]
+
+
+def test_the_mta_host_name_is_postfix_s_own(tmp_path: Path) -> None:
+    """Review rev101 F8: the first of site.our_hostnames is not Postfix's myhostname."""
+    config = make_site(
+        tmp_path / "a",
+        {"site": {"our_hostnames": ["backup.example.net", "mx1.example.com"]}},
+        directory=False,
+    ).config
+    shown = {}
+    for name, extra in (("given", ["--mta-hostname", "mx1.example.com"]), ("postconf", [])):
+        out = tmp_path / name
+        assert run_cli("-c", str(config), "help-site", "--out", str(out), *extra).returncode == 0
+        shown[name] = (out / "stray_newline" / "index.html").read_text("utf-8")
+    assert "mx1.example.com Error: bare &lt;LF&gt; received" in shown["given"]
+    expected = (
+        subprocess.run(
+            ["postconf", "-h", "myhostname"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "mail.example.com"
+    )
+    assert f"{expected} Error: bare &lt;LF&gt; received" in shown["postconf"]
+    assert "backup.example.net Error" not in shown["postconf"]
+
+
 def test_a_page_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     """Review rev100 F11: the error named the folder (by a temporary file's name)."""
     out = tmp_path / "out"
@@ -455,15 +492,17 @@ def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> Non
     Postfix's own words with the translation after them, as a real Postfix 3.7 shows.
     Review rev100 F9: so do the rows whose footer pattern is no literal line (an
     unknown command, a syntax error, a bare LF refused), with this host's name."""
-    site = make_site(
-        tmp_path / "site", {"site": {"our_hostnames": ["mx.example.com"]}}, directory=False
-    )
+    site = make_site(tmp_path / "site", {}, directory=False)
     footers = run_cli("-c", str(site.config), "postfix-config", "--footers")
     assert footers.returncode == 0, footers.stderr
     footer_map = tmp_path / "footers.regexp"
     footer_map.write_text(footers.stdout, encoding="utf-8")
     out = tmp_path / "out"
-    assert run_cli("-c", str(site.config), "help-site", "--out", str(out)).returncode == 0
+    # The test Postfix's myhostname (the host's own Postfix may answer postconf).
+    written = run_cli(
+        "-c", str(site.config), "help-site", "--out", str(out), "--mta-hostname", "mx.example.com"
+    )
+    assert written.returncode == 0, written.stderr
     postfix = start_postfix(
         ROOT / "conf" / "smtpguard.toml",
         f"\nsmtpd_reject_footer_maps = regexp:{footer_map}\n"
@@ -477,6 +516,8 @@ def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> Non
         unknown = smtp.cmd("FOO")
         smtp.ehlo()
         syntax = smtp.cmd("MAIL FROM:")
+        smtp.cmd("MAIL FROM:<a@example.com>")
+        rcpt_syntax = smtp.cmd("RCPT TO:")
         smtp.send_raw(b"NOOP\n")
         bare = smtp.read()
         smtp.quit()
@@ -490,6 +531,7 @@ def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> Non
     assert said["syntax_error"][0].splitlines() == [
         f"{unknown.code} {unknown.text}",
         f"{syntax.code} {syntax.text}",
+        f"{rcpt_syntax.code} {rcpt_syntax.text}",
     ]
     assert said["stray_newline"][0] == f"{bare.code} {bare.text}"
     assert "mx.example.com Error: bare <LF> received (" in said["stray_newline"][0]

@@ -676,6 +676,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _postfix_hostname(config: Config) -> str | None:
+    """Postfix's myhostname, which it puts in some of its own replies (review rev101
+    F8: the first of site.our_hostnames was not it); None without a Postfix here."""
+    import subprocess
+
+    if config.milter.mta == "sendmail":
+        return None
+    try:
+        done = subprocess.run(
+            ["postconf", "-h", "myhostname"],  # noqa: S607 - Postfix's own tool, on PATH
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    name = done.stdout.strip()
+    return name if done.returncode == 0 and name and " " not in name else None
+
+
 def cmd_help_site(args: argparse.Namespace) -> int:
     from smtpguard.explain import knowledge
     from smtpguard.helpsite import EXAMPLE_HOST, SiteError, build_site, page_form, write_site
@@ -689,7 +710,7 @@ def cmd_help_site(args: argparse.Namespace) -> int:
     config = _load(args.config)
     table = load_replies(config.replies, config.file)
     try:
-        host = min(config.site.our_hostnames, default=EXAMPLE_HOST)
+        host = args.mta_hostname or _postfix_hostname(config) or EXAMPLE_HOST
         pages = build_site(table, knowledge(), mta=config.milter.mta, host=host)
     except SiteError as exc:
         print(f"smtpguard help-site: {config.file}: {exc}", file=sys.stderr)
@@ -867,6 +888,12 @@ def build_parser() -> argparse.ArgumentParser:
         " replies.help_url points to",
     )
     hs.add_argument("--out", required=True, metavar="DIR", help="directory to write")
+    hs.add_argument(
+        "--mta-hostname",
+        metavar="NAME",
+        help="the name Postfix puts in some of its own replies, as the MTA rows' pages show"
+        " them (default: `postconf -h myhostname`, else mail.example.com)",
+    )
 
     pc = _command(
         sub,

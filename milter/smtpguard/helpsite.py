@@ -364,9 +364,16 @@ def write_site(out: Path, pages: Iterable[Page]) -> int:
     # A folder of the site replaced by a link would take the pages elsewhere: refused
     # before any page is written, so the site is not left half rewritten (rev100 F11).
     for page in pages:
-        linked = _linked_folder(out, page.path.split("/"))
+        parts = page.path.split("/")
+        linked = _linked_folder(out, parts)
         if linked is not None:
             raise OSError(errno.ELOOP, "is a link, not a folder of the site", str(linked))
+        # A file where a page's folder goes ({id}/ after {id}.html pages): refused
+        # before any page is written too (review rev101 F10).
+        for i in range(1, len(parts)):
+            folder = out.joinpath(*parts[:i])
+            if folder.exists() and not folder.is_dir():
+                raise OSError(errno.ENOTDIR, "is a file, not a folder of the site", str(folder))
     for page in pages:
         target = out.joinpath(*page.path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)

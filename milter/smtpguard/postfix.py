@@ -94,7 +94,10 @@ POSTFIX_FOOTERS: tuple[tuple[str, str, bool], ...] = (
 #: (review rev100 F9). tests/test_postfix_config.py matches each to its pattern.
 POSTFIX_EXAMPLES: dict[str, tuple[str, ...]] = {
     r"^50[02] 5\.5\.2 Error: command not recognized": ("500 5.5.2 Error: command not recognized",),
-    r"^501 5\.5\.[24] Syntax": ("501 5.5.4 Syntax: MAIL FROM:<address>",),
+    r"^501 5\.5\.[24] Syntax": (
+        "501 5.5.4 Syntax: MAIL FROM:<address>",
+        "501 5.5.4 Syntax: RCPT TO:<address>",
+    ),
     # smtpd_forbid_bare_newline = reject, a client outside its exclusions.
     r"^[45][0-9][0-9] [45]\.5\.2 .*bare <LF> received": (
         "550 5.5.2 {host} Error: bare <LF> received",
