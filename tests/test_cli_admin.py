@@ -289,6 +289,17 @@ def test_blacklist_list_json_empty(site: Site) -> None:
     assert run(site, "blacklist", "list", "--json").stdout == "[]\n"
 
 
+def test_blacklist_mark_is_nothing_to_do_for_the_embedded_file(tmp_path: Path) -> None:
+    """Not an error, and no state file looked for (it may not exist yet)."""
+    site = make_site(tmp_path, {"state": {"path": str(tmp_path / "none" / "state.sqlite")}})
+    done = run(site, "blacklist", "mark")
+    assert (done.returncode, done.stdout) == (
+        0,
+        "the embedded blacklist has no marker: nothing to do\n",
+    )
+    assert not (tmp_path / "none").exists()
+
+
 def test_subdomain_entry_refuses_mail_in_a_session(site: Site) -> None:
     assert run(site, "blacklist", "add", ".evil.example").returncode == 0
 

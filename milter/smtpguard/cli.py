@@ -975,7 +975,8 @@ def _store_access(args: argparse.Namespace) -> tuple[Path, bool] | None:
     """The SQLite file an admin command uses, and whether it writes to it."""
     if args.command == "blacklist":
         config = _load(args.config)
-        if config.state.backend != "embedded":
+        # `mark` never opens the embedded file (it has no marker).
+        if config.state.backend != "embedded" or getattr(args, "action", "") == "mark":
             return None
         return config.state.path, getattr(args, "action", "") in ("add", "remove")
     if args.command == "directory":
