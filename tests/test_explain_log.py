@@ -503,6 +503,7 @@ def test_cache_key_keeps_vendor_codes_with_an_underscore() -> None:
         "550 mwinf5c04 ME Service refuse. OFR006_103 192.0.2.7 [103]",
         "550 5.7.1 XGEMAIL_0011 Command rejected",
         "550 5.5.0 Boite du destinataire archivee. LPN007_420",
+        "554 5.7.1 Service refused due to bad behavior SFR_IN_101",
     ):
         assert cache_key(reply) == reply.replace("192.0.2.7", "192.0.2.1")
     assert cache_key("250 2.0.0 Ok: queued as 4XKq2T0b1Kz9rTm") == "250 2.0.0 Ok: queued as X0"

@@ -169,10 +169,13 @@ _VOLATILE = re.compile(
     # Queue ids, Gmail's and Microsoft's trailers, time stamps; never a reply code that
     # opens a line of a multi-line reply ("554-ironport4...", "550-Verification").
     # A literal "\n" (how a joined multi-line reply marks its lines) is no part of one.
-    # Vendors' reason codes (Orange's OFR006_102, Sophos's XGEMAIL_0011: capitals,
-    # digits, an underscore, digits) are kept, explain reads them; a random reference
-    # with an underscore (Mimecast's base64url ids) is not one (review rev101 F5).
-    r"|(?P<token>(?<![\w\\-])(?!\d{3}-)(?![A-Z]+[0-9]*_[0-9]+(?![\w-]))(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
+    # Vendors' reason codes (Orange's OFR006_102, Sophos's XGEMAIL_0011, SFR's
+    # SFR_IN_101: capitals and digits joined by underscores, digits last) are kept,
+    # explain reads them; a random reference with an underscore (Mimecast's base64url
+    # ids) is not one (review rev101 F5).
+    r"|(?P<token>(?<![\w\\-])(?!\d{3}-)"
+    r"(?![A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*_[0-9]+(?![\w-]))"
+    r"(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
 )
 _PLACEHOLDERS = {
     "local": "user",
