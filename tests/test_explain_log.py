@@ -510,6 +510,8 @@ def test_cache_key_keeps_vendor_codes_with_an_underscore() -> None:
     # Review rev101 F5: a random reference with an underscore stays volatile.
     mimecast = "451 4.7.1 Greylisting in action [mAnNJJRzP7Cg7Q_5fgo8AQ.us129]"
     assert cache_key(mimecast) == "451 4.7.1 Greylisting in action [X0.us129]"
+    # rev102 Q1: a long number after the underscore is a reference, not a code.
+    assert cache_key("550 Rejected MSGID_1733451550123") == "550 Rejected X0"
 
 
 def test_cache_key_keeps_every_explanation_of_the_corpus(rules: Knowledge) -> None:
@@ -1151,9 +1153,16 @@ def test_a_requeued_message_waits_under_its_new_id(rules: Knowledge) -> None:
         f"{head}/pickup[4]: DDD4: uid=0 from=<s@ours.example> orig_id=CCC3\n".encode(),
         _postfix_line("BBB2", "a@down.example", "sent", "250 2.0.0 Ok: queued", "2.0.0"),
         _expired("DDD4"),
+        # rev102 F6: a logged header and a sender that hold the words move nothing.
+        _postfix_line("EEE5", "e@down.example", "deferred", refused),
+        f"{head}/cleanup[5]: FFF6: warning: header Subject: x> orig_id=EEE5 from x\n".encode(),
+        _postfix_line("GGG7", "g@down.example", "deferred", refused),
+        f"{head}/pickup[4]: HHH8: uid=0 from=<a> orig_id=EEE5@x.example> orig_id=GGG7\n".encode(),
+        _postfix_line("HHH8", "g@down.example", "sent", "250 2.0.0 Ok: queued", "2.0.0"),
     ]
     summary = summarize_lines(lines, Explainer(rules), "log")
-    assert (summary.waiting, summary.waiting_messages, summary.waiting_complete) == (1, 1, True)
+    # BBB2's b@ (requeued from AAA1, not delivered) and EEE5's e@.
+    assert (summary.waiting, summary.waiting_messages, summary.waiting_complete) == (2, 2, True)
     # The expiry under the new id bounces what the old one deferred.
     assert (summary.expired, summary.totals.bounced) == (1, 1)
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import functools
 import html
+import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -444,26 +446,58 @@ def test_a_file_where_a_page_folder_goes_is_refused_before_writing(tmp_path: Pat
 
 
 def test_the_mta_host_name_is_postfix_s_own(tmp_path: Path) -> None:
-    """Review rev101 F8: the first of site.our_hostnames is not Postfix's myhostname."""
+    """Review rev101 F8: the first of site.our_hostnames is not Postfix's myhostname;
+    rev102 F5: expanded ($mydomain), a fallback said, a name that is none refused.
+    postconf reads the Postfix of MAIL_CONFIG."""
     config = make_site(
         tmp_path / "a",
         {"site": {"our_hostnames": ["backup.example.net", "mx1.example.com"]}},
         directory=False,
     ).config
-    shown = {}
-    for name, extra in (("given", ["--mta-hostname", "mx1.example.com"]), ("postconf", [])):
-        out = tmp_path / name
-        assert run_cli("-c", str(config), "help-site", "--out", str(out), *extra).returncode == 0
-        shown[name] = (out / "stray_newline" / "index.html").read_text("utf-8")
-    assert "mx1.example.com Error: bare &lt;LF&gt; received" in shown["given"]
-    expected = (
-        subprocess.run(
-            ["postconf", "-h", "myhostname"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        or "mail.example.com"
+    postfix = tmp_path / "postfix"
+    postfix.mkdir()
+    (postfix / "main.cf").write_text(
+        "mydomain = example.org\nmyhostname = mx1.$mydomain\n", encoding="utf-8"
     )
-    assert f"{expected} Error: bare &lt;LF&gt; received" in shown["postconf"]
-    assert "backup.example.net Error" not in shown["postconf"]
+    shown, said = {}, {}
+    for name, extra, mail_config in (
+        ("given", ["--mta-hostname", "mx2.example.com"], postfix),
+        ("postconf", [], postfix),
+        ("none", [], tmp_path / "no-postfix"),
+    ):
+        out = tmp_path / name
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "smtpguard",
+                "-c",
+                str(config),
+                "help-site",
+                "--out",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "MAIL_CONFIG": str(mail_config)},
+        )
+        assert done.returncode == 0, done.stderr
+        shown[name] = (out / "stray_newline" / "index.html").read_text("utf-8")
+        said[name] = done.stderr
+    bare = "Error: bare &lt;LF&gt; received"
+    assert f"mx2.example.com {bare}" in shown["given"]
+    assert f"mx1.example.org {bare}" in shown["postconf"]
+    assert (said["given"], said["postconf"]) == ("", "")
+    assert f"mail.example.com {bare}" in shown["none"]
+    assert "give --mta-hostname" in said["none"]
+    bad = run_cli(
+        "-c", str(config), "help-site", "--out", str(tmp_path / "x"), "--mta-hostname", "a b<"
+    )
+    assert bad.returncode == 2
+    assert "--mta-hostname: not a host name: 'a b<'" in bad.stderr
 
 
 def test_a_page_that_cannot_be_written_is_named(tmp_path: Path) -> None:

@@ -425,25 +425,59 @@ def test_blacklist_list_and_mark_with_the_documented_cli_user(tmp_path: Path) ->
     assert after.stdout.startswith("old@example.net\t")
 
 
+def test_an_unmarked_list_with_entries_gets_a_note_not_an_error(tmp_path: Path) -> None:
+    """Review rev102 F1: a list made before the marker, without required: `list` says
+    to mark it (exit 0: lookups answer), and once marked says nothing."""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        redis.Redis.from_url(redis_server.url).hset("smtpguard:blacklist", "old@example.net", "0 ")
+        site = make_site(
+            tmp_path / "site", {"state": {"backend": "redis", "redis_url": redis_server.url}}
+        )
+        before = smtpguard(site, "blacklist", "list", check=False)
+        smtpguard(site, "blacklist", "mark")
+        after = smtpguard(site, "blacklist", "list", check=False)
+    finally:
+        redis_server.stop()
+    assert before.returncode == 0
+    assert before.stderr.startswith(
+        "smtpguard: note: the blacklist hash smtpguard:blacklist holds 1 entry but no marker"
+    )
+    assert "run `smtpguard blacklist mark`" in before.stderr
+    assert (after.returncode, after.stderr) == (0, "")
+
+
 def test_check_config_says_when_this_host_cannot_remember_the_marker(tmp_path: Path) -> None:
-    """Review rev101 F3: no folder for the seen file and check-config said OK."""
+    """Review rev101 F3, rev102 F2: where the service cannot keep the seen file, asked as
+    the service user; with redis_blacklist_required the file is moot (rev102 F3)."""
     redis_server = start_redis(tmp_path / "redis")
     try:
         redis.Redis.from_url(redis_server.url).hset(
             "smtpguard:blacklist", "(smtpguard blacklist)", "1"
         )
+        (tmp_path / "a-file").write_text("", encoding="utf-8")
         state = {
             "backend": "redis",
             "redis_url": redis_server.url,
-            "path": str(tmp_path / "gone" / "state.sqlite"),
+            "path": str(tmp_path / "a-file" / "state.sqlite"),
         }
         result = smtpguard(
             make_site(tmp_path / "site", {"state": state}), "check-config", check=False
         )
+        required = {**state, "redis_blacklist_required": True}
+        moot = smtpguard(
+            make_site(tmp_path / "req", {"state": required}), "check-config", check=False
+        )
     finally:
         redis_server.stop()
+    seen = tmp_path / "a-file" / "state.sqlite.redis-smtpguard-blacklist-seen"
     assert result.returncode == 1
-    assert "state.path: cannot record that the Redis blacklist was seen in" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert (
+        f"state.path: the service cannot keep {seen} ({tmp_path / 'a-file'} is not a folder)"
+        in (result.stderr)
+    )
+    assert (moot.returncode, moot.stderr) == (0, "")
 
 
 # --- files, as the service user -----------------------------------------------------

@@ -921,7 +921,8 @@ def test_a_seen_file_that_cannot_be_written_is_said_once(
     client = redis_client(redis_server.url)
     client.flushall()
     RedisBlacklist(client, "rec").add("x@example.net")
-    service = RedisBlacklist(client, "rec", seen_file=tmp_path / "missing" / "seen")
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    service = RedisBlacklist(client, "rec", seen_file=tmp_path / "a-file" / "seen")
     with caplog.at_level(logging.WARNING, logger="smtpguard.state"):
         assert service.listed("x@example.net") == "x@example.net"
         assert service.listed("y@example.net") is None
@@ -929,6 +930,16 @@ def test_a_seen_file_that_cannot_be_written_is_said_once(
     assert len(said) == 1
     assert said[0].startswith("cannot record that the redis blacklist rec:blacklist was seen")
     assert not service.recorded
+    # A missing folder is made (no StateDirectory=), and a file made by root's
+    # commands before is the host's memory too: not touched, no warning (rev102 F4).
+    made = RedisBlacklist(client, "rec", seen_file=tmp_path / "new" / "seen")
+    assert made.lost() is None
+    assert made.recorded
+    (tmp_path / "new" / "seen").chmod(0o400)
+    caplog.clear()
+    again = RedisBlacklist(client, "rec", seen_file=tmp_path / "new" / "seen")
+    assert again.listed("x@example.net") == "x@example.net"
+    assert caplog.records == []
 
 
 def test_a_seen_file_this_user_cannot_stat_is_unknown_not_absent(

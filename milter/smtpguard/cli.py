@@ -6,6 +6,7 @@ import argparse
 import errno
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -293,6 +294,15 @@ def _lost_status(store: RedisBlacklist, marked: bool, count: int) -> int:
             file=sys.stderr,
         )
         return 1
+    if not marked and count:
+        # An upgrade's list (review rev102 F1): protected once marked.
+        print(
+            f"smtpguard: note: the blacklist hash {store.key} holds {_plural_entries(count)}"
+            " but no marker (made before smtpguard marked its lists): run `smtpguard"
+            " blacklist mark`; until then a host that never saw a marker would take its"
+            " loss for an empty list, and redis_blacklist_required would fail every lookup",
+            file=sys.stderr,
+        )
     if not marked and store.seen_unknown is not None:
         print(
             f"smtpguard: warning: the blacklist hash {store.key} has no marker, and this"
@@ -676,25 +686,46 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?\Z")
+
+
+def _hostname_argument(value: str) -> str:
+    if not _HOSTNAME.match(value):
+        raise argparse.ArgumentTypeError(f"not a host name: {value!r}")
+    return value
+
+
 def _postfix_hostname(config: Config) -> str | None:
-    """Postfix's myhostname, which it puts in some of its own replies (review rev101
-    F8: the first of site.our_hostnames was not it); None without a Postfix here."""
+    """Postfix's myhostname, expanded (``$mydomain``), which it puts in some of its own
+    replies (review rev101 F8: the first of site.our_hostnames was not it); None, said
+    on stderr, without a Postfix that answers here (rev102 F5)."""
     import subprocess
+
+    from smtpguard.helpsite import EXAMPLE_HOST
 
     if config.milter.mta == "sendmail":
         return None
+    why = ""
     try:
         done = subprocess.run(
-            ["postconf", "-h", "myhostname"],  # noqa: S607 - Postfix's own tool, on PATH
+            ["postconf", "-xh", "myhostname"],  # noqa: S607 - Postfix's own tool, on PATH
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    name = done.stdout.strip()
-    return name if done.returncode == 0 and name and " " not in name else None
+        name = done.stdout.strip()
+        if done.returncode == 0 and _HOSTNAME.match(name):
+            return name
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    print(
+        f"smtpguard help-site: note: `postconf -xh myhostname` gave no host name ({why}):"
+        f" the pages show {EXAMPLE_HOST} where Postfix names itself; give --mta-hostname",
+        file=sys.stderr,
+    )
+    return None
 
 
 def cmd_help_site(args: argparse.Namespace) -> int:
@@ -891,8 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
     hs.add_argument(
         "--mta-hostname",
         metavar="NAME",
+        type=_hostname_argument,
         help="the name Postfix puts in some of its own replies, as the MTA rows' pages show"
-        " them (default: `postconf -h myhostname`, else mail.example.com)",
+        " them (default: `postconf -xh myhostname`, else mail.example.com)",
     )
 
     pc = _command(

@@ -134,8 +134,10 @@ _POSTFIX_SENT = b" status=sent ("
 _POSTFIX_REMOVED = b": removed"
 _TO = b": to=<"
 _FROM = b": from=<"
-#: pickup's line for a message requeued with ``postsuper -r``: its new queue id.
-_ORIG_ID = b" orig_id="
+#: pickup's line for a message requeued with ``postsuper -r``: its new queue id
+#: (``postfix/pickup[PID]: NEWID: uid=N from=<SENDER> orig_id=OLDID``).
+_ORIG_ID = b"> orig_id="
+_PICKUP = b"/pickup["
 _IN_REPLY_TO = " (in reply to "
 # Exim's flag comes right after the message id: six, six and two base-62 characters, or
 # (Exim 4.97+) six, eleven and four. Any other " == " (a logged Subject, a Dovecot
@@ -170,11 +172,12 @@ _VOLATILE = re.compile(
     # opens a line of a multi-line reply ("554-ironport4...", "550-Verification").
     # A literal "\n" (how a joined multi-line reply marks its lines) is no part of one.
     # Vendors' reason codes (Orange's OFR006_102, Sophos's XGEMAIL_0011, SFR's
-    # SFR_IN_101: capitals and digits joined by underscores, digits last) are kept,
+    # SFR_IN_101: capitals and digits joined by underscores, at most 4 digits last;
+    # not MSGID_1733451550123, review rev102 Q1) are kept,
     # explain reads them; a random reference with an underscore (Mimecast's base64url
     # ids) is not one (review rev101 F5).
     r"|(?P<token>(?<![\w\\-])(?!\d{3}-)"
-    r"(?![A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*_[0-9]+(?![\w-]))"
+    r"(?![A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*_[0-9]{1,4}(?![\w-]))"
     r"(?=[\w-]*\d)[\w-]{10,}(?![\w-]))"
 )
 _PLACEHOLDERS = {
@@ -1085,7 +1088,8 @@ class PostfixQueue:
         goes on under its new id, and nothing waits under the old one (review rev101
         F6: it was counted as waiting for ever)."""
         new = _queue_id(raw, b": uid=")
-        old = raw[raw.find(_ORIG_ID) + len(_ORIG_ID) :].split(None, 1)[:1]
+        # The last one: a sender address may hold the words (review rev102 F6).
+        old = raw[raw.rfind(_ORIG_ID) + len(_ORIG_ID) :].split(None, 1)[:1]
         if new is None or not old:
             return
         recipients = self.queued.pop(old[0].decode("ascii", "replace"), None)
@@ -1135,7 +1139,8 @@ def summarize_lines(
                     queue.removed(raw)
                     continue
                 if _POSTFIX_EXPIRED not in raw or (queue_id := _queue_id(raw, _FROM)) is None:
-                    if _ORIG_ID in raw:
+                    # pickup's own line only: a logged Subject may hold the words.
+                    if _ORIG_ID in raw and _PICKUP in raw:
                         queue.requeued(raw)
                     continue
                 summary.expired += 1

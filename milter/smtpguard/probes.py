@@ -193,10 +193,44 @@ def _files(config: Config, hook: bytes | None = None) -> list[Problem]:
         found += _readable_db("directory.path", config.directory.path, "users")
     if config.state.backend == "embedded":
         found += _writable_db("state.path", config.state.path)
+    elif not config.state.redis_blacklist_required:
+        found += _seen_file(config)
     found += _reload_files(config)
     if config.virus.backend == "command" and config.virus.command:
         found += _program(config, config.virus.command[0], hook)
     return found
+
+
+def _seen_file(config: Config) -> list[Problem]:
+    """Where the host remembers the Redis blacklist's marker, as the service user sees
+    it (review rev101 F3, rev102 F2: asked as root, a folder the service may not enter
+    passed, and the service took a list Redis lost for an empty one)."""
+    path = redis_seen_file(config)
+    whom = config.milter.user or "the service"
+    try:
+        if path.exists():
+            return []
+        # The service makes it, and missing folders, as the embedded file's.
+        place = path.parent
+        while not place.exists():
+            place = place.parent
+        if not place.is_dir():
+            why = f"{place} is not a folder"
+        elif os.access(place, os.W_OK | os.X_OK):
+            return []
+        else:
+            why = f"may not write {place}"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    return [
+        (
+            "state.path",
+            f"{whom} cannot keep {path} ({why}), where this host remembers having seen the"
+            " Redis blacklist's marker: after a restart it would take a list Redis lost"
+            " for an empty one; let it write that folder, or set [state]"
+            " redis_blacklist_required = true",
+        )
+    ]
 
 
 def _program(config: Config, program: str, head: bytes | None) -> list[Problem]:
@@ -569,16 +603,7 @@ def _redis(config: Config) -> list[Problem]:
         lost = seen.lost(present)
         if lost is not None:
             return [("state.redis_blacklist_required", f"{lost}; every lookup fails meanwhile")]
-        if present and seen.seen_unknown is None and not seen.recorded:
-            # Marked, but this host cannot remember it (review rev101 F3).
-            return [
-                (
-                    "state.path",
-                    f"cannot record that the Redis blacklist was seen in {seen.seen_file}:"
-                    " after a restart this host would take a list Redis lost for an empty"
-                    " one (make the folder, or set [state] redis_blacklist_required)",
-                )
-            ]
+
     finally:
         client.close()
     return []

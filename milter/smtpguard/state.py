@@ -446,32 +446,38 @@ class RedisBlacklist:
         if present:
             if not self._seen:
                 self._seen = self._marked = True
-                self._record()
+                self._record(say=say)
             return True
         if self._marked:
             return False
         if say and not self._unmarked_said:
             self._unmarked_said = True
             log.warning(
-                "redis blacklist %s has no marker: an empty blacklist (a first start, or"
-                " a list made before smtpguard marked it: `smtpguard blacklist add` or"
-                " `remove` writes it). If it held entries, Redis lost them (restarted"
-                " without persistence, flushed or evicted). Once a list exists, set"
-                " [state] redis_blacklist_required = true: every host then takes a"
-                " missing marker for a loss",
+                "redis blacklist %s has no marker: taken for an empty blacklist on a first"
+                " start. If `smtpguard blacklist list` shows entries, it is a list made"
+                " before smtpguard marked its lists: run `smtpguard blacklist mark` (lookups"
+                " answer meanwhile); then [state] redis_blacklist_required = true makes a"
+                " missing marker a loss on every host. If it held entries that are gone,"
+                " Redis lost them (restarted without persistence, flushed or evicted)",
                 self.key,
             )
         return True
 
-    def _record(self) -> None:
+    def _record(self, *, say: bool = True) -> None:
         """Remember on disk that this host saw the marker; a folder the service may
-        not write is said once (review rev101 F3: silently, the host forgot)."""
+        not write is said once (review rev101 F3: silently, the host forgot), by the
+        service only and not when ``required`` makes the file moot (rev102 F3)."""
         if self.seen_file is None:
             return
         try:
-            self.seen_file.touch()
+            # Its folder too, as the embedded file's (no systemd StateDirectory=).
+            self.seen_file.parent.mkdir(parents=True, exist_ok=True)
+            # Made, never touched again: a file root's commands made is the host's
+            # memory as well, and the service may not change its time (rev102 F4).
+            with contextlib.suppress(FileExistsError):
+                self.seen_file.touch(exist_ok=False)
         except OSError as exc:
-            if not self._unrecorded_said:
+            if say and not self.required and not self._unrecorded_said:
                 self._unrecorded_said = True
                 log.warning(
                     "cannot record that the redis blacklist %s was seen (%s: %s): after"
