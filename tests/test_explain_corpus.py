@@ -86,6 +86,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural5.tsv", ("natural5",)),
     (DATA / "natural6.tsv", ("natural6",)),
     (DATA / "natural7.tsv", ("natural7",)),
+    (DATA / "natural8.tsv", ("natural8",)),
     (DATA / "vendors1.tsv", ("vendors1",)),
     (DATA / "vendors2.tsv", ("vendors2",)),
 )
@@ -119,7 +120,7 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: Samples at the frequency real logs show replies (README.md there): measured on their
 #: own, never in the held-out figure (their texts may repeat the files' and each
 #: other), and never read either.
-NATURAL_SPLITS = ("natural1", "natural4", "natural7")
+NATURAL_SPLITS = ("natural1", "natural4", "natural7", "natural8")
 #: Natural samples labelled a second time (the agreement study, bench/explain_agreement.py).
 SECOND_LABELLED = ("natural1", "natural4", "natural7")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
@@ -131,6 +132,7 @@ NATURAL_FREQUENCY = (
     "natural5",
     "natural6",
     "natural7",
+    "natural8",
 )
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
@@ -313,7 +315,10 @@ FAMILIES = (
 #: natural7 (119 lines, real-log queries; 59 from posted logs and bounces), blind
 #: (committed in 4a60ad5 before any measurement), measured once with the rules of
 #: rounds 18, 19 and 20 (914f4d9, 5590cd7, 2df40db): 108/119 = 0.908 each time (fix
-#: 109); kept blind beside natural1 and natural4.
+#: 109); kept blind beside natural1 and natural4. natural8 (90 lines, natural1-style log
+#: and bounce queries; 35 from posted logs), blind (committed in c8d5ebc before any
+#: measurement), measured once with round 18's rules (914f4d9): 82/90 = 0.911 (fix 83),
+#: and once with round 21's after review rev103 (26a2944): 84/90 = 0.933 (fix 85).
 #: vendors2 (86 lines, 26 more vendors' tables, tuning data from the start; round 20's
 #: rules 63/86), round 21, with three label conflicts settled (Mail.ru's disabled sending
 #: auth_failed, La Poste's LPN..._510 dnsbl, a bare "Access denied" rejected): tuning
@@ -326,6 +331,7 @@ MIN_CATEGORY = {
     "natural1": 0.86,
     "natural4": 0.84,
     "natural7": 0.89,
+    "natural8": 0.92,
 }
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
@@ -380,7 +386,14 @@ MIN_CATEGORY = {
 #: in all 165/178 = 0.927. natural1, blind, once: 173/204 = 0.848; after round 16:
 #: 184/204 = 0.902. Tuning after round 16: 2374/2396 = 0.991. After round 17: natural1
 #: 183/204 = 0.897; tuning 2556/2583 = 0.990.
-MIN_FIX = {TUNING: 0.98, HELDOUT_ALL: 0.92, "natural1": 0.89, "natural4": 0.84, "natural7": 0.89}
+MIN_FIX = {
+    TUNING: 0.98,
+    HELDOUT_ALL: 0.92,
+    "natural1": 0.89,
+    "natural4": 0.84,
+    "natural7": 0.89,
+    "natural8": 0.93,
+}
 
 
 @dataclass(frozen=True, slots=True)
