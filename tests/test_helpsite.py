@@ -439,7 +439,10 @@ def test_a_file_where_a_page_folder_goes_is_refused_before_writing(tmp_path: Pat
     config = make_site(
         tmp_path / "a", {"replies": {"help_url": "https://h.example/r/{id}/"}}, directory=False
     ).config
-    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    # The host named: no note about this machine's postconf in the way.
+    result = run_cli(
+        "-c", str(config), "help-site", "--out", str(out), "--mta-hostname", "mx.example.com"
+    )
     assert result.returncode == 2
     assert result.stderr == f"smtpguard: {out / 'rbl_deny'}: is a file, not a folder of the site\n"
     assert [p.name for p in out.iterdir()] == ["rbl_deny"]
@@ -505,7 +508,9 @@ def test_a_page_that_cannot_be_written_is_named(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "index.html" / "x").mkdir(parents=True)
     config = make_site(tmp_path / "a", {}, directory=False).config
-    result = run_cli("-c", str(config), "help-site", "--out", str(out))
+    result = run_cli(
+        "-c", str(config), "help-site", "--out", str(out), "--mta-hostname", "mx.example.com"
+    )
     assert result.returncode == 2
     assert result.stderr == f"smtpguard: {out / 'index.html'}: Is a directory\n"
     assert not list(out.rglob(".*.tmp"))
