@@ -929,12 +929,15 @@ def test_a_seen_file_that_cannot_be_written_is_said_once(
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1
     assert said[0].startswith("cannot record that the redis blacklist rec:blacklist was seen")
-    assert not service.recorded
+    assert not (tmp_path / "a-file" / "seen").exists()
     # A missing folder is made (no StateDirectory=), and a file made by root's
     # commands before is the host's memory too: not touched, no warning (rev102 F4).
+    command = RedisBlacklist(client, "rec", seen_file=tmp_path / "cmd" / "seen")
+    assert command.lost() is None
+    assert not (tmp_path / "cmd").exists()  # the commands make no folders
     made = RedisBlacklist(client, "rec", seen_file=tmp_path / "new" / "seen")
-    assert made.lost() is None
-    assert made.recorded
+    assert made.listed("x@example.net") == "x@example.net"
+    assert (tmp_path / "new" / "seen").is_file()
     (tmp_path / "new" / "seen").chmod(0o400)
     caplog.clear()
     again = RedisBlacklist(client, "rec", seen_file=tmp_path / "new" / "seen")

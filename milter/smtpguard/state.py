@@ -470,8 +470,10 @@ class RedisBlacklist:
         if self.seen_file is None:
             return
         try:
-            # Its folder too, as the embedded file's (no systemd StateDirectory=).
-            self.seen_file.parent.mkdir(parents=True, exist_ok=True)
+            # Its folder too, as the embedded file's (no systemd StateDirectory=); by the
+            # service only: check-config and the commands make no folders.
+            if say:
+                self.seen_file.parent.mkdir(parents=True, exist_ok=True)
             # Made, never touched again: a file root's commands made is the host's
             # memory as well, and the service may not change its time (rev102 F4).
             with contextlib.suppress(FileExistsError):
@@ -488,11 +490,6 @@ class RedisBlacklist:
                     self.seen_file,
                     exc.strerror,
                 )
-
-    @property
-    def recorded(self) -> bool:
-        """Whether this host's file says the marker was seen (check-config)."""
-        return self.seen_file is not None and self._seen_on_disk(self.seen_file)
 
     def lost(self, present: bool | None = None) -> str | None:
         """Why lookups fail for want of the marker (for check-config and ``blacklist
