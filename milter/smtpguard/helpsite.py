@@ -43,7 +43,7 @@ import html
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,7 +206,7 @@ def _document(title: str, body: Iterable[str], css_href: str) -> str:
     )
 
 
-#: The MTA's name on a page when the config names none (site.our_hostnames).
+#: The MTA's name on a page when neither --mta-hostname nor postconf gives one.
 EXAMPLE_HOST = "mail.example.com"
 
 
@@ -361,17 +361,13 @@ def write_site(out: Path, pages: Iterable[Page]) -> int:
     written: list[str] = []
     mode = _file_mode()
     pages = list(pages)
-    # A folder of the site replaced by a link would take the pages elsewhere: refused
-    # before any page is written, so the site is not left half rewritten (rev100 F11).
+    # A folder of the site replaced by a link would take the pages elsewhere, and a file
+    # where one goes ({id}/ after {id}.html pages) fails: refused before any page is
+    # written, so the site is not left half rewritten (rev100 F11, rev101 F10).
     for page in pages:
-        parts = page.path.split("/")
-        linked = _linked_folder(out, parts)
-        if linked is not None:
-            raise OSError(errno.ELOOP, "is a link, not a folder of the site", str(linked))
-        # A file where a page's folder goes ({id}/ after {id}.html pages): refused
-        # before any page is written too (review rev101 F10).
-        for i in range(1, len(parts)):
-            folder = out.joinpath(*parts[:i])
+        for folder in _folders(out, page.path.split("/")):
+            if folder.is_symlink():
+                raise OSError(errno.ELOOP, "is a link, not a folder of the site", str(folder))
             if folder.exists() and not folder.is_dir():
                 raise OSError(errno.ENOTDIR, "is a file, not a folder of the site", str(folder))
     for page in pages:
@@ -415,11 +411,9 @@ def _write_whole(target: Path, content: str, mode: int) -> None:
         raise
 
 
-def _linked_folder(out: Path, parts: list[str]) -> Path | None:
-    """The first folder on the way from ``out`` to ``out/PARTS`` that is a link."""
-    return next(
-        (f for i in range(1, len(parts)) if (f := out.joinpath(*parts[:i])).is_symlink()), None
-    )
+def _folders(out: Path, parts: list[str]) -> Iterator[Path]:
+    """The folders on the way from ``out`` to ``out/PARTS``."""
+    return (out.joinpath(*parts[:i]) for i in range(1, len(parts)))
 
 
 def _prune(out: Path, kept: set[str]) -> None:
@@ -437,7 +431,7 @@ def _prune(out: Path, kept: set[str]) -> None:
         stale = out.joinpath(*parts)
         # Only a file the site put there: not through a folder the operator replaced
         # by a link to elsewhere, and not a folder or link of the operator's.
-        if _linked_folder(out, parts) is not None:
+        if any(folder.is_symlink() for folder in _folders(out, parts)):
             continue
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             if stale.is_symlink():

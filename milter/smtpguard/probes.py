@@ -211,9 +211,7 @@ def _seen_file(config: Config) -> list[Problem]:
         if path.exists():
             return []
         # The service makes it, and missing folders, as the embedded file's.
-        place = path.parent
-        while not place.exists():
-            place = place.parent
+        place = _nearest_existing(path)
         if not place.is_dir():
             why = f"{place} is not a folder"
         elif os.access(place, os.W_OK | os.X_OK):
@@ -332,9 +330,7 @@ def _readable_db(key: str, path: Path, table: str) -> list[Problem]:
 def _writable_db(key: str, path: Path) -> list[Problem]:
     if not path.exists():
         # The service creates it (and missing directories) at first use.
-        place = path.parent
-        while not place.exists():
-            place = place.parent
+        place = _nearest_existing(path)
         try:
             with tempfile.TemporaryFile(dir=place):
                 pass
@@ -353,6 +349,14 @@ def _writable_db(key: str, path: Path) -> list[Problem]:
     except sqlite3.Error as exc:
         return [(key, f"cannot write {path}: {exc}")]
     return []
+
+
+def _nearest_existing(path: Path) -> Path:
+    """The closest folder above ``path`` that exists (or what stands in its place)."""
+    place = path.parent
+    while not place.exists():
+        place = place.parent
+    return place
 
 
 def _reload_files(config: Config) -> list[Problem]:
@@ -582,28 +586,26 @@ def _redis(config: Config) -> list[Problem]:
             return [
                 ("state.redis_url", f"Redis answers PING but the counters fail: {cause or exc}")
             ]
-        # The blacklist's lookup, as MAIL FROM makes it (review rev96: a user with the
-        # counters' commands but not HMGET passed, and every MAIL FROM was deferred).
+        # The blacklist's lookup, as MAIL FROM makes it, marker and address (review
+        # rev96: a user with the counters' commands but not HMGET passed, and every MAIL
+        # FROM was deferred).
         try:
-            client.hmget(redis_blacklist_key(prefix), ["check-config@smtpguard.invalid"])
+            marker, _ = client.hmget(
+                redis_blacklist_key(prefix), [REDIS_MARKER, "check-config@smtpguard.invalid"]
+            )
         except redis.RedisError as exc:
             return [("state.redis_url", f"the blacklist lookup fails: {exc}")]
         # A list Redis lost: every lookup fails (review rev100 F10: check-config said
         # OK). The seen file is asked as the service asks it.
-        seen = RedisBlacklist(
+        blacklist = RedisBlacklist(
             client,
             prefix,
             seen_file=redis_seen_file(config),
             required=state.redis_blacklist_required,
         )
-        try:
-            present = client.hmget(redis_blacklist_key(prefix), [REDIS_MARKER])[0] is not None
-        except redis.RedisError as exc:
-            return [("state.redis_url", f"the blacklist lookup fails: {exc}")]
-        lost = seen.lost(present)
+        lost = blacklist.lost(marker is not None)
         if lost is not None:
             return [("state.redis_blacklist_required", f"{lost}; every lookup fails meanwhile")]
-
     finally:
         client.close()
     return []

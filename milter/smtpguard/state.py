@@ -419,10 +419,9 @@ class RedisBlacklist:
         #: Why this process cannot tell whether the host saw the marker (the CLI run
         #: by a user who may not read the state folder), or None.
         self.seen_unknown: str | None = None
-        #: The marker was seen (by this host, or the process that forked this one).
+        #: The marker was seen (by this host, or the process that forked this one): its
+        #: absence now is a lost blacklist, not a new one (so with ``required``).
         self._seen = seen_file is not None and self._seen_on_disk(seen_file)
-        #: Its absence now is a lost blacklist, not a new one.
-        self._marked = required or self._seen
         self._unmarked_said = False
         self._unrecorded_said = False
 
@@ -438,17 +437,20 @@ class RedisBlacklist:
         command the service's ACL user has); an unreachable Redis is left to the
         lookups."""
         with contextlib.suppress(redis.RedisError):
-            self._note_marker(self.client.hmget(self.key, [REDIS_MARKER])[0] is not None)
+            self._note_marker(self._has_marker())
+
+    def _has_marker(self) -> bool:
+        return self.client.hmget(self.key, [REDIS_MARKER])[0] is not None
 
     def _note_marker(self, present: bool, *, say: bool = True) -> bool:
         """Whether the lookup may answer: False when the blacklist was lost. ``say``:
         log a first start's empty list once (the service, not the commands)."""
         if present:
             if not self._seen:
-                self._seen = self._marked = True
+                self._seen = True
                 self._record(say=say)
             return True
-        if self._marked:
+        if self._seen or self.required:
             return False
         if say and not self._unmarked_said:
             self._unmarked_said = True
@@ -498,7 +500,7 @@ class RedisBlacklist:
         asked with HMGET. A Redis error is a :class:`StateError`."""
         if present is None:
             try:
-                present = self.client.hmget(self.key, [REDIS_MARKER])[0] is not None
+                present = self._has_marker()
             except redis.RedisError as exc:
                 raise StateError(f"redis: {exc}") from None
         return None if self._note_marker(present, say=False) else self._lost_text()
