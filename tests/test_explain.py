@@ -1077,6 +1077,16 @@ def test_a_code_followed_by_a_comma_is_a_reply(knowledge: Knowledge) -> None:
     assert knowledge.explain("Size: 250,000 bytes max").code is None
 
 
+def test_a_code_followed_by_a_colon_is_a_reply(knowledge: Knowledge) -> None:
+    """ "550: #5.1.0 Address rejected" (an error a list server's user received, natural7):
+    the colon ends the code as a space would; a time of day is no code."""
+    exp = knowledge.explain("550: #5.1.0 Address rejected")
+    assert (exp.code, exp.xcode, exp.category) == ("550", "5.1.0", "unknown_recipient")
+    assert knowledge.explain("550: Address rejected").code == "550"
+    assert knowledge.explain("12:30: connection closed").code is None
+    assert knowledge.explain("550:5.1.1 User unknown").code is None
+
+
 # --- Output -----------------------------------------------------------------------------------
 
 

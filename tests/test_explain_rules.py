@@ -1840,6 +1840,53 @@ REV103_CASES: list[tuple[str, str, str]] = [
     ("550 5.7.0 Your message was blackholed by the spam filter", "spam", "clean_content"),
     ("450 4.7.1 SFR_IN_105 Service refused due to bad behavior", "rate_limit", "reduce_rate"),
 ]
+#: Round 22: natural7's miss classes, from the servers' sources and the vendors' pages.
+NATURAL7_CASES: list[tuple[str, str, str]] = [
+    # Exim's sender callouts (smtp_in.c), the spam they mention aside.
+    (
+        "550-Callback setup failed while verifying <bounce@example.com> 550-The initial "
+        "connection, or a HELO or MAIL FROM:<> command was 550-rejected. Refusing MAIL "
+        "FROM:<> does not help fight spam, disregards 550-RFC requirements, and stops you "
+        "from receiving standard bounce 550-messages. This host does not accept mail from "
+        "domains whose servers 550 refuse bounces.",
+        "sender_invalid",
+        "fix_sender",
+    ),
+    (
+        "550-Postmaster verification failed while checking <a@example.com> 550-Several "
+        "RFCs state that you are required to have a postmaster 550-mailbox for each mail "
+        "domain. This host does not accept mail 550 from domains whose servers reject the "
+        "postmaster address.",
+        "sender_invalid",
+        "fix_sender",
+    ),
+    # subethasmtp's MAIL and RCPT answer to an address that does not parse.
+    ("553 <bob@> Invalid email address.", "syntax", "fix_client"),
+    ("553 <bob@example..com> Invalid email address.", "syntax", "fix_client"),
+    # A filter that failed, with a 4xx; the same words with a 5xx verdict stay spam.
+    ("451 4.3.0 Antivirus engine error, please try again later", "temp_failure", "retry_later"),
+    ("451 4.0.0 Spam filter end data failed", "temp_failure", "retry_later"),
+    ("550 5.7.1 Message rejected by spam filter", "spam", "clean_content"),
+    # MXroute's ranges: the sender's authentication, not SMTP AUTH.
+    (
+        "550 5.7.1 Unauthenticated email is not accepted from your IP range",
+        "unauthenticated",
+        "fix_spf_dkim_dmarc",
+    ),
+    # Haraka's default DENY texts (connection.js): a recipient's names no reason, a
+    # sender's names the sender.
+    ("550 recipient <bob@example.org> denied", "rejected", "contact_postmaster"),
+    ("550 sender <bob@example.org> denied", "sender_rejected", "contact_postmaster"),
+    # RFC 5321's words alone; with "mailbox unavailable" they are about the mailbox.
+    ("554 Requested action not taken", "rejected", "contact_postmaster"),
+    (
+        "550 5.1.1 Requested action not taken: mailbox unavailable",
+        "unknown_recipient",
+        "fix_recipient",
+    ),
+    # Mimecast's greylisting text, whatever page quotes it (Mimecast's error code list).
+    ("451 Internal resource temporarily unavailable", "greylisting", "retry_later"),
+]
 LABEL_REVIEW_CASES: list[tuple[str, str, str]] = [
     (
         "554 5.7.1 <staff@example.net>: Recipient address rejected: Access denied",
@@ -1921,6 +1968,7 @@ SOURCE_WRITTEN_WITH_FIX: dict[str, list[tuple[str, str, str]]] = {
     "vendors2": VENDORS2_CASES,
     "label-review": LABEL_REVIEW_CASES,
     "rev103": REV103_CASES,
+    "natural7": NATURAL7_CASES,
 }
 
 
@@ -1966,6 +2014,7 @@ LATER_TABLES = {
     "natural6": "natural6",
     "vendors2": "vendors2",
     "rev103": "vendors2",
+    "natural7": "natural8",
 }
 
 

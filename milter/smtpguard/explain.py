@@ -33,10 +33,11 @@ looks up. A reply is explained by the first of:
 Parsing is lenient about what users paste: "550 5.7.1 text", "550-5.7.1 text",
 "550 text", "The server says: 550 ...", "host x said: 550 ...", ">>550 ...", literal
 ``\\r\\n`` sequences, qmail's trailing "(#5.7.1)", an enhanced code anywhere in the text
-("status 5.7.26", "(5.2.2)"), a code followed by a comma (Zoho's "ERROR_CODE :550,"),
-multi-line replies (the code of the last reply line wins; the texts of its lines are
-joined; "550-5.7.1" prefixes inside an unfolded line are dropped; a delivery report's
-own lines before the reply are searched after its text), lines without a code,
+("status 5.7.26", "(5.2.2)"), a code followed by a comma (Zoho's "ERROR_CODE :550,") or
+a colon ("550: #5.1.0 Address rejected"), multi-line replies (the code of the last reply
+line wins; the texts of its lines are joined; "550-5.7.1" prefixes inside an unfolded
+line are dropped; a delivery report's own lines before the reply are searched after its
+text), lines without a code,
 full-width CJK punctuation (NFKC), and any bytes (:func:`clean_input`). Lines are cut
 to :data:`MAX_LINE_CHARS` and the joined text to :data:`MAX_TEXT_CHARS` before any
 rule pattern runs, and the patterns are RE2 (:mod:`smtpguard.patterns`, linear in the
@@ -143,7 +144,7 @@ _SPACE = re.compile(r"\s+")
 #: "<-- " of mailing-list and test tools).
 _LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:(?:<<<|<--?)\s*)?")
 _REPLY = re.compile(
-    r"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|,(?=[ \t])|\Z)[ \t]*"
+    r"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|[,:](?=[ \t])|\Z)[ \t]*"
     r"(?:#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z))?"
 )
 #: A code after a marker: "says:550", "said: 550", "returned '550", "smtp; 550".
