@@ -87,6 +87,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural6.tsv", ("natural6",)),
     (DATA / "natural7.tsv", ("natural7",)),
     (DATA / "natural8.tsv", ("natural8",)),
+    (DATA / "natural9.tsv", ("natural9",)),
     (DATA / "vendors1.tsv", ("vendors1",)),
     (DATA / "vendors2.tsv", ("vendors2",)),
 )
@@ -121,7 +122,7 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: Samples at the frequency real logs show replies (README.md there): measured on their
 #: own, never in the held-out figure (their texts may repeat the files' and each
 #: other), and never read either.
-NATURAL_SPLITS = ("natural1", "natural4", "natural8")
+NATURAL_SPLITS = ("natural1", "natural4", "natural8", "natural9")
 #: Natural samples labelled a second time (the agreement study, bench/explain_agreement.py).
 SECOND_LABELLED = ("natural1", "natural4", "natural7")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
@@ -134,6 +135,7 @@ NATURAL_FREQUENCY = (
     "natural6",
     "natural7",
     "natural8",
+    "natural9",
 )
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
@@ -325,13 +327,20 @@ FAMILIES = (
 #: auth_failed, La Poste's LPN..._510 dnsbl, a bare "Access denied" rejected): tuning
 #: 3151/3200 = 0.985 (the earlier 3114 lines 3061 -> 3065); held out in all 164/178 =
 #: 0.921, natural1 176/204 = 0.863 (178 after round 20), natural4 89/103 = 0.864,
-#: natural7 108/119 = 0.908 (measured once, at the end of the round).
+#: natural7 108/119 = 0.908 (measured once, at the end of the round). Round 22 read
+#: natural7 (tuning data now, 118/119 after): tuning 3270/3319 = 0.985, held out in all
+#: 164/178; natural1 176/204, natural4 90/103 = 0.874, natural8 84/90 (measured once, at
+#: the end of the round). natural9 (144 lines, natural1-style queries; 39 from posted
+#: logs), blind (committed in 71cb562 before any measurement), measured once with round
+#: 21's rules after rev103 (b93b42a) and once with round 22's (6b99c84): 127/144 = 0.882
+#: (fix 129) both times.
 MIN_CATEGORY = {
     TUNING: 0.98,
     HELDOUT_ALL: 0.91,
     "natural1": 0.86,
     "natural4": 0.84,
     "natural8": 0.92,
+    "natural9": 0.88,
 }
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
@@ -392,6 +401,7 @@ MIN_FIX = {
     "natural1": 0.89,
     "natural4": 0.84,
     "natural8": 0.93,
+    "natural9": 0.89,
 }
 
 

@@ -2004,6 +2004,7 @@ ADDED = (
     "natural7",
     "vendors2",
     "natural8",
+    "natural9",
 )
 #: The round-16-on tables, and the last part there was when each was written.
 LATER_TABLES = {
