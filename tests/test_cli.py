@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from support.postfix import write_settled
 from support.service import ROOT, Site, make_site, run_cli, smtpguard
 
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
@@ -198,8 +199,8 @@ def test_output_for_programs_is_utf8_whatever_the_locale(
 def test_the_postconf_script_is_utf8_whatever_the_locale(
     utf8_site: Site, tmp_path: Path, form: tuple[str, ...]
 ) -> None:
-    (tmp_path / "main.cf").write_text("")
-    (tmp_path / "master.cf").write_text("")
+    write_settled(tmp_path / "main.cf", "")
+    write_settled(tmp_path / "master.cf", "")
     args = ("postfix-config", "--config-directory", str(tmp_path), *form)
     expected = encoded(utf8_site, "utf-8", *args)
     assert expected.returncode == 0, expected.stderr
@@ -213,8 +214,8 @@ def test_a_relative_postfix_directory_is_written_absolute(utf8_site: Site, tmp_p
     """Postfix's daemons work in the queue directory: a footer table named relative to
     where postfix-config ran would not be found there."""
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "main.cf").write_text("")
-    (tmp_path / "etc" / "master.cf").write_text("")
+    write_settled(tmp_path / "etc" / "main.cf", "")
+    write_settled(tmp_path / "etc" / "master.cf", "")
     result = subprocess.run(
         [sys.executable, "-m", "smtpguard", "-c", str(utf8_site.config), "postfix-config",
          "--config-directory", "etc"],

@@ -28,7 +28,7 @@ from smtpguard.explain import knowledge
 from smtpguard.helpsite import SiteError, build_site, page_form
 from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
 from support.png import read_png
-from support.postfix import client, start_postfix
+from support.postfix import client, start_postfix, write_settled
 from support.service import ROOT, RULES, make_site, run_cli
 
 HELP_URL = "https://help.example.com/smtp/{id}"
@@ -459,9 +459,7 @@ def test_the_mta_host_name_is_postfix_s_own(tmp_path: Path) -> None:
     ).config
     postfix = tmp_path / "postfix"
     postfix.mkdir()
-    (postfix / "main.cf").write_text(
-        "mydomain = example.org\nmyhostname = mx1.$mydomain\n", encoding="utf-8"
-    )
+    write_settled(postfix / "main.cf", "mydomain = example.org\nmyhostname = mx1.$mydomain\n")
     shown, said = {}, {}
     for name, extra, mail_config in (
         ("given", ["--mta-hostname", "mx2.example.com"], postfix),

@@ -40,6 +40,7 @@ from smtpguard.postfix import (
 )
 from smtpguard.replies import load_replies
 from support.contrib import outputs
+from support.postfix import write_settled
 from support.service import make_site, merge
 
 #: What ``postconf -x`` prints for a stock Debian 12 "Internet Site" instance.
@@ -691,12 +692,12 @@ def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
         pytest.skip("postmap not installed (Debian package postfix)")
     conf = tmp_path / "etc"
     conf.mkdir()
-    (conf / "main.cf").write_text("")
-    (conf / "mydest").write_text("other.example  x\n")
-    (conf / "relay.list").write_text(
-        "# ours\nrelay2.example, texthash:" + str(conf / "more") + "\n"
+    write_settled(conf / "main.cf", "")
+    write_settled(conf / "mydest", "other.example  x\n")
+    write_settled(
+        conf / "relay.list", "# ours\nrelay2.example, texthash:" + str(conf / "more") + "\n"
     )
-    (conf / "more").write_text("more.example OK\n")
+    write_settled(conf / "more", "more.example OK\n")
     (conf / "pcre").write_text("/^x/ OK\n")
 
     def tables(cfg: Config, relay_domains: str) -> Plan:
@@ -741,12 +742,13 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
         pytest.skip("postmap not installed (Debian package postfix)")
     conf = tmp_path / "etc"
     conf.mkdir()
-    (conf / "main.cf").write_text("")
-    (conf / "virtual").write_text(
-        "postmaster root\nalice@example.com alice\n@example.com catchall\nother.example x\n"
+    write_settled(conf / "main.cf", "")
+    write_settled(
+        conf / "virtual",
+        "postmaster root\nalice@example.com alice\n@example.com catchall\nother.example x\n",
     )
     (conf / "pcre").write_text("/^x/ OK\n")
-    (conf / "self.list").write_text(f"self.example {conf}/self.list\n")
+    write_settled(conf / "self.list", f"self.example {conf}/self.list\n")
     many = " ".join(f"d{i}.example" for i in range(30))
     cfg = config(tmp_path)
     expanded = {
@@ -1059,7 +1061,7 @@ def test_every_footer_rule_is_one_postfix_reads(tmp_path: Path) -> None:
     table.write_text(postfix_footer_regexp(load_replies(cfg.replies, cfg.file), utf8=True))
     conf = tmp_path / "postfix"
     conf.mkdir()
-    (conf / "main.cf").write_text("")
+    write_settled(conf / "main.cf", "")
     assert len(POSTFIX_REPLIES) == len(POSTFIX_FOOTERS)
     for line, (_pattern, reply_id, _english) in zip(POSTFIX_REPLIES, POSTFIX_FOOTERS, strict=True):
         found = subprocess.run(
@@ -1151,8 +1153,8 @@ def _instance(tmp_path: Path, main_cf: str, master_cf: str = MASTER_CF) -> str:
         pytest.skip("postconf not installed (Debian package postfix)")
     conf = tmp_path / "postfix"
     conf.mkdir()
-    (conf / "main.cf").write_text(main_cf)
-    (conf / "master.cf").write_text(master_cf)
+    write_settled(conf / "main.cf", main_cf)
+    write_settled(conf / "master.cf", master_cf)
     return str(conf)
 
 

@@ -27,6 +27,8 @@ from smtpguard.postfix import (
 )
 from smtpguard.replies import load_replies
 
+from .postfix import write_settled
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
 STOCK_MAIN_CF = ROOT / "tests" / "data" / "postfix" / "debian12-main.cf"
@@ -38,8 +40,8 @@ BEGIN, END = "<!-- postfix-config: begin -->", "<!-- postfix-config: end -->"
 def stock_settings() -> Settings:
     """The stock instance as ``postconf`` reads it, at the system paths."""
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "main.cf").write_text(STOCK_MAIN_CF.read_text())
-        (Path(tmp) / "master.cf").write_text("")
+        write_settled(Path(tmp) / "main.cf", STOCK_MAIN_CF.read_text())
+        write_settled(Path(tmp) / "master.cf", "")
         read = read_postconf(tmp)
     system = {"config_directory": "/etc/postfix", "queue_directory": "/var/spool/postfix"}
     return dataclasses.replace(
