@@ -1078,13 +1078,19 @@ def test_a_code_followed_by_a_comma_is_a_reply(knowledge: Knowledge) -> None:
 
 
 def test_a_code_followed_by_a_colon_is_a_reply(knowledge: Knowledge) -> None:
-    """ "550: #5.1.0 Address rejected" (an error a list server's user received, natural7):
-    the colon ends the code as a space would; a time of day is no code."""
+    """The colon ends the code as a space would before an enhanced code or an address
+    ("550: #5.1.0 Address rejected", an error a list server's user received, natural7;
+    sendmail's "550: <a@b>... User unknown"). An HTTP status line, a line of grep -n or a
+    time of day is no reply, and does not take the code of the reply above it."""
     exp = knowledge.explain("550: #5.1.0 Address rejected")
     assert (exp.code, exp.xcode, exp.category) == ("550", "5.1.0", "unknown_recipient")
-    assert knowledge.explain("550: Address rejected").code == "550"
-    assert knowledge.explain("12:30: connection closed").code is None
+    assert knowledge.explain("host x said: 550: #5.1.0 Address rejected").code == "550"
+    assert knowledge.explain("550: <a@example.com>... User unknown").code == "550"
+    for text in ("503: Service Unavailable", "221:   my $code = 550;", "12:30: closed"):
+        assert knowledge.explain(text).code is None, text
     assert knowledge.explain("550:5.1.1 User unknown").code is None
+    exp = knowledge.explain("550 5.1.1 <b@example.com>: User unknown\n404: Not Found")
+    assert (exp.code, exp.category) == ("550", "unknown_recipient")
 
 
 # --- Output -----------------------------------------------------------------------------------

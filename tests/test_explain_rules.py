@@ -1842,7 +1842,8 @@ REV103_CASES: list[tuple[str, str, str]] = [
 ]
 #: Round 22: natural7's miss classes, from the servers' sources and the vendors' pages.
 NATURAL7_CASES: list[tuple[str, str, str]] = [
-    # Exim's sender callouts (smtp_in.c), the spam they mention aside.
+    # Exim's sender callouts (smtp_in.c), the spam they mention aside; before another
+    # ACL's final refusal they are not the reason (review rev104 F6).
     (
         "550-Callback setup failed while verifying <bounce@example.com> 550-The initial "
         "connection, or a HELO or MAIL FROM:<> command was 550-rejected. Refusing MAIL "
@@ -1860,25 +1861,52 @@ NATURAL7_CASES: list[tuple[str, str, str]] = [
         "sender_invalid",
         "fix_sender",
     ),
-    # subethasmtp's MAIL and RCPT answer to an address that does not parse.
+    (
+        "550-Callback setup failed while verifying <ok@example.com> 550-The initial "
+        "connection, or a HELO or MAIL FROM:<> command was rejected. This host does not "
+        "accept mail from domains whose servers refuse bounces. 550 rejected because "
+        "192.0.2.1 is in a black list at zen.spamhaus.org",
+        "dnsbl",
+        "delist_ip",
+    ),
+    # subethasmtp's MAIL and RCPT answer to an address that does not parse; an X.1.1 or
+    # X.1.8 detail says which address (rev104 F5).
     ("553 <bob@> Invalid email address.", "syntax", "fix_client"),
     ("553 <bob@example..com> Invalid email address.", "syntax", "fix_client"),
-    # A filter that failed, with a 4xx; the same words with a 5xx verdict stay spam.
+    ("553 5.1.8 <bob@example.com> Invalid address", "sender_invalid", "fix_sender"),
+    # A filter that failed, with a 4xx; a verdict stays one (rev104 F2).
     ("451 4.3.0 Antivirus engine error, please try again later", "temp_failure", "retry_later"),
     ("451 4.0.0 Spam filter end data failed", "temp_failure", "retry_later"),
-    ("550 5.7.1 Message rejected by spam filter", "spam", "clean_content"),
-    # MXroute's ranges: the sender's authentication, not SMTP AUTH.
     (
-        "550 5.7.1 Unauthenticated email is not accepted from your IP range",
-        "unauthenticated",
-        "fix_spf_dkim_dmarc",
+        "451 4.7.1 Spam check temporarily unavailable, try again later",
+        "temp_failure",
+        "retry_later",
+    ),
+    ("550 5.7.1 Message rejected by spam filter", "spam", "clean_content"),
+    ("451 4.7.1 Virus check failed: infected with Eicar-Test-Signature", "virus", "clean_content"),
+    (
+        "Your message was blocked by our spam filter. If you believe this is an error, "
+        "please contact postmaster",
+        "spam",
+        "clean_content",
+    ),
+    # MXroute's suspicious ranges take mail only with SMTP AUTH: the IP is blocked
+    # (docs.mxroute.com; rev104 F1); an AUTH wording stays one.
+    ("550 5.7.1 Unauthenticated mail not allowed from this IP range", "dnsbl", "delist_ip"),
+    (
+        "530 Unauthenticated mail not allowed from your network, please log in",
+        "auth_required",
+        "authenticate",
     ),
     # Haraka's default DENY texts (connection.js): a recipient's names no reason, a
     # sender's names the sender.
     ("550 recipient <bob@example.org> denied", "rejected", "contact_postmaster"),
+    ("550 [A1B2C3.1] recipient <bob@example.org> denied", "rejected", "contact_postmaster"),
+    ("450 recipient <bob@example.org> denied", "temp_failure", "retry_later"),
     ("550 sender <bob@example.org> denied", "sender_rejected", "contact_postmaster"),
     # RFC 5321's words alone; with "mailbox unavailable" they are about the mailbox.
     ("554 Requested action not taken", "rejected", "contact_postmaster"),
+    ("550 5.1.1 Requested action not taken", "unknown_recipient", "fix_recipient"),
     (
         "550 5.1.1 Requested action not taken: mailbox unavailable",
         "unknown_recipient",

@@ -34,10 +34,10 @@ Parsing is lenient about what users paste: "550 5.7.1 text", "550-5.7.1 text",
 "550 text", "The server says: 550 ...", "host x said: 550 ...", ">>550 ...", literal
 ``\\r\\n`` sequences, qmail's trailing "(#5.7.1)", an enhanced code anywhere in the text
 ("status 5.7.26", "(5.2.2)"), a code followed by a comma (Zoho's "ERROR_CODE :550,") or
-a colon ("550: #5.1.0 Address rejected"), multi-line replies (the code of the last reply
-line wins; the texts of its lines are joined; "550-5.7.1" prefixes inside an unfolded
-line are dropped; a delivery report's own lines before the reply are searched after its
-text), lines without a code,
+by a colon and an enhanced code or address ("550: #5.1.0 Address rejected"), multi-line
+replies (the code of the last reply line wins; the texts of its lines are joined;
+"550-5.7.1" prefixes inside an unfolded line are dropped; a delivery report's own lines
+before the reply are searched after its text), lines without a code,
 full-width CJK punctuation (NFKC), and any bytes (:func:`clean_input`). Lines are cut
 to :data:`MAX_LINE_CHARS` and the joined text to :data:`MAX_TEXT_CHARS` before any
 rule pattern runs, and the patterns are RE2 (:mod:`smtpguard.patterns`, linear in the
@@ -143,12 +143,18 @@ _SPACE = re.compile(r"\s+")
 #: mail and a session transcript's marker for the server's side (sendmail's "<<< ",
 #: "<-- " of mailing-list and test tools).
 _LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:(?:<<<|<--?)\s*)?")
+#: A code ended by a colon is one only before an enhanced code or an address ("550: #5.1.0
+#: Address rejected", sendmail's "550: <a@b>... User unknown"): "503: Service Unavailable"
+#: is an HTTP status line, "221: my $code" a line of grep -n (review rev104 F7).
+_COLON_SEP = r":(?=[ \t]+(?:#?[2-5]\.[0-9]{1,3}\.[0-9]{1,3}(?![0-9])|<))"
 _REPLY = re.compile(
-    r"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|[,:](?=[ \t])|\Z)[ \t]*"
+    rf"(?P<code>[2-5][0-9][0-9])(?P<sep>[ \t-]|,(?=[ \t])|{_COLON_SEP}|\Z)[ \t]*"
     r"(?:#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z))?"
 )
 #: A code after a marker: "says:550", "said: 550", "returned '550", "smtp; 550".
-_EMBEDDED_REPLY = re.compile(r"[:;'\"(\[#=]\s{0,3}(?=[2-5][0-9][0-9](?:[ \t-]|, |\Z))")
+_EMBEDDED_REPLY = re.compile(
+    rf"[:;'\"(\[#=]\s{{0,3}}(?=[2-5][0-9][0-9](?:[ \t-]|, |{_COLON_SEP}|\Z))"
+)
 _EMBED_WINDOW = 400
 _BARE_XCODE = re.compile(r"#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z)[ \t]*")
 _QMAIL_XCODE = re.compile(r"\(#(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})\b")
