@@ -782,7 +782,9 @@ def test_a_redis_answering_errors_is_failing_not_unreachable(
     network (review rev50); so was "max number of clients reached", and an outage that
     changed nature (killed, then back as a replica) said nothing of it (rev58)."""
     clock = FakeClock()
-    client = _ScriptedRedis([*script, threading.Event()])
+    answer = threading.Event()
+    answer.set()  # the last lookup is answered at once
+    client = _ScriptedRedis([*script, answer])
     blacklist = RedisBlacklist(client, "p", clock=clock)  # type: ignore[arg-type]
     with caplog.at_level(logging.INFO, logger="smtpguard.state"):
         for _ in script:
