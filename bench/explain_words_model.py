@@ -1,8 +1,8 @@
 """Regenerate ``rules/explain-words.toml``, explain's word model, from the tuning data.
 
 Tuning data only: corpus.tsv's ``tune`` split, heldout2..heldout16, natural2, natural3, natural5,
-natural6, vendors1, vendors2 and natural7 (tests/test_explain_corpus.py's TUNING_SPLITS); never
-the held-out ``heldout`` split or a blind sample not yet read. tests/test_explain_words.py
+natural6, vendors1, vendors2, natural7 and natural9 (tests/test_explain_corpus.py's TUNING_SPLITS);
+never the held-out ``heldout`` split or a blind sample not yet read. tests/test_explain_words.py
 regenerates the file the same way and fails when the shipped one differs. ``--check``: exit 1
 instead of writing when it differs.
 

@@ -1915,6 +1915,21 @@ NATURAL7_CASES: list[tuple[str, str, str]] = [
     # Mimecast's greylisting text, whatever page quotes it (Mimecast's error code list).
     ("451 Internal resource temporarily unavailable", "greylisting", "retry_later"),
 ]
+#: Round 23: natural9's miss classes.
+NATURAL9_CASES: list[tuple[str, str, str]] = [
+    # An IP in parentheses that is filtered: the server's own list, whatever mailbox
+    # ("spammaster") the text names.
+    ("550 Your IP (192.0.2.1) has been blocked", "dnsbl", "delist_ip"),
+    (
+        "421 Your IP(198.51.100.7) was filtered. Ask spammaster@example.com to register it",
+        "dnsbl",
+        "delist_ip",
+    ),
+    ("550 5.7.1 Message contains spam. Your IP (192.0.2.1) is fine", "spam", "clean_content"),
+    # Baruwa's banned sender IP, masked as help pages write it.
+    ("554 The sender 203.0.xxx.x is banned", "dnsbl", "delist_ip"),
+    ("554 The domain example.com is banned", "sender_rejected", "contact_postmaster"),
+]
 LABEL_REVIEW_CASES: list[tuple[str, str, str]] = [
     (
         "554 5.7.1 <staff@example.net>: Recipient address rejected: Access denied",
@@ -1997,6 +2012,7 @@ SOURCE_WRITTEN_WITH_FIX: dict[str, list[tuple[str, str, str]]] = {
     "label-review": LABEL_REVIEW_CASES,
     "rev103": REV103_CASES,
     "natural7": NATURAL7_CASES,
+    "natural9": NATURAL9_CASES,
 }
 
 
@@ -2044,6 +2060,7 @@ LATER_TABLES = {
     "vendors2": "vendors2",
     "rev103": "vendors2",
     "natural7": "natural8",
+    "natural9": "natural9",
 }
 
 
