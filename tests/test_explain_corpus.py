@@ -88,6 +88,7 @@ FILES: tuple[tuple[Path, tuple[str, ...]], ...] = (
     (DATA / "natural7.tsv", ("natural7",)),
     (DATA / "natural8.tsv", ("natural8",)),
     (DATA / "natural9.tsv", ("natural9",)),
+    (DATA / "natural10.tsv", ("natural10",)),
     (DATA / "vendors1.tsv", ("vendors1",)),
     (DATA / "vendors2.tsv", ("vendors2",)),
 )
@@ -123,7 +124,7 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: Samples at the frequency real logs show replies (README.md there): measured on their
 #: own, never in the held-out figure (their texts may repeat the files' and each
 #: other), and never read either.
-NATURAL_SPLITS = ("natural1", "natural4", "natural8")
+NATURAL_SPLITS = ("natural1", "natural4", "natural8", "natural10")
 #: Natural samples labelled a second time (the agreement study, bench/explain_agreement.py).
 SECOND_LABELLED = ("natural1", "natural4", "natural7")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
@@ -137,6 +138,7 @@ NATURAL_FREQUENCY = (
     "natural7",
     "natural8",
     "natural9",
+    "natural10",
 )
 #: Splits whose texts a failing test must not print.
 UNREAD_SPLITS = HELDOUT_SPLITS + NATURAL_SPLITS
@@ -335,13 +337,20 @@ FAMILIES = (
 #: 89/103, natural8 84/90. natural9 (144 lines, natural1-style queries; 39 from posted
 #: logs), blind (committed in 71cb562 before any measurement), measured once with round
 #: 21's rules after rev103 (b93b42a), once with round 22's (6b99c84) and once after
-#: rev104: 127/144 = 0.882 (fix 129) each time.
+#: rev104: 127/144 = 0.882 (fix 129) each time. Round 23 read natural9 (tuning data now;
+#: its seven lines of smtpguard's own table take their triggers' categories): tuning
+#: 3409/3463 = 0.984, held out in all 164/178; natural1 176/204, natural4 89/103,
+#: natural8 84/90 (measured once, at the end of the round). natural10 (77 lines, 20 new
+#: log, bounce and client queries; 26 from posted logs), blind (committed in 3ef3e51
+#: before any measurement), measured once with round 22's rules after rev104 (42cf448)
+#: and once with round 23's (0e59bab): 67/77 = 0.870 (fix 67) both times.
 MIN_CATEGORY = {
     TUNING: 0.98,
     HELDOUT_ALL: 0.91,
     "natural1": 0.86,
     "natural4": 0.84,
     "natural8": 0.92,
+    "natural10": 0.87,
 }
 #: The fix follows from the category (several categories share one), so it is at
 #: least as accurate: tuning 651/652 = 0.998; held out 381/431 = 0.884 (``heldout``
@@ -402,6 +411,7 @@ MIN_FIX = {
     "natural1": 0.89,
     "natural4": 0.84,
     "natural8": 0.93,
+    "natural10": 0.87,
 }
 
 

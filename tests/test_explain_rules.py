@@ -2049,6 +2049,7 @@ ADDED = (
     "vendors2",
     "natural8",
     "natural9",
+    "natural10",
 )
 #: The round-16-on tables, and the last part there was when each was written.
 LATER_TABLES = {
