@@ -80,6 +80,43 @@ def test_clean_message_is_accepted_with_loop_marker(content_service: Running) ->
     assert ("h", {"name": "X-Smtpguard-Loop", "value": "mx.example.com"}) in mods
 
 
+MARKER = ("h", {"name": "X-Smtpguard-Loop", "value": "mx.example.com"})
+
+
+@pytest.mark.parametrize(
+    "recipients",
+    [["<dave@lists.example.net>"], ["<alice@example.com>", "<dave@lists.example.net>"]],
+    ids=["relayed", "mixed"],
+)
+def test_relayed_mail_goes_out_without_the_loop_marker(
+    content_service: Running, recipients: list[str]
+) -> None:
+    """Review rev93 F4: our user's post to a list elsewhere went out with our marker,
+    and the list's copy to our other users came back as looping_message. Only mail for
+    our own domains gets it."""
+    with content_service.session() as s:
+        s.connect(TRUSTED_IP)
+        s.helo("client.example.com")
+        assert s.mail("<alice@example.com>").kind == "continue"
+        for rcpt in recipients:
+            assert s.rcpt(rcpt).kind == "continue"
+        headers = [("From", "Alice <alice@example.com>"), ("Subject", "to the list")]
+        final, mods, _early = s.message(headers, "hello list\r\n")
+    assert final.kind in ("continue", "accept")
+    assert MARKER not in mods
+
+
+def test_a_list_host_of_ours_may_send_our_marker_on(content_service: Running) -> None:
+    """Review rev93 F4: a list or ticket host in trusted_networks sends its members what
+    it got through us, our marker included; from outside, the marker is a loop."""
+    looped = [*BASE_HEADERS, ("X-Smtpguard-Loop", "mx.example.com")]
+    final, mods, _early = deliver(content_service, looped, "hi\r\n", ip=TRUSTED_IP)
+    assert final.kind in ("continue", "accept")
+    assert MARKER in mods  # for our own recipient, marked again
+    final, _mods, _early = deliver(content_service, looped, "hi\r\n")
+    assert_reply(final, "looping_message")
+
+
 def test_looping_message_by_hop_count(content_service: Running) -> None:
     hops = [("Received", POSTFIX_RECEIVED)] * 31
     final, _mods, _early = deliver(content_service, hops + BASE_HEADERS[1:], "hi\r\n")

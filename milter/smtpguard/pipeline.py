@@ -427,9 +427,19 @@ class Pipeline:
             scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
             scratch.setdefault(_REPORTED, []).append(reply_id)
 
+    def _loop_marker(self, txn: Transaction) -> tuple[tuple[str, str], ...]:
+        """The loop marker (``content.add_loop_marker``) on mail this host delivers
+        itself, every recipient in one of our domains: relayed mail goes out without it,
+        so a list elsewhere that sends our user's post back to our users brings back no
+        marker of ours (review rev93 F4)."""
+        site = self.config.site
+        if self.eom_headers and all(site.is_ours(d) for d in txn.recipient_domains):
+            return self.eom_headers
+        return ()
+
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
         """End of message, accepted: the headers to add, insert and remove."""
-        headers = (*txn.add_headers, *self.eom_headers)
+        headers = (*txn.add_headers, *self._loop_marker(txn))
         reported: list[str] = [
             *conn.scratch.get(_REPORTED, ()),
             *txn.scratch.get(_REPORTED, ()),

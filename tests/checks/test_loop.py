@@ -61,6 +61,16 @@ def test_a_logged_in_client_may_send_our_marker_on(make_services: ServicesFactor
     assert verdict == Hit("looping_message", "4 Received headers")
 
 
+def test_a_trusted_host_may_send_our_marker_on(make_services: ServicesFactory) -> None:
+    """Review rev93 F4: a list or ticket host in trusted_networks sends its members what
+    it got through us, our marker included: no loop. The hop count still holds."""
+    check = Loop(make_services(limits={"max_hops": 3}))
+    conn = conn_with_message(trusted_network=True)
+    assert headers(check, conn, ("X-Smtpguard-Loop", "mx.example.com")) is None
+    verdict = headers(check, conn, *[("Received", RECEIVED)] * 4)
+    assert verdict == Hit("looping_message", "4 Received headers")
+
+
 def test_someone_elses_marker_value_passes(make_services: ServicesFactory) -> None:
     check = Loop(make_services(content={"loop_marker": "X-Loop", "loop_marker_value": "us"}))
     conn = conn_with_message()
