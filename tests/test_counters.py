@@ -679,6 +679,33 @@ def test_both_hits_of_a_retry_call_that_timed_out_are_taken_back(
 
 
 @pytest.mark.integration
+def test_a_retry_another_worker_forgave_keeps_the_hit_it_relied_on(
+    fresh_redis: RedisServer,
+) -> None:
+    """Review rev96 F2: worker 1's call for a message timed out but ran when Redis
+    resumed; the message's retry reached worker 2 first, was forgiven as a retry and
+    delivered, counted by worker 1's hit. Worker 1's next call took that hit back, and
+    the delivered message no longer counted. A retry call is taken back only while its
+    attempt is still the message's newest."""
+    worker1 = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    worker2 = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    # Loads the script: an EVALSHA of a script Redis does not know yet writes nothing.
+    assert hit_unless_retry(worker1, "other|192.0.2.9", 3000, "retry|m0", 3) == (1, 1)
+    fresh_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(CounterError, match=r"(?i)timeout|timed out"):
+            hit_unless_retry(worker1, KEY, 3000, "retry|m1", 3)
+    finally:
+        fresh_redis.process.send_signal(signal.SIGCONT)
+    reader = counter_on(fresh_redis)
+    wait_until(lambda: reader.peek(KEY, 3000) == 1)  # Redis ran it after all
+    assert hit_unless_retry(worker2, KEY, 3000, "retry|m1", 3) == (1, 2)  # forgiven
+    # Worker 1's next call, another message: m1's hit stays, m2 counts beside it.
+    assert hit_unless_retry(worker1, KEY, 3000, "retry|m2", 3) == (2, 1)
+    assert reader.peek(KEY, 3000) == 2
+
+
+@pytest.mark.integration
 def test_resilient_counter_counts_a_retry_in_one_call_and_locally(
     fresh_redis: RedisServer,
 ) -> None:

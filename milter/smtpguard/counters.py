@@ -819,6 +819,31 @@ return {total(2), attempts}
 )
 
 
+#   KEYS: the attempt's set, the bucket of its hit; ARGV: the attempt's member, the hit's.
+#   A retry call that failed after it may have run is taken back only while its attempt
+#   is still the message's newest: a later attempt (another worker's, another host's)
+#   was forgiven as its retry, and its message delivered, counted by this hit (review
+#   rev96 F2). Redis's TIME scores the members, the same clock for every host.
+_LUA_TAKE_BACK_RETRY: Final = """
+local newest = redis.call('ZREVRANGE', KEYS[1], 0, 0)
+if newest[1] ~= nil and newest[1] ~= ARGV[1] then
+  return 0
+end
+return redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[2])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What a call that failed may have written: a hit (``key``, ``member``), and for a
+    retry call the attempt it recorded with it."""
+
+    key: str
+    member: str
+    attempt_key: str = ""
+    attempt_member: str = ""
+
+
 def _digest(text: str) -> str:
     """A Redis key's part for ``text`` (addresses stay out of Redis)."""
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
@@ -873,6 +898,7 @@ class RedisCounter:
         self.take_back = take_back
         self._script = client.register_script(_LUA)
         self._retry_script = client.register_script(_LUA_RETRY)
+        self._take_back_retry = client.register_script(_LUA_TAKE_BACK_RETRY)
         # Members must be unique across hosts, processes and calls; the score carries
         # the time. A token per process too: workers forked from one supervisor share
         # this counter object, node and sequence included, and the same member added
@@ -887,7 +913,7 @@ class RedisCounter:
         #: threshold's one too many). Removed before the next call's own script, in
         #: one round trip with it (rev88 N2: that call was usually the retry itself);
         #: bounded, the oldest dropped first.
-        self._undo: collections.deque[tuple[str, str]] = collections.deque(maxlen=UNDO_MAX)
+        self._undo: collections.deque[_Written] = collections.deque(maxlen=UNDO_MAX)
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -916,7 +942,7 @@ class RedisCounter:
             self._retry_script,
             [attempt_key, *keys],
             args,
-            [(attempt_key, attempt_member), (keys[1], member)],
+            [_Written(keys[1], member, attempt_key, attempt_member)],
         )
         total, attempts = cast("list[int]", result)
         return int(total), int(attempts)
@@ -947,7 +973,7 @@ class RedisCounter:
             self.max_per_bucket,
         ]
         keys = self.keys_for(key, size)
-        written = [(keys[1], member)] if add else []
+        written = [_Written(keys[1], member)] if add else []
         return int(cast(int, self._eval(self._script, keys, args, written)))
 
     def _eval(
@@ -955,7 +981,7 @@ class RedisCounter:
         script: Script,
         keys: list[str],
         args: list[str | int],
-        written: list[tuple[str, str]],
+        written: list[_Written],
     ) -> object:
         """Run ``script``; after a failure that may have reached Redis, ``written``
         (the members it adds) is taken back by the next call."""
@@ -973,20 +999,27 @@ class RedisCounter:
                 self._undo.extend(written)
             raise CounterError(f"redis: {exc}") from exc
 
-    def _to_take_back(self) -> list[tuple[str, str]]:
-        taken: list[tuple[str, str]] = []
+    def _to_take_back(self) -> list[_Written]:
+        taken: list[_Written] = []
         with contextlib.suppress(IndexError):
             while self._undo and len(taken) < UNDO_BATCH:
                 taken.append(self._undo.popleft())
         return taken
 
     def _run_taking_back(
-        self, taken: list[tuple[str, str]], script: Script, keys: list[str], args: list[str | int]
+        self, taken: list[_Written], script: Script, keys: list[str], args: list[str | int]
     ) -> object:
         """The hits in ``taken`` removed, then the script run: one round trip."""
         pipe = self.client.pipeline(transaction=False)
-        for bucket_key, member in taken:
-            pipe.zrem(bucket_key, member)
+        for written in taken:
+            if written.attempt_key:
+                self._take_back_retry(
+                    keys=[written.attempt_key, written.key],
+                    args=[written.attempt_member, written.member],
+                    client=pipe,
+                )
+            else:
+                pipe.zrem(written.key, written.member)
         script(keys=keys, args=args, client=pipe)
         # Each answer on its own: a take-back refused (a key of another type now: no
         # hit of ours to take back) is dropped, and must not fail this call, nor every
