@@ -106,14 +106,23 @@ def test_relayed_mail_goes_out_without_the_loop_marker(
     assert MARKER not in mods
 
 
-def test_a_list_host_of_ours_may_send_our_marker_on(content_service: Running) -> None:
-    """Review rev93 F4: a list or ticket host in trusted_networks sends its members what
-    it got through us, our marker included; from outside, the marker is a loop."""
-    looped = [*BASE_HEADERS, ("X-Smtpguard-Loop", "mx.example.com")]
-    final, mods, _early = deliver(content_service, looped, "hi\r\n", ip=TRUSTED_IP)
+def test_mail_for_a_relay_domain_is_marked(content_service: Running) -> None:
+    """A backup MX's loop runs through its relay domains: their mail is marked too."""
+    with content_service.session() as s:
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert s.mail("<friend@sender.example>").kind == "continue"
+        assert s.rcpt("<bob@relay.example>").kind == "continue"
+        final, mods, _early = s.message(BASE_HEADERS, "hi\r\n")
     assert final.kind in ("continue", "accept")
-    assert MARKER in mods  # for our own recipient, marked again
-    final, _mods, _early = deliver(content_service, looped, "hi\r\n")
+    assert MARKER in mods
+
+
+def test_a_trusted_host_that_sends_our_marker_back_is_a_loop(content_service: Running) -> None:
+    """Review rev105: a loop between the MX and a mail store, a smarthost or a content
+    filter's reinjection comes back from a host in trusted_networks."""
+    looped = [*BASE_HEADERS, ("X-Smtpguard-Loop", "mx.example.com")]
+    final, _mods, _early = deliver(content_service, looped, "hi\r\n", ip=TRUSTED_IP)
     assert_reply(final, "looping_message")
 
 

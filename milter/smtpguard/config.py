@@ -408,7 +408,8 @@ class LimitsConfig:
 class ContentConfig:
     #: Trace header smtpguard recognises (and, if enabled, adds) as its loop marker.
     loop_marker: str = "X-Smtpguard-Loop"
-    #: Add the marker to accepted mail. Costs one extra packet at end of message, which
+    #: Add the marker to accepted mail for our local and relay domains (not to mail our
+    #: users send to other domains). Costs one extra packet at end of message, which
     #: over an inet: socket waits ~40 ms for Nagle + delayed ACK; use a unix socket.
     add_loop_marker: bool = False
     #: Marker value; empty means the first of site.our_hostnames, else milter.name.

@@ -428,12 +428,14 @@ class Pipeline:
             scratch.setdefault(_REPORTED, []).append(reply_id)
 
     def _loop_marker(self, txn: Transaction) -> tuple[tuple[str, str], ...]:
-        """The loop marker (``content.add_loop_marker``) on mail this host delivers
-        itself, every recipient in one of our domains: relayed mail goes out without it,
-        so a list elsewhere that sends our user's post back to our users brings back no
-        marker of ours (review rev93 F4)."""
+        """The loop marker (``content.add_loop_marker``) on mail for the domains we take
+        mail for (local and relay domains, our host names); mail our users send out to
+        other domains goes without it, so a list elsewhere that sends our user's post back
+        to our users brings back no marker of ours (review rev93 F4)."""
         site = self.config.site
-        if self.eom_headers and all(site.is_ours(d) for d in txn.recipient_domains):
+        if self.eom_headers and all(
+            site.is_ours(d) or site.is_relay(d) for d in txn.recipient_domains
+        ):
             return self.eom_headers
         return ()
 

@@ -1122,8 +1122,8 @@ class _Planner:
                         " content_filter) and runs smtpguard on it a second time, from a"
                         " trusted client: forwarded mail is refused (relay_domain_fail), the"
                         " filter's X-Spam-* fields and our Authentication-Results are"
-                        " removed as forged, and with content.add_loop_marker every message"
-                        " bounces (looping_message); add no_milters to its"
+                        " removed as forged, and with content.add_loop_marker every message for"
+                        " our domains bounces (looping_message); add no_milters to its"
                         " -o receive_override_options"
                     )
                 continue

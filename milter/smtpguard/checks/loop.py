@@ -3,10 +3,10 @@
 Decided per header: more ``Received:`` fields than ``limits.max_hops``; a
 ``Delivered-To:`` equal to one of this transaction's recipients (the message has been
 delivered to that mailbox before and came back); or our loop-marker header with our
-value (we accepted this message before for our own recipients), unless the client is
-trusted: a user's redirect of a message we delivered carries our marker, and so does
-what a list or ticket host in ``trusted_networks`` sends on of mail it got through us
-(review rev93 F4). The hop count holds for them too.
+value (we accepted this message before, for a domain of ours), unless the client
+logged in: a user's redirect of a message we delivered carries our marker and is no
+loop. A host in ``trusted_networks`` is not exempt: a loop between the MX and a mail
+store, a smarthost or a content filter's reinjection runs through one (review rev105).
 """
 
 from __future__ import annotations
@@ -40,13 +40,12 @@ class Loop:
         lowered = name.lower()
         if lowered == "received" and txn.message.received > self.max_hops:
             return Hit("looping_message", f"{txn.message.received} Received headers")
-        # A logged-in user who sends a message on unchanged (a redirect), or a list host
-        # of ours that sends its members what it got through us, sends back what we
-        # delivered, marker included: that is no loop (the hop count still holds).
+        # A logged-in user who sends a message on unchanged (a redirect) sends back what
+        # we delivered, marker included: that is no loop (the hop count still holds).
         if (
             lowered == self.marker
             and value.strip().lower() == self.marker_value
-            and not conn.trusted
+            and not conn.authenticated
         ):
             return Hit("looping_message", f"our {name} marker is present")
         if lowered == "delivered-to":
