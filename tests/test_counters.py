@@ -535,6 +535,17 @@ def test_an_outage_of_writes_ends_with_a_write(
     admin.close()
 
 
+def timed_out(server: RedisServer, call: Callable[[], object]) -> None:
+    """``call`` while Redis hangs (SIGSTOP): it times out, and Redis runs it when it
+    resumes."""
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(CounterError, match=r"(?i)timeout|timed out"):
+            call()
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(("take_back", "retry_counts"), [(True, 2), (False, 3)])
 def test_a_hit_that_timed_out_is_taken_back_by_the_next_call(
@@ -548,12 +559,7 @@ def test_a_hit_that_timed_out_is_taken_back_by_the_next_call(
         redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT, take_back=take_back
     )
     assert counter.hit(KEY, 3000) == 1
-    fresh_redis.process.send_signal(signal.SIGSTOP)
-    try:
-        with pytest.raises(CounterError, match=r"(?i)timeout|timed out"):
-            counter.hit(KEY, 3000)
-    finally:
-        fresh_redis.process.send_signal(signal.SIGCONT)
+    timed_out(fresh_redis, lambda: counter.hit(KEY, 3000))
     reader = counter_on(fresh_redis)
     wait_until(lambda: reader.peek(KEY, 3000) == 2)  # Redis ran it after all
     assert counter.hit(KEY, 3000) == retry_counts  # the retry of the deferred message
@@ -666,12 +672,7 @@ def test_both_hits_of_a_retry_call_that_timed_out_are_taken_back(
     deferred, so neither its attempt nor its hit counts at its retry."""
     counter = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
     assert hit_unless_retry(counter, KEY, 3000, "retry|m0", 3) == (1, 1)
-    fresh_redis.process.send_signal(signal.SIGSTOP)
-    try:
-        with pytest.raises(CounterError, match=r"(?i)timeout|timed out"):
-            hit_unless_retry(counter, KEY, 3000, "retry|m1", 3)
-    finally:
-        fresh_redis.process.send_signal(signal.SIGCONT)
+    timed_out(fresh_redis, lambda: hit_unless_retry(counter, KEY, 3000, "retry|m1", 3))
     reader = counter_on(fresh_redis)
     wait_until(lambda: reader.peek(KEY, 3000) == 2)  # Redis ran it after all
     assert hit_unless_retry(counter, KEY, 3000, "retry|m1", 3) == (2, 1)
@@ -691,12 +692,7 @@ def test_a_retry_another_worker_forgave_keeps_the_hit_it_relied_on(
     worker2 = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
     # Loads the script: an EVALSHA of a script Redis does not know yet writes nothing.
     assert hit_unless_retry(worker1, "other|192.0.2.9", 3000, "retry|m0", 3) == (1, 1)
-    fresh_redis.process.send_signal(signal.SIGSTOP)
-    try:
-        with pytest.raises(CounterError, match=r"(?i)timeout|timed out"):
-            hit_unless_retry(worker1, KEY, 3000, "retry|m1", 3)
-    finally:
-        fresh_redis.process.send_signal(signal.SIGCONT)
+    timed_out(fresh_redis, lambda: hit_unless_retry(worker1, KEY, 3000, "retry|m1", 3))
     reader = counter_on(fresh_redis)
     wait_until(lambda: reader.peek(KEY, 3000) == 1)  # Redis ran it after all
     assert hit_unless_retry(worker2, KEY, 3000, "retry|m1", 3) == (1, 2)  # forgiven
