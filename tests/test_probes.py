@@ -296,7 +296,7 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
         # What the counter's script needs (EVALSHA, SCRIPT LOAD after NOSCRIPT, and
         # the commands the script runs), and a user with PING and ZADD but no script.
         counting = "+ping +evalsha +script|load +time +zadd +zcard +zremrangebyscore"
-        counting += " +zremrangebyrank +pexpire"
+        counting += " +zremrangebyrank +pexpire +zrem +zrevrange"
         client.acl_setuser(
             "svc",
             enabled=True,
@@ -319,9 +319,17 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
             keys=["*"],
             commands=[*counting.replace("+zcard", "").split(), "+hmget"],
         )
+        # ... and all but what takes back a hit whose call timed out.
+        client.acl_setuser(
+            "notakeback",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["*"],
+            commands=[*counting.replace(" +zrevrange", "").split(), "+hmget"],
+        )
         client.close()
         results = {}
-        for user in ("svc", "ro", "nobl", "nozcard"):
+        for user in ("svc", "ro", "nobl", "nozcard", "notakeback"):
             url = f"redis://{user}:pw@127.0.0.1:{redis_server.port}/0"
             site = make_site(tmp_path / user, {"state": {"backend": "redis", "redis_url": url}})
             results[user] = smtpguard(site, "check-config", check=False)
@@ -335,6 +343,8 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
     assert "state.redis_url: the blacklist lookup fails" in results["nobl"].stderr
     assert results["nozcard"].returncode == 1
     assert "the Redis user may not do what the counters do" in results["nozcard"].stderr
+    assert results["notakeback"].returncode == 1
+    assert "may not take back a hit whose call timed out" in results["notakeback"].stderr
     assert ":pw@" not in results["ro"].stderr
 
 

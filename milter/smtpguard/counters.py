@@ -947,6 +947,20 @@ class RedisCounter:
         total, attempts = cast("list[int]", result)
         return int(total), int(attempts)
 
+    def try_take_back(self, key: str, size: int) -> None:
+        """Run what taking back a failed call's hits runs (ZREM, and the retry call's
+        script with its ZREVRANGE) on members that do not exist: whether the Redis user
+        may (check-config). Raises :class:`CounterError`."""
+        base = self._base(key)
+        bucket = self._keys(base, size)[1]
+        attempt_key = f"{base}:a:{_digest(key)}:{self.buckets.bucket(size)}"
+        member = self._member()
+        try:
+            self.client.zrem(bucket, member)
+            self._take_back_retry(keys=[attempt_key, bucket], args=[member, member])
+        except (redis.RedisError, OSError) as exc:
+            raise CounterError(f"redis: {exc}") from exc
+
     def keys_for(self, key: str, size: int) -> list[str]:
         return self._keys(self._base(key), size)
 

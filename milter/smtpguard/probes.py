@@ -586,6 +586,19 @@ def _redis(config: Config) -> list[Problem]:
             return [
                 ("state.redis_url", f"Redis answers PING but the counters fail: {cause or exc}")
             ]
+        # Taking back the hits of a call that timed out (ZREM, ZREVRANGE in a script): a
+        # user without them gets every such take-back refused, and a deferred message's
+        # hit counts at its retry.
+        try:
+            counter.try_take_back("check-config", 1)
+        except CounterError as exc:
+            return [
+                (
+                    "state.redis_url",
+                    "the Redis user may not take back a hit whose call timed out (+zrem"
+                    f" +zrevrange): a deferred message would count at its retry: {exc.__cause__}",
+                )
+            ]
         # The blacklist's lookup, as MAIL FROM makes it, marker and address (review
         # rev96: a user with the counters' commands but not HMGET passed, and every MAIL
         # FROM was deferred).
