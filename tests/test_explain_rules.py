@@ -2050,6 +2050,7 @@ ADDED = (
     "natural8",
     "natural9",
     "natural10",
+    "natural11",
 )
 #: The round-16-on tables, and the last part there was when each was written.
 LATER_TABLES = {
