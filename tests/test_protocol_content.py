@@ -41,12 +41,19 @@ def content_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
         yield svc
 
 
-def envelope(service: Running, ip: str = UNTRUSTED_IP) -> MilterSession:
+def envelope(
+    service: Running,
+    ip: str = UNTRUSTED_IP,
+    *,
+    sender: str = "<friend@sender.example>",
+    recipients: tuple[str, ...] = ("<alice@example.com>",),
+) -> MilterSession:
     s = service.session()
     s.connect(ip)
     s.helo("mail.sender.example")
-    assert s.mail("<friend@sender.example>").kind == "continue"
-    assert s.rcpt("<alice@example.com>").kind == "continue"
+    assert s.mail(sender).kind == "continue"
+    for rcpt in recipients:
+        assert s.rcpt(rcpt).kind == "continue"
     return s
 
 
@@ -85,22 +92,18 @@ MARKER = ("h", {"name": "X-Smtpguard-Loop", "value": "mx.example.com"})
 
 @pytest.mark.parametrize(
     "recipients",
-    [["<dave@lists.example.net>"], ["<alice@example.com>", "<dave@lists.example.net>"]],
+    [("<dave@lists.example.net>",), ("<alice@example.com>", "<dave@lists.example.net>")],
     ids=["relayed", "mixed"],
 )
 def test_relayed_mail_goes_out_without_the_loop_marker(
-    content_service: Running, recipients: list[str]
+    content_service: Running, recipients: tuple[str, ...]
 ) -> None:
     """Review rev93 F4: our user's post to a list elsewhere went out with our marker,
     and the list's copy to our other users came back as looping_message. Only mail for
     our own domains gets it."""
-    with content_service.session() as s:
-        s.connect(TRUSTED_IP)
-        s.helo("client.example.com")
-        assert s.mail("<alice@example.com>").kind == "continue"
-        for rcpt in recipients:
-            assert s.rcpt(rcpt).kind == "continue"
-        headers = [("From", "Alice <alice@example.com>"), ("Subject", "to the list")]
+    headers = [("From", "Alice <alice@example.com>"), ("Subject", "to the list")]
+    sender = "<alice@example.com>"
+    with envelope(content_service, TRUSTED_IP, sender=sender, recipients=recipients) as s:
         final, mods, _early = s.message(headers, "hello list\r\n")
     assert final.kind in ("continue", "accept")
     assert MARKER not in mods
@@ -108,11 +111,7 @@ def test_relayed_mail_goes_out_without_the_loop_marker(
 
 def test_mail_for_a_relay_domain_is_marked(content_service: Running) -> None:
     """A backup MX's loop runs through its relay domains: their mail is marked too."""
-    with content_service.session() as s:
-        s.connect(UNTRUSTED_IP)
-        s.helo("mail.sender.example")
-        assert s.mail("<friend@sender.example>").kind == "continue"
-        assert s.rcpt("<bob@relay.example>").kind == "continue"
+    with envelope(content_service, recipients=("<bob@relay.example>",)) as s:
         final, mods, _early = s.message(BASE_HEADERS, "hi\r\n")
     assert final.kind in ("continue", "accept")
     assert MARKER in mods

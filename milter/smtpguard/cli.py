@@ -6,7 +6,6 @@ import argparse
 import errno
 import functools
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -686,11 +685,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?\Z")
+def _is_hostname(value: str) -> bool:
+    from smtpguard.address import is_valid_domain
+
+    return is_valid_domain(value)
 
 
 def _hostname_argument(value: str) -> str:
-    if not _HOSTNAME.match(value):
+    if not _is_hostname(value):
         raise argparse.ArgumentTypeError(f"not a host name: {value!r}")
     return value
 
@@ -715,7 +717,7 @@ def _postfix_hostname(config: Config) -> str | None:
             check=False,
         )
         name = done.stdout.strip()
-        if done.returncode == 0 and _HOSTNAME.match(name):
+        if done.returncode == 0 and _is_hostname(name):
             return name
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     except (OSError, subprocess.TimeoutExpired) as exc:

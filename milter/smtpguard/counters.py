@@ -928,7 +928,7 @@ class RedisCounter:
         attempt's set shares the key's hash tag (one Redis Cluster slot)."""
         base = self._base(key)
         keys = self._keys(base, size)
-        attempt_key = f"{base}:a:{_digest(attempt)}:{self.buckets.bucket(size)}"
+        attempt_key = self._attempt_key(base, attempt, size)
         member, attempt_member = self._member(), self._member()
         args: list[str | int] = [
             int(self.window * 1_000_000),
@@ -953,7 +953,7 @@ class RedisCounter:
         may (check-config). Raises :class:`CounterError`."""
         base = self._base(key)
         bucket = self._keys(base, size)[1]
-        attempt_key = f"{base}:a:{_digest(key)}:{self.buckets.bucket(size)}"
+        attempt_key = self._attempt_key(base, key, size)
         member = self._member()
         try:
             self.client.zrem(bucket, member)
@@ -966,6 +966,10 @@ class RedisCounter:
 
     def _keys(self, base: str, size: int) -> list[str]:
         return [f"{base}:{bucket}" for bucket in self.buckets.neighbourhood(size)]
+
+    def _attempt_key(self, base: str, attempt: str, size: int) -> str:
+        """The set of a message's attempts, under its sender's hash tag."""
+        return f"{base}:a:{_digest(attempt)}:{self.buckets.bucket(size)}"
 
     def _base(self, key: str) -> str:
         return f"{self.prefix}:{{{_digest(key)}}}"

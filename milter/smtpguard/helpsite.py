@@ -364,12 +364,12 @@ def write_site(out: Path, pages: Iterable[Page]) -> int:
     # A folder of the site replaced by a link would take the pages elsewhere, and a file
     # where one goes ({id}/ after {id}.html pages) fails: refused before any page is
     # written, so the site is not left half rewritten (rev100 F11, rev101 F10).
-    for page in pages:
-        for folder in _folders(out, page.path.split("/")):
-            if folder.is_symlink():
-                raise OSError(errno.ELOOP, "is a link, not a folder of the site", str(folder))
-            if folder.exists() and not folder.is_dir():
-                raise OSError(errno.ENOTDIR, "is a file, not a folder of the site", str(folder))
+    folders = dict.fromkeys(f for page in pages for f in _folders(out, page.path.split("/")))
+    for folder in folders:
+        if folder.is_symlink():
+            raise OSError(errno.ELOOP, "is a link, not a folder of the site", str(folder))
+        if folder.exists() and not folder.is_dir():
+            raise OSError(errno.ENOTDIR, "is a file, not a folder of the site", str(folder))
     for page in pages:
         target = out.joinpath(*page.path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
