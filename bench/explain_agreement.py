@@ -12,7 +12,7 @@ on every line, on the lines both label alike, and on the lines they label differ
 (right by the first label, by the second, by either); the second labeller's own
 accuracy against the first labels where it named a second category (``alt``) too.
 
-    .venv/bin/python -m bench.explain_agreement [natural1 natural4 natural8 natural10]
+    .venv/bin/python -m bench.explain_agreement [natural1 natural4 natural8 natural10 natural11]
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ def pct(part: int, whole: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument(
-        "samples", nargs="*", default=["natural1", "natural4", "natural8", "natural10"]
+        "samples",
+        nargs="*",
+        default=["natural1", "natural4", "natural8", "natural10", "natural11"],
     )
     args = parser.parse_args(argv)
     pooled = Tally()

@@ -127,7 +127,7 @@ HELDOUT_SPLITS = ("heldout", "heldout17")
 #: other), and never read either.
 NATURAL_SPLITS = ("natural1", "natural4", "natural8", "natural10", "natural11")
 #: Natural samples labelled a second time (the agreement study, bench/explain_agreement.py).
-SECOND_LABELLED = ("natural1", "natural4", "natural7", "natural8", "natural10")
+SECOND_LABELLED = ("natural1", "natural4", "natural7", "natural8", "natural10", "natural11")
 #: Samples at that frequency, whose texts may repeat (natural2 is tuning data now).
 NATURAL_FREQUENCY = (
     "natural1",
