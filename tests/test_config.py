@@ -150,6 +150,8 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "'X-FLAG' is already the name of milter.report_header",
         ),
         ("[site]\nlocal_domains = [1]\n", "site.local_domains[0]", "expected a string"),
+        # 40-bit recipient hashes: a short key could be found offline from one marker.
+        ("[content]\nloop_marker_key = 'short'\n", "content.loop_marker_key", "too short"),
         ("[replies]\nform = 'two_lines'\n", "replies.form", "must be one of"),
         ("[replies]\nhelp_url = 'https://x'\n", "replies.help_url", "{id}"),
         ("[replies]\nlanguages = []\n", "replies.languages", "at least one"),
@@ -168,6 +170,13 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
 def test_errors_name_file_and_dotted_key(tmp_path: Path, text: str, key: str, message: str) -> None:
     error = assert_config_error(tmp_path, text, key, message)
     assert error.file in str(error)
+
+
+def test_the_loop_marker_key_stays_out_of_the_config_repr(tmp_path: Path) -> None:
+    text = "[content]\nloop_marker_key = 'a secret of some length'\n"
+    config = load_config(write_config(tmp_path, text))
+    assert config.content.loop_marker_key == "a secret of some length"
+    assert "a secret" not in repr(config)
 
 
 @pytest.mark.parametrize("socket", ["inet:1", "inet:65535@127.0.0.1", "inet6:8899@[::1]"])

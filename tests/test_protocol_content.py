@@ -125,6 +125,37 @@ def test_a_trusted_host_that_sends_our_marker_back_is_a_loop(content_service: Ru
     assert_reply(final, "looping_message")
 
 
+KEYED = {**CONTENT, "content": {"add_loop_marker": True, "loop_marker_key": "x" * 24}}
+
+
+@pytest.fixture(scope="module")
+def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with running(make_site(tmp_path_factory.mktemp("keyed"), KEYED)) as svc:
+        yield svc
+
+
+def test_a_keyed_marker_is_a_loop_only_for_the_recipients_it_names(
+    keyed_service: Running,
+) -> None:
+    """Review rev105: with content.loop_marker_key, a list or ticket host of ours that
+    sends its members the post it got through us is no loop; the same mailbox's message
+    coming back from a trusted host (a mail store or filter loop) still is."""
+    with envelope(keyed_service, recipients=("<news@example.com>",)) as s:
+        final, mods, _early = s.message(BASE_HEADERS, "a post\r\n")
+    assert final.kind in ("continue", "accept")
+    (marker,) = [m for name, m in mods if name == "h" and m["name"] == "X-Smtpguard-Loop"]
+    assert marker["value"].startswith("mx.example.com; r=")
+    assert "news" not in marker["value"]
+    posted = [*BASE_HEADERS, ("X-Smtpguard-Loop", marker["value"])]
+    members = ("<alice@example.com>", "<dave@example.com>")
+    with envelope(keyed_service, TRUSTED_IP, recipients=members) as s:
+        final, _mods, _early = s.message(posted, "a post\r\n")
+    assert final.kind in ("continue", "accept")
+    with envelope(keyed_service, TRUSTED_IP, recipients=("<news@example.com>",)) as s:
+        final, _mods, _early = s.message(posted, "a post\r\n")
+    assert_reply(final, "looping_message")
+
+
 def test_looping_message_by_hop_count(content_service: Running) -> None:
     hops = [("Received", POSTFIX_RECEIVED)] * 31
     final, _mods, _early = deliver(content_service, hops + BASE_HEADERS[1:], "hi\r\n")

@@ -414,6 +414,9 @@ class ContentConfig:
     add_loop_marker: bool = False
     #: Marker value; empty means the first of site.our_hostnames, else milter.name.
     loop_marker_value: str = ""
+    #: A secret: the marker then names the recipients (keyed hashes) and a message that
+    #: comes back is a loop only for one of them (smtpguard.loopmark). Empty: bare marker.
+    loop_marker_key: str = field(default="", repr=False)
     #: MIME nesting deeper than this is treated as one opaque part.
     max_mime_depth: int = 20
     #: After this many MIME parts the rest of the body is one opaque part.
@@ -1368,10 +1371,15 @@ def _content(s: _Section) -> ContentConfig:
     value = s.string("loop_marker_value", d.loop_marker_value)
     if not value.isascii() or not value.isprintable():
         raise s.error("loop_marker_value", "must be printable ASCII")
+    key = s.string("loop_marker_key", d.loop_marker_key)
+    if key and len(key) < 16:
+        # 40-bit hashes of guessable addresses: a short key could be found offline.
+        raise s.error("loop_marker_key", "too short: use at least 16 random characters")
     out = ContentConfig(
         loop_marker=marker,
         add_loop_marker=s.boolean("add_loop_marker", d.add_loop_marker),
         loop_marker_value=value,
+        loop_marker_key=key,
         max_mime_depth=s.integer("max_mime_depth", d.max_mime_depth, minimum=1),
         max_mime_parts=s.integer("max_mime_parts", d.max_mime_parts, minimum=1),
     )

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final, NamedTuple, cast
 
+from smtpguard import loopmark
 from smtpguard.address import IPAddress
 from smtpguard.checks import (
     Check,
@@ -242,6 +243,7 @@ class Pipeline:
             if content.add_loop_marker
             else ()
         )
+        self.loop_key = loopmark.key_of(content.loop_marker_key)
 
     def add_check(self, check: Check, settings: CheckSettings, *, first: bool = False) -> None:
         """Add a check to its stage (plugins, tests), last or ``first``, with its hooks."""
@@ -433,11 +435,15 @@ class Pipeline:
         other domains goes without it, so a list elsewhere that sends our user's post back
         to our users brings back no marker of ours (review rev93 F4)."""
         site = self.config.site
-        if self.eom_headers and all(
+        if not self.eom_headers or not all(
             site.is_ours(d) or site.is_relay(d) for d in txn.recipient_domains
         ):
+            return ()
+        if not self.loop_key:
             return self.eom_headers
-        return ()
+        ((name, value),) = self.eom_headers
+        recipients = [r.canonical_lc for r in txn.recipients]
+        return ((name, loopmark.render(name, value, self.loop_key, recipients)),)
 
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
         """End of message, accepted: the headers to add, insert and remove."""

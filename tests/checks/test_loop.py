@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from smtpguard import loopmark
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.loop import Loop
 from smtpguard.session import Connection
@@ -113,3 +114,48 @@ def test_without_message_or_header_nothing_is_decided(make_services: ServicesFac
     assert check(make_conn(sender="a@example.org"), Event(header=("Received", "x"))) is None
     assert check(conn_with_message(), Event()) is None
     assert check(make_conn(), Event()) is None
+
+
+KEYED = {"loop_marker_key": "sixteen or more characters"}
+
+
+def keyed_marker(*recipients: str) -> tuple[str, str]:
+    key = loopmark.key_of(KEYED["loop_marker_key"])
+    return (
+        "X-Smtpguard-Loop",
+        loopmark.render("X-Smtpguard-Loop", "mx.example.com", key, recipients),
+    )
+
+
+def test_a_keyed_marker_is_a_loop_for_a_recipient_it_names(
+    make_services: ServicesFactory,
+) -> None:
+    """The mail store, smarthost or filter loop comes back for the same mailbox."""
+    check = Loop(make_services(content=KEYED))
+    marker = keyed_marker("carol@example.com", "bob@example.com")
+    verdict = headers(check, conn_with_message(trusted_network=True), marker)
+    assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker names a recipient")
+
+
+def test_a_keyed_marker_for_other_recipients_passes(make_services: ServicesFactory) -> None:
+    """Review rev105: a list or ticket host of ours sends its members the mail it got
+    through us (marked for the list's address), or a forwarded copy comes back for
+    another user: no loop."""
+    check = Loop(make_services(content=KEYED))
+    conn = conn_with_message(trusted_network=True, recipients=["bob@example.com"])
+    assert headers(check, conn, keyed_marker("list@example.com")) is None
+
+
+def test_a_bare_marker_is_a_loop_with_a_key_too(make_services: ServicesFactory) -> None:
+    """Mail marked before the key was set (or over the recipient cap) says nothing of
+    its recipients: any return is a loop."""
+    check = Loop(make_services(content=KEYED))
+    verdict = headers(check, conn_with_message(), ("X-Smtpguard-Loop", "mx.example.com"))
+    assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker is present")
+
+
+def test_a_keyed_marker_without_the_key_is_a_loop(make_services: ServicesFactory) -> None:
+    """The key removed: hashes nobody can check count as our bare marker."""
+    check = Loop(make_services())
+    verdict = headers(check, conn_with_message(), keyed_marker("list@example.com"))
+    assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker is present")

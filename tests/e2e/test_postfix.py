@@ -51,7 +51,7 @@ def stack() -> Iterator[tuple[Running, Postfix]]:
         "postfix",
         {
             "limits": {"max_rcpt": 3, "max_message_size": 1_000_000, "max_attachment_size": 50_000},
-            "content": {"add_loop_marker": True},
+            "content": {"add_loop_marker": True, "loop_marker_key": "e2e secret, not a real one"},
             # PLAIN needs TLS (there is none here); LOGIN is allowed for the SASL tests.
             "policy": {"auth_tls_required": ["PLAIN"]},
         },
@@ -290,6 +290,25 @@ def test_accepted_mail_arrives_intact(postfix: Postfix) -> None:
     for line in HEADERS.format(n=1).encode().split(b"\r\n")[:-1]:
         assert line in head.split(b"\n")
     assert b"X-Smtpguard-Loop: mx.example.com" in head
+
+
+def test_the_keyed_marker_is_a_loop_only_for_its_recipients(postfix: Postfix) -> None:
+    """Review rev105: the marker of a delivered message names its recipient (a keyed
+    hash); sent back for that recipient it is a loop, sent on to another user (a list
+    host of ours passing a post on) it is not."""
+    reply = send(postfix, HEADERS.format(n=3) + "\r\nhi\r\n")
+    queue_id = re.search(r"queued as (\w+)", reply.lines[-1])
+    assert reply.code == 250, reply
+    assert queue_id, reply
+    head = postfix.wait_delivered(queue_id.group(1)).partition(b"\n\n")[0].decode()
+    marker = re.search(r"^X-Smtpguard-Loop: (mx\.example\.com; r=\w+)$", head, re.M)
+    assert marker, head
+    again = f"X-Smtpguard-Loop: {marker.group(1)}\r\n" + HEADERS.format(n=4) + "\r\nhi\r\n"
+    assert_table(send(postfix, again), "looping_message")
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("MAIL FROM:<friend@sender.example>").code == 250
+        assert c.cmd("RCPT TO:<dave@example.com>").code == 250
+        assert c.data(again.encode()).code == 250
 
 
 def test_looping_message(postfix: Postfix) -> None:

@@ -7,12 +7,15 @@ value (we accepted this message before, for a domain of ours), unless the client
 logged in: a user's redirect of a message we delivered carries our marker and is no
 loop. A host in ``trusted_networks`` is not exempt: a loop between the MX and a mail
 store, a smarthost or a content filter's reinjection runs through one (review rev105).
+A marker that names its recipients (``content.loop_marker_key``, smtpguard.loopmark)
+is a loop only when the message comes back for one of them.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from smtpguard import loopmark
 from smtpguard.address import AddressError, parse_path
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
@@ -29,6 +32,7 @@ class Loop:
         self.max_hops = config.limits.max_hops
         self.marker = config.content.loop_marker.lower()
         self.marker_value = config.loop_marker_value.lower()
+        self.key = loopmark.key_of(config.content.loop_marker_key)
         #: Called for these fields only (smtpguard.checks.header_names).
         self.header_names = frozenset({"received", "delivered-to", self.marker})
 
@@ -42,12 +46,16 @@ class Loop:
             return Hit("looping_message", f"{txn.message.received} Received headers")
         # A logged-in user who sends a message on unchanged (a redirect) sends back what
         # we delivered, marker included: that is no loop (the hop count still holds).
-        if (
-            lowered == self.marker
-            and value.strip().lower() == self.marker_value
-            and not conn.authenticated
-        ):
-            return Hit("looping_message", f"our {name} marker is present")
+        if lowered == self.marker and not conn.authenticated:
+            tags = loopmark.parse(value, self.marker_value)
+            if tags is None:
+                return None
+            if not tags or not self.key:
+                # Bare, or hashes we cannot check (the key was removed): any return.
+                return Hit("looping_message", f"our {name} marker is present")
+            if any(loopmark.tag(self.key, r.canonical_lc) in tags for r in txn.recipients):
+                return Hit("looping_message", f"our {name} marker names a recipient")
+            return None
         if lowered == "delivered-to":
             try:
                 delivered = parse_path(value.strip(), smtputf8=True)
