@@ -9,7 +9,9 @@ the marker also carries a keyed hash of each recipient we accepted it for
 only when it comes back for one of them: the test Postfix's ``Delivered-To:`` makes at
 final delivery, made here at the MX for mail that did not reach final delivery. The
 hashes are keyed so that a recipient cannot test a guessed address against them: who
-else got the message (a Bcc recipient) stays hidden.
+else got the message (a Bcc recipient) stays hidden. The recipients are those of RCPT
+TO: a loop of an address the MTA rewrites after us (an alias) is found one pass later,
+when the marker that pass adds names the rewritten address.
 """
 
 from __future__ import annotations
