@@ -35,10 +35,16 @@ BASE_HEADERS = [
 ]
 
 
+def serve(
+    factory: pytest.TempPathFactory, name: str, config: dict[str, object]
+) -> Iterator[Running]:
+    with running(make_site(factory.mktemp(name), config)) as svc:
+        yield svc
+
+
 @pytest.fixture(scope="module")
 def content_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with running(make_site(tmp_path_factory.mktemp("content"), CONTENT)) as svc:
-        yield svc
+    yield from serve(tmp_path_factory, "content", CONTENT)
 
 
 def envelope(
@@ -130,8 +136,7 @@ KEYED = {**CONTENT, "content": {"add_loop_marker": True, "loop_marker_key": "x" 
 
 @pytest.fixture(scope="module")
 def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with running(make_site(tmp_path_factory.mktemp("keyed"), KEYED)) as svc:
-        yield svc
+    yield from serve(tmp_path_factory, "keyed", KEYED)
 
 
 def test_a_keyed_marker_is_a_loop_only_for_the_recipients_it_names(
