@@ -694,6 +694,23 @@ def test_a_site_without_domains_is_a_problem(
         assert "refused as relaying (host_denies_relay)" in found[0]
 
 
+@pytest.mark.parametrize(("mode", "reported"), [(0o644, True), (0o640, False)])
+def test_a_loop_marker_key_others_may_read_is_a_problem(
+    tmp_path: Path, mode: int, reported: bool
+) -> None:
+    """Review rev107 F4: the key keeps the marker's recipients hidden and unforgeable;
+    in a file every user may read it is neither (OpenDKIM refuses such a key)."""
+    site = make_site(tmp_path, {"content": {"loop_marker_key": "k" * 20}})
+    site.config.chmod(mode)
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    found = [p for p in problems(result) if ": content.loop_marker_key: " in p]
+    assert bool(found) is reported, result.stderr
+    assert result.returncode == (1 if reported else 0), result.stderr
+    if reported:
+        assert "every user may read it (mode 0644): chmod o-r" in found[0]
+    assert "k" * 20 not in result.stderr + result.stdout
+
+
 def test_check_config_runs_the_virus_hook_once_as_the_service_user(open_dir: Path) -> None:
     """Review rev92 F3: a hook that fails every message (clamdscan without its clamd,
     exit 2, a hang) passed check-config, which only looked at the program file. Online,

@@ -139,24 +139,28 @@ def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]
     yield from serve(tmp_path_factory, "keyed", KEYED)
 
 
-def test_a_keyed_marker_is_a_loop_only_for_the_recipients_it_names(
+def test_a_keyed_marker_is_a_loop_only_for_its_sender_and_recipients(
     keyed_service: Running,
 ) -> None:
-    """Review rev105: with content.loop_marker_key, a list or ticket host of ours that
-    sends its members the post it got through us is no loop; the same mailbox's message
-    coming back from a trusted host (a mail store or filter loop) still is."""
-    with envelope(keyed_service, recipients=("<news@example.com>",)) as s:
+    """Review rev105 and rev107 F1: with content.loop_marker_key, a list host of ours
+    that sends its members a post it got through us (with its own envelope sender) is no
+    loop, even for a member the post was also sent to (a reply to the list with the
+    member in Cc); the same message coming back from a trusted host for one of its
+    recipients from its sender (a mail store or filter loop) still is."""
+    post = ("<news@example.com>", "<alice@example.com>")
+    with envelope(keyed_service, recipients=post) as s:
         final, mods, _early = s.message(BASE_HEADERS, "a post\r\n")
     assert final.kind in ("continue", "accept")
     (marker,) = [m for name, m in mods if name == "h" and m["name"] == "X-Smtpguard-Loop"]
-    assert marker["value"].startswith("mx.example.com; r=")
+    assert marker["value"].startswith("mx.example.com; n=")
     assert "news" not in marker["value"]
     posted = [*BASE_HEADERS, ("X-Smtpguard-Loop", marker["value"])]
     members = ("<alice@example.com>", "<dave@example.com>")
-    with envelope(keyed_service, TRUSTED_IP, recipients=members) as s:
+    bounces = "<news-bounces@example.com>"
+    with envelope(keyed_service, TRUSTED_IP, sender=bounces, recipients=members) as s:
         final, _mods, _early = s.message(posted, "a post\r\n")
     assert final.kind in ("continue", "accept")
-    with envelope(keyed_service, TRUSTED_IP, recipients=("<news@example.com>",)) as s:
+    with envelope(keyed_service, TRUSTED_IP, recipients=("<alice@example.com>",)) as s:
         final, _mods, _early = s.message(posted, "a post\r\n")
     assert_reply(final, "looping_message")
 

@@ -47,7 +47,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smtpguard.adapter import App, drop_privileges, serve
     from smtpguard.app import build_runtime, new_gate
     from smtpguard.metrics import PrometheusMetrics
-    from smtpguard.probes import file_problems, site_problems, socket_problems, user_problems
+    from smtpguard.probes import (
+        file_problems,
+        key_problems,
+        site_problems,
+        socket_problems,
+        user_problems,
+    )
     from smtpguard.sockets import StartError, claim_unix, libmilter_address, unix_path
     from smtpguard.supervisor import reloader
 
@@ -70,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for problem in file_problems(config, become=drop_privileges):
         logging.getLogger("smtpguard").error("%s", problem)
     # Also named, not fatal: check-config reports them as problems.
-    for problem in socket_problems(config) + site_problems(config):
+    for problem in socket_problems(config) + site_problems(config) + key_problems(config):
         logging.getLogger("smtpguard").warning("%s", problem)
     if config.milter.workers > 1:
         from smtpguard.supervisor import prepare_metrics, supervise
@@ -116,6 +122,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         backend_problems,
         cpu_problems,
         file_problems,
+        key_problems,
         log_problems,
         site_problems,
         socket_problems,
@@ -130,7 +137,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     problems = user_problems(config) + file_problems(config, become=drop_privileges)
     problems += log_problems(config) + cpu_problems(config) + socket_problems(config)
-    problems += site_problems(config)
+    problems += site_problems(config) + key_problems(config)
     # A directory file already reported is left out, so the rest still gets checked.
     unreadable = any(p.key == "directory.path" for p in problems)
     try:

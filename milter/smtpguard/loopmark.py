@@ -4,29 +4,63 @@ A bare marker (``mx.example.com``) says only that we accepted the message once, 
 return of it is a loop: a list or ticket host of ours that sends its members mail it got
 through us, or a copy a user forwards elsewhere that comes back to another of our users,
 is refused although it loops nowhere (review rev105). With ``content.loop_marker_key``
-the marker also carries a keyed hash of each recipient we accepted it for
-(``mx.example.com; r=3f9a0c11d2, 8be01d4c7a``), and a message that comes back is a loop
-only when it comes back for one of them: the test Postfix's ``Delivered-To:`` makes at
-final delivery, made here at the MX for mail that did not reach final delivery. The
-hashes are keyed so that a recipient cannot test a guessed address against them: who
-else got the message (a Bcc recipient) stays hidden. The recipients are those of RCPT
-TO: a loop of an address the MTA rewrites after us (an alias) is found one pass later,
-when the marker that pass adds names the rewritten address.
+the marker carries a random value of its own and a keyed hash of the envelope sender
+with each recipient we accepted it for::
+
+    X-Smtpguard-Loop: mx.example.com; n=5d1c0e7a93b2; r=3f9a0c11d2, 8be01d4c7a, ...
+
+and a message that comes back is a loop only when it comes back from the same envelope
+sender for one of those recipients. The loops the marker is for keep the sender: a mail
+store, a smarthost or a content filter that sends the message back, a forward between
+two of our mailboxes. A list or ticket host sends on with an envelope sender of its own
+(its bounce address), so its members' copies pass even when a member was among the
+recipients (a reply to the list with a member in Cc: review rev107 F1).
+
+The hashes hide who received the message (review rev107 F2): without the key nobody can
+compute one, the random value makes them differ in every message (no hash seen in one
+message can be recognised in another), and random hashes are added up to 4, 8, 16 or 32,
+so the count of recipients shows only within that step. What stays: someone who has a
+copy and can send mail as its envelope sender may send it back to an address of ours
+and learn from a refusal that the address was among the recipients, one guess per
+message (docs: conf/smtpguard.toml). Over :data:`MAX_TAGGED` recipients the marker holds
+one hash of the sender alone (``a=``): any return from that sender is a loop.
+
+The recipients are those of RCPT TO without their address extension: a loop of an
+address the MTA rewrites after us (an alias) is found one pass later, when the marker
+that pass adds names the rewritten address.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, NamedTuple
 
+from smtpguard.address import Address, strip_extension
 from smtpguard.resultheaders import fold
 
-#: Over this many recipients the marker is added bare (any return is a loop, as without
-#: a key): the field stays under a few hundred octets.
-MAX_TAGGED: Final = 50
+#: Over this many recipients the marker names the sender alone (``a=``).
+MAX_TAGGED: Final = 32
+#: The count of hashes is rounded up to one of these with random ones.
+_STEPS: Final = (4, 8, 16, MAX_TAGGED)
 _TAG_BYTES: Final = 5
+_NONCE_BYTES: Final = 6
 _PERSON: Final = b"smtpguard-loop"
+#: Stands for "every recipient" in the hash of an ``a=`` marker (no address is empty).
+_EVERY: Final = ""
+
+
+class Marker(NamedTuple):
+    """Our marker as read back: ``nonce`` is empty for a bare one."""
+
+    nonce: str
+    #: The sender's hash of an ``a=`` marker, else empty.
+    every: str
+    tags: frozenset[str]
+
+
+BARE: Final = Marker("", "", frozenset())
 
 
 def key_of(secret: str) -> bytes:
@@ -34,34 +68,76 @@ def key_of(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest() if secret else b""
 
 
-def tag(key: bytes, recipient: str) -> str:
-    """The recipient's hash (``recipient``: its canonical form, lower case)."""
-    data = recipient.encode("utf-8", "surrogateescape")
+def parties(
+    sender: Address | None, recipients: Iterable[Address], delimiters: str
+) -> tuple[str, list[str]]:
+    """The sender and recipients as the hashes take them: canonical, lower case, the
+    recipients without their extension (``site.recipient_delimiter``)."""
+    bases = [r.canonical_lc for r in recipients]
+    return (
+        sender.canonical_lc if sender is not None else "",
+        [strip_extension(b, delimiters) or b for b in bases],
+    )
+
+
+def tag(key: bytes, nonce: str, sender: str, recipient: str) -> str:
+    """The hash of one (sender, recipient) pair in the marker with ``nonce``; both
+    addresses in their canonical form, lower case, the recipient without extension."""
+    data = "\0".join((nonce, sender, recipient)).encode("utf-8", "surrogateescape")
     return hashlib.blake2b(data, digest_size=_TAG_BYTES, key=key, person=_PERSON).hexdigest()
 
 
-def render(name: str, value: str, key: bytes, recipients: Iterable[str]) -> str:
-    """The marker field's value for a message accepted for ``recipients``, folded."""
-    tags = sorted({tag(key, r) for r in recipients}) if key else []
-    if not tags or len(tags) > MAX_TAGGED:
+def render(
+    name: str,
+    value: str,
+    key: bytes,
+    sender: str,
+    recipients: Iterable[str],
+    *,
+    nonce: str | None = None,
+) -> str:
+    """The marker field's value for a message from ``sender`` accepted for
+    ``recipients``, folded; bare without a key."""
+    if not key:
         return value
-    words = [f"{value};", *(f"{t}," for t in tags)]
-    words[1] = f"r={words[1]}"
+    nonce = nonce or secrets.token_hex(_NONCE_BYTES)
+    tags = {tag(key, nonce, sender, r) for r in recipients}
+    if not tags or len(tags) > MAX_TAGGED:
+        last = f"a={tag(key, nonce, sender, _EVERY)}"
+        return fold(name, [f"{value};", f"n={nonce};", last])
+    step = next(s for s in _STEPS if s >= len(tags))
+    while len(tags) < step:
+        tags.add(secrets.token_hex(_TAG_BYTES))
+    words = [f"{t}," for t in sorted(tags)]
+    words[0] = f"r={words[0]}"
     words[-1] = words[-1].rstrip(",")
-    return fold(name, words)
+    return fold(name, [f"{value};", f"n={nonce};", *words])
 
 
-def parse(field: str, value: str) -> frozenset[str] | None:
-    """The hashes of our marker ``field`` (its value as received, any case, folded or
-    not), an empty set for a bare one, None when it is not ours (``value``: our marker
-    value, lower case)."""
+def parse(field: str, value: str) -> Marker | None:
+    """Our marker ``field`` (its value as received, any case, folded or not) read back,
+    :data:`BARE` for a bare one; None when it is not ours (``value``: our marker value,
+    lower case)."""
     text = field.replace("\r", "").replace("\n", "").strip().lower()
     if text == value:
-        return frozenset()
+        return BARE
     if not text.startswith(value):
         return None
-    rest = "".join(text[len(value) :].split())
-    if not rest.startswith(";r="):
+    parts = "".join(text[len(value) :].split()).split(";")
+    if len(parts) != 3 or parts[0] or not parts[1].startswith("n=") or not parts[1][2:]:
         return None
-    tags = frozenset(rest[3:].split(","))
-    return tags if all(tags) else None
+    nonce, last = parts[1][2:], parts[2]
+    if last.startswith("a=") and last[2:]:
+        return Marker(nonce, last[2:], frozenset())
+    tags = frozenset(last[2:].split(","))
+    if not last.startswith("r=") or not all(tags):
+        return None
+    return Marker(nonce, "", tags)
+
+
+def names(key: bytes, marker: Marker, sender: str, recipients: Iterable[str]) -> bool:
+    """Whether a keyed ``marker`` names this transaction: its sender with one of its
+    ``recipients`` (canonical, lower case, without extension), or its sender alone."""
+    if marker.every:
+        return secrets.compare_digest(tag(key, marker.nonce, sender, _EVERY), marker.every)
+    return any(tag(key, marker.nonce, sender, r) in marker.tags for r in recipients)

@@ -442,8 +442,8 @@ class Pipeline:
         if not self.loop_key:
             return self.eom_headers
         ((name, value),) = self.eom_headers
-        recipients = [r.canonical_lc for r in txn.recipients]
-        return ((name, loopmark.render(name, value, self.loop_key, recipients)),)
+        sender, recipients = loopmark.parties(txn.sender, txn.recipients, site.recipient_delimiter)
+        return ((name, loopmark.render(name, value, self.loop_key, sender, recipients)),)
 
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
         """End of message, accepted: the headers to add, insert and remove."""

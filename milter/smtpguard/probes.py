@@ -30,6 +30,7 @@ import pwd
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -82,6 +83,25 @@ def site_problems(config: Config) -> list[ConfigError]:
         " mail for"
     )
     return [ConfigError(config.file, "site.local_domains", text)]
+
+
+def key_problems(config: Config) -> list[ConfigError]:
+    """A config file that holds ``content.loop_marker_key`` and that every user may
+    read: the key is what keeps the marker's recipients hidden and unforgeable (review
+    rev107 F4; OpenDKIM refuses a signing key others can read)."""
+    if not config.content.loop_marker_key:
+        return []
+    try:
+        mode = os.stat(config.file).st_mode
+    except OSError:
+        return []  # the file was read a moment ago; what is gone now is another problem
+    if not mode & stat.S_IROTH:
+        return []
+    text = (
+        f"{config.file} holds the key and every user may read it (mode"
+        f" {stat.S_IMODE(mode):04o}): chmod o-r it (0640, group of the service user)"
+    )
+    return [ConfigError(config.file, "content.loop_marker_key", text)]
 
 
 def state_notes(config: Config) -> list[ConfigError]:

@@ -119,43 +119,52 @@ def test_without_message_or_header_nothing_is_decided(make_services: ServicesFac
 KEYED = {"loop_marker_key": "sixteen or more characters"}
 
 
-def keyed_marker(*recipients: str) -> tuple[str, str]:
+def keyed_marker(sender: str, *recipients: str) -> tuple[str, str]:
     key = loopmark.key_of(KEYED["loop_marker_key"])
-    return (
-        "X-Smtpguard-Loop",
-        loopmark.render("X-Smtpguard-Loop", "mx.example.com", key, recipients),
-    )
+    name = "X-Smtpguard-Loop"
+    return (name, loopmark.render(name, "mx.example.com", key, sender, recipients))
 
 
-def test_a_keyed_marker_is_a_loop_for_a_recipient_it_names(
+NAMED = Hit("looping_message", "our X-Smtpguard-Loop marker names this sender and recipient")
+
+
+def test_a_keyed_marker_is_a_loop_for_its_sender_and_a_recipient_it_names(
     make_services: ServicesFactory,
 ) -> None:
-    """The mail store, smarthost or filter loop comes back for the same mailbox."""
+    """The mail store, smarthost or filter loop comes back for the same mailbox from
+    the same envelope sender, whatever the address extension."""
     check = Loop(make_services(content=KEYED))
-    marker = keyed_marker("carol@example.com", "bob@example.com")
-    verdict = headers(check, conn_with_message(trusted_network=True), marker)
-    assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker names a recipient")
+    marker = keyed_marker("a@example.org", "carol@example.com", "bob@example.com")
+    assert headers(check, conn_with_message(trusted_network=True), marker) == NAMED
+    conn = conn_with_message(recipients=["bob+tag@example.com"])
+    assert headers(check, conn, marker) == NAMED
 
 
-def test_a_keyed_marker_for_other_recipients_passes(make_services: ServicesFactory) -> None:
-    """Review rev105: a list or ticket host of ours sends its members the mail it got
-    through us (marked for the list's address), or a forwarded copy comes back for
-    another user: no loop."""
+def test_a_keyed_marker_for_other_recipients_or_another_sender_passes(
+    make_services: ServicesFactory,
+) -> None:
+    """Review rev105 and rev107 F1: a list or ticket host of ours sends its members the
+    mail it got through us with its own envelope sender, even to a member who was among
+    the first recipients; a forwarded copy comes back for another user: no loop."""
     check = Loop(make_services(content=KEYED))
-    conn = conn_with_message(trusted_network=True, recipients=["bob@example.com"])
-    assert headers(check, conn, keyed_marker("list@example.com")) is None
+    marker = keyed_marker("a@example.org", "news@example.com", "bob@example.com")
+    conn = conn_with_message(trusted_network=True, recipients=["carol@example.com"])
+    assert headers(check, conn, marker) is None
+    conn = conn_with_message(
+        trusted_network=True, sender="news-bounces@example.com", recipients=["bob@example.com"]
+    )
+    assert headers(check, conn, marker) is None
 
 
-def test_a_bare_marker_is_a_loop_with_a_key_too(make_services: ServicesFactory) -> None:
-    """Mail marked before the key was set (or over the recipient cap) says nothing of
-    its recipients: any return is a loop."""
+def test_a_bare_marker_is_nobodys_with_a_key(make_services: ServicesFactory) -> None:
+    """Review rev107: with a key we add no bare marker, and anyone can write one (in a
+    post to a list elsewhere, to have the list's copies to our users refused)."""
     check = Loop(make_services(content=KEYED))
-    verdict = headers(check, conn_with_message(), ("X-Smtpguard-Loop", "mx.example.com"))
-    assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker is present")
+    assert headers(check, conn_with_message(), ("X-Smtpguard-Loop", "mx.example.com")) is None
 
 
 def test_a_keyed_marker_without_the_key_is_a_loop(make_services: ServicesFactory) -> None:
     """The key removed: hashes nobody can check count as our bare marker."""
     check = Loop(make_services())
-    verdict = headers(check, conn_with_message(), keyed_marker("list@example.com"))
+    verdict = headers(check, conn_with_message(), keyed_marker("x@y.org", "list@example.com"))
     assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker is present")

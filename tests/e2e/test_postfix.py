@@ -292,23 +292,31 @@ def test_accepted_mail_arrives_intact(postfix: Postfix) -> None:
     assert b"X-Smtpguard-Loop: mx.example.com" in head
 
 
-def test_the_keyed_marker_is_a_loop_only_for_its_recipients(postfix: Postfix) -> None:
-    """Review rev105: the marker of a delivered message names its recipient (a keyed
-    hash); sent back for that recipient it is a loop, sent on to another user (a list
-    host of ours passing a post on) it is not."""
+def test_the_keyed_marker_is_a_loop_only_for_its_sender_and_recipients(
+    postfix: Postfix,
+) -> None:
+    """Review rev105, rev107 F1: the marker of a delivered message names its envelope
+    sender and recipient (keyed hashes, folded over lines); sent back as it arrived for
+    that recipient it is a loop, sent on to another user or by a list host's own
+    envelope sender it is not."""
     reply = send(postfix, HEADERS.format(n=3) + "\r\nhi\r\n")
     queue_id = re.search(r"queued as (\w+)", reply.lines[-1])
     assert reply.code == 250, reply
     assert queue_id, reply
     head = postfix.wait_delivered(queue_id.group(1)).partition(b"\n\n")[0].decode()
-    marker = re.search(r"^X-Smtpguard-Loop: (mx\.example\.com; r=\w+)$", head, re.M)
-    assert marker, head
-    again = f"X-Smtpguard-Loop: {marker.group(1)}\r\n" + HEADERS.format(n=4) + "\r\nhi\r\n"
+    field = re.search(r"^X-Smtpguard-Loop: mx\.example\.com; n=\w+;.*(?:\n\t.*)*", head, re.M)
+    assert field, head
+    again = field.group(0).replace("\n", "\r\n") + "\r\n" + HEADERS.format(n=4) + "\r\nhi\r\n"
     assert_table(send(postfix, again), "looping_message")
-    with client(postfix, UNTRUSTED) as c:
-        assert c.cmd("MAIL FROM:<friend@sender.example>").code == 250
-        assert c.cmd("RCPT TO:<dave@example.com>").code == 250
-        assert c.data(again.encode()).code == 250
+    resent = (
+        (UNTRUSTED, "friend@sender.example", "dave"),
+        (TRUSTED, "news-bounces@example.com", "alice"),  # the list host of ours
+    )
+    for host, sender, rcpt in resent:
+        with client(postfix, host) as c:
+            assert c.cmd(f"MAIL FROM:<{sender}>").code == 250
+            assert c.cmd(f"RCPT TO:<{rcpt}@example.com>").code == 250
+            assert c.data(again.encode()).code == 250
 
 
 def test_looping_message(postfix: Postfix) -> None:

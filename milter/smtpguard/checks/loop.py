@@ -7,8 +7,9 @@ value (we accepted this message before, for a domain of ours), unless the client
 logged in: a user's redirect of a message we delivered carries our marker and is no
 loop. A host in ``trusted_networks`` is not exempt: a loop between the MX and a mail
 store, a smarthost or a content filter's reinjection runs through one (review rev105).
-A marker that names its recipients (``content.loop_marker_key``, smtpguard.loopmark)
-is a loop only when the message comes back for one of them.
+With ``content.loop_marker_key`` our marker names its envelope sender and recipients
+(smtpguard.loopmark) and is a loop only when the message comes back from that sender for
+one of them; a bare one is then nobody's.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Loop:
         self.marker = config.content.loop_marker.lower()
         self.marker_value = config.loop_marker_value.lower()
         self.key = loopmark.key_of(config.content.loop_marker_key)
+        self.delimiters = config.site.recipient_delimiter
         #: Called for these fields only (smtpguard.checks.header_names).
         self.header_names = frozenset({"received", "delivered-to", self.marker})
 
@@ -47,14 +49,19 @@ class Loop:
         # A logged-in user who sends a message on unchanged (a redirect) sends back what
         # we delivered, marker included: that is no loop (the hop count still holds).
         if lowered == self.marker and not conn.authenticated:
-            tags = loopmark.parse(value, self.marker_value)
-            if tags is None:
+            marker = loopmark.parse(value, self.marker_value)
+            if marker is None:
                 return None
-            if not tags or not self.key:
+            if not self.key:
                 # Bare, or hashes we cannot check (the key was removed): any return.
                 return Hit("looping_message", f"our {name} marker is present")
-            if any(loopmark.tag(self.key, r.canonical_lc) in tags for r in txn.recipients):
-                return Hit("looping_message", f"our {name} marker names a recipient")
+            if not marker.nonce:
+                # With a key we add no bare marker: anyone may have written this one (in
+                # a post to a list elsewhere, to have its copies to our users refused).
+                return None
+            sender, recipients = loopmark.parties(txn.sender, txn.recipients, self.delimiters)
+            if loopmark.names(self.key, marker, sender, recipients):
+                return Hit("looping_message", f"our {name} marker names this sender and recipient")
             return None
         if lowered == "delivered-to":
             try:
