@@ -42,7 +42,7 @@ from smtpguard.counters import (
     lock_pauses,
     redis_client,
 )
-from support.daemons import RedisServer, free_port, start_redis
+from support.daemons import REDIS_COUNTING, RedisServer, free_port, start_redis
 from support.fake_dns import FakeClock
 from support.files import descriptors_on, fill_up, tmpfs
 from support.polling import wait_until
@@ -227,6 +227,7 @@ def fresh_redis(redis_server: RedisServer) -> RedisServer:
         redis_server.restart()
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
+    client.script_flush()  # each test meets a Redis that knows no script yet
     client.close()
     return redis_server
 
@@ -590,6 +591,48 @@ def test_a_take_back_refused_fails_no_call(fresh_redis: RedisServer) -> None:
     for n in range(3):
         assert counter.hit(f"other{n}|192.0.2.9", 3000) == 1
     assert not counter.down
+    admin.close()
+
+
+@pytest.mark.integration
+def test_a_take_back_works_for_the_documented_redis_user(fresh_redis: RedisServer) -> None:
+    """Review rev106 F1: a take-back rode in a redis-py pipeline with the call's script,
+    which made redis-py ask SCRIPT EXISTS first: refused to the user conf/smtpguard.toml
+    describes, so after one timeout every call failed until the worker restarted."""
+    admin = redis.Redis.from_url(fresh_redis.url)
+    commands = REDIS_COUNTING.split()
+    admin.acl_setuser("svc", enabled=True, passwords=["+pw"], keys=["*"], commands=commands)
+    url = f"redis://svc:pw@127.0.0.1:{fresh_redis.port}/0"
+    counter = RedisCounter(redis_client(url, timeout=0.3), 60, TWO_PERCENT)
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m0", 3) == (1, 1)
+    timed_out(fresh_redis, lambda: hit_unless_retry(counter, KEY, 3000, "retry|m1", 3))
+    reader = counter_on(fresh_redis)
+    wait_until(lambda: reader.peek(KEY, 3000) == 2)  # Redis ran it after all
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m1", 3) == (2, 1)  # taken back
+    assert counter.hit("other|192.0.2.9", 3000) == 1
+    assert reader.peek(KEY, 3000) == 2
+    admin.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("retry", [False, True])
+def test_a_take_back_after_redis_lost_its_scripts(fresh_redis: RedisServer, retry: bool) -> None:
+    """The take-back's round after SCRIPT FLUSH (or a restart without persistence):
+    the scripts are loaded again and what did not run runs once; the call's hit counts
+    once, the hit that timed out not at all."""
+    counter = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    reader = counter_on(fresh_redis)
+    if retry:
+        assert hit_unless_retry(counter, KEY, 3000, "retry|m0", 3) == (1, 1)
+        timed_out(fresh_redis, lambda: hit_unless_retry(counter, KEY, 3000, "retry|m1", 3))
+    else:
+        assert counter.hit(KEY, 3000) == 1
+        timed_out(fresh_redis, lambda: counter.hit(KEY, 3000))
+    wait_until(lambda: reader.peek(KEY, 3000) == 2)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    admin.script_flush()
+    assert hit_unless_retry(counter, KEY, 3000, "retry|m2", 3) == (2, 1)
+    assert reader.peek(KEY, 3000) == 2
     admin.close()
 
 

@@ -21,7 +21,7 @@ import redis
 from smtpguard.app import load
 from smtpguard.config import Config
 from smtpguard.probes import socket_problems
-from support.daemons import Rspamd, free_port, start_clamd, start_redis
+from support.daemons import REDIS_COUNTING, Rspamd, free_port, start_clamd, start_redis
 from support.files import STDLIB, STDLIB_PROBLEM, others_may_read, without_stdlib_problem
 from support.service import ROOT, Site, make_site, merge, run_cli, running, smtpguard
 from support.unbound import DnsServer, silent_nameserver
@@ -295,8 +295,7 @@ def test_the_redis_probe_writes_with_the_counters_commands(tmp_path: Path) -> No
         client = redis.Redis.from_url(redis_server.url)
         # What the counter's script needs (EVALSHA, SCRIPT LOAD after NOSCRIPT, and
         # the commands the script runs), and a user with PING and ZADD but no script.
-        counting = "+ping +evalsha +script|load +time +zadd +zcard +zremrangebyscore"
-        counting += " +zremrangebyrank +pexpire +zrem +zrevrange"
+        counting = REDIS_COUNTING
         client.acl_setuser(
             "svc",
             enabled=True,

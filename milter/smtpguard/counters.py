@@ -867,6 +867,10 @@ def redis_client(url: str, *, timeout: float = 0.5) -> redis.Redis:
     )
 
 
+#: A call of a take-back round: its script (None: ZREM), keys and arguments.
+_Call = tuple[Script | None, list[str], list[str | int]]
+
+
 class RedisCounter:
     """The shared backend: one sorted set per (key, bucket) in Redis.
 
@@ -948,18 +952,24 @@ class RedisCounter:
         return int(total), int(attempts)
 
     def try_take_back(self, key: str, size: int) -> None:
-        """Run what taking back a failed call's hits runs (ZREM, and the retry call's
-        script with its ZREVRANGE) on members that do not exist: whether the Redis user
-        may (check-config). Raises :class:`CounterError`."""
+        """Take back, as the service does after a failed call, a plain hit and a retry
+        call's hits (ZREM, and the take-back script with its ZREVRANGE, in a pipeline)
+        of members that do not exist: whether the Redis user may (check-config).
+        Raises :class:`CounterError`, caused by the first refusal."""
         base = self._base(key)
         bucket = self._keys(base, size)[1]
-        attempt_key = self._attempt_key(base, key, size)
         member = self._member()
+        taken = [
+            _Written(bucket, member),
+            _Written(bucket, member, self._attempt_key(base, key, size), member),
+        ]
         try:
-            self.client.zrem(bucket, member)
-            self._take_back_retry(keys=[attempt_key, bucket], args=[member, member])
+            answers = self._take_back(taken)
         except (redis.RedisError, OSError) as exc:
             raise CounterError(f"redis: {exc}") from exc
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise CounterError(f"redis: {answer}") from answer
 
     def keys_for(self, key: str, size: int) -> list[str]:
         return self._keys(self._base(key), size)
@@ -1027,24 +1037,19 @@ class RedisCounter:
     def _run_taking_back(
         self, taken: list[_Written], script: Script, keys: list[str], args: list[str | int]
     ) -> object:
-        """The hits in ``taken`` removed, then the script run: one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for written in taken:
-            if written.attempt_key:
-                self._take_back_retry(
-                    keys=[written.attempt_key, written.key],
-                    args=[written.attempt_member, written.member],
-                    client=pipe,
-                )
-            else:
-                pipe.zrem(written.key, written.member)
-        script(keys=keys, args=args, client=pipe)
+        """The hits in ``taken`` removed (one round trip), then the script run.
+
+        The take-back script is queued as EVALSHA itself: a script handed to a redis-py
+        pipeline makes it ask SCRIPT EXISTS first, a command the service's Redis user
+        need not have (review rev106 F1: refused, every call after one timeout failed).
+        A Redis that does not know it (its first take-back, a restart, SCRIPT FLUSH)
+        answers NOSCRIPT: it is loaded, as the plain calls do, and those take-backs
+        sent again, before the call's own script: what a take-back leaves must not be
+        counted by the call (an attempt still there makes the retry a repeat)."""
+        removed = self._take_back(taken)
         # Each answer on its own: a take-back refused (a key of another type now: no
         # hit of ours to take back) is dropped, and must not fail this call, nor every
         # call after it (review rev89 F1).
-        *removed, result = pipe.execute(raise_on_error=False)
-        if isinstance(result, Exception):
-            raise result
         if gone := sum(n for n in removed if isinstance(n, int)):
             log.info(
                 "counter backend redis: took back %d same-size hit(s) that Redis counted"
@@ -1059,7 +1064,37 @@ class RedisCounter:
                 len(refused),
                 refused[0],
             )
-        return result
+        return script(keys=keys, args=args)
+
+    def _take_back(self, taken: list[_Written]) -> list[object]:
+        """The take-backs of ``taken`` in one round trip (two after NOSCRIPT); the
+        answer of each, an exception for one refused."""
+        undo = self._take_back_retry
+        calls: list[_Call] = [
+            (undo, [w.attempt_key, w.key], [w.attempt_member, w.member])
+            if w.attempt_key
+            else (None, [w.key], [w.member])
+            for w in taken
+        ]
+        removed = self._round(calls)
+        lost = [i for i, r in enumerate(removed) if isinstance(r, redis.exceptions.NoScriptError)]
+        if lost:
+            undo.sha = self.client.script_load(undo.script)
+            again = self._round([calls[i] for i in lost])
+            for i, result in zip(lost, again, strict=True):
+                removed[i] = result
+        return removed
+
+    def _round(self, calls: list[_Call]) -> list[object]:
+        """One pipeline of EVALSHA (a script) and ZREM (None: of its one key, the
+        members) calls; every answer."""
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            if script is None:
+                pipe.zrem(keys[0], *args)
+            else:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return cast(list[object], pipe.execute(raise_on_error=False))
 
 
 #: Hits to take back at most (RedisCounter._undo), and per call that works.

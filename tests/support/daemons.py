@@ -164,6 +164,14 @@ def start_clamd(
 # --- redis-server ----------------------------------------------------------------------
 
 
+#: The service's least-privilege Redis user's commands for the counters, as
+#: conf/smtpguard.toml ([state]) lists them (the blacklist's +hmget aside).
+REDIS_COUNTING = (
+    "+ping +evalsha +script|load +time +zadd +zcard +zremrangebyscore +zremrangebyrank"
+    " +pexpire +zrem +zrevrange"
+)
+
+
 @dataclass
 class RedisServer:
     dir: Path
