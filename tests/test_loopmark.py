@@ -50,10 +50,10 @@ def test_the_hashes_hide_the_recipients_and_their_count() -> None:
 
 
 def test_a_given_nonce_gives_the_same_hashes() -> None:
-    assert read(marked("a@x.org", "b@example.com", nonce="00aa")).nonce == "00aa"
+    assert read(marked("a@x.org", "b@example.com", nonce="00aa00aa00aa")).nonce == "00aa00aa00aa"
     assert (
-        loopmark.tag(KEY, "00aa", "a@x.org", "b@example.com")
-        in read(marked("a@x.org", "b@example.com", nonce="00aa")).tags
+        loopmark.tag(KEY, "00aa00aa00aa", "a@x.org", "b@example.com")
+        in read(marked("a@x.org", "b@example.com", nonce="00aa00aa00aa")).tags
     )
 
 
@@ -98,6 +98,11 @@ def test_other_values_are_not_ours() -> None:
         "mx.example.com; n=00; r=00,,11",
         "mx.example.com; n=00; a=",
         "mx.example.com; n=00; r=00; more",
+        # Only what render writes (review rev108 F1: a forged "a=é" raised TypeError).
+        "mx.example.com; n=00aa00aa00aa; a=\u00e9",
+        "mx.example.com; n=00aa00aa00aa; a=00112233445",
+        "mx.example.com; n=00aa00aa00aa; r=001122334g",
+        "mx.example.com; n=00aa00aa00aa; r=" + ",".join(["0011223344"] * 33),
         "other.example; n=00; r=0011223344",
     ):
         assert loopmark.parse(value, OUR) is None, value

@@ -693,14 +693,21 @@ def test_a_site_without_domains_is_a_problem(
         assert "refused as relaying (host_denies_relay)" in found[0]
 
 
-@pytest.mark.parametrize(("mode", "reported"), [(0o644, True), (0o640, False)])
+@pytest.mark.parametrize(
+    ("mode", "folder", "reported"),
+    [(0o644, 0o755, True), (0o640, 0o755, False), (0o644, 0o700, False)],
+    ids=["readable", "group", "in_a_closed_folder"],
+)
 def test_a_loop_marker_key_others_may_read_is_a_problem(
-    tmp_path: Path, mode: int, reported: bool
+    open_dir: Path, mode: int, folder: int, reported: bool
 ) -> None:
     """Review rev107 F4: the key keeps the marker's recipients hidden and unforgeable;
-    in a file every user may read it is neither (OpenDKIM refuses such a key)."""
-    site = make_site(tmp_path, {"content": {"loop_marker_key": "k" * 20}})
+    in a file every user may read it is neither (OpenDKIM refuses such a key). Review
+    rev108 F5: not where no other user can reach the file."""
+    where = open_dir / "conf"
+    site = make_site(where, {"content": {"loop_marker_key": "k" * 20}})
     site.config.chmod(mode)
+    where.chmod(folder)
     result = smtpguard(site, "check-config", "--offline", check=False)
     found = [p for p in problems(result) if ": content.loop_marker_key: " in p]
     assert bool(found) is reported, result.stderr

@@ -20,9 +20,9 @@ The hashes hide who received the message (review rev107 F2): without the key nob
 compute one, the random value makes them differ in every message (no hash seen in one
 message can be recognised in another), and random hashes are added up to 4, 8, 16 or 32,
 so the count of recipients shows only within that step. What stays: someone who has a
-copy and can send mail as its envelope sender may send it back to an address of ours
-and learn from a refusal that the address was among the recipients, one guess per
-message (docs: conf/smtpguard.toml). Over :data:`MAX_TAGGED` recipients the marker holds
+copy and can send mail as its envelope sender may send it back to addresses of ours, as
+often as they like, and learn from a refusal that one of them was among the recipients
+(docs: conf/smtpguard.toml). Over :data:`MAX_TAGGED` recipients the marker holds
 one hash of the sender alone (``a=``): any return from that sender is a loop.
 
 The recipients are those of RCPT TO without their address extension: a loop of an
@@ -33,6 +33,7 @@ that pass adds names the rewritten address.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Final, NamedTuple
@@ -49,6 +50,14 @@ _NONCE_BYTES: Final = 6
 _PERSON: Final = b"smtpguard-loop"
 #: Stands for "every recipient" in the hash of an ``a=`` marker (no address is empty).
 _EVERY: Final = ""
+
+
+#: What follows our value in a keyed marker, its folding whitespace removed.
+_HASH: Final = rf"[0-9a-f]{{{2 * _TAG_BYTES}}}"
+_KEYED: Final = re.compile(
+    rf";n=(?P<nonce>[0-9a-f]{{{2 * _NONCE_BYTES}}});"
+    rf"(?:a=(?P<every>{_HASH})|r=(?P<tags>{_HASH}(?:,{_HASH}){{0,{MAX_TAGGED - 1}}}))"
+)
 
 
 class Marker(NamedTuple):
@@ -123,16 +132,14 @@ def parse(field: str, value: str) -> Marker | None:
         return BARE
     if not text.startswith(value):
         return None
-    parts = "".join(text[len(value) :].split()).split(";")
-    if len(parts) != 3 or parts[0] or not parts[1].startswith("n=") or not parts[1][2:]:
+    rest = _KEYED.fullmatch("".join(text[len(value) :].split()))
+    if rest is None:
+        # Only the forms render writes: anything else (a forged "a=é") is not ours.
         return None
-    nonce, last = parts[1][2:], parts[2]
-    if last.startswith("a=") and last[2:]:
-        return Marker(nonce, last[2:], frozenset())
-    tags = frozenset(last[2:].split(","))
-    if not last.startswith("r=") or not all(tags):
-        return None
-    return Marker(nonce, "", tags)
+    nonce, every, tags = rest.group("nonce", "every", "tags")
+    if every:
+        return Marker(nonce, every, frozenset())
+    return Marker(nonce, "", frozenset(tags.split(",")))
 
 
 def names(key: bytes, marker: Marker, sender: str, recipients: Iterable[str]) -> bool:

@@ -92,14 +92,19 @@ def key_problems(config: Config) -> list[ConfigError]:
     if not config.content.loop_marker_key:
         return []
     try:
-        mode = os.stat(config.file).st_mode
+        path = Path(config.file).resolve()
+        mode = path.stat().st_mode
+        # Readable by others only where they may also reach it (review rev108 F5: a
+        # 0644 file in a 0700 folder was refused).
+        hidden = any(not d.stat().st_mode & stat.S_IXOTH for d in path.parents)
     except OSError:
         return []  # the file was read a moment ago; what is gone now is another problem
-    if not mode & stat.S_IROTH:
+    if hidden or not mode & stat.S_IROTH:
         return []
     text = (
         f"{config.file} holds the key and every user may read it (mode"
-        f" {stat.S_IMODE(mode):04o}): chmod o-r it (0640, group of the service user)"
+        f" {stat.S_IMODE(mode):04o}): chmod o-r it (0640, group of the service user);"
+        " the shipped systemd unit does not start the service until then"
     )
     return [ConfigError(config.file, "content.loop_marker_key", text)]
 

@@ -168,3 +168,16 @@ def test_a_keyed_marker_without_the_key_is_a_loop(make_services: ServicesFactory
     check = Loop(make_services())
     verdict = headers(check, conn_with_message(), keyed_marker("x@y.org", "list@example.com"))
     assert verdict == Hit("looping_message", "our X-Smtpguard-Loop marker is present")
+
+
+def test_a_forged_keyed_marker_is_nobodys_and_costs_little(make_services: ServicesFactory) -> None:
+    """Review rev108: "a=é" made compare_digest raise (internal_error for anyone's
+    message, F1); past max_hops keyed markers the rest are not hashed (F3)."""
+    check = Loop(make_services(content=KEYED, limits={"max_hops": 3}))
+    forged = ("X-Smtpguard-Loop", "mx.example.com; n=1; a=\u00e9")
+    assert headers(check, conn_with_message(), forged) is None
+    conn = conn_with_message()
+    others = [keyed_marker("x@y.org", "carol@example.com")] * 3
+    assert headers(check, conn, *others, keyed_marker("a@example.org", "bob@example.com")) is None
+    conn = conn_with_message()
+    assert headers(check, conn, *others[:2], keyed_marker("a@example.org", "bob@example.com"))

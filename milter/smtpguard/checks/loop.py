@@ -22,6 +22,9 @@ from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
+#: Keyed markers of ours judged so far in the transaction (Transaction.scratch).
+_MARKERS = "loop.markers"
+
 
 class Loop:
     name: ClassVar[str] = "loop"
@@ -58,6 +61,12 @@ class Loop:
             if not marker.nonce:
                 # With a key we add no bare marker: anyone may have written this one (in
                 # a post to a list elsewhere, to have its copies to our users refused).
+                return None
+            # A pass adds one marker: past max_hops of them the rest are not ours to
+            # hash, one per recipient each (review rev108 F3: thousands of forged ones).
+            seen = txn.scratch.get(_MARKERS, 0) + 1
+            txn.scratch[_MARKERS] = seen
+            if seen > self.max_hops:
                 return None
             sender, recipients = loopmark.parties(txn.sender, txn.recipients, self.delimiters)
             if loopmark.names(self.key, marker, sender, recipients):
