@@ -414,8 +414,9 @@ class ContentConfig:
     add_loop_marker: bool = False
     #: Marker value; empty means the first of site.our_hostnames, else milter.name.
     loop_marker_value: str = ""
-    #: A secret: the marker then names the recipients (keyed hashes) and a message that
-    #: comes back is a loop only for one of them (smtpguard.loopmark). Empty: bare marker.
+    #: A secret: the marker then names its envelope sender with each recipient (keyed
+    #: hashes), and a message that comes back is a loop only from that sender for one of
+    #: them (smtpguard.loopmark). Empty: the bare marker.
     loop_marker_key: str = field(default="", repr=False)
     #: MIME nesting deeper than this is treated as one opaque part.
     max_mime_depth: int = 20
