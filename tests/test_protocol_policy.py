@@ -513,14 +513,14 @@ def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
 
 
 def undecided_site(
-    factory: pytest.TempPathFactory, unbound: DnsServer, exemption: Mapping[str, Any]
+    factory: pytest.TempPathFactory, unbound: DnsServer, *exemptions: Mapping[str, Any]
 ) -> Iterator[Running]:
     """PTR_SERVFAIL_IP is on a local block list, and its reverse zone answers SERVFAIL:
     whether a host-name exemption applies to it cannot be known."""
     tmp = factory.mktemp("undecided")
     (tmp / "blocked.txt").write_text(f"{PTR_SERVFAIL_IP}\n")
     extra = {
-        "policy": {"exempt": [exemption], "postmaster_skip": []},
+        "policy": {"exempt": list(exemptions), "postmaster_skip": []},
         # rbl's default on_temp_error is "pass": it must not pass this.
         "dnsbl": {"local": [{"file": str(tmp / "blocked.txt"), "kind": "rbl"}]},
     }
@@ -617,3 +617,29 @@ def test_a_hold_undecided_by_a_failed_lookup_tempfails(undecided_recipient: Runn
         assert_pass(s.connect(PTR_SERVFAIL_IP))
         assert_pass(s.helo("mx.good.test"))
         assert_reply(s.mail(f"<someone@{A_ONLY_DOMAIN}>"), "database_temp_error")
+
+
+@pytest.fixture(scope="module")
+def undecided_beside_a_hold(
+    tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
+) -> Iterator[Running]:
+    """A recipient exemption for every client (as postmaster_skip's is) holds
+    the MAIL FROM verdict; another recipient's exemption needs the client's name."""
+    everyone = {"recipients": ["news@example.com"], "skip": ["rbl"]}
+    partner = {"host_suffixes": ["good.test"], "recipients": ["sales@example.com"], "skip": ["rbl"]}
+    yield from undecided_site(tmp_path_factory, unbound, everyone, partner)
+
+
+def test_a_held_verdict_undecided_for_its_recipient_tempfails(
+    undecided_beside_a_hold: Running,
+) -> None:
+    """Review rev110 F1: the held verdict was answered at RCPT as it was, so the
+    partner's recipient got 554 for a lookup that failed (450 without the other
+    exemption). A recipient no exemption names still gets the permanent refusal."""
+    with undecided_beside_a_hold.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<sales@example.com>"), "database_temp_error")
+        assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
+        assert_pass(s.rcpt("<news@example.com>"))

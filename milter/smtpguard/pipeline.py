@@ -37,7 +37,7 @@ from enum import Enum
 from typing import Final, NamedTuple, cast
 
 from smtpguard import loopmark
-from smtpguard.address import IPAddress
+from smtpguard.address import Address, IPAddress
 from smtpguard.checks import (
     Check,
     Event,
@@ -388,7 +388,11 @@ class Pipeline:
                 )
             held = self.policy.held(conn, event)
             if held is not None:
-                return self._decide(stage, conn, event, *held)
+                # As at MAIL FROM: this recipient's exemption may be the one a failed
+                # lookup left undecided (review rev110 F1: 554 for a temporary fault).
+                check, verdict = held
+                verdict = _unless_unsure(self.policy, conn, check, verdict, event.rcpt)
+                return self._decide(stage, conn, event, check, verdict)
         if txn is not None and stage in _CONTENT_STAGES:
             pending = self._content(stage, conn, txn, event)
             if pending is not None:
@@ -898,7 +902,11 @@ def _drop_exempt_scores(policy: Policy, conn: Connection, txn: Transaction, even
 
 
 def _unless_unsure(
-    policy: Policy | None, conn: Connection, check: str, verdict: Verdict
+    policy: Policy | None,
+    conn: Connection,
+    check: str,
+    verdict: Verdict,
+    rcpt: Address | None = None,
 ) -> Verdict:
     """A permanent verdict an exemption might have spared, had its lookup not failed
     temporarily, becomes a temporary failure (the client retries; the lookup may work
@@ -908,7 +916,7 @@ def _unless_unsure(
         isinstance(verdict, Hit)
         and policy is not None
         and check in policy.relevant
-        and policy.unsure(conn, check)
+        and policy.unsure(conn, check, rcpt)
     ):
         return TempError(
             "database_temp_error",

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from smtpguard.address import (
     Address,
@@ -69,6 +69,8 @@ SKIPPED = "policy.skipped"
 HELD = "policy.held"
 HELD_REPORTS = "policy.held_reports"
 _NAMES = "policy.confirmed_names"
+#: The client's PTR names whose forward lookup failed temporarily (``conn.scratch``).
+_UNKNOWN_NAMES = "policy.unknown_names"
 _CONTENT_MODES = "policy.content_modes"
 #: Whether each exemption (by index) applies to the transaction's content.
 _CONTENT_APPLIES = "policy.content_applies"
@@ -77,6 +79,11 @@ _CONTENT_APPLIES = "policy.content_applies"
 _UNSURE = "policy.unsure"
 _CONTENT = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 POSTMASTER = "postmaster"
+
+
+def _under(name: str, suffixes: Iterable[str]) -> bool:
+    """Whether host ``name`` is one of ``suffixes`` or below one."""
+    return any(name == s or name.endswith("." + s) for s in suffixes)
 
 
 def address_matches(address: Address, patterns: Sequence[str], delimiters: str = "") -> bool:
@@ -197,8 +204,14 @@ class Policy:
             return True
         if ex.host_suffixes:
             for name in self._confirmed_names(conn, event):
-                if any(name == s or name.endswith("." + s) for s in ex.host_suffixes):
+                if _under(name, ex.host_suffixes):
                     return True
+            unknown: tuple[str, ...] = conn.scratch.get(_UNKNOWN_NAMES, ())
+            if any(_under(name, ex.host_suffixes) for name in unknown):
+                # One of the client's names is the exemption's but its forward lookup
+                # failed: undecided, not "no" (review rev110 F2), whatever other name
+                # of the client resolved.
+                conn.scratch[_UNSURE] = True
         return False
 
     def _confirmed_names(self, conn: Connection, event: Event) -> tuple[str, ...]:
@@ -225,6 +238,8 @@ class Policy:
             # A lookup that missed one stage's deadline may answer by the next:
             # decided now, for the rest of the connection.
             conn.scratch.pop(_UNSURE, None)
+            if rdns is not None and rdns.unknown:
+                conn.scratch[_UNKNOWN_NAMES] = tuple(canonical_domain(n) for n in rdns.unknown)
         elif conn.client_name_confirmed:
             names = (conn.client_name,)
         names = tuple(canonical_domain(n) for n in names)
@@ -365,18 +380,22 @@ class Policy:
             if self.exempt(conn, check, Stage.RCPT, event) is None:
                 yield check, verdict
 
-    def unsure(self, conn: Connection, check: str) -> bool:
+    def unsure(self, conn: Connection, check: str, rcpt: Address | None = None) -> bool:
         """Whether an exemption that skips ``check`` could not be decided because a
         lookup it needs (forward-confirmed reverse DNS, SPF) failed temporarily: a
         verdict of ``check`` is then answered as a temporary failure, never a
-        permanent refusal the exemption might have spared."""
+        permanent refusal the exemption might have spared. ``rcpt``: a verdict held
+        for the recipients, answered for this one (only its exemptions count)."""
         if not (conn.scratch.get(_UNSURE) or (conn.txn and conn.txn.scratch.get(_UNSURE))):
             return False
         name = settings_name(check)
         # The failed lookup is the connection's; an exemption for other senders than
         # this transaction's cannot apply whatever it would have said.
         return any(
-            name in ex.skip and (ex.host_suffixes or ex.spf_pass) and self._sender(ex, conn)
+            name in ex.skip
+            and (ex.host_suffixes or ex.spf_pass)
+            and self._sender(ex, conn)
+            and (rcpt is None or not ex.recipients or self._recipient(ex, rcpt))
             for ex in self.exemptions
         )
 
