@@ -33,6 +33,7 @@ from support.unbound import (
     RELAY_ZONE,
     SCORE_IP,
     SCORE_ONE_IP,
+    TWO_PTR_IP,
     UNCONFIRMED_IP,
     DnsServer,
 )
@@ -643,3 +644,27 @@ def test_a_held_verdict_undecided_for_its_recipient_tempfails(
         assert_reply(s.rcpt("<sales@example.com>"), "database_temp_error")
         assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
         assert_pass(s.rcpt("<news@example.com>"))
+
+
+@pytest.fixture(scope="module")
+def undecided_second_name(
+    tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
+) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("second_name")
+    (tmp / "blocked.txt").write_text(f"{TWO_PTR_IP}\n")
+    extra = {
+        "policy": {"exempt": [{"host_suffixes": ["broken.test"], "skip": ["rbl"]}]},
+        "dnsbl": {"local": [{"file": str(tmp / "blocked.txt"), "kind": "rbl"}]},
+    }
+    yield from dns_site(tmp, unbound.port, extra)
+
+
+def test_a_client_name_of_the_exemption_that_did_not_resolve_leaves_it_undecided(
+    undecided_second_name: Running,
+) -> None:
+    """Review rev110 F2: the client's other PTR name resolved, the one under the
+    exemption's suffix did not (SERVFAIL): 554 for a temporary fault."""
+    with undecided_second_name.session() as s:
+        assert_pass(s.connect(TWO_PTR_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_reply(s.mail(f"<someone@{GOOD_DOMAIN}>"), "database_temp_error")

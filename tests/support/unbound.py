@@ -43,6 +43,8 @@ UNCONFIRMED_IP = "198.51.100.21"  # PTR mx.liar.test, whose A is another address
 GENERIC_IP = "198.51.100.22"  # PTR 198-51-100-22.dyn.isp.test (confirmed)
 GENERIC_DSL_IP = "198.51.100.23"  # PTR adsl-pool-23.isp.test (confirmed)
 PTR_SERVFAIL_IP = "198.51.100.30"  # its reverse zone answers SERVFAIL
+#: PTR mx40.good.test (confirmed) and mail.broken.test (its A answers SERVFAIL).
+TWO_PTR_IP = "198.51.100.40"
 RBL_SERVFAIL_IP = "198.51.100.31"  # its rbl.test name answers SERVFAIL
 RBL_TEST_IP = "127.0.0.2"  # RFC 5782 §5: the test entry every list carries
 RBL_IP = "198.51.100.66"  # rbl.test: 127.0.0.4 with a TXT reason
@@ -92,6 +94,9 @@ SOME_RECORDS_NAME = "some.good.test"
 SOA = "ns.test. hostmaster.test. 1 3600 600 86400 60"
 
 LOCAL_DATA = [
+    "40.100.51.198.in-addr.arpa. PTR mx40.good.test.",
+    "40.100.51.198.in-addr.arpa. PTR mail.broken.test.",
+    f"mx40.good.test. A {TWO_PTR_IP}",
     # clients
     "10.100.51.198.in-addr.arpa. PTR mx.good.test.",
     "mx.good.test. A 198.51.100.10",
