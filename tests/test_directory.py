@@ -853,15 +853,18 @@ def test_alias_carries_the_target_state(directory: SqliteDirectory) -> None:
     assert directory.recipient("old@example.com") == Recipient(Kind.ALIAS, state="locked")
 
 
-def test_alias_loop_terminates(directory: SqliteDirectory, db_path: Path) -> None:
-    # Import refuses loops; a file written otherwise may still have one.
+def test_an_alias_loop_in_the_file_is_a_lookup_failure(
+    directory: SqliteDirectory, db_path: Path
+) -> None:
+    """Import refuses loops; a file written otherwise may still have one: neither an
+    accept nor a refusal (review rev109 F2), a temporary failure that names it."""
     with closing(sqlite3.connect(db_path)) as db, db:
         db.executemany(
             "INSERT INTO aliases VALUES (?, ?)",
             [("ping@example.com", "pong@example.com"), ("pong@example.com", "ping@example.com")],
         )
-    assert directory.recipient("ping@example.com") == Recipient(Kind.ALIAS)
-    assert directory.recipient("pong@example.com") == Recipient(Kind.ALIAS)
+    with pytest.raises(DirectoryError, match=r"ping@example\.com: an alias loop or a chain"):
+        directory.recipient("ping@example.com")
 
 
 def test_alias_to_external_address(directory: SqliteDirectory) -> None:
@@ -873,18 +876,113 @@ def test_alias_fanning_out_is_deliverable(directory: SqliteDirectory) -> None:
     assert directory.recipient("team@example.com") == Recipient(Kind.ALIAS)
 
 
-def test_alias_chain_longer_than_max_depth(tmp_path: Path, db_path: Path) -> None:
-    hops = SqliteDirectory.MAX_ALIAS_DEPTH + 2
+def chain(
+    hops: int, end: str = '[[user]]\naddress = "a{n}@example.com"\nstate = "locked"\n'
+) -> str:
     lines = [
         f'[[alias]]\naddress = "a{i}@example.com"\ntarget = "a{i + 1}@example.com"\n'
         for i in range(hops)
     ]
-    lines.append(f'[[user]]\naddress = "a{hops}@example.com"\nstate = "locked"\n')
-    import_file(db_path, write(tmp_path / "chain.toml", "\n".join(lines)))
+    return "\n".join([*lines, end.format(n=hops)])
+
+
+def test_an_alias_chain_longer_than_a_lookup_follows_is_refused_at_import(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Review rev109 F2: a chain past the lookup's depth was accepted, and a locked user
+    or a members-only list at its end never seen."""
+    hops = SqliteDirectory.MAX_ALIAS_DEPTH + 1
+    with pytest.raises(ImportError_, match=r"alias\[0\].target: a chain of more than 8 aliases"):
+        import_file(db_path, write(tmp_path / "chain.toml", chain(hops)))
+    import_file(db_path, write(tmp_path / "ok.toml", chain(hops - 1)))
     directory = SqliteDirectory(db_path, timeout=0.5)
-    # Too deep to follow: an alias, not "unknown" and not the far user's state.
-    assert directory.recipient("a0@example.com") == Recipient(Kind.ALIAS)
-    assert directory.recipient(f"a{hops - 3}@example.com") == Recipient(Kind.ALIAS, state="locked")
+    assert directory.recipient("a0@example.com") == Recipient(Kind.ALIAS, state="locked")
+
+
+def test_an_alias_chain_written_otherwise_is_a_lookup_failure(
+    directory: SqliteDirectory, db_path: Path
+) -> None:
+    hops = SqliteDirectory.MAX_ALIAS_DEPTH + 2
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.executemany(
+            "INSERT INTO aliases VALUES (?, ?)",
+            [(f"a{i}@example.com", f"a{i + 1}@example.com") for i in range(hops)],
+        )
+        db.execute("INSERT INTO lists VALUES (?, ?)", (f"a{hops}@example.com", "members"))
+        # And a fan-out alias into the chain: its lists are looked for as deep.
+        db.executemany(
+            "INSERT INTO aliases VALUES (?, ?)",
+            [("fan@example.com", "a0@example.com"), ("fan@example.com", "x@elsewhere.example")],
+        )
+    for address in ("a0@example.com", "fan@example.com"):
+        with pytest.raises(DirectoryError, match="a chain of more than 8 aliases"):
+            directory.recipient(address)
+    assert directory.recipient("a3@example.com") == Recipient(
+        Kind.LIST, list_policy="members", list_address=f"a{hops}@example.com"
+    )
+
+
+def test_an_alias_to_a_local_address_with_an_extension_imports(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Review rev109 F3: the lookup delivers sales@ -> alice+sales@ to alice@, but the
+    import refused it as a local address that is nothing."""
+    text = (
+        '[[user]]\naddress = "alice@example.com"\n\n'
+        '[[alias]]\naddress = "sales@example.com"\ntarget = "alice+sales@example.com"\n'
+    )
+    source = write(tmp_path / "ext.toml", text)
+    with pytest.raises(ImportError_, match="is in a local domain but is no user"):
+        import_file(db_path, source, is_local=lambda d: d == "example.com")
+    import_file(db_path, source, is_local=lambda d: d == "example.com", delimiters="+")
+    directory = SqliteDirectory(db_path, timeout=0.5, recipient_delimiter="+")
+    assert directory.recipient("sales@example.com") == Recipient(Kind.ALIAS, state="active")
+    loop = '[[alias]]\naddress = "alice@example.com"\ntarget = "sales+x@example.com"\n'
+    with pytest.raises(ImportError_, match="alias loop"):
+        import_file(
+            db_path,
+            write(tmp_path / "loop.toml", text.replace("[[user]]", "#") + loop),
+            replace=True,
+            delimiters="+",
+        )
+
+
+def test_replacing_the_directory_with_nothing_is_refused(tmp_path: Path, db_path: Path) -> None:
+    """Review rev109 F4: an empty or cut file given to --replace emptied the directory,
+    and every local recipient got 550."""
+    import_file(db_path, write(tmp_path / "one.toml", '[[user]]\naddress = "a@example.com"\n'))
+    with pytest.raises(ImportError_, match="--replace would empty the directory"):
+        import_file(db_path, write(tmp_path / "empty.toml", "# nothing\n"), replace=True)
+    directory = SqliteDirectory(db_path, timeout=0.5)
+    assert directory.recipient("a@example.com").kind is Kind.USER
+
+
+def test_a_recipient_is_one_snapshot_of_the_file(db_path: Path, tmp_path: Path) -> None:
+    """Review rev109 F1: a lookup made three queries, and an import that committed
+    between them (an address turned from alias to user) made the address nothing:
+    550 for an address that exists before and after. One statement per address."""
+    import_file(
+        db_path,
+        write(
+            tmp_path / "a.toml",
+            '[[user]]\naddress = "bob@example.com"\n\n'
+            '[[alias]]\naddress = "x@example.com"\ntarget = "bob@example.com"\n',
+        ),
+    )
+    turned = write(tmp_path / "b.toml", '[[user]]\naddress = "x@example.com"\n')
+
+    class ImportedMidway(SqliteDirectory):
+        calls = 0
+
+        def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[str, ...]]:
+            rows = super()._query(sql, args)
+            ImportedMidway.calls += 1
+            if ImportedMidway.calls == 1:
+                import_file(db_path, turned, replace=True)
+            return rows
+
+    directory = ImportedMidway(db_path, timeout=0.5)
+    assert directory.recipient("x@example.com").kind is not Kind.NONE
 
 
 @pytest.mark.parametrize(

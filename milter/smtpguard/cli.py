@@ -379,6 +379,7 @@ def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
             Path(args.file),
             replace=args.replace,
             is_local=config.site.is_local,
+            delimiters=config.site.recipient_delimiter,
         )
     except ImportError_ as exc:
         for problem in exc.problems:

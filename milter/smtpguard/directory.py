@@ -24,7 +24,7 @@ from contextlib import closing, suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from smtpguard.address import (
     AddressError,
@@ -137,14 +137,17 @@ class NoDirectory:
         return True
 
 
+#: Alias hops a lookup follows at most; an import refuses a longer chain (and loops).
+MAX_ALIAS_DEPTH: Final = 8
+
+
 class SqliteDirectory(WatchedFile):
     """The embedded directory. Addresses are compared canonical and without regard to
     case; logins as Postfix's reject_sender_login_mismatch compares them, without
     regard to ASCII case. With ``recipient_delimiter`` an address that is not in the
     file is looked up again without its extension, as the MTA delivers it."""
 
-    # Alias chains longer than this are treated as loops.
-    MAX_ALIAS_DEPTH = 8
+    MAX_ALIAS_DEPTH = MAX_ALIAS_DEPTH
     label = "directory file"
 
     def __init__(
@@ -242,15 +245,26 @@ class SqliteDirectory(WatchedFile):
     def _recipient(self, address: str) -> Recipient:
         seen: set[str] = set()
         current = address
-        for depth in range(self.MAX_ALIAS_DEPTH):
+        hops = 0
+        # Each alias hop may take one more step, without an address extension.
+        for depth in range(2 * self.MAX_ALIAS_DEPTH + 2):
             forms = _stored_forms(current)
-            rows = self._query("SELECT state FROM users WHERE address IN (?, ?)", forms)
-            if rows:
-                return Recipient(Kind.USER if depth == 0 else Kind.ALIAS, state=rows[0][0])
-            rows = self._query("SELECT policy FROM lists WHERE address IN (?, ?)", forms)
-            if rows:
-                return Recipient(Kind.LIST, list_policy=rows[0][0], list_address=current)
-            targets = self._query("SELECT target FROM aliases WHERE address IN (?, ?)", forms)
+            # One statement per address, so one snapshot: three queries (and three
+            # cache entries) read an import half before and half after its commit, and
+            # an address that turned from user to alias was nothing (review rev109 F1).
+            rows = self._query(
+                "SELECT 'user', state FROM users WHERE address IN (?, ?) UNION ALL"
+                " SELECT 'list', policy FROM lists WHERE address IN (?, ?) UNION ALL"
+                " SELECT 'alias', target FROM aliases WHERE address IN (?, ?)",
+                forms * 3,
+            )
+            users = [value for kind, value in rows if kind == "user"]
+            lists = [value for kind, value in rows if kind == "list"]
+            targets = [value for kind, value in rows if kind == "alias"]
+            if users:
+                return Recipient(Kind.USER if depth == 0 else Kind.ALIAS, state=users[0])
+            if lists:
+                return Recipient(Kind.LIST, list_policy=lists[0], list_address=current)
             if not targets:
                 base = strip_extension(current, self.delimiters) if depth else None
                 if base is not None and base not in seen:
@@ -265,13 +279,20 @@ class SqliteDirectory(WatchedFile):
                 # is a valid recipient whatever the state of one member; but a list it
                 # reaches keeps its policy.
                 seen.add(current)
-                reached = self._restricted_lists({_key(t[0]) for t in targets}, seen)
+                reached = self._restricted_lists({_key(t) for t in targets}, seen)
                 return Recipient(Kind.ALIAS, lists_reached=reached)
             seen.add(current)
-            current = _key(targets[0][0])
-            if current in seen:
+            current = _key(targets[0])
+            hops += 1
+            if current in seen or hops > self.MAX_ALIAS_DEPTH:
                 break
-        return Recipient(Kind.ALIAS)
+        # A loop, or a chain longer than the lookup follows (an import refuses both):
+        # what it ends in (a locked user, a members-only list) is not known, so neither
+        # an accept nor a refusal (review rev109 F2: accepted, a list's policy unseen).
+        raise DirectoryError(
+            f"{self.path}: {address}: an alias loop or a chain of more than"
+            f" {self.MAX_ALIAS_DEPTH} aliases (import the directory again: it names them)"
+        )
 
     def _restricted_lists(self, frontier: set[str], seen: set[str]) -> tuple[tuple[str, str], ...]:
         """Every list that is not open among the addresses ``frontier`` leads to
@@ -312,7 +333,25 @@ class SqliteDirectory(WatchedFile):
                     following.add(base)
             frontier = following - seen
             seen |= frontier
+        if frontier and self._any_alias_or_list(frontier):
+            # Aliases past the depth the lookup follows: a members-only list there
+            # would go unseen (review rev109 F2). An import refuses such chains.
+            raise DirectoryError(
+                f"{self.path}: a chain of more than {self.MAX_ALIAS_DEPTH} aliases"
+                " (import the directory again: it names them)"
+            )
         return tuple(sorted(found.items()))
+
+    def _any_alias_or_list(self, keys: set[str]) -> bool:
+        forms = tuple(form for key in keys for form in _stored_forms(key))
+        marks = ", ".join("?" * len(forms))
+        return bool(
+            self._query(
+                f"SELECT 1 FROM aliases WHERE address IN ({marks}) UNION ALL"  # noqa: S608
+                f" SELECT 1 FROM lists WHERE address IN ({marks}) LIMIT 1",
+                forms * 2,
+            )
+        )
 
     def login(self, login: str) -> Login | None:
         rows = self._query(
@@ -513,6 +552,7 @@ def import_file(
     *,
     replace: bool = False,
     is_local: Callable[[str], bool] | None = None,
+    delimiters: str = "",
 ) -> ImportCounts:
     """Load users, aliases, send-as rights and lists from TOML or CSV into the database.
 
@@ -523,12 +563,20 @@ def import_file(
 
     Beyond each value on its own: an address is one of user, alias and list; a login
     belongs to one user; a send-as right names a user's login and a member a list; no
-    alias leads back to itself. An alias target in a local domain (``is_local``, the
-    config's ``site.local_domains``) must be a user, alias or list: mail to it would be
-    accepted and then bounce. Targets elsewhere are forwards. Without ``replace`` the
+    alias leads back to itself, and no chain of aliases is longer than the lookup
+    follows (:data:`MAX_ALIAS_DEPTH`). An alias target in a local domain (``is_local``,
+    the config's ``site.local_domains``) must be a user, alias or list, itself or
+    without its address extension (``delimiters``, ``site.recipient_delimiter``): mail
+    to it would be accepted and then bounce. Targets elsewhere are forwards. Without ``replace`` the
     rows already in the file count too (a user given again replaces the stored one).
     """
     staged = _read_toml(source) if source.suffix == ".toml" else _read_csv(source)
+    if replace and not staged.rows and not staged.problems:
+        # An empty or cut file (review rev109 F4): every local recipient refused, 550.
+        raise ImportError_(
+            f"{source}: no users, aliases or lists: --replace would empty the directory"
+            " and every local recipient would be refused"
+        )
     # Checked before the file is created, so a refused import creates no empty directory
     # (every local recipient unknown); checked again under the write lock below.
     existing = Contents()
@@ -537,13 +585,13 @@ def import_file(
             existing = read_contents(db_path)
     # The cross-row checks run even when rows were refused, on the rows that passed: the
     # operator gets every problem at once, not a second batch after fixing the first.
-    _raise_problems(staged.problems + _cross_problems(staged, existing, is_local))
+    _raise_problems(staged.problems + _cross_problems(staged, existing, is_local, delimiters))
     # A new file is written beside the path and linked there when complete: a running
     # milter that finds a file at the path reads it at once, and an empty schema there,
     # even for a moment, would make every local recipient unknown (550 for real users
     # while a removed directory is imported again; found by review).
     if db_path.exists():
-        _import_into(db_path, staged, replace, is_local)
+        _import_into(db_path, staged, replace, is_local, delimiters)
     else:
         target = db_path.with_name(f".{db_path.name}.{os.getpid()}.new")
         try:
@@ -551,14 +599,14 @@ def import_file(
             # SQLite would roll a hot journal back into the new file.
             for leftover in (target, target.with_name(target.name + "-journal")):
                 leftover.unlink(missing_ok=True)
-            _import_into(target, staged, replace, is_local)
+            _import_into(target, staged, replace, is_local, delimiters)
             try:
                 # A link, not a rename: it never replaces a file another import made at
                 # the path meanwhile (its rows would be lost; second review). Then the
                 # rows go into that one, under its write lock, as for any existing file.
                 os.link(target, db_path)
             except FileExistsError:
-                _import_into(db_path, staged, replace, is_local)
+                _import_into(db_path, staged, replace, is_local, delimiters)
         finally:
             target.unlink(missing_ok=True)
     return ImportCounts(
@@ -571,7 +619,11 @@ def import_file(
 
 
 def _import_into(
-    path: Path, staged: _Staged, replace: bool, is_local: Callable[[str], bool] | None
+    path: Path,
+    staged: _Staged,
+    replace: bool,
+    is_local: Callable[[str], bool] | None,
+    delimiters: str,
 ) -> None:
     """Write the staged rows into ``path`` in one transaction (the file and its tables
     made if missing), the cross-row checks made again under its write lock."""
@@ -583,7 +635,7 @@ def _import_into(
                 for table in ("users", "aliases", "send_as", "lists", "list_members"):
                     db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             else:
-                _raise_problems(_cross_problems(staged, _read_contents(db), is_local))
+                _raise_problems(_cross_problems(staged, _read_contents(db), is_local, delimiters))
             _write(db, staged.rows)
             db.commit()
         except BaseException:
@@ -984,7 +1036,10 @@ def _toml_fields(
 
 
 def _cross_problems(
-    staged: _Staged, existing: Contents, is_local: Callable[[str], bool] | None
+    staged: _Staged,
+    existing: Contents,
+    is_local: Callable[[str], bool] | None,
+    delimiters: str,
 ) -> list[str]:
     """What is wrong with the new rows in the directory they make with ``existing``
     (whose rows are not blamed: they are None in the merged rows)."""
@@ -995,7 +1050,7 @@ def _cross_problems(
         if not (isinstance(r, UserRow | ListRow) and (type(r), r.address) in replaced)
     }
     rows.update(staged.rows)
-    return _clash_problems(rows) + _reference_problems(staged, rows, is_local)
+    return _clash_problems(rows) + _reference_problems(staged, rows, is_local, delimiters)
 
 
 def _ref(where: _Where | None) -> str:
@@ -1032,9 +1087,10 @@ def _reference_problems(
     staged: _Staged,
     rows: dict[Row, _Where | None],
     is_local: Callable[[str], bool] | None,
+    delimiters: str,
 ) -> list[str]:
-    """Send-as rights of no user, members of no list, alias loops, local alias targets
-    that are nothing."""
+    """Send-as rights of no user, members of no list, alias loops and chains longer
+    than the lookup follows, local alias targets that are nothing."""
     logins = {r.login for r in rows if isinstance(r, UserRow)} | staged.refused_logins
     lists = {r.address for r in rows if isinstance(r, ListRow)} | staged.refused_lists
     known = {r.address for r in rows if isinstance(r, UserRow | AliasRow | ListRow)}
@@ -1044,6 +1100,7 @@ def _reference_problems(
     for row in rows:
         if isinstance(row, AliasRow):
             targets.setdefault(row.address, []).append(row.target)
+    graph = _AliasGraph(targets, delimiters)
     problems = []
     looping: set[str] = set()
     for row, where in staged.rows.items():
@@ -1052,13 +1109,25 @@ def _reference_problems(
         elif isinstance(row, MemberRow) and sure and row.list_address not in lists:
             problems.append(f"{where.at('list_address')}: {row.list_address} is not a list")
         elif isinstance(row, AliasRow):
-            loop = None if row.address in looping else _alias_path(targets, row.target, row.address)
+            loop = None if row.address in looping else graph.path(row.target, row.address)
             if loop is not None:
                 looping.update(loop)
                 path = " -> ".join([row.address, *loop])
                 problems.append(f"{where.at('target')}: alias loop {path}")
+            elif (chain := graph.too_long(row.address)) is not None:
+                problems.append(
+                    f"{where.at('target')}: a chain of more than {MAX_ALIAS_DEPTH} aliases"
+                    f" ({' -> '.join(chain)}), more than a lookup follows"
+                )
             domain = row.target.rpartition("@")[2]
-            if sure and is_local is not None and row.target not in known and is_local(domain):
+            base = strip_extension(row.target, delimiters)
+            if (
+                sure
+                and is_local is not None
+                and row.target not in known
+                and (base is None or base not in known)
+                and is_local(domain)
+            ):
                 problems.append(
                     f"{where.at('target')}: {row.target} is in a local domain but is no user,"
                     " alias or list"
@@ -1066,24 +1135,61 @@ def _reference_problems(
     return problems
 
 
-def _alias_path(targets: dict[str, list[str]], start: str, goal: str) -> list[str] | None:
-    """The shortest alias path from ``start`` to ``goal`` (both included), or None."""
-    previous: dict[str, str | None] = {start: None}
-    queue = deque([start])
-    while queue:
-        node = queue.popleft()
-        if node == goal:
-            path = []
-            step: str | None = node
-            while step is not None:
-                path.append(step)
-                step = previous[step]
-            return path[::-1]
-        for target in targets.get(node, ()):
-            if target not in previous:
-                previous[target] = node
-                queue.append(target)
-    return None
+class _AliasGraph:
+    """The aliases as a lookup follows them: an address that is no alias is tried
+    again without its address extension (``delimiters``), as the MTA delivers it."""
+
+    def __init__(self, targets: dict[str, list[str]], delimiters: str) -> None:
+        self.targets = targets
+        self.delimiters = delimiters
+
+    def next(self, node: str) -> list[str]:
+        found = self.targets.get(node)
+        if found is None and (base := strip_extension(node, self.delimiters)) is not None:
+            return [base]
+        return found or []
+
+    def path(self, start: str, goal: str) -> list[str] | None:
+        """The shortest alias path from ``start`` to ``goal`` (both included), or None."""
+        previous: dict[str, str | None] = {start: None}
+        queue = deque([start])
+        while queue:
+            node = queue.popleft()
+            if node == goal:
+                path = []
+                step: str | None = node
+                while step is not None:
+                    path.append(step)
+                    step = previous[step]
+                return path[::-1]
+            for target in self.next(node):
+                if target not in previous:
+                    previous[target] = node
+                    queue.append(target)
+        return None
+
+    def too_long(self, start: str) -> list[str] | None:
+        """A chain from alias ``start`` that is still an alias after
+        :data:`MAX_ALIAS_DEPTH` hops (review rev109 F2), or None."""
+        previous: dict[str, str | None] = {start: None}
+        level = [start]
+        for _ in range(MAX_ALIAS_DEPTH):
+            following = []
+            for node in level:
+                for target in self.next(node):
+                    if target not in previous:
+                        previous[target] = node
+                        following.append(target)
+            level = following
+        for node in level:
+            if node in self.targets:
+                chain = []
+                step: str | None = node
+                while step is not None:
+                    chain.append(step)
+                    step = previous[step]
+                return chain[::-1]
+        return None
 
 
 # --- export ---------------------------------------------------------------------------
