@@ -150,6 +150,18 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "'X-FLAG' is already the name of milter.report_header",
         ),
         ("[site]\nlocal_domains = [1]\n", "site.local_domains[0]", "expected a string"),
+        # Review rev110 F4: never applied (decided at connect); two of one name.
+        (
+            "[[policy.exempt]]\nrecipients = ['abuse@example.com']\nskip = ['session_limit']\n",
+            "policy.exempt[0].skip",
+            "session_limit is decided at connect",
+        ),
+        (
+            "[[policy.exempt]]\nname = 'p'\nips = ['192.0.2.1']\nskip = ['rbl']\n"
+            "[[policy.exempt]]\nname = 'p'\nips = ['192.0.2.2']\nskip = ['rbl']\n",
+            "policy.exempt[1].name",
+            "'p' is already the name of policy.exempt[0]",
+        ),
         # 40-bit recipient hashes: a short key could be found offline from one marker.
         ("[content]\nloop_marker_key = 'short'\n", "content.loop_marker_key", "too short"),
         ("[replies]\nform = 'two_lines'\n", "replies.form", "must be one of"),

@@ -1459,6 +1459,15 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
         exempt=tuple(_exemption(e, i, known) for i, e in enumerate(s.table_list("exempt"))),
         postmaster_skip=_skip_list(s, "postmaster_skip", known, ("all-content",)),
     )
+    names: dict[str, int] = {}
+    for index, ex in enumerate(out.exempt):
+        if ex.name in names:
+            # The log's skipped=check:name says which exemption let a message pass.
+            raise s.error(
+                f"exempt[{index}].name",
+                f"{ex.name!r} is already the name of policy.exempt[{names[ex.name]}]",
+            )
+        names[ex.name] = index
     s.done()
     return out
 
@@ -1588,6 +1597,11 @@ def _check_pattern(s: _Section, name: str, item: str, local: str, domain: str) -
         raise s.error(name, f"not an address, @domain or domain: {item!r} ({exc})") from None
 
 
+#: Checks decided when the client connects (an exemption by sender or recipient never
+#: applies to them).
+_DECIDED_AT_CONNECT: Final = frozenset({"session_limit"})
+
+
 def _exemption(s: _Section, index: int, known: frozenset[str] | None) -> Exemption:
     out = Exemption(
         name=s.string("name", "") or f"policy.exempt[{index}]",
@@ -1601,6 +1615,15 @@ def _exemption(s: _Section, index: int, known: frozenset[str] | None) -> Exempti
     s.done()
     if not out.skip:
         raise s.error("skip", "names no check: an exemption must skip something")
+    at_connect = sorted(out.skip & _DECIDED_AT_CONNECT)
+    if at_connect and (out.senders or out.recipients):
+        # Decided before any sender or recipient is known (review rev110 F4).
+        raise s.error(
+            "skip",
+            f"{', '.join(at_connect)} is decided at connect, before senders or"
+            " recipients are known: only an exemption by ips, ip_files or host_suffixes"
+            " alone can skip it",
+        )
     if out.spf_pass and not out.senders:
         raise s.error("spf_pass", "only means something together with senders")
     if out.senders and not out.matches_client and not out.spf_pass:
