@@ -80,10 +80,27 @@ def test_negotiates_away_eoh_and_replies_that_carry_no_verdict(
     review rev73 F2)."""
     with content_service.session() as s:
         flags = s.conn.protocol_flags or 0
-    asked = C.SMFIP_NOEOH | C.SMFIP_NR_HELO | C.SMFIP_NR_DATA | C.SMFIP_NR_HDR | C.SMFIP_NR_BODY
+    asked = C.SMFIP_NR_EOH | C.SMFIP_NR_HELO | C.SMFIP_NR_DATA | C.SMFIP_NR_HDR | C.SMFIP_NR_BODY
     assert flags & asked == asked
-    for kept in (C.SMFIP_NR_CONN, C.SMFIP_NODATA, C.SMFIP_NOHDRS, C.SMFIP_NOBODY):
+    # End of headers is sent, unanswered: without it libmilter aborts a message that
+    # has no header field (review rev111 F1).
+    for kept in (C.SMFIP_NR_CONN, C.SMFIP_NODATA, C.SMFIP_NOHDRS, C.SMFIP_NOBODY, C.SMFIP_NOEOH):
         assert not flags & kept
+
+
+@pytest.mark.parametrize("body", ["hello\r\n", ""], ids=["body", "no_body"])
+def test_a_message_without_any_header_field_is_answered(
+    content_service: Running, body: str
+) -> None:
+    """Review rev111 F1: with SMFIP_NOEOH, DATA followed by a body chunk or end of
+    message was an invalid state for libmilter: the message was aborted unanswered
+    and the MTA deferred it at its milter timeout, at every retry (Sendmail passes no
+    header field of its own)."""
+    with envelope(content_service) as s:
+        s.conn.sock.settimeout(5)
+        final, _mods, early = s.message([], body)
+    assert final.kind in ("continue", "accept")
+    assert early == []
 
 
 def test_clean_message_is_accepted_with_loop_marker(content_service: Running) -> None:
@@ -268,6 +285,7 @@ def test_deferred_header_verdict_is_logged_with_the_queue_id(content_service: Ru
         assert_pass(s.data(macros={"i": "4QLOGTEST1"}))
         for name, value in [*BASE_HEADERS, ("Received", FORGED)]:
             s.header(name, value)
+        s.eoh()
         s.body_bytes(b"x\r\n")
         final, _mods = s.eom()
     assert_reply(final, "fake_router")
@@ -339,6 +357,7 @@ def test_header_line_length_as_written(
         for name, value in BASE_HEADERS:
             s.header(name, value)
         s.written_header("X-Long", after_colon)
+        s.eoh()
         s.body("x\r\n")
         final, _mods = s.eom()
     if refused:

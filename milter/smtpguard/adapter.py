@@ -195,11 +195,11 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         the space is removed here instead, where the MTA would have."""
         return as_read(value) if self._protocol & Milter.P_HDR_LEADSPC else value
 
-    # The end of headers is negotiated away (SMFIP_NOEOH): the pipeline lets the first
-    # body chunk (or the end of a message without a body) stand for it. One callback
-    # and, on inet sockets, one round trip fewer per message; an MTA that sends it
-    # anyway still gets the right answer.
-    @Milter.nocallback  # type: ignore[untyped-decorator]  # pymilter ships no types
+    # The end of headers is kept although nothing is decided there (header verdicts
+    # wait for end of message): libmilter goes from DATA only to a header or to EOH,
+    # so without it a message with no header field at all (Sendmail passes no Received
+    # of its own) was aborted unanswered, and the MTA deferred it at its milter
+    # timeout, every time (review rev111 F1: SMFIP_NOEOH was negotiated).
     def eoh(self) -> int:
         return self._guard(Stage.EOH, self.driver.eoh)
 
@@ -272,6 +272,15 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def data(self) -> int:
         return super().data()
+
+    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
+    def eoh(self) -> int:
+        rc = super().eoh()
+        if not self._protocol & Milter.P_NR_EOH:
+            return rc  # an MTA that did not grant it reads this answer
+        if rc != Milter.CONTINUE:
+            self._defer_fault()  # a fault while rendering internal_error: at end of message
+        return int(Milter.CONTINUE)
 
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def body(self, chunk: bytes) -> int:

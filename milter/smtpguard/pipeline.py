@@ -412,9 +412,9 @@ class Pipeline:
         if stage is Stage.EOH:
             txn.headers_ended = True
         elif stage in _AFTER_HEADERS and not txn.headers_ended:
-            # The milter asks the MTA not to send end-of-headers (SMFIP_NOEOH):
-            # the first body chunk, or the end of a message without a body, stands
-            # for it, so checks and observers see the same stages either way.
+            # An MTA that does not send end-of-headers (simulate, an old one): the
+            # first body chunk, or the end of a message without a body, stands for
+            # it, so checks and observers see the same stages either way.
             self._run(Stage.EOH, conn, Event(deadline=event.deadline))
         if txn.pending is not None:
             if stage is Stage.EOM:

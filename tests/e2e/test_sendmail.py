@@ -385,6 +385,17 @@ def test_accepted_mail_arrives_intact(client: SmtpClient, mta: Sendmail) -> None
     )
 
 
+def test_a_message_without_any_header_field_is_accepted(client: SmtpClient, mta: Sendmail) -> None:
+    """Review rev111 F1: Sendmail passes no header field of its own, and with the end of
+    headers negotiated away libmilter aborted such a message unanswered: Sendmail
+    deferred it at its milter timeout (451 4.3.2 after 30 s), at every retry."""
+    envelope(client)
+    reply = client.data(b"\r\nno header at all, token NOHEADER-1\r\n")
+    assert reply.code == 250, reply
+    delivery = mta.wait_for_delivery(b"NOHEADER-1")
+    assert delivery.recipient == "alice@example.com"
+
+
 def test_queue_id_reaches_the_end_of_message_lines(
     client: SmtpClient, mta: Sendmail, guard: Running
 ) -> None:
