@@ -1156,12 +1156,7 @@ class _AliasGraph:
         while queue:
             node = queue.popleft()
             if node == goal:
-                path = []
-                step: str | None = node
-                while step is not None:
-                    path.append(step)
-                    step = previous[step]
-                return path[::-1]
+                return _walked(previous, node)
             for target in self.next(node):
                 if target not in previous:
                     previous[target] = node
@@ -1183,13 +1178,18 @@ class _AliasGraph:
             level = following
         for node in level:
             if node in self.targets:
-                chain = []
-                step: str | None = node
-                while step is not None:
-                    chain.append(step)
-                    step = previous[step]
-                return chain[::-1]
+                return _walked(previous, node)
         return None
+
+
+def _walked(previous: dict[str, str | None], node: str) -> list[str]:
+    """The path a breadth-first walk took to ``node``, from its start."""
+    path = []
+    step: str | None = node
+    while step is not None:
+        path.append(step)
+        step = previous[step]
+    return path[::-1]
 
 
 # --- export ---------------------------------------------------------------------------
