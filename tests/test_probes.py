@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -719,6 +720,26 @@ def test_a_loop_marker_key_others_may_read_is_a_problem(
     if reported:
         assert "every user may read it (mode 0644): chmod o-r" in found[0]
     assert "k" * 20 not in printed
+
+
+def test_check_config_notes_alias_chains_an_import_would_refuse(tmp_path: Path) -> None:
+    """An older import let a chain of more than 8 aliases or a loop in: lookups of them
+    now fail (database_temp_error). check-config names them, as a note: the service
+    still starts for every other address."""
+    site = make_site(tmp_path)
+    with sqlite3.connect(site.directory) as db:
+        db.executemany(
+            "INSERT INTO aliases VALUES (?, ?)",
+            [(f"c{i}@example.com", f"c{i + 1}@example.com") for i in range(10)]
+            + [("ping@example.com", "pong@example.com"), ("pong@example.com", "ping@example.com")],
+        )
+    db.close()
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "directory.path: note:" in line]
+    assert any("a chain of more than 8 aliases (c0@example.com -> " in n for n in notes), notes
+    assert any("alias loop ping@example.com -> pong@example.com -> ping" in n for n in notes)
+    assert all("mail to it is deferred (database_temp_error)" in n for n in notes)
 
 
 def test_check_config_runs_the_virus_hook_once_as_the_service_user(open_dir: Path) -> None:

@@ -121,6 +121,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from smtpguard.probes import (
         backend_problems,
         cpu_problems,
+        directory_notes,
         file_problems,
         key_problems,
         log_problems,
@@ -153,7 +154,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     skipped = " (network backends not asked: --offline)" if args.offline else ""
     print(f"{config.file}: OK{skipped}")
-    for note in state_notes(config):
+    for note in state_notes(config) + directory_notes(config):
         print(note)
     return 0
 

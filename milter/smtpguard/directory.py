@@ -1135,6 +1135,31 @@ def _reference_problems(
     return problems
 
 
+def alias_chain_problems(path: Path, delimiters: str = "") -> list[str]:
+    """The loops and over-long alias chains in an existing directory file, which an
+    import refuses but an older one may have let in: lookups of them fail
+    (check-config notes them). Raises :class:`DirectoryError`."""
+    try:
+        with closing(_open_existing(path)) as db:
+            rows = db.execute("SELECT address, target FROM aliases").fetchall()
+    except sqlite3.Error as exc:
+        raise DirectoryError(f"{path}: {exc}") from None
+    targets: dict[str, list[str]] = {}
+    for address, target in rows:
+        targets.setdefault(address, []).append(target)
+    graph = _AliasGraph(targets, delimiters)
+    found = []
+    for address in sorted(targets):
+        loop = None
+        for target in targets[address]:
+            loop = loop or graph.path(target, address)
+        if loop is not None:
+            found.append(f"alias loop {' -> '.join([address, *loop])}")
+        elif (chain := graph.too_long(address)) is not None:
+            found.append(f"a chain of more than {MAX_ALIAS_DEPTH} aliases ({' -> '.join(chain)})")
+    return found
+
+
 class _AliasGraph:
     """The aliases as a lookup follows them: an address that is no alias is tried
     again without its address extension (``delimiters``), as the MTA delivers it."""

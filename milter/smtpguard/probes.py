@@ -42,6 +42,7 @@ import smtpguard
 from smtpguard.app import redis_seen_file
 from smtpguard.config import Config, ConfigError
 from smtpguard.counters import CounterError, RedisCounter, SizeBuckets, redis_client
+from smtpguard.directory import DirectoryError, alias_chain_problems
 from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
@@ -123,6 +124,28 @@ def state_notes(config: Config) -> list[ConfigError]:
         " be there)"
     )
     return [ConfigError(config.file, "state.path", text)]
+
+
+def directory_notes(config: Config) -> list[ConfigError]:
+    """Not problems: alias loops and chains longer than a lookup follows in the
+    directory file (an import refuses them; an older one may have let one in). Mail to
+    those addresses is deferred (database_temp_error), not the service stopped."""
+    directory = config.directory
+    if directory.backend != "sqlite" or not directory.path.exists():
+        return []
+    try:
+        found = alias_chain_problems(directory.path, config.site.recipient_delimiter)
+    except DirectoryError:
+        return []  # file_problems names what is wrong with the file
+    return [
+        ConfigError(
+            config.file,
+            "directory.path",
+            f"note: {directory.path}: {what}: mail to it is deferred (database_temp_error)"
+            " until the directory is imported again without it",
+        )
+        for what in found[:20]
+    ]
 
 
 def cpu_problems(config: Config) -> list[ConfigError]:
