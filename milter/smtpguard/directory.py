@@ -1109,16 +1109,13 @@ def _reference_problems(
         elif isinstance(row, MemberRow) and sure and row.list_address not in lists:
             problems.append(f"{where.at('list_address')}: {row.list_address} is not a list")
         elif isinstance(row, AliasRow):
-            loop = None if row.address in looping else graph.path(row.target, row.address)
-            if loop is not None:
+            # A loop is named once, at its first row; its other rows' chains still count.
+            fault = graph.fault(row.address, () if row.address in looping else (row.target,))
+            if fault is not None:
+                text, loop = fault
                 looping.update(loop)
-                path = " -> ".join([row.address, *loop])
-                problems.append(f"{where.at('target')}: alias loop {path}")
-            elif (chain := graph.too_long(row.address)) is not None:
-                problems.append(
-                    f"{where.at('target')}: a chain of more than {MAX_ALIAS_DEPTH} aliases"
-                    f" ({' -> '.join(chain)}), more than a lookup follows"
-                )
+                follows = "" if loop else ", more than a lookup follows"
+                problems.append(f"{where.at('target')}: {text}{follows}")
             domain = row.target.rpartition("@")[2]
             base = strip_extension(row.target, delimiters)
             if (
@@ -1148,16 +1145,8 @@ def alias_chain_problems(path: Path, delimiters: str = "") -> list[str]:
     for address, target in rows:
         targets.setdefault(address, []).append(target)
     graph = _AliasGraph(targets, delimiters)
-    found = []
-    for address in sorted(targets):
-        loop = None
-        for target in targets[address]:
-            loop = loop or graph.path(target, address)
-        if loop is not None:
-            found.append(f"alias loop {' -> '.join([address, *loop])}")
-        elif (chain := graph.too_long(address)) is not None:
-            found.append(f"a chain of more than {MAX_ALIAS_DEPTH} aliases ({' -> '.join(chain)})")
-    return found
+    faults = (graph.fault(address, targets[address]) for address in sorted(targets))
+    return [fault[0] for fault in faults if fault is not None]
 
 
 class _AliasGraph:
@@ -1173,6 +1162,18 @@ class _AliasGraph:
         if found is None and (base := strip_extension(node, self.delimiters)) is not None:
             return [base]
         return found or []
+
+    def fault(self, address: str, targets: Iterable[str]) -> tuple[str, list[str]] | None:
+        """What a lookup of alias ``address`` (through ``targets``) meets that an
+        import refuses: a loop back to it (the text, and the addresses on the loop) or
+        a chain longer than :data:`MAX_ALIAS_DEPTH` (the text, and no address)."""
+        for target in targets:
+            if (loop := self.path(target, address)) is not None:
+                on_it = [address, *loop]
+                return f"alias loop {' -> '.join(on_it)}", on_it
+        if (chain := self.too_long(address)) is not None:
+            return f"a chain of more than {MAX_ALIAS_DEPTH} aliases ({' -> '.join(chain)})", []
+        return None
 
     def path(self, start: str, goal: str) -> list[str] | None:
         """The shortest alias path from ``start`` to ``goal`` (both included), or None."""
