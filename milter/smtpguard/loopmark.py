@@ -10,11 +10,12 @@ with each recipient we accepted it for::
     X-Smtpguard-Loop: mx.example.com; n=5d1c0e7a93b2; r=3f9a0c11d2, 8be01d4c7a, ...
 
 and a message that comes back is a loop only when it comes back from the same envelope
-sender for one of those recipients. The loops the marker is for keep the sender: a mail
-store, a smarthost or a content filter that sends the message back, a forward between
-two of our mailboxes. A list or ticket host sends on with an envelope sender of its own
-(its bounce address), so its members' copies pass even when a member was among the
-recipients (a reply to the list with a member in Cc: review rev107 F1).
+sender for one of those recipients: for those (checks.loop), the others still get it.
+The loops the marker is for keep the sender: a mail store, a smarthost or a content
+filter that sends the message back, a forward between two of our mailboxes. A list or
+ticket host sends on with an envelope sender of its own (its bounce address), so its
+members' copies pass even when a member was among the recipients (a reply to the list
+with a member in Cc: review rev107 F1).
 
 The hashes hide who received the message (review rev107 F2): without the key nobody can
 compute one, the random value makes them differ in every message (no hash seen in one
@@ -35,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple
 
 from smtpguard.address import Address, strip_extension
@@ -142,9 +143,12 @@ def parse(field: str, value: str) -> Marker | None:
     return Marker(nonce, "", frozenset(tags.split(",")))
 
 
-def names(key: bytes, marker: Marker, sender: str, recipients: Iterable[str]) -> bool:
-    """Whether a keyed ``marker`` names this transaction: its sender with one of its
-    ``recipients`` (canonical, lower case, without extension), or its sender alone."""
+def named(key: bytes, marker: Marker, sender: str, recipients: Sequence[str]) -> tuple[int, ...]:
+    """The indexes of the ``recipients`` a keyed ``marker`` names with this sender;
+    every index for a marker of the sender alone (``a=``)."""
     if marker.every:
-        return secrets.compare_digest(tag(key, marker.nonce, sender, _EVERY), marker.every)
-    return any(tag(key, marker.nonce, sender, r) in marker.tags for r in recipients)
+        if secrets.compare_digest(tag(key, marker.nonce, sender, _EVERY), marker.every):
+            return tuple(range(len(recipients)))
+        return ()
+    tags = marker.tags
+    return tuple(i for i, r in enumerate(recipients) if tag(key, marker.nonce, sender, r) in tags)

@@ -156,6 +156,25 @@ def test_a_keyed_marker_for_other_recipients_or_another_sender_passes(
     assert headers(check, conn, marker) is None
 
 
+def test_a_keyed_marker_naming_some_recipients_is_a_verdict_for_those(
+    make_services: ServicesFactory,
+) -> None:
+    """Review rev108 F2: an alias host or a redirect that keeps the envelope sender
+    sends the post back for alice, who had it, and dave, who did not: the verdict names
+    alice alone (the pipeline drops her and dave gets it). Naming all is the message's."""
+    check = Loop(make_services(content=KEYED))
+    marker = keyed_marker("a@example.org", "team@example.com", "alice@example.com")
+    conn = conn_with_message(recipients=["dave@example.com", "alice+x@example.com"])
+    assert headers(check, conn, marker) == Hit(
+        "looping_message",
+        "our X-Smtpguard-Loop marker names this sender with <alice+x@example.com>: those"
+        " recipients dropped",
+        recipients=(1,),
+    )
+    conn = conn_with_message(recipients=["alice@example.com", "team@example.com"])
+    assert headers(check, conn, marker) == NAMED
+
+
 def test_a_bare_marker_is_nobodys_with_a_key(make_services: ServicesFactory) -> None:
     """Review rev107: with a key we add no bare marker, and anyone can write one (in a
     post to a list elsewhere, to have the list's copies to our users refused)."""

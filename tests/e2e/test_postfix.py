@@ -319,6 +319,33 @@ def test_the_keyed_marker_is_a_loop_only_for_its_sender_and_recipients(
             assert c.data(again.encode()).code == 250
 
 
+def test_the_keyed_marker_drops_only_the_recipients_it_names(postfix: Postfix) -> None:
+    """Review rev108 F2: a host of ours that keeps the original envelope sender (an
+    alias expansion, a Sieve redirect) sends the message back for alice, who had it,
+    and dave, who did not: Postfix drops alice (the milter's SMFIR_DELRCPT) and
+    delivers to dave; before, both were refused."""
+    reply = send(postfix, HEADERS.format(n=5) + "\r\nhi\r\n")
+    first = re.search(r"queued as (\w+)", reply.lines[-1])
+    assert reply.code == 250, reply
+    assert first, reply
+    head = postfix.wait_delivered(first.group(1)).partition(b"\n\n")[0].decode()
+    field = re.search(r"^X-Smtpguard-Loop: mx\.example\.com; n=\w+;.*(?:\n\t.*)*", head, re.M)
+    assert field, head
+    again = field.group(0).replace("\n", "\r\n") + "\r\n" + HEADERS.format(n=6) + "\r\nhi\r\n"
+    with client(postfix, TRUSTED) as c:
+        assert c.cmd("MAIL FROM:<friend@sender.example>").code == 250
+        assert c.cmd("RCPT TO:<alice+team@example.com>").code == 250
+        assert c.cmd("RCPT TO:<dave@example.com>").code == 250
+        reply = c.data(again.encode())
+    second = re.search(r"queued as (\w+)", reply.lines[-1])
+    assert reply.code == 250, reply
+    assert second, reply
+    delivered = postfix.wait_delivered(second.group(1)).decode()
+    assert delivered.count("X-Smtpguard-Loop:") == 2
+    sent = re.findall(rf"{second.group(1)}: to=<([^>]+)>.*status=sent", postfix.maillog())
+    assert sent == ["dave@example.com"], postfix.maillog()
+
+
 def test_looping_message(postfix: Postfix) -> None:
     received = (
         "Received: from a.example (a.example [198.51.100.1]) by b.example (Postfix)"

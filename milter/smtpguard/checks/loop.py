@@ -9,7 +9,9 @@ loop. A host in ``trusted_networks`` is not exempt: a loop between the MX and a 
 store, a smarthost or a content filter's reinjection runs through one (review rev105).
 With ``content.loop_marker_key`` our marker names its envelope sender and recipients
 (smtpguard.loopmark) and is a loop only when the message comes back from that sender for
-one of them; a bare one is then nobody's.
+one of them; a bare one is then nobody's. A marker that names some of the recipients
+only is a verdict for those (``Hit.recipients``): the pipeline drops them and the
+others get the message.
 """
 
 from __future__ import annotations
@@ -69,9 +71,20 @@ class Loop:
             if seen > self.max_hops:
                 return None
             sender, recipients = loopmark.parties(txn.sender, txn.recipients, self.delimiters)
-            if loopmark.names(self.key, marker, sender, recipients):
+            named = loopmark.named(self.key, marker, sender, recipients)
+            if not named:
+                return None
+            if marker.every or len(named) == len(txn.recipients):
                 return Hit("looping_message", f"our {name} marker names this sender and recipient")
-            return None
+            # Only these recipients had it from this sender before (a host that keeps the
+            # envelope sender: an alias expansion, a redirect): the others still get it
+            # (review rev108 F2: the whole transaction was refused).
+            dropped = ", ".join(f"<{txn.recipients[i].text}>" for i in named)
+            return Hit(
+                "looping_message",
+                f"our {name} marker names this sender with {dropped}: those recipients dropped",
+                recipients=named,
+            )
         if lowered == "delivered-to":
             try:
                 delivered = parse_path(value.strip(), smtputf8=True)
