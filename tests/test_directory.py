@@ -479,6 +479,45 @@ def test_csv_refused(tmp_path: Path, db_path: Path, text: str, problems: tuple[s
     assert problems_of(db_path, source) == tuple(f"{source}:{p}" for p in problems)
 
 
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        (
+            "latin1.csv",
+            b"type,address\nuser,a@example.com\nuser,j\xfcrgen@example.com\n",
+            ":3: not UTF-8",
+        ),
+        ("latin1.toml", b'[[user]]\naddress = "j\xfcrgen@example.com"\n', ":2: not UTF-8"),
+        (
+            "huge.csv",
+            b"type,address\nuser,a@example.com\nuser," + b"x" * 200_000 + b"\n",
+            ":3: field larger than field limit",
+        ),
+    ],
+)
+def test_unreadable_files_name_the_line(
+    tmp_path: Path, db_path: Path, name: str, raw: bytes, message: str
+) -> None:
+    """Review rev109 F5: a byte that is not UTF-8 and an over-long field were named by
+    the file alone."""
+    source = tmp_path / name
+    source.write_bytes(raw)
+    with pytest.raises(ImportError_) as info:
+        import_file(db_path, source)
+    assert str(info.value).startswith(f"{source}{message}")
+
+
+def test_a_csv_row_over_several_lines_is_named_by_them(tmp_path: Path, db_path: Path) -> None:
+    """Review rev109 F5: an unclosed quote on line 3 swallows line 4; the problem was
+    blamed on line 4 alone."""
+    source = write(
+        tmp_path / "quote.csv",
+        'type,address\nuser,a@example.com\nuser,"bob@example.com\nuser,carol@example.com\n',
+    )
+    (problem,) = problems_of(db_path, source)
+    assert problem.startswith(f"{source}:3-4: address: invalid address")
+
+
 def test_csv_byte_order_mark(tmp_path: Path, db_path: Path) -> None:
     source = tmp_path / "excel.csv"
     source.write_bytes(b"\xef\xbb\xbftype,address\r\nuser,a@example.com\r\n")

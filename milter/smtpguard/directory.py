@@ -943,31 +943,48 @@ def _stage(
 
 def _read_csv(source: Path) -> _Staged:
     out = _Staged()
+    # utf-8-sig: spreadsheets put a byte order mark before the first column name.
+    reader = csv.reader(io.StringIO(_read_text(source, "utf-8-sig"), newline=""))
     try:
-        # utf-8-sig: spreadsheets put a byte order mark before the first column name.
-        with source.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = [name.strip() for name in next(reader, [])]
-            for n, name in enumerate(header):
-                if name not in CSV_COLUMNS:
-                    shown = repr(name) if name else f"column {n + 1} without a name"
-                    out.problem(f"{source}:1", f"unknown column {shown} ({', '.join(CSV_COLUMNS)})")
-                elif header.index(name) != n:
-                    out.problem(f"{source}:1", f"column {name!r} given twice")
-            if "type" not in header:
-                out.problem(f"{source}:1", "missing column 'type'")
-            if out.problems:
-                return out
-            for cells in reader:
-                if any(cell.strip() for cell in cells):
-                    _csv_row(source, reader.line_num, header, cells, out)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ImportError_(f"{source}: {exc}") from None
+        header = [name.strip() for name in next(reader, [])]
+        for n, name in enumerate(header):
+            if name not in CSV_COLUMNS:
+                shown = repr(name) if name else f"column {n + 1} without a name"
+                out.problem(f"{source}:1", f"unknown column {shown} ({', '.join(CSV_COLUMNS)})")
+            elif header.index(name) != n:
+                out.problem(f"{source}:1", f"column {name!r} given twice")
+        if "type" not in header:
+            out.problem(f"{source}:1", "missing column 'type'")
+        if out.problems:
+            return out
+        ended = reader.line_num
+        for cells in reader:
+            # A quoted field may run over lines (an unclosed quote swallows the rest):
+            # the row is named by the lines it spans (review rev109 F5).
+            start, ended = ended + 1, reader.line_num
+            if any(cell.strip() for cell in cells):
+                line = str(start) if start == ended else f"{start}-{ended}"
+                _csv_row(source, line, header, cells, out)
+    except csv.Error as exc:
+        raise ImportError_(f"{source}:{reader.line_num}: {exc}") from None
     return out
 
 
-def _csv_row(source: Path, line: int, header: list[str], cells: list[str], out: _Staged) -> None:
-    where = _Where(str(source), str(line), toml=False)
+def _read_text(source: Path, encoding: str) -> str:
+    """The file's text; a byte that is not ``encoding`` named by its line."""
+    try:
+        raw = source.read_bytes()
+    except OSError as exc:
+        raise ImportError_(f"{source}: {exc}") from None
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ImportError_(f"{source}:{line}: not {exc.encoding.upper()}: {exc.reason}") from None
+
+
+def _csv_row(source: Path, line: str, header: list[str], cells: list[str], out: _Staged) -> None:
+    where = _Where(str(source), line, toml=False)
     if len(cells) > len(header) and any(c.strip() for c in cells[len(header) :]):
         out.skip(str(where), f"{len(cells)} fields, the header names {len(header)}")
         return
@@ -990,8 +1007,8 @@ def _csv_row(source: Path, line: int, header: list[str], cells: list[str], out: 
 
 def _read_toml(source: Path) -> _Staged:
     try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(_read_text(source, "utf-8"))
+    except tomllib.TOMLDecodeError as exc:
         raise ImportError_(f"{source}: {exc}") from None
     out = _Staged()
     for key in data:
