@@ -34,6 +34,7 @@ from smtpguard.pipeline import (
     CHECK_NAMES,
     CONTINUE,
     DECISION_LINES,
+    MAX_LOGGED,
     Action,
     Decision,
     Pipeline,
@@ -1100,6 +1101,23 @@ def test_a_value_with_both_quotes_stays_one_field_to_a_shell_style_reader(value:
         assert ast.literal_eval(shown[2:]) == value
     else:
         assert shown[2:] == value
+
+
+@given(st.text(min_size=200, max_size=3000))
+@example("\udcff" * 2000)
+@example("x client=1.2.3.4 " * 200)
+@example("ab'c\"d" * 300)
+def test_a_long_value_is_cut_and_stays_one_field(value: str) -> None:
+    """Review rev113 F5: a 2 KB HELO of 8-bit octets made a 12 KB line. At most
+    MAX_LOGGED characters once written, still one field, what is left out counted."""
+    shown = _kv("k", value)
+    assert len(shown) <= len("k=") + MAX_LOGGED
+    assert len(shlex.split(shown)) == 1
+    text = ast.literal_eval(shown[2:]) if shown[2:3] in ("'", '"') else shown[2:]
+    if text != value:
+        kept, _, left_out = text.rpartition("...(+")
+        assert value.startswith(kept)
+        assert left_out == f"{len(value) - len(kept)})"
 
 
 class BrokenScanner(StageLog):

@@ -110,6 +110,12 @@ def test_accepted_mail_gets_authentication_results_and_a_summary(service: Runnin
     assert int(line["size"]) > 0
     assert int(line["ms"]) >= 0
     assert "reply" not in line
+    # Who sent it to whom (review rev113 F1: three accepted messages, one line each,
+    # told apart by their client alone).
+    assert (line["from"], line["rcpt"]) == ("<someone@good.test>", "<alice@example.com>")
+    assert "login" not in line
+    assert "trusted" not in line
+    assert "would" not in line
 
 
 def test_forged_authentication_results_with_our_id_are_removed(service: Running) -> None:
@@ -212,6 +218,36 @@ def test_aborted_transaction(service: Running) -> None:
     line = summary_of(service, "OBS6")
     assert line["outcome"] == "abort"
     assert line["nrcpt"] == "1"
+
+
+def test_the_summary_names_login_recipients_and_what_a_dry_run_let_through(
+    unbound: DnsServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Review rev113 F1: the login a message came with, its recipients (the first five,
+    then how many more) and, in a dry run, the reply ids enforcing would have answered."""
+    extra = {"milter": {"dry_run": True, "auth_results": False}}
+    with running(make_site(tmp_path_factory.mktemp("dry"), extra)) as svc:
+        s = svc.session()
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        auth = {"i": "DRY1", "{auth_type}": "LOGIN", "{auth_authen}": "alice@example.com"}
+        assert s.mail("<spammer@bad.example>", macros=auth).kind == "continue"
+        rcpts = [f"<user{n}@example.com>" for n in range(6)] + ["<alice@example.com>"]
+        for rcpt in rcpts:
+            assert s.rcpt(rcpt).kind == "continue"
+        s.conn.send_macro(C.SMFIC_DATA, i="DRY1")
+        final, _mods, _early = s.message(HEADERS, "hi\r\n")
+        s.close()
+        assert final.kind == "continue"
+        line = poll_for(
+            lambda: [x for x in summaries(svc) if x.get("qid") == "DRY1"] or None,
+            what=svc.log,
+        )[0]
+    assert line["outcome"] == "accept"
+    assert line["login"] == "alice@example.com"
+    assert line["from"] == "<spammer@bad.example>"
+    assert line["rcpt"] == ",".join(rcpts[:5]) + ",+2"
+    assert "host_denies_sender" in line["would"].split(",")
 
 
 def test_summary_line_can_be_turned_off(

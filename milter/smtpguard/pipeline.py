@@ -292,7 +292,12 @@ class Pipeline:
         txn = conn.txn
         if stage is Stage.MAIL and txn is not None:
             txn.scratch[_ENDING] = _Ending(
-                time.monotonic(), conn.session_id, conn.client_ip, conn.scratch.get(SKIPPED)
+                time.monotonic(),
+                conn.session_id,
+                conn.client_ip,
+                conn.scratch.get(SKIPPED),
+                trusted=conn.trusted_network,
+                reported=tuple(conn.scratch.get(_REPORTED, ())),
             )
         if not self.timed:
             decision = self._run(stage, conn, event or Event())
@@ -432,9 +437,8 @@ class Pipeline:
     def _reported(self, conn: Connection, reply_id: str) -> None:
         """A report-only verdict, for the report header of the message(s) it concerns:
         the transaction's, or at connect and HELO every one of the connection."""
-        if self.report_header:
-            scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
-            scratch.setdefault(_REPORTED, []).append(reply_id)
+        scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
+        scratch.setdefault(_REPORTED, []).append(reply_id)
 
     def _loop_marker(self, txn: Transaction) -> tuple[tuple[str, str], ...]:
         """The loop marker (``content.add_loop_marker``) on mail for the domains we take
@@ -460,7 +464,7 @@ class Pipeline:
             *conn.scratch.get(_REPORTED, ()),
             *txn.scratch.get(_REPORTED, ()),
         ]
-        if reported:
+        if reported and self.report_header:
             ids = [f"{i}," for i in dict.fromkeys(reported)]
             ids[-1] = ids[-1].rstrip(",")
             headers = (*headers, (self.report_header, fold(self.report_header, ids)))
@@ -890,8 +894,15 @@ class Pipeline:
             ("dropped", len(txn.dropped) or None),
             ("policy", self._domain_table(txn)),
             ("skipped", _skips(ending.session_skips, txn.scratch.get(SKIPPED))),
+            ("would", _would_ids(ending.reported, txn.scratch.get(_REPORTED))),
+            ("trusted", "yes" if ending.trusted else None),
             ("client", ending.client_ip),
             ("ms", round(elapsed * 1000)),
+            # What the client chose, after client= (a ban tool anchors on it): who sent
+            # it to whom, so an accepted message can be told apart (review rev113 F1).
+            ("login", txn.auth_login),
+            ("from", f"<{txn.sender.text}>" if txn.sender else txn.sender_raw),
+            ("rcpt", _recipients(txn)),
         )
         log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 
@@ -975,6 +986,29 @@ class _Ending:
     refusal: tuple[str, str, str, Stage] | None = None
     iprev: str | None = None
     done: bool = False
+    trusted: bool = False
+    #: Reply ids report mode found at connect and HELO (every transaction's).
+    reported: tuple[str, ...] = ()
+
+
+#: Recipients named in a summary line; more are counted (``,+N``).
+SUMMARY_RECIPIENTS: Final = 5
+
+
+def _recipients(txn: Transaction) -> str | None:
+    named = [f"<{r.text}>" for r in txn.recipients[:SUMMARY_RECIPIENTS]]
+    named += txn.unparsed_recipients[: SUMMARY_RECIPIENTS - len(named)]
+    more = len(txn.recipients) + len(txn.unparsed_recipients) - len(named)
+    if more:
+        named.append(f"+{more}")
+    return ",".join(named) or None
+
+
+def _would_ids(before: Sequence[str], ids: Sequence[str] | None) -> str | None:
+    """The reply ids report mode (or a dry run) found for the transaction, once each."""
+    if not before and not ids:
+        return None
+    return ",".join(dict.fromkeys((*before, *(ids or ()))))
 
 
 def _outcome_of(decision: Decision, txn: Transaction) -> str:
@@ -1034,15 +1068,39 @@ _NEEDS_QUOTES = re.compile(r'[ "\'=\\]')
 _KEY_INSIDE = re.compile(r"(?<= )([A-Za-z_][\w.-]*)=")
 
 
+#: Longest value in a log line, as written (quoted and escaped): a client's 2 KB HELO of
+#: 8-bit octets, six characters each escaped, made a line that syslog's 8 KB limit cuts
+#: (review rev113 F5).
+MAX_LOGGED: Final = 512
+
+
 def _kv(key: str, value: object) -> str:
     text = value if type(value) is str else str(value)
     # Quote values with spaces or quotes so the line stays machine-parsable; repr also
     # neutralizes control characters a client may have sent. No value may hold what
     # reads as a field of its own, even to a regex that ignores quotes (a ban tool's
     # "client=(\S+)"): that = is written \x3d. SRS addresses (SRS0=...) keep theirs.
+    if len(text) > MAX_LOGGED:
+        return f"{key}={_shortened(text)}"
     if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
-        text = _KEY_INSIDE.sub(r"\1\\x3d", _quoted(text))
+        written = _KEY_INSIDE.sub(r"\1\\x3d", _quoted(text))
+        return f"{key}={written if len(written) <= MAX_LOGGED else _shortened(text)}"
     return f"{key}={text}"
+
+
+def _shortened(text: str) -> str:
+    """``text`` as :func:`_kv` writes it, cut (``...(+N)``: N characters left out) to at
+    most :data:`MAX_LOGGED` characters once written."""
+    keep = len(text)
+    while True:
+        shown = text if keep == len(text) else f"{text[:keep]}...(+{len(text) - keep})"
+        if not _NEEDS_QUOTES.search(shown) and shown.isprintable():
+            written = shown
+        else:
+            written = _KEY_INSIDE.sub(r"\1\\x3d", _quoted(shown))
+        if len(written) <= MAX_LOGGED:
+            return written
+        keep = min(keep, MAX_LOGGED) * 2 // 3
 
 
 def _quoted(text: str) -> str:
