@@ -31,6 +31,8 @@ from support.unbound import (
     GOOD_DOMAIN,
     GOOD_IP,
     GOOD_IP6,
+    IDN_SPF_A_LABELS,
+    IDN_SPF_DOMAIN,
     NO_MAIL_DOMAIN,
     NO_PTR_IP,
     NULL_MX_DOMAIN,
@@ -251,6 +253,15 @@ def test_sender_domains_that_receive_mail_pass(main: Running, domain: str) -> No
 def test_remote_ip_mismatch(main: Running) -> None:
     assert_reply(mail(main, f"<x@{SPF_FAIL_DOMAIN}>"), "remote_ip_mismatch")
     assert f"spf=fail mailfrom {SPF_FAIL_DOMAIN} from {GOOD_IP}" in main.log()
+
+
+@pytest.mark.parametrize("domain", [IDN_SPF_DOMAIN, IDN_SPF_A_LABELS])
+def test_remote_ip_mismatch_whatever_the_spelling_of_an_idn(main: Running, domain: str) -> None:
+    """Review rev112 F1: under an IDN top-level domain the U-label spelling made
+    "v=spf1 a -all" a permerror, and a forger using it passed."""
+    with session(main) as s:
+        assert_reply(s.mail(f"<ceo@{domain}>", "SMTPUTF8"), "remote_ip_mismatch")
+    assert f"spf=fail mailfrom {IDN_SPF_A_LABELS} from {GOOD_IP}" in main.log()
 
 
 def test_remote_ip_mismatch_for_the_null_sender_uses_helo(main: Running) -> None:

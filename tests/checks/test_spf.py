@@ -117,6 +117,61 @@ def test_a_u_label_sender_domain_is_its_idna2008_name(
     assert decide(check, "a@stra\u00dfe.de", ip="192.0.2.9", smtputf8=True) is None
 
 
+def test_a_u_label_sender_domain_is_judged_as_its_a_labels(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    """Review rev112 F1 (RFC 8616 §3): under an IDN top-level domain "a -all" was a
+    permerror for the U-label spelling (pyspf's top-label rule), so a forger passed
+    where the A-label spelling fails; "ptr" never matched U-labels, so the domain's own
+    host was refused."""
+    idn = "xn--e1afmkfd.xn--80akhbyknj4f"  # пример.испытание
+    fake.add(idn, "TXT", '"v=spf1 a -all"')
+    fake.add(idn, "A", "192.0.2.10")
+    fake.add("xn--bcher-kva.test", "TXT", '"v=spf1 ptr -all"')
+    fake.add("9.2.0.192.in-addr.arpa", "PTR", "mail.xn--bcher-kva.test.")
+    fake.add("mail.xn--bcher-kva.test", "A", "192.0.2.9")
+    check = spf(tmp_path, resolver)
+    for spelling in (
+        "ceo@пример.испытание",
+        f"ceo@{idn}",
+    ):
+        verdict = decide(check, spelling, smtputf8=True)
+        assert isinstance(verdict, Hit), spelling
+        assert decide(check, spelling, ip="192.0.2.10", smtputf8=True) is None
+    for spelling in ("a@b\u00fccher.test", "a@xn--bcher-kva.test"):
+        assert decide(check, spelling, ip="192.0.2.9", smtputf8=True) is None, spelling
+        assert isinstance(decide(check, spelling, smtputf8=True), Hit)
+
+
+@pytest.mark.parametrize(
+    ("domain", "record", "helo"),
+    [
+        ("delim.test", "exists:%{h-}.hj.test", "mail-out.test"),  # mail.out.test.hj.test
+        ("delim.test", "exists:%{hr-}.hj.test", "out.test-mail"),  # reversed: mail.out.test
+        ("foo-bar.test", "exists:%{d-}.dj.test", "mx.sender.test"),  # foo.bar.test.dj.test
+    ],
+)
+def test_macro_parts_are_rejoined_with_dots_for_every_letter(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver, domain: str, record: str, helo: str
+) -> None:
+    """Review rev112 F2 (RFC 7208 §7.3): "rejoined using "." and not the original
+    splitting characters"; pyspf keeps the delimiter for letters other than l and s."""
+    fake.add(domain, "TXT", f'"v=spf1 {record} -all"')
+    fake.add("mail.out.test.hj.test", "A", "127.0.0.2")
+    fake.add("foo.bar.test.dj.test", "A", "127.0.0.2")
+    check = spf(tmp_path, resolver)
+    assert decide(check, f"a@{domain}", helo=helo) is None
+
+
+def test_a_quoted_local_part_expands_as_its_mailbox(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    """Review rev112 F4: %{l} of "bob"@ kept the quotes; it is bob's mailbox."""
+    fake.add("macro.test", "TXT", '"v=spf1 exists:%{l}.users.test -all"')
+    fake.add("bob.users.test", "A", "127.0.0.2")
+    assert decide(spf(tmp_path, resolver), '"bob"@macro.test') is None
+
+
 def test_softfail_rejected_when_configured(tmp_path: Path, resolver: Resolver) -> None:
     check = spf(tmp_path, resolver, spf={"reject_softfail": True})
     assert isinstance(decide(check, "a@soft.test"), Hit)

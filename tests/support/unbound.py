@@ -78,6 +78,10 @@ NO_MAIL_DOMAIN = "nomail.test"  # exists (TXT), no MX/A/AAAA
 NX_DOMAIN = "nx.test"
 SERVFAIL_DOMAIN = "sub.broken.test"
 SPF_FAIL_DOMAIN = "spf-fail.test"  # -all for 192.0.2.0/24 only
+#: Under an IDN top-level domain (the IANA test TLD испытание): "v=spf1 a -all" with its
+#: A record 192.0.2.10, so every client here fails it, in either spelling.
+IDN_SPF_DOMAIN = "пример.испытание"
+IDN_SPF_A_LABELS = "xn--e1afmkfd.xn--80akhbyknj4f"
 SPF_SOFTFAIL_DOMAIN = "spf-softfail.test"
 SPF_PERMERROR_DOMAIN = "spf-permerror.test"  # unknown mechanism
 SPF_TEMPERROR_DOMAIN = "spf-temperror.test"  # include: of a SERVFAIL zone
@@ -156,6 +160,8 @@ LOCAL_DATA = [
     'spf-permerror.test. TXT "v=spf1 frobnicate:x -all"',
     "spf-temperror.test. MX 10 mx.good.test.",
     'spf-temperror.test. TXT "v=spf1 include:spf.broken.test -all"',
+    f'{IDN_SPF_A_LABELS}. TXT "v=spf1 a -all"',
+    f"{IDN_SPF_A_LABELS}. A 192.0.2.10",
     f"{BIG_TXT_NAME}. TXT " + " ".join(f'"{part}"' for part in BIG_TXT),
     *(f"{MANY_RECORDS_NAME}. A 10.0.{i // 250}.{i % 250 + 1}" for i in range(300)),
     *(f"{SOME_RECORDS_NAME}. A 10.1.{i // 250}.{i % 250 + 1}" for i in range(150)),
@@ -166,6 +172,7 @@ SERVFAIL_ZONES = ["broken.test.", "30.100.51.198.in-addr.arpa.", "31.100.51.198.
 #: Zones served from LOCAL_DATA, each with an SOA so negative answers carry one.
 STATIC_ZONES = [
     "test.",
+    "xn--80akhbyknj4f.",
     "100.51.198.in-addr.arpa.",
     "8.b.d.0.1.0.0.2.ip6.arpa.",
     "127.in-addr.arpa.",

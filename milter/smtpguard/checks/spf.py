@@ -30,12 +30,13 @@ whole stage from the first of them if that is later).
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from functools import reduce
 from typing import Any, ClassVar
 
 import spf  # type: ignore[import-untyped]  # pyspf ships no type information
 
-from smtpguard.address import Address, is_fqdn
+from smtpguard.address import Address, canonical_local_part, is_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Resolver, Status, client_address, share_network
 from smtpguard.memo import Memo
@@ -47,6 +48,10 @@ log = logging.getLogger("smtpguard")
 
 #: Record types pyspf asks for and how its own dnspython driver shapes their values.
 _SHAPES = {"A", "AAAA", "MX", "PTR", "TXT", "SPF"}
+#: The macro letters of RFC 7208 §7.2, each an attribute of pyspf's query.
+_MACRO_LETTERS = frozenset("slodiphcrtv")
+#: §7.3: an expansion longer than this loses its left-hand labels.
+MAX_NAME = 253
 
 
 class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
@@ -78,6 +83,50 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
     def add_waits_to(self, event: Event) -> None:
         """After :meth:`check`: count this evaluation's own waits in ``event``."""
         event.sender_waited += self.waited - self.taken_over
+
+    def expand(self, s: str, stripdot: bool = True) -> str:
+        """pyspf's macro expansion (§7.3), but for the joiner: "the parts are rejoined
+        using "." and not the original splitting characters" for every macro letter,
+        where pyspf does so for ``l`` and ``s`` only (review rev112 F2: ``%{h-}`` asked
+        for the wrong name, and a domain's own mail was refused)."""
+        if "%" in s and spf.RE_INVALID_MACRO.search(s):
+            raise spf.PermError("invalid-macro-char ", s)
+        end, out = 0, []
+        for found in spf.RE_CHAR.finditer(s):
+            out.append(s[end : found.start()])
+            macro = found.group()
+            end = found.end()
+            if macro == "%%":
+                out.append("%")
+            elif macro == "%_":
+                out.append(" ")
+            elif macro == "%-":
+                out.append("%20")
+            else:
+                out.append(self._macro(macro, stripdot))
+        out.append(s[end:])
+        result = "".join(out)
+        if stripdot and result.endswith("."):
+            result = result[:-1]
+        while "." in result and len(result) > MAX_NAME:
+            # §7.3: left-hand labels are dropped until the name fits (pyspf drops one).
+            result = result[result.index(".") + 1 :]
+        return result
+
+    def _macro(self, macro: str, stripdot: bool) -> str:
+        letter = macro[2].lower()
+        if letter == "p":
+            self.getp()
+        elif letter in "crt" and stripdot:
+            raise spf.PermError("c,r,t macros allowed in exp= text only", macro)
+        value = getattr(self, letter, None) if letter in _MACRO_LETTERS else None
+        if value is None and letter not in _MACRO_LETTERS:
+            raise spf.PermError("Unknown Macro Encountered", macro)
+        if not value:
+            return ""
+        expanded: str = spf.expand_one(value, macro[3:-1], ".")
+        # An upper-case letter: URL-escaped (§7.3).
+        return urllib.parse.quote(expanded, "~") if letter != macro[2] else expanded
 
     def get_explanation(self, spec: str) -> Any:
         """The exp= text, whose %{p} may look up PTR records too: a failure there says
@@ -278,8 +327,12 @@ def spf_query(
     )
     query.waited = query.taken_over = event.sender_waits()
     if sender is not None and sender.domain:
-        query.l = sender.local or "postmaster"
-        query.o = query.d = sender.domain.removesuffix(".")
+        # %{l} of "alice"@ is alice's (review rev112 F4): the quotes are no part of it.
+        query.l = canonical_local_part(sender.local) if sender.local else "postmaster"
+        # RFC 8616 §3: the domain in A-labels, as DNS is asked (review rev112 F1:
+        # U-labels failed pyspf's top-label rule under an IDN TLD, a forger's pass, and
+        # never matched "ptr", a refusal of the domain's own mail).
+        query.o = query.d = sender.domain_canonical
     return query
 
 
