@@ -28,7 +28,7 @@ def test_a_bare_marker_without_a_key() -> None:
 def test_it_names_the_sender_with_each_recipient() -> None:
     marker = read(marked("a@x.org", "bob@example.com", "carol@example.com"))
     assert loopmark.named(KEY, marker, "a@x.org", ["bob@example.com"]) == (0,)
-    # Which of them: the others had it from nobody (review rev108 F2).
+    # Which of them: a loop is a return for every recipient (review rev114 F1).
     assert loopmark.named(KEY, marker, "a@x.org", ["dave@example.com", "carol@example.com"]) == (1,)
     assert not loopmark.named(KEY, marker, "a@x.org", ["dave@example.com"])
     # A list host sends on with its own envelope sender (review rev107 F1).

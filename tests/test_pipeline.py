@@ -21,7 +21,6 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from smtpguard import loopmark
 from smtpguard.address import AddressError, parse_path
 from smtpguard.app import build_runtime, load
 from smtpguard.checks import Event, Services, Stage, settings_name
@@ -630,67 +629,6 @@ def test_report_mode_can_stamp_a_header(tmp_path: Path) -> None:
     driver.eoh()
     decision = driver.eom()
     assert ("X-Smtpguard-Report", "host_denies_sender") in decision.headers
-
-
-LOOP_KEY = "a key of sixteen or more"
-
-
-def looped(driver: SessionDriver, rcpts: Sequence[str], *markers: Sequence[str]) -> Decision:
-    """A message from friend@sender.example to ``rcpts`` carrying one keyed marker per
-    entry of ``markers``, each naming that sender with those recipients."""
-    key = loopmark.key_of(LOOP_KEY)
-    assert driver.mail("<friend@sender.example>", ()).action is Action.CONTINUE
-    for rcpt in rcpts:
-        assert driver.rcpt(rcpt).action is Action.CONTINUE
-    driver.data()
-    for named in markers:
-        value = loopmark.render("X", "mx.example.com", key, "friend@sender.example", named)
-        driver.header("X-Smtpguard-Loop", " " + value)
-    driver.eoh()
-    return driver.eom()
-
-
-@pytest.mark.parametrize("dry_run", [False, True])
-def test_a_verdict_for_some_recipients_drops_them_unless_reported(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, dry_run: bool
-) -> None:
-    """Review rev108 F2: enforced, the recipients a verdict names leave the message
-    (smfi_delrcpt, RCPT TO as given) and the marker added names the others; a dry run
-    drops nobody and reports it; markers that name every recipient between them are the
-    message's refusal."""
-    config = {
-        "milter": {"report_header": "X-Smtpguard-Report", "dry_run": dry_run},
-        "content": {"add_loop_marker": True, "loop_marker_key": LOOP_KEY},
-    }
-    runtime = build_runtime(load(make_site(tmp_path, config).config))
-    driver = SessionDriver(runtime, SessionGate(10), {"v": "Postfix 3.7.11"}.get)
-    driver.connect("[192.0.2.10]", socket.AF_INET, ("192.0.2.10", 25))
-    driver.helo("relay.example.com")
-    both = ("<Alice+x@example.com>", "<dave@example.com>")
-    decision = looped(driver, both, ["alice@example.com"])
-    assert decision.action is Action.CONTINUE
-    headers = dict(decision.headers)
-    if dry_run:
-        assert decision.remove_recipients == ()
-        assert headers["X-Smtpguard-Report"] == "looping_message"
-        assert [d["action"] for d in decisions(caplog)] == ["pass"]
-        return
-    assert decision.remove_recipients == ("<Alice+x@example.com>",)
-    assert "X-Smtpguard-Report" not in headers
-    (line,) = decisions(caplog)
-    assert (line["action"], line["reply"]) == ("dropped", "looping_message")
-    assert "<Alice+x@example.com>" in line["detail"]
-    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary ")]
-    assert " outcome=accept " in summary
-    assert " nrcpt=2 dropped=1 " in summary
-    marker = loopmark.parse(headers["X-Smtpguard-Loop"], "mx.example.com")
-    assert marker is not None
-    key = loopmark.key_of(LOOP_KEY)
-    people = ["alice@example.com", "dave@example.com"]
-    assert loopmark.named(key, marker, "friend@sender.example", people) == (1,)
-    refused = looped(driver, both, ["alice@example.com"], ["dave@example.com"])
-    assert_reject(refused, "looping_message", "loop")
-    assert refused.remove_recipients == ()
 
 
 def dry_run_driver(tmp_path: Path, extra: dict[str, object], gate: int = 10) -> SessionDriver:

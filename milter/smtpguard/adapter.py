@@ -135,14 +135,6 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                 # the message waits for a retry rather than going out with it.
                 log.exception("sid=%s removing a forged header field failed", sid)
                 return self._internal_error(Stage.EOM)
-            try:
-                for rcpt in decision.remove_recipients:
-                    self.delrcpt(rcpt)
-            except Exception:
-                # A recipient a verdict dropped (a loop) would get the message again:
-                # the whole message waits for a retry instead.
-                log.exception("sid=%s dropping a recipient failed", sid)
-                return self._internal_error(Stage.EOM)
             # Result and marker headers inform, they are no verdict: each one that
             # cannot be added is logged and the message delivered.
             edits: list[tuple[str, str, int | None]] = [

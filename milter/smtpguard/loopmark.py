@@ -9,21 +9,21 @@ with each recipient we accepted it for::
 
     X-Smtpguard-Loop: mx.example.com; n=5d1c0e7a93b2; r=3f9a0c11d2, 8be01d4c7a, ...
 
-and a message that comes back is a loop only when it comes back from the same envelope
-sender for one of those recipients: for those (checks.loop), the others still get it.
-The loops the marker is for keep the sender: a mail store, a smarthost or a content
-filter that sends the message back, a forward between two of our mailboxes. A list or
-ticket host sends on with an envelope sender of its own (its bounce address), so its
-members' copies pass even when a member was among the recipients (a reply to the list
-with a member in Cc: review rev107 F1).
+and a message that comes back is a loop when it comes back from the same envelope sender
+for those recipients, every one of them (checks.loop: when some are new, all get it and
+the marker this pass adds names them all). The loops the marker is for keep the sender:
+a mail store, a smarthost or a content filter that sends the message back, a forward
+between two of our mailboxes. A list or ticket host sends on with an envelope sender of
+its own (its bounce address), so its members' copies pass even when a member was among
+the recipients (a reply to the list with a member in Cc: review rev107 F1).
 
 The hashes hide who received the message (review rev107 F2): without the key nobody can
 compute one, the random value makes them differ in every message (no hash seen in one
 message can be recognised in another), and random hashes are added up to 4, 8, 16 or 32,
 so the count of recipients shows only within that step. What stays: someone who has a
-copy and can send mail as its envelope sender may send it back to addresses of ours, as
-often as they like, and learn from a refusal that one of them was among the recipients
-(docs: conf/smtpguard.toml). Over :data:`MAX_TAGGED` recipients the marker holds
+copy and can send mail as its envelope sender may send it back to an address of ours, as
+often as they like, and learn from a refusal that it was among the recipients (docs:
+conf/smtpguard.toml). Over :data:`MAX_TAGGED` recipients the marker holds
 one hash of the sender alone (``a=``): any return from that sender is a loop.
 
 The recipients are those of RCPT TO without their address extension: a loop of an
@@ -144,8 +144,9 @@ def parse(field: str, value: str) -> Marker | None:
 
 
 def named(key: bytes, marker: Marker, sender: str, recipients: Sequence[str]) -> tuple[int, ...]:
-    """The indexes of the ``recipients`` a keyed ``marker`` names with this sender;
-    every index for a marker of the sender alone (``a=``)."""
+    """The indexes of the ``recipients`` (canonical, lower case, without extension) a
+    keyed ``marker`` names with this ``sender``; every index for a marker of the sender
+    alone (``a=``)."""
     if marker.every:
         if secrets.compare_digest(tag(key, marker.nonce, sender, _EVERY), marker.every):
             return tuple(range(len(recipients)))

@@ -165,9 +165,6 @@ class Decision:
     #: (name, index among the fields of that name, from 1); end of message only.
     insert_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[tuple[str, int], ...] = ()
-    #: Recipients to drop from an accepted message, as the MTA passed them in RCPT TO
-    #: (end of message only; smfi_delrcpt).
-    remove_recipients: tuple[str, ...] = ()
 
 
 CONTINUE = Decision(Action.CONTINUE)
@@ -453,8 +450,7 @@ class Pipeline:
         if not self.loop_key:
             return self.eom_headers
         ((name, value),) = self.eom_headers
-        kept = [r for i, r in enumerate(txn.recipients) if i not in txn.dropped]
-        sender, recipients = loopmark.parties(txn.sender, kept, site.recipient_delimiter)
+        sender, recipients = loopmark.parties(txn.sender, txn.recipients, site.recipient_delimiter)
         return ((name, loopmark.render(name, value, self.loop_key, sender, recipients)),)
 
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
@@ -483,12 +479,10 @@ class Pipeline:
             # report field is ours whether or not anything was reported.
             if spam is not None or field[0] == self.report_header:
                 forged.append(field)
-        dropped = tuple(txn.recipients_raw[i] for i in sorted(txn.dropped))
-        if not (headers or ours or forged or dropped):
+        if not (headers or ours or forged):
             return CONTINUE
         return Decision(
             Action.CONTINUE,
-            remove_recipients=dropped,
             headers=headers,
             insert_headers=(ours,) if ours else (),
             # Last first: whether or not the MTA renumbers after a removal, the
@@ -707,14 +701,6 @@ class Pipeline:
             self._reported(conn, verdict.reply_id)
             note("pass", would=True)
             return None
-        txn = conn.txn
-        if isinstance(verdict, Hit) and verdict.recipients and stage in _CONTENT_STAGES and txn:
-            dropped = txn.dropped.union(verdict.recipients)
-            if len(dropped) < len(txn.recipients) or txn.unparsed_recipients:
-                # A verdict for some recipients: the others still get the message.
-                txn.dropped = dropped
-                note("dropped")
-                return None
         if stage in _DEFERRED_TO_EOM and conn.txn is not None:
             conn.txn.defer(verdict, check)
             note("deferred")
@@ -891,7 +877,6 @@ class Pipeline:
             ("iprev", ending.iprev),
             ("size", size),
             ("nrcpt", len(txn.recipient_domains)),
-            ("dropped", len(txn.dropped) or None),
             ("policy", self._domain_table(txn)),
             ("skipped", _skips(ending.session_skips, txn.scratch.get(SKIPPED))),
             ("would", _would_ids(ending.reported, txn.scratch.get(_REPORTED))),

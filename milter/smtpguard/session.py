@@ -71,10 +71,6 @@ class Transaction:
     auth_login: str | None = None
     #: The accepted recipients that parse.
     recipients: list[Address] = field(default_factory=list)
-    #: Each of ``recipients`` as the MTA passed it (what smfi_delrcpt must name).
-    recipients_raw: list[str] = field(default_factory=list)
-    #: Indexes of ``recipients`` that a content verdict dropped (Hit.recipients).
-    dropped: set[int] = field(default_factory=set)
     #: Accepted recipients that do not (Postfix accepts and delivers taro.@docomo.ne.jp):
     #: no exemption by recipient can vouch for them.
     unparsed_recipients: list[str] = field(default_factory=list)
@@ -98,7 +94,6 @@ class Transaction:
         """Record an accepted recipient: ``rcpt``, or ``raw`` when it does not parse."""
         if rcpt is not None:
             self.recipients.append(rcpt)
-            self.recipients_raw.append(raw)
             self.recipient_domains.append(rcpt.domain_lc)
         else:
             self.unparsed_recipients.append(raw)

@@ -181,8 +181,6 @@ def simulate(runtime: Runtime, env: Envelope, message: bytes | None) -> Result:
         step("end of message", final)
         for name, value in final.headers:
             out.append(f"{'  add header':28} {name}: {value}")
-        for rcpt in final.remove_recipients:
-            out.append(f"{'  drop recipient':28} {rcpt}")
         result.accepted = final.action is Action.CONTINUE
         out.append("result: " + ("accepted" if result.accepted else "refused at end of message"))
         return result

@@ -21,11 +21,6 @@ class Hit:
 
     reply_id: str
     detail: str = ""
-    #: A content verdict that concerns some recipients only: their indexes in
-    #: ``Transaction.recipients``. Enforced, they are dropped from the message at its
-    #: end and the others get it; naming every recipient (or empty, the default) is a
-    #: refusal of the message.
-    recipients: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,7 @@ loop. A host in ``trusted_networks`` is not exempt: a loop between the MX and a 
 store, a smarthost or a content filter's reinjection runs through one (review rev105).
 With ``content.loop_marker_key`` our marker names its envelope sender and recipients
 (smtpguard.loopmark) and is a loop only when the message comes back from that sender for
-one of them; a bare one is then nobody's. A marker that names some of the recipients
-only is a verdict for those (``Hit.recipients``): the pipeline drops them and the
-others get the message.
+recipients it names, every one of them; a bare one is then nobody's.
 """
 
 from __future__ import annotations
@@ -72,19 +70,15 @@ class Loop:
                 return None
             sender, recipients = loopmark.parties(txn.sender, txn.recipients, self.delimiters)
             named = loopmark.named(self.key, marker, sender, recipients)
-            if not named:
+            if not named or len(named) < len(recipients) or txn.unparsed_recipients:
+                # Some recipients are new to this marker: all of them get the message
+                # (a recipient it names has it once more), and the marker this pass adds
+                # names them all, so a true loop is refused at the next pass, with a
+                # bounce for every recipient. Dropping the named ones (review rev108 F2)
+                # lost mail the MTA's aliases or always_bcc sent round the loop: the
+                # marker says we accepted it for them, not that they got it (rev114 F1).
                 return None
-            if marker.every or len(named) == len(txn.recipients):
-                return Hit("looping_message", f"our {name} marker names this sender and recipient")
-            # Only these recipients had it from this sender before (a host that keeps the
-            # envelope sender: an alias expansion, a redirect): the others still get it
-            # (review rev108 F2: the whole transaction was refused).
-            dropped = ", ".join(f"<{txn.recipients[i].text}>" for i in named)
-            return Hit(
-                "looping_message",
-                f"our {name} marker names this sender with {dropped}: those recipients dropped",
-                recipients=named,
-            )
+            return Hit("looping_message", f"our {name} marker names this sender and recipient")
         if lowered == "delivered-to":
             try:
                 delivered = parse_path(value.strip(), smtputf8=True)
