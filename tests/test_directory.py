@@ -493,6 +493,18 @@ def test_csv_refused(tmp_path: Path, db_path: Path, text: str, problems: tuple[s
             b"type,address\nuser,a@example.com\nuser," + b"x" * 200_000 + b"\n",
             ":3: field larger than field limit",
         ),
+        # Review rev114 F8: a byte order mark, CR or CRLF line ends, an unclosed quote.
+        (
+            "bom.csv",
+            b"\xef\xbb\xbftype,address\r\nuser,a@example.com\r\n\xfcser,b@example.com\r\n",
+            ":3: not UTF-8",
+        ),
+        ("cr.toml", b'[[user]]\raddress = "a@example.com"\r\r\xfc', ":4: not UTF-8"),
+        (
+            "quote.csv",
+            b'type,address\nuser,a@example.com\nuser,"b\n' + b"x\n" * 70_000,
+            ":3-65539: field larger than field limit",
+        ),
     ],
 )
 def test_unreadable_files_name_the_line(
@@ -505,6 +517,17 @@ def test_unreadable_files_name_the_line(
     with pytest.raises(ImportError_) as info:
         import_file(db_path, source)
     assert str(info.value).startswith(f"{source}{message}")
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\r\r\n", b"\r\n"])
+def test_a_toml_file_with_any_line_ending_imports(
+    tmp_path: Path, db_path: Path, ending: bytes
+) -> None:
+    """Review rev114 F3: a file with CR alone, or converted twice (CR CR LF), imported
+    before the import read bytes (Path.read_text reads universal newlines)."""
+    source = tmp_path / "mac.toml"
+    source.write_bytes(ending.join([b"[[user]]", b'address = "a@example.com"', b""]))
+    assert import_file(db_path, source).users == 1
 
 
 def test_a_csv_row_over_several_lines_is_named_by_them(tmp_path: Path, db_path: Path) -> None:

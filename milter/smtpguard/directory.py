@@ -11,6 +11,7 @@ never into "unknown user".
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
@@ -943,8 +944,10 @@ def _stage(
 
 def _read_csv(source: Path) -> _Staged:
     out = _Staged()
-    # utf-8-sig: spreadsheets put a byte order mark before the first column name.
-    reader = csv.reader(io.StringIO(_read_text(source, "utf-8-sig"), newline=""))
+    # A byte order mark: spreadsheets put one before the first column name. Lines are
+    # the csv module's own (newline=""): it reads CR, LF and CRLF line ends alike.
+    reader = csv.reader(io.StringIO(_read_text(source, bom=True), newline=""))
+    ended = 0
     try:
         header = [name.strip() for name in next(reader, [])]
         for n, name in enumerate(header):
@@ -963,24 +966,31 @@ def _read_csv(source: Path) -> _Staged:
             # the row is named by the lines it spans (review rev109 F5).
             start, ended = ended + 1, reader.line_num
             if any(cell.strip() for cell in cells):
-                line = str(start) if start == ended else f"{start}-{ended}"
-                _csv_row(source, line, header, cells, out)
+                _csv_row(source, _lines(start, ended), header, cells, out)
     except csv.Error as exc:
-        raise ImportError_(f"{source}:{reader.line_num}: {exc}") from None
+        # The row that failed started after the last one read.
+        raise ImportError_(f"{source}:{_lines(ended + 1, reader.line_num)}: {exc}") from None
     return out
 
 
-def _read_text(source: Path, encoding: str) -> str:
-    """The file's text; a byte that is not ``encoding`` named by its line."""
+def _lines(start: int, end: int) -> str:
+    return str(start) if start >= end else f"{start}-{end}"
+
+
+def _read_text(source: Path, *, bom: bool = False) -> str:
+    """The file's text (UTF-8, after a byte order mark if ``bom``); a byte that is not
+    UTF-8 is named by its line, CR, LF and CRLF each ending one."""
     try:
         raw = source.read_bytes()
     except OSError as exc:
         raise ImportError_(f"{source}: {exc}") from None
+    if bom:
+        raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        return raw.decode(encoding)
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ImportError_(f"{source}:{line}: not {exc.encoding.upper()}: {exc.reason}") from None
+        line = len((raw[: exc.start] + b"x").splitlines())
+        raise ImportError_(f"{source}:{line}: not UTF-8: {exc.reason}") from None
 
 
 def _csv_row(source: Path, line: str, header: list[str], cells: list[str], out: _Staged) -> None:
@@ -1007,7 +1017,10 @@ def _csv_row(source: Path, line: str, header: list[str], cells: list[str], out: 
 
 def _read_toml(source: Path) -> _Staged:
     try:
-        data = tomllib.loads(_read_text(source, "utf-8"))
+        # Line ends as Path.read_text reads them (universal newlines): a file with CR
+        # alone, or CR CR LF (converted twice), imported before (review rev114 F3).
+        text = _read_text(source).replace("\r\n", "\n").replace("\r", "\n")
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ImportError_(f"{source}: {exc}") from None
     out = _Staged()
