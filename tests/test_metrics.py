@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,11 +16,17 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from smtpguard.config import ConfigError, load_config
-from smtpguard.metrics import FILE_BYTES, PrometheusMetrics, _never_fails, allocate_files
+from smtpguard.metrics import (
+    FILE_BYTES,
+    PrometheusMetrics,
+    ReloadStatus,
+    _never_fails,
+    allocate_files,
+)
 from smtpguard.workerwatch import WorkersCollector, WorkerStats
 from support.files import tmpfs
 from support.mtclient import assert_reply
-from support.polling import poll_for, scrape
+from support.polling import poll_for, scrape, wait_until
 from support.service import ROOT, UNTRUSTED_IP, Running, make_site, running
 from support.unbound import GOOD_IP, PTR_SERVFAIL_IP, DnsServer
 
@@ -133,6 +140,31 @@ def test_every_outcome_is_counted_and_promtool_accepts_the_text(
     assert (check.returncode, check.stdout, check.stderr) == (0, "", "")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_refused_reload_shows_in_the_metrics(tmp_path: Path, workers: int) -> None:
+    """Review rev113 F3: a refused reload (here a key that needs a restart, which
+    check-config cannot see) kept the old configuration with nothing but a log line."""
+    port = free_port()
+    extra = {"metrics": {"enabled": True, "port": port}, "milter": {"workers": workers}}
+    site = make_site(tmp_path, extra)
+    original = site.config.read_text()
+    ok = ("smtpguard_config_last_reload_successful", ())
+    when = ("smtpguard_config_last_reload_success_timestamp_seconds", ())
+    with running(site) as service:
+        started = samples(scrape(port))
+        assert started[ok] == 1.0
+        assert started[when] > 0
+        site.config.write_text(original.replace("[milter]\n", "[milter]\ntimeout = 60\n", 1))
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in service.log())
+        refused = samples(scrape(port))
+        assert (refused[ok], refused[when]) == (0.0, started[when])
+        site.config.write_text(original)
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: samples(scrape(port))[ok] == 1.0)
+        assert samples(scrape(port))[when] > started[when]
+
+
 def test_dns_lookups_are_counted_by_status(tmp_path: Path, unbound: DnsServer) -> None:
     port = free_port()
     dns = {"nameservers": ["127.0.0.1"], "port": unbound.port, "timeout": 1.0}
@@ -159,6 +191,7 @@ def test_metric_names_are_the_documented_ones() -> None:
     registry = CollectorRegistry()
     PrometheusMetrics(registry, process_collector=False)
     registry.register(WorkersCollector(WorkerStats(), list))
+    registry.register(ReloadStatus())
     names = {f.name for f in registry.collect()}
     documented = set(re.findall(r"`(smtpguard_[a-z_]+)`", (DOCS / "observability.md").read_text()))
     assert names == {n.removesuffix("_total") for n in documented}

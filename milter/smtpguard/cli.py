@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smtpguard import logsetup
     from smtpguard.adapter import App, drop_privileges, serve
     from smtpguard.app import build_runtime, new_gate
-    from smtpguard.metrics import PrometheusMetrics
+    from smtpguard.metrics import PrometheusMetrics, ReloadStatus
     from smtpguard.probes import (
         file_problems,
         key_problems,
@@ -107,7 +107,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # The same reload as every worker's (supervisor.RESTART_ONLY needs a restart); previous=
     # keeps the resolver (its thread, sockets and cache) when [dns] is unchanged.
-    serve(app, reloader(app))
+    reload = reloader(app)
+    if prometheus is not None:
+        reloads = ReloadStatus()
+        prometheus.registry.register(reloads)
+        reload = reloads.watching(reload)
+    serve(app, reload)
     logging.getLogger("smtpguard").info("smtpguard stopped")
     return 0
 

@@ -20,13 +20,15 @@ import logging
 import os
 import platform
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, Protocol
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, Protocol, TypeVar
 
 from smtpguard import __version__
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("smtpguard")
 P = ParamSpec("P")
@@ -154,6 +156,56 @@ def _never_fails(
             self._turn_off(exc)
 
     return guarded
+
+
+_R = TypeVar("_R")
+
+
+class ReloadStatus:
+    """The last reload's result for ``/metrics``, under the names Prometheus and
+    Alertmanager give theirs: a refused reload keeps the running configuration, and
+    ``systemctl reload`` cannot tell (its check-config does not know the running one:
+    a key that needs a restart passes it; review rev113 F3). A collector on the
+    registry that serves the scrapes (one process's, or the supervisor's)."""
+
+    def __init__(self) -> None:
+        self.successful = True
+        #: The start counts as the first successful load, as in Prometheus.
+        self.success_time = time.time()
+
+    def record(self, ok: bool) -> None:
+        self.successful = ok
+        if ok:
+            self.success_time = time.time()
+
+    def watching(self, reload: Callable[[], _R]) -> Callable[[], _R]:
+        """``reload``, its result recorded: an exception is a refusal."""
+
+        def watched() -> _R:
+            try:
+                result = reload()
+            except BaseException:
+                self.record(False)
+                raise
+            self.record(True)
+            return result
+
+        return watched
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import GaugeMetricFamily  # noqa: PLC0415
+
+        yield GaugeMetricFamily(
+            "smtpguard_config_last_reload_successful",
+            "Whether the last reload (SIGHUP) was applied (1) or refused, the running"
+            " configuration kept (0; the log says why)",
+            value=1.0 if self.successful else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "smtpguard_config_last_reload_success_timestamp_seconds",
+            "When the configuration running now was loaded (the start, or the last reload applied)",
+            value=self.success_time,
+        )
 
 
 class PrometheusMetrics:

@@ -100,6 +100,7 @@ from smtpguard.config import Config, ConfigError, MilterConfig, load_config
 from smtpguard.counters import CounterError, SharedCounter
 from smtpguard.datafiles import recording, replaying
 from smtpguard.logsetup import set_level
+from smtpguard.metrics import ReloadStatus
 from smtpguard.pipeline import CHECK_NAMES
 from smtpguard.scanners.command import HOOK_MARK, record_groups_in
 from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL
@@ -395,8 +396,10 @@ class Supervisor:
         #: Metrics connections accepted, each with the time it must have spoken by.
         self._scrapes: dict[socket.socket, _Scrape] = {}
         self.stats = WorkerStats()
+        self.reloads = ReloadStatus()
         if self.registry is not None:
             self.registry.register(WorkersCollector(self.stats, self._pids, self.metrics_off.count))
+            self.registry.register(self.reloads)
         #: The CPUs the service may use, read before any worker is bound to one.
         self.cpus = sorted(os.sched_getaffinity(0))
         self.stopping = False
@@ -654,10 +657,13 @@ class Supervisor:
                 )
         except ConfigError as exc:
             log.error("reload refused, no worker changes its configuration: %s", exc)
+            self.reloads.record(False)
             return
         except Exception:
             log.exception("reload failed, no worker changes its configuration")
+            self.reloads.record(False)
             return
+        self.reloads.record(True)
         # Workers started from now on inherit the new runtime; running ones build their
         # own from the same bytes, published before they are told. No session runs
         # here, so the old runtime's stores are closed at once.
