@@ -1300,3 +1300,34 @@ def test_the_heartbeat_watchdog_can_be_turned_on_by_a_reload(tmp_path: Path) -> 
                 os.kill(victim, signal.SIGCONT)
         assert f"(pid {victim}) hung: no heartbeat for " in service.log()
         assert "reload refused" not in service.log()
+
+
+def test_a_killed_supervisor_is_named_and_its_metrics_directory_removed_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev113 F4: the workers of a supervisor killed outright said an ordinary
+    "stopping", and its metrics directory (a megabyte) stayed behind at every such
+    kill outside systemd. The next start removes it (named with a pid nobody has)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    with running(site) as service:
+        both_started(service)
+        supervisor = service.process.pid
+        (left,) = run.glob("smtpguard-metrics-*")
+        assert left.name.startswith(f"smtpguard-metrics-{supervisor}-")
+        service.process.kill()
+        service.process.wait()
+        gone = f"the supervisor (pid {supervisor}) is gone: stopping"
+        wait_until(lambda: service.log().count(gone) == 2)
+    assert left.exists()
+    with running(site) as again:
+        both_started(again)
+        (made,) = run.glob("smtpguard-metrics-*")
+        assert made.name.startswith(f"smtpguard-metrics-{again.process.pid}-")
+        assert f"removed {left}, left by a supervisor (pid {supervisor})" in again.log()

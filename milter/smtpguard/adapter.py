@@ -428,11 +428,14 @@ def run(
     app: App,
     reload: Callable[[], Runtime | None] | None,
     end: Callable[[], None] = milter.stop,
+    *,
+    supervisor: int | None = None,
 ) -> None:
     """libmilter's loop on the opened socket until SIGTERM or SIGINT (see :func:`serve`);
     a worker process of :mod:`smtpguard.supervisor` runs exactly this. SIGUSR1 and
     SIGUSR2 are SIGHUP and SIGTERM too. ``end`` is called once a stop has drained the
-    sessions: libmilter's ``smfi_stop`` by default (its end wakes this thread)."""
+    sessions: libmilter's ``smfi_stop`` by default (its end wakes this thread).
+    ``supervisor``: a worker's supervisor's pid, to say so when it is gone."""
     signals = set(SERVICE_SIGNALS)
     hold_signals()  # inherited by libmilter's threads
     failure: list[BaseException] = []
@@ -495,7 +498,17 @@ def run(
         stopping[0].start()
         # Said once the drain runs (starting a thread waits for it): whoever acts on
         # this line finds this thread back in sigwait at once.
-        log.info("signal %s: stopping; sessions in flight finish first", sig)
+        if supervisor is not None and os.getppid() != supervisor:
+            # Its parent-death signal: the supervisor was killed outright (the OOM
+            # killer, kill -9), which nothing else would say (review rev113 F4).
+            log.warning(
+                "signal %s: the supervisor (pid %d) is gone: stopping; sessions in flight"
+                " finish first",
+                sig,
+                supervisor,
+            )
+        else:
+            log.info("signal %s: stopping; sessions in flight finish first", sig)
         announced.set()
     worker.join()
     if failure:

@@ -76,6 +76,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -349,8 +350,10 @@ def prepare_metrics(config: Config) -> None:
         return
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not given:
-        parent = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-        given = tempfile.mkdtemp(prefix="smtpguard-metrics-", dir=parent)
+        parent = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or tempfile.gettempdir()
+        _remove_orphaned_metrics_dirs(parent)
+        # The pid in the name tells a later start whether its owner still runs.
+        given = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=parent)
         os.environ[_OWN_METRICS_DIR] = given
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = given
     elif os.environ.get(_OWN_METRICS_DIR) != given:
@@ -779,7 +782,7 @@ class Supervisor:
         # Also when the watchdog is off: a reload may turn it on.
         self.heartbeats.start(number - 1)
         try:
-            run(self.app, self._apply_published, end=_end_worker)
+            run(self.app, self._apply_published, end=_end_worker, supervisor=self.pid)
         except Exception:
             log.exception("failed; the worker exits 1")
             return 1
@@ -1287,6 +1290,42 @@ def _give_metrics_dir(user: str) -> None:
     entry = pwd.getpwnam(user)
     # Not through a symbolic link: the directory's parent may be writable by others.
     os.chown(directory, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+_METRICS_PREFIX: Final = "smtpguard-metrics-"
+
+
+def _remove_orphaned_metrics_dirs(parent: str) -> None:
+    """Remove the metrics directories of supervisors that ended without removing
+    theirs (killed outright: review rev113 F4, a megabyte per start in /tmp): ours by
+    owner, named with a pid no process has. A directory without a pid in its name (an
+    older release's) is left alone."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name.removeprefix(_METRICS_PREFIX).partition("-")[0]
+        if not entry.name.startswith(_METRICS_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        log.info("removed %s, left by a supervisor (pid %s) that was killed", entry.path, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _remove_metrics_dir() -> None:
