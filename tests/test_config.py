@@ -562,3 +562,27 @@ def test_number_bounds_are_written_as_in_a_config_file(
     """An operator copies the bound into the file: no exponent, no ".0" on a whole number."""
     error = assert_config_error(tmp_path, text, key, message)
     assert error.message == message
+
+
+def test_every_table_with_a_problem_is_named_at_once(tmp_path: Path) -> None:
+    """Review rev113 F2: one problem a run, then a fix and a run for the next. A
+    table that reads a failed one (here [domain], which needs [site] and [limits])
+    adds no problem of its own: it might only follow from the first."""
+    text = (
+        '[site]\nlocal_domains = "example.com"\n'
+        '[limits]\nmax_rcpt = "three"\n'
+        '[milter]\nlog_level = "LOUD"\n'
+        '[domain."other.example"]\nmax_rcpt = 5\n'
+        "[limts]\nmax_hops = 3\n"
+    )
+    path = write_config(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    keys = [p.key for p in info.value.problems]
+    assert keys == ["milter.log_level", "site.local_domains", "limits.max_rcpt", "limts"]
+    assert str(info.value).splitlines() == [str(p) for p in info.value.problems]
+    assert info.value.key == "milter.log_level"  # as one error: the first
+    assert "\n" not in info.value.one_line()
+    result = run_cli("check-config", str(path), "--offline")
+    assert result.returncode == 1
+    assert [line.split(": ")[1] for line in result.stderr.splitlines()] == keys

@@ -576,7 +576,7 @@ def _reload_once(app: App, reload: Callable[[], Runtime | None]) -> None:
     try:
         runtime = reload()
     except ConfigError as exc:
-        log.error("reload refused, keeping the running configuration: %s", exc)
+        log.error("reload refused, keeping the running configuration: %s", exc.one_line())
         return
     except Exception:
         log.exception("reload failed, keeping the running configuration")

@@ -18,7 +18,7 @@ import math
 import os
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +38,7 @@ from smtpguard.address import (
 
 # Re-exported (the "as" form), so that callers keep importing them from here.
 from smtpguard.datafiles import ConfigError as ConfigError  # noqa: PLC0414
+from smtpguard.datafiles import ConfigErrors as ConfigErrors  # noqa: PLC0414
 from smtpguard.datafiles import default_rules_dir as default_rules_dir  # noqa: PLC0414
 from smtpguard.datafiles import parse_toml as parse_toml  # noqa: PLC0414
 from smtpguard.datafiles import read_toml as read_toml  # noqa: PLC0414
@@ -863,34 +864,81 @@ def loader_keys() -> dict[str, frozenset[str]]:
     return {section.prefix: frozenset(section.seen) for section in registry}
 
 
+class _Parts:
+    """Each table's first problem, all of them at once (review rev113 F2: one problem a
+    run of check-config, then a fix and a run again for the next). A table that fails
+    stands in with its defaults, so the tables that read it still load; their own
+    problems are then left out (they might only follow from the first)."""
+
+    def __init__(self, root: _Section) -> None:
+        self.root = root
+        self.problems: list[ConfigError] = []
+        self.failed: set[str] = set()
+
+    def table(self, name: str, build: Callable[[_Section], _T], after: tuple[str, ...] = ()) -> _T:
+        """``build`` of the root's table ``name``."""
+        return self.call(
+            name,
+            lambda: build(self.root.table(name)),
+            lambda: build(_Section(self.root.file, name, {}, self.root.registry)),
+            after,
+        )
+
+    def call(
+        self,
+        name: str,
+        build: Callable[[], _T],
+        fallback: Callable[[], _T],
+        after: tuple[str, ...] = (),
+    ) -> _T:
+        try:
+            return build()
+        except ConfigError as exc:
+            if not self.failed.intersection(after):
+                self.problems.append(exc)
+            self.failed.add(name)
+            return fallback()
+
+    def check(self) -> None:
+        if self.problems:
+            raise ConfigErrors(self.problems)
+
+
 def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
-    milter = _milter(root.table("milter"))
-    site = _site(root.table("site"))
-    limits = _limits(root.table("limits"))
-    content = _content(root.table("content"))
-    replies = _replies(root.table("replies"))
-    policy = _policy(root.table("policy"), known_checks, site)
-    directory = _directory(root.table("directory"))
-    state = _state(root.table("state"))
-    checks, explicit = _checks(root, known_checks)
-    dns = _dns(root.table("dns"))
-    dnsbl = _dnsbl(root.table("dnsbl"))
-    smtpport = _smtpport(root.table("smtpport"))
-    spf = _spf(root.table("spf"))
-    virus = _virus(root.table("virus"))
-    antispam = _antispam(root.table("antispam"))
-    bulk = _bulk(root.table("bulk"))
-    metrics = _metrics(root.table("metrics"), milter.allow_remote_socket)
-    domains = _domains(
-        root,
-        site=site,
-        limits=limits,
-        replies=replies,
-        antispam=antispam,
-        checks=checks,
-        known=known_checks,
+    parts = _Parts(root)
+    milter = parts.table("milter", _milter)
+    site = parts.table("site", _site)
+    limits = parts.table("limits", _limits)
+    content = parts.table("content", _content)
+    replies = parts.table("replies", _replies)
+    policy = parts.table("policy", lambda s: _policy(s, known_checks, site), ("site",))
+    directory = parts.table("directory", _directory)
+    state = parts.table("state", _state)
+    checks, explicit = parts.call("checks", lambda: _checks(root, known_checks), lambda: ({}, {}))
+    dns = parts.table("dns", _dns)
+    dnsbl = parts.table("dnsbl", _dnsbl)
+    smtpport = parts.table("smtpport", _smtpport)
+    spf = parts.table("spf", _spf)
+    virus = parts.table("virus", _virus)
+    antispam = parts.table("antispam", _antispam)
+    bulk = parts.table("bulk", _bulk)
+    metrics = parts.table("metrics", lambda s: _metrics(s, milter.allow_remote_socket), ("milter",))
+    domains = parts.call(
+        "domain",
+        lambda: _domains(
+            root,
+            site=site,
+            limits=limits,
+            replies=replies,
+            antispam=antispam,
+            checks=checks,
+            known=known_checks,
+        ),
+        dict[str, DomainPolicy],
+        ("site", "limits", "replies", "antispam", "checks"),
     )
-    root.done()
+    parts.call("", root.done, lambda: None)
+    parts.check()
     used = {lang for d in domains.values() for lang in d.languages} - set(replies.languages)
     replies = replace(replies, domain_languages=tuple(sorted(used)))
     _require_resolver(root, dns, dnsbl, explicit)

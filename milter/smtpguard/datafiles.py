@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import resources
@@ -32,6 +32,32 @@ class ConfigError(Exception):
         self.message = message
         where = f"{self.file}: {key}" if key else self.file
         super().__init__(f"{where}: {message}")
+
+    @property
+    def problems(self) -> tuple[ConfigError, ...]:
+        """Every problem this error stands for (:class:`ConfigErrors` holds several)."""
+        return (self,)
+
+    def one_line(self) -> str:
+        """All of them on one line, for a log line."""
+        return "; ".join(str(p) for p in self.problems)
+
+
+class ConfigErrors(ConfigError):
+    """Several problems of one file, each a :class:`ConfigError`: their lines, one
+    each; as an error, the first one (its file, key and message)."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.file, first.key, first.message)
+        self._problems = tuple(problems)
+
+    @property
+    def problems(self) -> tuple[ConfigError, ...]:
+        return self._problems
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self._problems)
 
 
 def shipped_dir(name: str) -> Path:

@@ -659,7 +659,7 @@ class Supervisor:
                     " (a restart reads them)",
                 )
         except ConfigError as exc:
-            log.error("reload refused, no worker changes its configuration: %s", exc)
+            log.error("reload refused, no worker changes its configuration: %s", exc.one_line())
             self.reloads.record(False)
             return
         except Exception:
