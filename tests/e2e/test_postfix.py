@@ -292,6 +292,19 @@ def test_accepted_mail_arrives_intact(postfix: Postfix) -> None:
     assert b"X-Smtpguard-Loop: mx.example.com" in head
 
 
+def delivered_marker(postfix: Postfix, n: int) -> str:
+    """Message ``n`` from friend@sender.example to alice, delivered: its loop marker
+    field as read back (folded over lines), CRLF-terminated, to put in a message."""
+    reply = send(postfix, HEADERS.format(n=n) + "\r\nhi\r\n")
+    queue_id = re.search(r"queued as (\w+)", reply.lines[-1])
+    assert reply.code == 250, reply
+    assert queue_id, reply
+    head = postfix.wait_delivered(queue_id.group(1)).partition(b"\n\n")[0].decode()
+    field = re.search(r"^X-Smtpguard-Loop: mx\.example\.com; n=\w+;.*(?:\n\t.*)*", head, re.M)
+    assert field, head
+    return field.group(0).replace("\n", "\r\n") + "\r\n"
+
+
 def test_the_keyed_marker_is_a_loop_only_for_its_sender_and_recipients(
     postfix: Postfix,
 ) -> None:
@@ -299,14 +312,7 @@ def test_the_keyed_marker_is_a_loop_only_for_its_sender_and_recipients(
     sender and recipient (keyed hashes, folded over lines); sent back as it arrived for
     that recipient it is a loop, sent on to another user or by a list host's own
     envelope sender it is not."""
-    reply = send(postfix, HEADERS.format(n=3) + "\r\nhi\r\n")
-    queue_id = re.search(r"queued as (\w+)", reply.lines[-1])
-    assert reply.code == 250, reply
-    assert queue_id, reply
-    head = postfix.wait_delivered(queue_id.group(1)).partition(b"\n\n")[0].decode()
-    field = re.search(r"^X-Smtpguard-Loop: mx\.example\.com; n=\w+;.*(?:\n\t.*)*", head, re.M)
-    assert field, head
-    again = field.group(0).replace("\n", "\r\n") + "\r\n" + HEADERS.format(n=4) + "\r\nhi\r\n"
+    again = delivered_marker(postfix, 3) + HEADERS.format(n=4) + "\r\nhi\r\n"
     assert_table(send(postfix, again), "looping_message")
     resent = (
         (UNTRUSTED, "friend@sender.example", "dave"),
@@ -324,14 +330,7 @@ def test_the_keyed_marker_naming_some_recipients_lets_all_have_it(postfix: Postf
     sender (an alias expansion, a Sieve redirect) sends the message back for alice, who
     had it, and dave, who did not: Postfix delivers to both (before, both were refused;
     dropping alice could lose a copy the MTA's own aliases sent round a loop)."""
-    reply = send(postfix, HEADERS.format(n=5) + "\r\nhi\r\n")
-    first = re.search(r"queued as (\w+)", reply.lines[-1])
-    assert reply.code == 250, reply
-    assert first, reply
-    head = postfix.wait_delivered(first.group(1)).partition(b"\n\n")[0].decode()
-    field = re.search(r"^X-Smtpguard-Loop: mx\.example\.com; n=\w+;.*(?:\n\t.*)*", head, re.M)
-    assert field, head
-    again = field.group(0).replace("\n", "\r\n") + "\r\n" + HEADERS.format(n=6) + "\r\nhi\r\n"
+    again = delivered_marker(postfix, 5) + HEADERS.format(n=6) + "\r\nhi\r\n"
     with client(postfix, TRUSTED) as c:
         assert c.cmd("MAIL FROM:<friend@sender.example>").code == 250
         assert c.cmd("RCPT TO:<alice+team@example.com>").code == 250
