@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from support.mtclient import Answer, MilterSession, assert_pass, assert_reply
+from support.polling import wait_until
 from support.service import UNTRUSTED_IP, Running, make_site, running, smtpguard
 
 pytestmark = pytest.mark.integration
@@ -146,6 +147,8 @@ def test_login_owns_its_address_with_an_extension_in_any_case(service: Running) 
     dave = {"{auth_authen}": "DAVE", "{auth_type}": "PLAIN"}
     assert_pass(mail_from(service, "<dave@example.com>", dave))
     assert_reply(mail_from(service, "<alice@example.com>", dave), "sender_mismatch")
+    # Which login it was (review rev113 F1: decision lines named no login).
+    wait_until(lambda: "login=DAVE from=<alice@example.com>" in service.log())
 
 
 # --- internationalized domains: U-labels and A-labels are one domain --------------------

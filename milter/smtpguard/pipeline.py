@@ -834,6 +834,7 @@ class Pipeline:
             ("temp", isinstance(verdict, TempError) or None),
             ("client", conn.client_ip),
             ("helo", conn.helo),
+            ("login", txn.auth_login if txn else None),
             ("from", f"<{txn.sender.text}>" if txn and txn.sender else txn and txn.sender_raw),
             ("rcpt", f"<{event.rcpt.text}>" if event.rcpt else event.rcpt_raw or None),
             ("detail", verdict.detail or None),
