@@ -98,7 +98,7 @@ def variable_queries() -> list[str]:
 def test_promtool_checks_the_alert_rules() -> None:
     result = promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert f"SUCCESS: {len(list(alert_rules()))} rules found" in result.stdout
 
 
 def test_the_alert_rules_pass_their_unit_tests() -> None:
