@@ -33,7 +33,9 @@ __all__ = [
     "canonical_local_part",
     "domain_to_unicode",
     "esmtp_params",
+    "helo_spelling",
     "is_fqdn",
+    "is_helo_fqdn",
     "is_valid_domain",
     "parse_address_literal",
     "parse_path",
@@ -613,6 +615,18 @@ def is_fqdn(name: str, *, allow_utf8: bool = False) -> bool:
         return False
     labels = name.removesuffix(".").split(".")
     return len(labels) >= 2 and not labels[-1].isdigit()
+
+
+def helo_spelling(name: str) -> str:
+    """``name`` as a greeting's syntax is judged: an underscore taken as a letter, as
+    Postfix's valid_hostname() takes it (Windows hosts greet with such names), so the
+    helo, helo_dns and SPF checks judge one set of names (review rev112 F3, rev115 F1)."""
+    return name.replace("_", "x")
+
+
+def is_helo_fqdn(name: str) -> bool:
+    """:func:`is_fqdn` of a greeting (:func:`helo_spelling`)."""
+    return is_fqdn(helo_spelling(name))
 
 
 def parse_address_literal(text: str) -> IPAddress | None:

@@ -238,6 +238,16 @@ def test_null_sender_checks_the_helo_identity(tmp_path: Path, resolver: Resolver
     assert decide(check, "<>", helo="ok.helo.test") is None
 
 
+def test_null_sender_checks_a_helo_identity_with_an_underscore(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """The helo check lets it pass (as Postfix), so SPF judges it (review rev115 F1)."""
+    fake.add("win_host.helo.test", "TXT", '"v=spf1 -all"')
+    verdict = decide(spf(tmp_path, resolver), "<>", helo="win_host.helo.test")
+    assert isinstance(verdict, Hit)
+    assert "spf=fail helo win_host.helo.test from" in verdict.detail
+
+
 @pytest.mark.parametrize("helo", ["[198.51.100.7]", "localhost", None])
 def test_null_sender_without_a_helo_name_passes(
     tmp_path: Path, resolver: Resolver, fake: FakeDns, helo: str | None

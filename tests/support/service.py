@@ -28,7 +28,7 @@ UNTRUSTED_IP = "198.51.100.7"
 #: MTA in front.
 REFUSED_HELOS = (
     "localhost",  # not a FQDN
-    "bad_name.example",  # not LDH (Sendmail itself allows "_")
+    "-bad.example",  # not LDH (an underscore passes, as with Postfix's own check)
     "[198.51.100.99]",  # address literal that is not the client
     "[not-an-ip]",
     "mx.example.com",  # our own name from an untrusted client

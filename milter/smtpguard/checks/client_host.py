@@ -43,7 +43,7 @@ from typing import ClassVar
 
 from cachetools import TTLCache
 
-from smtpguard.address import IPAddress, is_fqdn
+from smtpguard.address import IPAddress, is_helo_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import GenericPatterns
 from smtpguard.dns import (
@@ -348,7 +348,7 @@ class HeloDns:
     def _name(conn: Connection) -> str | None:
         helo = (conn.helo or "").strip()
         # Literals and syntax errors are the helo check's business.
-        if not helo or helo.startswith("[") or not is_fqdn(helo):
+        if not helo or helo.startswith("[") or not is_helo_fqdn(helo):
             return None
         return helo.rstrip(".").lower()
 

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import is_fqdn, is_valid_domain, parse_address_literal, unmapped
+from smtpguard.address import (
+    helo_spelling,
+    is_fqdn,
+    is_valid_domain,
+    parse_address_literal,
+    unmapped,
+)
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
@@ -65,9 +71,7 @@ class HeloName:
             if conn.client_ip is not None and ip != conn.client_ip:
                 return f"address literal is not the client IP {conn.client_ip}"
             return None
-        # An underscore passes, as Postfix's reject_invalid_helo_hostname lets it pass
-        # (valid_hostname.c): Windows hosts greet with such names (review rev112 F3).
-        spelled = helo.replace("_", "x")
+        spelled = helo_spelling(helo)
         if not is_valid_domain(spelled, allow_utf8=False):
             return "invalid host name syntax"
         if not is_fqdn(spelled):

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import spf  # type: ignore[import-untyped]  # pyspf ships no type information
 
-from smtpguard.address import Address, canonical_local_part, is_fqdn
+from smtpguard.address import Address, canonical_local_part, is_helo_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Resolver, Status, client_address, share_network
 from smtpguard.memo import Memo
@@ -238,7 +238,7 @@ class Spf:
         helo = spf_helo(conn)
         if txn.sender.is_null:
             # §2.3: no HELO identity without a host name.
-            if not helo or helo.startswith("[") or not is_fqdn(helo):
+            if not helo or helo.startswith("[") or not is_helo_fqdn(helo):
                 return None
             sender, identity = "", "helo"
         else:
