@@ -13,7 +13,7 @@ import pytest
 
 from smtpguard.checks import Event
 from smtpguard.checks.sender_domain import SenderDomain
-from smtpguard.checks.spf import Spf
+from smtpguard.checks.spf import Spf, SpfQuery
 from smtpguard.dns import Resolver, Status
 from smtpguard.resultheaders import spf_result
 from smtpguard.verdict import Hit, TempError
@@ -161,6 +161,23 @@ def test_macro_parts_are_rejoined_with_dots_for_every_letter(
     fake.add("foo.bar.test.dj.test", "A", "127.0.0.2")
     check = spf(tmp_path, resolver)
     assert decide(check, f"a@{domain}", helo=helo) is None
+
+
+def test_a_long_expansion_is_cut_once_to_a_domain_name(resolver: Resolver) -> None:
+    """RFC 7208 §7.3: left-hand labels dropped until 253 octets; review rev115 F2: a
+    record of thousands of %{d} of a 125-label domain took seconds, label by label.
+    exp= text is no domain name and is not cut."""
+    domain = ".".join("x" * 124) + ".test"
+    query = SpfQuery(resolver, None, i="192.0.2.3", s=f"a@{domain}", h="mx.example.org")
+    spec = "a:" + ".".join(["%{d}"] * 3200) + ".dos.test"
+    started = time.process_time()
+    name = query.expand(spec)
+    assert time.process_time() - started < 0.5
+    assert len(name) <= 253
+    assert name.endswith(".dos.test")
+    assert f"{domain}.dos.test".endswith(name)
+    text = "%{d} " * 60
+    assert query.expand(text, stripdot=False) == text.replace("%{d}", domain)
 
 
 def test_a_quoted_local_part_expands_as_its_mailbox(
