@@ -17,7 +17,15 @@ import pytest
 from smtpguard.config import ConfigError, load_config
 from support.mtclient import MilterSession
 from support.polling import children, holds_for, wait_until
-from support.service import UNTRUSTED_IP, Site, make_site, running, smtpguard
+from support.service import (
+    UNTRUSTED_IP,
+    Site,
+    kill_supervisor_then_start_again,
+    make_site,
+    metrics_on,
+    running,
+    smtpguard,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +237,17 @@ def test_a_socket_the_service_user_cannot_see_is_no_socket_gone() -> None:
         wait_until(lambda: len(children(service.process.pid)) == 2)
         holds_for(lambda: service.process.poll() is None, 2.5)  # two looks at the socket
         assert serves(path)
+
+
+def test_a_killed_supervisors_metrics_directory_is_removed_though_root_gave_it_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review rev115 F3: started as root, the supervisor hands its metrics directory
+    to milter.user; the next start (root again) took only its own as ours."""
+    root, state = nobody_root()
+    run = root / "metrics-run"
+    run.mkdir()
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    site = nobody_site(root, state, metrics_on())
+    kill_supervisor_then_start_again(site, run, str(socket_of(site)))

@@ -58,7 +58,15 @@ from smtpguard.workerwatch import Flags
 from support.files import tmpfs
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.polling import children, holds_for, poll_for, scrape, wait_until
-from support.service import RULES, UNTRUSTED_IP, Running, make_site, running
+from support.service import (
+    RULES,
+    UNTRUSTED_IP,
+    Running,
+    kill_supervisor_then_start_again,
+    make_site,
+    metrics_on,
+    running,
+)
 
 #: The issue's promise for a killed worker.
 RESTART_DEADLINE = 2.0
@@ -1307,27 +1315,10 @@ def test_a_killed_supervisor_is_named_and_its_metrics_directory_removed_at_the_n
 ) -> None:
     """Review rev113 F4: the workers of a supervisor killed outright said an ordinary
     "stopping", and its metrics directory (a megabyte) stayed behind at every such
-    kill outside systemd. The next start removes it (named with a pid nobody has)."""
+    kill outside systemd. The next start removes it (named with a pid nobody has);
+    tests/test_privileges.py: as root for milter.user."""
     run = tmp_path / "run"
     run.mkdir()
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    from support.daemons import free_port  # noqa: PLC0415
-
-    port = free_port()
-    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
-    with running(site) as service:
-        both_started(service)
-        supervisor = service.process.pid
-        (left,) = run.glob("smtpguard-metrics-*")
-        assert left.name.startswith(f"smtpguard-metrics-{supervisor}-")
-        service.process.kill()
-        service.process.wait()
-        gone = f"the supervisor (pid {supervisor}) is gone: stopping"
-        wait_until(lambda: service.log().count(gone) == 2)
-    assert left.exists()
-    with running(site) as again:
-        both_started(again)
-        (made,) = run.glob("smtpguard-metrics-*")
-        assert made.name.startswith(f"smtpguard-metrics-{again.process.pid}-")
-        assert f"removed {left}, left by a supervisor (pid {supervisor})" in again.log()
+    kill_supervisor_then_start_again(make_site(tmp_path, {**WORKERS, **metrics_on()}), run)

@@ -351,7 +351,7 @@ def prepare_metrics(config: Config) -> None:
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not given:
         parent = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or tempfile.gettempdir()
-        _remove_orphaned_metrics_dirs(parent)
+        _remove_orphaned_metrics_dirs(parent, _metrics_dir_owners(config.milter.user))
         # The pid in the name tells a later start whether its owner still runs.
         given = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-", dir=parent)
         os.environ[_OWN_METRICS_DIR] = given
@@ -1295,11 +1295,24 @@ def _give_metrics_dir(user: str) -> None:
 _METRICS_PREFIX: Final = "smtpguard-metrics-"
 
 
-def _remove_orphaned_metrics_dirs(parent: str) -> None:
+def _metrics_dir_owners(user: str) -> frozenset[int]:
+    """Whose metrics directories are ours: this process's, and when it runs as root,
+    the service user's, to whom it hands them (:func:`_give_metrics_dir`; review rev115
+    F3: a killed supervisor's directory then belonged to that user)."""
+    owners = {os.geteuid()}
+    if os.geteuid() == 0 and user:
+        import pwd  # noqa: PLC0415
+
+        with contextlib.suppress(KeyError):
+            owners.add(pwd.getpwnam(user).pw_uid)
+    return frozenset(owners)
+
+
+def _remove_orphaned_metrics_dirs(parent: str, owners: frozenset[int]) -> None:
     """Remove the metrics directories of supervisors that ended without removing
     theirs (killed outright: review rev113 F4, a megabyte per start in /tmp): ours by
-    owner, named with a pid no process has. A directory without a pid in its name (an
-    older release's) is left alone."""
+    ``owners``, named with a pid no process has. A directory without a pid in its name
+    (an older release's) is left alone."""
     try:
         entries = list(os.scandir(parent))
     except OSError:
@@ -1312,7 +1325,7 @@ def _remove_orphaned_metrics_dirs(parent: str) -> None:
             info = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or _alive(int(pid)):
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or _alive(int(pid)):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         log.info("removed %s, left by a supervisor (pid %s) that was killed", entry.path, pid)

@@ -16,6 +16,7 @@ from typing import Any
 import tomli_w
 
 from .mtclient import MilterSession, wait_for_socket
+from .polling import children, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
@@ -211,3 +212,31 @@ def reap_stopping(timeout: float = 20.0) -> None:
             proc.kill()
             proc.wait()
     STOPPING.clear()
+
+
+def metrics_on() -> dict[str, dict[str, object]]:
+    """The [metrics] table of a site whose /metrics listens on a free port."""
+    from .daemons import free_port  # noqa: PLC0415
+
+    return {"metrics": {"enabled": True, "port": free_port()}}
+
+
+def kill_supervisor_then_start_again(site: Site, run: Path, socket: str | None = None) -> None:
+    """Start ``site`` (workers, metrics on, ``$RUNTIME_DIRECTORY`` = ``run``), kill its
+    supervisor outright, start it again: both workers say their supervisor is gone,
+    and the second start removes the first one's metrics directory (review rev113 F4)."""
+    with running(site, wait_for=socket) as service:
+        supervisor = service.process.pid
+        wait_until(lambda: len(children(supervisor)) == 2)
+        (left,) = run.glob("smtpguard-metrics-*")
+        assert left.name.startswith(f"smtpguard-metrics-{supervisor}-")
+        service.process.kill()
+        service.process.wait()
+        gone = f"the supervisor (pid {supervisor}) is gone: stopping"
+        wait_until(lambda: service.log().count(gone) == 2)
+    assert left.exists()
+    with running(site, wait_for=socket) as again:
+        wait_until(lambda: len(children(again.process.pid)) == 2)
+        (made,) = run.glob("smtpguard-metrics-*")
+        assert made.name.startswith(f"smtpguard-metrics-{again.process.pid}-")
+        assert f"removed {left}, left by a supervisor (pid {supervisor})" in again.log()
