@@ -189,6 +189,17 @@ def test_a_quoted_local_part_expands_as_its_mailbox(
     assert decide(spf(tmp_path, resolver), '"bob"@macro.test') is None
 
 
+def test_the_s_macro_names_what_l_and_d_name(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    """Review rev115 F4: %{s} kept the U-label spelling %{d} no longer has."""
+    fake.add("xn--bcher-kva.test", "TXT", '"v=spf1 exists:%{s}.ok.test -all"')
+    fake.add(r"bob\@xn--bcher-kva.test.ok.test", "A", "127.0.0.2")  # as DNS escapes it
+    check = spf(tmp_path, resolver)
+    for sender in ('"bob"@b\u00fccher.test', "bob@xn--bcher-kva.test"):
+        assert decide(check, sender, smtputf8=True) is None, sender
+
+
 def test_softfail_rejected_when_configured(tmp_path: Path, resolver: Resolver) -> None:
     check = spf(tmp_path, resolver, spf={"reject_softfail": True})
     assert isinstance(decide(check, "a@soft.test"), Hit)

@@ -338,6 +338,8 @@ def spf_query(
         # U-labels failed pyspf's top-label rule under an IDN TLD, a forger's pass, and
         # never matched "ptr", a refusal of the domain's own mail).
         query.o = query.d = sender.domain_canonical
+        # %{s} of the same parts, so it names what %{l} and %{d} do (rev115 F4).
+        query.s = f"{query.l}@{query.d}"
     return query
 
 
