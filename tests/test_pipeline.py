@@ -335,16 +335,43 @@ def test_dry_run_reports_everything(build: BuildHarness, caplog: pytest.LogCaptu
     assert h.pipeline.run(Stage.CONNECT, conn) == CONTINUE
     assert conn.pending is None  # nothing deferred either
     assert h.pipeline.run(Stage.MAIL, mail(conn, "<x@spam.example>")) == CONTINUE
-    assert h.pipeline.run(Stage.RCPT, conn, rcpt_event("<x@elsewhere.example>")) == CONTINUE
+    assert h.pipeline.run(Stage.RCPT, conn, rcpt_event("<nobody@example.com>")) == CONTINUE
     lines = decisions(caplog)
     assert [d["check"] for d in lines] == [
         "session_limit",
         "helo_first",
         "sender_deny",
         "blacklist",
-        "relay",
+        "mailbox",
     ]
     assert all(d["mode"] == "report" and d["action"] == "pass" for d in lines)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "[milter]\ndry_run = true\n",
+        '[checks.relay]\nmode = "report"\n',
+        '[checks.relay]\nmode = "off"\n',
+    ],
+    ids=["dry_run", "report", "off"],
+)
+def test_a_strangers_relay_is_refused_whatever_the_relay_checks_mode(
+    build: BuildHarness, caplog: pytest.LogCaptureFixture, extra: str
+) -> None:
+    """Review rev116 F2: a stranger's relay reaches us only when the MTA's relay
+    restrictions are not postfix-config's (still relay_control = "milter"'s, which pass
+    every recipient): refused, with an ERROR, whatever the mode. A trusted client and a
+    local recipient pass."""
+    h = build(extra)
+    conn = mail(connect(), "<a@sender.example>")
+    refused = h.pipeline.run(Stage.RCPT, conn, rcpt_event("<victim@gmail.example>"))
+    assert_reject(refused, "host_denies_relay", "relay")
+    (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "the MTA passed a relay from untrusted client 198.51.100.7" in error.getMessage()
+    assert h.pipeline.run(Stage.RCPT, conn, rcpt_event("<alice@example.com>")) == CONTINUE
+    trusted = mail(connect(trusted_network=True), "<a@example.com>")
+    assert h.pipeline.run(Stage.RCPT, trusted, rcpt_event("<x@gmail.example>")) == CONTINUE
 
 
 def test_dry_run_overrides_enforce(build: BuildHarness, caplog: pytest.LogCaptureFixture) -> None:
@@ -691,8 +718,10 @@ def test_a_long_report_header_is_folded(tmp_path: Path) -> None:
     driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
     driver.helo("localhost")
     assert driver.mail("<spammer@bad.example>", ()).action is Action.CONTINUE
-    assert driver.rcpt("<nobody@example.com>").action is Action.CONTINUE
-    assert driver.rcpt("<someone@elsewhere.example>").action is Action.CONTINUE
+    # Unknown, locked, over max_rcpt, suspended (a stranger's relay would be refused
+    # whatever the mode: test_a_strangers_relay_is_refused_whatever_the_relay_checks_mode).
+    for rcpt in ("nobody", "alice", "bob", "carol", "dave"):
+        assert driver.rcpt(f"<{rcpt}@example.com>").action is Action.CONTINUE
     driver.data()
     driver.eoh()
     value = dict(driver.eom().headers)["X-Smtpguard-Report"]
@@ -701,7 +730,10 @@ def test_a_long_report_header_is_folded(tmp_path: Path) -> None:
     assert all(len(line) <= 78 for line in lines)
     assert all(line.startswith("\t") for line in lines[1:])
     unfolded = " ".join(line.strip() for line in value.split("\n"))
-    assert unfolded == "helo_error, host_denies_sender, mailbox_unavailable, host_denies_relay"
+    assert unfolded == (
+        "helo_error, host_denies_sender, mailbox_unavailable, user_locked, rcpt_limit,"
+        " mailbox_unavailable_temp"
+    )
 
 
 @pytest.mark.parametrize("sender", ["<spammer@bad.example>", "<friend@sender.example>"])

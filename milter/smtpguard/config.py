@@ -1987,7 +1987,8 @@ def _require_relay_enforced(
         return
     why = (
         'with site.relay_control = "milter" smtpguard alone refuses relaying, so it'
-        ' must enforce; use relay_control = "postfix" to'
+        ' must enforce; switch to relay_control = "postfix" (then run `smtpguard'
+        " postfix-config` and reload Postfix: main.cf still passes every recipient) to"
     )
     if milter.dry_run:
         raise ConfigError(root.file, "milter.dry_run", f"{why} roll out in dry run")

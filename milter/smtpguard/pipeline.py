@@ -207,7 +207,7 @@ class Pipeline:
         inert: list[str] = []
         for cls in CHECK_CLASSES:
             settings = self.config.check(settings_name(cls.name))
-            if settings.mode == "off":
+            if settings.mode == "off" and cls.name not in _GUARDS:
                 continue
             without_resolver = getattr(cls, "works_without_dns", None)
             if (
@@ -609,16 +609,12 @@ class Pipeline:
         trace: list[str] | None = conn.scratch.get(TRACE)
         policy = self.policy if self.policy.active else None
         blind = _blinded(conn)
-        for check, settings, planned, relevant, _fields in self._steps(stage, event):
-            # Exemptions skip a check; [domain."X"] tables may change its mode.
-            mode = planned
-            if relevant and policy is not None:
-                mode = policy.effective(conn, check.name, stage, event, planned)
+        for step in self._steps(stage, event):
+            check, settings = step.check, step.settings
+            mode, guarded = self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
+            if guarded is not None:
+                return guarded
             if mode == "off":
-                if trace is not None and policy is not None:
-                    trace.append(
-                        f"{stage.value} {check.name}: skipped ({policy.why(conn, check.name)})"
-                    )
                 continue
             try:
                 verdict = _BLIND_VERDICT if blind and check.name in blind else check(conn, event)
@@ -651,6 +647,69 @@ class Pipeline:
             if decision is not None:
                 return decision
         return CONTINUE
+
+    def _mode_here(
+        self,
+        stage: Stage,
+        conn: Connection,
+        event: Event,
+        step: _Step,
+        *,
+        policy: Policy | None,
+        trace: list[str] | None,
+    ) -> tuple[str, Decision | None]:
+        """A step's mode for this call (exemptions skip a check, [domain."X"] tables may
+        change its mode), and the answer of a guard (:meth:`_guard`) if it has one."""
+        mode = step.mode
+        name = step.check.name
+        if step.relevant and policy is not None:
+            mode = policy.effective(conn, name, stage, event, mode)
+        if mode != "enforce" and name in _GUARDS:
+            guarded = self._guard(stage, conn, event, step)
+            if guarded is not None:
+                return mode, guarded
+        if mode == "off" and trace is not None and policy is not None:
+            trace.append(f"{stage.value} {name}: skipped ({policy.why(conn, name)})")
+        return mode, None
+
+    def _guard(self, stage: Stage, conn: Connection, event: Event, step: _Step) -> Decision | None:
+        """A stranger's relay that reached us while the relay check does not enforce
+        (a dry run, report mode, off): refused all the same. The MTA should have refused
+        it (site.relay_control = "postfix"); that it did not means its relay restrictions
+        are not postfix-config's, e.g. still those of relay_control = "milter", which
+        pass every recipient to us (review rev116 F2: the loader's advice for a dry run
+        in milter mode opened the relay until postfix-config ran again). No exemption
+        skips the relay check (the loader refuses one)."""
+        check = step.check
+        if conn.trusted:
+            return None
+        try:
+            verdict = check(conn, event)
+        except Exception:
+            log.exception(
+                "sid=%s check=%s raised; answering internal_error", conn.session_id, check.name
+            )
+            return self.internal_error(conn, stage, check.name)
+        if not isinstance(verdict, Hit) or verdict.reply_id not in _GUARDS[check.name]:
+            return None
+        log.error(
+            "sid=%s the MTA passed a relay from untrusted client %s (%s), which the relay"
+            " restrictions `smtpguard postfix-config` writes refuse: refused whatever the"
+            " relay check's mode and milter.dry_run say; run postfix-config and reload the"
+            " MTA",
+            conn.session_id,
+            conn.client_ip,
+            verdict.detail,
+        )
+        return self._act(
+            stage,
+            conn,
+            event,
+            check=check.name,
+            settings=step.settings,
+            mode="enforce",
+            verdict=verdict,
+        )
 
     def _act(
         self,
@@ -1006,6 +1065,9 @@ def _outcome_of(decision: Decision, txn: Transaction) -> str:
     return "tag" if spam is not None and spam.spam else "accept"
 
 
+#: Verdicts enforced whatever their check's mode (Pipeline._guard): relaying for
+#: strangers, which no setting of ours may let through.
+_GUARDS: Final[dict[str, frozenset[str]]] = {"relay": frozenset({"host_denies_relay"})}
 _VERDICT_KIND: dict[type, str] = {type(None): "pass", Hit: "hit", TempError: "temperror"}
 _ENDING = "pipeline.ending"
 #: Observing checks of the transaction that raised while fed the message.

@@ -906,13 +906,24 @@ class _Planner:
             if new == self.raw[other]:
                 continue
             stale = self.raw[other] != self._without_ours(other, None)
+            conflict = None
+            if stale and not milter_mode and MILTER_RELAY_PASS in self.raw[other]:
+                # Review rev116 F2: left from relay_control = "milter".
+                conflict = (
+                    f"passes every recipient to the milter ({MILTER_RELAY_PASS}, the"
+                    ' setting of site.relay_control = "milter"): Postfix refuses no relaying'
+                    " itself until this is applied, and smtpguard refuses it at RCPT"
+                    " whatever its dry run or relay check's mode say"
+                )
+            elif stale:
+                conflict = (
+                    "holds smtpguard relay settings of another site.relay_control or reply text"
+                )
             self.change(
                 other,
                 new,
                 self._relay_reason(new, new is not value, milter_mode, open_relay),
-                "holds smtpguard relay settings of another site.relay_control or reply text"
-                if stale
-                else None,
+                conflict,
             )
 
     def _with_ours(self, name: str, base: str, ours: str, milter_mode: bool) -> str | None:

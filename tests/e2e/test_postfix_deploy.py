@@ -225,6 +225,34 @@ def test_switching_relay_control_back_keeps_relaying_closed() -> None:
         postfix.stop()
 
 
+@pytest.mark.parametrize("case", ["dry_run", "relay_report", "relay_off"])
+def test_switching_to_postfix_control_before_postfix_config_keeps_relaying_closed(
+    case: str,
+) -> None:
+    """Review rev116 F2: the loader refuses a dry run (or a relay check that does not
+    enforce) with relay_control "milter" and says to switch to "postfix"; done before
+    postfix-config runs again, main.cf still passed every recipient to smtpguard, which
+    only reported: a stranger's mail was relayed. Now refused at RCPT whatever the mode,
+    with an ERROR line, and --check names the left-over pass-through."""
+    s = site("relay-stale", {"site": {"relay_control": "milter"}})
+    postfix = start_postfix(s.config)
+    try:
+        switched = {"site": {"relay_control": "postfix"}, **RELAY_CASES[case]}
+        s2 = site("relay-stale-2", switched, s.socket)
+        with running(s2) as service:
+            mail, rcpt = try_relay(postfix)
+            assert mail.code == 250, mail
+            assert_nothing_relayed(postfix, rcpt)
+            assert rcpt.lines == (expected_line("host_denies_relay"),)
+            assert "the MTA passed a relay from untrusted client 198.51.100.7" in service.log()
+        where = str(postfix.config_dir)
+        check = smtpguard(s2, "postfix-config", "--check", "--config-directory", where, check=False)
+        assert check.returncode == 1
+        assert "passes every recipient to the milter" in check.stdout + check.stderr
+    finally:
+        postfix.stop()
+
+
 def test_local_submissions_pass_through_non_smtpd_milters() -> None:
     """With ``--non-smtpd-milters`` Postfix's pickup path shows smtpguard mail from
     sendmail(1) as localhost [127.0.0.1] saying HELO localhost: a trusted client, whose
