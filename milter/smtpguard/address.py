@@ -378,9 +378,11 @@ def canonical_domain(name: str) -> str:
     written in either form meets a client using either (RFC 6531 allows U-labels in
     an SMTPUTF8 session; a list may be written either way).
 
-    The A-label is the one IDNA2008 gives, as Postfix (``enable_idna2003_compatibility
-    = no``, its default) and registries do, approximated with the standard library
-    (UTS 46 mapping by NFKC and lower-casing, then RFC 3492 Punycode). Not
+    The A-label is the one IDNA2008 gives (Postfix's ``enable_idna2003_compatibility
+    = no``, its default), approximated with the standard library (UTS 46 mapping by
+    NFKC and lower-casing, then RFC 3492 Punycode): for some characters ICU's UTS 46,
+    Postfix's, maps otherwise (capital sharp s to "ss", Cherokee to upper case), so
+    relaying is never decided by it alone (SiteConfig.routes_as_ours). Not
     :mod:`encodings.idna`: IDNA2003 maps ``ß`` to ``ss``, which would make
     ``straße.de`` (``xn--strae-oqa.de``) one of our local domains if ``strasse.de``
     were. A label that cannot be converted (not a U-label by :func:`is_valid_domain`'s

@@ -18,6 +18,7 @@ import math
 import os
 import pwd
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -348,6 +349,27 @@ class SiteConfig:
     #: Characters that start an address extension (Postfix's recipient_delimiter):
     #: alice+news@ is alice@ to the directory, the deny list and the blacklist.
     recipient_delimiter: str = "+"
+    #: The spellings with non-ASCII characters the three domain lists give, as written
+    #: but for the case of ASCII letters (no trailing dot; a leading "." for
+    #: subdomains): see :meth:`routes_as_ours`.
+    idn_spellings: frozenset[str] = frozenset()
+
+    def routes_as_ours(self, domain: str) -> bool:
+        """Whether the MTA routes ``domain`` (as the client wrote it) as the domain of
+        ours it stands for: an ASCII one (A-labels) always, one with other characters
+        only when written as the config lists it (ASCII letters in any case, as
+        Postfix folds them; the others as written). Our mapping of U-labels
+        (:func:`canonical_domain`) is not the MTA's (Postfix's is ICU's UTS 46, which
+        maps capital sharp s to "ss": STRAẞE.example is strasse.example there, and
+        straße.example here), and Postfix matches its own domain lists to the text:
+        any other spelling it routes as foreign mail, to a domain that may be someone
+        else's (review rev116 F1). Relaying is judged by this, nothing else."""
+        if domain.isascii():
+            return True
+        name = ascii_lower(domain.removesuffix("."))
+        return name in self.idn_spellings or any(
+            name.endswith(entry) for entry in self.idn_spellings if entry.startswith(".")
+        )
 
     def is_local(self, domain: str) -> bool:
         return _in_domains(domain, self.local_domains)
@@ -381,6 +403,14 @@ class SiteConfig:
 
     def is_trusted_ip(self, ip: IPAddress | None) -> bool:
         return ip is not None and any(ip in net for net in self.trusted_networks)
+
+
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def ascii_lower(text: str) -> str:
+    """``text`` with its ASCII letters in lower case, every other character as it is."""
+    return text.translate(_ASCII_LOWER)
 
 
 def _in_domains(domain: str, domains: frozenset[str]) -> bool:
@@ -1389,6 +1419,12 @@ def _site(s: _Section) -> SiteConfig:
         our_hostnames=s.domains("our_hostnames", parents=False),
         our_ips=frozenset(ips),
         recipient_delimiter=_delimiter(s, d.recipient_delimiter),
+        idn_spellings=frozenset(
+            ascii_lower(item.strip().removesuffix("."))
+            for name in ("local_domains", "relay_domains", "our_hostnames")
+            for item in s.strings(name)
+            if not item.isascii()
+        ),
     )
     s.done()
     return out

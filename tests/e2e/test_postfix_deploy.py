@@ -253,6 +253,27 @@ def test_switching_to_postfix_control_before_postfix_config_keeps_relaying_close
         postfix.stop()
 
 
+def test_a_respelled_idn_local_domain_does_not_relay_in_milter_control() -> None:
+    """Review rev116 F1: with relay_control "milter", alice@STRAẞE.example was local to
+    smtpguard (straße.example) and foreign to Postfix, whose UTS 46 (ICU) makes it
+    strasse.example: a stranger's mail went there. Only the spellings site lists are
+    ours (Postfix lists the A-labels here)."""
+    extra = {
+        "site": {"relay_control": "milter", "local_domains": ["example.com", "straße.example"]}
+    }
+    s = site("relay-idn", extra)
+    postfix = start_postfix(s.config)
+    try:
+        with running(s), client(postfix, FOREIGN) as c:
+            assert c.cmd("MAIL FROM:<a@sender.example> SMTPUTF8").code == 250
+            refused = c.cmd("RCPT TO:<alice@STRAẞE.example>")
+            assert refused.lines == (expected_line("host_denies_relay"),)
+            assert c.cmd("RCPT TO:<alice@xn--strae-oqa.example>").code != 553
+        assert postfix.delivered_messages() == {}
+    finally:
+        postfix.stop()
+
+
 def test_local_submissions_pass_through_non_smtpd_milters() -> None:
     """With ``--non-smtpd-milters`` Postfix's pickup path shows smtpguard mail from
     sendmail(1) as localhost [127.0.0.1] saying HELO localhost: a trusted client, whose

@@ -68,15 +68,21 @@ class Relay:
         # relay control never depends on the mailbox check refusing it (that check
         # may be in report mode or off).
         if rcpt is not None:
-            local, domain = rcpt.local, rcpt.domain_lc
+            local, domain, written = rcpt.local, rcpt.domain_lc, rcpt.domain
         else:
             local, domain = raw_parts(event.rcpt_raw)
+            written = domain
         # Postfix routes by the local part too (allow_percent_hack, swap_bangpath,
         # resolve_dequoted_address): "victim%gmail.example@example.com" and a bare
         # "victim%gmail.example" are delivered to victim@gmail.example. Such a
         # recipient is relaying whatever its domain; only the mailbox check refused
         # it, and with that off or in report mode it relayed.
-        routed = not _ROUTED.isdisjoint(local)
+        # A domain with other characters than ASCII is ours only as the config writes
+        # it: the MTA routes any other spelling as foreign mail (review rev116 F1).
+        respelled = not self.site.routes_as_ours(written) and (
+            self.site.is_ours(domain) or self.site.is_relay(domain)
+        )
+        routed = not _ROUTED.isdisjoint(local) or respelled
         if not routed and domain and self.site.is_host_only(domain):
             # The host's own name is the MTA's local mail too (Postfix's mydestination
             # has $myhostname, Sendmail's class w $j), for its own programs and users.
@@ -98,7 +104,7 @@ class Relay:
             or self.site.is_relay(domain)
         ):
             return None
-        where = f"through the local part of {event.rcpt_raw!r}" if routed else f"to {domain}"
+        where = _where(event.rcpt_raw, domain, written, routed=routed, respelled=respelled)
         if not conn.trusted:
             return Hit("host_denies_relay", f"relay {where} from untrusted client")
         sender = txn.sender
@@ -114,3 +120,12 @@ class Relay:
         elif not sender.is_null and not self.site.is_ours(sender.domain_lc):
             return Hit("relay_domain_fail", f"relay {where} for foreign sender {sender.text}")
         return None
+
+
+def _where(raw: str, domain: str, written: str, *, routed: bool, respelled: bool) -> str:
+    """Where a refused relay goes, for the log."""
+    if respelled:
+        return f"to {written} (not spelled as site lists a domain of ours)"
+    if routed:
+        return f"through the local part of {raw!r}"
+    return f"to {domain}"
