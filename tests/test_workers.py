@@ -46,6 +46,7 @@ from smtpguard.supervisor import (
     RESTART_ONLY,
     SharedText,
     Supervisor,
+    _remove_orphaned_metrics_dirs,
     check_reloadable,
     pack_files,
     read_config,
@@ -1322,3 +1323,37 @@ def test_a_killed_supervisor_is_named_and_its_metrics_directory_removed_at_the_n
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(run))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     kill_supervisor_then_start_again(make_site(tmp_path, {**WORKERS, **metrics_on()}), run)
+
+
+def test_orphaned_metrics_directories_that_cannot_go_never_stop_a_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev117 F2: names the service user chose ("²" or 20 digits as the pid)
+    and a tree too deep to walk raised out of the start's clean-up, at every start."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    names = [f"smtpguard-metrics-{gone.pid}-ok", "smtpguard-metrics-\u00b2-x"]
+    names.append("smtpguard-metrics-99999999999999999999-x")
+    for name in names:
+        (tmp_path / name).mkdir()
+    deep = tmp_path / f"smtpguard-metrics-{gone.pid}-deep"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)
+    try:
+        for _ in range(1200):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+    caplog.set_level(logging.INFO, logger="smtpguard")
+    _remove_orphaned_metrics_dirs(str(tmp_path), frozenset({os.geteuid()}))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert f"smtpguard-metrics-{gone.pid}-ok" not in left
+    assert "smtpguard-metrics-\u00b2-x" in left
+    assert "smtpguard-metrics-99999999999999999999-x" in left
+    assert deep.name in left
+    assert any(f"cannot remove {deep}" in r.getMessage() for r in caplog.records)
+    for depth in range(1200, -1, -1):  # deepest first, without recursion
+        os.rmdir(os.path.join(deep, *["d"] * depth))

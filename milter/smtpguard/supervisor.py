@@ -67,6 +67,7 @@ import logging
 import mmap
 import operator
 import os
+import re
 
 # os.wait4 imports it at every call: imported now, before the privilege drop, so a
 # milter.user who cannot read the interpreter's library does not kill the supervisor
@@ -1312,23 +1313,30 @@ def _remove_orphaned_metrics_dirs(parent: str, owners: frozenset[int]) -> None:
     """Remove the metrics directories of supervisors that ended without removing
     theirs (killed outright: review rev113 F4, a megabyte per start in /tmp): ours by
     ``owners``, named with a pid no process has. A directory without a pid in its name
-    (an older release's) is left alone."""
+    (an older release's) is left alone. Never stops a start: what cannot be removed
+    is left, and said (review rev117 F2: the service user could name one so that every
+    later start raised)."""
     try:
         entries = list(os.scandir(parent))
     except OSError:
         return
     for entry in entries:
         pid = entry.name.removeprefix(_METRICS_PREFIX).partition("-")[0]
-        if not entry.name.startswith(_METRICS_PREFIX) or not pid.isdigit():
+        if not entry.name.startswith(_METRICS_PREFIX) or not _PID.fullmatch(pid):
             continue
         try:
             info = entry.stat(follow_symlinks=False)
-        except OSError:
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or _alive(int(pid)):
+                continue
+            shutil.rmtree(entry.path)
+        except (OSError, RecursionError) as exc:
+            log.warning("cannot remove %s, left by a killed supervisor: %s", entry.path, exc)
             continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in owners or _alive(int(pid)):
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
         log.info("removed %s, left by a supervisor (pid %s) that was killed", entry.path, pid)
+
+
+#: A pid as a metrics directory's name gives it: ASCII digits, at most Linux's 4194304.
+_PID: Final = re.compile(r"[0-9]{1,7}")
 
 
 def _alive(pid: int) -> bool:
