@@ -13,7 +13,7 @@ import pytest
 
 from smtpguard.checks import Event
 from smtpguard.checks.sender_domain import SenderDomain
-from smtpguard.checks.spf import Spf, SpfQuery
+from smtpguard.checks.spf import MAX_EXPLANATION, Spf, SpfQuery
 from smtpguard.dns import Resolver, Status
 from smtpguard.resultheaders import spf_result
 from smtpguard.verdict import Hit, TempError
@@ -176,8 +176,23 @@ def test_a_long_expansion_is_cut_once_to_a_domain_name(resolver: Resolver) -> No
     assert len(name) <= 253
     assert name.endswith(".dos.test")
     assert f"{domain}.dos.test".endswith(name)
+    # exp= text is not cut as a name, but it is cut (review rev117 F1).
     text = "%{d} " * 60
-    assert query.expand(text, stripdot=False) == text.replace("%{d}", domain)
+    assert query.expand(text, stripdot=False) == text.replace("%{d}", domain)[:MAX_EXPLANATION]
+
+
+def test_an_explanation_from_thousands_of_macros_is_kept_short(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    """Review rev117 F1: its domain's exp= record made of %{s} gave megabytes of detail
+    for each sender, which the verdict memo kept."""
+    fake.add("exp.test", "TXT", '"v=spf1 -all exp=why.exp.test"')
+    # Character-strings of at most 255 octets (RFC 1035), joined (RFC 7208 §3.3).
+    fake.add("why.exp.test", "TXT", " ".join(['"' + "%{s} " * 50 + '"'] * 40))
+    verdict = decide(spf(tmp_path, resolver), "someone@exp.test")
+    assert isinstance(verdict, Hit)
+    assert "someone@exp.test someone@exp.test" in verdict.detail
+    assert len(verdict.detail) < 2 * MAX_EXPLANATION
 
 
 def test_a_quoted_local_part_expands_as_its_mailbox(
