@@ -800,8 +800,15 @@ def test_a_killed_workers_hook_child_in_a_group_of_its_own_is_ended(tmp_path: Pa
 
         leader = int(poll_for(written))
         child = int((pids / "child").read_text())
-        stat = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()
-        assert (int(stat[2]), int(stat[3])) == (child, leader)  # its own group, the session
+
+        def group_and_session() -> tuple[int, int]:
+            stat = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()
+            return int(stat[2]), int(stat[3])
+
+        # Its own group once perl's setpgrp ran (the pid is written before: CI under
+        # load read the hook's group), in the hook's session.
+        wait_until(lambda: group_and_session()[0] == child)
+        assert group_and_session() == (child, leader)
         worker = int(Path(f"/proc/{leader}/stat").read_text().rpartition(")")[2].split()[1])
         os.kill(worker, signal.SIGKILL)
         wait_until(lambda: not alive(child) and not alive(leader))
