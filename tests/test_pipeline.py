@@ -368,10 +368,24 @@ def test_a_strangers_relay_is_refused_whatever_the_relay_checks_mode(
     refused = h.pipeline.run(Stage.RCPT, conn, rcpt_event("<victim@gmail.example>"))
     assert_reject(refused, "host_denies_relay", "relay")
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "the MTA passed a relay from untrusted client 198.51.100.7" in error.getMessage()
+    assert "Postfix passed a relay from untrusted client 198.51.100.7" in error.getMessage()
     assert h.pipeline.run(Stage.RCPT, conn, rcpt_event("<alice@example.com>")) == CONTINUE
     trusted = mail(connect(trusted_network=True), "<a@example.com>")
     assert h.pipeline.run(Stage.RCPT, trusted, rcpt_event("<x@gmail.example>")) == CONTINUE
+
+
+def test_the_relay_guard_is_postfixs_and_off_stays_off(
+    build: BuildHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev118 F1, F5: Sendmail's relay rules are its own (a site that leaves
+    relaying to it, relay check off, refused every inbound message); a relay check that
+    is off reports nothing in a dry run either."""
+    h = build('[milter]\ndry_run = true\n\n[checks.relay]\nmode = "off"\n')
+    sendmail = mail(connect(mta=MTA.SENDMAIL), "<a@sender.example>")
+    assert h.pipeline.run(Stage.RCPT, sendmail, rcpt_event("<victim@gmail.example>")) == CONTINUE
+    trusted = mail(connect(trusted_network=True), "<a@sender.example>")
+    assert h.pipeline.run(Stage.RCPT, trusted, rcpt_event("<x@gmail.example>")) == CONTINUE
+    assert not [d for d in decisions(caplog) if d["check"] == "relay"]
 
 
 def test_dry_run_overrides_enforce(build: BuildHarness, caplog: pytest.LogCaptureFixture) -> None:

@@ -183,9 +183,8 @@ def test_mynetworks_differences_are_a_note_not_a_change(tmp_path: Path) -> None:
     assert "mynetworks" not in changes(result)
     (note,) = [n for n in result.notes if n.startswith("mynetworks")]
     assert "in site.trusted_networks only: 192.0.2.0/24;" in note
-    assert "in mynetworks only (Postfix lets them relay): 127.0.0.0/8 [::ffff:127.0.0.0]/104" in (
-        note
-    )
+    refused = "smtpguard refuses their relaying, in a dry run and report mode too)"
+    assert f"{refused}: 127.0.0.0/8 [::ffff:127.0.0.0]/104" in note
     assert "to make them equal: mynetworks = 192.0.2.0/24 [::1]/128" in note
 
 

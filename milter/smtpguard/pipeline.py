@@ -88,7 +88,7 @@ from smtpguard.resultheaders import (
     spam_headers,
     spf_result,
 )
-from smtpguard.session import Connection, Transaction
+from smtpguard.session import MTA, Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
 
 log = logging.getLogger("smtpguard")
@@ -668,8 +668,9 @@ class Pipeline:
             guarded = self._guard(stage, conn, event, step)
             if guarded is not None:
                 return mode, guarded
-        if mode == "off" and trace is not None and policy is not None:
-            trace.append(f"{stage.value} {name}: skipped ({policy.why(conn, name)})")
+        if mode == "off" and trace is not None:
+            why = "mode off" if step.mode == "off" or policy is None else policy.why(conn, name)
+            trace.append(f"{stage.value} {name}: skipped ({why})")
         return mode, None
 
     def _guard(self, stage: Stage, conn: Connection, event: Event, step: _Step) -> Decision | None:
@@ -681,7 +682,9 @@ class Pipeline:
         in milter mode opened the relay until postfix-config ran again). No exemption
         skips the relay check (the loader refuses one)."""
         check = step.check
-        if conn.trusted:
+        if conn.trusted or conn.mta is not MTA.POSTFIX:
+            # Sendmail's relay rules are its own (contrib/sendmail/README.md): there is
+            # no postfix-config whose restrictions would have refused this (rev118 F1).
             return None
         try:
             verdict = check(conn, event)
@@ -693,10 +696,11 @@ class Pipeline:
         if not isinstance(verdict, Hit) or verdict.reply_id not in _GUARDS[check.name]:
             return None
         log.error(
-            "sid=%s the MTA passed a relay from untrusted client %s (%s), which the relay"
-            " restrictions `smtpguard postfix-config` writes refuse: refused whatever the"
-            " relay check's mode and milter.dry_run say; run postfix-config and reload the"
-            " MTA",
+            "sid=%s Postfix passed a relay from untrusted client %s (%s): refused whatever"
+            " the relay check's mode and milter.dry_run say. Either Postfix's relay"
+            " restrictions are not those `smtpguard postfix-config` writes (run it and"
+            " reload Postfix), or Postfix lets this client relay (mynetworks, a client"
+            " certificate, an access map): list it in site.trusted_networks",
             conn.session_id,
             conn.client_ip,
             verdict.detail,
@@ -817,6 +821,9 @@ class Pipeline:
         return conn.txn is not None and conn.txn.smtputf8
 
     def _mode(self, settings: CheckSettings) -> str:
+        # A check that is off stays off (one built for its guard: the relay check).
+        if settings.mode == "off":
+            return "off"
         return "report" if self.config.milter.dry_run else settings.mode
 
     def _decide(

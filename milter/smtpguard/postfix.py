@@ -867,7 +867,11 @@ class _Planner:
             text.append(f"in site.trusted_networks only: {nets};")
         if only_theirs:
             nets = " ".join(written[n] for n in only_theirs)
-            text.append(f"in mynetworks only (Postfix lets them relay): {nets};")
+            # Review rev118 F2: and smtpguard refuses it, in a dry run too.
+            text.append(
+                f"in mynetworks only (Postfix lets them relay, smtpguard refuses their"
+                f" relaying, in a dry run and report mode too): {nets};"
+            )
         if others:
             text.append(f"not compared: {' '.join(others)};")
         wanted = " ".join(postfix_network(n) for n in self.config.site.trusted_networks)

@@ -244,7 +244,7 @@ def test_switching_to_postfix_control_before_postfix_config_keeps_relaying_close
             assert mail.code == 250, mail
             assert_nothing_relayed(postfix, rcpt)
             assert rcpt.lines == (expected_line("host_denies_relay"),)
-            assert "the MTA passed a relay from untrusted client 198.51.100.7" in service.log()
+            assert "Postfix passed a relay from untrusted client 198.51.100.7" in service.log()
         where = str(postfix.config_dir)
         check = smtpguard(s2, "postfix-config", "--check", "--config-directory", where, check=False)
         assert check.returncode == 1
