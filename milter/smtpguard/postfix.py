@@ -1603,6 +1603,11 @@ class _Planner:
                 other = domain_to_unicode(a_label) if bare == a_label else a_label
                 if canonical_domain(other) != a_label:
                     continue  # not IDNA2008 (xn--ls8h.la): two names to smtpguard too
+                if name == "relay_domains" and other != a_label:
+                    # Not the U-label there: Postfix matches its lists after ICU's case
+                    # folding, so it would relay strasse.example for straße.example to a
+                    # next hop of that name, someone else's (review rev118 F3).
+                    continue
                 if other != bare and dot + other not in items:
                     missing.append(f"{dot}{other} ({name} has {domain})")
         if missing:
