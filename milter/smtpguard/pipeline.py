@@ -612,9 +612,7 @@ class Pipeline:
         for step in self._steps(stage, event):
             check, settings = step.check, step.settings
             mode, guarded = self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
-            if guarded is not None:
-                return guarded
-            if mode == "off":
+            if mode == "off" and not guarded:
                 continue
             try:
                 verdict = _BLIND_VERDICT if blind and check.name in blind else check(conn, event)
@@ -626,7 +624,7 @@ class Pipeline:
                     self.metrics.check_verdict(check.name, "error")
                 if trace is not None:
                     trace.append(f"{stage.value} {check.name}: exception")
-                if mode == "report":
+                if mode == "report" and not guarded:
                     continue
                 return self.internal_error(conn, stage, check.name)
             if trace is not None:
@@ -634,6 +632,9 @@ class Pipeline:
             if self.timed:
                 self.metrics.check_verdict(check.name, _VERDICT_KIND.get(type(verdict), "hit"))
             if verdict is None:
+                continue
+            mode = _guarded(conn, check.name, verdict, mode) if guarded else mode
+            if mode == "off":
                 continue
             decision = self._act(
                 stage,
@@ -657,63 +658,28 @@ class Pipeline:
         *,
         policy: Policy | None,
         trace: list[str] | None,
-    ) -> tuple[str, Decision | None]:
+    ) -> tuple[str, bool]:
         """A step's mode for this call (exemptions skip a check, [domain."X"] tables may
-        change its mode), and the answer of a guard (:meth:`_guard`) if it has one."""
+        change its mode), and whether its guard holds (:func:`_guarded`): a stranger's
+        relay that reaches us through Postfix while the relay check does not enforce (a
+        dry run, report mode, off) is refused all the same. With postfix-config's
+        restrictions Postfix refuses it first; that it did not means they are not
+        postfix-config's, e.g. still those of relay_control = "milter", which pass
+        every recipient to us (review rev116 F2: the loader's advice for a dry run in
+        milter mode opened the relay until postfix-config ran again). Sendmail's relay
+        rules are its own (contrib/sendmail/README.md, review rev118 F1). No exemption
+        skips the relay check (the loader refuses one)."""
         mode = step.mode
         name = step.check.name
         if step.relevant and policy is not None:
             mode = policy.effective(conn, name, stage, event, mode)
-        if mode != "enforce" and name in _GUARDS:
-            guarded = self._guard(stage, conn, event, step)
-            if guarded is not None:
-                return mode, guarded
-        if mode == "off" and trace is not None:
+        guarded = (
+            mode != "enforce" and name in _GUARDS and not conn.trusted and conn.mta is MTA.POSTFIX
+        )
+        if mode == "off" and not guarded and trace is not None:
             why = "mode off" if step.mode == "off" or policy is None else policy.why(conn, name)
             trace.append(f"{stage.value} {name}: skipped ({why})")
-        return mode, None
-
-    def _guard(self, stage: Stage, conn: Connection, event: Event, step: _Step) -> Decision | None:
-        """A stranger's relay that reached us while the relay check does not enforce
-        (a dry run, report mode, off): refused all the same. The MTA should have refused
-        it (site.relay_control = "postfix"); that it did not means its relay restrictions
-        are not postfix-config's, e.g. still those of relay_control = "milter", which
-        pass every recipient to us (review rev116 F2: the loader's advice for a dry run
-        in milter mode opened the relay until postfix-config ran again). No exemption
-        skips the relay check (the loader refuses one)."""
-        check = step.check
-        if conn.trusted or conn.mta is not MTA.POSTFIX:
-            # Sendmail's relay rules are its own (contrib/sendmail/README.md): there is
-            # no postfix-config whose restrictions would have refused this (rev118 F1).
-            return None
-        try:
-            verdict = check(conn, event)
-        except Exception:
-            log.exception(
-                "sid=%s check=%s raised; answering internal_error", conn.session_id, check.name
-            )
-            return self.internal_error(conn, stage, check.name)
-        if not isinstance(verdict, Hit) or verdict.reply_id not in _GUARDS[check.name]:
-            return None
-        log.error(
-            "sid=%s Postfix passed a relay from untrusted client %s (%s): refused whatever"
-            " the relay check's mode and milter.dry_run say. Either Postfix's relay"
-            " restrictions are not those `smtpguard postfix-config` writes (run it and"
-            " reload Postfix), or Postfix lets this client relay (mynetworks, a client"
-            " certificate, an access map): list it in site.trusted_networks",
-            conn.session_id,
-            conn.client_ip,
-            verdict.detail,
-        )
-        return self._act(
-            stage,
-            conn,
-            event,
-            check=check.name,
-            settings=step.settings,
-            mode="enforce",
-            verdict=verdict,
-        )
+        return mode, guarded
 
     def _act(
         self,
@@ -1072,9 +1038,28 @@ def _outcome_of(decision: Decision, txn: Transaction) -> str:
     return "tag" if spam is not None and spam.spam else "accept"
 
 
-#: Verdicts enforced whatever their check's mode (Pipeline._guard): relaying for
+#: Verdicts enforced whatever their check's mode (Pipeline._mode_here): relaying for
 #: strangers, which no setting of ours may let through.
 _GUARDS: Final[dict[str, frozenset[str]]] = {"relay": frozenset({"host_denies_relay"})}
+
+
+def _guarded(conn: Connection, check: str, verdict: Verdict, mode: str) -> str:
+    """The mode a guarded check's verdict is answered in: "enforce" for one it guards."""
+    if not isinstance(verdict, Hit) or verdict.reply_id not in _GUARDS[check]:
+        return mode
+    log.error(
+        "sid=%s Postfix passed a relay from untrusted client %s (%s): refused whatever"
+        " the relay check's mode and milter.dry_run say. Either Postfix's relay"
+        " restrictions are not those `smtpguard postfix-config` writes (run it and"
+        " reload Postfix), or Postfix lets this client relay (mynetworks, a client"
+        " certificate, an access map): list it in site.trusted_networks",
+        conn.session_id,
+        conn.client_ip,
+        verdict.detail,
+    )
+    return "enforce"
+
+
 _VERDICT_KIND: dict[type, str] = {type(None): "pass", Hit: "hit", TempError: "temperror"}
 _ENDING = "pipeline.ending"
 #: Observing checks of the transaction that raised while fed the message.
@@ -1135,27 +1120,24 @@ def _kv(key: str, value: object) -> str:
     # neutralizes control characters a client may have sent. No value may hold what
     # reads as a field of its own, even to a regex that ignores quotes (a ban tool's
     # "client=(\S+)"): that = is written \x3d. SRS addresses (SRS0=...) keep theirs.
-    if len(text) > MAX_LOGGED:
-        return f"{key}={_shortened(text)}"
-    if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
-        written = _KEY_INSIDE.sub(r"\1\\x3d", _quoted(text))
-        return f"{key}={written if len(written) <= MAX_LOGGED else _shortened(text)}"
-    return f"{key}={text}"
-
-
-def _shortened(text: str) -> str:
-    """``text`` as :func:`_kv` writes it, cut (``...(+N)``: N characters left out) to at
-    most :data:`MAX_LOGGED` characters once written."""
-    keep = len(text)
-    while True:
-        shown = text if keep == len(text) else f"{text[:keep]}...(+{len(text) - keep})"
-        if not _NEEDS_QUOTES.search(shown) and shown.isprintable():
-            written = shown
-        else:
-            written = _KEY_INSIDE.sub(r"\1\\x3d", _quoted(shown))
+    if len(text) <= MAX_LOGGED:
+        written = _written(text)
         if len(written) <= MAX_LOGGED:
-            return written
-        keep = min(keep, MAX_LOGGED) * 2 // 3
+            return f"{key}={written}"
+    # Cut (``...(+N)``: N characters left out) until it fits once written.
+    keep = min(len(text), MAX_LOGGED)
+    while True:
+        written = _written(f"{text[:keep]}...(+{len(text) - keep})")
+        if len(written) <= MAX_LOGGED:
+            return f"{key}={written}"
+        keep = keep * 2 // 3
+
+
+def _written(text: str) -> str:
+    """``text`` as a log value: as it is, or quoted with every ``key=`` escaped."""
+    if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
+        return _KEY_INSIDE.sub(r"\1\\x3d", _quoted(text))
+    return text
 
 
 def _quoted(text: str) -> str:

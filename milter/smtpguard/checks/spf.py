@@ -133,9 +133,9 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
             self.getp()
         elif letter in "crt" and stripdot:
             raise spf.PermError("c,r,t macros allowed in exp= text only", macro)
-        value = getattr(self, letter, None) if letter in _MACRO_LETTERS else None
-        if value is None and letter not in _MACRO_LETTERS:
+        if letter not in _MACRO_LETTERS:
             raise spf.PermError("Unknown Macro Encountered", macro)
+        value = getattr(self, letter, None)
         if not value:
             return ""
         expanded: str = spf.expand_one(value, macro[3:-1], ".")
