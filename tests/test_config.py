@@ -174,6 +174,19 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ),
         ("[replies.override.rbl_deny]\ncode = ''\n", "replies.override.rbl_deny.code", "empty"),
         ("[checks.helo]\nmode = 'on'\n", "checks.helo.mode", "must be one of"),
+        # smtpguard the only relay control: never only reporting. The advice names
+        # what each MTA needs first (review rev119 F1: Sendmail's promiscuous_relay).
+        (
+            "[site]\nrelay_control = 'milter'\n[milter]\ndry_run = true\n",
+            "milter.dry_run",
+            "Sendmail: rebuild sendmail.cf without FEATURE(promiscuous_relay)), switch to"
+            ' relay_control = "postfix" to roll out in dry run',
+        ),
+        (
+            "[site]\nrelay_control = 'milter'\n[checks.relay]\nmode = 'off'\n",
+            "checks.relay.mode",
+            "Postfix: run `smtpguard postfix-config` and reload it, main.cf still passes",
+        ),
         ("[checks.nosuch]\nmode = 'off'\n", "checks.nosuch", "unknown check"),
         ("unknown_section = 1\n", "unknown_section", "unknown key"),
         ("milter = 1\n", "milter", "expected a table"),

@@ -640,3 +640,30 @@ def test_check_counts_filter_definitions_in_any_case(build_cf: Callable[[str], B
     assert sendmail_cf_problems(sample, doubled) == [
         "Xsmtpguard is defined 2 times (names in any case): Sendmail does not start"
     ]
+
+
+@pytest.mark.integration
+def test_check_fails_a_promiscuous_cf_unless_smtpguard_alone_refuses_relaying(
+    build_cf: Callable[[str], Built], tmp_path: Path
+) -> None:
+    """Review rev119 F1: a Sendmail built with FEATURE(promiscuous_relay) relays for
+    anyone; with relay_control "postfix" (Sendmail's own relay control) and smtpguard
+    in a dry run, nothing refused a stranger's relay and `--check` said OK."""
+    sample = load(SAMPLE)
+    text = build_cf("FEATURE(`promiscuous_relay')dnl\n" + sendmail_mc(sample)).text
+    assert sendmail_cf_problems(sample, text) == [
+        "built with FEATURE(promiscuous_relay): Sendmail lets every client relay, so"
+        ' smtpguard alone must refuse relaying; set site.relay_control = "milter" (the'
+        " relay check then always enforces) or rebuild without it"
+    ]
+    milter_mode = load(
+        make_site(tmp_path, {"site": {"relay_control": "milter"}}, directory=False).config
+    )
+    # (The test site's filter name and socket are not the sample's: other problems.)
+    assert sendmail_cf_problems(milter_mode, text)
+    assert not [p for p in sendmail_cf_problems(milter_mode, text) if "promiscuous" in p]
+    cf = tmp_path / "sendmail.cf"
+    cf.write_text(text)
+    bad = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(cf))
+    assert bad.returncode == 1
+    assert f"{cf}: built with FEATURE(promiscuous_relay)" in bad.stdout

@@ -982,7 +982,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--check",
         metavar="CF",
         help="read a built sendmail.cf instead: list what keeps Sendmail from running"
-        " smtpguard as configured; exit 1 if anything",
+        " smtpguard as configured, or makes it an open relay while smtpguard only"
+        " reports (FEATURE(promiscuous_relay)); exit 1 if anything",
     )
 
     _directory_parser(sub)

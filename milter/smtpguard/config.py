@@ -2021,10 +2021,14 @@ def _require_relay_enforced(
     smtpguard: a relay check that only reports would make an open relay."""
     if site.relay_control != "milter":
         return
+    # Review rev119 F1: the advice named Postfix alone; a Sendmail built with
+    # FEATURE(promiscuous_relay) that followed it relayed for anyone.
     why = (
         'with site.relay_control = "milter" smtpguard alone refuses relaying, so it'
-        ' must enforce; switch to relay_control = "postfix" (then run `smtpguard'
-        " postfix-config` and reload Postfix: main.cf still passes every recipient) to"
+        " must enforce; once the MTA refuses relaying itself (Postfix: run `smtpguard"
+        " postfix-config` and reload it, main.cf still passes every recipient;"
+        " Sendmail: rebuild sendmail.cf without FEATURE(promiscuous_relay)), switch to"
+        ' relay_control = "postfix" to'
     )
     if milter.dry_run:
         raise ConfigError(root.file, "milter.dry_run", f"{why} roll out in dry run")

@@ -358,7 +358,8 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
     """What a built sendmail.cf says against this config: smtpguard not in
     ``InputMailFilters`` exactly once, or not first; a listed filter without its ``X``
     line, or one defined twice; smtpguard's on another socket or without ``F=T``; a
-    macro list without what smtpguard reads.
+    macro list without what smtpguard reads; ``FEATURE(promiscuous_relay)`` while
+    Sendmail, not smtpguard, is to refuse relaying.
 
     The m4 guards of :func:`sendmail_mc` cannot see everything (a list given as the
     name of another macro, an m4 that rereads wrapped text in call order, text wrapped
@@ -378,6 +379,15 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
     for x_name, rest in re.findall(r"^X([^\s,]+)[\s,]*(.*)$", text, re.M):
         defined.setdefault(x_name.lower(), []).append(rest)
     problems = _cf_filter_problems(config.milter.name, filters, defined)
+    if _PROMISCUOUS.search(text) and config.site.relay_control != "milter":
+        # Review rev119 F1: Sendmail then relays for anyone and nothing refuses it
+        # while smtpguard only reports (a dry run, the relay check in report mode or
+        # off), which relay_control = "milter" never loads.
+        problems.append(
+            "built with FEATURE(promiscuous_relay): Sendmail lets every client relay,"
+            " so smtpguard alone must refuse relaying; set site.relay_control ="
+            ' "milter" (the relay check then always enforces) or rebuild without it'
+        )
     ours = defined.get(config.milter.name.lower(), [])
     if len(ours) == 1:
         problems += _cf_equate_problems(config, ours[0])
@@ -390,6 +400,10 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
             if macro not in listed
         ]
     return problems
+
+
+#: The trace comment m4 leaves in a .cf built with FEATURE(`promiscuous_relay').
+_PROMISCUOUS = re.compile(r"^#+\s*\$Id: promiscuous_relay\.m4,", re.M)
 
 
 def _cf_filter_problems(name: str, filters: list[str], defined: dict[str, list[str]]) -> list[str]:
