@@ -58,7 +58,9 @@ STOCK = {
     " {mail_mailer}",
     "milter_rcpt_macros": "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
     "milter_end_of_data_macros": "i",
-    "mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128",
+    # The test site's trusted_networks (Debian writes 127.0.0.0/8 [::ffff:127.0.0.0]/104
+    # [::1]/128, a conflict with it: test_clients_postfix_trusts_...).
+    "mynetworks": "192.0.2.0/24",
     "smtpd_relay_restrictions": "permit_mynetworks permit_sasl_authenticated"
     " defer_unauth_destination",
     "smtpd_recipient_restrictions": "",
@@ -179,13 +181,37 @@ def test_already_attached_changes_nothing_twice(tmp_path: Path) -> None:
 
 def test_mynetworks_differences_are_a_note_not_a_change(tmp_path: Path) -> None:
     cfg = config(tmp_path, {"site": {"trusted_networks": ["192.0.2.0/24", "::1/128"]}})
-    result = make_plan(cfg)
+    result = make_plan(cfg, mynetworks="[::1]/128")
     assert "mynetworks" not in changes(result)
     (note,) = [n for n in result.notes if n.startswith("mynetworks")]
-    assert "in site.trusted_networks only: 192.0.2.0/24;" in note
-    refused = "smtpguard refuses their relaying, in a dry run and report mode too)"
-    assert f"{refused}: 127.0.0.0/8 [::ffff:127.0.0.0]/104" in note
+    assert "in site.trusted_networks only: 192.0.2.0/24 (smtpguard lets them relay" in note
     assert "to make them equal: mynetworks = 192.0.2.0/24 [::1]/128" in note
+
+
+def test_clients_postfix_trusts_and_smtpguard_does_not_are_a_conflict(tmp_path: Path) -> None:
+    """Review rev121 F1: a LAN in mynetworks only had its mail from local senders
+    refused (553 relay check local fail) while --check said "no conflicts"."""
+    cfg = config(tmp_path, {"site": {"trusted_networks": ["192.0.2.0/24", "::1/128"]}})
+    debian = {"mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128"}
+    (problem,) = [p for p in make_plan(cfg, **debian).problems if p.startswith("mynetworks")]
+    assert problem.startswith(
+        "mynetworks has 127.0.0.0/8 [::ffff:127.0.0.0]/104, outside site.trusted_networks:"
+    )
+    assert "add them to site.trusted_networks" in problem
+    # Inside a wider trusted network, or IPv4-mapped (smtpguard reads those as IPv4):
+    # no conflict (the wider one is a note).
+    wide = config(
+        tmp_path / "wide",
+        {"site": {"trusted_networks": ["127.0.0.0/8", "::1/128", "10.20.0.0/16"]}},
+    )
+    lan = {"mynetworks": "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128 10.20.30.0/24"}
+    result = make_plan(wide, **lan)
+    assert not [p for p in result.problems if p.startswith("mynetworks")]
+    (note,) = [n for n in result.notes if n.startswith("mynetworks")]
+    assert "in site.trusted_networks only: 10.20.0.0/16 (smtpguard lets them relay" in note
+    lan = {"mynetworks": "127.0.0.0/8 [::1]/128 10.30.0.0/24 [fd00:10::]/64"}
+    (problem,) = [p for p in make_plan(wide, **lan).problems if p.startswith("mynetworks")]
+    assert problem.startswith("mynetworks has 10.30.0.0/24 [fd00:10::]/64, outside")
 
 
 def test_relay_control_postfix_keeps_postfix_guard_last(tmp_path: Path) -> None:

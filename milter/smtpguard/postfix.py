@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode
+from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode, unmapped_network
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.replies import Reply, ReplyTable
@@ -504,6 +504,14 @@ def postfix_network(net: IPNetwork) -> str:
     return str(net)
 
 
+def _covered(net: IPNetwork, networks: Iterable[IPNetwork]) -> bool:
+    """Whether ``net`` lies inside one of ``networks``."""
+    return any(
+        net.version == other.version and net.subnet_of(other)  # type: ignore[arg-type]
+        for other in networks
+    )
+
+
 def _parse_network(token: str) -> IPNetwork | None:
     text = token
     if text.startswith("["):
@@ -852,29 +860,38 @@ class _Planner:
     # --- relaying ---------------------------------------------------------------
 
     def networks(self) -> None:
+        """mynetworks is the admin's; what differs from site.trusted_networks is a
+        note, except clients Postfix trusts and smtpguard does not: their mail with a
+        sender of ours is refused at MAIL FROM and their relaying at RCPT, in a dry run
+        too (review rev121 F1: a LAN's printers bounced while --check said "no
+        conflicts"). An IPv4-mapped entry is the IPv4 network smtpguard reads it as."""
         tokens = split_list(self.now["mynetworks"])
         written = {n: t for t in tokens if (n := _parse_network(t)) is not None}
-        theirs = set(written)
         others = [t for t in tokens if _parse_network(t) is None]
-        ours = set(self.config.site.trusted_networks)
-        only_ours = sorted(ours - theirs, key=str)
-        only_theirs = sorted(theirs - ours, key=str)
-        if not (only_ours or only_theirs or others):
+        ours = self.config.site.trusted_networks
+        theirs = {unmapped_network(n) for n in written}
+        uncovered = [t for n, t in written.items() if not _covered(unmapped_network(n), ours)]
+        if uncovered:
+            self.problem(
+                f"mynetworks has {' '.join(uncovered)}, outside site.trusted_networks:"
+                " Postfix lets these clients relay, smtpguard refuses their mail from a"
+                " sender of our domains at MAIL FROM (relay_local_fail) and their"
+                " relaying at RCPT (host_denies_relay), in a dry run and report mode"
+                " too; add them to site.trusted_networks (or take them out of mynetworks)"
+            )
+        only_ours = [n for n in ours if not _covered(n, theirs)]
+        if not (only_ours or others):
             return
         text = [f"mynetworks left as it is ({self.now['mynetworks'] or 'empty'});"]
         if only_ours:
             nets = " ".join(postfix_network(n) for n in only_ours)
-            text.append(f"in site.trusted_networks only: {nets};")
-        if only_theirs:
-            nets = " ".join(written[n] for n in only_theirs)
-            # Review rev118 F2: and smtpguard refuses it, in a dry run too.
             text.append(
-                f"in mynetworks only (Postfix lets them relay, smtpguard refuses their"
-                f" relaying, in a dry run and report mode too): {nets};"
+                f"in site.trusted_networks only: {nets} (smtpguard lets them relay,"
+                " Postfix does not);"
             )
         if others:
             text.append(f"not compared: {' '.join(others)};")
-        wanted = " ".join(postfix_network(n) for n in self.config.site.trusted_networks)
+        wanted = " ".join(postfix_network(n) for n in ours)
         text.append(f"to make them equal: mynetworks = {wanted or '(empty)'}")
         self.notes.append(" ".join(text))
 

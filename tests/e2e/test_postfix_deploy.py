@@ -377,6 +377,18 @@ def test_merge_keeps_the_admins_milters_and_networks() -> None:
                 s, "postfix-config", "--config-directory", str(postfix.config_dir), "--check"
             )
             assert "no conflicts" in check.stdout
+            # Review rev121 F1: a LAN Postfix trusts and smtpguard does not is refused
+            # (553 relay check local fail): a conflict, not a note.
+            narrow = site("merge-narrow", {"site": {"trusted_networks": ["127.0.0.0/8"]}})
+            where = str(postfix.config_dir)
+            check = smtpguard(
+                narrow, "postfix-config", "--check", "--config-directory", where, check=False
+            )
+            assert check.returncode == 1, check.stdout
+            assert (
+                "conflict: mynetworks has 10.20.0.0/16 [2001:db8:1::]/48, outside"
+                " site.trusted_networks"
+            ) in check.stdout
 
             # Both other milters still see every message, next to smtpguard.
             with client(postfix, FOREIGN) as c:
