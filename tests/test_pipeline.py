@@ -369,6 +369,11 @@ def test_a_strangers_relay_is_refused_whatever_the_relay_checks_mode(
     assert_reject(refused, "host_denies_relay", "relay")
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "Postfix passed a relay from untrusted client 198.51.100.7" in error.getMessage()
+    # Review rev121 F3: the likeliest cause, a domain [site] lacks, comes first.
+    assert (
+        ". Either Postfix receives mail for that domain and [site] does not list it (add it"
+        " to site.local_domains or site.relay_domains;"
+    ) in error.getMessage()
     assert h.pipeline.run(Stage.RCPT, conn, rcpt_event("<alice@example.com>")) == CONTINUE
     trusted = mail(connect(trusted_network=True), "<a@example.com>")
     assert h.pipeline.run(Stage.RCPT, trusted, rcpt_event("<x@gmail.example>")) == CONTINUE

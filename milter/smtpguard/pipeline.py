@@ -1047,12 +1047,17 @@ def _guarded(conn: Connection, check: str, verdict: Verdict, mode: str) -> str:
     """The mode a guarded check's verdict is answered in: "enforce" for one it guards."""
     if not isinstance(verdict, Hit) or verdict.reply_id not in _GUARDS[check]:
         return mode
+    # The likeliest cause first (review rev121 F3: a domain Postfix receives mail for
+    # and [site] lacks, in a dry run; the advice led with trusting the client).
     log.error(
         "sid=%s Postfix passed a relay from untrusted client %s (%s): refused whatever"
-        " the relay check's mode and milter.dry_run say. Either Postfix's relay"
-        " restrictions are not those `smtpguard postfix-config` writes (run it and"
-        " reload Postfix), or Postfix lets this client relay (mynetworks, a client"
-        " certificate, an access map): list it in site.trusted_networks",
+        " the relay check's mode and milter.dry_run say. Either Postfix receives mail"
+        " for that domain and [site] does not list it (add it to site.local_domains or"
+        " site.relay_domains; `smtpguard postfix-config --check` names such domains),"
+        " or Postfix's relay restrictions are not those `smtpguard postfix-config`"
+        " writes (run it and reload Postfix), or Postfix lets this client relay"
+        " (mynetworks, a client certificate, an access map: list it in"
+        " site.trusted_networks)",
         conn.session_id,
         conn.client_ip,
         verdict.detail,
