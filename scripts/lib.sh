@@ -52,3 +52,32 @@ service_user() {
     # the service runs as this user and check-config refuses files it cannot use.
     $sudo chown -R "$SERVICE_USER:$(id -gn "$SERVICE_USER")" "$STATE_DIR"
 }
+
+# install_tree SRC DEST: DEST becomes a copy of SRC (readable by all), except for what
+# the operator changed there since the last install (review rev121 F2: re-running
+# start.sh put the sample config back over the operator's): a file they edited stays,
+# the shipped one lands beside it as NAME.dist; a file they added stays. What was
+# shipped is recorded in DEST/.shipped.sha256 (as dpkg does for conffiles); without
+# that record (an older install) every file that differs counts as edited.
+install_tree() {
+    local src=$1 dest=$2 new="$2.new" rel
+    rm -rf "$new"
+    cp -r "$src" "$new"
+    if [ -d "$dest" ]; then
+        while IFS= read -r -d '' rel; do
+            if [ ! -e "$new/$rel" ]; then
+                mkdir -p "$(dirname "$new/$rel")"
+                cp -p "$dest/$rel" "$new/$rel"
+            elif ! cmp -s "$dest/$rel" "$new/$rel" &&
+                ! grep -qxF "$(cd "$dest" && sha256sum "$rel")" "$dest/.shipped.sha256" 2>/dev/null; then
+                mv "$new/$rel" "$new/$rel.dist"
+                cp -p "$dest/$rel" "$new/$rel"
+                echo "kept your $dest/${rel#./}; the shipped version is beside it as ${rel#./}.dist" >&2
+            fi
+        done < <(cd "$dest" && find . -type f ! -name '*.dist' ! -name .shipped.sha256 -print0)
+    fi
+    (cd "$src" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$new/.shipped.sha256"
+    chmod -R a+rX "$new"
+    rm -rf "${dest:?}"
+    mv "$new" "$dest"
+}

@@ -4,7 +4,16 @@
 # The service opens its socket as root, then runs as the system user smtpguard
 # (milter.user), created here if missing; it owns /var/lib/smtpguard. Without Postfix
 # on the host the socket keeps the group it was created with (logged at start).
+#
+# --install-only: install or update, check the config, and stop there (for a host
+# where the systemd unit runs the service: then `systemctl restart smtpguard`).
 source "$(dirname "$0")/lib.sh"
+INSTALL_ONLY=0
+case "${1:-}" in
+    "") ;;
+    --install-only) INSTALL_ONLY=1 ;;
+    *) echo "usage: start.sh [--install-only]" >&2; exit 2 ;;
+esac
 if [ "$(id -u)" -ne 0 ]; then
     echo "start.sh: run it as root: it installs packages, creates the user" \
         "$SERVICE_USER and starts the service, which drops to that user" >&2
@@ -18,12 +27,9 @@ install -d -m 0755 "$PREFIX"
 # Beside it, what an operator reads and copies from: the sample config and rules (the
 # sample's relative paths stay valid), the README and contrib/ (the systemd unit names
 # both in Documentation=).
+# Your edits there stay (install_tree).
 for dir in conf rules contrib; do
-    rm -rf "${PREFIX:?}/$dir.new"
-    cp -r "$ROOT/$dir" "$PREFIX/$dir.new"
-    chmod -R a+rX "$PREFIX/$dir.new"
-    rm -rf "${PREFIX:?}/$dir"
-    mv "$PREFIX/$dir.new" "$PREFIX/$dir"
+    install_tree "$ROOT/$dir" "${PREFIX:?}/$dir"
 done
 install -m 0644 "$ROOT/README.md" "$PREFIX/README.md"
 SMTPGUARD="$PREFIX/venv/bin/smtpguard"
@@ -36,4 +42,9 @@ if [ ! -f "$STATE_DIR/directory.sqlite" ]; then
     service_user  # the imported file becomes the service user's
 fi
 "$SMTPGUARD" -c "$CONFIG" check-config
+if [ "$INSTALL_ONLY" -eq 1 ]; then
+    echo "start.sh: installed in $PREFIX; a running service still runs the old code:" \
+        "restart it (systemctl restart smtpguard)" >&2
+    exit 0
+fi
 exec "$SMTPGUARD" -c "$CONFIG" run

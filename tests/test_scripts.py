@@ -1,0 +1,71 @@
+"""scripts/lib.sh's install_tree, run by bash as start.sh runs it: an update keeps what
+the operator changed in /opt/smtpguard/conf (review rev121 F2: re-running start.sh put
+the sample back over the operator's config, and every real domain got 553)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from support.service import ROOT
+
+LIB = ROOT / "scripts" / "lib.sh"
+
+
+def install_tree(src: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", 'source "$0" && install_tree "$1" "$2"', str(LIB), str(src), str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def shipped(src: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(text)
+
+
+def test_an_update_keeps_the_operators_edits_and_additions(tmp_path: Path) -> None:
+    src, dest = tmp_path / "checkout-conf", tmp_path / "opt-conf"
+    shipped(src, {"smtpguard.toml": "sample 1\n", "sub/example.toml": "example 1\n"})
+    first = install_tree(src, dest)
+    assert first.stderr == ""
+    assert (dest / "smtpguard.toml").read_text() == "sample 1\n"
+    assert (dest / "sub" / "example.toml").stat().st_mode & 0o004  # readable by all
+
+    (dest / "smtpguard.toml").write_text("operator's\n")
+    (dest / "mine.toml").write_text("added by the operator\n")
+    shipped(src, {"smtpguard.toml": "sample 2\n", "sub/example.toml": "example 2\n"})
+    second = install_tree(src, dest)
+    assert (dest / "smtpguard.toml").read_text() == "operator's\n"
+    assert (dest / "smtpguard.toml.dist").read_text() == "sample 2\n"
+    assert f"kept your {dest}/smtpguard.toml" in second.stderr
+    assert (dest / "mine.toml").read_text() == "added by the operator\n"
+    # Not edited since it was shipped: updated, silently.
+    assert (dest / "sub" / "example.toml").read_text() == "example 2\n"
+    assert not (dest / "sub" / "example.toml.dist").exists()
+    assert "example.toml" not in second.stderr
+
+    # Once the operator takes the new sample, the next update replaces it again.
+    (dest / "smtpguard.toml.dist").replace(dest / "smtpguard.toml")
+    shipped(src, {"smtpguard.toml": "sample 3\n"})
+    third = install_tree(src, dest)
+    assert (dest / "smtpguard.toml").read_text() == "sample 3\n"
+    assert third.stderr == ""
+    assert not (tmp_path / "opt-conf.new").exists()
+
+
+def test_an_install_without_a_record_keeps_every_file_that_differs(tmp_path: Path) -> None:
+    """An install by an older start.sh has no record of what it shipped: a file that
+    differs may be the operator's, so it stays."""
+    src, dest = tmp_path / "checkout-conf", tmp_path / "opt-conf"
+    shipped(src, {"smtpguard.toml": "new sample\n", "same.toml": "same\n"})
+    shipped(dest, {"smtpguard.toml": "old sample or edited\n", "same.toml": "same\n"})
+    result = install_tree(src, dest)
+    assert (dest / "smtpguard.toml").read_text() == "old sample or edited\n"
+    assert (dest / "smtpguard.toml.dist").read_text() == "new sample\n"
+    assert "same.toml" not in result.stderr
+    assert (dest / ".shipped.sha256").is_file()
