@@ -68,7 +68,9 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "message"),
     [
-        ("[milter]\nsockte = 'unix:/x'\n", "milter.sockte", "unknown key"),
+        ("[milter]\nsockte = 'unix:/x'\n", "milter.sockte", "unknown key (did you mean 'socket'?)"),
+        # Review rev121 F8: a section's name too.
+        ("[mliter]\nname = 'x'\n", "mliter", "unknown key (did you mean 'milter'?)"),
         ("[limits]\nmax_rcpt = '10'\n", "limits.max_rcpt", "expected an integer, got str"),
         ("[limits]\nmax_rcpt = true\n", "limits.max_rcpt", "got a boolean"),
         ("[limits]\nmax_rcpt = 0\n", "limits.max_rcpt", "at least 1"),
@@ -77,6 +79,12 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ("[milter]\nsocket = 'inet6:0@::1'\n", "milter.socket", "1 to 65535, got '0'"),
         ("[milter]\nsocket = 'inet:@127.0.0.1'\n", "milter.socket", "1 to 65535, got ''"),
         ("[milter]\nsocket = 'inet:smtp'\n", "milter.socket", "1 to 65535"),
+        # The scanners' HOST:PORT here (review rev121 F8): the error shows libmilter's form.
+        (
+            "[milter]\nsocket = 'inet:127.0.0.1:10025'\n",
+            "milter.socket",
+            "got '127.0.0.1:10025' (inet:PORT or inet:PORT@HOST, e.g. inet:8891@127.0.0.1)",
+        ),
         ("[milter]\nsocket = 'inet:\uff18\uff18'\n", "milter.socket", "1 to 65535"),
         # libmilter binds a relative path in its working directory, Postfix reads it
         # in its queue directory.

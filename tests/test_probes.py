@@ -533,8 +533,8 @@ def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
     state.chmod(0o644)
     file = site.config.resolve()
     expected = [
-        f"{file}: directory.path: cannot read {site.directory}: Permission denied",
-        f"{file}: state.path: cannot write {state}: Permission denied",
+        f"{file}: directory.path: cannot read {site.directory} as nobody: Permission denied",
+        f"{file}: state.path: cannot write {state} as nobody: Permission denied",
     ]
     result = smtpguard(site, "check-config", check=False)
     assert result.returncode == 1
@@ -619,8 +619,8 @@ def test_state_directory_the_service_user_cannot_write(open_dir: Path) -> None:
     result = smtpguard(site, "check-config", check=False)
     assert result.returncode == 1
     assert problems(result) == [
-        f"{site.config.resolve()}: state.path: cannot create {open_dir / 'state.sqlite'}:"
-        f" {open_dir}: Permission denied"
+        f"{site.config.resolve()}: state.path: cannot create {open_dir / 'state.sqlite'}"
+        f" as nobody: {open_dir}: Permission denied"
     ]
 
 

@@ -171,8 +171,16 @@ def test_missing_and_unknown_ids(tmp_path: Path) -> None:
 
 
 def test_every_configured_language_must_exist() -> None:
-    with pytest.raises(ConfigError, match=r"queue_unavailable\.text\.fr: missing"):
-        load_replies(policy(languages=("en", "fr")))
+    # In no row: a typo in the config ("cn" for "zh"), named there (review rev121 F8).
+    with pytest.raises(ConfigError) as err:
+        load_replies(policy(languages=("en", "cn")), "/etc/sg.toml")
+    assert (err.value.file, err.value.key) == ("/etc/sg.toml", "replies.languages")
+    assert err.value.message.startswith("'cn' is in no row of ")
+    assert err.value.message.endswith("(its languages: en, zh)")
+    # In some rows only (here one override's): the table lacks it elsewhere.
+    fr = ReplyOverride(text={"fr": "refusé"})
+    with pytest.raises(ConfigError, match=r"rbl_deny\.hint\.fr: missing"):
+        load_replies(policy(languages=("en", "fr"), overrides={"rbl_deny": fr}), "/etc/sg.toml")
 
 
 def test_bad_override_names_the_config_key() -> None:

@@ -12,6 +12,7 @@ Relative paths are resolved against the directory of the config file, so the sam
 
 from __future__ import annotations
 
+import difflib
 import grp
 import ipaddress
 import math
@@ -243,7 +244,12 @@ class _Section:
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
         if unknown:
-            raise self.error(unknown[0], "unknown key")
+            # Every key this table may hold has been asked for by now (review rev121
+            # F8: "[mliter]" said only "unknown key").
+            near = difflib.get_close_matches(unknown[0], sorted(self.seen), n=1, cutoff=0.7)
+            raise self.error(
+                unknown[0], f"unknown key (did you mean {near[0]!r}?)" if near else "unknown key"
+            )
 
 
 #: More workers than this gain little: Postfix and the MTA's own processes want cores too.
@@ -1306,7 +1312,13 @@ def _check_socket_port(s: _Section, socket: str) -> None:
     port = rest.partition("@")[0]
     # isdigit() alone admits "²" and full-width digits, which int() refuses or reads.
     if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-        raise s.error("socket", f"the port must be a number from 1 to 65535, got {port!r}")
+        # libmilter's form is PORT@HOST, not the HOST:PORT of the scanner sockets
+        # (review rev121 F8: the error did not say which).
+        raise s.error(
+            "socket",
+            f"the port must be a number from 1 to 65535, got {port!r}"
+            f" ({kind}:PORT or {kind}:PORT@HOST, e.g. {kind}:8891@127.0.0.1)",
+        )
 
 
 def _dns_name(name: str, *, allow_utf8: bool = True) -> bool:

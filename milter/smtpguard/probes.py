@@ -369,9 +369,9 @@ def _readable_db(key: str, path: Path, table: str) -> list[Problem]:
         ) as db:
             db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()  # noqa: S608 - constant
     except OSError as exc:
-        return [(key, f"cannot read {path}: {exc.strerror}")]
+        return [(key, f"cannot read {path} as {_user_name(os.geteuid())}: {exc.strerror}")]
     except sqlite3.Error as exc:
-        return [(key, f"cannot read {path}: {exc}")]
+        return [(key, f"cannot read {path} as {_user_name(os.geteuid())}: {exc}")]
     return []
 
 
@@ -383,7 +383,10 @@ def _writable_db(key: str, path: Path) -> list[Problem]:
             with tempfile.TemporaryFile(dir=place):
                 pass
         except OSError as exc:
-            return [(key, f"cannot create {path}: {place}: {exc.strerror}")]
+            # Checked as the user the service runs as (review rev121 F8: a root
+            # operator read "Permission denied" on a directory root can write).
+            as_user = _user_name(os.geteuid())
+            return [(key, f"cannot create {path} as {as_user}: {place}: {exc.strerror}")]
         return []
     try:
         with path.open("r+b"):
@@ -393,9 +396,9 @@ def _writable_db(key: str, path: Path) -> list[Problem]:
             db.execute("BEGIN IMMEDIATE")
             db.execute("ROLLBACK")
     except OSError as exc:
-        return [(key, f"cannot write {path}: {exc.strerror}")]
+        return [(key, f"cannot write {path} as {_user_name(os.geteuid())}: {exc.strerror}")]
     except sqlite3.Error as exc:
-        return [(key, f"cannot write {path}: {exc}")]
+        return [(key, f"cannot write {path} as {_user_name(os.geteuid())}: {exc}")]
     return []
 
 

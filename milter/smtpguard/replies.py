@@ -186,6 +186,16 @@ def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTa
     """Load, override and validate the table; raise :class:`ConfigError`."""
     file = policy.table
     rows = _read(file)
+    in_table = {lang for row in rows.values() for lang in row.text}
+    for lang in policy.languages:
+        if lang not in in_table and lang not in _override_languages(policy):
+            # A typo ("cn" for "zh") is the config's, not a hole in the table (review
+            # rev121 F8: the error named the table's first row).
+            raise ConfigError(
+                config_file or "config",
+                "replies.languages",
+                f"{lang!r} is in no row of {file} (its languages: {', '.join(sorted(in_table))})",
+            )
     _apply_overrides(rows, policy, config_file)
 
     for row in rows.values():
@@ -245,6 +255,10 @@ def _line_problem(line: str, *, ascii_only: bool) -> str | None:
         # Sendmail clears the 8th bit: non-ASCII here would desynchronize the session.
         return "not ASCII, but this rendering is sent where only ASCII may go"
     return None
+
+
+def _override_languages(policy: RepliesConfig) -> set[str]:
+    return {lang for override in policy.overrides.values() for lang in override.text}
 
 
 def _apply_overrides(rows: dict[str, Row], policy: RepliesConfig, config_file: Path | str) -> None:
