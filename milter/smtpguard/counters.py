@@ -1195,7 +1195,7 @@ class ResilientCounter:
                     # Not an outage: the other senders' counts work (rev86 F3: one
                     # planted key deferred every sender for 5 s at each of its messages).
                     return self._key_failed(key, run, exc)
-                self._failed(exc, now, op)
+                self._failed(exc, op)
             else:
                 if op == "hit" or not self._hit_failed:
                     self._recovered(now)
@@ -1233,13 +1233,14 @@ class ResilientCounter:
             raise exc
         return run(self.local)
 
-    def _failed(self, exc: CounterError, now: float, op: Literal["hit", "peek"]) -> None:
+    def _failed(self, exc: CounterError, op: Literal["hit", "peek"]) -> None:
         # "redis unreachable" was logged for a read-only replica or a user without
         # the permission too (review rev50): worded by what failed, and logged again
         # when that changes during the outage (rev58: a Redis back as a read-only
         # replica).
         word, self._trouble = self._trouble, trouble(exc.__cause__)
-        started = self.outage.failed(str(exc), now)
+        # Timed when the failure is known (review rev120 F1; see state.py's _failed).
+        started = self.outage.failed(str(exc), self._clock())
         with self._lock:
             self._hit_failed = (self._hit_failed and not started) or op == "hit"
         if not started:

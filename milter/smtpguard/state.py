@@ -537,11 +537,11 @@ class RedisBlacklist:
         try:
             found = self.client.hmget(self.key, [REDIS_MARKER, *keys])
         except redis.RedisError as exc:
-            self._failed(trouble(exc), str(exc), now)
+            self._failed(trouble(exc), str(exc))
             raise StateError(f"redis: {exc}") from None
         if not self._note_marker(found[0] is not None):
             lost = self._lost_text()
-            self._failed("lost the blacklist", lost, now)
+            self._failed("lost the blacklist", lost)
             raise StateError(f"redis: {lost}")
         if (lasted := outage.recovered(now)) is not None:
             log.info("blacklist backend redis %s after %.1f s", back(self._trouble), lasted)
@@ -549,9 +549,11 @@ class RedisBlacklist:
             keys, {key for key, value in zip(keys, found[1:], strict=True) if value is not None}
         )
 
-    def _failed(self, word: str, error: str, now: float) -> None:
+    def _failed(self, word: str, error: str) -> None:
         previous, self._trouble = self._trouble, word
-        if not self.outage.failed(error, now):
+        # Timed when the failure is known, not when the call began (review rev120 F1:
+        # a call that timed out past the retry interval left no wait at all).
+        if not self.outage.failed(error, self.outage.clock()):
             if previous != word:
                 log.warning("blacklist backend redis now %s (%s)", word, error)
         else:

@@ -30,7 +30,7 @@ def test_no_answer_refuses_scans_until_the_interval_has_passed(
     clock = FakeClock()
     scanner = health(clock)
     assert scanner.refusal(clock()) == ""
-    scanner.no_answer("Connection refused", clock())
+    scanner.no_answer("Connection refused")
     for _ in range(3):
         clock.advance(1.0)
         assert scanner.refusal(clock()) == (
@@ -109,7 +109,7 @@ def test_a_canary_answered_ends_an_outage() -> None:
     winning each retry held it open (40 of 40 EICAR passed in 20 s)."""
     clock = FakeClock()
     scanner = health(clock, answers=True)
-    scanner.no_answer("Connection refused", clock())
+    scanner.no_answer("Connection refused")
     assert scanner.outage.down
     clock.advance(5.0)
     assert scanner.refusal(clock()) == ""  # the retry: a slow message, timed out

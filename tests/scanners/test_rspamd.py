@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from smtpguard.config import AntispamConfig
 from smtpguard.scanners import Endpoint, MessageSpool, SpamEnvelope, SpamResult, SpamStatus
+from smtpguard.scanners.backends import rspamd_engine
 from smtpguard.scanners.rspamd import _CANARY, RspamdClient
 from support.daemons import GTUBE, Rspamd, free_port
 from support.fake_dns import FakeClock
+from support.listeners import full_unix_listener
 from support.polling import threads_done, wait_until
 
 if TYPE_CHECKING:
@@ -212,7 +215,7 @@ class _Canned(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _ask_canned(status: int, body: bytes) -> SpamResult:
+def _ask_canned(status: int, body: bytes, max_reply: int = 1000) -> SpamResult:
     """Ask a server that answers ``status`` and ``body``, with a 1000-octet reply cap."""
     handler = type("Handler", (_Canned,), {"status": status, "body": body})
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
@@ -220,7 +223,8 @@ def _ask_canned(status: int, body: bytes) -> SpamResult:
         thread.start()
         try:
             endpoint = Endpoint(host="127.0.0.1", port=server.server_address[1])
-            result = RspamdClient(endpoint, timeout=5, max_reply=1000).check(HAM, SpamEnvelope())
+            client = RspamdClient(endpoint, timeout=5, max_reply=max_reply)
+            result = client.check(HAM, SpamEnvelope())
         finally:
             server.shutdown()
     return result
@@ -275,6 +279,27 @@ def test_unexpected_replies_are_errors(status: int, body: bytes, detail: str) ->
     result = _ask_canned(status, body)
     assert result.status is SpamStatus.ERROR
     assert detail in result.detail
+
+
+#: Review rev120 F4: arrays nested deeper than Python's recursion limit.
+_DEEP = b'{"score": 20, "action": "reject", "symbols": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def test_a_reply_nested_too_deep_is_an_error_not_an_exception() -> None:
+    """Whole (json.loads): an engine error, which on_temp_error decides, never an
+    exception (internal_error whatever on_temp_error says). Cut short, its verdict is
+    read from its head as for any long reply."""
+    result = _ask_canned(200, _DEEP, max_reply=len(_DEEP))
+    assert result.status is SpamStatus.ERROR
+    assert result.detail.endswith("reply is not a JSON object")
+    cut = _ask_canned(200, _DEEP, max_reply=150_000)
+    assert (cut.status, cut.score, cut.action) == (SpamStatus.OK, 20.0, "reject")
+    late = _DEEP.replace(b'"score": 20, "action": "reject", ', b"").replace(
+        b"}", b', "score": 20, "action": "reject"}'
+    )
+    cut = _ask_canned(200, late, max_reply=150_000)
+    assert cut.status is SpamStatus.ERROR
+    assert cut.detail.endswith("reply over 150000 octets")
 
 
 def test_startup_time_is_reported(rspamd: Rspamd) -> None:
@@ -439,6 +464,36 @@ def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers
     start = time.monotonic()
     assert "not asked, gave no answer (timed out;" in client.check(HAM, SpamEnvelope()).detail
     assert time.monotonic() - start < 0.05
+
+
+def test_an_outage_is_timed_from_the_failure_not_the_start(tmp_path: Path) -> None:
+    """Review rev120 F1: a connect that timed out after the retry interval had passed
+    since the scan began left no wait: every message waited the full timeout again."""
+    path = tmp_path / "rspamd.sock"
+    with full_unix_listener(path):
+        client = RspamdClient(Endpoint(path=str(path)), timeout=0.6, retry_interval=0.4)
+        start = time.monotonic()
+        assert "listen queue full" in client.check(HAM, SpamEnvelope()).detail
+        assert time.monotonic() - start >= 0.6
+        start = time.monotonic()
+        result = client.check(HAM, SpamEnvelope())
+        assert time.monotonic() - start < 0.2
+    assert result.unasked
+    assert "not asked, gave no answer" in result.detail
+
+
+def test_a_reload_keeps_the_outage(tmp_path: Path) -> None:
+    """Review rev120 F5: the client a reload builds (rspamd_engine again) started with
+    no outage, and its first messages waited the full timeout again."""
+    config = AntispamConfig(
+        engine="rspamd", engine_socket=Endpoint(path=str(tmp_path / "none.sock")), engine_timeout=2
+    )
+    before = rspamd_engine(config)
+    assert "No such file" in before.check(HAM, SpamEnvelope()).detail
+    after = rspamd_engine(config)
+    assert after is not before
+    result = after.check(HAM, SpamEnvelope())
+    assert result.unasked, result.detail
 
 
 def test_the_canary_scan(rspamd: Rspamd, tmp_path: Path) -> None:

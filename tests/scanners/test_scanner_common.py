@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from smtpguard.scanners import DeadlineSocket, Endpoint, MessageSpool, connect, header_bytes
+from support.listeners import full_unix_listener
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -90,36 +91,19 @@ def test_a_unix_socket_with_a_full_listen_queue_is_waited_for(tmp_path: Path) ->
     and a clamd stalled for a moment under load let messages through unscanned with
     on_temp_error = "pass". The connect is tried again until its deadline."""
     path = tmp_path / "scanner.sock"
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(path))
-        server.listen(0)
-        queued: list[socket.socket] = []
-        try:
-            while len(queued) < 8:  # fill the queue: the kernel's limit is backlog + 1
-                client = socket.socket(socket.AF_UNIX)
-                client.setblocking(False)
-                try:
-                    client.connect(str(path))
-                except BlockingIOError:
-                    client.close()
-                    break
-                queued.append(client)
-            assert 0 < len(queued) < 8
-            endpoint = Endpoint(path=str(path))
-            start = time.monotonic()
-            with pytest.raises(TimeoutError, match="listen queue full"):
-                connect(endpoint, 0.5)
-            assert 0.5 <= time.monotonic() - start < 0.5 + MARGIN
+    with full_unix_listener(path) as server:
+        endpoint = Endpoint(path=str(path))
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match="listen queue full"):
+            connect(endpoint, 0.5)
+        assert 0.5 <= time.monotonic() - start < 0.5 + MARGIN
 
-            # The scanner takes one off the queue while we wait: we are connected.
-            def take_one() -> None:
-                server.accept()[0].close()
+        # The scanner takes one off the queue while we wait: we are connected.
+        def take_one() -> None:
+            server.accept()[0].close()
 
-            threading.Timer(0.3, take_one).start()
-            start = time.monotonic()
-            with connect(endpoint, 5) as sock:
-                assert sock.family == socket.AF_UNIX
-            assert 0.3 <= time.monotonic() - start < 0.3 + MARGIN
-        finally:
-            for client in queued:
-                client.close()
+        threading.Timer(0.3, take_one).start()
+        start = time.monotonic()
+        with connect(endpoint, 5) as sock:
+            assert sock.family == socket.AF_UNIX
+        assert 0.3 <= time.monotonic() - start < 0.3 + MARGIN

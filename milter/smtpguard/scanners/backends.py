@@ -15,7 +15,8 @@ from smtpguard.config import AntispamConfig, VirusConfig
 from smtpguard.scanners import RuleEngine, SpamEngine, VirusStream
 from smtpguard.scanners.clamd import ClamdStream
 from smtpguard.scanners.command import CommandScan
-from smtpguard.scanners.rspamd import RspamdClient
+from smtpguard.scanners.health import shared_health
+from smtpguard.scanners.rspamd import RspamdClient, rspamd_health
 from smtpguard.scanners.rules import RuleSet
 
 __all__ = ["ScannerFactory", "load_rules", "open_virus_stream", "rspamd_engine"]
@@ -41,7 +42,9 @@ def load_rules(path: Path) -> RuleEngine:
 
 def rspamd_engine(config: AntispamConfig) -> SpamEngine:
     """The external engine's client (``engine = "rspamd"``)."""
-    return RspamdClient(config.engine_socket, timeout=config.engine_timeout)
+    endpoint = config.engine_socket
+    health = shared_health(("rspamd", str(endpoint)), lambda: rspamd_health(endpoint))
+    return RspamdClient(endpoint, timeout=config.engine_timeout, health=health)
 
 
 @dataclass(frozen=True, slots=True)

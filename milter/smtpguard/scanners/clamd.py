@@ -295,7 +295,7 @@ class ClamdStream:
 
     def _failed(self, exc: OSError) -> None:
         if _no_answer(exc):
-            self._health.no_answer(failure_text(exc), time.monotonic())
+            self._health.no_answer(failure_text(exc))
 
     # -- the verdict ----------------------------------------------------------------
 

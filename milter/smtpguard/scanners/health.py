@@ -99,10 +99,12 @@ class ScannerHealth:
             f" every {outage.retry_interval:g} s"
         )
 
-    def no_answer(self, why: str, now: float) -> None:
-        """A scan that started ``now`` got no answer: an outage starts (logged), or
-        goes on."""
-        if not self.outage.failed(why, now):
+    def no_answer(self, why: str) -> None:
+        """A scan got no answer: an outage starts (logged), or goes on. Timed now, when
+        the failure is known: a scan's start would leave no wait at all after a connect
+        that timed out past ``retry_interval`` (review rev120 F1: every message waited
+        the full engine_timeout)."""
+        if not self.outage.failed(why, self.outage.clock()):
             return
         with self._lock:
             self._unasked = 0
@@ -130,7 +132,7 @@ class ScannerHealth:
                 started = self.outage.clock()
                 failed = self._canary(max(wait, CANARY_WAIT))
                 if failed:
-                    self.no_answer(f"{why}; a canary scan: {failed}", self.outage.clock())
+                    self.no_answer(f"{why}; a canary scan: {failed}")
                 elif failed is not None:
                     self.answered(started)
             finally:

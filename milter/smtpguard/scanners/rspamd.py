@@ -40,6 +40,7 @@ threshold (15 by default) while the ``GTUBE`` symbol itself scores 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import http.client
 import json
 import math
@@ -61,7 +62,7 @@ from smtpguard.scanners import (
 )
 from smtpguard.scanners.health import ScannerHealth
 
-__all__ = ["RspamdClient"]
+__all__ = ["RspamdClient", "rspamd_health"]
 
 _BLOCK: Final = 64 * 1024
 _CHECK_PATH: Final = "/checkv2"
@@ -111,19 +112,15 @@ class RspamdClient:
         max_reply: int = 1024 * 1024,
         retry_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        health: ScannerHealth | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.max_reply = max_reply
-        self.health = ScannerHealth(
-            "spam engine",
-            "rspamd",
-            endpoint,
-            "antispam",
-            self._canary,
-            retry_interval=retry_interval,
-            clock=clock,
-        )
+        #: ``health``: the process's one for this endpoint (:func:`rspamd_health`),
+        #: which a reload's new client keeps (review rev120 F5: a reload forgot an
+        #: outage, and the next messages waited the full timeout again).
+        self.health = health or rspamd_health(endpoint, retry_interval=retry_interval, clock=clock)
 
     def _connection(self) -> _Connection:
         """A connection whose connect and everything after share one ``timeout`` until
@@ -171,7 +168,7 @@ class RspamdClient:
         except (OSError, http.client.HTTPException) as exc:
             why = failure_text(exc)
             if not connected:
-                health.no_answer(why, now)  # refused, no such socket, or no accept in time
+                health.no_answer(why)  # refused, no such socket, or no accept in time
             elif isinstance(exc, OSError):
                 # Connected, then a request not read, an answer that did not come in
                 # time or a connection reset: an engine that is not there (or hung)
@@ -202,25 +199,51 @@ class RspamdClient:
         return self.health.outage
 
     def _canary(self, wait: float) -> str:
-        """ "" if the engine answers a scan of a few octets within ``wait`` seconds, else
-        why not (not through :meth:`check`, which an outage would refuse at once). Any
-        HTTP answer counts: an engine that answers, even with an error, is up."""
-        conn = _Connection(self.endpoint, wait)
-        try:
-            conn.request("POST", _CHECK_PATH, body=_CANARY)
-            conn.getresponse().read(self.max_reply)
-        except (OSError, http.client.HTTPException) as exc:
-            why = failure_text(exc)
-            return f"{why} after {wait:g} s" if isinstance(exc, TimeoutError) else why
-        finally:
-            conn.close()
-        return ""
+        return _canary(self.endpoint, wait)
 
     def _named(self, result: SpamResult) -> SpamResult:
         """An error's detail names the engine, as a socket error's does."""
         if result.ok or not result.detail or result.detail.startswith("rspamd at "):
             return result
         return dataclasses.replace(result, detail=f"rspamd at {self.endpoint}: {result.detail}")
+
+
+def rspamd_health(
+    endpoint: Endpoint,
+    *,
+    retry_interval: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> ScannerHealth:
+    """A new health record of the engine at ``endpoint`` (see :func:`shared_health`)."""
+    return ScannerHealth(
+        "spam engine",
+        "rspamd",
+        endpoint,
+        "antispam",
+        functools.partial(_canary, endpoint),
+        retry_interval=retry_interval,
+        clock=clock,
+    )
+
+
+def _canary(endpoint: Endpoint, wait: float) -> str:
+    """ "" if the engine answers a scan of a few octets within ``wait`` seconds, else
+    why not (not through :meth:`RspamdClient.check`, which an outage would refuse at
+    once). Any HTTP answer counts: an engine that answers, even with an error, is up."""
+    conn = _Connection(endpoint, wait)
+    try:
+        conn.request("POST", _CHECK_PATH, body=_CANARY)
+        conn.getresponse().read(_CANARY_REPLY_MAX)
+    except (OSError, http.client.HTTPException) as exc:
+        why = failure_text(exc)
+        return f"{why} after {wait:g} s" if isinstance(exc, TimeoutError) else why
+    finally:
+        conn.close()
+    return ""
+
+
+#: What a canary's answer may hold (it is read only to end the exchange).
+_CANARY_REPLY_MAX: Final = 1024 * 1024
 
 
 def _body(message: MessageSpool | IO[bytes] | bytes) -> tuple[bytes | IO[bytes], int]:
@@ -263,8 +286,8 @@ def _head_fields(raw: bytes) -> dict[str, Any]:
                 break
             if isinstance(key, str) and key in _VERDICT_FIELDS:
                 out[key] = value
-    except ValueError:
-        pass  # the cut, or not JSON: what was read is all there is
+    except (ValueError, RecursionError):
+        pass  # the cut, or not JSON (or nested too deep): what was read is all there is
     return out
 
 
@@ -282,7 +305,8 @@ def _skip(text: str, at: int, separator: str) -> int:
 def _parse(status: int, raw: bytes) -> SpamResult:
     try:
         reply: Any = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: arrays nested thousands deep (review rev120 F4).
         reply = None
     return _result(status, reply)
 
