@@ -196,6 +196,21 @@ def test_tcp_port_closed_is_an_error() -> None:
     assert stream.finish().status is ScanStatus.ERROR
 
 
+def test_a_host_name_that_does_not_resolve_starts_an_outage() -> None:
+    """Review rev120 F2: a lookup failure was no "no answer": every message looked the
+    name up again and waited for it. (.invalid never resolves: RFC 2606.)"""
+    endpoint = Endpoint(host="clamd.smtpguard-test.invalid", port=3310)
+    first = ClamdStream(endpoint, timeout=5)
+    stream_message(first, HEADERS, b"hello\r\n")
+    result = first.finish()
+    assert result.status is ScanStatus.ERROR
+    assert "cannot connect" in result.detail
+    second = ClamdStream(endpoint, timeout=5)
+    stream_message(second, HEADERS, b"hello\r\n")
+    result = second.finish()
+    assert (result.status, result.unasked) == (ScanStatus.ERROR, True), result.detail
+
+
 def test_scanner_that_never_answers_times_out() -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -107,3 +110,42 @@ def test_a_unix_socket_with_a_full_listen_queue_is_waited_for(tmp_path: Path) ->
         with connect(endpoint, 5) as sock:
             assert sock.family == socket.AF_UNIX
         assert 0.3 <= time.monotonic() - start < 0.3 + MARGIN
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace for resolv.conf needs root")
+def test_a_host_name_is_looked_up_within_the_deadline(tmp_path: Path) -> None:
+    """Review rev120 F2: getaddrinfo ran outside the deadline; with a resolver that does
+    not answer, every scan waited the resolver's own timeout (10 s with resolv.conf's
+    defaults), whatever the scanner's timeout said. Run in a mount namespace whose
+    resolv.conf names a server that takes queries and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blackhole:
+        blackhole.bind(("127.0.0.77", 53))
+        resolv = tmp_path / "resolv.conf"
+        resolv.write_text("nameserver 127.0.0.77\noptions timeout:5 attempts:2\n")
+        code = (
+            "import time\n"
+            "from smtpguard.scanners import Endpoint, connect, failure_text\n"
+            "start = time.monotonic()\n"
+            "try:\n"
+            "    connect(Endpoint(host='clamd.internal.example', port=3310), 0.5)\n"
+            "except OSError as exc:\n"
+            "    print(type(exc).__name__, failure_text(exc), round(time.monotonic() - start, 1))\n"
+        )
+        script = 'mount --bind "$0" /etc/resolv.conf && exec "$1" -c "$2"'
+        start = time.monotonic()
+        done = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", script, str(resolv), sys.executable, code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        # The lookup left running does not hold up the process's exit either.
+        assert time.monotonic() - start < 5
+    assert done.returncode == 0, done.stderr
+    name, *words, seconds = done.stdout.split()
+    assert (name, " ".join(words)) == (
+        "TimeoutError",
+        "looking up clamd.internal.example timed out",
+    )
+    assert 0.5 <= float(seconds) < 0.5 + MARGIN

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol
@@ -224,8 +225,9 @@ def connect(endpoint: Endpoint, timeout: float) -> DeadlineSocket:
     follows until the caller sets another (:meth:`DeadlineSocket.expire_in`).
 
     The addresses of an ``inet:`` host are tried in turn within the one deadline
-    (``socket.create_connection`` would give each its own timeout). Resolving a host
-    name is not bounded here: configure addresses, or a resolver that answers.
+    (``socket.create_connection`` would give each its own timeout). A host name is
+    looked up within that deadline too (:func:`_addresses`; review rev120 F2: a hung
+    resolver held every message for its own timeout, outside the scanner's).
 
     A unix socket whose listen queue is full refuses at once (EAGAIN) where TCP
     would wait: the connect is tried again until the deadline, so a scanner that
@@ -237,7 +239,7 @@ def connect(endpoint: Endpoint, timeout: float) -> DeadlineSocket:
     if endpoint.path is not None:
         targets: list[tuple[socket.AddressFamily, int, Any]] = [(socket.AF_UNIX, 0, endpoint.path)]
     else:
-        found = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        found = _addresses(endpoint, deadline)
         targets = [(family, proto, address) for family, _, proto, _, address in found]
     error: OSError = OSError(f"no address for {endpoint}")
     for family, proto, address in targets:
@@ -267,6 +269,39 @@ def connect(endpoint: Endpoint, timeout: float) -> DeadlineSocket:
     raise error
 
 
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
+
+
+def _addresses(endpoint: Endpoint, deadline: float) -> Sequence[_AddrInfo]:
+    """``endpoint``'s addresses; an IP address without a lookup, a host name looked up
+    by the system's resolver until ``deadline`` (then TimeoutError). getaddrinfo cannot
+    be interrupted: a lookup that outlives its deadline ends on a daemon thread of its
+    own, unwaited for (a pool's threads would hold up the process's exit). Few run at
+    once: a scanner whose lookups fail is in an outage, not asked again for seconds."""
+    host, port = endpoint.host, endpoint.port
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass  # a name
+    found: list[Sequence[_AddrInfo] | OSError] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            found.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="scanner-resolve", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"looking up {host} timed out")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    return found[0]
+
+
 class QueueFull(TimeoutError):
     """:func:`connect` timed out at a unix socket whose listen queue stayed full."""
 
@@ -278,7 +313,7 @@ def failure_text(exc: BaseException) -> str:
     if isinstance(exc, QueueFull):
         return str(exc)
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return str(exc) if str(exc).startswith("looking up ") else "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc)

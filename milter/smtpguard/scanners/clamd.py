@@ -134,7 +134,11 @@ def _receive(sock: socket.socket, reply: bytearray) -> None:
 def _no_answer(exc: OSError) -> bool:
     """A failure that says clamd is not there or not answering (not one where it spoke:
     a connection it closed after a refusal, say)."""
-    return isinstance(exc, (TimeoutError, ConnectionRefusedError, FileNotFoundError))
+    # gaierror: its host name does not resolve, now or at all (review rev120 F2: every
+    # message looked it up again, and no outage began).
+    return isinstance(
+        exc, (TimeoutError, ConnectionRefusedError, FileNotFoundError, socket.gaierror)
+    )
 
 
 class ClamdStream:
