@@ -391,6 +391,35 @@ def test_rspamd_soft_reject_defers_the_message(rspamd_service: Running) -> None:
     assert "rspamd action soft reject" in rspamd_service.log()
 
 
+@pytest.mark.parametrize(("choice", "expected"), [("pass", None), ("tempfail", "internal_error")])
+def test_a_message_over_engine_max_bytes(
+    rspamd: Rspamd, tmp_path: Path, choice: str, expected: str | None
+) -> None:
+    """Review rev120 F3: a message too large for the engine skipped it even where the
+    site fails closed on the engine. on_size_limit decides (also where on_temp_error
+    passes an outage); a pass is logged; what the rules refuse is refused for good."""
+    extra = {
+        "antispam": {
+            "engine": "rspamd",
+            "engine_socket": f"inet:127.0.0.1:{rspamd.port}",
+            "engine_max_bytes": 4096,
+            "on_size_limit": choice,
+        },
+        "checks": {"antispam": {"on_temp_error": "pass"}},
+    }
+    with running(make_site(tmp_path / "site", extra)) as service:
+        final, mods = deliver(service, "Hello Alice.\r\n" * 1000)
+        if expected is None:
+            assert accepted(final)
+            assert "tests=rspamd=skipped/over_engine_max_bytes" in x_spam_status(mods)
+            assert "(on_size_limit = pass): over engine_max_bytes=4096" in service.log()
+        else:
+            assert_reply(final, expected)
+            assert "too large for the spam engine: over engine_max_bytes" in service.log()
+        final, _ = deliver(service, b"x\r\n" + GTUBE + b"\r\n" + b"Hello Alice.\r\n" * 1000)
+        assert_reply(final, "antispam_reject")
+
+
 def test_engine_down_passes_by_default(tmp_path: Path) -> None:
     extra = {"antispam": {"engine": "rspamd", "engine_socket": "inet:127.0.0.1:9"}}
     with running(make_site(tmp_path / "site", extra)) as service:

@@ -602,6 +602,10 @@ class AntispamConfig:
     #: A larger message is not sent to the engine (rspamd's max_message, 50 MiB by
     #: default, refuses it: an engine error for every such message).
     engine_max_bytes: int = 50 * 1024 * 1024
+    #: Such a message: "pass" (scored by the built-in rules alone, logged) or
+    #: "tempfail" (internal_error, also where on_temp_error = "pass"): a site that
+    #: fails closed on the engine (review rev120 F3).
+    on_size_limit: Literal["pass", "tempfail"] = "pass"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1146,6 +1150,10 @@ def _antispam(s: _Section) -> AntispamConfig:
         engine_action=s.boolean("engine_action", d.engine_action),
         spool_memory=s.integer("spool_memory", d.spool_memory, minimum=0),
         engine_max_bytes=s.integer("engine_max_bytes", d.engine_max_bytes, minimum=1024),
+        on_size_limit=cast(
+            Literal["pass", "tempfail"],
+            s.choice("on_size_limit", d.on_size_limit, ("pass", "tempfail")),
+        ),
     )
     s.done()
     for key in ("flag_header", "score_header"):

@@ -453,6 +453,24 @@ def test_an_engine_failing_one_message_but_scanning_a_canary_is_no_outage(
     assert f"rspamd at {endpoint} gave no answer" not in caplog.text
 
 
+def test_a_large_message_dropped_halfway_names_max_message(slow_peer: SlowPeers) -> None:
+    """Review rev120 F6: rspamd drops a message over its max_message without an answer;
+    "Broken pipe" alone did not say why (and a tempfail site deferred it for days)."""
+
+    def drops_it(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    client = RspamdClient(slow_peer.start(drops_it), timeout=5)
+    result = client.check(HAM + b"x" * (4 * 1024 * 1024), SpamEnvelope())
+    assert result.status is SpamStatus.ERROR
+    assert result.detail.endswith(
+        f"(sending {len(HAM) + 4 * 1024 * 1024} octets: rspamd drops a message over its"
+        " max_message; keep antispam.engine_max_bytes at or below it)"
+    )
+
+
 def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:
     def hung(conn: socket.socket) -> None:
         slow_peer.stop.wait(5)

@@ -18,6 +18,7 @@ applies.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from smtpguard.checks.dnsbl import UNSURE_SCORES as DNSBL_UNSURE_SCORES
 from smtpguard.scanners import MessageSpool, RuleStream, SpamEngine, SpamEnvelope
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
+
+log = logging.getLogger(__name__)
 
 #: What may not stand in a tests= token: white space, the separators of SpamAssassin's
 #: list, and anything that is no printable ASCII (a NUL in an engine's answer made
@@ -138,12 +141,11 @@ class AntiSpam:
         add_header_score = domain.add_header_score if domain else self.config.add_header_score
         engine_error = deferred = ""
         unasked = False
-        spool: MessageSpool | None = txn.scratch.get(_SPOOL)
-        if spool is not None and spool.truncated:
-            # rspamd refuses it (max_message): an error every time, never a verdict.
-            why.append(ENGINE_SKIPPED)
-            spool = None
-        if self.engine is not None and spool is not None:
+        spool = self._sendable(conn, txn, why)
+        # Too large for the engine, with on_size_limit = "tempfail": answered after
+        # the rules' own refusal, which is for good, not deferred to no end.
+        oversize = spool if isinstance(spool, TempError) else None
+        if self.engine is not None and isinstance(spool, MessageSpool):
             added, action, engine_error, unasked = self._ask(self.engine, conn, txn, spool, why)
             score += added
             if action == "reject":
@@ -164,6 +166,8 @@ class AntiSpam:
                 " exemption's failed lookup might drop",
                 firm=True,
             )
+        if oversize is not None:
+            return oversize
         if deferred:
             # rspamd asks for the message later (review rev49: it was accepted). Not
             # an engine fault: on_temp_error = "pass" must not turn it into an accept.
@@ -172,6 +176,36 @@ class AntiSpam:
             return TempError(
                 "internal_error", f"spam engine: {engine_error}; {detail}", logged=unasked
             )
+        return None
+
+    def _sendable(
+        self, conn: Connection, txn: Transaction, why: list[str]
+    ) -> MessageSpool | TempError | None:
+        """The message for the engine; None when there is none or it is too large for
+        it (noted in ``why``); a TempError for one too large with on_size_limit =
+        "tempfail"."""
+        spool: MessageSpool | None = txn.scratch.get(_SPOOL)
+        if spool is None or not spool.truncated:
+            return spool
+        # rspamd refuses it (max_message): an error every time, never a verdict.
+        limit = self.config.engine_max_bytes
+        if self.config.on_size_limit == "tempfail":
+            # The operator's choice for what is no fault: deferred also where
+            # on_temp_error = "pass" lets an engine outage through.
+            return TempError(
+                "internal_error",
+                f"too large for the spam engine: over engine_max_bytes={limit}",
+                firm=True,
+                fault=False,
+            )
+        # Without this line the message's log reads like one the engine scored.
+        log.info(
+            "antispam sid=%s not sent to the spam engine, scored by the rules alone"
+            " (on_size_limit = pass): over engine_max_bytes=%d",
+            conn.session_id,
+            limit,
+        )
+        why.append(ENGINE_SKIPPED)
         return None
 
     def _ask(

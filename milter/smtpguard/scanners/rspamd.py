@@ -65,6 +65,8 @@ from smtpguard.scanners.health import ScannerHealth
 __all__ = ["RspamdClient", "rspamd_health"]
 
 _BLOCK: Final = 64 * 1024
+#: A dropped connection while sending more than this may be rspamd's max_message.
+_HINTED: Final = 64 * 1024
 _CHECK_PATH: Final = "/checkv2"
 #: What the canary scan sends (see smtpguard.scanners.health).
 _CANARY: Final = b"Subject: canary\r\n\r\ncanary\r\n"
@@ -175,6 +177,13 @@ class RspamdClient:
                 # does not scan a canary either; one that failed on this message does
                 # (review rev88 N1: one slow answer stopped the scans of every message).
                 health.test_later(why, self.timeout)
+            if isinstance(exc, (BrokenPipeError, ConnectionResetError)) and length > _HINTED:
+                # rspamd drops a message over its max_message without an answer
+                # (review rev120 F6: "Broken pipe" alone, deferred on every retry).
+                why += (
+                    f" (sending {length} octets: rspamd drops a message over its"
+                    " max_message; keep antispam.engine_max_bytes at or below it)"
+                )
             return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
         finally:
             # The response holds the socket open until it is closed too.
