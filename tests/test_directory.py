@@ -739,6 +739,93 @@ def test_user_given_again_replaces_the_stored_one(tmp_path: Path, db_path: Path)
     assert ("bob@example.com", "bob@example.com", "moving") in table_rows(db_path, "users")
 
 
+def test_an_entry_given_again_is_replaced_whole(tmp_path: Path, db_path: Path) -> None:
+    """Review rev123 F1: an import without --replace added to what was stored: a
+    send-as right taken away stayed, an alias kept its old target beside the new one,
+    a member taken off a list could still post to it."""
+    first = """\
+[[user]]
+address = "alice@example.com"
+send_as = ["ceo@example.com", "sales@example.com"]
+[[user]]
+address = "carol@example.com"
+[[user]]
+address = "ceo@example.com"
+[[alias]]
+address = "sales@example.com"
+target = "alice@example.com"
+[[list]]
+address = "board@example.com"
+policy = "members"
+members = ["alice@example.com", "carol@example.com"]
+"""
+    import_file(db_path, write(tmp_path / "first.toml", first))
+    again = """\
+[[user]]
+address = "alice@example.com"
+send_as = []
+[[alias]]
+address = "sales@example.com"
+target = "carol@example.com"
+[[list]]
+address = "board@example.com"
+policy = "members"
+members = ["carol@example.com"]
+"""
+    import_file(db_path, write(tmp_path / "again.toml", again))
+    assert table_rows(db_path, "send_as") == []
+    assert table_rows(db_path, "aliases") == [("sales@example.com", "carol@example.com")]
+    assert table_rows(db_path, "list_members") == [
+        ("board@example.com", "carol@example.com", "member")
+    ]
+    directory = SqliteDirectory(db_path, timeout=0.5)
+    alice = directory.login("alice@example.com")
+    assert alice is not None
+    assert not directory.may_send_as(alice, "ceo@example.com")
+    assert not directory.may_post("board@example.com", "alice@example.com")
+
+
+def test_a_login_given_to_a_new_user_brings_no_rights(tmp_path: Path, db_path: Path) -> None:
+    """Review rev123 F1: alice renamed to asmith and her old login given to a new user:
+    the new user sent as ceo@ with alice's old right."""
+    first = """\
+[[user]]
+address = "alice@example.com"
+login = "alice"
+send_as = ["ceo@example.com"]
+[[user]]
+address = "ceo@example.com"
+"""
+    import_file(db_path, write(tmp_path / "first.toml", first))
+    again = """\
+[[user]]
+address = "alice@example.com"
+login = "asmith"
+send_as = ["ceo@example.com"]
+[[user]]
+address = "mallory@example.com"
+login = "alice"
+"""
+    import_file(db_path, write(tmp_path / "again.toml", again))
+    assert table_rows(db_path, "send_as") == [("asmith", "ceo@example.com")]
+    directory = SqliteDirectory(db_path, timeout=0.5)
+    mallory = directory.login("alice")
+    assert mallory is not None
+    assert mallory.address == "mallory@example.com"
+    assert not directory.may_send_as(mallory, "ceo@example.com")
+
+
+def test_csv_rows_of_an_entry_not_given_again_add_to_it(tmp_path: Path, db_path: Path) -> None:
+    """A send-as or member row alone (CSV) is an addition; with its user or list row in
+    the same file, the file's rows are the whole of it."""
+    import_file(db_path, write(tmp_path / "d.toml", DIRECTORY_TOML))
+    before = table_rows(db_path, "send_as")
+    login, _ = before[0]
+    more = write(tmp_path / "more.csv", f"type,login,address\nsend_as,{login},@example.com\n")
+    import_file(db_path, more)
+    assert table_rows(db_path, "send_as") == sorted({*before, (login, "@example.com")})
+
+
 # --- export, show, list, remove -----------------------------------------------------
 
 AWKWARD_TOML = """\
@@ -1493,6 +1580,21 @@ def test_quoted_local_part_is_split_unquoted() -> None:
     assert strip_extension('"a b+c"@example.org', "+") == '"a b"@example.org'
     assert strip_extension('"+x"@example.org', "+") is None
     assert strip_extension("double-bounce@example.org", "-") is None
+
+
+def test_no_directory_gives_a_bare_login_the_default_login_domain() -> None:
+    """Review rev123 F2: with backend = "none" a login without "@" (Dovecot's usual)
+    could send as nobody: every such user got 554 mail address invalid."""
+    nobody = NoDirectory("+", login_domain="example.com")
+    alice = nobody.login("alice")
+    assert alice == Login("alice", "alice@example.com", "active")
+    assert nobody.may_send_as(alice, "alice@example.com")
+    assert nobody.may_send_as(alice, "Alice+lists@Example.com")
+    assert not nobody.may_send_as(alice, "bob@example.com")
+    # Not a local part: as nobody still.
+    odd = nobody.login("al ice")
+    assert odd is not None
+    assert odd.address == ""
 
 
 def test_no_directory_sends_as_itself_with_an_extension() -> None:

@@ -136,7 +136,7 @@ def retire(old: Runtime, new: Runtime) -> None:
 def _directory(config: Config) -> Directory:
     d = config.directory
     if d.backend == "none":
-        return NoDirectory(config.site.recipient_delimiter)
+        return NoDirectory(config.site.recipient_delimiter, config.policy.default_login_domain)
     if not d.path.is_file():
         raise ConfigError(
             config.file,

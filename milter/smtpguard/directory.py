@@ -116,16 +116,28 @@ class Directory(Protocol):
 class NoDirectory:
     """``backend = "none"``: no recipient is known (the mailbox check is off then) and
     no login is verified: the MTA's SASL vouched for it, and it may send as itself
-    only (a login without "@" as nobody), with or without an address extension."""
+    only, with or without an address extension. A login without "@" is itself at
+    ``login_domain`` (``policy.default_login_domain``; review rev123 F2: such logins,
+    Dovecot's usual, could send as nobody); without one, as nobody."""
 
-    def __init__(self, recipient_delimiter: str = "") -> None:
+    def __init__(self, recipient_delimiter: str = "", login_domain: str = "") -> None:
         self.delimiters = recipient_delimiter
+        self.login_domain = login_domain
 
     def recipient(self, address: str) -> Recipient:
         return Recipient(Kind.NONE)
 
     def login(self, login: str) -> Login | None:
-        address = _key(login) if "@" in login else ""
+        if "@" in login:
+            address = _key(login)
+        elif self.login_domain:
+            try:
+                parsed = parse_path(f"{login}@{self.login_domain}", smtputf8=True)
+            except AddressError:
+                parsed = None  # not a local part: as nobody
+            address = _key(parsed.text) if parsed is not None else ""
+        else:
+            address = ""
         return Login(login, address, "active")
 
     def may_send_as(self, login: Login, address: str) -> bool:
@@ -637,11 +649,35 @@ def _import_into(
                     db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
             else:
                 _raise_problems(_cross_problems(staged, _read_contents(db), is_local, delimiters))
+                _clear_given_again(db, staged.rows)
             _write(db, staged.rows)
             db.commit()
         except BaseException:
             db.rollback()
             raise
+
+
+def _clear_given_again(db: sqlite3.Connection, rows: Iterable[Row]) -> None:
+    """What the stored entries given again held beyond their own row: a user's send-as
+    rights (under its stored login and under the login it is given now, which a user
+    given again may have left), an alias's targets, a list's members and posters. The
+    entry in the file is the whole of it (review rev123 F1: a send-as right the
+    operator took away stayed, and a new user given an old login had its rights). A
+    send-as, member or poster row of an entry not given again (CSV) adds to it."""
+    for row in rows:
+        if not isinstance(row, (UserRow, AliasRow, ListRow)):
+            continue
+        # Also as an older version stored an address written with U-labels.
+        forms = _stored_forms(row.address)
+        if isinstance(row, UserRow):
+            stored = db.execute("SELECT login FROM users WHERE address IN (?, ?)", forms)
+            logins = {row.login} | {login for (login,) in stored if login}
+            for login in logins:
+                db.execute("DELETE FROM send_as WHERE login = ?", (login,))
+        elif isinstance(row, AliasRow):
+            db.execute("DELETE FROM aliases WHERE address IN (?, ?)", forms)
+        else:
+            db.execute("DELETE FROM list_members WHERE list IN (?, ?)", forms)
 
 
 def _raise_problems(problems: list[str]) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
+from smtpguard.app import build_runtime, load
 from smtpguard.checks import Event, Stage
 from smtpguard.checks.auth import (
     AuthLogin,
@@ -19,6 +21,7 @@ from smtpguard.directory import DirectoryError, Login, NoDirectory
 from smtpguard.verdict import Hit, TempError, Verdict
 from support.checks import ServicesFactory, make_conn
 from support.fakes import FakeDirectory
+from support.service import make_site
 
 ALICE = Login("alice", "alice@example.com", "active")
 
@@ -390,6 +393,26 @@ def test_without_a_directory_a_login_is_not_refused_and_sends_as_itself(
     assert AuthLogin(services)(own, Event()) is None
     assert SenderLogin(services)(own, Event()) is None
     other = make_conn(sender="bob@example.com", auth_type="PLAIN", auth_login="alice@example.com")
+    verdict = SenderLogin(services)(other, Event())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "sender_mismatch"
+
+
+def test_without_a_directory_a_bare_login_is_at_the_default_login_domain(
+    make_services: ServicesFactory, tmp_path: Path
+) -> None:
+    """Review rev123 F2: through the service's own wiring (app.build_runtime's
+    NoDirectory), policy.default_login_domain names the domain of a login without "@"."""
+    site = make_site(
+        tmp_path,
+        {"directory": {"backend": "none"}, "policy": {"default_login_domain": "example.com"}},
+        directory=False,
+    )
+    directory = build_runtime(load(site.config), announce=False).services.directory
+    services = dataclasses.replace(make_services(), directory=directory)
+    own = make_conn(sender="alice@example.com", auth_type="PLAIN", auth_login="alice")
+    assert SenderLogin(services)(own, Event()) is None
+    other = make_conn(sender="bob@example.com", auth_type="PLAIN", auth_login="alice")
     verdict = SenderLogin(services)(other, Event())
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "sender_mismatch"
