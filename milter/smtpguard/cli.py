@@ -831,7 +831,12 @@ def _directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="load users, aliases and lists from CSV or TOML (nothing if any row is invalid)",
     )
     di.add_argument("file")
-    di.add_argument("--replace", action="store_true", help="drop existing entries first")
+    di.add_argument(
+        "--replace",
+        action="store_true",
+        help="drop every existing entry first (without it, an entry given again replaces"
+        " the stored one whole: a user with its send-as rights, an alias, a list)",
+    )
     _command(dsub, "list", cmd_directory_list, help="one line per user, alias and list")
     ds = _command(dsub, "show", cmd_directory_show, help="a user, alias or list with all it has")
     ds.add_argument("address", help="address (or a user's login)")
