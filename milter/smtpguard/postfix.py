@@ -42,6 +42,7 @@ from typing import Final
 from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode, unmapped_network
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
+from smtpguard.directory import DirectoryError, Kind, SqliteDirectory
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.sockets import libmilter_address
 
@@ -595,6 +596,7 @@ def plan(
     planner.networks()
     planner.relay()
     planner.recipients()
+    planner.mailboxes()
     planner.domains()
     planner.sizes()
     planner.delimiter()
@@ -1339,6 +1341,56 @@ class _Planner:
                 " with smtpd_milters emptied Postfix refuses them itself again",
             )
 
+    def mailboxes(self) -> None:
+        """Addresses Postfix receives mail for in smtpguard's local domains (the keys of
+        virtual_mailbox_maps and virtual_alias_maps that postmap can list) that the
+        directory does not hold: smtpguard refuses mail to them for good (review rev121
+        F4: a user of Postfix's map bounced, 550, while --check said no conflicts)."""
+        config = self.config
+        if (
+            config.directory.backend != "sqlite"
+            or config.check("mailbox").mode != "enforce"
+            or config.milter.dry_run
+            or not config.directory.path.is_file()
+        ):
+            return
+        site = config.site
+        found: dict[str, list[str]] = {}
+        for name in ("virtual_mailbox_maps", "virtual_alias_maps"):
+            for table in split_list(self.now[name]):
+                for key in self._keys(table, name, quiet=True) or ():
+                    local, at, domain = key.rpartition("@")
+                    if (
+                        at
+                        and local
+                        and site.is_local(domain)
+                        and not site.is_host_only(domain)
+                        and local.lower() != "postmaster"
+                    ):
+                        found.setdefault(key, []).append(name)
+        if not found:
+            return
+        directory = SqliteDirectory(
+            config.directory.path,
+            timeout=config.directory.timeout,
+            recipient_delimiter=site.recipient_delimiter,
+        )
+        try:
+            missing = [key for key in found if directory.recipient(key).kind is Kind.NONE]
+        except DirectoryError:
+            return  # check-config names what is wrong with the file
+        finally:
+            directory.close()
+        if missing:
+            shown = ", ".join(missing[:5]) + (f", +{len(missing) - 5}" if len(missing) > 5 else "")
+            maps = sorted({n for key in missing for n in found[key]})
+            self.problem(
+                f"Postfix receives mail for {len(missing)} address(es) of site.local_domains"
+                f" that smtpguard's directory lacks ({shown}; keys of {', '.join(maps)}):"
+                " smtpguard refuses mail to them (550 5.1.1 mailbox unavailable); import"
+                " them (`smtpguard directory import`)"
+            )
+
     def domains(self) -> None:
         """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
         site = self.config.site
@@ -1549,6 +1601,24 @@ class _Planner:
         quiet = _refers_to(self.raw[name], "virtual_alias_maps") or _refers_to(
             self.raw[name], "virtual_mailbox_maps"
         )
+        keys = self._keys(table, name, quiet=quiet)
+        # A single-label key names a domain in a table of the list's own, but in the
+        # virtual maps of Postfix's default it is an alias (rev46); a trailing dot
+        # Postfix never matches.
+        # A key "!x.example" is no exclusion: a name looked up never begins with "!"
+        # (review rev58).
+        return [
+            k
+            for k in keys or ()
+            if "@" not in k
+            and not k.endswith(".")
+            and not k.startswith("!")
+            and ("." in k or not quiet)
+        ]
+
+    def _keys(self, table: str, name: str, *, quiet: bool) -> list[str] | None:
+        """Every key of ``table`` (``postmap -s``), or None where it cannot be listed
+        (a note unless ``quiet``)."""
         command = ["postmap", "-c", self.now["config_directory"], "-s"]
         try:
             done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
@@ -1562,27 +1632,14 @@ class _Planner:
         except (OSError, subprocess.TimeoutExpired) as exc:
             if not quiet:
                 self._not_compared(name, table, str(exc))
-            return []
+            return None
         if done.returncode != 0:
             if not quiet:
                 errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
                 why = "; ".join(errors) or f"postmap exited {done.returncode}"
                 self._not_compared(name, table, why)
-            return []
-        keys = (line.split(None, 1)[0] for line in done.stdout.splitlines() if line.strip())
-        # A single-label key names a domain in a table of the list's own, but in the
-        # virtual maps of Postfix's default it is an alias (rev46); a trailing dot
-        # Postfix never matches.
-        # A key "!x.example" is no exclusion: a name looked up never begins with "!"
-        # (review rev58).
-        return [
-            k
-            for k in keys
-            if "@" not in k
-            and not k.endswith(".")
-            and not k.startswith("!")
-            and ("." in k or not quiet)
-        ]
+            return None
+        return [line.split(None, 1)[0] for line in done.stdout.splitlines() if line.strip()]
 
     def _dotted_name(self, name: str, item: str) -> None:
         note = (
