@@ -6,7 +6,6 @@ tests/test_dnswire_fuzz.py compares the reader with dnspython on generated messa
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import struct
@@ -14,9 +13,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import dns.exception
 import dns.flags
@@ -551,6 +550,65 @@ def test_next_server_answers_when_the_first_is_silent(unbound: DnsServer) -> Non
 
 
 @contextmanager
+def slow_nameservers(hosts: Sequence[str], delay: float) -> Iterator[int]:
+    """UDP servers on ``hosts``, one port for all (yielded), that answer every question
+    NXDOMAIN ``delay`` seconds after it came, each on a timer of its own (a server slow
+    upstream: its answers to several tries come one after the other)."""
+    socks: list[socket.socket] = []
+    port = 0
+    for host in hosts:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((host, port))
+        port = udp.getsockname()[1]
+        udp.settimeout(0.1)
+        socks.append(udp)
+    stop = threading.Event()
+    timers: list[threading.Timer] = []
+
+    def serve(udp: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                data, peer = udp.recvfrom(4096)
+                reply = dns.message.make_response(dns.message.from_wire(data))
+            except (OSError, dns.exception.DNSException):
+                continue
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+            timer = threading.Timer(delay, udp.sendto, (reply.to_wire(), peer))
+            timers.append(timer)
+            timer.start()
+
+    threads = [threading.Thread(target=serve, args=(udp,), daemon=True) for udp in socks]
+    for thread in threads:
+        thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        for timer in timers:
+            timer.cancel()
+        for udp in socks:
+            udp.close()
+
+
+def test_an_answer_to_an_earlier_try_still_counts() -> None:
+    """Review rev122 F1: with two servers each try was waited for a quarter of the
+    timeout and then dropped: servers answering in 0.7 of it gave TIMEOUT, and with
+    on_temp_error = "pass" a sender whose domain does not exist passed."""
+    with slow_nameservers(["127.0.0.8", "127.0.0.9"], 0.7) as port:
+        r = Resolver(UdpTransport(["127.0.0.8", "127.0.0.9"], port, 1.0))
+        try:
+            start = time.monotonic()
+            answer = r.lookup("gone.example", "MX", time.monotonic() + 5)
+            elapsed = time.monotonic() - start
+        finally:
+            r.close()
+    assert answer.status is Status.NXDOMAIN, answer.detail
+    assert 0.65 < elapsed < 0.9
+
+
+@contextmanager
 def truncating_nameserver(host: str, port: int, *, hang: bool = False) -> Iterator[None]:
     """Every UDP answer truncated (TC, no records); a TCP connection closed at once, as a
     server that fails mid-answer (the TCP read raises EOFError then), or with ``hang``
@@ -762,20 +820,29 @@ def test_many_concurrent_lookups_share_few_sockets(real: Resolver, unbound: DnsS
     assert len(transport._pools[socket.AF_INET]) <= UdpTransport.SOCKETS
 
 
-def test_answers_count_only_from_the_server_asked() -> None:
-    async def scenario() -> tuple[bool, bool]:
-        sock = _Socket()
-        q = question()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        sock.pending[(q.qid, "127.0.0.1", 53)] = (q, future)
-        wire = response(q).to_wire()
-        sock.datagram_received(wire, ("127.0.0.9", 53))  # another host
-        sock.datagram_received(wire, ("127.0.0.1", 5353))  # another port
-        early = future.done()
-        sock.datagram_received(wire, ("127.0.0.1", 53))
-        return early, future.done()
+class _Sink:
+    """Stands for the lookup a try belongs to: records what the socket delivers."""
 
-    assert asyncio.run(scenario()) == (False, True)
+    def __init__(self) -> None:
+        self.got: list[tuple[str, object]] = []
+
+    def deliver(self, question: Question, server: str, outcome: object) -> None:
+        self.got.append((server, outcome))
+
+
+def test_answers_count_only_from_the_server_asked() -> None:
+    sock = _Socket()
+    q = question()
+    sink = _Sink()
+    sock.pending[(q.qid, "127.0.0.1", 53)] = (q, cast(Any, sink))
+    wire = response(q).to_wire()
+    sock.datagram_received(wire, ("127.0.0.9", 53))  # another host
+    sock.datagram_received(wire, ("127.0.0.1", 5353))  # another port
+    assert sink.got == []
+    sock.datagram_received(wire, ("127.0.0.1", 53))
+    ((server, reply),) = sink.got
+    assert server == "127.0.0.1"
+    assert isinstance(reply, Reply)
 
 
 # --- replies built octet by octet (review rev56) ------------------------------------------

@@ -476,8 +476,8 @@ class _Socket(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        #: (query id, server address, port) -> (question, future of its reply)
-        self.pending: dict[tuple[int, str, int], tuple[Question, asyncio.Future[Reply]]] = {}
+        #: (query id, server address, port) -> (question, the lookup it is a try of)
+        self.pending: dict[tuple[int, str, int], tuple[Question, _Lookup]] = {}
         self.used = 0
         #: Every id asked on this socket: never drawn again for its life (at most
         #: UdpTransport.QUERIES_PER_SOCKET), so a late reply to an expired try, a
@@ -497,14 +497,13 @@ class _Socket(asyncio.DatagramProtocol):
         waiting = self.pending.get(key)
         if waiting is None:
             return  # late (after a retry), duplicated, or not for us
-        question, future = waiting
+        question, lookup = waiting
         # The same id from the server asked, and our question (RFC 5452 §4.1).
         reply = read_reply(data, question)
         if reply is None:
             return
         del self.pending[key]
-        if not future.done():
-            future.set_result(reply)
+        lookup.deliver(question, key[1], reply)
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error for one of several servers on an unconnected socket: the
@@ -512,10 +511,9 @@ class _Socket(asyncio.DatagramProtocol):
         pass
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for _question, future in self.pending.values():
-            if not future.done():
-                future.set_exception(exc or ConnectionError("DNS socket closed"))
-        self.pending.clear()
+        pending, self.pending = self.pending, {}
+        for (_qid, server, _port), (question, lookup) in pending.items():
+            lookup.deliver(question, server, exc or ConnectionError("DNS socket closed"))
 
     def close_if_idle(self) -> None:
         if self.retired and not self.pending and self.transport is not None:
@@ -565,86 +563,63 @@ class UdpTransport:
         self._pools.clear()
 
     async def query(self, name: str, rdtype: str) -> Answer:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        """Ask the servers in turn, a try every ``timeout / tries`` seconds, each try
+        listened for until the lookup's deadline: an answer to an earlier try that
+        comes after the next was sent still counts (review rev122 F1: with two servers
+        each try was given a quarter of the time and then dropped, and an answer slower
+        than that never counted, so a sender whose SPF says -all passed)."""
         try:
             qname = dns.name.from_text(name)
             qtype = dns.rdatatype.from_text(rdtype)
         except (dns.exception.DNSException, UnicodeError, ValueError) as exc:
             return Answer(name, rdtype, Status.SERVFAIL, detail=f"cannot ask: {exc}")
-        errors: list[str] = []
-        failed: set[str] = set()
-        edns = True
-        for attempt in range(self.tries):
-            server = self.servers[attempt % len(self.servers)]
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            if server in failed:
-                continue
-            question = Question.make(qname, qtype, edns)
-            per_try = min(remaining, self.timeout / self.tries)
-            try:
-                reply = await self._exchange(question, server, per_try)
-                if reply.truncated:
-                    # This server's share of the time again, not all that is left: one
-                    # whose TCP hangs must leave time for the next (review rev48).
-                    share = min(deadline - loop.time(), self.timeout / self.tries)
-                    reply = await self._tcp(question, server, share)
-            except TimeoutError:
-                errors.append(f"{server}: no answer in {per_try:.2g}s")
-                continue
-            except (OSError, EOFError, dns.exception.DNSException) as exc:
-                # EOFError: dnspython's TCP read when the server closes mid-answer.
-                errors.append(f"{server}: {type(exc).__name__}: {exc}")
-                failed.add(server)
-                continue
-            answer = to_answer(name, rdtype, reply)
-            if answer is not None:
-                return answer
-            if reply.rcode == dns.rcode.FORMERR and edns:
-                # An old server that does not speak EDNS0 (RFC 6891 §7): ask plainly.
-                edns = False
-                errors.append(f"{server} answered FORMERR to EDNS")
-                continue
-            # That server's failure (an unreadable answer too): the next one may answer.
-            errors.append(
-                f"{server}: unreadable answer: {reply.unreadable}"
-                if reply.unreadable
-                else f"{server} answered {dns.rcode.to_text(dns.rcode.Rcode(reply.rcode))}"
-            )
-            failed.add(server)
-            if len(failed) == len(self.servers):
-                return Answer(name, rdtype, Status.SERVFAIL, detail="; ".join(errors))
-        if failed and len(failed) == len(self.servers):
-            return Answer(name, rdtype, Status.SERVFAIL, detail="; ".join(errors))
-        detail = "; ".join(errors) or f"no answer in {self.timeout}s"
-        return Answer(name, rdtype, Status.TIMEOUT, detail=detail)
+        return await _Lookup(self, name, rdtype, qname, qtype).run()
 
-    async def _exchange(self, question: Question, server: str, timeout: float) -> Reply:
-        loop = asyncio.get_running_loop()
+    async def _read(
+        self,
+        outcome: Reply | BaseException,
+        question: Question,
+        server: str,
+        deadline: float,
+        share: float,
+    ) -> Reply | str:
+        """An answered try's reply, or why it failed (text). A truncated answer is asked
+        again over TCP, given ``share`` of the time at most: one whose TCP hangs must
+        leave time for the next server (review rev48)."""
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            reply = outcome
+            if reply.truncated:
+                loop = asyncio.get_running_loop()
+                reply = await self._tcp(question, server, min(deadline - loop.time(), share))
+        except TimeoutError:
+            return f"{server}: no answer over TCP in {share:.2g}s"
+        except (OSError, EOFError, dns.exception.DNSException) as exc:
+            # EOFError: dnspython's TCP read when the server closes mid-answer.
+            return f"{server}: {type(exc).__name__}: {exc}"
+        return reply
+
+    async def _send(self, question: Question, server: str, lookup: _Lookup) -> _Socket:
+        """Send one try of ``lookup``; its answer (or the socket's loss) goes to
+        :meth:`_Lookup.deliver`, until :func:`_release`."""
         family = socket.AF_INET6 if ":" in server else socket.AF_INET
         sock = await self._socket(family)
         while question.qid in sock.ids:
             question.qid = dns.entropy.random_16()
         sock.ids.add(question.qid)
-        key = (question.qid, server, self.port)
-        future: asyncio.Future[Reply] = loop.create_future()
-        sock.pending[key] = (question, future)
+        sock.pending[(question.qid, server, self.port)] = (question, lookup)
         sock.used += 1
         if sock.used >= self.QUERIES_PER_SOCKET:
             # Fresh source ports keep off-path answer guessing hard (RFC 5452 §9.2).
             sock.retired = True
-        # call_later, not wait_for: no extra task per question on a busy loop.
-        timer = loop.call_later(timeout, _expire, future)
         try:
             assert sock.transport is not None
             sock.transport.sendto(question.to_wire(), (server, self.port))
-            return await future
-        finally:
-            timer.cancel()
-            sock.pending.pop(key, None)
-            sock.close_if_idle()
+        except BaseException:
+            _release(sock, question.qid, server, self.port)
+            raise
+        return sock
 
     async def _tcp(self, question: Question, server: str, timeout: float) -> Reply:
         """RFC 7766 §5: a truncated UDP answer is asked again over TCP."""
@@ -691,12 +666,158 @@ class UdpTransport:
                 pool.append(protocol)
                 self._open.add(protocol)
                 return protocol
-        return random.choice(pool)  # noqa: S311 - spreads load; ids and ports are the secret
+        # Sockets may have retired (and closed) while this one waited for the lock: a
+        # question sent on a closed one raised AttributeError (found by a benchmark of
+        # 50 lookups at a time).
+        live = [s for s in pool if not s.retired]
+        if not live:
+            return await self._socket(family)
+        return random.choice(live)  # noqa: S311 - spreads load; ids and ports are the secret
 
 
-def _expire(future: asyncio.Future[Reply]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+class _Lookup:
+    """The tries of one :meth:`UdpTransport.query`: answers arrive by :meth:`deliver`
+    (called by the socket, which wakes the query at once: one loop turn per answer)."""
+
+    def __init__(
+        self,
+        transport: UdpTransport,
+        name: str,
+        rdtype: str,
+        qname: dns.name.Name,
+        qtype: dns.rdatatype.RdataType,
+    ) -> None:
+        self.transport = transport
+        self.name, self.rdtype, self.qname, self.qtype = name, rdtype, qname, qtype
+        self.loop = asyncio.get_running_loop()
+        self.deadline = self.loop.time() + transport.timeout
+        self.interval = transport.timeout / transport.tries
+        self.next_send = self.loop.time()
+        self.sent = 0
+        self.errors: list[str] = []
+        self.failed: set[str] = set()
+        self.edns = True
+        #: Answers (or a socket's loss) not yet read: (question, server, outcome).
+        self.arrived: list[tuple[Question, str, Reply | BaseException]] = []
+        #: Tries sent and not answered, by id() of their question (a query id is unique
+        #: on its socket only): (question, server, sent at, socket).
+        self.inflight: dict[int, tuple[Question, str, float, _Socket]] = {}
+        self._event: asyncio.Future[None] | None = None
+
+    def deliver(self, question: Question, server: str, outcome: Reply | BaseException) -> None:
+        self.arrived.append((question, server, outcome))
+        self.wake()
+
+    def wake(self) -> None:
+        event = self._event
+        if event is not None and not event.done():
+            event.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        self._event = event = self.loop.create_future()
+        timer = self.loop.call_later(max(0.0, timeout), self.wake)
+        try:
+            await event
+        finally:
+            timer.cancel()
+            self._event = None
+
+    async def run(self) -> Answer:
+        transport = self.transport
+        try:
+            while True:
+                if self.arrived and (answer := await self._answered()) is not None:
+                    return answer
+                now = self.loop.time()
+                if now >= self.deadline:
+                    break
+                more = self.sent < transport.tries
+                if more and now >= self.next_send:
+                    await self._send_next(now)
+                    continue
+                if not self.inflight and not more:
+                    break
+                await self._wait(
+                    (min(self.deadline, self.next_send) if more else self.deadline) - now
+                )
+        finally:
+            for question, server, _sent, sock in self.inflight.values():
+                _release(sock, question.qid, server, transport.port)
+        end = self.loop.time()
+        self.errors += [
+            f"{server}: no answer in {end - sent:.2g}s"
+            for _q, server, sent, _s in self.inflight.values()
+        ]
+        return self._answer(Status.TIMEOUT)
+
+    def _answer(self, status: Status) -> Answer:
+        if self.failed and len(self.failed) == len(self.transport.servers):
+            status = Status.SERVFAIL
+        detail = "; ".join(self.errors) or f"no answer in {self.transport.timeout}s"
+        return Answer(self.name, self.rdtype, status, detail=detail)
+
+    async def _send_next(self, now: float) -> None:
+        servers = self.transport.servers
+        server = servers[self.sent % len(servers)]
+        self.sent += 1
+        if server in self.failed:
+            return
+        question = Question.make(self.qname, self.qtype, self.edns)
+        sock = await self.transport._send(question, server, self)
+        self.inflight[id(question)] = (question, server, now, sock)
+        self.next_send = now + self.interval
+
+    async def _answered(self) -> Answer | None:
+        """The answer among the tries answered, if one is; each failed server noted
+        (the next one is asked at once), SERVFAIL once every server failed."""
+        transport = self.transport
+        while self.arrived:
+            question, server, outcome = self.arrived.pop(0)
+            if self.inflight.pop(id(question), None) is None:
+                continue  # already given up
+            if isinstance(outcome, Reply) and not outcome.truncated:
+                read: Reply | str = outcome  # the common case, without a coroutine
+            else:
+                read = await transport._read(
+                    outcome, question, server, self.deadline, self.interval
+                )
+            judged = read if isinstance(read, str) else _judge(self.name, self.rdtype, server, read)
+            if isinstance(judged, Answer):
+                return judged
+            self.next_send = self.loop.time()
+            if judged == _EDNS_REFUSED and self.edns:
+                # An old server that does not speak EDNS0 (RFC 6891 §7): ask plainly.
+                self.edns = False
+                self.errors.append(f"{server} answered FORMERR to EDNS")
+                continue
+            self.errors.append(f"{server} answered FORMERR" if judged == _EDNS_REFUSED else judged)
+            self.failed.add(server)
+            if len(self.failed) == len(transport.servers):
+                return self._answer(Status.SERVFAIL)
+        return None
+
+
+def _judge(name: str, rdtype: str, server: str, reply: Reply) -> Answer | str:
+    """An Answer, or why this server failed (text), or :data:`_EDNS_REFUSED`."""
+    answer = to_answer(name, rdtype, reply)
+    if answer is not None:
+        return answer
+    if reply.rcode == dns.rcode.FORMERR:
+        return _EDNS_REFUSED
+    # An unreadable answer is that server's failure too.
+    if reply.unreadable:
+        return f"{server}: unreadable answer: {reply.unreadable}"
+    return f"{server} answered {dns.rcode.to_text(dns.rcode.Rcode(reply.rcode))}"
+
+
+#: :meth:`UdpTransport._read`'s word for a FORMERR (an answer to EDNS, or not).
+_EDNS_REFUSED: Final = "FORMERR"
+
+
+def _release(sock: _Socket, qid: int, server: str, port: int) -> None:
+    """A try is over: its answer is no longer waited for."""
+    sock.pending.pop((qid, server, port), None)
+    sock.close_if_idle()
 
 
 def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
