@@ -6,6 +6,7 @@ tests/test_dnswire_fuzz.py compares the reader with dnspython on generated messa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -590,6 +591,29 @@ def slow_nameservers(hosts: Sequence[str], delay: float) -> Iterator[int]:
             timer.cancel()
         for udp in socks:
             udp.close()
+
+
+def test_many_lookups_at_once_on_sockets_that_retire_quickly() -> None:
+    """Found by a benchmark of 50 lookups at a time: a lookup that waited for the pool's
+    lock while other lookups retired (and closed) the sockets there was given a closed
+    one, and sendto raised AttributeError."""
+
+    class Quick(UdpTransport):
+        SOCKETS = 4
+        QUERIES_PER_SOCKET = 1  # every socket retires at once: many wait for the lock
+
+    with slow_nameservers(["127.0.0.10"], 0.0) as port:
+        transport = Quick(["127.0.0.10"], port, 2.0)
+
+        async def burst() -> list[Answer]:
+            names = [f"n{i}.example" for i in range(200)]
+            try:
+                return await asyncio.gather(*(transport.query(n, "A") for n in names))
+            finally:
+                transport.close()  # on the loop's thread, as the resolver does
+
+        answers = asyncio.run(burst())
+    assert {a.status for a in answers} == {Status.NXDOMAIN}
 
 
 def test_an_answer_to_an_earlier_try_still_counts() -> None:
