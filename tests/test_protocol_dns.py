@@ -33,6 +33,7 @@ from support.unbound import (
     GOOD_IP6,
     IDN_SPF_A_LABELS,
     IDN_SPF_DOMAIN,
+    LISTS_ALL_ZONE,
     NO_MAIL_DOMAIN,
     NO_PTR_IP,
     NULL_MX_DOMAIN,
@@ -161,6 +162,24 @@ def test_rbl_listing_reason_goes_to_the_log(main: Running) -> None:
     assert "reply=rbl_deny" in log
     assert f"{RBL_IP} listed in rbl.test as 127.0.0.4" in log
     assert RBL_TXT in log
+
+
+def test_a_list_that_lists_everyone_refuses_no_one(tmp_path: Path, unbound: DnsServer) -> None:
+    """Review rev122 F2: a dead list answering 127.0.0.2 for every name refused every
+    client with 554. It lists its own test point 127.0.0.1 (RFC 5782 §5): its listings
+    are a failure of the zone (on_temp_error decides), and a WARNING says why."""
+    zones = [LISTS_ALL_ZONE]
+    for on_temp_error, expected in (("pass", None), ("tempfail", "database_temp_error")):
+        extra: dict[str, Any] = {"checks": {"rbl": {"on_temp_error": on_temp_error}}}
+        for service in dns_service(tmp_path / on_temp_error, unbound.port, extra, zones):
+            reply = mail(service, ip=RBL_IP)
+            log = service.log()
+        if expected is None:
+            assert_pass(reply)
+        else:
+            assert_reply(reply, expected)
+        assert "zone=listsall.test" in log
+        assert "lists its test point 1.0.0.127.listsall.test as 127.0.0.2 (RFC 5782" in log
 
 
 def test_openrelay_check(main: Running) -> None:

@@ -198,7 +198,12 @@ def test_openrelay_uses_only_its_zones(tmp_path: Path, resolver: Resolver, fake:
     verdict = check(make_conn(sender="a@sender.test", ip=CLIENT), soon())
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "openrelay_check"
-    assert [name for name, _ in fake.calls if _ == "A"] == [f"{NAME}.relays.test"]
+    # The client in its zone, and (it is listed) the zone's test point, which is not
+    # (asked by the background warm-up and perhaps by the check too, if it came first).
+    assert {name for name, _ in fake.calls if _ == "A"} == {
+        f"{NAME}.relays.test",
+        "1.0.0.127.relays.test",
+    }
 
 
 # --- a client in no zone is remembered (dns.verdict_ttl) ----------------------------------
@@ -305,3 +310,41 @@ def test_a_lookup_that_waited_for_a_slot_is_deferred(tmp_path: Path, fake: FakeD
         assert "waiting for a resolver slot" in queued.detail
     finally:
         resolver.close()
+
+
+def test_a_zone_that_lists_its_test_point_refuses_and_scores_no_one(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev122 F2: a list answering for every name (its test point 127.0.0.1,
+    ::FFFF:7F00:1 for IPv6, included: RFC 5782 §5) refused every client. Its listings
+    are a failure of the zone; a score zone adds nothing; a zone whose test point is
+    not listed still refuses."""
+    zones = [
+        {"name": "dead.test", "kind": "rbl"},
+        {"name": "deadscore.test", "action": "score", "weight": 5.0},
+    ]
+    check = Rbl(dns_services(tmp_path, resolver, dnsbl={"zones": zones}))
+    v6_point = ".".join(reversed("0" * 20 + "ffff7f000001"))
+    for zone_name in ("dead.test", "deadscore.test"):
+        fake.add(f"{NAME}.{zone_name}", "A", "127.0.0.2")
+        fake.add(f"{V6_NAME}.{zone_name}", "A", "127.0.0.2")
+        fake.add(f"1.0.0.127.{zone_name}", "A", "127.0.0.2")
+        fake.add(f"{v6_point}.{zone_name}", "A", "127.0.0.2")
+    for ip in (CLIENT, "2001:db8::66"):
+        conn = make_conn(sender="a@sender.test", ip=ip)
+        check.prefetch(conn)
+        verdict = check(conn, soon())
+        assert isinstance(verdict, TempError), verdict
+        assert verdict.reply_id == "database_temp_error"
+        assert "dead.test: lists its test point" in verdict.detail
+        assert conn.txn is not None
+        assert SCORES not in conn.txn.scratch
+    assert "answer ignored: lists its test point 1.0.0.127.dead.test as 127.0.0.2" in caplog.text
+    assert f"lists its test point {v6_point}.dead.test" in caplog.text
+    # The same zone with its test point unlisted refuses, as before.
+    (tmp_path / "sound").mkdir()
+    sound = Rbl(dns_services(tmp_path / "sound", resolver, dnsbl={"zones": [RBL_ZONE]}))
+    fake.add(f"{NAME}.rbl.test", "A", "127.0.0.2")
+    verdict = sound(make_conn(sender="a@sender.test", ip=CLIENT), soon())
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "rbl_deny"

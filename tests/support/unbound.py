@@ -64,6 +64,9 @@ RELAY_TXT = "open relay, see https://relays.test/"
 #: The two lists above as ``[[dnsbl.zones]]`` entries of a config: rbl.test accepts the
 #: codes its listings use (RBL_OUT_OF_RANGE_IP's answer is outside them).
 RBL_ZONE: dict[str, Any] = {"name": "rbl.test", "kind": "rbl", "answers": ["127.0.0.2-127.0.0.11"]}
+#: A dead list that answers 127.0.0.2 for every name, its test point 127.0.0.1 too
+#: (RFC 5782 §5: it must not), as retired lists have done.
+LISTS_ALL_ZONE: dict[str, Any] = {"name": "listsall.test", "kind": "rbl"}
 RELAY_ZONE: dict[str, Any] = {"name": "relays.test", "kind": "openrelay"}
 #: One list of each kind, for ``{"dnsbl": {"zones": DNSBL_ZONES}}``.
 DNSBL_ZONES = (RBL_ZONE, RELAY_ZONE)
@@ -215,6 +218,9 @@ def config_text(directory: Path, port: int) -> str:
     for zone in STATIC_ZONES:
         lines.append(f'  local-zone: "{zone}" static')
         lines.append(f'  local-data: "{zone} 300 IN SOA {SOA}"')
+    # redirect: every name under it gets the zone's own records.
+    lines.append('  local-zone: "listsall.test." redirect')
+    lines.append('  local-data: "listsall.test. 300 IN A 127.0.0.2"')
     for zone in SERVFAIL_ZONES:
         # transparent: not answered locally, so the iterator tries the stub below.
         lines.append(f'  local-zone: "{zone}" transparent')

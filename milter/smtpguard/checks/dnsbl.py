@@ -16,6 +16,14 @@ Which answers mean "listed" (RFC 5782 §2.3 leaves the codes to each list):
 * otherwise the zone's ``answers`` ranges decide, or its ``bitmask``, or (neither
   given) any answer in 127.0.0.0/8.
 
+A list that lists its own test point (RFC 5782 §5: 127.0.0.1, and ::FFFF:7F00:1 for
+IPv6, MUST NOT be listed) answers for everyone: a retired list that now lists the
+whole Internet, or a broken one. When a zone lists a client, its test point is looked
+up too (cached like any answer); while that is listed, the zone's listings are a
+temporary failure of the zone (``on_temp_error`` decides), never a refusal or a score,
+and a WARNING says so every few minutes (review rev122 F2: one dead list refused every
+client with 554).
+
 Active probing (connecting to the client to test for an open relay) is never done:
 ``openrelay_check`` relies only on the published open-relay lists.
 
@@ -163,8 +171,10 @@ class _Dnsbl:
     async def _lookup(resolver: Resolver, zone: DnsblZone, name: str) -> Answer:
         answer = await resolver.query(name, "A")
         if classify(zone, answer)[0]:
-            # Listed: fetch the reason now, so it is (usually) cached when MAIL needs it.
+            # Listed: fetch the reason and the zone's test point now, so they are
+            # (usually) cached when MAIL needs them.
             resolver.warm(name, "TXT")
+            resolver.warm(_test_point(zone, name), "A")
         return answer
 
     @classmethod
@@ -208,6 +218,9 @@ class _Dnsbl:
             if not listed:
                 continue
             clean = False
+            if broken := self._lists_everyone(conn, dns, zone, name, event):
+                failures.append(f"{zone.name}: {broken}")
+                continue
             if zone.action == "score":
                 self._score(conn, zone)
                 log.info(
@@ -232,6 +245,24 @@ class _Dnsbl:
         if clean:
             self.clean.put(ip, True)
         return None
+
+    def _lists_everyone(
+        self, conn: Connection, dns: Resolver, zone: DnsblZone, name: str, event: Event
+    ) -> str:
+        """Why the zone's listings mean nothing now ("" if they do): it lists its test
+        point (module docstring). A test point that cannot be looked up leaves the
+        listing standing: the zone said so, and a failure is no proof of a dead list."""
+        point = _test_point(zone, name)
+        answer = dns.lookup(point, "A", event.deadline)
+        if not answer.ok or not answer.addresses():
+            return ""
+        why = (
+            f"lists its test point {point} as"
+            f" {','.join(str(a) for a in answer.addresses())} (RFC 5782 §5): it lists"
+            " every address, a dead or broken list; its listings are ignored"
+        )
+        self._log_ignored(conn, zone, why)
+        return why
 
     def _score(self, conn: Connection, zone: DnsblZone) -> None:
         # On the transaction: a later one of the connection may be authenticated,
@@ -273,6 +304,17 @@ class _Dnsbl:
             conn.client_ip,
             item,
         )
+
+
+#: RFC 5782 §5: the addresses no list may list.
+_TEST_POINT_V4 = ipaddress.IPv4Address("127.0.0.1")
+_TEST_POINT_V6 = ipaddress.IPv6Address("::ffff:7f00:1")
+
+
+def _test_point(zone: DnsblZone, name: str) -> str:
+    """The name of the zone's test point in the family of the client's ``name``."""
+    ipv6 = name.count(".") - zone.name.count(".") > 4  # 32 nibbles, not 4 octets
+    return dnsbl_name(_TEST_POINT_V6 if ipv6 else _TEST_POINT_V4, zone.name)
 
 
 class Rbl(_Dnsbl):
