@@ -13,7 +13,7 @@ from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.dns import Resolver, Status, client_network
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
-from support.fake_dns import FakeDns, dns_services, fake_resolver
+from support.fake_dns import FakeDns, dns_services, fake_resolver, hold_slots
 
 D = "sender.test"
 SITE = {"local_domains": ["example.com"]}
@@ -164,3 +164,32 @@ def test_waits_of_the_sender_checks_before_it_are_given_back(tmp_path: Path) -> 
         assert time.monotonic() < cap + 0.5 + 0.4
     finally:
         resolver.close()
+
+
+def test_a_busy_lookup_the_verdict_does_not_rest_on_leaves_it_to_on_temp_error(
+    tmp_path: Path, fake: FakeDns
+) -> None:
+    """Review rev122 F3: the MX timed out after asking the server, and A and AAAA
+    waited for a slot; the MX verdict (which A and AAAA cannot change) was made firm,
+    deferred whatever on_temp_error said, with no word of why."""
+    resolver = fake_resolver(fake, max_inflight=1)
+    try:
+        fake.slow[D] = 60
+        check = SenderDomain(dns_services(tmp_path, resolver, site=SITE))
+        verdict = check(make_conn(sender=f"a@{D}"), Event(deadline=time.monotonic() + 0.3))
+        assert isinstance(verdict, TempError), verdict
+        assert verdict.detail.startswith(f"{D} MX: ")
+        assert not verdict.firm, verdict
+    finally:
+        resolver.close()
+    # The MX itself without a slot: firm, and the detail says why.
+    resolver = fake_resolver(fake, max_inflight=1)
+    try:
+        hold_slots(resolver, fake, 1)
+        check = SenderDomain(dns_services(tmp_path, resolver, site=SITE))
+        other = check(make_conn(sender="a@other.test"), Event(deadline=time.monotonic() + 0.3))
+    finally:
+        resolver.close()
+    assert isinstance(other, TempError), other
+    assert other.firm, other
+    assert other.detail.endswith("(MX: no slot to ask)")

@@ -67,8 +67,16 @@ class SenderDomain:
         verdict = judge(domain, answers["MX"], answers["A"], answers["AAAA"])
         if not isinstance(verdict, TempError):
             self.memo.put(domain, verdict)
-        elif any(a.busy for a in answers.values()):
-            return replace(verdict, firm=True)
+            return verdict
+        # Firm (deferred whatever on_temp_error says) only when a lookup the verdict
+        # rests on never left this host for want of a slot (review rev122 F3: a busy
+        # A lookup made an MX timeout firm, which the A answer could not change).
+        used = ("MX",) if answers["MX"].status.temporary else ("MX", "A", "AAAA")
+        busy = [t for t in used if answers[t].busy]
+        if busy:
+            return replace(
+                verdict, firm=True, detail=f"{verdict.detail} ({'/'.join(busy)}: no slot to ask)"
+            )
         return verdict
 
 
