@@ -76,6 +76,7 @@ STOCK = {
     "parent_domain_matches_subdomains": "debug_peer_list,fast_flush_domains,mynetworks,"
     "permit_mx_backup_networks,qmqpd_authorized_clients,relay_domains,smtpd_access_maps",
     "message_size_limit": "10240000",
+    "hopcount_limit": "50",
     "mailbox_size_limit": "0",
     "virtual_mailbox_limit": "51200000",
     # What Debian's postfix package writes into main.cf.
@@ -212,6 +213,18 @@ def test_clients_postfix_trusts_and_smtpguard_does_not_are_a_conflict(tmp_path: 
     lan = {"mynetworks": "127.0.0.0/8 [::1]/128 10.30.0.0/24 [fd00:10::]/64"}
     (problem,) = [p for p in make_plan(wide, **lan).problems if p.startswith("mynetworks")]
     assert problem.startswith("mynetworks has 10.30.0.0/24 [fd00:10::]/64, outside")
+
+
+def test_a_hopcount_limit_that_answers_before_smtpguard_is_a_note(tmp_path: Path) -> None:
+    """Review rev125 F1: with limits.max_hops = 60 and Postfix's hopcount_limit of 50,
+    49 Received: fields got Postfix's 554 5.4.0 "too many hops", not looping_message,
+    and nothing said so."""
+    assert not [n for n in make_plan(config(tmp_path)).notes if "hopcount_limit" in n]
+    high = config(tmp_path / "high", {"limits": {"max_hops": 60}})
+    (note,) = [n for n in make_plan(high).notes if "hopcount_limit" in n]
+    assert note.startswith("hopcount_limit (50) is not above limits.max_hops + 2 (62):")
+    assert "refuses mail with 49 or more such fields itself" in note
+    assert not [n for n in make_plan(high, hopcount_limit="63").notes if "hopcount_limit" in n]
 
 
 def test_relay_control_postfix_keeps_postfix_guard_last(tmp_path: Path) -> None:

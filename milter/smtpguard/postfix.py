@@ -150,6 +150,7 @@ PARAMETERS = (
     *ACCEPTED_DOMAINS,
     "parent_domain_matches_subdomains",
     "message_size_limit",
+    "hopcount_limit",
     "recipient_delimiter",
     "smtputf8_enable",
     "smtpd_reject_footer_maps",
@@ -599,6 +600,7 @@ def plan(
     planner.mailboxes()
     planner.domains()
     planner.sizes()
+    planner.hops()
     planner.delimiter()
     planner.utf8()
     planner.footers()
@@ -1707,6 +1709,23 @@ class _Planner:
             " Postfix refuses larger mail first, with its own 552 5.3.4 and the table's"
             " text as footer; for smtpguard's message_too_long, lower"
             f" limits.max_message_size below {limit}"
+        )
+
+    def hops(self) -> None:
+        """Postfix's cleanup counts the Received: fields with its own, which milters are
+        not shown, and refuses at hopcount_limit: with mail of more fields than
+        smtpguard's limit it answers first (review rev125 F1). A note: the limit is
+        the admin's."""
+        limit = _int(self.now["hopcount_limit"])
+        ours = self.config.limits.max_hops
+        if limit == 0 or limit > ours + 2:
+            return
+        self.notes.append(
+            f"hopcount_limit ({limit}) is not above limits.max_hops + 2 ({ours + 2}): Postfix"
+            " counts its own Received: field, which milters are not shown, and refuses"
+            f" mail with {limit - 1} or more such fields itself, with its own 554 5.4.0"
+            " 'too many hops'; for smtpguard's looping_message, raise hopcount_limit"
+            f" above {ours + 2} or lower limits.max_hops below {limit - 2}"
         )
 
     def delimiter(self) -> None:
