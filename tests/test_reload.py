@@ -213,3 +213,29 @@ def test_a_reload_follows_a_switched_link_to_the_config(tmp_path: Path, workers:
         for _ in range(4):  # every worker
             assert mail(service, "<a@new.example>") == "reply"
         assert str(tmp_path / "r2" / "smtpguard.toml") in service.log()
+
+
+def test_the_drain_waits_for_admitted_sessions_not_refused_ones(tmp_path: Path) -> None:
+    """Review rev124 F2: a session refused during the drain (queue_unavailable) counted
+    as open until the MTA closed it; under load a stop took the full 30 s, and a
+    restart could not bind the socket meanwhile."""
+    site = make_site(tmp_path)
+    with running(site) as service:
+        held = MilterSession(str(site.socket))
+        held.connect("198.51.100.7")
+        held.helo("mail.sender.example")
+        assert held.mail("<a@sender.example>").kind == "continue"
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        refused = MilterSession(str(site.socket))
+        refused.connect("198.51.100.8")
+        refused.helo("mail.sender.example")
+        answer = refused.mail("<b@sender.example>")
+        assert (answer.kind, answer.code) == ("reply", "450"), answer
+        held.close()  # the one admitted session ends; the refused one stays open
+        started = time.monotonic()
+        # libmilter's own stop takes a few seconds with a connection open; the drain
+        # took the full 30 s before.
+        assert service.process.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        refused.close()

@@ -548,7 +548,9 @@ def _drain(gate: SessionGate, deadline: float) -> None:
     while gate.active > 0 and time.monotonic() < end:
         time.sleep(_DRAIN_POLL)
     if gate.active > 0:
-        log.warning("stopping with %d sessions still open after %.0f s", gate.active, deadline)
+        log.warning(
+            "stopping with %d admitted sessions still open after %.0f s", gate.active, deadline
+        )
     # Their virus hook programs, and a canary's, would run on after the process (review
     # rev92 F2, rev94 F4); none starts from now on.
     if ended := end_running():

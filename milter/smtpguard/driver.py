@@ -306,7 +306,8 @@ class SessionDriver:
             self.conn.abandon()
             if self.entered:
                 self.entered = False
-                self.gate.leave()
+                if self.conn.admitted:
+                    self.gate.leave()
                 self.rt.services.metrics.session_closed()
 
     def _queue_id(self) -> None:

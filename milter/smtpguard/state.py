@@ -628,11 +628,17 @@ class SessionGate:
         self._lock = threading.Lock()
 
     def enter(self) -> bool:
-        """Register a session; False when it is over the limit or we are draining."""
+        """Register a session; False when it is over the limit or we are draining.
+        Only an admitted session counts (and is :meth:`leave`-d): a refused one held a
+        slot until the MTA closed it, so a stop's drain waited for sessions it had
+        refused, 30 s under load, and refusals fed on themselves (review rev124 F2,
+        F4)."""
         with self._lock:
+            if self.draining or self.total() + 1 > self.limit:
+                return False
             self.active += 1
             self._publish()
-            return not self.draining and self.total() <= self.limit
+            return True
 
     def leave(self) -> None:
         with self._lock:
