@@ -41,6 +41,7 @@ from smtpguard.config import (
 from smtpguard.counters import SharedCounter, SizeBuckets
 from smtpguard.state import SharedSessionGate
 from smtpguard.supervisor import (
+    ALONE_BACKOFF,
     MAX_BACKOFF,
     MAX_CONFIG_BYTES,
     RESTART_ONLY,
@@ -732,6 +733,26 @@ def test_killed_worker_is_back_within_two_seconds(tmp_path: Path) -> None:
             == ["continue"] * 10
         )
         assert victim not in children(supervisor)
+
+
+def test_with_no_worker_up_one_is_back_within_alone_backoff(tmp_path: Path) -> None:
+    """Review rev124 F3: every worker killed as soon as it started: the backoff grew to
+    MAX_BACKOFF for all of them, and the MTA's sessions waited in the socket's queue
+    up to 30 s. With none up, the next start comes within ALONE_BACKOFF."""
+    site = make_site(tmp_path, WORKERS)
+    with running(site) as service:
+        supervisor = service.process.pid
+        wait_until(lambda: len(children(supervisor)) == 2)
+        end = time.monotonic() + 9  # long enough for the backoff to pass 4 s
+        while time.monotonic() < end:
+            for pid in children(supervisor):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        assert "restarting it in 2 s (no worker is up)" in service.log()
+        started = time.monotonic()
+        assert mail(service, "<a@sender.example>") == "continue"
+        assert time.monotonic() - started < ALONE_BACKOFF + 1.5
 
 
 @pytest.mark.parametrize("last", ["exec sleep 3600", "exec env -i sleep 3600"])

@@ -18,7 +18,8 @@ So the supervisor (this module, the process systemd started):
    :func:`smtpguard.adapter.run`, the single-process loop;
 4. waits: SIGCHLD restarts a dead worker (at once the first time, then with a
    doubling delay up to :data:`MAX_BACKOFF` while workers keep dying within
-   :data:`STABLE_AFTER` seconds of their start), a worker whose heartbeat stopped for
+   :data:`STABLE_AFTER` seconds of their start, :data:`ALONE_BACKOFF` at most while
+   no worker is up), a worker whose heartbeat stopped for
    ``worker_heartbeat_timeout`` seconds is killed and so restarted
    (:mod:`smtpguard.workerwatch`), SIGHUP validates the config once here and only
    then tells every worker to reload (a broken config changes nothing anywhere),
@@ -134,6 +135,8 @@ log = logging.getLogger("smtpguard")
 STABLE_AFTER: Final = 10.0
 #: The longest wait before restarting a worker that keeps dying at start.
 MAX_BACKOFF: Final = 30.0
+#: The longest wait before a restart while no worker at all is up.
+ALONE_BACKOFF: Final = 2.0
 #: Marks a metrics directory this service created (and removes at the end).
 _OWN_METRICS_DIR: Final = "SMTPGUARD_OWN_METRICS_DIR"
 _SIGNALS: Final = (
@@ -868,14 +871,21 @@ class Supervisor:
         self.stats.restarts[reason] += 1
         worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 0
         delay = restart_delay(worker.quick_deaths)
+        alone = ""
+        if delay > ALONE_BACKOFF and not any(w.pid for w in self.workers):
+            # No worker is up: the MTA's connections wait in the socket's queue, each
+            # smtpd for its milter timeout (review rev124 F3: 27 s for one session
+            # while four crash-looping workers all waited out MAX_BACKOFF).
+            delay, alone = ALONE_BACKOFF, " (no worker is up)"
         worker.due = time.monotonic() + delay
         log.warning(
-            "worker %d (pid %d) %s after %.1f s; restarting it %s",
+            "worker %d (pid %d) %s after %.1f s; restarting it %s%s",
             worker.number,
             pid,
             how,
             lived,
             "now" if delay == 0 else f"in {delay:.0f} s",
+            alone,
         )
 
     def _watch(self) -> None:
