@@ -723,15 +723,22 @@ def test_a_domain_postfix_delivers_is_no_relay_domain(tmp_path: Path) -> None:
     ]
 
 
-def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
-    """Review rev41, through a real Postfix: a texthash: or /file entry of mydestination
-    or relay_domains was skipped, and mail to its domains got a permanent 553
-    host_denies_relay while --check said "no conflicts"."""
+def postmap_directory(tmp_path: Path) -> Path:
+    """A config directory with an empty main.cf, for tables the real postmap reads
+    (the test is skipped where Postfix is not installed)."""
     if not shutil.which("postmap"):
         pytest.skip("postmap not installed (Debian package postfix)")
     conf = tmp_path / "etc"
     conf.mkdir()
     write_settled(conf / "main.cf", "")
+    return conf
+
+
+def test_domains_in_tables_and_files_are_compared(tmp_path: Path) -> None:
+    """Review rev41, through a real Postfix: a texthash: or /file entry of mydestination
+    or relay_domains was skipped, and mail to its domains got a permanent 553
+    host_denies_relay while --check said "no conflicts"."""
+    conf = postmap_directory(tmp_path)
     write_settled(conf / "mydest", "other.example  x\n")
     write_settled(
         conf / "relay.list", "# ours\nrelay2.example, texthash:" + str(conf / "more") + "\n"
@@ -779,11 +786,7 @@ def test_addresses_postfix_delivers_that_the_directory_lacks_are_a_conflict(
     smtpguard's directory: refused 550 while --check said no conflicts. The keys
     postmap lists, in site.local_domains, that the directory does not hold (users,
     aliases, lists, extensions of them); postmaster@ and other domains left out."""
-    if not shutil.which("postmap"):
-        pytest.skip("postmap not installed (Debian package postfix)")
-    conf = tmp_path / "etc"
-    conf.mkdir()
-    write_settled(conf / "main.cf", "")
+    conf = postmap_directory(tmp_path)
     write_settled(
         conf / "vmailbox",
         "alice@example.com x\nnewbie@example.com x\nsales@example.com x\n"
@@ -821,11 +824,7 @@ def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:
     every alias key (alice@example.com, @example.com, postmaster) was reported as an
     accepted domain, a conflict no config could clear; a /file that includes itself
     was counted again and again; a huge table made a line of megabytes."""
-    if not shutil.which("postmap"):
-        pytest.skip("postmap not installed (Debian package postfix)")
-    conf = tmp_path / "etc"
-    conf.mkdir()
-    write_settled(conf / "main.cf", "")
+    conf = postmap_directory(tmp_path)
     write_settled(
         conf / "virtual",
         "postmaster root\nalice@example.com alice\n@example.com catchall\nother.example x\n",

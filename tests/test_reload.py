@@ -13,7 +13,7 @@ import pytest
 from smtpguard.state import SqliteBlacklist
 from support.mtclient import MilterSession, assert_reply
 from support.polling import holds_for, wait_until
-from support.service import Running, make_site, running
+from support.service import Running, Site, make_site, running
 
 pytestmark = pytest.mark.integration
 
@@ -171,19 +171,25 @@ def test_signals_in_quick_succession_never_kill_one_process_with_metrics(tmp_pat
         holds_for(lambda: service.process.poll() in (None, 2), 2.0)
 
 
+def stopping_with_a_session(site: Site, service: Running) -> MilterSession:
+    """A session in flight (past MAIL FROM), then SIGTERM: the service is draining."""
+    held = MilterSession(str(site.socket))
+    held.connect("198.51.100.7")
+    held.helo("mail.sender.example")
+    # Answered, so the session is counted before the stop (connect and HELO are not
+    # acknowledged on a unix socket: review rev47 saw this test race).
+    assert held.mail("<a@sender.example>").kind == "continue"
+    service.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+    return held
+
+
 def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path) -> None:
     """Review rev43: the drain ran on the main thread, so a second SIGTERM reached
     libmilter's signal thread and cut the sessions the drain was waiting for."""
     site = make_site(tmp_path)
     with running(site) as service:
-        held = MilterSession(str(site.socket))
-        held.connect("198.51.100.7")
-        held.helo("mail.sender.example")
-        # Answered, so the session is counted before the stop (connect and HELO are
-        # not acknowledged on a unix socket: review rev47 saw this test race).
-        assert held.mail("<a@sender.example>").kind == "continue"
-        service.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        held = stopping_with_a_session(site, service)
         service.process.send_signal(signal.SIGTERM)
         wait_until(lambda: "already stopping" in service.log())
         assert held.rcpt("<alice@example.com>").kind == "continue"
@@ -221,12 +227,7 @@ def test_the_drain_waits_for_admitted_sessions_not_refused_ones(tmp_path: Path) 
     restart could not bind the socket meanwhile."""
     site = make_site(tmp_path)
     with running(site) as service:
-        held = MilterSession(str(site.socket))
-        held.connect("198.51.100.7")
-        held.helo("mail.sender.example")
-        assert held.mail("<a@sender.example>").kind == "continue"
-        service.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        held = stopping_with_a_session(site, service)
         refused = MilterSession(str(site.socket))
         refused.connect("198.51.100.8")
         refused.helo("mail.sender.example")
