@@ -27,10 +27,16 @@ install -d -m 0755 "$PREFIX"
 # Beside it, what an operator reads and copies from: the sample config and rules (the
 # sample's relative paths stay valid), the README and contrib/ (the systemd unit names
 # both in Documentation=).
-# Your edits there stay (install_tree).
-for dir in conf rules contrib; do
+# Your edits to the config and rules stay (install_tree); contrib/ is documentation,
+# replaced whole.
+for dir in conf rules; do
     install_tree "$ROOT/$dir" "${PREFIX:?}/$dir"
 done
+rm -rf "${PREFIX:?}/contrib.new"
+cp -r "$ROOT/contrib" "$PREFIX/contrib.new"
+chmod -R a+rX "$PREFIX/contrib.new"
+rm -rf "${PREFIX:?}/contrib"
+mv "$PREFIX/contrib.new" "$PREFIX/contrib"
 install -m 0644 "$ROOT/README.md" "$PREFIX/README.md"
 SMTPGUARD="$PREFIX/venv/bin/smtpguard"
 # On PATH, for the README's commands (postfix-config and the others).
