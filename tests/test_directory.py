@@ -815,6 +815,38 @@ login = "alice"
     assert not directory.may_send_as(mallory, "ceo@example.com")
 
 
+def test_entries_given_again_are_checked_as_they_will_be(tmp_path: Path, db_path: Path) -> None:
+    """Review rev126 F3: a → b → u1 became a → u1 and b → a, no loop; the checks
+    still saw the old targets beside the new ones and refused a loop a → b → a."""
+    first = """\
+[[user]]
+address = "u1@example.com"
+[[alias]]
+address = "a@example.com"
+target = "b@example.com"
+[[alias]]
+address = "b@example.com"
+target = "u1@example.com"
+"""
+    import_file(db_path, write(tmp_path / "first.toml", first))
+    swapped = """\
+[[alias]]
+address = "a@example.com"
+target = "u1@example.com"
+[[alias]]
+address = "b@example.com"
+target = "a@example.com"
+"""
+    import_file(db_path, write(tmp_path / "swapped.toml", swapped))
+    assert table_rows(db_path, "aliases") == [
+        ("a@example.com", "u1@example.com"),
+        ("b@example.com", "a@example.com"),
+    ]
+    # A loop the import itself makes is still refused.
+    looped = '[[alias]]\naddress = "a@example.com"\ntarget = "b@example.com"\n'
+    assert "alias loop" in " ".join(problems_of(db_path, write(tmp_path / "l.toml", looped)))
+
+
 def test_csv_rows_of_an_entry_not_given_again_add_to_it(tmp_path: Path, db_path: Path) -> None:
     """A send-as or member row alone (CSV) is an addition; with its user or list row in
     the same file, the file's rows are the whole of it."""

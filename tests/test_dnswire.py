@@ -616,6 +616,35 @@ def test_many_lookups_at_once_on_sockets_that_retire_quickly() -> None:
     assert {a.status for a in answers} == {Status.NXDOMAIN}
 
 
+def test_a_retired_socket_closes_with_its_last_answer() -> None:
+    """Review rev126 F1: a retired socket whose last try was answered was never closed:
+    a descriptor per QUERIES_PER_SOCKET lookups, until the process had none left and
+    every DNS check failed."""
+
+    class Quick(UdpTransport):
+        QUERIES_PER_SOCKET = 4
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with slow_nameservers(["127.0.0.11"], 0.0) as port:
+        transport = Quick(["127.0.0.11"], port, 2.0)
+
+        async def one_by_one() -> tuple[int, int]:
+            try:
+                await transport.query("warm.example", "A")
+                before = descriptors()
+                for i in range(400):  # 100 sockets retired
+                    await transport.query(f"n{i}.example", "A")
+                return before, descriptors()
+            finally:
+                transport.close()
+
+        before, after = asyncio.run(one_by_one())
+    # The pool fills up to SOCKETS sockets; 100 retired ones stayed open before.
+    assert after <= before + Quick.SOCKETS
+
+
 def test_an_answer_to_an_earlier_try_still_counts() -> None:
     """Review rev122 F1: with two servers each try was waited for a quarter of the
     timeout and then dropped: servers answering in 0.7 of it gave TIMEOUT, and with

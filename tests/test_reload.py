@@ -184,6 +184,32 @@ def stopping_with_a_session(site: Site, service: Running) -> MilterSession:
     return held
 
 
+def test_the_drain_waits_for_a_session_the_limit_only_reported(tmp_path: Path) -> None:
+    """Review rev126 F2: with the session limit in report mode (or a dry run) a session
+    over max_sessions goes on to deliver; the drain counted only admitted sessions and
+    libmilter's stop cut it off mid-message."""
+    extra = {"limits": {"max_sessions": 1}, "checks": {"session_limit": {"mode": "report"}}}
+    site = make_site(tmp_path, extra)
+    with running(site) as service:
+        first = MilterSession(str(site.socket))
+        first.connect("192.0.2.10")
+        first.helo("mail.sender.example")
+        over = MilterSession(str(site.socket))
+        over.connect("192.0.2.11")
+        over.helo("mail.sender.example")
+        assert over.mail("<a@sender.example>").kind == "continue"
+        assert over.rcpt("<alice@example.com>").kind == "continue"
+        wait_until(lambda: "would='450 4.3.2'" in service.log())
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        first.close()
+        time.sleep(1.0)  # the drain would have ended here, had it not counted `over`
+        final, _mods, _early = over.message([("From", "a@sender.example")], b"hi\r\n")
+        assert final.kind == "continue", final
+        over.close()
+        assert service.process.wait(timeout=20) == 0
+
+
 def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path) -> None:
     """Review rev43: the drain ran on the main thread, so a second SIGTERM reached
     libmilter's signal thread and cut the sessions the drain was waiting for."""

@@ -545,12 +545,10 @@ def _drain(gate: SessionGate, deadline: float) -> None:
     the middle of a message. The deadline bounds a stop behind idle sessions.
     """
     end = time.monotonic() + deadline
-    while gate.active > 0 and time.monotonic() < end:
+    while gate.open > 0 and time.monotonic() < end:
         time.sleep(_DRAIN_POLL)
-    if gate.active > 0:
-        log.warning(
-            "stopping with %d admitted sessions still open after %.0f s", gate.active, deadline
-        )
+    if gate.open > 0:
+        log.warning("stopping with %d sessions still open after %.0f s", gate.open, deadline)
     # Their virus hook programs, and a canary's, would run on after the process (review
     # rev92 F2, rev94 F4); none starts from now on.
     if ended := end_running():

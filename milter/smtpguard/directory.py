@@ -1109,14 +1109,37 @@ def _cross_problems(
 ) -> list[str]:
     """What is wrong with the new rows in the directory they make with ``existing``
     (whose rows are not blamed: they are None in the merged rows)."""
-    replaced = {(type(r), r.address) for r in staged.rows if isinstance(r, UserRow | ListRow)}
-    rows: dict[Row, _Where | None] = {
-        r: None
-        for r in existing.rows()
-        if not (isinstance(r, UserRow | ListRow) and (type(r), r.address) in replaced)
-    }
+    given_again = _given_again(staged.rows, existing)
+    rows: dict[Row, _Where | None] = {r: None for r in existing.rows() if not given_again(r)}
     rows.update(staged.rows)
     return _clash_problems(rows) + _reference_problems(staged, rows, is_local, delimiters)
+
+
+def _given_again(staged: Iterable[Row], existing: Contents) -> Callable[[Row], bool]:
+    """Whether the import replaces a stored row (:func:`_clear_given_again` says what
+    goes): the checks judge the directory the import makes, not one with both the old
+    and the new (review rev126 F3: a swap of two aliases' targets was refused as a
+    loop through the old targets)."""
+    stored_logins = {form: u.login for u in existing.users for form in _stored_forms(u.address)}
+    given: set[tuple[type, str]] = set()
+    logins: set[str] = set()
+    for row in staged:
+        if isinstance(row, UserRow | ListRow | AliasRow):
+            given.update((type(row), form) for form in _stored_forms(row.address))
+        if isinstance(row, UserRow):
+            logins.add(row.login)
+            if old := stored_logins.get(row.address):
+                logins.add(old)
+
+    def replaced(row: Row) -> bool:
+        if isinstance(row, UserRow | ListRow | AliasRow):
+            return (type(row), row.address) in given
+        if isinstance(row, MemberRow):
+            return (ListRow, row.list_address) in given
+        # A send-as right under the stored or the new login of a user given again.
+        return row.login in logins
+
+    return replaced
 
 
 def _ref(where: _Where | None) -> str:

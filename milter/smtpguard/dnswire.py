@@ -504,6 +504,9 @@ class _Socket(asyncio.DatagramProtocol):
             return
         del self.pending[key]
         lookup.deliver(question, key[1], reply)
+        # A retired socket closes with its last answer (review rev126 F1: it was left
+        # open, one descriptor per 256 lookups, until none were left).
+        self.close_if_idle()
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP error for one of several servers on an unconnected socket: the

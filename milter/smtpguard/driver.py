@@ -105,6 +105,8 @@ class SessionDriver:
         self.unannounced_notice = unannounced_notice
         self.conn = Connection(new_session_id(), None, None, "")
         self.entered = False
+        #: Refused by load shedding (SessionGate.shed): a stop does not wait for it.
+        self.shed = False
         #: Header fields are collected and judged together at the next step (the first
         #: body chunk or the end of the message): for an MTA that waits for no reply
         #: per field, where a field's verdict waits for end of message anyway.
@@ -205,7 +207,17 @@ class SessionDriver:
             # STARTTLS with no EHLO after it (Sendmail allows AUTH then): MAIL's macros
             # are the first to say the session is encrypted.
             conn.tls_version = self._macro("{tls_version}") or conn.tls_version
-        return self.rt.pipeline.run(Stage.MAIL, conn)
+        decision = self.rt.pipeline.run(Stage.MAIL, conn)
+        if (
+            not conn.admitted
+            and not self.shed
+            and decision.check == "session_limit"
+            and decision.action is not Action.CONTINUE
+        ):
+            # Load shedding refused it: a stop need not wait for it.
+            self.shed = True
+            self.gate.shed()
+        return decision
 
     def rcpt(self, rcptto: str, args: tuple[str, ...] | list[str] = ()) -> Decision:
         conn = self.conn
@@ -306,8 +318,7 @@ class SessionDriver:
             self.conn.abandon()
             if self.entered:
                 self.entered = False
-                if self.conn.admitted:
-                    self.gate.leave()
+                self.gate.leave(admitted=self.conn.admitted, shed=self.shed)
                 self.rt.services.metrics.session_closed()
 
     def _queue_id(self) -> None:

@@ -623,27 +623,41 @@ class SessionGate:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        #: Admitted sessions: what the limit counts.
         self.active = 0
+        #: Sessions a stop waits for: every one not shed (:meth:`shed`).
+        self.open = 0
         self.draining = False
         self._lock = threading.Lock()
 
     def enter(self) -> bool:
         """Register a session; False when it is over the limit or we are draining.
-        Only an admitted session counts (and is :meth:`leave`-d): a refused one held a
-        slot until the MTA closed it, so a stop's drain waited for sessions it had
-        refused, 30 s under load, and refusals fed on themselves (review rev124 F2,
-        F4)."""
+        Only an admitted session holds a slot of the limit: a refused one held one
+        until the MTA closed it, and refusals fed on themselves (review rev124 F4)."""
         with self._lock:
+            self.open += 1
             if self.draining or self.total() + 1 > self.limit:
                 return False
             self.active += 1
             self._publish()
             return True
 
-    def leave(self) -> None:
+    def shed(self) -> None:
+        """A session not admitted has been refused (``queue_unavailable``): a stop no
+        longer waits for it (review rev124 F2: the drain waited 30 s for sessions it
+        had refused). One that was not refused (the session limit only reporting, a
+        dry run, an exemption) may still deliver a message, and is waited for
+        (review rev126 F2)."""
         with self._lock:
-            self.active -= 1
-            self._publish()
+            self.open -= 1
+
+    def leave(self, *, admitted: bool = True, shed: bool = False) -> None:
+        with self._lock:
+            if not shed:
+                self.open -= 1
+            if admitted:
+                self.active -= 1
+                self._publish()
 
     def total(self) -> int:
         return self.active
@@ -674,7 +688,7 @@ class SharedSessionGate(SessionGate):
         """Called in a new worker: count this process's sessions in ``slot``."""
         with self._lock:
             self.slot = slot
-            self.active = 0
+            self.active = self.open = 0
             self._slots[slot] = 0
 
     def release(self, slot: int) -> None:
