@@ -589,15 +589,16 @@ class UdpTransport:
         """An answered try's reply, or why it failed (text). A truncated answer is asked
         again over TCP, given ``share`` of the time at most: one whose TCP hangs must
         leave time for the next server (review rev48)."""
+        given = share
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
             reply = outcome
             if reply.truncated:
-                loop = asyncio.get_running_loop()
-                reply = await self._tcp(question, server, min(deadline - loop.time(), share))
+                given = max(0.0, min(deadline - asyncio.get_running_loop().time(), share))
+                reply = await self._tcp(question, server, given)
         except TimeoutError:
-            return f"{server}: no answer over TCP in {share:.2g}s"
+            return f"{server}: no answer over TCP in {given:.2g}s"
         except (OSError, EOFError, dns.exception.DNSException) as exc:
             # EOFError: dnspython's TCP read when the server closes mid-answer.
             return f"{server}: {type(exc).__name__}: {exc}"
