@@ -1804,6 +1804,52 @@ def test_idn_addresses_imported_by_an_older_version(db_path: Path) -> None:
     assert login.login == "juergen"
 
 
+def test_an_older_versions_idn_entries_given_again_are_replaced(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """Review rev127 F2: a user and a list stored in U-labels by an older version, given
+    again: the new rows went in beside the old ones (the user locked by the import
+    stayed active, the list made members-only stayed open), and the checks, which
+    took the old rows as gone, let another user take the old login in another case."""
+    create_database(db_path)
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("INSERT INTO users VALUES ('u@bücher.example', 'Boss', 'active')")
+        db.execute("INSERT INTO send_as VALUES ('Boss', 'ceo@example.com')")
+        db.execute("INSERT INTO lists VALUES ('staff@bücher.example', 'open')")
+    again = """\
+[[user]]
+address = "u@bücher.example"
+login = "u-new"
+state = "locked"
+[[list]]
+address = "staff@bücher.example"
+policy = "members"
+members = ["u@bücher.example"]
+"""
+    import_file(db_path, write(tmp_path / "again.toml", again))
+    assert table_rows(db_path, "users") == [("u@xn--bcher-kva.example", "u-new", "locked")]
+    assert table_rows(db_path, "lists") == [("staff@xn--bcher-kva.example", "members")]
+    assert table_rows(db_path, "send_as") == []
+    directory = SqliteDirectory(db_path, timeout=0.5)
+    assert directory.recipient("u@xn--bcher-kva.example").state == "locked"
+    # Its old login, in another case, for someone else: no two logins differing in
+    # case only are left (the old row kept "Boss" beside the new "boss").
+    create_database(db_path)
+    with closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("INSERT INTO users VALUES ('v@bücher.example', 'Chief', 'active')")
+    handover = """\
+[[user]]
+address = "v@bücher.example"
+login = "v-new"
+[[user]]
+address = "mallory@example.com"
+login = "chief"
+"""
+    import_file(db_path, write(tmp_path / "handover.toml", handover))
+    logins = sorted(login for _address, login, _state in table_rows(db_path, "users"))
+    assert logins == ["chief", "u-new", "v-new"]
+
+
 def test_the_journal_of_an_interrupted_import_is_rolled_back(
     directory: SqliteDirectory, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

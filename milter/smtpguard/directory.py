@@ -674,10 +674,15 @@ def _clear_given_again(db: sqlite3.Connection, rows: Iterable[Row]) -> None:
             logins = {row.login} | {login for (login,) in stored if login}
             for login in logins:
                 db.execute("DELETE FROM send_as WHERE login = ?", (login,))
+            # Its row as an older version stored it too (U-labels): written again
+            # below in today's form, two rows would stay (review rev127 F2: a user
+            # locked by the import stayed active, and its old login kept).
+            db.execute("DELETE FROM users WHERE address IN (?, ?)", forms)
         elif isinstance(row, AliasRow):
             db.execute("DELETE FROM aliases WHERE address IN (?, ?)", forms)
         else:
             db.execute("DELETE FROM list_members WHERE list IN (?, ?)", forms)
+            db.execute("DELETE FROM lists WHERE address IN (?, ?)", forms)
 
 
 def _raise_problems(problems: list[str]) -> None:
@@ -1120,7 +1125,8 @@ def _given_again(staged: Iterable[Row], existing: Contents) -> Callable[[Row], b
     goes): the checks judge the directory the import makes, not one with both the old
     and the new (review rev126 F3: a swap of two aliases' targets was refused as a
     loop through the old targets)."""
-    stored_logins = {form: u.login for u in existing.users for form in _stored_forms(u.address)}
+    # By the address as stored and in today's form (a U-label one's A-labels).
+    stored_logins = {form: u.login for u in existing.users for form in (u.address, _key(u.address))}
     given: set[tuple[type, str]] = set()
     logins: set[str] = set()
     for row in staged:

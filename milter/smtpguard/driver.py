@@ -105,8 +105,8 @@ class SessionDriver:
         self.unannounced_notice = unannounced_notice
         self.conn = Connection(new_session_id(), None, None, "")
         self.entered = False
-        #: Refused by load shedding (SessionGate.shed): a stop does not wait for it.
-        self.shed = False
+        #: Not admitted, but its MAIL FROM passed (SessionGate.carry_on).
+        self.carried_on = False
         #: Header fields are collected and judged together at the next step (the first
         #: body chunk or the end of the message): for an MTA that waits for no reply
         #: per field, where a field's verdict waits for end of message anyway.
@@ -208,15 +208,10 @@ class SessionDriver:
             # are the first to say the session is encrypted.
             conn.tls_version = self._macro("{tls_version}") or conn.tls_version
         decision = self.rt.pipeline.run(Stage.MAIL, conn)
-        if (
-            not conn.admitted
-            and not self.shed
-            and decision.check == "session_limit"
-            and decision.action is not Action.CONTINUE
-        ):
-            # Load shedding refused it: a stop need not wait for it.
-            self.shed = True
-            self.gate.shed()
+        if not conn.admitted and not self.carried_on and decision.action is Action.CONTINUE:
+            # Over the limit, yet going on: a stop waits for it from here.
+            self.carried_on = True
+            self.gate.carry_on()
         return decision
 
     def rcpt(self, rcptto: str, args: tuple[str, ...] | list[str] = ()) -> Decision:
@@ -318,7 +313,7 @@ class SessionDriver:
             self.conn.abandon()
             if self.entered:
                 self.entered = False
-                self.gate.leave(admitted=self.conn.admitted, shed=self.shed)
+                self.gate.leave(admitted=self.conn.admitted, carried_on=self.carried_on)
                 self.rt.services.metrics.session_closed()
 
     def _queue_id(self) -> None:

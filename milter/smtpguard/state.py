@@ -625,7 +625,8 @@ class SessionGate:
         self.limit = limit
         #: Admitted sessions: what the limit counts.
         self.active = 0
-        #: Sessions a stop waits for: every one not shed (:meth:`shed`).
+        #: Sessions a stop waits for: the admitted ones, and those not admitted that
+        #: went on all the same (:meth:`carry_on`).
         self.open = 0
         self.draining = False
         self._lock = threading.Lock()
@@ -635,25 +636,25 @@ class SessionGate:
         Only an admitted session holds a slot of the limit: a refused one held one
         until the MTA closed it, and refusals fed on themselves (review rev124 F4)."""
         with self._lock:
-            self.open += 1
             if self.draining or self.total() + 1 > self.limit:
                 return False
             self.active += 1
+            self.open += 1
             self._publish()
             return True
 
-    def shed(self) -> None:
-        """A session not admitted has been refused (``queue_unavailable``): a stop no
-        longer waits for it (review rev124 F2: the drain waited 30 s for sessions it
-        had refused). One that was not refused (the session limit only reporting, a
-        dry run, an exemption) may still deliver a message, and is waited for
-        (review rev126 F2)."""
+    def carry_on(self) -> None:
+        """A session not admitted whose MAIL FROM passed all the same (the session
+        limit only reporting, a dry run, an exemption): it may deliver a message, so
+        a stop waits for it (review rev126 F2: it was cut mid-message). Counted from
+        there only: from its connect, the sessions a draining service refuses kept a
+        stop under load waiting its full 30 s (reviews rev124 F2, rev127 F1)."""
         with self._lock:
-            self.open -= 1
+            self.open += 1
 
-    def leave(self, *, admitted: bool = True, shed: bool = False) -> None:
+    def leave(self, *, admitted: bool = True, carried_on: bool = False) -> None:
         with self._lock:
-            if not shed:
+            if admitted or carried_on:
                 self.open -= 1
             if admitted:
                 self.active -= 1
