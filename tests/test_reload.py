@@ -210,6 +210,31 @@ def test_the_drain_waits_for_a_session_the_limit_only_reported(tmp_path: Path) -
         assert service.process.wait(timeout=20) == 0
 
 
+def test_the_drain_waits_for_a_reported_session_before_its_mail_from(tmp_path: Path) -> None:
+    """Review rev128 F1: a session over the limit that the limit only reports, still
+    before MAIL FROM when the admitted sessions had ended, was cut by the stop."""
+    extra = {"limits": {"max_sessions": 1}, "checks": {"session_limit": {"mode": "report"}}}
+    site = make_site(tmp_path, extra)
+    with running(site) as service:
+        first = MilterSession(str(site.socket))
+        first.connect("192.0.2.10")
+        first.helo("mail.sender.example")
+        over = MilterSession(str(site.socket))
+        over.connect("192.0.2.11")
+        assert over.helo("mail.sender.example").kind == "continue"
+        wait_until(lambda: "would='450 4.3.2'" in service.log())
+        service.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        first.close()
+        time.sleep(1.0)  # the drain would have ended here, had it not counted `over`
+        assert over.mail("<a@sender.example>").kind == "continue"
+        assert over.rcpt("<alice@example.com>").kind == "continue"
+        final, _mods, _early = over.message([("From", "a@sender.example")], b"hi\r\n")
+        assert final.kind == "continue", final
+        over.close()
+        assert service.process.wait(timeout=20) == 0
+
+
 def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path) -> None:
     """Review rev43: the drain ran on the main thread, so a second SIGTERM reached
     libmilter's signal thread and cut the sessions the drain was waiting for."""

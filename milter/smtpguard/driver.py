@@ -158,7 +158,14 @@ class SessionDriver:
         self.entered = True
         conn.admitted = self.gate.enter()
         self.rt.services.metrics.session_opened()
-        return self.rt.pipeline.run(Stage.CONNECT, conn)
+        decision = self.rt.pipeline.run(Stage.CONNECT, conn)
+        if not conn.admitted and conn.pending is None:
+            # Over the limit, yet nothing to refuse it with (the session limit only
+            # reporting, a dry run, an exemption): a stop waits for it as for any
+            # other (review rev128 F1: one still before MAIL FROM was cut).
+            self.carried_on = True
+            self.gate.carry_on()
+        return decision
 
     def helo(self, name: str) -> Decision:
         self.conn.helo = name
