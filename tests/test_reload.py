@@ -212,7 +212,8 @@ def test_the_drain_waits_for_a_session_the_limit_only_reported(
         service.process.send_signal(signal.SIGTERM)
         wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
         first.close()
-        time.sleep(1.0)  # the drain would have ended here, had it not counted `over`
+        # The drain would have ended here, had it not counted `over`.
+        holds_for(lambda: service.process.poll() is None, 1.0)
         if mail_from == "after the stop":
             envelope()
         final, _mods, _early = over.message([("From", "a@sender.example")], b"hi\r\n")
