@@ -105,7 +105,7 @@ class SessionDriver:
         self.unannounced_notice = unannounced_notice
         self.conn = Connection(new_session_id(), None, None, "")
         self.entered = False
-        #: Not admitted, but its MAIL FROM passed (SessionGate.carry_on).
+        #: Not admitted, but going on all the same (SessionGate.carry_on).
         self.carried_on = False
         #: Header fields are collected and judged together at the next step (the first
         #: body chunk or the end of the message): for an MTA that waits for no reply
@@ -159,12 +159,10 @@ class SessionDriver:
         conn.admitted = self.gate.enter()
         self.rt.services.metrics.session_opened()
         decision = self.rt.pipeline.run(Stage.CONNECT, conn)
-        if not conn.admitted and conn.pending is None:
-            # Over the limit, yet nothing to refuse it with (the session limit only
-            # reporting, a dry run, an exemption): a stop waits for it as for any
-            # other (review rev128 F1: one still before MAIL FROM was cut).
-            self.carried_on = True
-            self.gate.carry_on()
+        if conn.pending is None:
+            # Nothing to refuse it with (the session limit only reporting, a dry run,
+            # an exemption; review rev128 F1: one still before MAIL FROM was cut).
+            self._carry_on()
         return decision
 
     def helo(self, name: str) -> Decision:
@@ -215,11 +213,16 @@ class SessionDriver:
             # are the first to say the session is encrypted.
             conn.tls_version = self._macro("{tls_version}") or conn.tls_version
         decision = self.rt.pipeline.run(Stage.MAIL, conn)
-        if not conn.admitted and not self.carried_on and decision.action is Action.CONTINUE:
-            # Over the limit, yet going on: a stop waits for it from here.
+        if decision.action is Action.CONTINUE:
+            self._carry_on()
+        return decision
+
+    def _carry_on(self) -> None:
+        """A session over the limit that goes on all the same: a stop waits for it
+        (SessionGate.carry_on), counted once."""
+        if not self.conn.admitted and not self.carried_on:
             self.carried_on = True
             self.gate.carry_on()
-        return decision
 
     def rcpt(self, rcptto: str, args: tuple[str, ...] | list[str] = ()) -> Decision:
         conn = self.conn

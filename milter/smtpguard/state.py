@@ -626,7 +626,7 @@ class SessionGate:
         #: Admitted sessions: what the limit counts.
         self.active = 0
         #: Sessions a stop waits for: the admitted ones, and those not admitted that
-        #: went on all the same (:meth:`carry_on`).
+        #: go on all the same (:meth:`carry_on`).
         self.open = 0
         self.draining = False
         self._lock = threading.Lock()
@@ -644,11 +644,11 @@ class SessionGate:
             return True
 
     def carry_on(self) -> None:
-        """A session not admitted whose MAIL FROM passed all the same (the session
-        limit only reporting, a dry run, an exemption): it may deliver a message, so
-        a stop waits for it (review rev126 F2: it was cut mid-message). Counted from
-        there only: from its connect, the sessions a draining service refuses kept a
-        stop under load waiting its full 30 s (reviews rev124 F2, rev127 F1)."""
+        """A session not admitted that goes on all the same (the session limit only
+        reporting, a dry run, an exemption): it may deliver a message, so a stop
+        waits for it (reviews rev126 F2, rev128 F1: it was cut). Never one that load
+        shedding refuses: counted, those kept a stop under load waiting its full
+        30 s (reviews rev124 F2, rev127 F1)."""
         with self._lock:
             self.open += 1
 
