@@ -246,8 +246,35 @@ def test_relay_control_milter_passes_recipients_only_while_milters_are_set(
     cfg = config(tmp_path, {"site": {"relay_control": "milter"}})
     value = changes(make_plan(cfg))["smtpd_relay_restrictions"]
     assert value == (
-        f"permit_mynetworks permit_sasl_authenticated {MILTER_RELAY_PASS} defer_unauth_destination"
+        "permit_mynetworks permit_sasl_authenticated permit_auth_destination"
+        f" {MILTER_RELAY_PASS} {OURS_POSTFIX} defer_unauth_destination"
     )
+
+
+def test_milter_mode_is_written_once(tmp_path: Path) -> None:
+    """Run again over its own output, the plan changes nothing."""
+    cfg = config(tmp_path, {"site": {"relay_control": "milter"}})
+    first = changes(make_plan(cfg))["smtpd_relay_restrictions"]
+    again = make_plan(cfg, smtpd_relay_restrictions=first)
+    assert "smtpd_relay_restrictions" not in changes(again)
+    assert not [p for p in again.problems if p.startswith("smtpd_relay_restrictions")]
+
+
+def test_milter_mode_of_an_older_release_gets_the_static_reply_without_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """Review rev119 F3: the pass-through alone left a recipient with routing in its
+    local part to Postfix's own guard (454 Relay access denied). An instance set up
+    that way gets the table's reply after it, and --check calls that no conflict."""
+    cfg = config(tmp_path, {"site": {"relay_control": "milter"}})
+    old = f"permit_mynetworks permit_sasl_authenticated {MILTER_RELAY_PASS}"
+    old += " defer_unauth_destination"
+    result = make_plan(cfg, smtpd_relay_restrictions=old)
+    assert changes(result)["smtpd_relay_restrictions"] == (
+        "permit_mynetworks permit_sasl_authenticated permit_auth_destination"
+        f" {MILTER_RELAY_PASS} {OURS_POSTFIX} defer_unauth_destination"
+    )
+    assert not [p for p in result.problems if p.startswith("smtpd_relay_restrictions")]
 
 
 @pytest.mark.parametrize(
@@ -344,8 +371,10 @@ def test_switching_relay_control_to_milter_removes_the_static_reply(tmp_path: Pa
     first = changes(make_plan(config(tmp_path / "p")))["smtpd_relay_restrictions"]
     milter = config(tmp_path / "m", {"site": {"relay_control": "milter"}})
     value = changes(make_plan(milter, smtpd_relay_restrictions=first))["smtpd_relay_restrictions"]
-    assert "static:{553" not in value
-    assert value.endswith(f"{MILTER_RELAY_PASS} defer_unauth_destination")
+    assert value == (
+        "permit_mynetworks permit_sasl_authenticated permit_auth_destination"
+        f" {MILTER_RELAY_PASS} {OURS_POSTFIX} defer_unauth_destination"
+    )
 
 
 def test_a_changed_reply_text_replaces_the_old_one(tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ The rules this follows come from measurements on Postfix 3.7 (``docs/postfix.md`
   holds with the milter down, removed or in dry run.
 * In ``"milter"`` mode the ``static:{OK}`` that lets unauthorized recipients through to
   the milter is wrapped in ``${smtpd_milters?{...}}``: with ``smtpd_milters`` emptied
-  or commented out it disappears and Postfix's guard refuses relaying again.
+  or commented out it disappears and Postfix's guard refuses relaying again. The
+  table's static reply stays after it: Postfix ignores the OK for a recipient with
+  routing in its local part (``allow_untrusted_routing = no``), and refuses that one
+  itself (review rev119 F3: with its own 454, not the table's 553).
 * A milter's own settings (``default_action``, timeouts, protocol) go into its
   ``smtpd_milters`` entry, so the admin's other milters keep theirs.
 """
@@ -901,11 +904,12 @@ class _Planner:
 
     def relay(self) -> None:
         milter_mode = self.config.site.relay_control == "milter"
-        ours = MILTER_RELAY_PASS if milter_mode else relay_access(self.replies, self._utf8)
+        ours = relay_access(self.replies, self._utf8)
         names = ("smtpd_relay_restrictions", "smtpd_recipient_restrictions")
         # Earlier postfix-config output (the other relay_control, an older reply text)
-        # comes out first; everything else stays as the admin wrote it, unexpanded.
-        cleaned = {name: self._without_ours(name, ours) for name in names}
+        # comes out first; everything else stays as the admin wrote it, unexpanded. In
+        # milter mode everything of ours comes out, to go back in its order.
+        cleaned = {name: self._without_ours(name, None if milter_mode else ours) for name in names}
         open_relay = self._open_relay_problems(cleaned, milter_mode)
         name = "smtpd_relay_restrictions"
         if (
@@ -932,7 +936,15 @@ class _Planner:
                 continue
             stale = self.raw[other] != self._without_ours(other, None)
             conflict = None
-            if stale and not milter_mode and MILTER_RELAY_PASS in self.raw[other]:
+            if (
+                stale
+                and milter_mode
+                and self._without_ours(other, MILTER_RELAY_PASS) == self.raw[other]
+            ):
+                # Written by a release before rev119 F3: the pass-through alone. Not a
+                # conflict; what this plan adds is the table's reply for routed mail.
+                stale = False
+            elif stale and not milter_mode and MILTER_RELAY_PASS in self.raw[other]:
                 # Review rev116 F2: left from relay_control = "milter".
                 conflict = (
                     f"passes every recipient to the milter ({MILTER_RELAY_PASS}, the"
@@ -952,9 +964,10 @@ class _Planner:
             )
 
     def _with_ours(self, name: str, base: str, ours: str, milter_mode: bool) -> str | None:
-        """``base`` with ``ours`` right before its relay guard, or None (and a note)
-        where that cannot be done without changing what the admin's list means."""
-        if ours in base:
+        """``base`` with ``ours`` (the table's static relay reply) right before its
+        relay guard, in milter mode after the pass-through, or None (and a note) where
+        that cannot be done without changing what the admin's list means."""
+        if ours in base and not milter_mode:
             return base
         if not _guards(base):
             if not self.now[name].strip():
@@ -965,10 +978,11 @@ class _Planner:
         spans, guards = list_spans(base), _guards(base)
         if not guards:
             if _guards(self.now[name]):
+                before = f"{MILTER_RELAY_PASS}, {ours}" if milter_mode else ours
                 self.notes.append(
                     f"{name} reaches its relay guard through another parameter"
                     f" ({self.raw[name]}): to get the table's relay reply, put"
-                    f" {ours} before the guard there"
+                    f" permit_auth_destination, {before} before the guard there"
                 )
             else:
                 self.notes.append(
@@ -984,9 +998,10 @@ class _Planner:
             )
             return None
         at = spans[guards[-1]][0]
-        insert = [ours]
-        if not milter_mode and "permit_auth_destination" not in split_list(base[:at]):
-            insert = ["permit_auth_destination", ours]
+        insert = [MILTER_RELAY_PASS, ours] if milter_mode else [ours]
+        if "permit_auth_destination" not in split_list(base[:at]):
+            # Before the pass-through too: an earlier run's stays where it was.
+            insert = ["permit_auth_destination", *insert]
         # In the admin's style: a list written without commas gets none.
         sep = ", " if any(base[b:e].strip() == "," for b, e in _gaps(spans)) else " "
         return base[:at] + sep.join(insert) + sep + base[at:]
