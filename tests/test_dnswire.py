@@ -555,6 +555,17 @@ def slow_nameservers(hosts: Sequence[str], delay: float) -> Iterator[int]:
     """UDP servers on ``hosts``, one port for all (yielded), that answer every question
     NXDOMAIN ``delay`` seconds after it came, each on a timer of its own (a server slow
     upstream: its answers to several tries come one after the other)."""
+    with timed_nameservers(hosts, lambda _host, _query: (dns.rcode.NXDOMAIN, delay)) as port:
+        yield port
+
+
+@contextmanager
+def timed_nameservers(
+    hosts: Sequence[str], judge: Callable[[str, dns.message.Message], tuple[dns.rcode.Rcode, float]]
+) -> Iterator[int]:
+    """UDP servers on ``hosts``, one port for all (yielded), that answer each question
+    with the RCODE ``judge(host, query)`` gives, as many seconds after it came as it
+    says, each on a timer of its own."""
     socks: list[socket.socket] = []
     port = 0
     for host in hosts:
@@ -567,13 +578,18 @@ def slow_nameservers(hosts: Sequence[str], delay: float) -> Iterator[int]:
     timers: list[threading.Timer] = []
 
     def serve(udp: socket.socket) -> None:
+        host = udp.getsockname()[0]
         while not stop.is_set():
             try:
                 data, peer = udp.recvfrom(4096)
-                reply = dns.message.make_response(dns.message.from_wire(data))
+                query = dns.message.from_wire(data)
+                reply = dns.message.make_response(query)
             except (OSError, dns.exception.DNSException):
                 continue
-            reply.set_rcode(dns.rcode.NXDOMAIN)
+            rcode, delay = judge(host, query)
+            reply.set_rcode(rcode)
+            if rcode == dns.rcode.FORMERR:
+                reply.use_edns(False)
             timer = threading.Timer(delay, udp.sendto, (reply.to_wire(), peer))
             timers.append(timer)
             timer.start()
@@ -591,6 +607,28 @@ def slow_nameservers(hosts: Sequence[str], delay: float) -> Iterator[int]:
             timer.cancel()
         for udp in socks:
             udp.close()
+
+
+def test_a_late_formerr_to_edns_is_no_failure_of_the_server() -> None:
+    """Review rev126: two old servers that refuse EDNS, the second slower. Once the
+    first one's FORMERR turned EDNS off, the second one's FORMERR to the EDNS try it
+    had already been sent marked it failed; with the first one failing plainly, the
+    lookup ended SERVFAIL although the second one was about to answer."""
+
+    def judge(host: str, query: dns.message.Message) -> tuple[dns.rcode.Rcode, float]:
+        first = host == "127.0.0.4"
+        if query.edns >= 0:
+            return dns.rcode.FORMERR, 0.7 if first else 0.6
+        return (dns.rcode.SERVFAIL, 0.0) if first else (dns.rcode.NXDOMAIN, 0.6)
+
+    with timed_nameservers(["127.0.0.4", "127.0.0.5"], judge) as port:
+        # Two servers, four tries, one every 0.5 s: EDNS to each, then plainly.
+        r = Resolver(UdpTransport(["127.0.0.4", "127.0.0.5"], port, 2.0))
+        try:
+            answer = r.lookup("a.example", "A", time.monotonic() + 5)
+        finally:
+            r.close()
+    assert answer.status is Status.NXDOMAIN, answer
 
 
 def test_many_lookups_at_once_on_sockets_that_retire_quickly() -> None:

@@ -789,10 +789,14 @@ class _Lookup:
             if isinstance(judged, Answer):
                 return judged
             self.next_send = self.loop.time()
-            if judged == _EDNS_REFUSED and self.edns:
+            if judged == _EDNS_REFUSED and question.edns:
                 # An old server that does not speak EDNS0 (RFC 6891 §7): ask plainly.
-                self.edns = False
-                self.errors.append(f"{server} answered FORMERR to EDNS")
+                # Judged by the try it answers: a second server's FORMERR to an EDNS
+                # try sent before the first one's turned EDNS off is no failure of its
+                # own (review rev126).
+                if self.edns:
+                    self.edns = False
+                    self.errors.append(f"{server} answered FORMERR to EDNS")
                 continue
             self.errors.append(f"{server} answered FORMERR" if judged == _EDNS_REFUSED else judged)
             self.failed.add(server)
