@@ -170,6 +170,12 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "policy.exempt[1].name",
             "'p' is already the name of policy.exempt[0]",
         ),
+        # Review rev129 F3: the built-in one's name, in skipped= lines and its rule.
+        (
+            "[[policy.exempt]]\nname = 'Postmaster'\nips = ['192.0.2.1']\nskip = ['rbl']\n",
+            "policy.exempt[0].name",
+            "is the name of the built-in exemption",
+        ),
         # 40-bit recipient hashes: a short key could be found offline from one marker.
         ("[content]\nloop_marker_key = 'short'\n", "content.loop_marker_key", "too short"),
         ("[replies]\nform = 'two_lines'\n", "replies.form", "must be one of"),
@@ -532,6 +538,12 @@ def test_cli_reports_bad_endpoints_as_config_errors(
             "action = 'score'\nweight = 3\n[checks.antispam]\nmode = 'off'\n",
             "dnsbl.zones[0].action",
             'checks.antispam.mode is "off"',
+        ),
+        # Review rev129 F4: looked up by the rbl check alone, which was off.
+        (
+            "action = 'score'\nweight = 3\n[checks.rbl]\nmode = 'off'\n",
+            "dnsbl.zones[0].action",
+            'checks.rbl.mode is "off": it would never be asked',
         ),
     ],
 )

@@ -159,6 +159,27 @@ def test_spam_let_through_by_report_mode_is_flagged_like_any_spam(reporting: Run
     assert ("h", {"name": "X-Spam-Score", "value": "16.0"}) in mods
 
 
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+    extra = {
+        "antispam": {"add_header_score": 6.0, "reject_score": 15.0},
+        "checks": {"rbl": {"mode": "report"}},
+    }
+    yield from dns_site(tmp_path_factory.mktemp("trial"), unbound.port, extra, SCORE_ZONES)
+
+
+def test_score_zones_on_trial_refuse_nothing(trial: Running) -> None:
+    """Review rev129 F4: with the rbl check in report mode two score zones still
+    refused the message through the anti-spam score. Their listings are logged and
+    not added."""
+    final, mods = deliver(trial, SCORE_IP)
+    assert_pass(final)
+    status = ("h", {"name": "X-Spam-Status", "value": "No, score=0.0 required=6.0 tests=none"})
+    assert status in mods, mods
+    assert "zone=score2.test" in trial.log()
+    assert "score +8.0 (not added: rbl mode=report)" in trial.log()
+
+
 # --- exemptions -----------------------------------------------------------------------
 
 GTUBE = GTUBE_BYTES.decode() + "\r\n"

@@ -1565,6 +1565,14 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
     )
     names: dict[str, int] = {}
     for index, ex in enumerate(out.exempt):
+        if ex.name.lower() == "postmaster":
+            # The built-in exemption's name (policy.postmaster_skip) in skipped= lines,
+            # and the policy would read recipients = ["postmaster"] as its rule (review
+            # rev129 F3).
+            raise s.error(
+                f"exempt[{index}].name",
+                "'postmaster' is the name of the built-in exemption (policy.postmaster_skip)",
+            )
         if ex.name in names:
             # The log's skipped=check:name says which exemption let a message pass.
             raise s.error(
@@ -2065,11 +2073,21 @@ def _require_scoring(
     """A scoring zone adds to the anti-spam score: without that check it would do nothing."""
     antispam = checks.get("antispam") or CHECK_DEFAULTS["antispam"]
     for index, zone in enumerate(dnsbl.zones):
-        if zone.action == "score" and antispam.mode == "off":
+        if zone.action != "score":
+            continue
+        if antispam.mode == "off":
             raise ConfigError(
                 root.file,
                 f"dnsbl.zones[{index}].action",
                 'a "score" zone adds to the antispam score, but checks.antispam.mode is "off"',
+            )
+        # Its lookups are the zone's kind's check's (review rev129 F4: never asked).
+        if (checks.get(zone.kind) or CHECK_DEFAULTS.get(zone.kind, _DEFAULT_CHECK)).mode == "off":
+            raise ConfigError(
+                root.file,
+                f"dnsbl.zones[{index}].action",
+                f'a "score" zone is looked up by the {zone.kind} check, but'
+                f' checks.{zone.kind}.mode is "off": it would never be asked',
             )
 
 

@@ -273,6 +273,25 @@ def test_score_zones_record_weights_instead_of_refusing(
     assert SCORES not in conn.scratch
 
 
+def test_score_zones_of_a_check_in_report_mode_add_nothing(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev129 F4: a zone on trial (its check in report mode) refused mail
+    through the anti-spam score. Its listing is logged, its weight not added."""
+    zones = [{"name": "s1.test", "action": "score", "weight": 8.0}]
+    services = dns_services(
+        tmp_path, resolver, dnsbl={"zones": zones}, checks={"rbl": {"mode": "report"}}
+    )
+    fake.add(f"{NAME}.s1.test", "A", "127.0.0.2")
+    conn = make_conn(sender="a@sender.test", ip=CLIENT)
+    caplog.set_level(logging.INFO, logger="smtpguard")
+    assert Rbl(services)(conn, soon()) is None
+    assert conn.txn is not None
+    assert SCORES not in conn.txn.scratch
+    assert "zone=s1.test" in caplog.text
+    assert "score +8.0 (not added: rbl mode=report)" in caplog.text
+
+
 def test_local_block_list_answers_like_a_zone_without_dns(tmp_path: Path) -> None:
     listed = tmp_path / "relays.txt"
     listed.write_text("198.51.100.0/24\n")

@@ -140,6 +140,10 @@ class _Dnsbl:
         self._ignored_lock = threading.Lock()
         #: Client addresses found in no zone (module docstring).
         self.clean: Memo[bool] = Memo(services.config.dns.verdict_ttl)
+        #: In report mode a score zone's weight is logged, not added: a zone on trial
+        #: refused mail through the anti-spam score (review rev129 F4). A dry run adds
+        #: it, for the anti-spam check's own report.
+        self.scores_count = services.config.check(self.name).mode != "report"
 
     def prefetch(self, conn: Connection) -> None:
         if conn.trusted_network or conn.client_ip is None or self.key in conn.scratch:
@@ -222,14 +226,16 @@ class _Dnsbl:
                 failures.append(f"{zone.name}: {broken}")
                 continue
             if zone.action == "score":
-                self._score(conn, zone)
+                if self.scores_count:
+                    self._score(conn, zone)
                 log.info(
-                    "dnsbl sid=%s zone=%s client=%s listed as %s: score %+.1f",
+                    "dnsbl sid=%s zone=%s client=%s listed as %s: score %+.1f%s",
                     conn.session_id,
                     zone.name,
                     conn.client_ip,
                     ",".join(listed),
                     zone.weight,
+                    "" if self.scores_count else f" (not added: {self.name} mode=report)",
                 )
                 continue
             if hit is None:
