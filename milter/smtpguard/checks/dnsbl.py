@@ -226,17 +226,7 @@ class _Dnsbl:
                 failures.append(f"{zone.name}: {broken}")
                 continue
             if zone.action == "score":
-                if self.scores_count:
-                    self._score(conn, zone)
-                log.info(
-                    "dnsbl sid=%s zone=%s client=%s listed as %s: score %+.1f%s",
-                    conn.session_id,
-                    zone.name,
-                    conn.client_ip,
-                    ",".join(listed),
-                    zone.weight,
-                    "" if self.scores_count else f" (not added: {self.name} mode=report)",
-                )
+                self._score(conn, zone, listed)
                 continue
             if hit is None:
                 hit = Hit(self.reply_id, self._detail(conn, zone, name, listed, event))
@@ -270,12 +260,21 @@ class _Dnsbl:
         self._log_ignored(conn, zone, why)
         return why
 
-    def _score(self, conn: Connection, zone: DnsblZone) -> None:
+    def _score(self, conn: Connection, zone: DnsblZone, listed: list[str]) -> None:
         # On the transaction: a later one of the connection may be authenticated,
         # exempt, or refused before it gets here.
-        if conn.txn is not None:
+        if conn.txn is not None and self.scores_count:
             scores = conn.txn.scratch.setdefault(SCORES, {})
             scores.setdefault(self.name, {})[zone.name] = zone.weight
+        log.info(
+            "dnsbl sid=%s zone=%s client=%s listed as %s: score %+.1f%s",
+            conn.session_id,
+            zone.name,
+            conn.client_ip,
+            ",".join(listed),
+            zone.weight,
+            "" if self.scores_count else f" (not added: {self.name} mode=report)",
+        )
 
     def _local(self, ip: IPAddress) -> Hit | None:
         for item in self.local:
