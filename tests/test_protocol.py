@@ -449,6 +449,33 @@ def test_concurrent_sessions_are_independent(service: Running) -> None:
     assert not errors, errors[0]
 
 
+@pytest.mark.parametrize(
+    ("ip", "reply_id"),
+    [("198.51.100.7", "helo_error"), ("192.0.2.10", None)],
+    ids=["stranger", "trusted"],
+)
+def test_a_helo_name_that_is_not_utf8_is_judged(
+    service: Running, ip: str, reply_id: str | None
+) -> None:
+    """Review rev130 F1: pymilter decodes the HELO name as strict UTF-8 before
+    smtpguard runs; with no reply to HELO the step was lost, and MAIL FROM got a
+    permanent helo_first, a trusted client's too (Postfix with smtputf8_enable = no
+    passes such a name on). The name is judged surrogate-escaped: invalid from a
+    stranger, nothing to judge from a trusted client. The log names the session."""
+    with service.session() as s:
+        assert_pass(s.connect(ip))
+        assert_pass(s.helo_bytes(b"B\xf6ro-PC.corp.example"))
+        answer = s.mail("<alice@example.com>" if reply_id is None else "<a@sender.example>")
+        if reply_id is None:
+            assert_pass(answer)
+        else:
+            assert_reply(answer, reply_id)
+    log = service.log()
+    assert "HELO name is not UTF-8" in log
+    assert "'B\\udcf6ro-PC.corp.example'" in log
+    assert "UnicodeDecodeError: 'utf-8' codec" not in log  # not bare on stderr
+
+
 def test_an_unreadable_connect_host_name_is_no_pass(service: Running) -> None:
     """pymilter decodes the connect host name as UTF-8 before smtpguard runs: an 8-bit
     one skipped connect, and with it every check of the client address (review rev74
@@ -459,3 +486,5 @@ def test_an_unreadable_connect_host_name_is_no_pass(service: Running) -> None:
         assert (answer.kind, answer.code, answer.xcode) == ("reply", "451", "4.3.0"), answer
         assert_reply(s.mail("<friend@sender.example>"), "internal_error")
     assert "MAIL FROM without a connect step" in service.log()
+    # Review rev130 F2: pymilter's error, in our log with a time, not bare on stderr.
+    assert "pymilter could not pass a callback its arguments before the session" in service.log()

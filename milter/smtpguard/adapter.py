@@ -24,6 +24,7 @@ import logging
 import os
 import pwd
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,11 @@ from smtpguard.state import SessionGate
 from smtpguard.verdict import TempError
 
 log = logging.getLogger("smtpguard")
+
+#: The milter object of the session whose callback runs now. pymilter gives each
+#: libmilter context a Python thread state of its own, kept for all of its callbacks
+#: (``_get_context``), so this is per session: what :func:`_glue_fault` reads.
+_session = threading.local()
 #: What a macro that is not valid UTF-8 reads as (U+FFFD, the replacement character).
 UNREADABLE_MACRO = "\ufffd"
 
@@ -167,10 +173,43 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
     # --- callbacks --------------------------------------------------------------
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        _session.milter = self
         return self._guard(Stage.CONNECT, self.driver.connect, hostname, family, hostaddr)
 
     def hello(self, hostname: str) -> int:
         return self._guard(Stage.HELO, self.driver.helo, hostname)
+
+    def glue_fault(self, error: BaseException) -> None:
+        """pymilter raised in its own code, before calling back (:func:`_glue_fault`):
+        its strict UTF-8 decoding of the HELO name or of a header field's name. It
+        answers 451 4.3.0 where the MTA waits for an answer. A HELO name is judged
+        here instead, surrogate-escaped as envelope addresses are: with no reply to
+        HELO (the unix socket) the step was lost, and MAIL FROM got a permanent
+        helo_first from a client that had said HELO (review rev130 F1: Postfix with
+        smtputf8_enable = no passes such a name on)."""
+        conn = self.driver.conn
+        raw = error.object if isinstance(error, UnicodeDecodeError) else None
+        if isinstance(raw, bytes) and conn.txn is None:
+            name = raw.decode("utf-8", "surrogateescape")
+            log.warning(
+                "sid=%s HELO name is not UTF-8 (%s); judged as %r", conn.session_id, error, name
+            )
+            if self._guard(Stage.HELO, self.driver.helo, name) != Milter.CONTINUE:
+                conn.defer(TempError("internal_error", "exception"), "adapter")
+            return
+        log.warning(
+            "sid=%s pymilter could not pass the %s its arguments (%s: %s); the step is"
+            " answered with pymilter's 451 4.3.0 where the MTA waits for an answer",
+            conn.session_id,
+            "header field" if conn.txn is not None else "callback",
+            type(error).__name__,
+            error,
+        )
+        if conn.txn is not None:
+            # A field no check read: never accepted as if it had been.
+            conn.txn.defer(
+                TempError("internal_error", f"unreadable header field: {error}"), "adapter"
+            )
 
     def envfrom(self, mailfrom: str, *args: str) -> int:
         return self._guard(Stage.MAIL, self.driver.mail, mailfrom, args)
@@ -215,6 +254,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
     def close(self) -> int:
         self._quietly("close", self.driver.close)
+        _session.milter = None
         return int(Milter.CONTINUE)
 
     def _quietly(self, what: str, step: Callable[[], None]) -> None:
@@ -419,9 +459,37 @@ def serve(app: App, reload: Callable[[], Runtime | None] | None = None) -> None:
 
 
 def install(app: App) -> None:
-    """Make libmilter create one milter object per connection, all sharing ``app``."""
+    """Make libmilter create one milter object per connection, all sharing ``app``;
+    pymilter's own faults go to our log (:func:`_glue_fault`)."""
     unix = app.runtime.config.milter.socket.startswith(("unix:", "local:"))
     Milter.factory = partial(SmtpGuardMilterNoReply if unix else SmtpGuardMilter, app)
+    if sys.excepthook is not _glue_fault:
+        global _previous_hook  # noqa: PLW0603 - the hook a main-thread error goes to
+        _previous_hook = sys.excepthook
+        sys.excepthook = _glue_fault
+
+
+_previous_hook = sys.excepthook
+
+
+def _glue_fault(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    """``sys.excepthook``. On a libmilter thread it is called only by pymilter's C
+    glue (``PyErr_Print``): an exception before a callback ran (the adapter catches
+    its own, and threading's threads have ``threading.excepthook``). It went to stderr
+    bare, with no time or session (review rev130 F2)."""
+    if threading.get_ident() == threading.main_thread().ident:
+        _previous_hook(kind, error, tb)
+        return
+    milter_object = getattr(_session, "milter", None)
+    if isinstance(milter_object, SmtpGuardMilter):
+        milter_object.glue_fault(error)
+        return
+    log.warning(
+        "pymilter could not pass a callback its arguments before the session began"
+        " (%s: %s, the connect host name?); the MTA is answered 451 4.3.0",
+        kind.__name__,
+        error,
+    )
 
 
 def run(

@@ -524,3 +524,35 @@ def test_domain_conflicts_are_the_domains_postfix_accepts() -> None:
         )
     finally:
         postfix.stop()
+
+
+@pytest.mark.parametrize(
+    ("ident", "sender", "reply_id"),
+    [
+        ({"addr": "192.0.2.10", "name": "pc.corp.example"}, "alice@example.com", None),
+        (FOREIGN, "a@sender.example", "helo_error"),
+    ],
+    ids=["trusted", "stranger"],
+)
+def test_a_helo_name_that_is_not_utf8_is_judged_through_postfix(
+    ident: dict[str, str], sender: str, reply_id: str | None
+) -> None:
+    """Review rev130 F1: with smtputf8_enable = no Postfix passes a HELO name that is
+    not UTF-8 on to the milter, which pymilter cannot decode; MAIL FROM then got a
+    permanent 501 helo_first, from a trusted LAN host too. (postfix-config turns
+    smtputf8_enable on unless the table is never sent in UTF-8.)"""
+    s = site("helo-8bit", {"replies": {"utf8": "never"}})
+    with running(s):
+        postfix = start_postfix(s.config, "smtputf8_enable = no\n")
+        try:
+            with client(postfix, {k: v for k, v in ident.items() if k != "helo"}) as c:
+                c.send_raw(b"EHLO B\xf6ro-PC.corp.example\r\n")
+                assert c.read().code == 250
+                mail = c.cmd(f"MAIL FROM:<{sender}>")
+            if reply_id is None:
+                assert mail.code == 250, mail
+            else:
+                code, xcode, english, _zh = SPEC[reply_id]  # utf8 = "never": English alone
+                assert mail.lines == (f"{code} {xcode} {english}",), mail
+        finally:
+            postfix.stop()

@@ -242,6 +242,18 @@ class MilterSession:
         assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
         return Answer(_KINDS[rcmd])
 
+    def helo_bytes(self, name: bytes) -> Answer:
+        """HELO with a name of raw octets, read as :meth:`helo` reads the answer."""
+        packet = C.SMFIC_HELO.encode() + name + b"\0"
+        self.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
+        if (self.conn.protocol_flags or 0) & C.SMFIP_NR_HELO:
+            return Answer("continue")
+        rcmd, rdict = self.conn.recv()
+        if rcmd == C.SMFIR_REPLYCODE:
+            return parse_reply(rdict["smtpcode"] + rdict["space"] + rdict["text"])
+        assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
+        return Answer(_KINDS[rcmd])
+
     def body_bytes(self, chunk: bytes) -> Answer:
         # miltertest's codec encodes str only; send raw octets (NUL, 8-bit) ourselves.
         packet = C.SMFIC_BODY.encode() + chunk
