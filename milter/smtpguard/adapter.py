@@ -198,8 +198,9 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                 conn.defer(TempError("internal_error", "exception"), "adapter")
             return
         log.warning(
-            "sid=%s pymilter could not pass the %s its arguments (%s: %s); the step is"
-            " answered with pymilter's 451 4.3.0 where the MTA waits for an answer",
+            "sid=%s pymilter could not pass the %s its arguments (%s: %s): the MTA gets"
+            " pymilter's 451 4.3.0, or where it waits for no answer to the step none at"
+            " end of message either (its milter timeout and default_action then apply)",
             conn.session_id,
             "header field" if conn.txn is not None else "callback",
             type(error).__name__,
