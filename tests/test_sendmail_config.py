@@ -667,3 +667,76 @@ def test_check_fails_a_promiscuous_cf_unless_smtpguard_alone_refuses_relaying(
     bad = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(cf))
     assert bad.returncode == 1
     assert f"{cf}: built with FEATURE(promiscuous_relay)" in bad.stdout
+
+
+@pytest.mark.integration
+def test_check_reads_each_daemons_own_filter_list(build_cf: Callable[[str], Built]) -> None:
+    """Review rev131 F1: a DAEMON_OPTIONS with InputMailFilters= replaces the global
+    list for the sessions that daemon accepts: one without smtpguard accepted mail
+    unchecked while --check said OK."""
+    sample = load(SAMPLE)
+    mc = sendmail_mc(sample)
+    greylist = "MAIL_FILTER(`greylist', `S=local:/run/greylist.sock, F=T')dnl\n"
+    v6 = "DAEMON_OPTIONS(`Port=smtp, Addr=::1, Name=MTA-v6, Family=inet6, {}')dnl\n"
+    without = build_cf(greylist + v6.replace("{}", "InputMailFilters=greylist") + mc)
+    assert sendmail_cf_problems(sample, without.text) == [
+        "DaemonPortOptions MTA-v6 (its own list) (greylist) does not name smtpguard:"
+        " Sendmail runs without smtpguard on that daemon"
+    ]
+    emptied = build_cf(greylist + v6.replace(", {}", ", I=") + mc)
+    assert sendmail_cf_problems(sample, emptied.text) == [
+        "DaemonPortOptions MTA-v6 (its own list) (none) does not name smtpguard:"
+        " Sendmail runs without smtpguard on that daemon"
+    ]
+    # Filters of a daemon's list are separated by ";" (a "," ends the equate).
+    both = build_cf(greylist + v6.replace("{}", "InputMailFilters=smtpguard;greylist") + mc)
+    assert sendmail_cf_problems(sample, both.text) == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("timeouts", "found"),
+    [
+        ("C:30s;S:59s;R:59s;E:5m", []),
+        ("C:30s;S:1m;R:1m30s;E:2m", []),
+        ("C:30s;S:30s;R:30s;E:5m", ["R:30s", "S:30s"]),
+        ("", ["R:10s (its default)", "S:10s (its default)"]),
+        ("C:30s;S:59s;R:59s;E:40", ["E:40s"]),
+    ],
+)
+def test_check_compares_the_filters_timeouts_with_smtpguards_slowest_answer(
+    build_cf: Callable[[str], Built], tmp_path: Path, timeouts: str, found: list[str]
+) -> None:
+    """Review rev131 F2: with a scanner's timeout raised after the .cf was built,
+    Sendmail gave up on every slow scan (451) while smtpguard logged it accepted."""
+    slow = load(
+        make_site(
+            tmp_path,
+            {
+                "milter": {"socket": "unix:/var/spool/postfix/smtpguard/smtpguard.sock"},
+                "virus": {"backend": "command", "command": ["/bin/true"], "timeout": 45.0},
+            },
+            directory=False,
+        ).config
+    )
+    text = build_cf(sendmail_mc(slow)).text
+    line = next(x for x in text.splitlines() if x.startswith(f"X{slow.milter.name},"))
+    written = re.search(r"T=[^,]*", line)
+    assert written is not None
+    edited = line.replace(written[0], f"T={timeouts}" if timeouts else "").rstrip(", ")
+    problems = sendmail_cf_problems(slow, text.replace(line, edited))
+    assert [p.split("T=", 1)[1].split(" for ", 1)[0] for p in problems] == found
+    need = math.ceil(answer_bounds(slow).longest)
+    assert need > 45  # the scanner's timeout and more
+    assert all(f"below smtpguard's slowest answer ({need}s)" in p for p in problems), problems
+
+
+@pytest.mark.integration
+def test_check_reads_macro_lists_separated_by_spaces(build_cf: Callable[[str], Built]) -> None:
+    """Review rev131 F3: Sendmail's milter.c splits a macro list at commas and white
+    space; a list written with spaces was reported as lacking what it has."""
+    sample = load(SAMPLE)
+    spaced = "define(`confMILTER_MACROS_ENVFROM', `i {auth_type} {auth_authen} {mail_addr}')dnl\n"
+    text = build_cf(spaced + sendmail_mc(sample)).text
+    assert "i {auth_type} {auth_authen} {mail_addr}" in text
+    assert sendmail_cf_problems(sample, text) == []

@@ -356,10 +356,11 @@ def sendmail_max_hop(max_hops: int) -> int:
 
 def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
     """What a built sendmail.cf says against this config: smtpguard not in
-    ``InputMailFilters`` exactly once, or not first; a listed filter without its ``X``
-    line, or one defined twice; smtpguard's on another socket or without ``F=T``; a
-    macro list without what smtpguard reads; ``FEATURE(promiscuous_relay)`` while
-    Sendmail, not smtpguard, is to refuse relaying.
+    ``InputMailFilters`` (or a daemon's own list) exactly once, or not first; a listed
+    filter without its ``X`` line, or one defined twice; smtpguard's on another socket,
+    without ``F=T`` or with timeouts shorter than its slowest answer; a macro list
+    without what smtpguard reads; ``FEATURE(promiscuous_relay)`` while Sendmail, not
+    smtpguard, is to refuse relaying.
 
     The m4 guards of :func:`sendmail_mc` cannot see everything (a list given as the
     name of another macro, an m4 that rereads wrapped text in call order, text wrapped
@@ -373,12 +374,22 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
         key.lower(): value.strip()
         for key, value in re.findall(r"^O[ \t]*([\w.]+)[ \t]*=(.*)$", text, re.M)
     }
-    filters = [f.lstrip() for f in re.split(r"[,;]", options.get("inputmailfilters", ""))]
-    filters = [f for f in filters if f]
+    filters = _filter_list(options.get("inputmailfilters", ""))
     defined: dict[str, list[str]] = {}
     for x_name, rest in re.findall(r"^X([^\s,]+)[\s,]*(.*)$", text, re.M):
         defined.setdefault(x_name.lower(), []).append(rest)
     problems = _cf_filter_problems(config.milter.name, filters, defined)
+    for index, daemon in enumerate(
+        re.findall(r"^O[ \t]*DaemonPortOptions[ \t]*=(.*)$", text, re.M | re.I)
+    ):
+        # Review rev131 F1: a daemon's own list (its I= equate, daemon.c) replaces
+        # InputMailFilters for the sessions it accepts.
+        equates = _daemon_equates(daemon)
+        if "I" in equates:
+            where = f"DaemonPortOptions {equates.get('N', f'Daemon{index}')} (its own list)"
+            problems += _listed_problems(
+                config.milter.name, _filter_list(equates["I"]), defined, where
+            )
     if _PROMISCUOUS.search(text) and config.site.relay_control != "milter":
         # Review rev119 F1: Sendmail then relays for anyone and nothing refuses it
         # while smtpguard only reports (a dry run, the relay check in report mode or
@@ -393,7 +404,8 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
         problems += _cf_equate_problems(config, ours[0])
     for key, macros in SENDMAIL_MACROS.items():
         stage = key.removeprefix("confMILTER_MACROS_").lower()
-        listed = {m.strip() for m in options.get(f"milter.macros.{stage}", "").split(",")}
+        # Split as milter.c splits: at commas and white space (review rev131 F3).
+        listed = set(re.split(r"[,\s]+", options.get(f"milter.macros.{stage}", "")))
         problems += [
             f"Milter.macros.{stage} lacks {macro}: {MACRO_NEEDS[macro]}"
             for macro in macros
@@ -406,42 +418,66 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
 _PROMISCUOUS = re.compile(r"^#+\s*\$Id: promiscuous_relay\.m4,", re.M)
 
 
+def _filter_list(value: str) -> list[str]:
+    """Filter names as milter_config splits them: at "," and ";"."""
+    return [f for f in (f.lstrip() for f in re.split(r"[,;]", value)) if f]
+
+
+def _daemon_equates(options: str) -> dict[str, str]:
+    """A DaemonPortOptions value as daemon.c's setsockaddroptions reads it: parts
+    split at ",", each keyed by its first letter (either case), the value after "="
+    without leading white space. A filter list in it is separated by ";"."""
+    equates: dict[str, str] = {}
+    for part in options.split(","):
+        key, sep, value = part.lstrip().partition("=")
+        if sep and key:
+            equates[key[0].upper()] = value.lstrip()
+    return equates
+
+
 def _cf_filter_problems(name: str, filters: list[str], defined: dict[str, list[str]]) -> list[str]:
-    problems = []
-    for listed in filters:
-        if listed != listed.rstrip():
-            problems.append(
-                f"InputMailFilters: {listed!r} ends in a space, which Sendmail keeps:"
-                " it looks for a filter of that name and does not start"
-            )
-        elif listed.lower() not in defined:
-            problems.append(
-                f"InputMailFilters names {listed}, which has no X line: Sendmail does not start"
-            )
+    problems = _listed_problems(name, filters, defined, "InputMailFilters")
     problems += [
         f"X{x_name} is defined {len(lines)} times (names in any case): Sendmail does not start"
         for x_name, lines in defined.items()
         if len(lines) > 1
     ]
+    if name.lower() not in defined:
+        problems.append(f"no X{name} line: Sendmail does not know the filter")
+    return problems
+
+
+def _listed_problems(
+    name: str, filters: list[str], defined: dict[str, list[str]], where: str
+) -> list[str]:
+    """What is wrong with one list of filters (``where`` names it): smtpguard not
+    in it exactly once and first, or a name no X line defines."""
+    problems = []
+    for listed in filters:
+        if listed != listed.rstrip():
+            problems.append(
+                f"{where}: {listed!r} ends in a space, which Sendmail keeps:"
+                " it looks for a filter of that name and does not start"
+            )
+        elif listed.lower() not in defined:
+            problems.append(f"{where} names {listed}, which has no X line: Sendmail does not start")
     # A name with a trailing space is reported above; counted here as meant.
     count = [f.rstrip().lower() for f in filters].count(name.lower())
     if count == 0:
         problems.append(
-            f"InputMailFilters ({', '.join(filters) or 'none'}) does not name {name}:"
+            f"{where} ({', '.join(filters) or 'none'}) does not name {name}:"
             " Sendmail runs without smtpguard"
+            + (" on that daemon" if where != "InputMailFilters" else "")
         )
     elif count > 1:
         problems.append(
-            f"InputMailFilters names {name} {count} times: Sendmail answers every MAIL"
-            " with 451 4.3.2"
+            f"{where} names {name} {count} times: Sendmail answers every MAIL with 451 4.3.2"
         )
     elif filters[0].rstrip().lower() != name.lower():
         problems.append(
-            f"InputMailFilters: {name} is not first ({', '.join(filters)}): it sees the"
+            f"{where}: {name} is not first ({', '.join(filters)}): it sees the"
             " header fields as the filters before it left them"
         )
-    if name.lower() not in defined:
-        problems.append(f"no X{name} line: Sendmail does not know the filter")
     return problems
 
 
@@ -463,4 +499,43 @@ def _cf_equate_problems(config: Config, equates_text: str) -> list[str]:
             f"X{name}: no F=T: while smtpguard is down or restarting Sendmail"
             + (" rejects mail for good" if "R" in flags else " accepts mail unchecked")
         )
+    return problems + _timeout_problems(config, equates.get("T", ""))
+
+
+#: milter.c's timeouts when T= does not give them, seconds (C:, S:, R:, E:).
+_SENDMAIL_DEFAULT_TIMEOUTS: Final = {"C": 300, "S": 10, "R": 10, "E": 300}
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _timeout_problems(config: Config, given: str) -> list[str]:
+    """T= against what smtpguard may take to answer (review rev131 F2: a .cf built
+    before a scanner's timeout was raised deferred every slow scan, while smtpguard
+    logged the message accepted). Read as milter.c reads it: ";"-separated, keyed by
+    the first letter, durations as convtime's (``1m30s``, a bare number in seconds)."""
+    timeouts = dict(_SENDMAIL_DEFAULT_TIMEOUTS)
+    written: set[str] = set()
+    for part in given.split(";"):
+        key, sep, value = part.strip().partition(":")
+        seconds = _seconds(value) if sep and key else None
+        if seconds is not None:
+            timeouts[key[0].upper()] = seconds
+            written.add(key[0].upper())
+    need = math.ceil(answer_bounds(config).longest)
+    wanted = sendmail_timeouts(config)
+    problems = []
+    for key, what in (("R", "each reply"), ("S", "each write"), ("E", "end of message")):
+        if timeouts[key] < need:
+            problems.append(
+                f"X{config.milter.name}: T={key}:{timeouts[key]}s"
+                f"{'' if key in written else ' (its default)'} for {what} is below"
+                f" smtpguard's slowest answer ({need}s): Sendmail gives up first and answers"
+                f" 451 whatever smtpguard decides; sendmail-config writes T={wanted}"
+            )
     return problems
+
+
+def _seconds(text: str) -> int | None:
+    parts = re.findall(r"(\d+)\s*([smhdw]?)", text.strip().lower())
+    if not parts or re.sub(r"[\d\ssmhdw]", "", text.lower()):
+        return None
+    return sum(int(n) * _UNITS[unit or "s"] for n, unit in parts)
