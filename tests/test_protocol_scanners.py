@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from miltertest import constants as C
 
 from support.daemons import (
     EICAR,
@@ -636,3 +637,27 @@ def test_declared_size_uses_the_same_counter(tmp_path: Path) -> None:
         s.connect(UNTRUSTED_IP)
         s.helo("mail.sender.example")
         assert s.mail("<friend@sender.example>", "SIZE=5000").kind == "continue"
+
+
+def test_an_mta_that_gave_up_waiting_is_one_clear_line(tmp_path: Path) -> None:
+    """Review rev131 F2: past the MTA's milter timeout (Sendmail's T=R: below a slow
+    scan) the header fields could not be added any more, and each left a traceback
+    after a summary line that said accept. One WARNING now says what the client got."""
+    started = tmp_path / "scan-started"
+    script = f"cat >/dev/null\ntouch {started}\nsleep 1\nexit 0\n"
+    with running(hook_site(tmp_path, script, 10)) as service:
+        s = service.session()
+        s.connect(UNTRUSTED_IP)
+        s.helo("mail.sender.example")
+        assert s.mail("<friend@sender.example>").kind == "continue"
+        assert s.rcpt("<alice@example.com>").kind == "continue"
+        for answer in (s.data(), *(s.header(n, v) for n, v in HEADERS), s.eoh()):
+            assert answer.kind == "continue"
+        s.body_bytes(b"hello\r\n")
+        s.conn._send(C.SMFIC_BODYEOB)
+        # The MTA goes while the scan runs, as one past its timeout does (closed
+        # before libmilter reads end of message, the session is aborted instead).
+        wait_until(started.exists)
+        s.conn.sock.close()
+        wait_until(lambda: "the MTA no longer takes this message's header" in service.log())
+        assert "Traceback" not in service.log()

@@ -156,6 +156,18 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                         self.addheader(name, space + value)
                     else:
                         self.addheader(name, space + value, index)
+                except milter.error:
+                    # libmilter's write failed: the MTA is gone from this message, most
+                    # likely past its milter timeout (review rev131 F2: a traceback
+                    # per field, after a summary line that said accept).
+                    log.warning(
+                        "sid=%s the MTA no longer takes this message's header fields"
+                        " (it gave up waiting: its milter timeout, Postfix's"
+                        " milter_content_timeout or Sendmail's T=R:); the client got the"
+                        " MTA's own answer, not this verdict",
+                        sid,
+                    )
+                    break
                 except Exception:
                     log.exception("sid=%s adding header %s failed", sid, name)
             return int(Milter.CONTINUE)
