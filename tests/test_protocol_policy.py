@@ -141,13 +141,20 @@ def test_recipients_exempt_from_rbl_are_exempt_from_its_scores(scoring: Running)
         assert_reply(final, "antispam_reject")
 
 
-@pytest.fixture(scope="module")
-def reporting(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+def scoring_with(
+    factory: pytest.TempPathFactory, unbound: DnsServer, check: str, mode: str
+) -> Iterator[Running]:
+    """The score zones' site with one check's mode changed."""
     extra = {
         "antispam": {"add_header_score": 6.0, "reject_score": 15.0},
-        "checks": {"antispam": {"mode": "report"}},
+        "checks": {check: {"mode": mode}},
     }
-    yield from dns_site(tmp_path_factory.mktemp("report"), unbound.port, extra, SCORE_ZONES)
+    yield from dns_site(factory.mktemp(f"{check}-{mode}"), unbound.port, extra, SCORE_ZONES)
+
+
+@pytest.fixture(scope="module")
+def reporting(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
+    yield from scoring_with(tmp_path_factory, unbound, "antispam", "report")
 
 
 def test_spam_let_through_by_report_mode_is_flagged_like_any_spam(reporting: Running) -> None:
@@ -161,11 +168,7 @@ def test_spam_let_through_by_report_mode_is_flagged_like_any_spam(reporting: Run
 
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer) -> Iterator[Running]:
-    extra = {
-        "antispam": {"add_header_score": 6.0, "reject_score": 15.0},
-        "checks": {"rbl": {"mode": "report"}},
-    }
-    yield from dns_site(tmp_path_factory.mktemp("trial"), unbound.port, extra, SCORE_ZONES)
+    yield from scoring_with(tmp_path_factory, unbound, "rbl", "report")
 
 
 def test_score_zones_on_trial_refuse_nothing(trial: Running) -> None:

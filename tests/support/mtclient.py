@@ -233,20 +233,17 @@ class MilterSession:
             + ip.encode()
             + b"\0"
         )
-        self.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
-        if (self.conn.protocol_flags or 0) & C.SMFIP_NR_CONN:
-            return Answer("continue")
-        rcmd, rdict = self.conn.recv()
-        if rcmd == C.SMFIR_REPLYCODE:
-            return parse_reply(rdict["smtpcode"] + rdict["space"] + rdict["text"])
-        assert rcmd in _KINDS, f"unexpected response {rcmd!r}"
-        return Answer(_KINDS[rcmd])
+        return self._raw(packet, C.SMFIP_NR_CONN)
 
     def helo_bytes(self, name: bytes) -> Answer:
         """HELO with a name of raw octets, read as :meth:`helo` reads the answer."""
-        packet = C.SMFIC_HELO.encode() + name + b"\0"
+        return self._raw(C.SMFIC_HELO.encode() + name + b"\0", C.SMFIP_NR_HELO)
+
+    def _raw(self, packet: bytes, no_reply: int) -> Answer:
+        """Send a packet of raw octets (miltertest's codec encodes str only); its
+        answer unless ``no_reply`` was negotiated."""
         self.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
-        if (self.conn.protocol_flags or 0) & C.SMFIP_NR_HELO:
+        if (self.conn.protocol_flags or 0) & no_reply:
             return Answer("continue")
         rcmd, rdict = self.conn.recv()
         if rcmd == C.SMFIR_REPLYCODE:
