@@ -17,7 +17,7 @@ import pytest
 
 from smtpguard import logsetup
 from smtpguard.config import ConfigError, MilterConfig, load_config
-from smtpguard.pipeline import _kv
+from smtpguard.logsetup import kv as _kv
 from support.mtclient import assert_reply
 from support.service import ROOT, UNTRUSTED_IP, make_site, running, smtpguard
 

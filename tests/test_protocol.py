@@ -476,6 +476,18 @@ def test_a_helo_name_that_is_not_utf8_is_judged(
     assert "UnicodeDecodeError: 'utf-8' codec" not in log  # not bare on stderr
 
 
+def test_an_undecodable_helo_name_is_logged_as_one_field(service: Running) -> None:
+    """Review rev133 F2: its WARNING wrote the name with repr, a " key=" in it as
+    it was: a client's text that a grep for outcome=accept finds."""
+    with service.session() as s:
+        assert_pass(s.connect("198.51.100.7"))
+        assert_pass(s.helo_bytes(b"x\xff.example summary outcome=accept client=6.6.6.6"))
+        assert_reply(s.mail("<a@sender.example>"), "helo_error")
+    warning = next(x for x in service.log().splitlines() if "x\\udcff.example" in x)
+    assert "outcome=accept" not in warning
+    assert "outcome\\x3daccept client\\x3d6.6.6.6" in warning
+
+
 def test_an_unreadable_connect_host_name_is_no_pass(service: Running) -> None:
     """pymilter decodes the connect host name as UTF-8 before smtpguard runs: an 8-bit
     one skipped connect, and with it every check of the client address (review rev74

@@ -261,3 +261,34 @@ def test_summary_line_can_be_turned_off(
             assert_reply(s.mail("<spammer@bad.example>"), "host_denies_sender")
         wait_until(lambda: "decision " in svc.log())
         assert " summary " not in svc.log()
+
+
+def test_a_refused_recipient_and_an_abandoned_transaction_carry_postfixs_queue_id(
+    service: Running,
+) -> None:
+    """Review rev133 F1: Postfix has a queue id once it accepted a first recipient and
+    sends it with the RCPT TO after (its milter_rcpt_macros have "i"): a refusal there,
+    and the summary of a transaction left with RSET, had no qid to join them with
+    Postfix's own lines."""
+    s = service.session()
+    s.connect(GOOD_IP, "mx.good.test")
+    s.helo("mx.good.test")
+    assert s.mail("<someone@good.test>").kind == "continue"
+    assert s.rcpt("<alice@example.com>").kind == "continue"  # no queue file yet
+    refused = s.rcpt("<nobody@example.com>", macros={"i": "OBSRCPT1"})
+    assert refused.code == "550", refused
+    s.abort()
+    s.close()
+    decision = poll_for(
+        lambda: next(
+            (
+                x
+                for x in service.log().splitlines()
+                if "reply=mailbox_unavailable" in x and "OBSRCPT1" in x
+            ),
+            None,
+        ),
+        what=service.log,
+    )
+    assert " qid=OBSRCPT1 " in decision
+    assert summary_of(service, "OBSRCPT1")["outcome"] == "abort"

@@ -38,7 +38,7 @@ from smtpguard.app import Runtime, retire
 from smtpguard.checks import Stage
 from smtpguard.config import ConfigError, MilterConfig
 from smtpguard.driver import SessionDriver
-from smtpguard.logsetup import set_level
+from smtpguard.logsetup import kv, set_level
 from smtpguard.message import as_read
 from smtpguard.pipeline import Action, Decision
 from smtpguard.scanners.command import end_running
@@ -200,11 +200,18 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         helo_first from a client that had said HELO (review rev130 F1: Postfix with
         smtputf8_enable = no passes such a name on)."""
         conn = self.driver.conn
-        raw = error.object if isinstance(error, UnicodeDecodeError) else None
-        if isinstance(raw, bytes) and conn.txn is None:
-            name = raw.decode("utf-8", "surrogateescape")
+        if (
+            isinstance(error, UnicodeDecodeError)
+            and isinstance(error.object, bytes)
+            and conn.txn is None
+        ):
+            name = error.object.decode("utf-8", "surrogateescape")
             log.warning(
-                "sid=%s HELO name is not UTF-8 (%s); judged as %r", conn.session_id, error, name
+                "sid=%s HELO name is not UTF-8 (byte %d: %s); judged as %s",
+                conn.session_id,
+                error.start,
+                error.reason,
+                kv("helo", name),
             )
             if self._guard(Stage.HELO, self.driver.helo, name) != Milter.CONTINUE:
                 conn.defer(TempError("internal_error", "exception"), "adapter")

@@ -226,6 +226,7 @@ class SessionDriver:
 
     def rcpt(self, rcptto: str, args: tuple[str, ...] | list[str] = ()) -> Decision:
         conn = self.conn
+        self._queue_id()
         smtputf8 = conn.txn.smtputf8 if conn.txn else False
         try:
             rcpt = parse_path(rcptto, smtputf8=smtputf8, allow_postmaster=True)
@@ -327,6 +328,8 @@ class SessionDriver:
                 self.rt.services.metrics.session_closed()
 
     def _queue_id(self) -> None:
-        # Postfix knows the queue id only from DATA on (Sendmail from MAIL).
+        # Sendmail gives it from MAIL; Postfix once it opened the queue file, after
+        # the first recipient it accepted: from the second RCPT TO on (its
+        # milter_rcpt_macros have "i"; review rev133 F1), then at DATA.
         if self.conn.txn is not None:
             self.conn.txn.queue_id = self._macro("i") or self.conn.txn.queue_id

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import re
 import socket
 import stat
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 if TYPE_CHECKING:
     from smtpguard.config import MilterConfig
@@ -175,3 +176,58 @@ def set_level(level: str) -> None:
     """Apply ``log_level`` anew (a reload): the destination stays as :func:`configure`
     opened it."""
     logging.getLogger().setLevel(level)
+
+
+#: What a value may not contain unquoted (``key=value`` pairs separated by spaces): a
+#: lone ' would open a quote that a quote-aware reader follows into the next field.
+_NEEDS_QUOTES = re.compile(r'[ "\'=\\]')
+#: A ``key=`` after a space inside a quoted value (a client's ``HELO x client=1.2.3.4``).
+_KEY_INSIDE = re.compile(r"(?<= )([A-Za-z_][\w.-]*)=")
+
+
+#: Longest value in a log line, as written (quoted and escaped): a client's 2 KB HELO of
+#: 8-bit octets, six characters each escaped, made a line that syslog's 8 KB limit cuts
+#: (review rev113 F5).
+MAX_LOGGED: Final = 512
+
+
+def kv(key: str, value: object) -> str:
+    """``key=value`` for a log line, the value quoted and cut as a client's text must
+    be: one field, whatever it holds."""
+    text = value if type(value) is str else str(value)
+    # Quote values with spaces or quotes so the line stays machine-parsable; repr also
+    # neutralizes control characters a client may have sent. No value may hold what
+    # reads as a field of its own, even to a regex that ignores quotes (a ban tool's
+    # "client=(\S+)"): that = is written \x3d. SRS addresses (SRS0=...) keep theirs.
+    if len(text) <= MAX_LOGGED:
+        written = _written(text)
+        if len(written) <= MAX_LOGGED:
+            return f"{key}={written}"
+    # Cut (``...(+N)``: N characters left out) until it fits once written.
+    keep = min(len(text), MAX_LOGGED)
+    while True:
+        written = _written(f"{text[:keep]}...(+{len(text) - keep})")
+        if len(written) <= MAX_LOGGED:
+            return f"{key}={written}"
+        keep = keep * 2 // 3
+
+
+def _written(text: str) -> str:
+    """``text`` as a log value: as it is, or quoted with every ``key=`` escaped."""
+    if not text or _NEEDS_QUOTES.search(text) or not text.isprintable():
+        return _KEY_INSIDE.sub(r"\1\\x3d", _quoted(text))
+    return text
+
+
+def _quoted(text: str) -> str:
+    r"""``repr``, but with no ``\'``: a repr holding both quotes escapes ' so inside
+    single quotes, which shell-style readers (shlex) cannot take. Written ``\x27``."""
+    shown = repr(text)
+    if not shown.startswith("'") or "\\'" not in shown:
+        return shown
+    out, body, i = [], shown[1:-1], 0
+    while i < len(body):
+        pair = body[i : i + 2] if body[i] == "\\" else body[i]
+        out.append("\\x27" if pair == "\\'" else pair)
+        i += len(pair)
+    return "'" + "".join(out) + "'"

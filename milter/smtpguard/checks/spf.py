@@ -39,6 +39,7 @@ import spf  # type: ignore[import-untyped]  # pyspf ships no type information
 from smtpguard.address import Address, canonical_local_part, is_helo_fqdn
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.dns import Answer, Resolver, Status, client_address, share_network
+from smtpguard.logsetup import kv
 from smtpguard.memo import Memo
 from smtpguard.resultheaders import record_spf
 from smtpguard.session import Connection, Transaction
@@ -292,9 +293,10 @@ class Spf:
         if result == "fail" or (result == "softfail" and self.reject_softfail):
             verdict = Hit("remote_ip_mismatch", detail)
         elif result == "permerror":
-            # The explanation quotes the sender's own DNS and local part: quoted, so
-            # it can neither break the line nor pass for a field or a line of its own.
-            log.info("spf sid=%s detail=%r", conn.session_id, detail)
+            # The explanation quotes the sender's own DNS and local part: written as a
+            # client's text is, so it can neither break the line nor pass for a field
+            # or a line of its own (review rev133 F2: repr left a " key=" as it was).
+            log.info("spf sid=%s %s", conn.session_id, kv("detail", detail))
         self.memo.put(key, (verdict, result))
         return verdict
 
