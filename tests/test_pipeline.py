@@ -27,17 +27,17 @@ from smtpguard.checks import Event, Services, Stage, settings_name
 from smtpguard.config import CheckSettings, load_config
 from smtpguard.directory import Kind, Recipient
 from smtpguard.driver import SessionDriver
+from smtpguard.logsetup import MAX_LOGGED
+from smtpguard.logsetup import kv as _kv
 from smtpguard.metrics import OUTCOMES
 from smtpguard.pipeline import (
     CHECK_CLASSES,
     CHECK_NAMES,
     CONTINUE,
     DECISION_LINES,
-    MAX_LOGGED,
     Action,
     Decision,
     Pipeline,
-    _kv,
 )
 from smtpguard.replies import load_replies
 from smtpguard.session import MTA, Connection, Transaction
