@@ -1219,6 +1219,36 @@ def test_a_dead_workers_metrics_files_go_and_its_counts_stay(
         assert totals(port)[refused] == sent + 4
 
 
+def test_sessions_a_dead_worker_cuts_are_logged_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev133 F3: a session in flight in a worker killed ended without a
+    summary line and in no counter; the restart line said nothing of it."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    in_flight = ("smtpguard_sessions_in_flight", ())
+    with running(site) as service, contextlib.ExitStack() as open_sessions:
+        both_started(service)
+        supervisor = service.process.pid
+        for _ in range(4):
+            s = open_sessions.enter_context(service.session())
+            s.connect(UNTRUSTED_IP)
+            s.helo("mail.sender.example")
+            assert s.mail("<friend@sender.example>").kind == "continue"
+        wait_until(lambda: totals(port)[in_flight] == 4)
+        for victim in sorted(children(supervisor)):
+            os.kill(victim, signal.SIGKILL)
+            wait_until(functools.partial(replaced, directory, supervisor, victim))
+        cut = re.findall(r"killed by signal 9 with (\d+) sessions? in flight", service.log())
+        assert sum(map(int, cut)) == 4, service.log()
+        assert totals(port)[("smtpguard_worker_sessions_cut_total", ())] == 4
+
+
 def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
     """A stopped worker sends no heartbeat: after worker_heartbeat_timeout the
     supervisor names it in the log, kills it, and a new worker serves in its place."""

@@ -692,9 +692,11 @@ class SharedSessionGate(SessionGate):
             self.active = self.open = 0
             self._slots[slot] = 0
 
-    def release(self, slot: int) -> None:
-        """Called by the supervisor for a worker that is gone."""
-        self._slots[slot] = 0
+    def release(self, slot: int) -> int:
+        """Called by the supervisor for a worker that is gone: the admitted sessions
+        it had in flight."""
+        held, self._slots[slot] = self._slots[slot], 0
+        return held
 
     def total(self) -> int:
         return sum(self._slots)

@@ -856,7 +856,7 @@ class Supervisor:
 
     def _gone(self, worker: Worker, status: int) -> None:
         pid, worker.pid = worker.pid, 0
-        self.gate.release(worker.number - 1)
+        cut = self.gate.release(worker.number - 1)
         self.metrics_off.set(worker.number - 1, False)
         if self.registry is not None:
             retire_metrics(pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -869,6 +869,9 @@ class Supervisor:
         lived = time.monotonic() - worker.started
         reason = "hung" if worker.hung else "signal" if os.WIFSIGNALED(status) else "exit"
         self.stats.restarts[reason] += 1
+        # Review rev133 F3: they end without a summary line, in no counter.
+        self.stats.sessions_cut += cut
+        how += f" with {cut} session{'' if cut == 1 else 's'} in flight" if cut else ""
         worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 0
         delay = restart_delay(worker.quick_deaths)
         alone = ""

@@ -94,6 +94,8 @@ class WorkerStats:
     #: CPU seconds of the workers reaped so far (``wait4``'s resource usage), so that
     #: the workers' CPU total does not go down when one ends.
     ended_cpu: float = 0.0
+    #: Admitted sessions in flight in workers that died: no summary line ends them.
+    sessions_cut: int = 0
 
 
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -220,6 +222,12 @@ class WorkersCollector:
         for reason, count in self.stats.restarts.items():
             restarts.add_metric((reason,), count)
         yield restarts
+        yield CounterMetricFamily(
+            "smtpguard_worker_sessions_cut",
+            "Sessions in flight in a worker that died (admitted ones; each ends without"
+            " a summary line, the MTA answering per its milter default_action)",
+            value=self.stats.sessions_cut,
+        )
         yield GaugeMetricFamily(
             "smtpguard_workers_metrics_off",
             "Running workers that could not record a metric and stopped recording (the"
