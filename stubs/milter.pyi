@@ -5,6 +5,10 @@ from collections.abc import Callable
 from typing import Any
 
 error: type[Exception]
+CONTINUE: int
+TEMPFAIL: int
+
+def set_exception_policy(policy: int) -> None: ...
 
 def set_connect_callback(cb: Callable[..., Any]) -> None: ...
 def set_helo_callback(cb: Callable[..., Any]) -> None: ...

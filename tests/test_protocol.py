@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.config import StateConfig
-from support.daemons import wait_until
+from support.daemons import free_port, wait_until
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.service import (
     DENIED_SENDERS,
@@ -476,6 +476,28 @@ def test_a_helo_name_that_is_not_utf8_is_judged(
     assert "UnicodeDecodeError: 'utf-8' codec" not in log  # not bare on stderr
 
 
+def test_a_helo_name_that_is_not_utf8_is_judged_over_inet(tmp_path: Path) -> None:
+    """Review rev132 F1: over an inet socket HELO is answered, and pymilter's own 451
+    for the name it could not decode made Postfix refuse every MAIL FROM of the
+    session. Its exception policy is CONTINUE now: the name is judged as on unix."""
+    port = free_port()
+    site = make_site(tmp_path, {"milter": {"socket": f"inet:{port}@127.0.0.1"}})
+    with running(site, wait_for=("127.0.0.1", port)) as service:
+        for ip, sender, reply_id in (
+            ("198.51.100.7", "<a@sender.example>", "helo_error"),
+            ("192.0.2.10", "<alice@example.com>", None),
+        ):
+            with MilterSession(("127.0.0.1", port)) as s:
+                assert_pass(s.connect(ip))
+                assert s.helo_bytes(b"B\xf6ro-PC.corp.example").kind == "continue"
+                answer = s.mail(sender)
+                if reply_id is None:
+                    assert_pass(answer)
+                else:
+                    assert_reply(answer, reply_id)
+        assert service.log().count("HELO name is not UTF-8") == 2
+
+
 def test_an_undecodable_helo_name_is_logged_as_one_field(service: Running) -> None:
     """Review rev133 F2: its WARNING wrote the name with repr, a " key=" in it as
     it was: a client's text that a grep for outcome=accept finds."""
@@ -488,14 +510,31 @@ def test_an_undecodable_helo_name_is_logged_as_one_field(service: Running) -> No
     assert "outcome\\x3daccept client\\x3d6.6.6.6" in warning
 
 
+def test_a_header_field_name_that_is_not_utf8_defers_its_message(service: Running) -> None:
+    """pymilter cannot pass a field name that is not UTF-8: the field went unread, and
+    end of message got no answer at all until the MTA's milter timeout. Now the
+    message is deferred at once (no MTA we know sends such a name: both end the header
+    section there)."""
+    with service.session() as s:
+        assert_pass(s.connect("198.51.100.7"))
+        assert_pass(s.helo("mail.sender.example"))
+        assert_pass(s.mail("<a@sender.example>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        assert_pass(s.data())
+        s.header_bytes(b"X-\xff", b" value")
+        assert_pass(s.eoh())
+        final, _mods = s.eom()
+        assert_reply(final, "internal_error")
+    assert "pymilter could not pass the header field its arguments" in service.log()
+
+
 def test_an_unreadable_connect_host_name_is_no_pass(service: Running) -> None:
     """pymilter decodes the connect host name as UTF-8 before smtpguard runs: an 8-bit
     one skipped connect, and with it every check of the client address (review rev74
-    F1). Connect is answered (pymilter's own tempfail; Postfix then defers the
-    session) and so is the MAIL FROM after it."""
+    F1). The MAIL FROM after it is answered internal_error (connect itself goes on:
+    pymilter's exception policy is CONTINUE, review rev132 F1)."""
     with service.session() as s:
-        answer = s.connect_bytes(b"h\xffst.example")
-        assert (answer.kind, answer.code, answer.xcode) == ("reply", "451", "4.3.0"), answer
+        assert s.connect_bytes(b"h\xffst.example").kind == "continue"
         assert_reply(s.mail("<friend@sender.example>"), "internal_error")
     assert "MAIL FROM without a connect step" in service.log()
     # Review rev130 F2: pymilter's error, in our log with a time, not bare on stderr.

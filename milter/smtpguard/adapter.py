@@ -193,12 +193,12 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
     def glue_fault(self, error: BaseException) -> None:
         """pymilter raised in its own code, before calling back (:func:`_glue_fault`):
-        its strict UTF-8 decoding of the HELO name or of a header field's name. It
-        answers 451 4.3.0 where the MTA waits for an answer. A HELO name is judged
-        here instead, surrogate-escaped as envelope addresses are: with no reply to
-        HELO (the unix socket) the step was lost, and MAIL FROM got a permanent
-        helo_first from a client that had said HELO (review rev130 F1: Postfix with
-        smtputf8_enable = no passes such a name on)."""
+        its strict UTF-8 decoding of the HELO name or of a header field's name. The
+        step goes on (the exception policy, :func:`_register`). A HELO name is judged
+        here, surrogate-escaped as envelope addresses are: the step was lost, and
+        MAIL FROM got a permanent helo_first from a client that had said HELO (review
+        rev130 F1: Postfix with smtputf8_enable = no passes such a name on). Anything
+        else defers the transaction, or the next one."""
         conn = self.driver.conn
         if (
             isinstance(error, UnicodeDecodeError)
@@ -217,19 +217,18 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                 conn.defer(TempError("internal_error", "exception"), "adapter")
             return
         log.warning(
-            "sid=%s pymilter could not pass the %s its arguments (%s: %s): the MTA gets"
-            " pymilter's 451 4.3.0, or where it waits for no answer to the step none at"
-            " end of message either (its milter timeout and default_action then apply)",
+            "sid=%s pymilter could not pass the %s its arguments (%s: %s): tempfail",
             conn.session_id,
             "header field" if conn.txn is not None else "callback",
             type(error).__name__,
             error,
         )
+        # A step no check saw: never passed as if one had (a field unread, say).
+        fault = TempError("internal_error", f"pymilter: {type(error).__name__}")
         if conn.txn is not None:
-            # A field no check read: never accepted as if it had been.
-            conn.txn.defer(
-                TempError("internal_error", f"unreadable header field: {error}"), "adapter"
-            )
+            conn.txn.defer(fault, "adapter")
+        else:
+            conn.defer(fault, "adapter")
 
     def envfrom(self, mailfrom: str, *args: str) -> int:
         return self._guard(Stage.MAIL, self.driver.mail, mailfrom, args)
@@ -386,25 +385,53 @@ Milter.enable_protocols(SmtpGuardMilter, Milter.P_HDR_LEADSPC)
 
 
 def _register(config: MilterConfig) -> None:
-    """What ``Milter.runmilter`` does before opening the socket."""
+    """What ``Milter.runmilter`` does before opening the socket, with two changes.
+
+    pymilter's exception policy is CONTINUE, not TEMPFAIL: it applies only to what
+    raises in pymilter's own glue, before our code runs (the adapter answers its own
+    exceptions), which is its strict UTF-8 decoding of the connect host name, the HELO
+    name and a header field's name. Each is handled by :func:`_glue_fault` instead:
+    over ``inet:`` pymilter's 451 to HELO made Postfix refuse every MAIL FROM of the
+    session, a trusted client's too (review rev132 F1). A step after a connect that
+    never ran is answered ``internal_error`` by the driver; a header field not read
+    defers its message.
+
+    So that nothing else can reach that policy, each callback without the session's
+    milter object (it is made at negotiation) answers TEMPFAIL itself, where
+    runmilter's lambdas raised AttributeError."""
+    milter.set_exception_policy(milter.CONTINUE)
     milter.set_connect_callback(Milter.connect_callback)
-    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_helo_callback(_dispatch("hello"))
+    milter.set_envfrom_callback(_dispatch("envfrom_bytes"))
+    milter.set_envrcpt_callback(_dispatch("envrcpt_bytes"))
+    milter.set_header_callback(_dispatch("header_bytes"))
+    milter.set_eoh_callback(_dispatch("eoh"))
+    milter.set_body_callback(_dispatch("body"))
+    milter.set_eom_callback(_dispatch("eom"))
+    milter.set_abort_callback(_dispatch("abort"))
     milter.set_close_callback(Milter.close_callback)
     milter.setconn(libmilter_address(config.socket))
     milter.settimeout(config.timeout)
     milter.register(
         config.name,
-        data=lambda ctx: ctx.getpriv().data(),
-        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        data=_dispatch("data"),
+        unknown=_dispatch("unknown"),
         negotiate=Milter.negotiate_callback,
     )
+
+
+def _dispatch(method: str) -> Callable[..., int]:
+    """The callback pymilter calls for ``method`` of the session's milter object."""
+
+    def call(ctx: Any, *args: Any) -> int:
+        session = ctx.getpriv()
+        if session is None:
+            log.error("the %s callback came for a session without its object: tempfail", method)
+            return int(Milter.TEMPFAIL)
+        rc: int = getattr(session, method)(*args)
+        return rc
+
+    return call
 
 
 def open_socket(config: MilterConfig) -> tuple[int, int] | None:
@@ -506,7 +533,7 @@ def _glue_fault(kind: type[BaseException], error: BaseException, tb: Any) -> Non
         return
     log.warning(
         "pymilter could not pass a callback its arguments before the session began"
-        " (%s: %s, the connect host name?); the MTA is answered 451 4.3.0",
+        " (%s: %s, the connect host name?); MAIL FROM is answered internal_error",
         kind.__name__,
         error,
     )

@@ -526,6 +526,7 @@ def test_domain_conflicts_are_the_domains_postfix_accepts() -> None:
         postfix.stop()
 
 
+@pytest.mark.parametrize("kind", ["unix", "inet"])
 @pytest.mark.parametrize(
     ("ident", "sender", "reply_id"),
     [
@@ -535,14 +536,19 @@ def test_domain_conflicts_are_the_domains_postfix_accepts() -> None:
     ids=["trusted", "stranger"],
 )
 def test_a_helo_name_that_is_not_utf8_is_judged_through_postfix(
-    ident: dict[str, str], sender: str, reply_id: str | None
+    ident: dict[str, str], sender: str, reply_id: str | None, kind: str
 ) -> None:
     """Review rev130 F1: with smtputf8_enable = no Postfix passes a HELO name that is
     not UTF-8 on to the milter, which pymilter cannot decode; MAIL FROM then got a
-    permanent 501 helo_first, from a trusted LAN host too. (postfix-config turns
+    permanent 501 helo_first on the unix socket, from a trusted LAN host too, and
+    pymilter's 451 on an inet socket (rev132 F1). (postfix-config turns
     smtputf8_enable on unless the table is never sent in UTF-8.)"""
-    s = site("helo-8bit", {"replies": {"utf8": "never"}})
-    with running(s):
+    extra: dict[str, Any] = {"replies": {"utf8": "never"}}
+    port = free_port()
+    if kind == "inet":
+        extra["milter"] = {"socket": f"inet:{port}@127.0.0.1"}
+    s = site("helo-8bit", extra)
+    with running(s, wait_for=("127.0.0.1", port) if kind == "inet" else None):
         postfix = start_postfix(s.config, "smtputf8_enable = no\n")
         try:
             with client(postfix, {k: v for k, v in ident.items() if k != "helo"}) as c:

@@ -239,6 +239,10 @@ class MilterSession:
         """HELO with a name of raw octets, read as :meth:`helo` reads the answer."""
         return self._raw(C.SMFIC_HELO.encode() + name + b"\0", C.SMFIP_NR_HELO)
 
+    def header_bytes(self, name: bytes, value: bytes) -> Answer:
+        """A header field of raw octets, ``value`` as after ``Name:``."""
+        return self._raw(C.SMFIC_HEADER.encode() + name + b"\0" + value + b"\0", C.SMFIP_NR_HDR)
+
     def _raw(self, packet: bytes, no_reply: int) -> Answer:
         """Send a packet of raw octets (miltertest's codec encodes str only); its
         answer unless ``no_reply`` was negotiated."""
