@@ -510,23 +510,39 @@ _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def _timeout_problems(config: Config, given: str) -> list[str]:
     """T= against what smtpguard may take to answer (review rev131 F2: a .cf built
     before a scanner's timeout was raised deferred every slow scan, while smtpguard
-    logged the message accepted). Read as milter.c reads it: ";"-separated, keyed by
-    the first letter, durations as convtime's (``1m30s``, a bare number in seconds)."""
+    logged the message accepted). Read as milter.c's milter_parse_timeouts reads it
+    (review rev132 F2, F3): ";"-separated parts keyed by their first character, C, S,
+    R or E in capitals (another is ignored), each value a convtime duration (0, or
+    nothing, for no limit)."""
+    name = config.milter.name
     timeouts = dict(_SENDMAIL_DEFAULT_TIMEOUTS)
     written: set[str] = set()
-    for part in given.split(";"):
-        key, sep, value = part.strip().partition(":")
-        seconds = _seconds(value) if sep and key else None
-        if seconds is not None:
-            timeouts[key[0].upper()] = seconds
-            written.add(key[0].upper())
+    problems = []
+    for written_part in given.split(";"):
+        part = written_part.lstrip()
+        key, sep, value = part.partition(":")
+        if not part:
+            continue
+        if not sep or key[0] not in _SENDMAIL_DEFAULT_TIMEOUTS:
+            problems.append(
+                f"X{name}: T= part {part!r} is no filter timeout Sendmail reads (C:, S:, R:"
+                " or E:, in capitals): it ignores it"
+            )
+            continue
+        seconds, bad = _convtime(value)
+        if bad:
+            problems.append(
+                f"X{name}: T={key[0]}:{value} has units Sendmail does not know"
+                f" ({', '.join(bad)}; w, d, h, m and s, in lower case): it reads {seconds}s"
+            )
+        timeouts[key[0]] = seconds
+        written.add(key[0])
     need = math.ceil(answer_bounds(config).longest)
     wanted = sendmail_timeouts(config)
-    problems = []
     for key, what in (("R", "each reply"), ("S", "each write"), ("E", "end of message")):
-        if timeouts[key] < need:
+        if 0 < timeouts[key] < need:
             problems.append(
-                f"X{config.milter.name}: T={key}:{timeouts[key]}s"
+                f"X{name}: T={key}:{timeouts[key]}s"
                 f"{'' if key in written else ' (its default)'} for {what} is below"
                 f" smtpguard's slowest answer ({need}s): Sendmail gives up first and answers"
                 f" 451 whatever smtpguard decides; sendmail-config writes T={wanted}"
@@ -534,8 +550,17 @@ def _timeout_problems(config: Config, given: str) -> list[str]:
     return problems
 
 
-def _seconds(text: str) -> int | None:
-    parts = re.findall(r"(\d+)\s*([smhdw]?)", text.strip().lower())
-    if not parts or re.sub(r"[\d\ssmhdw]", "", text.lower()):
-        return None
-    return sum(int(n) * _UNITS[unit or "s"] for n, unit in parts)
+def _convtime(text: str) -> tuple[int, list[str]]:
+    """Seconds as Sendmail's convtime reads ``text`` (units ``s``): digits, each run
+    followed by a unit of w, d, h, m or s; any other character counts as seconds
+    (Sendmail says "Invalid time unit"), and is returned in the list."""
+    total, bad, number = 0, [], 0
+    for char in text:
+        if char.isascii() and char.isdigit():
+            number = number * 10 + int(char)
+            continue
+        if char not in _UNITS:
+            bad.append(repr(char))
+        total += number * _UNITS.get(char, 1)
+        number = 0
+    return total + number, bad
