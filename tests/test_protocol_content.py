@@ -483,6 +483,21 @@ def test_a_line_that_is_no_field_does_not_hide_an_attachment(
     assert_reply(final, "attachment_too_long")
 
 
+def test_a_delimiter_with_text_after_the_boundary_does_not_hide_an_attachment(
+    content_service: Running,
+) -> None:
+    """Review rev134 F1, through Postfix and Dovecot: "--b1x" starts a part to RFC
+    2046 and to Dovecot, whose IMAP clients showed an attachment of 10 times the limit;
+    read as text of the part before, it passed."""
+    headers, body = mime(["Content-Type: text/plain\r\n\r\nsee attached", attachment(50_001)])
+    body = body.replace(
+        "\r\n--b1\r\nContent-Type: application", "\r\n--b1x\r\nContent-Type: application"
+    )
+    assert "--b1x\r\n" in body
+    final, _mods, _early = deliver(content_service, headers, body)
+    assert_reply(final, "attachment_too_long")
+
+
 def test_a_second_content_disposition_makes_an_attachment(content_service: Running) -> None:
     """Review rev67 F6: Dovecot takes the last of several, smtpguard took the first."""
     data = base64.encodebytes(b"\xa5" * 50_001).decode().replace("\n", "\r\n")

@@ -714,11 +714,38 @@ def test_delimiter_with_trailing_whitespace_and_lookalikes() -> None:
     body = (
         b"--XX \t\r\n"
         b"Content-Disposition: attachment; filename=w.txt\r\n\r\n"
-        b"--XXY\r\n--XX-\r\n-- XX\r\n--xx\r\n"
+        b"-- XX\r\n--xx\r\n--XX-\r\n--XXY\r\n"
         b"--XX--  \r\n"
     )
-    # Four look-alike lines are content: 5+2 + 5+2 + 5+2 + 4 = 25.
-    assert walk_bytes(MIXED, body) == (25, "w.txt", 1, [])
+    # Two look-alike lines are content (5+2 + 4 = 11, the second one's line break the
+    # delimiter's); "--XX-" and "--XXY" start with the boundary: a delimiter to RFC
+    # 2046 and Dovecot, content to Python's email. Inside an attachment the larger
+    # reading counts: the rest is read whole, from the 11 octets so far, the closing
+    # delimiter with it (11 + 7 + 7 + 10 = 35).
+    assert walk_bytes(MIXED, body) == (
+        35,
+        "<unparsed part: delimiter line with more than the boundary>",
+        2,
+        ["delimiter line with more than the boundary"],
+    )
+
+
+@pytest.mark.parametrize("line", [b"--XXx", b"--XX " + b"x" * 2000])
+def test_a_delimiter_by_its_start_ends_a_text_part(line: bytes) -> None:
+    """Review rev134 F1, through Postfix and Dovecot: after "--XXx" Dovecot (and RFC
+    2046 §5.1.1) start a part, here an attachment of 10 times the limit; Python's email
+    took the line and the rest for text of the part before, and so did we. A line too
+    long to be a delimiter that starts as one is read whole instead."""
+    body = (
+        b"--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        + line
+        + b"\r\n"
+        + attachment("big.bin", PAYLOAD)
+        + b"\r\n--XX--\r\n"
+    )
+    walker = walk(MIXED, [body])
+    assert walker.largest_attachment >= len(PAYLOAD)
+    assert "delimiter line with more than the boundary" in walker.malformed
 
 
 def test_boundary_containing_dashes_and_specials() -> None:
@@ -845,11 +872,12 @@ def test_depth_bomb_is_fast_and_noted() -> None:
     started = time.perf_counter()
     walker = walk([("Content-Type", "multipart/mixed; boundary=b0")], [body])
     assert time.perf_counter() - started < 1.0
-    assert walker.malformed == ["depth limit"]
+    # Its boundaries b2, b20, b200 ... start one another: past the depth limit
+    # "--b20" starts the still open b2's delimiter (read whole from there as well).
+    assert walker.malformed == ["depth limit", "delimiter line with more than the boundary"]
     # The part at the limit is read whole and counted: the attachment inside it
     # cannot escape the size limit by nesting (its raw size is an upper bound).
-    assert walker.attachments == 1
-    assert walker.largest_attachment_name == "<unparsed part: depth limit>"
+    assert walker.attachments == 2
     assert walker.largest_attachment > len(PAYLOAD)
 
 
@@ -919,7 +947,10 @@ def test_lines_examined_one_by_one_are_bounded(filler: bytes) -> None:
     started = time.process_time()
     walker = walk(MIXED, chunked(body, 65536))
     assert time.process_time() - started < 5.0
-    assert "too many lines to examine" in walker.malformed
+    # A line that starts with the boundary is a delimiter to some readers: the rest is
+    # read whole at the first one (review rev134 F1).
+    why = "delimiter line with more" if filler == b"--XXx\r\n" else "too many lines"
+    assert any(note.startswith(why) for note in walker.malformed), walker.malformed
     # What follows is one opaque part, counted whole.
     assert walker.largest_attachment >= len(body) - 1_000_000 * len(filler) - 65536 * 2
 

@@ -636,11 +636,13 @@ class MimeWalker:
             return pos  # read again as the opaque rest's data
         first_line = self._first_header_line
         self._first_header_line = False
-        if self._stack and line.startswith(b"--") and len(line) <= _DELIM_LINE_MAX:
-            hit = self._match_delimiter(line)
+        if self._stack and line.startswith(b"--"):
+            hit = self._match_delimiter(line[:_DELIM_LINE_MAX])
             if hit is not None:
+                if self._loose(hit, len(line)):
+                    return pos  # read again as the opaque rest's data
                 self._here = self._offset + pos
-                self._delimiter(*hit, eol=self._eol_before(pos) if self._embedded_parts else 0)
+                self._delimiter(*hit[:2], eol=self._eol_before(pos) if self._embedded_parts else 0)
                 return end
         if line in (b"\r\n", b"\n"):
             self._here = self._offset + end
@@ -740,36 +742,61 @@ class MimeWalker:
             return None
         else:
             end = _safe_cut(buf, pos, n)
+            hit = self._match_delimiter(bytes(buf[pos : pos + _DELIM_LINE_MAX]))
+            if hit is not None:
+                self._loose(hit, end - pos + 1)  # longer than a delimiter line: read whole
             self._data(pos, end)
             self._line_start = False
             return end
-        if end - pos <= _DELIM_LINE_MAX:
-            hit = self._match_delimiter(bytes(buf[pos:end]))
-            if hit is not None:
-                self._here = self._offset + pos
-                self._delimiter(*hit, eol=self._eol_before(pos) if self._embedded_parts else 0)
-                self._line_start = True
-                return end
+        hit = self._match_delimiter(bytes(buf[pos : min(end, pos + _DELIM_LINE_MAX)]))
+        if hit is not None and not self._loose(hit, end - pos):
+            self._here = self._offset + pos
+            self._delimiter(*hit[:2], eol=self._eol_before(pos) if self._embedded_parts else 0)
+            self._line_start = True
+            return end
         self._examined()
         self._data(pos, end)
         self._line_start = True
         return end
 
-    def _match_delimiter(self, line: bytes) -> tuple[int, bool] | None:
-        """Find the innermost open multipart whose delimiter ``line`` is."""
+    def _match_delimiter(self, line: bytes) -> tuple[int, bool, bool] | None:
+        """Find the innermost open multipart whose delimiter ``line`` is: (its index,
+        closing, loose). Loose: the line only starts with it. RFC 2046 §5.1.1 reads
+        that as a delimiter ("an exact match of the entire candidate line is not
+        required"), and so do Dovecot and others; Python's email does not."""
         rest = line[2:].rstrip(b" \t\r\n")
         stack = self._stack
         for i in range(len(stack) - 1, -1, -1):
             boundary = stack[i].boundary
             if rest == boundary:
-                return i, False
+                return i, False, False
             if (
                 len(rest) == len(boundary) + 2
                 and rest.endswith(b"--")
                 and rest.startswith(boundary)
             ):
-                return i, True
+                return i, True, False
+        for i in range(len(stack) - 1, -1, -1):
+            boundary = stack[i].boundary
+            if rest.startswith(boundary):
+                after = rest[len(boundary) : len(boundary) + 2]
+                return i, after == b"--", True
         return None
+
+    def _loose(self, hit: tuple[int, bool, bool], length: int) -> bool:
+        """Whether a delimiter found by its start only (or in a line too long to be
+        one) ends the walk: readers differ on it, so the larger reading counts (review
+        rev134 F1: an attachment after ``--Bx`` was one to Dovecot, text of the part
+        before to us). Taken as a delimiter, RFC 2046's reading, unless an attachment
+        is being counted, which the other reading goes on with: then the rest of the
+        body is read whole, as one attachment, from its size so far."""
+        if not hit[2] and length <= _DELIM_LINE_MAX:
+            return False
+        self._note("delimiter line with more than the boundary")
+        if length > _DELIM_LINE_MAX or (self._mode == _LEAF and self._counter is not None):
+            self._read_rest_whole("delimiter line with more than the boundary")
+            return True
+        return False
 
     def _eol_before(self, pos: int) -> int:
         """The length of the line break that ends before ``pos`` in the buffer (CRLF 2,
