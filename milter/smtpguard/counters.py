@@ -24,9 +24,10 @@ The caller compares the count with its threshold: :meth:`SizeBucketCounter.hit` 
 the count *including* the hit just recorded (reject when it exceeds the limit), and
 :meth:`SizeBucketCounter.peek` the count without recording (for the early decision at
 MAIL FROM on the ESMTP ``SIZE=`` value: reject when ``peek(...) + 1`` exceeds the limit).
-Note that the MTA adds its own ``Received:`` header before the milter sees the message,
-so the octets counted at end of message are a little above the declared ``SIZE=``;
-the neighbour buckets absorb that for all but tiny widths.
+The octets counted at end of message may be a little above the declared ``SIZE=``
+(header fields the MTA added for the message, such as Postfix's missing ``Date:``; its
+own ``Received:`` does not reach the milter): the neighbour buckets absorb that for all
+but tiny widths.
 
 Backends
 --------
