@@ -15,7 +15,7 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterCtx
 
-from smtpguard.adapter import App, SmtpGuardMilter, SmtpGuardMilterNoReply, _reload
+from smtpguard.adapter import App, SmtpGuardMilter, SmtpGuardMilterNoReply, _dispatch, _reload
 from smtpguard.app import Runtime, build_runtime, load, new_gate
 from smtpguard.driver import detect_mta
 from smtpguard.pipeline import Action, Decision
@@ -389,3 +389,40 @@ def test_a_forged_result_field_that_cannot_be_removed_defers_the_message(app: Ap
     rc = m._answer(decision)
     assert validated(ctx, rc) == expect("internal_error")
     assert ctx.edits == []
+
+
+class _RaisingBody(SmtpGuardMilterNoReply):
+    """A fault of the glue between pymilter and the adapter, in a step the MTA waits
+    on no answer for (the adapter's own callbacks answer their own exceptions)."""
+
+    @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
+    def body(self, chunk: bytes) -> int:
+        raise RuntimeError("glue")
+
+
+class _RaisingEom(SmtpGuardMilter):
+    def eom(self) -> int:
+        raise RuntimeError("glue")
+
+
+@pytest.mark.parametrize("milter_class", [_RaisingEom, _RaisingBody])
+def test_an_exception_past_the_adapter_is_a_tempfail_never_the_policys_continue(
+    app: App, milter_class: type[SmtpGuardMilter]
+) -> None:
+    """pymilter's exception policy is CONTINUE (its glue's decoding faults are ours,
+    review rev132 F1): what else raises in a callback is answered TEMPFAIL by the
+    dispatcher, or where no reply is awaited deferred to end of message."""
+    ctx = negotiated(milter_class, app)
+    past_rcpt(ctx, Milter.CONTINUE if milter_class is _RaisingEom else Milter.NOREPLY)
+    if milter_class is _RaisingEom:
+        assert _dispatch("eom")(ctx) == Milter.TEMPFAIL
+        return
+    assert _dispatch("body")(ctx, b"hello\r\n") == Milter.NOREPLY
+    rc = _dispatch("eom")(ctx)
+    assert validated(ctx, rc) == expect("internal_error")
+
+
+def test_a_callback_without_its_session_object_tempfails(app: App) -> None:
+    ctx = MilterCtx()  # never negotiated: no milter object
+    assert _dispatch("envfrom_bytes")(ctx, b"<a@sender.example>") == Milter.TEMPFAIL
+    assert _dispatch("eom")(ctx) == Milter.TEMPFAIL

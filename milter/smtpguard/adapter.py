@@ -396,11 +396,11 @@ def _register(config: MilterConfig) -> None:
     never ran is answered ``internal_error`` by the driver; a header field not read
     defers its message.
 
-    So that nothing else can reach that policy, each callback without the session's
-    milter object (it is made at negotiation) answers TEMPFAIL itself, where
-    runmilter's lambdas raised AttributeError."""
+    So that nothing else can reach that policy, every callback answers its own
+    exceptions (:func:`_dispatch`), one without the session's milter object (it is
+    made at negotiation) included, where runmilter's lambdas raised AttributeError."""
     milter.set_exception_policy(milter.CONTINUE)
-    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_connect_callback(_dispatch("connect", Milter.connect_callback))
     milter.set_helo_callback(_dispatch("hello"))
     milter.set_envfrom_callback(_dispatch("envfrom_bytes"))
     milter.set_envrcpt_callback(_dispatch("envrcpt_bytes"))
@@ -416,20 +416,42 @@ def _register(config: MilterConfig) -> None:
         config.name,
         data=_dispatch("data"),
         unknown=_dispatch("unknown"),
-        negotiate=Milter.negotiate_callback,
+        negotiate=_dispatch("negotiate", Milter.negotiate_callback),
     )
 
 
-def _dispatch(method: str) -> Callable[..., int]:
-    """The callback pymilter calls for ``method`` of the session's milter object."""
+def _dispatch(method: str, first: Callable[..., int] | None = None) -> Callable[..., int]:
+    """The callback pymilter calls for ``method`` of the session's milter object (or
+    ``first``, pymilter's own, for the steps that make that object). An exception
+    that escapes it (the adapter answers its own: a fault of the glue between them)
+    is a tempfail, never the exception policy's CONTINUE (an accept at end of
+    message); where no reply is awaited, at the next step that has one."""
 
     def call(ctx: Any, *args: Any) -> int:
-        session = ctx.getpriv()
-        if session is None:
-            log.error("the %s callback came for a session without its object: tempfail", method)
+        session = ctx.getpriv() if first is None else None
+        try:
+            if first is not None:
+                return first(ctx, *args)
+            if session is None:
+                log.error("the %s callback came for a session without its object", method)
+                return int(Milter.TEMPFAIL)
+            rc: int = getattr(session, method)(*args)
+            return rc
+        except Exception:
+            log.exception("the %s callback raised; tempfail", method)
+            session = ctx.getpriv()
+            if not isinstance(session, SmtpGuardMilter):
+                return int(Milter.TEMPFAIL)
+            conn = session.driver.conn
+            fault = TempError("internal_error", f"{method}: exception")
+            if conn.txn is not None:
+                conn.txn.defer(fault, "adapter")
+            else:
+                conn.defer(fault, "adapter")
+            step = getattr(type(session), method, None)
+            if getattr(session, "_protocol", 0) & getattr(step, "milter_protocol", 0):
+                return int(Milter.NOREPLY)
             return int(Milter.TEMPFAIL)
-        rc: int = getattr(session, method)(*args)
-        return rc
 
     return call
 
