@@ -929,6 +929,27 @@ def test_huge_header_line_is_bounded() -> None:
     )
 
 
+def test_a_line_that_starts_two_open_boundaries_is_read_whole() -> None:
+    """Review rev135 F2: "--_,:y" starts the outer boundary "_,:" and the inner "_,".
+    Dovecot takes the longest, ending the inner multipart, and read what follows as
+    one attachment; taken for the inner one's, "--_," lines cut that attachment into
+    text parts of ours, each under the limit, however large the whole."""
+    data = base64.encodebytes(PAYLOAD * 8).replace(b"\n", b"\r\n")
+    cut = b"\r\n--_,\r\n\r\n".join(data[i : i + 4104] for i in range(0, len(data), 4104))
+    body = (
+        b'--_,:\r\nContent-Type: multipart/mixed; boundary="_,"\r\n\r\n'
+        b"--_,\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+        b"--_,:y\r\n"
+        + attachment("big.bin", b"").rstrip(b"\r\n")
+        + b"\r\n\r\n"
+        + cut
+        + b"\r\n--_,:--\r\n"
+    )
+    walker = walk([("Content-Type", 'multipart/mixed; boundary="_,:"')], [body])
+    assert walker.largest_attachment >= len(PAYLOAD) * 8
+    assert "delimiter line with more than the boundary" in walker.malformed
+
+
 @pytest.mark.parametrize(
     "filler",
     [b"--\r\n", b"--XXx\r\n", b"X-Filler: f\r\n"],

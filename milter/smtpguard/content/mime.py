@@ -759,11 +759,13 @@ class MimeWalker:
         self._line_start = True
         return end
 
-    def _match_delimiter(self, line: bytes) -> tuple[int, bool, bool] | None:
+    def _match_delimiter(self, line: bytes) -> tuple[int, bool, bool | None] | None:
         """Find the innermost open multipart whose delimiter ``line`` is: (its index,
-        closing, loose). Loose: the line only starts with it. RFC 2046 §5.1.1 reads
-        that as a delimiter ("an exact match of the entire candidate line is not
-        required"), and so do Dovecot and others; Python's email does not."""
+        closing, loose). Loose: the line only starts with it (True), or with the
+        boundaries of several, which readers take differently (None). RFC 2046
+        §5.1.1 reads a line that starts with one as its delimiter ("an exact match of
+        the entire candidate line is not required"), and so do Dovecot and others;
+        Python's email does not."""
         rest = line[2:].rstrip(b" \t\r\n")
         stack = self._stack
         for i in range(len(stack) - 1, -1, -1):
@@ -776,24 +778,34 @@ class MimeWalker:
                 and rest.startswith(boundary)
             ):
                 return i, True, False
-        for i in range(len(stack) - 1, -1, -1):
-            boundary = stack[i].boundary
-            if rest.startswith(boundary):
-                after = rest[len(boundary) : len(boundary) + 2]
-                return i, after == b"--", True
-        return None
+        starts = [i for i in range(len(stack) - 1, -1, -1) if rest.startswith(stack[i].boundary)]
+        if not starts:
+            return None
+        i = starts[0]
+        if len(starts) > 1 and max(starts, key=lambda j: len(stack[j].boundary)) != i:
+            # Dovecot takes the longest boundary the line starts with, and ends the
+            # multiparts inside it; the innermost one would keep them open (review
+            # rev135 F2: an attachment cut into text parts by "--inner" lines): read
+            # whole, whatever was being read.
+            return i, False, None
+        after = rest[len(stack[i].boundary) : len(stack[i].boundary) + 2]
+        return i, after == b"--", True
 
-    def _loose(self, hit: tuple[int, bool, bool], length: int) -> bool:
+    def _loose(self, hit: tuple[int, bool, bool | None], length: int) -> bool:
         """Whether a delimiter found by its start only (or in a line too long to be
         one) ends the walk: readers differ on it, so the larger reading counts (review
         rev134 F1: an attachment after ``--Bx`` was one to Dovecot, text of the part
         before to us). Taken as a delimiter, RFC 2046's reading, unless an attachment
         is being counted, which the other reading goes on with: then the rest of the
         body is read whole, as one attachment, from its size so far."""
-        if not hit[2] and length <= _DELIM_LINE_MAX:
+        if hit[2] is False and length <= _DELIM_LINE_MAX:
             return False
         self._note("delimiter line with more than the boundary")
-        if length > _DELIM_LINE_MAX or (self._mode == _LEAF and self._counter is not None):
+        if (
+            hit[2] is None
+            or length > _DELIM_LINE_MAX
+            or (self._mode == _LEAF and self._counter is not None)
+        ):
             self._read_rest_whole("delimiter line with more than the boundary")
             return True
         return False
