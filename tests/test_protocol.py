@@ -476,6 +476,27 @@ def test_a_helo_name_that_is_not_utf8_is_judged(
     assert "UnicodeDecodeError: 'utf-8' codec" not in log  # not bare on stderr
 
 
+def test_a_second_helo_name_that_is_not_utf8_is_judged(service: Running) -> None:
+    """Review rev135 F1: after a message (libmilter sends no abort then) or a
+    refused MAIL FROM, a transaction was still open, and the undecodable name of a
+    second EHLO was taken for a header field's: a stranger passed under its first
+    name, and a trusted client that had sent MAIL before EHLO kept its helo_first."""
+    with service.session() as s:
+        assert_pass(s.connect("198.51.100.7"))
+        assert_pass(s.helo("mail.sender.example"))
+        assert_pass(s.mail("<a@sender.example>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        final, _mods, _early = s.message([("Subject", "one")], "hello\r\n")
+        assert_pass(final)
+        assert_pass(s.helo_bytes(b"B\xf6ro-PC.corp.example"))
+        assert_reply(s.mail("<a@sender.example>"), "helo_error")
+    with service.session() as s:
+        assert_pass(s.connect("192.0.2.10"))
+        assert_reply(s.mail("<alice@example.com>"), "helo_first")
+        assert_pass(s.helo_bytes(b"B\xf6ro-PC.corp.example"))
+        assert_pass(s.mail("<alice@example.com>"))
+
+
 def test_a_helo_name_that_is_not_utf8_is_judged_over_inet(tmp_path: Path) -> None:
     """Review rev132 F1: over an inet socket HELO is answered, and pymilter's own 451
     for the name it could not decode made Postfix refuse every MAIL FROM of the

@@ -89,6 +89,10 @@ class App:
 class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no types
     """One libmilter connection: callbacks go to a :class:`SessionDriver`."""
 
+    #: Between DATA (or a first header field) and the end of the headers: where a
+    #: field name pymilter cannot decode comes from (:meth:`glue_fault`).
+    _in_header_block = False
+
     def __init__(self, app: App) -> None:
         self.driver = SessionDriver(app.runtime, app.gate, self._macro)
 
@@ -200,10 +204,13 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         rev130 F1: Postfix with smtputf8_enable = no passes such a name on). Anything
         else defers the transaction, or the next one."""
         conn = self.driver.conn
+        # Review rev135 F1: a transaction outlives its message (libmilter sends no
+        # abort after end of message, nor after a refused MAIL FROM): the step is told
+        # by the header block, not by a transaction open.
         if (
             isinstance(error, UnicodeDecodeError)
             and isinstance(error.object, bytes)
-            and conn.txn is None
+            and not self._in_header_block
         ):
             name = error.object.decode("utf-8", "surrogateescape")
             log.warning(
@@ -219,7 +226,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         log.warning(
             "sid=%s pymilter could not pass the %s its arguments (%s: %s): tempfail",
             conn.session_id,
-            "header field" if conn.txn is not None else "callback",
+            "header field" if self._in_header_block else "callback",
             type(error).__name__,
             error,
         )
@@ -231,6 +238,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             conn.defer(fault, "adapter")
 
     def envfrom(self, mailfrom: str, *args: str) -> int:
+        self._in_header_block = False
         return self._guard(Stage.MAIL, self.driver.mail, mailfrom, args)
 
     def envrcpt(self, rcptto: str, *args: str) -> int:
@@ -239,9 +247,11 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
     # DATA stays: its macros are where Postfix first gives the queue id ("i"), which
     # every log line of the message's content checks carries.
     def data(self) -> int:
+        self._in_header_block = True
         return self._guard(Stage.EOH, self.driver.data)
 
     def header(self, name: str, value: str) -> int:
+        self._in_header_block = True
         return self._guard(Stage.HEADER, self.driver.header, name, self._field_value(value))
 
     def _field_value(self, value: str) -> str:
@@ -259,15 +269,18 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
     # of its own) was aborted unanswered, and the MTA deferred it at its milter
     # timeout, every time (review rev111 F1: SMFIP_NOEOH was negotiated).
     def eoh(self) -> int:
+        self._in_header_block = False
         return self._guard(Stage.EOH, self.driver.eoh)
 
     def body(self, chunk: bytes) -> int:
         return self._guard(Stage.BODY, self.driver.body, chunk)
 
     def eom(self) -> int:
+        self._in_header_block = False
         return self._guard(Stage.EOM, self.driver.eom)
 
     def abort(self) -> int:
+        self._in_header_block = False
         self._quietly("abort", self.driver.abort)
         return int(Milter.CONTINUE)
 
@@ -366,6 +379,7 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
         # Collects the field; it is judged with the body chunk or end of message that
         # follows. Past limits.max_header_fields the collected ones are judged here, so
         # a fault is deferred to end of message as any header verdict is.
+        self._in_header_block = True
         try:
             self.driver.header(name, self._field_value(value))
         except Exception:

@@ -166,6 +166,10 @@ class SessionDriver:
         return decision
 
     def helo(self, name: str) -> Decision:
+        if self.conn.txn is not None:
+            # HELO and EHLO reset the transaction (RFC 5321 §4.1.4); libmilter sends no
+            # abort after a message, nor after a refused MAIL FROM (review rev135 F1).
+            self.abort()
         self.conn.helo = name
         self.conn.tls_version = self._macro("{tls_version}")
         return self.rt.pipeline.run(Stage.HELO, self.conn)
