@@ -159,6 +159,14 @@ _EMBED_WINDOW = 400
 _BARE_XCODE = re.compile(r"#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z)[ \t]*")
 _QMAIL_XCODE = re.compile(r"\(#(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})\b")
 _SENDMAIL_PREFIX = re.compile(r"<[^<>\s]{0,320}>(?:\.\.\.|:)?\s*")
+#: What Postfix puts before an access map's text, after the address (the static relay
+#: reply of postfix-config: "<x@foreign.example>: Recipient address rejected: ...").
+_POSTFIX_ACCESS_PREFIX = re.compile(
+    r"(?:Recipient|Sender) address rejected:\s*|(?:Client host|Helo command) rejected:\s*",
+    re.IGNORECASE,
+)
+#: The end Postfix writes after a remote server's reply in its logs and bounces.
+_IN_REPLY_TO = re.compile(r"\s*\(in reply to [^()]{1,40}\)\s*$", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
 #: An enhanced code anywhere in the text ("status 5.7.26", "(5.2.2)", "[5.2.2]"), not a
 #: piece of an IP address or version number.
@@ -297,7 +305,8 @@ class ParsedReply:
     xcode: str | None
     #: All text of the reply (its lines joined), NFKC-normalized, whitespace collapsed.
     text: str
-    #: Text of the first line only, without code and enhanced code.
+    #: Text of the first line, with the lines folded from it, without code and
+    #: enhanced code.
     first: str
     #: The text of every pasted line (cut), where server signatures are looked for.
     raw: str = ""
@@ -573,12 +582,23 @@ class Knowledge:
                 first,
                 maxsplit=1,
             )[0]
+        first = _IN_REPLY_TO.sub("", first)
         if first[:1] == "<":
             first = _SENDMAIL_PREFIX.sub("", first, count=1)
+            first = _POSTFIX_ACCESS_PREFIX.sub("", first, count=1) if first[:1] in "CHRS" else first
         rows = self._ours_by_key.get(_words(first), [])
-        if reply.code is None:
+        if not rows and " (" in first:
+            # The English text with a gloss of another wording ([replies.override]).
+            rows = self._ours_by_key.get(_words(first.split(" (", 1)[0]), [])
+        if reply.code is None or not rows:
             return rows[0] if rows else None
-        return next((row for row in rows if row.code == reply.code), None)
+        # The code tells apart rows that share a text ("auth error.", 451 and 551);
+        # an override's code, or Postfix's soft_bounce, may have changed it.
+        exact = next((row for row in rows if row.code == reply.code), None)
+        if exact is not None:
+            return exact
+        same_class = [row for row in rows if row.code[0] == reply.code[0]]
+        return same_class[0] if same_class else (rows[0] if len(rows) == 1 else None)
 
     def words_model(self) -> WordModel | None:
         """The word model, read from its file the first time (a malformed file raises
@@ -765,7 +785,20 @@ def parse_reply(raw: str) -> ParsedReply:
         )
     plain = plain_text(f"{text} {report[:MAX_TEXT_CHARS]}" if report else text)
     own = plain_text(text) if report else plain
-    return ParsedReply(code, xcode, text, group[0].text if group else "", whole, plain, own)
+    return ParsedReply(code, xcode, text, _first_line(group), whole, plain, own)
+
+
+def _first_line(group: list[_Line]) -> str:
+    """The reply's first line, with the lines folded from it (a bounce wraps a long
+    reply wherever it likes: review rev137 F2) up to the next line with a code."""
+    if not group:
+        return ""
+    parts = [group[0].text]
+    for line in group[1:]:
+        if line.code is not None:
+            break
+        parts.append(line.text)
+    return " ".join(part for part in parts if part)
 
 
 #: Appended to a category's cause when the word model chose the category.
@@ -1471,7 +1504,12 @@ def _ours(
             cause=_text(file, f"{key}.cause", entry.get("cause")),
             # The table writes a '%' as '%%' (a milter reply is a format string).
             hint=Text(row.hint["en"].replace("%%", "%"), row.hint["zh"].replace("%%", "%")),
-            texts=(row.text["en"], row.text["zh"], f"{row.text['en']} ({row.text['zh']})"),
+            texts=(
+                row.text["en"],
+                row.text["zh"],
+                f"{row.text['en']} ({row.text['zh']})",
+                f"{row.text['zh']} ({row.text['en']})",  # languages = ["zh", "en"]
+            ),
         )
     missing = sorted(ALL_IDS - out.keys())
     if missing:
