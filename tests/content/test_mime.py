@@ -950,6 +950,36 @@ def test_a_line_that_starts_two_open_boundaries_is_read_whole() -> None:
     assert "delimiter line with more than the boundary" in walker.malformed
 
 
+def nested_x(closing: bytes) -> bytes:
+    """Boundaries "X-", "M" and "X" nested in that order; the innermost closed with
+    ``closing``, then an attachment cut by "--M" lines, then "--X---"."""
+    cut = b"\r\n".join([b"A" * 76] * 40)
+    attached = b"\r\n--M\r\n\r\n".join([cut] * 20)
+    return (
+        b'--X-\r\nContent-Type: multipart/mixed; boundary="M"\r\n\r\n'
+        b'--M\r\nContent-Type: multipart/alternative; boundary="X"\r\n\r\n'
+        b"--X\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        + closing
+        + b"\r\nContent-Type: application/octet-stream\r\n"
+        b'Content-Disposition: attachment; filename="evil.bin"\r\n\r\n'
+        + attached
+        + b"\r\n--X---\r\n"
+    )
+
+
+def test_a_closing_delimiter_that_readers_take_apart_is_read_whole() -> None:
+    """Review rev136 F1: "--X-- " closes "X" once its blank is cut, as we cut it;
+    Dovecot keeps the blank, takes the longest boundary the line starts with, "X-",
+    and read one attachment of 62 kB where we saw text parts between "--M" lines."""
+    walker = walk([("Content-Type", 'multipart/mixed; boundary="X-"')], [nested_x(b"--X-- ")])
+    assert walker.largest_attachment >= 20 * 40 * 78 - 100
+    assert "delimiter line with more than the boundary" in walker.malformed
+    # Without the blank both readers close "X" (Dovecot: a line ending in "--" right
+    # after a boundary closes it): the parts that follow are "M"'s, read as such.
+    plain = walk([("Content-Type", 'multipart/mixed; boundary="X-"')], [nested_x(b"--X--")])
+    assert "delimiter line with more than the boundary" not in plain.malformed
+
+
 @pytest.mark.parametrize(
     "filler",
     [b"--\r\n", b"--XXx\r\n", b"X-Filler: f\r\n"],

@@ -770,14 +770,18 @@ class MimeWalker:
         stack = self._stack
         for i in range(len(stack) - 1, -1, -1):
             boundary = stack[i].boundary
-            if rest == boundary:
-                return i, False, False
-            if (
+            closing = (
                 len(rest) == len(boundary) + 2
                 and rest.endswith(b"--")
                 and rest.startswith(boundary)
-            ):
-                return i, True, False
+            )
+            if rest == boundary or closing:
+                if self._dovecots(line) not in (None, i):
+                    # Review rev136 F1: "--X-- " closes "X" once its blank is gone, but
+                    # Dovecot keeps the blank and takes the longer "X-" of a multipart
+                    # further out: read whole.
+                    return i, False, None
+                return i, closing, False
         starts = [i for i in range(len(stack) - 1, -1, -1) if rest.startswith(stack[i].boundary)]
         if not starts:
             return None
@@ -790,6 +794,19 @@ class MimeWalker:
             return i, False, None
         after = rest[len(stack[i].boundary) : len(stack[i].boundary) + 2]
         return i, after == b"--", True
+
+    def _dovecots(self, line: bytes) -> int | None:
+        """The open multipart whose delimiter Dovecot takes ``line`` for: the one it
+        closes when it ends in "--" right after a boundary, else the one with the
+        longest boundary it starts with (only the line break is cut)."""
+        written = line[2:].rstrip(b"\r\n")
+        stack = self._stack
+        if written.endswith(b"--"):
+            for i in range(len(stack) - 1, -1, -1):
+                if stack[i].boundary == written[:-2]:
+                    return i
+        starts = [i for i in range(len(stack)) if written.startswith(stack[i].boundary)]
+        return max(starts, key=lambda i: len(stack[i].boundary)) if starts else None
 
     def _loose(self, hit: tuple[int, bool, bool | None], length: int) -> bool:
         """Whether a delimiter found by its start only (or in a line too long to be
