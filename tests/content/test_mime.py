@@ -967,6 +967,20 @@ def nested_x(closing: bytes) -> bytes:
     )
 
 
+def test_nested_multiparts_of_one_boundary_are_read_as_before() -> None:
+    """A multipart inside another of the same boundary (Python's test message
+    msg_39): Dovecot, on a tie, takes the innermost, as we do; nothing is read whole."""
+    inner = b'Content-Type: multipart/alternative; boundary="B"\r\n\r\n--B\r\n\r\nx\r\n--B--\r\n'
+    body = (
+        b'--B\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+        + inner
+        + b"--B--\r\n--B--\r\n"
+    )
+    walker = walk([("Content-Type", 'multipart/mixed; boundary="B"')], [body])
+    assert "delimiter line with more than the boundary" not in walker.malformed
+    assert walker.largest_attachment == 0
+
+
 def test_a_closing_delimiter_that_readers_take_apart_is_read_whole() -> None:
     """Review rev136 F1: "--X-- " closes "X" once its blank is cut, as we cut it;
     Dovecot keeps the blank, takes the longest boundary the line starts with, "X-",

@@ -786,7 +786,7 @@ class MimeWalker:
         if not starts:
             return None
         i = starts[0]
-        if len(starts) > 1 and max(starts, key=lambda j: len(stack[j].boundary)) != i:
+        if len(starts) > 1 and self._dovecots(line) != i:
             # Dovecot takes the longest boundary the line starts with, and ends the
             # multiparts inside it; the innermost one would keep them open (review
             # rev135 F2: an attachment cut into text parts by "--inner" lines): read
@@ -805,8 +805,14 @@ class MimeWalker:
             for i in range(len(stack) - 1, -1, -1):
                 if stack[i].boundary == written[:-2]:
                     return i
-        starts = [i for i in range(len(stack)) if written.startswith(stack[i].boundary)]
-        return max(starts, key=lambda i: len(stack[i].boundary)) if starts else None
+        found: int | None = None
+        for i in range(len(stack) - 1, -1, -1):  # a tie goes to the innermost
+            boundary = stack[i].boundary
+            if written.startswith(boundary) and (
+                found is None or len(boundary) > len(stack[found].boundary)
+            ):
+                found = i
+        return found
 
     def _loose(self, hit: tuple[int, bool, bool | None], length: int) -> bool:
         """Whether a delimiter found by its start only (or in a line too long to be
