@@ -839,6 +839,31 @@ def test_missing_or_empty_boundary_is_opaque(ctype: str) -> None:
     assert walk_bytes(headers, body) == (len(body), "m", 1, ["missing boundary parameter"])
 
 
+@pytest.mark.parametrize(
+    ("boundary", "why"),
+    [
+        # Review rev138 F1: Dovecot keeps 80 characters of a boundary, and any line that
+        # starts with them is its delimiter ("--" + 80 Ls + "zzz" started an attachment).
+        ("L" * 81, "boundary too long"),
+        # F2: it keeps a blank at the end, which we cut (RFC 2046 allows none there).
+        ('"foo "', "ambiguous boundary"),
+    ],
+)
+def test_a_boundary_readers_cut_differently_is_opaque(boundary: str, why: str) -> None:
+    headers = [("Content-Type", f"multipart/mixed; boundary={boundary}")]
+    body = b"--" + b"L" * 80 + b"zzz\r\n" + attachment("big.bin", PAYLOAD) + b"\r\n"
+    walker = walk(headers, [body])
+    assert walker.malformed == [why]
+    assert walker.largest_attachment >= len(PAYLOAD)
+
+
+def test_a_boundary_of_80_characters_is_walked() -> None:
+    boundary = b"L" * 80
+    body = multipart(boundary, [text_part(), attachment("p.bin", PAYLOAD[:1234])])
+    headers = [("Content-Type", f'multipart/mixed; boundary="{boundary.decode()}"')]
+    assert walk_bytes(headers, body) == (1234, "p.bin", 1, [])
+
+
 def test_boundary_too_long_is_opaque() -> None:
     # Read whole, it counts as one attachment: its size bounds whatever it hides.
     headers = [("Content-Type", "multipart/mixed; boundary=" + "b" * 2000)]

@@ -90,6 +90,10 @@ _LINE_MAX: Final = 64 * 1024
 # also bounds how long an unterminated "--" line is held back.
 _DELIM_LINE_MAX: Final = 1024
 _BOUNDARY_MAX: Final = _DELIM_LINE_MAX - 16
+#: Dovecot keeps this much of a boundary (BOUNDARY_STRING_MAX_LEN, 70 + 10), and any
+#: line that starts with it is its delimiter: a longer one is read whole (review rev138
+#: F1), as a reader's cut cannot be followed exactly.
+_READERS_BOUNDARY_MAX: Final = 80
 # Reported names end up in logs.
 _NAME_MAX: Final = 255
 # RFC 2231 continuations beyond this are ignored.
@@ -796,22 +800,27 @@ class MimeWalker:
         return i, after == b"--", True
 
     def _dovecots(self, line: bytes) -> int | None:
-        """The open multipart whose delimiter Dovecot takes ``line`` for: the one it
-        closes when it ends in "--" right after a boundary, else the one with the
-        longest boundary it starts with (only the line break is cut)."""
-        written = line[2:].rstrip(b"\r\n")
+        """The open multipart whose delimiter Dovecot 2.3 takes ``line`` for (its
+        boundary_line_find and boundary_find): the line without its line break, a
+        CR before it and a final "--" (after more than two characters); of the
+        boundaries it starts with, the longest, a tie to the innermost, an exact one
+        at once. Boundaries longer than Dovecot keeps, or ending in a blank, are not
+        walked into (:meth:`_enter`)."""
+        find = line[2:].split(b"\n", 1)[0]
+        if find.endswith(b"\r"):
+            find = find[:-1]
+        if len(find) > 2 and find.endswith(b"--"):
+            find = find[:-2]
         stack = self._stack
-        if written.endswith(b"--"):
-            for i in range(len(stack) - 1, -1, -1):
-                if stack[i].boundary == written[:-2]:
-                    return i
         found: int | None = None
-        for i in range(len(stack) - 1, -1, -1):  # a tie goes to the innermost
+        for i in range(len(stack) - 1, -1, -1):
             boundary = stack[i].boundary
-            if written.startswith(boundary) and (
+            if find.startswith(boundary) and (
                 found is None or len(boundary) > len(stack[found].boundary)
             ):
                 found = i
+                if len(boundary) == len(find):
+                    break
         return found
 
     def _loose(self, hit: tuple[int, bool, bool | None], length: int) -> bool:
@@ -1044,14 +1053,17 @@ class MimeWalker:
         """Walk into a multipart or an embedded message (None); else why a container is
         read whole instead (noted), or "" for an ordinary leaf."""
         if maintype == "multipart":
-            boundary = _to_bytes(_param(ct_params, "boundary") or "").rstrip(b" \t")
+            written = _to_bytes(_param(ct_params, "boundary") or "")
+            boundary = written.rstrip(b" \t")
             if not boundary:
                 why = "missing boundary parameter"
-            elif _ambiguous(ct_params, "boundary"):
+            elif _ambiguous(ct_params, "boundary") or boundary != written:
                 # Parsers differ on which boundary counts: read whole, counted as one
-                # (review rev45: the part hid in a text part of our reading).
+                # (review rev45: the part hid in a text part of our reading). So do they
+                # on one that ends in a blank, which RFC 2046 forbids: Dovecot keeps it
+                # (review rev138 F2).
                 why = "ambiguous boundary"
-            elif len(boundary) > _BOUNDARY_MAX:
+            elif len(boundary) > min(_BOUNDARY_MAX, _READERS_BOUNDARY_MAX):
                 why = "boundary too long"
             elif depth >= self._max_depth:
                 why = "depth limit"
