@@ -776,15 +776,21 @@ def test_every_row_of_our_table_in_every_form(knowledge: Knowledge, reply_id: st
         assert exp.cause_en == _EXPLAIN["ours"][reply_id]["cause"]["en"]
 
 
-def test_our_text_with_another_code_is_still_ours(knowledge: Knowledge) -> None:
+def test_our_glossed_text_with_another_code_is_still_ours(knowledge: Knowledge) -> None:
     """Review rev137 F4: [replies.override] may change a row's code (the sample
     config's example: rbl_deny as 550), and Postfix's soft_bounce makes a 5xx a 4xx;
-    the text still names the row. The code only tells apart rows that share a text."""
-    exp = knowledge.explain("550 5.7.1 host denies relay.")
+    with our gloss the text still names the row. Without it, the English words alone
+    may be any server's (rev138 F4: Sendmail's "501 5.5.2 Syntax error (no parameters
+    allowed)", an OpenSMTPD filter's "554 5.7.1 Virus found")."""
+    exp = knowledge.explain("550 5.7.1 host denies relay. (拒绝中继)")
     assert exp.reply_id == "host_denies_relay"
     assert exp.category == "relay_denied"
-    assert knowledge.explain("454 4.7.1 smtpport check error.").reply_id == "smtpport_check"
-    assert knowledge.explain("450 5.7.8 auth error.").reply_id == "auth_error_temp"
+    glossed = "454 4.7.1 smtpport check error. (不是合法的邮件服务器)"
+    assert knowledge.explain(glossed).reply_id == "smtpport_check"
+    assert knowledge.explain("550 5.7.1 host denies relay.").reply_id is None
+    assert knowledge.explain("501 5.5.2 Syntax error (no parameters allowed)").reply_id is None
+    assert knowledge.explain("554 5.7.1 Virus found").reply_id is None
+    assert knowledge.explain("535 5.7.8 Auth error.").reply_id is None
 
 
 def test_shared_texts_are_told_apart_by_code(knowledge: Knowledge) -> None:

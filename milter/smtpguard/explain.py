@@ -587,16 +587,21 @@ class Knowledge:
             first = _SENDMAIL_PREFIX.sub("", first, count=1)
             first = _POSTFIX_ACCESS_PREFIX.sub("", first, count=1) if first[:1] in "CHRS" else first
         rows = self._ours_by_key.get(_words(first), [])
+        # Our Chinese gloss is what no other server writes; an English text alone
+        # ("Syntax error", "Virus found") is any server's words (review rev138 F4).
+        glossed = not first.isascii()
         if not rows and " (" in first:
-            # The English text with a gloss of another wording ([replies.override]).
-            rows = self._ours_by_key.get(_words(first.split(" (", 1)[0]), [])
+            english, _, gloss = first.partition(" (")
+            if not gloss.isascii():
+                # The English text with a gloss of another wording ([replies.override]).
+                rows = self._ours_by_key.get(_words(english), [])
         if reply.code is None or not rows:
             return rows[0] if rows else None
-        # The code tells apart rows that share a text ("auth error.", 451 and 551);
-        # an override's code, or Postfix's soft_bounce, may have changed it.
+        # The code tells apart rows that share a text ("auth error.", 451 and 551).
         exact = next((row for row in rows if row.code == reply.code), None)
-        if exact is not None:
+        if exact is not None or not glossed:
             return exact
+        # With our gloss, another code is an override's, or Postfix's soft_bounce.
         same_class = [row for row in rows if row.code[0] == reply.code[0]]
         return same_class[0] if same_class else (rows[0] if len(rows) == 1 else None)
 
