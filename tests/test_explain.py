@@ -831,6 +831,13 @@ def test_shared_texts_are_told_apart_by_code(knowledge: Knowledge) -> None:
         ("554 5.7.1 拒绝开放中继服务器 (openrelay check.)", "openrelay_check"),
         # F4: an override of the Chinese text alone.
         ("554 5.7.1 openrelay check. (开放中继被拒绝)", "openrelay_check"),
+        # F6: Postfix's own replies with postfix-config's footers.
+        ("503 5.5.1 Error: need MAIL command (请先发送 MAIL)", "mail_first"),
+        ("554 5.5.1 Error: no valid recipients (请先发送 RCPT)", "rcpt_first"),
+        (
+            "552 5.3.4 Message size exceeds fixed limit (message is too long. 邮件大小超过限制)",
+            "message_too_long",
+        ),
         # F5: Postfix's static relay reply (relay_control = "postfix").
         (
             "553 5.7.1 <x@foreign.example>: Recipient address rejected: host denies relay."

@@ -165,6 +165,8 @@ _POSTFIX_ACCESS_PREFIX = re.compile(
     r"(?:Recipient|Sender) address rejected:\s*|(?:Client host|Helo command) rejected:\s*",
     re.IGNORECASE,
 )
+#: A gloss in brackets at the end of a reply (postfix-config's reply footers).
+_FOOTER = re.compile(r"\(([^()]{1,200})\)\s*$")
 #: The end Postfix writes after a remote server's reply in its logs and bounces.
 _IN_REPLY_TO = re.compile(r"\s*\(in reply to [^()]{1,40}\)\s*$", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
@@ -595,6 +597,11 @@ class Knowledge:
             if not gloss.isascii():
                 # The English text with a gloss of another wording ([replies.override]).
                 rows = self._ours_by_key.get(_words(english), [])
+        if not rows and (footer := _FOOTER.search(first)) and not footer[1].isascii():
+            # Postfix's own reply with the gloss postfix-config's footer table puts
+            # after it ("503 5.5.1 Error: need MAIL command (请先发送 MAIL)"; review
+            # rev137 F6).
+            rows = self._ours_by_key.get(_words(footer[1]), [])
         if reply.code is None or not rows:
             return rows[0] if rows else None
         # The code tells apart rows that share a text ("auth error.", 451 and 551).
