@@ -744,11 +744,14 @@ def test_with_no_worker_up_one_is_back_within_alone_backoff(tmp_path: Path) -> N
         supervisor = service.process.pid
         wait_until(lambda: len(children(supervisor)) == 2)
         end = time.monotonic() + 9  # long enough for the backoff to pass 4 s
+        killed: set[int] = set()
         while time.monotonic() < end:
-            for pid in children(supervisor):
+            for pid in children(supervisor) - killed:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
+                killed.add(pid)
+            # The next worker the supervisor starts (a killed one may linger unreaped).
+            wait_until(lambda: bool(children(supervisor) - killed) or time.monotonic() >= end, 10)
         assert "restarting it in 2 s (no worker is up)" in service.log()
         started = time.monotonic()
         assert mail(service, "<a@sender.example>") == "continue"
