@@ -162,8 +162,7 @@ _SENDMAIL_PREFIX = re.compile(r"<[^<>\s]{0,320}>(?:\.\.\.|:)?\s*")
 #: What Postfix puts before an access map's text, after the address (the static relay
 #: reply of postfix-config: "<x@foreign.example>: Recipient address rejected: ...").
 _POSTFIX_ACCESS_PREFIX = re.compile(
-    r"(?:Recipient|Sender) address rejected:\s*|(?:Client host|Helo command) rejected:\s*",
-    re.IGNORECASE,
+    r"\A(?:(?:Recipient|Sender) address|Client host|Helo command) rejected:\s*", re.IGNORECASE
 )
 #: A gloss in brackets at the end of a reply (postfix-config's reply footers).
 _FOOTER = re.compile(r"\(([^()]{1,200})\)\s*$")
@@ -587,7 +586,7 @@ class Knowledge:
         first = _IN_REPLY_TO.sub("", first)
         if first[:1] == "<":
             first = _SENDMAIL_PREFIX.sub("", first, count=1)
-            first = _POSTFIX_ACCESS_PREFIX.sub("", first, count=1) if first[:1] in "CHRS" else first
+            first = _POSTFIX_ACCESS_PREFIX.sub("", first, count=1)
         rows = self._ours_by_key.get(_words(first), [])
         # Our Chinese gloss is what no other server writes; an English text alone
         # ("Syntax error", "Virus found") is any server's words (review rev138 F4).
