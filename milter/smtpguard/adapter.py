@@ -221,7 +221,7 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
                 kv("helo", name),
             )
             if self._guard(Stage.HELO, self.driver.helo, name) != Milter.CONTINUE:
-                conn.defer(TempError("internal_error", "exception"), "adapter")
+                self._defer_fault()
             return
         log.warning(
             "sid=%s pymilter could not pass the %s its arguments (%s: %s): tempfail",
@@ -231,7 +231,13 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             error,
         )
         # A step no check saw: never passed as if one had (a field unread, say).
-        fault = TempError("internal_error", f"pymilter: {type(error).__name__}")
+        self._defer_fault(f"pymilter: {type(error).__name__}")
+
+    def _defer_fault(self, detail: str = "exception") -> None:
+        """internal_error at the next step that is answered: end of message, or with no
+        message to answer the next MAIL FROM."""
+        conn = self.driver.conn
+        fault = TempError("internal_error", detail)
         if conn.txn is not None:
             conn.txn.defer(fault, "adapter")
         else:
@@ -366,14 +372,6 @@ class SmtpGuardMilterNoReply(SmtpGuardMilter):
             self._defer_fault()
         return int(Milter.CONTINUE)
 
-    def _defer_fault(self) -> None:
-        conn = self.driver.conn
-        fault = TempError("internal_error", "exception")
-        if conn.txn is not None:
-            conn.txn.defer(fault, "adapter")
-        else:
-            conn.defer(fault, "adapter")  # no message to answer: the next MAIL FROM
-
     @Milter.noreply  # type: ignore[untyped-decorator]  # pymilter ships no types
     def header(self, name: str, value: str) -> int:
         # Collects the field; it is judged with the body chunk or end of message that
@@ -456,12 +454,7 @@ def _dispatch(method: str, first: Callable[..., int] | None = None) -> Callable[
             session = ctx.getpriv()
             if not isinstance(session, SmtpGuardMilter):
                 return int(Milter.TEMPFAIL)
-            conn = session.driver.conn
-            fault = TempError("internal_error", f"{method}: exception")
-            if conn.txn is not None:
-                conn.txn.defer(fault, "adapter")
-            else:
-                conn.defer(fault, "adapter")
+            session._defer_fault(f"{method}: exception")
             step = getattr(type(session), method, None)
             if getattr(session, "_protocol", 0) & getattr(step, "milter_protocol", 0):
                 return int(Milter.NOREPLY)
