@@ -652,6 +652,29 @@ RETRY_STEPS = [
 ]
 
 
+class _TwoCalls:
+    """A counter with hit and peek only: :func:`hit_unless_retry`'s two-call path."""
+
+    def __init__(self, counter: InProcessCounter) -> None:
+        self.hit, self.peek = counter.hit, counter.peek
+
+
+def test_in_process_counts_a_retry_once_in_one_call_as_the_two_calls_do() -> None:
+    """InProcessCounter.hit_unless_retry (one lock, one pass) gives what hit and peek
+    give, step by step, and what it recorded reads the same afterwards."""
+    together, apart = InProcessCounter(60, TWO_PERCENT), InProcessCounter(60, TWO_PERCENT)
+    for key, message, size in RETRY_STEPS:
+        attempt = f"retry|{key}|{message}|{size}"
+        assert together.hit_unless_retry(key, size, attempt, 3) == hit_unless_retry(
+            _TwoCalls(apart), key, size, attempt, 3
+        )
+    for key, message, size in RETRY_STEPS:
+        attempt = f"retry|{key}|{message}|{size}"
+        assert together.peek(key, size) == apart.peek(key, size)
+        assert together.peek(attempt, size) == apart.peek(attempt, size)
+    assert together.peek(KEY, 3000) == 3  # m1 twice (its 4th attempt counts) and m2
+
+
 @pytest.mark.integration
 def test_redis_counts_a_retry_once_in_one_call_as_the_two_calls_do(
     fresh_redis: RedisServer,

@@ -626,8 +626,10 @@ def helo_spelling(name: str) -> str:
     return name.replace("_", "x")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_helo_fqdn(name: str) -> bool:
-    """:func:`is_fqdn` of a greeting (:func:`helo_spelling`)."""
+    """:func:`is_fqdn` of a greeting (:func:`helo_spelling`). Cached: three checks ask
+    it of the same name, and the same names greet session after session."""
     return is_fqdn(helo_spelling(name))
 
 

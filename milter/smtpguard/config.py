@@ -13,6 +13,7 @@ Relative paths are resolved against the directory of the config file, so the sam
 from __future__ import annotations
 
 import difflib
+import functools
 import grp
 import ipaddress
 import math
@@ -419,9 +420,11 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
+@functools.lru_cache(maxsize=4096)
 def _in_domains(domain: str, domains: frozenset[str]) -> bool:
     """Exact match, or any parent listed as ``.example.com`` (Postfix style); compared
-    canonical, as :meth:`_Section.domains` stores them."""
+    canonical, as :meth:`_Section.domains` stores them. Cached (a frozenset keeps its
+    hash): a message's domains are asked about by several checks."""
     domain = canonical_domain(domain)
     if domain in domains:
         return True

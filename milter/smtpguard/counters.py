@@ -182,29 +182,53 @@ class InProcessCounter:
     def peek(self, key: str, size: int) -> int:
         return self._count(key, size, add=False)
 
-    def _count(self, key: str, size: int, *, add: bool) -> int:
+    def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
+        """:func:`hit_unless_retry` under one lock, the attempt counted in its own
+        bucket only (a retry has the very size), as the shared backends count it."""
         lower, own, upper = self.buckets.neighbourhood(size)
         with self._lock:
             now = self._clock()
             oldest = now - self.window
-            if add:
-                stamps = peek(self._hits, (key, own), None)
-                if stamps is None:
-                    stamps = []
-                elif len(stamps) >= self.max_per_bucket:
-                    del stamps[0]
-                stamps.append(now)
-                # Assigning again restarts the entry's time to live.
-                self._hits[(key, own)] = stamps
-            total = 0
-            for bucket in (lower, own, upper):
-                stamps = peek(self._hits, (key, bucket), None)
-                if stamps is None:
-                    continue
-                # Appended under the lock from a monotonic clock: in order.
-                del stamps[: bisect.bisect_right(stamps, oldest)]
-                total += len(stamps)
-            return total
+            attempts = self._tally(attempt, (own,), own, now, oldest, add=True)
+            add = not 1 < attempts <= forgiven + 1
+            return self._tally(key, (lower, own, upper), own, now, oldest, add=add), attempts
+
+    def _count(self, key: str, size: int, *, add: bool) -> int:
+        lower, own, upper = self.buckets.neighbourhood(size)
+        with self._lock:
+            now = self._clock()
+            return self._tally(key, (lower, own, upper), own, now, now - self.window, add=add)
+
+    def _tally(
+        self,
+        key: str,
+        buckets: tuple[int, ...],
+        own: int,
+        now: float,
+        oldest: float,
+        *,
+        add: bool,
+    ) -> int:
+        """Under the lock: the key's count over ``buckets``, after a hit in ``own``
+        if ``add``."""
+        if add:
+            stamps = peek(self._hits, (key, own), None)
+            if stamps is None:
+                stamps = []
+            elif len(stamps) >= self.max_per_bucket:
+                del stamps[0]
+            stamps.append(now)
+            # Assigning again restarts the entry's time to live.
+            self._hits[(key, own)] = stamps
+        total = 0
+        for bucket in buckets:
+            stamps = peek(self._hits, (key, bucket), None)
+            if stamps is None:
+                continue
+            # Appended under the lock from a monotonic clock: in order.
+            del stamps[: bisect.bisect_right(stamps, oldest)]
+            total += len(stamps)
+        return total
 
 
 #: Time slots per (key, bucket) in :class:`SharedCounter`; the window spans all but two.

@@ -260,7 +260,7 @@ class Pipeline:
         relevant = self.policy.relevant if self.policy.active else frozenset()
         self.plan: dict[Stage, tuple[_Step, ...]] = {
             stage: tuple(
-                _Step(c, s, self._mode(s), c.name in relevant, header_names(c)) for c, s in checks
+                _step(c, s, self._mode(s), c.name in relevant, header_names(c)) for c, s in checks
             )
             for stage, checks in self.stages.items()
         }
@@ -611,7 +611,11 @@ class Pipeline:
         blind = _blinded(conn)
         for step in self._steps(stage, event):
             check, settings = step.check, step.settings
-            mode, guarded = self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
+            mode, guarded = (
+                _ENFORCED
+                if step.enforced
+                else self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
+            )
             if mode == "off" and not guarded:
                 continue
             try:
@@ -989,6 +993,19 @@ class _Step(NamedTuple):
     relevant: bool
     #: The header fields it reads (header stage), None for all.
     fields: frozenset[str] | None
+    #: Enforced in every session: no exemption or table changes its mode, and no guard
+    #: is needed (:meth:`Pipeline._mode_here` is not asked; most steps of a message).
+    enforced: bool
+
+
+def _step(
+    check: Check, settings: CheckSettings, mode: str, relevant: bool, fields: frozenset[str] | None
+) -> _Step:
+    return _Step(check, settings, mode, relevant, fields, mode == "enforce" and not relevant)
+
+
+#: :meth:`Pipeline._mode_here`'s answer for an enforced step.
+_ENFORCED: Final = ("enforce", False)
 
 
 @dataclass(slots=True)
