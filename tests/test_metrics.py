@@ -126,6 +126,13 @@ def test_every_outcome_is_counted_and_promtool_accepts_the_text(
     assert found[("smtpguard_stage_seconds_count", (("stage", "eom"),))] == 2.0
     # Present from the start, so that ratios over them exist before the first failure.
     assert found[("smtpguard_dns_lookups_total", (("status", "servfail"),))] == 0.0
+    # Review rev133 F5: increase() starts a series at its first sample, so one that
+    # appears with its first error or deferral missed that one (an alert a step late).
+    assert found[("smtpguard_backend_errors_total", (("backend", "mailbox"),))] == 0.0
+    assert found[("smtpguard_backend_errors_total", (("backend", "blacklist"),))] == 0.0
+    for reply_id in ("internal_error", "database_temp_error"):
+        tempfail = (("outcome", "tempfail"), ("reply_id", reply_id))
+        assert found[("smtpguard_transactions_total", tempfail)] == 0.0
     build = [k for k in found if k[0] == "smtpguard_build_info"]
     assert len(build) == 1
     assert found[build[0]] == 1.0

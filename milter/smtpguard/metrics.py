@@ -21,7 +21,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, Protocol, TypeVar
 
 from smtpguard import __version__
@@ -96,6 +96,7 @@ class Metrics(Protocol):
     def decision(self, reply_id: str, mode: str, action: str) -> None: ...
     def stage_seconds(self, stage: str, seconds: float) -> None: ...
     def backend_error(self, backend: str) -> None: ...
+    def backends_known(self, names: Iterable[str]) -> None: ...
     def check_verdict(self, check: str, verdict: str) -> None: ...
     def transaction(self, outcome: str, reply_id: str, seconds: float) -> None: ...
     def session_opened(self) -> None: ...
@@ -113,6 +114,9 @@ class NullMetrics:
         pass
 
     def backend_error(self, backend: str) -> None:
+        pass
+
+    def backends_known(self, names: Iterable[str]) -> None:
         pass
 
     def check_verdict(self, check: str, verdict: str) -> None:
@@ -329,6 +333,9 @@ class PrometheusMetrics:
         for reason in DNS_BUSY_REASONS:
             self._dns_busy.labels(reason)
         self._transactions.labels("accept", "none")
+        # The deferrals the tempfail ratio alert is for, counted from their first.
+        for reply_id in ("internal_error", "database_temp_error"):
+            self._transactions.labels("tempfail", reply_id)
 
     def prepare_process(self) -> None:
         """In multiprocess mode, allocate this process's files before its first value
@@ -370,6 +377,14 @@ class PrometheusMetrics:
     @_never_fails
     def backend_error(self, backend: str) -> None:
         self._errors.labels(backend).inc()
+
+    @_never_fails
+    def backends_known(self, names: Iterable[str]) -> None:
+        """Each check's error series at 0 from the start: ``increase()`` over a series
+        takes its first sample as its start, so the first errors of one that appeared
+        with them went uncounted (the alert fired only on the next; review rev133 F5)."""
+        for name in names:
+            self._errors.labels(name)
 
     @_never_fails
     def check_verdict(self, check: str, verdict: str) -> None:

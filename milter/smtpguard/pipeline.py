@@ -273,6 +273,9 @@ class Pipeline:
             name: tuple(step for step in header if step.fields is None or name in step.fields)
             for name in named
         }
+        self.metrics.backends_known(
+            sorted({step.check.name for steps in self.plan.values() for step in steps})
+        )
 
     def _register_hooks(self, check: Check) -> None:
         # Looked up once here, not per session: a runtime Protocol check at every
@@ -608,7 +611,8 @@ class Pipeline:
     def _run_checks(self, stage: Stage, conn: Connection, event: Event) -> Decision:
         trace: list[str] | None = conn.scratch.get(TRACE)
         policy = self.policy if self.policy.active else None
-        blind = _blinded(conn)
+        txn = conn.txn  # _blinded(conn), inlined: it runs for every stage's checks
+        blind: set[str] | None = txn.scratch.get(_BLIND) if txn is not None else None
         for step in self._steps(stage, event):
             check, settings = step.check, step.settings
             mode, guarded = (

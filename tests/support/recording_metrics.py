@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class RecordingMetrics:
     """Keeps every metrics call, as (method, args)."""
@@ -20,6 +22,9 @@ class RecordingMetrics:
 
     def backend_error(self, backend: str) -> None:
         self._keep("backend_error", backend)
+
+    def backends_known(self, names: Iterable[str]) -> None:
+        self._keep("backends_known", *names)
 
     def check_verdict(self, check: str, verdict: str) -> None:
         self._keep("check_verdict", check, verdict)
