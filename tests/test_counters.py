@@ -490,14 +490,20 @@ def test_a_key_of_another_type_fails_that_sender_only(
     assert isinstance(primary, RedisCounter)
     admin = redis.Redis.from_url(fresh_redis.url)
     admin.set(primary.keys_for(KEY, 3000)[1], "planted")
+    pattern = primary.key_pattern(KEY)
     for _ in range(3):
-        with pytest.raises(CounterError, match="WRONGTYPE"):
+        with pytest.raises(CounterError, match="WRONGTYPE") as raised:
             counter.hit(KEY, 3000)
+        # The decision line's detail names the keys as the warning does (rev133 F4).
+        assert str(raised.value).endswith(f"(keys {pattern})")
         assert counter.hit("other|192.0.2.9", 3000) >= 1  # at once, no outage
     assert not counter.down
     ((level, message),) = outage_log()  # once for the key
     assert level == logging.WARNING
     assert "holds another type of value" in message
+    assert f"(keys {pattern})" in message
+    listed = {k.decode() for k in cast(list[bytes], admin.keys(pattern))}
+    assert primary.keys_for(KEY, 3000)[1] in listed
     admin.delete(primary.keys_for(KEY, 3000)[1])
     assert counter.hit(KEY, 3000) == 1
     admin.close()

@@ -999,6 +999,11 @@ class RedisCounter:
     def keys_for(self, key: str, size: int) -> list[str]:
         return self._keys(self._base(key), size)
 
+    def key_pattern(self, key: str) -> str:
+        """A pattern matching every key of ``key``'s counts (``redis-cli --scan
+        --pattern``): its buckets and its messages' attempts."""
+        return f"{self._base(key)}*"
+
     def _keys(self, base: str, size: int) -> list[str]:
         return [f"{base}:{bucket}" for bucket in self.buckets.neighbourhood(size)]
 
@@ -1246,16 +1251,21 @@ class ResilientCounter:
         with self._lock:
             first = key not in self._bad_keys
             self._bad_keys[key] = True
+        naming = getattr(self.primary, "key_pattern", None)
+        # Named in the warning and in the error the decision line (with the session id)
+        # carries, so the two can be joined and the key found (review rev133 F4).
+        where = f" (keys {naming(key)})" if naming is not None else ""
         if first:
             log.warning(
                 "counter backend %s: a key of this sender's counts holds another type of"
-                " value (%s); its messages get the counter's error until it expires or is"
-                " deleted",
+                " value (%s)%s; its messages get the counter's error until it expires or"
+                " is deleted",
                 self.name,
                 exc,
+                where,
             )
         if self.on_error == "error" or self.local is None:
-            raise exc
+            raise CounterError(f"{exc}{where}") from exc.__cause__
         return run(self.local)
 
     def _failed(self, exc: CounterError, op: Literal["hit", "peek"]) -> None:
