@@ -108,6 +108,32 @@ def test_retire_keeps_what_the_new_runtime_shares(site: Site) -> None:
     assert descriptors_on(counter_path(load(site.config))) > 0
 
 
+def test_one_worker_keeps_its_counts_over_a_new_threshold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev141 F1: with one worker any [bulk] or [state] change built a new,
+    empty in-process counter, silently: a threshold lowered during a flood gave every
+    sender a fresh allowance. A new threshold, key or blacklist setting keeps it; a
+    new window starts the counts again, and says so."""
+    one = make_site(tmp_path, {"milter": {"workers": 1}})
+    app = App(build_runtime(load(one.config)), new_gate(load(one.config)))
+    for n in range(3):
+        session(app, n)
+    counter = app.runtime.services.counter
+    data = tomllib.loads(one.config.read_text(encoding="utf-8"))
+    data["bulk"] = {"threshold": 2, "key": ["sender_domain"]}
+    data.setdefault("state", {})["cache_ttl"] = 0
+    with caplog.at_level(logging.WARNING):
+        app.swap(reloaded(app, data))
+    assert app.runtime.services.counter is counter
+    assert "start again at zero" not in caplog.text
+    data["bulk"]["window"] = 600
+    with caplog.at_level(logging.WARNING):
+        app.swap(reloaded(app, data))
+    assert app.runtime.services.counter is not counter
+    assert "same-size counts start again at zero" in caplog.text
+
+
 def test_reloads_with_redis_state_close_the_retired_connections(tmp_path: Path) -> None:
     """The blacklist's and the counter's Redis connections of a retired runtime are
     closed: Redis sees the clients of one runtime, not of every reload since start.

@@ -86,14 +86,7 @@ def build_runtime(
         metrics = previous.services.metrics if previous is not None else NullMetrics()
     if dns is None and config.dns.enabled:
         dns = make_resolver(config.dns, metrics)
-    counter = (
-        previous.services.counter
-        if previous is not None
-        and previous.config.state == config.state
-        and previous.config.bulk == config.bulk
-        and previous.config.milter.workers == config.milter.workers
-        else None
-    ) or make_counter(config)
+    counter = _kept_counter(config, previous) or make_counter(config)
     services = Services(
         config=config,
         directory=directory,
@@ -181,6 +174,50 @@ def redis_seen_file(config: Config) -> Path:
     return path.with_name(f"{path.name}.redis-{config.state.redis_prefix}-blacklist-seen")
 
 
+def counter_shape(config: Config) -> tuple[object, ...]:
+    """What :func:`make_counter` builds from: a reload that keeps these keeps the
+    counter and its counts. Not the threshold or the key (read at each message), nor
+    [state] settings of the blacklist alone (cache_ttl, redis_blacklist_required)."""
+    bulk, state = config.bulk, config.state
+    where: tuple[object, ...]
+    if state.backend == "redis":
+        where = ("redis", state.redis_url, state.redis_prefix, state.on_redis_error, state.timeout)
+    elif config.milter.workers > 1:
+        where = ("file", counter_path(config), state.timeout)
+    else:
+        where = ("process",)
+    return (
+        where,
+        bulk.window,
+        bulk.bucket_width,
+        bulk.bucket_bytes,
+        _per_bucket_cap(bulk.threshold),
+    )
+
+
+def _kept_counter(config: Config, previous: Runtime | None) -> SizeBucketCounter | None:
+    """The running counter, when a reload leaves :func:`counter_shape` as it was. A
+    threshold lowered during a flood must not give every sender a fresh allowance
+    (review rev141 F1: any [bulk] or [state] change did, with one worker, silently)."""
+    if previous is None:
+        return None
+    if counter_shape(previous.config) == counter_shape(config):
+        return previous.services.counter
+    if isinstance(previous.services.counter, InProcessCounter):
+        # The other backends keep their counts outside this object (the shared file
+        # says itself when its geometry changes).
+        log.warning(
+            "same-size counts start again at zero: the reload changed how they are kept"
+            " ([bulk] window or bucket sizes, or [state] backend)"
+        )
+    return None
+
+
+def _per_bucket_cap(threshold: int) -> int:
+    """Hits kept per (sender, bucket): counts saturate there, above the threshold."""
+    return max(1000, threshold + 1)
+
+
 def counter_path(config: Config) -> Path:
     """The embedded same-size counters of several workers: a file beside the state
     file (``state-counters.map`` for ``state.sqlite``)."""
@@ -202,7 +239,7 @@ def make_counter(config: Config) -> SizeBucketCounter:
         if bulk.bucket_bytes
         else SizeBuckets(bulk.bucket_width, relative=True)
     )
-    cap = max(1000, bulk.threshold + 1)
+    cap = _per_bucket_cap(bulk.threshold)
     if state.backend != "redis" and config.milter.workers > 1:
         return SharedCounter(counter_path(config), bulk.window, buckets, timeout=state.timeout)
     local = InProcessCounter(bulk.window, buckets, max_per_bucket=cap)
