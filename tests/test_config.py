@@ -597,6 +597,25 @@ def test_number_bounds_are_written_as_in_a_config_file(
     assert error.message == message
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("100000", "must be a power of two (65536, 131072, 262144 ...)"),
+        ("512", "must be at least 1024"),
+        ("8388608", "must be at most 4194304"),
+    ],
+)
+def test_bulk_shared_entries_is_a_power_of_two_within_bounds(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    error = assert_config_error(
+        tmp_path, f"[bulk]\nshared_entries = {value}\n", "bulk.shared_entries", message
+    )
+    assert error.message == message
+    path = write_config(tmp_path, "[bulk]\nshared_entries = 262144\n")
+    assert load(path).bulk.shared_entries == 262144
+
+
 def test_every_table_with_a_problem_is_named_at_once(tmp_path: Path) -> None:
     """Review rev113 F2: one problem a run, then a fix and a run for the next. A
     table that reads a failed one (here [domain], which needs [site] and [limits])

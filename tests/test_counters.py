@@ -927,7 +927,7 @@ def test_shared_threads_lose_no_hits(tmp_path: Path) -> None:
 
 def test_shared_table_is_bounded_and_forgets_the_stalest_first(tmp_path: Path) -> None:
     clock = Clock()
-    counter = shared(tmp_path, capacity=32, clock=clock)
+    counter = shared(tmp_path, capacity=64, clock=clock)  # 32 entries for counts
     counter.prepare()
     size = (tmp_path / "counters.map").stat().st_size
     for _ in range(5):
@@ -946,7 +946,7 @@ def test_shared_table_is_bounded_and_forgets_the_stalest_first(tmp_path: Path) -
 
 def test_shared_entries_out_of_the_window_are_reused(tmp_path: Path) -> None:
     clock = Clock()
-    counter = shared(tmp_path, capacity=32, clock=clock)
+    counter = shared(tmp_path, capacity=64, clock=clock)  # 32 entries for counts
     for i in range(32):
         counter.hit(f"old{i}", 7000)
     clock.now += 70
@@ -1319,16 +1319,40 @@ def test_shared_lock_held_elsewhere_is_a_counter_error_after_the_timeout(
     assert counter.hit(KEY, 7000) == 1
 
 
-def test_an_attempt_never_takes_a_live_entrys_place(tmp_path: Path) -> None:
+def test_an_attempt_never_takes_a_counts_place(tmp_path: Path) -> None:
     """Review rev95 F2: an attempt's key comes from a Message-ID the sender chooses,
     which could be ground so that its entry evicted the sender's own count (a flood
-    without limit). With no free entry an attempt is not recorded (it counts as a
-    first attempt), and the counts in the table stay."""
-    counter = shared(tmp_path, capacity=32)
+    without limit). Attempts have a half of the table of their own: however many
+    there are, the counts stay."""
+    counter = shared(tmp_path, capacity=64)
     for n in range(31):
         counter.hit(f"other{n}", 1000)
-    assert counter.hit(KEY, 1000) == 1  # the last free entry: the table is full
-    for n in range(1, 6):
-        # Each attempt finds no room: a first attempt, so the sender's count goes on.
+    assert counter.hit(KEY, 1000) == 1  # the last free entry for counts
+    for n in range(1, 101):
         assert counter.hit_unless_retry(KEY, 1000, f"retry|{n}", 3) == (n + 1, 1)
     assert [counter.peek(f"other{n}", 1000) for n in range(31)] == [1] * 31
+    assert counter.total() == 32 + 100
+
+
+def test_a_retry_counts_once_with_the_counts_half_full(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev141 F2: with every entry live (a busy window), an attempt found no
+    room, so each retry counted as a first attempt: the 3rd attempt of one message got
+    552 under a threshold of 2. A full table is said once (WARNING)."""
+    clock = Clock()
+    counter = shared(tmp_path, capacity=64, clock=clock)
+    with caplog.at_level(logging.WARNING, "smtpguard.counters"):
+        for n in range(200):
+            counter.hit(f"other{n}", 1000)  # the counts' half full, and then some
+        for n in range(40):
+            clock.now += 0.1
+            counter.hit_unless_retry(f"old{n}", 5000, f"retry|old{n}", 3)  # attempts
+        clock.now += 0.1
+        attempts = [counter.hit_unless_retry(KEY, 1000, "retry|m1", 3) for _ in range(4)]
+    # Its attempt took the place of the attempt idle longest: counted once, the
+    # three retries forgiven.
+    assert attempts == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    assert counter.peek("retry|old39", 5000) == 0  # attempts are not counts
+    assert caplog.text.count("is full") == 1
+    assert "raise [bulk] shared_entries above 64" in caplog.text

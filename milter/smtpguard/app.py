@@ -183,7 +183,7 @@ def counter_shape(config: Config) -> tuple[object, ...]:
     if state.backend == "redis":
         where = ("redis", state.redis_url, state.redis_prefix, state.on_redis_error, state.timeout)
     elif config.milter.workers > 1:
-        where = ("file", counter_path(config), state.timeout)
+        where = ("file", counter_path(config), state.timeout, bulk.shared_entries)
     else:
         where = ("process",)
     return (
@@ -241,7 +241,13 @@ def make_counter(config: Config) -> SizeBucketCounter:
     )
     cap = _per_bucket_cap(bulk.threshold)
     if state.backend != "redis" and config.milter.workers > 1:
-        return SharedCounter(counter_path(config), bulk.window, buckets, timeout=state.timeout)
+        return SharedCounter(
+            counter_path(config),
+            bulk.window,
+            buckets,
+            capacity=bulk.shared_entries,
+            timeout=state.timeout,
+        )
     local = InProcessCounter(bulk.window, buckets, max_per_bucket=cap)
     if state.backend != "redis":
         return local

@@ -631,6 +631,10 @@ class BulkConfig:
     #: in octets when bucket_bytes > 0.
     bucket_width: float = 0.02
     bucket_bytes: int = 0
+    #: Entries of the table the workers share (several workers, embedded state): a
+    #: power of two, 160 octets each. Each sender and size takes one, each message
+    #: with a Message-ID one more, for the window.
+    shared_entries: int = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -1171,6 +1175,10 @@ def _antispam(s: _Section) -> AntispamConfig:
 _BULK_KEYS = ("sender", "sender_domain", "client_ip", "login")
 
 
+#: 640 MiB of shared table.
+MAX_SHARED_ENTRIES: Final = 1 << 22
+
+
 def _bulk(s: _Section) -> BulkConfig:
     d = BulkConfig()
     key = s.strings("key", d.key)
@@ -1191,8 +1199,13 @@ def _bulk(s: _Section) -> BulkConfig:
         threshold=s.integer("threshold", d.threshold, minimum=1),
         bucket_width=s.number("bucket_width", d.bucket_width, minimum=0.0001),
         bucket_bytes=s.integer("bucket_bytes", d.bucket_bytes, minimum=0),
+        shared_entries=s.integer(
+            "shared_entries", d.shared_entries, minimum=1024, maximum=MAX_SHARED_ENTRIES
+        ),
     )
     s.done()
+    if out.shared_entries & (out.shared_entries - 1):
+        raise s.error("shared_entries", "must be a power of two (65536, 131072, 262144 ...)")
     if not 0 < out.bucket_width < 1:
         raise s.error("bucket_width", "a relative width must be between 0 and 1 (e.g. 0.02)")
     return out

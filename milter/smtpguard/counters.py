@@ -236,7 +236,8 @@ RING_SLOTS: Final = 32
 #: How far ahead of the clock (in slots: one window) a count may be stamped and still
 #: count: beyond that it was made while the clock ran ahead, and is dropped.
 _AHEAD: Final = RING_SLOTS - 2
-_MAGIC: Final = b"SGSIZE01"
+# 02: counts and attempts in halves of their own (a file of 01 is made again).
+_MAGIC: Final = b"SGSIZE02"
 # magic, capacity, ring slots, slot seconds; padded so that entries start aligned.
 _HEADER: Final = struct.Struct("<8sIId")
 _HEADER_SIZE: Final = 64
@@ -247,6 +248,8 @@ _SLOT: Final = struct.Struct("<q")
 _RING: Final = struct.Struct(f"<{RING_SLOTS}I")
 _COUNT: Final = struct.Struct("<I")
 _EMPTY: Final = bytes(16)
+#: Seconds between two warnings that the table had no room.
+FULL_WARNING_INTERVAL: Final = 600.0
 #: Entries tried from a key's home position before the oldest one is reused.
 PROBES: Final = 32
 #: Waiting for another process's lock on the counter file. It is held for a few
@@ -342,8 +345,8 @@ class SharedCounter:
         clock: Callable[[], float] = time.time,
         path_clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if capacity < PROBES or capacity & (capacity - 1):
-            raise ValueError(f"capacity must be a power of two >= {PROBES}")
+        if capacity < 2 * PROBES or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two >= {2 * PROBES}")
         self.path = os.fspath(path)
         self.window = window
         self.buckets = buckets
@@ -369,6 +372,8 @@ class SharedCounter:
         #: once it works), and whether that failed (said once, see _remapped).
         self._remaking = False
         self._remake_failed = False
+        #: When the table was last said to be full (:meth:`_note_full`).
+        self._full_warned = -math.inf
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -377,7 +382,8 @@ class SharedCounter:
         return self._run(key, size, add=False)
 
     def total(self) -> int:
-        """Hits in the window over every key and bucket (diagnostics and tests)."""
+        """Hits in the window over every key and bucket, the attempts' half of the
+        table left out (diagnostics and tests)."""
         with self._lock:
             try:
                 table = self._locked_table()
@@ -389,7 +395,9 @@ class SharedCounter:
                 slot = math.floor(now / self.slot_seconds)
                 used = (
                     at
-                    for at in range(_HEADER_SIZE, self.size, _ENTRY.size)
+                    for at in range(
+                        _HEADER_SIZE, _HEADER_SIZE + self.capacity // 2 * _ENTRY.size, _ENTRY.size
+                    )
                     if table[at : at + 16] != _EMPTY
                 )
                 return sum(self._sum(table, at, first, slot) for at in used)
@@ -652,10 +660,7 @@ class SharedCounter:
         lower, own, upper = self.buckets.neighbourhood(size)
         total = 0
         if add:
-            # An attempt's entry never takes a live one's place: its key comes from a
-            # Message-ID the sender chooses, which could be ground to evict the sender's
-            # own count (review rev95 F2); with no room it counts as a first attempt.
-            at = self._entry(table, digest, home, own, first, claim=True, evict=not alone)
+            at = self._entry(table, digest, home, own, first, claim=True, attempt=alone)
             if at < 0:
                 return 1
             self._add(table, at, slot)
@@ -665,7 +670,7 @@ class SharedCounter:
         else:
             around = (lower, upper) if add else (lower, own, upper)
         for bucket in around:
-            at = self._entry(table, digest, home, bucket, first, claim=False)
+            at = self._entry(table, digest, home, bucket, first, claim=False, attempt=alone)
             if at >= 0:
                 total += self._sum(table, at, first, slot)
         return total
@@ -702,18 +707,26 @@ class SharedCounter:
         first: int,
         *,
         claim: bool,
-        evict: bool = True,
+        attempt: bool = False,
     ) -> int:
         """The offset of the (key, bucket) entry; -1 if there is none and ``claim`` is
-        false, else a fresh one (a never used, expired or, with ``evict``, the stalest
-        entry; -1 without it when every entry probed is live)."""
+        false, else a fresh one (a never used or expired entry, else the stalest).
+
+        Counts live in the first half of the table, attempts in the second, so neither
+        takes the other's place: an attempt's key comes from a Message-ID the sender
+        chooses, which could be ground to evict the sender's own count (review rev95
+        F2), and with the counts' half full a retry still finds the attempt entry idle
+        longest to give way (rev141 F2: with one table none could, and every retry
+        counted as a first attempt, up to a permanent 552)."""
         wanted = _KEY.pack(digest, bucket)
-        mask = self.capacity - 1
+        half = self.capacity // 2
+        region = half if attempt else 0
+        mask = half - 1
         start = home + bucket * 0x9E3779B1
         free = stalest = -1
         stalest_slot = 0
         for i in range(PROBES):
-            at = _HEADER_SIZE + ((start + i) & mask) * _ENTRY.size
+            at = _HEADER_SIZE + (region + ((start + i) & mask)) * _ENTRY.size
             current = table[at : at + _KEY.size]
             if current == wanted:
                 return at
@@ -728,11 +741,32 @@ class SharedCounter:
                     free = at
                 elif stalest < 0 or newest < stalest_slot:
                     stalest, stalest_slot = at, newest
-        if not claim or (free < 0 and not evict):
+        if not claim:
             return -1
-        at = free if free >= 0 else stalest
+        if free >= 0:
+            at = free
+        else:
+            self._note_full()
+            at = stalest
         table[at : at + _ENTRY.size] = _ENTRY.pack(digest, bucket, 0, *([0] * RING_SLOTS))
         return at
+
+    def _note_full(self) -> None:
+        """A claim found every entry it may probe live: said at most once every
+        :data:`FULL_WARNING_INTERVAL` seconds per process."""
+        now = self._path_clock()
+        if now < self._full_warned + FULL_WARNING_INTERVAL:
+            return
+        self._full_warned = now
+        log.warning(
+            "same-size counter table %s is full (the %d entries probed for a new one"
+            " were all in use): the counts idle longest are forgotten first; raise"
+            " [bulk] shared_entries above %d (two entries per message with a Message-ID"
+            " in the window)",
+            self.path,
+            PROBES,
+            self.capacity,
+        )
 
     @staticmethod
     def _add(table: mmap.mmap, at: int, slot: int) -> None:
