@@ -63,6 +63,10 @@ install_tree() {
     local src=$1 dest=$2 new="$2.new" rel
     rm -rf "$new"
     cp -r "$src" "$new"
+    # What is shipped is readable by all; what the operator kept keeps its own mode
+    # and owner (cp -p below): a config they made 0640 for its loop_marker_key stays
+    # so (review rev140 F3: made 0644 again, and check-config then stopped start.sh).
+    chmod -R a+rX "$new"
     if [ -d "$dest" ]; then
         while IFS= read -r -d '' rel; do
             if [ ! -e "$new/$rel" ]; then
@@ -77,7 +81,7 @@ install_tree() {
         done < <(cd "$dest" && find . -type f ! -name '*.dist' ! -name .shipped.sha256 -print0)
     fi
     (cd "$src" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$new/.shipped.sha256"
-    chmod -R a+rX "$new"
+    chmod a+r "$new/.shipped.sha256"
     rm -rf "${dest:?}"
     mv "$new" "$dest"
 }

@@ -43,10 +43,11 @@ SMTPGUARD="$PREFIX/venv/bin/smtpguard"
 ln -sfn "$SMTPGUARD" /usr/local/bin/smtpguard
 service_user
 CONFIG=${SMTPGUARD_CONFIG:-$PREFIX/conf/smtpguard.toml}
-if [ ! -f "$STATE_DIR/directory.sqlite" ]; then
-    "$SMTPGUARD" -c "$CONFIG" directory import "$PREFIX/conf/directory.example.toml"
-    service_user  # the imported file becomes the service user's
-fi
+# The example users on a first install only: the config says where the directory is,
+# or that there is none (review rev140 F7: a fixed path merged them into a moved live
+# directory at every update, and stopped start.sh with backend = "none").
+"$SMTPGUARD" -c "$CONFIG" directory import --if-new "$PREFIX/conf/directory.example.toml"
+service_user  # an imported file becomes the service user's
 "$SMTPGUARD" -c "$CONFIG" check-config
 if [ "$INSTALL_ONLY" -eq 1 ]; then
     echo "start.sh: installed in $PREFIX; a running service still runs the old code:" \

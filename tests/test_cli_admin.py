@@ -110,6 +110,24 @@ def test_import_missing_file_exits_2(site: Site, tmp_path: Path) -> None:
     assert str(tmp_path / "absent.toml") in result.stderr
 
 
+def test_import_if_new_leaves_an_existing_directory_alone(site: Site, tmp_path: Path) -> None:
+    """Review rev140 F7: start.sh imported the example users whenever a fixed path was
+    missing, into a directory the config had moved; --if-new asks the config."""
+    before = stored(site.directory)
+    result = run(site, "directory", "import", "--if-new", str(SAMPLE_DIRECTORY))
+    assert (result.returncode, result.stdout) == (0, f"{site.directory} exists: nothing imported\n")
+    assert stored(site.directory) == before
+    moved = tmp_path / "elsewhere" / "users.sqlite"
+    moved.parent.mkdir()
+    fresh = make_site(tmp_path / "fresh", {"directory": {"path": str(moved)}}, directory=False)
+    assert run(fresh, "directory", "import", "--if-new", str(SAMPLE_DIRECTORY)).returncode == 0
+    assert len(stored(moved)["users"]) == 2  # the example's alice and postmaster
+    none = make_site(tmp_path / "none", {"directory": {"backend": "none"}}, directory=False)
+    result = run(none, "directory", "import", "--if-new", str(SAMPLE_DIRECTORY))
+    assert result.returncode == 0, result.stderr
+    assert "nothing to import" in result.stdout
+
+
 # --- directory export, list, show, remove ----------------------------------------------
 
 

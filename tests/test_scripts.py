@@ -69,3 +69,25 @@ def test_an_install_without_a_record_keeps_every_file_that_differs(tmp_path: Pat
     assert (dest / "smtpguard.toml.dist").read_text() == "new sample\n"
     assert "same.toml" not in result.stderr
     assert (dest / ".shipped.sha256").is_file()
+
+
+def test_an_update_keeps_the_mode_of_a_file_the_operator_kept(tmp_path: Path) -> None:
+    """Review rev140 F3: the operator's config, kept, was made readable by all again
+    (check-config refuses a loop_marker_key in such a file, so start.sh stopped after
+    installing the new code, and the key was exposed meanwhile)."""
+    src, dest = tmp_path / "checkout-conf", tmp_path / "opt-conf"
+    shipped(src, {"smtpguard.toml": "sample 1\n", "sub/rules.txt": "rules 1\n"})
+    install_tree(src, dest)
+    (dest / "smtpguard.toml").write_text('loop_marker_key = "secret"\n')
+    (dest / "smtpguard.toml").chmod(0o640)
+    (dest / "mine.toml").write_text("added\n")
+    (dest / "mine.toml").chmod(0o600)
+    shipped(src, {"smtpguard.toml": "sample 2\n", "sub/rules.txt": "rules 2\n"})
+    install_tree(src, dest)
+    assert (dest / "smtpguard.toml").read_text() == 'loop_marker_key = "secret"\n'
+    assert (dest / "smtpguard.toml").stat().st_mode & 0o777 == 0o640
+    assert (dest / "mine.toml").stat().st_mode & 0o777 == 0o600
+    # What was shipped is readable by all, as before.
+    for shipped_file in ("smtpguard.toml.dist", "sub/rules.txt", ".shipped.sha256"):
+        assert (dest / shipped_file).stat().st_mode & 0o004, shipped_file
+    assert (dest / "sub").stat().st_mode & 0o005 == 0o005

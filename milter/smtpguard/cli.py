@@ -358,6 +358,9 @@ def _directory_command(
         from smtpguard.directory import ChangeRefused, DirectoryError
 
         config = _load(args.config)
+        if config.directory.backend == "none" and getattr(args, "if_new", False):
+            print(f'{config.file}: directory.backend is "none": nothing to import')
+            return 0
         if config.directory.backend == "none":
             # The file would be written (or read) where nothing else looks.
             print(
@@ -379,6 +382,9 @@ def _directory_command(
 def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
     from smtpguard.directory import ImportError_, import_file
 
+    if args.if_new and config.directory.path.exists():
+        print(f"{config.directory.path} exists: nothing imported")
+        return 0
     try:
         counts = import_file(
             config.directory.path,
@@ -836,6 +842,13 @@ def _directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="drop every existing entry first (without it, an entry given again replaces"
         " the stored one whole: a user with its send-as rights, an alias, a list)",
+    )
+    di.add_argument(
+        "--if-new",
+        action="store_true",
+        help="only when the directory file does not exist yet (and nothing, exit 0, with"
+        ' directory.backend = "none"): a first install\'s example users, never merged'
+        " into a live directory",
     )
     _command(dsub, "list", cmd_directory_list, help="one line per user, alias and list")
     ds = _command(dsub, "show", cmd_directory_show, help="a user, alias or list with all it has")
