@@ -152,7 +152,12 @@ def test_sendmail_detected_from_v_gets_ascii(app: App) -> None:
         (None, "auto", MTA.UNANNOUNCED),
         ("something", "auto", MTA.UNKNOWN),
         (None, "sendmail", MTA.SENDMAIL),
-        ("8.17.1.9", "postfix", MTA.POSTFIX),
+        (None, "postfix", MTA.POSTFIX),
+        ("something", "postfix", MTA.POSTFIX),
+        # Review rev140 F1: v names the MTA; a config that says otherwise is wrong,
+        # and UTF-8 towards Sendmail breaks its clients' sessions.
+        ("8.17.1.9", "postfix", MTA.SENDMAIL),
+        ("Postfix 3.7.11", "sendmail", MTA.POSTFIX),
     ],
 )
 def test_detect_mta(macro: str | None, configured: str, expected: MTA) -> None:

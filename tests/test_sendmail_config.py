@@ -268,6 +268,29 @@ def test_a_socket_path_sendmail_cannot_read_is_refused(tmp_path: Path, path: str
     assert "milter.socket: for Sendmail:" in checked.stderr
 
 
+def test_a_config_that_calls_its_mta_postfix_gets_no_sendmail_lines(tmp_path: Path) -> None:
+    """Review rev140 F1: with milter.mta = "postfix" a Sendmail that sends no macro v
+    gets UTF-8 replies, which it mangles (its clients fall out of step); no Sendmail
+    command passes such a config."""
+    site = make_site(tmp_path, {"milter": {"mta": "postfix"}}, directory=False)
+    result = run_cli("-c", str(site.config), "sendmail-config")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert 'milter.mta = "postfix"' in result.stderr
+    assert 'set milter.mta = "auto"' in result.stderr
+    good = make_site(tmp_path / "auto", directory=False)
+    lines = run_cli("-c", str(good.config), "sendmail-config")
+    assert lines.returncode == 0
+    cf = tmp_path / "sendmail.cf"
+    cf.write_text(
+        "O InputMailFilters=smtpguard\nXsmtpguard, S=local:/run/x.sock, F=T\n", encoding="utf-8"
+    )
+    checked = run_cli("-c", str(site.config), "sendmail-config", "--check", str(cf))
+    assert checked.returncode == 1
+    assert f'{cf}: milter.mta = "postfix": a Sendmail that sends no macro v' in checked.stdout
+    other = run_cli("-c", str(good.config), "sendmail-config", "--check", str(cf))
+    assert 'milter.mta = "postfix"' not in other.stdout
+
+
 def test_socket_paths_sendmail_reads_are_accepted() -> None:
     for socket in ("unix:/run/a b%c/smtpguard.sock", "inet:10025@127.0.0.1", "inet6:10025@[::1]"):
         assert sendmail_socket_problem(socket) is None, socket

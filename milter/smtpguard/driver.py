@@ -25,6 +25,7 @@ from smtpguard.address import (
 )
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
+from smtpguard.logsetup import kv
 from smtpguard.pipeline import CONTINUE, Action, Decision
 from smtpguard.session import MTA, Connection, Transaction, new_session_id
 from smtpguard.state import SessionGate
@@ -36,11 +37,8 @@ log = logging.getLogger("smtpguard")
 MacroLookup = Callable[[str], str | None]
 
 
-def detect_mta(version_macro: str | None, configured: str) -> MTA:
-    if configured == "postfix":
-        return MTA.POSTFIX
-    if configured == "sendmail":
-        return MTA.SENDMAIL
+def announced_mta(version_macro: str | None) -> MTA:
+    """The MTA its macro ``v`` names."""
     if not version_macro:
         # Postfix sends v by default; Sendmail only when the .mc asks for it.
         return MTA.UNANNOUNCED
@@ -48,6 +46,17 @@ def detect_mta(version_macro: str | None, configured: str) -> MTA:
         return MTA.POSTFIX
     # Sendmail sets v to its bare version, e.g. "8.17.1.9".
     return MTA.SENDMAIL if version_macro[:1].isdigit() else MTA.UNKNOWN
+
+
+def detect_mta(version_macro: str | None, configured: str) -> MTA:
+    """``milter.mta`` where macro ``v`` does not name Postfix or Sendmail; where it
+    does, that MTA: UTF-8 replies towards a Sendmail the config calls Postfix put its
+    clients' sessions out of step (it clears the 8th bit; review rev140 F1), and
+    Postfix's relay guard is Postfix's alone."""
+    announced = announced_mta(version_macro)
+    if announced in (MTA.POSTFIX, MTA.SENDMAIL) or configured == "auto":
+        return announced
+    return MTA.POSTFIX if configured == "postfix" else MTA.SENDMAIL
 
 
 class Once:
@@ -66,6 +75,8 @@ class Once:
 #: The missing-v warning concerns the MTA's configuration, not one session: every
 #: session of a misconfigured Sendmail would repeat it.
 UNANNOUNCED_NOTICE = Once()
+#: So does the warning that macro v contradicts milter.mta.
+CONTRADICTED_NOTICE = Once()
 
 
 @functools.lru_cache(maxsize=4096)  # the same clients come back; parsing costs more
@@ -137,7 +148,18 @@ class SessionDriver:
         if isinstance(hostaddr, tuple) and len(hostaddr) > 1:
             conn.client_port = int(hostaddr[1])
         conn.client_name = hostname or ""
-        conn.mta = detect_mta(self._macro("v"), self.rt.config.milter.mta)
+        configured = self.rt.config.milter.mta
+        conn.mta = detect_mta(self._macro("v"), configured)
+        if configured not in ("auto", conn.mta.value) and CONTRADICTED_NOTICE():
+            log.warning(
+                'sid=%s milter.mta = "%s", but the MTA\'s macro %s names %s: answering as'
+                ' to %s (logged once per process); set milter.mta = "auto"',
+                conn.session_id,
+                configured,
+                kv("v", self._macro("v")),
+                conn.mta.value,
+                conn.mta.value,
+            )
         if conn.client_name in ("", "unknown") or conn.client_name.startswith("["):
             conn.client_name_confirmed = False
         elif conn.mta is MTA.POSTFIX:
@@ -151,7 +173,7 @@ class SessionDriver:
                 "only, as for Sendmail, which clears the 8th bit of reply text, and SASL "
                 "logins are taken as sent (Sendmail xtext-encodes them: a login with + or = "
                 "is then unknown); logged once per process. Use the whole sendmail-config "
-                "output, or set milter.mta",
+                'output, or set milter.mta = "sendmail"',
                 conn.session_id,
             )
         conn.trusted_network = self.rt.config.site.is_trusted_ip(conn.client_ip)

@@ -249,17 +249,19 @@ def guarded_sendmail(
     tmp: Path,
     extra: dict[str, object] | None = None,
     command: Callable[[Path], list[str]] | None = None,
+    lines: Callable[[str], str] = str,
 ) -> Iterator[tuple[Running, Sendmail]]:
     """smtpguard on a site with ``extra``, behind its own Sendmail; their files go below
     ``tmp``. ``command`` gives the service's argv for the config file (default:
-    ``smtpguard run``)."""
+    ``smtpguard run``); ``lines`` what of the README's .mc lines the Sendmail gets
+    (default: all)."""
     with milter_socket_dir() as sockets:
         sock = sockets / "smtpguard.sock"
         site = guard_site(tmp / "site", sock, extra)
         argv = command(site.config) if command is not None else None
         with (
             running(site, argv, wait_for=str(sock)) as svc,
-            sendmail(install, tmp / "mta", snippet(site)) as sm,
+            sendmail(install, tmp / "mta", lines(snippet(site))) as sm,
         ):
             yield svc, sm
 
@@ -1312,10 +1314,42 @@ def test_socket_below_a_group_writable_directory_stops_sendmail(
 def utf8_mta(
     sendmail_install: SendmailInstall, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Sendmail]:
-    """smtpguard told that its MTA is Postfix, so it sends the table's Chinese."""
+    """smtpguard told that its MTA is Postfix, behind a Sendmail that sends no macro v
+    (the INPUT_MAIL_FILTER line alone): the config decides, so it sends the table's
+    Chinese."""
     extra: dict[str, object] = {"milter": {"mta": "postfix"}}
-    with guarded_sendmail(sendmail_install, tmp_path_factory.mktemp("utf8"), extra) as (_, sm):
+    tmp = tmp_path_factory.mktemp("utf8")
+    with guarded_sendmail(sendmail_install, tmp, extra, lines=filter_line_only) as (_, sm):
         yield sm
+
+
+@pytest.fixture(scope="module")
+def contradicted(
+    sendmail_install: SendmailInstall, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Running, Sendmail]]:
+    """smtpguard told that its MTA is Postfix, behind a Sendmail with the README's lines
+    (macro v among them)."""
+    extra: dict[str, object] = {"milter": {"mta": "postfix"}}
+    with guarded_sendmail(sendmail_install, tmp_path_factory.mktemp("v-wins"), extra) as both:
+        yield both
+
+
+def test_macro_v_wins_over_a_config_that_says_postfix(
+    contradicted: tuple[Running, Sendmail],
+) -> None:
+    """Review rev140 F1: with milter.mta = "postfix" behind a Sendmail that names itself
+    in macro v, smtpguard sent UTF-8 and a real client fell out of step. v wins: ASCII
+    replies, the client in step, one WARNING that says why."""
+    svc, sm = contradicted
+    for _ in range(2):
+        assert rcpt_limit_with_smtplib(sm) == [
+            (451, b"4.5.3 out of allow RCPT numbers."),
+            (250, b"2.0.0 OK"),
+            (250, b"2.0.0 Reset state"),
+        ]
+    log = svc.log()
+    assert log.count('milter.mta = "postfix", but the MTA\'s macro v=') == 1
+    assert "names sendmail: answering as to sendmail (logged once per process)" in log
 
 
 @pytest.mark.parametrize(
