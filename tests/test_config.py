@@ -598,6 +598,47 @@ def test_number_bounds_are_written_as_in_a_config_file(
 
 
 @pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (
+            'auth_allowed = ["PLAN", "LOGIN"]',
+            "policy.auth_allowed[0]",
+            "unknown SASL mechanism 'PLAN' (did you mean PLAIN?): not in IANA's registry"
+            " (a private one is named X-...)",
+        ),
+        (
+            'auth_tls_required = ["LOGN"]',
+            "policy.auth_tls_required[0]",
+            "unknown SASL mechanism 'LOGN' (did you mean LOGIN?): not in IANA's registry"
+            " (a private one is named X-...)",
+        ),
+        (
+            'auth_allowed = ["PLAIN LOGIN"]',
+            "policy.auth_allowed[0]",
+            "'PLAIN LOGIN' is no SASL mechanism name (RFC 4422: up to 20 letters, digits, - and _)",
+        ),
+    ],
+)
+def test_sasl_mechanism_names_are_checked(
+    tmp_path: Path, text: str, key: str, message: str
+) -> None:
+    """Review rev140 F2: a misspelt mechanism loaded and never matched: LOGIN without
+    TLS passed, and every PLAIN login was deferred for good."""
+    error = assert_config_error(tmp_path, f"[policy]\n{text}\n", key, message)
+    assert error.message == message
+
+
+def test_sasl_mechanisms_in_any_case_families_and_private_ones_load(tmp_path: Path) -> None:
+    text = (
+        '[policy]\nauth_allowed = ["plain", "scram-sha-256-plus", "X-CORP", "xoauth2"]\n'
+        'auth_tls_required = ["Login"]\n'
+    )
+    policy = load(write_config(tmp_path, text)).policy
+    assert policy.auth_allowed == {"PLAIN", "SCRAM-SHA-256-PLUS", "X-CORP", "XOAUTH2"}
+    assert policy.auth_tls_required == {"LOGIN"}
+
+
+@pytest.mark.parametrize(
     ("value", "message"),
     [
         ("100000", "must be a power of two (65536, 131072, 262144 ...)"),

@@ -1570,10 +1570,8 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
             sender_deny.append(_address_pattern(s, key, entry))
     out = PolicyConfig(
         sender_deny=tuple(sender_deny),
-        auth_tls_required=frozenset(
-            m.upper() for m in s.strings("auth_tls_required", tuple(sorted(d.auth_tls_required)))
-        ),
-        auth_allowed=frozenset(m.upper() for m in s.strings("auth_allowed")),
+        auth_tls_required=_mechanisms(s, "auth_tls_required", d.auth_tls_required),
+        auth_allowed=_mechanisms(s, "auth_allowed", frozenset()),
         default_login_domain=_login_domain(s, site),
         check_header_from=s.boolean("check_header_from", d.check_header_from),
         exempt=tuple(_exemption(e, i, known) for i, e in enumerate(s.table_list("exempt"))),
@@ -1598,6 +1596,71 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
         names[ex.name] = index
     s.done()
     return out
+
+
+#: SASL mechanisms in IANA's registry (RFC 4422 section 5), which MTAs offer by these
+#: names; SCRAM-* and GS2-* are families, X-* private ones.
+SASL_MECHANISMS: Final = frozenset(
+    {
+        "ANONYMOUS",
+        "CRAM-MD5",
+        "DIGEST-MD5",
+        "EAP-AES128",
+        "EAP-AES128-PLUS",
+        "ECDH-X25519-CHALLENGE",
+        "ECDSA-NIST256P-CHALLENGE",
+        "EXTERNAL",
+        "GSS-SPNEGO",
+        "GSSAPI",
+        "KERBEROS_V4",
+        "KERBEROS_V5",
+        "LOGIN",
+        "NMAS-SAMBA-AUTH",
+        "NMAS_AUTHEN",
+        "NMAS_LOGIN",
+        "NTLM",
+        "OAUTH10A",
+        "OAUTHBEARER",
+        "OPENID20",
+        "OTP",
+        "PLAIN",
+        "SAML20",
+        "SECURID",
+        "SKEY",
+        "SPNEGO",
+        "SPNEGO-PLUS",
+        "SXOVER-PLUS",
+        "XOAUTH",
+        "XOAUTH2",
+    }
+)
+_SASL_FAMILIES: Final = ("SCRAM-", "GS2-", "X-", "9798-")
+#: RFC 4422 section 3.1: 1 to 20 upper-case letters, digits, hyphens and underscores.
+_SASL_NAME: Final = re.compile(r"[A-Z0-9_-]{1,20}")
+
+
+def _mechanisms(s: _Section, name: str, default: frozenset[str]) -> frozenset[str]:
+    """SASL mechanism names, upper-cased: a misspelt one would never match, silently
+    dropping a TLS requirement or deferring a mechanism's every login (review rev140
+    F2)."""
+    out = set()
+    for index, item in enumerate(s.strings(name, tuple(sorted(default)))):
+        mechanism = item.strip().upper()
+        if not _SASL_NAME.fullmatch(mechanism):
+            raise s.error(
+                f"{name}[{index}]",
+                f"{item!r} is no SASL mechanism name (RFC 4422: up to 20 letters, digits, - and _)",
+            )
+        if mechanism not in SASL_MECHANISMS and not mechanism.startswith(_SASL_FAMILIES):
+            near = difflib.get_close_matches(mechanism, sorted(SASL_MECHANISMS), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise s.error(
+                f"{name}[{index}]",
+                f"unknown SASL mechanism {item!r}{hint}: not in IANA's registry"
+                " (a private one is named X-...)",
+            )
+        out.add(mechanism)
+    return frozenset(out)
 
 
 def _login_domain(s: _Section, site: SiteConfig) -> str:
