@@ -26,6 +26,23 @@ def test_config_option_before_or_after_the_subcommand() -> None:
     assert "host_denies_relay" in after.stdout
 
 
+@pytest.mark.parametrize(("utf8", "chinese"), [("always", True), ("never", False)])
+def test_replies_are_printed_as_the_utf8_policy_sends_them(
+    tmp_path: Path, utf8: str, chinese: bool
+) -> None:
+    """Review rev140 F4: with utf8 = "never" the table's Chinese was printed, which no
+    client gets."""
+    site = make_site(tmp_path, {"replies": {"languages": ["zh"], "utf8": utf8}}, directory=False)
+    shown = smtpguard(site, "replies").stdout
+    rbl = next(line for line in shown.splitlines() if line.startswith("rbl_deny "))
+    assert ("拒绝" in rbl) is chinese, rbl
+    assert rbl.isascii() is not chinese
+    ascii_form = smtpguard(site, "replies", "--ascii").stdout
+    assert ascii_form.isascii()
+    if not chinese:
+        assert shown == ascii_form
+
+
 def test_usage_error_and_help_name_the_exit_codes() -> None:
     assert run_cli("no-such-command").returncode == 2
     help_text = run_cli("--help").stdout

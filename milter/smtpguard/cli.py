@@ -169,8 +169,11 @@ def cmd_replies(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     table = load_replies(config.replies, config.file)
+    # As clients get them (review rev140 F4: the UTF-8 form was printed with
+    # utf8 = "never"); with "smtputf8", as an SMTPUTF8 session gets them.
+    utf8 = not args.ascii and config.replies.utf8 != "never"
     for reply_id in MILTER_IDS:
-        for line in table.render(reply_id, utf8=not args.ascii).wire_lines():
+        for line in table.render(reply_id, utf8=utf8).wire_lines():
             print(f"{reply_id:26} {line}")
     for reply_id in sorted(ALL_IDS - set(MILTER_IDS)):
         row = table.rows[reply_id]
@@ -885,7 +888,12 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "run", cmd_run, help="run the milter service")
     _check_config_parser(sub)
     rp = _command(sub, "replies", cmd_replies, help="print the reply table as clients would see it")
-    rp.add_argument("--ascii", action="store_true", help="as sent when UTF-8 is not allowed")
+    rp.add_argument(
+        "--ascii",
+        action="store_true",
+        help='as sent when UTF-8 is not allowed (always so with [replies] utf8 = "never";'
+        ' with "smtputf8", without it: as a session without SMTPUTF8 gets them)',
+    )
 
     _blacklist_parser(sub)
 
