@@ -128,6 +128,17 @@ def test_exemption_loads_with_groups_and_files(tmp_path: Path) -> None:
             "policy.exempt[0].recipients",
             "not an address, @domain or domain",
         ),
+        # Review rev140 F6: a bare word is a domain; these were meant as addresses.
+        (
+            f"{EXEMPT}recipients = ['postmaster']\nskip = ['antispam']\n",
+            "policy.exempt[0].recipients",
+            "'postmaster' is read as a domain; write 'postmaster@example.com'",
+        ),
+        (
+            f"{EXEMPT}ips = ['192.0.2.1']\nsenders = ['MAILER-DAEMON']\nskip = ['rbl']\n",
+            "policy.exempt[0].senders",
+            "'MAILER-DAEMON' is read as a domain",
+        ),
         ("[[dnsbl.local]]\nfile = 'absent.txt'\n", "dnsbl.local[0].file", "cannot read"),
         (
             "[[dnsbl.local]]\nfile = 'list.txt'\nkind = 'spam'\n",
@@ -160,11 +171,11 @@ def test_exemption_patterns_of_every_documented_form_load(tmp_path: Path) -> Non
         f"{EXEMPT}ips = ['192.0.2.1']\n"
         "senders = ['a@partner.example', '\"a b\"@partner.example', '@partner.example',"
         " 'partner.example', 'Bücher.Example']\n"
-        "recipients = ['postmaster', 'abuse@example.com']\nskip = ['rbl']\n"
+        "recipients = ['postmaster@example.com', 'abuse@example.com']\nskip = ['rbl']\n"
     )
     (ex,) = load(write_config(tmp_path, text)).policy.exempt
     assert ex.senders[-1] == "bücher.example"
-    assert ex.recipients == ("postmaster", "abuse@example.com")
+    assert ex.recipients == ("postmaster@example.com", "abuse@example.com")
 
 
 #: example.com in full-width letters and dot (U+FF45..., U+FF0E).

@@ -1768,6 +1768,15 @@ def _address_pattern(s: _Section, name: str, item: str) -> str:
             f"{item!r}: write {bare!r} (the domain and its subdomains) or"
             f" '@{bare}' (that domain only)",
         )
+    if not at and text.lower() in ("postmaster", "mailer-daemon", "abuse"):
+        # A bare word is a domain here; these are meant as local parts (review rev140
+        # F6: recipients = ["postmaster"] loaded, read as a domain, and never matched).
+        raise s.error(
+            name,
+            f"{item!r} is read as a domain; write '{text}@example.com' for that address"
+            " of a domain (the built-in exemption covers postmaster@ of every local"
+            " domain: policy.postmaster_skip)",
+        )
     if "*" in text:
         # Legal in a local part, but whoever writes bounce-*@ means a wildcard.
         hint = "; write a /pattern/" if name.startswith("sender_deny") else ""
