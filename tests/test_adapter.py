@@ -158,6 +158,11 @@ def test_sendmail_detected_from_v_gets_ascii(app: App) -> None:
         # and UTF-8 towards Sendmail breaks its clients' sessions.
         ("8.17.1.9", "postfix", MTA.SENDMAIL),
         ("Postfix 3.7.11", "sendmail", MTA.POSTFIX),
+        # Review rev142 F1: a Postfix with milter_macro_v = $mail_version; the config
+        # that says so is kept (taken for Sendmail, its relay guard was off).
+        ("3.7.11", "postfix", MTA.POSTFIX),
+        ("3.7.11", "auto", MTA.SENDMAIL),
+        ("8.17", "postfix", MTA.POSTFIX),
     ],
 )
 def test_detect_mta(macro: str | None, configured: str, expected: MTA) -> None:

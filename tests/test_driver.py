@@ -389,3 +389,22 @@ def test_closing_a_session_cancels_its_own_work(runtime: Runtime) -> None:
     work: concurrent.futures.Future[None] = d.conn.background(concurrent.futures.Future())
     d.close()
     assert work.cancelled()
+
+
+def test_a_postfix_sending_its_bare_version_stays_postfix_as_configured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev142 F1: with milter_macro_v = $mail_version Postfix sends "3.7.11";
+    taken for Sendmail over milter.mta = "postfix", the relay guard was off and a dry
+    run passed a stranger's relay. The configured Postfix stays, guard and all."""
+    site = make_site(tmp_path, {"milter": {"mta": "postfix", "dry_run": True}})
+    d = driver(build_runtime(load(site.config)), {"v": "3.7.11", "j": "mx.example.com"})
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    assert d.mail("<a@sender.example>", ()).action is Action.CONTINUE
+    refused = d.rcpt("<victim@gmail.example>")
+    assert refused.reply is not None
+    assert refused.reply.reply_id == "host_denies_relay"
+    assert d.conn.mta is MTA.POSTFIX
+    assert "answering as to" not in caplog.text
+    d.close()

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import re
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from smtpguard.address import (
     AddressError,
@@ -48,13 +49,25 @@ def announced_mta(version_macro: str | None) -> MTA:
     return MTA.SENDMAIL if version_macro[:1].isdigit() else MTA.UNKNOWN
 
 
+#: Sendmail's own version in macro v: 8.x since 1993 ("8.17.1.9"). A bare version of
+#: another number may be Postfix's (``milter_macro_v = $mail_version`` sends "3.7.11").
+_SENDMAIL_VERSION: Final = re.compile(r"8\.\d+\.")
+
+
 def detect_mta(version_macro: str | None, configured: str) -> MTA:
-    """``milter.mta`` where macro ``v`` does not name Postfix or Sendmail; where it
-    does, that MTA: UTF-8 replies towards a Sendmail the config calls Postfix put its
-    clients' sessions out of step (it clears the 8th bit; review rev140 F1), and
-    Postfix's relay guard is Postfix's alone."""
+    """With ``milter.mta = "auto"``, what macro ``v`` says (:func:`announced_mta`).
+    Otherwise the configured MTA, unless ``v`` names the other one beyond doubt
+    ("Postfix ..." or Sendmail's 8.x version): UTF-8 replies towards a Sendmail the
+    config calls Postfix put its clients' sessions out of step (it clears the 8th bit;
+    review rev140 F1). A bare version of another number does not override it: a
+    Postfix with ``milter_macro_v = $mail_version`` sends "3.7.11", and taking it for
+    Sendmail turned off Postfix's relay guard (rev142 F1)."""
     announced = announced_mta(version_macro)
-    if announced in (MTA.POSTFIX, MTA.SENDMAIL) or configured == "auto":
+    if configured == "auto":
+        return announced
+    if announced is MTA.POSTFIX:
+        return announced
+    if announced is MTA.SENDMAIL and _SENDMAIL_VERSION.match(version_macro or ""):
         return announced
     return MTA.POSTFIX if configured == "postfix" else MTA.SENDMAIL
 
