@@ -15,6 +15,7 @@ import tomli_w
 
 from smtpguard.adapter import App
 from smtpguard.app import Runtime, build_runtime, counter_path, load, new_gate, retire
+from smtpguard.counters import InProcessCounter
 from smtpguard.driver import SessionDriver
 from smtpguard.state import StateError
 from smtpguard.supervisor import reloader
@@ -121,11 +122,19 @@ def test_one_worker_keeps_its_counts_over_a_new_threshold(
         session(app, n)
     counter = app.runtime.services.counter
     data = tomllib.loads(one.config.read_text(encoding="utf-8"))
+    data["bulk"] = {"threshold": 1500}
+    app.swap(reloaded(app, data))
+    assert app.runtime.services.counter is counter
+    assert isinstance(counter, InProcessCounter)
+    assert counter.max_per_bucket == 1501  # room for the new threshold's counts
+    # Review rev142 F2: from 1000 or more down, the per-bucket cap changed with it and
+    # the counter was built again.
     data["bulk"] = {"threshold": 2, "key": ["sender_domain"]}
     data.setdefault("state", {})["cache_ttl"] = 0
     with caplog.at_level(logging.WARNING):
         app.swap(reloaded(app, data))
     assert app.runtime.services.counter is counter
+    assert counter.max_per_bucket == 1000
     assert "start again at zero" not in caplog.text
     data["bulk"]["window"] = 600
     with caplog.at_level(logging.WARNING):

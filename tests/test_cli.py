@@ -26,13 +26,17 @@ def test_config_option_before_or_after_the_subcommand() -> None:
     assert "host_denies_relay" in after.stdout
 
 
-@pytest.mark.parametrize(("utf8", "chinese"), [("always", True), ("never", False)])
+@pytest.mark.parametrize(
+    ("utf8", "mta", "chinese"),
+    [("always", "auto", True), ("never", "auto", False), ("always", "sendmail", False)],
+)
 def test_replies_are_printed_as_the_utf8_policy_sends_them(
-    tmp_path: Path, utf8: str, chinese: bool
+    tmp_path: Path, utf8: str, mta: str, chinese: bool
 ) -> None:
-    """Review rev140 F4: with utf8 = "never" the table's Chinese was printed, which no
-    client gets."""
-    site = make_site(tmp_path, {"replies": {"languages": ["zh"], "utf8": utf8}}, directory=False)
+    """Review rev140 F4, rev142 F3: with utf8 = "never", or towards Sendmail, the
+    table's Chinese was printed, which no client gets."""
+    extra = {"replies": {"languages": ["zh"], "utf8": utf8}, "milter": {"mta": mta}}
+    site = make_site(tmp_path, extra, directory=False)
     shown = smtpguard(site, "replies").stdout
     rbl = next(line for line in shown.splitlines() if line.startswith("rbl_deny "))
     assert ("拒绝" in rbl) is chinese, rbl

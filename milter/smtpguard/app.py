@@ -186,13 +186,7 @@ def counter_shape(config: Config) -> tuple[object, ...]:
         where = ("file", counter_path(config), state.timeout, bulk.shared_entries)
     else:
         where = ("process",)
-    return (
-        where,
-        bulk.window,
-        bulk.bucket_width,
-        bulk.bucket_bytes,
-        _per_bucket_cap(bulk.threshold),
-    )
+    return (where, bulk.window, bulk.bucket_width, bulk.bucket_bytes)
 
 
 def _kept_counter(config: Config, previous: Runtime | None) -> SizeBucketCounter | None:
@@ -201,14 +195,21 @@ def _kept_counter(config: Config, previous: Runtime | None) -> SizeBucketCounter
     (review rev141 F1: any [bulk] or [state] change did, with one worker, silently)."""
     if previous is None:
         return None
+    counter = previous.services.counter
     if counter_shape(previous.config) == counter_shape(config):
-        return previous.services.counter
-    if isinstance(previous.services.counter, InProcessCounter):
+        # A new threshold may need more hits kept per bucket (rev142 F2: a threshold
+        # of 1000 or more, lowered, rebuilt the counter and dropped the counts).
+        cap = _per_bucket_cap(config.bulk.threshold)
+        for part in (counter, getattr(counter, "local", None), getattr(counter, "primary", None)):
+            if isinstance(part, (InProcessCounter, RedisCounter)):
+                part.max_per_bucket = cap
+        return counter
+    if isinstance(counter, InProcessCounter):
         # The other backends keep their counts outside this object (the shared file
         # says itself when its geometry changes).
         log.warning(
-            "same-size counts start again at zero: the reload changed how they are kept"
-            " ([bulk] window or bucket sizes, or [state] backend)"
+            "same-size counts start again at zero: the reload changed [bulk] window,"
+            " bucket_width or bucket_bytes, or [state] backend"
         )
     return None
 

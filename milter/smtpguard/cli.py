@@ -169,9 +169,10 @@ def cmd_replies(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     table = load_replies(config.replies, config.file)
-    # As clients get them (review rev140 F4: the UTF-8 form was printed with
-    # utf8 = "never"); with "smtputf8", as an SMTPUTF8 session gets them.
-    utf8 = not args.ascii and config.replies.utf8 != "never"
+    # As clients get them (review rev140 F4, rev142 F3: the UTF-8 form was printed
+    # with utf8 = "never", and for Sendmail); with "smtputf8", as an SMTPUTF8 session
+    # gets them.
+    utf8 = not args.ascii and config.replies.utf8 != "never" and config.milter.mta != "sendmail"
     for reply_id in MILTER_IDS:
         for line in table.render(reply_id, utf8=utf8).wire_lines():
             print(f"{reply_id:26} {line}")

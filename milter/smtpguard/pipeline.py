@@ -273,9 +273,9 @@ class Pipeline:
             name: tuple(step for step in header if step.fields is None or name in step.fields)
             for name in named
         }
-        self.metrics.backends_known(
-            sorted({step.check.name for steps in self.plan.values() for step in steps})
-        )
+        # Where internal_error is counted outside the checks too (rev142 F6).
+        checks = {step.check.name for steps in self.plan.values() for step in steps}
+        self.metrics.backends_known(sorted(checks | INTERNAL_ERROR_PLACES))
 
     def _register_hooks(self, check: Check) -> None:
         # Looked up once here, not per session: a runtime Protocol check at every
@@ -1007,6 +1007,9 @@ def _step(
 ) -> _Step:
     return _Step(check, settings, mode, relevant, fields, mode == "enforce" and not relevant)
 
+
+#: Where :meth:`Pipeline.internal_error` is called from outside a check (the driver).
+INTERNAL_ERROR_PLACES: Final = frozenset({"adapter", "limits.max_header_fields"})
 
 #: :meth:`Pipeline._mode_here`'s answer for an enforced step.
 _ENFORCED: Final = ("enforce", False)
