@@ -59,6 +59,12 @@ service_user() {
 # the shipped one lands beside it as NAME.dist; a file they added stays. What was
 # shipped is recorded in DEST/.shipped.sha256 (as dpkg does for conffiles); without
 # that record (an older install) every file that differs counts as edited.
+# same_mode FROM TO: TO gets FROM's permission bits and owner.
+same_mode() {
+    chmod --reference="$1" "$2"
+    chown --reference="$1" "$2" 2>/dev/null || true
+}
+
 install_tree() {
     local src=$1 dest=$2 new="$2.new" rel
     rm -rf "$new"
@@ -77,8 +83,15 @@ install_tree() {
                 mv "$new/$rel" "$new/$rel.dist"
                 cp -p "$dest/$rel" "$new/$rel"
                 echo "kept your $dest/${rel#./}; the shipped version is beside it as ${rel#./}.dist" >&2
+            else
+                # The new version of a file they did not edit, with the mode and owner
+                # they may have given it (review rev142 F5).
+                same_mode "$dest/$rel" "$new/$rel"
             fi
         done < <(cd "$dest" && find . -type f ! -name '*.dist' ! -name .shipped.sha256 -print0)
+        while IFS= read -r -d '' rel; do
+            [ -d "$new/$rel" ] && same_mode "$dest/$rel" "$new/$rel"
+        done < <(cd "$dest" && find . -type d -print0)
     fi
     (cd "$src" && find . -type f -print0 | sort -z | xargs -0 sha256sum) > "$new/.shipped.sha256"
     chmod a+r "$new/.shipped.sha256"

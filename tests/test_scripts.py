@@ -91,3 +91,21 @@ def test_an_update_keeps_the_mode_of_a_file_the_operator_kept(tmp_path: Path) ->
     for shipped_file in ("smtpguard.toml.dist", "sub/rules.txt", ".shipped.sha256"):
         assert (dest / shipped_file).stat().st_mode & 0o004, shipped_file
     assert (dest / "sub").stat().st_mode & 0o005 == 0o005
+
+
+def test_an_update_keeps_the_modes_of_shipped_files_and_directories(tmp_path: Path) -> None:
+    """Review rev142 F5: a shipped file the operator only made 0640, and the tree they
+    made 0750, came back readable by all."""
+    src, dest = tmp_path / "checkout-conf", tmp_path / "opt-conf"
+    shipped(src, {"smtpguard.toml": "sample 1\n", "sub/rules.txt": "rules 1\n"})
+    install_tree(src, dest)
+    (dest / "smtpguard.toml").chmod(0o640)
+    dest.chmod(0o750)
+    (dest / "sub").chmod(0o700)
+    shipped(src, {"smtpguard.toml": "sample 2\n", "sub/rules.txt": "rules 2\n"})
+    install_tree(src, dest)
+    assert (dest / "smtpguard.toml").read_text() == "sample 2\n"  # not edited: updated
+    assert (dest / "smtpguard.toml").stat().st_mode & 0o777 == 0o640
+    assert dest.stat().st_mode & 0o777 == 0o750
+    assert (dest / "sub").stat().st_mode & 0o777 == 0o700
+    assert (dest / "sub" / "rules.txt").stat().st_mode & 0o777 == 0o644
