@@ -595,17 +595,17 @@ def test_top_level_message_rfc822() -> None:
     assert walk_bytes([("Content-Type", "message/rfc822")], inner) == (99, "w.bin", 1, [])
 
 
-def test_encoded_message_rfc822_is_opaque() -> None:
+def test_encoded_message_rfc822_is_read_whole() -> None:
+    """Dovecot reads an embedded message whatever its encoding, and the multiparts in
+    it open boundaries of their own: the rest of the body is one attachment, under the
+    part's name (review rev143 F4)."""
     part = (
         b"Content-Type: message/rfc822; name=m.eml\r\nContent-Transfer-Encoding: base64\r\n\r\n"
         + b64(b"Subject: x\r\n\r\nbody\r\n")
     )
-    assert walk_bytes(MIXED, multipart(b"XX", [part])) == (
-        20,
-        "m.eml",
-        1,
-        ["encoded message/rfc822"],
-    )
+    body = multipart(b"XX", [part])
+    rest = len(body) - (body.index(b"\r\n\r\n") + 4)
+    assert walk_bytes(MIXED, body) == (rest, "m.eml", 1, ["encoded message/rfc822"])
 
 
 def test_digest_parts_default_to_message_rfc822() -> None:
@@ -775,23 +775,23 @@ _HIDDEN = (
 
 
 @pytest.mark.parametrize(
-    "content_type",
+    ("content_type", "why"),
     [
         # Text after the quotes: this walker reads b1, Python's email '"b1"x'.
-        'multipart/mixed; boundary="b1"x',
+        ('multipart/mixed; boundary="b1"x', "unusual Content-Type"),
         # boundary* first here, boundary in Python's email.
-        "multipart/mixed; boundary=zz; boundary*=b1",
+        ("multipart/mixed; boundary=zz; boundary*=b1", "ambiguous boundary"),
     ],
 )
-def test_a_part_other_parsers_find_outside_ours_is_counted(content_type: str) -> None:
+def test_a_part_other_parsers_find_outside_ours_is_counted(content_type: str, why: str) -> None:
     """Review rev42, through Postfix: Python's email took another boundary than the
     walker and found a 200 kB big.exe in what the walker read as epilogue (counted 0);
     rev45: or inside one of its text parts. Parsers differ: the multipart is opaque."""
     body = b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n" + _HIDDEN
     walker = walk([("Content-Type", content_type)], [body])
-    assert walker.malformed == ["ambiguous boundary"]
+    assert walker.malformed == [why]
     assert walker.largest_attachment == len(body)
-    assert walker.largest_attachment_name == "<unparsed part: ambiguous boundary>"
+    assert walker.largest_attachment_name == f"<unparsed part: {why}>"
 
 
 def test_an_encoded_multipart_is_text_outside_the_parts() -> None:
@@ -831,12 +831,18 @@ def test_missing_start_boundary() -> None:
 
 
 @pytest.mark.parametrize(
-    "ctype", ["multipart/mixed", 'multipart/mixed; boundary=""', "multipart/mixed; boundary= "]
+    ("ctype", "why"),
+    [
+        ("multipart/mixed", "missing boundary parameter"),
+        ('multipart/mixed; boundary=""', "missing boundary parameter"),
+        # No value at all is outside RFC 2045's grammar (rev143 F1-F3): read whole.
+        ("multipart/mixed; boundary= ", "unusual Content-Type"),
+    ],
 )
-def test_missing_or_empty_boundary_is_opaque(ctype: str) -> None:
+def test_missing_or_empty_boundary_is_opaque(ctype: str, why: str) -> None:
     headers = [("Content-Type", ctype), ("Content-Disposition", "attachment; filename=m")]
     body = b"--\r\nContent-Disposition: attachment; filename=inner\r\n\r\nabc\r\n"
-    assert walk_bytes(headers, body) == (len(body), "m", 1, ["missing boundary parameter"])
+    assert walk_bytes(headers, body) == (len(body), "m", 1, [why])
 
 
 @pytest.mark.parametrize(
@@ -875,9 +881,22 @@ def test_boundary_too_long_is_opaque() -> None:
     )
 
 
-def test_invalid_content_type_defaults_to_text_plain() -> None:
-    headers = [("Content-Type", "multipart; boundary=XX")]
-    assert walk_bytes(headers, multipart(b"XX", [attachment("a", b"abc")])) == (0, None, 0, [])
+def test_a_content_type_outside_the_grammar_is_read_whole() -> None:
+    """A type without its subtype is text/plain to RFC 2045 and Python's email; a
+    reader that makes more of it (review rev143 F1: "multipart((x))/mixed" was a
+    multipart to Dovecot and text to us, its attachment unseen) may walk into it, so
+    the body is one attachment. A type no reader walks into is a leaf counted as an
+    attachment (a name in it may be seen by some: "name(c)=a.bin")."""
+    body = multipart(b"XX", [attachment("a", b"abc")])
+    for content_type in ("multipart; boundary=XX", "multipart((x))/mixed; boundary=XX"):
+        assert walk_bytes([("Content-Type", content_type)], body) == (
+            len(body),
+            "<unparsed part: unusual Content-Type>",
+            1,
+            ["unusual Content-Type"],
+        )
+    leaf = [("Content-Type", "application/octet-stream; name(c)=a.bin")]
+    assert walk_bytes(leaf, b"x" * 300) == (300, None, 1, ["unusual Content-Type"])
 
 
 # -- limits ---------------------------------------------------------------------------------
@@ -897,12 +916,11 @@ def test_depth_bomb_is_fast_and_noted() -> None:
     started = time.perf_counter()
     walker = walk([("Content-Type", "multipart/mixed; boundary=b0")], [body])
     assert time.perf_counter() - started < 1.0
-    # Its boundaries b2, b20, b200 ... start one another: past the depth limit
-    # "--b20" starts the still open b2's delimiter (read whole from there as well).
-    assert walker.malformed == ["depth limit", "delimiter line with more than the boundary"]
-    # The part at the limit is read whole and counted: the attachment inside it
-    # cannot escape the size limit by nesting (its raw size is an upper bound).
-    assert walker.attachments == 2
+    # From the part at the limit on, the body is read whole and counted (review rev143
+    # F4: the boundaries inside, which other readers open, may take the lines of the
+    # ones around): the attachment cannot escape the size limit by nesting.
+    assert walker.malformed == ["depth limit"]
+    assert walker.attachments == 1
     assert walker.largest_attachment > len(PAYLOAD)
 
 
@@ -910,8 +928,9 @@ def test_depth_limit_keeps_shallow_attachments() -> None:
     body = nested_bomb(3, b"--b3\r\n" + attachment("ok.bin", PAYLOAD[:50]))
     headers = [("Content-Type", "multipart/mixed; boundary=b0")]
     assert walk_bytes(headers, body, max_depth=4) == (50, "ok.bin", 1, [])
+    rest = len(body) - (body.index(b"boundary=b3\r\n\r\n") + len(b"boundary=b3\r\n\r\n"))
     assert walk_bytes(headers, body, max_depth=3) == (
-        226,
+        rest,
         "<unparsed part: depth limit>",
         1,
         ["depth limit"],
@@ -1013,10 +1032,12 @@ def test_a_closing_delimiter_that_readers_take_apart_is_read_whole() -> None:
     walker = walk([("Content-Type", 'multipart/mixed; boundary="X-"')], [nested_x(b"--X-- ")])
     assert walker.largest_attachment >= 20 * 40 * 78 - 100
     assert "delimiter line with more than the boundary" in walker.malformed
-    # Without the blank both readers close "X" (Dovecot: a line ending in "--" right
-    # after a boundary closes it): the parts that follow are "M"'s, read as such.
+    # Without the blank, a Dovecot that cuts a final "--" before its search closes
+    # "X"; one that searches the whole line (2.3.19 was seen to: review rev143 F5)
+    # takes the longer "X-": read whole too.
     plain = walk([("Content-Type", 'multipart/mixed; boundary="X-"')], [nested_x(b"--X--")])
-    assert "delimiter line with more than the boundary" not in plain.malformed
+    assert "delimiter line with more than the boundary" in plain.malformed
+    assert plain.largest_attachment >= 20 * 40 * 78 - 100
 
 
 @pytest.mark.parametrize(
@@ -1428,3 +1449,133 @@ def test_many_empty_parts_cost_no_more_than_max_parts_walks() -> None:
     walker.close()
     assert walker.malformed == ["too many parts"]
     assert walker.largest_attachment >= len(body) - 10_001 * len(b"--XX\r\n")
+
+
+# -- review rev143: fields and delimiter lines other readers take otherwise ------------------
+
+#: 30,000 octets: what Dovecot showed as an attachment where the walker saw less.
+_BIG = (PAYLOAD * 4)[:30000]
+_ATTACHED = (
+    b"Content-Disposition: attachment; filename=a.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+)
+
+
+def _halves() -> tuple[bytes, bytes]:
+    data = b64(_BIG)
+    cut = len(data) // 2 - len(data) // 2 % 78
+    return data[:cut], data[cut:]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart((x))/mixed; boundary=X",
+        "multipart (a;b) /mixed; boundary=X",
+        "multipart(\\))/mixed; boundary=X",
+    ],
+)
+def test_a_comment_readers_skip_otherwise_hides_nothing(content_type: str) -> None:
+    """F1: a nested comment, a ";" or an escaped ")" in a comment of the type: a
+    multipart to Dovecot, text/plain to the walker, which counted nothing."""
+    body = multipart(b"X", [_ATTACHED + b64(_BIG)])
+    walker = walk([("Content-Type", content_type)], [body])
+    assert walker.largest_attachment >= len(_BIG)
+    assert walker.malformed == ["unusual Content-Type"]
+
+
+@pytest.mark.parametrize("boundary", ["X(c)", "X Y", "(c)X", 'X"Y"'])
+def test_a_boundary_value_readers_cut_otherwise_hides_nothing(boundary: str) -> None:
+    """F2: the walker kept "X(c)" as the boundary, Dovecot and Python's email read "X":
+    the attachment after "--X" was text of the walker's first part."""
+    delimiter = boundary.encode()
+    body = (
+        b"--"
+        + delimiter
+        + b"\r\n\r\n\r\n--X\r\n"
+        + _ATTACHED
+        + b64(_BIG)
+        + b"--"
+        + delimiter
+        + b"--\r\n"
+    )
+    walker = walk([("Content-Type", f"multipart/mixed; boundary={boundary}")], [body])
+    assert walker.largest_attachment >= len(_BIG)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("Content-Disposition", "attachment x"),
+        ("Content-Disposition", "attachment/x"),
+        ("Content-Disposition", "attachment\0"),
+        ("Content-Disposition", "attachment (a;b)"),
+        ("Content-Disposition", "((x))attachment"),
+        ("Content-Disposition", "inline; (c)filename=a.bin"),
+        ("Content-Disposition", "inline; filename(c)=a.bin"),
+        ("Content-Type", "application/octet-stream; name(c)=a.bin"),
+        ("Content-Type", "application/octet-stream; (;)name=a.bin"),
+    ],
+)
+def test_a_field_dovecot_reads_as_an_attachment_counts(field: str, value: str) -> None:
+    """F3: Dovecot marks these parts as attachments; the walker's parser missed the
+    type or the file name. Counted as written."""
+    part = f"{field}: {value}\r\nContent-Transfer-Encoding: base64\r\n\r\n".encode()
+    walker = walk(MIXED, [multipart(b"XX", [text_part(), part + b64(_BIG)])])
+    assert walker.largest_attachment >= len(_BIG)
+
+
+@pytest.mark.parametrize(
+    ("inner", "delimiter"),
+    [
+        ('"A- "', b"--A- "),
+        ("\"A-\"; boundary*=''Z", b"--A-"),
+        ('"' + "A" * 81 + '"', b"--" + b"A" * 81),
+    ],
+    ids=["blank", "two-values", "too-long"],
+)
+def test_a_container_not_walked_into_reads_the_rest_whole(inner: str, delimiter: bytes) -> None:
+    """F4: a multipart the walker does not walk into (its boundary ambiguous or too
+    long) was opaque up to the walker's next outer delimiter; Dovecot still had the
+    inner boundary open, and by its longest-prefix rule "--Ax" was a part of "A"."""
+    header = "multipart/mixed; boundary" + (inner if inner.startswith("*") else "=" + inner)
+    body = (
+        b'--A-\r\nContent-Type: multipart/mixed; boundary="A"\r\n\r\n'
+        b"--A\r\nContent-Type: "
+        + header.encode()
+        + b"\r\n\r\n"
+        + delimiter
+        + b"\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+        b"--Ax\r\n" + _ATTACHED + b64(_BIG) + b"--A---\r\n"
+    )
+    walker = walk([("Content-Type", 'multipart/mixed; boundary="A-"')], [body])
+    assert walker.largest_attachment >= len(_BIG)
+
+
+def test_a_delimiter_line_dovecot_reads_whole_is_read_whole() -> None:
+    """F5: "--A --" with "A -" and "A" open: Dovecot 2.3.19 takes the longer "A -" (it
+    searches the whole line); the walker cut "--" first and took "A", and a "--A" line
+    in the attachment then cut it at 15 kB."""
+    first, second = _halves()
+    body = (
+        b'--A -\r\nContent-Type: multipart/mixed; boundary="A"\r\n\r\n'
+        b"--A\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+        b"--A --\r\n" + _ATTACHED + first + b"--A\r\n" + second + b"--A ---\r\n"
+    )
+    walker = walk([("Content-Type", 'multipart/mixed; boundary="A -"')], [body])
+    assert walker.largest_attachment >= len(_BIG)
+
+
+@pytest.mark.parametrize("encoded", ["boundary*=''Ax", "boundary*0*=''Ax"])
+def test_a_boundary_in_rfc2231s_encoded_form_alone_reads_the_rest_whole(encoded: str) -> None:
+    """F6: Dovecot 2.3 takes no boundary from the encoded form (Python's email does):
+    "--Ax" was a part of "A" to it, and "--B" attachment data, where the walker cut
+    the attachment at "--B"."""
+    first, second = _halves()
+    body = (
+        b'--A\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: multipart/mixed; " + encoded.encode() + b"\r\n\r\n"
+        b"--Ax\r\n" + _ATTACHED + first + b"--B\r\n" + second + b"--A--\r\n"
+    )
+    walker = walk([("Content-Type", 'multipart/mixed; boundary="A"')], [body])
+    assert walker.largest_attachment >= len(_BIG)
+    assert "ambiguous boundary" in walker.malformed

@@ -41,9 +41,16 @@ Bounded memory and linear time: the walker keeps one partial line (lines longer 
 64 KiB are processed in pieces; a line longer than 1 KiB is never a delimiter), header
 values of the header block being read (at most ``max_header_bytes``), and a stack of at
 most ``max_depth`` boundaries. A multipart or embedded message at nesting depth
-``max_depth`` or more (the top level is depth 0) is read as an opaque leaf, noted as
-``depth limit``; so is a base64 or quoted-printable ``message/rfc822`` (``encoded
-message/rfc822``) and a multipart without a usable boundary. Such an opaque part, and a
+``max_depth`` or more (the top level is depth 0) is not walked into, noted as ``depth
+limit``; nor is a base64 or quoted-printable ``message/rfc822`` (``encoded
+message/rfc822``), a multipart whose boundary readers take differently (``ambiguous
+boundary``, ``boundary too long``) or a part whose Content-Type is outside RFC 2045's
+grammar (``unusual Content-Type``: a comment, a token after a value): other readers walk
+into those, and the boundaries they open may take lines that the walker gives to the
+multiparts around, so the rest of the body is read whole, as one opaque part (review
+rev143 F1, F4). A multipart without a boundary, which no reader walks into, is an opaque
+leaf; a Content-Disposition outside that grammar makes its part an attachment (some
+reader takes it for one). Such an opaque part, and a
 leaf whose header block ran over ``max_header_bytes`` (its Content-Disposition may have
 come after), counts as one attachment of its whole size, named ``<unparsed part:
 NOTE>`` unless it has a name: whatever it hides is inside it, so the size limit still
@@ -69,9 +76,10 @@ Notes in :attr:`MimeWalker.malformed` are distinct short strings: ``depth limit`
 large``, ``missing header/body separator``, ``encoded message/rfc822``, ``too many
 parts`` (past ``max_parts`` parts the rest of the body is one opaque part), ``too many
 lines to examine`` (likewise past a million header lines and "--" lines that are no
-delimiter), ``ambiguous boundary`` (given twice with two values, or with more than a
-comment after its quotes: the multipart is one opaque part), ``parameters too
-complex`` (a field past a thousand separators, quotes and escapes: the part is opaque).
+delimiter), ``ambiguous boundary`` (given twice with two values, with more than a
+comment after its quotes, ending in a blank, or in RFC 2231's encoded form), ``unusual
+Content-Type``, ``parameters too complex`` (a field past a thousand separators, quotes
+and escapes: the part is opaque).
 """
 
 from __future__ import annotations
@@ -137,6 +145,24 @@ _PARAM_OUTSIDE: Final = re.compile(r'[;"]')
 _PARAM_INSIDE: Final = re.compile(r'["\\]')
 _QUOTED_PAIR: Final = re.compile(r"\\(.)", re.DOTALL)
 _SIMPLE_COMMENT: Final = re.compile(r"\([^()]*\)")
+# RFC 2045 §5.1's grammar, strictly: tokens, quoted strings and white space (folded or
+# not), comments only where all readers skip them alike. A Content-Type or
+# Content-Disposition outside it is read by readers each their own way (review rev143
+# F1-F3: a nested comment, a ";" in one, a token after the boundary's): its part is
+# counted whole (see _start_entity). Each piece of white space has one place in the
+# pattern, so no text backtracks long.
+_WS: Final = r"(?:[ \t]|\r?\n[ \t])*"
+_MIME_WORD: Final = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_QUOTED: Final = r'"(?:[^"\\\r\n]|\\[^\r\n]|\r?\n[ \t])*"'
+# A plain comment after a quoted value ("XX" (a comment)) every reader skips alike.
+_AFTER_QUOTED: Final = rf'(?:\([^()\\;"\r\n]*\){_WS})?'
+_VALUE: Final = rf"(?:{_MIME_WORD}{_WS}|{_QUOTED}{_WS}{_AFTER_QUOTED})"
+_PARAMS: Final = rf"(?:;{_WS}(?:{_MIME_WORD}{_WS}={_WS}{_VALUE})?)*"
+# Around the type and subtype, plain comments too ("attachment (see below)"), which the
+# walker cuts there as every reader does.
+_CWS: Final = r'(?:[ \t]|\r?\n[ \t]|\([^()\\;"\r\n]*\))*'
+_STRICT_TYPE: Final = re.compile(rf"{_CWS}{_MIME_WORD}{_CWS}/{_CWS}{_MIME_WORD}{_CWS}{_PARAMS}")
+_STRICT_DISPOSITION: Final = re.compile(rf"{_CWS}{_MIME_WORD}{_CWS}{_PARAMS}")
 _UNFOLD: Final = re.compile(r"\r?\n")
 
 # RFC 2231 charsets decoded as such; anything else falls back to UTF-8. A whitelist keeps
@@ -780,7 +806,7 @@ class MimeWalker:
                 and rest.startswith(boundary)
             )
             if rest == boundary or closing:
-                if self._dovecots(line) not in (None, i):
+                if self._other_reading(line, i):
                     # Review rev136 F1: "--X-- " closes "X" once its blank is gone, but
                     # Dovecot keeps the blank and takes the longer "X-" of a multipart
                     # further out: read whole.
@@ -790,7 +816,7 @@ class MimeWalker:
         if not starts:
             return None
         i = starts[0]
-        if len(starts) > 1 and self._dovecots(line) != i:
+        if self._other_reading(line, i):
             # Dovecot takes the longest boundary the line starts with, and ends the
             # multiparts inside it; the innermost one would keep them open (review
             # rev135 F2: an attachment cut into text parts by "--inner" lines): read
@@ -799,18 +825,33 @@ class MimeWalker:
         after = rest[len(stack[i].boundary) : len(stack[i].boundary) + 2]
         return i, after == b"--", True
 
-    def _dovecots(self, line: bytes) -> int | None:
-        """The open multipart whose delimiter Dovecot 2.3 takes ``line`` for (its
-        boundary_line_find and boundary_find): the line without its line break, a
-        CR before it and a final "--" (after more than two characters); of the
-        boundaries it starts with, the longest, a tie to the innermost, an exact one
-        at once. Boundaries longer than Dovecot keeps, or ending in a blank, are not
-        walked into (:meth:`_enter`)."""
+    def _other_reading(self, line: bytes, ours: int) -> bool:
+        """Whether Dovecot may take ``line`` for another multipart's delimiter than
+        ``ours``: read whole lines, always; with a final "--" cut, when that names
+        another (one that names none leaves a boundary that ends in "--", a digest's
+        "__--__--", to the whole line's reading)."""
+        whole, *cut = self._dovecots(line)
+        return whole != ours or any(d is not None and d != ours for d in cut)
+
+    def _dovecots(self, line: bytes) -> tuple[int | None, ...]:
+        """The open multipart whose delimiter Dovecot 2.3 takes ``line`` for, as read
+        by its boundary_find: of the boundaries the line starts with, the longest, a
+        tie to the innermost, an exact one at once. Once for the line without its line
+        break (and a CR before it), as 2.3.19 was seen to read it (review rev143 F5:
+        "--A --" was a delimiter of "A -" there), and once with a final "--" cut too
+        (after more than two characters), as its boundary_line_find reads it in other
+        versions: the caller reads whole where either differs from its own reading.
+        Boundaries longer than Dovecot keeps, or ending in a blank, are not walked into
+        (:meth:`_enter`)."""
         find = line[2:].split(b"\n", 1)[0]
         if find.endswith(b"\r"):
             find = find[:-1]
+        readings = [self._longest_prefix(find)]
         if len(find) > 2 and find.endswith(b"--"):
-            find = find[:-2]
+            readings.append(self._longest_prefix(find[:-2]))
+        return tuple(readings)
+
+    def _longest_prefix(self, find: bytes) -> int | None:
         stack = self._stack
         found: int | None = None
         for i in range(len(stack) - 1, -1, -1):
@@ -887,6 +928,9 @@ class MimeWalker:
         self._outside = 0
         if self._mode == _HEADERS:
             self._end_headers()
+            if len(self._stack) <= index:
+                # Its fields made the rest of the body one opaque part (read whole).
+                return
         self._end_leaf(at_eof=False)
         self._end_embedded(index + 1, eol=eol)
         stack = self._stack
@@ -916,7 +960,7 @@ class MimeWalker:
         self._read_rest_whole("too many lines to examine")
         return False
 
-    def _read_rest_whole(self, why: str) -> None:
+    def _read_rest_whole(self, why: str, name: str | None = None) -> None:
         """Stop walking: the rest of the body is one opaque part of its whole size.
 
         Walking costs Python work per part (a few microseconds each), so a message of
@@ -928,12 +972,13 @@ class MimeWalker:
         # passed 1.7 times the limit (review rev47).
         so_far = self._counter.size if self._mode == _LEAF and self._counter else 0
         self._stack.clear()
-        self._opaque(why, so_far)
+        self._opaque(why, so_far, name)
 
-    def _opaque(self, why: str, so_far: int = 0) -> None:
-        """What follows is one attachment counted as written, from ``so_far``."""
+    def _opaque(self, why: str, so_far: int = 0, name: str | None = None) -> None:
+        """What follows is one attachment counted as written, from ``so_far``; named
+        ``name`` (the part's, when the rest starts with a part that has one)."""
         self._mode = _LEAF
-        self._name = f"<unparsed part: {why}>"
+        self._name = name or f"<unparsed part: {why}>"
         self._counter = _make_counter("binary")
         self._counter.size = so_far
         self._started(self._name)
@@ -991,7 +1036,34 @@ class MimeWalker:
         # The container's own header block (walking into an embedded message starts
         # the next one).
         overflow = self._header_overflow
+        unusual = content_type is not None and not _STRICT_TYPE.fullmatch(content_type)
+        letters = _letters(content_type) if unusual and content_type else ""
+        if _CONTAINER.search(letters):
+            # Readers differ on its type or parameters (a multipart to one, text to
+            # another; one boundary or another): everything after is one attachment.
+            name = _attachment(disp_type, disp_params, ct_params, "")[1]
+            self._read_rest_whole("unusual Content-Type", name)
+            return
+        # An attachment to some reader (Dovecot took "attachment x", "inline;
+        # (c)filename=a.bin", "name(c)=a.bin" for one): counted as one, as written
+        # (readers may not agree on its encoding either). A type without a name in
+        # it ("text; charset=us-ascii") stays text: no reader makes more of it.
+        named = unusual and "name" in letters
+        as_written = named or not all(
+            _STRICT_DISPOSITION.fullmatch(value) for value in dispositions
+        )
+        if as_written:
+            self._note("unusual Content-Type" if named else "unusual Content-Disposition")
+            disp_type = "attachment"
+        elif unusual:
+            self._note("unusual Content-Type")
         opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
+        if opaque in _READ_REST_WHOLE:
+            # A container readers walk into and we do not: the boundaries it opens to
+            # them may take lines we give to ours (review rev143 F4), so everything
+            # after it is one attachment, not just it.
+            self._read_rest_whole(opaque, _attachment(disp_type, disp_params, ct_params, "")[1])
+            return
         if opaque is None and maintype == "message":
             self._embedded_attachment(disp_type, disp_params, ct_params, overflow=overflow)
         if opaque is None:
@@ -1011,7 +1083,7 @@ class MimeWalker:
         # Readers that start the body at a line that is no field take the rest of the
         # block for the attachment's first bytes: counted with the body, as written
         # (never less than decoded).
-        self._counter = _make_counter("binary" if broken else encoding)
+        self._counter = _make_counter("binary" if broken or as_written else encoding)
         self._counter.size = broken
         self._started(self._name)
 
@@ -1057,11 +1129,20 @@ class MimeWalker:
             boundary = written.rstrip(b" \t")
             if not boundary:
                 why = "missing boundary parameter"
-            elif _ambiguous(ct_params, "boundary") or boundary != written:
+            elif (
+                _ambiguous(ct_params, "boundary")
+                or boundary != written
+                or (
+                    "boundary" not in ct_params
+                    and any(key.startswith("boundary*") and key.endswith("*") for key in ct_params)
+                )
+            ):
                 # Parsers differ on which boundary counts: read whole, counted as one
                 # (review rev45: the part hid in a text part of our reading). So do they
                 # on one that ends in a blank, which RFC 2046 forbids: Dovecot keeps it
-                # (review rev138 F2).
+                # (review rev138 F2), and on RFC 2231's encoded form given alone, which
+                # Dovecot 2.3 does not take for a boundary and Python's email does
+                # (rev143 F6).
                 why = "ambiguous boundary"
             elif len(boundary) > min(_BOUNDARY_MAX, _READERS_BOUNDARY_MAX):
                 why = "boundary too long"
@@ -1206,6 +1287,29 @@ def _parse_encoding(value: str | None) -> str:
 #: Separators, quotes and escapes read in one field's parameters: a few dozen in real
 #: mail (RFC 2231 continuations included).
 _PARAM_STEPS: Final = 1000
+
+
+#: A type some reader may walk into, in a Content-Type's letters (:func:`_letters`).
+_CONTAINER: Final = re.compile(r"multipart|message")
+
+
+def _letters(value: str) -> str:
+    """The lower-case letters of ``value`` outside comments, nested ones too: what a
+    reader could make a type of ("multi(x)part" is "multipart" to some)."""
+    while True:
+        bare = _SIMPLE_COMMENT.sub("", value)
+        if bare == value:
+            break
+        value = bare
+    return "".join(c for c in value.lower() if "a" <= c <= "z")
+
+
+#: Why a container is not walked into where readers do walk into it: what follows is
+#: read whole (:meth:`MimeWalker._start_entity`). Not a multipart without a boundary,
+#: which no reader walks into either.
+_READ_REST_WHOLE: Final = frozenset(
+    {"ambiguous boundary", "boundary too long", "depth limit", "encoded message/rfc822"}
+)
 
 
 class _TooComplex(Exception):
