@@ -223,6 +223,27 @@ def test_engine_failure_is_a_temporary_error_after_the_headers(
     assert conn.txn.scratch[SPAM_REPORT].rules == ("A", "rspamd=failed")
 
 
+def test_rules_their_budget_stopped_are_a_temporary_error_not_a_clean_scan(
+    make_services: ServicesFactory, rules: FakeRules
+) -> None:
+    """Review rev145 F1: a scan the rules' budget stopped read as a clean one
+    ("tests=none", accepted): the score so far counts, tests= says so, and
+    on_temp_error decides."""
+    stopped = "time budget of 1 s of CPU used up"
+    rules.result = RulesResult(2.5, ("WON",), complete=False, detail=stopped)
+    verdict, conn = deliver(AntiSpam(make_services()))
+    assert verdict == TempError(
+        "internal_error", f"rules not finished: {stopped}; score 2.5 (WON, rules=incomplete)"
+    )
+    assert conn.txn is not None
+    assert conn.txn.scratch[SPAM_REPORT].rules == ("WON", "rules=incomplete")
+    # What the rules found before they stopped still refuses.
+    rules.result = RulesResult(1000.0, ("GTUBE",), complete=False, detail=stopped)
+    verdict, _ = deliver(AntiSpam(make_services()))
+    assert isinstance(verdict, Hit)
+    assert verdict.reply_id == "antispam_reject"
+
+
 @pytest.mark.parametrize(
     ("action", "token"),
     [

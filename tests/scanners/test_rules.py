@@ -416,6 +416,29 @@ def test_time_budget_stops_the_scan() -> None:
     assert "time budget" in result.detail
 
 
+def test_the_budget_counts_the_scans_own_time_only() -> None:
+    """Review rev145 F1: the budget ran from the first header field by the wall clock,
+    so the time between calls (other checks, a slow virus scanner, the interpreter
+    lock under load) used it up and the body went unsearched. Only time inside the
+    scan's calls counts now (the default clock is the thread's CPU time)."""
+    now = [0.0]
+    rules = RuleSet(
+        [Rule("LATE", "body", Pattern("late"), 1)], time_budget=1.0, clock=lambda: now[0]
+    )
+    scan = rules.scanner()
+    scan.feed_header("Subject", "hi")
+    now[0] += 50.0  # spent elsewhere
+    scan.end_of_headers()
+    now[0] += 50.0
+    scan.feed(b"line\r\n" * 50)
+    now[0] += 50.0
+    scan.feed(b"late\r\n")
+    result = scan.finish()
+    assert result.complete
+    assert result.matched == ("LATE",)
+    assert RuleSet([Rule("X", "body", Pattern("x"), 1)]).clock is time.thread_time
+
+
 def test_scanning_stops_once_every_body_rule_matched() -> None:
     rules = ruleset(A=("body", "alpha", 1.0))
     scan = rules.scanner()

@@ -13,7 +13,9 @@ ratelimit and greylist modules' way of saying "defer this message") is, with
 says); its other actions ("greylist", "add header", "rewrite subject") are only
 reported: smtpguard's own thresholds decide. An engine that is down gives a temporary
 error, which passes by default (``on_temp_error = "pass"``): the built-in score still
-applies.
+applies. So does a scan of the rules that their CPU budget (``time_budget``) stopped:
+its score so far counts, ``rules=incomplete`` is in tests=, and the message gets the
+temporary error.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ _ACTION_CHARS = 40
 #: read like a message rspamd had passed (review rev73 F1, F3).
 ENGINE_SKIPPED = "rspamd=skipped/over_engine_max_bytes"
 ENGINE_FAILED = "rspamd=failed"
+#: In tests= when the rules' CPU budget stopped their scan: the score is a lower bound.
+RULES_INCOMPLETE = "rules=incomplete"
 
 _RULES = "antispam.rules"
 _SPOOL = "antispam.spool"
@@ -122,6 +126,10 @@ class AntiSpam:
             return None
         result = scan.finish()
         score, why = result.score, list(result.matched)
+        if not result.complete:
+            # Never read as a clean scan (review rev145 F1: "tests=none" on spam whose
+            # body was not searched): said in tests=, and a temporary error below.
+            why.append(RULES_INCOMPLETE)
         listed: dict[str, dict[str, float]] = txn.scratch.get(DNSBL_SCORES, {})
         unsure: set[str] = txn.scratch.get(DNSBL_UNSURE_SCORES, set())
         # An undecided exemption drops a check's weights all together or not at all:
@@ -172,11 +180,7 @@ class AntiSpam:
             # rspamd asks for the message later (review rev49: it was accepted). Not
             # an engine fault: on_temp_error = "pass" must not turn it into an accept.
             return TempError("database_temp_error", deferred, firm=True, fault=False)
-        if engine_error:
-            return TempError(
-                "internal_error", f"spam engine: {engine_error}; {detail}", logged=unasked
-            )
-        return None
+        return _unfinished(engine_error, unasked, "" if result.complete else result.detail, detail)
 
     def _sendable(
         self, conn: Connection, txn: Transaction, why: list[str]
@@ -263,3 +267,17 @@ class AntiSpam:
             # the worst spam must not arrive less marked than the merely suspect.
             txn.add_headers.append((self.config.flag_header, "YES"))
             txn.add_headers.append((self.config.score_header, f"{score:.1f}"))
+
+
+def _unfinished(
+    engine_error: str, unasked: bool, rules_stopped: str, detail: str
+) -> TempError | None:
+    """The temporary error of a score not all of whose parts were had: the engine
+    failed, or the rules' CPU budget stopped them (``rules_stopped`` says how).
+    ``on_temp_error`` decides: "pass" delivers the message with the score so far, said
+    on its decision line."""
+    if engine_error:
+        return TempError("internal_error", f"spam engine: {engine_error}; {detail}", logged=unasked)
+    if rules_stopped:
+        return TempError("internal_error", f"rules not finished: {rules_stopped}; {detail}")
+    return None
