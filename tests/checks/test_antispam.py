@@ -244,6 +244,26 @@ def test_rules_their_budget_stopped_are_a_temporary_error_not_a_clean_scan(
     assert verdict.reply_id == "antispam_reject"
 
 
+@pytest.mark.parametrize(("on_size_limit", "firm"), [("tempfail", True), ("pass", False)])
+def test_an_engine_that_drops_the_message_for_its_size_follows_on_size_limit(
+    make_services: ServicesFactory,
+    rules: FakeRules,
+    spam_engine: FakeSpamEngine,
+    on_size_limit: str,
+    firm: bool,
+) -> None:
+    """Review rev145 F2: rspamd dropping a message over its max_message was an engine
+    failure only, passed by on_temp_error = "pass" although on_size_limit said
+    "tempfail"."""
+    rules.result = RulesResult(1.0, ("A",))
+    spam_engine.result = SpamResult(SpamStatus.ERROR, detail="reset", too_large=True)
+    config = {**RSPAMD, "on_size_limit": on_size_limit}
+    verdict, _ = deliver(AntiSpam(make_services(antispam=config)))
+    assert verdict == TempError(
+        "internal_error", "spam engine: reset; score 1.0 (A, rspamd=failed)", firm=firm
+    )
+
+
 @pytest.mark.parametrize(
     ("action", "token"),
     [

@@ -75,6 +75,18 @@ def test_the_message_streams_to_the_scanner_as_it_arrives(
             {},
             TempError("internal_error", "scanner failed: hook: exit status 1", firm=True),
         ),
+        # Review rev145 F2: clamd refusing the stream for its size is the size limit's
+        # case where on_size_limit = "tempfail" says so, not only a scanner error.
+        (
+            ScanResult(ScanStatus.ERROR, detail="StreamMaxLength", too_large=True),
+            {"on_size_limit": "tempfail"},
+            TempError("internal_error", "scanner failed: StreamMaxLength", firm=True),
+        ),
+        (
+            ScanResult(ScanStatus.ERROR, detail="StreamMaxLength", too_large=True),
+            {},
+            TempError("internal_error", "scanner failed: StreamMaxLength"),
+        ),
         (ScanResult(ScanStatus.SIZE_LIMIT, detail="over max_bytes"), {}, None),
         (
             ScanResult(ScanStatus.SIZE_LIMIT, detail="over max_bytes"),

@@ -155,6 +155,7 @@ def test_clamd_refusing_over_its_stream_max_length(endpoint: Endpoint) -> None:
         result = stream.finish()
     assert result.status is ScanStatus.ERROR
     assert "StreamMaxLength" in result.detail
+    assert result.too_large  # on_size_limit applies (review rev145 F2)
 
 
 def test_empty_message_is_clean(clamd: Clamd) -> None:

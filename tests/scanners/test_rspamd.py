@@ -469,6 +469,7 @@ def test_a_large_message_dropped_halfway_names_max_message(slow_peer: SlowPeers)
         f"(sending {len(HAM) + 4 * 1024 * 1024} octets: rspamd drops a message over its"
         " max_message; keep antispam.engine_max_bytes at or below it)"
     )
+    assert result.too_large  # on_size_limit applies (review rev145 F2)
 
 
 def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:

@@ -148,13 +148,15 @@ class AntiSpam:
         reject_score = domain.reject_score if domain else self.config.reject_score
         add_header_score = domain.add_header_score if domain else self.config.add_header_score
         engine_error = deferred = ""
-        unasked = False
+        unasked = firm = False
         spool = self._sendable(conn, txn, why)
         # Too large for the engine, with on_size_limit = "tempfail": answered after
         # the rules' own refusal, which is for good, not deferred to no end.
         oversize = spool if isinstance(spool, TempError) else None
         if self.engine is not None and isinstance(spool, MessageSpool):
-            added, action, engine_error, unasked = self._ask(self.engine, conn, txn, spool, why)
+            added, action, engine_error, unasked, firm = self._ask(
+                self.engine, conn, txn, spool, why
+            )
             score += added
             if action == "reject":
                 self._report(txn, score, add_header_score, why, refused=True)
@@ -180,7 +182,8 @@ class AntiSpam:
             # rspamd asks for the message later (review rev49: it was accepted). Not
             # an engine fault: on_temp_error = "pass" must not turn it into an accept.
             return TempError("database_temp_error", deferred, firm=True, fault=False)
-        return _unfinished(engine_error, unasked, "" if result.complete else result.detail, detail)
+        stopped = "" if result.complete else result.detail
+        return _unfinished(engine_error, unasked, stopped, detail, firm=firm)
 
     def _sendable(
         self, conn: Connection, txn: Transaction, why: list[str]
@@ -219,10 +222,12 @@ class AntiSpam:
         txn: Transaction,
         spool: MessageSpool,
         why: list[str],
-    ) -> tuple[float, str, str, bool]:
+    ) -> tuple[float, str, str, bool, bool]:
         """rspamd's score (noted in ``why``), its action where ``engine_action`` acts on
-        it ("reject", "soft reject"; else ""), what failed ("" if nothing), and whether
-        rspamd was not asked (an outage, logged once)."""
+        it ("reject", "soft reject"; else ""), what failed ("" if nothing), whether
+        rspamd was not asked (an outage, logged once), and whether the failure is
+        deferred whatever ``on_temp_error`` says (dropped for its size, with
+        ``on_size_limit = "tempfail"``)."""
         envelope = SpamEnvelope(
             ip=str(conn.client_ip) if conn.client_ip else None,
             helo=conn.helo,
@@ -241,13 +246,16 @@ class AntiSpam:
         if not answer.ok:
             # Delivered anyway when on_temp_error = "pass": say so in tests=.
             why.append(ENGINE_FAILED)
-            return 0.0, "", answer.detail or "engine failed", answer.unasked
+            # Dropped for its size (rspamd's max_message): on_size_limit = "tempfail"
+            # defers it, as one over engine_max_bytes (review rev145 F2).
+            firm = answer.too_large and self.config.on_size_limit == "tempfail"
+            return 0.0, "", answer.detail or "engine failed", answer.unasked, firm
         # One token: X-Spam-Status readers split tests= at white space and commas
         # ("no action" is "no_action" there, as in rspamd's own logs).
         action = _TOKEN_BREAKS.sub("_", answer.action[:_ACTION_CHARS])
         why.append(f"rspamd={answer.score:.1f}/{action}")
         acted = self.config.engine_action and answer.action in ("reject", "soft reject")
-        return answer.score, answer.action if acted else "", "", False
+        return answer.score, answer.action if acted else "", "", False, False
 
     def _report(
         self,
@@ -270,14 +278,16 @@ class AntiSpam:
 
 
 def _unfinished(
-    engine_error: str, unasked: bool, rules_stopped: str, detail: str
+    engine_error: str, unasked: bool, rules_stopped: str, detail: str, *, firm: bool = False
 ) -> TempError | None:
     """The temporary error of a score not all of whose parts were had: the engine
     failed, or the rules' CPU budget stopped them (``rules_stopped`` says how).
     ``on_temp_error`` decides: "pass" delivers the message with the score so far, said
     on its decision line."""
     if engine_error:
-        return TempError("internal_error", f"spam engine: {engine_error}; {detail}", logged=unasked)
+        return TempError(
+            "internal_error", f"spam engine: {engine_error}; {detail}", firm=firm, logged=unasked
+        )
     if rules_stopped:
         return TempError("internal_error", f"rules not finished: {rules_stopped}; {detail}")
     return None

@@ -88,10 +88,13 @@ class VirusScan:
             )
         if result.status is ScanStatus.ERROR:
             # suspect: the hook's status for "infected" without a name; may be a virus.
+            # too_large: refused for its size, where on_size_limit = "tempfail" is the
+            # operator's choice (review rev145 F2: on_temp_error = "pass" let it in).
             return TempError(
                 "internal_error",
                 f"scanner failed: {result.detail}",
-                firm=result.suspect,
+                firm=result.suspect
+                or (result.too_large and self.config.on_size_limit == "tempfail"),
                 logged=result.unasked,
             )
         return None

@@ -87,6 +87,9 @@ class ScanResult:
     #: An ERROR without asking: the scanner is in an outage, logged once for all the
     #: messages it fails (:mod:`smtpguard.scanners.health`).
     unasked: bool = False
+    #: An ERROR for the message's size: the scanner refused it as too large (clamd's
+    #: StreamMaxLength), so ``on_size_limit`` applies, not only ``on_temp_error``.
+    too_large: bool = False
 
     @property
     def infected(self) -> bool:
@@ -113,6 +116,8 @@ class SpamResult:
     detail: str = ""
     #: An ERROR without asking (see :attr:`ScanResult.unasked`).
     unasked: bool = False
+    #: An ERROR likely for the message's size (see :attr:`ScanResult.too_large`).
+    too_large: bool = False
 
     @property
     def ok(self) -> bool:

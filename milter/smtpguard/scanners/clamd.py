@@ -414,6 +414,7 @@ def _size_limit_refused(reply: str, sent: int) -> ScanResult:
         detail=f"clamd refused the stream after {sent} octets ({reply}) and scanned"
         " nothing: its StreamMaxLength is below virus.max_bytes; lower max_bytes",
         scanned=sent,
+        too_large=True,
     )
 
 

@@ -184,7 +184,12 @@ class RspamdClient:
                     f" (sending {length} octets: rspamd drops a message over its"
                     " max_message; keep antispam.engine_max_bytes at or below it)"
                 )
-            return SpamResult(SpamStatus.ERROR, detail=f"rspamd at {self.endpoint}: {why}")
+            return SpamResult(
+                SpamStatus.ERROR,
+                detail=f"rspamd at {self.endpoint}: {why}",
+                too_large=isinstance(exc, (BrokenPipeError, ConnectionResetError))
+                and length > _HINTED,
+            )
         finally:
             # The response holds the socket open until it is closed too.
             if response is not None:
