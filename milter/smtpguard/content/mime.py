@@ -68,7 +68,9 @@ the body's first bytes, so an attachment counts them, as written, and a multipar
 counts them as its preamble (text outside the parts); of several Content-Disposition
 fields any may make a part an attachment (readers differ on which counts); a
 delimiter of an outer multipart closes all inner ones (noted as ``missing closing
-boundary``). Nothing here raises on any input.
+boundary``); a line that starts with a delimiter and goes on, or that Dovecot would
+give to another open multipart, makes the rest of the body one opaque part (noted as
+``delimiter line with more than the boundary``). Nothing here raises on any input.
 
 Notes in :attr:`MimeWalker.malformed` are distinct short strings: ``depth limit``,
 ``missing closing boundary``, ``missing start boundary``, ``missing boundary parameter``,
@@ -153,10 +155,10 @@ _SIMPLE_COMMENT: Final = re.compile(r"\([^()]*\)")
 # pattern, so no text backtracks long.
 _WS: Final = r"(?:[ \t]|\r?\n[ \t])*"
 _MIME_WORD: Final = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
-_QUOTED: Final = r'"(?:[^"\\\r\n]|\\[^\r\n]|\r?\n[ \t])*"'
-# A plain comment after a quoted value ("XX" (a comment)) every reader skips alike.
-_AFTER_QUOTED: Final = rf'(?:\([^()\\;"\r\n]*\){_WS})?'
-_VALUE: Final = rf"(?:{_MIME_WORD}{_WS}|{_QUOTED}{_WS}{_AFTER_QUOTED})"
+# No quoted-pair: Python's email counts quotes minus escaped ones to find the ";" that
+# ends a value, so "a\\" closed its string only to it (review rev144 F1).
+_QUOTED: Final = r'"(?:[^"\\\r\n]|\r?\n[ \t])*"'
+_VALUE: Final = rf"(?:{_MIME_WORD}|{_QUOTED}){_WS}"
 _PARAMS: Final = rf"(?:;{_WS}(?:{_MIME_WORD}{_WS}={_WS}{_VALUE})?)*"
 # Around the type and subtype, plain comments too ("attachment (see below)"), which the
 # walker cuts there as every reader does.
@@ -866,22 +868,17 @@ class MimeWalker:
 
     def _loose(self, hit: tuple[int, bool, bool | None], length: int) -> bool:
         """Whether a delimiter found by its start only (or in a line too long to be
-        one) ends the walk: readers differ on it, so the larger reading counts (review
-        rev134 F1: an attachment after ``--Bx`` was one to Dovecot, text of the part
-        before to us). Taken as a delimiter, RFC 2046's reading, unless an attachment
-        is being counted, which the other reading goes on with: then the rest of the
-        body is read whole, as one attachment, from its size so far."""
+        one) ends the walk: readers differ on it (RFC 2046 §5.1.1 and Dovecot take
+        ``--Bx`` for a delimiter, Python's email for text), and from there on their
+        structures differ (review rev134 F1: an attachment after it was one to
+        Dovecot, text to us; rev144 F6: taken as a delimiter, a later one of an inner
+        multipart ended an attachment Python's email read on through it). So the rest
+        of the body is read whole, as one attachment, from the size of one being
+        counted."""
         if hit[2] is False and length <= _DELIM_LINE_MAX:
             return False
-        self._note("delimiter line with more than the boundary")
-        if (
-            hit[2] is None
-            or length > _DELIM_LINE_MAX
-            or (self._mode == _LEAF and self._counter is not None)
-        ):
-            self._read_rest_whole("delimiter line with more than the boundary")
-            return True
-        return False
+        self._read_rest_whole("delimiter line with more than the boundary")
+        return True
 
     def _eol_before(self, pos: int) -> int:
         """The length of the line break that ends before ``pos`` in the buffer (CRLF 2,
@@ -1038,21 +1035,24 @@ class MimeWalker:
         overflow = self._header_overflow
         unusual = content_type is not None and not _STRICT_TYPE.fullmatch(content_type)
         letters = _letters(content_type) if unusual and content_type else ""
-        if _CONTAINER.search(letters):
+        if _CONTAINER.search(letters) or (unusual and "=?" in (content_type or "")):
             # Readers differ on its type or parameters (a multipart to one, text to
-            # another; one boundary or another): everything after is one attachment.
+            # another; one boundary or another; an encoded-word, which Python's email
+            # decodes, rev144 F5): everything after is one attachment.
             name = _attachment(disp_type, disp_params, ct_params, "")[1]
             self._read_rest_whole("unusual Content-Type", name)
             return
         # An attachment to some reader (Dovecot took "attachment x", "inline;
-        # (c)filename=a.bin", "name(c)=a.bin" for one): counted as one, as written
-        # (readers may not agree on its encoding either). A type without a name in
-        # it ("text; charset=us-ascii") stays text: no reader makes more of it.
+        # (c)filename=a.bin", "name(c)=a.bin" for one): counted as one, decoded as its
+        # Content-Transfer-Encoding says, which they read alike (review rev144 F4: an
+        # unquoted "name=My Document.pdf" was counted as written, a third more). A type
+        # without a name in it ("text; charset=us-ascii") stays text: no reader makes
+        # more of it; nor does an empty Content-Disposition.
         named = unusual and "name" in letters
-        as_written = named or not all(
-            _STRICT_DISPOSITION.fullmatch(value) for value in dispositions
+        odd = not all(
+            _STRICT_DISPOSITION.fullmatch(value) or not value.strip() for value in dispositions
         )
-        if as_written:
+        if named or odd:
             self._note("unusual Content-Type" if named else "unusual Content-Disposition")
             disp_type = "attachment"
         elif unusual:
@@ -1083,7 +1083,7 @@ class MimeWalker:
         # Readers that start the body at a line that is no field take the rest of the
         # block for the attachment's first bytes: counted with the body, as written
         # (never less than decoded).
-        self._counter = _make_counter("binary" if broken or as_written else encoding)
+        self._counter = _make_counter("binary" if broken else encoding)
         self._counter.size = broken
         self._started(self._name)
 
@@ -1136,13 +1136,16 @@ class MimeWalker:
                     "boundary" not in ct_params
                     and any(key.startswith("boundary*") and key.endswith("*") for key in ct_params)
                 )
+                or (boundary.startswith(b"<") and boundary.endswith(b">"))
+                or b"=?" in boundary
             ):
                 # Parsers differ on which boundary counts: read whole, counted as one
                 # (review rev45: the part hid in a text part of our reading). So do they
                 # on one that ends in a blank, which RFC 2046 forbids: Dovecot keeps it
                 # (review rev138 F2), and on RFC 2231's encoded form given alone, which
                 # Dovecot 2.3 does not take for a boundary and Python's email does
-                # (rev143 F6).
+                # (rev143 F6); Python's email also strips <...> and decodes an
+                # encoded-word in it (rev144 F1).
                 why = "ambiguous boundary"
             elif len(boundary) > min(_BOUNDARY_MAX, _READERS_BOUNDARY_MAX):
                 why = "boundary too long"
@@ -1291,17 +1294,30 @@ _PARAM_STEPS: Final = 1000
 
 #: A type some reader may walk into, in a Content-Type's letters (:func:`_letters`).
 _CONTAINER: Final = re.compile(r"multipart|message")
+#: What nests comments: an opening, a closing, and a quoted-pair (the character after
+#: it taken as it is).
+_COMMENT_MARK: Final = re.compile(r"\\.|[()]", re.DOTALL)
 
 
 def _letters(value: str) -> str:
     """The lower-case letters of ``value`` outside comments, nested ones too: what a
-    reader could make a type of ("multi(x)part" is "multipart" to some)."""
-    while True:
-        bare = _SIMPLE_COMMENT.sub("", value)
-        if bare == value:
-            break
-        value = bare
-    return "".join(c for c in value.lower() if "a" <= c <= "z")
+    reader could make a type of ("multi(x)part" is "multipart" to some). One pass (a
+    loop of one substitution per level cost 80 s of CPU per MB of nesting: review
+    rev144 F2)."""
+    kept: list[str] = []
+    depth = start = 0
+    for match in _COMMENT_MARK.finditer(value):
+        mark = match.group()
+        if depth == 0:
+            kept.append(value[start : match.start()])
+        if mark == "(":
+            depth += 1
+        elif mark == ")":
+            depth = max(depth - 1, 0)
+        start = match.end()
+    if depth == 0:
+        kept.append(value[start:])
+    return "".join(c for c in "".join(kept).lower() if "a" <= c <= "z")
 
 
 #: Why a container is not walked into where readers do walk into it: what follows is
