@@ -198,11 +198,14 @@ def _kept_counter(config: Config, previous: Runtime | None) -> SizeBucketCounter
     counter = previous.services.counter
     if counter_shape(previous.config) == counter_shape(config):
         # A new threshold may need more hits kept per bucket (rev142 F2: a threshold
-        # of 1000 or more, lowered, rebuilt the counter and dropped the counts).
+        # of 1000 or more, lowered, rebuilt the counter and dropped the counts). Never
+        # fewer: the running configuration shares this counter, and stays if the
+        # reload is refused (rev147 F2: its threshold of 1500 over a cap of 1000
+        # refused no flood again).
         cap = _per_bucket_cap(config.bulk.threshold)
         for part in (counter, getattr(counter, "local", None), getattr(counter, "primary", None)):
             if isinstance(part, (InProcessCounter, RedisCounter)):
-                part.max_per_bucket = cap
+                part.max_per_bucket = max(part.max_per_bucket, cap)
         return counter
     if isinstance(counter, InProcessCounter):
         # The other backends keep their counts outside this object (the shared file

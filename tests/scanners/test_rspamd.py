@@ -6,6 +6,7 @@ import http.client
 import http.server
 import io
 import logging
+import re
 import socket
 import struct
 import threading
@@ -470,6 +471,33 @@ def test_a_large_message_dropped_halfway_names_max_message(slow_peer: SlowPeers)
         " max_message; keep antispam.engine_max_bytes at or below it)"
     )
     assert result.too_large  # on_size_limit applies (review rev145 F2)
+
+
+def test_a_large_message_taken_whole_then_dropped_is_no_matter_of_size(
+    slow_peer: SlowPeers,
+) -> None:
+    """Review rev147 F1: rspamd crashing (or restarted) after it read a message over
+    64 KiB was taken for its max_message refusal, so on_size_limit = "tempfail"
+    deferred that message for good where on_temp_error = "pass" was chosen."""
+
+    def takes_it_then_crashes(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        found = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert found is not None
+        length = int(found.group(1))
+        while len(body) < length:
+            body += conn.recv(65536)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    client = RspamdClient(slow_peer.start(takes_it_then_crashes), timeout=5)
+    result = client.check(HAM + b"x" * (256 * 1024), SpamEnvelope())
+    assert result.status is SpamStatus.ERROR
+    assert not result.too_large
+    assert "max_message" not in result.detail
 
 
 def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:

@@ -152,7 +152,7 @@ class RspamdClient:
             return SpamResult(SpamStatus.ERROR, detail=refusal, unasked=True)
         conn = self._connection()
         response: http.client.HTTPResponse | None = None
-        connected = False
+        connected = sent = False
         try:
             conn.connect()
             connected = True
@@ -163,6 +163,7 @@ class RspamdClient:
                 # are removed so that no value can ever split the request.
                 conn.putheader(name, _clean(value).encode("utf-8", "surrogateescape"))
             conn.endheaders(body)
+            sent = True
             conn.expire_in(self.timeout)
             response = conn.getresponse()
             raw = response.read(self.max_reply + 1)
@@ -177,9 +178,16 @@ class RspamdClient:
                 # does not scan a canary either; one that failed on this message does
                 # (review rev88 N1: one slow answer stopped the scans of every message).
                 health.test_later(why, self.timeout)
-            if isinstance(exc, (BrokenPipeError, ConnectionResetError)) and length > _HINTED:
-                # rspamd drops a message over its max_message without an answer
-                # (review rev120 F6: "Broken pipe" alone, deferred on every retry).
+            # rspamd drops a message over its max_message while it is still being sent,
+            # without an answer (review rev120 F6: "Broken pipe" alone, deferred on
+            # every retry). Not one it took whole: a crash or a restart then is no
+            # matter of size (review rev147 F1: it was deferred as one, for good).
+            dropped = (
+                not sent
+                and isinstance(exc, (BrokenPipeError, ConnectionResetError))
+                and length > _HINTED
+            )
+            if dropped:
                 why += (
                     f" (sending {length} octets: rspamd drops a message over its"
                     " max_message; keep antispam.engine_max_bytes at or below it)"
@@ -187,8 +195,7 @@ class RspamdClient:
             return SpamResult(
                 SpamStatus.ERROR,
                 detail=f"rspamd at {self.endpoint}: {why}",
-                too_large=isinstance(exc, (BrokenPipeError, ConnectionResetError))
-                and length > _HINTED,
+                too_large=dropped,
             )
         finally:
             # The response holds the socket open until it is closed too.
