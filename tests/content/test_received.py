@@ -635,6 +635,14 @@ def _parse_or_none(value: str) -> ReceivedInfo | None:
         return None
 
 
+@pytest.mark.parametrize("value", ["BY FROM BY", "from x by from"])
+def test_a_keyword_seen_before_is_no_host_name(value: str) -> None:
+    """Found by the fuzz test below: "BY FROM BY" gave the from clause the name "BY"."""
+    info = parse_received(value)
+    assert info.from_name is None or info.from_name.lower() not in {"from", "by"}
+    assert info.by_name is None or info.by_name.lower() not in {"from", "by"}
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(max_size=300), _HOSTILE_TEXT))
 def test_fuzz_only_parse_errors(value: str) -> None:

@@ -60,7 +60,9 @@ is scanned with
 only per header line and per line that starts with ``--``.
 
 Deviations, chosen for robustness: only LF ends a line (CRLF and bare LF both work; a bare
-CR does not); an embedded message's leading mbox ``From`` line is skipped; a line in a
+CR does not, as in Dovecot; one followed by a delimiter, which Python's email takes for
+one, makes the rest of the body one opaque part, noted as ``bare CR before a
+delimiter``); an embedded message's leading mbox ``From`` line is skipped; a line in a
 part's header block that is no header field (nor blank) is read past, as Dovecot reads
 it, the fields after it taken for the part's (noted as ``missing header/body
 separator``); readers that start the body at that line see the rest of the block as
@@ -891,6 +893,32 @@ class MimeWalker:
         return 2 if before == b"\r\n" else 1
 
     def _data(self, pos: int, end: int) -> None:
+        if self._stack and end > pos:
+            cut = self._bare_cr_delimiter(pos, end)
+            if cut is not None:
+                # Python's email ends a line at a bare CR too, and takes what follows
+                # for a delimiter; Dovecot and we do not (review rev144 F3): readers'
+                # structures part here, so the rest of the body is read whole.
+                self._data_span(pos, cut)
+                self._read_rest_whole("bare CR before a delimiter")
+                self._data_span(cut, end)
+                return
+        self._data_span(pos, end)
+
+    def _bare_cr_delimiter(self, pos: int, end: int) -> int | None:
+        """Where in ``pos:end`` a bare CR is followed by a delimiter of an open
+        multipart (the index after the CR), if anywhere."""
+        buf = self._buf
+        at = buf.find(b"\r--", pos, end)
+        while at >= 0:
+            text = bytes(buf[at + 1 : at + 1 + _DELIM_LINE_MAX])
+            line = re.split(rb"[\r\n]", text, maxsplit=1)[0]
+            if self._match_delimiter(line) is not None:
+                return at + 1
+            at = buf.find(b"\r--", at + 1, end)
+        return None
+
+    def _data_span(self, pos: int, end: int) -> None:
         if self._embedded_parts and end > pos:
             # Growing as it streams in, so a size limit acts before its end; a line
             # break at the end may be a delimiter's, and so may a CR a long line was cut

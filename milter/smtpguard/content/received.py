@@ -212,14 +212,23 @@ def parse_received(value: str, *, fast: bool = True) -> ReceivedInfo:
         first = clause.words[0] if clause.words else None
         other_names += [n for n in (first, rdns, helo) if n is not None]
     return ReceivedInfo(
-        from_name=from_clause.words[0] if from_clause and from_clause.words else None,
+        from_name=_name(from_clause),
         from_ips=from_ips,
         from_rdns=from_rdns,
-        by_name=by_clause.words[0] if by_clause and by_clause.words else None,
+        by_name=_name(by_clause),
         date=date,
         from_helo=_helo(from_clause) if from_clause else None,
         other_from_names=tuple(other_names),
     )
+
+
+def _name(clause: _Clause | None) -> str | None:
+    """A clause's first word as the host name it gives; none when that word is a
+    keyword seen before ("by from by": a word of the from clause, no name; found by
+    the fuzz test)."""
+    if clause is None or not clause.words or clause.words[0].lower() in _KEYWORDS:
+        return None
+    return clause.words[0]
 
 
 def _parse_common(text: str) -> ReceivedInfo | None:
