@@ -1683,3 +1683,81 @@ def test_an_empty_disposition_is_none() -> None:
     part = b"Content-Type: text/plain\r\nContent-Disposition:\r\n\r\n" + b"text\r\n" * 8000
     walker = walk(MIXED, [multipart(b"XX", [part])])
     assert (walker.largest_attachment, walker.attachments) == (0, 0)
+
+
+# -- review rev146 ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/mixed; boundary=a*b",
+        "multipart/mixed; boundary=a'b; boundary=B",
+        "multipart/mixed; boundary=B; boundary=a",
+    ],
+)
+def test_a_boundary_pythons_policy_default_cuts_otherwise_reads_the_rest_whole(
+    content_type: str,
+) -> None:
+    """F1: policy.default cuts an unquoted boundary at "*" (and drops one with "'",
+    taking a later duplicate): its "a" made the attachment one where ours was text."""
+    body = (
+        b"--a*b\r\n\r\nhi\r\n--a\r\n" + _ATTACHED + b64(_BIG) + b"--a--\r\n--a*b--\r\n"
+    ).replace(b"a*b", content_type.split("boundary=")[1].split(";", maxsplit=1)[0].encode())
+    walker = walk([("Content-Type", content_type)], [body])
+    assert walker.largest_attachment >= len(_BIG)
+    assert "ambiguous boundary" in walker.malformed
+
+
+@pytest.mark.parametrize(
+    "content_type", ['(c)multipart/mixed; boundary="I"', 'multipart / mixed; boundary="I"']
+)
+def test_a_type_python_reads_as_a_leaf_reads_the_rest_whole(content_type: str) -> None:
+    """F2: Python's email reads both as one leaf of the whole text, Dovecot and the
+    walker as a multipart of two attachments under the limit."""
+    half = _BIG[:15000]
+    body = multipart(b"I", [_ATTACHED + b64(half), _ATTACHED + b64(half)])
+    walker = walk([("Content-Type", content_type)], [body])
+    assert walker.largest_attachment >= 2 * len(half)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/pdf; name==?UTF-8?B?5pel5pys6KqeLnBkZg==?=",
+        "audio/wav; name=Voice Message.wav",
+    ],
+)
+def test_an_unusual_name_is_counted_decoded_not_the_rest(content_type: str) -> None:
+    """F3, F4: "=?" or the letters "message" in a name were taken for the type's, and
+    a 15 kB attachment made the rest of the body one of 20 kB."""
+    data = _BIG[:15000]
+    part = f"Content-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    walker = walk(MIXED, [multipart(b"XX", [text_part(), part.encode() + b64(data)])])
+    assert walker.largest_attachment == len(data)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        'multipart/related; type=text/html; boundary="R"',
+        'multipart/signed; protocol=application/pkcs7-signature; micalg=sha-256; boundary="R"',
+        "message/rfc822; name=Forwarded message.eml",
+    ],
+)
+def test_parameters_readers_split_alike_are_walked(content_type: str) -> None:
+    """F5: an unquoted "type=text/html" or "protocol=..." put the container off the
+    grammar and the rest of the body was one attachment (RFC 2387 and RFC 5751 ask
+    for the quotes; some generators leave them out): readers agree on these."""
+    data = _BIG[:15000]
+    if content_type.startswith("message/"):
+        inner = b"Subject: fwd\r\n" + _ATTACHED + b64(data)
+    else:
+        inner = multipart(b"R", [text_part(), _ATTACHED + b64(data)])
+    part = f"Content-Type: {content_type}\r\n\r\n".encode() + inner
+    walker = walk(MIXED, [multipart(b"XX", [text_part(), part])])
+    assert walker.malformed == []
+    # A named message/rfc822 is one attachment of its size as written (docs/replies.md;
+    # the line break before the next delimiter is the delimiter's).
+    expected = len(inner) - 2 if content_type.startswith("message/") else len(data)
+    assert walker.largest_attachment == expected

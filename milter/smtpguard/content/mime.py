@@ -165,7 +165,18 @@ _PARAMS: Final = rf"(?:;{_WS}(?:{_MIME_WORD}{_WS}={_WS}{_VALUE})?)*"
 # Around the type and subtype, plain comments too ("attachment (see below)"), which the
 # walker cuts there as every reader does.
 _CWS: Final = r'(?:[ \t]|\r?\n[ \t]|\([^()\\;"\r\n]*\))*'
-_STRICT_TYPE: Final = re.compile(rf"{_CWS}{_MIME_WORD}{_CWS}/{_CWS}{_MIME_WORD}{_CWS}{_PARAMS}")
+# Nothing between the type, the "/" and the subtype, nor before the type: Python's
+# email reads "(c)multipart/mixed" and "multipart / mixed" as one leaf, Dovecot as a
+# multipart (review rev146 F2). A comment may follow the subtype.
+_STRICT_TYPE: Final = re.compile(rf"{_WS}{_MIME_WORD}/{_MIME_WORD}{_CWS}{_PARAMS}")
+# A parameter that is not the boundary, unquoted, may hold a "/" too ("type=text/html"
+# on multipart/related, "protocol=application/pkcs7-signature"): readers split the
+# parameters alike where no quote, backslash or comment is in them (see _params_agree).
+_LOOSE_PARAM: Final = re.compile(rf'{_WS}{_MIME_WORD}{_WS}=[^"\\()]*')
+_BOUNDARY_PARAM: Final = re.compile(
+    rf"{_WS}(?i:boundary){_WS}={_WS}(?:{_MIME_WORD}|{_QUOTED}){_WS}"
+)
+_BOUNDARY_NAME: Final = re.compile(r"[ \t\r\n]*(?i:boundary)\b")
 _STRICT_DISPOSITION: Final = re.compile(rf"{_CWS}{_MIME_WORD}{_CWS}{_PARAMS}")
 _UNFOLD: Final = re.compile(r"\r?\n")
 
@@ -1062,8 +1073,14 @@ class MimeWalker:
         # the next one).
         overflow = self._header_overflow
         unusual = content_type is not None and not _STRICT_TYPE.fullmatch(content_type)
-        letters = _letters(content_type) if unusual and content_type else ""
-        if _CONTAINER.search(letters) or (unusual and "=?" in (content_type or "")):
+        head, params_text = _split_type(content_type) if unusual and content_type else ("", "")
+        letters = _letters(head)
+        if unusual and _STRICT_TYPE.fullmatch(head) and _params_agree(params_text):
+            # Only parameters readers split alike are off the grammar ("type=text/html"
+            # unquoted on multipart/related; rev146 F5): read as any.
+            unusual = False
+            letters = ""
+        if _CONTAINER.search(letters) or (unusual and "=?" in head):
             # Readers differ on its type or parameters (a multipart to one, text to
             # another; one boundary or another; an encoded-word, which Python's email
             # decodes, rev144 F5): everything after is one attachment.
@@ -1076,9 +1093,17 @@ class MimeWalker:
         # unquoted "name=My Document.pdf" was counted as written, a third more). A type
         # without a name in it ("text; charset=us-ascii") stays text: no reader makes
         # more of it; nor does an empty Content-Disposition.
-        named = unusual and "name" in letters
-        odd = not all(
-            _STRICT_DISPOSITION.fullmatch(value) or not value.strip() for value in dispositions
+        named = unusual and "name" in _letters(content_type or "")
+        odd = [
+            value
+            for value in dispositions
+            if value.strip() and not _STRICT_DISPOSITION.fullmatch(value)
+        ]
+        # Decoded where only a parameter is off the grammar (readers agree on the
+        # encoding of an "attachment; filename=My Document.pdf"); as written where the
+        # type itself is (a reader that makes no sense of it may not decode it either).
+        as_written = (named and not _STRICT_TYPE.fullmatch(head)) or any(
+            not _STRICT_DISPOSITION.fullmatch(_split_type(value)[0]) for value in odd
         )
         if named or odd:
             self._note("unusual Content-Type" if named else "unusual Content-Disposition")
@@ -1086,6 +1111,11 @@ class MimeWalker:
         elif unusual:
             self._note("unusual Content-Type")
         opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
+        if opaque is None and self._stack and content_type and _boundary_doubt(content_type):
+            # Walked into, but Python's email takes another boundary (review rev146 F1).
+            self._stack.pop()
+            self._note("ambiguous boundary")
+            opaque = "ambiguous boundary"
         if opaque in _READ_REST_WHOLE:
             # A container readers walk into and we do not: the boundaries it opens to
             # them may take lines we give to ours (review rev143 F4), so everything
@@ -1111,7 +1141,7 @@ class MimeWalker:
         # Readers that start the body at a line that is no field take the rest of the
         # block for the attachment's first bytes: counted with the body, as written
         # (never less than decoded).
-        self._counter = _make_counter("binary" if broken else encoding)
+        self._counter = _make_counter("binary" if broken or as_written else encoding)
         self._counter.size = broken
         self._started(self._name)
 
@@ -1320,8 +1350,66 @@ def _parse_encoding(value: str | None) -> str:
 _PARAM_STEPS: Final = 1000
 
 
+def _split_type(value: str) -> tuple[str, str]:
+    """``value`` cut at its first ";" outside quotes and comments: the type, and the
+    parameters from that ";" on (review rev146 F3, F4: a name's "=?" or "Message" was
+    taken for the type's)."""
+    depth = 0
+    quoted = False
+    for match in _TYPE_MARK.finditer(value):
+        mark = match.group()
+        if quoted:
+            quoted = mark != '"'
+        elif mark == '"' and depth == 0:
+            quoted = True
+        elif mark == "(":
+            depth += 1
+        elif mark == ")":
+            depth = max(depth - 1, 0)
+        elif mark == ";" and depth == 0:
+            return value[: match.start()], value[match.start() :]
+    return value, ""
+
+
+def _boundary_doubt(content_type: str) -> bool:
+    """A boundary Python's email (policy.default) reads otherwise than the walker: one
+    given twice (it takes the last of some forms, the walker the first), or unquoted
+    with a "*" or "'" (it cuts it there) (review rev146 F1)."""
+    found = 0
+    for segment in _split_type(content_type)[1].split(";")[1:]:
+        name, equals, value = segment.partition("=")
+        if not equals or not _BOUNDARY_NAME.fullmatch(name.rstrip()):
+            continue
+        found += 1
+        value = value.strip()
+        if not value.startswith('"') and ("*" in value or "'" in value):
+            return True
+    return found > 1
+
+
+def _params_agree(params: str) -> bool:
+    """Whether readers split ``params`` (from its first ";") into the same parameters
+    and take the same boundary: no quote, backslash or comment outside a value the
+    grammar takes, and the boundary, given once, in the strict form."""
+    boundaries = 0
+    for segment in params.split(";")[1:]:
+        if _BOUNDARY_NAME.match(segment):
+            boundaries += 1
+            if not _BOUNDARY_PARAM.fullmatch(segment):
+                return False
+        elif segment.strip() and not (
+            _PARAMS_ONE.fullmatch(";" + segment) or _LOOSE_PARAM.fullmatch(segment)
+        ):
+            return False
+    return boundaries <= 1
+
+
 #: A type some reader may walk into, in a Content-Type's letters (:func:`_letters`).
 _CONTAINER: Final = re.compile(r"multipart|message")
+#: What :func:`_split_type` follows: quoted-pairs, quotes, comments and ";".
+_TYPE_MARK: Final = re.compile(r'\\.|[()";]', re.DOTALL)
+#: One parameter in the strict grammar.
+_PARAMS_ONE: Final = re.compile(rf"{_PARAMS}")
 #: What nests comments: an opening, a closing, and a quoted-pair (the character after
 #: it taken as it is).
 _COMMENT_MARK: Final = re.compile(r"\\.|[()]", re.DOTALL)
