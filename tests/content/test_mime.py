@@ -1761,3 +1761,14 @@ def test_parameters_readers_split_alike_are_walked(content_type: str) -> None:
     # the line break before the next delimiter is the delimiter's).
     expected = len(inner) - 2 if content_type.startswith("message/") else len(data)
     assert walker.largest_attachment == expected
+
+
+def test_a_boundary_doubt_on_an_embedded_message_leaves_the_multipart_around() -> None:
+    """A "boundary=a*b" on a message/rfc822 (which opens no multipart) must not close
+    the multipart the message is a part of."""
+    body = (
+        b"--XX\r\nContent-Type: message/rfc822; boundary=a*b\r\n\r\nSubject: x\r\n\r\nhi\r\n"
+        b"--XX\r\nContent-Disposition: attachment; filename=x\r\n\r\n" + b"y" * 100 + b"\r\n"
+        b"--XX--\r\n"
+    )
+    assert walk_bytes(MIXED, body) == (100, "x", 1, [])

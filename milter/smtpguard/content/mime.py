@@ -1111,7 +1111,12 @@ class MimeWalker:
         elif unusual:
             self._note("unusual Content-Type")
         opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
-        if opaque is None and self._stack and content_type and _boundary_doubt(content_type):
+        if (
+            opaque is None
+            and maintype == "multipart"
+            and content_type
+            and _boundary_doubt(content_type)
+        ):
             # Walked into, but Python's email takes another boundary (review rev146 F1).
             self._stack.pop()
             self._note("ambiguous boundary")
