@@ -1772,3 +1772,44 @@ def test_a_boundary_doubt_on_an_embedded_message_leaves_the_multipart_around() -
         b"--XX--\r\n"
     )
     assert walk_bytes(MIXED, body) == (100, "x", 1, [])
+
+
+# -- review rev148 ----------------------------------------------------------------------------
+
+
+def test_a_bare_cr_in_a_part_header_reads_the_rest_whole() -> None:
+    """F1: Python's email ends a header line at a bare CR, and found a
+    Content-Disposition in what the walker (and Dovecot) read as a Content-Type's
+    unquoted parameter."""
+    part = (
+        b"Content-Type: application/pdf; x-mac-type=50444620\r"
+        b'Content-Disposition: attachment; filename="report.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + b64(_BIG)
+    )
+    walker = walk(MIXED, [multipart(b"XX", [text_part(), part])])
+    assert walker.largest_attachment >= len(_BIG)
+    assert "bare CR in a header field" in walker.malformed
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "boundary*0=B; boundary*0=A",
+        'boundary*0="B"; boundary*0="A"',
+        'BOUNDARY*0="B"; boundary*0="A"',
+        "boundary*1=A; boundary*0=B",
+        "boundary*0=B; boundary*2=A",
+        "boundary=B; boundary*0=A",
+    ],
+)
+def test_boundary_sections_readers_join_otherwise_read_the_rest_whole(params: str) -> None:
+    """F2: Python's compat32 collects and sorts RFC 2231 sections ("AB"); the walker
+    took the first "B", and the attachment after "--AB" was text of its part."""
+    body = (
+        b"--B\r\nContent-Type: text/plain\r\n\r\n--AB\r\n"
+        + _ATTACHED
+        + b64(_BIG)
+        + b"--AB--\r\n--B--\r\n"
+    )
+    walker = walk([("Content-Type", f"multipart/mixed; {params}")], [body])
+    assert walker.largest_attachment >= len(_BIG)

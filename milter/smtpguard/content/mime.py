@@ -172,11 +172,13 @@ _STRICT_TYPE: Final = re.compile(rf"{_WS}{_MIME_WORD}/{_MIME_WORD}{_CWS}{_PARAMS
 # A parameter that is not the boundary, unquoted, may hold a "/" too ("type=text/html"
 # on multipart/related, "protocol=application/pkcs7-signature"): readers split the
 # parameters alike where no quote, backslash or comment is in them (see _params_agree).
-_LOOSE_PARAM: Final = re.compile(rf'{_WS}{_MIME_WORD}{_WS}=[^"\\()]*')
+_LOOSE_PARAM: Final = re.compile(rf'{_WS}{_MIME_WORD}{_WS}=[^"\\()\x00-\x08\x0a-\x1f\x7f]*')
 _BOUNDARY_PARAM: Final = re.compile(
     rf"{_WS}(?i:boundary){_WS}={_WS}(?:{_MIME_WORD}|{_QUOTED}){_WS}"
 )
 _BOUNDARY_NAME: Final = re.compile(r"[ \t\r\n]*(?i:boundary)\b")
+#: A boundary parameter's name, plain or RFC 2231 (the section number, if any).
+_BOUNDARY_KEY: Final = re.compile(r"(?i:boundary)(?:\*(\d+))?\*?")
 _STRICT_DISPOSITION: Final = re.compile(rf"{_CWS}{_MIME_WORD}{_CWS}{_PARAMS}")
 _UNFOLD: Final = re.compile(r"\r?\n")
 
@@ -514,6 +516,7 @@ class MimeWalker:
         "_embedded_parts",
         "_examine_left",
         "_first_header_line",
+        "_header_bare_cr",
         "_header_bytes",
         "_header_overflow",
         "_headers",
@@ -582,6 +585,7 @@ class MimeWalker:
         self._cur_header: bytes | None = None
         self._header_bytes = 0
         self._header_overflow = top_headers_cut
+        self._header_bare_cr = False
         self._broken_bytes = 0
         self._first_header_line = True
 
@@ -681,6 +685,10 @@ class MimeWalker:
             return pos  # read again as the opaque rest's data
         first_line = self._first_header_line
         self._first_header_line = False
+        # A bare CR: Python's email ends a line there, so its fields after it, or the
+        # end of the block, are not ours (review rev148 F1: a Content-Disposition
+        # hidden in a Content-Type's value). Read whole when the block ends.
+        self._header_bare_cr |= b"\r" in line.removesuffix(b"\n").removesuffix(b"\r")
         if self._stack and line.startswith(b"--"):
             hit = self._match_delimiter(line[:_DELIM_LINE_MAX])
             if hit is not None:
@@ -1028,6 +1036,7 @@ class MimeWalker:
         self._cur_header = None
         self._header_bytes = 0
         self._header_overflow = False
+        self._header_bare_cr = False
         self._broken_bytes = 0
         self._first_header_line = True
 
@@ -1035,6 +1044,10 @@ class MimeWalker:
         headers = self._headers
         self._headers = {}
         self._cur_header = None
+        if self._header_bare_cr:
+            self._header_bare_cr = False
+            self._read_rest_whole("bare CR in a header field")
+            return
         self._start_entity(
             _header_text(headers.get(b"content-type")),
             [_decoded(v) for k, v in headers.items() if k.startswith(_DISPOSITION)],
@@ -1377,19 +1390,29 @@ def _split_type(value: str) -> tuple[str, str]:
 
 
 def _boundary_doubt(content_type: str) -> bool:
-    """A boundary Python's email (policy.default) reads otherwise than the walker: one
-    given twice (it takes the last of some forms, the walker the first), or unquoted
-    with a "*" or "'" (it cuts it there) (review rev146 F1)."""
-    found = 0
+    """A boundary Python's email reads otherwise than the walker: one given twice in
+    any form or case (it takes the last of some, sorts RFC 2231 sections, review
+    rev148 F2; the walker takes the first), sections out of order or with a gap, or
+    one unquoted with a "*" or "'" (policy.default cuts it there, rev146 F1)."""
+    names: list[str] = []
+    sections: list[int] = []
     for segment in _split_type(content_type)[1].split(";")[1:]:
         name, equals, value = segment.partition("=")
-        if not equals or not _BOUNDARY_NAME.fullmatch(name.rstrip()):
+        found = _BOUNDARY_KEY.fullmatch(name.strip())
+        if not equals or found is None:
             continue
-        found += 1
+        names.append(name.strip().lower())
+        if found.group(1) is not None:
+            sections.append(int(found.group(1)))
         value = value.strip()
         if not value.startswith('"') and ("*" in value or "'" in value):
             return True
-    return found > 1
+    plain = sum(1 for name in names if name in ("boundary", "boundary*"))
+    return (
+        len(names) != len(set(names))
+        or sections != list(range(len(sections)))
+        or (plain > 0 and bool(sections))
+    )
 
 
 def _params_agree(params: str) -> bool:
