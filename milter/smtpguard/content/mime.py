@@ -127,6 +127,7 @@ _HEADER_FIELD: Final = re.compile(rb"([^\x00-\x20\x7f:]+)[ \t]*:")
 _CRLF: Final = b"\r\n"
 _BROKEN_HEADERS: Final = "missing header/body separator"
 _DISPOSITION: Final = b"content-disposition"
+_ENCODING: Final = b"content-transfer-encoding"
 
 _WHITESPACE: Final = b" \t\r\n\x0b\x0c"
 _B64_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
@@ -445,6 +446,8 @@ _UU_ALLOWANCE: Final = 16
 #: Any other line, its line break included.
 _UU_OTHER_LINE: Final = re.compile(rb"(?m)^[^\x20-\x60\n][^\n]*\n?|^\n")
 _UUENCODE: Final = frozenset({"x-uuencode", "uuencode", "x-uue"})
+#: The encodings counted decoded (see _parse_encoding).
+_DECODED: Final = frozenset({"base64", "quoted-printable", *_UUENCODE})
 
 
 def _eol_length(data: bytes | bytearray) -> int:
@@ -706,7 +709,10 @@ class MimeWalker:
         if line[0] in b" \t":
             cur = self._cur_header
             if cur is not None and self._count_header(len(line)):
-                self._headers[cur] += line.rstrip(b"\r\n")
+                # A fold in the encoding's value is kept ("\n"): Python's email reads
+                # "Content-Transfer-Encoding:\r\n base64" as " base64" and does not
+                # decode it (review rev149 F1).
+                self._headers[cur] += (b"\n" if cur == _ENCODING else b"") + line.rstrip(b"\r\n")
             return end
         m = _HEADER_FIELD.match(line)
         if m is None:
@@ -723,9 +729,18 @@ class MimeWalker:
             self._count_header(len(line))
             return end
         self._cur_header = None
+        self._field(line, m)
+        return end
+
+    def _field(self, line: bytes, m: re.Match[bytes]) -> None:
+        """A header field line of the block (``m``: its name and colon)."""
+        if m.end() - 1 > m.end(1) and not self._broken_bytes:
+            # "Name : value": Dovecot takes the field, Python's email starts the body at
+            # it (review rev149 F1): from here the block also counts as the body's.
+            self._note(_BROKEN_HEADERS)
+            self._broken_bytes = len(line)
         if self._count_header(len(line)):
             self._keep_field(m.group(1).lower(), line[m.end() :].rstrip(b"\r\n"))
-        return end
 
     def _keep_field(self, key: bytes, value: bytes) -> None:
         """Keep the first Content-Type and Content-Transfer-Encoding, and every
@@ -1357,10 +1372,19 @@ def _parse_content_type(value: str | None, digest_parent: bool) -> tuple[str, st
 
 
 def _parse_encoding(value: str | None) -> str:
+    """The Content-Transfer-Encoding the part is counted by: a decoding one only when
+    the value is exactly its name (any case): Python's email decodes nothing else, not
+    "base64 " nor "quoted-printable (see RFC 2045)", and hands over the text as written
+    (review rev149 F1, up to three times the limit); such a value is counted as
+    written ("binary": decoding only shrinks it)."""
     if not value:
         return ""
+    exact = value.lstrip(" \t").lower()
+    if exact in _DECODED:
+        return exact
     words = _SIMPLE_COMMENT.sub("", value).split()
-    return words[0].lower() if words else ""
+    word = words[0].lower() if words else ""
+    return "binary" if word in _DECODED or word == "uue" else word
 
 
 #: Separators, quotes and escapes read in one field's parameters: a few dozen in real
