@@ -1856,3 +1856,43 @@ def test_an_exact_encoding_in_any_case_is_decoded() -> None:
     for name in (b"base64", b"BASE64", b"Base64"):
         part = _ATTACHED.replace(b"base64", name) + b64(data)
         assert walk_bytes(MIXED, multipart(b"XX", [part]))[0] == len(data)
+
+
+# -- review rev150 ----------------------------------------------------------------------------
+
+
+def test_uue_is_decoded_as_pythons_email_decodes_it() -> None:
+    """F1: "uue" is one of Python's uuencode names; counted as written, 1000 "M" lines
+    (45 octets each to a uudecoder) passed as 3 kB."""
+    part = (
+        b'Content-Disposition: attachment; filename="r.pdf"\r\n'
+        b"Content-Transfer-Encoding: uue\r\n\r\n"
+        b"begin 644 r.pdf\r\n" + b"M\r\n" * 1000 + b"`\r\nend\r\n"
+    )
+    walker = walk(MIXED, [multipart(b"XX", [text_part(), part])])
+    assert walker.largest_attachment >= 45000
+
+
+@pytest.mark.parametrize("folded", ["\r\n base64", "\r\n\tbase64"])
+def test_the_top_levels_folded_encoding_is_not_decoded(folded: str) -> None:
+    """F2: a part's folded Content-Transfer-Encoding was counted as written (rev149),
+    the message's own, from the MTA's header callbacks, still decoded."""
+    data = _BIG[:16000]
+    headers = [
+        ("Content-Type", 'application/pdf; name="r.pdf"'),
+        ("Content-Disposition", 'attachment; filename="r.pdf"'),
+        ("Content-Transfer-Encoding", folded),
+    ]
+    assert walk_bytes(headers, b64(data))[0] >= len(b64(data)) - 2
+
+
+def test_an_embedded_message_named_base64_with_a_blank_reads_the_rest_whole() -> None:
+    """F3: "base64 " on a message/rfc822 was counted as written since rev149's fix, so
+    the message was walked into as plain text; Dovecot decodes it by its first word."""
+    inner = b"Subject: x\r\n\r\n" + multipart(b"I", [_ATTACHED + b64(_BIG)])
+    part = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64 \r\n\r\n" + b64(
+        inner
+    )
+    walker = walk(MIXED, [multipart(b"XX", [text_part(), part])])
+    assert walker.largest_attachment >= len(b64(inner)) - 2
+    assert "encoded message/rfc822" in walker.malformed

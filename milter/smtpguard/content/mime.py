@@ -445,7 +445,9 @@ _UU_LINE_BYTES, _UU_LINE_CHARS = 45, 64
 _UU_ALLOWANCE: Final = 16
 #: Any other line, its line break included.
 _UU_OTHER_LINE: Final = re.compile(rb"(?m)^[^\x20-\x60\n][^\n]*\n?|^\n")
-_UUENCODE: Final = frozenset({"x-uuencode", "uuencode", "x-uue"})
+# Python's email decodes these four (review rev150 F1: "uue" was counted as written,
+# and a uudecoder can make a short line's text larger, as "M" says 45 octets).
+_UUENCODE: Final = frozenset({"x-uuencode", "uuencode", "x-uue", "uue"})
 #: The encodings counted decoded (see _parse_encoding).
 _DECODED: Final = frozenset({"base64", "quoted-printable", *_UUENCODE})
 
@@ -598,8 +600,12 @@ class MimeWalker:
             key = name.strip().lower()
             if key == "content-disposition":
                 dispositions.append(_UNFOLD.sub("", value))
-            elif key in ("content-type", "content-transfer-encoding"):
+            elif key == "content-type":
                 found.setdefault(key, _UNFOLD.sub("", value))
+            elif key == "content-transfer-encoding":
+                # A fold kept as in a part's (_header_line): not the exact name Python's
+                # email decodes (review rev150 F2).
+                found.setdefault(key, _UNFOLD.sub("\n", value))
         self._start_entity(
             found.get("content-type"),
             dispositions,
@@ -1138,7 +1144,16 @@ class MimeWalker:
             disp_type = "attachment"
         elif unusual:
             self._note("unusual Content-Type")
-        opaque = self._enter(maintype, subtype, ct_params, encoding, depth)
+        # encoded: what readers that take the first word decode (Dovecot, for an
+        # embedded message: review rev150 F3), whatever follows it.
+        opaque = self._enter(
+            maintype,
+            subtype,
+            ct_params,
+            encoding,
+            depth,
+            encoded=_encoding_word(encoding_value) in _DECODED,
+        )
         if (
             opaque is None
             and maintype == "multipart"
@@ -1212,6 +1227,8 @@ class MimeWalker:
         ct_params: dict[str, str],
         encoding: str,
         depth: int,
+        *,
+        encoded: bool = False,
     ) -> str | None:
         """Walk into a multipart or an embedded message (None); else why a container is
         read whole instead (noted), or "" for an ordinary leaf."""
@@ -1247,7 +1264,7 @@ class MimeWalker:
                 self._mode = _SKIP
                 return None
         elif maintype == "message" and subtype in ("rfc822", "global"):
-            if encoding not in _IDENTITY_ENCODINGS:
+            if encoding not in _IDENTITY_ENCODINGS or encoded:
                 why = "encoded message/rfc822"
             elif depth >= self._max_depth:
                 why = "depth limit"
@@ -1371,6 +1388,12 @@ def _parse_content_type(value: str | None, digest_parent: bool) -> tuple[str, st
     return "text", "plain", params
 
 
+def _encoding_word(value: str | None) -> str:
+    """The first word of a Content-Transfer-Encoding, lower-cased, comments cut."""
+    words = _SIMPLE_COMMENT.sub("", value or "").split()
+    return words[0].lower() if words else ""
+
+
 def _parse_encoding(value: str | None) -> str:
     """The Content-Transfer-Encoding the part is counted by: a decoding one only when
     the value is exactly its name (any case): Python's email decodes nothing else, not
@@ -1382,9 +1405,8 @@ def _parse_encoding(value: str | None) -> str:
     exact = value.lstrip(" \t").lower()
     if exact in _DECODED:
         return exact
-    words = _SIMPLE_COMMENT.sub("", value).split()
-    word = words[0].lower() if words else ""
-    return "binary" if word in _DECODED or word == "uue" else word
+    word = _encoding_word(value)
+    return "binary" if word in _DECODED else word
 
 
 #: Separators, quotes and escapes read in one field's parameters: a few dozen in real
