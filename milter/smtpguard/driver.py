@@ -27,7 +27,7 @@ from smtpguard.address import (
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.logsetup import kv
-from smtpguard.pipeline import CONTINUE, Action, Decision
+from smtpguard.pipeline import ADAPTER, CONTINUE, HEADER_FLOOD, Action, Decision
 from smtpguard.session import MTA, Connection, Transaction, new_session_id
 from smtpguard.state import SessionGate
 from smtpguard.verdict import TempError
@@ -153,7 +153,7 @@ class SessionDriver:
         return login
 
     def internal_error(self, stage: Stage) -> Decision:
-        return self.rt.pipeline.internal_error(self.conn, stage, "adapter")
+        return self.rt.pipeline.internal_error(self.conn, stage, ADAPTER)
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> Decision:
         conn = self.conn
@@ -221,7 +221,7 @@ class SessionDriver:
                 " read?): tempfail",
                 conn.session_id,
             )
-            conn.defer(TempError("internal_error", "no connect step"), "adapter")
+            conn.defer(TempError("internal_error", "no connect step"), ADAPTER)
         self._fields = []
         self._field_count = 0
         self.rt.pipeline.end_transaction(conn.txn)
@@ -323,9 +323,7 @@ class SessionDriver:
         return CONTINUE
 
     def _refuse_flood(self, detail: str) -> Decision:
-        return self.rt.pipeline.internal_error(
-            self.conn, Stage.HEADER, "limits.max_header_fields", detail=detail
-        )
+        return self.rt.pipeline.internal_error(self.conn, Stage.HEADER, HEADER_FLOOD, detail=detail)
 
     def _flush_headers(self) -> None:
         if self._fields:

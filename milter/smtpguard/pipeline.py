@@ -1008,8 +1008,11 @@ def _step(
     return _Step(check, settings, mode, relevant, fields, mode == "enforce" and not relevant)
 
 
-#: Where :meth:`Pipeline.internal_error` is called from outside a check (the driver).
-INTERNAL_ERROR_PLACES: Final = frozenset({"adapter", "limits.max_header_fields"})
+#: Where :meth:`Pipeline.internal_error` is called from outside a check (the driver):
+#: a fault in the adapter, and a message past ``limits.max_header_fields``.
+ADAPTER: Final = "adapter"
+HEADER_FLOOD: Final = "limits.max_header_fields"
+INTERNAL_ERROR_PLACES: Final = frozenset({ADAPTER, HEADER_FLOOD})
 
 #: :meth:`Pipeline._mode_here`'s answer for an enforced step.
 _ENFORCED: Final = ("enforce", False)

@@ -870,30 +870,23 @@ class MimeWalker:
         return i, after == b"--", True
 
     def _other_reading(self, line: bytes, ours: int) -> bool:
-        """Whether Dovecot may take ``line`` for another multipart's delimiter than
-        ``ours``: read whole lines, always; with a final "--" cut, when that names
-        another (one that names none leaves a boundary that ends in "--", a digest's
-        "__--__--", to the whole line's reading)."""
-        whole, *cut = self._dovecots(line)
-        return whole != ours or any(d is not None and d != ours for d in cut)
-
-    def _dovecots(self, line: bytes) -> tuple[int | None, ...]:
-        """The open multipart whose delimiter Dovecot 2.3 takes ``line`` for, as read
-        by its boundary_find: of the boundaries the line starts with, the longest, a
-        tie to the innermost, an exact one at once. Once for the line without its line
-        break (and a CR before it), as 2.3.19 was seen to read it (review rev143 F5:
-        "--A --" was a delimiter of "A -" there), and once with a final "--" cut too
-        (after more than two characters), as its boundary_line_find reads it in other
-        versions: the caller reads whole where either differs from its own reading.
-        Boundaries longer than Dovecot keeps, or ending in a blank, are not walked into
-        (:meth:`_enter`)."""
-        find = line[2:].split(b"\n", 1)[0]
-        if find.endswith(b"\r"):
-            find = find[:-1]
-        readings = [self._longest_prefix(find)]
+        """Whether Dovecot 2.3 may take ``line`` for another open multipart's delimiter
+        than ``ours``. Its boundary_find takes, of the boundaries the line starts with,
+        the longest, a tie to the innermost, an exact one at once. Read once on the line
+        without its line break (and a CR before it), as 2.3.19 was seen to read it
+        (review rev143 F5: "--A --" was a delimiter of "A -" there); and once with a
+        final "--" cut too (after more than two characters), as boundary_line_find
+        reads it in other versions, where only a reading naming another multipart
+        counts (one naming none leaves a boundary ending in "--", a digest's
+        "__--__--", to the whole line's reading). Boundaries longer than Dovecot keeps,
+        or ending in a blank, are not walked into (:meth:`_enter`)."""
+        find = line[2:].split(b"\n", 1)[0].removesuffix(b"\r")
+        if self._longest_prefix(find) != ours:
+            return True
         if len(find) > 2 and find.endswith(b"--"):
-            readings.append(self._longest_prefix(find[:-2]))
-        return tuple(readings)
+            cut = self._longest_prefix(find[:-2])
+            return cut is not None and cut != ours
+        return False
 
     def _longest_prefix(self, find: bytes) -> int | None:
         stack = self._stack
