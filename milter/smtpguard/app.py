@@ -21,6 +21,7 @@ from smtpguard.counters import (
     SharedCounter,
     SizeBucketCounter,
     SizeBuckets,
+    keep_at_least,
     redis_client,
 )
 from smtpguard.directory import Directory, NoDirectory, SqliteDirectory
@@ -202,10 +203,8 @@ def _kept_counter(config: Config, previous: Runtime | None) -> SizeBucketCounter
         # fewer: the running configuration shares this counter, and stays if the
         # reload is refused (rev147 F2: its threshold of 1500 over a cap of 1000
         # refused no flood again).
-        cap = _per_bucket_cap(config.bulk.threshold)
-        for part in (counter, getattr(counter, "local", None), getattr(counter, "primary", None)):
-            if isinstance(part, (InProcessCounter, RedisCounter)):
-                part.max_per_bucket = max(part.max_per_bucket, cap)
+        if counter is not None:
+            keep_at_least(counter, _per_bucket_cap(config.bulk.threshold))
         return counter
     if isinstance(counter, InProcessCounter):
         # The other backends keep their counts outside this object (the shared file

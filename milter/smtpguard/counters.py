@@ -129,6 +129,16 @@ class SizeBucketCounter(Protocol):
         ...
 
 
+def keep_at_least(counter: SizeBucketCounter, per_bucket: int) -> None:
+    """Let ``counter`` keep at least ``per_bucket`` hits per (key, bucket), never fewer
+    than it does (a reload's new threshold: the running configuration shares the
+    counter, and stays if the reload is refused). A counter without such a cap (the
+    shared file: a count per time slot) keeps what it does."""
+    widen = getattr(counter, "keep_at_least", None)
+    if widen is not None:
+        widen(per_bucket)
+
+
 def hit_unless_retry(
     counter: SizeBucketCounter, key: str, size: int, attempt: str, forgiven: int
 ) -> tuple[int, int]:
@@ -181,6 +191,9 @@ class InProcessCounter:
 
     def peek(self, key: str, size: int) -> int:
         return self._count(key, size, add=False)
+
+    def keep_at_least(self, per_bucket: int) -> None:
+        self.max_per_bucket = max(self.max_per_bucket, per_bucket)
 
     def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
         """:func:`hit_unless_retry` under one lock, the attempt counted in its own
@@ -984,6 +997,9 @@ class RedisCounter:
     def peek(self, key: str, size: int) -> int:
         return self._run(key, size, add=False)
 
+    def keep_at_least(self, per_bucket: int) -> None:
+        self.max_per_bucket = max(self.max_per_bucket, per_bucket)
+
     def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
         """:func:`hit_unless_retry` in one script: both hits or neither (review rev95
         F7: with two calls, a message whose second call failed had its attempt counted
@@ -1239,6 +1255,11 @@ class ResilientCounter:
 
     def peek(self, key: str, size: int) -> int:
         return self._call("peek", key, lambda counter: counter.peek(key, size))
+
+    def keep_at_least(self, per_bucket: int) -> None:
+        keep_at_least(self.primary, per_bucket)
+        if self.local is not None:
+            keep_at_least(self.local, per_bucket)
 
     def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
         """:func:`hit_unless_retry` in one call to the backend (RedisCounter's script),
