@@ -46,6 +46,7 @@ import bisect
 import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import logging
@@ -89,6 +90,10 @@ class CounterError(Exception):
     """The counter backend could not answer (the caller answers database_temp_error)."""
 
 
+# One width per configuration: its logarithm once, not per message.
+_log1p = functools.lru_cache(maxsize=64)(math.log1p)
+
+
 @dataclass(frozen=True, slots=True)
 class SizeBuckets:
     """Which sizes count as "the same size" (see the module documentation)."""
@@ -104,7 +109,7 @@ class SizeBuckets:
 
     def bucket(self, size: int) -> int:
         if self.relative:
-            return math.floor(math.log(max(size, 1)) / math.log1p(self.width))
+            return math.floor(math.log(max(size, 1)) / _log1p(self.width))
         return max(size, 0) // int(self.width)
 
     def neighbourhood(self, size: int) -> tuple[int, int, int]:
@@ -635,9 +640,10 @@ class SharedCounter:
                 now = self._clock()
                 slot = math.floor(now / self.slot_seconds)
                 first = math.floor((now - self.window) / self.slot_seconds)
-                attempts = self._tally(table, attempt, size, first, slot, add=True, alone=True)
+                near = self.buckets.neighbourhood(size)
+                attempts = self._tally(table, attempt, near, first, slot, add=True, alone=True)
                 add = not 1 < attempts <= forgiven + 1
-                return self._tally(table, key, size, first, slot, add=add), attempts
+                return self._tally(table, key, near, first, slot, add=add), attempts
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -651,7 +657,9 @@ class SharedCounter:
                 now = self._clock()
                 slot = math.floor(now / self.slot_seconds)
                 first = math.floor((now - self.window) / self.slot_seconds)
-                return self._tally(table, key, size, first, slot, add=add)
+                return self._tally(
+                    table, key, self.buckets.neighbourhood(size), first, slot, add=add
+                )
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
 
@@ -659,18 +667,19 @@ class SharedCounter:
         self,
         table: mmap.mmap,
         key: str,
-        size: int,
+        near: tuple[int, int, int],
         first: int,
         slot: int,
         *,
         add: bool,
         alone: bool = False,
     ) -> int:
-        """Under the lock: the key's count near ``size``, after a hit if ``add``;
-        ``alone``: its own bucket only, not the neighbours."""
+        """Under the lock: the key's count in the buckets ``near`` (lower neighbour,
+        own, upper neighbour: :meth:`SizeBuckets.neighbourhood`), after a hit if
+        ``add``; ``alone``: its own bucket only, not the neighbours."""
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=16).digest()
         home = int.from_bytes(digest[:8], "little")
-        lower, own, upper = self.buckets.neighbourhood(size)
+        lower, own, upper = near
         total = 0
         if add:
             at = self._entry(table, digest, home, own, first, claim=True, attempt=alone)

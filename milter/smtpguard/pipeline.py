@@ -613,49 +613,107 @@ class Pipeline:
         policy = self.policy if self.policy.active else None
         txn = conn.txn  # _blinded(conn), inlined: it runs for every stage's checks
         blind: set[str] | None = txn.scratch.get(_BLIND) if txn is not None else None
+        # Most steps of most messages: enforced, nothing to trace or skip; then the
+        # check's call (and its count) is all there is to a step that finds nothing.
+        plain = trace is None and not blind
+        timed = self.timed
         for step in self._steps(stage, event):
-            check, settings = step.check, step.settings
-            mode, guarded = (
-                _ENFORCED
-                if step.enforced
-                else self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
-            )
-            if mode == "off" and not guarded:
-                continue
-            try:
-                verdict = _BLIND_VERDICT if blind and check.name in blind else check(conn, event)
-            except Exception:
-                log.exception(
-                    "sid=%s check=%s raised; answering internal_error", conn.session_id, check.name
+            if not (plain and step.enforced):
+                decision = self._step(
+                    stage, conn, event, step, policy=policy, trace=trace, blind=blind
                 )
-                if self.timed:
-                    self.metrics.check_verdict(check.name, "error")
-                if trace is not None:
-                    trace.append(f"{stage.value} {check.name}: exception")
-                if mode == "report" and not guarded:
+            else:
+                check = step.check
+                try:
+                    verdict = check(conn, event)
+                except Exception:  # noqa: BLE001 - _raised logs it, traceback and all
+                    self._raised(stage, conn, check.name, trace)
+                    return self.internal_error(conn, stage, check.name)
+                if timed:
+                    self.metrics.check_verdict(check.name, _VERDICT_KIND.get(type(verdict), "hit"))
+                if verdict is None:
                     continue
-                return self.internal_error(conn, stage, check.name)
-            if trace is not None:
-                trace.append(f"{stage.value} {check.name}: {_outcome(verdict)}")
-            if self.timed:
-                self.metrics.check_verdict(check.name, _VERDICT_KIND.get(type(verdict), "hit"))
-            if verdict is None:
-                continue
-            mode = _guarded(conn, check.name, verdict, mode) if guarded else mode
-            if mode == "off":
-                continue
-            decision = self._act(
-                stage,
-                conn,
-                event,
-                check=check.name,
-                settings=settings,
-                mode=mode,
-                verdict=_unless_unsure(policy, conn, check.name, verdict),
-            )
+                decision = self._answer(
+                    stage, conn, event, step, verdict, mode_guarded=_ENFORCED, policy=policy
+                )
             if decision is not None:
                 return decision
         return CONTINUE
+
+    def _step(
+        self,
+        stage: Stage,
+        conn: Connection,
+        event: Event,
+        step: _Step,
+        *,
+        policy: Policy | None,
+        trace: list[str] | None,
+        blind: set[str] | None,
+    ) -> Decision | None:
+        """One step of :meth:`_run_checks` in full: its mode here, traced, skipped for
+        a check gone blind. None: the next step runs."""
+        check = step.check
+        mode, guarded = (
+            _ENFORCED
+            if step.enforced
+            else self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
+        )
+        if mode == "off" and not guarded:
+            return None
+        try:
+            verdict = _BLIND_VERDICT if blind and check.name in blind else check(conn, event)
+        except Exception:  # noqa: BLE001 - _raised logs it, traceback and all
+            self._raised(stage, conn, check.name, trace)
+            if mode == "report" and not guarded:
+                return None
+            return self.internal_error(conn, stage, check.name)
+        if trace is not None:
+            trace.append(f"{stage.value} {check.name}: {_outcome(verdict)}")
+        if self.timed:
+            self.metrics.check_verdict(check.name, _VERDICT_KIND.get(type(verdict), "hit"))
+        if verdict is None:
+            return None
+        return self._answer(
+            stage, conn, event, step, verdict, mode_guarded=(mode, guarded), policy=policy
+        )
+
+    def _answer(
+        self,
+        stage: Stage,
+        conn: Connection,
+        event: Event,
+        step: _Step,
+        verdict: Verdict,
+        *,
+        mode_guarded: tuple[str, bool],
+        policy: Policy | None,
+    ) -> Decision | None:
+        """What a step's verdict does, in the mode it ran in (and whether its guard
+        holds: :meth:`_mode_here`). None: the next step runs."""
+        mode, guarded = mode_guarded
+        name = step.check.name
+        mode = _guarded(conn, name, verdict, mode) if guarded else mode
+        if mode == "off":
+            return None
+        return self._act(
+            stage,
+            conn,
+            event,
+            check=name,
+            settings=step.settings,
+            mode=mode,
+            verdict=_unless_unsure(policy, conn, name, verdict),
+        )
+
+    def _raised(self, stage: Stage, conn: Connection, name: str, trace: list[str] | None) -> None:
+        """A check raised (called from its except clause): logged with the traceback,
+        counted, traced; the caller answers for it."""
+        log.exception("sid=%s check=%s raised; answering internal_error", conn.session_id, name)
+        if self.timed:
+            self.metrics.check_verdict(name, "error")
+        if trace is not None:
+            trace.append(f"{stage.value} {name}: exception")
 
     def _mode_here(
         self,

@@ -13,6 +13,7 @@ the check turns that into ``database_temp_error`` or a pass, as configured.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import mmap
@@ -156,6 +157,8 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+# A sender's entries once per distinct address: every message asks for them.
+@functools.lru_cache(maxsize=4096)
 def matching_entries(address: str) -> tuple[str, ...]:
     """The entries that list a sender, most specific first.
 

@@ -250,6 +250,7 @@ class RuleSet:
                 named.setdefault(rule.part[7:], []).append(rule)
         self.headers: Mapping[str, _Group] = {k: _Group(v) for k, v in named.items()}
         self._order = {rule.name: i for i, rule in enumerate(self.rules)}
+        self._scores = {rule.name: rule.score for rule in self.rules}
 
     @classmethod
     def load(
@@ -471,9 +472,9 @@ class RuleScan:
             self._leave()
         order = self.rules._order
         matched = tuple(sorted(self._matched, key=order.__getitem__))
-        by_name = {rule.name: rule for rule in self.rules.rules}
+        scores = self.rules._scores
         return RulesResult(
-            score=sum(by_name[name].score for name in matched),
+            score=sum(scores[name] for name in matched),
             matched=matched,
             complete=not self._stopped,
             detail=self._stopped,
