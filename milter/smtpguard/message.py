@@ -78,18 +78,25 @@ class MessageState:
     def feed_header(self, name: str, value: str) -> None:
         """Count a header as it will be written: ``Name: value`` CRLF (``Name:value``
         for an :class:`UnspacedValue`), folded lines CRLF."""
-        lines = value.replace("\r\n", "\n").split("\n") if "\n" in value else [value]
-        # Character counts are octet counts for ASCII, by far the common case.
-        lengths = (
-            [len(line) for line in lines]
-            if value.isascii()
-            else [len(_octets(line)) for line in lines]
-        )
         # "Name: " precedes the first line; "Name:" where the field had no space.
-        lengths[0] += len(name) + (1 if isinstance(value, UnspacedValue) else 2)
-        self.size += sum(lengths) + 2 * len(lengths)
+        head = len(name) + (1 if isinstance(value, UnspacedValue) else 2)
+        if "\n" not in value and value.isascii():
+            # One line of ASCII, by far the common case: characters are octets.
+            length = head + len(value)
+            self.size += length + 2
+            if length > self.longest_header_line:
+                self.longest_header_line = length
+        else:
+            lines = value.replace("\r\n", "\n").split("\n")
+            lengths = (
+                [len(line) for line in lines]
+                if value.isascii()
+                else [len(_octets(line)) for line in lines]
+            )
+            lengths[0] += head
+            self.size += sum(lengths) + 2 * len(lengths)
+            self.longest_header_line = max(self.longest_header_line, *lengths)
         self.headers += 1
-        self.longest_header_line = max(self.longest_header_line, *lengths)
         if "\x00" in value or "\x00" in name:
             self.nul = True
         lowered = name.lower()
