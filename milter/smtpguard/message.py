@@ -84,8 +84,7 @@ class MessageState:
             # One line of ASCII, by far the common case: characters are octets.
             length = head + len(value)
             self.size += length + 2
-            if length > self.longest_header_line:
-                self.longest_header_line = length
+            self.longest_header_line = max(self.longest_header_line, length)
         else:
             lines = value.replace("\r\n", "\n").split("\n")
             lengths = (
