@@ -17,9 +17,8 @@ from Milter.testctx import TestCtx as MilterCtx
 
 from smtpguard.adapter import App, SmtpGuardMilter, SmtpGuardMilterNoReply, _dispatch, _reload
 from smtpguard.app import Runtime, build_runtime, load, new_gate
-from smtpguard.driver import detect_mta
 from smtpguard.pipeline import Action, Decision
-from smtpguard.session import MTA
+from smtpguard.session import MTA, detect_mta
 from support.expected import SPEC, default_line
 from support.faulty_service import ExplodingDirectory
 from support.service import Site, make_site
@@ -161,8 +160,13 @@ def test_sendmail_detected_from_v_gets_ascii(app: App) -> None:
         # Review rev142 F1: a Postfix with milter_macro_v = $mail_version; the config
         # that says so is kept (taken for Sendmail, its relay guard was off).
         ("3.7.11", "postfix", MTA.POSTFIX),
-        ("3.7.11", "auto", MTA.SENDMAIL),
         ("8.17", "postfix", MTA.POSTFIX),
+        # Review rev151 F1: nor under "auto", where it is an MTA neither (answered as
+        # Postfix, guard and all); only Sendmail's own 8.x version is Sendmail.
+        ("3.7.11", "auto", MTA.UNKNOWN),
+        ("8.17", "auto", MTA.UNKNOWN),
+        ("MailGate 3.7.11", "auto", MTA.UNKNOWN),
+        ("8.15.2", "auto", MTA.SENDMAIL),
     ],
 )
 def test_detect_mta(macro: str | None, configured: str, expected: MTA) -> None:

@@ -391,6 +391,27 @@ def test_closing_a_session_cancels_its_own_work(runtime: Runtime) -> None:
     assert work.cancelled()
 
 
+@pytest.mark.parametrize("version", ["3.7.11", "MailGate 3.7.11"])
+def test_an_mta_that_names_neither_keeps_the_relay_guard(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, version: str
+) -> None:
+    """Review rev151 F1: under milter.mta = "auto" a Postfix with milter_macro_v =
+    $mail_version (or another mail_name) was taken for Sendmail, and in report mode
+    with relay_control "milter"'s restrictions still in Postfix a stranger relayed
+    through it. An MTA whose v names neither keeps the guard."""
+    site = make_site(tmp_path, {"milter": {"mta": "auto"}, "checks": {"relay": {"mode": "report"}}})
+    d = driver(build_runtime(load(site.config)), {"v": version, "j": "mx.example.com"})
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    assert d.mail("<a@sender.example>", ()).action is Action.CONTINUE
+    refused = d.rcpt("<victim@gmail.example>")
+    assert refused.reply is not None
+    assert (refused.reply.reply_id, refused.reply.code) == ("host_denies_relay", "553")
+    assert d.conn.mta is MTA.UNKNOWN
+    assert "the MTA (its macro v names no MTA we know) passed a relay" in caplog.text
+    d.close()
+
+
 def test_a_postfix_sending_its_bare_version_stays_postfix_as_configured(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -51,6 +51,7 @@ STOCK = {
     "smtpd_milters": "",
     "non_smtpd_milters": "",
     "milter_default_action": "tempfail",
+    "milter_macro_v": "Postfix 3.7.11",
     "compatibility_level": "3.6",
     "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
     "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
@@ -116,6 +117,31 @@ def accepted_conflicts(result: Plan) -> list[str]:
 
 def changes(result: Plan) -> dict[str, str]:
     return {c.name: c.value for c in result.changes}
+
+
+@pytest.mark.parametrize(
+    ("value", "mta", "problem"),
+    [
+        ("Postfix 3.7.11", "auto", False),
+        ("MailGate 3.7.11", "auto", False),  # answered as Postfix, guard and all
+        ("3.7.11", "auto", False),
+        ("", "auto", True),  # no v: most likely a Sendmail
+        ("8.17.1.9", "auto", True),
+        ("", "postfix", False),
+        ("8.17.1.9", "postfix", True),  # Sendmail's version wins over the setting
+    ],
+)
+def test_a_macro_v_that_reads_as_sendmail_is_a_problem(
+    tmp_path: Path, value: str, mta: str, problem: bool
+) -> None:
+    """Review rev151 F1: what milter_macro_v sends decides whether smtpguard takes the
+    Postfix for Sendmail, whose relay rules are its own (no relay guard)."""
+    result = make_plan(config(tmp_path, {"milter": {"mta": mta}}), milter_macro_v=value)
+    found = [p for p in result.problems if p.startswith("milter_macro_v = ")]
+    assert bool(found) is problem
+    if problem:
+        assert f"milter_macro_v = {value!r} (main.cf): with [milter] mta = {mta!r}" in found[0]
+        assert '[milter] mta = "postfix"' in found[0]
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import re
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from smtpguard.address import (
     AddressError,
@@ -28,7 +27,7 @@ from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.logsetup import kv
 from smtpguard.pipeline import ADAPTER, CONTINUE, HEADER_FLOOD, Action, Decision
-from smtpguard.session import MTA, Connection, Transaction, new_session_id
+from smtpguard.session import MTA, Connection, Transaction, detect_mta, new_session_id
 from smtpguard.state import SessionGate
 from smtpguard.verdict import TempError
 
@@ -36,40 +35,6 @@ log = logging.getLogger("smtpguard")
 
 #: Looks up an MTA macro ("v", "{auth_authen}", ...); None when the MTA did not send it.
 MacroLookup = Callable[[str], str | None]
-
-
-def announced_mta(version_macro: str | None) -> MTA:
-    """The MTA its macro ``v`` names."""
-    if not version_macro:
-        # Postfix sends v by default; Sendmail only when the .mc asks for it.
-        return MTA.UNANNOUNCED
-    if version_macro.lower().startswith("postfix"):
-        return MTA.POSTFIX
-    # Sendmail sets v to its bare version, e.g. "8.17.1.9".
-    return MTA.SENDMAIL if version_macro[:1].isdigit() else MTA.UNKNOWN
-
-
-#: Sendmail's own version in macro v: 8.x since 1993 ("8.17.1.9"). A bare version of
-#: another number may be Postfix's (``milter_macro_v = $mail_version`` sends "3.7.11").
-_SENDMAIL_VERSION: Final = re.compile(r"8\.\d+\.")
-
-
-def detect_mta(version_macro: str | None, configured: str) -> MTA:
-    """With ``milter.mta = "auto"``, what macro ``v`` says (:func:`announced_mta`).
-    Otherwise the configured MTA, unless ``v`` names the other one beyond doubt
-    ("Postfix ..." or Sendmail's 8.x version): UTF-8 replies towards a Sendmail the
-    config calls Postfix put its clients' sessions out of step (it clears the 8th bit;
-    review rev140 F1). A bare version of another number does not override it: a
-    Postfix with ``milter_macro_v = $mail_version`` sends "3.7.11", and taking it for
-    Sendmail turned off Postfix's relay guard (rev142 F1)."""
-    announced = announced_mta(version_macro)
-    if configured == "auto":
-        return announced
-    if announced is MTA.POSTFIX:
-        return announced
-    if announced is MTA.SENDMAIL and _SENDMAIL_VERSION.match(version_macro or ""):
-        return announced
-    return MTA.POSTFIX if configured == "postfix" else MTA.SENDMAIL
 
 
 class Once:

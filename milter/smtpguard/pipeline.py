@@ -727,8 +727,9 @@ class Pipeline:
     ) -> tuple[str, bool]:
         """A step's mode for this call (exemptions skip a check, [domain."X"] tables may
         change its mode), and whether its guard holds (:func:`_guarded`): a stranger's
-        relay that reaches us through Postfix while the relay check does not enforce (a
-        dry run, report mode, off) is refused all the same. With postfix-config's
+        relay that reaches us through Postfix (or an MTA whose macro v names neither
+        Postfix nor Sendmail: :attr:`MTA.guards_relay`) while the relay check does not
+        enforce (a dry run, report mode, off) is refused all the same. With postfix-config's
         restrictions Postfix refuses it first; that it did not means they are not
         postfix-config's, e.g. still those of relay_control = "milter", which pass
         every recipient to us (review rev116 F2: the loader's advice for a dry run in
@@ -740,7 +741,7 @@ class Pipeline:
         if step.relevant and policy is not None:
             mode = policy.effective(conn, name, stage, event, mode)
         guarded = (
-            mode != "enforce" and name in _GUARDS and not conn.trusted and conn.mta is MTA.POSTFIX
+            mode != "enforce" and name in _GUARDS and not conn.trusted and conn.mta.guards_relay
         )
         if mode == "off" and not guarded and trace is not None:
             why = "mode off" if step.mode == "off" or policy is None else policy.why(conn, name)
@@ -1135,7 +1136,7 @@ def _guarded(conn: Connection, check: str, verdict: Verdict, mode: str) -> str:
     # The likeliest cause first (review rev121 F3: a domain Postfix receives mail for
     # and [site] lacks, in a dry run; the advice led with trusting the client).
     log.error(
-        "sid=%s Postfix passed a relay from untrusted client %s (%s): refused whatever"
+        "sid=%s %s passed a relay from untrusted client %s (%s): refused whatever"
         " the relay check's mode and milter.dry_run say. Either Postfix receives mail"
         " for that domain and [site] does not list it (add it to site.local_domains or"
         " site.relay_domains; `smtpguard postfix-config --check` names such domains),"
@@ -1144,6 +1145,7 @@ def _guarded(conn: Connection, check: str, verdict: Verdict, mode: str) -> str:
         " (mynetworks, a client certificate, an access map: list it in"
         " site.trusted_networks)",
         conn.session_id,
+        "Postfix" if conn.mta is MTA.POSTFIX else "the MTA (its macro v names no MTA we know)",
         conn.client_ip,
         verdict.detail,
     )

@@ -47,6 +47,7 @@ from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.directory import DirectoryError, Kind, SqliteDirectory
 from smtpguard.replies import Reply, ReplyTable
+from smtpguard.session import detect_mta
 from smtpguard.sockets import libmilter_address
 
 #: Macros smtpguard reads, per stage (added to whatever the instance already sends).
@@ -143,6 +144,7 @@ PARAMETERS = (
     "smtpd_milters",
     "non_smtpd_milters",
     "milter_default_action",
+    "milter_macro_v",
     "compatibility_level",
     *POSTFIX_MACROS,
     "mynetworks",
@@ -596,6 +598,7 @@ def plan(
     planner = _Planner(config, replies, current)
     planner.milters(non_smtpd_milters)
     planner.macros()
+    planner.announced()
     planner.timeouts()
     planner.networks()
     planner.relay()
@@ -839,6 +842,28 @@ class _Planner:
                     _append(self.raw[name], " ".join(missing), sep=" "),
                     f"smtpguard reads {' '.join(missing)}",
                     f"missing {' '.join(missing)}",
+                )
+
+    def announced(self) -> None:
+        """A problem where what this Postfix sends in macro v (``milter_macro_v``, in
+        main.cf or an smtpd service's -o) makes smtpguard take it for Sendmail
+        (:func:`~smtpguard.session.detect_mta`): an empty value, or Sendmail's 8.x
+        version. Then a stranger's relay that reaches smtpguard passes in a dry run or
+        report mode (no relay guard: Sendmail's relay rules are its own), and the
+        replies lose their UTF-8 text (review rev151 F1)."""
+        values = {"main.cf": self.now["milter_macro_v"]}
+        for service in self.services:
+            if "milter_macro_v" in service.expanded:
+                values[f"master.cf {service.name}"] = service.expanded["milter_macro_v"]
+        for where, value in values.items():
+            mta = detect_mta(value.strip() or None, self.config.milter.mta)
+            if mta.likely_sendmail:
+                self.problems.append(
+                    f"milter_macro_v = {value.strip()!r} ({where}): with [milter] mta ="
+                    f" {self.config.milter.mta!r} smtpguard takes this Postfix for Sendmail"
+                    " (no relay guard in a dry run or report mode, ASCII replies); give"
+                    " milter_macro_v its default ($mail_name $mail_version) or set"
+                    ' [milter] mta = "postfix"'
                 )
 
     def timeouts(self) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from smtpguard.address import Address, IPAddress, raw_parts
 from smtpguard.message import MessageState
@@ -49,11 +50,58 @@ class MTA(Enum):
     UNANNOUNCED = "unannounced"
 
     @property
+    def likely_sendmail(self) -> bool:
+        """Sendmail, announced or most likely (no macro v: a Sendmail .mc sends none
+        unless asked). Every other MTA is answered as Postfix is: one whose v names
+        neither is most likely a Postfix with another ``mail_name`` or
+        ``milter_macro_v`` (review rev151 F1)."""
+        return self in (MTA.SENDMAIL, MTA.UNANNOUNCED)
+
+    @property
     def carries_utf8(self) -> bool:
         """Whether UTF-8 reply text reaches the client intact. Sendmail clears the 8th
         bit of a milter's reply text: UTF-8 becomes control bytes, and 0x8A/0x8D a bare
         LF/CR that puts the client one reply behind for the rest of the session."""
-        return self not in (MTA.SENDMAIL, MTA.UNANNOUNCED)
+        return not self.likely_sendmail
+
+    @property
+    def guards_relay(self) -> bool:
+        """Whether a stranger's relay that reaches us is refused whatever the relay
+        check's mode (Pipeline._mode_here): not behind Sendmail, whose relay rules are
+        its own (its access database; review rev118 F1), everywhere else."""
+        return not self.likely_sendmail
+
+
+#: Sendmail's own version in macro v: 8.x since 1993 ("8.17.1.9"). A bare version of
+#: another number may be Postfix's (``milter_macro_v = $mail_version`` sends "3.7.11").
+_SENDMAIL_VERSION: Final = re.compile(r"8\.\d+\.")
+
+
+def announced_mta(version_macro: str | None) -> MTA:
+    """The MTA its macro ``v`` names: "Postfix ..." is Postfix, Sendmail's own bare
+    8.x version Sendmail, any other value an MTA neither (a bare "3.7.11" is a Postfix
+    with ``milter_macro_v = $mail_version``, "MailGate 3.7.11" one with another
+    ``mail_name``: taken for Sendmail, its relay guard was off, review rev151 F1)."""
+    if not version_macro:
+        # Postfix sends v by default; Sendmail only when the .mc asks for it.
+        return MTA.UNANNOUNCED
+    if version_macro.lower().startswith("postfix"):
+        return MTA.POSTFIX
+    return MTA.SENDMAIL if _SENDMAIL_VERSION.match(version_macro) else MTA.UNKNOWN
+
+
+def detect_mta(version_macro: str | None, configured: str) -> MTA:
+    """With ``milter.mta = "auto"``, what macro ``v`` says (:func:`announced_mta`).
+    Otherwise the configured MTA, unless ``v`` names the other one beyond doubt
+    ("Postfix ..." or Sendmail's 8.x version): UTF-8 replies towards a Sendmail the
+    config calls Postfix put its clients' sessions out of step (it clears the 8th bit;
+    review rev140 F1). A bare version of another number does not override it: a
+    Postfix with ``milter_macro_v = $mail_version`` sends "3.7.11", and taking it for
+    Sendmail turned off Postfix's relay guard (rev142 F1)."""
+    announced = announced_mta(version_macro)
+    if configured == "auto" or announced in (MTA.POSTFIX, MTA.SENDMAIL):
+        return announced
+    return MTA.POSTFIX if configured == "postfix" else MTA.SENDMAIL
 
 
 @dataclass(slots=True)

@@ -256,6 +256,46 @@ def test_switching_to_postfix_control_before_postfix_config_keeps_relaying_close
         postfix.stop()
 
 
+@pytest.mark.parametrize("macro_v", ["$mail_version", "MailGate $mail_version"])
+def test_a_postfix_whose_macro_v_names_neither_mta_keeps_relaying_closed(macro_v: str) -> None:
+    """Review rev151 F1: as above (relay_control "milter"'s pass-through still in
+    main.cf, the relay check reporting), with milter.mta = "auto" and a Postfix that
+    sends "3.7.11" or "MailGate 3.7.11" in v: taken for Sendmail, it relayed a
+    stranger's mail. postfix-config --check names an empty milter_macro_v instead."""
+    s = site("relay-macro-v", {"site": {"relay_control": "milter"}})
+    postfix = start_postfix(s.config)
+    try:
+        subprocess.run(
+            ["postconf", "-c", str(postfix.config_dir), "-e", f"milter_macro_v = {macro_v}"],
+            check=True,
+            timeout=30,
+        )
+        reload_postfix(postfix)
+        switched = {
+            "site": {"relay_control": "postfix"},
+            "milter": {"mta": "auto"},
+            **RELAY_CASES["relay_report"],
+        }
+        s2 = site("relay-macro-v-2", switched, s.socket)
+        with running(s2) as service:
+            mail, rcpt = try_relay(postfix)
+            assert mail.code == 250, mail
+            assert_nothing_relayed(postfix, rcpt)
+            assert rcpt.lines == (expected_line("host_denies_relay"),)
+            assert "the MTA (its macro v names no MTA we know) passed a relay" in service.log()
+        subprocess.run(
+            ["postconf", "-c", str(postfix.config_dir), "-e", "milter_macro_v ="],
+            check=True,
+            timeout=30,
+        )
+        where = str(postfix.config_dir)
+        check = smtpguard(s2, "postfix-config", "--check", "--config-directory", where, check=False)
+        assert check.returncode == 1
+        assert "milter_macro_v = '' (main.cf): with [milter] mta = 'auto'" in check.stdout
+    finally:
+        postfix.stop()
+
+
 def test_a_respelled_idn_local_domain_does_not_relay_in_milter_control() -> None:
     """Review rev116 F1: with relay_control "milter", alice@STRAẞE.example was local to
     smtpguard (straße.example) and foreign to Postfix, whose UTS 46 (ICU) makes it
