@@ -500,6 +500,34 @@ def test_a_large_message_taken_whole_then_dropped_is_no_matter_of_size(
     assert "max_message" not in result.detail
 
 
+def test_a_large_message_sent_whole_then_dropped_for_its_length_is_a_matter_of_size(
+    slow_peer: SlowPeers,
+) -> None:
+    """Review rev151 F2: rspamd drops a message over its max_message once it has read
+    the header block; one that fits in the sockets' buffers is sent whole first, and
+    the drop came as an engine fault (on_size_limit = "tempfail" did not apply, and
+    on_temp_error = "pass" let it through). Told from a crash by asking again."""
+    limit = 300_000
+
+    def drops_long_ones(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        found = re.search(rb"(?i)content-length: *(\d+)", data)
+        assert found is not None
+        if int(found.group(1)) > limit:
+            # Time for the client to hand the whole message to the kernel first.
+            slow_peer.stop.wait(0.3)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    client = RspamdClient(slow_peer.start(drops_long_ones), timeout=5)
+    result = client.check(HAM + b"x" * 400_000, SpamEnvelope())
+    assert result.status is SpamStatus.ERROR
+    assert result.too_large
+    assert "rspamd drops a message over its max_message" in result.detail
+
+
 def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:
     def hung(conn: socket.socket) -> None:
         slow_peer.stop.wait(5)

@@ -68,6 +68,9 @@ _BLOCK: Final = 64 * 1024
 #: A dropped connection while sending more than this may be rspamd's max_message.
 _HINTED: Final = 64 * 1024
 _CHECK_PATH: Final = "/checkv2"
+#: How long a request announcing a dropped message's length waits to be dropped too
+#: (RspamdClient._refuses_length): rspamd drops it once it has read the header block.
+_LENGTH_PROBE_WAIT: Final = 1.0
 #: What the canary scan sends (see smtpguard.scanners.health).
 _CANARY: Final = b"Subject: canary\r\n\r\ncanary\r\n"
 
@@ -178,14 +181,16 @@ class RspamdClient:
                 # does not scan a canary either; one that failed on this message does
                 # (review rev88 N1: one slow answer stopped the scans of every message).
                 health.test_later(why, self.timeout)
-            # rspamd drops a message over its max_message while it is still being sent,
-            # without an answer (review rev120 F6: "Broken pipe" alone, deferred on
-            # every retry). Not one it took whole: a crash or a restart then is no
-            # matter of size (review rev147 F1: it was deferred as one, for good).
+            # rspamd drops a message over its max_message without an answer, as soon as
+            # it has read the header block (review rev120 F6: "Broken pipe" alone,
+            # deferred on every retry). One that fit in the sockets' buffers was sent
+            # whole before the drop (rev151 F2): then a crash or a restart, which is no
+            # matter of size (rev147 F1: deferred as one, for good), is told from it by
+            # asking again with the length alone.
             dropped = (
-                not sent
-                and isinstance(exc, (BrokenPipeError, ConnectionResetError))
+                isinstance(exc, (BrokenPipeError, ConnectionResetError))
                 and length > _HINTED
+                and (not sent or self._refuses_length(length))
             )
             if dropped:
                 why += (
@@ -214,6 +219,25 @@ class RspamdClient:
                 )
             return self._named(_result(status, head))
         return self._named(_parse(status, raw))
+
+    def _refuses_length(self, length: int) -> bool:
+        """Whether rspamd drops a request that announces ``length`` octets at once,
+        before its body: its max_message refusal. A request that is waited on for its
+        body (or one that cannot connect: a crashed engine) is no such refusal."""
+        conn = _Connection(self.endpoint, min(self.timeout, _LENGTH_PROBE_WAIT))
+        try:
+            conn.connect()
+            conn.putrequest("POST", _CHECK_PATH, skip_accept_encoding=True)
+            conn.putheader("Content-Length", str(length))
+            conn.endheaders()
+            conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+        return False
 
     @property
     def outage(self) -> Outage:
