@@ -56,7 +56,8 @@ service_user() {
 # install_tree SRC DEST: DEST becomes a copy of SRC (readable by all), except for what
 # the operator changed there since the last install (review rev121 F2: re-running
 # start.sh put the sample config back over the operator's): a file they edited stays,
-# the shipped one lands beside it as NAME.dist; a file they added stays. What was
+# the shipped one lands beside it as NAME.dist; a file they added stays, and so does a
+# link they made (to their config under /etc, say), DEST itself included. What was
 # shipped is recorded in DEST/.shipped.sha256 (as dpkg does for conffiles); without
 # that record (an older install) every file that differs counts as edited.
 # same_mode FROM TO: TO gets FROM's permission bits and owner.
@@ -66,7 +67,13 @@ same_mode() {
 }
 
 install_tree() {
-    local src=$1 dest=$2 new="$2.new" rel
+    local src=$1 dest=$2 new rel
+    # A DEST that is a link (to /etc/smtpguard, say) stays one: its target is updated
+    # (review rev151 F3: the link was replaced by a directory of the samples).
+    if [ -L "$dest" ]; then
+        dest=$(readlink -f "$dest")
+    fi
+    new="$dest.new"
     rm -rf "$new"
     cp -r "$src" "$new"
     # What is shipped is readable by all; what the operator kept keeps its own mode
@@ -75,7 +82,17 @@ install_tree() {
     chmod -R a+rX "$new"
     if [ -d "$dest" ]; then
         while IFS= read -r -d '' rel; do
-            if [ ! -e "$new/$rel" ]; then
+            if [ -L "$dest/$rel" ]; then
+                # A link is the operator's (nothing shipped is one), kept as a link; what
+                # is shipped under its name goes beside it (rev151 F3).
+                if [ -e "$new/$rel" ] || [ -L "$new/$rel" ]; then
+                    rm -rf "$new/$rel.dist"
+                    mv "$new/$rel" "$new/$rel.dist"
+                    echo "kept your link $dest/${rel#./}; the shipped version is beside it as ${rel#./}.dist" >&2
+                fi
+                mkdir -p "$(dirname "$new/$rel")"
+                cp -P "$dest/$rel" "$new/$rel"
+            elif [ ! -e "$new/$rel" ]; then
                 mkdir -p "$(dirname "$new/$rel")"
                 cp -p "$dest/$rel" "$new/$rel"
             elif ! cmp -s "$dest/$rel" "$new/$rel" &&
@@ -88,7 +105,7 @@ install_tree() {
                 # they may have given it (review rev142 F5).
                 same_mode "$dest/$rel" "$new/$rel"
             fi
-        done < <(cd "$dest" && find . -type f ! -name '*.dist' ! -name .shipped.sha256 -print0)
+        done < <(cd "$dest" && find . \( -type f -o -type l \) ! -name '*.dist' ! -name .shipped.sha256 -print0)
         while IFS= read -r -d '' rel; do
             [ -d "$new/$rel" ] && same_mode "$dest/$rel" "$new/$rel"
         done < <(cd "$dest" && find . -type d -print0)

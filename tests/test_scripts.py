@@ -109,3 +109,39 @@ def test_an_update_keeps_the_modes_of_shipped_files_and_directories(tmp_path: Pa
     assert dest.stat().st_mode & 0o777 == 0o750
     assert (dest / "sub").stat().st_mode & 0o777 == 0o700
     assert (dest / "sub" / "rules.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_update_keeps_the_operators_links(tmp_path: Path) -> None:
+    """Review rev151 F3: a config linked to the operator's own file under /etc became a
+    copy of the sample (find -type f saw no link), silently, and start.sh then ran the
+    sample; a DEST that was a link became a directory."""
+    src, dest = tmp_path / "checkout-conf", tmp_path / "opt-conf"
+    shipped(src, {"smtpguard.toml": "sample 1\n", "rules.txt": "rules 1\n"})
+    install_tree(src, dest)
+    etc = tmp_path / "etc-smtpguard.toml"
+    etc.write_text("operator's real config\n")
+    (dest / "smtpguard.toml").unlink()
+    (dest / "smtpguard.toml").symlink_to(etc)
+    (dest / "extra.toml").symlink_to(etc)
+    shipped(src, {"smtpguard.toml": "sample 2\n", "rules.txt": "rules 2\n"})
+    result = install_tree(src, dest)
+    assert (dest / "smtpguard.toml").is_symlink()
+    assert (dest / "smtpguard.toml").resolve() == etc
+    assert etc.read_text() == "operator's real config\n"
+    assert (dest / "smtpguard.toml.dist").read_text() == "sample 2\n"
+    assert f"kept your link {dest}/smtpguard.toml" in result.stderr
+    assert (dest / "extra.toml").is_symlink()
+    assert (dest / "rules.txt").read_text() == "rules 2\n"
+
+    # The whole tree linked elsewhere: the link stays, its target is updated.
+    linked, target = tmp_path / "opt-conf-2", tmp_path / "etc-conf"
+    install_tree(src, target)
+    (target / "rules.txt").write_text("operator's rules\n")
+    linked.symlink_to(target)
+    shipped(src, {"smtpguard.toml": "sample 3\n", "rules.txt": "rules 3\n"})
+    install_tree(src, linked)
+    assert linked.is_symlink()
+    assert linked.resolve() == target
+    assert (target / "smtpguard.toml").read_text() == "sample 3\n"
+    assert (target / "rules.txt").read_text() == "operator's rules\n"
+    assert (target / "rules.txt.dist").read_text() == "rules 3\n"
