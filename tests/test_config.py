@@ -612,6 +612,20 @@ def test_number_bounds_are_written_as_in_a_config_file(
             "unknown SASL mechanism 'LOGN' (did you mean LOGIN?): not in IANA's registry"
             " (a private one is named X-...)",
         ),
+        *(
+            (
+                f'auth_allowed = ["{typo}"]',
+                "policy.auth_allowed[0]",
+                f"unknown SASL mechanism '{typo}' (did you mean {meant}?): not in IANA's"
+                " registry (a private one is named X-...)",
+            )
+            # Review rev151 F5: SCRAM's family took any name.
+            for typo, meant in (
+                ("SCRAM-SHA256", "SCRAM-SHA-256"),
+                ("SCRAM-SHA-265", "SCRAM-SHA-256"),
+                ("SCRAM_SHA_256", "SCRAM-SHA-256"),
+            )
+        ),
         (
             'auth_allowed = ["PLAIN LOGIN"]',
             "policy.auth_allowed[0]",
@@ -631,7 +645,8 @@ def test_sasl_mechanism_names_are_checked(
 def test_sasl_mechanisms_in_any_case_families_and_private_ones_load(tmp_path: Path) -> None:
     text = (
         '[policy]\nauth_allowed = ["plain", "scram-sha-256-plus", "X-CORP", "xoauth2",'
-        ' "SRP", "PASSDSS-3DES-1", "ACME-TOKEN"]\nauth_tls_required = ["Login"]\n'
+        ' "SRP", "PASSDSS-3DES-1", "ACME-TOKEN", "SCRAM-SHA3-512", "GS2-KRB5"]\n'
+        'auth_tls_required = ["Login"]\n'
     )
     policy = load(write_config(tmp_path, text)).policy
     # Cyrus plugins outside IANA's registry, and a name no known one is near (rev142 F4).
@@ -643,6 +658,8 @@ def test_sasl_mechanisms_in_any_case_families_and_private_ones_load(tmp_path: Pa
         "SRP",
         "PASSDSS-3DES-1",
         "ACME-TOKEN",
+        "SCRAM-SHA3-512",
+        "GS2-KRB5",
     }
     assert policy.auth_tls_required == {"LOGIN"}
 

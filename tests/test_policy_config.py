@@ -132,12 +132,26 @@ def test_exemption_loads_with_groups_and_files(tmp_path: Path) -> None:
         (
             f"{EXEMPT}recipients = ['postmaster']\nskip = ['antispam']\n",
             "policy.exempt[0].recipients",
-            "'postmaster' is read as a domain; write 'postmaster@example.com'",
+            "'postmaster' is read as a domain of one label; write 'postmaster@example.com'",
         ),
         (
             f"{EXEMPT}ips = ['192.0.2.1']\nsenders = ['MAILER-DAEMON']\nskip = ['rbl']\n",
             "policy.exempt[0].senders",
             "'MAILER-DAEMON' is read as a domain",
+        ),
+        # Review rev151 F6: any word without a dot, and a role's name after "@".
+        *(
+            (
+                f"{EXEMPT}recipients = ['{word}']\nskip = ['bulk']\n",
+                "policy.exempt[0].recipients",
+                f"'{word}' is read as a domain of one label; write '{meant}@example.com'",
+            )
+            for word, meant in (
+                ("alice", "alice"),
+                ("hostmaster", "hostmaster"),
+                ("abuse.", "abuse"),
+                ("@postmaster", "postmaster"),
+            )
         ),
         ("[[dnsbl.local]]\nfile = 'absent.txt'\n", "dnsbl.local[0].file", "cannot read"),
         (
@@ -171,11 +185,12 @@ def test_exemption_patterns_of_every_documented_form_load(tmp_path: Path) -> Non
         f"{EXEMPT}ips = ['192.0.2.1']\n"
         "senders = ['a@partner.example', '\"a b\"@partner.example', '@partner.example',"
         " 'partner.example', 'Bücher.Example']\n"
-        "recipients = ['postmaster@example.com', 'abuse@example.com']\nskip = ['rbl']\n"
+        "recipients = ['postmaster@example.com', 'abuse@example.com', '@localhost']\n"
+        "skip = ['rbl']\n"
     )
     (ex,) = load(write_config(tmp_path, text)).policy.exempt
     assert ex.senders[-1] == "bücher.example"
-    assert ex.recipients == ("postmaster@example.com", "abuse@example.com")
+    assert ex.recipients == ("postmaster@example.com", "abuse@example.com", "@localhost")
 
 
 #: example.com in full-width letters and dot (U+FF45..., U+FF0E).

@@ -1599,8 +1599,9 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
 
 
 #: SASL mechanisms in IANA's registry (RFC 4422 section 5), which MTAs offer by these
-#: names, and Cyrus SASL's plugins outside it (SRP, PASSDSS-3DES-1); SCRAM-* and
-#: GS2-* are families, X-* private ones.
+#: names, and Cyrus SASL's plugins outside it (SRP, PASSDSS-3DES-1); GS2-* and 9798-*
+#: are families, X-* private ones. SCRAM's members by name (RFC 5802, 7677; Cyrus
+#: also offers SHA-224 and SHA-384): a misspelt one is refused (review rev151 F5).
 SASL_MECHANISMS: Final = frozenset(
     {
         "ANONYMOUS",
@@ -1627,6 +1628,11 @@ SASL_MECHANISMS: Final = frozenset(
         "PASSDSS-3DES-1",
         "PLAIN",
         "SAML20",
+        *(
+            f"SCRAM-{hash_}{plus}"
+            for hash_ in ("SHA-1", "SHA-224", "SHA-256", "SHA-384", "SHA-512", "SHA3-512")
+            for plus in ("", "-PLUS")
+        ),
         "SECURID",
         "SKEY",
         "SPNEGO",
@@ -1637,7 +1643,7 @@ SASL_MECHANISMS: Final = frozenset(
         "XOAUTH2",
     }
 )
-_SASL_FAMILIES: Final = ("SCRAM-", "GS2-", "X-", "9798-")
+_SASL_FAMILIES: Final = ("GS2-", "X-", "9798-")
 #: RFC 4422 section 3.1: 1 to 20 upper-case letters, digits, hyphens and underscores.
 _SASL_NAME: Final = re.compile(r"[A-Z0-9_-]{1,20}")
 
@@ -1773,14 +1779,24 @@ def _address_pattern(s: _Section, name: str, item: str) -> str:
             f"{item!r}: write {bare!r} (the domain and its subdomains) or"
             f" '@{bare}' (that domain only)",
         )
-    if not at and text.lower() in ("postmaster", "mailer-daemon", "abuse"):
-        # A bare word is a domain here; these are meant as local parts (review rev140
-        # F6: recipients = ["postmaster"] loaded, read as a domain, and never matched).
+    word = text if not at else domain if not local else ""
+    if (
+        word
+        and "." not in word.rstrip(".")
+        and not word.startswith("[")
+        and (not at or word.lower().rstrip(".") in _ROLE_WORDS)
+    ):
+        # A word without a dot is a domain here, of one label, which no mail on the
+        # Internet is for; what is meant is a local part (review rev140 F6:
+        # recipients = ["postmaster"] loaded, read as a domain, and never matched;
+        # rev151 F6: so did "alice", "hostmaster", "abuse." and "@postmaster").
+        local_part = word.rstrip(".")
         raise s.error(
             name,
-            f"{item!r} is read as a domain; write '{text}@example.com' for that address"
-            " of a domain (the built-in exemption covers postmaster@ of every local"
-            " domain: policy.postmaster_skip)",
+            f"{item!r} is read as a domain of one label; write '{local_part}@example.com'"
+            " for that address of a domain, or '@localhost' for a one-label domain (the"
+            " built-in exemption covers postmaster@ of every local domain:"
+            " policy.postmaster_skip)",
         )
     if "*" in text:
         # Legal in a local part, but whoever writes bounce-*@ means a wildcard.
@@ -1788,6 +1804,12 @@ def _address_pattern(s: _Section, name: str, item: str) -> str:
         raise s.error(name, f"{item!r}: '*' is no wildcard here{hint}")
     _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
     return text
+
+
+#: Local parts every site has (RFC 2142), which ``@word`` cannot mean as a domain.
+_ROLE_WORDS: Final = frozenset(
+    {"postmaster", "mailer-daemon", "abuse", "hostmaster", "webmaster", "noc", "root"}
+)
 
 
 def _check_pattern(s: _Section, name: str, item: str, local: str, domain: str) -> None:
