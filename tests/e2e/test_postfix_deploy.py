@@ -228,6 +228,17 @@ def test_switching_relay_control_back_keeps_relaying_closed() -> None:
         postfix.stop()
 
 
+def assert_stale_relay_refused(postfix: Postfix, s2: Site, said: str) -> None:
+    """With ``s2`` running behind ``postfix``: a stranger's relay is refused at RCPT
+    with the relay check's reply, and the service's log says ``said``."""
+    with running(s2) as service:
+        mail, rcpt = try_relay(postfix)
+        assert mail.code == 250, mail
+        assert_nothing_relayed(postfix, rcpt)
+        assert rcpt.lines == (expected_line("host_denies_relay"),)
+        assert said in service.log()
+
+
 @pytest.mark.parametrize("case", ["dry_run", "relay_report", "relay_off"])
 def test_switching_to_postfix_control_before_postfix_config_keeps_relaying_closed(
     case: str,
@@ -242,12 +253,9 @@ def test_switching_to_postfix_control_before_postfix_config_keeps_relaying_close
     try:
         switched = {"site": {"relay_control": "postfix"}, **RELAY_CASES[case]}
         s2 = site("relay-stale-2", switched, s.socket)
-        with running(s2) as service:
-            mail, rcpt = try_relay(postfix)
-            assert mail.code == 250, mail
-            assert_nothing_relayed(postfix, rcpt)
-            assert rcpt.lines == (expected_line("host_denies_relay"),)
-            assert "Postfix passed a relay from untrusted client 198.51.100.7" in service.log()
+        assert_stale_relay_refused(
+            postfix, s2, "Postfix passed a relay from untrusted client 198.51.100.7"
+        )
         where = str(postfix.config_dir)
         check = smtpguard(s2, "postfix-config", "--check", "--config-directory", where, check=False)
         assert check.returncode == 1
@@ -277,12 +285,9 @@ def test_a_postfix_whose_macro_v_names_neither_mta_keeps_relaying_closed(macro_v
             **RELAY_CASES["relay_report"],
         }
         s2 = site("relay-macro-v-2", switched, s.socket)
-        with running(s2) as service:
-            mail, rcpt = try_relay(postfix)
-            assert mail.code == 250, mail
-            assert_nothing_relayed(postfix, rcpt)
-            assert rcpt.lines == (expected_line("host_denies_relay"),)
-            assert "the MTA (its macro v names no MTA we know) passed a relay" in service.log()
+        assert_stale_relay_refused(
+            postfix, s2, "the MTA (its macro v names no MTA we know) passed a relay"
+        )
         subprocess.run(
             ["postconf", "-c", str(postfix.config_dir), "-e", "milter_macro_v ="],
             check=True,
