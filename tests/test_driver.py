@@ -95,6 +95,34 @@ def test_which_client_names_are_confirmed(
     d = driver(runtime, macros)
     d.connect(hostname, socket.AF_INET, ("198.51.100.7", 40000))
     assert d.conn.client_name_confirmed is confirmed
+    assert not d.conn.client_name_unsure
+    d.close()
+
+
+def test_a_host_name_exemption_is_undecided_when_sendmails_lookup_failed_for_now(
+    tmp_path: Path,
+) -> None:
+    """Review rev152 F1: Sendmail's {client_resolve} TEMP (the client's name "[IP]")
+    was read as no name at all: a HELO verdict the partner's exemption by host name
+    spares was answered 555 for a DNS fault. Undecided: 4xx."""
+    exempt = {"name": "partner", "host_suffixes": ["partner.example"], "skip": ["helo"]}
+    site = make_site(tmp_path, {"policy": {"exempt": [exempt]}})
+    macros = {**SENDMAIL, "{client_resolve}": "TEMP"}
+    d = driver(build_runtime(load(site.config)), macros)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    assert d.conn.client_name_unsure and not d.conn.client_name_confirmed
+    d.helo("localhost")
+    deferred = d.mail("<a@partner.example>", ())
+    assert deferred.action is Action.TEMPFAIL
+    assert deferred.reply is not None
+    assert (deferred.reply.reply_id, deferred.reply.code) == ("database_temp_error", "450")
+    d.close()
+    # The lookup failed for good (FAIL): the exemption does not hold, the verdict stands.
+    d = driver(build_runtime(load(site.config)), {**SENDMAIL, "{client_resolve}": "FAIL"})
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("localhost")
+    refused = d.mail("<a@partner.example>", ())
+    assert refused.action is Action.REJECT
     d.close()
 
 

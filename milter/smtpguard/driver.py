@@ -138,12 +138,16 @@ class SessionDriver:
                 conn.mta.value,
                 conn.mta.value,
             )
+        # Postfix's name is confirmed or "unknown" (which cannot tell a failed lookup
+        # from a missing name); Sendmail says which in {client_resolve}, and gives a
+        # name that failed temporarily as "[IP]" (review rev152 F1: TEMP read as FAIL,
+        # and a verdict an exemption by host name would spare was permanent).
+        resolve = None if conn.mta is MTA.POSTFIX else self._macro("{client_resolve}")
+        conn.client_name_unsure = resolve == "TEMP"
         if conn.client_name in ("", "unknown") or conn.client_name.startswith("["):
             conn.client_name_confirmed = False
-        elif conn.mta is MTA.POSTFIX:
-            conn.client_name_confirmed = True
         else:
-            conn.client_name_confirmed = self._macro("{client_resolve}") == "OK"
+            conn.client_name_confirmed = conn.mta is MTA.POSTFIX or resolve == "OK"
         if conn.mta is MTA.UNANNOUNCED and self.unannounced_notice():
             log.warning(
                 "sid=%s the MTA sent no macro v (Postfix does by default, Sendmail only when "

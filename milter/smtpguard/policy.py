@@ -242,6 +242,9 @@ class Policy:
                 conn.scratch[_UNKNOWN_NAMES] = tuple(canonical_domain(n) for n in rdns.unknown)
         elif conn.client_name_confirmed:
             names = (conn.client_name,)
+        elif conn.client_name_unsure:
+            # The MTA's lookup failed temporarily: undecided, as a failed one of ours.
+            conn.scratch[_UNSURE] = True
         names = tuple(canonical_domain(n) for n in names)
         conn.scratch[_NAMES] = names
         return names

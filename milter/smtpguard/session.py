@@ -166,6 +166,9 @@ class Connection:
     #: ``{client_name}`` (``unknown`` otherwise), Sendmail's with ``{client_resolve}``
     #: ``OK`` (it passes FORGED and TEMP names too).
     client_name_confirmed: bool = False
+    #: The MTA's own lookup of the client's name failed temporarily (Sendmail's
+    #: ``{client_resolve}`` ``TEMP``): an exemption by host name is undecided, not "no".
+    client_name_unsure: bool = False
     helo: str | None = None
     tls_version: str | None = None
     trusted_network: bool = False
