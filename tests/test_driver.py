@@ -110,7 +110,8 @@ def test_a_host_name_exemption_is_undecided_when_sendmails_lookup_failed_for_now
     macros = {**SENDMAIL, "{client_resolve}": "TEMP"}
     d = driver(build_runtime(load(site.config)), macros)
     d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
-    assert d.conn.client_name_unsure and not d.conn.client_name_confirmed
+    assert d.conn.client_name_unsure
+    assert not d.conn.client_name_confirmed
     d.helo("localhost")
     deferred = d.mail("<a@partner.example>", ())
     assert deferred.action is Action.TEMPFAIL
