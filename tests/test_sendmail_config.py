@@ -666,16 +666,32 @@ def test_check_counts_filter_definitions_in_any_case(build_cf: Callable[[str], B
 
 
 @pytest.mark.integration
-def test_check_fails_a_promiscuous_cf_unless_smtpguard_alone_refuses_relaying(
-    build_cf: Callable[[str], Built], tmp_path: Path
+@pytest.mark.parametrize(
+    ("features", "whom"),
+    [
+        ("promiscuous_relay", "every client"),
+        # Review rev152 F2: a forged local sender relayed in a dry run.
+        ("relay_local_from", "any client with a local domain in MAIL FROM (forgeable)"),
+        (
+            "access_db relay_mail_from",
+            "any client with a MAIL FROM its access map lists RELAY (forgeable)",
+        ),
+        ("relay_based_on_MX", "any client to a domain whose MX points here (whoever runs its DNS)"),
+        ("loose_relay_check", "any client to user%host@ a local domain"),
+    ],
+)
+def test_check_fails_an_open_relay_cf_unless_smtpguard_alone_refuses_relaying(
+    build_cf: Callable[[str], Built], tmp_path: Path, features: str, whom: str
 ) -> None:
     """Review rev119 F1: a Sendmail built with FEATURE(promiscuous_relay) relays for
     anyone; with relay_control "postfix" (Sendmail's own relay control) and smtpguard
     in a dry run, nothing refused a stranger's relay and `--check` said OK."""
     sample = load(SAMPLE)
-    text = build_cf("FEATURE(`promiscuous_relay')dnl\n" + sendmail_mc(sample)).text
+    lines = "".join(f"FEATURE(`{name}')dnl\n" for name in features.split())
+    feature = features.rsplit(maxsplit=1)[-1]
+    text = build_cf(lines + sendmail_mc(sample)).text
     assert sendmail_cf_problems(sample, text) == [
-        "built with FEATURE(promiscuous_relay): Sendmail lets every client relay, so"
+        f"built with FEATURE({feature}): Sendmail lets {whom} relay, so"
         ' smtpguard alone must refuse relaying; set site.relay_control = "milter" (the'
         " relay check then always enforces) or rebuild without it"
     ]
@@ -684,12 +700,12 @@ def test_check_fails_a_promiscuous_cf_unless_smtpguard_alone_refuses_relaying(
     )
     # (The test site's filter name and socket are not the sample's: other problems.)
     assert sendmail_cf_problems(milter_mode, text)
-    assert not [p for p in sendmail_cf_problems(milter_mode, text) if "promiscuous" in p]
+    assert not [p for p in sendmail_cf_problems(milter_mode, text) if "FEATURE(" in p]
     cf = tmp_path / "sendmail.cf"
     cf.write_text(text)
     bad = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(cf))
     assert bad.returncode == 1
-    assert f"{cf}: built with FEATURE(promiscuous_relay)" in bad.stdout
+    assert f"{cf}: built with FEATURE({feature})" in bad.stdout
 
 
 @pytest.mark.integration

@@ -402,15 +402,18 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
             problems += _listed_problems(
                 config.milter.name, _filter_list(equates["I"]), defined, where
             )
-    if _PROMISCUOUS.search(text) and config.site.relay_control != "milter":
-        # Review rev119 F1: Sendmail then relays for anyone and nothing refuses it
+    if config.site.relay_control != "milter":
+        # Review rev119 F1: Sendmail then relays for strangers and nothing refuses it
         # while smtpguard only reports (a dry run, the relay check in report mode or
-        # off), which relay_control = "milter" never loads.
-        problems.append(
-            "built with FEATURE(promiscuous_relay): Sendmail lets every client relay,"
-            " so smtpguard alone must refuse relaying; set site.relay_control ="
-            ' "milter" (the relay check then always enforces) or rebuild without it'
-        )
+        # off), which relay_control = "milter" never loads (rev152 F2: not only
+        # promiscuous_relay; m4 warns of the first three).
+        problems += [
+            f"built with FEATURE({feature}): Sendmail lets {whom} relay, so smtpguard"
+            ' alone must refuse relaying; set site.relay_control = "milter" (the relay'
+            " check then always enforces) or rebuild without it"
+            for feature, whom in _OPEN_RELAY_FEATURES.items()
+            if re.search(rf"^#+\s*\$Id: {feature}\.m4,", text, re.M)
+        ]
     ours = defined.get(config.milter.name.lower(), [])
     if len(ours) == 1:
         problems += _cf_equate_problems(config, ours[0])
@@ -426,8 +429,15 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
     return problems
 
 
-#: The trace comment m4 leaves in a .cf built with FEATURE(`promiscuous_relay').
-_PROMISCUOUS = re.compile(r"^#+\s*\$Id: promiscuous_relay\.m4,", re.M)
+#: Sendmail's FEATUREs that let a client relay by what it says (found by the trace
+#: comment m4 leaves in a .cf, "##### $Id: NAME.m4,v ..."), and whom.
+_OPEN_RELAY_FEATURES: Final = {
+    "promiscuous_relay": "every client",
+    "relay_local_from": "any client with a local domain in MAIL FROM (forgeable)",
+    "relay_mail_from": "any client with a MAIL FROM its access map lists RELAY (forgeable)",
+    "relay_based_on_MX": "any client to a domain whose MX points here (whoever runs its DNS)",
+    "loose_relay_check": "any client to user%host@ a local domain",
+}
 
 
 def _filter_list(value: str) -> list[str]:
