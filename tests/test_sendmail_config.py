@@ -709,6 +709,25 @@ def test_check_fails_an_open_relay_cf_unless_smtpguard_alone_refuses_relaying(
 
 
 @pytest.mark.integration
+def test_check_names_a_max_hop_count_below_smtpguards(build_cf: Callable[[str], Built]) -> None:
+    """Review rev152 F4: an admin's confMAX_HOP after the generated lines is what the
+    .cf gets: Sendmail then accepts a message with that many hops and holds it as "Too
+    many hops" (250, then a bounce), where smtpguard would have refused it."""
+    sample = load(SAMPLE)
+    assert not [
+        p for p in sendmail_cf_problems(sample, build_cf(sendmail_mc(sample)).text) if "Hop" in p
+    ]
+    text = build_cf(sendmail_mc(sample) + "define(`confMAX_HOP', `17')dnl\n").text
+    assert "O MaxHopCount=17" in text
+    assert [p for p in sendmail_cf_problems(sample, text) if "Hop" in p] == [
+        "MaxHopCount is 17, below limits.max_hops + 1 (31): Sendmail accepts a message with"
+        ' 17 to 30 Received fields (250) and then holds it as "Too many hops" instead of'
+        " smtpguard refusing it; define confMAX_HOP as 31 after any define of yours, or"
+        " lower limits.max_hops"
+    ]
+
+
+@pytest.mark.integration
 def test_check_reads_each_daemons_own_filter_list(build_cf: Callable[[str], Built]) -> None:
     """Review rev131 F1: a DAEMON_OPTIONS with InputMailFilters= replaces the global
     list for the sessions that daemon accepts: one without smtpguard accepted mail

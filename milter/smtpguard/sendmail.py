@@ -352,6 +352,26 @@ def _sendmail_address(socket: str) -> str:
     return f"local:{rest}" if kind in ("unix", "local") else libmilter_address(socket)
 
 
+#: Sendmail's MaxHopCount without an O line (conf.c).
+SENDMAIL_DEFAULT_MAX_HOP: Final = 25
+
+
+def _hop_problems(config: Config, value: str | None) -> list[str]:
+    """MaxHopCount below what the generated lines set (review rev152 F4: an admin's
+    ``confMAX_HOP`` after them brought back the 250 and then "Too many hops")."""
+    found = re.match(r'\s*"?(\d+)', value or "")
+    count = int(found.group(1)) if found else SENDMAIL_DEFAULT_MAX_HOP
+    wanted = sendmail_max_hop(config.limits.max_hops)
+    if count >= wanted:
+        return []
+    return [
+        f"MaxHopCount is {count}, below limits.max_hops + 1 ({wanted}): Sendmail accepts a"
+        f" message with {count} to {config.limits.max_hops} Received fields (250) and then"
+        f' holds it as "Too many hops" instead of smtpguard refusing it; define'
+        f" confMAX_HOP as {wanted} after any define of yours, or lower limits.max_hops"
+    ]
+
+
 def sendmail_max_hop(max_hops: int) -> int:
     """Sendmail's ``MaxHopCount`` that never fires before smtpguard's hop check.
 
@@ -369,8 +389,9 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
     ``InputMailFilters`` (or a daemon's own list) exactly once, or not first; a listed
     filter without its ``X`` line, or one defined twice; smtpguard's on another socket,
     without ``F=T`` or with timeouts shorter than its slowest answer; a macro list
-    without what smtpguard reads; ``FEATURE(promiscuous_relay)`` while Sendmail, not
-    smtpguard, is to refuse relaying.
+    without what smtpguard reads; ``FEATURE(promiscuous_relay)`` or another that lets
+    strangers relay while Sendmail, not smtpguard, is to refuse relaying; a
+    ``MaxHopCount`` that answers before smtpguard's hop check.
 
     The m4 guards of :func:`sendmail_mc` cannot see everything (a list given as the
     name of another macro, an m4 that rereads wrapped text in call order, text wrapped
@@ -414,6 +435,7 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
             for feature, whom in _OPEN_RELAY_FEATURES.items()
             if re.search(rf"^#+\s*\$Id: {feature}\.m4,", text, re.M)
         ]
+    problems += _hop_problems(config, options.get("maxhopcount"))
     ours = defined.get(config.milter.name.lower(), [])
     if len(ours) == 1:
         problems += _cf_equate_problems(config, ours[0])
