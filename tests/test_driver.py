@@ -82,6 +82,7 @@ def non_ascii(lines: list[str]) -> list[str]:
     [
         (POSTFIX, "mail.sender.example", True),
         (POSTFIX, "unknown", False),
+        ({**POSTFIX, "{client_resolve}": "FAIL"}, "unknown", False),
         (SENDMAIL, "mail.sender.example", False),  # FORGED and TEMP names arrive too
         ({**SENDMAIL, "{client_resolve}": "FORGED"}, "mail.sender.example", False),
         ({**SENDMAIL, "{client_resolve}": "OK"}, "mail.sender.example", True),
@@ -99,17 +100,19 @@ def test_which_client_names_are_confirmed(
     d.close()
 
 
-def test_a_host_name_exemption_is_undecided_when_sendmails_lookup_failed_for_now(
-    tmp_path: Path,
+@pytest.mark.parametrize(("mta", "name"), [("sendmail", "[198.51.100.7]"), ("postfix", "unknown")])
+def test_a_host_name_exemption_is_undecided_when_the_mtas_lookup_failed_for_now(
+    tmp_path: Path, mta: str, name: str
 ) -> None:
-    """Review rev152 F1: Sendmail's {client_resolve} TEMP (the client's name "[IP]")
-    was read as no name at all: a HELO verdict the partner's exemption by host name
-    spares was answered 555 for a DNS fault. Undecided: 4xx."""
+    """Review rev152 F1, rev153 F1: the MTA's {client_resolve} TEMP (Sendmail's client
+    name "[IP]", Postfix's "unknown") was read as no name at all: a HELO verdict the
+    partner's exemption by host name spares was answered 555 for a DNS fault.
+    Undecided: 4xx."""
     exempt = {"name": "partner", "host_suffixes": ["partner.example"], "skip": ["helo"]}
     site = make_site(tmp_path, {"policy": {"exempt": [exempt]}})
-    macros = {**SENDMAIL, "{client_resolve}": "TEMP"}
+    macros = {**(SENDMAIL if mta == "sendmail" else POSTFIX), "{client_resolve}": "TEMP"}
     d = driver(build_runtime(load(site.config)), macros)
-    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.connect(name, socket.AF_INET, ("198.51.100.7", 40000))
     assert d.conn.client_name_unsure
     assert not d.conn.client_name_confirmed
     d.helo("localhost")

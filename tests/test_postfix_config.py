@@ -194,7 +194,7 @@ def test_other_milters_and_lists_are_kept(tmp_path: Path) -> None:
     assert "mynetworks" not in new
     assert "milter_default_action" not in new  # the other milters keep theirs
     assert new["milter_connect_macros"] == (
-        "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}"
+        "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name} {client_resolve}"
     )
 
 

@@ -138,11 +138,11 @@ class SessionDriver:
                 conn.mta.value,
                 conn.mta.value,
             )
-        # Postfix's name is confirmed or "unknown" (which cannot tell a failed lookup
-        # from a missing name); Sendmail says which in {client_resolve}, and gives a
-        # name that failed temporarily as "[IP]" (review rev152 F1: TEMP read as FAIL,
-        # and a verdict an exemption by host name would spare was permanent).
-        resolve = None if conn.mta is MTA.POSTFIX else self._macro("{client_resolve}")
+        # Postfix's name is confirmed or "unknown", Sendmail's any name; both say in
+        # {client_resolve} whether the lookup failed for now (TEMP; Sendmail then gives
+        # the name as "[IP]"): a verdict an exemption by host name would spare must not
+        # be permanent then (reviews rev152 F1, rev153 F1: TEMP was read as FAIL).
+        resolve = self._macro("{client_resolve}")
         conn.client_name_unsure = resolve == "TEMP"
         if conn.client_name in ("", "unknown") or conn.client_name.startswith("["):
             conn.client_name_confirmed = False

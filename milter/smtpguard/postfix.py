@@ -52,7 +52,8 @@ from smtpguard.sockets import libmilter_address
 
 #: Macros smtpguard reads, per stage (added to whatever the instance already sends).
 POSTFIX_MACROS = {
-    "milter_connect_macros": "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}",
+    "milter_connect_macros": "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}"
+    " {client_resolve}",
     "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
     "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host}"
     " {mail_mailer}",

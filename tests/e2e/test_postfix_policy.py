@@ -1,6 +1,7 @@
 """Operator policy through a real Postfix (issue 14): an exempted partner listed in a
 DNSBL is accepted and still cannot relay; a client listed in a local CIDR block list
-gets the zone's reply; two domains with different size limits each get their own.
+gets the zone's reply; two domains with different size limits each get their own; an
+exemption by host name Postfix could not look up for now defers.
 
 Postfix is configured by ``smtpguard postfix-config``; XCLIENT plays the client's
 address, name and HELO; DNS answers come from the test unbound (support/unbound.py).
@@ -121,3 +122,27 @@ def test_two_domains_with_different_size_limits_each_get_their_own(
         assert c.cmd("RCPT TO:<someone@relay.example>").code == 250
         # A second domain policy in one transaction: send it in another one.
         assert_table(c.cmd("RCPT TO:<postmaster@example.com>"), "rcpt_limit")
+
+
+def test_a_host_name_exemption_waits_when_postfixs_lookup_failed_for_now() -> None:
+    """Review rev153 F1: without a resolver of its own smtpguard reads the client's
+    name as Postfix confirmed it; a lookup that failed for now ({client_resolve} TEMP,
+    Postfix's name "unknown") was read as no name, and a refusal the partner's
+    exemption by host name spares was permanent. Deferred now; a lookup that failed
+    for good leaves the refusal."""
+    root = Path(tempfile.mkdtemp(prefix="smtpguard-policy-temp-"))
+    exempt = {"name": "partner", "host_suffixes": ["good.test"], "skip": ["helo"]}
+    site = e2e_site(root, {"policy": {"exempt": [exempt]}})
+    with running(site):
+        postfix = start_postfix(site.config)
+        try:
+            replies = {}
+            for name in ("mx.good.test", "[TEMPUNAVAIL]", "[UNAVAILABLE]"):
+                ident = {"addr": "198.51.100.10", "name": name, "helo": "localhost"}
+                with client(postfix, ident) as c:
+                    replies[name] = c.cmd("MAIL FROM:<someone@good.test>")
+        finally:
+            postfix.stop()
+    assert replies["mx.good.test"].code == 250
+    assert_table(replies["[TEMPUNAVAIL]"], "database_temp_error")
+    assert replies["[UNAVAILABLE]"].code == int(SPEC["helo_error"][0]), replies
