@@ -18,7 +18,12 @@ from support.checks import make_conn, rcpt
 from support.fake_dns import FakeDns, dns_services, fake_resolver
 from support.polling import wait_until
 
-SITE = {"local_domains": ["example.com"], "relay_domains": ["relay.example"]}
+SITE = {
+    "local_domains": ["example.com"],
+    "relay_domains": ["relay.example"],
+    "our_hostnames": ["mx.example.net"],
+    "our_ips": ["203.0.113.25"],
+}
 
 
 def policy(tmp_path: Path, resolver: Resolver | None, **policy_section: object) -> Policy:
@@ -269,6 +274,9 @@ def test_postmaster_and_held_verdicts(tmp_path: Path) -> None:
     assert p.held(conn, rcpt("alice@example.com")) == ("rbl", verdict)
     # postmaster of a domain that is not ours is nobody special.
     assert p.held(conn, rcpt("postmaster@relay.example")) == ("rbl", verdict)
+    # Our host names and IPs are ours (review rev153 F2: the banner's host name).
+    assert p.held(conn, rcpt("PostMaster@MX.Example.Net")) is None
+    assert p.held(conn, rcpt("postmaster@[203.0.113.25]")) is None
     # Quoted, the same mailbox (RFC 5321 4.1.2); with needed quotes, another one.
     assert p.held(conn, rcpt('"postmaster"@example.com')) is None
     assert p.held(conn, rcpt(r'"Post\master"@example.com')) is None

@@ -294,9 +294,11 @@ class Policy:
         if rcpt.is_null:
             return False
         if ex.name == POSTMASTER and ex.recipients == (POSTMASTER,):
-            # RCPT TO:<postmaster> without a domain is ours too (RFC 5321 §4.5.1).
+            # RCPT TO:<postmaster> without a domain is ours too (RFC 5321 §4.5.1), and
+            # so is postmaster@ our host name, the one in the banner and in bounces
+            # (review rev153 F2: refused there, exempt at the local domains).
             domain = rcpt.domain or ""
-            return rcpt.is_postmaster and (not domain or self.site.is_local(domain))
+            return rcpt.is_postmaster and (not domain or self.site.is_ours(domain))
         return address_matches(rcpt, ex.recipients, self.site.recipient_delimiter)
 
     def _applies(self, ex: Exemption, conn: Connection, stage: Stage, event: Event) -> bool:
