@@ -174,6 +174,14 @@ def test_sender_exemption_with_spf_pass_or_client_loads(tmp_path: Path) -> None:
         f"{EXEMPT}senders = ['@partner.example']\nhost_suffixes = ['mx.partner.example']\n"
         "skip = ['spf']\n"
     )
+    # Review rev153 F3: without a resolver spf_pass never held; refused now.
+    assert_config_error(
+        tmp_path,
+        text,
+        "policy.exempt[0].spf_pass",
+        "needs [dns] nameservers (the sender's SPF record is looked up)",
+    )
+    text += "[dns]\nnameservers = ['127.0.0.1']\n"
     first, second = load(write_config(tmp_path, text)).policy.exempt
     assert first.spf_pass
     assert first.senders == ("partner.example",)

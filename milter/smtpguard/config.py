@@ -988,7 +988,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     parts.check()
     used = {lang for d in domains.values() for lang in d.languages} - set(replies.languages)
     replies = replace(replies, domain_languages=tuple(sorted(used)))
-    _require_resolver(root, dns, dnsbl, explicit)
+    _require_resolver(root, dns, dnsbl, explicit, policy)
     _require_scoring(root, dnsbl, checks)
     _require_relay_enforced(root, milter, site, checks)
     _require_one_policy_per_transaction(root, domains, checks, policy)
@@ -2259,14 +2259,26 @@ def _require_distinct_fields(
 
 
 def _require_resolver(
-    root: _Section, dns: DnsConfig, dnsbl: DnsblConfig, explicit: Mapping[str, _Section]
+    root: _Section,
+    dns: DnsConfig,
+    dnsbl: DnsblConfig,
+    explicit: Mapping[str, _Section],
+    policy: PolicyConfig,
 ) -> None:
     """A DNS check the operator asked for, with no resolver to run it, is an error
-    rather than a check that silently never runs."""
+    rather than a check that silently never runs; so is an exemption by SPF (review
+    rev153 F3: spf_pass never held without one)."""
     if dns.enabled:
         return
     if dnsbl.zones:
         raise ConfigError(root.file, "dnsbl.zones", "DNSBL zones need [dns] nameservers")
+    for index, ex in enumerate(policy.exempt):
+        if ex.spf_pass:
+            raise ConfigError(
+                root.file,
+                f"policy.exempt[{index}].spf_pass",
+                "needs [dns] nameservers (the sender's SPF record is looked up)",
+            )
     for name, section in explicit.items():
         settings = CHECK_DEFAULTS.get(name)
         mode = section.data.get("mode", settings.mode if settings else "off")
