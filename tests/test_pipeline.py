@@ -725,6 +725,38 @@ def test_a_dry_run_reports_a_held_verdict_per_recipient_as_enforcing_would(
     ]
 
 
+def test_a_held_report_is_not_made_for_a_recipient_refused_all_the_same(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev153 F4: the DNSBL only reporting, its verdict held for the recipients
+    (postmaster@ is exempt from it): a recipient the mailbox check then refused was
+    reported all the same, and the copy delivered to postmaster@ alone carried
+    rbl_deny, which enforcing would not have refused."""
+    listed = tmp_path / "blocked.txt"
+    listed.write_text("198.51.100.7\n", encoding="utf-8")
+    config = {
+        "milter": {"report_header": "X-Smtpguard-Report"},
+        "policy": {"postmaster_skip": ["all-content", "rbl"]},
+        "dnsbl": {"local": [{"file": str(listed), "kind": "rbl"}]},
+        "checks": {"rbl": {"mode": "report"}},
+    }
+    runtime = build_runtime(load(make_site(tmp_path, config).config))
+    driver = SessionDriver(runtime, SessionGate(10), {"v": "Postfix 3.7.11"}.get)
+    driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
+    driver.helo("mail.sender.example")
+    assert driver.mail("<friend@sender.example>", ()).action is Action.CONTINUE
+    assert driver.rcpt("<postmaster@example.com>").action is Action.CONTINUE
+    refused = driver.rcpt("<nobody@example.com>")
+    assert refused.reply is not None
+    assert refused.reply.reply_id == "mailbox_unavailable"
+    driver.data()
+    driver.eoh()
+    assert "X-Smtpguard-Report" not in dict(driver.eom().headers)
+    assert not [d for d in decisions(caplog) if d["check"] == "rbl" and d["stage"] == "rcpt"]
+    # A recipient the message does go to is reported.
+    assert reported(driver, "<alice@example.com>") == "rbl_deny"
+
+
 def test_a_long_report_header_is_folded(tmp_path: Path) -> None:
     """RFC 5322 §2.1.1: lines of at most 78 characters where the text allows."""
     site = make_site(

@@ -381,19 +381,9 @@ class Pipeline:
         if stage is Stage.MAIL and conn.pending is not None:
             return self._decide(stage, conn, event, conn.pending_check, conn.pending)
         txn = conn.txn
+        held_reports: list[tuple[str, Verdict]] = []
         if stage is Stage.RCPT and self.policy.active:
-            for check, verdict in self.policy.held_reports(conn, event):
-                self._reported(conn, verdict.reply_id)
-                self._log(
-                    stage=stage,
-                    conn=conn,
-                    event=event,
-                    check=check,
-                    verdict=verdict,
-                    mode="report",
-                    action="pass",
-                    would=True,
-                )
+            held_reports = self.policy.held_reports(conn, event)
             held = self.policy.held(conn, event)
             if held is not None:
                 # As at MAIL FROM: this recipient's exemption may be the one a failed
@@ -406,6 +396,21 @@ class Pipeline:
             if pending is not None:
                 return pending
         decision = self._run_checks(stage, conn, event)
+        if held_reports and decision.action is Action.CONTINUE:
+            # Reported for a recipient the message goes to: one refused here would not
+            # have got it from an enforcing check either (review rev153 F4).
+            for check, verdict in held_reports:
+                self._reported(conn, verdict.reply_id)
+                self._log(
+                    stage=stage,
+                    conn=conn,
+                    event=event,
+                    check=check,
+                    verdict=verdict,
+                    mode="report",
+                    action="pass",
+                    would=True,
+                )
         if stage is Stage.EOM and txn is not None:
             self._release(txn)
             if decision.action is Action.CONTINUE:
