@@ -392,24 +392,6 @@ def test_one_domain_policy_per_transaction(
         assert verdict.reply_id == "rcpt_limit"
 
 
-@pytest.mark.parametrize(
-    "client", [{"trusted_network": True}, {"auth_login": "alice@example.com"}], ids=str
-)
-def test_the_sites_own_submission_is_not_split_by_domain_policy(
-    make_services: ServicesFactory, client: dict[str, Any]
-) -> None:
-    """Review rev153 F5: a user writing to colleagues of two domains with different
-    tables (or to one and an outside address) got 451 for the second, every time,
-    which mail programs take for a failed send. Trusted and logged-in clients are
-    judged under the first recipient's table; the count limits still hold."""
-    check = RcptLimit(make_services(**DOMAINS))
-    sent = make_conn(sender="x@example.com", recipients=["a@plain.example"], **client)
-    assert check(sent, rcpt("b@big.example")) is None
-    assert check(sent, rcpt("c@elsewhere.example")) is None
-    full = make_conn(sender="x@example.com", recipients=["a@one.example"], **client)
-    assert check(full, rcpt("b@example.com")) == Hit("rcpt_limit", "already 1 recipients")
-
-
 # --- internationalized domains: U-labels and A-labels are one domain --------------------
 
 

@@ -22,13 +22,7 @@ class RcptLimit:
     recipients already accepted. One message is handled one way, so the client sends
     the rest in another transaction, which is what 451 4.5.3 asks of it (RFC 5321
     §4.5.3.1.10 for the count; the same answer serves the policy split). The count
-    limit is the transaction's domain's ``max_rcpt``.
-
-    Not split: mail from a trusted client (``site.trusted_networks``, or logged in),
-    which is the site's own submission: a mail program takes a refused recipient for
-    a failed send (review rev153 F5: a user could not write to colleagues of two
-    domains at once). Such a message is judged under its first recipient's table, as
-    in a dry run."""
+    limit is the transaction's domain's ``max_rcpt``."""
 
     name: ClassVar[str] = "rcpt_limit"
     stage: ClassVar[Stage] = Stage.RCPT
@@ -50,7 +44,7 @@ class RcptLimit:
             new = self._policy(domain)
             first = txn.recipient_domains
             current = self._policy(first[0]) if first else new
-            if new.content != current.content and not conn.trusted:
+            if new.content != current.content:
                 return Hit(
                     "rcpt_limit",
                     f"{event.rcpt.domain_lc if event.rcpt else event.rcpt_raw} falls under"
