@@ -168,6 +168,22 @@ def test_unsafe_or_meaningless_exemptions_are_refused(
     assert_config_error(tmp_path, text, key, message)
 
 
+def test_a_top_level_domain_is_a_senders_domain(tmp_path: Path) -> None:
+    """Review rev154 F2: sender_deny = ["top"] refuses every *.top sender, and an
+    exemption may name such a domain's senders; only a recipient's word (not one of
+    our domains) or a role's name is taken for a local part."""
+    text = (
+        "[site]\nlocal_domains = ['example.com', 'lan']\n"
+        "[policy]\nsender_deny = ['top', 'xyz.']\n"
+        f"{EXEMPT}ips = ['192.0.2.1']\nsenders = ['corp']\nrecipients = ['lan']\n"
+        "skip = ['rbl']\n"
+    )
+    config = load(write_config(tmp_path, text))
+    assert config.policy.sender_deny[:2] == ("top", "xyz.")
+    (ex,) = config.policy.exempt
+    assert (ex.senders, ex.recipients) == (("corp",), ("lan",))
+
+
 def test_sender_exemption_with_spf_pass_or_client_loads(tmp_path: Path) -> None:
     text = (
         f"{EXEMPT}senders = ['partner.example']\nspf_pass = true\nskip = ['rbl']\n"

@@ -1574,7 +1574,9 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
         auth_allowed=_mechanisms(s, "auth_allowed", frozenset()),
         default_login_domain=_login_domain(s, site),
         check_header_from=s.boolean("check_header_from", d.check_header_from),
-        exempt=tuple(_exemption(e, i, known) for i, e in enumerate(s.table_list("exempt"))),
+        exempt=tuple(
+            _exemption(e, i, known, site) for i, e in enumerate(s.table_list("exempt"))
+        ),
         postmaster_skip=_skip_list(s, "postmaster_skip", known, ("all-content",)),
     )
     names: dict[str, int] = {}
@@ -1753,15 +1755,20 @@ def _host_suffixes(s: _Section, name: str) -> tuple[str, ...]:
     return tuple(sorted(s.domains(name)))
 
 
-def _address_patterns(s: _Section, name: str) -> tuple[str, ...]:
+def _address_patterns(
+    s: _Section, name: str, ours: Callable[[str], bool] = lambda _domain: False
+) -> tuple[str, ...]:
     """An exemption's ``senders``/``recipients``: ``user@example.net``,
     ``@example.net`` or ``example.net``, each checked here: an entry that cannot be
     an address or a domain (a Postfix ``.example.net``, a wildcard, an empty part)
-    would load and never match."""
-    return tuple(_address_pattern(s, name, item).lower() for item in s.strings(name))
+    would load and never match. ``ours``: whether a domain of one label is one of
+    ours (a recipient's word that is not is meant as a local part)."""
+    return tuple(_address_pattern(s, name, item, ours).lower() for item in s.strings(name))
 
 
-def _address_pattern(s: _Section, name: str, item: str) -> str:
+def _address_pattern(
+    s: _Section, name: str, item: str, ours: Callable[[str], bool] = lambda _domain: False
+) -> str:
     """One ``user@example.net``, ``@example.net`` or ``example.net`` entry, stripped."""
     text = item.strip()
     local, at, domain = text.rpartition("@")
@@ -1779,24 +1786,23 @@ def _address_pattern(s: _Section, name: str, item: str) -> str:
             f"{item!r}: write {bare!r} (the domain and its subdomains) or"
             f" '@{bare}' (that domain only)",
         )
-    word = text if not at else domain if not local else ""
+    word = (text if not at else domain if not local else "").rstrip(".")
     if (
         word
-        and "." not in word.rstrip(".")
+        and "." not in word
         and not word.startswith("[")
-        and (not at or word.lower().rstrip(".") in _ROLE_WORDS)
+        and (word.lower() in _ROLE_WORDS or (name == "recipients" and not at and not ours(word)))
     ):
-        # A word without a dot is a domain here, of one label, which no mail on the
-        # Internet is for; what is meant is a local part (review rev140 F6:
-        # recipients = ["postmaster"] loaded, read as a domain, and never matched;
-        # rev151 F6: so did "alice", "hostmaster", "abuse." and "@postmaster").
-        local_part = word.rstrip(".")
+        # A word without a dot is a domain here, of one label: a top-level domain,
+        # which a sender's may be (sender_deny = ["top"] refuses every *.top sender,
+        # review rev154 F2), but no recipient's unless one of ours. A role's name, or
+        # a recipient's word, means a local part (review rev140 F6: recipients =
+        # ["postmaster"] never matched; rev151 F6: nor did "alice" or "@postmaster").
         raise s.error(
             name,
-            f"{item!r} is read as a domain of one label; write '{local_part}@example.com'"
-            " for that address of a domain, or '@localhost' for a one-label domain (the"
-            " built-in exemption covers postmaster@ of every local domain:"
-            " policy.postmaster_skip)",
+            f"{item!r} is read as a domain of one label; write '{word}@example.com' for"
+            " that address of a domain (the built-in exemption covers postmaster@ of"
+            " every local domain: policy.postmaster_skip)",
         )
     if "*" in text:
         # Legal in a local part, but whoever writes bounce-*@ means a wildcard.
@@ -1829,7 +1835,9 @@ def _check_pattern(s: _Section, name: str, item: str, local: str, domain: str) -
 _DECIDED_AT_CONNECT: Final = frozenset({"session_limit"})
 
 
-def _exemption(s: _Section, index: int, known: frozenset[str] | None) -> Exemption:
+def _exemption(
+    s: _Section, index: int, known: frozenset[str] | None, site: SiteConfig
+) -> Exemption:
     out = Exemption(
         name=s.string("name", "") or f"policy.exempt[{index}]",
         skip=_skip_list(s, "skip", known),
@@ -1837,7 +1845,7 @@ def _exemption(s: _Section, index: int, known: frozenset[str] | None) -> Exempti
         host_suffixes=_host_suffixes(s, "host_suffixes"),
         senders=_address_patterns(s, "senders"),
         spf_pass=s.boolean("spf_pass", False),
-        recipients=_address_patterns(s, "recipients"),
+        recipients=_address_patterns(s, "recipients", site.is_local),
     )
     s.done()
     if not out.skip:
