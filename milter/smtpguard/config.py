@@ -1574,9 +1574,7 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
         auth_allowed=_mechanisms(s, "auth_allowed", frozenset()),
         default_login_domain=_login_domain(s, site),
         check_header_from=s.boolean("check_header_from", d.check_header_from),
-        exempt=tuple(
-            _exemption(e, i, known, site) for i, e in enumerate(s.table_list("exempt"))
-        ),
+        exempt=tuple(_exemption(e, i, known, site) for i, e in enumerate(s.table_list("exempt"))),
         postmaster_skip=_skip_list(s, "postmaster_skip", known, ("all-content",)),
     )
     names: dict[str, int] = {}
