@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -509,16 +510,21 @@ def test_a_large_message_sent_whole_then_dropped_for_its_length_is_a_matter_of_s
     on_temp_error = "pass" let it through). Told from a crash by asking again."""
     limit = 300_000
 
-    def drops_long_ones(conn: socket.socket) -> None:
+    def drops_long_ones(conn: socket.socket, *, shutting_down: bool = False) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
             data += conn.recv(4096)
         found = re.search(rb"(?i)content-length: *(\d+)", data)
         assert found is not None
-        if int(found.group(1)) > limit:
-            # Time for the client to hand the whole message to the kernel first.
-            slow_peer.stop.wait(0.3)
+        length = int(found.group(1))
+        if length > limit or shutting_down:
+            if length > 1:
+                # Time for the client to hand the whole message to the kernel first
+                # (the probe announcing one octet is dropped at once).
+                slow_peer.stop.wait(0.3)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            slow_peer.stop.wait(2)  # waits for the body, which the probe never sends
         conn.close()
 
     client = RspamdClient(slow_peer.start(drops_long_ones), timeout=5)
@@ -526,6 +532,12 @@ def test_a_large_message_sent_whole_then_dropped_for_its_length_is_a_matter_of_s
     assert result.status is SpamStatus.ERROR
     assert result.too_large
     assert "rspamd drops a message over its max_message" in result.detail
+    # Review rev154 F3: an engine that drops every request (shutting down) is not
+    # refusing the message for its size.
+    down = RspamdClient(slow_peer.start(partial(drops_long_ones, shutting_down=True)), timeout=5)
+    result = down.check(HAM + b"x" * 400_000, SpamEnvelope())
+    assert result.status is SpamStatus.ERROR
+    assert not result.too_large
 
 
 def test_an_engine_that_answers_nothing_at_all_is_an_outage(slow_peer: SlowPeers) -> None:

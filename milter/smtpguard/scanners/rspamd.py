@@ -71,6 +71,9 @@ _CHECK_PATH: Final = "/checkv2"
 #: How long a request announcing a dropped message's length waits to be dropped too
 #: (RspamdClient._refuses_length): rspamd drops it once it has read the header block.
 _LENGTH_PROBE_WAIT: Final = 1.0
+#: How long one announcing a single octet waits not to be dropped: rspamd drops a
+#: request at once when it does.
+_SHORT_PROBE_WAIT: Final = 0.3
 #: What the canary scan sends (see smtpguard.scanners.health).
 _CANARY: Final = b"Subject: canary\r\n\r\ncanary\r\n"
 
@@ -222,22 +225,39 @@ class RspamdClient:
 
     def _refuses_length(self, length: int) -> bool:
         """Whether rspamd drops a request that announces ``length`` octets at once,
-        before its body: its max_message refusal. A request that is waited on for its
-        body (or one that cannot connect: a crashed engine) is no such refusal."""
-        conn = _Connection(self.endpoint, min(self.timeout, _LENGTH_PROBE_WAIT))
+        before its body, and waits for the body of one that announces a single octet:
+        its max_message refusal. A request that is waited on for its body, one that
+        cannot connect (a crashed engine) and an engine that drops any request (one
+        shutting down; review rev154 F3) are no such refusal."""
+        return (
+            self._probe(length, _LENGTH_PROBE_WAIT) == "dropped"
+            and self._probe(1, _SHORT_PROBE_WAIT) == "waited"
+        )
+
+    def _probe(self, length: int, wait: float) -> str:
+        """What rspamd does, within ``wait`` seconds, with a request announcing
+        ``length`` octets whose body does not follow: "dropped", "waited" (for the
+        body), or "failed" (no connection, an answer)."""
+        conn = _Connection(self.endpoint, min(self.timeout, wait))
         try:
             conn.connect()
+        except OSError:
+            conn.close()
+            return "failed"
+        try:
             conn.putrequest("POST", _CHECK_PATH, skip_accept_encoding=True)
             conn.putheader("Content-Length", str(length))
             conn.endheaders()
             conn.getresponse()
+        except TimeoutError:
+            return "waited"
         except (BrokenPipeError, ConnectionResetError):
-            return True
+            return "dropped"
         except (OSError, http.client.HTTPException):
-            return False
+            return "failed"
         finally:
             conn.close()
-        return False
+        return "failed"
 
     @property
     def outage(self) -> Outage:
