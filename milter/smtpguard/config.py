@@ -1784,6 +1784,11 @@ def _address_pattern(
             f"{item!r}: write {bare!r} (the domain and its subdomains) or"
             f" '@{bare}' (that domain only)",
         )
+    if "*" in text:
+        # Legal in a local part, but whoever writes bounce-*@ means a wildcard.
+        hint = "; write a /pattern/" if name.startswith("sender_deny") else ""
+        raise s.error(name, f"{item!r}: '*' is no wildcard here{hint}")
+    _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
     word = (text if not at else domain if not local else "").rstrip(".")
     if (
         word
@@ -1802,11 +1807,6 @@ def _address_pattern(
             " that address of a domain (the built-in exemption covers postmaster@ of"
             " every local domain: policy.postmaster_skip)",
         )
-    if "*" in text:
-        # Legal in a local part, but whoever writes bounce-*@ means a wildcard.
-        hint = "; write a /pattern/" if name.startswith("sender_deny") else ""
-        raise s.error(name, f"{item!r}: '*' is no wildcard here{hint}")
-    _check_pattern(s, name, item, local if at and local else "x", domain if at else text)
     return text
 
 
