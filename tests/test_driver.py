@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from smtpguard.app import Runtime, build_runtime, load
-from smtpguard.driver import UNANNOUNCED_NOTICE, MacroLookup, Once, SessionDriver, client_ip
+from smtpguard.driver import (
+    UNANNOUNCED_NOTICE,
+    MacroLookup,
+    Once,
+    SessionDriver,
+    UnresolvedNotice,
+    client_ip,
+)
 from smtpguard.pipeline import Action
 from smtpguard.session import MTA
 from smtpguard.state import SessionGate
@@ -98,6 +105,27 @@ def test_which_client_names_are_confirmed(
     assert d.conn.client_name_confirmed is confirmed
     assert not d.conn.client_name_unsure
     d.close()
+
+
+def test_a_host_name_exemption_sendmail_cannot_confirm_is_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev152 F1 (the related low one): with the INPUT_MAIL_FILTER line alone
+    Sendmail sends no {client_resolve}, and without a resolver no client name is
+    confirmed: an exemption by host name never applied, and nothing said so."""
+    exempt = {"name": "partner", "host_suffixes": ["partner.example"], "skip": ["helo"]}
+    runtime = build_runtime(load(make_site(tmp_path, {"policy": {"exempt": [exempt]}}).config))
+    notice = UnresolvedNotice()
+    for macros in (SENDMAIL, SENDMAIL, {**SENDMAIL, "{client_resolve}": "OK"}, POSTFIX):
+        d = SessionDriver(runtime, SessionGate(10), macros.get, unresolved_notice=notice)
+        d.connect("mx.partner.example", socket.AF_INET, ("198.51.100.7", 40000))
+        d.close()
+    said = [r for r in caplog.records if "no macro {client_resolve}" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].levelno == logging.WARNING
+    # Not for a configuration without such an exemption.
+    quiet = UnresolvedNotice()
+    assert not quiet.due(build_runtime(load(make_site(tmp_path / "q", {}).config)))
 
 
 @pytest.mark.parametrize(("mta", "name"), [("sendmail", "[198.51.100.7]"), ("postfix", "unknown")])

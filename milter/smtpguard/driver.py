@@ -57,6 +57,21 @@ UNANNOUNCED_NOTICE = Once()
 CONTRADICTED_NOTICE = Once()
 
 
+class UnresolvedNotice(Once):
+    """Once per process, for a configuration whose exemptions by host name depend on
+    the MTA's {client_resolve}: none, without a resolver (review rev152 F1: with the
+    INPUT_MAIL_FILTER line alone such an exemption was off, silently)."""
+
+    def due(self, runtime: Runtime) -> bool:
+        config = runtime.config
+        if config.dns.enabled or not any(ex.host_suffixes for ex in config.policy.exempt):
+            return False
+        return self()
+
+
+UNRESOLVED_NOTICE = UnresolvedNotice()
+
+
 @functools.lru_cache(maxsize=4096)  # the same clients come back; parsing costs more
 def _ip_address(text: str) -> IPAddress:
     # An IPv4 client on the MTA's dual-stack socket (Sendmail can hand these over):
@@ -86,12 +101,14 @@ class SessionDriver:
         unannounced_notice: Once = UNANNOUNCED_NOTICE,
         *,
         batch_headers: bool = False,
+        unresolved_notice: UnresolvedNotice = UNRESOLVED_NOTICE,
     ) -> None:
         # A session keeps the runtime it started with, even across a reload.
         self.rt = runtime
         self.gate = gate
         self.macro = macro
         self.unannounced_notice = unannounced_notice
+        self.unresolved_notice = unresolved_notice
         self.conn = Connection(new_session_id(), None, None, "")
         self.entered = False
         #: Not admitted, but going on all the same (SessionGate.carry_on).
@@ -148,6 +165,14 @@ class SessionDriver:
             conn.client_name_confirmed = False
         else:
             conn.client_name_confirmed = conn.mta is MTA.POSTFIX or resolve == "OK"
+        if resolve is None and conn.mta is not MTA.POSTFIX and self.unresolved_notice.due(self.rt):
+            log.warning(
+                "sid=%s the MTA sent no macro {client_resolve} and smtpguard has no"
+                " resolver ([dns] nameservers): client names are not confirmed, so no"
+                " exemption by host_suffixes applies; logged once per process. Use the"
+                " whole sendmail-config output",
+                conn.session_id,
+            )
         if conn.mta is MTA.UNANNOUNCED and self.unannounced_notice():
             log.warning(
                 "sid=%s the MTA sent no macro v (Postfix does by default, Sendmail only when "
