@@ -7,6 +7,7 @@ through :func:`validated` (class match, CR/LF, lengths, return value class).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -15,11 +16,19 @@ import Milter
 import pytest
 from Milter.testctx import TestCtx as MilterCtx
 
-from smtpguard.adapter import App, SmtpGuardMilter, SmtpGuardMilterNoReply, _dispatch, _reload
+from smtpguard.adapter import (
+    App,
+    SmtpGuardMilter,
+    SmtpGuardMilterNoReply,
+    _dispatch,
+    _reload,
+    _reload_once,
+)
 from smtpguard.app import Runtime, build_runtime, load, new_gate
 from smtpguard.pipeline import Action, Decision
 from smtpguard.session import MTA, detect_mta
 from support.expected import SPEC, default_line
+from support.fake_dns import FakeDns, fake_resolver
 from support.faulty_service import ExplodingDirectory
 from support.service import Site, make_site
 
@@ -343,6 +352,30 @@ def test_a_sighup_during_a_reload_reloads_again(app: App) -> None:
     assert calls == [0, 1]
     assert not pending.is_set()
     assert lock.acquire(blocking=False)  # released at the end
+
+
+def test_a_reload_closes_the_old_resolver_once_its_last_session_ends(
+    adapter_site: Site, fake: FakeDns
+) -> None:
+    """Review rev155 F1: a reload that changed [dns] closed the old resolver on a
+    timer, under sessions that outlived it. The sessions that took it hold it."""
+    config = load(adapter_site.config)
+    old, new = fake_resolver(fake), fake_resolver(fake)
+    fake.add("a.example.test", "A", "192.0.2.1", ttl=0)
+    try:
+        app = App(build_runtime(config, dns=old), new_gate(config))
+        session = SmtpGuardMilter(app)
+        _reload_once(app, lambda: build_runtime(config, dns=new))
+        later = SmtpGuardMilter(app)  # on the new runtime: holds the new resolver
+        assert old.lookup("a.example.test", "A", time.monotonic() + 5).ok
+        later.close()
+        assert old.lookup("a.example.test", "A", time.monotonic() + 5).ok
+        session.close()
+        assert not old.lookup("a.example.test", "A", time.monotonic() + 5).ok
+        assert new.lookup("a.example.test", "A", time.monotonic() + 5).ok
+    finally:
+        old.close()
+        new.close()
 
 
 class EditingCtx(MilterCtx):  # type: ignore[misc]  # pymilter ships no types

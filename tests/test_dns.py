@@ -876,3 +876,30 @@ def test_a_silent_dns_server_is_said_through_the_real_transport(
     assert [r.getMessage().partition(":")[2].partition(":")[0] for r in caplog.records] == [
         " the DNS servers do not answer"
     ]
+
+
+def test_a_retired_resolver_serves_the_sessions_that_hold_it_then_closes(
+    fake: FakeDns, clock: FakeClock
+) -> None:
+    """Review rev155 F1: a reload that changed [dns] closed the old resolver on a
+    timer, under a session that outlived it (a client talking on for longer than the
+    milter timeout): its lookups failed as timeouts, which helo_dns passes. Closed
+    when the last session holding it ends."""
+    fake.add("a.example.test", "A", "192.0.2.1", ttl=0)
+    fake.add("b.example.test", "A", "192.0.2.2", ttl=0)
+    resolver = fake_resolver(fake, clock)
+    try:
+        resolver.hold()
+        resolver.hold()
+        resolver.close_when_released()
+        assert ask(resolver, "a.example.test", "A").ok
+        resolver.release()
+        assert ask(resolver, "b.example.test", "A").ok  # one session still holds it
+        resolver.release()
+        assert not ask(resolver, "a.example.test", "A").ok  # closed: not sent
+        assert fake.count("a.example.test", "A") == 1
+    finally:
+        resolver.close()
+    idle = fake_resolver(fake, clock)
+    idle.close_when_released()  # no session holds it: closed at once
+    assert not ask(idle, "b.example.test", "A").ok

@@ -80,6 +80,16 @@ class App:
     def runtime(self) -> Runtime:
         return self._runtime
 
+    def hold_runtime(self) -> Runtime:
+        """The current runtime for a session starting, its resolver held until the
+        session's close (:meth:`Resolver.release`): taken under the lock a reload
+        swaps under, so a resolver retired by it is never held afterwards."""
+        with self._lock:
+            runtime = self._runtime
+            if runtime.services.dns is not None:
+                runtime.services.dns.hold()
+            return runtime
+
     def swap(self, runtime: Runtime) -> None:
         with self._lock:
             self._runtime = runtime
@@ -94,7 +104,10 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
     _in_header_block = False
 
     def __init__(self, app: App) -> None:
-        self.driver = SessionDriver(app.runtime, app.gate, self._macro)
+        runtime = app.hold_runtime()
+        #: The resolver this session holds until its close (App.hold_runtime).
+        self._resolver = runtime.services.dns
+        self.driver = SessionDriver(runtime, app.gate, self._macro)
 
     def _macro(self, name: str) -> str | None:
         try:
@@ -291,7 +304,12 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         return int(Milter.CONTINUE)
 
     def close(self) -> int:
-        self._quietly("close", self.driver.close)
+        try:
+            self._quietly("close", self.driver.close)
+        finally:
+            resolver, self._resolver = self._resolver, None
+            if resolver is not None:
+                resolver.release()
         _session.milter = None
         return int(Milter.CONTINUE)
 
@@ -734,11 +752,8 @@ def _reload_once(app: App, reload: Callable[[], Runtime | None]) -> None:
     retire(old, runtime)
     resolver = old.services.dns
     if resolver is not None and resolver is not runtime.services.dns:
-        # Sessions that started on the old runtime may still wait on its resolver:
-        # close it once the longest such session must have ended.
-        timer = threading.Timer(old.config.milter.timeout + 30, resolver.close)
-        timer.daemon = True
-        timer.start()
+        # Sessions that started on the old runtime may still look things up with it.
+        resolver.close_when_released()
 
 
 def drop_privileges(user: str) -> None:

@@ -315,6 +315,10 @@ class Resolver:
         # The cache is read by callback threads (the fast path of submit) and written
         # by the loop thread; cachetools is not thread-safe.
         self._lock = threading.Lock()
+        #: Sessions running with this resolver, and whether a reload retired it.
+        self._holds_lock = threading.Lock()
+        self._holds = 0
+        self._retired = False
         self._inflight: dict[tuple[str, str], asyncio.Future[Answer]] = {}
         #: Who waits for each lookup in flight (loop thread only): coroutines in
         #: query(), and submit()s without a deadline, which never leave...
@@ -994,6 +998,30 @@ class Resolver:
         seconds is still wanted: the caller waits past its deadline as long as they
         waited, up to ``busy_wait`` (:meth:`_give_back`); for :meth:`submit`."""
         return None if deadline is None else deadline + min(waited_before, self.busy_wait)
+
+    def hold(self) -> None:
+        """A session that may use the resolver starts (:meth:`close_when_released`)."""
+        with self._holds_lock:
+            self._holds += 1
+
+    def release(self) -> None:
+        """That session ended; the last one closes a resolver a reload retired."""
+        with self._holds_lock:
+            self._holds -= 1
+            closing = self._retired and self._holds <= 0
+        if closing:
+            self.close()
+
+    def close_when_released(self) -> None:
+        """Close once no session holds the resolver (at once if none does): a reload
+        retired it, and the sessions that started before may still look things up
+        (review rev155 F1: a timer closed it under a session that outlived it, and
+        its lookups answered as timeouts, which a check passes)."""
+        with self._holds_lock:
+            self._retired = True
+            closing = self._holds <= 0
+        if closing:
+            self.close()
 
     def close(self) -> None:
         """Stop the loop thread (tests, reload): pending lookups are cancelled, and
