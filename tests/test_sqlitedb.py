@@ -389,3 +389,29 @@ def test_a_closed_pool_keeps_no_connection_and_still_answers(db_path: Path) -> N
     assert descriptors_on(db_path) == before
     assert pool.query("SELECT v FROM t") == [("one",)]
     assert descriptors_on(db_path) == before
+
+
+def test_a_retired_pool_does_not_report_its_own_wal_index_churn(
+    tmpfs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev155 F3: a pool retired by a reload (close(): it keeps no connection)
+    opens and closes one per query; closing the file's last connection removes the
+    WAL index, and the next check said "WAL index removed: reopened" at every query
+    of a session still on the old configuration."""
+    path = tmpfs_dir / "t.sqlite"
+
+    def opener() -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT, v TEXT)")
+        return db
+
+    clock = Clock()
+    pool = ConnectionPool(opener, cache_ttl=1.0, clock=clock, watch=path, label="test file")
+    assert pool.query(SQL, ("a",)) == []
+    pool.close()
+    caplog.set_level(logging.INFO)
+    for _ in range(6):
+        clock.now += 1.0
+        assert pool.query(SQL, ("a",)) == []
+    assert [r.getMessage() for r in caplog.records] == []

@@ -149,6 +149,11 @@ class ConnectionPool:
             if generation == self._generation and len(self._idle) < self._size:
                 self._idle.append(db)
                 return rows, generation
+            if self._seen is not None:
+                # This close may remove the WAL index (the pool's last connection), as
+                # _reopen's: not a removal by someone else (review rev155 F3: a store
+                # retired by a reload said "WAL index removed" at every query).
+                self._seen = (*self._seen[:2], 0)
         db.close()
         return rows, generation
 
