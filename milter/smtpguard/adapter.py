@@ -672,7 +672,7 @@ def run(
         else:
             log.info("signal %s: stopping; sessions in flight finish first", sig)
         announced.set()
-    worker.join()
+    _finish(worker, reloading)
     if failure:
         raise failure[0]
     if not stopping:
@@ -683,6 +683,15 @@ def run(
             "libmilter stopped on its own: a signal reached its own signal thread, or it"
             " failed; exiting with an error, to be started again"
         )
+
+
+def _finish(libmilter: threading.Thread, reloading: threading.Lock) -> None:
+    """Wait for libmilter's thread, then for a reload in progress: one still running
+    would log while the interpreter shuts down, which can end in a fatal error
+    (SIGABRT) instead of the exit code that follows."""
+    libmilter.join()
+    if reloading.acquire(timeout=RELOAD_WAIT_AT_EXIT):
+        reloading.release()
 
 
 def _stop(gate: SessionGate, end: Callable[[], None], announced: threading.Event) -> None:
@@ -696,6 +705,8 @@ def _stop(gate: SessionGate, end: Callable[[], None], announced: threading.Event
 
 #: How long a stop waits for sessions in flight before libmilter is told to stop.
 DRAIN_SECONDS = 30.0
+#: How long the process waits at its end for a reload in progress.
+RELOAD_WAIT_AT_EXIT = 30.0
 _DRAIN_POLL = 0.05
 
 
