@@ -1249,6 +1249,12 @@ def test_sessions_a_dead_worker_cuts_are_logged_and_counted(
             wait_until(functools.partial(replaced, directory, supervisor, victim))
         cut = re.findall(r"killed by signal 9 with (\d+) sessions? in flight", service.log())
         assert sum(map(int, cut)) == 4, service.log()
+        # Review rev155 F4: what became of them, and marked as the worker's own lines
+        # are, so that one grep for worker=N finds its crash and restart.
+        assert "(cut: no summary line; the MTA answered them by its milter default_action)" in (
+            service.log()
+        )
+        assert re.search(r"worker=(\d) worker \1 \(pid \d+\) was killed by signal 9", service.log())
         assert totals(port)[("smtpguard_worker_sessions_cut_total", ())] == 4
 
 

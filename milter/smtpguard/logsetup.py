@@ -39,9 +39,15 @@ def set_worker(number: int | None) -> None:
     _worker = "" if number is None else f"worker={number} "
 
 
+#: ``extra`` key of a supervisor's line about one worker: marked ``worker=N`` as that
+#: worker's own lines are, so one grep finds its crash and restart (review rev155 F4).
+ABOUT_WORKER = "about_worker"
+
+
 class _WorkerMark(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.worker = _worker
+        about = record.__dict__.get(ABOUT_WORKER)
+        record.worker = _worker if about is None else f"worker={about} "
         return True
 
 

@@ -102,7 +102,7 @@ from smtpguard.app import Runtime, build_runtime, retire
 from smtpguard.config import Config, ConfigError, MilterConfig, load_config
 from smtpguard.counters import CounterError, SharedCounter
 from smtpguard.datafiles import recording, replaying
-from smtpguard.logsetup import set_level
+from smtpguard.logsetup import ABOUT_WORKER, set_level
 from smtpguard.metrics import ReloadStatus
 from smtpguard.pipeline import CHECK_NAMES
 from smtpguard.scanners.command import HOOK_MARK, record_groups_in
@@ -748,7 +748,12 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             # Out of processes or memory for now: the others serve on; try again.
             worker.due = time.monotonic() + 1.0
-            log.error("cannot start worker %d: %s; trying again in 1 s", worker.number, exc)
+            log.error(
+                "cannot start worker %d: %s; trying again in 1 s",
+                worker.number,
+                exc,
+                extra={ABOUT_WORKER: worker.number},
+            )
             return
         if pid == 0:
             code = 1
@@ -758,7 +763,9 @@ class Supervisor:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         worker.pid, worker.started, worker.due, worker.hung = pid, time.monotonic(), None, False
-        log.info("worker %d started (pid %d)", worker.number, pid)
+        log.info(
+            "worker %d started (pid %d)", worker.number, pid, extra={ABOUT_WORKER: worker.number}
+        )
 
     def _worker(self, number: int) -> int:
         """The child: undo the supervisor's signal set-up, then libmilter's loop."""
@@ -852,6 +859,7 @@ class Supervisor:
                 worker.number,
                 pid,
                 killed,
+                extra={ABOUT_WORKER: worker.number},
             )
 
     def _gone(self, worker: Worker, status: int) -> None:
@@ -862,7 +870,13 @@ class Supervisor:
             retire_metrics(pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
         how = _describe(status)
         if self.stopping:
-            log.info("worker %d (pid %d) %s", worker.number, pid, how)
+            log.info(
+                "worker %d (pid %d) %s",
+                worker.number,
+                pid,
+                how,
+                extra={ABOUT_WORKER: worker.number},
+            )
             return
         if self._socket_lost(f"worker {worker.number} (pid {pid}) {how} and"):
             return
@@ -871,7 +885,12 @@ class Supervisor:
         self.stats.restarts[reason] += 1
         # Review rev133 F3: they end without a summary line, in no counter.
         self.stats.sessions_cut += cut
-        how += f" with {cut} session{'' if cut == 1 else 's'} in flight" if cut else ""
+        how += (
+            f" with {cut} session{'' if cut == 1 else 's'} in flight (cut: no summary line;"
+            " the MTA answered them by its milter default_action)"
+            if cut
+            else ""
+        )
         worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 0
         delay = restart_delay(worker.quick_deaths)
         alone = ""
@@ -889,6 +908,7 @@ class Supervisor:
             lived,
             "now" if delay == 0 else f"in {delay:.0f} s",
             alone,
+            extra={ABOUT_WORKER: worker.number},
         )
 
     def _watch(self) -> None:
@@ -921,6 +941,7 @@ class Supervisor:
                 worker.pid,
                 silent,
                 limit,
+                extra={ABOUT_WORKER: worker.number},
             )
             worker.hung = True
             _kill(worker.pid, signal.SIGKILL)
