@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,15 @@ def tmpfs_dir(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def wal_file(path: Path) -> sqlite3.Connection:
+    """A connection to ``path`` in WAL mode, the file made if missing (as the blacklist
+    makes its own)."""
+    db = sqlite3.connect(path, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT, v TEXT)")
+    return db
+
+
 def test_a_reopen_does_not_cause_the_next(
     tmpfs_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -221,15 +231,10 @@ def test_a_reopen_does_not_cause_the_next(
     reopen caused the next, for as long as the service ran. The first is the quiet one
     of a file the pool's own first connection made (as the blacklist's does)."""
     path = tmpfs_dir / "t.sqlite"
-
-    def opener() -> sqlite3.Connection:
-        db = sqlite3.connect(path, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT, v TEXT)")
-        return db
-
     clock = Clock()
-    pool = ConnectionPool(opener, cache_ttl=1.0, clock=clock, watch=path, label="test file")
+    pool = ConnectionPool(
+        partial(wal_file, path), cache_ttl=1.0, clock=clock, watch=path, label="test file"
+    )
     caplog.set_level(logging.INFO)
     try:
         for _ in range(6):
@@ -399,15 +404,10 @@ def test_a_retired_pool_does_not_report_its_own_wal_index_churn(
     WAL index, and the next check said "WAL index removed: reopened" at every query
     of a session still on the old configuration."""
     path = tmpfs_dir / "t.sqlite"
-
-    def opener() -> sqlite3.Connection:
-        db = sqlite3.connect(path, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT, v TEXT)")
-        return db
-
     clock = Clock()
-    pool = ConnectionPool(opener, cache_ttl=1.0, clock=clock, watch=path, label="test file")
+    pool = ConnectionPool(
+        partial(wal_file, path), cache_ttl=1.0, clock=clock, watch=path, label="test file"
+    )
     assert pool.query(SQL, ("a",)) == []
     pool.close()
     caplog.set_level(logging.INFO)
