@@ -63,6 +63,8 @@ class UnresolvedNotice(Once):
     INPUT_MAIL_FILTER line alone such an exemption was off, silently)."""
 
     def due(self, runtime: Runtime) -> bool:
+        if self._done:
+            return False  # said already: no look at the exemptions at every connect
         config = runtime.config
         if config.dns.enabled or not any(ex.host_suffixes for ex in config.policy.exempt):
             return False

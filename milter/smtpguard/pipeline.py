@@ -639,7 +639,7 @@ class Pipeline:
                 if verdict is None:
                     continue
                 decision = self._answer(
-                    stage, conn, event, step, verdict, mode_guarded=_ENFORCED, policy=policy
+                    stage, conn, event, step, verdict, mode="enforce", guarded=False, policy=policy
                 )
             if decision is not None:
                 return decision
@@ -680,7 +680,7 @@ class Pipeline:
         if verdict is None:
             return None
         return self._answer(
-            stage, conn, event, step, verdict, mode_guarded=(mode, guarded), policy=policy
+            stage, conn, event, step, verdict, mode=mode, guarded=guarded, policy=policy
         )
 
     def _answer(
@@ -691,12 +691,12 @@ class Pipeline:
         step: _Step,
         verdict: Verdict,
         *,
-        mode_guarded: tuple[str, bool],
+        mode: str,
+        guarded: bool,
         policy: Policy | None,
     ) -> Decision | None:
         """What a step's verdict does, in the mode it ran in (and whether its guard
         holds: :meth:`_mode_here`). None: the next step runs."""
-        mode, guarded = mode_guarded
         name = step.check.name
         mode = _guarded(conn, name, verdict, mode) if guarded else mode
         if mode == "off":
