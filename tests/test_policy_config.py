@@ -285,6 +285,44 @@ def test_domain_tables_fill_in_the_global_values(tmp_path: Path) -> None:
     assert relay.content != config.global_policy().content
 
 
+def test_tables_combined_at_their_strictest(tmp_path: Path) -> None:
+    """A transaction that is not split (the site's own submission, a dry run) is
+    judged under its recipients' tables combined: no copy more laxly than its own
+    table says (review rev154 F1), replies in the first recipient's languages."""
+    config = load(
+        write_config(
+            tmp_path,
+            SITE + "[limits]\nmax_message_size = 1000\nmax_rcpt = 5\n"
+            "[checks.bulk]\nmode = 'report'\n"
+            "[domain.'big.example']\nmax_message_size = 5000\nlanguages = ['zh', 'en']\n"
+            "checks.antispam.mode = 'report'\nchecks.virus.mode = 'off'\n"
+            "add_header_score = 3\n"
+            "[domain.'relay.example']\nreject_score = 30\nmax_rcpt = 2\n"
+            "checks.antispam.mode = 'off'\nchecks.bulk.mode = 'enforce'\n",
+        )
+    )
+    both = config.combined_policy(["big.example", "relay.example"])
+    assert both is not None
+    assert both.domain == "big.example+relay.example"
+    # antispam: report over off; virus: enforce (relay.example's, the global) over off;
+    # bulk: relay.example's enforce over the global report.
+    assert both.checks == (("antispam", "report"), ("bulk", "enforce"))
+    assert (both.max_message_size, both.max_rcpt, both.languages) == (1000, 2, ("zh", "en"))
+    assert (both.add_header_score, both.reject_score) == (3.0, 15.0)
+    # A domain without a table counts with the global settings: every check's own mode.
+    lax_first = config.combined_policy(["relay.example", "example.com", "relay.example"])
+    assert lax_first is not None
+    assert lax_first.domain == "relay.example+(global)"
+    assert (lax_first.checks, lax_first.max_rcpt) == ((("bulk", "enforce"),), 2)
+    assert lax_first.languages == config.replies.languages
+    # One table, or tables that say the same: that table, as before.
+    assert config.combined_policy(["big.example", "BIG.example."]) == config.domain_policy(
+        "big.example"
+    )
+    assert config.combined_policy(["example.com", "other.example"]) is None
+    assert config.combined_policy([]) is None
+
+
 @pytest.mark.parametrize(
     ("table", "key", "message"),
     [

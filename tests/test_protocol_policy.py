@@ -513,6 +513,40 @@ def test_per_domain_check_mode(per_domain: Running) -> None:
     assert "check=antispam reply=antispam_reject mode=report" in per_domain.log()
 
 
+@pytest.mark.parametrize("lax_first", [True, False], ids=["lax-first", "strict-first"])
+def test_the_sites_own_mail_to_two_domains_is_judged_at_their_strictest(
+    per_domain: Running, lax_first: bool
+) -> None:
+    """Review rev153 F5, rev154 F1: a host of ours (trusted_networks) writing to
+    example.com (antispam only reported, 3000-octet limit) and relay.example (Chinese
+    first, 50,000) is not split by a 451, and whichever domain comes first, neither
+    copy is judged more laxly than its own table says."""
+    rcpts = ["alice@example.com", "someone@relay.example"]
+    if not lax_first:
+        rcpts.reverse()
+
+    def submit(body: str) -> Answer:
+        with per_domain.session() as s:
+            assert_pass(s.connect("192.0.2.10"))
+            assert_pass(s.helo("host.example.com"))
+            assert_pass(s.mail("<bob@example.com>"))
+            for rcpt in rcpts:
+                assert_pass(s.rcpt(f"<{rcpt}>"))
+            return s.message(HEADERS, body)[0]
+
+    # Replies after RCPT come in the first recipient's languages.
+    check = assert_reply if lax_first else zh_first
+    # relay.example refuses spam, which example.com's table only reports.
+    check(submit("buy now\r\n" + GTUBE), "antispam_reject")
+    # example.com's 3000 octets hold for relay.example's copy too.
+    check(submit(("x" * 78 + "\r\n") * 50), "message_too_long")
+    assert_pass(submit("hello\r\n"))
+    summary = [line for line in per_domain.log().splitlines() if " summary " in line][-1]
+    assert "outcome=accept" in summary
+    tables = "example.com+relay.example" if lax_first else "relay.example+example.com"
+    assert f"policy={tables}" in summary
+
+
 def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
     result = smtpguard(
         per_domain.site,
@@ -532,6 +566,22 @@ def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
     assert '[domain."relay.example"]: max_message_size=50000' in out
     assert "languages=zh,en" in out
     assert "rcpt_limit" in out
+    assert "451" in out
+    # A host of ours is not split: the two tables, combined.
+    result = smtpguard(
+        per_domain.site,
+        "simulate",
+        *("--client", "192.0.2.10", "--helo", "host.example.com"),
+        *("--from", "bob@example.com", "--to", "someone@relay.example"),
+        *("--to", "alice@example.com"),
+    )
+    assert (
+        '[domain."relay.example"] + [domain."example.com"] at their strictest:'
+        " max_message_size=3000"
+    ) in result.stdout
+    assert "languages=zh,en" in result.stdout
+    assert "rcpt rcpt_limit: pass" in result.stdout
+    assert "451" not in result.stdout
 
 
 # --- an exemption whose lookup fails -----------------------------------------------------

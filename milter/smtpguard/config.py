@@ -21,7 +21,7 @@ import os
 import pwd
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -763,8 +763,9 @@ class CheckSettings:
 class DomainPolicy:
     """A ``[domain."example.com"]`` table: what applies to mail for that domain, every
     value filled in (the global one where the table says nothing). Decided at RCPT
-    from the recipient's domain; one transaction never mixes two content policies
-    (everything here but ``max_rcpt``): see :mod:`smtpguard.policy`."""
+    from the recipient's domain; a stranger's transaction never mixes two content
+    policies (everything here but ``max_rcpt``), one that is not split is judged under
+    its tables combined (:func:`strictest`): see :mod:`smtpguard.policy`."""
 
     domain: str
     languages: tuple[str, ...]
@@ -790,6 +791,42 @@ class DomainPolicy:
             self.add_header_score,
             self.reject_score,
         )
+
+
+#: Check modes from the laxest to the strictest.
+_MODE_ORDER: Final[tuple[Mode, ...]] = ("off", "report", "enforce")
+
+
+def strictest(
+    tables: Sequence[DomainPolicy], check: Callable[[str], CheckSettings]
+) -> DomainPolicy:
+    """``tables`` (the first a transaction's first recipient's; ``domain`` empty for
+    the global settings) combined so that no recipient's mail is judged more laxly
+    than its own table says: every check at the strictest of its modes (``check``
+    gives a check's global settings, the mode of a table that does not name it), the
+    smallest limits and spam scores. Replies keep the first table's languages and
+    form (review rev153 F5, rev154 F1: judged under the first table alone, a lax
+    domain named first switched a strict domain's checks off for its copy)."""
+    names = sorted({name for table in tables for name, _mode in table.checks})
+    modes: list[tuple[str, Mode]] = []
+    for name in names:
+        default = check(name).mode
+        mode = max(
+            (dict(table.checks).get(name, default) for table in tables), key=_MODE_ORDER.index
+        )
+        if mode != default:
+            modes.append((name, mode))
+    return DomainPolicy(
+        domain="+".join(table.domain or "(global)" for table in tables),
+        languages=tables[0].languages,
+        form=tables[0].form,
+        max_message_size=min(t.max_message_size for t in tables),
+        max_attachment_size=min(t.max_attachment_size for t in tables),
+        max_rcpt=min(t.max_rcpt for t in tables),
+        checks=tuple(modes),
+        add_header_score=min(t.add_header_score for t in tables),
+        reject_score=min(t.reject_score for t in tables),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -834,6 +871,23 @@ class Config:
         if not self.domains:
             return None
         return self.domains.get(canonical_domain(domain))
+
+    def combined_policy(self, domains: Sequence[str]) -> DomainPolicy | None:
+        """The table a transaction to ``domains`` (its recipients' domains, in order)
+        is judged under: the one table they share (None: the global settings), or,
+        where they fall under tables that differ, those tables combined at their
+        strictest (:func:`strictest`). Only transactions that are not split by
+        ``rcpt_limit`` have such recipients: a dry run's, the site's own submission's."""
+        if not self.domains or not domains:
+            return None
+        first = self.domain_policy(domains[0])
+        tables: dict[str, DomainPolicy] = {}
+        for domain in domains:
+            table = self.domain_policy(domain) or self.global_policy()
+            tables.setdefault(table.domain, table)
+        if len(tables) == 1 or len({t.content for t in tables.values()}) == 1:
+            return first
+        return strictest(tuple(tables.values()), self.check)
 
     def global_policy(self) -> DomainPolicy:
         """The global settings as a :class:`DomainPolicy` (for domains without a table)."""
@@ -2218,9 +2272,12 @@ def _require_one_policy_per_transaction(
     checks: Mapping[str, CheckSettings],
     policy: PolicyConfig,
 ) -> None:
-    """With ``[domain."X"]`` tables, ``rcpt_limit`` is what keeps one transaction to
-    one domain's content policy; off, report-only or exempted, a sender would choose
-    the policy of the whole message by naming a lax domain's recipient first."""
+    """With ``[domain."X"]`` tables, ``rcpt_limit`` is what keeps a stranger's
+    transaction to one domain's content policy; off, report-only or exempted, a
+    sender would choose the policy of the whole message by naming a lax domain's
+    recipient first (in a dry run, where it only reports, and for the site's own
+    submission, which it does not split, the tables are combined at their strictest
+    instead: :meth:`Config.combined_policy`)."""
     if not domains:
         return
     why = "it keeps each transaction to one domain policy while [domain] tables exist"

@@ -888,7 +888,8 @@ class Pipeline:
         replies = self.replies
         if self.domain_replies:
             domain = self.policy.domain(conn, stage, event)
-            replies = self.domain_replies.get(domain.domain, replies) if domain else replies
+            if domain is not None:
+                replies = self.domain_replies.get((domain.languages, domain.form), replies)
         return replies.render(reply_id, utf8=self.utf8_allowed(conn))
 
     def _log(
@@ -997,8 +998,6 @@ class Pipeline:
         log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 
     def _domain_table(self, txn: Transaction) -> str | None:
-        # One transaction never mixes domain policies (rcpt_limit), so the first
-        # recipient's table is the message's.
         table = domain_of(self.config, txn)
         return table.domain if table is not None else None
 

@@ -5,12 +5,14 @@ modes of the checks that decide from RCPT on and the language of the replies (it
 size limits, recipient limit and spam thresholds are read by those checks,
 :func:`smtpguard.checks.domain_of`).
 
-Per-domain policy is decided at RCPT from the recipient's domain. A transaction keeps
-the policy of its first accepted recipient: a recipient whose domain would be handled
-differently gets ``rcpt_limit`` (451 4.5.3, "send the rest in another transaction"),
-see :class:`smtpguard.checks.recipients.RcptLimit`. Checks deciding at MAIL FROM or
-before cannot have per-domain modes (no recipient is known yet): the loader refuses
-them.
+Per-domain policy is decided at RCPT from the recipient's domain. A stranger's
+transaction keeps the policy of its first accepted recipient: a recipient whose domain
+would be handled differently gets ``rcpt_limit`` (451 4.5.3, "send the rest in another
+transaction"), see :class:`smtpguard.checks.recipients.RcptLimit`. The site's own
+submission and a dry run are not split; their message is judged under its recipients'
+tables combined at their strictest (:meth:`smtpguard.config.Config.combined_policy`).
+Checks deciding at MAIL FROM or before cannot have per-domain modes (no recipient is
+known yet): the loader refuses them.
 
 What an exemption can never do (the loader refuses it): skip ``relay``,
 ``relay_local``, ``auth_*`` or ``sender_login``. An exemption is not trust: an exempted
@@ -449,7 +451,8 @@ class Policy:
 
     def domain(self, conn: Connection, stage: Stage, event: Event) -> DomainPolicy | None:
         """The domain table that applies here: at RCPT the recipient's, later the
-        transaction's (its first recipient's); None before RCPT or without a table."""
+        transaction's (:func:`smtpguard.checks.domain_of`); None before RCPT or without
+        a table."""
         if not self.config.domains or stage not in DOMAIN_STAGES:
             return None
         if stage is Stage.RCPT:
@@ -465,35 +468,36 @@ class Policy:
         domain = self.domain(conn, stage, event)
         if domain is None:
             return mode
-        override = self.domain_modes[domain.domain].get(settings_name(check))
+        modes = self.domain_modes.get(domain.domain)
+        if modes is None:
+            # Tables combined for a transaction to several (Config.combined_policy).
+            modes = dict(domain.checks)
+        override = modes.get(settings_name(check))
         if override is None:
             return mode
         if self.config.milter.dry_run and override != "off":
             return "report"
         return override
 
-    def reply_tables(self, table: ReplyTable) -> dict[str, ReplyTable]:
-        """The reply table of each domain whose languages or form differ from the
-        global ones, validated like the global one (every language in every row)."""
-        out: dict[str, ReplyTable] = {}
-        shared: dict[tuple[tuple[str, ...], str], ReplyTable] = {}
+    def reply_tables(self, table: ReplyTable) -> dict[tuple[tuple[str, ...], str], ReplyTable]:
+        """The reply tables of the domains whose languages or form differ from the
+        global ones, by (languages, form), each validated like the global one (every
+        language in every row)."""
+        out: dict[tuple[tuple[str, ...], str], ReplyTable] = {}
         replies = self.config.replies
         for domain in self.config.domains.values():
-            name = domain.domain
             key = (domain.languages, domain.form)
-            if key == (replies.languages, replies.form):
+            if key == (replies.languages, replies.form) or key in out:
                 continue
-            if key not in shared:
-                policy = dataclasses.replace(replies, languages=domain.languages, form=domain.form)
-                try:
-                    shared[key] = load_replies(policy, self.config.file)
-                except ConfigError as exc:
-                    raise ConfigError(
-                        self.config.file,
-                        f'domain."{name}".languages',
-                        f"{exc.file}: {exc.key}: {exc.message}",
-                    ) from None
-            out[name] = shared[key]
+            policy = dataclasses.replace(replies, languages=domain.languages, form=domain.form)
+            try:
+                out[key] = load_replies(policy, self.config.file)
+            except ConfigError as exc:
+                raise ConfigError(
+                    self.config.file,
+                    f'domain."{domain.domain}".languages',
+                    f"{exc.file}: {exc.key}: {exc.message}",
+                ) from None
         return out
 
     @staticmethod

@@ -72,8 +72,13 @@ def describe_domain(policy: DomainPolicy | None) -> str:
     if policy is None:
         return "global settings (no [domain] table for the recipients' domain)"
     modes = ", ".join(f"{name}={mode}" for name, mode in policy.checks)
+    tables = [
+        "the global settings" if name == "(global)" else f'[domain."{name}"]'
+        for name in policy.domain.split("+")
+    ]
+    title = tables[0] if len(tables) == 1 else " + ".join(tables) + " at their strictest"
     return (
-        f'[domain."{policy.domain}"]: max_message_size={policy.max_message_size}'
+        f"{title}: max_message_size={policy.max_message_size}"
         f" max_attachment_size={policy.max_attachment_size} max_rcpt={policy.max_rcpt}"
         f" languages={','.join(policy.languages)} form={policy.form}"
         f" antispam={policy.add_header_score:g}/{policy.reject_score:g}"

@@ -392,6 +392,32 @@ def test_one_domain_policy_per_transaction(
         assert verdict.reply_id == "rcpt_limit"
 
 
+@pytest.mark.parametrize(
+    "client", [{"trusted_network": True}, {"auth_login": "alice@example.com"}], ids=str
+)
+def test_the_sites_own_submission_is_not_split_by_domain_policy(
+    make_services: ServicesFactory, client: dict[str, Any]
+) -> None:
+    """Review rev153 F5: a user writing to colleagues of two domains with different
+    tables (or to one and an outside address) got 451 for the second, every time,
+    which mail programs take for a failed send. The site's own submission is judged
+    under the tables combined instead (Config.combined_policy); the count limits of
+    every table still hold."""
+    check = RcptLimit(make_services(**DOMAINS))
+    sent = make_conn(sender="x@example.com", recipients=["a@plain.example"], **client)
+    assert check(sent, rcpt("b@big.example")) is None
+    # big.example's max_rcpt (2) holds for the transaction it joined.
+    joined = make_conn(
+        sender="x@example.com", recipients=["a@plain.example", "b@big.example"], **client
+    )
+    assert check(joined, rcpt("c@elsewhere.example")) == Hit("rcpt_limit", "already 2 recipients")
+    full = make_conn(sender="x@example.com", recipients=["a@one.example"], **client)
+    assert check(full, rcpt("b@example.com")) == Hit("rcpt_limit", "already 1 recipients")
+    # A stranger's transaction is split as before.
+    stranger = make_conn(sender="x@sender.example", recipients=["a@plain.example"])
+    assert isinstance(check(stranger, rcpt("b@big.example")), Hit)
+
+
 # --- internationalized domains: U-labels and A-labels are one domain --------------------
 
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
 from smtpguard.metrics import Metrics, NullMetrics
 from smtpguard.scanners.backends import ScannerFactory
@@ -156,13 +156,25 @@ class Event:
         return min(self.sender_waited, max(0.0, now + self.stage_length - deadline))
 
 
+#: Transaction scratch key: (recipients counted, the table they fall under).
+_DOMAIN_TABLE: Final = "domain_table"
+
+
 def domain_of(config: Config, txn: Transaction | None) -> DomainPolicy | None:
-    """The ``[domain."X"]`` table the transaction's mail falls under (its first
-    accepted recipient's domain; the pipeline keeps one transaction to one policy), or
-    None: the global settings apply."""
-    if txn is None or not txn.recipient_domains or not config.domains:
+    """The ``[domain."X"]`` table the transaction's mail falls under, or None: the
+    global settings apply. ``rcpt_limit`` keeps a stranger's transaction to one table;
+    one that is not split (a dry run, the site's own submission) is judged under its
+    recipients' tables at their strictest (:meth:`Config.combined_policy`)."""
+    if txn is None or not config.domains:
         return None
-    return config.domain_policy(txn.recipient_domains[0])
+    domains = txn.recipient_domains
+    if not domains:
+        return None
+    known: tuple[int, DomainPolicy | None] | None = txn.scratch.get(_DOMAIN_TABLE)
+    if known is None or known[0] != len(domains):
+        # Asked by several checks per message, answered once per recipient added.
+        known = txn.scratch[_DOMAIN_TABLE] = (len(domains), config.combined_policy(domains))
+    return known[1]
 
 
 def settings_name(name: str) -> str:

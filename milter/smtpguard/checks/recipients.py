@@ -22,7 +22,15 @@ class RcptLimit:
     recipients already accepted. One message is handled one way, so the client sends
     the rest in another transaction, which is what 451 4.5.3 asks of it (RFC 5321
     §4.5.3.1.10 for the count; the same answer serves the policy split). The count
-    limit is the transaction's domain's ``max_rcpt``."""
+    limit is the smallest ``max_rcpt`` of the transaction's recipients' tables.
+
+    Not split: the site's own submission (``site.trusted_networks``, logged-in
+    clients), whose mail program takes a refused recipient for a failed send, so a
+    user could not write to colleagues of two domains at once (review rev153 F5).
+    Such a message is judged under its recipients' tables combined at their
+    strictest (:meth:`smtpguard.config.Config.combined_policy`): the first one's
+    alone let a lax domain named first switch a strict domain's checks off for its
+    copy (review rev154 F1)."""
 
     name: ClassVar[str] = "rcpt_limit"
     stage: ClassVar[Stage] = Stage.RCPT
@@ -44,7 +52,7 @@ class RcptLimit:
             new = self._policy(domain)
             first = txn.recipient_domains
             current = self._policy(first[0]) if first else new
-            if new.content != current.content:
+            if new.content != current.content and not conn.trusted:
                 return Hit(
                     "rcpt_limit",
                     f"{event.rcpt.domain_lc if event.rcpt else event.rcpt_raw} falls under"
