@@ -172,6 +172,19 @@ def test_a_refused_reload_shows_in_the_metrics(tmp_path: Path, workers: int) -> 
         service.process.send_signal(signal.SIGHUP)
         wait_until(lambda: samples(scrape(port))[ok] == 1.0)
         assert samples(scrape(port))[when] > started[when]
+        if workers == 1:
+            return
+        # Review rev155 F4: which configuration each worker runs (the refused reload
+        # made no generation).
+        assert started[("smtpguard_config_generation", ())] == 0.0
+        running_now = ("smtpguard_worker_config_generation", (("worker", "1"),))
+        assert started[running_now] == 0.0
+        applied = re.compile(r"worker=\d reloaded configuration from \S+ \(generation 1\)")
+        wait_until(lambda: len(applied.findall(service.log())) == 2)
+        reloaded = samples(scrape(port))
+        assert reloaded[("smtpguard_config_generation", ())] == 1.0
+        generation = "smtpguard_worker_config_generation"
+        assert [reloaded[(generation, (("worker", n),))] for n in "12"] == [1.0, 1.0]
 
 
 def test_dns_lookups_are_counted_by_status(tmp_path: Path, unbound: DnsServer) -> None:

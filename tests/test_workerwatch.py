@@ -1,10 +1,11 @@
-"""HookGroups: the virus hook programs' process groups per worker, in shared memory."""
+"""Shared memory between the supervisor and its workers: the virus hook programs'
+process groups, the configuration generation each worker runs."""
 
 from __future__ import annotations
 
 import os
 
-from smtpguard.workerwatch import HookGroups
+from smtpguard.workerwatch import Generations, HookGroups, WorkersCollector, WorkerStats
 
 
 def test_a_worker_records_its_groups_and_the_supervisor_takes_them() -> None:
@@ -39,3 +40,30 @@ def test_a_full_row_or_no_row_records_nothing() -> None:
     groups.remove(12345)  # not there: nothing changes
     assert groups.take(0) == {8, 9}
     assert groups.take(1) == set()
+
+
+def test_a_workers_generation_is_read_by_the_supervisor() -> None:
+    generations = Generations(2)
+    generations.set(0, 3)  # the supervisor, forking worker 1 on generation 3
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result is its exit status
+        try:
+            generations.set(1, 4)  # worker 2 applied reload 4
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [generations.get(0), generations.get(1)] == [3, 4]
+
+
+def test_the_generations_are_served_per_running_worker() -> None:
+    collector = WorkersCollector(WorkerStats(), list, generations=lambda: (4, [(1, 4), (3, 2)]))
+    found = {
+        (sample.name, tuple(sample.labels.items())): sample.value
+        for family in collector.collect()
+        for sample in family.samples
+    }
+    assert found[("smtpguard_config_generation", ())] == 4
+    assert found[("smtpguard_worker_config_generation", (("worker", "1"),))] == 4
+    assert found[("smtpguard_worker_config_generation", (("worker", "3"),))] == 2
+    assert ("smtpguard_worker_config_generation", (("worker", "2"),)) not in found

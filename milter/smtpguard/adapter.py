@@ -759,7 +759,14 @@ def _reload_once(app: App, reload: Callable[[], Runtime | None]) -> None:
     old = app.runtime
     app.swap(runtime)
     set_level(runtime.config.milter.log_level)
-    log.info("reloaded configuration from %s", runtime.config.file)
+    if runtime.generation:
+        log.info(
+            "reloaded configuration from %s (generation %d)",
+            runtime.config.file,
+            runtime.generation,
+        )
+    else:
+        log.info("reloaded configuration from %s", runtime.config.file)
     retire(old, runtime)
     resolver = old.services.dns
     if resolver is not None and resolver is not runtime.services.dns:

@@ -45,6 +45,9 @@ class Runtime:
     replies: ReplyTable
     services: Services
     pipeline: Pipeline
+    #: Under a supervisor, the reload it validated that this was built from (0: the
+    #: configuration the service started with): for the log and /metrics.
+    generation: int = 0
 
 
 def load(path: Path | str) -> Config:

@@ -85,7 +85,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -118,6 +118,7 @@ from smtpguard.state import RedisBlacklist, SharedSessionGate, SqliteBlacklist, 
 from smtpguard.workerwatch import (
     HEARTBEAT_INTERVAL,
     Flags,
+    Generations,
     Heartbeats,
     HookGroups,
     WorkersCollector,
@@ -387,9 +388,13 @@ class Supervisor:
         #: published; in a worker, the one its runtime was built from (0: the start's).
         self.published = SharedText(reload_bytes)
         self.generation = 0
+        #: In a worker, its number (0 in the supervisor).
+        self.number = 0
         self.workers = [Worker(n) for n in range(1, config.milter.workers + 1)]
         #: Mapped here, before any fork, like ``published``.
         self.heartbeats = Heartbeats(len(self.workers))
+        #: The generation each worker runs, for /metrics; mapped here, like ``published``.
+        self.generations = Generations(len(self.workers))
         #: Set by a worker whose metrics went off; mapped here, like ``published``.
         self.metrics_off = Flags(len(self.workers))
         #: The virus hook programs' process groups, per worker; mapped here too.
@@ -405,7 +410,9 @@ class Supervisor:
         self.stats = WorkerStats()
         self.reloads = ReloadStatus()
         if self.registry is not None:
-            self.registry.register(WorkersCollector(self.stats, self._pids, self.metrics_off.count))
+            self.registry.register(
+                WorkersCollector(self.stats, self._pids, self.metrics_off.count, self._generations)
+            )
             self.registry.register(self.reloads)
         #: The CPUs the service may use, read before any worker is bound to one.
         self.cpus = sorted(os.sched_getaffinity(0))
@@ -642,6 +649,16 @@ class Supervisor:
         """The running workers' pids (a dead one until it is reaped)."""
         return [w.pid for w in self.workers if w.pid]
 
+    def _generations(self) -> tuple[int, list[tuple[int, int]]]:
+        """The last generation published, and each running worker's (a slot read
+        while its worker wrote it is left out of this scrape)."""
+        running = [
+            (w.number, found)
+            for w in self.workers
+            if w.pid and (found := self.generations.get(w.number - 1)) is not None
+        ]
+        return self.generation, running
+
     # --- reload ------------------------------------------------------------------
 
     def _reload(self) -> None:
@@ -675,10 +692,11 @@ class Supervisor:
         # own from the same bytes, published before they are told. No session runs
         # here, so the old runtime's stores are closed at once.
         old = self.app.runtime
+        self.generation += 1
+        runtime = replace(runtime, generation=self.generation)
         self.app.swap(runtime)
         retire(old, runtime)
         set_level(runtime.config.milter.log_level)
-        self.generation += 1
         self.published.publish(self.generation, text)
         self._prepare_files()
         for worker in self.workers:
@@ -709,7 +727,9 @@ class Supervisor:
             # The supervisor built the same text and logged its notes: one voice.
             runtime = reloader(self.app, lambda: config, target, announce=False)()
         self.generation = generation
-        return runtime
+        if self.number:
+            self.generations.set(self.number - 1, generation)
+        return replace(runtime, generation=generation)
 
     # --- workers -----------------------------------------------------------------
 
@@ -738,6 +758,8 @@ class Supervisor:
         # The new worker's first heartbeat comes after its start: until then, the
         # start counts as one (not the heartbeat of the worker before it).
         self.heartbeats.set(worker.number - 1, time.monotonic())
+        # It inherits this process's runtime.
+        self.generations.set(worker.number - 1, self.generation)
         # Held across the fork: the child has this process's handlers until it puts the
         # defaults back, and a signal sent to it before then would be taken for one of
         # the supervisor's (the wake-up pipe is shared).
@@ -781,6 +803,7 @@ class Supervisor:
             self.http.socket.close()
         _die_with_parent(self.pid)
         _mark_worker(number)
+        self.number = number
         self.gate.bind(number - 1)
         self.hook_groups.bind(number - 1)
         record_groups_in(self.hook_groups)

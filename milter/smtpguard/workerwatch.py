@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -38,33 +38,50 @@ HEARTBEAT_INTERVAL: Final = 1.0
 RESTART_REASONS: Final = ("hung", "signal", "exit")
 
 
-class Heartbeats:
-    """One heartbeat slot per worker in anonymous shared memory (``MAP_SHARED``),
-    mapped before the first fork, so a worker restarted later writes where the
-    supervisor reads.
+class _Slots:
+    """One 8-byte slot per worker in anonymous shared memory (``MAP_SHARED``), mapped
+    before the first fork, so a worker restarted later writes where the supervisor
+    reads.
 
     No lock: a worker killed while holding one would silence the others. A slot is
-    one aligned 8-byte double that only its worker writes; a read that overlapped a
-    write could see half of each, so :meth:`last` takes a value only when two reads in
-    a row agree (a torn value would otherwise be taken for a stale heartbeat).
-    """
+    one aligned 8-byte value that only its worker (or the supervisor before forking
+    it) writes; a read that overlapped a write could see half of each, so
+    :meth:`_read` takes a value only when two reads in a row agree."""
 
-    _SLOT = struct.Struct("=d")
+    _SLOT: ClassVar[struct.Struct]
 
     def __init__(self, count: int) -> None:
         self.count = count
         self._map = mmap.mmap(-1, max(count, 1) * self._SLOT.size, flags=mmap.MAP_SHARED)
 
-    def set(self, index: int, when: float) -> None:
+    def _write(self, index: int, value: float) -> None:
         offset = index * self._SLOT.size
         # One slice assignment: struct.pack_into would write the bytes one by one.
-        self._map[offset : offset + self._SLOT.size] = self._SLOT.pack(when)
+        self._map[offset : offset + self._SLOT.size] = self._SLOT.pack(value)
+
+    def _read(self, index: int) -> Any:
+        """The slot's value, or None when a write was under way while reading."""
+        first = self._SLOT.unpack_from(self._map, index * self._SLOT.size)[0]
+        second = self._SLOT.unpack_from(self._map, index * self._SLOT.size)[0]
+        return first if first == second else None
+
+    def close(self) -> None:
+        self._map.close()
+
+
+class Heartbeats(_Slots):
+    """Each worker's last heartbeat (``time.monotonic``): a torn value would
+    otherwise be taken for a stale heartbeat."""
+
+    _SLOT = struct.Struct("=d")
+
+    def set(self, index: int, when: float) -> None:
+        self._write(index, when)
 
     def last(self, index: int) -> float | None:
         """The slot's time, or None when a write was under way while reading."""
-        first = self._SLOT.unpack_from(self._map, index * self._SLOT.size)[0]
-        second = self._SLOT.unpack_from(self._map, index * self._SLOT.size)[0]
-        return float(first) if first == second else None
+        found = self._read(index)
+        return None if found is None else float(found)
 
     def start(self, index: int) -> threading.Thread:
         """In a worker: beat into slot ``index`` from a daemon thread, until the
@@ -81,8 +98,23 @@ class Heartbeats:
         thread.start()
         return thread
 
-    def close(self) -> None:
-        self._map.close()
+
+class Generations(_Slots):
+    """The configuration generation each worker runs (0: the one the service started
+    with; the supervisor counts the reloads it validated): written by the supervisor
+    when it forks the worker (which inherits its runtime) and by the worker when it
+    applies a reload, read for ``/metrics`` (review rev155 F4: nothing showed whether
+    every worker had taken a reload)."""
+
+    _SLOT = struct.Struct("=q")
+
+    def set(self, index: int, generation: int) -> None:
+        self._write(index, generation)
+
+    def get(self, index: int) -> int | None:
+        """The slot's generation, or None when a write was under way while reading."""
+        found = self._read(index)
+        return None if found is None else int(found)
 
 
 @dataclass
@@ -202,10 +234,14 @@ class WorkersCollector:
         stats: WorkerStats,
         pids: Callable[[], Collection[int]],
         metrics_off: Callable[[], int] = lambda: 0,
+        generations: Callable[[], tuple[int, Collection[tuple[int, int]]]] = lambda: (0, ()),
     ) -> None:
         self.stats = stats
         self.pids = pids
         self.metrics_off = metrics_off
+        #: The generation the supervisor validated last, and (worker number, the
+        #: generation it runs) for each running worker.
+        self.generations = generations
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import (  # noqa: PLC0415 - optional dependency
@@ -234,6 +270,23 @@ class WorkersCollector:
             " sums here lack their counts from then on; the log says why)",
             value=self.metrics_off(),
         )
+        latest, running = self.generations()
+        yield GaugeMetricFamily(
+            "smtpguard_config_generation",
+            "Reloads the supervisor validated and handed to the workers (0: the"
+            " configuration the service started with)",
+            value=latest,
+        )
+        workers = GaugeMetricFamily(
+            "smtpguard_worker_config_generation",
+            "The configuration generation each running worker has applied (below"
+            " smtpguard_config_generation: that worker has not taken the last reload yet;"
+            " the log says why)",
+            labels=("worker",),
+        )
+        for number, generation in running:
+            workers.add_metric((str(number),), generation)
+        yield workers
         if not os.path.exists("/proc/self/stat"):
             return  # no /proc: nothing rather than a total that lacks the live workers
         live = [found for found in map(usage, self.pids()) if found is not None]
