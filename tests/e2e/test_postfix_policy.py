@@ -124,6 +124,28 @@ def test_two_domains_with_different_size_limits_each_get_their_own(
         assert_table(c.cmd("RCPT TO:<postmaster@example.com>"), "rcpt_limit")
 
 
+def test_the_sites_own_mail_to_two_domains_is_judged_at_their_strictest(
+    stack: tuple[Running, Postfix],
+) -> None:
+    """A host of ours (trusted_networks, Postfix's mynetworks) writing to both domains
+    is not split by a 451 (review rev153 F5), and relay.example named first does not
+    lift example.com's size limit for its copy (rev154 F1)."""
+    service, postfix = stack
+    ours = {"addr": "192.0.2.10", "name": "host.example.com", "helo": "host.example.com"}
+    body = b"\r\n" + (b"x" * 78 + b"\r\n") * 128  # 10 KB
+    for message, refused in ((HEADERS + body, True), (HEADERS + b"\r\nhello\r\n", False)):
+        with client(postfix, ours) as c:
+            assert c.cmd("MAIL FROM:<bob@example.com>").code == 250
+            assert c.cmd("RCPT TO:<someone@relay.example>").code == 250
+            assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+            answer = c.data(message)
+            if refused:
+                assert_table(answer, "message_too_long")
+            else:
+                assert answer.code == 250
+    assert "policy=relay.example+example.com" in service.log()
+
+
 def test_a_host_name_exemption_waits_when_postfixs_lookup_failed_for_now() -> None:
     """Review rev153 F1: without a resolver of its own smtpguard reads the client's
     name as Postfix confirmed it; a lookup that failed for now ({client_resolve} TEMP,
