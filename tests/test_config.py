@@ -48,6 +48,16 @@ def test_empty_file_means_defaults(tmp_path: Path) -> None:
     )
 
 
+def test_a_sites_own_part_of_a_nat64_prefix_may_be_trusted(tmp_path: Path) -> None:
+    """Its /24 of IPv4 as the translator presents it (a /120), as IPv4's /24 may be."""
+    text = "[site]\ntrusted_networks = ['64:ff9b::c000:200/120', '64:ff9b:1::c000:200/120']\n"
+    config = load_config(write_config(tmp_path, text))
+    assert config.site.trusted_networks == (
+        ipaddress.ip_network("64:ff9b::c000:200/120"),
+        ipaddress.ip_network("64:ff9b:1::c000:200/120"),
+    )
+
+
 def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
     """Client addresses arrive unmapped (::ffff:192.0.2.5 is judged as 192.0.2.5), so
     the configured ones are unmapped too, or they would match nothing."""
@@ -137,6 +147,17 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "[site]\ntrusted_networks = ['2001::/32']\n",
             "site.trusted_networks",
             "overlaps 2001::/32",
+        ),
+        # Review rev156 F10: behind NAT64 every IPv4 host arrives from these.
+        (
+            "[site]\ntrusted_networks = ['64:ff9b::/96']\n",
+            "site.trusted_networks",
+            "overlaps 64:ff9b::/96",
+        ),
+        (
+            "[site]\ntrusted_networks = ['64:ff9b:1:2::/64']\n",
+            "site.trusted_networks",
+            "overlaps 64:ff9b:1::/48",
         ),
         ("[site]\ntrusted_networks = ['fc00::/6']\n", "site.trusted_networks", "larger than a /16"),
         ("[site]\ntrusted_networks = ['0.0.0.0/1']\n", "site.trusted_networks", "larger than a /8"),

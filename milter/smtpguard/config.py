@@ -1444,9 +1444,14 @@ _SHORTEST_TRUSTED: Final = {4: 8, 6: 16}
 _ULA: Final = ipaddress.IPv6Network("fc00::/7")
 #: IPv6 ranges that embed IPv4 addresses (6to4, RFC 3056: a site's own is a /48 of
 #: it; Teredo, RFC 4380): trusting more of one trusts IPv4 hosts anywhere (rev71).
+#: Behind NAT64 (RFC 6052's well-known prefix, RFC 8215's local-use one) every IPv4
+#: host arrives from the prefix, its address in the low bits: no more than a /104 (a
+#: /8 of IPv4, as for IPv4 itself; review rev156 F10: 64:ff9b::/96 trusted IPv4).
 _EMBEDS_IPV4: Final = (
     (ipaddress.IPv6Network("2002::/16"), 48),
     (ipaddress.IPv6Network("2001::/32"), 128),
+    (ipaddress.IPv6Network("64:ff9b::/96"), 104),
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), 104),
 )
 
 
