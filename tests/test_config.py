@@ -148,6 +148,24 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "site.trusted_networks",
             "overlaps 2001::/32",
         ),
+        # Review rev156 F1: a clean message scores 0, and was refused for good.
+        (
+            "[antispam]\nadd_header_score = 0\nreject_score = 0\n",
+            "antispam.add_header_score",
+            "must be above 0, got 0: a message no rule matched scores 0, and every such"
+            " message would be flagged as spam",
+        ),
+        (
+            "[antispam]\nadd_header_score = -5\nreject_score = -1\n",
+            "antispam.add_header_score",
+            "must be above 0, got -5",
+        ),
+        (
+            "[site]\nlocal_domains = ['example.com']\n"
+            "[domain.'example.com']\nreject_score = 0.0\nadd_header_score = 0.5\n",
+            'domain."example.com".reject_score',
+            "every such message would be refused",
+        ),
         # Review rev156 F10: behind NAT64 every IPv4 host arrives from these.
         (
             "[site]\ntrusted_networks = ['64:ff9b::/96']\n",

@@ -1124,10 +1124,7 @@ def _domains(
             if mode != default.mode:
                 overrides[check] = mode
         modes.done()
-        add_header = s.number("add_header_score", antispam.add_header_score, minimum=-1e9)
-        reject = s.number("reject_score", antispam.reject_score, minimum=-1e9)
-        if reject < add_header:
-            raise s.error("reject_score", "must not be below add_header_score")
+        add_header, reject = _spam_thresholds(s, antispam)
         out[key] = DomainPolicy(
             domain=domain,
             languages=languages,
@@ -1196,12 +1193,34 @@ def _virus(s: _Section) -> VirusConfig:
     return out
 
 
+def _spam_thresholds(s: _Section, d: AntispamConfig) -> tuple[float, float]:
+    """``add_header_score`` and ``reject_score`` of ``s`` (``d``: the defaults).
+
+    Above 0: a message no rule matched scores 0, so a threshold of 0 (which elsewhere
+    here means "off") flagged or refused every clean message, for good (review rev156
+    F1). Rules with negative scores lower a score; they do not make 0 a spam score."""
+    add_header = s.number("add_header_score", d.add_header_score, minimum=-1e9)
+    reject = s.number("reject_score", d.reject_score, minimum=-1e9)
+    for key, value in (("add_header_score", add_header), ("reject_score", reject)):
+        if value <= 0:
+            raise s.error(
+                key,
+                f"must be above 0, got {_plain(value)}: a message no rule matched scores 0,"
+                " and every such message would be "
+                + ("flagged as spam" if key == "add_header_score" else "refused"),
+            )
+    if reject < add_header:
+        raise s.error("reject_score", "must not be below add_header_score")
+    return add_header, reject
+
+
 def _antispam(s: _Section) -> AntispamConfig:
     d = AntispamConfig()
+    add_header, reject = _spam_thresholds(s, d)
     out = AntispamConfig(
         rules=s.path("rules", str(default_rules_dir() / "antispam.toml")),
-        add_header_score=s.number("add_header_score", d.add_header_score, minimum=-1e9),
-        reject_score=s.number("reject_score", d.reject_score, minimum=-1e9),
+        add_header_score=add_header,
+        reject_score=reject,
         flag_header=s.string("flag_header", d.flag_header),
         score_header=s.string("score_header", d.score_header),
         status_headers=s.boolean("status_headers", d.status_headers),
@@ -1220,8 +1239,6 @@ def _antispam(s: _Section) -> AntispamConfig:
     for key in ("flag_header", "score_header"):
         if not HEADER_NAME.match(getattr(out, key)):
             raise s.error(key, "not a header field name")
-    if out.reject_score < out.add_header_score:
-        raise s.error("reject_score", "must not be below add_header_score")
     return out
 
 
