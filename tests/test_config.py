@@ -148,6 +148,14 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "site.trusted_networks",
             "overlaps 2001::/32",
         ),
+        # Review rev156 F2: they loaded and failed at the start or at every message.
+        ('[state]\npath = "/tmp/st\\u0000ate.sqlite"\n', "state.path", "NUL character"),
+        ('[milter]\nsocket_group = "mail\\u0000"\n', "milter.socket_group", "NUL character"),
+        (
+            "[virus]\nbackend = 'command'\ncommand = ['/bin/true', \"a\\u0000b\"]\n",
+            "virus.command[1]",
+            "NUL character",
+        ),
         # Review rev156 F1: a clean message scores 0, and was refused for good.
         (
             "[antispam]\nadd_header_score = 0\nreject_score = 0\n",
@@ -271,6 +279,17 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_invalid_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(write_config(tmp_path, "[milter\n"))
+
+
+@pytest.mark.parametrize(
+    "nested", ["x = " + "[" * 5000 + "]" * 5000, "x = " + "{a=" * 3000 + "1" + "}" * 3000]
+)
+def test_toml_nested_beyond_the_parsers_depth_is_a_config_error(
+    tmp_path: Path, nested: str
+) -> None:
+    """Review rev156 F5: a RecursionError traceback from tomllib."""
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load(write_config(tmp_path, nested + "\n"))
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,14 @@ class _Section:
             raise self.error(name, f"expected {what}, got a boolean")
         if not isinstance(value, kind):
             raise self.error(name, f"expected {what}, got {type(value).__name__}")
+        # No setting has a use for a NUL (TOML's "\u0000"); paths and names holding one
+        # loaded and failed at the start, or at every message (review rev156 F2).
+        if isinstance(value, str) and "\0" in value:
+            raise self.error(name, "must not contain a NUL character")
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, str) and "\0" in item:
+                    raise self.error(f"{name}[{index}]", "must not contain a NUL character")
         return cast(_T, value)
 
     def string(self, name: str, default: str) -> str:

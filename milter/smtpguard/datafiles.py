@@ -184,6 +184,11 @@ def parse_toml(path: Path, data: bytes, error: type[ConfigError] = ConfigError) 
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(path, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib's parser recurses per level of nested arrays and inline tables: a
+        # few thousand levels were a traceback (review rev156 F5). No file of ours
+        # nests more than a handful.
+        raise error(path, "", "not valid TOML here: arrays or tables nested too deeply") from None
 
 
 def toml_table(file: Path, key: str, value: Any) -> dict[str, Any]:
