@@ -4,6 +4,8 @@ checks' defaults, and errors that name the file and the dotted key."""
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,33 @@ def test_sample_config_documents_the_dns_defaults() -> None:
         "[spf]",
     ):
         assert key in text
+
+
+def test_system_nameservers_without_any_is_a_config_error(tmp_path: Path) -> None:
+    """Review rev156 F3: ``nameservers = ["system"]`` with a resolv.conf that lists no
+    nameserver was dnspython's traceback at check-config and at the start. Played in a
+    mount namespace of its own, where an empty file stands in for /etc/resolv.conf."""
+    empty = tmp_path / "resolv.conf"
+    empty.write_text("# no nameserver\nsearch example.com\n")
+    config = write_config(tmp_path, "[dns]\nnameservers = ['system']\n")
+    script = (
+        f"mount --bind {empty} /etc/resolv.conf && "
+        f"{sys.executable} -m smtpguard check-config --offline {config}"
+    )
+    try:
+        result = subprocess.run(
+            ["unshare", "--mount", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except FileNotFoundError:
+        pytest.skip("no unshare(1) here")
+    if "mount" in result.stderr and result.returncode != 1:
+        pytest.skip(f"no mount namespace here: {result.stderr.strip()}")
+    assert "Traceback" not in result.stderr
+    assert f'{config}: dns.nameservers: "system": no nameserver in /etc/resolv.conf' in (
+        result.stdout + result.stderr
+    )
+    assert result.returncode == 1

@@ -25,7 +25,7 @@ from smtpguard.counters import (
     redis_client,
 )
 from smtpguard.directory import Directory, NoDirectory, SqliteDirectory
-from smtpguard.dns import Resolver, make_resolver
+from smtpguard.dns import NoNameserver, Resolver, make_resolver
 from smtpguard.metrics import Metrics, NullMetrics
 from smtpguard.pipeline import CHECK_NAMES, Pipeline
 from smtpguard.replies import ReplyTable, load_replies
@@ -81,15 +81,20 @@ def build_runtime(
         and previous.config.dns == config.dns
     ):
         dns = previous.services.dns
+    if metrics is None:
+        metrics = previous.services.metrics if previous is not None else NullMetrics()
+    if dns is None and config.dns.enabled:
+        # Before the stores are opened: a refusal here leaves nothing open. The
+        # resolver itself opens no socket before its first lookup.
+        try:
+            dns = make_resolver(config.dns, metrics)
+        except NoNameserver as exc:
+            raise ConfigError(config.file, "dns.nameservers", str(exc)) from None
     replies = load_replies(config.replies, config.file)
     if directory is None:
         directory = _directory(config)
     if blacklist is None:
         blacklist = _kept_blacklist(config, previous) or make_blacklist(config)
-    if metrics is None:
-        metrics = previous.services.metrics if previous is not None else NullMetrics()
-    if dns is None and config.dns.enabled:
-        dns = make_resolver(config.dns, metrics)
     counter = _kept_counter(config, previous) or make_counter(config)
     services = Services(
         config=config,

@@ -1196,8 +1196,17 @@ def dnsbl_name(ip: IPAddress, zone: str) -> str:
 
 
 def system_nameservers() -> list[str]:
-    """The nameservers of /etc/resolv.conf (``nameservers = ["system"]``)."""
-    return [str(ns) for ns in dns.resolver.Resolver(configure=True).nameservers]
+    """The nameservers of /etc/resolv.conf (``nameservers = ["system"]``); none when it
+    lists none or cannot be read (dnspython raises then: a traceback at the start,
+    review rev156 F3)."""
+    try:
+        return [str(ns) for ns in dns.resolver.Resolver(configure=True).nameservers]
+    except (dns.resolver.NoResolverConfiguration, OSError):
+        return []
+
+
+class NoNameserver(ValueError):
+    """``nameservers = ["system"]`` and /etc/resolv.conf lists none."""
 
 
 class Completed(Generic[_T]):
@@ -1239,6 +1248,8 @@ def make_resolver(config: DnsConfig, metrics: Metrics | None = None) -> Resolver
     servers = list(config.nameservers)
     if servers == ["system"]:
         servers = system_nameservers()
+        if not servers:
+            raise NoNameserver('"system": no nameserver in /etc/resolv.conf')
     transport = UdpTransport(servers, config.port, config.timeout)
     return Resolver(
         transport,
