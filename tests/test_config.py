@@ -156,6 +156,10 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "virus.command[1]",
             "NUL character",
         ),
+        # Review rev156 F4: a traceback at the start (it names a file too).
+        ("[state]\nredis_prefix = 'a/b'\n", "state.redis_prefix", "'a/b': 1 to 64 letters"),
+        ("[state]\nredis_prefix = ''\n", "state.redis_prefix", "1 to 64 letters"),
+        ("[state]\nredis_prefix = 'mx*'\n", "state.redis_prefix", "1 to 64 letters"),
         # Review rev156 F1: a clean message scores 0, and was refused for good.
         (
             "[antispam]\nadd_header_score = 0\nreject_score = 0\n",

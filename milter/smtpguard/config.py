@@ -2002,7 +2002,18 @@ def _state(s: _Section) -> StateConfig:
         redis_blacklist_required=s.boolean("redis_blacklist_required", d.redis_blacklist_required),
     )
     s.done()
+    if not _REDIS_PREFIX.fullmatch(out.redis_prefix):
+        # It names keys (and an ACL's key pattern, where * ? [ are globs) and a file
+        # beside state.path: a "/" in it was a traceback at the start (review rev156 F4).
+        raise s.error(
+            "redis_prefix",
+            f"{out.redis_prefix!r}: 1 to 64 letters, digits and . _ : - (it names Redis keys"
+            " and a file beside state.path)",
+        )
     return out
+
+
+_REDIS_PREFIX: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def _redis_url(s: _Section, name: str, default: str) -> str:
