@@ -156,6 +156,17 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "virus.command[1]",
             "NUL character",
         ),
+        # Review rev156 F9: loaded, then could not be bound.
+        (
+            "[milter]\nsocket = 'inet:8891@[::1]'\n",
+            "milter.socket",
+            "[::1] is an IPv6 address, and inet: listens on IPv4: write inet6:8891@[::1]",
+        ),
+        (
+            "[milter]\nsocket = 'inet6:8891@127.0.0.1'\n",
+            "milter.socket",
+            "127.0.0.1 is an IPv4 address, and inet6: listens on IPv6: write inet:8891@127.0.0.1",
+        ),
         # Review rev156 F4: a traceback at the start (it names a file too).
         ("[state]\nredis_prefix = 'a/b'\n", "state.redis_prefix", "'a/b': 1 to 64 letters"),
         ("[state]\nredis_prefix = ''\n", "state.redis_prefix", "1 to 64 letters"),

@@ -1422,6 +1422,21 @@ def _check_socket_port(s: _Section, socket: str) -> None:
             f"the port must be a number from 1 to 65535, got {port!r}"
             f" ({kind}:PORT or {kind}:PORT@HOST, e.g. {kind}:8891@127.0.0.1)",
         )
+    # libmilter resolves the host in the socket's family: an address of the other one
+    # loaded and then could not be bound (review rev156 F9).
+    host = rest.partition("@")[2]
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return  # a host name (or none): looked up when the socket is opened
+    wanted = {"inet": 4, "inet6": 6}.get(kind)
+    if wanted is not None and address.version != wanted:
+        fixed = f"inet6:{port}@[{address}]" if wanted == 4 else f"inet:{port}@{address}"
+        raise s.error(
+            "socket",
+            f"{host} is an IPv{address.version} address, and {kind}: listens on IPv{wanted}:"
+            f" write {fixed}",
+        )
 
 
 def _dns_name(name: str, *, allow_utf8: bool = True) -> bool:
