@@ -156,6 +156,18 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "virus.command[1]",
             "NUL character",
         ),
+        # Review rev156 F7: a second From: on every local message.
+        (
+            "[content]\nloop_marker = 'From'\nadd_loop_marker = true\n",
+            "content.loop_marker",
+            "'From' is already a message field of RFC 5322 or MIME (From)",
+        ),
+        (
+            "[milter]\nreport_header = 'received'\n",
+            "milter.report_header",
+            "'received' is already a message field of RFC 5322 or MIME (Received)",
+        ),
+        ("[antispam]\nflag_header = 'Subject'\n", "antispam.flag_header", "(Subject)"),
         # Review rev156 F9: loaded, then could not be bound.
         (
             "[milter]\nsocket = 'inet:8891@[::1]'\n",

@@ -2355,6 +2355,45 @@ def _require_one_policy_per_transaction(
 _WRITTEN_FIELDS: Final = (AUTH_RESULTS, STATUS_FIELD, REPORT_FIELD)
 
 
+#: Fields a message has of its own (RFC 5322 §3.6, MIME's, the delivery's): no field
+#: smtpguard adds may take one of their names.
+_MESSAGE_FIELDS: Final = (
+    "Date",
+    "From",
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Subject",
+    "Comments",
+    "Keywords",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Bcc",
+    "Resent-Message-ID",
+    "Return-Path",
+    "Received",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+    "Content-ID",
+    "Content-Description",
+    "Delivered-To",
+    "DKIM-Signature",
+    "ARC-Seal",
+    "ARC-Message-Signature",
+    "ARC-Authentication-Results",
+)
+
+
 def _require_distinct_fields(
     root: _Section, milter: MilterConfig, antispam: AntispamConfig, content: ContentConfig
 ) -> None:
@@ -2369,6 +2408,10 @@ def _require_distinct_fields(
         ("content.loop_marker", content.loop_marker),
     ]
     taken = {name.lower(): f"a field smtpguard writes ({name})" for name in _WRITTEN_FIELDS}
+    # Review rev156 F7: loop_marker = "From" gave every local message a second From:
+    # (RFC 5322 §3.6 allows one), which breaks DKIM and DMARC.
+    for name in _MESSAGE_FIELDS:
+        taken.setdefault(name.lower(), f"a message field of RFC 5322 or MIME ({name})")
     for key, name in named:
         if not name:
             continue
