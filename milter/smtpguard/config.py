@@ -1662,7 +1662,7 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
     for index, entry in enumerate(s.strings("sender_deny")):
         key = f"sender_deny[{index}]"
         if is_deny_pattern(entry):
-            _regex(s, key, entry[1:-1], ignore_case=False)
+            _regex(s, key, entry[1:-1], ignore_case=True)
             sender_deny.append(entry)
         else:
             # Stripped: " spam.example" would never equal a domain.

@@ -146,6 +146,19 @@ def test_address_entry_wins_over_pattern(make_services: ServicesFactory) -> None
     assert verdict == Hit("host_denies_sender", "address bad@example.org denied")
 
 
+@pytest.mark.parametrize("sender", ["Promo-1@bulk.example", "promo-1@BULK.example"])
+def test_a_pattern_written_with_capitals_matches(
+    make_services: ServicesFactory, sender: str
+) -> None:
+    """Review rev156 F8: searched case-sensitively in the lower-cased address, it
+    loaded and never matched."""
+    check = SenderDeny(make_services(policy={"sender_deny": ["/^Promo-[0-9]+@/"]}))
+    assert check(make_conn(sender=sender), Event()) == Hit(
+        "host_denies_sender", "pattern /^Promo-[0-9]+@/"
+    )
+    assert check(make_conn(sender="promotion@bulk.example"), Event()) is None
+
+
 def test_empty_deny_list_passes_everyone(make_services: ServicesFactory) -> None:
     check = SenderDeny(make_services())
     assert check(make_conn(sender="anyone@anywhere.example"), Event()) is None

@@ -40,7 +40,7 @@ class SenderDeny:
 
     Entries: ``user@example.com`` (exact, case-insensitive), ``example.com`` (the domain
     and its subdomains), ``@example.com`` (the domain only), ``/pattern/`` (RE2,
-    searched in the lower-cased address; the config loader has refused any that does
+    searched case-insensitively in the lower-cased address; the config loader has refused any that does
     not compile). Both sides are compared in their canonical form
     (:attr:`~smtpguard.address.Address.canonical`), so a quoted local part
     (``"user"@example.com``) is the same sender as the unquoted one, and a domain
@@ -64,7 +64,9 @@ class SenderDeny:
         patterns = []
         for entry in services.config.policy.sender_deny:
             if is_deny_pattern(entry):
-                patterns.append(compile_pattern(entry[1:-1]))
+                # Case-insensitive: the address is lower-cased, so /^Promo-/ written
+                # case-sensitively loaded and never matched (review rev156 F8).
+                patterns.append(compile_pattern(entry[1:-1], ignore_case=True))
             elif entry.startswith("@"):
                 self.exact_domains.add(canonical_domain(entry[1:]))
             elif "@" in entry:
