@@ -288,6 +288,9 @@ def test_refused_pattern_names_file_and_rule(tmp_path: Path) -> None:
         ('[[rules]]\nname = "R"\n', "rules", "unknown key"),
         ("rule = 3\n", "rule", "[[rule]] tables"),
         ("[[rule\n", "", "not valid TOML"),
+        # Review rev156 F11: an empty or cut file switched the scoring off silently.
+        ("", "rule", "no [[rule]] tables"),
+        ("# only comments\n", "rule", "the built-in scoring would do nothing"),
     ],
 )
 def test_rule_file_errors(tmp_path: Path, text: str, key: str, message: str) -> None:

@@ -128,6 +128,16 @@ def _load_rules(path: Path) -> list[Rule]:
             raise RuleError(path, f"rule[{index}] ({rule.name}).name", "duplicate rule name")
         names.add(rule.name)
         rules.append(rule)
+    if not rules:
+        # An empty or truncated file (a deploy cut short) switched the built-in scoring
+        # off without a word (review rev156 F11).
+        raise RuleError(
+            path,
+            "rule",
+            "no [[rule]] tables: the built-in scoring would do nothing (keep at least the"
+            " shipped GTUBE rule, which tests the whole chain, or set"
+            ' checks.antispam.mode = "off")',
+        )
     return rules
 
 
