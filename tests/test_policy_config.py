@@ -398,7 +398,13 @@ def test_unsafe_domain_tables_are_refused(
             'domain."big.example".checks.blacklist.mode',
             "decided at MAIL FROM or before",
         ),
-        ("[domain.'big.example']\nlanguages = ['fr']\n", 'domain."big.example".languages', "fr"),
+        # The message alone: not the config's file and replies.languages again, which
+        # read as if that key were wrong (review rev156 F6).
+        (
+            "[domain.'big.example']\nlanguages = ['fr']\n",
+            'domain."big.example".languages',
+            "domain.\"big.example\".languages: 'fr' is in no row of ",
+        ),
     ],
 )
 def test_check_config_refuses_what_the_pipeline_cannot_do(

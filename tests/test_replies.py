@@ -283,8 +283,19 @@ def test_ascii_rendering_drops_non_ascii_hints() -> None:
     ],
 )
 def test_help_url_is_checked_like_the_table(url: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        load_replies(policy(help_url=url))
+    with pytest.raises(ConfigError, match=message) as err:
+        load_replies(policy(help_url=url), "/etc/sg.toml")
+    # Review rev156 F6: the shipped table was named, which the operator never touched.
+    assert (err.value.file, err.value.key) == ("/etc/sg.toml", "replies.help_url")
+
+
+def test_an_override_too_long_once_rendered_names_the_override() -> None:
+    """Review rev156 F6: its hint, within the limit alone, made a line over it with the
+    code and the enhanced code, and the error named the table."""
+    long = ReplyOverride(text={"en": "x" * 485})
+    with pytest.raises(ConfigError, match="over 490 bytes") as err:
+        load_replies(policy(overrides={"rbl_deny": long}), "/etc/sg.toml")
+    assert (err.value.file, err.value.key) == ("/etc/sg.toml", "replies.override.rbl_deny")
 
 
 def test_help_url_with_doubled_percent_is_sent_once() -> None:

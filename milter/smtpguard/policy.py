@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 from smtpguard.address import (
     Address,
@@ -493,10 +494,13 @@ class Policy:
             try:
                 out[key] = load_replies(policy, self.config.file)
             except ConfigError as exc:
+                # The config's own file and key (replies.languages) would read as if
+                # that key were wrong (review rev156 F6); the table's are worth naming.
+                ours = Path(exc.file) == Path(self.config.file)
                 raise ConfigError(
                     self.config.file,
                     f'domain."{domain.domain}".languages',
-                    f"{exc.file}: {exc.key}: {exc.message}",
+                    exc.message if ours else f"{exc.file}: {exc.key}: {exc.message}",
                 ) from None
         return out
 

@@ -207,16 +207,28 @@ def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTa
     # The rendered replies are what setreply gets: check them whole, hint and help
     # URL lines included, in both renderings.
     for (reply_id, utf8), reply in table._rendered.items():
-        for line in reply.lines:
+        for line, wire in zip(reply.lines, reply.wire_lines(), strict=True):
             problem = _line_problem(line, ascii_only=not utf8)
+            if not problem and len(wire.encode()) > MAX_LINE_BYTES:
+                problem = f"over {MAX_LINE_BYTES} bytes"
             if problem:
-                raise ConfigError(file, reply_id, f"rendered line {line[:60]!r}: {problem}")
-        for line in reply.wire_lines():
-            if len(line.encode()) > MAX_LINE_BYTES:
-                raise ConfigError(
-                    file, reply_id, f"rendered line is over {MAX_LINE_BYTES} bytes: {line[:60]!r}"
-                )
+                where, key = _whose_line(line, reply_id, policy, file, config_file)
+                raise ConfigError(where, key, f"rendered line {line[:60]!r}: {problem}")
     return table
+
+
+def _whose_line(
+    line: str, reply_id: str, policy: RepliesConfig, file: Path, config_file: Path | str
+) -> tuple[Path | str, str]:
+    """Which file and key a rendered line with a problem comes from: the config's help
+    URL or override, or the table's row (review rev156 F6: the table was blamed for
+    what the config added to it)."""
+    config = config_file or "config"
+    if policy.help_url and line == policy.help_url.format(id=reply_id):
+        return config, "replies.help_url"
+    if reply_id in policy.overrides:
+        return config, f"replies.override.{reply_id}"
+    return file, reply_id
 
 
 def read_rows(file: Path, languages: Iterable[str] = ("en", "zh")) -> dict[str, Row]:
