@@ -40,8 +40,8 @@ class SenderDeny:
 
     Entries: ``user@example.com`` (exact, case-insensitive), ``example.com`` (the domain
     and its subdomains), ``@example.com`` (the domain only), ``/pattern/`` (RE2,
-    searched case-insensitively in the lower-cased address; the config loader has refused any that does
-    not compile). Both sides are compared in their canonical form
+    searched case-insensitively in the lower-cased address; the config loader has
+    refused any that does not compile). Both sides are compared in their canonical form
     (:attr:`~smtpguard.address.Address.canonical`), so a quoted local part
     (``"user"@example.com``) is the same sender as the unquoted one, and a domain
     written with U-labels (``bücher.example``) the same as its A-labels
