@@ -276,6 +276,21 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
             "Postfix: run `smtpguard postfix-config` and reload it, main.cf still passes",
         ),
         ("[checks.nosuch]\nmode = 'off'\n", "checks.nosuch", "unknown check"),
+        (
+            "[milter]\nsocket = 'inet:9357@127.0.0.1'\n[metrics]\nenabled = true\nport = 9357\n",
+            "metrics.port",
+            "9357 is the milter socket's port too (milter.socket)",
+        ),
+        (
+            "[virus]\nbackend = 'command'\ncommand = ['', '-']\n",
+            "virus.command[0]",
+            "the program's name is empty",
+        ),
+        (
+            "[checks.hleo]\nmode = 'off'\n",
+            "checks.hleo",
+            "unknown check 'hleo' (did you mean 'helo'?)",
+        ),
         ("unknown_section = 1\n", "unknown_section", "unknown key"),
         ("milter = 1\n", "milter", "expected a table"),
     ],
