@@ -307,6 +307,24 @@ def test_an_aborted_transaction_drops_its_collected_fields(runtime: Runtime) -> 
     d.close()
 
 
+def test_a_message_without_a_transaction_is_deferred(runtime: Runtime) -> None:
+    """Review rev157 F1: a transaction reset by a lost step left a message that no
+    check had seen, and end of message answered "continue" (an accept)."""
+    d = SessionDriver(runtime, SessionGate(10), POSTFIX.get, Once(), batch_headers=True)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    d.abort()
+    d.header("Subject", "no transaction")
+    d.body(b"text\r\n")
+    decision = d.eom()
+    assert decision.action is Action.TEMPFAIL
+    assert decision.reply is not None
+    assert decision.reply.reply_id == "internal_error"
+    d.close()
+
+
 @pytest.mark.parametrize("batch", [True, False])
 def test_a_flood_of_header_fields_is_not_kept_nor_judged(tmp_path: Path, batch: bool) -> None:
     """Past limits.max_header_fields nothing is stored (800,000 fields took 10 s of CPU

@@ -111,3 +111,29 @@ def test_a_login_that_is_not_utf8_is_an_unknown_login(service: Running) -> None:
         s.conn.sock.sendall(len(packet).to_bytes(4, "big") + packet)
         assert_reply(s.mail("<jorg@example.com>"), "auth_error_perm")
     assert "macro {auth_authen} is not valid UTF-8" in service.log()
+
+
+def test_an_unknown_command_that_is_not_utf8_leaves_the_transaction_alone(
+    service: Running,
+) -> None:
+    """Review rev157 F1: pymilter decoded an SMFIC_UNKNOWN strictly, and the failure was
+    taken for an undecodable HELO name, which reset the transaction between RCPT and
+    DATA; the message after it was accepted unjudged, with no summary line. No MTA
+    sends one (SMFIP_NOUNKNOWN); libmilter now answers it itself."""
+    with service.session() as s:
+        assert_pass(s.connect())
+        assert_pass(s.helo("mail.sender.example"))
+        assert_pass(s.mail("<unknown-cmd@sender.example>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        # SMFIC_UNKNOWN is "U" (libmilter's mfdef.h), which miltertest does not name.
+        assert_pass(s._raw(b"UXYZZY \xff\0", 0))
+        final, _mods, _early = s.message([("Subject", "hi")], "hello\r\n")
+        assert_pass(final)
+    log = service.log()
+    assert "HELO name is not UTF-8" not in log
+    (summary,) = [
+        line
+        for line in log.splitlines()
+        if "unknown-cmd@sender.example" in line and " summary " in line
+    ]
+    assert "outcome=accept" in summary

@@ -445,7 +445,10 @@ def _register(config: MilterConfig) -> None:
     milter.register(
         config.name,
         data=_dispatch("data"),
-        unknown=_dispatch("unknown"),
+        # None: libmilter answers an unknown command itself (SMFIP_NOUNKNOWN asks the
+        # MTA not to send one). pymilter's glue decoded it strictly first, and a
+        # failure there was taken for an undecodable HELO name (review rev157 F1).
+        unknown=None,
         negotiate=_dispatch("negotiate", Milter.negotiate_callback),
     )
 

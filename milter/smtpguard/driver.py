@@ -337,6 +337,16 @@ class SessionDriver:
         return self.rt.pipeline.run(Stage.BODY, self.conn, Event(chunk=chunk))
 
     def eom(self) -> Decision:
+        if self.conn.txn is None:
+            # A message with no MAIL FROM behind it: no MTA sends one, but a step we
+            # lost (review rev157 F1: an undecodable SMFIC_UNKNOWN taken for HELO
+            # reset the transaction) left a message no check had seen, which
+            # "continue" accepted with no summary line.
+            log.warning(
+                "sid=%s end of message without a transaction (MAIL FROM lost?): tempfail",
+                self.conn.session_id,
+            )
+            return self.internal_error(Stage.EOM)
         self._queue_id()
         self._flush_headers()
         return self.rt.pipeline.run(Stage.EOM, self.conn)
