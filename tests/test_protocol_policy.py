@@ -547,6 +547,25 @@ def test_the_sites_own_mail_to_two_domains_is_judged_at_their_strictest(
     assert f"policy={tables}" in summary
 
 
+def test_a_dry_run_reports_what_any_recipients_table_would_refuse(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A dry run does not split a stranger's transaction by tables: judged under the
+    first recipient's table alone, example.com (antispam off) named first hid spam
+    that relay.example refuses; combined, the summary says what enforcing would do."""
+    lax = merge(DOMAINS, {"domain": {"example.com": {"checks": {"antispam": {"mode": "off"}}}}})
+    extra = merge(lax, {"milter": {"dry_run": True}})
+    with running(make_site(tmp_path_factory.mktemp("dry-domains"), extra)) as svc:
+        final, _early = send(
+            svc, ["alice@example.com", "someone@relay.example"], "buy now\r\n" + GTUBE
+        )
+        assert_pass(final)
+        summary = [line for line in svc.log().splitlines() if " summary " in line][-1]
+    assert "policy=example.com+relay.example" in summary
+    assert "would=" in summary
+    assert "antispam_reject" in summary.partition("would=")[2]
+
+
 def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
     result = smtpguard(
         per_domain.site,
