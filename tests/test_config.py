@@ -277,7 +277,7 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ),
         ("[checks.nosuch]\nmode = 'off'\n", "checks.nosuch", "unknown check"),
         (
-            "[milter]\nsocket = 'inet:9357@127.0.0.1'\n[metrics]\nenabled = true\nport = 9357\n",
+            "[milter]\nsocket = 'inet:09357@127.0.0.1'\n[metrics]\nenabled = true\nport = 9357\n",
             "metrics.port",
             "9357 is the milter socket's port too (milter.socket)",
         ),

@@ -1170,7 +1170,9 @@ def _metrics(s: _Section, milter: MilterConfig) -> MetricsConfig:
         )
     kind, _, rest = milter.socket.partition(":")
     port, _, host = rest.partition("@")
-    if out.enabled and kind in ("inet", "inet6") and port == str(out.port):
+    # As libmilter reads it (atoi: "023291" is 23291); _check_socket_port has refused
+    # what is no number.
+    if out.enabled and kind in ("inet", "inet6") and port.isdigit() and int(port) == out.port:
         try:
             hosts = (ipaddress.ip_address(host.strip("[]")), ipaddress.ip_address(out.listen))
             apart = hosts[0] != hosts[1] and not any(h.is_unspecified for h in hosts)

@@ -550,7 +550,7 @@ def backend_problems(
         found += _rspamd(config.antispam.engine_socket, config.antispam.engine_timeout)
     if config.state.backend == "redis":
         found += _redis(config)
-    if config.dns.enabled:
+    if config.dns.enabled and "dns.nameservers" not in skip:
         found += _nameservers(config)
     return [ConfigError(config.file, key, message) for key, message in found]
 

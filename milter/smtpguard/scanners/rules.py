@@ -135,8 +135,9 @@ def _load_rules(path: Path) -> list[Rule]:
             path,
             "rule",
             "no [[rule]] tables: the built-in scoring would do nothing (keep at least the"
-            " shipped GTUBE rule, which tests the whole chain, or set"
-            ' checks.antispam.mode = "off")',
+            ' shipped GTUBE rule, which tests the whole chain: with engine = "rspamd" a'
+            " file with that rule alone leaves the scoring to rspamd; without an engine,"
+            ' checks.antispam.mode = "off" turns the check off)',
         )
     return rules
 
