@@ -542,6 +542,10 @@ def test_an_outage_of_writes_ends_with_a_write(
     admin.close()
 
 
+#: A take-back timer that does not run within a test: what the next call takes back.
+NEXT_CALL_ONLY = 3600.0
+
+
 def timed_out(server: RedisServer, call: Callable[[], object]) -> None:
     """``call`` while Redis hangs (SIGSTOP): it times out, and Redis runs it when it
     resumes."""
@@ -563,7 +567,11 @@ def test_a_hit_that_timed_out_is_taken_back_by_the_next_call(
     taken back after the next call, that retry still saw it. Not with take_back off
     (on_redis_error = "local": the message was counted locally and delivered)."""
     counter = RedisCounter(
-        redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT, take_back=take_back
+        redis_client(fresh_redis.url, timeout=0.3),
+        60,
+        TWO_PERCENT,
+        take_back=take_back,
+        take_back_delay=NEXT_CALL_ONLY,
     )
     assert counter.hit(KEY, 3000) == 1
     timed_out(fresh_redis, lambda: counter.hit(KEY, 3000))
@@ -571,6 +579,27 @@ def test_a_hit_that_timed_out_is_taken_back_by_the_next_call(
     wait_until(lambda: reader.peek(KEY, 3000) == 2)  # Redis ran it after all
     assert counter.hit(KEY, 3000) == retry_counts  # the retry of the deferred message
     assert reader.peek(KEY, 3000) == retry_counts
+
+
+@pytest.mark.integration
+def test_a_hit_that_timed_out_is_taken_back_without_another_call(
+    fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev159 F1: the take-back waited for this process's next call, which may
+    not come for the whole window (the other workers got the traffic): the deferred
+    message counted, and its sender was refused for good one message early."""
+    counter = RedisCounter(
+        redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT, take_back_delay=2.0
+    )
+    assert counter.hit(KEY, 3000) == 1
+    reader = counter_on(fresh_redis)
+    with caplog.at_level(logging.INFO, logger="smtpguard.counters"):
+        timed_out(fresh_redis, lambda: counter.hit(KEY, 3000))
+        wait_until(lambda: reader.peek(KEY, 3000) == 2)  # Redis ran it after all
+        # Then the timer took it back: this counter made no call.
+        wait_until(lambda: reader.peek(KEY, 3000) == 1)
+        wait_until(lambda: "took back 1 same-size hit(s)" in caplog.text)
+    assert reader.hit(KEY, 3000) == 2  # another worker's next message
 
 
 @pytest.mark.integration
@@ -609,7 +638,9 @@ def test_a_take_back_works_for_the_documented_redis_user(fresh_redis: RedisServe
     commands = REDIS_COUNTING.split()
     admin.acl_setuser("svc", enabled=True, passwords=["+pw"], keys=["*"], commands=commands)
     url = f"redis://svc:pw@127.0.0.1:{fresh_redis.port}/0"
-    counter = RedisCounter(redis_client(url, timeout=0.3), 60, TWO_PERCENT)
+    counter = RedisCounter(
+        redis_client(url, timeout=0.3), 60, TWO_PERCENT, take_back_delay=NEXT_CALL_ONLY
+    )
     assert hit_unless_retry(counter, KEY, 3000, "retry|m0", 3) == (1, 1)
     timed_out(fresh_redis, lambda: hit_unless_retry(counter, KEY, 3000, "retry|m1", 3))
     reader = counter_on(fresh_redis)
@@ -626,7 +657,9 @@ def test_a_take_back_after_redis_lost_its_scripts(fresh_redis: RedisServer, retr
     """The take-back's round after SCRIPT FLUSH (or a restart without persistence):
     the scripts are loaded again and what did not run runs once; the call's hit counts
     once, the hit that timed out not at all."""
-    counter = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    counter = RedisCounter(
+        redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT, take_back_delay=NEXT_CALL_ONLY
+    )
     reader = counter_on(fresh_redis)
     if retry:
         assert hit_unless_retry(counter, KEY, 3000, "retry|m0", 3) == (1, 1)
@@ -742,7 +775,9 @@ def test_both_hits_of_a_retry_call_that_timed_out_are_taken_back(
 ) -> None:
     """A hit_unless_retry that timed out but ran when Redis resumed: its message was
     deferred, so neither its attempt nor its hit counts at its retry."""
-    counter = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    counter = RedisCounter(
+        redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT, take_back_delay=NEXT_CALL_ONLY
+    )
     assert hit_unless_retry(counter, KEY, 3000, "retry|m0", 3) == (1, 1)
     timed_out(fresh_redis, lambda: hit_unless_retry(counter, KEY, 3000, "retry|m1", 3))
     reader = counter_on(fresh_redis)
@@ -760,7 +795,9 @@ def test_a_retry_another_worker_forgave_keeps_the_hit_it_relied_on(
     delivered, counted by worker 1's hit. Worker 1's next call took that hit back, and
     the delivered message no longer counted. A retry call is taken back only while its
     attempt is still the message's newest."""
-    worker1 = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
+    worker1 = RedisCounter(
+        redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT, take_back_delay=NEXT_CALL_ONLY
+    )
     worker2 = RedisCounter(redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT)
     # Loads the script: an EVALSHA of a script Redis does not know yet writes nothing.
     assert hit_unless_retry(worker1, "other|192.0.2.9", 3000, "retry|m0", 3) == (1, 1)

@@ -972,9 +972,12 @@ class RedisCounter:
         prefix: str = "smtpguard:size",
         max_per_bucket: int = 1000,
         take_back: bool = True,
+        take_back_delay: float | None = None,
     ) -> None:
         """``take_back``: remove hits whose call failed (see ``_undo``); not when their
-        messages are counted elsewhere and delivered (``on_redis_error = "local"``)."""
+        messages are counted elsewhere and delivered (``on_redis_error = "local"``).
+        ``take_back_delay``: seconds after a failed call before its hits are taken back
+        without waiting for another call (default :data:`TAKE_BACK_DELAY`)."""
         self.client = client
         self.window = window
         self.buckets = buckets
@@ -999,6 +1002,16 @@ class RedisCounter:
         #: one round trip with it (rev88 N2: that call was usually the retry itself);
         #: bounded, the oldest dropped first.
         self._undo: collections.deque[_Written] = collections.deque(maxlen=UNDO_MAX)
+        #: Taking back without a call (review rev159 F1): the next call was this
+        #: process's, which may not come for the whole window (the kernel gave every
+        #: connection to another worker, this one was restarted, the traffic went
+        #: quiet), and the hit counted there all along: a permanent same_size_flood
+        #: one message early, for a temporary fault.
+        self._drain_first = TAKE_BACK_DELAY if take_back_delay is None else take_back_delay
+        self._drain_delay = self._drain_first
+        self._drain_lock = threading.Lock()
+        self._drain_timer: threading.Timer | None = None
+        self._closed = False
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -1078,7 +1091,9 @@ class RedisCounter:
 
     def close(self) -> None:
         """Close the idle pooled connections (a counter retired by a reload); one in
-        use is left to its command, and goes with the client."""
+        use is left to its command, and goes with the client. Hits still to take back
+        get one more try, on their timer, and no other."""
+        self._closed = True
         self.client.connection_pool.disconnect(inuse_connections=False)
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
@@ -1114,7 +1129,41 @@ class RedisCounter:
             if self.take_back and not isinstance(exc, redis.ResponseError):
                 # An error reply means the script did not write; anything else, maybe.
                 self._undo.extend(written)
+            if self._undo:
+                self._schedule_drain()
             raise CounterError(f"redis: {exc}") from exc
+
+    def _schedule_drain(self) -> None:
+        with self._drain_lock:
+            if self._drain_timer is not None:
+                return
+            timer = threading.Timer(self._drain_delay, self._drain)
+            timer.name = "counter-take-back"
+            timer.daemon = True
+            self._drain_timer = timer
+        timer.start()
+
+    def _drain(self) -> None:
+        """The timer's: take back what failed calls may have written, as the next call
+        would; again later (twice the wait, up to :data:`TAKE_BACK_MAX_DELAY`) while
+        Redis fails."""
+        with self._drain_lock:
+            self._drain_timer = None
+        taken = self._to_take_back()
+        if not taken:
+            return
+        try:
+            removed = self._take_back(taken)
+        except (redis.RedisError, OSError):
+            self._undo.extendleft(reversed(taken))
+            self._drain_delay = min(self._drain_delay * 2, TAKE_BACK_MAX_DELAY)
+            if not self._closed:
+                self._schedule_drain()
+            return
+        self._drain_delay = self._drain_first
+        self._report_taken(removed)
+        if self._undo and not self._closed:
+            self._schedule_drain()
 
     def _to_take_back(self) -> list[_Written]:
         taken: list[_Written] = []
@@ -1135,7 +1184,11 @@ class RedisCounter:
         answers NOSCRIPT: it is loaded, as the plain calls do, and those take-backs
         sent again, before the call's own script: what a take-back leaves must not be
         counted by the call (an attempt still there makes the retry a repeat)."""
-        removed = self._take_back(taken)
+        self._report_taken(self._take_back(taken))
+        return script(keys=keys, args=args)
+
+    @staticmethod
+    def _report_taken(removed: list[object]) -> None:
         # Each answer on its own: a take-back refused (a key of another type now: no
         # hit of ours to take back) is dropped, and must not fail this call, nor every
         # call after it (review rev89 F1).
@@ -1153,7 +1206,6 @@ class RedisCounter:
                 len(refused),
                 refused[0],
             )
-        return script(keys=keys, args=args)
 
     def _take_back(self, taken: list[_Written]) -> list[object]:
         """The take-backs of ``taken`` in one round trip (two after NOSCRIPT); the
@@ -1189,6 +1241,10 @@ class RedisCounter:
 #: Hits to take back at most (RedisCounter._undo), and per call that works.
 UNDO_MAX: Final = 10_000
 UNDO_BATCH: Final = 500
+#: Seconds after a failed call before its hits are taken back without a call, and the
+#: longest wait between two tries while Redis keeps failing.
+TAKE_BACK_DELAY: Final = 1.0
+TAKE_BACK_MAX_DELAY: Final = 30.0
 
 OnError = Literal["error", "local"]
 
