@@ -435,6 +435,46 @@ def test_blacklist_list_and_mark_with_the_documented_cli_user(tmp_path: Path) ->
     assert after.stdout.startswith("old@example.net\t")
 
 
+def test_remove_leaves_a_lost_list_lost_and_add_says_what_it_takes(tmp_path: Path) -> None:
+    """Review rev159 F2: `remove` of one entry and `add` of another wrote the marker of
+    a list Redis had lost, silently: the service took what was left for the list and
+    accepted every sender only the lost list held. Run as the documented CLI user."""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        admin = redis.Redis.from_url(redis_server.url)
+        admin.acl_setuser(
+            "cli",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["smtpguard:*"],
+            commands=["+hsetnx", "+hdel", "+hgetall"],
+        )
+        url = f"redis://cli:pw@127.0.0.1:{redis_server.port}/0"
+        site = make_site(tmp_path / "site", {"state": {"backend": "redis", "redis_url": url}})
+        smtpguard(site, "blacklist", "add", "bad1@evil.example")
+        smtpguard(site, "blacklist", "list")  # this host saw the marker (as a service does)
+        admin.flushall()
+        removed = smtpguard(site, "blacklist", "remove", "someone@partner.example", check=False)
+        still_lost = smtpguard(site, "blacklist", "list", check=False)
+        added = smtpguard(site, "blacklist", "add", "new@spam.example", check=False)
+        marked = smtpguard(site, "blacklist", "list", check=False)
+        admin.close()
+    finally:
+        redis_server.stop()
+    assert removed.returncode == 1
+    assert removed.stdout == "remove someone@partner.example: not listed\n"
+    assert "is gone from Redis" in removed.stderr
+    assert "`remove` does not mark it" in removed.stderr
+    assert still_lost.returncode == 1  # the service's lookups still fail: no accept
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == "add new@spam.example: done\n"
+    assert (
+        "smtpguard: warning: smtpguard:blacklist counted as lost; `blacklist add` marked it,"
+        " so the list is what Redis holds now (1 entry)"
+    ) in added.stderr
+    assert marked.returncode == 0, marked.stderr
+
+
 def test_an_unmarked_list_with_entries_gets_a_note_not_an_error(tmp_path: Path) -> None:
     """Review rev102 F1: a list made before the marker, without required: `list` says
     to mark it (exit 0: lookups answer), and once marked says nothing."""

@@ -213,7 +213,7 @@ def _escaped(text: str) -> str:
 
 def cmd_blacklist_add(args: argparse.Namespace) -> int:
     from smtpguard.app import make_blacklist
-    from smtpguard.state import EntryError, blacklist_entry
+    from smtpguard.state import EntryError, RedisBlacklist, blacklist_entry
 
     store = make_blacklist(_load(args.config))
     entries, refused = [], []
@@ -229,20 +229,43 @@ def cmd_blacklist_add(args: argparse.Namespace) -> int:
         print("\n".join(refused), file=sys.stderr)
         print("smtpguard: blacklist add: nothing added", file=sys.stderr)
         return 2
+    # With HGETALL, which the commands' documented ACL user has (HMGET it has not).
+    lost = store.lost(store.listing()[1]) if isinstance(store, RedisBlacklist) else None
     for entry in entries:
         print(f"add {entry}: {'done' if store.add(entry, args.reason) else 'already listed'}")
+    if isinstance(store, RedisBlacklist) and lost is not None:
+        # The documented way to take a lost list as it is, but never unsaid (review
+        # rev159 F2): the entries Redis lost are not coming back.
+        held = len(store.listing()[0])
+        print(
+            f"smtpguard: warning: {store.key} counted as lost; `blacklist add` marked it,"
+            f" so the list is what Redis holds now ({_plural_entries(held)}): senders only"
+            " the lost list held are accepted again; add them again if you have them",
+            file=sys.stderr,
+        )
     return 0
 
 
 def cmd_blacklist_remove(args: argparse.Namespace) -> int:
     from smtpguard.app import make_blacklist
+    from smtpguard.state import RedisBlacklist
 
     store = make_blacklist(_load(args.config))
     _warn_if_missing(store)
+    status = 0
+    if isinstance(store, RedisBlacklist) and (lost := store.lost(store.listing()[1])):
+        # Left lost (no marker written): the service keeps deferring what the list
+        # would judge, rather than take what is left for the list (review rev159 F2).
+        print(
+            f"smtpguard: warning: {lost}; `remove` does not mark it, and a running service"
+            " fails every lookup meanwhile ([checks.blacklist] on_temp_error decides)",
+            file=sys.stderr,
+        )
+        status = 1
     # Taken as given, unchecked: entries stored before add checked them must go too.
     for entry in args.entry:
         print(f"remove {entry}: {'done' if store.remove(entry) else 'not listed'}")
-    return 0
+    return status
 
 
 def _warn_if_missing(store: object) -> None:
