@@ -215,6 +215,35 @@ def test_matching_entries_of_a_quoted_local_part(sender: str, first: str) -> Non
     )
 
 
+def test_entries_added_together_say_which_were_new(
+    any_blacklist: SqliteBlacklist | RedisBlacklist,
+) -> None:
+    any_blacklist.add("old@spam.example")
+    assert any_blacklist.add_all(["new@spam.example", "Old@Spam.Example", "@spam.example"]) == [
+        True,
+        False,
+        True,
+    ]
+    assert any_blacklist.listed("x@spam.example") == "@spam.example"
+
+
+def test_entries_added_together_are_all_or_none_under_a_lock(state_path: Path) -> None:
+    """Review rev159 F3: a lock held past state.timeout left a prefix of a long list
+    added, and the error named no file."""
+    blacklist = SqliteBlacklist(state_path, timeout=0.2)
+    blacklist.add("first@spam.example")  # makes the file
+    holder = sqlite3.connect(state_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StateError, match=r"locked: nothing added \(run it again\)") as err:
+            blacklist.add_all([f"q{n}@partial.example" for n in range(200)])
+        assert str(state_path) in str(err.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert [e.address for e in blacklist.entries()] == ["first@spam.example"]
+
+
 def test_subdomain_entry(any_blacklist: SqliteBlacklist | RedisBlacklist) -> None:
     any_blacklist.add(".Spam.Example")
     for sender in ("a@spam.example", "a@mx.spam.example", "A@X.Y.SPAM.EXAMPLE", "a@spam.example."):

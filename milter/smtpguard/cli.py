@@ -231,8 +231,10 @@ def cmd_blacklist_add(args: argparse.Namespace) -> int:
         return 2
     # With HGETALL, which the commands' documented ACL user has (HMGET it has not).
     lost = store.lost(store.listing()[1]) if isinstance(store, RedisBlacklist) else None
-    for entry in entries:
-        print(f"add {entry}: {'done' if store.add(entry, args.reason) else 'already listed'}")
+    # All in one write: a failure midway adds none of them (SQLite), or says that some
+    # may be in (Redis).
+    for entry, new in zip(entries, store.add_all(entries, args.reason), strict=True):
+        print(f"add {entry}: {'done' if new else 'already listed'}")
     if isinstance(store, RedisBlacklist) and lost is not None:
         # The documented way to take a lost list as it is, but never unsaid (review
         # rev159 F2): the entries Redis lost are not coming back.
