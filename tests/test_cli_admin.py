@@ -59,6 +59,27 @@ def stored(path: Path) -> dict[str, list[tuple[str, ...]]]:
 # --- directory import -------------------------------------------------------------------
 
 
+def test_import_summary_counts_aliases_targets_members_and_posters(
+    site: Site, tmp_path: Path
+) -> None:
+    """Review rev159 F4: an alias of three targets was "3 aliases", posters were counted
+    as members, and "1 lists"."""
+    source = write(
+        tmp_path / "one.toml",
+        '[[user]]\naddress = "alice@example.com"\n\n'
+        '[[alias]]\naddress = "sales@example.com"\ntarget = "alice@example.com"\n\n'
+        '[[alias]]\naddress = "sales@example.com"\ntarget = "ext@other.example"\n\n'
+        '[[list]]\naddress = "crew@example.com"\npolicy = "members"\n'
+        'members = ["alice@example.com"]\nposters = ["boss@other.example", "x@other.example"]\n',
+    )
+    result = run(site, "directory", "import", str(source), "--replace")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"{site.directory}: 1 user, 1 alias (2 targets), 0 send-as rights, 1 list,"
+        " 1 member, 2 posters\n"
+    )
+
+
 def test_import_typo_exits_2_and_changes_nothing(site: Site, tmp_path: Path) -> None:
     before = stored(site.directory)
     source = write(

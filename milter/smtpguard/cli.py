@@ -427,11 +427,21 @@ def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
             print(f"smtpguard: {problem}", file=sys.stderr)
         print(f"smtpguard: {args.file}: nothing imported", file=sys.stderr)
         return 2
-    print(
-        f"{config.directory.path}: {counts.users} users, {counts.aliases} aliases,"
-        f" {counts.send_as} send-as rights, {counts.lists} lists, {counts.members} members"
-    )
+    parts = [
+        _counted(counts.users, "user"),
+        _counted(counts.aliases, "alias", "aliases")
+        + f" ({_counted(counts.alias_targets, 'target')})",
+        _counted(counts.send_as, "send-as right"),
+        _counted(counts.lists, "list"),
+        _counted(counts.members, "member"),
+        _counted(counts.posters, "poster"),
+    ]
+    print(f"{config.directory.path}: {', '.join(parts)}")
     return 0
+
+
+def _counted(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 @_directory_command

@@ -465,10 +465,14 @@ class ChangeRefused(Exception):
 @dataclass(frozen=True, slots=True)
 class ImportCounts:
     users: int = 0
+    #: Distinct alias addresses, and their targets (review rev159 F4: the target rows
+    #: were counted as aliases, and posters as members).
     aliases: int = 0
     send_as: int = 0
     lists: int = 0
     members: int = 0
+    alias_targets: int = 0
+    posters: int = 0
 
 
 class UserRow(NamedTuple):
@@ -622,12 +626,16 @@ def import_file(
                 _import_into(db_path, staged, replace, is_local, delimiters)
         finally:
             target.unlink(missing_ok=True)
+    aliases = [r for r in staged.rows if isinstance(r, AliasRow)]
+    roles = [r.role for r in staged.rows if isinstance(r, MemberRow)]
     return ImportCounts(
         users=sum(isinstance(r, UserRow) for r in staged.rows),
-        aliases=sum(isinstance(r, AliasRow) for r in staged.rows),
+        aliases=len({r.address for r in aliases}),
         send_as=sum(isinstance(r, SendAsRow) for r in staged.rows),
         lists=sum(isinstance(r, ListRow) for r in staged.rows),
-        members=sum(isinstance(r, MemberRow) for r in staged.rows),
+        members=roles.count("member"),
+        alias_targets=len(aliases),
+        posters=roles.count("poster"),
     )
 
 
