@@ -399,6 +399,19 @@ def test_a_redis_blacklist_lost_is_reported_by_check_config_and_list(tmp_path: P
     assert "is gone from Redis" in plain_listed.stderr
 
 
+def documented_cli_user(admin: redis.Redis, port: int) -> str:
+    """The Redis user conf/smtpguard.toml documents for the blacklist commands (+hsetnx
+    +hdel +hgetall): its URL."""
+    admin.acl_setuser(
+        "cli",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["smtpguard:*"],
+        commands=["+hsetnx", "+hdel", "+hgetall"],
+    )
+    return f"redis://cli:pw@127.0.0.1:{port}/0"
+
+
 def test_blacklist_list_and_mark_with_the_documented_cli_user(tmp_path: Path) -> None:
     """Review rev101 F1: `blacklist list` asked with HMGET, which the CLI's documented
     ACL user (+hsetnx +hdel +hgetall) lacks; F2: an upgrade's unmarked list with
@@ -406,15 +419,8 @@ def test_blacklist_list_and_mark_with_the_documented_cli_user(tmp_path: Path) ->
     redis_server = start_redis(tmp_path / "redis")
     try:
         admin = redis.Redis.from_url(redis_server.url)
-        admin.acl_setuser(
-            "cli",
-            enabled=True,
-            passwords=["+pw"],
-            keys=["smtpguard:*"],
-            commands=["+hsetnx", "+hdel", "+hgetall"],
-        )
+        url = documented_cli_user(admin, redis_server.port)
         admin.hset("smtpguard:blacklist", "old@example.net", "0 ")
-        url = f"redis://cli:pw@127.0.0.1:{redis_server.port}/0"
         state = {"backend": "redis", "redis_url": url, "redis_blacklist_required": True}
         site = make_site(tmp_path / "site", {"state": state})
         before = smtpguard(site, "blacklist", "list", check=False)
@@ -442,14 +448,7 @@ def test_remove_leaves_a_lost_list_lost_and_add_says_what_it_takes(tmp_path: Pat
     redis_server = start_redis(tmp_path / "redis")
     try:
         admin = redis.Redis.from_url(redis_server.url)
-        admin.acl_setuser(
-            "cli",
-            enabled=True,
-            passwords=["+pw"],
-            keys=["smtpguard:*"],
-            commands=["+hsetnx", "+hdel", "+hgetall"],
-        )
-        url = f"redis://cli:pw@127.0.0.1:{redis_server.port}/0"
+        url = documented_cli_user(admin, redis_server.port)
         site = make_site(tmp_path / "site", {"state": {"backend": "redis", "redis_url": url}})
         smtpguard(site, "blacklist", "add", "bad1@evil.example")
         smtpguard(site, "blacklist", "list")  # this host saw the marker (as a service does)
