@@ -185,12 +185,29 @@ def test_macro_lines_keep_another_milters_macros(
         assert len(got) == len(set(got)), (stage, both[stage])
 
 
-def test_sendmail_hop_limit_is_one_above_max_hops(tmp_path: Path) -> None:
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("admins", "built"),
+    [
+        ("", 31),  # max_hops = 30
+        ("define(`confMAX_HOP', `17')dnl\n", 31),
+        # Review rev160 F1: lowered to 31, a dry run's 250 with 31 hops then bounced.
+        ("define(`confMAX_HOP', `60')dnl\n", 60),
+    ],
+)
+def test_sendmail_hop_limit_is_raised_to_one_above_max_hops(
+    build_cf: Callable[[str], Built], admins: str, built: int
+) -> None:
     """Sendmail counts its own Received header (smtpguard does not see it) and bounces
-    only after a 250: its limit must not fire before smtpguard's looping_message."""
-    assert "define(`confMAX_HOP', `31')dnl\n" in sendmail_mc(load(SAMPLE))  # max_hops = 30
+    only after a 250: its limit must not fire before smtpguard's looping_message, and a
+    higher one of the admin's, above the generated lines, stays."""
+    text = build_cf(admins + sendmail_mc(load(SAMPLE))).text
+    assert f"O MaxHopCount={built}\n" in text
+
+
+def test_sendmail_hop_limit_follows_max_hops(tmp_path: Path) -> None:
     site = make_site(tmp_path, {"limits": {"max_hops": 20}}, directory=False)
-    assert "define(`confMAX_HOP', `21')dnl\n" in sendmail_mc(load(site.config))
+    assert "`define(`confMAX_HOP', `21')')dnl\n" in sendmail_mc(load(site.config))
 
 
 def test_inet6_socket_keeps_an_ipv6_host(tmp_path: Path) -> None:
@@ -650,6 +667,37 @@ def test_check_reads_the_cf_as_sendmail_does(
     text = build_cf(sendmail_mc(sample)).text
     assert old in text
     assert sendmail_cf_problems(sample, text.replace(old, new, 1)) == found
+
+
+@pytest.mark.integration
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("written", "found"),
+    [
+        # Review rev160 F3: Sendmail reaches smtpguard there.
+        ("S=inet:8899@localhost, F=T,", []),
+        ("S=inet:08899@[127.0.0.1], F=T,", []),
+        ("S=inet:8899@127.0.0.2, F=T,", ["is not this config's socket"]),
+        # Review rev160 F2: 4 is a 421 and the session closed, before R is asked.
+        ("S=inet:8899@127.0.0.1, F=4,", []),
+        ("S=inet:8899@127.0.0.1, F=R4,", []),
+        ("S=inet:8899@127.0.0.1, F=R,", ["rejects mail for good"]),
+        ("S=inet:8899@127.0.0.1, F=,", ["accepts mail unchecked"]),
+    ],
+)
+def test_check_reads_the_socket_and_flags_as_sendmail_does(
+    build_cf: Callable[[str], Built], tmp_path: Path, written: str, found: list[str]
+) -> None:
+    config = load(
+        make_site(tmp_path, {"milter": {"socket": "inet:8899@127.0.0.1"}}, directory=False).config
+    )
+    text = build_cf(sendmail_mc(config)).text
+    generated = "S=inet:8899@127.0.0.1, F=T,"
+    assert generated in text
+    problems = sendmail_cf_problems(config, text.replace(generated, written, 1))
+    assert len(problems) == len(found), problems
+    for problem, part in zip(problems, found, strict=True):
+        assert part in problem
 
 
 @pytest.mark.integration

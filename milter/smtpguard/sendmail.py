@@ -6,6 +6,8 @@ them in step.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
 import re
 from typing import Final
@@ -340,9 +342,21 @@ def sendmail_mc(config: Config) -> str:
         "dnl Hops: Sendmail counts its own Received header, which smtpguard never sees,",
         'dnl and refuses a message only after accepting it (250, then "Too many hops"): one',
         "dnl above limits.max_hops leaves the refusal to smtpguard, during the SMTP session.",
-        f"define(`confMAX_HOP', `{sendmail_max_hop(config.limits.max_hops)}')dnl",
+        "dnl Raised to that, never lowered: a higher confMAX_HOP of yours above these lines",
+        "dnl stays (lowered, a dry run's 250 was followed by a bounce).",
+        _max_hop_line(sendmail_max_hop(config.limits.max_hops)),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _max_hop_line(hops: int) -> str:
+    """``confMAX_HOP`` raised to ``hops`` when it is lower or not defined (review rev160
+    F1: an admin's 60 became 31, and a message a dry run let pass with 31 Received
+    fields bounced after its 250)."""
+    return (
+        f"ifelse(eval(ifdef(`confMAX_HOP', `confMAX_HOP', `0') < {hops}), `1',"
+        f" `define(`confMAX_HOP', `{hops}')')dnl"
+    )
 
 
 def _sendmail_address(socket: str) -> str:
@@ -535,15 +549,34 @@ def _cf_equate_problems(config: Config, equates_text: str) -> list[str]:
     problems = []
     address = _sendmail_address(config.milter.socket)
     given = equates.get("S", "")
-    if re.sub(r"^unix:", "local:", given) != address:
+    if _socket_key(given) != _socket_key(address):
         problems.append(f"X{name}: S={given} is not this config's socket ({address})")
+    # milter.c's MILTER_CHECK_ERROR tries T (tempfail), then 4 (421 and the session
+    # closed: the client tries again later), then R (reject) (review rev160 F2: F=4 was
+    # taken for mail accepted unchecked).
     flags = equates.get("F", "")
-    if "T" not in flags:
+    if "T" not in flags and "4" not in flags:
         problems.append(
             f"X{name}: no F=T: while smtpguard is down or restarting Sendmail"
             + (" rejects mail for good" if "R" in flags else " accepts mail unchecked")
         )
     return problems + _timeout_problems(config, equates.get("T", ""))
+
+
+def _socket_key(spec: str) -> tuple[str, str, str]:
+    """A milter socket as Sendmail reaches it: ``localhost`` is the loopback address of
+    the socket's family, an IP address in its one spelling (review rev160 F3:
+    S=inet:PORT@localhost was reported as another socket)."""
+    kind, _, rest = re.sub(r"^unix:", "local:", spec.strip()).partition(":")
+    if kind == "local":
+        return kind, rest, ""
+    port, _, host = rest.partition("@")
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        host = "::1" if kind == "inet6" else "127.0.0.1"
+    with contextlib.suppress(ValueError):
+        host = ipaddress.ip_address(host).compressed
+    return kind, port.strip().lstrip("0") or "0", host
 
 
 #: milter.c's timeouts when T= does not give them, seconds (C:, S:, R:, E:).
