@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -172,6 +173,47 @@ def test_signals_in_quick_succession_never_kill_one_process_with_metrics(tmp_pat
                 service.process.send_signal(sig)
         # At worst the known race's exit 2, never a death by a signal (a negative code).
         holds_for(lambda: service.process.poll() in (None, 2), 2.0)
+
+
+def test_the_units_signals_in_quick_succession_never_cut_a_session(tmp_path: Path) -> None:
+    """Review rev161 F1: the unit's reload (SIGHUP) twice back to back, under load,
+    reached libmilter's own signal thread in one process, which stopped at once and cut
+    the sessions in flight. The unit sends SIGUSR1 and SIGUSR2 now, which that thread
+    never takes: every pair reloads, and the stop drains the session held through them."""
+    site = make_site(tmp_path)
+    with running(site) as service:
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError, miltertest.MilterError):
+                    mail(service, "<load@sender.example>")
+
+        senders = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+        for sender in senders:
+            sender.start()
+        held = MilterSession(str(site.socket))
+        held.connect("198.51.100.7")
+        held.helo("mail.sender.example")
+        assert held.mail("<held@sender.example>").kind == "continue"
+        assert held.rcpt("<alice@example.com>").kind == "continue"
+        for _ in range(10):
+            service.process.send_signal(signal.SIGUSR1)
+            service.process.send_signal(signal.SIGUSR1)
+            time.sleep(0.05)
+        # Reloads that overlap are taken together: at least two, whatever the timing.
+        wait_until(lambda: service.log().count("reloaded configuration") >= 2)
+        holds_for(lambda: service.process.poll() is None, 0.5)
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=10)
+        service.process.send_signal(signal.SIGUSR2)
+        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        final, _mods, _early = held.message([("From", "held@sender.example")], b"hi\r\n")
+        assert final.kind == "continue", final
+        held.close()
+        assert service.process.wait(timeout=20) == 0
+    assert "libmilter stopped on its own" not in service.log()
 
 
 def stopping_with_a_session(site: Site, service: Running) -> MilterSession:

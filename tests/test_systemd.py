@@ -106,7 +106,9 @@ def test_unit_runs_the_documented_layout() -> None:
     assert config.state.path.parent == config.directory.path.parent
     assert values("User") == [config.milter.user]
     assert "postfix" in values("SupplementaryGroups")
-    assert values("ExecReload")[-1] == "/bin/kill -HUP $MAINPID"
+    # Signals libmilter's own signal thread never takes (review rev161 F1).
+    assert values("ExecReload")[-1] == "/bin/kill -USR1 $MAINPID"
+    assert values("KillSignal") == ["SIGUSR2"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="systemd-tmpfiles gives the directory away")
