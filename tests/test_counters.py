@@ -603,6 +603,32 @@ def test_a_hit_that_timed_out_is_taken_back_without_another_call(
 
 
 @pytest.mark.integration
+def test_a_counter_retired_by_a_reload_still_takes_back_its_failed_hits(
+    fresh_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev162 F1: a reload while Redis hung retired the counter, and the hits
+    its failed calls had written were dropped with it: the deferred message counted
+    for the whole window once Redis resumed."""
+    counter = RedisCounter(
+        redis_client(fresh_redis.url, timeout=0.3), 60, TWO_PERCENT, take_back_delay=0.2
+    )
+    assert counter.hit(KEY, 3000) == 1
+    reader = counter_on(fresh_redis)
+    with caplog.at_level(logging.INFO, logger="smtpguard.counters"):
+        fresh_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(CounterError):
+                counter.hit(KEY, 3000)
+            counter.close()  # the reload, while Redis still hangs
+            # Its timer's tries fail meanwhile (each doubles the wait), and go on.
+            wait_until(lambda: counter._drain_delay >= 0.8)
+        finally:
+            fresh_redis.process.send_signal(signal.SIGCONT)
+        wait_until(lambda: "took back 1 same-size hit(s)" in caplog.text, deadline=15)
+    assert reader.peek(KEY, 3000) == 1
+
+
+@pytest.mark.integration
 def test_a_take_back_refused_fails_no_call(fresh_redis: RedisServer) -> None:
     """Review rev89 F1: a pending take-back whose key now held another type failed the
     pipeline it rode in, so every sender's call failed, for good."""

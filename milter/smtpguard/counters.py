@@ -1011,7 +1011,8 @@ class RedisCounter:
         self._drain_delay = self._drain_first
         self._drain_lock = threading.Lock()
         self._drain_timer: threading.Timer | None = None
-        self._closed = False
+        #: When a reload retired this counter (time.monotonic), or None.
+        self._closed_at: float | None = None
 
     def hit(self, key: str, size: int) -> int:
         return self._run(key, size, add=True)
@@ -1092,9 +1093,19 @@ class RedisCounter:
     def close(self) -> None:
         """Close the idle pooled connections (a counter retired by a reload); one in
         use is left to its command, and goes with the client. Hits still to take back
-        get one more try, on their timer, and no other."""
-        self._closed = True
+        keep their timer until they are taken back or the window has passed (review
+        rev162 F1: dropped with the retired counter, a deferred message counted for the
+        whole window)."""
+        self._closed_at = time.monotonic()
         self.client.connection_pool.disconnect(inuse_connections=False)
+        if self._undo:
+            self._schedule_drain()
+
+    def _may_retry(self) -> bool:
+        """Whether the timer tries again: always while in use; once retired, until its
+        hits would have expired anyway."""
+        closed = self._closed_at
+        return closed is None or time.monotonic() - closed < self.window
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
         member = self._member()
@@ -1157,12 +1168,15 @@ class RedisCounter:
         except (redis.RedisError, OSError):
             self._undo.extendleft(reversed(taken))
             self._drain_delay = min(self._drain_delay * 2, TAKE_BACK_MAX_DELAY)
-            if not self._closed:
+            if self._may_retry():
                 self._schedule_drain()
+            else:
+                # Retired a window ago: what they wrote has expired by now.
+                self._undo.clear()
             return
         self._drain_delay = self._drain_first
         self._report_taken(removed)
-        if self._undo and not self._closed:
+        if self._undo:
             self._schedule_drain()
 
     def _to_take_back(self) -> list[_Written]:
