@@ -474,6 +474,41 @@ def test_remove_leaves_a_lost_list_lost_and_add_says_what_it_takes(tmp_path: Pat
     assert marked.returncode == 0, marked.stderr
 
 
+def test_add_refuses_to_mark_a_list_when_it_cannot_tell_whether_it_was_lost(
+    tmp_path: Path,
+) -> None:
+    """Review rev162 F2: run by a user who may not read the state folder, `add` marked
+    a hash without its marker, which the host's service had seen (so: a lost list),
+    and said nothing. (The seen file cannot be looked at here because its name is too
+    long, where the review's user lacked the folder's permission: the same OSError
+    path.)"""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        admin = redis.Redis.from_url(redis_server.url)
+        state = {
+            "backend": "redis",
+            "redis_url": documented_cli_user(admin, redis_server.port),
+            "path": str(tmp_path / ("s" * 230 + ".sqlite")),
+        }
+        site = make_site(tmp_path / "site", {"state": state})
+        admin.hset("smtpguard:blacklist", "left@example.net", "0 ")
+        added = smtpguard(site, "blacklist", "add", "new@spam.example", check=False)
+        removed = smtpguard(site, "blacklist", "remove", "left@example.net", check=False)
+        marked = admin.hexists("smtpguard:blacklist", "smtpguard:marker") or any(
+            key != b"left@example.net" for key in admin.hkeys("smtpguard:blacklist")
+        )
+        admin.close()
+    finally:
+        redis_server.stop()
+    assert added.returncode == 1
+    assert added.stdout == ""
+    assert "this user cannot tell whether this host saw one" in added.stderr
+    assert "(nothing added)" in added.stderr
+    assert removed.returncode == 1
+    assert "cannot tell whether this host saw one" in removed.stderr
+    assert not marked
+
+
 def test_an_unmarked_list_with_entries_gets_a_note_not_an_error(tmp_path: Path) -> None:
     """Review rev102 F1: a list made before the marker, without required: `list` says
     to mark it (exit 0: lookups answer), and once marked says nothing."""

@@ -109,6 +109,7 @@ def test_unit_runs_the_documented_layout() -> None:
     # Signals libmilter's own signal thread never takes (review rev161 F1).
     assert values("ExecReload")[-1] == "/bin/kill -USR1 $MAINPID"
     assert values("KillSignal") == ["SIGUSR2"]
+    assert values("SuccessExitStatus") == ["SIGUSR2"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="systemd-tmpfiles gives the directory away")

@@ -229,8 +229,21 @@ def cmd_blacklist_add(args: argparse.Namespace) -> int:
         print("\n".join(refused), file=sys.stderr)
         print("smtpguard: blacklist add: nothing added", file=sys.stderr)
         return 2
-    # With HGETALL, which the commands' documented ACL user has (HMGET it has not).
-    lost = store.lost(store.listing()[1]) if isinstance(store, RedisBlacklist) else None
+    lost = None
+    if isinstance(store, RedisBlacklist):
+        # With HGETALL, which the commands' documented ACL user has (HMGET it has not).
+        marked = store.listing()[1]
+        if not marked and store.seen_unknown is not None:
+            # Review rev162 F2: it would mark a list Redis may have lost, unsaid.
+            print(
+                f"smtpguard: blacklist add: {store.key} has no marker, and this user cannot"
+                f" tell whether this host saw one ({store.seen_unknown}): adding would take"
+                " the hash as it is for the whole list; run this as root or the service's"
+                " user (nothing added)",
+                file=sys.stderr,
+            )
+            return 1
+        lost = store.lost(marked)
     # All in one write: a failure midway adds none of them (SQLite), or says that some
     # may be in (Redis).
     for entry, new in zip(entries, store.add_all(entries, args.reason), strict=True):
@@ -255,15 +268,26 @@ def cmd_blacklist_remove(args: argparse.Namespace) -> int:
     store = make_blacklist(_load(args.config))
     _warn_if_missing(store)
     status = 0
-    if isinstance(store, RedisBlacklist) and (lost := store.lost(store.listing()[1])):
-        # Left lost (no marker written): the service keeps deferring what the list
-        # would judge, rather than take what is left for the list (review rev159 F2).
-        print(
-            f"smtpguard: warning: {lost}; `remove` does not mark it, and a running service"
-            " fails every lookup meanwhile ([checks.blacklist] on_temp_error decides)",
-            file=sys.stderr,
-        )
-        status = 1
+    if isinstance(store, RedisBlacklist):
+        marked = store.listing()[1]
+        if lost := store.lost(marked):
+            # Left lost (no marker written): the service keeps deferring what the list
+            # would judge, rather than take what is left for the list (review rev159 F2).
+            print(
+                f"smtpguard: warning: {lost}; `remove` does not mark it, and a running"
+                " service fails every lookup meanwhile ([checks.blacklist] on_temp_error"
+                " decides)",
+                file=sys.stderr,
+            )
+            status = 1
+        elif not marked and store.seen_unknown is not None:
+            print(
+                f"smtpguard: warning: {store.key} has no marker, and this user cannot tell"
+                f" whether this host saw one ({store.seen_unknown}): run this as root or the"
+                " service's user to know whether the list is lost",
+                file=sys.stderr,
+            )
+            status = 1
     # Taken as given, unchecked: entries stored before add checked them must go too.
     for entry in args.entry:
         print(f"remove {entry}: {'done' if store.remove(entry) else 'not listed'}")
