@@ -804,6 +804,42 @@ def test_an_smtputf8_bounce_is_a_dsn(
     assert (summary.messages, summary.not_dsn, summary.totals.total) == (1, 0, 2)
 
 
+ASCII_STATUS = (
+    "Reporting-MTA: dns; mx.example\n"
+    "\n"
+    "Final-Recipient: rfc822; bob@example.org\n"
+    "Action: failed\n"
+    "Status: 5.1.1\n"
+    "Diagnostic-Code: smtp; 550 5.1.1 <bob@example.org>: Recipient address rejected:\n"
+    " User unknown\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("7bit", ASCII_STATUS.encode()),
+        # Review rev163 F3: RFC 3464 has it 7bit, but a producer that encodes it anyway
+        # gave no event (base64) or a garbled one (quoted-printable).
+        ("base64", base64.encodebytes(ASCII_STATUS.encode())),
+        ("quoted-printable", quopri.encodestring(ASCII_STATUS.encode())),
+    ],
+)
+def test_an_encoded_delivery_status_is_read(encoding: str, body: bytes) -> None:
+    data = _global_dsn(encoding, body).replace(
+        b"message/global-delivery-status", b"message/delivery-status"
+    )
+    assert list(dsn_events(message_from_bytes(data, policy=compat32))) == [
+        Event(
+            "dsn",
+            "bounced",
+            "bob@example.org",
+            "example.org",
+            "550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown",
+        ),
+    ]
+
+
 EXIM_LOOK_ALIKES = [
     "Mar  3 10:00:01 mx postfix/cleanup[2222]: 4F1AB2C3D4: warning: header Subject: =="
     " Weekly report == from mail.example.com[192.0.2.10]; from=<boss@example.com>"

@@ -466,22 +466,23 @@ def _status_parts(message: Message) -> list[Message] | None:
 def _blocks(part: Message) -> list[Message]:
     """The blocks of a delivery-status part, each as header fields."""
     payload = part.get_payload()
-    if part.get_content_type() == "message/delivery-status":
-        # email parses this type into its blocks itself.
+    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    encoded = encoding in ("base64", "quoted-printable")
+    if part.get_content_type() == "message/delivery-status" and not encoded:
+        # email parses this type into its blocks itself (RFC 3464 has it 7bit).
         return [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
     # message/global-delivery-status (RFC 6533) email parses as any message/ type: the
     # first block as a message's header, the rest as its body, still in the part's
-    # transfer encoding (8bit, or base64 or quoted-printable of UTF-8). Put together
+    # transfer encoding (8bit, or base64 or quoted-printable of UTF-8); so it parses an
+    # encoded message/delivery-status into blocks of the encoded text (review rev163
+    # F3: a base64 one gave no event, a quoted-printable one mojibake). Put together
     # again as bytes (compat32 keeps 8-bit bytes as surrogates; get_payload(decode=True)
     # hands them back unchanged), decoded and split at blank lines.
-    raw = b""
-    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-        inner = payload[0]
-        head = "".join(f"{name}: {value}\n" for name, value in inner.raw_items())
-        body = inner.get_payload(decode=True)
-        raw = head.encode("ascii", "surrogateescape") + b"\n"
-        raw += body if isinstance(body, bytes) else b""
-    encoding = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    raw = (
+        b"\n".join(_unparsed(inner) for inner in payload if isinstance(inner, Message))
+        if isinstance(payload, list)
+        else b""
+    )
     if encoding == "base64":
         try:
             raw = base64.b64decode(raw)
@@ -491,6 +492,15 @@ def _blocks(part: Message) -> list[Message]:
         raw = quopri.decodestring(raw)
     parser = BytesHeaderParser(policy=compat32)
     return [parser.parsebytes(block + b"\n") for block in _BLANK_LINE.split(raw.strip()) if block]
+
+
+def _unparsed(inner: Message) -> bytes:
+    """A block email parsed as a message, as the bytes it was parsed from."""
+    head = "".join(f"{name}: {value}\n" for name, value in inner.raw_items())
+    body = inner.get_payload(decode=True)
+    return (
+        head.encode("ascii", "surrogateescape") + b"\n" + (body if isinstance(body, bytes) else b"")
+    )
 
 
 def _field(block: Message, name: str) -> str:
