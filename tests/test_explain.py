@@ -937,6 +937,27 @@ def test_line_without_a_code_is_explained_by_its_text(knowledge: Knowledge) -> N
     assert knowledge.explain("Server busy. Please try again later").category == "temp_failure"
 
 
+@pytest.mark.parametrize(
+    ("pasted", "reply_id"),
+    [
+        # Review rev163 F2: the first row of a shared text won, whatever the class.
+        ("4.2.1 mailbox unavailable.", "mailbox_unavailable_temp"),
+        ("5.1.1 mailbox unavailable.", "mailbox_unavailable"),
+        ("4.7.0 auth error.", "auth_error_temp"),
+        ("4.2.1 mailbox unavailable. (邮箱暂时不可用)", "mailbox_unavailable_temp"),
+        # Our English text with another enhanced code is any server's words.
+        ("5.7.0 auth error.", None),
+        # No code: rows of both classes share the text.
+        ("auth error.", None),
+        ("mailbox unavailable.", None),
+    ],
+)
+def test_a_reply_without_a_basic_code_is_ours_by_its_enhanced_code(
+    knowledge: Knowledge, pasted: str, reply_id: str | None
+) -> None:
+    assert knowledge.explain(pasted).reply_id == reply_id
+
+
 def test_rule_restricted_to_an_enhanced_code(knowledge: Knowledge) -> None:
     exp = knowledge.explain("550 5.7.26 SPF and DKIM both failed")
     assert (exp.category, exp.rule) == ("unauthenticated", "unauthenticated")

@@ -298,6 +298,8 @@ class Ours:
     hint: Text
     #: The texts that identify the row: en, zh and the seed's one-line "en (zh)".
     texts: tuple[str, ...]
+    #: The row's enhanced code (RFC 3463), as the shipped table has it.
+    xcode: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,8 +603,10 @@ class Knowledge:
             # after it ("503 5.5.1 Error: need MAIL command (请先发送 MAIL)"; review
             # rev137 F6).
             rows = self._ours_by_key.get(_words(footer[1]), [])
-        if reply.code is None or not rows:
-            return rows[0] if rows else None
+        if not rows:
+            return None
+        if reply.code is None:
+            return _without_code(rows, reply.xcode, glossed=glossed)
         # The code tells apart rows that share a text ("auth error.", 451 and 551).
         exact = next((row for row in rows if row.code == reply.code), None)
         if exact is not None or not glossed:
@@ -728,6 +732,23 @@ class _Line:
     code: str | None
     xcode: str | None
     text: str
+
+
+def _without_code(rows: list[Ours], xcode: str | None, *, glossed: bool) -> Ours | None:
+    """Which of ``rows`` (ours with the reply's text) a reply without a basic code is
+    (review rev163 F2: the first row won, so "4.2.1 mailbox unavailable." was the
+    permanent mailbox_unavailable and "auth error" the permanent auth_error_perm). An
+    enhanced code chooses: its class with our gloss, the row's own enhanced code with
+    our English text alone (which is any server's words with another one, as the coded
+    path takes it: review rev138 F4). With no code at all, only rows that agree on the
+    class: "auth error" may be either."""
+    if xcode is not None:
+        if glossed:
+            rows = [row for row in rows if row.code[0] == xcode[0]]
+        else:
+            rows = [row for row in rows if row.xcode == xcode]
+        return rows[0] if rows else None
+    return rows[0] if len({row.code[0] for row in rows}) == 1 else None
 
 
 def clean_input(line: str | bytes) -> str:
@@ -1511,6 +1532,7 @@ def _ours(
         out[reply_id] = Ours(
             reply_id=reply_id,
             code=row.code,
+            xcode=row.xcode,
             category=_category_ref(file, f"{key}.category", entry.get("category"), categories),
             cause=_text(file, f"{key}.cause", entry.get("cause")),
             # The table writes a '%' as '%%' (a milter reply is a format string).
