@@ -937,6 +937,45 @@ def test_line_without_a_code_is_explained_by_its_text(knowledge: Knowledge) -> N
     assert knowledge.explain("Server busy. Please try again later").category == "temp_failure"
 
 
+GMAIL_WITH_THE_ORIGINAL = """Address not found
+
+Your message wasn't delivered to bob@dest.example because the address couldn't be found.
+
+The response from the remote server was:
+550 5.1.1 mailbox unavailable. (邮箱不存在)
+
+---------- Forwarded message ----------
+From: Alice <alice@gmail.com>
+Subject: order
+
+--
+Alice Smith
+410 Terry Ave N, Seattle
+206-555-0100
+"""
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        GMAIL_WITH_THE_ORIGINAL,
+        # No separator: a later 2xx is no bounce's reply either.
+        "550 5.1.1 mailbox unavailable.\n\nOriginal text:\nContent-Length: 12\n"
+        "245 MIME-Version: 1.0\n",
+        # Outlook's.
+        "Remote Server returned '550 5.1.1 mailbox unavailable.'\n\n"
+        "Original message headers:\n\n415-555-0100 call me\n",
+    ],
+)
+def test_a_bounce_quoting_the_original_is_explained_by_its_reply(
+    knowledge: Knowledge, pasted: str
+) -> None:
+    """Review rev163 F1: the last line that began with three digits was the reply, a
+    phone number in the quoted signature too ("206 555-0100": accepted, nothing to do)."""
+    exp = knowledge.explain(pasted)
+    assert (exp.code, exp.category) == ("550", "unknown_recipient")
+
+
 @pytest.mark.parametrize(
     ("pasted", "reply_id"),
     [

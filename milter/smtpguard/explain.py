@@ -768,12 +768,16 @@ def clean_input(line: str | bytes) -> str:
 def parse_reply(raw: str) -> ParsedReply:
     """Split a pasted reply into code, enhanced code and text (see the module doc)."""
     raw = _ESCAPED_NEWLINE.sub("\n", raw)
-    lines = [line for line in _NEWLINE.split(raw) if line.strip()][-MAX_LINES:]
+    lines = _before_the_original([line for line in _NEWLINE.split(raw) if line.strip()])
+    lines = lines[-MAX_LINES:]
     whole = " ".join(line[:MAX_LINE_CHARS] for line in lines)[: 2 * MAX_TEXT_CHARS]
     parsed = [_parse_line(line[:MAX_LINE_CHARS]) for line in lines]
 
     # Group: consecutive lines with the same code form one reply; lines without a code
-    # continue the reply before them. The last reply that has a code wins.
+    # continue the reply before them. The last reply that has a code wins, and the last
+    # refusal (4xx, 5xx) before a later 2xx or 3xx: a bounce's reply is a refusal, and
+    # a "206-555-0100" or "245 MIME-Version" after it is a quoted message's line (review
+    # rev163 F1: "Accepted (not an error)").
     groups: list[list[_Line]] = []
     for line in parsed:
         if groups and (line.code is None or line.code == groups[-1][0].code):
@@ -781,9 +785,10 @@ def parse_reply(raw: str) -> ParsedReply:
         else:
             groups.append([line])
     coded = [g for g in groups if g[0].code is not None]
+    refusals = [g for g in coded if (g[0].code or "")[:1] in ("4", "5")]
     report = ""
     if coded:
-        group = coded[-1]
+        group = refusals[-1] if refusals else coded[-1]
         before = groups[: groups.index(group)]
         report = " ".join(line.text for g in before if g[0].code is None for line in g)
         code = group[0].code
@@ -863,6 +868,31 @@ def _host(m: re.Match[str]) -> str:
     name = m.group(0)
     tld = name.rsplit(".", 1)[-1].lower()
     return "<host>" if len(tld) == 2 or tld in _TLDS else name
+
+
+#: A line that starts the copy of the original message a bounce quotes after its
+#: reply (Gmail, Exchange, Exim, a MIME delivery report's returned message).
+_ORIGINAL_MESSAGE = re.compile(
+    r"-+\s*(?:original|forwarded) message\b|original message headers:"
+    r"|-+\s*this is a copy of the message"
+    r"|-+\s*the original message\b|content-type:\s*(?:message/(?:rfc822|global)\b"
+    r"|text/rfc822-headers\b)|content-description:\s*undelivered message\b",
+    re.IGNORECASE,
+)
+
+
+def _before_the_original(lines: list[str]) -> list[str]:
+    """``lines`` up to the copy of the original message, once a refusal came before it
+    (review rev163 F1: a phone number in the quoted signature, "206-555-0100", was taken
+    for the reply); all of them when none did (the copy is all there is to read)."""
+    refused = False
+    for index, line in enumerate(lines):
+        if refused and _ORIGINAL_MESSAGE.match(line.strip()):
+            return lines[:index]
+        if not refused:
+            code = _parse_line(line[:MAX_LINE_CHARS]).code
+            refused = code is not None and code[:1] in ("4", "5")
+    return lines
 
 
 def _parse_line(line: str) -> _Line:
