@@ -236,9 +236,8 @@ def cmd_blacklist_add(args: argparse.Namespace) -> int:
         if not marked and store.seen_unknown is not None:
             # Review rev162 F2: it would mark a list Redis may have lost, unsaid.
             print(
-                f"smtpguard: blacklist add: {store.key} has no marker, and this user cannot"
-                f" tell whether this host saw one ({store.seen_unknown}): adding would take"
-                " the hash as it is for the whole list; run this as root or the service's"
+                f"smtpguard: blacklist add: {_unknown_seen(store)}: adding would take the"
+                " hash as it is for the whole list; run this as root or the service's"
                 " user (nothing added)",
                 file=sys.stderr,
             )
@@ -282,8 +281,7 @@ def cmd_blacklist_remove(args: argparse.Namespace) -> int:
             status = 1
         elif not marked and store.seen_unknown is not None:
             print(
-                f"smtpguard: warning: {store.key} has no marker, and this user cannot tell"
-                f" whether this host saw one ({store.seen_unknown}): run this as root or the"
+                f"smtpguard: warning: {_unknown_seen(store)}: run this as root or the"
                 " service's user to know whether the list is lost",
                 file=sys.stderr,
             )
@@ -370,13 +368,20 @@ def _lost_status(store: RedisBlacklist, marked: bool, count: int) -> int:
         )
     if not marked and store.seen_unknown is not None:
         print(
-            f"smtpguard: warning: the blacklist hash {store.key} has no marker, and this"
-            f" user cannot tell whether this host saw one ({store.seen_unknown}): run"
-            " this as root or the service's user",
+            f"smtpguard: warning: the blacklist hash {_unknown_seen(store)}: run this as"
+            " root or the service's user",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _unknown_seen(store: RedisBlacklist) -> str:
+    """Why this user cannot tell a lost list from a new one (review rev101 F4)."""
+    return (
+        f"{store.key} has no marker, and this user cannot tell whether this host saw one"
+        f" ({store.seen_unknown})"
+    )
 
 
 def _plural_entries(count: int) -> str:
