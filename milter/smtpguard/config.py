@@ -801,6 +801,10 @@ class DomainPolicy:
         )
 
 
+#: How :func:`strictest` names the tables it combined (``big.example+(global)``): in
+#: the summary line's ``policy=`` and ``simulate``.
+COMBINED: Final = "+"
+GLOBAL_TABLE: Final = "(global)"
 #: Check modes from the laxest to the strictest.
 _MODE_ORDER: Final[tuple[Mode, ...]] = ("off", "report", "enforce")
 
@@ -815,17 +819,15 @@ def strictest(
     smallest limits and spam scores. Replies keep the first table's languages and
     form (review rev153 F5, rev154 F1: judged under the first table alone, a lax
     domain named first switched a strict domain's checks off for its copy)."""
-    names = sorted({name for table in tables for name, _mode in table.checks})
+    overrides = [dict(table.checks) for table in tables]
     modes: list[tuple[str, Mode]] = []
-    for name in names:
+    for name in sorted({name for table in overrides for name in table}):
         default = check(name).mode
-        mode = max(
-            (dict(table.checks).get(name, default) for table in tables), key=_MODE_ORDER.index
-        )
+        mode = max((table.get(name, default) for table in overrides), key=_MODE_ORDER.index)
         if mode != default:
             modes.append((name, mode))
     return DomainPolicy(
-        domain="+".join(table.domain or "(global)" for table in tables),
+        domain=COMBINED.join(table.domain or GLOBAL_TABLE for table in tables),
         languages=tables[0].languages,
         form=tables[0].form,
         max_message_size=min(t.max_message_size for t in tables),

@@ -35,7 +35,6 @@ import os
 import posixpath
 import re
 import shlex
-import socket
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from smtpguard.config import Config
 from smtpguard.directory import DirectoryError, Kind, SqliteDirectory
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.session import detect_mta
-from smtpguard.sockets import libmilter_address
+from smtpguard.sockets import host_addresses, libmilter_address
 
 #: Macros smtpguard reads, per stage (added to whatever the instance already sends).
 POSTFIX_MACROS = {
@@ -411,26 +410,8 @@ def same_socket(one: str, other: str, queue_directory: str) -> bool:
     if kinds == {"inet"}:
         host, _, port = rest.rpartition(":")
         other_host, _, other_port = other_rest.rpartition(":")
-        return port == other_port and bool(_hosts(host) & _hosts(other_host))
+        return port == other_port and bool(host_addresses(host) & host_addresses(other_host))
     return one.strip() == other.strip()
-
-
-def _hosts(host: str) -> set[str]:
-    """The addresses an inet milter host stands for, as text."""
-    host = host.strip("[]").lower()
-    if host in ("", "localhost", "localhost.localdomain"):
-        return {"127.0.0.1", "::1"}
-    if host in ("ip6-localhost", "ip6-loopback"):
-        return {"::1"}
-    try:
-        return {str(ipaddress.ip_address(host))}
-    except ValueError:
-        pass
-    try:
-        # inet_aton's forms too (127.1), which the resolver takes.
-        return {socket.inet_ntoa(socket.inet_aton(host))}
-    except OSError:
-        return {host}
 
 
 def _milter_options(entry: str) -> list[tuple[str, str]]:

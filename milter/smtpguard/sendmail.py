@@ -6,15 +6,13 @@ them in step.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import math
 import re
 from typing import Final
 
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
-from smtpguard.sockets import libmilter_address
+from smtpguard.sockets import host_addresses, libmilter_address
 
 #: Macros smtpguard reads, per list; each is appended when the list lacks it, never
 #: replacing the list. Sendmail's defaults (cf/m4/cfhead.m4, 8.17 and 8.18) hold
@@ -549,7 +547,7 @@ def _cf_equate_problems(config: Config, equates_text: str) -> list[str]:
     problems = []
     address = _sendmail_address(config.milter.socket)
     given = equates.get("S", "")
-    if _socket_key(given) != _socket_key(address):
+    if not _same_socket(given, address):
         problems.append(f"X{name}: S={given} is not this config's socket ({address})")
     # milter.c's MILTER_CHECK_ERROR tries T (tempfail), then 4 (421 and the session
     # closed: the client tries again later), then R (reject) (review rev160 F2: F=4 was
@@ -563,20 +561,20 @@ def _cf_equate_problems(config: Config, equates_text: str) -> list[str]:
     return problems + _timeout_problems(config, equates.get("T", ""))
 
 
-def _socket_key(spec: str) -> tuple[str, str, str]:
-    """A milter socket as Sendmail reaches it: ``localhost`` is the loopback address of
-    the socket's family, an IP address in its one spelling (review rev160 F3:
-    S=inet:PORT@localhost was reported as another socket)."""
-    kind, _, rest = re.sub(r"^unix:", "local:", spec.strip()).partition(":")
+def _same_socket(given: str, address: str) -> bool:
+    """Whether Sendmail's ``S=`` reaches smtpguard's socket ``address``: a unix one by
+    its path, an inet one by port (as libmilter reads it: atoi) and by any spelling of
+    its host (review rev160 F3: S=inet:PORT@localhost was reported as another socket)."""
+    kind, _, rest = re.sub(r"^unix:", "local:", given.strip()).partition(":")
+    our_kind, _, our_rest = address.partition(":")
+    if kind != our_kind:
+        return False
     if kind == "local":
-        return kind, rest, ""
+        return rest == our_rest
     port, _, host = rest.partition("@")
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        host = "::1" if kind == "inet6" else "127.0.0.1"
-    with contextlib.suppress(ValueError):
-        host = ipaddress.ip_address(host).compressed
-    return kind, port.strip().lstrip("0") or "0", host
+    our_port, _, our_host = our_rest.partition("@")
+    same_port = port.strip().isdigit() and int(port) == int(our_port)
+    return same_port and bool(host_addresses(host) & host_addresses(our_host))
 
 
 #: milter.c's timeouts when T= does not give them, seconds (C:, S:, R:, E:).

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from smtpguard.app import Runtime
 from smtpguard.checks import domain_of
-from smtpguard.config import DomainPolicy
+from smtpguard.config import COMBINED, GLOBAL_TABLE, DomainPolicy
 from smtpguard.driver import SessionDriver
 from smtpguard.message import as_read
 from smtpguard.pipeline import TRACE, Action, Decision
@@ -73,8 +73,8 @@ def describe_domain(policy: DomainPolicy | None) -> str:
         return "global settings (no [domain] table for the recipients' domain)"
     modes = ", ".join(f"{name}={mode}" for name, mode in policy.checks)
     tables = [
-        "the global settings" if name == "(global)" else f'[domain."{name}"]'
-        for name in policy.domain.split("+")
+        "the global settings" if name == GLOBAL_TABLE else f'[domain."{name}"]'
+        for name in policy.domain.split(COMBINED)
     ]
     title = tables[0] if len(tables) == 1 else " + ".join(tables) + " at their strictest"
     return (

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import grp
+import ipaddress
 import logging
 import os
 import pwd
@@ -62,6 +63,25 @@ def libmilter_address(spec: str) -> str:
         return spec
     port, _, host = rest.partition("@")
     return f"{kind}:{port}@{host or LOOPBACK[kind]}"
+
+
+def host_addresses(host: str) -> set[str]:
+    """The addresses an inet milter host stands for, as text: an MTA's spelling of
+    smtpguard's socket (``localhost``, ``[::1]``, ``127.1``) is the same socket."""
+    host = host.strip().strip("[]").lower()
+    if host in ("", "localhost", "localhost.localdomain"):
+        return {"127.0.0.1", "::1"}
+    if host in ("ip6-localhost", "ip6-loopback"):
+        return {"::1"}
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        pass
+    try:
+        # inet_aton's forms too (127.1), which the resolver takes.
+        return {socket.inet_ntoa(socket.inet_aton(host))}
+    except OSError:
+        return {host}
 
 
 def unix_path(spec: str) -> Path | None:
