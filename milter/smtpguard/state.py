@@ -291,10 +291,7 @@ class SqliteBlacklist(WatchedFile):
 
     def add(self, address: str, reason: str = "") -> bool:
         """Add an entry (:func:`blacklist_entry` refuses what could never match)."""
-        return self._write(
-            "INSERT OR IGNORE INTO blacklist VALUES (?, ?, ?)",
-            (blacklist_entry(address), time.time(), reason),
-        )
+        return self.add_all([address], reason)[0]
 
     def add_all(self, entries: Sequence[str], reason: str = "") -> list[bool]:
         """:meth:`add` for each of ``entries`` in one transaction: all or none (review
@@ -319,21 +316,18 @@ class SqliteBlacklist(WatchedFile):
         """Remove an entry's stored forms. Never creates the file (:meth:`_existing`)."""
         forms = stored_forms(address)
         marks = ", ".join("?" * len(forms))
-        return self._write(
-            f"DELETE FROM blacklist WHERE address IN ({marks})",  # noqa: S608 - only placeholders
-            forms,
-            create=False,
-        )
-
-    def _write(self, sql: str, args: tuple[str | float, ...], *, create: bool = True) -> bool:
-        """Run one change in its own transaction; True if it changed a row (never, on
-        a file that does not exist unless ``create``)."""
-        db = self._connect() if create else self._existing()
+        db = self._existing()
         if db is None:
             return False
         with closing(db):
             with db:
-                changed = db.execute(sql, args).rowcount >= 1
+                changed = (
+                    db.execute(
+                        f"DELETE FROM blacklist WHERE address IN ({marks})",  # noqa: S608 - only placeholders
+                        forms,
+                    ).rowcount
+                    >= 1
+                )
             _empty_wal(db)
         return changed
 
@@ -593,15 +587,7 @@ class RedisBlacklist:
         self.client.connection_pool.disconnect(inuse_connections=False)
 
     def add(self, address: str, reason: str = "") -> bool:
-        entry = blacklist_entry(address)
-        try:
-            # Not a MULTI: the CLI's ACL user needs no more than +hsetnx +hdel.
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hsetnx(self.key, REDIS_MARKER, f"{time.time()}")
-            pipe.hsetnx(self.key, entry, f"{time.time()} {reason}")
-            return bool(pipe.execute()[1])
-        except redis.RedisError as exc:
-            raise StateError(f"redis: {exc}") from None
+        return self.add_all([address], reason)[0]
 
     def add_all(self, entries: Sequence[str], reason: str = "") -> list[bool]:
         """:meth:`add` for each of ``entries`` in one round trip (a pipeline, not a
