@@ -885,6 +885,8 @@ def _before_the_original(lines: list[str]) -> list[str]:
     """``lines`` up to the copy of the original message, once a refusal came before it
     (review rev163 F1: a phone number in the quoted signature, "206-555-0100", was taken
     for the reply); all of them when none did (the copy is all there is to read)."""
+    if not any(_ORIGINAL_MESSAGE.search(line) for line in lines):
+        return lines  # the usual reply: nothing to parse twice (explain --log's lines)
     refused = False
     for index, line in enumerate(lines):
         if refused and _ORIGINAL_MESSAGE.match(line.strip()):
