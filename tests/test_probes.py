@@ -3,6 +3,7 @@ as the service user sees them, and each configured network backend, asked once."
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -399,27 +400,33 @@ def test_a_redis_blacklist_lost_is_reported_by_check_config_and_list(tmp_path: P
     assert "is gone from Redis" in plain_listed.stderr
 
 
-def documented_cli_user(admin: redis.Redis, port: int) -> str:
-    """The Redis user conf/smtpguard.toml documents for the blacklist commands (+hsetnx
-    +hdel +hgetall): its URL."""
-    admin.acl_setuser(
-        "cli",
-        enabled=True,
-        passwords=["+pw"],
-        keys=["smtpguard:*"],
-        commands=["+hsetnx", "+hdel", "+hgetall"],
-    )
-    return f"redis://cli:pw@127.0.0.1:{port}/0"
+@contextlib.contextmanager
+def redis_with_cli_user(tmp_path: Path) -> Iterator[tuple[redis.Redis, str]]:
+    """A Redis of its own, an admin's client on it, and the URL of the user
+    conf/smtpguard.toml documents for the blacklist commands (+hsetnx +hdel +hgetall)."""
+    redis_server = start_redis(tmp_path / "redis")
+    try:
+        admin = redis.Redis.from_url(redis_server.url)
+        admin.acl_setuser(
+            "cli",
+            enabled=True,
+            passwords=["+pw"],
+            keys=["smtpguard:*"],
+            commands=["+hsetnx", "+hdel", "+hgetall"],
+        )
+        try:
+            yield admin, f"redis://cli:pw@127.0.0.1:{redis_server.port}/0"
+        finally:
+            admin.close()
+    finally:
+        redis_server.stop()
 
 
 def test_blacklist_list_and_mark_with_the_documented_cli_user(tmp_path: Path) -> None:
     """Review rev101 F1: `blacklist list` asked with HMGET, which the CLI's documented
     ACL user (+hsetnx +hdel +hgetall) lacks; F2: an upgrade's unmarked list with
     redis_blacklist_required names its entries and `blacklist mark` settles it."""
-    redis_server = start_redis(tmp_path / "redis")
-    try:
-        admin = redis.Redis.from_url(redis_server.url)
-        url = documented_cli_user(admin, redis_server.port)
+    with redis_with_cli_user(tmp_path) as (admin, url):
         admin.hset("smtpguard:blacklist", "old@example.net", "0 ")
         state = {"backend": "redis", "redis_url": url, "redis_blacklist_required": True}
         site = make_site(tmp_path / "site", {"state": state})
@@ -427,9 +434,6 @@ def test_blacklist_list_and_mark_with_the_documented_cli_user(tmp_path: Path) ->
         marked = smtpguard(site, "blacklist", "mark", check=False)
         again = smtpguard(site, "blacklist", "mark", check=False)
         after = smtpguard(site, "blacklist", "list", check=False)
-        admin.close()
-    finally:
-        redis_server.stop()
     assert before.returncode == 1, before.stderr
     assert before.stdout.startswith("old@example.net\t")
     assert "redis_blacklist_required is true" in before.stderr
@@ -445,10 +449,7 @@ def test_remove_leaves_a_lost_list_lost_and_add_says_what_it_takes(tmp_path: Pat
     """Review rev159 F2: `remove` of one entry and `add` of another wrote the marker of
     a list Redis had lost, silently: the service took what was left for the list and
     accepted every sender only the lost list held. Run as the documented CLI user."""
-    redis_server = start_redis(tmp_path / "redis")
-    try:
-        admin = redis.Redis.from_url(redis_server.url)
-        url = documented_cli_user(admin, redis_server.port)
+    with redis_with_cli_user(tmp_path) as (admin, url):
         site = make_site(tmp_path / "site", {"state": {"backend": "redis", "redis_url": url}})
         smtpguard(site, "blacklist", "add", "bad1@evil.example")
         smtpguard(site, "blacklist", "list")  # this host saw the marker (as a service does)
@@ -457,9 +458,6 @@ def test_remove_leaves_a_lost_list_lost_and_add_says_what_it_takes(tmp_path: Pat
         still_lost = smtpguard(site, "blacklist", "list", check=False)
         added = smtpguard(site, "blacklist", "add", "new@spam.example", check=False)
         marked = smtpguard(site, "blacklist", "list", check=False)
-        admin.close()
-    finally:
-        redis_server.stop()
     assert removed.returncode == 1
     assert removed.stdout == "remove someone@partner.example: not listed\n"
     assert "is gone from Redis" in removed.stderr
@@ -482,12 +480,10 @@ def test_add_refuses_to_mark_a_list_when_it_cannot_tell_whether_it_was_lost(
     and said nothing. (The seen file cannot be looked at here because its name is too
     long, where the review's user lacked the folder's permission: the same OSError
     path.)"""
-    redis_server = start_redis(tmp_path / "redis")
-    try:
-        admin = redis.Redis.from_url(redis_server.url)
+    with redis_with_cli_user(tmp_path) as (admin, url):
         state = {
             "backend": "redis",
-            "redis_url": documented_cli_user(admin, redis_server.port),
+            "redis_url": url,
             "path": str(tmp_path / ("s" * 230 + ".sqlite")),
         }
         site = make_site(tmp_path / "site", {"state": state})
@@ -497,9 +493,6 @@ def test_add_refuses_to_mark_a_list_when_it_cannot_tell_whether_it_was_lost(
         marked = admin.hexists("smtpguard:blacklist", "smtpguard:marker") or any(
             key != b"left@example.net" for key in admin.hkeys("smtpguard:blacklist")
         )
-        admin.close()
-    finally:
-        redis_server.stop()
     assert added.returncode == 1
     assert added.stdout == ""
     assert "this user cannot tell whether this host saw one" in added.stderr
