@@ -889,7 +889,7 @@ def _blacklist_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="A Redis blacklist made before smtpguard marked its lists, or what"
         " is left of one Redis lost, has no marker: once this host saw one, or with"
         " [state] redis_blacklist_required, lookups fail until the marker is back. This"
-        " writes it (add and remove do too).",
+        " writes it (add does too; remove leaves a lost list lost).",
     )
     show = _command(blsub, "list", cmd_blacklist_list, help="list the entries")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -1086,7 +1086,9 @@ EXIT_CODES = """exit codes:
   1  simulate: the mail would be refused; check-config, postfix-config --check,
      sendmail-config --check: problems found; directory show, directory
      remove: no such entry; directory export: rows left out (each named on
-     stderr); run: the milter socket was lost while serving (workers > 1);
+     stderr); blacklist list, remove (and add, adding nothing): a Redis list
+     that is lost or may be; run: the milter socket was lost while serving
+     (workers > 1);
      explain --log DIR: a file or folder of it could not be read (named on stderr)
   2  usage or configuration error, or cannot start (socket in use, cannot bind,
      unreadable or unwritable file, syslog socket)

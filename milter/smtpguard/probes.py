@@ -571,8 +571,9 @@ def _hook(config: Config, become: Callable[[str], None] | None) -> list[Problem]
             (
                 "virus.command",
                 f"run on a message of a few clean octets, it did not answer clean ({why}):"
-                " every message would get the scanner's failure ([checks.virus]"
-                " on_temp_error decides: deferred, or passed unscanned)",
+                " every message would get the scanner's failure: deferred, or passed"
+                ' unscanned where [checks.virus] on_temp_error = "pass" (not after an'
+                " exit status 1 or a 'NAME FOUND' line: those are deferred all the same)",
             )
         ]
 
