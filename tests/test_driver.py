@@ -23,7 +23,7 @@ from smtpguard.driver import (
     UnresolvedNotice,
     client_ip,
 )
-from smtpguard.pipeline import Action
+from smtpguard.pipeline import Action, Decision
 from smtpguard.session import MTA
 from smtpguard.state import SessionGate
 from support.service import make_site
@@ -328,14 +328,15 @@ def test_a_message_without_a_transaction_is_deferred(runtime: Runtime) -> None:
 @pytest.mark.parametrize("batch", [True, False])
 def test_a_flood_of_header_fields_is_not_kept_nor_judged(tmp_path: Path, batch: bool) -> None:
     """Past limits.max_header_fields nothing is stored (800,000 fields took 10 s of CPU
-    and 100 MB before): the message gets internal_error, a retry, never a 5xx; the
+    and 100 MB before): the message gets message_too_long, a 5xx, since a retry would
+    have as many fields (review rev165 F1: internal_error had it retried for days); the
     session's next message starts counting again."""
     site = make_site(tmp_path, {"limits": {"max_header_fields": 100, "max_hops": 2}})
     flood_runtime = build_runtime(load(site.config))
     d = SessionDriver(flood_runtime, SessionGate(10), POSTFIX.get, Once(), batch_headers=batch)
     d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
     d.helo("mail.sender.example")
-    for verdict_first, expected in ((False, "internal_error"), (True, "looping_message")):
+    for verdict_first, expected in ((False, "message_too_long"), (True, "looping_message")):
         d.mail("<friend@sender.example>", ())
         d.rcpt("<alice@example.com>")
         if verdict_first:  # a field's own verdict before the limit stays the answer
@@ -347,7 +348,9 @@ def test_a_flood_of_header_fields_is_not_kept_nor_judged(tmp_path: Path, batch: 
         final = d.eom()
         assert final.reply is not None
         assert final.reply.reply_id == expected
-        assert final.action is (Action.TEMPFAIL if expected == "internal_error" else Action.REJECT)
+        assert final.action is Action.REJECT
+        if expected == "message_too_long":
+            assert (final.reply.code, final.reply.xcode) == ("552", "5.3.4")
     d.mail("<friend@sender.example>", ())
     d.rcpt("<alice@example.com>")
     for n in range(100):
@@ -358,13 +361,16 @@ def test_a_flood_of_header_fields_is_not_kept_nor_judged(tmp_path: Path, batch: 
 
 @pytest.mark.parametrize("batch", [True, False])
 def test_a_flood_of_header_fields_passes_in_a_dry_run(tmp_path: Path, batch: bool) -> None:
-    """Passed unjudged, keeping nothing per field; but a field past the limit that would
-    pass for our verdict cannot be removed without that, so then the message waits
-    (found by review: a forged Authentication-Results went out)."""
+    """Passed unjudged, keeping nothing per field but the fields that would pass for
+    our verdict, which are removed as before the limit (review rev165 F1: such a field
+    past the limit deferred the message at every retry). More of those than the limit
+    itself are refused."""
     config = {"limits": {"max_header_fields": 100}, "milter": {"dry_run": True}}
     dry = build_runtime(load(make_site(tmp_path, config).config))
     forged = f"{dry.pipeline.authserv_id}; dkim=pass header.d=bank.example"
-    for after_the_limit, expected in ((None, Action.CONTINUE), ("X-Spam-Status", Action.TEMPFAIL)):
+    other = "mx.bank.example; dkim=pass header.d=bank.example"
+
+    def session(after_the_limit: list[tuple[str, str]]) -> Decision:
         d = SessionDriver(dry, SessionGate(10), POSTFIX.get, Once(), batch_headers=batch)
         d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
         d.helo("mail.sender.example")
@@ -374,18 +380,32 @@ def test_a_flood_of_header_fields_passes_in_a_dry_run(tmp_path: Path, batch: boo
         for n in range(300):
             d.header("Subject", f"n{n}")
             assert len(d._fields) <= 100
-        if after_the_limit is not None:
-            d.header(after_the_limit, "No, score=-10")
-            for _ in range(300):
-                d.header("X-Spam-Status", "No")  # nothing kept for these either
+        for field in after_the_limit:
+            d.header(*field)
         final = d.eom()
-        assert final.action is expected
-        if expected is Action.CONTINUE:
-            assert final.remove_headers == (("Authentication-Results", 1),)
-        else:
-            assert final.reply is not None
-            assert final.reply.reply_id == "internal_error"
         d.close()
+        return final
+
+    assert session([]).remove_headers == (("Authentication-Results", 1),)
+    past = session(
+        [
+            ("X-Spam-Status", "No, score=-10"),
+            ("Authentication-Results", other),
+            ("authentication-results", forged),
+            *[("Subject", "more")] * 300,
+        ]
+    )
+    assert past.action is Action.CONTINUE
+    # The other host's field (index 2) stays.
+    assert sorted(past.remove_headers) == [
+        ("Authentication-Results", 1),
+        ("Authentication-Results", 3),
+        ("X-Spam-Status", 1),
+    ]
+    flood = session([("X-Spam-Status", "No")] * 100)
+    assert flood.action is Action.REJECT
+    assert flood.reply is not None
+    assert flood.reply.reply_id == "message_too_long"
 
 
 def test_a_spam_field_past_the_limit_is_kept_where_nothing_would_remove_it(

@@ -26,7 +26,7 @@ from smtpguard.address import (
 from smtpguard.app import Runtime
 from smtpguard.checks import Event, Stage
 from smtpguard.logsetup import kv
-from smtpguard.pipeline import ADAPTER, CONTINUE, HEADER_FLOOD, Action, Decision
+from smtpguard.pipeline import ADAPTER, CONTINUE, Action, Decision
 from smtpguard.session import MTA, Connection, Transaction, detect_mta, new_session_id
 from smtpguard.state import SessionGate
 from smtpguard.verdict import TempError
@@ -288,12 +288,12 @@ class SessionDriver:
         return self.rt.pipeline.run(Stage.HEADER, self.conn, Event(header=(name, value)))
 
     def _too_many_fields(self, limit: int, name: str, value: str) -> Decision:
-        """Past the limit nothing more is kept or judged: the message waits for a
-        retry (internal_error: a resource limit, never a permanent refusal), unless a
-        field before it already has a verdict. A dry run lets it pass, as it lets
-        every refusal pass, unless a field past the limit would pass for our verdict
-        (a forged Authentication-Results, X-Spam-*): removing it would take state per
-        field, and delivering it would have others believe it."""
+        """Past the limit nothing more is kept or judged: the message gets
+        message_too_long at its end (the count is the message's own: a retry would
+        not change it), unless a field before it already has a verdict. A dry run
+        lets it pass, as it lets every refusal pass, remembering only the fields that
+        would pass for our result fields (a forged Authentication-Results, X-Spam-*),
+        to remove them; more of those than the limit are refused all the same."""
         dry_run = self.rt.config.milter.dry_run
         if self._field_count == limit + 1:
             self._flush_headers()
@@ -302,24 +302,21 @@ class SessionDriver:
                 " is not judged%s",
                 self.conn.session_id,
                 limit,
-                ", dry run: the message passes unless one of them would pass for our result fields"
-                if dry_run
-                else "",
+                ", dry run: the message passes" if dry_run else "",
             )
             if not dry_run:
-                return self._refuse_flood(f"more than {limit} header fields")
+                return self.rt.pipeline.header_flood(self.conn, f"more than {limit} header fields")
         txn = self.conn.txn
         if (
             dry_run
             and txn is not None
             and txn.pending is None
-            and self.rt.pipeline.claims_our_verdict(name, value)
+            and self.rt.pipeline.note_field_past_limit(txn, name, value) > limit
         ):
-            return self._refuse_flood(f"{name} past limits.max_header_fields ({limit})")
+            return self.rt.pipeline.header_flood(
+                self.conn, f"more than {limit} fields that would pass for our result fields"
+            )
         return CONTINUE
-
-    def _refuse_flood(self, detail: str) -> Decision:
-        return self.rt.pipeline.internal_error(self.conn, Stage.HEADER, HEADER_FLOOD, detail=detail)
 
     def _flush_headers(self) -> None:
         if self._fields:

@@ -574,16 +574,6 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - _blind logs it, traceback and all
                 _blind(conn, observer)
 
-    def claims_our_verdict(self, name: str, value: str) -> bool:
-        """Whether a field would pass for one smtpguard writes and would be removed
-        (_note_result_field; anti-spam fields only where the check judges mail)."""
-        key = name.lower()
-        if key == "authentication-results":
-            return names_us(value, self.authserv_id)
-        if key in self.spam_fields:
-            return self.config.check("antispam").mode != "off"
-        return key == self.report_key
-
     def _note_result_field(self, txn: Transaction, name: str, value: str) -> None:
         """Remember, by their index among the fields of their name, the incoming fields
         that would pass for ours: Authentication-Results carrying our authserv-id (RFC
@@ -845,6 +835,27 @@ class Pipeline:
             return CONTINUE
         return self._decide(stage, conn, Event(), where, verdict)
 
+    def header_flood(self, conn: Connection, detail: str) -> Decision:
+        """A message with more header fields than ``limits.max_header_fields``:
+        ``message_too_long`` (552 5.3.4), answered at end of message like any header
+        verdict. The count is the message's own, the same at every retry: a 4xx would
+        have its sender retry it for days (review rev165 F1), as Sendmail's
+        MaxHeadersLength answers 552 too."""
+        verdict = Hit("message_too_long", detail)
+        txn = conn.txn
+        if txn is None:
+            return self._decide(Stage.HEADER, conn, Event(), HEADER_FLOOD, verdict)
+        txn.defer(verdict, HEADER_FLOOD)
+        return CONTINUE
+
+    def note_field_past_limit(self, txn: Transaction, name: str, value: str) -> int:
+        """A field past ``limits.max_header_fields`` in a dry run, which passes such a
+        message unjudged: one that would pass for our result fields is remembered for
+        removal all the same (review rev165 F1: it deferred the message for good).
+        Returns how many are remembered, so that the caller can bound them."""
+        self._note_result_field(txn, name, value)
+        return len(txn.scratch.get(_FORGED_AR, ())) + len(txn.scratch.get(_FORGED_SPAM, ()))
+
     def utf8_allowed(self, conn: Connection) -> bool:
         # Sendmail clears the 8th bit of reply text, turning UTF-8 into control bytes
         # (0x8A/0x8D become LF/CR) that desynchronize the session: never send it there,
@@ -1072,10 +1083,11 @@ def _step(
 
 
 #: Where :meth:`Pipeline.internal_error` is called from outside a check (the driver):
-#: a fault in the adapter, and a message past ``limits.max_header_fields``.
+#: a fault in the adapter.
 ADAPTER: Final = "adapter"
+INTERNAL_ERROR_PLACES: Final = frozenset({ADAPTER})
+#: What refuses a message past ``limits.max_header_fields`` (:meth:`Pipeline.header_flood`).
 HEADER_FLOOD: Final = "limits.max_header_fields"
-INTERNAL_ERROR_PLACES: Final = frozenset({ADAPTER, HEADER_FLOOD})
 
 #: :meth:`Pipeline._mode_here`'s answer for an enforced step.
 _ENFORCED: Final = ("enforce", False)
