@@ -783,6 +783,12 @@ def test_bulk_shared_entries_is_a_power_of_two_within_bounds(
     assert load(path).bulk.shared_entries == 262144
 
 
+@pytest.mark.parametrize(("value", "message"), [("16", "at least 32"), ("129", "at most 128")])
+def test_bulk_ipv6_prefix_is_a_prefix_length(tmp_path: Path, value: str, message: str) -> None:
+    assert_config_error(tmp_path, f"[bulk]\nipv6_prefix = {value}\n", "bulk.ipv6_prefix", message)
+    assert load(write_config(tmp_path, "[bulk]\nipv6_prefix = 56\n")).bulk.ipv6_prefix == 56
+
+
 def test_every_table_with_a_problem_is_named_at_once(tmp_path: Path) -> None:
     """Review rev113 F2: one problem a run, then a fix and a run for the next. A
     table that reads a failed one (here [domain], which needs [site] and [limits])

@@ -639,6 +639,9 @@ class BulkConfig:
     #: in octets when bucket_bytes > 0.
     bucket_width: float = 0.02
     bucket_bytes: int = 0
+    #: An IPv6 client counts as its network of this length for "client_ip": a host
+    #: holds a whole /64 and its privacy addresses (RFC 4941) rotate through it.
+    ipv6_prefix: int = 64
     #: Entries of the table the workers share (several workers, embedded state): a
     #: power of two, 160 octets each. Each sender and size takes one, each message
     #: with a Message-ID one more, for the window.
@@ -1295,6 +1298,7 @@ def _bulk(s: _Section) -> BulkConfig:
         threshold=s.integer("threshold", d.threshold, minimum=1),
         bucket_width=s.number("bucket_width", d.bucket_width, minimum=0.0001),
         bucket_bytes=s.integer("bucket_bytes", d.bucket_bytes, minimum=0),
+        ipv6_prefix=s.integer("ipv6_prefix", d.ipv6_prefix, minimum=32, maximum=128),
         shared_entries=s.integer(
             "shared_entries", d.shared_entries, minimum=1024, maximum=MAX_SHARED_ENTRIES
         ),

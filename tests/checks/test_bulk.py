@@ -76,6 +76,34 @@ def test_actual_size_counts_every_message_and_refuses_above_the_threshold(
     assert counter.calls == [("hit", KEY, 500)] * 3
 
 
+def test_an_ipv6_host_rotating_its_addresses_is_one_sender(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    """Review rev167 F1: each privacy address of one /64 had a count of its own, so a
+    host rotating them was never refused; another /64 is another sender."""
+    check = SameSize(make_services(bulk=THRESHOLD))
+    for ip in ("2001:db8:0:1::100", "2001:db8:0:1:8a2e:370:7334:1", "2001:db8:0:1::102"):
+        verdict = check(message_of(500, ip=ip), Event())
+    assert verdict == Hit("same_size_flood", "3 messages of about 500 octets")
+    assert {key for _, key, _ in counter.calls} == {"a@example.org|2001:db8:0:1::/64"}
+    assert check(message_of(500, ip="2001:db8:0:2::100"), Event()) is None
+
+
+@pytest.mark.parametrize(
+    ("prefix", "key"),
+    [
+        (64, "|2001:db8:0:1::/64"),
+        (48, "|2001:db8::/48"),
+        (128, "|2001:db8:0:1::7"),
+    ],
+)
+def test_the_ipv6_prefix_of_the_key(prefix: int, key: str) -> None:
+    conn = make_conn(ip="2001:db8:0:1::7")
+    assert bulk_key(("sender", "client_ip"), conn, prefix) == "<>" + key
+    # An IPv4 client is its address whatever the prefix.
+    assert bulk_key(("client_ip",), make_conn(), prefix) == "198.51.100.7"
+
+
 def test_declared_size_is_checked_without_counting(
     make_services: ServicesFactory, counter: FakeCounter
 ) -> None:

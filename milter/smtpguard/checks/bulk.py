@@ -1,10 +1,11 @@
 """``same_size_flood``: many messages of about the same size from the same sender.
 
-The key is built from ``bulk.key`` (sender address and client IP by default; ``login``
-adds the SASL login); sizes go into buckets (relative width ``bulk.bucket_width``, e.g.
-2%, or a fixed ``bulk.bucket_bytes``; see :class:`~smtpguard.counters.SizeBuckets` for
-the exact rule: a hit counts in its bucket and both neighbours, so sizes within one
-width always count together). More than ``bulk.threshold`` hits within ``bulk.window``
+The key is built from ``bulk.key`` (sender address and client IP by default, an IPv6
+client as its ``bulk.ipv6_prefix`` network; ``login`` adds the SASL login); sizes go
+into buckets (relative width ``bulk.bucket_width``, e.g. 2%, or a fixed
+``bulk.bucket_bytes``; see :class:`~smtpguard.counters.SizeBuckets` for the exact rule:
+a hit counts in its bucket and both neighbours, so sizes within one width always count
+together). More than ``bulk.threshold`` hits within ``bulk.window``
 seconds is refused. At MAIL FROM a declared ``SIZE=`` is checked early (without
 counting, and only over the threshold); at end of message the actual size is counted.
 Authenticated sessions are counted, clients in ``site.trusted_networks`` that do not
@@ -23,6 +24,7 @@ attempts are counted with the same counter, under a key of their own.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from typing import ClassVar, Final
 
 from smtpguard.checks import Event, Services, Stage
@@ -47,7 +49,9 @@ def retry_key(key: str, conn: Connection) -> str | None:
     return "retry|" + digest.hexdigest()
 
 
-def bulk_key(parts: tuple[str, ...], conn: Connection) -> str:
+def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) -> str:
+    """The sender's key; an IPv6 client as its network of ``ipv6_prefix`` bits (review
+    rev167 F1: one host's privacy addresses each counted apart, never a flood)."""
     txn = conn.txn
     values = []
     for part in parts:
@@ -57,7 +61,11 @@ def bulk_key(parts: tuple[str, ...], conn: Connection) -> str:
         elif part == "sender_domain":
             values.append(txn.sender.domain_canonical if txn and txn.sender else "")
         elif part == "client_ip":
-            values.append(str(conn.client_ip or ""))
+            ip = conn.client_ip
+            if ip is not None and ip.version == 6 and ipv6_prefix < 128:
+                values.append(str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False)))
+            else:
+                values.append(str(ip or ""))
         elif part == "login":
             # Logins compare without regard to ASCII case, as Postfix's do.
             values.append(txn.auth_login.lower() if txn and txn.auth_login else "")
@@ -88,7 +96,7 @@ class SameSizeDeclared(_Bulk):
             return None
         if not counted(conn):
             return None
-        key = bulk_key(self.config.key, conn)
+        key = bulk_key(self.config.key, conn, self.config.ipv6_prefix)
         try:
             seen = self.counter.peek(key, txn.declared_size)
         except CounterError as exc:
@@ -110,7 +118,7 @@ class SameSize(_Bulk):
         if self.counter is None or txn is None or txn.message is None or not counted(conn):
             return None
         size = txn.message.size
-        key = bulk_key(self.config.key, conn)
+        key = bulk_key(self.config.key, conn, self.config.ipv6_prefix)
         retry = retry_key(key, conn)
         try:
             if retry is None:
