@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpguard.iplist import IpListError, build, load
+from smtpguard.iplist import IpListError, build, load, parse_network
 
 LIST = """\
 # partners
@@ -48,6 +48,16 @@ def test_ipv4_mapped_entries_match_the_ipv4_client() -> None:
     assert found.find(ipaddress.ip_address("192.0.2.1")) == "::ffff:192.0.2.1"
     assert found.find(ipaddress.ip_address("::ffff:198.51.100.77")) == "::ffff:198.51.100.0/120"
     assert found.find(ipaddress.ip_address("198.51.101.1")) is None
+
+
+def test_postfix_s_bracketed_form_is_read_as_in_mynetworks() -> None:
+    """Review rev167 F3: accepted in trusted_networks, refused in exemptions and
+    [[dnsbl.local]] files."""
+    found = build([("[2001:db8:bad::]/48", "x:1"), ("[2001:db8::7]", "x:2")])
+    assert found.find(ipaddress.ip_address("2001:db8:bad::9")) == "[2001:db8:bad::]/48"
+    assert found.find(ipaddress.ip_address("2001:db8::7")) == "[2001:db8::7]"
+    with pytest.raises(ValueError, match="not an IP address or network"):
+        parse_network("[2001:db8::]x")
 
 
 @pytest.mark.parametrize(

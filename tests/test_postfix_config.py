@@ -241,6 +241,22 @@ def test_clients_postfix_trusts_and_smtpguard_does_not_are_a_conflict(tmp_path: 
     assert problem.startswith("mynetworks has 10.30.0.0/24 [fd00:10::]/64, outside")
 
 
+def test_an_ipv6_network_without_brackets_in_mynetworks_is_a_conflict(tmp_path: Path) -> None:
+    """Review rev167 F2: Postfix reads it as type:table, the lookup fails and every
+    recipient gets 451 4.3.0, while --check said "no conflicts"."""
+    cfg = config(
+        tmp_path, {"site": {"trusted_networks": ["127.0.0.0/8", "::1/128", "2001:db8::/32"]}}
+    )
+    bare = {"mynetworks": "127.0.0.0/8 [::1]/128 2001:db8:aaaa::/48"}
+    (problem,) = [p for p in make_plan(cfg, **bare).problems if p.startswith("mynetworks")]
+    assert problem.startswith(
+        "mynetworks has 2001:db8:aaaa::/48: Postfix reads an IPv6 network without brackets"
+    )
+    assert problem.endswith("write it [2001:db8:aaaa::]/48")
+    fine = {"mynetworks": "127.0.0.0/8 [::1]/128 [2001:db8:aaaa::]/48 cidr:/etc/postfix/lan"}
+    assert not [p for p in make_plan(cfg, **fine).problems if p.startswith("mynetworks")]
+
+
 def test_a_hopcount_limit_that_answers_before_smtpguard_is_a_note(tmp_path: Path) -> None:
     """Review rev125 F1: with limits.max_hops = 60 and Postfix's hopcount_limit of 50,
     49 Received: fields got Postfix's 554 5.4.0 "too many hops", not looping_message,

@@ -1408,15 +1408,6 @@ def _mode(s: _Section, name: str, default: int) -> int:
     return mode
 
 
-def _unbracket(network: str) -> str:
-    """``[2001:db8::]/32`` (Postfix's mynetworks form) as ``2001:db8::/32``."""
-    if network.startswith("["):
-        addr, sep, rest = network[1:].partition("]")
-        if sep and (not rest or rest.startswith("/")):
-            return addr + rest
-    return network
-
-
 def _milter_name(s: _Section, default: str) -> str:
     # The name of Sendmail's INPUT_MAIL_FILTER line and of Postfix's log lines: an
     # empty one, or one with a quote or comma, breaks the generated .mc line.
@@ -1551,7 +1542,7 @@ def _site(s: _Section) -> SiteConfig:
         # of IPv4 that relays (review rev65 F4), where Postfix skips such an entry of
         # mynetworks with a warning.
         try:
-            network = parse_network(_unbracket(item))
+            network = parse_network(item)
         except ValueError as exc:
             raise s.error("trusted_networks", str(exc)) from None
         problem = _too_wide(network)

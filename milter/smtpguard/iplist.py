@@ -104,13 +104,24 @@ class IpSet:
         return self.size > 0
 
 
+def unbracket(network: str) -> str:
+    """``[2001:db8::]/32`` (Postfix's mynetworks form) as ``2001:db8::/32``."""
+    if network.startswith("["):
+        addr, sep, rest = network[1:].partition("]")
+        if sep and (not rest or rest.startswith("/")):
+            return addr + rest
+    return network
+
+
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """One entry; ValueError says what is wrong with it."""
+    """One entry, also in Postfix's bracketed form (an admin copies it from
+    mynetworks: review rev167 F3); ValueError says what is wrong with it."""
+    bare = unbracket(text)
     try:
-        net = ipaddress.ip_network(text, strict=True)
+        net = ipaddress.ip_network(bare, strict=True)
     except ValueError as exc:
         try:
-            loose = ipaddress.ip_network(text, strict=False)
+            loose = ipaddress.ip_network(bare, strict=False)
         except ValueError:
             raise ValueError(f"not an IP address or network: {text!r}") from exc
         raise ValueError(f"host bits set in {text!r}: did you mean {loose}?") from exc

@@ -45,6 +45,7 @@ from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode, un
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.directory import DirectoryError, Kind, SqliteDirectory
+from smtpguard.iplist import unbracket
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.session import detect_mta
 from smtpguard.sockets import host_addresses, libmilter_address
@@ -502,14 +503,8 @@ def _covered(net: IPNetwork, networks: Iterable[IPNetwork]) -> bool:
 
 
 def _parse_network(token: str) -> IPNetwork | None:
-    text = token
-    if text.startswith("["):
-        addr, sep, rest = text[1:].partition("]")
-        if not sep:
-            return None
-        text = addr + rest
     try:
-        return ipaddress.ip_network(text, strict=False)
+        return ipaddress.ip_network(unbracket(token), strict=False)
     except ValueError:
         return None
 
@@ -880,6 +875,22 @@ class _Planner:
         too (review rev121 F1: a LAN's printers bounced while --check said "no
         conflicts"). An IPv4-mapped entry is the IPv4 network smtpguard reads it as."""
         tokens = split_list(self.now["mynetworks"])
+        # Postfix reads a token with a colon as type:table unless it is bracketed: an
+        # IPv6 network written bare is a lookup table that fails, and every recipient
+        # is deferred (review rev167 F2; mta-facts).
+        bare = {
+            t: n
+            for t in tokens
+            if ":" in t and not t.startswith("[") and (n := _parse_network(t)) is not None
+        }
+        if bare:
+            fixed = " ".join(postfix_network(n) for n in bare.values())
+            self.problem(
+                f"mynetworks has {' '.join(bare)}: Postfix reads an IPv6 network without"
+                " brackets as a lookup table (type:table), which fails, and then defers"
+                f" mail for every recipient (451 4.3.0); write it {fixed}"
+            )
+        tokens = [t for t in tokens if t not in bare]
         written = {n: t for t in tokens if (n := _parse_network(t)) is not None}
         others = [t for t in tokens if _parse_network(t) is None]
         ours = self.config.site.trusted_networks
