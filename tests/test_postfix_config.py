@@ -241,6 +241,32 @@ def test_clients_postfix_trusts_and_smtpguard_does_not_are_a_conflict(tmp_path: 
     assert problem.startswith("mynetworks has 10.30.0.0/24 [fd00:10::]/64, outside")
 
 
+def test_mynetworks_files_and_cidr_tables_are_compared(tmp_path: Path) -> None:
+    """Review rev166 F2: a LAN listed in a file (or a cidr: table) was "not compared",
+    and its clients' mail from our senders got 553 relay_local_fail; the note's advice
+    would have dropped the file from mynetworks."""
+    (tmp_path / "lan").write_text("# the office\n10.1.0.0/16, [2001:db8:1::]/48\n")
+    (tmp_path / "more.cidr").write_text("10.2.0.0/16 OK\nif 10.3.0.0/16\n10.3.1.0/24 OK\nendif\n")
+    trusted = ["127.0.0.0/8", "10.2.0.0/16", "192.0.2.0/24"]
+    cfg = config(tmp_path, {"site": {"trusted_networks": trusted}})
+    value = f"127.0.0.0/8 {tmp_path}/lan cidr:{tmp_path}/more.cidr"
+    result = make_plan(cfg, mynetworks=value)
+    (problem,) = [p for p in result.problems if p.startswith("mynetworks")]
+    assert problem.startswith(
+        f"mynetworks has 10.1.0.0/16 (in {tmp_path}/lan) [2001:db8:1::]/48 (in {tmp_path}/lan)"
+        f" 10.3.1.0/24 (in cidr:{tmp_path}/more.cidr),"
+        " outside site.trusted_networks"
+    )
+    (note,) = [n for n in result.notes if n.startswith("mynetworks")]
+    assert "in site.trusted_networks only: 192.0.2.0/24" in note
+    assert "to make them equal: mynetworks =" not in note
+    covered = config(
+        tmp_path / "covered",
+        {"site": {"trusted_networks": ["127.0.0.0/8", "10.0.0.0/8", "2001:db8:1::/48"]}},
+    )
+    assert not [p for p in make_plan(covered, mynetworks=value).problems if "mynetworks " in p]
+
+
 def test_an_ipv6_network_without_brackets_in_mynetworks_is_a_conflict(tmp_path: Path) -> None:
     """Review rev167 F2: Postfix reads it as type:table, the lookup fails and every
     recipient gets 451 4.3.0, while --check said "no conflicts"."""
@@ -1361,6 +1387,33 @@ def test_a_reinjection_smtpd_that_runs_smtpguard_again_is_a_conflict(tmp_path: P
     assert any(
         "127.0.0.1:10025/inet: smtpguard does not run there (no_milters)" in n for n in result.notes
     )
+
+
+def test_smtpguard_kept_off_port_25_by_an_override_is_a_conflict(tmp_path: Path) -> None:
+    """Review rev166 F5: the admin's -o smtpd_milters on port 25 kept smtpguard off
+    the service outside mail comes in on (a listed sender passed) while --check said
+    "no conflicts"; a loopback-only smtp service is not that one."""
+    for name, conflict in (("smtp", True), ("0.0.0.0:25", True), ("127.0.0.1:smtp", False)):
+        master_cf = MASTER_CF.replace(
+            "smtp      inet  n       -       y       -       -       smtpd\n",
+            f"{name} inet n - y - - smtpd\n  -o smtpd_milters=inet:127.0.0.1:8891\n",
+        )
+        folder = tmp_path / name.replace(":", "_")
+        folder.mkdir()
+        result = _service_plan(folder, None, "", master_cf)
+        found = [p for p in result.problems if f"{name}/inet: smtpguard does not run there" in p]
+        assert bool(found) is conflict, result.problems
+        if conflict:
+            assert "on the service mail from other hosts comes in on" in found[0]
+    # Nowhere but on loopback: a conflict too.
+    only = "2525 inet n - y - - smtpd\n  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    folder = tmp_path / "none"
+    folder.mkdir()
+    result = _service_plan(folder, None, "", only)
+    assert any(
+        p.startswith("smtpguard runs on none of the smtpd services") for p in result.problems
+    )
+    assert not [p for p in _service_plan(tmp_path / "ok", None, "").problems if "runs on none" in p]
 
 
 def test_unknown_recipients_stay_checked_where_smtpguard_does_not_run(tmp_path: Path) -> None:

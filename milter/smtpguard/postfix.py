@@ -891,8 +891,16 @@ class _Planner:
                 f" mail for every recipient (451 4.3.0); write it {fixed}"
             )
         tokens = [t for t in tokens if t not in bare]
-        written = {n: t for t in tokens if (n := _parse_network(t)) is not None}
-        others = [t for t in tokens if _parse_network(t) is None]
+        # Networks in /file entries and cidr: tables count as written (review rev166
+        # F2: a LAN in a file got 553 relay_local_fail while --check said no conflicts).
+        written: dict[IPNetwork, str] = {}
+        others: list[str] = []
+        for label, net in self._network_items(tokens, set()):
+            if net is None:
+                others.append(label)
+            else:
+                written.setdefault(net, label)
+        indirect = [t for t in tokens if _parse_network(t) is None]
         ours = self.config.site.trusted_networks
         theirs = {unmapped_network(n) for n in written}
         uncovered = [t for n, t in written.items() if not _covered(unmapped_network(n), ours)]
@@ -916,9 +924,57 @@ class _Planner:
             )
         if others:
             text.append(f"not compared: {' '.join(others)};")
-        wanted = " ".join(postfix_network(n) for n in ours)
-        text.append(f"to make them equal: mynetworks = {wanted or '(empty)'}")
+        if indirect:
+            # Never advice that would drop the networks of the admin's files and tables.
+            text.append(
+                "to make them equal, list in mynetworks (or its files and tables) what"
+                " site.trusted_networks has, and the other way round"
+            )
+        else:
+            wanted = " ".join(postfix_network(n) for n in ours)
+            text.append(f"to make them equal: mynetworks = {wanted or '(empty)'}")
         self.notes.append(" ".join(text))
+
+    def _network_items(
+        self, items: list[str], read: set[str]
+    ) -> Iterator[tuple[str, IPNetwork | None]]:
+        """mynetworks' networks, each with where it is written (the item, or
+        ``network (in FILE)``), as Postfix's match_list reads them: /file entries hold
+        more items, a cidr: table's keys are networks; None for what is not compared
+        (an exclusion, another table type, a file that cannot be read)."""
+        for item in items:
+            if item.startswith("!"):
+                yield item, None
+                continue
+            if item.startswith("/"):
+                if item in read:
+                    continue
+                read.add(item)
+                try:
+                    text = Path(item).read_text(errors="replace")
+                except OSError as exc:
+                    yield f"{item} ({exc.strerror or exc})", None
+                    continue
+                lines = (line.partition("#")[0] for line in text.splitlines())
+                for label, net in self._network_items(split_list(" ".join(lines)), read):
+                    yield (label if label.endswith(")") else f"{label} (in {item})"), net
+                continue
+            kind, sep, path = item.removeprefix("proxy:").partition(":")
+            if sep and kind == "cidr" and not _parse_network(item):
+                try:
+                    text = Path(path).read_text(errors="replace")
+                except OSError as exc:
+                    yield f"{item} ({exc.strerror or exc})", None
+                    continue
+                for line in text.splitlines():
+                    words = line.partition("#")[0].split()
+                    if not words or words[0] in ("if", "endif") or words[0].startswith("!"):
+                        continue
+                    net = _parse_network(words[0])
+                    yield f"{words[0]} (in {item})", net
+                continue
+            net = _parse_network(item)
+            yield item, net
 
     def relay(self) -> None:
         milter_mode = self.config.site.relay_control == "milter"
@@ -1158,10 +1214,14 @@ class _Planner:
                 ' (site.relay_control = "milter"); use relay_control = "postfix"',
                 blocking=True,
             )
+        guarded_public: list[str] = []
+        unguarded_public: list[str] = []
         for service in self.services:
             o, x = service.overrides, service.expanded
             listed, off, milters = self._service_milters(service)
             where = f"master.cf service {service.label}"
+            if not self._loopback_only(service):
+                (guarded_public if listed and not off else unguarded_public).append(service.label)
             if listed and not off and "smtpd_milters" in o:
                 if listed != self.address:
                     self.problem(
@@ -1214,8 +1274,22 @@ class _Planner:
                     'reject_unauth_destination, or use relay_control = "postfix"',
                     blocking=True,
                 )
+            elif _port_25(service) and not self._loopback_only(service):
+                # Review rev166 F5: the admin's -o smtpd_milters kept smtpguard off the
+                # service mail from outside comes in on, and --check said "no conflicts".
+                self.problem(
+                    f"{where}: smtpguard does not run there ({why}), on the service mail"
+                    " from other hosts comes in on: none of its checks are made; remove"
+                    " its -o smtpd_milters (main.cf's names smtpguard) or add"
+                    f" {self.address} to it"
+                )
             else:
                 self.notes.append(f"{where}: smtpguard does not run there ({why})")
+        if unguarded_public and not guarded_public:
+            self.problem(
+                f"smtpguard runs on none of the smtpd services other hosts reach"
+                f" ({', '.join(unguarded_public)}): none of its checks are made"
+            )
 
     def _service_milters(self, service: Service) -> tuple[str | None, bool, str]:
         """smtpguard's address in the service's smtpd_milters (None if not there),
@@ -1905,6 +1979,14 @@ def chroot_path(root: str, path: PurePosixPath) -> str:
             done = []
         todo = list(target.parts[1:] if target.is_absolute() else target.parts) + todo
     return os.path.join(root, *done)
+
+
+def _port_25(service: Service) -> bool:
+    """The service that takes mail from other hosts on port 25: master.cf's ``smtp``
+    (or ``25``, on any address), or postscreen's ``smtpd`` pass service."""
+    if service.kind == "pass":
+        return service.name == "smtpd"
+    return service.kind == "inet" and service.name.rpartition(":")[2] in ("smtp", "25")
 
 
 def _loopback_name(service: str) -> bool:
