@@ -540,6 +540,26 @@ def test_a_changed_socket_replaces_our_old_entry(tmp_path: Path) -> None:
     assert changes(both)["smtpd_milters"] == f"{{ {address}, {OUR_SETTINGS} }}, {rspamd}"
 
 
+def test_an_entry_with_our_settings_at_another_socket_is_a_conflict(tmp_path: Path) -> None:
+    """Review rev166 F1, through a real Postfix: after milter.socket moved from
+    milter/guard.sock to milter/policy.sock the old entry stayed (its address does not
+    name smtpguard: it may be another milter's copy of our settings), every message was
+    deferred, and --check said "no conflicts". It is not removed, but said."""
+    cfg = config(tmp_path)
+    address = postfix_milter_address(cfg.milter.socket)
+    old = f"{{ unix:milter/guard.sock, {OUR_SETTINGS} }}"
+    result = make_plan(cfg, smtpd_milters=f"{{ {address}, {OUR_SETTINGS} }}, {old}")
+    assert "smtpd_milters" not in changes(result)
+    (problem,) = [p for p in result.problems if "unix:milter/guard.sock" in p]
+    assert problem.startswith(
+        "smtpd_milters: unix:milter/guard.sock has exactly the settings postfix-config"
+        " writes for smtpguard: if it was smtpguard's earlier milter.socket, take it out"
+    )
+    other = f"{{ unix:milter/guard.sock, {OUR_SETTINGS.replace('30s', '31s')} }}"
+    result = make_plan(cfg, smtpd_milters=f"{{ {address}, {OUR_SETTINGS} }}, {other}")
+    assert not [p for p in result.problems if "unix:milter/guard.sock" in p]
+
+
 @pytest.mark.parametrize(
     "written",
     [

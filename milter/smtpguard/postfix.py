@@ -442,15 +442,19 @@ def _with_tempfail(entry: str, address: str) -> str:
     return "{ " + ", ".join((address, "default_action=tempfail", *kept)) + " }"
 
 
+def _has_our_settings(entry: str) -> bool:
+    """A grouped milter entry with exactly the settings postfix-config writes."""
+    if not (entry.startswith("{") and entry.endswith("}")):
+        return False
+    parts = split_list(entry[1:-1])
+    return {"".join(part.split()) for part in parts[1:]} == set(MILTER_SETTINGS)
+
+
 def _is_our_entry(entry: str) -> bool:
     """An ``smtpd_milters`` entry postfix-config wrote for smtpguard at another socket:
     exactly our settings, and an address that names smtpguard (an admin may have
     copied the settings for another milter)."""
-    if not (entry.startswith("{") and entry.endswith("}")):
-        return False
-    parts = split_list(entry[1:-1])
-    options = {"".join(part.split()) for part in parts[1:]}
-    return options == set(MILTER_SETTINGS) and "smtpguard" in parts[0].lower()
+    return _has_our_settings(entry) and "smtpguard" in _milter_address(entry).lower()
 
 
 def _refers_to(raw: str, parameter: str) -> bool:
@@ -687,6 +691,7 @@ class _Planner:
             for i, (a, b) in enumerate(spans)
             if _is_our_entry(raw[a:b]) and not self._is_ours(raw[a:b])
         ]
+        self._lookalikes(name, [raw[a:b] for a, b in spans])
         value = raw
         reasons: list[str] = []
         problems: list[str] = []
@@ -741,6 +746,19 @@ class _Planner:
             # reached through $my_milters was not what the chroot check tested).
             written = any(self._is_ours(value[a:b]) for a, b in list_spans(value))
             self.main_address = self.address if written or not ours else _milter_address(ours[0])
+
+    def _lookalikes(self, name: str, entries: list[str]) -> None:
+        """Review rev166 F1: an earlier milter.socket whose address does not name
+        smtpguard stays (it may be another milter's copy of our settings), and its dead
+        socket defers every message: said, not removed."""
+        for entry in entries:
+            if _has_our_settings(entry) and not _is_our_entry(entry) and not self._is_ours(entry):
+                self.problem(
+                    f"{name}: {_milter_address(entry)} has exactly the settings"
+                    " postfix-config writes for smtpguard: if it was smtpguard's earlier"
+                    " milter.socket, take it out (its dead socket defers every message);"
+                    " if it is another milter, change one of its settings and this goes away"
+                )
 
     def _default_action(self, where: str, entry: str, default: str, *, relays: bool = True) -> None:
         """smtpguard's entry must defer mail while it is down. In milter mode anything
