@@ -84,6 +84,8 @@ STOCK = {
     "recipient_delimiter": "+",
     "smtputf8_enable": "yes",
     "smtpd_reject_footer_maps": "",
+    "smtpd_reject_footer": "",
+    "alias_maps": "",
     "smtpd_forbid_bare_newline": "no",
     "receive_override_options": "",
     "content_filter": "",
@@ -934,6 +936,39 @@ def test_addresses_postfix_delivers_that_the_directory_lacks_are_a_conflict(
     for i, (extra, with_directory) in enumerate(cases):
         other = load(make_site(tmp_path / f"other{i}", extra, directory=with_directory).config)
         assert not [p for p in make_plan(other, **maps).problems if "directory lacks" in p]
+
+
+def test_aliases_of_our_mydestination_domains_the_directory_lacks_are_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """Review rev166 F3, through a real Postfix: abuse@ and hostmaster@ of a
+    mydestination domain, delivered through aliases(5), got 550 from smtpguard while
+    --check said no conflicts. postalias' own keys ("@", YP_*) and postmaster are left
+    out."""
+    conf = postmap_directory(tmp_path)
+    write_settled(conf / "aliases", "abuse: alice\nhostmaster: alice\npostmaster: root\n")
+    subprocess.run(["postalias", "-c", str(conf), f"hash:{conf}/aliases"], check=True)
+    cfg = load(make_site(tmp_path / "site").config)
+    maps = {"config_directory": str(conf), "alias_maps": f"hash:{conf}/aliases"}
+    (problem,) = [p for p in make_plan(cfg, **maps).problems if "directory lacks" in p]
+    assert problem.startswith(
+        "Postfix receives mail for 2 address(es) of site.local_domains that smtpguard's"
+        " directory lacks (abuse@example.com, hostmaster@example.com; keys of alias_maps)"
+    )
+    # Not a domain of ours in mydestination: nothing to compare.
+    other = {**maps, "mydestination": "localhost"}
+    assert not [p for p in make_plan(cfg, **other).problems if "directory lacks" in p]
+
+
+def test_an_admins_reject_footer_is_a_note(tmp_path: Path) -> None:
+    """Review rev166 F6: Postfix appends it to smtpguard's replies too."""
+    footer = "\\c. For assistance call 555-0101"
+    (note,) = [
+        n
+        for n in make_plan(config(tmp_path), smtpd_reject_footer=footer).notes
+        if n.startswith("smtpd_reject_footer left")
+    ]
+    assert "appends it to smtpguard's replies too" in note
 
 
 def test_table_keys_that_name_no_domain_are_left_out(tmp_path: Path) -> None:

@@ -160,6 +160,8 @@ PARAMETERS = (
     "recipient_delimiter",
     "smtputf8_enable",
     "smtpd_reject_footer_maps",
+    "smtpd_reject_footer",
+    "alias_maps",
     "smtpd_forbid_bare_newline",
     "receive_override_options",
     "content_filter",
@@ -1495,6 +1497,8 @@ class _Planner:
                         and local.lower() != "postmaster"
                     ):
                         found.setdefault(key, []).append(name)
+        for address in self._aliases():
+            found.setdefault(address, []).append("alias_maps")
         if not found:
             return
         directory = SqliteDirectory(
@@ -1517,6 +1521,24 @@ class _Planner:
                 " smtpguard refuses mail to them (550 5.1.1 mailbox unavailable); import"
                 " them (`smtpguard directory import`)"
             )
+
+    def _aliases(self) -> Iterator[str]:
+        """The addresses aliases(5) makes for smtpguard's local domains in
+        mydestination (review rev166 F3: abuse@ and hostmaster@, delivered through
+        alias_maps, got 550 from smtpguard while --check said no conflicts)."""
+        site = self.config.site
+        own = [
+            d
+            for d in split_list(self.now["mydestination"])
+            if not d.startswith("/") and ":" not in d and site.is_local(d)
+        ]
+        own = [d for d in own if not site.is_host_only(d)]
+        for table in split_list(self.now["alias_maps"]) if own else ():
+            for key in self._keys(table, "alias_maps", quiet=True) or ():
+                # postalias adds "@" and the NIS markers YP_LAST_MODIFIED, YP_MASTER_NAME.
+                if "@" in key or key.startswith("YP_") or key.lower() == "postmaster":
+                    continue
+                yield from (f"{key}@{domain}" for domain in own)
 
     def domains(self) -> None:
         """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
@@ -1876,6 +1898,14 @@ class _Planner:
             )
 
     def footers(self) -> None:
+        if self.now["smtpd_reject_footer"].strip():
+            # Review rev166 F6: Postfix appends it to every 4xx and 5xx reply of smtpd,
+            # smtpguard's too, where no footer map entry matches.
+            self.notes.append(
+                f"smtpd_reject_footer left as it is ({self.raw['smtpd_reject_footer']}):"
+                " Postfix appends it to smtpguard's replies too, so clients read the"
+                " table's text followed by it"
+            )
         table = f"regexp:{self.footer_path}"
         maps = split_list(self.now["smtpd_reject_footer_maps"])
         if table in maps:
