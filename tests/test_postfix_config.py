@@ -1702,6 +1702,31 @@ def test_main_cf_reaching_smtpguard_through_a_parameter_is_checked_chrooted(
     assert chrooted == ["master.cf service smtp/inet", "master.cf service submission/inet"]
 
 
+def test_smtpguard_after_another_milter_through_a_parameter_is_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """Review rev166 F4: smtpd_milters = $my_milters with opendkim first was neither
+    rewritten nor reported."""
+    cfg = config(tmp_path, {"milter": {"socket": DEFAULT_SOCKET}})
+    ours = f"{{ unix:smtpguard/smtpguard.sock, {OUR_SETTINGS} }}"
+    main_cf = f"my_milters = inet:127.0.0.1:8891, {ours}\nsmtpd_milters = $my_milters\n"
+    result = plan(
+        cfg, load_replies(cfg.replies, cfg.file), read_postconf(_instance(tmp_path, main_cf))
+    )
+    (problem,) = [p for p in result.problems if "comes before smtpguard" in p]
+    assert problem.startswith(
+        "smtpd_milters: another milter (inet:127.0.0.1:8891) comes before smtpguard"
+        " (unix:smtpguard/smtpguard.sock) in $my_milters"
+    )
+    first = tmp_path / "first"
+    first.mkdir()
+    main_cf = f"my_milters = {ours}, inet:127.0.0.1:8891\nsmtpd_milters = $my_milters\n"
+    result = plan(
+        cfg, load_replies(cfg.replies, cfg.file), read_postconf(_instance(first, main_cf))
+    )
+    assert not [p for p in result.problems if "comes before smtpguard" in p]
+
+
 def test_a_service_with_milters_emptied_keeps_the_directory_reply(tmp_path: Path) -> None:
     """Review rev44: -o smtpd_milters= makes main.cf's ${smtpd_milters?{no}:{yes}} say
     yes there, so Postfix checks recipients on it; no reason to give up the table's

@@ -737,6 +737,14 @@ class _Planner:
             self.change(name, value, "; ".join(reasons), "; ".join(problems) or None)
         if ours and not any(self._is_ours(raw[a:b]) for a, b in spans):
             # Reached through a $parameter this plan does not rewrite.
+            if not self._is_ours(entries[0]):
+                # Review rev166 F4: not moved to the front, and nothing said so.
+                self.problem(
+                    f"{name}: another milter ({_milter_address(entries[0])}) comes before"
+                    f" smtpguard ({self.address}) in {raw}, which this does not rewrite:"
+                    " put smtpguard first there (it must see the header fields as the"
+                    " client sent them)"
+                )
             self._default_action(
                 name,
                 ours[0],
