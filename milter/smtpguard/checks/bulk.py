@@ -62,7 +62,7 @@ def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) ->
             values.append(txn.sender.domain_canonical if txn and txn.sender else "")
         elif part == "client_ip":
             ip = conn.client_ip
-            if ip is not None and ip.version == 6 and ipv6_prefix < 128:
+            if isinstance(ip, ipaddress.IPv6Address) and ipv6_prefix < 128:
                 values.append(str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False)))
             else:
                 values.append(str(ip or ""))
