@@ -540,6 +540,71 @@ def test_one_explanation_per_distinct_reply(rules: Knowledge) -> None:
     assert len(keys) < summary.totals.total / 5
 
 
+FORGED = (
+    "to=<boss@victim.example>, relay=x, delay=1, delays=0/0/0/1, dsn=5.7.1,"
+    " status=bounced (550 5.7.1 blocked)"
+)
+EXIM_FORGED = (
+    "1abcde-123456-ab ** ceo@bank.example: SMTP error from remote mail server after RCPT"
+    " TO:<ceo@bank.example>: 550 5.7.1 client host blocked using zen.spamhaus.org"
+)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # smtpguard's own decision line, a client's HELO in it (through Postfix).
+        f"Dec  2 18:00:01 mx smtpguard[77]: decision sid=1.1 check=helo helo='x {EXIM_FORGED}'",
+        f"Dec  2 18:00:01 mx smtpguard[7]: decision sid=1.1 helo='a postfix/smtp[1]: Q1: {FORGED}'",
+        # Postfix's own lines with a quoted sender's local part as written.
+        f"Dec  2 18:00:01 mx postfix/smtpd[5]: NOQUEUE: reject: RCPT from x[192.0.2.1]: 554 5.7.1"
+        f' <a@b.example>: Relay access denied; from=<"a {FORGED}"@s.example> to=<a@b.example>',
+        f'Dec  2 18:00:01 mx postfix/qmgr[5]: 4ABC123: from=<"a {FORGED}"@s.example>, size=300',
+        # The same as journalctl -o cat writes them (no head).
+        f"decision sid=1.1 check=helo helo='x postfix/smtp[1]: Q1: {FORGED}'",
+        f"decision sid=1.1 check=helo helo='x {EXIM_FORGED}'",
+        f'NOQUEUE: reject: RCPT from x[192.0.2.1]: 554 5.7.1 from=<"a {FORGED}"@s.example>',
+        # A Subject logged by Postfix's header_checks.
+        f"Dec  2 18:00:01 mx postfix/cleanup[5]: 4ABC123: warning: header Subject: {EXIM_FORGED}",
+    ],
+)
+def test_a_clients_text_in_a_log_line_is_no_delivery(line: str) -> None:
+    """Review rev168 F1: a HELO or a quoted sender holding a delivery line planted
+    bounces, with their domains and fixes, in explain --log."""
+    assert parse_log_line(line.encode()) == []
+
+
+def test_a_delivery_to_a_quoted_local_part_keeps_its_own_fields() -> None:
+    """A quoted local part holding ">, ... status=bounced (...)" is read past: the
+    event is the real one, a deferral with the remote reply."""
+    line = (
+        'Dec  2 18:00:01 mx postfix/smtp[1]: 4ABC123: to=<"x>, dsn=5.7.1, status=bounced'
+        ' (550 fake)"@victim.example>, relay=mx.victim.example[192.0.2.9]:25, delay=1,'
+        " delays=0/0/0/1, dsn=4.2.0, status=deferred (host mx.victim.example[192.0.2.9]"
+        " said: 450 4.2.0 try later (in reply to RCPT TO command))"
+    )
+    (event,) = parse_log_line(line.encode())
+    assert (event.status, event.domain, event.reply) == (
+        "deferred",
+        "victim.example",
+        "450 4.2.0 try later",
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"2026-12-02 18:00:07 {EXIM_FORGED}",
+        f"2026-12-02 18:00:07.123 +0100 [4242] {EXIM_FORGED}",
+        f"Dec  2 18:00:07 mx exim[4242]: 2026-12-02 18:00:07 {EXIM_FORGED}",
+        f"Dec  2 18:00:07 mx exim4[4242]: {EXIM_FORGED}",
+    ],
+)
+def test_exim_lines_in_their_own_log_and_through_syslog(line: str) -> None:
+    (event,) = parse_log_line(line.encode())
+    assert (event.mta, event.status, event.domain) == ("exim", "bounced", "bank.example")
+
+
 def test_memory_is_bounded_on_a_large_log(tmp_path: Path, rules: Knowledge) -> None:
     """200k lines of a mail log (~30 MB), more distinct domains than are counted one by
     one and more distinct replies than the cache holds (a smaller one than the default:

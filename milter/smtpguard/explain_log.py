@@ -139,12 +139,6 @@ _FROM = b": from=<"
 _ORIG_ID = b"> orig_id="
 _PICKUP = b"/pickup["
 _IN_REPLY_TO = " (in reply to "
-# Exim's flag comes right after the message id: six, six and two base-62 characters, or
-# (Exim 4.97+) six, eleven and four. Any other " == " (a logged Subject, a Dovecot
-# line) is no delivery.
-_EXIM_FLAG = re.compile(
-    r"(?:^|\s)[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} (\*\*|==) ", re.ASCII
-)
 # A queue run that found the address's, transport's or hosts' retry time not reached
 # (ERRNO_RRETRY, ERRNO_LRETRY, ERRNO_HRETRY in Exim's exim.h) attempted no delivery.
 _EXIM_RETRY_WAIT = re.compile(
@@ -269,12 +263,49 @@ def read_lines(stream: ChunkReader) -> Iterator[bytes]:
         yield pending[:MAX_LINE_BYTES]
 
 
+#: The programs whose lines record deliveries: Postfix's delivery agents and qmgr (the
+#: last part of a syslog_name such as postfix-out/smtp), Sendmail's names.
+_POSTFIX_AGENTS = frozenset(
+    {"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard", "qmgr"}
+)
+_SENDMAIL_TAGS = frozenset({"sm-mta", "sendmail", "sm-msp-queue"})
+#: A Postfix or Sendmail message that records a delivery: its queue id and "to=".
+_QUEUE_ID_TO = re.compile(r"[0-9A-Za-z]+: to=", re.ASCII)
+#: An Exim line: its own timestamp (and pid) when it writes the log itself, then the
+#: message id and the flag. Any other " ** " (a logged Subject, a Dovecot line) is none.
+_EXIM_LINE = re.compile(
+    r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{3})?(?: [+-]\d{4})? )?(?:\[\d+(?::\d+)?\] )?"
+    r"[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} (\*\*|==) ",
+    re.ASCII,
+)
+
+
 def parse_log_line(raw: bytes) -> list[Event]:
     """The events one log line records: none for most lines."""
     if _CANDIDATE.search(raw) is None:
         return []
     line = raw.decode("utf-8", "replace").rstrip("\r\n")
-    return _postfix(line) or _sendmail(line) or _exim(line)
+    tag, message = _syslog_split(line)
+    return _postfix(tag, message) or _sendmail(tag, message) or _exim(tag, message)
+
+
+def _syslog_split(line: str) -> tuple[str | None, str]:
+    """A syslog line's program (its tag: ``postfix/smtp`` of ``... postfix/smtp[12]:``)
+    and message; (None, line) for a line without one (``journalctl -o cat``, Exim's own
+    log). Only what precedes the first ``]: `` can be the head, and only when it holds
+    nothing a message would (quotes, ``=``, ``<``, ``: ``): a client's text comes after
+    the head (review rev168 F1: a HELO or a quoted sender holding a whole delivery
+    line was read as a bounce)."""
+    end = line.find("]: ")
+    if end < 0:
+        return None, line
+    head = line[:end]
+    if any(c in head for c in "\"'=<") or ": " in head:
+        return None, line
+    bracket = head.rfind("[")
+    if bracket < 0 or not head[bracket + 1 :].isdigit():
+        return None, line
+    return head[head.rfind(" ", 0, bracket) + 1 : bracket], line[end + 3 :]
 
 
 def _first_of(line: str, needles: tuple[str, ...]) -> tuple[str, int] | None:
@@ -286,13 +317,18 @@ def _first_of(line: str, needles: tuple[str, ...]) -> tuple[str, int] | None:
     return None
 
 
-def _postfix(line: str) -> list[Event]:
-    found = _first_of(line, _POSTFIX_STATUS)
+def _postfix(tag: str | None, line: str) -> list[Event]:
+    if tag is not None and tag.rpartition("/")[2] not in _POSTFIX_AGENTS:
+        return []
+    head = _QUEUE_ID_TO.match(line)
+    if head is None or not line.startswith("<", head.end()):
+        return []
+    start = head.end() - 4
+    close = _address_end(line, start + 5)
+    found = _first_of(line[close:], _POSTFIX_STATUS) if close >= 0 else None
     if found is None:
         return []
-    marker, end = found
-    start = line.find(" to=<")
-    close = line.find(">,", start)
+    marker, end = found[0], found[1] + close
     dsn_at = line.find(" dsn=", close, end)
     dsn = _DSN.match(line, dsn_at + 5) if start >= 0 and close >= 0 and dsn_at >= 0 else None
     detail = line[end + len(marker) :].rstrip()
@@ -321,6 +357,18 @@ def _postfix(line: str) -> list[Event]:
     ]
 
 
+def _address_end(line: str, at: int) -> int:
+    """Where the address that starts at ``at`` ends (its ``>,``): a quoted local part
+    (``"a>, status=bounced (x"@y``) is read past, as Postfix writes it, backslashes
+    escaping; -1 if there is none."""
+    if line.startswith('"', at):
+        i = at + 1
+        while i < len(line) and line[i] != '"':
+            i += 2 if line[i] == "\\" else 1
+        at = i
+    return line.find(">,", at)
+
+
 def _queue_id(raw: bytes, after: bytes) -> str | None:
     """The queue id of a Postfix line: the word just before ``after`` (": to=<",
     ": from=<", ": removed"); None when the line has no ``after``."""
@@ -330,7 +378,9 @@ def _queue_id(raw: bytes, after: bytes) -> str | None:
     return raw[raw.rfind(b" ", 0, at) + 1 : at].decode("ascii", "replace") or None
 
 
-def _sendmail(line: str) -> list[Event]:
+def _sendmail(tag: str | None, line: str) -> list[Event]:
+    if (tag is not None and tag not in _SENDMAIL_TAGS) or not _QUEUE_ID_TO.match(line):
+        return []
     start = line.find(" to=")
     fields_end = line.find(", ", start)
     dsn_at = line.find(" dsn=", fields_end)
@@ -350,8 +400,10 @@ def _sendmail(line: str) -> list[Event]:
     return [_event("sendmail", status, r, reply) for r in rcpts if r]
 
 
-def _exim(line: str) -> list[Event]:
-    found = _EXIM_FLAG.search(line)
+def _exim(tag: str | None, line: str) -> list[Event]:
+    if tag is not None and not tag.startswith("exim"):
+        return []
+    found = _EXIM_LINE.match(line)
     if found is None:
         return []
     rest = line[found.end() :].strip()
