@@ -511,13 +511,15 @@ def test_same_size_flood_in_process(tmp_path: Path) -> None:
             assert s.mail("<friend@sender.example>", f"SIZE={size}").kind == "continue"
             assert_reply(s.rcpt("<alice@example.com>"), "same_size_flood")
         # One IPv6 host rotating its privacy addresses is one sender (review rev167 F1).
-        v6 = {"sender": "v6@sender.example"}
+        v6 = "v6@sender.example"
         for i in range(3):
-            final, _ = deliver(service, "Offer number 1\r\n" * 40, ip=f"2001:db8:0:1::a{i}", **v6)
+            final, _ = deliver(
+                service, "Offer number 1\r\n" * 40, sender=v6, ip=f"2001:db8:0:1::a{i}"
+            )
             assert accepted(final), i
-        final, _ = deliver(service, "Offer number 1\r\n" * 40, ip="2001:db8:0:1::bb", **v6)
+        final, _ = deliver(service, "Offer number 1\r\n" * 40, sender=v6, ip="2001:db8:0:1::bb")
         assert_reply(final, "same_size_flood")
-        final, _ = deliver(service, "Offer number 1\r\n" * 40, ip="2001:db8:0:2::bb", **v6)
+        final, _ = deliver(service, "Offer number 1\r\n" * 40, sender=v6, ip="2001:db8:0:2::bb")
         assert accepted(final)
 
 
