@@ -369,6 +369,14 @@ def test_a_strangers_relay_is_refused_whatever_the_relay_checks_mode(
     assert_reject(refused, "host_denies_relay", "relay")
     (error,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "Postfix passed a relay from untrusted client 198.51.100.7" in error.getMessage()
+    # Review rev168 F4: the client's domain written as a log value, never raw.
+    caplog.clear()
+    unparsed = Event(rcpt=None, rcpt_raw="<x@evil\x1b[2J\udcff.example>")
+    h.pipeline.run(Stage.RCPT, conn, unparsed)
+    (raw,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        "(detail='relay to evil\\x1b[2j\\udcff.example from untrusted client')" in raw.getMessage()
+    )
     # Review rev121 F3: the likeliest cause, a domain [site] lacks, comes first.
     assert (
         ". Either Postfix receives mail for that domain and [site] does not list it (add it"

@@ -476,6 +476,18 @@ def test_a_helo_name_that_is_not_utf8_is_judged(
     assert "UnicodeDecodeError: 'utf-8' codec" not in log  # not bare on stderr
 
 
+def test_a_helo_name_that_is_not_utf8_is_logged_once_a_session(service: Running) -> None:
+    """Review rev168 F3: a client sending such a HELO again and again had a WARNING
+    line written for each (Postfix with smtputf8_enable = no passes them on)."""
+    with service.session() as s:
+        assert_pass(s.connect("198.51.100.7"))
+        for _ in range(30):
+            s.helo_bytes(b"Z\xf6-once.corp.example")
+        assert_reply(s.mail("<a@sender.example>"), "helo_error")
+    lines = [line for line in service.log().splitlines() if "Z\\udcf6-once" in line]
+    assert len([line for line in lines if "HELO name is not UTF-8" in line]) == 1, lines
+
+
 def test_a_second_helo_name_that_is_not_utf8_is_judged(service: Running) -> None:
     """Review rev135 F1: after a message (libmilter sends no abort then) or a
     refused MAIL FROM, a transaction was still open, and the undecodable name of a

@@ -66,6 +66,8 @@ log = logging.getLogger("smtpguard")
 _session = threading.local()
 #: What a macro that is not valid UTF-8 reads as (U+FFFD, the replacement character).
 UNREADABLE_MACRO = "\ufffd"
+#: The kinds of warning a session's client caused already (:meth:`_warn_once`).
+_WARNED = "adapter.warned"
 
 
 class App:
@@ -116,7 +118,8 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             # pymilter decodes macros as strict UTF-8 and gives no bytes: the value
             # (a Latin-1 SASL login, say) reads as one nothing matches, so the checks
             # answer as for an unknown value instead of a tempfail on every MAIL.
-            log.warning(
+            self._warn_once(
+                f"macro {name}",
                 "sid=%s macro %s is not valid UTF-8; read as unknown",
                 self.driver.conn.session_id,
                 name,
@@ -226,7 +229,8 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             and not self._in_header_block
         ):
             name = error.object.decode("utf-8", "surrogateescape")
-            log.warning(
+            self._warn_once(
+                "helo",
                 "sid=%s HELO name is not UTF-8 (byte %d: %s); judged as %s",
                 conn.session_id,
                 error.start,
@@ -236,7 +240,8 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             if self._guard(Stage.HELO, self.driver.helo, name) != Milter.CONTINUE:
                 self._defer_fault()
             return
-        log.warning(
+        self._warn_once(
+            "arguments",
             "sid=%s pymilter could not pass the %s its arguments (%s: %s): tempfail",
             conn.session_id,
             "header field" if self._in_header_block else "callback",
@@ -245,6 +250,15 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         )
         # A step no check saw: never passed as if one had (a field unread, say).
         self._defer_fault(f"pymilter: {type(error).__name__}")
+
+    def _warn_once(self, kind: str, message: str, *args: object) -> None:
+        """A WARNING the client's bytes cause, once a session for each ``kind``; the
+        rest at DEBUG (review rev168 F3: a HELO of invalid UTF-8 sent again and again
+        wrote a line each, 184 KB for 300)."""
+        warned: set[str] = self.driver.conn.scratch.setdefault(_WARNED, set())
+        level = logging.DEBUG if kind in warned else logging.WARNING
+        warned.add(kind)
+        log.log(level, message, *args)
 
     def _defer_fault(self, detail: str = "exception") -> None:
         """internal_error at the next step that is answered: end of message, or with no

@@ -1163,7 +1163,9 @@ def _guarded(conn: Connection, check: str, verdict: Verdict, mode: str) -> str:
         conn.session_id,
         "Postfix" if conn.mta is MTA.POSTFIX else "the MTA (its macro v names no MTA we know)",
         conn.client_ip,
-        verdict.detail,
+        # The recipient's domain as the client wrote it (review rev168 F4: ESC
+        # sequences reached the log raw, surrogates broke the syslog handler).
+        _kv("detail", verdict.detail),
     )
     return "enforce"
 
