@@ -591,6 +591,55 @@ def test_a_delivery_to_a_quoted_local_part_keeps_its_own_fields() -> None:
     )
 
 
+def test_a_quoted_orig_to_or_sendmail_recipient_is_no_bounce() -> None:
+    """Review rev170 F2: the address Postfix logs as orig_to=, and a Sendmail
+    recipient, are read to their ends too: a delivered message was a bounce."""
+    quoted = '"x dsn=5.7.1, status=bounced (host mx said: 550 5.7.1 spam blocked)"@relay.example'
+    postfix = (
+        f"Dec  2 18:00:01 mx postfix/pipe[1]: 0A4832: to=<bob@relay.example>, orig_to=<{quoted}>,"
+        " relay=capture, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered)"
+    )
+    sendmail = (
+        'Dec  2 18:00:01 mx sm-mta[9]: 0B2I01x1: to=<"x, dsn=5.7.1, stat=blocked"@example.com>,'
+        " delay=00:00:01, mailer=esmtp, pri=120, relay=mx.example.com., dsn=2.0.0, stat=Sent (ok)"
+    )
+    assert parse_log_line(postfix.encode()) == []
+    assert parse_log_line(sendmail.encode()) == []
+
+
+def test_a_quoted_sender_in_qmgrs_line_is_no_expired_message(rules: Knowledge) -> None:
+    """Review rev170 F3: qmgr logs the sender as written at every queue run; one holding
+    "status=expired, returned to sender" counted its still queued message as expired."""
+    lines = [
+        _postfix_line("AAA1", "a@down.example", "deferred", "connect to x: Connection refused"),
+        b'Dec  7 18:00:00 mx postfix/qmgr[2]: AAA1: from=<"x status=expired, returned to'
+        b' sender"@sender.example>, size=354, nrcpt=1 (queue active)\n',
+    ]
+    summary = summarize_lines(lines, Explainer(rules), "maillog")
+    assert (summary.expired, summary.waiting_messages) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        '<22>1 2026-12-02T18:00:01.779878+00:00 mx postfix/smtp 1234 - [timeQuality x="0"] ',
+        "<22>1 2026-12-02T18:00:01Z mx postfix/smtp 1234 - - ",
+        "<22>Dec  2 18:00:01 mx postfix/smtp[1234]: ",
+        "2026-12-02T18:00:01.123456+00:00 mx postfix/smtp[1234]: ",
+        '2026-12-02T18:00:02Z {filename="/var/log/mail.log", job="mail"} Dec  2 18:00:01 mx'
+        " postfix/smtp[1234]: ",
+        "host=mx Dec  2 18:00:01 mx postfix/smtp[1234]: ",
+        "mail.log: Dec  2 18:00:01 mx postfix/smtp[1234]: ",
+    ],
+)
+def test_syslog_heads_of_other_writers_and_shippers(head: str) -> None:
+    """Review rev170 F4: RFC 5424 lines, a <PRI> and a shipper's prefix before the
+    head gave no event any more."""
+    message = POSTFIX_BOUNCE.partition("postfix/smtp[1234]: ")[2]
+    (event,) = parse_log_line((head + message).encode())
+    assert (event.status, event.domain) == ("bounced", "example.com")
+
+
 @pytest.mark.parametrize(
     "line",
     [

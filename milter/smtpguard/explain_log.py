@@ -133,7 +133,6 @@ _POSTFIX_EXPIRED = b" status=expired, returned to sender"
 _POSTFIX_SENT = b" status=sent ("
 _POSTFIX_REMOVED = b": removed"
 _TO = b": to=<"
-_FROM = b": from=<"
 #: pickup's line for a message requeued with ``postsuper -r``: its new queue id
 #: (``postfix/pickup[PID]: NEWID: uid=N from=<SENDER> orig_id=OLDID``).
 _ORIG_ID = b"> orig_id="
@@ -269,8 +268,10 @@ _POSTFIX_AGENTS = frozenset(
     {"smtp", "lmtp", "local", "virtual", "pipe", "error", "retry", "discard", "qmgr"}
 )
 _SENDMAIL_TAGS = frozenset({"sm-mta", "sendmail", "sm-msp-queue"})
-#: A Postfix or Sendmail message that records a delivery: its queue id and "to=".
-_QUEUE_ID_TO = re.compile(r"[0-9A-Za-z]+: to=", re.ASCII)
+#: Who writes "QID: removed": qmgr, and postsuper -d.
+_REMOVERS = frozenset({"qmgr", "postsuper"})
+#: A Postfix or Sendmail message about a queued message: its queue id first.
+_QUEUE_ID = re.compile(r"[0-9A-Za-z]+: ", re.ASCII)
 #: An Exim line: its own timestamp (and pid) when it writes the log itself, then the
 #: message id and the flag. Any other " ** " (a logged Subject, a Dovecot line) is none.
 _EXIM_LINE = re.compile(
@@ -289,13 +290,36 @@ def parse_log_line(raw: bytes) -> list[Event]:
     return _postfix(tag, message) or _sendmail(tag, message) or _exim(tag, message)
 
 
+#: A syslog head: an optional <PRI>, the timestamp (BSD's, or RFC 3339's as rsyslog and
+#: journalctl -o short-iso write it), the host, the program and its pid.
+_HEAD = re.compile(
+    r"(?:<\d{1,3}>)?(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"
+    r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
+    r" (?:\S+ )?(?P<tag>[^\s\[\]]+)\[\d+\]: ",
+    re.ASCII,
+)
+#: RFC 5424's head (rsyslog's RSYSLOG_SyslogProtocol23Format, syslog-ng's
+#: syslog-protocol): <PRI>1 TIMESTAMP HOST APP PROCID MSGID STRUCTURED-DATA.
+_HEAD_5424 = re.compile(r"<\d{1,3}>1 \S+ \S+ (?P<tag>\S+) \S+ \S+ (?:-|(?:\[[^\]]*\])+) \ufeff?")
+
+
 def _syslog_split(line: str) -> tuple[str | None, str]:
     """A syslog line's program (its tag: ``postfix/smtp`` of ``... postfix/smtp[12]:``)
     and message; (None, line) for a line without one (``journalctl -o cat``, Exim's own
-    log). Only what precedes the first ``]: `` can be the head, and only when it holds
-    nothing a message would (quotes, ``=``, ``<``, ``: ``): a client's text comes after
-    the head (review rev168 F1: a HELO or a quoted sender holding a whole delivery
-    line was read as a bounce)."""
+    log). The head is the first that text before it does not quote: a client's text
+    comes after it (review rev168 F1: a HELO or a quoted sender holding a whole delivery
+    line was read as a bounce), and what a shipper writes before it (``host=mx``,
+    Loki's ``{filename="..."}``) holds no ``<`` nor ``'``, which an address of Postfix's
+    lines and a value of smtpguard's always do (review rev170 F4)."""
+    found = _HEAD_5424.match(line)
+    if found is None:
+        found = _HEAD.search(line)
+        if found is not None and ("<" in line[: found.start()] or "'" in line[: found.start()]):
+            found = None
+    if found is not None:
+        return found["tag"], line[found.end() :]
+    # A head without a timestamp: what precedes the first "]: ", holding nothing a
+    # message would.
     end = line.find("]: ")
     if end < 0:
         return None, line
@@ -306,6 +330,33 @@ def _syslog_split(line: str) -> tuple[str | None, str]:
     if bracket < 0 or not head[bracket + 1 :].isdigit():
         return None, line
     return head[head.rfind(" ", 0, bracket) + 1 : bracket], line[end + 3 :]
+
+
+def _postfix_message(raw: bytes, programs: frozenset[str]) -> str | None:
+    """The message of a line one of Postfix's ``programs`` wrote (the last part of its
+    syslog_name), or of a line without a head; None for any other line."""
+    tag, message = _syslog_split(raw.decode("utf-8", "replace").rstrip("\r\n"))
+    if tag is not None and tag.rpartition("/")[2] not in programs:
+        return None
+    return message
+
+
+def _fields_after(line: str, field: str) -> int:
+    """Where the fields after ``QID: field<ADDRESS>, `` start in a Postfix message (and
+    after an ``orig_to=<...>, `` there), the addresses read to their ends (a quoted
+    local part may hold ``>, status=...``: review rev170 F2); -1 if the message is not
+    so."""
+    head = _QUEUE_ID.match(line)
+    if head is None or not line.startswith(field, head.end()):
+        return -1
+    close = _address_end(line, head.end() + len(field))
+    if close < 0:
+        return -1
+    at = close + 2
+    if line.startswith(" orig_to=<", at):
+        close = _address_end(line, at + len(" orig_to=<"))
+        at = close + 2 if close >= 0 else -1
+    return at
 
 
 def _first_of(line: str, needles: tuple[str, ...]) -> tuple[str, int] | None:
@@ -320,15 +371,15 @@ def _first_of(line: str, needles: tuple[str, ...]) -> tuple[str, int] | None:
 def _postfix(tag: str | None, line: str) -> list[Event]:
     if tag is not None and tag.rpartition("/")[2] not in _POSTFIX_AGENTS:
         return []
-    head = _QUEUE_ID_TO.match(line)
-    if head is None or not line.startswith("<", head.end()):
+    fields = _fields_after(line, "to=<")
+    if fields < 0:
         return []
-    start = head.end() - 4
+    start = line.find(" to=<")
     close = _address_end(line, start + 5)
-    found = _first_of(line[close:], _POSTFIX_STATUS) if close >= 0 else None
+    found = _first_of(line[fields:], _POSTFIX_STATUS)
     if found is None:
         return []
-    marker, end = found[0], found[1] + close
+    marker, end = found[0], found[1] + fields
     dsn_at = line.find(" dsn=", close, end)
     dsn = _DSN.match(line, dsn_at + 5) if start >= 0 and close >= 0 and dsn_at >= 0 else None
     detail = line[end + len(marker) :].rstrip()
@@ -369,6 +420,37 @@ def _address_end(line: str, at: int) -> int:
     return line.find(">,", at)
 
 
+def _outside_quotes(line: str, needle: str, at: int) -> int:
+    """The first ``needle`` from ``at`` on that is outside a quoted string (Sendmail's
+    ``to=<"a, dsn=5.7.1, stat=x"@y>,<b@z>, delay=...``); -1 if none."""
+    quoted = False
+    i = at
+    while i < len(line):
+        c = line[i]
+        if quoted:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quoted = False
+        elif c == '"':
+            quoted = True
+        elif line.startswith(needle, i):
+            return i
+        i += 1
+    return -1
+
+
+def _expired(raw: bytes) -> str | None:
+    """The queue id of qmgr's ``QID: from=<...>, status=expired, returned to sender``;
+    None for any other line (review rev170 F3: a quoted sender holding the words, in
+    qmgr's line of a message still queued, counted it as expired)."""
+    line = _postfix_message(raw, frozenset({"qmgr"}))
+    fields = _fields_after(line, "from=<") if line is not None else -1
+    if line is None or fields < 0 or not line.startswith(" status=expired, ", fields):
+        return None
+    return line[: line.find(": ")]
+
+
 def _queue_id(raw: bytes, after: bytes) -> str | None:
     """The queue id of a Postfix line: the word just before ``after`` (": to=<",
     ": from=<", ": removed"); None when the line has no ``after``."""
@@ -379,10 +461,13 @@ def _queue_id(raw: bytes, after: bytes) -> str | None:
 
 
 def _sendmail(tag: str | None, line: str) -> list[Event]:
-    if (tag is not None and tag not in _SENDMAIL_TAGS) or not _QUEUE_ID_TO.match(line):
+    head = _QUEUE_ID.match(line)
+    if (tag is not None and tag not in _SENDMAIL_TAGS) or head is None:
         return []
-    start = line.find(" to=")
-    fields_end = line.find(", ", start)
+    if not line.startswith("to=", head.end()):
+        return []
+    start = head.end() - 1
+    fields_end = _outside_quotes(line, ", ", start)
     dsn_at = line.find(" dsn=", fields_end)
     stat_at = line.find(", stat=", dsn_at)
     if min(start, fields_end, dsn_at, stat_at) < 0:
@@ -1130,31 +1215,39 @@ class PostfixQueue:
         queue_id = _queue_id(raw, _TO)
         if queue_id is None or queue_id not in self.queued:
             return
-        start = raw.find(_TO) + len(_TO)
-        close = raw.find(b">,", start)
-        if close < 0:
+        line = _postfix_message(raw, _POSTFIX_AGENTS)
+        fields = _fields_after(line, "to=<") if line is not None else -1
+        if line is None or fields < 0 or line.find(" status=sent (", fields) < 0:
             return
-        rcpt = _clean(raw[start:close].decode("utf-8", "replace")).strip()
+        start = line.find(" to=<") + 5
+        rcpt = _clean(line[start : _address_end(line, start)]).strip()
         self._forget(queue_id, self.queued[queue_id], rcpt[:MAX_FIELD_CHARS])
 
     def removed(self, raw: bytes) -> None:
         """A ``QUEUEID: removed`` line (the message left the queue: delivered, bounced,
         or deleted with postsuper -d): none of its recipients waits any more, and the id
         may be given to another message later."""
-        queue_id = _queue_id(raw, _POSTFIX_REMOVED)
-        if queue_id is not None:
-            self.queued.pop(queue_id, None)
+        line = _postfix_message(raw, _REMOVERS)
+        head = _QUEUE_ID.match(line) if line is not None else None
+        if line is not None and head is not None and line[head.end() :] == "removed":
+            self.queued.pop(line[: head.end() - 2], None)
 
     def requeued(self, raw: bytes) -> None:
         """pickup's ``NEWID: uid=... orig_id=OLDID`` (``postsuper -r``): the message
         goes on under its new id, and nothing waits under the old one (review rev101
         F6: it was counted as waiting for ever)."""
-        new = _queue_id(raw, b": uid=")
-        # The last one: a sender address may hold the words (review rev102 F6).
-        old = raw[raw.rfind(_ORIG_ID) + len(_ORIG_ID) :].split(None, 1)[:1]
-        if new is None or not old:
+        line = _postfix_message(raw, frozenset({"pickup"}))
+        head = _QUEUE_ID.match(line) if line is not None else None
+        if line is None or head is None:
             return
-        recipients = self.queued.pop(old[0].decode("ascii", "replace"), None)
+        new = line[: head.end() - 2]
+        # The last one: a sender address may hold the words (review rev102 F6); and only
+        # in pickup's own line (review rev170 F3).
+        at = line.rfind("> orig_id=")
+        old = line[at + len("> orig_id=") :].split(None, 1)[:1] if at >= 0 else []
+        if not old:
+            return
+        recipients = self.queued.pop(old[0], None)
         if recipients is not None:
             self.queued[new] = recipients
 
@@ -1200,7 +1293,7 @@ def summarize_lines(
                 if _POSTFIX_REMOVED in raw[-12:]:  # the line's end, without copying it
                     queue.removed(raw)
                     continue
-                if _POSTFIX_EXPIRED not in raw or (queue_id := _queue_id(raw, _FROM)) is None:
+                if _POSTFIX_EXPIRED not in raw or (queue_id := _expired(raw)) is None:
                     # pickup's own line only: a logged Subject may hold the words.
                     if _ORIG_ID in raw and _PICKUP in raw:
                         queue.requeued(raw)
