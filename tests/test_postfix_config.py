@@ -283,6 +283,15 @@ def test_an_ipv6_network_without_brackets_in_mynetworks_is_a_conflict(tmp_path: 
     assert problem.endswith("write it [2001:db8:aaaa::]/48")
     fine = {"mynetworks": "127.0.0.0/8 [::1]/128 [2001:db8:aaaa::]/48 cidr:/etc/postfix/lan"}
     assert not [p for p in make_plan(cfg, **fine).problems if p.startswith("mynetworks")]
+    # In a /file Postfix reads it so too (review rev170 F1); a cidr: table takes it bare.
+    (tmp_path / "nets").write_text("192.0.2.0/24\n2001:db8:aaaa::/48\n")
+    (tmp_path / "nets.cidr").write_text("2001:db8:bbbb::/48 OK\n")
+    in_file = {"mynetworks": f"127.0.0.0/8 {tmp_path}/nets cidr:{tmp_path}/nets.cidr"}
+    found = make_plan(cfg, **in_file).problems
+    (problem,) = [p for p in found if "Postfix reads an IPv6" in p]
+    assert problem.startswith(
+        f"mynetworks has 2001:db8:aaaa::/48 (in {tmp_path}/nets): Postfix reads an IPv6"
+    )
 
 
 def test_a_hopcount_limit_that_answers_before_smtpguard_is_a_note(tmp_path: Path) -> None:
@@ -946,14 +955,18 @@ def test_aliases_of_our_mydestination_domains_the_directory_lacks_are_a_conflict
     --check said no conflicts. postalias' own keys ("@", YP_*) and postmaster are left
     out."""
     conf = postmap_directory(tmp_path)
-    write_settled(conf / "aliases", "abuse: alice\nhostmaster: alice\npostmaster: root\n")
+    write_settled(
+        conf / "aliases",
+        'abuse: alice\nhostmaster: alice\npostmaster: root\n"john smith": alice\n',
+    )
     subprocess.run(["postalias", "-c", str(conf), f"hash:{conf}/aliases"], check=True)
     cfg = load(make_site(tmp_path / "site").config)
     maps = {"config_directory": str(conf), "alias_maps": f"hash:{conf}/aliases"}
     (problem,) = [p for p in make_plan(cfg, **maps).problems if "directory lacks" in p]
     assert problem.startswith(
-        "Postfix receives mail for 2 address(es) of site.local_domains that smtpguard's"
-        " directory lacks (abuse@example.com, hostmaster@example.com; keys of alias_maps)"
+        "Postfix receives mail for 3 address(es) of site.local_domains that smtpguard's"
+        ' directory lacks (abuse@example.com, hostmaster@example.com, "john smith"@example.com;'
+        " keys of alias_maps)"
     )
     # Not a domain of ours in mydestination: nothing to compare.
     other = {**maps, "mydestination": "localhost"}
@@ -1448,7 +1461,13 @@ def test_smtpguard_kept_off_port_25_by_an_override_is_a_conflict(tmp_path: Path)
     """Review rev166 F5: the admin's -o smtpd_milters on port 25 kept smtpguard off
     the service outside mail comes in on (a listed sender passed) while --check said
     "no conflicts"; a loopback-only smtp service is not that one."""
-    for name, conflict in (("smtp", True), ("0.0.0.0:25", True), ("127.0.0.1:smtp", False)):
+    cases = (
+        ("smtp", True),
+        ("0.0.0.0:25", True),
+        ("127.0.0.1:smtp", False),
+        ("10.0.0.1:smtp", False),
+    )
+    for name, conflict in cases:
         master_cf = MASTER_CF.replace(
             "smtp      inet  n       -       y       -       -       smtpd\n",
             f"{name} inet n - y - - smtpd\n  -o smtpd_milters=inet:127.0.0.1:8891\n",

@@ -903,14 +903,22 @@ class _Planner:
         too (review rev121 F1: a LAN's printers bounced while --check said "no
         conflicts"). An IPv4-mapped entry is the IPv4 network smtpguard reads it as."""
         tokens = split_list(self.now["mynetworks"])
-        # Postfix reads a token with a colon as type:table unless it is bracketed: an
-        # IPv6 network written bare is a lookup table that fails, and every recipient
-        # is deferred (review rev167 F2; mta-facts).
-        bare = {
-            t: n
-            for t in tokens
-            if ":" in t and not t.startswith("[") and (n := _parse_network(t)) is not None
-        }
+        # Networks in /file entries and cidr: tables count as written (review rev166
+        # F2: a LAN in a file got 553 relay_local_fail while --check said no conflicts).
+        written: dict[IPNetwork, str] = {}
+        others: list[str] = []
+        bare: dict[str, IPNetwork] = {}
+        for label, net in self._network_items(tokens, set()):
+            if net is None:
+                others.append(label)
+            elif _bare_ipv6(label):
+                # Postfix reads a word with a colon as type:table unless it is
+                # bracketed, in main.cf and in a /file alike: an IPv6 network written
+                # bare is a lookup table that fails, and every recipient is deferred
+                # (review rev167 F2, rev170 F1; mta-facts). cidr: tables take it bare.
+                bare[label] = net
+            else:
+                written.setdefault(net, label)
         if bare:
             fixed = " ".join(postfix_network(n) for n in bare.values())
             self.problem(
@@ -918,16 +926,6 @@ class _Planner:
                 " brackets as a lookup table (type:table), which fails, and then defers"
                 f" mail for every recipient (451 4.3.0); write it {fixed}"
             )
-        tokens = [t for t in tokens if t not in bare]
-        # Networks in /file entries and cidr: tables count as written (review rev166
-        # F2: a LAN in a file got 553 relay_local_fail while --check said no conflicts).
-        written: dict[IPNetwork, str] = {}
-        others: list[str] = []
-        for label, net in self._network_items(tokens, set()):
-            if net is None:
-                others.append(label)
-            else:
-                written.setdefault(net, label)
         indirect = [t for t in tokens if _parse_network(t) is None]
         ours = self.config.site.trusted_networks
         theirs = {unmapped_network(n) for n in written}
@@ -1302,7 +1300,7 @@ class _Planner:
                     'reject_unauth_destination, or use relay_control = "postfix"',
                     blocking=True,
                 )
-            elif _port_25(service) and not self._loopback_only(service):
+            elif _port_25(service) and not self._loopback_only(service) and not _lan_only(service):
                 # Review rev166 F5: the admin's -o smtpd_milters kept smtpguard off the
                 # service mail from outside comes in on, and --check said "no conflicts".
                 self.problem(
@@ -1546,7 +1544,9 @@ class _Planner:
                 # postalias adds "@" and the NIS markers YP_LAST_MODIFIED, YP_MASTER_NAME.
                 if "@" in key or key.startswith("YP_") or key.lower() == "postmaster":
                     continue
-                yield from (f"{key}@{domain}" for domain in own)
+                # A key with a space is a quoted local part ("john smith": alice).
+                local = f'"{key}"' if any(c.isspace() or c == '"' for c in key) else key
+                yield from (f"{local}@{domain}" for domain in own)
 
     def domains(self) -> None:
         """Domains Postfix accepts mail for that smtpguard would refuse as relaying."""
@@ -1796,7 +1796,8 @@ class _Planner:
                 why = "; ".join(errors) or f"postmap exited {done.returncode}"
                 self._not_compared(name, table, why)
             return None
-        return [line.split(None, 1)[0] for line in done.stdout.splitlines() if line.strip()]
+        # postmap -s writes KEY<TAB>VALUE; a key may hold spaces ("john smith": review rev170 F5).
+        return [line.split("\t", 1)[0] for line in done.stdout.splitlines() if line.strip()]
 
     def _dotted_name(self, name: str, item: str) -> None:
         note = (
@@ -2037,12 +2038,30 @@ def chroot_path(root: str, path: PurePosixPath) -> str:
     return os.path.join(root, *done)
 
 
+def _bare_ipv6(label: str) -> bool:
+    """Whether a network of :meth:`_Planner._network_items` is IPv6 written without
+    brackets where Postfix reads a word (main.cf, a /file), not a cidr: table's key."""
+    word, _, source = label.partition(" (in ")
+    return ":" in word and not word.startswith("[") and not source.startswith(("cidr:", "proxy:"))
+
+
 def _port_25(service: Service) -> bool:
     """The service that takes mail from other hosts on port 25: master.cf's ``smtp``
     (or ``25``, on any address), or postscreen's ``smtpd`` pass service."""
     if service.kind == "pass":
         return service.name == "smtpd"
     return service.kind == "inet" and service.name.rpartition(":")[2] in ("smtp", "25")
+
+
+def _lan_only(service: Service) -> bool:
+    """Listening on one private address only (``10.0.0.1:smtp``): a LAN's own relay
+    listener, which an admin may keep without milters (review rev170: not a conflict)."""
+    host, sep, _port = service.name.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return bool(sep) and address.is_private and not address.is_unspecified
 
 
 def _loopback_name(service: str) -> bool:
