@@ -811,3 +811,13 @@ def test_every_table_with_a_problem_is_named_at_once(tmp_path: Path) -> None:
     result = run_cli("check-config", str(path), "--offline")
     assert result.returncode == 1
     assert [line.split(": ")[1] for line in result.stderr.splitlines()] == keys
+
+
+def test_the_default_milter_timeout_outlasts_a_slow_upload_of_the_largest_message(
+    tmp_path: Path,
+) -> None:
+    """Review rev169 F1: libmilter ends a session silent for milter.timeout (checked
+    every 600 s), and the MTA is silent for a client's whole DATA phase: with 600, a
+    50 MB message sent at 40 KB/s was deferred at every retry."""
+    config = load_config(write_config(tmp_path, ""))
+    assert config.milter.timeout >= config.limits.max_message_size / 40_000 + 600

@@ -307,7 +307,10 @@ class MilterConfig:
     #: an unchrooted one both reach it as ``unix:smtpguard/smtpguard.sock``.
     socket: str = "unix:/var/spool/postfix/smtpguard/smtpguard.sock"
     name: str = "smtpguard"
-    timeout: int = 600
+    #: libmilter's own default (MI_TIMEOUT): it also ends a session silent this long,
+    #: and the MTA is silent for a whole DATA phase (review rev169 F1: 600 deferred every
+    #: upload over 10-20 minutes, at each retry).
+    timeout: int = 7210
     mta: MTAChoice = "auto"
     dry_run: bool = False
     log_level: str = "INFO"
