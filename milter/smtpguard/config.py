@@ -431,16 +431,33 @@ def ascii_lower(text: str) -> str:
     return text.translate(_ASCII_LOWER)
 
 
-@functools.lru_cache(maxsize=4096)
 def _in_domains(domain: str, domains: frozenset[str]) -> bool:
     """Exact match, or any parent listed as ``.example.com`` (Postfix style); compared
     canonical, as :meth:`_Section.domains` stores them. Cached (a frozenset keeps its
-    hash): a message's domains are asked about by several checks."""
+    hash): a message's domains are asked about by several checks. A name longer than
+    DNS allows (255 octets) is none of ours, and is not cached: a client on the milter
+    socket sent 60 KB names, each parent joined anew (review rev169 F3)."""
+    if len(domain) > MAX_DOMAIN_CHARS:
+        return False
+    return _in_domains_cached(domain, domains)
+
+
+#: RFC 1035 §2.3.4 (a name's text form, with room for a final dot).
+MAX_DOMAIN_CHARS: Final = 255
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_domains_cached(domain: str, domains: frozenset[str]) -> bool:
     domain = canonical_domain(domain)
     if domain in domains:
         return True
-    parts = domain.split(".")
-    return any("." + ".".join(parts[i:]) in domains for i in range(1, len(parts)))
+    # Each parent is a suffix of the name: sliced at each dot, not joined from labels.
+    at = domain.find(".")
+    while at >= 0:
+        if domain[at:] in domains:
+            return True
+        at = domain.find(".", at + 1)
+    return False
 
 
 @dataclass(frozen=True, slots=True)
