@@ -16,6 +16,7 @@ import pytest
 
 from smtpguard.app import Runtime, build_runtime, load
 from smtpguard.driver import (
+    HEADER_BATCH_CHARS,
     UNANNOUNCED_NOTICE,
     MacroLookup,
     Once,
@@ -356,6 +357,27 @@ def test_a_flood_of_header_fields_is_not_kept_nor_judged(tmp_path: Path, batch: 
     for n in range(100):
         d.header("Subject", f"n{n}")
     assert d.eom().action is Action.CONTINUE
+    d.close()
+
+
+def test_collected_header_fields_are_judged_once_they_pass_a_size(tmp_path: Path) -> None:
+    """Review rev169 F2: over a unix socket a header block of 54 MB was held whole until
+    its end; the fields collected are judged each time they pass HEADER_BATCH_CHARS,
+    with the same verdict: a Received field past the limit still refuses at the end."""
+    rt = build_runtime(load(make_site(tmp_path, {"limits": {"max_hops": 2}}).config))
+    d = SessionDriver(rt, SessionGate(10), POSTFIX.get, Once(), batch_headers=True)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    for n in range(2000):
+        d.header("X-Filler", f"{n:04d} " + "x" * 500)
+        assert sum(len(a) + len(b) for a, b in d._fields) <= HEADER_BATCH_CHARS + 520
+    for _ in range(3):
+        d.header(*RECEIVED)
+    final = d.eom()
+    assert final.reply is not None
+    assert final.reply.reply_id == "looping_message"
     d.close()
 
 

@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from smtpguard.address import (
     AddressError,
@@ -32,6 +32,9 @@ from smtpguard.state import SessionGate
 from smtpguard.verdict import TempError
 
 log = logging.getLogger("smtpguard")
+#: Characters of header fields collected (batch_headers) before they are judged
+#: anyway: memory stays bounded by this, not by the header block's size.
+HEADER_BATCH_CHARS: Final = 256 * 1024
 
 #: Looks up an MTA macro ("v", "{auth_authen}", ...); None when the MTA did not send it.
 MacroLookup = Callable[[str], str | None]
@@ -120,6 +123,8 @@ class SessionDriver:
         #: per field, where a field's verdict waits for end of message anyway.
         self.batch_headers = batch_headers
         self._fields: list[tuple[str, str]] = []
+        #: Characters of the fields collected: judged once they pass HEADER_BATCH_CHARS.
+        self._batched = 0
         #: Header fields of the current message so far, and how many may be judged.
         self._field_count = 0
         self._max_fields = runtime.config.limits.max_header_fields
@@ -219,6 +224,7 @@ class SessionDriver:
             )
             conn.defer(TempError("internal_error", "no connect step"), ADAPTER)
         self._fields = []
+        self._batched = 0
         self._field_count = 0
         self.rt.pipeline.end_transaction(conn.txn)
         params = esmtp_params(args)
@@ -284,6 +290,10 @@ class SessionDriver:
             return self._too_many_fields(self._max_fields, name, value)
         if self.batch_headers:
             self._fields.append((name, value))
+            self._batched += len(name) + len(value)
+            if self._batched > HEADER_BATCH_CHARS:
+                # Review rev169 F2: a header block of 54 MB was held whole until its end.
+                self._flush_headers()
             return CONTINUE
         return self.rt.pipeline.run(Stage.HEADER, self.conn, Event(header=(name, value)))
 
@@ -319,6 +329,7 @@ class SessionDriver:
         return CONTINUE
 
     def _flush_headers(self) -> None:
+        self._batched = 0
         if self._fields:
             fields, self._fields = self._fields, []
             # A verdict on a field is kept in the transaction (pending) and answered at
