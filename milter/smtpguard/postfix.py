@@ -977,12 +977,11 @@ class _Planner:
                     continue
                 read.add(item)
                 try:
-                    text = Path(item).read_text(errors="replace")
+                    listed = _file_items(item)
                 except OSError as exc:
                     yield f"{item} ({exc.strerror or exc})", None
                     continue
-                lines = (line.partition("#")[0] for line in text.splitlines())
-                for label, net in self._network_items(split_list(" ".join(lines)), read):
+                for label, net in self._network_items(listed, read):
                     yield (label if label.endswith(")") else f"{label} (in {item})"), net
                 continue
             kind, sep, path = item.removeprefix("proxy:").partition(":")
@@ -1735,14 +1734,11 @@ class _Planner:
                     continue
                 read.add(item)
                 try:
-                    text = Path(item).read_text(errors="replace")
+                    listed = _file_items(item)
                 except OSError as exc:
                     self._not_compared(name, item, exc.strerror or str(exc))
                     continue
-                lines = (line.partition("#")[0] for line in text.splitlines())
-                out += self._domain_items(
-                    split_list(" ".join(lines)), name, read, (*including, item)
-                )
+                out += self._domain_items(listed, name, read, (*including, item))
             elif ":" in item or "/" in item:
                 out += self._table_keys(item, name)
             else:
@@ -2036,6 +2032,13 @@ def chroot_path(root: str, path: PurePosixPath) -> str:
             done = []
         todo = list(target.parts[1:] if target.is_absolute() else target.parts) + todo
     return os.path.join(root, *done)
+
+
+def _file_items(path: str) -> list[str]:
+    """The items of a ``/file`` entry of a Postfix list, as match_list(3) reads it
+    (words or commas, ``#`` comments); OSError if it cannot be read."""
+    text = Path(path).read_text(errors="replace")
+    return split_list(" ".join(line.partition("#")[0] for line in text.splitlines()))
 
 
 def _bare_ipv6(label: str) -> bool:
