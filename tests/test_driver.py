@@ -360,16 +360,22 @@ def test_a_flood_of_header_fields_is_not_kept_nor_judged(tmp_path: Path, batch: 
     d.close()
 
 
+def _at_rcpt(runtime: Runtime, *, batch: bool) -> SessionDriver:
+    """A stranger's session with one recipient accepted, ready for its header."""
+    d = SessionDriver(runtime, SessionGate(10), POSTFIX.get, Once(), batch_headers=batch)
+    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
+    d.helo("mail.sender.example")
+    d.mail("<friend@sender.example>", ())
+    d.rcpt("<alice@example.com>")
+    return d
+
+
 def test_collected_header_fields_are_judged_once_they_pass_a_size(tmp_path: Path) -> None:
     """Review rev169 F2: over a unix socket a header block of 54 MB was held whole until
     its end; the fields collected are judged each time they pass HEADER_BATCH_CHARS,
     with the same verdict: a Received field past the limit still refuses at the end."""
     rt = build_runtime(load(make_site(tmp_path, {"limits": {"max_hops": 2}}).config))
-    d = SessionDriver(rt, SessionGate(10), POSTFIX.get, Once(), batch_headers=True)
-    d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
-    d.helo("mail.sender.example")
-    d.mail("<friend@sender.example>", ())
-    d.rcpt("<alice@example.com>")
+    d = _at_rcpt(rt, batch=True)
     for n in range(2000):
         d.header("X-Filler", f"{n:04d} " + "x" * 500)
         assert sum(len(a) + len(b) for a, b in d._fields) <= HEADER_BATCH_CHARS + 520
@@ -393,11 +399,7 @@ def test_a_flood_of_header_fields_passes_in_a_dry_run(tmp_path: Path, batch: boo
     other = "mx.bank.example; dkim=pass header.d=bank.example"
 
     def session(after_the_limit: list[tuple[str, str]]) -> Decision:
-        d = SessionDriver(dry, SessionGate(10), POSTFIX.get, Once(), batch_headers=batch)
-        d.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 40000))
-        d.helo("mail.sender.example")
-        d.mail("<friend@sender.example>", ())
-        d.rcpt("<alice@example.com>")
+        d = _at_rcpt(dry, batch=batch)
         d.header("Authentication-Results", forged)
         for n in range(300):
             d.header("Subject", f"n{n}")
