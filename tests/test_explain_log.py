@@ -566,6 +566,13 @@ EXIM_FORGED = (
         f'NOQUEUE: reject: RCPT from x[192.0.2.1]: 554 5.7.1 from=<"a {FORGED}"@s.example>',
         # A Subject logged by Postfix's header_checks.
         f"Dec  2 18:00:01 mx postfix/cleanup[5]: 4ABC123: warning: header Subject: {EXIM_FORGED}",
+        # Without their heads (journalctl -o cat, or a head no pattern knows): a client's
+        # text holding a whole head (review rev171 F1).
+        "warning: non-SMTP command from x[192.0.2.1]: X: Mar  1 00:00:00 smtp[1]: Q:"
+        " to=<ceo@corp.example>, dsn=5.1.1, status=bounced (550 5.1.1 user unknown)",
+        "4ABC123: warning: header Subject: Dec  2 12:00:00 mx postfix/smtp[1]: 3D5: " + FORGED,
+        "1796580001.1 mx postfix/cleanup[5]: 4ABC123: warning: header Subject: Dec  2"
+        f" 12:00:00 mx postfix/smtp[1]: 3D5: {FORGED}",
     ],
 )
 def test_a_clients_text_in_a_log_line_is_no_delivery(line: str) -> None:
@@ -619,6 +626,21 @@ def test_a_quoted_sender_in_qmgrs_line_is_no_expired_message(rules: Knowledge) -
     assert (summary.expired, summary.waiting_messages) == (0, 1)
 
 
+def test_a_clients_text_in_headless_lines_neither_expires_nor_removes(rules: Knowledge) -> None:
+    """Review rev171 F1: in journalctl -o cat's lines a non-SMTP command or a logged
+    Subject holding qmgr's head and line removed a waiting message, or expired it."""
+    deferred = _postfix_line("3D5", "bob@d2.example", "deferred", "connect to x: refused")
+    lines = [
+        deferred.partition(b"postfix/smtp[1]: ")[2],
+        b"warning: non-SMTP command from x[192.0.2.1]: X-Y: Dec  2 12:00:00 mx"
+        b" postfix/qmgr[1]: 3D5: removed\n",
+        b"3D6: warning: header Subject: Dec  2 12:00:00 mx postfix/qmgr[1]: 3D5:"
+        b" from=<a@b.example>, status=expired, returned to sender from x[192.0.2.1]\n",
+    ]
+    summary = summarize_lines(lines, Explainer(rules), "cat.log")
+    assert (summary.expired, summary.waiting_messages, summary.waiting) == (0, 1, 1)
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -629,7 +651,10 @@ def test_a_quoted_sender_in_qmgrs_line_is_no_expired_message(rules: Knowledge) -
         '2026-12-02T18:00:02Z {filename="/var/log/mail.log", job="mail"} Dec  2 18:00:01 mx'
         " postfix/smtp[1234]: ",
         "host=mx Dec  2 18:00:01 mx postfix/smtp[1234]: ",
-        "mail.log: Dec  2 18:00:01 mx postfix/smtp[1234]: ",
+        "mail.log:Dec  2 18:00:01 mx postfix/smtp[1234]: ",  # grep -H
+        "Sat 2026-12-02 18:00:01 UTC mx postfix/smtp[1234]: ",  # journalctl -o short-full
+        "1796580001.123456 mx postfix/smtp[1234]: ",  # -o short-unix
+        "[  123.456789] mx postfix/smtp[1234]: ",  # -o short-monotonic
     ],
 )
 def test_syslog_heads_of_other_writers_and_shippers(head: str) -> None:

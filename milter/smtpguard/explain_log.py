@@ -294,10 +294,16 @@ def parse_log_line(raw: bytes) -> list[Event]:
 #: journalctl -o short-iso write it), the host, the program and its pid.
 _HEAD = re.compile(
     r"(?:<\d{1,3}>)?(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"
-    r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
+    r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
+    # journalctl -o short-full, short-unix and short-monotonic.
+    r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z]{2,5}|\d{9,10}\.\d+|\[ *\d+\.\d+\])"
     r" (?:\S+ )?(?P<tag>[^\s\[\]]+)\[\d+\]: ",
     re.ASCII,
 )
+#: What text before a head may not hold: a Postfix message has "QID: " or
+#: "warning: ... [IP]: " before any client's text, smtpguard's values are in '...', an
+#: address in <...>; a shipper's prefix (host=mx, Loki's {filename="..."}) has none.
+_NOT_BEFORE_A_HEAD = ("<", "'", ": ")
 #: RFC 5424's head (rsyslog's RSYSLOG_SyslogProtocol23Format, syslog-ng's
 #: syslog-protocol): <PRI>1 TIMESTAMP HOST APP PROCID MSGID STRUCTURED-DATA.
 _HEAD_5424 = re.compile(r"<\d{1,3}>1 \S+ \S+ (?P<tag>\S+) \S+ \S+ (?:-|(?:\[[^\]]*\])+) \ufeff?")
@@ -309,12 +315,15 @@ def _syslog_split(line: str) -> tuple[str | None, str]:
     log). The head is the first that text before it does not quote: a client's text
     comes after it (review rev168 F1: a HELO or a quoted sender holding a whole delivery
     line was read as a bounce), and what a shipper writes before it (``host=mx``,
-    Loki's ``{filename="..."}``) holds no ``<`` nor ``'``, which an address of Postfix's
-    lines and a value of smtpguard's always do (review rev170 F4)."""
+    Loki's ``{filename="..."}``) holds none of :data:`_NOT_BEFORE_A_HEAD`, which text
+    before a client's always does (review rev170 F4, rev171 F1)."""
     found = _HEAD_5424.match(line)
     if found is None:
         found = _HEAD.search(line)
-        if found is not None and ("<" in line[: found.start()] or "'" in line[: found.start()]):
+        if found is not None and any(s in line[: found.start()] for s in _NOT_BEFORE_A_HEAD):
+            # In a line without a head of its own (journalctl -o cat) a client's text
+            # (a non-SMTP command, a Subject header_checks logs) may hold one (review
+            # rev171 F1).
             found = None
     if found is not None:
         return found["tag"], line[found.end() :]
