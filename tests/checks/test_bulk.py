@@ -100,8 +100,11 @@ def test_an_ipv6_host_rotating_its_addresses_is_one_sender(
 def test_the_ipv6_prefix_of_the_key(prefix: int, key: str) -> None:
     conn = make_conn(ip="2001:db8:0:1::7")
     assert bulk_key(("sender", "client_ip"), conn, prefix) == "<>" + key
-    # An IPv4 client is its address whatever the prefix.
+    # An IPv4 client is its address whatever the prefix, behind NAT64 too (review
+    # rev172 F1: every IPv4 host there shared one /64).
     assert bulk_key(("client_ip",), make_conn(), prefix) == "198.51.100.7"
+    nat64 = make_conn(ip="64:ff9b::c633:6407")
+    assert bulk_key(("client_ip",), nat64, prefix) == "198.51.100.7"
 
 
 def test_declared_size_is_checked_without_counting(

@@ -32,6 +32,9 @@ from smtpguard.counters import CounterError, SizeBucketCounter, hit_unless_retry
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
 
+#: RFC 6052's well-known prefix: the last 32 bits are the IPv4 host's address.
+NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
 #: Attempts of one message (see the module docstring) that count once: a greylisting
 #: milter's retries, Postfix's queue retries after a temporary failure.
 RETRIES_FORGIVEN: Final = 3
@@ -62,7 +65,11 @@ def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) ->
             values.append(txn.sender.domain_canonical if txn and txn.sender else "")
         elif part == "client_ip":
             ip = conn.client_ip
-            if isinstance(ip, ipaddress.IPv6Address) and ipv6_prefix < 128:
+            if isinstance(ip, ipaddress.IPv6Address) and ip in NAT64:
+                # An IPv4 host behind NAT64 or SIIT (RFC 6052): one host, its own key
+                # (review rev172 F1: all of IPv4 shared one /64).
+                values.append(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+            elif isinstance(ip, ipaddress.IPv6Address) and ipv6_prefix < 128:
                 values.append(str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False)))
             else:
                 values.append(str(ip or ""))
