@@ -626,6 +626,45 @@ def test_a_quoted_sender_in_qmgrs_line_is_no_expired_message(rules: Knowledge) -
     assert (summary.expired, summary.waiting_messages) == (0, 1)
 
 
+def test_a_reply_that_echoes_the_recipient_keeps_the_lines_status() -> None:
+    """Review rev173 F1, real Postfix 3.7 lines: a greylisting server echoing the
+    recipient "q status=bounced (fake"@echo.test made every deferral a bounce."""
+    line = (
+        'Dec 07 03:50:45 mx postfix/smtp[28107]: E5C9423A159: to=<"q status=bounced (fake"'
+        "@echo.test>, relay=127.0.0.1[127.0.0.1]:24253, delay=0.02, delays=0/0/0.01/0.01,"
+        ' dsn=4.2.0, status=deferred (host 127.0.0.1[127.0.0.1] said: 450 4.2.0 <"q'
+        ' status=bounced (fake"@echo.test>: Recipient address rejected: Greylisted (in reply'
+        " to RCPT TO command))"
+    )
+    (event,) = parse_log_line(line.encode())
+    assert (event.status, event.domain) == ("deferred", "echo.test")
+    assert event.reply.startswith("450 4.2.0 <")
+
+
+def test_pickups_requeue_line_without_its_head_and_a_subject_that_mimics_it(
+    rules: Knowledge,
+) -> None:
+    """Review rev173 F2: headless (journalctl -o cat), pickup's real line after
+    postsuper -r was missed, and a Subject logged by header_checks holding
+    "/pickup[ x> orig_id=OLD" moved the waiting message's recipients."""
+    deferred = _postfix_line("7ADD623A8CF", "bob@d2.example", "deferred", "connect: refused")
+    headless = deferred.partition(b"postfix/smtp[1]: ")[2]
+    fake = (
+        b"8FC4823A8F8: warning: header Subject: /pickup[ x> orig_id=7ADD623A8CF from"
+        b" localhost[127.0.0.1]; from=<s@example.com> to=<w@sent.test> proto=ESMTP helo=<h>\n"
+    )
+    real = b"358AE23A5C3: uid=102 from=<sender@example.com> orig_id=7ADD623A8CF\n"
+    queue = PostfixQueue()
+    for event in parse_log_line(headless):
+        queue.note(event)
+    queue.requeued(fake)
+    assert set(queue.queued) == {"7ADD623A8CF"}
+    queue.requeued(real)
+    assert set(queue.queued) == {"358AE23A5C3"}
+    summary = summarize_lines([headless, fake, real], Explainer(rules), "cat.log")
+    assert summary.waiting_messages == 1
+
+
 def test_a_clients_text_in_headless_lines_neither_expires_nor_removes(rules: Knowledge) -> None:
     """Review rev171 F1: in journalctl -o cat's lines a non-SMTP command or a logged
     Subject holding qmgr's head and line removed a waiting message, or expired it."""

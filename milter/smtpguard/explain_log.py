@@ -126,6 +126,7 @@ _CANDIDATE = re.compile(
 # Parsing is str.find and anchored matches only: linear in the line whatever it holds
 # (an unanchored ".*?" between two markers is quadratic on a line that repeats the first).
 _DSN = re.compile(r"[45]\.\d{1,3}\.\d{1,3}(?=,)")
+_SENT_DSN = re.compile(r"2\.\d{1,3}\.\d{1,3}(?=,)")
 _POSTFIX_STATUS = (" status=bounced (", " status=deferred (")
 _POSTFIX_SAID = (" said: ", " refused to talk to me: ")
 _POSTFIX_SUSPENDED = "delivery temporarily suspended: "
@@ -136,7 +137,9 @@ _TO = b": to=<"
 #: pickup's line for a message requeued with ``postsuper -r``: its new queue id
 #: (``postfix/pickup[PID]: NEWID: uid=N from=<SENDER> orig_id=OLDID``).
 _ORIG_ID = b"> orig_id="
-_PICKUP = b"/pickup["
+_REQUEUED = re.compile(
+    r"(?P<new>[0-9A-Za-z]+): uid=\d+ from=<.*> orig_id=(?P<old>[0-9A-Za-z]+)", re.ASCII | re.DOTALL
+)
 _IN_REPLY_TO = " (in reply to "
 # A queue run that found the address's, transport's or hosts' retry time not reached
 # (ERRNO_RRETRY, ERRNO_LRETRY, ERRNO_HRETRY in Exim's exim.h) attempted no delivery.
@@ -385,15 +388,19 @@ def _postfix(tag: str | None, line: str) -> list[Event]:
         return []
     start = line.find(" to=<")
     close = _address_end(line, start + 5)
-    found = _first_of(line[fields:], _POSTFIX_STATUS)
-    if found is None:
-        return []
-    marker, end = found[0], found[1] + fields
-    dsn_at = line.find(" dsn=", close, end)
-    dsn = _DSN.match(line, dsn_at + 5) if start >= 0 and close >= 0 and dsn_at >= 0 else None
-    detail = line[end + len(marker) :].rstrip()
+    # Postfix writes "dsn=X.Y.Z, status=WORD (" together, after fields (relay=, delay=,
+    # delays=, conn_use=) that hold no text a client chose: the status is the one right
+    # after the first dsn=, never one in the reply that follows (review rev173 F1: a
+    # remote server echoing a recipient "q status=bounced (x"@y made deferrals bounces).
+    dsn_at = line.find(" dsn=", fields)
+    dsn = _DSN.match(line, dsn_at + 5) if dsn_at >= 0 else None
     if dsn is None:
         return []
+    marker = next((m for m in _POSTFIX_STATUS if line.startswith(m, dsn.end() + 1)), None)
+    if marker is None:
+        return []
+    end = dsn.end() + 1
+    detail = line[end + len(marker) :].rstrip()
     # A line a syslog relay cut (RFC 3164's 1024 bytes) has lost its ")": what is left
     # of the detail is still the reason, as for a cut Exim or Sendmail line.
     detail = detail.removesuffix(")")
@@ -1226,7 +1233,9 @@ class PostfixQueue:
             return
         line = _postfix_message(raw, _POSTFIX_AGENTS)
         fields = _fields_after(line, "to=<") if line is not None else -1
-        if line is None or fields < 0 or line.find(" status=sent (", fields) < 0:
+        dsn_at = line.find(" dsn=", fields) if line is not None and fields >= 0 else -1
+        dsn = _SENT_DSN.match(line, dsn_at + 5) if line is not None and dsn_at >= 0 else None
+        if line is None or dsn is None or not line.startswith(" status=sent (", dsn.end() + 1):
             return
         start = line.find(" to=<") + 5
         rcpt = _clean(line[start : _address_end(line, start)]).strip()
@@ -1246,19 +1255,14 @@ class PostfixQueue:
         goes on under its new id, and nothing waits under the old one (review rev101
         F6: it was counted as waiting for ever)."""
         line = _postfix_message(raw, frozenset({"pickup"}))
-        head = _QUEUE_ID.match(line) if line is not None else None
-        if line is None or head is None:
+        # pickup's line by its whole shape, the orig_id the last word (a sender address
+        # may hold the words: review rev102 F6); a logged Subject is not one (rev173 F2).
+        found = _REQUEUED.fullmatch(line.rstrip()) if line is not None else None
+        if found is None:
             return
-        new = line[: head.end() - 2]
-        # The last one: a sender address may hold the words (review rev102 F6); and only
-        # in pickup's own line (review rev170 F3).
-        at = line.rfind("> orig_id=")
-        old = line[at + len("> orig_id=") :].split(None, 1)[:1] if at >= 0 else []
-        if not old:
-            return
-        recipients = self.queued.pop(old[0], None)
+        recipients = self.queued.pop(found["old"], None)
         if recipients is not None:
-            self.queued[new] = recipients
+            self.queued[found["new"]] = recipients
 
     @property
     def complete(self) -> bool:
@@ -1304,7 +1308,7 @@ def summarize_lines(
                     continue
                 if _POSTFIX_EXPIRED not in raw or (queue_id := _expired(raw)) is None:
                     # pickup's own line only: a logged Subject may hold the words.
-                    if _ORIG_ID in raw and _PICKUP in raw:
+                    if _ORIG_ID in raw:
                         queue.requeued(raw)
                     continue
                 summary.expired += 1
