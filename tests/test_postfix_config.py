@@ -262,6 +262,10 @@ def test_mynetworks_files_and_cidr_tables_are_compared(tmp_path: Path) -> None:
     (note,) = [n for n in result.notes if n.startswith("mynetworks")]
     assert "in site.trusted_networks only: 192.0.2.0/24" in note
     assert "to make them equal: mynetworks =" not in note
+    # A file that includes itself (review rev51 for the domain lists).
+    (tmp_path / "loop").write_text(f"10.9.0.0/16 {tmp_path}/loop\n")
+    looped = make_plan(cfg, mynetworks=f"127.0.0.0/8 {tmp_path}/loop").problems
+    assert any(p.startswith(f"mynetworks: {tmp_path}/loop includes itself") for p in looped)
     covered = config(
         tmp_path / "covered",
         {"site": {"trusted_networks": ["127.0.0.0/8", "10.0.0.0/8", "2001:db8:1::/48"]}},

@@ -962,7 +962,7 @@ class _Planner:
         self.notes.append(" ".join(text))
 
     def _network_items(
-        self, items: list[str], read: set[str]
+        self, items: list[str], read: set[str], including: tuple[str, ...] = ()
     ) -> Iterator[tuple[str, IPNetwork | None]]:
         """mynetworks' networks, each with where it is written (the item, or
         ``network (in FILE)``), as Postfix's match_list reads them: /file entries hold
@@ -973,6 +973,15 @@ class _Planner:
                 yield item, None
                 continue
             if item.startswith("/"):
+                if item in including:
+                    # mynetworks is read as the domain lists are (match_list), whose
+                    # lookups review rev51 measured failing on such a cycle.
+                    self.problem(
+                        f"mynetworks: {item} includes itself (through"
+                        f" {' -> '.join(including)}): Postfix reads it again and again,"
+                        " as it does a domain list's, whose lookups then fail (451 4.3.0"
+                        " Temporary lookup failure); take the cycle out"
+                    )
                 if item in read:
                     continue
                 read.add(item)
@@ -981,7 +990,7 @@ class _Planner:
                 except OSError as exc:
                     yield f"{item} ({exc.strerror or exc})", None
                     continue
-                for label, net in self._network_items(listed, read):
+                for label, net in self._network_items(listed, read, (*including, item)):
                     yield (label if label.endswith(")") else f"{label} (in {item})"), net
                 continue
             kind, sep, path = item.removeprefix("proxy:").partition(":")
