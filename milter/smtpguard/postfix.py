@@ -973,24 +973,12 @@ class _Planner:
                 yield item, None
                 continue
             if item.startswith("/"):
-                if item in including:
-                    # mynetworks is read as the domain lists are (match_list), whose
-                    # lookups review rev51 measured failing on such a cycle.
-                    self.problem(
-                        f"mynetworks: {item} includes itself (through"
-                        f" {' -> '.join(including)}): Postfix reads it again and again,"
-                        " as it does a domain list's, whose lookups then fail (451 4.3.0"
-                        " Temporary lookup failure); take the cycle out"
-                    )
-                if item in read:
-                    continue
-                read.add(item)
                 try:
-                    listed = _file_items(item)
+                    listed = self._included("mynetworks", item, read, including)
                 except OSError as exc:
                     yield f"{item} ({exc.strerror or exc})", None
                     continue
-                for label, net in self._network_items(listed, read, (*including, item)):
+                for label, net in self._network_items(listed or [], read, (*including, item)):
                     yield (label if label.endswith(")") else f"{label} (in {item})"), net
                 continue
             kind, sep, path = item.removeprefix("proxy:").partition(":")
@@ -1009,6 +997,29 @@ class _Planner:
                 continue
             net = _parse_network(item)
             yield item, net
+
+    def _included(
+        self, name: str, item: str, read: set[str], including: tuple[str, ...]
+    ) -> list[str] | None:
+        """The items of a list's ``/file`` entry, None when the list read it already
+        (``read``, shared by the whole list: a web of files that include each other was
+        read along every path through it, rev46); OSError if it cannot be read. A file
+        among those ``including`` it is a cycle: the first of a list is a conflict, as
+        measured with Postfix 3.7 (review rev51): the list's lookups then fail."""
+        if item in including and not any(
+            n.startswith(f"{name}: ") and "includes itself" in n for n in self.unresolved
+        ):
+            # The first cycle of a list: a web of files has as many as paths.
+            self.problem(
+                f"{name}: {item} includes itself (through {' -> '.join(including)}):"
+                " Postfix reads it again until it runs out of file descriptors, and"
+                ' answers "451 4.3.0 Temporary lookup failure" for what comes after it'
+                " and for everything the list does not name"
+            )
+        if item in read:
+            return None
+        read.add(item)
+        return _file_items(item)
 
     def relay(self) -> None:
         milter_mode = self.config.site.relay_control == "milter"
@@ -1727,27 +1738,13 @@ class _Planner:
                     out.append(f"!{inner}")
                 continue
             if item.startswith("/"):
-                if item in including and not any(
-                    n.startswith(f"{name}: ") and "includes itself" in n for n in self.unresolved
-                ):
-                    # The first cycle of a list: a web of files has as many as paths.
-                    # A conflict, not a note: measured with Postfix 3.7 (review rev51),
-                    # the list's lookups then fail, for the domains after the cycle too.
-                    self.problem(
-                        f"{name}: {item} includes itself (through {' -> '.join(including)}):"
-                        " Postfix reads it again until it runs out of file descriptors, and"
-                        ' answers "451 4.3.0 Temporary lookup failure" for the domains after'
-                        " it and for every domain the list does not name"
-                    )
-                if item in read:
-                    continue
-                read.add(item)
                 try:
-                    listed = _file_items(item)
+                    listed = self._included(name, item, read, including)
                 except OSError as exc:
                     self._not_compared(name, item, exc.strerror or str(exc))
                     continue
-                out += self._domain_items(listed, name, read, (*including, item))
+                if listed is not None:
+                    out += self._domain_items(listed, name, read, (*including, item))
             elif ":" in item or "/" in item:
                 out += self._table_keys(item, name)
             else:
