@@ -371,15 +371,6 @@ def _fields_after(line: str, field: str) -> int:
     return at
 
 
-def _first_of(line: str, needles: tuple[str, ...]) -> tuple[str, int] | None:
-    """The first of ``needles`` (in their order) that ``line`` holds, and where."""
-    for needle in needles:
-        at = line.find(needle)
-        if at >= 0:
-            return needle, at
-    return None
-
-
 def _postfix(tag: str | None, line: str) -> list[Event]:
     if tag is not None and tag.rpartition("/")[2] not in _POSTFIX_AGENTS:
         return []
