@@ -85,7 +85,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol, TextIO, TypeVar, cast
+from typing import BinaryIO, Literal, NamedTuple, Protocol, TextIO, TypeVar, cast
 
 from cachetools import LRUCache
 
@@ -126,8 +126,10 @@ _CANDIDATE = re.compile(
 # Parsing is str.find and anchored matches only: linear in the line whatever it holds
 # (an unanchored ".*?" between two markers is quadratic on a line that repeats the first).
 _DSN = re.compile(r"[45]\.\d{1,3}\.\d{1,3}(?=,)")
-_SENT_DSN = re.compile(r"2\.\d{1,3}\.\d{1,3}(?=,)")
-_POSTFIX_STATUS = (" status=bounced (", " status=deferred (")
+#: Postfix writes them together: "dsn=X.Y.Z, status=WORD (".
+_DSN_STATUS = re.compile(
+    r"(?P<dsn>[245]\.\d{1,3}\.\d{1,3}), status=(?P<status>[a-z]+) \(", re.ASCII
+)
 _POSTFIX_SAID = (" said: ", " refused to talk to me: ")
 _POSTFIX_SUSPENDED = "delivery temporarily suspended: "
 _POSTFIX_EXPIRED = b" status=expired, returned to sender"
@@ -273,6 +275,9 @@ _POSTFIX_AGENTS = frozenset(
 _SENDMAIL_TAGS = frozenset({"sm-mta", "sendmail", "sm-msp-queue"})
 #: Who writes "QID: removed": qmgr, and postsuper -d.
 _REMOVERS = frozenset({"qmgr", "postsuper"})
+#: Who writes an expired message's line, and a requeued one's (postsuper -r).
+_QMGR = frozenset({"qmgr"})
+_PICKUP = frozenset({"pickup"})
 #: A Postfix or Sendmail message about a queued message: its queue id first.
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]+: ", re.ASCII)
 #: An Exim line: its own timestamp (and pid) when it writes the log itself, then the
@@ -353,45 +358,58 @@ def _postfix_message(raw: bytes, programs: frozenset[str]) -> str | None:
     return message
 
 
-def _fields_after(line: str, field: str) -> int:
-    """Where the fields after ``QID: field<ADDRESS>, `` start in a Postfix message (and
-    after an ``orig_to=<...>, `` there), the addresses read to their ends (a quoted
-    local part may hold ``>, status=...``: review rev170 F2); -1 if the message is not
-    so."""
+class _QueueLine(NamedTuple):
+    """A Postfix message about one address of a queued message."""
+
+    queue_id: str
+    #: The ``to=`` or ``from=`` address as written.
+    address: str
+    #: Where the fields after it (and after an ``orig_to=<...>, ``) start.
+    fields: int
+
+
+def _queued(line: str, field: str) -> _QueueLine | None:
+    """A Postfix message that is ``QID: field<ADDRESS>, ...``, the addresses read to
+    their ends (a quoted local part may hold ``>, status=...``: review rev170 F2);
+    None for any other."""
     head = _QUEUE_ID.match(line)
     if head is None or not line.startswith(field, head.end()):
-        return -1
-    close = _address_end(line, head.end() + len(field))
+        return None
+    start = head.end() + len(field)
+    close = _address_end(line, start)
     if close < 0:
-        return -1
+        return None
     at = close + 2
     if line.startswith(" orig_to=<", at):
-        close = _address_end(line, at + len(" orig_to=<"))
-        at = close + 2 if close >= 0 else -1
-    return at
+        orig_close = _address_end(line, at + len(" orig_to=<"))
+        if orig_close < 0:
+            return None
+        at = orig_close + 2
+    return _QueueLine(line[: head.end() - 2], line[start:close], at)
+
+
+def _dsn_status(line: str, queued: _QueueLine) -> re.Match[str] | None:
+    """The ``dsn=X.Y.Z, status=WORD (`` of a delivery line: the first dsn= after the
+    address, whose fields (relay=, delay=, delays=, conn_use=) hold no text a client
+    chose; never a status in the reply that follows (review rev173 F1: a remote server
+    echoing a recipient "q status=bounced (x"@y made deferrals bounces)."""
+    at = line.find(" dsn=", queued.fields)
+    return _DSN_STATUS.match(line, at + 5) if at >= 0 else None
 
 
 def _postfix(tag: str | None, line: str) -> list[Event]:
     if tag is not None and tag.rpartition("/")[2] not in _POSTFIX_AGENTS:
         return []
-    fields = _fields_after(line, "to=<")
-    if fields < 0:
+    queued = _queued(line, "to=<")
+    found = _dsn_status(line, queued) if queued is not None else None
+    if (
+        queued is None
+        or found is None
+        or found["dsn"][0] == "2"
+        or found["status"] not in ("bounced", "deferred")
+    ):
         return []
-    start = line.find(" to=<")
-    close = _address_end(line, start + 5)
-    # Postfix writes "dsn=X.Y.Z, status=WORD (" together, after fields (relay=, delay=,
-    # delays=, conn_use=) that hold no text a client chose: the status is the one right
-    # after the first dsn=, never one in the reply that follows (review rev173 F1: a
-    # remote server echoing a recipient "q status=bounced (x"@y made deferrals bounces).
-    dsn_at = line.find(" dsn=", fields)
-    dsn = _DSN.match(line, dsn_at + 5) if dsn_at >= 0 else None
-    if dsn is None:
-        return []
-    marker = next((m for m in _POSTFIX_STATUS if line.startswith(m, dsn.end() + 1)), None)
-    if marker is None:
-        return []
-    end = dsn.end() + 1
-    detail = line[end + len(marker) :].rstrip()
+    detail = line[found.end() :].rstrip()
     # A line a syslog relay cut (RFC 3164's 1024 bytes) has lost its ")": what is left
     # of the detail is still the reason, as for a cut Exim or Sendmail line.
     detail = detail.removesuffix(")")
@@ -404,15 +422,12 @@ def _postfix(tag: str | None, line: str) -> list[Event]:
                 reply = reply[:cut]
             break
     else:
-        reply = f"{dsn.group()} {detail}"
-    status: Status = "bounced" if marker == _POSTFIX_STATUS[0] else "deferred"
-    queue_id = line[:start].rstrip().removesuffix(":").rpartition(" ")[2]
+        reply = f"{found['dsn']} {detail}"
     # qmgr's deferral of a recipient whose destination is already marked down
     # (qmgr_defer_recipient): no attempt, as Exim's "retry time not reached".
     attempted = not detail.startswith(_POSTFIX_SUSPENDED)
-    return [
-        _event("postfix", status, line[start + 5 : close], reply, queue_id, attempted=attempted)
-    ]
+    status: Status = "bounced" if found["status"] == "bounced" else "deferred"
+    return [_event("postfix", status, queued.address, reply, queued.queue_id, attempted=attempted)]
 
 
 def _address_end(line: str, at: int) -> int:
@@ -451,11 +466,11 @@ def _expired(raw: bytes) -> str | None:
     """The queue id of qmgr's ``QID: from=<...>, status=expired, returned to sender``;
     None for any other line (review rev170 F3: a quoted sender holding the words, in
     qmgr's line of a message still queued, counted it as expired)."""
-    line = _postfix_message(raw, frozenset({"qmgr"}))
-    fields = _fields_after(line, "from=<") if line is not None else -1
-    if line is None or fields < 0 or not line.startswith(" status=expired, ", fields):
+    line = _postfix_message(raw, _QMGR)
+    queued = _queued(line, "from=<") if line is not None else None
+    if line is None or queued is None or not line.startswith(" status=expired, ", queued.fields):
         return None
-    return line[: line.find(": ")]
+    return queued.queue_id
 
 
 def _queue_id(raw: bytes, after: bytes) -> str | None:
@@ -1223,13 +1238,11 @@ class PostfixQueue:
         if queue_id is None or queue_id not in self.queued:
             return
         line = _postfix_message(raw, _POSTFIX_AGENTS)
-        fields = _fields_after(line, "to=<") if line is not None else -1
-        dsn_at = line.find(" dsn=", fields) if line is not None and fields >= 0 else -1
-        dsn = _SENT_DSN.match(line, dsn_at + 5) if line is not None and dsn_at >= 0 else None
-        if line is None or dsn is None or not line.startswith(" status=sent (", dsn.end() + 1):
+        queued = _queued(line, "to=<") if line is not None else None
+        found = _dsn_status(line, queued) if line is not None and queued is not None else None
+        if queued is None or found is None or found["status"] != "sent":
             return
-        start = line.find(" to=<") + 5
-        rcpt = _clean(line[start : _address_end(line, start)]).strip()
+        rcpt = _clean(queued.address).strip()
         self._forget(queue_id, self.queued[queue_id], rcpt[:MAX_FIELD_CHARS])
 
     def removed(self, raw: bytes) -> None:
@@ -1245,7 +1258,7 @@ class PostfixQueue:
         """pickup's ``NEWID: uid=... orig_id=OLDID`` (``postsuper -r``): the message
         goes on under its new id, and nothing waits under the old one (review rev101
         F6: it was counted as waiting for ever)."""
-        line = _postfix_message(raw, frozenset({"pickup"}))
+        line = _postfix_message(raw, _PICKUP)
         # pickup's line by its whole shape, the orig_id the last word (a sender address
         # may hold the words: review rev102 F6); a logged Subject is not one (rev173 F2).
         found = _REQUEUED.fullmatch(line.rstrip()) if line is not None else None
