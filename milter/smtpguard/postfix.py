@@ -908,14 +908,10 @@ class _Planner:
         written: dict[IPNetwork, str] = {}
         others: list[str] = []
         bare: dict[str, IPNetwork] = {}
-        for label, net in self._network_items(tokens, set()):
+        for label, net, is_bare in self._network_items(tokens, set()):
             if net is None:
                 others.append(label)
-            elif _bare_ipv6(label):
-                # Postfix reads a word with a colon as type:table unless it is
-                # bracketed, in main.cf and in a /file alike: an IPv6 network written
-                # bare is a lookup table that fails, and every recipient is deferred
-                # (review rev167 F2, rev170 F1; mta-facts). cidr: tables take it bare.
+            elif is_bare:
                 bare[label] = net
             else:
                 written.setdefault(net, label)
@@ -963,40 +959,45 @@ class _Planner:
 
     def _network_items(
         self, items: list[str], read: set[str], including: tuple[str, ...] = ()
-    ) -> Iterator[tuple[str, IPNetwork | None]]:
+    ) -> Iterator[tuple[str, IPNetwork | None, bool]]:
         """mynetworks' networks, each with where it is written (the item, or
         ``network (in FILE)``), as Postfix's match_list reads them: /file entries hold
         more items, a cidr: table's keys are networks; None for what is not compared
-        (an exclusion, another table type, a file that cannot be read)."""
+        (an exclusion, another table type, a file that cannot be read). And whether it
+        is IPv6 written bare where Postfix reads a word (main.cf, a /file): Postfix
+        reads a word with a colon as type:table unless it is bracketed, a lookup that
+        fails and defers every recipient (review rev167 F2, rev170 F1; mta-facts);
+        cidr: tables take it bare."""
         for item in items:
             if item.startswith("!"):
-                yield item, None
+                yield item, None, False
                 continue
             if item.startswith("/"):
                 try:
                     listed = self._included("mynetworks", item, read, including)
                 except OSError as exc:
-                    yield f"{item} ({exc.strerror or exc})", None
+                    yield f"{item} ({exc.strerror or exc})", None, False
                     continue
-                for label, net in self._network_items(listed or [], read, (*including, item)):
-                    yield (label if label.endswith(")") else f"{label} (in {item})"), net
+                inner = self._network_items(listed or [], read, (*including, item))
+                for label, net, is_bare in inner:
+                    where = label if label.endswith(")") else f"{label} (in {item})"
+                    yield where, net, is_bare
                 continue
             kind, sep, path = item.removeprefix("proxy:").partition(":")
             if sep and kind == "cidr" and not _parse_network(item):
                 try:
                     text = Path(path).read_text(errors="replace")
                 except OSError as exc:
-                    yield f"{item} ({exc.strerror or exc})", None
+                    yield f"{item} ({exc.strerror or exc})", None, False
                     continue
                 for line in text.splitlines():
                     words = line.partition("#")[0].split()
                     if not words or words[0] in ("if", "endif") or words[0].startswith("!"):
                         continue
-                    net = _parse_network(words[0])
-                    yield f"{words[0]} (in {item})", net
+                    yield f"{words[0]} (in {item})", _parse_network(words[0]), False
                 continue
             net = _parse_network(item)
-            yield item, net
+            yield item, net, net is not None and ":" in item and not item.startswith("[")
 
     def _included(
         self, name: str, item: str, read: set[str], including: tuple[str, ...]
@@ -1265,7 +1266,8 @@ class _Planner:
             o, x = service.overrides, service.expanded
             listed, off, milters = self._service_milters(service)
             where = f"master.cf service {service.label}"
-            if not self._loopback_only(service):
+            public = not self._loopback_only(service)
+            if public:
                 (guarded_public if listed and not off else unguarded_public).append(service.label)
             if listed and not off and "smtpd_milters" in o:
                 if listed != self.address:
@@ -1289,7 +1291,7 @@ class _Planner:
                 self._chroot_problem(service.chroot, where, "every message", listed)
                 content_filter = x.get("content_filter", self.now["content_filter"])
                 proxy_filter = x.get("smtpd_proxy_filter", "")
-                reinjection = "content_filter" in o or self._loopback_only(service)
+                reinjection = "content_filter" in o or not public
                 if filtering and not (content_filter + proxy_filter).strip() and reinjection:
                     self.problem(
                         f"{where}: takes mail back from the content filter (no"
@@ -1307,7 +1309,7 @@ class _Planner:
             if (
                 milter_mode
                 and milters.strip()
-                and not self._loopback_only(service)
+                and public
                 and not any(_closes_relay(items) for items in self._relay_items(service))
             ):
                 self.problem(
@@ -1319,7 +1321,7 @@ class _Planner:
                     'reject_unauth_destination, or use relay_control = "postfix"',
                     blocking=True,
                 )
-            elif _port_25(service) and not self._loopback_only(service) and not _lan_only(service):
+            elif _port_25(service) and public and not _lan_only(service):
                 # Review rev166 F5: the admin's -o smtpd_milters kept smtpguard off the
                 # service mail from outside comes in on, and --check said "no conflicts".
                 self.problem(
@@ -2045,13 +2047,6 @@ def _file_items(path: str) -> list[str]:
     (words or commas, ``#`` comments); OSError if it cannot be read."""
     text = Path(path).read_text(errors="replace")
     return split_list(" ".join(line.partition("#")[0] for line in text.splitlines()))
-
-
-def _bare_ipv6(label: str) -> bool:
-    """Whether a network of :meth:`_Planner._network_items` is IPv6 written without
-    brackets where Postfix reads a word (main.cf, a /file), not a cidr: table's key."""
-    word, _, source = label.partition(" (in ")
-    return ":" in word and not word.startswith("[") and not source.startswith(("cidr:", "proxy:"))
 
 
 def _port_25(service: Service) -> bool:
