@@ -49,6 +49,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: IPv4-mapped IPv6 addresses (RFC 4291 2.5.5.2).
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+#: NAT64's well-known prefix (RFC 6052): an IPv4 host's address in the last 32 bits.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def unmapped(ip: IPAddress) -> IPAddress:

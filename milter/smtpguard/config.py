@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, TypeVar, cast
 
 from smtpguard import datafiles
 from smtpguard.address import (
+    NAT64,
     AddressError,
     IPAddress,
     IPNetwork,
@@ -1522,7 +1523,7 @@ _ULA: Final = ipaddress.IPv6Network("fc00::/7")
 _EMBEDS_IPV4: Final = (
     (ipaddress.IPv6Network("2002::/16"), 48),
     (ipaddress.IPv6Network("2001::/32"), 128),
-    (ipaddress.IPv6Network("64:ff9b::/96"), 104),
+    (NAT64, 104),
     (ipaddress.IPv6Network("64:ff9b:1::/48"), 104),
 )
 

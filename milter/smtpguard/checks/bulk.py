@@ -27,13 +27,11 @@ import hashlib
 import ipaddress
 from typing import ClassVar, Final
 
+from smtpguard.address import NAT64
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.counters import CounterError, SizeBucketCounter, hit_unless_retry
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError, Verdict
-
-#: RFC 6052's well-known prefix: the last 32 bits are the IPv4 host's address.
-NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 
 #: Attempts of one message (see the module docstring) that count once: a greylisting
 #: milter's retries, Postfix's queue retries after a temporary failure.
