@@ -824,8 +824,12 @@ class Pipeline:
         may not read replies to those steps (no-reply negotiated), and the client hears
         a DATA-phase reply only at the end anyway.
         """
-        verdict = TempError("internal_error", detail)
         self.metrics.backend_error(where)
+        return self._held(stage, conn, where, TempError("internal_error", detail))
+
+    def _held(self, stage: Stage, conn: Connection, where: str, verdict: Verdict) -> Decision:
+        """A verdict from outside the checks (``where``), answered when a check's at
+        ``stage`` would be: at end of message, at MAIL FROM, or now."""
         txn = conn.txn
         if stage in _DEFERRED_TO_EOM and txn is not None:
             txn.defer(verdict, where)
@@ -841,12 +845,7 @@ class Pipeline:
         verdict. The count is the message's own, the same at every retry: a 4xx would
         have its sender retry it for days (review rev165 F1), as Sendmail's
         MaxHeadersLength answers 552 too."""
-        verdict = Hit("message_too_long", detail)
-        txn = conn.txn
-        if txn is None:
-            return self._decide(Stage.HEADER, conn, Event(), HEADER_FLOOD, verdict)
-        txn.defer(verdict, HEADER_FLOOD)
-        return CONTINUE
+        return self._held(Stage.HEADER, conn, HEADER_FLOOD, Hit("message_too_long", detail))
 
     def note_field_past_limit(self, txn: Transaction, name: str, value: str) -> int:
         """A field past ``limits.max_header_fields`` in a dry run, which passes such a
