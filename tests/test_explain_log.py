@@ -685,6 +685,8 @@ def test_a_clients_text_in_headless_lines_neither_expires_nor_removes(rules: Kno
     [
         '<22>1 2026-12-02T18:00:01.779878+00:00 mx postfix/smtp 1234 - [timeQuality x="0"] ',
         "<22>1 2026-12-02T18:00:01Z mx postfix/smtp 1234 - - ",
+        # A "]" in a parameter's value is escaped (RFC 5424 section 6.3.3).
+        '<22>1 2026-12-02T18:00:01Z mx postfix/smtp 1234 - [x@1 a="[1\\]" b="\\\\"][y@1] ',
         "<22>Dec  2 18:00:01 mx postfix/smtp[1234]: ",
         "2026-12-02T18:00:01.123456+00:00 mx postfix/smtp[1234]: ",
         '2026-12-02T18:00:02Z {filename="/var/log/mail.log", job="mail"} Dec  2 18:00:01 mx'

@@ -313,8 +313,11 @@ _HEAD = re.compile(
 #: address in <...>; a shipper's prefix (host=mx, Loki's {filename="..."}) has none.
 _NOT_BEFORE_A_HEAD = ("<", "'", ": ")
 #: RFC 5424's head (rsyslog's RSYSLOG_SyslogProtocol23Format, syslog-ng's
-#: syslog-protocol): <PRI>1 TIMESTAMP HOST APP PROCID MSGID STRUCTURED-DATA.
-_HEAD_5424 = re.compile(r"<\d{1,3}>1 \S+ \S+ (?P<tag>\S+) \S+ \S+ (?:-|(?:\[[^\]]*\])+) \ufeff?")
+#: syslog-protocol): <PRI>1 TIMESTAMP HOST APP PROCID MSGID STRUCTURED-DATA. A "]"
+#: (a backslash, a double quote) in a parameter's value is escaped with a backslash (its 6.3.3).
+_HEAD_5424 = re.compile(
+    r"<\d{1,3}>1 \S+ \S+ (?P<tag>\S+) \S+ \S+ (?:-|(?:\[(?:[^\]\\]|\\.)*\])+) \ufeff?"
+)
 
 
 def _syslog_split(line: str) -> tuple[str | None, str]:
