@@ -696,6 +696,8 @@ def test_a_clients_text_in_headless_lines_neither_expires_nor_removes(rules: Kno
         "Sat 2026-12-02 18:00:01 UTC mx postfix/smtp[1234]: ",  # journalctl -o short-full
         "1796580001.123456 mx postfix/smtp[1234]: ",  # -o short-unix
         "[  123.456789] mx postfix/smtp[1234]: ",  # -o short-monotonic
+        "[  123.456789 <    0.000123 >] mx postfix/smtp[1234]: ",  # -o short-delta
+        "[  123.456789 <    3.000123*>] mx postfix/smtp[1234]: ",
     ],
 )
 def test_syslog_heads_of_other_writers_and_shippers(head: str) -> None:

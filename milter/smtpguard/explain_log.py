@@ -303,8 +303,10 @@ def parse_log_line(raw: bytes) -> list[Event]:
 _HEAD = re.compile(
     r"(?:<\d{1,3}>)?(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"
     r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?"
-    # journalctl -o short-full, short-unix and short-monotonic.
-    r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z]{2,5}|\d{9,10}\.\d+|\[ *\d+\.\d+\])"
+    # journalctl -o short-full, short-unix, short-monotonic and short-delta (systemd
+    # 252's "[%5lu.%06lu <%5lu.%06lu%s>]", "*" before ">" for an unreliable delta).
+    r"|[A-Z][a-z]{2} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z]{2,5}|\d{9,10}\.\d+"
+    r"|\[ *\d+\.\d+(?: < *\d+\.\d+[ *]>)?\])"
     r" (?:\S+ )?(?P<tag>[^\s\[\]]+)\[\d+\]: ",
     re.ASCII,
 )
