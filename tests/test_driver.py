@@ -388,6 +388,43 @@ def test_collected_header_fields_are_judged_once_they_pass_a_size(tmp_path: Path
 
 
 @pytest.mark.parametrize("batch", [True, False])
+@pytest.mark.parametrize(
+    ("first", "extra", "expected"),
+    [
+        ([], 0, "accept"),
+        ([RECEIVED] * 3, 0, "looping_message"),
+        ([], 101, "message_too_long"),
+    ],
+)
+def test_the_summary_size_is_the_whole_message_past_a_verdict(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    batch: bool,
+    first: list[tuple[str, str]],
+    extra: int,
+    expected: str,
+) -> None:
+    """Review rev174 F1: a message refused at its 101st field was logged as
+    ``size=1071`` (the octets before the verdict) where it had 51,513."""
+    site = make_site(tmp_path, {"limits": {"max_header_fields": 100, "max_hops": 2}})
+    d = _at_rcpt(build_runtime(load(site.config)), batch=batch)
+    fields = [*first, *[("Subject", f"n{n}") for n in range(20 + extra)], ("X-Folded", "a\r\n b")]
+    chunks = [b"x" * 998 + b"\r\n"] * 50
+    caplog.set_level(logging.INFO, logger="smtpguard")
+    for field in fields:
+        d.header(*field)
+    d.eoh()
+    for chunk in chunks:
+        d.body(chunk)
+    final = d.eom()
+    d.close()
+    assert (final.reply.reply_id if final.reply else "accept") == expected
+    size = sum(len(f"{name}: {value}\r\n") for name, value in fields) + 2 + 50 * 1000
+    (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary ")]
+    assert f" size={size} " in summary, summary
+
+
+@pytest.mark.parametrize("batch", [True, False])
 def test_a_flood_of_header_fields_passes_in_a_dry_run(tmp_path: Path, batch: bool) -> None:
     """Passed unjudged, keeping nothing per field but the fields that would pass for
     our verdict, which are removed as before the limit (review rev165 F1: such a field

@@ -305,6 +305,9 @@ class SessionDriver:
         would pass for our result fields (a forged Authentication-Results, X-Spam-*),
         to remove them; more of those than the limit are refused all the same."""
         dry_run = self.rt.config.milter.dry_run
+        txn = self.conn.txn
+        if txn is not None:
+            self.rt.pipeline.count_field(txn, name, value)
         if self._field_count == limit + 1:
             self._flush_headers()
             log.warning(
@@ -316,7 +319,6 @@ class SessionDriver:
             )
             if not dry_run:
                 return self.rt.pipeline.header_flood(self.conn, f"more than {limit} header fields")
-        txn = self.conn.txn
         if (
             dry_run
             and txn is not None

@@ -51,6 +51,23 @@ def as_read(written: str) -> str:
     return written[1:] if written[:1] == " " else UnspacedValue(written)
 
 
+def _field_octets(name: str, value: str) -> tuple[int, int]:
+    """A field's octets as it will be written (``Name: value`` CRLF, ``Name:value`` for
+    an :class:`UnspacedValue`, folded lines CRLF) and its longest line's, CRLF aside."""
+    # "Name: " precedes the first line; "Name:" where the field had no space.
+    head = len(name) + (1 if isinstance(value, UnspacedValue) else 2)
+    if "\n" not in value and value.isascii():
+        # One line of ASCII, by far the common case: characters are octets.
+        length = head + len(value)
+        return length + 2, length
+    lines = value.replace("\r\n", "\n").split("\n")
+    lengths = (
+        [len(line) for line in lines] if value.isascii() else [len(_octets(line)) for line in lines]
+    )
+    lengths[0] += head
+    return sum(lengths) + 2 * len(lengths), max(lengths)
+
+
 class MessageState:
     def __init__(
         self, *, track_mime: bool, max_mime_depth: int, max_mime_parts: int = 10000
@@ -78,23 +95,9 @@ class MessageState:
     def feed_header(self, name: str, value: str) -> None:
         """Count a header as it will be written: ``Name: value`` CRLF (``Name:value``
         for an :class:`UnspacedValue`), folded lines CRLF."""
-        # "Name: " precedes the first line; "Name:" where the field had no space.
-        head = len(name) + (1 if isinstance(value, UnspacedValue) else 2)
-        if "\n" not in value and value.isascii():
-            # One line of ASCII, by far the common case: characters are octets.
-            length = head + len(value)
-            self.size += length + 2
-            self.longest_header_line = max(self.longest_header_line, length)
-        else:
-            lines = value.replace("\r\n", "\n").split("\n")
-            lengths = (
-                [len(line) for line in lines]
-                if value.isascii()
-                else [len(_octets(line)) for line in lines]
-            )
-            lengths[0] += head
-            self.size += sum(lengths) + 2 * len(lengths)
-            self.longest_header_line = max(self.longest_header_line, *lengths)
+        octets, longest = _field_octets(name, value)
+        self.size += octets
+        self.longest_header_line = max(self.longest_header_line, longest)
         self.headers += 1
         if "\x00" in value or "\x00" in name:
             self.nul = True
@@ -122,8 +125,22 @@ class MessageState:
             else:
                 self._content_cut = True
 
-    def end_of_headers(self) -> None:
+    def count_field(self, name: str, value: str) -> None:
+        """A field read past the message's verdict (or past limits.max_header_fields):
+        only its size is counted, for the summary line's ``size=`` (review rev174 F1:
+        a message refused at its 101st field was logged as its first 1,071 octets)."""
+        self.size += _field_octets(name, value)[0]
+
+    def count_end_of_headers(self) -> None:
         self.size += 2  # the empty line between header and body
+
+    def count_chunk(self, chunk: bytes) -> None:
+        """A body chunk read past the message's verdict: only its size (see
+        :meth:`count_field`)."""
+        self.size += len(chunk)
+
+    def end_of_headers(self) -> None:
+        self.count_end_of_headers()
         if self._track_mime:
             self.mime = MimeWalker(
                 self._content_headers,
@@ -134,7 +151,7 @@ class MessageState:
             self._content_headers = []
 
     def feed(self, chunk: bytes) -> None:
-        self.size += len(chunk)
+        self.count_chunk(chunk)
         if not self.nul and b"\x00" in chunk:
             self.nul = True
         if not self.long_line:

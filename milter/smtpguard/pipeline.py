@@ -338,8 +338,9 @@ class Pipeline:
                 for field in fields:
                     if txn.pending is not None:
                         # As _run: no field after a header verdict is observed or judged.
+                        self._message(txn).count_field(*field)
                         decision = CONTINUE
-                        break
+                        continue
                     event = Event(header=field, deadline=deadline)
                     self._observe(Stage.HEADER, conn, txn, event, observers=False)
                     observed.append(field)
@@ -433,6 +434,7 @@ class Pipeline:
             if stage is Stage.EOM:
                 self._release(txn)
                 return self._decide(stage, conn, event, txn.pending_check, txn.pending)
+            _count_past_verdict(self._message(txn), stage, event)
             return SKIP if stage is Stage.BODY else CONTINUE
         self._observe(stage, conn, txn, event)
         if stage is Stage.EOM and self.policy.active:
@@ -549,17 +551,12 @@ class Pipeline:
     ) -> None:
         """Feed the message model that content checks read, and (unless ``observers``
         is false: :meth:`run_headers`) the observing checks."""
-        if txn.message is None:
-            txn.message = MessageState(
-                track_mime=self.track_mime,
-                max_mime_depth=self.config.content.max_mime_depth,
-                max_mime_parts=self.config.content.max_mime_parts,
-            )
-        feed_sink(txn.message, stage, event)
+        message = self._message(txn)
+        feed_sink(message, stage, event)
         if stage is Stage.HEADER and event.header is not None:
             self._note_result_field(txn, *event.header)
         if stage is Stage.EOM:
-            txn.message.close()
+            message.close()
         if not observers:
             return
         blind = _blinded(conn)
@@ -573,6 +570,16 @@ class Pipeline:
                 observer.observe(stage, conn, event)
             except Exception:  # noqa: BLE001 - _blind logs it, traceback and all
                 _blind(conn, observer)
+
+    def _message(self, txn: Transaction) -> MessageState:
+        """The transaction's message model, made at its first content stage."""
+        if txn.message is None:
+            txn.message = MessageState(
+                track_mime=self.track_mime,
+                max_mime_depth=self.config.content.max_mime_depth,
+                max_mime_parts=self.config.content.max_mime_parts,
+            )
+        return txn.message
 
     def _note_result_field(self, txn: Transaction, name: str, value: str) -> None:
         """Remember, by their index among the fields of their name, the incoming fields
@@ -847,6 +854,11 @@ class Pipeline:
         MaxHeadersLength answers 552 too."""
         return self._held(Stage.HEADER, conn, HEADER_FLOOD, Hit("message_too_long", detail))
 
+    def count_field(self, txn: Transaction, name: str, value: str) -> None:
+        """A field past ``limits.max_header_fields``, neither judged nor observed: only
+        its size counts (the summary line's ``size=``)."""
+        self._message(txn).count_field(name, value)
+
     def note_field_past_limit(self, txn: Transaction, name: str, value: str) -> int:
         """A field past ``limits.max_header_fields`` in a dry run, which passes such a
         message unjudged: one that would pass for our result fields is remembered for
@@ -1010,6 +1022,17 @@ class Pipeline:
     def _domain_table(self, txn: Transaction) -> str | None:
         table = domain_of(self.config, txn)
         return table.domain if table is not None else None
+
+
+def _count_past_verdict(message: MessageState, stage: Stage, event: Event) -> None:
+    """A content stage after the message's verdict: nothing is judged or observed, but
+    its octets count in the summary line's ``size=`` (see MessageState.count_field)."""
+    if stage is Stage.HEADER and event.header is not None:
+        message.count_field(*event.header)
+    elif stage is Stage.EOH:
+        message.count_end_of_headers()
+    elif stage is Stage.BODY and event.chunk is not None:
+        message.count_chunk(event.chunk)
 
 
 def _drop_exempt_scores(policy: Policy, conn: Connection, txn: Transaction, event: Event) -> None:
