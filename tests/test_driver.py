@@ -469,6 +469,40 @@ def test_a_flood_of_header_fields_passes_in_a_dry_run(tmp_path: Path, batch: boo
     assert flood.reply.reply_id == "message_too_long"
 
 
+@pytest.mark.parametrize("batch", [True, False])
+def test_a_dry_run_says_what_a_flood_of_header_fields_would_get(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, batch: bool
+) -> None:
+    """Review rev175 F1: a dry run passed it with nothing but a warning, and an
+    X-Spam-Status that read as a whole scan of fields it never searched."""
+    config = {
+        "limits": {"max_header_fields": 100},
+        "milter": {"dry_run": True, "report_header": "X-Smtpguard-Report"},
+    }
+    dry = build_runtime(load(make_site(tmp_path, config).config))
+    caplog.set_level(logging.INFO, logger="smtpguard")
+    d = _at_rcpt(dry, batch=batch)
+    for n in range(110):
+        d.header("X-Filler", f"{n}")
+    d.header("Subject", "Congratulations you won")
+    final = d.eom()
+    d.close()
+    assert final.action is Action.CONTINUE
+    fields = dict(final.headers)
+    assert fields["X-Smtpguard-Report"] == "message_too_long"
+    assert "rules=incomplete" in fields["X-Spam-Status"]
+    lines = [r.getMessage() for r in caplog.records]
+    (decision,) = [
+        line for line in lines if "reply=message_too_long" in line and "decision" in line
+    ]
+    assert (
+        "check=limits.max_header_fields reply=message_too_long mode=report action=pass"
+        " would='552 5.3.4'" in decision
+    )
+    (summary,) = [line for line in lines if line.startswith("summary ")]
+    assert " would=message_too_long" in summary, summary
+
+
 def test_a_spam_field_past_the_limit_is_kept_where_nothing_would_remove_it(
     tmp_path: Path,
 ) -> None:

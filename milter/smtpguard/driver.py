@@ -317,8 +317,9 @@ class SessionDriver:
                 limit,
                 ", dry run: the message passes" if dry_run else "",
             )
+            decision = self.rt.pipeline.header_flood(self.conn, f"more than {limit} header fields")
             if not dry_run:
-                return self.rt.pipeline.header_flood(self.conn, f"more than {limit} header fields")
+                return decision
         if (
             dry_run
             and txn is not None
@@ -326,7 +327,9 @@ class SessionDriver:
             and self.rt.pipeline.note_field_past_limit(txn, name, value) > limit
         ):
             return self.rt.pipeline.header_flood(
-                self.conn, f"more than {limit} fields that would pass for our result fields"
+                self.conn,
+                f"more than {limit} fields that would pass for our result fields",
+                dry_run_passes=False,
             )
         return CONTINUE
 

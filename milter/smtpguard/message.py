@@ -74,6 +74,8 @@ class MessageState:
     ) -> None:
         self.size = 0
         self.headers = 0
+        #: Fields only counted (:meth:`count_field`), which no check read.
+        self.unread_fields = 0
         self.received = 0
         self.nul = False
         self.long_line = False
@@ -130,6 +132,7 @@ class MessageState:
         only its size is counted, for the summary line's ``size=`` (review rev174 F1:
         a message refused at its 101st field was logged as its first 1,071 octets)."""
         self.size += _field_octets(name, value)[0]
+        self.unread_fields += 1
 
     def count_end_of_headers(self) -> None:
         self.size += 2  # the empty line between header and body

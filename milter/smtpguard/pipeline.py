@@ -846,13 +846,31 @@ class Pipeline:
             return CONTINUE
         return self._decide(stage, conn, Event(), where, verdict)
 
-    def header_flood(self, conn: Connection, detail: str) -> Decision:
+    def header_flood(
+        self, conn: Connection, detail: str, *, dry_run_passes: bool = True
+    ) -> Decision:
         """A message with more header fields than ``limits.max_header_fields``:
         ``message_too_long`` (552 5.3.4), answered at end of message like any header
         verdict. The count is the message's own, the same at every retry: a 4xx would
         have its sender retry it for days (review rev165 F1), as Sendmail's
-        MaxHeadersLength answers 552 too."""
-        return self._held(Stage.HEADER, conn, HEADER_FLOOD, Hit("message_too_long", detail))
+        MaxHeadersLength answers 552 too. A dry run passes it unless not
+        ``dry_run_passes``, saying what enforcing would answer as for a check's verdict
+        (review rev175 F1: nothing but a warning said so)."""
+        verdict = Hit("message_too_long", detail)
+        if dry_run_passes and self.config.milter.dry_run:
+            self._reported(conn, verdict.reply_id)
+            self._log(
+                stage=Stage.HEADER,
+                conn=conn,
+                event=Event(),
+                check=HEADER_FLOOD,
+                verdict=verdict,
+                mode="report",
+                action="pass",
+                would=True,
+            )
+            return CONTINUE
+        return self._held(Stage.HEADER, conn, HEADER_FLOOD, verdict)
 
     def count_field(self, txn: Transaction, name: str, value: str) -> None:
         """A field past ``limits.max_header_fields``, neither judged nor observed: only

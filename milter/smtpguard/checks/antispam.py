@@ -15,7 +15,8 @@ reported: smtpguard's own thresholds decide. An engine that is down gives a temp
 error, which passes by default (``on_temp_error = "pass"``): the built-in score still
 applies. So does a scan of the rules that their CPU budget (``time_budget``) stopped:
 its score so far counts, ``rules=incomplete`` is in tests=, and the message gets the
-temporary error.
+temporary error. ``rules=incomplete`` also marks a message whose fields past
+``limits.max_header_fields`` a dry run let pass unsearched.
 """
 
 from __future__ import annotations
@@ -126,9 +127,11 @@ class AntiSpam:
             return None
         result = scan.finish()
         score, why = result.score, list(result.matched)
-        if not result.complete:
+        if not result.complete or (txn.message is not None and txn.message.unread_fields):
             # Never read as a clean scan (review rev145 F1: "tests=none" on spam whose
-            # body was not searched): said in tests=, and a temporary error below.
+            # body was not searched): said in tests=, and a temporary error below when
+            # the budget stopped it. Fields past limits.max_header_fields, which a dry
+            # run passes, are not searched either (review rev175 F1).
             why.append(RULES_INCOMPLETE)
         listed: dict[str, dict[str, float]] = txn.scratch.get(DNSBL_SCORES, {})
         unsure: set[str] = txn.scratch.get(DNSBL_UNSURE_SCORES, set())
