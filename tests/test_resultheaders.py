@@ -4,6 +4,7 @@ of incoming fields, and folding within RFC 5322's line lengths."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from email import message_from_string, policy
 
 import authres  # type: ignore[import-untyped]  # no type information
@@ -141,8 +142,8 @@ def test_spam_headers() -> None:
         spam=True, score=7.5, required=6.0, rules=["SUBJ_YOU_WON", "dnsbl:zen.test=2.0"]
     )
     assert (status_name, report_name) == ("X-Spam-Status", "X-Spam-Report")
-    # "X-Spam-Status: " and this would be 83 characters.
-    assert status == "Yes, score=7.5 required=6.0\n\ttests=SUBJ_YOU_WON,dnsbl:zen.test=2.0"
+    # "X-Spam-Status: " and this would be 83 characters: folded after a comma.
+    assert status == "Yes, score=7.5 required=6.0 tests=SUBJ_YOU_WON,\n\tdnsbl:zen.test=2.0"
     assert report == "score=7.5 required=6.0\n\t* SUBJ_YOU_WON\n\t* dnsbl:zen.test=2.0"
     assert spam_headers(spam=False, score=0.0, required=6.0, rules=[]) == (
         ("X-Spam-Status", "No, score=0.0 required=6.0 tests=none"),
@@ -223,3 +224,34 @@ def test_authserv_id_as_the_reference_parser_reads_it(value: str) -> None:
     assert (
         authserv_id_of(value) == authres.AuthenticationResultsHeader.parse_value(value).authserv_id
     )
+
+
+def test_a_long_tests_list_has_no_space_but_its_folds() -> None:
+    """Review rev175 F3: past 68 characters a space followed every comma, and a reader
+    of ``tests=(\\S+)`` in the unfolded field got the first two rules."""
+    rules = [f"RULE_NUMBER_{n}" for n in range(12)]
+    ((_, status), _report) = spam_headers(spam=False, score=1.0, required=6.0, rules=rules)
+    lines = status.split("\n\t")
+    assert len(lines) > 2
+    assert all(len(line) <= 78 for line in [f"X-Spam-Status: {lines[0]}", *lines[1:]])
+    unfolded = status.replace("\n\t", "")
+    assert re.search(r"tests=(\S+)", unfolded)[1].split(",") == rules  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("score", "spam", "shown"),
+    [
+        (5.96, False, "5.9"),  # "score=6.0 required=6.0" would read as spam
+        (5.94, False, "5.9"),
+        (6.04, True, "6.0"),
+        (-0.04, False, "0.0"),  # not "-0.0"
+        (-1.25, False, "-1.2"),
+        (2.0, True, "2.0"),  # refused by the engine's own action below required
+    ],
+)
+def test_the_score_shown_is_on_the_verdicts_side_of_required(
+    score: float, spam: bool, shown: str
+) -> None:
+    """Review rev175 F2."""
+    ((_, status),) = spam_headers(spam=spam, score=score, required=6.0, rules=[])
+    assert status == f"{'Yes' if spam else 'No'}, score={shown} required=6.0 tests=none"

@@ -19,6 +19,7 @@ built here).
 from __future__ import annotations
 
 import functools
+import math
 import re
 import socket
 from collections.abc import Iterable, Sequence
@@ -127,9 +128,17 @@ def names_us(value: str, authserv_id: str) -> bool:
     return found is not None and canonical_domain(found) == canonical_domain(authserv_id)
 
 
+class _Glued(str):
+    """A word written with no space before it on the same line: a list's next item
+    (a fold before it is still allowed)."""
+
+    __slots__ = ()
+
+
 def fold(name: str, words: Iterable[str]) -> str:
-    """``words`` joined by spaces, folded before a word where the line would pass
-    :data:`LINE` characters; ``name`` is counted on the first line (``Name: ``)."""
+    """``words`` joined by spaces (none before a :class:`_Glued` one), folded before a
+    word where the line would pass :data:`LINE` characters; ``name`` is counted on the
+    first line (``Name: ``)."""
     return "\n\t".join(_lines(words, len(name) + 1))
 
 
@@ -139,12 +148,13 @@ def _lines(words: Iterable[str], width: int) -> list[str]:
     lines: list[str] = []
     current = ""
     for word in words:
-        if current and width + 1 + len(word) > LINE:
+        space = "" if isinstance(word, _Glued) else " "
+        if current and width + len(space) + len(word) > LINE:
             lines.append(current)
             current, width = word, 1 + len(word)
         else:
-            current = f"{current} {word}" if current else word
-            width += 1 + len(word)
+            current = f"{current}{space}{word}" if current else word
+            width += len(space) + len(word)
     lines.append(current)
     return lines
 
@@ -227,15 +237,28 @@ def _spam_headers(
     status_header: str,
     report_header: str,
 ) -> tuple[tuple[str, str], ...]:
-    tests = ",".join(rules) or "none"
-    words = [f"{'Yes' if spam else 'No'},", f"score={score:.1f}", f"required={required:.1f}"]
-    status = fold(status_header, [*words, *_split_tests(f"tests={tests}")])
+    shown = f"score={_shown_score(score, spam, required)} required={required:.1f}"
+    words = [f"{'Yes' if spam else 'No'},", *shown.split(" ")]
+    status = fold(status_header, [*words, *_list_words("tests=", rules or ("none",))])
     if not rules:
         return ((status_header, status),)
-    report_lines = [f"score={score:.1f} required={required:.1f}"] + [f"* {r}" for r in rules]
+    report_lines = [shown] + [f"* {r}" for r in rules]
     return (status_header, status), (report_header, "\n\t".join(report_lines))
 
 
-def _split_tests(text: str) -> list[str]:
-    """A comma-separated list is one word; give it fold points after its commas."""
-    return text.replace(",", ", ").split(" ") if len(text) > LINE - 10 else [text]
+def _shown_score(score: float, spam: bool, required: float) -> str:
+    """The score to one decimal as SpamAssassin writes it, never on the other side of
+    ``required`` than the verdict (review rev175 F2: 5.96 read "No, score=6.0
+    required=6.0", which a Sieve spamtest takes for spam), and never "-0.0"."""
+    shown = round(score, 1)
+    if not spam and shown >= required:
+        shown = math.floor(score * 10) / 10
+    return f"{shown + 0.0:.1f}"
+
+
+def _list_words(key: str, items: Sequence[str]) -> list[str]:
+    """``key=A,B,C`` as SpamAssassin writes it: no space in the list, a fold point
+    after each comma (review rev175 F3: a space after every comma of a long list cut
+    it for a reader of ``tests=(\\S+)``)."""
+    pieces = [f"{item}," for item in items[:-1]] + [items[-1]]
+    return [key + pieces[0], *(_Glued(piece) for piece in pieces[1:])]
