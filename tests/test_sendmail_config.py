@@ -18,6 +18,7 @@ from smtpguard.config import Config
 from smtpguard.sendmail import (
     sendmail_cf_problems,
     sendmail_mc,
+    sendmail_socket_dir_problems,
     sendmail_socket_problem,
     sendmail_timeouts,
 )
@@ -626,6 +627,42 @@ def test_check_reads_what_a_built_cf_will_run(
     missing = run_cli("-c", str(SAMPLE), "sendmail-config", "--check", str(tmp_path / "none.cf"))
     assert missing.returncode == 2
     assert "No such file" in missing.stderr
+
+
+def test_check_names_a_socket_below_a_directory_others_may_write(
+    build_cf: Callable[[str], Built], tmp_path: Path
+) -> None:
+    """Review rev176 F1: Sendmail 8.17 stops at start ("local socket name ... unsafe:
+    Group writable directory", /tmp's "World writable directory" too) and --check
+    said OK."""
+    shared = tmp_path / "gw"
+    shared.mkdir()
+    shared.chmod(0o775)
+    socket = f"unix:{shared}/smtpguard.sock"
+    found = sendmail_socket_dir_problems(socket)
+    assert f"milter.socket {shared}/smtpguard.sock: {shared} is writable by its group" in "\n".join(
+        found
+    )
+    assert sendmail_socket_dir_problems(socket, "GroupWritableDirPathSafe") == [
+        p for p in found if "its group" not in p
+    ]
+    both = "groupwritabledirpathsafe, WorldWritableDirPathSafe"
+    assert sendmail_socket_dir_problems(socket, both) == []
+    shared.chmod(0o755)
+    assert all(str(shared) not in p.split(": ")[1] for p in sendmail_socket_dir_problems(socket))
+    shared.chmod(0o775)
+    # Not made yet: smtpguard makes it; an inet socket has no directory.
+    assert sendmail_socket_dir_problems(f"unix:{shared}/new/s.sock", both) == []
+    assert sendmail_socket_dir_problems("inet:8899@127.0.0.1") == []
+    site = make_site(tmp_path / "site", {"milter": {"socket": socket}}, directory=False)
+    cf = tmp_path / "sendmail.cf"
+    cf.write_text(build_cf(sendmail_mc(load(site.config))).text)
+    checked = run_cli("-c", str(site.config), "sendmail-config", "--check", str(cf))
+    assert checked.returncode == 1
+    assert f"{shared} is writable by its group (drwxrwxr-x): Sendmail" in checked.stdout
+    made = run_cli("-c", str(site.config), "sendmail-config")
+    assert made.returncode == 0
+    assert f"warning: milter.socket {shared}/smtpguard.sock: {shared}" in made.stderr
 
 
 @pytest.mark.integration

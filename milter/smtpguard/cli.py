@@ -573,7 +573,12 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
 
 
 def cmd_sendmail_config(args: argparse.Namespace) -> int:
-    from smtpguard.sendmail import SendmailConfigError, sendmail_cf_problems, sendmail_mc
+    from smtpguard.sendmail import (
+        SendmailConfigError,
+        sendmail_cf_problems,
+        sendmail_mc,
+        sendmail_socket_dir_problems,
+    )
 
     config = _load(args.config)
     if args.check:
@@ -593,6 +598,10 @@ def cmd_sendmail_config(args: argparse.Namespace) -> int:
     except SendmailConfigError as exc:
         print(f"smtpguard sendmail-config: {config.file}: {exc}", file=sys.stderr)
         return 2
+    for problem in sendmail_socket_dir_problems(config.milter.socket):
+        # The lines are right; where the socket is may not be (DontBlameSendmail can
+        # allow it, which only the built .cf says: --check reads it).
+        print(f"smtpguard sendmail-config: warning: {problem}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+import stat
+from pathlib import Path
 from typing import Final
 
 from smtpguard.bounds import answer_bounds
@@ -448,6 +450,9 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
             if re.search(rf"^#+\s*\$Id: {feature}\.m4,", text, re.M)
         ]
     problems += _hop_problems(config, options.get("maxhopcount"))
+    problems += sendmail_socket_dir_problems(
+        config.milter.socket, options.get("dontblamesendmail", "")
+    )
     ours = defined.get(config.milter.name.lower(), [])
     if len(ours) == 1:
         problems += _cf_equate_problems(config, ours[0])
@@ -460,6 +465,38 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
             for macro in macros
             if macro not in listed
         ]
+    return problems
+
+
+def sendmail_socket_dir_problems(socket: str, dont_blame: str = "") -> list[str]:
+    """The directories above a unix socket that Sendmail holds unsafe: one writable by
+    its group or by all (sticky or not: /tmp too) stops it at start with "local socket
+    name ... unsafe" and nothing listens (review rev176 F1, Sendmail 8.17), unless
+    ``DontBlameSendmail`` holds GroupWritableDirPathSafe / WorldWritableDirPathSafe.
+    Directories that do not exist yet are smtpguard's to make (not so)."""
+    kind, _, path = socket.partition(":")
+    if kind not in ("unix", "local") or not path.startswith("/"):
+        return []
+    allowed = {flag.lower() for flag in re.split(r"[,\s]+", dont_blame) if flag}
+    problems = []
+    directory = Path(path).parent
+    for above in (*reversed(directory.parents), directory):
+        try:
+            mode = above.stat().st_mode
+        except OSError:
+            break
+        for bit, whom, flag in (
+            (stat.S_IWOTH, "all", "worldwritabledirpathsafe"),
+            (stat.S_IWGRP, "its group", "groupwritabledirpathsafe"),
+        ):
+            if mode & bit and flag not in allowed:
+                problems.append(
+                    f"milter.socket {path}: {above} is writable by {whom}"
+                    f" ({stat.filemode(mode)}): Sendmail holds the socket unsafe and does"
+                    " not start; put the socket in a directory only its owner can write"
+                    " (as /run/smtpguard)"
+                )
+                break
     return problems
 
 
