@@ -134,16 +134,13 @@ class MessageState:
         self.size += _field_octets(name, value)[0]
         self.unread_fields += 1
 
-    def count_end_of_headers(self) -> None:
-        self.size += 2  # the empty line between header and body
-
-    def count_chunk(self, chunk: bytes) -> None:
-        """A body chunk read past the message's verdict: only its size (see
-        :meth:`count_field`)."""
-        self.size += len(chunk)
+    @property
+    def sizes(self) -> SizeOnly:
+        """This message fed only its size (see :meth:`count_field`)."""
+        return SizeOnly(self)
 
     def end_of_headers(self) -> None:
-        self.count_end_of_headers()
+        self.size += 2  # the empty line between header and body
         if self._track_mime:
             self.mime = MimeWalker(
                 self._content_headers,
@@ -154,7 +151,7 @@ class MessageState:
             self._content_headers = []
 
     def feed(self, chunk: bytes) -> None:
-        self.count_chunk(chunk)
+        self.size += len(chunk)
         if not self.nul and b"\x00" in chunk:
             self.nul = True
         if not self.long_line:
@@ -186,6 +183,25 @@ class MessageState:
     @property
     def largest_attachment(self) -> int:
         return self.mime.largest_attachment if self.mime is not None else 0
+
+
+class SizeOnly:
+    """A message fed past its verdict: what streams in is counted in its size (the
+    summary line's ``size=``), never read."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: MessageState) -> None:
+        self._message = message
+
+    def feed_header(self, name: str, value: str) -> None:
+        self._message.count_field(name, value)
+
+    def end_of_headers(self) -> None:
+        self._message.size += 2
+
+    def feed(self, chunk: bytes) -> None:
+        self._message.size += len(chunk)
 
 
 def _octets(text: str) -> bytes:

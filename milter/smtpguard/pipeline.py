@@ -434,7 +434,7 @@ class Pipeline:
             if stage is Stage.EOM:
                 self._release(txn)
                 return self._decide(stage, conn, event, txn.pending_check, txn.pending)
-            _count_past_verdict(self._message(txn), stage, event)
+            feed_sink(self._message(txn).sizes, stage, event)
             return SKIP if stage is Stage.BODY else CONTINUE
         self._observe(stage, conn, txn, event)
         if stage is Stage.EOM and self.policy.active:
@@ -1040,17 +1040,6 @@ class Pipeline:
     def _domain_table(self, txn: Transaction) -> str | None:
         table = domain_of(self.config, txn)
         return table.domain if table is not None else None
-
-
-def _count_past_verdict(message: MessageState, stage: Stage, event: Event) -> None:
-    """A content stage after the message's verdict: nothing is judged or observed, but
-    its octets count in the summary line's ``size=`` (see MessageState.count_field)."""
-    if stage is Stage.HEADER and event.header is not None:
-        message.count_field(*event.header)
-    elif stage is Stage.EOH:
-        message.count_end_of_headers()
-    elif stage is Stage.BODY and event.chunk is not None:
-        message.count_chunk(event.chunk)
 
 
 def _drop_exempt_scores(policy: Policy, conn: Connection, txn: Transaction, event: Event) -> None:
