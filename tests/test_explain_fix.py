@@ -66,6 +66,66 @@ def test_a_permanent_reply_is_never_told_it_is_retried(shipped: Knowledge) -> No
     assert "重试" in full4.action_zh
 
 
+@pytest.mark.parametrize(
+    ("line", "category"),
+    [
+        ("550 5.7.1 Greylisted, please try again later", "greylisting"),
+        (
+            "554 5.7.1 <bob@example.com>: Recipient address rejected: Greylisted, see"
+            " http://postgrey.schweikert.ch/help/example.com.html",
+            "greylisting",
+        ),
+        ("554 5.7.1 Service temporarily unavailable, try again later", "temp_failure"),
+    ],
+)
+def test_a_5xx_that_speaks_of_waiting_is_not_told_it_arrives(
+    shipped: Knowledge, line: str, category: str
+) -> None:
+    """Review rev178 F1: "Nothing to do: ... the mail arrives after a short delay" for
+    mail that had come back."""
+    exp = shipped.explain(line)
+    assert (exp.category, exp.fix, exp.permanent) == (category, "contact_postmaster", True)
+    assert "will not be sent again by itself" in exp.action_en
+    assert "不会再自动投递" in exp.action_zh
+    assert (
+        shipped.explain(line.replace("55", "45", 1).replace(" 5.", " 4.", 1)).fix == "retry_later"
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "450 4.7.1 Client host rejected: cannot find your hostname, [192.0.2.1]",
+        "450 4.1.8 <a@nxdomain.example>: Sender address rejected: Domain not found",
+        "450 4.1.1 <bob@example.com>: Recipient address rejected: User unknown in virtual"
+        " mailbox table",
+        "452 4.5.3 Too many recipients",
+        "450 4.7.1 <localhost>: Helo command rejected: Host not found",
+    ],
+)
+def test_every_4xx_says_the_mail_is_retried(shipped: Knowledge, line: str) -> None:
+    """Review rev178 F4: only four categories said it."""
+    exp = shipped.explain(line)
+    assert exp.permanent is False
+    assert "your mail server keeps the message and retries" in exp.action_en
+    assert "自动重试" in exp.action_zh
+    five = shipped.explain(line.replace("45", "55", 1).replace(" 4.", " 5.", 1))
+    assert "retr" not in five.action_en
+
+
+def test_a_4xx_that_says_retrying_will_not_help_gets_no_note(shipped: Knowledge) -> None:
+    exp = shipped.explain(
+        "421 4.7.0 [TSS09] All messages from 192.0.2.1 will be permanently deferred;"
+        " Retrying will NOT succeed."
+    )
+    assert exp.category == "dnsbl"
+    assert "retries" not in exp.action_en
+    # Our own table's 4xx hints say it in their words.
+    ours = shipped.explain("451 4.5.3 out of allow RCPT numbers.")
+    assert ours.reply_id == "rcpt_limit"
+    assert "keeps the message" not in ours.action_en
+
+
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_json_keys_are_stable(lang: str) -> None:
     data = json.loads(explain_main("550 5.7.26 Unauthenticated email", lang=lang, as_json=True))

@@ -219,6 +219,10 @@ class Category:
     #: Appended to the action only when the reply is temporary (4xx): a permanent 5xx
     #: is never told that it will be retried.
     temporary_note: Text | None = None
+    #: The action, with the fix contact_postmaster, for a permanent (5xx) reply of a
+    #: category whose action says the mail is retried: nothing retries a 5xx, whatever
+    #: its words say (review rev178 F1).
+    permanent_action: Text | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +250,9 @@ class Rule:
     #: Generic words ("access denied", "try again later"): a specific RFC 3463 detail
     #: of another category in the same reply says more (Knowledge._specific_detail).
     weak: bool = False
+    #: False for a 4xx the server itself says retrying will not cure (Yahoo's
+    #: "permanently deferred"): its answer gets no note that the mail is retried.
+    retry_helps: bool = True
 
     def cause_for(self, reply: ParsedReply) -> Text | None:
         text = reply.text if self.raw else reply.plain
@@ -488,6 +495,7 @@ class Knowledge:
                     rule=rule.id,
                     source=rule.source,
                     fix=rule.fix,
+                    retry_helps=rule.retry_helps,
                 )
             guess = None if detail is not None else self._keywords(reply)
             if guess is not None:
@@ -695,14 +703,23 @@ class Knowledge:
         source: str,
         ours: Ours | None = None,
         fix: str | None = None,
+        retry_helps: bool = True,
     ) -> Explanation:
         temporary = reply.klass == "4"
         if fix is None:
             fix = cat.temporary_fix if temporary and cat.temporary_fix else cat.fix
-        if temporary and cat.temporary_note is not None and action is cat.action:
-            action = Text(
-                f"{action.en} {cat.temporary_note.en}", f"{action.zh}{cat.temporary_note.zh}"
-            )
+        if reply.klass == "5" and cat.permanent_action is not None:
+            # "Greylisted, try again later" with a 550: the mail came back, and nothing
+            # retries it (review rev178 F1: "nothing to do, it arrives after a delay").
+            fix, action = "contact_postmaster", cat.permanent_action
+        elif temporary and retry_helps:
+            note = cat.temporary_note if action is cat.action else None
+            if note is None and ours is None and fix != "retry_later":
+                # Every 4xx says it is retried (review rev178 F4: most said nothing of
+                # it); a retry_later answer says so in its own words, our hints in theirs.
+                note = _TEMPORARY
+            if note is not None:
+                action = Text(f"{action.en} {note.en}", f"{action.zh}{note.zh}")
         return Explanation(
             code=reply.code,
             xcode=reply.xcode,
@@ -839,6 +856,14 @@ def _first_line(group: list[_Line]) -> str:
 
 
 #: Appended to a category's cause when the word model chose the category.
+#: The note on a temporary (4xx) reply whose category has none of its own.
+_TEMPORARY = Text(
+    "This reply is temporary (4xx): your mail server keeps the message and retries by"
+    " itself for a while (usually up to five days); you get a bounce only if it keeps"
+    " failing.",
+    "这是临时错误（4xx）：您的邮件服务器会保留邮件并在一段时间内（通常最长五天）自动重试；"  # noqa: RUF001 - Chinese punctuation
+    "只有持续失败时才会收到退信。",
+)
 _GUESSED = Text(
     "(Guessed from the reply's words: no rule matched it.)",
     "（根据回复的用词推测：没有规则与之匹配。）",  # noqa: RUF001 - fullwidth brackets are Chinese punctuation
@@ -1381,9 +1406,20 @@ def _categories(file: Path, raw: Any) -> dict[str, Category]:
             file,
             key,
             entry,
-            {"title", "cause", "action", "fix", "temporary_fix", "temporary_note"},
+            {
+                "title",
+                "cause",
+                "action",
+                "fix",
+                "temporary_fix",
+                "temporary_note",
+                "permanent_action",
+            },
         )
         temporary_fix = entry.get("temporary_fix")
+        permanent_action = _optional_text(
+            file, f"{key}.permanent_action", entry.get("permanent_action")
+        )
         out[cid] = Category(
             cid,
             title=_text(file, f"{key}.title", entry.get("title")),
@@ -1396,6 +1432,7 @@ def _categories(file: Path, raw: Any) -> dict[str, Category]:
             temporary_note=_optional_text(
                 file, f"{key}.temporary_note", entry.get("temporary_note")
             ),
+            permanent_action=permanent_action,
         )
     if "unknown" not in out:
         raise ConfigError(file, "category.unknown", "missing (needed by the fallback)")
@@ -1408,7 +1445,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
     seen: set[str] = set()
     out: list[Rule] = []
     allowed = {"id", "category", "code", "xcode", "text", "cause", "action", "source", "fix", "raw"}
-    allowed |= {"meaning", "code_required", "weak"}
+    allowed |= {"meaning", "code_required", "weak", "retry_helps"}
     for index, value in enumerate(raw):
         entry = toml_table(file, f"rule[{index}]", value)
         rid = entry.get("id")
@@ -1439,6 +1476,7 @@ def _rules(file: Path, raw: Any, categories: Mapping[str, Category]) -> tuple[Ru
                     file, f"{key}.code_required", entry.get("code_required", False)
                 ),
                 weak=_bool(file, f"{key}.weak", entry.get("weak", False)),
+                retry_helps=_bool(file, f"{key}.retry_helps", entry.get("retry_helps", True)),
             )
         )
     return tuple(out)
