@@ -94,6 +94,7 @@ STOCK = {
     "smtpd_milter_maps": "",
     "smtpd_client_restrictions": "",
     "smtpd_helo_restrictions": "",
+    "smtpd_helo_required": "no",
     "smtpd_sender_restrictions": "",
 }
 
@@ -1928,6 +1929,42 @@ def test_a_client_restriction_that_refuses_outsiders_closes_relaying(tmp_path: P
     service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
     service += "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
     assert _milter_mode_problems(tmp_path, service) == []
+
+
+@pytest.mark.parametrize(
+    "restriction",
+    [
+        "  -o smtpd_client_restrictions=permit_sasl_authenticated,warn_if_reject,reject\n",
+        "  -o smtpd_relay_restrictions=permit_sasl_authenticated,warn_if_reject,"
+        "reject_unauth_destination\n",
+        "  -o smtpd_helo_restrictions=permit_sasl_authenticated,reject\n",
+    ],
+    ids=["warn_if_reject", "warn_if_reject-guard", "helo-not-required"],
+)
+def test_a_restriction_that_spares_some_outsiders_leaves_relaying_open(
+    tmp_path: Path, restriction: str
+) -> None:
+    """Review rev177 F1, through a real Postfix 3.7: a stranger relayed past each
+    (warn_if_reject only logs the refusal after it; HELO restrictions are never applied
+    to a client that sends no HELO), and postfix-config applied the pass-through."""
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n" + restriction
+    (problem,) = _milter_mode_problems(tmp_path, service)
+    assert "open relay" in problem
+
+
+@pytest.mark.parametrize(
+    ("override", "main_cf"),
+    [("  -o smtpd_helo_required=yes\n", ""), ("", "smtpd_helo_required = yes\n")],
+    ids=["service", "main.cf"],
+)
+def test_a_helo_restriction_closes_relaying_where_helo_is_required(
+    tmp_path: Path, override: str, main_cf: str
+) -> None:
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n" + override
+    service += "  -o smtpd_helo_restrictions=permit_sasl_authenticated,reject\n"
+    assert _milter_mode_problems(tmp_path, service, main_cf) == []
 
 
 def test_every_footer_pattern_postfix_words_a_page_can_show() -> None:

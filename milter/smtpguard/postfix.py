@@ -170,6 +170,7 @@ PARAMETERS = (
     "smtpd_milter_maps",
     "smtpd_client_restrictions",
     "smtpd_helo_restrictions",
+    "smtpd_helo_required",
     "smtpd_sender_restrictions",
 )
 
@@ -1423,7 +1424,14 @@ class _Planner:
         refers to main.cf's relay list counts that list's items too, pass-through
         included: what ``-P -x`` made of it depends on main.cf as it is now."""
         out = []
+        helo_required = service.expanded.get(
+            "smtpd_helo_required", self.now.get("smtpd_helo_required", "no")
+        )
         for name in _REFUSING_LISTS:
+            if name == "smtpd_helo_restrictions" and helo_required.strip().lower() != "yes":
+                # Never applied to a client that sends no HELO (review rev177 F1: such a
+                # stranger relayed past "permit_sasl_authenticated, reject" there).
+                continue
             main = split_list(self.relay_lists.get(name, self.now[name]))
             if name not in service.overrides:
                 out.append(main)
@@ -1953,13 +1961,18 @@ _REFUSING_LISTS = (
 
 def _closes_relay(items: list[str]) -> bool:
     """Whether a restriction list refuses an outsider's relay attempt: a relay guard,
-    ``reject`` or ``defer`` with no unconditional pass before it. Anything it cannot
-    judge (a policy service, a map) closes nothing here."""
+    ``reject`` or ``defer`` with no unconditional pass before it, and not right after
+    ``warn_if_reject``, which makes it only log (review rev177 F1: an open relay was
+    taken for closed). Anything it cannot judge (a policy service, a map) closes
+    nothing here."""
+    warn_only = False
     for item in items:
         if item in RELAY_GUARDS or item in ("reject", "defer"):
-            return True
-        if item in ("permit", MILTER_RELAY_PASS) or _passes_all(item):
+            if not warn_only:
+                return True
+        elif item in ("permit", MILTER_RELAY_PASS) or _passes_all(item):
             return False
+        warn_only = item == "warn_if_reject"
     return False
 
 
