@@ -1690,6 +1690,25 @@ def test_default_action_accept_in_milter_mode_blocks(tmp_path: Path) -> None:
         )
 
 
+def test_default_action_accept_where_the_service_refuses_outsiders_does_not_block(
+    tmp_path: Path,
+) -> None:
+    """Review rev177 F3: a submission-like service whose own restrictions refuse a
+    stranger was stopped as an open relay; mail accepted unchecked while smtpguard is
+    down stays a conflict."""
+    milter_mode = {"site": {"relay_control": "milter"}, "milter": {"socket": DEFAULT_SOCKET}}
+    override = (
+        "  -o { smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=accept } }\n"
+        "  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n"
+    )
+    master = MASTER_CF.replace("  -o smtpd_milters=inet:127.0.0.1:8891\n", override)
+    result = _service_plan(tmp_path, milter_mode, "", master)
+    assert not result.blocking
+    (problem,) = [p for p in result.problems if p.startswith("master.cf service 2525/inet")]
+    assert "default_action for" in problem
+    assert "open relay" not in problem
+
+
 def test_a_service_reaching_smtpguard_by_another_path_is_checked_chrooted(tmp_path: Path) -> None:
     """Review rev44, through a real Postfix: a chrooted service with -o smtpd_milters
     naming smtpguard by its absolute path deferred every message, and a chrooted

@@ -1278,7 +1278,12 @@ class _Planner:
                     )
                 entry = next(e for e in split_list(milters) if self._is_ours(e))
                 default = x.get("milter_default_action", self.now["milter_default_action"])
-                self._default_action(where, entry, default)
+                # Its own restrictions refusing outsiders, the pass-through opens nothing
+                # there while smtpguard is down (review rev177 F3: blocked as an open relay).
+                relays = public and not any(
+                    _closes_relay(items) for items in self._relay_items(service)
+                )
+                self._default_action(where, entry, default, relays=relays)
             if milter_mode and x.get("smtpd_milter_maps", "").strip():
                 self.problem(
                     f"{where}: its smtpd_milter_maps may let clients skip smtpguard while"
