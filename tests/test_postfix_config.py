@@ -96,6 +96,7 @@ STOCK = {
     "smtpd_helo_restrictions": "",
     "smtpd_helo_required": "no",
     "smtpd_sender_restrictions": "",
+    "smtpd_service_name": "smtpd",
 }
 
 
@@ -1493,6 +1494,41 @@ def test_smtpguard_kept_off_port_25_by_an_override_is_a_conflict(tmp_path: Path)
         p.startswith("smtpguard runs on none of the smtpd services") for p in result.problems
     )
     assert not [p for p in _service_plan(tmp_path / "ok", None, "").problems if "runs on none" in p]
+
+
+@pytest.mark.parametrize(
+    ("screen_option", "main_cf", "pass_name", "conflict"),
+    [
+        ("", "", "smtpd", True),
+        ("  -o smtpd_service_name=smtpd-in\n", "", "smtpd-in", True),
+        ("", "smtpd_service_name = smtpd-in\n", "smtpd-in", True),
+        # A pass service no postscreen on port 25 hands clients to.
+        ("", "", "smtpd-in", False),
+    ],
+    ids=["smtpd", "option", "main.cf", "not-handed-to"],
+)
+def test_smtpguard_kept_off_postscreens_pass_service_is_a_conflict(
+    tmp_path: Path, screen_option: str, main_cf: str, pass_name: str, conflict: bool
+) -> None:
+    """Review rev177 F2, through a real Postfix 3.7: postscreen's -o
+    smtpd_service_name=smtpd-in handed port 25's clients to a pass service without
+    smtpguard, a forged sender was accepted, and --check said only a note."""
+    master_cf = MASTER_CF.replace(
+        "smtp      inet  n       -       y       -       -       smtpd\n",
+        "smtp      inet  n       -       y       -       1       postscreen\n"
+        + screen_option
+        + f"{pass_name}  pass  -       -       y       -       -       smtpd\n"
+        "  -o smtpd_milters=inet:127.0.0.1:8891\n",
+    )
+    result = _service_plan(tmp_path, None, main_cf, master_cf)
+    found = [
+        p
+        for p in result.problems
+        if p.startswith(f"master.cf service {pass_name}/pass: smtpguard does not run there")
+    ]
+    assert bool(found) is conflict, result.problems
+    if conflict:
+        assert "on the service mail from other hosts comes in on" in found[0]
 
 
 def test_unknown_recipients_stay_checked_where_smtpguard_does_not_run(tmp_path: Path) -> None:

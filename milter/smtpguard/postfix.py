@@ -172,6 +172,7 @@ PARAMETERS = (
     "smtpd_helo_restrictions",
     "smtpd_helo_required",
     "smtpd_sender_restrictions",
+    "smtpd_service_name",
 )
 
 
@@ -191,6 +192,9 @@ class Service:
     #: master.cf's chroot column: "y", "n" or "-" (Postfix's default: y below
     #: compatibility_level 1, n from 1 on).
     chroot: str = "-"
+    #: A ``pass`` service a postscreen on port 25 hands its clients to (its
+    #: ``smtpd_service_name``).
+    behind_postscreen: bool = False
 
     @property
     def label(self) -> str:
@@ -237,11 +241,14 @@ def read_postconf(config_directory: str | None = None) -> Settings:
         return out
 
     fields = dict(_assignments(run("-F")))
-    smtpd = [
-        key.rsplit("/", 2)[:2]
-        for key, command in fields.items()
-        if key.endswith("/command") and command.split()[:1] == ["smtpd"]
-    ]
+
+    def run_by(program: str) -> list[tuple[str, str]]:
+        return [
+            (name, kind)
+            for key, command in fields.items()
+            if key.endswith("/command") and command.split()[:1] == [program]
+            for name, kind in [key.rsplit("/", 2)[:2]]
+        ]
 
     def overrides(*flags: str) -> dict[tuple[str, str], dict[str, str]]:
         out: dict[tuple[str, str], dict[str, str]] = {}
@@ -251,6 +258,14 @@ def read_postconf(config_directory: str | None = None) -> Settings:
         return out
 
     raw, expanded = overrides(), overrides("-x")
+    now = values("-x")
+    # Review rev177 F2: postscreen hands port 25's clients to the pass service its
+    # smtpd_service_name names, not only to one called "smtpd".
+    passes = {
+        expanded.get(screen, {}).get("smtpd_service_name", now["smtpd_service_name"] or "smtpd")
+        for screen in run_by("postscreen")
+        if screen[1] == "inet" and _port_25_name(screen[0])
+    }
     services = tuple(
         Service(
             name,
@@ -258,12 +273,13 @@ def read_postconf(config_directory: str | None = None) -> Settings:
             raw.get((name, kind), {}),
             expanded.get((name, kind), {}),
             fields.get(f"{name}/{kind}/chroot", "-"),
+            behind_postscreen=kind == "pass" and name in passes,
         )
-        for name, kind in smtpd
+        for name, kind in run_by("smtpd")
     )
     return Settings(
         raw=values(),
-        expanded=values("-x"),
+        expanded=now,
         services=services,
         cleanup_chroot=fields.get("cleanup/unix/chroot", "-"),
     )
@@ -2069,10 +2085,16 @@ def _file_items(path: str) -> list[str]:
 
 def _port_25(service: Service) -> bool:
     """The service that takes mail from other hosts on port 25: master.cf's ``smtp``
-    (or ``25``, on any address), or postscreen's ``smtpd`` pass service."""
+    (or ``25``, on any address), or the pass service a postscreen there hands them to."""
     if service.kind == "pass":
-        return service.name == "smtpd"
-    return service.kind == "inet" and service.name.rpartition(":")[2] in ("smtp", "25")
+        return service.behind_postscreen
+    return service.kind == "inet" and _port_25_name(service.name)
+
+
+def _port_25_name(name: str) -> bool:
+    """A master.cf inet service name that listens on port 25 (``smtp``, ``25``, on any
+    address)."""
+    return name.rpartition(":")[2] in ("smtp", "25")
 
 
 def _lan_only(service: Service) -> bool:
