@@ -793,6 +793,31 @@ def test_our_glossed_text_with_another_code_is_still_ours(knowledge: Knowledge) 
     assert knowledge.explain("535 5.7.8 Auth error.").reply_id is None
 
 
+@pytest.mark.parametrize(
+    ("line", "reply_id", "category"),
+    [
+        ("450 4.1.1 mailbox unavailable.", "mailbox_unavailable", "unknown_recipient"),
+        ("454 4.7.1 mail address invalid.", "sender_mismatch", "sender_mismatch"),
+        ("453 4.7.1 fake router infomation.", "fake_router", "message_format"),
+        # The 450 row of the shared text stays its own.
+        ("450 4.2.1 mailbox unavailable.", "mailbox_unavailable_temp", "mailbox_disabled"),
+    ],
+)
+def test_our_ascii_reply_soft_bounced_is_still_ours(
+    knowledge: Knowledge, line: str, reply_id: str, category: str
+) -> None:
+    """Review rev178 F7: Postfix's soft_bounce (550 5.1.1 -> 450 4.1.1) of an
+    ASCII-only reply was the 450 row of that text, or none of ours."""
+    exp = knowledge.explain(line)
+    assert (exp.reply_id, exp.category, exp.permanent) == (reply_id, category, False)
+
+
+def test_auth_mode_unsupported_is_told_to_turn_on_tls(knowledge: Knowledge) -> None:
+    """Review rev178 F7: its fix was fix_credentials where its hint says TLS."""
+    exp = knowledge.explain("451 4.7.0 auth mode unsupported.")
+    assert (exp.reply_id, exp.fix) == ("auth_mode_unsupported", "use_tls")
+
+
 def test_shared_texts_are_told_apart_by_code(knowledge: Knowledge) -> None:
     assert knowledge.explain("451 4.7.0 auth error.").reply_id == "auth_error_temp"
     assert knowledge.explain("551 5.7.8 auth error.").reply_id == "auth_error_perm"

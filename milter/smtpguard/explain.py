@@ -617,6 +617,12 @@ class Knowledge:
             return _without_code(rows, reply.xcode, glossed=glossed)
         # The code tells apart rows that share a text ("auth error.", 451 and 551).
         exact = next((row for row in rows if row.code == reply.code), None)
+        soft = [row for row in rows if _soft_bounced(row, reply)]
+        if len(soft) == 1 and (exact is None or exact.xcode != reply.xcode):
+            # Postfix's soft_bounce made a 4xx of our 5xx, both codes alike (550 5.1.1
+            # -> 450 4.1.1): that row, in any language (review rev178 F7: the 450 row of
+            # that text, or no row of ours at all, was taken).
+            return soft[0]
         if exact is not None or not glossed:
             return exact
         # With our gloss, another code is an override's, or Postfix's soft_bounce.
@@ -749,6 +755,17 @@ class _Line:
     code: str | None
     xcode: str | None
     text: str
+
+
+def _soft_bounced(row: Ours, reply: ParsedReply) -> bool:
+    """Whether ``reply``'s codes are ``row``'s permanent ones as Postfix's soft_bounce
+    writes them: the class 5 of both made 4."""
+    return (
+        row.code[:1] == "5"
+        and bool(row.xcode)
+        and reply.code == f"4{row.code[1:]}"
+        and reply.xcode == f"4{row.xcode[1:]}"
+    )
 
 
 def _without_code(rows: list[Ours], xcode: str | None, *, glossed: bool) -> Ours | None:
