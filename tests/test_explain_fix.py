@@ -126,6 +126,26 @@ def test_a_4xx_that_says_retrying_will_not_help_gets_no_note(shipped: Knowledge)
     assert "keeps the message" not in ours.action_en
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "550 5.0.0 Failed",
+        "550 5.0.0 Permanent failure",
+        "550 5.0.0 Blocked",
+        "550 5.0.0 Request denied",
+        "550 5.0.0 Go away",
+        "550 5.0.0 Error",
+        "554 5.0.0 Refused",
+    ],
+)
+def test_few_generic_words_get_no_made_up_cause(shipped: Knowledge, line: str) -> None:
+    """Review rev178 F3: the codes' features carried the word model to auth_failed,
+    helo or protocol_sequence for replies that name no reason."""
+    exp = shipped.explain(line)
+    assert exp.rule != "words-model"
+    assert (exp.category, exp.fix) == ("rejected", "contact_postmaster")
+
+
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_json_keys_are_stable(lang: str) -> None:
     data = json.loads(explain_main("550 5.7.26 Unauthenticated email", lang=lang, as_json=True))

@@ -153,12 +153,17 @@ class WordModel:
         self, feats: Sequence[str], klass: str, threshold: float | None = None
     ) -> tuple[str, float] | None:
         """The most likely category and its posterior, when at least ``threshold``
-        (default: the model's own)."""
+        (default: the model's own), and when the words alone rank it first too: the
+        codes' features otherwise carry a reply whose few words say nothing of it
+        (review rev178 F3: "550 5.0.0 Failed" was auth_failed, "Go away" a HELO
+        problem; on the corpus this gate leaves the fallback 57 answers, of which the
+        model had 42 right and the fallback has 39)."""
         ranked = self.posterior(feats, klass)
         least = self.threshold if threshold is None else threshold
-        if ranked and ranked[0][1] >= least:
-            return ranked[0]
-        return None
+        if not ranked or ranked[0][1] < least:
+            return None
+        words = self.posterior([f for f in feats if ":" not in f], klass)
+        return ranked[0] if words and words[0][0] == ranked[0][0] else None
 
 
 def train(
