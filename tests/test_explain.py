@@ -818,6 +818,49 @@ def test_auth_mode_unsupported_is_told_to_turn_on_tls(knowledge: Knowledge) -> N
     assert (exp.reply_id, exp.fix) == ("auth_mode_unsupported", "use_tls")
 
 
+SENDMAIL_BOUNCE = """\
+   ----- The following addresses had permanent fatal errors -----
+bob@example.com
+    (reason: 550 5.1.1 mailbox unavailable. (邮箱不存在))
+
+   ----- Transcript of session follows -----
+.... while talking to [127.0.0.1]:
+>>> DATA
+<<< 550 5.1.1 mailbox unavailable. (邮箱不存在)
+550 5.1.1 bob@example.com... User unknown
+<<< 554 5.5.1 Error: no valid recipients
+"""
+
+
+@pytest.mark.parametrize(
+    ("transcript", "category"),
+    [
+        # A real Sendmail 8.17's bounce (review rev178 F2: "Protocol sequence error").
+        (SENDMAIL_BOUNCE, "unknown_recipient"),
+        (
+            "<<< 550 5.1.1 <x@example.com>... User unknown\n"
+            "550 5.1.1 x@example.com... User unknown\n<<< 503 5.0.0 Need RCPT (recipient)\n",
+            "unknown_recipient",
+        ),
+        # The client's "SIZE=" made a size problem, Sendmail's own last line the rest.
+        (
+            ">>> MAIL From:<a@b.example> SIZE=1234\n<<< 550 5.7.1 Client host rejected:"
+            " cannot find your hostname\n554 5.0.0 Service unavailable\n",
+            "reverse_dns",
+        ),
+        (
+            ">>> MAIL From:<a@b.example> SIZE=1234\n<<< 553 5.7.1 host denies the sender."
+            " (拒绝发件人地址)\n501 5.6.0 Data format error\n",
+            "sender_rejected",
+        ),
+    ],
+)
+def test_a_transcripts_first_server_refusal_is_the_reply(
+    knowledge: Knowledge, transcript: str, category: str
+) -> None:
+    assert knowledge.explain(transcript).category == category
+
+
 def test_shared_texts_are_told_apart_by_code(knowledge: Knowledge) -> None:
     assert knowledge.explain("451 4.7.0 auth error.").reply_id == "auth_error_temp"
     assert knowledge.explain("551 5.7.8 auth error.").reply_id == "auth_error_perm"

@@ -142,6 +142,8 @@ _SPACE = re.compile(r"\s+")
 #: What users paste before a reply line: quote marks, list bullets, ">" of a quoted
 #: mail and a session transcript's marker for the server's side (sendmail's "<<< ",
 #: "<-- " of mailing-list and test tools).
+#: A transcript's line of the client's side (sendmail -v: ">>> MAIL From:<a@b> SIZE=9").
+_CLIENT = re.compile(r"\s*>>>\s")
 _LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:(?:<<<|<--?)\s*)?")
 #: A code ended by a colon is one only before an enhanced code or an address ("550: #5.1.0
 #: Address rejected", sendmail's "550: <a@b>... User unknown"): "503: Service Unavailable"
@@ -805,24 +807,41 @@ def parse_reply(raw: str) -> ParsedReply:
     lines = _before_the_original([line for line in _NEWLINE.split(raw) if line.strip()])
     lines = lines[-MAX_LINES:]
     whole = " ".join(line[:MAX_LINE_CHARS] for line in lines)[: 2 * MAX_TEXT_CHARS]
+    # A session transcript (sendmail -v, a Sendmail bounce's "Transcript of session"):
+    # the server's replies are its "<<<" lines and the client's ">>>" commands are no
+    # words ("SIZE=1234" made a size problem; review rev178 F2).
+    server = [line.lstrip().startswith("<<<") for line in lines]
+    transcript = any(server)
+    if transcript:
+        server = [s for s, line in zip(server, lines, strict=True) if not _CLIENT.match(line)]
+        lines = [line for line in lines if not _CLIENT.match(line)]
     parsed = [_parse_line(line[:MAX_LINE_CHARS]) for line in lines]
 
     # Group: consecutive lines with the same code form one reply; lines without a code
     # continue the reply before them. The last reply that has a code wins, and the last
     # refusal (4xx, 5xx) before a later 2xx or 3xx: a bounce's reply is a refusal, and
     # a "206-555-0100" or "245 MIME-Version" after it is a quoted message's line (review
-    # rev163 F1: "Accepted (not an error)").
+    # rev163 F1: "Accepted (not an error)"). In a transcript the first refusal of the
+    # server wins: what follows it ("503 Need RCPT", "554 no valid recipients" after a
+    # pipelined DATA, Sendmail's own "550 ... User unknown" line) follows from it.
     groups: list[list[_Line]] = []
-    for line in parsed:
-        if groups and (line.code is None or line.code == groups[-1][0].code):
+    from_server: list[bool] = []
+    for line, said in zip(parsed, server if transcript else [False] * len(parsed), strict=True):
+        if groups and (
+            line.code is None or (line.code == groups[-1][0].code and said == from_server[-1])
+        ):
             groups[-1].append(line)
         else:
             groups.append([line])
+            from_server.append(said)
     coded = [g for g in groups if g[0].code is not None]
     refusals = [g for g in coded if (g[0].code or "")[:1] in ("4", "5")]
+    first_said = next(
+        (g for g, said in zip(groups, from_server, strict=True) if said and g in refusals), None
+    )
     report = ""
     if coded:
-        group = refusals[-1] if refusals else coded[-1]
+        group = first_said or (refusals[-1] if refusals else coded[-1])
         before = groups[: groups.index(group)]
         report = " ".join(line.text for g in before if g[0].code is None for line in g)
         code = group[0].code
@@ -872,7 +891,6 @@ def _first_line(group: list[_Line]) -> str:
     return " ".join(part for part in parts if part)
 
 
-#: Appended to a category's cause when the word model chose the category.
 #: The note on a temporary (4xx) reply whose category has none of its own.
 _TEMPORARY = Text(
     "This reply is temporary (4xx): your mail server keeps the message and retries by"
@@ -881,6 +899,7 @@ _TEMPORARY = Text(
     "这是临时错误（4xx）：您的邮件服务器会保留邮件并在一段时间内（通常最长五天）自动重试；"  # noqa: RUF001 - Chinese punctuation
     "只有持续失败时才会收到退信。",
 )
+#: Appended to a category's cause when the word model chose the category.
 _GUESSED = Text(
     "(Guessed from the reply's words: no rule matched it.)",
     "（根据回复的用词推测：没有规则与之匹配。）",  # noqa: RUF001 - fullwidth brackets are Chinese punctuation
