@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import signal
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from smtpguard.config import ConfigError, load_config
 from smtpguard.metrics import (
     FILE_BYTES,
+    MAX_SCRAPES,
     PrometheusMetrics,
     ReloadStatus,
     _never_fails,
@@ -94,6 +96,50 @@ def refuse_one(service: Running) -> None:
         s.connect(UNTRUSTED_IP)
         s.helo("mail.sender.example")
         assert_reply(s.mail("<spammer@bad.example>"), "host_denies_sender")
+
+
+#: Starts the service with 1,100 descriptors held open (not close-on-exec), so that
+#: the ones it opens itself are numbered past select(2)'s 1024.
+_HIGH_FDS = (
+    "import os, sys\n"
+    "held = [os.open('/dev/null', os.O_RDONLY) for _ in range(1100)]\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'smtpguard', *sys.argv[1:]])\n"
+)
+
+
+def _fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_silent_metrics_clients_hold_no_more_than_a_bound(tmp_path: Path, workers: int) -> None:
+    """Review rev179 F1, F2: with one process, 1,100 connections to /metrics that said
+    nothing took every descriptor (each a thread with no timeout) and every MTA session
+    timed out; with workers, a burst made the supervisor's select() fail on a
+    descriptor past 1023 and the service died. Now at most MAX_SCRAPES are served at
+    once, each for REQUEST_SECONDS, and the rest closed as they come."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    extra = {"milter": {"workers": workers}, "metrics": {"enabled": True, "port": port}}
+    site = make_site(tmp_path, extra)
+    command = [sys.executable, "-c", _HIGH_FDS, "-c", str(site.config), "run"]
+    with running(site, command) as service:
+        pid = service.process.pid
+        base = _fds(pid)
+        silent = []
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                silent.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        try:
+            assert _fds(pid) <= base + MAX_SCRAPES + 8
+            refuse_one(service)  # the milter answers meanwhile
+            assert service.process.poll() is None, service.log()
+        finally:
+            for conn in silent:
+                conn.close()
+        assert "smtpguard_sessions" in scrape(port)
+        assert service.process.poll() is None, service.log()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

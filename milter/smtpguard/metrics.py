@@ -19,10 +19,11 @@ import functools
 import logging
 import os
 import platform
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Concatenate, Final, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, Protocol, TypeVar
 
 from smtpguard import __version__
 
@@ -43,6 +44,12 @@ _TRANSACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 OUTCOMES = ("accept", "tag", "reject", "tempfail", "abort")
 #: What one call of a check gave (``smtpguard_check_verdicts_total``).
 VERDICTS = ("pass", "hit", "temperror", "error")
+#: Seconds a metrics client has for each read of its request (and the answer's writes).
+REQUEST_SECONDS: Final = 2.0
+#: Metrics connections served at once; more are closed as they come. A scrape takes
+#: milliseconds: this only bounds what clients that say nothing can hold.
+MAX_SCRAPES: Final = 16
+
 #: The multiprocess files one of our processes writes, by prefix (prometheus-client
 #: names them ``PREFIX_PID.db``: one per metric type and gauge mode used below), and
 #: the octets each is made with: every label value there is fits (tests/test_metrics.py;
@@ -420,6 +427,39 @@ class PrometheusMetrics:
         self._dns_busy.labels(reason).inc()
 
     def serve(self, address: str, port: int) -> None:
-        from prometheus_client import start_http_server  # noqa: PLC0415 - see __init__
+        """/metrics on ``address``:``port`` in threads beside libmilter's: at most
+        :data:`MAX_SCRAPES` connections at once, each read with a timeout of
+        :data:`REQUEST_SECONDS` (review rev179 F1: prometheus-client's server gave each
+        connection a thread with no timeout, and 1,100 idle ones took every descriptor
+        of the process: every MTA session timed out, with nothing logged)."""
+        from http.server import ThreadingHTTPServer  # noqa: PLC0415 - see __init__
 
-        start_http_server(port, addr=address, registry=self.registry)
+        from prometheus_client.exposition import MetricsHandler  # noqa: PLC0415 - see __init__
+
+        class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]  # untyped
+            timeout = REQUEST_SECONDS
+
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            daemon_threads = True
+            request_queue_size = 128
+            slots = threading.BoundedSemaphore(MAX_SCRAPES)
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not self.slots.acquire(blocking=False):
+                    self.shutdown_request(request)  # over the bound: closed at once
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    self.slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    self.slots.release()
+
+        server = Server((address, port), Handler)
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()

@@ -60,11 +60,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import gc
 import hashlib
 import io
 import logging
+import math
 import mmap
 import operator
 import os
@@ -103,7 +105,8 @@ from smtpguard.config import Config, ConfigError, MilterConfig, load_config
 from smtpguard.counters import CounterError, SharedCounter
 from smtpguard.datafiles import recording, replaying
 from smtpguard.logsetup import ABOUT_WORKER, set_level
-from smtpguard.metrics import ReloadStatus
+from smtpguard.metrics import MAX_SCRAPES, ReloadStatus
+from smtpguard.metrics import REQUEST_SECONDS as METRICS_REQUEST_SECONDS
 from smtpguard.pipeline import CHECK_NAMES
 from smtpguard.scanners.command import HOOK_MARK, record_groups_in
 from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL
@@ -407,6 +410,8 @@ class Supervisor:
         self._socket_checked = time.monotonic()
         #: Metrics connections accepted, each with the time it must have spoken by.
         self._scrapes: dict[socket.socket, _Scrape] = {}
+        #: Until when no metrics connection is accepted (out of descriptors).
+        self._accept_paused = 0.0
         self.stats = WorkerStats()
         self.reloads = ReloadStatus()
         if self.registry is not None:
@@ -534,21 +539,30 @@ class Supervisor:
                 self.http.server_close()
 
     def _wait(self) -> list[int]:
-        fds = [self._wake_r] + ([self.http.fileno()] if self.http is not None else [])
+        fds = [self._wake_r]
+        if self.http is not None and time.monotonic() >= self._accept_paused:
+            fds.append(self.http.fileno())
         fds += [conn.fileno() for conn in self._scrapes]
         dues = [w.due for w in self.workers if w.due is not None and not self.stopping]
         dues += [scrape.deadline for scrape in self._scrapes.values()]
+        if self._accept_paused > time.monotonic():
+            dues.append(self._accept_paused)
         limit = self.app.runtime.config.milter.worker_heartbeat_timeout
         if limit > 0:
             dues.append(self._watched + min(HEARTBEAT_INTERVAL, limit / 4))
         if not self.stopping and self.inode is not None:
             dues.append(self._socket_checked + SOCKET_CHECK_INTERVAL)
         timeout = max(0.0, min(dues) - time.monotonic()) if dues else None
+        # poll(2), not select(2): a descriptor numbered 1024 or more made select raise
+        # and the supervisor die (review rev179 F2: a burst of metrics connections).
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            events = poller.poll(None if timeout is None else math.ceil(timeout * 1000))
         except InterruptedError:
             return []
-        return readable
+        return [fd for fd, _ in events]
 
     def _serve_scrapes(self, readable: list[int]) -> None:
         """Metrics requests, each read by this loop as it comes and answered once its
@@ -561,13 +575,7 @@ class Supervisor:
             return
         now = time.monotonic()
         if http.fileno() in readable:
-            try:
-                conn, _ = http.socket.accept()
-            except OSError:
-                pass
-            else:
-                conn.setblocking(False)
-                self._scrapes[conn] = _Scrape(now + METRICS_REQUEST_SECONDS)
+            self._accept_scrape(http, now)
         for conn, scrape in list(self._scrapes.items()):
             if conn.fileno() in readable and not scrape.read(conn):
                 continue
@@ -587,6 +595,21 @@ class Supervisor:
             finally:
                 http.heads.pop(conn, None)
                 http.shutdown_request(conn)
+
+    def _accept_scrape(self, http: _MetricsServer, now: float) -> None:
+        """A metrics connection, read by the loop; one over :data:`MAX_SCRAPES` is
+        closed at once (what clients that say nothing can hold is bounded)."""
+        try:
+            conn, _ = http.socket.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._accept_paused = now + _ACCEPT_PAUSE
+            return
+        if len(self._scrapes) >= MAX_SCRAPES:
+            conn.close()
+            return
+        conn.setblocking(False)
+        self._scrapes[conn] = _Scrape(now + METRICS_REQUEST_SECONDS)
 
     def _check_socket(self) -> None:
         """Stop (exit 1) when the socket file is gone or another's: the workers would
@@ -1162,9 +1185,10 @@ def _file_values(path: Path) -> Iterator[tuple[str, float, float]]:
         yield key, value, stamp
 
 
-#: Seconds a metrics client has to send its whole request.
-METRICS_REQUEST_SECONDS = 2.0
 _MAX_REQUEST = 16384
+#: Seconds the loop stops accepting metrics connections when it ran out of descriptors
+#: (the listener would stay readable and the loop spin: review rev179 F9).
+_ACCEPT_PAUSE = 0.5
 
 
 @dataclass
