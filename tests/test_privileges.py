@@ -251,3 +251,40 @@ def test_a_killed_supervisors_metrics_directory_is_removed_though_root_gave_it_a
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     site = nobody_site(root, state, metrics_on())
     kill_supervisor_then_start_again(site, run, str(socket_of(site)))
+
+
+def test_root_writes_the_state_and_directory_files_as_the_service_user(tmp_path: Path) -> None:
+    """Review rev179 F3: the state directory is the service user's, and a link it put
+    at the state file's path had root's `blacklist add` (and `directory import`) create
+    a file anywhere (/etc/nologin). As root they now write as milter.user: a planted
+    link reaches only what that user may write, and what they make is its own."""
+    root, state = nobody_root()
+    site = make_site(
+        root,
+        {
+            "milter": {"user": "nobody"},
+            "state": {"path": str(state / "state.sqlite")},
+            "directory": {"path": str(state / "directory.sqlite")},
+        },
+    )
+    nobody = pwd.getpwnam("nobody").pw_uid
+    smtpguard(site, "blacklist", "add", "spammer@example.org")
+    assert (state / "state.sqlite").stat().st_uid == nobody
+    users = root / "users.toml"
+    users.write_text('[[user]]\naddress = "alice@example.com"\n')
+    users.chmod(0o600)  # root's own file: read before the drop
+    smtpguard(site, "directory", "import", "--replace", str(users))
+    assert (state / "directory.sqlite").stat().st_uid == nobody
+    private = root / "rootonly"
+    private.mkdir(mode=0o700)
+    for name, command in (
+        ("state.sqlite", ("blacklist", "add", "other@example.org")),
+        ("directory.sqlite", ("directory", "import", "--replace", str(users))),
+    ):
+        planted = state / name
+        planted.unlink()
+        planted.symlink_to(private / name)
+        os.lchown(planted, nobody, -1)
+        done = smtpguard(site, *command, check=False)
+        assert done.returncode != 0, done.stdout
+        assert not (private / name).exists()

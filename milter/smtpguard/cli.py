@@ -211,11 +211,40 @@ def _escaped(text: str) -> str:
     )
 
 
+def _as_service_user(config: Config, path: Path) -> None:
+    """As root, become ``milter.user`` for good before writing ``path`` (the state or
+    directory file) when that user may write its directory (scripts/start.sh makes
+    /var/lib/smtpguard its own): a link it planted there took root's writes anywhere
+    (review rev179 F3: blacklist add created /etc/nologin, or any file a symlink
+    named). Files made are then the service's own, as it needs them. A directory only
+    root writes holds no such link, nor does a host without that user: root stays."""
+    import pwd
+    import stat
+
+    from smtpguard.adapter import drop_privileges
+
+    if os.geteuid() != 0 or not config.milter.user:
+        return
+    try:
+        user = pwd.getpwnam(config.milter.user)
+        where = path.parent.stat()
+    except (KeyError, OSError):
+        return
+    if (
+        where.st_uid == user.pw_uid
+        or (where.st_mode & stat.S_IWGRP and where.st_gid == user.pw_gid)
+        or where.st_mode & stat.S_IWOTH
+    ):
+        drop_privileges(config.milter.user)
+
+
 def cmd_blacklist_add(args: argparse.Namespace) -> int:
     from smtpguard.app import make_blacklist
     from smtpguard.state import EntryError, RedisBlacklist, blacklist_entry
 
-    store = make_blacklist(_load(args.config))
+    config = _load(args.config)
+    _as_service_user(config, config.state.path)
+    store = make_blacklist(config)
     entries, refused = [], []
     problem = _reason_problem(args.reason)
     if problem is not None:
@@ -264,7 +293,9 @@ def cmd_blacklist_remove(args: argparse.Namespace) -> int:
     from smtpguard.app import make_blacklist
     from smtpguard.state import RedisBlacklist
 
-    store = make_blacklist(_load(args.config))
+    config = _load(args.config)
+    _as_service_user(config, config.state.path)
+    store = make_blacklist(config)
     _warn_if_missing(store)
     status = 0
     if isinstance(store, RedisBlacklist):
@@ -438,15 +469,17 @@ def _directory_command(
 
 @_directory_command
 def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
-    from smtpguard.directory import ImportError_, import_file
+    from smtpguard.directory import ImportError_, import_file, read_import
 
     if args.if_new and config.directory.path.exists():
         print(f"{config.directory.path} exists: nothing imported")
         return 0
     try:
+        source = read_import(Path(args.file))  # with this user's rights: root's file too
+        _as_service_user(config, config.directory.path)
         counts = import_file(
             config.directory.path,
-            Path(args.file),
+            source,
             replace=args.replace,
             is_local=config.site.is_local,
             delimiters=config.site.recipient_delimiter,
@@ -514,6 +547,7 @@ def cmd_directory_export(args: argparse.Namespace, config: Config) -> int:
 def cmd_directory_remove(args: argparse.Namespace, config: Config) -> int:
     from smtpguard.directory import remove_address
 
+    _as_service_user(config, config.directory.path)
     removed = remove_address(config.directory.path, args.address)
     if removed is None:
         return _not_in_directory(args.address, config)

@@ -563,9 +563,25 @@ def read_contents(path: Path) -> Contents:
         raise DirectoryError(f"{path}: {exc}") from None
 
 
+def read_import(source: Path) -> ImportSource:
+    """An import file read and checked row by row (:func:`import_file` writes it): a
+    caller may read it with its own rights and write with the service's."""
+    return ImportSource(
+        source, _read_toml(source) if source.suffix == ".toml" else _read_csv(source)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSource:
+    """What :func:`read_import` read."""
+
+    path: Path
+    staged: _Staged
+
+
 def import_file(
     db_path: Path,
-    source: Path,
+    source: Path | ImportSource,
     *,
     replace: bool = False,
     is_local: Callable[[str], bool] | None = None,
@@ -587,7 +603,8 @@ def import_file(
     to it would be accepted and then bounce. Targets elsewhere are forwards. Without ``replace`` the
     rows already in the file count too (a user given again replaces the stored one).
     """
-    staged = _read_toml(source) if source.suffix == ".toml" else _read_csv(source)
+    read = source if isinstance(source, ImportSource) else read_import(source)
+    source, staged = read.path, read.staged
     if replace and not staged.rows and not staged.problems:
         # An empty or cut file (review rev109 F4): every local recipient refused, 550.
         raise ImportError_(
@@ -1072,6 +1089,9 @@ def _read_toml(source: Path) -> _Staged:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ImportError_(f"{source}: {exc}") from None
+    except RecursionError:
+        # Review rev179 F6: a traceback (the config loader says it so too).
+        raise ImportError_(f"{source}: arrays or tables nested too deeply") from None
     out = _Staged()
     for key in data:
         if key not in _TOML_KEYS:
