@@ -524,6 +524,18 @@ def test_unreadable_files_name_the_line(
     assert str(info.value).startswith(f"{source}{message}")
 
 
+@pytest.mark.parametrize("nested", ["a = " + "[" * 100_000, "a = " + "{x=" * 100_000])
+def test_a_toml_file_nested_too_deeply_is_a_problem_not_a_traceback(
+    tmp_path: Path, nested: str
+) -> None:
+    """Review rev179 F6: RecursionError from tomllib."""
+    source = tmp_path / "deep.toml"
+    source.write_text(nested)
+    with pytest.raises(ImportError_, match="nested too deeply"):
+        import_file(tmp_path / "d.sqlite", source)
+    assert not (tmp_path / "d.sqlite").exists()
+
+
 @pytest.mark.parametrize("ending", [b"\r", b"\r\r\n", b"\r\n"])
 def test_a_toml_file_with_any_line_ending_imports(
     tmp_path: Path, db_path: Path, ending: bytes
