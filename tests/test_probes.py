@@ -21,10 +21,11 @@ import pytest
 import redis
 
 from smtpguard.app import load
-from smtpguard.config import Config
-from smtpguard.probes import socket_problems
+from smtpguard.config import Config, load_config
+from smtpguard.probes import root_notes, socket_problems
 from support.daemons import REDIS_COUNTING, Rspamd, free_port, start_clamd, start_redis
 from support.files import STDLIB, STDLIB_PROBLEM, others_may_read, without_stdlib_problem
+from support.polling import wait_until
 from support.service import ROOT, Site, make_site, merge, run_cli, running, smtpguard
 from support.unbound import DnsServer, silent_nameserver
 
@@ -596,7 +597,8 @@ def test_files_the_service_user_cannot_use(open_dir: Path) -> None:
     site = nobody_site(open_dir)
     site.directory.chmod(0o600)  # root's: nobody cannot read it
     state = open_dir / "state" / "state.sqlite"
-    smtpguard(site, "blacklist", "add", "x@example.net")  # creates it as root
+    smtpguard(site, "blacklist", "add", "x@example.net")  # as nobody, its folder's owner
+    os.chown(state, 0, 0)  # root's now, as a copy made by hand would be
     state.chmod(0o644)
     file = site.config.resolve()
     expected = [
@@ -842,3 +844,40 @@ def test_check_config_runs_the_virus_hook_once_as_the_service_user(open_dir: Pat
     result = smtpguard(site, "check-config", check=False)
     assert ": virus.command: " not in result.stderr, result.stderr
     assert seen.read_text().strip() == "nobody"
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "found"),
+    [
+        (0o666, "root", "is writable by every user"),
+        (0o664, "nobody", "is owned by nobody and writable by group"),
+        (0o644, "nobody", "is owned by nobody:"),
+        (0o640, "root", None),
+    ],
+)
+def test_a_config_others_may_change_is_a_problem(
+    tmp_path: Path, mode: int, owner: str, found: str | None
+) -> None:
+    """Review rev179 F4: a 0666 config owned by nobody passed check-config, and run as
+    root started; whoever writes it chooses milter.user and the virus hook."""
+    site = make_site(tmp_path)
+    site.config.chmod(mode)
+    shutil.chown(site.config, owner, "nogroup" if owner == "nobody" else "root")
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    if found is None:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 1
+        assert f"the config file {site.config} {found}" in result.stderr, result.stderr
+
+
+def test_root_without_a_service_user_is_noted(tmp_path: Path) -> None:
+    """Review rev179 F4: as root with milter.user empty the service read mail as root,
+    unsaid."""
+    site = make_site(tmp_path)
+    note = root_notes(load_config(site.config))
+    assert "milter.user: note: empty: run as root, the service stays root" in str(note[0])
+    nobody = make_site(tmp_path / "nobody", {"milter": {"user": "nobody"}})
+    assert root_notes(load_config(nobody.config)) == []
+    with running(site) as service:
+        wait_until(lambda: "milter.user: note: empty" in service.log())

@@ -48,8 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from smtpguard.app import build_runtime, new_gate
     from smtpguard.metrics import PrometheusMetrics, ReloadStatus
     from smtpguard.probes import (
+        config_owner_problems,
         file_problems,
         key_problems,
+        root_notes,
         site_problems,
         socket_problems,
         user_problems,
@@ -76,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for problem in file_problems(config, become=drop_privileges):
         logging.getLogger("smtpguard").error("%s", problem)
     # Also named, not fatal: check-config reports them as problems.
-    for problem in socket_problems(config) + site_problems(config) + key_problems(config):
+    named = socket_problems(config) + site_problems(config) + key_problems(config)
+    for problem in named + config_owner_problems(config) + root_notes(config):
         logging.getLogger("smtpguard").warning("%s", problem)
     if config.milter.workers > 1:
         from smtpguard.supervisor import prepare_metrics, supervise
@@ -125,6 +128,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from smtpguard.directory import NoDirectory
     from smtpguard.probes import (
         backend_problems,
+        config_owner_problems,
         cpu_problems,
         directory_notes,
         file_problems,
@@ -143,7 +147,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     problems = user_problems(config) + file_problems(config, become=drop_privileges)
     problems += log_problems(config) + cpu_problems(config) + socket_problems(config)
-    problems += site_problems(config) + key_problems(config)
+    problems += site_problems(config) + key_problems(config) + config_owner_problems(config)
     # A directory file already reported is left out, so the rest still gets checked.
     unreadable = any(p.key == "directory.path" for p in problems)
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import http.client
 import json
 import logging
@@ -108,6 +109,59 @@ def key_problems(config: Config) -> list[ConfigError]:
         " the shipped systemd unit does not start the service until then"
     )
     return [ConfigError(config.file, "content.loop_marker_key", text)]
+
+
+def config_owner_problems(config: Config) -> list[ConfigError]:
+    """A config file (or its folder) that others may write: whoever can write it
+    chooses ``milter.user``, the virus hook's command and every file the service reads
+    as root (review rev179 F4: a 0666 file owned by nobody passed; Postfix's ``postfix
+    check`` warns of the same for its files, OpenDKIM refuses such keys). Its owner
+    must be root or the user running this, and it writable by no group but root's."""
+    problems = []
+    path = Path(config.file)
+    for what, where in (("the config file", path), ("its folder", path.resolve().parent)):
+        try:
+            st = where.stat()
+        except OSError:
+            continue
+        why = []
+        if st.st_uid not in (0, os.geteuid()):
+            why.append(f"owned by {_user_name(st.st_uid)}")
+        if st.st_mode & stat.S_IWOTH and not (where.is_dir() and st.st_mode & stat.S_ISVTX):
+            why.append("writable by every user")
+        elif st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+            why.append(f"writable by group {_group_name(st.st_gid)}")
+        if why:
+            problems.append(
+                ConfigError(
+                    config.file,
+                    "",
+                    f"{what} {where} is {' and '.join(why)}: whoever can change it chooses"
+                    " the user the service runs as, the virus hook's command and the files"
+                    " read as root; make it root's, writable by root only (0640 or 0644)",
+                )
+            )
+    return problems
+
+
+def root_notes(config: Config) -> list[ConfigError]:
+    """Root with no ``milter.user``: the service would parse every message as root
+    (review rev179 F4: not a word said). A warning of ``run``, not a problem: a test or
+    a container may mean it."""
+    if os.geteuid() != 0 or config.milter.user:
+        return []
+    text = (
+        "note: empty: run as root, the service stays root and reads untrusted mail with"
+        " every privilege; set the user it drops to (scripts/start.sh makes smtpguard)"
+    )
+    return [ConfigError(config.file, "milter.user", text)]
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def state_notes(config: Config) -> list[ConfigError]:
