@@ -156,3 +156,21 @@ def test_explain_log_any_bytes_on_stdin_and_in_its_name(tmp_path: Path) -> None:
 def test_rules_load_once_per_process() -> None:
     assert knowledge() is knowledge()
     assert knowledge(RULES) is knowledge()
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_config_that_is_no_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    """Review rev179 F8: -c /dev/zero read until memory ran out, a FIFO hung."""
+    path = Path("/dev/zero")
+    if kind == "fifo":
+        path = tmp_path / "fifo.toml"
+        os.mkfifo(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "smtpguard", "-c", str(path), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"{path}: cannot read file: not a regular file\n"

@@ -8,7 +8,9 @@ the reply table without the config's dataclasses and validators (tests/test_cli_
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -145,10 +147,26 @@ def read_file(path: Path) -> bytes:
     recorded = _RECORDED.get()
     if recorded is not None and key in recorded:
         return recorded[key]
-    data = path.read_bytes()
+    # Review rev179 F8: -c /dev/zero read until memory ran out, a FIFO hung. Raised as
+    # OSError, which each caller already turns into its own error naming the file.
+    with open(path, "rb", opener=_nonblocking) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES >> 20} MiB")
     if recorded is not None:
         recorded[key] = data
     return data
+
+
+#: The largest data file read (a config, rules, an IP list): far beyond any real one.
+MAX_FILE_BYTES = 256 << 20
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    """open(2) that does not wait for a FIFO's writer (its type is refused then)."""
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def read_toml(
