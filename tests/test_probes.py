@@ -881,3 +881,19 @@ def test_root_without_a_service_user_is_noted(tmp_path: Path) -> None:
     assert root_notes(load_config(nobody.config)) == []
     with running(site) as service:
         wait_until(lambda: "milter.user: note: empty" in service.log())
+
+
+def test_a_socket_directory_every_user_may_write_is_a_problem(tmp_path: Path) -> None:
+    """Review rev179 F10: another user could bind the socket's name first (run then
+    refused to start) or stand in for smtpguard; check-config passed."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    site = make_site(tmp_path / "site", {"milter": {"socket": f"unix:{shared}/s.sock"}})
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 1
+    assert f"milter.socket: the socket's directory {shared} is writable by every user" in (
+        result.stderr
+    )
+    shared.chmod(0o755)
+    assert smtpguard(site, "check-config", "--offline", check=False).returncode == 0

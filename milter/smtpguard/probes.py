@@ -554,6 +554,15 @@ def _socket_directory_problem(path: Path) -> str | None:
         existing = existing.parent
     if not existing.is_dir():
         return f"cannot create the socket's directory {directory}: {existing} is no directory"
+    if existing == directory and directory.stat().st_mode & stat.S_IWOTH:
+        # Review rev179 F10: another user may bind the name first (run then refuses to
+        # start) or stand in for smtpguard.
+        return (
+            f"the socket's directory {directory} is writable by every user: another one"
+            " may take the socket's name first or stand in for smtpguard; use a directory"
+            " only root and the service user write (/run/smtpguard, smtpguard/ in"
+            " Postfix's queue directory)"
+        )
     if os.access(existing, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
         return None
     what = f"the socket in {directory}" if existing == directory else f"{directory}"
