@@ -34,6 +34,7 @@ from smtpguard.directory import (
     describe,
     export_csv,
     export_toml,
+    formula_cells,
     import_file,
     list_lines,
     read_contents,
@@ -1895,3 +1896,24 @@ def test_the_journal_of_an_interrupted_import_is_rolled_back(
         assert fresh.recipient("alice@example.com") == before
     assert "rolled back the journal of an interrupted write" in caplog.text
     assert fresh.recipient("u5@example.com") == Recipient(Kind.NONE)
+
+
+def test_export_names_the_cells_a_spreadsheet_would_run(tmp_path: Path) -> None:
+    """Review rev179 F7: an imported login "=HYPERLINK(...)" was exported as it is, for
+    a spreadsheet to run. It stays as it is (the export is for import) and is named."""
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "type,address,login,state,target,policy,list\n"
+        'user,dave@example.com,"=HYPERLINK(""http://evil.example/"",""x"")",,,,\n'
+        "user,alice@example.com,,,,,\n"
+    )
+    db = tmp_path / "d.sqlite"
+    import_file(db, source)
+    text, left_out = export_csv(read_contents(db))
+    assert left_out == []
+    (found,) = formula_cells(text)
+    assert found.startswith("line 3: '=HYPERLINK(")  # alice's row comes first
+    again = tmp_path / "again.csv"
+    again.write_text(text)
+    import_file(tmp_path / "e.sqlite", again)
+    assert read_contents(tmp_path / "e.sqlite") == read_contents(db)

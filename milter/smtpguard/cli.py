@@ -537,11 +537,17 @@ def cmd_directory_show(args: argparse.Namespace, config: Config) -> int:
 
 @_directory_command
 def cmd_directory_export(args: argparse.Namespace, config: Config) -> int:
-    from smtpguard.directory import export_csv, export_toml, read_contents
+    from smtpguard.directory import export_csv, export_toml, formula_cells, read_contents
 
     export = export_csv if args.format == "csv" else export_toml
     text, left_out = export(read_contents(config.directory.path))
     print(text, end="")
+    for cell in formula_cells(text) if args.format == "csv" else []:
+        print(
+            f"smtpguard: warning: {cell}: a spreadsheet opening this file would take it"
+            " for a formula; import the file there as text, every column",
+            file=sys.stderr,
+        )
     for row in left_out:
         print(f"smtpguard: left out (no import would take it): {row}", file=sys.stderr)
     return 1 if left_out else 0
