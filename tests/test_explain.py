@@ -861,6 +861,17 @@ def test_a_transcripts_first_server_refusal_is_the_reply(
     assert knowledge.explain(transcript).category == category
 
 
+def test_a_mime_boundary_after_the_reply_is_no_part_of_it(knowledge: Knowledge) -> None:
+    """Review rev178 F5: the "Reply:" line ended in the boundary."""
+    pasted = (
+        "Diagnostic-Code: smtp; 550 5.1.1 mailbox unavailable. (邮箱不存在)\n"
+        "--ABC123.1733162401/mx.example.org\n"
+    )
+    exp = knowledge.explain(pasted)
+    assert exp.reply_id == "mailbox_unavailable"
+    assert "ABC123" not in exp.reply
+
+
 def test_shared_texts_are_told_apart_by_code(knowledge: Knowledge) -> None:
     assert knowledge.explain("451 4.7.0 auth error.").reply_id == "auth_error_temp"
     assert knowledge.explain("551 5.7.8 auth error.").reply_id == "auth_error_perm"

@@ -142,6 +142,9 @@ _SPACE = re.compile(r"\s+")
 #: What users paste before a reply line: quote marks, list bullets, ">" of a quoted
 #: mail and a session transcript's marker for the server's side (sendmail's "<<< ",
 #: "<-- " of mailing-list and test tools).
+#: A MIME boundary line of a pasted bounce: no words of the reply (review rev178 F5: the
+#: "Reply:" line ended in "--ABC123.1733162401/mx.example.org").
+_BOUNDARY = re.compile(r"\s*--[!-~]{6,}\s*\Z")
 #: A transcript's line of the client's side (sendmail -v: ">>> MAIL From:<a@b> SIZE=9").
 _CLIENT = re.compile(r"\s*>>>\s")
 _LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:(?:<<<|<--?)\s*)?")
@@ -804,7 +807,9 @@ def clean_input(line: str | bytes) -> str:
 def parse_reply(raw: str) -> ParsedReply:
     """Split a pasted reply into code, enhanced code and text (see the module doc)."""
     raw = _ESCAPED_NEWLINE.sub("\n", raw)
-    lines = _before_the_original([line for line in _NEWLINE.split(raw) if line.strip()])
+    lines = _before_the_original(
+        [line for line in _NEWLINE.split(raw) if line.strip() and not _BOUNDARY.match(line)]
+    )
     lines = lines[-MAX_LINES:]
     whole = " ".join(line[:MAX_LINE_CHARS] for line in lines)[: 2 * MAX_TEXT_CHARS]
     # A session transcript (sendmail -v, a Sendmail bounce's "Transcript of session"):
