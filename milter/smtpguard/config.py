@@ -20,7 +20,6 @@ import math
 import os
 import pwd
 import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -34,6 +33,7 @@ from smtpguard.address import (
     IPAddress,
     IPNetwork,
     canonical_domain,
+    domain_to_unicode,
     is_valid_domain,
     parse_address_literal,
     parse_path,
@@ -368,16 +368,17 @@ class SiteConfig:
     #: Characters that start an address extension (Postfix's recipient_delimiter):
     #: alice+news@ is alice@ to the directory, the deny list and the blacklist.
     recipient_delimiter: str = "+"
-    #: The spellings with non-ASCII characters the three domain lists give, as written
-    #: but for the case of ASCII letters (no trailing dot; a leading "." for
-    #: subdomains): see :meth:`routes_as_ours`.
+    #: The spellings with non-ASCII characters of the three domain lists' names (the
+    #: U-labels of their A-labels too), lower-cased, no trailing dot, a leading "."
+    #: for subdomains: see :meth:`routes_as_ours`.
     idn_spellings: frozenset[str] = frozenset()
 
     def routes_as_ours(self, domain: str) -> bool:
         """Whether the MTA routes ``domain`` (as the client wrote it) as the domain of
         ours it stands for: an ASCII one (A-labels) always, one with other characters
-        only when written as the config lists it (ASCII letters in any case, as
-        Postfix folds them; the others as written). Our mapping of U-labels
+        only when written as the config lists it, or as the U-label of an A-label it
+        lists, in any case (Postfix folds case before it matches its lists, its
+        non-ASCII letters too: review rev181 F2). Our mapping of U-labels
         (:func:`canonical_domain`) is not the MTA's (Postfix's is ICU's UTS 46, which
         maps capital sharp s to "ss": STRAẞE.example is strasse.example there, and
         straße.example here), and Postfix matches its own domain lists to the text:
@@ -385,7 +386,12 @@ class SiteConfig:
         else's (review rev116 F1). Relaying is judged by this, nothing else."""
         if domain.isascii():
             return True
-        name = ascii_lower(domain.removesuffix("."))
+        written = domain.removesuffix(".")
+        name = written.lower()
+        if len(name) != len(written) or any(
+            low in _DEVIATIONS and low != up for up, low in zip(written, name, strict=True)
+        ):
+            return False  # STRAẞE.example: Postfix (ICU) folds it to strasse.example
         return name in self.idn_spellings or any(
             name.endswith(entry) for entry in self.idn_spellings if entry.startswith(".")
         )
@@ -424,12 +430,26 @@ class SiteConfig:
         return ip is not None and any(ip in net for net in self.trusted_networks)
 
 
-_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+#: Characters UTS 46 maps otherwise than IDNA 2008 (its deviations): a U-label with
+#: one is no spelling Postfix is sure to route as the A-label's domain.
+_DEVIATIONS: Final = frozenset("\u00df\u03c2\u200c\u200d")
 
 
-def ascii_lower(text: str) -> str:
-    """``text`` with its ASCII letters in lower case, every other character as it is."""
-    return text.translate(_ASCII_LOWER)
+def _idn_spelling(item: str) -> str:
+    """The non-ASCII spelling a domain list's ``item`` gives Postfix's lists (see
+    :meth:`SiteConfig.routes_as_ours`): itself, lower-cased, or the U-label of an
+    A-label, which postfix-config has Postfix's lists carry too (review rev181 F1: an
+    IDN listed as its A-label only refused its U-label spelling as relaying, mail to
+    our own users); "" for a name without one."""
+    if not item.isascii():
+        return item.lower()
+    bare = item.lstrip(".").lower()
+    if "xn--" not in bare:
+        return ""
+    unicode = domain_to_unicode(bare)
+    if unicode == bare or canonical_domain(unicode) != bare or _DEVIATIONS & set(unicode):
+        return ""
+    return item[: len(item) - len(bare)] + unicode.lower()
 
 
 def _in_domains(domain: str, domains: frozenset[str]) -> bool:
@@ -1588,10 +1608,10 @@ def _site(s: _Section) -> SiteConfig:
         our_ips=frozenset(ips),
         recipient_delimiter=_delimiter(s, d.recipient_delimiter),
         idn_spellings=frozenset(
-            ascii_lower(item.strip().removesuffix("."))
+            spelling
             for name in ("local_domains", "relay_domains", "our_hostnames")
             for item in s.strings(name)
-            if not item.isascii()
+            if (spelling := _idn_spelling(item.strip().removesuffix(".")))
         ),
     )
     s.done()
