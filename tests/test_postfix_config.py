@@ -97,6 +97,7 @@ STOCK = {
     "smtpd_helo_required": "no",
     "smtpd_sender_restrictions": "",
     "smtpd_service_name": "smtpd",
+    "smtpd_delay_reject": "yes",
 }
 
 
@@ -1743,6 +1744,35 @@ def test_default_action_accept_where_the_service_refuses_outsiders_does_not_bloc
     (problem,) = [p for p in result.problems if p.startswith("master.cf service 2525/inet")]
     assert "default_action for" in problem
     assert "open relay" not in problem
+
+
+@pytest.mark.parametrize("milters", ["smtpguard-accept", "other"])
+def test_a_relay_guard_before_the_recipient_closes_nothing(tmp_path: Path, milters: str) -> None:
+    """Review rev180 F1, through a real Postfix 3.7: with -o smtpd_delay_reject=no the
+    client restrictions run before there is a recipient, so reject_unauth_destination
+    there never fires; the plan applied the pass-through and a stranger relayed while
+    smtpguard was down."""
+    milter_mode = {"site": {"relay_control": "milter"}, "milter": {"socket": DEFAULT_SOCKET}}
+    entry = (
+        "  -o { smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=accept } }\n"
+        if milters == "smtpguard-accept"
+        else "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    )
+    override = (
+        entry + "  -o smtpd_delay_reject=no\n"
+        "  -o smtpd_client_restrictions=permit_mynetworks,reject_unauth_destination\n"
+    )
+    master = MASTER_CF.replace("  -o smtpd_milters=inet:127.0.0.1:8891\n", override)
+    result = _service_plan(tmp_path, milter_mode, "", master)
+    (blocking,) = result.blocking
+    assert blocking.startswith("master.cf service 2525/inet")
+    assert "open relay" in blocking
+    delayed = tmp_path / "delayed"
+    delayed.mkdir()
+    closed = _service_plan(
+        delayed, milter_mode, "", master.replace("  -o smtpd_delay_reject=no\n", "")
+    )
+    assert not closed.blocking
 
 
 def test_a_service_reaching_smtpguard_by_another_path_is_checked_chrooted(tmp_path: Path) -> None:

@@ -173,6 +173,7 @@ PARAMETERS = (
     "smtpd_helo_required",
     "smtpd_sender_restrictions",
     "smtpd_service_name",
+    "smtpd_delay_reject",
 )
 
 
@@ -1445,21 +1446,29 @@ class _Planner:
         refers to main.cf's relay list counts that list's items too, pass-through
         included: what ``-P -x`` made of it depends on main.cf as it is now."""
         out = []
-        helo_required = service.expanded.get(
-            "smtpd_helo_required", self.now.get("smtpd_helo_required", "no")
-        )
+
+        def setting(name: str, default: str) -> str:
+            value = service.expanded.get(name, self.now.get(name, default))
+            return value.strip().lower() or default
+
+        helo_required = setting("smtpd_helo_required", "no") == "yes"
+        delayed = setting("smtpd_delay_reject", "yes") == "yes"
         for name in _REFUSING_LISTS:
-            if name == "smtpd_helo_restrictions" and helo_required.strip().lower() != "yes":
+            if name == "smtpd_helo_restrictions" and not helo_required:
                 # Never applied to a client that sends no HELO (review rev177 F1: such a
                 # stranger relayed past "permit_sasl_authenticated, reject" there).
                 continue
             main = split_list(self.relay_lists.get(name, self.now[name]))
             if name not in service.overrides:
-                out.append(main)
-                continue
-            items = split_list(service.expanded.get(name, service.overrides[name]))
-            if any(_refers_to(service.overrides[name], n) for n in _RELAY_LISTS):
-                items = main + items
+                items = main
+            else:
+                items = split_list(service.expanded.get(name, service.overrides[name]))
+                if any(_refers_to(service.overrides[name], n) for n in _RELAY_LISTS):
+                    items = main + items
+            if not delayed and name not in _RELAY_LISTS:
+                # Without smtpd_delay_reject these run before there is a recipient: a
+                # relay guard there never fires (review rev180 F1: a stranger relayed).
+                items = [item for item in items if item not in RELAY_GUARDS]
             out.append(items)
         return out
 
