@@ -288,3 +288,24 @@ def test_root_writes_the_state_and_directory_files_as_the_service_user(tmp_path:
         done = smtpguard(site, *command, check=False)
         assert done.returncode != 0, done.stdout
         assert not (private / name).exists()
+
+
+def test_a_linked_folder_on_the_way_to_the_state_file_is_followed_as_the_service_user(
+    tmp_path: Path,
+) -> None:
+    """Review rev180 F3: the folder above the state file's was looked at through the
+    link the service user had put in its own folder (a root-only folder there), so
+    root wrote through it."""
+    root, state = nobody_root()
+    private = root / "rootonly"
+    private.mkdir(mode=0o700)
+    site = make_site(
+        root,
+        {"milter": {"user": "nobody"}, "state": {"path": str(state / "sub" / "state.sqlite")}},
+    )
+    link = state / "sub"
+    link.symlink_to(private)
+    os.lchown(link, pwd.getpwnam("nobody").pw_uid, -1)
+    done = smtpguard(site, "blacklist", "add", "evil@example.com", check=False)
+    assert done.returncode != 0, done.stdout
+    assert not (private / "state.sqlite").exists()

@@ -791,8 +791,10 @@ def _reload_once(app: App, reload: Callable[[], Runtime | None]) -> None:
         resolver.close_when_released()
 
 
-def drop_privileges(user: str) -> None:
-    """Become ``user`` (its primary group, no supplementary groups) for good."""
+def drop_privileges(user: str, *, its_groups: bool = False) -> None:
+    """Become ``user`` (its primary group; no supplementary groups, or with
+    ``its_groups`` those /etc/group gives it, as a command run as it would have them)
+    for good."""
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
@@ -800,7 +802,10 @@ def drop_privileges(user: str) -> None:
     if os.getuid() == entry.pw_uid:
         return
     try:
-        os.setgroups([])
+        if its_groups:
+            os.initgroups(user, entry.pw_gid)
+        else:
+            os.setgroups([])
         os.setgid(entry.pw_gid)
         os.setuid(entry.pw_uid)
     except OSError as exc:

@@ -216,14 +216,14 @@ def _escaped(text: str) -> str:
 
 
 def _as_service_user(config: Config, path: Path) -> None:
-    """As root, become ``milter.user`` for good before writing ``path`` (the state or
-    directory file) when that user may write its directory (scripts/start.sh makes
-    /var/lib/smtpguard its own): a link it planted there took root's writes anywhere
-    (review rev179 F3: blacklist add created /etc/nologin, or any file a symlink
-    named). Files made are then the service's own, as it needs them. A directory only
-    root writes holds no such link, nor does a host without that user: root stays."""
+    """As root, become ``milter.user`` (with its groups) for good before writing
+    ``path`` (the state or directory file) when that user could have put a link on the
+    way to it: a folder above it that it may write (scripts/start.sh makes
+    /var/lib/smtpguard its own), or a link there already (review rev179 F3: blacklist
+    add created /etc/nologin; rev180 F3: a linked folder, one writable through a
+    supplementary group). Files made are then the service's own, as it needs them. A
+    path only root controls, or a host without that user, leaves root as it is."""
     import pwd
-    import stat
 
     from smtpguard.adapter import drop_privileges
 
@@ -231,15 +231,40 @@ def _as_service_user(config: Config, path: Path) -> None:
         return
     try:
         user = pwd.getpwnam(config.milter.user)
-        where = path.parent.stat()
-    except (KeyError, OSError):
+    except KeyError:
         return
-    if (
-        where.st_uid == user.pw_uid
-        or (where.st_mode & stat.S_IWGRP and where.st_gid == user.pw_gid)
-        or where.st_mode & stat.S_IWOTH
-    ):
-        drop_privileges(config.milter.user)
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    path = path.absolute()
+    if any(_open_to(child, user.pw_uid, groups) for child in (path, *path.parents)):
+        drop_privileges(config.milter.user, its_groups=True)
+
+
+def _open_to(child: Path, uid: int, groups: set[int]) -> bool:
+    """Whether the user ``uid`` with ``groups`` may have put ``child`` where it is: it
+    is a link, or its folder is one that user may add names to (in a sticky one, as
+    /tmp, only a name that is not there yet or is its own)."""
+    import stat
+
+    try:
+        here = child.lstat()
+    except OSError:
+        here = None
+    if here is not None and stat.S_ISLNK(here.st_mode):
+        return True
+    if child.parent == child:
+        return False
+    try:
+        folder = child.parent.lstat()
+    except OSError:
+        return False
+    writable = (
+        (folder.st_uid == uid and folder.st_mode & stat.S_IWUSR)
+        or (folder.st_gid in groups and folder.st_mode & stat.S_IWGRP)
+        or folder.st_mode & stat.S_IWOTH
+    )
+    if not writable:
+        return False
+    return not (folder.st_mode & stat.S_ISVTX and here is not None and here.st_uid != uid)
 
 
 def cmd_blacklist_add(args: argparse.Namespace) -> int:
@@ -247,7 +272,10 @@ def cmd_blacklist_add(args: argparse.Namespace) -> int:
     from smtpguard.state import EntryError, RedisBlacklist, blacklist_entry
 
     config = _load(args.config)
-    _as_service_user(config, config.state.path)
+    if config.state.backend == "embedded":
+        # Not with Redis (review rev180 F2: its socket's group is the service's only
+        # under its unit; no SQLite file is written then).
+        _as_service_user(config, config.state.path)
     store = make_blacklist(config)
     entries, refused = [], []
     problem = _reason_problem(args.reason)
@@ -298,7 +326,10 @@ def cmd_blacklist_remove(args: argparse.Namespace) -> int:
     from smtpguard.state import RedisBlacklist
 
     config = _load(args.config)
-    _as_service_user(config, config.state.path)
+    if config.state.backend == "embedded":
+        # Not with Redis (review rev180 F2: its socket's group is the service's only
+        # under its unit; no SQLite file is written then).
+        _as_service_user(config, config.state.path)
     store = make_blacklist(config)
     _warn_if_missing(store)
     status = 0
