@@ -143,6 +143,45 @@ def test_silent_metrics_clients_hold_no_more_than_a_bound(tmp_path: Path, worker
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+def test_clients_that_trickle_their_request_are_cut_at_the_deadline(
+    tmp_path: Path, workers: int
+) -> None:
+    """Review rev180 F4: with one process, MAX_SCRAPES clients sending a byte now and
+    then (within the read timeout) held every slot for as long as they went on, and
+    every scrape was refused."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    extra = {"milter": {"workers": workers}, "metrics": {"enabled": True, "port": port}}
+    site = make_site(tmp_path, extra)
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with conn:
+            for byte in b"GET /metrics HTTP/1.0\r\n" * 8:
+                if stop.wait(0.5):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return  # cut off at its deadline
+
+    with running(site) as service:
+        scrape(port)  # up
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_SCRAPES)]
+        threads = [threading.Thread(target=trickle, args=(conn,)) for conn in slow]
+        for thread in threads:
+            thread.start()
+        try:
+            assert "smtpguard_sessions" in scrape(port, deadline=8)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert service.process.poll() is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
 def test_every_outcome_is_counted_and_promtool_accepts_the_text(
     tmp_path: Path, workers: int
 ) -> None:
