@@ -150,9 +150,13 @@ def read_file(path: Path) -> bytes:
     # Review rev179 F8: -c /dev/zero read until memory ran out, a FIFO hung. Raised as
     # OSError, which each caller already turns into its own error naming the file.
     with open(path, "rb", opener=_nonblocking) as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        mode = os.fstat(f.fileno()).st_mode
+        if stat.S_ISCHR(mode) and os.path.samefile(path, os.devnull):
+            data = b""  # an empty list kept as a link to /dev/null (review rev180 F5)
+        elif not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        data = f.read(MAX_FILE_BYTES + 1)
+        else:
+            data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise OSError(errno.EFBIG, f"larger than {MAX_FILE_BYTES >> 20} MiB")
     if recorded is not None:
