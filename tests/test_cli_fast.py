@@ -174,13 +174,3 @@ def test_a_config_that_is_no_regular_file_is_refused(tmp_path: Path, kind: str) 
     )
     assert done.returncode == 1
     assert done.stderr == f"{path}: cannot read file: not a regular file\n"
-
-
-def test_a_data_file_linked_to_dev_null_reads_empty(tmp_path: Path) -> None:
-    """Review rev180 F5: an empty list kept as a link to /dev/null stopped the service
-    once non-regular files were refused."""
-    from smtpguard.datafiles import read_file  # noqa: PLC0415
-
-    empty = tmp_path / "blocked.txt"
-    empty.symlink_to(os.devnull)
-    assert read_file(empty) == b""

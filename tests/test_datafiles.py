@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -116,3 +117,11 @@ def test_a_relative_path_through_a_link_is_read_as_the_kernel_reads_it(tmp_path:
     with recording() as files:
         assert read_file(table) == (ROOT / "rules" / "replies.toml").read_bytes()
     assert list(files) == [str(table)]
+
+
+def test_a_data_file_linked_to_dev_null_reads_empty(tmp_path: Path) -> None:
+    """Review rev180 F5: an empty list kept as a link to /dev/null stopped the service
+    once non-regular files were refused."""
+    empty = tmp_path / "blocked.txt"
+    empty.symlink_to(os.devnull)
+    assert read_file(empty) == b""
