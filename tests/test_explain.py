@@ -853,6 +853,19 @@ bob@example.com
             " (拒绝发件人地址)\n501 5.6.0 Data format error\n",
             "sender_rejected",
         ),
+        # One recipient deferred, the next refused for good (review rev180 F6: "Nothing
+        # to do, your server retries" for the bounce).
+        (
+            "<<< 451 4.3.0 Temporary lookup failure\n"
+            "<<< 550 5.1.1 <carol@x.example>... User unknown\n"
+            "<<< 554 5.5.1 Error: no valid recipients\n",
+            "unknown_recipient",
+        ),
+        (
+            "<<< 450 4.2.1 mailbox unavailable. (邮箱暂时不可用)\n"
+            "<<< 554 5.5.1 Error: no valid recipients\n",
+            "mailbox_disabled",
+        ),
     ],
 )
 def test_a_transcripts_first_server_refusal_is_the_reply(

@@ -113,6 +113,19 @@ def test_every_4xx_says_the_mail_is_retried(shipped: Knowledge, line: str) -> No
     assert "retr" not in five.action_en
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "454 4.7.1 <x@far.example>: Relay access denied",
+        "454 4.7.0 Temporary authentication failure",
+        "430 4.7.0 Must issue a STARTTLS command first",
+    ],
+)
+def test_a_4xx_the_sender_must_fix_gets_no_retry_note(shipped: Knowledge, line: str) -> None:
+    """Review rev180 F6: relaying and logging in are not cured by a retry."""
+    assert "retries" not in shipped.explain(line).action_en
+
+
 def test_a_4xx_that_says_retrying_will_not_help_gets_no_note(shipped: Knowledge) -> None:
     exp = shipped.explain(
         "421 4.7.0 [TSS09] All messages from 192.0.2.1 will be permanently deferred;"

@@ -145,6 +145,9 @@ _SPACE = re.compile(r"\s+")
 #: A MIME boundary line of a pasted bounce: no words of the reply (review rev178 F5: the
 #: "Reply:" line ended in "--ABC123.1733162401/mx.example.org").
 _BOUNDARY = re.compile(r"\s*--[!-~]{6,}\s*\Z")
+#: A server's refusal in a transcript that follows from an earlier one (a pipelined
+#: DATA after every recipient was refused, a command out of sequence).
+_FOLLOWS_ON = re.compile(r"no valid recipients|need (?:rcpt|mail)\b|bad sequence", re.IGNORECASE)
 #: A transcript's line of the client's side (sendmail -v: ">>> MAIL From:<a@b> SIZE=9").
 _CLIENT = re.compile(r"\s*>>>\s")
 _LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:(?:<<<|<--?)\s*)?")
@@ -224,6 +227,9 @@ class Category:
     #: Appended to the action only when the reply is temporary (4xx): a permanent 5xx
     #: is never told that it will be retried.
     temporary_note: Text | None = None
+    #: False for a category whose 4xx a retry does not cure (relaying, logging in):
+    #: no note that the mail is retried (review rev180 F6).
+    retry_helps: bool = True
     #: The action, with the fix contact_postmaster, for a permanent (5xx) reply of a
     #: category whose action says the mail is retried: nothing retries a 5xx, whatever
     #: its words say (review rev178 F1).
@@ -723,7 +729,7 @@ class Knowledge:
             # "Greylisted, try again later" with a 550: the mail came back, and nothing
             # retries it (review rev178 F1: "nothing to do, it arrives after a delay").
             fix, action = "contact_postmaster", cat.permanent_action
-        elif temporary and retry_helps:
+        elif temporary and retry_helps and cat.retry_helps:
             note = cat.temporary_note if action is cat.action else None
             if note is None and ours is None and fix != "retry_later":
                 # Every 4xx says it is retried (review rev178 F4: most said nothing of
@@ -841,8 +847,15 @@ def parse_reply(raw: str) -> ParsedReply:
             from_server.append(said)
     coded = [g for g in groups if g[0].code is not None]
     refusals = [g for g in coded if (g[0].code or "")[:1] in ("4", "5")]
-    first_said = next(
-        (g for g, said in zip(groups, from_server, strict=True) if said and g in refusals), None
+    said_refusals = [
+        g
+        for g, said in zip(groups, from_server, strict=True)
+        if said and g in refusals and not _FOLLOWS_ON.search(g[0].text)
+    ]
+    # The first permanent one: a recipient refused for good after another deferred is
+    # the bounce's reason (review rev180 F6), else the first.
+    first_said = next((g for g in said_refusals if (g[0].code or "")[:1] == "5"), None) or next(
+        iter(said_refusals), None
     )
     report = ""
     if coded:
@@ -1455,6 +1468,7 @@ def _categories(file: Path, raw: Any) -> dict[str, Category]:
                 "temporary_fix",
                 "temporary_note",
                 "permanent_action",
+                "retry_helps",
             },
         )
         temporary_fix = entry.get("temporary_fix")
@@ -1474,6 +1488,7 @@ def _categories(file: Path, raw: Any) -> dict[str, Category]:
                 file, f"{key}.temporary_note", entry.get("temporary_note")
             ),
             permanent_action=permanent_action,
+            retry_helps=_bool(file, f"{key}.retry_helps", entry.get("retry_helps", True)),
         )
     if "unknown" not in out:
         raise ConfigError(file, "category.unknown", "missing (needed by the fallback)")
