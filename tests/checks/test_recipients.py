@@ -163,6 +163,18 @@ def test_the_hosts_own_name_under_a_dot_entry_is_the_mtas(
     assert verdict == Hit("mailbox_unavailable", "root@mx.example.net unknown")
 
 
+def test_a_utf8_local_part_without_smtputf8_is_the_mailbox_it_names(
+    mailbox: Mailbox, directory: FakeDirectory
+) -> None:
+    """Review rev181 F3: the MTA let it through, and an existing user's mail got
+    "550 5.1.1 mailbox unavailable" (there is no such mailbox)."""
+    directory.recipients["用户@example.com"] = Recipient(Kind.USER)
+    stranger = make_conn(sender="x@example.org")
+    assert mailbox(stranger, rcpt("<用户@example.com>", smtputf8=False)) is None
+    verdict = mailbox(stranger, rcpt("<别人@example.com>", smtputf8=False))
+    assert verdict == Hit("mailbox_unavailable", "别人@example.com unknown")
+
+
 def test_invalid_recipient(mailbox: Mailbox, directory: FakeDirectory) -> None:
     verdict = mailbox(make_conn(sender="x@example.org"), rcpt("<alice@@example.com>"))
     assert verdict == Hit("mailbox_unavailable", "invalid recipient '<alice@@example.com>'")

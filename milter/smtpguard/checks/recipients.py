@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from smtpguard.address import raw_parts, strip_extension
+from smtpguard.address import Address, AddressError, parse_path, raw_parts, strip_extension
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.config import DomainPolicy
 from smtpguard.directory import DirectoryError, Kind
@@ -102,13 +102,23 @@ class Mailbox:
         self.directory = services.directory
         self.enabled = services.config.directory.backend != "none"
 
-    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
-        rcpt = event.rcpt
-        if rcpt is None:
-            domain = raw_parts(event.rcpt_raw)[1]
-            if domain and not self.site.is_local(domain):
-                return None
+    def _unparsed(self, event: Event) -> Address | Verdict | None:
+        """A recipient the MTA let through that does not parse in this transaction: a
+        foreign one is not ours to judge; a UTF-8 local part without SMTPUTF8 is the
+        mailbox it names, not "no such mailbox" for a user who has one (review rev181
+        F3); anything else is no mailbox here."""
+        domain = raw_parts(event.rcpt_raw)[1]
+        if domain and not self.site.is_local(domain):
+            return None
+        try:
+            return parse_path(event.rcpt_raw, smtputf8=True)
+        except AddressError:
             return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        rcpt = event.rcpt if event.rcpt is not None else self._unparsed(event)
+        if not isinstance(rcpt, Address):
+            return rcpt
         # The host's own name, even under a ".example.com" local entry, is the MTA's
         # local delivery (root@, aliases), which no directory lists.
         domain = rcpt.domain_lc
