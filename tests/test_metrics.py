@@ -28,7 +28,7 @@ from smtpguard.metrics import (
 from smtpguard.workerwatch import WorkersCollector, WorkerStats
 from support.files import tmpfs
 from support.mtclient import assert_reply
-from support.polling import poll_for, scrape, wait_until
+from support.polling import poll_for, scrape, trickle, wait_until
 from support.service import ROOT, UNTRUSTED_IP, Running, make_site, running
 from support.unbound import GOOD_IP, PTR_SERVFAIL_IP, DnsServer
 
@@ -155,21 +155,10 @@ def test_clients_that_trickle_their_request_are_cut_at_the_deadline(
     extra = {"milter": {"workers": workers}, "metrics": {"enabled": True, "port": port}}
     site = make_site(tmp_path, extra)
     stop = threading.Event()
-
-    def trickle(conn: socket.socket) -> None:
-        with conn:
-            for byte in b"GET /metrics HTTP/1.0\r\n" * 8:
-                if stop.wait(0.5):
-                    return
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:
-                    return  # cut off at its deadline
-
     with running(site) as service:
         scrape(port)  # up
         slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_SCRAPES)]
-        threads = [threading.Thread(target=trickle, args=(conn,)) for conn in slow]
+        threads = [threading.Thread(target=trickle, args=(conn, stop, 0.5, 8)) for conn in slow]
         for thread in threads:
             thread.start()
         try:

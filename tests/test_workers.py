@@ -59,7 +59,7 @@ from smtpguard.supervisor import (
 from smtpguard.workerwatch import Flags
 from support.files import tmpfs
 from support.mtclient import MilterSession, assert_pass, assert_reply
-from support.polling import children, holds_for, poll_for, scrape, wait_until
+from support.polling import children, holds_for, poll_for, scrape, trickle, wait_until
 from support.service import (
     RULES,
     UNTRUSTED_IP,
@@ -970,18 +970,8 @@ def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
         # time for longer than the scrape waits, holds the supervisor's loop (which
         # also restarts workers) for 2 s at most.
         stop = threading.Event()
-
-        def trickle() -> None:
-            with socket.create_connection(("127.0.0.1", port)) as slow:
-                for byte in b"GET /metrics HTTP/1.0\r\n" * 4:
-                    if stop.wait(0.25):
-                        return
-                    try:
-                        slow.sendall(bytes([byte]))
-                    except OSError:
-                        return  # cut off at its deadline
-
-        slowloris = threading.Thread(target=trickle)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slowloris = threading.Thread(target=trickle, args=(slow, stop, 0.25))
         slowloris.start()
         try:
             with socket.create_connection(("127.0.0.1", port)):

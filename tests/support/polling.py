@@ -3,6 +3,7 @@ to synchronise: they poll for what they wait for)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import urllib.request
@@ -81,3 +82,16 @@ def children(pid: int) -> set[int]:
         if int(ppid) == pid and state != "Z":
             found.add(int(entry.name))
     return found
+
+
+def trickle(conn: socket.socket, stop: threading.Event, pause: float, repeat: int = 4) -> None:
+    """Send a metrics request on ``conn`` a byte every ``pause`` s (a slow client),
+    until ``stop`` is set or the server cuts it off; ``conn`` is closed then."""
+    with conn:
+        for byte in b"GET /metrics HTTP/1.0\r\n" * repeat:
+            if stop.wait(pause):
+                return
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return  # cut off at its deadline
