@@ -36,6 +36,12 @@ def fake() -> FakeDns:
     f.fail("down.test", "TXT", Status.SERVFAIL)
     f.add("void.test", "TXT", '"v=spf1 a:n1.test a:n2.test a:n3.test ~all"')
     f.add("mx.helo.test", "TXT", '"v=spf1 -all"')
+    # Two MX hosts with addresses of one family only (review rev183 F1).
+    f.add("v6void.test", "TXT", '"v=spf1 a mx ip6:2001:db8:1::/48 -all"')
+    f.add("v6void.test", "A", "198.51.100.50")
+    f.add("v6void.test", "MX", "0 mx0.v6void.test.", "1 mx1.v6void.test.")
+    f.add("mx0.v6void.test", "A", "198.51.100.51")
+    f.add("mx1.v6void.test", "A", "198.51.100.52")
     f.add("ok.helo.test", "TXT", '"v=spf1 ip4:198.51.100.7 -all"')
     return f
 
@@ -271,6 +277,22 @@ def test_a_failed_ptr_lookup_is_no_permanent_fail(
 def test_void_lookup_limit(tmp_path: Path, resolver: Resolver) -> None:
     # RFC 7208 §4.6.4: the third lookup without an answer is a permerror (no objection).
     assert decide(spf(tmp_path, resolver), "a@void.test") is None
+
+
+@pytest.mark.parametrize(("ip", "result"), [("2001:db8::99", "fail"), ("2001:db8:1::7", "pass")])
+def test_the_addresses_of_mx_hosts_are_no_void_lookups_of_their_own(
+    tmp_path: Path, resolver: Resolver, ip: str, result: str
+) -> None:
+    """Review rev183 F1: RFC 7208 §4.6.4 limits the terms whose queries come back
+    empty; the missing AAAA of each MX host counted, so an IPv6 client used up the
+    limit: a forger got permerror (accepted) and a listed sender no pass."""
+    conn = make_conn(sender="ceo@v6void.test", ip=ip)
+    verdict = Spf(dns_services(tmp_path, resolver))(conn, Event(deadline=time.monotonic() + 2))
+    assert (verdict is None) == (result == "pass")
+    assert conn.txn is not None
+    found = spf_result(conn.txn)
+    assert found is not None
+    assert found.result == result
 
 
 def test_null_sender_checks_the_helo_identity(tmp_path: Path, resolver: Resolver) -> None:
