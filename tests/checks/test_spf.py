@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import spf as spf_module  # type: ignore[import-untyped]  # pyspf ships no type information
 
 from smtpguard.checks import Event
 from smtpguard.checks.sender_domain import SenderDomain
@@ -167,6 +168,18 @@ def test_macro_parts_are_rejoined_with_dots_for_every_letter(
     fake.add("foo.bar.test.dj.test", "A", "127.0.0.2")
     check = spf(tmp_path, resolver)
     assert decide(check, f"a@{domain}", helo=helo) is None
+
+
+@pytest.mark.parametrize(
+    "spec", ["exists:%{d0}.t.test", "exists:%{dx}.t.test", "exists:%{d2rr}.t", "a:x%%%a.test"]
+)
+def test_a_macro_syntax_error_is_a_permerror(resolver: Resolver, spec: str) -> None:
+    """Review rev183 F2 (RFC 7208 §7.1, §4.6): %{d0} expanded to a malformed name,
+    %{dx} as %{d}, so the record failed and the domain's own mail was refused."""
+    query = SpfQuery(resolver, None, i="192.0.2.3", s="a@macro.test", h="mx.example.org")
+    with pytest.raises(spf_module.PermError):
+        query.expand(spec)
+    assert query.expand("%{d2r.}.%{L-}.%%.t.test") == "test.macro.a.%.t.test"
 
 
 def test_a_long_expansion_is_cut_once_to_a_domain_name(resolver: Resolver) -> None:

@@ -30,6 +30,7 @@ whole stage from the first of them if that is later).
 from __future__ import annotations
 
 import logging
+import re
 import urllib.parse
 from functools import reduce
 from typing import Any, ClassVar
@@ -92,11 +93,9 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         using "." and not the original splitting characters" for every macro letter,
         where pyspf does so for ``l`` and ``s`` only (review rev112 F2: ``%{h-}`` asked
         for the wrong name, and a domain's own mail was refused)."""
-        if "%" in s and spf.RE_INVALID_MACRO.search(s):
-            raise spf.PermError("invalid-macro-char ", s)
         end, out, size = 0, [], 0
         for found in spf.RE_CHAR.finditer(s):
-            out.append(s[end : found.start()])
+            out.append(_literal(s[end : found.start()], s))
             macro = found.group()
             end = found.end()
             if macro == "%%":
@@ -111,7 +110,7 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
             if not stripdot and size > MAX_EXPLANATION:
                 break  # the rest would be cut below
         else:
-            out.append(s[end:])
+            out.append(_literal(s[end:], s))
         result = "".join(out)
         if not stripdot:
             # exp= text: no domain name, not cut as one; but the log's detail and the
@@ -129,6 +128,10 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         return result
 
     def _macro(self, macro: str, stripdot: bool) -> str:
+        if not _MACRO.fullmatch(macro):
+            # §7.1: digits (not zero), "r", then delimiters only; pyspf skipped the
+            # rest, and a domain with a broken record was refused (review rev183 F2).
+            raise spf.PermError("invalid macro", macro)
         letter = macro[2].lower()
         if letter == "p":
             self.getp()
@@ -236,6 +239,19 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
             if self.void_lookups > spf.MAX_VOID_LOOKUPS:
                 raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
         return result
+
+
+#: RFC 7208 §7.1's macro: a letter, a transformer (digits, not zero; "r") and
+#: delimiters.
+_MACRO = re.compile(r"%\{[slodiphcrtv](?:[1-9][0-9]*)?r?[.\-+,/_=]*\}", re.IGNORECASE)
+
+
+def _literal(text: str, spec: str) -> str:
+    """Text between macros, which may hold no "%" (§7.1: one not followed by "{", "%",
+    "_" or "-" is a syntax error; pyspf's look-behind let "%%%a" through)."""
+    if "%" in text:
+        raise spf.PermError("invalid-macro-char ", spec)
+    return text
 
 
 def _values(answer: Answer, qtype: str) -> list[Any]:
