@@ -309,3 +309,40 @@ def test_a_linked_folder_on_the_way_to_the_state_file_is_followed_as_the_service
     done = smtpguard(site, "blacklist", "add", "evil@example.com", check=False)
     assert done.returncode != 0, done.stdout
     assert not (private / "state.sqlite").exists()
+
+
+def test_a_folder_the_service_user_owns_is_open_to_it_whatever_its_mode(tmp_path: Path) -> None:
+    """Review rev182 F2: a folder it owned with mode 0555 was taken for closed, and the
+    owner flipped it to 0755 and a link in between the look and root's write."""
+    from smtpguard.cli import _open_to  # noqa: PLC0415
+
+    nobody = pwd.getpwnam("nobody")
+    groups = set(os.getgrouplist("nobody", nobody.pw_gid))
+    owned = tmp_path / "owned"
+    owned.mkdir(mode=0o555)
+    shutil.chown(owned, "nobody")
+    assert _open_to(owned / "state.sqlite", nobody.pw_uid, groups)
+    roots = tmp_path / "roots"
+    roots.mkdir(mode=0o755)
+    assert not _open_to(roots / "state.sqlite", nobody.pw_uid, groups)
+
+
+def test_a_link_root_made_in_its_own_folder_keeps_root(tmp_path: Path) -> None:
+    """Review rev182 F3: a symlinked /etc/smtpguard (root's link, root's folders) made
+    root drop to the service user, which could not write there: the import failed."""
+    root, state = nobody_root()
+    real = root / "real"
+    real.mkdir(mode=0o755)
+    (root / "etc").symlink_to(real)
+    site = make_site(
+        root,
+        {
+            "milter": {"user": "nobody"},
+            "state": {"path": str(state / "state.sqlite")},
+            "directory": {"path": str(root / "etc" / "directory.sqlite")},
+        },
+    )
+    users = root / "users.toml"
+    users.write_text('[[user]]\naddress = "alice@example.com"\n')
+    smtpguard(site, "directory", "import", "--replace", str(users))
+    assert (real / "directory.sqlite").stat().st_uid == 0

@@ -240,27 +240,38 @@ def _as_service_user(config: Config, path: Path) -> None:
 
 
 def _open_to(child: Path, uid: int, groups: set[int]) -> bool:
-    """Whether the user ``uid`` with ``groups`` may have put ``child`` where it is: it
-    is a link, or its folder is one that user may add names to (in a sticky one, as
-    /tmp, only a name that is not there yet or is its own)."""
+    """Whether the user ``uid`` with ``groups`` may have put ``child`` where it is: a
+    link it owns, or its folder is one that user may add names to: its own, whatever
+    the mode says (the owner may chmod it between this look and the write: review
+    rev182 F2), writable by its groups or by all, or with an ACL (which may grant it
+    that); in a sticky one, as /tmp, only a name that is not there yet or is its own.
+    A link root made in a folder only root writes is root's (rev182 F3: a symlinked
+    /etc/smtpguard made root drop, and the import failed)."""
     import stat
 
     try:
         here = child.lstat()
     except OSError:
         here = None
-    if here is not None and stat.S_ISLNK(here.st_mode):
+    if here is not None and stat.S_ISLNK(here.st_mode) and here.st_uid == uid:
         return True
     if child.parent == child:
         return False
     try:
-        folder = child.parent.lstat()
+        # Through a link: it is the folder names are added to (the link itself is
+        # judged one level up).
+        folder = child.parent.stat()
     except OSError:
         return False
+    try:
+        acl = "system.posix_acl_access" in os.listxattr(child.parent)
+    except OSError:
+        acl = False  # a file system without extended attributes has no ACL
     writable = (
-        (folder.st_uid == uid and folder.st_mode & stat.S_IWUSR)
+        folder.st_uid == uid
         or (folder.st_gid in groups and folder.st_mode & stat.S_IWGRP)
         or folder.st_mode & stat.S_IWOTH
+        or acl
     )
     if not writable:
         return False
