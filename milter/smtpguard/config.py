@@ -435,14 +435,18 @@ class SiteConfig:
 _DEVIATIONS: Final = frozenset("\u00df\u03c2\u200c\u200d")
 
 
-def _idn_spelling(item: str) -> str:
+def _idn_spelling(item: str, *, derive: bool) -> str:
     """The non-ASCII spelling a domain list's ``item`` gives Postfix's lists (see
-    :meth:`SiteConfig.routes_as_ours`): itself, lower-cased, or the U-label of an
-    A-label, which postfix-config has Postfix's lists carry too (review rev181 F1: an
-    IDN listed as its A-label only refused its U-label spelling as relaying, mail to
-    our own users); "" for a name without one."""
+    :meth:`SiteConfig.routes_as_ours`): itself, lower-cased, or with ``derive`` the
+    U-label of an A-label (review rev181 F1: an IDN listed as its A-label only refused
+    its U-label spelling as relaying, mail to our own users); "" for none. Derived
+    only where Postfix has the last word on relaying (relay_control "postfix"): a
+    spelling its lists lack it refuses itself there, where with "milter" it would
+    route it as foreign mail (review rev182 F1: to the default transport)."""
     if not item.isascii():
         return item.lower()
+    if not derive:
+        return ""
     bare = item.lstrip(".").lower()
     if "xn--" not in bare:
         return ""
@@ -1597,13 +1601,14 @@ def _site(s: _Section) -> SiteConfig:
         except ValueError:
             raise s.error("our_ips", f"not an IP address: {item!r}") from None
         ips.add(unmapped(ip))
+    relay_control = cast(
+        RelayControl, s.choice("relay_control", d.relay_control, ("postfix", "milter"))
+    )
     out = SiteConfig(
         local_domains=s.domains("local_domains"),
         relay_domains=s.domains("relay_domains"),
         trusted_networks=tuple(networks),
-        relay_control=cast(
-            RelayControl, s.choice("relay_control", d.relay_control, ("postfix", "milter"))
-        ),
+        relay_control=relay_control,
         our_hostnames=s.domains("our_hostnames", parents=False),
         our_ips=frozenset(ips),
         recipient_delimiter=_delimiter(s, d.recipient_delimiter),
@@ -1611,7 +1616,11 @@ def _site(s: _Section) -> SiteConfig:
             spelling
             for name in ("local_domains", "relay_domains", "our_hostnames")
             for item in s.strings(name)
-            if (spelling := _idn_spelling(item.strip().removesuffix(".")))
+            if (
+                spelling := _idn_spelling(
+                    item.strip().removesuffix("."), derive=relay_control == "postfix"
+                )
+            )
         ),
     )
     s.done()

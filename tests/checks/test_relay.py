@@ -484,6 +484,22 @@ def test_idn_local_sender(
     assert Relay(services)(trusted, rcpt("x@example.org")) is None
 
 
+def test_with_milter_relay_control_only_the_listed_spelling_is_ours(
+    make_services: ServicesFactory,
+) -> None:
+    """Review rev182 F1: where smtpguard has the last word on relaying, a U-label
+    only derived from a listed A-label was taken as ours while Postfix's lists, which
+    postfix-config fills with the A-label in relay_domains, routed it as foreign mail
+    (to the default transport)."""
+    site = {**IDN_SITES["a-labels"], "relay_control": "milter"}
+    check = Relay(make_services(site=site))
+    stranger = make_conn(sender="stranger@example.org")
+    verdict = check(stranger, rcpt("x@bücher.example", smtputf8=True))
+    assert isinstance(verdict, Hit)
+    assert "not spelled as site lists a domain of ours" in verdict.detail
+    assert check(stranger, rcpt("x@xn--bcher-kva.example")) is None
+
+
 def test_unparsable_idn_recipient_judged_as_written(make_services: ServicesFactory) -> None:
     """A U-label recipient without SMTPUTF8 does not parse; relay control still sees
     the domain it names, spelled as it is."""
