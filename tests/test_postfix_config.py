@@ -2039,6 +2039,38 @@ def test_a_restriction_that_spares_some_outsiders_leaves_relaying_open(
 
 
 @pytest.mark.parametrize(
+    "restriction",
+    [
+        "check_sender_access inline:{ boss@example.com=OK },reject_unauth_destination",
+        "check_policy_service unix:private/policy,reject_unauth_destination",
+        "permit_mx_backup,reject_unauth_destination",
+    ],
+    ids=["map", "policy", "mx-backup"],
+)
+def test_what_may_permit_before_the_guard_leaves_relaying_open(
+    tmp_path: Path, restriction: str
+) -> None:
+    """Review rev182 F4, through a real Postfix 3.7: check_sender_access answering OK
+    for boss@ before reject_unauth_destination was taken for closed, the pass-through
+    applied, and a forged boss relayed."""
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    service += f"  -o smtpd_sender_restrictions={restriction}\n"
+    (problem,) = _milter_mode_problems(tmp_path, service)
+    assert "open relay" in problem
+
+
+def test_what_permits_only_our_clients_before_the_guard_closes_relaying(tmp_path: Path) -> None:
+    service = "2600      inet  n       -       y       -       -       smtpd\n"
+    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
+    service += (
+        "  -o smtpd_sender_restrictions=permit_mynetworks,permit_sasl_authenticated,"
+        "reject_non_fqdn_sender,reject_unauth_destination\n"
+    )
+    assert _milter_mode_problems(tmp_path, service) == []
+
+
+@pytest.mark.parametrize(
     ("override", "main_cf"),
     [("  -o smtpd_helo_required=yes\n", ""), ("", "smtpd_helo_required = yes\n")],
     ids=["service", "main.cf"],

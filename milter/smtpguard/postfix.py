@@ -1991,19 +1991,40 @@ _REFUSING_LISTS = (
 
 def _closes_relay(items: list[str]) -> bool:
     """Whether a restriction list refuses an outsider's relay attempt: a relay guard,
-    ``reject`` or ``defer`` with no unconditional pass before it, and not right after
-    ``warn_if_reject``, which makes it only log (review rev177 F1: an open relay was
-    taken for closed). Anything it cannot judge (a policy service, a map) closes
-    nothing here."""
+    ``reject`` or ``defer`` with nothing before it that may let an outsider through,
+    and not right after ``warn_if_reject``, which makes it only log (review rev177 F1:
+    an open relay was taken for closed). Anything it cannot judge (a policy service, a
+    map) before the guard means it closes nothing."""
     warn_only = False
     for item in items:
         if item in RELAY_GUARDS or item in ("reject", "defer"):
             if not warn_only:
                 return True
-        elif item in ("permit", MILTER_RELAY_PASS) or _passes_all(item):
+        elif (
+            item in ("permit", MILTER_RELAY_PASS)
+            or _passes_all(item)
+            or not (item in _NEVER_PERMIT_OUTSIDERS or item.startswith(_ONLY_REFUSE))
+        ):
+            # A map, a policy service, a restriction class, permit_mx_backup: each may
+            # answer OK for a client or sender it chooses, before the guard (review
+            # rev182 F4: check_sender_access with boss@=OK relayed for a forged boss).
             return False
         warn_only = item == "warn_if_reject"
     return False
+
+
+#: Restrictions that let through only clients of ours, logged-in ones or mail for our
+#: own domains: a relay guard after them still closes relaying for outsiders.
+_NEVER_PERMIT_OUTSIDERS: Final = frozenset(
+    {
+        "permit_mynetworks",
+        "permit_sasl_authenticated",
+        "permit_auth_destination",
+        "permit_tls_clientcerts",
+    }
+)
+#: Restrictions that can only refuse (or warn), never permit.
+_ONLY_REFUSE: Final = ("reject_", "defer_", "warn_if_")
 
 
 def _passes_all(item: str) -> bool:
