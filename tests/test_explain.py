@@ -866,6 +866,16 @@ bob@example.com
             "<<< 554 5.5.1 Error: no valid recipients\n",
             "mailbox_disabled",
         ),
+        # Exim's and others' follow-on wording (review rev182 F5).
+        (
+            "<<< 451 4.7.1 Greylisted, please try again later\n"
+            "<<< 503 valid RCPT command must precede DATA\n",
+            "greylisting",
+        ),
+        (
+            "<<< 452 4.2.2 Mailbox full\n<<< 554 5.5.0 No recipients have been specified\n",
+            "mailbox_full",
+        ),
     ],
 )
 def test_a_transcripts_first_server_refusal_is_the_reply(

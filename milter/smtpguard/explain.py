@@ -147,7 +147,11 @@ _SPACE = re.compile(r"\s+")
 _BOUNDARY = re.compile(r"\s*--[!-~]{6,}\s*\Z")
 #: A server's refusal in a transcript that follows from an earlier one (a pipelined
 #: DATA after every recipient was refused, a command out of sequence).
-_FOLLOWS_ON = re.compile(r"no valid recipients|need (?:rcpt|mail)\b|bad sequence", re.IGNORECASE)
+_FOLLOWS_ON = re.compile(
+    r"no (?:valid )?recipients|need (?:rcpt|mail)\b|bad sequence"
+    r"|valid rcpt command must precede|all rcpt commands were rejected",
+    re.IGNORECASE,
+)
 #: A transcript's line of the client's side (sendmail -v: ">>> MAIL From:<a@b> SIZE=9").
 _CLIENT = re.compile(r"\s*>>>\s")
 _LEAD = re.compile(r"[\s>'\"`#(\[*]*(?:(?:<<<|<--?)\s*)?")
@@ -729,7 +733,7 @@ class Knowledge:
             # "Greylisted, try again later" with a 550: the mail came back, and nothing
             # retries it (review rev178 F1: "nothing to do, it arrives after a delay").
             fix, action = "contact_postmaster", cat.permanent_action
-        elif temporary and retry_helps and cat.retry_helps:
+        elif temporary and retry_helps and (cat.retry_helps or _SAYS_LATER.search(reply.plain)):
             note = cat.temporary_note if action is cat.action else None
             if note is None and ours is None and fix != "retry_later":
                 # Every 4xx says it is retried (review rev178 F4: most said nothing of
@@ -850,7 +854,7 @@ def parse_reply(raw: str) -> ParsedReply:
     said_refusals = [
         g
         for g, said in zip(groups, from_server, strict=True)
-        if said and g in refusals and not _FOLLOWS_ON.search(g[0].text)
+        if said and g in refusals and g[0].code != "503" and not _FOLLOWS_ON.search(g[0].text)
     ]
     # The first permanent one: a recipient refused for good after another deferred is
     # the bounce's reason (review rev180 F6), else the first.
@@ -909,6 +913,9 @@ def _first_line(group: list[_Line]) -> str:
     return " ".join(part for part in parts if part)
 
 
+#: A reply that says itself it is temporary: it keeps the note where its category has
+#: none ("454 4.7.0 Temporary authentication failure": review rev182 F5).
+_SAYS_LATER = re.compile(r"\btemporar|\btry (?:again )?later\b", re.IGNORECASE)
 #: The note on a temporary (4xx) reply whose category has none of its own.
 _TEMPORARY = Text(
     "This reply is temporary (4xx): your mail server keeps the message and retries by"
