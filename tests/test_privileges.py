@@ -8,6 +8,7 @@ import pwd
 import shutil
 import signal
 import stat
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,53 @@ def test_a_link_root_made_in_its_own_folder_keeps_root(tmp_path: Path) -> None:
     users.write_text('[[user]]\naddress = "alice@example.com"\n')
     smtpguard(site, "directory", "import", "--replace", str(users))
     assert (real / "directory.sqlite").stat().st_uid == 0
+
+
+def _posix_acl(uid: int, perm: int) -> bytes:
+    """A Linux ``system.posix_acl_access`` value: rwx for the owner, r-x for the group
+    and others, ``perm`` for ``uid``, and a mask of rwx."""
+    none = 0xFFFFFFFF
+    entries = [(0x01, 7, none), (0x02, perm, uid), (0x04, 5, none), (0x10, 7, none)]
+    entries.append((0x20, 5, none))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+@pytest.mark.parametrize(("perm", "open_"), [(5, False), (7, True)])
+def test_an_acl_opens_a_folder_only_where_it_lets_the_user_write(
+    tmp_path: Path, perm: int, open_: bool
+) -> None:
+    """Review rev184 F2: any ACL (one giving a monitoring account read access) made
+    root drop, and the command failed."""
+    from smtpguard.cli import _open_to  # noqa: PLC0415
+
+    nobody = pwd.getpwnam("nobody")
+    groups = set(os.getgrouplist("nobody", nobody.pw_gid))
+    folder = tmp_path / "etc"
+    folder.mkdir(mode=0o755)
+    try:
+        os.setxattr(folder, "system.posix_acl_access", _posix_acl(nobody.pw_uid, perm))
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs here: {exc.strerror}")
+    assert _open_to(folder / "directory.sqlite", nobody.pw_uid, groups) is open_
+
+
+def test_roots_link_into_a_folder_of_the_service_user_is_followed_as_that_user(
+    tmp_path: Path,
+) -> None:
+    """Review rev184 F1: root's own link to the state file in the service user's
+    folder, where the user had planted a link to a root-only folder: root wrote there."""
+    root, state = nobody_root()
+    etc = root / "etc"
+    etc.mkdir(mode=0o755)
+    private = root / "rootonly"
+    private.mkdir(mode=0o700)
+    (etc / "state.sqlite").symlink_to(state / "state.sqlite")
+    planted = state / "state.sqlite"
+    planted.symlink_to(private / "nologin")
+    os.lchown(planted, pwd.getpwnam("nobody").pw_uid, -1)
+    site = make_site(
+        root, {"milter": {"user": "nobody"}, "state": {"path": str(etc / "state.sqlite")}}
+    )
+    done = smtpguard(site, "blacklist", "add", "evil@example.com", check=False)
+    assert done.returncode != 0, done.stdout
+    assert not (private / "nologin").exists()

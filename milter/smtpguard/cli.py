@@ -234,9 +234,29 @@ def _as_service_user(config: Config, path: Path) -> None:
     except KeyError:
         return
     groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
-    path = path.absolute()
-    if any(_open_to(child, user.pw_uid, groups) for child in (path, *path.parents)):
+    if any(_open_to(child, user.pw_uid, groups) for child in _on_the_way(path)):
         drop_privileges(config.milter.user, its_groups=True)
+
+
+def _on_the_way(path: Path) -> list[Path]:
+    """Every path the way to ``path`` passes: its folders, and where each link on it
+    leads, followed one at a time, so that a link there and the folder it sits in are
+    judged too (review rev184 F1: root's link into a folder of the user's, where it had
+    planted a link of its own to a root-only folder)."""
+    out: list[Path] = []
+    pending = path.absolute()
+    for _ in range(40):  # as many links as the kernel follows (ELOOP)
+        out += [pending, *pending.parents]
+        parts = pending.parts
+        for end in range(2, len(parts) + 1):
+            here = Path(*parts[:end])
+            if here.is_symlink():
+                target = here.parent / os.readlink(here)
+                pending = Path(os.path.normpath(target.joinpath(*parts[end:])))
+                break
+        else:
+            break
+    return out
 
 
 def _open_to(child: Path, uid: int, groups: set[int]) -> bool:
@@ -263,19 +283,39 @@ def _open_to(child: Path, uid: int, groups: set[int]) -> bool:
         folder = child.parent.stat()
     except OSError:
         return False
-    try:
-        acl = "system.posix_acl_access" in os.listxattr(child.parent)
-    except OSError:
-        acl = False  # a file system without extended attributes has no ACL
     writable = (
         folder.st_uid == uid
         or (folder.st_gid in groups and folder.st_mode & stat.S_IWGRP)
         or folder.st_mode & stat.S_IWOTH
-        or acl
+        or _acl_lets_write(child.parent, uid, groups)
     )
     if not writable:
         return False
     return not (folder.st_mode & stat.S_ISVTX and here is not None and here.st_uid != uid)
+
+
+def _acl_lets_write(folder: Path, uid: int, groups: set[int]) -> bool:
+    """Whether the POSIX ACL of ``folder`` names ``uid`` or one of ``groups`` with
+    write access its mask lets through (review rev184 F2: any ACL, one that gave a
+    monitoring account read access, made root drop and the command fail). The
+    owner's, the owning group's and others' entries are the mode bits."""
+    import struct
+
+    try:
+        raw = os.getxattr(folder, "system.posix_acl_access")
+    except OSError:
+        return False  # none, or a file system without extended attributes
+    entries = [struct.unpack_from("<HHI", raw, at) for at in range(4, len(raw) - 7, 8)]
+    mask = next((perm for tag, perm, _ in entries if tag == _ACL_MASK), 7)
+    return any(
+        perm & mask & 2
+        and ((tag == _ACL_USER and id_ == uid) or (tag == _ACL_GROUP and id_ in groups))
+        for tag, perm, id_ in entries
+    )
+
+
+#: Tags of the entries of a Linux POSIX ACL extended attribute (acl/include/acl_ea.h).
+_ACL_USER, _ACL_GROUP, _ACL_MASK = 0x02, 0x08, 0x10
 
 
 def cmd_blacklist_add(args: argparse.Namespace) -> int:
