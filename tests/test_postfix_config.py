@@ -2060,13 +2060,23 @@ def test_what_may_permit_before_the_guard_leaves_relaying_open(
     assert "open relay" in problem
 
 
-def test_what_permits_only_our_clients_before_the_guard_closes_relaying(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "restriction",
+    [
+        "permit_mynetworks,permit_sasl_authenticated,reject_non_fqdn_sender,"
+        "reject_unauth_destination",
+        # Review rev184 F3: an RBL's (or sleep's) argument is no restriction.
+        "reject_rbl_client,zen.spamhaus.org,permit_sasl_authenticated,reject",
+        "permit_sasl_authenticated,reject_rhsbl_sender,dbl.spamhaus.org,sleep,1,"
+        "reject_unauth_destination",
+    ],
+)
+def test_what_permits_only_our_clients_before_the_guard_closes_relaying(
+    tmp_path: Path, restriction: str
+) -> None:
     service = "2600      inet  n       -       y       -       -       smtpd\n"
     service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
-    service += (
-        "  -o smtpd_sender_restrictions=permit_mynetworks,permit_sasl_authenticated,"
-        "reject_non_fqdn_sender,reject_unauth_destination\n"
-    )
+    service += f"  -o smtpd_sender_restrictions={restriction}\n"
     assert _milter_mode_problems(tmp_path, service) == []
 
 

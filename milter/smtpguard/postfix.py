@@ -1996,7 +1996,9 @@ def _closes_relay(items: list[str]) -> bool:
     an open relay was taken for closed). Anything it cannot judge (a policy service, a
     map) before the guard means it closes nothing."""
     warn_only = False
-    for item in items:
+    for index, item in enumerate(items):
+        if index and items[index - 1] in _TAKES_AN_ARGUMENT:
+            continue  # "zen.spamhaus.org" after reject_rbl_client (review rev184 F3)
         if item in RELAY_GUARDS or item in ("reject", "defer"):
             if not warn_only:
                 return True
@@ -2021,6 +2023,20 @@ _NEVER_PERMIT_OUTSIDERS: Final = frozenset(
         "permit_sasl_authenticated",
         "permit_auth_destination",
         "permit_tls_clientcerts",
+        "sleep",
+    }
+)
+#: Restrictions that refuse by a name written after them, as a list item of its own.
+_TAKES_AN_ARGUMENT: Final = frozenset(
+    {
+        "reject_rbl_client",
+        "reject_rbl",
+        "reject_rhsbl_client",
+        "reject_rhsbl_reverse_client",
+        "reject_rhsbl_sender",
+        "reject_rhsbl_helo",
+        "reject_rhsbl_recipient",
+        "sleep",
     }
 )
 #: Restrictions that can only refuse (or warn), never permit.
