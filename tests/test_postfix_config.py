@@ -1199,6 +1199,26 @@ def test_an_idn_listed_in_one_spelling_is_a_conflict(tmp_path: Path) -> None:
     assert not [p for p in both.unresolved if p.startswith("Postfix compares domain")]
 
 
+def test_milter_mode_names_a_u_label_postfix_takes_that_site_lists_in_a_labels(
+    tmp_path: Path,
+) -> None:
+    """Review rev184 F4, through a real Postfix 3.7: with relay_control = "milter" and
+    site listing xn--bcher-kva.example only, RCPT TO:<x@bücher.example> got 553 host
+    denies relay while Postfix took mail for both spellings; --check said no
+    conflicts."""
+    site = {"local_domains": ["example.com", "xn--bcher-kva.example"], "relay_control": "milter"}
+    cfg = config(tmp_path, {"site": site})
+    result = make_plan(cfg, virtual_mailbox_domains="xn--bcher-kva.example bücher.example")
+    (problem,) = [p for p in result.unresolved if "which site lists only in A-labels" in p]
+    assert problem.startswith("Postfix takes mail for bücher.example,")
+    listed = config(
+        tmp_path / "listed",
+        {"site": {**site, "local_domains": [*site["local_domains"], "bücher.example"]}},
+    )
+    done = make_plan(listed, virtual_mailbox_domains="xn--bcher-kva.example bücher.example")
+    assert not [p for p in done.unresolved if "which site lists only in A-labels" in p]
+
+
 def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     footers = postfix_footer_regexp(load_replies(cfg.replies, cfg.file), utf8=True)

@@ -1891,6 +1891,33 @@ class _Planner:
                 " as relaying, although it is the same domain to smtpguard; list both"
                 " spellings (U-label and xn-- A-label)"
             )
+        self._unlisted_u_labels()
+
+    def _unlisted_u_labels(self) -> None:
+        """With relay_control = "milter" smtpguard has the last word, and a U-label
+        spelling is ours only as site lists it: one Postfix's lists carry that site has
+        only as its A-label gets 553 host denies relay (review rev184 F4: mail to our
+        own users; --check said no conflicts)."""
+        site = self.config.site
+        if site.relay_control != "milter":
+            return
+        unlisted = sorted(
+            {
+                domain.lstrip(".")
+                for name in ACCEPTED_DOMAINS
+                for domain in self._listed_domains(name)
+                if not domain.isascii()
+                and (site.is_local(domain.lstrip(".")) or site.is_relay(domain.lstrip(".")))
+                and not site.routes_as_ours(domain.lstrip("."))
+            }
+        )
+        if unlisted:
+            self.problem(
+                f"Postfix takes mail for {_first_20(unlisted)}, which site lists only in"
+                ' A-labels: with relay_control = "milter" smtpguard refuses that spelling'
+                " as relaying (553 host denies relay); add it to site.local_domains or"
+                " site.relay_domains as Postfix writes it"
+            )
 
     def sizes(self) -> None:
         # The largest limit smtpguard applies: a [domain."X"] table may raise it.
