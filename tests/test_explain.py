@@ -876,6 +876,13 @@ bob@example.com
             "<<< 452 4.2.2 Mailbox full\n<<< 554 5.5.0 No recipients have been specified\n",
             "mailbox_full",
         ),
+        # Only follow-ons: the first is the cause (review rev184 F5).
+        (
+            ">>> RCPT To:<x@example.com>\n<<< 503 5.5.0 <x@example.com>: Recipient address"
+            " rejected: Improper use of SMTP command pipelining\n>>> DATA\n"
+            "<<< 554 5.5.1 Error: no valid recipients\n",
+            "protocol_sequence",
+        ),
     ],
 )
 def test_a_transcripts_first_server_refusal_is_the_reply(

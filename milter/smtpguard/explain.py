@@ -851,15 +851,17 @@ def parse_reply(raw: str) -> ParsedReply:
             from_server.append(said)
     coded = [g for g in groups if g[0].code is not None]
     refusals = [g for g in coded if (g[0].code or "")[:1] in ("4", "5")]
-    said_refusals = [
+    server_said = [g for g, by_server in zip(groups, from_server, strict=True) if by_server]
+    causes = [
         g
-        for g, said in zip(groups, from_server, strict=True)
-        if said and g in refusals and g[0].code != "503" and not _FOLLOWS_ON.search(g[0].text)
+        for g in server_said
+        if g in refusals and g[0].code != "503" and not _FOLLOWS_ON.search(g[0].text)
     ]
     # The first permanent one: a recipient refused for good after another deferred is
-    # the bounce's reason (review rev180 F6), else the first.
-    first_said = next((g for g in said_refusals if (g[0].code or "")[:1] == "5"), None) or next(
-        iter(said_refusals), None
+    # the bounce's reason (review rev180 F6), else the first; where all follow on from
+    # another (a pipelining 503 and "no valid recipients"), the first of them (rev184 F5).
+    first_said = next((g for g in causes if (g[0].code or "")[:1] == "5"), None) or next(
+        (g for g in causes or server_said if g in refusals), None
     )
     report = ""
     if coded:

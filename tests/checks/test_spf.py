@@ -180,6 +180,8 @@ def test_a_macro_syntax_error_is_a_permerror(resolver: Resolver, spec: str) -> N
     with pytest.raises(spf_module.PermError):
         query.expand(spec)
     assert query.expand("%{d2r.}.%{L-}.%%.t.test") == "test.macro.a.%.t.test"
+    # Digits of a value not zero, leading zeros too (review rev184 F6).
+    assert query.expand("%{d01}") == "test"
 
 
 def test_a_long_expansion_is_cut_once_to_a_domain_name(resolver: Resolver) -> None:

@@ -241,9 +241,9 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         return result
 
 
-#: RFC 7208 §7.1's macro: a letter, a transformer (digits, not zero; "r") and
-#: delimiters.
-_MACRO = re.compile(r"%\{[slodiphcrtv](?:[1-9][0-9]*)?r?[.\-+,/_=]*\}", re.IGNORECASE)
+#: RFC 7208 §7.1's macro: a letter, a transformer (digits of a value not zero, "01"
+#: too: review rev184 F6; "r") and delimiters.
+_MACRO = re.compile(r"%\{[slodiphcrtv](?:0*[1-9][0-9]*)?r?[.\-+,/_=]*\}", re.IGNORECASE)
 
 
 def _literal(text: str, spec: str) -> str:
