@@ -1935,6 +1935,14 @@ def test_a_service_override_is_read_as_postfix_expands_it(tmp_path: Path) -> Non
     assert "smtpd_milters = inet:127.0.0.1:8891" in problem
 
 
+def _port_2600(*options: str) -> str:
+    """A master.cf smtpd service on port 2600 with other milters than smtpguard and
+    ``options`` (``name=value``) as its -o overrides."""
+    lines = ["2600      inet  n       -       y       -       -       smtpd"]
+    lines += [f"  -o {option}" for option in ("smtpd_milters=inet:127.0.0.1:8891", *options)]
+    return "\n".join(lines) + "\n"
+
+
 def _milter_mode_problems(tmp_path: Path, service: str, main_cf: str = "") -> list[str]:
     """The conflicts for MASTER_CF plus one service on port 2600 (found by review: each
     of these was an open relay or a second run that --check passed with exit 0)."""
@@ -2039,10 +2047,10 @@ def test_a_client_restriction_that_refuses_outsiders_closes_relaying(tmp_path: P
 @pytest.mark.parametrize(
     "restriction",
     [
-        "  -o smtpd_client_restrictions=permit_sasl_authenticated,warn_if_reject,reject\n",
-        "  -o smtpd_relay_restrictions=permit_sasl_authenticated,warn_if_reject,"
-        "reject_unauth_destination\n",
-        "  -o smtpd_helo_restrictions=permit_sasl_authenticated,reject\n",
+        "smtpd_client_restrictions=permit_sasl_authenticated,warn_if_reject,reject",
+        "smtpd_relay_restrictions=permit_sasl_authenticated,warn_if_reject,"
+        "reject_unauth_destination",
+        "smtpd_helo_restrictions=permit_sasl_authenticated,reject",
     ],
     ids=["warn_if_reject", "warn_if_reject-guard", "helo-not-required"],
 )
@@ -2052,9 +2060,7 @@ def test_a_restriction_that_spares_some_outsiders_leaves_relaying_open(
     """Review rev177 F1, through a real Postfix 3.7: a stranger relayed past each
     (warn_if_reject only logs the refusal after it; HELO restrictions are never applied
     to a client that sends no HELO), and postfix-config applied the pass-through."""
-    service = "2600      inet  n       -       y       -       -       smtpd\n"
-    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n" + restriction
-    (problem,) = _milter_mode_problems(tmp_path, service)
+    (problem,) = _milter_mode_problems(tmp_path, _port_2600(restriction))
     assert "open relay" in problem
 
 
@@ -2073,9 +2079,7 @@ def test_what_may_permit_before_the_guard_leaves_relaying_open(
     """Review rev182 F4, through a real Postfix 3.7: check_sender_access answering OK
     for boss@ before reject_unauth_destination was taken for closed, the pass-through
     applied, and a forged boss relayed."""
-    service = "2600      inet  n       -       y       -       -       smtpd\n"
-    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
-    service += f"  -o smtpd_sender_restrictions={restriction}\n"
+    service = _port_2600(f"smtpd_sender_restrictions={restriction}")
     (problem,) = _milter_mode_problems(tmp_path, service)
     assert "open relay" in problem
 
@@ -2094,23 +2098,20 @@ def test_what_may_permit_before_the_guard_leaves_relaying_open(
 def test_what_permits_only_our_clients_before_the_guard_closes_relaying(
     tmp_path: Path, restriction: str
 ) -> None:
-    service = "2600      inet  n       -       y       -       -       smtpd\n"
-    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n"
-    service += f"  -o smtpd_sender_restrictions={restriction}\n"
+    service = _port_2600(f"smtpd_sender_restrictions={restriction}")
     assert _milter_mode_problems(tmp_path, service) == []
 
 
 @pytest.mark.parametrize(
     ("override", "main_cf"),
-    [("  -o smtpd_helo_required=yes\n", ""), ("", "smtpd_helo_required = yes\n")],
+    [("smtpd_helo_required=yes", ""), ("", "smtpd_helo_required = yes\n")],
     ids=["service", "main.cf"],
 )
 def test_a_helo_restriction_closes_relaying_where_helo_is_required(
     tmp_path: Path, override: str, main_cf: str
 ) -> None:
-    service = "2600      inet  n       -       y       -       -       smtpd\n"
-    service += "  -o smtpd_milters=inet:127.0.0.1:8891\n" + override
-    service += "  -o smtpd_helo_restrictions=permit_sasl_authenticated,reject\n"
+    helo = "smtpd_helo_restrictions=permit_sasl_authenticated,reject"
+    service = _port_2600(*filter(None, [override, helo]))
     assert _milter_mode_problems(tmp_path, service, main_cf) == []
 
 
