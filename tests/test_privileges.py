@@ -10,6 +10,7 @@ import signal
 import stat
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -397,3 +398,23 @@ def test_roots_link_into_a_folder_of_the_service_user_is_followed_as_that_user(
     done = smtpguard(site, "blacklist", "add", "evil@example.com", check=False)
     assert done.returncode != 0, done.stdout
     assert not (private / "nologin").exists()
+
+
+def test_a_link_that_grows_the_path_ends_the_walk_quickly(tmp_path: Path) -> None:
+    """Review rev185 F1: a link of the service user's that grows the path at each turn
+    (a -> a/a/.../a) took all the memory of root's blacklist add."""
+    root, state = nobody_root()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    grow = state / "a"
+    grow.symlink_to("/".join(["a"] * 2047))
+    os.lchown(grow, nobody, -1)
+    (state / "state.sqlite").symlink_to("a/x")
+    os.lchown(state / "state.sqlite", nobody, -1)
+    site = make_site(
+        root, {"milter": {"user": "nobody"}, "state": {"path": str(state / "state.sqlite")}}
+    )
+    started = time.monotonic()
+    done = smtpguard(site, "blacklist", "add", "evil@example.com", check=False)
+    assert time.monotonic() - started < 20
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr

@@ -7,7 +7,7 @@ import errno
 import functools
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -238,15 +238,21 @@ def _as_service_user(config: Config, path: Path) -> None:
         drop_privileges(config.milter.user, its_groups=True)
 
 
-def _on_the_way(path: Path) -> list[Path]:
-    """Every path the way to ``path`` passes: its folders, and where each link on it
-    leads, followed one at a time, so that a link there and the folder it sits in are
-    judged too (review rev184 F1: root's link into a folder of the user's, where it had
-    planted a link of its own to a root-only folder)."""
-    out: list[Path] = []
+def _on_the_way(path: Path) -> Iterator[Path]:
+    """Every path the way to ``path`` passes, each once: its folders, and where each
+    link on it leads, followed one at a time, so that a link there and the folder it
+    sits in are judged too (review rev184 F1: root's link into a folder of the user's,
+    where it had planted a link of its own to a root-only folder). Lazily, so that the
+    first open one ends the walk, and bounded as the kernel bounds it: 40 links, 4096
+    characters (review rev185 F1: a link growing the path at each turn took all the
+    memory of root's command)."""
+    seen: set[Path] = set()
     pending = path.absolute()
     for _ in range(40):  # as many links as the kernel follows (ELOOP)
-        out += [pending, *pending.parents]
+        for here in (pending, *pending.parents):
+            if here not in seen:
+                seen.add(here)
+                yield here
         parts = pending.parts
         for end in range(2, len(parts) + 1):
             here = Path(*parts[:end])
@@ -255,8 +261,9 @@ def _on_the_way(path: Path) -> list[Path]:
                 pending = Path(os.path.normpath(target.joinpath(*parts[end:])))
                 break
         else:
-            break
-    return out
+            return
+        if len(str(pending)) > 4096:  # PATH_MAX: the kernel would refuse it
+            return
 
 
 def _open_to(child: Path, uid: int, groups: set[int]) -> bool:
