@@ -110,10 +110,13 @@ class Mailbox:
         domain = raw_parts(event.rcpt_raw)[1]
         if domain and not self.site.is_local(domain):
             return None
+        invalid = Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
+        if event.rcpt_raw.isascii():
+            return invalid  # <>, alice@@example.com: no SMTPUTF8 would make it one
         try:
             return parse_path(event.rcpt_raw, smtputf8=True)
         except AddressError:
-            return Hit("mailbox_unavailable", f"invalid recipient {event.rcpt_raw!r}")
+            return invalid
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         rcpt = event.rcpt if event.rcpt is not None else self._unparsed(event)
