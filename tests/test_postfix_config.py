@@ -1219,6 +1219,28 @@ def test_milter_mode_names_a_u_label_postfix_takes_that_site_lists_in_a_labels(
     assert not [p for p in done.unresolved if "which site lists only in A-labels" in p]
 
 
+def test_milter_mode_names_u_label_subdomains_and_no_dotted_name_that_matches_nothing(
+    tmp_path: Path,
+) -> None:
+    """Review rev185 F2: relay_domains (parent-style) with bücher.example takes
+    sub.bücher.example too, which site (".xn--bcher-kva.example") refused as relaying;
+    F3: ".bücher.example" there matches nothing, and was named all the same."""
+    site = {
+        "relay_domains": ["xn--bcher-kva.example", ".xn--bcher-kva.example", "bücher.example"],
+        "relay_control": "milter",
+    }
+    cfg = config(tmp_path, {"site": site})
+    result = make_plan(cfg, relay_domains="xn--bcher-kva.example bücher.example")
+    (problem,) = [p for p in result.unresolved if "which site lists only in A-labels" in p]
+    assert problem.startswith("Postfix takes mail for .bücher.example,")
+    nothing = config(
+        tmp_path / "nothing",
+        {"site": {"relay_domains": ["xn--bcher-kva.example"], "relay_control": "milter"}},
+    )
+    dotted = make_plan(nothing, relay_domains="xn--bcher-kva.example .bücher.example")
+    assert not [p for p in dotted.unresolved if "which site lists only in A-labels" in p]
+
+
 def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     footers = postfix_footer_regexp(load_replies(cfg.replies, cfg.file), utf8=True)

@@ -1901,19 +1901,27 @@ class _Planner:
         site = self.config.site
         if site.relay_control != "milter":
             return
-        unlisted = sorted(
-            {
-                domain.lstrip(".")
-                for name in ACCEPTED_DOMAINS
-                for domain in self._listed_domains(name)
-                if not domain.isascii()
-                and (site.is_local(domain.lstrip(".")) or site.is_relay(domain.lstrip(".")))
-                and not site.routes_as_ours(domain.lstrip("."))
-            }
-        )
+        unlisted: set[str] = set()
+        for name in ACCEPTED_DOMAINS:
+            parents = self._parent_style(name)
+            for domain in self._listed_domains(name):
+                dotted = domain.startswith(".")
+                if domain.isascii() or (dotted and (name in STRING_LISTS or parents)):
+                    continue  # ".x" matches nothing there (review rev185 F3)
+                bare = domain.lstrip(".")
+                # A name it stands for: itself, or a subdomain (review rev185 F2).
+                probes = ([] if dotted else [(bare, bare)]) + (
+                    [(f"x.{bare}", f".{bare}")] if dotted or parents else []
+                )
+                unlisted.update(
+                    said
+                    for probe, said in probes
+                    if (site.is_local(probe) or site.is_relay(probe))
+                    and not site.routes_as_ours(probe)
+                )
         if unlisted:
             self.problem(
-                f"Postfix takes mail for {_first_20(unlisted)}, which site lists only in"
+                f"Postfix takes mail for {_first_20(sorted(unlisted))}, which site lists only in"
                 ' A-labels: with relay_control = "milter" smtpguard refuses that spelling'
                 " as relaying (553 host denies relay); add it to site.local_domains or"
                 " site.relay_domains as Postfix writes it"
