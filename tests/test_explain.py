@@ -876,6 +876,13 @@ bob@example.com
             "<<< 452 4.2.2 Mailbox full\n<<< 554 5.5.0 No recipients have been specified\n",
             "mailbox_full",
         ),
+        # A partial paste: the MTA's own line after the server's follow-on (rev185 F4).
+        (
+            "... while talking to mx.example.com.:\n>>> DATA\n"
+            "<<< 554 5.5.1 Error: no valid recipients\n"
+            "550 5.1.1 <x@example.com>... User unknown\n",
+            "unknown_recipient",
+        ),
         # Only follow-ons: the first is the cause (review rev184 F5).
         (
             ">>> RCPT To:<x@example.com>\n<<< 503 5.5.0 <x@example.com>: Recipient address"

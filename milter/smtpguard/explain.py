@@ -851,18 +851,7 @@ def parse_reply(raw: str) -> ParsedReply:
             from_server.append(said)
     coded = [g for g in groups if g[0].code is not None]
     refusals = [g for g in coded if (g[0].code or "")[:1] in ("4", "5")]
-    server_said = [g for g, by_server in zip(groups, from_server, strict=True) if by_server]
-    causes = [
-        g
-        for g in server_said
-        if g in refusals and g[0].code != "503" and not _FOLLOWS_ON.search(g[0].text)
-    ]
-    # The first permanent one: a recipient refused for good after another deferred is
-    # the bounce's reason (review rev180 F6), else the first; where all follow on from
-    # another (a pipelining 503 and "no valid recipients"), the first of them (rev184 F5).
-    first_said = next((g for g in causes if (g[0].code or "")[:1] == "5"), None) or next(
-        (g for g in causes or server_said if g in refusals), None
-    )
+    first_said = _transcript_reply(groups, from_server, refusals)
     report = ""
     if coded:
         group = first_said or (refusals[-1] if refusals else coded[-1])
@@ -900,6 +889,32 @@ def parse_reply(raw: str) -> ParsedReply:
     plain = plain_text(f"{text} {report[:MAX_TEXT_CHARS]}" if report else text)
     own = plain_text(text) if report else plain
     return ParsedReply(code, xcode, text, _first_line(group), whole, plain, own)
+
+
+def _transcript_reply(
+    groups: list[list[_Line]], from_server: list[bool], refusals: list[list[_Line]]
+) -> list[_Line] | None:
+    """The reply of a session transcript (None where no line is the server's): see
+    :func:`parse_reply`."""
+    server_said = [g for g, by_server in zip(groups, from_server, strict=True) if by_server]
+    if not server_said:
+        return None
+    causes = [
+        g
+        for g in server_said
+        if g in refusals and g[0].code != "503" and not _FOLLOWS_ON.search(g[0].text)
+    ]
+    # The first permanent one: a recipient refused for good after another deferred is
+    # the bounce's reason (review rev180 F6), else the first; where all follow on from
+    # another (a pipelining 503 and "no valid recipients"), the MTA's own refusal line
+    # (a partial paste: review rev185 F4), else the first of them (rev184 F5).
+    own = [g for g in refusals if g not in server_said and g[0].code != "503"]
+    return (
+        next((g for g in causes if (g[0].code or "")[:1] == "5"), None)
+        or next(iter(causes), None)
+        or (own[-1] if own else None)
+        or next((g for g in server_said if g in refusals), None)
+    )
 
 
 def _first_line(group: list[_Line]) -> str:
