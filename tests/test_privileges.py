@@ -418,3 +418,22 @@ def test_a_link_that_grows_the_path_ends_the_walk_quickly(tmp_path: Path) -> Non
     assert time.monotonic() - started < 20
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_under_an_acl_the_owning_groups_entry_says_whether_it_may_write(tmp_path: Path) -> None:
+    """Review rev185: with an ACL the mode's group bits are its mask; a folder of group
+    nogroup, its group entry r-x, read as writable by nobody's group, and root's
+    command dropped and failed."""
+    from smtpguard.cli import _open_to  # noqa: PLC0415
+
+    nobody = pwd.getpwnam("nobody")
+    groups = set(os.getgrouplist("nobody", nobody.pw_gid))
+    folder = tmp_path / "etc"
+    folder.mkdir(mode=0o755)
+    shutil.chown(folder, "root", grp.getgrgid(nobody.pw_gid).gr_name)
+    try:
+        os.setxattr(folder, "system.posix_acl_access", _posix_acl(1, 7))  # daemon: rwx
+    except OSError as exc:
+        pytest.skip(f"no POSIX ACLs here: {exc.strerror}")
+    assert folder.stat().st_mode & stat.S_IWGRP  # the mask's bits
+    assert not _open_to(folder / "directory.sqlite", nobody.pw_uid, groups)

@@ -270,8 +270,8 @@ def _open_to(child: Path, uid: int, groups: set[int]) -> bool:
     """Whether the user ``uid`` with ``groups`` may have put ``child`` where it is: a
     link it owns, or its folder is one that user may add names to: its own, whatever
     the mode says (the owner may chmod it between this look and the write: review
-    rev182 F2), writable by its groups or by all, or with an ACL (which may grant it
-    that); in a sticky one, as /tmp, only a name that is not there yet or is its own.
+    rev182 F2), writable by its groups (as its ACL says, where it has one) or by all;
+    in a sticky one, as /tmp, only a name that is not there yet or is its own.
     A link root made in a folder only root writes is root's (rev182 F3: a symlinked
     /etc/smtpguard made root drop, and the import failed)."""
     import stat
@@ -290,39 +290,44 @@ def _open_to(child: Path, uid: int, groups: set[int]) -> bool:
         folder = child.parent.stat()
     except OSError:
         return False
+    acl = _acl_lets_write(child.parent, folder.st_gid, uid, groups)
     writable = (
         folder.st_uid == uid
-        or (folder.st_gid in groups and folder.st_mode & stat.S_IWGRP)
         or folder.st_mode & stat.S_IWOTH
-        or _acl_lets_write(child.parent, uid, groups)
+        or (acl if acl is not None else folder.st_gid in groups and folder.st_mode & stat.S_IWGRP)
     )
     if not writable:
         return False
     return not (folder.st_mode & stat.S_ISVTX and here is not None and here.st_uid != uid)
 
 
-def _acl_lets_write(folder: Path, uid: int, groups: set[int]) -> bool:
-    """Whether the POSIX ACL of ``folder`` names ``uid`` or one of ``groups`` with
-    write access its mask lets through (review rev184 F2: any ACL, one that gave a
-    monitoring account read access, made root drop and the command fail). The
-    owner's, the owning group's and others' entries are the mode bits."""
+def _acl_lets_write(folder: Path, gid: int, uid: int, groups: set[int]) -> bool | None:
+    """Whether the POSIX ACL of ``folder`` (owned by group ``gid``) lets ``uid`` with
+    ``groups`` write there through a group or a named entry, as its mask allows (review
+    rev184 F2: any ACL, one that gave a monitoring account read access, made root drop
+    and the command fail); None without an ACL: the group's mode bits say it then. With
+    one they are the mask, and the owning group's entry is in the ACL (review rev185)."""
     import struct
 
     try:
         raw = os.getxattr(folder, "system.posix_acl_access")
     except OSError:
-        return False  # none, or a file system without extended attributes
+        return None  # none, or a file system without extended attributes
     entries = [struct.unpack_from("<HHI", raw, at) for at in range(4, len(raw) - 7, 8)]
     mask = next((perm for tag, perm, _ in entries if tag == _ACL_MASK), 7)
     return any(
         perm & mask & 2
-        and ((tag == _ACL_USER and id_ == uid) or (tag == _ACL_GROUP and id_ in groups))
+        and (
+            (tag == _ACL_USER and id_ == uid)
+            or (tag == _ACL_GROUP and id_ in groups)
+            or (tag == _ACL_GROUP_OBJ and gid in groups)
+        )
         for tag, perm, id_ in entries
     )
 
 
 #: Tags of the entries of a Linux POSIX ACL extended attribute (acl/include/acl_ea.h).
-_ACL_USER, _ACL_GROUP, _ACL_MASK = 0x02, 0x08, 0x10
+_ACL_USER, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK = 0x02, 0x04, 0x08, 0x10
 
 
 def cmd_blacklist_add(args: argparse.Namespace) -> int:
