@@ -443,6 +443,17 @@ def domain_to_unicode(name: str) -> str:
     return ".".join(_u_label(label) for label in name.split("."))
 
 
+def u_label_spelling(a_label: str) -> str | None:
+    """The U-label spelling of a name written in A-labels (lower-case, as
+    :func:`canonical_domain` gives it), when IDNA 2008 makes the A-labels of it again;
+    None for a name with no such spelling (no xn-- label, or not IDNA 2008:
+    xn--ls8h.la)."""
+    unicode = domain_to_unicode(a_label)
+    if unicode == a_label or canonical_domain(unicode) != a_label:
+        return None
+    return unicode
+
+
 def _u_label(label: str) -> str:
     if not label.startswith("xn--"):
         return label

@@ -33,10 +33,10 @@ from smtpguard.address import (
     IPAddress,
     IPNetwork,
     canonical_domain,
-    domain_to_unicode,
     is_valid_domain,
     parse_address_literal,
     parse_path,
+    u_label_spelling,
     unmapped,
 )
 
@@ -448,12 +448,10 @@ def _idn_spelling(item: str, *, derive: bool) -> str:
     if not derive:
         return ""
     bare = item.lstrip(".").lower()
-    if "xn--" not in bare:
+    unicode = u_label_spelling(bare)
+    if unicode is None or _DEVIATIONS & set(unicode):
         return ""
-    unicode = domain_to_unicode(bare)
-    if unicode == bare or canonical_domain(unicode) != bare or _DEVIATIONS & set(unicode):
-        return ""
-    return item[: len(item) - len(bare)] + unicode.lower()
+    return item[: len(item) - len(bare)] + unicode
 
 
 def _in_domains(domain: str, domains: frozenset[str]) -> bool:

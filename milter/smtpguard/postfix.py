@@ -41,7 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from smtpguard.address import IPNetwork, canonical_domain, domain_to_unicode, unmapped_network
+from smtpguard.address import (
+    IPNetwork,
+    canonical_domain,
+    u_label_spelling,
+    unmapped_network,
+)
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
 from smtpguard.directory import DirectoryError, Kind, SqliteDirectory
@@ -1715,6 +1720,13 @@ class _Planner:
             if not _excluded(exclusions, domain, name, parent)
         ]
 
+    def _matching_domains(self, name: str) -> list[str]:
+        """:meth:`_listed_domains` but a ".example.com" that matches no domain in that
+        list (a string list, or one with parent-style matching: review rev58, rev185
+        F3)."""
+        nothing = name in STRING_LISTS or self._parent_style(name)
+        return [d for d in self._listed_domains(name) if not (nothing and d.startswith("."))]
+
     def _domain_entries(self, name: str) -> list[tuple[str, tuple[str, ...]]]:
         """The domain names Postfix's list ``name`` holds, lower-case, without the
         trailing dot: written out, in a /file, or the keys of a lookup table that
@@ -1866,16 +1878,14 @@ class _Planner:
         missing: list[str] = []
         for name in ACCEPTED_DOMAINS:
             items = set(self._listed_domains(name))
-            for domain in sorted(items):
-                if domain.startswith(".") and (name in STRING_LISTS or self._parent_style(name)):
-                    continue  # matches no domain there, in either spelling (review rev58)
+            for domain in sorted(self._matching_domains(name)):
                 bare = domain.lstrip(".")
                 dot = domain[: len(domain) - len(bare)]
                 a_label = canonical_domain(bare)
                 if not a_label.isascii() or "xn--" not in a_label:
                     continue  # not an internationalized name (or not a valid one)
-                other = domain_to_unicode(a_label) if bare == a_label else a_label
-                if canonical_domain(other) != a_label:
+                other = u_label_spelling(a_label) if bare == a_label else a_label
+                if other is None:
                     continue  # not IDNA2008 (xn--ls8h.la): two names to smtpguard too
                 if name == "relay_domains" and other != a_label:
                     # Not the U-label there: Postfix matches its lists after ICU's case
@@ -1904,10 +1914,10 @@ class _Planner:
         unlisted: set[str] = set()
         for name in ACCEPTED_DOMAINS:
             parents = self._parent_style(name)
-            for domain in self._listed_domains(name):
+            for domain in self._matching_domains(name):
+                if domain.isascii():
+                    continue
                 dotted = domain.startswith(".")
-                if domain.isascii() or (dotted and (name in STRING_LISTS or parents)):
-                    continue  # ".x" matches nothing there (review rev185 F3)
                 bare = domain.lstrip(".")
                 # A name it stands for: itself, or a subdomain (review rev185 F2).
                 probes = ([] if dotted else [(bare, bare)]) + (
