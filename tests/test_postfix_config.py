@@ -1207,16 +1207,19 @@ def test_milter_mode_names_a_u_label_postfix_takes_that_site_lists_in_a_labels(
     denies relay while Postfix took mail for both spellings; --check said no
     conflicts."""
     site = {"local_domains": ["example.com", "xn--bcher-kva.example"], "relay_control": "milter"}
-    cfg = config(tmp_path, {"site": site})
-    result = make_plan(cfg, virtual_mailbox_domains="xn--bcher-kva.example bücher.example")
-    (problem,) = [p for p in result.unresolved if "which site lists only in A-labels" in p]
+    lists = {"virtual_mailbox_domains": "xn--bcher-kva.example bücher.example"}
+    (problem,) = _unlisted_u_labels(tmp_path, site, lists)
     assert problem.startswith("Postfix takes mail for bücher.example,")
-    listed = config(
-        tmp_path / "listed",
-        {"site": {**site, "local_domains": [*site["local_domains"], "bücher.example"]}},
-    )
-    done = make_plan(listed, virtual_mailbox_domains="xn--bcher-kva.example bücher.example")
-    assert not [p for p in done.unresolved if "which site lists only in A-labels" in p]
+    listed = {**site, "local_domains": [*site["local_domains"], "bücher.example"]}
+    assert not _unlisted_u_labels(tmp_path / "listed", listed, lists)
+
+
+def _unlisted_u_labels(
+    tmp_path: Path, site: dict[str, Any], postfix_lists: dict[str, str]
+) -> list[str]:
+    """The plan's problems naming U-labels Postfix takes that site lacks."""
+    result = make_plan(config(tmp_path, {"site": site}), **postfix_lists)
+    return [p for p in result.unresolved if "which site lists only in A-labels" in p]
 
 
 def test_milter_mode_names_u_label_subdomains_and_no_dotted_name_that_matches_nothing(
@@ -1229,16 +1232,12 @@ def test_milter_mode_names_u_label_subdomains_and_no_dotted_name_that_matches_no
         "relay_domains": ["xn--bcher-kva.example", ".xn--bcher-kva.example", "bücher.example"],
         "relay_control": "milter",
     }
-    cfg = config(tmp_path, {"site": site})
-    result = make_plan(cfg, relay_domains="xn--bcher-kva.example bücher.example")
-    (problem,) = [p for p in result.unresolved if "which site lists only in A-labels" in p]
+    lists = {"relay_domains": "xn--bcher-kva.example bücher.example"}
+    (problem,) = _unlisted_u_labels(tmp_path, site, lists)
     assert problem.startswith("Postfix takes mail for .bücher.example,")
-    nothing = config(
-        tmp_path / "nothing",
-        {"site": {"relay_domains": ["xn--bcher-kva.example"], "relay_control": "milter"}},
-    )
-    dotted = make_plan(nothing, relay_domains="xn--bcher-kva.example .bücher.example")
-    assert not [p for p in dotted.unresolved if "which site lists only in A-labels" in p]
+    nothing = {"relay_domains": ["xn--bcher-kva.example"], "relay_control": "milter"}
+    dotted = {"relay_domains": "xn--bcher-kva.example .bücher.example"}
+    assert not _unlisted_u_labels(tmp_path / "nothing", nothing, dotted)
 
 
 def test_size_footer_carries_the_table_text(tmp_path: Path) -> None:
