@@ -382,6 +382,14 @@ def test_milter_mode_of_an_older_release_gets_the_static_reply_without_a_conflic
             "open relay",
             id="unconditional-ok-before-the-guard",
         ),
+        pytest.param(
+            # smtpd compares restriction names with strcasecmp (review rev185).
+            "Permit_Mynetworks, Permit, Reject_Unauth_Destination",
+            True,
+            "unresolved",
+            "'permit' before the relay guard passes every recipient",
+            id="permit-in-another-case",
+        ),
     ],
 )
 def test_relay_restrictions_the_admin_is_told_about(
@@ -2114,6 +2122,9 @@ def test_what_may_permit_before_the_guard_leaves_relaying_open(
         "reject_rbl_client,zen.spamhaus.org,permit_sasl_authenticated,reject",
         "permit_sasl_authenticated,reject_rhsbl_sender,dbl.spamhaus.org,sleep,1,"
         "reject_unauth_destination",
+        # Postfix reads the names in any case (review rev185).
+        "Permit_Mynetworks,Permit_SASL_Authenticated,Reject_RBL_Client,zen.spamhaus.org,"
+        "Reject_Unauth_Destination",
     ],
 )
 def test_what_permits_only_our_clients_before_the_guard_closes_relaying(

@@ -382,6 +382,19 @@ def split_list(value: str) -> list[str]:
     return [value[a:b] for a, b in list_spans(value)]
 
 
+def restriction_list(value: str) -> list[str]:
+    """A restriction list's items with the restriction names in lower case: smtpd
+    compares them with strcasecmp, so ``Reject_Unauth_Destination`` is the relay guard
+    and ``Permit`` passes everything (review rev185). Tables and arguments (anything
+    with more than letters and underscores) stay as written."""
+    return [
+        item.lower() if _RESTRICTION_NAME.fullmatch(item) else item for item in split_list(value)
+    ]
+
+
+_RESTRICTION_NAME: Final = re.compile(r"[A-Za-z_]+")
+
+
 def _cut(value: str, spans: list[tuple[int, int]], index: int, end_index: int) -> str:
     """``value`` without items ``index`` to ``end_index`` (inclusive) and the
     separator that follows them (or, for the last items, the one before)."""
@@ -1142,7 +1155,7 @@ class _Planner:
             return None
         at = spans[guards[-1]][0]
         insert = [MILTER_RELAY_PASS, ours] if milter_mode else [ours]
-        if "permit_auth_destination" not in split_list(base[:at]):
+        if "permit_auth_destination" not in restriction_list(base[:at]):
             # Before the pass-through too: an earlier run's stays where it was.
             insert = ["permit_auth_destination", *insert]
         # In the admin's style: a list written without commas gets none.
@@ -1188,14 +1201,17 @@ class _Planner:
             # N3): a brace in it breaks Postfix's list, so it is found as text, in the
             # shape written below (rev77 R1: an admin's own reject-all stays).
             if old != keep:
-                written = re.compile(re.escape(old) + rf"[\s,]*(?=(?:{'|'.join(RELAY_GUARDS)})\b)")
+                written = re.compile(re.escape(old) + rf"[\s,]*(?=(?i:{'|'.join(RELAY_GUARDS)})\b)")
                 value = written.sub(
-                    lambda m: "" if "permit_auth_destination" in m.string[: m.start()] else m[0],
+                    lambda m: (
+                        "" if "permit_auth_destination" in m.string[: m.start()].lower() else m[0]
+                    ),
                     value,
                 )
         prefix = f"static:{{{reply.code} {reply.xcode} "
         spans = list_spans(value)
         items = [value[a:b] for a, b in spans]
+        names = restriction_list(value)
         for i in reversed(range(len(items))):
             if items[i] == MILTER_RELAY_PASS and keep != MILTER_RELAY_PASS:
                 value = _cut(value, spans, i, i)
@@ -1203,10 +1219,10 @@ class _Planner:
                 items[i] == "check_recipient_access"
                 and i + 2 < len(items)
                 and items[i + 1].startswith(prefix)
-                and items[i + 2] in RELAY_GUARDS
+                and names[i + 2] in RELAY_GUARDS
                 # As written: after permit_auth_destination it only ever meets relay
                 # attempts. Without one, it is the admin's reject-all, and stays.
-                and "permit_auth_destination" in items[:i]
+                and "permit_auth_destination" in names[:i]
                 and f"{items[i]} {items[i + 1]}" != keep
             ):
                 value = _cut(value, spans, i, i + 1)
@@ -1235,12 +1251,12 @@ class _Planner:
                 # Nothing to expand but our own pass-through: read what the admin wrote,
                 # not what an earlier postfix-config left there (a broken entry of one
                 # hid the guard after it; rev77 R2).
-                items = split_list(value.replace(MILTER_RELAY_PASS, ""))
+                items = restriction_list(value.replace(MILTER_RELAY_PASS, ""))
             elif milter_mode and MILTER_RELAY_PASS in value:
-                every += split_list(self.now[name])
+                every += restriction_list(self.now[name])
                 continue  # its expansion cannot be told apart from the admin's items
             else:
-                items = split_list(self.now[name])
+                items = restriction_list(self.now[name])
                 if MILTER_RELAY_PASS in self.raw[name] and self.now["smtpd_milters"].strip():
                     # The expansion of our own pass-through, which this plan removes.
                     items = _without_pass(items)
@@ -1463,11 +1479,11 @@ class _Planner:
                 # Never applied to a client that sends no HELO (review rev177 F1: such a
                 # stranger relayed past "permit_sasl_authenticated, reject" there).
                 continue
-            main = split_list(self.relay_lists.get(name, self.now[name]))
+            main = restriction_list(self.relay_lists.get(name, self.now[name]))
             if name not in service.overrides:
                 items = main
             else:
-                items = split_list(service.expanded.get(name, service.overrides[name]))
+                items = restriction_list(service.expanded.get(name, service.overrides[name]))
                 if any(_refers_to(service.overrides[name], n) for n in _RELAY_LISTS):
                     items = main + items
             if not delayed and name not in _RELAY_LISTS:
@@ -2228,7 +2244,7 @@ def _gaps(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def _guards(value: str) -> list[int]:
     """Indexes of the relay guards written in a list as it stands (unexpanded)."""
-    return [i for i, item in enumerate(split_list(value)) if item in RELAY_GUARDS]
+    return [i for i, item in enumerate(restriction_list(value)) if item in RELAY_GUARDS]
 
 
 def _append(raw: str, item: str, sep: str = ", ") -> str:
