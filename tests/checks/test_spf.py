@@ -182,6 +182,10 @@ def test_a_macro_syntax_error_is_a_permerror(resolver: Resolver, spec: str) -> N
     assert query.expand("%{d2r.}.%{L-}.%%.t.test") == "test.macro.a.%.t.test"
     # Digits of a value not zero, leading zeros too (review rev184 F6).
     assert query.expand("%{d01}") == "test"
+    # "R" reverses as "r" does; thousands of digits keep every label (review rev185).
+    assert query.expand("%{dR}.%{d2R}") == "test.macro.test.macro"
+    assert query.expand("%{d" + "9" * 5000 + "r}") == "test.macro"
+    assert query.expand("%{d" + "0" * 5000 + "1}") == "test"
 
 
 def test_a_long_expansion_is_cut_once_to_a_domain_name(resolver: Resolver) -> None:

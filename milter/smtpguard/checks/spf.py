@@ -142,7 +142,7 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         value = getattr(self, letter, None)
         if not value:
             return ""
-        expanded: str = spf.expand_one(value, macro[3:-1], ".")
+        expanded: str = spf.expand_one(value, _transformers(macro[3:-1]), ".")
         # An upper-case letter: URL-escaped (§7.3).
         return urllib.parse.quote(expanded, "~") if letter != macro[2] else expanded
 
@@ -244,6 +244,17 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
 #: RFC 7208 §7.1's macro: a letter, a transformer (digits of a value not zero, "01"
 #: too: review rev184 F6; "r") and delimiters.
 _MACRO = re.compile(r"%\{[slodiphcrtv](?:0*[1-9][0-9]*)?r?[.\-+,/_=]*\}", re.IGNORECASE)
+
+
+def _transformers(text: str) -> str:
+    """A macro's transformers as pyspf reads them: "R" is "r" (RFC 5234's strings are
+    case-insensitive; pyspf reversed only "r"), and digits without their leading zeros,
+    999 for more than three (a name has at most 127 labels; pyspf's int() of over 4,300
+    digits raised ValueError, a tempfail for a record its domain got wrong)."""
+    text = text.lower()
+    rest = text.lstrip("0123456789")
+    number = text[: len(text) - len(rest)].lstrip("0")
+    return (number if len(number) <= 3 else "999") + rest
 
 
 def _literal(text: str, spec: str) -> str:
