@@ -137,6 +137,11 @@ class Answer:
     #: (0: none, or a cached answer). A chain of lookups (SPF's includes) adds them up:
     #: waits each too short to be ``busy`` can still use up the caller's time (rev61).
     waited: float = field(default=0.0, compare=False)
+    #: A SERVFAIL of ours: an answer too large to read (``dnswire.MAX_RECORDS``,
+    #: ``MAX_LABELS``). Asking again gets the same answer; SPF takes it as the domain's
+    #: permanent error (review rev183 F3: a record naming 201 addresses deferred mail
+    #: for ever).
+    oversized: bool = field(default=False, compare=False)
 
     @classmethod
     def of(cls, name: str, rdtype: str, *values: str, ttl: float = 300.0) -> Answer:

@@ -842,7 +842,7 @@ def to_answer(name: str, rdtype: str, reply: Reply) -> Answer | None:
             )
         else:
             detail = f"answer of {reply.oversized} records, more than {MAX_RECORDS}: not read"
-        return Answer(name, rdtype, Status.SERVFAIL, detail=detail)
+        return Answer(name, rdtype, Status.SERVFAIL, detail=detail, oversized=True)
     response = reply.message
     if reply.rcode == dns.rcode.NXDOMAIN:
         ttl = reply.negative_ttl if response is None else negative_ttl(response)

@@ -15,12 +15,14 @@ import spf as spf_module  # type: ignore[import-untyped]  # pyspf ships no type 
 from smtpguard.checks import Event
 from smtpguard.checks.sender_domain import SenderDomain
 from smtpguard.checks.spf import MAX_EXPLANATION, Spf, SpfQuery
-from smtpguard.dns import Resolver, Status
+from smtpguard.dns import Answer, Resolver, Status
+from smtpguard.dnswire import UdpTransport
 from smtpguard.resultheaders import spf_result
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services, fake_resolver
 from support.polling import wait_until
+from support.unbound import SPF_OVERSIZED_DOMAIN, DnsServer
 
 CLIENT = "198.51.100.7"
 
@@ -291,6 +293,50 @@ def test_a_failed_ptr_lookup_is_no_permanent_fail(
     temp = decide(check, "a@inc.test")
     assert isinstance(temp, TempError)
     assert not temp.firm
+
+
+@pytest.mark.integration
+def test_an_answer_too_large_to_read_is_the_domains_permerror(
+    tmp_path: Path, unbound: DnsServer
+) -> None:
+    """Review rev183 F3, through real unbound: "a:" naming 300 addresses is an answer
+    past dnswire.MAX_RECORDS, a SERVFAIL of ours that asking again cannot cure; it was
+    a temperror, and with on_temp_error = "tempfail" the domain's mail was deferred
+    for ever."""
+    real = Resolver(UdpTransport([unbound.host], unbound.port, 1.0))
+    try:
+        conn = make_conn(sender=f"ceo@{SPF_OVERSIZED_DOMAIN}", ip=CLIENT)
+        check = spf(tmp_path, real)  # on_temp_error = "tempfail", the default
+        assert check(conn, Event(deadline=time.monotonic() + 3)) is None
+        # And from the resolver's cache.
+        again = make_conn(sender=f"cfo@{SPF_OVERSIZED_DOMAIN}", ip="198.51.100.8")
+        assert check(again, Event(deadline=time.monotonic() + 3)) is None
+    finally:
+        real.close()
+    assert conn.txn is not None
+    found = spf_result(conn.txn)
+    assert found is not None
+    assert found.result == "permerror"
+
+
+def test_a_reverse_zone_too_large_to_read_is_no_match(
+    fake: FakeDns, tmp_path: Path, resolver: Resolver
+) -> None:
+    """The client answers for its own reverse zone: an answer of thousands of PTR
+    names there is "no match" (RFC 7208 §5.5), not the domain's permerror, which a
+    forger would have had for the asking."""
+    fake.add("ptr.test", "TXT", '"v=spf1 ptr:good.test -all"')
+    too_large = "answer of 3000 records, more than 200: not read"
+    for name, rdtype in (("8.100.51.198.in-addr.arpa", "PTR"), ("big.good.test", "A")):
+        fake.records[(name, rdtype)] = Answer(
+            name, rdtype, Status.SERVFAIL, detail=too_large, oversized=True
+        )
+    fake.add("9.100.51.198.in-addr.arpa", "PTR", "big.good.test.")
+    check = spf(tmp_path, resolver)
+    for ip in ("198.51.100.8", "198.51.100.9"):
+        verdict = decide(check, "a@ptr.test", ip=ip)
+        assert isinstance(verdict, Hit), ip
+        assert verdict.reply_id == "remote_ip_mismatch"
 
 
 def test_void_lookup_limit(tmp_path: Path, resolver: Resolver) -> None:

@@ -97,6 +97,8 @@ SERVFAIL_HELO = "mail.broken.test"
 #: Names with many A records: past dnswire.MAX_RECORDS (300, over TCP) and under it.
 MANY_RECORDS_NAME = "many.good.test"
 SOME_RECORDS_NAME = "some.good.test"
+#: "v=spf1 a:many.good.test -all": an SPF term whose answer is too large to read.
+SPF_OVERSIZED_DOMAIN = "spf-many.test"
 
 SOA = "ns.test. hostmaster.test. 1 3600 600 86400 60"
 
@@ -168,6 +170,7 @@ LOCAL_DATA = [
     f"{BIG_TXT_NAME}. TXT " + " ".join(f'"{part}"' for part in BIG_TXT),
     *(f"{MANY_RECORDS_NAME}. A 10.0.{i // 250}.{i % 250 + 1}" for i in range(300)),
     *(f"{SOME_RECORDS_NAME}. A 10.1.{i // 250}.{i % 250 + 1}" for i in range(150)),
+    f'{SPF_OVERSIZED_DOMAIN}. TXT "v=spf1 a:{MANY_RECORDS_NAME} -all"',
 ]
 
 #: Zones answered SERVFAIL: delegated to an address unbound will not ask.

@@ -169,12 +169,16 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         except spf.TempError:
             self.ptr_temperror = True
             return []
+        except _Unread:
+            return []  # the client's reverse zone, not the domain's error: no match
         out = []
         for name in names:
             try:
                 addresses = self._term_addresses(name)
             except spf.TempError:
                 self.ptr_temperror = True
+                continue
+            except _Unread:
                 continue
             if self.cidrmatch(addresses, self.cidrmax):
                 out.append(name)
@@ -228,6 +232,10 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         answer = self.resolver.lookup(name, qtype, self.deadline, self.network, self.waited)
         self.waited += answer.waited
         self.busy = self.busy or answer.busy
+        if answer.oversized:
+            # Published that way: asking again gets the same (RFC 7208 §2.6.7: a
+            # domain's records that cannot be interpreted).
+            raise _Unread(f"DNS answer for {name}/{qtype} not read: {answer.detail}")
         if answer.status.temporary:
             raise spf.TempError(f"DNS {answer.status.name} for {name}/{qtype}: {answer.detail}")
         result = _values(answer, qtype)
@@ -239,6 +247,10 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
             if self.void_lookups > spf.MAX_VOID_LOOKUPS:
                 raise spf.PermError(f"Void lookup limit of {spf.MAX_VOID_LOOKUPS} exceeded")
         return result
+
+
+class _Unread(spf.PermError):  # type: ignore[misc]  # pyspf's classes are untyped
+    """An answer too large to read (:attr:`~smtpguard.dns.Answer.oversized`)."""
 
 
 #: RFC 7208 §7.1's macro: a letter, a transformer (digits of a value not zero, "01"
