@@ -77,6 +77,21 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, line: str, problem: str) -
     assert problem in err.value.problem
 
 
+def test_a_bad_line_of_a_private_file_is_not_shown(tmp_path: Path) -> None:
+    """Review rev179 F5: root reads the lists before it drops privileges, and a link to
+    /etc/shadow in place of a list put its first line in the error."""
+    secret = tmp_path / "shadow"
+    secret.write_text("daemon:$6$pepper$hashvalue:19000:0:99999:7:::\n")
+    secret.chmod(0o640)
+    link = tmp_path / "list.txt"
+    link.symlink_to(secret)
+    with pytest.raises(IpListError) as err:
+        load([link])
+    assert (err.value.source, err.value.line) == (str(link), 1)
+    assert "not an IP address or network" in err.value.problem
+    assert "pepper" not in str(err.value)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(IpListError, match="cannot read"):
         load([tmp_path / "absent.txt"])

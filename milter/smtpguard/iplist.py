@@ -19,6 +19,8 @@ The files are read when the configuration is loaded: at start and on every SIGHU
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +142,8 @@ def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> 
             net = parse_network(text)
         except ValueError as exc:
             source, _, line = label.rpartition(":")
-            raise IpListError(source, int(line or 0), str(exc)) from None
+            problem = str(exc) if source not in sources or _readable_by_all(source) else _UNSHOWN
+            raise IpListError(source, int(line or 0), problem) from None
         families[net.version].append((int(net.network_address), net.prefixlen, text))
         size += 1
     return IpSet(
@@ -149,6 +152,19 @@ def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> 
         v4=_family(32, 16, families[4]),
         v6=_family(128, 32, families[6]),
     )
+
+
+#: A bad entry of a list file not every user may read: root reads the file before it
+#: drops privileges, so a link to /etc/shadow the service user put in place of a list
+#: had the file's first line in the error, and in the log (review rev179 F5).
+_UNSHOWN = "not an IP address or network (not shown: the file is not readable by all users)"
+
+
+def _readable_by_all(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
 
 
 def file_entries(path: Path) -> list[tuple[str, str]]:
