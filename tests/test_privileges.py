@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from smtpguard.config import ConfigError, load_config
+from support.daemons import start_redis
 from support.mtclient import MilterSession
 from support.polling import children, holds_for, wait_until
 from support.service import (
@@ -290,6 +291,35 @@ def test_root_writes_the_state_and_directory_files_as_the_service_user(tmp_path:
         done = smtpguard(site, *command, check=False)
         assert done.returncode != 0, done.stdout
         assert not (private / name).exists()
+
+
+def test_a_redis_blacklist_is_changed_as_root(tmp_path: Path) -> None:
+    """Review rev180 F2: with Redis no state file is written, but the drop to the
+    service user took root's access to what reaching Redis needs (under the unit, the
+    socket's group; here a client key only root may read), and the command failed."""
+    root, state = nobody_root()
+    server = start_redis(root / "redis", tls=True)
+    try:
+        (root / "redis").chmod(0o700)
+        site = make_site(
+            root,
+            {
+                "milter": {"user": "nobody"},
+                "state": {
+                    "backend": "redis",
+                    "redis_url": server.url,
+                    "path": str(state / "state.sqlite"),
+                },
+            },
+        )
+        added = smtpguard(site, "blacklist", "add", "spammer@example.org")
+        assert "add spammer@example.org: done" in added.stdout
+        assert "spammer@example.org" in smtpguard(site, "blacklist", "list").stdout
+        smtpguard(site, "blacklist", "remove", "spammer@example.org")
+        assert "spammer@example.org" not in smtpguard(site, "blacklist", "list").stdout
+        assert not (state / "state.sqlite").exists()
+    finally:
+        server.stop()
 
 
 def test_a_linked_folder_on_the_way_to_the_state_file_is_followed_as_the_service_user(
