@@ -97,6 +97,17 @@ def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
         return None
 
 
+def _declared_size(size: str | None) -> int | None:
+    """RFC 1870's SIZE=1*20DIGIT read as the MTA reads it: leading zeros skipped
+    (Postfix's off_cvt_string, Sendmail's strtol; review rev186 F1: 27 digits meaning
+    200000 skipped the size checks at MAIL), and a value past 20 digits past every
+    limit. isdigit() alone also accepts "²" and the like."""
+    if not size or not (size.isascii() and size.isdigit()):
+        return None
+    digits = size.lstrip("0")
+    return int(digits or "0") if len(digits) <= 20 else 10**20
+
+
 class SessionDriver:
     def __init__(
         self,
@@ -240,10 +251,7 @@ class SessionDriver:
             esmtp=params,
             sender_error=error,
             smtputf8=smtputf8,
-            # RFC 1870: SIZE=1*20DIGIT; isdigit() alone also accepts "²" and the like.
-            declared_size=int(size)
-            if size and size.isascii() and size.isdigit() and len(size) <= 20
-            else None,
+            declared_size=_declared_size(size),
             auth_type=self._macro("{auth_type}"),
             auth_login=self._login(),
             queue_id=self._macro("i"),
