@@ -812,6 +812,58 @@ def test_check_names_a_max_hop_count_below_smtpguards(build_cf: Callable[[str], 
     ]
 
 
+#: STARTTLS and PLAIN/LOGIN logins in a site's .mc, before smtpguard's lines.
+TLS_AUTH_MC = (
+    "define(`confSERVER_CERT', `/etc/mail/tls/server.pem')dnl\n"
+    "define(`confAUTH_MECHANISMS', `PLAIN LOGIN CRAM-MD5')dnl\n"
+)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("theirs", "built"),
+    [
+        ("", "p"),
+        ("define(`confAUTH_OPTIONS', `A')dnl\n", "A p"),
+        ("define(`confAUTH_OPTIONS', `A,y')dnl\n", "A,y p"),
+        ("define(`confAUTH_OPTIONS', `p,y')dnl\n", "p,y"),
+    ],
+)
+def test_logins_in_clear_wait_for_starttls(
+    build_cf: Callable[[str], Built], theirs: str, built: str
+) -> None:
+    """Review rev187 F1: Sendmail keeps a login made in clear across STARTTLS, and
+    smtpguard sees the session's TLS at MAIL: p (PLAIN and LOGIN only after STARTTLS)
+    is added to the site's AuthOptions."""
+    sample = load(SAMPLE)
+    text = build_cf(TLS_AUTH_MC + theirs + sendmail_mc(sample)).text
+    assert re.findall(r"^O AuthOptions=(.*)$", text, re.M) == [built]
+    assert not [p for p in sendmail_cf_problems(sample, text) if "AuthOptions" in p]
+
+
+@pytest.mark.integration
+def test_check_names_logins_in_clear_before_starttls(
+    build_cf: Callable[[str], Built], tmp_path: Path
+) -> None:
+    sample = load(SAMPLE)
+    later = "define(`confAUTH_OPTIONS', `A')dnl\n"
+    text = build_cf(TLS_AUTH_MC + sendmail_mc(sample) + later).text
+    assert [p for p in sendmail_cf_problems(sample, text) if "AuthOptions" in p] == [
+        "AuthOptions lacks p, and AuthMechanisms offers LOGIN and PLAIN before STARTTLS: a"
+        " client may send its password in clear, then start TLS, and Sendmail keeps the"
+        " login, so smtpguard (which sees TLS at MAIL) cannot refuse it as"
+        " policy.auth_tls_required asks; define confAUTH_OPTIONS with p"
+    ]
+    # Without STARTTLS {tls_version} stays empty and smtpguard refuses such logins.
+    no_tls = text.replace("O ServerCertFile=", "#O ServerCertFile=")
+    assert not [p for p in sendmail_cf_problems(sample, no_tls) if "AuthOptions" in p]
+    # A policy that lets both go in clear gets no flag and no problem.
+    site = make_site(tmp_path, {"policy": {"auth_tls_required": ["CRAM-MD5"]}})
+    clear = load(site.config)
+    assert "confAUTH_OPTIONS" not in sendmail_mc(clear)
+    assert not [p for p in sendmail_cf_problems(clear, text) if "AuthOptions" in p]
+
+
 @pytest.mark.integration
 def test_check_reads_each_daemons_own_filter_list(build_cf: Callable[[str], Built]) -> None:
     """Review rev131 F1: a DAEMON_OPTIONS with InputMailFilters= replaces the global

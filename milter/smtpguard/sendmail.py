@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -346,7 +347,44 @@ def sendmail_mc(config: Config) -> str:
         "dnl stays (lowered, a dry run's 250 was followed by a bounce).",
         _max_hop_line(sendmail_max_hop(config.limits.max_hops)),
     ]
+    if config.policy.auth_tls_required >= _CLEAR_MECHANISMS:
+        lines += [
+            "dnl AUTH: PLAIN and LOGIN offered only after STARTTLS (AuthOptions p, added to",
+            "dnl your flags): Sendmail keeps a login made in clear across STARTTLS, and",
+            "dnl smtpguard sees the session's TLS at MAIL, not when the password was sent.",
+            _AUTH_OPTIONS_LINE,
+        ]
     return "\n".join(lines) + "\n"
+
+
+#: The mechanisms AuthOptions' p flag holds back until STARTTLS (sendmail's cf/README:
+#: "susceptible to simple passive attack (e.g., PLAIN, LOGIN)").
+_CLEAR_MECHANISMS: Final = frozenset({"PLAIN", "LOGIN"})
+#: ``confAUTH_OPTIONS`` with ``p`` added to what it holds, unless it has it already.
+_AUTH_OPTIONS_LINE: Final = (
+    "ifelse(index(ifdef(`confAUTH_OPTIONS', `defn(`confAUTH_OPTIONS')'), `p'), `-1',"
+    " `define(`confAUTH_OPTIONS', ifdef(`confAUTH_OPTIONS', `defn(`confAUTH_OPTIONS')` '')`p')')dnl"
+)
+
+
+def _clear_login_problems(config: Config, options: Mapping[str, str]) -> list[str]:
+    """PLAIN or LOGIN that policy.auth_tls_required names, offered by a Sendmail with
+    STARTTLS but without AuthOptions p (review rev187 F1): a client logs in in clear,
+    then starts TLS; Sendmail keeps the login, and at MAIL smtpguard sees an encrypted
+    session. Flags are read as readcf.c reads them: a letter at the start of a word."""
+    if not options.get("servercertfile", "").strip():
+        return []  # no STARTTLS: {tls_version} stays empty, and smtpguard refuses
+    offered = set(re.split(r"[,\s]+", options.get("authmechanisms", "").upper()))
+    exposed = sorted(offered & _CLEAR_MECHANISMS & config.policy.auth_tls_required)
+    flags = {word[0] for word in re.split(r"[,\s]+", options.get("authoptions", "")) if word}
+    if not exposed or "p" in flags:
+        return []
+    return [
+        f"AuthOptions lacks p, and AuthMechanisms offers {' and '.join(exposed)} before"
+        " STARTTLS: a client may send its password in clear, then start TLS, and"
+        " Sendmail keeps the login, so smtpguard (which sees TLS at MAIL) cannot refuse"
+        " it as policy.auth_tls_required asks; define confAUTH_OPTIONS with p"
+    ]
 
 
 def _max_hop_line(hops: int) -> str:
@@ -450,6 +488,7 @@ def sendmail_cf_problems(config: Config, cf_text: str) -> list[str]:
             if re.search(rf"^#+\s*\$Id: {feature}\.m4,", text, re.M)
         ]
     problems += _hop_problems(config, options.get("maxhopcount"))
+    problems += _clear_login_problems(config, options)
     problems += sendmail_socket_dir_problems(
         config.milter.socket, options.get("dontblamesendmail", "")
     )

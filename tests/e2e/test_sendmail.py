@@ -82,7 +82,7 @@ from pathlib import Path
 import pytest
 
 from smtpguard.app import load
-from smtpguard.sendmail import sendmail_mc, sendmail_timeouts
+from smtpguard.sendmail import sendmail_cf_problems, sendmail_mc, sendmail_timeouts
 from support.daemons import EICAR, GTUBE, start_clamd
 from support.expected import SPEC
 from support.polling import poll_for
@@ -349,11 +349,13 @@ def test_snippet_is_in_the_running_config(mta: Sendmail, guard: Running) -> None
 
 def test_readme_snippet_is_the_sites_own_sendmail_config(guard: Running) -> None:
     """The README's lines fit the test site: what sendmail-config prints for it, but
-    for the milter's name (only Sendmail's label for it; "_2d" for "-" in m4 names)."""
+    for the milter's name (only Sendmail's label for it; "_2d" for "-" in m4 names) and
+    the AuthOptions lines, which EXTRA's policy (LOGIN in clear) does not get."""
     generated = smtpguard(guard.site, "sendmail-config").stdout
-    assert re.sub(r"smtpguard(-|_2d)test(?![A-Za-z0-9])", "smtpguard", generated) == snippet(
-        guard.site
-    )
+    readme = snippet(guard.site)
+    auth = readme.index("dnl AUTH: PLAIN and LOGIN offered only after STARTTLS")
+    assert readme[auth:].count("\n") == 4
+    assert re.sub(r"smtpguard(-|_2d)test(?![A-Za-z0-9])", "smtpguard", generated) == readme[:auth]
 
 
 def test_accepted_mail_arrives_intact(client: SmtpClient, mta: Sendmail) -> None:
@@ -1024,11 +1026,28 @@ def test_login_after_starttls_is_encrypted(
     assert decisions(guard.log(), "auth_mode_unsupported") == before
 
 
-def test_plain_login_without_starttls_is_refused_on_a_tls_instance(tls_mta: Sendmail) -> None:
+def test_no_login_in_clear_on_a_tls_instance(tls_mta: Sendmail, guard: Running) -> None:
+    """Review rev187 F1: AUTH PLAIN in clear, then STARTTLS, then MAIL was accepted and
+    relayed (Sendmail keeps the login across STARTTLS; smtpguard sees TLS at MAIL).
+    The generated lines add AuthOptions p: PLAIN and LOGIN are offered only after
+    STARTTLS, so the password never goes in clear."""
+    token = base64.b64encode(b"\0alice@example.com\0" + SASL_USERS["alice@example.com"].encode())
     with tls_mta.client(source=OTHER_CLIENT) as c:
-        greeted(c)
-        auth_plain(c, "alice@example.com")
-        refused_sender(c, "<alice@example.com>", "auth_mode_unsupported")
+        reply = c.ehlo("client.test")
+        assert not [line for line in reply.lines if "AUTH" in line], reply
+        expect(c, f"AUTH PLAIN {token.decode()}", "503 5.3.3 AUTH not available")
+        assert c.starttls().code == 220
+        assert "250-AUTH PLAIN LOGIN" in c.ehlo("client.test").lines
+        expect(c, MAIL, MAIL_OK)
+        refused_recipient(c, "<x@foreign.example>", "host_denies_relay")
+    cf = (tls_mta.dir / "test.cf").read_text()
+    assert re.search(r"^O AuthOptions=p$", cf, re.M)
+    config = load(guard.site.config)
+    assert not [p for p in sendmail_cf_problems(config, cf) if "AuthOptions" in p]
+    # The same .cf without the flag is named by --check.
+    without = cf.replace("O AuthOptions=p", "")
+    (problem,) = [p for p in sendmail_cf_problems(config, without) if "AuthOptions" in p]
+    assert problem.startswith("AuthOptions lacks p, and AuthMechanisms offers PLAIN before")
 
 
 def test_auth_error_temp(auth_mta: Sendmail, guard: Running) -> None:

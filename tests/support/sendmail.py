@@ -274,6 +274,14 @@ SASL_MC = (
     f"TRUST_AUTH_MECH(`{SASL_MECHANISMS}')dnl\n"
 )
 
+#: After the milter lines of an AUTH instance without STARTTLS: the AuthOptions p they
+#: add (policy.auth_tls_required names PLAIN and LOGIN in the README's config) would
+#: offer no mechanism at all here, where EXTRA's policy lets LOGIN go in clear.
+CLEAR_LOGINS_MC = (
+    "dnl No STARTTLS here: PLAIN and LOGIN offered in clear (the milter judges them).\n"
+    "undefine(`confAUTH_OPTIONS')dnl\n"
+)
+
 
 def sasl_dir(inst: SendmailInstall, directory: Path, users: Mapping[str, str]) -> Path:
     """Fill ``directory`` as Sendmail's private SASL directory: ``Sendmail.conf``, a
@@ -392,13 +400,20 @@ exec 9>>'{out}'
 
 
 def instance_mc(
-    directory: Path, port: int, milter_snippet: str, *, relay: str = "", extra: str = ""
+    directory: Path,
+    port: int,
+    milter_snippet: str,
+    *,
+    relay: str = "",
+    extra: str = "",
+    after: str = "",
 ) -> str:
     """The test instance's ``.mc``.
 
     ``relay`` replaces the default relay policy (every client may relay, so that
     smtpguard decides ``host_denies_relay``) with the given lines; ``extra`` lines go
-    before ``DAEMON_OPTIONS`` (the SMTP AUTH settings).
+    before ``DAEMON_OPTIONS`` (the SMTP AUTH settings), ``after`` lines after the
+    milter lines.
     """
     d = directory
     # Comments are dnl lines: m4 would expand macro names inside "#" comments.
@@ -429,6 +444,7 @@ def instance_mc(
         f"DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl\n"
         "dnl The milter lines: verbatim output of smtpguard sendmail-config.\n"
         f"{milter_snippet}"
+        f"{after}"
         "MAILER(`local')dnl\n"
         "MAILER_DEFINITIONS\n"
         f"Mdeliver, P={d}/deliver, F=lsSn8, T=DNS/RFC822/X-Unix, A=deliver $u\n"
@@ -547,6 +563,7 @@ def sendmail(
             milter_snippet,
             relay=relay,
             extra=(SASL_MC if sasl else "") + (tls_mc(tls) if tls else ""),
+            after=CLEAR_LOGINS_MC if sasl and not tls else "",
         )
     )
     inst.build_cf(d / "test.mc", d / "test.cf", check=not m4_may_fail)
