@@ -320,6 +320,37 @@ def test_one_good_confirmed_name_is_enough(
     assert decide(smtpport(tmp_path, resolver)) is None
 
 
+@pytest.mark.parametrize("status", [Status.TIMEOUT, Status.SERVFAIL])
+def test_a_name_whose_lookup_failed_may_be_the_good_one(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, status: Status
+) -> None:
+    """Review rev189 F1, through real unbound and Postfix: the confirmed name looked
+    generic, the other's forward lookup failed, and the client got a permanent 554 (one
+    name that does not look generic is enough, and that one may have been it)."""
+    host(fake, IP, "198-51-100-7.dyn.isp.test", "host.slow.test", forward={"host.slow.test": ""})
+    fake.fail("host.slow.test", "A", status)
+    verdict = decide(smtpport(tmp_path, resolver))
+    assert isinstance(verdict, TempError)
+    assert "host.slow.test may not: its forward lookup failed" in verdict.detail
+    # A failed name that looks generic too changes nothing.
+    other = "198.51.100.8"
+    host(fake, other, "198-51-100-8.dyn.isp.test", "8.dsl.isp.test", forward={"8.dsl.isp.test": ""})
+    fake.fail("8.dsl.isp.test", "A", status)
+    assert isinstance(decide(smtpport(tmp_path, resolver), ip=other), Hit)
+
+
+def test_a_name_past_the_first_ten_may_be_the_good_one(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    names = [f"198-51-100-7.dyn{i}.isp.test" for i in range(10)] + ["mx.sender.test"]
+    host(fake, IP, *names)
+    assert decide(smtpport(tmp_path, resolver)) is None
+    assert decide(smtpport(tmp_path, resolver, fcrdns=False)) is None
+    # Eleven generic names: refused as ever.
+    host(fake, "198.51.100.8", *(n.replace("-7.", "-8.") for n in names[:10]), "8.dsl.isp.test")
+    assert isinstance(decide(smtpport(tmp_path, resolver), ip="198.51.100.8"), Hit)
+
+
 def test_at_most_ten_ptr_names_are_followed(
     tmp_path: Path, resolver: Resolver, fake: FakeDns
 ) -> None:
@@ -408,6 +439,25 @@ def test_helo_that_does_not_resolve(
     assert isinstance(verdict, Hit)
     assert verdict.reply_id == "helo_error"
     assert "A NXDOMAIN, AAAA NXDOMAIN" in verdict.detail
+
+
+def test_a_helo_name_with_an_mx_record_resolves(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """Review rev189 F2: Postfix's reject_unknown_helo_hostname wants "a DNS A or MX
+    record"; a HELO of the bare domain (MX, no address) was refused."""
+    fake.add("sender.test", "MX", "10 mx.sender.test.")
+    check = helo_check(tmp_path, resolver)
+    assert helo_decide(check, "sender.test") is None
+    fake.add("nomx.sender.test", "TXT", '"x"')
+    verdict = helo_decide(check, "nomx.sender.test")
+    assert isinstance(verdict, Hit)
+    assert verdict.detail.endswith("A NODATA, AAAA NODATA, MX NODATA")
+    # The MX is asked only where there is no address.
+    fake.add("mx.sender.test", "A", "198.51.100.7")
+    fake.calls.clear()
+    assert helo_decide(check, "mx.sender.test") is None
+    assert ("mx.sender.test", "MX") not in fake.calls
 
 
 def test_helo_lookup_failure_is_temporary(

@@ -116,10 +116,15 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress, network: str | None) ->
 
 def _ptr_names(ptr: Answer) -> tuple[tuple[str, ...], int]:
     """The PTR names to look up (at most :data:`MAX_PTR_NAMES`) and how many more
-    there are. A PTR to the root name is no name (it was logged as "PTR  does not
-    resolve back", review rev48)."""
-    names = tuple(name for name in ptr.names() if name)
+    there are."""
+    names = _every_ptr_name(ptr)
     return names[:MAX_PTR_NAMES], max(len(names) - MAX_PTR_NAMES, 0)
+
+
+def _every_ptr_name(ptr: Answer) -> tuple[str, ...]:
+    """A PTR to the root name is no name (it was logged as "PTR  does not resolve
+    back", review rev48)."""
+    return tuple(name for name in ptr.names() if name)
 
 
 def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
@@ -322,8 +327,21 @@ class SmtpPort:
             else:
                 candidates = rdns.confirmed
         if self._generic is not None and config.generic_mode != "off":
-            reasons = [self._generic(n, ip) for n in candidates]
+            generic = self._generic
+            reasons = [generic(n, ip) for n in candidates]
             if all(reasons):
+                # One name that does not look generic is enough: a name not judged
+                # (past the first ten, or its forward lookup failed) may be that one
+                # (review rev189 F1: a 554 that hung on a temporary failure).
+                if any(not generic(n, ip) for n in _every_ptr_name(ptr)[MAX_PTR_NAMES:]):
+                    return None
+                undecided = [n for n in rdns.unknown if n not in candidates and not generic(n, ip)]
+                if undecided:
+                    return TempError(
+                        "database_temp_error",
+                        f"PTR {candidates[0]} of {ip} looks generic, {undecided[0]} may"
+                        " not: its forward lookup failed",
+                    )
                 detail = f"PTR {candidates[0]} of {ip} looks generic (pattern {reasons[0]})"
                 return self._reason(conn, "generic", config.generic_mode, detail)
         return None
@@ -379,6 +397,13 @@ class HeloDns:
         query = self.dns.query(name, rdtype, client=True, network=share_network(conn))
         return conn.background(self.dns.spawn(query))
 
+    def _wait(self, name: str, rdtype: str, future: Pending[Answer], event: Event) -> Answer:
+        assert self.dns is not None
+        answer = self.dns.wait(future, event.client_deadline())
+        if answer is None:
+            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+        return answer
+
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         name = self._name(conn)
         if self.dns is None or name is None or conn.trusted:
@@ -389,13 +414,18 @@ class HeloDns:
             return None
         answers = []
         for rdtype, future in zip(("A", "AAAA"), pending, strict=True):
-            answer = self.dns.wait(future, event.client_deadline())
-            if answer is None:
-                answer = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
-            if answer.ok:
+            answers.append(self._wait(name, rdtype, future, event))
+            if answers[-1].ok:
                 self.resolves.put(name, True)
                 return None
-            answers.append(answer)
+        if not any(a.status.temporary for a in answers):
+            # No address: an MX record will do, as for Postfix's
+            # reject_unknown_helo_hostname ("no DNS A or MX record"; review rev189 F2:
+            # a HELO of the bare domain was refused). Asked only now: it is rare.
+            answers.append(self._wait(name, "MX", self._ask(conn, name, "MX"), event))
+            if answers[-1].ok:
+                self.resolves.put(name, True)
+                return None
         text = ", ".join(f"{a.rdtype} {a.describe()}" for a in answers)
         if any(a.status.temporary for a in answers):
             return TempError("database_temp_error", f"helo {name}: {text}")
