@@ -331,12 +331,42 @@ def test_a_name_whose_lookup_failed_may_be_the_good_one(
     fake.fail("host.slow.test", "A", status)
     verdict = decide(smtpport(tmp_path, resolver))
     assert isinstance(verdict, TempError)
-    assert "host.slow.test may not: its forward lookup failed" in verdict.detail
+    assert "host.slow.test may not (no forward answer in time)" in verdict.detail
     # A failed name that looks generic too changes nothing.
     other = "198.51.100.8"
     host(fake, other, "198-51-100-8.dyn.isp.test", "8.dsl.isp.test", forward={"8.dsl.isp.test": ""})
     fake.fail("8.dsl.isp.test", "A", status)
     assert isinstance(decide(smtpport(tmp_path, resolver), ip=other), Hit)
+
+
+def test_a_name_confirmed_in_time_is_enough(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """Review rev189 F3: the other name's servers never answered, and the mail server
+    already confirmed was deferred until the cache held both."""
+    fake.slow["slow.test"] = 5.0
+    check = smtpport(tmp_path, resolver)
+
+    def judged(ip: str) -> object:
+        # Well before the resolver's own timeout: the slow answers are not in.
+        conn = make_conn(sender="a@sender.test", ip=ip)
+        check.prefetch(conn)
+        return check(conn, Event(deadline=time.monotonic() + 0.5))
+
+    host(fake, IP, "mx.sender.test", "host.slow.test")
+    assert judged(IP) is None
+    # The name confirmed in time looks generic: the silent one may not.
+    other = "198.51.100.8"
+    host(fake, other, "198-51-100-8.dyn.isp.test", "mail.slow.test")
+    verdict = judged(other)
+    assert isinstance(verdict, TempError)
+    assert "mail.slow.test may not (no forward answer in time)" in verdict.detail
+    # Nothing confirmed in time: deferred as before.
+    third = "198.51.100.9"
+    host(fake, third, "mx.slow.test")
+    verdict = judged(third)
+    assert isinstance(verdict, TempError)
+    assert verdict.detail == f"PTR {third}: stage deadline reached"
 
 
 def test_a_name_past_the_first_ten_may_be_the_good_one(

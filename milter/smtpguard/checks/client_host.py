@@ -127,8 +127,11 @@ def _every_ptr_name(ptr: Answer) -> tuple[str, ...]:
     return tuple(name for name in ptr.names() if name)
 
 
-def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
-    """:func:`reverse_dns` from the cache alone, or None when any answer is missing.
+def cached_reverse_dns(
+    resolver: Resolver, ip: IPAddress, *, partial: bool = False
+) -> ReverseDns | None:
+    """:func:`reverse_dns` from the cache alone, or None when any answer is missing
+    (``partial``: when the PTR answer is; a missing forward answer is then unknown).
 
     Repeat clients are the common case: answering them on the calling thread spares
     a round trip through the resolver's event loop thread (and the GIL hand-overs).
@@ -144,7 +147,9 @@ def cached_reverse_dns(resolver: Resolver, ip: IPAddress) -> ReverseDns | None:
     for name in names:
         answer = resolver.cached(name, rdtype)
         if answer is None:
-            return None
+            if not partial:
+                return None
+            answer = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
         forward.append(answer)
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
     unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
@@ -274,7 +279,12 @@ class SmtpPort:
         rdns_future: Pending[ReverseDns] = conn.scratch[self._RDNS]
         rdns = self.dns.wait(rdns_future, event.client_deadline())
         if rdns is None:
-            return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
+            # Judged from what has come in: one name confirmed is enough where it does
+            # not look generic (review rev189 F3: a silent name held back a mail server
+            # already confirmed, and a 450 hung on the cache's timing).
+            rdns = cached_reverse_dns(self.dns, ip, partial=True)
+            if rdns is None or not rdns.confirmed:
+                return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
         record_iprev(conn, rdns)
         verdict = self._judge_rdns(conn, ip, rdns)
         if verdict is not None or self.config.connect_back == "off":
@@ -340,7 +350,7 @@ class SmtpPort:
                     return TempError(
                         "database_temp_error",
                         f"PTR {candidates[0]} of {ip} looks generic, {undecided[0]} may"
-                        " not: its forward lookup failed",
+                        " not (no forward answer in time)",
                     )
                 detail = f"PTR {candidates[0]} of {ip} looks generic (pattern {reasons[0]})"
                 return self._reason(conn, "generic", config.generic_mode, detail)
