@@ -28,6 +28,8 @@ from smtpguard.checks.client_host import (
 )
 from smtpguard.config import ConfigError, GenericPatterns, load_config
 from smtpguard.dns import Answer, Resolver, Status
+from smtpguard.resultheaders import iprev_result
+from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
 from support.fake_dns import FakeDns, dns_services, fake_resolver, hold_slots
@@ -347,11 +349,13 @@ def test_a_name_confirmed_in_time_is_enough(
     fake.slow["slow.test"] = 5.0
     check = smtpport(tmp_path, resolver)
 
+    conns: list[Connection] = []
+
     def judged(ip: str) -> object:
         # Well before the resolver's own timeout: the slow answers are not in.
-        conn = make_conn(sender="a@sender.test", ip=ip)
-        check.prefetch(conn)
-        return check(conn, Event(deadline=time.monotonic() + 0.5))
+        conns.append(make_conn(sender="a@sender.test", ip=ip))
+        check.prefetch(conns[-1])
+        return check(conns[-1], Event(deadline=time.monotonic() + 0.5))
 
     host(fake, IP, "mx.sender.test", "host.slow.test")
     assert judged(IP) is None
@@ -367,6 +371,8 @@ def test_a_name_confirmed_in_time_is_enough(
     verdict = judged(third)
     assert isinstance(verdict, TempError)
     assert verdict.detail == f"PTR {third}: stage deadline reached"
+    # A message let through (on_temp_error = "pass") says so (RFC 8601 §2.7.3).
+    assert [iprev_result(conn) for conn in conns] == ["pass", "pass", "temperror"]
 
 
 def test_a_name_past_the_first_ten_may_be_the_good_one(

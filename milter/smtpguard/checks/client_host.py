@@ -282,9 +282,13 @@ class SmtpPort:
             # Judged from what has come in: one name confirmed is enough where it does
             # not look generic (review rev189 F3: a silent name held back a mail server
             # already confirmed, and a 450 hung on the cache's timing).
-            rdns = cached_reverse_dns(self.dns, ip, partial=True)
-            if rdns is None or not rdns.confirmed:
-                return TempError("database_temp_error", f"PTR {ip}: stage deadline reached")
+            late = "stage deadline reached"
+            rdns = cached_reverse_dns(self.dns, ip, partial=True) or ReverseDns(
+                Answer(reverse_name(ip), "PTR", Status.TIMEOUT, detail=late)
+            )
+            if not rdns.confirmed:
+                record_iprev(conn, rdns)  # iprev=temperror for a message let through
+                return TempError("database_temp_error", f"PTR {ip}: {late}")
         record_iprev(conn, rdns)
         verdict = self._judge_rdns(conn, ip, rdns)
         if verdict is not None or self.config.connect_back == "off":
