@@ -52,6 +52,7 @@ def deliver(
     sender: str = "friend@sender.example",
     ip: str = UNTRUSTED_IP,
     esmtp: tuple[str, ...] = (),
+    recipient: str = "alice@example.com",
 ) -> tuple[Answer, list[tuple[str, dict[str, str]]]]:
     fresh = f"<s{next(_MESSAGE_IDS):06d}@sender.example>"
     headers = [(n, fresh if n == "Message-ID" else v) for n, v in headers]
@@ -61,7 +62,7 @@ def deliver(
         mail = s.mail(f"<{sender}>", *esmtp)
         if mail.kind != "continue":
             return mail, []
-        assert s.rcpt("<alice@example.com>").kind == "continue"
+        assert s.rcpt(f"<{recipient}>").kind == "continue"
         final, mods, _early = s.message(headers, body)
         return final, mods
 
@@ -89,6 +90,13 @@ def test_virus_found_in_body(virus_service: Running) -> None:
     log = virus_service.log()
     assert "Smtpguard.Test.EICAR" in log  # the name is logged, never sent
     assert "EICAR" not in final.text
+
+
+def test_a_virus_for_postmaster_is_refused_by_default(virus_service: Running) -> None:
+    """Review rev188 F1: postmaster_skip's default ("all-content") skipped the scan,
+    and malware addressed to postmaster@ reached the admin."""
+    final, _ = deliver(virus_service, EICAR + b"\r\n", recipient="postmaster@example.com")
+    assert_reply(final, "virus_found")
 
 
 def test_virus_found_in_base64_attachment(virus_service: Running) -> None:
