@@ -15,6 +15,7 @@ import pytest
 from miltertest import constants as C
 
 from support.daemons import (
+    ACTION_SUBJECT,
     EICAR,
     GTUBE,
     SOFT_REJECT_SUBJECT,
@@ -398,6 +399,25 @@ def test_rspamd_soft_reject_defers_the_message(rspamd_service: Running) -> None:
     final, _ = deliver(rspamd_service, "Hi Alice, see you at lunch.\r\n", headers)
     assert_reply(final, "database_temp_error")
     assert "rspamd action soft reject" in rspamd_service.log()
+
+
+@pytest.mark.parametrize("action", ["discard", "quarantine"])
+def test_rspamd_discard_refuses_and_quarantine_tags(rspamd_service: Running, action: str) -> None:
+    """Review rev188 F2: rspamd's own milter discards or quarantines such a message; it
+    was delivered as "X-Spam-Status: No". A discard is refused (never dropped unsaid),
+    a quarantine delivered marked as spam."""
+    subject = f"{ACTION_SUBJECT}{action}"
+    headers = [(k, subject if k == "Subject" else v) for k, v in HEADERS]
+    final, mods = deliver(rspamd_service, "Hi Alice, see you at lunch.\r\n", headers)
+    if action == "discard":
+        assert_reply(final, "antispam_reject")
+        assert "rspamd action discard" in rspamd_service.log()
+        return
+    assert accepted(final)
+    added = {args["name"]: args["value"] for _kind, args in mods if "name" in args}
+    assert added["X-Spam-Flag"] == "YES"
+    assert added["X-Spam-Status"].startswith("Yes,")
+    assert "/quarantine" in added["X-Spam-Status"]
 
 
 @pytest.mark.parametrize(("choice", "expected"), [("pass", None), ("tempfail", "internal_error")])

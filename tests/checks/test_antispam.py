@@ -166,6 +166,25 @@ def test_engine_action_reject(
 
 
 @pytest.mark.parametrize(
+    ("action", "verdict"),
+    [("discard", Hit("antispam_reject", "rspamd action discard; score 2.0")), ("quarantine", None)],
+)
+def test_engine_discard_refuses_and_quarantine_tags(
+    make_services: ServicesFactory, spam_engine: FakeSpamEngine, action: str, verdict: Hit | None
+) -> None:
+    """Review rev188 F2: both were delivered as "No" (rspamd's own milter discards or
+    quarantines); a discard is refused, never dropped unsaid."""
+    spam_engine.result = SpamResult(SpamStatus.OK, 2.0, action)
+    found, conn = deliver(AntiSpam(make_services(antispam=RSPAMD)))
+    assert found == verdict
+    assert added(conn) == [("X-Spam-Flag", "YES"), ("X-Spam-Score", "2.0")]
+    off = AntiSpam(make_services(antispam={**RSPAMD, "engine_action": False}))
+    found, conn = deliver(off)
+    assert found is None
+    assert added(conn) == []
+
+
+@pytest.mark.parametrize(
     ("action", "engine_action", "rules_score", "verdict"),
     [
         (

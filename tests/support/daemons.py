@@ -408,6 +408,9 @@ def keep_hs_cache(dir: Path, hs_cache: Path | None, seeded: set[str]) -> None:
 #: A subject containing this makes the test rspamd answer "soft reject", as its
 #: ratelimit and greylist modules do (a prefilter of :func:`start_rspamd`'s).
 SOFT_REJECT_SUBJECT = "smtpguard-test-soft-reject"
+#: A subject containing this and an action's name ("discard", "quarantine") makes the
+#: test rspamd answer that action, as its force_actions module would.
+ACTION_SUBJECT = "smtpguard-test-action="
 
 
 def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 90.0) -> Rspamd:
@@ -431,6 +434,8 @@ def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 9
         dns_timeout="0.1s",
         hs_cache=hs_cache,
     )
+    # rspamd knows an action only with a threshold; far above any test's score.
+    (dir / "local" / "local.d" / "actions.conf").write_text("quarantine = 900;\ndiscard = 1000;\n")
     (dir / "local" / "rspamd.local.lua").write_text(
         "rspamd_config:register_symbol({\n"
         "  name = 'SMTPGUARD_TEST_SOFT_REJECT', type = 'prefilter', priority = 10,\n"
@@ -438,6 +443,10 @@ def start_rspamd(dir: Path, *, hs_cache: Path | None = None, deadline: float = 9
         "    local subject = task:get_subject()\n"
         f"    if subject and subject:find('{SOFT_REJECT_SUBJECT}', 1, true) then\n"
         "      task:set_pre_result('soft reject', 'try again later', 'smtpguard-test')\n"
+        "    end\n"
+        "    local forced = subject and subject:match('smtpguard%-test%-action=(%a+)')\n"
+        "    if forced then\n"
+        "      task:set_pre_result(forced, 'forced by the test', 'smtpguard-test')\n"
         "    end\n"
         "  end,\n"
         "})\n"

@@ -6,8 +6,9 @@ temporary file) and sent to rspamd's ``/checkv2`` at end of message. The two sco
 added (the rules use rspamd's scale), and so are the weights of the DNSBL zones with
 ``action = "score"`` that list the client (:mod:`smtpguard.checks.dnsbl`). At
 ``add_header_score`` the message is accepted with ``X-Spam-Flag: YES`` and
-``X-Spam-Score``; at ``reject_score`` (or rspamd's own
-"reject" action, if ``engine_action``) it is refused. rspamd's "soft reject" (its
+``X-Spam-Score``; at ``reject_score`` (or rspamd's own "reject" or "discard" action, if
+``engine_action``: refused, never dropped unsaid) it is refused, and rspamd's
+"quarantine" tags it as spam whatever the score. rspamd's "soft reject" (its
 ratelimit and greylist modules' way of saying "defer this message") is, with
 ``engine_action``, a deferral (``database_temp_error``, whatever ``on_temp_error``
 says); its other actions ("greylist", "add header", "rewrite subject") are only
@@ -61,12 +62,13 @@ class SpamReport:
     #: ``add_header_score``: at or above it the message is tagged as spam.
     required: float
     rules: tuple[str, ...]
-    #: rspamd's own "reject" action (``engine_action``), whatever the score.
-    refused: bool = False
+    #: rspamd's own action (``engine_action``) says spam, whatever the score:
+    #: "reject", "discard", "quarantine".
+    engine_spam: bool = False
 
     @property
     def spam(self) -> bool:
-        return self.refused or self.score >= self.required
+        return self.engine_spam or self.score >= self.required
 
 
 class AntiSpam:
@@ -150,7 +152,7 @@ class AntiSpam:
         domain = domain_of(self.services_config, txn)
         reject_score = domain.reject_score if domain else self.config.reject_score
         add_header_score = domain.add_header_score if domain else self.config.add_header_score
-        engine_error = deferred = ""
+        engine_error = deferred = action = ""
         unasked = firm = False
         spool = self._sendable(conn, txn, why)
         # Too large for the engine, with on_size_limit = "tempfail": answered after
@@ -161,13 +163,15 @@ class AntiSpam:
                 self.engine, conn, txn, spool, why
             )
             score += added
-            if action == "reject":
-                self._report(txn, score, add_header_score, why, refused=True)
-                return Hit("antispam_reject", f"rspamd action reject; score {score:.1f}")
+            if action in ("reject", "discard"):
+                # Discarded by rspamd's own milter; refused here, never dropped unsaid.
+                self._report(txn, score, add_header_score, why, engine_spam=True)
+                return Hit("antispam_reject", f"rspamd action {action}; score {score:.1f}")
             if action == "soft reject":
                 deferred = f"rspamd action soft reject; score {score:.1f}"
         detail = f"score {score:.1f} ({', '.join(why) or 'no rule matched'})"
-        self._report(txn, score, add_header_score, why)
+        # Quarantined by rspamd's own milter: delivered here, marked as spam.
+        self._report(txn, score, add_header_score, why, engine_spam=action == "quarantine")
         if score - may_lose >= reject_score:
             return Hit("antispam_reject", detail)
         if score + may_gain >= reject_score:
@@ -227,7 +231,7 @@ class AntiSpam:
         why: list[str],
     ) -> tuple[float, str, str, bool, bool]:
         """rspamd's score (noted in ``why``), its action where ``engine_action`` acts on
-        it ("reject", "soft reject"; else ""), what failed ("" if nothing), whether
+        it (:data:`_ACTED_ON`; else ""), what failed ("" if nothing), whether
         rspamd was not asked (an outage, logged once), and whether the failure is
         deferred whatever ``on_temp_error`` says (dropped for its size, with
         ``on_size_limit = "tempfail"``)."""
@@ -257,7 +261,7 @@ class AntiSpam:
         # ("no action" is "no_action" there, as in rspamd's own logs).
         action = _TOKEN_BREAKS.sub("_", answer.action[:_ACTION_CHARS])
         why.append(f"rspamd={answer.score:.1f}/{action}")
-        acted = self.config.engine_action and answer.action in ("reject", "soft reject")
+        acted = self.config.engine_action and answer.action in _ACTED_ON
         return answer.score, answer.action if acted else "", "", False, False
 
     def _report(
@@ -267,17 +271,22 @@ class AntiSpam:
         threshold: float,
         why: list[str],
         *,
-        refused: bool = False,
+        engine_spam: bool = False,
     ) -> None:
         # For the summary line and, on accepted mail, X-Spam-Status/X-Spam-Report: with
         # the threshold that tagged the message (the domain's, when it has one).
-        report = txn.scratch[SPAM_REPORT] = SpamReport(score, threshold, tuple(why), refused)
+        report = txn.scratch[SPAM_REPORT] = SpamReport(score, threshold, tuple(why), engine_spam)
         if report.spam:
             # Before any refusal, not after: a refusal not enforced (report mode, dry
             # run, an exemption's undecided lookup passed on) delivers the message, and
             # the worst spam must not arrive less marked than the merely suspect.
             txn.add_headers.append((self.config.flag_header, "YES"))
             txn.add_headers.append((self.config.score_header, f"{score:.1f}"))
+
+
+#: rspamd's actions ``engine_action`` acts on (review rev188 F2: "discard" and
+#: "quarantine" were delivered as "No").
+_ACTED_ON = frozenset({"reject", "discard", "soft reject", "quarantine"})
 
 
 def _unfinished(
