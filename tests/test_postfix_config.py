@@ -2099,8 +2099,12 @@ def test_a_restriction_that_spares_some_outsiders_leaves_relaying_open(
         "check_sender_access inline:{ boss@example.com=OK },reject_unauth_destination",
         "check_policy_service unix:private/policy,reject_unauth_destination",
         "permit_mx_backup,reject_unauth_destination",
+        # Review rev191 F1: a restriction class (smtpd_restriction_classes) may answer
+        # permit, whatever its name looks like.
+        "Reject_Strangers,reject_unauth_destination",
+        "reject_strangers,reject_unauth_destination",
     ],
-    ids=["map", "policy", "mx-backup"],
+    ids=["map", "policy", "mx-backup", "class", "class-lower-case"],
 )
 def test_what_may_permit_before_the_guard_leaves_relaying_open(
     tmp_path: Path, restriction: str

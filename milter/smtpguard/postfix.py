@@ -2066,7 +2066,7 @@ def _closes_relay(items: list[str]) -> bool:
         elif (
             item in ("permit", MILTER_RELAY_PASS)
             or _passes_all(item)
-            or not (item in _NEVER_PERMIT_OUTSIDERS or item.startswith(_ONLY_REFUSE))
+            or not (item in _NEVER_PERMIT_OUTSIDERS or item in _ONLY_REFUSE)
         ):
             # A map, a policy service, a restriction class, permit_mx_backup: each may
             # answer OK for a client or sender it chooses, before the guard (review
@@ -2100,8 +2100,51 @@ _TAKES_AN_ARGUMENT: Final = frozenset(
         "sleep",
     }
 )
-#: Restrictions that can only refuse (or warn), never permit.
-_ONLY_REFUSE: Final = ("reject_", "defer_", "warn_if_")
+#: Postfix's own restrictions (3.7's smtpd) that can only refuse (or warn), never
+#: permit: by name, not by a "reject_" prefix, since any other name is a restriction
+#: class, which may answer permit (review rev191 F1: Reject_Strangers = permit before
+#: the guard was taken for a refusal, and a stranger relayed).
+_ONLY_REFUSE: Final = frozenset(
+    {
+        "defer_if_permit",
+        "defer_if_reject",
+        "reject_authenticated_sender_login_mismatch",
+        "reject_invalid_helo_hostname",
+        "reject_invalid_hostname",
+        "reject_known_sender_login_mismatch",
+        "reject_maps_rbl",
+        "reject_multi_recipient_bounce",
+        "reject_non_fqdn_helo_hostname",
+        "reject_non_fqdn_hostname",
+        "reject_non_fqdn_recipient",
+        "reject_non_fqdn_sender",
+        "reject_plaintext_session",
+        "reject_rbl",
+        "reject_rbl_client",
+        "reject_rhsbl_client",
+        "reject_rhsbl_helo",
+        "reject_rhsbl_recipient",
+        "reject_rhsbl_reverse_client",
+        "reject_rhsbl_sender",
+        "reject_sender_login_mismatch",
+        "reject_unauth_pipelining",
+        "reject_unauthenticated_sender_login_mismatch",
+        "reject_unknown_address",
+        "reject_unknown_client",
+        "reject_unknown_client_hostname",
+        "reject_unknown_forward_client_hostname",
+        "reject_unknown_helo_hostname",
+        "reject_unknown_hostname",
+        "reject_unknown_recipient_domain",
+        "reject_unknown_reverse_client_hostname",
+        "reject_unknown_sender_domain",
+        "reject_unlisted_recipient",
+        "reject_unlisted_sender",
+        "reject_unverified_recipient",
+        "reject_unverified_sender",
+        "warn_if_reject",
+    }
+)
 
 
 def _passes_all(item: str) -> bool:
