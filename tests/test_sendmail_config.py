@@ -18,6 +18,7 @@ from smtpguard.config import Config
 from smtpguard.sendmail import (
     sendmail_cf_problems,
     sendmail_mc,
+    sendmail_option_flags,
     sendmail_socket_dir_problems,
     sendmail_socket_problem,
     sendmail_timeouts,
@@ -824,9 +825,14 @@ TLS_AUTH_MC = (
     ("theirs", "built"),
     [
         ("", "p"),
-        ("define(`confAUTH_OPTIONS', `A')dnl\n", "A p"),
-        ("define(`confAUTH_OPTIONS', `A,y')dnl\n", "A,y p"),
+        ("define(`confAUTH_OPTIONS', `A')dnl\n", "p,A"),
+        ("define(`confAUTH_OPTIONS', `A,y')dnl\n", "p,A,y"),
         ("define(`confAUTH_OPTIONS', `p,y')dnl\n", "p,y"),
+        # Review rev191 F2: Sendmail never read a "p" after two separators or with no
+        # separator before it.
+        ("define(`confAUTH_OPTIONS', `A,')dnl\n", "p,A,"),
+        ("define(`confAUTH_OPTIONS', `A, p')dnl\n", "p,A, p"),
+        ("define(`confAUTH_OPTIONS', `Ap')dnl\n", "p,Ap"),
     ],
 )
 def test_logins_in_clear_wait_for_starttls(
@@ -839,6 +845,27 @@ def test_logins_in_clear_wait_for_starttls(
     text = build_cf(TLS_AUTH_MC + theirs + sendmail_mc(sample)).text
     assert re.findall(r"^O AuthOptions=(.*)$", text, re.M) == [built]
     assert not [p for p in sendmail_cf_problems(sample, text) if "AuthOptions" in p]
+
+
+@pytest.mark.parametrize(
+    ("value", "flags"),
+    [
+        ("p", {"p"}),
+        (" p", {"p"}),
+        ("A p", {"A", "p"}),
+        ("A,p", {"A", "p"}),
+        ("A, p", {"A"}),
+        ("A  p", {"A"}),
+        ("A,,p", {"A"}),
+        ("Ap", {"A"}),
+        ("A,", {"A"}),
+        ("", set()),
+    ],
+)
+def test_option_flags_are_read_as_sendmail_reads_them(value: str, flags: set[str]) -> None:
+    """readcf.c's O_SASLOPTS loop: a flag, then the character after the next separator
+    (review rev191 F2, each measured with Sendmail 8.17)."""
+    assert sendmail_option_flags(value) == flags
 
 
 @pytest.mark.integration

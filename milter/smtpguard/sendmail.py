@@ -360,24 +360,45 @@ def sendmail_mc(config: Config) -> str:
 #: The mechanisms AuthOptions' p flag holds back until STARTTLS (sendmail's cf/README:
 #: "susceptible to simple passive attack (e.g., PLAIN, LOGIN)").
 _CLEAR_MECHANISMS: Final = frozenset({"PLAIN", "LOGIN"})
-#: ``confAUTH_OPTIONS`` with ``p`` added to what it holds, unless it has it already.
+#: ``confAUTH_OPTIONS`` with ``p`` put first, unless it is there already: Sendmail's
+#: readcf.c reads the first character, then only the one right after each separator
+#: that follows (review rev191 F2: a "p" appended to "A," or after "A, " was never read).
 _AUTH_OPTIONS_LINE: Final = (
-    "ifelse(index(ifdef(`confAUTH_OPTIONS', `defn(`confAUTH_OPTIONS')'), `p'), `-1',"
-    " `define(`confAUTH_OPTIONS', ifdef(`confAUTH_OPTIONS', `defn(`confAUTH_OPTIONS')` '')`p')')dnl"
+    "ifdef(`confAUTH_OPTIONS', `ifelse(substr(defn(`confAUTH_OPTIONS'), 0, 1), `p', `',"
+    " `define(`confAUTH_OPTIONS', `p,'defn(`confAUTH_OPTIONS'))')',"
+    " `define(`confAUTH_OPTIONS', `p')')dnl"
 )
+
+
+_SEPARATOR: Final = re.compile(r"[, \t]")
+
+
+def sendmail_option_flags(value: str) -> set[str]:
+    """The flags of an option such as AuthOptions as readcf.c reads them: the first
+    character, then the one right after each separator (comma, space, tab) that
+    follows the one read; a second separator in a row hides the flag after it."""
+    value = value.strip()
+    flags: set[str] = set()
+    at = 0
+    while at < len(value):
+        flags.add(value[at])
+        found = _SEPARATOR.search(value, at + 1)
+        if found is None:
+            break
+        at = found.end()
+    return flags - {",", " ", "\t"}
 
 
 def _clear_login_problems(config: Config, options: Mapping[str, str]) -> list[str]:
     """PLAIN or LOGIN that policy.auth_tls_required names, offered by a Sendmail with
     STARTTLS but without AuthOptions p (review rev187 F1): a client logs in in clear,
     then starts TLS; Sendmail keeps the login, and at MAIL smtpguard sees an encrypted
-    session. Flags are read as readcf.c reads them: a letter at the start of a word."""
+    session."""
     if not options.get("servercertfile", "").strip():
         return []  # no STARTTLS: {tls_version} stays empty, and smtpguard refuses
     offered = set(re.split(r"[,\s]+", options.get("authmechanisms", "").upper()))
     exposed = sorted(offered & _CLEAR_MECHANISMS & config.policy.auth_tls_required)
-    flags = {word[0] for word in re.split(r"[,\s]+", options.get("authoptions", "")) if word}
-    if not exposed or "p" in flags:
+    if not exposed or "p" in sendmail_option_flags(options.get("authoptions", "")):
         return []
     return [
         f"AuthOptions lacks p, and AuthMechanisms offers {' and '.join(exposed)} before"
