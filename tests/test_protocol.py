@@ -118,7 +118,7 @@ def test_message_too_long_from_size(service: Running) -> None:
     with open_session(service) as s:
         assert_pass(s.mail("<a@sender.example>", "SIZE=1000000"))
     # Read as Postfix reads it (review rev186 F1: past 20 characters it was no SIZE).
-    for size in ("0" * 21 + "1000001", "9" * 30):
+    for size in ("0" * 21 + "1000001", "9" * 30, "+1000001"):
         with open_session(service) as s:
             assert_reply(s.mail("<a@sender.example>", f"SIZE={size}"), "message_too_long")
     with open_session(service) as s:

@@ -100,8 +100,10 @@ def client_ip(family: int, hostaddr: Any) -> IPAddress | None:
 def _declared_size(size: str | None) -> int | None:
     """RFC 1870's SIZE=1*20DIGIT read as the MTA reads it: leading zeros skipped
     (Postfix's off_cvt_string, Sendmail's strtol; review rev186 F1: 27 digits meaning
-    200000 skipped the size checks at MAIL), and a value past 20 digits past every
-    limit. isdigit() alone also accepts "²" and the like."""
+    200000 skipped the size checks at MAIL), a "+" Sendmail's strtol takes (review
+    rev191 F3), and a value past 20 digits past every limit. isdigit() alone also
+    accepts "²" and the like."""
+    size = size.removeprefix("+") if size else size
     if not size or not (size.isascii() and size.isdigit()):
         return None
     digits = size.lstrip("0")
