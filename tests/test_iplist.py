@@ -64,7 +64,7 @@ def test_postfix_s_bracketed_form_is_read_as_in_mynetworks() -> None:
     ("line", "problem"),
     [
         ("198.51.100.7/24", "host bits set in '198.51.100.7/24': did you mean 198.51.100.0/24?"),
-        ("not-an-ip", "not an IP address or network: 'not-an-ip'"),
+        ("not-an-ip", "not an IP address or network (the line is not shown)"),
         ("10.0.0.0/33", "not an IP address or network"),
     ],
 )
@@ -77,12 +77,19 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, line: str, problem: str) -
     assert problem in err.value.problem
 
 
-def test_a_bad_line_of_a_private_file_is_not_shown(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("file_mode", "folder_mode"), [(0o640, 0o755), (0o644, 0o700)])
+def test_a_line_that_is_no_network_is_not_shown(
+    tmp_path: Path, file_mode: int, folder_mode: int
+) -> None:
     """Review rev179 F5: root reads the lists before it drops privileges, and a link to
-    /etc/shadow in place of a list put its first line in the error."""
-    secret = tmp_path / "shadow"
+    /etc/shadow in place of a list put its first line in the error; rev191 F4: so did
+    a readable file in a private folder."""
+    private = tmp_path / "private"
+    private.mkdir()
+    secret = private / "shadow"
     secret.write_text("daemon:$6$pepper$hashvalue:19000:0:99999:7:::\n")
-    secret.chmod(0o640)
+    secret.chmod(file_mode)
+    private.chmod(folder_mode)
     link = tmp_path / "list.txt"
     link.symlink_to(secret)
     with pytest.raises(IpListError) as err:

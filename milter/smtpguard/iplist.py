@@ -19,8 +19,6 @@ The files are read when the configuration is loaded: at start and on every SIGHU
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +123,7 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         try:
             loose = ipaddress.ip_network(bare, strict=False)
         except ValueError:
-            raise ValueError(f"not an IP address or network: {text!r}") from exc
+            raise NotANetworkError(f"not an IP address or network: {text!r}") from exc
         raise ValueError(f"host bits set in {text!r}: did you mean {loose}?") from exc
     # Lookups read an IPv4-mapped client (::ffff:192.0.2.1) as the IPv4 address it is,
     # so such an entry is stored as IPv4 too, or it would never match.
@@ -142,7 +140,9 @@ def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> 
             net = parse_network(text)
         except ValueError as exc:
             source, _, line = label.rpartition(":")
-            problem = str(exc) if source not in sources or _readable_by_all(source) else _UNSHOWN
+            problem = (
+                _UNSHOWN if isinstance(exc, NotANetworkError) and source in sources else str(exc)
+            )
             raise IpListError(source, int(line or 0), problem) from None
         families[net.version].append((int(net.network_address), net.prefixlen, text))
         size += 1
@@ -154,17 +154,16 @@ def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> 
     )
 
 
-#: A bad entry of a list file not every user may read: root reads the file before it
-#: drops privileges, so a link to /etc/shadow the service user put in place of a list
-#: had the file's first line in the error, and in the log (review rev179 F5).
-_UNSHOWN = "not an IP address or network (not shown: the file is not readable by all users)"
+#: A line of a list file that is no network at all is not quoted: root reads the lists
+#: before it drops privileges, and a link to /etc/shadow the service user put in place
+#: of a list had that file's first line in the error, and in the log (review rev179 F5;
+#: rev191 F4: judged by the file's mode, a file in a private folder still was). A line
+#: that reads as a network (host bits set) is quoted: it says nothing else.
+_UNSHOWN = "not an IP address or network (the line is not shown)"
 
 
-def _readable_by_all(path: str) -> bool:
-    try:
-        return bool(os.stat(path).st_mode & stat.S_IROTH)
-    except OSError:
-        return False
+class NotANetworkError(ValueError):
+    """An entry that is no IP address or network in any reading."""
 
 
 def file_entries(path: Path) -> list[tuple[str, str]]:
