@@ -247,6 +247,27 @@ def test_something_else_on_the_backend_ports(tmp_path: Path) -> None:
     ]
 
 
+def test_a_clamd_that_answers_ping_but_cannot_scan(tmp_path: Path) -> None:
+    """Review rev188 F3: check-config said OK for a clamd whose every scan failed (its
+    TemporaryDirectory gone), and every message then got the scanner's failure."""
+    scratch = tmp_path / "clamd-tmp"
+    scratch.mkdir()
+    clamd = start_clamd(tmp_path / "clamd", temporary=scratch)
+    try:
+        site = make_site(
+            tmp_path / "site",
+            {"virus": {"backend": "clamd", "clamd_socket": f"unix:{clamd.socket}"}},
+        )
+        assert smtpguard(site, "check-config", check=False).returncode == 0
+        scratch.rmdir()
+        result = smtpguard(site, "check-config", check=False)
+    finally:
+        clamd.stop()
+    assert result.returncode == 1
+    (problem,) = problems(result)
+    assert f"virus.clamd_socket: unix:{clamd.socket} answers PING but fails a scan" in problem
+
+
 def test_reachable_backends_pass(tmp_path: Path, unbound: DnsServer, rspamd: Rspamd) -> None:
     clamd = start_clamd(tmp_path / "clamd")
     redis = start_redis(tmp_path / "redis")

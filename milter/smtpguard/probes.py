@@ -48,9 +48,8 @@ from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
 from smtpguard.logsetup import LogSetupError, syslog_handler
-from smtpguard.scanners import connect, failure_text
+from smtpguard.scanners import clamd, command, connect, failure_text
 from smtpguard.scanners.clamd import ping
-from smtpguard.scanners.command import canary
 from smtpguard.scanners.rspamd import RspamdClient
 from smtpguard.state import REDIS_MARKER, RedisBlacklist, redis_blacklist_key
 
@@ -627,7 +626,7 @@ def _hook(config: Config, become: Callable[[str], None] | None) -> list[Problem]
         return []
 
     def run() -> list[Problem]:
-        why = canary(argv, config.virus.timeout)
+        why = command.canary(argv, config.virus.timeout)
         if not why:
             return []
         return [
@@ -651,6 +650,18 @@ def _clamd(endpoint: Endpoint, timeout: float) -> list[Problem]:
         return [(key, f"cannot connect to {endpoint}: {failure_text(exc)}")]
     if not ping(endpoint, timeout):
         return [(key, f"{endpoint} does not answer PING with PONG: not clamd, or overloaded")]
+    # A clamd that answers PING may still fail every scan (review rev188 F3: its
+    # TemporaryDirectory gone): what the service's outage check asks too.
+    why = clamd.canary(endpoint, timeout)
+    if why:
+        return [
+            (
+                key,
+                f"{endpoint} answers PING but fails a scan of a few clean octets ({why}):"
+                " every message would get the scanner's failure: deferred, or passed"
+                ' unscanned where [checks.virus] on_temp_error = "pass"',
+            )
+        ]
     return []
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from smtpguard.scanners import Endpoint, ScanStatus
-from smtpguard.scanners.clamd import ClamdStream, _canary, ping, scan
+from smtpguard.scanners.clamd import ClamdStream, canary, ping, scan
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, free_port, start_clamd
 
 if TYPE_CHECKING:
@@ -353,6 +353,6 @@ def test_ping(clamd: Clamd, tmp_path: Path) -> None:
 
 def test_the_canary_scan(clamd: Clamd, tmp_path: Path) -> None:
     """What tells a hung clamd from a message slow to scan (smtpguard.scanners.health)."""
-    assert _canary(clamd.unix, 2.0) == ""
-    assert _canary(clamd.tcp, 2.0) == ""
-    assert _canary(Endpoint(path=str(tmp_path / "none.sock")), 2.0) == "No such file or directory"
+    assert canary(clamd.unix, 2.0) == ""
+    assert canary(clamd.tcp, 2.0) == ""
+    assert canary(Endpoint(path=str(tmp_path / "none.sock")), 2.0) == "No such file or directory"

@@ -123,11 +123,12 @@ def start_clamd(
     stream_max_length: int = 1024 * 1024,
     read_timeout: int = 120,
     max_threads: int = 4,
+    temporary: Path | None = None,
 ) -> Clamd:
     """clamd with one signature: EICAR anywhere in the scanned data (an .ndb body rule).
 
     ``ScanMail yes`` (the default, set explicitly) makes clamd decode MIME when it is
-    given a whole message.
+    given a whole message. ``temporary``: its TemporaryDirectory (default ``dir``).
     """
     db = dir / "db"
     db.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def start_clamd(
         f"ReadTimeout {read_timeout}\n"
         f"MaxThreads {max_threads}\n"
         f"LogFile {log}\n"
-        f"TemporaryDirectory {dir}\n"
+        f"TemporaryDirectory {temporary or dir}\n"
         "SelfCheck 0\n"
     )
     with (dir / "clamd.out").open("wb") as out:

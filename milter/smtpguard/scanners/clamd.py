@@ -100,13 +100,13 @@ def _health_of(endpoint: Endpoint) -> ScannerHealth:
             "clamd",
             endpoint,
             "virus",
-            functools.partial(_canary, endpoint),
+            functools.partial(canary, endpoint),
             retry_interval=RETRY_INTERVAL,
         ),
     )
 
 
-def _canary(endpoint: Endpoint, wait: float) -> str:
+def canary(endpoint: Endpoint, wait: float) -> str:
     """ "" if clamd scans a few octets within ``wait`` seconds, else why not (not through
     :class:`ClamdStream`, which an outage would refuse at once)."""
     reply = bytearray()
