@@ -97,6 +97,18 @@ def test_other_exit_status_is_an_error_with_stderr_in_the_detail(tmp_path: Path)
     assert "database missing" in result.detail
 
 
+def test_what_a_program_says_is_one_printable_line(tmp_path: Path) -> None:
+    """Review rev188 F4: a hook that echoed a header put its CR and an ANSI escape
+    into the outage's WARNING line."""
+    echoed = "cannot parse X-Name: a\\rFAKE smtpguard[1]: INFO decision \\x1b[2J\\nnext"
+    argv = script(tmp_path, f"sys.stderr.write('{echoed}'); sys.exit(2)")
+    result = run_command(argv, MESSAGE, timeout=10)
+    assert result.detail.endswith(
+        "exit status 2: cannot parse X-Name: a\\rFAKE smtpguard[1]: INFO decision \\x1b[2J | next"
+    )
+    assert result.detail.isprintable()
+
+
 def test_killed_by_a_signal_is_an_error(tmp_path: Path) -> None:
     argv = script(tmp_path, "import signal; os.kill(os.getpid(), signal.SIGSEGV)")
     result = run_command(argv, MESSAGE, timeout=10)

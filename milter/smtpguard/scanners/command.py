@@ -274,7 +274,13 @@ def _verdict(program: str, status: int, out: bytes, err: bytes, size: int) -> Sc
     # Why it failed, from stderr, or from stdout where the program says it there
     # (clamdscan prints clamd's errors on stdout; review rev92 F4).
     said = _text(err).strip() or ("" if name else stdout.strip())
-    said = said.replace("\n", " | ")[:300]
+    # One line of printable text: the program may echo the message, and this detail
+    # goes into the outage's WARNING line as it is (review rev188 F4: a CR and an ANSI
+    # escape from a header reached the log).
+    said = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in said.replace("\n", " | ")[:300]
+    )
     return ScanResult(
         ScanStatus.ERROR,
         detail=f"{program}: {what}" + (f": {said}" if said else ""),
