@@ -475,7 +475,11 @@ class Pipeline:
             ids[-1] = ids[-1].rstrip(",")
             headers = (*headers, (self.report_header, fold(self.report_header, ids)))
         spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
-        if spam is not None and self.config.antispam.status_headers:
+        if spam is not None and self.config.antispam.status_headers and not conn.trusted:
+            # Not on our own users' mail, which mostly leaves: its scores and rule names
+            # are nobody else's business (review rev188 F5), as rspamd's milter_headers
+            # skips local and authenticated senders and Authentication-Results is not
+            # written for them.
             headers = (
                 *headers,
                 *spam_headers(
