@@ -58,7 +58,7 @@ def test_the_message_streams_to_the_scanner_as_it_arrives(
         (
             ScanResult(ScanStatus.INFECTED, virus="Eicar-Signature"),
             {},
-            Hit("virus_found", "virus Eicar-Signature ()"),
+            Hit("virus_found", "virus Eicar-Signature"),
         ),
         (
             ScanResult(ScanStatus.INFECTED, detail="truncated scan"),
@@ -113,7 +113,7 @@ def test_command_backend_gets_the_same_stream(
 ) -> None:
     virus_scanner.result = ScanResult(ScanStatus.INFECTED, virus="X")
     check = VirusScan(make_services(virus={"backend": "command", "command": ["/bin/scan", "-"]}))
-    assert scan(check) == Hit("virus_found", "virus X ()")
+    assert scan(check) == Hit("virus_found", "virus X")
     assert virus_scanner.configs[0].command == ("/bin/scan", "-")
 
 

@@ -70,7 +70,8 @@ class VirusScan:
 
     def _verdict(self, conn: Connection, result: ScanResult) -> Verdict | None:
         if result.status is ScanStatus.INFECTED:
-            return Hit("virus_found", f"virus {result.virus or 'unnamed'} ({result.detail})")
+            said = f" ({result.detail})" if result.detail else ""
+            return Hit("virus_found", f"virus {result.virus or 'unnamed'}{said}")
         if result.status is ScanStatus.SIZE_LIMIT:
             if self.config.on_size_limit == "pass":
                 # No verdict, so no decision line: without this one, a message whose
