@@ -109,7 +109,8 @@ class SpamResult:
     #: The engine's own action (rspamd: ``no action``, ``greylist``, ``add header``,
     #: ``rewrite subject``, ``soft reject``, ``reject``); empty on error.
     action: str = ""
-    #: The engine's own reject threshold (rspamd ``required_score``), for the log.
+    #: The engine's own highest threshold (rspamd ``required_score``: the reject one,
+    #: or discard's where it has one), for the log.
     required_score: float | None = None
     #: Symbol name -> score contributed.
     symbols: Mapping[str, float] = field(default_factory=dict)
