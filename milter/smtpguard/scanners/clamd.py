@@ -411,7 +411,7 @@ def _size_limit_refused(reply: str, sent: int) -> ScanResult:
     # prefix on_size_limit = "pass" lets through.
     return ScanResult(
         ScanStatus.ERROR,
-        detail=f"clamd refused the stream after {sent} octets ({reply}) and scanned"
+        detail=f"clamd refused the stream ({reply}) once {sent} octets were sent and scanned"
         " nothing: its StreamMaxLength is below virus.max_bytes; lower max_bytes",
         scanned=sent,
         too_large=True,
