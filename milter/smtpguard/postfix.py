@@ -2106,6 +2106,7 @@ _TAKES_AN_ARGUMENT: Final = frozenset(
 #: the guard was taken for a refusal, and a stranger relayed).
 _ONLY_REFUSE: Final = frozenset(
     {
+        "check_recipient_maps",  # 3.7's name for reject_unlisted_recipient
         "defer_if_permit",
         "defer_if_reject",
         "reject_authenticated_sender_login_mismatch",
@@ -2132,7 +2133,6 @@ _ONLY_REFUSE: Final = frozenset(
         "reject_unknown_address",
         "reject_unknown_client",
         "reject_unknown_client_hostname",
-        "reject_unknown_forward_client_hostname",
         "reject_unknown_helo_hostname",
         "reject_unknown_hostname",
         "reject_unknown_recipient_domain",
