@@ -833,6 +833,10 @@ TLS_AUTH_MC = (
         ("define(`confAUTH_OPTIONS', `A,')dnl\n", "p,A,"),
         ("define(`confAUTH_OPTIONS', `A, p')dnl\n", "p,A, p"),
         ("define(`confAUTH_OPTIONS', `Ap')dnl\n", "p,Ap"),
+        # Sendmail skipped leading blanks: after "p," they would hide the first flag
+        # (review rev192 F2).
+        ("define(`confAUTH_OPTIONS', ` A, y')dnl\n", "p,A, y"),
+        ("define(`confAUTH_OPTIONS', `\t,A')dnl\n", "p,A"),
     ],
 )
 def test_logins_in_clear_wait_for_starttls(

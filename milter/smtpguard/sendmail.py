@@ -362,11 +362,13 @@ def sendmail_mc(config: Config) -> str:
 _CLEAR_MECHANISMS: Final = frozenset({"PLAIN", "LOGIN"})
 #: ``confAUTH_OPTIONS`` with ``p`` put first, unless it is there already: Sendmail's
 #: readcf.c reads the first character, then only the one right after each separator
-#: that follows (review rev191 F2: a "p" appended to "A," or after "A, " was never read).
+#: that follows (review rev191 F2: a "p" appended to "A," or after "A, " was never
+#: read). The value's leading separators go (Sendmail skipped its leading blanks: after
+#: "p," they would hide its first flag; review rev192 F2), the rest stays quoted.
 _AUTH_OPTIONS_LINE: Final = (
     "ifdef(`confAUTH_OPTIONS', `ifelse(substr(defn(`confAUTH_OPTIONS'), 0, 1), `p', `',"
-    " `define(`confAUTH_OPTIONS', `p,'defn(`confAUTH_OPTIONS'))')',"
-    " `define(`confAUTH_OPTIONS', `p')')dnl"
+    " `define(`confAUTH_OPTIONS', `p,'patsubst(defn(`confAUTH_OPTIONS'),"
+    " `^[ \t,]*\\(.*\\)', ```\\1'''))')', `define(`confAUTH_OPTIONS', `p')')dnl"
 )
 
 
