@@ -122,6 +122,13 @@ def test_a_score_is_the_transactions_not_the_connections(scoring: Running) -> No
         # Not flagged, and a logged-in user's mail leaving carries no scores at all
         # (review rev188 F5).
         assert not [m for m in mods if m[1].get("name", "").startswith("X-Spam-")], mods
+        # To one of our mailboxes it does, for Sieve's spamtest (review rev192 F1).
+        assert_pass(s.mail("<alice@example.com>", macros={**login, "{auth_type}": "PLAIN"}))
+        assert_pass(s.rcpt("<dave@example.com>"))
+        final, mods, _early = s.message(HEADERS, "Hello Dave.\r\n")
+        assert_pass(final)
+        status = ("h", {"name": "X-Spam-Status", "value": "No, score=0.0 required=6.0 tests=none"})
+        assert status in mods, mods
 
 
 def test_recipients_exempt_from_rbl_are_exempt_from_its_scores(scoring: Running) -> None:

@@ -27,7 +27,16 @@ from support.daemons import (
 )
 from support.mtclient import Answer, MilterSession, assert_reply
 from support.polling import holds_for, wait_until
-from support.service import UNTRUSTED_IP, Running, Site, make_site, merge, running, smtpguard
+from support.service import (
+    TRUSTED_IP,
+    UNTRUSTED_IP,
+    Running,
+    Site,
+    make_site,
+    merge,
+    running,
+    smtpguard,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -340,6 +349,31 @@ def test_builtin_rules_add_spam_headers_between_thresholds(rules_service: Runnin
     added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == "h"}
     assert added["X-Spam-Flag"] == "YES"
     assert 6.0 <= float(added["X-Spam-Score"]) < 15.0
+
+
+@pytest.mark.parametrize(
+    ("recipient", "scores"), [("bob@elsewhere.example", False), ("alice@example.com", True)]
+)
+def test_our_users_spam_that_leaves_is_flagged_without_its_scores(
+    rules_service: Running, recipient: str, scores: bool
+) -> None:
+    """Review rev188 F5, rev192 F1: a trusted client's mail to other domains carried
+    its score and rule names; to our own mailboxes they stay, for Sieve's spamtest."""
+    headers = [
+        ("From", "alice@example.com"),
+        ("To", recipient),
+        ("Subject", "Congratulations, you have won"),
+        ("X-Mailer", "Mass Mail Pro 3"),
+    ]
+    body = "You are the winner of our lottery! Claim ten million dollars today.\r\n"
+    final, mods = deliver(
+        rules_service, body, headers, "alice@example.com", TRUSTED_IP, recipient=recipient
+    )
+    assert accepted(final)
+    added = {m[1]["name"]: m[1]["value"] for m in mods if m[0] == "h"}
+    assert added["X-Spam-Flag"] == "YES"
+    for name in ("X-Spam-Score", "X-Spam-Status", "X-Spam-Report"):
+        assert (name in added) is scores, name
 
 
 @pytest.mark.parametrize(

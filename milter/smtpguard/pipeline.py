@@ -452,20 +452,32 @@ class Pipeline:
         mail for (local and relay domains, our host names); mail our users send out to
         other domains goes without it, so a list elsewhere that sends our user's post back
         to our users brings back no marker of ours (review rev93 F4)."""
-        site = self.config.site
-        if not self.eom_headers or not all(
-            site.is_ours(d) or site.is_relay(d) for d in txn.recipient_domains
-        ):
+        if not self.eom_headers or self._leaves(txn):
             return ()
         if not self.loop_key:
             return self.eom_headers
         ((name, value),) = self.eom_headers
-        sender, recipients = loopmark.parties(txn.sender, txn.recipients, site.recipient_delimiter)
+        sender, recipients = loopmark.parties(
+            txn.sender, txn.recipients, self.config.site.recipient_delimiter
+        )
         return ((name, loopmark.render(name, value, self.loop_key, sender, recipients)),)
+
+    def _leaves(self, txn: Transaction) -> bool:
+        """Whether some recipient is in a domain we take no mail for (local and relay
+        domains, our host names)."""
+        site = self.config.site
+        return not all(site.is_ours(d) or site.is_relay(d) for d in txn.recipient_domains)
 
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
         """End of message, accepted: the headers to add, insert and remove."""
         headers = (*txn.add_headers, *self._loop_marker(txn))
+        # Our own users' mail that leaves: its score and rule names are nobody else's
+        # business (review rev188 F5); kept on mail for our mailboxes, which Sieve's
+        # spamtest and the like read (rev192 F1). The flag alone still goes.
+        private = conn.trusted and self._leaves(txn)
+        if private:
+            score_header = self.config.antispam.score_header
+            headers = tuple(h for h in headers if h[0] != score_header)
         reported: list[str] = [
             *conn.scratch.get(_REPORTED, ()),
             *txn.scratch.get(_REPORTED, ()),
@@ -475,11 +487,7 @@ class Pipeline:
             ids[-1] = ids[-1].rstrip(",")
             headers = (*headers, (self.report_header, fold(self.report_header, ids)))
         spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
-        if spam is not None and self.config.antispam.status_headers and not conn.trusted:
-            # Not on our own users' mail, which mostly leaves: its scores and rule names
-            # are nobody else's business (review rev188 F5), as rspamd's milter_headers
-            # skips local and authenticated senders and Authentication-Results is not
-            # written for them.
+        if spam is not None and self.config.antispam.status_headers and not private:
             headers = (
                 *headers,
                 *spam_headers(
