@@ -212,7 +212,7 @@ def test_the_units_signals_in_quick_succession_never_cut_a_session(tmp_path: Pat
         for sender in senders:
             sender.join(timeout=10)
         service.process.send_signal(signal.SIGUSR2)
-        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        wait_until(lambda: "stopping; messages under way finish first" in service.log())
         final, _mods, _early = held.message([("From", "held@sender.example")], b"hi\r\n")
         assert final.kind == "continue", final
         held.close()
@@ -233,18 +233,17 @@ def stopping_with_a_session(site: Site, service: Running) -> MilterSession:
     # acknowledged on a unix socket: review rev47 saw this test race).
     assert held.mail("<a@sender.example>").kind == "continue"
     service.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+    wait_until(lambda: "stopping; messages under way finish first" in service.log())
     return held
 
 
 @pytest.mark.parametrize("mail_from", ["before the stop", "after the stop"])
-def test_the_drain_waits_for_a_session_the_limit_only_reported(
-    tmp_path: Path, mail_from: str
-) -> None:
+def test_the_drain_waits_for_a_message_under_way_only(tmp_path: Path, mail_from: str) -> None:
     """Review rev126 F2: with the session limit in report mode (or a dry run) a session
     over max_sessions goes on to deliver; the drain counted only admitted sessions and
-    libmilter's stop cut it off mid-message. Review rev128 F1: so it was when it was
-    still before MAIL FROM as the admitted sessions ended."""
+    libmilter's stop cut it off mid-message. Review rev193 F1: a session with no message
+    under way is not waited for (one idle client held every stop for 30 s, and all new
+    mail got 451 meanwhile): the MTA answers its next MAIL FROM with a tempfail."""
     extra = {"limits": {"max_sessions": 1}, "checks": {"session_limit": {"mode": "report"}}}
     site = make_site(tmp_path, extra)
     with running(site) as service:
@@ -254,25 +253,43 @@ def test_the_drain_waits_for_a_session_the_limit_only_reported(
         over = MilterSession(str(site.socket))
         over.connect("192.0.2.11")
         assert over.helo("mail.sender.example").kind == "continue"
-
-        def envelope() -> None:
+        if mail_from == "before the stop":
             assert over.mail("<a@sender.example>").kind == "continue"
             assert over.rcpt("<alice@example.com>").kind == "continue"
-
-        if mail_from == "before the stop":
-            envelope()
         wait_until(lambda: "would='450 4.3.2'" in service.log())
         service.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: "stopping; sessions in flight finish first" in service.log())
+        wait_until(lambda: "stopping; messages under way finish first" in service.log())
         first.close()
-        # The drain would have ended here, had it not counted `over`.
-        holds_for(lambda: service.process.poll() is None, 1.0)
         if mail_from == "after the stop":
-            envelope()
+            # Neither session has a message under way: nothing to wait for.
+            assert service.process.wait(timeout=20) == 0
+            over.close()
+            return
+        # The drain would have ended here, had it not counted `over`'s message.
+        holds_for(lambda: service.process.poll() is None, 1.0)
         final, _mods, _early = over.message([("From", "a@sender.example")], b"hi\r\n")
         assert final.kind == "continue", final
         over.close()
         assert service.process.wait(timeout=20) == 0
+
+
+def test_a_new_message_during_the_drain_is_deferred(tmp_path: Path) -> None:
+    """Review rev193 F1: a stop waits for the messages under way, so a session's next
+    MAIL FROM gets queue_unavailable (450 4.3.2) instead of keeping the stop waiting."""
+    site = make_site(tmp_path)
+    with running(site) as service:
+        early = MilterSession(str(site.socket))
+        early.connect("198.51.100.9")
+        assert early.helo("mail.sender.example").kind == "continue"
+        held = stopping_with_a_session(site, service)
+        assert_reply(early.mail("<b@sender.example>"), "queue_unavailable")
+        holds_for(lambda: service.process.poll() is None, 1.0)  # held's message
+        assert held.rcpt("<alice@example.com>").kind == "continue"
+        final, _mods, _early = held.message([("From", "a@sender.example")], b"hi\r\n")
+        assert final.kind == "continue", final
+        assert service.process.wait(timeout=20) == 0
+        held.close()
+        early.close()
 
 
 def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path) -> None:

@@ -443,6 +443,17 @@ def test_gate_refused_sessions_take_no_slot() -> None:
     assert gate.enter() is True
 
 
+def test_gate_counts_the_transactions_a_stop_waits_for() -> None:
+    """Review rev193 F1: a stop waits for messages under way, not for idle sessions."""
+    gate = SessionGate(10)
+    assert gate.enter()
+    assert gate.enter()
+    gate.begin_transaction()
+    assert gate.busy == 1
+    gate.end_transaction()
+    assert (gate.active, gate.busy) == (2, 0)
+
+
 def test_gate_frees_capacity_on_leave() -> None:
     gate = SessionGate(2)
     assert gate.enter()

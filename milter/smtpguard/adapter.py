@@ -687,7 +687,7 @@ def run(
                 supervisor,
             )
         else:
-            log.info("signal %s: stopping; sessions in flight finish first", sig)
+            log.info("signal %s: stopping; messages under way finish first", sig)
         announced.set()
     _finish(worker, reloading)
     if failure:
@@ -728,17 +728,21 @@ _DRAIN_POLL = 0.05
 
 
 def _drain(gate: SessionGate, deadline: float) -> None:
-    """Wait until this process's sessions have ended (new ones are refused meanwhile).
+    """Wait until this process's messages under way have been answered (new sessions
+    and new messages are refused meanwhile).
 
     ``smfi_stop`` does not wait for them: Debian's libmilter (worker pool) drops every
     open connection as soon as it is called, which the MTA sees as a milter failure in
-    the middle of a message. The deadline bounds a stop behind idle sessions.
+    the middle of a message. A session between messages is cut: the MTA answers its
+    next MAIL FROM with a temporary failure, as it answers every new session now
+    (review rev193 F1: one idle client held every stop for the whole deadline). The
+    deadline bounds a stop behind a slow message.
     """
     end = time.monotonic() + deadline
-    while gate.open > 0 and time.monotonic() < end:
+    while gate.busy > 0 and time.monotonic() < end:
         time.sleep(_DRAIN_POLL)
-    if gate.open > 0:
-        log.warning("stopping with %d sessions still open after %.0f s", gate.open, deadline)
+    if gate.busy > 0:
+        log.warning("stopping with %d messages still under way after %.0f s", gate.busy, deadline)
     # Their virus hook programs, and a canary's, would run on after the process (review
     # rev92 F2, rev94 F4); none starts from now on.
     if ended := end_running():

@@ -29,7 +29,7 @@ from smtpguard.logsetup import kv
 from smtpguard.pipeline import ADAPTER, CONTINUE, Action, Decision
 from smtpguard.session import MTA, Connection, Transaction, detect_mta, new_session_id
 from smtpguard.state import SessionGate
-from smtpguard.verdict import TempError
+from smtpguard.verdict import Hit, TempError
 
 log = logging.getLogger("smtpguard")
 #: Characters of header fields collected (batch_headers) before they are judged
@@ -131,6 +131,8 @@ class SessionDriver:
         self.entered = False
         #: Not admitted, but going on all the same (SessionGate.carry_on).
         self.carried_on = False
+        #: This session's transaction is counted in the gate's ``busy``.
+        self.in_transaction = False
         #: Header fields are collected and judged together at the next step (the first
         #: body chunk or the end of the message): for an MTA that waits for no reply
         #: per field, where a field's verdict waits for end of message anyway.
@@ -239,7 +241,13 @@ class SessionDriver:
         self._fields = []
         self._batched = 0
         self._field_count = 0
+        self._transaction_over()
         self.rt.pipeline.end_transaction(conn.txn)
+        if self.gate.draining:
+            # No new message once the service stops: a stop waits for the messages
+            # under way only (review rev193 F1); the MTA retries this one elsewhere or
+            # later, as it does a new session's.
+            conn.defer(Hit("queue_unavailable", "draining: the service is stopping"), ADAPTER)
         params = esmtp_params(args)
         smtputf8 = "SMTPUTF8" in params
         try:
@@ -266,7 +274,16 @@ class SessionDriver:
         decision = self.rt.pipeline.run(Stage.MAIL, conn)
         if decision.action is Action.CONTINUE:
             self._carry_on()
+            self.in_transaction = True
+            self.gate.begin_transaction()
         return decision
+
+    def _transaction_over(self) -> None:
+        """The transaction is answered, aborted or replaced: a stop no longer waits
+        for this session."""
+        if self.in_transaction:
+            self.in_transaction = False
+            self.gate.end_transaction()
 
     def _carry_on(self) -> None:
         """A session over the limit that goes on all the same: a stop waits for it
@@ -372,15 +389,20 @@ class SessionDriver:
             return self.internal_error(Stage.EOM)
         self._queue_id()
         self._flush_headers()
-        return self.rt.pipeline.run(Stage.EOM, self.conn)
+        try:
+            return self.rt.pipeline.run(Stage.EOM, self.conn)
+        finally:
+            self._transaction_over()
 
     def abort(self) -> None:
         self._fields = []
+        self._transaction_over()
         self.rt.pipeline.end_transaction(self.conn.txn)
         self.conn.txn = None
 
     def close(self) -> None:
         self._fields = []
+        self._transaction_over()
         try:
             self.rt.pipeline.end_transaction(self.conn.txn)
         finally:

@@ -649,7 +649,7 @@ class Supervisor:
 
     def stop(self, why: str) -> None:
         if not self.stopping:
-            log.info("%s: stopping %d workers; sessions in flight finish first", why, self._up())
+            log.info("%s: stopping %d workers; messages under way finish first", why, self._up())
             self.stopping = True
             # Nothing is forked any more: the workers hold the socket until they drain.
             if self.listener >= 0:
