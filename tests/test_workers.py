@@ -700,7 +700,7 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         # unix socket, and a SIGTERM that overtook them would find no session yet.
         assert_pass(in_flight.mail("<a@sender.example>"))
         service.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: service.log().count("stopping; sessions in flight finish") == 2)
+        wait_until(lambda: service.log().count("stopping; messages under way finish") == 2)
         # The session that started before the stop is served to its end.
         assert_pass(in_flight.rcpt("<alice@example.com>"))
         final, _mods, _early = in_flight.message([("Subject", "hi")], "Hello.\r\n")
