@@ -129,8 +129,6 @@ class SessionDriver:
         self.unresolved_notice = unresolved_notice
         self.conn = Connection(new_session_id(), None, None, "")
         self.entered = False
-        #: Not admitted, but going on all the same (SessionGate.carry_on).
-        self.carried_on = False
         #: This session's transaction is counted in the gate's ``busy``.
         self.in_transaction = False
         #: Header fields are collected and judged together at the next step (the first
@@ -209,12 +207,7 @@ class SessionDriver:
         self.entered = True
         conn.admitted = self.gate.enter()
         self.rt.services.metrics.session_opened()
-        decision = self.rt.pipeline.run(Stage.CONNECT, conn)
-        if conn.pending is None:
-            # Nothing to refuse it with (the session limit only reporting, a dry run,
-            # an exemption; review rev128 F1: one still before MAIL FROM was cut).
-            self._carry_on()
-        return decision
+        return self.rt.pipeline.run(Stage.CONNECT, conn)
 
     def helo(self, name: str) -> Decision:
         if self.conn.txn is not None:
@@ -273,7 +266,6 @@ class SessionDriver:
             conn.tls_version = self._macro("{tls_version}") or conn.tls_version
         decision = self.rt.pipeline.run(Stage.MAIL, conn)
         if decision.action is Action.CONTINUE:
-            self._carry_on()
             self.in_transaction = True
             self.gate.begin_transaction()
         return decision
@@ -284,13 +276,6 @@ class SessionDriver:
         if self.in_transaction:
             self.in_transaction = False
             self.gate.end_transaction()
-
-    def _carry_on(self) -> None:
-        """A session over the limit that goes on all the same: a stop waits for it
-        (SessionGate.carry_on), counted once."""
-        if not self.conn.admitted and not self.carried_on:
-            self.carried_on = True
-            self.gate.carry_on()
 
     def rcpt(self, rcptto: str, args: tuple[str, ...] | list[str] = ()) -> Decision:
         conn = self.conn
@@ -412,7 +397,8 @@ class SessionDriver:
             self.conn.abandon()
             if self.entered:
                 self.entered = False
-                self.gate.leave(admitted=self.conn.admitted, carried_on=self.carried_on)
+                if self.conn.admitted:
+                    self.gate.leave()
                 self.rt.services.metrics.session_closed()
 
     def _queue_id(self) -> None:

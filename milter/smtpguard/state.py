@@ -649,12 +649,12 @@ class SessionGate:
         self.limit = limit
         #: Admitted sessions: what the limit counts.
         self.active = 0
-        #: Sessions that may deliver a message: the admitted ones, and those not
-        #: admitted that go on all the same (:meth:`carry_on`).
-        self.open = 0
         #: Sessions in a transaction (MAIL FROM let through, its message not yet
-        #: answered): what a stop waits for. One between messages is cut (review rev193
-        #: F1: any idle client held every stop for 30 s, new mail tempfailed meanwhile).
+        #: answered), admitted or not (the session limit only reporting, a dry run, an
+        #: exemption: reviews rev126 F2, rev128 F1): what a stop waits for. One between
+        #: messages is cut (review rev193 F1: any idle client held every stop for 30 s,
+        #: new mail tempfailed meanwhile), and one load shedding refuses never counts
+        #: (reviews rev124 F2, rev127 F1).
         self.busy = 0
         self.draining = False
         self._lock = threading.Lock()
@@ -667,18 +667,8 @@ class SessionGate:
             if self.draining or self.total() + 1 > self.limit:
                 return False
             self.active += 1
-            self.open += 1
             self._publish()
             return True
-
-    def carry_on(self) -> None:
-        """A session not admitted that goes on all the same (the session limit only
-        reporting, a dry run, an exemption): it may deliver a message, so a stop
-        waits for it (reviews rev126 F2, rev128 F1: it was cut). Never one that load
-        shedding refuses: counted, those kept a stop under load waiting its full
-        30 s (reviews rev124 F2, rev127 F1)."""
-        with self._lock:
-            self.open += 1
 
     def begin_transaction(self) -> None:
         with self._lock:
@@ -688,13 +678,11 @@ class SessionGate:
         with self._lock:
             self.busy -= 1
 
-    def leave(self, *, admitted: bool = True, carried_on: bool = False) -> None:
+    def leave(self) -> None:
+        """An admitted session ended."""
         with self._lock:
-            if admitted or carried_on:
-                self.open -= 1
-            if admitted:
-                self.active -= 1
-                self._publish()
+            self.active -= 1
+            self._publish()
 
     def total(self) -> int:
         return self.active
@@ -725,7 +713,7 @@ class SharedSessionGate(SessionGate):
         """Called in a new worker: count this process's sessions in ``slot``."""
         with self._lock:
             self.slot = slot
-            self.active = self.open = self.busy = 0
+            self.active = self.busy = 0
             self._slots[slot] = 0
 
     def release(self, slot: int) -> int:
