@@ -174,7 +174,7 @@ def test_a_worker_stopped_alone_leaves_the_socket_to_its_siblings() -> None:
         supervisor = service.process.pid
         wait_until(lambda: len(children(supervisor)) == 2)
         before = children(supervisor)
-        os.kill(min(before), signal.SIGTERM)
+        os.kill(min(before), signal.SIGUSR2)  # the supervisor's stop
         wait_until(lambda: len(children(supervisor) - before) == 1, deadline=10)
         assert socket_of(site).exists()
         assert service.process.poll() is None, service.log()

@@ -714,6 +714,34 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
     assert all(not Path(f"/proc/{pid}").exists() or children(pid) == set() for pid in workers)
 
 
+def test_an_operators_signals_to_a_worker_are_left_to_its_supervisor(tmp_path: Path) -> None:
+    """Review rev193 F2: a second SIGHUP sent to a worker while its main thread was
+    out of sigwait reached libmilter's own signal thread, which stopped the worker
+    and cut its sessions. A worker takes its supervisor's SIGUSR1 and SIGUSR2 alone;
+    SIGHUP, SIGTERM and SIGINT sent to it are dropped."""
+    site = make_site(tmp_path, WORKERS)
+    with running(site) as service:
+        both_started(service)
+        workers = children(service.process.pid)
+        held = MilterSession(str(site.socket))
+        assert_pass(held.connect(UNTRUSTED_IP))
+        assert_pass(held.helo("mail.sender.example"))
+        assert_pass(held.mail("<a@sender.example>"))
+        for _ in range(20):
+            for worker in workers:
+                for sig in (signal.SIGHUP, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+                    os.kill(worker, sig)
+        holds_for(lambda: children(service.process.pid) == workers, 1.0)
+        assert_pass(held.rcpt("<alice@example.com>"))
+        final, _mods, _early = held.message([("Subject", "hi")], "Hello.\r\n")
+        assert_pass(final)
+        held.close()
+        log = service.log()
+        assert "restarting" not in log
+        assert "reloaded configuration" not in log
+        assert "stopping" not in log
+
+
 def test_killed_worker_is_back_within_two_seconds(tmp_path: Path) -> None:
     site = make_site(tmp_path, WORKERS)
     with running(site) as service:
@@ -1089,10 +1117,10 @@ def test_every_worker_applies_the_config_the_supervisor_validated(tmp_path: Path
             == ["reply"] * 10
         )
 
-        # A valid config nobody validated, and a SIGHUP to one worker only.
+        # A valid config nobody validated, and the reload signal to one worker only.
         site.config.write_text(validated.replace('"spam.example"', '"spam.example", "x.example"'))
         worker = min(children(service.process.pid))
-        os.kill(worker, signal.SIGHUP)
+        os.kill(worker, signal.SIGUSR1)
         wait_until(lambda: "configuration generation 1 applied already" in service.log())
         assert service.log().count("reloaded configuration") == 2
 

@@ -42,7 +42,7 @@ from smtpguard.logsetup import kv, set_level
 from smtpguard.message import as_read
 from smtpguard.pipeline import Action, Decision
 from smtpguard.scanners.command import end_running
-from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, hold_signals
+from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL, hold_signals
 from smtpguard.sockets import (
     StartError,
     bind_error,
@@ -615,7 +615,6 @@ def run(
     SIGUSR2 are SIGHUP and SIGTERM too. ``end`` is called once a stop has drained the
     sessions: libmilter's ``smfi_stop`` by default (its end wakes this thread).
     ``supervisor``: a worker's supervisor's pid, to say so when it is gone."""
-    signals = set(SERVICE_SIGNALS)
     hold_signals()  # inherited by libmilter's threads
     failure: list[BaseException] = []
     ended = threading.Event()
@@ -633,10 +632,11 @@ def run(
         finally:
             # Wake the main thread's sigwait (a signal to that thread alone).
             ended.set()
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+            signal.pthread_kill(threading.main_thread().ident or 0, STOP_SIGNAL)
 
     worker = threading.Thread(target=loop, name="libmilter", daemon=True)
     worker.start()
+    signals = SERVICE_SIGNALS - _left_to_the_supervisor(supervisor)
     reloading = threading.Lock()
     pending = threading.Event()
     stopping: list[threading.Thread] = []
@@ -700,6 +700,25 @@ def run(
             "libmilter stopped on its own: a signal reached its own signal thread, or it"
             " failed; exiting with an error, to be started again"
         )
+
+
+def _left_to_the_supervisor(supervisor: int | None) -> frozenset[signal.Signals]:
+    """In a worker, the signals it leaves to its supervisor: it takes SIGUSR1 and
+    SIGUSR2 alone. An operator's SIGHUP, SIGTERM or SIGINT sent to it while the main
+    thread was out of sigwait went to libmilter's own signal thread, which stopped the
+    worker and cut its sessions (review rev193 F2: two SIGHUPs in a row). Ignored, and
+    not blocked in the main thread, the kernel drops them as they are sent. Before
+    libmilter's signal thread starts (it waits for the main thread's first sigwait)."""
+    if supervisor is None:
+        return frozenset()
+    for sig in _OPERATOR_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _OPERATOR_SIGNALS)
+    return _OPERATOR_SIGNALS
+
+
+#: What an operator (or a terminal) sends; a worker leaves them to its supervisor.
+_OPERATOR_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
 
 
 def _finish(libmilter: threading.Thread, reloading: threading.Lock) -> None:
