@@ -73,18 +73,25 @@ def deliver(
 def test_negotiates_away_eoh_and_replies_that_carry_no_verdict(
     content_service: Running,
 ) -> None:
-    """What Postfix is asked: no end-of-headers callback at all, no reply to HELO,
-    DATA, each header and each body chunk (unix socket): their verdicts wait for MAIL
-    FROM or end of message; DATA itself is kept for its queue id macro, and connect
-    for its reply (Postfix sends an unanswered event only with the next answered one,
-    review rev73 F2)."""
+    """What Postfix is asked: no reply to HELO, end of headers, each header and each
+    body chunk (unix socket): their verdicts wait for MAIL FROM or end of message.
+    Connect keeps its reply (Postfix sends an unanswered event only with the next
+    answered one, review rev73 F2), and so does DATA: a stop waits for the messages
+    whose DATA it has seen (review rev194 F1); DATA is also kept for its queue id."""
     with content_service.session() as s:
         flags = s.conn.protocol_flags or 0
-    asked = C.SMFIP_NR_EOH | C.SMFIP_NR_HELO | C.SMFIP_NR_DATA | C.SMFIP_NR_HDR | C.SMFIP_NR_BODY
+    asked = C.SMFIP_NR_EOH | C.SMFIP_NR_HELO | C.SMFIP_NR_HDR | C.SMFIP_NR_BODY
     assert flags & asked == asked
     # End of headers is sent, unanswered: without it libmilter aborts a message that
     # has no header field (review rev111 F1).
-    for kept in (C.SMFIP_NR_CONN, C.SMFIP_NODATA, C.SMFIP_NOHDRS, C.SMFIP_NOBODY, C.SMFIP_NOEOH):
+    for kept in (
+        C.SMFIP_NR_CONN,
+        C.SMFIP_NR_DATA,
+        C.SMFIP_NODATA,
+        C.SMFIP_NOHDRS,
+        C.SMFIP_NOBODY,
+        C.SMFIP_NOEOH,
+    ):
         assert not flags & kept
 
 

@@ -198,6 +198,7 @@ def test_the_units_signals_in_quick_succession_never_cut_a_session(tmp_path: Pat
         held.helo("mail.sender.example")
         assert held.mail("<held@sender.example>").kind == "continue"
         assert held.rcpt("<alice@example.com>").kind == "continue"
+        assert held.data().kind == "continue"  # a message under way: the stop waits
         for _ in range(10):
             reloads = service.log().count("reloaded configuration")
             service.process.send_signal(signal.SIGUSR1)
@@ -213,7 +214,9 @@ def test_the_units_signals_in_quick_succession_never_cut_a_session(tmp_path: Pat
             sender.join(timeout=10)
         service.process.send_signal(signal.SIGUSR2)
         wait_until(lambda: "stopping; messages under way finish first" in service.log())
-        final, _mods, _early = held.message([("From", "held@sender.example")], b"hi\r\n")
+        final, _mods, _early = held.message(
+            [("From", "held@sender.example")], b"hi\r\n", data=False
+        )
         assert final.kind == "continue", final
         held.close()
         assert service.process.wait(timeout=20) == 0
@@ -225,13 +228,15 @@ def more_reloads(service: Running, than: int) -> bool:
 
 
 def stopping_with_a_session(site: Site, service: Running) -> MilterSession:
-    """A session in flight (past MAIL FROM), then SIGTERM: the service is draining."""
+    """A message under way (past DATA), then SIGTERM: the service is draining."""
     held = MilterSession(str(site.socket))
     held.connect("198.51.100.7")
     held.helo("mail.sender.example")
-    # Answered, so the session is counted before the stop (connect and HELO are not
-    # acknowledged on a unix socket: review rev47 saw this test race).
     assert held.mail("<a@sender.example>").kind == "continue"
+    assert held.rcpt("<alice@example.com>").kind == "continue"
+    # Answered, so the message is counted before the stop (connect and HELO are not
+    # acknowledged on a unix socket: review rev47 saw this test race).
+    assert held.data().kind == "continue"
     service.process.send_signal(signal.SIGTERM)
     wait_until(lambda: "stopping; messages under way finish first" in service.log())
     return held
@@ -256,6 +261,7 @@ def test_the_drain_waits_for_a_message_under_way_only(tmp_path: Path, mail_from:
         if mail_from == "before the stop":
             assert over.mail("<a@sender.example>").kind == "continue"
             assert over.rcpt("<alice@example.com>").kind == "continue"
+            assert over.data().kind == "continue"
         wait_until(lambda: "would='450 4.3.2'" in service.log())
         service.process.send_signal(signal.SIGTERM)
         wait_until(lambda: "stopping; messages under way finish first" in service.log())
@@ -267,10 +273,29 @@ def test_the_drain_waits_for_a_message_under_way_only(tmp_path: Path, mail_from:
             return
         # The drain would have ended here, had it not counted `over`'s message.
         holds_for(lambda: service.process.poll() is None, 1.0)
-        final, _mods, _early = over.message([("From", "a@sender.example")], b"hi\r\n")
+        final, _mods, _early = over.message([("From", "a@sender.example")], b"hi\r\n", data=False)
         assert final.kind == "continue", final
         over.close()
         assert service.process.wait(timeout=20) == 0
+
+
+def test_a_transaction_dropped_before_data_is_not_waited_for(tmp_path: Path) -> None:
+    """Review rev194 F1: Postfix sends the abort of a transaction the client dropped
+    (RSET, all recipients refused) only with its next answered step; counted from
+    MAIL FROM, such an idle session held every stop for 30 s."""
+    site = make_site(tmp_path)
+    with running(site) as service:
+        dropped = MilterSession(str(site.socket))
+        dropped.connect("198.51.100.9")
+        dropped.helo("mail.sender.example")
+        assert dropped.mail("<b@sender.example>").kind == "continue"
+        assert dropped.rcpt("<alice@example.com>").kind == "continue"
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        assert service.process.wait(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        assert "still under way" not in service.log()
+        dropped.close()
 
 
 def test_a_new_message_during_the_drain_is_deferred(tmp_path: Path) -> None:
@@ -284,8 +309,7 @@ def test_a_new_message_during_the_drain_is_deferred(tmp_path: Path) -> None:
         held = stopping_with_a_session(site, service)
         assert_reply(early.mail("<b@sender.example>"), "queue_unavailable")
         holds_for(lambda: service.process.poll() is None, 1.0)  # held's message
-        assert held.rcpt("<alice@example.com>").kind == "continue"
-        final, _mods, _early = held.message([("From", "a@sender.example")], b"hi\r\n")
+        final, _mods, _early = held.message([("From", "a@sender.example")], b"hi\r\n", data=False)
         assert final.kind == "continue", final
         assert service.process.wait(timeout=20) == 0
         held.close()
@@ -300,7 +324,8 @@ def test_a_second_sigterm_during_the_drain_waits_for_the_session(tmp_path: Path)
         held = stopping_with_a_session(site, service)
         service.process.send_signal(signal.SIGTERM)
         wait_until(lambda: "already stopping" in service.log())
-        assert held.rcpt("<alice@example.com>").kind == "continue"
+        final, _mods, _early = held.message([("From", "a@sender.example")], b"hi\r\n", data=False)
+        assert final.kind == "continue", final
         held.close()
         assert service.process.wait(timeout=15) == 0
 

@@ -696,14 +696,15 @@ def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
         in_flight = MilterSession(str(site.socket))
         assert_pass(in_flight.connect(UNTRUSTED_IP))
         assert_pass(in_flight.helo("mail.sender.example"))
-        # Answered, so a worker has the session: connect and HELO get no reply on a
-        # unix socket, and a SIGTERM that overtook them would find no session yet.
         assert_pass(in_flight.mail("<a@sender.example>"))
+        assert_pass(in_flight.rcpt("<alice@example.com>"))
+        # Answered, so a worker has the message: connect and HELO get no reply on a
+        # unix socket, and a SIGTERM that overtook them would find no message yet.
+        assert_pass(in_flight.data())
         service.process.send_signal(signal.SIGTERM)
         wait_until(lambda: service.log().count("stopping; messages under way finish") == 2)
-        # The session that started before the stop is served to its end.
-        assert_pass(in_flight.rcpt("<alice@example.com>"))
-        final, _mods, _early = in_flight.message([("Subject", "hi")], "Hello.\r\n")
+        # The message that started before the stop is served to its end.
+        final, _mods, _early = in_flight.message([("Subject", "hi")], "Hello.\r\n", data=False)
         assert_pass(final)
         in_flight.close()
         assert service.process.wait(timeout=20) == 0

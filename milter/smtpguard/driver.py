@@ -264,11 +264,7 @@ class SessionDriver:
             # STARTTLS with no EHLO after it (Sendmail allows AUTH then): MAIL's macros
             # are the first to say the session is encrypted.
             conn.tls_version = self._macro("{tls_version}") or conn.tls_version
-        decision = self.rt.pipeline.run(Stage.MAIL, conn)
-        if decision.action is Action.CONTINUE:
-            self.in_transaction = True
-            self.gate.begin_transaction()
-        return decision
+        return self.rt.pipeline.run(Stage.MAIL, conn)
 
     def _transaction_over(self) -> None:
         """The transaction is answered, aborted or replaced: a stop no longer waits
@@ -294,6 +290,11 @@ class SessionDriver:
 
     def data(self) -> Decision:
         self._queue_id()
+        if self.conn.txn is not None and not self.in_transaction:
+            # A message under way from here: a stop waits for its verdict. Before
+            # DATA a stop may cut the session: the MTA defers the message.
+            self.in_transaction = True
+            self.gate.begin_transaction()
         return CONTINUE
 
     def header(self, name: str, value: str) -> Decision:
@@ -372,9 +373,9 @@ class SessionDriver:
                 self.conn.session_id,
             )
             return self.internal_error(Stage.EOM)
-        self._queue_id()
-        self._flush_headers()
         try:
+            self._queue_id()
+            self._flush_headers()
             return self.rt.pipeline.run(Stage.EOM, self.conn)
         finally:
             self._transaction_over()

@@ -649,12 +649,13 @@ class SessionGate:
         self.limit = limit
         #: Admitted sessions: what the limit counts.
         self.active = 0
-        #: Sessions in a transaction (MAIL FROM let through, its message not yet
-        #: answered), admitted or not (the session limit only reporting, a dry run, an
-        #: exemption: reviews rev126 F2, rev128 F1): what a stop waits for. One between
-        #: messages is cut (review rev193 F1: any idle client held every stop for 30 s,
-        #: new mail tempfailed meanwhile), and one load shedding refuses never counts
-        #: (reviews rev124 F2, rev127 F1).
+        #: Sessions with a message under way (DATA seen, its end not yet answered),
+        #: admitted or not (the session limit only reporting, a dry run, an exemption:
+        #: reviews rev126 F2, rev128 F1): what a stop waits for. One between messages
+        #: or before DATA is cut, the MTA deferring its message (review rev193 F1: any
+        #: idle client held every stop for 30 s, new mail tempfailed meanwhile; rev194
+        #: F1: so did one that dropped its transaction with RSET); one load shedding
+        #: refuses never counts (reviews rev124 F2, rev127 F1).
         self.busy = 0
         self.draining = False
         self._lock = threading.Lock()

@@ -202,12 +202,19 @@ class MilterSession:
         return answer, mods
 
     def message(
-        self, headers: list[tuple[str, str]], body: str | bytes, chunk: int = 65535
+        self,
+        headers: list[tuple[str, str]],
+        body: str | bytes,
+        chunk: int = 65535,
+        *,
+        data: bool = True,
     ) -> tuple[Answer, list[tuple[str, dict[str, str]]], list[Answer]]:
-        """DATA, headers, EOH, body (in chunks), EOM; returns the EOM answer, the EOM
-        modifications and every earlier non-continue answer."""
+        """DATA (unless ``data`` is false: sent already), headers, EOH, body (in
+        chunks), EOM; returns the EOM answer, the EOM modifications and every earlier
+        non-continue answer."""
         early = []
-        for answer in (self.data(), *(self.header(n, v) for n, v in headers), self.eoh()):
+        steps = (*((self.data(),) if data else ()), *(self.header(n, v) for n, v in headers))
+        for answer in (*steps, self.eoh()):
             if answer.kind != "continue":
                 early.append(answer)
         raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
