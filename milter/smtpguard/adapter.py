@@ -682,7 +682,7 @@ def run(
             # Its parent-death signal: the supervisor was killed outright (the OOM
             # killer, kill -9), which nothing else would say (review rev113 F4).
             log.warning(
-                "signal %s: the supervisor (pid %d) is gone: stopping; sessions in flight"
+                "signal %s: the supervisor (pid %d) is gone: stopping; messages under way"
                 " finish first",
                 sig,
                 supervisor,
