@@ -64,6 +64,7 @@ from support.service import (
     RULES,
     UNTRUSTED_IP,
     Running,
+    Site,
     kill_supervisor_then_start_again,
     make_site,
     metrics_on,
@@ -688,15 +689,21 @@ def test_sighup_reloads_every_worker_and_a_broken_config_changes_none(tmp_path: 
         assert service.process.poll() is None
 
 
+def past_mail_from(site: Site) -> MilterSession:
+    """A session of an untrusted client whose MAIL FROM was let through."""
+    session = MilterSession(str(site.socket))
+    assert_pass(session.connect(UNTRUSTED_IP))
+    assert_pass(session.helo("mail.sender.example"))
+    assert_pass(session.mail("<a@sender.example>"))
+    return session
+
+
 def test_sigterm_drains_every_worker(tmp_path: Path) -> None:
     site = make_site(tmp_path, WORKERS)
     with running(site) as service:
         both_started(service)
         workers = children(service.process.pid)
-        in_flight = MilterSession(str(site.socket))
-        assert_pass(in_flight.connect(UNTRUSTED_IP))
-        assert_pass(in_flight.helo("mail.sender.example"))
-        assert_pass(in_flight.mail("<a@sender.example>"))
+        in_flight = past_mail_from(site)
         assert_pass(in_flight.rcpt("<alice@example.com>"))
         # Answered, so a worker has the message: connect and HELO get no reply on a
         # unix socket, and a SIGTERM that overtook them would find no message yet.
@@ -724,10 +731,7 @@ def test_an_operators_signals_to_a_worker_are_left_to_its_supervisor(tmp_path: P
     with running(site) as service:
         both_started(service)
         workers = children(service.process.pid)
-        held = MilterSession(str(site.socket))
-        assert_pass(held.connect(UNTRUSTED_IP))
-        assert_pass(held.helo("mail.sender.example"))
-        assert_pass(held.mail("<a@sender.example>"))
+        held = past_mail_from(site)
         for _ in range(20):
             for worker in workers:
                 for sig in (signal.SIGHUP, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
