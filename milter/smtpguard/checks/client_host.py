@@ -39,7 +39,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from cachetools import TTLCache
 
@@ -127,6 +127,14 @@ def _every_ptr_name(ptr: Answer) -> tuple[str, ...]:
     return tuple(name for name in ptr.names() if name)
 
 
+_LATE: Final = "stage deadline reached"
+
+
+def _late(name: str, rdtype: str) -> Answer:
+    """The answer of a lookup not back by the client's deadline."""
+    return Answer(name, rdtype, Status.TIMEOUT, detail=_LATE)
+
+
 def cached_reverse_dns(
     resolver: Resolver, ip: IPAddress, *, partial: bool = False
 ) -> ReverseDns | None:
@@ -149,7 +157,7 @@ def cached_reverse_dns(
         if answer is None:
             if not partial:
                 return None
-            answer = Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
+            answer = _late(name, rdtype)
         forward.append(answer)
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
     unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
@@ -282,13 +290,12 @@ class SmtpPort:
             # Judged from what has come in: one name confirmed is enough where it does
             # not look generic (review rev189 F3: a silent name held back a mail server
             # already confirmed, and a 450 hung on the cache's timing).
-            late = "stage deadline reached"
             rdns = cached_reverse_dns(self.dns, ip, partial=True) or ReverseDns(
-                Answer(reverse_name(ip), "PTR", Status.TIMEOUT, detail=late)
+                _late(reverse_name(ip), "PTR")
             )
             if not rdns.confirmed:
                 record_iprev(conn, rdns)  # iprev=temperror for a message let through
-                return TempError("database_temp_error", f"PTR {ip}: {late}")
+                return TempError("database_temp_error", f"PTR {ip}: {_LATE}")
         record_iprev(conn, rdns)
         verdict = self._judge_rdns(conn, ip, rdns)
         if verdict is not None or self.config.connect_back == "off":
@@ -296,7 +303,7 @@ class SmtpPort:
         probe_future: Pending[tuple[bool | None, str]] = conn.scratch[self._PROBE]
         probe = self.dns.wait(probe_future, event.client_deadline())
         if probe is None:
-            return TempError("database_temp_error", f"connect-back {ip}: stage deadline reached")
+            return TempError("database_temp_error", f"connect-back {ip}: {_LATE}")
         reachable, why = probe
         if reachable is None:
             return TempError("database_temp_error", f"connect-back {ip}: {why}")
@@ -414,9 +421,7 @@ class HeloDns:
     def _wait(self, name: str, rdtype: str, future: Pending[Answer], event: Event) -> Answer:
         assert self.dns is not None
         answer = self.dns.wait(future, event.client_deadline())
-        if answer is None:
-            return Answer(name, rdtype, Status.TIMEOUT, detail="stage deadline reached")
-        return answer
+        return _late(name, rdtype) if answer is None else answer
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         name = self._name(conn)
