@@ -447,12 +447,12 @@ class Pipeline:
         scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
         scratch.setdefault(_REPORTED, []).append(reply_id)
 
-    def _loop_marker(self, txn: Transaction) -> tuple[tuple[str, str], ...]:
+    def _loop_marker(self, txn: Transaction, leaves: bool) -> tuple[tuple[str, str], ...]:
         """The loop marker (``content.add_loop_marker``) on mail for the domains we take
         mail for (local and relay domains, our host names); mail our users send out to
         other domains goes without it, so a list elsewhere that sends our user's post back
         to our users brings back no marker of ours (review rev93 F4)."""
-        if not self.eom_headers or self._leaves(txn):
+        if not self.eom_headers or leaves:
             return ()
         if not self.loop_key:
             return self.eom_headers
@@ -470,11 +470,13 @@ class Pipeline:
 
     def _accept(self, conn: Connection, txn: Transaction) -> Decision:
         """End of message, accepted: the headers to add, insert and remove."""
-        headers = (*txn.add_headers, *self._loop_marker(txn))
+        # Asked once, where the loop marker or a trusted client's headers depend on it.
+        leaves = bool(self.eom_headers or conn.trusted) and self._leaves(txn)
+        headers = (*txn.add_headers, *self._loop_marker(txn, leaves))
         # Our own users' mail that leaves: its score and rule names are nobody else's
         # business (review rev188 F5); kept on mail for our mailboxes, which Sieve's
         # spamtest and the like read (rev192 F1). The flag alone still goes.
-        private = conn.trusted and self._leaves(txn)
+        private = conn.trusted and leaves
         if private:
             score_header = self.config.antispam.score_header
             headers = tuple(h for h in headers if h[0] != score_header)
