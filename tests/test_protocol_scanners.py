@@ -228,6 +228,27 @@ def test_command_hook(tmp_path: Path) -> None:
         assert "exit status 1 without a 'NAME FOUND' line on stdout" in service.log()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hook_starts_with_the_signals_at_their_defaults(tmp_path: Path, workers: int) -> None:
+    """Review rev194 F3: a worker ignores SIGHUP, SIGTERM and SIGINT (its supervisor
+    takes them), and libmilter's threads block them; both survive exec, so a hook's
+    ``trap ... TERM`` did nothing and a TERM to its own child was lost. The hook starts
+    as from a shell: none of them ignored, none blocked."""
+    status = tmp_path / "status"
+    script = f"grep -E '^Sig(Blk|Ign):' /proc/self/status > {status}\ncat >/dev/null\nexit 0\n"
+    site = hook_site(tmp_path, script, 10)
+    config = site.config.read_text(encoding="utf-8")
+    site.config.write_text(config.replace("workers = 1", f"workers = {workers}"), encoding="utf-8")
+    with running(site) as service:
+        final, _ = deliver(service, "all fine\r\n")
+        assert accepted(final)
+    masks = dict(line.split(":") for line in status.read_text().splitlines())
+    assert set(masks) == {"SigBlk", "SigIgn"}
+    operator = (1 << (signal.SIGHUP - 1)) | (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    for name, mask in masks.items():
+        assert int(mask, 16) & operator == 0, f"{name} {mask.strip()}"
+
+
 def test_a_hung_command_hook_is_not_waited_for_by_every_message(tmp_path: Path) -> None:
     """Review rev92 F1: a hook that hung (a clamdscan whose clamd stopped) held every
     message for its timeout, with no limit: the sessions and the hook processes piled

@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,41 @@ def test_missing_program_is_an_error(tmp_path: Path) -> None:
     assert result.status is ScanStatus.ERROR
     assert "cannot run" in result.detail
     assert run_command([], MESSAGE, timeout=1).status is ScanStatus.ERROR
+
+
+@pytest.fixture
+def ignoring_term() -> Iterator[None]:
+    """This process ignores SIGTERM, as a worker does (its supervisor takes it)."""
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.usefixtures("ignoring_term")
+def test_a_program_starts_with_what_its_runner_ignores_at_the_default(tmp_path: Path) -> None:
+    """Review rev194 F3: an ignored disposition survives exec."""
+    argv = script(
+        tmp_path,
+        "import signal\n"
+        "sys.stdin.read()\n"
+        "sys.exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 9)",
+    )
+    assert run_command(argv, MESSAGE, timeout=10).status is ScanStatus.CLEAN
+
+
+@pytest.mark.usefixtures("ignoring_term")
+def test_a_program_not_run_is_named_as_without_the_reset(tmp_path: Path) -> None:
+    missing = run_command([str(tmp_path / "no-such-scanner")], MESSAGE, timeout=10)
+    assert missing.detail == f"cannot run {tmp_path / 'no-such-scanner'}: No such file or directory"
+    unrunnable = tmp_path / "not-executable"
+    unrunnable.write_text("#!/bin/sh\nexit 0\n")
+    refused = run_command([str(unrunnable)], MESSAGE, timeout=10)
+    assert refused.detail == f"cannot run {unrunnable}: Permission denied"
+    assert run_command(["no-such-scanner-on-the-path"], MESSAGE, timeout=10).detail == (
+        "cannot run no-such-scanner-on-the-path: No such file or directory"
+    )
 
 
 def test_timeout_kills_the_program_and_its_children(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ import logging
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -207,7 +208,7 @@ def run_command(
     marked[HOOK_MARK] = str(os.getpid())
     try:
         proc = subprocess.Popen(  # noqa: S603 - argv from the operator's config, no shell
-            list(argv),
+            _with_default_signals(argv, marked),
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -233,7 +234,7 @@ def run_command(
         # rev82 F3: a child that went on writing after the hook exited), before the
         # program is reaped, so the group's id cannot have been reused. A child that
         # made a group of its own escapes (rev84 F4), but holds nothing up.
-        _kill_session(proc)
+        _kill_session(proc, argv[0])
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -347,6 +348,29 @@ class CommandScan:
 
     def close(self) -> None:
         self.spool.close()
+
+
+def _with_default_signals(argv: Sequence[str], env: dict[str, str]) -> list[str]:
+    """``argv``, run through ``env --default-signal`` when this process ignores a
+    signal a program expects at its default. A worker ignores SIGHUP, SIGINT and
+    SIGTERM (its supervisor takes them), and an ignored signal stays ignored across
+    exec: a hook's ``trap ... TERM`` did nothing, and a TERM sent to its own child was
+    lost (review rev194 F3). Popen cannot reset a disposition in the child; env(1) does,
+    then execs the program in its place (same pid, same process group). A program not
+    found is run as given, so Popen's own error names it."""
+    ignored = [sig for sig in _DEFAULT_SIGNALS if signal.getsignal(sig) is signal.SIG_IGN]
+    if not ignored or _ENV is None:
+        return list(argv)
+    if shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env))) is None:
+        return list(argv)
+    names = ",".join(sig.name.removeprefix("SIG") for sig in ignored)
+    return [_ENV, f"--default-signal={names}", "--", *argv]
+
+
+#: The signals a hook program starts with at their default disposition.
+_DEFAULT_SIGNALS: Final = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+#: coreutils' env, which resets them (``--default-signal``, coreutils 8.31 and later).
+_ENV: Final = next((env for env in ("/usr/bin/env", "/bin/env") if os.access(env, os.X_OK)), None)
 
 
 def _stdin(message: MessageSpool | IO[bytes] | bytes) -> tuple[int, int | IO[bytes], bytes | None]:
@@ -505,7 +529,7 @@ def _keep(head: bytearray, chunk: bytes) -> None:
         head += chunk[: _OUTPUT_MAX - len(head)]
 
 
-def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+def _kill_session(proc: subprocess.Popen[bytes], program: str) -> None:
     if proc.stdin is not None:
         with contextlib.suppress(OSError):
             proc.stdin.close()
@@ -533,7 +557,7 @@ def _kill_session(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         log.warning(
             "virus hook %s (pid %d) may not be signalled and runs on after its message",
-            proc.args[0] if isinstance(proc.args, list) else proc.args,
+            program,
             proc.pid,
         )
 
