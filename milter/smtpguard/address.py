@@ -51,6 +51,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 #: NAT64's well-known prefix (RFC 6052): an IPv4 host's address in the last 32 bits.
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: The local-use prefix for IPv4/IPv6 translation (RFC 8215): a site's own prefix of
+#: /48 to /96 inside it, the IPv4 address where RFC 6052 puts it for that length.
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
 def unmapped(ip: IPAddress) -> IPAddress:

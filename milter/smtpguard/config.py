@@ -29,6 +29,7 @@ from typing import Any, Final, Literal, TypeVar, cast
 from smtpguard import datafiles
 from smtpguard.address import (
     NAT64,
+    NAT64_LOCAL,
     AddressError,
     IPAddress,
     IPNetwork,
@@ -1550,7 +1551,7 @@ _EMBEDS_IPV4: Final = (
     (ipaddress.IPv6Network("2002::/16"), 48),
     (ipaddress.IPv6Network("2001::/32"), 128),
     (NAT64, 104),
-    (ipaddress.IPv6Network("64:ff9b:1::/48"), 104),
+    (NAT64_LOCAL, 104),
 )
 
 

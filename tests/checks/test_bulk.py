@@ -105,6 +105,10 @@ def test_the_ipv6_prefix_of_the_key(prefix: int, key: str) -> None:
     assert bulk_key(("client_ip",), make_conn(), prefix) == "198.51.100.7"
     nat64 = make_conn(ip="64:ff9b::c633:6407")
     assert bulk_key(("client_ip",), nat64, prefix) == "198.51.100.7"
+    # A site's own NAT64 prefix (RFC 8215), whose length the site chose: each IPv4
+    # host has an address of its own, one /64 was all of them.
+    for local in ("64:ff9b:1:ab::c633:6407", "64:ff9b:1:c633:64:700::"):
+        assert bulk_key(("client_ip",), make_conn(ip=local), prefix) == local
 
 
 def test_declared_size_is_checked_without_counting(

@@ -27,7 +27,7 @@ import hashlib
 import ipaddress
 from typing import ClassVar, Final
 
-from smtpguard.address import NAT64
+from smtpguard.address import NAT64, NAT64_LOCAL
 from smtpguard.checks import Event, Services, Stage
 from smtpguard.counters import CounterError, SizeBucketCounter, hit_unless_retry
 from smtpguard.session import Connection
@@ -52,7 +52,8 @@ def retry_key(key: str, conn: Connection) -> str | None:
 
 def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) -> str:
     """The sender's key; an IPv6 client as its network of ``ipv6_prefix`` bits (review
-    rev167 F1: one host's privacy addresses each counted apart, never a flood)."""
+    rev167 F1: one host's privacy addresses each counted apart, never a flood), but an
+    IPv4 host behind NAT64 as itself."""
     txn = conn.txn
     values = []
     for part in parts:
@@ -68,6 +69,13 @@ def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) ->
                 # (review rev172 F1: all of IPv4 shared one /64).
                 values.append(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
             elif isinstance(ip, ipaddress.IPv6Address) and ipv6_prefix < 128:
+                if ip in NAT64_LOCAL:
+                    # A site's own NAT64 prefix (RFC 8215): where the IPv4 address
+                    # sits depends on its length, which only the site knows, but each
+                    # IPv4 host has one address there (RFC 6052's suffix is zero), so
+                    # the whole address is the host. A /64 of it was all of IPv4.
+                    values.append(str(ip))
+                    continue
                 values.append(str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False)))
             else:
                 values.append(str(ip or ""))
