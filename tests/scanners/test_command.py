@@ -157,6 +157,13 @@ def test_a_program_not_run_is_named_as_without_the_reset(tmp_path: Path) -> None
     assert run_command(["no-such-scanner-on-the-path"], MESSAGE, timeout=10).detail == (
         "cannot run no-such-scanner-on-the-path: No such file or directory"
     )
+    # No "#!": the kernel does not run it, and no shell is started for it either (env's
+    # execvp would have handed it to /bin/sh).
+    bare = tmp_path / "bare"
+    bare.write_text("exit 0\n")
+    bare.chmod(0o755)
+    refused = run_command([str(bare)], MESSAGE, timeout=10)
+    assert refused.detail == f"cannot run {bare}: Exec format error"
 
 
 def test_timeout_kills_the_program_and_its_children(tmp_path: Path) -> None:

@@ -356,15 +356,27 @@ def _with_default_signals(argv: Sequence[str], env: dict[str, str]) -> list[str]
     SIGTERM (its supervisor takes them), and an ignored signal stays ignored across
     exec: a hook's ``trap ... TERM`` did nothing, and a TERM sent to its own child was
     lost (review rev194 F3). Popen cannot reset a disposition in the child; env(1) does,
-    then execs the program in its place (same pid, same process group). A program not
-    found is run as given, so Popen's own error names it."""
+    then execs the program in its place (same pid, same process group). A program that
+    could not be run as given (not found, not executable, neither a #! script nor an
+    ELF binary, which env's execvp would hand to /bin/sh) is run as given, so Popen's
+    own error names it, with one worker or several."""
     ignored = [sig for sig in _DEFAULT_SIGNALS if signal.getsignal(sig) is signal.SIG_IGN]
     if not ignored or _ENV is None:
         return list(argv)
-    if shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env))) is None:
+    program = shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env)))
+    if program is None or not _runnable(program):
         return list(argv)
     names = ",".join(sig.name.removeprefix("SIG") for sig in ignored)
     return [_ENV, f"--default-signal={names}", "--", *argv]
+
+
+def _runnable(program: str) -> bool:
+    """Whether the kernel itself runs ``program``: a #! script or an ELF binary."""
+    try:
+        with open(program, "rb") as file:
+            return file.read(4).startswith((b"#!", b"\x7fELF"))
+    except OSError:
+        return False
 
 
 #: The signals a hook program starts with at their default disposition.
