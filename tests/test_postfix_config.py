@@ -769,6 +769,51 @@ def test_unlisted_recipients_go_to_the_directory_only_while_the_milter_is_set(
     assert "smtpd_reject_unlisted_recipient" not in changes(make_plan(dry))
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (
+            {
+                "site": {"local_domains": ["example.com", "lax.example"]},
+                "domain": {"lax.example": {"checks": {"mailbox": {"mode": "off"}}}},
+            },
+            '[domain."lax.example"] checks.mailbox.mode = "off"',
+        ),
+        (
+            {
+                "site": {"local_domains": ["example.com", "lax.example"]},
+                "domain": {"lax.example": {"checks": {"mailbox": {"mode": "report"}}}},
+            },
+            '[domain."lax.example"] checks.mailbox.mode = "report"',
+        ),
+        (
+            {
+                "policy": {
+                    "exempt": [{"name": "partner", "ips": ["198.51.100.0/24"], "skip": ["mailbox"]}]
+                }
+            },
+            '[[policy.exempt]] "partner" skips mailbox',
+        ),
+    ],
+)
+def test_unlisted_recipients_stay_with_postfix_where_the_mailbox_check_is_off(
+    tmp_path: Path, extra: dict[str, Any], named: str
+) -> None:
+    """Review rev196 F1: a domain's table, or an exemption, that takes the mailbox check
+    off left that domain's (that client's) unknown recipients to nobody: Postfix said
+    250 to nosuch@, then bounced to the forged sender (backscatter)."""
+    cfg = config(tmp_path, extra)
+    result = make_plan(cfg)
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    (note,) = [n for n in result.notes if n.startswith("smtpd_reject_unlisted_recipient")]
+    assert f"smtpguard does not refuse every unknown recipient ({named})" in note
+    # What an earlier postfix-config wrote is put back to yes.
+    raw = {**STOCK, "smtpd_reject_unlisted_recipient": UNLISTED_WHILE_MILTERS}
+    current = Settings(raw=raw, expanded={**raw, "smtpd_reject_unlisted_recipient": "no"})
+    again = plan(cfg, load_replies(cfg.replies, cfg.file), current)
+    assert changes(again)["smtpd_reject_unlisted_recipient"] == "yes"
+
+
 def test_size_limits_are_never_raised(tmp_path: Path) -> None:
     """A lower message_size_limit is the site's choice: a note, not a change (it was
     raised, and mailbox_size_limit with it, letting larger mail in)."""

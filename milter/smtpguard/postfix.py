@@ -1517,7 +1517,21 @@ class _Planner:
         # one would check (review rev41: 550 became 250 on a service with milters of
         # its own, and on one with no_milters).
         unguarded = self._unchecked_recipients()
-        if maps or unguarded or not directory or mailbox.mode != "enforce" or config.milter.dry_run:
+        # A domain's table or an exemption that takes the mailbox check off leaves that
+        # domain's (or client's) unknown recipients to nobody (review rev196 F1: 250
+        # for nosuch@ a domain with mode "off", then a bounce to a forged sender).
+        lax = [
+            f'[domain."{name}"] checks.mailbox.mode = "{mode}"'
+            for name, table in sorted(config.domains.items())
+            for check, mode in table.checks
+            if check == "mailbox" and mode != "enforce"
+        ] + [
+            f'[[policy.exempt]] "{exemption.name}" skips mailbox'
+            for exemption in config.policy.exempt
+            if "mailbox" in exemption.skip
+        ]
+        everywhere = directory and mailbox.mode == "enforce" and not config.milter.dry_run
+        if maps or unguarded or lax or not everywhere:
             if maps:
                 why = f"{', '.join(maps)} would go unchecked too"
             elif unguarded:
@@ -1525,6 +1539,8 @@ class _Planner:
                     f"smtpguard does not check recipients on {', '.join(unguarded)}, where"
                     " nothing would"
                 )
+            elif everywhere:
+                why = f"smtpguard does not refuse every unknown recipient ({'; '.join(lax)})"
             else:
                 why = (
                     "smtpguard's directory does not refuse unknown recipients (backend"
@@ -1542,7 +1558,7 @@ class _Planner:
                     f"smtpd_reject_unlisted_recipient: is 'no' but {why}: nothing checks"
                     " those recipients (backscatter)"
                 )
-            elif maps or unguarded:
+            elif maps or unguarded or lax:
                 self.notes.append(
                     f"smtpd_reject_unlisted_recipient left at yes ({why} with no): unknown"
                     " recipients get Postfix's own reply, not mailbox_unavailable"

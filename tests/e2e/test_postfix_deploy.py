@@ -571,6 +571,33 @@ def test_domain_conflicts_are_the_domains_postfix_accepts() -> None:
         postfix.stop()
 
 
+def test_a_domain_without_the_mailbox_check_keeps_postfix_checking_its_recipients() -> None:
+    """Review rev196 F1: a domain's table that takes the mailbox check off left its
+    unknown recipients to nobody once postfix-config had switched Postfix's own check
+    off: 250 for nosuch@, then a bounce to the forged sender (backscatter)."""
+    s = site(
+        "lax-mailbox",
+        {
+            "site": {"local_domains": ["example.com", "lax.example"]},
+            "domain": {"lax.example": {"checks": {"mailbox": {"mode": "off"}}}},
+        },
+    )
+    # The admin's own users of lax.example, in Postfix's local recipient table.
+    users = "relay_domains = example.com\nmydestination = lax.example\n"
+    users += "local_recipient_maps = inline:{u1=ok, postmaster=ok}\n"
+    with running(s):
+        postfix = start_postfix(s.config, users)
+        try:
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+                unknown = c.cmd("RCPT TO:<nosuch@lax.example>")
+                assert c.cmd("RCPT TO:<u1@lax.example>").code == 250
+            assert unknown.code == 550, unknown
+            assert "User unknown in local recipient table" in str(unknown)
+        finally:
+            postfix.stop()
+
+
 @pytest.mark.parametrize("kind", ["unix", "inet"])
 @pytest.mark.parametrize(
     ("ident", "sender", "reply_id"),
