@@ -6,8 +6,10 @@ import encodings
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from smtpguard.content.encoded_words import decode
+from smtpguard.content.encoded_words import decode, readings
 
 
 @pytest.mark.parametrize(
@@ -98,3 +100,20 @@ def test_charset_names_are_not_kept() -> None:
     before = len(encodings._cache)  # the cache at fault (private to the standard library)
     decode(" ".join(f"=?made-up-{i}?q?x?=" for i in range(5000)))
     assert len(encodings._cache) == before
+
+
+def test_the_second_reading_only_where_the_readers_differ() -> None:
+    """Review rev195 F1: every field with an encoded word was decoded twice, though the
+    two readers differ only on a word whose text holds another opening."""
+    assert readings("=?utf-8?q?caf=C3=A9?= =?utf-8?q?x?=") == ("caféx",)
+    assert readings("plain") == ("plain",)
+    assert readings("=?utf-8?q?a=?utf-8?q?b?=") == ("=?utf-8?q?ab", "a=?utf-8?q?b")
+
+
+_PIECES = st.sampled_from(["=?", "?=", "utf-8", "?q?", "?b?", "a", "=C3=A9", " ", "\n", "?"])
+
+
+@given(st.lists(_PIECES, max_size=12).map("".join))
+def test_readings_are_the_two_decodings(value: str) -> None:
+    both = (decode(value), decode(value, across_openings=True))
+    assert readings(value) == (both[:1] if both[0] == both[1] else both)

@@ -442,6 +442,46 @@ def test_the_budget_counts_the_scans_own_time_only() -> None:
     assert RuleSet([Rule("X", "body", Pattern("x"), 1)]).clock is time.thread_time
 
 
+ENCODED_MONEY = "=?utf-8?q?free_money?="
+
+
+def test_header_decoding_counts_in_the_budget() -> None:
+    """Review rev195 F1: decoding encoded words was outside the budget, and 9 MB of
+    them in Subject fields cost 5 s of CPU per message."""
+    ticks = itertools.count()
+    rules = RuleSet(
+        [Rule("MONEY", "header:subject", Pattern("free money"), 1)],
+        time_budget=10,
+        clock=lambda: float(next(ticks)),  # one "second" per clock reading
+    )
+    scan = rules.scanner()
+    for _ in range(20):
+        scan.feed_header("Subject", ENCODED_MONEY)
+    result = scan.finish()
+    assert not result.complete
+    assert "time budget" in result.detail
+    # Fields without an encoded word take no clock reading: the budget is untouched.
+    plain = RuleSet(rules.rules, time_budget=10, clock=lambda: float(next(ticks))).scanner()
+    for _ in range(20):
+        plain.feed_header("Subject", "free money")
+    assert plain.finish() == RulesResult(1.0, ("MONEY",))
+
+
+def test_fields_past_the_decoding_cap_are_matched_as_written() -> None:
+    rule = Rule("MONEY", "header:subject", Pattern("free money"), 1)
+    capped = RuleSet([rule], max_header_decode=2 * len(ENCODED_MONEY))
+    scan = capped.scanner()
+    scan.feed_header("Subject", ENCODED_MONEY + " " + ENCODED_MONEY)  # uses up the cap
+    assert scan.finish().matched == ("MONEY",)
+    scan = capped.scanner()
+    scan.feed_header("Subject", "=?utf-8?q?a?=" * 20)
+    scan.feed_header("Subject", ENCODED_MONEY)
+    result = scan.finish()
+    assert result == RulesResult(0.0, ())  # the limit is documented, not incomplete
+    raw = RuleSet([Rule("RAW", "header:subject", Pattern("free_money"), 1)], max_header_decode=0)
+    assert raw.scan_message(f"Subject: {ENCODED_MONEY}\r\n\r\n".encode()).matched == ("RAW",)
+
+
 def test_scanning_stops_once_every_body_rule_matched() -> None:
     rules = ruleset(A=("body", "alpha", 1.0))
     scan = rules.scanner()
