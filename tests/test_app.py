@@ -109,6 +109,29 @@ def test_retire_keeps_what_the_new_runtime_shares(site: Site) -> None:
     assert descriptors_on(counter_path(load(site.config))) > 0
 
 
+def test_a_session_on_the_retired_runtime_counts_where_the_new_one_does(
+    tmp_path: Path,
+) -> None:
+    """Review rev197: after a reload that changed the window, a message still on the
+    old runtime was counted as a first (the old counter answered 1) and delivered,
+    while the workers that had reloaded counted its sender over the threshold."""
+    two = make_site(tmp_path, {"milter": {"workers": 2}})
+    app = App(build_runtime(load(two.config)), new_gate(load(two.config)))
+    old = app.runtime
+    session(app, 0)
+    data = tomllib.loads(two.config.read_text(encoding="utf-8"))
+    data["bulk"] = {"window": 1200}
+    app.swap(reloaded(app, data))
+    retire(old, app.runtime)
+    new = app.runtime.services.counter
+    assert new is not None
+    assert old.services.counter is not new
+    session(app, 1)  # on the new file: the first of its window
+    assert old.services.counter is not None
+    assert old.services.counter.hit("k", 500) == new.peek("k", 500) == 1
+    assert new.hit("k", 500) == 2
+
+
 def test_one_worker_keeps_its_counts_over_a_new_threshold(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

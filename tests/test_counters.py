@@ -1200,10 +1200,31 @@ def test_a_retired_counter_never_makes_the_file_again(tmp_path: Path) -> None:
     old.close()
     assert new.hit(KEY, 1000) == 1  # a new geometry: counts start at zero
     made = (tmp_path / "counters.map").stat().st_ino
-    assert old.hit(KEY, 1000) == 1  # counted nowhere
-    assert old.peek(KEY, 1000) == 0
+    # Without a successor named, nothing is counted: the check's temporary error.
+    with pytest.raises(CounterError, match="made again for another geometry"):
+        old.hit(KEY, 1000)
+    with pytest.raises(CounterError):
+        old.hit_unless_retry(KEY, 1000, "retry|1", 3)
     assert (tmp_path / "counters.map").stat().st_ino == made
     assert new.hit(KEY, 1000) == 2
+
+
+def test_a_counter_retired_for_another_geometry_counts_on_its_successor(
+    tmp_path: Path,
+) -> None:
+    """Review rev197: a message in flight at a reload that changed the window was
+    counted as a first (hit 1) and delivered, however far over the threshold its
+    sender was in both files, while the workers that reloaded first counted on."""
+    old, new = shared(tmp_path, 3600), shared(tmp_path, 600)
+    old.hit(KEY, 1000)
+    old.close()
+    old.succeeded_by(new)
+    assert new.hit(KEY, 1000) == 1
+    assert old.hit(KEY, 1000) == 2
+    assert old.peek(KEY, 1000) == 2
+    assert old.hit_unless_retry(KEY, 1000, "retry|1", 3) == (3, 1)
+    assert old.hit_unless_retry(KEY, 1000, "retry|1", 3) == (3, 2)  # a retry, not counted
+    assert new.peek(KEY, 1000) == 3
 
 
 def test_a_retired_counter_of_the_same_geometry_counts_on(tmp_path: Path) -> None:

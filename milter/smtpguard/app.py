@@ -124,6 +124,11 @@ def retire(old: Runtime, new: Runtime) -> None:
     after it, and a later one opens a connection (or maps the file) of its own, which
     goes when ``old`` does.
     """
+    counter = old.services.counter
+    successor = new.services.counter
+    if isinstance(counter, SharedCounter) and successor not in (None, counter):
+        # A session still on the old configuration counts where the others do now.
+        counter.succeeded_by(successor)
     kept = (new.services.counter, new.services.directory, new.services.blacklist)
     for part in (old.services.counter, old.services.directory, old.services.blacklist):
         if not isinstance(part, _Closable) or any(part is k for k in kept):

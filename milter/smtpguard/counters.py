@@ -342,9 +342,11 @@ class SharedCounter:
     counts start from zero. A counter that has been closed (retired by a reload) never
     makes it again: a session still on the old configuration would otherwise put the
     old geometry back under the path, and the workers would count on different files
-    from then on; such a session counts on nothing (hit 1, peek 0), as the new
-    geometry starts from zero anyway. Each process maps the file itself (a map
-    inherited over a fork is never used), and every failure raises
+    from then on. Such a session counts on the reload's counter instead
+    (:meth:`succeeded_by`): the workers that reloaded first are counting there already
+    (review rev197: a message in flight at the reload was counted as a first, and a
+    sender over the threshold in both files got it delivered). Each process maps the
+    file itself (a map inherited over a fork is never used), and every failure raises
     :class:`CounterError`.
 
     Cost per hit: two lock system calls and a few dictionary-free reads of the map,
@@ -384,6 +386,8 @@ class SharedCounter:
         # reload while a session still used it, which opened the file again).
         self._closer: weakref.finalize[[int], SharedCounter] | None = None
         self._retired = False
+        #: The counter a reload put in this one's place (:meth:`succeeded_by`).
+        self._successor: SizeBucketCounter | None = None
         #: When the file at the path was last compared with the one mapped.
         self._path_checked = -math.inf
         #: The file mapped was removed or replaced: mapping the one at the path (said
@@ -635,33 +639,50 @@ class SharedCounter:
             try:
                 table = self._locked_table()
             except _Superseded:
-                return 1, 1
-            try:
-                now = self._clock()
-                slot = math.floor(now / self.slot_seconds)
-                first = math.floor((now - self.window) / self.slot_seconds)
-                near = self.buckets.neighbourhood(size)
-                attempts = self._tally(table, attempt, near, first, slot, add=True, alone=True)
-                add = not 1 < attempts <= forgiven + 1
-                return self._tally(table, key, near, first, slot, add=add), attempts
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                pass
+            else:
+                try:
+                    now = self._clock()
+                    slot = math.floor(now / self.slot_seconds)
+                    first = math.floor((now - self.window) / self.slot_seconds)
+                    near = self.buckets.neighbourhood(size)
+                    attempts = self._tally(
+                        table, attempt, near, first, slot, add=True, alone=True
+                    )
+                    add = not 1 < attempts <= forgiven + 1
+                    return self._tally(table, key, near, first, slot, add=add), attempts
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return hit_unless_retry(self._heir(), key, size, attempt, forgiven)
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
         with self._lock:
             try:
                 table = self._locked_table()
             except _Superseded:
-                return 1 if add else 0
-            try:
-                now = self._clock()
-                slot = math.floor(now / self.slot_seconds)
-                first = math.floor((now - self.window) / self.slot_seconds)
-                return self._tally(
-                    table, key, self.buckets.neighbourhood(size), first, slot, add=add
-                )
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                pass
+            else:
+                try:
+                    now = self._clock()
+                    slot = math.floor(now / self.slot_seconds)
+                    first = math.floor((now - self.window) / self.slot_seconds)
+                    return self._tally(
+                        table, key, self.buckets.neighbourhood(size), first, slot, add=add
+                    )
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        heir = self._heir()
+        return heir.hit(key, size) if add else heir.peek(key, size)
+
+    def succeeded_by(self, counter: SizeBucketCounter) -> None:
+        """Name the counter a reload put in this one's place (see the class docstring)."""
+        self._successor = counter
+
+    def _heir(self) -> SizeBucketCounter:
+        """Where a call on this counter, retired for another geometry, counts."""
+        if self._successor is None:
+            raise CounterError(f"{self.path}: made again for another geometry, not counted")
+        return self._successor
 
     def _tally(
         self,
