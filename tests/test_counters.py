@@ -1403,6 +1403,30 @@ def test_shared_lock_held_elsewhere_is_a_counter_error_after_the_timeout(
     assert counter.hit(KEY, 7000) == 1
 
 
+def test_the_sessions_of_a_process_wait_for_a_held_lock_side_by_side(tmp_path: Path) -> None:
+    """Review rev197: behind a session waiting for the file lock (held by a stopped
+    worker), a worker's other sessions queued on its thread lock and each waited its
+    own timeout after the one before: the waits added up. Now one timeout in all."""
+    counter = shared(tmp_path, timeout=1.0)
+    ended: list[float] = []
+
+    def hit() -> None:
+        with contextlib.suppress(CounterError):
+            counter.hit_unless_retry(KEY, 7000, "retry|1", 3)
+        ended.append(time.monotonic())
+
+    with _lock_held_elsewhere(counter):
+        started = time.monotonic()
+        sessions = [threading.Thread(target=hit) for _ in range(4)]
+        for session in sessions:
+            session.start()
+        for session in sessions:
+            session.join(30)
+    assert len(ended) == 4
+    # Four after one another would take 4 s; side by side about 1.
+    assert max(ended) - started < 2.5
+
+
 def test_an_attempt_never_takes_a_counts_place(tmp_path: Path) -> None:
     """Review rev95 F2: an attempt's key comes from a Message-ID the sender chooses,
     which could be ground so that its entry evicted the sender's own count (a flood

@@ -491,7 +491,7 @@ class SharedCounter:
         self._closer = weakref.finalize(self, os.close, fd)
         return self._map
 
-    def _locked_table(self) -> mmap.mmap:
+    def _locked_table(self, give_up: float | None = None) -> mmap.mmap:
         """The map, with the file lock held (the caller releases it).
 
         The header needs no check: a file of another geometry is never made in place
@@ -511,7 +511,7 @@ class SharedCounter:
                 self._unmap()
                 self._remaking = True
                 table = self._remapped()
-        self._lock_file(self._fd)
+        self._lock_file(self._fd, give_up)
         size = os.fstat(self._fd).st_size
         if size == self.size:
             return table
@@ -635,9 +635,10 @@ class SharedCounter:
     def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
         """:func:`hit_unless_retry` under one lock: the attempt's count (its own bucket
         only: a retry has the very size) and the key's, in one pass over the file."""
-        with self._lock:
+        give_up = self._acquire()
+        try:
             try:
-                table = self._locked_table()
+                table = self._locked_table(give_up)
             except _Superseded:
                 pass
             else:
@@ -646,19 +647,20 @@ class SharedCounter:
                     slot = math.floor(now / self.slot_seconds)
                     first = math.floor((now - self.window) / self.slot_seconds)
                     near = self.buckets.neighbourhood(size)
-                    attempts = self._tally(
-                        table, attempt, near, first, slot, add=True, alone=True
-                    )
+                    attempts = self._tally(table, attempt, near, first, slot, add=True, alone=True)
                     add = not 1 < attempts <= forgiven + 1
                     return self._tally(table, key, near, first, slot, add=add), attempts
                 finally:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
         return hit_unless_retry(self._heir(), key, size, attempt, forgiven)
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
-        with self._lock:
+        give_up = self._acquire()
+        try:
             try:
-                table = self._locked_table()
+                table = self._locked_table(give_up)
             except _Superseded:
                 pass
             else:
@@ -671,8 +673,20 @@ class SharedCounter:
                     )
                 finally:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
         heir = self._heir()
         return heir.hit(key, size) if add else heir.peek(key, size)
+
+    def _acquire(self) -> float:
+        """Take this process's lock within ``timeout``; returns when the wait for the
+        file's lock after it must end, so that the two waits are ``timeout`` in all
+        (review rev197: behind one session waiting for the file lock of a stopped
+        worker, a worker's other sessions waited their 2 s each, one after another)."""
+        give_up = time.monotonic() + self.timeout
+        if not self._lock.acquire(timeout=self.timeout):
+            raise CounterError(f"{self.path}: locked by another process for {self.timeout:g} s")
+        return give_up
 
     def succeeded_by(self, counter: SizeBucketCounter) -> None:
         """Name the counter a reload put in this one's place (see the class docstring)."""
@@ -718,10 +732,13 @@ class SharedCounter:
                 total += self._sum(table, at, first, slot)
         return total
 
-    def _lock_file(self, fd: int) -> None:
-        """Take the file lock, waiting at most ``timeout`` seconds: a process stopped
-        while it holds the lock (SIGSTOP, a debugger) must not hold every session."""
-        give_up = time.monotonic() + self.timeout
+    def _lock_file(self, fd: int, give_up: float | None = None) -> None:
+        """Take the file lock, waiting at most ``timeout`` seconds (or until ``give_up``):
+        a process stopped while it holds the lock (SIGSTOP, a debugger) must not hold
+        every session. The supervisor kills a worker that holds it without a heartbeat
+        (:func:`smtpguard.workerwatch.flock_holders`)."""
+        if give_up is None:
+            give_up = time.monotonic() + self.timeout
         pauses = lock_pauses()
         while True:
             try:
