@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import functools
 import logging
 import mmap
@@ -56,7 +57,7 @@ from smtpguard.supervisor import (
     unpack_files,
     worker_cpu,
 )
-from smtpguard.workerwatch import Flags
+from smtpguard.workerwatch import LOCK_HOLDER_SILENCE, Flags
 from support.files import tmpfs
 from support.mtclient import MilterSession, assert_pass, assert_reply
 from support.polling import children, holds_for, poll_for, scrape, trickle, wait_until
@@ -516,6 +517,66 @@ def test_a_worker_reloads_the_data_files_the_supervisor_validated(tmp_path: Path
         assert applied.networks.sources == (str(partners),)
         assert applied.networks.size == 2
     finally:
+        supervisor.published.close()
+
+
+def _stopped_holding(path: str, held: Any) -> None:
+    # A worker stopped while it holds the counter's lock, as SIGSTOP leaves it.
+    with open(path, "r+b") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        held.set()
+        time.sleep(60)
+
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_a_silent_worker_holding_the_counters_lock_is_killed_at_once(
+    tmp_path: Path, holds: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev197: a worker stopped while it held the same-size counter's lock made
+    every worker's messages wait for it and fail, until the heartbeat watchdog killed
+    it 30 s later. Silent for LOCK_HOLDER_SILENCE with the lock held, it is killed; a
+    silent worker without the lock waits for worker_heartbeat_timeout as before.
+    (The supervisor's watch is called directly, at a chosen time, on a process that
+    holds the lock for real in the worker's place: when a stopped worker happens to
+    hold it in a running service is left to chance.)"""
+    site = make_site(tmp_path, {**WORKERS, "state": {"timeout": 0.5}})
+    supervisor = Supervisor(load_config(site.config))
+    fork = multiprocessing.get_context("fork")
+    held = fork.Event()
+    counter = supervisor.app.runtime.services.counter
+    assert isinstance(counter, SharedCounter)
+    counter.prepare()
+    holder = fork.Process(
+        target=_stopped_holding if holds else time.sleep,
+        args=(counter.path, held) if holds else (60,),
+    )
+    holder.start()
+    try:
+        assert not holds or held.wait(10)
+        worker = supervisor.workers[0]
+        worker.pid = holder.pid or 0
+        beat = time.monotonic()
+        supervisor.heartbeats.set(0, beat)
+        supervisor.heartbeats.set(1, beat + 3600)  # the other worker: beating
+        with caplog.at_level(logging.ERROR):
+            supervisor._watch(now=beat + LOCK_HOLDER_SILENCE - 0.5)
+            assert not worker.hung
+            supervisor._watch(now=beat + LOCK_HOLDER_SILENCE + 0.5)
+        assert worker.hung is holds
+        holder.join(0 if not holds else 10)
+        if holds:
+            assert holder.exitcode == -signal.SIGKILL
+            assert (
+                f"worker 1 (pid {holder.pid}) hung holding the same-size counter's lock: no"
+                f" heartbeat for {LOCK_HOLDER_SILENCE + 0.5:.1f} s" in caplog.text
+            )
+        else:
+            assert holder.is_alive()
+            assert "hung" not in caplog.text
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        holder.join(10)
         supervisor.published.close()
 
 

@@ -3,9 +3,20 @@ process groups, the configuration generation each worker runs."""
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
 import os
+from pathlib import Path
+from typing import Any
 
-from smtpguard.workerwatch import Generations, HookGroups, WorkersCollector, WorkerStats
+from smtpguard.workerwatch import (
+    Generations,
+    HookGroups,
+    WorkersCollector,
+    WorkerStats,
+    flock_holders,
+)
+from support.polling import wait_until
 
 
 def test_a_worker_records_its_groups_and_the_supervisor_takes_them() -> None:
@@ -67,3 +78,42 @@ def test_the_generations_are_served_per_running_worker() -> None:
     assert found[("smtpguard_worker_config_generation", (("worker", "1"),))] == 4
     assert found[("smtpguard_worker_config_generation", (("worker", "3"),))] == 2
     assert ("smtpguard_worker_config_generation", (("worker", "2"),)) not in found
+
+
+def _lock(path: str, held: Any, release: Any) -> None:
+    with open(path, "r+b") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        held.set()
+        release.wait(30)
+
+
+def _wait_for_lock(path: str) -> None:
+    with open(path, "r+b") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+
+
+def test_the_holders_of_a_files_lock_are_read_from_the_kernel(tmp_path: Path) -> None:
+    """The same-size counter's lock holder, as the supervisor finds it (review rev197:
+    a stopped worker holding it made every worker's messages fail for 30 s)."""
+    path = tmp_path / "counters.map"
+    path.write_bytes(b"\0" * 64)
+    other = tmp_path / "other.map"
+    other.write_bytes(b"\0" * 64)
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    holder = fork.Process(target=_lock, args=(str(path), held, release))
+    holder.start()
+    waiter = fork.Process(target=_wait_for_lock, args=(str(path),))
+    try:
+        assert held.wait(10)
+        assert flock_holders(path) == {holder.pid}
+        waiter.start()  # listed as "->": a waiter is no holder
+        wait_until(lambda: "->" in Path("/proc/locks").read_text())
+        assert flock_holders(path) == {holder.pid}
+        assert flock_holders(other) == set()
+        assert flock_holders(tmp_path / "missing") == set()
+    finally:
+        release.set()
+        holder.join(10)
+        waiter.join(10)
+    assert flock_holders(path) == set()

@@ -120,12 +120,14 @@ from smtpguard.sockets import (
 from smtpguard.state import RedisBlacklist, SharedSessionGate, SqliteBlacklist, StateError
 from smtpguard.workerwatch import (
     HEARTBEAT_INTERVAL,
+    LOCK_HOLDER_SILENCE,
     Flags,
     Generations,
     Heartbeats,
     HookGroups,
     WorkersCollector,
     WorkerStats,
+    flock_holders,
 )
 
 if TYPE_CHECKING:
@@ -957,12 +959,15 @@ class Supervisor:
             extra={ABOUT_WORKER: worker.number},
         )
 
-    def _watch(self) -> None:
+    def _watch(self, now: float | None = None) -> None:
         """Kill every worker whose last heartbeat is older than
-        ``worker_heartbeat_timeout`` (hung, see :mod:`smtpguard.workerwatch`);
-        :meth:`_gone` then starts it again as after any death."""
-        limit = self.app.runtime.config.milter.worker_heartbeat_timeout
-        now = time.monotonic()
+        ``worker_heartbeat_timeout`` (hung, see :mod:`smtpguard.workerwatch`), and
+        sooner one that holds the same-size counter's lock (every worker's messages
+        wait for it: :func:`~smtpguard.workerwatch.flock_holders`); :meth:`_gone` then
+        starts it again as after any death. ``now``: the monotonic clock's time."""
+        config = self.app.runtime.config
+        limit = config.milter.worker_heartbeat_timeout
+        now = time.monotonic() if now is None else now
         previous, self._watched = self._watched, now
         if limit <= 0:
             return
@@ -971,6 +976,8 @@ class Supervisor:
             # supervisor starved or stopped itself): the workers' heartbeats went
             # unseen just as long, so silence is counted from now.
             self._watch_from = now
+        holding = min(limit, max(LOCK_HOLDER_SILENCE, 2 * config.state.timeout))
+        holders: set[int] | None = None
         for worker in self.workers:
             if not worker.pid or worker.hung:
                 continue
@@ -978,19 +985,38 @@ class Supervisor:
             if beat is None:
                 continue  # being written: the worker is alive
             silent = now - max(beat, self._watch_from)
-            if silent <= limit:
+            if silent <= holding:
                 continue
-            log.error(
-                "worker %d (pid %d) hung: no heartbeat for %.1f s (worker_heartbeat_timeout"
-                " = %g s); killing it",
-                worker.number,
-                worker.pid,
-                silent,
-                limit,
-                extra={ABOUT_WORKER: worker.number},
-            )
+            if silent <= limit:
+                if holders is None:
+                    holders = self._counter_lock_holders()
+                if worker.pid not in holders:
+                    continue
+                log.error(
+                    "worker %d (pid %d) hung holding the same-size counter's lock: no"
+                    " heartbeat for %.1f s, every worker's messages wait for it; killing it",
+                    worker.number,
+                    worker.pid,
+                    silent,
+                    extra={ABOUT_WORKER: worker.number},
+                )
+            else:
+                log.error(
+                    "worker %d (pid %d) hung: no heartbeat for %.1f s"
+                    " (worker_heartbeat_timeout = %g s); killing it",
+                    worker.number,
+                    worker.pid,
+                    silent,
+                    limit,
+                    extra={ABOUT_WORKER: worker.number},
+                )
             worker.hung = True
             _kill(worker.pid, signal.SIGKILL)
+
+    def _counter_lock_holders(self) -> set[int]:
+        """The pids holding the shared same-size counter's file lock (none without one)."""
+        counter = self.app.runtime.services.counter
+        return flock_holders(counter.path) if isinstance(counter, SharedCounter) else set()
 
     def _socket_intact(self) -> bool:
         path = unix_path(self.config.milter.socket)

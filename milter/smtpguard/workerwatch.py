@@ -17,6 +17,7 @@ over every few milliseconds) does not.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -32,6 +33,35 @@ if TYPE_CHECKING:
 
 #: Seconds between two heartbeats of a worker.
 HEARTBEAT_INTERVAL: Final = 1.0
+#: Seconds without a heartbeat after which a worker holding the same-size counter's
+#: lock is killed, whatever ``worker_heartbeat_timeout`` says (at least twice
+#: ``[state] timeout``: see :func:`flock_holders`).
+LOCK_HOLDER_SILENCE: Final = 3 * HEARTBEAT_INTERVAL
+
+
+def flock_holders(path: Path | str, locks: Path = Path("/proc/locks")) -> set[int]:
+    """The pids holding a ``flock`` lock on the file at ``path`` (waiters left out), as
+    the kernel lists them in ``locks``; empty when either cannot be read. A worker
+    stopped or hung while it holds the same-size counter's lock makes every worker's
+    messages wait for it and fail (review rev197: 30 s of tempfails, until the
+    heartbeat watchdog): the supervisor kills such a holder sooner."""
+    try:
+        info = os.stat(path)
+        text = locks.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return set()
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    holders = set()
+    for line in text.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 9122 fe:00:2146921 0 EOF"; a waiter has "->" after
+        # the number.
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+            with contextlib.suppress(ValueError):
+                holders.add(int(fields[4]))
+    return holders
+
+
 #: Why a worker was restarted (the ``reason`` of ``smtpguard_worker_restarts_total``):
 #: killed as hung by the heartbeat watchdog, ended by another signal (the OOM killer,
 #: a crash, an operator), or exited on its own.
