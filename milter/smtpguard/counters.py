@@ -635,48 +635,47 @@ class SharedCounter:
     def hit_unless_retry(self, key: str, size: int, attempt: str, forgiven: int) -> tuple[int, int]:
         """:func:`hit_unless_retry` under one lock: the attempt's count (its own bucket
         only: a retry has the very size) and the key's, in one pass over the file."""
-        give_up = self._acquire()
-        try:
-            try:
-                table = self._locked_table(give_up)
-            except _Superseded:
-                pass
-            else:
-                try:
-                    now = self._clock()
-                    slot = math.floor(now / self.slot_seconds)
-                    first = math.floor((now - self.window) / self.slot_seconds)
-                    near = self.buckets.neighbourhood(size)
-                    attempts = self._tally(table, attempt, near, first, slot, add=True, alone=True)
-                    add = not 1 < attempts <= forgiven + 1
-                    return self._tally(table, key, near, first, slot, add=add), attempts
-                finally:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._lock.release()
-        return hit_unless_retry(self._heir(), key, size, attempt, forgiven)
+        near = self.buckets.neighbourhood(size)
+
+        def count(table: mmap.mmap, first: int, slot: int) -> tuple[int, int]:
+            attempts = self._tally(table, attempt, near, first, slot, add=True, alone=True)
+            add = not 1 < attempts <= forgiven + 1
+            return self._tally(table, key, near, first, slot, add=add), attempts
+
+        counts = self._counted(count)
+        if counts is None:
+            return hit_unless_retry(self._heir(), key, size, attempt, forgiven)
+        return counts
 
     def _run(self, key: str, size: int, *, add: bool) -> int:
+        near = self.buckets.neighbourhood(size)
+        found = self._counted(
+            lambda table, first, slot: self._tally(table, key, near, first, slot, add=add)
+        )
+        if found is None:
+            heir = self._heir()
+            return heir.hit(key, size) if add else heir.peek(key, size)
+        return found
+
+    def _counted(self, count: Callable[[mmap.mmap, int, int], _T]) -> _T | None:
+        """``count(table, first, slot)`` with both locks held (see :meth:`_acquire`),
+        ``first`` and ``slot`` the window's oldest time slot and the current one; None
+        when this counter was retired for another geometry (:meth:`_heir` counts)."""
         give_up = self._acquire()
         try:
             try:
                 table = self._locked_table(give_up)
             except _Superseded:
-                pass
-            else:
-                try:
-                    now = self._clock()
-                    slot = math.floor(now / self.slot_seconds)
-                    first = math.floor((now - self.window) / self.slot_seconds)
-                    return self._tally(
-                        table, key, self.buckets.neighbourhood(size), first, slot, add=add
-                    )
-                finally:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                return None
+            try:
+                now = self._clock()
+                slot = math.floor(now / self.slot_seconds)
+                first = math.floor((now - self.window) / self.slot_seconds)
+                return count(table, first, slot)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._lock.release()
-        heir = self._heir()
-        return heir.hit(key, size) if add else heir.peek(key, size)
 
     def _acquire(self) -> float:
         """Take this process's lock within ``timeout``; returns when the wait for the
