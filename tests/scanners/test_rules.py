@@ -403,13 +403,15 @@ def test_the_chunk_that_reaches_max_body_bytes_is_searched_whole() -> None:
     assert scan.finish().matched == ("N",)
 
 
-def test_time_budget_stops_the_scan() -> None:
+def ticking(rule: Rule) -> RuleSet:
+    """``rule`` alone, with a budget of 10 "seconds" on a clock that gains one at each
+    reading (once per line searched, or per field decoded)."""
     ticks = itertools.count()
-    rules = RuleSet(
-        [Rule("LATE", "body", Pattern("late"), 1)],
-        time_budget=10,
-        clock=lambda: float(next(ticks)),  # one "second" per line searched
-    )
+    return RuleSet([rule], time_budget=10, clock=lambda: float(next(ticks)))
+
+
+def test_time_budget_stops_the_scan() -> None:
+    rules = ticking(Rule("LATE", "body", Pattern("late"), 1))
     scan = rules.scanner()
     scan.end_of_headers()
     scan.feed(b"line\r\n" * 50 + b"late\r\n")
@@ -448,20 +450,15 @@ ENCODED_MONEY = "=?utf-8?q?free_money?="
 def test_header_decoding_counts_in_the_budget() -> None:
     """Review rev195 F1: decoding encoded words was outside the budget, and 9 MB of
     them in Subject fields cost 5 s of CPU per message."""
-    ticks = itertools.count()
-    rules = RuleSet(
-        [Rule("MONEY", "header:subject", Pattern("free money"), 1)],
-        time_budget=10,
-        clock=lambda: float(next(ticks)),  # one "second" per clock reading
-    )
-    scan = rules.scanner()
+    money = Rule("MONEY", "header:subject", Pattern("free money"), 1)
+    scan = ticking(money).scanner()
     for _ in range(20):
         scan.feed_header("Subject", ENCODED_MONEY)
     result = scan.finish()
     assert not result.complete
     assert "time budget" in result.detail
     # Fields without an encoded word take no clock reading: the budget is untouched.
-    plain = RuleSet(rules.rules, time_budget=10, clock=lambda: float(next(ticks))).scanner()
+    plain = ticking(money).scanner()
     for _ in range(20):
         plain.feed_header("Subject", "free money")
     assert plain.finish() == RulesResult(1.0, ("MONEY",))
