@@ -21,6 +21,8 @@ SMTPGUARD_EOF
 postconf -e 'smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=tempfail, protocol=6, connect_timeout=10s, command_timeout=30s, content_timeout=300s }'
 # smtpguard reads {client_addr} {client_name} {client_resolve}
 postconf -e 'milter_connect_macros = j {daemon_name} {daemon_addr} v _ {client_addr} {client_name} {client_resolve}'
+# smtpguard reads {tls_version}
+postconf -e 'milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer} {tls_version}'
 # unauthorized relaying gets the table's reply from Postfix itself, before defer_unauth_destination: relaying stays closed with smtpguard down, removed or in dry run (Postfix puts '<rcpt>: Recipient address rejected:' before the text)
 postconf -e 'smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated permit_auth_destination check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)} defer_unauth_destination'
 # unknown local recipients reach smtpguard's directory (mailbox_unavailable); with smtpd_milters emptied Postfix refuses them itself again

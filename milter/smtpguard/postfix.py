@@ -60,8 +60,12 @@ POSTFIX_MACROS = {
     "milter_connect_macros": "j {daemon_name} {daemon_addr} v _ {client_addr} {client_name}"
     " {client_resolve}",
     "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
+    # {tls_version} at MAIL too: Postfix takes AUTH and MAIL right after STARTTLS with
+    # no new EHLO (RFC 3207: the client SHOULD send one), and the HELO step is the only
+    # other that says the session is encrypted (review rev198 M1: such a login was
+    # deferred for ever as one without TLS).
     "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host}"
-    " {mail_mailer}",
+    " {mail_mailer} {tls_version}",
     "milter_rcpt_macros": "i {rcpt_addr} {rcpt_host} {rcpt_mailer}",
     "milter_end_of_data_macros": "i",
 }
