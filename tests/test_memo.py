@@ -20,6 +20,24 @@ def test_a_verdict_lives_for_the_ttl() -> None:
     assert memo.get("k") == (False, None)
 
 
+def test_a_verdict_lives_no_longer_than_what_it_was_drawn_from() -> None:
+    """Review rev199: a verdict outlived the DNS answers it rested on by verdict_ttl."""
+    clock = FakeClock()
+    memo: Memo[str] = Memo(30, clock=clock)
+    memo.put("short", "v", within=2)
+    memo.put("long", "v", within=300)
+    memo.put("gone", "v", within=0)  # TTL 0 (RFC 2308 §5): not remembered at all
+    assert memo.get("gone") == (False, None)
+    clock.advance(1.9)
+    assert memo.get("short") == (True, "v")
+    clock.advance(0.1)
+    assert memo.get("short") == (False, None)
+    clock.advance(27.9)
+    assert memo.get("long") == (True, "v")
+    clock.advance(0.1)
+    assert memo.get("long") == (False, None)  # never past the ttl
+
+
 def test_none_is_a_verdict_not_a_miss() -> None:
     memo: Memo[str | None] = Memo(30, clock=FakeClock())
     memo.put("k", None)

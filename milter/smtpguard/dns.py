@@ -142,6 +142,10 @@ class Answer:
     #: permanent error (review rev183 F3: a record naming 201 addresses deferred mail
     #: for ever).
     oversized: bool = field(default=False, compare=False)
+    #: When the resolver's cache lets the answer go (its clock; infinity for one no
+    #: cache holds): a verdict drawn from it may be remembered no longer
+    #: (:meth:`Resolver.left`; review rev199: verdict memos outlived the TTLs).
+    expires: float = field(default=math.inf, compare=False)
 
     @classmethod
     def of(cls, name: str, rdtype: str, *values: str, ttl: float = 300.0) -> Answer:
@@ -385,6 +389,13 @@ class Resolver:
     def _expires(self, _key: tuple[str, str], answer: Answer, now: float) -> float:
         return now + self.cache_ttl(answer)
 
+    def left(self, *answers: Answer, expires: float = math.inf) -> float:
+        """Seconds until the first of ``answers`` leaves the cache, or ``expires``
+        comes if sooner (infinity for neither): how long a verdict drawn from them may
+        be remembered, TTL 0 not at all."""
+        first = min((answer.expires for answer in answers), default=expires)
+        return min(first, expires) - self.clock()
+
     def cached(self, name: str, rdtype: str) -> Answer | None:
         """The cached answer, if any; ValueError if ``name`` cannot be a DNS name."""
         return self._cached(_key(name, rdtype))
@@ -402,7 +413,14 @@ class Resolver:
             if hit is None:
                 nx = peek(self._cache, (key[0], _ANY), None)
                 if nx is not None:
-                    hit = Answer(key[0], key[1], Status.NXDOMAIN, ttl=nx.ttl, detail=nx.detail)
+                    hit = Answer(
+                        key[0],
+                        key[1],
+                        Status.NXDOMAIN,
+                        ttl=nx.ttl,
+                        detail=nx.detail,
+                        expires=nx.expires,
+                    )
             if hit is not None:
                 self.stats.hits += 1
         if hit is not None:
@@ -616,6 +634,7 @@ class Resolver:
         finally:
             if network is not None and share is not None:
                 self._unshare((client, network))
+        answer = dataclasses.replace(answer, expires=self.clock() + self.cache_ttl(answer))
         self._store(key, answer)
         # The cache keeps the answer as the name's servers gave it; its askers learn
         # how long it queued.

@@ -9,17 +9,17 @@ memoized, so a SERVFAIL is retried by the next message.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, MutableMapping
 from typing import Generic, TypeVar
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 _D = TypeVar("_D")
-_MISSING = object()
 
 
 def peek(cache: MutableMapping[_K, _V], key: _K, default: _D) -> _V | _D:
@@ -37,12 +37,18 @@ def peek(cache: MutableMapping[_K, _V], key: _K, default: _D) -> _V | _D:
 
 
 class Memo(Generic[_V]):
+    """Verdicts for ``ttl`` seconds each, or less: no longer than the DNS answers they
+    were drawn from stay in the resolver's cache (``put``'s ``within``; review rev199:
+    a domain's fixed SPF record was still refused, and a TTL-0 NXDOMAIN remembered,
+    for ``dns.verdict_ttl``)."""
+
     def __init__(
         self, ttl: float, maxsize: int = 10000, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.enabled = ttl > 0
-        self._cache: TTLCache[Hashable, _V] = TTLCache(
-            maxsize=maxsize, ttl=max(ttl, 1), timer=clock
+        self.ttl = ttl
+        self._cache: TLRUCache[Hashable, tuple[_V, float]] = TLRUCache(
+            maxsize=maxsize, ttu=_until, timer=clock
         )
         # cachetools is not thread-safe; libmilter calls in from many threads.
         self._lock = threading.Lock()
@@ -52,12 +58,19 @@ class Memo(Generic[_V]):
         if not self.enabled:
             return False, None
         with self._lock:
-            value = peek(self._cache, key, _MISSING)
-        if value is _MISSING:
+            entry = peek(self._cache, key, None)
+        if entry is None:
             return False, None
-        return True, value  # type: ignore[return-value]  # not _MISSING here
+        return True, entry[0]
 
-    def put(self, key: Hashable, value: _V) -> None:
+    def put(self, key: Hashable, value: _V, within: float = math.inf) -> None:
+        """Remember ``value`` for ``ttl`` seconds, or ``within`` if sooner (nothing
+        when that is not in the future)."""
         if self.enabled:
             with self._lock:
-                self._cache[key] = value
+                # TLRUCache keeps no entry whose time is up already.
+                self._cache[key] = (value, min(self.ttl, within))
+
+
+def _until(_key: Hashable, entry: tuple[object, float], now: float) -> float:
+    return now + entry[1]

@@ -80,6 +80,8 @@ _CONTENT_APPLIES = "policy.content_applies"
 #: Set when a lookup an exemption depends on failed temporarily (reverse DNS in
 #: ``conn.scratch``, SPF in ``txn.scratch``): whether it applies is not known.
 _UNSURE = "policy.unsure"
+#: ``txn.scratch``: the SPF result an ``spf_pass`` exemption found.
+_SPF_RESULT = "policy.spf_result"
 _CONTENT = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
 POSTMASTER = "postmaster"
 
@@ -282,13 +284,20 @@ class Policy:
         found, known = self.spf_memo.get(key)
         if found and known is not None:
             return known
+        # Asked once per transaction, whatever the memo may keep: each exemption and
+        # check it may skip asks again, and with records of TTL 0 each evaluation took
+        # the time of its lookups again (the spf check's own ran out).
+        answered: str | None = txn.scratch.get(_SPF_RESULT)
+        if answered is not None:
+            return answered
         # As the spf check's deadline: the client's own names cannot shorten it (review
         # rev59).
         query = spf_query(self.dns, event, conn, txn.sender, helo=helo, receiver=self.receiver)
         result = str(query.check()[0])
         query.add_waits_to(event)
         if result != "temperror":
-            self.spf_memo.put(key, result)
+            txn.scratch[_SPF_RESULT] = result
+            self.spf_memo.put(key, result, within=self.dns.left(expires=query.expires))
         else:
             txn.scratch[_UNSURE] = True
         return result

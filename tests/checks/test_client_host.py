@@ -22,6 +22,7 @@ from smtpguard.checks.client_host import (
     FORWARD_IN_FLIGHT,
     HeloDns,
     SmtpPort,
+    cached_reverse_dns,
     embeds_ip,
     generic_match,
     reverse_dns,
@@ -32,7 +33,7 @@ from smtpguard.resultheaders import iprev_result
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, TempError
 from support.checks import make_conn
-from support.fake_dns import FakeDns, dns_services, fake_resolver, hold_slots
+from support.fake_dns import FakeClock, FakeDns, dns_services, fake_resolver, hold_slots
 from support.polling import wait_until
 from support.service import ROOT
 
@@ -564,6 +565,25 @@ def test_forward_lookups_of_one_client_are_two_at_a_time() -> None:
     assert len(rdns.names) == 10
     assert rdns.confirmed == ()
     assert transport.most == FORWARD_IN_FLIGHT == 2
+
+
+def test_reverse_dns_lives_as_long_as_its_first_answer(fake: FakeDns) -> None:
+    """Review rev199: the verdict memo outlived the TTLs of the answers it rested on;
+    the reverse DNS says when the first of them leaves the resolver's cache."""
+    fake.add(PTR, "PTR", "mail.sender.test.", ttl=300)
+    fake.add("mail.sender.test", "A", IP, ttl=5)
+    clock = FakeClock(1000.0)
+    resolver = Resolver(fake, clock=clock)
+    try:
+        rdns = resolver.spawn(reverse_dns(resolver, ipaddress.ip_address(IP), None)).result(5)
+        assert rdns.confirmed == ("mail.sender.test",)
+        assert rdns.expires == 1005.0
+        assert resolver.left(expires=rdns.expires) == 5.0
+        cached = cached_reverse_dns(resolver, ipaddress.ip_address(IP))
+        assert cached is not None
+        assert cached.expires == 1005.0
+    finally:
+        resolver.close()
 
 
 def test_a_closed_sessions_lookups_leave_the_queue(tmp_path: Path, fake: FakeDns) -> None:

@@ -243,6 +243,18 @@ def test_a_client_with_anything_to_say_is_not_remembered(
     assert reads(resolver) > before
 
 
+def test_a_client_is_remembered_no_longer_than_the_zones_answers(
+    rbl: Rbl, fake: FakeDns, resolver: Resolver
+) -> None:
+    """Review rev199: a client in no zone was remembered for dns.verdict_ttl whatever
+    the zones' negative TTLs; one without an SOA (TTL 0) must not be kept at all."""
+    fake.negative_ttl = 0
+    assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None
+    fake.add(f"{NAME}.second.test", "A", "127.0.0.2")  # listed meanwhile
+    verdict = rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon())
+    assert isinstance(verdict, Hit)
+
+
 def test_verdict_ttl_zero_remembers_no_client(tmp_path: Path, resolver: Resolver) -> None:
     rbl = Rbl(dns_services(tmp_path, resolver, dnsbl=DNSBL, dns={"verdict_ttl": 0}))
     assert rbl(make_conn(sender="a@sender.test", ip=CLIENT), soon()) is None

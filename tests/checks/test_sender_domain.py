@@ -53,6 +53,20 @@ def test_no_mx_a_or_aaaa_is_a_hit(check: SenderDomain, fake: FakeDns) -> None:
     assert "no MX, A or AAAA" in verdict.detail
 
 
+def test_a_verdict_is_remembered_no_longer_than_its_answers(
+    check: SenderDomain, fake: FakeDns
+) -> None:
+    """Review rev199: an NXDOMAIN without an SOA (TTL 0: not to be cached, RFC 2308
+    §5) was remembered for dns.verdict_ttl, and the new domain's mail refused."""
+    fake.negative_ttl = 0
+    assert isinstance(decide(check), Hit)
+    fake.add(D, "MX", "10 mx.elsewhere.test.")  # registered meanwhile
+    assert decide(check) is None
+    assert fake.count(D, "MX") == 2
+    assert decide(check) is None  # an answer of 300 s: remembered
+    assert fake.count(D, "MX") == 2
+
+
 def test_null_mx_is_a_hit(check: SenderDomain, fake: FakeDns) -> None:
     fake.add(D, "MX", "0 .")
     fake.add(D, "A", "192.0.2.1")  # an A record does not undo a null MX (RFC 7505 §3)

@@ -73,6 +73,20 @@ def test_fail_is_a_hit(tmp_path: Path, resolver: Resolver) -> None:
     assert verdict.detail.startswith(f"spf=fail mailfrom fail.test from {CLIENT}")
 
 
+def test_a_result_is_remembered_no_longer_than_its_records(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """Review rev199: a domain that fixed its SPF record was still refused for
+    dns.verdict_ttl after the record's own TTL."""
+    fake.add("fixed.test", "TXT", '"v=spf1 -all"', ttl=0)
+    check = spf(tmp_path, resolver)
+    assert isinstance(decide(check, "a@fixed.test"), Hit)
+    fake.add("fixed.test", "TXT", '"v=spf1 ip4:198.51.100.0/24 -all"', ttl=300)
+    assert decide(check, "a@fixed.test") is None
+    assert decide(check, "a@fixed.test") is None  # remembered now
+    assert fake.count("fixed.test", "TXT") == 2
+
+
 @pytest.mark.parametrize("sender", ["a@fail.test.", "a@FAIL.Test."])
 def test_a_trailing_dot_names_the_same_domain(
     tmp_path: Path, resolver: Resolver, sender: str

@@ -36,8 +36,9 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -84,6 +85,8 @@ class ReverseDns:
     unknown: tuple[str, ...] = ()
     #: PTR names past :data:`MAX_PTR_NAMES`, not looked up.
     unchecked: int = 0
+    #: When the first of its answers leaves the resolver's cache (Answer.expires).
+    expires: float = math.inf
 
     @property
     def temporary(self) -> bool:
@@ -96,7 +99,7 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress, network: str | None) ->
     ``trusted_networks``)."""
     ptr = await resolver.query(reverse_name(ip), "PTR", client=True, network=network)
     if not ptr.ok:
-        return ReverseDns(ptr)
+        return ReverseDns(ptr, expires=ptr.expires)
     names, unchecked = _ptr_names(ptr)
     rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
     # Two at a time: ten at once per connection let a flood of clients whose names
@@ -109,9 +112,18 @@ async def reverse_dns(resolver: Resolver, ip: IPAddress, network: str | None) ->
             return await resolver.query(name, rdtype, client=True, network=network)
 
     forward = await asyncio.gather(*(forward_lookup(n) for n in names))
+    return _judged(ip, ptr, names, forward, unchecked)
+
+
+def _judged(
+    ip: IPAddress, ptr: Answer, names: tuple[str, ...], forward: Sequence[Answer], unchecked: int
+) -> ReverseDns:
+    """The reverse DNS of ``ip`` from its PTR answer and the forward answers of its
+    ``names``."""
     confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
     unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
-    return ReverseDns(ptr, names, confirmed, unknown, unchecked)
+    expires = min((a.expires for a in forward), default=ptr.expires)
+    return ReverseDns(ptr, names, confirmed, unknown, unchecked, min(expires, ptr.expires))
 
 
 def _ptr_names(ptr: Answer) -> tuple[tuple[str, ...], int]:
@@ -148,7 +160,7 @@ def cached_reverse_dns(
     if ptr is None:
         return None
     if not ptr.ok:
-        return ReverseDns(ptr)
+        return ReverseDns(ptr, expires=ptr.expires)
     names, unchecked = _ptr_names(ptr)
     rdtype = "A" if isinstance(ip, ipaddress.IPv4Address) else "AAAA"
     forward = []
@@ -159,9 +171,7 @@ def cached_reverse_dns(
                 return None
             answer = _late(name, rdtype)
         forward.append(answer)
-    confirmed = tuple(n for n, a in zip(names, forward, strict=True) if ip in a.addresses())
-    unknown = tuple(n for n, a in zip(names, forward, strict=True) if a.status.temporary)
-    return ReverseDns(ptr, names, confirmed, unknown, unchecked)
+    return _judged(ip, ptr, names, forward, unchecked)
 
 
 #: Second-level labels under which country-code registries hand out domains
@@ -243,7 +253,7 @@ class SmtpPort:
             if not found:
                 known = cached_reverse_dns(self.dns, ip)
                 if known is not None and not known.temporary:
-                    self.memo.put(ip, known)
+                    self.memo.put(ip, known, within=self.dns.left(expires=known.expires))
             conn.scratch[self._RDNS] = (
                 Completed(known)
                 if known is not None
@@ -435,7 +445,7 @@ class HeloDns:
         for rdtype, future in zip(("A", "AAAA"), pending, strict=True):
             answers.append(self._wait(name, rdtype, future, event))
             if answers[-1].ok:
-                self.resolves.put(name, True)
+                self.resolves.put(name, True, within=self.dns.left(answers[-1]))
                 return None
         if not any(a.status.temporary for a in answers):
             # No address: an MX record will do, as for Postfix's
@@ -443,7 +453,7 @@ class HeloDns:
             # a HELO of the bare domain was refused). Asked only now: it is rare.
             answers.append(self._wait(name, "MX", self._ask(conn, name, "MX"), event))
             if answers[-1].ok:
-                self.resolves.put(name, True)
+                self.resolves.put(name, True, within=self.dns.left(answers[-1]))
                 return None
         text = ", ".join(f"{a.rdtype} {a.describe()}" for a in answers)
         if any(a.status.temporary for a in answers):

@@ -209,8 +209,10 @@ class _Dnsbl:
         # No listing, score, ignored code or failure in any zone: worth remembering.
         clean = True
         busy = False
+        answers = []
         for zone, name, future in lookups:
             answer = dns.collect(future, event.deadline, name, "A")
+            answers.append(answer)
             busy = busy or answer.busy
             if answer.status.temporary:
                 failures.append(f"{zone.name}: {answer.describe()}")
@@ -239,7 +241,7 @@ class _Dnsbl:
                 "database_temp_error", f"{self.name}: " + "; ".join(failures), firm=busy
             )
         if clean:
-            self.clean.put(ip, True)
+            self.clean.put(ip, True, within=dns.left(*answers))
         return None
 
     def _lists_everyone(

@@ -66,7 +66,7 @@ class SenderDomain:
         event.sender_waited += max(answer.waited for answer in answers.values())
         verdict = judge(domain, answers["MX"], answers["A"], answers["AAAA"])
         if not isinstance(verdict, TempError):
-            self.memo.put(domain, verdict)
+            self.memo.put(domain, verdict, within=self.dns.left(*answers.values()))
             return verdict
         # Firm (deferred whatever on_temp_error says) only when a lookup the verdict
         # rests on never left this host for want of a slot (review rev122 F3: a busy

@@ -30,6 +30,7 @@ whole stage from the first of them if that is later).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import urllib.parse
 from functools import reduce
@@ -83,6 +84,9 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         #: ``taken_over`` (Event.sender_waits).
         self.taken_over = 0.0
         self.waited = 0.0
+        #: When the first answer this evaluation read leaves the resolver's cache: its
+        #: result may be remembered no longer (Answer.expires).
+        self.expires = math.inf
 
     def add_waits_to(self, event: Event) -> None:
         """After :meth:`check`: count this evaluation's own waits in ``event``."""
@@ -231,6 +235,7 @@ class SpfQuery(spf.query):  # type: ignore[misc]  # pyspf's classes are untyped
         # the timeout that ends the chain is then this host's as well (review rev61).
         answer = self.resolver.lookup(name, qtype, self.deadline, self.network, self.waited)
         self.waited += answer.waited
+        self.expires = min(self.expires, answer.expires)
         self.busy = self.busy or answer.busy
         if answer.oversized:
             # Published that way: asking again gets the same (RFC 7208 §2.6.7: a
@@ -356,7 +361,7 @@ class Spf:
             # client's text is, so it can neither break the line nor pass for a field
             # or a line of its own (review rev133 F2: repr left a " key=" as it was).
             log.info("spf sid=%s %s", conn.session_id, kv("detail", detail))
-        self.memo.put(key, (verdict, result))
+        self.memo.put(key, (verdict, result), within=self.dns.left(expires=query.expires))
         return verdict
 
 
