@@ -305,6 +305,12 @@ class SmtpPort:
             )
             if not rdns.confirmed:
                 record_iprev(conn, rdns)  # iprev=temperror for a message let through
+                if rdns.ptr.ok and rdns.unknown:
+                    # Which lookup was late: the PTR answered (review rev199: the log
+                    # sent the operator to the client's reverse zone).
+                    names = ", ".join(rdns.unknown)
+                    detail = f"PTR {ip}: {names}: forward lookup {_LATE}"
+                    return TempError("database_temp_error", detail)
                 return TempError("database_temp_error", f"PTR {ip}: {_LATE}")
         record_iprev(conn, rdns)
         verdict = self._judge_rdns(conn, ip, rdns)
