@@ -16,6 +16,7 @@ import tomli_w
 from smtpguard.adapter import App
 from smtpguard.app import Runtime, build_runtime, counter_path, load, new_gate, retire
 from smtpguard.counters import InProcessCounter
+from smtpguard.directory import Login
 from smtpguard.driver import SessionDriver
 from smtpguard.state import StateError
 from smtpguard.supervisor import reloader
@@ -130,6 +131,15 @@ def test_a_session_on_the_retired_runtime_counts_where_the_new_one_does(
     assert old.services.counter is not None
     assert old.services.counter.hit("k", 500) == new.peek("k", 500) == 1
     assert new.hit("k", 500) == 2
+
+
+def test_the_directory_gives_a_bare_login_the_default_login_domain(tmp_path: Path) -> None:
+    """Review rev198 L1: with the sqlite directory, Dovecot's bare "alice" was unknown
+    (551 auth error for every message) though policy.default_login_domain names her
+    domain."""
+    site = make_site(tmp_path, {"policy": {"default_login_domain": "example.com"}})
+    directory = build_runtime(load(site.config)).services.directory
+    assert directory.login("alice") == Login("alice@example.com", "alice@example.com", "active")
 
 
 def test_one_worker_keeps_its_counts_over_a_new_threshold(

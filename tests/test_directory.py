@@ -1217,6 +1217,21 @@ def test_login_unknown(directory: SqliteDirectory) -> None:
     assert directory.login("") is None
 
 
+def test_a_bare_login_is_its_user_at_the_default_login_domain(
+    directory: SqliteDirectory, db_path: Path
+) -> None:
+    """Review rev198 L1: Dovecot's bare "bob" was unknown to the directory, whose user
+    is bob@example.com: every message of his got a permanent 551 auth error."""
+    assert directory.login("bob") is None  # without policy.default_login_domain
+    qualified = SqliteDirectory(db_path, timeout=0.5, login_domain="example.com")
+    assert qualified.login("bob") == Login("bob@example.com", "bob@example.com", "active")
+    assert qualified.login("carol") == Login("carol@example.com", "carol@example.com", "locked")
+    # A login of its own still wins; an unknown one stays unknown.
+    assert qualified.login("alice") == Login("alice", "alice@example.com", "active")
+    assert qualified.login("mallory") is None
+    assert qualified.login("") is None
+
+
 def test_login_name_wins_over_address(tmp_path: Path, db_path: Path) -> None:
     source = write(
         tmp_path / "d.toml",

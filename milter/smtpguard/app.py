@@ -155,6 +155,7 @@ def _directory(config: Config) -> Directory:
         d.timeout,
         cache_ttl=d.cache_ttl,
         recipient_delimiter=config.site.recipient_delimiter,
+        login_domain=config.policy.default_login_domain,
     )
 
 

@@ -164,11 +164,20 @@ class SqliteDirectory(WatchedFile):
     label = "directory file"
 
     def __init__(
-        self, path: Path, timeout: float, *, recipient_delimiter: str = "", **pool: Any
+        self,
+        path: Path,
+        timeout: float,
+        *,
+        recipient_delimiter: str = "",
+        login_domain: str = "",
+        **pool: Any,
     ) -> None:
-        """``pool``: :class:`WatchedFile`'s keywords (``cache_ttl``, ``clock``)."""
+        """``pool``: :class:`WatchedFile`'s keywords (``cache_ttl``, ``clock``);
+        ``login_domain``: where a login without "@" is looked up when it is not found
+        as it is (``policy.default_login_domain``)."""
         super().__init__(path, timeout, **pool)
         self.delimiters = recipient_delimiter
+        self.login_domain = login_domain
         #: When a failed roll-back of a hot journal may be tried (and logged) again.
         self._next_roll_back = 0.0
 
@@ -367,6 +376,15 @@ class SqliteDirectory(WatchedFile):
         )
 
     def login(self, login: str) -> Login | None:
+        found = self._login(login)
+        if found is None and login and "@" not in login and self.login_domain:
+            # A login without "@" is its user at policy.default_login_domain, as with
+            # backend "none" (review rev198 L1: Dovecot's bare "alice" was unknown
+            # here, and her every message refused for good).
+            return self._login(f"{login}@{self.login_domain}")
+        return found
+
+    def _login(self, login: str) -> Login | None:
         rows = self._query(
             "SELECT login, address, state FROM users WHERE login = ? OR address IN (?, ?)"
             " ORDER BY login = ? DESC LIMIT 1",
