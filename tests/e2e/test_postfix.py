@@ -23,6 +23,7 @@ from support.dovecot import start_dovecot
 from support.expected import SPEC, default_line
 from support.polling import poll_for
 from support.postfix import Postfix, client, start_postfix
+from support.sendmail import tls_dir
 from support.service import Running, Site, make_site, running, smtpguard
 from support.smtp import Reply, SmtpClient
 from support.unbound import DNSBL_ZONES, GOOD_IP, NO_PTR_IP, RBL_IP, RELAY_IP, DnsServer
@@ -69,8 +70,14 @@ def stack() -> Iterator[tuple[Running, Postfix]]:
         "smtpd_sasl_security_options = noanonymous\n"
     )
     try:
-        with running(site) as service:
-            postfix = start_postfix(site.config, sasl)
+        with running(site) as service, tls_dir() as tls:
+            # STARTTLS offered, never required (a self-signed certificate).
+            starttls = (
+                f"smtpd_tls_cert_file = {tls / 'server.pem'}\n"
+                f"smtpd_tls_key_file = {tls / 'server.key'}\n"
+                "smtpd_tls_security_level = may\n"
+            )
+            postfix = start_postfix(site.config, sasl + starttls)
             try:
                 yield service, postfix
             finally:
@@ -208,6 +215,22 @@ def test_real_sasl_plain_without_tls(postfix: Postfix) -> None:
     with client(postfix, UNTRUSTED) as c:
         assert c.cmd(f"AUTH PLAIN {token}").code == 235
         assert_table(c.cmd("MAIL FROM:<alice@example.com>"), "auth_mode_unsupported")
+
+
+@pytest.mark.parametrize("ehlo_again", [True, False], ids=["ehlo-again", "no-ehlo-again"])
+def test_real_sasl_plain_after_starttls(postfix: Postfix, ehlo_again: bool) -> None:
+    """Review rev198 M1: Postfix takes AUTH and MAIL right after STARTTLS with no new
+    EHLO (RFC 3207: the client SHOULD send one), so no HELO step said the session was
+    encrypted, and the login got auth_mode_unsupported at every attempt. postfix-config
+    asks for {tls_version} at MAIL too."""
+    token = base64.b64encode(b"\0alice@example.com\0alice-secret").decode()
+    with client(postfix, UNTRUSTED) as c:
+        assert c.starttls().code == 220
+        if ehlo_again:
+            assert c.ehlo(UNTRUSTED["helo"]).code == 250
+        assert c.cmd(f"AUTH PLAIN {token}").code == 235
+        assert c.cmd("MAIL FROM:<alice@example.com>").code == 250
+        assert c.cmd("RCPT TO:<x@foreign.example>").code == 250  # logged in: relayed
 
 
 # --- RCPT TO ------------------------------------------------------------------------
