@@ -832,6 +832,27 @@ def test_check_config_notes_alias_chains_an_import_would_refuse(tmp_path: Path) 
     assert all("mail to it is deferred (database_temp_error)" in n for n in notes)
 
 
+def test_check_config_notes_logins_in_domains_the_site_does_not_host(tmp_path: Path) -> None:
+    """Review rev198 L2: an import took a login kept from another provider; it could
+    never send (domain_auth_error at every attempt), and check-config said OK."""
+    site = make_site(tmp_path)
+    source = tmp_path / "more.toml"
+    source.write_text(
+        '[[user]]\naddress = "zed@example.com"\nlogin = "zed@oldisp.example"\n\n'
+        '[[user]]\naddress = "amy@example.com"\nlogin = "amy"\n',
+        encoding="utf-8",
+    )
+    smtpguard(site, "directory", "import", str(source))
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "directory.path: note:" in line]
+    assert notes == [
+        f"{site.config}: directory.path: note: {site.directory}: login 'zed@oldisp.example'"
+        " is in a domain site.local_domains does not list: every message it sends gets"
+        " domain_auth_error"
+    ]
+
+
 def test_check_config_runs_the_virus_hook_once_as_the_service_user(open_dir: Path) -> None:
     """Review rev92 F3: a hook that fails every message (clamdscan without its clamd,
     exit 2, a hang) passed check-config, which only looked at the program file. Online,

@@ -1290,6 +1290,24 @@ def alias_chain_problems(path: Path, delimiters: str = "") -> list[str]:
     return [fault[0] for fault in faults if fault is not None]
 
 
+def login_domains(path: Path) -> list[tuple[str, str]]:
+    """(login, domain) of every login with "@" in an existing directory file (a user's
+    own address, unless it was given a login of its own): check-config names those in
+    domains the site does not host, whose every message gets domain_auth_error. Raises
+    :class:`DirectoryError`."""
+    try:
+        with closing(_open_existing(path)) as db:
+            rows = db.execute("SELECT login, address FROM users").fetchall()
+    except sqlite3.Error as exc:
+        raise DirectoryError(f"{path}: {exc}") from None
+    found = []
+    for login, address in rows:
+        name = login or address
+        if "@" in name:
+            found.append((name, name.rpartition("@")[2]))
+    return sorted(found)
+
+
 class _AliasGraph:
     """The aliases as a lookup follows them: an address that is no alias is tried
     again without its address extension (``delimiters``), as the MTA delivers it."""

@@ -43,7 +43,7 @@ import smtpguard
 from smtpguard.app import redis_seen_file
 from smtpguard.config import Config, ConfigError
 from smtpguard.counters import CounterError, RedisCounter, SizeBuckets, redis_client
-from smtpguard.directory import DirectoryError, alias_chain_problems
+from smtpguard.directory import DirectoryError, alias_chain_problems, login_domains
 from smtpguard.dns import Answer, Status, system_nameservers
 from smtpguard.dnswire import UdpTransport
 from smtpguard.endpoint import Endpoint
@@ -188,9 +188,10 @@ def directory_notes(config: Config) -> list[ConfigError]:
         return []
     try:
         found = alias_chain_problems(directory.path, config.site.recipient_delimiter)
+        logins = login_domains(directory.path)
     except DirectoryError:
         return []  # file_problems names what is wrong with the file
-    return [
+    notes = [
         ConfigError(
             config.file,
             "directory.path",
@@ -199,6 +200,19 @@ def directory_notes(config: Config) -> list[ConfigError]:
         )
         for what in found[:20]
     ]
+    # Review rev198 L2: a login kept from another provider can never send (the login's
+    # domain is checked first), and its client retries for ever.
+    foreign = [login for login, domain in logins if not config.site.is_local(domain)]
+    notes += [
+        ConfigError(
+            config.file,
+            "directory.path",
+            f"note: {directory.path}: login {login!r} is in a domain site.local_domains"
+            " does not list: every message it sends gets domain_auth_error",
+        )
+        for login in foreign[:20]
+    ]
+    return notes
 
 
 def cpu_problems(config: Config) -> list[ConfigError]:
