@@ -473,10 +473,27 @@ def test_fields_past_the_decoding_cap_are_matched_as_written() -> None:
     scan = capped.scanner()
     scan.feed_header("Subject", "=?utf-8?q?a?=" * 20)
     scan.feed_header("Subject", ENCODED_MONEY)
-    result = scan.finish()
-    assert result == RulesResult(0.0, ())  # the limit is documented, not incomplete
+    # Said, as the time budget is: the Subject's words past the cap went unread.
+    detail = f"encoded words past {2 * len(ENCODED_MONEY)} characters of subject fields not decoded"
+    assert scan.finish() == RulesResult(0.0, (), complete=False, detail=detail)
     raw = RuleSet([Rule("RAW", "header:subject", Pattern("free_money"), 1)], max_header_decode=0)
     assert raw.scan_message(f"Subject: {ENCODED_MONEY}\r\n\r\n".encode()).matched == ("RAW",)
+
+
+def test_other_fields_cannot_use_up_the_subjects_decoding() -> None:
+    """Review rev200: the cap was charged by the length of every field holding "=?",
+    so three X-Mailer fields of a bare "=?" and 90 KB of text left the Subject
+    undecoded, and the scan said it was complete."""
+    rule = Rule("MONEY", "header:subject", Pattern("free money"), 1)
+    mailer = Rule("MAILER", "header:x-mailer", Pattern("bulk mailer"), 1)
+    rules = RuleSet([rule, mailer])
+    scan = rules.scanner()
+    for _ in range(3):
+        scan.feed_header("X-Mailer", "=? " + "x" * 90_000)
+    for _ in range(20):  # real words, each X-Mailer's share
+        scan.feed_header("X-Mailer", "=?utf-8?q?" + "y" * 60 + "?= " * 1000)
+    scan.feed_header("Subject", ENCODED_MONEY)
+    assert scan.finish().matched == ("MONEY",)
 
 
 def test_scanning_stops_once_every_body_rule_matched() -> None:

@@ -63,31 +63,35 @@ def decode(value: str, *, across_openings: bool = False) -> str:
     return _decode(value, across_openings)[0]
 
 
-def readings(value: str) -> tuple[str, ...]:
+def readings(value: str) -> tuple[tuple[str, ...], int]:
     """``value`` decoded as Thunderbird and Python's newer reader decode it, then, only
     where a word's text holds another opening (so the two differ), as Python's legacy
     reader and mutt do (:func:`decode`'s ``across_openings``): what content rules
     match. One pass over the value when the readers agree (review rev195 F1: every
-    field was decoded twice)."""
-    first, differs = _decode(value, False)
+    field was decoded twice). Also the characters of encoded words read, what the
+    decoding cost: a long field with no word in it costs nothing (review rev200)."""
+    first, differs, read = _decode(value, False)
     if not differs:
-        return (first,)
-    other = decode(value, across_openings=True)
-    return (first,) if other == first else (first, other)
+        return (first,), read
+    other, _, more = _decode(value, True)
+    return ((first,) if other == first else (first, other)), read + more
 
 
-def _decode(value: str, across_openings: bool) -> tuple[str, bool]:
-    """:func:`decode`, and whether an opening was passed over for another opening
-    before its closer (then ``across_openings`` reads the value otherwise)."""
+def _decode(value: str, across_openings: bool) -> tuple[str, bool, int]:
+    """:func:`decode`, whether an opening was passed over for another opening before
+    its closer (then ``across_openings`` reads the value otherwise), and the
+    characters of the encoded words read."""
     if "=?" not in value:
-        return value, False
+        return value, False, 0
     out: list[str] = []
     pending: list[bytes] = []
     pending_charset = ""
     position = 0
     previous_end = -1
     inner: list[int] = []
+    read = 0
     for start, end, charset_name, encoding, text in _words(value, across_openings, inner):
+        read += end - start
         octets = _octets(encoding, text)
         if octets is None:
             continue  # stays as written, with the text around it
@@ -103,7 +107,7 @@ def _decode(value: str, across_openings: bool) -> tuple[str, bool]:
         position = previous_end = end
     _flush(out, pending, pending_charset)
     out.append(value[position:])
-    return "".join(out), bool(inner)
+    return "".join(out), bool(inner), read
 
 
 def _words(

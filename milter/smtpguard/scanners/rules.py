@@ -34,9 +34,10 @@ Guards, because the rules run against mail written by strangers:
   longer line is cut into overlapping segments (``overlap`` characters, default 256), so
   a match longer than the overlap that straddles a cut can be missed.
 * At most ``max_body_bytes`` of the body are scanned (default 512 KiB; None = all).
-* Encoded words are decoded in the first ``max_header_decode`` characters of the
-  header fields that hold them (default 256 Ki, far more than a message's own); the
-  fields after that are matched as written, their encoded words undecoded.
+* Encoded words are decoded up to ``max_header_decode`` characters of them in the
+  fields of one name (default 256 Ki, far more than a message's own); the fields of
+  that name after that are matched as written and the result says ``complete=False``,
+  as for the time budget.
 * A time budget per message (``time_budget`` seconds of this thread's CPU spent in
   the scan itself, header decoding included, default 1.0) stops the scan between two
   line segments or header fields; the result
@@ -343,8 +344,10 @@ class RuleScan:
         self._all_found = False
         #: Header texts per group, matched together when the headers end.
         self._headers: dict[int, tuple[_Group, list[str]]] = {}
-        #: Characters of header fields with encoded words still to be decoded.
-        self._decode_left = rules.max_header_decode
+        #: Characters of encoded words still to be decoded, per field name.
+        self._decode_left: dict[str, int] = {}
+        #: Field names whose encoded words were left undecoded past that.
+        self._undecoded: set[str] = set()
 
     # -- headers --------------------------------------------------------------------
 
@@ -355,24 +358,35 @@ class RuleScan:
             return
         unfolded = _UNFOLD.sub(" ", value) if "\n" in value else value
         texts: tuple[str, ...] = (unfolded,)
-        if "=?" in unfolded and self._decode_left > 0 and not self._stopped:
-            # Readers differ on a word whose text holds another opening: both
-            # readings are matched (review rev71 R2, rev72 E1). Decoding is the
-            # costly part of a field, so it counts in the time budget, and past
-            # max_header_decode characters a field is matched as written (review
-            # rev195 F1: 9 MB of encoded words took 5 s of CPU, uncounted).
-            self._decode_left -= len(unfolded)
-            self._enter()
-            try:
-                texts = decode_readings(unfolded)
-                self._check_time()
-            finally:
-                self._leave()
+        if "=?" in unfolded and not self._stopped:
+            texts = self._decoded(name.lower(), unfolded)
         for text in texts:
             if group is not None:
                 self._keep(group, text)
             if any_header is not None:
                 self._keep(any_header, f"{name}: {text}")
+
+    def _decoded(self, key: str, unfolded: str) -> tuple[str, ...]:
+        """The readings of a field with encoded words. Readers differ on a word whose
+        text holds another opening: both readings are matched (review rev71 R2, rev72
+        E1). Decoding is the costly part of a field, so it counts in the time budget,
+        and past ``max_header_decode`` characters of encoded words in fields of one
+        name the rest are matched as written, the scan incomplete (review rev195 F1: 9
+        MB of them took 5 s of CPU, uncounted). Per name and by the words read: a long
+        field without words, or fields of another name, cannot use up the Subject's
+        share (review rev200)."""
+        left = self._decode_left.get(key, self.rules.max_header_decode)
+        if left <= 0:
+            self._undecoded.add(key)
+            return (unfolded,)
+        self._enter()
+        try:
+            texts, read = decode_readings(unfolded)
+            self._check_time()
+        finally:
+            self._leave()
+        self._decode_left[key] = left - read
+        return texts
 
     def _keep(self, group: _Group, text: str) -> None:
         kept = self._headers.get(id(group))
@@ -504,6 +518,13 @@ class RuleScan:
         return RulesResult(
             score=sum(scores[name] for name in matched),
             matched=matched,
-            complete=not self._stopped,
-            detail=self._stopped,
+            complete=not (self._stopped or self._undecoded),
+            detail=self._stopped or self._undecoded_detail(),
         )
+
+    def _undecoded_detail(self) -> str:
+        if not self._undecoded:
+            return ""
+        names = ", ".join(sorted(self._undecoded))
+        limit = self.rules.max_header_decode
+        return f"encoded words past {limit} characters of {names} fields not decoded"
