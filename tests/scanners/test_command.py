@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 
 from smtpguard.scanners import MessageSpool, ScanResult, ScanStatus
-from smtpguard.scanners.command import CommandScan, record_groups_in, run_command
+from smtpguard.scanners.command import (
+    CommandScan,
+    _resetting_env,
+    record_groups_in,
+    run_command,
+)
 from support.daemons import EICAR, EICAR_SIGNATURE, Clamd, start_clamd
 from support.polling import wait_until
 
@@ -146,6 +151,23 @@ def test_a_program_starts_with_what_its_runner_ignores_at_the_default(tmp_path: 
     assert run_command(argv, MESSAGE, timeout=10).status is ScanStatus.CLEAN
 
 
+def test_an_env_without_default_signal_leaves_the_hooks_as_they_were(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev200: coreutils before 8.31 (Debian 10, RHEL 8) and busybox have no
+    --default-signal, and every hook run failed with env's exit 125. Such an env is
+    not used, and the log says so once."""
+    old_env = tmp_path / "env"
+    old_env.write_text(
+        "#!/bin/sh\necho \"env: unrecognized option '$1'\" >&2\nexit 125\n", encoding="utf-8"
+    )
+    old_env.chmod(0o755)
+    with caplog.at_level(logging.WARNING):
+        assert _resetting_env((str(old_env),)) is None
+    assert f"{old_env} does not take --default-signal" in caplog.text
+    assert _resetting_env() is not None  # this host's coreutils 9.1
+
+
 @pytest.mark.usefixtures("ignoring_term")
 def test_a_program_not_run_is_named_as_without_the_reset(tmp_path: Path) -> None:
     missing = run_command([str(tmp_path / "no-such-scanner")], MESSAGE, timeout=10)
@@ -157,6 +179,12 @@ def test_a_program_not_run_is_named_as_without_the_reset(tmp_path: Path) -> None
     assert run_command(["no-such-scanner-on-the-path"], MESSAGE, timeout=10).detail == (
         "cannot run no-such-scanner-on-the-path: No such file or directory"
     )
+    # Review rev200: a #! interpreter that is not there failed in env, with env's words.
+    orphan = tmp_path / "orphan"
+    orphan.write_text("#!/nonexistent/interpreter\nexit 0\n")
+    orphan.chmod(0o755)
+    gone = run_command([str(orphan)], MESSAGE, timeout=10)
+    assert gone.detail == f"cannot run {orphan}: No such file or directory"
     # No "#!": the kernel does not run it, and no shell is started for it either (env's
     # execvp would have handed it to /bin/sh).
     bare = tmp_path / "bare"

@@ -361,28 +361,69 @@ def _with_default_signals(argv: Sequence[str], env: dict[str, str]) -> list[str]
     ELF binary, which env's execvp would hand to /bin/sh) is run as given, so Popen's
     own error names it, with one worker or several."""
     ignored = [sig for sig in _DEFAULT_SIGNALS if signal.getsignal(sig) is signal.SIG_IGN]
-    if not ignored or _ENV is None:
+    if not ignored:
+        return list(argv)
+    env_program = _resetting_env()
+    if env_program is None:
         return list(argv)
     program = shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env)))
     if program is None or not _runnable(program):
         return list(argv)
     names = ",".join(sig.name.removeprefix("SIG") for sig in ignored)
-    return [_ENV, f"--default-signal={names}", "--", *argv]
+    return [env_program, f"--default-signal={names}", "--", *argv]
 
 
 def _runnable(program: str) -> bool:
-    """Whether the kernel itself runs ``program``: a #! script or an ELF binary."""
+    """Whether the kernel itself runs ``program``: an ELF binary, or a #! script whose
+    interpreter is there (a missing one would fail in env, with env's words: review
+    rev200)."""
     try:
         with open(program, "rb") as file:
-            return file.read(4).startswith((b"#!", b"\x7fELF"))
+            head = file.read(_SHEBANG_MAX)
     except OSError:
         return False
+    if head.startswith(b"\x7fELF"):
+        return True
+    if not head.startswith(b"#!"):
+        return False
+    interpreter = head[2:].split(b"\n", 1)[0].split(maxsplit=1)
+    return bool(interpreter) and os.access(interpreter[0], os.X_OK)
+
+
+@functools.cache
+def _resetting_env(candidates: tuple[str, ...] = ("/usr/bin/env", "/bin/env")) -> str | None:
+    """The first of ``candidates`` there, if it takes ``--default-signal`` (coreutils
+    8.31 and later; an older env, or busybox's, failed every hook run with exit 125:
+    review rev200), else None, said once: the hooks then start with the signals as the
+    worker has them."""
+    found = next((env for env in candidates if os.access(env, os.X_OK)), None)
+    if found is None:
+        return None
+    try:
+        probe = subprocess.run(  # noqa: S603 - a fixed argv
+            [found, "--default-signal=TERM", "--version"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        works = False
+    else:
+        works = probe.returncode == 0
+    if works:
+        return found
+    log.warning(
+        "%s does not take --default-signal (coreutils 8.31 or later): virus hooks start"
+        " with SIGHUP, SIGINT and SIGTERM ignored, as the worker that runs them",
+        found,
+    )
+    return None
 
 
 #: The signals a hook program starts with at their default disposition.
 _DEFAULT_SIGNALS: Final = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
-#: coreutils' env, which resets them (``--default-signal``, coreutils 8.31 and later).
-_ENV: Final = next((env for env in ("/usr/bin/env", "/bin/env") if os.access(env, os.X_OK)), None)
+#: Octets of a #! line read to find its interpreter (Linux reads 256).
+_SHEBANG_MAX: Final = 256
 
 
 def _stdin(message: MessageSpool | IO[bytes] | bytes) -> tuple[int, int | IO[bytes], bytes | None]:
