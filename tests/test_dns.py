@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import logging
+import re
 import socket
 import threading
 import time
@@ -744,7 +745,12 @@ def test_a_short_wait_for_a_slot_leaves_a_slow_server_its_timeout(fake: FakeDns)
         short = resolver.lookup("2.slow-server.test", "A", deadline)
         assert not short.busy, short  # it had 0.45 s, as without the wait
         assert time.monotonic() >= deadline + 0.05
-        assert "(0.05 s past it, the time it waited for resolver slots)" in short.detail
+        # The slot's wait, 0.05 s of pause and whatever a loaded machine adds to it.
+        given_back = re.search(
+            r"\((\S+) s past it, the time it waited for resolver slots\)", short.detail
+        )
+        assert given_back is not None, short.detail
+        assert 0.05 <= float(given_back.group(1)) < 0.3
         resolver.close()
         resolver = fake_resolver(fake, max_inflight=1)
         resolver.submit("0.long.test", "A")
