@@ -520,12 +520,14 @@ def test_a_worker_reloads_the_data_files_the_supervisor_validated(tmp_path: Path
         supervisor.published.close()
 
 
-def _stopped_holding(path: str, held: Any) -> None:
-    # A worker stopped while it holds the counter's lock, as SIGSTOP leaves it.
+def _stopped(path: str, lock: bool, held: Any, release: Any) -> None:
+    # A worker stopped (as SIGSTOP leaves it), holding the counter's lock or not,
+    # until the test releases it (or kills it).
     with open(path, "r+b") as file:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        if lock:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX)
         held.set()
-        time.sleep(60)
+        release.wait(60)
 
 
 @pytest.mark.parametrize("holds", [True, False])
@@ -542,17 +544,14 @@ def test_a_silent_worker_holding_the_counters_lock_is_killed_at_once(
     site = make_site(tmp_path, {**WORKERS, "state": {"timeout": 0.5}})
     supervisor = Supervisor(load_config(site.config))
     fork = multiprocessing.get_context("fork")
-    held = fork.Event()
+    held, release = fork.Event(), fork.Event()
     counter = supervisor.app.runtime.services.counter
     assert isinstance(counter, SharedCounter)
     counter.prepare()
-    holder = fork.Process(
-        target=_stopped_holding if holds else time.sleep,
-        args=(counter.path, held) if holds else (60,),
-    )
+    holder = fork.Process(target=_stopped, args=(counter.path, holds, held, release))
     holder.start()
     try:
-        assert not holds or held.wait(10)
+        assert held.wait(10)
         worker = supervisor.workers[0]
         worker.pid = holder.pid or 0
         beat = time.monotonic()
@@ -575,7 +574,9 @@ def test_a_silent_worker_holding_the_counters_lock_is_killed_at_once(
             assert "hung" not in caplog.text
     finally:
         if holder.is_alive():
-            holder.kill()
+            # Not after the kill: a waiter killed inside Event.wait leaves the event's
+            # condition expecting it, and set() would wait for it for ever.
+            release.set()
         holder.join(10)
         supervisor.published.close()
 
