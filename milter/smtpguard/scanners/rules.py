@@ -82,7 +82,7 @@ DEFAULT_RULES_FILE: Final = "antispam.toml"
 DEFAULT_LINE_CAP: Final = 4096
 DEFAULT_OVERLAP: Final = 256
 DEFAULT_MAX_BODY_BYTES: Final = 512 * 1024
-#: Characters of header fields whose encoded words are decoded, per message.
+#: Characters of encoded words decoded in the header fields of one name, per message.
 DEFAULT_MAX_HEADER_DECODE: Final = 256 * 1024
 DEFAULT_TIME_BUDGET: Final = 1.0
 
@@ -352,14 +352,15 @@ class RuleScan:
     # -- headers --------------------------------------------------------------------
 
     def feed_header(self, name: str, value: str) -> None:
-        group = self.rules.headers.get(name.lower())
+        key = name.lower()
+        group = self.rules.headers.get(key)
         any_header = self.rules.any_header
         if group is None and any_header is None:
             return
         unfolded = _UNFOLD.sub(" ", value) if "\n" in value else value
         texts: tuple[str, ...] = (unfolded,)
         if "=?" in unfolded and not self._stopped:
-            texts = self._decoded(name.lower(), unfolded)
+            texts = self._decoded(key, unfolded)
         for text in texts:
             if group is not None:
                 self._keep(group, text)
