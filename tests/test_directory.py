@@ -478,6 +478,14 @@ CSV_COLUMNS = "(type, address, login, state, target, policy, list)"
             ),
             id="references",
         ),
+        pytest.param(
+            "type,address,login\nuser,alice@example.com,Alice\nsend_as,sales@example.com,alice\n",
+            (
+                "3: login: no user has the login 'alice' (a user has 'Alice': name it in"
+                " the user's case)",
+            ),
+            id="login in another case",
+        ),
     ],
 )
 def test_csv_refused(tmp_path: Path, db_path: Path, text: str, problems: tuple[str, ...]) -> None:

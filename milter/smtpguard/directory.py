@@ -1233,6 +1233,9 @@ def _reference_problems(
     """Send-as rights of no user, members of no list, alias loops and chains longer
     than the lookup follows, local alias targets that are nothing."""
     logins = {r.login for r in rows if isinstance(r, UserRow)} | staged.refused_logins
+    # Lookups find a login in any case, but a right is stored under the login as the
+    # user has it, and one written in another case would never be found.
+    cased = {_ascii_lower(login): login for login in logins}
     lists = {r.address for r in rows if isinstance(r, ListRow)} | staged.refused_lists
     known = {r.address for r in rows if isinstance(r, UserRow | AliasRow | ListRow)}
     known |= staged.refused_addresses
@@ -1246,7 +1249,10 @@ def _reference_problems(
     looping: set[str] = set()
     for row, where in staged.rows.items():
         if isinstance(row, SendAsRow) and sure and row.login not in logins:
-            problems.append(f"{where.at('login')}: no user has the login {row.login!r}")
+            problem = f"{where.at('login')}: no user has the login {row.login!r}"
+            if (user_login := cased.get(_ascii_lower(row.login))) is not None:
+                problem += f" (a user has {user_login!r}: name it in the user's case)"
+            problems.append(problem)
         elif isinstance(row, MemberRow) and sure and row.list_address not in lists:
             problems.append(f"{where.at('list_address')}: {row.list_address} is not a list")
         elif isinstance(row, AliasRow):
