@@ -292,3 +292,28 @@ def test_a_refused_recipient_and_an_abandoned_transaction_carry_postfixs_queue_i
     )
     assert " qid=OBSRCPT1 " in decision
     assert summary_of(service, "OBSRCPT1")["outcome"] == "abort"
+
+
+def test_a_logged_in_transaction_gets_no_iprev_of_the_one_before(service: Running) -> None:
+    """smtpport judges a client that has not logged in; after AUTH in the same session
+    it no longer runs, and its earlier result is not this message's (review rev201 F2:
+    ``iprev=pass`` from the first transaction in the second's field)."""
+    s = service.session()
+    s.connect(GOOD_IP, "mx.good.test")
+    s.helo("mx.good.test")
+    assert s.mail("<someone@good.test>").kind == "continue"
+    assert s.rcpt("<alice@example.com>").kind == "continue"
+    _final, mods, _early = s.message(HEADERS, "first\r\n")
+    inserted = [m[1]["value"] for m in mods if m[0] == C.SMFIR_INSHEADER]
+    assert inserted == [
+        f"{AUTHSERV_ID};\n\tspf=pass smtp.mailfrom=good.test;\n\tiprev=pass policy.iprev={GOOD_IP}"
+    ]
+    login = {"{auth_authen}": "alice@example.com", "{auth_type}": "PLAIN"}
+    login["{tls_version}"] = "TLSv1.3"  # PLAIN in the clear is refused
+    assert s.mail("<alice@example.com>", macros=login).kind == "continue"
+    assert s.rcpt("<bob@good.test>").kind == "continue"
+    final, mods, _early = s.message(HEADERS, "second\r\n")
+    s.close()
+    assert final.kind == "continue"
+    # Neither SPF nor iprev ran for the logged-in message: no field of ours at all.
+    assert [m for m in mods if m[0] == C.SMFIR_INSHEADER] == []

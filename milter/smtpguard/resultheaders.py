@@ -1,10 +1,11 @@
 """Result header fields added at end of message: ``Authentication-Results`` (RFC 8601)
 and the anti-spam report (``X-Spam-Status``, ``X-Spam-Report``).
 
-The checks that compute a result record it on the session (:func:`record_spf` at MAIL
-FROM, :func:`record_iprev` when the reverse DNS is judged); the pipeline reads the
-records at end of message. A method that did not run (check off, trusted client) is
-left out of the field, which RFC 8601 §2.2 allows.
+The checks that compute a result record it on the transaction (:func:`record_spf` at
+MAIL FROM, :func:`record_iprev` when the reverse DNS is judged); the pipeline reads the
+records at end of message. A method that did not run for this transaction (check off,
+trusted or logged-in client, exempt) is left out of the field, which RFC 8601 §2.2
+allows.
 
 RFC 8601 §5: an ``Authentication-Results`` field that arrives with our own
 authserv-id was not written by us (we have not seen the message before) and must be
@@ -72,7 +73,9 @@ def record_iprev(conn: Connection, rdns: ReverseDns) -> None:
     """RFC 8601 §2.7.3: pass when a PTR name resolves back to the client IP,
     temperror when a lookup failed temporarily and nothing confirmed, permerror when
     no PTR data are published (NXDOMAIN or an empty answer), fail otherwise (no name
-    confirmed)."""
+    confirmed). Kept for the transaction the check judged: a later one of the session
+    that it does not judge (logged in by then, exempt) gets no iprev (review rev201 F2:
+    the first transaction's result went into a logged-in one's field)."""
     if rdns.confirmed:
         result = "pass"
     elif rdns.temporary:
@@ -81,11 +84,14 @@ def record_iprev(conn: Connection, rdns: ReverseDns) -> None:
         result = "permerror"
     else:
         result = "fail"
-    conn.scratch[_IPREV] = result
+    if conn.txn is not None:
+        conn.txn.scratch[_IPREV] = result
 
 
 def iprev_result(conn: Connection) -> str | None:
-    found: str | None = conn.scratch.get(_IPREV)
+    if conn.txn is None:
+        return None
+    found: str | None = conn.txn.scratch.get(_IPREV)
     return found
 
 
