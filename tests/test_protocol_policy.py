@@ -714,11 +714,57 @@ def test_scores_an_undecided_exemption_might_drop_refuse_only_for_now(
         assert_reply(final, "antispam_reject")
 
 
-def test_a_hold_undecided_by_a_failed_lookup_tempfails(undecided_recipient: Running) -> None:
+def test_a_hold_undecided_by_a_failed_lookup_tempfails_for_its_recipients_alone(
+    undecided_recipient: Running,
+) -> None:
+    """Review rev201 F1: MAIL FROM got the 4xx, so no recipient ever got the refusal
+    the exemption could not spare it. The verdict is held: each RCPT answers."""
     with undecided_recipient.session() as s:
         assert_pass(s.connect(PTR_SERVFAIL_IP))
         assert_pass(s.helo("mx.good.test"))
-        assert_reply(s.mail(f"<someone@{A_ONLY_DOMAIN}>"), "database_temp_error")
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<abuse@example.com>"), "database_temp_error")
+        assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
+
+
+@pytest.fixture(scope="module")
+def undecided_content(
+    tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
+) -> Iterator[Running]:
+    """A content check skipped for one recipient of a partner whose name may fail; the
+    partner's other exemption has the name looked up at MAIL FROM (and fail)."""
+    partner = {"host_suffixes": ["good.test"], "skip": ["spf"]}
+    partner_sales = {
+        "host_suffixes": ["good.test"],
+        "recipients": ["sales@example.com"],
+        "skip": ["antispam"],
+    }
+    extra = {"policy": {"exempt": [partner, partner_sales], "postmaster_skip": []}}
+    yield from dns_site(tmp_path_factory.mktemp("undecided_content"), unbound.port, extra)
+
+
+@pytest.mark.parametrize(
+    ("recipients", "reply"),
+    [
+        # The exemption names no recipient of this message: the refusal stays (review
+        # rev201 F1: a 4xx, and spam deferred for days).
+        pytest.param(["<alice@example.com>"], "antispam_reject", id="other"),
+        pytest.param(["<alice@example.com>", "<sales@example.com>"], "antispam_reject", id="both"),
+        # Every recipient its own: had the lookup worked it might have been skipped.
+        pytest.param(["<sales@example.com>"], "database_temp_error", id="its own"),
+    ],
+)
+def test_a_content_refusal_is_for_now_only_where_the_undecided_exemption_covers_the_message(
+    undecided_content: Running, recipients: list[str], reply: str
+) -> None:
+    with undecided_content.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        for rcpt in recipients:
+            assert_pass(s.rcpt(rcpt))
+        final, _mods, _early = s.message(HEADERS, GTUBE)
+        assert_reply(final, reply)
 
 
 @pytest.fixture(scope="module")

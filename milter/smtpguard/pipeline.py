@@ -719,7 +719,14 @@ class Pipeline:
             check=name,
             settings=step.settings,
             mode=mode,
-            verdict=_unless_unsure(policy, conn, name, verdict),
+            verdict=_unless_unsure(
+                policy,
+                conn,
+                name,
+                verdict,
+                event.rcpt if stage is Stage.RCPT else None,
+                stage=stage,
+            ),
         )
 
     def _raised(self, stage: Stage, conn: Connection, name: str, trace: list[str] | None) -> None:
@@ -1064,7 +1071,7 @@ def _drop_exempt_scores(policy: Policy, conn: Connection, txn: Transaction, even
     for check in list(scores):
         if policy.exempt(conn, check, Stage.EOM, event) is not None:
             del scores[check]
-        elif policy.unsure(conn, check):
+        elif policy.unsure(conn, check, stage=Stage.EOM):
             # An exemption that might have dropped them could not be decided: a
             # refusal that needs them is no permanent one (the antispam check).
             txn.scratch.setdefault(DNSBL_UNSURE_SCORES, set()).add(check)
@@ -1076,6 +1083,8 @@ def _unless_unsure(
     check: str,
     verdict: Verdict,
     rcpt: Address | None = None,
+    *,
+    stage: Stage | None = None,
 ) -> Verdict:
     """A permanent verdict an exemption might have spared, had its lookup not failed
     temporarily, becomes a temporary failure (the client retries; the lookup may work
@@ -1085,7 +1094,7 @@ def _unless_unsure(
         isinstance(verdict, Hit)
         and policy is not None
         and check in policy.relevant
-        and policy.unsure(conn, check, rcpt)
+        and policy.unsure(conn, check, rcpt, stage=stage)
     ):
         return TempError(
             "database_temp_error",

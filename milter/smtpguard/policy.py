@@ -372,8 +372,14 @@ class Policy:
         if txn is None or settings_name(check) not in self.holdable:
             return False
         name = settings_name(check)
+        # Held also for an exemption whose client lookup failed (review rev201 F1):
+        # each RCPT then answers for itself, a temporary failure for the exemption's
+        # recipients and the refusal as it is for the others, instead of a 4xx to the
+        # whole transaction.
         if not any(
-            ex.recipients and name in ex.skip and self._client_and_sender(ex, conn, event)
+            ex.recipients
+            and name in ex.skip
+            and (self._client_and_sender(ex, conn, event) or self._undecided(ex, conn))
             for ex in self.exemptions
         ):
             return False
@@ -397,23 +403,56 @@ class Policy:
             if self.exempt(conn, check, Stage.RCPT, event) is None:
                 yield check, verdict
 
-    def unsure(self, conn: Connection, check: str, rcpt: Address | None = None) -> bool:
+    def unsure(
+        self,
+        conn: Connection,
+        check: str,
+        rcpt: Address | None = None,
+        *,
+        stage: Stage | None = None,
+    ) -> bool:
         """Whether an exemption that skips ``check`` could not be decided because a
         lookup it needs (forward-confirmed reverse DNS, SPF) failed temporarily: a
         verdict of ``check`` is then answered as a temporary failure, never a
-        permanent refusal the exemption might have spared. ``rcpt``: a verdict held
-        for the recipients, answered for this one (only its exemptions count)."""
-        if not (conn.scratch.get(_UNSURE) or (conn.txn and conn.txn.scratch.get(_UNSURE))):
-            return False
+        permanent refusal the exemption might have spared. ``rcpt``: the recipient the
+        verdict is answered for (only its exemptions count); at a content ``stage``
+        only exemptions that name every recipient of the message count, as they
+        would if decided (review rev201 F1: one for another recipient made a 4xx of
+        a refusal it could never have spared)."""
         name = settings_name(check)
-        # The failed lookup is the connection's; an exemption for other senders than
-        # this transaction's cannot apply whatever it would have said.
         return any(
-            name in ex.skip
-            and (ex.host_suffixes or ex.spf_pass)
-            and self._sender(ex, conn)
-            and (rcpt is None or not ex.recipients or self._recipient(ex, rcpt))
+            name in ex.skip and self._undecided(ex, conn) and self._may_cover(ex, conn, rcpt, stage)
             for ex in self.exemptions
+        )
+
+    def _undecided(self, ex: Exemption, conn: Connection) -> bool:
+        """Whether a lookup ``ex`` needs failed for now. The failed lookup is the
+        connection's; an exemption for other senders than this transaction's cannot
+        apply whatever it would have said."""
+        return (
+            bool(ex.host_suffixes or ex.spf_pass)
+            and bool(conn.scratch.get(_UNSURE) or (conn.txn and conn.txn.scratch.get(_UNSURE)))
+            and self._sender(ex, conn)
+        )
+
+    def _may_cover(
+        self, ex: Exemption, conn: Connection, rcpt: Address | None, stage: Stage | None
+    ) -> bool:
+        """Whether ``ex``'s recipients (if it names any) may be the verdict's: the
+        recipient it is answered for; at a content stage every recipient of the
+        message (as :meth:`_applies`); before the recipients are known, any."""
+        if not ex.recipients:
+            return True
+        if rcpt is not None:
+            return self._recipient(ex, rcpt)
+        if stage not in _CONTENT:
+            return True
+        txn = conn.txn
+        return (
+            txn is not None
+            and bool(txn.recipients)
+            and not txn.unparsed_recipients
+            and all(self._recipient(ex, r) for r in txn.recipients)
         )
 
     def skips_client(self, conn: Connection, check: str) -> bool:
