@@ -40,6 +40,7 @@ from smtpguard.config import (
     load_config,
 )
 from smtpguard.counters import SharedCounter, SizeBuckets
+from smtpguard.metrics import REQUEST_SECONDS as METRICS_REQUEST_SECONDS
 from smtpguard.state import SharedSessionGate
 from smtpguard.supervisor import (
     ALONE_BACKOFF,
@@ -1082,6 +1083,57 @@ def test_metrics_are_summed_over_workers(tmp_path: Path) -> None:
         )
         assert found is not None, text
         assert float(found.group(1)) == sent
+
+
+def tcp_inodes(port: int) -> set[str]:
+    """Socket inodes of the TCP connections to the local IPv4 ``port`` still open."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        # 01 ESTABLISHED, 08 CLOSE_WAIT (the client gone, the socket still held).
+        if int(fields[1].rpartition(":")[2], 16) == port and fields[3] in ("01", "08"):
+            found.add(fields[9])
+    return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                found.add(target[len("socket:[") : -1])
+    return found
+
+
+def test_a_metrics_request_being_read_at_a_fork_stays_the_supervisors(tmp_path: Path) -> None:
+    """Review rev202 L2: a worker forked while the supervisor read a request's head kept
+    the connection for its whole life, so the client was never closed and the socket
+    stayed in CLOSE-WAIT."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    site = make_site(tmp_path, {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    with running(site) as service:
+        supervisor = service.process.pid
+        both_started(service)
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"GET /met")
+            sent = time.monotonic()
+            held = poll_for(lambda: tcp_inodes(port) & socket_inodes(supervisor) or None)
+            before = children(supervisor)
+            os.kill(min(before), signal.SIGKILL)
+            wait_until(
+                lambda: len(children(supervisor) - before) == 1 and len(children(supervisor)) == 2,
+                deadline=10,
+            )
+            # The new worker was forked while the request was still being read.
+            assert time.monotonic() - sent < METRICS_REQUEST_SECONDS
+            (new,) = children(supervisor) - before
+            assert not socket_inodes(new) & held
+            # Cut at the supervisor's deadline: the client sees the end.
+            slow.settimeout(METRICS_REQUEST_SECONDS + 5)
+            assert slow.recv(1) == b""
 
 
 def metrics_off(port: int) -> float:

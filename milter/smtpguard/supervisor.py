@@ -585,7 +585,7 @@ class Supervisor:
                 continue
             del self._scrapes[conn]
             if not scrape.complete:
-                conn.close()
+                _cut(conn)
                 continue
             try:
                 conn.setblocking(True)
@@ -826,6 +826,12 @@ class Supervisor:
         os.close(self._wake_w)
         if self.http is not None:
             self.http.socket.close()
+        # Requests still being read when the fork came are the supervisor's: a copy
+        # here kept each client's connection open for the worker's whole life, past
+        # the supervisor's deadline (review rev202 L2).
+        for conn in self._scrapes:
+            conn.close()
+        self._scrapes.clear()
         _die_with_parent(self.pid)
         _mark_worker(number)
         self.number = number
@@ -1357,6 +1363,14 @@ def _processes() -> Iterator[_Process]:
             fields = stat[stat.rfind(b")") + 2 :].split()
             if len(fields) > 3 and fields[0] != b"Z":
                 yield _Process(int(entry.name), int(fields[1]), int(fields[2]), int(fields[3]))
+
+
+def _cut(conn: socket.socket) -> None:
+    """Close a metrics client's connection for the client too: a shutdown ends it even
+    where another process still holds a copy of the descriptor."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+    conn.close()
 
 
 def _die_with_parent(supervisor: int) -> None:
