@@ -295,6 +295,8 @@ def test_a_transaction_dropped_before_data_is_not_waited_for(tmp_path: Path) -> 
         assert service.process.wait(timeout=20) == 0
         assert time.monotonic() - started < 10
         assert "still under way" not in service.log()
+        # Said, though it gets no summary line (review rev202 L1).
+        assert "stopping: 1 session still open cut (no summary line" in service.log()
         dropped.close()
 
 

@@ -767,6 +767,15 @@ def _drain(gate: SessionGate, deadline: float) -> None:
         time.sleep(_DRAIN_POLL)
     if gate.busy > 0:
         log.warning("stopping with %d messages still under way after %.0f s", gate.busy, deadline)
+    if gate.active > 0:
+        # They end with no summary line (review rev202 L1: a stop left no trace of
+        # what the MTA then deferred).
+        log.info(
+            "stopping: %d session%s still open cut (no summary line; the MTA answers"
+            " them by its milter default_action)",
+            gate.active,
+            "" if gate.active == 1 else "s",
+        )
     # Their virus hook programs, and a canary's, would run on after the process (review
     # rev92 F2, rev94 F4); none starts from now on.
     if ended := end_running():
