@@ -170,6 +170,26 @@ def test_file_replaced_by_rename_is_reopened_after_the_ttl(
     ]
 
 
+def test_a_file_copied_over_in_place_is_reopened_after_the_ttl(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev204: ``cp backup.sqlite directory.sqlite`` keeps the inode, and SQLite
+    trusts a connection's cached pages while the file's change counter reads the same,
+    as it does in two files made by the same writes: the pool answered from the old
+    contents until a restart."""
+    path, clock, pool = watched_file(tmp_path)
+    other = make_file(tmp_path / "other.sqlite", "new")
+    assert path.read_bytes()[24:28] == other.read_bytes()[24:28]  # the change counters
+    inode = path.stat().st_ino
+    shutil.copyfile(other, path)
+    assert path.stat().st_ino == inode
+    caplog.set_level(logging.INFO)
+    clock.now += 1.0
+    assert pool.query(SQL, ("a",)) == [("new",)]
+    # Quiet: SQLite's own writes (an import, a checkpoint) change the file so too.
+    assert caplog.records == []
+
+
 def test_wal_files_removed_under_the_pool_are_reopened(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

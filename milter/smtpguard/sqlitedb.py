@@ -22,9 +22,12 @@ deleted one for as long as they live, and with a busy pool that is forever. So t
 pool compares the file's device and inode with the ones it saw last, at most once per
 ``cache_ttl`` or :data:`MIN_CHECK_INTERVAL`, whichever is longer, not at each lookup
 (~13 a session); on a change it closes its idle connections, closes the busy ones when
-they come back, and drops the cached results. A file that disappears after it was seen
-fails every query (and is looked for at each one) until it is back: the old file's
-answers, or an empty file created in its place, would be wrong silently.
+they come back, and drops the cached results. So it does, quietly, for a file whose size
+or modification time changed: one written over in place (``cp``) keeps its inode, and
+SQLite's own check of a connection's cached pages can miss it (:class:`_Seen`). A
+file that disappears after it was seen fails every query (and is looked for at each
+one) until it is back: the old file's answers, or an empty file created in its place,
+would be wrong silently.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cachetools import TTLCache
 
@@ -56,6 +59,22 @@ CACHE_ENTRIES = 20_000
 MIN_CHECK_INTERVAL = 0.1
 
 log = logging.getLogger("smtpguard")
+
+
+class _Seen(NamedTuple):
+    """What a check of the watched file found."""
+
+    dev: int
+    ino: int
+    #: The inode of its WAL index (0: none).
+    wal_index: int
+    #: Its size and modification time: a file written over in place (``cp backup
+    #: directory.sqlite``) keeps its inode, and SQLite keeps a connection's cached
+    #: pages while the file's change counter reads the same, which two files that
+    #: went through as many writes share (review rev204: the restored users got 550
+    #: until a restart).
+    size: int
+    mtime_ns: int
 
 
 def _wal_index(path: str) -> int:
@@ -95,9 +114,8 @@ class ConnectionPool:
         self._every = max(cache_ttl, MIN_CHECK_INTERVAL)
         # When the file is due for a check; never without a file to watch.
         self._next_check = -math.inf if watch is not None else math.inf
-        # (st_dev, st_ino) of the file the pool's connections read and the inode of
-        # its WAL index (0: none); None until seen.
-        self._seen: tuple[int, int, int] | None = None
+        # The file the pool's connections read; None until seen.
+        self._seen: _Seen | None = None
         # Why the file seen before is gone (then every query fails), or None.
         self._gone: str | None = None
         # Bumped at each reopen: connections and results of an older one are dropped.
@@ -153,7 +171,7 @@ class ConnectionPool:
                 # This close may remove the WAL index (the pool's last connection), as
                 # _reopen's: not a removal by someone else (review rev155 F3: a store
                 # retired by a reload said "WAL index removed" at every query).
-                self._seen = (*self._seen[:2], 0)
+                self._seen = self._seen._replace(wal_index=0)
         db.close()
         return rows, generation
 
@@ -168,8 +186,8 @@ class ConnectionPool:
         without this the index's removal would look like no change (_record)."""
         index = _wal_index(path)
         with self._lock:
-            if index and self._seen is not None and not self._seen[2]:
-                self._seen = (*self._seen[:2], index)
+            if index and self._seen is not None and not self._seen.wal_index:
+                self._seen = self._seen._replace(wal_index=index)
 
     def _check_file(self, path: str, now: float) -> None:
         with self._lock:
@@ -180,7 +198,10 @@ class ConnectionPool:
             ticket = self._checks
         try:
             st = os.stat(path)
-            found, problem = (st.st_dev, st.st_ino, _wal_index(path)), ""
+            found: _Seen | None = _Seen(
+                st.st_dev, st.st_ino, _wal_index(path), st.st_size, st.st_mtime_ns
+            )
+            problem = ""
         except OSError as exc:
             found, problem = None, exc.strerror or str(exc)
         if found is not None and found == self._seen and self._gone is None:
@@ -197,7 +218,7 @@ class ConnectionPool:
             level = logging.ERROR if found is None else logging.INFO
             log.log(level, "%s %s %s", self._label, path, text)
 
-    def _record(self, found: tuple[int, int, int] | None, problem: str, now: float) -> str | None:
+    def _record(self, found: _Seen | None, problem: str, now: float) -> str | None:
         """Under the lock: take in what a check found. None: nothing to do; else the
         connections are to be reopened, with this text in the log line ("": none)."""
         seen, gone = self._seen, self._gone
@@ -207,7 +228,7 @@ class ConnectionPool:
             if seen is None or gone is not None:
                 return None  # not there yet (the opener creates or reports it), or known
             self._gone = problem
-            return f"missing (was inode {seen[1]}): {problem}; lookups fail until it is back"
+            return f"missing (was inode {seen.ino}): {problem}; lookups fail until it is back"
         self._seen, self._gone = found, None
         if found == seen and gone is None:
             return None
@@ -217,15 +238,20 @@ class ConnectionPool:
             # a first query that finds the file there are none.
             return ""
         if gone is not None:
-            return f"back (inode {found[1]}): reopened"
-        if found[:2] == seen[:2]:
-            if not seen[2]:
-                return None  # the first connection in WAL mode made the index
+            return f"back (inode {found.ino}): reopened"
+        if found[:2] != seen[:2]:
+            return f"replaced (inode {seen.ino} -> {found.ino}): reopened"
+        if seen.wal_index and found.wal_index != seen.wal_index:
             # The -wal and -shm files removed (by hand, a restore) under connections
             # that keep the unlinked index: they would never see another process's
             # writes again, which go through the new ones.
-            return f"WAL index {'replaced' if found[2] else 'removed'}: reopened"
-        return f"replaced (inode {seen[1]} -> {found[1]}): reopened"
+            return f"WAL index {'replaced' if found.wal_index else 'removed'}: reopened"
+        if (found.size, found.mtime_ns) != (seen.size, seen.mtime_ns):
+            # Written in place: by SQLite (an import, a checkpoint), which the cached
+            # results need anyway, or over it by a copy, which the connections' own
+            # caches may not see. Quiet: every import and checkpoint does it.
+            return ""
+        return None  # the first connection in WAL mode made the index
 
     def close(self) -> None:
         """Close the idle connections and keep none from now on (a store retired by a
@@ -245,7 +271,7 @@ class ConnectionPool:
             # connection makes another, which _note_wal_index records. Compared with
             # the old one, it would pass for a replacement, and each reopen would
             # cause the next (found by review, on tmpfs, where inodes are not reused).
-            self._seen = (*self._seen[:2], 0)
+            self._seen = self._seen._replace(wal_index=0)
         stale, self._idle = self._idle, []
         if self._cache is not None:
             self._cache.clear()
