@@ -43,5 +43,10 @@ fetch_sendmail || { apt-get update -qq && fetch_sendmail; }
 # tests/), the benchmarks as "tests.support" (from the top), so two runs.
 MYPYPATH=milter:stubs:tests "$VENV/bin/mypy" --explicit-package-bases tests
 MYPYPATH=milter:stubs:. "$VENV/bin/mypy" --explicit-package-bases bench
+# The suite starts `smtpguard` a few hundred times (services, CLI commands). Where the
+# environment sets PYTHONDONTWRITEBYTECODE (this machine's does), each start compiled
+# the package's source again, ~0.15 s of CPU; the files compiled once are read instead
+# (and one edited later is compiled again by the import, as without this).
+"$VENV/bin/python" -m compileall -q milter tests bench
 # pytest exits 5 when it collected no test: that is a failure here too (set -e).
 exec "$VENV/bin/pytest" "$@"
