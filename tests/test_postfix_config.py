@@ -18,6 +18,7 @@ import pytest
 
 from smtpguard.app import load
 from smtpguard.config import Config
+from smtpguard.directory import read_contents
 from smtpguard.postfix import (
     MILTER_RELAY_PASS,
     POSTFIX_EXAMPLES,
@@ -86,6 +87,9 @@ STOCK = {
     "smtpd_reject_footer_maps": "",
     "smtpd_reject_footer": "",
     "alias_maps": "",
+    # Postfix's own default is proxy:unix:passwd.byname $alias_maps (the tests with a
+    # directory give theirs).
+    "local_recipient_maps": "",
     "smtpd_forbid_bare_newline": "no",
     "receive_override_options": "",
     "content_filter": "",
@@ -814,6 +818,42 @@ def test_unlisted_recipients_stay_with_postfix_where_the_mailbox_check_is_off(
     assert changes(again)["smtpd_reject_unlisted_recipient"] == "yes"
 
 
+def test_another_recipient_delimiter_keeps_postfix_checking_recipients(tmp_path: Path) -> None:
+    """Review rev205 F1: with Postfix's recipient_delimiter empty, smtpguard accepted
+    alice+news@ (alice's extension), which local(8) then bounced to a forged sender."""
+    result = make_plan(config(tmp_path), recipient_delimiter="")
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    (note,) = [n for n in result.notes if n.startswith("smtpd_reject_unlisted_recipient")]
+    assert "recipient_delimiter is '' and site.recipient_delimiter '+'" in note
+
+
+def test_directory_addresses_postfix_cannot_deliver_keep_its_recipient_check(
+    tmp_path: Path,
+) -> None:
+    """Review rev205 F1: smtpd_reject_unlisted_recipient = no also stops smtpd asking
+    local_recipient_maps; a directory user without an account there got 250, then
+    local(8)'s bounce to a forged sender. Every address there: the table's reply."""
+    conf = postmap_directory(tmp_path)
+    cfg = load(make_site(tmp_path / "site").config)
+    contents = read_contents(cfg.directory.path)
+    rows = [*contents.users, *contents.aliases, *contents.lists]
+    locals_ = sorted(
+        {r.address.partition("@")[0] for r in rows if r.address.endswith("@example.com")}
+    )
+    assert "alice" in locals_
+    partial = "inline:{" + ", ".join(f"{n}=ok" for n in locals_ if n != "alice") + "}"
+    result = make_plan(cfg, config_directory=str(conf), local_recipient_maps=partial)
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    (note,) = [n for n in result.notes if n.startswith("smtpd_reject_unlisted_recipient")]
+    assert "local_recipient_maps do not hold alice@example.com of smtpguard's directory" in note
+    whole = "inline:{" + ", ".join(f"{n}=ok" for n in locals_) + "}"
+    result = make_plan(cfg, config_directory=str(conf), local_recipient_maps=whole)
+    assert changes(result)["smtpd_reject_unlisted_recipient"] == UNLISTED_WHILE_MILTERS
+    # A table that cannot be read is no proof.
+    result = make_plan(cfg, config_directory=str(conf), local_recipient_maps=f"hash:{conf}/gone")
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+
+
 def test_size_limits_are_never_raised(tmp_path: Path) -> None:
     """A lower message_size_limit is the site's choice: a note, not a change (it was
     raised, and mailbox_size_limit with it, letting larger mail in)."""
@@ -1531,6 +1571,9 @@ def _service_plan(
     """The plan for an instance that already has smtpguard in main.cf's smtpd_milters,
     at the default socket (inside the queue directory) unless ``extra`` sets one."""
     cfg = config(tmp_path, merge({"milter": {"socket": DEFAULT_SOCKET}}, extra or {}))
+    # Debian's main.cf splits address extensions as the site does (another delimiter
+    # keeps Postfix's own recipient check: test_..._recipient_delimiter_...).
+    main_cf = "recipient_delimiter = +\n" + main_cf
     current = read_postconf(_instance(tmp_path, main_cf, master_cf))
     entry = "{ " + postfix_milter_address(cfg.milter.socket) + " }"
     attached = Settings(

@@ -36,7 +36,7 @@ import posixpath
 import re
 import shlex
 import subprocess
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -49,7 +49,7 @@ from smtpguard.address import (
 )
 from smtpguard.bounds import answer_bounds
 from smtpguard.config import Config
-from smtpguard.directory import DirectoryError, Kind, SqliteDirectory
+from smtpguard.directory import DirectoryError, Kind, SqliteDirectory, read_contents
 from smtpguard.iplist import unbracket
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.session import detect_mta
@@ -171,6 +171,7 @@ PARAMETERS = (
     "smtpd_reject_footer_maps",
     "smtpd_reject_footer",
     "alias_maps",
+    "local_recipient_maps",
     "smtpd_forbid_bare_newline",
     "receive_override_options",
     "content_filter",
@@ -1535,9 +1536,17 @@ class _Planner:
             if "mailbox" in exemption.skip
         ]
         everywhere = directory and mailbox.mode == "enforce" and not config.milter.dry_run
-        if maps or unguarded or lax or not everywhere:
+        # What smtpguard accepts that Postfix would not deliver (review rev205 F1: a
+        # directory user with no account, or an address extension Postfix does not
+        # split, got 250 and then local(8)'s bounce to a forged sender).
+        undeliverable = (
+            self._undeliverable() if everywhere and not (maps or unguarded or lax) else None
+        )
+        if maps or unguarded or lax or undeliverable or not everywhere:
             if maps:
                 why = f"{', '.join(maps)} would go unchecked too"
+            elif undeliverable:
+                why = undeliverable
             elif unguarded:
                 why = (
                     f"smtpguard does not check recipients on {', '.join(unguarded)}, where"
@@ -1562,7 +1571,7 @@ class _Planner:
                     f"smtpd_reject_unlisted_recipient: is 'no' but {why}: nothing checks"
                     " those recipients (backscatter)"
                 )
-            elif maps or unguarded or lax:
+            elif maps or unguarded or lax or undeliverable:
                 self.notes.append(
                     f"smtpd_reject_unlisted_recipient left at yes ({why} with no): unknown"
                     " recipients get Postfix's own reply, not mailbox_unavailable"
@@ -1575,6 +1584,83 @@ class _Planner:
                 "unknown local recipients reach smtpguard's directory (mailbox_unavailable);"
                 " with smtpd_milters emptied Postfix refuses them itself again",
             )
+
+    def _undeliverable(self) -> str | None:
+        """Why Postfix's own check of local recipients must stay, or None: a directory
+        address in a domain Postfix delivers itself (mydestination) that its
+        local_recipient_maps do not hold, which smtpd_reject_unlisted_recipient = no
+        stops smtpd consulting; or a recipient_delimiter other than smtpguard's."""
+        ours, theirs = self.config.site.recipient_delimiter, self.now["recipient_delimiter"]
+        if set(ours) != set(theirs):
+            return (
+                f"recipient_delimiter is {theirs!r} and site.recipient_delimiter {ours!r}:"
+                " smtpguard would accept address extensions Postfix does not deliver"
+            )
+        tables = split_list(self.now["local_recipient_maps"])
+        config = self.config
+        if not tables or config.directory.backend != "sqlite":
+            return None
+        site = config.site
+        own = {
+            d.lower()
+            for d in split_list(self.now["mydestination"])
+            if not d.startswith("/") and ":" not in d and site.is_local(d)
+        }
+        try:
+            contents = read_contents(config.directory.path)
+        except (DirectoryError, OSError):
+            return None  # mailboxes() and check-config say what is wrong with the file
+        addresses = [
+            address
+            for address in dict.fromkeys(
+                row.address.lower()
+                for rows in (contents.users, contents.aliases, contents.lists)
+                for row in rows
+            )
+            if address.rpartition("@")[2] in own and not address.startswith("postmaster@")
+        ]
+        if not addresses:
+            return None
+        # smtpd looks a local recipient up whole and as its local part (local(8)'s
+        # names: passwd, aliases).
+        keys = sorted({*addresses, *(a.rpartition("@")[0] for a in addresses)})
+        known: set[str] = set()
+        for table in tables:
+            found = self._query(table, keys)
+            if found is None:
+                return f"local_recipient_maps could not be read to compare ({table})"
+            known |= found
+        unknown = [a for a in addresses if a not in known and a.rpartition("@")[0] not in known]
+        if not unknown:
+            return None
+        shown = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        return (
+            f"local_recipient_maps do not hold {shown} of smtpguard's directory, which"
+            " Postfix's local delivery would then bounce"
+        )
+
+    def _query(self, table: str, keys: Sequence[str]) -> set[str] | None:
+        """The ``keys`` that ``table`` holds (``postmap -q -``), or None where it cannot
+        be read."""
+        command = ["postmap", "-c", self.now["config_directory"], "-q", "-"]
+        try:
+            done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
+                [*command, table.removeprefix("proxy:")],
+                input="".join(f"{key}\n" for key in keys),
+                capture_output=True,
+                text=True,
+                errors="replace",
+                check=False,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        # Exit 1: no key found, which is an answer too.
+        if done.returncode not in (0, 1) or "fatal:" in done.stderr:
+            return None
+        return {line.split("\t", 1)[0] for line in done.stdout.splitlines() if line.strip()}
 
     def mailboxes(self) -> None:
         """Addresses Postfix receives mail for in smtpguard's local domains (the keys of

@@ -598,6 +598,25 @@ def test_a_domain_without_the_mailbox_check_keeps_postfix_checking_its_recipient
             postfix.stop()
 
 
+def test_a_directory_user_postfix_cannot_deliver_is_refused_not_bounced() -> None:
+    """Review rev205 F1: smtpd_reject_unlisted_recipient = no also stopped smtpd asking
+    local_recipient_maps; alice@, in smtpguard's directory but no local recipient of
+    Postfix, got 250 and then local(8)'s bounce to the forged sender."""
+    s = site("undeliverable")
+    users = "relay_domains =\nmydestination = example.com\n"
+    users += "local_recipient_maps = inline:{u1=ok, postmaster=ok}\n"
+    with running(s):
+        postfix = start_postfix(s.config, users)
+        try:
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+                reply = c.cmd("RCPT TO:<alice@example.com>")
+            assert reply.code == 550, reply
+            assert "User unknown in local recipient table" in str(reply)
+        finally:
+            postfix.stop()
+
+
 @pytest.mark.parametrize("kind", ["unix", "inet"])
 @pytest.mark.parametrize(
     ("ident", "sender", "reply_id"),
