@@ -404,6 +404,25 @@ def test_relay_restrictions_the_admin_is_told_about(
     assert any(said in line for line in getattr(result, said_in))
 
 
+@pytest.mark.parametrize("relay_control", ["postfix", "milter"])
+def test_a_final_permit_after_the_other_lists_guard_is_no_open_relay(
+    tmp_path: Path, relay_control: str
+) -> None:
+    """Review rev205 F2: Postfix's own split (the guard in smtpd_relay_restrictions,
+    smtpd_recipient_restrictions ending in permit) was reported as an open relay: smtpd
+    applies both lists. In milter mode the relay list passes everything while milters
+    are configured, so the permit there is one (a dry run relays)."""
+    cfg = config(tmp_path, {"site": {"relay_control": relay_control}})
+    result = make_plan(
+        cfg,
+        smtpd_relay_restrictions="permit_mynetworks, permit_sasl_authenticated,"
+        " reject_unauth_destination",
+        smtpd_recipient_restrictions="permit_mynetworks, reject_unknown_recipient_domain, permit",
+    )
+    said = [p for p in result.unresolved if "'permit' before the relay guard" in p]
+    assert bool(said) is (relay_control == "milter"), result.unresolved
+
+
 OURS_POSTFIX = "check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)}"
 
 

@@ -1251,6 +1251,7 @@ class _Planner:
         """Report what passes every recipient before the relay guard; True if any."""
         found = False
         every: list[str] = []
+        lists: dict[str, list[str]] = {}
         for name, value in cleaned.items():
             if "$" not in value.replace(MILTER_RELAY_PASS, ""):
                 # Nothing to expand but our own pass-through: read what the admin wrote,
@@ -1266,6 +1267,18 @@ class _Planner:
                     # The expansion of our own pass-through, which this plan removes.
                     items = _without_pass(items)
             every += items
+            lists[name] = items
+        for name, items in lists.items():
+            if not milter_mode and any(
+                _closes_relay(other) for other_name, other in lists.items() if other_name != name
+            ):
+                # smtpd applies both lists, and a refusal in either ends the RCPT: the
+                # other one closes relaying whatever this one permits (review rev205 F2:
+                # Postfix's own split, relay guard in smtpd_relay_restrictions and a
+                # final permit in smtpd_recipient_restrictions, was called an open
+                # relay). Not in milter mode: there smtpd_relay_restrictions passes
+                # everything while milters are configured, and smtpguard decides.
+                continue
             guard = next((i for i, item in enumerate(items) if item in RELAY_GUARDS), None)
             for item in items[: len(items) if guard is None else guard]:
                 if item == "permit" or _passes_all(item):
