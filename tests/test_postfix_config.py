@@ -1379,6 +1379,27 @@ def test_postfix_replies_keep_every_language_in_the_tables_order(tmp_path: Path)
     )
 
 
+@pytest.mark.parametrize(
+    ("footer", "carried"),
+    [
+        ("\\c - help: $client_address", " - help: $$client_address"),
+        ("Call 555-0101", "\\nCall 555-0101"),  # a line of its own, as Postfix writes it
+        ("", ""),
+    ],
+)
+def test_the_admins_footer_follows_each_footer_table_text(
+    tmp_path: Path, footer: str, carried: str
+) -> None:
+    """Review rev205 F3: Postfix uses a footer map's entry instead of
+    smtpd_reject_footer, which the admin's replies lost. (Through Postfix:
+    tests/e2e/test_postfix.py, test_footer_keeps_percent_and_dollar_signs_...)"""
+    cfg = config(tmp_path)
+    result = make_plan(cfg, smtpd_reject_footer=footer)
+    assert f"/^503 5\\.5\\.1 Error: need MAIL command/ \\c (请先发送 MAIL){carried}" in (
+        result.footers.splitlines()
+    )
+
+
 def test_the_relay_refusal_stands_in_main_cf_as_written(tmp_path: Path) -> None:
     """Review rev75 F4: "$user" in an overridden text was expanded by Postfix (to
     nothing) and a "}" ended the static map early."""

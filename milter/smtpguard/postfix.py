@@ -587,7 +587,19 @@ def footer_text(text: str) -> str:
     return text.replace("%%", "%").replace("$", "$$$$")
 
 
-def postfix_footer_regexp(replies: ReplyTable, utf8: bool) -> str:
+def postfix_footer_regexp(replies: ReplyTable, utf8: bool, admin_footer: str = "") -> str:
+    """The smtpd_reject_footer_maps table. Postfix uses a matching entry instead of
+    ``smtpd_reject_footer``, so the admin's footer (as main.cf writes it) is carried
+    after each entry's text (review rev205 F3: the admin's help link was gone from
+    every reply the table matched)."""
+    admin_footer = admin_footer.strip()
+    if admin_footer:
+        # As written for the footer's own expansion: only the regexp table's "$" is
+        # escaped. "\c" continues the line; anything else starts a line of its own.
+        carried = admin_footer.replace("$", "$$")
+        carried = carried[2:] if carried.startswith("\\c") else "\\n" + carried
+    else:
+        carried = ""
     out = []
     for pattern, reply_id, with_english in POSTFIX_FOOTERS:
         row = replies.rows[reply_id]
@@ -603,7 +615,7 @@ def postfix_footer_regexp(replies: ReplyTable, utf8: bool) -> str:
             # The pattern is delimited by "/": one inside it (HELO/EHLO) would end it
             # early and Postfix would skip the rule ("unknown regexp option").
             escaped = pattern.replace("/", "\\/")
-            out.append(f"/{escaped}/ \\c ({footer_text(text)})")
+            out.append(f"/{escaped}/ \\c ({footer_text(text)}){carried}")
     return "\n".join(out) + ("\n" if out else "")
 
 
@@ -645,7 +657,9 @@ def plan(
         unresolved=tuple(planner.unresolved),
         blocking=tuple(planner.blocking),
         footer_path=planner.footer_path,
-        footers=postfix_footer_regexp(replies, _uses_table_utf8(config)),
+        footers=postfix_footer_regexp(
+            replies, _uses_table_utf8(config), current.raw.get("smtpd_reject_footer", "")
+        ),
     )
 
 
@@ -2135,7 +2149,9 @@ class _Planner:
             self.notes.append(
                 f"smtpd_reject_footer left as it is ({self.raw['smtpd_reject_footer']}):"
                 " Postfix appends it to smtpguard's replies too, so clients read the"
-                " table's text followed by it"
+                " table's text followed by it; the footer table carries it after each of"
+                " its texts (Postfix uses a matching entry instead of it), so write the"
+                " table again after changing it"
             )
         table = f"regexp:{self.footer_path}"
         maps = split_list(self.now["smtpd_reject_footer_maps"])

@@ -468,16 +468,20 @@ def test_mta_level_rows_get_the_table_text_as_footer(postfix: Postfix) -> None:
 
 def test_footer_keeps_percent_and_dollar_signs_of_the_table_text() -> None:
     """The table writes "%" as "%%" (libmilter's escape) and "$" is a regexp_table
-    substitution and a footer macro in Postfix: the client reads the text as written."""
+    substitution and a footer macro in Postfix: the client reads the text as written.
+    The admin's own smtpd_reject_footer, which Postfix drops where a footer map entry
+    matches, follows it (review rev205 F3), its macros expanded as Postfix would."""
     text = "请先发送 MAIL (100%% 检查, 费用 $5, $client_address)"
     site = e2e_site("footers", {"replies": {"override": {"mail_first": {"text": {"zh": text}}}}})
+    admin = "smtpd_reject_footer = \\c - help: https://help.example.com/ for $client_address\n"
     with running(site):
-        postfix = start_postfix(site.config)
+        postfix = start_postfix(site.config, admin)
         try:
             with client(postfix, UNTRUSTED) as c:
                 assert c.cmd("RCPT TO:<alice@example.com>").lines == (
                     "503 5.5.1 Error: need MAIL command"
-                    " (请先发送 MAIL (100% 检查, 费用 $5, $client_address))",
+                    " (请先发送 MAIL (100% 检查, 费用 $5, $client_address))"
+                    " - help: https://help.example.com/ for 198.51.100.7",
                 )
         finally:
             postfix.stop()
