@@ -6,6 +6,7 @@ Start time itself is measured by bench/explain_log.py, not here (no timed tests)
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import subprocess
@@ -151,6 +152,17 @@ def test_explain_log_any_bytes_on_stdin_and_in_its_name(tmp_path: Path) -> None:
             assert b"1" in out.splitlines()[0]
             summary = json.loads(run([b"explain", b"--log", source, b"--json"], stdin=stdin))
             assert summary["bounced"] == 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-8-sig"])
+def test_explain_reads_a_reply_saved_with_a_byte_order_mark(encoding: str) -> None:
+    """Review rev207 F7: a bounce saved by Notepad as UTF-16 was "Unknown reply"."""
+    text = "550 5.1.1 mailbox unavailable. (邮箱不存在)\r\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = codecs.BOM_UTF16_BE + data
+    found = json.loads(run([b"explain", b"--json", b"-"], stdin=data))
+    assert found["reply_id"] == "mailbox_unavailable"
 
 
 def test_rules_load_once_per_process() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import functools
 import os
@@ -906,7 +907,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         # A reply pasted into a pipe: no quoting to get right. Read as a log line is,
         # bounded (explain reads the first MAX_LINE_CHARS characters of a line anyway).
         data = sys.stdin.buffer.read(MAX_STDIN_REPLY) if sys.stdin is not None else b""
-        line = data.decode("utf-8", "replace")
+        # A bounce saved by Notepad (UTF-16 with its byte order mark) read as UTF-8 was
+        # a NUL between every two letters: no reply found (review rev207 F7).
+        utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+        line = data.decode("utf-16" if utf16 else "utf-8-sig", "replace")
     else:
         line = _text_arg(" ".join(args.reply))
     text = explain_main(
