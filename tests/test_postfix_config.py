@@ -855,10 +855,10 @@ def test_directory_addresses_postfix_cannot_deliver_keep_its_recipient_check(
     conf = postmap_directory(tmp_path)
     cfg = load(make_site(tmp_path / "site").config)
     contents = read_contents(cfg.directory.path)
-    rows = [*contents.users, *contents.aliases, *contents.lists]
-    locals_ = sorted(
-        {r.address.partition("@")[0] for r in rows if r.address.endswith("@example.com")}
-    )
+    addresses = [
+        r.address for rows in (contents.users, contents.aliases, contents.lists) for r in rows
+    ]
+    locals_ = sorted({a.partition("@")[0] for a in addresses if a.endswith("@example.com")})
     assert "alice" in locals_
     partial = "inline:{" + ", ".join(f"{n}=ok" for n in locals_ if n != "alice") + "}"
     result = make_plan(cfg, config_directory=str(conf), local_recipient_maps=partial)
