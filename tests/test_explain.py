@@ -2198,3 +2198,30 @@ def test_a_long_run_of_dashes_is_read_in_linear_time(knowledge: Knowledge) -> No
     exp = knowledge.explain("550 5.1.1 x\n" + "-" * 65_000 + " x\n-- original message")
     assert exp.code == "550"
     assert time.process_time() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("pasted", "category", "fix"),
+    [
+        (
+            "550 5.4.300 Message expired -> 451 4.7.500 Server busy. Please try again later"
+            " from [192.0.2.1]. (S77719)",
+            "rate_limit",
+            "reduce_rate",
+        ),
+        (
+            "550 5.4.300 Message expired -> 451 4.7.1 Greylisted, please try again later",
+            "greylisting",
+            "contact_postmaster",
+        ),
+    ],
+)
+def test_an_expired_message_is_explained_by_its_last_deferral(
+    knowledge: Knowledge, pasted: str, category: str, fix: str
+) -> None:
+    """Review rev207 F6: Microsoft's NDR was judged by the wrapper's weak words
+    ("check the recipient's domain"); the last deferral says why, and nothing retries."""
+    exp = knowledge.explain(pasted)
+    assert (exp.code, exp.category, exp.fix, exp.permanent) == ("550", category, fix, True)
+    assert "nothing sends it again by itself" in exp.action("en")
+    assert exp.cause("en").startswith("The sending server retried the message until it expired")

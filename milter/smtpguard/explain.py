@@ -479,6 +479,11 @@ class Knowledge:
         lone surrogates (undecodable argv) and control characters become U+FFFD or
         spaces, so the result always prints and serializes."""
         reply = parse_reply(clean_input(line))
+        expired = _EXPIRED_AFTER.search(reply.text) if reply.klass == "5" else None
+        if expired is not None:
+            last = self.explain(reply.text[expired.end() :])
+            if last.code is not None and last.code[:1] == "4":
+                return self._expired(reply, last)
         ours = self._match_ours(reply)
         if ours is not None:
             cat = self.categories[ours.category]
@@ -718,6 +723,26 @@ class Knowledge:
         cat = self.categories[category]
         return self._explanation(
             reply, cat, cause=cause, action=action, rule=FALLBACK_RULE, source="rfc3463"
+        )
+
+    def _expired(self, reply: ParsedReply, last: Explanation) -> Explanation:
+        """A 5xx that says the message expired, quoting the last temporary refusal
+        (Microsoft's "550 5.4.300 Message expired -> 451 4.7.500 Server busy"): the
+        refusal's cause, but the mail came back and nothing retries it (review rev207
+        F6: the wrapper's weak words said "check the recipient's domain")."""
+        fix = last.fix if last.fix not in ("none", "retry_later") else "contact_postmaster"
+        return replace(
+            last,
+            code=reply.code,
+            xcode=reply.xcode,
+            text=reply.text,
+            reply=reply.display(),
+            cause_en=f"{_EXPIRED.en} {last.cause_en}",
+            cause_zh=f"{_EXPIRED.zh}{last.cause_zh}",
+            action_en=_EXPIRED_ACTION.en,
+            action_zh=_EXPIRED_ACTION.zh,
+            fix=fix,
+            permanent=True,
         )
 
     def _explanation(
@@ -997,6 +1022,20 @@ _TEMPORARY = Text(
     " failing.",
     "这是临时错误（4xx）：您的邮件服务器会保留邮件并在一段时间内（通常最长五天）自动重试；"  # noqa: RUF001 - Chinese punctuation
     "只有持续失败时才会收到退信。",
+)
+#: A permanent reply saying the message expired, then "->" and the last reply that
+#: deferred it (Microsoft 365's NDR).
+_EXPIRED_AFTER = re.compile(r"\bexpired\b[^>]{0,80}?->\s*(?=[45][0-9][0-9][ -])", re.IGNORECASE)
+_EXPIRED = Text(
+    "The sending server retried the message until it expired; its last attempt was"
+    " refused for now:",
+    "发送服务器多次重试直至邮件过期；最后一次尝试被临时拒绝：",  # noqa: RUF001 - Chinese punctuation
+)
+_EXPIRED_ACTION = Text(
+    "The message was not delivered, and nothing sends it again by itself. Send it"
+    " again; if it fails the same way, contact the recipient's postmaster with this"
+    " reply.",
+    "邮件未送达，也不会再重试。请重新发送；如仍以同样原因失败，请将此回复发给收件方的邮件管理员。",  # noqa: RUF001 - Chinese punctuation
 )
 #: Appended to a category's cause when the word model chose the category.
 _GUESSED = Text(
