@@ -2225,3 +2225,26 @@ def test_an_expired_message_is_explained_by_its_last_deferral(
     assert (exp.code, exp.category, exp.fix, exp.permanent) == ("550", category, fix, True)
     assert "nothing sends it again by itself" in exp.action("en")
     assert exp.cause("en").startswith("The sending server retried the message until it expired")
+
+
+@pytest.mark.parametrize(
+    ("pasted", "reply_id"),
+    [
+        (
+            '<p style="font-family:Consolas">Generating server: exch.example.com<br>\n<br>\n'
+            "bob@example.org<br>\nRemote Server returned '554 5.7.1 mail address invalid.'"
+            "<br>\n<br>\nOriginal message headers:</p>\n",
+            "sender_mismatch",
+        ),
+        (
+            "550 5.1.1 mailbox unavailable. (&#37038;&#31665;&#19981;&#23384;&#22312;)",
+            "mailbox_unavailable",
+        ),
+        # An address in angle brackets is no tag, and text without HTML is left alone.
+        ("<bob@example.org>: 550 5.1.1 mailbox unavailable.", "mailbox_unavailable"),
+    ],
+)
+def test_html_source_is_read_as_its_page(knowledge: Knowledge, pasted: str, reply_id: str) -> None:
+    """Review rev207 F7: an Exchange NDR's HTML and a gloss written as character
+    references were not recognized as ours."""
+    assert knowledge.explain(pasted).reply_id == reply_id

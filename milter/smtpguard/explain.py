@@ -55,6 +55,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
+import html
 import importlib
 import json
 import os
@@ -478,7 +479,7 @@ class Knowledge:
         """Explain one pasted reply. Any input is accepted: bytes that are not UTF-8,
         lone surrogates (undecodable argv) and control characters become U+FFFD or
         spaces, so the result always prints and serializes."""
-        reply = parse_reply(clean_input(line))
+        reply = parse_reply(_unhtml(clean_input(line)))
         expired = _EXPIRED_AFTER.search(reply.text) if reply.klass == "5" else None
         if expired is not None:
             last = self.explain(reply.text[expired.end() :])
@@ -844,6 +845,28 @@ def clean_input(line: str | bytes) -> str:
         except UnicodeEncodeError:
             text = _SURROGATE.sub("\ufffd", line)
     return _CONTROL.sub(" ", text)
+
+
+#: What shows a paste is HTML source (an Exchange NDR's, a web mail's): a tag of HTML's
+#: own or a character reference.
+_HTML_MARK = re.compile(
+    r"<(?:/?(?:html|body|p|div|br|span|b|font|table|td|tr)\b[^<>]{0,200}/?)>|&(?:#[0-9]{1,7}"
+    r"|#x[0-9a-f]{1,6}|[a-z]{2,8});",
+    re.IGNORECASE,
+)
+#: An HTML tag: a name of letters and digits, then attributes (an address in angle
+#: brackets, <bob@example.org>, is none).
+_HTML_TAG = re.compile(r"</?[a-z][a-z0-9]{0,10}(?:\s[^<>]{0,500})?/?>", re.IGNORECASE)
+
+
+def _unhtml(text: str) -> str:
+    """``text`` as read on the page when it is HTML source: tags become line ends and
+    character references their characters (review rev207 F7: an Exchange NDR's
+    "'554 5.7.1 mail address invalid.'<br>" and Chinese written as &#37038; were not
+    ours)."""
+    if _HTML_MARK.search(text) is None:
+        return text
+    return clean_input(html.unescape(_HTML_TAG.sub("\n", text)))
 
 
 def parse_reply(raw: str) -> ParsedReply:
