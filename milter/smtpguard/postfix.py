@@ -1654,8 +1654,11 @@ class _Planner:
         known: set[str] = set()
         for table in tables:
             found = self._query(table, keys)
-            if found is None:
-                return f"local_recipient_maps could not be read to compare ({table})"
+            if isinstance(found, str):
+                return (
+                    f"local_recipient_maps could not be compared with the directory ({table}:"
+                    f" {found}), so addresses Postfix cannot deliver might pass"
+                )
             known |= found
         unknown = [a for a in addresses if a not in known and a.rpartition("@")[0] not in known]
         if not unknown:
@@ -1668,9 +1671,9 @@ class _Planner:
             " Postfix's local delivery would then bounce"
         )
 
-    def _query(self, table: str, keys: Sequence[str]) -> set[str] | None:
-        """The ``keys`` that ``table`` holds (``postmap -q -``), or None where it cannot
-        be read."""
+    def _query(self, table: str, keys: Sequence[str]) -> set[str] | str:
+        """The ``keys`` that ``table`` holds (``postmap -q -``), or why it cannot be
+        read."""
         command = ["postmap", "-c", self.now["config_directory"], "-q", "-"]
         try:
             done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
@@ -1682,11 +1685,12 @@ class _Planner:
                 check=False,
                 timeout=30,
             )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
         # Exit 1: no key found, which is an answer too.
         if done.returncode not in (0, 1) or "fatal:" in done.stderr:
-            return None
+            errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
+            return "; ".join(errors) or f"postmap exited {done.returncode}"
         return {line.split("\t", 1)[0] for line in done.stdout.splitlines() if line.strip()}
 
     def mailboxes(self) -> None:
