@@ -2248,3 +2248,49 @@ def test_html_source_is_read_as_its_page(knowledge: Knowledge, pasted: str, repl
     """Review rev207 F7: an Exchange NDR's HTML and a gloss written as character
     references were not recognized as ours."""
     assert knowledge.explain(pasted).reply_id == reply_id
+
+
+GMAIL_SPAM_BLANK = (
+    "550-5.7.1 [192.0.2.1      12] Our system has detected that this message is\n\n"
+    "550-5.7.1 likely unsolicited mail. To reduce the amount of spam sent to Gmail,\n\n"
+    "550-5.7.1 this message has been blocked. Please visit\n\n"
+    "550-5.7.1  https://support.google.com/mail/?p=UnsolicitedMessageError\n\n"
+    "550 5.7.1  for more information. d2si1234567qkb.123 - gsmtp\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("pasted", "code", "category"),
+    [
+        # Review rev208 H1: digits after the code are no telephone number.
+        (
+            "host mx.example.net[192.0.2.7] said: 550 550 5.1.1 <bob@example.net>: Recipient"
+            " address rejected: User unknown (in reply to RCPT TO command)",
+            "550",
+            "unknown_recipient",
+        ),
+        (
+            "554 192.0.2.1 is listed in zen.spamhaus.org; see"
+            " https://www.spamhaus.org/query/ip/192.0.2.1",
+            "554",
+            "dnsbl",
+        ),
+        ("421 2026-12-07 10:00:00 Service shutting down for maintenance", "421", "temp_failure"),
+        # H2: a multi-line reply pasted with blank lines, or wrapped by a mail client,
+        # is one reply; an ordinary "Word:" line continues it.
+        (GMAIL_SPAM_BLANK, "550", "spam"),
+        ("550 5.7.1 Message rejected\nReason: spam content detected\n", "550", "spam"),
+        (
+            "554 5.7.1 Your message could not be delivered.\nDetails: The sending IP 192.0.2.1"
+            " is on our blocklist.\n",
+            "554",
+            "dnsbl",
+        ),
+    ],
+)
+def test_replies_that_look_like_other_things_stay_whole(
+    knowledge: Knowledge, pasted: str, code: str, category: str
+) -> None:
+    exp = knowledge.explain(pasted)
+    assert (exp.code, exp.category) == (code, category)
+    assert exp.rule != WORDS_RULE  # a rule matched the reply's own words
