@@ -727,6 +727,22 @@ def test_a_hold_undecided_by_a_failed_lookup_tempfails_for_its_recipients_alone(
         assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
 
 
+def test_a_later_transaction_holds_the_verdict_for_its_recipients_too(
+    undecided_recipient: Running,
+) -> None:
+    """Review rev208 M1: once a lookup had failed in the session, the next MAIL FROM's
+    verdict was made a 4xx before it was held, and every recipient got it."""
+    with undecided_recipient.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<abuse@example.com>"), "database_temp_error")
+        s.abort()
+        assert_pass(s.mail(f"<again@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
+        assert_reply(s.rcpt("<abuse@example.com>"), "database_temp_error")
+
+
 @pytest.fixture(scope="module")
 def undecided_content(
     tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer

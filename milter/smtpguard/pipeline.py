@@ -839,7 +839,7 @@ class Pipeline:
         if stage is Stage.MAIL and self.policy.active:
             # hold() asks the client's name or SPF of an exemption with recipients, which
             # nothing at MAIL asked before: a lookup that failed there leaves it undecided.
-            verdict = _unless_unsure(self.policy, conn, check, verdict)
+            verdict = _unless_unsure(self.policy, conn, check, verdict, stage=stage)
         return self._decide(stage, conn, event, check, verdict)
 
     def internal_error(

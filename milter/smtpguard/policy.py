@@ -440,13 +440,16 @@ class Policy:
     ) -> bool:
         """Whether ``ex``'s recipients (if it names any) may be the verdict's: the
         recipient it is answered for; at a content stage every recipient of the
-        message (as :meth:`_applies`); before the recipients are known, any."""
+        message (as :meth:`_applies`); before the recipients are known, none: such a
+        verdict is held for each RCPT (:meth:`hold`), which answers for its own
+        recipient (review rev208 M1: after a lookup failed earlier in the session, the
+        held verdict was a 4xx already, for every recipient)."""
         if not ex.recipients:
             return True
         if rcpt is not None:
             return self._recipient(ex, rcpt)
         if stage not in _CONTENT:
-            return True
+            return False
         txn = conn.txn
         return (
             txn is not None
