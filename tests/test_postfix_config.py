@@ -846,6 +846,16 @@ def test_another_recipient_delimiter_keeps_postfix_checking_recipients(tmp_path:
     assert "recipient_delimiter is '' and site.recipient_delimiter '+'" in note
 
 
+def test_a_delimiter_only_postfix_splits_at_leaves_smtpguard_the_recipients(
+    tmp_path: Path,
+) -> None:
+    """Review rev208 L1: smtpguard splitting no extension is the stricter one; Postfix's
+    own check was kept for it, with a note that said the reverse."""
+    cfg = config(tmp_path, {"site": {"recipient_delimiter": ""}})
+    result = make_plan(cfg, recipient_delimiter="+")
+    assert changes(result)["smtpd_reject_unlisted_recipient"] == UNLISTED_WHILE_MILTERS
+
+
 def test_directory_addresses_postfix_cannot_deliver_keep_its_recipient_check(
     tmp_path: Path,
 ) -> None:
@@ -870,6 +880,15 @@ def test_directory_addresses_postfix_cannot_deliver_keep_its_recipient_check(
     assert changes(result)["smtpd_reject_unlisted_recipient"] == UNLISTED_WHILE_MILTERS
     # A table that cannot be read is no proof.
     result = make_plan(cfg, config_directory=str(conf), local_recipient_maps=f"hash:{conf}/gone")
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    # The domain in a /file of mydestination is compared too (review rev208 M2).
+    write_settled(conf / "mydest", "example.com\n")
+    result = make_plan(
+        cfg,
+        config_directory=str(conf),
+        local_recipient_maps=partial,
+        mydestination=f"{conf}/mydest, localhost",
+    )
     assert "smtpd_reject_unlisted_recipient" not in changes(result)
 
 

@@ -1618,7 +1618,9 @@ class _Planner:
         local_recipient_maps do not hold, which smtpd_reject_unlisted_recipient = no
         stops smtpd consulting; or a recipient_delimiter other than smtpguard's."""
         ours, theirs = self.config.site.recipient_delimiter, self.now["recipient_delimiter"]
-        if set(ours) != set(theirs):
+        # Only a delimiter smtpguard splits at and Postfix does not: the other way
+        # smtpguard is the stricter one (review rev208 L1).
+        if set(ours) - set(theirs):
             return (
                 f"recipient_delimiter is {theirs!r} and site.recipient_delimiter {ours!r}:"
                 " smtpguard would accept address extensions Postfix does not deliver"
@@ -1628,11 +1630,20 @@ class _Planner:
         if not tables or config.directory.backend != "sqlite":
             return None
         site = config.site
-        own = {
-            d.lower()
-            for d in split_list(self.now["mydestination"])
-            if not d.startswith("/") and ":" not in d and site.is_local(d)
-        }
+        # Written out, in a /file or a table's keys (review rev208 M2: a file's domains
+        # were never compared); a table postmap cannot list is no proof.
+        own = {domain for domain, _ in self._domain_entries("mydestination")}
+        own = {d for d in own if site.is_local(d)}
+        unlisted = [
+            item
+            for item in split_list(self.now["mydestination"])
+            if ":" in item and self._keys(item, "mydestination", quiet=True) is None
+        ]
+        if unlisted:
+            return (
+                f"mydestination has {', '.join(unlisted)}, whose domains cannot be listed to"
+                " compare their addresses with local_recipient_maps"
+            )
         try:
             contents = read_contents(config.directory.path)
         except (DirectoryError, OSError):
