@@ -1685,11 +1685,22 @@ class _Planner:
     def _query(self, table: str, keys: Sequence[str]) -> set[str] | str:
         """The ``keys`` that ``table`` holds (``postmap -q -``), or why it cannot be
         read."""
-        command = ["postmap", "-c", self.now["config_directory"], "-q", "-"]
+        # Exit 1: no key found, which is an answer too.
+        out, why = self._postmap(table, "-q", "-", given="".join(f"{key}\n" for key in keys), ok=1)
+        if out is None:
+            return why
+        return {line.split("\t", 1)[0] for line in out.splitlines() if line.strip()}
+
+    def _postmap(
+        self, table: str, *args: str, given: str = "", ok: int = 0
+    ) -> tuple[str | None, str]:
+        """What ``postmap ARGS TABLE`` printed, or None and why it failed (an exit
+        status over ``ok``, or a fatal error)."""
+        command = ["postmap", "-c", self.now["config_directory"], *args]
         try:
             done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
                 [*command, table.removeprefix("proxy:")],
-                input="".join(f"{key}\n" for key in keys),
+                input=given,
                 capture_output=True,
                 text=True,
                 errors="replace",
@@ -1697,12 +1708,11 @@ class _Planner:
                 timeout=30,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            return str(exc)
-        # Exit 1: no key found, which is an answer too.
-        if done.returncode not in (0, 1) or "fatal:" in done.stderr:
+            return None, str(exc)
+        if done.returncode > ok or "fatal:" in done.stderr:
             errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
-            return "; ".join(errors) or f"postmap exited {done.returncode}"
-        return {line.split("\t", 1)[0] for line in done.stdout.splitlines() if line.strip()}
+            return None, "; ".join(errors) or f"postmap exited {done.returncode}"
+        return done.stdout, ""
 
     def mailboxes(self) -> None:
         """Addresses Postfix receives mail for in smtpguard's local domains (the keys of
@@ -1994,28 +2004,13 @@ class _Planner:
     def _keys(self, table: str, name: str, *, quiet: bool) -> list[str] | None:
         """Every key of ``table`` (``postmap -s``), or None where it cannot be listed
         (a note unless ``quiet``)."""
-        command = ["postmap", "-c", self.now["config_directory"], "-s"]
-        try:
-            done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
-                [*command, table.removeprefix("proxy:")],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                check=False,
-                timeout=30,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        out, why = self._postmap(table, "-s")
+        if out is None:
             if not quiet:
-                self._not_compared(name, table, str(exc))
-            return None
-        if done.returncode != 0:
-            if not quiet:
-                errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
-                why = "; ".join(errors) or f"postmap exited {done.returncode}"
                 self._not_compared(name, table, why)
             return None
         # postmap -s writes KEY<TAB>VALUE; a key may hold spaces ("john smith": review rev170 F5).
-        return [line.split("\t", 1)[0] for line in done.stdout.splitlines() if line.strip()]
+        return [line.split("\t", 1)[0] for line in out.splitlines() if line.strip()]
 
     def _dotted_name(self, name: str, item: str) -> None:
         note = (
