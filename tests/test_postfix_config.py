@@ -7,6 +7,7 @@ real instances.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -846,6 +847,30 @@ def test_another_recipient_delimiter_keeps_postfix_checking_recipients(tmp_path:
     assert "recipient_delimiter is '' and site.recipient_delimiter '+'" in note
 
 
+def test_a_postmap_killed_by_a_signal_lists_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev210 L1: a postmap killed by a signal (negative status) passed for one
+    that listed its table whole, and mydestination's domains went uncompared."""
+    conf = postmap_directory(tmp_path)
+    write_settled(conf / "dest", "example.com OK\n")
+    subprocess.run(["postmap", "-c", str(conf), f"hash:{conf}/dest"], check=True)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "postmap").write_text("#!/bin/sh\nkill -SEGV $$\n")
+    (fake / "postmap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    cfg = load(make_site(tmp_path / "site").config)
+    result = make_plan(
+        cfg,
+        config_directory=str(conf),
+        local_recipient_maps="inline:{postmaster=ok}",
+        mydestination=f"hash:{conf}/dest, localhost",
+    )
+    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    assert any(f"hash:{conf}/dest" in n and "postmap exited -11" in n for n in result.notes)
+
+
 def test_a_delimiter_only_postfix_splits_at_leaves_smtpguard_the_recipients(
     tmp_path: Path,
 ) -> None:
@@ -881,15 +906,26 @@ def test_directory_addresses_postfix_cannot_deliver_keep_its_recipient_check(
     # A table that cannot be read is no proof.
     result = make_plan(cfg, config_directory=str(conf), local_recipient_maps=f"hash:{conf}/gone")
     assert "smtpd_reject_unlisted_recipient" not in changes(result)
-    # The domain in a /file of mydestination is compared too (review rev208 M2).
+    # The domain in a /file of mydestination is compared too (review rev208 M2), and a
+    # table postmap cannot list, named in such a file, is no proof (rev210 M1).
     write_settled(conf / "mydest", "example.com\n")
-    result = make_plan(
-        cfg,
-        config_directory=str(conf),
-        local_recipient_maps=partial,
-        mydestination=f"{conf}/mydest, localhost",
-    )
-    assert "smtpd_reject_unlisted_recipient" not in changes(result)
+    (conf / "dest.re").write_text("/^example\\.com$/ OK\n")
+    write_settled(conf / "nested", f"regexp:{conf}/dest.re\n")
+    write_settled(conf / "other", "other.example OK\n")
+    subprocess.run(["postmap", "-c", str(conf), f"hash:{conf}/other"], check=True)
+    for mydestination, maps, kept in [
+        (f"{conf}/mydest, localhost", partial, True),
+        (f"{conf}/nested, localhost", whole, True),
+        # An exclusion that can be listed is no reason (rev210 L2).
+        (f"example.com, !hash:{conf}/other, localhost", whole, False),
+    ]:
+        result = make_plan(
+            cfg,
+            config_directory=str(conf),
+            local_recipient_maps=maps,
+            mydestination=mydestination,
+        )
+        assert ("smtpd_reject_unlisted_recipient" not in changes(result)) is kept, mydestination
 
 
 def test_size_limits_are_never_raised(tmp_path: Path) -> None:

@@ -681,6 +681,9 @@ class _Planner:
         self.services = current.services
         #: The domains of each list, tables and files read (_domain_entries).
         self._domain_lists: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        #: The files and tables of a domain list that could not be read or listed, at
+        #: any depth (filled by _domain_entries).
+        self._unread: dict[str, list[str]] = {}
         #: As mydestination writes it (_listed_domains).
         self.myhostname = self.now["myhostname"].lower().rstrip(".")
         self.cleanup_chroot = current.cleanup_chroot
@@ -1634,11 +1637,8 @@ class _Planner:
         # were never compared); a table postmap cannot list is no proof.
         own = {domain for domain, _ in self._domain_entries("mydestination")}
         own = {d for d in own if site.is_local(d)}
-        unlisted = [
-            item
-            for item in split_list(self.now["mydestination"])
-            if ":" in item and self._keys(item, "mydestination", quiet=True) is None
-        ]
+        # At any depth: a table named in a /file too (review rev210 M1).
+        unlisted = self._unread.get("mydestination", [])
         if unlisted:
             return (
                 f"mydestination has {', '.join(unlisted)}, whose domains cannot be listed to"
@@ -1709,7 +1709,8 @@ class _Planner:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return None, str(exc)
-        if done.returncode > ok or "fatal:" in done.stderr:
+        # A negative status: killed by a signal, its output cut short (review rev210 L1).
+        if not 0 <= done.returncode <= ok or "fatal:" in done.stderr:
             errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
             return None, "; ".join(errors) or f"postmap exited {done.returncode}"
         return done.stdout, ""
@@ -1968,6 +1969,7 @@ class _Planner:
                     listed = self._included(name, item, read, including)
                 except OSError as exc:
                     self._not_compared(name, item, exc.strerror or str(exc))
+                    self._unread.setdefault(name, []).append(item)
                     continue
                 if listed is not None:
                     out += self._domain_items(listed, name, read, (*including, item))
@@ -1987,6 +1989,8 @@ class _Planner:
             self.raw[name], "virtual_mailbox_maps"
         )
         keys = self._keys(table, name, quiet=quiet)
+        if keys is None:
+            self._unread.setdefault(name, []).append(table)
         # A single-label key names a domain in a table of the list's own, but in the
         # virtual maps of Postfix's default it is an alias (rev46); a trailing dot
         # Postfix never matches.
