@@ -6,6 +6,7 @@ per-domain policy (issue 14). DNS answers come from the real unbound server
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -615,7 +616,10 @@ def test_simulate_shows_the_domain_policy(per_domain: Running) -> None:
 
 
 def undecided_site(
-    factory: pytest.TempPathFactory, unbound: DnsServer, *exemptions: Mapping[str, Any]
+    factory: pytest.TempPathFactory,
+    unbound: DnsServer,
+    *exemptions: Mapping[str, Any],
+    rbl_mode: str = "enforce",
 ) -> Iterator[Running]:
     """PTR_SERVFAIL_IP is on a local block list, and its reverse zone answers SERVFAIL:
     whether a host-name exemption applies to it cannot be known."""
@@ -625,6 +629,7 @@ def undecided_site(
         "policy": {"exempt": list(exemptions), "postmaster_skip": []},
         # rbl's default on_temp_error is "pass": it must not pass this.
         "dnsbl": {"local": [{"file": str(tmp / "blocked.txt"), "kind": "rbl"}]},
+        "checks": {"rbl": {"mode": rbl_mode}},
     }
     yield from dns_site(tmp, unbound.port, extra)
 
@@ -741,6 +746,44 @@ def test_a_later_transaction_holds_the_verdict_for_its_recipients_too(
         assert_pass(s.mail(f"<again@{A_ONLY_DOMAIN}>"))
         assert_reply(s.rcpt("<alice@example.com>"), "rbl_deny")
         assert_reply(s.rcpt("<abuse@example.com>"), "database_temp_error")
+
+
+@pytest.fixture(scope="module")
+def undecided_recipient_reported(
+    tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
+) -> Iterator[Running]:
+    exemption = {
+        "host_suffixes": ["good.test"],
+        "recipients": ["dave@example.com"],
+        "skip": ["rbl"],
+    }
+    yield from undecided_site(tmp_path_factory, unbound, exemption, rbl_mode="report")
+
+
+def test_report_mode_reports_what_enforcing_would_answer_each_recipient(
+    undecided_recipient_reported: Running,
+) -> None:
+    """Review rev210 L4: a report-only verdict held for the recipients was reported as
+    the 554 for the exemption's recipient, where enforcing answers 450."""
+    service = undecided_recipient_reported
+    with service.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<someone@{A_ONLY_DOMAIN}>"))
+        assert_pass(s.rcpt("<dave@example.com>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+
+    def reported() -> dict[str, str]:
+        found = {}
+        for line in service.log().splitlines():
+            code = re.search(r"would='([0-9]{3})", line)
+            rcpt = re.search(r"rcpt=<([^>]+)>", line)
+            if " decision " in line and "check=rbl" in line and code and rcpt:
+                found[rcpt.group(1)] = code.group(1)
+        return found
+
+    wait_until(lambda: len(reported()) == 2)
+    assert reported() == {"dave@example.com": "450", "alice@example.com": "554"}
 
 
 @pytest.fixture(scope="module")

@@ -400,7 +400,10 @@ class Pipeline:
         if held_reports and decision.action is Action.CONTINUE:
             # Reported for a recipient the message goes to: one refused here would not
             # have got it from an enforcing check either (review rev153 F4).
-            for check, verdict in held_reports:
+            for check, held_verdict in held_reports:
+                # As enforcing would answer it for this recipient (review rev210 L4: a
+                # 554 was reported where the exemption's failed lookup gives a 450).
+                verdict = _unless_unsure(self.policy, conn, check, held_verdict, event.rcpt)
                 self._reported(conn, verdict.reply_id)
                 self._log(
                     stage=stage,
