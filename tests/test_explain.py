@@ -2212,7 +2212,7 @@ def test_a_long_run_of_dashes_is_read_in_linear_time(knowledge: Knowledge) -> No
         (
             "550 5.4.300 Message expired -> 451 4.7.1 Greylisted, please try again later",
             "greylisting",
-            "contact_postmaster",
+            "retry_later",
         ),
     ],
 )
@@ -2250,6 +2250,16 @@ def test_html_source_is_read_as_its_page(knowledge: Knowledge, pasted: str, repl
     assert knowledge.explain(pasted).reply_id == reply_id
 
 
+def test_text_that_is_not_html_keeps_its_ampersands_and_names(knowledge: Knowledge) -> None:
+    """Review rev210 L5: one "&amp;" made the whole paste HTML: "&region" of a URL was
+    decoded to "®ion" and "<root>" dropped as a tag."""
+    pasted = (
+        "550 5.7.1 Rejected by policy, see https://help.example.net/block?ip=198.51.100.7"
+        "&region=eu&amp;notify=1 <root>"
+    )
+    assert knowledge.explain(pasted).reply.endswith("&region=eu&amp;notify=1 <root>")
+
+
 GMAIL_SPAM_BLANK = (
     "550-5.7.1 [192.0.2.1      12] Our system has detected that this message is\n\n"
     "550-5.7.1 likely unsolicited mail. To reduce the amount of spam sent to Gmail,\n\n"
@@ -2285,6 +2295,36 @@ GMAIL_SPAM_BLANK = (
             " is on our blocklist.\n",
             "554",
             "dnsbl",
+        ),
+        # Review rev210 L3: the paster's own words after a blank line are not the reply's
+        # ("my password expired" made an authentication failure of it).
+        (
+            "550-5.7.1 [198.51.100.7] The IP you're using to send mail is not authorized to\n"
+            "\nHi, this is what I get. My mailbox is full and my password expired, help!\n",
+            "550",
+            "policy",
+        ),
+        # L6: a phone number with more after it, below the reply.
+        (
+            "550 5.7.1 Our system has detected that this message is likely unsolicited mail."
+            "\n\nRegards,\nBob\nPhone: 555-0142 (office)\n",
+            "550",
+            "spam",
+        ),
+        # The first recipient's reply is multi-line, unfolded by Postfix with its final
+        # "550" at the end of a line: it ends there, and the second recipient's is the
+        # bounce's.
+        (
+            "<alice@gmail.com>: host gmail-smtp-in.l.google.com[142.250.102.26] said:\n"
+            "    550-5.1.1 The email account that you tried to reach does not exist. Please\n"
+            "    try 550-5.1.1 double-checking the recipient's email address for typos or\n"
+            "    550-5.1.1 unnecessary spaces. For more information, go to 550\n"
+            "    5.1.1 https://support.google.com/mail/?p=NoSuchUser a640c - gsmtp (in reply\n"
+            "    to RCPT TO command)\n\n<bob@example.net>: host mx.example.net[192.0.2.5] said:"
+            " 550 5.7.1 Message\n    rejected as spam by Content Filtering. (in reply to end of"
+            " DATA command)\n",
+            "550",
+            "spam",
         ),
     ],
 )

@@ -177,7 +177,7 @@ _ENDS_REPLY = re.compile(
     re.IGNORECASE,
 )
 #: What follows a code in a telephone number: another group of digits ("555-0199").
-_PHONE_REST = re.compile(r"[0-9]{3,4}(?:-[0-9]|[ \t]*\Z)")
+_PHONE_REST = re.compile(r"(?:[0-9]{3}-[0-9]|[0-9]{4}(?![0-9.])|[0-9]{3}[ \t]*\Z)")
 _BARE_XCODE = re.compile(r"#?(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?=[\s;:,)]|\Z)[ \t]*")
 _QMAIL_XCODE = re.compile(r"\(#(?P<xcode>[2-5]\.[0-9]{1,3}\.[0-9]{1,3})\b")
 _SENDMAIL_PREFIX = re.compile(r"<[^<>\s]{0,320}>(?:\.\.\.|:)?\s*")
@@ -733,7 +733,8 @@ class Knowledge:
         (Microsoft's "550 5.4.300 Message expired -> 451 4.7.500 Server busy"): the
         refusal's cause, but the mail came back and nothing retries it (review rev207
         F6: the wrapper's weak words said "check the recipient's domain")."""
-        fix = last.fix if last.fix not in ("none", "retry_later") else "contact_postmaster"
+        # Sent again, the mail may pass: the cause's own fix, else to send it later.
+        fix = last.fix if last.fix != "none" else "retry_later"
         return replace(
             last,
             code=reply.code,
@@ -851,26 +852,31 @@ def clean_input(line: str | bytes) -> str:
     return _CONTROL.sub(" ", text)
 
 
-#: What shows a paste is HTML source (an Exchange NDR's, a web mail's): a tag of HTML's
-#: own or a character reference.
-_HTML_MARK = re.compile(
-    r"<(?:/?(?:html|body|p|div|br|span|b|font|table|td|tr)\b[^<>]{0,200}/?)>|&(?:#[0-9]{1,7}"
-    r"|#x[0-9a-f]{1,6}|[a-z]{2,8});",
+#: A tag of HTML's own elements (an address in angle brackets, <bob@example.org>, and a
+#: name such as <postmaster> are none).
+_HTML_TAG = re.compile(
+    r"</?(?:html|head|body|p|div|br|span|b|i|u|font|table|tbody|thead|td|th|tr|pre|a|img"
+    r"|hr|ul|ol|li|h[1-6]|style|meta|title|blockquote|center|strong|em|small|tt|code)"
+    r"(?:\s[^<>]{0,500})?/?>",
     re.IGNORECASE,
 )
-#: An HTML tag: a name of letters and digits, then attributes (an address in angle
-#: brackets, <bob@example.org>, is none).
-_HTML_TAG = re.compile(r"</?[a-z][a-z0-9]{0,10}(?:\s[^<>]{0,500})?/?>", re.IGNORECASE)
+#: A numeric character reference, which no reply writes for itself ("&#37038;").
+_NUMERIC_REF = re.compile(r"&#(?:[0-9]{2,7}|x[0-9a-f]{2,6});", re.IGNORECASE)
+#: A named character reference, read only in HTML source ("&amp;" in a URL of a reply
+#: as text is the reply's own).
+_NAMED_REF = re.compile(r"&[a-z][a-z0-9]{1,31};", re.IGNORECASE)
 
 
 def _unhtml(text: str) -> str:
     """``text`` as read on the page when it is HTML source: tags become line ends and
     character references their characters (review rev207 F7: an Exchange NDR's
     "'554 5.7.1 mail address invalid.'<br>" and Chinese written as &#37038; were not
-    ours)."""
-    if _HTML_MARK.search(text) is None:
-        return text
-    return clean_input(html.unescape(_HTML_TAG.sub("\n", text)))
+    ours). Only what is surely HTML is changed (rev210 L5: one "&amp;" decoded the
+    "&region" of a URL and took "<root>" for a tag)."""
+    decoded = _NUMERIC_REF.sub(lambda m: html.unescape(m.group(0)), text)
+    if _HTML_TAG.search(decoded) is not None:
+        decoded = _NAMED_REF.sub(lambda m: html.unescape(m.group(0)), _HTML_TAG.sub("\n", decoded))
+    return decoded if decoded == text else clean_input(decoded)
 
 
 def parse_reply(raw: str) -> ParsedReply:
@@ -971,17 +977,6 @@ def _lines(raw: str) -> tuple[list[str], list[bool]]:
     return lines[-MAX_LINES:], starts[-MAX_LINES:]
 
 
-def _unfinished(group: list[_Line]) -> bool:
-    """Whether a reply's last coded line is a continuation ("550-...") whose final line
-    has not come: not even unfolded into the text after it, as a bounce writes it
-    ("said: 550-5.7.1 ... 550 5.7.1 ..."), which ends it."""
-    at = next((i for i in range(len(group) - 1, -1, -1) if group[i].code is not None), None)
-    if at is None or not group[at].more:
-        return False
-    after = " ".join(line.text for line in group[at:])
-    return re.search(rf"(?<!\S){group[at].code} ", after) is None
-
-
 def _grouped(
     parsed: list[_Line], said_by: list[bool], starts: list[bool], lines: list[str]
 ) -> tuple[list[list[_Line]], list[bool]]:
@@ -991,13 +986,17 @@ def _grouped(
     recipient's reply of the same code was merged into the one before."""
     groups: list[list[_Line]] = []
     from_server: list[bool] = []
+    # Whether each reply is a multi-line one still going on: its last coded line was
+    # "550-..." and its final line has not come, not even unfolded into the text after
+    # it, as a bounce writes it ("said: 550-5.7.1 ... 550 5.7.1 ...").
+    going_on: list[bool] = []
     for line, said, start, written in zip(parsed, said_by, starts, lines, strict=True):
         same = bool(groups) and line.code == groups[-1][0].code and said == from_server[-1]
-        # A reply whose last coded line was "550-..." is not over: its next line of the
-        # same code continues it, past a blank line or a line a mail client wrapped
-        # (review rev208 H2: Gmail's reply pasted with blank lines lost its words).
-        unfinished = bool(groups) and _unfinished(groups[-1])
-        if (unfinished and (line.code is None or same)) or (
+        # Its next line of the same code continues it, past a blank line or a line a
+        # mail client wrapped (review rev208 H2: Gmail's reply pasted with blank lines
+        # lost its words); an uncoded line only where nothing ends the reply before it
+        # (rev210 L3: the paster's own words after a blank line were the reply's).
+        if (bool(going_on) and going_on[-1] and same and line.code is not None) or (
             groups
             and not start
             and (
@@ -1006,10 +1005,25 @@ def _grouped(
             )
         ):
             groups[-1].append(line)
+            code = groups[-1][0].code
+            if line.code is not None:
+                going_on[-1] = _goes_on(line, line.text)
+            elif going_on[-1] and code is not None:
+                going_on[-1] = _final_line(code, line.text) is None
         else:
             groups.append([line])
             from_server.append(said)
+            going_on.append(_goes_on(line, line.text))
     return groups, from_server
+
+
+def _goes_on(line: _Line, text: str) -> bool:
+    return line.code is not None and line.more and _final_line(line.code, text) is None
+
+
+def _final_line(code: str, text: str) -> re.Match[str] | None:
+    """A multi-line reply's final line ("550 ...") unfolded into ``text``."""
+    return re.search(rf"(?<!\S){code}(?: |\Z)", text)
 
 
 def _transcript_reply(
