@@ -1007,18 +1007,19 @@ def _grouped(
             groups[-1].append(line)
             code = groups[-1][0].code
             if line.code is not None:
-                going_on[-1] = _goes_on(line, line.text)
+                going_on[-1] = _goes_on(line)
             elif going_on[-1] and code is not None:
                 going_on[-1] = _final_line(code, line.text) is None
         else:
             groups.append([line])
             from_server.append(said)
-            going_on.append(_goes_on(line, line.text))
+            going_on.append(_goes_on(line))
     return groups, from_server
 
 
-def _goes_on(line: _Line, text: str) -> bool:
-    return line.code is not None and line.more and _final_line(line.code, text) is None
+def _goes_on(line: _Line) -> bool:
+    """Whether a coded line leaves its multi-line reply going on (see :func:`_grouped`)."""
+    return line.code is not None and line.more and _final_line(line.code, line.text) is None
 
 
 def _final_line(code: str, text: str) -> re.Match[str] | None:

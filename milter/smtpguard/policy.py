@@ -83,6 +83,13 @@ _UNSURE = "policy.unsure"
 #: ``txn.scratch``: the SPF result an ``spf_pass`` exemption found.
 _SPF_RESULT = "policy.spf_result"
 _CONTENT = frozenset({Stage.HEADER, Stage.EOH, Stage.BODY, Stage.EOM})
+
+
+def _lookup_failed(conn: Connection) -> bool:
+    """Whether a lookup an exemption needs failed for now in this session or transaction."""
+    return bool(conn.scratch.get(_UNSURE) or (conn.txn and conn.txn.scratch.get(_UNSURE)))
+
+
 POSTMASTER = "postmaster"
 
 
@@ -316,18 +323,9 @@ class Policy:
     def _applies(self, ex: Exemption, conn: Connection, stage: Stage, event: Event) -> bool:
         if ex.senders and stage in (Stage.CONNECT, Stage.HELO):
             return False
-        if ex.recipients:
-            if stage is Stage.RCPT:
-                if event.rcpt is None or not self._recipient(ex, event.rcpt):
-                    return False
-            elif stage in _CONTENT:
-                txn = conn.txn
-                if txn is None or not txn.recipients or txn.unparsed_recipients:
-                    return False
-                if not all(self._recipient(ex, r) for r in txn.recipients):
-                    return False
-            else:
-                return False
+        rcpt = event.rcpt if stage is Stage.RCPT else None
+        if not self._covers(ex, conn, rcpt, stage):
+            return False
         return self._client_and_sender(ex, conn, event)
 
     # --- what the pipeline asks -------------------------------------------------
@@ -419,9 +417,11 @@ class Policy:
         only exemptions that name every recipient of the message count, as they
         would if decided (review rev201 F1: one for another recipient made a 4xx of
         a refusal it could never have spared)."""
+        if not _lookup_failed(conn):
+            return False
         name = settings_name(check)
         return any(
-            name in ex.skip and self._undecided(ex, conn) and self._may_cover(ex, conn, rcpt, stage)
+            name in ex.skip and self._undecided(ex, conn) and self._covers(ex, conn, rcpt, stage)
             for ex in self.exemptions
         )
 
@@ -431,19 +431,19 @@ class Policy:
         apply whatever it would have said."""
         return (
             bool(ex.host_suffixes or ex.spf_pass)
-            and bool(conn.scratch.get(_UNSURE) or (conn.txn and conn.txn.scratch.get(_UNSURE)))
+            and _lookup_failed(conn)
             and self._sender(ex, conn)
         )
 
-    def _may_cover(
+    def _covers(
         self, ex: Exemption, conn: Connection, rcpt: Address | None, stage: Stage | None
     ) -> bool:
-        """Whether ``ex``'s recipients (if it names any) may be the verdict's: the
-        recipient it is answered for; at a content stage every recipient of the
-        message (as :meth:`_applies`); before the recipients are known, none: such a
-        verdict is held for each RCPT (:meth:`hold`), which answers for its own
-        recipient (review rev208 M1: after a lookup failed earlier in the session, the
-        held verdict was a 4xx already, for every recipient)."""
+        """Whether ``ex``'s recipients (if it names any) are the verdict's: ``rcpt``,
+        the recipient it is answered for; at a content stage every recipient of the
+        message; before the recipients are known, none. Such a verdict is held for
+        each RCPT (:meth:`hold`), which answers for its own recipient (review rev208
+        M1: after a lookup failed earlier in the session, the held verdict was a 4xx
+        already, for every recipient)."""
         if not ex.recipients:
             return True
         if rcpt is not None:
