@@ -694,6 +694,10 @@ class BulkConfig:
     #: power of two, 160 octets each. Each sender and size takes one, each message
     #: with a Message-ID one more, for the window.
     shared_entries: int = 65536
+    #: Count bounces (the null sender) too, per client IP. Off: a 552 to a bounce is
+    #: lost (no bounce is sent for one), and one receiving MX returns a newsletter's
+    #: bounces all of one size.
+    count_bounces: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -813,6 +817,14 @@ class SpfConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LineSyntaxConfig:
+    #: Refuse the long lines of trusted clients (site.trusted_networks, logged in) too.
+    #: Off: they pass, as Postfix passes them (its SMTP client folds lines over 998
+    #: octets on the way out); a NUL byte is refused from every client.
+    check_trusted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CheckSettings:
     mode: Mode = "enforce"
     on_temp_error: TempPolicy = "tempfail"
@@ -907,6 +919,7 @@ class Config:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     smtpport: SmtpportConfig = field(default_factory=SmtpportConfig)
     spf: SpfConfig = field(default_factory=SpfConfig)
+    line_syntax: LineSyntaxConfig = field(default_factory=LineSyntaxConfig)
     virus: VirusConfig = field(default_factory=VirusConfig)
     antispam: AntispamConfig = field(default_factory=AntispamConfig)
     bulk: BulkConfig = field(default_factory=BulkConfig)
@@ -1081,6 +1094,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     dnsbl = parts.table("dnsbl", _dnsbl)
     smtpport = parts.table("smtpport", _smtpport)
     spf = parts.table("spf", _spf)
+    line_syntax = parts.table("line_syntax", _line_syntax)
     virus = parts.table("virus", _virus)
     antispam = parts.table("antispam", _antispam)
     bulk = parts.table("bulk", _bulk)
@@ -1123,6 +1137,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
         dnsbl=dnsbl,
         smtpport=smtpport,
         spf=spf,
+        line_syntax=line_syntax,
         virus=virus,
         antispam=antispam,
         bulk=bulk,
@@ -1350,6 +1365,7 @@ def _bulk(s: _Section) -> BulkConfig:
         shared_entries=s.integer(
             "shared_entries", d.shared_entries, minimum=1024, maximum=MAX_SHARED_ENTRIES
         ),
+        count_bounces=s.boolean("count_bounces", d.count_bounces),
     )
     s.done()
     if out.shared_entries & (out.shared_entries - 1):
@@ -2341,6 +2357,14 @@ _ORDINARY_TEXT: Final = ("mail.example.com", "alice@example.org")
 
 def _spf(s: _Section) -> SpfConfig:
     out = SpfConfig(reject_softfail=s.boolean("reject_softfail", SpfConfig().reject_softfail))
+    s.done()
+    return out
+
+
+def _line_syntax(s: _Section) -> LineSyntaxConfig:
+    out = LineSyntaxConfig(
+        check_trusted=s.boolean("check_trusted", LineSyntaxConfig().check_trusted)
+    )
     s.done()
     return out
 

@@ -147,6 +147,43 @@ def test_trusted_networks_are_not_counted(
     assert counter.calls == []
 
 
+def bounce_of(size: int, **conn_args: object) -> Connection:
+    conn = with_message(make_conn(sender="<>", **conn_args))  # type: ignore[arg-type]  # mixed kwargs
+    body(conn, b"x" * size)
+    return conn
+
+
+def test_bounces_are_not_counted_by_default(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    """Review rev209: one receiving MX returned our newsletter's 25 bounces, all of one
+    size, and the 21st on got 552, which loses a bounce for good."""
+    services = make_services(bulk={"threshold": 1})
+    for _ in range(3):
+        assert SameSize(services)(bounce_of(500), Event()) is None
+    declared = make_conn(sender="<>", declared_size=500)
+    counter.counts["|198.51.100.7"] = 5
+    assert SameSizeDeclared(services)(declared, Event()) is None
+    assert counter.calls == []
+
+
+def test_bounces_count_per_client_ip_when_asked(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    services = make_services(bulk={"threshold": 1, "count_bounces": True})
+    assert SameSize(services)(bounce_of(500), Event()) is None
+    assert SameSize(services)(bounce_of(500), Event()) == Hit(
+        "same_size_flood", "2 messages of about 500 octets"
+    )
+    assert SameSize(services)(bounce_of(500, ip="198.51.100.8"), Event()) is None
+    declared = make_conn(sender="<>", declared_size=500)
+    assert isinstance(SameSizeDeclared(services)(declared, Event()), Hit)
+    assert [key for _, key, _ in counter.calls] == ["|198.51.100.7"] * 2 + [
+        "|198.51.100.8",
+        "|198.51.100.7",
+    ]
+
+
 @pytest.mark.parametrize("trusted_network", [False, True])
 def test_authenticated_sessions_are_counted(
     make_services: ServicesFactory, counter: FakeCounter, trusted_network: bool

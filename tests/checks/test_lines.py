@@ -66,3 +66,40 @@ def test_without_message_nothing_is_decided(make_services: ServicesFactory) -> N
         assert HeaderLines(services)(conn, Event(header=("X", "y"))) is None
         assert BodyLines(services)(conn, Event(chunk=b"\x00")) is None
     assert HeaderLines(services)(conn_with_message(), Event()) is None
+
+
+def trusted_conn(**kind: bool | str) -> Connection:
+    return with_message(make_conn(sender="a@example.org", **kind))  # type: ignore[arg-type]  # mixed kwargs
+
+
+TRUSTED = [{"trusted_network": True}, {"auth_login": "alice"}]
+
+
+def test_a_trusted_clients_long_lines_pass(make_services: ServicesFactory) -> None:
+    """Review rev209: the site's own cron and monitoring mail with a line over 998
+    octets got 551, where Postfix delivers it (folded on the way out)."""
+    services = make_services()
+    for kind in TRUSTED:
+        conn = trusted_conn(**kind)
+        assert HeaderLines(services)(conn, header(conn, "X-Long", "a" * 991)) is None
+        end_of_headers(conn)
+        assert BodyLines(services)(conn, body(conn, b"x" * 999 + b"\r\n")) is None
+        # A NUL byte is refused from anyone.
+        assert BodyLines(services)(conn, body(conn, b"a\x00b\r\n")) == Hit(
+            "line_parse_error", "NUL byte in body"
+        )
+        verdict = HeaderLines(services)(conn, header(conn, "Subject", "a\x00b"))
+        assert verdict == Hit("line_parse_error", "NUL byte in header 'Subject'")
+
+
+def test_a_trusted_clients_long_lines_are_refused_when_asked(
+    make_services: ServicesFactory,
+) -> None:
+    services = make_services(line_syntax={"check_trusted": True})
+    for kind in TRUSTED:
+        conn = trusted_conn(**kind)
+        verdict = HeaderLines(services)(conn, header(conn, "X-Long", "a" * 991))
+        assert verdict == Hit("line_parse_error", "header 'X-Long' line of 999 octets")
+        end_of_headers(conn)
+        verdict = BodyLines(services)(conn, body(conn, b"x" * 999 + b"\r\n"))
+        assert verdict == Hit("line_parse_error", "body line over 998 octets")

@@ -85,9 +85,16 @@ def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) ->
     return "|".join(values)
 
 
-def counted(conn: Connection) -> bool:
+def counted(conn: Connection, bounces: bool) -> bool:
     """Authenticated sessions count (a stolen password is the classic same-size
-    flood); the site's own hosts in ``trusted_networks`` do not, unless they log in."""
+    flood); the site's own hosts in ``trusted_networks`` do not, unless they log in.
+    Bounces count only with ``bounces``: a 552 to one is lost for good (RFC 5321 §6.1:
+    no bounce of a bounce), and the bounces of our own newsletter from one receiving MX
+    are all about one size (review rev209)."""
+    if not bounces:
+        sender = conn.txn.sender if conn.txn else None
+        if sender is not None and sender.is_null:
+            return False
     return conn.authenticated or not conn.trusted_network
 
 
@@ -107,7 +114,7 @@ class SameSizeDeclared(_Bulk):
         txn = conn.txn
         if self.counter is None or txn is None or txn.declared_size is None:
             return None
-        if not counted(conn):
+        if not counted(conn, self.config.count_bounces):
             return None
         key = bulk_key(self.config.key, conn, self.config.ipv6_prefix)
         try:
@@ -128,7 +135,9 @@ class SameSize(_Bulk):
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         txn = conn.txn
-        if self.counter is None or txn is None or txn.message is None or not counted(conn):
+        if self.counter is None or txn is None or txn.message is None:
+            return None
+        if not counted(conn, self.config.count_bounces):
             return None
         size = txn.message.size
         key = bulk_key(self.config.key, conn, self.config.ipv6_prefix)

@@ -2,6 +2,12 @@
 
 The header half decides per header field (its longest physical line, folding
 included); the body half decides as soon as a chunk shows a long line or a NUL.
+
+A trusted client's long lines (``site.trusted_networks``, logged in) pass unless
+``line_syntax.check_trusted`` is on: Postfix delivers them (its SMTP client folds a line
+over 998 octets on the way out), and the site's own cron jobs, scripts and web
+applications write them (review rev209). A NUL byte is refused from every client: IMAP
+(RFC 3501 §4.3) cannot hand a message with one to a reader.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ class HeaderLines:
     reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
 
     def __init__(self, services: Services) -> None:
-        pass
+        self.check_trusted = services.config.line_syntax.check_trusted
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         message = conn.txn.message if conn.txn else None
@@ -28,7 +34,7 @@ class HeaderLines:
             return None
         if message.nul:
             return Hit("line_parse_error", f"NUL byte in header {event.header[0]!r}")
-        if message.longest_header_line > MAX_LINE:
+        if message.longest_header_line > MAX_LINE and (self.check_trusted or not conn.trusted):
             return Hit(
                 "line_parse_error",
                 f"header {event.header[0]!r} line of {message.longest_header_line} octets",
@@ -42,7 +48,7 @@ class BodyLines:
     reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
 
     def __init__(self, services: Services) -> None:
-        pass
+        self.check_trusted = services.config.line_syntax.check_trusted
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         message = conn.txn.message if conn.txn else None
@@ -50,6 +56,6 @@ class BodyLines:
             return None
         if message.nul:
             return Hit("line_parse_error", "NUL byte in body")
-        if message.long_line:
+        if message.long_line and (self.check_trusted or not conn.trusted):
             return Hit("line_parse_error", f"body line over {MAX_LINE} octets")
         return None
