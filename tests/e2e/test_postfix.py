@@ -396,6 +396,21 @@ def test_line_parse_error(postfix: Postfix) -> None:
     assert_table(send(postfix, message), "line_parse_error")
 
 
+def test_a_trusted_hosts_long_line_is_delivered(postfix: Postfix) -> None:
+    """Review rev209: a site's own host's cron mail with a 1500-octet line got 551,
+    where Postfix delivers it whole."""
+    line = "y" * 1500
+    with client(postfix, TRUSTED) as c:
+        assert c.cmd("MAIL FROM:<cron@relay.example.com>").code == 250
+        assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+        reply = c.data((HEADERS.format(n=7) + "\r\nshort\r\n" + line + "\r\n").encode())
+    assert reply.code == 250, reply
+    queued = re.search(r"queued as (\w+)", reply.lines[-1])
+    assert queued, reply
+    delivered = postfix.wait_delivered(queued.group(1))
+    assert delivered.endswith(b"\nshort\n" + line.encode() + b"\n")
+
+
 @pytest.mark.parametrize(
     ("field", "accepted"),
     [
