@@ -72,7 +72,7 @@ def trusted_conn(**kind: bool | str) -> Connection:
     return with_message(make_conn(sender="a@example.org", **kind))  # type: ignore[arg-type]  # mixed kwargs
 
 
-TRUSTED = [{"trusted_network": True}, {"auth_login": "alice"}]
+TRUSTED: list[dict[str, bool | str]] = [{"trusted_network": True}, {"auth_login": "alice"}]
 
 
 def test_a_trusted_clients_long_lines_pass(make_services: ServicesFactory) -> None:
