@@ -38,6 +38,10 @@ chmod -R a+rX "$PREFIX/contrib.new"
 rm -rf "${PREFIX:?}/contrib"
 mv "$PREFIX/contrib.new" "$PREFIX/contrib"
 install -m 0644 "$ROOT/README.md" "$PREFIX/README.md"
+# man smtpguard, man smtpguard.toml (generated: smtpguard.manpage).
+install -D -m 0644 "$ROOT/contrib/man/smtpguard.8" /usr/local/share/man/man8/smtpguard.8
+install -D -m 0644 "$ROOT/contrib/man/smtpguard.toml.5" \
+    /usr/local/share/man/man5/smtpguard.toml.5
 SMTPGUARD="$PREFIX/venv/bin/smtpguard"
 # On PATH, for the README's commands (postfix-config and the others).
 ln -sfn "$SMTPGUARD" /usr/local/bin/smtpguard

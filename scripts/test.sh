@@ -21,7 +21,7 @@ for svc in "${SERVICES[@]}"; do
 done
 apt_install "${RUNTIME_APT[@]}" miltertest postfix dovecot-core unbound clamav-daemon \
     clamdscan redis-server rspamd util-linux m4 systemd prometheus chromium fonts-noto-cjk \
-    openssl
+    openssl groff-base man-db
 for svc in "${SERVICES[@]}"; do
     if [[ " ${was_running[*]} " == *" $svc "* ]]; then continue; fi
     if service_running "$svc"; then "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi

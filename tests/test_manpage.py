@@ -1,0 +1,136 @@
+"""The manual pages (smtpguard.manpage): the committed pages are what the parser and
+the sample make, groff renders them without a warning, and nothing of the sample is
+left out."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smtpguard.cli import build_parser
+from smtpguard.manpage import _read_sample, _text, escape, render
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "conf" / "smtpguard.toml"
+PAGES = ROOT / "contrib" / "man"
+
+
+def test_the_committed_pages_are_the_generated_ones() -> None:
+    for name, text in render(SAMPLE).items():
+        committed = (PAGES / name).read_text(encoding="utf-8")
+        assert committed == text, (
+            f"contrib/man/{name} is out of date: run"
+            " python -m smtpguard.manpage --sample conf/smtpguard.toml --out contrib/man"
+        )
+
+
+@pytest.mark.parametrize("name", ["smtpguard.8", "smtpguard.toml.5"])
+def test_groff_renders_the_page_without_a_warning(name: str) -> None:
+    groff = shutil.which("groff")
+    assert groff, "groff is missing: scripts/test.sh installs groff-base"
+    done = subprocess.run(
+        [groff, "-k", "-man", "-ww", "-Tutf8", "-P-cbou", "-rLL=80n", str(PAGES / name)],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == b""
+    text = done.stdout.decode()
+    # Not hyphenated: option names and addresses read as written.
+    assert "\u2010\n" not in text
+    if name == "smtpguard.toml.5":
+        assert "count_bounces = false" in text
+        assert "发送过多长度类似信件" not in text  # the sample has no reply texts
+        assert '[domain."example.com"]' in text
+
+
+def _subcommands(parser: argparse.ArgumentParser, words: str = "") -> list[str]:
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                out.append(f"{words}{name}")
+                out += _subcommands(child, f"{words}{name} ")
+    return out
+
+
+def test_every_subcommand_and_option_has_its_place() -> None:
+    page = render(SAMPLE)["smtpguard.8"]
+    commands = _subcommands(build_parser())
+    assert {"run", "check-config", "blacklist add", "directory import"} <= set(commands)
+    for words in commands:
+        assert f'.SS "smtpguard {escape(words)}"' in page
+    for option in ("--offline", "--config-directory", "--if-new", "--log FILE", "--json"):
+        assert f"\\fB{escape(option)}" in page
+    for section in ("SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS", "SEE ALSO"):
+        assert f".SH {section}" in page
+
+
+def _keys(table: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out |= _keys(value, f"{prefix}{key}.")
+        else:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+def test_every_key_of_the_sample_is_described() -> None:
+    """The reader keeps every key the sample sets, under its own table."""
+    text = SAMPLE.read_text(encoding="utf-8")
+    _, tables = _read_sample(text)
+    read = {
+        f"{table.name.strip('[]')}.{line.split('=')[0].strip()}"
+        for table in tables
+        for line, _ in table.keys
+        if line
+    }
+    assert read == _keys(tomllib.loads(text))
+
+
+def test_escape() -> None:
+    assert escape(".TH not a request") == "\\&.TH not a request"
+    assert escape("'quoted") == "\\&'quoted"
+    assert escape("a\\b -c") == "a\\eb \\-c"
+    assert escape("one\n.two") == "one\n\\&.two"
+
+
+def test_comment_text_shapes() -> None:
+    lines = [
+        'Prose that says relay_control = "postfix", as written,',
+        "and goes on.",
+        "",
+        "Match keys:",
+        "  ips             IPv4/IPv6 addresses",
+        "  ip_files        allow-list files, one per",
+        "                  line",
+        "[[policy.exempt]]",
+        'name = "partner"',
+    ]
+    assert _text(lines) == [
+        'Prose that says relay_control = "postfix", as written,',
+        "and goes on.",
+        ".PP",
+        "Match keys:",
+        ".RS",
+        ".TP",
+        "\\fBips\\fR",
+        "IPv4/IPv6 addresses",
+        ".TP",
+        "\\fBip_files\\fR",
+        "allow\\-list files, one per line",
+        ".RE",
+        ".PP",
+        ".EX",
+        "[[policy.exempt]]",
+        'name = "partner"',
+        ".EE",
+    ]
