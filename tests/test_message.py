@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from smtpguard.message import MessageState, UnspacedValue
+from smtpguard.message import MessageState, UnspacedValue, field_octets
 
 
 def test_kept_headers_are_bounded_by_names_and_octets() -> None:
@@ -67,8 +67,8 @@ def test_a_field_written_without_the_space_counts_without_it() -> None:
     spaced, unspaced = (MessageState(track_mime=False, max_mime_depth=5) for _ in range(2))
     spaced.feed_header("X-Long", "a" * 990)
     unspaced.feed_header("X-Long", UnspacedValue("a" * 990))
-    assert spaced.longest_header_line == 998  # "X-Long: " + 990
-    assert unspaced.longest_header_line == 997  # "X-Long:" + 990
+    assert field_octets("X-Long", "a" * 990) == (1000, 998)  # "X-Long: " + 990, CRLF
+    assert field_octets("X-Long", UnspacedValue("a" * 990)) == (999, 997)  # "X-Long:"
     assert spaced.size == unspaced.size + 1
 
 

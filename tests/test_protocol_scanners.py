@@ -633,15 +633,17 @@ def test_a_retried_message_counts_once(tmp_path: Path, workers: int) -> None:
         assert_reply(attempt(), "same_size_flood")  # a fifth attempt counts
 
 
-def test_same_size_flood_counts_an_authenticated_sender(tmp_path: Path) -> None:
-    """A stolen password is the classic same-size flood: logging in exempts nothing."""
+@pytest.mark.parametrize("sender", ["<alice@example.com>", "<>"])
+def test_same_size_flood_counts_an_authenticated_sender(tmp_path: Path, sender: str) -> None:
+    """A stolen password is the classic same-size flood: logging in exempts nothing,
+    with the null sender either (review rev211 F1: MAIL FROM:<> went uncounted)."""
     alice = {"{auth_authen}": "alice@example.com", "{auth_type}": "PLAIN"}
 
     def submit(i: int) -> Answer:
         with service.session() as s:
             s.connect(UNTRUSTED_IP)
             s.helo("laptop.example.net", macros={"{tls_version}": "TLSv1.3"})
-            assert s.mail("<alice@example.com>", macros=alice).kind == "continue"
+            assert s.mail(sender, macros=alice).kind == "continue"
             assert s.rcpt("<friend@elsewhere.example>").kind == "continue"
             headers = [(n, f"<i{i}@example.com>" if n == "Message-ID" else v) for n, v in HEADERS]
             final, _mods, _early = s.message(headers, f"Invoice {i:04d}\r\n" * 40)
@@ -651,6 +653,36 @@ def test_same_size_flood_counts_an_authenticated_sender(tmp_path: Path) -> None:
         for i in range(3):
             assert accepted(submit(i)), i
         assert_reply(submit(9), "same_size_flood")
+
+
+def test_bounces_are_not_counted_but_a_null_sender_to_several_recipients_is(
+    tmp_path: Path,
+) -> None:
+    """Review rev209: one MX returning a newsletter's bounces got 552 from the 21st on;
+    review rev211 F2: a null sender to several recipients is no bounce, and counts."""
+
+    def send(recipients: list[str], i: int) -> Answer:
+        with service.session() as s:
+            s.connect(UNTRUSTED_IP)
+            s.helo("mx.receiver.example")
+            assert s.mail("<>").kind == "continue"
+            for rcpt in recipients:
+                assert s.rcpt(rcpt).kind == "continue"
+            headers = [
+                (n, f"<b{i}@receiver.example>" if n == "Message-ID" else v) for n, v in HEADERS
+            ]
+            final, _mods, _early = s.message(headers, f"Undeliverable {i:04d}\r\n" * 40)
+            return final
+
+    with running(make_site(tmp_path / "site", BULK)) as service:
+        for i in range(6):
+            assert accepted(send(["<alice@example.com>"], i)), i
+        two = ["<alice@example.com>", "<sales@example.com>"]
+        for i in range(3):
+            assert accepted(send(two, 10 + i)), i
+        assert_reply(send(two, 19), "same_size_flood")
+        # A bounce from that client still passes.
+        assert accepted(send(["<alice@example.com>"], 20))
 
 
 @pytest.fixture

@@ -694,9 +694,9 @@ class BulkConfig:
     #: power of two, 160 octets each. Each sender and size takes one, each message
     #: with a Message-ID one more, for the window.
     shared_entries: int = 65536
-    #: Count bounces (the null sender) too, per client IP. Off: a 552 to a bounce is
-    #: lost (no bounce is sent for one), and one receiving MX returns a newsletter's
-    #: bounces all of one size.
+    #: Count bounces too (a stranger's null sender to one recipient), per client IP.
+    #: Off: a 552 to a bounce is lost (no bounce is sent for one), and one receiving MX
+    #: returns a newsletter's bounces all of one size.
     count_bounces: bool = False
 
 

@@ -51,7 +51,7 @@ def as_read(written: str) -> str:
     return written[1:] if written[:1] == " " else UnspacedValue(written)
 
 
-def _field_octets(name: str, value: str) -> tuple[int, int]:
+def field_octets(name: str, value: str) -> tuple[int, int]:
     """A field's octets as it will be written (``Name: value`` CRLF, ``Name:value`` for
     an :class:`UnspacedValue`, folded lines CRLF) and its longest line's, CRLF aside."""
     # "Name: " precedes the first line; "Name:" where the field had no space.
@@ -79,7 +79,6 @@ class MessageState:
         self.received = 0
         self.nul = False
         self.long_line = False
-        self.longest_header_line = 0
         #: The first Message-ID field's value (blanks stripped, at most MAX_LINE
         #: characters), or None: what tells a retry of a message from another message.
         self.message_id: str | None = None
@@ -97,9 +96,7 @@ class MessageState:
     def feed_header(self, name: str, value: str) -> None:
         """Count a header as it will be written: ``Name: value`` CRLF (``Name:value``
         for an :class:`UnspacedValue`), folded lines CRLF."""
-        octets, longest = _field_octets(name, value)
-        self.size += octets
-        self.longest_header_line = max(self.longest_header_line, longest)
+        self.size += field_octets(name, value)[0]
         self.headers += 1
         if "\x00" in value or "\x00" in name:
             self.nul = True
@@ -131,7 +128,7 @@ class MessageState:
         """A field read past the message's verdict (or past limits.max_header_fields):
         only its size is counted, for the summary line's ``size=`` (review rev174 F1:
         a message refused at its 101st field was logged as its first 1,071 octets)."""
-        self.size += _field_octets(name, value)[0]
+        self.size += field_octets(name, value)[0]
         self.unread_fields += 1
 
     @property

@@ -148,6 +148,7 @@ def test_trusted_networks_are_not_counted(
 
 
 def bounce_of(size: int, **conn_args: object) -> Connection:
+    """A null-sender message to the ``recipients`` given (none by default)."""
     conn = with_message(make_conn(sender="<>", **conn_args))  # type: ignore[arg-type]  # mixed kwargs
     body(conn, b"x" * size)
     return conn
@@ -165,6 +166,38 @@ def test_bounces_are_not_counted_by_default(
     counter.counts["|198.51.100.7"] = 5
     assert SameSizeDeclared(services)(declared, Event()) is None
     assert counter.calls == []
+
+
+def test_a_logged_in_clients_null_sender_is_counted(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    """Review rev211 F1: a stolen password's flood went uncounted as MAIL FROM:<>."""
+    services = make_services(bulk={"threshold": 1})
+    login = {"auth_login": "alice", "recipients": ["a@elsewhere.example"]}
+    assert SameSize(services)(bounce_of(500, **login), Event()) is None
+    assert SameSize(services)(bounce_of(500, **login), Event()) == Hit(
+        "same_size_flood", "2 messages of about 500 octets"
+    )
+    declared = make_conn(sender="<>", declared_size=500, auth_login="alice")
+    assert isinstance(SameSizeDeclared(services)(declared, Event()), Hit)
+
+
+def test_a_null_sender_to_several_recipients_is_counted(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    """Review rev211 F2: a bounce has one recipient; spam as MAIL FROM:<> to several
+    local users went uncounted. Counted per client IP, and a bounce from that IP is
+    still not refused at MAIL FROM by their count."""
+    services = make_services(bulk={"threshold": 1})
+    many = {"recipients": ["alice@example.com", "dave@example.com"]}
+    assert SameSize(services)(bounce_of(500, **many), Event()) is None
+    assert SameSize(services)(bounce_of(500, **many), Event()) == Hit(
+        "same_size_flood", "2 messages of about 500 octets"
+    )
+    assert SameSizeDeclared(services)(make_conn(sender="<>", declared_size=500), Event()) is None
+    one = {"recipients": ["alice@example.com"]}
+    assert SameSize(services)(bounce_of(500, **one), Event()) is None
+    assert [key for _, key, _ in counter.calls] == ["|198.51.100.7"] * 2
 
 
 def test_bounces_count_per_client_ip_when_asked(

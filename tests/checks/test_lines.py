@@ -37,6 +37,19 @@ def test_folded_header_counts_its_longest_physical_line(make_services: ServicesF
     assert verdict == Hit("line_parse_error", "header 'X-Folded' line of 999 octets")
 
 
+def test_each_field_is_judged_by_its_own_lines(make_services: ServicesFactory) -> None:
+    """Review rev211: the fields are judged after all have arrived, and a message-wide
+    figure named every field after a long one ("header 'Message-ID' line of 1208
+    octets" for a short Message-ID), each reported again in report mode."""
+    check, conn = HeaderLines(make_services()), conn_with_message()
+    long_field = header(conn, "X-Long", "a" * 1200)
+    nul_field = header(conn, "Subject", "a\x00b")
+    short = header(conn, "Message-ID", "<1@example.org>")
+    assert check(conn, long_field) == Hit("line_parse_error", "header 'X-Long' line of 1208 octets")
+    assert check(conn, nul_field) == Hit("line_parse_error", "NUL byte in header 'Subject'")
+    assert check(conn, short) is None
+
+
 def test_nul_in_a_header(make_services: ServicesFactory) -> None:
     check, conn = HeaderLines(make_services()), conn_with_message()
     verdict = check(conn, header(conn, "Subject", "a\x00b"))

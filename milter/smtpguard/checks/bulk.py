@@ -85,17 +85,25 @@ def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) ->
     return "|".join(values)
 
 
-def counted(conn: Connection, bounces: bool) -> bool:
+def counted(conn: Connection) -> bool:
     """Authenticated sessions count (a stolen password is the classic same-size
-    flood); the site's own hosts in ``trusted_networks`` do not, unless they log in.
-    Bounces count only with ``bounces``: a 552 to one is lost for good (RFC 5321 §6.1:
-    no bounce of a bounce), and the bounces of our own newsletter from one receiving MX
-    are all about one size (review rev209)."""
-    if not bounces:
-        sender = conn.txn.sender if conn.txn else None
-        if sender is not None and sender.is_null:
-            return False
+    flood); the site's own hosts in ``trusted_networks`` do not, unless they log in."""
     return conn.authenticated or not conn.trusted_network
+
+
+def a_bounce(conn: Connection, recipients: bool = True) -> bool:
+    """A stranger's null-sender transaction to one recipient (or, with ``recipients``
+    false, at MAIL FROM, before they are known): a bounce's shape. Such a message is
+    not counted unless ``bulk.count_bounces``: a 552 to a bounce is lost for good (RFC
+    5321 §6.1: no bounce of a bounce), and one receiving MX returns the bounces of our
+    own newsletter all of about one size (review rev209). A logged-in client's null
+    sender counts (review rev211 F1: a stolen password's flood went uncounted as
+    ``MAIL FROM:<>``), and so does one to several recipients, which no bounce has
+    (rev211 F2; Postfix's reject_multi_recipient_bounce)."""
+    txn = conn.txn
+    if txn is None or txn.sender is None or not txn.sender.is_null or conn.authenticated:
+        return False
+    return not recipients or len(txn.recipients) + len(txn.unparsed_recipients) <= 1
 
 
 class _Bulk:
@@ -114,7 +122,9 @@ class SameSizeDeclared(_Bulk):
         txn = conn.txn
         if self.counter is None or txn is None or txn.declared_size is None:
             return None
-        if not counted(conn, self.config.count_bounces):
+        if not counted(conn) or (not self.config.count_bounces and a_bounce(conn, False)):
+            # A bounce's count is of the null-sender messages that are not bounces
+            # (several recipients): it must not refuse a bounce here.
             return None
         key = bulk_key(self.config.key, conn, self.config.ipv6_prefix)
         try:
@@ -137,7 +147,7 @@ class SameSize(_Bulk):
         txn = conn.txn
         if self.counter is None or txn is None or txn.message is None:
             return None
-        if not counted(conn, self.config.count_bounces):
+        if not counted(conn) or (not self.config.count_bounces and a_bounce(conn)):
             return None
         size = txn.message.size
         key = bulk_key(self.config.key, conn, self.config.ipv6_prefix)

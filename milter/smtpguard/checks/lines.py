@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.message import MAX_LINE
+from smtpguard.message import MAX_LINE, field_octets
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
@@ -32,13 +32,14 @@ class HeaderLines:
         message = conn.txn.message if conn.txn else None
         if message is None or event.header is None:
             return None
-        if message.nul:
-            return Hit("line_parse_error", f"NUL byte in header {event.header[0]!r}")
-        if message.longest_header_line > MAX_LINE and (self.check_trusted or not conn.trusted):
-            return Hit(
-                "line_parse_error",
-                f"header {event.header[0]!r} line of {message.longest_header_line} octets",
-            )
+        # This field's own lines: the fields may be judged after all have arrived, and
+        # a message-wide figure named every field after a long one (review rev211).
+        name, value = event.header
+        if "\x00" in name or "\x00" in value:
+            return Hit("line_parse_error", f"NUL byte in header {name!r}")
+        longest = field_octets(name, value)[1]
+        if longest > MAX_LINE and (self.check_trusted or not conn.trusted):
+            return Hit("line_parse_error", f"header {name!r} line of {longest} octets")
         return None
 
 
