@@ -110,6 +110,8 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
         #: The resolver this session holds until its close (App.hold_runtime).
         self._resolver = runtime.services.dns
         self.driver = SessionDriver(runtime, app.gate, self._macro)
+        #: The MTA gave up on this session (:meth:`_listening`).
+        self._gone = False
 
     def _macro(self, name: str) -> str | None:
         try:
@@ -149,6 +151,8 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
             # SKIP is only legal when the MTA offered it (protocol v6, SMFIP_SKIP).
             return int(Milter.SKIP if self._protocol & Milter.P_SKIP else Milter.CONTINUE)
         if decision.action is Action.CONTINUE or decision.reply is None:
+            if self._gone:
+                return int(Milter.CONTINUE)
             sid = self.driver.conn.session_id
             try:
                 # Removals first: they name fields by their place among the received
@@ -310,7 +314,22 @@ class SmtpGuardMilter(Milter.Base):  # type: ignore[misc]  # pymilter ships no t
 
     def eom(self) -> int:
         self._in_header_block = False
-        return self._guard(Stage.EOM, self.driver.eom)
+        return self._guard(Stage.EOM, self.driver.eom, self._listening)
+
+    def _listening(self) -> bool:
+        """Whether the MTA still waits for this message's answer: after its milter
+        timeout it has closed the connection, and a progress report (SMFIR_PROGRESS,
+        which Postfix and Sendmail read as "still working" and which restarts their
+        timer) fails to go out. Twice: on TCP the first write to a closed peer is
+        taken, and it is the peer's reset that fails the second. A verdict the MTA
+        gave up on is not delivered either: its header edits are left out."""
+        try:
+            self.progress()
+            self.progress()
+        except milter.error:
+            self._gone = True
+            return False
+        return True
 
     def abort(self) -> int:
         self._in_header_block = False

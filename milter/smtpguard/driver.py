@@ -362,7 +362,8 @@ class SessionDriver:
         self._flush_headers()
         return self.rt.pipeline.run(Stage.BODY, self.conn, Event(chunk=chunk))
 
-    def eom(self) -> Decision:
+    def eom(self, listening: Callable[[], bool] | None = None) -> Decision:
+        """End of message; ``listening`` as :meth:`Pipeline.run` takes it."""
         if self.conn.txn is None:
             # A message with no MAIL FROM behind it: no MTA sends one, but a step we
             # lost (review rev157 F1: an undecodable SMFIC_UNKNOWN taken for HELO
@@ -376,7 +377,7 @@ class SessionDriver:
         try:
             self._queue_id()
             self._flush_headers()
-            return self.rt.pipeline.run(Stage.EOM, self.conn)
+            return self.rt.pipeline.run(Stage.EOM, self.conn, listening=listening)
         finally:
             self._transaction_over()
 

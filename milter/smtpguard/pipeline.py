@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, NamedTuple, cast
@@ -288,8 +288,21 @@ class Pipeline:
     def wants(self, stage: Stage) -> bool:
         return bool(self.stages[stage])
 
-    def run(self, stage: Stage, conn: Connection, event: Event | None = None) -> Decision:
+    def run(
+        self,
+        stage: Stage,
+        conn: Connection,
+        event: Event | None = None,
+        *,
+        listening: Callable[[], bool] | None = None,
+    ) -> Decision:
+        """The stage's decision. At end of message, ``listening`` (the adapter's) tells
+        whether the MTA still waits for it, asked when the stage took
+        :data:`ASK_MTA_AFTER` seconds or more: past its milter timeout the MTA has given
+        the client its own answer, and the summary says so (review rev212 F1: it said
+        accept or reject after Postfix's 451)."""
         txn = conn.txn
+        begun = time.monotonic() if listening is not None else 0.0
         if stage is Stage.MAIL and txn is not None:
             txn.scratch[_ENDING] = _Ending(
                 time.monotonic(),
@@ -315,7 +328,25 @@ class Pipeline:
         ):
             # The transaction is over: the message was answered, or MAIL FROM refused.
             reply_id = decision.reply.reply_id if decision.reply is not None else None
-            self._summarize(txn, _outcome_of(decision, txn), reply_id, decision.check)
+            outcome, check = _outcome_of(decision, txn), decision.check
+            if (
+                listening is not None
+                and time.monotonic() - begun >= ASK_MTA_AFTER
+                and not listening()
+            ):
+                verdict = f"{outcome}/{reply_id}" if reply_id else outcome
+                log.warning(
+                    "sid=%s the MTA gave up waiting for this message's verdict (%s)"
+                    " after %.1f s: its milter timeout (Postfix's"
+                    " milter_content_timeout, Sendmail's T=E:) passed, and the client"
+                    " got the MTA's own answer (its default_action), not this one",
+                    conn.session_id,
+                    verdict,
+                    time.monotonic() - begun,
+                )
+                txn.scratch[_UNANSWERED] = verdict
+                outcome, reply_id, check = "abort", None, ""
+            self._summarize(txn, outcome, reply_id, check)
         return decision
 
     def run_headers(self, conn: Connection, fields: Sequence[tuple[str, str]]) -> Decision:
@@ -1050,6 +1081,7 @@ class Pipeline:
             ("policy", self._domain_table(txn)),
             ("skipped", _skips(ending.session_skips, txn.scratch.get(SKIPPED))),
             ("would", _would_ids(ending.reported, txn.scratch.get(_REPORTED))),
+            ("unanswered", txn.scratch.get(_UNANSWERED)),
             ("trusted", "yes" if ending.trusted else None),
             ("client", ending.client_ip),
             ("ms", round(elapsed * 1000)),
@@ -1184,6 +1216,13 @@ def _would_ids(before: Sequence[str], ids: Sequence[str] | None) -> str | None:
     if not before and not ids:
         return None
     return ",".join(dict.fromkeys((*before, *(ids or ()))))
+
+
+#: Seconds an end of message may take before the MTA is asked whether it still waits:
+#: a probe costs a write to the MTA, and no MTA's milter timeout is this short.
+ASK_MTA_AFTER: Final = 1.0
+#: Transaction scratch key: the verdict the MTA gave up waiting for (``reject/ID``).
+_UNANSWERED: Final = "pipeline.unanswered"
 
 
 def _outcome_of(decision: Decision, txn: Transaction) -> str:
