@@ -1219,7 +1219,8 @@ def _would_ids(before: Sequence[str], ids: Sequence[str] | None) -> str | None:
 
 
 #: Seconds an end of message may take before the MTA is asked whether it still waits:
-#: a probe costs a write to the MTA, and no MTA's milter timeout is this short.
+#: the question costs two writes to the MTA, so it is not put to every message, and a
+#: milter timeout shorter than this would defer most mail anyway.
 ASK_MTA_AFTER: Final = 1.0
 #: Transaction scratch key: the verdict the MTA gave up waiting for (``reject/ID``).
 _UNANSWERED: Final = "pipeline.unanswered"
