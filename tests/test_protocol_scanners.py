@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from miltertest import constants as C
 
+from smtpguard.pipeline import ASK_MTA_AFTER
 from support.daemons import (
     ACTION_SUBJECT,
     EICAR,
@@ -765,12 +766,16 @@ def test_declared_size_uses_the_same_counter(tmp_path: Path) -> None:
         assert s.mail("<friend@sender.example>", "SIZE=5000").kind == "continue"
 
 
-def test_an_mta_that_gave_up_waiting_is_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scan", [2.0, 0.5])
+def test_an_mta_that_gave_up_waiting_is_one_clear_line(tmp_path: Path, scan: float) -> None:
     """Review rev131 F2: past the MTA's milter timeout (Sendmail's T=R: below a slow
     scan) the header fields could not be added any more, and each left a traceback
-    after a summary line that said accept. One WARNING now says what the client got."""
+    after a summary line that said accept. One WARNING now says what the client got,
+    and after an end of message of a second or more, which smtpguard asks the MTA
+    about, the summary that the transaction was cut (review rev212 F1); a shorter one
+    is not asked about, and its header fields find the MTA gone."""
     started = tmp_path / "scan-started"
-    script = f"cat >/dev/null\ntouch {started}\nsleep 1\nexit 0\n"
+    script = f"cat >/dev/null\ntouch {started}\nsleep {scan}\nexit 0\n"
     with running(hook_site(tmp_path, script, 10)) as service:
         s = service.session()
         s.connect(UNTRUSTED_IP)
@@ -785,5 +790,15 @@ def test_an_mta_that_gave_up_waiting_is_one_clear_line(tmp_path: Path) -> None:
         # before libmilter reads end of message, the session is aborted instead).
         wait_until(started.exists)
         s.conn.sock.close()
-        wait_until(lambda: "the MTA no longer takes this message's header" in service.log())
+        if scan < ASK_MTA_AFTER:
+            wait_until(lambda: "the MTA no longer takes this message's header" in service.log())
+            assert "Traceback" not in service.log()
+            return
+        wait_until(
+            lambda: "the MTA gave up waiting for this message's verdict (accept)" in service.log()
+        )
+        summary = next(line for line in service.log().splitlines() if " summary " in line)
+        assert "outcome=abort" in summary, summary
+        assert "unanswered=accept" in summary, summary
+        assert "no longer takes this message's header" not in service.log()
         assert "Traceback" not in service.log()
