@@ -220,6 +220,34 @@ def test_aborted_transaction(service: Running) -> None:
     assert line["nrcpt"] == "1"
 
 
+def test_empty_transactions_past_three_are_counted_in_one_line(service: Running) -> None:
+    """Review rev212 F3: a MAIL/RSET loop wrote one summary line per loop (119 per
+    connection through Postfix, 4 times the octets the client sent). The first three
+    are logged, the rest counted in one line at the session's end; a transaction with
+    a recipient is logged as ever."""
+    with service.session() as s:
+        s.connect(GOOD_IP, "mx.good.test")
+        s.helo("mx.good.test")
+        for i in range(10):
+            assert s.mail("<loop@good.test>", macros={"i": f"OBSL{i}"}).kind == "continue"
+            s.abort()
+        assert s.mail("<loop@good.test>", macros={"i": "OBSL10"}).kind == "continue"
+        assert s.rcpt("<alice@example.com>").kind == "continue"
+        s.abort()
+    last = summary_of(service, "OBSL10")
+    assert (last["outcome"], last["nrcpt"]) == ("abort", "1")
+    sid = last["sid"]
+    repeated = poll_for(
+        lambda: [x for x in summaries(service) if x["sid"] == sid and "repeated" in x] or None,
+        what=service.log,
+    )
+    assert repeated == [
+        {"sid": sid, "outcome": "abort", "nrcpt": "0", "repeated": "7", "client": GOOD_IP}
+    ]
+    each = [x.get("qid") for x in summaries(service) if x["sid"] == sid and "repeated" not in x]
+    assert each == ["OBSL0", "OBSL1", "OBSL2", "OBSL10"]
+
+
 def test_the_summary_names_login_recipients_and_what_a_dry_run_let_through(
     unbound: DnsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -235,7 +235,7 @@ class SessionDriver:
         self._batched = 0
         self._field_count = 0
         self._transaction_over()
-        self.rt.pipeline.end_transaction(conn.txn)
+        self.rt.pipeline.end_transaction(conn.txn, conn)
         if self.gate.draining:
             # No new message once the service stops: a stop waits for the messages
             # under way only (review rev193 F1); the MTA retries this one elsewhere or
@@ -384,14 +384,15 @@ class SessionDriver:
     def abort(self) -> None:
         self._fields = []
         self._transaction_over()
-        self.rt.pipeline.end_transaction(self.conn.txn)
+        self.rt.pipeline.end_transaction(self.conn.txn, self.conn)
         self.conn.txn = None
 
     def close(self) -> None:
         self._fields = []
         self._transaction_over()
         try:
-            self.rt.pipeline.end_transaction(self.conn.txn)
+            self.rt.pipeline.end_transaction(self.conn.txn, self.conn)
+            self.rt.pipeline.end_session(self.conn)
         finally:
             # A fault while ending the transaction must not keep the session's slot:
             # max_sessions would shrink by one for good.

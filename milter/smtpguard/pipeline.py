@@ -144,6 +144,11 @@ _AFTER_HEADERS = frozenset({Stage.BODY, Stage.EOM})
 
 #: Decision lines logged per session at the most.
 DECISION_LINES: Final = 100
+#: Summary lines logged per session for transactions that ended empty (MAIL FROM, then
+#: RSET, another MAIL FROM or QUIT, with no recipient and nothing refused); the rest
+#: are counted in one line at the session's end (review rev212 F3: a MAIL/RSET loop
+#: wrote a line per loop, 4 times the octets the client sent, where Postfix writes one).
+EMPTY_SUMMARIES: Final = 3
 
 
 class Action(Enum):
@@ -562,9 +567,10 @@ class Pipeline:
                 # becomes a verdict the normal way.
                 log.exception("sid=%s check=%s prefetch failed", conn.session_id, check.name)
 
-    def end_transaction(self, txn: Transaction | None) -> None:
+    def end_transaction(self, txn: Transaction | None, conn: Connection | None = None) -> None:
         """The transaction ended without an answer to its message (RSET, a new MAIL
-        FROM, QUIT, a lost connection): release what checks hold and log its summary."""
+        FROM, QUIT, a lost connection): release what checks hold and log its summary
+        (past :data:`EMPTY_SUMMARIES` empty ones in ``conn``'s session, only count it)."""
         if txn is None:
             return
         self._release(txn)
@@ -575,8 +581,24 @@ class Pipeline:
         if refusal is not None and (refusal[3] is not Stage.RCPT or not txn.recipient_domains):
             # Refused at MAIL FROM or end of message, or every recipient refused.
             self._summarize(txn, refusal[0], refusal[1], refusal[2])
-        else:
-            self._summarize(txn, "abort", None, "")
+            return
+        empty = conn is not None and not txn.recipients and not txn.unparsed_recipients
+        if empty and conn is not None:
+            conn.empty_transactions += 1
+        quiet = conn is not None and empty and conn.empty_transactions > EMPTY_SUMMARIES
+        self._summarize(txn, "abort", None, "", line=not quiet)
+
+    def end_session(self, conn: Connection) -> None:
+        """The session closed: the empty transactions its summary lines left out."""
+        more = conn.empty_transactions - EMPTY_SUMMARIES
+        if more > 0 and self.summary_log:
+            # key=value only, as every summary line: what reads them splits them so.
+            log.info(
+                "summary sid=%s outcome=abort nrcpt=0 repeated=%d client=%s",
+                conn.session_id,
+                more,
+                conn.client_ip or "",
+            )
 
     def _release(self, txn: Transaction) -> None:
         """Release what checks hold for a transaction (scanner streams, spools)."""
@@ -1051,8 +1073,11 @@ class Pipeline:
         reply = self._render(stage, conn, event, verdict.reply_id)
         return f"{reply.code} {reply.xcode}"
 
-    def _summarize(self, txn: Transaction, outcome: str, reply_id: str | None, check: str) -> None:
-        """The one line (and the metrics) of a transaction that ended, once."""
+    def _summarize(
+        self, txn: Transaction, outcome: str, reply_id: str | None, check: str, line: bool = True
+    ) -> None:
+        """The one line (and the metrics) of a transaction that ended, once; without
+        ``line`` only the metrics."""
         ending: _Ending | None = txn.scratch.get(_ENDING)
         if ending is None or ending.done:
             return
@@ -1061,7 +1086,7 @@ class Pipeline:
             reply_id = ending.refusal[1]
         elapsed = time.monotonic() - ending.started
         self.metrics.transaction(outcome, reply_id or "", elapsed)
-        if not self.summary_log:
+        if not self.summary_log or not line:
             return
         spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
         spf = spf_result(txn)

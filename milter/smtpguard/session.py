@@ -182,6 +182,9 @@ class Connection:
     transactions: int = 0
     #: Decision lines logged for this session (capped: pipeline.DECISION_LINES).
     decision_lines: int = 0
+    #: Transactions of this session that ended empty (no recipient, nothing refused):
+    #: their summary lines are capped (pipeline.EMPTY_SUMMARIES).
+    empty_transactions: int = 0
     # Connect-time lookups started early (the checks' prefetch hook) keep their futures here.
     scratch: dict[str, Any] = field(default_factory=dict)
     #: Work started for this session alone (its reverse DNS, the connect-back probe),
