@@ -15,6 +15,9 @@ from smtpguard.content.mime import MimeWalker
 
 # RFC 5322 §2.1.1: a line is at most 998 octets, excluding the CRLF.
 MAX_LINE = 998
+#: Long header fields a message keeps (MessageState.long_fields): the first of them
+#: refuses the message (a trusted client's only with line_syntax.check_trusted).
+_LONG_FIELDS_KEPT = 100
 # More than MAX_LINE octets of one line. Only LF ends a line (RFC 5322 §2.1.1: CRLF;
 # a bare LF is taken too): a bare CR is an octet of the line, or a long line split by
 # bare CRs would pass. The CR of a CRLF is not counted; one at the end of the chunk
@@ -79,6 +82,8 @@ class MessageState:
         self.received = 0
         self.nul = False
         self.long_line = False
+        #: Header fields with a line over MAX_LINE octets, by (name, value): the longest.
+        self.long_fields: dict[tuple[str, str], int] = {}
         #: The first Message-ID field's value (blanks stripped, at most MAX_LINE
         #: characters), or None: what tells a retry of a message from another message.
         self.message_id: str | None = None
@@ -96,7 +101,10 @@ class MessageState:
     def feed_header(self, name: str, value: str) -> None:
         """Count a header as it will be written: ``Name: value`` CRLF (``Name:value``
         for an :class:`UnspacedValue`), folded lines CRLF."""
-        self.size += field_octets(name, value)[0]
+        octets, longest = field_octets(name, value)
+        self.size += octets
+        if longest > MAX_LINE and len(self.long_fields) < _LONG_FIELDS_KEPT:
+            self.long_fields[name, value] = longest
         self.headers += 1
         if "\x00" in value or "\x00" in name:
             self.nul = True

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.message import MAX_LINE, field_octets
+from smtpguard.message import MAX_LINE
 from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
@@ -33,12 +33,13 @@ class HeaderLines:
         if message is None or event.header is None:
             return None
         # This field's own lines: the fields may be judged after all have arrived, and
-        # a message-wide figure named every field after a long one (review rev211).
+        # a message-wide figure named every field after a long one (review rev211). The
+        # message-wide marks first: most messages have neither.
         name, value = event.header
-        if "\x00" in name or "\x00" in value:
+        if message.nul and ("\x00" in name or "\x00" in value):
             return Hit("line_parse_error", f"NUL byte in header {name!r}")
-        longest = field_octets(name, value)[1]
-        if longest > MAX_LINE and (self.check_trusted or not conn.trusted):
+        longest = message.long_fields.get(event.header, 0) if message.long_fields else 0
+        if longest and (self.check_trusted or not conn.trusted):
             return Hit("line_parse_error", f"header {name!r} line of {longest} octets")
         return None
 
