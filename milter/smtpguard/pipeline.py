@@ -343,8 +343,8 @@ class Pipeline:
                 log.warning(
                     "sid=%s the MTA gave up waiting for this message's verdict (%s)"
                     " after %.1f s: its milter timeout (Postfix's"
-                    " milter_content_timeout, Sendmail's T=E:) passed, and the client"
-                    " got the MTA's own answer (its default_action), not this one",
+                    " milter_content_timeout) passed, and the client got the MTA's own"
+                    " answer (its default_action), not this one",
                     conn.session_id,
                     verdict,
                     time.monotonic() - begun,
