@@ -134,3 +134,47 @@ def test_comment_text_shapes() -> None:
         'name = "partner"',
         ".EE",
     ]
+
+
+def test_rows_whose_term_fills_its_column_and_terms_of_several_words() -> None:
+    """Review rev213 F3: "answers accepted ..." (one space after a term as wide as its
+    column) and "languages, form" ran into the prose."""
+    lines = [
+        "Per zone:",
+        "  name    the zone",
+        "  answers accepted answer codes: addresses",
+        "          or networks",
+        "  languages, form  reply languages",
+    ]
+    assert _text(lines) == [
+        "Per zone:",
+        ".RS",
+        ".TP",
+        "\\fBname\\fR",
+        "the zone",
+        ".TP",
+        "\\fBanswers\\fR",
+        "accepted answer codes: addresses or networks",
+        ".TP",
+        "\\fBlanguages, form\\fR",
+        "reply languages",
+        ".RE",
+    ]
+
+
+def test_a_note_with_two_examples_is_two_sections() -> None:
+    """Review rev213 F3: the [[dnsbl.local]] text and example sat under the
+    [[dnsbl.zones]] heading."""
+    sample = (
+        "[dns]\nport = 53\n\n"
+        '# Zones.\n# [[dnsbl.zones]]\n# name = "a.example"\n'
+        '# Local lists.\n# [[dnsbl.local]]\n# file = "/x"\n\n'
+        "[spf]\nreject_softfail = false\n"
+    )
+    _, tables = _read_sample(sample)
+    assert [(t.name, t.intro) for t in tables] == [
+        ("[dns]", []),
+        ("[[dnsbl.zones]]", ["Zones.", "[[dnsbl.zones]]", 'name = "a.example"']),
+        ("[[dnsbl.local]]", ["Local lists.", "[[dnsbl.local]]", 'file = "/x"']),
+        ("[spf]", []),
+    ]

@@ -1243,7 +1243,8 @@ EXIT_CODES = """exit codes:
      explain --log DIR: a file or folder of it could not be read (named on stderr)
   2  usage or configuration error, or cannot start (socket in use, cannot bind,
      unreadable or unwritable file, syslog socket)
-  130  stopped with Ctrl-C (explain --log: the summary of what was read is printed)"""
+  130  stopped with Ctrl-C (explain --log: the summary of what was read is printed);
+     run stops on SIGINT as on SIGTERM, with 0"""
 
 
 def _accept_config_anywhere(parser: argparse.ArgumentParser) -> None:

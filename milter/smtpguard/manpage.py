@@ -14,6 +14,7 @@ regenerates them and compares: after a change to the parser or the sample, run::
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 import sys
 import tomllib
@@ -271,14 +272,35 @@ class _Reader:
 
     def notes(self) -> None:
         for paragraph in self.paragraphs:
-            example = next(filter(None, map(_TABLE.match, paragraph)), None)
             if not self.tables:
                 self.preamble += [*paragraph, ""]
-            elif example is not None:
-                self.tables.append(_Table(example.group(0).strip(), intro=paragraph))
-            else:
+                continue
+            sections = _examples(paragraph)
+            if not sections:
                 self.tables[-1].keys.append(("", paragraph))
+            for name, lines in sections:
+                self.tables.append(_Table(name, intro=lines))
         self.paragraphs = []
+
+
+def _examples(paragraph: list[str]) -> list[tuple[str, list[str]]]:
+    """A note cut into one section per example table it shows: each section the text
+    before its example, the example, and (the last one) the text after it."""
+    sections: list[tuple[str, list[str]]] = []
+    start = 0
+    headers = [i for i, line in enumerate(paragraph) if _TABLE.match(line) and _is_example(line)]
+    for n, at in enumerate(headers):
+        end = headers[n + 1] if n + 1 < len(headers) else len(paragraph)
+        # The example ends at the first line that is not TOML: the text after it
+        # introduces the next example (or ends the last section).
+        stop = at + 1
+        while stop < end and _is_example(paragraph[stop]):
+            stop += 1
+        if n + 1 == len(headers):
+            stop = end
+        sections.append((paragraph[at].strip(), paragraph[start:stop]))
+        start = stop
+    return sections
 
 
 def _joined(paragraphs: list[list[str]]) -> list[str]:
@@ -316,8 +338,36 @@ def _trimmed(lines: list[str]) -> list[str]:
     return lines[start:end]
 
 
-#: A row of a table in a comment: indented, a term, two spaces or more, its text.
-_ROW: Final = re.compile(r"^( +)(\S+)  +(\S.*)$")
+#: A row of a table in a comment: indented, a term (words one space apart), two
+#: spaces or more, its text.
+_ROW: Final = re.compile(r"^( +)(\S(?:.*?\S)?)  +(\S.*)$")
+
+
+def _column(lines: Sequence[str]) -> tuple[int, int] | None:
+    """The indent and text column of the table of terms in ``lines`` (the most common
+    among its rows), or None."""
+    found = collections.Counter(
+        (len(m.group(1)), m.start(3)) for m in map(_ROW.match, lines) if m is not None
+    )
+    return found.most_common(1)[0][0] if found else None
+
+
+def _row(line: str, column: tuple[int, int] | None) -> tuple[int, str, str] | None:
+    """A row's indent, term and text: at the table's column where the line has a word
+    starting there (a term that fills its column is one space short of two), else up
+    to its first two spaces."""
+    if column is not None:
+        indent, col = column
+        if (
+            len(line) > col
+            and line[:indent].isspace()
+            and not line[indent].isspace()
+            and line[col - 1] == " "
+            and not line[col].isspace()
+        ):
+            return indent, line[indent:col].strip(), line[col:]
+    row = _ROW.match(line)
+    return (len(row.group(1)), row.group(2), row.group(3)) if row else None
 
 
 def _is_example(line: str) -> bool:
@@ -339,6 +389,7 @@ def _text(lines: Sequence[str]) -> list[str]:
     out: list[str] = []
     rows: list[tuple[int, str, str]] = []
     example: list[str] = []
+    column = _column(lines)
 
     def flush() -> None:
         if rows:
@@ -348,18 +399,18 @@ def _text(lines: Sequence[str]) -> list[str]:
             out.append(".RE")
             rows.clear()
         if example:
-            out.extend([".PP", ".EX", *map(escape, example), ".EE"])
+            out.extend([".PP", ".EX", *map(escape, example), ".EE", ".PP"])
             example.clear()
 
     for line in lines:
-        row = _ROW.match(line)
+        row = _row(line, column)
         if rows and not row and len(line) - len(line.lstrip()) > rows[-1][0]:
             indent, term, text = rows[-1]
             rows[-1] = (indent, term, f"{text} {line.strip()}")
         elif row:
             if example:
                 flush()
-            rows.append((len(row.group(1)), row.group(2), row.group(3)))
+            rows.append(row)
         elif _is_example(line):
             if rows:
                 flush()
@@ -368,6 +419,8 @@ def _text(lines: Sequence[str]) -> list[str]:
             flush()
             out.append(".PP" if not line.strip() else escape(line.strip()))
     flush()
+    while out and out[-1] == ".PP":
+        out.pop()
     return out
 
 
