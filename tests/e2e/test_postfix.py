@@ -77,11 +77,8 @@ def stack() -> Iterator[tuple[Running, Postfix]]:
                 f"smtpd_tls_key_file = {tls / 'server.key'}\n"
                 "smtpd_tls_security_level = may\n"
             )
-            postfix = start_postfix(site.config, sasl + starttls)
-            try:
+            with start_postfix(site.config, sasl + starttls) as postfix:
                 yield service, postfix
-            finally:
-                postfix.stop()
     finally:
         dovecot.stop()
 
@@ -508,12 +505,8 @@ def test_footer_keeps_percent_and_dollar_signs_of_the_table_text() -> None:
 @pytest.fixture(scope="module")
 def fault_stack() -> Iterator[tuple[Running, Postfix, Site]]:
     site = e2e_site("faults", {"limits": {"max_sessions": 1}})
-    with running(site) as service:
-        postfix = start_postfix(site.config)
-        try:
-            yield service, postfix, site
-        finally:
-            postfix.stop()
+    with running(site) as service, start_postfix(site.config) as postfix:
+        yield service, postfix, site
 
 
 def test_queue_unavailable(fault_stack: tuple[Running, Postfix, Site]) -> None:
@@ -597,12 +590,8 @@ def full_stack(unbound: DnsServer) -> Iterator[tuple[Running, Postfix]]:
         },
     )
     try:
-        with running(site) as service:
-            postfix = start_postfix(site.config)
-            try:
-                yield service, postfix
-            finally:
-                postfix.stop()
+        with running(site) as service, start_postfix(site.config) as postfix:
+            yield service, postfix
     finally:
         clamd.stop()
 

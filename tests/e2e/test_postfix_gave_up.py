@@ -59,12 +59,8 @@ def stack(engine: int) -> Iterator[tuple[Running, Postfix]]:
             "checks": {"antispam": {"on_temp_error": "pass"}},
         },
     )
-    with running(site) as service:
-        postfix = start_postfix(site.config)
-        try:
-            yield service, postfix
-        finally:
-            postfix.stop()
+    with running(site) as service, start_postfix(site.config) as postfix:
+        yield service, postfix
 
 
 def _content_timeout(postfix: Postfix, seconds: int) -> None:

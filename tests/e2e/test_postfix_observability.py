@@ -101,12 +101,8 @@ def stack(unbound: DnsServer) -> Iterator[tuple[Running, Postfix, SyslogSink, in
         },
     )
     try:
-        with running(site) as service:
-            postfix = start_postfix(site.config)
-            try:
-                yield service, postfix, sink, port
-            finally:
-                postfix.stop()
+        with running(site) as service, start_postfix(site.config) as postfix:
+            yield service, postfix, sink, port
     finally:
         sock.close()
 

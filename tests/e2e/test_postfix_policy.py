@@ -63,12 +63,8 @@ def stack(unbound: DnsServer) -> Iterator[tuple[Running, Postfix]]:
             },
         },
     )
-    with running(site) as service:
-        postfix = start_postfix(site.config)
-        try:
-            yield service, postfix
-        finally:
-            postfix.stop()
+    with running(site) as service, start_postfix(site.config) as postfix:
+        yield service, postfix
 
 
 def assert_table(reply: Reply, reply_id: str) -> None:

@@ -169,6 +169,12 @@ class Postfix:
     def maillog(self) -> str:
         return read_maillog(self.root)
 
+    def __enter__(self) -> Postfix:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def delivered_messages(self) -> dict[str, bytes]:
         return {p.stem: p.read_bytes() for p in self.delivered.glob("*.eml")}
 
