@@ -582,11 +582,11 @@ class Pipeline:
             # Refused at MAIL FROM or end of message, or every recipient refused.
             self._summarize(txn, refusal[0], refusal[1], refusal[2])
             return
-        empty = conn is not None and not txn.recipients and not txn.unparsed_recipients
-        if empty and conn is not None:
+        line = True
+        if conn is not None and not txn.recipients and not txn.unparsed_recipients:
             conn.empty_transactions += 1
-        quiet = conn is not None and empty and conn.empty_transactions > EMPTY_SUMMARIES
-        self._summarize(txn, "abort", None, "", line=not quiet)
+            line = conn.empty_transactions <= EMPTY_SUMMARIES
+        self._summarize(txn, "abort", None, "", line=line)
 
     def end_session(self, conn: Connection) -> None:
         """The session closed: the empty transactions its summary lines left out."""
