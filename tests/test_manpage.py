@@ -91,7 +91,7 @@ def test_every_key_of_the_sample_is_described() -> None:
         f"{table.name.strip('[]')}.{line.split('=')[0].strip()}"
         for table in tables
         for line, _ in table.keys
-        if line
+        if line and not line.startswith("#")
     }
     assert read == _keys(tomllib.loads(text))
 
@@ -177,4 +177,33 @@ def test_a_note_with_two_examples_is_two_sections() -> None:
         ("[[dnsbl.zones]]", ["Zones.", "[[dnsbl.zones]]", 'name = "a.example"']),
         ("[[dnsbl.local]]", ["Local lists.", "[[dnsbl.local]]", 'file = "/x"']),
         ("[spf]", []),
+    ]
+
+
+def test_a_continuation_with_spaces_inside_stays_with_its_row() -> None:
+    """Review rev214 M1: "private_list_denied, database_temp_error   (rcpt)" under
+    mailbox's row was read as a row of its own."""
+    lines = [
+        "  rcpt_limit      rcpt_limit                 (rcpt)",
+        "  mailbox         mailbox_unavailable, user_locked,",
+        "                  private_list_denied, database_temp_error   (rcpt)",
+        "  loop            looping_message            (header)",
+    ]
+    terms = [line for line in _text(lines) if line.startswith("\\fB")]
+    assert terms == ["\\fBrcpt_limit\\fR", "\\fBmailbox\\fR", "\\fBloop\\fR"]
+    assert "mailbox_unavailable, user_locked, private_list_denied, database_temp_error" in (
+        " ".join(_text(lines))
+    )
+
+
+def test_a_key_left_commented_out_is_an_entry_of_its_own() -> None:
+    """Review rev214 M2: cpu_affinity's entry showed the workers text."""
+    sample = (
+        "[milter]\n# Worker processes.\n# workers = 2\n# Binds workers to CPUs.\n"
+        'cpu_affinity = "auto"\n'
+    )
+    _, tables = _read_sample(sample)
+    assert tables[0].keys == [
+        ("# workers = 2", ["Worker processes."]),
+        ('cpu_affinity = "auto"', ["Binds workers to CPUs."]),
     ]

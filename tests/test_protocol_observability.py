@@ -242,7 +242,14 @@ def test_empty_transactions_past_three_are_counted_in_one_line(service: Running)
         what=service.log,
     )
     assert repeated == [
-        {"sid": sid, "outcome": "abort", "nrcpt": "0", "repeated": "7", "client": GOOD_IP}
+        {
+            "sid": sid,
+            "outcome": "abort",
+            "nrcpt": "0",
+            "repeated": "7",
+            "client": GOOD_IP,
+            "from": "<loop@good.test>",
+        }
     ]
     each = [x.get("qid") for x in summaries(service) if x["sid"] == sid and "repeated" not in x]
     assert each == ["OBSL0", "OBSL1", "OBSL2", "OBSL10"]

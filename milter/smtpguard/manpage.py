@@ -261,7 +261,17 @@ class _Reader:
     def key(self, line: str) -> None:
         if not self.tables:
             raise ValueError(f"a key before any table: {line!r}")
-        self.tables[-1].keys.append((line, _joined(self.paragraphs)))
+        text = _joined(self.paragraphs)
+        # A key left commented out (``# workers = 2``: its default applies) is an entry
+        # of its own with the text above it, the rest is the next key's (review rev214
+        # M2: cpu_affinity showed the workers text). Not in an example table's block.
+        if not any(_TABLE.match(t) and _is_example(t) for t in text):
+            commented = [i for i, t in enumerate(text) if _KEY.match(t) and _is_example(t)]
+            if commented:
+                at = commented[-1]
+                self.tables[-1].keys.append(("# " + text[at], _trimmed(text[:at])))
+                text = _trimmed(text[at + 1 :])
+        self.tables[-1].keys.append((line, text))
         self.paragraphs, self.touching = [], False
 
     def table(self, name: str) -> None:
@@ -403,8 +413,11 @@ def _text(lines: Sequence[str]) -> list[str]:
             example.clear()
 
     for line in lines:
-        row = _row(line, column)
-        if rows and not row and len(line) - len(line.lstrip()) > rows[-1][0]:
+        # A line indented deeper than the row before it goes on with that row's text,
+        # whatever spaces it has inside (review rev214 M1).
+        deeper = bool(rows) and bool(line.strip()) and len(line) - len(line.lstrip()) > rows[-1][0]
+        row = None if deeper else _row(line, column)
+        if deeper:
             indent, term, text = rows[-1]
             rows[-1] = (indent, term, f"{text} {line.strip()}")
         elif row:

@@ -586,6 +586,10 @@ class Pipeline:
         if conn is not None and not txn.recipients and not txn.unparsed_recipients:
             conn.empty_transactions += 1
             line = conn.empty_transactions <= EMPTY_SUMMARIES
+            if not line:
+                # The last one's sender goes on the session's repeated= line (review
+                # rev214 L1: a relay probe's senders, refused by Postfix, were lost).
+                conn.scratch[_EMPTY_FROM] = f"<{txn.sender.text}>" if txn.sender else txn.sender_raw
         self._summarize(txn, "abort", None, "", line=line)
 
     def end_session(self, conn: Connection) -> None:
@@ -593,12 +597,15 @@ class Pipeline:
         more = conn.empty_transactions - EMPTY_SUMMARIES
         if more > 0 and self.summary_log:
             # key=value only, as every summary line: what reads them splits them so.
-            log.info(
-                "summary sid=%s outcome=abort nrcpt=0 repeated=%d client=%s",
-                conn.session_id,
-                more,
-                conn.client_ip or "",
+            fields = (
+                ("sid", conn.session_id),
+                ("outcome", "abort"),
+                ("nrcpt", 0),
+                ("repeated", more),
+                ("client", conn.client_ip),
+                ("from", conn.scratch.get(_EMPTY_FROM)),
             )
+            log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 
     def _release(self, txn: Transaction) -> None:
         """Release what checks hold for a transaction (scanner streams, spools)."""
@@ -1249,6 +1256,8 @@ def _would_ids(before: Sequence[str], ids: Sequence[str] | None) -> str | None:
 ASK_MTA_AFTER: Final = 1.0
 #: Transaction scratch key: the verdict the MTA gave up waiting for (``reject/ID``).
 _UNANSWERED: Final = "pipeline.unanswered"
+#: Session scratch key: the sender of the last empty transaction not logged alone.
+_EMPTY_FROM: Final = "pipeline.empty_from"
 
 
 def _outcome_of(decision: Decision, txn: Transaction) -> str:
