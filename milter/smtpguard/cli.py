@@ -1028,10 +1028,14 @@ def _blacklist_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         " domain and its subdomains). A bare domain, an IP address or a /pattern/ is"
         " refused, with what to use instead: it would never match.",
     )
-    add.add_argument("entry", nargs="+", metavar="ENTRY")
+    add.add_argument(
+        "entry", nargs="+", metavar="ENTRY", help="user@domain, @domain or .domain, one or more"
+    )
     add.add_argument("--reason", default="", help="note stored with the entries")
     remove = _command(blsub, "remove", cmd_blacklist_remove, help="remove entries, as listed")
-    remove.add_argument("entry", nargs="+", metavar="ENTRY")
+    remove.add_argument(
+        "entry", nargs="+", metavar="ENTRY", help="an entry as blacklist list shows it"
+    )
     _command(
         blsub,
         "mark",
@@ -1055,7 +1059,7 @@ def _directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         cmd_directory_import,
         help="load users, aliases and lists from CSV or TOML (nothing if any row is invalid)",
     )
-    di.add_argument("file")
+    di.add_argument("file", help="a .toml or .csv file (README: the directory's format)")
     di.add_argument(
         "--replace",
         action="store_true",
@@ -1082,7 +1086,7 @@ def _directory_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         cmd_directory_remove,
         help="remove a user, alias or list (refused while an alias points at it)",
     )
-    dr.add_argument("address")
+    dr.add_argument("address", help="the user's, alias's or list's address")
 
 
 def build_parser() -> argparse.ArgumentParser:
