@@ -265,7 +265,7 @@ class _Reader:
         # A key left commented out (``# workers = 2``: its default applies) is an entry
         # of its own with the text above it, the rest is the next key's (review rev214
         # M2: cpu_affinity showed the workers text). Not in an example table's block.
-        if not any(_TABLE.match(t) and _is_example(t) for t in text):
+        if not any(map(_example_table, text)):
             commented = [i for i, t in enumerate(text) if _KEY.match(t) and _is_example(t)]
             if commented:
                 at = commented[-1]
@@ -298,7 +298,7 @@ def _examples(paragraph: list[str]) -> list[tuple[str, list[str]]]:
     before its example, the example, and (the last one) the text after it."""
     sections: list[tuple[str, list[str]]] = []
     start = 0
-    headers = [i for i, line in enumerate(paragraph) if _TABLE.match(line) and _is_example(line)]
+    headers = [i for i, line in enumerate(paragraph) if _example_table(line)]
     for n, at in enumerate(headers):
         end = headers[n + 1] if n + 1 < len(headers) else len(paragraph)
         # The example ends at the first line that is not TOML: the text after it
@@ -378,6 +378,11 @@ def _row(line: str, column: tuple[int, int] | None) -> tuple[int, str, str] | No
             return indent, line[indent:col].strip(), line[col:]
     row = _ROW.match(line)
     return (len(row.group(1)), row.group(2), row.group(3)) if row else None
+
+
+def _example_table(line: str) -> bool:
+    """A commented-out table header (``# [[policy.exempt]]``)."""
+    return _TABLE.match(line) is not None and _is_example(line)
 
 
 def _is_example(line: str) -> bool:
@@ -464,9 +469,6 @@ def config_page(sample: str) -> str:
             out += [".TP", f"\\fB{escape(line)}\\fR", *_text(comment)]
     out += [".SH SEE ALSO", escape("smtpguard(8)")]
     return "\n".join(out) + "\n"
-
-
-PAGES: Final = {"smtpguard.8": "command", "smtpguard.toml.5": "config"}
 
 
 def render(sample: Path) -> dict[str, str]:

@@ -334,11 +334,8 @@ class Pipeline:
             # The transaction is over: the message was answered, or MAIL FROM refused.
             reply_id = decision.reply.reply_id if decision.reply is not None else None
             outcome, check = _outcome_of(decision, txn), decision.check
-            if (
-                listening is not None
-                and time.monotonic() - begun >= ASK_MTA_AFTER
-                and not listening()
-            ):
+            took = time.monotonic() - begun
+            if listening is not None and took >= ASK_MTA_AFTER and not listening():
                 verdict = f"{outcome}/{reply_id}" if reply_id else outcome
                 log.warning(
                     "sid=%s the MTA gave up waiting for this message's verdict (%s)"
@@ -347,7 +344,7 @@ class Pipeline:
                     " answer (its default_action), not this one",
                     conn.session_id,
                     verdict,
-                    time.monotonic() - begun,
+                    took,
                 )
                 txn.scratch[_UNANSWERED] = verdict
                 outcome, reply_id, check = "abort", None, ""
@@ -589,23 +586,23 @@ class Pipeline:
             if not line:
                 # The last one's sender goes on the session's repeated= line (review
                 # rev214 L1: a relay probe's senders, refused by Postfix, were lost).
-                conn.scratch[_EMPTY_FROM] = f"<{txn.sender.text}>" if txn.sender else txn.sender_raw
+                conn.empty_from = _sender_text(txn)
         self._summarize(txn, "abort", None, "", line=line)
 
     def end_session(self, conn: Connection) -> None:
         """The session closed: the empty transactions its summary lines left out."""
         more = conn.empty_transactions - EMPTY_SUMMARIES
         if more > 0 and self.summary_log:
-            # key=value only, as every summary line: what reads them splits them so.
-            fields = (
-                ("sid", conn.session_id),
-                ("outcome", "abort"),
-                ("nrcpt", 0),
-                ("repeated", more),
-                ("client", conn.client_ip),
-                ("from", conn.scratch.get(_EMPTY_FROM)),
+            _summary_line(
+                (
+                    ("sid", conn.session_id),
+                    ("outcome", "abort"),
+                    ("nrcpt", 0),
+                    ("repeated", more),
+                    ("client", conn.client_ip),
+                    ("from", conn.empty_from),
+                )
             )
-            log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
 
     def _release(self, txn: Transaction) -> None:
         """Release what checks hold for a transaction (scanner streams, spools)."""
@@ -1064,7 +1061,7 @@ class Pipeline:
             ("client", conn.client_ip),
             ("helo", conn.helo),
             ("login", txn.auth_login if txn else None),
-            ("from", f"<{txn.sender.text}>" if txn and txn.sender else txn and txn.sender_raw),
+            ("from", _sender_text(txn)),
             ("rcpt", f"<{event.rcpt.text}>" if event.rcpt else event.rcpt_raw or None),
             ("detail", verdict.detail or None),
         )
@@ -1120,10 +1117,10 @@ class Pipeline:
             # What the client chose, after client= (a ban tool anchors on it): who sent
             # it to whom, so an accepted message can be told apart (review rev113 F1).
             ("login", txn.auth_login),
-            ("from", f"<{txn.sender.text}>" if txn.sender else txn.sender_raw),
+            ("from", _sender_text(txn)),
             ("rcpt", _recipients(txn)),
         )
-        log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
+        _summary_line(fields)
 
     def _domain_table(self, txn: Transaction) -> str | None:
         table = domain_of(self.config, txn)
@@ -1256,8 +1253,20 @@ def _would_ids(before: Sequence[str], ids: Sequence[str] | None) -> str | None:
 ASK_MTA_AFTER: Final = 1.0
 #: Transaction scratch key: the verdict the MTA gave up waiting for (``reject/ID``).
 _UNANSWERED: Final = "pipeline.unanswered"
-#: Session scratch key: the sender of the last empty transaction not logged alone.
-_EMPTY_FROM: Final = "pipeline.empty_from"
+
+
+def _summary_line(fields: Sequence[tuple[str, object]]) -> None:
+    """A ``summary`` line: key=value only (what reads them splits them so), the fields
+    without a value left out."""
+    log.info("summary %s", " ".join(_kv(k, v) for k, v in fields if v is not None))
+
+
+def _sender_text(txn: Transaction | None) -> str | None:
+    """The transaction's MAIL FROM for a log line: ``<address>``, or as the client
+    wrote it when it did not parse."""
+    if txn is None:
+        return None
+    return f"<{txn.sender.text}>" if txn.sender else txn.sender_raw
 
 
 def _outcome_of(decision: Decision, txn: Transaction) -> str:

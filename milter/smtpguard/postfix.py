@@ -1686,16 +1686,17 @@ class _Planner:
         """The ``keys`` that ``table`` holds (``postmap -q -``), or why it cannot be
         read."""
         # Exit 1: no key found, which is an answer too.
-        out, why = self._postmap(table, "-q", "-", given="".join(f"{key}\n" for key in keys), ok=1)
-        if out is None:
-            return why
-        return {line.split("\t", 1)[0] for line in out.splitlines() if line.strip()}
+        found, why = self._postmap(
+            table, "-q", "-", given="".join(f"{key}\n" for key in keys), ok=1
+        )
+        return why if found is None else set(found)
 
     def _postmap(
         self, table: str, *args: str, given: str = "", ok: int = 0
-    ) -> tuple[str | None, str]:
-        """What ``postmap ARGS TABLE`` printed, or None and why it failed (an exit
-        status over ``ok``, or a fatal error)."""
+    ) -> tuple[list[str] | None, str]:
+        """The keys ``postmap ARGS TABLE`` printed (``KEY<TAB>VALUE`` lines; a key may
+        hold spaces: "john smith", review rev170 F5), or None and why it failed (an
+        exit status over ``ok``, or a fatal error)."""
         command = ["postmap", "-c", self.now["config_directory"], *args]
         try:
             done = subprocess.run(  # noqa: S603 - fixed argv, the table is one item
@@ -1713,7 +1714,7 @@ class _Planner:
         if not 0 <= done.returncode <= ok or "fatal:" in done.stderr:
             errors = [e for e in done.stderr.splitlines() if "warning:" not in e]
             return None, "; ".join(errors) or f"postmap exited {done.returncode}"
-        return done.stdout, ""
+        return [line.split("\t", 1)[0] for line in done.stdout.splitlines() if line.strip()], ""
 
     def mailboxes(self) -> None:
         """Addresses Postfix receives mail for in smtpguard's local domains (the keys of
@@ -2008,13 +2009,10 @@ class _Planner:
     def _keys(self, table: str, name: str, *, quiet: bool) -> list[str] | None:
         """Every key of ``table`` (``postmap -s``), or None where it cannot be listed
         (a note unless ``quiet``)."""
-        out, why = self._postmap(table, "-s")
-        if out is None:
-            if not quiet:
-                self._not_compared(name, table, why)
-            return None
-        # postmap -s writes KEY<TAB>VALUE; a key may hold spaces ("john smith": review rev170 F5).
-        return [line.split("\t", 1)[0] for line in out.splitlines() if line.strip()]
+        keys, why = self._postmap(table, "-s")
+        if keys is None and not quiet:
+            self._not_compared(name, table, why)
+        return keys
 
     def _dotted_name(self, name: str, item: str) -> None:
         note = (

@@ -185,6 +185,8 @@ class Connection:
     #: Transactions of this session that ended empty (no recipient, nothing refused):
     #: their summary lines are capped (pipeline.EMPTY_SUMMARIES).
     empty_transactions: int = 0
+    #: The sender of the last of them not logged alone (the session's repeated= line).
+    empty_from: str | None = None
     # Connect-time lookups started early (the checks' prefetch hook) keep their futures here.
     scratch: dict[str, Any] = field(default_factory=dict)
     #: Work started for this session alone (its reverse DNS, the connect-back probe),

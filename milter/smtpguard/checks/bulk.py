@@ -113,6 +113,11 @@ class _Bulk:
         self.config = services.config.bulk
         self.counter: SizeBucketCounter | None = services.counter
 
+    def _uncounted(self, conn: Connection, *, recipients: bool) -> bool:
+        """A session this check leaves alone: a trusted host's, or a bounce
+        (:func:`a_bounce`) unless ``bulk.count_bounces``."""
+        return not counted(conn) or (not self.config.count_bounces and a_bounce(conn, recipients))
+
 
 class SameSizeDeclared(_Bulk):
     name: ClassVar[str] = "bulk.mail"
@@ -122,7 +127,7 @@ class SameSizeDeclared(_Bulk):
         txn = conn.txn
         if self.counter is None or txn is None or txn.declared_size is None:
             return None
-        if not counted(conn) or (not self.config.count_bounces and a_bounce(conn, False)):
+        if self._uncounted(conn, recipients=False):
             # A bounce's count is of the null-sender messages that are not bounces
             # (several recipients): it must not refuse a bounce here.
             return None
@@ -147,7 +152,7 @@ class SameSize(_Bulk):
         txn = conn.txn
         if self.counter is None or txn is None or txn.message is None:
             return None
-        if not counted(conn) or (not self.config.count_bounces and a_bounce(conn)):
+        if self._uncounted(conn, recipients=True):
             return None
         size = txn.message.size
         key = bulk_key(self.config.key, conn, self.config.ipv6_prefix)

@@ -20,13 +20,20 @@ from smtpguard.session import Connection
 from smtpguard.verdict import Hit, Verdict
 
 
-class HeaderLines:
-    name: ClassVar[str] = "line_syntax.header"
-    stage: ClassVar[Stage] = Stage.HEADER
+class _Lines:
     reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
 
     def __init__(self, services: Services) -> None:
         self.check_trusted = services.config.line_syntax.check_trusted
+
+    def _judges_length(self, conn: Connection) -> bool:
+        """Whether a long line of this session is refused (see the module doc)."""
+        return self.check_trusted or not conn.trusted
+
+
+class HeaderLines(_Lines):
+    name: ClassVar[str] = "line_syntax.header"
+    stage: ClassVar[Stage] = Stage.HEADER
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         message = conn.txn.message if conn.txn else None
@@ -39,18 +46,14 @@ class HeaderLines:
         if message.nul and ("\x00" in name or "\x00" in value):
             return Hit("line_parse_error", f"NUL byte in header {name!r}")
         longest = message.long_fields.get(event.header, 0) if message.long_fields else 0
-        if longest and (self.check_trusted or not conn.trusted):
+        if longest and self._judges_length(conn):
             return Hit("line_parse_error", f"header {name!r} line of {longest} octets")
         return None
 
 
-class BodyLines:
+class BodyLines(_Lines):
     name: ClassVar[str] = "line_syntax.body"
     stage: ClassVar[Stage] = Stage.BODY
-    reply_ids: ClassVar[tuple[str, ...]] = ("line_parse_error",)
-
-    def __init__(self, services: Services) -> None:
-        self.check_trusted = services.config.line_syntax.check_trusted
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
         message = conn.txn.message if conn.txn else None
@@ -58,6 +61,6 @@ class BodyLines:
             return None
         if message.nul:
             return Hit("line_parse_error", "NUL byte in body")
-        if message.long_line and (self.check_trusted or not conn.trusted):
+        if message.long_line and self._judges_length(conn):
             return Hit("line_parse_error", f"body line over {MAX_LINE} octets")
         return None
