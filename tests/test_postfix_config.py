@@ -427,6 +427,66 @@ def test_a_final_permit_after_the_other_lists_guard_is_no_open_relay(
 OURS_POSTFIX = "check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)}"
 
 
+def test_the_relay_list_postfix_config_wrote_closes_relaying(tmp_path: Path) -> None:
+    """Review rev215 F1: once its own relay list was applied (the table's 553 as a
+    static access table before the guard), postfix-config and --check took that list
+    for one that closes nothing, and the admin's final permit in
+    smtpd_recipient_restrictions for an open relay (exit 1): a static table that can
+    only answer 4NN/5NN, REJECT or DEFER refuses whoever reaches it."""
+    cfg = config(tmp_path)
+    first = make_plan(
+        cfg, smtpd_recipient_restrictions="permit_mynetworks, reject_non_fqdn_recipient, permit"
+    )
+    applied = changes(first)["smtpd_relay_restrictions"]
+    assert OURS_POSTFIX in applied
+    again = make_plan(
+        cfg,
+        smtpd_relay_restrictions=applied,
+        smtpd_recipient_restrictions="permit_mynetworks, reject_non_fqdn_recipient, permit",
+    )
+    assert not [p for p in again.unresolved if "open relay" in p], again.unresolved
+    assert "smtpd_relay_restrictions" not in changes(again)
+
+
+@pytest.mark.parametrize(
+    ("table", "closes"),
+    [
+        ("static:{553 5.7.1 no relaying here}", True),
+        ("static:{450}", True),
+        ("static:REJECT", True),
+        ("static:{defer try later}", True),
+        ("static:{OK}", False),
+        ("static:{DUNNO}", False),
+        ("static:{defer_if_permit}", False),
+        ("hash:/etc/postfix/rcpt", False),
+    ],
+)
+def test_a_static_table_closes_relaying_only_if_it_only_refuses(
+    tmp_path: Path, table: str, closes: bool
+) -> None:
+    cfg = config(tmp_path)
+    result = make_plan(
+        cfg,
+        smtpd_relay_restrictions=f"permit_mynetworks, check_recipient_access {table},"
+        " reject_unauth_destination",
+        smtpd_recipient_restrictions="permit_mynetworks, permit",
+    )
+    said = [p for p in result.unresolved if "'permit' before the relay guard" in p]
+    assert bool(said) is not closes, result.unresolved
+
+
+def test_a_static_refusal_after_warn_if_reject_only_logs(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    result = make_plan(
+        cfg,
+        smtpd_relay_restrictions="permit_mynetworks, warn_if_reject,"
+        " check_recipient_access static:{554 no}, permit",
+        smtpd_recipient_restrictions="permit_mynetworks, permit",
+    )
+    said = [p for p in result.unresolved if "'permit' before the relay guard" in p]
+    assert len(said) == 2, result.unresolved
+
+
 def plan_of(cfg: Config, raw: dict[str, str], expanded: dict[str, str]) -> Plan:
     """A plan for an instance whose raw and expanded values differ (``$name``)."""
     current = Settings(raw={**STOCK, **raw}, expanded={**STOCK, **expanded})

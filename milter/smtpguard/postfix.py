@@ -2205,9 +2205,11 @@ def _closes_relay(items: list[str]) -> bool:
     map) before the guard means it closes nothing."""
     warn_only = False
     for index, item in enumerate(items):
-        if index and items[index - 1] in _TAKES_AN_ARGUMENT:
+        if index and (
+            items[index - 1] in _TAKES_AN_ARGUMENT or _refuses_everyone(items, index - 1)
+        ):
             continue  # "zen.spamhaus.org" after reject_rbl_client (review rev184 F3)
-        if item in RELAY_GUARDS or item in ("reject", "defer"):
+        if item in RELAY_GUARDS or item in ("reject", "defer") or _refuses_everyone(items, index):
             if not warn_only:
                 return True
         elif (
@@ -2291,6 +2293,28 @@ _ONLY_REFUSE: Final = frozenset(
         "reject_unverified_sender",
         "warn_if_reject",
     }
+)
+
+
+def _refuses_everyone(items: list[str], index: int) -> bool:
+    """Whether ``items[index]`` is an access restriction whose table is a static one
+    that can only refuse (4NN/5NN, REJECT, DEFER), as the relay entry postfix-config
+    writes (review rev215 F1: taken for a map that may permit, so the list that entry
+    closed was said to close nothing, and an admin's final permit elsewhere an open
+    relay)."""
+    return (
+        _ACCESS_RESTRICTION.fullmatch(items[index]) is not None
+        and index + 1 < len(items)
+        and _STATIC_REFUSAL.fullmatch(items[index + 1]) is not None
+    )
+
+
+_ACCESS_RESTRICTION: Final = re.compile(r"check_[a-z_]+_access")
+#: Postfix's access(5) results that refuse: "4NN text", "5NN text", REJECT and DEFER
+#: with optional text (not DEFER_IF_PERMIT and the like, which depend on what follows).
+_STATIC_REFUSAL: Final = re.compile(
+    r"static:(?:\{\s*(?:[45][0-9][0-9]|reject|defer)(?:\s[^{}]*)?\}|(?:[45][0-9][0-9]|reject|defer))",
+    re.IGNORECASE,
 )
 
 

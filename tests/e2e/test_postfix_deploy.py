@@ -412,6 +412,11 @@ def test_merge_keeps_the_admins_milters_and_networks() -> None:
             f"smtpd_milters = {theirs}\n"
             f"non_smtpd_milters = inet:127.0.0.1:{ports['one']}\n"
             "inet_protocols = all\n"
+            # Postfix's own split (2.10+): the guard in smtpd_relay_restrictions, a
+            # final permit here (review rev215 F1: once attached, --check called it
+            # an open relay).
+            "smtpd_recipient_restrictions = permit_mynetworks, reject_non_fqdn_recipient,"
+            " permit\n"
         )
         postfix = start_postfix(s.config, admin, networks=ADMIN_NETWORKS)
         try:
@@ -456,6 +461,13 @@ def test_merge_keeps_the_admins_milters_and_networks() -> None:
             with client(postfix, FOREIGN) as c:
                 assert c.cmd("MAIL FROM:<spammer@bad.example>").lines == (
                     expected_line("host_denies_sender"),
+                )
+            # The relay list postfix-config wrote closes relaying past that permit.
+            with client(postfix, FOREIGN) as c:
+                assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+                assert c.cmd(f"RCPT TO:<{VICTIM}>").lines == (
+                    f"553 5.7.1 <{VICTIM}>: Recipient address rejected: "
+                    + default_line("host_denies_relay"),
                 )
             lan6 = {
                 "addr": "IPV6:2001:db8:1::5",
