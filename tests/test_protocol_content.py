@@ -239,6 +239,21 @@ def test_looping_message_by_header(
     assert final.kind in ("continue", "accept")
 
 
+def test_delivered_to_one_of_two_recipients_is_no_loop_for_the_other(
+    content_service: Running,
+) -> None:
+    """Review rev216 M2: through Postfix, Delivered-To: alice@ refused the message
+    to alice@ and dave@ with 552 5.4.6 for both; dave's copy is no loop."""
+    looped = [*BASE_HEADERS, ("Delivered-To", "alice@example.com")]
+    both = ("<alice@example.com>", "<dave@example.com>")
+    with envelope(content_service, recipients=both) as s:
+        final, _mods, _early = s.message(looped, "hi\r\n")
+    assert final.kind in ("continue", "accept"), final
+    with envelope(content_service, recipients=both) as s:
+        final, _mods, _early = s.message([*looped, ("Delivered-To", "dave@example.com")], "hi\r\n")
+    assert_reply(final, "looping_message")
+
+
 #: A hop of ours (from our MX, by our MX) that no host of ours wrote.
 FORGED = (
     "from mx.example.com (mx.example.com [203.0.113.25])\n"

@@ -109,6 +109,34 @@ def test_delivered_to_someone_else_or_unparsable_passes(make_services: ServicesF
     assert headers(check, conn, ("Delivered-To", "not an address")) is None
 
 
+def test_delivered_to_some_recipients_only_passes(make_services: ServicesFactory) -> None:
+    """Review rev216 M2: a Delivered-To naming one of two recipients refused the
+    message for both with a permanent 552; the other's copy is no loop."""
+    check = Loop(make_services())
+    two = ["<bob@example.com>", "<carol@example.com>"]
+    assert (
+        headers(check, conn_with_message(recipients=two), ("Delivered-To", "bob@example.com"))
+        is None
+    )
+    # Named in fields of their own, every recipient: a loop for each.
+    verdict = headers(
+        check,
+        conn_with_message(recipients=two),
+        ("Delivered-To", "bob@example.com"),
+        ("Delivered-To", "someone@elsewhere.example"),
+        ("Delivered-To", "Carol@Example.com"),
+    )
+    assert verdict == Hit("looping_message", "Delivered-To names all 2 recipients")
+    # The same recipient named twice is still one of two.
+    twice = headers(
+        check,
+        conn_with_message(recipients=two),
+        ("Delivered-To", "bob@example.com"),
+        ("Delivered-To", '"bob"@example.com'),
+    )
+    assert twice is None
+
+
 def test_without_message_or_header_nothing_is_decided(make_services: ServicesFactory) -> None:
     check = Loop(make_services(limits={"max_hops": 1}))
     assert check(make_conn(sender="a@example.org"), Event(header=("Received", "x"))) is None

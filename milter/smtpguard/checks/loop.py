@@ -1,8 +1,10 @@
 """``looping_message``: too many hops, or our own loop marker already present.
 
-Decided per header: more ``Received:`` fields than ``limits.max_hops``; a
-``Delivered-To:`` equal to one of this transaction's recipients (the message has been
-delivered to that mailbox before and came back); or our loop-marker header with our
+Decided per header: more ``Received:`` fields than ``limits.max_hops``;
+``Delivered-To:`` fields that name every recipient of this transaction (the message
+has been delivered to each of those mailboxes before and came back; one that names only
+some of them passes, and the delivery agent, Postfix's local(8) and virtual(8) among
+them, bounces the looping copy alone, review rev216 M2); or our loop-marker header with our
 value (we accepted this message before, for a domain of ours), unless the client
 logged in: a user's redirect of a message we delivered carries our marker and is no
 loop. A host in ``trusted_networks`` is not exempt: a loop between the MX and a mail
@@ -19,11 +21,13 @@ from typing import ClassVar
 from smtpguard import loopmark
 from smtpguard.address import AddressError, parse_path
 from smtpguard.checks import Event, Services, Stage
-from smtpguard.session import Connection
+from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, Verdict
 
 #: Keyed markers of ours judged so far in the transaction (Transaction.scratch).
 _MARKERS = "loop.markers"
+#: The recipients Delivered-To fields named so far (Transaction.scratch).
+_DELIVERED = "loop.delivered"
 
 
 class Loop:
@@ -80,12 +84,28 @@ class Loop:
                 return None
             return Hit("looping_message", f"our {name} marker names this sender and recipient")
         if lowered == "delivered-to":
-            try:
-                delivered = parse_path(value.strip(), smtputf8=True)
-            except AddressError:
-                return None
-            # Compared canonical: "alice"@example.com is alice@example.com's mailbox.
-            seen = delivered.canonical_lc
-            if any(r.canonical_lc == seen for r in txn.recipients):
-                return Hit("looping_message", f"Delivered-To {delivered.lc.lower()} is a recipient")
+            return self._delivered_to(txn, value)
         return None
+
+    @staticmethod
+    def _delivered_to(txn: Transaction, value: str) -> Verdict | None:
+        try:
+            delivered = parse_path(value.strip(), smtputf8=True)
+        except AddressError:
+            return None
+        # Compared canonical: "alice"@example.com is alice@example.com's mailbox.
+        seen = delivered.canonical_lc
+        recipients = {r.canonical_lc for r in txn.recipients}
+        if seen not in recipients:
+            return None
+        named: set[str] = txn.scratch.setdefault(_DELIVERED, set())
+        named.add(seen)
+        if len(named) < len(recipients) or txn.unparsed_recipients:
+            # A loop for some recipients only: a 552 here would refuse the message for
+            # the others too, whose copy is no loop (review rev216 M2). Their delivery
+            # agent judges Delivered-To per recipient, and max_hops still ends a loop
+            # that nobody breaks.
+            return None
+        if len(recipients) == 1:
+            return Hit("looping_message", f"Delivered-To {delivered.lc.lower()} is a recipient")
+        return Hit("looping_message", f"Delivered-To names all {len(recipients)} recipients")
