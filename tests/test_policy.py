@@ -335,6 +335,77 @@ def test_content_exemption_needs_every_recipient(tmp_path: Path) -> None:
     assert p.effective(mixed, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
 
 
+def test_recipients_exempt_by_different_exemptions_are_exempt_together(tmp_path: Path) -> None:
+    """Review rev216 M1: a complaint to postmaster@ and abuse@, each exempt from the
+    anti-spam check by an exemption of its own, was judged by it (552 for both)."""
+    abuse = {"name": "abuse-desk", "recipients": ["abuse@example.com"], "skip": ["antispam"]}
+    p = policy(tmp_path, None, exempt=[abuse])
+    both = make_conn(
+        sender="x@y.example", recipients=["postmaster@example.com", "abuse@example.com"]
+    )
+    assert p.effective(both, "antispam", Stage.EOM, Event(), "enforce") == "off"
+    assert both.txn is not None
+    assert both.txn.scratch[SKIPPED] == {"antispam": "abuse-desk+postmaster"}
+    # Everyone else still gets the check, with or without them.
+    three = make_conn(
+        sender="x@y.example",
+        recipients=["postmaster@example.com", "abuse@example.com", "alice@example.com"],
+    )
+    assert p.effective(three, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
+    # Not a check only one of them skips.
+    rbl_too = policy(tmp_path, None, exempt=[abuse], postmaster_skip=["antispam", "virus"])
+    assert rbl_too.effective(both, "virus", Stage.EOM, Event(), "enforce") == "enforce"
+    # And each exemption's own conditions hold: a partner's by client address.
+    partner = {
+        "name": "partner",
+        "ips": ["198.51.100.0/24"],
+        "recipients": ["abuse@example.com"],
+        "skip": ["antispam"],
+    }
+    q = policy(tmp_path, None, exempt=[partner])
+    elsewhere = make_conn(
+        sender="x@y.example",
+        ip="203.0.113.9",
+        recipients=["postmaster@example.com", "abuse@example.com"],
+    )
+    assert q.effective(elsewhere, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
+    theirs = make_conn(
+        sender="x@y.example",
+        ip="198.51.100.9",
+        recipients=["postmaster@example.com", "abuse@example.com"],
+    )
+    assert q.effective(theirs, "antispam", Stage.EOM, Event(), "enforce") == "off"
+
+
+def test_an_undecided_exemption_with_another_makes_a_content_refusal_unsure(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """An exemption whose reverse DNS failed for now, for abuse@, with postmaster's
+    for the other recipient: together they might have covered the message."""
+    fake.fail("9.100.51.198.in-addr.arpa", "PTR", Status.SERVFAIL)
+    partner = {
+        "name": "partner",
+        "host_suffixes": ["partner.example"],
+        "recipients": ["abuse@example.com"],
+        "skip": ["antispam"],
+    }
+    p = policy(tmp_path, resolver, exempt=[partner])
+    conn = make_conn(
+        sender="x@y.example",
+        ip="198.51.100.9",
+        recipients=["postmaster@example.com", "abuse@example.com"],
+    )
+    assert p.exempt(conn, "antispam", Stage.EOM, Event(deadline=None)) is None
+    assert p.unsure(conn, "antispam", stage=Stage.EOM)
+    mixed = make_conn(
+        sender="x@y.example",
+        ip="198.51.100.9",
+        recipients=["alice@example.com", "abuse@example.com"],
+    )
+    assert p.exempt(mixed, "antispam", Stage.EOM, Event(deadline=None)) is None
+    assert not p.unsure(mixed, "antispam", stage=Stage.EOM)
+
+
 # --- internationalized domains: U-labels and A-labels are one domain --------------------
 
 

@@ -205,6 +205,8 @@ EXEMPTIONS = [
     {"name": "liar", "host_suffixes": ["liar.test"], "skip": ["smtpport"]},
     # A sender, only with SPF pass (good.test passes for RBL_IP).
     {"name": "partner-spf", "senders": [GOOD_DOMAIN], "spf_pass": True, "skip": ["rbl"]},
+    # The abuse desk takes spam complaints (the test directory has no such mailbox).
+    {"name": "abuse-desk", "recipients": ["abuse@example.com"], "skip": ["antispam", "mailbox"]},
 ]
 
 
@@ -324,6 +326,37 @@ def test_spam_to_other_recipients_is_still_refused(exempting: Running, other: st
 
     wait_until(lambda: summary() is not None)
     assert " nrcpt=2 " in (summary() or ""), summary()
+
+
+def test_a_complaint_to_postmaster_and_abuse_is_exempt_by_both_exemptions(
+    exempting: Running,
+) -> None:
+    """Review rev216 M1: each recipient exempt from the anti-spam check by an exemption
+    of its own, the message to both was refused (552) for both."""
+    with exempting.session() as s:
+        assert_pass(s.connect(GOOD_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<reporter@{GOOD_DOMAIN}>"))
+        assert_pass(s.rcpt("<postmaster@example.com>"))
+        assert_pass(s.rcpt("<abuse@example.com>"))
+        final, _mods, _early = s.message(HEADERS, "this spam reached me:\r\n" + GTUBE)
+        assert_pass(final)
+
+    def summary() -> str | None:
+        lines = [line for line in exempting.log().splitlines() if " summary " in line]
+        return next((line for line in reversed(lines) if "<reporter@" in line), None)
+
+    wait_until(lambda: summary() is not None)
+    assert "antispam:abuse-desk+postmaster" in (summary() or ""), summary()
+    # With a third recipient, nobody's exemption covers the message.
+    with exempting.session() as s:
+        assert_pass(s.connect(GOOD_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<reporter@{GOOD_DOMAIN}>"))
+        for rcpt in ("<postmaster@example.com>", "<abuse@example.com>", "<alice@example.com>"):
+            assert_pass(s.rcpt(rcpt))
+        final, _mods, _early = s.message(HEADERS, "this spam reached me:\r\n" + GTUBE)
+        assert_reply(final, "antispam_reject")
 
 
 # --- local IP lists -------------------------------------------------------------------

@@ -27,7 +27,9 @@ When an exemption applies:
 * sender criteria from MAIL FROM on; a sender alone never counts (anyone can write any
   MAIL FROM): it needs a client match or an SPF ``pass`` for that sender;
 * recipient criteria at RCPT for that recipient, and for the message (header, body,
-  end of message) only when every accepted recipient matches.
+  end of message) only when every accepted recipient is exempt from the check, by
+  one exemption or by several together (postmaster@ by the built-in one, abuse@ by
+  the site's: review rev216 M1, a complaint to both was refused for both).
 
 A check that decides at MAIL FROM (DNSBL, PTR, SPF, ...) can only be skipped for a
 recipient that is not known yet. When some exemption with recipient criteria would
@@ -185,6 +187,13 @@ class Policy:
         self.holdable = frozenset(
             name for ex in self.exemptions if ex.recipients for name in ex.skip
         )
+        #: For the message: by check, the exemptions with recipient criteria that skip
+        #: it, where there are several (together they may cover every recipient).
+        by_check: dict[str, list[Exemption]] = {}
+        for ex in self.exemptions:
+            for name in ex.skip if ex.recipients else ():
+                by_check.setdefault(name, []).append(ex)
+        self.together = {name: tuple(exs) for name, exs in by_check.items() if len(exs) > 1}
         #: Checks any exemption may skip: the others never need the matching at all.
         self.skippable = frozenset(name for ex in self.exemptions for name in ex.skip)
         overridden = {name for modes in self.domain_modes.values() for name in modes}
@@ -358,6 +367,26 @@ class Policy:
                     known[index] = applies
             if applies:
                 return ex.name
+        if known is not None and name in self.together:
+            return self._together(conn, name, event)
+        return None
+
+    def _together(self, conn: Connection, name: str, event: Event) -> str | None:
+        """For the message: the exemptions (joined by "+") that skip ``name`` for some
+        recipients each and together for every one, or None."""
+        txn = conn.txn
+        if txn is None or not txn.recipients or txn.unparsed_recipients:
+            return None
+        used: list[str] = []
+        left = list(txn.recipients)
+        for ex in self.together[name]:
+            rest = [r for r in left if not self._recipient(ex, r)]
+            if len(rest) == len(left) or not self._client_and_sender(ex, conn, event):
+                continue
+            used.append(ex.name)
+            left = rest
+            if not left:
+                return "+".join(used)
         return None
 
     def hold(
@@ -420,10 +449,28 @@ class Policy:
         if not _lookup_failed(conn):
             return False
         name = settings_name(check)
-        return any(
+        if any(
             name in ex.skip and self._undecided(ex, conn) and self._covers(ex, conn, rcpt, stage)
             for ex in self.exemptions
-        )
+        ):
+            return True
+        return rcpt is None and stage in _CONTENT and self._unsure_together(conn, name)
+
+    def _unsure_together(self, conn: Connection, name: str) -> bool:
+        """For the message: whether an undecided exemption for some recipients, with
+        the others that skip ``name`` for the rest (whether or not their own client and
+        sender criteria hold: a refusal is then no permanent one), may have covered
+        every recipient (:meth:`_together`)."""
+        txn = conn.txn
+        candidates = self.together.get(name, ())
+        if (
+            txn is None
+            or not txn.recipients
+            or txn.unparsed_recipients
+            or not any(self._undecided(ex, conn) for ex in candidates)
+        ):
+            return False
+        return all(any(self._recipient(ex, r) for ex in candidates) for r in txn.recipients)
 
     def _undecided(self, ex: Exemption, conn: Connection) -> bool:
         """Whether a lookup ``ex`` needs failed for now. The failed lookup is the
