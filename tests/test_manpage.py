@@ -15,6 +15,8 @@ import pytest
 
 from smtpguard.cli import build_parser
 from smtpguard.manpage import _read_sample, _text, escape, render
+from smtpguard.signals import SERVICE_SIGNALS
+from smtpguard.supervisor import RESTART_ONLY
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "conf" / "smtpguard.toml"
@@ -71,6 +73,18 @@ def test_every_subcommand_and_option_has_its_place() -> None:
         assert f"\\fB{escape(option)}" in page
     for section in ("SIGNALS", "ENVIRONMENT", "FILES", "EXIT STATUS", "SEE ALSO"):
         assert f".SH {section}" in page
+
+
+def test_the_signals_are_every_signal_the_service_takes() -> None:
+    """Review rev215 F2: SIGUSR1 and SIGUSR2 (the systemd unit's reload and stop) were
+    missing, and the settings a reload refuses were four of fifteen."""
+    page = render(SAMPLE)["smtpguard.8"]
+    signals = page.split(".SH SIGNALS", 1)[1].split(".SH ", 1)[0]
+    for name in SERVICE_SIGNALS:
+        assert name.name in signals
+    for section, keys in RESTART_ONLY:
+        for key in keys:
+            assert f"{section}.{escape(key)}" in signals
 
 
 def _keys(table: dict[str, Any], prefix: str = "") -> set[str]:

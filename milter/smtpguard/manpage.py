@@ -29,24 +29,34 @@ from smtpguard import __version__
 #: the same pages.
 _SOURCE: Final = f"smtpguard {__version__}"
 
+
 #: The sections of smtpguard(8) that the parser does not hold. Facts from
 #: smtpguard.adapter (signals), smtpguard.cli (environment, default config) and
 #: scripts/start.sh and contrib/systemd (files).
-_SIGNALS: Final = [
-    (
-        "SIGHUP",
-        "Reload: the configuration and every file it names are read again and checked"
-        " first; a configuration that does not load changes nothing (the log says why)."
-        " Sessions in flight finish under the settings they began with. Settings that"
-        " need a restart (the socket, user, log target, metrics endpoint) are refused"
-        " in a reload.",
-    ),
-    (
-        "SIGTERM, SIGINT",
-        "Stop: no new session is taken, the sessions in flight may finish, then the"
-        " socket is removed. With several workers the supervisor stops every worker.",
-    ),
-]
+def _signals() -> list[tuple[str, str]]:
+    """The SIGNALS section; the settings a reload refuses from the list it checks."""
+    from smtpguard.signals import RELOAD_SIGNAL, STOP_SIGNAL  # noqa: PLC0415
+    from smtpguard.supervisor import RESTART_ONLY  # noqa: PLC0415  (it loads pymilter)
+
+    restart = ", ".join(f"{section}.{key}" for section, keys in RESTART_ONLY for key in keys)
+    return [
+        (
+            f"SIGHUP, {RELOAD_SIGNAL.name}",
+            "Reload: the configuration and every file it names are read again and"
+            " checked first; a configuration that does not load changes nothing (the log"
+            " says why). Sessions in flight finish under the settings they began with."
+            f" A reload that changes a setting needing a restart ({restart}) is refused."
+            f" The shipped systemd unit's reload sends {RELOAD_SIGNAL.name}.",
+        ),
+        (
+            f"SIGTERM, SIGINT, {STOP_SIGNAL.name}",
+            "Stop: no new session is taken, the sessions in flight may finish, then the"
+            " socket is removed. With several workers the supervisor stops every worker."
+            f" The shipped systemd unit's stop sends {STOP_SIGNAL.name}.",
+        ),
+    ]
+
+
 _ENVIRONMENT: Final = [
     ("SMTPGUARD_CONFIG", "The configuration file when -c is not given."),
     (
@@ -198,7 +208,7 @@ def command_page(parser: argparse.ArgumentParser) -> str:
         if not any(isinstance(a, argparse._SubParsersAction) for a in child._actions):
             out += [".PP", f"Usage: {escape(_usage(child))}"]
         out += _paragraphs(arguments)
-    out += [".SH SIGNALS", *_paragraphs(_SIGNALS)]
+    out += [".SH SIGNALS", *_paragraphs(_signals())]
     out += [".SH ENVIRONMENT", *_paragraphs(_ENVIRONMENT)]
     out += [".SH FILES", *_paragraphs(_FILES)]
     out += [".SH EXIT STATUS", *_exit_status(parser.epilog or "")]
