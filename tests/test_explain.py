@@ -2334,3 +2334,13 @@ def test_replies_that_look_like_other_things_stay_whole(
     exp = knowledge.explain(pasted)
     assert (exp.code, exp.category) == (code, category)
     assert exp.rule != WORDS_RULE  # a rule matched the reply's own words
+
+
+def test_the_recipient_limit_names_the_per_domain_split(knowledge: Knowledge) -> None:
+    """Review rev215 F4: a stranger's second domain under another [domain] table gets
+    rcpt_limit after one recipient; explain named only the recipient count, which a
+    help desk then looked for in vain."""
+    exp = knowledge.explain("451 4.5.3 out of allow RCPT numbers. (超出 RCPT 允许上限)")
+    assert exp.reply_id == "rcpt_limit"
+    assert "different policy" in exp.cause_en
+    assert "不同的策略" in exp.cause_zh
