@@ -75,9 +75,21 @@ def test_import_summary_counts_aliases_targets_members_and_posters(
     result = run(site, "directory", "import", str(source), "--replace")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        f"{site.directory}: 1 user, 1 alias (2 targets), 0 send-as rights, 1 list,"
-        " 1 member, 2 posters\n"
+        f"{site.directory}: replaced with 1 user, 1 alias (2 targets), 0 send-as rights,"
+        " 1 list, 1 member, 2 posters\n"
     )
+
+
+def test_a_merged_import_says_what_the_directory_holds_now(site: Site, tmp_path: Path) -> None:
+    """Review rev215 F5: a merge of one user printed "1 user, 0 aliases ..." while the
+    directory held five, which read as if the others were gone."""
+    before = run(site, "directory", "list")
+    users = sum(1 for line in before.stdout.splitlines() if line.split()[1:2] == ["user"])
+    source = write(tmp_path / "one.csv", "type,address\nuser,newcomer@example.com\n")
+    result = run(site, "directory", "import", str(source))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{site.directory}: imported 1 user, 0 aliases")
+    assert f"; now {users + 1} users, " in result.stdout, (before.stdout, result.stdout)
 
 
 def test_import_typo_exits_2_and_changes_nothing(site: Site, tmp_path: Path) -> None:

@@ -568,7 +568,7 @@ def _directory_command(
 
 @_directory_command
 def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
-    from smtpguard.directory import ImportError_, import_file, read_import
+    from smtpguard.directory import ImportError_, import_file, read_contents, read_import
 
     if args.if_new and config.directory.path.exists():
         print(f"{config.directory.path} exists: nothing imported")
@@ -597,7 +597,18 @@ def cmd_directory_import(args: argparse.Namespace, config: Config) -> int:
         _counted(counts.members, "member"),
         _counted(counts.posters, "poster"),
     ]
-    print(f"{config.directory.path}: {', '.join(parts)}")
+    if args.replace:
+        print(f"{config.directory.path}: replaced with {', '.join(parts)}")
+        return 0
+    # Merged: the counts are this file's, so say what the directory holds now (review
+    # rev215 F5: "1 user" read as a directory that had lost its other users).
+    now = read_contents(config.directory.path)
+    held = [
+        _counted(len(now.users), "user"),
+        _counted(len({row.address for row in now.aliases}), "alias", "aliases"),
+        _counted(len(now.lists), "list"),
+    ]
+    print(f"{config.directory.path}: imported {', '.join(parts)}; now {', '.join(held)}")
     return 0
 
 
