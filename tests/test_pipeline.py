@@ -277,6 +277,30 @@ def test_report_mode_logs_and_continues(
     assert "mode=report action=pass" in caplog.text
 
 
+def test_report_mode_reports_a_message_once_per_reply(
+    build: BuildHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev215 F3: an oversized message in report mode was reported by the body
+    check and again at end of message (two decision lines, two counts), where
+    enforcing refuses it once."""
+    h = build('[limits]\nmax_message_size = 100\n\n[checks.message_size]\nmode = "report"\n')
+    conn = mail(connect(), "<friend@example.org>")
+    assert h.pipeline.run_headers(conn, [("Subject", "hi")]) == CONTINUE
+    for _ in range(3):
+        assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"x" * 78 + b"\r\n")) == CONTINUE
+    assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE
+    lines = [d for d in decisions(caplog) if d["reply"] == "message_too_long"]
+    assert [(d["check"], d["mode"], d["action"]) for d in lines] == [
+        ("message_size.body", "report", "pass")
+    ]
+    # The next transaction is reported again.
+    conn = mail(conn, "<friend@example.org>")
+    assert h.pipeline.run_headers(conn, [("Subject", "hi")]) == CONTINUE
+    assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"x" * 300)) == CONTINUE
+    assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE
+    assert len([d for d in decisions(caplog) if d["reply"] == "message_too_long"]) == 2
+
+
 def test_decision_lines_are_capped_per_session(
     build: BuildHarness, caplog: pytest.LogCaptureFixture
 ) -> None:

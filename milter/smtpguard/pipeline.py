@@ -856,7 +856,11 @@ class Pipeline:
                 would=would,
             )
 
-        if mode == "report" and stage in _CONTENT_STAGES and not _first_report(conn, check, stage):
+        if (
+            mode == "report"
+            and stage in _CONTENT_STAGES
+            and not _first_report(conn, check, verdict)
+        ):
             # Once per message: a content verdict would repeat for every field or chunk.
             return None
         if isinstance(verdict, TempError):
@@ -1337,12 +1341,14 @@ def _outcome(verdict: Verdict | None) -> str:
     return f"{kind} {verdict.reply_id} ({verdict.detail})" if verdict.detail else kind
 
 
-def _first_report(conn: Connection, check: str, stage: Stage) -> bool:
+def _first_report(conn: Connection, check: str, verdict: Verdict) -> bool:
     """Report-only verdicts of content checks would repeat for every header or chunk
-    once true; log them once per transaction."""
+    once true, and a check's end-of-message step finds again what its body step found
+    (review rev215 F3: an oversized message reported twice): log each check's verdict
+    once per transaction, as enforcing refuses it once."""
     scratch = conn.txn.scratch if conn.txn is not None else conn.scratch
     reported: set[str] = scratch.setdefault("pipeline.reported", set())
-    key = f"{check}/{stage.value}"
+    key = f"{settings_name(check)}/{verdict.reply_id}"
     if key in reported:
         return False
     reported.add(key)
