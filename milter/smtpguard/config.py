@@ -544,6 +544,9 @@ class RepliesConfig:
 NEVER_EXEMPT: Final = frozenset(
     {"relay", "relay_local", "auth_mechanism", "auth_login", "sender_login"}
 )
+#: Checks a ``[domain]`` table may set a mode for that decide at RCPT alone, for that
+#: recipient under its own domain's table: nothing of the message depends on them.
+DECIDED_PER_RECIPIENT: Final = frozenset({"mailbox"})
 #: ``skip = ["all-content"]``: the checks that judge the message itself. Size, line
 #: syntax and loop checks are not in it: they protect the MTA and the mailboxes.
 CONTENT_GROUP: Final = frozenset({"antispam", "virus", "attachment_size", "received", "bulk"})
@@ -852,13 +855,15 @@ class DomainPolicy:
     @property
     def content(self) -> tuple[object, ...]:
         """What decides how a message is handled: equal for every recipient of one
-        transaction."""
+        transaction. Not the modes of checks answered at RCPT for their own recipient
+        alone (review rev216 L2: a domain's mailbox check in report mode split every
+        stranger's message to it and another domain, for nothing)."""
         return (
             self.languages,
             self.form,
             self.max_message_size,
             self.max_attachment_size,
-            self.checks,
+            tuple(c for c in self.checks if c[0] not in DECIDED_PER_RECIPIENT),
             self.add_header_score,
             self.reject_score,
         )

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
-from smtpguard.checks import Stage
+from smtpguard.checks import Stage, settings_name
 from smtpguard.checks.recipients import Mailbox, RcptLimit
+from smtpguard.config import DECIDED_PER_RECIPIENT, NEVER_EXEMPT
 from smtpguard.directory import Kind, Recipient
+from smtpguard.pipeline import CHECK_CLASSES
 from smtpguard.verdict import Hit, TempError
 from support.checks import ServicesFactory, make_conn, rcpt
 from support.fakes import FakeDirectory
@@ -56,6 +58,44 @@ def test_limit_of_one(make_services: ServicesFactory) -> None:
 def test_limit_without_transaction(make_services: ServicesFactory) -> None:
     check = RcptLimit(make_services(limits={"max_rcpt": 1}))
     assert check(make_conn(), rcpt("a@example.com")) is None
+
+
+@pytest.mark.parametrize(
+    ("lax", "split"),
+    [
+        ({"checks": {"mailbox": {"mode": "report"}}}, False),
+        ({"checks": {"mailbox": {"mode": "report"}, "antispam": {"mode": "report"}}}, True),
+        ({"max_message_size": 1000}, True),
+    ],
+    ids=["mailbox-only", "and-antispam", "size"],
+)
+def test_a_domain_policy_splits_only_what_the_message_depends_on(
+    make_services: ServicesFactory, lax: dict[str, Any], split: bool
+) -> None:
+    """Review rev216 L2: a domain's mailbox check in report mode (decided at RCPT, for
+    that recipient alone) split every stranger's message to it and another domain."""
+    check = RcptLimit(
+        make_services(
+            site={"local_domains": ["example.com", "lax.example"]}, domain={"lax.example": lax}
+        )
+    )
+    conn = make_conn(sender="a@example.org", recipients=["alice@example.com"])
+    verdict = check(conn, rcpt("bob@lax.example"))
+    assert (verdict is not None) is split, verdict
+
+
+def test_every_check_decided_per_recipient_is_known_as_such() -> None:
+    """DomainPolicy.content leaves out the modes of DECIDED_PER_RECIPIENT: a check
+    that decides at RCPT alone and may have a per-domain mode belongs there."""
+    stages: dict[str, set[Stage]] = {}
+    for cls in CHECK_CLASSES:
+        stages.setdefault(settings_name(cls.name), set()).add(cls.stage)
+    at_rcpt_alone = {
+        name
+        for name, found in stages.items()
+        if found == {Stage.RCPT} and name not in NEVER_EXEMPT and name != "rcpt_limit"
+    }
+    assert at_rcpt_alone == DECIDED_PER_RECIPIENT
 
 
 # --- mailbox --------------------------------------------------------------------------
