@@ -12,7 +12,7 @@ from smtpguard.address import parse_path
 from smtpguard.checks import Event, Stage
 from smtpguard.dns import Resolver, Status
 from smtpguard.policy import SKIPPED, Policy, address_matches
-from smtpguard.session import MTA
+from smtpguard.session import MTA, Connection
 from smtpguard.verdict import Hit
 from support.checks import make_conn, rcpt
 from support.fake_dns import FakeDns, dns_services, fake_resolver
@@ -335,45 +335,35 @@ def test_content_exemption_needs_every_recipient(tmp_path: Path) -> None:
     assert p.effective(mixed, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
 
 
+def abuse_desk(name: str = "abuse-desk", **criteria: object) -> dict[str, object]:
+    """An exemption of abuse@ from the anti-spam check, on ``criteria`` too."""
+    return {"name": name, "recipients": ["abuse@example.com"], "skip": ["antispam"], **criteria}
+
+
+def to_postmaster_and_abuse(ip: str = "198.51.100.9", *more: str) -> Connection:
+    recipients = ["postmaster@example.com", "abuse@example.com", *more]
+    return make_conn(sender="x@y.example", ip=ip, recipients=recipients)
+
+
 def test_recipients_exempt_by_different_exemptions_are_exempt_together(tmp_path: Path) -> None:
     """Review rev216 M1: a complaint to postmaster@ and abuse@, each exempt from the
     anti-spam check by an exemption of its own, was judged by it (552 for both)."""
-    abuse = {"name": "abuse-desk", "recipients": ["abuse@example.com"], "skip": ["antispam"]}
-    p = policy(tmp_path, None, exempt=[abuse])
-    both = make_conn(
-        sender="x@y.example", recipients=["postmaster@example.com", "abuse@example.com"]
-    )
+    p = policy(tmp_path, None, exempt=[abuse_desk()])
+    both = to_postmaster_and_abuse()
     assert p.effective(both, "antispam", Stage.EOM, Event(), "enforce") == "off"
     assert both.txn is not None
     assert both.txn.scratch[SKIPPED] == {"antispam": "abuse-desk+postmaster"}
     # Everyone else still gets the check, with or without them.
-    three = make_conn(
-        sender="x@y.example",
-        recipients=["postmaster@example.com", "abuse@example.com", "alice@example.com"],
-    )
+    three = to_postmaster_and_abuse("198.51.100.9", "alice@example.com")
     assert p.effective(three, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
     # Not a check only one of them skips.
-    rbl_too = policy(tmp_path, None, exempt=[abuse], postmaster_skip=["antispam", "virus"])
-    assert rbl_too.effective(both, "virus", Stage.EOM, Event(), "enforce") == "enforce"
+    virus_too = policy(tmp_path, None, exempt=[abuse_desk()], postmaster_skip=["antispam", "virus"])
+    assert virus_too.effective(both, "virus", Stage.EOM, Event(), "enforce") == "enforce"
     # And each exemption's own conditions hold: a partner's by client address.
-    partner = {
-        "name": "partner",
-        "ips": ["198.51.100.0/24"],
-        "recipients": ["abuse@example.com"],
-        "skip": ["antispam"],
-    }
-    q = policy(tmp_path, None, exempt=[partner])
-    elsewhere = make_conn(
-        sender="x@y.example",
-        ip="203.0.113.9",
-        recipients=["postmaster@example.com", "abuse@example.com"],
-    )
+    q = policy(tmp_path, None, exempt=[abuse_desk("partner", ips=["198.51.100.0/24"])])
+    elsewhere = to_postmaster_and_abuse("203.0.113.9")
     assert q.effective(elsewhere, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
-    theirs = make_conn(
-        sender="x@y.example",
-        ip="198.51.100.9",
-        recipients=["postmaster@example.com", "abuse@example.com"],
-    )
+    theirs = to_postmaster_and_abuse("198.51.100.9")
     assert q.effective(theirs, "antispam", Stage.EOM, Event(), "enforce") == "off"
 
 
@@ -383,18 +373,9 @@ def test_an_undecided_exemption_with_another_makes_a_content_refusal_unsure(
     """An exemption whose reverse DNS failed for now, for abuse@, with postmaster's
     for the other recipient: together they might have covered the message."""
     fake.fail("9.100.51.198.in-addr.arpa", "PTR", Status.SERVFAIL)
-    partner = {
-        "name": "partner",
-        "host_suffixes": ["partner.example"],
-        "recipients": ["abuse@example.com"],
-        "skip": ["antispam"],
-    }
+    partner = abuse_desk("partner", host_suffixes=["partner.example"])
     p = policy(tmp_path, resolver, exempt=[partner])
-    conn = make_conn(
-        sender="x@y.example",
-        ip="198.51.100.9",
-        recipients=["postmaster@example.com", "abuse@example.com"],
-    )
+    conn = to_postmaster_and_abuse("198.51.100.9")
     assert p.exempt(conn, "antispam", Stage.EOM, Event(deadline=None)) is None
     assert p.unsure(conn, "antispam", stage=Stage.EOM)
     mixed = make_conn(

@@ -405,6 +405,10 @@ def test_relay_restrictions_the_admin_is_told_about(
     assert any(said in line for line in getattr(result, said_in))
 
 
+def permits_before_the_guard(result: Plan) -> list[str]:
+    return [p for p in result.unresolved if "'permit' before the relay guard" in p]
+
+
 @pytest.mark.parametrize("relay_control", ["postfix", "milter"])
 def test_a_final_permit_after_the_other_lists_guard_is_no_open_relay(
     tmp_path: Path, relay_control: str
@@ -420,8 +424,7 @@ def test_a_final_permit_after_the_other_lists_guard_is_no_open_relay(
         " reject_unauth_destination",
         smtpd_recipient_restrictions="permit_mynetworks, reject_unknown_recipient_domain, permit",
     )
-    said = [p for p in result.unresolved if "'permit' before the relay guard" in p]
-    assert bool(said) is (relay_control == "milter"), result.unresolved
+    assert bool(permits_before_the_guard(result)) is (relay_control == "milter"), result.unresolved
 
 
 OURS_POSTFIX = "check_recipient_access static:{553 5.7.1 host denies relay. (拒绝中继)}"
@@ -471,8 +474,7 @@ def test_a_static_table_closes_relaying_only_if_it_only_refuses(
         " reject_unauth_destination",
         smtpd_recipient_restrictions="permit_mynetworks, permit",
     )
-    said = [p for p in result.unresolved if "'permit' before the relay guard" in p]
-    assert bool(said) is not closes, result.unresolved
+    assert bool(permits_before_the_guard(result)) is not closes, result.unresolved
 
 
 def test_a_static_refusal_after_warn_if_reject_only_logs(tmp_path: Path) -> None:
@@ -483,8 +485,7 @@ def test_a_static_refusal_after_warn_if_reject_only_logs(tmp_path: Path) -> None
         " check_recipient_access static:{554 no}, permit",
         smtpd_recipient_restrictions="permit_mynetworks, permit",
     )
-    said = [p for p in result.unresolved if "'permit' before the relay guard" in p]
-    assert len(said) == 2, result.unresolved
+    assert len(permits_before_the_guard(result)) == 2, result.unresolved
 
 
 def plan_of(cfg: Config, raw: dict[str, str], expanded: dict[str, str]) -> Plan:

@@ -328,19 +328,23 @@ def test_spam_to_other_recipients_is_still_refused(exempting: Running, other: st
     assert " nrcpt=2 " in (summary() or ""), summary()
 
 
+def complaint(service: Running, *rcpts: str) -> Answer:
+    """A spam complaint (GTUBE quoted) from a good client to ``rcpts``: the answer."""
+    with service.session() as s:
+        for answer in (s.connect(GOOD_IP), s.helo("mx.good.test")):
+            assert_pass(answer)
+        assert_pass(s.mail(f"<reporter@{GOOD_DOMAIN}>"))
+        for rcpt in rcpts:
+            assert_pass(s.rcpt(f"<{rcpt}>"))
+        return s.message(HEADERS, "this spam reached me:\r\n" + GTUBE)[0]
+
+
 def test_a_complaint_to_postmaster_and_abuse_is_exempt_by_both_exemptions(
     exempting: Running,
 ) -> None:
     """Review rev216 M1: each recipient exempt from the anti-spam check by an exemption
     of its own, the message to both was refused (552) for both."""
-    with exempting.session() as s:
-        assert_pass(s.connect(GOOD_IP))
-        assert_pass(s.helo("mx.good.test"))
-        assert_pass(s.mail(f"<reporter@{GOOD_DOMAIN}>"))
-        assert_pass(s.rcpt("<postmaster@example.com>"))
-        assert_pass(s.rcpt("<abuse@example.com>"))
-        final, _mods, _early = s.message(HEADERS, "this spam reached me:\r\n" + GTUBE)
-        assert_pass(final)
+    assert_pass(complaint(exempting, "postmaster@example.com", "abuse@example.com"))
 
     def summary() -> str | None:
         lines = [line for line in exempting.log().splitlines() if " summary " in line]
@@ -349,14 +353,8 @@ def test_a_complaint_to_postmaster_and_abuse_is_exempt_by_both_exemptions(
     wait_until(lambda: summary() is not None)
     assert "antispam:abuse-desk+postmaster" in (summary() or ""), summary()
     # With a third recipient, nobody's exemption covers the message.
-    with exempting.session() as s:
-        assert_pass(s.connect(GOOD_IP))
-        assert_pass(s.helo("mx.good.test"))
-        assert_pass(s.mail(f"<reporter@{GOOD_DOMAIN}>"))
-        for rcpt in ("<postmaster@example.com>", "<abuse@example.com>", "<alice@example.com>"):
-            assert_pass(s.rcpt(rcpt))
-        final, _mods, _early = s.message(HEADERS, "this spam reached me:\r\n" + GTUBE)
-        assert_reply(final, "antispam_reject")
+    third = complaint(exempting, "postmaster@example.com", "abuse@example.com", "alice@example.com")
+    assert_reply(third, "antispam_reject")
 
 
 # --- local IP lists -------------------------------------------------------------------
