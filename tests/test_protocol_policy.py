@@ -818,6 +818,42 @@ def test_report_mode_reports_what_enforcing_would_answer_each_recipient(
 
 
 @pytest.fixture(scope="module")
+def recipient_reported(
+    tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
+) -> Iterator[Running]:
+    exemption = {"name": "dave", "recipients": ["dave@example.com"], "skip": ["rbl"]}
+    yield from undecided_site(tmp_path_factory, unbound, exemption, rbl_mode="report")
+
+
+def test_a_skip_for_some_recipients_says_how_many_in_the_summary(
+    recipient_reported: Running,
+) -> None:
+    """Review rev216 L3: in report mode every recipient is accepted, and the summary
+    said skipped=rbl:NAME for a message whose other recipients were not exempt."""
+    service = recipient_reported
+    with service.session() as s:
+        assert_pass(s.connect(PTR_SERVFAIL_IP))
+        assert_pass(s.helo("mx.good.test"))
+        assert_pass(s.mail(f"<first@{A_ONLY_DOMAIN}>"))
+        assert_pass(s.rcpt("<dave@example.com>"))
+        assert_pass(s.rcpt("<alice@example.com>"))
+        assert_pass(s.message(HEADERS, "hello\r\n")[0])
+        # Dave alone: the skip was for the whole message.
+        assert_pass(s.mail(f"<second@{A_ONLY_DOMAIN}>"))
+        assert_pass(s.rcpt("<dave@example.com>"))
+        assert_pass(s.message(HEADERS, "hello\r\n")[0])
+
+    def summary(sender: str) -> str | None:
+        lines = [line for line in service.log().splitlines() if " summary " in line]
+        return next((line for line in reversed(lines) if f"<{sender}@" in line), None)
+
+    wait_until(lambda: summary("second") is not None)
+    assert " skipped=rbl:dave(1/2) " in (summary("first") or ""), summary("first")
+    assert " would=rbl_deny " in (summary("first") or ""), summary("first")
+    assert " skipped=rbl:dave " in (summary("second") or ""), summary("second")
+
+
+@pytest.fixture(scope="module")
 def undecided_content(
     tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
 ) -> Iterator[Running]:

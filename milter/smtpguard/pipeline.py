@@ -74,7 +74,7 @@ from smtpguard.config import DNS_CHECKS, CheckSettings, Config
 from smtpguard.logsetup import kv as _kv
 from smtpguard.message import MessageState
 from smtpguard.metrics import NullMetrics
-from smtpguard.policy import SKIPPED, Policy
+from smtpguard.policy import SKIPPED, SKIPPED_FOR, Policy
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.resultheaders import (
     AUTH_RESULTS,
@@ -1112,7 +1112,7 @@ class Pipeline:
             ("size", size),
             ("nrcpt", len(txn.recipient_domains)),
             ("policy", self._domain_table(txn)),
-            ("skipped", _skips(ending.session_skips, txn.scratch.get(SKIPPED))),
+            ("skipped", _skips(txn, ending.session_skips, txn.scratch.get(SKIPPED))),
             ("would", _would_ids(ending.reported, txn.scratch.get(_REPORTED))),
             ("unanswered", txn.scratch.get(_UNANSWERED)),
             ("trusted", "yes" if ending.trusted else None),
@@ -1172,12 +1172,22 @@ def _unless_unsure(
     return verdict
 
 
-def _skips(*recorded: dict[str, str] | None) -> str | None:
-    """``check:exemption`` for every check an exemption skipped, or None."""
+def _skips(txn: Transaction, *recorded: dict[str, str] | None) -> str | None:
+    """``check:exemption`` for every check an exemption skipped, or None; a skip at
+    RCPT for some of the accepted recipients only as ``check:exemption(1/3)``."""
     merged: dict[str, str] = {}
     for skips in recorded:
         merged.update(skips or {})
-    return ",".join(f"{check}:{name}" for check, name in merged.items()) or None
+    spared: dict[str, set[str]] = txn.scratch.get(SKIPPED_FOR, {})
+    total = len(txn.recipient_domains)
+    out = []
+    for check, name in merged.items():
+        share = ""
+        if check in spared:
+            count = sum(1 for r in txn.recipients if r.canonical_lc in spared[check])
+            share = f"({count}/{total})" if count < total else ""
+        out.append(f"{check}:{name}{share}")
+    return ",".join(out) or None
 
 
 class _Step(NamedTuple):

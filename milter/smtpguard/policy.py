@@ -70,6 +70,9 @@ log = logging.getLogger("smtpguard")
 
 #: ``txn.scratch`` (or ``conn.scratch``) key: {check: exemption name} of skipped checks.
 SKIPPED = "policy.skipped"
+#: ``txn.scratch`` key: {check: recipients (canonical, lower case)} a skip at RCPT was
+#: for, where an exemption by recipient spared some of them only.
+SKIPPED_FOR = "policy.skipped_for"
 #: ``txn.scratch`` key: [(check, verdict)] held at MAIL FROM until the recipients.
 HELD = "policy.held"
 HELD_REPORTS = "policy.held_reports"
@@ -347,6 +350,11 @@ class Policy:
         found = self._first(conn, name, stage, event)
         if found is not None:
             self._record(conn, check, found)
+            if stage is Stage.RCPT and event.rcpt is not None and conn.txn is not None:
+                # The summary line says how many of the recipients it was (review
+                # rev216 L3: in report mode the others are accepted too).
+                spared = conn.txn.scratch.setdefault(SKIPPED_FOR, {})
+                spared.setdefault(check, set()).add(event.rcpt.canonical_lc)
         return found
 
     def _first(self, conn: Connection, name: str, stage: Stage, event: Event) -> str | None:
