@@ -29,10 +29,11 @@ from smtpguard import __version__
 #: the same pages.
 _SOURCE: Final = f"smtpguard {__version__}"
 
+# The sections of smtpguard(8) that the parser does not hold. Facts from
+# smtpguard.signals and smtpguard.supervisor (signals), smtpguard.cli (environment,
+# default config) and scripts/start.sh and contrib/systemd (files).
 
-#: The sections of smtpguard(8) that the parser does not hold. Facts from
-#: smtpguard.adapter (signals), smtpguard.cli (environment, default config) and
-#: scripts/start.sh and contrib/systemd (files).
+
 def _signals() -> list[tuple[str, str]]:
     """The SIGNALS section; the settings a reload refuses from the list it checks."""
     from smtpguard.signals import RELOAD_SIGNAL, STOP_SIGNAL  # noqa: PLC0415

@@ -2,10 +2,10 @@
 
 Decided per header: more ``Received:`` fields than ``limits.max_hops``;
 ``Delivered-To:`` fields that name every recipient of this transaction (the message
-has been delivered to each of those mailboxes before and came back; one that names only
-some of them passes, and the delivery agent, Postfix's local(8) and virtual(8) among
-them, bounces the looping copy alone, review rev216 M2); or our loop-marker header with our
-value (we accepted this message before, for a domain of ours), unless the client
+has been delivered to each of those mailboxes before and came back; one that names
+only some of them passes, and the delivery agent, Postfix's local(8) and virtual(8)
+among them, bounces the looping copy alone: review rev216 M2); or our loop-marker
+header with our value (we accepted this message before, for a domain of ours), unless the client
 logged in: a user's redirect of a message we delivered carries our marker and is no
 loop. A host in ``trusted_networks`` is not exempt: a loop between the MX and a mail
 store, a smarthost or a content filter's reinjection runs through one (review rev105).
