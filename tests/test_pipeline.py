@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import shlex
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from smtpguard.logsetup import MAX_LOGGED
 from smtpguard.logsetup import kv as _kv
 from smtpguard.metrics import OUTCOMES
 from smtpguard.pipeline import (
+    ASK_MTA_AFTER,
     CHECK_CLASSES,
     CHECK_NAMES,
     CONTINUE,
@@ -1050,6 +1052,38 @@ def metered_driver(
     driver.connect("[198.51.100.7]", socket.AF_INET, ("198.51.100.7", 25))
     driver.helo("mail.sender.example")
     return driver, metrics
+
+
+class SlowEom:
+    """An end-of-message check that takes as long as the pipeline waits before asking
+    whether the MTA still listens."""
+
+    name: ClassVar[str] = "slow_eom"
+    stage: ClassVar[Stage] = Stage.EOM
+    reply_ids: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        time.sleep(ASK_MTA_AFTER)
+        return None
+
+
+def test_a_verdict_the_mta_gave_up_on_is_counted_apart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev218 F4: counted as an abort with reply_id "none", the same series as
+    a client that left, though the client was deferred by the MTA's default_action."""
+    driver, metrics = metered_driver(tmp_path)
+    driver.rt.pipeline.add_check(SlowEom(), CheckSettings())
+    assert driver.mail("<friend@sender.example>", ()).action is Action.CONTINUE
+    assert driver.rcpt("<alice@example.com>").action is Action.CONTINUE
+    driver.data()
+    driver.header("Subject", "hi")
+    driver.eom(listening=lambda: False)
+    driver.close()
+    assert metrics.named("transaction") == [("abort", "mta_timeout")]
+    [summary] = summaries(caplog)
+    assert (summary["outcome"], summary["unanswered"]) == ("abort", "accept")
+    assert "reply" not in summary
 
 
 def test_every_transaction_outcome_is_counted_and_summed_up(

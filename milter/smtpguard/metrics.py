@@ -42,6 +42,10 @@ _TRANSACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 #: How a transaction ended (the ``outcome`` of the summary line and of
 #: ``smtpguard_transactions_total``).
 OUTCOMES = ("accept", "tag", "reject", "tempfail", "abort")
+#: ``smtpguard_transactions_total``'s reply_id of an ``abort`` whose verdict the MTA no
+#: longer waited for (its milter timeout passed): the client got the MTA's
+#: default_action, a deferral with postfix-config's settings.
+MTA_TIMEOUT: Final = "mta_timeout"
 #: What one call of a check gave (``smtpguard_check_verdicts_total``).
 VERDICTS = ("pass", "hit", "temperror", "error")
 #: Seconds a metrics client has for each read of its request (and the answer's writes).
@@ -341,8 +345,9 @@ class PrometheusMetrics:
             self._dns_busy.labels(reason)
         self._transactions.labels("accept", "none")
         # The deferrals the tempfail ratio alert is for, counted from their first.
-        for reply_id in ("internal_error", "database_temp_error"):
+        for reply_id in ("internal_error", "database_temp_error", "queue_unavailable"):
             self._transactions.labels("tempfail", reply_id)
+        self._transactions.labels("abort", MTA_TIMEOUT)
 
     def prepare_process(self) -> None:
         """In multiprocess mode, allocate this process's files before its first value

@@ -73,7 +73,7 @@ from smtpguard.checks.virus import VirusScan
 from smtpguard.config import DNS_CHECKS, CheckSettings, Config
 from smtpguard.logsetup import kv as _kv
 from smtpguard.message import MessageState
-from smtpguard.metrics import NullMetrics
+from smtpguard.metrics import MTA_TIMEOUT, NullMetrics
 from smtpguard.policy import SKIPPED, SKIPPED_FOR, Policy
 from smtpguard.replies import Reply, ReplyTable
 from smtpguard.resultheaders import (
@@ -1093,7 +1093,10 @@ class Pipeline:
         if reply_id is None and ending.refusal is not None and outcome == ending.refusal[0]:
             reply_id = ending.refusal[1]
         elapsed = time.monotonic() - ending.started
-        self.metrics.transaction(outcome, reply_id or "", elapsed)
+        # A verdict the MTA no longer waited for is counted apart from a client that
+        # left (review rev218 F4): the client got the MTA's default_action, a deferral.
+        counted = MTA_TIMEOUT if _UNANSWERED in txn.scratch else reply_id or ""
+        self.metrics.transaction(outcome, counted, elapsed)
         if not self.summary_log or not line:
             return
         spam: SpamReport | None = txn.scratch.get(SPAM_REPORT)
