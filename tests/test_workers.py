@@ -44,6 +44,7 @@ from smtpguard.metrics import REQUEST_SECONDS as METRICS_REQUEST_SECONDS
 from smtpguard.state import SharedSessionGate
 from smtpguard.supervisor import (
     ALONE_BACKOFF,
+    FILES_MADE_WITHIN,
     MAX_BACKOFF,
     MAX_CONFIG_BYTES,
     RESTART_ONLY,
@@ -1171,6 +1172,31 @@ def test_workers_whose_metrics_are_off_are_counted(
         os.kill(worker, signal.SIGKILL)
         wait_until(lambda: len(children(service.process.pid) - {worker}) == 2)
         assert metrics_off(port) == 1
+
+
+def test_workers_whose_metric_files_were_removed_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev218 F3: with the directory removed (a temporary files cleaner, an
+    rm -r), the workers wrote on into their maps of the removed files without an
+    error: /metrics lost their series and nothing counted them as off."""
+    from support.daemons import free_port  # noqa: PLC0415
+
+    port = free_port()
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    site = make_site(tmp_path / "site", {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    with running(site) as service:
+        both_started(service)
+        until_both_served(service, 4, lambda: mail(service, "<spammer@bad.example>"))
+        time.sleep(FILES_MADE_WITHIN)
+        assert metrics_off(port) == 0
+        shutil.rmtree(directory)
+        until_both_served(service, 4, lambda: mail(service, "<spammer@bad.example>"))
+        assert metrics_off(port) == 2
+        assert metrics_off(port) == 2
+        assert service.log().count("is gone (removed with the directory") == 2
 
 
 def test_a_full_metrics_file_system_leaves_the_service_serving(

@@ -139,6 +139,8 @@ log = logging.getLogger("smtpguard")
 
 #: A worker that ran this long before dying is restarted at once.
 STABLE_AFTER: Final = 10.0
+#: Seconds after its fork by which a worker has made its metric files.
+FILES_MADE_WITHIN: Final = 2.0
 #: The longest wait before restarting a worker that keeps dying at start.
 MAX_BACKOFF: Final = 30.0
 #: The longest wait before a restart while no worker at all is up.
@@ -402,6 +404,8 @@ class Supervisor:
         self.generations = Generations(len(self.workers))
         #: Set by a worker whose metrics went off; mapped here, like ``published``.
         self.metrics_off = Flags(len(self.workers))
+        #: Pids of running workers whose metric files were found removed (said once).
+        self._files_gone: set[int] = set()
         #: The virus hook programs' process groups, per worker; mapped here too.
         self.hook_groups = HookGroups(len(self.workers))
         #: When the loop last checked the heartbeats, and since when it has been
@@ -418,7 +422,7 @@ class Supervisor:
         self.reloads = ReloadStatus()
         if self.registry is not None:
             self.registry.register(
-                WorkersCollector(self.stats, self._pids, self.metrics_off.count, self._generations)
+                WorkersCollector(self.stats, self._pids, self._metrics_off, self._generations)
             )
             self.registry.register(self.reloads)
         #: The CPUs the service may use, read before any worker is bound to one.
@@ -670,6 +674,40 @@ class Supervisor:
     def _up(self) -> int:
         return sum(1 for w in self.workers if w.pid)
 
+    def _metrics_off(self) -> int:
+        """Running workers that record no metrics: those that said so (a file they
+        could not make), and those whose files were removed under them (a temporary
+        files cleaner, an ``rm -r`` of the directory): such a worker writes on into
+        its maps of the removed files without an error, and the sums lose its counts
+        with nothing saying so (review rev218 F3). A worker makes its files right
+        after its fork; one younger than :data:`FILES_MADE_WITHIN` may not have yet."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        now = time.monotonic()
+        off = 0
+        for worker in self.workers:
+            if not worker.pid:
+                continue
+            if self.metrics_off.is_set(worker.number - 1):
+                off += 1
+                continue
+            path = os.path.join(directory, f"counter_{worker.pid}.db")
+            if not directory or now - worker.started < FILES_MADE_WITHIN or os.path.exists(path):
+                continue
+            off += 1
+            if worker.pid not in self._files_gone:
+                self._files_gone.add(worker.pid)
+                log.error(
+                    "metrics: worker %d (pid %d): its file %s is gone (removed with the"
+                    " directory %s?): its counts are missing from /metrics until it is"
+                    " restarted, and the sums read low",
+                    worker.number,
+                    worker.pid,
+                    path,
+                    directory,
+                    extra={ABOUT_WORKER: worker.number},
+                )
+        return off
+
     def _pids(self) -> list[int]:
         """The running workers' pids (a dead one until it is reaped)."""
         return [w.pid for w in self.workers if w.pid]
@@ -918,6 +956,7 @@ class Supervisor:
 
     def _gone(self, worker: Worker, status: int) -> None:
         pid, worker.pid = worker.pid, 0
+        self._files_gone.discard(pid)
         cut = self.gate.release(worker.number - 1)
         self.metrics_off.set(worker.number - 1, False)
         if self.registry is not None:

@@ -250,6 +250,9 @@ class Flags:
         """How many are set."""
         return sum(1 for value in self._map[:] if value)
 
+    def is_set(self, index: int) -> bool:
+        return bool(self._map[index])
+
 
 class WorkersCollector:
     """The supervisor's own series, read at scrape time (a collector on the registry
