@@ -2367,6 +2367,38 @@ def test_what_may_permit_before_the_guard_leaves_relaying_open(
 @pytest.mark.parametrize(
     "restriction",
     [
+        "smtpd_client_restrictions=permit_mynetworks,check_helo_access,static:{REJECT}",
+        "smtpd_client_restrictions=permit_mynetworks,check_sasl_access,static:{REJECT}",
+        "smtpd_client_restrictions=permit_mynetworks,check_ccert_access,static:{REJECT}",
+        "smtpd_sender_restrictions=permit_mynetworks,check_sender_mx_access,static:{REJECT}",
+        "smtpd_client_restrictions=permit_mynetworks,check_client_mx_access,static:{REJECT}",
+    ],
+    ids=["helo", "sasl", "ccert", "sender-mx", "client-mx"],
+)
+def test_a_static_refusal_smtpd_may_not_look_up_leaves_relaying_open(
+    tmp_path: Path, restriction: str
+) -> None:
+    """Review rev220 M1, through a real Postfix 3.7: a stranger without HELO (or login,
+    certificate, an MX to look up) relayed past each, and --check said no conflicts."""
+    (problem,) = _milter_mode_problems(tmp_path, _port_2600(restriction))
+    assert "open relay" in problem
+
+
+@pytest.mark.parametrize("access", ["check_recipient_access", "check_sender_access"])
+def test_an_envelope_lookup_before_the_envelope_refuses_nobody(tmp_path: Path, access: str) -> None:
+    """Review rev220 M1: in smtpd_client_restrictions with smtpd_delay_reject = no
+    there is no sender or recipient yet, and smtpd skips the lookup; with the delay
+    (Postfix's default) it is made at RCPT and refuses everyone who reaches it."""
+    client = f"smtpd_client_restrictions=permit_mynetworks,{access},static:{{REJECT}}"
+    early = _port_2600(client, "smtpd_delay_reject=no")
+    (problem,) = _milter_mode_problems(tmp_path / "early", early)
+    assert "open relay" in problem
+    assert _milter_mode_problems(tmp_path / "delayed", _port_2600(client)) == []
+
+
+@pytest.mark.parametrize(
+    "restriction",
+    [
         "permit_mynetworks,permit_sasl_authenticated,reject_non_fqdn_sender,"
         "reject_unauth_destination",
         # Review rev184 F3: an RBL's (or sleep's) argument is no restriction.

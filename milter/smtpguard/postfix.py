@@ -1523,8 +1523,11 @@ class _Planner:
                     items = main + items
             if not delayed and name not in _RELAY_LISTS:
                 # Without smtpd_delay_reject these run before there is a recipient: a
-                # relay guard there never fires (review rev180 F1: a stranger relayed).
-                items = [item for item in items if item not in RELAY_GUARDS]
+                # relay guard there never fires (review rev180 F1: a stranger relayed),
+                # nor a lookup of the sender or recipient (rev220 M1).
+                items = _without_envelope_lookups(
+                    [item for item in items if item not in RELAY_GUARDS]
+                )
             out.append(items)
         return out
 
@@ -2296,6 +2299,20 @@ _ONLY_REFUSE: Final = frozenset(
 )
 
 
+def _without_envelope_lookups(items: list[str]) -> list[str]:
+    """``items`` without the lookups of the sender or recipient and their tables."""
+    out: list[str] = []
+    skip_table = False
+    for item in items:
+        if skip_table:
+            skip_table = False
+        elif item in _NEEDS_THE_ENVELOPE:
+            skip_table = True
+        else:
+            out.append(item)
+    return out
+
+
 def _refuses_everyone(items: list[str], index: int) -> bool:
     """Whether ``items[index]`` is an access restriction whose table is a static one
     that can only refuse (4NN/5NN, REJECT, DEFER), as the relay entry postfix-config
@@ -2303,13 +2320,33 @@ def _refuses_everyone(items: list[str], index: int) -> bool:
     closed was said to close nothing, and an admin's final permit elsewhere an open
     relay)."""
     return (
-        _ACCESS_RESTRICTION.fullmatch(items[index]) is not None
+        items[index] in _ALWAYS_LOOKED_UP
         and index + 1 < len(items)
         and _STATIC_REFUSAL.fullmatch(items[index + 1]) is not None
     )
 
 
-_ACCESS_RESTRICTION: Final = re.compile(r"check_[a-z_]+_access")
+#: Access restrictions smtpd looks up for every RCPT that reaches them: the client's
+#: always, the sender's and the recipient's where they are known (the lists evaluated
+#: at RCPT; :meth:`_Planner._relay_items` drops them from the others). Not the HELO
+#: name's (none without HELO), the login's, the certificate's or the MX/NS/A lookups',
+#: which a stranger may not give smtpd anything to look up (review rev220 M1).
+_ALWAYS_LOOKED_UP: Final = frozenset(
+    {"check_client_access", "check_sender_access", "check_recipient_access"}
+)
+#: Restrictions that look up the sender or the recipient: skipped before they exist.
+_NEEDS_THE_ENVELOPE: Final = frozenset(
+    {
+        "check_sender_access",
+        "check_sender_mx_access",
+        "check_sender_ns_access",
+        "check_sender_a_access",
+        "check_recipient_access",
+        "check_recipient_mx_access",
+        "check_recipient_ns_access",
+        "check_recipient_a_access",
+    }
+)
 #: Postfix's access(5) results that refuse: "4NN text", "5NN text", REJECT and DEFER
 #: with optional text (not DEFER_IF_PERMIT and the like, which depend on what follows).
 _STATIC_REFUSAL: Final = re.compile(
