@@ -387,6 +387,39 @@ def test_an_undecided_exemption_with_another_makes_a_content_refusal_unsure(
     assert not p.unsure(mixed, "antispam", stage=Stage.EOM)
 
 
+def test_an_exemption_that_cannot_apply_leaves_a_content_refusal_certain(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns
+) -> None:
+    """Review rev220 L1: the abuse desk's exemption is for 10.0.0.0/8 only, so abuse@
+    is never exempt for this client; an undecided partner for sales@ made the refusal
+    a 450 where it is certain."""
+    fake.fail("9.100.51.198.in-addr.arpa", "PTR", Status.SERVFAIL)
+    partner = {
+        "name": "partner",
+        "host_suffixes": ["partner.example"],
+        "recipients": ["sales@example.com"],
+        "skip": ["antispam"],
+    }
+    inside = abuse_desk(ips=["10.0.0.0/8"])
+    p = policy(tmp_path, resolver, exempt=[partner, inside])
+    conn = make_conn(
+        sender="x@y.example",
+        ip="198.51.100.9",
+        recipients=["sales@example.com", "abuse@example.com"],
+    )
+    assert p.exempt(conn, "antispam", Stage.EOM, Event(deadline=None)) is None
+    assert not p.unsure(conn, "antispam", stage=Stage.EOM)
+    # With the client in the abuse desk's network, both may apply: unsure again.
+    q = policy(tmp_path, resolver, exempt=[partner, abuse_desk(ips=["198.51.100.0/24"])])
+    theirs = make_conn(
+        sender="x@y.example",
+        ip="198.51.100.9",
+        recipients=["sales@example.com", "abuse@example.com"],
+    )
+    assert q.exempt(theirs, "antispam", Stage.EOM, Event(deadline=None)) is None
+    assert q.unsure(theirs, "antispam", stage=Stage.EOM)
+
+
 # --- internationalized domains: U-labels and A-labels are one domain --------------------
 
 

@@ -466,19 +466,31 @@ class Policy:
 
     def _unsure_together(self, conn: Connection, name: str) -> bool:
         """For the message: whether an undecided exemption for some recipients, with
-        the others that skip ``name`` for the rest (whether or not their own client and
-        sender criteria hold: a refusal is then no permanent one), may have covered
-        every recipient (:meth:`_together`)."""
+        the others that skip ``name`` and may apply for the rest, may have covered
+        every recipient (:meth:`_together`). One that cannot apply (a sender or
+        client address it does not name, an SPF result that is no pass) counts for
+        nobody: the refusal is then certain (review rev220 L1)."""
         txn = conn.txn
-        candidates = self.together.get(name, ())
-        if (
-            txn is None
-            or not txn.recipients
-            or txn.unparsed_recipients
-            or not any(self._undecided(ex, conn) for ex in candidates)
-        ):
+        if txn is None or not txn.recipients or txn.unparsed_recipients:
+            return False
+        candidates = [ex for ex in self.together.get(name, ()) if not self._ruled_out(ex, conn)]
+        if not any(self._undecided(ex, conn) for ex in candidates):
             return False
         return all(any(self._recipient(ex, r) for ex in candidates) for r in txn.recipients)
+
+    def _ruled_out(self, ex: Exemption, conn: Connection) -> bool:
+        """Whether ``ex`` cannot apply to this transaction, by what is known without a
+        lookup: its senders, its networks (where it names no host), an SPF result
+        that is no pass."""
+        txn = conn.txn
+        if not self._sender(ex, conn):
+            return True
+        if ex.matches_client and not ex.host_suffixes:
+            ip = conn.client_ip
+            if ip is None or client_address(ip) not in ex.networks:
+                return True
+        spf = txn.scratch.get(_SPF_RESULT) if txn is not None else None
+        return bool(ex.senders and ex.spf_pass and spf is not None and spf != "pass")
 
     def _undecided(self, ex: Exemption, conn: Connection) -> bool:
         """Whether a lookup ``ex`` needs failed for now. The failed lookup is the
