@@ -301,6 +301,17 @@ def test_report_mode_reports_a_message_once_per_reply(
     assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"x" * 300)) == CONTINUE
     assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE
     assert len([d for d in decisions(caplog) if d["reply"] == "message_too_long"]) == 2
+    # Review rev220 L2: declared at MAIL FROM (SIZE=), reported there, not again by
+    # the body step: enforcing refuses it once, at MAIL FROM.
+    conn = mail(conn, "<friend@example.org>")
+    assert conn.txn is not None
+    conn.txn.declared_size = 300
+    assert h.pipeline.run(Stage.MAIL, conn) == CONTINUE
+    assert h.pipeline.run_headers(conn, [("Subject", "hi")]) == CONTINUE
+    assert h.pipeline.run(Stage.BODY, conn, Event(chunk=b"x" * 300)) == CONTINUE
+    assert h.pipeline.run(Stage.EOM, conn).action is Action.CONTINUE
+    lines = [d for d in decisions(caplog) if d["reply"] == "message_too_long"]
+    assert [d["check"] for d in lines[2:]] == ["message_size.mail"]
 
 
 def test_decision_lines_are_capped_per_session(

@@ -882,6 +882,10 @@ class Pipeline:
                 note("held", would=True)
                 return None
             self._reported(conn, verdict.reply_id)
+            if stage not in _CONTENT_STAGES and conn.txn is not None:
+                # A SIZE= reported at MAIL or RCPT is the message's report: its body
+                # step must not report it again (review rev220 L2).
+                _first_report(conn, check, verdict)
             note("pass", would=True)
             return None
         if stage in _DEFERRED_TO_EOM and conn.txn is not None:
