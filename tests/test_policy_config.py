@@ -316,12 +316,27 @@ def test_tables_combined_at_their_strictest(tmp_path: Path) -> None:
     assert lax_first.domain == "relay.example+(global)"
     assert (lax_first.checks, lax_first.max_rcpt) == ((("bulk", "enforce"),), 2)
     assert lax_first.languages == config.replies.languages
-    # One table, or tables that say the same: that table, as before.
+    # One table (under any spelling), or none: that one.
     assert config.combined_policy(["big.example", "BIG.example."]) == config.domain_policy(
         "big.example"
     )
     assert config.combined_policy(["example.com", "other.example"]) is None
     assert config.combined_policy([]) is None
+
+
+def test_tables_that_differ_per_recipient_only_are_named_together(tmp_path: Path) -> None:
+    """Review rev220 L3: a table that differs only in the mailbox check's mode shares a
+    stranger's transaction (cd7038f); judged as the first recipient's, the summary's
+    policy= named it in one order and nothing in the other."""
+    config = load(
+        write_config(tmp_path, SITE + "[domain.'big.example']\nchecks.mailbox.mode = 'report'\n")
+    )
+    first = config.combined_policy(["big.example", "example.com"])
+    second = config.combined_policy(["example.com", "big.example"])
+    assert first is not None
+    assert second is not None
+    assert (first.domain, second.domain) == ("big.example+(global)", "(global)+big.example")
+    assert first.content == second.content == config.global_policy().content
 
 
 @pytest.mark.parametrize(

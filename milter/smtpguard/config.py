@@ -954,9 +954,10 @@ class Config:
     def combined_policy(self, domains: Sequence[str]) -> DomainPolicy | None:
         """The table a transaction to ``domains`` (its recipients' domains, in order)
         is judged under: the one table they share (None: the global settings), or,
-        where they fall under tables that differ, those tables combined at their
-        strictest (:func:`strictest`). Only transactions that are not split by
-        ``rcpt_limit`` have such recipients: a dry run's, the site's own submission's."""
+        where they fall under several, those tables combined at their strictest
+        (:func:`strictest`). A stranger's transaction has several only where they
+        differ in what is decided per recipient (``rcpt_limit`` splits the others); a
+        dry run's and the site's own submission's are not split."""
         if not self.domains or not domains:
             return None
         first = self.domain_policy(domains[0])
@@ -964,8 +965,11 @@ class Config:
         for domain in domains:
             table = self.domain_policy(domain) or self.global_policy()
             tables.setdefault(table.domain, table)
-        if len(tables) == 1 or len({t.content for t in tables.values()}) == 1:
+        if len(tables) == 1:
             return first
+        # Tables that differ in what is decided per recipient only are still named
+        # together: the first one alone hid the others' names from policy= (review
+        # rev220 L3: in one order "policy=x.example", in the other none).
         return strictest(tuple(tables.values()), self.check)
 
     def global_policy(self) -> DomainPolicy:
