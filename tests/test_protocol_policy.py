@@ -821,7 +821,12 @@ def test_report_mode_reports_what_enforcing_would_answer_each_recipient(
 def recipient_reported(
     tmp_path_factory: pytest.TempPathFactory, unbound: DnsServer
 ) -> Iterator[Running]:
-    exemption = {"name": "dave", "recipients": ["dave@example.com"], "skip": ["rbl"]}
+    # ghost@ has no mailbox: the mailbox check refuses it after the exemption.
+    exemption = {
+        "name": "dave",
+        "recipients": ["dave@example.com", "ghost@example.com"],
+        "skip": ["rbl"],
+    }
     yield from undecided_site(tmp_path_factory, unbound, exemption, rbl_mode="report")
 
 
@@ -842,15 +847,22 @@ def test_a_skip_for_some_recipients_says_how_many_in_the_summary(
         assert_pass(s.mail(f"<second@{A_ONLY_DOMAIN}>"))
         assert_pass(s.rcpt("<dave@example.com>"))
         assert_pass(s.message(HEADERS, "hello\r\n")[0])
+        # Review rev220 L4: exempt, then refused: the skip spared nobody accepted.
+        assert_pass(s.mail(f"<third@{A_ONLY_DOMAIN}>"))
+        assert_reply(s.rcpt("<ghost@example.com>"), "mailbox_unavailable")
+        assert_pass(s.rcpt("<alice@example.com>"))
+        assert_pass(s.message(HEADERS, "hello\r\n")[0])
 
     def summary(sender: str) -> str | None:
         lines = [line for line in service.log().splitlines() if " summary " in line]
         return next((line for line in reversed(lines) if f"<{sender}@" in line), None)
 
-    wait_until(lambda: summary("second") is not None)
+    wait_until(lambda: summary("third") is not None)
     assert " skipped=rbl:dave(1/2) " in (summary("first") or ""), summary("first")
     assert " would=rbl_deny " in (summary("first") or ""), summary("first")
     assert " skipped=rbl:dave " in (summary("second") or ""), summary("second")
+    assert " skipped=" not in (summary("third") or ""), summary("third")
+    assert " would=rbl_deny " in (summary("third") or ""), summary("third")
 
 
 @pytest.fixture(scope="module")

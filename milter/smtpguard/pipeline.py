@@ -1181,7 +1181,8 @@ def _unless_unsure(
 
 def _skips(txn: Transaction, *recorded: dict[str, str] | None) -> str | None:
     """``check:exemption`` for every check an exemption skipped, or None; a skip at
-    RCPT for some of the accepted recipients only as ``check:exemption(1/3)``."""
+    RCPT for some of the accepted recipients only as ``check:exemption(1/3)``, and
+    none for a skip whose recipients were all refused afterwards."""
     merged: dict[str, str] = {}
     for skips in recorded:
         merged.update(skips or {})
@@ -1192,6 +1193,8 @@ def _skips(txn: Transaction, *recorded: dict[str, str] | None) -> str | None:
         share = ""
         if check in spared:
             count = sum(1 for r in txn.recipients if r.canonical_lc in spared[check])
+            if not count:
+                continue  # it spared a recipient refused later (review rev220 L4)
             share = f"({count}/{total})" if count < total else ""
         out.append(f"{check}:{name}{share}")
     return ",".join(out) or None
