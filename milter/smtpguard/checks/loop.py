@@ -26,7 +26,7 @@ from smtpguard.verdict import Hit, Verdict
 
 #: Keyed markers of ours judged so far in the transaction (Transaction.scratch).
 _MARKERS = "loop.markers"
-#: The recipients Delivered-To fields named so far (Transaction.scratch).
+#: The recipients, and those Delivered-To fields named so far (Transaction.scratch).
 _DELIVERED = "loop.delivered"
 
 
@@ -95,10 +95,17 @@ class Loop:
             return None
         # Compared canonical: "alice"@example.com is alice@example.com's mailbox.
         seen = delivered.canonical_lc
-        recipients = {r.canonical_lc for r in txn.recipients}
+        # The recipients are known by the header: their set is made once per message,
+        # not once per field (thousands of Delivered-To fields cost a pass each).
+        kept: tuple[frozenset[str], set[str]] | None = txn.scratch.get(_DELIVERED)
+        if kept is None:
+            kept = txn.scratch[_DELIVERED] = (
+                frozenset(r.canonical_lc for r in txn.recipients),
+                set(),
+            )
+        recipients, named = kept
         if seen not in recipients:
             return None
-        named: set[str] = txn.scratch.setdefault(_DELIVERED, set())
         named.add(seen)
         if len(named) < len(recipients) or txn.unparsed_recipients:
             # A loop for some recipients only: a 552 here would refuse the message for
