@@ -2396,6 +2396,19 @@ def test_an_envelope_lookup_before_the_envelope_refuses_nobody(tmp_path: Path, a
     assert _milter_mode_problems(tmp_path / "delayed", _port_2600(client)) == []
 
 
+def test_the_sender_list_looks_up_the_sender_without_the_delay(tmp_path: Path) -> None:
+    """Review rev221 H1, through a real Postfix 3.7: with smtpd_delay_reject = no the
+    sender restrictions still run at MAIL FROM, with the sender. A map answering OK
+    for boss@ let a forged boss relay, and --check said no conflicts; a static refusal
+    there refuses every outsider at MAIL FROM."""
+    early = "smtpd_delay_reject=no"
+    boss = "smtpd_sender_restrictions=check_sender_access,inline:{boss@example.com=OK},reject"
+    (problem,) = _milter_mode_problems(tmp_path / "boss", _port_2600(early, boss))
+    assert "open relay" in problem
+    refuse = "smtpd_sender_restrictions=permit_mynetworks,check_sender_access,static:{REJECT}"
+    assert _milter_mode_problems(tmp_path / "refuse", _port_2600(early, refuse)) == []
+
+
 @pytest.mark.parametrize(
     "restriction",
     [

@@ -1524,9 +1524,13 @@ class _Planner:
             if not delayed and name not in _RELAY_LISTS:
                 # Without smtpd_delay_reject these run before there is a recipient: a
                 # relay guard there never fires (review rev180 F1: a stranger relayed),
-                # nor a lookup of the sender or recipient (rev220 M1).
-                items = _without_envelope_lookups(
-                    [item for item in items if item not in RELAY_GUARDS]
+                # nor a lookup of the recipient, nor one of the sender before MAIL FROM
+                # (rev220 M1; rev221 H1: the sender list runs at MAIL FROM, with it).
+                unknown = _RECIPIENT_LOOKUPS
+                if name != "smtpd_sender_restrictions":
+                    unknown = unknown | _SENDER_LOOKUPS
+                items = _without_lookups(
+                    [item for item in items if item not in RELAY_GUARDS], unknown
                 )
             out.append(items)
         return out
@@ -2299,14 +2303,14 @@ _ONLY_REFUSE: Final = frozenset(
 )
 
 
-def _without_envelope_lookups(items: list[str]) -> list[str]:
-    """``items`` without the lookups of the sender or recipient and their tables."""
+def _without_lookups(items: list[str], lookups: frozenset[str]) -> list[str]:
+    """``items`` without the restrictions in ``lookups`` and their tables."""
     out: list[str] = []
     skip_table = False
     for item in items:
         if skip_table:
             skip_table = False
-        elif item in _NEEDS_THE_ENVELOPE:
+        elif item in lookups:
             skip_table = True
         else:
             out.append(item)
@@ -2334,13 +2338,17 @@ def _refuses_everyone(items: list[str], index: int) -> bool:
 _ALWAYS_LOOKED_UP: Final = frozenset(
     {"check_client_access", "check_sender_access", "check_recipient_access"}
 )
-#: Restrictions that look up the sender or the recipient: skipped before they exist.
-_NEEDS_THE_ENVELOPE: Final = frozenset(
+#: Restrictions that look up the sender, or the recipient: skipped before it exists.
+_SENDER_LOOKUPS: Final = frozenset(
     {
         "check_sender_access",
         "check_sender_mx_access",
         "check_sender_ns_access",
         "check_sender_a_access",
+    }
+)
+_RECIPIENT_LOOKUPS: Final = frozenset(
+    {
         "check_recipient_access",
         "check_recipient_mx_access",
         "check_recipient_ns_access",
