@@ -634,17 +634,18 @@ def test_a_retried_message_counts_once(tmp_path: Path, workers: int) -> None:
         assert_reply(attempt(), "same_size_flood")  # a fifth attempt counts
 
 
-@pytest.mark.parametrize("sender", ["<alice@example.com>", "<>"])
+@pytest.mark.parametrize("sender", ["<alice@example.com>", "<>", "<alice+{i}@example.com>"])
 def test_same_size_flood_counts_an_authenticated_sender(tmp_path: Path, sender: str) -> None:
     """A stolen password is the classic same-size flood: logging in exempts nothing,
-    with the null sender either (review rev211 F1: MAIL FROM:<> went uncounted)."""
+    with the null sender either (review rev211 F1: MAIL FROM:<> went uncounted), nor
+    with a new address extension each time (review rev222 F1: each counted apart)."""
     alice = {"{auth_authen}": "alice@example.com", "{auth_type}": "PLAIN"}
 
     def submit(i: int) -> Answer:
         with service.session() as s:
             s.connect(UNTRUSTED_IP)
             s.helo("laptop.example.net", macros={"{tls_version}": "TLSv1.3"})
-            assert s.mail(sender, macros=alice).kind == "continue"
+            assert s.mail(sender.format(i=i), macros=alice).kind == "continue"
             assert s.rcpt("<friend@elsewhere.example>").kind == "continue"
             headers = [(n, f"<i{i}@example.com>" if n == "Message-ID" else v) for n, v in HEADERS]
             final, _mods, _early = s.message(headers, f"Invoice {i:04d}\r\n" * 40)

@@ -26,16 +26,18 @@ def test_declarations() -> None:
 @pytest.mark.parametrize(
     ("parts", "key"),
     [
-        (("sender", "client_ip"), KEY),
+        (("sender", "client_ip"), "login:alice|198.51.100.7"),
         (("sender_domain",), "example.org"),
         (("sender_domain", "client_ip"), "example.org|198.51.100.7"),
-        (("sender",), "a@example.org"),
+        (("sender",), "login:alice"),
         (("login", "client_ip"), "alice|198.51.100.7"),
     ],
 )
 def test_bulk_key(parts: tuple[str, ...], key: str) -> None:
+    """A logged-in client's sender is its login (review rev222 F1)."""
     conn = make_conn(sender="A@Example.ORG", auth_login="Alice")
     assert bulk_key(parts, conn) == key
+    assert bulk_key(("sender", "client_ip"), make_conn(sender="A@Example.ORG")) == KEY
 
 
 def test_bulk_key_login_of_an_anonymous_session_is_empty() -> None:
@@ -59,7 +61,8 @@ def test_bulk_key_of_the_null_sender_and_without_transaction() -> None:
 
 
 def message_of(size: int, **conn_args: object) -> Connection:
-    conn = with_message(make_conn(sender="a@example.org", **conn_args))  # type: ignore[arg-type]  # hypothesis-drawn kwargs of mixed types
+    args: dict[str, object] = {"sender": "a@example.org", **conn_args}
+    conn = with_message(make_conn(**args))  # type: ignore[arg-type]  # hypothesis-drawn kwargs of mixed types
     body(conn, b"x" * size)
     return conn
 
@@ -230,6 +233,27 @@ def test_authenticated_sessions_are_counted(
     )
     declared = make_conn(sender="a@example.org", declared_size=500, **login)  # type: ignore[arg-type]  # mixed kwargs
     assert isinstance(SameSizeDeclared(services)(declared, Event()), Hit)
+
+
+def test_a_logged_in_client_is_one_sender_whatever_address_it_sends_as(
+    make_services: ServicesFactory, counter: FakeCounter
+) -> None:
+    """Review rev222 F1, through Postfix with Dovecot SASL: alice sent 25 messages of
+    one size as alice+0@ ... alice+24@ (or her aliases and send-as addresses), each
+    counted as a sender of its own, and none was refused."""
+    services = make_services(bulk={"threshold": 2})
+    check = SameSize(services)
+    verdicts = [
+        check(message_of(500, sender=f"alice+{i}@example.com", auth_login="Alice"), Event())
+        for i in range(2)
+    ]
+    verdicts.append(check(message_of(500, sender="sales@example.com", auth_login="alice"), Event()))
+    assert verdicts[:2] == [None, None]
+    assert verdicts[2] == Hit("same_size_flood", "3 messages of about 500 octets")
+    assert {key for _, key, _ in counter.calls} == {"login:alice|198.51.100.7"}
+    # A stranger's senders stay apart (a list's VERP sender is one per recipient).
+    for i in range(3):
+        assert check(message_of(500, sender=f"list-bounces+u{i}@lists.example"), Event()) is None
 
 
 def test_counter_failure_is_a_temporary_error(

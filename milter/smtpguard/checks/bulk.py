@@ -1,7 +1,8 @@
 """``same_size_flood``: many messages of about the same size from the same sender.
 
 The key is built from ``bulk.key`` (sender address and client IP by default, an IPv6
-client as its ``bulk.ipv6_prefix`` network; ``login`` adds the SASL login); sizes go
+client as its ``bulk.ipv6_prefix`` network; a logged-in client's sender is its SASL
+login, whatever address it sends as; ``login`` adds the SASL login); sizes go
 into buckets (relative width ``bulk.bucket_width``, e.g. 2%, or a fixed
 ``bulk.bucket_bytes``; see :class:`~smtpguard.counters.SizeBuckets` for the exact rule:
 a hit counts in its bucket and both neighbours, so sizes within one width always count
@@ -58,6 +59,13 @@ def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) ->
     values = []
     for part in parts:
         if part == "sender":
+            if txn and txn.auth_login:
+                # A logged-in client by its login: every address it may send as (its
+                # extensions, aliases, send-as rights) is one sender (review rev222 F1:
+                # a stolen password rotating alice+1@, alice+2@ ... was never counted
+                # past one message each). Compared without regard to case, as logins.
+                values.append("login:" + txn.auth_login.lower())
+                continue
             # Canonical: "x"@y and x@y are one sender, one count.
             values.append(txn.sender.canonical_lc if txn and txn.sender else "<>")
         elif part == "sender_domain":
