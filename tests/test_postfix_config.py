@@ -103,6 +103,10 @@ STOCK = {
     "smtpd_sender_restrictions": "",
     "smtpd_service_name": "smtpd",
     "smtpd_delay_reject": "yes",
+    "smtpd_sasl_auth_enable": "no",
+    "smtpd_tls_auth_only": "no",
+    "smtpd_tls_security_level": "may",
+    "smtpd_tls_wrappermode": "no",
 }
 
 
@@ -403,6 +407,30 @@ def test_relay_restrictions_the_admin_is_told_about(
     result = make_plan(config(tmp_path), smtpd_relay_restrictions=restrictions)
     assert ("smtpd_relay_restrictions" in changes(result)) is rewritten
     assert any(said in line for line in getattr(result, said_in))
+
+
+@pytest.mark.parametrize(
+    ("changed", "said"),
+    [
+        ({"smtpd_sasl_auth_enable": "yes"}, True),
+        ({"smtpd_sasl_auth_enable": "yes", "smtpd_tls_auth_only": "yes"}, False),
+        ({"smtpd_sasl_auth_enable": "yes", "smtpd_tls_security_level": "encrypt"}, False),
+        ({}, False),
+    ],
+    ids=["auth-in-clear", "tls-auth-only", "encrypt", "no-auth"],
+)
+def test_auth_offered_before_starttls_is_noted(
+    tmp_path: Path, changed: dict[str, str], said: bool
+) -> None:
+    """Review rev222 F2: through Postfix with Dovecot, AUTH PLAIN without STARTTLS
+    answered 235 and MAIL FROM 451 auth_mode_unsupported: the password had crossed
+    the network in clear, and crossed it again at each retry; --check said nothing."""
+    result = make_plan(config(tmp_path), **changed)
+    notes = [n for n in result.notes if "offers AUTH before STARTTLS" in n]
+    assert bool(notes) is said, result.notes
+    if said:
+        assert notes[0].startswith("main.cf: ")
+        assert "LOGIN and PLAIN send the password in clear" in notes[0]
 
 
 def permits_before_the_guard(result: Plan) -> list[str]:
@@ -1738,6 +1766,22 @@ def _service_plan(
         services=current.services,
     )
     return plan(cfg, load_replies(cfg.replies, cfg.file), attached)
+
+
+def test_a_submission_service_offering_auth_before_starttls_is_noted(tmp_path: Path) -> None:
+    """Review rev222 F2, read from a real postconf: a service's own -o enables SASL
+    without smtpd_tls_auth_only; one with it, and MASTER_CF's submission (encrypt),
+    are fine."""
+    lines = [
+        "2588      inet  n       -       y       -       -       smtpd",
+        "  -o smtpd_sasl_auth_enable=yes",
+        "2587      inet  n       -       y       -       -       smtpd",
+        "  -o smtpd_sasl_auth_enable=yes",
+        "  -o smtpd_tls_auth_only=yes",
+    ]
+    result = _service_plan(tmp_path, None, "", MASTER_CF + "\n".join(lines) + "\n")
+    noted = [n for n in result.notes if "offers AUTH before STARTTLS" in n]
+    assert [n.split(": ", 1)[0] for n in noted] == ["master.cf service 2588/inet"]
 
 
 def test_a_reinjection_smtpd_that_runs_smtpguard_again_is_a_conflict(tmp_path: Path) -> None:

@@ -146,6 +146,13 @@ ACCEPTED_DOMAINS = (
 _LOOPBACK = ipaddress.ip_address("127.0.0.1")
 FOOTER_FILE = "smtpguard_footers.regexp"
 
+#: What decides whether a service offers AUTH before TLS.
+_AUTH_IN_CLEAR = (
+    "smtpd_sasl_auth_enable",
+    "smtpd_tls_auth_only",
+    "smtpd_tls_security_level",
+    "smtpd_tls_wrappermode",
+)
 #: Every parameter the plan reads.
 PARAMETERS = (
     "config_directory",
@@ -184,6 +191,7 @@ PARAMETERS = (
     "smtpd_sender_restrictions",
     "smtpd_service_name",
     "smtpd_delay_reject",
+    *_AUTH_IN_CLEAR,
 )
 
 
@@ -648,6 +656,7 @@ def plan(
     planner.footers()
     planner.bare_newline()
     planner.master_services()
+    planner.auth_in_clear()
     planner.cleanup()
     return Plan(
         config_directory=current.expanded["config_directory"],
@@ -1416,6 +1425,39 @@ class _Planner:
                 f"smtpguard runs on none of the smtpd services other hosts reach"
                 f" ({', '.join(unguarded_public)}): none of its checks are made"
             )
+
+    def auth_in_clear(self) -> None:
+        """Where smtpd offers AUTH before STARTTLS while ``policy.auth_tls_required``
+        names PLAIN or LOGIN: the password crosses the network in clear before the
+        auth_mechanism check can refuse the session at MAIL FROM, and its 451 makes the
+        client send it again (review rev222 F2). Sendmail gets AuthOptions=p."""
+        clear = sorted(self.config.policy.auth_tls_required & {"PLAIN", "LOGIN"})
+        if not clear or self.config.check("auth_mechanism").mode == "off":
+            return
+        places: list[tuple[str, Mapping[str, str]]] = [("main.cf", {})]
+        places += [
+            (f"master.cf service {s.label}", s.expanded)
+            for s in self.services
+            if any(name in s.overrides for name in _AUTH_IN_CLEAR)
+        ]
+        for where, own in places:
+
+            def value(name: str, own: Mapping[str, str] = own) -> str:
+                return own.get(name, self.now[name]).strip().lower()
+
+            if (
+                value("smtpd_sasl_auth_enable") == "yes"
+                and value("smtpd_tls_auth_only") != "yes"
+                and value("smtpd_tls_security_level") != "encrypt"
+                and value("smtpd_tls_wrappermode") != "yes"
+            ):
+                self.notes.append(
+                    f"{where}: offers AUTH before STARTTLS (smtpd_tls_auth_only = no):"
+                    f" {' and '.join(clear)} send the password in clear, and"
+                    " policy.auth_tls_required refuses that only at MAIL FROM"
+                    " (auth_mode_unsupported, a 451 the client retries, password and"
+                    " all); set smtpd_tls_auth_only = yes there"
+                )
 
     def _service_milters(self, service: Service) -> tuple[str | None, bool, str]:
         """smtpguard's address in the service's smtpd_milters (None if not there),
