@@ -445,6 +445,9 @@ def test_from_check_is_inert_unless_asked_for(make_services: ServicesFactory) ->
         '"Alice, Sales" <Sales@Example.COM>',
         "=?utf-8?q?Al=C3=AFce?= <alice@example.com>, Sales@example.com",
         "alice@example.com (Alice)",
+        # A display name that is the login's own address (mail programs write that).
+        '"alice@example.com" <alice@example.com>',
+        "=?utf-8?q?Sales=40example=2Ecom?= <alice@example.com>",
     ],
 )
 def test_from_addresses_the_login_owns(
@@ -460,6 +463,16 @@ def test_from_addresses_the_login_owns(
         ("CEO <ceo@example.com>", "login 'alice' may not write From: ceo@example.com"),
         # Every author must be owned, not only the first.
         ("alice@example.com, ceo@example.com", "login 'alice' may not write From: ceo@example.com"),
+        # Review rev222 F3: a program that shows the display name alone shows bob's
+        # address, encoded or not.
+        (
+            '"bob@example.com" <alice@example.com>',
+            "login 'alice' may not write From: bob@example.com",
+        ),
+        (
+            "=?utf-8?b?Ym9iQGV4YW1wbGUuY29t?= <alice@example.com>",
+            "login 'alice' may not write From: bob@example.com",
+        ),
         ("Alice", "From: 'Alice' names no valid address"),
         ("", "From: '' names no valid address"),
         ("<>", "From: '<>' names no valid address"),

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from smtpguard.address import Address, AddressError, parse_path
 from smtpguard.checks import Event, Services, Stage
+from smtpguard.content.encoded_words import readings
 from smtpguard.directory import Directory, DirectoryError, Login
 from smtpguard.session import Connection, Transaction
 from smtpguard.verdict import Hit, TempError, Verdict
@@ -170,7 +171,7 @@ def _authors(value: str, smtputf8: bool) -> list[Address] | None:
         # The standard parser recurses once per nested comment: a few hundred "("
         # (review rev66 F4) raised, and the message was deferred on every retry.
         return None
-    for _name, text in pairs:
+    for name, text in pairs:
         if not text:
             return None
         try:
@@ -180,4 +181,26 @@ def _authors(value: str, smtputf8: bool) -> list[Address] | None:
         if address.is_null:
             return None
         found.append(address)
+        shown = _shown_address(name)
+        if shown is not None:
+            found.append(shown)
     return found or None
+
+
+def _shown_address(name: str) -> Address | None:
+    """A display name that is itself an address, as a mail program that shows the name
+    alone shows it (``"bob@example.com" <alice@example.com>``; review rev222 F3): an
+    author too. Read in every decoding of its encoded words."""
+    if "@" not in name and "=?" not in name:
+        return None
+    for reading in readings(name)[0]:
+        text = reading.strip().strip('"').strip()
+        if "@" not in text:
+            continue
+        try:
+            shown = parse_path(text, smtputf8=True)
+        except AddressError:
+            continue
+        if not shown.is_null:
+            return shown
+    return None
