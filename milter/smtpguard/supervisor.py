@@ -139,8 +139,6 @@ log = logging.getLogger("smtpguard")
 
 #: A worker that ran this long before dying is restarted at once.
 STABLE_AFTER: Final = 10.0
-#: Seconds after its fork by which a worker has made its metric files.
-FILES_MADE_WITHIN: Final = 2.0
 #: The longest wait before restarting a worker that keeps dying at start.
 MAX_BACKOFF: Final = 30.0
 #: The longest wait before a restart while no worker at all is up.
@@ -404,6 +402,8 @@ class Supervisor:
         self.generations = Generations(len(self.workers))
         #: Set by a worker whose metrics went off; mapped here, like ``published``.
         self.metrics_off = Flags(len(self.workers))
+        #: Set by a worker once its metric files are made; mapped here, like the above.
+        self.metrics_files = Flags(len(self.workers))
         #: Pids of running workers whose metric files were found removed (said once).
         self._files_gone: set[int] = set()
         #: The virus hook programs' process groups, per worker; mapped here too.
@@ -679,10 +679,9 @@ class Supervisor:
         could not make), and those whose files were removed under them (a temporary
         files cleaner, an ``rm -r`` of the directory): such a worker writes on into
         its maps of the removed files without an error, and the sums lose its counts
-        with nothing saying so (review rev218 F3). A worker makes its files right
-        after its fork; one younger than :data:`FILES_MADE_WITHIN` may not have yet."""
+        with nothing saying so (review rev218 F3). Only a worker that said its files
+        are made is looked at (rev221 L1: a slow start was taken for a removal)."""
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-        now = time.monotonic()
         off = 0
         for worker in self.workers:
             if not worker.pid:
@@ -691,7 +690,8 @@ class Supervisor:
                 off += 1
                 continue
             path = os.path.join(directory, f"counter_{worker.pid}.db")
-            if not directory or now - worker.started < FILES_MADE_WITHIN or os.path.exists(path):
+            made = self.metrics_files.is_set(worker.number - 1)
+            if not directory or not made or os.path.exists(path):
                 continue
             off += 1
             if worker.pid not in self._files_gone:
@@ -879,6 +879,7 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.when_off = functools.partial(self.metrics_off.set, number - 1, True)
             self.metrics.prepare_process()
+            self.metrics_files.set(number - 1, True)
         cpu = worker_cpu(number, self.cpus, self.config.milter)
         if cpu is not None:
             bind({cpu})
@@ -957,6 +958,7 @@ class Supervisor:
     def _gone(self, worker: Worker, status: int) -> None:
         pid, worker.pid = worker.pid, 0
         self._files_gone.discard(pid)
+        self.metrics_files.set(worker.number - 1, False)
         cut = self.gate.release(worker.number - 1)
         self.metrics_off.set(worker.number - 1, False)
         if self.registry is not None:
