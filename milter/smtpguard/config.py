@@ -680,8 +680,9 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class BulkConfig:
-    #: What identifies a sender: any of "sender", "sender_domain", "client_ip", "login"
-    #: (not alone).
+    #: What identifies a sender: any of "sender" (a logged-in client's login, else the
+    #: MAIL FROM address), "mail_from" (the MAIL FROM address, logged in or not),
+    #: "sender_domain", "client_ip", "login" (not alone).
     key: tuple[str, ...] = ("sender", "client_ip")
     window: int = 3600
     #: More than this many messages of similar size in the window are refused.
@@ -1343,7 +1344,7 @@ def _antispam(s: _Section) -> AntispamConfig:
 
 
 #: "login" is empty for every anonymous session: never alone in a key.
-_BULK_KEYS = ("sender", "sender_domain", "client_ip", "login")
+_BULK_KEYS = ("sender", "mail_from", "sender_domain", "client_ip", "login")
 
 
 #: 640 MiB of shared table.

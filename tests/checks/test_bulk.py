@@ -31,6 +31,8 @@ def test_declarations() -> None:
         (("sender_domain", "client_ip"), "example.org|198.51.100.7"),
         (("sender",), "login:alice"),
         (("login", "client_ip"), "alice|198.51.100.7"),
+        # Review rev223 L4: a shared login that sends as each of its users, per address.
+        (("mail_from", "client_ip"), KEY),
     ],
 )
 def test_bulk_key(parts: tuple[str, ...], key: str) -> None:

@@ -58,7 +58,11 @@ def bulk_key(parts: tuple[str, ...], conn: Connection, ipv6_prefix: int = 64) ->
     txn = conn.txn
     values = []
     for part in parts:
-        if part == "sender":
+        if part == "mail_from":
+            # The address as given, logged in or not (a shared login that sends as
+            # each of its users, counted per address where the site wants that).
+            values.append(txn.sender.canonical_lc if txn and txn.sender else "<>")
+        elif part == "sender":
             if txn and txn.auth_login:
                 # A logged-in client by its login: every address it may send as (its
                 # extensions, aliases, send-as rights) is one sender (review rev222 F1:
