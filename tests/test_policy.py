@@ -12,6 +12,7 @@ from smtpguard.address import parse_path
 from smtpguard.checks import Event, Stage
 from smtpguard.dns import Resolver, Status
 from smtpguard.policy import SKIPPED, Policy, address_matches
+from smtpguard.probes import exemption_notes
 from smtpguard.session import MTA, Connection
 from smtpguard.verdict import Hit
 from support.checks import make_conn, rcpt
@@ -333,6 +334,25 @@ def test_content_exemption_needs_every_recipient(tmp_path: Path) -> None:
         sender="x@y.example", recipients=["postmaster@example.com", "alice@example.com"]
     )
     assert p.effective(mixed, "antispam", Stage.EOM, Event(), "enforce") == "enforce"
+
+
+def test_an_emptied_ip_file_exempts_nobody_and_still_loads(tmp_path: Path) -> None:
+    """Review rev224 M2: a partner list emptied was refused ("matches nothing") at
+    start and at every reload, so the service did not start and the partner just
+    removed stayed exempt. It loads, matches no client, and check-config notes it."""
+    partners = tmp_path / "partners.txt"
+    partners.write_text("# nobody for now\n")
+    exempt = [{"name": "partners", "ip_files": [str(partners)], "skip": ["rbl"]}]
+    p = policy(tmp_path, None, exempt=exempt)
+    conn = make_conn(sender="x@y.example", ip="198.51.100.7")
+    assert p.exempt(conn, "rbl", Stage.MAIL, Event()) is None
+    (note,) = exemption_notes(p.config)
+    assert note.key == "policy.exempt[0].ip_files"
+    assert "matches no client until they do" in str(note)
+    partners.write_text("198.51.100.0/24\n")
+    q = policy(tmp_path, None, exempt=exempt)
+    assert q.exempt(conn, "rbl", Stage.MAIL, Event()) == "partners"
+    assert exemption_notes(q.config) == []
 
 
 def abuse_desk(name: str = "abuse-desk", **criteria: object) -> dict[str, object]:

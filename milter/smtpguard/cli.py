@@ -132,6 +132,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config_owner_problems,
         cpu_problems,
         directory_notes,
+        exemption_notes,
         file_problems,
         key_problems,
         log_problems,
@@ -164,7 +165,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     skipped = " (network backends not asked: --offline)" if args.offline else ""
     print(f"{config.file}: OK{skipped}")
-    for note in state_notes(config) + directory_notes(config):
+    for note in state_notes(config) + directory_notes(config) + exemption_notes(config):
         print(note)
     return 0
 

@@ -577,7 +577,9 @@ class Exemption:
 
     @property
     def matches_client(self) -> bool:
-        return bool(self.networks) or bool(self.host_suffixes)
+        """Whether it names clients: ``ips``, ``host_suffixes``, or ``ip_files`` (also
+        while they hold no address: then it matches no client, never every one)."""
+        return bool(self.networks) or bool(self.networks.sources) or bool(self.host_suffixes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,22 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
+def exemption_notes(config: Config) -> list[ConfigError]:
+    """Exemptions whose ``ip_files`` hold no address for now: they match no client
+    until the files do (review rev224 M2: a partner list emptied refused the start and
+    every reload, and the partner removed stayed exempt)."""
+    return [
+        ConfigError(
+            config.file,
+            f"policy.exempt[{i}].ip_files",
+            f"note: {', '.join(ex.networks.sources)} hold no address: exemption"
+            f" {ex.name!r} matches no client until they do",
+        )
+        for i, ex in enumerate(config.policy.exempt)
+        if ex.networks.sources and not ex.networks and not ex.host_suffixes
+    ]
+
+
 def state_notes(config: Config) -> list[ConfigError]:
     """Not problems: what the start will do that an operator should know before it. A
     missing state file is created empty at start (logged as a WARNING then), right on
