@@ -261,6 +261,21 @@ def test_ptr_failure_is_temporary(
 
 
 @pytest.mark.parametrize("mode", ["report", "off"])
+def test_a_lookup_failure_defers_nothing_where_no_reason_refuses(
+    tmp_path: Path, resolver: Resolver, fake: FakeDns, mode: str
+) -> None:
+    """Review rev224 M1: every reason off or in report (a rollout), a resolver outage
+    still deferred every stranger with 450; one reason enforced, it does."""
+    fake.fail(PTR, "PTR", Status.SERVFAIL)
+    relaxed = {"no_ptr": mode, "fcrdns": mode, "generic": mode}
+    (tmp_path / "relaxed").mkdir()
+    (tmp_path / "one").mkdir()
+    assert decide(smtpport(tmp_path / "relaxed", resolver, **relaxed)) is None
+    one = {**relaxed, "fcrdns": "enforce"}
+    assert isinstance(decide(smtpport(tmp_path / "one", resolver, **one)), TempError)
+
+
+@pytest.mark.parametrize("mode", ["report", "off"])
 def test_each_reason_has_its_own_mode(
     tmp_path: Path,
     resolver: Resolver,

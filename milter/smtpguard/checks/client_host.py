@@ -237,6 +237,11 @@ class SmtpPort:
             if generic is not None
             else None
         )
+        reasons = [self.config.no_ptr, self.config.fcrdns, self.config.connect_back]
+        if generic is not None:
+            reasons.append(self.config.generic_mode)
+        #: Whether any reason may refuse; with none, nothing is deferred either.
+        self.may_refuse = "enforce" in reasons
         # Reverse DNS per client IP without a temporary failure in it.
         self.memo: Memo[ReverseDns] = Memo(services.config.dns.verdict_ttl)
         # (ip, port) -> reachable, shared by sessions; only touched on the loop thread.
@@ -290,6 +295,20 @@ class SmtpPort:
         return result, why
 
     def __call__(self, conn: Connection, event: Event) -> Verdict | None:
+        verdict = self._judge(conn, event)
+        if isinstance(verdict, TempError) and not self.may_refuse:
+            # No reason refuses (each off or in report): a lookup that failed must not
+            # defer what its answer could not have refused (review rev224 M1: every
+            # stranger got 450 during a resolver outage, in a report-mode rollout).
+            log.info(
+                "smtpport sid=%s mode=report: %s (no reason enforces: not deferred)",
+                conn.session_id,
+                verdict.detail,
+            )
+            return None
+        return verdict
+
+    def _judge(self, conn: Connection, event: Event) -> Verdict | None:
         if self.dns is None or conn.trusted or conn.client_ip is None:
             return None
         self.prefetch(conn)  # started at connect; here only if that did not happen
