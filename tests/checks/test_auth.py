@@ -448,6 +448,9 @@ def test_from_check_is_inert_unless_asked_for(make_services: ServicesFactory) ->
         # A display name that is the login's own address (mail programs write that).
         '"alice@example.com" <alice@example.com>',
         "=?utf-8?q?Sales=40example=2Ecom?= <alice@example.com>",
+        # Review rev223 L5: an @ in a name is no address without a dotted domain.
+        '"alice@home" <alice@example.com>',
+        '"Jobs@Acme" <alice@example.com>',
     ],
 )
 def test_from_addresses_the_login_owns(
@@ -472,6 +475,19 @@ def test_from_addresses_the_login_owns(
         (
             "=?utf-8?b?Ym9iQGV4YW1wbGUuY29t?= <alice@example.com>",
             "login 'alice' may not write From: bob@example.com",
+        ),
+        # Review rev223 M2: what a mail program still shows as bob's address.
+        *(
+            (f"{name} <alice@example.com>", "login 'alice' may not write From: bob@example.com")
+            for name in (
+                "\"'bob@example.com'\"",
+                '"bob@example.com\u200b"',
+                '"bob\uff20example.com"',
+                '"bob\ufe6bexample.com"',
+                '"bob@example.com (via)"',
+                '"mailto:bob@example.com"',
+                '"bob@example.com,"',
+            )
         ),
         ("Alice", "From: 'Alice' names no valid address"),
         ("", "From: '' names no valid address"),

@@ -6,8 +6,11 @@ authenticated, and the TLS macros at HELO; the adapter copies them into the sess
 
 from __future__ import annotations
 
+import contextlib
+import re
+import unicodedata
 from email.utils import getaddresses
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from smtpguard.address import Address, AddressError, parse_path
 from smtpguard.checks import Event, Services, Stage
@@ -181,26 +184,36 @@ def _authors(value: str, smtputf8: bool) -> list[Address] | None:
         if address.is_null:
             return None
         found.append(address)
-        shown = _shown_address(name)
-        if shown is not None:
-            found.append(shown)
+        found += _shown_addresses(name)
     return found or None
 
 
-def _shown_address(name: str) -> Address | None:
-    """A display name that is itself an address, as a mail program that shows the name
-    alone shows it (``"bob@example.com" <alice@example.com>``; review rev222 F3): an
-    author too. Read in every decoding of its encoded words."""
-    if "@" not in name and "=?" not in name:
-        return None
+def _shown_addresses(name: str) -> list[Address]:
+    """The addresses a display name shows, as a mail program that shows the name alone
+    shows them (``"bob@example.com" <alice@example.com>``; review rev222 F3): authors
+    too. Read in every decoding of its encoded words, NFKC-normalised (a fullwidth or
+    small commercial at is an at), invisible format characters dropped (a zero-width
+    space hides nothing), and searched for ``local@domain.tld`` anywhere in it (quoted,
+    after ``mailto:``, with words around: review rev223 M2); a domain without a dot
+    (``Jobs@Acme``) is no address anyone reads as one (rev223 L5)."""
+    if not name:
+        return []
+    found: list[Address] = []
     for reading in readings(name)[0]:
-        text = reading.strip().strip('"').strip()
+        text = unicodedata.normalize("NFKC", reading)
         if "@" not in text:
             continue
-        try:
-            shown = parse_path(text, smtputf8=True)
-        except AddressError:
-            continue
-        if not shown.is_null:
-            return shown
-    return None
+        text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+        for token in _SHOWN.findall(text):
+            with contextlib.suppress(AddressError):
+                shown = parse_path(token, smtputf8=True)
+                if not shown.is_null:
+                    found.append(shown)
+    return found
+
+
+#: ``local@domain.tld`` in a display name: no white space, quotes, brackets or list
+#: punctuation in it, at least one dot in the domain.
+_SHOWN: Final = re.compile(
+    r"[^\s\"'<>()\[\],;:@]+@[^\s\"'<>()\[\],;:@.]+(?:\.[^\s\"'<>()\[\],;:@.]+)+"
+)
