@@ -107,6 +107,7 @@ STOCK = {
     "smtpd_tls_auth_only": "no",
     "smtpd_tls_security_level": "may",
     "smtpd_tls_wrappermode": "no",
+    "smtpd_enforce_tls": "no",
 }
 
 
@@ -1782,6 +1783,24 @@ def test_a_submission_service_offering_auth_before_starttls_is_noted(tmp_path: P
     result = _service_plan(tmp_path, None, "", MASTER_CF + "\n".join(lines) + "\n")
     noted = [n for n in result.notes if "offers AUTH before STARTTLS" in n]
     assert [n.split(": ", 1)[0] for n in noted] == ["master.cf service 2588/inet"]
+
+
+def test_auth_in_clear_is_noted_for_the_services_that_offer_it(tmp_path: Path) -> None:
+    """Review rev223 L3, through a real Postfix 3.7 with Dovecot: main.cf was noted
+    though every service overrode it, and the legacy smtpd_enforce_tls was not read."""
+    lines = [
+        "2589      inet  n       -       y       -       -       smtpd",
+        "  -o smtpd_tls_security_level=",
+        "  -o smtpd_enforce_tls=yes",
+        "2590      inet  n       -       y       -       -       smtpd",
+        "  -o smtpd_sasl_auth_enable=no",
+    ]
+    main_cf = "smtpd_sasl_auth_enable = yes\n"
+    result = _service_plan(tmp_path, None, main_cf, MASTER_CF + "\n".join(lines) + "\n")
+    noted = sorted(n.split(": ", 1)[0] for n in result.notes if "offers AUTH before STARTTLS" in n)
+    # smtp and 2525 take main.cf's values; submission and 2589 encrypt, 2590 has no
+    # AUTH, 127.0.0.1:10025 is reached from this host alone.
+    assert noted == ["master.cf service 2525/inet", "master.cf service smtp/inet"]
 
 
 def test_a_reinjection_smtpd_that_runs_smtpguard_again_is_a_conflict(tmp_path: Path) -> None:

@@ -152,6 +152,7 @@ _AUTH_IN_CLEAR = (
     "smtpd_tls_auth_only",
     "smtpd_tls_security_level",
     "smtpd_tls_wrappermode",
+    "smtpd_enforce_tls",
 )
 #: Every parameter the plan reads.
 PARAMETERS = (
@@ -1434,21 +1435,29 @@ class _Planner:
         clear = sorted(self.config.policy.auth_tls_required & {"PLAIN", "LOGIN"})
         if not clear or self.config.check("auth_mechanism").mode == "off":
             return
-        places: list[tuple[str, Mapping[str, str]]] = [("main.cf", {})]
-        places += [
+        # Each service other hosts reach, as it runs (main.cf's values where it has no
+        # -o of its own); main.cf itself only where master.cf was not read (review
+        # rev223 L3: main.cf was noted though every service overrode it).
+        places: list[tuple[str, Mapping[str, str]]] = [
             (f"master.cf service {s.label}", s.expanded)
             for s in self.services
-            if any(name in s.overrides for name in _AUTH_IN_CLEAR)
+            if not self._loopback_only(s)
         ]
+        if not self.services:
+            places = [("main.cf", {})]
         for where, own in places:
 
             def value(name: str, own: Mapping[str, str] = own) -> str:
                 return own.get(name, self.now[name]).strip().lower()
 
+            # Postfix's older spelling of "encrypt" where the level is left empty.
+            level = value("smtpd_tls_security_level") or (
+                "encrypt" if value("smtpd_enforce_tls") == "yes" else ""
+            )
             if (
                 value("smtpd_sasl_auth_enable") == "yes"
                 and value("smtpd_tls_auth_only") != "yes"
-                and value("smtpd_tls_security_level") != "encrypt"
+                and level != "encrypt"
                 and value("smtpd_tls_wrappermode") != "yes"
             ):
                 self.notes.append(
