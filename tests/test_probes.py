@@ -289,6 +289,31 @@ def test_reachable_backends_pass(tmp_path: Path, unbound: DnsServer, rspamd: Rsp
     assert result.stdout.strip() == f"{site.config.resolve()}: OK"
 
 
+def test_check_config_notes_a_zone_that_does_not_list_its_test_point(
+    tmp_path: Path, unbound: DnsServer
+) -> None:
+    """Review rev224 M3: a zone name with a typo (rbl.tset for rbl.test) listed nobody,
+    and check-config said OK. RFC 5782's test point 127.0.0.2 tells them apart."""
+    site = make_site(
+        tmp_path,
+        {
+            "dns": {"nameservers": [unbound.host], "port": unbound.port},
+            "dnsbl": {"zones": [{"name": "rbl.test"}, {"name": "rbl.tset"}]},
+        },
+    )
+    result = smtpguard(site, "check-config", check=False)
+    assert result.returncode == 0, result.stderr
+    file = site.config.resolve()
+    zones = [line for line in result.stdout.splitlines() if "dnsbl.zones" in line]
+    assert zones == [
+        f"{file}: dnsbl.zones[1].name: note: rbl.tset does not list its test point"
+        " 127.0.0.2 (2.0.0.127.rbl.tset: NXDOMAIN): a typo in the name, or a list that is"
+        " gone; it lists no client"
+    ]
+    offline = smtpguard(site, "check-config", "--offline", check=False)
+    assert "rbl.tset" not in offline.stdout
+
+
 def test_a_redis_that_answers_ping_but_refuses_writes(tmp_path: Path) -> None:
     """Review rev50: a read-only replica (or a Redis out of memory) passed check-config
     and then answered 450 to every message."""

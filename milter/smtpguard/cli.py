@@ -140,6 +140,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         socket_problems,
         state_notes,
         user_problems,
+        zone_notes,
     )
 
     try:
@@ -165,7 +166,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     skipped = " (network backends not asked: --offline)" if args.offline else ""
     print(f"{config.file}: OK{skipped}")
-    for note in state_notes(config) + directory_notes(config) + exemption_notes(config):
+    notes = state_notes(config) + directory_notes(config) + exemption_notes(config)
+    if not args.offline:
+        notes += zone_notes(config)
+    for note in notes:
         print(note)
     return 0
 

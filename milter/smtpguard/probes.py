@@ -809,6 +809,36 @@ def _nameservers(config: Config) -> list[Problem]:
     return found
 
 
+def zone_notes(config: Config) -> list[ConfigError]:
+    """DNSBL zones that do not list their RFC 5782 test point (127.0.0.2, asked as
+    ``2.0.0.127.ZONE``): a typo in the name, or a list that is gone, lists nobody and
+    says nothing (review rev224 M3). A note, not a problem: a list down for an hour
+    must not stop a deploy. Asked of the first nameserver; one that does not answer
+    is ``dns.nameservers``' problem."""
+    if not config.dns.enabled or not config.dnsbl.zones:
+        return []
+    servers = list(config.dns.nameservers)
+    if servers == ["system"]:
+        servers = system_nameservers()
+    if not servers:
+        return []
+    found = []
+    for i, zone in enumerate(config.dnsbl.zones):
+        name = f"2.0.0.127.{zone.name}"
+        answer = asyncio.run(_ask(servers[0], config.dns.port, config.dns.timeout, name, "A"))
+        if answer.status in (Status.NXDOMAIN, Status.NODATA):
+            found.append(
+                ConfigError(
+                    config.file,
+                    f"dnsbl.zones[{i}].name",
+                    f"note: {zone.name} does not list its test point 127.0.0.2 ({name}:"
+                    f" {answer.status.name}): a typo in the name, or a list that is gone;"
+                    " it lists no client",
+                )
+            )
+    return found
+
+
 async def _ask(server: str, port: int, timeout: float, name: str, rdtype: str) -> Answer:
     transport = UdpTransport([server], port, timeout)
     try:
