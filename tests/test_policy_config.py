@@ -104,6 +104,23 @@ def test_exemption_loads_with_groups_and_files(tmp_path: Path) -> None:
             "policy.exempt[0].host_suffixes",
             "not an address, @domain or domain",
         ),
+        # Review rev224 L8: an exemption for everyone, or much of the Internet.
+        (
+            f"{EXEMPT}ips = ['0.0.0.0/0', '::/0']\nskip = ['sender_deny']\n",
+            "policy.exempt[0].ips",
+            "0.0.0.0/0 is larger than a /8",
+        ),
+        (
+            f"{EXEMPT}ips = ['2000::/3']\nskip = ['rbl']\n",
+            "policy.exempt[0].ips",
+            "2000::/3 is larger than a /16",
+        ),
+        # Review rev224 L7: decided at connect, before postmaster@ is known.
+        (
+            "[policy]\npostmaster_skip = ['session_limit']\n",
+            "policy.postmaster_skip",
+            "session_limit is decided at connect",
+        ),
         (
             f"{EXEMPT}ips = ['192.0.2.1']\nsenders = ['.partner.example']\nskip = ['rbl']\n",
             "policy.exempt[0].senders",

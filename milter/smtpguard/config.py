@@ -1769,6 +1769,14 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
         exempt=tuple(_exemption(e, i, known, site) for i, e in enumerate(s.table_list("exempt"))),
         postmaster_skip=_skip_list(s, "postmaster_skip", known, tuple(sorted(POSTMASTER_SKIP))),
     )
+    if out.postmaster_skip & _DECIDED_AT_CONNECT:
+        # Decided when the client connects, before any recipient is known: skipped for
+        # postmaster@ it never is (review rev224 L7).
+        raise s.error(
+            "postmaster_skip",
+            "session_limit is decided at connect, before any recipient is known: it"
+            " cannot be skipped for postmaster@",
+        )
     names: dict[str, int] = {}
     for index, ex in enumerate(out.exempt):
         if ex.name.lower() == "postmaster":
@@ -1907,8 +1915,23 @@ def _skip_list(
 
 
 def _ip_list(s: _Section, ips: str, files: str) -> IpSet:
-    """Networks written in the config (``ips``) and in list files (``files``)."""
+    """Networks written in the config (``ips``) and in list files (``files``). One
+    written here larger than a /8 (IPv4) or a /16 (IPv6) is refused, as in
+    trusted_networks: an exemption for much of the Internet, 0.0.0.0/0 for everyone
+    (review rev224 L8)."""
     written = [(item, f"{s.key(ips)}:0") for item in s.strings(ips)]
+    for item, _ in written:
+        try:
+            network = parse_network(item)
+        except ValueError:
+            continue  # the loader below says what is wrong with it
+        shortest = _SHORTEST_TRUSTED[network.version]
+        if network.prefixlen < shortest:
+            raise s.error(
+                ips,
+                f"{item} is larger than a /{shortest}: an exemption for much of the"
+                " Internet; list the networks you mean",
+            )
     paths = [s.path(f"{files}[{i}]", p) for i, p in enumerate(s.strings(files))]
     try:
         return load_ip_lists(paths, written)
