@@ -487,3 +487,22 @@ def test_check_config_names_list_files_the_service_user_cannot_read() -> None:
         ]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("pattern", ["/[0-9]*@/", "/@/", "/./", "/\\w/"])
+def test_a_sender_deny_pattern_found_in_every_sender_is_refused(
+    tmp_path: Path, pattern: str
+) -> None:
+    """Review rev224 L1: /[0-9]*@/ (meant with +) passed check-config and denied every
+    sender, a trusted local user's included; only a pattern that also matched the
+    empty string was refused."""
+    text = f"[policy]\nsender_deny = ['{pattern}']\n"
+    assert_config_error(tmp_path, text, "policy.sender_deny[0]", "so about everything")
+
+
+def test_a_narrow_sender_deny_pattern_loads(tmp_path: Path) -> None:
+    text = "[policy]\nsender_deny = ['/^spam[0-9]+@/', '/@bulk\\.example$/']\n"
+    assert load(write_config(tmp_path, text)).policy.sender_deny[:2] == (
+        "/^spam[0-9]+@/",
+        "/@bulk\\.example$/",
+    )

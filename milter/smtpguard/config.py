@@ -1755,7 +1755,7 @@ def _policy(s: _Section, known: frozenset[str] | None, site: SiteConfig) -> Poli
     for index, entry in enumerate(s.strings("sender_deny")):
         key = f"sender_deny[{index}]"
         if is_deny_pattern(entry):
-            _regex(s, key, entry[1:-1], ignore_case=True)
+            _regex(s, key, entry[1:-1], ignore_case=True, probes=_UNRELATED_ADDRESSES)
             sender_deny.append(entry)
         else:
             # Stripped: " spam.example" would never equal a domain.
@@ -2368,8 +2368,18 @@ def is_deny_pattern(entry: str) -> bool:
     return len(entry) > 2 and entry.startswith("/") and entry.endswith("/")
 
 
-def _regex(s: _Section, key: str, text: str, *, ignore_case: bool = True) -> Pattern:
-    """An operator's pattern, compiled by the one matcher (RE2, :mod:`smtpguard.patterns`)."""
+def _regex(
+    s: _Section,
+    key: str,
+    text: str,
+    *,
+    ignore_case: bool = True,
+    probes: tuple[str, ...] = (),
+) -> Pattern:
+    """An operator's pattern, compiled by the one matcher (RE2, :mod:`smtpguard.patterns`).
+    One that matches every one of ``probes`` (unrelated texts of the kind it is
+    matched against) matches about everything and is refused (review rev224 L1:
+    ``/[0-9]*@/``, meant with ``+``, denied every sender)."""
     if not text:
         raise s.error(key, "must not be empty")
     try:
@@ -2382,12 +2392,17 @@ def _regex(s: _Section, key: str, text: str, *, ignore_case: bool = True) -> Pat
         raise s.error(
             key, f"{text!r} matches the empty string and ordinary names: so about everything"
         )
+    if probes and all(compiled.search(probe) for probe in probes):
+        raise s.error(key, f"{text!r} matches {', '.join(probes)}: so about everything of its kind")
     return compiled
 
 
 #: A pattern that matches the empty string and one of these matches about everything
 #: (/(spam)?/, /^[a-z0-9.@_-]*$/); one anchored to a narrow class (^[0-9.-]*$) does not.
 _ORDINARY_TEXT: Final = ("mail.example.com", "alice@example.org")
+#: Senders with nothing in common but being addresses: a sender_deny pattern found in
+#: all of them denies every sender.
+_UNRELATED_ADDRESSES: Final = ("alice@example.org", "zq7@xw9.invalid", "b@c.de")
 
 
 def _spf(s: _Section) -> SpfConfig:
