@@ -506,3 +506,12 @@ def test_a_narrow_sender_deny_pattern_loads(tmp_path: Path) -> None:
         "/^spam[0-9]+@/",
         "/@bulk\\.example$/",
     )
+
+
+def test_a_virus_check_asked_for_without_a_scanner_is_refused(tmp_path: Path) -> None:
+    """Review rev224 L3: [checks.virus] mode = "enforce" with [virus] backend = "none"
+    loaded, and EICAR was accepted (an INFO line at start the only trace)."""
+    text = "[checks.virus]\nmode = 'enforce'\non_temp_error = 'tempfail'\n"
+    assert_config_error(tmp_path, text, "checks.virus.mode", 'backend = "none"')
+    off = "[checks.virus]\nmode = 'off'\n"
+    assert load(write_config(tmp_path, off)).check("virus").mode == "off"

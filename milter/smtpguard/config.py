@@ -1130,6 +1130,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     used = {lang for d in domains.values() for lang in d.languages} - set(replies.languages)
     replies = replace(replies, domain_languages=tuple(sorted(used)))
     _require_resolver(root, dns, dnsbl, explicit, policy)
+    _require_backend(root, explicit, virus)
     _require_scoring(root, dnsbl, checks)
     _require_relay_enforced(root, milter, site, checks)
     _require_one_policy_per_transaction(root, domains, checks, policy)
@@ -2564,6 +2565,22 @@ def _require_distinct_fields(
         if name.lower() in taken:
             raise ConfigError(root.file, key, f"{name!r} is already {taken[name.lower()]}")
         taken[name.lower()] = f"the name of {key}"
+
+
+def _require_backend(root: _Section, explicit: Mapping[str, _Section], virus: VirusConfig) -> None:
+    """A virus check written in ``[checks.virus]`` to enforce or report, with no
+    scanner to ask, is an error rather than a check that passes every virus (review
+    rev224 L3: EICAR accepted, the only trace an INFO line at start)."""
+    section = explicit.get("virus")
+    if section is None or virus.backend != "none":
+        return
+    if section.data.get("mode", CHECK_DEFAULTS.get("virus", _DEFAULT_CHECK).mode) != "off":
+        raise ConfigError(
+            root.file,
+            "checks.virus.mode",
+            '[virus] backend = "none": nothing scans; set [virus] backend (clamd or'
+            ' command), or mode = "off"',
+        )
 
 
 def _require_resolver(
