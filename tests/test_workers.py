@@ -1142,11 +1142,8 @@ def metrics_off(port: int) -> float:
     return float(found.group(1))
 
 
-def test_workers_whose_metrics_are_off_are_counted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Review rev47: a worker that could not record a metric stopped recording with
-    one log line, and the sums read low with nothing saying so."""
+def metrics_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, int, Site]:
+    """A two-worker site with metrics on, its multiprocess directory in ``tmp_path``."""
     from support.daemons import free_port  # noqa: PLC0415
 
     port = free_port()
@@ -1154,6 +1151,15 @@ def test_workers_whose_metrics_are_off_are_counted(
     directory.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
     site = make_site(tmp_path / "site", {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    return directory, port, site
+
+
+def test_workers_whose_metrics_are_off_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review rev47: a worker that could not record a metric stopped recording with
+    one log line, and the sums read low with nothing saying so."""
+    directory, port, site = metrics_site(tmp_path, monkeypatch)
     with running(site) as service:
         both_started(service)
         assert metrics_off(port) == 0
@@ -1179,13 +1185,7 @@ def test_workers_whose_metric_files_were_removed_are_counted(
     """Review rev218 F3: with the directory removed (a temporary files cleaner, an
     rm -r), the workers wrote on into their maps of the removed files without an
     error: /metrics lost their series and nothing counted them as off."""
-    from support.daemons import free_port  # noqa: PLC0415
-
-    port = free_port()
-    directory = tmp_path / "metrics"
-    directory.mkdir()
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
-    site = make_site(tmp_path / "site", {**WORKERS, "metrics": {"enabled": True, "port": port}})
+    directory, port, site = metrics_site(tmp_path, monkeypatch)
     with running(site) as service:
         both_started(service)
         until_both_served(service, 4, lambda: mail(service, "<spammer@bad.example>"))
