@@ -421,6 +421,8 @@ def test_without_a_directory_a_bare_login_is_at_the_default_login_domain(
 # --- sender_login.header: the From: field (policy.check_header_from) -----------------
 
 FROM_CHECK = {"check_header_from": True}
+#: The detail of a From: whose display name shows bob's address.
+SHOWN_BOB = "login 'alice' may not write From: (its display name) bob@example.com"
 
 
 def from_verdict(
@@ -451,6 +453,12 @@ def test_from_check_is_inert_unless_asked_for(make_services: ServicesFactory) ->
         # Review rev223 L5: an @ in a name is no address without a dotted domain.
         '"alice@home" <alice@example.com>',
         '"Jobs@Acme" <alice@example.com>',
+        # Review rev225 M1: an address among other words is no address the name is (a
+        # list's rewrite, a Fediverse handle, a time, a department after a fullwidth @).
+        "\"'bob@partner.example' via dev-list\" <alice@example.com>",
+        '"Alice (@alice@mastodon.social)" <alice@example.com>',
+        '"Alice - Dinner@8.30pm" <alice@example.com>',
+        '"山田太郎\uff20営業部.東京都 様" <alice@example.com>',
     ],
 )
 def test_from_addresses_the_login_owns(
@@ -466,25 +474,18 @@ def test_from_addresses_the_login_owns(
         ("CEO <ceo@example.com>", "login 'alice' may not write From: ceo@example.com"),
         # Every author must be owned, not only the first.
         ("alice@example.com, ceo@example.com", "login 'alice' may not write From: ceo@example.com"),
-        # Review rev222 F3: a program that shows the display name alone shows bob's
-        # address, encoded or not.
-        (
-            '"bob@example.com" <alice@example.com>',
-            "login 'alice' may not write From: bob@example.com",
-        ),
-        (
-            "=?utf-8?b?Ym9iQGV4YW1wbGUuY29t?= <alice@example.com>",
-            "login 'alice' may not write From: bob@example.com",
-        ),
-        # Review rev223 M2: what a mail program still shows as bob's address.
+        # Review rev222 F3, rev223 M2: what a mail program shows as bob's address when
+        # it shows the display name alone: plain, encoded, quoted, behind mailto:, in
+        # fullwidth characters or with invisible ones.
         *(
-            (f"{name} <alice@example.com>", "login 'alice' may not write From: bob@example.com")
+            (f"{name} <alice@example.com>", SHOWN_BOB)
             for name in (
+                '"bob@example.com"',
+                "=?utf-8?b?Ym9iQGV4YW1wbGUuY29t?=",
                 "\"'bob@example.com'\"",
                 '"bob@example.com\u200b"',
                 '"bob\uff20example.com"',
                 '"bob\ufe6bexample.com"',
-                '"bob@example.com (via)"',
                 '"mailto:bob@example.com"',
                 '"bob@example.com,"',
             )

@@ -153,21 +153,23 @@ class SenderLoginFrom:
             login = resolve_login(self.directory, txn)
             if login is None:
                 return Hit("sender_mismatch", f"login {txn.auth_login!r} unknown")
-            for address in addresses:
+            for address, shown in addresses:
                 if not self.directory.may_send_as(login, address.canonical):
+                    where = "From: (its display name)" if shown else "From:"
                     return Hit(
                         "sender_mismatch",
-                        f"login {login.login!r} may not write From: {address.text}",
+                        f"login {login.login!r} may not write {where} {address.text}",
                     )
         except DirectoryError as exc:
             return TempError("auth_error_temp", str(exc))
         return None
 
 
-def _authors(value: str, smtputf8: bool) -> list[Address] | None:
-    """The mailboxes of a From: field (RFC 5322 §3.6.2: one or more), or None when it
-    names none or one that does not parse: nothing the login could be shown to own."""
-    found = []
+def _authors(value: str, smtputf8: bool) -> list[tuple[Address, bool]] | None:
+    """The mailboxes of a From: field (RFC 5322 §3.6.2: one or more), each with
+    whether a display name showed it, or None when it names none or one that does not
+    parse: nothing the login could be shown to own."""
+    found: list[tuple[Address, bool]] = []
     try:
         pairs = getaddresses([value])
     except RecursionError:
@@ -183,19 +185,21 @@ def _authors(value: str, smtputf8: bool) -> list[Address] | None:
             return None
         if address.is_null:
             return None
-        found.append(address)
-        found += _shown_addresses(name)
+        found.append((address, False))
+        found += [(shown, True) for shown in _shown_addresses(name)]
     return found or None
 
 
 def _shown_addresses(name: str) -> list[Address]:
-    """The addresses a display name shows, as a mail program that shows the name alone
-    shows them (``"bob@example.com" <alice@example.com>``; review rev222 F3): authors
+    """The address a display name is, as a mail program that shows the name alone
+    shows it (``"bob@example.com" <alice@example.com>``; review rev222 F3): an author
     too. Read in every decoding of its encoded words, NFKC-normalised (a fullwidth or
     small commercial at is an at), invisible format characters dropped (a zero-width
-    space hides nothing), and searched for ``local@domain.tld`` anywhere in it (quoted,
-    after ``mailto:``, with words around: review rev223 M2); a domain without a dot
-    (``Jobs@Acme``) is no address anyone reads as one (rev223 L5)."""
+    space hides nothing), and taken whole, less quotes, ``mailto:`` and trailing
+    punctuation (review rev223 M2). A name that only holds an address among other words
+    (``'alice@partner.example' via dev-list``, a list's rewrite; a Fediverse handle;
+    ``Dinner@8.30pm``) is no address, nor one whose domain ends in no word (``Jobs@Acme``,
+    ``8.30pm``: review rev223 L5, rev225 M1)."""
     if not name:
         return []
     found: list[Address] = []
@@ -204,16 +208,23 @@ def _shown_addresses(name: str) -> list[Address]:
         if "@" not in text:
             continue
         text = "".join(c for c in text if unicodedata.category(c) != "Cf")
-        for token in _SHOWN.findall(text):
-            with contextlib.suppress(AddressError):
-                shown = parse_path(token, smtputf8=True)
-                if not shown.is_null:
-                    found.append(shown)
+        text = text.strip().strip("\"'").strip()
+        if text.lower().startswith("mailto:"):
+            text = text[len("mailto:") :]
+        text = text.rstrip(",;.").strip("\"'<>").strip()
+        if _SHOWN.fullmatch(text) is None:
+            continue
+        with contextlib.suppress(AddressError):
+            shown = parse_path(text, smtputf8=True)
+            if not shown.is_null:
+                found.append(shown)
     return found
 
 
-#: ``local@domain.tld`` in a display name: no white space, quotes, brackets or list
-#: punctuation in it, at least one dot in the domain.
+#: A display name that is one address: no white space, quotes, brackets or list
+#: punctuation in it, a dotted domain whose last label is a word (letters, or an IDN's
+#: ``xn--`` form).
 _SHOWN: Final = re.compile(
-    r"[^\s\"'<>()\[\],;:@]+@[^\s\"'<>()\[\],;:@.]+(?:\.[^\s\"'<>()\[\],;:@.]+)+"
+    r"[^\s\"'<>()\[\],;:@]+@(?:[^\s\"'<>()\[\],;:@.]+\.)+(?:[^\W\d_]{2,}|xn--[a-z0-9-]+)",
+    re.IGNORECASE,
 )
