@@ -108,12 +108,18 @@ def test_exemption_loads_with_groups_and_files(tmp_path: Path) -> None:
         (
             f"{EXEMPT}ips = ['0.0.0.0/0', '::/0']\nskip = ['sender_deny']\n",
             "policy.exempt[0].ips",
-            "0.0.0.0/0 is larger than a /8",
+            "0.0.0.0/0 is wider than site.trusted_networks takes",
         ),
         (
             f"{EXEMPT}ips = ['2000::/3']\nskip = ['rbl']\n",
             "policy.exempt[0].ips",
-            "2000::/3 is larger than a /16",
+            "2000::/3 is wider than site.trusted_networks takes",
+        ),
+        # Review rev225 L1: every IPv4 host, through 6to4.
+        (
+            f"{EXEMPT}ips = ['2002::/16']\nskip = ['rbl']\n",
+            "policy.exempt[0].ips",
+            "2002::/16 is wider than site.trusted_networks takes",
         ),
         # Review rev224 L7: decided at connect, before postmaster@ is known.
         (
@@ -515,3 +521,12 @@ def test_a_virus_check_asked_for_without_a_scanner_is_refused(tmp_path: Path) ->
     assert_config_error(tmp_path, text, "checks.virus.mode", 'backend = "none"')
     off = "[checks.virus]\nmode = 'off'\n"
     assert load(write_config(tmp_path, off)).check("virus").mode == "off"
+
+
+def test_an_exemption_for_the_sites_own_private_ipv6_loads(tmp_path: Path) -> None:
+    """Review rev225 M2: fc00::/7, which trusted_networks takes, was refused in an
+    exemption, and a site exempting its own ULA range did not start after the
+    upgrade."""
+    text = f"{EXEMPT}name = 'lan-v6'\nips = ['fc00::/7', '10.0.0.0/8']\nskip = ['helo']\n"
+    (ex,) = load(write_config(tmp_path, text)).policy.exempt
+    assert ex.networks.size == 2

@@ -1917,21 +1917,21 @@ def _skip_list(
 
 def _ip_list(s: _Section, ips: str, files: str) -> IpSet:
     """Networks written in the config (``ips``) and in list files (``files``). One
-    written here larger than a /8 (IPv4) or a /16 (IPv6) is refused, as in
-    trusted_networks: an exemption for much of the Internet, 0.0.0.0/0 for everyone
-    (review rev224 L8)."""
+    written here wider than trusted_networks takes (:func:`_too_wide`: larger than a /8
+    or a /16, all of fc00::/7 allowed, a range that embeds every IPv4 host) is refused:
+    an exemption for much of the Internet, 0.0.0.0/0 for everyone (review rev224 L8,
+    rev225 M2)."""
     written = [(item, f"{s.key(ips)}:0") for item in s.strings(ips)]
     for item, _ in written:
         try:
             network = parse_network(item)
         except ValueError:
             continue  # the loader below says what is wrong with it
-        shortest = _SHORTEST_TRUSTED[network.version]
-        if network.prefixlen < shortest:
+        if _too_wide(network):
             raise s.error(
                 ips,
-                f"{item} is larger than a /{shortest}: an exemption for much of the"
-                " Internet; list the networks you mean",
+                f"{item} is wider than site.trusted_networks takes: an exemption for much"
+                " of the Internet; list the networks you mean",
             )
     paths = [s.path(f"{files}[{i}]", p) for i, p in enumerate(s.strings(files))]
     try:
