@@ -52,6 +52,28 @@ def test_sighup_reloads_and_refuses_a_bad_config(tmp_path: Path) -> None:
         assert service.process.poll() is None
 
 
+def test_a_reload_that_would_refuse_all_inbound_mail_is_refused(tmp_path: Path) -> None:
+    """Review rev224 L2: local_domains and relay_domains emptied, check-config said so
+    (exit 1), but a manual SIGHUP applied it and every stranger's mail to alice@ got
+    553 host_denies_relay. The running configuration is kept."""
+    site = make_site(tmp_path)
+    original = site.config.read_text()
+    emptied = original.replace('"example.com",', "").replace('"relay.example",', "")
+    emptied = emptied.replace('["example.com"]', "[]").replace('["relay.example"]', "[]")
+    assert emptied != original
+    with running(site) as service:
+        site.config.write_text(emptied)
+        service.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in service.log())
+        assert "site.local_domains" in service.log()
+        assert "the running configuration is kept" in service.log()
+        with service.session() as s:
+            s.connect("198.51.100.7")
+            s.helo("mail.sender.example")
+            assert s.mail("<friend@sender.example>").kind == "continue"
+            assert s.rcpt("<alice@example.com>").kind == "continue"
+
+
 def test_sigterm_stops_promptly(tmp_path: Path) -> None:
     site = make_site(tmp_path)
     with running(site) as service:

@@ -108,6 +108,7 @@ from smtpguard.logsetup import ABOUT_WORKER, set_level
 from smtpguard.metrics import MAX_SCRAPES, ReloadStatus
 from smtpguard.metrics import REQUEST_SECONDS as METRICS_REQUEST_SECONDS
 from smtpguard.pipeline import CHECK_NAMES
+from smtpguard.probes import key_problems, site_problems
 from smtpguard.scanners.command import HOOK_MARK, record_groups_in
 from smtpguard.signals import RELOAD_SIGNAL, SERVICE_SIGNALS, STOP_SIGNAL
 from smtpguard.sockets import (
@@ -221,6 +222,12 @@ def reloader(
         data = None if text is None else text()
         new = load_config(running.path, known_checks=CHECK_NAMES, data=data, target=target)
         check_reloadable(running, new)
+        check_still_receives(running, new)
+        if announce:
+            # What the start warns about, a reload says too (review rev224 L2: a manual
+            # SIGHUP skipped the check-config that systemd's reload runs).
+            for problem in key_problems(new):
+                log.warning("reload: %s", problem)
         return build_runtime(new, previous=app.runtime, announce=announce)
 
     return reload
@@ -257,6 +264,19 @@ def unpack_files(text: bytes) -> tuple[bytes, dict[str, bytes], Path | None]:
         at += size
     where, config = entries[0]
     return config, dict(entries[1:]), Path(where) if where else None
+
+
+def check_still_receives(running: Config, new: Config) -> None:
+    """Refuse a reload that leaves a site that received mail for its domains with none
+    (site.local_domains and relay_domains emptied): every stranger's recipient would be
+    refused as relaying, for good (review rev224 L2: check-config refuses it, a manual
+    SIGHUP applied it). A site that had none keeps reloading as it is."""
+    gone = site_problems(new)
+    if gone and not site_problems(running):
+        problem = gone[0]
+        raise ConfigError(
+            new.file, problem.key, f"{problem.message}; the running configuration is kept"
+        )
 
 
 def check_reloadable(running: Config, new: Config) -> None:
