@@ -1130,7 +1130,7 @@ def _build(root: _Section, known_checks: frozenset[str] | None) -> Config:
     used = {lang for d in domains.values() for lang in d.languages} - set(replies.languages)
     replies = replace(replies, domain_languages=tuple(sorted(used)))
     _require_resolver(root, dns, dnsbl, explicit, policy)
-    _require_backend(root, explicit, virus)
+    _require_backend(root, checks, virus)
     _require_scoring(root, dnsbl, checks)
     _require_relay_enforced(root, milter, site, checks)
     _require_one_policy_per_transaction(root, domains, checks, policy)
@@ -2567,14 +2567,14 @@ def _require_distinct_fields(
         taken[name.lower()] = f"the name of {key}"
 
 
-def _require_backend(root: _Section, explicit: Mapping[str, _Section], virus: VirusConfig) -> None:
+def _require_backend(
+    root: _Section, checks: Mapping[str, CheckSettings], virus: VirusConfig
+) -> None:
     """A virus check written in ``[checks.virus]`` to enforce or report, with no
     scanner to ask, is an error rather than a check that passes every virus (review
     rev224 L3: EICAR accepted, the only trace an INFO line at start)."""
-    section = explicit.get("virus")
-    if section is None or virus.backend != "none":
-        return
-    if section.data.get("mode", CHECK_DEFAULTS.get("virus", _DEFAULT_CHECK).mode) != "off":
+    written = checks.get("virus")
+    if written is not None and written.mode != "off" and virus.backend == "none":
         raise ConfigError(
             root.file,
             "checks.virus.mode",

@@ -1119,7 +1119,7 @@ class Pipeline:
             ("size", size),
             ("nrcpt", len(txn.recipient_domains)),
             ("policy", self._domain_table(txn)),
-            ("skipped", _skips(txn, ending.session_skips, txn.scratch.get(SKIPPED))),
+            ("skipped", _skips(txn, ending.session_skips)),
             ("would", _would_ids(ending.reported, txn.scratch.get(_REPORTED))),
             ("unanswered", txn.scratch.get(_UNANSWERED)),
             ("trusted", "yes" if ending.trusted else None),
@@ -1179,13 +1179,12 @@ def _unless_unsure(
     return verdict
 
 
-def _skips(txn: Transaction, *recorded: dict[str, str] | None) -> str | None:
-    """``check:exemption`` for every check an exemption skipped, or None; a skip at
-    RCPT for some of the accepted recipients only as ``check:exemption(1/3)``, and
-    none for a skip whose recipients were all refused afterwards."""
-    merged: dict[str, str] = {}
-    for skips in recorded:
-        merged.update(skips or {})
+def _skips(txn: Transaction, session_skips: dict[str, str] | None) -> str | None:
+    """``check:exemption`` for every check an exemption skipped in the session or the
+    transaction, or None; a skip at RCPT for some of the accepted recipients only as
+    ``check:exemption(1/3)``, and none for a skip whose recipients were all refused
+    afterwards."""
+    merged = {**(session_skips or {}), **txn.scratch.get(SKIPPED, {})}
     spared: dict[str, set[str]] = txn.scratch.get(SKIPPED_FOR, {})
     total = len(txn.recipient_domains)
     out = []

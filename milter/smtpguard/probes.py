@@ -791,12 +791,16 @@ def _not_permitted(cause: BaseException | None) -> bool:
     )
 
 
-def _nameservers(config: Config) -> list[Problem]:
+def _servers(config: Config) -> list[str]:
+    """The nameservers the resolver asks ("system": those of /etc/resolv.conf)."""
     servers = list(config.dns.nameservers)
-    if servers == ["system"]:
-        servers = system_nameservers()
-        if not servers:
-            return [("dns.nameservers", "no nameserver in /etc/resolv.conf")]
+    return system_nameservers() if servers == ["system"] else servers
+
+
+def _nameservers(config: Config) -> list[Problem]:
+    servers = _servers(config)
+    if not servers:
+        return [("dns.nameservers", "no nameserver in /etc/resolv.conf")]
     found: list[Problem] = []
     name, rdtype = DNS_PROBE
     for server in servers:
@@ -817,9 +821,7 @@ def zone_notes(config: Config) -> list[ConfigError]:
     is ``dns.nameservers``' problem."""
     if not config.dns.enabled or not config.dnsbl.zones:
         return []
-    servers = list(config.dns.nameservers)
-    if servers == ["system"]:
-        servers = system_nameservers()
+    servers = _servers(config)
     if not servers:
         return []
     found = []
