@@ -103,9 +103,27 @@ def test_ipv4_mapped_networks_and_ips_are_read_as_ipv4(tmp_path: Path) -> None:
         ("[milter]\nsocket = 'local:/run/x/'\n", "milter.socket", "names a directory"),
         (f"[milter]\nsocket = 'unix:/{'x' * 107}'\n", "milter.socket", "107 bytes"),
         # Bounded: 1e300 loaded and then failed every message.
-        ("[virus]\ntimeout = 1e300\n", "virus.timeout", "at most 86400"),
+        ("[virus]\ntimeout = 1e300\n", "virus.timeout", "at most 300"),
         ("[milter]\ntimeout = 99999999999999\n", "milter.timeout", "at most 86400"),
-        ("[dns]\nstage_deadline = 100000.0\n", "dns.stage_deadline", "at most 86400"),
+        (
+            "[milter]\nworker_heartbeat_timeout = 1e6\n",
+            "milter.worker_heartbeat_timeout",
+            "at most 86400 (seconds)",
+        ),
+        ("[dns]\nstage_deadline = 100000.0\n", "dns.stage_deadline", "at most 60"),
+        # Milliseconds meant (review rev224 L5): each step past the MTA's milter timeout
+        # with a dead nameserver, so every message got the MTA's default action.
+        ("[dns]\ntimeout = 2000\n", "dns.timeout", "at most 60 (seconds; the MTA stops"),
+        ("[dns]\nstage_deadline = 3000\n", "dns.stage_deadline", "at most 60"),
+        ("[state]\ntimeout = 500\n", "state.timeout", "at most 60"),
+        ("[directory]\ntimeout = 500\n", "directory.timeout", "at most 60"),
+        (
+            "[smtpport]\nconnect_back_timeout = 3000\n",
+            "smtpport.connect_back_timeout",
+            "at most 60",
+        ),
+        ("[virus]\ntimeout = 30000\n", "virus.timeout", "at most 300"),
+        ("[antispam]\nengine_timeout = 15000\n", "antispam.engine_timeout", "at most 300"),
         ("[dns]\ncache_size = 100000000000000000\n", "dns.cache_size", "at most"),
         ("[dns]\nmax_ttl = 99999999\n", "dns.max_ttl", "at most 2592000"),
         # Redis would refuse its expiry (Lua writes 1e+14).

@@ -69,6 +69,15 @@ _T = TypeVar("_T")
 #: longer is a typo, and past what the MTA waits for a milter by far. Without a bound,
 #: 1e300 loaded and then failed every message (a deadline out of range).
 MAX_SECONDS: Final = 86400.0
+#: The longest a single wait inside a milter step may be (a DNS lookup, a stage's DNS
+#: deadline, a state or directory call, the connect-back): Postfix stops waiting for
+#: the whole step after 30 s (milter_command_timeout), Sendmail after 10 s, so a longer
+#: one is a value meant in milliseconds, and with a dead server it turned every message
+#: into the MTA's default action instead of smtpguard's own reply (review rev224 L5).
+MAX_STEP_WAIT: Final = 60.0
+#: The same for a scanner's timeout (clamd, the command, rspamd), which end of message
+#: waits for: Postfix's milter_content_timeout and Sendmail's E: are 300 s.
+MAX_SCAN_WAIT: Final = 300.0
 #: The longest time to live a cache may keep an answer (30 days; DNS TTLs of a week
 #: are common).
 MAX_TTL: Final = 30 * 86400
@@ -165,9 +174,16 @@ class _Section:
             raise self.error(name, f"must be at most {_plain(maximum)}")
         return float(value)
 
-    def seconds(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        """A timeout: at most :data:`MAX_SECONDS`."""
-        return self.number(name, default, minimum=minimum, maximum=MAX_SECONDS)
+    def seconds(
+        self, name: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_SECONDS
+    ) -> float:
+        """A timeout: at most ``maximum`` (:data:`MAX_SECONDS` unless a step waits for it,
+        when a larger value is named as the milliseconds it probably is)."""
+        value = self.number(name, default, minimum=minimum, maximum=math.inf)
+        if value > maximum:
+            why = "" if maximum >= MAX_SECONDS else "; the MTA stops waiting for the milter"
+            raise self.error(name, f"must be at most {_plain(maximum)} (seconds{why})")
+        return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.string(name, default)
@@ -1282,7 +1298,7 @@ def _virus(s: _Section) -> VirusConfig:
         ),
         clamd_socket=_endpoint(s, "clamd_socket", d.clamd_socket),
         command=s.strings("command"),
-        timeout=s.seconds("timeout", d.timeout, minimum=0.1),
+        timeout=s.seconds("timeout", d.timeout, minimum=0.1, maximum=MAX_SCAN_WAIT),
         max_bytes=s.integer("max_bytes", d.max_bytes, minimum=1024),
         on_size_limit=cast(
             Literal["pass", "tempfail"],
@@ -1330,7 +1346,9 @@ def _antispam(s: _Section) -> AntispamConfig:
         status_headers=s.boolean("status_headers", d.status_headers),
         engine=cast(Literal["none", "rspamd"], s.choice("engine", d.engine, ("none", "rspamd"))),
         engine_socket=_endpoint(s, "engine_socket", d.engine_socket),
-        engine_timeout=s.seconds("engine_timeout", d.engine_timeout, minimum=0.1),
+        engine_timeout=s.seconds(
+            "engine_timeout", d.engine_timeout, minimum=0.1, maximum=MAX_SCAN_WAIT
+        ),
         engine_action=s.boolean("engine_action", d.engine_action),
         spool_memory=s.integer("spool_memory", d.spool_memory, minimum=0),
         engine_max_bytes=s.integer("engine_max_bytes", d.engine_max_bytes, minimum=1024),
@@ -2095,7 +2113,7 @@ def _directory(s: _Section) -> DirectoryConfig:
     out = DirectoryConfig(
         backend=cast(Literal["sqlite", "none"], s.choice("backend", d.backend, ("sqlite", "none"))),
         path=s.path("path", str(d.path)),
-        timeout=s.seconds("timeout", d.timeout, minimum=0.01),
+        timeout=s.seconds("timeout", d.timeout, minimum=0.01, maximum=MAX_STEP_WAIT),
         cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0, maximum=MAX_TTL),
     )
     s.done()
@@ -2123,7 +2141,7 @@ def _state(s: _Section) -> StateConfig:
             Literal["embedded", "redis"], s.choice("backend", d.backend, ("embedded", "redis"))
         ),
         path=s.path("path", str(d.path)),
-        timeout=s.seconds("timeout", d.timeout, minimum=0.01),
+        timeout=s.seconds("timeout", d.timeout, minimum=0.01, maximum=MAX_STEP_WAIT),
         cache_ttl=s.number("cache_ttl", d.cache_ttl, minimum=0, maximum=MAX_TTL),
         redis_url=_redis_url(s, "redis_url", d.redis_url),
         redis_prefix=s.string("redis_prefix", d.redis_prefix),
@@ -2201,8 +2219,8 @@ def _dns(s: _Section) -> DnsConfig:
     port = s.integer("port", d.port, minimum=1)
     if port > 65535:
         raise s.error("port", "must be at most 65535")
-    timeout = s.seconds("timeout", d.timeout, minimum=0.01)
-    deadline = s.seconds("stage_deadline", d.stage_deadline, minimum=0.01)
+    timeout = s.seconds("timeout", d.timeout, minimum=0.01, maximum=MAX_STEP_WAIT)
+    deadline = s.seconds("stage_deadline", d.stage_deadline, minimum=0.01, maximum=MAX_STEP_WAIT)
     failure_ttl = s.integer("failure_ttl", d.failure_ttl, minimum=1)
     if failure_ttl > 300:
         raise s.error("failure_ttl", "must be at most 300 (RFC 9520 §3.2)")
@@ -2322,7 +2340,7 @@ def _smtpport(s: _Section) -> SmtpportConfig:
         connect_back=_reason_mode(s, "connect_back", d.connect_back),
         connect_back_port=port,
         connect_back_timeout=s.seconds(
-            "connect_back_timeout", d.connect_back_timeout, minimum=0.01
+            "connect_back_timeout", d.connect_back_timeout, minimum=0.01, maximum=MAX_STEP_WAIT
         ),
         connect_back_cache_ttl=s.integer(
             "connect_back_cache_ttl", d.connect_back_cache_ttl, maximum=MAX_TTL
