@@ -136,6 +136,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         file_problems,
         key_problems,
         log_problems,
+        root_notes,
         site_problems,
         socket_problems,
         state_notes,
@@ -166,7 +167,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     skipped = " (network backends not asked: --offline)" if args.offline else ""
     print(f"{config.file}: OK{skipped}")
-    notes = state_notes(config) + directory_notes(config) + exemption_notes(config)
+    # run's warning too (review rev224 L8a: check-config said OK and nothing else).
+    notes = root_notes(config) + state_notes(config) + directory_notes(config)
+    notes += exemption_notes(config)
     if not args.offline:
         notes += zone_notes(config)
     for note in notes:
