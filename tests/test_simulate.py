@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from smtpguard.app import counter_path
+from smtpguard.config import load_config
 from support.service import RULES, Site, make_site, smtpguard
 
 
@@ -182,3 +184,37 @@ def test_a_client_that_is_no_ip_address_is_a_usage_error(site: Site, client: str
         f"smtpguard simulate: error: argument --client: not an IP address: {client!r}"
     )
     assert message.endswith(why or "(e.g. 192.0.2.5, 2001:db8::1, [192.0.2.5])")
+
+
+def test_simulating_leaves_the_service_state_as_it_is(tmp_path: Path) -> None:
+    """Review rev226: run as root, simulate made the shared same-size file and the state
+    file root's (the service's own user then deferred every message), and counted each
+    simulated message for the sender, whose real mail then got 552."""
+    site = make_site(
+        tmp_path,
+        {
+            "milter": {"workers": 2},
+            "bulk": {"threshold": 2},
+            "checks": {"bulk": {"mode": "enforce"}},
+        },
+    )
+    shared = counter_path(load_config(site.config))
+    eml = tmp_path / "m.eml"
+    eml.write_text("From: friend@sender.example\nSubject: report\n\n" + ("x" * 70 + "\n") * 60)
+    for _ in range(4):
+        result = simulate(site, "--to", "alice@example.com", "--eml", str(eml))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "too many same size mails" not in result.stdout
+        assert result.stdout.startswith("note: same-size counts are this run's own")
+    assert not shared.exists()
+    assert not site.state.exists()
+    assert "does not exist" in result.stderr
+    # The blacklist is still read: an entry refuses the sender it lists, and the file,
+    # made by the command (as the service's user), is not written by simulate.
+    smtpguard(site, "blacklist", "add", "friend@sender.example")
+    written = site.state.stat().st_mtime_ns
+    listed = simulate(site, "--to", "alice@example.com", "--eml", str(eml))
+    assert listed.returncode == 1
+    assert "[black_mail_address]" in listed.stdout, listed.stdout
+    assert site.state.stat().st_mtime_ns == written
+    assert not shared.exists()

@@ -59,6 +59,7 @@ def build_runtime(
     *,
     directory: Directory | None = None,
     blacklist: Blacklist | None = None,
+    counter: SizeBucketCounter | None = None,
     dns: Resolver | None = None,
     previous: Runtime | None = None,
     metrics: Metrics | None = None,
@@ -66,7 +67,7 @@ def build_runtime(
 ) -> Runtime:
     """Build every part; raise :class:`ConfigError` if any is unusable.
 
-    ``directory``, ``blacklist`` and ``dns`` replace the configured backends (tests
+    ``directory``, ``blacklist``, ``counter`` and ``dns`` replace the configured backends (tests
     pass fakes here instead of patching anything). The resolver's event loop thread
     starts with the first lookup, so ``check-config`` starts none. On a reload, pass
     the running runtime as ``previous``: when ``[dns]`` did not change its resolver
@@ -95,7 +96,8 @@ def build_runtime(
         directory = _directory(config)
     if blacklist is None:
         blacklist = _kept_blacklist(config, previous) or make_blacklist(config)
-    counter = _kept_counter(config, previous) or make_counter(config)
+    if counter is None:
+        counter = _kept_counter(config, previous) or make_counter(config)
     services = Services(
         config=config,
         directory=directory,
@@ -242,6 +244,23 @@ def counter_path(config: Config) -> Path:
     return path.with_name(f"{path.stem}-counters.map")
 
 
+def _buckets(config: Config) -> SizeBuckets:
+    bulk = config.bulk
+    if bulk.bucket_bytes:
+        return SizeBuckets(bulk.bucket_bytes, relative=False)
+    return SizeBuckets(bulk.bucket_width, relative=True)
+
+
+def own_counter(config: Config) -> InProcessCounter:
+    """Same-size counters of this process alone: one worker's, and ``simulate``'s, which
+    must neither count in the service's nor make its file (review rev226: a simulated
+    message counted for the real sender, and root made the file the workers share)."""
+    bulk = config.bulk
+    return InProcessCounter(
+        bulk.window, _buckets(config), max_per_bucket=_per_bucket_cap(bulk.threshold)
+    )
+
+
 def make_counter(config: Config) -> SizeBucketCounter:
     """Same-size counters: in process (one worker), in a memory-mapped file beside the
     state file (several workers: every worker sees every message), or Redis with the
@@ -256,7 +275,6 @@ def make_counter(config: Config) -> SizeBucketCounter:
         if bulk.bucket_bytes
         else SizeBuckets(bulk.bucket_width, relative=True)
     )
-    cap = _per_bucket_cap(bulk.threshold)
     if state.backend != "redis" and config.milter.workers > 1:
         return SharedCounter(
             counter_path(config),
@@ -265,7 +283,7 @@ def make_counter(config: Config) -> SizeBucketCounter:
             capacity=bulk.shared_entries,
             timeout=state.timeout,
         )
-    local = InProcessCounter(bulk.window, buckets, max_per_bucket=cap)
+    local = own_counter(config)
     if state.backend != "redis":
         return local
     shared = RedisCounter(
@@ -273,7 +291,7 @@ def make_counter(config: Config) -> SizeBucketCounter:
         bulk.window,
         buckets,
         prefix=f"{state.redis_prefix}:size",
-        max_per_bucket=cap,
+        max_per_bucket=_per_bucket_cap(bulk.threshold),
         # With "local" a failed hit's message was counted here and delivered: a hit
         # Redis made after all is its count (review rev88 N3).
         take_back=state.on_redis_error == "error",

@@ -796,8 +796,9 @@ def _client_address(text: str) -> str:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import logging
 
-    from smtpguard.app import build_runtime
+    from smtpguard.app import build_runtime, make_blacklist, own_counter
     from smtpguard.simulate import Envelope, simulate
+    from smtpguard.state import Blacklist, SnapshotBlacklist, SqliteBlacklist
 
     config = _load(args.config)
     logging.basicConfig(
@@ -805,8 +806,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         format="  log: %(message)s",
         stream=sys.stdout,
     )
+    # What the service would answer, leaving it as it is (review rev226): the embedded
+    # blacklist read, never made (as root, where the service could then not write it),
+    # and the same-size counts this run's own (a simulated message counted for the
+    # sender, whose real mail then got 552).
+    store: Blacklist = make_blacklist(config)
+    if isinstance(store, SqliteBlacklist):
+        _warn_if_missing(store)
+        store = SnapshotBlacklist([entry.address for entry in store.entries()])
+    if config.check("bulk").mode != "off":
+        print("note: same-size counts are this run's own: the service's are not read or changed")
     result = simulate(
-        build_runtime(config),
+        build_runtime(config, blacklist=store, counter=own_counter(config)),
         Envelope(
             client=args.client,
             client_name=args.client_name,

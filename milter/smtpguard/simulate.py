@@ -3,7 +3,9 @@
 It drives :class:`~smtpguard.driver.SessionDriver`, the very code the milter runs,
 with macros built from the command line, and reports each stage's outcome and the
 exact reply a client would get. The configured backends (directory, blacklist, DNS,
-scanners) are the real ones, so a simulation answers "what would happen now".
+scanners) are the real ones, so a simulation answers "what would happen now"; it
+changes none of the service's state (the caller passes the blacklist as read and
+same-size counters of its own).
 """
 
 from __future__ import annotations

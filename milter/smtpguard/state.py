@@ -198,6 +198,19 @@ def _most_specific(keys: tuple[str, ...], found: set[str]) -> str | None:
     return next((key for key in keys if key in found), None)
 
 
+class SnapshotBlacklist:
+    """The entries of a blacklist file as read once, matched in memory: what
+    ``simulate`` asks. Opening the live file as the service does would create it, as
+    root, where it is missing (review rev226 F1: the service, running as its own user,
+    could then not write it)."""
+
+    def __init__(self, entries: Sequence[str]) -> None:
+        self.found = frozenset(entries)
+
+    def listed(self, address: str) -> str | None:
+        return _most_specific(matching_entries(address), set(self.found))
+
+
 class SqliteBlacklist(WatchedFile):
     label = "state file"
     # Creating the file, switching it to WAL and creating the table need the write
