@@ -1310,6 +1310,34 @@ def test_shared_file_that_cannot_be_made_is_a_counter_error(tmp_path: Path) -> N
         counter.prepare()
 
 
+def test_a_shared_file_that_cannot_be_opened_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev226 F1: a file this user may not open (root made it) failed every
+    message's count with no more than the message's own INFO line."""
+    caplog.set_level(logging.INFO, logger="smtpguard.counters")
+    missing = tmp_path / "missing"
+    counter = SharedCounter(missing / "counters.map", 60, TWO_PERCENT)
+    for _ in range(3):
+        with pytest.raises(CounterError):
+            counter.hit(KEY, 7000)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (
+            logging.ERROR,
+            f"cannot use the workers' same-size file ({missing}/counters.map: No such file"
+            " or directory): same-size counting fails, [checks.bulk] on_temp_error decides,"
+            " until it can (let the service's user write it, or remove it: the service"
+            " makes it again)",
+        )
+    ]
+    missing.mkdir()
+    assert counter.hit(KEY, 7000) == 1
+    assert [(r.levelno, r.getMessage()) for r in caplog.records][1:] == [
+        (logging.WARNING, f"{missing}/counters.map: the same-size file can be used again")
+    ]
+
+
 def test_shared_capacity_must_be_a_power_of_two(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="power of two"):
         shared(tmp_path, capacity=1000)

@@ -293,6 +293,26 @@ def test_root_writes_the_state_and_directory_files_as_the_service_user(tmp_path:
         assert not (private / name).exists()
 
 
+def test_a_state_file_root_made_is_named_for_what_it_is(tmp_path: Path) -> None:
+    """Review rev226 F1: a state file made by root (an older simulate, a copy by hand)
+    made root's `blacklist add`, run as the service user, say "run it again", which
+    could never succeed."""
+    root, state = nobody_root()
+    site = make_site(
+        root, {"milter": {"user": "nobody"}, "state": {"path": str(state / "state.sqlite")}}
+    )
+    smtpguard(site, "blacklist", "add", "spammer@example.org")
+    shutil.chown(state / "state.sqlite", "root")
+    done = smtpguard(site, "blacklist", "add", "other@example.org", check=False)
+    assert done.returncode != 0
+    assert done.stderr.endswith(
+        "attempt to write a readonly database: nothing added (this user may not write it"
+        " or its folder: give them to the service's user)\n"
+    ), done.stderr
+    shutil.chown(state / "state.sqlite", "nobody")
+    assert smtpguard(site, "blacklist", "add", "other@example.org").returncode == 0
+
+
 def test_a_redis_blacklist_is_changed_as_root(tmp_path: Path) -> None:
     """Review rev180 F2: with Redis no state file is written, but the drop to the
     service user took root's access to what reaching Redis needs (under the unit, the

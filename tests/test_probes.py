@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from smtpguard.app import load
+from smtpguard.app import counter_path, load
 from smtpguard.config import Config, load_config
 from smtpguard.probes import root_notes, socket_problems
 from support.daemons import REDIS_COUNTING, Rspamd, free_port, start_clamd, start_redis
@@ -745,6 +745,26 @@ def test_state_directory_the_service_user_cannot_write(open_dir: Path) -> None:
         f"{site.config.resolve()}: state.path: cannot create {open_dir / 'state.sqlite'}"
         f" as nobody: {open_dir}: Permission denied"
     ]
+
+
+def test_shared_counters_the_service_user_cannot_write(open_dir: Path) -> None:
+    """Review rev226 F1: the workers' same-size file made by root (an older simulate, a
+    copy by hand) deferred every message as database_temp_error; check-config passed."""
+    site = nobody_site(open_dir, {"milter": {"workers": 2}})
+    shared = counter_path(load_config(site.config))
+    shared.write_bytes(b"\0" * 64)
+    shared.chmod(0o600)
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{site.config.resolve()}: state.path: cannot write {shared} as nobody: Permission"
+        " denied: the workers' same-size counts would fail and every message be deferred"
+        " (database_temp_error); give it to that user, or remove it (the service makes it"
+        " again, the counts empty)"
+    ]
+    shutil.chown(shared, "nobody")
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert problems(result) == []
 
 
 def test_config_unreadable_for_the_service_user(open_dir: Path) -> None:

@@ -394,6 +394,8 @@ class SharedCounter:
         #: once it works), and whether that failed (said once, see _remapped).
         self._remaking = False
         self._remake_failed = False
+        #: The file could not be opened or mapped (said once, until it can again).
+        self._open_failed = False
         #: When the table was last said to be full (:meth:`_note_full`).
         self._full_warned = -math.inf
 
@@ -539,7 +541,20 @@ class SharedCounter:
                     self.path,
                     exc,
                 )
+            elif not self._remaking and not self._open_failed:
+                # Said once (review rev226 F1: a file root made, which this user may
+                # not open, deferred every message with an INFO line each and no more).
+                self._open_failed = True
+                log.error(
+                    "cannot use the workers' same-size file (%s): same-size counting"
+                    " fails, [checks.bulk] on_temp_error decides, until it can (let the"
+                    " service's user write it, or remove it: the service makes it again)",
+                    exc,
+                )
             raise
+        if self._open_failed:
+            self._open_failed = False
+            log.warning("%s: the same-size file can be used again", self.path)
         if self._remaking:
             self._remaking = self._remake_failed = False
             log.warning(

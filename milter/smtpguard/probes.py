@@ -40,7 +40,7 @@ import dns as dnspython
 import redis
 
 import smtpguard
-from smtpguard.app import redis_seen_file
+from smtpguard.app import counter_path, redis_seen_file
 from smtpguard.config import Config, ConfigError
 from smtpguard.counters import CounterError, RedisCounter, SizeBuckets, redis_client
 from smtpguard.directory import DirectoryError, alias_chain_problems, login_domains
@@ -324,6 +324,8 @@ def _files(config: Config, hook: bytes | None = None) -> list[Problem]:
         found += _readable_db("directory.path", config.directory.path, "users")
     if config.state.backend == "embedded":
         found += _writable_db("state.path", config.state.path)
+        if config.milter.workers > 1:
+            found += _shared_counters(counter_path(config))
     elif not config.state.redis_blacklist_required:
         found += _seen_file(config)
     found += _reload_files(config)
@@ -482,6 +484,28 @@ def _writable_db(key: str, path: Path) -> list[Problem]:
         return [(key, f"cannot write {path} as {_user_name(os.geteuid())}: {exc.strerror}")]
     except sqlite3.Error as exc:
         return [(key, f"cannot write {path} as {_user_name(os.geteuid())}: {exc}")]
+    return []
+
+
+def _shared_counters(path: Path) -> list[Problem]:
+    """The workers' same-size file beside the state file, which the service makes in the
+    same folder (checked with it). One it may not write (review rev226 F1: made by root)
+    defers every message that reaches end of message."""
+    try:
+        with path.open("r+b"):
+            pass
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        return [
+            (
+                "state.path",
+                f"cannot write {path} as {_user_name(os.geteuid())}: {exc.strerror}: the"
+                " workers' same-size counts would fail and every message be deferred"
+                " (database_temp_error); give it to that user, or remove it (the service"
+                " makes it again, the counts empty)",
+            )
+        ]
     return []
 
 

@@ -322,7 +322,7 @@ class SqliteBlacklist(WatchedFile):
                     ]
                 _empty_wal(db)
         except sqlite3.Error as exc:
-            raise StateError(f"{self.path}: {exc}: nothing added (run it again)") from None
+            raise StateError(f"{self.path}: {exc}: nothing added {_what_now(exc)}") from None
         return added
 
     def remove(self, address: str) -> bool:
@@ -376,6 +376,14 @@ class SqliteBlacklist(WatchedFile):
             return self._connect_existing("rw")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open {self.path}: {exc}") from None
+
+
+def _what_now(exc: sqlite3.Error) -> str:
+    """What to do after a failed write: wait for a lock, or let the user write the file
+    (review rev226 F1: "run it again" for a file root made, which can never succeed)."""
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY:
+        return "(this user may not write it or its folder: give them to the service's user)"
+    return "(run it again)"
 
 
 def _empty_wal(db: sqlite3.Connection) -> None:
