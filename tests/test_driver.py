@@ -622,3 +622,53 @@ def test_a_postfix_sending_its_bare_version_stays_postfix_as_configured(
     assert d.conn.mta is MTA.POSTFIX
     assert "answering as to" not in caplog.text
     d.close()
+
+
+@pytest.mark.parametrize(
+    ("macros", "port", "local"),
+    [(POSTFIX, 0, True), (POSTFIX, 40000, False), (SENDMAIL, 0, False)],
+    ids=["postfix-cleanup", "postfix-smtpd", "sendmail"],
+)
+def test_a_local_submissions_recipients_are_not_refused(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    macros: dict[str, str],
+    port: int,
+    local: bool,
+) -> None:
+    """Review rev227: with non_smtpd_milters, a recipient refused at RCPT (one the
+    directory lacks, one past max_rcpt) kept cron mail in Postfix's maildrop for good:
+    cleanup cannot refuse one recipient ("can't reject recipient in non-smtpd(8)
+    submission") and defers the whole message. Its client, localhost [127.0.0.1] on port
+    0, is no TCP client; an smtpd client from loopback is refused as ever."""
+    site = make_site(
+        tmp_path,
+        {
+            "site": {"trusted_networks": ["192.0.2.0/24", "127.0.0.0/8"]},
+            "limits": {"max_rcpt": 2},
+        },
+    )
+    d = SessionDriver(build_runtime(load(site.config)), SessionGate(10), macros.get, Once())
+    caplog.set_level(logging.INFO, logger="smtpguard")
+    assert d.connect("localhost", socket.AF_INET, ("127.0.0.1", port)).action is Action.CONTINUE
+    assert d.conn.local_submission is local
+    d.helo("localhost")
+    assert d.mail("<root@example.com>", ()).action is Action.CONTINUE
+    answers = [
+        d.rcpt(f"<{r}>").action
+        for r in (
+            "www-data@example.com",
+            "alice@example.com",
+            "dave@example.com",
+            "sales@example.com",
+        )
+    ]
+    if local:
+        assert answers == [Action.CONTINUE] * 4
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision")]
+        assert len(lines) == 3  # the unknown recipient, then two past max_rcpt
+        assert all(" mode=report action=pass " in x for x in lines), lines
+        assert all(x.endswith(" submission=local") for x in lines), lines
+    else:
+        assert answers == [Action.REJECT, Action.CONTINUE, Action.CONTINUE, Action.TEMPFAIL]
+    d.close()

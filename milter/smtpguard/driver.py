@@ -36,6 +36,9 @@ log = logging.getLogger("smtpguard")
 #: anyway: memory stays bounded by this, not by the header block's size.
 HEADER_BATCH_CHARS: Final = 256 * 1024
 
+#: The client Postfix's cleanup shows for a local submission (cleanup_milter.c).
+_LOOPBACK: Final = ipaddress.ip_address("127.0.0.1")
+
 #: Looks up an MTA macro ("v", "{auth_authen}", ...); None when the MTA did not send it.
 MacroLookup = Callable[[str], str | None]
 
@@ -165,6 +168,14 @@ class SessionDriver:
         conn.client_name = hostname or ""
         configured = self.rt.config.milter.mta
         conn.mta = detect_mta(self._macro("v"), configured)
+        # cleanup_milter.c's ersatz client for a local submission: localhost [127.0.0.1]
+        # with port 0, which no TCP client has.
+        conn.local_submission = (
+            conn.client_port == 0
+            and conn.mta is MTA.POSTFIX
+            and conn.client_name == "localhost"
+            and conn.client_ip == _LOOPBACK
+        )
         if configured not in ("auto", conn.mta.value) and CONTRADICTED_NOTICE():
             log.warning(
                 'sid=%s milter.mta = "%s", but the MTA\'s macro %s names %s: answering as'

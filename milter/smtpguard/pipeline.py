@@ -692,6 +692,8 @@ class Pipeline:
         # Most steps of most messages: enforced, nothing to trace or skip; then the
         # check's call (and its count) is all there is to a step that finds nothing.
         plain = trace is None and not blind
+        if conn.local_submission and stage is Stage.RCPT:
+            plain = False  # its enforced steps report (_mode_here)
         timed = self.timed
         for step in self._steps(stage, event):
             if not (plain and step.enforced):
@@ -732,7 +734,7 @@ class Pipeline:
         check = step.check
         mode, guarded = (
             _ENFORCED
-            if step.enforced
+            if step.enforced and (not conn.local_submission or stage is not Stage.RCPT)
             else self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
         )
         if mode == "off" and not guarded:
@@ -823,6 +825,12 @@ class Pipeline:
         name = step.check.name
         if step.relevant and policy is not None:
             mode = policy.effective(conn, name, stage, event, mode)
+        if mode == "enforce" and stage is Stage.RCPT and conn.local_submission:
+            # Postfix's cleanup cannot refuse one recipient of mail from sendmail(1): it
+            # keeps the whole message in its maildrop, retried for good (review rev227:
+            # cron mail to a system account the directory lacks). Postfix delivers or
+            # bounces each recipient itself, as without smtpguard.
+            mode = "report"
         guarded = (
             mode != "enforce" and name in _GUARDS and not conn.trusted and conn.mta.guards_relay
         )
@@ -899,9 +907,11 @@ class Pipeline:
         if (
             stage is Stage.MAIL
             and self.policy.active
+            and not conn.local_submission
             and self.policy.hold(conn, check, verdict, event)
         ):
-            # A recipient may be exempt from this check: each RCPT gets the answer.
+            # A recipient may be exempt from this check: each RCPT gets the answer (not
+            # in a local submission, whose recipients cannot be refused: see _mode_here).
             note("held")
             return None
         if stage is Stage.MAIL and self.policy.active:
@@ -1072,6 +1082,8 @@ class Pipeline:
             ("from", _sender_text(txn)),
             ("rcpt", f"<{event.rcpt.text}>" if event.rcpt else event.rcpt_raw or None),
             ("detail", verdict.detail or None),
+            # Why an enforced check only reports here (see _mode_here).
+            ("submission", "local" if stage is Stage.RCPT and conn.local_submission else None),
         )
         # A scanner's outage is logged when it starts and ends: the messages it fails
         # meanwhile are INFO (review rev88 N8: a WARNING each).

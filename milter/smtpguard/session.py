@@ -172,6 +172,10 @@ class Connection:
     helo: str | None = None
     tls_version: str | None = None
     trusted_network: bool = False
+    #: Postfix's cleanup emulating a session for mail submitted with sendmail(1) (or
+    #: queued again by pickup): non_smtpd_milters. It cannot refuse one recipient, and
+    #: keeps the whole message in its maildrop for good if asked to (review rev227).
+    local_submission: bool = False
     #: False when the session was over ``limits.max_sessions`` or we are draining.
     admitted: bool = True
     # Verdicts decided at connect/HELO wait here until MAIL FROM, where the MTA
