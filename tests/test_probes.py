@@ -22,7 +22,7 @@ import redis
 
 from smtpguard.app import counter_path, load
 from smtpguard.config import Config, load_config
-from smtpguard.probes import root_notes, socket_problems
+from smtpguard.probes import root_notes, socket_problems, unused_notes
 from support.daemons import REDIS_COUNTING, Rspamd, free_port, start_clamd, start_redis
 from support.files import STDLIB, STDLIB_PROBLEM, others_may_read, without_stdlib_problem
 from support.polling import wait_until
@@ -1000,3 +1000,33 @@ def test_a_socket_directory_every_user_may_write_is_a_problem(tmp_path: Path) ->
     )
     shared.chmod(0o755)
     assert smtpguard(site, "check-config", "--offline", check=False).returncode == 0
+
+
+def test_settings_of_a_check_that_is_off_everywhere_are_noted(tmp_path: Path) -> None:
+    """Review rev224 L8c: a reject zone and a local list with checks.rbl off loaded,
+    and check-config said OK: nothing asks them."""
+    listed = tmp_path / "block.txt"
+    listed.write_text("198.51.100.0/24\n")
+    off = {
+        "dns": {"nameservers": ["127.0.0.1"]},
+        "dnsbl": {
+            "zones": [{"name": "zen.example"}, {"name": "relays.example", "kind": "openrelay"}],
+            "local": [{"file": str(listed)}],
+        },
+        "checks": {"rbl": {"mode": "off"}, "virus": {"mode": "off"}},
+        "virus": {"backend": "clamd"},
+    }
+    site = make_site(tmp_path / "off", off)
+    file = site.config.resolve()
+    result = smtpguard(site, "check-config", "--offline", check=False)
+    assert result.returncode == 0, result.stderr
+    tail = ", but [checks.{}] is off: nothing uses it"
+    notes = [line for line in result.stdout.splitlines() if "nothing uses it" in line]
+    assert notes == [
+        f"{file}: dnsbl.zones: note: zones of kind rbl (zen.example)" + tail.format("rbl"),
+        f"{file}: dnsbl.local: note: local lists of kind rbl ({listed})" + tail.format("rbl"),
+        f"{file}: virus.backend: note: backend 'clamd'" + tail.format("virus"),
+    ]
+    # The openrelay zone is asked (the check is on), and so is everything once on.
+    on = merge(off, {"checks": {"rbl": {"mode": "report"}, "virus": {"mode": "enforce"}}})
+    assert unused_notes(load_config(make_site(tmp_path / "on", on).config)) == []

@@ -140,6 +140,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         site_problems,
         socket_problems,
         state_notes,
+        unused_notes,
         user_problems,
         zone_notes,
     )
@@ -169,7 +170,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{config.file}: OK{skipped}")
     # run's warning too (review rev224 L8a: check-config said OK and nothing else).
     notes = root_notes(config) + state_notes(config) + directory_notes(config)
-    notes += exemption_notes(config)
+    notes += exemption_notes(config) + unused_notes(config)
     if not args.offline:
         notes += zone_notes(config)
     for note in notes:

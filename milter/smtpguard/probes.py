@@ -837,6 +837,39 @@ def _nameservers(config: Config) -> list[Problem]:
     return found
 
 
+def unused_notes(config: Config) -> list[ConfigError]:
+    """Settings of a check that is off everywhere: block lists never asked, a scanner
+    never called (review rev224 L8c: reject zones and local lists with checks.rbl off
+    loaded, and check-config said OK). No ``[domain."X"]`` table turns on a check that
+    is off globally (the loader refuses it). Notes: switching a check off for a while
+    keeps its settings, rightly."""
+    found: list[ConfigError] = []
+
+    def note(key: str, what: str, check: str) -> None:
+        found.append(
+            ConfigError(
+                config.file,
+                key,
+                f"note: {what}, but [checks.{check}] is off: nothing uses it",
+            )
+        )
+
+    for kind in ("rbl", "openrelay"):
+        if config.check(kind).mode != "off":
+            continue
+        zones = [z.name for z in config.dnsbl.zones if z.kind == kind]
+        if zones:
+            note("dnsbl.zones", f"zones of kind {kind} ({', '.join(zones)})", kind)
+        files = [str(x.file) for x in config.dnsbl.local if x.kind == kind]
+        if files:
+            note("dnsbl.local", f"local lists of kind {kind} ({', '.join(files)})", kind)
+    if config.antispam.engine != "none" and config.check("antispam").mode == "off":
+        note("antispam.engine", f"engine {config.antispam.engine!r}", "antispam")
+    if config.virus.backend != "none" and config.check("virus").mode == "off":
+        note("virus.backend", f"backend {config.virus.backend!r}", "virus")
+    return found
+
+
 def zone_notes(config: Config) -> list[ConfigError]:
     """DNSBL zones that do not list their RFC 5782 test point (127.0.0.2, asked as
     ``2.0.0.127.ZONE``): a typo in the name, or a list that is gone, lists nobody and
