@@ -38,6 +38,20 @@ def test_exemption_loads_with_groups_and_files(tmp_path: Path) -> None:
     assert config.policy.postmaster_skip == CONTENT_GROUP - {"virus"}
 
 
+def test_an_exemption_list_file_for_much_of_the_internet_is_refused(tmp_path: Path) -> None:
+    """Review rev225 L1: refused in ips, a partner file holding 0.0.0.0/0 (or 2002::/16)
+    loaded and exempted every client."""
+    partners = tmp_path / "partners.txt"
+    partners.write_text("# partners\n203.0.113.0/24\n2002::/16\n")
+    error = assert_config_error(
+        tmp_path,
+        f"{EXEMPT}name = 'p'\nip_files = ['{partners}']\nskip = ['rbl']\n",
+        "policy.exempt[0].ip_files",
+        f"{partners}:3: 2002::/16 is wider than site.trusted_networks takes",
+    )
+    assert "list the networks you mean" in str(error)
+
+
 @pytest.mark.parametrize(
     ("text", "key", "message"),
     [

@@ -1936,28 +1936,27 @@ def _skip_list(
 def _ip_list(s: _Section, ips: str, files: str) -> IpSet:
     """Networks written in the config (``ips``) and in list files (``files``). One
     written here wider than trusted_networks takes (:func:`_too_wide`: larger than a /8
-    or a /16, all of fc00::/7 allowed, a range that embeds every IPv4 host) is refused:
-    an exemption for much of the Internet, 0.0.0.0/0 for everyone (review rev224 L8,
-    rev225 M2)."""
+    or a /16, all of fc00::/7 allowed, a range that embeds every IPv4 host) is refused,
+    here or in a file: an exemption for much of the Internet, 0.0.0.0/0 for everyone
+    (review rev224 L8, rev225 M2)."""
     written = [(item, f"{s.key(ips)}:0") for item in s.strings(ips)]
-    for item, _ in written:
-        try:
-            network = parse_network(item)
-        except ValueError:
-            continue  # the loader below says what is wrong with it
-        if _too_wide(network):
-            raise s.error(
-                ips,
-                f"{item} is wider than site.trusted_networks takes: an exemption for much"
-                " of the Internet; list the networks you mean",
-            )
     paths = [s.path(f"{files}[{i}]", p) for i, p in enumerate(s.strings(files))]
     try:
-        return load_ip_lists(paths, written)
+        # In the files too (review rev225 L1): a partner list with 0.0.0.0/0 in it.
+        return load_ip_lists(paths, written, _too_wide_here)
     except IpListError as exc:
         key = ips if exc.source == s.key(ips) else files
         where = "" if exc.source == s.key(ips) else f"{exc.source}:{exc.line}: "
         raise s.error(key, f"{where}{exc.problem}") from None
+
+
+def _too_wide_here(network: IPNetwork) -> str:
+    if not _too_wide(network):
+        return ""
+    return (
+        "is wider than site.trusted_networks takes: an exemption for much of the Internet;"
+        " list the networks you mean"
+    )
 
 
 def _table_domain(s: _Section, name: str) -> str:

@@ -19,11 +19,11 @@ The files are read when the configuration is loaded: at start and on every SIGHU
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smtpguard.address import IPAddress, unmapped, unmapped_network
+from smtpguard.address import IPAddress, IPNetwork, unmapped, unmapped_network
 from smtpguard.datafiles import read_file
 
 
@@ -130,9 +130,14 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return unmapped_network(net)
 
 
-def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> IpSet:
+def build(
+    entries: Iterable[tuple[str, str]],
+    sources: tuple[str, ...] = (),
+    refuse: Callable[[IPNetwork], str] | None = None,
+) -> IpSet:
     """An :class:`IpSet` from ``(entry, label)`` pairs, ``label`` naming where the
-    entry was written (``file:line``) for error messages."""
+    entry was written (``file:line``) for error messages. ``refuse`` says why an entry
+    may not be in this list ("" if it may)."""
     families: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
     size = 0
     for text, label in entries:
@@ -144,6 +149,10 @@ def build(entries: Iterable[tuple[str, str]], sources: tuple[str, ...] = ()) -> 
                 _UNSHOWN if isinstance(exc, NotANetworkError) and source in sources else str(exc)
             )
             raise IpListError(source, int(line or 0), problem) from None
+        why = refuse(net) if refuse is not None else ""
+        if why:
+            source, _, line = label.rpartition(":")
+            raise IpListError(source, int(line or 0), f"{text} {why}")
         families[net.version].append((int(net.network_address), net.prefixlen, text))
         size += 1
     return IpSet(
@@ -182,10 +191,15 @@ def file_entries(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def load(paths: Iterable[Path], extra: Iterable[tuple[str, str]] = ()) -> IpSet:
-    """The union of list files (and of ``extra`` entries written in the config)."""
+def load(
+    paths: Iterable[Path],
+    extra: Iterable[tuple[str, str]] = (),
+    refuse: Callable[[IPNetwork], str] | None = None,
+) -> IpSet:
+    """The union of list files (and of ``extra`` entries written in the config);
+    ``refuse`` as for :func:`build`."""
     entries = list(extra)
     files = tuple(paths)
     for path in files:
         entries += file_entries(path)
-    return build(entries, tuple(str(p) for p in files))
+    return build(entries, tuple(str(p) for p in files), refuse)
