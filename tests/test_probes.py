@@ -1027,6 +1027,16 @@ def test_settings_of_a_check_that_is_off_everywhere_are_noted(tmp_path: Path) ->
         f"{file}: dnsbl.local: note: local lists of kind rbl ({listed})" + tail.format("rbl"),
         f"{file}: virus.backend: note: backend 'clamd'" + tail.format("virus"),
     ]
+    # Settings of the DNS checks without a resolver (review rev224 L4).
+    quiet = make_site(
+        tmp_path / "nodns",
+        {"spf": {"reject_softfail": True}, "smtpport": {"connect_back": "report"}},
+    )
+    assert [str(n) for n in unused_notes(load_config(quiet.config))] == [
+        f"{quiet.config.resolve()}: {key}: note: set, but [dns] has no nameservers: the DNS"
+        " checks are inactive"
+        for key in ("spf.reject_softfail", "smtpport.connect_back")
+    ]
     # The openrelay zone is asked (the check is on), and so is everything once on.
     on = merge(off, {"checks": {"rbl": {"mode": "report"}, "virus": {"mode": "enforce"}}})
     assert unused_notes(load_config(make_site(tmp_path / "on", on).config)) == []

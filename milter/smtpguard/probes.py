@@ -867,6 +867,21 @@ def unused_notes(config: Config) -> list[ConfigError]:
         note("antispam.engine", f"engine {config.antispam.engine!r}", "antispam")
     if config.virus.backend != "none" and config.check("virus").mode == "off":
         note("virus.backend", f"backend {config.virus.backend!r}", "virus")
+    if not config.dns.enabled:
+        # The DNS checks are inactive without a resolver (review rev224 L4).
+        dns_keys = [
+            ("spf.reject_softfail", config.spf.reject_softfail),
+            ("smtpport.connect_back", config.smtpport.connect_back != "off"),
+        ]
+        found += [
+            ConfigError(
+                config.file,
+                key,
+                "note: set, but [dns] has no nameservers: the DNS checks are inactive",
+            )
+            for key, given in dns_keys
+            if given
+        ]
     return found
 
 
