@@ -572,3 +572,60 @@ def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> Non
     ]
     assert said["stray_newline"][0] == f"{bare.code} {bare.text}"
     assert "mx.example.com Error: bare <LF> received (" in said["stray_newline"][0]
+    # Review rev229 L1: the page called it a temporary refusal (the table's 451) above
+    # Postfix's 550: each form's own code decides, and two kinds say both.
+    page = (out / "stray_newline" / "index.html").read_text(encoding="utf-8")
+    assert "A temporary (4xx) or permanent (5xx) refusal, as the lines below show" in page
+    assert "This is a temporary refusal" not in page
+    assert "This is a permanent refusal" in (out / "mail_first" / "index.html").read_text()
+
+
+@pytest.mark.parametrize(("utf8", "noted"), [("always", True), ("smtputf8", False)])
+def test_a_sender_without_smtputf8_is_told_of_question_marks(
+    tmp_path: Path, utf8: str, noted: bool
+) -> None:
+    """Review rev229 M1: with "always", a sending Postfix without SMTPUTF8 wrote every
+    Chinese character of the reply as "?" in its bounce; the page said nothing of it."""
+    page = _rbl_page(tmp_path, {"utf8": utf8}, "postfix")
+    assert ("may show the Chinese text of this line as question marks" in page) is noted
+    assert ("可能把这一行的中文显示为问号" in page) is noted
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="needs Debian's chromium package")
+def test_the_index_fits_a_phone_screen(site: Path, tmp_path: Path) -> None:
+    """Review rev229 L4: at a phone's width the index's table made the whole page 572 px
+    wide in a 500 px viewport (the narrowest headless Chromium lays out), cutting the
+    text columns; the table scrolls on its own now. Measured by Chromium's layout."""
+    index = (site / "index.html").read_text(encoding="utf-8")
+    script = (
+        '<script>document.body.setAttribute("data-width",'
+        " document.documentElement.scrollWidth)</script></body>"
+    )
+    measured = site / "measure.html"
+    measured.write_text(index.replace("</body>", script), encoding="utf-8")
+    try:
+        dom = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--force-device-scale-factor=1",
+                f"--user-data-dir={tmp_path / 'p'}",
+                "--window-size=390,844",
+                "--dump-dom",
+                measured.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    finally:
+        measured.unlink()
+    width = re.search(r'data-width="(\d+)"', dom)
+    assert width is not None, dom[-500:]
+    assert int(width.group(1)) <= 500

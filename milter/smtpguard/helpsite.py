@@ -115,6 +115,8 @@ td, th { border-bottom: 1px solid #ddd; padding: .3em .5em; text-align: left;
   vertical-align: top; }
 .kind { color: #555; }
 td code { white-space: nowrap; }
+.wide { overflow-x: auto; }
+td { overflow-wrap: anywhere; }
 """
 
 _LABELS: dict[str, dict[str, str]] = {
@@ -128,6 +130,12 @@ _LABELS: dict[str, dict[str, str]] = {
         " message and tries again by itself.",
         "permanent": "This is a permanent refusal (5xx): the message was not delivered"
         " and is not retried; change what the reply describes and send it again.",
+        "either": "A temporary (4xx) or permanent (5xx) refusal, as the lines below show"
+        " for each kind of receiving server: after a 4xx your mail server tries again by"
+        " itself; after a 5xx change what the reply describes and send the message again.",
+        "utf8_note": "A sending server that does not use SMTPUTF8 may show the Chinese text"
+        " of this line as question marks in the bounce it writes: the English text and"
+        " the codes are the same.",
         "by_mta": "This reply is given by the receiving mail server (the MTA) itself,"
         " before smtpguard is asked.",
         "category": "Category: ",
@@ -156,6 +164,10 @@ _LABELS: dict[str, dict[str, str]] = {
         "temporary": "这是临时拒绝（4xx）：您的邮件服务器会保留这封邮件并自动重发。",
         "permanent": "这是永久拒绝（5xx）：邮件没有送达，也不会自动重发；"
         "请按回复所说的问题修改后重新发送。",
+        "either": "临时拒绝（4xx）或永久拒绝（5xx），视接收方服务器而定，见下面的回复行："
+        "4xx 时您的邮件服务器会自动重发；5xx 时请按回复所说的问题修改后重新发送。",
+        "utf8_note": "不使用 SMTPUTF8 的发件服务器在它生成的退信中，"
+        "可能把这一行的中文显示为问号；英文内容和代码相同。",
         "by_mta": "这条回复由接收方邮件服务器（MTA）自身给出，此时尚未询问 smtpguard。",
         "category": "类别：",
         "index": "全部回复",
@@ -276,9 +288,18 @@ def _page(
         "</nav>",
         f"<h1><code>{_e(row.code)} {_e(row.xcode)}</code> {_e(row.reply_id)}</h1>",
     ]
+    # Temporary or permanent as the lines shown say (review rev229 L1: the table's 451
+    # for stray_newline above Postfix's own 550).
+    classes = {lines[0][:1] for _, lines in forms if lines}
+    key = {"4": "temporary", "5": "permanent"}.get(classes.pop(), "") if len(classes) == 1 else ""
+    # What a sender without SMTPUTF8 may read (review rev229 M1): "always" sends UTF-8
+    # to every client, and that client's MTA may turn it into "?" in its bounce.
+    mangled = table.policy.utf8 == "always" and not all(
+        line.isascii() for _, lines in forms for line in lines
+    )
     for lang in langs:
         words = _LABELS[lang]
-        kind = words["temporary"] if row.code.startswith("4") else words["permanent"]
+        kind = words[key or "either"]
         section = [
             f'<section id="{lang}" lang="{_HTML_LANG[lang]}">',
             f"<h2>{_e(_shown(row.text[lang]))}</h2>",
@@ -303,6 +324,8 @@ def _page(
             if label:
                 section.append(f"<p>{_e(words[label])}</p>")
             section.append(f"<pre>{_e(chr(10).join(lines))}</pre>")
+        if mangled:
+            section.append(f"<p>{_e(words['utf8_note'])}</p>")
         section.append("</section>")
         body += section
     title = f"{row.code} {row.xcode} {row.reply_id}: {_shown(row.text['en'])}"
@@ -315,7 +338,8 @@ def _index(table: ReplyTable, pages: list[Page]) -> str:
         f'<h1>{_e(en["title"])} / <span lang="zh-Hans">{_e(zh["title"])}</span></h1>',
         f"<p>{_e(en['intro'])}</p>",
         f'<p lang="zh-Hans">{_e(zh["intro"])}</p>',
-        "<table>",
+        # Scrolls on its own on a phone, not the page (review rev229 L4).
+        '<div class="wide"><table>',
         f"<tr><th>{_e(en['code'])}</th><th>{_e(en['id'])} / {_e(zh['id'])}</th>"
         f"<th>{_e(en['text'])}</th><th>{_e(zh['text'])}</th></tr>",
     ]
@@ -327,7 +351,7 @@ def _index(table: ReplyTable, pages: list[Page]) -> str:
             f"<td>{_e(_shown(row.text['en']))}</td>"
             f'<td lang="zh-Hans">{_e(_shown(row.text.get("zh", "")))}</td></tr>'
         )
-    body.append("</table>")
+    body.append("</table></div>")
     return _document(f"{en['title']} / {zh['title']}", body, "style.css")
 
 
