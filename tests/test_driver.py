@@ -27,6 +27,7 @@ from smtpguard.driver import (
 from smtpguard.pipeline import Action, Decision
 from smtpguard.session import MTA
 from smtpguard.state import SessionGate
+from support.fakes import FakeBlacklist
 from support.service import make_site
 
 POSTFIX = {"v": "Postfix 3.7.11", "j": "mx.example.com"}
@@ -624,33 +625,46 @@ def test_a_postfix_sending_its_bare_version_stays_postfix_as_configured(
     d.close()
 
 
+SMTPD = {**POSTFIX, "{client_resolve}": "OK"}
+
+
 @pytest.mark.parametrize(
-    ("macros", "port", "local"),
-    [(POSTFIX, 0, True), (POSTFIX, 40000, False), (SENDMAIL, 0, False)],
-    ids=["postfix-cleanup", "postfix-smtpd", "sendmail"],
+    ("macros", "client", "port", "local"),
+    [
+        (POSTFIX, "127.0.0.1", 0, True),
+        (POSTFIX, "::1", 0, True),  # inet_protocols = ipv6 (review rev228 M1)
+        (POSTFIX, "127.0.0.1", 40000, False),
+        # smtpd sends {client_resolve}: an XCLIENT PORT=0 is no local submission (rev228 M4).
+        (SMTPD, "127.0.0.1", 0, False),
+        (SENDMAIL, "127.0.0.1", 0, False),
+    ],
+    ids=["postfix-cleanup", "postfix-cleanup-ipv6", "postfix-smtpd", "xclient-port-0", "sendmail"],
 )
-def test_a_local_submissions_recipients_are_not_refused(
+def test_a_local_submissions_recipients_are_not_refused_one_by_one(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     macros: dict[str, str],
+    client: str,
     port: int,
     local: bool,
 ) -> None:
     """Review rev227: with non_smtpd_milters, a recipient refused at RCPT (one the
     directory lacks, one past max_rcpt) kept cron mail in Postfix's maildrop for good:
     cleanup cannot refuse one recipient ("can't reject recipient in non-smtpd(8)
-    submission") and defers the whole message. Its client, localhost [127.0.0.1] on port
-    0, is no TCP client; an smtpd client from loopback is refused as ever."""
+    submission") and defers the whole message. What Postfix decides itself there passes;
+    any other refusal of a recipient (a locked mailbox) refuses the message as a whole at
+    its end (review rev228 M3: a report let local processes post to private lists)."""
     site = make_site(
         tmp_path,
         {
-            "site": {"trusted_networks": ["192.0.2.0/24", "127.0.0.0/8"]},
+            "site": {"trusted_networks": ["192.0.2.0/24", "127.0.0.0/8", "::1/128"]},
             "limits": {"max_rcpt": 2},
         },
     )
     d = SessionDriver(build_runtime(load(site.config)), SessionGate(10), macros.get, Once())
     caplog.set_level(logging.INFO, logger="smtpguard")
-    assert d.connect("localhost", socket.AF_INET, ("127.0.0.1", port)).action is Action.CONTINUE
+    family = socket.AF_INET6 if ":" in client else socket.AF_INET
+    assert d.connect("localhost", family, (client, port)).action is Action.CONTINUE
     assert d.conn.local_submission is local
     d.helo("localhost")
     assert d.mail("<root@example.com>", ()).action is Action.CONTINUE
@@ -660,15 +674,66 @@ def test_a_local_submissions_recipients_are_not_refused(
             "www-data@example.com",
             "alice@example.com",
             "dave@example.com",
-            "sales@example.com",
+            "bob@example.com",
         )
     ]
-    if local:
-        assert answers == [Action.CONTINUE] * 4
-        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision")]
-        assert len(lines) == 3  # the unknown recipient, then two past max_rcpt
-        assert all(" mode=report action=pass " in x for x in lines), lines
-        assert all(x.endswith(" submission=local") for x in lines), lines
-    else:
+    if not local:
         assert answers == [Action.REJECT, Action.CONTINUE, Action.CONTINUE, Action.TEMPFAIL]
+        d.close()
+        return
+    assert answers == [Action.CONTINUE] * 4
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision")]
+    assert [line.split(" action=")[1].split()[0] for line in lines] == [
+        "pass",  # www-data: unknown here, Postfix's own to deliver or bounce
+        "pass",  # dave, past max_rcpt
+        "pass",  # bob, past max_rcpt
+        "deferred",  # bob is locked: the message is refused at its end
+    ]
+    assert all(line.endswith(" submission=local") for line in lines), lines
+    assert d.data().action is Action.CONTINUE
+    assert d.header("Subject", " cron").action is Action.CONTINUE
+    assert d.eoh().action is Action.CONTINUE
+    final = d.eom()
+    assert final.action is Action.REJECT
+    assert final.reply is not None
+    assert final.reply.wire_lines() == ["550 5.2.1 user is locked. (邮箱被锁)"]
+    d.close()
+
+
+@pytest.mark.parametrize(
+    ("recipients", "refused"),
+    [(("alice@example.com",), False), (("alice@example.com", "dave@example.com"), True)],
+    ids=["every-recipient-exempt", "one-not-exempt"],
+)
+def test_a_local_submissions_sender_verdict_spares_exempt_recipients(
+    tmp_path: Path, recipients: tuple[str, ...], refused: bool
+) -> None:
+    """Review rev228 M2: a MAIL FROM verdict is held for the recipients not exempt from
+    it, as over SMTP; in a local submission it is answered for the whole message at its
+    end (cleanup cannot refuse a recipient), so mail to exempt recipients alone passes."""
+    site = make_site(
+        tmp_path,
+        {
+            "site": {"trusted_networks": ["192.0.2.0/24", "127.0.0.0/8"]},
+            "policy": {
+                "exempt": [
+                    {"name": "helpdesk", "recipients": ["alice@example.com"], "skip": ["blacklist"]}
+                ]
+            },
+        },
+    )
+    runtime = build_runtime(load(site.config), blacklist=FakeBlacklist({"cron@example.com"}))
+    d = SessionDriver(runtime, SessionGate(10), POSTFIX.get, Once())
+    d.connect("localhost", socket.AF_INET, ("127.0.0.1", 0))
+    assert d.conn.local_submission
+    d.helo("localhost")
+    assert d.mail("<cron@example.com>", ()).action is Action.CONTINUE
+    assert [d.rcpt(f"<{r}>").action for r in recipients] == [Action.CONTINUE] * len(recipients)
+    d.data()
+    d.eoh()
+    final = d.eom()
+    assert (final.action is Action.REJECT) is refused
+    if refused:
+        assert final.reply is not None
+        assert final.reply.wire_lines()[0].startswith("554 5.7.1 Black mail address")
     d.close()

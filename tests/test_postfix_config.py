@@ -55,6 +55,7 @@ STOCK = {
     "milter_default_action": "tempfail",
     "milter_macro_v": "Postfix 3.7.11",
     "compatibility_level": "3.6",
+    "inet_protocols": "all",
     "milter_connect_macros": "j {daemon_name} {daemon_addr} v _",
     "milter_helo_macros": "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}",
     "milter_mail_macros": "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host}"
@@ -818,6 +819,41 @@ def test_non_smtpd_milters_inheriting_ours_is_told_not_doubled(tmp_path: Path) -
     )
     assert "non_smtpd_milters" not in changes(result)
     assert any(n.startswith("non_smtpd_milters refers to $smtpd_milters") for n in result.notes)
+
+
+@pytest.mark.parametrize(
+    ("protocols", "trusted", "missing"),
+    [
+        ("all", ["192.0.2.0/24"], "127.0.0.1"),
+        ("ipv4", ["192.0.2.0/24", "::1/128"], "127.0.0.1"),
+        ("ipv6", ["192.0.2.0/24", "127.0.0.0/8"], "::1"),
+        ("ipv6", ["192.0.2.0/24", "::1/128"], None),
+        ("ipv4, ipv6", ["192.0.2.0/24", "127.0.0.0/8"], None),
+    ],
+)
+def test_local_submissions_need_cleanups_loopback_trusted(
+    tmp_path: Path, protocols: str, trusted: list[str], missing: str | None
+) -> None:
+    """Review rev228 M1: with inet_protocols = ipv6 cleanup shows sendmail(1)'s mail as
+    localhost [::1]; --check asked only for 127.0.0.1, said "no conflicts", and every
+    local message bounced with helo_error."""
+    cfg = config(tmp_path, {"site": {"trusted_networks": trusted}})
+    result = plan(
+        cfg,
+        load_replies(cfg.replies, cfg.file),
+        settings(inet_protocols=protocols),
+        non_smtpd_milters=True,
+    )
+    said = [p for p in result.problems if p.startswith("non_smtpd_milters: Postfix shows")]
+    if missing is None:
+        assert said == []
+    else:
+        network = "127.0.0.0/8" if missing == "127.0.0.1" else "::1/128"
+        assert said == [
+            "non_smtpd_milters: Postfix shows smtpguard mail submitted with sendmail as"
+            f" client {missing}, and {missing} is not in site.trusted_networks: it would be"
+            f" refused (helo_error, relay_local_fail); add {network} there"
+        ]
 
 
 def test_old_style_recipient_restrictions_get_the_reply(tmp_path: Path) -> None:

@@ -36,8 +36,9 @@ log = logging.getLogger("smtpguard")
 #: anyway: memory stays bounded by this, not by the header block's size.
 HEADER_BATCH_CHARS: Final = 256 * 1024
 
-#: The client Postfix's cleanup shows for a local submission (cleanup_milter.c).
-_LOOPBACK: Final = ipaddress.ip_address("127.0.0.1")
+#: The client Postfix's cleanup shows for a local submission (cleanup_milter.c; ::1
+#: with inet_protocols = ipv6, review rev228 M1).
+_LOOPBACKS: Final = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
 
 #: Looks up an MTA macro ("v", "{auth_authen}", ...); None when the MTA did not send it.
 MacroLookup = Callable[[str], str | None]
@@ -168,14 +169,6 @@ class SessionDriver:
         conn.client_name = hostname or ""
         configured = self.rt.config.milter.mta
         conn.mta = detect_mta(self._macro("v"), configured)
-        # cleanup_milter.c's ersatz client for a local submission: localhost [127.0.0.1]
-        # with port 0, which no TCP client has.
-        conn.local_submission = (
-            conn.client_port == 0
-            and conn.mta is MTA.POSTFIX
-            and conn.client_name == "localhost"
-            and conn.client_ip == _LOOPBACK
-        )
         if configured not in ("auto", conn.mta.value) and CONTRADICTED_NOTICE():
             log.warning(
                 'sid=%s milter.mta = "%s", but the MTA\'s macro %s names %s: answering as'
@@ -191,6 +184,18 @@ class SessionDriver:
         # the name as "[IP]"): a verdict an exemption by host name would spare must not
         # be permanent then (reviews rev152 F1, rev153 F1: TEMP was read as FAIL).
         resolve = self._macro("{client_resolve}")
+        # cleanup_milter.c's ersatz client for a local submission: localhost [127.0.0.1]
+        # with port 0, which no TCP client has, and without smtpd's {client_resolve}
+        # (cleanup knows no such macro; it does send {daemon_addr}, measured with 3.7):
+        # an XCLIENT PORT=0 through smtpd is no local submission (review rev228 M4).
+        # postfix-config has smtpd send {client_resolve}.
+        conn.local_submission = (
+            conn.client_port == 0
+            and conn.mta is MTA.POSTFIX
+            and conn.client_name == "localhost"
+            and conn.client_ip in _LOOPBACKS
+            and resolve is None
+        )
         conn.client_name_unsure = resolve == "TEMP"
         if conn.client_name in ("", "unknown") or conn.client_name.startswith("["):
             conn.client_name_confirmed = False

@@ -418,13 +418,9 @@ class Pipeline:
         held_reports: list[tuple[str, Verdict]] = []
         if stage is Stage.RCPT and self.policy.active:
             held_reports = self.policy.held_reports(conn, event)
-            held = self.policy.held(conn, event)
-            if held is not None:
-                # As at MAIL FROM: this recipient's exemption may be the one a failed
-                # lookup left undecided (review rev110 F1: 554 for a temporary fault).
-                check, verdict = held
-                verdict = _unless_unsure(self.policy, conn, check, verdict, event.rcpt)
-                return self._decide(stage, conn, event, check, verdict)
+            answer = self._held_here(conn, event)
+            if answer is not None:
+                return answer
         if txn is not None and stage in _CONTENT_STAGES:
             pending = self._content(stage, conn, txn, event)
             if pending is not None:
@@ -453,6 +449,32 @@ class Pipeline:
             if decision.action is Action.CONTINUE:
                 return self._accept(conn, txn)
         return decision
+
+    def _held_here(self, conn: Connection, event: Event) -> Decision | None:
+        """A MAIL FROM verdict held for this recipient (it is not exempt from it): the
+        answer, or None when there is none, or when it waits for the end of a local
+        submission (see LOCAL_SUBMISSION_PASSES), as when no recipient was exempt
+        (review rev228 M2: refused at MAIL, it bounced mail to exempt recipients)."""
+        held = self.policy.held(conn, event)
+        if held is None:
+            return None
+        # As at MAIL FROM: this recipient's exemption may be the one a failed lookup
+        # left undecided (review rev110 F1: 554 for a temporary fault).
+        check, verdict = held
+        verdict = _unless_unsure(self.policy, conn, check, verdict, event.rcpt)
+        if not conn.local_submission or conn.txn is None:
+            return self._decide(Stage.RCPT, conn, event, check, verdict)
+        conn.txn.defer(verdict, check)
+        self._log(
+            stage=Stage.RCPT,
+            conn=conn,
+            event=event,
+            check=check,
+            verdict=verdict,
+            mode="enforce",
+            action="deferred",
+        )
+        return None
 
     def _content(
         self, stage: Stage, conn: Connection, txn: Transaction, event: Event
@@ -692,8 +714,6 @@ class Pipeline:
         # Most steps of most messages: enforced, nothing to trace or skip; then the
         # check's call (and its count) is all there is to a step that finds nothing.
         plain = trace is None and not blind
-        if conn.local_submission and stage is Stage.RCPT:
-            plain = False  # its enforced steps report (_mode_here)
         timed = self.timed
         for step in self._steps(stage, event):
             if not (plain and step.enforced):
@@ -734,7 +754,7 @@ class Pipeline:
         check = step.check
         mode, guarded = (
             _ENFORCED
-            if step.enforced and (not conn.local_submission or stage is not Stage.RCPT)
+            if step.enforced
             else self._mode_here(stage, conn, event, step, policy=policy, trace=trace)
         )
         if mode == "off" and not guarded:
@@ -825,12 +845,6 @@ class Pipeline:
         name = step.check.name
         if step.relevant and policy is not None:
             mode = policy.effective(conn, name, stage, event, mode)
-        if mode == "enforce" and stage is Stage.RCPT and conn.local_submission:
-            # Postfix's cleanup cannot refuse one recipient of mail from sendmail(1): it
-            # keeps the whole message in its maildrop, retried for good (review rev227:
-            # cron mail to a system account the directory lacks). Postfix delivers or
-            # bounces each recipient itself, as without smtpguard.
-            mode = "report"
         guarded = (
             mode != "enforce" and name in _GUARDS and not conn.trusted and conn.mta.guards_relay
         )
@@ -896,10 +910,18 @@ class Pipeline:
                 _first_report(conn, check, verdict)
             note("pass", would=True)
             return None
-        if stage in _DEFERRED_TO_EOM and conn.txn is not None:
-            conn.txn.defer(verdict, check)
+        txn = conn.txn
+        if txn is not None and (
+            stage in _DEFERRED_TO_EOM or (stage is Stage.RCPT and conn.local_submission)
+        ):
+            if verdict.reply_id in LOCAL_SUBMISSION_PASSES and stage is Stage.RCPT:
+                note("pass", would=True)
+                return None
+            txn.defer(verdict, check)
             note("deferred")
-            return SKIP if stage is Stage.BODY else CONTINUE
+            # A local submission's recipient: the next check runs (see
+            # LOCAL_SUBMISSION_PASSES), and the recipient is accepted.
+            return SKIP if stage is Stage.BODY else None if stage is Stage.RCPT else CONTINUE
         if stage in _DEFERRED_STAGES:
             conn.defer(verdict, check)
             note("deferred")
@@ -907,11 +929,9 @@ class Pipeline:
         if (
             stage is Stage.MAIL
             and self.policy.active
-            and not conn.local_submission
             and self.policy.hold(conn, check, verdict, event)
         ):
-            # A recipient may be exempt from this check: each RCPT gets the answer (not
-            # in a local submission, whose recipients cannot be refused: see _mode_here).
+            # A recipient may be exempt from this check: each RCPT gets the answer.
             note("held")
             return None
         if stage is Stage.MAIL and self.policy.active:
@@ -940,6 +960,9 @@ class Pipeline:
         if stage in _DEFERRED_TO_EOM and txn is not None:
             txn.defer(verdict, where)
             return SKIP if stage is Stage.BODY else CONTINUE
+        if stage is Stage.RCPT and conn.local_submission and txn is not None:
+            txn.defer(verdict, where)  # see LOCAL_SUBMISSION_PASSES
+            return CONTINUE
         if stage in _DEFERRED_STAGES:
             conn.defer(verdict, where)
             return CONTINUE
@@ -1082,7 +1105,7 @@ class Pipeline:
             ("from", _sender_text(txn)),
             ("rcpt", f"<{event.rcpt.text}>" if event.rcpt else event.rcpt_raw or None),
             ("detail", verdict.detail or None),
-            # Why an enforced check only reports here (see _mode_here).
+            # Why a recipient's refusal waits, or passes (see _local_recipient).
             ("submission", "local" if stage is Stage.RCPT and conn.local_submission else None),
         )
         # A scanner's outage is logged when it starts and ends: the messages it fails
@@ -1239,6 +1262,16 @@ ADAPTER: Final = "adapter"
 INTERNAL_ERROR_PLACES: Final = frozenset({ADAPTER})
 #: What refuses a message past ``limits.max_header_fields`` (:meth:`Pipeline.header_flood`).
 HEADER_FLOOD: Final = "limits.max_header_fields"
+
+#: In a local submission (Postfix's non_smtpd_milters: mail from sendmail(1), which
+#: cleanup shows as localhost with port 0) no recipient can be refused: cleanup keeps
+#: the whole message in its maildrop, retried for good (review rev227). What Postfix
+#: decides there itself passes (an unknown local user bounces at delivery, and a local
+#: submission has no recipient limit); any other refusal of a recipient (a locked
+#: mailbox, a members-only list, a temporary fault) refuses the whole message at its
+#: end, which cleanup can answer (a bounce to the local sender, or a retry), review
+#: rev228 M3: a report let every local process post to a private list.
+LOCAL_SUBMISSION_PASSES: Final = frozenset({"mailbox_unavailable", "rcpt_limit"})
 
 #: :meth:`Pipeline._mode_here`'s answer for an enforced step.
 _ENFORCED: Final = ("enforce", False)

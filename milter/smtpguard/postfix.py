@@ -142,8 +142,10 @@ ACCEPTED_DOMAINS = (
     "virtual_mailbox_domains",
     "relay_domains",
 )
-#: The client Postfix's cleanup shows non_smtpd_milters for mail from sendmail(1).
+#: The client Postfix's cleanup shows non_smtpd_milters for mail from sendmail(1):
+#: ::1 where inet_protocols has no IPv4 (review rev228 M1).
 _LOOPBACK = ipaddress.ip_address("127.0.0.1")
+_LOOPBACK6 = ipaddress.ip_address("::1")
 FOOTER_FILE = "smtpguard_footers.regexp"
 
 #: What decides whether a service offers AUTH before TLS.
@@ -164,6 +166,7 @@ PARAMETERS = (
     "milter_default_action",
     "milter_macro_v",
     "compatibility_level",
+    "inet_protocols",
     *POSTFIX_MACROS,
     "mynetworks",
     "smtpd_relay_restrictions",
@@ -734,11 +737,14 @@ class _Planner:
                 " (pickup) goes through smtpguard too, as client localhost [127.0.0.1]"
             )
         params = ["smtpd_milters"] + (["non_smtpd_milters"] if non_smtpd and not inherited else [])
-        if (non_smtpd or inherited) and not self.config.site.is_trusted_ip(_LOOPBACK):
+        protocols = set(split_list(self.now["inet_protocols"]))
+        local = _LOOPBACK if protocols & {"all", "ipv4"} else _LOOPBACK6
+        if (non_smtpd or inherited) and not self.config.site.is_trusted_ip(local):
+            network = "127.0.0.0/8" if local.version == 4 else "::1/128"
             self.problem(
-                "non_smtpd_milters: Postfix shows smtpguard mail submitted with sendmail as"
-                " client 127.0.0.1, and 127.0.0.1 is not in site.trusted_networks: it would"
-                " be refused (helo_error, relay_local_fail); add 127.0.0.0/8 there"
+                f"non_smtpd_milters: Postfix shows smtpguard mail submitted with sendmail as"
+                f" client {local}, and {local} is not in site.trusted_networks: it would"
+                f" be refused (helo_error, relay_local_fail); add {network} there"
             )
         for name in params:
             self._milter_entry(name, entry)

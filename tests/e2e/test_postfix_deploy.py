@@ -377,6 +377,13 @@ def test_local_submissions_pass_through_non_smtpd_milters() -> None:
             log = postfix.maillog()
             assert "can't reject recipient" not in log
             assert "milter-reject" not in log
+            # A proxy's XCLIENT with PORT=0 through smtpd is no local submission (review
+            # rev228 M4): smtpd sends {client_resolve}, cleanup does not.
+            ident = {"addr": "127.0.0.1", "name": "localhost", "helo": "localhost"}
+            with client(postfix, ident, port="0") as c:
+                assert c.cmd("MAIL FROM:<root@example.com>").code == 250
+                refused = c.cmd("RCPT TO:<www-data@example.com>")
+                assert refused.lines == (expected_line("mailbox_unavailable"),)
         finally:
             postfix.stop()
 
