@@ -523,13 +523,17 @@ def _postfix_forms(out: Path, reply_id: str) -> list[str]:
 
 
 @pytest.mark.integration
-def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> None:
+@pytest.mark.parametrize("help_url", ["", HELP_URL])
+def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path, help_url: str) -> None:
     """Review rev98 F11: the page for RCPT before MAIL showed the table's "502 5.5.1
     please say MAIL first"; a client of Postfix with postfix-config's footers gets
     Postfix's own words with the translation after them, as a real Postfix 3.7 shows.
     Review rev100 F9: so do the rows whose footer pattern is no literal line (an
-    unknown command, a syntax error, a bare LF refused), with this host's name."""
-    site = make_site(tmp_path / "site", {}, directory=False)
+    unknown command, a syntax error, a bare LF refused), with this host's name.
+    Review rev229 L2: with a help URL the footer adds it on a line of its own, as the
+    milter's replies carry it, and the page shows both lines."""
+    extra = {"replies": {"help_url": help_url}} if help_url else {}
+    site = make_site(tmp_path / "site", extra, directory=False)
     footers = run_cli("-c", str(site.config), "postfix-config", "--footers")
     assert footers.returncode == 0, footers.stderr
     footer_map = tmp_path / "footers.regexp"
@@ -564,14 +568,15 @@ def test_an_mta_rows_page_shows_what_postfix_really_sends(tmp_path: Path) -> Non
         reply_id: _postfix_forms(out, reply_id)
         for reply_id in ("mail_first", "syntax_error", "stray_newline")
     }
-    assert said["mail_first"][0] == f"{rcpt_first.code} {rcpt_first.text}"
+    assert said["mail_first"][0] == "\n".join(rcpt_first.lines)
     assert said["syntax_error"][0].splitlines() == [
-        f"{unknown.code} {unknown.text}",
-        f"{syntax.code} {syntax.text}",
-        f"{rcpt_syntax.code} {rcpt_syntax.text}",
+        *unknown.lines,
+        *syntax.lines,
+        *rcpt_syntax.lines,
     ]
-    assert said["stray_newline"][0] == f"{bare.code} {bare.text}"
+    assert said["stray_newline"][0] == "\n".join(bare.lines)
     assert "mx.example.com Error: bare <LF> received (" in said["stray_newline"][0]
+    assert rcpt_first.lines[-1].endswith("/smtp/mail_first") is bool(help_url)
     # Review rev229 L1: the page called it a temporary refusal (the table's 451) above
     # Postfix's 550: each form's own code decides, and two kinds say both.
     page = (out / "stray_newline" / "index.html").read_text(encoding="utf-8")

@@ -268,7 +268,17 @@ def _postfix_lines(table: ReplyTable, row: Row, host: str) -> list[str]:
             and (utf8 or row.text[lang].isascii())
         ]
         joined = (" " if with_english else "; ").join(texts).replace("%%", "%")
-        out += [f"{line} ({joined})" if joined else line for line in said]
+        if not joined:
+            out += said
+            continue
+        # With the help link on a line of its own, as the footer has Postfix send it.
+        link = table.policy.help_url.format(id=reply_id) if table.policy.help_url else ""
+        for line in said:
+            if not link:
+                out.append(f"{line} ({joined})")
+                continue
+            code, xcode, rest = line.split(" ", 2)
+            out.append(f"{code}-{xcode} {rest} ({joined})\n{code} {xcode} {link}")
     return out
 
 

@@ -627,7 +627,14 @@ def postfix_footer_regexp(replies: ReplyTable, utf8: bool, admin_footer: str = "
             # The pattern is delimited by "/": one inside it (HELO/EHLO) would end it
             # early and Postfix would skip the rule ("unknown regexp option").
             escaped = pattern.replace("/", "\\/")
-            out.append(f"/{escaped}/ \\c ({footer_text(text)}){carried}")
+            # The help link on a line of its own, as the milter's replies carry it
+            # (review rev229 L2: Postfix's own refusals had none).
+            link = (
+                "\\n" + footer_text(replies.policy.help_url.format(id=reply_id))
+                if replies.policy.help_url
+                else ""
+            )
+            out.append(f"/{escaped}/ \\c ({footer_text(text)}){link}{carried}")
     return "\n".join(out) + ("\n" if out else "")
 
 
