@@ -255,7 +255,7 @@ def _postfix_lines(table: ReplyTable, row: Row, host: str) -> list[str]:
     literal line, else what Postfix was measured to answer, POSTFIX_EXAMPLES): a
     bounce shows these words, not the table's (review rev98 F11, rev100 F9)."""
     utf8 = table.policy.utf8 == "always"
-    out = []
+    out: list[str] = []
     for pattern, reply_id, with_english in POSTFIX_FOOTERS:
         if reply_id != row.reply_id:
             continue
