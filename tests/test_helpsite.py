@@ -634,3 +634,36 @@ def test_the_index_fits_a_phone_screen(site: Path, tmp_path: Path) -> None:
     width = re.search(r'data-width="(\d+)"', dom)
     assert width is not None, dom[-500:]
     assert int(width.group(1)) <= 500
+
+
+def test_pages_quote_this_configurations_limits(tmp_path: Path) -> None:
+    """Review rev229 L3: "larger than this server accepts" and no number, while the
+    EHLO SIZE a sender sees may be the MTA's own; the pages of the replies that refuse
+    for a number now give it, and a domain's own."""
+    site = make_site(
+        tmp_path,
+        {
+            "limits": {"max_message_size": 20_000_000, "max_rcpt": 50},
+            "bulk": {"threshold": 5, "window": 1800},
+            "domain": {"example.com": {"max_message_size": 5_000_000}},
+        },
+        directory=False,
+    )
+    out = tmp_path / "out"
+    result = run_cli("-c", str(site.config), "help-site", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+
+    def page(reply_id: str) -> str:
+        return html.unescape((out / reply_id / "index.html").read_text(encoding="utf-8"))
+
+    size = page("message_too_long")
+    assert (
+        "This server accepts messages of up to 20 MB (20,000,000 octets). Mail to some"
+        " domains has its own: example.com: 5 MB (5,000,000 octets)." in size
+    )
+    assert "本服务器接受的邮件最大为 20 MB (20,000,000 octets)。" in size
+    assert "One message may go to up to 50 recipients here" in page("rcpt_limit")
+    assert "More than 5 messages of about the same size from one sender within 30 minutes" in page(
+        "same_size_flood"
+    )
+    assert "each attachment" not in page("rbl_deny").lower()

@@ -1002,7 +1002,14 @@ def _postfix_hostname(config: Config) -> str | None:
 
 def cmd_help_site(args: argparse.Namespace) -> int:
     from smtpguard.explain import knowledge
-    from smtpguard.helpsite import EXAMPLE_HOST, SiteError, build_site, page_form, write_site
+    from smtpguard.helpsite import (
+        EXAMPLE_HOST,
+        SiteError,
+        build_site,
+        limit_facts,
+        page_form,
+        write_site,
+    )
     from smtpguard.replies import load_replies
 
     if not args.out:
@@ -1014,7 +1021,9 @@ def cmd_help_site(args: argparse.Namespace) -> int:
     table = load_replies(config.replies, config.file)
     try:
         host = args.mta_hostname or _postfix_hostname(config) or EXAMPLE_HOST
-        pages = build_site(table, knowledge(), mta=config.milter.mta, host=host)
+        pages = build_site(
+            table, knowledge(), mta=config.milter.mta, host=host, facts=limit_facts(config)
+        )
     except SiteError as exc:
         print(f"smtpguard help-site: {config.file}: {exc}", file=sys.stderr)
         return 2

@@ -43,10 +43,11 @@ import html
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from smtpguard.config import Config
 from smtpguard.explain import Knowledge
 from smtpguard.postfix import POSTFIX_FOOTERS, postfix_says
 from smtpguard.replies import MILTER_IDS, MTA_IDS, ReplyTable, Row
@@ -282,8 +283,66 @@ def _postfix_lines(table: ReplyTable, row: Row, host: str) -> list[str]:
     return out
 
 
+#: A sentence per language on what this configuration allows, by reply id.
+Facts = Mapping[str, tuple[str, str]]
+
+
+def _size(octets: int) -> str:
+    return f"{octets / 1_000_000:g} MB ({octets:,} octets)"
+
+
+def limit_facts(config: Config) -> dict[str, tuple[str, str]]:
+    """The limits behind the replies that refuse for a number, as this configuration
+    sets them, with the per-domain ones (review rev229 L3: the pages said "larger than
+    this server accepts" and no number; the EHLO SIZE a sender sees may be the MTA's)."""
+    limits, bulk = config.limits, config.bulk
+
+    def per_domain(name: str, show: Callable[[int], str]) -> tuple[str, str]:
+        given = sorted(
+            (domain, getattr(table, name))
+            for domain, table in config.domains.items()
+            if getattr(table, name) != getattr(limits, name)
+        )
+        if not given:
+            return "", ""
+        listed = ", ".join(f"{domain}: {show(value)}" for domain, value in given)
+        return f" Mail to some domains has its own: {listed}.", f"部分域名另有限制：{listed}。"
+
+    size_en, size_zh = per_domain("max_message_size", _size)
+    part_en, part_zh = per_domain("max_attachment_size", _size)
+    rcpt_en, rcpt_zh = per_domain("max_rcpt", str)
+    minutes = f"{bulk.window / 60:g}"
+    return {
+        "message_too_long": (
+            f"This server accepts messages of up to {_size(limits.max_message_size)}.{size_en}",
+            f"本服务器接受的邮件最大为 {_size(limits.max_message_size)}。{size_zh}",
+        ),
+        "attachment_too_long": (
+            f"Each attachment may be up to {_size(limits.max_attachment_size)}, decoded.{part_en}",
+            f"每个附件（解码后）最大为 {_size(limits.max_attachment_size)}。{part_zh}",
+        ),
+        "rcpt_limit": (
+            f"One message may go to up to {limits.max_rcpt} recipients here; your server"
+            f" sends the rest in another message by itself.{rcpt_en}",
+            f"每封邮件最多 {limits.max_rcpt} 个收件人；其余的由您的服务器另行发送。{rcpt_zh}",
+        ),
+        "same_size_flood": (
+            f"More than {bulk.threshold} messages of about the same size from one sender"
+            f" within {minutes} minutes are refused.",
+            f"同一发件人在 {minutes} 分钟内发送超过 {bulk.threshold} 封大小相近的邮件将被拒收。",
+        ),
+    }
+
+
 def _page(
-    table: ReplyTable, knowledge: Knowledge, row: Row, path: str, *, mta: str, host: str
+    table: ReplyTable,
+    knowledge: Knowledge,
+    row: Row,
+    path: str,
+    *,
+    mta: str,
+    host: str,
+    facts: Facts,
 ) -> Page:
     up = "../" * path.count("/")
     ours = knowledge.ours.get(row.reply_id)
@@ -325,6 +384,9 @@ def _page(
         if ours is not None:
             cause = ours.cause.zh if lang == "zh" else ours.cause.en
             section += [f"<h3>{_e(words['why'])}</h3>", f"<p>{_e(cause)}</p>"]
+        fact = facts.get(row.reply_id)
+        if fact is not None:
+            section.append(f"<p>{_e(fact[1] if lang == 'zh' else fact[0])}</p>")
         section += [
             f"<h3>{_e(words['todo'])}</h3>",
             f"<p>{_e(_shown(row.hint[lang]))}</p>",
@@ -366,14 +428,28 @@ def _index(table: ReplyTable, pages: list[Page]) -> str:
 
 
 def build_site(
-    table: ReplyTable, knowledge: Knowledge, *, mta: str = "auto", host: str = EXAMPLE_HOST
+    table: ReplyTable,
+    knowledge: Knowledge,
+    *,
+    mta: str = "auto",
+    host: str = EXAMPLE_HOST,
+    facts: Facts | None = None,
 ) -> list[Page]:
     """Every page of the site: one per reply id (the milter's, then the MTA's), the
     index and the style sheet. ``mta``: ``milter.mta`` (which reply forms are sent);
-    ``host``: the MTA's name, which Postfix puts in some of its own replies."""
+    ``host``: the MTA's name, which Postfix puts in some of its own replies; ``facts``:
+    :func:`limit_facts` of the configuration."""
     form = page_form(table.policy.help_url)
     pages = [
-        _page(table, knowledge, table.rows[reply_id], form.format(id=reply_id), mta=mta, host=host)
+        _page(
+            table,
+            knowledge,
+            table.rows[reply_id],
+            form.format(id=reply_id),
+            mta=mta,
+            host=host,
+            facts=facts or {},
+        )
         for reply_id in (*MILTER_IDS, *MTA_IDS)
     ]
     return [
