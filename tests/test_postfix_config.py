@@ -856,6 +856,27 @@ def test_local_submissions_need_cleanups_loopback_trusted(
         ]
 
 
+def test_smtpguard_already_in_non_smtpd_milters_needs_the_loopback_trusted(
+    tmp_path: Path,
+) -> None:
+    """Review rev230 M2: with smtpguard in non_smtpd_milters already (an earlier run's
+    --non-smtpd-milters, or the admin's line), --check without the flag said "no
+    conflicts" after inet_protocols changed to ipv6, and every local message bounced."""
+    cfg = config(tmp_path, {"site": {"trusted_networks": ["127.0.0.0/8"]}})
+    ours = f"unix:{cfg.milter.socket.removeprefix('unix:')}"
+    result = plan(
+        cfg,
+        load_replies(cfg.replies, cfg.file),
+        settings(inet_protocols="ipv6", non_smtpd_milters=ours),
+    )
+    assert any(
+        p.startswith(
+            "non_smtpd_milters: Postfix shows smtpguard mail submitted with sendmail as client ::1"
+        )
+        for p in result.problems
+    ), result.problems
+
+
 def test_old_style_recipient_restrictions_get_the_reply(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     result = make_plan(

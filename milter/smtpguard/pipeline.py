@@ -1267,11 +1267,17 @@ HEADER_FLOOD: Final = "limits.max_header_fields"
 #: cleanup shows as localhost with port 0) no recipient can be refused: cleanup keeps
 #: the whole message in its maildrop, retried for good (review rev227). What Postfix
 #: decides there itself passes (an unknown local user bounces at delivery, and a local
-#: submission has no recipient limit); any other refusal of a recipient (a locked
-#: mailbox, a members-only list, a temporary fault) refuses the whole message at its
-#: end, which cleanup can answer (a bounce to the local sender, or a retry), review
-#: rev228 M3: a report let every local process post to a private list.
-LOCAL_SUBMISSION_PASSES: Final = frozenset({"mailbox_unavailable", "rcpt_limit"})
+#: submission has no recipient limit), and so does a mailbox suspended for a while: a 4xx
+#: for the whole message would keep it in the maildrop, which has no lifetime, for as
+#: long as the suspension (review rev230 M1); Postfix's queue has one. Any other
+#: refusal of a recipient (a locked mailbox, a members-only list) refuses the whole
+#: message at its end, which cleanup answers with a bounce to the local sender (review
+#: rev228 M3: a report let every local process post to a private list); a fault
+#: (database_temp_error, internal_error) with a 4xx, the message retried from the
+#: maildrop until the fault is gone.
+LOCAL_SUBMISSION_PASSES: Final = frozenset(
+    {"mailbox_unavailable", "mailbox_unavailable_temp", "rcpt_limit"}
+)
 
 #: :meth:`Pipeline._mode_here`'s answer for an enforced step.
 _ENFORCED: Final = ("enforce", False)

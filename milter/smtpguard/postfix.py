@@ -746,7 +746,12 @@ class _Planner:
         params = ["smtpd_milters"] + (["non_smtpd_milters"] if non_smtpd and not inherited else [])
         protocols = set(split_list(self.now["inet_protocols"]))
         local = _LOOPBACK if protocols & {"all", "ipv4"} else _LOOPBACK6
-        if (non_smtpd or inherited) and not self.config.site.is_trusted_ip(local):
+        theirs = [e for e in split_list(self.now["non_smtpd_milters"]) if self._is_ours(e)]
+        # Also where an earlier run (or the admin) put smtpguard there: a --check after
+        # inet_protocols or trusted_networks changed said "no conflicts" while every
+        # local message bounced (review rev230 M2).
+        local_mail = non_smtpd or inherited or bool(theirs)
+        if local_mail and not self.config.site.is_trusted_ip(local):
             network = "127.0.0.0/8" if local.version == 4 else "::1/128"
             self.problem(
                 f"non_smtpd_milters: Postfix shows smtpguard mail submitted with sendmail as"
@@ -758,7 +763,6 @@ class _Planner:
         if non_smtpd or inherited:
             self.non_smtpd = self.address
         else:
-            theirs = [e for e in split_list(self.now["non_smtpd_milters"]) if self._is_ours(e)]
             self.non_smtpd = _milter_address(theirs[0]) if theirs else ""
 
     def _milter_entry(self, name: str, entry: str) -> None:
