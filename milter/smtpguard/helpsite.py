@@ -115,9 +115,9 @@ table { border-collapse: collapse; width: 100%; }
 td, th { border-bottom: 1px solid #ddd; padding: .3em .5em; text-align: left;
   vertical-align: top; }
 .kind { color: #555; }
-td code { white-space: nowrap; }
+td code, td a { white-space: nowrap; }
 .wide { overflow-x: auto; }
-td { overflow-wrap: anywhere; }
+.wide table { min-width: 40em; }
 """
 
 _LABELS: dict[str, dict[str, str]] = {
