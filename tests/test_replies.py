@@ -94,6 +94,23 @@ def test_every_rendered_line_fits_rfc5321(reply_id: str) -> None:
             assert "\n" not in line
 
 
+@pytest.mark.parametrize("form", ["one_line", "per_language"])
+@pytest.mark.parametrize("hint", [False, True])
+@pytest.mark.parametrize("languages", [("en", "zh"), ("zh", "en"), ("en",)])
+def test_the_shipped_table_loads_in_every_form(
+    form: str, hint: bool, languages: tuple[str, ...]
+) -> None:
+    """Review rev233 H1: a longer rbl_deny hint made the shipped table too long for one
+    line with hint = true and form = "one_line": the service did not start after the
+    upgrade. Every option the README documents must load the shipped table."""
+    url = "https://help.example.com/smtp-replies/{id}"
+    table = load_replies(policy(form=form, hint=hint, languages=languages, help_url=url))
+    for reply_id in MILTER_IDS:
+        for utf8 in (True, False):
+            for line in table.render(reply_id, utf8=utf8).wire_lines():
+                assert len(line.encode()) + 2 <= 512
+
+
 @pytest.mark.parametrize("reply_id", MTA_IDS)
 def test_mta_rows_are_never_rendered(reply_id: str) -> None:
     with pytest.raises(KeyError):
@@ -296,6 +313,11 @@ def test_an_override_too_long_once_rendered_names_the_override() -> None:
     with pytest.raises(ConfigError, match="over 490 bytes") as err:
         load_replies(policy(overrides={"rbl_deny": long}), "/etc/sg.toml")
     assert (err.value.file, err.value.key) == ("/etc/sg.toml", "replies.override.rbl_deny")
+    # What to do about it (review rev233 H1): one line per language makes room.
+    assert str(err.value).endswith(
+        'over 490 bytes; shorten the text, or set [replies] form = "per_language" (one line'
+        " per language)"
+    )
 
 
 def test_help_url_with_doubled_percent_is_sent_once() -> None:

@@ -210,7 +210,14 @@ def load_replies(policy: RepliesConfig, config_file: Path | str = "") -> ReplyTa
         for line, wire in zip(reply.lines, reply.wire_lines(), strict=True):
             problem = _line_problem(line, ascii_only=not utf8)
             if not problem and len(wire.encode()) > MAX_LINE_BYTES:
-                problem = f"over {MAX_LINE_BYTES} bytes"
+                # What the operator can do about it (review rev233 H1: it named a row
+                # of the shipped table and nothing else).
+                problem = (
+                    f"over {MAX_LINE_BYTES} bytes; shorten the text, or set [replies]"
+                    ' form = "per_language" (one line per language)'
+                    if policy.form == "one_line" and len(policy.languages) > 1
+                    else f"over {MAX_LINE_BYTES} bytes; shorten the text"
+                )
             if problem:
                 where, key = _whose_line(line, reply_id, policy, file, config_file)
                 raise ConfigError(where, key, f"rendered line {line[:60]!r}: {problem}")
