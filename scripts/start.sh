@@ -55,7 +55,8 @@ service_user  # an imported file becomes the service user's
 "$SMTPGUARD" -c "$CONFIG" check-config
 if [ "$INSTALL_ONLY" -eq 1 ]; then
     echo "start.sh: installed in $PREFIX; a running service still runs the old code:" \
-        "restart it (systemctl restart smtpguard)" >&2
+        "restart it (systemctl restart smtpguard); on a Postfix host run" \
+        "'smtpguard postfix-config --check' first (README: after an upgrade)" >&2
     exit 0
 fi
 exec "$SMTPGUARD" -c "$CONFIG" run

@@ -1027,6 +1027,23 @@ def test_shared_counts_a_hit_when_the_clock_goes_back(tmp_path: Path) -> None:
     assert counter.hit(KEY, 7000) == 2
 
 
+def test_shared_file_of_another_release_is_named_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review rev233 L2: the file of a release with another format (SGSIZE01) was called
+    a "new geometry" in the log, though no setting changed."""
+    old = shared(tmp_path)
+    old.hit(KEY, 7000)
+    old.close()
+    path = tmp_path / "counters.map"
+    with path.open("r+b") as file:
+        file.write(b"SGSIZE01")
+    with caplog.at_level(logging.WARNING, "smtpguard.counters"):
+        assert shared(tmp_path).hit(KEY, 7000) == 1
+    assert "written by a release with another file format" in caplog.text
+    assert "new geometry" not in caplog.text
+
+
 def test_shared_file_of_another_geometry_is_made_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -480,7 +480,7 @@ class SharedCounter:
                     self._put_back(fd, made)
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 else:
-                    fresh = self._make(made)
+                    fresh = self._make(made, header)
                     os.close(fd)  # and with it the lock on the file it replaced
                     fd = fresh
             else:
@@ -624,7 +624,7 @@ class SharedCounter:
                 raise
             os.close(fd)
 
-    def _make(self, made: int) -> int:
+    def _make(self, made: int, header: bytes = b"") -> int:
         """An empty table of this geometry, renamed over the path (called holding the
         lock of the file it replaces); its descriptor.
 
@@ -632,7 +632,14 @@ class SharedCounter:
         reload that changed the window builds a second one while sessions on the old
         configuration still count), and truncating a mapped file kills whoever reads
         it next with SIGBUS. The old one keeps its own file until it is closed."""
-        if made:
+        if made and header[: len(_MAGIC)] not in (_MAGIC, b"\0" * len(_MAGIC)):
+            # Not a changed setting: a release that writes another format, before or
+            # after this one (review rev233 L2: "new geometry" misled an upgrade).
+            log.warning(
+                "%s: written by a release with another file format: same-size counts start at zero",
+                self.path,
+            )
+        elif made:
             log.warning("%s: new geometry, same-size counts start at zero", self.path)
         new = f"{self.path}.{os.getpid()}.new"
         fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
