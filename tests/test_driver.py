@@ -735,3 +735,37 @@ def test_a_local_submissions_sender_verdict_spares_exempt_recipients(
         assert final.reply is not None
         assert final.reply.wire_lines()[0].startswith("554 5.7.1 Black mail address")
     d.close()
+
+
+def test_a_local_submission_too_large_to_scan_is_refused_not_deferred(tmp_path: Path) -> None:
+    """Review rev232 M1: with on_size_limit = "tempfail", a message too large to scan
+    got 4xx at every pickup scan and sat in Postfix's maildrop for good (it has no
+    lifetime); a local submission gets message_too_long, a bounce to its sender. Over
+    SMTP the sender's queue gives up in time: the 4xx stays."""
+    site = make_site(
+        tmp_path,
+        {
+            "site": {"trusted_networks": ["192.0.2.0/24", "127.0.0.0/8"]},
+            "virus": {
+                "backend": "command",
+                "command": ["sh", "-c", "cat >/dev/null; exit 0"],
+                "max_bytes": 1024,
+                "on_size_limit": "tempfail",
+            },
+        },
+    )
+    runtime = build_runtime(load(site.config))
+    for port, expected in ((0, "552 5.3.4"), (40000, "450 4.3.0")):
+        d = SessionDriver(runtime, SessionGate(10), POSTFIX.get, Once())
+        d.connect("localhost", socket.AF_INET, ("127.0.0.1", port))
+        d.helo("localhost")
+        d.mail("<root@example.com>", ())
+        d.rcpt("<alice@example.com>")
+        d.data()
+        d.header("Subject", " report")
+        d.eoh()
+        d.body(b"x" * 70 + b"\r\n" * 1 + (b"y" * 70 + b"\r\n") * 60)
+        final = d.eom()
+        assert final.reply is not None
+        assert final.reply.wire_lines()[0].startswith(expected), final.reply.wire_lines()
+        d.close()

@@ -39,6 +39,7 @@ from smtpguard.postfix import (
     relay_reply,
     shell_script,
     split_list,
+    stale_footers,
 )
 from smtpguard.replies import load_replies
 from support.contrib import outputs
@@ -1292,6 +1293,31 @@ def test_aliases_of_our_mydestination_domains_the_directory_lacks_are_a_conflict
     # Not a domain of ours in mydestination: nothing to compare.
     other = {**maps, "mydestination": "localhost"}
     assert not [p for p in make_plan(cfg, **other).problems if "directory lacks" in p]
+
+
+def test_a_footer_table_of_another_release_is_a_note(tmp_path: Path) -> None:
+    """Review rev233 L1: after an upgrade the footer table an older release wrote (no
+    help link line) stayed, and --check said "no conflicts" and nothing more."""
+    cfg = config(tmp_path / "site", {"replies": {"help_url": "https://h.example/{id}"}})
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    table = etc / "smtpguard_footers.regexp"
+    current = settings(config_directory=str(etc), smtpd_reject_footer_maps=f"regexp:{table}")
+    result = plan(cfg, load_replies(cfg.replies, cfg.file), current)
+    assert stale_footers(result, current) == (
+        f"{table} does not exist: Postfix's own replies carry other text (a release or"
+        " [replies] change since it was written); run postfix-config's output again (it"
+        " writes the table), then postfix reload"
+    )
+    table.write_text(result.footers, encoding="utf-8")
+    assert stale_footers(result, current) is None
+    older = "\n".join(line.split("\\n")[0] for line in result.footers.splitlines())
+    table.write_text(older + "\n", encoding="utf-8")
+    note = stale_footers(result, current)
+    assert note is not None
+    assert note.startswith(f"{table} differs from what this configuration writes")
+    # Not attached: nothing to say.
+    assert stale_footers(result, settings(config_directory=str(etc))) is None
 
 
 def test_an_admins_reject_footer_is_a_note(tmp_path: Path) -> None:

@@ -699,6 +699,7 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
         postfix_footer_regexp,
         read_postconf,
         shell_script,
+        stale_footers,
     )
     from smtpguard.postfix import plan as postfix_plan
     from smtpguard.replies import load_replies
@@ -718,7 +719,8 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
         return 2
     result = postfix_plan(config, replies, current, non_smtpd_milters=args.non_smtpd_milters)
     if args.check:
-        print(check_report(result), end="")
+        stale = stale_footers(result, current)
+        print(check_report(result, [stale] if stale else []), end="")
         return 1 if result.problems else 0
     print(main_cf_fragment(result) if args.main_cf else shell_script(result), end="")
     if result.blocking:

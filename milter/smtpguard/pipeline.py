@@ -1029,6 +1029,8 @@ class Pipeline:
     def _decide(
         self, stage: Stage, conn: Connection, event: Event, check: str, verdict: Verdict
     ) -> Decision:
+        if conn.local_submission and isinstance(verdict, TempError) and verdict.for_good:
+            verdict = Hit("message_too_long", f"{verdict.detail} (a local submission)")
         reply = self._render(stage, conn, event, verdict.reply_id)
         action = Action.TEMPFAIL if reply.temporary else Action.REJECT
         ending: _Ending | None = conn.txn.scratch.get(_ENDING) if conn.txn else None

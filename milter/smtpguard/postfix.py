@@ -2646,9 +2646,33 @@ def _comment_block(kind: str, lines: Iterable[str]) -> list[str]:
     return [f"# {kind}: {line}" for line in lines]
 
 
-def check_report(result: Plan) -> str:
+def stale_footers(result: Plan, current: Settings) -> str | None:
+    """A note when the footer table smtpd_reject_footer_maps names holds other text than
+    this release and configuration write (review rev233 L1: after an upgrade Postfix's
+    own replies went on without the help link, and --check said nothing)."""
+    if f"regexp:{result.footer_path}" not in split_list(
+        current.expanded.get("smtpd_reject_footer_maps", "")
+    ):
+        return None
+    try:
+        written = Path(result.footer_path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        written = None
+    except OSError as exc:
+        return f"{result.footer_path}: cannot read ({exc.strerror}) to compare it"
+    if written is not None and written.strip() == result.footers.strip():
+        return None
+    what = "does not exist" if written is None else "differs from what this configuration writes"
+    return (
+        f"{result.footer_path} {what}: Postfix's own replies carry other text (a release"
+        " or [replies] change since it was written); run postfix-config's output again"
+        " (it writes the table), then postfix reload"
+    )
+
+
+def check_report(result: Plan, extra_notes: Iterable[str] = ()) -> str:
     lines = [f"conflict: {p}" for p in result.problems]
-    lines += [f"note: {n}" for n in result.notes]
+    lines += [f"note: {n}" for n in (*result.notes, *extra_notes)]
     if not result.problems:
         lines.append(f"{result.config_directory}: no conflicts with the smtpguard config")
     return "\n".join(lines) + "\n"

@@ -45,6 +45,10 @@ class TempError:
     #: The fault is in the log already, once for every message it fails (a scanner's
     #: outage under way): the message's decision line is INFO, not WARNING.
     logged: bool = False
+    #: The same answer at every retry of this message (too large to scan, with
+    #: on_size_limit = "tempfail"): a local submission, which Postfix's cleanup would keep
+    #: in its maildrop for good on a 4xx, gets message_too_long instead (review rev232 M1).
+    for_good: bool = False
 
 
 Verdict = Hit | TempError

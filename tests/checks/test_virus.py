@@ -92,7 +92,11 @@ def test_the_message_streams_to_the_scanner_as_it_arrives(
             ScanResult(ScanStatus.SIZE_LIMIT, detail="over max_bytes"),
             {"on_size_limit": "tempfail"},
             TempError(
-                "internal_error", "too large to scan: over max_bytes", firm=True, fault=False
+                "internal_error",
+                "too large to scan: over max_bytes",
+                firm=True,
+                fault=False,
+                for_good=True,
             ),
         ),
     ],

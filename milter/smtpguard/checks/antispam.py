@@ -211,6 +211,7 @@ class AntiSpam:
                 f"too large for the spam engine: over engine_max_bytes={limit}",
                 firm=True,
                 fault=False,
+                for_good=True,
             )
         # Without this line the message's log reads like one the engine scored.
         log.info(

@@ -85,7 +85,11 @@ class VirusScan:
             # The operator's choice for what is no fault: deferred also where
             # [checks.virus] on_temp_error = "pass" lets a scanner outage through.
             return TempError(
-                "internal_error", f"too large to scan: {result.detail}", firm=True, fault=False
+                "internal_error",
+                f"too large to scan: {result.detail}",
+                firm=True,
+                fault=False,
+                for_good=True,
             )
         if result.status is ScanStatus.ERROR:
             # suspect: the hook's status for "infected" without a name; may be a virus.
