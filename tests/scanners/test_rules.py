@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import re
 import time
@@ -92,6 +93,34 @@ def test_chinese_rules_on_an_encoded_subject(shipped: RuleSet) -> None:
         + "您的邮箱已满, 请立即处理\r\n".encode()
     )
     assert result.matched == ("SUBJ_INVOICE_ZH", "BODY_MAILBOX_FULL_ZH")
+
+
+@pytest.mark.parametrize(
+    ("subject", "spam"),
+    [
+        ("代开增值税发票", True),
+        ("提供增值税专用发票", True),
+        ("正规增值税发票 可验证", True),
+        ("有各类增值税发票，可验证后付款", True),
+        ("代理开具增值税发票", True),
+        ("开票：增值税专用发票 3%", True),
+        ("开增值税发票", True),
+        ("可代开全国各地增值税普通发票及专用发票", True),
+        # Real e-invoice notices (review rev231 L2) and an ordinary circular.
+        ("您收到一张增值税电子普通发票", False),
+        ("您收到一张由某某公司开具的增值税电子专用发票", False),
+        ("【电子发票】您的增值税电子普通发票已开具", False),
+        ("关于增值税发票开具流程的通知", False),
+    ],
+)
+def test_invoice_spam_subjects_not_invoice_notices(
+    shipped: RuleSet, subject: str, spam: bool
+) -> None:
+    """Review rev231 L2 (a VAT e-invoice notice scored 3.0) and rev232 L1 (the fix lost
+    the offers that name no 代开)."""
+    encoded = base64.b64encode(subject.encode()).decode()
+    result = shipped.scan_message(f"Subject: =?utf-8?b?{encoded}?=\r\n\r\nhi\r\n".encode())
+    assert ("SUBJ_INVOICE_ZH" in result.matched) is spam
 
 
 # --- matching semantics ----------------------------------------------------------------
