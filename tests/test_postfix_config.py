@@ -1688,7 +1688,8 @@ def test_footers_only_ascii_when_utf8_is_not_always(tmp_path: Path) -> None:
     ascii_only = postfix_footer_regexp(replies, utf8=False)
     assert ascii_only.isascii()
     assert ascii_only.splitlines() == [
-        "/^552 5\\.3\\.4 Message size exceeds fixed limit/ \\c (message is too long.)"
+        "/^552 5\\.3\\.4 Message size exceeds fixed limit/ \\c (message is too long.)",
+        "/^552 5\\.3\\.4 Error: message file too big/ \\c (message is too long.)",
     ]
     assert "(请先发送 MAIL)" in postfix_footer_regexp(replies, utf8=True)
 
@@ -1706,6 +1707,7 @@ POSTFIX_REPLIES = (
     "501 5.1.7 Bad sender address syntax",
     "501 5.1.3 Bad recipient address syntax",
     "552 5.3.4 Message size exceeds fixed limit",
+    "552 5.3.4 Error: message file too big",
 )
 
 

@@ -142,6 +142,19 @@ def test_message_too_long_above_postfix_limit(postfix: Postfix) -> None:
         )
 
 
+def test_message_too_long_in_data_above_postfix_limit(postfix: Postfix) -> None:
+    """Review rev232 L4: past message_size_limit in DATA, with no SIZE=, Postfix's own
+    "message file too big" carried no table text; the footer map adds it."""
+    line = b"x" * 998 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (10_300_000 // len(line))
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+        assert c.data(body).lines == (
+            "552 5.3.4 Error: message file too big (message is too long. 邮件大小超过限制)",
+        )
+
+
 def test_host_denies_sender(postfix: Postfix) -> None:
     with client(postfix, UNTRUSTED) as c:
         assert_table(c.cmd("MAIL FROM:<spammer@bad.example>"), "host_denies_sender")
