@@ -101,9 +101,9 @@ def test_chinese_rules_on_an_encoded_subject(shipped: RuleSet) -> None:
         ("代开增值税发票", True),
         ("提供增值税专用发票", True),
         ("正规增值税发票 可验证", True),
-        ("有各类增值税发票，可验证后付款", True),
+        ("有各类增值税发票，可验证后付款", True),  # noqa: RUF001 - as spam writes it
         ("代理开具增值税发票", True),
-        ("开票：增值税专用发票 3%", True),
+        ("开票：增值税专用发票 3%", True),  # noqa: RUF001 - as spam writes it
         ("开增值税发票", True),
         ("可代开全国各地增值税普通发票及专用发票", True),
         # Real e-invoice notices (review rev231 L2) and an ordinary circular.
