@@ -25,7 +25,7 @@ import pytest
 
 from smtpguard.config import load_config
 from smtpguard.explain import knowledge
-from smtpguard.helpsite import SiteError, build_site, page_form
+from smtpguard.helpsite import SiteError, build_site, limit_facts, page_form
 from smtpguard.replies import MILTER_IDS, MTA_IDS, load_replies
 from support.png import read_png
 from support.postfix import client, start_postfix, write_settled
@@ -639,31 +639,43 @@ def test_the_index_fits_a_phone_screen(site: Path, tmp_path: Path) -> None:
 def test_pages_quote_this_configurations_limits(tmp_path: Path) -> None:
     """Review rev229 L3: "larger than this server accepts" and no number, while the
     EHLO SIZE a sender sees may be the MTA's own; the pages of the replies that refuse
-    for a number now give it, and a domain's own."""
+    for a number now give it, and a domain's own. Review rev232 L2, L3: sizes as a
+    reader takes them in, Chinese without English units, the same-size sentence from
+    the key and only where it refuses."""
     site = make_site(
         tmp_path,
         {
             "limits": {"max_message_size": 20_000_000, "max_rcpt": 50},
-            "bulk": {"threshold": 5, "window": 1800},
-            "domain": {"example.com": {"max_message_size": 5_000_000}},
+            "bulk": {"threshold": 5, "window": 7200},
+            "domain": {"example.com": {"max_message_size": 5 * 1024 * 1024}},
         },
         directory=False,
     )
     out = tmp_path / "out"
     result = run_cli("-c", str(site.config), "help-site", "--out", str(out))
     assert result.returncode == 0, result.stderr
+    page = html.unescape((out / "rcpt_limit" / "index.html").read_text(encoding="utf-8"))
+    assert "One message may go to up to 50 recipients here" in page
+    assert "每封邮件最多 50 个收件人" in page
 
-    def page(reply_id: str) -> str:
-        return html.unescape((out / reply_id / "index.html").read_text(encoding="utf-8"))
-
-    size = page("message_too_long")
-    assert (
-        "This server accepts messages of up to 20 MB (20,000,000 octets). Mail to some"
-        " domains has its own: example.com: 5 MB (5,000,000 octets)." in size
+    facts = limit_facts(load_config(site.config))
+    assert facts["message_too_long"] == (
+        "This server accepts messages of up to 20 MB. Mail to some domains has its own:"
+        " example.com: 5 MiB.",
+        "本服务器接受的邮件最大为 20 MB。部分域名另有限制：example.com：5 MiB。",  # noqa: RUF001
     )
-    assert "本服务器接受的邮件最大为 20 MB (20,000,000 octets)。" in size
-    assert "One message may go to up to 50 recipients here" in page("rcpt_limit")
-    assert "More than 5 messages of about the same size from one sender within 30 minutes" in page(
-        "same_size_flood"
+    assert facts["same_size_flood"] == (
+        "More than 5 messages of about the same size from the same sender address and"
+        " sending server within 2 hours are refused.",
+        "同一发件人地址和发信服务器在 2 小时内发送超过 5 封大小相近的邮件将被拒收。",
     )
-    assert "each attachment" not in page("rbl_deny").lower()
+    # Postfix's lower message_size_limit refuses first (review rev232 M2).
+    capped = limit_facts(load_config(site.config), 10_240_000)
+    assert capped["message_too_long"][0].startswith(
+        "This server accepts messages of up to 10,240,000 octets. Mail to some domains has"
+        " its own: example.com: 5 MiB."
+    )
+    assert "10,240,000 字节" in capped["message_too_long"][1]
+    # Not said where the check does not refuse.
+    quiet = make_site(tmp_path / "quiet", {"checks": {"bulk": {"mode": "report"}}}, directory=False)
+    assert "same_size_flood" not in limit_facts(load_config(quiet.config))

@@ -1002,6 +1002,27 @@ def _postfix_hostname(config: Config) -> str | None:
     return None
 
 
+def _postfix_size_limit(config: Config) -> int | None:
+    """Postfix's message_size_limit (0: none), which refuses before smtpguard when it is
+    lower; None without a Postfix that answers here."""
+    import subprocess
+
+    if config.milter.mta == "sendmail":
+        return None
+    try:
+        done = subprocess.run(
+            ["postconf", "-xh", "message_size_limit"],  # noqa: S607 - Postfix's own tool
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = done.stdout.strip()
+    return int(value) or None if done.returncode == 0 and value.isdigit() else None
+
+
 def cmd_help_site(args: argparse.Namespace) -> int:
     from smtpguard.explain import knowledge
     from smtpguard.helpsite import (
@@ -1023,9 +1044,8 @@ def cmd_help_site(args: argparse.Namespace) -> int:
     table = load_replies(config.replies, config.file)
     try:
         host = args.mta_hostname or _postfix_hostname(config) or EXAMPLE_HOST
-        pages = build_site(
-            table, knowledge(), mta=config.milter.mta, host=host, facts=limit_facts(config)
-        )
+        facts = limit_facts(config, _postfix_size_limit(config))
+        pages = build_site(table, knowledge(), mta=config.milter.mta, host=host, facts=facts)
     except SiteError as exc:
         print(f"smtpguard help-site: {config.file}: {exc}", file=sys.stderr)
         return 2

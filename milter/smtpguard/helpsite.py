@@ -287,17 +287,47 @@ def _postfix_lines(table: ReplyTable, row: Row, host: str) -> list[str]:
 Facts = Mapping[str, tuple[str, str]]
 
 
-def _size(octets: int) -> str:
-    return f"{octets / 1_000_000:g} MB ({octets:,} octets)"
+def _size(octets: int, lang: str = "en") -> str:
+    """A size as a reader takes it in: MiB for a binary round value (the sample's
+    52428800), MB for a decimal one, octets otherwise (review rev232 L3)."""
+    unit = "字节" if lang == "zh" else "octets"
+    if octets % (1 << 20) == 0:
+        return f"{octets >> 20} MiB"
+    if octets % 1_000_000 == 0:
+        return f"{octets // 1_000_000} MB"
+    return f"{octets:,} {unit}"
 
 
-def limit_facts(config: Config) -> dict[str, tuple[str, str]]:
+def _duration(seconds: int, lang: str) -> str:
+    for size, en, zh in ((86400, "day", "天"), (3600, "hour", "小时"), (60, "minute", "分钟")):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {zh}" if lang == "zh" else f"{count} {en}{'s' if count > 1 else ''}"
+    return f"{seconds} 秒" if lang == "zh" else f"{seconds} seconds"
+
+
+#: What the same-size counter's key parts are to a reader, in English and Chinese.
+_KEY_WORDS = {
+    "sender": ("sender address", "发件人地址"),
+    "mail_from": ("sender address", "发件人地址"),
+    "sender_domain": ("sender domain", "发件域名"),
+    "client_ip": ("sending server", "发信服务器"),
+    "login": ("login", "登录账号"),
+}
+
+
+def limit_facts(config: Config, mta_size_limit: int | None = None) -> dict[str, tuple[str, str]]:
     """The limits behind the replies that refuse for a number, as this configuration
     sets them, with the per-domain ones (review rev229 L3: the pages said "larger than
-    this server accepts" and no number; the EHLO SIZE a sender sees may be the MTA's)."""
+    this server accepts" and no number). ``mta_size_limit``: the MTA's own limit
+    (Postfix's message_size_limit), which refuses first when it is lower (review rev232
+    M2: the page promised 52 MB where Postfix took 10)."""
     limits, bulk = config.limits, config.bulk
 
-    def per_domain(name: str, show: Callable[[int], str]) -> tuple[str, str]:
+    def capped(value: int) -> int:
+        return min(value, mta_size_limit) if mta_size_limit else value
+
+    def per_domain(name: str, show: Callable[[int, str], str]) -> tuple[str, str]:
         given = sorted(
             (domain, getattr(table, name))
             for domain, table in config.domains.items()
@@ -305,33 +335,44 @@ def limit_facts(config: Config) -> dict[str, tuple[str, str]]:
         )
         if not given:
             return "", ""
-        listed = ", ".join(f"{domain}: {show(value)}" for domain, value in given)
-        return f" Mail to some domains has its own: {listed}.", f"部分域名另有限制：{listed}。"
+        en = ", ".join(f"{domain}: {show(value, 'en')}" for domain, value in given)
+        zh = "、".join(f"{domain}：{show(value, 'zh')}" for domain, value in given)
+        return f" Mail to some domains has its own: {en}.", f"部分域名另有限制：{zh}。"
 
-    size_en, size_zh = per_domain("max_message_size", _size)
+    def size(value: int, lang: str) -> str:
+        return _size(capped(value), lang)
+
+    size_en, size_zh = per_domain("max_message_size", size)
     part_en, part_zh = per_domain("max_attachment_size", _size)
-    rcpt_en, rcpt_zh = per_domain("max_rcpt", str)
-    minutes = f"{bulk.window / 60:g}"
-    return {
+    rcpt_en, rcpt_zh = per_domain("max_rcpt", lambda n, _lang: str(n))
+    facts = {
         "message_too_long": (
-            f"This server accepts messages of up to {_size(limits.max_message_size)}.{size_en}",
-            f"本服务器接受的邮件最大为 {_size(limits.max_message_size)}。{size_zh}",
+            "This server accepts messages of up to"
+            f" {size(limits.max_message_size, 'en')}.{size_en}",
+            f"本服务器接受的邮件最大为 {size(limits.max_message_size, 'zh')}。{size_zh}",
         ),
         "attachment_too_long": (
             f"Each attachment may be up to {_size(limits.max_attachment_size)}, decoded.{part_en}",
-            f"每个附件（解码后）最大为 {_size(limits.max_attachment_size)}。{part_zh}",
+            f"每个附件（解码后）最大为 {_size(limits.max_attachment_size, 'zh')}。{part_zh}",
         ),
         "rcpt_limit": (
             f"One message may go to up to {limits.max_rcpt} recipients here; your server"
             f" sends the rest in another message by itself.{rcpt_en}",
             f"每封邮件最多 {limits.max_rcpt} 个收件人；其余的由您的服务器另行发送。{rcpt_zh}",
         ),
-        "same_size_flood": (
-            f"More than {bulk.threshold} messages of about the same size from one sender"
-            f" within {minutes} minutes are refused.",
-            f"同一发件人在 {minutes} 分钟内发送超过 {bulk.threshold} 封大小相近的邮件将被拒收。",
-        ),
     }
+    if config.check("bulk").mode == "enforce":
+        # Said only where it refuses (review rev232 L2), of what the key counts.
+        parts = list(dict.fromkeys(_KEY_WORDS[part] for part in bulk.key))
+        what_en = " and ".join(en for en, _ in parts)
+        what_zh = "和".join(zh for _, zh in parts)
+        facts["same_size_flood"] = (
+            f"More than {bulk.threshold} messages of about the same size from the same"
+            f" {what_en} within {_duration(bulk.window, 'en')} are refused.",
+            f"同一{what_zh}在 {_duration(bulk.window, 'zh')}内发送超过 {bulk.threshold}"
+            " 封大小相近的邮件将被拒收。",
+        )
+    return facts
 
 
 def _page(
