@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -1690,6 +1691,7 @@ def test_footers_only_ascii_when_utf8_is_not_always(tmp_path: Path) -> None:
     assert ascii_only.splitlines() == [
         "/^552 5\\.3\\.4 Message size exceeds fixed limit/ \\c (message is too long.)",
         "/^552 5\\.3\\.4 Error: message file too big/ \\c (message is too long.)",
+        "/^552 5\\.3\\.4 Chunk exceeds message size limit/ \\c (message is too long.)",
     ]
     assert "(请先发送 MAIL)" in postfix_footer_regexp(replies, utf8=True)
 
@@ -1708,6 +1710,7 @@ POSTFIX_REPLIES = (
     "501 5.1.3 Bad recipient address syntax",
     "552 5.3.4 Message size exceeds fixed limit",
     "552 5.3.4 Error: message file too big",
+    "552 5.3.4 Chunk exceeds message size limit",
 )
 
 
@@ -2600,3 +2603,34 @@ def test_every_footer_pattern_postfix_words_a_page_can_show() -> None:
         for line in said:
             assert re.match(pattern, line), (pattern, line)
     assert set(POSTFIX_EXAMPLES) <= {pattern for pattern, _, _ in POSTFIX_FOOTERS}
+
+
+def test_the_footers_alone_carry_the_admins_reject_footer(tmp_path: Path) -> None:
+    """Review rev234 L1: `--footers` (what `--main-cf` says to write the table with) left
+    out the admin's smtpd_reject_footer, which Postfix then no longer appended to its
+    own replies, and --check called that table stale."""
+    conf = tmp_path / "postfix"
+    conf.mkdir()
+    write_settled(conf / "main.cf", "smtpd_reject_footer = \\c. For assistance call 555-0101\n")
+    write_settled(conf / "master.cf", MASTER_CF)
+    site = make_site(tmp_path / "site", {}, directory=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smtpguard",
+            "-c",
+            str(site.config),
+            "postfix-config",
+            "--config-directory",
+            str(conf),
+            "--footers",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    lines = done.stdout.splitlines()
+    assert lines
+    assert all(line.endswith(". For assistance call 555-0101") for line in lines), lines

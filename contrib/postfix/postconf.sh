@@ -17,6 +17,7 @@ cat > /etc/postfix/smtpguard_footers.regexp <<'SMTPGUARD_EOF'
 /^501 5\.1\.3 Bad recipient address syntax/ \c (邮箱不存在)
 /^552 5\.3\.4 Message size exceeds fixed limit/ \c (message is too long. 邮件大小超过限制)
 /^552 5\.3\.4 Error: message file too big/ \c (message is too long. 邮件大小超过限制)
+/^552 5\.3\.4 Chunk exceeds message size limit/ \c (message is too long. 邮件大小超过限制)
 SMTPGUARD_EOF
 # attach smtpguard; default_action=tempfail: while it is down mail is deferred, never accepted unchecked
 postconf -e 'smtpd_milters = { unix:smtpguard/smtpguard.sock, default_action=tempfail, protocol=6, connect_timeout=10s, command_timeout=30s, content_timeout=300s }'

@@ -706,12 +706,19 @@ def cmd_postfix_config(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     replies = load_replies(config.replies, config.file)
-    if args.footers:
-        print(postfix_footer_regexp(replies, config.replies.utf8 == "always"), end="")
-        return 0
     # Absolute: the footer table's path is written into main.cf, and Postfix's daemons
     # read it from the queue directory, not from here.
     directory = os.path.abspath(args.config_directory) if args.config_directory else None
+    if args.footers:
+        # With the admin's smtpd_reject_footer, as the script writes the table (review
+        # rev234 L1: without it Postfix's own replies lost the admin's footer, and
+        # --check called the table stale); without a Postfix to ask, the table alone.
+        try:
+            admin = read_postconf(directory).raw.get("smtpd_reject_footer", "")
+        except PostconfError:
+            admin = ""
+        print(postfix_footer_regexp(replies, config.replies.utf8 == "always", admin), end="")
+        return 0
     try:
         current = read_postconf(directory)
     except PostconfError as exc:
@@ -1020,7 +1027,16 @@ def _postfix_size_limit(config: Config) -> int | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     value = done.stdout.strip()
-    return int(value) or None if done.returncode == 0 and value.isdigit() else None
+    if done.returncode == 0 and value.isdigit():
+        return int(value) or None
+    # Said, as for myhostname (review rev234 L3): Postfix's lower limit refuses first.
+    print(
+        "smtpguard help-site: note: `postconf -xh message_size_limit` gave no value: the"
+        " pages quote limits.max_message_size alone (run it with MAIL_CONFIG set to the"
+        " Postfix instance's directory)",
+        file=sys.stderr,
+    )
+    return None
 
 
 def cmd_help_site(args: argparse.Namespace) -> int:

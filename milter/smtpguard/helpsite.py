@@ -303,7 +303,9 @@ def _duration(seconds: int, lang: str) -> str:
         if seconds % size == 0:
             count = seconds // size
             return f"{count} {zh}" if lang == "zh" else f"{count} {en}{'s' if count > 1 else ''}"
-    return f"{seconds} 秒" if lang == "zh" else f"{seconds} seconds"
+    if lang == "zh":
+        return f"{seconds} 秒"
+    return "1 second" if seconds == 1 else f"{seconds} seconds"
 
 
 #: What the same-size counter's key parts are to a reader, in English and Chinese.

@@ -104,6 +104,8 @@ POSTFIX_FOOTERS: tuple[tuple[str, str, bool], ...] = (
     (r"^552 5\.3\.4 Message size exceeds fixed limit", "message_too_long", True),
     # Past message_size_limit in DATA, without (or below) a SIZE= (review rev232 L4).
     (r"^552 5\.3\.4 Error: message file too big", "message_too_long", True),
+    # The same with BDAT (CHUNKING), review rev234 L2.
+    (r"^552 5\.3\.4 Chunk exceeds message size limit", "message_too_long", True),
 )
 
 #: What Postfix answers where a footer's pattern is not one literal line, as a real

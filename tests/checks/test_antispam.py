@@ -279,7 +279,10 @@ def test_an_engine_that_drops_the_message_for_its_size_follows_on_size_limit(
     config = {**RSPAMD, "on_size_limit": on_size_limit}
     verdict, _ = deliver(AntiSpam(make_services(antispam=config)))
     assert verdict == TempError(
-        "internal_error", "spam engine: reset; score 1.0 (A, rspamd=failed)", firm=firm
+        "internal_error",
+        "spam engine: reset; score 1.0 (A, rspamd=failed)",
+        firm=firm,
+        for_good=firm,
     )
 
 

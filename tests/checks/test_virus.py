@@ -80,7 +80,9 @@ def test_the_message_streams_to_the_scanner_as_it_arrives(
         (
             ScanResult(ScanStatus.ERROR, detail="StreamMaxLength", too_large=True),
             {"on_size_limit": "tempfail"},
-            TempError("internal_error", "scanner failed: StreamMaxLength", firm=True),
+            TempError(
+                "internal_error", "scanner failed: StreamMaxLength", firm=True, for_good=True
+            ),
         ),
         (
             ScanResult(ScanStatus.ERROR, detail="StreamMaxLength", too_large=True),

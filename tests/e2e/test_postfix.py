@@ -153,6 +153,14 @@ def test_message_too_long_in_data_above_postfix_limit(postfix: Postfix) -> None:
         assert c.data(body).lines == (
             "552 5.3.4 Error: message file too big (message is too long. 邮件大小超过限制)",
         )
+    # And with BDAT (review rev234 L2).
+    with client(postfix, UNTRUSTED) as c:
+        assert c.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert c.cmd("RCPT TO:<alice@example.com>").code == 250
+        c.send_raw(f"BDAT {len(body)} LAST\r\n".encode() + body)
+        assert c.read().lines == (
+            "552 5.3.4 Chunk exceeds message size limit (message is too long. 邮件大小超过限制)",
+        )
 
 
 def test_host_denies_sender(postfix: Postfix) -> None:

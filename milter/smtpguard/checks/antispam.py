@@ -298,8 +298,14 @@ def _unfinished(
     ``on_temp_error`` decides: "pass" delivers the message with the score so far, said
     on its decision line."""
     if engine_error:
+        # firm only for a message the engine refused for its size with on_size_limit =
+        # "tempfail": the same answer at every retry (review rev234 M1).
         return TempError(
-            "internal_error", f"spam engine: {engine_error}; {detail}", firm=firm, logged=unasked
+            "internal_error",
+            f"spam engine: {engine_error}; {detail}",
+            firm=firm,
+            logged=unasked,
+            for_good=firm,
         )
     if rules_stopped:
         return TempError("internal_error", f"rules not finished: {rules_stopped}; {detail}")

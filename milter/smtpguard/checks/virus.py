@@ -95,11 +95,14 @@ class VirusScan:
             # suspect: the hook's status for "infected" without a name; may be a virus.
             # too_large: refused for its size, where on_size_limit = "tempfail" is the
             # operator's choice (review rev145 F2: on_temp_error = "pass" let it in).
+            too_large = result.too_large and self.config.on_size_limit == "tempfail"
             return TempError(
                 "internal_error",
                 f"scanner failed: {result.detail}",
-                firm=result.suspect
-                or (result.too_large and self.config.on_size_limit == "tempfail"),
+                firm=result.suspect or too_large,
                 logged=result.unasked,
+                # clamd's own StreamMaxLength below max_bytes: the same answer at every
+                # retry, as SIZE_LIMIT above (review rev234 M1).
+                for_good=too_large and not result.suspect,
             )
         return None
