@@ -1107,7 +1107,7 @@ class Pipeline:
             ("from", _sender_text(txn)),
             ("rcpt", f"<{event.rcpt.text}>" if event.rcpt else event.rcpt_raw or None),
             ("detail", verdict.detail or None),
-            # Why a recipient's refusal waits, or passes (see _local_recipient).
+            # Why a recipient's refusal waits, or passes (see LOCAL_SUBMISSION_PASSES).
             ("submission", "local" if stage is Stage.RCPT and conn.local_submission else None),
         )
         # A scanner's outage is logged when it starts and ends: the messages it fails
