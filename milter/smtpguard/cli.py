@@ -976,34 +976,41 @@ def _hostname_argument(value: str) -> str:
     return value
 
 
-def _postfix_hostname(config: Config) -> str | None:
-    """Postfix's myhostname, expanded (``$mydomain``), which it puts in some of its own
-    replies (review rev101 F8: the first of site.our_hostnames was not it); None, said
-    on stderr, without a Postfix that answers here (rev102 F5)."""
+def _postconf_value(name: str) -> tuple[str, str]:
+    """The default Postfix instance's ``name`` (``postconf -xh``, expanded) and, when it
+    gave none, why (its last error line)."""
     import subprocess
 
-    from smtpguard.helpsite import EXAMPLE_HOST
-
-    if config.milter.mta == "sendmail":
-        return None
-    why = ""
     try:
-        done = subprocess.run(
-            ["postconf", "-xh", "myhostname"],  # noqa: S607 - Postfix's own tool, on PATH
+        done = subprocess.run(  # noqa: S603 - a parameter name of ours, no shell
+            ["postconf", "-xh", name],  # noqa: S607 - Postfix's own tool, on PATH
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
-        name = done.stdout.strip()
-        if done.returncode == 0 and _is_hostname(name):
-            return name
-        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     except (OSError, subprocess.TimeoutExpired) as exc:
-        why = str(exc)
+        return "", str(exc)
+    if done.returncode == 0:
+        return done.stdout.strip(), ""
+    return "", (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+
+
+def _postfix_hostname(config: Config) -> str | None:
+    """Postfix's myhostname, expanded (``$mydomain``), which it puts in some of its own
+    replies (review rev101 F8: the first of site.our_hostnames was not it); None, said
+    on stderr, without a Postfix that answers here (rev102 F5)."""
+    from smtpguard.helpsite import EXAMPLE_HOST
+
+    if config.milter.mta == "sendmail":
+        return None
+    name, why = _postconf_value("myhostname")
+    if _is_hostname(name):
+        return name
     print(
-        f"smtpguard help-site: note: `postconf -xh myhostname` gave no host name ({why}):"
-        f" the pages show {EXAMPLE_HOST} where Postfix names itself; give --mta-hostname",
+        f"smtpguard help-site: note: `postconf -xh myhostname` gave no host name"
+        f" ({why or repr(name)}): the pages show {EXAMPLE_HOST} where Postfix names itself;"
+        " give --mta-hostname",
         file=sys.stderr,
     )
     return None
@@ -1011,25 +1018,12 @@ def _postfix_hostname(config: Config) -> str | None:
 
 def _postfix_size_limit(config: Config) -> int | None:
     """Postfix's message_size_limit (0: none), which refuses before smtpguard when it is
-    lower; None without a Postfix that answers here."""
-    import subprocess
-
+    lower; None, said on stderr (review rev234 L3), without a Postfix that answers."""
     if config.milter.mta == "sendmail":
         return None
-    try:
-        done = subprocess.run(
-            ["postconf", "-xh", "message_size_limit"],  # noqa: S607 - Postfix's own tool
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    value = done.stdout.strip()
-    if done.returncode == 0 and value.isdigit():
+    value, _why = _postconf_value("message_size_limit")
+    if value.isdigit():
         return int(value) or None
-    # Said, as for myhostname (review rev234 L3): Postfix's lower limit refuses first.
     print(
         "smtpguard help-site: note: `postconf -xh message_size_limit` gave no value: the"
         " pages quote limits.max_message_size alone (run it with MAIL_CONFIG set to the"

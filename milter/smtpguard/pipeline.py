@@ -957,12 +957,12 @@ class Pipeline:
         """A verdict from outside the checks (``where``), answered when a check's at
         ``stage`` would be: at end of message, at MAIL FROM, or now."""
         txn = conn.txn
-        if stage in _DEFERRED_TO_EOM and txn is not None:
+        if txn is not None and (
+            stage in _DEFERRED_TO_EOM or (stage is Stage.RCPT and conn.local_submission)
+        ):
+            # A local submission's recipient too (see LOCAL_SUBMISSION_PASSES).
             txn.defer(verdict, where)
             return SKIP if stage is Stage.BODY else CONTINUE
-        if stage is Stage.RCPT and conn.local_submission and txn is not None:
-            txn.defer(verdict, where)  # see LOCAL_SUBMISSION_PASSES
-            return CONTINUE
         if stage in _DEFERRED_STAGES:
             conn.defer(verdict, where)
             return CONTINUE

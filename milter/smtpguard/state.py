@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +195,7 @@ def matching_entries(address: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def _most_specific(keys: tuple[str, ...], found: set[str]) -> str | None:
+def _most_specific(keys: tuple[str, ...], found: AbstractSet[str]) -> str | None:
     return next((key for key in keys if key in found), None)
 
 
@@ -208,7 +209,7 @@ class SnapshotBlacklist:
         self.found = frozenset(entries)
 
     def listed(self, address: str) -> str | None:
-        return _most_specific(matching_entries(address), set(self.found))
+        return _most_specific(matching_entries(address), self.found)
 
 
 class SqliteBlacklist(WatchedFile):
